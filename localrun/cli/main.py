@@ -1,0 +1,91 @@
+"""The `localrun` command: the typer app and the one place errors are printed.
+
+Heavy packages (llama_cpp, fastapi, uvicorn, huggingface_hub, modelscope, gguf/numpy) are imported
+inside the commands that use them, so `localrun --help` and `localrun list` start fast; a test
+checks it.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import NoReturn
+
+import typer
+from typer.exceptions import TyperException
+
+from localrun import __version__, config
+from localrun.errors import LocalrunError
+
+app = typer.Typer(
+    name="localrun",
+    help="Run language models locally: pull, create, run and serve GGUF models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"localrun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-v", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Run language models locally: pull, create, run and serve GGUF models."""
+
+
+def error_line(err: LocalrunError) -> str:
+    """The one line a user sees for an error: what went wrong, then what to do."""
+    message = " ".join(err.message.split()) if "\n" in err.message else err.message
+    return f"Error: {message}; {err.hint}" if err.hint else f"Error: {message}"
+
+
+def print_error(err: LocalrunError) -> None:
+    print(error_line(err), file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point of the console script: run the app, print any error once, set the exit code."""
+    from localrun.cli import store_cmds  # noqa: F401  (registers the commands)
+
+    debug = config.debug()
+    code = 0
+    try:
+        result = app(args=argv, prog_name="localrun", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except LocalrunError as err:
+        if debug:
+            traceback.print_exc()
+        print_error(err)
+        code = 1
+    except typer.Exit as err:
+        code = err.exit_code
+    except TyperException as err:  # a usage error: bad option, missing argument
+        ctx = getattr(err, "ctx", None)
+        command = ctx.command_path if ctx is not None else "localrun"
+        print(f"Error: {err.format_message()}; see `{command} --help`", file=sys.stderr)
+        code = err.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        print("\ninterrupted", file=sys.stderr)
+        code = 130
+    except BrokenPipeError:
+        code = 141
+    except Exception as err:  # the last line of defence: one line, never a traceback
+        if debug:
+            traceback.print_exc()
+        print(
+            f"Error: unexpected {type(err).__name__}: {err}; run again with LOCALRUN_DEBUG=1 "
+            "for the details and report it",
+            file=sys.stderr,
+        )
+        code = 1
+    sys.stdout.flush()
+    raise SystemExit(code)

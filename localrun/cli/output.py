@@ -1,0 +1,109 @@
+"""Formatting helpers shared by the commands: sizes, ages, columns and progress on stderr."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from localrun.create import Event
+
+
+def human_size(n: int) -> str:
+    """Bytes in decimal units, as Ollama and disk vendors write them: 98 MB, 4.7 GB."""
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit in ("B", "KB", "MB") else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def ago(timestamp: float, now: float | None = None) -> str:
+    seconds = max(0, int((now if now is not None else time.time()) - timestamp))
+    for unit, size in (
+        ("year", 31_536_000),
+        ("month", 2_592_000),
+        ("week", 604_800),
+        ("day", 86_400),
+        ("hour", 3_600),
+        ("minute", 60),
+    ):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count > 1 else ''} ago"
+    return "just now" if seconds < 10 else f"{seconds} seconds ago"
+
+
+def columns(rows: list[list[str]], gap: int = 4) -> str:
+    """Left-aligned text columns (no wrapping, so piped output stays greppable)."""
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        lines.append((" " * gap).join(cells).rstrip())
+    return "\n".join(lines)
+
+
+class CreateProgress:
+    """Shows create/import events on stderr: a progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self._progress: Any = None
+        self._task: Any = None
+        self._label = ""
+
+    def __call__(self, event: Event) -> None:
+        if self.quiet:
+            return
+        if event.total is not None and event.completed is not None:
+            self._bar(event)
+            return
+        self._close_bar()
+        line = event.status if event.digest is None else f"{event.status} {event.digest}"
+        print(line, file=sys.stderr, flush=True)
+
+    def _bar(self, event: Event) -> None:
+        assert event.total is not None and event.completed is not None
+        if not self.tty:
+            if event.status != self._label:
+                self._label = event.status
+                print(f"{event.status} ({human_size(event.total)})", file=sys.stderr, flush=True)
+            return
+        if self._progress is None or event.status != self._label:
+            self._close_bar()
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                "{task.description}",
+                BarColumn(),
+                DownloadColumn(binary_units=False),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(event.status, total=event.total)
+            self._label = event.status
+        self._progress.update(self._task, completed=event.completed)
+
+    def _close_bar(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def close(self) -> None:
+        self._close_bar()

@@ -1,0 +1,340 @@
+"""Commands over the model store: create, list, show, cp, rm, prune, verify, env."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from localrun import config, names
+from localrun.cli.main import app, print_error
+from localrun.cli.output import CreateProgress, ago, columns, human_size
+from localrun.errors import ConfigError, LocalrunError, ModelfileError, NotRegularFileError
+from localrun.store import Store
+
+MAX_MODELFILE = 16 * 1024 * 1024
+
+
+def open_store(*, cleanup: bool = False) -> Store:
+    """The store of LOCALRUN_MODELS; with `cleanup`, clear leftovers of crashed writers if idle."""
+    try:
+        store = Store.default()
+    except ValueError as exc:
+        raise ConfigError(
+            str(exc), hint="fix the setting or unset it; see `localrun env`"
+        ) from None
+    if cleanup:
+        store.prune(blocking=False)
+    return store
+
+
+def read_modelfile(path_text: str) -> tuple[str, Path]:
+    """The text of a Modelfile and the folder its relative paths start from (`-` = stdin)."""
+    from localrun import gguf
+
+    if path_text == "-":
+        data = sys.stdin.buffer.read(MAX_MODELFILE + 1)
+        base = Path.cwd()
+    else:
+        path = Path(path_text).expanduser()
+        try:
+            fd = gguf.open_regular(path)
+        except NotRegularFileError as exc:
+            raise NotRegularFileError(
+                f"{path_text} is not a regular file", hint="pass a Modelfile with -f"
+            ) from exc
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(MAX_MODELFILE + 1)
+        base = path.resolve().parent
+    if len(data) > MAX_MODELFILE:
+        raise ModelfileError("the Modelfile is larger than 16 MiB", line=1, path=path_text)
+    try:
+        return data.decode("utf-8"), base
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ModelfileError(
+            "the Modelfile is not valid UTF-8 text", line=line, column=column, path=path_text
+        ) from None
+
+
+@app.command()
+def create(
+    name: str = typer.Argument(..., help="Name of the new model, e.g. mario or me/mario:v1."),
+    file: str = typer.Option("Modelfile", "--file", "-f", help="The Modelfile ('-' for stdin)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+) -> None:
+    """Create a model from a Modelfile."""
+    from localrun import catalog, modelfile
+    from localrun import create as create_mod
+
+    target = names.parse(name)
+    text, base = read_modelfile(file)
+    try:
+        parsed = modelfile.parse(text)
+    except ModelfileError as exc:
+        raise exc.with_path(file) from None
+    store = open_store(cleanup=True)
+    progress = CreateProgress(quiet)
+    try:
+        create_mod.create(
+            store, target, parsed, base, report=progress, resolve=catalog.resolver(store, progress)
+        )
+    except ModelfileError as exc:
+        raise exc.with_path(file) from None
+    finally:
+        progress.close()
+
+
+@app.command("list")
+def list_(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the models in the store."""
+    entries = open_store().entries()
+    if as_json:
+        out = [
+            {
+                "name": str(e.name),
+                "model": e.name.full,
+                "digest": e.digest,
+                "size": e.size,
+                "modified_at": datetime.fromtimestamp(e.modified, timezone.utc).isoformat(),
+            }
+            for e in entries
+        ]
+        print(json.dumps(out, indent=2))
+        return
+    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
+    for e in sorted(entries, key=lambda e: e.modified, reverse=True):
+        rows.append([str(e.name), e.digest[7:19], human_size(e.size), ago(e.modified)])
+    print(columns(rows))
+
+
+app.command("ls", hidden=True, help="List the models in the store.")(list_)
+
+
+@app.command()
+def show(
+    name: str = typer.Argument(..., help="The model."),
+    show_modelfile: bool = typer.Option(
+        False, "--modelfile", help="Print a Modelfile that recreates it."
+    ),
+    show_parameters: bool = typer.Option(False, "--parameters", help="Print only its parameters."),
+    show_system: bool = typer.Option(False, "--system", help="Print only its system prompt."),
+    show_template: bool = typer.Option(False, "--template", help="Print only its chat template."),
+    show_license: bool = typer.Option(False, "--license", help="Print only its license."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+) -> None:
+    """Show a model's details, parameters, system prompt, template and license."""
+    from localrun import catalog
+    from localrun import model as model_mod
+    from localrun.modelfile import format_param
+
+    store = open_store()
+    ref = names.parse(name)
+    progress = CreateProgress()
+    try:
+        manifest = catalog.ensure(store, ref, progress)
+    finally:
+        progress.close()
+    m = model_mod.load(store, catalog.canonical(ref), manifest)
+    template = m.template if m.template is not None else m.config.get("gguf_chat_template")
+    if as_json:
+        print(json.dumps(_show_json(m, template), indent=2, ensure_ascii=False))
+    elif show_modelfile:
+        mf = m.to_modelfile()
+        print(
+            f"# Modelfile generated by `localrun show`\n# To build a new model from it: "
+            f"localrun create NEWNAME -f Modelfile\n\n{mf}",
+            end="",
+        )
+    elif show_parameters:
+        print(_params_text(m.parameters, format_param))
+    elif show_system:
+        print(m.system or "")
+    elif show_template:
+        print(template or "")
+    elif show_license:
+        print("\n\n".join(m.licenses))
+    else:
+        print(_show_text(m, template, format_param))
+
+
+def _params_text(parameters: dict[str, Any], format_param: Any) -> str:
+    rows = []
+    for key, value in parameters.items():
+        for item in value if isinstance(value, list) else [value]:
+            rows.append([key, json.dumps(item) if isinstance(item, str) else format_param(item)])
+    return columns(rows)
+
+
+def _show_text(m: Any, template: str | None, format_param: Any) -> str:
+    from localrun.gguf import format_count
+
+    d = m.details
+    info = [
+        ["architecture", d.get("architecture")],
+        ["parameters", format_count(d["parameter_count"]) if d.get("parameter_count") else None],
+        ["context length", d.get("context_length")],
+        ["embedding length", d.get("embedding_length")],
+        ["quantization", d.get("quantization")],
+    ]
+    sections = ["  Model\n" + _indent(columns([[k, str(v)] for k, v in info if v is not None]), 4)]
+    if m.adapter_paths:
+        sections.append("  Adapters\n" + _indent("\n".join(p.name for p in m.adapter_paths), 4))
+    if m.parameters:
+        sections.append("  Parameters\n" + _indent(_params_text(m.parameters, format_param), 4))
+    if m.system:
+        sections.append("  System\n" + _indent(_clip(m.system, 6), 4))
+    if m.messages:
+        lines = [f"{msg.role}: {_clip(msg.content, 1)}" for msg in m.messages]
+        sections.append("  Messages\n" + _indent("\n".join(lines), 4))
+    if template:
+        sections.append("  Template\n" + _indent(_clip(template, 4), 4))
+    if m.licenses:
+        sections.append("  License\n" + _indent("\n\n".join(_clip(t, 2) for t in m.licenses), 4))
+    return "\n\n".join(sections) + "\n"
+
+
+def _show_json(m: Any, template: str | None) -> dict[str, Any]:
+    return {
+        "name": str(m.name),
+        "model": m.name.full,
+        "digest": m.digest,
+        "details": m.details,
+        "parent": m.config.get("parent"),
+        "model_file": str(m.model_path),
+        "adapters": [str(p) for p in m.adapter_paths],
+        "parameters": m.parameters,
+        "system": m.system,
+        "template": template,
+        "template_source": "modelfile" if m.template is not None else "gguf",
+        "messages": [{"role": x.role, "content": x.content} for x in m.messages],
+        "license": m.licenses,
+        "modelfile": str(m.to_modelfile()),
+    }
+
+
+def _clip(text: str, max_lines: int) -> str:
+    lines = text.strip("\n").splitlines() or [""]
+    if len(lines) > max_lines:
+        lines = [*lines[:max_lines], "..."]
+    return "\n".join(line if len(line) <= 100 else line[:97] + "..." for line in lines)
+
+
+def _indent(text: str, n: int) -> str:
+    return "\n".join((" " * n + line) if line else line for line in text.splitlines())
+
+
+@app.command()
+def cp(
+    source: str = typer.Argument(..., help="The model to copy."),
+    destination: str = typer.Argument(..., help="The new name."),
+) -> None:
+    """Copy a model under a new name (no data is duplicated)."""
+    from localrun import catalog
+
+    src, dst = names.parse(source), names.parse(destination)
+    store = open_store(cleanup=True)
+    catalog.ensure(store, src, CreateProgress())
+    store.copy(catalog.canonical(src), dst)
+    print(f"copied '{catalog.canonical(src)}' to '{dst}'")
+
+
+@app.command()
+def rm(
+    models: list[str] = typer.Argument(..., help="The models to remove."),
+) -> None:
+    """Remove models, and the data no other model uses."""
+    store = open_store(cleanup=True)
+    failed = False
+    for text in models:
+        try:
+            ref = names.parse(text)
+            freed = store.remove(ref)
+        except LocalrunError as err:
+            print_error(err)
+            failed = True
+            continue
+        suffix = f" (freed {human_size(freed)})" if freed else ""
+        print(f"deleted '{ref}'{suffix}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def prune() -> None:
+    """Remove unused blobs and leftovers of interrupted writes."""
+    report = open_store().prune()
+    assert report is not None
+    print(
+        f"removed {report.temp_files} temporary file{'s' if report.temp_files != 1 else ''} and "
+        f"{report.orphan_blobs} unused blob{'s' if report.orphan_blobs != 1 else ''}, "
+        f"freed {human_size(report.bytes_freed)}"
+    )
+
+
+@app.command()
+def verify() -> None:
+    """Re-hash every blob in the store and report damaged models."""
+    store = open_store()
+    bar = _VerifyBar()
+    try:
+        report = store.verify(bar)
+    finally:
+        bar.close()
+    for digest, models in sorted(report.corrupt.items()):
+        print(f"corrupt: {digest} (used by {', '.join(models) or 'no model'})")
+    for digest, models in sorted(report.missing.items()):
+        print(f"missing: {digest} (used by {', '.join(models)})")
+    for name in report.bad_manifests:
+        print(f"damaged manifest: {name}")
+    if report.ok:
+        print(f"verified {report.checked} blob{'s' if report.checked != 1 else ''}: all intact")
+        return
+    affected = sorted(
+        {m for ms in (*report.corrupt.values(), *report.missing.values()) for m in ms}
+    )
+    affected += report.bad_manifests
+    hint = (
+        f"remove the affected models (`localrun rm {' '.join(affected)}`) and create or pull "
+        "them again"
+        if affected
+        else "run `localrun prune` to remove unused damaged blobs"
+    )
+    print(f"Error: the store has damage; {hint}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+class _VerifyBar:
+    def __init__(self) -> None:
+        self.progress = CreateProgress()
+
+    def __call__(self, digest: str, done: int, total: int) -> None:
+        from localrun.create import Event
+
+        self.progress(Event(f"verifying {digest[7:19]}", completed=done, total=total))
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+@app.command()
+def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show every LOCALRUN_* setting, its value and where the value comes from."""
+    try:
+        rows = config.describe()
+    except ValueError as exc:
+        raise ConfigError(str(exc), hint="fix the setting or unset it") from None
+    if as_json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        return
+    table = [["NAME", "VALUE", "SOURCE", "DESCRIPTION"]]
+    table += [[r.name, r.value, r.source, r.help] for r in rows]
+    print(columns(table, gap=2))

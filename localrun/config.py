@@ -1,0 +1,182 @@
+"""Every LOCALRUN_* setting, declared once and read when it is used.
+
+A setting is a name, a default, a parser and a line of help. Values are read from the environment
+at call time (never frozen at import), so a test or a long-running server sees the current
+environment. `localrun env` prints `describe()`.
+
+This module imports nothing of localrun: a bad value raises ValueError, and the caller that knows
+the context turns it into a LocalrunError.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11435
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {text!r}")
+
+
+def _parse_path(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("expected a path, got an empty value")
+    return Path(text).expanduser()
+
+
+def parse_host(text: str) -> tuple[str, int]:
+    """Parse `host[:port]`, `[v6]:port` or `http://host:port` into (host, port)."""
+    value = text.strip()
+    for scheme in ("http://", "https://"):
+        if value.lower().startswith(scheme):
+            value = value[len(scheme) :]
+    value = value.rstrip("/")
+    if not value:
+        raise ValueError("expected host[:port], got an empty value")
+    host, port = value, DEFAULT_PORT
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ValueError(f"unterminated IPv6 address in {text!r}")
+        host, rest = value[1:end], value[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"expected [address]:port, got {text!r}")
+            port = _parse_port(rest[1:], text)
+    elif value.count(":") == 1:
+        host, port_text = value.split(":")
+        port = _parse_port(port_text, text)
+        host = host or DEFAULT_HOST
+    return host, port
+
+
+def _parse_port(port_text: str, whole: str) -> int:
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"port must be a number from 1 to 65535 in {whole!r}")
+    return int(port_text)
+
+
+def _default_home() -> Path:
+    # platformdirs is imported here so that merely importing config stays cheap.
+    from platformdirs import user_data_path
+
+    return user_data_path("localrun", appauthor=False)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment setting: its name, default, parser and help text."""
+
+    name: str
+    help: str
+    parse: Callable[[str], Any]
+    default: Callable[[], Any]
+
+    def raw(self) -> str | None:
+        return os.environ.get(self.name)
+
+    def value(self) -> Any:
+        raw = self.raw()
+        if raw is None:
+            return self.default()
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: {exc}") from None
+
+
+def _models_default() -> Path:
+    return home() / "models"
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting(
+            "LOCALRUN_HOME",
+            "Folder for localrun's data: the model store, history and logs.",
+            _parse_path,
+            _default_home,
+        ),
+        Setting(
+            "LOCALRUN_MODELS",
+            "Folder of the model store (blobs and manifests).",
+            _parse_path,
+            _models_default,
+        ),
+        Setting(
+            "LOCALRUN_HOST",
+            "Address of the localrun server: host[:port].",
+            parse_host,
+            lambda: (DEFAULT_HOST, DEFAULT_PORT),
+        ),
+        Setting(
+            "LOCALRUN_DEBUG",
+            "Show tracebacks and debug output (1/0).",
+            _parse_bool,
+            lambda: False,
+        ),
+    )
+}
+
+
+def home() -> Path:
+    return SETTINGS["LOCALRUN_HOME"].value()  # type: ignore[no-any-return]
+
+
+def models_dir() -> Path:
+    return SETTINGS["LOCALRUN_MODELS"].value()  # type: ignore[no-any-return]
+
+
+def host() -> tuple[str, int]:
+    return SETTINGS["LOCALRUN_HOST"].value()  # type: ignore[no-any-return]
+
+
+def debug() -> bool:
+    try:
+        return bool(SETTINGS["LOCALRUN_DEBUG"].value())
+    except ValueError:
+        return False
+
+
+def format_value(name: str, value: Any) -> str:
+    if name == "LOCALRUN_HOST":
+        host_, port = value
+        return f"[{host_}]:{port}" if ":" in host_ else f"{host_}:{port}"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Described:
+    """A setting's current value and where it came from ("environment" or "default")."""
+
+    name: str
+    value: str
+    source: str
+    help: str
+
+
+def describe() -> list[Described]:
+    """Every setting with its current value and source; raises ValueError on a bad value."""
+    rows = []
+    for setting in SETTINGS.values():
+        source = "environment" if setting.raw() is not None else "default"
+        rows.append(
+            Described(
+                setting.name, format_value(setting.name, setting.value()), source, setting.help
+            )
+        )
+    return rows

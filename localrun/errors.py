@@ -1,0 +1,149 @@
+"""One exception tree for everything localrun reports to a user.
+
+    LocalrunError                   code "error"
+    ├── ConfigError                 a LOCALRUN_* setting has a bad value
+    ├── InvalidNameError            a model reference breaks the name grammar
+    ├── ModelNotFoundError          no such model in the store or the catalog
+    ├── InvalidParameterError       an unknown PARAMETER, or a value of the wrong type or range
+    ├── ModelfileError              a Modelfile that does not parse; carries line and column
+    ├── FileError                   a file the user named cannot be used
+    │   ├── FileNotFoundError_      it does not exist
+    │   ├── NotRegularFileError     a directory, FIFO, socket or device
+    │   └── InvalidGGUFError        not a well-formed GGUF file (or the wrong kind of GGUF)
+    └── StoreError                  the model store itself
+        ├── InvalidDigestError      a digest that is not sha256:<64 hex>
+        ├── CorruptBlobError        a blob whose content no longer matches its digest
+        ├── MissingBlobError        a manifest names a blob that is not there
+        └── DiskFullError           no space left while writing
+
+Every class has a stable `code` (it travels over the wire and the client rebuilds the class from
+it, so never match on message text) and an optional `hint`: the next command to run.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class LocalrunError(Exception):
+    """Base of every error localrun shows to a user."""
+
+    code: ClassVar[str] = "error"
+    by_code: ClassVar[dict[str, type[LocalrunError]]] = {}
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.code in LocalrunError.by_code:
+            raise TypeError(f"error code {cls.code!r} is used twice")
+        LocalrunError.by_code[cls.code] = cls
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"code": self.code, "type": type(self).__name__, "message": self.message}
+        if self.hint:
+            out["hint"] = self.hint
+        return out
+
+    @staticmethod
+    def from_dict(data: dict[str, str]) -> LocalrunError:
+        """Rebuild the typed error from its wire form (unknown codes become LocalrunError)."""
+        cls = LocalrunError.by_code.get(data.get("code", ""), LocalrunError)
+        err = cls.__new__(cls)
+        LocalrunError.__init__(err, data.get("message", "unknown error"), hint=data.get("hint"))
+        return err
+
+
+LocalrunError.by_code["error"] = LocalrunError
+
+
+class ConfigError(LocalrunError):
+    code = "config_error"
+
+
+class InvalidNameError(LocalrunError):
+    code = "invalid_name"
+
+
+class ModelNotFoundError(LocalrunError):
+    code = "model_not_found"
+
+    def __init__(self, name: str, *, hint: str | None = None) -> None:
+        super().__init__(
+            f"model '{name}' not found",
+            hint=hint or "try `localrun list`",
+        )
+        self.name = name
+
+
+class InvalidParameterError(LocalrunError):
+    code = "invalid_parameter"
+
+
+class ModelfileError(LocalrunError):
+    """A Modelfile that does not parse; `line` and `column` are 1-based."""
+
+    code = "modelfile_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int,
+        column: int = 1,
+        path: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.reason = message
+        self.line = line
+        self.column = column
+        self.path = path
+        where = f"{path or 'Modelfile'}:{line}:{column}"
+        super().__init__(f"{where}: {message}", hint=hint)
+
+    def with_path(self, path: str) -> ModelfileError:
+        return ModelfileError(
+            self.reason, line=self.line, column=self.column, path=path, hint=self.hint
+        )
+
+
+class FileError(LocalrunError):
+    code = "file_error"
+
+
+class FileNotFoundError_(FileError):
+    code = "file_not_found"
+
+
+class NotRegularFileError(FileError):
+    code = "not_regular_file"
+
+
+class InvalidGGUFError(FileError):
+    code = "invalid_gguf"
+
+
+class StoreError(LocalrunError):
+    code = "store_error"
+
+
+class InvalidDigestError(StoreError):
+    code = "invalid_digest"
+
+
+class CorruptBlobError(StoreError):
+    code = "corrupt_blob"
+
+
+class MissingBlobError(StoreError):
+    code = "missing_blob"
+
+
+class DiskFullError(StoreError):
+    code = "disk_full"

@@ -1,0 +1,378 @@
+"""Read and validate GGUF files before anything native touches them.
+
+`inspect(path)` refuses anything but a regular file (a FIFO or a device must never be opened for
+reading: `FROM /dev/random` would hang, Ollama's CVE-2024-39721), then checks the header in two
+steps:
+
+1. `_scan_header`: a bounded walk over the header with `struct`, checking every length, count and
+   offset against the file size. It exists because the `gguf` package's reader loops once per
+   array element in Python and reads past the end as empty arrays: a numeric array that declares
+   2**60 elements makes it spin and grow memory forever instead of failing.
+2. `gguf.GGUFReader` (the `gguf` package) then reads the metadata values and the tensor table, and
+   every tensor's offset + size is checked to lie within the file.
+
+What it returns (`GGUFInfo`) is what the store records about a model: architecture, sizes,
+quantization, chat template, license.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localrun.errors import FileNotFoundError_, InvalidGGUFError, NotRegularFileError
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+MAX_DIMS = 4
+MAX_KEY_LENGTH = 65_535
+DEFAULT_ALIGNMENT = 32
+
+# Fixed sizes of the scalar value types (GGUFValueType); 8 = string, 9 = array.
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass
+class GGUFInfo:
+    """What localrun needs to know about a GGUF file, read from its header."""
+
+    path: str
+    size: int
+    version: int
+    kind: str  # "model" or "adapter"
+    architecture: str | None
+    name: str | None
+    tensor_count: int
+    parameter_count: int
+    context_length: int | None
+    embedding_length: int | None
+    block_count: int | None
+    head_count: int | None
+    quantization: str | None
+    chat_template: str | None
+    license: str | None
+    adapter_type: str | None = None
+    lora_alpha: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def details(self) -> dict[str, Any]:
+        """The JSON-able summary stored in a manifest's config."""
+        return {
+            "format": "gguf",
+            "gguf_version": self.version,
+            "kind": self.kind,
+            "architecture": self.architecture,
+            "name": self.name,
+            "parameter_count": self.parameter_count,
+            "context_length": self.context_length,
+            "embedding_length": self.embedding_length,
+            "block_count": self.block_count,
+            "head_count": self.head_count,
+            "quantization": self.quantization,
+            "tensor_count": self.tensor_count,
+            "adapter_type": self.adapter_type,
+            "lora_alpha": self.lora_alpha,
+        }
+
+
+def open_regular(path: str | os.PathLike[str]) -> int:
+    """Open `path` read-only, refusing anything that is not a regular file; returns the fd.
+
+    The check is made before opening (a FIFO blocks in open()) and again on the open descriptor,
+    so a file swapped for a FIFO or device in between is still refused.
+    """
+    shown = str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError_(f"no such file: {shown}", hint="check the path") from None
+    except OSError as exc:
+        raise NotRegularFileError(f"cannot read {shown}: {exc.strerror}") from exc
+    _require_regular(st, shown)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise NotRegularFileError(f"cannot read {shown}: {exc.strerror}") from exc
+    try:
+        _require_regular(os.fstat(fd), shown)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _require_regular(st: os.stat_result, shown: str) -> None:
+    if stat.S_ISREG(st.st_mode):
+        return
+    what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+    if stat.S_ISFIFO(st.st_mode):
+        what = "a FIFO (named pipe)"
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        what = "a device"
+    elif stat.S_ISSOCK(st.st_mode):
+        what = "a socket"
+    raise NotRegularFileError(
+        f"{shown} is {what}, not a GGUF file", hint="point to a .gguf model file"
+    )
+
+
+def inspect(path: str | os.PathLike[str]) -> GGUFInfo:
+    """Validate a GGUF file completely and return what its header says."""
+    fd = open_regular(path)
+    try:
+        return inspect_fd(fd, str(path))
+    finally:
+        os.close(fd)
+
+
+def inspect_fd(fd: int, shown: str) -> GGUFInfo:
+    """Validate the GGUF file open on `fd` (from `open_regular`); the fd stays open."""
+    size = os.fstat(fd).st_size
+    if size < 24:
+        raise _bad(shown, f"only {size} bytes, too small for a GGUF header")
+    with os.fdopen(os.dup(fd), "rb") as fh:
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            scan = _scan_header(data, size, shown)
+        return _read(fh, size, shown, scan)
+
+
+def _bad(shown: str, reason: str) -> InvalidGGUFError:
+    return InvalidGGUFError(
+        f"{shown} is not a valid GGUF file: {reason}",
+        hint="re-download or re-convert the file; `localrun create` accepts GGUF models only",
+    )
+
+
+@dataclass
+class _Scan:
+    version: int
+    alignment: int
+    data_start: int
+
+
+def _scan_header(data: mmap.mmap, size: int, shown: str) -> _Scan:
+    """Walk the header with bounds checks on every length; no value is decoded."""
+    if data[:4] != GGUF_MAGIC:
+        raise _bad(shown, f"bad magic {bytes(data[:4])!r} (expected b'GGUF')")
+    (version,) = struct.unpack_from("<I", data, 4)
+    if version & 0xFFFF == 0 and version != 0:
+        raise _bad(shown, "big-endian GGUF files are not supported")
+    if version not in SUPPORTED_VERSIONS:
+        raise _bad(shown, f"unsupported GGUF version {version} (supported: 2, 3)")
+    tensor_count, kv_count = struct.unpack_from("<QQ", data, 8)
+    pos = 24
+
+    def need(n: int, what: str) -> None:
+        if n < 0 or pos + n > size:
+            raise _bad(shown, f"{what} runs past the end of the file (truncated or corrupt)")
+
+    def read_string(what: str) -> bytes:
+        nonlocal pos
+        need(8, what)
+        (length,) = struct.unpack_from("<Q", data, pos)
+        pos += 8
+        need(length, what)
+        value = data[pos : pos + length]
+        pos += length
+        return value
+
+    # Each key/value needs at least 13 bytes and each tensor info at least 29: absurd counts fail
+    # here instead of in a loop.
+    if kv_count * 13 + tensor_count * 29 > size:
+        raise _bad(
+            shown,
+            f"header claims {kv_count} metadata keys and {tensor_count} tensors, "
+            f"more than a {size}-byte file can hold",
+        )
+    alignment = DEFAULT_ALIGNMENT
+    for _ in range(kv_count):
+        key = read_string("a metadata key")
+        if len(key) > MAX_KEY_LENGTH:
+            raise _bad(shown, "a metadata key is longer than 65535 bytes")
+        need(4, f"metadata {_key(key)}")
+        (vtype,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if key == b"general.alignment":
+            if vtype != 4:
+                raise _bad(shown, "general.alignment must be a uint32")
+            need(4, "general.alignment")
+            (alignment,) = struct.unpack_from("<I", data, pos)
+            if alignment == 0 or alignment & (alignment - 1):
+                raise _bad(shown, f"general.alignment is {alignment}; it must be a power of two")
+        if vtype in _SCALAR_SIZES:
+            need(_SCALAR_SIZES[vtype], f"metadata {_key(key)}")
+            pos += _SCALAR_SIZES[vtype]
+        elif vtype == _STRING:
+            read_string(f"metadata {_key(key)}")
+        elif vtype == _ARRAY:
+            need(12, f"metadata {_key(key)}")
+            itype, count = struct.unpack_from("<IQ", data, pos)
+            pos += 12
+            if itype in _SCALAR_SIZES:
+                need(count * _SCALAR_SIZES[itype], f"array {_key(key)} of {count} elements")
+                pos += count * _SCALAR_SIZES[itype]
+            elif itype == _STRING:
+                need(count * 8, f"array {_key(key)} of {count} strings")
+                for _ in range(count):
+                    read_string(f"array {_key(key)}")
+            elif itype == _ARRAY:
+                raise _bad(
+                    shown,
+                    f"metadata {_key(key)} is a nested array, which GGUF readers do not support",
+                )
+            else:
+                raise _bad(shown, f"metadata {_key(key)} has unknown element type {itype}")
+        else:
+            raise _bad(shown, f"metadata {_key(key)} has unknown type {vtype}")
+
+    infos: list[tuple[str, list[int], int, int]] = []
+    for index in range(tensor_count):
+        name = read_string(f"the name of tensor {index}")
+        need(4, f"tensor {_key(name)}")
+        (n_dims,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise _bad(shown, f"tensor {_key(name)} has {n_dims} dimensions (1 to 4 allowed)")
+        need(8 * n_dims + 12, f"tensor {_key(name)}")
+        dims = list(struct.unpack_from(f"<{n_dims}Q", data, pos))
+        pos += 8 * n_dims
+        ttype, offset = struct.unpack_from("<IQ", data, pos)
+        pos += 12
+        infos.append((_key(name), dims, ttype, offset))
+    data_start = -(-pos // alignment) * alignment
+    if data_start > size and tensor_count:
+        raise _bad(shown, "the tensor data is missing (truncated file)")
+    _check_tensor_bounds(infos, data_start, alignment, size, shown)
+    return _Scan(version, alignment, data_start)
+
+
+def _check_tensor_bounds(
+    infos: list[tuple[str, list[int], int, int]],
+    data_start: int,
+    alignment: int,
+    size: int,
+    shown: str,
+) -> None:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    for name, dims, ttype, offset in infos:
+        try:
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+        except (ValueError, KeyError):
+            raise _bad(shown, f"tensor {name} has unknown type {ttype}") from None
+        if dims[0] % block:
+            raise _bad(
+                shown,
+                f"tensor {name}: first dimension {dims[0]} is not a multiple of "
+                f"the block size {block}",
+            )
+        n_elements = 1
+        for d in dims:
+            n_elements *= d
+        n_bytes = n_elements // block * type_size
+        if offset % alignment:
+            raise _bad(shown, f"tensor {name} is not aligned to {alignment} bytes")
+        if data_start + offset + n_bytes > size:
+            raise _bad(
+                shown,
+                f"tensor {name} (offset {offset}, {n_bytes} bytes) lies past the "
+                f"end of the {size}-byte file (truncated or corrupt)",
+            )
+
+
+def _key(raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="replace")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read(fh: Any, size: int, shown: str, scan: _Scan) -> GGUFInfo:
+    """Read the (already bounds-checked) header with the gguf package."""
+    from gguf import GGUFReader, LlamaFileType
+
+    try:
+        reader = GGUFReader(fh)  # np.memmap takes the open file: no second open by path
+    except Exception as exc:
+        # A hostile file can make a third-party parser fail in many ways; all mean "invalid".
+        raise _bad(shown, f"{type(exc).__name__}: {exc}") from exc
+
+    def value(key: str) -> Any:
+        fld = reader.get_field(key)
+        if fld is None or not fld.types:
+            return None
+        try:
+            return fld.contents()
+        except Exception:  # a field of unexpected shape is treated as absent
+            return None
+
+    metadata: dict[str, Any] = {}
+    for key, fld in reader.fields.items():
+        if key.startswith("GGUF.") or (fld.types and fld.types[0].name == "ARRAY"):
+            continue
+        item = value(key)
+        if isinstance(item, str) and len(item) > 200 and key != "tokenizer.chat_template":
+            item = item[:200] + "..."
+        metadata[key] = item
+
+    arch = _as_str(value("general.architecture"))
+    kind = _as_str(value("general.type")) or "model"
+
+    def arch_int(suffix: str) -> int | None:
+        item = value(f"{arch}.{suffix}") if arch else None
+        return int(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else None
+
+    parameter_count = sum(int(t.n_elements) for t in reader.tensors)
+    quant = None
+    file_type = value("general.file_type")
+    if isinstance(file_type, int):
+        try:
+            quant = LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            quant = None
+    if quant is None and reader.tensors:
+        counts = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2)
+        quant = counts.most_common(1)[0][0] if counts else None
+    alpha = value("adapter.lora.alpha")
+    return GGUFInfo(
+        path=shown,
+        size=size,
+        version=scan.version,
+        kind="adapter" if kind == "adapter" else "model",
+        architecture=arch,
+        name=_as_str(value("general.name")),
+        tensor_count=len(reader.tensors),
+        parameter_count=parameter_count,
+        context_length=arch_int("context_length"),
+        embedding_length=arch_int("embedding_length"),
+        block_count=arch_int("block_count"),
+        head_count=arch_int("attention.head_count"),
+        quantization=quant,
+        chat_template=_as_str(value("tokenizer.chat_template")),
+        license=_as_str(value("general.license")),
+        adapter_type=_as_str(value("adapter.type")),
+        lora_alpha=float(alpha) if isinstance(alpha, (int, float)) else None,
+        metadata=metadata,
+    )
+
+
+def _as_str(item: Any) -> str | None:
+    return item if isinstance(item, str) else None
+
+
+def format_count(n: int) -> str:
+    """134515008 -> '134.52M' (parameter counts as people write them)."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def is_gguf_path(path: Path) -> bool:
+    return path.suffix.lower() == ".gguf"

@@ -1,0 +1,89 @@
+"""A stored model read back from its manifest: what `show` prints and what the engine loads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localrun.errors import StoreError
+from localrun.modelfile import Message, Modelfile
+from localrun.names import ModelName
+from localrun.store import Manifest, Store
+
+
+@dataclass
+class Model:
+    """Everything a manifest says about a model, with its text layers read and verified."""
+
+    name: ModelName
+    digest: str
+    manifest: Manifest
+    config: dict[str, Any]
+    model_path: Path
+    adapter_paths: list[Path] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    system: str | None = None
+    template: str | None = None
+    messages: list[Message] = field(default_factory=list)
+    licenses: list[str] = field(default_factory=list)
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return dict(self.config.get("details") or {})
+
+    def to_modelfile(self) -> Modelfile:
+        """A Modelfile that recreates this model from the blobs in the store."""
+        mf = Modelfile(from_=str(self.model_path))
+        mf.adapters = [str(p) for p in self.adapter_paths]
+        for name, value in self.parameters.items():
+            values = value if isinstance(value, list) else [value]
+            mf.parameters += [(name, v) for v in values]
+        mf.system = self.system
+        mf.template = self.template
+        mf.messages = list(self.messages)
+        mf.licenses = list(self.licenses)
+        return mf
+
+
+def load(store: Store, name: ModelName, manifest: Manifest | None = None) -> Model:
+    """Read a model's manifest and small layers; raises ModelNotFoundError or a StoreError."""
+    if manifest is None:
+        manifest = store.read_manifest(name)
+    raw = manifest.to_bytes()
+    model_layers = manifest.of_kind("model")
+    if not model_layers:
+        raise StoreError(
+            f"the manifest of {name} has no model layer",
+            hint=f"remove it with `localrun rm {name}` and create it again",
+        )
+
+    def text(kind: str) -> str | None:
+        layers = manifest.of_kind(kind)
+        return store.read_blob(layers[-1].digest).decode("utf-8") if layers else None
+
+    def as_json(kind: str, default: Any) -> Any:
+        found = text(kind)
+        return default if found is None else json.loads(found)
+
+    try:
+        config = json.loads(store.read_blob(manifest.config.digest))
+        messages = [Message(m["role"], m["content"]) for m in as_json("messages", [])]
+        parameters = as_json("params", {})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"a layer of {name} is malformed ({exc})") from None
+    return Model(
+        name=name,
+        digest="sha256:" + hashlib.sha256(raw).hexdigest(),
+        manifest=manifest,
+        config=config,
+        model_path=store.blob_path(model_layers[-1].digest),
+        adapter_paths=[store.blob_path(layer.digest) for layer in manifest.of_kind("adapter")],
+        parameters=parameters,
+        system=text("system"),
+        template=text("template"),
+        messages=messages,
+        licenses=[store.read_blob(x.digest).decode("utf-8") for x in manifest.of_kind("license")],
+    )
