@@ -289,8 +289,14 @@ def _check_tensor_bounds(
 
 
 def _key(raw: bytes) -> str:
-    text = raw.decode("utf-8", errors="replace")
+    text = _printable(raw.decode("utf-8", errors="replace"))
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _printable(text: str) -> str:
+    # Names come from the file: escape control characters so that a hostile name can neither
+    # break the one-line error message nor send escape sequences to the terminal.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _read(fh: Any, size: int, shown: str, scan: _Scan) -> GGUFInfo:
@@ -301,7 +307,7 @@ def _read(fh: Any, size: int, shown: str, scan: _Scan) -> GGUFInfo:
         reader = GGUFReader(fh)  # np.memmap takes the open file: no second open by path
     except Exception as exc:
         # A hostile file can make a third-party parser fail in many ways; all mean "invalid".
-        raise _bad(shown, f"{type(exc).__name__}: {exc}") from exc
+        raise _bad(shown, _printable(f"{type(exc).__name__}: {exc}")) from exc
 
     def value(key: str) -> Any:
         fld = reader.get_field(key)

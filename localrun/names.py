@@ -62,6 +62,12 @@ class ModelName:
         _check_host(self.host, self.host)
         for kind, value in (("namespace", self.namespace), ("name", self.name), ("tag", self.tag)):
             _check_part(kind, value, value)
+        if len(self.full) > MAX_REFERENCE:
+            # Otherwise str() could give a reference that parse() refuses.
+            raise InvalidNameError(
+                f"model name is {len(self.full)} characters long; the limit is {MAX_REFERENCE}",
+                hint=_HINT,
+            )
 
     def __str__(self) -> str:
         """The short form: defaults omitted, except the tag."""
@@ -90,9 +96,18 @@ def parse(text: str) -> ModelName:
         raise InvalidNameError(
             f"model name is {len(raw)} characters long; the limit is {MAX_REFERENCE}", hint=_HINT
         )
+    if not raw.isascii():
+        # Checked before lower(): some characters lower to ASCII (KELVIN SIGN becomes "k").
+        raise InvalidNameError(
+            f"invalid model name '{_shown(raw)}': only ASCII letters, digits, '.', '_', '-', "
+            "'/' and ':' are allowed",
+            hint=_HINT,
+        )
     lowered = raw.lower()
     if "\\" in lowered or "\x00" in lowered:
-        raise InvalidNameError(f"invalid model name '{_shown(raw)}': no '\\' allowed", hint=_HINT)
+        raise InvalidNameError(
+            f"invalid model name '{_shown(raw)}': no '\\' or NUL allowed", hint=_HINT
+        )
     if lowered.startswith("/"):
         raise InvalidNameError(
             f"invalid model name '{_shown(raw)}': an absolute path is not a model name",
@@ -147,7 +162,7 @@ def _check_part(kind: str, value: str, raw: str) -> None:
         raise InvalidNameError(
             f"invalid model name '{_shown(raw)}': '..' is not allowed", hint=_HINT
         )
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise InvalidNameError(
             f"invalid model name '{_shown(raw)}': the {kind} '{_shown(value)}' must be {rule}",
             hint=_HINT,
@@ -155,7 +170,7 @@ def _check_part(kind: str, value: str, raw: str) -> None:
 
 
 def _check_host(value: str, raw: str) -> None:
-    match = _HOST_RE.match(value)
+    match = _HOST_RE.fullmatch(value)
     if not match or len(match.group("h")) > 253 or ".." in value:
         raise InvalidNameError(
             f"invalid model name '{_shown(raw)}': the host '{_shown(value)}' must be a "

@@ -71,7 +71,10 @@ class ParamSpec:
                     raise self._error(f"expected an integer, got {value!r}")
                 value = int(value)
         else:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int from JSON too large for a float
+                raise self._error("expected a finite number, got a huge integer") from None
             if not math.isfinite(value):
                 raise self._error(f"expected a finite number, got {value!r}")
         if self.minimum is not None and value < self.minimum:

@@ -1,0 +1,126 @@
+"""Shared fixtures: an isolated LOCALRUN_HOME per test, generated GGUF files, a CLI runner.
+
+Test tiers (pytest markers, declared in pyproject.toml): unmarked tests are pure and fast;
+`model` tests load a real GGUF; `server` tests start a real server on an ephemeral port; `slow`
+tests take seconds (large files, subprocess crash tests).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import make_test_models  # noqa: E402
+
+from localrun.store import Store  # noqa: E402
+
+_SETTINGS = ("LOCALRUN_HOME", "LOCALRUN_MODELS", "LOCALRUN_HOST", "LOCALRUN_DEBUG")
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own LOCALRUN_HOME; no other LOCALRUN_* setting leaks in."""
+    for name in _SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "localrun-home"
+    monkeypatch.setenv("LOCALRUN_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def store(home: Path) -> Store:
+    return Store(home / "models")
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(fixtures_dir: Path) -> Path:
+    """A tiny random-weight llama GGUF (about 0.5 MB) that llama.cpp loads."""
+    return make_test_models.write_tiny_model(fixtures_dir / "tiny-llama.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(fixtures_dir: Path) -> Path:
+    """A LoRA adapter GGUF matching `tiny_model`."""
+    return make_test_models.write_tiny_lora(fixtures_dir / "tiny-llama-lora.gguf")
+
+
+@pytest.fixture(scope="session")
+def malformed(fixtures_dir: Path) -> dict[str, Path]:
+    """Broken GGUF samples by name: truncated, bad_magic, absurd_array_length, ..."""
+    return make_test_models.write_malformed(fixtures_dir / "malformed")
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+class CLI:
+    """Runs the real `localrun` command in a subprocess with the test's environment."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+
+    def __call__(
+        self,
+        *args: str,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> Result:
+        proc = subprocess.run(
+            [sys.executable, "-m", "localrun", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            cwd=self.cwd,
+            env={**os.environ, **(env or {})},
+            timeout=timeout,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> CLI:
+    return CLI(tmp_path)
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    """A failed command: non-zero exit, one 'Error: ...' line on stderr, no traceback."""
+    assert result.code != 0, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("Error: "), result.stderr
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Iterator[object]:
+    """write(name, text) -> Path: a text file in the test's folder."""
+
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    yield _write
