@@ -93,12 +93,19 @@ def ensure(store: Store, name: ModelName, report: create.Reporter | None = None)
             continue
         mf = Modelfile(from_=str(path), licenses=[entry.license] if entry.license else [])
         mf.parameters = list(entry.parameters.items())
+        outer = report or (lambda _: None)
+        outer(create.Event(f"importing {name} from the {source['distribution']} package"))
+
+        def inner(event: create.Event) -> None:
+            if event.status != "success":  # the caller reports its own success
+                outer(event)
+
         create.create(
             store,
             name,
             mf,
             path.parent,
-            report=report or (lambda _: None),
+            report=inner,
             expected={str(path): "sha256:" + source["sha256"]},
         )
         return store.read_manifest(name)
