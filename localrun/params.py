@@ -141,7 +141,7 @@ def spec(name: str) -> ParamSpec:
     found = SPECS.get(name.strip().lower())
     if found is None:
         raise InvalidParameterError(
-            f"unknown parameter '{name}'",
+            f"unknown parameter {name!r}",
             hint="known parameters: " + ", ".join(SPECS),
         )
     return found
