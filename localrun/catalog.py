@@ -83,6 +83,12 @@ def ensure(store: Store, name: ModelName, report: create.Reporter | None = None)
         entry = lookup(name)
         if entry is None:
             raise
+    outer = report or (lambda _: None)
+
+    def inner(event: create.Event) -> None:
+        if event.status != "success":  # the caller reports its own success
+            outer(event)
+
     install_hints = []
     for source in entry.sources:
         if source.get("type") != "package":
@@ -93,13 +99,7 @@ def ensure(store: Store, name: ModelName, report: create.Reporter | None = None)
             continue
         mf = Modelfile(from_=str(path), licenses=[entry.license] if entry.license else [])
         mf.parameters = list(entry.parameters.items())
-        outer = report or (lambda _: None)
         outer(create.Event(f"importing {name} from the {source['distribution']} package"))
-
-        def inner(event: create.Event) -> None:
-            if event.status != "success":  # the caller reports its own success
-                outer(event)
-
         create.create(
             store,
             name,

@@ -14,8 +14,8 @@ Rules that keep users' gigabytes safe:
 - A blob is hashed while it is written to a process-unique temporary file in the blobs folder,
   fsynced and moved into place with os.replace: a blob file is complete or absent.
 - A manifest is written (atomically, the same way) only after all its blobs are in place.
-- Writers (create, cp) hold the lock shared; rm, prune and the start-up cleanup hold it exclusive,
-  so garbage collection never sees a half-made model.
+- Writers (create, cp) and verify hold the lock shared; rm, prune and the start-up cleanup hold
+  it exclusive, so garbage collection never sees a half-made model nor deletes what verify reads.
 
 Knows nothing of HTTP, hubs or llama.cpp.
 """
@@ -45,7 +45,8 @@ from localrun.errors import (
 )
 from localrun.names import ModelName
 
-DIGEST_RE = re.compile(r"^sha256[:-][0-9a-f]{64}$")
+# \Z, not $: "$" also matches before a trailing newline, which would then end up in a path.
+DIGEST_RE = re.compile(r"^sha256[:-][0-9a-f]{64}\Z")
 TMP_PREFIX = ".tmp-"
 CHUNK = 4 * 1024 * 1024
 SMALL_BLOB = 4 * 1024 * 1024  # small layers are re-hashed whenever they are read
@@ -115,7 +116,10 @@ class Manifest:
 
     @staticmethod
     def from_bytes(raw: bytes) -> Manifest:
-        data = json.loads(raw)
+        try:
+            data = json.loads(raw)
+        except RecursionError:  # not a ValueError: callers would not expect it
+            raise ValueError("the JSON is nested too deeply") from None
         if not isinstance(data, dict) or data.get("schemaVersion") != 2:
             raise ValueError("not a schemaVersion 2 manifest")
         layers = data.get("layers")
@@ -229,6 +233,7 @@ class Store:
         """Store small content; returns (digest, size)."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if not self.has_blob(digest):
+            self._ensure_dirs()  # as add_file does: callers need not hold writing() first
             self._write_atomic(self.blob_path(digest), [data], sync_dir=True)
         return digest, len(data)
 
@@ -394,7 +399,10 @@ class Store:
     def remove(self, name: ModelName) -> int:
         """Delete a model and every blob no other model uses; returns the bytes freed."""
         with self.exclusive():
-            self.read_manifest(name)  # raises ModelNotFoundError / reports damage first
+            # Raises ModelNotFoundError; a damaged manifest can still be removed (its error
+            # message tells the user to).
+            with contextlib.suppress(StoreError):
+                self.read_manifest(name)
             path = self.manifest_path(name)
             try:
                 path.unlink()
@@ -462,6 +470,14 @@ class Store:
 
     def verify(self, progress: Callable[[str, int, int], None] | None = None) -> VerifyReport:
         """Re-hash every blob; report corrupt and missing blobs with the models they affect."""
+        if not self.root.is_dir():
+            return VerifyReport()
+        # Held shared, like a writer: a concurrent rm or prune would otherwise delete files
+        # between the listing and the hashing (a crash, or blobs reported missing).
+        with self.writing():
+            return self._verify(progress)
+
+    def _verify(self, progress: Callable[[str, int, int], None] | None) -> VerifyReport:
         report = VerifyReport()
         users: dict[str, list[str]] = {}
         for name in self.names():
