@@ -151,17 +151,60 @@ def _bad(shown: str, reason: str) -> InvalidGGUFError:
     )
 
 
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    type_name: str
+    dims: tuple[int, ...]
+    offset: int  # from the start of the tensor data
+    n_bytes: int
+
+
 @dataclass
-class _Scan:
+class Header:
+    """What the bounds-checked walk over a GGUF header found (no array contents)."""
+
     version: int
     alignment: int
     data_start: int
+    size: int
+    metadata: dict[str, Any]  # scalars and strings; arrays as ("array", element type, count)
+    tensors: list[TensorInfo]
+
+    def arch_value(self, suffix: str) -> Any:
+        return self.metadata.get(f"{self.metadata.get('general.architecture')}.{suffix}")
 
 
-def _scan_header(data: mmap.mmap, size: int, shown: str) -> _Scan:
-    """Walk the header with bounds checks on every length; no value is decoded."""
+_SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                   10: "<Q", 11: "<q", 12: "<d"}  # fmt: skip
+_U64 = struct.Struct("<Q")
+
+
+def scan(path: str | os.PathLike[str]) -> Header:
+    """Validate the structure of a GGUF file quickly (no gguf package, no array contents).
+
+    This is the check made before llama.cpp opens a file: every length, count and tensor
+    extent is bounded by the file size. `inspect` does this and reads the values too.
+    """
+    fd = open_regular(path)
+    try:
+        return scan_fd(fd, str(path))
+    finally:
+        os.close(fd)
+
+
+def scan_fd(fd: int, shown: str) -> Header:
+    size = os.fstat(fd).st_size
+    if size < 24:
+        raise _bad(shown, f"only {size} bytes, too small for a GGUF header")
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data:
+        return _scan_header(data, size, shown)
+
+
+def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
+    """Walk the header with bounds checks on every length, decoding scalars and strings."""
     if data[:4] != GGUF_MAGIC:
-        raise _bad(shown, f"bad magic {bytes(data[:4])!r} (expected b'GGUF')")
+        raise _bad(shown, _printable(f"bad magic {bytes(data[:4])!r} (expected b'GGUF')"))
     (version,) = struct.unpack_from("<I", data, 4)
     if version & 0xFFFF == 0 and version != 0:
         raise _bad(shown, "big-endian GGUF files are not supported")
@@ -177,7 +220,7 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> _Scan:
     def read_string(what: str) -> bytes:
         nonlocal pos
         need(8, what)
-        (length,) = struct.unpack_from("<Q", data, pos)
+        (length,) = _U64.unpack_from(data, pos)
         pos += 8
         need(length, what)
         value = data[pos : pos + length]
@@ -192,7 +235,7 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> _Scan:
             f"header claims {kv_count} metadata keys and {tensor_count} tensors, "
             f"more than a {size}-byte file can hold",
         )
-    alignment = DEFAULT_ALIGNMENT
+    metadata: dict[str, Any] = {}
     for _ in range(kv_count):
         key = read_string("a metadata key")
         if len(key) > MAX_KEY_LENGTH:
@@ -200,29 +243,31 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> _Scan:
         need(4, f"metadata {_key(key)}")
         (vtype,) = struct.unpack_from("<I", data, pos)
         pos += 4
-        if key == b"general.alignment":
-            if vtype != 4:
-                raise _bad(shown, "general.alignment must be a uint32")
-            need(4, "general.alignment")
-            (alignment,) = struct.unpack_from("<I", data, pos)
-            if alignment == 0 or alignment & (alignment - 1):
-                raise _bad(shown, f"general.alignment is {alignment}; it must be a power of two")
+        field = key.decode("utf-8", errors="replace")
+        if field == "general.alignment" and vtype != 4:
+            raise _bad(shown, "general.alignment must be a uint32")
         if vtype in _SCALAR_SIZES:
             need(_SCALAR_SIZES[vtype], f"metadata {_key(key)}")
+            (metadata[field],) = struct.unpack_from(_SCALAR_FORMATS[vtype], data, pos)
             pos += _SCALAR_SIZES[vtype]
         elif vtype == _STRING:
-            read_string(f"metadata {_key(key)}")
+            metadata[field] = read_string(f"metadata {_key(key)}").decode("utf-8", "replace")
         elif vtype == _ARRAY:
             need(12, f"metadata {_key(key)}")
             itype, count = struct.unpack_from("<IQ", data, pos)
             pos += 12
+            metadata[field] = ("array", itype, count)
             if itype in _SCALAR_SIZES:
                 need(count * _SCALAR_SIZES[itype], f"array {_key(key)} of {count} elements")
                 pos += count * _SCALAR_SIZES[itype]
             elif itype == _STRING:
                 need(count * 8, f"array {_key(key)} of {count} strings")
-                for _ in range(count):
-                    read_string(f"array {_key(key)}")
+                unpack = _U64.unpack_from
+                for _ in range(count):  # the hot loop of a scan: tokens and merges
+                    if pos + 8 > size:
+                        break
+                    pos += 8 + unpack(data, pos)[0]
+                need(0, f"array {_key(key)}")
             elif itype == _ARRAY:
                 raise _bad(
                     shown,
@@ -232,6 +277,11 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> _Scan:
                 raise _bad(shown, f"metadata {_key(key)} has unknown element type {itype}")
         else:
             raise _bad(shown, f"metadata {_key(key)} has unknown type {vtype}")
+
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if "general.alignment" in metadata:
+        if alignment == 0 or alignment & (alignment - 1):
+            raise _bad(shown, f"general.alignment is {alignment}; it must be a power of two")
 
     infos: list[tuple[str, list[int], int, int]] = []
     for index in range(tensor_count):
@@ -250,8 +300,8 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> _Scan:
     data_start = -(-pos // alignment) * alignment
     if data_start > size and tensor_count:
         raise _bad(shown, "the tensor data is missing (truncated file)")
-    _check_tensor_bounds(infos, data_start, alignment, size, shown)
-    return _Scan(version, alignment, data_start)
+    tensors = _check_tensor_bounds(infos, data_start, alignment, size, shown)
+    return Header(version, alignment, data_start, size, metadata, tensors)
 
 
 def _check_tensor_bounds(
@@ -260,12 +310,14 @@ def _check_tensor_bounds(
     alignment: int,
     size: int,
     shown: str,
-) -> None:
+) -> list[TensorInfo]:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+    out = []
     for name, dims, ttype, offset in infos:
         try:
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+            qtype = GGMLQuantizationType(ttype)
+            block, type_size = GGML_QUANT_SIZES[qtype]
         except (ValueError, KeyError):
             raise _bad(shown, f"tensor {name} has unknown type {ttype}") from None
         if dims[0] % block:
@@ -286,6 +338,8 @@ def _check_tensor_bounds(
                 f"tensor {name} (offset {offset}, {n_bytes} bytes) lies past the "
                 f"end of the {size}-byte file (truncated or corrupt)",
             )
+        out.append(TensorInfo(name, qtype.name, tuple(dims), offset, n_bytes))
+    return out
 
 
 def _key(raw: bytes) -> str:
@@ -299,7 +353,7 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _read(fh: Any, size: int, shown: str, scan: _Scan) -> GGUFInfo:
+def _read(fh: Any, size: int, shown: str, scan: Header) -> GGUFInfo:
     """Read the (already bounds-checked) header with the gguf package."""
     from gguf import GGUFReader, LlamaFileType
 
