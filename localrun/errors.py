@@ -10,6 +10,10 @@
     │   ├── FileNotFoundError_      it does not exist
     │   ├── NotRegularFileError     a directory, FIFO, socket or device
     │   └── InvalidGGUFError        not a well-formed GGUF file (or the wrong kind of GGUF)
+    ├── EngineError                 the inference engine
+    │   ├── ModelLoadError          llama.cpp could not load a model or adapter
+    │   ├── ContextOverflowError    the prompt does not fit in the context window
+    │   └── TemplateError           the chat template failed to render
     └── StoreError                  the model store itself
         ├── InvalidDigestError      a digest that is not sha256:<64 hex>
         ├── CorruptBlobError        a blob whose content no longer matches its digest
@@ -127,6 +131,22 @@ class NotRegularFileError(FileError):
 
 class InvalidGGUFError(FileError):
     code = "invalid_gguf"
+
+
+class EngineError(LocalrunError):
+    code = "engine_error"
+
+
+class ModelLoadError(EngineError):
+    code = "model_load_error"
+
+
+class ContextOverflowError(EngineError):
+    code = "context_overflow"
+
+
+class TemplateError(EngineError):
+    code = "template_error"
 
 
 class StoreError(LocalrunError):

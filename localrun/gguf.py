@@ -279,9 +279,8 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
             raise _bad(shown, f"metadata {_key(key)} has unknown type {vtype}")
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if "general.alignment" in metadata:
-        if alignment == 0 or alignment & (alignment - 1):
-            raise _bad(shown, f"general.alignment is {alignment}; it must be a power of two")
+    if "general.alignment" in metadata and (alignment == 0 or alignment & (alignment - 1)):
+        raise _bad(shown, f"general.alignment is {alignment}; it must be a power of two")
 
     infos: list[tuple[str, list[int], int, int]] = []
     for index in range(tensor_count):

@@ -54,7 +54,8 @@ def print_error(err: LocalrunError) -> None:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script: run the app, print any error once, set the exit code."""
-    from localrun.cli import store_cmds  # noqa: F401  (registers the commands)
+    import localrun.cli.info_cmd  # noqa: F401
+    from localrun.cli import run_cmd, store_cmds  # noqa: F401  (registers the commands)
 
     debug = config.debug()
     code = 0

@@ -130,12 +130,24 @@ def show(
     show_template: bool = typer.Option(False, "--template", help="Print only its chat template."),
     show_license: bool = typer.Option(False, "--license", help="Print only its license."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+    fit: bool = typer.Option(
+        False, "--fit", help="Print how it would be split between GPU and CPU, without loading it."
+    ),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", help="With --fit: set a parameter, e.g. num_ctx=8192 (repeatable)."
+    ),
 ) -> None:
     """Show a model's details, parameters, system prompt, template and license."""
     from localrun import catalog
     from localrun import model as model_mod
-    from localrun.modelfile import format_param
+    from localrun import params as params_mod
+    from localrun.errors import InvalidParameterError
 
+    if param and not fit:
+        raise InvalidParameterError(
+            "--param goes with --fit", hint=f"localrun show {name} --fit --param {param[0]}"
+        )
+    overrides = dict(params_mod.parse_assignment(item) for item in param)
     store = open_store()
     ref = names.parse(name)
     progress = CreateProgress()
@@ -145,7 +157,11 @@ def show(
         progress.close()
     m = model_mod.load(store, catalog.canonical(ref), manifest)
     template = m.template if m.template is not None else m.config.get("gguf_chat_template")
-    if as_json:
+    if fit:
+        from localrun.cli.info_cmd import print_fit
+
+        print_fit(m, overrides, as_json)
+    elif as_json:
         print(json.dumps(_show_json(m, template), indent=2, ensure_ascii=False))
     elif show_modelfile:
         mf = m.to_modelfile()
@@ -155,7 +171,7 @@ def show(
             end="",
         )
     elif show_parameters:
-        print(_params_text(m.parameters, format_param))
+        print(params_text(m.parameters))
     elif show_system:
         print(m.system or "")
     elif show_template:
@@ -163,10 +179,13 @@ def show(
     elif show_license:
         print("\n\n".join(m.licenses))
     else:
-        print(_show_text(m, template, format_param))
+        print(show_text(m, template))
 
 
-def _params_text(parameters: dict[str, Any], format_param: Any) -> str:
+def params_text(parameters: dict[str, Any]) -> str:
+    """Parameters as aligned `name value` lines (strings quoted), as `show` prints them."""
+    from localrun.modelfile import format_param
+
     rows = []
     for key, value in parameters.items():
         for item in value if isinstance(value, list) else [value]:
@@ -174,7 +193,8 @@ def _params_text(parameters: dict[str, Any], format_param: Any) -> str:
     return columns(rows)
 
 
-def _show_text(m: Any, template: str | None, format_param: Any) -> str:
+def show_text(m: Any, template: str | None) -> str:
+    """The sections `show` prints: model details, adapters, parameters, system, ... license."""
     from localrun.gguf import format_count
 
     d = m.details
@@ -189,7 +209,7 @@ def _show_text(m: Any, template: str | None, format_param: Any) -> str:
     if m.adapter_paths:
         sections.append("  Adapters\n" + _indent("\n".join(p.name for p in m.adapter_paths), 4))
     if m.parameters:
-        sections.append("  Parameters\n" + _indent(_params_text(m.parameters, format_param), 4))
+        sections.append("  Parameters\n" + _indent(params_text(m.parameters), 4))
     if m.system:
         sections.append("  System\n" + _indent(_clip(m.system, 6), 4))
     if m.messages:

@@ -1,0 +1,302 @@
+"""The terminal chat of `localrun run MODEL`: streaming answers, slash commands, history.
+
+Each turn re-renders the whole conversation, and the engine reuses the KV cache of the part it
+has already seen, so a turn costs only its new tokens (`--verbose` shows the counts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from localrun import config
+from localrun.errors import LocalrunError
+
+HELP = """Available commands:
+  /set parameter NAME VALUE   set a parameter for this session (e.g. /set parameter temperature 0.2)
+  /set system TEXT            set the system prompt
+  /set verbose | quiet        show or hide timings after each answer
+  /set format json | none     constrain answers to JSON, or not
+  /show info | parameters | system | template | modelfile | license
+  /clear                      forget the conversation
+  /save NAME                  save this session (system, parameters, conversation) as a model
+  /load NAME                  switch to another model
+  /bye                        exit (or Ctrl-D)
+  /?                          this help
+
+Start and end a multi-line message with \"\"\".
+Ctrl-C stops an answer; Ctrl-D or /bye leaves."""
+
+
+class ChatSession:
+    """State of one terminal chat: the loaded model, the conversation and the session settings."""
+
+    def __init__(
+        self,
+        opened: Any,
+        *,
+        system: str | None,
+        format: str | None,
+        verbose: bool,
+        overrides: dict[str, Any],
+    ) -> None:
+        self.runner = opened
+        self.system = system
+        self.format = format
+        self.verbose = verbose
+        self.overrides = dict(overrides)
+        self.messages: list[dict[str, Any]] = []
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def command(self, line: str) -> bool:
+        """Run a slash command; returns False when the chat should end."""
+        from localrun.cli.main import print_error
+
+        words = line.split(maxsplit=2)
+        name = words[0].lower()
+        try:
+            if name in ("/bye", "/exit", "/quit"):
+                return False
+            if name in ("/?", "/help"):
+                print(HELP)
+            elif name == "/clear":
+                self.messages = []
+                print("Cleared session context")
+            elif name == "/set":
+                self._set(line.split(maxsplit=1)[1] if len(words) > 1 else "")
+            elif name == "/show":
+                self._show(words[1].lower() if len(words) > 1 else "")
+            elif name == "/save":
+                self._save(words[1] if len(words) > 1 else "")
+            elif name == "/load":
+                self._load(words[1] if len(words) > 1 else "")
+            else:
+                print(f"Unknown command '{words[0]}'. Type /? for help")
+        except LocalrunError as err:
+            print_error(err)
+        return True
+
+    def _set(self, rest: str) -> None:
+        from localrun import params as params_mod
+
+        words = rest.split(maxsplit=1)
+        what = words[0].lower() if words else ""
+        if what == "parameter":
+            parts = words[1].split(maxsplit=1) if len(words) > 1 else []
+            if len(parts) != 2:
+                print("Usage: /set parameter NAME VALUE")
+                return
+            spec = params_mod.spec(parts[0])
+            value = spec.parse(parts[1])
+            if spec.repeated:
+                self.overrides.setdefault(spec.name, []).append(value)
+            else:
+                self.overrides[spec.name] = value
+            from localrun.runner import LOAD_PARAMS
+
+            if spec.name in LOAD_PARAMS:
+                self._reload(self.runner.model)
+            print(f"Set parameter '{spec.name}' to '{parts[1]}'")
+        elif what == "system":
+            if len(words) < 2:
+                print("Usage: /set system TEXT")
+                return
+            self.system = words[1].strip().strip('"')
+            print("Set system message.")
+        elif what in ("verbose", "quiet"):
+            self.verbose = what == "verbose"
+            print(f"Set '{what}' mode.")
+        elif what == "format":
+            value = words[1].strip().lower() if len(words) > 1 else ""
+            if value not in ("json", "none"):
+                print("Usage: /set format json | none")
+                return
+            self.format = None if value == "none" else value
+            print(f"Set format to '{value}'.")
+        else:
+            print("Usage: /set parameter NAME VALUE | system TEXT | verbose | quiet | format json")
+
+    def _show(self, what: str) -> None:
+        model = self.runner.model
+        if what == "info":
+            from localrun.cli.store_cmds import show_text
+
+            print(show_text(model, self.runner.template), end="")
+        elif what == "parameters":
+            from localrun.cli.store_cmds import params_text
+
+            merged = {**model.parameters, **self.overrides}
+            print(params_text(merged) if merged else "No parameters are set.")
+        elif what == "system":
+            print(self.system if self.system is not None else model.system or "No system message.")
+        elif what == "template":
+            print(self.runner.template or "No template: ChatML is used.")
+        elif what == "modelfile":
+            print(self._modelfile(), end="")
+        elif what == "license":
+            print("\n\n".join(model.licenses) or "No license.")
+        else:
+            print("Usage: /show info | parameters | system | template | modelfile | license")
+
+    def _modelfile(self) -> Any:
+        from localrun.modelfile import Message, Modelfile
+
+        model = self.runner.model
+        mf = Modelfile(from_=str(model.name))
+        for name, value in self.overrides.items():
+            mf.parameters += [(name, v) for v in (value if isinstance(value, list) else [value])]
+        mf.system = self.system
+        mf.messages = [Message(m["role"], m["content"]) for m in self.messages]
+        return mf
+
+    def _save(self, name: str) -> None:
+        from localrun import catalog, create, names
+        from localrun.cli.store_cmds import open_store
+
+        if not name:
+            print("Usage: /save NAME")
+            return
+        target = names.parse(name)
+        store = open_store()
+        create.create(store, target, self._modelfile(), Path.cwd(), resolve=catalog.resolver(store))
+        print(f"Created new model '{target}'")
+
+    def _load(self, name: str) -> None:
+        from localrun import catalog, names
+        from localrun import model as model_mod
+        from localrun.cli.store_cmds import open_store
+
+        if not name:
+            print("Usage: /load NAME")
+            return
+        ref = names.parse(name)
+        store = open_store()
+        manifest = catalog.ensure(store, ref)
+        print(f"Loading model '{catalog.canonical(ref)}'")
+        self._reload(model_mod.load(store, catalog.canonical(ref), manifest))
+        self.messages = []
+        self.overrides = {}
+        self.system = None
+
+    def _reload(self, model: Any) -> None:
+        from localrun import runner
+        from localrun.cli.run_cmd import warn
+
+        fresh = runner.load(model, overrides=self.overrides, warn=warn)
+        self.runner.close()
+        self.runner = fresh
+
+    # -- turns --------------------------------------------------------------------------------
+
+    def turn(self, text: str) -> None:
+        """Send a user message and stream the answer; Ctrl-C stops it and keeps the session."""
+        from localrun.cli.run_cmd import print_stats
+
+        self.messages.append({"role": "user", "content": text})
+        try:
+            reply = self.runner.chat(
+                self.messages,
+                system=self.system,
+                options={k: v for k, v in self.overrides.items()},
+                format=self.format,
+            )
+        except LocalrunError:
+            self.messages.pop()
+            raise
+        out = sys.stdout
+        try:
+            for piece in reply:
+                out.write(piece)
+                out.flush()
+        except KeyboardInterrupt:
+            reply.cancel()
+        out.write("\n\n" if reply.text and not reply.text.endswith("\n") else "\n")
+        out.flush()
+        self.messages.append({"role": "assistant", "content": reply.text})
+        if self.verbose:
+            print_stats(reply, self.runner)
+
+
+def _history_file() -> Path:
+    return config.home() / "history"
+
+
+def _setup_history() -> Any:
+    try:
+        import readline
+    except ImportError:  # Windows without pyreadline: plain input() still works
+        return None
+    path = _history_file()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        readline.read_history_file(path)
+    readline.set_history_length(2000)
+    return readline
+
+
+def _read_message(first: str) -> str | None:
+    """Complete a message that starts with \"\"\" by reading lines until the closing quotes."""
+    body = first.lstrip()[3:]
+    if body.rstrip().endswith('"""'):
+        return body.rstrip()[:-3]
+    lines = [body]
+    while True:
+        try:
+            line = input("... ")
+        except EOFError:
+            return None
+        if line.rstrip().endswith('"""'):
+            lines.append(line.rstrip()[:-3])
+            return "\n".join(lines).strip("\n")
+        lines.append(line)
+
+
+def chat_loop(
+    opened: Any,
+    *,
+    system: str | None,
+    format: str | None,
+    verbose: bool,
+    overrides: dict[str, Any],
+) -> None:
+    from localrun.cli.main import print_error
+
+    session = ChatSession(
+        opened, system=system, format=format, verbose=verbose, overrides=overrides
+    )
+    readline = _setup_history()
+    print("Type /? for help, /bye or Ctrl-D to leave.", file=sys.stderr, flush=True)
+    try:
+        while True:
+            try:
+                line = input(">>> ")
+            except EOFError:
+                print()
+                break
+            except KeyboardInterrupt:
+                print("\nUse Ctrl + d or /bye to exit.")
+                continue
+            if not line.strip():
+                continue
+            if line.lstrip().startswith('"""'):
+                message = _read_message(line)
+                if message is None:
+                    break
+            elif line.startswith("/"):
+                if not session.command(line.strip()):
+                    break
+                continue
+            else:
+                message = line
+            try:
+                session.turn(message)
+            except LocalrunError as err:
+                print_error(err)
+    finally:
+        if readline is not None:
+            with contextlib.suppress(OSError):
+                readline.write_history_file(_history_file())
+        session.runner.close()

@@ -1,0 +1,157 @@
+"""What the hardware offers: `localrun info`, and the plan printed by `localrun show --fit`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from localrun.cli.main import app
+from localrun.cli.output import columns, human_size
+from localrun.errors import LocalrunError
+
+if TYPE_CHECKING:
+    from localrun.engine.buildinfo import BuildInfo
+    from localrun.model import Model
+    from localrun.system import GPU, SystemInfo
+
+# How to get a llama-cpp-python build for each kind of GPU (its CMake switch).
+_BUILD_FLAGS = {
+    "cuda": "-DGGML_CUDA=on",
+    "rocm": "-DGGML_HIP=on",
+    "vulkan": "-DGGML_VULKAN=on",
+    "metal": "-DGGML_METAL=on",
+}
+
+
+@app.command()
+def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show the CPU, memory and GPUs found, and what the installed llama.cpp was built to use."""
+    from localrun import system
+    from localrun.engine.buildinfo import build_info
+
+    found = system.detect()
+    build: BuildInfo | None = None
+    build_error: str | None = None
+    try:
+        build = build_info()
+    except LocalrunError as err:  # still worth printing the hardware
+        build_error = f"{err.message}; {err.hint}" if err.hint else err.message
+    threads = system.default_threads()
+    notes = _notes(found, build)
+    if as_json:
+        out: dict[str, Any] = {
+            "cpu": asdict(found.cpu),
+            "ram": {"total": found.ram_total, "available": found.ram_available},
+            "gpus": [asdict(g) for g in found.gpus],
+            "threads": threads,
+            "llama_cpp": asdict(build) if build else {"error": build_error},
+            "notes": notes,
+        }
+        print(json.dumps(out, indent=2))
+        return
+    cpu = found.cpu
+    rows = [
+        ["CPU", f"{cpu.model} ({cpu.arch})" if cpu.arch else cpu.model],
+        ["cores", f"{cpu.physical_cores} physical, {cpu.logical_cores} logical"],
+        ["instruction sets", " ".join(cpu.features) or "unknown"],
+        [
+            "RAM",
+            f"{human_size(found.ram_total)} total, {human_size(found.ram_available)} available",
+        ],
+    ]
+    rows += [[f"GPU {g.index}", _gpu_line(g)] for g in found.gpus] or [["GPU", "none"]]
+    rows.append(["threads", f"{threads} (override with the num_thread parameter)"])
+    if build is None:
+        rows.append(["llama.cpp", f"unavailable: {build_error}"])
+    else:
+        rows += [
+            ["llama.cpp", f"llama-cpp-python {build.version}"],
+            ["GPU offload", "yes" if build.gpu_offload else "no"],
+            ["backends", ", ".join(build.backends) or "unknown"],
+        ]
+        if build.devices:
+            rows.append(["devices", ", ".join(build.devices)])
+        rows.append(["system info", build.system_info])
+    rows += [["note", note] for note in notes]
+    print(columns(rows))
+
+
+def _gpu_line(gpu: GPU) -> str:
+    parts = [f"{human_size(gpu.free_bytes)} free of {human_size(gpu.total_bytes)}"]
+    if gpu.driver:
+        parts.append(f"driver {gpu.driver}")
+    if gpu.compute:
+        parts.append(f"compute {gpu.compute}")
+    return f"{gpu.name} ({gpu.backend}): {', '.join(parts)}"
+
+
+def _notes(found: SystemInfo, build: BuildInfo | None) -> list[str]:
+    """What stands between the GPUs found and llama.cpp using them."""
+    from localrun.system import usable_gpus
+
+    if build is None or not found.gpus:
+        return []
+    if build.gpu_offload and usable_gpus(found.gpus, build.backends):
+        return []
+    kind = found.gpus[0].backend
+    how = (
+        f'reinstall llama-cpp-python with CMAKE_ARGS="{_BUILD_FLAGS[kind]}" '
+        "pip install --force-reinstall --no-cache-dir llama-cpp-python"
+    )
+    if not build.gpu_offload:
+        return [f"a {kind} GPU was found but this llama.cpp cannot use it; to use it, {how}"]
+    return [
+        f"this llama.cpp was built for {', '.join(build.backends)}, which cannot reach the "
+        f"{kind} GPU found; to use it, {how}"
+    ]
+
+
+def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
+    """Print how `model` would be split between GPU and CPU, without loading it."""
+    from localrun import gguf, system
+    from localrun.engine.buildinfo import build_info
+    from localrun.errors import CorruptBlobError, InvalidGGUFError
+
+    try:
+        header = gguf.scan(model.model_path)
+    except InvalidGGUFError as exc:
+        raise CorruptBlobError(
+            f"the model file of {model.name} is damaged ({exc.message})",
+            hint="run `localrun verify`, then remove and recreate or pull the model",
+        ) from None
+    parameters = {**model.parameters, **overrides}
+    num_ctx = system.default_num_ctx(parameters, header)
+    build = build_info()
+    gpus = system.usable_gpus(system.detect().gpus, build.backends) if build.gpu_offload else []
+    plan = system.plan_offload(
+        header,
+        num_ctx,
+        requested=parameters.get("num_gpu"),
+        gpus=gpus,
+        gpu_offload_supported=build.gpu_offload,
+        num_batch=parameters.get("num_batch", system.DEFAULT_NUM_BATCH),
+    )
+    warnings = list(plan.warnings)
+    trained = header.arch_value("context_length")
+    if isinstance(trained, int) and num_ctx > trained > 0:
+        warnings.append(f"num_ctx {num_ctx} is larger than the {trained} tokens it was trained on")
+    if as_json:
+        out = {"model": str(model.name), "num_ctx": num_ctx, **asdict(plan)}
+        out["warnings"] = warnings
+        print(json.dumps(out, indent=2))
+        return
+    gpu = plan.gpu
+    rows = [
+        ["num_ctx", str(num_ctx)],
+        ["GPU layers", f"{plan.n_gpu_layers} of {plan.total_layers}"],
+        ["GPU", f"{gpu.index} ({gpu.name}, {gpu.backend})" if gpu else "none"],
+        ["VRAM", human_size(plan.vram_bytes)],
+        ["RAM", human_size(plan.ram_bytes)],
+        ["KV cache", human_size(plan.kv_bytes)],
+        ["reason", plan.reason],
+    ]
+    rows += [["warning", w] for w in warnings]
+    print("  Fit\n" + "\n".join("    " + line for line in columns(rows).splitlines()))

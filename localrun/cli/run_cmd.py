@@ -1,0 +1,165 @@
+"""`localrun run MODEL [PROMPT]`: one-shot answers, batch prompts, or a terminal chat."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from localrun.cli.main import app
+from localrun.errors import InvalidParameterError, LocalrunError
+
+STDIN_LIMIT = 64 * 1024 * 1024
+
+
+@app.command(context_settings={"allow_interspersed_args": True})
+def run(
+    model: str = typer.Argument(..., help="The model, e.g. smollm2:135m."),
+    prompt: list[str] | None = typer.Argument(
+        None, help="The prompt; without one (and with no piped input) a chat starts."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", help="Print timings to stderr."),
+    format: str | None = typer.Option(None, "--format", help="Constrain the answer: json."),
+    system: str | None = typer.Option(None, "--system", help="Use this system prompt."),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", help="Set a parameter: NAME=VALUE (repeatable)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed, for repeatable answers."),
+    batch: Path | None = typer.Option(
+        None, "--batch", help="Answer every prompt of a JSONL file (one JSON per line)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="With --batch: write the results here (default stdout)."
+    ),
+) -> None:
+    """Run a model: answer PROMPT, answer a --batch file, or chat in the terminal."""
+    from localrun import params as params_mod
+
+    started = time.perf_counter()
+    if format not in (None, "json"):
+        raise InvalidParameterError(
+            f"unknown --format {format!r}", hint="the only format is json: --format json"
+        )
+    overrides: dict[str, Any] = {}
+    for item in param:
+        name, value = params_mod.parse_assignment(item)
+        if params_mod.SPECS[name].repeated:
+            overrides.setdefault(name, []).append(value)
+        else:
+            overrides[name] = value
+    if seed is not None:
+        overrides["seed"] = params_mod.spec("seed").check(seed)
+    if output is not None and batch is None:
+        raise InvalidParameterError("--output goes with --batch", hint="add --batch FILE")
+
+    text = " ".join(prompt or [])
+    piped = None
+    if batch is None and not sys.stdin.isatty():
+        piped = sys.stdin.read(STDIN_LIMIT)
+    if piped:
+        text = f"{text}\n\n{piped}" if text else piped
+
+    opened = open_model(model, overrides)
+    if batch is not None:
+        from localrun.cli.batch import run_batch
+
+        raise typer.Exit(run_batch(opened, batch, output, system=system, format=format))
+    if text.strip():
+        one_shot(opened, text, system=system, format=format, verbose=verbose, started=started)
+        return
+    if piped is not None or not sys.stdin.isatty():
+        raise InvalidParameterError(
+            "no prompt: give one as an argument or on stdin",
+            hint=f'localrun run {model} "Why is the sky blue?"',
+        )
+    from localrun.cli.chat import chat_loop
+
+    chat_loop(opened, system=system, format=format, verbose=verbose, overrides=overrides)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def open_model(name: str, overrides: dict[str, Any]) -> Any:
+    """Find (importing from the catalog if needed) and load a model; returns a Runner."""
+    from localrun import catalog, names, runner
+    from localrun import model as model_mod
+    from localrun.cli.output import CreateProgress
+    from localrun.cli.store_cmds import open_store
+
+    ref = names.parse(name)
+    store = open_store()
+    progress = CreateProgress()
+    try:
+        manifest = catalog.ensure(store, ref, progress)
+    finally:
+        progress.close()
+    m = model_mod.load(store, catalog.canonical(ref), manifest)
+    return runner.load(m, overrides=overrides, warn=warn)
+
+
+def one_shot(
+    opened: Any,
+    text: str,
+    *,
+    system: str | None,
+    format: str | None,
+    verbose: bool,
+    started: float,
+) -> None:
+    reply = opened.chat([{"role": "user", "content": text}], system=system, format=format)
+    out = sys.stdout
+    last = ""
+    try:
+        for piece in reply:
+            out.write(piece)
+            out.flush()
+            last = piece
+    except KeyboardInterrupt:
+        reply.cancel()
+        out.write("\n")
+        raise
+    if not last.endswith("\n"):
+        out.write("\n")
+    out.flush()
+    if verbose:
+        print_stats(reply, opened, time.perf_counter() - started)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.3f}s"
+    return f"{seconds * 1000:.3f}ms"
+
+
+def print_stats(reply: Any, opened: Any, total: float | None = None) -> None:
+    """Timings on stderr, in Ollama's --verbose layout."""
+    t = reply.timings
+    lines = [
+        ("total duration", _duration(total if total is not None else t.total_s)),
+        ("load duration", _duration(opened.load_s)),
+        ("prompt eval count", f"{t.prompt_tokens} token(s)"),
+        ("prompt cache hit", f"{t.cached_tokens} token(s)"),
+        ("prompt eval duration", _duration(t.prompt_s)),
+        ("prompt eval rate", f"{t.prompt_rate:.2f} tokens/s"),
+        ("eval count", f"{t.eval_tokens} token(s)"),
+        ("eval duration", _duration(t.eval_s)),
+        ("eval rate", f"{t.eval_rate:.2f} tokens/s"),
+        ("done reason", str(reply.done_reason)),
+    ]
+    for note in opened.notes:
+        lines.append(("offload", note))
+    width = max(len(k) for k, _ in lines) + 2
+    for key, value in lines:
+        print(f"{key + ':':{width}}{value}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def report_error(err: LocalrunError) -> None:
+    from localrun.cli.main import print_error
+
+    print_error(err)

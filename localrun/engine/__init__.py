@@ -1,0 +1,6 @@
+"""The inference engine: the only package that imports llama_cpp.
+
+`types` holds the backend-neutral protocol and data (imported by the layers above); `llama` is the
+llama.cpp implementation over llama-cpp-python's low-level API; `fake` is a scripted stand-in for
+tests of the layers above; `buildinfo` reports what the installed llama.cpp was built with.
+"""

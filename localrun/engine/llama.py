@@ -1,0 +1,369 @@
+"""The llama.cpp engine, over llama-cpp-python's low-level (ctypes) API.
+
+Why not `llama_cpp.Llama`: its generation loop copies the whole logits row into numpy for every
+token and samples in Python, which costs about a tenth of the decode speed on a small model. Here
+the per-token work is one llama_decode, one sample from a native sampler chain and one
+token_to_piece, so decode runs at llama.cpp's own speed.
+
+Every file is structure-checked by `localrun.gguf.scan` before llama.cpp opens it, and every
+failure is translated into a typed error here, where llama_cpp is called.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import contextlib
+import ctypes
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import llama_cpp as lc
+
+from localrun import config, gguf
+from localrun.engine.types import Generation, LoadOptions, SamplingOptions
+from localrun.errors import ContextOverflowError, EngineError, ModelLoadError
+
+_init_lock = threading.Lock()
+_initialised = False
+_log_tail: collections.deque[str] = collections.deque(maxlen=40)
+
+
+@lc.llama_log_callback  # type: ignore[untyped-decorator]
+def _log(level: int, text: bytes, _user: Any) -> None:
+    # llama.cpp logs a lot at load; keep the tail for error messages, print only when debugging.
+    message = text.decode("utf-8", errors="replace")
+    _log_tail.append(message)
+    if _debug:
+        import sys
+
+        sys.stderr.write(message)
+
+
+_debug = False
+
+
+def _init() -> None:
+    global _initialised, _debug
+    with _init_lock:
+        if _initialised:
+            return
+        _debug = config.debug()
+        lc.llama_log_set(_log, ctypes.c_void_p(0))
+        lc.llama_backend_init()
+        _initialised = True
+
+
+def _last_error() -> str:
+    lines = [line.strip() for line in "".join(_log_tail).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
+    return (errors or lines or ["no details"])[-1][:300]
+
+
+class LlamaBackend:
+    """Loads GGUF models with llama.cpp."""
+
+    def load(self, path: str, options: LoadOptions) -> LlamaModel:
+        return LlamaModel(path, options)
+
+
+class LlamaModel:
+    """A llama.cpp model and context holding one conversation (sequence 0)."""
+
+    def __init__(self, path: str, options: LoadOptions) -> None:
+        _init()
+        start = time.perf_counter()
+        header = gguf.scan(path)  # raises InvalidGGUFError before llama.cpp sees the file
+        for adapter, _ in options.adapters:
+            gguf.scan(adapter)
+        self.path = path
+        self.options = options
+        self._model: Any = None
+        self._ctx: Any = None
+        self._adapters: list[Any] = []
+        _log_tail.clear()
+        mparams = lc.llama_model_default_params()
+        mparams.n_gpu_layers = options.num_gpu
+        mparams.main_gpu = options.main_gpu
+        mparams.use_mmap = options.use_mmap
+        self._model = lc.llama_model_load_from_file(path.encode(), mparams)
+        if not self._model:
+            raise ModelLoadError(
+                f"llama.cpp could not load {path}: {_last_error()}",
+                hint="the file may be for an architecture this llama.cpp does not support; "
+                "run with LOCALRUN_DEBUG=1 for its log",
+            )
+        try:
+            self._vocab = lc.llama_model_get_vocab(self._model)
+            self.n_ctx_train = int(lc.llama_model_n_ctx_train(self._model))
+            cparams = lc.llama_context_default_params()
+            cparams.n_ctx = options.num_ctx
+            cparams.n_batch = options.num_batch
+            cparams.n_ubatch = min(options.num_batch, 512)
+            cparams.n_threads = options.num_thread
+            cparams.n_threads_batch = options.num_thread
+            cparams.no_perf = True
+            self._ctx = lc.llama_init_from_model(self._model, cparams)
+            if not self._ctx:
+                raise ModelLoadError(
+                    f"llama.cpp could not create a context of {options.num_ctx} tokens: "
+                    f"{_last_error()}",
+                    hint="lower num_ctx (--param num_ctx=2048) or free some memory",
+                )
+            self.n_ctx = int(lc.llama_n_ctx(self._ctx))
+            self._memory = lc.llama_get_memory(self._ctx)
+            self._load_adapters(options.adapters)
+        except BaseException:
+            self.close()
+            raise
+        self.bos_text = self._special_text(lc.llama_vocab_bos(self._vocab))
+        self.eos_text = self._special_text(lc.llama_vocab_eos(self._vocab))
+        template = header.metadata.get("tokenizer.chat_template")
+        self.chat_template: str | None = template if isinstance(template, str) else None
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
+        self._cache: list[int] = []
+        self._piece = ctypes.create_string_buffer(256)
+        self._one = (lc.llama_token * 1)()
+        self.load_s = time.perf_counter() - start
+
+    def _load_adapters(self, adapters: tuple[tuple[str, float], ...]) -> None:
+        if not adapters:
+            return
+        for path, _ in adapters:
+            adapter = lc.llama_adapter_lora_init(self._model, path.encode())
+            if not adapter:
+                raise ModelLoadError(
+                    f"llama.cpp could not load the LoRA adapter {path}: {_last_error()}",
+                    hint="the adapter must be made for this base model",
+                )
+            self._adapters.append(adapter)
+        handles = (lc.llama_adapter_lora_p_ctypes * len(adapters))(*self._adapters)
+        scales = (ctypes.c_float * len(adapters))(*(scale for _, scale in adapters))
+        if lc.llama_set_adapters_lora(self._ctx, handles, len(adapters), scales) != 0:
+            raise ModelLoadError(f"llama.cpp could not apply the LoRA adapters: {_last_error()}")
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        text = lc.llama_vocab_get_text(self._vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (lc.llama_token * capacity)()
+        n = lc.llama_tokenize(
+            self._vocab, data, len(data), buf, capacity, add_special, parse_special
+        )
+        if n < 0:
+            capacity = -n
+            buf = (lc.llama_token * capacity)()
+            n = lc.llama_tokenize(
+                self._vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
+        if n < 0:
+            raise EngineError("could not tokenize the prompt")
+        return list(buf[:n])
+
+    def token_ids(self, text: str) -> list[int]:
+        ids = self.tokenize(text, add_special=False, parse_special=True)
+        if len(ids) == 1 and lc.llama_vocab_is_control(self._vocab, ids[0]):
+            return ids
+        if len(ids) == 1 and lc.llama_vocab_is_eog(self._vocab, ids[0]):
+            return ids
+        return []
+
+    def _piece_bytes(self, token: int) -> bytes:
+        n = lc.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self._vocab, token, big, -n, 0, False)
+            return big.raw[:n]
+        return self._piece.raw[:n]
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        lc.llama_memory_clear(self._memory, True)
+        self._cache = []
+
+    def _sampler(self, s: SamplingOptions) -> Any:
+        params = lc.llama_sampler_chain_default_params()
+        params.no_perf = True
+        chain = lc.llama_sampler_chain_init(params)
+        add = lc.llama_sampler_chain_add
+        if s.grammar:
+            grammar = lc.llama_sampler_init_grammar(self._vocab, s.grammar.encode(), b"root")
+            if not grammar:
+                lc.llama_sampler_free(chain)
+                raise EngineError("the output grammar could not be compiled")
+            add(chain, grammar)
+        last_n = self.n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
+        if last_n and (
+            s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
+        ):
+            add(
+                chain,
+                lc.llama_sampler_init_penalties(
+                    self.n_vocab,
+                    last_n,
+                    s.repeat_penalty,
+                    s.frequency_penalty,
+                    s.presence_penalty,
+                ),
+            )
+        if s.temperature <= 0:
+            add(chain, lc.llama_sampler_init_greedy())
+            return chain
+        if s.top_k > 0:
+            add(chain, lc.llama_sampler_init_top_k(s.top_k))
+        if 0 < s.typical_p < 1:
+            add(chain, lc.llama_sampler_init_typical(s.typical_p, 1))
+        if 0 < s.top_p < 1:
+            add(chain, lc.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0:
+            add(chain, lc.llama_sampler_init_min_p(s.min_p, 1))
+        add(chain, lc.llama_sampler_init_temp(s.temperature))
+        seed = lc.LLAMA_DEFAULT_SEED if s.seed < 0 else s.seed
+        add(chain, lc.llama_sampler_init_dist(seed))
+        return chain
+
+    def _decode(self, tokens: Sequence[int], batch_size: int) -> None:
+        for start in range(0, len(tokens), batch_size):
+            chunk = tokens[start : start + batch_size]
+            arr = (lc.llama_token * len(chunk))(*chunk)
+            rc = lc.llama_decode(self._ctx, lc.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                # Drop what may be half-written in the KV cache rather than trust it.
+                self.reset()
+                raise EngineError(f"llama.cpp failed to evaluate the prompt (code {rc})")
+            self._cache.extend(chunk)
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        sampling: SamplingOptions,
+        *,
+        stop_tokens: frozenset[int] = frozenset(),
+        cancel: threading.Event | None = None,
+    ) -> Generation:
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        if len(prompt) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(prompt)} tokens but the context holds {self.n_ctx}",
+                hint=f"raise num_ctx (e.g. --param num_ctx={_next_pow2(len(prompt) + 256)}, up "
+                f"to the model's {self.n_ctx_train}) or shorten the prompt",
+            )
+        gen = Generation(iter(()))
+        gen.pieces = self._run(list(prompt), sampling, stop_tokens, cancel, gen)
+        return gen
+
+    def _run(
+        self,
+        prompt: list[int],
+        sampling: SamplingOptions,
+        stop_tokens: frozenset[int],
+        cancel: threading.Event | None,
+        gen: Generation,
+    ) -> Iterator[str]:
+        timings = gen.timings
+        start = time.perf_counter()
+        keep = 0
+        limit = min(len(self._cache), len(prompt) - 1)  # the last prompt token is always run
+        while keep < limit and self._cache[keep] == prompt[keep]:
+            keep += 1
+        if keep < len(self._cache):
+            lc.llama_memory_seq_rm(self._memory, 0, keep, -1)
+            del self._cache[keep:]
+        timings.cached_tokens = keep
+        timings.prompt_tokens = len(prompt) - keep
+        chain = self._sampler(sampling)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            self._decode(prompt[keep:], self.options.num_batch)
+            after_prompt = time.perf_counter()
+            timings.prompt_s = after_prompt - start
+            budget = sampling.num_predict
+            if budget == -2 or budget < 0:
+                budget = self.n_ctx
+            vocab, ctx, one = self._vocab, self._ctx, self._one
+            sample, is_eog = lc.llama_sampler_sample, lc.llama_vocab_is_eog
+            decode, get_one = lc.llama_decode, lc.llama_batch_get_one
+            gen.done_reason = "length"
+            while timings.eval_tokens < budget:
+                if cancel is not None and cancel.is_set():
+                    gen.done_reason = "cancelled"
+                    break
+                token = sample(chain, ctx, -1)
+                if is_eog(vocab, token) or token in stop_tokens:
+                    gen.done_reason = "stop"
+                    break
+                timings.eval_tokens += 1
+                gen.tokens.append(token)
+                text = decoder.decode(self._piece_bytes(token))
+                if len(self._cache) >= self.n_ctx:
+                    if text:
+                        yield text
+                    break  # the context is full: no room to evaluate another token
+                one[0] = token
+                if decode(ctx, get_one(one, 1)) != 0:
+                    self.reset()
+                    raise EngineError("llama.cpp failed while generating")
+                self._cache.append(token)
+                if text:
+                    yield text
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            # Runs on exhaustion, on an error and when the consumer closes the stream early.
+            now = time.perf_counter()
+            if timings.prompt_s == 0.0:
+                timings.prompt_s = now - start
+            else:
+                timings.eval_s = now - start - timings.prompt_s
+            timings.total_s = now - start
+            if gen.done_reason is None:
+                gen.done_reason = "cancelled"
+            lc.llama_sampler_free(chain)
+
+    def logits(self, prompt: Sequence[int]) -> list[float]:
+        """Evaluate `prompt` from scratch and return the logits of its last token."""
+        self.reset()
+        self._decode(list(prompt), self.options.num_batch)
+        row = lc.llama_get_logits_ith(self._ctx, -1)
+        if not row:
+            raise EngineError("llama.cpp returned no logits")
+        return list(row[: self.n_vocab])
+
+    def close(self) -> None:
+        if self._ctx:
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            lc.llama_model_free(self._model)  # frees its LoRA adapters too
+            self._model = None
+        self._adapters = []
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _next_pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def json_grammar() -> str:
+    """llama.cpp's GBNF grammar for any JSON value (used for --format json)."""
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    return str(JSON_GBNF)

@@ -1,0 +1,134 @@
+"""What the layers above see of an inference engine: options, timings and the two protocols.
+
+No llama_cpp here: the CLI, the runner and (later) the scheduler import this module, and tests
+of those layers swap in `engine.fake`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a model: the load-time PARAMETERs, resolved (no 'auto' values left)."""
+
+    num_ctx: int
+    num_batch: int = 512
+    num_thread: int = 1
+    num_gpu: int = 0
+    main_gpu: int = 0
+    use_mmap: bool = True
+    adapters: tuple[tuple[str, float], ...] = ()  # (path, scale)
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """The sampling PARAMETERs, one to one; defaults are Ollama's."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    num_predict: int = -1
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF, e.g. for --format json
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], **extra: Any) -> SamplingOptions:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in params.items() if k in names}
+        if "stop" in values:
+            stop = values["stop"]
+            values["stop"] = tuple(stop if isinstance(stop, list | tuple) else [stop])
+        values.update(extra)
+        return cls(**values)
+
+
+@dataclass
+class Timings:
+    """Counts and durations of one generation, as Ollama reports them."""
+
+    load_s: float = 0.0
+    prompt_tokens: int = 0  # tokens of the prompt evaluated now
+    cached_tokens: int = 0  # tokens of the prompt reused from the KV cache
+    prompt_s: float = 0.0
+    eval_tokens: int = 0
+    eval_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def prompt_rate(self) -> float:
+        return self.prompt_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
+
+    @property
+    def eval_rate(self) -> float:
+        return self.eval_tokens / self.eval_s if self.eval_s > 0 else 0.0
+
+
+@dataclass
+class Generation:
+    """A stream of text pieces; `done_reason` and `timings` are final once it is exhausted.
+
+    done_reason: "stop" (end of turn or a stop sequence), "length" (num_predict or the context
+    is full) or "cancelled". Closing the iterator early ends the generation cleanly.
+    """
+
+    pieces: Iterator[str]
+    timings: Timings = field(default_factory=Timings)
+    done_reason: str | None = None
+    tokens: list[int] = field(default_factory=list)  # the generated token ids
+
+    def __iter__(self) -> Iterator[str]:
+        return self.pieces
+
+    def close(self) -> None:
+        close = getattr(self.pieces, "close", None)
+        if close is not None:
+            close()
+
+
+class LoadedModel(Protocol):
+    """A model in memory with one conversation's KV cache."""
+
+    n_ctx: int
+    n_ctx_train: int
+    bos_text: str
+    eos_text: str
+    chat_template: str | None  # the GGUF's tokenizer.chat_template
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of `text` when it is one special token (e.g. '<|im_end|>'), else []."""
+        ...
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        sampling: SamplingOptions,
+        *,
+        stop_tokens: frozenset[int] = frozenset(),
+        cancel: threading.Event | None = None,
+    ) -> Generation:
+        """Evaluate `prompt` (reusing the cached prefix) and stream the answer."""
+        ...
+
+    def reset(self) -> None:
+        """Forget the KV cache."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    def load(self, path: str, options: LoadOptions) -> LoadedModel: ...

