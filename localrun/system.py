@@ -18,8 +18,11 @@ A card can show up twice (as cuda and as vulkan): each entry is one way llama.cp
 and `usable_gpus` keeps the ones the installed build can use.
 
 `plan_offload` turns a GGUF header, a context size and the free VRAM into a number of layers for
-llama.cpp's `n_gpu_layers`. No llama_cpp import here: the build's facts come in as arguments
-(see localrun.engine.buildinfo).
+llama.cpp's `n_gpu_layers`, following llama.cpp's placement: the input embedding always stays on
+the CPU; n layers offload the last n blocks, each with its share of the f16 KV cache; n_layer + 1
+adds the output layer (with a copy of token_embd when the output is tied to it). The GPU also
+holds a compute buffer, estimated as Ollama does. No llama_cpp import here: the build's facts
+come in as arguments (see localrun.engine.buildinfo).
 """
 
 from __future__ import annotations
@@ -241,7 +244,8 @@ def nvml_gpus(load: Callable[[], Any] = _load_nvml) -> list[GPU] | None:
     except (AttributeError, OSError):
         return None
     finally:
-        lib.nvmlShutdown()
+        with contextlib.suppress(AttributeError, OSError):
+            lib.nvmlShutdown()
 
 
 def _nvml_devices(lib: Any) -> list[GPU] | None:

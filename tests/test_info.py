@@ -134,3 +134,19 @@ def test_show_fit_uses_the_model_num_ctx(cli: CLI, tiny_model: Path, tmp_path: P
 )
 def test_show_fit_bad_param_is_one_line(cli: CLI, args: list[str], fragments: list[str]) -> None:
     assert_one_line_error(cli("show", "smollm2:135m", *args), *fragments)
+
+
+def test_info_notes_a_gpu_this_build_cannot_use() -> None:
+    from localrun.cli.info_cmd import _notes
+    from localrun.engine.buildinfo import BuildInfo
+
+    cpu = system.CPU("Test CPU", "x86_64", 8, 16, ())
+    found = system.SystemInfo(cpu, 10**10, 10**10, [system.GPU(0, "L4", "cuda", 10**10, 10**10)])
+    cpu_build = BuildInfo("0.3.36", False, ["CPU"], "CPU : AVX = 1")
+    (note,) = _notes(found, cpu_build)
+    assert "a cuda GPU was found" in note and 'CMAKE_ARGS="-DGGML_CUDA=on"' in note
+    vulkan_build = BuildInfo("0.3.36", True, ["Vulkan", "CPU"], "Vulkan : ... | CPU : AVX = 1")
+    assert "built for Vulkan, CPU" in _notes(found, vulkan_build)[0]
+    cuda_build = BuildInfo("0.3.36", True, ["CUDA", "CPU"], "CUDA : ARCHS = 890")
+    assert _notes(found, cuda_build) == []
+    assert _notes(system.SystemInfo(cpu, 1, 1, []), cpu_build) == []

@@ -93,16 +93,16 @@ def test_format_json_output_parses(cli: CLI) -> None:
     result = cli(
         "run",
         "smollm2:135m",
-        "Describe a cat as JSON with name and age.",
+        "Reply with a JSON object with the keys name and age for a cat named Tom aged 3.",
         "--format",
         "json",
         "--param",
         "temperature=0",
         "--param",
-        "num_predict=120",
+        "num_predict=300",
     )
     assert result.code == 0, result.stderr
-    json.loads(result.stdout)
+    assert json.loads(result.stdout) == {"name": "Tom", "age": 3}
 
 
 def test_bad_input_is_one_line(cli: CLI) -> None:

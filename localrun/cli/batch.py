@@ -24,12 +24,18 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
-def parse_line(raw: str) -> dict[str, Any]:
-    """One input line -> {messages, id, system, options, format}; raises InvalidParameterError."""
+def load_line(raw: str) -> Any:
+    """The JSON value of one input line; raises InvalidParameterError."""
     try:
-        item = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidParameterError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        return json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        reason = f"{exc.msg} at column {exc.colno}" if isinstance(exc, ValueError) else "too deep"
+        raise InvalidParameterError(f"not valid JSON ({reason})") from None
+
+
+def parse_line(item: Any) -> dict[str, Any]:
+    """One input line's JSON -> {messages, id, system, options, format}; raises
+    InvalidParameterError."""
     if isinstance(item, str):
         item = {"prompt": item}
     if not isinstance(item, dict):
@@ -133,7 +139,10 @@ def _answer(
     try:
         if len(raw) > MAX_LINE:
             raise InvalidParameterError("the line is longer than 16 MiB")
-        item = parse_line(raw)
+        value = load_line(raw)
+        if isinstance(value, dict) and "id" in value:
+            record["id"] = value["id"]  # kept even when the rest of the line is wrong
+        item = parse_line(value)
         record["id"] = item["id"]
         reply = opened.chat(
             item["messages"],

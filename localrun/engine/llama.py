@@ -196,12 +196,6 @@ class LlamaModel:
         params.no_perf = True
         chain = lc.llama_sampler_chain_init(params)
         add = lc.llama_sampler_chain_add
-        if s.grammar:
-            grammar = lc.llama_sampler_init_grammar(self._vocab, s.grammar.encode(), b"root")
-            if not grammar:
-                lc.llama_sampler_free(chain)
-                raise EngineError("the output grammar could not be compiled")
-            add(chain, grammar)
         last_n = self.n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
         if last_n and (
             s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
@@ -231,6 +225,12 @@ class LlamaModel:
         seed = lc.LLAMA_DEFAULT_SEED if s.seed < 0 else s.seed
         add(chain, lc.llama_sampler_init_dist(seed))
         return chain
+
+    def _grammar(self, text: str) -> Any:
+        grammar = lc.llama_sampler_init_grammar(self._vocab, text.encode(), b"root")
+        if not grammar:
+            raise EngineError("the output grammar could not be compiled")
+        return grammar
 
     def _decode(self, tokens: Sequence[int], batch_size: int) -> None:
         for start in range(0, len(tokens), batch_size):
@@ -283,8 +283,11 @@ class LlamaModel:
         timings.cached_tokens = keep
         timings.prompt_tokens = len(prompt) - keep
         chain = self._sampler(sampling)
+        constrained = None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
+            if sampling.grammar:
+                constrained = _GrammarFirst(self, self._grammar(sampling.grammar), chain)
             self._decode(prompt[keep:], self.options.num_batch)
             after_prompt = time.perf_counter()
             timings.prompt_s = after_prompt - start
@@ -292,7 +295,8 @@ class LlamaModel:
             if budget == -2 or budget < 0:
                 budget = self.n_ctx
             vocab, ctx, one = self._vocab, self._ctx, self._one
-            sample, is_eog = lc.llama_sampler_sample, lc.llama_vocab_is_eog
+            sample = constrained.sample if constrained else lc.llama_sampler_sample
+            is_eog = lc.llama_vocab_is_eog
             decode, get_one = lc.llama_decode, lc.llama_batch_get_one
             gen.done_reason = "length"
             while timings.eval_tokens < budget:
@@ -331,6 +335,8 @@ class LlamaModel:
             if gen.done_reason is None:
                 gen.done_reason = "cancelled"
             lc.llama_sampler_free(chain)
+            if constrained is not None:
+                lc.llama_sampler_free(constrained.grammar)
 
     def logits(self, prompt: Sequence[int]) -> list[float]:
         """Evaluate `prompt` from scratch and return the logits of its last token."""
@@ -353,6 +359,62 @@ class LlamaModel:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+class _GrammarFirst:
+    """Grammar-constrained sampling the way llama.cpp's own common sampler does it.
+
+    Applying a grammar to every candidate costs a walk of the grammar per vocabulary entry for
+    every token (tens of thousands); instead sample freely, check only the chosen token against
+    the grammar, and apply the grammar to all candidates only when that token is rejected.
+    """
+
+    def __init__(self, model: LlamaModel, grammar: Any, chain: Any) -> None:
+        import numpy as np
+
+        self.grammar = grammar
+        self.chain = chain
+        self.n_vocab = model.n_vocab
+        self.data = (lc.llama_token_data * self.n_vocab)()
+        dtype = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        self.view = np.frombuffer(memoryview(self.data), dtype=dtype)
+        self.ids = np.arange(self.n_vocab, dtype=np.int32)
+        self.cur = lc.llama_token_data_array()
+        self.one = (lc.llama_token_data * 1)()
+        self.one_array = lc.llama_token_data_array()
+        self.np = np
+
+    def _fill(self, ctx: Any) -> Any:
+        logits = self.np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,))
+        self.view["id"] = self.ids
+        self.view["logit"] = logits
+        self.view["p"] = 0.0
+        cur = self.cur
+        cur.data = ctypes.cast(self.data, lc.llama_token_data_p)  # type: ignore[assignment]
+        cur.size = self.n_vocab
+        cur.selected = -1
+        cur.sorted = False
+        return ctypes.byref(cur)
+
+    def _chosen(self) -> int:
+        return int(self.cur.data[self.cur.selected].id)
+
+    def sample(self, _chain: Any, ctx: Any, _idx: int) -> int:
+        lc.llama_sampler_apply(self.chain, self._fill(ctx))
+        token = self._chosen()
+        self.one[0].id, self.one[0].logit, self.one[0].p = token, 1.0, 0.0  # type: ignore[assignment]
+        single = self.one_array
+        single.data = ctypes.cast(self.one, lc.llama_token_data_p)  # type: ignore[assignment]
+        single.size, single.selected, single.sorted = 1, -1, False
+        lc.llama_sampler_apply(self.grammar, ctypes.byref(single))
+        if self.one[0].logit == float("-inf"):
+            cur = self._fill(ctx)
+            lc.llama_sampler_apply(self.grammar, cur)
+            lc.llama_sampler_apply(self.chain, cur)
+            token = self._chosen()
+        lc.llama_sampler_accept(self.grammar, token)
+        lc.llama_sampler_accept(self.chain, token)
+        return token
 
 
 def _next_pow2(n: int) -> int:
