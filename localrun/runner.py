@@ -26,7 +26,6 @@ from localrun.engine.types import (
 from localrun.errors import CorruptBlobError, InvalidGGUFError
 from localrun.model import Model
 
-DEFAULT_NUM_CTX = 4096
 LOAD_PARAMS = ("num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap")
 
 Message = dict[str, Any]
@@ -162,16 +161,8 @@ def resolve_load_options(
 ) -> LoadOptions:
     """Turn the model's parameters into concrete load options (threads, context, GPU layers)."""
     from localrun import gguf, system
+    from localrun.engine.buildinfo import build_info
 
-    details = model.details
-    trained = details.get("context_length") or 0
-    num_ctx = parameters.get("num_ctx") or min(DEFAULT_NUM_CTX, trained or DEFAULT_NUM_CTX)
-    if trained and num_ctx > trained:
-        warn(
-            f"num_ctx {num_ctx} is larger than the {trained} tokens {model.name} was trained on; "
-            "answers past that point may degrade"
-        )
-    requested = parameters.get("num_gpu")
     try:
         header = gguf.scan(model.model_path)
     except InvalidGGUFError as exc:
@@ -179,14 +170,23 @@ def resolve_load_options(
             f"the model file of {model.name} is damaged ({exc.message})",
             hint="run `localrun verify`, then remove and recreate or pull the model",
         ) from None
-    from localrun.engine.buildinfo import build_info
-
+    num_ctx = system.default_num_ctx(parameters, header)
+    trained = header.arch_value("context_length")
+    if isinstance(trained, int) and 0 < trained < num_ctx:
+        warn(
+            f"num_ctx {num_ctx} is larger than the {trained} tokens {model.name} was trained on; "
+            "answers past that point may degrade"
+        )
+    requested = parameters.get("num_gpu")
+    build = build_info()
+    gpus = system.usable_gpus(system.detect().gpus, build.backends) if build.gpu_offload else []
     plan = system.plan_offload(
         header,
         num_ctx,
         requested=None if requested in (None, -1) else requested,
-        gpus=system.detect().gpus if build_info().gpu_offload else [],
-        gpu_offload_supported=build_info().gpu_offload,
+        gpus=gpus,
+        gpu_offload_supported=build.gpu_offload,
+        num_batch=parameters.get("num_batch", 512),
     )
     notes.append(plan.reason)
     for warning in plan.warnings:

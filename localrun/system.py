@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev dependencies
+import psutil
 
 from localrun.gguf import Header
 

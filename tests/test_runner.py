@@ -54,7 +54,7 @@ def test_system_messages_and_template_layers(store: Store, folder: Path) -> None
     m = _model(
         store,
         folder,
-        'FROM tiny.gguf\nSYSTEM be kind\nMESSAGE user q1\nMESSAGE assistant a1\n'
+        "FROM tiny.gguf\nSYSTEM be kind\nMESSAGE user q1\nMESSAGE assistant a1\n"
         'TEMPLATE """{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}'
         '{% if add_generation_prompt %}[assistant:{% endif %}"""\n',
     )
