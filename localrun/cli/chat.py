@@ -196,27 +196,31 @@ class ChatSession:
         from localrun.cli.run_cmd import print_stats
 
         self.messages.append({"role": "user", "content": text})
+        reply = None
+        out = sys.stdout
         try:
             reply = self.runner.chat(
                 self.messages,
                 system=self.system,
-                options={k: v for k, v in self.overrides.items()},
+                options=dict(self.overrides),
                 format=self.format,
             )
-        except LocalrunError:
-            self.messages.pop()
-            raise
-        out = sys.stdout
-        try:
             for piece in reply:
                 out.write(piece)
                 out.flush()
         except KeyboardInterrupt:
-            reply.cancel()
-        out.write("\n\n" if reply.text and not reply.text.endswith("\n") else "\n")
+            # Ctrl-C at any point of the turn (rendering, prompt evaluation or streaming) ends
+            # this answer only.
+            if reply is not None:
+                reply.cancel()
+        except LocalrunError:
+            self.messages.pop()
+            raise
+        answer = reply.text if reply is not None else ""
+        out.write("\n\n" if answer and not answer.endswith("\n") else "\n")
         out.flush()
-        self.messages.append({"role": "assistant", "content": reply.text})
-        if self.verbose:
+        self.messages.append({"role": "assistant", "content": answer})
+        if self.verbose and reply is not None:
             print_stats(reply, self.runner)
 
 
