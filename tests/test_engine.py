@@ -195,3 +195,18 @@ def test_a_mismatched_adapter_is_refused(smollm2_path: str, tiny_lora: Path) -> 
         LlamaBackend().load(
             smollm2_path, LoadOptions(num_ctx=64, adapters=((str(tiny_lora), 1.0),))
         )
+
+
+def test_inconsistent_hyperparameters_give_llama_cpps_reason(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    import gguf as gguf_lib
+
+    path = tmp_path / "inconsistent.gguf"
+    path.write_bytes(tiny_model.read_bytes())
+    reader = gguf_lib.GGUFReader(str(path), "r+")
+    reader.fields["llama.embedding_length"].parts[-1][0] = 96  # the tensors say 64
+    del reader
+    with pytest.raises(ModelLoadError) as info:
+        LlamaBackend().load(str(path), LoadOptions(num_ctx=64))
+    assert "error loading model" in info.value.message

@@ -58,8 +58,10 @@ def _init() -> None:
 
 def _last_error() -> str:
     lines = [line.strip() for line in "".join(_log_tail).splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
-    return (errors or lines or ["no details"])[-1][:300]
+    # "error loading model: <reason>" says why; "failed to load model" only that it did.
+    errors = [line for line in lines if "error" in line.lower()]
+    failures = [line for line in lines if "failed" in line.lower()]
+    return (errors or failures or lines or ["no details"])[-1][:300]
 
 
 class LlamaBackend:
