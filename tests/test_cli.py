@@ -375,3 +375,18 @@ def test_version_and_module_entry(cli: CLI) -> None:
     help_text = cli("--help").stdout
     for command in ("create", "list", "show", "cp", "rm", "prune", "verify", "env"):
         assert command in help_text
+
+
+def test_word_wrap_breaks_at_spaces() -> None:
+    import io
+
+    from localrun.cli.output import WordWrap
+
+    out = io.StringIO()
+    wrap = WordWrap(out, 20)
+    for piece in ["The quick br", "own fox jumps over the la", "zy dog.\n", "    indented\nend"]:
+        wrap.write(piece)
+    wrap.finish()
+    lines = out.getvalue().split("\n")
+    assert lines == ["The quick brown fox", "jumps over the lazy", "dog.", "    indented", "end"]
+    assert all(len(line) <= 20 for line in lines)

@@ -149,7 +149,14 @@ def test_batch_keeps_order_and_ids_and_reports_bad_lines(cli: CLI, tmp_path: Pat
                 json.dumps({"id": 4, "messages": [{"role": "user", "content": "Count to 3."}]}),
                 json.dumps({"id": "bad-option", "prompt": "x", "options": {"top_p": 9}}),
                 "",
-                json.dumps({"id": "last", "prompt": "Name a fruit.", "format": "json"}),
+                json.dumps(
+                    {
+                        "id": "last",
+                        "prompt": "Reply with a JSON object with the key fruit: a fruit name.",
+                        "format": "json",
+                        "options": {"num_predict": 200},
+                    }
+                ),
             ]
         )
         + "\n"

@@ -41,8 +41,10 @@ class ChatSession:
         format: str | None,
         verbose: bool,
         overrides: dict[str, Any],
+        wordwrap: bool = True,
     ) -> None:
         self.runner = opened
+        self.wordwrap = wordwrap
         self.system = system
         self.format = format
         self.verbose = verbose
@@ -197,7 +199,13 @@ class ChatSession:
 
         self.messages.append({"role": "user", "content": text})
         reply = None
-        out = sys.stdout
+        out: Any = sys.stdout
+        if self.wordwrap and sys.stdout.isatty():
+            import shutil
+
+            from localrun.cli.output import WordWrap
+
+            out = WordWrap(sys.stdout, shutil.get_terminal_size().columns - 1)
         try:
             reply = self.runner.chat(
                 self.messages,
@@ -217,8 +225,10 @@ class ChatSession:
             self.messages.pop()
             raise
         answer = reply.text if reply is not None else ""
-        out.write("\n\n" if answer and not answer.endswith("\n") else "\n")
-        out.flush()
+        if hasattr(out, "finish"):
+            out.finish()
+        sys.stdout.write("\n\n" if answer and not answer.endswith("\n") else "\n")
+        sys.stdout.flush()
         self.messages.append({"role": "assistant", "content": answer})
         if self.verbose and reply is not None:
             print_stats(reply, self.runner)
@@ -265,11 +275,17 @@ def chat_loop(
     format: str | None,
     verbose: bool,
     overrides: dict[str, Any],
+    wordwrap: bool = True,
 ) -> None:
     from localrun.cli.main import print_error
 
     session = ChatSession(
-        opened, system=system, format=format, verbose=verbose, overrides=overrides
+        opened,
+        system=system,
+        format=format,
+        verbose=verbose,
+        overrides=overrides,
+        wordwrap=wordwrap,
     )
     readline = _setup_history()
     print("Type /? for help, /bye or Ctrl-D to leave.", file=sys.stderr, flush=True)

@@ -54,8 +54,8 @@ def print_error(err: LocalrunError) -> None:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script: run the app, print any error once, set the exit code."""
-    import localrun.cli.info_cmd  # noqa: F401
-    from localrun.cli import run_cmd, store_cmds  # noqa: F401  (registers the commands)
+    # Importing the command modules registers their commands on `app`.
+    from localrun.cli import info_cmd, run_cmd, store_cmds  # noqa: F401
 
     debug = config.debug()
     code = 0

@@ -48,6 +48,58 @@ def columns(rows: list[list[str]], gap: int = 4) -> str:
     return "\n".join(lines)
 
 
+class WordWrap:
+    """Writes streamed text, breaking lines at spaces before the terminal's edge, as Ollama does.
+
+    A word is held until it is complete (a space or newline follows), so it is never split.
+    """
+
+    def __init__(self, out: Any, width: int) -> None:
+        from rich.cells import cell_len
+
+        self.out = out
+        self.width = max(width, 20)
+        self.col = 0
+        self.soft = False  # the current line began with a wrap, not a newline of the text
+        self.spaces = 0  # spaces seen since the last word, not written yet
+        self.word = ""
+        self._cells = cell_len
+
+    def write(self, text: str) -> None:
+        for ch in text:
+            if ch == "\n":
+                self._flush_word()
+                self.out.write("\n")
+                self.col = self.spaces = 0
+                self.soft = False
+            elif ch == " ":
+                self._flush_word()
+                if not (self.soft and self.col == 0):  # no space right after a soft wrap
+                    self.spaces += 1
+            else:
+                self.word += ch
+        self.out.flush()
+
+    def _flush_word(self) -> None:
+        # Spaces are written only in front of the word that follows them on the same line, so
+        # a wrapped line never ends in blanks.
+        if not self.word:
+            return
+        size = self._cells(self.word)
+        if self.col and self.col + self.spaces + size > self.width:
+            self.out.write("\n")
+            self.col = self.spaces = 0
+            self.soft = True
+        self.out.write(" " * self.spaces + self.word)
+        self.col += self.spaces + size
+        self.spaces = 0
+        self.word = ""
+
+    def finish(self) -> None:
+        self._flush_word()
+        self.out.flush()
+
+
 class CreateProgress:
     """Shows create/import events on stderr: a progress bar on a terminal, plain lines otherwise."""
 

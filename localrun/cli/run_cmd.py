@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from localrun.cli.main import app
-from localrun.errors import InvalidParameterError, LocalrunError
+from localrun.errors import InvalidParameterError
 
 STDIN_LIMIT = 64 * 1024 * 1024
 
@@ -33,6 +33,9 @@ def run(
     ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="With --batch: write the results here (default stdout)."
+    ),
+    nowordwrap: bool = typer.Option(
+        False, "--nowordwrap", help="In the chat, do not wrap words at the terminal's edge."
     ),
 ) -> None:
     """Run a model: answer PROMPT, answer a --batch file, or chat in the terminal."""
@@ -77,7 +80,14 @@ def run(
         )
     from localrun.cli.chat import chat_loop
 
-    chat_loop(opened, system=system, format=format, verbose=verbose, overrides=overrides)
+    chat_loop(
+        opened,
+        system=system,
+        format=format,
+        verbose=verbose,
+        overrides=overrides,
+        wordwrap=not nowordwrap,
+    )
 
 
 def warn(message: str) -> None:
@@ -157,9 +167,3 @@ def print_stats(reply: Any, opened: Any, total: float | None = None) -> None:
     for key, value in lines:
         print(f"{key + ':':{width}}{value}", file=sys.stderr)
     sys.stderr.flush()
-
-
-def report_error(err: LocalrunError) -> None:
-    from localrun.cli.main import print_error
-
-    print_error(err)
