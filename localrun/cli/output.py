@@ -95,6 +95,9 @@ class WordWrap:
         self.spaces = 0
         self.word = ""
 
+    def flush(self) -> None:
+        self.out.flush()
+
     def finish(self) -> None:
         self._flush_word()
         self.out.flush()
