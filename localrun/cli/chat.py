@@ -45,6 +45,7 @@ class ChatSession:
     ) -> None:
         self.runner = opened
         self.wordwrap = wordwrap
+        self.loads_reported = False
         self.system = system
         self.format = format
         self.verbose = verbose
@@ -190,6 +191,7 @@ class ChatSession:
         fresh = runner.load(model, overrides=self.overrides, warn=warn)
         self.runner.close()
         self.runner = fresh
+        self.loads_reported = False
 
     # -- turns --------------------------------------------------------------------------------
 
@@ -231,7 +233,9 @@ class ChatSession:
         sys.stdout.flush()
         self.messages.append({"role": "assistant", "content": answer})
         if self.verbose and reply is not None:
-            print_stats(reply, self.runner)
+            # The load counts once, in the first answer after it (as in Ollama).
+            print_stats(reply, self.runner, load_s=0.0 if self.loads_reported else None)
+        self.loads_reported = True
 
 
 def _history_file() -> Path:

@@ -146,12 +146,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds * 1000:.3f}ms"
 
 
-def print_stats(reply: Any, opened: Any, total: float | None = None) -> None:
+def print_stats(
+    reply: Any, opened: Any, total: float | None = None, load_s: float | None = None
+) -> None:
     """Timings on stderr, in Ollama's --verbose layout."""
     t = reply.timings
     lines = [
         ("total duration", _duration(total if total is not None else t.total_s)),
-        ("load duration", _duration(opened.load_s)),
+        ("load duration", _duration(opened.load_s if load_s is None else load_s)),
         ("prompt eval count", f"{t.prompt_tokens} token(s)"),
         ("prompt cache hit", f"{t.cached_tokens} token(s)"),
         ("prompt eval duration", _duration(t.prompt_s)),
