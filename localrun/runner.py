@@ -156,10 +156,18 @@ def _until_stop(generation: Generation, stops: tuple[str, ...], reply: Reply) ->
         generation.close()
 
 
-def resolve_load_options(
-    model: Model, parameters: dict[str, Any], notes: list[str], warn: Callable[[str], None]
-) -> LoadOptions:
-    """Turn the model's parameters into concrete load options (threads, context, GPU layers)."""
+@dataclass
+class Fit:
+    """How a model would be loaded: its header, context size, offload plan and warnings."""
+
+    header: Any
+    num_ctx: int
+    plan: Any  # system.OffloadPlan
+    warnings: list[str]
+
+
+def plan_fit(model: Model, parameters: dict[str, Any]) -> Fit:
+    """Decide num_ctx and the GPU offload for `model` without loading it (`show --fit` too)."""
     from localrun import gguf, system
     from localrun.engine.buildinfo import build_info
 
@@ -171,9 +179,10 @@ def resolve_load_options(
             hint="run `localrun verify`, then remove and recreate or pull the model",
         ) from None
     num_ctx = system.default_num_ctx(parameters, header)
+    warnings = []
     trained = header.arch_value("context_length")
     if isinstance(trained, int) and 0 < trained < num_ctx:
-        warn(
+        warnings.append(
             f"num_ctx {num_ctx} is larger than the {trained} tokens {model.name} was trained on; "
             "answers past that point may degrade"
         )
@@ -186,16 +195,26 @@ def resolve_load_options(
         requested=None if requested in (None, -1) else requested,
         gpus=gpus,
         gpu_offload_supported=build.gpu_offload,
-        num_batch=parameters.get("num_batch", 512),
+        num_batch=parameters.get("num_batch", system.DEFAULT_NUM_BATCH),
     )
-    notes.append(plan.reason)
-    for warning in plan.warnings:
+    return Fit(header, num_ctx, plan, warnings + list(plan.warnings))
+
+
+def resolve_load_options(
+    model: Model, parameters: dict[str, Any], notes: list[str], warn: Callable[[str], None]
+) -> LoadOptions:
+    """Turn the model's parameters into concrete load options (threads, context, GPU layers)."""
+    from localrun import system
+
+    fit = plan_fit(model, parameters)
+    notes.append(fit.plan.reason)
+    for warning in fit.warnings:
         warn(warning)
     return LoadOptions(
-        num_ctx=num_ctx,
-        num_batch=parameters.get("num_batch", 512),
+        num_ctx=fit.num_ctx,
+        num_batch=parameters.get("num_batch", system.DEFAULT_NUM_BATCH),
         num_thread=parameters.get("num_thread") or system.default_threads(),
-        num_gpu=plan.n_gpu_layers,
+        num_gpu=fit.plan.n_gpu_layers,
         main_gpu=parameters.get("main_gpu", 0),
         use_mmap=parameters.get("use_mmap", True),
         adapters=tuple((str(path), 1.0) for path in model.adapter_paths),

@@ -111,33 +111,10 @@ def _notes(found: SystemInfo, build: BuildInfo | None) -> list[str]:
 
 def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
     """Print how `model` would be split between GPU and CPU, without loading it."""
-    from localrun import gguf, system
-    from localrun.engine.buildinfo import build_info
-    from localrun.errors import CorruptBlobError, InvalidGGUFError
+    from localrun.runner import plan_fit
 
-    try:
-        header = gguf.scan(model.model_path)
-    except InvalidGGUFError as exc:
-        raise CorruptBlobError(
-            f"the model file of {model.name} is damaged ({exc.message})",
-            hint="run `localrun verify`, then remove and recreate or pull the model",
-        ) from None
-    parameters = {**model.parameters, **overrides}
-    num_ctx = system.default_num_ctx(parameters, header)
-    build = build_info()
-    gpus = system.usable_gpus(system.detect().gpus, build.backends) if build.gpu_offload else []
-    plan = system.plan_offload(
-        header,
-        num_ctx,
-        requested=parameters.get("num_gpu"),
-        gpus=gpus,
-        gpu_offload_supported=build.gpu_offload,
-        num_batch=parameters.get("num_batch", system.DEFAULT_NUM_BATCH),
-    )
-    warnings = list(plan.warnings)
-    trained = header.arch_value("context_length")
-    if isinstance(trained, int) and num_ctx > trained > 0:
-        warnings.append(f"num_ctx {num_ctx} is larger than the {trained} tokens it was trained on")
+    fit = plan_fit(model, {**model.parameters, **overrides})
+    num_ctx, plan, warnings = fit.num_ctx, fit.plan, fit.warnings
     if as_json:
         out = {"model": str(model.name), "num_ctx": num_ctx, **asdict(plan)}
         out["warnings"] = warnings
