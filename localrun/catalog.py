@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from localrun import create
-from localrun.errors import ModelNotFoundError
+from localrun.errors import LocalrunError, ModelNotFoundError
 from localrun.modelfile import Modelfile
 from localrun.names import ModelName, parse
 from localrun.store import Manifest, Store
@@ -74,8 +74,17 @@ def package_file(source: dict[str, Any]) -> Path | None:
     return path if path.is_file() else None
 
 
-def ensure(store: Store, name: ModelName, report: create.Reporter | None = None) -> Manifest:
-    """The manifest of `name`, importing it from the catalog on first use."""
+def ensure(
+    store: Store,
+    name: ModelName,
+    report: create.Reporter | None = None,
+    *,
+    hubs: bool = True,
+) -> Manifest:
+    """The manifest of `name`, importing it from the catalog on first use.
+
+    Package sources are imported; hub sources are pulled only when `hubs` is true.
+    """
     name = canonical(name)
     try:
         return store.read_manifest(name)
@@ -90,7 +99,26 @@ def ensure(store: Store, name: ModelName, report: create.Reporter | None = None)
             outer(event)
 
     install_hints = []
+    failures = []
     for source in entry.sources:
+        if source.get("type") == "hub" and hubs:
+            from localrun import pull
+
+            ref = pull.parse_reference(source["reference"])
+            if ref is None:
+                continue
+            try:
+                pull.pull(
+                    store,
+                    ref,
+                    report=outer,
+                    target=name,
+                    expected={source["file"]: source["sha256"]} if "file" in source else None,
+                )
+            except LocalrunError as exc:
+                failures.append(exc)
+                continue
+            return store.read_manifest(name)
         if source.get("type") != "package":
             continue
         path = package_file(source)
@@ -109,10 +137,37 @@ def ensure(store: Store, name: ModelName, report: create.Reporter | None = None)
             expected={str(path): "sha256:" + source["sha256"]},
         )
         return store.read_manifest(name)
-    raise ModelNotFoundError(
-        str(name),
-        hint=f"it ships in a Python package: `{install_hints[0]}`" if install_hints else None,
-    )
+    if install_hints:
+        raise ModelNotFoundError(
+            str(name), hint=f"it ships in a Python package: `{install_hints[0]}`"
+        )
+    if failures:
+        raise failures[-1]
+    raise ModelNotFoundError(str(name))
+
+
+def find(
+    store: Store, text: str, report: create.Reporter | None = None, *, pull_missing: bool = True
+) -> tuple[ModelName, Manifest]:
+    """The store name and manifest for what a user typed: a name, an alias or a hub reference.
+
+    A catalog model that ships in an installed package is imported on first use. With
+    `pull_missing`, a model that is not in the store is also pulled from its hub first, as
+    `localrun run` does.
+    """
+    from localrun import pull
+
+    name, ref = pull.resolve_name(text)
+    name = canonical(name)
+    try:
+        return name, store.read_manifest(name)
+    except ModelNotFoundError:
+        if ref is not None and not pull_missing:
+            raise
+    if ref is not None:
+        pull.pull(store, ref, report=report or (lambda _: None))
+        return name, store.read_manifest(name)
+    return name, ensure(store, name, report, hubs=pull_missing)
 
 
 def resolver(store: Store, report: create.Reporter | None = None) -> create.Resolver:

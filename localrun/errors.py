@@ -10,6 +10,10 @@
     │   ├── FileNotFoundError_      it does not exist
     │   ├── NotRegularFileError     a directory, FIFO, socket or device
     │   └── InvalidGGUFError        not a well-formed GGUF file (or the wrong kind of GGUF)
+    ├── HubError                    a model hub (Hugging Face, ModelScope)
+    │   ├── HubAuthError            the repository is gated or private: a token is needed
+    │   ├── HubUnreachableError     no connection to the hub (or offline mode is on)
+    │   └── DownloadError           a transfer failed, or delivered the wrong bytes
     ├── EngineError                 the inference engine
     │   ├── ModelLoadError          llama.cpp could not load a model or adapter
     │   ├── ContextOverflowError    the prompt does not fit in the context window
@@ -81,7 +85,7 @@ class ModelNotFoundError(LocalrunError):
     def __init__(self, name: str, *, hint: str | None = None) -> None:
         super().__init__(
             f"model '{name}' not found",
-            hint=hint or "try `localrun list`",
+            hint=hint or f"try `localrun list` or `localrun pull {name}`",
         )
         self.name = name
 
@@ -131,6 +135,22 @@ class NotRegularFileError(FileError):
 
 class InvalidGGUFError(FileError):
     code = "invalid_gguf"
+
+
+class HubError(LocalrunError):
+    code = "hub_error"
+
+
+class HubAuthError(HubError):
+    code = "hub_auth"
+
+
+class HubUnreachableError(HubError):
+    code = "hub_unreachable"
+
+
+class DownloadError(HubError):
+    code = "download_error"
 
 
 class EngineError(LocalrunError):

@@ -425,6 +425,56 @@ def _as_str(item: Any) -> str | None:
     return item if isinstance(item, str) else None
 
 
+def header_details(headers: list[Header]) -> dict[str, Any]:
+    """`GGUFInfo.details()` from fast header scans, for a model in one or several split files."""
+    from gguf import LlamaFileType
+
+    first = headers[0]
+    meta = first.metadata
+    arch = meta.get("general.architecture")
+    tensors = [t for h in headers for t in h.tensors]
+    count = 0
+    for t in tensors:
+        n = 1
+        for d in t.dims:
+            n *= d
+        count += n
+    quant = None
+    if isinstance(meta.get("general.file_type"), int):
+        try:
+            quant = LlamaFileType(meta["general.file_type"]).name
+            quant = quant.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            quant = None
+    if quant is None:
+        kinds = Counter(t.type_name for t in tensors if len(t.dims) >= 2)
+        quant = kinds.most_common(1)[0][0] if kinds else None
+
+    def arch_int(suffix: str) -> int | None:
+        value = first.arch_value(suffix)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    kind = "adapter" if meta.get("general.type") == "adapter" else "model"
+    alpha = meta.get("adapter.lora.alpha")
+    return {
+        "format": "gguf",
+        "gguf_version": first.version,
+        "kind": kind,
+        "architecture": arch if isinstance(arch, str) else None,
+        "name": meta.get("general.name") if isinstance(meta.get("general.name"), str) else None,
+        "parameter_count": count,
+        "context_length": arch_int("context_length"),
+        "embedding_length": arch_int("embedding_length"),
+        "block_count": arch_int("block_count"),
+        "head_count": arch_int("attention.head_count"),
+        "quantization": quant,
+        "tensor_count": len(tensors),
+        "adapter_type": meta.get("adapter.type") if kind == "adapter" else None,
+        "lora_alpha": float(alpha) if isinstance(alpha, int | float) else None,
+        "split_count": len(headers),
+    }
+
+
 def format_count(n: int) -> str:
     """134515008 -> '134.52M' (parameter counts as people write them)."""
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):

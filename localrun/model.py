@@ -22,8 +22,9 @@ class Model:
     digest: str
     manifest: Manifest
     config: dict[str, Any]
-    model_path: Path
+    model_path: Path  # the first (or only) part
     adapter_paths: list[Path] = field(default_factory=list)
+    model_parts: list[Path] = field(default_factory=list)  # every part of a split model, in order
     parameters: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
     template: str | None = None
@@ -36,7 +37,9 @@ class Model:
 
     def to_modelfile(self) -> Modelfile:
         """A Modelfile that recreates this model from the blobs in the store."""
-        mf = Modelfile(from_=str(self.model_path))
+        # A split model cannot be named by one file: it is recreated FROM its store name.
+        source = str(self.model_path) if len(self.model_parts) <= 1 else str(self.name)
+        mf = Modelfile(from_=source)
         mf.adapters = [str(p) for p in self.adapter_paths]
         for name, value in self.parameters.items():
             values = value if isinstance(value, list) else [value]
@@ -79,7 +82,8 @@ def load(store: Store, name: ModelName, manifest: Manifest | None = None) -> Mod
         digest="sha256:" + hashlib.sha256(raw).hexdigest(),
         manifest=manifest,
         config=config,
-        model_path=store.blob_path(model_layers[-1].digest),
+        model_path=store.blob_path(model_layers[0].digest),
+        model_parts=[store.blob_path(layer.digest) for layer in model_layers],
         adapter_paths=[store.blob_path(layer.digest) for layer in manifest.of_kind("adapter")],
         parameters=parameters,
         system=text("system"),

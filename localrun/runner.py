@@ -172,7 +172,10 @@ def plan_fit(model: Model, parameters: dict[str, Any]) -> Fit:
     from localrun.engine.buildinfo import build_info
 
     try:
-        header = gguf.scan(model.model_path)
+        headers = [gguf.scan(path) for path in (model.model_parts or [model.model_path])]
+        header = headers[0]
+        for other in headers[1:]:  # the planner sizes layers from every part's tensors
+            header.tensors.extend(other.tensors)
     except InvalidGGUFError as exc:
         raise CorruptBlobError(
             f"the model file of {model.name} is damaged ({exc.message})",
@@ -218,6 +221,7 @@ def resolve_load_options(
         main_gpu=parameters.get("main_gpu", 0),
         use_mmap=parameters.get("use_mmap", True),
         adapters=tuple((str(path), 1.0) for path in model.adapter_paths),
+        splits=tuple(str(path) for path in model.model_parts[1:]),
     )
 
 

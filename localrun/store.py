@@ -29,6 +29,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -164,6 +165,7 @@ class VerifyReport:
 @dataclass
 class PruneReport:
     temp_files: int = 0
+    partial_downloads: int = 0
     orphan_blobs: int = 0
     bytes_freed: int = 0
 
@@ -301,6 +303,23 @@ class Store:
             raise
         return digest, size, False
 
+    def adopt(self, path: Path, digest: str) -> int:
+        """Move a verified file (on the store's file system) into place as blob `digest`.
+
+        The caller has hashed it; this is a rename, so a download is never copied twice.
+        """
+        target = self.blob_path(digest)
+        self._ensure_dirs()
+        try:
+            size = path.stat().st_size
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(path, target)
+            _fsync_dir(self.blobs)
+        except OSError as exc:
+            raise _os_error(exc, f"could not move {path.name} into the store") from exc
+        return size
+
     def read_blob(self, digest: str, *, limit: int = SMALL_BLOB) -> bytes:
         """Read a small blob, re-hashing it: a damaged blob is reported, never used."""
         path = self.blob_path(digest)
@@ -414,14 +433,32 @@ class Store:
 
     # -- maintenance --------------------------------------------------------------------------
 
-    def prune(self, *, blocking: bool = True) -> PruneReport | None:
-        """Remove stale temporary files and blobs no manifest uses; None if the store is busy."""
+    def prune(self, *, blocking: bool = True, partials: bool = False) -> PruneReport | None:
+        """Remove stale temporary files and blobs no manifest uses; None if the store is busy.
+
+        `partials` also removes interrupted downloads (`partial/`), which a later pull would
+        otherwise resume; the automatic clean-up keeps them.
+        """
         if not self.root.is_dir():
             return PruneReport()
         with self.exclusive(blocking=blocking) as held:
             if not held:
                 return None
             report = self._collect_orphans()
+            partial = self.root / "partial"
+            if partials and partial.is_dir():
+                for entry in partial.iterdir():
+                    size = (
+                        sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+                        if (entry.is_dir())
+                        else entry.stat().st_size
+                    )
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+                    report.partial_downloads += 1
+                    report.bytes_freed += size
             for path in self._temp_files():
                 with contextlib.suppress(OSError):
                     report.bytes_freed += path.stat().st_size

@@ -168,18 +168,17 @@ class ChatSession:
         print(f"Created new model '{target}'")
 
     def _load(self, name: str) -> None:
-        from localrun import catalog, names
+        from localrun import catalog
         from localrun import model as model_mod
         from localrun.cli.store_cmds import open_store
 
         if not name:
             print("Usage: /load NAME")
             return
-        ref = names.parse(name)
         store = open_store()
-        manifest = catalog.ensure(store, ref)
-        print(f"Loading model '{catalog.canonical(ref)}'")
-        self._reload(model_mod.load(store, catalog.canonical(ref), manifest))
+        found, manifest = catalog.find(store, name, pull_missing=False)
+        print(f"Loading model '{found}'")
+        self._reload(model_mod.load(store, found, manifest))
         self.messages = []
         self.overrides = {}
         self.system = None

@@ -96,19 +96,18 @@ def warn(message: str) -> None:
 
 def open_model(name: str, overrides: dict[str, Any]) -> Any:
     """Find (importing from the catalog if needed) and load a model; returns a Runner."""
-    from localrun import catalog, names, runner
+    from localrun import catalog, runner
     from localrun import model as model_mod
     from localrun.cli.output import CreateProgress
     from localrun.cli.store_cmds import open_store
 
-    ref = names.parse(name)
     store = open_store()
     progress = CreateProgress()
     try:
-        manifest = catalog.ensure(store, ref, progress)
+        found, manifest = catalog.find(store, name, progress)
     finally:
         progress.close()
-    m = model_mod.load(store, catalog.canonical(ref), manifest)
+    m = model_mod.load(store, found, manifest)
     return runner.load(m, overrides=overrides, warn=warn)
 
 

@@ -149,13 +149,12 @@ def show(
         )
     overrides = dict(params_mod.parse_assignment(item) for item in param)
     store = open_store()
-    ref = names.parse(name)
     progress = CreateProgress()
     try:
-        manifest = catalog.ensure(store, ref, progress)
+        found, manifest = catalog.find(store, name, progress, pull_missing=False)
     finally:
         progress.close()
-    m = model_mod.load(store, catalog.canonical(ref), manifest)
+    m = model_mod.load(store, found, manifest)
     template = m.template if m.template is not None else m.config.get("gguf_chat_template")
     if fit:
         from localrun.cli.info_cmd import print_fit
@@ -259,12 +258,13 @@ def cp(
 ) -> None:
     """Copy a model under a new name (no data is duplicated)."""
     from localrun import catalog
+    from localrun.pull import resolve_name
 
-    src, dst = names.parse(source), names.parse(destination)
+    dst = resolve_name(destination)[0]
     store = open_store(cleanup=True)
-    catalog.ensure(store, src, CreateProgress())
-    store.copy(catalog.canonical(src), dst)
-    print(f"copied '{catalog.canonical(src)}' to '{dst}'")
+    src, _ = catalog.find(store, source, CreateProgress(), pull_missing=False)
+    store.copy(src, dst)
+    print(f"copied '{src}' to '{dst}'")
 
 
 @app.command()
@@ -272,11 +272,13 @@ def rm(
     models: list[str] = typer.Argument(..., help="The models to remove."),
 ) -> None:
     """Remove models, and the data no other model uses."""
+    from localrun.pull import resolve_name
+
     store = open_store(cleanup=True)
     failed = False
     for text in models:
         try:
-            ref = names.parse(text)
+            ref = resolve_name(text)[0]
             freed = store.remove(ref)
         except LocalrunError as err:
             print_error(err)
@@ -291,12 +293,18 @@ def rm(
 @app.command()
 def prune() -> None:
     """Remove unused blobs and leftovers of interrupted writes."""
-    report = open_store().prune()
+    report = open_store().prune(partials=True)
     assert report is not None
+    partial = (
+        f", {report.partial_downloads} interrupted download"
+        f"{'s' if report.partial_downloads != 1 else ''}"
+        if report.partial_downloads
+        else ""
+    )
     print(
-        f"removed {report.temp_files} temporary file{'s' if report.temp_files != 1 else ''} and "
-        f"{report.orphan_blobs} unused blob{'s' if report.orphan_blobs != 1 else ''}, "
-        f"freed {human_size(report.bytes_freed)}"
+        f"removed {report.temp_files} temporary file{'s' if report.temp_files != 1 else ''}"
+        f"{partial} and {report.orphan_blobs} unused blob{'s' if report.orphan_blobs != 1 else ''}"
+        f", freed {human_size(report.bytes_freed)}"
     )
 
 

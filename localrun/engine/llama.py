@@ -78,8 +78,8 @@ class LlamaModel:
         _init()
         start = time.perf_counter()
         header = gguf.scan(path)  # raises InvalidGGUFError before llama.cpp sees the file
-        for adapter, _ in options.adapters:
-            gguf.scan(adapter)
+        for other in (*options.splits, *(adapter for adapter, _ in options.adapters)):
+            gguf.scan(other)
         self.path = path
         self.options = options
         self._model: Any = None
@@ -90,7 +90,12 @@ class LlamaModel:
         mparams.n_gpu_layers = options.num_gpu
         mparams.main_gpu = options.main_gpu
         mparams.use_mmap = options.use_mmap
-        self._model = lc.llama_model_load_from_file(path.encode(), mparams)
+        if options.splits:
+            paths = [p.encode() for p in (path, *options.splits)]
+            array = (ctypes.c_char_p * len(paths))(*paths)
+            self._model = lc.llama_model_load_from_splits(array, len(paths), mparams)
+        else:
+            self._model = lc.llama_model_load_from_file(path.encode(), mparams)
         if not self._model:
             raise ModelLoadError(
                 f"llama.cpp could not load {path}: {_last_error()}",

@@ -23,6 +23,7 @@ class LoadOptions:
     main_gpu: int = 0
     use_mmap: bool = True
     adapters: tuple[tuple[str, float], ...] = ()  # (path, scale)
+    splits: tuple[str, ...] = ()  # the further parts of a split model, in order
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,314 @@
+"""`localrun pull`: a model from Hugging Face or ModelScope into the store, verified.
+
+References:
+
+    hf.co/ORG/REPO[:TAG]   huggingface.co/ORG/REPO[:TAG]   hf://ORG/REPO[:TAG]
+    modelscope.cn/ORG/REPO[:TAG]   ms://ORG/REPO[:TAG]
+    a catalog name (smollm2:135m), whose hub source is pulled under that name
+
+TAG picks the GGUF (`sources.base.pick`). Each file goes through these steps:
+
+1. skipped if a blob with the hub's sha256 is already in the store (nothing is transferred);
+2. downloaded by the hub's library into `partial/<sha256>/` inside the store, where an
+   interrupted download is resumed next time; a file lock keeps two pulls of the same file from
+   writing it at once;
+3. hashed and compared with the hub's own sha256 (huggingface_hub alone checks only sizes): a
+   mismatch deletes the download and fails;
+4. renamed into `blobs/` (same file system: no second copy) and checked as GGUF.
+
+The manifest is written last. Free disk space is checked before anything is fetched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localrun import gguf, params
+from localrun.create import Event, Reporter
+from localrun.errors import (
+    DiskFullError,
+    DownloadError,
+    InvalidGGUFError,
+    InvalidNameError,
+    ModelNotFoundError,
+)
+from localrun.names import ModelName
+from localrun.sources.base import Choice, Hub, RemoteFile, Repo, pick
+from localrun.store import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, Store
+
+HOSTS = {
+    "hf.co": "hf",
+    "huggingface.co": "hf",
+    "www.huggingface.co": "hf",
+    "modelscope.cn": "modelscope",
+    "www.modelscope.cn": "modelscope",
+}
+SCHEMES = {"hf://": "hf", "ms://": "modelscope", "modelscope://": "modelscope"}
+STORE_HOST = {"hf": "hf.co", "modelscope": "modelscope.cn"}
+DISK_MARGIN = 256 * 1024 * 1024
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+@dataclass(frozen=True)
+class HubReference:
+    """A parsed hub reference: which hub, the repository (its own spelling), the tag."""
+
+    hub: str
+    repo_id: str
+    tag: str | None
+    text: str
+
+    @property
+    def name(self) -> ModelName:
+        """The name the model gets in the store (lower case, host of the hub)."""
+        org, repo = self.repo_id.lower().split("/")
+        tag = (self.tag or "latest").lower()
+        return ModelName(STORE_HOST[self.hub], org, repo, tag)
+
+
+def parse_reference(text: str) -> HubReference | None:
+    """A hub reference, or None when `text` names no hub (a plain model name)."""
+    raw = text.strip()
+    hub = None
+    rest = raw
+    for scheme, name in SCHEMES.items():
+        if raw.lower().startswith(scheme):
+            hub, rest = name, raw[len(scheme) :]
+            break
+    if hub is None:
+        host, _, remainder = raw.partition("/")
+        hub = HOSTS.get(host.lower())
+        if hub is None:
+            return None
+        rest = remainder
+    path, tag = rest, None
+    if ":" in rest:
+        path, tag = rest.rsplit(":", 1)
+    parts = path.strip("/").split("/")
+    if len(parts) != 2 or not all(_PART.match(p) for p in parts) or ".." in path:
+        raise InvalidNameError(
+            f"invalid hub reference '{raw[:120]}'",
+            hint="write hf.co/ORG/REPO[:TAG] or modelscope.cn/ORG/REPO[:TAG]",
+        )
+    if tag is not None and not re.match(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$", tag):
+        raise InvalidNameError(
+            f"invalid tag '{tag[:60]}' in '{raw[:120]}'",
+            hint="a tag is a quantization such as Q4_K_M or a GGUF file name",
+        )
+    return HubReference(hub, "/".join(parts), tag, raw)
+
+
+def hub_for(name: str) -> Hub:
+    if name == "hf":
+        from localrun.sources.hf import HuggingFaceHub
+
+        return HuggingFaceHub()
+    from localrun.sources.modelscope import ModelScopeHub
+
+    return ModelScopeHub()
+
+
+def pull(
+    store: Store,
+    ref: HubReference,
+    *,
+    report: Reporter = lambda _: None,
+    target: ModelName | None = None,
+    expected: dict[str, str] | None = None,
+    hubs: Callable[[str], Hub] = hub_for,
+) -> str:
+    """Pull `ref` into the store as `target` (default: its own name); returns the manifest digest.
+
+    `expected` maps a file name to the sha256 it must have (catalog sources pin their files).
+    """
+    name = target or ref.name
+    hub = hubs(ref.hub)
+    report(Event("pulling manifest"))
+    repo = hub.repo(ref.repo_id)
+    choice = pick(repo, ref.tag, ref.text)
+    for file in choice.files:
+        pinned = (expected or {}).get(file.path.rsplit("/", 1)[-1])
+        if pinned and file.sha256 and pinned != file.sha256:
+            raise DownloadError(
+                f"{ref.text}: {file.path} on the hub is not the file localrun's catalog expects",
+                hint="the repository changed; pull it by its hub name instead",
+            )
+    with store.writing():
+        _check_space(store, choice)
+        layers = [_fetch(store, hub, repo, f, report) for f in choice.files]
+        headers = [gguf.scan(store.blob_path(layer.digest)) for layer in layers]
+        config = _config(repo, choice, headers)
+        extra: list[Layer] = []
+        license_text = repo.license or headers[0].metadata.get("general.license")
+        if isinstance(license_text, str) and license_text:
+            digest, size = store.add_bytes(license_text.encode())
+            extra.append(Layer(MEDIA_TYPES["license"], digest, size))
+        defaults = _parameters(repo)
+        if defaults:
+            data = json.dumps(defaults, sort_keys=True).encode()
+            digest, size = store.add_bytes(data)
+            extra.append(Layer(MEDIA_TYPES["params"], digest, size))
+        config_digest, config_size = store.add_bytes(json.dumps(config, sort_keys=True).encode())
+        manifest = Manifest(Layer(MEDIA_CONFIG, config_digest, config_size), layers + extra)
+        report(Event("writing manifest"))
+        digest = store.write_manifest(name, manifest)
+    report(Event("success", digest=digest))
+    return digest
+
+
+def _check_space(store: Store, choice: Choice) -> None:
+    needed = 0
+    for f in choice.files:
+        if f.sha256 and store.has_blob("sha256:" + f.sha256):
+            continue
+        partial = _partial_bytes(store, f)
+        needed += max(f.size - partial, 0)
+    if not needed:
+        return
+    free = shutil.disk_usage(store.root).free
+    if free < needed + DISK_MARGIN:
+        raise DiskFullError(
+            f"the download needs {needed / 1e9:.1f} GB but {store.root} has "
+            f"{free / 1e9:.1f} GB free",
+            hint="free some space (`localrun prune` removes unused blobs) or move the store "
+            "with LOCALRUN_MODELS",
+        )
+
+
+def _partial_dir(store: Store, f: RemoteFile) -> Path:
+    key = f.sha256 or hashlib.sha256(f.path.encode()).hexdigest()
+    return store.root / "partial" / key
+
+
+def _partial_bytes(store: Store, f: RemoteFile) -> int:
+    folder = _partial_dir(store, f)
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _fetch(store: Store, hub: Hub, repo: Repo, f: RemoteFile, report: Reporter) -> Layer:
+    """One file into the store (or found there); returns its model layer."""
+    from filelock import FileLock
+
+    label = f.path.rsplit("/", 1)[-1]
+    if f.sha256 and store.has_blob("sha256:" + f.sha256):
+        report(Event(f"{label}: already present", digest="sha256:" + f.sha256))
+        return Layer(MEDIA_TYPES["model"], "sha256:" + f.sha256, f.size)
+    folder = _partial_dir(store, f)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Two pulls of the same file: the second waits, then finds the blob in place.
+    with FileLock(str(folder) + ".lock"):
+        if f.sha256 and store.has_blob("sha256:" + f.sha256):
+            report(Event(f"{label}: already present", digest="sha256:" + f.sha256))
+            return Layer(MEDIA_TYPES["model"], "sha256:" + f.sha256, f.size)
+
+        def progress(done: int, total: int) -> None:
+            report(Event(f"pulling {label}", completed=done, total=total or f.size))
+
+        try:
+            path = hub.download(repo, f, folder, progress)
+        except OSError as exc:
+            raise DownloadError(f"{label}: {exc}") from exc
+        report(Event(f"verifying sha256 of {label}"))
+        digest = _hash(path)
+        if f.sha256 and digest != "sha256:" + f.sha256:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise DownloadError(
+                f"{label}: the server sent different bytes than the hub lists "
+                f"({digest} instead of sha256:{f.sha256}); the download was deleted",
+                hint="pull again; if it repeats, the server or mirror (HF_ENDPOINT) is damaged",
+            )
+        try:
+            gguf.scan(path)
+        except InvalidGGUFError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise InvalidGGUFError(
+                f"{label} from {repo.repo_id} is not a valid GGUF file ({exc.message})"
+            ) from None
+        size = store.adopt(path, digest)
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.unlink(str(folder) + ".lock")
+    return Layer(MEDIA_TYPES["model"], digest, size)
+
+
+def _hash(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 * 1024 * 1024):
+            hasher.update(chunk)
+    return "sha256:" + hasher.hexdigest()
+
+
+def _config(repo: Repo, choice: Choice, headers: list[gguf.Header]) -> dict[str, Any]:
+    details = gguf.header_details(headers)
+    config: dict[str, Any] = {
+        "model_format": "gguf",
+        "details": details,
+        "parent": None,
+        "source": {
+            "hub": repo.hub,
+            "repo": repo.repo_id,
+            "revision": repo.revision,
+            "files": [f.path for f in choice.files],
+            "quantization": choice.quant,
+        },
+    }
+    template = headers[0].metadata.get("tokenizer.chat_template")
+    if isinstance(template, str):
+        config["gguf_chat_template"] = template
+    license_ = headers[0].metadata.get("general.license")
+    if isinstance(license_, str):
+        config["gguf_license"] = license_
+    return config
+
+
+# generation_config.json keys -> localrun parameters
+_GENERATION_KEYS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repeat_penalty",
+}
+
+
+def _parameters(repo: Repo) -> dict[str, Any]:
+    """Default parameters the repository recommends (generation_config.json), validated."""
+    out: dict[str, Any] = {}
+    for key, name in _GENERATION_KEYS.items():
+        value = repo.extra.get(key)
+        if value is None:
+            continue
+        try:
+            out[name] = params.SPECS[name].check(value)
+        except Exception:  # a value outside our ranges is ignored, not fatal
+            continue
+    return out
+
+
+def resolve_name(text: str) -> tuple[ModelName, HubReference | None]:
+    """The store name for `text` and, for hub references, the parsed reference."""
+    from localrun import names
+
+    ref = parse_reference(text)
+    if ref is not None:
+        return ref.name, ref
+    return names.parse(text), None
+
+
+def not_found_hint(text: str) -> str:
+    return f"try `localrun list` or `localrun pull {text}`"
+
+
+__all__ = ["HubReference", "ModelNotFoundError", "parse_reference", "pull", "resolve_name"]

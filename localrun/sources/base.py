@@ -1,0 +1,170 @@
+"""What every model hub provides to `localrun pull`, and how a tag picks the GGUF files.
+
+A hub lists a repository's files with their sizes and sha256 (`RemoteFile`), and downloads one
+file, resumably, into a folder of the store. Choosing which GGUF a tag means is the same for
+every hub and lives here: `pick(files, tag)`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from localrun.errors import ModelNotFoundError
+
+# The quantization a bare `pull hf.co/org/repo` takes, in order of preference (Ollama's habit:
+# Q4_K_M is the usual balance of size and quality; then the nearest alternatives).
+PREFERENCE = (
+    "Q4_K_M", "Q4_K_S", "Q5_K_M", "Q5_K_S", "Q4_0", "IQ4_XS", "IQ4_NL", "Q6_K", "Q8_0",
+    "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q4_1", "Q5_0", "Q5_1", "IQ3_M", "IQ3_XS", "Q2_K",
+    "BF16", "F16", "F32",
+)  # fmt: skip
+
+_QUANT_RE = re.compile(
+    r"(?<![A-Za-z0-9])(I?Q[1-8](?:_[0-9A-Z]{1,2}){0,2}|BF16|F16|F32|FP16|FP32|MXFP4|TQ[12]_0)"
+    r"(?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
+_SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+
+Progress = Callable[[int, int], None]
+"""Called with (bytes done, bytes total) while a file downloads."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file of a hub repository: its path there, size and sha256 (hex)."""
+
+    path: str
+    size: int
+    sha256: str | None
+
+
+@dataclass
+class Choice:
+    """The GGUF file(s) a tag picked: one file, or every part of a split model, in order."""
+
+    quant: str | None
+    files: list[RemoteFile]
+    available: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass
+class Repo:
+    """A repository as a hub describes it."""
+
+    hub: str  # "hf" or "modelscope"
+    repo_id: str
+    revision: str  # the commit the files were listed at
+    files: list[RemoteFile]
+    license: str | None = None
+    gated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. generation_config.json values
+
+
+class Hub(Protocol):
+    """A model hub: list a repository, fetch one file of it."""
+
+    name: str
+
+    def repo(self, repo_id: str, revision: str | None = None) -> Repo: ...
+
+    def download(self, repo: Repo, file: RemoteFile, folder: Path, progress: Progress) -> Path:
+        """Fetch `file` into `folder` (resuming what an earlier try left there); return its
+        path. The caller verifies the sha256 and moves it into the store."""
+        ...
+
+
+def quant_of(path: str) -> str | None:
+    """The quantization named in a GGUF file name ("model.Q4_K_M.gguf" -> "Q4_K_M")."""
+    name = path.rsplit("/", 1)[-1]
+    split = _SPLIT_RE.match(name)
+    stem = split.group("stem") if split else name.removesuffix(".gguf").removesuffix(".GGUF")
+    found = _QUANT_RE.findall(stem)
+    if not found:
+        return None
+    quant = str(found[-1]).upper()
+    return {"FP16": "F16", "FP32": "F32"}.get(quant, quant)
+
+
+def _is_model_gguf(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1].lower()
+    # Vision projectors ship beside the model in the same repo; they are not models.
+    return name.endswith(".gguf") and not name.startswith("mmproj") and "mmproj" not in name
+
+
+def _groups(files: list[RemoteFile]) -> dict[str, list[RemoteFile]]:
+    """GGUF files grouped into models: a plain file alone, a split model's parts together."""
+    groups: dict[str, list[RemoteFile]] = {}
+    for f in files:
+        if not _is_model_gguf(f.path):
+            continue
+        split = _SPLIT_RE.match(f.path)
+        key = split.group("stem") if split else f.path
+        groups.setdefault(key, []).append(f)
+    for parts in groups.values():
+        parts.sort(key=lambda f: f.path)
+    return groups
+
+
+def pick(repo: Repo, tag: str | None, reference: str) -> Choice:
+    """The files `tag` means in `repo`: a quantization (any case), a file name, or the default.
+
+    Raises ModelNotFoundError naming what exists when nothing matches.
+    """
+    groups = _groups(repo.files)
+    if not groups:
+        raise ModelNotFoundError(
+            reference,
+            hint=f"the repository {repo.repo_id} has no GGUF files; localrun runs GGUF models",
+        )
+    by_quant: dict[str, list[str]] = {}
+    for group, members in groups.items():
+        quant = quant_of(members[0].path)
+        if quant:
+            by_quant.setdefault(quant, []).append(group)
+    available = sorted(by_quant) or sorted(groups)
+    key: str | None = None
+    if tag in (None, "", "latest"):
+        for quant in PREFERENCE:
+            if quant in by_quant:
+                key = by_quant[quant][0]
+                break
+        if key is None:
+            key = sorted(groups)[0]
+    else:
+        wanted = tag.strip()
+        if wanted.upper() in by_quant:
+            key = by_quant[wanted.upper()][0]
+        else:
+            lowered = wanted.lower()
+            for candidate, parts in groups.items():
+                names = {p.path.lower() for p in parts} | {
+                    p.path.rsplit("/", 1)[-1].lower() for p in parts
+                }
+                names |= {n.removesuffix(".gguf") for n in names} | {candidate.lower()}
+                if lowered in names or lowered.removesuffix(".gguf") in names:
+                    key = candidate
+                    break
+        if key is None:
+            raise ModelNotFoundError(
+                f"{reference}",
+                hint=f"{repo.repo_id} has no GGUF for tag '{tag}'; available: "
+                + ", ".join(available),
+            )
+    parts = groups[key]
+    split = _SPLIT_RE.match(parts[0].path)
+    if split and len(parts) != int(split.group("count")):
+        raise ModelNotFoundError(
+            reference,
+            hint=f"{repo.repo_id} lists {len(parts)} of the {int(split.group('count'))} parts of "
+            f"{split.group('stem')}; the split model is incomplete",
+        )
+    return Choice(quant_of(parts[0].path), parts, available)
