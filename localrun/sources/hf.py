@@ -1,10 +1,10 @@
 """Hugging Face Hub: list a repository's files (with their LFS sha256) and fetch one, resumably.
 
 All transfer goes through huggingface_hub: `HfApi.model_info(files_metadata=True)` for the file
-list and `hf_hub_download(local_dir=...)` for the bytes, which resumes an interrupted download
-from its `.incomplete` file with a Range request and retries dropped connections itself. The
-download lands in a folder inside the store (never the hub cache), so moving it into the blob
-folder is a rename: the bytes are stored once.
+list (with each LFS file's sha256), and its metadata and `http_get` functions for the bytes, into
+a `.partial` file inside the store that a later pull resumes with a Range request (see
+`download`). Nothing goes through the hub cache, so moving a finished file into the blob folder
+is a rename: the bytes are stored once.
 
 Settings are read when a pull starts: HF_ENDPOINT (a mirror), HF_TOKEN, HF_HUB_OFFLINE, and the
 usual proxy variables (honoured by the HTTP client). huggingface_hub's exceptions are
@@ -14,7 +14,6 @@ translated here into localrun's.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from localrun.errors import (
 from localrun.sources.base import Progress, RemoteFile, Repo
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-RETRIES = 4  # on top of huggingface_hub's own resumes of a dropped stream
+RETRIES = 3  # with 0.5, 1, 2 s pauses; on top of huggingface_hub's own resumes of a stream
 
 
 def endpoint() -> str:
@@ -128,6 +127,12 @@ def _translated(reference: str, what: str) -> Iterator[None]:
         raise
 
 
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc.lower()
+
+
 def _is_transport_error(exc: BaseException) -> bool:
     import httpx2
 
@@ -174,35 +179,58 @@ class HuggingFaceHub:
         )
 
     def download(self, repo: Repo, file: RemoteFile, folder: Path, progress: Progress) -> Path:
-        from huggingface_hub import hf_hub_download
+        """Fetch one file into `folder/<name>.partial`, continuing what is already there.
+
+        hf_hub_download would restart from zero in a new process (its temporary file is unique
+        to the call and deleted on failure), so this uses the library's own pieces, which it
+        uses too: the resolve URL, the file metadata (the final location, e.g. on the CDN) and
+        `http_get` with `resume_size`, which sends the Range request and resumes dropped
+        streams itself.
+        """
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils._headers import build_hf_headers
 
         what = f"hf.co/{repo.repo_id}/{file.path}"
         folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / (file.path.rsplit("/", 1)[-1] + ".partial")
+        token = _token()
 
-        def fetch() -> str:
-            return str(
-                hf_hub_download(
-                    repo.repo_id,
-                    file.path,
-                    revision=repo.revision,
-                    local_dir=folder,
-                    endpoint=endpoint(),
-                    token=_token(),
+        def fetch() -> None:
+            url = hf_hub_url(repo.repo_id, file.path, revision=repo.revision, endpoint=endpoint())
+            meta = get_hf_file_metadata(url, token=token, endpoint=endpoint())
+            headers = build_hf_headers(token=token)
+            if _host(meta.location) != _host(url):
+                # A signed CDN URL: the token is for the hub only (as hf_hub_download does).
+                headers.pop("authorization", None)
+            expected = file.size or meta.size
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+            with os.fdopen(fd, "r+b") as fh:
+                have = fh.seek(0, os.SEEK_END)
+                if expected is not None and have > expected:  # not the file we expect: restart
+                    fh.seek(0)
+                    fh.truncate()
+                    have = 0
+                http_get(
+                    meta.location,
+                    fh,
+                    resume_size=have,
+                    headers=headers,
+                    expected_size=expected,
                     tqdm_class=_progress_class(progress),
                 )
-            )
+                fh.flush()
+                os.fsync(fh.fileno())
 
         with _translated(f"hf.co/{repo.repo_id}", what):
-            path = Path(self._retrying(fetch))
-        # hf_hub_download keeps metadata beside local_dir downloads; it is not ours to keep.
-        shutil.rmtree(folder / ".cache", ignore_errors=True)
-        return path
+            self._retrying(fetch)
+        return partial
 
     def _retrying(self, call: Callable[[], Any]) -> Any:
         """Retry transient failures (connection, timeouts, 5xx) with exponential backoff."""
         from huggingface_hub import errors as hf
 
-        delay = 1.0
+        delay = 0.5
         for attempt in range(RETRIES + 1):
             try:
                 return call()

@@ -1,0 +1,274 @@
+"""`localrun pull` from a local server that speaks the Hugging Face Hub protocol.
+
+The real `localrun` CLI (and so the real huggingface_hub client) runs in a subprocess with
+HF_ENDPOINT pointing at `FakeHub`, a server on a loopback port (tests/hfhub.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import make_test_models
+import pytest
+from conftest import CLI, Result, assert_one_line_error
+from hfhub import FakeHub
+
+from localrun.store import Store
+
+TOKEN = "hf_test_token_123"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("hub-files")
+    tiny = make_test_models.write_tiny_model(folder / "tiny.gguf")
+    other = make_test_models.write_tiny_model(folder / "other.gguf", seed=7)
+    big = make_test_models.write_tiny_model(folder / "big.gguf", seed=3, extra_bytes=40_000_000)
+    parts = make_test_models.write_split(tiny, folder / "split", "Tiny-Q4_K_M", parts=3)
+    return {"tiny": tiny, "other": other, "big": big, **{p.name: p for p in parts}}
+
+
+@pytest.fixture
+def hub(files: dict[str, Path]) -> Iterator[FakeHub]:
+    with FakeHub() as server:
+        server.add_repo(
+            "Test/Tiny-GGUF",
+            {
+                "tiny.Q4_K_M.gguf": files["tiny"],
+                "tiny.Q8_0.gguf": files["other"],
+                "README.md": b"# tiny\n",
+            },
+            license="apache-2.0",
+        )
+        server.add_repo("Test/Big-GGUF", {"big.Q4_K_M.gguf": files["big"]})
+        split = {name: path for name, path in files.items() if name.startswith("Tiny-Q4_K_M")}
+        server.add_repo("Test/Split-GGUF", split)
+        server.add_repo("Test/NoGGUF", {"model.safetensors": b"x" * 100, "config.json": b"{}"})
+        server.add_repo(
+            "Test/Gated-GGUF", {"g.Q4_K_M.gguf": files["tiny"]}, gated=True, token=TOKEN
+        )
+        yield server
+
+
+@pytest.fixture
+def pull_cli(cli: CLI, hub: FakeHub) -> CLI:
+    """The CLI with HF_ENDPOINT set to the fake hub and no ambient token."""
+    outer = cli
+
+    class _Cli(CLI):
+        def __call__(self, *args: str, env: dict[str, str] | None = None, **kw: object) -> Result:
+            merged = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "", "HF_HUB_OFFLINE": "0"}
+            return outer(*args, env={**merged, **(env or {})}, **kw)  # type: ignore[arg-type]
+
+    return _Cli(cli.cwd)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _store(home: Path) -> Store:
+    return Store(home / "models")
+
+
+def test_pull_list_show_run(
+    pull_cli: CLI, hub: FakeHub, home: Path, files: dict[str, Path]
+) -> None:
+    result = pull_cli("pull", "hf.co/Test/Tiny-GGUF")
+    assert result.code == 0, result.stderr
+    assert "pulling tiny.Q4_K_M.gguf" in result.stderr and "success" in result.stderr
+    listed = json.loads(pull_cli("list", "--json").stdout)
+    assert [m["name"] for m in listed] == ["hf.co/test/tiny-gguf:latest"]
+    store = _store(home)
+    manifest = store.read_manifest(store.names()[0])
+    assert manifest.of_kind("model")[0].digest == "sha256:" + _sha(files["tiny"])
+    shown = json.loads(pull_cli("show", "hf.co/test/tiny-gguf", "--json").stdout)
+    assert shown["license"] == ["apache-2.0"]
+    assert shown["details"]["architecture"] == "llama"
+    assert shown["template"] and "<|im_start|>" in shown["template"]
+    run = pull_cli("run", "hf.co/Test/Tiny-GGUF", "the a", "--param", "num_predict=4")
+    assert run.code == 0, run.stderr
+    assert store.verify().ok
+    assert not (home / "models" / "partial").exists() or not any(
+        (home / "models" / "partial").iterdir()
+    )
+    no_cache = [p for p in home.rglob("*") if "huggingface" in p.name]
+    assert no_cache == []  # nothing left in a hub cache: the bytes are in the store once
+
+
+def test_repeated_pull_transfers_nothing(pull_cli: CLI, hub: FakeHub) -> None:
+    assert pull_cli("pull", "hf.co/Test/Tiny-GGUF:Q8_0").code == 0
+    sent = hub.bytes_sent
+    again = pull_cli("pull", "hf://test/tiny-gguf:q8_0")
+    assert again.code == 0, again.stderr
+    assert "already present" in again.stderr
+    assert hub.bytes_sent == sent
+
+
+def test_tags_pick_quants_and_files(pull_cli: CLI, hub: FakeHub, home: Path) -> None:
+    assert pull_cli("pull", "hf.co/Test/Tiny-GGUF:q8_0").code == 0
+    assert pull_cli("pull", "huggingface.co/Test/Tiny-GGUF:tiny.Q4_K_M.gguf").code == 0
+    names = sorted(m["name"] for m in json.loads(pull_cli("list", "--json").stdout))
+    assert names == ["hf.co/test/tiny-gguf:q8_0", "hf.co/test/tiny-gguf:tiny.q4_k_m.gguf"]
+    missing = pull_cli("pull", "hf.co/Test/Tiny-GGUF:Q2_K")
+    assert_one_line_error(missing, "not found", "available: Q4_K_M, Q8_0")
+
+
+def test_split_model_is_fetched_whole_and_runs(
+    pull_cli: CLI, hub: FakeHub, home: Path, files: dict[str, Path]
+) -> None:
+    result = pull_cli("pull", "hf.co/Test/Split-GGUF")
+    assert result.code == 0, result.stderr
+    store = _store(home)
+    manifest = store.read_manifest(store.names()[0])
+    assert len(manifest.of_kind("model")) == 3
+    shown = json.loads(pull_cli("show", "hf.co/test/split-gguf", "--json").stdout)
+    assert shown["details"]["split_count"] == 3
+    split = pull_cli("run", "hf.co/test/split-gguf", "the a", "--param", "num_predict=5",
+                     "--param", "temperature=0")  # fmt: skip
+    whole = pull_cli("run", "hf.co/test/tiny-gguf", "the a", "--param", "num_predict=5",
+                     "--param", "temperature=0")  # fmt: skip
+    assert split.code == 0 and whole.code == 0, (split.stderr, whole.stderr)
+    assert split.stdout == whole.stdout  # the same weights, loaded from three files
+
+
+@pytest.mark.parametrize(
+    ("reference", "fragments"),
+    [
+        ("hf.co/Test/Nothing-Here", ["not found", "check the repository name"]),
+        ("hf.co/Test/NoGGUF", ["no GGUF files"]),
+        ("hf.co/Test/Gated-GGUF", ["gated", "HF_TOKEN"]),
+        ("hf.co/Test", ["invalid hub reference"]),
+    ],
+)
+def test_hub_errors_are_one_line(
+    pull_cli: CLI, home: Path, reference: str, fragments: list[str]
+) -> None:
+    assert_one_line_error(pull_cli("pull", reference), *fragments)
+    assert json.loads(pull_cli("list", "--json").stdout) == []
+
+
+def test_gated_repository_with_its_token(pull_cli: CLI) -> None:
+    result = pull_cli("pull", "hf.co/Test/Gated-GGUF", env={"HF_TOKEN": TOKEN})
+    assert result.code == 0, result.stderr
+
+
+def test_wrong_bytes_are_detected_and_deleted(pull_cli: CLI, hub: FakeHub, home: Path) -> None:
+    hub.corrupt("tiny.Q4_K_M.gguf")
+    result = pull_cli("pull", "hf.co/Test/Tiny-GGUF")
+    assert_one_line_error(result, "different bytes", "deleted")
+    store = _store(home)
+    assert store.names() == []
+    assert not list(store.blobs.glob("sha256-*"))
+    assert not any((home / "models" / "partial").glob("*/*.partial"))
+    assert pull_cli("pull", "hf.co/Test/Tiny-GGUF").code == 0  # the next try is clean
+
+
+def test_dropped_connection_is_resumed(pull_cli: CLI, hub: FakeHub, files: dict[str, Path]) -> None:
+    size = files["big"].stat().st_size
+    hub.cut_after("big.Q4_K_M.gguf", size // 2)
+    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=120)
+    assert result.code == 0, result.stderr
+    ranges = [h.get("Range", "") for _, path, h in hub.requests if "big.Q4_K_M.gguf" in path]
+    assert any(r.startswith("bytes=") and not r.startswith("bytes=0-") for r in ranges), ranges
+    assert hub.bytes_sent < 1.5 * size
+
+
+@pytest.mark.slow
+def test_killed_pull_resumes_where_it_stopped(
+    pull_cli: CLI, hub: FakeHub, home: Path, files: dict[str, Path]
+) -> None:
+    size = files["big"].stat().st_size
+    hub.slow("big.Q4_K_M.gguf", bytes_per_s=20_000_000)
+    env = {**os.environ, "LOCALRUN_HOME": str(home), "HF_ENDPOINT": hub.url, "HF_TOKEN": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localrun", "pull", "hf.co/Test/Big-GGUF"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    partial = home / "models" / "partial"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        grown = [p for p in partial.glob("*/*.partial") if p.stat().st_size > 10_000_000]
+        if grown:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the download never started")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    have = grown[0].stat().st_size
+    assert 0 < have < size
+    store = _store(home)
+    assert store.names() == []  # no manifest for a half-pulled model
+    # The server thread may still be pushing into the dead connection: wait until it stops.
+    before, settle = -1, time.monotonic() + 10
+    while hub.bytes_sent != before and time.monotonic() < settle:
+        before = hub.bytes_sent
+        time.sleep(0.3)
+    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=120)
+    assert result.code == 0, result.stderr
+    assert hub.bytes_sent - before <= size - have + 1  # only the missing part came
+    assert any(h.get("Range") == f"bytes={have}-" for _, _, h in hub.requests), hub.requests[-3:]
+    assert store.verify().ok
+
+
+def test_two_pulls_at_once(hub: FakeHub, home: Path) -> None:
+    env = {**os.environ, "LOCALRUN_HOME": str(home), "HF_ENDPOINT": hub.url, "HF_TOKEN": ""}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "localrun", "pull", "hf.co/Test/Big-GGUF"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    store = _store(home)
+    assert [str(n) for n in store.names()] == ["hf.co/test/big-gguf:latest"]
+    assert store.verify().ok
+
+
+def test_offline_and_unreachable(pull_cli: CLI) -> None:
+    offline = pull_cli("pull", "hf.co/Test/Tiny-GGUF", env={"HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(offline, "HF_HUB_OFFLINE")
+    start = time.monotonic()
+    down = pull_cli("pull", "hf.co/Test/Tiny-GGUF", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert_one_line_error(down, "cannot reach", "network")
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.slow
+def test_disk_full_is_refused_before_downloading(
+    pull_cli: CLI, hub: FakeHub, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        result = pull_cli("pull", "hf.co/Test/Big-GGUF", env={"LOCALRUN_MODELS": str(mount)})
+        assert_one_line_error(result, "GB free", "LOCALRUN_MODELS")
+        assert hub.bytes_sent == 0
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_unknown_plain_name_suggests_a_hub(pull_cli: CLI) -> None:
+    assert_one_line_error(pull_cli("pull", "nothere:1b"), "not found", "hf.co/ORG/REPO")
