@@ -216,11 +216,13 @@ def _fetch(store: Store, hub: Hub, repo: Repo, f: RemoteFile, report: Reporter) 
             report(Event(f"pulling {label}", completed=done, total=total or f.size))
 
         try:
-            path = hub.download(repo, f, folder, progress)
+            path, digest = hub.download(repo, f, folder, progress)
         except OSError as exc:
             raise DownloadError(f"{label}: {exc}") from exc
-        report(Event(f"verifying sha256 of {label}"))
-        digest = _hash(path)
+        synced = digest is not None  # hashed (and fsynced) on the way by the hub
+        if digest is None:
+            report(Event(f"verifying sha256 of {label}"))
+            digest = _hash(path)
         if f.sha256 and digest != "sha256:" + f.sha256:
             shutil.rmtree(folder, ignore_errors=True)
             raise DownloadError(
@@ -235,7 +237,7 @@ def _fetch(store: Store, hub: Hub, repo: Repo, f: RemoteFile, report: Reporter) 
             raise InvalidGGUFError(
                 f"{label} from {repo.repo_id} is not a valid GGUF file ({exc.message})"
             ) from None
-        size = store.adopt(path, digest)
+        size = store.adopt(path, digest, synced=synced)
     shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):
         os.unlink(str(folder) + ".lock")

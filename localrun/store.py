@@ -303,7 +303,7 @@ class Store:
             raise
         return digest, size, False
 
-    def adopt(self, path: Path, digest: str) -> int:
+    def adopt(self, path: Path, digest: str, *, synced: bool = False) -> int:
         """Move a verified file (on the store's file system) into place as blob `digest`.
 
         The caller has hashed it; this is a rename, so a download is never copied twice.
@@ -312,8 +312,9 @@ class Store:
         self._ensure_dirs()
         try:
             size = path.stat().st_size
-            with open(path, "rb+") as fh:
-                os.fsync(fh.fileno())
+            if not synced:
+                with open(path, "rb+") as fh:
+                    os.fsync(fh.fileno())
             os.replace(path, target)
             _fsync_dir(self.blobs)
         except OSError as exc:

@@ -34,6 +34,86 @@ Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) while a file downloads."""
 
 
+class HashingWriter:
+    """A file to download into that hashes what it is given, on a helper thread.
+
+    hashlib releases the GIL, so the hash runs beside the download and verifying a pull needs
+    no second pass over the file. `seek`/`truncate` (a server that ignored a Range request makes
+    the client start over) restart the hash from the file's content.
+    """
+
+    def __init__(self, fh: Any) -> None:
+        import hashlib
+        import queue
+        import threading
+
+        self.fh = fh
+        self._hasher = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, daemon=True)
+        self._thread.start()
+        self._feed_existing()
+
+    def _feed_existing(self) -> None:
+        end = self.fh.seek(0, 2)
+        self.fh.seek(0)
+        while self.fh.tell() < end:
+            self._queue.put(self.fh.read(min(8 << 20, end - self.fh.tell())))
+        self.fh.seek(end)
+
+    def _work(self) -> None:
+        try:
+            while (chunk := self._queue.get()) is not None:
+                self._hasher.update(chunk)
+        except BaseException as exc:  # reported by digest()
+            self._error = exc
+            while self._queue.get() is not None:
+                pass
+
+    def write(self, data: bytes) -> int:
+        written = int(self.fh.write(data))
+        self._queue.put(bytes(data))
+        return written
+
+    def tell(self) -> int:
+        return int(self.fh.tell())
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self.fh.seek(offset, whence))
+
+    def truncate(self, size: int | None = None) -> int:
+        import hashlib
+
+        self.flush()
+        result = int(self.fh.truncate(size))
+        self._queue.put(None)
+        self._thread.join()
+        self._hasher = hashlib.sha256()
+        import threading
+
+        self._thread = threading.Thread(target=self._work, daemon=True)
+        self._thread.start()
+        position = self.fh.tell()
+        self._feed_existing()
+        self.fh.seek(position)
+        return result
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def fileno(self) -> int:
+        return int(self.fh.fileno())
+
+    def digest(self) -> str:
+        """Wait for the helper thread; the sha256 of everything written, as 'sha256:<hex>'."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return "sha256:" + self._hasher.hexdigest()
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     """A file of a hub repository: its path there, size and sha256 (hex)."""
@@ -76,9 +156,12 @@ class Hub(Protocol):
 
     def repo(self, repo_id: str, revision: str | None = None) -> Repo: ...
 
-    def download(self, repo: Repo, file: RemoteFile, folder: Path, progress: Progress) -> Path:
+    def download(
+        self, repo: Repo, file: RemoteFile, folder: Path, progress: Progress
+    ) -> tuple[Path, str | None]:
         """Fetch `file` into `folder` (resuming what an earlier try left there); return its
-        path. The caller verifies the sha256 and moves it into the store."""
+        path and, when the hub computed it on the way, its sha256 ('sha256:<hex>', else None).
+        The caller verifies the sha256 and moves the file into the store."""
         ...
 
 

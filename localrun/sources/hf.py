@@ -28,7 +28,7 @@ from localrun.errors import (
     LocalrunError,
     ModelNotFoundError,
 )
-from localrun.sources.base import Progress, RemoteFile, Repo
+from localrun.sources.base import HashingWriter, Progress, RemoteFile, Repo
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 RETRIES = 3  # with 0.5, 1, 2 s pauses; on top of huggingface_hub's own resumes of a stream
@@ -178,7 +178,9 @@ class HuggingFaceHub:
             gated=bool(info.gated),
         )
 
-    def download(self, repo: Repo, file: RemoteFile, folder: Path, progress: Progress) -> Path:
+    def download(
+        self, repo: Repo, file: RemoteFile, folder: Path, progress: Progress
+    ) -> tuple[Path, str | None]:
         """Fetch one file into `folder/<name>.partial`, continuing what is already there.
 
         hf_hub_download would restart from zero in a new process (its temporary file is unique
@@ -195,6 +197,7 @@ class HuggingFaceHub:
         folder.mkdir(parents=True, exist_ok=True)
         partial = folder / (file.path.rsplit("/", 1)[-1] + ".partial")
         token = _token()
+        digest: list[str] = []
 
         def fetch() -> None:
             url = hf_hub_url(repo.repo_id, file.path, revision=repo.revision, endpoint=endpoint())
@@ -211,20 +214,25 @@ class HuggingFaceHub:
                     fh.seek(0)
                     fh.truncate()
                     have = 0
-                http_get(
-                    meta.location,
-                    fh,
-                    resume_size=have,
-                    headers=headers,
-                    expected_size=expected,
-                    tqdm_class=_progress_class(progress),
-                )
-                fh.flush()
+                sink = HashingWriter(fh)
+                try:
+                    http_get(
+                        meta.location,
+                        sink,  # type: ignore[arg-type]
+                        resume_size=have,
+                        headers=headers,
+                        expected_size=expected,
+                        tqdm_class=_progress_class(progress),
+                    )
+                finally:
+                    fh.flush()
+                    hashed = sink.digest()
                 os.fsync(fh.fileno())
+                digest.append(hashed)
 
         with _translated(f"hf.co/{repo.repo_id}", what):
             self._retrying(fetch)
-        return partial
+        return partial, digest[-1]
 
     def _retrying(self, call: Callable[[], Any]) -> Any:
         """Retry transient failures (connection, timeouts, 5xx) with exponential backoff."""

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Pull throughput of localrun against huggingface_hub's own hf_hub_download, same file, same run.
+
+A fake Hugging Face Hub (tests/hfhub.py) serves one GGUF file (the tiny test model, padded to the
+size asked for) from its own process on a loopback port. Rounds alternate between
+
+  hf_hub_download   hf_hub_download(repo, file, local_dir=...), a fresh folder each time
+  localrun pull     localrun.pull.pull() into a fresh store: download, sha256 check, rename
+
+both in this process, so neither pays an interpreter start. Then a repeated pull of content
+already in the store is timed, and the server's byte counter says what it transferred.
+
+Targets (issue 4): localrun >= 0.95 x hf_hub_download throughput; a repeated pull under 0.5 s
+with 0 bytes transferred. Run directly or through scripts/bench.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+REPO = "Bench/Pull-GGUF"
+FILE = "bench.Q4_K_M.gguf"
+
+_SERVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from hfhub import FakeHub
+with FakeHub() as hub:
+    hub.add_repo({repo!r}, {{{file!r}: Path({path!r})}})
+    print(hub.url, flush=True)
+    for line in sys.stdin:
+        if line.strip() == "bytes":
+            print(hub.bytes_sent, flush=True)
+"""
+
+
+class Server:
+    """The fake hub in a child process (its threads must not share this process's GIL)."""
+
+    def __init__(self, path: Path) -> None:
+        code = _SERVER.format(tests=str(ROOT / "tests"), repo=REPO, file=FILE, path=str(path))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            raise RuntimeError("the fake hub did not start")
+
+    def bytes_sent(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("bytes\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+def _make_file(folder: Path, size_mb: int) -> Path:
+    """A valid GGUF of about size_mb (localrun checks what it pulls): the tiny test model,
+    widened with zero columns."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_test_models import write_tiny_model
+
+    return write_tiny_model(folder / FILE, extra_bytes=size_mb * 1_000_000)
+
+
+def _hf_download(url: str, folder: Path) -> float:
+    from huggingface_hub import hf_hub_download
+
+    start = time.perf_counter()
+    hf_hub_download(REPO, FILE, local_dir=folder, endpoint=url, token=False)
+    return time.perf_counter() - start
+
+
+def _localrun_pull(url: str, home: Path) -> float:
+    from localrun import pull
+    from localrun.store import Store
+
+    os.environ["HF_ENDPOINT"] = url  # read at call time by localrun.sources.hf
+    ref = pull.parse_reference(f"hf.co/{REPO}")
+    assert ref is not None
+    store = Store(home / "models")
+    start = time.perf_counter()
+    pull.pull(store, ref)
+    return time.perf_counter() - start
+
+
+def run(repeat: int, size_mb: int) -> dict[str, Any]:
+    """Measure; returns the numbers and a printable report under 'report'."""
+    os.environ.pop("HF_TOKEN", None)
+    work = Path(tempfile.mkdtemp(prefix="localrun-bench-pull-"))
+    try:
+        source = _make_file(work, size_mb)
+        size = source.stat().st_size
+        server = Server(source)
+        try:
+            hf: list[float] = []
+            lr: list[float] = []
+            for round_ in range(repeat):
+                order = [("hf", hf), ("lr", lr)] if round_ % 2 == 0 else [("lr", lr), ("hf", hf)]
+                for kind, series in order:
+                    target = work / f"{kind}-{round_}"
+                    if kind == "hf":
+                        series.append(_hf_download(server.url, target))
+                    else:
+                        series.append(_localrun_pull(server.url, target))
+                    shutil.rmtree(target, ignore_errors=True)
+            home = work / "repeat"
+            _localrun_pull(server.url, home)
+            before = server.bytes_sent()
+            again = _localrun_pull(server.url, home)
+            repeated_bytes = server.bytes_sent() - before
+        finally:
+            server.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    hf_mbs = size / statistics.median(hf) / 1e6
+    lr_mbs = size / statistics.median(lr) / 1e6
+    ratio = lr_mbs / hf_mbs
+    lines = [
+        f"pull of a {size / 1e6:.0f} MB file from a local fake hub, {repeat} alternating rounds",
+        f"  hf_hub_download   {hf_mbs:7.0f} MB/s  (median of {', '.join(f'{t:.2f}' for t in hf)} s)",
+        f"  localrun pull     {lr_mbs:7.0f} MB/s  (median of {', '.join(f'{t:.2f}' for t in lr)} s)"
+        f"  ratio {ratio:.2f}  target >= 0.95  {'met' if ratio >= 0.95 else 'below'}",
+        f"  repeated pull     {again:.3f} s, {repeated_bytes} bytes of content transferred"
+        f"  target < 0.5 s and 0 bytes  "
+        f"{'met' if again < 0.5 and repeated_bytes == 0 else 'missed'}",
+    ]
+    return {
+        "size": size,
+        "hf_hub_download_s": hf,
+        "localrun_pull_s": lr,
+        "ratio": ratio,
+        "repeat_pull_s": again,
+        "repeat_pull_bytes": repeated_bytes,
+        "report": "\n".join(lines),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--size-mb", type=int, default=512)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    results = run(args.repeat, args.size_mb)
+    print(results["report"])
+    if args.json:
+        args.json.write_text(json.dumps({k: v for k, v in results.items() if k != "report"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
