@@ -742,12 +742,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama-cpp-build", type=Path, help="reuse (or build into) this folder")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="build jobs")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--suite",
+        choices=("all", "run", "pull"),
+        default="all",
+        help="run: decode, cold start and chat; pull: scripts/bench_pull.py (default: both)",
+    )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         print(json.dumps(_worker(*args.worker)))
         return 0
+    if args.suite in ("all", "pull"):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_pull import run as run_pull_bench
+
+        pulled = run_pull_bench(args.repeat, 512)
+        print(pulled["report"], flush=True)
+        if args.suite == "pull":
+            return 0
+        print()
 
     model = args.model or _default_model()
     if model is None or not model.is_file():
