@@ -272,3 +272,23 @@ def test_disk_full_is_refused_before_downloading(
 
 def test_unknown_plain_name_suggests_a_hub(pull_cli: CLI) -> None:
     assert_one_line_error(pull_cli("pull", "nothere:1b"), "not found", "hf.co/ORG/REPO")
+
+
+def test_pull_from_modelscope(cli: CLI, home: Path, files: dict[str, Path]) -> None:
+    from mshub import FakeModelScope
+
+    with FakeModelScope() as ms:
+        ms.add_repo("Test/Tiny-GGUF", {"tiny-Q4_K_M.gguf": files["tiny"], "README.md": b"hi"})
+        env = {"MODELSCOPE_ENDPOINT": ms.url, "MODELSCOPE_API_TOKEN": ""}
+        result = cli("pull", "modelscope.cn/Test/Tiny-GGUF", env=env)
+        assert result.code == 0, result.stderr
+        assert "success" in result.stderr
+        again = cli("pull", "ms://Test/Tiny-GGUF", env=env)
+        assert again.code == 0 and "already present" in again.stderr
+        missing = cli("pull", "modelscope.cn/Test/Tiny-GGUF:Q8_0", env=env)
+        assert_one_line_error(missing, "available: Q4_K_M")
+    listed = json.loads(cli("list", "--json").stdout)
+    assert [m["name"] for m in listed] == ["modelscope.cn/test/tiny-gguf:latest"]
+    run = cli("run", "modelscope.cn/test/tiny-gguf", "the a", "--param", "num_predict=3")
+    assert run.code == 0, run.stderr  # offline now: the model is in the store
+    assert Store(home / "models").verify().ok
