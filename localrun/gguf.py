@@ -354,7 +354,7 @@ def _printable(text: str) -> str:
 
 def _read(fh: Any, size: int, shown: str, scan: Header) -> GGUFInfo:
     """Read the (already bounds-checked) header with the gguf package."""
-    from gguf import GGUFReader, LlamaFileType
+    from gguf import GGUFReader
 
     try:
         reader = GGUFReader(fh)  # np.memmap takes the open file: no second open by path
@@ -380,43 +380,27 @@ def _read(fh: Any, size: int, shown: str, scan: Header) -> GGUFInfo:
             item = item[:200] + "..."
         metadata[key] = item
 
-    arch = _as_str(value("general.architecture"))
-    kind = _as_str(value("general.type")) or "model"
-
-    def arch_int(suffix: str) -> int | None:
-        item = value(f"{arch}.{suffix}") if arch else None
-        return int(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else None
-
-    parameter_count = sum(int(t.n_elements) for t in reader.tensors)
-    quant = None
-    file_type = value("general.file_type")
-    if isinstance(file_type, int):
-        try:
-            quant = LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-        except ValueError:
-            quant = None
-    if quant is None and reader.tensors:
-        counts = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2)
-        quant = counts.most_common(1)[0][0] if counts else None
-    alpha = value("adapter.lora.alpha")
+    # The gguf reader has confirmed the structure; the summary comes from the same code that
+    # describes pulled models, so a model is described alike however it arrived.
+    d = header_details([scan])
     return GGUFInfo(
         path=shown,
         size=size,
         version=scan.version,
-        kind="adapter" if kind == "adapter" else "model",
-        architecture=arch,
-        name=_as_str(value("general.name")),
+        kind=d["kind"],
+        architecture=d["architecture"],
+        name=d["name"],
         tensor_count=len(reader.tensors),
-        parameter_count=parameter_count,
-        context_length=arch_int("context_length"),
-        embedding_length=arch_int("embedding_length"),
-        block_count=arch_int("block_count"),
-        head_count=arch_int("attention.head_count"),
-        quantization=quant,
+        parameter_count=d["parameter_count"],
+        context_length=d["context_length"],
+        embedding_length=d["embedding_length"],
+        block_count=d["block_count"],
+        head_count=d["head_count"],
+        quantization=d["quantization"],
         chat_template=_as_str(value("tokenizer.chat_template")),
         license=_as_str(value("general.license")),
-        adapter_type=_as_str(value("adapter.type")),
-        lora_alpha=float(alpha) if isinstance(alpha, (int, float)) else None,
+        adapter_type=d["adapter_type"],
+        lora_alpha=d["lora_alpha"],
         metadata=metadata,
     )
 

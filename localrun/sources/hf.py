@@ -46,6 +46,13 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _offline_error(reference: str) -> HubUnreachableError:
+    return HubUnreachableError(
+        f"{reference}: HF_HUB_OFFLINE is set, so the hub is not contacted",
+        hint="unset HF_HUB_OFFLINE to download; models already pulled work offline",
+    )
+
+
 def _progress_class(progress: Progress) -> type:
     """A stand-in for tqdm that forwards huggingface_hub's progress to `progress`."""
 
@@ -103,10 +110,7 @@ def _translated(reference: str, what: str) -> Iterator[None]:
             f"{what}: the file is gone from the repository", hint="pull again to see what exists"
         ) from exc
     except hf.OfflineModeIsEnabled as exc:
-        raise HubUnreachableError(
-            f"{reference}: HF_HUB_OFFLINE is set, so the hub is not contacted",
-            hint="unset HF_HUB_OFFLINE to download; models already pulled work offline",
-        ) from exc
+        raise _offline_error(reference) from exc
     except hf.HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
@@ -150,10 +154,7 @@ class HuggingFaceHub:
     def repo(self, repo_id: str, revision: str | None = None) -> Repo:
         reference = f"hf.co/{repo_id}"
         if _offline():
-            raise HubUnreachableError(
-                f"{reference}: HF_HUB_OFFLINE is set, so the hub is not contacted",
-                hint="unset HF_HUB_OFFLINE to download; models already pulled work offline",
-            )
+            raise _offline_error(reference)
         from huggingface_hub import HfApi
 
         api = HfApi(endpoint=endpoint(), token=_token())
