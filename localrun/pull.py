@@ -142,6 +142,16 @@ def pull(
                 f"{ref.text}: {file.path} on the hub is not the file localrun's catalog expects",
                 hint="the repository changed; pull it by its hub name instead",
             )
+    wanted = ["sha256:" + f.sha256 if f.sha256 else None for f in choice.files]
+    with contextlib.suppress(Exception):
+        current = store.read_manifest(name)
+        if [layer.digest for layer in current.of_kind("model")] == wanted and all(
+            store.has_blob(d) for d in current.digests()
+        ):
+            report(Event(f"{name} is up to date"))
+            digest = "sha256:" + hashlib.sha256(current.to_bytes()).hexdigest()
+            report(Event("success", digest=digest))
+            return digest
     with store.writing():
         _check_space(store, choice)
         layers = [_fetch(store, hub, repo, f, report) for f in choice.files]
@@ -152,7 +162,7 @@ def pull(
         if isinstance(license_text, str) and license_text:
             digest, size = store.add_bytes(license_text.encode())
             extra.append(Layer(MEDIA_TYPES["license"], digest, size))
-        defaults = _parameters(repo)
+        defaults = _parameters(_generation_config(store, hub, repo))
         if defaults:
             data = json.dumps(defaults, sort_keys=True).encode()
             digest, size = store.add_bytes(data)
@@ -285,11 +295,27 @@ _GENERATION_KEYS = {
 }
 
 
-def _parameters(repo: Repo) -> dict[str, Any]:
-    """Default parameters the repository recommends (generation_config.json), validated."""
+def _generation_config(store: Store, hub: Hub, repo: Repo) -> dict[str, Any]:
+    """The repository's generation_config.json, if it has one (small; never kept)."""
+    found = [f for f in repo.files if f.path == "generation_config.json" and f.size < 1_000_000]
+    if not found:
+        return {}
+    folder = store.root / "partial" / f"generation-config-{os.getpid()}"
+    try:
+        path, _ = hub.download(repo, found[0], folder, lambda done, total: None)
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except Exception:  # recommended defaults are a nicety: a pull never fails for them
+        return {}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return data if isinstance(data, dict) else {}
+
+
+def _parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """Default parameters a generation_config.json recommends, mapped and validated."""
     out: dict[str, Any] = {}
     for key, name in _GENERATION_KEYS.items():
-        value = repo.extra.get(key)
+        value = config.get(key)
         if value is None:
             continue
         try:

@@ -45,6 +45,9 @@ def hub(files: dict[str, Path]) -> Iterator[FakeHub]:
                 "tiny.Q4_K_M.gguf": files["tiny"],
                 "tiny.Q8_0.gguf": files["other"],
                 "README.md": b"# tiny\n",
+                "generation_config.json": json.dumps(
+                    {"temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.05, "top_k": -5}
+                ).encode(),
             },
             license="apache-2.0",
         )
@@ -92,6 +95,8 @@ def test_pull_list_show_run(
     assert manifest.of_kind("model")[0].digest == "sha256:" + _sha(files["tiny"])
     shown = json.loads(pull_cli("show", "hf.co/test/tiny-gguf", "--json").stdout)
     assert shown["license"] == ["apache-2.0"]
+    # generation_config.json's defaults, mapped; a value outside localrun's ranges is dropped
+    assert shown["parameters"] == {"temperature": 0.6, "top_p": 0.9, "repeat_penalty": 1.05}
     assert shown["details"]["architecture"] == "llama"
     assert shown["template"] and "<|im_start|>" in shown["template"]
     run = pull_cli("run", "hf.co/Test/Tiny-GGUF", "the a", "--param", "num_predict=4")
@@ -109,8 +114,12 @@ def test_repeated_pull_transfers_nothing(pull_cli: CLI, hub: FakeHub) -> None:
     sent = hub.bytes_sent
     again = pull_cli("pull", "hf://test/tiny-gguf:q8_0")
     assert again.code == 0, again.stderr
-    assert "already present" in again.stderr
+    assert "is up to date" in again.stderr
     assert hub.bytes_sent == sent
+    # The same file under another name: its bytes are already in the store.
+    other = pull_cli("pull", "hf.co/Test/Tiny-GGUF:tiny.Q8_0.gguf")
+    assert other.code == 0 and "tiny.Q8_0.gguf: already present" in other.stderr
+    assert not [r for r in hub.requests[-6:] if r[1].endswith(".gguf") and r[0] == "GET"]
 
 
 def test_tags_pick_quants_and_files(pull_cli: CLI, hub: FakeHub, home: Path) -> None:
@@ -284,7 +293,7 @@ def test_pull_from_modelscope(cli: CLI, home: Path, files: dict[str, Path]) -> N
         assert result.code == 0, result.stderr
         assert "success" in result.stderr
         again = cli("pull", "ms://Test/Tiny-GGUF", env=env)
-        assert again.code == 0 and "already present" in again.stderr
+        assert again.code == 0 and "is up to date" in again.stderr
         missing = cli("pull", "modelscope.cn/Test/Tiny-GGUF:Q8_0", env=env)
         assert_one_line_error(missing, "available: Q4_K_M")
     listed = json.loads(cli("list", "--json").stdout)

@@ -146,7 +146,6 @@ class Repo:
     files: list[RemoteFile]
     license: str | None = None
     gated: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. generation_config.json values
 
 
 class Hub(Protocol):
