@@ -7,8 +7,10 @@ size asked for) from its own process on a loopback port. Rounds alternate betwee
   hf_hub_download   hf_hub_download(repo, file, local_dir=...), a fresh folder each time
   localrun pull     localrun.pull.pull() into a fresh store: download, sha256 check, rename
 
-both in this process, so neither pays an interpreter start. Then a repeated pull of content
-already in the store is timed, and the server's byte counter says what it transferred.
+both in this process, so neither pays an interpreter start, and each starting from a synced disk
+(os.sync() before every round). localrun also fsyncs what it stores before writing the manifest;
+hf_hub_download does not. Then a repeated pull of content already in the store is timed, and the
+server's byte counter says what it transferred.
 
 Targets (issue 4): localrun >= 0.95 x hf_hub_download throughput; a repeated pull under 0.5 s
 with 0 bytes transferred. Run directly or through scripts/bench.py.
@@ -80,11 +82,19 @@ def _make_file(folder: Path, size_mb: int) -> Path:
     return write_tiny_model(folder / FILE, extra_bytes=size_mb * 1_000_000)
 
 
-def _hf_download(url: str, folder: Path) -> float:
+def _hf_download(url: str, folder: Path, durable: bool = False) -> float:
+    """hf_hub_download's time; with `durable`, plus an fsync of the file, as localrun does
+    before it records a model (the comparison that separates transfer from durability)."""
     from huggingface_hub import hf_hub_download
 
     start = time.perf_counter()
-    hf_hub_download(REPO, FILE, local_dir=folder, endpoint=url, token=False)
+    path = hf_hub_download(REPO, FILE, local_dir=folder, endpoint=url, token=False)
+    if durable:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return time.perf_counter() - start
 
 
@@ -111,13 +121,19 @@ def run(repeat: int, size_mb: int) -> dict[str, Any]:
         server = Server(source)
         try:
             hf: list[float] = []
+            hf_sync: list[float] = []
             lr: list[float] = []
+            stacks = [("hf", hf), ("lr", lr), ("hfsync", hf_sync)]
             for round_ in range(repeat):
-                order = [("hf", hf), ("lr", lr)] if round_ % 2 == 0 else [("lr", lr), ("hf", hf)]
+                shift = round_ % len(stacks)
+                order = stacks[shift:] + stacks[:shift]
                 for kind, series in order:
                     target = work / f"{kind}-{round_}"
-                    if kind == "hf":
-                        series.append(_hf_download(server.url, target))
+                    # Start every round with no dirty pages: otherwise the write-back of the
+                    # previous round's file (hf_hub_download never syncs) lands on the next one.
+                    os.sync()
+                    if kind in ("hf", "hfsync"):
+                        series.append(_hf_download(server.url, target, kind == "hfsync"))
                     else:
                         series.append(_localrun_pull(server.url, target))
                     shutil.rmtree(target, ignore_errors=True)
@@ -133,11 +149,14 @@ def run(repeat: int, size_mb: int) -> dict[str, Any]:
     hf_mbs = size / statistics.median(hf) / 1e6
     lr_mbs = size / statistics.median(lr) / 1e6
     ratio = lr_mbs / hf_mbs
+    sync_mbs = size / statistics.median(hf_sync) / 1e6
     hf_times = ", ".join(f"{t:.2f}" for t in hf)
     lr_times = ", ".join(f"{t:.2f}" for t in lr)
     lines = [
         f"pull of a {size / 1e6:.0f} MB file from a local fake hub, {repeat} alternating rounds",
         f"  hf_hub_download   {hf_mbs:7.0f} MB/s  (median of {hf_times} s)",
+        f"  ... then fsync    {sync_mbs:7.0f} MB/s  (the same download made durable, for reference:"
+        f" localrun / this = {lr_mbs / sync_mbs:.2f})",
         f"  localrun pull     {lr_mbs:7.0f} MB/s  (median of {lr_times} s)"
         f"  ratio {ratio:.2f}  target >= 0.95  {'met' if ratio >= 0.95 else 'below'}",
         f"  repeated pull     {again:.3f} s, {repeated_bytes} bytes of content transferred"
@@ -147,6 +166,7 @@ def run(repeat: int, size_mb: int) -> dict[str, Any]:
     return {
         "size": size,
         "hf_hub_download_s": hf,
+        "hf_hub_download_fsync_s": hf_sync,
         "localrun_pull_s": lr,
         "ratio": ratio,
         "repeat_pull_s": again,
