@@ -185,12 +185,28 @@ def scan(path: str | os.PathLike[str]) -> Header:
 
     This is the check made before llama.cpp opens a file: every length, count and tensor
     extent is bounded by the file size. `inspect` does this and reads the values too.
+
+    The result is remembered per file identity (device, inode, size, mtime), so the runner's
+    offload plan and the engine's pre-load check share one walk over the header. Callers must
+    not modify the returned Header.
     """
     fd = open_regular(path)
     try:
-        return scan_fd(fd, str(path))
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = _SCANNED.get(key)
+        if cached is not None:
+            return cached
+        header = scan_fd(fd, str(path))
+        if len(_SCANNED) >= 16:
+            _SCANNED.pop(next(iter(_SCANNED)))
+        _SCANNED[key] = header
+        return header
     finally:
         os.close(fd)
+
+
+_SCANNED: dict[tuple[int, int, int, int], Header] = {}
 
 
 def scan_fd(fd: int, shown: str) -> Header:

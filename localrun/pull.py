@@ -34,16 +34,10 @@ from typing import Any
 
 from localrun import gguf, params
 from localrun.create import Event, Reporter
-from localrun.errors import (
-    DiskFullError,
-    DownloadError,
-    InvalidGGUFError,
-    InvalidNameError,
-    ModelNotFoundError,
-)
+from localrun.errors import DiskFullError, DownloadError, InvalidGGUFError, InvalidNameError
 from localrun.names import ModelName
 from localrun.sources.base import Choice, Hub, RemoteFile, Repo, pick
-from localrun.store import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, Store
+from localrun.store import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, Store, hash_file
 
 HOSTS = {
     "hf.co": "hf",
@@ -232,7 +226,7 @@ def _fetch(store: Store, hub: Hub, repo: Repo, f: RemoteFile, report: Reporter) 
         synced = digest is not None  # hashed (and fsynced) on the way by the hub
         if digest is None:
             report(Event(f"verifying sha256 of {label}"))
-            digest = _hash(path)
+            digest = hash_file(path)
         if f.sha256 and digest != "sha256:" + f.sha256:
             shutil.rmtree(folder, ignore_errors=True)
             raise DownloadError(
@@ -252,14 +246,6 @@ def _fetch(store: Store, hub: Hub, repo: Repo, f: RemoteFile, report: Reporter) 
     with contextlib.suppress(OSError):
         os.unlink(str(folder) + ".lock")
     return Layer(MEDIA_TYPES["model"], digest, size)
-
-
-def _hash(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(4 * 1024 * 1024):
-            hasher.update(chunk)
-    return "sha256:" + hasher.hexdigest()
 
 
 def _config(repo: Repo, choice: Choice, headers: list[gguf.Header]) -> dict[str, Any]:
@@ -333,10 +319,3 @@ def resolve_name(text: str) -> tuple[ModelName, HubReference | None]:
     if ref is not None:
         return ref.name, ref
     return names.parse(text), None
-
-
-def not_found_hint(text: str) -> str:
-    return f"try `localrun list` or `localrun pull {text}`"
-
-
-__all__ = ["HubReference", "ModelNotFoundError", "parse_reference", "pull", "resolve_name"]

@@ -8,6 +8,7 @@ new tokens. Used by `localrun run` (one-shot, chat and batch) and, later, by the
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -173,9 +174,8 @@ def plan_fit(model: Model, parameters: dict[str, Any]) -> Fit:
 
     try:
         headers = [gguf.scan(path) for path in (model.model_parts or [model.model_path])]
-        header = headers[0]
-        for other in headers[1:]:  # the planner sizes layers from every part's tensors
-            header.tensors.extend(other.tensors)
+        # The planner sizes layers from every part's tensors (scan results are shared: copy).
+        header = dataclasses.replace(headers[0], tensors=[t for h in headers for t in h.tensors])
     except InvalidGGUFError as exc:
         raise CorruptBlobError(
             f"the model file of {model.name} is damaged ({exc.message})",

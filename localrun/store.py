@@ -580,6 +580,15 @@ class Store:
             raise _os_error(exc, "could not write to the model store") from exc
 
 
+def hash_file(path: Path) -> str:
+    """The digest ('sha256:<hex>') of a file's content."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _hash_fd(fd, os.fstat(fd).st_size, None)
+    finally:
+        os.close(fd)
+
+
 def _hash_fd(fd: int, size: int, progress: Progress | None) -> str:
     hasher = hashlib.sha256()
     os.lseek(fd, 0, os.SEEK_SET)
