@@ -67,6 +67,70 @@ def _parse_port(port_text: str, whole: str) -> int:
     return int(port_text)
 
 
+def parse_duration(value: str | float | int | None) -> float:
+    """Ollama's keep_alive: seconds (a number), or a Go-style duration ("5m", "1h30m", "250ms").
+
+    Returns seconds; a negative value means "forever" (math.inf); 0 means "now".
+    """
+    import math
+    import re
+
+    if value is None:
+        raise ValueError("expected a duration such as 5m, 30s or -1")
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 5m, 30s or -1, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        if re.fullmatch(r"[+-]?\d+(\.\d+)?", text):
+            seconds = float(text)
+        else:
+            parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text.lstrip("+-"))
+            joined = "".join(n + u for n, u in parts)
+            if not parts or joined != text.lstrip("+-"):
+                raise ValueError(f"expected a duration such as 5m, 30s or -1, got {value!r}")
+            units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+            seconds = sum(float(n) * units[u] for n, u in parts)
+            if text.startswith("-"):
+                seconds = -seconds
+    if math.isnan(seconds):
+        raise ValueError("a duration cannot be NaN")
+    return math.inf if seconds < 0 else seconds
+
+
+def _parse_positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _parse_count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"expected a whole number (0 or more), got {text!r}")
+    return int(text)
+
+
+def _parse_origins(text: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in text.split(",") if o.strip())
+
+
+DEFAULT_ORIGINS = (
+    "http://localhost",
+    "https://localhost",
+    "http://localhost:*",
+    "https://localhost:*",
+    "http://127.0.0.1",
+    "https://127.0.0.1",
+    "http://127.0.0.1:*",
+    "https://127.0.0.1:*",
+    "http://[::1]",
+    "https://[::1]",
+    "http://[::1]:*",
+    "https://[::1]:*",
+)
+
+
 def _default_home() -> Path:
     # platformdirs is imported here so that merely importing config stays cheap.
     from platformdirs import user_data_path
@@ -122,6 +186,48 @@ SETTINGS: dict[str, Setting] = {
             lambda: (DEFAULT_HOST, DEFAULT_PORT),
         ),
         Setting(
+            "LOCALRUN_KEEP_ALIVE",
+            "How long a model stays loaded after its last request (5m, 1h, 0, -1 = forever).",
+            parse_duration,
+            lambda: 300.0,
+        ),
+        Setting(
+            "LOCALRUN_MAX_LOADED_MODELS",
+            "Most models the server keeps loaded at once.",
+            _parse_positive_int,
+            lambda: 3,
+        ),
+        Setting(
+            "LOCALRUN_NUM_PARALLEL",
+            "Requests one loaded model answers at once (slots decoded in one batch).",
+            _parse_positive_int,
+            lambda: 4,
+        ),
+        Setting(
+            "LOCALRUN_MAX_QUEUE",
+            "Requests the server accepts waiting for a slot; past it, 503 with Retry-After.",
+            _parse_count,
+            lambda: 512,
+        ),
+        Setting(
+            "LOCALRUN_API_KEY",
+            "Bearer token the server requires (required to listen beyond loopback).",
+            str,
+            lambda: "",
+        ),
+        Setting(
+            "LOCALRUN_ORIGINS",
+            "Comma-separated browser origins allowed by CORS (* wildcards a port).",
+            _parse_origins,
+            lambda: DEFAULT_ORIGINS,
+        ),
+        Setting(
+            "LOCALRUN_MAX_REQUEST_BYTES",
+            "Largest request body the server reads (blob uploads excepted).",
+            _parse_positive_int,
+            lambda: 32 * 1024 * 1024,
+        ),
+        Setting(
             "LOCALRUN_DEBUG",
             "Show tracebacks and debug output (1/0).",
             _parse_bool,
@@ -143,6 +249,34 @@ def host() -> tuple[str, int]:
     return SETTINGS["LOCALRUN_HOST"].value()  # type: ignore[no-any-return]
 
 
+def keep_alive() -> float:
+    return SETTINGS["LOCALRUN_KEEP_ALIVE"].value()  # type: ignore[no-any-return]
+
+
+def max_loaded_models() -> int:
+    return SETTINGS["LOCALRUN_MAX_LOADED_MODELS"].value()  # type: ignore[no-any-return]
+
+
+def num_parallel() -> int:
+    return SETTINGS["LOCALRUN_NUM_PARALLEL"].value()  # type: ignore[no-any-return]
+
+
+def max_queue() -> int:
+    return SETTINGS["LOCALRUN_MAX_QUEUE"].value()  # type: ignore[no-any-return]
+
+
+def api_key() -> str:
+    return SETTINGS["LOCALRUN_API_KEY"].value()  # type: ignore[no-any-return]
+
+
+def origins() -> tuple[str, ...]:
+    return SETTINGS["LOCALRUN_ORIGINS"].value()  # type: ignore[no-any-return]
+
+
+def max_request_bytes() -> int:
+    return SETTINGS["LOCALRUN_MAX_REQUEST_BYTES"].value()  # type: ignore[no-any-return]
+
+
 def debug() -> bool:
     try:
         return bool(SETTINGS["LOCALRUN_DEBUG"].value())
@@ -154,6 +288,12 @@ def format_value(name: str, value: Any) -> str:
     if name == "LOCALRUN_HOST":
         host_, port = value
         return f"[{host_}]:{port}" if ":" in host_ else f"{host_}:{port}"
+    if name == "LOCALRUN_API_KEY":
+        return "(set)" if value else ""
+    if name == "LOCALRUN_KEEP_ALIVE":
+        return "-1" if value == float("inf") else f"{value:g}s"
+    if isinstance(value, tuple):
+        return ",".join(value)
     if isinstance(value, bool):
         return "1" if value else "0"
     return str(value)

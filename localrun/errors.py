@@ -18,6 +18,14 @@
     │   ├── ModelLoadError          llama.cpp could not load a model or adapter
     │   ├── ContextOverflowError    the prompt does not fit in the context window
     │   └── TemplateError           the chat template failed to render
+    ├── ServerError                 the localrun server and its runners
+    │   ├── BusyError               the request queue is full: retry later (503, Retry-After)
+    │   ├── RunnerDiedError         the runner process of a model exited mid-request (500)
+    │   ├── ServerUnreachableError  no localrun server answers at LOCALRUN_HOST (client side)
+    │   ├── BadRequestError         a request the API cannot accept (400)
+    │   ├── UnauthorizedError       a missing or wrong API key (401)
+    │   ├── ForbiddenError          a Host or Origin the server does not serve (403)
+    │   └── RequestTooLargeError    a request body over LOCALRUN_MAX_REQUEST_BYTES (413)
     └── StoreError                  the model store itself
         ├── InvalidDigestError      a digest that is not sha256:<64 hex>
         ├── CorruptBlobError        a blob whose content no longer matches its digest
@@ -167,6 +175,42 @@ class ContextOverflowError(EngineError):
 
 class TemplateError(EngineError):
     code = "template_error"
+
+
+class ServerError(LocalrunError):
+    code = "server_error"
+
+
+class BusyError(ServerError):
+    code = "busy"
+
+    def __init__(self, message: str, *, hint: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
+class RunnerDiedError(ServerError):
+    code = "runner_died"
+
+
+class ServerUnreachableError(ServerError):
+    code = "server_unreachable"
+
+
+class BadRequestError(ServerError):
+    code = "bad_request"
+
+
+class UnauthorizedError(ServerError):
+    code = "unauthorized"
+
+
+class ForbiddenError(ServerError):
+    code = "forbidden"
+
+
+class RequestTooLargeError(ServerError):
+    code = "request_too_large"
 
 
 class StoreError(LocalrunError):

@@ -21,9 +21,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import make_test_models  # noqa: E402
 
+from localrun import config  # noqa: E402
 from localrun.store import Store  # noqa: E402
 
-_SETTINGS = ("LOCALRUN_HOME", "LOCALRUN_MODELS", "LOCALRUN_HOST", "LOCALRUN_DEBUG")
+_SETTINGS = tuple(config.SETTINGS)
 
 
 @pytest.fixture(autouse=True)

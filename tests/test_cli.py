@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import CLI, assert_one_line_error
 
+from localrun import config
 from localrun.store import Store
 
 
@@ -342,7 +343,8 @@ def test_env_lists_every_setting_and_its_source(cli: CLI, home: Path, tmp_path: 
     )
     assert result.code == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert set(rows) == {"LOCALRUN_HOME", "LOCALRUN_MODELS", "LOCALRUN_HOST", "LOCALRUN_DEBUG"}
+    assert set(rows) >= {"LOCALRUN_HOME", "LOCALRUN_MODELS", "LOCALRUN_HOST", "LOCALRUN_DEBUG"}
+    assert set(rows) == set(config.SETTINGS)
     assert rows["LOCALRUN_HOME"] == {
         **rows["LOCALRUN_HOME"],
         "value": str(home),

@@ -55,7 +55,14 @@ def print_error(err: LocalrunError) -> None:
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script: run the app, print any error once, set the exit code."""
     # Importing the command modules registers their commands on `app`.
-    from localrun.cli import info_cmd, pull_cmd, run_cmd, store_cmds  # noqa: F401
+    from localrun.cli import (  # noqa: F401
+        info_cmd,
+        pull_cmd,
+        run_cmd,
+        serve_cmd,
+        server_cmds,
+        store_cmds,
+    )
 
     debug = config.debug()
     code = 0

@@ -1,0 +1,59 @@
+"""Settings parsers: durations (keep_alive), counts, origins, and their display."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from localrun import config
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("250ms", 0.25),
+        ("30", 30.0),
+        ("2.5", 2.5),
+        (10, 10.0),
+        (0, 0.0),
+        ("0", 0.0),
+        ("-1", math.inf),
+        (-1, math.inf),
+        ("-5m", math.inf),
+    ],
+)
+def test_durations_follow_ollama_keep_alive(value: str | int, seconds: float) -> None:
+    assert config.parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "5x", "m5", "5m3", "soon", None, True, "nan", float("nan")])
+def test_bad_durations_are_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        config.parse_duration(value)  # type: ignore[arg-type]
+
+
+def test_server_settings_parse_and_fail_with_the_setting_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert config.keep_alive() == 300.0
+    assert config.num_parallel() == 4
+    assert "http://localhost:*" in config.origins()
+    monkeypatch.setenv("LOCALRUN_KEEP_ALIVE", "-1")
+    monkeypatch.setenv("LOCALRUN_MAX_QUEUE", "0")
+    monkeypatch.setenv("LOCALRUN_ORIGINS", "https://app.example, http://localhost:3000")
+    assert config.keep_alive() == math.inf
+    assert config.max_queue() == 0
+    assert config.origins() == ("https://app.example", "http://localhost:3000")
+    monkeypatch.setenv("LOCALRUN_NUM_PARALLEL", "0")
+    with pytest.raises(ValueError, match="LOCALRUN_NUM_PARALLEL"):
+        config.num_parallel()
+
+
+def test_the_api_key_is_never_displayed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALRUN_API_KEY", "s3cret-token")
+    shown = {row.name: row.value for row in config.describe()}
+    assert shown["LOCALRUN_API_KEY"] == "(set)"
+    assert "s3cret" not in repr(config.describe())
