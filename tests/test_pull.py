@@ -20,6 +20,7 @@ import make_test_models
 import pytest
 from conftest import CLI, Result, assert_one_line_error
 from hfhub import FakeHub
+from proxy import ForwardProxy
 
 from localrun.store import Store
 
@@ -120,6 +121,32 @@ def test_repeated_pull_transfers_nothing(pull_cli: CLI, hub: FakeHub) -> None:
     other = pull_cli("pull", "hf.co/Test/Tiny-GGUF:tiny.Q8_0.gguf")
     assert other.code == 0 and "tiny.Q8_0.gguf: already present" in other.stderr
     assert not [r for r in hub.requests[-6:] if r[1].endswith(".gguf") and r[0] == "GET"]
+
+
+def test_pull_goes_through_the_proxy_settings(
+    pull_cli: CLI, hub: FakeHub, files: dict[str, Path], home: Path
+) -> None:
+    """HTTP_PROXY reaches huggingface_hub's client: metadata and bytes both pass the proxy."""
+    with ForwardProxy() as proxy:
+        env = {"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": "", "no_proxy": ""}
+        result = pull_cli("pull", "hf.co/Test/Tiny-GGUF", env=env)
+    assert result.code == 0, result.stderr
+    assert any("/api/models/Test/Tiny-GGUF" in r for r in proxy.requests), proxy.requests
+    assert any(r.startswith("GET ") and r.endswith(".gguf") for r in proxy.requests)
+    stored = _store(home).blob_path(f"sha256:{_sha(files['tiny'])}")
+    assert stored.read_bytes() == files["tiny"].read_bytes()
+
+
+def test_a_dead_proxy_is_a_one_line_error(pull_cli: CLI, home: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"  # bound, never listening
+        env = {"HTTP_PROXY": dead, "http_proxy": dead, "NO_PROXY": "", "no_proxy": ""}
+        result = pull_cli("pull", "hf.co/Test/Tiny-GGUF", env=env)
+    assert_one_line_error(result, "cannot reach", "proxy")
+    assert not list((home / "models").glob("manifests/**/*.json"))
 
 
 def test_tags_pick_quants_and_files(pull_cli: CLI, hub: FakeHub, home: Path) -> None:
@@ -301,6 +328,28 @@ def test_pull_from_modelscope(cli: CLI, home: Path, files: dict[str, Path]) -> N
     run = cli("run", "modelscope.cn/test/tiny-gguf", "the a", "--param", "num_predict=3")
     assert run.code == 0, run.stderr  # offline now: the model is in the store
     assert Store(home / "models").verify().ok
+
+
+def test_modelscope_pull_goes_through_the_proxy_settings(
+    cli: CLI, home: Path, files: dict[str, Path]
+) -> None:
+    from mshub import FakeModelScope
+
+    with FakeModelScope() as ms, ForwardProxy() as proxy:
+        ms.add_repo("Test/Tiny-GGUF", {"tiny-Q4_K_M.gguf": files["tiny"]})
+        env = {
+            "MODELSCOPE_ENDPOINT": ms.url,
+            "MODELSCOPE_API_TOKEN": "",
+            "HTTP_PROXY": proxy.url,
+            "http_proxy": proxy.url,
+            "NO_PROXY": "",
+            "no_proxy": "",
+        }
+        result = cli("pull", "ms://Test/Tiny-GGUF", env=env)
+    assert result.code == 0, result.stderr
+    assert any(r.startswith("GET ") and "tiny-Q4_K_M.gguf" in r for r in proxy.requests), (
+        proxy.requests
+    )
 
 
 def test_catalog_name_with_a_hub_source(
