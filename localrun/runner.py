@@ -3,19 +3,23 @@
 The runner turns a conversation into a prompt (SYSTEM and MESSAGE layers first, rendered by the
 model's template), hands it to the engine, and filters the streamed answer for stop sequences.
 The engine keeps the KV cache of the last conversation, so a follow-up turn evaluates only its
-new tokens. Used by `localrun run` (one-shot, chat and batch) and, later, by the server.
+new tokens. `Prompter` (prompt tokens, sampling, grammar and tool handling of one request) and
+`StopFilter` are shared with the server's runner process (localrun.worker), which drives the
+batch engine instead of `Runner`; `localrun run` uses `Runner` in-process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from localrun import params as params_mod
 from localrun import template as template_mod
+from localrun import tools as tools_mod
 from localrun.engine.types import (
     Backend,
     Generation,
@@ -24,12 +28,149 @@ from localrun.engine.types import (
     SamplingOptions,
     Timings,
 )
-from localrun.errors import CorruptBlobError, InvalidGGUFError
+from localrun.errors import BadRequestError, CorruptBlobError, InvalidGGUFError
 from localrun.model import Model
 
 LOAD_PARAMS = ("num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap")
 
 Message = dict[str, Any]
+Format = str | dict[str, Any] | None
+
+
+class Tokenizer(Protocol):
+    """What prompt preparation needs of an engine (LlamaModel, BatchEngine and the fakes)."""
+
+    @property
+    def bos_text(self) -> str: ...
+
+    @property
+    def eos_text(self) -> str: ...
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+
+    def token_ids(self, text: str) -> list[int]: ...
+
+
+@dataclass
+class Prepared:
+    """One request ready for an engine."""
+
+    tokens: list[int]
+    sampling: SamplingOptions  # .stop holds the stop strings the caller must apply
+    tool_names: list[str] | None = None  # tools in force: parse the answer for calls
+    forced_tool: bool = False  # the answer is grammar-constrained to be one tool call
+
+
+def grammar_for(format: Format) -> str | None:
+    """The GBNF grammar for a `format`: "json" (any JSON value) or a JSON schema."""
+    if format is None or format == "":
+        return None
+    if format == "json":
+        from localrun.engine.llama import json_grammar
+
+        return json_grammar()
+    if isinstance(format, dict):
+        return schema_grammar(format)
+    raise BadRequestError(f"unknown format {format!r}", hint='use "json" or a JSON schema object')
+
+
+def schema_grammar(schema: dict[str, Any]) -> str:
+    """A GBNF grammar for the JSON values a JSON schema accepts."""
+    from localrun.engine.llama import json_schema_grammar
+
+    try:
+        return json_schema_grammar(json.dumps(schema))
+    except Exception as exc:  # the converter raises anything from KeyError to assert
+        raise BadRequestError(
+            f"the JSON schema cannot be turned into a grammar: {type(exc).__name__}: {exc}",
+            hint="simplify the schema (types, properties, enums, arrays, required)",
+        ) from None
+
+
+def stop_tokens_for(template: str | None, tokenizer: Tokenizer) -> frozenset[int]:
+    """The special tokens that end a turn in `template` (its end-of-turn markers)."""
+    found: set[int] = set()
+    for marker in template_mod.end_of_turn_markers(template):
+        found.update(tokenizer.token_ids(marker))
+    return frozenset(found)
+
+
+@dataclass
+class Prompter:
+    """Turns requests into prompt tokens and sampling options for one loaded model."""
+
+    model: Model
+    params: dict[str, Any]  # the model's parameters with load-time overrides
+    template: str | None
+    tokenizer: Tokenizer
+    stop_tokens: frozenset[int]
+
+    def conversation(self, messages: list[Message], system: str | None = None) -> list[Message]:
+        """The model's SYSTEM and MESSAGE layers, then `messages` (a system message given
+        there, or `system`, replaces the model's)."""
+        out: list[Message] = []
+        chosen = system if system is not None else self.model.system
+        if messages and messages[0].get("role") == "system":
+            chosen, messages = messages[0].get("content"), messages[1:]
+        if chosen:
+            out.append({"role": "system", "content": chosen})
+        out += [{"role": m.role, "content": m.content} for m in self.model.messages]
+        out += messages
+        return out
+
+    def prompt_tokens(
+        self, conversation: list[Message], tools: list[tools_mod.Tool] | None = None
+    ) -> list[int]:
+        if tools is not None and not tools_mod.template_supports_tools(self.template):
+            conversation, tools = tools_mod.add_system_note(conversation, tools), None
+        text = template_mod.render(
+            self.template,
+            conversation,
+            add_generation_prompt=True,
+            bos_token=self.tokenizer.bos_text,
+            eos_token=self.tokenizer.eos_text,
+            tools=tools,
+        )
+        return self.raw_tokens(text)
+
+    def raw_tokens(self, text: str) -> list[int]:
+        """Tokens of prompt text as is (BOS added unless the text starts with it)."""
+        bos = self.tokenizer.bos_text
+        starts_with_bos = bool(bos) and text.startswith(bos)
+        return self.tokenizer.tokenize(text, add_special=not starts_with_bos, parse_special=True)
+
+    def sampling(self, options: dict[str, Any] | None, grammar: str | None) -> SamplingOptions:
+        merged = {**self.params, **params_mod.validate(options or {})}
+        return SamplingOptions.from_params(merged, grammar=grammar)
+
+    def chat(
+        self,
+        messages: list[Message],
+        *,
+        system: str | None = None,
+        options: dict[str, Any] | None = None,
+        format: Format = None,
+        tools: Any = None,
+        tool_choice: Any = None,
+    ) -> Prepared:
+        """A conversation (the model's own layers added) rendered by the template."""
+        in_force = tools_mod.in_force(tools, tool_choice)
+        forced = tools_mod.forced_schema(in_force, tool_choice) if in_force else None
+        # A forced tool call is JSON already; its grammar wins over `format`.
+        grammar = schema_grammar(forced) if forced is not None else grammar_for(format)
+        sampling = self.sampling(options, grammar)
+        conversation = self.conversation(messages, system)
+        if any(m.get("tool_calls") or m.get("role") == "tool" for m in conversation):
+            conversation = tools_mod.prepare_messages(conversation, self.template)
+        tokens = self.prompt_tokens(conversation, in_force)
+        names = tools_mod.names(in_force) if in_force else None
+        return Prepared(tokens, sampling, names, forced is not None)
+
+    def complete(
+        self, prompt: str, *, options: dict[str, Any] | None = None, format: Format = None
+    ) -> Prepared:
+        """Raw prompt text, no template."""
+        return Prepared(self.raw_tokens(prompt), self.sampling(options, grammar_for(format)))
 
 
 @dataclass
@@ -70,31 +211,19 @@ class Runner:
     notes: list[str] = field(default_factory=list)  # e.g. why everything runs on the CPU
     load_s: float = 0.0
 
+    @property
+    def prompter(self) -> Prompter:
+        return Prompter(self.model, self.params, self.template, self.engine, self.stop_tokens)
+
     # -- conversations ------------------------------------------------------------------------
 
     def conversation(self, messages: list[Message], system: str | None = None) -> list[Message]:
         """The model's SYSTEM and MESSAGE layers, then `messages` (a system message given
         there, or `system`, replaces the model's)."""
-        out: list[Message] = []
-        chosen = system if system is not None else self.model.system
-        if messages and messages[0].get("role") == "system":
-            chosen, messages = messages[0].get("content"), messages[1:]
-        if chosen:
-            out.append({"role": "system", "content": chosen})
-        out += [{"role": m.role, "content": m.content} for m in self.model.messages]
-        out += messages
-        return out
+        return self.prompter.conversation(messages, system)
 
     def prompt_tokens(self, conversation: list[Message]) -> list[int]:
-        text = template_mod.render(
-            self.template,
-            conversation,
-            add_generation_prompt=True,
-            bos_token=self.engine.bos_text,
-            eos_token=self.engine.eos_text,
-        )
-        starts_with_bos = bool(self.engine.bos_text) and text.startswith(self.engine.bos_text)
-        return self.engine.tokenize(text, add_special=not starts_with_bos, parse_special=True)
+        return self.prompter.prompt_tokens(conversation)
 
     def chat(
         self,
@@ -102,27 +231,58 @@ class Runner:
         *,
         system: str | None = None,
         options: dict[str, Any] | None = None,
-        format: str | None = None,
+        format: Format = None,
         cancel: threading.Event | None = None,
     ) -> Reply:
         """Answer the conversation `messages` (the model's own layers are added)."""
-        merged = {**self.params, **params_mod.validate(options or {})}
-        grammar = None
-        if format == "json":
-            from localrun.engine.llama import json_grammar
-
-            grammar = json_grammar()
-        sampling = SamplingOptions.from_params(merged, grammar=grammar)
-        tokens = self.prompt_tokens(self.conversation(messages, system))
+        prepared = self.prompter.chat(messages, system=system, options=options, format=format)
         generation = self.engine.generate(
-            tokens, sampling, stop_tokens=self.stop_tokens, cancel=cancel
+            prepared.tokens, prepared.sampling, stop_tokens=self.stop_tokens, cancel=cancel
         )
         reply = Reply(iter(()), generation)
-        reply._pieces = _until_stop(generation, sampling.stop, reply)
+        reply._pieces = _until_stop(generation, prepared.sampling.stop, reply)
         return reply
 
     def close(self) -> None:
         self.engine.close()
+
+
+class StopFilter:
+    """Applies stop strings to streamed text, holding back what could start one.
+
+    `feed` returns the text that is safe to pass on; once a stop string appears, `hit` is set
+    and everything from it on is dropped. `flush` releases what was held at the end.
+    """
+
+    def __init__(self, stops: tuple[str, ...] | list[str]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.pending = ""
+        self.hit = False
+
+    def feed(self, piece: str) -> str:
+        if self.hit:
+            return ""
+        if not self.stops:
+            return piece
+        pending = self.pending + piece
+        hits = [index for s in self.stops if (index := pending.find(s)) >= 0]
+        if hits:
+            self.hit, self.pending = True, ""
+            return pending[: min(hits)]
+        # Keep the longest tail that is still a prefix of some stop sequence.
+        keep = 0
+        for size in range(min(self.longest, len(pending)), 0, -1):
+            tail = pending[-size:]
+            if any(s.startswith(tail) for s in self.stops):
+                keep = size
+                break
+        self.pending = pending[len(pending) - keep :]
+        return pending[: len(pending) - keep]
+
+    def flush(self) -> str:
+        out, self.pending = ("" if self.hit else self.pending), ""
+        return out
 
 
 def _until_stop(generation: Generation, stops: tuple[str, ...], reply: Reply) -> Iterator[str]:
@@ -130,29 +290,18 @@ def _until_stop(generation: Generation, stops: tuple[str, ...], reply: Reply) ->
     if not stops:
         yield from generation
         return
-    longest = max(len(s) for s in stops)
-    pending = ""
+    stop = StopFilter(stops)
     try:
         for piece in generation:
-            pending += piece
-            hits = [(pending.find(s), s) for s in stops if s in pending]
-            if hits:
-                index = min(hits)[0]
-                if index:
-                    yield pending[:index]
+            out = stop.feed(piece)
+            if out:
+                yield out
+            if stop.hit:
                 reply.done_reason = "stop"
                 return
-            # Keep the longest tail that is still a prefix of some stop sequence.
-            keep = 0
-            for size in range(1, min(longest, len(pending)) + 1):
-                tail = pending[-size:]
-                if any(s.startswith(tail) for s in stops):
-                    keep = size
-            if len(pending) > keep:
-                yield pending[: len(pending) - keep]
-                pending = pending[len(pending) - keep :]
-        if pending:
-            yield pending
+        tail = stop.flush()
+        if tail:
+            yield tail
     finally:
         generation.close()
 
@@ -167,8 +316,11 @@ class Fit:
     warnings: list[str]
 
 
-def plan_fit(model: Model, parameters: dict[str, Any]) -> Fit:
-    """Decide num_ctx and the GPU offload for `model` without loading it (`show --fit` too)."""
+def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1) -> Fit:
+    """Decide num_ctx and the GPU offload for `model` without loading it (`show --fit` too).
+
+    num_ctx is per sequence; the KV cache is sized for `slots` of them (the server's runner).
+    """
     from localrun import gguf, system
     from localrun.engine.buildinfo import build_info
 
@@ -198,18 +350,27 @@ def plan_fit(model: Model, parameters: dict[str, Any]) -> Fit:
         requested=None if requested in (None, -1) else requested,
         gpus=gpus,
         gpu_offload_supported=build.gpu_offload,
+        num_parallel=slots,
         num_batch=parameters.get("num_batch", system.DEFAULT_NUM_BATCH),
     )
     return Fit(header, num_ctx, plan, warnings + list(plan.warnings))
 
 
 def resolve_load_options(
-    model: Model, parameters: dict[str, Any], notes: list[str], warn: Callable[[str], None]
+    model: Model,
+    parameters: dict[str, Any],
+    notes: list[str],
+    warn: Callable[[str], None],
+    *,
+    fit: Fit | None = None,
 ) -> LoadOptions:
-    """Turn the model's parameters into concrete load options (threads, context, GPU layers)."""
+    """Turn the model's parameters into concrete load options (threads, context, GPU layers).
+
+    `fit` is a plan made already (e.g. for several slots); by default one is made here.
+    """
     from localrun import system
 
-    fit = plan_fit(model, parameters)
+    fit = fit or plan_fit(model, parameters)
     notes.append(fit.plan.reason)
     for warning in fit.warnings:
         warn(warning)
@@ -248,15 +409,12 @@ def load(
             hint="run `localrun verify`, then remove and recreate or pull the model",
         ) from None
     template = model.template or engine.chat_template
-    stop_tokens: set[int] = set()
-    for marker in template_mod.end_of_turn_markers(template):
-        stop_tokens.update(engine.token_ids(marker))
     return Runner(
         model=model,
         engine=engine,
         params=parameters,
         template=template,
-        stop_tokens=frozenset(stop_tokens),
+        stop_tokens=stop_tokens_for(template, engine),
         notes=notes,
         load_s=getattr(engine, "load_s", 0.0),
     )

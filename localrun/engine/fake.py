@@ -3,15 +3,22 @@
 It "tokenizes" text into characters and answers with the scripted replies in order, one
 character per token, honouring num_predict, stop tokens, cancellation and prefix caching the way
 the real engine does, so the runner, the CLI and the scheduler can be tested without a model.
+`FakeBackend` stands in for the single-sequence engine (engine.llama), `FakeBatchEngine` for the
+batch engine of the server's runner process (engine.batch), optionally slowed down per token.
 """
 
 from __future__ import annotations
 
+import collections
+import math
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from localrun.engine.types import Generation, LoadOptions, SamplingOptions
-from localrun.errors import ContextOverflowError
+from localrun.engine.types import Generation, LoadOptions, SamplingOptions, Timings
+from localrun.errors import ContextOverflowError, EngineError
 
 END = 0  # the end-of-turn token
 
@@ -101,3 +108,204 @@ class FakeModel:
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeTicket:
+    """A request submitted to FakeBatchEngine; `cancel` ends it within a step."""
+
+    def __init__(self, engine: FakeBatchEngine, job: _Job) -> None:
+        self._engine = engine
+        self._job = job
+
+    def cancel(self) -> None:
+        self._engine._cancel(self._job)
+
+
+@dataclass
+class _Job:
+    prompt: list[int]
+    reply: str
+    sampling: SamplingOptions
+    sink: Any
+    timings: Timings = field(default_factory=Timings)
+    tokens: list[int] = field(default_factory=list)
+    slot: int = -1
+    position: int = 0
+    cancelled: bool = False
+    started: float = 0.0
+
+
+class FakeBatchEngine:
+    """A scripted stand-in for engine.batch.BatchEngine: `slots` sequences served by one thread.
+
+    Replies come from `replies` in order (repeating the last), one character per token; every
+    step of the loop emits one character for each active slot, then sleeps `delay` seconds, so a
+    test can hold slots busy. Requests past the slots wait FIFO. Prefix reuse per slot and the
+    done/error contract (exactly one per request) are those of the real engine.
+    """
+
+    bos_text = ""
+    eos_text = "<|im_end|>"
+    chat_template: str | None = None
+    n_vocab = 0x110000
+
+    def __init__(
+        self,
+        path: str,
+        options: LoadOptions,
+        slots: int,
+        *,
+        replies: Sequence[str] = ("Hello!",),
+        delay: float = 0.0,
+    ) -> None:
+        self.path = path
+        self.options = options
+        self.n_ctx = options.num_ctx
+        self.n_ctx_train = options.num_ctx
+        self.n_slots = max(1, slots)
+        self.replies = list(replies) or ["Hello!"]
+        self.delay = delay
+        self.load_s = 0.0
+        self.prompts: list[list[int]] = []
+        self._turn = 0
+        self._caches: list[list[int]] = [[] for _ in range(self.n_slots)]
+        self._waiting: collections.deque[_Job] = collections.deque()
+        self._active: list[_Job] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="fake-batch", daemon=True)
+        self._thread.start()
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return [ord(ch) for ch in text]
+
+    def token_ids(self, text: str) -> list[int]:
+        return [END] if text == self.eos_text else []
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        sampling: SamplingOptions,
+        *,
+        stop_tokens: frozenset[int] = frozenset(),
+        sink: Any,
+    ) -> FakeTicket:
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        if len(prompt) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(prompt)} tokens but the context holds {self.n_ctx}",
+                hint="raise num_ctx or shorten the prompt",
+            )
+        with self._cond:
+            if self._closed:
+                raise EngineError("the engine is closed")
+            reply = self.replies[min(self._turn, len(self.replies) - 1)]
+            self._turn += 1
+            self.prompts.append(list(prompt))
+            job = _Job(list(prompt), reply, sampling, sink, started=time.perf_counter())
+            self._waiting.append(job)
+            self._cond.notify()
+        return FakeTicket(self, job)
+
+    def _cancel(self, job: _Job) -> None:
+        with self._cond:
+            job.cancelled = True
+            self._cond.notify()
+
+    def embed(self, texts: list[str], *, truncate: bool = True) -> tuple[list[list[float]], int]:
+        """Deterministic unit vectors (8 dimensions) derived from each text."""
+        vectors = []
+        count = 0
+        for text in texts:
+            if len(text) >= self.n_ctx and not truncate:
+                raise ContextOverflowError(
+                    f"the input is {len(text)} tokens but the context holds {self.n_ctx}"
+                )
+            text = text[: self.n_ctx - 1]
+            count += len(text)
+            raw = [float(sum(ord(ch) for ch in text[i::8]) + i + 1) for i in range(8)]
+            norm = math.sqrt(sum(x * x for x in raw))
+            vectors.append([x / norm for x in raw])
+        return vectors, count
+
+    def _start(self, job: _Job) -> None:
+        # The free slot sharing the longest prefix with the prompt, like the real engine.
+        busy = {j.slot for j in self._active}
+
+        def shared(slot: int) -> int:
+            cache, n = self._caches[slot], 0
+            while n < min(len(cache), len(job.prompt) - 1) and cache[n] == job.prompt[n]:
+                n += 1
+            return n
+
+        slot = max((s for s in range(self.n_slots) if s not in busy), key=shared)
+        job.slot = slot
+        job.timings.cached_tokens = shared(slot)
+        job.timings.prompt_tokens = len(job.prompt) - job.timings.cached_tokens
+        self._caches[slot] = list(job.prompt)
+        self._active.append(job)
+
+    def _step(self, job: _Job) -> tuple[str | None, str | None]:
+        """(piece, done reason) of one step of `job`."""
+        s = job.sampling
+        if job.cancelled:
+            return None, "cancelled"
+        if job.position >= len(job.reply):
+            return None, "stop"
+        budget = s.num_predict if s.num_predict >= 0 else len(job.reply) + 1
+        if job.timings.eval_tokens >= budget or len(self._caches[job.slot]) >= self.n_ctx:
+            return None, "length"
+        ch = job.reply[job.position]
+        job.position += 1
+        job.timings.eval_tokens += 1
+        job.tokens.append(ord(ch))
+        self._caches[job.slot].append(ord(ch))
+        return ch, None
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._closed or self._waiting or self._active):
+                    self._cond.wait()
+                if self._closed:
+                    jobs = [*self._active, *self._waiting]
+                    self._active.clear()
+                    self._waiting.clear()
+                    break
+                finished: list[tuple[_Job, str]] = []
+                for job in [j for j in self._waiting if j.cancelled]:
+                    self._waiting.remove(job)
+                    finished.append((job, "cancelled"))
+                while self._waiting and len(self._active) < self.n_slots:
+                    self._start(self._waiting.popleft())
+                steps = []
+                for job in list(self._active):
+                    piece, reason = self._step(job)
+                    if reason is not None:
+                        self._active.remove(job)
+                        finished.append((job, reason))
+                    elif piece is not None:
+                        steps.append((job, piece))
+            # Sinks are called outside the lock: they may call back (cancel) or submit.
+            for job, piece in steps:
+                job.sink.piece(piece)
+            for job, reason in finished:
+                self._finish(job, reason)
+            if self.delay and steps:
+                time.sleep(self.delay)
+        for job in jobs:
+            self._finish(job, "cancelled")
+
+    def _finish(self, job: _Job, reason: str) -> None:
+        now = time.perf_counter()
+        job.timings.total_s = now - job.started
+        job.timings.eval_s = job.timings.total_s
+        job.sink.done(reason, job.timings, job.tokens)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)

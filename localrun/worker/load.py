@@ -1,0 +1,149 @@
+"""Load the model a `load` message names: store manifest -> parameters -> plan -> batch engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from localrun import names, runner
+from localrun import params as params_mod
+from localrun.engine.types import LoadOptions, SamplingOptions
+from localrun.errors import BadRequestError, CorruptBlobError, InvalidGGUFError, LocalrunError
+from localrun.model import load as load_model
+from localrun.store import Store
+from localrun.worker import protocol
+
+BACKENDS = ("llama", "fake")
+
+
+class Ticket(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Receives one request's output on the engine thread."""
+
+    def piece(self, text: str) -> None: ...
+
+    def done(self, reason: str, timings: Any, tokens: list[int]) -> None: ...
+
+    def error(self, exc: LocalrunError) -> None: ...
+
+
+class Engine(Protocol):
+    """What the worker uses of engine.batch.BatchEngine (and engine.fake.FakeBatchEngine)."""
+
+    n_ctx: int
+    n_ctx_train: int
+    n_slots: int
+    chat_template: str | None
+    load_s: float
+
+    @property
+    def bos_text(self) -> str: ...
+
+    @property
+    def eos_text(self) -> str: ...
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+
+    def token_ids(self, text: str) -> list[int]: ...
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        sampling: SamplingOptions,
+        *,
+        stop_tokens: frozenset[int],
+        sink: Any,
+    ) -> Ticket: ...
+
+    def embed(
+        self, texts: list[str], *, truncate: bool = True
+    ) -> tuple[list[list[float]], int]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Loaded:
+    engine: Engine
+    prompter: runner.Prompter
+    info: protocol.ReadyInfo
+
+
+def _text(request: dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequestError(f"the load request needs {key!r} (a non-empty string)")
+    return value
+
+
+def _build(
+    backend: str, path: str, options: LoadOptions, slots: int, request: dict[str, Any]
+) -> Engine:
+    if backend == "fake":
+        from localrun.engine.fake import FakeBatchEngine
+
+        replies = request.get("replies") or ["Hello!"]
+        delay = request.get("delay") or 0.0
+        if not isinstance(replies, list) or not all(isinstance(r, str) for r in replies):
+            raise BadRequestError("replies must be a list of strings")
+        if not isinstance(delay, int | float) or delay < 0:
+            raise BadRequestError("delay must be a number of seconds")
+        return FakeBatchEngine(path, options, slots, replies=replies, delay=float(delay))
+    from localrun.engine.batch import BatchEngine
+
+    return BatchEngine(path, options, slots)
+
+
+def load(request: dict[str, Any]) -> Loaded:
+    """Load what a `load` message asks for; raises a LocalrunError the worker reports."""
+    started = time.perf_counter()
+    if request.get("op") != protocol.LOAD:
+        raise BadRequestError(f"the first request must be {protocol.LOAD!r}")
+    root, name = _text(request, "store"), _text(request, "model")
+    options = request.get("options") or {}
+    slots = request.get("slots", 1)
+    backend = request.get("backend", "llama")
+    if not isinstance(options, dict):
+        raise BadRequestError("options must be an object")
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise BadRequestError(f"slots must be a whole number of at least 1, not {slots!r}")
+    if backend not in BACKENDS:
+        raise BadRequestError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    model = load_model(Store(Path(root)), names.parse(name))
+    parameters = {**model.parameters, **params_mod.validate(options)}
+    fit = runner.plan_fit(model, parameters, slots=slots)
+    notes: list[str] = []
+    warnings: list[str] = []
+    load_options = runner.resolve_load_options(model, parameters, notes, warnings.append, fit=fit)
+    try:
+        engine = _build(backend, str(model.model_path), load_options, slots, request)
+    except InvalidGGUFError as exc:
+        raise CorruptBlobError(
+            f"a file of {model.name} is damaged ({exc.message})",
+            hint="run `localrun verify`, then remove and recreate or pull the model",
+        ) from None
+    template = model.template or engine.chat_template
+    prompter = runner.Prompter(
+        model, parameters, template, engine, runner.stop_tokens_for(template, engine)
+    )
+    plan = fit.plan
+    size = plan.vram_bytes + plan.ram_bytes
+    info = protocol.ReadyInfo(
+        n_ctx=engine.n_ctx,
+        n_ctx_train=engine.n_ctx_train,
+        slots=engine.n_slots,
+        size=size,
+        size_vram=plan.vram_bytes,
+        gpu_layers=plan.n_gpu_layers,
+        layers=plan.total_layers,
+        processor=protocol.processor_text(size, plan.vram_bytes),
+        load_s=time.perf_counter() - started,
+        notes=[*notes, *warnings],
+    )
+    return Loaded(engine, prompter, info)

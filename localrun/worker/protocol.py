@@ -1,0 +1,240 @@
+"""The JSON-lines protocol between the scheduler and a runner subprocess.
+
+One UTF-8 JSON object per line. Requests go to the worker's stdin; events come back on the
+worker's private copy of stdout (native libraries print to fd 1, which the worker points at
+stderr so they cannot corrupt the stream).
+
+    -> {"op": "load", "store": ROOT, "model": NAME, "options": {...}, "slots": N,
+        "backend": "llama" | "fake", "replies": [...]?, "delay": s?}   (first line, once)
+    <- {"event": "ready", "info": {n_ctx, n_ctx_train, slots, size, size_vram, gpu_layers,
+                                   layers, processor, load_s, notes}}
+       or {"event": "error", "error": {...}} and exit 1
+    -> {"op": "chat", "id": 7, "messages": [...], "system": null, "options": {...},
+        "format": null | "json" | {schema}, "tools": [...] | null, "tool_choice": ...}
+    -> {"op": "complete", "id": 8, "prompt": "raw text", "options": {...}, "format": ...}
+    <- {"event": "piece", "id": 7, "text": "..."}                    (zero or more)
+    <- {"event": "done", "id": 7, "reason": "stop" | "length" | "cancelled",
+        "timings": {Timings fields}, "tool_calls": [{"name", "arguments"}] | null}
+    <- {"event": "error", "id": 7, "error": {"code", "type", "message", "hint"?}}
+    -> {"op": "embed", "id": 9, "input": ["a", "b"], "truncate": true}
+    <- {"event": "embeddings", "id": 9, "embeddings": [[...]], "prompt_tokens": N}
+       or an error event
+    -> {"op": "cancel", "id": 7}            (no reply of its own: the request ends "cancelled")
+    EOF on stdin -> the worker closes the engine and exits 0.
+
+Every chat/complete/embed request ends with exactly one done, embeddings or error event. An
+error event without an "id" is about the worker itself (a load failure, or a line that is not
+a request at all). Pure: only json and localrun.errors / engine.types are imported.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from localrun.engine.types import Timings
+from localrun.errors import BadRequestError, LocalrunError
+
+# -- operations (requests) -------------------------------------------------------------------
+LOAD = "load"
+CHAT = "chat"
+COMPLETE = "complete"
+EMBED = "embed"
+CANCEL = "cancel"
+OPS = frozenset({LOAD, CHAT, COMPLETE, EMBED, CANCEL})
+
+# -- events ----------------------------------------------------------------------------------
+READY = "ready"
+PIECE = "piece"
+DONE = "done"
+ERROR = "error"
+EMBEDDINGS = "embeddings"
+EVENTS = frozenset({READY, PIECE, DONE, ERROR, EMBEDDINGS})
+FINAL_EVENTS = frozenset({DONE, ERROR, EMBEDDINGS})  # each request gets exactly one of these
+
+DONE_REASONS = ("stop", "length", "cancelled")
+
+Message = dict[str, Any]
+RequestId = int | str  # the scheduler uses numbers; strings are accepted too
+
+
+def encode(message: Message) -> bytes:
+    """One message as a line of compact UTF-8 JSON (newline included)."""
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8") + b"\n"
+
+
+def decode(line: bytes | str) -> Message:
+    """Parse one line; raises BadRequestError when it is not a JSON object."""
+    try:
+        value = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"a protocol line is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequestError(f"a protocol line must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+# -- timings and errors ----------------------------------------------------------------------
+
+
+def timings_to_dict(timings: Timings) -> dict[str, Any]:
+    return asdict(timings)
+
+
+def timings_from_dict(data: dict[str, Any] | None) -> Timings:
+    """Rebuild Timings, ignoring unknown fields (a newer worker may send more)."""
+    names = {f.name for f in fields(Timings)}
+    return Timings(**{k: v for k, v in (data or {}).items() if k in names})
+
+
+def error_to_dict(exc: LocalrunError) -> dict[str, str]:
+    return exc.to_dict()
+
+
+def error_from_dict(data: Any) -> LocalrunError:
+    if not isinstance(data, dict):
+        return LocalrunError(f"the runner reported an unreadable error: {data!r}")
+    return LocalrunError.from_dict(data)
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def load_request(
+    store: str,
+    model: str,
+    *,
+    options: dict[str, Any] | None = None,
+    slots: int = 1,
+    backend: str = "llama",
+    **extra: Any,
+) -> Message:
+    """The first line a worker reads. `extra` passes fake-backend settings (replies, delay)."""
+    return {
+        "op": LOAD,
+        "store": store,
+        "model": model,
+        "options": options or {},
+        "slots": slots,
+        "backend": backend,
+        **extra,
+    }
+
+
+def chat_request(
+    id: RequestId,
+    messages: list[dict[str, Any]],
+    *,
+    system: str | None = None,
+    options: dict[str, Any] | None = None,
+    format: str | dict[str, Any] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: Any = None,
+) -> Message:
+    return {
+        "op": CHAT,
+        "id": id,
+        "messages": messages,
+        "system": system,
+        "options": options or {},
+        "format": format,
+        "tools": tools,
+        "tool_choice": tool_choice,
+    }
+
+
+def complete_request(
+    id: RequestId,
+    prompt: str,
+    *,
+    options: dict[str, Any] | None = None,
+    format: str | dict[str, Any] | None = None,
+) -> Message:
+    return {"op": COMPLETE, "id": id, "prompt": prompt, "options": options or {}, "format": format}
+
+
+def embed_request(id: RequestId, inputs: list[str], *, truncate: bool = True) -> Message:
+    return {"op": EMBED, "id": id, "input": inputs, "truncate": truncate}
+
+
+def cancel_request(id: RequestId) -> Message:
+    return {"op": CANCEL, "id": id}
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ReadyInfo:
+    """What a worker reports once its model is loaded (for /api/ps and memory accounting)."""
+
+    n_ctx: int  # per slot
+    n_ctx_train: int
+    slots: int
+    size: int  # estimated bytes in memory: weights + KV cache
+    size_vram: int  # the part of `size` on the GPU
+    gpu_layers: int
+    layers: int
+    processor: str  # "100% CPU", "100% GPU", "48%/52% CPU/GPU"
+    load_s: float
+    notes: list[str] = field(default_factory=list)  # where it runs and why; load warnings
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReadyInfo:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def ready_event(info: ReadyInfo) -> Message:
+    return {"event": READY, "info": info.to_dict()}
+
+
+def piece_event(id: RequestId, text: str) -> Message:
+    return {"event": PIECE, "id": id, "text": text}
+
+
+def done_event(
+    id: RequestId,
+    reason: str,
+    timings: Timings,
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> Message:
+    return {
+        "event": DONE,
+        "id": id,
+        "reason": reason,
+        "timings": timings_to_dict(timings),
+        "tool_calls": tool_calls,
+    }
+
+
+def error_event(exc: LocalrunError, id: RequestId | None = None) -> Message:
+    message: Message = {"event": ERROR, "error": error_to_dict(exc)}
+    if id is not None:
+        message["id"] = id
+    return message
+
+
+def embeddings_event(id: RequestId, embeddings: list[list[float]], prompt_tokens: int) -> Message:
+    return {
+        "event": EMBEDDINGS,
+        "id": id,
+        "embeddings": embeddings,
+        "prompt_tokens": prompt_tokens,
+    }
+
+
+def processor_text(size: int, size_vram: int) -> str:
+    """Where a model runs, the way `ollama ps` says it: by share of its memory."""
+    if size <= 0 or size_vram <= 0:
+        return "100% CPU"
+    if size_vram >= size:
+        return "100% GPU"
+    gpu = round(100 * size_vram / size)
+    gpu = min(99, max(1, gpu))
+    return f"{100 - gpu}%/{gpu}% CPU/GPU"

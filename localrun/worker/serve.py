@@ -1,0 +1,260 @@
+"""The request loop of a runner process: requests in, events out, one engine in between.
+
+The main thread reads requests and submits them to the engine; the engine calls each request's
+sink on its own thread, where stop strings and tool calls are applied and events written.
+Embeddings run on a thread of their own so that a long embedding does not hold up cancels.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO
+
+from localrun import config
+from localrun import tools as tools_mod
+from localrun.engine.types import Timings
+from localrun.errors import BadRequestError, EngineError, LocalrunError
+from localrun.runner import Prepared, StopFilter
+from localrun.worker import protocol
+from localrun.worker.load import Loaded, Ticket
+
+RequestId = protocol.RequestId
+
+
+class Output:
+    """The event stream: whole lines, written under a lock from any thread."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.broken = False  # the reader went away: nothing more can be delivered
+
+    def send(self, message: protocol.Message) -> None:
+        data = protocol.encode(message)
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                self._stream.write(data)
+                self._stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self.broken = True
+
+
+def unexpected(exc: BaseException) -> LocalrunError:
+    """A bug or a native failure as an error the scheduler can pass on (traceback if debugging)."""
+    if config.debug():
+        traceback.print_exception(exc)
+    return EngineError(f"the runner failed: {type(exc).__name__}: {exc}")
+
+
+class RequestSink:
+    """One generation's output: stop strings, tool-call hold-back, then events."""
+
+    def __init__(self, worker: Worker, id: RequestId, prepared: Prepared) -> None:
+        self.worker = worker
+        self.id = id
+        self.stop = StopFilter(prepared.sampling.stop)
+        self.calls = (
+            tools_mod.CallStream(prepared.tool_names, forced=prepared.forced_tool)
+            if prepared.tool_names
+            else None
+        )
+        self._lock = threading.Lock()
+        self._ticket: Ticket | None = None
+        self._cancel_wanted = False
+        self.stopped = False  # a stop string was hit: the engine's "cancelled" means "stop"
+
+    def attach(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._ticket = ticket
+            wanted = self._cancel_wanted
+        if wanted:
+            ticket.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            ticket = self._ticket
+            self._cancel_wanted = ticket is None
+        if ticket is not None:
+            ticket.cancel()
+
+    def _send_text(self, text: str) -> None:
+        if text:
+            self.worker.output.send(protocol.piece_event(self.id, text))
+
+    # -- called by the engine, on its thread ---------------------------------------------------
+
+    def piece(self, text: str) -> None:
+        if self.stopped:
+            return
+        out = self.stop.feed(text)
+        if self.calls is not None:
+            out = self.calls.feed(out)
+        self._send_text(out)
+        if self.stop.hit:
+            self.stopped = True
+            self.cancel()
+
+    def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
+        try:
+            out = self.stop.flush()
+            tool_calls = None
+            if self.calls is not None:
+                out = self.calls.feed(out)
+                rest, tool_calls = self.calls.finish()
+                out += rest
+            self._send_text(out)
+            if self.stopped:
+                reason = "stop"
+            event = protocol.done_event(self.id, reason, timings, tool_calls)
+        except Exception as exc:  # never leave a request without its final event
+            event = protocol.error_event(unexpected(exc), self.id)
+        self.worker.finished(self.id)
+        self.worker.output.send(event)
+
+    def error(self, exc: LocalrunError) -> None:
+        self.worker.finished(self.id)
+        self.worker.output.send(protocol.error_event(exc, self.id))
+
+
+def _id(message: protocol.Message) -> RequestId:
+    value = message.get("id")
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise BadRequestError(f"a request needs an id (a number or a string), not {value!r}")
+    return value
+
+
+def _optional(message: protocol.Message, key: str, kind: type | tuple[type, ...]) -> Any:
+    value = message.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise BadRequestError(f"{key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _messages(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise BadRequestError("messages must be a list")
+    for index, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequestError(f"messages[{index}] must be an object with a role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise BadRequestError(f"messages[{index}].content must be a string")
+        if message.get("tool_calls") is not None and not isinstance(message["tool_calls"], list):
+            raise BadRequestError(f"messages[{index}].tool_calls must be a list")
+    return value
+
+
+def _format(message: protocol.Message) -> str | dict[str, Any] | None:
+    value = message.get("format")
+    if value is None or value == "" or value == "json" or isinstance(value, dict):
+        return value or None
+    raise BadRequestError(f"unknown format {value!r}", hint='use "json" or a JSON schema object')
+
+
+class Worker:
+    """Serves requests for one loaded model until its input ends."""
+
+    def __init__(self, loaded: Loaded, output: Output) -> None:
+        self.engine = loaded.engine
+        self.prompter = loaded.prompter
+        self.output = output
+        self._active: dict[RequestId, RequestSink] = {}
+        self._lock = threading.Lock()
+        self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+
+    def serve(self, lines: Iterable[bytes]) -> None:
+        try:
+            for line in lines:
+                if line.strip():
+                    self.handle(line)
+                if self.output.broken:
+                    break  # the scheduler is gone
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._embedder.shutdown(wait=True)
+        self.engine.close()  # pending generations end with done("cancelled")
+
+    def finished(self, id: RequestId) -> None:
+        with self._lock:
+            self._active.pop(id, None)
+
+    def handle(self, line: bytes) -> None:
+        """Answer one request line; errors become error events and the worker goes on."""
+        id: RequestId | None = None
+        try:
+            message = protocol.decode(line)
+            op = message.get("op")
+            if op == protocol.CANCEL:
+                with self._lock:
+                    sink = self._active.get(_id(message))
+                if sink is not None:  # else it has finished already
+                    sink.cancel()
+                return
+            id = _id(message)
+            if op == protocol.CHAT:
+                prepared = self.prompter.chat(
+                    _messages(message.get("messages")),
+                    system=_optional(message, "system", str),
+                    options=_optional(message, "options", dict),
+                    format=_format(message),
+                    tools=message.get("tools"),
+                    tool_choice=message.get("tool_choice"),
+                )
+                self._submit(id, prepared)
+            elif op == protocol.COMPLETE:
+                prompt = message.get("prompt")
+                if not isinstance(prompt, str):
+                    raise BadRequestError("prompt must be a string")
+                prepared = self.prompter.complete(
+                    prompt, options=_optional(message, "options", dict), format=_format(message)
+                )
+                self._submit(id, prepared)
+            elif op == protocol.EMBED:
+                inputs = message.get("input")
+                if isinstance(inputs, str):
+                    inputs = [inputs]
+                if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
+                    raise BadRequestError("input must be a string or a list of strings")
+                truncate = message.get("truncate", True)
+                self._embedder.submit(self._embed, id, inputs, truncate is not False)
+            else:
+                raise BadRequestError(f"unknown op {op!r}")
+        except LocalrunError as exc:
+            self.output.send(protocol.error_event(exc, id))
+        except Exception as exc:
+            self.output.send(protocol.error_event(unexpected(exc), id))
+
+    def _submit(self, id: RequestId, prepared: Prepared) -> None:
+        sink = RequestSink(self, id, prepared)
+        with self._lock:
+            if id in self._active:
+                raise BadRequestError(f"a request with id {id!r} is still running")
+            self._active[id] = sink
+        try:
+            ticket = self.engine.submit(
+                prepared.tokens,
+                prepared.sampling,
+                stop_tokens=self.prompter.stop_tokens,
+                sink=sink,
+            )
+        except BaseException:
+            self.finished(id)
+            raise
+        sink.attach(ticket)
+
+    def _embed(self, id: RequestId, inputs: list[str], truncate: bool) -> None:
+        try:
+            vectors, count = self.engine.embed(inputs, truncate=truncate)
+            event = protocol.embeddings_event(id, vectors, count)
+        except LocalrunError as exc:
+            event = protocol.error_event(exc, id)
+        except Exception as exc:
+            event = protocol.error_event(unexpected(exc), id)
+        self.output.send(event)

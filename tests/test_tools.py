@@ -1,0 +1,264 @@
+"""Tool calling, pure parts: definitions, forced-call schemas, rendering and parsing of calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localrun import create, modelfile, names, runner, template, tools
+from localrun.engine.fake import FakeBatchEngine
+from localrun.engine.types import LoadOptions
+from localrun.errors import BadRequestError
+from localrun.model import load as load_model
+from localrun.store import Store
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+ADD = {
+    "name": "add",
+    "parameters": {
+        "type": "object",
+        "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+        "required": ["a", "b"],
+    },
+}
+
+# A Hermes/Qwen-style template that renders `tools`, tool calls and tool results itself.
+TOOL_TEMPLATE = (
+    "{% if tools %}[tools:{% for t in tools %}{{ t.function.name }};{% endfor %}]{% endif %}"
+    "{% for m in messages %}"
+    "{% if m.tool_calls %}[{{ m.role }} calls:{% for c in m.tool_calls %}"
+    "{{ c.function.name }}{{ c.function.arguments | tojson }}{% endfor %}]"
+    "{% elif m.role == 'tool' %}[tool result:{{ m.content }}]"
+    "{% else %}[{{ m.role }}:{{ m.content }}]{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}[assistant:{% endif %}"
+)
+
+
+def test_normalize_accepts_both_shapes_and_refuses_bad_ones() -> None:
+    out = tools.normalize([WEATHER, ADD])
+    assert [t["function"]["name"] for t in out] == ["get_weather", "add"]
+    assert out[1] == {"type": "function", "function": ADD}
+    assert tools.normalize([{"name": "ping"}])[0]["function"]["parameters"] == {
+        "type": "object",
+        "properties": {},
+    }
+    bad_tools: list[Any] = [{"a": 1}, [1], [{"type": "retrieval"}], [{"function": {}}], [ADD, ADD]]
+    for bad in bad_tools:
+        with pytest.raises(BadRequestError):
+            tools.normalize(bad)
+    with pytest.raises(BadRequestError, match="parameters"):
+        tools.normalize([{"name": "x", "parameters": "nope"}])
+
+
+def test_tool_choice() -> None:
+    assert tools.in_force([WEATHER], "none") is None
+    assert tools.in_force(None, "auto") is None
+    assert tools.in_force([], None) is None
+    normalized = tools.normalize([WEATHER, ADD])
+    assert tools.forced_schema(normalized, "auto") is None
+    assert tools.forced_schema(normalized, None) is None
+    both = tools.forced_schema(normalized, "required")
+    assert both is not None and len(both["anyOf"]) == 2
+    named = tools.forced_schema(normalized, {"type": "function", "function": {"name": "add"}})
+    assert named is not None
+    assert named["properties"]["name"] == {"type": "string", "enum": ["add"]}
+    assert named["properties"]["arguments"] == ADD["parameters"]
+    assert named["required"] == ["name", "arguments"]
+    with pytest.raises(BadRequestError, match="not among the tools"):
+        tools.forced_schema(normalized, {"type": "function", "function": {"name": "nope"}})
+    with pytest.raises(BadRequestError, match="not understood"):
+        tools.forced_schema(normalized, {"type": "function"})
+
+
+def test_forced_schemas_compile_to_grammars() -> None:
+    normalized = tools.normalize([WEATHER, ADD])
+    schema = tools.forced_schema(normalized, "required")
+    assert schema is not None
+    grammar = runner.schema_grammar(schema)
+    assert "root ::=" in grammar and "get_weather" in grammar and "add" in grammar
+    with pytest.raises(BadRequestError, match="cannot be turned into a grammar"):
+        runner.schema_grammar({"type": "no-such-type"})
+    with pytest.raises(BadRequestError, match="unknown format"):
+        runner.grammar_for("xml")
+    assert runner.grammar_for(None) is None
+    assert "root" in (runner.grammar_for("json") or "")
+
+
+def test_system_note_for_templates_without_tools() -> None:
+    assert tools.template_supports_tools(TOOL_TEMPLATE)
+    assert not tools.template_supports_tools(None)
+    assert not tools.template_supports_tools(template.CHATML)
+    normalized = tools.normalize([WEATHER])
+    note = tools.system_note(normalized)
+    assert "get_weather" in note and "<tool_call>" in note and "</tool_call>" in note
+    convo = [{"role": "user", "content": "hi"}]
+    added = tools.add_system_note(convo, normalized)
+    assert added[0]["role"] == "system" and added[1:] == convo
+    merged = tools.add_system_note([{"role": "system", "content": "be brief"}, *convo], normalized)
+    assert merged[0]["content"].startswith("be brief\n\n") and "get_weather" in merged[0]["content"]
+    assert len(merged) == 2
+
+
+TURNS: list[dict[str, Any]] = [
+    {"role": "user", "content": "weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "content": "18 C, sunny", "tool_call_id": "call_1"},
+]
+
+
+def test_tool_turns_render_with_and_without_template_support() -> None:
+    aware = tools.prepare_messages(TURNS, TOOL_TEMPLATE)
+    assert aware[1]["content"] == ""
+    assert aware[1]["tool_calls"] == [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    ]
+    text = template.render(TOOL_TEMPLATE, aware, tools=tools.normalize([WEATHER]))
+    assert text == (
+        "[tools:get_weather;][user:weather in Paris?]"
+        '[assistant calls:get_weather{"city": "Paris"}][tool result:18 C, sunny][assistant:'
+    )
+    plain = tools.prepare_messages(TURNS, None)
+    assert "tool_calls" not in plain[1]
+    assert (
+        plain[1]["content"]
+        == '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    )
+    assert plain[2] == {"role": "user", "content": "<tool_response>\n18 C, sunny\n</tool_response>"}
+    template.render(None, plain)  # ChatML renders it
+    with pytest.raises(BadRequestError):
+        tools.prepare_messages([{"role": "assistant", "tool_calls": [{"x": 1}]}], None)
+
+
+@pytest.fixture
+def tool_model(store: Store, tmp_path: Path, tiny_model: Path) -> Any:
+    (tmp_path / "tiny.gguf").write_bytes(tiny_model.read_bytes())
+    quoted = TOOL_TEMPLATE.replace('"', '\\"')
+    mf = modelfile.parse(f'FROM tiny.gguf\nTEMPLATE "{quoted}"\n')
+    create.create(store, names.parse("tools"), mf, tmp_path)
+    create.create(store, names.parse("plain"), modelfile.parse("FROM tiny.gguf\n"), tmp_path)
+    return store
+
+
+def _prompter(store: Store, name: str) -> runner.Prompter:
+    model = load_model(store, names.parse(name))
+    engine = FakeBatchEngine("unused", LoadOptions(num_ctx=4096), 1)
+    engine.close()
+    template_ = model.template or engine.chat_template
+    stops = runner.stop_tokens_for(template_, engine)
+    return runner.Prompter(model, dict(model.parameters), template_, engine, stops)
+
+
+def _text(tokens: list[int]) -> str:
+    return "".join(map(chr, tokens))
+
+
+def test_prompter_renders_tools_through_the_template(tool_model: Store) -> None:
+    aware = _prompter(tool_model, "tools")
+    prepared = aware.chat(TURNS, tools=[WEATHER], tool_choice="auto")
+    assert _text(prepared.tokens).startswith("[tools:get_weather;][user:weather in Paris?]")
+    assert prepared.tool_names == ["get_weather"] and not prepared.forced_tool
+    assert prepared.sampling.grammar is None
+    ignored = aware.chat(TURNS[:1], tools=[WEATHER], tool_choice="none")
+    assert ignored.tool_names is None and not _text(ignored.tokens).startswith("[tools:")
+    forced = aware.chat(TURNS[:1], tools=[WEATHER], tool_choice="required")
+    assert (
+        forced.forced_tool and forced.sampling.grammar and "get_weather" in forced.sampling.grammar
+    )
+
+    plain = _prompter(tool_model, "plain")
+    prepared = plain.chat(TURNS, tools=[WEATHER])
+    text = _text(prepared.tokens)
+    assert text.startswith("<|im_start|>system\nYou can call the following tools")
+    assert "<tool_response>" in text and '"get_weather"' in text
+
+
+# -- parsing -----------------------------------------------------------------------------------
+
+CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+PARIS = {"name": "get_weather", "arguments": {"city": "Paris"}}
+
+
+@pytest.mark.parametrize(
+    ("text", "content", "calls"),
+    [
+        (f"<tool_call>{CALL}</tool_call>", "", [PARIS]),
+        (f"Let me look.\n<tool_call>\n{CALL}\n</tool_call>", "Let me look.", [PARIS]),
+        (f"<tool_call>{CALL}</tool_call><tool_call>{CALL}</tool_call>", "", [PARIS, PARIS]),
+        (f"<tool_call>{CALL}", "", [PARIS]),  # stopped before the closing tag
+        (CALL, "", [PARIS]),
+        (f"```json\n{CALL}\n```", "", [PARIS]),
+        (f"[{CALL}, {CALL}]", "", [PARIS, PARIS]),
+        (f"[TOOL_CALLS] [{CALL}]", "", [PARIS]),
+        ('{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}', "", [PARIS]),
+        ('{"name": "get_weather", "parameters": {"city": "Paris"}}', "", [PARIS]),
+        ('{"type": "function", "function": ' + CALL + "}", "", [PARIS]),
+        ("Paris is sunny.", "Paris is sunny.", None),
+        ('{"name": "John", "age": 3}', '{"name": "John", "age": 3}', None),
+        (
+            '{"name": "other_tool", "arguments": {}}',
+            '{"name": "other_tool", "arguments": {}}',
+            None,
+        ),
+        ("<tool_call>not json</tool_call>", "<tool_call>not json</tool_call>", None),
+        (
+            '{"name": "get_weather", "arguments": [1]}',
+            '{"name": "get_weather", "arguments": [1]}',
+            None,
+        ),
+    ],
+)
+def test_parse(text: str, content: str, calls: list[dict[str, Any]] | None) -> None:
+    assert tools.parse(text, ["get_weather"]) == (content, calls)
+
+
+def _stream(pieces: list[str], *, forced: bool = False) -> tuple[list[str], str, Any]:
+    stream = tools.CallStream(["get_weather"], forced=forced)
+    out = [text for piece in pieces if (text := stream.feed(piece))]
+    rest, calls = stream.finish()
+    return out, rest, calls
+
+
+def test_call_stream_passes_text_and_holds_calls() -> None:
+    out, rest, calls = _stream(["Par", "is is ", "<", "tool", "ing"])
+    assert "".join(out) + rest == "Paris is <tooling" and calls is None
+    assert out[0] == "Par"  # streamed as it comes
+    out, rest, calls = _stream(["  ", "<tool", "_call>", CALL[:10], CALL[10:], "</tool_call>"])
+    assert out == [] and rest == "" and calls == [PARIS]
+    out, rest, calls = _stream(["Sure.", " <tool_call>", CALL, "</tool_call>"])
+    assert "".join(out) == "Sure. " and rest == "" and calls == [PARIS]
+    out, rest, calls = _stream(["{", '"a": 1}'])  # JSON that is not a call comes out at the end
+    assert out == [] and rest == '{"a": 1}' and calls is None
+    out, rest, calls = _stream([CALL[:5], CALL[5:]], forced=True)
+    assert out == [] and rest == "" and calls == [PARIS]
+    out, rest, calls = _stream(["hello"], forced=True)
+    assert out == [] and rest == "hello" and calls is None
+    assert _stream([]) == ([], "", None)
+
+
+def test_tool_results_and_calls_round_trip_through_json() -> None:
+    content, calls = tools.parse(f"<tool_call>{CALL}</tool_call>", None)
+    assert calls is not None and json.loads(json.dumps(calls)) == [PARIS] and content == ""
