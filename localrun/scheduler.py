@@ -1,0 +1,1043 @@
+"""Loaded models of `localrun serve`: one runner subprocess each, keep-alive, memory and a queue.
+
+Each loaded model lives in its own `python -m localrun.worker` process (a crash, an OOM kill or
+a native abort then costs only the requests on that model) and answers up to `num_parallel`
+requests at once, decoded in one batch. The scheduler, on the server's event loop:
+
+- resolves names (the packaged SmolLM2 is imported into the store on first use, in a child
+  process, so the server itself never imports gguf or numpy);
+- loads a model on its first request; concurrent first requests share that load;
+- admits a request when its model has a free slot, loading (and first evicting idle models,
+  least recently used first) when the model is not loaded, within `max_loaded` models and the
+  memory budget; otherwise the request waits, and past `max_queue` waiting requests it is
+  refused at once with BusyError;
+- unloads a model `keep_alive` seconds after its last request ends (0: at once; inf: never) and
+  reloads it, once idle, when a request asks for other load-time options or the model changed;
+- fails every request on a runner that dies with RunnerDiedError, and starts a fresh runner
+  for the next request.
+
+Runner stderr goes to the "localrun.runner" logger. A runner also exits when the server dies:
+its stdin reaches EOF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import itertools
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from localrun import config
+from localrun import params as params_mod
+from localrun.engine.types import Timings
+from localrun.errors import (
+    BusyError,
+    ConfigError,
+    InvalidParameterError,
+    LocalrunError,
+    ModelLoadError,
+    ModelNotFoundError,
+    RunnerDiedError,
+    ServerError,
+)
+from localrun.runner import LOAD_PARAMS
+from localrun.store import Store
+from localrun.worker import protocol
+
+log = logging.getLogger("localrun.scheduler")
+runner_log = logging.getLogger("localrun.runner")
+
+LINE_LIMIT = 64 * 1024 * 1024  # one event line (embeddings of a long input list are large)
+STOP_GRACE_S = 10.0  # after stdin EOF, before SIGTERM
+KILL_GRACE_S = 3.0  # after SIGTERM, before SIGKILL
+CANCEL_WAIT_S = 10.0  # how long aclose() waits for the runner to confirm a cancel
+STDERR_TAIL = 20
+MAX_TIMER_S = 10 * 365 * 86400.0  # asyncio timers want finite delays: "never" beyond this
+
+Event = dict[str, Any]
+T = TypeVar("T")
+Item = Event | LocalrunError
+
+
+@dataclass
+class RunningModel:
+    """A loaded model as /api/ps and `localrun ps` show it."""
+
+    name: str
+    digest: str
+    size: int
+    size_vram: int
+    expires_at: float  # epoch seconds; math.inf = never
+    context_length: int
+    details: dict[str, Any]
+    processor: str  # "100% CPU", "48%/52% CPU/GPU"
+    pid: int
+    busy: int  # requests being answered
+
+
+@dataclass
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    load_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A resolved model: its store name, manifest digest and what is known before loading."""
+
+    name: str
+    digest: str
+    weights: int  # bytes of model and adapter layers: the memory estimate before a first load
+    details: dict[str, Any]
+
+
+class _Runner:
+    """One runner subprocess and the requests admitted to it."""
+
+    def __init__(
+        self, target: _Target, load_options: dict[str, Any], slots: int, keep_alive: float
+    ) -> None:
+        self.name = target.name
+        self.digest = target.digest
+        self.details = target.details
+        self.load_options = load_options
+        self.slots = slots
+        self.keep_alive = keep_alive
+        self.estimate = target.weights
+        self.state = "loading"  # -> "ready" -> "stopping" -> "dead"
+        self.stale = False  # takes no new requests; stopped once idle (reload, unload)
+        self.busy = 0  # admitted requests, including those waiting for the load
+        self.proc: asyncio.subprocess.Process | None = None
+        self.info: protocol.ReadyInfo | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Every waiter re-raises a copy; this keeps an unawaited failure from being logged.
+        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.exited = asyncio.Event()
+        self.pending: dict[int, asyncio.Queue[Item]] = {}
+        self.load_error: LocalrunError | None = None
+        self.death: LocalrunError | None = None
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self.stderr_task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.expires_at = math.inf
+        self.last_used = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+    @property
+    def size(self) -> int:
+        return self.info.size if self.info is not None else self.estimate
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def matches(self, target: _Target, load_options: dict[str, Any]) -> bool:
+        """Whether this runner can answer a request for `target` with these load options.
+
+        A request that names no load-time option takes the runner as it is; one that names a
+        value compares it with what the runner was loaded with (num_ctx and num_gpu also with
+        what the worker resolved, so asking for the value in force never reloads).
+        """
+        if target.digest != self.digest:
+            return False
+        for key, value in load_options.items():
+            if self.load_options.get(key) == value:
+                continue
+            if self.info is not None and key == "num_ctx" and value == self.info.n_ctx:
+                continue
+            if key == "num_gpu" and value == -1 and "num_gpu" not in self.load_options:
+                continue
+            if self.info is not None and key == "num_gpu" and value == self.info.gpu_layers:
+                continue
+            return False
+        return True
+
+
+class Stream:
+    """The text pieces of one answer; after exhaustion `done_reason`, `timings`, `tool_calls`.
+
+    Iterating raises the runner's typed error (ContextOverflowError, TemplateError ...), or
+    RunnerDiedError when the runner exits. Call `aclose()` when the client goes away: the
+    generation is cancelled and its slot freed.
+    """
+
+    def __init__(
+        self,
+        queue: asyncio.Queue[Item],
+        load_s: float,
+        cancel: Callable[[], None],
+    ) -> None:
+        self.done_reason: str | None = None
+        self.timings = Timings(load_s=load_s)
+        self.tool_calls: list[dict[str, Any]] | None = None
+        self.load_s = load_s
+        self._queue = queue
+        self._cancel = cancel
+        self._finished = False
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        text = self._take(item)
+        if text is None:
+            raise StopAsyncIteration
+        return text
+
+    def _take(self, item: Item) -> str | None:
+        """A piece's text, or None at the end (done); raises the request's error."""
+        if isinstance(item, LocalrunError):
+            self._finished = True
+            raise item
+        kind = item.get("event")
+        if kind == protocol.PIECE:
+            return str(item.get("text", ""))
+        self._finished = True
+        if kind == protocol.DONE:
+            self.done_reason = str(item.get("reason") or "stop")
+            self.timings = protocol.timings_from_dict(item.get("timings"))
+            self.timings.load_s = self.load_s
+            self.tool_calls = item.get("tool_calls")
+            return None
+        if kind == protocol.ERROR:
+            raise protocol.error_from_dict(item.get("error"))
+        raise ServerError(f"the runner sent an unexpected {kind!r} event")
+
+    async def aclose(self) -> None:
+        """Cancel the generation (the client went away) and wait until its slot is free."""
+        if self._finished:
+            return
+        self._cancel()
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        # The slot is freed when the runner's final event for this request arrives (or the
+        # runner dies); past the deadline it is freed by that event whenever it comes.
+        with contextlib.suppress(LocalrunError, TimeoutError):
+            while not self._finished:
+                remaining = deadline - time.monotonic()
+                item = await asyncio.wait_for(self._queue.get(), max(remaining, 0.001))
+                self._take(item)
+        self._finished = True
+        if self.done_reason is None:
+            self.done_reason = "cancelled"
+
+    def __del__(self) -> None:
+        # A stream dropped without aclose() (a caller's bug) must not hold its slot forever.
+        if not self._finished:
+            with contextlib.suppress(Exception):
+                self._cancel()
+
+
+class Scheduler:
+    """Loads models into runner subprocesses on demand and routes requests to them."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        num_parallel: int | None = None,
+        max_loaded: int | None = None,
+        max_queue: int | None = None,
+        memory_budget: int | None = None,
+        backend: str = "llama",
+        backend_options: dict[str, Any] | None = None,
+    ) -> None:
+        """Settings left None are read from LOCALRUN_* now; `memory_budget` None follows the
+        available memory at each load. `backend_options` go into the load message (the fake
+        backend's replies and per-token delay, for tests)."""
+        try:
+            self.num_parallel = num_parallel or config.num_parallel()
+            self.max_loaded = max_loaded or config.max_loaded_models()
+            self.max_queue = config.max_queue() if max_queue is None else max_queue
+        except ValueError as exc:
+            raise ConfigError(str(exc), hint="fix the variable or unset it") from None
+        self.store = store
+        self.memory_budget = memory_budget
+        self.backend = backend
+        self.backend_options = dict(backend_options or {})
+        self._runners: list[_Runner] = []  # loading or ready, including stale ones
+        self._stopping: set[_Runner] = set()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._queued = 0
+        self._ids = itertools.count(1)
+        self._sizes: dict[tuple[str, str, str], int] = {}  # measured sizes, for estimates
+        self._resolving: dict[str, asyncio.Future[_Target]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        """Stop every runner: stdin EOF, then SIGTERM and SIGKILL past their deadlines."""
+        self._closed = True
+        self._wake()
+        for runner in list(self._runners):
+            self._stop(runner)
+        stopping = list(self._stopping)
+        if stopping:
+            await asyncio.gather(*(r.exited.wait() for r in stopping))
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def chat(
+        self,
+        name: str,
+        *,
+        messages: list[dict[str, Any]],
+        system: str | None = None,
+        options: dict[str, Any] | None = None,
+        format: str | dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        keep_alive: float | None = None,
+    ) -> Stream:
+        """Answer a conversation with the model's template; the stream yields text pieces."""
+        opts = params_mod.validate(options or {})
+
+        def build(rid: int) -> Event:
+            return protocol.chat_request(
+                rid,
+                messages,
+                system=system,
+                options=opts,
+                format=format,
+                tools=tools,
+                tool_choice=tool_choice,
+            )
+
+        return await self._generate(name, opts, keep_alive, build)
+
+    async def complete(
+        self,
+        name: str,
+        *,
+        prompt: str,
+        options: dict[str, Any] | None = None,
+        format: str | dict[str, Any] | None = None,
+        keep_alive: float | None = None,
+    ) -> Stream:
+        """Continue a raw prompt (no template)."""
+        opts = params_mod.validate(options or {})
+
+        def build(rid: int) -> Event:
+            return protocol.complete_request(rid, prompt, options=opts, format=format)
+
+        return await self._generate(name, opts, keep_alive, build)
+
+    async def embed(
+        self,
+        name: str,
+        inputs: list[str],
+        *,
+        options: dict[str, Any] | None = None,
+        truncate: bool = True,
+        keep_alive: float | None = None,
+    ) -> Embeddings:
+        """L2-normalized embeddings of `inputs`, in order."""
+        started = time.monotonic()
+        opts = params_mod.validate(options or {})
+        runner, load_s = await self._admit(name, opts, keep_alive)
+        _, queue = await self._submit(
+            runner, lambda rid: protocol.embed_request(rid, inputs, truncate=truncate)
+        )
+        item = await queue.get()
+        if isinstance(item, LocalrunError):
+            raise item
+        if item.get("event") == protocol.ERROR:
+            raise protocol.error_from_dict(item.get("error"))
+        if item.get("event") != protocol.EMBEDDINGS:
+            raise ServerError(
+                f"the runner answered an embedding request with {item.get('event')!r}"
+            )
+        return Embeddings(
+            vectors=item.get("embeddings") or [],
+            prompt_tokens=int(item.get("prompt_tokens") or 0),
+            load_s=load_s,
+            total_s=time.monotonic() - started,
+        )
+
+    async def load(
+        self,
+        name: str,
+        *,
+        options: dict[str, Any] | None = None,
+        keep_alive: float | None = None,
+    ) -> RunningModel:
+        """Load a model (if it is not loaded) and keep it for `keep_alive` seconds."""
+        opts = params_mod.validate(options or {})
+        runner, _ = await self._admit(name, opts, keep_alive)
+        self._release(runner)
+        shown = self._describe(runner)
+        if runner.state != "ready":  # keep_alive 0: unloaded as soon as it was loaded
+            shown.expires_at = time.time()
+        return shown
+
+    async def unload(self, name: str) -> bool:
+        """Unload a model once its current requests end; False if it was not loaded."""
+        key = self._canonical(name)
+        found = [r for r in self._runners if r.name == key]
+        for runner in found:
+            runner.stale = True
+            runner.keep_alive = 0.0
+            if runner.busy == 0:
+                self._stop(runner)
+        idle = [r for r in found if r.state in ("stopping", "dead")]
+        if idle:
+            await asyncio.gather(*(r.exited.wait() for r in idle))
+        return bool(found)
+
+    def running(self) -> list[RunningModel]:
+        return [self._describe(r) for r in self._runners if r.state == "ready"]
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot (BusyError once this reaches max_queue)."""
+        return self._queued
+
+    # -- admission ----------------------------------------------------------------------------
+
+    async def _generate(
+        self,
+        name: str,
+        options: dict[str, Any],
+        keep_alive: float | None,
+        build: Callable[[int], Event],
+    ) -> Stream:
+        runner, load_s = await self._admit(name, options, keep_alive)
+        rid, queue = await self._submit(runner, build)
+        return Stream(queue, load_s, lambda: self._cancel(runner, rid))
+
+    async def _admit(
+        self, name: str, options: dict[str, Any], keep_alive: float | None
+    ) -> tuple[_Runner, float]:
+        """A runner with a slot reserved for this request, ready; and the seconds spent
+        waiting for its load."""
+        self._ensure_loop()
+        if self._closed:
+            raise ServerError("the server is shutting down", hint="retry once it is back")
+        keep = self._keep_alive(keep_alive)
+        target = await self._resolve(name)
+        load_options = {k: v for k, v in options.items() if k in LOAD_PARAMS}
+        runner = self._try_admit(target, load_options, keep)
+        if runner is None:
+            if self._queued >= self.max_queue:
+                raise self._busy()
+            self._queued += 1
+            try:
+                while runner is None:
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        with contextlib.suppress(ValueError):
+                            self._waiters.remove(waiter)
+                    runner = self._try_admit(target, load_options, keep)
+            finally:
+                self._queued -= 1
+        if runner.ready.done() and not runner.ready.exception():
+            return runner, 0.0
+        started = time.monotonic()
+        try:
+            # shield: cancelling one waiter (a client gone) must not cancel the shared load.
+            await asyncio.shield(runner.ready)
+        except LocalrunError as exc:
+            self._release(runner)
+            raise _copy(exc) from None
+        except BaseException:
+            self._release(runner)
+            raise
+        return runner, time.monotonic() - started
+
+    def _try_admit(
+        self, target: _Target, load_options: dict[str, Any], keep_alive: float
+    ) -> _Runner | None:
+        """Reserve a slot now (loading the model if needed), or None: the request waits."""
+        if self._closed:
+            raise ServerError("the server is shutting down", hint="retry once it is back")
+        same = [r for r in self._runners if r.name == target.name]
+        for runner in same:
+            if runner.stale:
+                continue
+            if not runner.matches(target, load_options):
+                # Other load options or a changed model: reload once its requests end.
+                runner.stale = True
+                if runner.busy == 0:
+                    self._stop(runner)
+                continue
+            if runner.busy < runner.slots:
+                runner.busy += 1
+                runner.keep_alive = keep_alive
+                runner.cancel_timer()
+                return runner
+            return None
+        if any(r.name == target.name for r in self._runners):
+            return None  # a stale runner of this model is finishing its requests
+        return self._start_runner(target, load_options, keep_alive)
+
+    def _start_runner(
+        self, target: _Target, load_options: dict[str, Any], keep_alive: float
+    ) -> _Runner | None:
+        """Make room (evicting idle models LRU) and start loading; None if there is no room."""
+        estimate = self._sizes.get(_size_key(target, load_options), target.weights)
+        keep = list(self._runners)
+        idle = sorted(
+            (r for r in keep if r.busy == 0 and r.state == "ready"), key=lambda r: r.last_used
+        )
+        budget = self._budget()
+        evict: list[_Runner] = []
+
+        def fits() -> bool:
+            if len(keep) >= self.max_loaded:
+                return False
+            # With nothing else loaded a model gets its chance even past the estimate.
+            return not keep or sum(r.size for r in keep) + estimate <= budget
+
+        while not fits() and idle:
+            victim = idle.pop(0)
+            keep.remove(victim)
+            evict.append(victim)
+        if not fits():
+            return None  # every loaded model is busy: wait for one to become idle
+        for victim in evict:
+            log.info("unloading %s to make room for %s", victim.name, target.name)
+            self._stop(victim)
+        runner = _Runner(target, load_options, self.num_parallel, keep_alive)
+        runner.estimate = estimate
+        runner.busy = 1
+        self._runners.append(runner)
+        self._spawn(self._load(runner))
+        return runner
+
+    def _budget(self) -> int:
+        if self.memory_budget is not None:
+            return self.memory_budget
+        import psutil
+
+        used = sum(r.size for r in self._runners if r.state == "ready")
+        return int(psutil.virtual_memory().available) + used
+
+    def _busy(self) -> BusyError:
+        slots = sum(r.slots for r in self._runners) or self.num_parallel
+        retry = max(1, min(60, math.ceil((self._queued + 1) / slots)))
+        return BusyError(
+            f"the server is busy: {self._queued} requests are already waiting",
+            hint=f"retry in {retry}s, or raise LOCALRUN_MAX_QUEUE",
+            retry_after=retry,
+        )
+
+    def _release(self, runner: _Runner) -> None:
+        """A request's slot is free again (its final event came, or it never started)."""
+        runner.busy -= 1
+        runner.last_used = time.monotonic()
+        self._on_idle(runner)
+        self._wake()
+
+    def _on_idle(self, runner: _Runner) -> None:
+        if runner.busy > 0 or runner.state != "ready":
+            return
+        if runner.stale or self._closed or runner.keep_alive <= 0:
+            self._stop(runner)
+            return
+        runner.cancel_timer()
+        if math.isinf(runner.keep_alive):
+            runner.expires_at = math.inf
+            return
+        runner.expires_at = time.time() + runner.keep_alive
+        delay = min(runner.keep_alive, MAX_TIMER_S)
+        runner.timer = asyncio.get_running_loop().call_later(delay, self._expire, runner)
+
+    def _expire(self, runner: _Runner) -> None:
+        runner.timer = None
+        if runner.busy == 0 and runner.state == "ready":
+            log.info("unloading %s: keep_alive expired", runner.name)
+            self._stop(runner)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- names --------------------------------------------------------------------------------
+
+    async def _resolve(self, text: str) -> _Target:
+        """The model a request names; concurrent requests for one name share the lookup."""
+        pending = self._resolving.get(text)
+        if pending is None:
+            pending = self._spawn(self._lookup(text))
+            self._resolving[text] = pending
+            pending.add_done_callback(lambda _: self._resolving.pop(text, None))
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            return await asyncio.shield(pending)
+        except LocalrunError as exc:
+            raise _copy(exc) from None
+
+    async def _lookup(self, text: str) -> _Target:
+        found = await asyncio.to_thread(_read_target, self.store, text)
+        if found is not None:
+            return found
+        # A catalog model not yet in the store: import it from its package in a child
+        # process (that reads the GGUF with the gguf package, which the server must not load).
+        await self._import(text)
+        found = await asyncio.to_thread(_read_target, self.store, text)
+        if found is None:
+            raise ModelNotFoundError(text)
+        return found
+
+    async def _import(self, text: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _IMPORT_CODE,
+            str(self.store.root),
+            text,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await proc.communicate()
+        except asyncio.CancelledError:  # the server is closing: leave no child behind
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        if proc.returncode == 0:
+            return
+        lines = out.decode("utf-8", "replace").strip().splitlines()
+        reported: LocalrunError | None = None
+        with contextlib.suppress(LocalrunError):
+            reported = protocol.error_from_dict(protocol.decode(lines[-1] if lines else ""))
+        if reported is not None:
+            raise reported
+        for line in err.decode("utf-8", "replace").splitlines():
+            runner_log.warning("import of %s: %s", text, line)
+        raise ModelLoadError(
+            f"could not import {text} into the model store ({_exit_text(proc.returncode)})",
+            hint="see the server log",
+        )
+
+    def _canonical(self, text: str) -> str:
+        from localrun import catalog, pull
+
+        name, _ = pull.resolve_name(text)
+        return str(catalog.canonical(name))
+
+    # -- runner processes ---------------------------------------------------------------------
+
+    async def _load(self, runner: _Runner) -> None:
+        # The memory of models being unloaded must be back before another one loads.
+        while self._stopping - {runner}:
+            await asyncio.gather(*(r.exited.wait() for r in self._stopping - {runner}))
+        if runner.state != "loading":
+            self._finish(runner, None)
+            return
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "localrun.worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=LINE_LIMIT,
+                # Its own session: Ctrl-C in the server's terminal reaches only the server,
+                # which then stops the runners in order (stdin EOF also ends an orphan).
+                start_new_session=True,
+            )
+        except OSError as exc:
+            runner.load_error = ModelLoadError(
+                f"could not start a runner for {runner.name}: {exc}",
+                hint="check that the Python environment of the server is complete",
+            )
+            self._finish(runner, None)
+            return
+        runner.proc = proc
+        runner.stderr_task = self._spawn(self._pump_stderr(runner))
+        self._spawn(self._read(runner))
+        log.info("loading %s (runner pid %d)", runner.name, proc.pid)
+        if runner.state != "loading":  # closed meanwhile: EOF before the load
+            self._close_stdin(runner)
+            return
+        request = protocol.load_request(
+            str(self.store.root),
+            runner.name,
+            options=runner.load_options,
+            slots=runner.slots,
+            backend=self.backend,
+            **self.backend_options,
+        )
+        with contextlib.suppress(LocalrunError):  # a death is reported by the reader
+            await self._send(runner, request)
+
+    async def _read(self, runner: _Runner) -> None:
+        """Dispatch the runner's events until EOF, then reap it."""
+        proc = runner.proc
+        assert proc is not None and proc.stdout is not None
+        try:
+            while line := await proc.stdout.readline():
+                try:
+                    event = protocol.decode(line)
+                except LocalrunError as exc:
+                    log.warning("runner of %s sent a malformed line: %s", runner.name, exc)
+                    continue
+                self._dispatch(runner, event)
+        except ValueError:  # a line past LINE_LIMIT: the stream cannot be trusted any more
+            log.error("runner of %s sent a line over %d bytes", runner.name, LINE_LIMIT)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        finally:
+            await self._reap(runner)
+
+    def _dispatch(self, runner: _Runner, event: Event) -> None:
+        kind = event.get("event")
+        rid = event.get("id")
+        if rid is None:
+            if kind == protocol.READY:
+                self._on_ready(runner, event)
+            elif kind == protocol.ERROR:
+                error = protocol.error_from_dict(event.get("error"))
+                if runner.state == "loading":
+                    runner.load_error = error
+                else:
+                    log.error("runner of %s: %s", runner.name, error)
+            return
+        queue = runner.pending.get(rid)
+        if queue is None:
+            return
+        if kind in protocol.FINAL_EVENTS:
+            del runner.pending[rid]
+            self._release(runner)
+        queue.put_nowait(event)
+
+    def _on_ready(self, runner: _Runner, event: Event) -> None:
+        try:
+            runner.info = protocol.ReadyInfo.from_dict(event.get("info") or {})
+        except TypeError as exc:  # fields missing: an incompatible worker
+            runner.load_error = ModelLoadError(
+                f"the runner of {runner.name} is incompatible: {exc}"
+            )
+            self._close_stdin(runner)
+            return
+        self._sizes[_size_key_of(runner)] = runner.info.size
+        if runner.state != "loading":
+            return
+        runner.state = "ready"
+        runner.slots = runner.info.slots or runner.slots  # the worker has the last word
+        log.info(
+            "loaded %s in %.2fs (%s, context %d x %d slots)",
+            runner.name,
+            runner.info.load_s,
+            runner.info.processor,
+            runner.info.n_ctx,
+            runner.slots,
+        )
+        if not runner.ready.done():
+            runner.ready.set_result(None)
+        self._trim(runner)
+        self._on_idle(runner)  # every request that waited for the load may have gone
+        self._wake()
+
+    def _trim(self, loaded: _Runner) -> None:
+        """Evict idle models (LRU) while the measured sizes exceed the budget.
+
+        Before its first load a model's size is estimated from its weights alone; the runner
+        then reports weights + KV cache, which may not fit beside the models kept for it.
+        """
+        budget = self._budget()
+        idle = sorted(
+            (r for r in self._runners if r is not loaded and r.busy == 0 and r.state == "ready"),
+            key=lambda r: r.last_used,
+        )
+        while idle and sum(r.size for r in self._runners) > budget:
+            victim = idle.pop(0)
+            log.info("unloading %s: %s needs its memory", victim.name, loaded.name)
+            self._stop(victim)
+
+    async def _pump_stderr(self, runner: _Runner) -> None:
+        proc = runner.proc
+        assert proc is not None and proc.stderr is not None
+        with contextlib.suppress(ValueError, ConnectionError):
+            while line := await proc.stderr.readline():
+                text = line.decode("utf-8", "replace").rstrip()
+                if text:
+                    runner.stderr_tail.append(text)
+                    runner_log.info("%s[%d]: %s", runner.name, proc.pid, text)
+
+    async def _reap(self, runner: _Runner) -> None:
+        """The runner's stdout ended: wait for its exit and fail whatever was on it."""
+        proc = runner.proc
+        assert proc is not None
+        try:
+            code = await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+        except TimeoutError:  # stdout closed but alive: it cannot answer any more
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            code = await proc.wait()
+        if runner.stderr_task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(runner.stderr_task), 2.0)
+        self._finish(runner, code)
+
+    def _finish(self, runner: _Runner, code: int | None) -> None:
+        """Drop a runner that exited (or never started) and fail what was waiting on it."""
+        stopping = runner.state == "stopping"
+        runner.state = "dead"
+        runner.cancel_timer()
+        if runner in self._runners:
+            self._runners.remove(runner)
+        self._stopping.discard(runner)
+        status = _exit_text(code)
+        if self._closed:
+            runner.death = ServerError("the server is shutting down", hint="retry once it is back")
+        elif stopping:
+            runner.death = ServerError(f"{runner.name} was unloaded", hint="retry the request")
+        else:
+            log.error("runner of %s (pid %d) exited: %s", runner.name, runner.pid, status)
+            runner.death = RunnerDiedError(
+                f"the runner of {runner.name} (pid {runner.pid}) exited unexpectedly ({status})",
+                hint="see the server log for its last lines, then retry: "
+                "the next request loads the model afresh",
+            )
+        if not runner.ready.done():
+            runner.ready.set_exception(self._load_failure(runner, status))
+        for queue in runner.pending.values():
+            queue.put_nowait(_copy(runner.death))
+        runner.pending.clear()
+        runner.exited.set()
+        self._wake()
+
+    def _load_failure(self, runner: _Runner, status: str) -> LocalrunError:
+        if runner.load_error is not None:
+            return runner.load_error
+        if runner.death is not None and not isinstance(runner.death, RunnerDiedError):
+            return runner.death  # shutting down, or unloaded while loading
+        tail = "; ".join(list(runner.stderr_tail)[-3:])
+        return ModelLoadError(
+            f"the runner for {runner.name} exited while loading the model ({status})"
+            + (f": {tail}" if tail else ""),
+            hint="see the server log for the runner's output",
+        )
+
+    def _stop(self, runner: _Runner) -> None:
+        """Begin stopping a runner (stdin EOF); it leaves the table at once."""
+        if runner.state in ("stopping", "dead"):
+            return
+        runner.state = "stopping"
+        runner.cancel_timer()
+        if runner in self._runners:
+            self._runners.remove(runner)
+        self._stopping.add(runner)
+        self._spawn(self._shutdown(runner))
+        self._wake()
+
+    async def _shutdown(self, runner: _Runner) -> None:
+        self._close_stdin(runner)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runner.exited.wait(), STOP_GRACE_S)
+            return
+        proc = runner.proc
+        if proc is None:
+            return
+        log.warning("runner of %s (pid %d) ignored EOF: terminating it", runner.name, proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runner.exited.wait(), KILL_GRACE_S)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await runner.exited.wait()
+
+    def _close_stdin(self, runner: _Runner) -> None:
+        if runner.proc is not None and runner.proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                runner.proc.stdin.close()
+
+    async def _submit(
+        self, runner: _Runner, build: Callable[[int], Event]
+    ) -> tuple[int, asyncio.Queue[Item]]:
+        """Send a request on its reserved slot; the slot is freed by its final event."""
+        rid = next(self._ids)
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        runner.pending[rid] = queue
+        try:
+            self._write(runner, build(rid))
+        except BaseException:
+            runner.pending.pop(rid, None)
+            self._release(runner)
+            raise
+        try:
+            await self._drain(runner)
+        except asyncio.CancelledError:
+            # The runner has the request now: cancel it there; its final event frees the slot.
+            self._cancel(runner, rid)
+            raise
+        return rid, queue
+
+    async def _send(self, runner: _Runner, message: Event) -> None:
+        self._write(runner, message)
+        await self._drain(runner)
+
+    def _write(self, runner: _Runner, message: Event) -> None:
+        stdin = runner.proc.stdin if runner.proc is not None else None
+        if runner.state == "dead" or stdin is None or stdin.is_closing():
+            raise _copy(runner.death or RunnerDiedError(f"the runner of {runner.name} is gone"))
+        stdin.write(protocol.encode(message))
+
+    async def _drain(self, runner: _Runner) -> None:
+        assert runner.proc is not None and runner.proc.stdin is not None
+        try:
+            await runner.proc.stdin.drain()
+        except (ConnectionError, OSError):  # it died: the reader fails what was sent
+            raise _copy(
+                runner.death or RunnerDiedError(f"the runner of {runner.name} stopped reading")
+            ) from None
+
+    def _cancel(self, runner: _Runner, rid: int) -> None:
+        """Ask the runner to stop request `rid`; safe from any thread (Stream.__del__)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def send() -> None:
+            stdin = runner.proc.stdin if runner.proc is not None else None
+            if rid in runner.pending and stdin is not None and not stdin.is_closing():
+                with contextlib.suppress(Exception):
+                    stdin.write(protocol.encode(protocol.cancel_request(rid)))
+
+        loop.call_soon_threadsafe(send)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _ensure_loop(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _keep_alive(self, value: float | None) -> float:
+        if value is None:
+            try:
+                return config.keep_alive()
+            except ValueError as exc:
+                raise ConfigError(str(exc), hint="fix LOCALRUN_KEEP_ALIVE or unset it") from None
+        if math.isnan(value):
+            raise InvalidParameterError("keep_alive cannot be NaN")
+        return math.inf if value < 0 else float(value)
+
+    def _describe(self, runner: _Runner) -> RunningModel:
+        info = runner.info
+        if runner.busy > 0 or runner.state != "ready":
+            expires = time.time() + runner.keep_alive
+        else:
+            expires = runner.expires_at
+        return RunningModel(
+            name=runner.name,
+            digest=runner.digest,
+            size=info.size if info else runner.estimate,
+            size_vram=info.size_vram if info else 0,
+            expires_at=expires,
+            context_length=info.n_ctx if info else 0,
+            details=dict(runner.details),
+            processor=info.processor if info else "",
+            pid=runner.pid,
+            busy=runner.busy,
+        )
+
+
+_IMPORT_CODE = """\
+import json, sys
+from localrun import catalog
+from localrun.errors import LocalrunError
+from localrun.store import Store
+try:
+    catalog.find(Store(sys.argv[1]), sys.argv[2], pull_missing=False)
+except LocalrunError as exc:
+    print(json.dumps(exc.to_dict()))
+    sys.exit(1)
+"""
+
+
+def _read_target(store: Store, text: str) -> _Target | None:
+    """The stored model `text` names; None for a catalog model still to be imported."""
+    from localrun import catalog, pull
+    from localrun import model as model_mod
+
+    name, ref = pull.resolve_name(text)
+    name = catalog.canonical(name)
+    try:
+        manifest = store.read_manifest(name)
+    except ModelNotFoundError:
+        if ref is None and catalog.lookup(name) is not None:
+            return None
+        raise ModelNotFoundError(text.strip()) from None
+    model = model_mod.load(store, name, manifest)
+    weights = sum(layer.size for layer in manifest.layers if layer.kind in ("model", "adapter"))
+    return _Target(
+        name=str(name),
+        digest="sha256:" + hashlib.sha256(manifest.to_bytes()).hexdigest(),
+        weights=weights,
+        details=model.details,
+    )
+
+
+def _size_key(target: _Target, load_options: dict[str, Any]) -> tuple[str, str, str]:
+    return (target.name, target.digest, repr(sorted(load_options.items())))
+
+
+def _size_key_of(runner: _Runner) -> tuple[str, str, str]:
+    return (runner.name, runner.digest, repr(sorted(runner.load_options.items())))
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "it never started"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        if -code == signal.SIGKILL:
+            return f"killed by {name}; the system may have run out of memory"
+        return f"killed by {name}"
+    return f"exit status {code}"
+
+
+def _copy(exc: LocalrunError) -> LocalrunError:
+    """A fresh instance of a shared error (one raise per request keeps tracebacks apart)."""
+    clone = type(exc).__new__(type(exc))
+    clone.__dict__.update(exc.__dict__)
+    clone.args = exc.args
+    return clone

@@ -1,0 +1,384 @@
+"""The scheduler with real runner subprocesses (`python -m localrun.worker`).
+
+Content checks use the real llama.cpp engine on the tiny model; queueing, keep-alive, eviction,
+cancellation and crash tests use the worker's scripted "fake" engine (it still reads the real
+GGUF to plan the load), slowed down per token where a slot must stay busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+from localrun import create, modelfile, names
+from localrun.errors import (
+    BadRequestError,
+    BusyError,
+    ContextOverflowError,
+    InvalidParameterError,
+    ModelLoadError,
+    ModelNotFoundError,
+    RunnerDiedError,
+)
+from localrun.scheduler import Scheduler, Stream
+from localrun.store import Store
+
+pytestmark = pytest.mark.model
+
+T = TypeVar("T")
+HI = [{"role": "user", "content": "hi"}]
+# About 10 s per answer: a slot stays busy until the test closes the stream.
+SLOW: dict[str, Any] = {"replies": ["abcdefghijklmnopqrstuvwxyz" * 20], "delay": 0.02}
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+@pytest.fixture
+def models(store: Store, tmp_path: Path, tiny_model: Path) -> Store:
+    """Models "a", "b" and "c" in the store, all the tiny GGUF."""
+    (tmp_path / "tiny.gguf").write_bytes(tiny_model.read_bytes())
+    for name in ("a", "b", "c"):
+        create.create(store, names.parse(name), modelfile.parse("FROM tiny.gguf\n"), tmp_path)
+    return store
+
+
+@contextlib.asynccontextmanager
+async def scheduler(store: Store, **kwargs: Any) -> AsyncIterator[Scheduler]:
+    sched = Scheduler(store, **kwargs)
+    await sched.start()
+    try:
+        yield sched
+    finally:
+        await sched.close()
+    assert children() == []
+
+
+def fake(store: Store, options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """A scheduler on the fake engine (replies "Hello!" unless `options` say otherwise)."""
+    return scheduler(store, backend="fake", backend_options=options or {}, **kwargs)
+
+
+def children() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+async def text(stream: Stream) -> str:
+    return "".join([piece async for piece in stream])
+
+
+async def until(check: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait (bounded) for `check` to hold."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def pid_of(sched: Scheduler, name: str) -> int:
+    return next(m.pid for m in sched.running() if m.name == name)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def first_piece(stream: Stream) -> str:
+    return await anext(aiter(stream))
+
+
+# -- real engine ------------------------------------------------------------------------------
+
+
+def test_streams_from_the_real_engine_and_serves_concurrent_requests(models: Store) -> None:
+    options = {"num_predict": 6, "temperature": 0, "seed": 1}
+
+    async def main() -> None:
+        async with scheduler(models, num_parallel=4) as sched:
+            stream = await sched.chat("a", messages=HI, options=options)
+            answer = await text(stream)
+            assert answer and stream.done_reason == "length"
+            assert stream.timings.eval_tokens == 6 and stream.load_s > 0
+            [shown] = sched.running()
+            assert shown.name == "a:latest" and shown.busy == 0 and shown.pid > 0
+            assert shown.context_length > 0 and shown.size > 0 and shown.processor
+            assert shown.details["architecture"] == "llama"
+            assert time.time() < shown.expires_at < time.time() + 301
+
+            # 8 requests on 4 slots: all complete, each with the answer it gets alone.
+            prompts = [f"{i} and {i * 7}" for i in range(8)]
+            alone = [
+                await text(await sched.complete("a", prompt=p, options=options)) for p in prompts
+            ]
+            streams = await asyncio.gather(
+                *(sched.complete("a", prompt=p, options=options) for p in prompts)
+            )
+            answers = await asyncio.gather(*(text(s) for s in streams))
+            assert answers == alone and len(set(answers)) > 1
+            assert all(s.done_reason == "length" and s.timings.eval_tokens == 6 for s in streams)
+            assert [s.load_s for s in streams] == [0.0] * 8
+            assert pid_of(sched, "a:latest") == shown.pid  # one runner served them all
+
+            vectors = await sched.embed("a", ["one", "two"])
+            assert len(vectors.vectors) == 2 and vectors.prompt_tokens > 0
+
+    run(main())
+
+
+def test_a_runner_killed_while_loading_gives_a_load_error(
+    models: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Python's import timings give the runner something to say on stderr from its start.
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+    caplog.set_level(logging.INFO, logger="localrun.runner")
+
+    def said() -> bool:
+        return any(r.name == "localrun.runner" for r in caplog.records)
+
+    async def main() -> None:
+        async with scheduler(models) as sched:
+            loading = asyncio.ensure_future(sched.load("a"))
+            await until(said)
+            children()[0].kill()
+            with pytest.raises(ModelLoadError) as failed:
+                await loading
+            # The message carries the exit signal and the runner's last stderr lines.
+            assert "SIGKILL" in failed.value.message and "import time" in failed.value.message
+            assert sched.running() == []
+
+    run(main())
+
+
+# -- fake engine: content and errors ----------------------------------------------------------
+
+
+def test_concurrent_requests_get_their_own_answers(models: Store) -> None:
+    replies = [f"answer number {i}." for i in range(8)]
+
+    async def main() -> None:
+        async with fake(models, {"replies": replies, "delay": 0.005}, num_parallel=3) as sched:
+            streams = await asyncio.gather(*(sched.chat("a", messages=HI) for _ in range(8)))
+            assert [s.load_s > 0 for s in streams].count(True) >= 1
+            answers = await asyncio.gather(*(text(s) for s in streams))
+            assert sorted(answers) == sorted(replies)
+            assert all(s.done_reason == "stop" for s in streams)
+            assert len(children()) == 1  # the first requests shared one load
+
+    run(main())
+
+
+def test_names_options_and_runner_errors_are_typed(models: Store) -> None:
+    async def main() -> None:
+        async with fake(models) as sched:
+            with pytest.raises(ModelNotFoundError) as missing:
+                await sched.chat("nope", messages=HI)
+            assert "nope" in str(missing.value) and "localrun pull" in (missing.value.hint or "")
+            with pytest.raises(InvalidParameterError):
+                await sched.chat("a", messages=HI, options={"temprature": 1})
+            # The fake engine's context is num_ctx tokens (characters).
+            stream = await sched.complete("a", prompt="x" * 500, options={"num_ctx": 64})
+            with pytest.raises(ContextOverflowError):
+                await text(stream)
+            assert await text(await sched.complete("a", prompt="ok", options={"num_ctx": 64}))
+        # A load the worker refuses: its typed error, for every request that waited on it.
+        async with fake(models, {"delay": -1}) as sched:
+            results = await asyncio.gather(
+                sched.chat("a", messages=HI), sched.chat("a", messages=HI), return_exceptions=True
+            )
+            assert all(isinstance(r, BadRequestError) for r in results), results
+            assert results[0] is not results[1]
+            assert sched.running() == []
+
+    run(main())
+
+
+# -- queueing ---------------------------------------------------------------------------------
+
+
+def test_a_full_queue_refuses_at_once_and_aclose_frees_the_slot(models: Store) -> None:
+    async def main() -> None:
+        async with fake(models, SLOW, num_parallel=1, max_queue=1) as sched:
+            first = await sched.chat("a", messages=HI)
+            assert await first_piece(first) == "a"
+            waiting = asyncio.ensure_future(sched.chat("a", messages=HI))
+            await until(lambda: sched.waiting == 1)
+            started = time.monotonic()
+            with pytest.raises(BusyError) as busy:
+                await sched.chat("a", messages=HI)
+            assert time.monotonic() - started < 1 and busy.value.retry_after >= 1
+            assert sched.running()[0].busy == 1
+
+            # The client of the first request goes away: its slot goes to the waiting one.
+            await first.aclose()
+            assert first.done_reason == "cancelled"
+            second = await asyncio.wait_for(waiting, 5)
+            assert await first_piece(second) == "a"
+            await second.aclose()
+            third = await sched.chat("a", messages=HI, options={"num_predict": 3})
+            assert await text(third) == "abc" and third.done_reason == "length"
+
+    run(main())
+
+
+def test_a_dropped_stream_releases_its_slot(models: Store) -> None:
+    async def main() -> None:
+        async with fake(models, SLOW, num_parallel=1) as sched:
+            stream = await sched.chat("a", messages=HI)
+            await first_piece(stream)
+            del stream  # never closed: __del__ still cancels it
+            nxt = await asyncio.wait_for(
+                sched.chat("a", messages=HI, options={"num_predict": 2}), 5
+            )
+            assert await text(nxt) == "ab"
+
+    run(main())
+
+
+# -- keep-alive and eviction ------------------------------------------------------------------
+
+
+def test_keep_alive_expires_and_zero_unloads_at_once(models: Store) -> None:
+    async def main() -> None:
+        async with fake(models) as sched:
+            await text(await sched.chat("a", messages=HI, keep_alive=0.3))
+            [shown] = sched.running()
+            assert shown.expires_at <= time.time() + 0.3
+            await until(lambda: not sched.running(), timeout=5)
+            await until(lambda: gone(shown.pid))
+
+            stream = await sched.chat("a", messages=HI, keep_alive=0)
+            pid = pid_of(sched, "a:latest")
+            await text(stream)
+            await until(lambda: gone(pid))
+            assert sched.running() == []
+
+            forever = await sched.load("b", keep_alive=math.inf)
+            assert forever.expires_at == math.inf
+            assert sched.running()[0].expires_at == math.inf
+            assert await sched.unload("b") and gone(forever.pid)
+            assert not await sched.unload("b")
+
+    run(main())
+
+
+def test_least_recently_used_idle_models_are_evicted(models: Store) -> None:
+    async def main() -> None:
+        async with fake(models, max_loaded=1) as sched:
+            a = await sched.load("a")
+            b = await sched.load("b")
+            assert [m.name for m in sched.running()] == ["b:latest"] and gone(a.pid)
+            assert b.pid != a.pid
+        async with fake(models, max_loaded=2) as sched:
+            await sched.load("a")
+            b = await sched.load("b")
+            await text(await sched.chat("a", messages=HI))  # a is now the most recent
+            await sched.load("c")
+            assert sorted(m.name for m in sched.running()) == ["a:latest", "c:latest"]
+            assert gone(b.pid)
+        # The memory budget evicts too: here it holds one model (the tiny one plans ~11 MB).
+        async with fake(models, memory_budget=20_000_000) as sched:
+            a = await sched.load("a")
+            await sched.load("b")
+            assert [m.name for m in sched.running()] == ["b:latest"]
+            await until(lambda: gone(a.pid))
+
+    run(main())
+
+
+def test_a_busy_model_is_not_evicted_the_request_waits(models: Store) -> None:
+    async def main() -> None:
+        async with fake(models, SLOW, max_loaded=1) as sched:
+            busy = await sched.chat("a", messages=HI)
+            await first_piece(busy)
+            other = asyncio.ensure_future(sched.chat("b", messages=HI, options={"num_predict": 1}))
+            await asyncio.sleep(0.3)
+            assert not other.done() and [m.name for m in sched.running()] == ["a:latest"]
+            await busy.aclose()
+            assert await text(await asyncio.wait_for(other, 10)) == "a"
+            assert [m.name for m in sched.running()] == ["b:latest"]
+
+    run(main())
+
+
+def test_other_load_options_reload_once_idle(models: Store) -> None:
+    async def main() -> None:
+        async with fake(models) as sched:
+            first = await sched.load("a", options={"num_ctx": 128})
+            assert first.context_length == 128
+            same = await sched.load("a", options={"num_ctx": 128, "temperature": 0.1})
+            plain = await sched.chat("a", messages=HI)  # no load option: takes it as it is
+            await text(plain)
+            assert same.pid == first.pid == pid_of(sched, "a:latest")
+            again = await sched.load("a", options={"num_ctx": 256})
+            assert again.context_length == 256 and again.pid != first.pid
+            assert gone(first.pid) and len(sched.running()) == 1
+
+    run(main())
+
+
+# -- crashes and shutdown ---------------------------------------------------------------------
+
+
+def test_a_killed_runner_fails_only_its_requests(models: Store) -> None:
+    async def main() -> None:
+        async with fake(models, SLOW) as sched:
+            victim = await sched.chat("a", messages=HI)
+            bystander = await sched.chat("b", messages=HI, options={"num_predict": 30})
+            await first_piece(victim)
+            pid = pid_of(sched, "a:latest")
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(RunnerDiedError) as died:
+                await text(victim)
+            assert "SIGKILL" in died.value.message and "server log" in (died.value.hint or "")
+            assert await text(bystander) == SLOW["replies"][0][:30]
+            await until(lambda: "a:latest" not in [m.name for m in sched.running()])
+            fresh = await sched.chat("a", messages=HI, options={"num_predict": 2})
+            assert await text(fresh) == "ab" and pid_of(sched, "a:latest") != pid
+
+    run(main())
+
+
+def test_close_stops_busy_runners_and_leaves_no_children(models: Store) -> None:
+    async def main() -> None:
+        sched = Scheduler(models, backend="fake", backend_options=SLOW)
+        await sched.start()
+        streams = [await sched.chat(n, messages=HI) for n in ("a", "b")]
+        await asyncio.gather(*(first_piece(s) for s in streams))
+        assert len(children()) == 2
+        started = time.monotonic()
+        await sched.close()
+        assert time.monotonic() - started < 5
+        assert children() == []
+        for stream in streams:  # the answers end (cancelled or with the shutdown error)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(text(stream), 5)
+        with pytest.raises(Exception, match="shutting down"):
+            await sched.chat("a", messages=HI)
+
+    run(main())
+
+
+@pytest.mark.slow
+def test_the_packaged_model_is_imported_in_a_child_process(models: Store) -> None:
+    async def main() -> None:
+        async with fake(models) as sched:
+            stream = await sched.chat("smollm2", messages=HI)
+            assert await text(stream) == "Hello!"
+            assert [m.name for m in sched.running()] == ["smollm2:135m"]
+
+    run(main(), timeout=120)
