@@ -1,5 +1,140 @@
-"""`localrun serve`: the HTTP API on uvicorn (see localrun.server)."""
+"""`localrun serve`: the HTTP API on uvicorn (see localrun.server).
+
+fastapi, uvicorn and the scheduler are imported inside the command, so other commands never pay
+for them. The socket is bound (and listening) before the URL is printed: a client that reads the
+line can connect at once, and `--port 0` prints the port the system picked.
+"""
 
 from __future__ import annotations
 
-from localrun.cli.main import app  # noqa: F401
+import errno
+import logging
+import socket
+import sys
+from types import FrameType
+
+import typer
+
+from localrun import __version__, config
+from localrun.cli.main import app
+from localrun.errors import ConfigError, ServerError
+
+GRACEFUL_SHUTDOWN_S = 3  # streams still open after Ctrl-C / SIGTERM get this long
+
+
+def _address(host: str | None, port: int | None) -> tuple[str, int]:
+    """--host HOST[:PORT] and --port over LOCALRUN_HOST."""
+    try:
+        bind_host, bind_port = config.host()
+        if host is not None:
+            bind_host, given_port = config.parse_host(host)
+            bare = host.strip().split("://")[-1].rstrip("/")
+            if "]:" in bare or (not bare.startswith("[") and bare.count(":") == 1):
+                bind_port = given_port
+    except ValueError as exc:
+        raise ConfigError(
+            str(exc), hint="write --host ADDRESS[:PORT] or LOCALRUN_HOST=host:port"
+        ) from None
+    return bind_host, bind_port if port is None else port
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"cannot listen on {host}: {exc.strerror}", hint="pass an address with --host"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        if sys.platform != "win32":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServerError(
+                f"port {port} on {host} is already in use",
+                hint="is `localrun serve` already running? Pick another port with --port",
+            ) from None
+        raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(
+        None, "--host", help="Address to listen on (default: LOCALRUN_HOST, 127.0.0.1)."
+    ),
+    port: int | None = typer.Option(
+        None, "--port", "-p", help="Port to listen on (default 11435; 0 picks a free one)."
+    ),
+    insecure_no_auth: bool = typer.Option(
+        False,
+        "--insecure-no-auth",
+        help="Listen beyond loopback without LOCALRUN_API_KEY (anyone who can reach the port "
+        "can use it).",
+    ),
+) -> None:
+    """Serve the Ollama- and OpenAI-compatible API."""
+    import uvicorn
+
+    from localrun.cli.store_cmds import open_store
+    from localrun.scheduler import Scheduler
+    from localrun.server import create_app
+    from localrun.server.app import Settings
+    from localrun.server.security import is_loopback
+
+    bind_host, bind_port = _address(host, port)
+    store = open_store(cleanup=True)
+    settings = Settings.from_env(bind_host, store)
+    if not is_loopback(bind_host) and not settings.api_key and not insecure_no_auth:
+        raise ConfigError(
+            f"refusing to listen on {bind_host} without an API key",
+            hint="set LOCALRUN_API_KEY (clients send it as a Bearer token), or pass "
+            "--insecure-no-auth to serve anyone who can reach the port",
+        )
+    debug = config.debug()
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("uvicorn.error").setLevel(logging.INFO if debug else logging.WARNING)
+    sock = _bind(bind_host, bind_port)
+    scheduler = Scheduler(store)
+    uv_config = uvicorn.Config(
+        create_app(settings, scheduler),
+        log_config=None,
+        access_log=debug,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+
+    class CleanExit(uvicorn.Server):
+        """uvicorn's server, minus re-raising Ctrl-C / SIGTERM after its clean shutdown (the
+        process would then die of the signal instead of exiting 0)."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.should_exit:
+                self.force_exit = True  # a second Ctrl-C: stop waiting for open streams
+            self.should_exit = True
+
+    server = CleanExit(uv_config)
+    print(f"localrun {__version__} listening on {_url(sock)}", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:
+        raise ServerError("the server could not start", hint="see the messages above")

@@ -1,0 +1,142 @@
+"""The FastAPI app of `localrun serve`: routes, error mapping and lifespan in one factory.
+
+    create_app(settings, scheduler)
+
+builds a fresh app around a scheduler (started and closed with the app's lifespan) and a store;
+nothing lives at module level, so tests can run several apps side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from localrun import __version__, config
+from localrun.errors import ConfigError, LocalrunError
+from localrun.server import core, models, ollama, openai
+from localrun.server.errors import body_of, dialect_of, headers_of, plain_body, status_of
+from localrun.server.security import Guard
+from localrun.store import Store
+
+if TYPE_CHECKING:
+    from localrun.scheduler import Scheduler
+
+CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, the log shows it
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the server needs to know besides the scheduler."""
+
+    store: Store
+    host: str = config.DEFAULT_HOST  # the address the server is bound to
+    api_key: str = ""
+    origins: tuple[str, ...] = config.DEFAULT_ORIGINS
+    max_request_bytes: int = 32 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, host: str, store: Store | None = None) -> Settings:
+        """Settings from LOCALRUN_* for a server bound to `host`."""
+        try:
+            return cls(
+                store=store or Store(Path(config.models_dir())),
+                host=host,
+                api_key=config.api_key(),
+                origins=config.origins(),
+                max_request_bytes=config.max_request_bytes(),
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                str(exc), hint="fix the setting or unset it; see `localrun env`"
+            ) from None
+
+
+_ROUTES = (
+    ("/", ollama.root, ["GET", "HEAD"]),
+    ("/api/version", ollama.version, ["GET"]),
+    ("/api/tags", models.tags, ["GET"]),
+    ("/api/ps", ollama.ps, ["GET"]),
+    ("/api/generate", ollama.generate, ["POST"]),
+    ("/api/chat", ollama.chat, ["POST"]),
+    ("/api/embed", ollama.embed, ["POST"]),
+    ("/api/embeddings", ollama.embeddings, ["POST"]),
+    ("/api/show", models.show, ["POST"]),
+    ("/api/pull", models.pull_, ["POST"]),
+    ("/api/create", models.create, ["POST"]),
+    ("/api/copy", models.copy, ["POST"]),
+    ("/api/delete", models.delete, ["DELETE"]),
+    ("/api/blobs/{digest}", models.blob_head, ["HEAD"]),
+    ("/api/blobs/{digest}", models.blob_upload, ["POST"]),
+    ("/v1/models", openai.models, ["GET"]),
+    ("/v1/models/{model:path}", openai.model, ["GET"]),
+    ("/v1/chat/completions", openai.chat_completions, ["POST"]),
+    ("/v1/completions", openai.completions, ["POST"]),
+    ("/v1/embeddings", openai.embeddings, ["POST"]),
+)
+
+
+def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
+    """A new app serving `settings.store` through `scheduler`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await scheduler.start()
+        try:
+            yield
+        finally:
+            await scheduler.close()
+
+    app = FastAPI(
+        title="localrun",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.ctx = core.Context(store=settings.store, scheduler=scheduler, version=__version__)
+    for path, handler, methods in _ROUTES:
+        app.add_api_route(path, handler, methods=methods, include_in_schema=False)
+
+    async def on_localrun_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LocalrunError)
+        return JSONResponse(
+            body_of(exc, dialect_of(request.url.path)),
+            status_code=status_of(exc),
+            headers=headers_of(exc),
+        )
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            message, code = f"{request.method} is not allowed on {request.url.path}", "bad_request"
+        elif exc.status_code == 404:
+            message, code = f"no route {request.url.path}", "not_found"
+        else:
+            message, code = str(exc.detail), "error"
+        body = plain_body(message[:300], exc.status_code, code, dialect_of(request.url.path))
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        return Response(status_code=CLIENT_CLOSED)
+
+    app.add_exception_handler(LocalrunError, on_localrun_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(core.ClientGone, on_client_gone)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
+    app.add_middleware(
+        Guard,
+        bound_host=settings.host,
+        api_key=settings.api_key,
+        origins=settings.origins,
+        max_request_bytes=settings.max_request_bytes,
+    )
+    return app

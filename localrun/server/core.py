@@ -1,0 +1,448 @@
+"""What both dialects share: reading requests, starting answers, watching the client.
+
+The /api and /v1 handlers translate their request into a `GenRequest`, call `start()` and
+format what the `Generation` yields; neither talks to the scheduler in its own way.
+
+A generation is started before any response byte is sent, and its first piece is awaited too,
+so an unknown model, a full queue or a prompt that does not fit still gets its own HTTP status.
+While a handler waits (for a slot, a load, the first token, or a whole non-streamed answer) the
+client is watched: when it disconnects the generation is cancelled and its slot freed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from starlette.requests import Request
+
+from localrun import config
+from localrun.errors import BadRequestError, LocalrunError
+from localrun.store import Store
+
+if TYPE_CHECKING:
+    from localrun.scheduler import Scheduler, Stream
+
+T = TypeVar("T")
+
+# Options Ollama's clients may send that localrun has no use for (they change nothing here).
+IGNORED_OPTIONS = frozenset(
+    {
+        "numa",
+        "low_vram",
+        "f16_kv",
+        "logits_all",
+        "vocab_only",
+        "use_mlock",
+        "embedding_only",
+        "tfs_z",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "penalize_newline",
+        "num_gqa",
+        "rope_frequency_base",
+        "rope_frequency_scale",
+    }
+)
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request was being answered."""
+
+
+@dataclass
+class Context:
+    """What the handlers share: the store, the scheduler and the version they report."""
+
+    store: Store
+    scheduler: Scheduler
+    version: str
+
+
+def context(request: Request) -> Context:
+    ctx: Context = request.app.state.ctx
+    return ctx
+
+
+# -- reading requests -------------------------------------------------------------------------
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object (an empty body is an empty object)."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadRequestError("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("the request body must be a JSON object")
+    return data
+
+
+class Body:
+    """Typed access to a request's JSON fields; a wrong type is a 400 naming the field."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def get(self, key: str, kinds: type | tuple[type, ...], default: Any = None) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        allowed = kinds if isinstance(kinds, tuple) else (kinds,)
+        if isinstance(value, bool) and bool not in allowed:
+            raise BadRequestError(f"{key} must be {_kind_text(kinds)}, not a boolean")
+        if not isinstance(value, kinds):
+            raise BadRequestError(f"{key} must be {_kind_text(kinds)}, not {_json_type(value)}")
+        return value
+
+    def model(self) -> str:
+        """The model name (Ollama's older clients send `name`)."""
+        value = self.data.get("model") or self.data.get("name")
+        if not isinstance(value, str) or not value.strip():
+            raise BadRequestError("model is required", hint='send {"model": "NAME", ...}')
+        return value.strip()
+
+    def flag(self, key: str, default: bool) -> bool:
+        return bool(self.get(key, bool, default))
+
+    def keep_alive(self) -> float | None:
+        value = self.data.get("keep_alive")
+        if value is None:
+            return None
+        try:
+            return config.parse_duration(value)
+        except ValueError as exc:
+            raise BadRequestError(f"keep_alive: {exc}") from None
+
+    def options(self, key: str = "options") -> dict[str, Any]:
+        value = self.get(key, dict, {})
+        return {k: v for k, v in value.items() if k not in IGNORED_OPTIONS and v is not None}
+
+    def format(self) -> str | dict[str, Any] | None:
+        value = self.data.get("format")
+        if value in (None, ""):
+            return None
+        if value == "json" or isinstance(value, dict):
+            return value  # type: ignore[no-any-return]
+        raise BadRequestError('format must be "json" or a JSON schema object')
+
+
+def _kind_text(kinds: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+             dict: "an object", list: "a list"}  # fmt: skip
+    seq = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in seq))
+
+
+def _json_type(value: Any) -> str:
+    return {str: "a string", int: "a number", float: "a number", dict: "an object",
+            list: "a list"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def now_iso() -> str:
+    """RFC 3339 in UTC with a Z, as Ollama writes created_at."""
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def iso_from_epoch(seconds: float) -> str:
+    if seconds == float("inf") or seconds > 253402300799:
+        seconds = 253402300799  # "never": the last second of year 9999
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def ns(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
+
+
+# -- watching the client ----------------------------------------------------------------------
+
+
+async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work` unless the client disconnects first (then it is cancelled: ClientGone).
+
+    Only for after the body has been read: the next message on the request channel is then
+    the disconnect.
+    """
+    result: list[T] = []
+    failure: list[Exception] = []
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        try:
+            result.append(await work())
+        except Exception as exc:  # re-raised below: a task group would wrap it in a group
+            failure.append(exc)
+        finally:
+            group.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    if not result:
+        raise ClientGone()
+    return result[0]
+
+
+# -- generations ------------------------------------------------------------------------------
+
+
+@dataclass
+class GenRequest:
+    """A chat (`messages`) or a raw completion (`prompt`), dialect-free."""
+
+    model: str
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    system: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    format: str | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    keep_alive: float | None = None
+
+
+class Generation:
+    """A started answer; iterate `pieces()` once. Timings are final after the last piece."""
+
+    def __init__(self, stream: Stream, started: float) -> None:
+        self.stream = stream
+        self.started = started
+        self.text = ""
+        self.finished = False
+        self._first: str | None = None
+
+    async def _next(self) -> str | None:
+        try:
+            return await self.stream.__anext__()
+        except StopAsyncIteration:
+            self.finished = True
+            return None
+        except LocalrunError:
+            self.finished = True  # the request's own error ends it
+            raise
+
+    async def prefetch(self) -> None:
+        self._first = await self._next()
+
+    async def pieces(self) -> AsyncGenerator[str, None]:
+        try:
+            piece, self._first = self._first, None
+            while piece is not None:
+                self.text += piece
+                if piece:
+                    yield piece
+                piece = None if self.finished else await self._next()
+        finally:
+            if not self.finished:
+                await self.close()
+
+    async def collect(self) -> str:
+        async for _ in self.pieces():
+            pass
+        return self.text
+
+    async def close(self) -> None:
+        """Cancel an unfinished generation; shielded, so it also runs while being cancelled."""
+        self.finished = True
+        with anyio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+    @property
+    def done_reason(self) -> str:
+        return self.stream.done_reason or "stop"
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]] | None:
+        return self.stream.tool_calls or None
+
+    @property
+    def prompt_count(self) -> int:
+        t = self.stream.timings
+        return t.prompt_tokens + t.cached_tokens
+
+    def ollama_timings(self) -> dict[str, int]:
+        t = self.stream.timings
+        return {
+            "total_duration": ns(time.perf_counter() - self.started),
+            "load_duration": ns(self.stream.load_s),
+            "prompt_eval_count": self.prompt_count,
+            # Not in Ollama's API: how much of the prompt came from the KV cache (clients that
+            # do not know the field ignore it; `localrun run --verbose` shows it).
+            "prompt_cache_count": t.cached_tokens,
+            "prompt_eval_duration": ns(t.prompt_s),
+            "eval_count": t.eval_tokens,
+            "eval_duration": ns(t.eval_s),
+        }
+
+
+async def start(request: Request, req: GenRequest) -> Generation:
+    """Start `req` on the scheduler and wait for its first piece (or its error)."""
+    scheduler = context(request).scheduler
+    started = time.perf_counter()
+
+    async def begin() -> Generation:
+        if req.messages is not None:
+            stream = await scheduler.chat(
+                req.model,
+                messages=req.messages,
+                system=req.system,
+                options=req.options,
+                format=req.format,
+                tools=req.tools,
+                tool_choice=req.tool_choice,
+                keep_alive=req.keep_alive,
+            )
+        else:
+            stream = await scheduler.complete(
+                req.model,
+                prompt=req.prompt or "",
+                options=req.options,
+                format=req.format,
+                keep_alive=req.keep_alive,
+            )
+        generation = Generation(stream, started)
+        try:
+            await generation.prefetch()
+        except BaseException:
+            if not generation.finished:
+                await generation.close()
+            raise
+        return generation
+
+    return await until_disconnect(request, begin)
+
+
+def messages_of(value: Any, *, openai: bool = False) -> list[dict[str, Any]]:
+    """Validate chat messages into the shape the worker takes.
+
+    OpenAI's content may be a list of parts (text only here) and its `developer` role is a
+    system message; tool calls and tool results pass through for the worker to render.
+    """
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequestError("messages must be a list")
+    out: list[dict[str, Any]] = []
+    for index, raw in enumerate(value):
+        if not isinstance(raw, dict):
+            raise BadRequestError(f"messages[{index}] must be an object")
+        role = raw.get("role")
+        if openai and role == "developer":
+            role = "system"
+        if role not in ("system", "user", "assistant", "tool"):
+            raise BadRequestError(
+                f"messages[{index}].role must be system, user, assistant or tool, not {role!r}"
+            )
+        if raw.get("images"):
+            raise BadRequestError("images are not supported: localrun runs text models")
+        content = raw.get("content")
+        if isinstance(content, list):
+            content = _text_parts(content, index)
+        if content is not None and not isinstance(content, str):
+            raise BadRequestError(f"messages[{index}].content must be a string")
+        message: dict[str, Any] = {"role": role, "content": content or ""}
+        calls = raw.get("tool_calls")
+        if calls is not None:
+            if not isinstance(calls, list):
+                raise BadRequestError(f"messages[{index}].tool_calls must be a list")
+            message["tool_calls"] = calls
+        for key in ("tool_call_id", "tool_name", "name"):
+            if isinstance(raw.get(key), str):
+                message[key] = raw[key]
+        out.append(message)
+    return out
+
+
+def _text_parts(parts: list[Any], index: int) -> str:
+    texts = []
+    for part in parts:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and part.get("type") == "text":
+            texts.append(str(part.get("text", "")))
+        else:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise BadRequestError(
+                f"messages[{index}] has a {kind!r} part; localrun runs text models"
+            )
+    return "".join(texts)
+
+
+# -- embeddings and models --------------------------------------------------------------------
+
+
+@dataclass
+class EmbedResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    load_s: float
+    total_s: float
+
+
+async def embed(
+    request: Request,
+    model: str,
+    inputs: list[str],
+    *,
+    options: dict[str, Any],
+    truncate: bool = True,
+    keep_alive: float | None = None,
+    dimensions: int | None = None,
+) -> EmbedResult:
+    scheduler = context(request).scheduler
+    started = time.perf_counter()
+    if dimensions is not None and dimensions < 1:
+        raise BadRequestError("dimensions must be at least 1")
+    if not inputs:  # Ollama: no input loads the model
+        await scheduler.load(model, options=options, keep_alive=keep_alive)
+        return EmbedResult([], 0, 0.0, time.perf_counter() - started)
+    found = await scheduler.embed(
+        model, inputs, options=options, truncate=truncate, keep_alive=keep_alive
+    )
+    vectors = found.vectors
+    if dimensions is not None:
+        vectors = [_shorten(v, dimensions) for v in vectors]
+    return EmbedResult(vectors, found.prompt_tokens, found.load_s, time.perf_counter() - started)
+
+
+def _shorten(vector: list[float], size: int) -> list[float]:
+    """Matryoshka-style: the first `size` values, normalized again."""
+    head = vector[:size]
+    norm = sum(x * x for x in head) ** 0.5
+    return [x / norm for x in head] if norm > 0 else head
+
+
+def inputs_of(value: Any, key: str = "input") -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        return list(value)
+    raise BadRequestError(f"{key} must be a string or a list of strings")
+
+
+def details_of(details: dict[str, Any], parent: str | None = None) -> dict[str, Any]:
+    """Ollama's `details` of a model from the GGUF summary in its manifest (no file is read)."""
+    from localrun.gguf import format_count
+
+    arch = details.get("architecture") or ""
+    count = details.get("parameter_count")
+    return {
+        "parent_model": parent or "",
+        "format": details.get("format") or "gguf",
+        "family": arch,
+        "families": [arch] if arch else None,
+        "parameter_size": format_count(count) if isinstance(count, int) and count else "",
+        "quantization_level": details.get("quantization") or "",
+    }

@@ -1,0 +1,104 @@
+"""LocalrunError -> HTTP status and body, in the two dialects the server speaks.
+
+Ollama's clients read `error` as a string, so the native dialect is
+`{"error": "message", "code": "model_not_found", "hint": "..."}` (localrun's client rebuilds the
+typed error from `code`). OpenAI's clients expect
+`{"error": {"message", "type", "code", "param"}}`. The status is chosen from the error's class
+alone, never from its text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from localrun import errors as e
+
+Dialect = Literal["ollama", "openai"]
+
+log = logging.getLogger("localrun.server")
+
+# First match wins: subclasses before their bases.
+_STATUS: tuple[tuple[type[e.LocalrunError], int], ...] = (
+    (e.ModelNotFoundError, 404),
+    (e.BusyError, 503),
+    (e.UnauthorizedError, 401),
+    (e.ForbiddenError, 403),
+    (e.RequestTooLargeError, 413),
+    (e.BadRequestError, 400),
+    (e.InvalidNameError, 400),
+    (e.InvalidParameterError, 400),
+    (e.ModelfileError, 400),
+    (e.InvalidDigestError, 400),
+    (e.ContextOverflowError, 400),
+    (e.TemplateError, 400),
+    (e.FileError, 400),  # a GGUF the client uploaded that is not one
+    (e.HubAuthError, 403),
+    (e.HubError, 502),  # the hub behind us failed
+    (e.DiskFullError, 507),
+    (e.RunnerDiedError, 500),
+)
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    503: "server_overloaded",
+}
+
+
+def status_of(exc: e.LocalrunError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def headers_of(exc: e.LocalrunError) -> dict[str, str]:
+    if isinstance(exc, e.BusyError):
+        return {"Retry-After": str(max(1, int(exc.retry_after)))}
+    if isinstance(exc, e.UnauthorizedError):
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+def body_of(exc: e.LocalrunError, dialect: Dialect) -> dict[str, Any]:
+    """The JSON body of an error response (also sent as the last line of a broken stream)."""
+    return plain_body(exc.message, status_of(exc), exc.code, dialect, hint=exc.hint)
+
+
+def plain_body(
+    message: str, status: int, code: str, dialect: Dialect, *, hint: str | None = None
+) -> dict[str, Any]:
+    """An error body for a message that is not a LocalrunError (no route, wrong method)."""
+    if dialect == "openai":
+        detail: dict[str, Any] = {
+            "message": message,
+            "type": _OPENAI_TYPES.get(status, "server_error"),
+            "code": code,
+            "param": None,
+        }
+        if hint:
+            detail["hint"] = hint
+        return {"error": detail}
+    body: dict[str, Any] = {"error": message, "code": code}
+    if hint:
+        body["hint"] = hint
+    return body
+
+
+def dialect_of(path: str) -> Dialect:
+    return "openai" if path == "/v1" or path.startswith("/v1/") else "ollama"
+
+
+def unexpected(exc: BaseException, where: str) -> e.LocalrunError:
+    """A bug, reported to the client as a plain 500 and logged here; never a traceback."""
+    from localrun import config
+
+    log.error("unexpected %s in %s: %s", type(exc).__name__, where, exc, exc_info=config.debug())
+    return e.LocalrunError(
+        f"internal error ({type(exc).__name__})",
+        hint="see the server's log; LOCALRUN_DEBUG=1 logs the details",
+    )

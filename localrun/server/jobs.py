@@ -1,0 +1,178 @@
+"""Store jobs (create, pull, catalog import) run in a short-lived subprocess.
+
+Why a subprocess: these read GGUF headers with the `gguf` package, which imports numpy, and the
+server process must stay small (no numpy, gguf or llama_cpp in it). It also keeps a hostile
+uploaded file away from the server's memory: a parser blow-up ends the job, not the server.
+
+The server side (`run`) writes one JSON request line to `python -m localrun.server.jobs` and
+reads JSON lines back:
+
+    -> {"op": "create", "store": ROOT, "model": NAME, "modelfile": TEXT}
+    -> {"op": "pull", "store": ROOT, "model": TEXT}
+    -> {"op": "import", "store": ROOT, "model": NAME}          (a catalog model, no hubs)
+    <- {"event": "progress", "status": ..., "digest"?, "completed"?, "total"?}   (any number)
+    <- {"event": "done", "digest": "sha256:..."}  or  {"event": "error", "error": {...}}
+
+The modelfile of a create comes from the server, which only puts store blob paths and model
+names in it (never a path a client sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import IO, Any
+
+from localrun.errors import LocalrunError
+
+Event = dict[str, Any]
+_KILL_TIMEOUT_S = 5.0
+
+
+async def run(request: dict[str, Any]) -> AsyncGenerator[Event, None]:
+    """Run a job; yields its progress events, returns on success, raises its LocalrunError.
+
+    Closing the iterator early (a client that went away) stops the job.
+    """
+    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "localrun.server.jobs",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=None if _debug() else asyncio.subprocess.DEVNULL,
+        env=env,
+        limit=1024 * 1024,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    finished = False
+    try:
+        proc.stdin.write(json.dumps(request).encode() + b"\n")
+        await proc.stdin.drain()
+        proc.stdin.close()
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                break
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            kind = event.get("event") if isinstance(event, dict) else None
+            if kind == "progress":
+                yield event
+            elif kind == "done":
+                finished = True
+                return
+            elif kind == "error":
+                finished = True
+                raise LocalrunError.from_dict(event.get("error") or {})
+        code = await proc.wait()
+        finished = True
+        raise LocalrunError(
+            f"the {request.get('op')} job ended unexpectedly (exit status {code})",
+            hint="see the server's log; LOCALRUN_DEBUG=1 shows the job's output",
+        )
+    finally:
+        if not finished and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), _KILL_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+async def run_to_end(request: dict[str, Any]) -> None:
+    async for _ in run(request):
+        pass
+
+
+def _debug() -> bool:
+    from localrun import config
+
+    return config.debug()
+
+
+# -- the job process ------------------------------------------------------------------------
+
+
+def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
+    from localrun import catalog, create, modelfile, pull
+    from localrun.store import Store
+
+    def emit(event: Event) -> None:
+        out.write(json.dumps(event).encode() + b"\n")
+        out.flush()
+
+    def report(event: create.Event) -> None:
+        if event.status == "success":
+            return  # the server sends its own success line
+        item: Event = {"event": "progress", "status": event.status}
+        for key in ("digest", "completed", "total"):
+            if getattr(event, key) is not None:
+                item[key] = getattr(event, key)
+        emit(item)
+
+    store = Store(Path(request["store"]))
+    op = request.get("op")
+    text = str(request.get("model", ""))
+    if op == "import":
+        name = catalog.canonical(pull.resolve_name(text)[0])
+        catalog.ensure(store, name, report, hubs=False)
+        return ""
+    if op == "pull":
+        name, ref = pull.resolve_name(text)
+        if ref is not None:
+            return pull.pull(store, ref, report=report)
+        catalog.find(store, text, report, pull_missing=True)
+        return ""
+    if op == "create":
+        parsed = modelfile.parse(str(request["modelfile"]))
+        target = pull.resolve_name(text)[0]
+        # FROM a model name must never be taken for a relative path: resolve relative to an
+        # empty folder of our own.
+        with tempfile.TemporaryDirectory(prefix="localrun-create-") as empty:
+            return create.create(
+                store,
+                target,
+                parsed,
+                Path(empty),
+                report=report,
+                resolve=lambda base: catalog.ensure(store, base, report, hubs=False),
+            )
+    raise LocalrunError(f"unknown job {op!r}")
+
+
+def main() -> int:
+    # Events go to a private copy of stdout; anything else printing to fd 1 lands on stderr.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    request: dict[str, Any] = {}
+    try:
+        request = json.loads(sys.stdin.readline())
+        digest = _serve_one(request, out)
+        out.write(json.dumps({"event": "done", "digest": digest}).encode() + b"\n")
+        code = 0
+    except LocalrunError as exc:
+        out.write(json.dumps({"event": "error", "error": exc.to_dict()}).encode() + b"\n")
+        code = 1
+    except Exception as exc:  # reported as one line: the server turns it into a 500
+        err = LocalrunError(f"the {request.get('op', '')} job failed: {type(exc).__name__}: {exc}")
+        out.write(json.dumps({"event": "error", "error": err.to_dict()}).encode() + b"\n")
+        code = 1
+    out.flush()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,251 @@
+"""Ollama's native API: generate, chat, embeddings, the running models, version.
+
+Field names and streaming follow Ollama's docs/api.md, so the official `ollama` client and the
+tools built on it work unchanged: NDJSON by default (`"stream": false` gives one object), one
+object per piece, and a final object with `done: true`, `done_reason` and the timing fields
+(nanoseconds). An error after the first line arrives as a last line `{"error": "..."}`, which is
+what Ollama's clients look for.
+
+The store routes (show, pull, create, copy, delete, blobs) are in `models`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from localrun.errors import BadRequestError, LocalrunError
+from localrun.server import core
+from localrun.server.core import Body, Generation, GenRequest
+from localrun.server.errors import body_of, unexpected
+
+NDJSON = "application/x-ndjson"
+Frame = Callable[[str], dict[str, Any]]
+
+
+def line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def ndjson(lines: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(lines, media_type=NDJSON, headers={"Cache-Control": "no-cache"})
+
+
+async def stream_lines(
+    generation: Generation, frame: Frame, final: Callable[[], dict[str, Any]]
+) -> AsyncIterator[bytes]:
+    """The NDJSON lines of an answer; an error mid-way becomes the last line."""
+    try:
+        async with contextlib.aclosing(generation.pieces()) as pieces:
+            async for piece in pieces:
+                yield line(frame(piece))
+        yield line(final())
+    except LocalrunError as exc:
+        yield line(body_of(exc, "ollama"))
+    except Exception as exc:
+        yield line(body_of(unexpected(exc, "a streamed answer"), "ollama"))
+
+
+# -- simple routes ----------------------------------------------------------------------------
+
+
+async def root(request: Request) -> Response:
+    return PlainTextResponse("localrun is running")
+
+
+async def version(request: Request) -> Response:
+    return JSONResponse({"version": core.context(request).version})
+
+
+async def ps(request: Request) -> Response:
+    models = []
+    for m in core.context(request).scheduler.running():
+        models.append(
+            {
+                "name": m.name,
+                "model": m.name,
+                "size": m.size,
+                "digest": m.digest.removeprefix("sha256:"),
+                "details": core.details_of(m.details),
+                "expires_at": core.iso_from_epoch(m.expires_at),
+                "size_vram": m.size_vram,
+                "context_length": m.context_length,
+                "processor": m.processor,
+            }
+        )
+    return JSONResponse({"models": models})
+
+
+# -- generate and chat ------------------------------------------------------------------------
+
+
+def _unsupported(body: Body) -> None:
+    if body.data.get("images"):
+        raise BadRequestError("images are not supported: localrun runs text models")
+    if body.get("suffix", str, ""):
+        raise BadRequestError("suffix (fill-in-the-middle) is not supported")
+    if body.get("template", str, ""):
+        raise BadRequestError(
+            "a per-request template is not supported",
+            hint="create a model with the TEMPLATE instead (`localrun create`)",
+        )
+    if body.data.get("think") not in (None, False):
+        raise BadRequestError("thinking is not supported by localrun")
+
+
+async def _load_or_unload(
+    request: Request, body: Body, model: str, shape: Callable[[str], dict[str, Any]]
+) -> Response:
+    """An empty prompt loads the model; with keep_alive 0 it unloads it (Ollama's idiom)."""
+    scheduler = core.context(request).scheduler
+    keep_alive = body.keep_alive()
+    if keep_alive == 0:
+        await scheduler.unload(model)
+        reason = "unload"
+    else:
+        await scheduler.load(model, options=body.options(), keep_alive=keep_alive)
+        reason = "load"
+    out = {**shape(""), "done": True, "done_reason": reason}
+    if body.flag("stream", True):
+        return Response(line(out), media_type=NDJSON)
+    return JSONResponse(out)
+
+
+async def generate(request: Request) -> Response:
+    body = Body(await core.read_json(request))
+    model = body.model()
+    _unsupported(body)
+    prompt = body.get("prompt", str, "")
+
+    def shape(text: str) -> dict[str, Any]:
+        return {"model": model, "created_at": core.now_iso(), "response": text}
+
+    if not prompt:
+        return await _load_or_unload(request, body, model, shape)
+    raw = body.flag("raw", False)
+    req = GenRequest(
+        model,
+        messages=None if raw else [{"role": "user", "content": prompt}],
+        prompt=prompt if raw else None,
+        system=body.get("system", str),
+        options=body.options(),
+        format=body.format(),
+        keep_alive=body.keep_alive(),
+    )
+    generation = await core.start(request, req)
+
+    def final() -> dict[str, Any]:
+        return {
+            **shape(""),
+            "done": True,
+            "done_reason": generation.done_reason,
+            **generation.ollama_timings(),
+        }
+
+    if body.flag("stream", True):
+        frame = lambda piece: {**shape(piece), "done": False}  # noqa: E731
+        return ndjson(stream_lines(generation, frame, final))
+    text = await core.until_disconnect(request, generation.collect)
+    return JSONResponse({**final(), "response": text})
+
+
+def tool_calls_ollama(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if not calls:
+        return None
+    return [
+        {"function": {"name": c.get("name", ""), "arguments": c.get("arguments") or {}}}
+        for c in calls
+    ]
+
+
+async def chat(request: Request) -> Response:
+    body = Body(await core.read_json(request))
+    model = body.model()
+    _unsupported(body)
+    messages = core.messages_of(body.data.get("messages"))
+
+    def shape(text: str) -> dict[str, Any]:
+        return {
+            "model": model,
+            "created_at": core.now_iso(),
+            "message": {"role": "assistant", "content": text},
+        }
+
+    if not messages:
+        return await _load_or_unload(request, body, model, shape)
+    req = GenRequest(
+        model,
+        messages=messages,
+        options=body.options(),
+        format=body.format(),
+        tools=body.get("tools", list),
+        tool_choice=body.data.get("tool_choice"),
+        keep_alive=body.keep_alive(),
+    )
+    generation = await core.start(request, req)
+
+    def final(text: str = "") -> dict[str, Any]:
+        out = shape(text)
+        calls = tool_calls_ollama(generation.tool_calls)
+        if calls:
+            out["message"]["tool_calls"] = calls
+        return {
+            **out,
+            "done": True,
+            "done_reason": generation.done_reason,
+            **generation.ollama_timings(),
+        }
+
+    if body.flag("stream", True):
+        frame = lambda piece: {**shape(piece), "done": False}  # noqa: E731
+        return ndjson(stream_lines(generation, frame, final))
+    text = await core.until_disconnect(request, generation.collect)
+    return JSONResponse(final(text))
+
+
+# -- embeddings -------------------------------------------------------------------------------
+
+
+async def embed(request: Request) -> Response:
+    body = Body(await core.read_json(request))
+    model = body.model()
+    raw_input = body.data.get("input")
+    inputs = [] if raw_input is None else core.inputs_of(raw_input)
+    result = await core.embed(
+        request,
+        model,
+        inputs,
+        options=body.options(),
+        truncate=body.flag("truncate", True),
+        keep_alive=body.keep_alive(),
+        dimensions=body.get("dimensions", int),
+    )
+    return JSONResponse(
+        {
+            "model": model,
+            "embeddings": result.vectors,
+            "total_duration": core.ns(result.total_s),
+            "load_duration": core.ns(result.load_s),
+            "prompt_eval_count": result.prompt_tokens,
+        }
+    )
+
+
+async def embeddings(request: Request) -> Response:
+    """The legacy single-prompt route: {"prompt": ...} -> {"embedding": [...]}."""
+    body = Body(await core.read_json(request))
+    model = body.model()
+    prompt = body.get("prompt", str, "")
+    result = await core.embed(
+        request,
+        model,
+        [prompt] if prompt else [],
+        options=body.options(),
+        keep_alive=body.keep_alive(),
+    )
+    return JSONResponse({"embedding": result.vectors[0] if result.vectors else []})

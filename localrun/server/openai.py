@@ -1,0 +1,331 @@
+"""OpenAI's API as a translation over the same handlers as /api (`core`), in OpenAI's shapes.
+
+    GET  /v1/models, /v1/models/{id}
+    POST /v1/chat/completions   messages, stream (SSE, `data: [DONE]`), stream_options.
+                                include_usage, max_tokens / max_completion_tokens, temperature,
+                                top_p, seed, stop, presence/frequency_penalty, response_format
+                                (json_object, json_schema), tools and tool_choice
+    POST /v1/completions        a raw prompt, no chat template (as OpenAI and llama-server)
+    POST /v1/embeddings         a string or a list; encoding_format float or base64
+
+finish_reason: "tool_calls" when the answer is tool calls, "length" when num_predict or the
+context ran out, else "stop". Errors are {"error": {"message", "type", "code", "param"}}; one
+after the stream has started arrives as a last `data: {"error": ...}` event, which OpenAI's
+client raises.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import secrets
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from localrun.errors import BadRequestError, LocalrunError, ModelNotFoundError
+from localrun.server import core
+from localrun.server.core import Body, Generation, GenRequest
+from localrun.server.errors import body_of, unexpected
+
+# OpenAI request fields -> localrun options (the extra ones are llama-server's extensions).
+_SAMPLING = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repeat_penalty": "repeat_penalty",
+}
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _options(body: Body) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, name in _SAMPLING.items():
+        value = body.get(key, (int, float))
+        if value is not None:
+            options[name] = value
+    limit = body.get("max_completion_tokens", int)
+    if limit is None:
+        limit = body.get("max_tokens", int)
+    if limit is not None:
+        if limit < 1:
+            raise BadRequestError("max_tokens must be at least 1")
+        options["num_predict"] = limit
+    stop = body.data.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None:
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise BadRequestError("stop must be a string or a list of strings")
+        if stop:
+            options["stop"] = stop
+    n = body.get("n", int, 1)
+    if n != 1:
+        raise BadRequestError("n must be 1: localrun answers with one choice")
+    if body.data.get("logprobs") or body.data.get("echo"):
+        raise BadRequestError("logprobs and echo are not supported")
+    return options
+
+
+def _format(body: Body) -> str | dict[str, Any] | None:
+    spec = body.get("response_format", dict)
+    if spec is None or spec.get("type") in (None, "text"):
+        return None
+    if spec.get("type") == "json_object":
+        return "json"
+    if spec.get("type") == "json_schema":
+        inner = spec.get("json_schema")
+        schema = inner.get("schema") if isinstance(inner, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequestError("response_format.json_schema.schema must be a JSON schema")
+        return schema
+    raise BadRequestError(f"response_format type {spec.get('type')!r} is not supported")
+
+
+def _finish_reason(generation: Generation) -> str:
+    if generation.tool_calls:
+        return "tool_calls"
+    return "length" if generation.done_reason == "length" else "stop"
+
+
+def _usage(generation: Generation) -> dict[str, Any]:
+    t = generation.stream.timings
+    prompt = generation.prompt_count
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": t.eval_tokens,
+        "total_tokens": prompt + t.eval_tokens,
+        "prompt_tokens_details": {"cached_tokens": t.cached_tokens},
+    }
+
+
+def _tool_calls(generation: Generation) -> list[dict[str, Any]] | None:
+    if not generation.tool_calls:
+        return None
+    return [
+        {
+            "id": f"call_{secrets.token_hex(12)}",
+            "type": "function",
+            "function": {
+                "name": call.get("name", ""),
+                "arguments": json.dumps(call.get("arguments") or {}, ensure_ascii=False),
+            },
+        }
+        for call in generation.tool_calls
+    ]
+
+
+async def _stream_events(
+    generation: Generation,
+    chunk: Callable[[dict[str, Any]], dict[str, Any]],
+    piece_choice: Callable[[str, bool], dict[str, Any]],
+    last_choices: Callable[[], list[dict[str, Any]]],
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """SSE events of one answer: pieces, the finishing chunk(s), usage, [DONE]."""
+    try:
+        first = True
+        async with contextlib.aclosing(generation.pieces()) as pieces:
+            async for piece in pieces:
+                yield _sse(chunk({"choices": [piece_choice(piece, first)]}))
+                first = False
+        if first:
+            yield _sse(chunk({"choices": [piece_choice("", True)]}))
+        for choice in last_choices():
+            yield _sse(chunk({"choices": [choice]}))
+        if include_usage:
+            yield _sse(chunk({"choices": [], "usage": _usage(generation)}))
+        yield b"data: [DONE]\n\n"
+    except LocalrunError as exc:
+        yield _sse(body_of(exc, "openai"))
+    except Exception as exc:
+        yield _sse(body_of(unexpected(exc, "a streamed answer"), "openai"))
+
+
+def _include_usage(body: Body) -> bool:
+    options = body.get("stream_options", dict) or {}
+    return bool(options.get("include_usage"))
+
+
+async def chat_completions(request: Request) -> Response:
+    body = Body(await core.read_json(request))
+    model = body.model()
+    messages = core.messages_of(body.data.get("messages"), openai=True)
+    if not messages:
+        raise BadRequestError("messages must not be empty")
+    req = GenRequest(
+        model,
+        messages=messages,
+        options=_options(body),
+        format=_format(body),
+        tools=body.get("tools", list),
+        tool_choice=body.data.get("tool_choice"),
+    )
+    generation = await core.start(request, req)
+    base = {
+        "id": f"chatcmpl-{secrets.token_hex(12)}",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "localrun",
+    }
+    if not body.flag("stream", False):
+        text = await core.until_disconnect(request, generation.collect)
+        calls = _tool_calls(generation)
+        message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+        if calls:
+            message["tool_calls"] = calls
+        choice = {"index": 0, "message": message, "finish_reason": _finish_reason(generation)}
+        return JSONResponse(
+            {**base, "object": "chat.completion", "choices": [choice], "usage": _usage(generation)}
+        )
+    include_usage = _include_usage(body)
+
+    def chunk(fields: dict[str, Any]) -> dict[str, Any]:
+        out = {**base, "object": "chat.completion.chunk", **fields}
+        if include_usage and "usage" not in out:
+            out["usage"] = None
+        return out
+
+    def piece_choice(piece: str, first: bool) -> dict[str, Any]:
+        delta = {"role": "assistant", "content": piece} if first else {"content": piece}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+
+    def last_choices() -> list[dict[str, Any]]:
+        out = []
+        calls = _tool_calls(generation)
+        if calls:
+            delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}
+            out.append({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+        reason = _finish_reason(generation)
+        out.append({"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason})
+        return out
+
+    events = _stream_events(generation, chunk, piece_choice, last_choices, include_usage)
+    return _event_stream(events)
+
+
+async def completions(request: Request) -> Response:
+    body = Body(await core.read_json(request))
+    model = body.model()
+    prompt = body.data.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise BadRequestError("prompt must be a string (one prompt per request)")
+    if body.get("suffix", str):
+        raise BadRequestError("suffix (fill-in-the-middle) is not supported")
+    req = GenRequest(model, prompt=prompt, options=_options(body), format=_format(body))
+    generation = await core.start(request, req)
+    base = {
+        "id": f"cmpl-{secrets.token_hex(12)}",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "localrun",
+    }
+
+    def choice(text: str, reason: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+
+    if not body.flag("stream", False):
+        text = await core.until_disconnect(request, generation.collect)
+        return JSONResponse(
+            {
+                **base,
+                "object": "text_completion",
+                "choices": [choice(text, _finish_reason(generation))],
+                "usage": _usage(generation),
+            }
+        )
+    include_usage = _include_usage(body)
+
+    def chunk(fields: dict[str, Any]) -> dict[str, Any]:
+        out = {**base, "object": "text_completion", **fields}
+        if include_usage and "usage" not in out:
+            out["usage"] = None
+        return out
+
+    events = _stream_events(
+        generation,
+        chunk,
+        lambda piece, first: choice(piece, None),
+        lambda: [choice("", _finish_reason(generation))],
+        include_usage,
+    )
+    return _event_stream(events)
+
+
+def _base64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+async def embeddings(request: Request) -> Response:
+    body = Body(await core.read_json(request))
+    model = body.model()
+    inputs = core.inputs_of(body.data.get("input"))
+    if not inputs:
+        raise BadRequestError("input must not be empty")
+    encoding = body.get("encoding_format", str, "float")
+    if encoding not in ("float", "base64"):
+        raise BadRequestError('encoding_format must be "float" or "base64"')
+    result = await core.embed(
+        request, model, inputs, options={}, dimensions=body.get("dimensions", int)
+    )
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": _base64(vector) if encoding == "base64" else vector,
+        }
+        for i, vector in enumerate(result.vectors)
+    ]
+    usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+    return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
+
+
+def _model_object(entry: Any) -> dict[str, Any]:
+    return {
+        "id": str(entry.name),
+        "object": "model",
+        "created": int(entry.modified),
+        "owned_by": entry.name.namespace,
+    }
+
+
+async def models(request: Request) -> Response:
+    store = core.context(request).store
+    entries = await anyio.to_thread.run_sync(store.entries)
+    entries.sort(key=lambda e: e.modified, reverse=True)
+    return JSONResponse({"object": "list", "data": [_model_object(e) for e in entries]})
+
+
+async def model(request: Request) -> Response:
+    from localrun import pull
+
+    text = request.path_params["model"]
+    store = core.context(request).store
+    name = pull.resolve_name(text)[0]
+    for entry in await anyio.to_thread.run_sync(store.entries):
+        if entry.name == name:
+            return JSONResponse(_model_object(entry))
+    raise ModelNotFoundError(text)

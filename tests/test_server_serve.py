@@ -1,0 +1,110 @@
+"""`localrun serve` as a user runs it: a subprocess that prints its URL and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from conftest import CLI, assert_one_line_error
+from test_server import add_model
+
+from localrun.store import Store
+
+pytestmark = [pytest.mark.server, pytest.mark.model]
+
+HEAVY = ("numpy", "llama_cpp", "libllama", "libggml", "/gguf/")
+
+
+class Serve:
+    """A `localrun serve --port 0` subprocess and the URL it printed."""
+
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "localrun", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "LOCALRUN_HOME": str(home), **(env or {})},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # bounded: the process prints it or exits
+        found = re.search(r"http://\S+", line)
+        assert found, (line, self.proc.communicate(timeout=30))
+        self.url = found.group(0)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def serve_home(home: Path, tiny_model: Path) -> Path:
+    add_model(Store(home / "models"), "tiny", tiny_model)
+    return home
+
+
+@pytest.fixture
+def server(serve_home: Path) -> Iterator[Serve]:
+    serve = Serve(serve_home)
+    yield serve
+    serve.kill()
+
+
+def test_serve_prints_its_url_and_stops_on_sigterm(server: Serve) -> None:
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", server.url)
+    assert httpx.get(server.url + "/api/version").json()["version"]
+    loaded = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": "hi",
+                        "stream": False, "options": {"num_predict": 4}}, timeout=120)  # fmt: skip
+    assert loaded.status_code == 200 and loaded.json()["done"]
+    assert httpx.post(server.url + "/api/show", json={"model": "tiny"}).status_code == 200
+    assert httpx.get(server.url + "/api/tags").status_code == 200
+    made = httpx.post(server.url + "/api/create", json={"model": "mine", "from": "tiny",
+                      "system": "Be brief.", "stream": False}, timeout=60)  # fmt: skip
+    assert made.json() == {"status": "success"}  # the GGUF reading happens in a job process
+    me = psutil.Process(server.proc.pid)
+    runners = me.children(recursive=True)
+    assert runners, "a runner subprocess should be serving the loaded model"
+    # The server process itself stays small: no numpy, gguf or llama.cpp in it.
+    maps = Path(f"/proc/{me.pid}/maps").read_text() if sys.platform == "linux" else ""
+    assert not [lib for lib in HEAVY if lib in maps]
+    assert me.memory_info().rss < 120 * 1024 * 1024
+
+    assert server.stop(signal.SIGTERM) == 0
+    _, err = server.proc.communicate(timeout=10)
+    assert "Traceback" not in err
+    _, alive = psutil.wait_procs(runners, timeout=10)
+    assert not alive, "runner processes were left behind"
+
+
+def test_serve_stops_on_ctrl_c(server: Serve) -> None:
+    assert httpx.get(server.url + "/").text == "localrun is running"
+    assert server.stop(signal.SIGINT) == 0
+
+
+def test_serve_refuses_an_open_port_without_a_key(cli: CLI, serve_home: Path) -> None:
+    result = cli("serve", "--host", "0.0.0.0", "--port", "0", timeout=60)
+    assert_one_line_error(result, "LOCALRUN_API_KEY", "--insecure-no-auth")
+    busy = Serve(serve_home)
+    try:
+        port = busy.url.rsplit(":", 1)[1]
+        taken = cli("serve", "--port", port, timeout=60)
+        assert_one_line_error(taken, "already in use")
+        started = time.monotonic()
+        assert busy.stop() == 0
+        assert time.monotonic() - started < 15
+    finally:
+        busy.kill()
