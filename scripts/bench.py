@@ -17,7 +17,11 @@ Stacks:
   cold start        spawn of `localrun run NAME hi` until the first byte on stdout
   warm chat         `warm_chat_turn()`: prompt tokens evaluated for a second chat turn
 
+`--suite serve` (scripts/bench_serve.py) compares `localrun serve` with llama-server and
+`python -m llama_cpp.server`: decode, time to first token, 4 concurrent streams, idle memory.
+
 Usage: .venv/bin/python scripts/bench.py [--repeat 5] [--threads N] [--model PATH] [--json OUT]
+       [--suite all|run|pull|serve]
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ PROMPT = (
 LOCALRUN_TARGET = 0.97
 LLAMA_CPP_PYTHON_ISSUE = 0.89
 COLD_START_TARGET_S = 1.0
+# The serve suite compares servers on the 2 threads the issue names, unless --threads is given.
+SERVE_THREADS = 2
 
 # The wheel is built by scikit-build-core (Release) through llama-cpp-python's CMakeLists, which
 # only forces BUILD_SHARED_LIBS and LLAMA_BUILD_COMMON on Linux; everything else keeps llama.cpp's
@@ -744,9 +750,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument(
         "--suite",
-        choices=("all", "run", "pull"),
+        choices=("all", "run", "pull", "serve"),
         default="all",
-        help="run: decode, cold start and chat; pull: scripts/bench_pull.py (default: both)",
+        help="run: decode, cold start and chat; pull: scripts/bench_pull.py; serve: "
+        "scripts/bench_serve.py, with --threads 2 unless given (default: all three)",
     )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -767,6 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or _default_model()
     if model is None or not model.is_file():
         parser.error(f"no GGUF model at {model}; pass --model PATH")
+    serve_threads = args.threads or SERVE_THREADS
     args.threads = args.threads or _physical_cores()
 
     build: Build | None
@@ -775,6 +783,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, tarfile.TarError, subprocess.CalledProcessError) as exc:
         say(f"llama.cpp build failed: {exc}")
         build = None
+
+    if args.suite == "serve":
+        return _serve_suite(args, build, model, serve_threads)
 
     wheel_libdir = _package_dir("llama_cpp")
     wheel_libdir = wheel_libdir / "lib" if wheel_libdir else None
@@ -819,6 +830,29 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         say(f"wrote {args.json}")
+    if args.suite == "all":
+        print()
+        _serve_suite(args, build, model, serve_threads)
+    return 0
+
+
+def _serve_suite(args: argparse.Namespace, build: Build | None, model: Path, threads: int) -> int:
+    """scripts/bench_serve.py: localrun serve against llama-server and llama_cpp.server."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_serve import run as run_serve_bench
+
+    served = run_serve_bench(
+        build.dir if build else None,
+        model,
+        rounds=args.repeat,
+        threads=threads,
+        localrun_model=args.localrun_model,
+    )
+    print(served["report"], flush=True)
+    if args.json:
+        path = args.json.with_name(args.json.stem + "-serve" + args.json.suffix)
+        path.write_text(json.dumps({k: v for k, v in served.items() if k != "report"}, indent=2))
+        say(f"wrote {path}")
     return 0
 
 

@@ -34,6 +34,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(name, raising=False)
     path = tmp_path / "localrun-home"
     monkeypatch.setenv("LOCALRUN_HOME", str(path))
+    # A `localrun serve` a developer left running on the default port must not answer the
+    # tests' `localrun run` commands (with its own store): point them at a closed port.
+    monkeypatch.setenv("LOCALRUN_HOST", "127.0.0.1:9")
     return path
 
 

@@ -336,7 +336,10 @@ def test_debug_shows_the_traceback(cli: CLI) -> None:
 # -- settings -----------------------------------------------------------------------------------
 
 
-def test_env_lists_every_setting_and_its_source(cli: CLI, home: Path, tmp_path: Path) -> None:
+def test_env_lists_every_setting_and_its_source(
+    cli: CLI, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LOCALRUN_HOST")  # conftest points it at a closed port
     models = tmp_path / "elsewhere"
     result = cli(
         "env", "--json", env={"LOCALRUN_MODELS": str(models), "LOCALRUN_HOST": "0.0.0.0:9"}

@@ -13,9 +13,12 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from localrun.errors import InvalidParameterError, LocalrunError
+
+if TYPE_CHECKING:
+    from localrun.cli.session import Session
 
 MAX_LINE = 16 * 1024 * 1024
 
@@ -88,7 +91,7 @@ def _lines(source: IO[str]) -> Iterator[tuple[int, str]]:
 
 
 def run_batch(
-    opened: Any, path: Path, output: Path | None, *, system: str | None, format: str | None
+    opened: Session, path: Path, output: Path | None, *, system: str | None, format: str | None
 ) -> int:
     """Answer every line; returns the exit status (0: all answered, 1: some lines failed)."""
     source: IO[str]
@@ -133,7 +136,7 @@ def run_batch(
 
 
 def _answer(
-    opened: Any, index: int, raw: str, system: str | None, format: str | None
+    opened: Session, index: int, raw: str, system: str | None, format: str | None
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"index": index}
     try:
@@ -157,7 +160,7 @@ def _answer(
         return record
     t = reply.timings
     record.update(
-        model=str(opened.model.name),
+        model=opened.name,
         response=reply.text,
         done_reason=reply.done_reason,
         prompt_eval_count=t.prompt_tokens,

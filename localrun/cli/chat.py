@@ -1,7 +1,8 @@
 """The terminal chat of `localrun run MODEL`: streaming answers, slash commands, history.
 
 Each turn re-renders the whole conversation, and the engine reuses the KV cache of the part it
-has already seen, so a turn costs only its new tokens (`--verbose` shows the counts).
+has already seen, so a turn costs only its new tokens (`--verbose` shows the counts). The chat
+talks to a Session: the model on the running server, or one loaded in this process.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localrun import config
 from localrun.errors import LocalrunError
+
+if TYPE_CHECKING:
+    from localrun.cli.session import Answer, Session
 
 HELP = """Available commands:
   /set parameter NAME VALUE   set a parameter for this session (e.g. /set parameter temperature 0.2)
@@ -31,11 +35,11 @@ Ctrl-C stops an answer; Ctrl-D or /bye leaves."""
 
 
 class ChatSession:
-    """State of one terminal chat: the loaded model, the conversation and the session settings."""
+    """State of one terminal chat: the model, the conversation and the session settings."""
 
     def __init__(
         self,
-        opened: Any,
+        opened: Session,
         *,
         system: str | None,
         format: str | None,
@@ -43,9 +47,8 @@ class ChatSession:
         overrides: dict[str, Any],
         wordwrap: bool = True,
     ) -> None:
-        self.runner = opened
+        self.session = opened
         self.wordwrap = wordwrap
-        self.loads_reported = False
         self.system = system
         self.format = format
         self.verbose = verbose
@@ -101,7 +104,7 @@ class ChatSession:
             from localrun.runner import LOAD_PARAMS
 
             if spec.name in LOAD_PARAMS:
-                self._reload(self.runner.model)
+                self.session.reconfigure(self.overrides)
             print(f"Set parameter '{spec.name}' to '{parts[1]}'")
         elif what == "system":
             if len(words) < 2:
@@ -123,11 +126,17 @@ class ChatSession:
             print("Usage: /set parameter NAME VALUE | system TEXT | verbose | quiet | format json")
 
     def _show(self, what: str) -> None:
-        model = self.runner.model
+        if what not in ("info", "parameters", "system", "template", "modelfile", "license"):
+            print("Usage: /show info | parameters | system | template | modelfile | license")
+            return
+        if what == "modelfile":
+            print(self._modelfile(), end="")
+            return
+        model = self.session.view()
         if what == "info":
             from localrun.cli.store_cmds import show_text
 
-            print(show_text(model, self.runner.template), end="")
+            print(show_text(model, model.template), end="")
         elif what == "parameters":
             from localrun.cli.store_cmds import params_text
 
@@ -136,19 +145,14 @@ class ChatSession:
         elif what == "system":
             print(self.system if self.system is not None else model.system or "No system message.")
         elif what == "template":
-            print(self.runner.template or "No template: ChatML is used.")
-        elif what == "modelfile":
-            print(self._modelfile(), end="")
+            print(model.template or "No template: ChatML is used.")
         elif what == "license":
             print("\n\n".join(model.licenses) or "No license.")
-        else:
-            print("Usage: /show info | parameters | system | template | modelfile | license")
 
     def _modelfile(self) -> Any:
         from localrun.modelfile import Message, Modelfile
 
-        model = self.runner.model
-        mf = Modelfile(from_=str(model.name))
+        mf = Modelfile(from_=self.session.name)
         for name, value in self.overrides.items():
             mf.parameters += [(name, v) for v in (value if isinstance(value, list) else [value])]
         mf.system = self.system
@@ -156,41 +160,23 @@ class ChatSession:
         return mf
 
     def _save(self, name: str) -> None:
-        from localrun import catalog, create, names
-        from localrun.cli.store_cmds import open_store
+        from localrun import names
 
         if not name:
             print("Usage: /save NAME")
             return
         target = names.parse(name)
-        store = open_store()
-        create.create(store, target, self._modelfile(), Path.cwd(), resolve=catalog.resolver(store))
+        self.session.save(str(target), self._modelfile())
         print(f"Created new model '{target}'")
 
     def _load(self, name: str) -> None:
-        from localrun import catalog
-        from localrun import model as model_mod
-        from localrun.cli.store_cmds import open_store
-
         if not name:
             print("Usage: /load NAME")
             return
-        store = open_store()
-        found, manifest = catalog.find(store, name, pull_missing=False)
-        print(f"Loading model '{found}'")
-        self._reload(model_mod.load(store, found, manifest))
+        self.session.switch(name, lambda found: print(f"Loading model '{found}'", flush=True))
         self.messages = []
         self.overrides = {}
         self.system = None
-
-    def _reload(self, model: Any) -> None:
-        from localrun import runner
-        from localrun.cli.run_cmd import warn
-
-        fresh = runner.load(model, overrides=self.overrides, warn=warn)
-        self.runner.close()
-        self.runner = fresh
-        self.loads_reported = False
 
     # -- turns --------------------------------------------------------------------------------
 
@@ -199,7 +185,7 @@ class ChatSession:
         from localrun.cli.run_cmd import print_stats
 
         self.messages.append({"role": "user", "content": text})
-        reply = None
+        reply: Answer | None = None
         out: Any = sys.stdout
         if self.wordwrap and sys.stdout.isatty():
             import shutil
@@ -208,7 +194,7 @@ class ChatSession:
 
             out = WordWrap(sys.stdout, shutil.get_terminal_size().columns - 1)
         try:
-            reply = self.runner.chat(
+            reply = self.session.chat(
                 self.messages,
                 system=self.system,
                 options=dict(self.overrides),
@@ -231,10 +217,11 @@ class ChatSession:
         sys.stdout.write("\n\n" if answer and not answer.endswith("\n") else "\n")
         sys.stdout.flush()
         self.messages.append({"role": "assistant", "content": answer})
-        if self.verbose and reply is not None:
-            # The load counts once, in the first answer after it (as in Ollama).
-            print_stats(reply, self.runner, load_s=0.0 if self.loads_reported else None)
-        self.loads_reported = True
+        if reply is not None:
+            # Asked every turn: a load counts once, in the first answer after it (as in Ollama).
+            load_s = self.session.load_s(reply)
+            if self.verbose:
+                print_stats(reply, self.session, load_s=load_s)
 
 
 def _history_file() -> Path:
@@ -272,7 +259,7 @@ def _read_message(first: str) -> str | None:
 
 
 def chat_loop(
-    opened: Any,
+    opened: Session,
     *,
     system: str | None,
     format: str | None,
@@ -322,4 +309,4 @@ def chat_loop(
         if readline is not None:
             with contextlib.suppress(OSError):
                 readline.write_history_file(_history_file())
-        session.runner.close()
+        session.session.close()

@@ -1,16 +1,23 @@
-"""`localrun run MODEL [PROMPT]`: one-shot answers, batch prompts, or a terminal chat."""
+"""`localrun run MODEL [PROMPT]`: one-shot answers, batch prompts, or a terminal chat.
+
+The model is reached through a Session (cli/session.py): the running server's, or one loaded in
+this process when no server answers.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from localrun.cli.main import app
 from localrun.errors import InvalidParameterError
+
+if TYPE_CHECKING:
+    from localrun.cli.session import Answer, Session
 
 STDIN_LIMIT = 64 * 1024 * 1024
 
@@ -38,7 +45,10 @@ def run(
         False, "--nowordwrap", help="In the chat, do not wrap words at the terminal's edge."
     ),
 ) -> None:
-    """Run a model: answer PROMPT, answer a --batch file, or chat in the terminal."""
+    """Run a model: answer PROMPT, answer a --batch file, or chat in the terminal.
+
+    With a server up at LOCALRUN_HOST the model runs there, and stays loaded; else in-process.
+    """
     from localrun import params as params_mod
 
     started = time.perf_counter()
@@ -65,7 +75,9 @@ def run(
     if piped:
         text = f"{text}\n\n{piped}" if text else piped
 
-    opened = open_model(model, overrides)
+    from localrun.cli.session import open_session
+
+    opened = open_session(model, overrides)
     if batch is not None:
         from localrun.cli.batch import run_batch
 
@@ -90,29 +102,8 @@ def run(
     )
 
 
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def open_model(name: str, overrides: dict[str, Any]) -> Any:
-    """Find (importing from the catalog if needed) and load a model; returns a Runner."""
-    from localrun import catalog, runner
-    from localrun import model as model_mod
-    from localrun.cli.output import CreateProgress
-    from localrun.cli.store_cmds import open_store
-
-    store = open_store()
-    progress = CreateProgress()
-    try:
-        found, manifest = catalog.find(store, name, progress)
-    finally:
-        progress.close()
-    m = model_mod.load(store, found, manifest)
-    return runner.load(m, overrides=overrides, warn=warn)
-
-
 def one_shot(
-    opened: Any,
+    opened: Session,
     text: str,
     *,
     system: str | None,
@@ -146,13 +137,13 @@ def _duration(seconds: float) -> str:
 
 
 def print_stats(
-    reply: Any, opened: Any, total: float | None = None, load_s: float | None = None
+    reply: Answer, opened: Session, total: float | None = None, load_s: float | None = None
 ) -> None:
     """Timings on stderr, in Ollama's --verbose layout."""
     t = reply.timings
     lines = [
         ("total duration", _duration(total if total is not None else t.total_s)),
-        ("load duration", _duration(opened.load_s if load_s is None else load_s)),
+        ("load duration", _duration(opened.load_s(reply) if load_s is None else load_s)),
         ("prompt eval count", f"{t.prompt_tokens} token(s)"),
         ("prompt cache hit", f"{t.cached_tokens} token(s)"),
         ("prompt eval duration", _duration(t.prompt_s)),
