@@ -80,7 +80,12 @@ def parse_duration(value: str | float | int | None) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 5m, 30s or -1, got {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer with hundreds of digits: as good as forever
+            seconds = math.inf if value > 0 else -math.inf
+    elif not isinstance(value, str):
+        raise ValueError(f"expected a duration such as 5m, 30s or -1, got {type(value).__name__}")
     else:
         text = value.strip().lower()
         if re.fullmatch(r"[+-]?\d+(\.\d+)?", text):

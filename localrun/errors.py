@@ -67,6 +67,13 @@ class LocalrunError(Exception):
             out["hint"] = self.hint
         return out
 
+    def copy(self) -> LocalrunError:
+        """A fresh instance of this error, for each request that shares it (one traceback each)."""
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.args = self.args
+        return clone
+
     @staticmethod
     def from_dict(data: dict[str, str]) -> LocalrunError:
         """Rebuild the typed error from its wire form (unknown codes become LocalrunError)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -74,10 +75,47 @@ def grammar_for(format: Format) -> str | None:
     raise BadRequestError(f"unknown format {format!r}", hint='use "json" or a JSON schema object')
 
 
+# llama.cpp parses a grammar recursively, one level per nested group; a schema bound such as
+# `"maxLength": 30000` becomes 30000 nested groups and overflows its stack (SIGSEGV), and past
+# about 1500 the grammar no longer compiles. Bounds are capped before the grammar is built.
+MAX_SCHEMA_BOUND = 1000
+_BOUNDS = (
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "minContains",
+    "maxContains",
+)
+
+
+def _check_bounds(node: Any, depth: int = 0) -> None:
+    if depth > 64:
+        raise BadRequestError(
+            "the JSON schema nests more than 64 levels", hint="flatten the schema"
+        )
+    if isinstance(node, dict):
+        for key, value in node.items():
+            big = isinstance(value, int | float) and not isinstance(value, bool)
+            if key in _BOUNDS and big and value > MAX_SCHEMA_BOUND:
+                raise BadRequestError(
+                    f"the JSON schema's {key} of {value} is more than a grammar can enforce "
+                    f"(at most {MAX_SCHEMA_BOUND})",
+                    hint=f"drop {key} or lower it to {MAX_SCHEMA_BOUND} or less",
+                )
+            _check_bounds(value, depth + 1)
+    elif isinstance(node, list):
+        for item in node:
+            _check_bounds(item, depth + 1)
+
+
 def schema_grammar(schema: dict[str, Any]) -> str:
-    """A GBNF grammar for the JSON values a JSON schema accepts."""
+    """A GBNF grammar for the JSON values a JSON schema accepts (BadRequestError if none)."""
     from localrun.engine.llama import json_schema_grammar
 
+    _check_bounds(schema)
     try:
         return json_schema_grammar(json.dumps(schema))
     except Exception as exc:  # the converter raises anything from KeyError to assert
@@ -306,6 +344,14 @@ def _until_stop(generation: Generation, stops: tuple[str, ...], reply: Reply) ->
         generation.close()
 
 
+def damaged(model: Model, exc: InvalidGGUFError, what: str = "a file") -> CorruptBlobError:
+    """The error for a stored file of `model` that is no longer valid GGUF (a damaged blob)."""
+    return CorruptBlobError(
+        f"{what} of {model.name} is damaged ({exc.message})",
+        hint="run `localrun verify`, then remove and recreate or pull the model",
+    )
+
+
 @dataclass
 class Fit:
     """How a model would be loaded: its header, context size, offload plan and warnings."""
@@ -316,23 +362,22 @@ class Fit:
     warnings: list[str]
 
 
-def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1) -> Fit:
+def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1, gpu: bool = True) -> Fit:
     """Decide num_ctx and the GPU offload for `model` without loading it (`show --fit` too).
 
     num_ctx is per sequence; the KV cache is sized for `slots` of them (the server's runner).
+    `gpu` False plans for the CPU alone without asking llama.cpp what it can offload or probing
+    for GPUs: for an engine that never uses one (the scripted fake), whose runner then starts
+    without importing llama_cpp.
     """
     from localrun import gguf, system
-    from localrun.engine.buildinfo import build_info
 
     try:
         headers = [gguf.scan(path) for path in (model.model_parts or [model.model_path])]
         # The planner sizes layers from every part's tensors (scan results are shared: copy).
         header = dataclasses.replace(headers[0], tensors=[t for h in headers for t in h.tensors])
     except InvalidGGUFError as exc:
-        raise CorruptBlobError(
-            f"the model file of {model.name} is damaged ({exc.message})",
-            hint="run `localrun verify`, then remove and recreate or pull the model",
-        ) from None
+        raise damaged(model, exc, "the model file") from None
     num_ctx = system.default_num_ctx(parameters, header)
     warnings = []
     trained = header.arch_value("context_length")
@@ -342,17 +387,24 @@ def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1) -> Fit
             "answers past that point may degrade"
         )
     requested = parameters.get("num_gpu")
-    build = build_info()
-    gpus = system.usable_gpus(system.detect().gpus, build.backends) if build.gpu_offload else []
+    offload, gpus = False, []
+    if gpu:
+        from localrun.engine.buildinfo import build_info
+
+        build = build_info()
+        offload = build.gpu_offload
+        gpus = system.usable_gpus(system.detect().gpus, build.backends) if offload else []
     plan = system.plan_offload(
         header,
         num_ctx,
         requested=None if requested in (None, -1) else requested,
         gpus=gpus,
-        gpu_offload_supported=build.gpu_offload,
+        gpu_offload_supported=offload,
         num_parallel=slots,
         num_batch=parameters.get("num_batch", system.DEFAULT_NUM_BATCH),
     )
+    if not gpu:
+        plan.reason = "this engine runs on the CPU only"
     return Fit(header, num_ctx, plan, warnings + list(plan.warnings))
 
 
@@ -377,7 +429,10 @@ def resolve_load_options(
     return LoadOptions(
         num_ctx=fit.num_ctx,
         num_batch=parameters.get("num_batch", system.DEFAULT_NUM_BATCH),
-        num_thread=parameters.get("num_thread") or system.default_threads(),
+        # More threads than cores only slows llama.cpp down (and 4096 of them stall a machine).
+        num_thread=min(
+            parameters.get("num_thread") or system.default_threads(), os.cpu_count() or 1
+        ),
         num_gpu=fit.plan.n_gpu_layers,
         main_gpu=parameters.get("main_gpu", 0),
         use_mmap=parameters.get("use_mmap", True),
@@ -404,10 +459,7 @@ def load(
     try:
         engine = backend.load(str(model.model_path), options)
     except InvalidGGUFError as exc:
-        raise CorruptBlobError(
-            f"a file of {model.name} is damaged ({exc.message})",
-            hint="run `localrun verify`, then remove and recreate or pull the model",
-        ) from None
+        raise damaged(model, exc) from None
     template = model.template or engine.chat_template
     return Runner(
         model=model,

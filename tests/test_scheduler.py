@@ -235,6 +235,39 @@ def test_a_full_queue_refuses_at_once_and_aclose_frees_the_slot(models: Store) -
     run(main())
 
 
+def test_a_freed_slot_goes_to_the_oldest_waiting_request(models: Store) -> None:
+    async def main() -> None:
+        async with fake(models, SLOW, num_parallel=1) as sched:
+            holder = await sched.chat("a", messages=HI)
+            await first_piece(holder)
+            served: list[str] = []
+
+            async def ask(label: str, after: int = 0) -> None:
+                await until(lambda: sched.waiting == after)
+                stream = await sched.chat("a", messages=HI, options={"num_predict": 2})
+                served.append(label)
+                assert await text(stream) == "ab"
+
+            async def free_the_holder() -> None:
+                await until(lambda: sched.waiting == 3)
+                await holder.aclose()
+
+            # In line: "first", then this test's load(), then "second".
+            first = asyncio.ensure_future(ask("first"))
+            await until(lambda: sched.waiting == 1)
+            second = asyncio.ensure_future(ask("second", after=2))
+            closer = asyncio.ensure_future(free_the_holder())
+            await sched.load("a")
+            # load() freed its slot as it returned: it is already "second"'s, so nothing
+            # arriving from now on can take it.
+            assert sched.waiting == 0 and sched.running()[0].busy == 1
+            late = asyncio.ensure_future(ask("late"))
+            await asyncio.gather(first, second, closer, late)
+            assert served == ["first", "second", "late"]
+
+    run(main())
+
+
 def test_a_dropped_stream_releases_its_slot(models: Store) -> None:
     async def main() -> None:
         async with fake(models, SLOW, num_parallel=1) as sched:

@@ -93,7 +93,7 @@ def test_queue_full_is_503_with_retry_after(live: LiveServer) -> None:
             "2 slots",
         )
         queued = pool.submit(read_stream, url, chat_body("a"))
-        live.wait_for(lambda: live.scheduler._queued == 1, "a queued request")
+        live.wait_for(lambda: live.scheduler.waiting == 1, "a queued request")
 
         refused = httpx.post(url, json=chat_body("a"), timeout=10)
         assert refused.status_code == 503

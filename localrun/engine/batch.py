@@ -25,7 +25,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import llama_cpp as lc
 
@@ -36,25 +36,8 @@ from localrun.engine.llama import (
     overflow_error,
     sampler_chain,
 )
-from localrun.engine.types import LoadOptions, SamplingOptions, Timings
+from localrun.engine.types import LoadOptions, SamplingOptions, Sink, Timings
 from localrun.errors import EngineError, InvalidParameterError, LocalrunError
-
-
-class Sink(Protocol):
-    """Receives one request's output, on the engine's thread: it must return quickly.
-
-    A sink whose piece() raises is taken to have no reader left: its request is cancelled.
-    """
-
-    def piece(self, text: str) -> None: ...
-
-    def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
-        """The end: reason is "stop", "length" or "cancelled"."""
-        ...
-
-    def error(self, exc: LocalrunError) -> None:
-        """The request failed (instead of done)."""
-        ...
 
 
 class Ticket:
@@ -534,7 +517,7 @@ class BatchEngine:
         self._embed_n_ctx = int(lc.llama_n_ctx(ctx))
         if self._embed_pooled:
             if lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_RANK:
-                lc.llama_free(ctx)
+                weights.free(ctx)
                 raise EngineError(
                     f"{weights.path} is a reranking model: it scores pairs of texts and makes no "
                     "embeddings"
@@ -546,103 +529,59 @@ class BatchEngine:
         self._embed_ctx = ctx
         return ctx
 
-    def _embed_decode(self, ctx: Any, batch: Any, n: int) -> None:
-        batch.n_tokens = n
-        rc = lc.llama_decode(ctx, batch)
-        if rc != 0:
-            memory = lc.llama_get_memory(ctx)
-            if memory:
-                lc.llama_memory_clear(memory, True)
-            raise EngineError(f"llama.cpp failed to compute embeddings (code {rc})")
-
     def _embed_pooled_batches(self, ctx: Any, inputs: list[list[int]], out: Any) -> None:
         """Whole texts per decode, llama.cpp pooling each sequence the model's way."""
         import numpy as np
 
-        n_batch = int(lc.llama_n_batch(ctx))
-        n_seq = int(lc.llama_n_seq_max(ctx))
         n_embd = out.shape[1]
-        memory = lc.llama_get_memory(ctx)
-        batch = lc.llama_batch_init(n_batch, 0, 1)
-        tokens, pos, n_seq_id, seq_ids, logits = (
-            batch.token,
-            batch.pos,
-            batch.n_seq_id,
-            batch.seq_id,
-            batch.logits,
-        )
-        try:
+        with _EmbedBatch(ctx) as batch:
             index = 0
             while index < len(inputs):
                 group: list[int] = []
-                n = 0
                 while (
-                    index < len(inputs) and len(group) < n_seq and n + len(inputs[index]) <= n_batch
+                    index < len(inputs)
+                    and len(group) < batch.n_seq
+                    and batch.n + len(inputs[index]) <= batch.size
                 ):
-                    for p, token in enumerate(inputs[index]):
-                        tokens[n] = token
-                        pos[n] = p
-                        n_seq_id[n] = 1
-                        seq_ids[n][0] = len(group)
-                        logits[n] = 1
-                        n += 1
+                    batch.add(inputs[index], 0, len(inputs[index]), len(group))
                     group.append(index)
                     index += 1
-                self._embed_decode(ctx, batch, n)
+                batch.decode()
                 for seq, text_index in enumerate(group):
                     row = lc.llama_get_embeddings_seq(ctx, seq)
                     if not row:
                         raise EngineError("llama.cpp returned no embeddings for this model")
                     out[text_index] = np.ctypeslib.as_array(row, shape=(n_embd,))
-                if memory:
-                    lc.llama_memory_clear(memory, True)
-        finally:
-            lc.llama_batch_free(batch)
+                if batch.memory:
+                    lc.llama_memory_clear(batch.memory, True)
 
     def _embed_token_batches(self, ctx: Any, inputs: list[list[int]], out: Any) -> None:
         """Texts as separate sequences, decoded in chunks; sums the hidden state of each token."""
         import numpy as np
 
-        n_batch = int(lc.llama_n_batch(ctx))
-        n_seq = int(lc.llama_n_seq_max(ctx))
         n_embd = out.shape[1]
-        memory = lc.llama_get_memory(ctx)
-        lc.llama_memory_clear(memory, True)
-        batch = lc.llama_batch_init(n_batch, 0, 1)
-        tokens, pos, n_seq_id, seq_ids, logits = (
-            batch.token,
-            batch.pos,
-            batch.n_seq_id,
-            batch.seq_id,
-            batch.logits,
-        )
-        try:
+        with _EmbedBatch(ctx) as batch:
+            memory = batch.memory
+            lc.llama_memory_clear(memory, True)
             waiting = collections.deque(range(len(inputs)))
             reading: list[list[int]] = []  # [text index, sequence, tokens read]
-            free = list(range(n_seq))
+            free = list(range(batch.n_seq))
             held = 0  # KV cells taken by the texts being read
             while waiting or reading:
                 while waiting and free and held + len(inputs[waiting[0]]) <= self._embed_n_ctx:
                     text_index = waiting.popleft()
                     reading.append([text_index, free.pop(), 0])
                     held += len(inputs[text_index])
-                n = 0
                 spans: list[tuple[list[int], int, int]] = []
                 for entry in reading:
                     text_index, seq, done = entry
                     ids = inputs[text_index]
-                    take = min(len(ids) - done, n_batch - n)
+                    take = min(len(ids) - done, batch.size - batch.n)
                     if take <= 0:
                         break
-                    for p in range(done, done + take):
-                        tokens[n] = ids[p]
-                        pos[n] = p
-                        n_seq_id[n] = 1
-                        seq_ids[n][0] = seq
-                        logits[n] = 1
-                        n += 1
-                    spans.append((entry, n - take, take))
-                self._embed_decode(ctx, batch, n)
+                    spans.append((entry, batch.n, take))
+                    batch.add(ids, done, done + take, seq)
+                n = batch.decode()
                 states = np.ctypeslib.as_array(lc.llama_get_embeddings(ctx), shape=(n, n_embd))
                 for entry, first, take in spans:
                     text_index, seq, done = entry
@@ -654,8 +593,6 @@ class BatchEngine:
                         reading.remove(entry)
                         free.append(seq)
                         held -= len(inputs[text_index])
-        finally:
-            lc.llama_batch_free(batch)
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -676,17 +613,55 @@ class BatchEngine:
             if self._released:
                 return
             self._released = True
-            if self._embed_ctx:
-                lc.llama_free(self._embed_ctx)
-                self._embed_ctx = None
             if self._batch is not None:
                 lc.llama_batch_free(self._batch)
                 self._batch = None
-            if self._ctx:
-                lc.llama_free(self._ctx)
-                self._ctx = None
-            self._weights.close()
+            self._ctx = self._embed_ctx = None
+            self._weights.close()  # both contexts first
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+class _EmbedBatch:
+    """A llama_batch for the embedding context: tokens of several sequences, each an output."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.size = int(lc.llama_n_batch(ctx))
+        self.n_seq = int(lc.llama_n_seq_max(ctx))
+        self.memory = lc.llama_get_memory(ctx)
+        self.n = 0  # tokens added since the last decode
+        self._batch = lc.llama_batch_init(self.size, 0, 1)
+
+    def __enter__(self) -> _EmbedBatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        lc.llama_batch_free(self._batch)
+
+    def add(self, ids: Sequence[int], start: int, stop: int, seq: int) -> None:
+        """Tokens ids[start:stop], at those positions of sequence `seq`."""
+        b = self._batch
+        tokens, pos, n_seq_id, seq_ids, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        n = self.n
+        for p in range(start, stop):
+            tokens[n] = ids[p]
+            pos[n] = p
+            n_seq_id[n] = 1
+            seq_ids[n][0] = seq
+            logits[n] = 1
+            n += 1
+        self.n = n
+
+    def decode(self) -> int:
+        """Decode what was added; returns how many tokens that was."""
+        n, self.n = self.n, 0
+        self._batch.n_tokens = n
+        rc = lc.llama_decode(self.ctx, self._batch)
+        if rc != 0:
+            if self.memory:
+                lc.llama_memory_clear(self.memory, True)
+            raise EngineError(f"llama.cpp failed to compute embeddings (code {rc})")
+        return n

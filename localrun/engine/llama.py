@@ -24,7 +24,7 @@ import llama_cpp as lc
 
 from localrun import config, gguf
 from localrun.engine.types import Generation, LoadOptions, SamplingOptions
-from localrun.errors import ContextOverflowError, EngineError, ModelLoadError
+from localrun.errors import BadRequestError, ContextOverflowError, EngineError, ModelLoadError
 
 _init_lock = threading.Lock()
 _initialised = False
@@ -68,7 +68,8 @@ class Weights:
     """A llama.cpp model in memory (weights, vocabulary, LoRA adapters) that contexts are made from.
 
     Shared by LlamaModel (one sequence) and batch.BatchEngine (many); both call `context` for
-    theirs, and the adapters are applied to every context made.
+    theirs, and the adapters are applied to every context made. The contexts belong to the
+    weights: `close` frees them before the model, the order llama.cpp needs.
     """
 
     def __init__(self, path: str, options: LoadOptions) -> None:
@@ -80,6 +81,7 @@ class Weights:
         self.header = header
         self.model: Any = None
         self.adapters: list[Any] = []
+        self._contexts: list[Any] = []
         self.scales = [scale for _, scale in options.adapters]
         _log_tail.clear()
         mparams = lc.llama_model_default_params()
@@ -132,7 +134,7 @@ class Weights:
         return cparams
 
     def context(self, cparams: Any) -> Any:
-        """A new llama.cpp context with the adapters applied; the caller frees it."""
+        """A new llama.cpp context with the adapters applied; `free` or `close` frees it."""
         ctx = lc.llama_init_from_model(self.model, cparams)
         if not ctx:
             raise ModelLoadError(
@@ -148,7 +150,13 @@ class Weights:
                 raise ModelLoadError(
                     f"llama.cpp could not apply the LoRA adapters: {_last_error()}"
                 )
+        self._contexts.append(ctx)
         return ctx
+
+    def free(self, ctx: Any) -> None:
+        """Free a context made by `context` before the weights are closed."""
+        self._contexts.remove(ctx)
+        lc.llama_free(ctx)
 
     def _special_text(self, token: int) -> str:
         if token < 0:
@@ -192,6 +200,9 @@ class Weights:
         return self._piece.raw[:n]
 
     def close(self) -> None:
+        """Free the contexts made from these weights, then the weights."""
+        while self._contexts:
+            lc.llama_free(self._contexts.pop())
         if self.model:
             lc.llama_model_free(self.model)  # frees its LoRA adapters too
             self.model = None
@@ -355,10 +366,8 @@ class LlamaModel:
         return list(row[: self.n_vocab])
 
     def close(self) -> None:
-        if self._ctx:
-            lc.llama_free(self._ctx)
-            self._ctx = None
-        self._weights.close()
+        self._ctx = None
+        self._weights.close()  # its context first
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -380,7 +389,8 @@ def sampler_chain(s: SamplingOptions, n_vocab: int, n_ctx: int) -> Any:
     params.no_perf = True
     chain = lc.llama_sampler_chain_init(params)
     add = lc.llama_sampler_chain_add
-    last_n = n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
+    # The penalty sampler allocates its window up front: never more than the context.
+    last_n = n_ctx if s.repeat_last_n < 0 else min(s.repeat_last_n, n_ctx)
     if last_n and (
         s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
     ):
@@ -425,7 +435,11 @@ def grammar_sampler(vocab: Any, text: str) -> Any:
     """A native GBNF grammar sampler (root rule `root`); the caller frees it."""
     grammar = lc.llama_sampler_init_grammar(vocab, text.encode(), b"root")
     if not grammar:
-        raise EngineError("the output grammar could not be compiled")
+        # The grammar comes from the request (format, response_format, tools): a client error.
+        raise BadRequestError(
+            "the output grammar could not be compiled",
+            hint="simplify the JSON schema or the grammar",
+        )
     return grammar
 
 

@@ -1,4 +1,4 @@
-"""What the layers above see of an inference engine: options, timings and the two protocols.
+"""What the layers above see of an inference engine: options, timings and the protocols.
 
 No llama_cpp here: the CLI, the runner and (later) the scheduler import this module, and tests
 of those layers swap in `engine.fake`.
@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
+
+from localrun.errors import LocalrunError
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,23 @@ class LoadedModel(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Receives one request's output from a batch engine, on its thread: it must return quickly.
+
+    A sink whose piece() raises is taken to have no reader left: its request is cancelled.
+    """
+
+    def piece(self, text: str) -> None: ...
+
+    def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
+        """The end: reason is "stop", "length" or "cancelled"."""
+        ...
+
+    def error(self, exc: LocalrunError) -> None:
+        """The request failed (instead of done)."""
+        ...
 
 
 class Backend(Protocol):

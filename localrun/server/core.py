@@ -84,6 +84,14 @@ async def read_json(request: Request) -> dict[str, Any]:
         raise BadRequestError("the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequestError("the request body must be a JSON object")
+    try:
+        # JSON may spell lone UTF-16 surrogates ("\ud800"), which no UTF-8 text can hold: refuse
+        # them here rather than fail later when the request is passed on.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequestError(
+            "the request body holds text that is not valid Unicode (a lone surrogate)"
+        ) from None
     return data
 
 
@@ -391,6 +399,10 @@ class EmbedResult:
     total_s: float
 
 
+# OpenAI's own limit; it also bounds one answer's size and how long a request holds its slot.
+MAX_EMBED_INPUTS = 2048
+
+
 async def embed(
     request: Request,
     model: str,
@@ -405,6 +417,11 @@ async def embed(
     started = time.perf_counter()
     if dimensions is not None and dimensions < 1:
         raise BadRequestError("dimensions must be at least 1")
+    if len(inputs) > MAX_EMBED_INPUTS:
+        raise BadRequestError(
+            f"{len(inputs)} inputs in one request; the most is {MAX_EMBED_INPUTS}",
+            hint="send the inputs in several requests",
+        )
     if not inputs:  # Ollama: no input loads the model
         await scheduler.load(model, options=options, keep_alive=keep_alive)
         return EmbedResult([], 0, 0.0, time.perf_counter() - started)

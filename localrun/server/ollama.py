@@ -116,6 +116,27 @@ async def _load_or_unload(
     return JSONResponse(out)
 
 
+async def _answer(
+    request: Request, body: Body, generation: Generation, shape: Frame, last: Frame | None = None
+) -> Response:
+    """NDJSON lines, `shape(piece)` each, then the final object (`last` shapes it, once the
+    answer is complete); with "stream": false only the final object, holding the whole text."""
+
+    def final(text: str = "") -> dict[str, Any]:
+        return {
+            **(last or shape)(text),
+            "done": True,
+            "done_reason": generation.done_reason,
+            **generation.ollama_timings(),
+        }
+
+    if body.flag("stream", True):
+        frame = lambda piece: {**shape(piece), "done": False}  # noqa: E731
+        return ndjson(stream_lines(generation, frame, final))
+    text = await core.until_disconnect(request, generation.collect)
+    return JSONResponse(final(text))
+
+
 async def generate(request: Request) -> Response:
     body = Body(await core.read_json(request))
     model = body.model()
@@ -138,20 +159,7 @@ async def generate(request: Request) -> Response:
         keep_alive=body.keep_alive(),
     )
     generation = await core.start(request, req)
-
-    def final() -> dict[str, Any]:
-        return {
-            **shape(""),
-            "done": True,
-            "done_reason": generation.done_reason,
-            **generation.ollama_timings(),
-        }
-
-    if body.flag("stream", True):
-        frame = lambda piece: {**shape(piece), "done": False}  # noqa: E731
-        return ndjson(stream_lines(generation, frame, final))
-    text = await core.until_disconnect(request, generation.collect)
-    return JSONResponse({**final(), "response": text})
+    return await _answer(request, body, generation, shape)
 
 
 def tool_calls_ollama(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
@@ -189,23 +197,14 @@ async def chat(request: Request) -> Response:
     )
     generation = await core.start(request, req)
 
-    def final(text: str = "") -> dict[str, Any]:
+    def with_calls(text: str) -> dict[str, Any]:
         out = shape(text)
         calls = tool_calls_ollama(generation.tool_calls)
         if calls:
             out["message"]["tool_calls"] = calls
-        return {
-            **out,
-            "done": True,
-            "done_reason": generation.done_reason,
-            **generation.ollama_timings(),
-        }
+        return out
 
-    if body.flag("stream", True):
-        frame = lambda piece: {**shape(piece), "done": False}  # noqa: E731
-        return ndjson(stream_lines(generation, frame, final))
-    text = await core.until_disconnect(request, generation.collect)
-    return JSONResponse(final(text))
+    return await _answer(request, body, generation, shape, last=with_calls)
 
 
 # -- embeddings -------------------------------------------------------------------------------

@@ -136,6 +136,38 @@ def _tool_calls(generation: Generation) -> list[dict[str, Any]] | None:
     ]
 
 
+def _head(prefix: str, model: str) -> dict[str, Any]:
+    """The fields that every object of one answer repeats."""
+    return {
+        "id": f"{prefix}-{secrets.token_hex(12)}",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "localrun",
+    }
+
+
+def _stream(
+    body: Body,
+    generation: Generation,
+    head: dict[str, Any],
+    kind: str,
+    piece_choice: Callable[[str, bool], dict[str, Any]],
+    last_choices: Callable[[], list[dict[str, Any]]],
+) -> StreamingResponse:
+    """The answer as server-sent chunks of object `kind` (`stream_options.include_usage`: with
+    `"usage": null` in each and a last chunk holding the usage)."""
+    include_usage = _include_usage(body)
+
+    def chunk(fields: dict[str, Any]) -> dict[str, Any]:
+        out = {**head, "object": kind, **fields}
+        if include_usage and "usage" not in out:
+            out["usage"] = None
+        return out
+
+    events = _stream_events(generation, chunk, piece_choice, last_choices, include_usage)
+    return _event_stream(events)
+
+
 async def _stream_events(
     generation: Generation,
     chunk: Callable[[dict[str, Any]], dict[str, Any]],
@@ -183,12 +215,7 @@ async def chat_completions(request: Request) -> Response:
         tool_choice=body.data.get("tool_choice"),
     )
     generation = await core.start(request, req)
-    base = {
-        "id": f"chatcmpl-{secrets.token_hex(12)}",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": "localrun",
-    }
+    base = _head("chatcmpl", model)
     if not body.flag("stream", False):
         text = await core.until_disconnect(request, generation.collect)
         calls = _tool_calls(generation)
@@ -199,13 +226,6 @@ async def chat_completions(request: Request) -> Response:
         return JSONResponse(
             {**base, "object": "chat.completion", "choices": [choice], "usage": _usage(generation)}
         )
-    include_usage = _include_usage(body)
-
-    def chunk(fields: dict[str, Any]) -> dict[str, Any]:
-        out = {**base, "object": "chat.completion.chunk", **fields}
-        if include_usage and "usage" not in out:
-            out["usage"] = None
-        return out
 
     def piece_choice(piece: str, first: bool) -> dict[str, Any]:
         delta = {"role": "assistant", "content": piece} if first else {"content": piece}
@@ -221,8 +241,7 @@ async def chat_completions(request: Request) -> Response:
         out.append({"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason})
         return out
 
-    events = _stream_events(generation, chunk, piece_choice, last_choices, include_usage)
-    return _event_stream(events)
+    return _stream(body, generation, base, "chat.completion.chunk", piece_choice, last_choices)
 
 
 async def completions(request: Request) -> Response:
@@ -237,12 +256,7 @@ async def completions(request: Request) -> Response:
         raise BadRequestError("suffix (fill-in-the-middle) is not supported")
     req = GenRequest(model, prompt=prompt, options=_options(body), format=_format(body))
     generation = await core.start(request, req)
-    base = {
-        "id": f"cmpl-{secrets.token_hex(12)}",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": "localrun",
-    }
+    base = _head("cmpl", model)
 
     def choice(text: str, reason: str | None) -> dict[str, Any]:
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
@@ -257,22 +271,14 @@ async def completions(request: Request) -> Response:
                 "usage": _usage(generation),
             }
         )
-    include_usage = _include_usage(body)
-
-    def chunk(fields: dict[str, Any]) -> dict[str, Any]:
-        out = {**base, "object": "text_completion", **fields}
-        if include_usage and "usage" not in out:
-            out["usage"] = None
-        return out
-
-    events = _stream_events(
+    return _stream(
+        body,
         generation,
-        chunk,
+        base,
+        "text_completion",
         lambda piece, first: choice(piece, None),
         lambda: [choice("", _finish_reason(generation))],
-        include_usage,
     )
-    return _event_stream(events)
 
 
 def _base64(vector: list[float]) -> str:

@@ -166,8 +166,9 @@ class Guard:
             if not started:
                 await self._error(exc, path, cors)(scope, receive, send)
         except Exception as exc:  # a bug: one 500, logged, and the server stays up
+            error = unexpected(exc, path)  # logs it, also when the answer has started
             if not started:
-                await self._error(unexpected(exc, path), path, cors)(scope, receive, send)
+                await self._error(error, path, cors)(scope, receive, send)
 
     def _limited(self, headers: Headers, receive: Receive) -> Receive:
         limit = self.max_bytes

@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 from localrun import names, runner
 from localrun import params as params_mod
-from localrun.engine.types import LoadOptions, SamplingOptions
-from localrun.errors import BadRequestError, CorruptBlobError, InvalidGGUFError, LocalrunError
+from localrun.engine.types import LoadOptions, SamplingOptions, Sink
+from localrun.errors import BadRequestError, InvalidGGUFError
 from localrun.model import load as load_model
 from localrun.store import Store
 from localrun.worker import protocol
@@ -23,17 +23,7 @@ class Ticket(Protocol):
     def cancel(self) -> None: ...
 
 
-class Sink(Protocol):
-    """Receives one request's output on the engine thread."""
-
-    def piece(self, text: str) -> None: ...
-
-    def done(self, reason: str, timings: Any, tokens: list[int]) -> None: ...
-
-    def error(self, exc: LocalrunError) -> None: ...
-
-
-class Engine(Protocol):
+class Engine(runner.Tokenizer, Protocol):
     """What the worker uses of engine.batch.BatchEngine (and engine.fake.FakeBatchEngine)."""
 
     n_ctx: int
@@ -42,23 +32,13 @@ class Engine(Protocol):
     chat_template: str | None
     load_s: float
 
-    @property
-    def bos_text(self) -> str: ...
-
-    @property
-    def eos_text(self) -> str: ...
-
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
-
-    def token_ids(self, text: str) -> list[int]: ...
-
     def submit(
         self,
         prompt: Sequence[int],
         sampling: SamplingOptions,
         *,
         stop_tokens: frozenset[int],
-        sink: Any,
+        sink: Sink,
     ) -> Ticket: ...
 
     def embed(
@@ -117,17 +97,15 @@ def load(request: dict[str, Any]) -> Loaded:
         raise BadRequestError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     model = load_model(Store(Path(root)), names.parse(name))
     parameters = {**model.parameters, **params_mod.validate(options)}
-    fit = runner.plan_fit(model, parameters, slots=slots)
+    # The fake engine runs on the CPU: planning it so keeps llama_cpp out of its runner.
+    fit = runner.plan_fit(model, parameters, slots=slots, gpu=backend != "fake")
     notes: list[str] = []
     warnings: list[str] = []
     load_options = runner.resolve_load_options(model, parameters, notes, warnings.append, fit=fit)
     try:
         engine = _build(backend, str(model.model_path), load_options, slots, request)
     except InvalidGGUFError as exc:
-        raise CorruptBlobError(
-            f"a file of {model.name} is damaged ({exc.message})",
-            hint="run `localrun verify`, then remove and recreate or pull the model",
-        ) from None
+        raise runner.damaged(model, exc) from None
     template = model.template or engine.chat_template
     prompter = runner.Prompter(
         model, parameters, template, engine, runner.stop_tokens_for(template, engine)

@@ -1,0 +1,144 @@
+"""Hostile and malformed requests against the real server: each gets its 4xx, nothing crashes.
+
+The cases come from an audit of the first server version: wrong JSON types in keep_alive, lone
+surrogates, schemas whose grammar nests thousands of levels deep (they crashed llama.cpp's
+grammar parser), templates that loop forever, tool_choice without tools, and leaks of the
+store's location.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_server import LiveServer, add_model
+
+from localrun.scheduler import Scheduler
+from localrun.store import Store
+
+pytestmark = [pytest.mark.server, pytest.mark.model]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
+    store = Store(tmp_path_factory.mktemp("hardening") / "models")
+    add_model(store, "tiny", tiny_model)
+    loops = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}x"
+    add_model(store, "looping", tiny_model, f'TEMPLATE """{loops}"""')
+    macro = "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}"
+    add_model(store, "recursive", tiny_model, f'TEMPLATE """{macro}"""')
+    server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=8))
+    yield server
+    server.close()
+
+
+def post(live: LiveServer, path: str, body: Any) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(live.url + path, content=content, timeout=120)
+
+
+def chat(**extra: Any) -> dict[str, Any]:
+    return {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "the a"}],
+        "stream": False,
+        "options": {"num_predict": 3},
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("keep_alive", [[1], {"a": 1}, "soon", True])
+def test_keep_alive_of_the_wrong_type_is_400(live: LiveServer, keep_alive: Any) -> None:
+    answer = post(live, "/api/chat", chat(keep_alive=keep_alive))
+    assert answer.status_code == 400, answer.text
+    assert "keep_alive" in answer.json()["error"]
+
+
+def test_a_huge_keep_alive_means_forever(live: LiveServer) -> None:
+    answer = post(live, "/api/chat", chat(keep_alive=10**400))
+    assert answer.status_code == 200, answer.text
+    assert live.running()["tiny:latest"].expires_at == float("inf")
+    assert post(live, "/api/generate", {"model": "tiny", "keep_alive": 0}).status_code == 200
+
+
+def test_a_lone_surrogate_is_400(live: LiveServer) -> None:
+    raw = b'{"model": "tiny", "messages": [{"role": "user", "content": "\\ud800"}]}'
+    assert post(live, "/api/chat", raw).status_code == 400
+    assert post(live, "/v1/chat/completions", raw).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "maxLength": 30000},
+        {"type": "array", "items": {"type": "integer"}, "maxItems": 100000},
+    ],
+)
+def test_a_schema_too_deep_for_a_grammar_is_400_and_the_runner_lives(
+    live: LiveServer, schema: dict[str, Any]
+) -> None:
+    warm = post(live, "/api/chat", chat())
+    assert warm.status_code == 200
+    pid = live.running()["tiny:latest"].pid
+    answer = post(live, "/api/chat", chat(format=schema))
+    assert answer.status_code == 400, answer.text
+    openai_style = post(
+        live,
+        "/v1/chat/completions",
+        {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 2,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": schema},
+            },
+        },
+    )
+    assert openai_style.status_code == 400, openai_style.text
+    assert post(live, "/api/chat", chat()).status_code == 200
+    assert live.running()["tiny:latest"].pid == pid  # the same runner: it never crashed
+
+
+def test_a_huge_repeat_window_is_bounded(live: LiveServer) -> None:
+    answer = post(live, "/api/chat", chat(options={"num_predict": 2, "repeat_last_n": 2**31 - 1}))
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("model", ["looping", "recursive"])
+def test_templates_that_never_end_are_400(live: LiveServer, model: str) -> None:
+    answer = post(live, "/api/chat", chat(model=model))
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] == "template_error"
+
+
+def test_tool_choice_without_tools_is_400(live: LiveServer) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    for choice in ("required", "bogus", {"type": "function", "function": {"name": "nope"}}):
+        answer = post(live, "/v1/chat/completions", {**body, "tool_choice": choice})
+        assert answer.status_code == 400, (choice, answer.text)
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_show_does_not_reveal_where_the_store_is(live: LiveServer) -> None:
+    shown = post(live, "/api/show", {"model": "tiny"}).json()
+    assert str(live.store.root) not in json.dumps(shown)
+    assert "FROM sha256:" in shown["modelfile"]
+
+
+def test_one_letter_names_with_a_tag(live: LiveServer) -> None:
+    assert post(live, "/api/copy", {"source": "tiny", "destination": "q"}).status_code == 200
+    made = post(live, "/api/create", {"model": "y", "from": "q:latest", "stream": False})
+    assert made.status_code == 200, made.text
+    windows = post(live, "/api/create", {"model": "z", "from": "C:/models/x.gguf"})
+    assert windows.status_code == 400
+
+
+def test_too_many_embedding_inputs_is_400(live: LiveServer) -> None:
+    answer = post(live, "/api/embed", {"model": "tiny", "input": ["w"] * 5000})
+    assert answer.status_code == 400
+    assert "several requests" in answer.json()["hint"]
