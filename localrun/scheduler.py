@@ -15,8 +15,11 @@ requests at once, decoded in one batch. The scheduler, on the server's event loo
   use;
 - unloads a model `keep_alive` seconds after its last request ends (0: at once; inf: never) and
   reloads it, once idle, when a request asks for other load-time options or the model changed;
+- refuses, without touching the loaded runner, a context size whose KV cache cannot fit in the
+  memory budget (scaled from what the loaded runner measured);
 - fails every request on a runner that dies with RunnerDiedError, and starts a fresh runner
-  for the next request.
+  for the next request; a runner that ignores a cancel (or an unload) past CANCEL_WAIT_S is
+  wedged, and is killed so.
 
 The runner processes themselves (pipes, events, stderr, stopping and reaping) are handled by
 localrun.worker.process. A runner also exits when the server dies: its stdin reaches EOF.
@@ -51,6 +54,7 @@ from localrun.errors import (
 )
 from localrun.runner import LOAD_PARAMS
 from localrun.store import Store
+from localrun.worker import process as runner_process
 from localrun.worker import protocol
 from localrun.worker.process import Event, Item, RunnerProcess, Stream, exit_text
 
@@ -288,10 +292,22 @@ class Scheduler:
         started = time.monotonic()
         opts = params_mod.validate(options or {})
         runner, load_s = await self._admit(name, opts, keep_alive)
-        _, queue = await self._submit(
+        rid, queue = await self._submit(
             runner, lambda rid: protocol.embed_request(rid, inputs, truncate=truncate)
         )
-        item = await queue.get()
+        vectors: list[list[float]] = []
+        try:
+            # The vectors come a group at a time, the rest with the final event.
+            while True:
+                item = await queue.get()
+                if isinstance(item, LocalrunError) or item.get("event") != protocol.VECTORS:
+                    break
+                vectors += item.get("embeddings") or []
+        except asyncio.CancelledError:
+            # The client went away: the runner stops between groups; its final event, read
+            # by nobody, frees the slot.
+            runner.process.cancel(rid)
+            raise
         if isinstance(item, LocalrunError):
             raise item
         if item.get("event") == protocol.ERROR:
@@ -300,8 +316,9 @@ class Scheduler:
             raise ServerError(
                 f"the runner answered an embedding request with {item.get('event')!r}"
             )
+        vectors += item.get("embeddings") or []
         return Embeddings(
-            vectors=item.get("embeddings") or [],
+            vectors=vectors,
             prompt_tokens=int(item.get("prompt_tokens") or 0),
             load_s=load_s,
             total_s=time.monotonic() - started,
@@ -324,7 +341,11 @@ class Scheduler:
         return shown
 
     async def unload(self, name: str) -> bool:
-        """Unload a model once its current requests end; False if it was not loaded."""
+        """Unload a model, cancelling its requests; False if it was not loaded.
+
+        A runner still busy CANCEL_WAIT_S after its requests were cancelled is wedged: it is
+        killed. Returns once the model's runners have exited.
+        """
         key = self._canonical(name)
         found = [r for r in self._runners if r.name == key]
         for runner in found:
@@ -332,10 +353,20 @@ class Scheduler:
             runner.keep_alive = 0.0
             if runner.busy == 0:
                 self._stop(runner)
-        idle = [r for r in found if r.state in ("stopping", "dead")]
-        if idle:
-            await asyncio.gather(*(r.exited.wait() for r in idle))
+            else:
+                for rid in list(runner.process.pending):
+                    runner.process.cancel(rid)
+        if found:
+            await asyncio.gather(*(self._gone_or_killed(r) for r in found))
         return bool(found)
+
+    async def _gone_or_killed(self, runner: _Runner) -> None:
+        wait = runner_process.CANCEL_WAIT_S
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(runner.exited.wait(), wait)
+        if runner.busy > 0 and not runner.exited.is_set():
+            self._kill(runner, f"it was still busy {wait:g}s after an unload cancelled its work")
+        await runner.exited.wait()
 
     def running(self) -> list[RunningModel]:
         return [self._describe(r) for r in self._runners if r.state == "ready"]
@@ -356,7 +387,12 @@ class Scheduler:
     ) -> Stream:
         runner, load_s = await self._admit(name, options, keep_alive)
         rid, queue = await self._submit(runner, build)
-        return Stream(queue, load_s, lambda: runner.process.cancel(rid))
+        return Stream(
+            queue,
+            load_s,
+            lambda: runner.process.cancel(rid),
+            functools.partial(self._kill, runner),
+        )
 
     async def _admit(
         self, name: str, options: dict[str, Any], keep_alive: float | None
@@ -415,6 +451,7 @@ class Scheduler:
             if runner.stale:
                 continue
             if not runner.matches(target, load_options):
+                self._check_fits(runner, target, load_options)
                 # Other load options or a changed model: reload once its requests end.
                 runner.stale = True
                 if runner.busy == 0:
@@ -463,6 +500,30 @@ class Scheduler:
         self._runners.append(runner)
         self._spawn(self._load(runner))
         return runner
+
+    def _check_fits(self, runner: _Runner, target: _Target, load_options: dict[str, Any]) -> None:
+        """Refuse a num_ctx whose KV cache cannot fit, before the runner is given up for it.
+
+        The size per token of context is scaled from what the runner measured (weights + KV
+        cache for n_ctx x slots); it includes the compute buffers too, so it errs on the large
+        side, and only a context beyond the whole budget is refused.
+        """
+        num_ctx = load_options.get("num_ctx")
+        info = runner.info
+        if not isinstance(num_ctx, int) or info is None or num_ctx <= info.n_ctx:
+            return
+        if target.digest != runner.digest:
+            return
+        per_token = max(0, info.size - target.weights) / max(1, info.n_ctx * info.slots)
+        needed = target.weights + per_token * num_ctx * info.slots
+        budget = self._budget()
+        if needed > budget:
+            raise InvalidParameterError(
+                f"num_ctx {num_ctx} needs about {_gb(needed)} of memory for {target.name} "
+                f"({info.slots} slots); about {_gb(budget)} is available",
+                hint=f"use a smaller num_ctx (it is {info.n_ctx} now), or set "
+                "LOCALRUN_NUM_PARALLEL lower",
+            )
 
     def _budget(self) -> int:
         if self.memory_budget is not None:
@@ -530,7 +591,7 @@ class Scheduler:
                         runner = self._try_admit(
                             waiter.target, waiter.load_options, waiter.keep_alive
                         )
-                    except LocalrunError as exc:  # shutting down
+                    except LocalrunError as exc:  # shutting down, or a num_ctx that cannot fit
                         self._waiting.remove(waiter)
                         waiter.granted.set_exception(exc)
                         continue
@@ -707,8 +768,14 @@ class Scheduler:
             self._runners.remove(runner)
         self._stopping.discard(runner)
         status = exit_text(code)
+        killed = runner.process.killed
         if self._closed:
             runner.death = ServerError("the server is shutting down", hint="retry once it is back")
+        elif killed is not None:
+            runner.death = RunnerDiedError(
+                f"the runner of {runner.name} (pid {runner.pid}) was killed: {killed}",
+                hint="retry the request: the next one loads the model afresh",
+            )
         elif stopping:
             runner.death = ServerError(f"{runner.name} was unloaded", hint="retry the request")
         else:
@@ -727,8 +794,10 @@ class Scheduler:
     def _load_failure(self, runner: _Runner, status: str) -> LocalrunError:
         if runner.load_error is not None:
             return runner.load_error
-        if runner.death is not None and not isinstance(runner.death, RunnerDiedError):
-            return runner.death  # shutting down, or unloaded while loading
+        if runner.death is not None and (
+            not isinstance(runner.death, RunnerDiedError) or runner.process.killed
+        ):
+            return runner.death  # shutting down, unloaded or killed while loading
         tail = "; ".join(list(runner.process.stderr_tail)[-3:])
         return ModelLoadError(
             f"the runner for {runner.name} exited while loading the model ({status})"
@@ -747,6 +816,19 @@ class Scheduler:
         self._stopping.add(runner)
         self._spawn(runner.process.stop())
         self._wake()
+
+    def _kill(self, runner: _Runner, reason: str) -> None:
+        """SIGKILL a wedged runner: its requests fail, and the next one starts a fresh runner."""
+        if runner.state == "dead":
+            return
+        runner.process.kill(reason)
+        if runner.state != "stopping":
+            runner.state = "stopping"
+            runner.cancel_timer()
+            if runner in self._runners:
+                self._runners.remove(runner)
+            self._stopping.add(runner)
+            self._wake()
 
     async def _submit(
         self, runner: _Runner, build: Callable[[int], Event]
@@ -846,3 +928,7 @@ def _size_key(target: _Target, load_options: dict[str, Any]) -> tuple[str, str, 
 
 def _size_key_of(runner: _Runner) -> tuple[str, str, str]:
     return (runner.name, runner.digest, repr(sorted(runner.load_options.items())))
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.1f} GB"

@@ -33,6 +33,7 @@ from localrun.errors import (
 )
 from localrun.scheduler import Scheduler, Stream
 from localrun.store import Store
+from localrun.worker import process as runner_process
 
 pytestmark = pytest.mark.model
 
@@ -415,3 +416,121 @@ def test_the_packaged_model_is_imported_in_a_child_process(models: Store) -> Non
             assert [m.name for m in sched.running()] == ["smollm2:135m"]
 
     run(main(), timeout=120)
+
+
+# -- wedged runners, embeddings, oversized contexts -------------------------------------------
+
+# The fake engine stops after its first piece: no more pieces, cancels ignored, no final event.
+HANG: dict[str, Any] = {"hang": True}
+
+
+def test_a_runner_that_ignores_a_cancel_is_killed(
+    models: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_process, "CANCEL_WAIT_S", 0.5)
+
+    async def main() -> None:
+        async with fake(models, HANG, num_parallel=2) as sched:
+            stuck = await sched.chat("a", messages=HI)
+            assert await first_piece(stuck) == "H"
+            other = await sched.chat("a", messages=HI)  # on the same runner, never answered
+            pid = pid_of(sched, "a:latest")
+            started = time.monotonic()
+            await stuck.aclose()
+            assert time.monotonic() - started < 3 and stuck.done_reason == "cancelled"
+            with pytest.raises(RunnerDiedError) as died:
+                await asyncio.wait_for(text(other), 5)
+            assert "did not end a cancelled request" in died.value.message
+            assert "out of memory" not in died.value.message
+            await until(lambda: gone(pid))
+            fresh = await sched.chat("a", messages=HI)  # a new runner answers
+            assert await first_piece(fresh) == "H" and pid_of(sched, "a:latest") != pid
+
+    run(main())
+
+
+def test_unload_cancels_a_busy_model_and_kills_it_when_wedged(
+    models: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_process, "CANCEL_WAIT_S", 0.5)
+
+    async def main() -> None:
+        async with fake(models, SLOW) as sched:
+            busy = await sched.chat("a", messages=HI)
+            await first_piece(busy)
+            pid = pid_of(sched, "a:latest")
+            started = time.monotonic()
+            assert await sched.unload("a")
+            assert time.monotonic() - started < 3 and gone(pid) and sched.running() == []
+            await text(busy)
+            assert busy.done_reason == "cancelled"
+        async with fake(models, HANG) as sched:
+            stuck = await sched.chat("a", messages=HI)
+            await first_piece(stuck)
+            pid = pid_of(sched, "a:latest")
+            started = time.monotonic()
+            assert await sched.unload("a")
+            assert time.monotonic() - started < 3 and gone(pid) and sched.running() == []
+            with pytest.raises(RunnerDiedError, match="still busy"):
+                await text(stuck)
+
+    run(main())
+
+
+def test_embeddings_come_in_groups_and_a_line_over_the_limit_says_so(
+    models: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs = [f"text number {i}" for i in range(40)]
+
+    async def main() -> None:
+        # 40 vectors of 4096 values are about 3.4 MB of JSON: more than one line may hold.
+        monkeypatch.setattr(runner_process, "LINE_LIMIT", 2 * 1024 * 1024)
+        async with fake(models, {"dims": 4096}) as sched:
+            found = await sched.embed("a", inputs)
+            assert len(found.vectors) == 40 and {len(v) for v in found.vectors} == {4096}
+            last = await sched.embed("a", inputs[-1:])
+            assert found.vectors[-1] == last.vectors[0]  # in order
+            assert found.prompt_tokens == sum(len(t) for t in inputs)
+        monkeypatch.setattr(runner_process, "LINE_LIMIT", 64 * 1024)  # one vector is more
+        async with fake(models, {"dims": 4096}) as sched:
+            with pytest.raises(RunnerDiedError) as died:
+                await sched.embed("a", ["x"])
+            assert "over the limit" in died.value.message
+            assert "out of memory" not in died.value.message
+
+    run(main())
+
+
+def test_a_cancelled_embedding_frees_its_slot(models: Store) -> None:
+    async def main() -> None:
+        # 0.02 s per input: 2000 inputs would hold the only slot for 40 s.
+        async with fake(models, {"delay": 0.02}, num_parallel=1) as sched:
+            await sched.load("a")
+            embedding = asyncio.ensure_future(sched.embed("a", ["x"] * 2000))
+            await until(lambda: sched.running()[0].busy == 1)
+            await asyncio.sleep(0.2)
+            embedding.cancel()
+            nxt = await asyncio.wait_for(
+                sched.chat("a", messages=HI, options={"num_predict": 2}), 3
+            )
+            assert await text(nxt) == "He"
+
+    run(main())
+
+
+def test_a_context_that_cannot_fit_leaves_the_loaded_runner_alone(models: Store) -> None:
+    async def main() -> None:
+        async with fake(models, memory_budget=1_000_000_000) as sched:
+            loaded = await sched.load("a")
+            started = time.monotonic()
+            with pytest.raises(InvalidParameterError) as refused:
+                await sched.chat("a", messages=HI, options={"num_ctx": 2**24})
+            assert time.monotonic() - started < 1 and "num_ctx" in refused.value.message
+            assert pid_of(sched, "a:latest") == loaded.pid
+            assert await text(await sched.chat("a", messages=HI)) == "Hello!"
+            assert pid_of(sched, "a:latest") == loaded.pid
+            # A larger context that fits still reloads.
+            bigger = await sched.load("a", options={"num_ctx": loaded.context_length * 2})
+            assert bigger.pid != loaded.pid
+
+    run(main())

@@ -142,3 +142,43 @@ def test_too_many_embedding_inputs_is_400(live: LiveServer) -> None:
     answer = post(live, "/api/embed", {"model": "tiny", "input": ["w"] * 5000})
     assert answer.status_code == 400
     assert "several requests" in answer.json()["hint"]
+
+
+def test_an_empty_completion_prompt_is_400(live: LiveServer) -> None:
+    answer = post(live, "/v1/completions", {"model": "tiny", "prompt": "", "max_tokens": 2})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+    # Ollama's idiom: an empty prompt, raw or not, just loads the model.
+    loaded = post(live, "/api/generate", {"model": "tiny", "prompt": "", "raw": True})
+    assert loaded.status_code == 200 and loaded.json()["done_reason"] == "load"
+
+
+def test_a_context_that_cannot_fit_is_400_and_the_runner_stays(live: LiveServer) -> None:
+    assert post(live, "/api/chat", chat()).status_code == 200
+    pid = live.running()["tiny:latest"].pid
+    answer = post(live, "/api/chat", chat(options={"num_ctx": 2**24}))
+    assert answer.status_code == 400, answer.text
+    assert "num_ctx" in answer.json()["error"]
+    assert live.running()["tiny:latest"].pid == pid
+    assert post(live, "/api/chat", chat()).status_code == 200
+
+
+def test_an_embedding_stops_when_its_client_goes_away(tmp_path: Path, tiny_model: Path) -> None:
+    store = Store(tmp_path / "models")
+    add_model(store, "tiny", tiny_model)
+    # The fake engine takes 0.05 s per input: 2000 inputs would hold the one slot for 100 s.
+    scheduler = Scheduler(store, num_parallel=1, backend="fake", backend_options={"delay": 0.05})
+    server = LiveServer(store, scheduler)
+    try:
+        assert post(server, "/api/embed", {"model": "tiny", "input": "x"}).status_code == 200
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                server.url + "/api/embed",
+                json={"model": "tiny", "input": ["x"] * 2000},
+                timeout=0.5,
+            )
+        body = {"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 2}}
+        answer = httpx.post(server.url + "/api/generate", json=body, timeout=5)
+        assert answer.status_code == 200 and answer.json()["response"] == "He"
+    finally:
+        server.close()

@@ -62,9 +62,12 @@ ADD = {
 
 
 class Reply:
-    def __init__(self, pieces: list[str], final: dict[str, Any]) -> None:
+    def __init__(
+        self, pieces: list[str], final: dict[str, Any], groups: list[Any] | None = None
+    ) -> None:
         self.pieces = pieces
         self.final = final
+        self.groups = groups or []  # the "vectors" events of an embedding
         self.text = "".join(pieces)
 
     @property
@@ -128,9 +131,10 @@ class Worker:
             assert event is not None, "the worker exited: " + self.stderr_text()
             self.pending.setdefault(event.get("id"), []).append(event)
         del self.pending[id]
-        pieces = [e["text"] for e in mine[:-1]]
-        assert all(e["event"] == protocol.PIECE for e in mine[:-1]), mine
-        return Reply(pieces, mine[-1])
+        pieces = [e["text"] for e in mine[:-1] if e["event"] == protocol.PIECE]
+        groups = [e["embeddings"] for e in mine[:-1] if e["event"] == protocol.VECTORS]
+        assert len(pieces) + len(groups) == len(mine) - 1, mine
+        return Reply(pieces, mine[-1], groups)
 
     def chat(self, content: str, **fields: Any) -> Reply:
         return self.collect(self.start_chat(content, **fields))
@@ -249,6 +253,27 @@ def test_embed(tiny: Worker) -> None:
     id = tiny.id()
     tiny.send(protocol.embed_request(id, ["hello " * 400], truncate=False))
     assert isinstance(tiny.collect(id).error, ContextOverflowError)
+
+
+@pytest.mark.model
+def test_embed_sends_vectors_in_groups(tiny: Worker) -> None:
+    texts = [f"text {i}" for i in range(protocol.EMBED_GROUP + 4)]
+    id = tiny.id()
+    tiny.send(protocol.embed_request(id, texts))
+    reply = tiny.collect(id)
+    assert [len(g) for g in reply.groups] == [protocol.EMBED_GROUP]
+    assert len(reply.final["embeddings"]) == 4 and not reply.final["cancelled"]
+    id = tiny.id()
+    tiny.send(protocol.embed_request(id, texts[-1:]))
+    alone = tiny.collect(id).final
+    assert reply.final["embeddings"][-1] == pytest.approx(alone["embeddings"][0], abs=1e-5)
+    assert reply.final["prompt_tokens"] > alone["prompt_tokens"] > 0
+
+
+def test_an_empty_prompt_is_a_bad_request(fake: Worker) -> None:
+    id = fake.id()
+    fake.send(protocol.complete_request(id, ""))
+    assert isinstance(fake.collect(id).error, BadRequestError)
 
 
 @pytest.mark.model

@@ -140,8 +140,11 @@ class FakeBatchEngine:
 
     Replies come from `replies` in order (repeating the last), one character per token; every
     step of the loop emits one character for each active slot, then sleeps `delay` seconds, so a
-    test can hold slots busy. Requests past the slots wait FIFO. Prefix reuse per slot and the
-    done/error contract (exactly one per request) are those of the real engine.
+    test can hold slots busy (an embedding sleeps `delay` per text). Requests past the slots wait
+    FIFO. Prefix reuse per slot and the done/error contract (exactly one per request) are those
+    of the real engine. `hang` wedges the engine after the first step that emits a piece: no
+    more pieces, no cancels honoured, no final event until close(), like a stuck native call.
+    Embeddings have `dims` dimensions.
     """
 
     bos_text = ""
@@ -157,6 +160,8 @@ class FakeBatchEngine:
         *,
         replies: Sequence[str] = ("Hello!",),
         delay: float = 0.0,
+        hang: bool = False,
+        dims: int = 8,
     ) -> None:
         self.path = path
         self.options = options
@@ -165,6 +170,8 @@ class FakeBatchEngine:
         self.n_slots = max(1, slots)
         self.replies = list(replies) or ["Hello!"]
         self.delay = delay
+        self.hang = hang
+        self.dims = max(1, dims)
         self.load_s = 0.0
         self.prompts: list[list[int]] = []
         self._turn = 0
@@ -173,6 +180,7 @@ class FakeBatchEngine:
         self._active: list[_Job] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._closing = threading.Event()  # ends a hang
         self._thread = threading.Thread(target=self._loop, name="fake-batch", daemon=True)
         self._thread.start()
 
@@ -214,17 +222,20 @@ class FakeBatchEngine:
             self._cond.notify()
 
     def embed(self, texts: list[str], *, truncate: bool = True) -> tuple[list[list[float]], int]:
-        """Deterministic unit vectors (8 dimensions) derived from each text."""
+        """Deterministic unit vectors (`dims` dimensions) derived from each text."""
         vectors = []
         count = 0
+        dims = self.dims
         for text in texts:
+            if self.delay:
+                time.sleep(self.delay)
             if len(text) >= self.n_ctx and not truncate:
                 raise ContextOverflowError(
                     f"the input is {len(text)} tokens but the context holds {self.n_ctx}"
                 )
             text = text[: self.n_ctx - 1]
             count += len(text)
-            raw = [float(sum(ord(ch) for ch in text[i::8]) + i + 1) for i in range(8)]
+            raw = [float(sum(ord(ch) for ch in text[i::dims]) + i + 1) for i in range(dims)]
             norm = math.sqrt(sum(x * x for x in raw))
             vectors.append([x / norm for x in raw])
         return vectors, count
@@ -294,6 +305,8 @@ class FakeBatchEngine:
                 self._finish(job, reason)
             if self.delay and steps:
                 time.sleep(self.delay)
+            if self.hang and steps:
+                self._closing.wait()
         for job in jobs:
             self._finish(job, "cancelled")
 
@@ -307,5 +320,6 @@ class FakeBatchEngine:
         with self._cond:
             self._closed = True
             self._cond.notify()
+        self._closing.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=10)

@@ -425,8 +425,11 @@ async def embed(
     if not inputs:  # Ollama: no input loads the model
         await scheduler.load(model, options=options, keep_alive=keep_alive)
         return EmbedResult([], 0, 0.0, time.perf_counter() - started)
-    found = await scheduler.embed(
-        model, inputs, options=options, truncate=truncate, keep_alive=keep_alive
+    found = await until_disconnect(
+        request,
+        lambda: scheduler.embed(
+            model, inputs, options=options, truncate=truncate, keep_alive=keep_alive
+        ),
     )
     vectors = found.vectors
     if dimensions is not None:

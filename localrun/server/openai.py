@@ -252,6 +252,10 @@ async def completions(request: Request) -> Response:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise BadRequestError("prompt must be a string (one prompt per request)")
+    if not prompt:
+        # llama-server would decode the BOS token alone; a model without one has nothing to
+        # start from, so the same request would work on one model and fail on another.
+        raise BadRequestError("prompt is empty", hint="send some text to continue")
     if body.get("suffix", str):
         raise BadRequestError("suffix (fill-in-the-middle) is not supported")
     req = GenRequest(model, prompt=prompt, options=_options(body), format=_format(body))

@@ -74,7 +74,18 @@ def _build(
             raise BadRequestError("replies must be a list of strings")
         if not isinstance(delay, int | float) or delay < 0:
             raise BadRequestError("delay must be a number of seconds")
-        return FakeBatchEngine(path, options, slots, replies=replies, delay=float(delay))
+        dims = request.get("dims") or 8
+        if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
+            raise BadRequestError("dims must be a whole number of at least 1")
+        return FakeBatchEngine(
+            path,
+            options,
+            slots,
+            replies=replies,
+            delay=float(delay),
+            hang=bool(request.get("hang")),
+            dims=dims,
+        )
     from localrun.engine.batch import BatchEngine
 
     return BatchEngine(path, options, slots)

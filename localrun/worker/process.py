@@ -4,8 +4,10 @@
 the events it sends back: those of a request (by id) to that request's queue, the others (ready,
 a load error) to a callback. The runner's stderr goes to the "localrun.runner" logger, its last
 lines kept for error messages. When its stdout ends the process is reaped and a callback gets
-the exit status. Stopping escalates from stdin EOF to SIGTERM and SIGKILL. `Stream` reads one
-generation's events from its queue.
+the exit status. Stopping escalates from stdin EOF to SIGTERM and SIGKILL; `kill` is for a
+runner that can no longer be trusted (it ignored a cancel, or sent a line past LINE_LIMIT) and
+keeps the reason for the error its requests get. `Stream` reads one generation's events from
+its queue.
 
 Which model to load, when to stop a runner and how its slots are counted is the scheduler's
 business (localrun.scheduler). Like the whole package, this module is cheap to import.
@@ -53,6 +55,7 @@ class RunnerProcess:
         self.pending: dict[int, asyncio.Queue[Item]] = {}  # open requests by id
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self.gone: LocalrunError | None = None  # set by fail(): what new requests get
+        self.killed: str | None = None  # why kill() was called, for the error of its requests
         self._loop = asyncio.get_running_loop()
         self._reaped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []  # held: the loop keeps only weak refs
@@ -146,6 +149,16 @@ class RunnerProcess:
 
     # -- stopping ------------------------------------------------------------------------------
 
+    def kill(self, reason: str) -> None:
+        """SIGKILL the runner now; `reason` ("it ignored a cancel") explains the exit."""
+        if self.proc is None or self._reaped.is_set():
+            return
+        if self.killed is None:
+            self.killed = reason
+            log.error("killing the runner of %s (pid %d): %s", self.name, self.proc.pid, reason)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
     def close_stdin(self) -> None:
         """EOF on the runner's input: it finishes what it has, closes the engine and exits."""
         if self.proc is not None and self.proc.stdin is not None:
@@ -205,9 +218,7 @@ class RunnerProcess:
                     on_final()
                 queue.put_nowait(event)
         except ValueError:  # a line past LINE_LIMIT: the stream cannot be trusted any more
-            log.error("runner of %s sent a line over %d bytes", self.name, LINE_LIMIT)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            self.kill(f"it sent an event line over the limit of {LINE_LIMIT} bytes")
         finally:
             code = await self._reap(proc, stderr)
             self._reaped.set()
@@ -242,7 +253,8 @@ class Stream:
 
     Iterating raises the runner's typed error (ContextOverflowError, TemplateError ...), or
     RunnerDiedError when the runner exits. Call `aclose()` when the client goes away: the
-    generation is cancelled and its slot freed.
+    generation is cancelled and its slot freed; a runner that does not confirm the cancel
+    within CANCEL_WAIT_S is wedged, and `kill` (given the reason) ends it.
     """
 
     def __init__(
@@ -250,6 +262,7 @@ class Stream:
         queue: asyncio.Queue[Item],
         load_s: float,
         cancel: Callable[[], None],
+        kill: Callable[[str], None] | None = None,
     ) -> None:
         self.done_reason: str | None = None
         self.timings = Timings(load_s=load_s)
@@ -257,6 +270,7 @@ class Stream:
         self.load_s = load_s
         self._queue = queue
         self._cancel = cancel
+        self._kill = kill
         self._finished = False
 
     def __aiter__(self) -> Stream:
@@ -295,14 +309,18 @@ class Stream:
         if self._finished:
             return
         self._cancel()
-        deadline = time.monotonic() + CANCEL_WAIT_S
+        wait = CANCEL_WAIT_S
+        deadline = time.monotonic() + wait
         # The slot is freed when the runner's final event for this request arrives (or the
-        # runner dies); past the deadline it is freed by that event whenever it comes.
+        # runner dies). A runner silent past the deadline is stuck (a native call that never
+        # returns): left alone it would hold the slot, and the model, forever.
         with contextlib.suppress(LocalrunError, asyncio.TimeoutError):
             while not self._finished:
                 remaining = deadline - time.monotonic()
                 item = await asyncio.wait_for(self._queue.get(), max(remaining, 0.001))
                 self._take(item)
+        if not self._finished and self._kill is not None:
+            self._kill(f"it did not end a cancelled request within {wait:g}s")
         self._finished = True
         if self.done_reason is None:
             self.done_reason = "cancelled"

@@ -5,7 +5,8 @@ worker's private copy of stdout (native libraries print to fd 1, which the worke
 stderr so they cannot corrupt the stream).
 
     -> {"op": "load", "store": ROOT, "model": NAME, "options": {...}, "slots": N,
-        "backend": "llama" | "fake", "replies": [...]?, "delay": s?}   (first line, once)
+        "backend": "llama" | "fake", "replies": [...]?, "delay": s?, "hang": bool?,
+        "dims": N?}                                        (first line, once; fake: for tests)
     <- {"event": "ready", "info": {n_ctx, n_ctx_train, slots, size, size_vram, gpu_layers,
                                    layers, processor, load_s, notes}}
        or {"event": "error", "error": {...}} and exit 1
@@ -17,12 +18,17 @@ stderr so they cannot corrupt the stream).
         "timings": {Timings fields}, "tool_calls": [{"name", "arguments"}] | null}
     <- {"event": "error", "id": 7, "error": {"code", "type", "message", "hint"?}}
     -> {"op": "embed", "id": 9, "input": ["a", "b"], "truncate": true}
-    <- {"event": "embeddings", "id": 9, "embeddings": [[...]], "prompt_tokens": N}
+    <- {"event": "vectors", "id": 9, "embeddings": [[...], ...]}    (zero or more, in order)
+    <- {"event": "embeddings", "id": 9, "embeddings": [[...]], "prompt_tokens": N,
+        "cancelled": false}
        or an error event
     -> {"op": "cancel", "id": 7}            (no reply of its own: the request ends "cancelled")
     EOF on stdin -> the worker closes the engine and exits 0.
 
-Every chat/complete/embed request ends with exactly one done, embeddings or error event. An
+Every chat/complete/embed request ends with exactly one done, embeddings or error event. The
+vectors of an embedding come in "vectors" events of a few at a time (EMBED_GROUP inputs) and
+any left in the final event: one line holding every vector of a long input list could outgrow
+what the scheduler reads in one line, and the worker checks for a cancel between groups. An
 error event without an "id" is about the worker itself (a load failure, or a line that is not
 a request at all). Pure: only json and localrun.errors / engine.types are imported.
 """
@@ -50,10 +56,15 @@ PIECE = "piece"
 DONE = "done"
 ERROR = "error"
 EMBEDDINGS = "embeddings"
-EVENTS = frozenset({READY, PIECE, DONE, ERROR, EMBEDDINGS})
+VECTORS = "vectors"
+EVENTS = frozenset({READY, PIECE, DONE, ERROR, EMBEDDINGS, VECTORS})
 FINAL_EVENTS = frozenset({DONE, ERROR, EMBEDDINGS})  # each request gets exactly one of these
 
 DONE_REASONS = ("stop", "length", "cancelled")
+
+# Inputs embedded (and their vectors sent) per "vectors" event: 16 vectors of 8192 floats make
+# a line of about 3 MB, far below the scheduler's line limit.
+EMBED_GROUP = 16
 
 Message = dict[str, Any]
 RequestId = int | str  # the scheduler uses numbers; strings are accepted too
@@ -220,12 +231,24 @@ def error_event(exc: LocalrunError, id: RequestId | None = None) -> Message:
     return message
 
 
-def embeddings_event(id: RequestId, embeddings: list[list[float]], prompt_tokens: int) -> Message:
+def vectors_event(id: RequestId, embeddings: list[list[float]]) -> Message:
+    return {"event": VECTORS, "id": id, "embeddings": embeddings}
+
+
+def embeddings_event(
+    id: RequestId,
+    embeddings: list[list[float]],
+    prompt_tokens: int,
+    *,
+    cancelled: bool = False,
+) -> Message:
+    """The final event of an embedding: the vectors not sent yet and the tokens read."""
     return {
         "event": EMBEDDINGS,
         "id": id,
         "embeddings": embeddings,
         "prompt_tokens": prompt_tokens,
+        "cancelled": cancelled,
     }
 
 

@@ -2,7 +2,8 @@
 
 The main thread reads requests and submits them to the engine; the engine calls each request's
 sink on its own thread, where stop strings and tool calls are applied and events written.
-Embeddings run on a thread of their own so that a long embedding does not hold up cancels.
+Embeddings run on a thread of their own so that a long embedding does not hold up cancels; they
+go EMBED_GROUP inputs at a time, sending each group's vectors and checking for a cancel between.
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ class Worker:
         self.prompter = loaded.prompter
         self.output = output
         self._active: dict[RequestId, RequestSink] = {}
+        self._embeds: dict[RequestId, threading.Event] = {}  # set: cancel that embedding
         self._lock = threading.Lock()
         self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
 
@@ -194,8 +196,11 @@ class Worker:
             if op == protocol.CANCEL:
                 with self._lock:
                     sink = self._active.get(_id(message))
+                    embedding = self._embeds.get(_id(message))
                 if sink is not None:  # else it has finished already
                     sink.cancel()
+                if embedding is not None:
+                    embedding.set()
                 return
             id = _id(message)
             if op == protocol.CHAT:
@@ -223,7 +228,12 @@ class Worker:
                 if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
                     raise BadRequestError("input must be a string or a list of strings")
                 truncate = message.get("truncate", True)
-                self._embedder.submit(self._embed, id, inputs, truncate is not False)
+                cancel = threading.Event()
+                with self._lock:
+                    if id in self._active or id in self._embeds:
+                        raise BadRequestError(f"a request with id {id!r} is still running")
+                    self._embeds[id] = cancel
+                self._embedder.submit(self._embed, id, inputs, truncate is not False, cancel)
             else:
                 raise BadRequestError(f"unknown op {op!r}")
         except LocalrunError as exc:
@@ -232,6 +242,8 @@ class Worker:
             self.output.send(protocol.error_event(unexpected(exc), id))
 
     def _submit(self, id: RequestId, prepared: Prepared) -> None:
+        if not prepared.tokens:  # the engine needs at least one token to start from
+            raise BadRequestError("the prompt is empty", hint="send a prompt of some text")
         sink = RequestSink(self, id, prepared)
         with self._lock:
             if id in self._active:
@@ -249,12 +261,29 @@ class Worker:
             raise
         sink.attach(ticket)
 
-    def _embed(self, id: RequestId, inputs: list[str], truncate: bool) -> None:
+    def _embed(
+        self, id: RequestId, inputs: list[str], truncate: bool, cancel: threading.Event
+    ) -> None:
+        count = 0
+        event: protocol.Message | None = None
         try:
-            vectors, count = self.engine.embed(inputs, truncate=truncate)
-            event = protocol.embeddings_event(id, vectors, count)
+            for start in range(0, len(inputs), protocol.EMBED_GROUP):
+                if cancel.is_set():  # the client went away: the rest is not worth computing
+                    event = protocol.embeddings_event(id, [], count, cancelled=True)
+                    break
+                group = inputs[start : start + protocol.EMBED_GROUP]
+                vectors, tokens = self.engine.embed(group, truncate=truncate)
+                count += tokens
+                if start + protocol.EMBED_GROUP < len(inputs):
+                    self.output.send(protocol.vectors_event(id, vectors))
+                else:
+                    event = protocol.embeddings_event(id, vectors, count)
+            if event is None:  # no inputs at all
+                event = protocol.embeddings_event(id, [], count)
         except LocalrunError as exc:
             event = protocol.error_event(exc, id)
         except Exception as exc:
             event = protocol.error_event(unexpected(exc), id)
+        with self._lock:
+            self._embeds.pop(id, None)
         self.output.send(event)
