@@ -182,3 +182,13 @@ def test_an_embedding_stops_when_its_client_goes_away(tmp_path: Path, tiny_model
         assert answer.status_code == 200 and answer.json()["response"] == "He"
     finally:
         server.close()
+
+
+def test_a_continued_conversation_reuses_its_cached_prefix(live: LiveServer) -> None:
+    first = [{"role": "user", "content": "the a b c d e f g h i j k l m n o p"}]
+    one = post(live, "/api/chat", chat(messages=first))
+    assert one.status_code == 200
+    follow = [*first, one.json()["message"], {"role": "user", "content": "the a"}]
+    two = post(live, "/api/chat", chat(messages=follow)).json()
+    assert two["prompt_cache_count"] > 10  # the first turn's tokens were not evaluated again
+    assert two["prompt_eval_count"] > two["prompt_cache_count"]

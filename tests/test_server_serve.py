@@ -108,3 +108,23 @@ def test_serve_refuses_an_open_port_without_a_key(cli: CLI, serve_home: Path) ->
         assert time.monotonic() - started < 15
     finally:
         busy.kill()
+
+
+def test_serve_on_an_open_address_with_a_key_or_the_explicit_flag(serve_home: Path) -> None:
+    keyed = Serve(serve_home, "--host", "0.0.0.0", env={"LOCALRUN_API_KEY": "k3y"})
+    try:
+        port = keyed.url.rsplit(":", 1)[1]
+        local = f"http://127.0.0.1:{port}/api/tags"
+        assert httpx.get(local).status_code == 401
+        ok = httpx.get(local, headers={"Authorization": "Bearer k3y"})
+        assert ok.status_code == 200 and ok.json()["models"]
+        assert keyed.stop() == 0
+    finally:
+        keyed.kill()
+    open_ = Serve(serve_home, "--host", "0.0.0.0", "--insecure-no-auth")
+    try:
+        port = open_.url.rsplit(":", 1)[1]
+        assert httpx.get(f"http://127.0.0.1:{port}/api/tags").status_code == 200
+        assert open_.stop() == 0
+    finally:
+        open_.kill()
