@@ -8,9 +8,10 @@ size asked for) from its own process on a loopback port. Rounds alternate betwee
   localrun pull     localrun.pull.pull() into a fresh store: download, sha256 check, rename
 
 both in this process, so neither pays an interpreter start, and each starting from a synced disk
-(os.sync() before every round). localrun also fsyncs what it stores before writing the manifest;
-hf_hub_download does not. Then a repeated pull of content already in the store is timed, and the
-server's byte counter says what it transferred.
+(os.sync() before every round). localrun's time includes the sha256 check, the fsync before the
+manifest (hf_hub_download does not sync) and writing the manifest. A third series times
+hf_hub_download plus an fsync, for reference. Then a repeated pull of content already in the
+store is timed, and the server's byte counter says what it transferred.
 
 Targets (issue 4): localrun >= 0.95 x hf_hub_download throughput; a repeated pull under 0.5 s
 with 0 bytes transferred. Run directly or through scripts/bench.py.

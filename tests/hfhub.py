@@ -160,7 +160,7 @@ class _Repo:
 
 @dataclass
 class _Fault:
-    kind: Literal["cut", "corrupt", "slow"]
+    kind: Literal["cut", "corrupt", "slow", "whole"]
     filename: str
     value: int
     times: int
@@ -181,6 +181,7 @@ class _Faults:
     cut: int | None = None
     corrupt: bool = False
     rate: int | None = None
+    whole: bool = False  # ignore a Range request: 200 and the whole file
 
 
 class _HttpError(Exception):
@@ -464,7 +465,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._json({"error": err.message}, err.status, headers)
 
     def _file(self, file: HubFile, name: str, headers: dict[str, str], disposition: str) -> None:
-        span = _parse_range(self.headers.get("Range"), file.size)
+        ranged = bool(self.headers.get("Range"))
+        faults = self.server.hub._take_faults(name, ranged) if self.command != "HEAD" else _Faults()
+        span = None if faults.whole else _parse_range(self.headers.get("Range"), file.size)
         start, end = span or (0, file.size)
         filename = quote(PurePosixPath(name).name)
         headers = {
@@ -480,8 +483,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._start(206 if span else 200, headers)
         if self.command == "HEAD":
             return
-        faults = self.server.hub._take_faults(name)
-        if isinstance(file.source, Path) and faults == _Faults():
+        if isinstance(file.source, Path) and faults in (_Faults(), _Faults(whole=True)):
             # Zero-copy, as real file servers and CDNs send: a Python loop here would take a
             # whole core and make client-side benchmarks measure this server instead.
             return self._sendfile(file.source, start, end)
@@ -645,6 +647,11 @@ class FakeHub:
             raise ValueError("bytes_per_s must be positive")
         self._add_fault(_Fault("slow", filename, bytes_per_s, times))
 
+    def ignore_range(self, filename: str, times: int = 1) -> None:
+        """Answer the next `times` GETs of filename that ask for a Range with 200 and the
+        whole file (as some CDNs do)."""
+        self._add_fault(_Fault("whole", filename, 0, times))
+
     def fail_status(
         self, path_fragment: str, status: int, times: int = 1, *, method: str | None = None
     ) -> None:
@@ -666,17 +673,19 @@ class FakeHub:
         with self._lock:
             self._faults.append(fault)
 
-    def _take_faults(self, filename: str) -> _Faults:
+    def _take_faults(self, filename: str, ranged: bool = False) -> _Faults:
         active = _Faults()
         with self._lock:
             for fault in self._faults:
-                if fault.filename != filename:
+                if fault.filename != filename or (fault.kind == "whole" and not ranged):
                     continue
                 fault.times -= 1
                 if fault.kind == "cut":
                     active.cut = fault.value
                 elif fault.kind == "corrupt":
                     active.corrupt = True
+                elif fault.kind == "whole":
+                    active.whole = True
                 else:
                     active.rate = fault.value
             self._faults = [fault for fault in self._faults if fault.times > 0]

@@ -109,26 +109,3 @@ def test_a_repository_without_gguf() -> None:
     with pytest.raises(ModelNotFoundError) as info:
         pick(_repo("model.safetensors", "config.json"), None, "hf.co/Org/Repo")
     assert "no GGUF files" in (info.value.hint or "")
-
-
-def test_hashing_writer_hashes_what_lands_in_the_file(tmp_path: pytest.TempPathFactory) -> None:
-    import hashlib
-
-    from localrun.sources.base import HashingWriter
-
-    path = tmp_path / "f.bin"  # type: ignore[operator]
-    path.write_bytes(b"resumed-")
-    with open(path, "r+b") as fh:
-        fh.seek(0, 2)
-        sink = HashingWriter(fh)
-        sink.write(b"more data")
-        assert sink.digest() == "sha256:" + hashlib.sha256(b"resumed-more data").hexdigest()
-    with open(path, "r+b") as fh:
-        fh.seek(0, 2)
-        sink = HashingWriter(fh)
-        sink.write(b"junk")
-        sink.seek(0)  # the server ignored the Range request: the client starts over
-        sink.truncate()
-        sink.write(b"whole file")
-        assert sink.digest() == "sha256:" + hashlib.sha256(b"whole file").hexdigest()
-    assert path.read_bytes() == b"whole file"

@@ -218,6 +218,21 @@ def test_dropped_connection_is_resumed(pull_cli: CLI, hub: FakeHub, files: dict[
     assert hub.bytes_sent < 1.5 * size
 
 
+def test_a_server_that_ignores_the_range_is_followed_from_the_start(
+    pull_cli: CLI, hub: FakeHub, home: Path, files: dict[str, Path]
+) -> None:
+    size = files["big"].stat().st_size
+    hub.cut_after("big.Q4_K_M.gguf", size // 3)
+    hub.ignore_range("big.Q4_K_M.gguf")  # the resume gets 200 and the whole file
+    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=120)
+    assert result.code == 0, result.stderr
+    gets = [h.get("Range") for m, path, h in hub.requests if m == "GET" and "big.Q4" in path]
+    assert gets[0] is None and gets[1] and not gets[1].startswith("bytes=0-"), gets
+    blob = _store(home).blob_path("sha256:" + hashlib.sha256(files["big"].read_bytes()).hexdigest())
+    assert blob.read_bytes() == files["big"].read_bytes()
+    assert _store(home).verify().ok
+
+
 @pytest.mark.slow
 def test_killed_pull_resumes_where_it_stopped(
     pull_cli: CLI, hub: FakeHub, home: Path, files: dict[str, Path]
@@ -288,10 +303,9 @@ def test_offline_and_unreachable(pull_cli: CLI) -> None:
     assert time.monotonic() - start < 30
 
 
-@pytest.mark.slow
-def test_disk_full_is_refused_before_downloading(
-    pull_cli: CLI, hub: FakeHub, tmp_path: Path
-) -> None:
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 20 MB tmpfs (the big test model is 40 MB)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     mount = tmp_path / "small"
@@ -299,11 +313,39 @@ def test_disk_full_is_refused_before_downloading(
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)]).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        result = pull_cli("pull", "hf.co/Test/Big-GGUF", env={"LOCALRUN_MODELS": str(mount)})
-        assert_one_line_error(result, "GB free", "LOCALRUN_MODELS")
-        assert hub.bytes_sent == 0
+        yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_disk_full_is_refused_before_downloading(
+    pull_cli: CLI, hub: FakeHub, small_disk: Path
+) -> None:
+    result = pull_cli("pull", "hf.co/Test/Big-GGUF", env={"LOCALRUN_MODELS": str(small_disk)})
+    assert_one_line_error(result, "GB free", "LOCALRUN_MODELS")
+    assert hub.bytes_sent == 0
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_during_the_download(
+    hub: FakeHub, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Space taken by someone else after the check: a one-line error, the bytes kept."""
+    from localrun.errors import DiskFullError
+    from localrun.sources.hf import HuggingFaceHub
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    source = HuggingFaceHub(sleep=lambda _: None)
+    repo = source.repo("Test/Big-GGUF")
+    (big,) = [f for f in repo.files if f.path == "big.Q4_K_M.gguf"]
+    with pytest.raises(DiskFullError) as info:
+        source.download(repo, big, small_disk / "partial", lambda done, total: None)
+    assert "no space left" in info.value.message and "\n" not in info.value.message
+    assert "resumes" in (info.value.hint or "")
+    kept = (small_disk / "partial" / "big.Q4_K_M.gguf.partial").stat().st_size
+    assert 0 < kept <= 20 * 1024 * 1024
 
 
 def test_unknown_plain_name_suggests_a_hub(pull_cli: CLI) -> None:

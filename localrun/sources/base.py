@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from localrun.errors import ModelNotFoundError
 
@@ -32,119 +32,6 @@ _SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.ggu
 
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) while a file downloads."""
-
-
-WRITEBACK_EVERY = 32 * 1024 * 1024
-
-
-def _writeback_starter() -> Callable[[int, int, int], None] | None:
-    """Linux's sync_file_range(SYNC_FILE_RANGE_WRITE): start writing a range back to disk
-    without waiting, so the fsync before the manifest finds little left to do. None elsewhere."""
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        call = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-    sync_file_range_write = 2
-
-    def start(fd: int, offset: int, length: int) -> None:
-        call(fd, offset, length, sync_file_range_write)  # advisory: failures do not matter
-
-    return start
-
-
-class HashingWriter:
-    """A file to download into that hashes what it is given, on a helper thread.
-
-    hashlib releases the GIL, so the hash runs beside the download and verifying a pull needs
-    no second pass over the file. `seek`/`truncate` (a server that ignored a Range request makes
-    the client start over) restart the hash from the file's content.
-    """
-
-    def __init__(self, fh: Any) -> None:
-        import hashlib
-        import queue
-        import threading
-
-        self.fh = fh
-        self._hasher = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
-        self._writeback = _writeback_starter()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, daemon=True)
-        self._thread.start()
-        self._feed_existing()
-
-    def _feed_existing(self) -> None:
-        end = self.fh.seek(0, 2)
-        self.fh.seek(0)
-        while self.fh.tell() < end:
-            self._queue.put(self.fh.read(min(8 << 20, end - self.fh.tell())))
-        self.fh.seek(end)
-
-    def _work(self) -> None:
-        done = flushed = 0
-        try:
-            while (chunk := self._queue.get()) is not None:
-                self._hasher.update(chunk)
-                done += len(chunk)
-                if self._writeback is not None and done - flushed >= WRITEBACK_EVERY:
-                    # The bytes hashed so far were written (write() queues after writing).
-                    self._writeback(self.fh.fileno(), flushed, done - flushed)
-                    flushed = done
-        except BaseException as exc:  # reported by digest()
-            self._error = exc
-            while self._queue.get() is not None:
-                pass
-
-    def write(self, data: bytes) -> int:
-        written = int(self.fh.write(data))
-        self._queue.put(bytes(data))
-        return written
-
-    def tell(self) -> int:
-        return int(self.fh.tell())
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return int(self.fh.seek(offset, whence))
-
-    def truncate(self, size: int | None = None) -> int:
-        import hashlib
-
-        self.flush()
-        result = int(self.fh.truncate(size))
-        self._queue.put(None)
-        self._thread.join()
-        self._hasher = hashlib.sha256()
-        import threading
-
-        self._thread = threading.Thread(target=self._work, daemon=True)
-        self._thread.start()
-        position = self.fh.tell()
-        self._feed_existing()
-        self.fh.seek(position)
-        return result
-
-    def flush(self) -> None:
-        self.fh.flush()
-
-    def fileno(self) -> int:
-        return int(self.fh.fileno())
-
-    def digest(self) -> str:
-        """Wait for the helper thread; the sha256 of everything written, as 'sha256:<hex>'."""
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return "sha256:" + self._hasher.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Hugging Face Hub: list a repository's files (with their LFS sha256) and fetch one, resumably.
 
 All transfer goes through huggingface_hub: `HfApi.model_info(files_metadata=True)` for the file
-list (with each LFS file's sha256), and its metadata and `http_get` functions for the bytes, into
+list (with each LFS file's sha256), its file metadata and its HTTP session for the bytes, into
 a `.partial` file inside the store that a later pull resumes with a Range request (see
 `download`). Nothing goes through the hub cache, so moving a finished file into the blob folder
 is a rename: the bytes are stored once.
@@ -13,6 +13,7 @@ translated here into localrun's.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -21,17 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from localrun.errors import (
+    DiskFullError,
     DownloadError,
     HubAuthError,
-    HubError,
     HubUnreachableError,
     LocalrunError,
     ModelNotFoundError,
 )
-from localrun.sources.base import HashingWriter, Progress, RemoteFile, Repo
+from localrun.sources.base import Progress, RemoteFile, Repo
+from localrun.sources.partial import PartialFile
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-RETRIES = 3  # with 0.5, 1, 2 s pauses; on top of huggingface_hub's own resumes of a stream
+RETRIES = 3  # with 0.5, 1, 2 s pauses; a download that gets further starts the count again
 
 
 def endpoint() -> str:
@@ -51,35 +53,6 @@ def _offline_error(reference: str) -> HubUnreachableError:
         f"{reference}: HF_HUB_OFFLINE is set, so the hub is not contacted",
         hint="unset HF_HUB_OFFLINE to download; models already pulled work offline",
     )
-
-
-def _progress_class(progress: Progress) -> type:
-    """A stand-in for tqdm that forwards huggingface_hub's progress to `progress`."""
-
-    class _Bar:
-        def __init__(self, *_: Any, total: int | None = None, initial: int = 0, **__: Any) -> None:
-            self.total = total or 0
-            self.n = initial
-            self._last = 0.0
-            progress(self.n, self.total)
-
-        def update(self, n: int = 1) -> None:
-            self.n += n
-            now = time.monotonic()
-            if now - self._last > 0.1 or self.n >= self.total:
-                self._last = now
-                progress(self.n, self.total)
-
-        def __enter__(self) -> _Bar:
-            return self
-
-        def __exit__(self, *_: object) -> None:
-            return None
-
-        def close(self) -> None:
-            return None
-
-    return _Bar
 
 
 @contextmanager
@@ -109,6 +82,10 @@ def _translated(reference: str, what: str) -> Iterator[None]:
         raise DownloadError(
             f"{what}: the file is gone from the repository", hint="pull again to see what exists"
         ) from exc
+    except _ShortBody as exc:
+        raise DownloadError(
+            f"the download stopped early: {exc}", hint="pull again: it continues where it stopped"
+        ) from exc
     except hf.OfflineModeIsEnabled as exc:
         raise _offline_error(reference) from exc
     except hf.HfHubHTTPError as exc:
@@ -120,6 +97,12 @@ def _translated(reference: str, what: str) -> Iterator[None]:
             ) from exc
         raise DownloadError(f"{what}: the hub answered HTTP {status}") from exc
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                f"{what}: no space left on the device",
+                hint="free some space (`localrun prune` removes unused blobs); the download "
+                "resumes where it stopped",
+            ) from exc
         raise DownloadError(f"{what}: {exc}") from exc
     except Exception as exc:
         if _is_transport_error(exc):
@@ -185,13 +168,13 @@ class HuggingFaceHub:
         """Fetch one file into `folder/<name>.partial`, continuing what is already there.
 
         hf_hub_download would restart from zero in a new process (its temporary file is unique
-        to the call and deleted on failure), so this uses the library's own pieces, which it
-        uses too: the resolve URL, the file metadata (the final location, e.g. on the CDN) and
-        `http_get` with `resume_size`, which sends the Range request and resumes dropped
-        streams itself.
+        to the call and deleted on failure). So this takes the library's own pieces, the ones
+        it uses itself: the resolve URL, the file metadata (the final location, e.g. on the CDN)
+        and its HTTP session with back-off (`http_stream_backoff`), with a Range request from
+        the end of the partial file. The body goes into a PartialFile rather than through
+        `http_get`, whose 10 MB re-chunking cost more than the transfer (see partial.py).
         """
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
-        from huggingface_hub.file_download import http_get
         from huggingface_hub.utils._headers import build_hf_headers
 
         what = f"hf.co/{repo.repo_id}/{file.path}"
@@ -208,39 +191,39 @@ class HuggingFaceHub:
                 # A signed CDN URL: the token is for the hub only (as hf_hub_download does).
                 headers.pop("authorization", None)
             expected = file.size or meta.size
-            fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
-            with os.fdopen(fd, "r+b") as fh:
-                have = fh.seek(0, os.SEEK_END)
-                if expected is not None and have > expected:  # not the file we expect: restart
-                    fh.seek(0)
-                    fh.truncate()
-                    have = 0
-                sink = HashingWriter(fh)
-                try:
-                    http_get(
-                        meta.location,
-                        sink,  # type: ignore[arg-type]
-                        resume_size=have,
-                        headers=headers,
-                        expected_size=expected,
-                        tqdm_class=_progress_class(progress),
-                    )
-                finally:
-                    fh.flush()
-                    hashed = sink.digest()
-                os.fsync(fh.fileno())
-                digest.append(hashed)
+            with PartialFile(partial) as out:
+                if expected is not None and out.size > expected:  # not the file we expect
+                    out.restart()
+                if expected is None or out.size < expected:
+                    _stream(what, meta.location, headers, out, progress)
+                if expected is not None and out.size != expected:
+                    raise _ShortBody(f"{what}: {out.size} of {expected} bytes arrived")
+                progress(out.size, out.size)
+                digest.append(out.finish())
+
+        def have() -> int:
+            try:
+                return partial.stat().st_size
+            except OSError:
+                return 0
 
         with _translated(f"hf.co/{repo.repo_id}", what):
-            self._retrying(fetch)
+            self._retrying(fetch, progressed=have)
         return partial, digest[-1]
 
-    def _retrying(self, call: Callable[[], Any]) -> Any:
-        """Retry transient failures (connection, timeouts, 5xx) with exponential backoff."""
+    def _retrying(
+        self, call: Callable[[], Any], progressed: Callable[[], int] | None = None
+    ) -> Any:
+        """Retry transient failures (connection, timeouts, 5xx) with exponential backoff.
+
+        With `progressed` (bytes on disk), a try that got further than the one before starts
+        the count again: a flaky connection that keeps delivering is followed to the end.
+        """
         from huggingface_hub import errors as hf
 
-        delay = 0.5
-        for attempt in range(RETRIES + 1):
+        delay, attempt = 0.5, 0
+        reached = progressed() if progressed else 0
+        while True:
             try:
                 return call()
             except (hf.RepositoryNotFoundError, hf.EntryNotFoundError, hf.RevisionNotFoundError):
@@ -250,11 +233,61 @@ class HuggingFaceHub:
                 if attempt == RETRIES or status is None or status < 500:
                     raise
             except Exception as exc:
-                transient = _is_transport_error(exc) or (
-                    isinstance(exc, OSError) and "Consistency check failed" in str(exc)
-                )
+                transient = _is_transport_error(exc) or isinstance(exc, _ShortBody)
                 if attempt == RETRIES or not transient:
                     raise
+            now = progressed() if progressed else 0
+            if now > reached:
+                reached, delay, attempt = now, 0.5, 0
             self._sleep(delay)
             delay = min(delay * 2, 16.0)
-        raise HubError("unreachable")  # pragma: no cover - the loop returns or raises
+            attempt += 1
+
+
+class _ShortBody(Exception):
+    """The body ended before the file did (retried: the next try resumes)."""
+
+
+def _stream(
+    what: str, url: str, headers: dict[str, str], out: PartialFile, progress: Progress
+) -> None:
+    """GET `url` from `out.size` on into `out` through huggingface_hub's session."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils._http import hf_raise_for_status, http_stream_backoff
+
+    start = out.size
+    headers = {**headers, "Accept-Encoding": "identity"}
+    if start:
+        headers["Range"] = f"bytes={start}-"
+    with http_stream_backoff(
+        "GET",
+        url,
+        headers=headers,
+        timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+        retry_on_exceptions=(),
+        retry_on_status_codes=(408, 429),
+    ) as response:
+        hf_raise_for_status(response)
+        if start and not response.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+            out.restart()  # the server ignored the Range request and sends the whole file
+            if response.status_code != 200:
+                raise _ShortBody(f"{what}: the server sent another range than bytes={start}-")
+        total = _total(response, out.size)
+        progress(out.size, total)
+        last = 0.0
+        for chunk in response.iter_bytes():
+            out.write(chunk)
+            now = time.monotonic()
+            if now - last > 0.1:
+                last = now
+                progress(out.size, total)
+    progress(out.size, total)
+
+
+def _total(response: Any, done: int) -> int:
+    """The file's size as the response states it (0 when it does not)."""
+    content_range = response.headers.get("Content-Range", "")
+    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    length = response.headers.get("Content-Length", "")
+    return done + int(length) if length.isdigit() else 0
