@@ -274,6 +274,43 @@ def test_killed_pull_resumes_where_it_stopped(
     assert store.verify().ok
 
 
+@pytest.mark.slow
+def test_ctrl_c_keeps_what_arrived_and_the_next_pull_resumes(
+    pull_cli: CLI, hub: FakeHub, home: Path, files: dict[str, Path]
+) -> None:
+    size = files["big"].stat().st_size
+    hub.slow("big.Q4_K_M.gguf", bytes_per_s=20_000_000)
+    env = {**os.environ, "LOCALRUN_HOME": str(home), "HF_ENDPOINT": hub.url, "HF_TOKEN": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localrun", "pull", "hf.co/Test/Big-GGUF"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    partial = home / "models" / "partial"
+    deadline = time.monotonic() + 60
+    while not [p for p in partial.glob("*/*.partial") if p.stat().st_size > 10_000_000]:
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the download never started")
+        time.sleep(0.05)
+    received_before = hub.bytes_sent
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    (kept,) = partial.glob("*/*.partial")
+    have = kept.stat().st_size
+    # Every byte read from the socket before Ctrl-C is in the file, buffered ones included.
+    assert received_before - 4 * 1024 * 1024 <= have < size
+    assert _store(home).names() == []
+    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=120)
+    assert result.code == 0, result.stderr
+    assert any(h.get("Range") == f"bytes={have}-" for _, _, h in hub.requests), hub.requests[-3:]
+    assert _store(home).verify().ok
+
+
 def test_two_pulls_at_once(hub: FakeHub, home: Path) -> None:
     env = {**os.environ, "LOCALRUN_HOME": str(home), "HF_ENDPOINT": hub.url, "HF_TOKEN": ""}
     procs = [

@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     try:
         result = app(args=argv, prog_name="localrun", standalone_mode=False)
         code = result if isinstance(result, int) else 0
+        if code == 130:  # typer turns Ctrl-C into this exit code, silently
+            print("\ninterrupted", file=sys.stderr)
     except LocalrunError as err:
         if debug:
             traceback.print_exc()
