@@ -233,32 +233,41 @@ def test_a_server_that_ignores_the_range_is_followed_from_the_start(
     assert _store(home).verify().ok
 
 
-@pytest.mark.slow
-def test_killed_pull_resumes_where_it_stopped(
-    pull_cli: CLI, hub: FakeHub, home: Path, files: dict[str, Path]
-) -> None:
-    size = files["big"].stat().st_size
+def _pull_in_background(hub: FakeHub, home: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A throttled pull of the big model in a subprocess, and its .partial file once more
+    than 10 MB of it have arrived."""
     hub.slow("big.Q4_K_M.gguf", bytes_per_s=20_000_000)
     env = {**os.environ, "LOCALRUN_HOME": str(home), "HF_ENDPOINT": hub.url, "HF_TOKEN": ""}
     proc = subprocess.Popen(
         [sys.executable, "-m", "localrun", "pull", "hf.co/Test/Big-GGUF"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    partial = home / "models" / "partial"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        grown = [p for p in partial.glob("*/*.partial") if p.stat().st_size > 10_000_000]
+        grown = [
+            p
+            for p in (home / "models" / "partial").glob("*/*.partial")
+            if p.stat().st_size > 10_000_000
+        ]
         if grown:
-            break
+            return proc, grown[0]
         time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the download never started")
+    proc.kill()
+    pytest.fail("the download never started")
+
+
+@pytest.mark.slow
+def test_killed_pull_resumes_where_it_stopped(
+    pull_cli: CLI, hub: FakeHub, home: Path, files: dict[str, Path]
+) -> None:
+    size = files["big"].stat().st_size
+    proc, partial = _pull_in_background(hub, home)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    have = grown[0].stat().st_size
+    proc.communicate()
+    have = partial.stat().st_size
     assert 0 < have < size
     store = _store(home)
     assert store.names() == []  # no manifest for a half-pulled model
@@ -278,32 +287,18 @@ def test_killed_pull_resumes_where_it_stopped(
 def test_ctrl_c_keeps_what_arrived_and_the_next_pull_resumes(
     pull_cli: CLI, hub: FakeHub, home: Path, files: dict[str, Path]
 ) -> None:
-    size = files["big"].stat().st_size
-    hub.slow("big.Q4_K_M.gguf", bytes_per_s=20_000_000)
-    env = {**os.environ, "LOCALRUN_HOME": str(home), "HF_ENDPOINT": hub.url, "HF_TOKEN": ""}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "localrun", "pull", "hf.co/Test/Big-GGUF"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    partial = home / "models" / "partial"
-    deadline = time.monotonic() + 60
-    while not [p for p in partial.glob("*/*.partial") if p.stat().st_size > 10_000_000]:
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the download never started")
-        time.sleep(0.05)
-    received_before = hub.bytes_sent
+    proc, partial = _pull_in_background(hub, home)
+    time.sleep(0.3)
+    sent = hub.bytes_sent
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
-    (kept,) = partial.glob("*/*.partial")
-    have = kept.stat().st_size
-    # Every byte read from the socket before Ctrl-C is in the file, buffered ones included.
-    assert received_before - 4 * 1024 * 1024 <= have < size
+    have = partial.stat().st_size
+    assert 0 < have < files["big"].stat().st_size
+    # What was read is written out, the buffered tail included (tests/test_partial.py checks
+    # that flush exactly; here, at most a 1 MB piece of the throttled stream was in flight).
+    assert have >= sent - 2_000_000, (have, sent)
     assert _store(home).names() == []
     result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=120)
     assert result.code == 0, result.stderr
