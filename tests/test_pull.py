@@ -218,6 +218,29 @@ def test_dropped_connection_is_resumed(pull_cli: CLI, hub: FakeHub, files: dict[
     assert hub.bytes_sent < 1.5 * size
 
 
+def test_a_connection_that_drops_again_and_again_is_followed_while_it_progresses(
+    pull_cli: CLI, hub: FakeHub, home: Path, files: dict[str, Path]
+) -> None:
+    size = files["big"].stat().st_size
+    hub.cut_after(
+        "big.Q4_K_M.gguf", size // 8, times=5
+    )  # more cuts than retries, each after progress
+    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=120)
+    assert result.code == 0, result.stderr
+    assert _store(home).verify().ok
+
+
+def test_a_connection_that_gets_nowhere_gives_up_with_one_line(
+    pull_cli: CLI, hub: FakeHub, home: Path
+) -> None:
+    hub.cut_after("tiny.Q4_K_M.gguf", 0, times=20)
+    result = pull_cli("pull", "hf.co/Test/Tiny-GGUF", timeout=120)
+    assert_one_line_error(result, "broke off", "pull again")
+    assert _store(home).names() == []
+    gets = [r for r in hub.requests if r[0] == "GET" and "tiny.Q4_K_M.gguf" in r[1]]
+    assert len(gets) == 4  # the first try and three retries
+
+
 def test_a_server_that_ignores_the_range_is_followed_from_the_start(
     pull_cli: CLI, hub: FakeHub, home: Path, files: dict[str, Path]
 ) -> None:

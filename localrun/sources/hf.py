@@ -82,9 +82,10 @@ def _translated(reference: str, what: str) -> Iterator[None]:
         raise DownloadError(
             f"{what}: the file is gone from the repository", hint="pull again to see what exists"
         ) from exc
-    except _ShortBody as exc:
+    except _Incomplete as exc:
         raise DownloadError(
-            f"the download stopped early: {exc}", hint="pull again: it continues where it stopped"
+            f"the download did not complete: {exc}",
+            hint="pull again: it continues where it stopped",
         ) from exc
     except hf.OfflineModeIsEnabled as exc:
         raise _offline_error(reference) from exc
@@ -105,6 +106,12 @@ def _translated(reference: str, what: str) -> Iterator[None]:
             ) from exc
         raise DownloadError(f"{what}: {exc}") from exc
     except Exception as exc:
+        if _is_broken_transfer(exc):
+            raise DownloadError(
+                f"{what}: the connection broke off again and again ({type(exc).__name__}: {exc})",
+                hint="pull again: it continues where it stopped; if it repeats, check the "
+                "network or the mirror (HF_ENDPOINT)",
+            ) from exc
         if _is_transport_error(exc):
             raise HubUnreachableError(
                 f"cannot reach {endpoint()} ({type(exc).__name__}: {exc})",
@@ -124,6 +131,13 @@ def _is_transport_error(exc: BaseException) -> bool:
     import httpx2
 
     return isinstance(exc, httpx2.TransportError | ConnectionError | TimeoutError)
+
+
+def _is_broken_transfer(exc: BaseException) -> bool:
+    """The server answered, then the connection failed mid-response (not: cannot connect)."""
+    import httpx2
+
+    return isinstance(exc, httpx2.ReadError | httpx2.ReadTimeout | httpx2.RemoteProtocolError)
 
 
 class HuggingFaceHub:
@@ -197,7 +211,7 @@ class HuggingFaceHub:
                 if expected is None or out.size < expected:
                     _stream(what, meta.location, headers, out, progress)
                 if expected is not None and out.size != expected:
-                    raise _ShortBody(f"{what}: {out.size} of {expected} bytes arrived")
+                    raise _Incomplete(f"{what}: {out.size} bytes arrived, the hub lists {expected}")
                 progress(out.size, out.size)
                 digest.append(out.finish())
 
@@ -233,7 +247,7 @@ class HuggingFaceHub:
                 if attempt == RETRIES or status is None or status < 500:
                     raise
             except Exception as exc:
-                transient = _is_transport_error(exc) or isinstance(exc, _ShortBody)
+                transient = _is_transport_error(exc) or isinstance(exc, _Incomplete)
                 if attempt == RETRIES or not transient:
                     raise
             now = progressed() if progressed else 0
@@ -244,8 +258,8 @@ class HuggingFaceHub:
             attempt += 1
 
 
-class _ShortBody(Exception):
-    """The body ended before the file did (retried: the next try resumes)."""
+class _Incomplete(Exception):
+    """The body did not add up to the file (retried: the next try resumes or starts over)."""
 
 
 def _stream(
@@ -271,7 +285,7 @@ def _stream(
         if start and not response.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
             out.restart()  # the server ignored the Range request and sends the whole file
             if response.status_code != 200:
-                raise _ShortBody(f"{what}: the server sent another range than bytes={start}-")
+                raise _Incomplete(f"{what}: the server sent another range than bytes={start}-")
         total = _total(response, out.size)
         progress(out.size, total)
         last = 0.0
