@@ -149,6 +149,59 @@ def test_a_dead_proxy_is_a_one_line_error(pull_cli: CLI, home: Path) -> None:
     assert not list((home / "models").glob("manifests/**/*.json"))
 
 
+@pytest.mark.slow
+def test_progress_is_a_bar_on_a_terminal_lines_otherwise_and_quiet(
+    pull_cli: CLI, hub: FakeHub, home: Path
+) -> None:
+    import pty
+
+    hub.slow("big.Q4_K_M.gguf", bytes_per_s=20_000_000)  # 2 s: time for the bar to move
+    env = {
+        **os.environ,
+        "LOCALRUN_HOME": str(home),
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": "",
+        "TERM": "xterm",
+        "COLUMNS": "120",
+    }
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localrun", "pull", "hf.co/Test/Big-GGUF"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=child,
+    )
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(main)
+    assert proc.wait(timeout=120) == 0
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "pulling big.Q4_K_M.gguf" in shown
+    assert "━" in shown and "MB/s" in shown and "0:00:0" in shown  # bar, speed, ETA
+    assert "\x1b[" in shown  # redrawn in place
+
+    _store(home).remove(_store(home).names()[0])
+    _store(home).prune()
+    plain = pull_cli("pull", "hf.co/Test/Big-GGUF")
+    assert plain.code == 0, plain.stderr
+    assert "pulling big.Q4_K_M.gguf (41 MB)" in plain.stderr.splitlines()
+    assert "\x1b" not in plain.stderr and "\r" not in plain.stderr
+
+    _store(home).remove(_store(home).names()[0])
+    _store(home).prune()
+    quiet = pull_cli("pull", "hf.co/Test/Big-GGUF", "--quiet")
+    assert quiet.code == 0 and quiet.stderr == "" and quiet.stdout == ""
+    assert _store(home).verify().ok
+
+
 def test_tags_pick_quants_and_files(pull_cli: CLI, hub: FakeHub, home: Path) -> None:
     assert pull_cli("pull", "hf.co/Test/Tiny-GGUF:q8_0").code == 0
     assert pull_cli("pull", "huggingface.co/Test/Tiny-GGUF:tiny.Q4_K_M.gguf").code == 0
