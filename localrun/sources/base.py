@@ -7,13 +7,14 @@ every hub and lives here: `pick(files, tag)`.
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from localrun.errors import ModelNotFoundError
+from localrun.errors import DiskFullError, DownloadError, LocalrunError, ModelNotFoundError
 
 # The quantization a bare `pull hf.co/org/repo` takes, in order of preference (Ollama's habit:
 # Q4_K_M is the usual balance of size and quality; then the nearest alternatives).
@@ -32,6 +33,17 @@ _SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.ggu
 
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) while a file downloads."""
+
+
+def download_os_error(what: str, exc: OSError) -> LocalrunError:
+    """What an OSError met while downloading `what` means: a full disk or a failed download."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(
+            f"{what}: no space left on the device",
+            hint="free some space (`localrun prune` removes unused blobs); the download "
+            "resumes where it stopped",
+        )
+    return DownloadError(f"{what}: {exc}")
 
 
 @dataclass(frozen=True)

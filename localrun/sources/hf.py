@@ -13,7 +13,6 @@ translated here into localrun's.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -22,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from localrun.errors import (
-    DiskFullError,
     DownloadError,
     HubAuthError,
     HubUnreachableError,
     LocalrunError,
     ModelNotFoundError,
 )
-from localrun.sources.base import Progress, RemoteFile, Repo
+from localrun.sources.base import Progress, RemoteFile, Repo, download_os_error
 from localrun.sources.partial import PartialFile
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -98,13 +96,7 @@ def _translated(reference: str, what: str) -> Iterator[None]:
             ) from exc
         raise DownloadError(f"{what}: the hub answered HTTP {status}") from exc
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(
-                f"{what}: no space left on the device",
-                hint="free some space (`localrun prune` removes unused blobs); the download "
-                "resumes where it stopped",
-            ) from exc
-        raise DownloadError(f"{what}: {exc}") from exc
+        raise download_os_error(what, exc) from exc
     except Exception as exc:
         if _is_broken_transfer(exc):
             raise DownloadError(

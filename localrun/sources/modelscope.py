@@ -35,7 +35,6 @@ exceptions are translated into localrun's where the library is called (`_transla
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import time
@@ -46,7 +45,6 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from localrun.errors import (
-    DiskFullError,
     DownloadError,
     HubAuthError,
     HubError,
@@ -54,7 +52,7 @@ from localrun.errors import (
     LocalrunError,
     ModelNotFoundError,
 )
-from localrun.sources.base import Progress, RemoteFile, Repo
+from localrun.sources.base import Progress, RemoteFile, Repo, download_os_error
 
 if TYPE_CHECKING:
     from modelscope_hub import ProgressCallback
@@ -285,13 +283,7 @@ def _translated(reference: str, settings: _Settings, file: str | None = None) ->
     except ms.HubError as exc:
         raise DownloadError(f"{what}: {_first(exc)}") from exc
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DiskFullError(
-                f"{what}: no space left on the device",
-                hint="free some space (`localrun prune` removes unused blobs); the download "
-                "resumes where it stopped",
-            ) from exc
-        raise DownloadError(f"{what}: {exc}") from exc
+        raise download_os_error(what, exc) from exc
 
 
 def _reason(exc: BaseException) -> str:
