@@ -77,7 +77,7 @@ def children() -> list[psutil.Process]:
 
 
 async def text(stream: Stream) -> str:
-    return "".join([piece async for piece in stream])
+    return "".join([chunk.text async for chunk in stream])
 
 
 async def until(check: Callable[[], bool], timeout: float = 10) -> None:
@@ -100,7 +100,7 @@ def gone(pid: int) -> bool:
 
 
 async def first_piece(stream: Stream) -> str:
-    return await anext(aiter(stream))
+    return (await anext(aiter(stream))).text
 
 
 # -- real engine ------------------------------------------------------------------------------

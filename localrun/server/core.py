@@ -11,6 +11,7 @@ client is watched: when it disconnects the generation is cancelled and its slot 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -24,6 +25,7 @@ from starlette.requests import Request
 from localrun import config
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.store import Store
+from localrun.worker.protocol import Chunk
 
 if TYPE_CHECKING:
     from localrun.scheduler import Scheduler, Stream
@@ -222,16 +224,20 @@ class GenRequest:
 
 
 class Generation:
-    """A started answer; iterate `pieces()` once. Timings are final after the last piece."""
+    """A started answer; iterate `chunks()` (or `pieces()`, its text alone) once.
+
+    `text` and `thinking` accumulate what was streamed; timings are final after the last chunk.
+    """
 
     def __init__(self, stream: Stream, started: float) -> None:
         self.stream = stream
         self.started = started
         self.text = ""
+        self.thinking = ""
         self.finished = False
-        self._first: str | None = None
+        self._first: Chunk | None = None
 
-    async def _next(self) -> str | None:
+    async def _next(self) -> Chunk | None:
         try:
             return await self.stream.__anext__()
         except StopAsyncIteration:
@@ -244,21 +250,31 @@ class Generation:
     async def prefetch(self) -> None:
         self._first = await self._next()
 
-    async def pieces(self) -> AsyncGenerator[str, None]:
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
+        """The answer's chunks (text, reasoning, log-probabilities), empty ones skipped."""
         try:
-            piece, self._first = self._first, None
-            while piece is not None:
-                self.text += piece
-                if piece:
-                    yield piece
-                piece = None if self.finished else await self._next()
+            chunk, self._first = self._first, None
+            while chunk is not None:
+                self.text += chunk.text
+                self.thinking += chunk.thinking
+                if chunk:
+                    yield chunk
+                chunk = None if self.finished else await self._next()
         finally:
             if not self.finished:
                 await self.close()
 
+    async def pieces(self) -> AsyncGenerator[str, None]:
+        """The answer's text alone, for dialects that show nothing else."""
+        async with contextlib.aclosing(self.chunks()) as chunks:
+            async for chunk in chunks:
+                if chunk.text:
+                    yield chunk.text
+
     async def collect(self) -> str:
-        async for _ in self.pieces():
-            pass
+        async with contextlib.aclosing(self.chunks()) as chunks:
+            async for _ in chunks:
+                pass
         return self.text
 
     async def close(self) -> None:

@@ -249,7 +249,7 @@ class RunnerProcess:
 
 
 class Stream:
-    """The text pieces of one answer; after exhaustion `done_reason`, `timings`, `tool_calls`.
+    """The chunks of one answer; after exhaustion `done_reason`, `timings`, `tool_calls`.
 
     Iterating raises the runner's typed error (ContextOverflowError, TemplateError ...), or
     RunnerDiedError when the runner exits. Call `aclose()` when the client goes away: the
@@ -276,23 +276,23 @@ class Stream:
     def __aiter__(self) -> Stream:
         return self
 
-    async def __anext__(self) -> str:
+    async def __anext__(self) -> protocol.Chunk:
         if self._finished:
             raise StopAsyncIteration
         item = await self._queue.get()
-        text = self._take(item)
-        if text is None:
+        chunk = self._take(item)
+        if chunk is None:
             raise StopAsyncIteration
-        return text
+        return chunk
 
-    def _take(self, item: Item) -> str | None:
-        """A piece's text, or None at the end (done); raises the request's error."""
+    def _take(self, item: Item) -> protocol.Chunk | None:
+        """A piece's chunk, or None at the end (done); raises the request's error."""
         if isinstance(item, LocalrunError):
             self._finished = True
             raise item
         kind = item.get("event")
         if kind == protocol.PIECE:
-            return str(item.get("text", ""))
+            return protocol.Chunk.from_event(item)
         self._finished = True
         if kind == protocol.DONE:
             self.done_reason = str(item.get("reason") or "stop")

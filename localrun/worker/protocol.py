@@ -13,7 +13,8 @@ stderr so they cannot corrupt the stream).
     -> {"op": "chat", "id": 7, "messages": [...], "system": null, "options": {...},
         "format": null | "json" | {schema}, "tools": [...] | null, "tool_choice": ...}
     -> {"op": "complete", "id": 8, "prompt": "raw text", "options": {...}, "format": ...}
-    <- {"event": "piece", "id": 7, "text": "..."}                    (zero or more)
+    <- {"event": "piece", "id": 7, "text": "...", "thinking": "..."?, "logprobs": [...]?}
+                                                                     (zero or more)
     <- {"event": "done", "id": 7, "reason": "stop" | "length" | "cancelled",
         "timings": {Timings fields}, "tool_calls": [{"name", "arguments"}] | null}
     <- {"event": "error", "id": 7, "error": {"code", "type", "message", "hint"?}}
@@ -205,8 +206,44 @@ def ready_event(info: ReadyInfo) -> Message:
     return {"event": READY, "info": info.to_dict()}
 
 
-def piece_event(id: RequestId, text: str) -> Message:
-    return {"event": PIECE, "id": id, "text": text}
+@dataclass
+class Chunk:
+    """A piece of an answer: its text, its reasoning text, and per-token log-probabilities.
+
+    `logprobs` holds one entry per generated token when they were asked for:
+    {"token": str, "logprob": float, "bytes": [int], "top": [{"token", "logprob", "bytes"}]}.
+    """
+
+    text: str = ""
+    thinking: str = ""
+    logprobs: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def from_event(cls, event: Message) -> Chunk:
+        logprobs = event.get("logprobs")
+        return cls(
+            text=str(event.get("text") or ""),
+            thinking=str(event.get("thinking") or ""),
+            logprobs=logprobs if isinstance(logprobs, list) else None,
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.text or self.thinking or self.logprobs)
+
+
+def piece_event(
+    id: RequestId,
+    text: str,
+    *,
+    thinking: str = "",
+    logprobs: list[dict[str, Any]] | None = None,
+) -> Message:
+    event: Message = {"event": PIECE, "id": id, "text": text}
+    if thinking:
+        event["thinking"] = thinking
+    if logprobs:
+        event["logprobs"] = logprobs
+    return event
 
 
 def done_event(
