@@ -1,0 +1,83 @@
+"""What other servers' clients and test suites expect of `localrun serve`, on the real server.
+
+Ollama's integration tests and llama.cpp's server tests, run against localrun, found these:
+64-bit seeds, load-time options that outlived their request, `context` on /api/generate,
+raw control characters in structured output, OpenAI's `context_length_exceeded`, and
+llama-server's small routes. Real runners (llama.cpp) on SmolLM2 and the tiny model, with the
+official `ollama` and `openai` clients where a client is involved.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import openai
+import pytest
+from test_server import SMOL, LiveServer, add_model
+
+from localrun import catalog
+from localrun.scheduler import Scheduler
+from localrun.store import Store
+
+pytestmark = [pytest.mark.server, pytest.mark.model]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
+    store = Store(tmp_path_factory.mktemp("compat") / "models")
+    add_model(store, "tiny", tiny_model)
+    catalog.find(store, SMOL)
+    server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=64))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def oc(live: LiveServer) -> ollama.Client:
+    return ollama.Client(host=live.url, timeout=180)
+
+
+@pytest.fixture
+def ai(live: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=180)
+
+
+def sampled(seed: int, n: int = 16) -> dict[str, Any]:
+    """Options that sample (not greedy), so the seed decides the answer."""
+    return {"temperature": 1.5, "top_k": 0, "seed": seed, "num_predict": n}
+
+
+# -- seeds ------------------------------------------------------------------------------------
+
+
+def test_any_64_bit_seed_is_accepted_on_every_route(
+    oc: ollama.Client, ai: openai.OpenAI, live: LiveServer
+) -> None:
+    prompt = "Tell me a story."
+    big = 2**32 + 7  # reduced to 7, as Ollama's uint32() conversion does
+    small = oc.generate(SMOL, prompt, options=sampled(7)).response
+    assert oc.generate(SMOL, prompt, options=sampled(big)).response == small
+    assert oc.generate(SMOL, prompt, options=sampled(8)).response != small  # the seed matters
+    for seed in (2**63 - 1, 2**64 - 1, -(2**63), -1):
+        assert oc.generate(SMOL, prompt, options=sampled(seed, 2)).done
+        chat = oc.chat(SMOL, [{"role": "user", "content": prompt}], options=sampled(seed, 2))
+        assert chat.done
+    messages: Any = [{"role": "user", "content": prompt}]
+    chat_small = ai.chat.completions.create(
+        model=SMOL, messages=messages, temperature=1.5, seed=7, max_tokens=16
+    )
+    chat_big = ai.chat.completions.create(
+        model=SMOL, messages=messages, temperature=1.5, seed=2**40 * 3 + 7, max_tokens=16
+    )
+    assert chat_big.choices[0].message.content == chat_small.choices[0].message.content
+    completion = ai.completions.create(model=SMOL, prompt=prompt, seed=2**63 - 1, max_tokens=2)
+    assert completion.choices[0].text is not None
+    # Past 64 bits is still a 400 naming the seed.
+    body = {"model": SMOL, "prompt": prompt, "options": {"seed": 2**64}, "stream": False}
+    refused = httpx.post(f"{live.url}/api/generate", json=body)
+    assert refused.status_code == 400 and "seed" in refused.json()["error"]
