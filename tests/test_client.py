@@ -194,7 +194,7 @@ def test_stream_errors_and_early_end(scripted: Scripted) -> None:
         "/api/chat",
         [
             {"message": {"role": "assistant", "content": "Hel"}, "done": False},
-            {"error": "the prompt is too long", "code": "context_overflow", "hint": "num_ctx"},
+            {"error": "the prompt is too long", "code": "context_length_exceeded", "hint": "x"},
         ],
     )
     answer = RemoteAnswer(client.chat("m", [{"role": "user", "content": "hi"}]))
@@ -203,6 +203,9 @@ def test_stream_errors_and_early_end(scripted: Scripted) -> None:
         for piece in answer:
             pieces.append(piece)
     assert pieces == ["Hel"]
+    # A localrun 0.1 server's code for the same error.
+    old = LocalrunError.from_dict({"code": "context_overflow", "message": "too long"})
+    assert isinstance(old, ContextOverflowError) and old.code == "context_length_exceeded"
 
     scripted.ndjson("/api/chat", [{"message": {"content": "cut"}, "done": False}])
     with pytest.raises(ServerError, match="before it was done"):

@@ -81,3 +81,21 @@ def test_any_64_bit_seed_is_accepted_on_every_route(
     body = {"model": SMOL, "prompt": prompt, "options": {"seed": 2**64}, "stream": False}
     refused = httpx.post(f"{live.url}/api/generate", json=body)
     assert refused.status_code == 400 and "seed" in refused.json()["error"]
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def test_a_prompt_past_the_context_is_context_length_exceeded(
+    oc: ollama.Client, ai: openai.OpenAI, live: LiveServer
+) -> None:
+    long = "word " * 400  # past the 256 tokens of context asked for below
+    with pytest.raises(openai.BadRequestError) as refused:
+        ai.completions.create(model="tiny", prompt=long, max_tokens=2)
+    assert refused.value.status_code == 400 and refused.value.code == "context_length_exceeded"
+    with pytest.raises(ollama.ResponseError) as native:
+        oc.generate("tiny", long, raw=True, options={"num_ctx": 256, "num_predict": 2})
+    assert native.value.status_code == 400
+    body = {"model": "tiny", "prompt": long, "raw": True, "options": {"num_ctx": 256}}
+    answer = httpx.post(f"{live.url}/api/generate", json=body, timeout=60)
+    assert answer.status_code == 400 and answer.json()["code"] == "context_length_exceeded"
