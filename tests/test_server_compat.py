@@ -99,3 +99,37 @@ def test_a_prompt_past_the_context_is_context_length_exceeded(
     body = {"model": "tiny", "prompt": long, "raw": True, "options": {"num_ctx": 256}}
     answer = httpx.post(f"{live.url}/api/generate", json=body, timeout=60)
     assert answer.status_code == 400 and answer.json()["code"] == "context_length_exceeded"
+
+
+# -- structured output ------------------------------------------------------------------------
+
+
+def test_structured_answers_with_line_breaks_parse(oc: ollama.Client, ai: openai.OpenAI) -> None:
+    # A poem invites line breaks inside a string: the grammar allows them only escaped.
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "poem": {"type": "string"}},
+        "required": ["title", "poem"],
+    }
+    ask = "Write a poem of four short lines about the sea, one line per line, as JSON."
+    for seed in range(3):
+        answer = oc.chat(
+            SMOL, [{"role": "user", "content": ask}], format=schema, options=sampled(seed, 80)
+        )
+        content = answer.message.content or ""
+        if answer.done_reason == "stop":
+            assert set(json.loads(content)) == {"title", "poem"}
+        assert not any(ord(c) < 0x20 and c not in " \n\t" for c in content)
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "poem", "schema": schema}}
+    chat = ai.chat.completions.create(
+        model=SMOL,
+        messages=[{"role": "user", "content": ask}],
+        response_format=fmt,
+        temperature=0,
+        max_tokens=200,
+    )
+    assert chat.choices[0].finish_reason == "stop"
+    assert set(json.loads(chat.choices[0].message.content or "")) == {"title", "poem"}
+    plain = oc.generate(SMOL, ask, format="json", options=sampled(1, 80))
+    if plain.done_reason == "stop":
+        json.loads(plain.response)
