@@ -146,18 +146,24 @@ class _Runner:
     def matches(self, target: _Target, load_options: dict[str, Any]) -> bool:
         """Whether this runner can answer a request for `target` with these load options.
 
-        A request that names no load-time option takes the runner as it is; one that names a
-        value compares it with what the runner was loaded with (num_ctx and num_gpu also with
-        what the worker resolved, so asking for the value in force never reloads).
+        A request gets the model's own load-time values for the options it does not name:
+        a runner loaded with another client's num_ctx does not answer it, as one client's
+        options must never change another's answers. A named value is compared with what the
+        runner was loaded with (num_ctx and num_gpu also with what the worker resolved, so
+        asking for the value in force never reloads).
         """
         if target.digest != self.digest:
             return False
-        for key, value in load_options.items():
+        for key in {*load_options, *self.load_options}:
+            value = load_options.get(key)
             if self.load_options.get(key) == value:
                 continue
+            if value is None or (key == "num_gpu" and value == -1):
+                # The model's own value (num_gpu -1: decided automatically, as by default).
+                if key == "num_gpu" and self.load_options.get(key) in (None, -1):
+                    continue
+                return False
             if self.info is not None and key == "num_ctx" and value == self.info.n_ctx:
-                continue
-            if key == "num_gpu" and value == -1 and "num_gpu" not in self.load_options:
                 continue
             if self.info is not None and key == "num_gpu" and value == self.info.gpu_layers:
                 continue

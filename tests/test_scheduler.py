@@ -355,12 +355,21 @@ def test_other_load_options_reload_once_idle(models: Store) -> None:
             first = await sched.load("a", options={"num_ctx": 128})
             assert first.context_length == 128
             same = await sched.load("a", options={"num_ctx": 128, "temperature": 0.1})
-            plain = await sched.chat("a", messages=HI)  # no load option: takes it as it is
-            await text(plain)
             assert same.pid == first.pid == pid_of(sched, "a:latest")
-            again = await sched.load("a", options={"num_ctx": 256})
-            assert again.context_length == 256 and again.pid != first.pid
+            in_force = await sched.load("a", options={"num_ctx": first.context_length})
+            assert in_force.pid == first.pid  # the value in force never reloads
+            again = await sched.load("a", options={"num_ctx": 64})
+            assert again.context_length == 64 and again.pid != first.pid
             assert gone(first.pid) and len(sched.running()) == 1
+            # No load option: the model's own values, not those another request loaded with.
+            plain = await sched.chat("a", messages=HI)
+            await text(plain)
+            own = sched.running()[0]
+            assert own.pid != again.pid and own.context_length not in (64, 128)
+            asked = await sched.load("a", options={"num_ctx": own.context_length})
+            assert asked.pid == own.pid  # asking for the model's own value in force: no reload
+            await text(await sched.chat("a", messages=HI))
+            assert pid_of(sched, "a:latest") == own.pid
 
     run(main())
 

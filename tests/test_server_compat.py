@@ -133,3 +133,32 @@ def test_structured_answers_with_line_breaks_parse(oc: ollama.Client, ai: openai
     plain = oc.generate(SMOL, ask, format="json", options=sampled(1, 80))
     if plain.done_reason == "stop":
         json.loads(plain.response)
+
+
+# -- load-time options ------------------------------------------------------------------------
+
+
+def test_one_requests_num_ctx_does_not_stay_for_the_next(
+    oc: ollama.Client, ai: openai.OpenAI, live: LiveServer
+) -> None:
+    long = " ".join(f"item{i}" for i in range(150))  # about 430 tokens
+    small = {"num_ctx": 256, "num_predict": 1}
+    assert oc.generate(SMOL, "Hi", options=small).done
+    assert live.running()[SMOL].context_length == 256
+    # A plain request gets the model's own context: the long prompt fits.
+    plain = oc.generate(SMOL, long, options={"num_predict": 1, "temperature": 0})
+    assert plain.prompt_eval_count and plain.prompt_eval_count > 400
+    own = live.running()[SMOL].context_length
+    assert own > 256
+    # Embeddings are not cut to the 256 tokens another request loaded the model with.
+    oc.generate(SMOL, "Hi", options=small)
+    embedded = oc.embed(SMOL, long)
+    assert embedded.prompt_eval_count and embedded.prompt_eval_count > 400
+    oc.generate(SMOL, "Hi", options=small)
+    vectors = ai.embeddings.create(model=SMOL, input=long)
+    assert vectors.usage.prompt_tokens > 400
+    # Asking for the value in force never reloads.
+    pid = live.running()[SMOL].pid
+    oc.generate(SMOL, "Hi", options={"num_ctx": own, "num_predict": 1})
+    oc.generate(SMOL, "Hi", options={"num_predict": 1})
+    assert live.running()[SMOL].pid == pid
