@@ -132,7 +132,8 @@ def test_streams_from_the_real_engine_and_serves_concurrent_requests(models: Sto
             answers = await asyncio.gather(*(text(s) for s in streams))
             assert answers == alone and len(set(answers)) > 1
             assert all(s.done_reason == "length" and s.timings.eval_tokens == 6 for s in streams)
-            assert [s.load_s for s in streams] == [0.0] * 8
+            # Loaded already: the time to get a slot, as Ollama reports it (never 0).
+            assert all(0 < s.load_s < 0.5 for s in streams)
             assert pid_of(sched, "a:latest") == shown.pid  # one runner served them all
 
             vectors = await sched.embed("a", ["one", "two"])

@@ -199,6 +199,16 @@ class Weights:
             return big.raw[:n]
         return self._piece.raw[:n]
 
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of one token, special tokens spelled out (as llama-server's /detokenize
+        and /tokenize's pieces show them). Safe from any thread: its buffer is its own."""
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, 64, 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, -n, 0, True)
+        return buf.raw[: max(0, n)]
+
     def close(self) -> None:
         """Free the contexts made from these weights, then the weights."""
         while self._contexts:
