@@ -162,3 +162,36 @@ def test_one_requests_num_ctx_does_not_stay_for_the_next(
     oc.generate(SMOL, "Hi", options={"num_ctx": own, "num_predict": 1})
     oc.generate(SMOL, "Hi", options={"num_predict": 1})
     assert live.running()[SMOL].pid == pid
+
+
+# -- /api/generate's context and durations ----------------------------------------------------
+
+
+def test_generate_returns_its_context_and_continues_from_one(
+    oc: ollama.Client, live: LiveServer
+) -> None:
+    greedy = {"temperature": 0, "num_predict": 8}
+    oc.generate(SMOL, "Hi", options={"num_predict": 1})  # loaded: the next requests load nothing
+    first = oc.generate(SMOL, "Why is the sky blue?", options=greedy)
+    assert first.load_duration and first.load_duration > 0  # Ollama's tests want it set
+    assert first.load_duration < 1e9  # but it loaded nothing
+    context = list(first.context or [])
+    assert len(context) == (first.prompt_eval_count or 0) + (first.eval_count or 0)
+    streamed = list(oc.generate(SMOL, "Why is the sky blue?", options=greedy, stream=True))
+    assert streamed[-1].done and list(streamed[-1].context or []) == context
+    assert all(not part.context for part in streamed[:-1])
+
+    second = oc.generate(SMOL, "Say it again.", options=greedy, context=context)
+    assert list(second.context or [])[: len(context)] == context  # the new turn follows it
+    assert (second.prompt_eval_count or 0) > len(context)
+    # Its tokens come before the new prompt, and the slot holding them is reused.
+    body = {"model": SMOL, "prompt": "Say it again.", "options": greedy, "stream": False,
+            "context": context}  # fmt: skip
+    again = httpx.post(f"{live.url}/api/generate", json=body, timeout=60).json()
+    assert again["prompt_cache_count"] >= len(context) - 1 and again["context"] == second.context
+    assert again["response"] == second.response
+
+    for bad in ([10**9], ["a"], [-1], "1 2 3"):
+        refused = httpx.post(f"{live.url}/api/generate", json={**body, "context": bad})
+        assert refused.status_code == 400, bad
+        assert "context" in refused.json()["error"]

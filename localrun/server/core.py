@@ -221,6 +221,8 @@ class GenRequest:
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     keep_alive: float | None = None
+    context: list[int] | None = None  # token ids before the prompt (a previous answer's)
+    return_context: bool = False  # Generation.context: the prompt's and answer's tokens
 
 
 class Generation:
@@ -292,6 +294,10 @@ class Generation:
         return self.stream.tool_calls or None
 
     @property
+    def context(self) -> list[int] | None:
+        return self.stream.context
+
+    @property
     def prompt_count(self) -> int:
         t = self.stream.timings
         return t.prompt_tokens + t.cached_tokens
@@ -327,6 +333,8 @@ async def start(request: Request, req: GenRequest) -> Generation:
                 tools=req.tools,
                 tool_choice=req.tool_choice,
                 keep_alive=req.keep_alive,
+                context=req.context,
+                return_context=req.return_context,
             )
         else:
             stream = await scheduler.complete(
@@ -335,6 +343,8 @@ async def start(request: Request, req: GenRequest) -> Generation:
                 options=req.options,
                 format=req.format,
                 keep_alive=req.keep_alive,
+                context=req.context,
+                return_context=req.return_context,
             )
         generation = Generation(stream, started)
         try:
