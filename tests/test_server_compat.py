@@ -10,6 +10,7 @@ official `ollama` and `openai` clients where a client is involved.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,25 @@ def test_generate_returns_its_context_and_continues_from_one(
         refused = httpx.post(f"{live.url}/api/generate", json={**body, "context": bad})
         assert refused.status_code == 400, bad
         assert "context" in refused.json()["error"]
+
+
+# -- options ----------------------------------------------------------------------------------
+
+
+def test_unknown_options_are_ignored_with_a_warning(
+    oc: ollama.Client, live: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="localrun.server")
+    options = {"num_predict": 2, "temperature": 0, "warmth": 3, "mirostat": 1}
+    answer = oc.generate(SMOL, "Hi", options=options)
+    assert answer.done and answer.eval_count == 2
+    chat = oc.chat(SMOL, [{"role": "user", "content": "Hi"}], options=options)
+    assert chat.done
+    assert oc.embed(SMOL, "Hi", options={"warmth": 3}).embeddings
+    warned = [r.getMessage() for r in caplog.records if r.name == "localrun.server"]
+    assert sum("warmth" in m for m in warned) == 3
+    assert not any("mirostat" in m for m in warned)  # known to Ollama, of no use here: quiet
+    # A known option's value is still checked.
+    with pytest.raises(ollama.ResponseError) as refused:
+        oc.generate(SMOL, "Hi", options={"top_p": 7, "warmth": 3})
+    assert refused.value.status_code == 400 and "top_p" in refused.value.error

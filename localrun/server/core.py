@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 from starlette.requests import Request
 
-from localrun import config
+from localrun import config, params
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.store import Store
 from localrun.worker.protocol import Chunk
@@ -32,7 +33,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Options Ollama's clients may send that localrun has no use for (they change nothing here).
+log = logging.getLogger("localrun.server")
+
+# Options Ollama's clients may send that localrun has no use for (they change nothing here, and
+# are dropped without a warning; other unknown keys are dropped with one, as Ollama does).
 IGNORED_OPTIONS = frozenset(
     {
         "numa",
@@ -134,8 +138,18 @@ class Body:
             raise BadRequestError(f"keep_alive: {exc}") from None
 
     def options(self, key: str = "options") -> dict[str, Any]:
+        """The request's model options; unknown keys are dropped with a warning in the log
+        (as Ollama does), the values of known ones are validated later (a bad one is a 400)."""
         value = self.get(key, dict, {})
-        return {k: v for k, v in value.items() if k not in IGNORED_OPTIONS and v is not None}
+        out = {}
+        for name, option in value.items():
+            if name in IGNORED_OPTIONS or option is None:
+                continue
+            if name.strip().lower() not in params.SPECS:
+                log.warning("ignoring unknown option %r", name[:100])
+                continue
+            out[name] = option
+        return out
 
     def format(self) -> str | dict[str, Any] | None:
         value = self.data.get("format")
