@@ -360,9 +360,7 @@ def test_valid_values_survive_text_and_json(pair: tuple[ParamSpec, Any]) -> None
     assert found.parse(_text(value)) == expected
     assert found.check(value) == expected
     assert found.check(expected) == expected
-    assert validate({found.name: value})[found.name] == (
-        [expected] if found.repeated else expected
-    )
+    assert validate({found.name: value})[found.name] == ([expected] if found.repeated else expected)
 
 
 @given(st.sampled_from(sorted(SPECS)), st.text())

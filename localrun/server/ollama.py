@@ -173,9 +173,7 @@ async def generate(request: Request) -> Response:
 def _context(body: Body) -> list[int] | None:
     """A previous answer's `context`: token ids the new prompt continues."""
     value = body.get("context", list)
-    if value is not None and not all(
-        isinstance(t, int) and not isinstance(t, bool) for t in value
-    ):
+    if value is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
         raise BadRequestError("context must be a list of token ids (integers)")
     return value or None
 
