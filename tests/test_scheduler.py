@@ -142,6 +142,30 @@ def test_streams_from_the_real_engine_and_serves_concurrent_requests(models: Sto
     run(main())
 
 
+def test_tokenize_counts_what_a_chat_would_evaluate(models: Store) -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+
+    async def main() -> None:
+        async with scheduler(models, num_parallel=2) as sched:
+            counted = await sched.tokenize("a", messages=messages, system="Be brief.")
+            stream = await sched.chat(
+                "a", messages=messages, system="Be brief.", options={"num_predict": 1}
+            )
+            await text(stream)
+            t = stream.timings
+            assert len(counted) == t.prompt_tokens + t.cached_tokens > 10
+            plain = await sched.tokenize("a", text="What is", add_special=False)
+            assert (await sched.detokenize("a", plain)).strip() == "What is"  # SPM: " What"
+            with pytest.raises(BadRequestError, match="vocabulary"):
+                await sched.detokenize("a", [10**9])
+            # Any runner of the model serves it: no reload for another's load options.
+            loaded = await sched.load("a", options={"num_ctx": 64})
+            assert await sched.tokenize("a", text="What is", add_special=False) == plain
+            assert pid_of(sched, "a:latest") == loaded.pid and sched.running()[0].busy == 0
+
+    run(main())
+
+
 def test_a_runner_killed_while_loading_gives_a_load_error(
     models: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

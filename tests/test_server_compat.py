@@ -218,3 +218,76 @@ def test_unknown_options_are_ignored_with_a_warning(
     with pytest.raises(ollama.ResponseError) as refused:
         oc.generate(SMOL, "Hi", options={"top_p": 7, "warmth": 3})
     assert refused.value.status_code == 400 and "top_p" in refused.value.error
+
+
+# -- llama-server's routes --------------------------------------------------------------------
+
+
+def unload_all(oc: ollama.Client, live: LiveServer) -> None:
+    for name in list(live.running()):
+        oc.generate(name, "", keep_alive=0)
+    assert live.running() == {}
+
+
+def test_tokenize_and_detokenize_as_llama_server_does(oc: ollama.Client, live: LiveServer) -> None:
+    url = live.url
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    unload_all(oc, live)
+    content = "What is the capital of France ?"
+    nothing = httpx.post(f"{url}/tokenize", json={"content": content})
+    assert nothing.status_code == 400
+    assert "name the model" in nothing.json()["error"]["message"]  # OpenAI's shape
+
+    oc.generate(SMOL, "", keep_alive="5m")  # one model loaded: it is the default
+    tokens = httpx.post(f"{url}/tokenize", json={"content": content}).json()["tokens"]
+    assert len(tokens) > 5 and all(isinstance(t, int) for t in tokens)
+    back = httpx.post(f"{url}/detokenize", json={"tokens": tokens}).json()
+    assert back["content"].strip() == content
+    named = httpx.post(f"{url}/tokenize", json={"content": content, "model": SMOL}).json()
+    assert named["tokens"] == tokens
+
+    # Special tokens are parsed unless asked not to be, and spelled out by /detokenize.
+    end = httpx.post(f"{url}/tokenize", json={"content": "<|im_end|>"}).json()["tokens"]
+    assert len(end) == 1
+    literal = {"content": "<|im_end|>", "parse_special": False}
+    assert len(httpx.post(f"{url}/tokenize", json=literal).json()["tokens"]) > 1
+    assert httpx.post(f"{url}/detokenize", json={"tokens": end}).json()["content"] == "<|im_end|>"
+
+    text = "This is a test string with unicode 媽 and emoji 🤗"
+    body = {"content": text, "with_pieces": True}
+    pieces = httpx.post(f"{url}/tokenize", json=body).json()["tokens"]
+    assert all(set(p) == {"id", "piece"} and p["piece"] for p in pieces)
+    joined = b"".join(
+        p["piece"].encode() if isinstance(p["piece"], str) else bytes(p["piece"]) for p in pieces
+    )
+    assert joined.decode() == text
+    assert any(isinstance(p["piece"], list) for p in pieces)  # the emoji spans tokens
+    assert [p["id"] for p in pieces] == httpx.post(
+        f"{url}/tokenize", json={"content": text}
+    ).json()["tokens"]
+
+    for bad in ([10**9], [-1], ["a"], [True]):
+        refused = httpx.post(f"{url}/detokenize", json={"tokens": bad})
+        assert refused.status_code == 400, bad
+        assert refused.json()["error"]["type"] == "invalid_request_error"
+    assert httpx.post(f"{url}/detokenize", json={"tokens": "1"}).status_code == 400
+    assert httpx.post(f"{url}/tokenize", json={"content": 5}).status_code == 400
+
+    oc.generate("tiny", "", keep_alive="5m")  # two loaded: a request must name one
+    two = httpx.post(f"{url}/detokenize", json={"tokens": tokens})
+    assert two.status_code == 400 and "2 models are loaded" in two.json()["error"]["message"]
+    tiny = httpx.post(f"{url}/tokenize", json={"content": content, "model": "tiny"})
+    assert tiny.status_code == 200 and tiny.json()["tokens"] != tokens
+    missing = httpx.post(f"{url}/tokenize", json={"content": content, "model": "nope"})
+    assert missing.status_code == 404
+
+
+def test_health_is_open_without_the_api_key(tmp_path: Path) -> None:
+    store = Store(tmp_path / "models")
+    server = LiveServer(store, api_key="sesame")
+    try:
+        assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+        closed = httpx.post(f"{server.url}/tokenize", json={"content": "x", "model": "m"})
+        assert closed.status_code == 401
+    finally:
+        server.close()

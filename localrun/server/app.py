@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from localrun import __version__, config
 from localrun.errors import ConfigError, LocalrunError
-from localrun.server import core, models, ollama, openai
+from localrun.server import core, llamacpp, models, ollama, openai
 from localrun.server.errors import body_of, dialect_of, headers_of, plain_body, status_of
 from localrun.server.security import Guard
 from localrun.store import Store
@@ -80,6 +80,9 @@ _ROUTES = (
     ("/v1/chat/completions", openai.chat_completions, ["POST"]),
     ("/v1/completions", openai.completions, ["POST"]),
     ("/v1/embeddings", openai.embeddings, ["POST"]),
+    ("/health", llamacpp.health, ["GET"]),
+    ("/tokenize", llamacpp.tokenize, ["POST"]),
+    ("/detokenize", llamacpp.detokenize, ["POST"]),
 )
 
 

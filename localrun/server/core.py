@@ -172,6 +172,21 @@ def _json_type(value: Any) -> str:
             list: "a list"}.get(type(value), type(value).__name__)  # fmt: skip
 
 
+def default_model(request: Request, body: Body) -> str:
+    """The model a request names, or the one loaded now when it names none (for llama-server's
+    routes, whose clients know of one model); a 400 when none or several are loaded."""
+    if body.data.get("model") is not None or body.data.get("name") is not None:
+        return body.model()
+    loaded = {m.name for m in context(request).scheduler.running()}
+    if len(loaded) == 1:
+        return loaded.pop()
+    raise BadRequestError(
+        "name the model: "
+        + (f"{len(loaded)} models are loaded" if loaded else "no model is loaded"),
+        hint='send {"model": "NAME", ...}',
+    )
+
+
 def now_iso() -> str:
     """RFC 3339 in UTC with a Z, as Ollama writes created_at."""
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")

@@ -2,7 +2,7 @@
 
 Ollama's clients read `error` as a string, so the native dialect is
 `{"error": "message", "code": "model_not_found", "hint": "..."}` (localrun's client rebuilds the
-typed error from `code`). OpenAI's clients expect
+typed error from `code`). OpenAI's clients (and llama-server's routes) expect
 `{"error": {"message", "type", "code", "param"}}`. The status is chosen from the error's class
 alone, never from its text.
 """
@@ -89,8 +89,14 @@ def plain_body(
     return body
 
 
+# llama-server's routes answer errors in OpenAI's shape, as llama-server does.
+_OPENAI_SHAPED = frozenset({"/health", "/tokenize", "/detokenize"})
+
+
 def dialect_of(path: str) -> Dialect:
-    return "openai" if path == "/v1" or path.startswith("/v1/") else "ollama"
+    if path == "/v1" or path.startswith("/v1/") or path in _OPENAI_SHAPED:
+        return "openai"
+    return "ollama"
 
 
 def unexpected(exc: BaseException, where: str) -> e.LocalrunError:
