@@ -220,8 +220,10 @@ def test_bearer_token_and_probe(scripted: Scripted, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("LOCALRUN_HOST", scripted.host)
     client = Client()
     assert client.is_up()
-    assert client.version() == "0.1.0"
+    assert client.version() == "0.1.0"  # an Ollama server: its version
     assert scripted.requests[-1][2]["Authorization"] == "Bearer s3cret"
+    scripted.json("/api/version", 200, {"version": "0.12.0", "localrun_version": "0.2.0"})
+    assert client.version() == "0.2.0"  # a localrun server: its own, not the API's
     monkeypatch.delenv("LOCALRUN_API_KEY")
     Client().version()
     assert "Authorization" not in scripted.requests[-1][2]

@@ -291,3 +291,18 @@ def test_health_is_open_without_the_api_key(tmp_path: Path) -> None:
         assert closed.status_code == 401
     finally:
         server.close()
+
+
+# -- version, show, listing -------------------------------------------------------------------
+
+
+def test_version_is_the_ollama_api_served_with_localruns_beside_it(live: LiveServer) -> None:
+    from localrun import __version__
+    from localrun.client import Client
+
+    served = httpx.get(f"{live.url}/api/version").json()
+    assert served == {"version": "0.12.0", "localrun_version": __version__}
+    major, minor, patch = (int(x) for x in served["version"].split("."))
+    assert (major, minor) >= (0, 9)  # clients gate tools, thinking, /api/show capabilities on it
+    client = Client(("127.0.0.1", live.port))
+    assert client.is_up() and client.version() == __version__

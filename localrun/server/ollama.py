@@ -26,6 +26,10 @@ from localrun.server.core import Body, Generation, GenRequest
 from localrun.server.errors import body_of, unexpected
 
 NDJSON = "application/x-ndjson"
+
+# The Ollama release whose API localrun serves, reported by /api/version: clients (editor
+# plugins, Open WebUI) turn features on by it. Raise it with the API features it implies.
+OLLAMA_API_VERSION = "0.12.0"
 Frame = Callable[[str], dict[str, Any]]
 
 
@@ -60,7 +64,10 @@ async def root(request: Request) -> Response:
 
 
 async def version(request: Request) -> Response:
-    return JSONResponse({"version": core.context(request).version})
+    """The Ollama API version served, and localrun's own beside it."""
+    return JSONResponse(
+        {"version": OLLAMA_API_VERSION, "localrun_version": core.context(request).version}
+    )
 
 
 async def ps(request: Request) -> Response:
