@@ -302,7 +302,18 @@ def test_version_is_the_ollama_api_served_with_localruns_beside_it(live: LiveSer
 
     served = httpx.get(f"{live.url}/api/version").json()
     assert served == {"version": "0.12.0", "localrun_version": __version__}
-    major, minor, patch = (int(x) for x in served["version"].split("."))
+    major, minor, _ = (int(x) for x in served["version"].split("."))
     assert (major, minor) >= (0, 9)  # clients gate tools, thinking, /api/show capabilities on it
     client = Client(("127.0.0.1", live.port))
     assert client.is_up() and client.version() == __version__
+
+
+def test_show_says_every_model_embeds(oc: ollama.Client, live: LiveServer) -> None:
+    for name in (SMOL, "tiny"):
+        shown = oc.show(name)
+        assert shown.capabilities is not None
+        assert shown.capabilities[:2] == ["completion", "embedding"], shown.capabilities
+        # What it says is what it does.
+        assert len(oc.embed(name, "hello").embeddings[0]) > 0
+    raw = httpx.post(f"{live.url}/api/show", json={"model": "tiny"}).json()
+    assert raw["capabilities"] == ["completion", "embedding"]  # no template, so no tools
