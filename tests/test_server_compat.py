@@ -21,7 +21,7 @@ import openai
 import pytest
 from test_server import SMOL, LiveServer, add_model
 
-from localrun import catalog
+from localrun import catalog, names
 from localrun.scheduler import Scheduler
 from localrun.store import Store
 
@@ -316,4 +316,32 @@ def test_show_says_every_model_embeds(oc: ollama.Client, live: LiveServer) -> No
         # What it says is what it does.
         assert len(oc.embed(name, "hello").embeddings[0]) > 0
     raw = httpx.post(f"{live.url}/api/show", json={"model": "tiny"}).json()
-    assert raw["capabilities"] == ["completion", "embedding"]  # no template, so no tools
+    assert raw["capabilities"] == ["completion", "embedding"]  # its template renders no tools
+
+
+def test_a_fresh_store_lists_the_packaged_starter_model(tmp_path: Path) -> None:
+    store = Store(tmp_path / "models")
+    server = LiveServer(store, Scheduler(store, num_parallel=1))
+    try:
+        oc = ollama.Client(host=server.url, timeout=180)
+        ai = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=180)
+        [listed] = oc.list().models
+        assert listed.model == SMOL and listed.size and listed.digest and listed.modified_at
+        details = listed.details
+        assert details and details.family == "llama" and details.format == "gguf"
+        assert details.parameter_size and details.quantization_level == "Q4_1"
+        assert [m.id for m in ai.models.list()] == [SMOL]
+        assert ai.models.retrieve(SMOL).id == SMOL
+        assert ai.models.retrieve("smollm2").id == SMOL  # its alias
+        assert not store.exists(names.parse(SMOL))  # listing imports nothing
+
+        # Using it imports it, as before; it is then listed once, from the store.
+        answer = ai.chat.completions.create(
+            model=SMOL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+        assert answer.choices[0].message.content is not None
+        [imported] = oc.list().models
+        assert imported.model == SMOL and imported.details == details
+        assert [m.id for m in ai.models.list()] == [SMOL]
+    finally:
+        server.close()

@@ -71,6 +71,10 @@ async def local_model(request: Request, text: str) -> ModelName:
 
 
 def _tags(store: Store) -> list[dict[str, Any]]:
+    """The store's models, newest first, then the packaged ones not imported yet (a fresh
+    store is not empty to a chat UI; the first use imports them)."""
+    from localrun import catalog
+
     out = []
     for entry in sorted(store.entries(), key=lambda e: e.modified, reverse=True):
         try:
@@ -85,6 +89,18 @@ def _tags(store: Store) -> list[dict[str, Any]]:
                 "size": entry.size,
                 "digest": entry.digest.removeprefix("sha256:"),
                 "details": core.details_of(config.get("details") or {}, config.get("parent")),
+            }
+        )
+    for packaged in catalog.not_imported(store):
+        name = str(packaged.entry.name)
+        out.append(
+            {
+                "name": name,
+                "model": name,
+                "modified_at": _iso(packaged.modified),
+                "size": packaged.size,
+                "digest": packaged.sha256,
+                "details": core.details_of(packaged.entry.details),
             }
         )
     return out
