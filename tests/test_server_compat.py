@@ -345,3 +345,45 @@ def test_a_fresh_store_lists_the_packaged_starter_model(tmp_path: Path) -> None:
         assert [m.id for m in ai.models.list()] == [SMOL]
     finally:
         server.close()
+
+
+# -- tool calls -------------------------------------------------------------------------------
+
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_streamed_tool_calls_come_before_the_final_chunk(
+    oc: ollama.Client, live: LiveServer
+) -> None:
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    options = {"temperature": 0, "num_predict": 60}
+    # The ollama client sends no tool_choice: SmolLM2 decides whether to call.
+    parts = list(oc.chat(SMOL, ask, tools=[WEATHER], options=options, stream=True))
+    assert parts[-1].done and not parts[-1].message.tool_calls
+    assert all(not p.done for p in parts if p.message.tool_calls)
+
+    body = {"model": SMOL, "messages": ask, "tools": [WEATHER], "tool_choice": "required",
+            "options": options}  # fmt: skip
+    forced = httpx.post(f"{live.url}/api/chat", json=body, timeout=180)
+    lines = [json.loads(x) for x in forced.text.splitlines()]
+    with_calls = [i for i, x in enumerate(lines) if x.get("message", {}).get("tool_calls")]
+    assert with_calls == [len(lines) - 2]  # one chunk, just before the final one
+    chunk, last = lines[-2], lines[-1]
+    assert chunk["done"] is False and last["done"] is True
+    assert chunk["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert isinstance(chunk["message"]["tool_calls"][0]["function"]["arguments"], dict)
+    assert "tool_calls" not in last["message"] and last["eval_count"] > 0
+    # Not streamed: the calls are in the one object, as before.
+    whole = httpx.post(f"{live.url}/api/chat", json={**body, "stream": False}, timeout=180).json()
+    assert whole["done"] and whole["message"]["tool_calls"][0]["function"]["name"] == "get_weather"

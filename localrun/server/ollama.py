@@ -5,7 +5,8 @@ tools built on it work unchanged: NDJSON by default (`"stream": false` gives one
 object per piece, and a final object with `done: true`, `done_reason` and the timing fields
 (nanoseconds). An error after the first line arrives as a last line `{"error": "..."}`, which is
 what Ollama's clients look for. /api/generate's final object carries `context`, the token ids
-of prompt and answer, which a later request sends back to continue from them.
+of prompt and answer, which a later request sends back to continue from them. A streamed
+/api/chat sends its tool calls in a line of their own just before the final one, as Ollama does.
 
 The store routes (show, pull, create, copy, delete, blobs) are in `models`.
 """
@@ -42,13 +43,20 @@ def ndjson(lines: AsyncIterator[bytes]) -> StreamingResponse:
 
 
 async def stream_lines(
-    generation: Generation, frame: Frame, final: Callable[[], dict[str, Any]]
+    generation: Generation,
+    frame: Frame,
+    final: Callable[[], dict[str, Any]],
+    before_final: Callable[[], dict[str, Any] | None] = lambda: None,
 ) -> AsyncIterator[bytes]:
-    """The NDJSON lines of an answer; an error mid-way becomes the last line."""
+    """The NDJSON lines of an answer; an error mid-way becomes the last line. `before_final`
+    gives a line to send after the pieces, before the final one (or None)."""
     try:
         async with contextlib.aclosing(generation.pieces()) as pieces:
             async for piece in pieces:
                 yield line(frame(piece))
+        extra = before_final()
+        if extra is not None:
+            yield line(extra)
         yield line(final())
     except LocalrunError as exc:
         yield line(body_of(exc, "ollama"))
@@ -125,14 +133,24 @@ async def _load_or_unload(
 
 
 async def _answer(
-    request: Request, body: Body, generation: Generation, shape: Frame, last: Frame | None = None
+    request: Request,
+    body: Body,
+    generation: Generation,
+    shape: Frame,
+    last: Frame | None = None,
+    calls: Callable[[str], dict[str, Any] | None] | None = None,
 ) -> Response:
     """NDJSON lines, `shape(piece)` each, then the final object (`last` shapes it, once the
-    answer is complete); with "stream": false only the final object, holding the whole text."""
+    answer is complete); with "stream": false only the final object, holding the whole text.
 
-    def final(text: str = "") -> dict[str, Any]:
+    `calls(text)` shapes the answer's tool calls (None without any): streamed, they come in a
+    line of their own before the final one, as Ollama sends them; else in the final object.
+    """
+
+    def final(text: str = "", *, with_calls: bool = False) -> dict[str, Any]:
+        shaped = calls(text) if calls is not None and with_calls else None
         return {
-            **(last or shape)(text),
+            **(shaped or (last or shape)(text)),
             "done": True,
             "done_reason": generation.done_reason,
             **generation.ollama_timings(),
@@ -140,9 +158,14 @@ async def _answer(
 
     if body.flag("stream", True):
         frame = lambda piece: {**shape(piece), "done": False}  # noqa: E731
-        return ndjson(stream_lines(generation, frame, final))
+
+        def before_final() -> dict[str, Any] | None:
+            shaped = calls("") if calls is not None else None
+            return None if shaped is None else {**shaped, "done": False}
+
+        return ndjson(stream_lines(generation, frame, final, before_final))
     text = await core.until_disconnect(request, generation.collect)
-    return JSONResponse(final(text))
+    return JSONResponse(final(text, with_calls=True))
 
 
 async def generate(request: Request) -> Response:
@@ -220,14 +243,15 @@ async def chat(request: Request) -> Response:
     )
     generation = await core.start(request, req)
 
-    def with_calls(text: str) -> dict[str, Any]:
-        out = shape(text)
+    def with_calls(text: str) -> dict[str, Any] | None:
         calls = tool_calls_ollama(generation.tool_calls)
-        if calls:
-            out["message"]["tool_calls"] = calls
+        if not calls:
+            return None
+        out = shape(text)
+        out["message"]["tool_calls"] = calls
         return out
 
-    return await _answer(request, body, generation, shape, last=with_calls)
+    return await _answer(request, body, generation, shape, calls=with_calls)
 
 
 # -- embeddings -------------------------------------------------------------------------------
