@@ -82,6 +82,8 @@ class RunningModel:
     processor: str  # "100% CPU", "48%/52% CPU/GPU"
     pid: int
     busy: int  # requests being answered
+    slots: int = 1  # requests it can answer at once
+    load_s: float = 0.0  # how long its load took
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Embeddings:
     prompt_tokens: int
     load_s: float
     total_s: float
+    model: str = ""  # the store name of the model that made them
 
 
 @dataclass(frozen=True)
@@ -345,6 +348,7 @@ class Scheduler:
             prompt_tokens=int(item.get("prompt_tokens") or 0),
             load_s=load_s,
             total_s=time.monotonic() - started,
+            model=runner.name,
         )
 
     async def tokenize(
@@ -470,6 +474,7 @@ class Scheduler:
             load_s,
             lambda: runner.process.cancel(rid),
             functools.partial(self._kill, runner),
+            model=runner.name,
         )
 
     async def _admit(
@@ -973,6 +978,8 @@ class Scheduler:
             processor=info.processor if info else "",
             pid=runner.pid,
             busy=runner.busy,
+            slots=runner.slots,
+            load_s=info.load_s if info else 0.0,
         )
 
 

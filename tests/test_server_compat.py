@@ -387,3 +387,85 @@ def test_streamed_tool_calls_come_before_the_final_chunk(
     # Not streamed: the calls are in the one object, as before.
     whole = httpx.post(f"{live.url}/api/chat", json={**body, "stream": False}, timeout=180).json()
     assert whole["done"] and whole["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def scrape(url: str, **headers: str) -> dict[str, float]:
+    """The samples of /metrics, parsed by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = httpx.get(f"{url}/metrics", headers=headers)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(answer.text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+def test_metrics_count_requests_tokens_and_the_scheduler(
+    oc: ollama.Client, ai: openai.OpenAI, live: LiveServer
+) -> None:
+    before = scrape(live.url)
+    answer = oc.generate(SMOL, "Why is the sky blue?", options={"num_predict": 5})
+    again = oc.generate(SMOL, "Why is the sky blue?", options={"num_predict": 5})
+    chat = ai.chat.completions.create(
+        model=SMOL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3
+    )
+    embedded = oc.embed(SMOL, "hello there")
+    assert (
+        httpx.post(f"{live.url}/api/generate", json={"model": "nope", "prompt": "x"}).status_code
+        == 404
+    )
+    httpx.get(f"{live.url}/no/such/route")
+    after = scrape(live.url)
+
+    def grew(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("localrun_requests_total{method=POST,route=/api/generate,status=200}") == 2
+    assert grew("localrun_requests_total{method=POST,route=/api/generate,status=404}") == 1
+    assert grew("localrun_requests_total{method=POST,route=/v1/chat/completions,status=200}") == 1
+    assert grew("localrun_requests_total{method=GET,route=unmatched,status=404}") == 1
+    model = f"model={SMOL}"
+    prompts = (answer.prompt_eval_count or 0) + (again.prompt_eval_count or 0)
+    prompts += chat.usage.prompt_tokens if chat.usage else 0
+    assert grew(f"localrun_prompt_tokens_total{{{model}}}") == prompts
+    generated = (answer.eval_count or 0) + (again.eval_count or 0)
+    generated += chat.usage.completion_tokens if chat.usage else 0
+    assert grew(f"localrun_generated_tokens_total{{{model}}}") == generated
+    # The second, identical prompt came from the KV cache.
+    assert (
+        grew(f"localrun_prompt_cached_tokens_total{{{model}}}")
+        >= (again.prompt_eval_count or 0) - 1
+    )
+    assert grew(f"localrun_embedded_tokens_total{{{model}}}") == embedded.prompt_eval_count
+    assert after["localrun_queue_length{}"] == 0
+    assert after["localrun_models_loaded{}"] == len(live.running())
+    assert (
+        after[f"localrun_slots{{{model}}}"] == 2 and after[f"localrun_slots_in_use{{{model}}}"] == 0
+    )
+    assert 0 < after[f"localrun_model_load_seconds{{{model}}}"] < 60
+
+
+def test_metrics_are_behind_the_api_key_and_per_app(tmp_path: Path) -> None:
+    locked = LiveServer(Store(tmp_path / "a"), api_key="sesame")
+    other = LiveServer(Store(tmp_path / "b"))
+    try:
+        assert httpx.get(f"{locked.url}/metrics").status_code == 401
+        for _ in range(3):
+            httpx.get(f"{locked.url}/api/tags", headers={"Authorization": "Bearer sesame"})
+        seen = scrape(locked.url, Authorization="Bearer sesame")
+        assert seen["localrun_requests_total{method=GET,route=/api/tags,status=200}"] == 3
+        # Refused before routing: counted, under no route.
+        assert seen["localrun_requests_total{method=GET,route=unmatched,status=401}"] == 1
+        # Another app, side by side, has counters of its own.
+        assert "localrun_requests_total{method=GET,route=/api/tags,status=200}" not in scrape(
+            other.url
+        )
+    finally:
+        locked.close()
+        other.close()

@@ -7,6 +7,7 @@
     models.py    /api tags, show, pull, create, copy, delete, blobs
     openai.py    /v1 models, chat/completions, completions, embeddings
     llamacpp.py  llama-server's /health, /tokenize, /detokenize
+    metrics.py   GET /metrics (Prometheus), counted once for every dialect
     errors.py    LocalrunError -> HTTP status and body, per dialect
     jobs.py      create, pull and catalog imports in a subprocess (keeps numpy out)
 

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from localrun import __version__, config
 from localrun.errors import ConfigError, LocalrunError
-from localrun.server import core, llamacpp, models, ollama, openai
+from localrun.server import core, llamacpp, metrics, models, ollama, openai
 from localrun.server.errors import body_of, dialect_of, headers_of, plain_body, status_of
 from localrun.server.security import Guard
 from localrun.store import Store
@@ -83,6 +83,7 @@ _ROUTES = (
     ("/health", llamacpp.health, ["GET"]),
     ("/tokenize", llamacpp.tokenize, ["POST"]),
     ("/detokenize", llamacpp.detokenize, ["POST"]),
+    ("/metrics", metrics.endpoint, ["GET"]),
 )
 
 
@@ -105,7 +106,11 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
         openapi_url=None,
         lifespan=lifespan,
     )
-    app.state.ctx = core.Context(store=settings.store, scheduler=scheduler, version=__version__)
+    counters = metrics.Metrics(scheduler)
+    app.state.metrics = counters
+    app.state.ctx = core.Context(
+        store=settings.store, scheduler=scheduler, version=__version__, metrics=counters
+    )
     for path, handler, methods in _ROUTES:
         app.add_api_route(path, handler, methods=methods, include_in_schema=False)
 
@@ -142,4 +147,6 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
         origins=settings.origins,
         max_request_bytes=settings.max_request_bytes,
     )
+    # Outermost: the requests the Guard refuses are counted too.
+    app.add_middleware(metrics.RequestCounter, metrics=counters)
     return app

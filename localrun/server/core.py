@@ -30,6 +30,7 @@ from localrun.worker.protocol import Chunk
 
 if TYPE_CHECKING:
     from localrun.scheduler import Scheduler, Stream
+    from localrun.server.metrics import Metrics
 
 T = TypeVar("T")
 
@@ -69,6 +70,7 @@ class Context:
     store: Store
     scheduler: Scheduler
     version: str
+    metrics: Metrics | None = None  # counts every generation and embedding where it ends
 
 
 def context(request: Request) -> Context:
@@ -260,22 +262,30 @@ class Generation:
     `text` and `thinking` accumulate what was streamed; timings are final after the last chunk.
     """
 
-    def __init__(self, stream: Stream, started: float) -> None:
+    def __init__(self, stream: Stream, started: float, metrics: Metrics | None = None) -> None:
         self.stream = stream
         self.started = started
         self.text = ""
         self.thinking = ""
         self.finished = False
         self._first: Chunk | None = None
+        self._metrics = metrics
+
+    def _ended(self) -> None:
+        """Count the answer's tokens, once, however it ended."""
+        self.finished = True
+        if self._metrics is not None:
+            self._metrics.generated(self.stream.model, self.stream.timings)
+            self._metrics = None
 
     async def _next(self) -> Chunk | None:
         try:
             return await self.stream.__anext__()
         except StopAsyncIteration:
-            self.finished = True
+            self._ended()
             return None
         except LocalrunError:
-            self.finished = True  # the request's own error ends it
+            self._ended()  # the request's own error ends it
             raise
 
     async def prefetch(self) -> None:
@@ -313,6 +323,7 @@ class Generation:
         self.finished = True
         with anyio.CancelScope(shield=True):
             await self.stream.aclose()
+        self._ended()
 
     @property
     def done_reason(self) -> str:
@@ -348,7 +359,8 @@ class Generation:
 
 async def start(request: Request, req: GenRequest) -> Generation:
     """Start `req` on the scheduler and wait for its first piece (or its error)."""
-    scheduler = context(request).scheduler
+    ctx = context(request)
+    scheduler = ctx.scheduler
     started = time.perf_counter()
 
     async def begin() -> Generation:
@@ -375,7 +387,7 @@ async def start(request: Request, req: GenRequest) -> Generation:
                 context=req.context,
                 return_context=req.return_context,
             )
-        generation = Generation(stream, started)
+        generation = Generation(stream, started, ctx.metrics)
         try:
             await generation.prefetch()
         except BaseException:
@@ -486,6 +498,9 @@ async def embed(
             model, inputs, options=options, truncate=truncate, keep_alive=keep_alive
         ),
     )
+    metrics = context(request).metrics
+    if metrics is not None:
+        metrics.embedded(found.model, found.prompt_tokens)
     vectors = found.vectors
     if dimensions is not None:
         vectors = [_shorten(v, dimensions) for v in vectors]

@@ -264,7 +264,10 @@ class Stream:
         load_s: float,
         cancel: Callable[[], None],
         kill: Callable[[str], None] | None = None,
+        *,
+        model: str = "",
     ) -> None:
+        self.model = model  # the store name of the model answering
         self.done_reason: str | None = None
         self.timings = Timings(load_s=load_s)
         self.tool_calls: list[dict[str, Any]] | None = None

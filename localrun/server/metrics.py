@@ -1,0 +1,132 @@
+"""GET /metrics: the server's counters in Prometheus's text format, one registry per app.
+
+    localrun_requests_total{route, method, status}        every answered request
+    localrun_prompt_tokens_total{model}                   prompt tokens read (evaluated + cached)
+    localrun_prompt_cached_tokens_total{model}            prompt tokens the KV cache already held
+    localrun_generated_tokens_total{model}                tokens generated
+    localrun_embedded_tokens_total{model}                 tokens read for embeddings
+    localrun_queue_length                                 requests waiting for a slot
+    localrun_slots_in_use{model} / localrun_slots{model}  busy and total slots of a loaded model
+    localrun_models_loaded                                loaded models
+    localrun_model_load_seconds{model}                    how long a loaded model took to load
+
+Requests are counted by one ASGI middleware (the route template, never the raw path, so a
+client cannot grow the label set), tokens where every generation and embedding ends (core), and
+the scheduler's state is read at each scrape. Nothing is module-level: apps run side by side in
+the tests, each with its own registry. The route is behind the API key like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from localrun.engine.types import Timings
+
+if TYPE_CHECKING:
+    from localrun.scheduler import Scheduler
+
+
+class Metrics:
+    """The counters of one app and the scheduler it reads at each scrape."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.scheduler = scheduler
+        r = self.registry
+        self.requests = Counter(
+            "localrun_requests", "Requests answered", ["route", "method", "status"], registry=r
+        )
+        self.prompt_tokens = Counter(
+            "localrun_prompt_tokens", "Prompt tokens read", ["model"], registry=r
+        )
+        self.cached_tokens = Counter(
+            "localrun_prompt_cached_tokens",
+            "Prompt tokens the KV cache held already (prompt-cache hits)",
+            ["model"],
+            registry=r,
+        )
+        self.generated_tokens = Counter(
+            "localrun_generated_tokens", "Tokens generated", ["model"], registry=r
+        )
+        self.embedded_tokens = Counter(
+            "localrun_embedded_tokens", "Tokens read for embeddings", ["model"], registry=r
+        )
+        r.register(_SchedulerCollector(scheduler))
+
+    def generated(self, model: str, timings: Timings) -> None:
+        """A generation ended (finished, stopped or cancelled): count its tokens."""
+        self.prompt_tokens.labels(model).inc(timings.prompt_tokens + timings.cached_tokens)
+        self.cached_tokens.labels(model).inc(timings.cached_tokens)
+        self.generated_tokens.labels(model).inc(timings.eval_tokens)
+
+    def embedded(self, model: str, tokens: int) -> None:
+        self.embedded_tokens.labels(model).inc(tokens)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _SchedulerCollector:
+    """Gauges read from the scheduler when scraped."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def describe(self) -> list[Metric]:
+        return []  # read at scrape time only
+
+    def collect(self) -> Iterator[Metric]:
+        running = self.scheduler.running()
+        queue = GaugeMetricFamily("localrun_queue_length", "Requests waiting for a slot")
+        queue.add_metric([], self.scheduler.waiting)
+        loaded = GaugeMetricFamily("localrun_models_loaded", "Loaded models")
+        loaded.add_metric([], len(running))
+        busy = GaugeMetricFamily("localrun_slots_in_use", "Busy slots", labels=["model"])
+        slots = GaugeMetricFamily("localrun_slots", "Slots of a loaded model", labels=["model"])
+        load = GaugeMetricFamily(
+            "localrun_model_load_seconds", "Seconds a loaded model took to load", labels=["model"]
+        )
+        for m in running:
+            busy.add_metric([m.name], m.busy)
+            slots.add_metric([m.name], m.slots)
+            load.add_metric([m.name], m.load_s)
+        yield from (queue, loaded, busy, slots, load)
+
+
+class RequestCounter:
+    """ASGI middleware: counts each HTTP request by route template, method and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]  # an exception that escapes every handler
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(path, scope["method"], str(status[0])).inc()
+
+
+async def endpoint(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
