@@ -14,7 +14,9 @@ requests at once, decoded in one batch. The scheduler, on the server's event loo
   requests oldest first, at once, so a request arriving later gets only what none of them can
   use;
 - unloads a model `keep_alive` seconds after its last request ends (0: at once; inf: never) and
-  reloads it, once idle, when a request asks for other load-time options or the model changed;
+  reloads it, once idle, when a request asks for other load-time options or the model changed
+  (a request naming none gets the model's own, never those another request loaded it with;
+  tokenizing takes any runner of the model as it is);
 - refuses, without touching the loaded runner, a context size whose KV cache cannot fit in the
   memory budget (scaled from what the loaded runner measured);
 - fails every request on a runner that dies with RunnerDiedError, and starts a fresh runner
