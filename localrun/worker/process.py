@@ -267,6 +267,7 @@ class Stream:
         self.done_reason: str | None = None
         self.timings = Timings(load_s=load_s)
         self.tool_calls: list[dict[str, Any]] | None = None
+        self.stop_sequence: str | None = None  # the stop string that ended the answer
         self.load_s = load_s
         self._queue = queue
         self._cancel = cancel
@@ -299,6 +300,8 @@ class Stream:
             self.timings = protocol.timings_from_dict(item.get("timings"))
             self.timings.load_s = self.load_s
             self.tool_calls = item.get("tool_calls")
+            stop = item.get("stop_sequence")
+            self.stop_sequence = stop if isinstance(stop, str) else None
             return None
         if kind == protocol.ERROR:
             raise protocol.error_from_dict(item.get("error"))

@@ -16,7 +16,8 @@ stderr so they cannot corrupt the stream).
     <- {"event": "piece", "id": 7, "text": "...", "thinking": "..."?, "logprobs": [...]?}
                                                                      (zero or more)
     <- {"event": "done", "id": 7, "reason": "stop" | "length" | "cancelled",
-        "timings": {Timings fields}, "tool_calls": [{"name", "arguments"}] | null}
+        "timings": {Timings fields}, "tool_calls": [{"name", "arguments"}] | null,
+        "stop_sequence": "the stop string that ended it"?}
     <- {"event": "error", "id": 7, "error": {"code", "type", "message", "hint"?}}
     -> {"op": "embed", "id": 9, "input": ["a", "b"], "truncate": true}
     <- {"event": "vectors", "id": 9, "embeddings": [[...], ...]}    (zero or more, in order)
@@ -251,14 +252,19 @@ def done_event(
     reason: str,
     timings: Timings,
     tool_calls: list[dict[str, Any]] | None = None,
+    *,
+    stop_sequence: str | None = None,
 ) -> Message:
-    return {
+    event: Message = {
         "event": DONE,
         "id": id,
         "reason": reason,
         "timings": timings_to_dict(timings),
         "tool_calls": tool_calls,
     }
+    if stop_sequence is not None:
+        event["stop_sequence"] = stop_sequence
+    return event
 
 
 def error_event(exc: LocalrunError, id: RequestId | None = None) -> Message:

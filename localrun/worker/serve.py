@@ -111,7 +111,9 @@ class RequestSink:
             self._send_text(out)
             if self.stopped:
                 reason = "stop"
-            event = protocol.done_event(self.id, reason, timings, tool_calls)
+            event = protocol.done_event(
+                self.id, reason, timings, tool_calls, stop_sequence=self.stop.matched
+            )
         except Exception as exc:  # never leave a request without its final event
             event = protocol.error_event(unexpected(exc), self.id)
         self.worker.finished(self.id)
