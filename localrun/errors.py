@@ -178,7 +178,9 @@ class ModelLoadError(EngineError):
 
 
 class ContextOverflowError(EngineError):
-    code = "context_overflow"
+    # OpenAI's code for it: OpenAI clients and agent frameworks catch it to compact a
+    # conversation.
+    code = "context_length_exceeded"
 
 
 class TemplateError(EngineError):
@@ -243,3 +245,7 @@ class MissingBlobError(StoreError):
 
 class DiskFullError(StoreError):
     code = "disk_full"
+
+
+# The code localrun 0.1 servers sent for ContextOverflowError: the client still understands it.
+LocalrunError.by_code["context_overflow"] = ContextOverflowError

@@ -60,6 +60,7 @@ class GGUFInfo:
     license: str | None
     adapter_type: str | None = None
     lora_alpha: float | None = None
+    pooling_type: int | None = None  # set by models made for embeddings (llama_pooling_type)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def details(self) -> dict[str, Any]:
@@ -79,6 +80,7 @@ class GGUFInfo:
             "tensor_count": self.tensor_count,
             "adapter_type": self.adapter_type,
             "lora_alpha": self.lora_alpha,
+            "pooling_type": self.pooling_type,
         }
 
 
@@ -417,6 +419,7 @@ def _read(fh: Any, size: int, shown: str, scan: Header) -> GGUFInfo:
         license=_as_str(value("general.license")),
         adapter_type=d["adapter_type"],
         lora_alpha=d["lora_alpha"],
+        pooling_type=d["pooling_type"],
         metadata=metadata,
     )
 
@@ -471,6 +474,7 @@ def header_details(headers: list[Header]) -> dict[str, Any]:
         "tensor_count": len(tensors),
         "adapter_type": meta.get("adapter.type") if kind == "adapter" else None,
         "lora_alpha": float(alpha) if isinstance(alpha, int | float) else None,
+        "pooling_type": arch_int("pooling_type"),
         "split_count": len(headers),
     }
 

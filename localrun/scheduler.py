@@ -146,18 +146,24 @@ class _Runner:
     def matches(self, target: _Target, load_options: dict[str, Any]) -> bool:
         """Whether this runner can answer a request for `target` with these load options.
 
-        A request that names no load-time option takes the runner as it is; one that names a
-        value compares it with what the runner was loaded with (num_ctx and num_gpu also with
-        what the worker resolved, so asking for the value in force never reloads).
+        A request gets the model's own load-time values for the options it does not name:
+        a runner loaded with another client's num_ctx does not answer it, as one client's
+        options must never change another's answers. A named value is compared with what the
+        runner was loaded with (num_ctx and num_gpu also with what the worker resolved, so
+        asking for the value in force never reloads).
         """
         if target.digest != self.digest:
             return False
-        for key, value in load_options.items():
+        for key in {*load_options, *self.load_options}:
+            value = load_options.get(key)
             if self.load_options.get(key) == value:
                 continue
+            if value is None or (key == "num_gpu" and value == -1):
+                # The model's own value (num_gpu -1: decided automatically, as by default).
+                if key == "num_gpu" and self.load_options.get(key) in (None, -1):
+                    continue
+                return False
             if self.info is not None and key == "num_ctx" and value == self.info.n_ctx:
-                continue
-            if key == "num_gpu" and value == -1 and "num_gpu" not in self.load_options:
                 continue
             if self.info is not None and key == "num_gpu" and value == self.info.gpu_layers:
                 continue
@@ -170,7 +176,7 @@ class _Waiter:
     """A request waiting for a slot; `granted` gets the runner that reserved it one."""
 
     target: _Target
-    load_options: dict[str, Any]
+    load_options: dict[str, Any] | None  # None: any runner of the model
     keep_alive: float
     granted: asyncio.Future[_Runner]
 
@@ -245,8 +251,14 @@ class Scheduler:
         tools: list[dict[str, Any]] | None = None,
         tool_choice: Any = None,
         keep_alive: float | None = None,
+        context: list[int] | None = None,
+        return_context: bool = False,
     ) -> Stream:
-        """Answer a conversation with the model's template; the stream yields text pieces."""
+        """Answer a conversation with the model's template; the stream yields text pieces.
+
+        `context` (token ids) comes before the prompt; with `return_context` the stream's
+        `context` holds the prompt's and the answer's tokens at the end.
+        """
         opts = params_mod.validate(options or {})
 
         def build(rid: int) -> Event:
@@ -258,6 +270,8 @@ class Scheduler:
                 format=format,
                 tools=tools,
                 tool_choice=tool_choice,
+                context=context,
+                return_context=return_context,
             )
 
         return await self._generate(name, opts, keep_alive, build)
@@ -270,12 +284,21 @@ class Scheduler:
         options: dict[str, Any] | None = None,
         format: str | dict[str, Any] | None = None,
         keep_alive: float | None = None,
+        context: list[int] | None = None,
+        return_context: bool = False,
     ) -> Stream:
-        """Continue a raw prompt (no template)."""
+        """Continue a raw prompt (no template); `context` as for chat."""
         opts = params_mod.validate(options or {})
 
         def build(rid: int) -> Event:
-            return protocol.complete_request(rid, prompt, options=opts, format=format)
+            return protocol.complete_request(
+                rid,
+                prompt,
+                options=opts,
+                format=format,
+                context=context,
+                return_context=return_context,
+            )
 
         return await self._generate(name, opts, keep_alive, build)
 
@@ -323,6 +346,61 @@ class Scheduler:
             load_s=load_s,
             total_s=time.monotonic() - started,
         )
+
+    async def tokenize(
+        self,
+        name: str,
+        *,
+        text: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        system: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        add_special: bool = True,
+        parse_special: bool = False,
+    ) -> list[int]:
+        """The model's tokens for `text`, or for the chat prompt `messages` render to (what a
+        chat request with them would evaluate: the model's template, SYSTEM and MESSAGEs).
+
+        Runs on a loaded runner of the model whatever its load options (loading it if none).
+        """
+        event = await self._ask(
+            name,
+            lambda rid: protocol.tokenize_request(
+                rid,
+                text=text,
+                messages=messages,
+                system=system,
+                tools=tools,
+                add_special=add_special,
+                parse_special=parse_special,
+            ),
+        )
+        return [int(t) for t in event.get("tokens") or []]
+
+    async def detokenize(self, name: str, tokens: list[int]) -> str:
+        """The text of `tokens`, special tokens spelled out; an id outside the vocabulary is a
+        BadRequestError."""
+        event = await self._ask(name, lambda rid: protocol.detokenize_request(rid, tokens))
+        return str(event.get("text") or "")
+
+    async def token_pieces(self, name: str, tokens: list[int]) -> list[bytes]:
+        """Each token's bytes (a piece may hold part of a character)."""
+        event = await self._ask(
+            name, lambda rid: protocol.detokenize_request(rid, tokens, pieces=True)
+        )
+        return [bytes.fromhex(p) for p in event.get("pieces") or []]
+
+    async def _ask(self, name: str, build: Callable[[int], Event]) -> Event:
+        """A quick request answered by one event, on a slot of any runner of the model."""
+        runner, _ = await self._admit(name, None, None)
+        _, queue = await self._submit(runner, build)
+        # A client gone meanwhile leaves the answer unread: its arrival frees the slot.
+        item = await queue.get()
+        if isinstance(item, LocalrunError):
+            raise item
+        if item.get("event") == protocol.ERROR:
+            raise protocol.error_from_dict(item.get("error"))
+        return item
 
     async def load(
         self,
@@ -395,15 +473,23 @@ class Scheduler:
         )
 
     async def _admit(
-        self, name: str, options: dict[str, Any], keep_alive: float | None
+        self, name: str, options: dict[str, Any] | None, keep_alive: float | None
     ) -> tuple[_Runner, float]:
-        """A runner with a slot reserved for this request, ready; and the seconds spent
-        waiting for its load."""
+        """A runner with a slot reserved for this request, ready; and the seconds it took to
+        get it (resolving the name, waiting in line, loading).
+
+        Those seconds are Ollama's load_duration: small, but never 0, when the model was loaded
+        already (Ollama's clients and tests take 0 for a missing field).
+        """
         if self._closed:
             raise ServerError("the server is shutting down", hint="retry once it is back")
+        started = time.perf_counter()
         keep = self._keep_alive(keep_alive)
         target = await self._resolve(name)
-        load_options = {k: v for k, v in options.items() if k in LOAD_PARAMS}
+        # None: any runner of the model will do (tokenizing does not depend on load options).
+        load_options = (
+            None if options is None else {k: v for k, v in options.items() if k in LOAD_PARAMS}
+        )
         # Whatever came free since a request began waiting was handed to it then (_wake): what
         # is left for a newcomer is what no waiting request can use.
         runner = self._try_admit(target, load_options, keep)
@@ -411,8 +497,7 @@ class Scheduler:
             granted: asyncio.Future[_Runner] = asyncio.get_running_loop().create_future()
             runner = await self._wait_turn(_Waiter(target, load_options, keep, granted))
         if runner.ready.done() and not runner.ready.exception():
-            return runner, 0.0
-        started = time.monotonic()
+            return runner, time.perf_counter() - started
         try:
             # shield: cancelling one waiter (a client gone) must not cancel the shared load.
             await asyncio.shield(runner.ready)
@@ -422,7 +507,7 @@ class Scheduler:
         except BaseException:
             self._release(runner)
             raise
-        return runner, time.monotonic() - started
+        return runner, time.perf_counter() - started
 
     async def _wait_turn(self, waiter: _Waiter) -> _Runner:
         """Wait in line until `_wake` hands this request a runner with a slot reserved."""
@@ -441,17 +526,22 @@ class Scheduler:
                 self._waiting.remove(waiter)
 
     def _try_admit(
-        self, target: _Target, load_options: dict[str, Any], keep_alive: float
+        self, target: _Target, load_options: dict[str, Any] | None, keep_alive: float
     ) -> _Runner | None:
-        """Reserve a slot now (loading the model if needed), or None: the request waits."""
+        """Reserve a slot now (loading the model if needed), or None: the request waits.
+
+        `load_options` None takes any runner of the model as it is (one loaded with the
+        model's own options if it must be loaded)."""
         if self._closed:
             raise ServerError("the server is shutting down", hint="retry once it is back")
         same = [r for r in self._runners if r.name == target.name]
         for runner in same:
             if runner.stale:
                 continue
-            if not runner.matches(target, load_options):
-                self._check_fits(runner, target, load_options)
+            if load_options is None and runner.digest == target.digest:
+                pass
+            elif not runner.matches(target, load_options or {}):
+                self._check_fits(runner, target, load_options or {})
                 # Other load options or a changed model: reload once its requests end.
                 runner.stale = True
                 if runner.busy == 0:
@@ -465,7 +555,7 @@ class Scheduler:
             return None
         if any(r.name == target.name for r in self._runners):
             return None  # a stale runner of this model is finishing its requests
-        return self._start_runner(target, load_options, keep_alive)
+        return self._start_runner(target, load_options or {}, keep_alive)
 
     def _start_runner(
         self, target: _Target, load_options: dict[str, Any], keep_alive: float

@@ -194,7 +194,7 @@ def test_stream_errors_and_early_end(scripted: Scripted) -> None:
         "/api/chat",
         [
             {"message": {"role": "assistant", "content": "Hel"}, "done": False},
-            {"error": "the prompt is too long", "code": "context_overflow", "hint": "num_ctx"},
+            {"error": "the prompt is too long", "code": "context_length_exceeded", "hint": "x"},
         ],
     )
     answer = RemoteAnswer(client.chat("m", [{"role": "user", "content": "hi"}]))
@@ -203,6 +203,9 @@ def test_stream_errors_and_early_end(scripted: Scripted) -> None:
         for piece in answer:
             pieces.append(piece)
     assert pieces == ["Hel"]
+    # A localrun 0.1 server's code for the same error.
+    old = LocalrunError.from_dict({"code": "context_overflow", "message": "too long"})
+    assert isinstance(old, ContextOverflowError) and old.code == "context_length_exceeded"
 
     scripted.ndjson("/api/chat", [{"message": {"content": "cut"}, "done": False}])
     with pytest.raises(ServerError, match="before it was done"):
@@ -217,8 +220,10 @@ def test_bearer_token_and_probe(scripted: Scripted, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("LOCALRUN_HOST", scripted.host)
     client = Client()
     assert client.is_up()
-    assert client.version() == "0.1.0"
+    assert client.version() == "0.1.0"  # an Ollama server: its version
     assert scripted.requests[-1][2]["Authorization"] == "Bearer s3cret"
+    scripted.json("/api/version", 200, {"version": "0.12.0", "localrun_version": "0.2.0"})
+    assert client.version() == "0.2.0"  # a localrun server: its own, not the API's
     monkeypatch.delenv("LOCALRUN_API_KEY")
     Client().version()
     assert "Authorization" not in scripted.requests[-1][2]

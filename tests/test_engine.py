@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from localrun import template
-from localrun.engine.llama import LlamaBackend, LlamaModel, json_grammar
+from localrun.engine.llama import (
+    LlamaBackend,
+    LlamaModel,
+    grammar_sampler,
+    json_grammar,
+    json_schema_grammar,
+)
 from localrun.engine.types import LoadOptions, SamplingOptions
 from localrun.errors import ContextOverflowError, InvalidGGUFError, ModelLoadError
 
@@ -104,6 +111,52 @@ def test_json_grammar_output_parses(smollm2: LlamaModel) -> None:
         )
     )
     json.loads(text)
+
+
+def _allowed(model: LlamaModel, grammar: str, prefix: str, piece: str) -> bool:
+    """Whether `grammar`, having read `prefix`, lets the single token `piece` come next."""
+    import ctypes
+
+    import llama_cpp as lc
+
+    sampler = grammar_sampler(model._weights.vocab, grammar)
+    try:
+        for token in model.tokenize(prefix, add_special=False, parse_special=False):
+            lc.llama_sampler_accept(sampler, token)
+        [token] = model.tokenize(piece, add_special=False, parse_special=False)
+        one = (lc.llama_token_data * 1)()
+        one[0].id, one[0].logit, one[0].p = token, 1.0, 0.0
+        array = lc.llama_token_data_array(
+            data=ctypes.cast(one, lc.llama_token_data_p), size=1, selected=-1, sorted=False
+        )
+        lc.llama_sampler_apply(sampler, ctypes.byref(array))
+        return bool(one[0].logit != float("-inf"))
+    finally:
+        lc.llama_sampler_free(sampler)
+
+
+@pytest.mark.parametrize(
+    "grammar",
+    [
+        pytest.param(json_grammar, id="json"),
+        pytest.param(
+            lambda: json_schema_grammar(
+                json.dumps({"type": "object", "properties": {"a": {"type": "string"}}})
+            ),
+            id="json_schema",
+        ),
+    ],
+)
+def test_json_grammars_refuse_raw_control_characters_in_strings(
+    smollm2: LlamaModel, grammar: Any
+) -> None:
+    text = grammar()
+    prefix = '{"a": "'
+    assert _allowed(smollm2, text, prefix, "x")
+    assert _allowed(smollm2, text, prefix, '"')
+    for control in ("\n", "\t", "\r"):
+        assert not _allowed(smollm2, text, prefix, control), repr(control)
+    assert _allowed(smollm2, text, prefix + "\\", "n")  # the escaped form is fine
 
 
 def test_cancel_stops_generation(smollm2: LlamaModel) -> None:

@@ -154,6 +154,7 @@ def test_inspect_tiny_model(tiny_model: Path) -> None:
     assert info.quantization == "F32"
     assert info.chat_template == make_test_models.CHATML_TEMPLATE
     assert info.adapter_type is None and info.lora_alpha is None
+    assert info.pooling_type is None and info.details()["pooling_type"] is None  # generative
     # Arrays (the vocabulary) are not copied into the summary; scalars are.
     assert info.metadata["llama.context_length"] == p["n_ctx"]
     assert "tokenizer.ggml.tokens" not in info.metadata

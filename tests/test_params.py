@@ -69,7 +69,16 @@ def _valid_texts(found: ParamSpec) -> list[tuple[str, params.Value]]:
     lo, hi = found.minimum, found.maximum
     if found.type is int:
         middle = int(lo + hi) // 2
-        return [(str(int(lo)), int(lo)), (str(int(hi)), int(hi)), (f" {middle} ", middle)]
+        wrap = found.modulo
+
+        def reduced(v: int) -> int:  # the seed: any 64-bit value, reduced to 32 bits
+            return v % wrap if wrap and v != -1 else v
+
+        return [
+            (str(int(lo)), reduced(int(lo))),
+            (str(int(hi)), reduced(int(hi))),
+            (f" {middle} ", reduced(middle)),
+        ]
     mid = (lo + hi) / 2
     return [
         (str(lo), lo),
@@ -154,7 +163,8 @@ def test_wrong_types_name_the_parameter(name: str, text: str) -> None:
         ("frequency_penalty=-2.5", "below the minimum -2"),
         ("num_gpu=-2", "below the minimum -1"),
         ("num_predict=-3", "below the minimum -2"),
-        ("seed=4294967296", "above the maximum 4294967295"),
+        ("seed=18446744073709551616", "above the maximum 18446744073709551615"),
+        ("seed=-9223372036854775809", "below the minimum -9223372036854775808"),
         ("main_gpu=256", "above the maximum 255"),
     ],
 )
@@ -164,6 +174,25 @@ def test_out_of_range_values(assignment: str, fragment: str) -> None:
         parse_assignment(assignment)
     assert f"parameter {name}" in str(info.value)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "reduced"),
+    [
+        (-1, -1),  # random, kept as is
+        (0, 0),
+        (2**32 - 2, 2**32 - 2),
+        (2**32, 0),
+        (2**32 + 7, 7),
+        (2**63 - 1, 2**32 - 1),
+        (2**64 - 1, 2**32 - 1),
+        (-2, 2**32 - 2),  # as Go's uint32(int64) conversion, which Ollama applies
+        (-(2**63), 0),
+    ],
+)
+def test_any_64_bit_seed_is_reduced_to_32_bits(given: int, reduced: int) -> None:
+    assert validate({"seed": given}) == {"seed": reduced}
+    assert parse_assignment(f"seed={given}") == ("seed", reduced)
 
 
 def test_boundaries_are_inclusive() -> None:
@@ -327,9 +356,11 @@ def _text(value: params.Value) -> str:
 @given(_spec_and_value)
 def test_valid_values_survive_text_and_json(pair: tuple[ParamSpec, Any]) -> None:
     found, value = pair
-    assert found.parse(_text(value)) == value
-    assert found.check(value) == value
-    assert validate({found.name: value})[found.name] == ([value] if found.repeated else value)
+    expected = value % found.modulo if found.modulo and value != -1 else value
+    assert found.parse(_text(value)) == expected
+    assert found.check(value) == expected
+    assert found.check(expected) == expected
+    assert validate({found.name: value})[found.name] == ([expected] if found.repeated else expected)
 
 
 @given(st.sampled_from(sorted(SPECS)), st.text())

@@ -132,11 +132,36 @@ def test_streams_from_the_real_engine_and_serves_concurrent_requests(models: Sto
             answers = await asyncio.gather(*(text(s) for s in streams))
             assert answers == alone and len(set(answers)) > 1
             assert all(s.done_reason == "length" and s.timings.eval_tokens == 6 for s in streams)
-            assert [s.load_s for s in streams] == [0.0] * 8
+            # Loaded already: the time to get a slot, as Ollama reports it (never 0).
+            assert all(0 < s.load_s < 0.5 for s in streams)
             assert pid_of(sched, "a:latest") == shown.pid  # one runner served them all
 
             vectors = await sched.embed("a", ["one", "two"])
             assert len(vectors.vectors) == 2 and vectors.prompt_tokens > 0
+
+    run(main())
+
+
+def test_tokenize_counts_what_a_chat_would_evaluate(models: Store) -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+
+    async def main() -> None:
+        async with scheduler(models, num_parallel=2) as sched:
+            counted = await sched.tokenize("a", messages=messages, system="Be brief.")
+            stream = await sched.chat(
+                "a", messages=messages, system="Be brief.", options={"num_predict": 1}
+            )
+            await text(stream)
+            t = stream.timings
+            assert len(counted) == t.prompt_tokens + t.cached_tokens > 10
+            plain = await sched.tokenize("a", text="What is", add_special=False)
+            assert (await sched.detokenize("a", plain)).strip() == "What is"  # SPM: " What"
+            with pytest.raises(BadRequestError, match="vocabulary"):
+                await sched.detokenize("a", [10**9])
+            # Any runner of the model serves it: no reload for another's load options.
+            loaded = await sched.load("a", options={"num_ctx": 64})
+            assert await sched.tokenize("a", text="What is", add_special=False) == plain
+            assert pid_of(sched, "a:latest") == loaded.pid and sched.running()[0].busy == 0
 
     run(main())
 
@@ -355,12 +380,21 @@ def test_other_load_options_reload_once_idle(models: Store) -> None:
             first = await sched.load("a", options={"num_ctx": 128})
             assert first.context_length == 128
             same = await sched.load("a", options={"num_ctx": 128, "temperature": 0.1})
-            plain = await sched.chat("a", messages=HI)  # no load option: takes it as it is
-            await text(plain)
             assert same.pid == first.pid == pid_of(sched, "a:latest")
-            again = await sched.load("a", options={"num_ctx": 256})
-            assert again.context_length == 256 and again.pid != first.pid
+            in_force = await sched.load("a", options={"num_ctx": first.context_length})
+            assert in_force.pid == first.pid  # the value in force never reloads
+            again = await sched.load("a", options={"num_ctx": 64})
+            assert again.context_length == 64 and again.pid != first.pid
             assert gone(first.pid) and len(sched.running()) == 1
+            # No load option: the model's own values, not those another request loaded with.
+            plain = await sched.chat("a", messages=HI)
+            await text(plain)
+            own = sched.running()[0]
+            assert own.pid != again.pid and own.context_length not in (64, 128)
+            asked = await sched.load("a", options={"num_ctx": own.context_length})
+            assert asked.pid == own.pid  # asking for the model's own value in force: no reload
+            await text(await sched.chat("a", messages=HI))
+            assert pid_of(sched, "a:latest") == own.pid
 
     run(main())
 

@@ -202,11 +202,12 @@ def test_keep_alive(live: LiveServer) -> None:
 def test_errors_before_the_first_token_get_their_status(live: LiveServer) -> None:
     long = [{"role": "user", "content": "x" * 5000}]  # the fake engine: one token a character
     native = httpx.post(f"{live.url}/api/chat", json={"model": "a", "messages": long})
-    assert native.status_code == 400 and native.json()["code"] == "context_overflow"
+    assert native.status_code == 400 and native.json()["code"] == "context_length_exceeded"
     ai = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
     with pytest.raises(openai.BadRequestError) as overflow:
         ai.chat.completions.create(model="a", messages=long, stream=True)  # type: ignore[arg-type]
-    assert overflow.value.code == "context_overflow"
+    assert overflow.value.code == "context_length_exceeded"
+    assert overflow.value.status_code == 400
     bad = httpx.post(f"{live.url}/api/chat", json=chat_body("a", options={"top_p": 7}))
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_parameter"
     assert (

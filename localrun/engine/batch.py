@@ -198,6 +198,10 @@ class BatchEngine:
         """The ids of `text` when it is one special token (e.g. '<|im_end|>'), else []."""
         return self._weights.token_ids(text)
 
+    def token_bytes(self, token: int) -> bytes:
+        """One token's bytes, special tokens spelled out; the caller checks the id."""
+        return self._weights.token_bytes(token)
+
     # -- requests -----------------------------------------------------------------------------
 
     def submit(

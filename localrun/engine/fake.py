@@ -190,6 +190,9 @@ class FakeBatchEngine:
     def token_ids(self, text: str) -> list[int]:
         return [END] if text == self.eos_text else []
 
+    def token_bytes(self, token: int) -> bytes:
+        return (self.eos_text if token == END else chr(token)).encode("utf-8", "surrogatepass")
+
     def submit(
         self,
         prompt: Sequence[int],

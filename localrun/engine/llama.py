@@ -199,6 +199,16 @@ class Weights:
             return big.raw[:n]
         return self._piece.raw[:n]
 
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of one token, special tokens spelled out (as llama-server's /detokenize
+        and /tokenize's pieces show them). Safe from any thread: its buffer is its own."""
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, 64, 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, -n, 0, True)
+        return buf.raw[: max(0, n)]
+
     def close(self) -> None:
         """Free the contexts made from these weights, then the weights."""
         while self._contexts:
@@ -508,8 +518,18 @@ def _next_pow2(n: int) -> int:
     return p
 
 
+# A character inside a JSON string, as llama.cpp's own C++ converter writes it: no raw control
+# character (U+0000-U+001F, which JSON forbids unescaped) and no DEL. llama_cpp's Python port
+# of the converter allows any character but '"' and '\\', so a schema-constrained answer could
+# hold a raw newline in a string and fail to parse.
+JSON_CHAR_RULE = r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+
+
 def json_grammar() -> str:
-    """llama.cpp's GBNF grammar for any JSON value (used for --format json)."""
+    """llama.cpp's GBNF grammar for any JSON value (used for --format json).
+
+    Its string rule already excludes raw control characters (tests check that it does).
+    """
     from llama_cpp.llama_grammar import JSON_GBNF
 
     return str(JSON_GBNF)
@@ -520,7 +540,12 @@ def json_schema_grammar(schema: str) -> str:
 
     llama_cpp's converter is pure Python (a port of llama.cpp's json_schema_to_grammar.py) and
     raises anything from KeyError to AssertionError on schemas it cannot handle: callers catch.
+    Its `char` rule is replaced by JSON_CHAR_RULE, so every string of the answer is valid JSON.
     """
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    from llama_cpp.llama_grammar import PRIMITIVE_RULES, json_schema_to_gbnf
 
-    return str(json_schema_to_gbnf(schema))
+    grammar = str(json_schema_to_gbnf(schema))
+    loose = f"char ::= {PRIMITIVE_RULES['char'].content}"
+    return "\n".join(
+        f"char ::= {JSON_CHAR_RULE}" if line == loose else line for line in grammar.split("\n")
+    )

@@ -6,6 +6,7 @@
     ollama.py    /api generate, chat, embed, ps, version
     models.py    /api tags, show, pull, create, copy, delete, blobs
     openai.py    /v1 models, chat/completions, completions, embeddings
+    llamacpp.py  llama-server's /health, /tokenize, /detokenize
     errors.py    LocalrunError -> HTTP status and body, per dialect
     jobs.py      create, pull and catalog imports in a subprocess (keeps numpy out)
 

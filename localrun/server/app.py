@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from localrun import __version__, config
 from localrun.errors import ConfigError, LocalrunError
-from localrun.server import anthropic, core, models, ollama, openai, responses
+from localrun.server import anthropic, core, llamacpp, models, ollama, openai, responses
 from localrun.server.errors import body_of, dialect_of, headers_of, plain_body, status_of
 from localrun.server.response_store import ResponseStore
 from localrun.server.security import Guard
@@ -88,6 +88,9 @@ _ROUTES = (
     ("/v1/responses/{response_id}/input_items", responses.input_items_list, ["GET"]),
     ("/v1/messages", anthropic.messages, ["POST"]),
     ("/v1/messages/count_tokens", anthropic.count_tokens, ["POST"]),
+    ("/health", llamacpp.health, ["GET"]),
+    ("/tokenize", llamacpp.tokenize, ["POST"]),
+    ("/detokenize", llamacpp.detokenize, ["POST"]),
 )
 
 

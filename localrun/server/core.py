@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from localrun import config
+from localrun import config, params
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.store import Store
 from localrun.worker.protocol import Chunk
@@ -33,7 +34,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Options Ollama's clients may send that localrun has no use for (they change nothing here).
+log = logging.getLogger("localrun.server")
+
+# Options Ollama's clients may send that localrun has no use for (they change nothing here, and
+# are dropped without a warning; other unknown keys are dropped with one, as Ollama does).
 IGNORED_OPTIONS = frozenset(
     {
         "numa",
@@ -135,8 +139,18 @@ class Body:
             raise BadRequestError(f"keep_alive: {exc}") from None
 
     def options(self, key: str = "options") -> dict[str, Any]:
+        """The request's model options; unknown keys are dropped with a warning in the log
+        (as Ollama does), the values of known ones are validated later (a bad one is a 400)."""
         value = self.get(key, dict, {})
-        return {k: v for k, v in value.items() if k not in IGNORED_OPTIONS and v is not None}
+        out = {}
+        for name, option in value.items():
+            if name in IGNORED_OPTIONS or option is None:
+                continue
+            if name.strip().lower() not in params.SPECS:
+                log.warning("ignoring unknown option %r", name[:100])
+                continue
+            out[name] = option
+        return out
 
     def format(self) -> str | dict[str, Any] | None:
         value = self.data.get("format")
@@ -157,6 +171,21 @@ def _kind_text(kinds: type | tuple[type, ...]) -> str:
 def _json_type(value: Any) -> str:
     return {str: "a string", int: "a number", float: "a number", dict: "an object",
             list: "a list"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def default_model(request: Request, body: Body) -> str:
+    """The model a request names, or the one loaded now when it names none (for llama-server's
+    routes, whose clients know of one model); a 400 when none or several are loaded."""
+    if body.data.get("model") is not None or body.data.get("name") is not None:
+        return body.model()
+    loaded = {m.name for m in context(request).scheduler.running()}
+    if len(loaded) == 1:
+        return loaded.pop()
+    raise BadRequestError(
+        "name the model: "
+        + (f"{len(loaded)} models are loaded" if loaded else "no model is loaded"),
+        hint='send {"model": "NAME", ...}',
+    )
 
 
 def now_iso() -> str:
@@ -241,6 +270,8 @@ class GenRequest:
     tool_choice: Any = None
     keep_alive: float | None = None
     think: bool | str | None = None  # None: the model's default; True or low/medium/high
+    context: list[int] | None = None  # token ids before the prompt (a previous answer's)
+    return_context: bool = False  # Generation.context: the prompt's and answer's tokens
 
 
 class Generation:
@@ -317,6 +348,10 @@ class Generation:
         return self.stream.stop_sequence
 
     @property
+    def context(self) -> list[int] | None:
+        return self.stream.context
+
+    @property
     def prompt_count(self) -> int:
         t = self.stream.timings
         return t.prompt_tokens + t.cached_tokens
@@ -352,6 +387,8 @@ async def start(request: Request, req: GenRequest) -> Generation:
                 tools=req.tools,
                 tool_choice=req.tool_choice,
                 keep_alive=req.keep_alive,
+                context=req.context,
+                return_context=req.return_context,
             )
         else:
             stream = await scheduler.complete(
@@ -360,6 +397,8 @@ async def start(request: Request, req: GenRequest) -> Generation:
                 options=req.options,
                 format=req.format,
                 keep_alive=req.keep_alive,
+                context=req.context,
+                return_context=req.return_context,
             )
         generation = Generation(stream, started)
         try:

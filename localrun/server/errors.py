@@ -2,7 +2,7 @@
 
 Ollama's clients read `error` as a string, so the native dialect is
 `{"error": "message", "code": "model_not_found", "hint": "..."}` (localrun's client rebuilds the
-typed error from `code`). OpenAI's clients expect
+typed error from `code`). OpenAI's clients (and llama-server's routes) expect
 `{"error": {"message", "type", "code", "param"}}`, Anthropic's
 `{"type": "error", "error": {"type", "message"}}` (with localrun's `code` beside them). The
 status is chosen from the error's class alone, never from its text, and is the same in every
@@ -112,10 +112,16 @@ def plain_body(
     return body
 
 
+# llama-server's routes answer errors in OpenAI's shape, as llama-server does.
+_OPENAI_SHAPED = frozenset({"/health", "/tokenize", "/detokenize"})
+
+
 def dialect_of(path: str) -> Dialect:
     if path == "/v1/messages" or path.startswith("/v1/messages/"):
         return "anthropic"
-    return "openai" if path == "/v1" or path.startswith("/v1/") else "ollama"
+    if path == "/v1" or path.startswith("/v1/") or path in _OPENAI_SHAPED:
+        return "openai"
+    return "ollama"
 
 
 def unexpected(exc: BaseException, where: str) -> e.LocalrunError:

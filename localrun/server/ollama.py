@@ -4,7 +4,8 @@ Field names and streaming follow Ollama's docs/api.md, so the official `ollama` 
 tools built on it work unchanged: NDJSON by default (`"stream": false` gives one object), one
 object per piece, and a final object with `done: true`, `done_reason` and the timing fields
 (nanoseconds). An error after the first line arrives as a last line `{"error": "..."}`, which is
-what Ollama's clients look for.
+what Ollama's clients look for. /api/generate's final object carries `context`, the token ids
+of prompt and answer, which a later request sends back to continue from them.
 
 The store routes (show, pull, create, copy, delete, blobs) are in `models`.
 """
@@ -25,6 +26,10 @@ from localrun.server.core import Body, Generation, GenRequest
 from localrun.server.errors import body_of, unexpected
 
 NDJSON = "application/x-ndjson"
+
+# The Ollama release whose API localrun serves, reported by /api/version: clients (editor
+# plugins, Open WebUI) turn features on by it. Raise it with the API features it implies.
+OLLAMA_API_VERSION = "0.12.0"
 Frame = Callable[[str], dict[str, Any]]
 
 
@@ -59,7 +64,10 @@ async def root(request: Request) -> Response:
 
 
 async def version(request: Request) -> Response:
-    return JSONResponse({"version": core.context(request).version})
+    """The Ollama API version served, and localrun's own beside it."""
+    return JSONResponse(
+        {"version": OLLAMA_API_VERSION, "localrun_version": core.context(request).version}
+    )
 
 
 async def ps(request: Request) -> Response:
@@ -157,9 +165,24 @@ async def generate(request: Request) -> Response:
         options=body.options(),
         format=body.format(),
         keep_alive=body.keep_alive(),
+        context=_context(body),
+        return_context=True,
     )
     generation = await core.start(request, req)
-    return await _answer(request, body, generation, shape)
+
+    def last(text: str) -> dict[str, Any]:
+        # The tokens to send as `context` to continue this answer.
+        return {**shape(text), "context": generation.context or []}
+
+    return await _answer(request, body, generation, shape, last=last)
+
+
+def _context(body: Body) -> list[int] | None:
+    """A previous answer's `context`: token ids the new prompt continues."""
+    value = body.get("context", list)
+    if value is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise BadRequestError("context must be a list of token ids (integers)")
+    return value or None
 
 
 def tool_calls_ollama(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:

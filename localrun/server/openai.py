@@ -301,29 +301,37 @@ async def embeddings(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
 
 
-def _model_object(entry: Any) -> dict[str, Any]:
+def _model_object(name: Any, modified: float) -> dict[str, Any]:
     return {
-        "id": str(entry.name),
+        "id": str(name),
         "object": "model",
-        "created": int(entry.modified),
-        "owned_by": entry.name.namespace,
+        "created": int(modified),
+        "owned_by": name.namespace,
     }
+
+
+def _listed(store: Any) -> list[dict[str, Any]]:
+    """The store's models, newest first, then the packaged ones not imported yet."""
+    from localrun import catalog
+
+    entries = sorted(store.entries(), key=lambda e: e.modified, reverse=True)
+    return [_model_object(e.name, e.modified) for e in entries] + [
+        _model_object(p.entry.name, p.modified) for p in catalog.not_imported(store)
+    ]
 
 
 async def models(request: Request) -> Response:
     store = core.context(request).store
-    entries = await anyio.to_thread.run_sync(store.entries)
-    entries.sort(key=lambda e: e.modified, reverse=True)
-    return JSONResponse({"object": "list", "data": [_model_object(e) for e in entries]})
+    return JSONResponse({"object": "list", "data": await anyio.to_thread.run_sync(_listed, store)})
 
 
 async def model(request: Request) -> Response:
-    from localrun import pull
+    from localrun import catalog, pull
 
     text = request.path_params["model"]
     store = core.context(request).store
-    name = pull.resolve_name(text)[0]
-    for entry in await anyio.to_thread.run_sync(store.entries):
-        if entry.name == name:
-            return JSONResponse(_model_object(entry))
+    wanted = str(catalog.canonical(pull.resolve_name(text)[0]))
+    for shown in await anyio.to_thread.run_sync(_listed, store):
+        if shown["id"] == wanted:
+            return JSONResponse(shown)
     raise ModelNotFoundError(text)

@@ -11,7 +11,7 @@ In order:
    Requests without Origin (curl, SDKs) are not browsers' and pass.
 3. API key: with LOCALRUN_API_KEY set, `Authorization: Bearer <key>` (or Anthropic's
    `x-api-key: <key>`), compared in constant time.
-   `GET /` stays open as a health check; it reveals nothing.
+   `GET /` and `GET /health` stay open as health checks; they reveal nothing.
 4. Body size: Content-Length over LOCALRUN_MAX_REQUEST_BYTES is refused at once, and a body
    without one is counted as it arrives. Blob uploads are exempt (they stream to disk).
 
@@ -39,6 +39,7 @@ from localrun.errors import (
 from localrun.server.errors import body_of, dialect_of, headers_of, status_of, unexpected
 
 UPLOAD_PREFIX = "/api/blobs/"
+_OPEN = frozenset({"/", "/health"})  # health checks, open without the API key
 _PREFLIGHT_MAX_AGE = "600"
 _METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 
@@ -151,7 +152,7 @@ class Guard:
                 if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
                     await self._preflight(headers, cors)(scope, receive, send)
                     return
-            if self.api_key and not (path == "/" and scope["method"] in ("GET", "HEAD")):
+            if self.api_key and not (path in _OPEN and scope["method"] in ("GET", "HEAD")):
                 # Anthropic's clients send the key as x-api-key.
                 given = _bearer(headers.get("authorization")) or headers.get("x-api-key")
                 if given is None or not hmac.compare_digest(given.encode(), self.api_key):

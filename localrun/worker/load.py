@@ -29,8 +29,11 @@ class Engine(runner.Tokenizer, Protocol):
     n_ctx: int
     n_ctx_train: int
     n_slots: int
+    n_vocab: int
     chat_template: str | None
     load_s: float
+
+    def token_bytes(self, token: int) -> bytes: ...
 
     def submit(
         self,

@@ -249,7 +249,8 @@ class RunnerProcess:
 
 
 class Stream:
-    """The chunks of one answer; after exhaustion `done_reason`, `timings`, `tool_calls`.
+    """The chunks of one answer; after exhaustion `done_reason`, `timings`, `tool_calls` and
+    `context` (the prompt's and answer's tokens, when asked for).
 
     Iterating raises the runner's typed error (ContextOverflowError, TemplateError ...), or
     RunnerDiedError when the runner exits. Call `aclose()` when the client goes away: the
@@ -268,6 +269,7 @@ class Stream:
         self.timings = Timings(load_s=load_s)
         self.tool_calls: list[dict[str, Any]] | None = None
         self.stop_sequence: str | None = None  # the stop string that ended the answer
+        self.context: list[int] | None = None
         self.load_s = load_s
         self._queue = queue
         self._cancel = cancel
@@ -302,6 +304,8 @@ class Stream:
             self.tool_calls = item.get("tool_calls")
             stop = item.get("stop_sequence")
             self.stop_sequence = stop if isinstance(stop, str) else None
+            context = item.get("context")
+            self.context = context if isinstance(context, list) else None
             return None
         if kind == protocol.ERROR:
             raise protocol.error_from_dict(item.get("error"))

@@ -11,12 +11,15 @@ stderr so they cannot corrupt the stream).
                                    layers, processor, load_s, notes}}
        or {"event": "error", "error": {...}} and exit 1
     -> {"op": "chat", "id": 7, "messages": [...], "system": null, "options": {...},
-        "format": null | "json" | {schema}, "tools": [...] | null, "tool_choice": ...}
-    -> {"op": "complete", "id": 8, "prompt": "raw text", "options": {...}, "format": ...}
+        "format": null | "json" | {schema}, "tools": [...] | null, "tool_choice": ...,
+        "context": [ids]?, "return_context": bool?}
+    -> {"op": "complete", "id": 8, "prompt": "raw text", "options": {...}, "format": ...,
+        "context": [ids]?, "return_context": bool?}
     <- {"event": "piece", "id": 7, "text": "...", "thinking": "..."?, "logprobs": [...]?}
                                                                      (zero or more)
     <- {"event": "done", "id": 7, "reason": "stop" | "length" | "cancelled",
         "timings": {Timings fields}, "tool_calls": [{"name", "arguments"}] | null,
+        "context": [ids]?,           (with return_context: the prompt's and answer's tokens)
         "stop_sequence": "the stop string that ended it"?}
     <- {"event": "error", "id": 7, "error": {"code", "type", "message", "hint"?}}
     -> {"op": "embed", "id": 9, "input": ["a", "b"], "truncate": true}
@@ -24,10 +27,17 @@ stderr so they cannot corrupt the stream).
     <- {"event": "embeddings", "id": 9, "embeddings": [[...]], "prompt_tokens": N,
         "cancelled": false}
        or an error event
+    -> {"op": "tokenize", "id": 10, "text": "..." | null, "messages": [...] | null,
+        "system": null, "tools": null, "add_special": true, "parse_special": false}
+    <- {"event": "tokens", "id": 10, "tokens": [ids]}       (messages: the chat prompt's tokens)
+    -> {"op": "detokenize", "id": 11, "tokens": [ids], "pieces": false}
+    <- {"event": "text", "id": 11, "text": "...", "pieces": ["hex", ...]?}  (or an error event)
     -> {"op": "cancel", "id": 7}            (no reply of its own: the request ends "cancelled")
     EOF on stdin -> the worker closes the engine and exits 0.
 
-Every chat/complete/embed request ends with exactly one done, embeddings or error event. The
+A chat "context" (token ids, e.g. a previous answer's) comes before the new prompt's tokens.
+Every chat/complete/embed/tokenize/detokenize request ends with exactly one done, embeddings,
+tokens, text or error event. The
 vectors of an embedding come in "vectors" events of a few at a time (EMBED_GROUP inputs) and
 any left in the final event: one line holding every vector of a long input list could outgrow
 what the scheduler reads in one line, and the worker checks for a cancel between groups. An
@@ -49,8 +59,10 @@ LOAD = "load"
 CHAT = "chat"
 COMPLETE = "complete"
 EMBED = "embed"
+TOKENIZE = "tokenize"
+DETOKENIZE = "detokenize"
 CANCEL = "cancel"
-OPS = frozenset({LOAD, CHAT, COMPLETE, EMBED, CANCEL})
+OPS = frozenset({LOAD, CHAT, COMPLETE, EMBED, TOKENIZE, DETOKENIZE, CANCEL})
 
 # -- events ----------------------------------------------------------------------------------
 READY = "ready"
@@ -59,8 +71,11 @@ DONE = "done"
 ERROR = "error"
 EMBEDDINGS = "embeddings"
 VECTORS = "vectors"
-EVENTS = frozenset({READY, PIECE, DONE, ERROR, EMBEDDINGS, VECTORS})
-FINAL_EVENTS = frozenset({DONE, ERROR, EMBEDDINGS})  # each request gets exactly one of these
+TOKENS = "tokens"
+TEXT = "text"
+EVENTS = frozenset({READY, PIECE, DONE, ERROR, EMBEDDINGS, VECTORS, TOKENS, TEXT})
+# Each request gets exactly one of these.
+FINAL_EVENTS = frozenset({DONE, ERROR, EMBEDDINGS, TOKENS, TEXT})
 
 DONE_REASONS = ("stop", "length", "cancelled")
 
@@ -145,6 +160,8 @@ def chat_request(
     format: str | dict[str, Any] | None = None,
     tools: list[dict[str, Any]] | None = None,
     tool_choice: Any = None,
+    context: list[int] | None = None,
+    return_context: bool = False,
 ) -> Message:
     return {
         "op": CHAT,
@@ -155,6 +172,7 @@ def chat_request(
         "format": format,
         "tools": tools,
         "tool_choice": tool_choice,
+        **_context_fields(context, return_context),
     }
 
 
@@ -164,8 +182,52 @@ def complete_request(
     *,
     options: dict[str, Any] | None = None,
     format: str | dict[str, Any] | None = None,
+    context: list[int] | None = None,
+    return_context: bool = False,
 ) -> Message:
-    return {"op": COMPLETE, "id": id, "prompt": prompt, "options": options or {}, "format": format}
+    return {
+        "op": COMPLETE,
+        "id": id,
+        "prompt": prompt,
+        "options": options or {},
+        "format": format,
+        **_context_fields(context, return_context),
+    }
+
+
+def _context_fields(context: list[int] | None, return_context: bool) -> Message:
+    out: Message = {}
+    if context:
+        out["context"] = context
+    if return_context:
+        out["return_context"] = True
+    return out
+
+
+def tokenize_request(
+    id: RequestId,
+    *,
+    text: str | None = None,
+    messages: list[dict[str, Any]] | None = None,
+    system: str | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    add_special: bool = True,
+    parse_special: bool = False,
+) -> Message:
+    return {
+        "op": TOKENIZE,
+        "id": id,
+        "text": text,
+        "messages": messages,
+        "system": system,
+        "tools": tools,
+        "add_special": add_special,
+        "parse_special": parse_special,
+    }
+
+
+def detokenize_request(id: RequestId, tokens: list[int], *, pieces: bool = False) -> Message:
+    return {"op": DETOKENIZE, "id": id, "tokens": tokens, "pieces": pieces}
 
 
 def embed_request(id: RequestId, inputs: list[str], *, truncate: bool = True) -> Message:
@@ -252,6 +314,7 @@ def done_event(
     reason: str,
     timings: Timings,
     tool_calls: list[dict[str, Any]] | None = None,
+    context: list[int] | None = None,
     *,
     stop_sequence: str | None = None,
 ) -> Message:
@@ -262,8 +325,21 @@ def done_event(
         "timings": timings_to_dict(timings),
         "tool_calls": tool_calls,
     }
+    if context is not None:
+        event["context"] = context
     if stop_sequence is not None:
         event["stop_sequence"] = stop_sequence
+    return event
+
+
+def tokens_event(id: RequestId, tokens: list[int]) -> Message:
+    return {"event": TOKENS, "id": id, "tokens": tokens}
+
+
+def text_event(id: RequestId, text: str, pieces: list[bytes] | None = None) -> Message:
+    event: Message = {"event": TEXT, "id": id, "text": text}
+    if pieces is not None:
+        event["pieces"] = [piece.hex() for piece in pieces]  # a piece may be part of a character
     return event
 
 

@@ -55,9 +55,13 @@ def unexpected(exc: BaseException) -> LocalrunError:
 class RequestSink:
     """One generation's output: stop strings, tool-call hold-back, then events."""
 
-    def __init__(self, worker: Worker, id: RequestId, prepared: Prepared) -> None:
+    def __init__(
+        self, worker: Worker, id: RequestId, prepared: Prepared, return_context: bool = False
+    ) -> None:
         self.worker = worker
         self.id = id
+        self.prompt = prepared.tokens if return_context else None
+        self.sent: list[str] = []  # the text passed on, kept when the context is returned
         self.stop = StopFilter(prepared.sampling.stop)
         self.calls = (
             tools_mod.CallStream(prepared.tool_names, forced=prepared.forced_tool)
@@ -85,7 +89,19 @@ class RequestSink:
 
     def _send_text(self, text: str) -> None:
         if text:
+            if self.prompt is not None:
+                self.sent.append(text)
             self.worker.output.send(protocol.piece_event(self.id, text))
+
+    def _context(self, tokens: list[int]) -> list[int] | None:
+        """The prompt's and the answer's tokens (Ollama's `context`), to continue from."""
+        if self.prompt is None:
+            return None
+        if self.stopped:  # the engine's tokens run past the stop string: the text did not
+            tokens = self.worker.engine.tokenize(
+                "".join(self.sent), add_special=False, parse_special=False
+            )
+        return self.prompt + tokens
 
     # -- called by the engine, on its thread ---------------------------------------------------
 
@@ -111,8 +127,9 @@ class RequestSink:
             self._send_text(out)
             if self.stopped:
                 reason = "stop"
+            context = self._context(tokens)
             event = protocol.done_event(
-                self.id, reason, timings, tool_calls, stop_sequence=self.stop.matched
+                self.id, reason, timings, tool_calls, context, stop_sequence=self.stop.matched
             )
         except Exception as exc:  # never leave a request without its final event
             event = protocol.error_event(unexpected(exc), self.id)
@@ -149,6 +166,21 @@ def _messages(value: Any) -> list[dict[str, Any]]:
             raise BadRequestError(f"messages[{index}].content must be a string")
         if message.get("tool_calls") is not None and not isinstance(message["tool_calls"], list):
             raise BadRequestError(f"messages[{index}].tool_calls must be a list")
+    return value
+
+
+def _token_ids(value: Any, n_vocab: int, key: str) -> list[int]:
+    """Token ids from a request, each in the model's vocabulary (BadRequestError if not)."""
+    if not isinstance(value, list):
+        raise BadRequestError(f"{key} must be a list of token ids")
+    for token in value:
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise BadRequestError(f"{key} must be a list of token ids, not {token!r}")
+        if not 0 <= token < n_vocab:
+            raise BadRequestError(
+                f"{key} holds the token id {token}, which is not in the model's vocabulary "
+                f"(0 to {n_vocab - 1})"
+            )
     return value
 
 
@@ -214,7 +246,7 @@ class Worker:
                     tools=message.get("tools"),
                     tool_choice=message.get("tool_choice"),
                 )
-                self._submit(id, prepared)
+                self._submit(id, self._after_context(message, prepared), message)
             elif op == protocol.COMPLETE:
                 prompt = message.get("prompt")
                 if not isinstance(prompt, str):
@@ -222,7 +254,15 @@ class Worker:
                 prepared = self.prompter.complete(
                     prompt, options=_optional(message, "options", dict), format=_format(message)
                 )
-                self._submit(id, prepared)
+                self._submit(id, self._after_context(message, prepared), message)
+            elif op == protocol.TOKENIZE:
+                self.output.send(protocol.tokens_event(id, self._tokenize(message)))
+            elif op == protocol.DETOKENIZE:
+                tokens = _token_ids(message.get("tokens"), self.engine.n_vocab, "tokens")
+                pieces = [self.engine.token_bytes(t) for t in tokens]
+                text = b"".join(pieces).decode("utf-8", errors="replace")
+                wanted = message.get("pieces") is True
+                self.output.send(protocol.text_event(id, text, pieces if wanted else None))
             elif op == protocol.EMBED:
                 inputs = message.get("input")
                 if isinstance(inputs, str):
@@ -243,10 +283,42 @@ class Worker:
         except Exception as exc:
             self.output.send(protocol.error_event(unexpected(exc), id))
 
-    def _submit(self, id: RequestId, prepared: Prepared) -> None:
+    def _after_context(self, message: protocol.Message, prepared: Prepared) -> Prepared:
+        """The request's `context` tokens, then its prompt's (without a second BOS)."""
+        if message.get("context") is None:
+            return prepared
+        context = _token_ids(message["context"], self.engine.n_vocab, "context")
+        tokens = prepared.tokens
+        bos = self.engine.token_ids(self.engine.bos_text) if self.engine.bos_text else []
+        if context and bos and tokens[:1] == bos[:1]:
+            tokens = tokens[1:]
+        prepared.tokens = context + tokens
+        return prepared
+
+    def _tokenize(self, message: protocol.Message) -> list[int]:
+        """Text's tokens, or those of the chat prompt a conversation renders to."""
+        if message.get("messages") is not None:
+            return self.prompter.chat(
+                _messages(message.get("messages")),
+                system=_optional(message, "system", str),
+                tools=message.get("tools"),
+            ).tokens
+        text = message.get("text")
+        if not isinstance(text, str):
+            raise BadRequestError("tokenize needs a text or messages")
+        return self.engine.tokenize(
+            text,
+            add_special=message.get("add_special") is not False,
+            parse_special=message.get("parse_special") is True,
+        )
+
+    def _submit(
+        self, id: RequestId, prepared: Prepared, message: protocol.Message | None = None
+    ) -> None:
         if not prepared.tokens:  # the engine needs at least one token to start from
             raise BadRequestError("the prompt is empty", hint="send a prompt of some text")
-        sink = RequestSink(self, id, prepared)
+        wanted = message is not None and message.get("return_context") is True
+        sink = RequestSink(self, id, prepared, wanted)
         with self._lock:
             if id in self._active:
                 raise BadRequestError(f"a request with id {id!r} is still running")

@@ -1,0 +1,347 @@
+"""What other servers' clients and test suites expect of `localrun serve`, on the real server.
+
+Ollama's integration tests and llama.cpp's server tests, run against localrun, found these:
+64-bit seeds, load-time options that outlived their request, `context` on /api/generate,
+raw control characters in structured output, OpenAI's `context_length_exceeded`, and
+llama-server's small routes. Real runners (llama.cpp) on SmolLM2 and the tiny model, with the
+official `ollama` and `openai` clients where a client is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import openai
+import pytest
+from test_server import SMOL, LiveServer, add_model
+
+from localrun import catalog, names
+from localrun.scheduler import Scheduler
+from localrun.store import Store
+
+pytestmark = [pytest.mark.server, pytest.mark.model]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
+    store = Store(tmp_path_factory.mktemp("compat") / "models")
+    add_model(store, "tiny", tiny_model)
+    catalog.find(store, SMOL)
+    server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=64))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def oc(live: LiveServer) -> ollama.Client:
+    return ollama.Client(host=live.url, timeout=180)
+
+
+@pytest.fixture
+def ai(live: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=180)
+
+
+def sampled(seed: int, n: int = 16) -> dict[str, Any]:
+    """Options that sample (not greedy), so the seed decides the answer."""
+    return {"temperature": 1.5, "top_k": 0, "seed": seed, "num_predict": n}
+
+
+# -- seeds ------------------------------------------------------------------------------------
+
+
+def test_any_64_bit_seed_is_accepted_on_every_route(
+    oc: ollama.Client, ai: openai.OpenAI, live: LiveServer
+) -> None:
+    prompt = "Tell me a story."
+    big = 2**32 + 7  # reduced to 7, as Ollama's uint32() conversion does
+    small = oc.generate(SMOL, prompt, options=sampled(7)).response
+    assert oc.generate(SMOL, prompt, options=sampled(big)).response == small
+    assert oc.generate(SMOL, prompt, options=sampled(8)).response != small  # the seed matters
+    for seed in (2**63 - 1, 2**64 - 1, -(2**63), -1):
+        assert oc.generate(SMOL, prompt, options=sampled(seed, 2)).done
+        chat = oc.chat(SMOL, [{"role": "user", "content": prompt}], options=sampled(seed, 2))
+        assert chat.done
+    messages: Any = [{"role": "user", "content": prompt}]
+    chat_small = ai.chat.completions.create(
+        model=SMOL, messages=messages, temperature=1.5, seed=7, max_tokens=16
+    )
+    chat_big = ai.chat.completions.create(
+        model=SMOL, messages=messages, temperature=1.5, seed=2**40 * 3 + 7, max_tokens=16
+    )
+    assert chat_big.choices[0].message.content == chat_small.choices[0].message.content
+    completion = ai.completions.create(model=SMOL, prompt=prompt, seed=2**63 - 1, max_tokens=2)
+    assert completion.choices[0].text is not None
+    # Past 64 bits is still a 400 naming the seed.
+    body = {"model": SMOL, "prompt": prompt, "options": {"seed": 2**64}, "stream": False}
+    refused = httpx.post(f"{live.url}/api/generate", json=body)
+    assert refused.status_code == 400 and "seed" in refused.json()["error"]
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def test_a_prompt_past_the_context_is_context_length_exceeded(
+    oc: ollama.Client, ai: openai.OpenAI, live: LiveServer
+) -> None:
+    long = "word " * 400  # past the 256 tokens of context asked for below
+    with pytest.raises(openai.BadRequestError) as refused:
+        ai.completions.create(model="tiny", prompt=long, max_tokens=2)
+    assert refused.value.status_code == 400 and refused.value.code == "context_length_exceeded"
+    with pytest.raises(ollama.ResponseError) as native:
+        oc.generate("tiny", long, raw=True, options={"num_ctx": 256, "num_predict": 2})
+    assert native.value.status_code == 400
+    body = {"model": "tiny", "prompt": long, "raw": True, "options": {"num_ctx": 256}}
+    answer = httpx.post(f"{live.url}/api/generate", json=body, timeout=60)
+    assert answer.status_code == 400 and answer.json()["code"] == "context_length_exceeded"
+
+
+# -- structured output ------------------------------------------------------------------------
+
+
+def test_structured_answers_with_line_breaks_parse(oc: ollama.Client, ai: openai.OpenAI) -> None:
+    # A poem invites line breaks inside a string: the grammar allows them only escaped.
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "poem": {"type": "string"}},
+        "required": ["title", "poem"],
+    }
+    ask = "Write a poem of four short lines about the sea, one line per line, as JSON."
+    for seed in range(3):
+        answer = oc.chat(
+            SMOL, [{"role": "user", "content": ask}], format=schema, options=sampled(seed, 80)
+        )
+        content = answer.message.content or ""
+        if answer.done_reason == "stop":
+            assert set(json.loads(content)) == {"title", "poem"}
+        assert not any(ord(c) < 0x20 and c not in " \n\t" for c in content)
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "poem", "schema": schema}}
+    chat = ai.chat.completions.create(
+        model=SMOL,
+        messages=[{"role": "user", "content": ask}],
+        response_format=fmt,
+        temperature=0,
+        max_tokens=200,
+    )
+    assert chat.choices[0].finish_reason == "stop"
+    assert set(json.loads(chat.choices[0].message.content or "")) == {"title", "poem"}
+    plain = oc.generate(SMOL, ask, format="json", options=sampled(1, 80))
+    if plain.done_reason == "stop":
+        json.loads(plain.response)
+
+
+# -- load-time options ------------------------------------------------------------------------
+
+
+def test_one_requests_num_ctx_does_not_stay_for_the_next(
+    oc: ollama.Client, ai: openai.OpenAI, live: LiveServer
+) -> None:
+    long = " ".join(f"item{i}" for i in range(150))  # about 430 tokens
+    small = {"num_ctx": 256, "num_predict": 1}
+    assert oc.generate(SMOL, "Hi", options=small).done
+    assert live.running()[SMOL].context_length == 256
+    # A plain request gets the model's own context: the long prompt fits.
+    plain = oc.generate(SMOL, long, options={"num_predict": 1, "temperature": 0})
+    assert plain.prompt_eval_count and plain.prompt_eval_count > 400
+    own = live.running()[SMOL].context_length
+    assert own > 256
+    # Embeddings are not cut to the 256 tokens another request loaded the model with.
+    oc.generate(SMOL, "Hi", options=small)
+    embedded = oc.embed(SMOL, long)
+    assert embedded.prompt_eval_count and embedded.prompt_eval_count > 400
+    oc.generate(SMOL, "Hi", options=small)
+    vectors = ai.embeddings.create(model=SMOL, input=long)
+    assert vectors.usage.prompt_tokens > 400
+    # Asking for the value in force never reloads.
+    pid = live.running()[SMOL].pid
+    oc.generate(SMOL, "Hi", options={"num_ctx": own, "num_predict": 1})
+    oc.generate(SMOL, "Hi", options={"num_predict": 1})
+    assert live.running()[SMOL].pid == pid
+
+
+# -- /api/generate's context and durations ----------------------------------------------------
+
+
+def test_generate_returns_its_context_and_continues_from_one(
+    oc: ollama.Client, live: LiveServer
+) -> None:
+    greedy = {"temperature": 0, "num_predict": 8}
+    oc.generate(SMOL, "Hi", options={"num_predict": 1})  # loaded: the next requests load nothing
+    first = oc.generate(SMOL, "Why is the sky blue?", options=greedy)
+    assert first.load_duration and first.load_duration > 0  # Ollama's tests want it set
+    assert first.load_duration < 1e9  # but it loaded nothing
+    context = list(first.context or [])
+    assert len(context) == (first.prompt_eval_count or 0) + (first.eval_count or 0)
+    streamed = list(oc.generate(SMOL, "Why is the sky blue?", options=greedy, stream=True))
+    assert streamed[-1].done and list(streamed[-1].context or []) == context
+    assert all(not part.context for part in streamed[:-1])
+
+    second = oc.generate(SMOL, "Say it again.", options=greedy, context=context)
+    assert list(second.context or [])[: len(context)] == context  # the new turn follows it
+    assert (second.prompt_eval_count or 0) > len(context)
+    # Its tokens come before the new prompt, and the slot holding them is reused.
+    body = {"model": SMOL, "prompt": "Say it again.", "options": greedy, "stream": False,
+            "context": context}  # fmt: skip
+    again = httpx.post(f"{live.url}/api/generate", json=body, timeout=60).json()
+    assert again["prompt_cache_count"] >= len(context) - 1 and again["context"] == second.context
+    assert again["response"] == second.response
+
+    for bad in ([10**9], ["a"], [-1], "1 2 3"):
+        refused = httpx.post(f"{live.url}/api/generate", json={**body, "context": bad})
+        assert refused.status_code == 400, bad
+        assert "context" in refused.json()["error"]
+
+
+# -- options ----------------------------------------------------------------------------------
+
+
+def test_unknown_options_are_ignored_with_a_warning(
+    oc: ollama.Client, live: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="localrun.server")
+    options = {"num_predict": 2, "temperature": 0, "warmth": 3, "mirostat": 1}
+    answer = oc.generate(SMOL, "Hi", options=options)
+    assert answer.done and answer.eval_count == 2
+    chat = oc.chat(SMOL, [{"role": "user", "content": "Hi"}], options=options)
+    assert chat.done
+    assert oc.embed(SMOL, "Hi", options={"warmth": 3}).embeddings
+    warned = [r.getMessage() for r in caplog.records if r.name == "localrun.server"]
+    assert sum("warmth" in m for m in warned) == 3
+    assert not any("mirostat" in m for m in warned)  # known to Ollama, of no use here: quiet
+    # A known option's value is still checked.
+    with pytest.raises(ollama.ResponseError) as refused:
+        oc.generate(SMOL, "Hi", options={"top_p": 7, "warmth": 3})
+    assert refused.value.status_code == 400 and "top_p" in refused.value.error
+
+
+# -- llama-server's routes --------------------------------------------------------------------
+
+
+def unload_all(oc: ollama.Client, live: LiveServer) -> None:
+    for name in list(live.running()):
+        oc.generate(name, "", keep_alive=0)
+    assert live.running() == {}
+
+
+def test_tokenize_and_detokenize_as_llama_server_does(oc: ollama.Client, live: LiveServer) -> None:
+    url = live.url
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    unload_all(oc, live)
+    content = "What is the capital of France ?"
+    nothing = httpx.post(f"{url}/tokenize", json={"content": content})
+    assert nothing.status_code == 400
+    assert "name the model" in nothing.json()["error"]["message"]  # OpenAI's shape
+
+    oc.generate(SMOL, "", keep_alive="5m")  # one model loaded: it is the default
+    tokens = httpx.post(f"{url}/tokenize", json={"content": content}).json()["tokens"]
+    assert len(tokens) > 5 and all(isinstance(t, int) for t in tokens)
+    back = httpx.post(f"{url}/detokenize", json={"tokens": tokens}).json()
+    assert back["content"].strip() == content
+    named = httpx.post(f"{url}/tokenize", json={"content": content, "model": SMOL}).json()
+    assert named["tokens"] == tokens
+
+    # Special tokens are parsed unless asked not to be, and spelled out by /detokenize.
+    end = httpx.post(f"{url}/tokenize", json={"content": "<|im_end|>"}).json()["tokens"]
+    assert len(end) == 1
+    literal = {"content": "<|im_end|>", "parse_special": False}
+    assert len(httpx.post(f"{url}/tokenize", json=literal).json()["tokens"]) > 1
+    assert httpx.post(f"{url}/detokenize", json={"tokens": end}).json()["content"] == "<|im_end|>"
+
+    text = "This is a test string with unicode 媽 and emoji 🤗"
+    body = {"content": text, "with_pieces": True}
+    pieces = httpx.post(f"{url}/tokenize", json=body).json()["tokens"]
+    assert all(set(p) == {"id", "piece"} and p["piece"] for p in pieces)
+    joined = b"".join(
+        p["piece"].encode() if isinstance(p["piece"], str) else bytes(p["piece"]) for p in pieces
+    )
+    assert joined.decode() == text
+    assert any(isinstance(p["piece"], list) for p in pieces)  # the emoji spans tokens
+    assert [p["id"] for p in pieces] == httpx.post(
+        f"{url}/tokenize", json={"content": text}
+    ).json()["tokens"]
+
+    for bad in ([10**9], [-1], ["a"], [True]):
+        refused = httpx.post(f"{url}/detokenize", json={"tokens": bad})
+        assert refused.status_code == 400, bad
+        assert refused.json()["error"]["type"] == "invalid_request_error"
+    assert httpx.post(f"{url}/detokenize", json={"tokens": "1"}).status_code == 400
+    assert httpx.post(f"{url}/tokenize", json={"content": 5}).status_code == 400
+
+    oc.generate("tiny", "", keep_alive="5m")  # two loaded: a request must name one
+    two = httpx.post(f"{url}/detokenize", json={"tokens": tokens})
+    assert two.status_code == 400 and "2 models are loaded" in two.json()["error"]["message"]
+    tiny = httpx.post(f"{url}/tokenize", json={"content": content, "model": "tiny"})
+    assert tiny.status_code == 200 and tiny.json()["tokens"] != tokens
+    missing = httpx.post(f"{url}/tokenize", json={"content": content, "model": "nope"})
+    assert missing.status_code == 404
+
+
+def test_health_is_open_without_the_api_key(tmp_path: Path) -> None:
+    store = Store(tmp_path / "models")
+    server = LiveServer(store, api_key="sesame")
+    try:
+        assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+        closed = httpx.post(f"{server.url}/tokenize", json={"content": "x", "model": "m"})
+        assert closed.status_code == 401
+    finally:
+        server.close()
+
+
+# -- version, show, listing -------------------------------------------------------------------
+
+
+def test_version_is_the_ollama_api_served_with_localruns_beside_it(live: LiveServer) -> None:
+    from localrun import __version__
+    from localrun.client import Client
+
+    served = httpx.get(f"{live.url}/api/version").json()
+    assert served == {"version": "0.12.0", "localrun_version": __version__}
+    major, minor, _ = (int(x) for x in served["version"].split("."))
+    assert (major, minor) >= (0, 9)  # clients gate tools, thinking, /api/show capabilities on it
+    client = Client(("127.0.0.1", live.port))
+    assert client.is_up() and client.version() == __version__
+
+
+def test_show_says_every_model_embeds(oc: ollama.Client, live: LiveServer) -> None:
+    for name in (SMOL, "tiny"):
+        shown = oc.show(name)
+        assert shown.capabilities is not None
+        assert shown.capabilities[:2] == ["completion", "embedding"], shown.capabilities
+        # What it says is what it does.
+        assert len(oc.embed(name, "hello").embeddings[0]) > 0
+    raw = httpx.post(f"{live.url}/api/show", json={"model": "tiny"}).json()
+    assert raw["capabilities"] == ["completion", "embedding"]  # its template renders no tools
+
+
+def test_a_fresh_store_lists_the_packaged_starter_model(tmp_path: Path) -> None:
+    store = Store(tmp_path / "models")
+    server = LiveServer(store, Scheduler(store, num_parallel=1))
+    try:
+        oc = ollama.Client(host=server.url, timeout=180)
+        ai = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=180)
+        [listed] = oc.list().models
+        assert listed.model == SMOL and listed.size and listed.digest and listed.modified_at
+        details = listed.details
+        assert details and details.family == "llama" and details.format == "gguf"
+        assert details.parameter_size and details.quantization_level == "Q4_1"
+        assert [m.id for m in ai.models.list()] == [SMOL]
+        assert ai.models.retrieve(SMOL).id == SMOL
+        assert ai.models.retrieve("smollm2").id == SMOL  # its alias
+        assert not store.exists(names.parse(SMOL))  # listing imports nothing
+
+        # Using it imports it, as before; it is then listed once, from the store.
+        answer = ai.chat.completions.create(
+            model=SMOL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+        assert answer.choices[0].message.content is not None
+        [imported] = oc.list().models
+        assert imported.model == SMOL and imported.details == details
+        assert [m.id for m in ai.models.list()] == [SMOL]
+    finally:
+        server.close()
