@@ -233,6 +233,18 @@ SETTINGS: dict[str, Setting] = {
             lambda: 32 * 1024 * 1024,
         ),
         Setting(
+            "LOCALRUN_RESPONSES_MAX",
+            "Most stored Responses API answers (store: true) kept; the oldest go first.",
+            _parse_count,
+            lambda: 1000,
+        ),
+        Setting(
+            "LOCALRUN_RESPONSES_MAX_AGE",
+            "How long a stored Responses API answer is kept (720h, 30m, -1 = forever).",
+            parse_duration,
+            lambda: 30 * 86400.0,
+        ),
+        Setting(
             "LOCALRUN_DEBUG",
             "Show tracebacks and debug output (1/0).",
             _parse_bool,
@@ -282,6 +294,19 @@ def max_request_bytes() -> int:
     return SETTINGS["LOCALRUN_MAX_REQUEST_BYTES"].value()  # type: ignore[no-any-return]
 
 
+def responses_dir() -> Path:
+    """Where stored Responses API answers live (under LOCALRUN_HOME)."""
+    return home() / "responses"
+
+
+def responses_max() -> int:
+    return SETTINGS["LOCALRUN_RESPONSES_MAX"].value()  # type: ignore[no-any-return]
+
+
+def responses_max_age() -> float:
+    return SETTINGS["LOCALRUN_RESPONSES_MAX_AGE"].value()  # type: ignore[no-any-return]
+
+
 def debug() -> bool:
     try:
         return bool(SETTINGS["LOCALRUN_DEBUG"].value())
@@ -295,7 +320,7 @@ def format_value(name: str, value: Any) -> str:
         return f"[{host_}]:{port}" if ":" in host_ else f"{host_}:{port}"
     if name == "LOCALRUN_API_KEY":
         return "(set)" if value else ""
-    if name == "LOCALRUN_KEEP_ALIVE":
+    if name in ("LOCALRUN_KEEP_ALIVE", "LOCALRUN_RESPONSES_MAX_AGE"):
         return "-1" if value == float("inf") else f"{value:g}s"
     if isinstance(value, tuple):
         return ",".join(value)

@@ -23,6 +23,7 @@
     │   ├── RunnerDiedError         the runner process of a model exited mid-request (500)
     │   ├── ServerUnreachableError  no localrun server answers at LOCALRUN_HOST (client side)
     │   ├── BadRequestError         a request the API cannot accept (400)
+    │   ├── NotFoundError           an API object (a stored response) that does not exist (404)
     │   ├── UnauthorizedError       a missing or wrong API key (401)
     │   ├── ForbiddenError          a Host or Origin the server does not serve (403)
     │   └── RequestTooLargeError    a request body over LOCALRUN_MAX_REQUEST_BYTES (413)
@@ -208,6 +209,10 @@ class ServerUnreachableError(ServerError):
 
 class BadRequestError(ServerError):
     code = "bad_request"
+
+
+class NotFoundError(ServerError):
+    code = "not_found"
 
 
 class UnauthorizedError(ServerError):

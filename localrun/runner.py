@@ -297,6 +297,7 @@ class StopFilter:
         self.longest = max((len(s) for s in self.stops), default=0)
         self.pending = ""
         self.hit = False
+        self.matched: str | None = None  # the stop string that was hit
 
     def feed(self, piece: str) -> str:
         if self.hit:
@@ -304,10 +305,11 @@ class StopFilter:
         if not self.stops:
             return piece
         pending = self.pending + piece
-        hits = [index for s in self.stops if (index := pending.find(s)) >= 0]
+        hits = [(index, s) for s in self.stops if (index := pending.find(s)) >= 0]
         if hits:
+            index, self.matched = min(hits, key=lambda hit: hit[0])
             self.hit, self.pending = True, ""
-            return pending[: min(hits)]
+            return pending[:index]
         # Keep the longest tail that is still a prefix of some stop sequence.
         keep = 0
         for size in range(min(self.longest, len(pending)), 0, -1):

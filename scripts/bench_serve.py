@@ -27,6 +27,10 @@ reported with ratios to llama-server and the targets of issue 5: decode >= 0.95x
 4-stream aggregate >= 0.9x, idle RSS < 120 MB. A benchmark, not a test: it never fails on a
 slow number.
 
+Then scripts/bench_dialects.py: the /v1/responses and /v1/messages streams against
+/v1/chat/completions on the same localrun server, and fill-in-the-middle (/infill) time to first
+token against llama-server's.
+
 Usage: .venv/bin/python scripts/bench_serve.py [--rounds 3] [--threads 2] [--json OUT]
        (or scripts/bench.py --suite serve)
 """
@@ -566,6 +570,7 @@ def run(
         meter = Meter(servers)
         results = measure(servers, rounds, meter, quiet_s)
         others, steal = meter.cores()
+        dialects = _dialects(servers, rounds)
         if idle is not None:
             results["localrun serve"].idle_rss = idle
         logs = {s.name: s.tail() for s in servers if s.failure}
@@ -589,8 +594,27 @@ def run(
     return {
         "context": ctx,
         "results": {k: asdict(v) for k, v in results.items()},
-        "report": report(ctx, results),
+        "dialects": {
+            kind: {k: asdict(v) for k, v in rows.items()} for kind, rows in dialects.items()
+        },
+        "report": report(ctx, results) + "\n" + _dialects_report(dialects),
     }
+
+
+def _dialects_report(measured: dict[str, Any]) -> str:
+    import bench_dialects
+
+    return bench_dialects.report(measured)
+
+
+def _dialects(servers: list[Server], rounds: int) -> dict[str, Any]:
+    """scripts/bench_dialects.py on the servers that are up (localrun's dialects, FIM)."""
+    import bench_dialects  # it imports this module: loaded once this one is
+
+    up = {s.name: s for s in servers if not s.failure and s.proc is not None}
+    return bench_dialects.measure(
+        up.get("localrun serve"), up.get("llama-server"), rounds, first=100_000
+    )
 
 
 # --- report -----------------------------------------------------------------------------------

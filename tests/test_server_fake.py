@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -137,6 +138,43 @@ def test_killed_runner_fails_only_its_requests(live: LiveServer) -> None:
         assert finished[-1]["done"] and finished[-1]["done_reason"] == "stop"
     again = httpx.post(url, json=chat_body("a", stream=False, options={"num_predict": 3}))
     assert again.status_code == 200 and again.json()["message"]["content"] == "abc"
+
+
+def test_new_dialects_report_a_runner_death_in_their_stream(live: LiveServer) -> None:
+    """Anthropic's stream ends with an `error` event, the Responses stream with
+    response.failed; a client that hangs up frees its slot on both."""
+    ant = anthropic.Anthropic(base_url=live.url, api_key="x", max_retries=0)
+    ai = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
+    with (
+        ant.messages.stream(model="a", messages=HI, max_tokens=500) as messages,  # type: ignore[arg-type]
+        ai.responses.create(model="a", input="hi", stream=True) as events,
+    ):
+        texts, items = messages.text_stream, iter(events)
+        assert next(texts) == "a"
+        kinds = [next(items).type for _ in range(5)]
+        assert kinds[-1] == "response.output_text.delta"
+        os.kill(live.running()[A].pid, signal.SIGKILL)
+        with pytest.raises(anthropic.APIStatusError, match="runner"):
+            for _ in texts:
+                pass
+        last = list(items)[-1]
+        assert last.type == "response.failed"
+        assert last.response.status == "failed" and last.response.error
+        assert last.response.error.code == "runner_died"
+
+    for route in ("messages", "responses"):
+        url = f"{live.url}/v1/{route}"
+        body = {
+            "model": "a",
+            "stream": True,
+            "max_tokens": 500,
+            **({"messages": HI} if route == "messages" else {"input": "hi"}),
+        }
+        with httpx.stream("POST", url, json=body, timeout=30) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())
+            live.wait_for(lambda: live.running()[A].busy == 1, "a busy slot", timeout=10)
+        live.wait_for(lambda: live.running()[A].busy == 0, "the slot to be freed", timeout=5)
 
 
 def test_keep_alive(live: LiveServer) -> None:

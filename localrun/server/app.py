@@ -21,8 +21,18 @@ from starlette.responses import JSONResponse, Response
 
 from localrun import __version__, config
 from localrun.errors import ConfigError, LocalrunError
-from localrun.server import core, llamacpp, metrics, models, ollama, openai
+from localrun.server import (
+    anthropic,
+    core,
+    llamacpp,
+    metrics,
+    models,
+    ollama,
+    openai,
+    responses,
+)
 from localrun.server.errors import body_of, dialect_of, headers_of, plain_body, status_of
+from localrun.server.response_store import ResponseStore
 from localrun.server.security import Guard
 from localrun.store import Store
 
@@ -41,6 +51,7 @@ class Settings:
     api_key: str = ""
     origins: tuple[str, ...] = config.DEFAULT_ORIGINS
     max_request_bytes: int = 32 * 1024 * 1024
+    responses_dir: Path | None = None  # stored Responses API answers; None: LOCALRUN_HOME's
 
     @classmethod
     def from_env(cls, host: str, store: Store | None = None) -> Settings:
@@ -80,6 +91,12 @@ _ROUTES = (
     ("/v1/chat/completions", openai.chat_completions, ["POST"]),
     ("/v1/completions", openai.completions, ["POST"]),
     ("/v1/embeddings", openai.embeddings, ["POST"]),
+    ("/v1/responses", responses.create, ["POST"]),
+    ("/v1/responses/{response_id}", responses.retrieve, ["GET"]),
+    ("/v1/responses/{response_id}", responses.delete, ["DELETE"]),
+    ("/v1/responses/{response_id}/input_items", responses.input_items_list, ["GET"]),
+    ("/v1/messages", anthropic.messages, ["POST"]),
+    ("/v1/messages/count_tokens", anthropic.count_tokens, ["POST"]),
     ("/health", llamacpp.health, ["GET"]),
     ("/tokenize", llamacpp.tokenize, ["POST"]),
     ("/detokenize", llamacpp.detokenize, ["POST"]),
@@ -111,6 +128,7 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
     app.state.ctx = core.Context(
         store=settings.store, scheduler=scheduler, version=__version__, metrics=counters
     )
+    app.state.responses = ResponseStore(settings.responses_dir or config.responses_dir())
     for path, handler, methods in _ROUTES:
         app.add_api_route(path, handler, methods=methods, include_in_schema=False)
 

@@ -15,13 +15,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
 
 from localrun import config, params
 from localrun.errors import BadRequestError, LocalrunError
@@ -204,6 +205,24 @@ def ns(seconds: float) -> int:
     return max(0, int(seconds * 1e9))
 
 
+# -- server-sent events ----------------------------------------------------------------------
+
+
+def sse(obj: dict[str, Any], event: str | None = None) -> bytes:
+    """One server-sent event (`event:` named for Anthropic's and the Responses API's streams)."""
+    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + data + b"\n\n"
+
+
+def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 # -- watching the client ----------------------------------------------------------------------
 
 
@@ -252,6 +271,7 @@ class GenRequest:
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     keep_alive: float | None = None
+    think: bool | str | None = None  # None: the model's default; True or low/medium/high
     context: list[int] | None = None  # token ids before the prompt (a previous answer's)
     return_context: bool = False  # Generation.context: the prompt's and answer's tokens
 
@@ -332,6 +352,11 @@ class Generation:
     @property
     def tool_calls(self) -> list[dict[str, Any]] | None:
         return self.stream.tool_calls or None
+
+    @property
+    def stop_sequence(self) -> str | None:
+        """The stop string that ended the answer, if one did."""
+        return self.stream.stop_sequence
 
     @property
     def context(self) -> list[int] | None:

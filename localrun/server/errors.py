@@ -1,10 +1,12 @@
-"""LocalrunError -> HTTP status and body, in the two dialects the server speaks.
+"""LocalrunError -> HTTP status and body, in the dialects the server speaks.
 
 Ollama's clients read `error` as a string, so the native dialect is
 `{"error": "message", "code": "model_not_found", "hint": "..."}` (localrun's client rebuilds the
 typed error from `code`). OpenAI's clients (and llama-server's routes) expect
-`{"error": {"message", "type", "code", "param"}}`. The status is chosen from the error's class
-alone, never from its text.
+`{"error": {"message", "type", "code", "param"}}`, Anthropic's
+`{"type": "error", "error": {"type", "message"}}` (with localrun's `code` beside them). The
+status is chosen from the error's class alone, never from its text, and is the same in every
+dialect.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from typing import Any, Literal
 
 from localrun import errors as e
 
-Dialect = Literal["ollama", "openai"]
+Dialect = Literal["ollama", "openai", "anthropic"]
 
 log = logging.getLogger("localrun.server")
 
 # First match wins: subclasses before their bases.
 _STATUS: tuple[tuple[type[e.LocalrunError], int], ...] = (
     (e.ModelNotFoundError, 404),
+    (e.NotFoundError, 404),
     (e.BusyError, 503),
     (e.UnauthorizedError, 401),
     (e.ForbiddenError, 403),
@@ -49,6 +52,17 @@ _OPENAI_TYPES = {
 }
 
 
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
 def status_of(exc: e.LocalrunError) -> int:
     for cls, status in _STATUS:
         if isinstance(exc, cls):
@@ -73,6 +87,15 @@ def plain_body(
     message: str, status: int, code: str, dialect: Dialect, *, hint: str | None = None
 ) -> dict[str, Any]:
     """An error body for a message that is not a LocalrunError (no route, wrong method)."""
+    if dialect == "anthropic":
+        inner: dict[str, Any] = {
+            "type": _ANTHROPIC_TYPES.get(status, "api_error"),
+            "message": message,
+            "code": code,
+        }
+        if hint:
+            inner["hint"] = hint
+        return {"type": "error", "error": inner}
     if dialect == "openai":
         detail: dict[str, Any] = {
             "message": message,
@@ -94,6 +117,8 @@ _OPENAI_SHAPED = frozenset({"/health", "/tokenize", "/detokenize"})
 
 
 def dialect_of(path: str) -> Dialect:
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
     if path == "/v1" or path.startswith("/v1/") or path in _OPENAI_SHAPED:
         return "openai"
     return "ollama"

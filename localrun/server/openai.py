@@ -47,18 +47,6 @@ _SAMPLING = {
 }
 
 
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
-def _event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
 def _options(body: Body) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for key, name in _SAMPLING.items():
@@ -165,7 +153,7 @@ def _stream(
         return out
 
     events = _stream_events(generation, chunk, piece_choice, last_choices, include_usage)
-    return _event_stream(events)
+    return core.event_stream(events)
 
 
 async def _stream_events(
@@ -180,19 +168,19 @@ async def _stream_events(
         first = True
         async with contextlib.aclosing(generation.pieces()) as pieces:
             async for piece in pieces:
-                yield _sse(chunk({"choices": [piece_choice(piece, first)]}))
+                yield core.sse(chunk({"choices": [piece_choice(piece, first)]}))
                 first = False
         if first:
-            yield _sse(chunk({"choices": [piece_choice("", True)]}))
+            yield core.sse(chunk({"choices": [piece_choice("", True)]}))
         for choice in last_choices():
-            yield _sse(chunk({"choices": [choice]}))
+            yield core.sse(chunk({"choices": [choice]}))
         if include_usage:
-            yield _sse(chunk({"choices": [], "usage": _usage(generation)}))
+            yield core.sse(chunk({"choices": [], "usage": _usage(generation)}))
         yield b"data: [DONE]\n\n"
     except LocalrunError as exc:
-        yield _sse(body_of(exc, "openai"))
+        yield core.sse(body_of(exc, "openai"))
     except Exception as exc:
-        yield _sse(body_of(unexpected(exc, "a streamed answer"), "openai"))
+        yield core.sse(body_of(unexpected(exc, "a streamed answer"), "openai"))
 
 
 def _include_usage(body: Body) -> bool:

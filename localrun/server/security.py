@@ -9,7 +9,8 @@ In order:
 2. Origin (CORS): a request that carries an Origin header must come from one of
    LOCALRUN_ORIGINS (`http://localhost:*` wildcards the port); preflights are answered here.
    Requests without Origin (curl, SDKs) are not browsers' and pass.
-3. API key: with LOCALRUN_API_KEY set, `Authorization: Bearer <key>`, compared in constant time.
+3. API key: with LOCALRUN_API_KEY set, `Authorization: Bearer <key>` (or Anthropic's
+   `x-api-key: <key>`), compared in constant time.
    `GET /` and `GET /health` stay open as health checks; they reveal nothing.
 4. Body size: Content-Length over LOCALRUN_MAX_REQUEST_BYTES is refused at once, and a body
    without one is counted as it arrives. Blob uploads are exempt (they stream to disk).
@@ -152,13 +153,14 @@ class Guard:
                     await self._preflight(headers, cors)(scope, receive, send)
                     return
             if self.api_key and not (path in _OPEN and scope["method"] in ("GET", "HEAD")):
-                given = _bearer(headers.get("authorization"))
+                # Anthropic's clients send the key as x-api-key.
+                given = _bearer(headers.get("authorization")) or headers.get("x-api-key")
                 if given is None or not hmac.compare_digest(given.encode(), self.api_key):
                     raise UnauthorizedError(
                         "a valid API key is required"
                         if given is None
                         else "the API key is not valid",
-                        hint="send `Authorization: Bearer <LOCALRUN_API_KEY>`",
+                        hint="send `Authorization: Bearer <LOCALRUN_API_KEY>` (or `x-api-key`)",
                     )
             if not path.startswith(UPLOAD_PREFIX):
                 receive = self._limited(headers, receive)

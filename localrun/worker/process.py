@@ -271,6 +271,7 @@ class Stream:
         self.done_reason: str | None = None
         self.timings = Timings(load_s=load_s)
         self.tool_calls: list[dict[str, Any]] | None = None
+        self.stop_sequence: str | None = None  # the stop string that ended the answer
         self.context: list[int] | None = None
         self.load_s = load_s
         self._queue = queue
@@ -304,6 +305,8 @@ class Stream:
             self.timings = protocol.timings_from_dict(item.get("timings"))
             self.timings.load_s = self.load_s
             self.tool_calls = item.get("tool_calls")
+            stop = item.get("stop_sequence")
+            self.stop_sequence = stop if isinstance(stop, str) else None
             context = item.get("context")
             self.context = context if isinstance(context, list) else None
             return None

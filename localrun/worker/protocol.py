@@ -19,7 +19,8 @@ stderr so they cannot corrupt the stream).
                                                                      (zero or more)
     <- {"event": "done", "id": 7, "reason": "stop" | "length" | "cancelled",
         "timings": {Timings fields}, "tool_calls": [{"name", "arguments"}] | null,
-        "context": [ids]?}           (with return_context: the prompt's and answer's tokens)
+        "context": [ids]?,           (with return_context: the prompt's and answer's tokens)
+        "stop_sequence": "the stop string that ended it"?}
     <- {"event": "error", "id": 7, "error": {"code", "type", "message", "hint"?}}
     -> {"op": "embed", "id": 9, "input": ["a", "b"], "truncate": true}
     <- {"event": "vectors", "id": 9, "embeddings": [[...], ...]}    (zero or more, in order)
@@ -314,6 +315,8 @@ def done_event(
     timings: Timings,
     tool_calls: list[dict[str, Any]] | None = None,
     context: list[int] | None = None,
+    *,
+    stop_sequence: str | None = None,
 ) -> Message:
     event: Message = {
         "event": DONE,
@@ -324,6 +327,8 @@ def done_event(
     }
     if context is not None:
         event["context"] = context
+    if stop_sequence is not None:
+        event["stop_sequence"] = stop_sequence
     return event
 
 

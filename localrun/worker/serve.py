@@ -128,7 +128,9 @@ class RequestSink:
             if self.stopped:
                 reason = "stop"
             context = self._context(tokens)
-            event = protocol.done_event(self.id, reason, timings, tool_calls, context)
+            event = protocol.done_event(
+                self.id, reason, timings, tool_calls, context, stop_sequence=self.stop.matched
+            )
         except Exception as exc:  # never leave a request without its final event
             event = protocol.error_event(unexpected(exc), self.id)
         self.worker.finished(self.id)

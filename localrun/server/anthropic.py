@@ -1,0 +1,390 @@
+"""Anthropic's Messages API as a translation over the same handlers (`core`), in its shapes.
+
+    POST /v1/messages                 system (a string or text blocks), messages with text,
+                                      tool_use and tool_result blocks, tools, tool_choice (auto,
+                                      any, tool, none), max_tokens (required), stop_sequences,
+                                      temperature, top_p, top_k, metadata, thinking,
+                                      output_config (format: a JSON schema; effort), stream
+    POST /v1/messages/count_tokens    {"input_tokens": N} for the same request body
+
+A streamed answer is Anthropic's event sequence: message_start, then per content block
+content_block_start, content_block_delta (text_delta, thinking_delta, input_json_delta) and
+content_block_stop, then message_delta (stop_reason, usage) and message_stop. stop_reason is
+"tool_use" when the answer is tool calls, "max_tokens" when the token budget or the context ran
+out, "stop_sequence" (with `stop_sequence`) when a stop string ended it, else "end_turn". Errors
+are {"type": "error", "error": {"type", "message"}}; one after the stream has begun arrives as
+an `error` event. The API key may come as `x-api-key` (see security.Guard).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from localrun.errors import BadRequestError, LocalrunError
+from localrun.server import core
+from localrun.server.core import Body, Generation, GenRequest
+from localrun.server.errors import body_of, unexpected
+
+# Anthropic's own bound on stop_sequences is far higher; this keeps the stop filter cheap.
+MAX_STOP_SEQUENCES = 16
+
+
+def _text_of(blocks: Any, where: str) -> str:
+    """The text of a string or a list of text blocks (images are refused: text models)."""
+    if isinstance(blocks, str):
+        return blocks
+    if not isinstance(blocks, list):
+        raise BadRequestError(f"{where} must be a string or a list of content blocks")
+    texts = []
+    for index, block in enumerate(blocks):
+        if not isinstance(block, dict):
+            raise BadRequestError(f"{where}[{index}] must be a content block object")
+        kind = block.get("type")
+        if kind == "text":
+            if not isinstance(block.get("text"), str):
+                raise BadRequestError(f"{where}[{index}].text must be a string")
+            texts.append(block["text"])
+        elif kind in ("image", "document"):
+            raise BadRequestError(f"{where}[{index}] is an {kind}; localrun runs text models")
+        else:
+            raise BadRequestError(f"{where}[{index}] has type {kind!r}; a text block is expected")
+    return "".join(texts)
+
+
+def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
+    call_id = block.get("tool_use_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise BadRequestError(f"{where}.tool_use_id must be a non-empty string")
+    content = block.get("content")
+    text = "" if content is None else _text_of(content, f"{where}.content")
+    if block.get("is_error") is True:
+        text = f"Error: {text}"
+    return {"role": "tool", "content": text, "tool_call_id": call_id}
+
+
+def _tool_use(block: dict[str, Any], where: str) -> dict[str, Any]:
+    name = block.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequestError(f"{where}.name must be a non-empty string")
+    arguments = block.get("input", {})
+    if not isinstance(arguments, dict):
+        raise BadRequestError(f"{where}.input must be an object")
+    call_id = block.get("id") if isinstance(block.get("id"), str) else _id("toolu")
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def messages_of(value: Any) -> list[dict[str, Any]]:
+    """Anthropic messages -> the core's chat messages.
+
+    A user turn's tool_result blocks become tool messages (before the turn's text, which
+    follows the results it comments on); an assistant turn's tool_use blocks become its
+    tool_calls. Earlier thinking blocks are dropped, as Anthropic's own models drop them.
+    """
+    if not isinstance(value, list) or not value:
+        raise BadRequestError("messages must be a non-empty list")
+    out: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool_use id -> tool name, for the results that answer it
+    for index, raw in enumerate(value):
+        where = f"messages[{index}]"
+        if not isinstance(raw, dict):
+            raise BadRequestError(f"{where} must be an object")
+        role = raw.get("role")
+        if role not in ("user", "assistant"):
+            raise BadRequestError(f"{where}.role must be user or assistant, not {role!r}")
+        content = raw.get("content")
+        if isinstance(content, str):
+            out.append({"role": role, "content": content})
+            continue
+        if not isinstance(content, list):
+            raise BadRequestError(f"{where}.content must be a string or a list of blocks")
+        texts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for number, block in enumerate(content):
+            at = f"{where}.content[{number}]"
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "text":
+                texts.append(_text_of([block], f"{where}.content"))
+            elif kind == "tool_result" and role == "user":
+                result = _tool_result(block, at)
+                if result["tool_call_id"] in names:
+                    result["tool_name"] = names[result["tool_call_id"]]
+                out.append(result)
+            elif kind == "tool_use" and role == "assistant":
+                call = _tool_use(block, at)
+                names[call["id"]] = call["function"]["name"]
+                calls.append(call)
+            elif kind in ("thinking", "redacted_thinking") and role == "assistant":
+                continue
+            elif kind in ("image", "document"):
+                raise BadRequestError(f"{at} is an {kind}; localrun runs text models")
+            else:
+                raise BadRequestError(f"{at} has type {kind!r}, which a {role} turn cannot hold")
+        if texts or calls or not content:
+            message: dict[str, Any] = {"role": role, "content": "".join(texts)}
+            if calls:
+                message["tool_calls"] = calls
+            out.append(message)
+    return out
+
+
+def _tools(body: Body) -> list[dict[str, Any]] | None:
+    tools = body.get("tools", list)
+    if tools is None:
+        return None
+    out = []
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise BadRequestError(f"tools[{index}] must be an object")
+        kind = tool.get("type", "custom")
+        if kind not in ("custom", None):
+            raise BadRequestError(
+                f"tools[{index}] has type {kind!r}; localrun runs custom (client) tools only"
+            )
+        function = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
+        if isinstance(tool.get("description"), str):
+            function["description"] = tool["description"]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _tool_choice(body: Body) -> Any:
+    choice = body.get("tool_choice", dict)
+    if choice is None:
+        return None
+    kind = choice.get("type")
+    if kind == "tool":
+        name = choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequestError('tool_choice {"type": "tool"} needs the tool\'s name')
+        return {"type": "function", "function": {"name": name}}
+    mapped = {"auto": "auto", "any": "required", "none": "none"}.get(str(kind))
+    if mapped is None:
+        raise BadRequestError(f"tool_choice type {kind!r} is not one of auto, any, tool, none")
+    return mapped
+
+
+def _think(body: Body) -> bool | str | None:
+    """`thinking` (enabled, adaptive: the model's default, disabled) and output_config.effort."""
+    thinking = body.get("thinking", dict)
+    effort = (body.get("output_config", dict) or {}).get("effort")
+    if thinking is None:
+        return None
+    kind = thinking.get("type")
+    if kind == "disabled":
+        return False
+    if kind not in ("enabled", "adaptive", "between_tools"):
+        raise BadRequestError(f"thinking type {kind!r} is not enabled, adaptive or disabled")
+    if effort in ("low", "medium", "high"):
+        return str(effort)
+    if effort in ("xhigh", "max"):
+        return "high"
+    return None if kind == "adaptive" else True
+
+
+def _format(body: Body) -> dict[str, Any] | None:
+    """Structured output: output_config.format {"type": "json_schema", "schema": {...}}."""
+    spec = (body.get("output_config", dict) or {}).get("format")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or spec.get("type") != "json_schema":
+        raise BadRequestError('output_config.format must be {"type": "json_schema", "schema": ...}')
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise BadRequestError("output_config.format.schema must be a JSON schema object")
+    return schema
+
+
+def _request(body: Body) -> GenRequest:
+    """The core request of a Messages body (shared by create and count_tokens)."""
+    model = body.model()
+    system = body.data.get("system")
+    messages = messages_of(body.data.get("messages"))
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": _text_of(system, "system")})
+    options: dict[str, Any] = {}
+    for key in ("temperature", "top_p"):
+        value = body.get(key, (int, float))
+        if value is not None:
+            options[key] = value
+    top_k = body.get("top_k", int)
+    if top_k is not None:
+        options["top_k"] = top_k
+    stops = body.get("stop_sequences", list)
+    if stops:
+        if not all(isinstance(s, str) for s in stops):
+            raise BadRequestError("stop_sequences must be a list of strings")
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise BadRequestError(f"at most {MAX_STOP_SEQUENCES} stop_sequences are accepted")
+        options["stop"] = stops
+    body.get("metadata", dict)  # accepted (user_id); a wrong type is still refused
+    return GenRequest(
+        model,
+        messages=messages,
+        options=options,
+        tools=_tools(body),
+        tool_choice=_tool_choice(body),
+        format=_format(body),
+        think=_think(body),
+    )
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def _stop_reason(generation: Generation) -> tuple[str, str | None]:
+    if generation.tool_calls:
+        return "tool_use", None
+    if generation.done_reason == "length":
+        return "max_tokens", None
+    if generation.stop_sequence is not None:
+        return "stop_sequence", generation.stop_sequence
+    return "end_turn", None
+
+
+def _usage(generation: Generation) -> dict[str, Any]:
+    t = generation.stream.timings
+    return {
+        "input_tokens": generation.prompt_count,
+        "output_tokens": t.eval_tokens,
+        # The KV cache reuse that Anthropic bills as cache reads.
+        "cache_read_input_tokens": t.cached_tokens,
+        "cache_creation_input_tokens": 0,
+    }
+
+
+def _tool_blocks(generation: Generation) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "tool_use",
+            "id": _id("toolu"),
+            "name": call.get("name", ""),
+            "input": call.get("arguments") or {},
+        }
+        for call in generation.tool_calls or []
+    ]
+
+
+async def messages(request: Request) -> Response:
+    body = Body(await core.read_json(request))
+    max_tokens = body.get("max_tokens", int)
+    if max_tokens is None:
+        raise BadRequestError("max_tokens is required", hint='send {"max_tokens": 1024, ...}')
+    if max_tokens < 1:
+        raise BadRequestError("max_tokens must be at least 1")
+    req = _request(body)
+    req.options["num_predict"] = max_tokens
+    generation = await core.start(request, req)
+    head = {"id": _id("msg"), "type": "message", "role": "assistant", "model": req.model}
+    if body.flag("stream", False):
+        return core.event_stream(_events(generation, head))
+    await core.until_disconnect(request, generation.collect)
+    content: list[dict[str, Any]] = []
+    if generation.thinking:
+        content.append({"type": "thinking", "thinking": generation.thinking, "signature": ""})
+    tools = _tool_blocks(generation)
+    if generation.text or not tools:
+        content.append({"type": "text", "text": generation.text})
+    reason, sequence = _stop_reason(generation)
+    return JSONResponse(
+        {
+            **head,
+            "content": content + tools,
+            "stop_reason": reason,
+            "stop_sequence": sequence,
+            "usage": _usage(generation),
+        }
+    )
+
+
+async def _events(generation: Generation, head: dict[str, Any]) -> AsyncIterator[bytes]:
+    """Anthropic's stream: a content block per run of thinking or text, then the tool calls."""
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return core.sse({"type": kind, **fields}, event=kind)
+
+    start = {**head, "content": [], "stop_reason": None, "stop_sequence": None}
+    yield event(
+        "message_start", message={**start, "usage": {"input_tokens": 0, "output_tokens": 0}}
+    )
+    index = -1
+    open_kind: str | None = None  # "text" or "thinking": the block being streamed
+
+    def switch(kind: str | None) -> list[bytes]:
+        nonlocal index, open_kind
+        out = []
+        if open_kind is not None:
+            out.append(event("content_block_stop", index=index))
+        open_kind = kind
+        if kind is not None:
+            index += 1
+            block = (
+                {"type": "text", "text": ""}
+                if kind == "text"
+                else {"type": "thinking", "thinking": "", "signature": ""}
+            )
+            out.append(event("content_block_start", index=index, content_block=block))
+        return out
+
+    try:
+        async with contextlib.aclosing(generation.chunks()) as chunks:
+            async for chunk in chunks:
+                for kind, text in (("thinking", chunk.thinking), ("text", chunk.text)):
+                    if not text:
+                        continue
+                    if open_kind != kind:
+                        for item in switch(kind):
+                            yield item
+                    delta = (
+                        {"type": "text_delta", "text": text}
+                        if kind == "text"
+                        else {"type": "thinking_delta", "thinking": text}
+                    )
+                    yield event("content_block_delta", index=index, delta=delta)
+        tools = _tool_blocks(generation)
+        if open_kind is None and not tools:
+            for item in switch("text"):  # an empty answer is still one (empty) text block
+                yield item
+        for item in switch(None):
+            yield item
+        for tool in tools:
+            index += 1
+            yield event(
+                "content_block_start",
+                index=index,
+                content_block={**tool, "input": {}},
+            )
+            arguments = json.dumps(tool["input"], ensure_ascii=False)
+            delta = {"type": "input_json_delta", "partial_json": arguments}
+            yield event("content_block_delta", index=index, delta=delta)
+            yield event("content_block_stop", index=index)
+        reason, sequence = _stop_reason(generation)
+        yield event(
+            "message_delta",
+            delta={"stop_reason": reason, "stop_sequence": sequence},
+            usage=_usage(generation),
+        )
+        yield event("message_stop")
+    except LocalrunError as exc:
+        yield core.sse(body_of(exc, "anthropic"), event="error")
+    except Exception as exc:
+        yield core.sse(body_of(unexpected(exc, "a streamed answer"), "anthropic"), event="error")
+
+
+async def count_tokens(request: Request) -> Response:
+    """The tokens the prompt of this Messages request takes, rendered by the model's template."""
+    body = Body(await core.read_json(request))
+    req = _request(body)
+    scheduler = core.context(request).scheduler
+    tokens = await core.until_disconnect(
+        request,
+        lambda: scheduler.tokenize(req.model, messages=req.messages, tools=req.tools),
+    )
+    return JSONResponse({"input_tokens": len(tokens)})

@@ -1,0 +1,129 @@
+"""Stored answers of the Responses API (`store: true`), one JSON file each under LOCALRUN_HOME.
+
+    ResponseStore(root).save(record)        record = {"response": {...}, "messages": [...],
+                                                       "input_items": [...]}
+    ResponseStore(root).load(id)            the record; NotFoundError when unknown or expired
+    ResponseStore(root).delete(id)
+
+`messages` is the whole conversation up to and including the answer (in the core's chat shape,
+without `instructions`, which OpenAI does not carry over), so `previous_response_id` continues
+it without walking a chain. A record is written to a temporary file and renamed into place, so a
+crash leaves it whole or absent. At most LOCALRUN_RESPONSES_MAX records are kept, none older than
+LOCALRUN_RESPONSES_MAX_AGE: the oldest go when a new one is saved, and an expired one is gone
+when asked for. Ids are checked against their pattern before any path is built from them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from localrun import config
+from localrun.errors import ConfigError, NotFoundError, StoreError
+
+ID_PATTERN = re.compile(r"resp_[0-9a-f]{24,64}")
+_SUFFIX = ".json"
+
+
+def new_id() -> str:
+    return f"resp_{secrets.token_hex(24)}"
+
+
+class ResponseStore:
+    """The folder of stored responses; every method blocks on disk (call from a thread)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, response_id: str) -> Path:
+        if not isinstance(response_id, str) or not ID_PATTERN.fullmatch(response_id):
+            raise _not_found(response_id)
+        return self.root / f"{response_id}{_SUFFIX}"
+
+    @staticmethod
+    def _limits() -> tuple[int, float]:
+        try:
+            return config.responses_max(), config.responses_max_age()
+        except ValueError as exc:
+            raise ConfigError(str(exc), hint="fix the setting or unset it") from None
+
+    def save(self, record: dict[str, Any]) -> None:
+        """Write a record (keyed by record["response"]["id"]) and drop what is over the limits."""
+        most, _ = self._limits()
+        if most == 0:
+            return  # storing is switched off
+        path = self._path(record["response"]["id"])
+        data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+        tmp = self.root / f".tmp-{os.getpid()}-{secrets.token_hex(8)}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as out:
+                out.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StoreError(
+                f"could not store the response: {exc.strerror or exc}",
+                hint="free some disk space, or send store: false",
+            ) from exc
+        self.prune()
+
+    def load(self, response_id: str) -> dict[str, Any]:
+        path = self._path(response_id)
+        _, max_age = self._limits()
+        try:
+            age = time.time() - path.stat().st_mtime
+            if age > max_age:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise _not_found(response_id)
+            record = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            raise _not_found(response_id) from None
+        if not isinstance(record, dict) or not isinstance(record.get("response"), dict):
+            raise _not_found(response_id)
+        return record
+
+    def delete(self, response_id: str) -> None:
+        path = self._path(response_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise _not_found(response_id) from None
+        except OSError as exc:
+            raise StoreError(f"could not delete the response: {exc.strerror or exc}") from exc
+
+    def prune(self) -> int:
+        """Remove expired records and the oldest past the count; returns how many went."""
+        most, max_age = self._limits()
+        try:
+            found = []
+            for entry in os.scandir(self.root):
+                if entry.name.endswith(_SUFFIX) and ID_PATTERN.fullmatch(entry.name[:-5]):
+                    with contextlib.suppress(OSError):
+                        found.append((entry.stat().st_mtime, entry.path))
+        except OSError:
+            return 0
+        found.sort(reverse=True)  # newest first
+        now = time.time()
+        doomed = [p for i, (mtime, p) in enumerate(found) if i >= most or now - mtime > max_age]
+        for path in doomed:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return len(doomed)
+
+
+def _not_found(response_id: Any) -> NotFoundError:
+    shown = str(response_id)[:100]
+    return NotFoundError(
+        f"Response with id '{shown}' not found.",
+        hint="it was deleted, has expired (LOCALRUN_RESPONSES_MAX_AGE) or was sent with "
+        "store: false",
+    )

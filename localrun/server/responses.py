@@ -1,0 +1,605 @@
+"""OpenAI's Responses API as a translation over the same handlers (`core`), in its shapes.
+
+    POST   /v1/responses                    input (a string or items: messages with text
+                                            parts, function_call, function_call_output),
+                                            instructions, tools (function), tool_choice,
+                                            text.format (text, json_object, json_schema),
+                                            max_output_tokens, temperature, top_p, stop,
+                                            metadata, parallel_tool_calls, reasoning.effort,
+                                            store, previous_response_id, stream
+    GET    /v1/responses/{id}               a stored response
+    GET    /v1/responses/{id}/input_items   the input items it was given
+    DELETE /v1/responses/{id}
+
+Output items: a `reasoning` item (a thinking model's reasoning), a `message` with one
+`output_text` part, and a `function_call` per tool call. A streamed answer is the event sequence
+OpenAI's client parses: response.created, response.in_progress, then per item
+output_item.added, content_part.added, output_text.delta (or reasoning_text.delta) ... .done,
+content_part.done, output_item.done (function_call_arguments.delta / .done for calls), and
+response.completed with the usage; an error after the stream has begun is response.failed.
+
+Stateful conversations (which Ollama and llama-server do not have): with `store` (the default)
+the answer and its whole conversation are kept (`response_store`), and `previous_response_id`
+continues it; its prompt then extends the one the runner's KV cache holds, so only the new turn
+is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from localrun.errors import BadRequestError, LocalrunError
+from localrun.server import core
+from localrun.server.core import Body, Generation, GenRequest
+from localrun.server.errors import body_of, unexpected
+from localrun.server.response_store import ResponseStore, new_id
+
+_EFFORTS = ("minimal", "low", "medium", "high")
+
+
+def _store(request: Request) -> ResponseStore:
+    store: ResponseStore = request.app.state.responses
+    return store
+
+
+def _item_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+# -- input -> the core's messages -------------------------------------------------------------
+
+
+def _part_text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise BadRequestError(f"{where} must be a string or a list of content parts")
+    texts = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text", "reasoning_text", "summary_text"):
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise BadRequestError(f"{where}[{index}].text must be a string")
+            texts.append(text)
+        elif kind in ("input_image", "input_file", "input_audio"):
+            raise BadRequestError(f"{where}[{index}] is {kind}; localrun runs text models")
+        elif kind == "refusal":
+            texts.append(str(part.get("refusal", "")))
+        else:
+            raise BadRequestError(f"{where}[{index}] has type {kind!r}; a text part is expected")
+    return "".join(texts)
+
+
+def input_items(value: Any) -> list[dict[str, Any]]:
+    """`input` as a list of items (a string is one user message)."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    if not isinstance(value, list):
+        raise BadRequestError("input must be a string or a list of items")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise BadRequestError(f"input[{index}] must be an object")
+    return list(value)
+
+
+def messages_of(
+    items: list[dict[str, Any]], history: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Input items -> the core's chat messages, continuing `history` (a stored conversation).
+
+    Consecutive function_call items become one assistant turn with tool_calls (joined to the
+    assistant text just before them); a function_call_output is a tool message. Reasoning
+    items are dropped: the model reasons afresh.
+    """
+    out = [dict(m) for m in history or []]
+    names = {
+        call.get("id"): call.get("function", {}).get("name")
+        for m in out
+        for call in m.get("tool_calls") or []
+        if isinstance(call, dict)
+    }
+    for index, item in enumerate(items):
+        where = f"input[{index}]"
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "message":
+            role = item.get("role")
+            if role == "developer":
+                role = "system"
+            if role not in ("user", "assistant", "system"):
+                raise BadRequestError(f"{where}.role must be user, assistant, system or developer")
+            out.append({"role": role, "content": _part_text(item.get("content"), where)})
+        elif kind == "function_call":
+            call_id, name = item.get("call_id"), item.get("name")
+            arguments = item.get("arguments", "{}")
+            if not isinstance(call_id, str) or not isinstance(name, str) or not name:
+                raise BadRequestError(f"{where} needs a call_id and a name")
+            if not isinstance(arguments, str):
+                raise BadRequestError(f"{where}.arguments must be a JSON string")
+            try:
+                parsed = json.loads(arguments) if arguments.strip() else {}
+            except ValueError:
+                raise BadRequestError(f"{where}.arguments is not valid JSON") from None
+            call = {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": name, "arguments": parsed},
+            }
+            names[call_id] = name
+            last = out[-1] if out else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        elif kind == "function_call_output":
+            call_id = item.get("call_id")
+            if not isinstance(call_id, str):
+                raise BadRequestError(f"{where}.call_id must be a string")
+            output = item.get("output", "")
+            text = output if isinstance(output, str) else _part_text(output, f"{where}.output")
+            message = {"role": "tool", "content": text, "tool_call_id": call_id}
+            if names.get(call_id):
+                message["tool_name"] = names[call_id]
+            out.append(message)
+        elif kind == "reasoning":
+            continue
+        else:
+            raise BadRequestError(
+                f"{where} has type {kind!r}; localrun takes message, function_call, "
+                "function_call_output and reasoning items"
+            )
+    return out
+
+
+# -- request fields ---------------------------------------------------------------------------
+
+
+def _tools(body: Body) -> list[dict[str, Any]] | None:
+    tools = body.get("tools", list)
+    if not tools:
+        return None
+    out = []
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else type(tool).__name__
+            raise BadRequestError(
+                f"tools[{index}] has type {kind!r}; localrun runs function tools only"
+            )
+        function = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _tool_choice(body: Body) -> Any:
+    choice = body.data.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    if choice is None or choice in ("auto", "none", "required"):
+        return choice
+    raise BadRequestError(
+        f"tool_choice {choice!r} is not understood",
+        hint='use "auto", "none", "required" or {"type": "function", "name": ...}',
+    )
+
+
+def _format(body: Body) -> str | dict[str, Any] | None:
+    text = body.get("text", dict) or {}
+    spec = text.get("format")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise BadRequestError("text.format must be an object")
+    kind = spec.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        schema = spec.get("schema")
+        if not isinstance(schema, dict):
+            raise BadRequestError("text.format.schema must be a JSON schema object")
+        return schema
+    raise BadRequestError(f"text.format type {kind!r} is not text, json_object or json_schema")
+
+
+def _think(body: Body) -> str | None:
+    reasoning = body.get("reasoning", dict)
+    effort = (reasoning or {}).get("effort")
+    if effort is None:
+        return None
+    if effort not in _EFFORTS:
+        raise BadRequestError(f"reasoning.effort must be one of {', '.join(_EFFORTS)}")
+    return "low" if effort == "minimal" else str(effort)
+
+
+def _options(body: Body) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key in ("temperature", "top_p", "seed"):
+        value = body.get(key, (int, float))
+        if value is not None:
+            options[key] = value
+    limit = body.get("max_output_tokens", int)
+    if limit is not None:
+        if limit < 1:
+            raise BadRequestError("max_output_tokens must be at least 1")
+        options["num_predict"] = limit
+    stop = body.data.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None:
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise BadRequestError("stop must be a string or a list of strings")
+        if stop:
+            options["stop"] = stop
+    return options
+
+
+# -- the response object ----------------------------------------------------------------------
+
+
+class _Answer:
+    """The response object of one request, built up as its answer arrives."""
+
+    def __init__(self, body: Body, model: str, store: bool, previous: str | None) -> None:
+        text = body.get("text", dict) or {}
+        self.obj: dict[str, Any] = {
+            "id": new_id(),
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "in_progress",
+            "background": False,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions", str),
+            "max_output_tokens": body.get("max_output_tokens", int),
+            "metadata": body.get("metadata", dict) or {},
+            "model": model,
+            "output": [],
+            "parallel_tool_calls": body.flag("parallel_tool_calls", True),
+            "previous_response_id": previous,
+            "reasoning": {
+                "effort": (body.get("reasoning", dict) or {}).get("effort"),
+                "summary": None,
+            },
+            "store": store,
+            "temperature": body.get("temperature", (int, float), 1.0),
+            "text": {"format": text.get("format") or {"type": "text"}},
+            "tool_choice": body.data.get("tool_choice") or "auto",
+            "tools": body.get("tools", list) or [],
+            "top_p": body.get("top_p", (int, float), 1.0),
+            "truncation": "disabled",
+            "usage": None,
+            "user": body.get("user", str),
+        }
+
+    def finish(self, generation: Generation) -> None:
+        t = generation.stream.timings
+        prompt = generation.prompt_count
+        self.obj["usage"] = {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": t.cached_tokens},
+            "output_tokens": t.eval_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + t.eval_tokens,
+        }
+        if generation.done_reason == "length" and not generation.tool_calls:
+            self.obj["status"] = "incomplete"
+            self.obj["incomplete_details"] = {"reason": "max_output_tokens"}
+        else:
+            self.obj["status"] = "completed"
+
+
+def _reasoning_item(text: str, status: str = "completed", item_id: str = "") -> dict[str, Any]:
+    return {
+        "type": "reasoning",
+        "id": item_id or _item_id("rs"),
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+        "status": status,
+    }
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message_item(text: str | None, status: str = "completed", item_id: str = "") -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": item_id or _item_id("msg"),
+        "status": status,
+        "role": "assistant",
+        "content": [] if text is None else [_text_part(text)],
+    }
+
+
+def _call_items(generation: Generation) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "function_call",
+            "id": _item_id("fc"),
+            "call_id": f"call_{secrets.token_hex(12)}",
+            "name": call.get("name", ""),
+            "arguments": json.dumps(call.get("arguments") or {}, ensure_ascii=False),
+            "status": "completed",
+        }
+        for call in generation.tool_calls or []
+    ]
+
+
+def _assistant_message(output: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer as a turn of the stored conversation."""
+    text = "".join(
+        part["text"] for item in output if item["type"] == "message" for part in item["content"]
+    )
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    calls = [
+        {
+            "id": item["call_id"],
+            "type": "function",
+            "function": {"name": item["name"], "arguments": json.loads(item["arguments"])},
+        }
+        for item in output
+        if item["type"] == "function_call"
+    ]
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+
+async def create(request: Request) -> Response:
+    body = Body(await core.read_json(request))
+    model = body.model()
+    keep = body.flag("store", True)
+    previous = body.get("previous_response_id", str)
+    store = _store(request)
+    history: list[dict[str, Any]] = []
+    if previous:
+        record = await anyio.to_thread.run_sync(store.load, previous)
+        history = record.get("messages") or []
+    items = input_items(body.data.get("input", []))
+    conversation = messages_of(items, history)
+    if not conversation:
+        raise BadRequestError("input must not be empty")
+    instructions = body.get("instructions", str)
+    messages = ([{"role": "system", "content": instructions}] if instructions else []) + (
+        conversation
+    )
+    req = GenRequest(
+        model,
+        messages=core.messages_of(messages),
+        options=_options(body),
+        format=_format(body),
+        tools=_tools(body),
+        tool_choice=_tool_choice(body),
+        think=_think(body),
+    )
+    generation = await core.start(request, req)
+    answer = _Answer(body, model, keep, previous)
+
+    async def save() -> None:
+        if keep:
+            record = {
+                "response": answer.obj,
+                "messages": [*conversation, _assistant_message(answer.obj["output"])],
+                "input_items": items,
+            }
+            await anyio.to_thread.run_sync(store.save, record)
+
+    if body.flag("stream", False):
+        return core.event_stream(_events(generation, answer, save))
+    await core.until_disconnect(request, generation.collect)
+    output = []
+    if generation.thinking:
+        output.append(_reasoning_item(generation.thinking))
+    calls = _call_items(generation)
+    if generation.text or not calls:
+        output.append(_message_item(generation.text))
+    answer.obj["output"] = output + calls
+    answer.finish(generation)
+    await save()
+    return JSONResponse(answer.obj)
+
+
+async def _events(generation: Generation, answer: _Answer, save: Any) -> AsyncIterator[bytes]:
+    """The Responses stream: an item per run of reasoning or text, then the function calls."""
+    sequence = 0
+    obj = answer.obj
+    output: list[dict[str, Any]] = obj["output"]
+
+    def event(kind: str, **fields: Any) -> bytes:
+        nonlocal sequence
+        sequence += 1
+        return core.sse({"type": kind, "sequence_number": sequence - 1, **fields}, event=kind)
+
+    open_kind: str | None = None  # "text" or "reasoning": the item being streamed
+    text = ""
+
+    def close() -> list[bytes]:
+        if open_kind is None:
+            return []
+        index = len(output) - 1
+        item = output[index]
+        if open_kind == "text":
+            part = _text_part(text)
+            done = [
+                event(
+                    "response.output_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=text,
+                    logprobs=[],
+                ),
+                event(
+                    "response.content_part.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    part=part,
+                ),
+            ]
+            output[index] = _message_item(text, item_id=item["id"])
+        else:
+            part = {"type": "reasoning_text", "text": text}
+            done = [
+                event(
+                    "response.reasoning_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=text,
+                ),
+                event(
+                    "response.content_part.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    part=part,
+                ),
+            ]
+            output[index] = _reasoning_item(text, item_id=item["id"])
+        return [*done, event("response.output_item.done", output_index=index, item=output[index])]
+
+    def begin(kind: str) -> list[bytes]:
+        nonlocal open_kind, text
+        out = close()
+        open_kind, text = kind, ""
+        if kind == "text":
+            item = _message_item(None, status="in_progress")
+            part: dict[str, Any] = _text_part("")
+        else:
+            item = {**_reasoning_item("", status="in_progress"), "content": []}
+            part = {"type": "reasoning_text", "text": ""}
+        output.append(item)
+        index = len(output) - 1
+        out.append(event("response.output_item.added", output_index=index, item=item))
+        out.append(
+            event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part=part,
+            )
+        )
+        return out
+
+    yield event("response.created", response=obj)
+    yield event("response.in_progress", response=obj)
+    try:
+        async with contextlib.aclosing(generation.chunks()) as chunks:
+            async for chunk in chunks:
+                for kind, piece in (("reasoning", chunk.thinking), ("text", chunk.text)):
+                    if not piece:
+                        continue
+                    if open_kind != kind:
+                        for item in begin(kind):
+                            yield item
+                    text += piece
+                    index = len(output) - 1
+                    name = (
+                        "response.output_text.delta"
+                        if kind == "text"
+                        else "response.reasoning_text.delta"
+                    )
+                    extra: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
+                    yield event(
+                        name,
+                        item_id=output[index]["id"],
+                        output_index=index,
+                        content_index=0,
+                        delta=piece,
+                        **extra,
+                    )
+        calls = _call_items(generation)
+        if open_kind is None and not calls:
+            for item in begin("text"):  # an empty answer is still one (empty) message
+                yield item
+        for item in close():
+            yield item
+        open_kind = None
+        for call in calls:
+            output.append(call)
+            index = len(output) - 1
+            added = {**call, "arguments": "", "status": "in_progress"}
+            yield event("response.output_item.added", output_index=index, item=added)
+            yield event(
+                "response.function_call_arguments.delta",
+                item_id=call["id"],
+                output_index=index,
+                delta=call["arguments"],
+            )
+            yield event(
+                "response.function_call_arguments.done",
+                item_id=call["id"],
+                output_index=index,
+                name=call["name"],
+                arguments=call["arguments"],
+            )
+            yield event("response.output_item.done", output_index=index, item=call)
+        answer.finish(generation)
+        await save()
+        yield event("response.completed", response=obj)
+    except LocalrunError as exc:
+        yield _failed(event, obj, exc)
+    except Exception as exc:
+        yield _failed(event, obj, unexpected(exc, "a streamed response"))
+
+
+def _failed(event: Any, obj: dict[str, Any], exc: LocalrunError) -> bytes:
+    detail = body_of(exc, "openai")["error"]
+    obj["status"] = "failed"
+    obj["error"] = {"code": detail["code"], "message": detail["message"]}
+    return bytes(event("response.failed", response=obj))
+
+
+async def retrieve(request: Request) -> Response:
+    store = _store(request)
+    record = await anyio.to_thread.run_sync(store.load, request.path_params["response_id"])
+    return JSONResponse(record["response"])
+
+
+async def input_items_list(request: Request) -> Response:
+    store = _store(request)
+    record = await anyio.to_thread.run_sync(store.load, request.path_params["response_id"])
+    items = []
+    for number, item in enumerate(record.get("input_items") or []):
+        shown = dict(item)
+        if shown.get("type", "message") == "message":
+            shown["type"] = "message"
+            content = shown.get("content")
+            if isinstance(content, str):
+                shown["content"] = [{"type": "input_text", "text": content}]
+        shown.setdefault("id", f"{record['response']['id']}_in{number}")
+        items.append(shown)
+    if request.query_params.get("order", "desc") == "desc":
+        items.reverse()
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": items,
+            "first_id": items[0]["id"] if items else None,
+            "last_id": items[-1]["id"] if items else None,
+            "has_more": False,
+        }
+    )
+
+
+async def delete(request: Request) -> Response:
+    store = _store(request)
+    response_id = request.path_params["response_id"]
+    await anyio.to_thread.run_sync(store.delete, response_id)
+    return JSONResponse({"id": response_id, "object": "response", "deleted": True})

@@ -1,0 +1,440 @@
+"""Anthropic's Messages API and OpenAI's Responses API through the real server and clients.
+
+One server per module with real runners (llama.cpp) on SmolLM2. Greedy answers are
+deterministic, so the same conversation must give the same text through every dialect: the new
+routes are translations over the one implementation, not second ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import ollama
+import openai
+import pytest
+from test_server import SMOL, LiveServer
+
+from localrun import catalog
+from localrun.scheduler import Scheduler
+from localrun.store import Store
+
+pytestmark = [pytest.mark.server, pytest.mark.model]
+
+QUESTION = "What is the capital of France? Answer with one word."
+# The current anthropic client sends sampling settings only as extra fields.
+GREEDY = {"temperature": 0}
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    store = Store(tmp_path_factory.mktemp("dialects") / "models")
+    catalog.find(store, SMOL)
+    return store
+
+
+@pytest.fixture(scope="module")
+def responses_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("responses")
+
+
+def start(store: Store, responses_dir: Path, **kw: Any) -> LiveServer:
+    scheduler = Scheduler(store, num_parallel=2, max_loaded=1, max_queue=16)
+    return LiveServer(store, scheduler, responses_dir=responses_dir, **kw)
+
+
+@pytest.fixture(scope="module")
+def live(store: Store, responses_dir: Path) -> Iterator[LiveServer]:
+    server = start(store, responses_dir)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def ant(live: LiveServer) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=live.url, api_key="unused", max_retries=0, timeout=180)
+
+
+@pytest.fixture
+def ai(live: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=180)
+
+
+# -- one conversation, four dialects ----------------------------------------------------------
+
+
+def test_same_greedy_answer_through_every_dialect(
+    live: LiveServer, ant: anthropic.Anthropic, ai: openai.OpenAI
+) -> None:
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    oc = ollama.Client(host=live.url, timeout=180)
+    native = oc.chat(SMOL, messages, options={"temperature": 0, "num_predict": 16})
+    text = native.message.content or ""
+    assert "Paris" in text
+    chat = ai.chat.completions.create(model=SMOL, messages=messages, temperature=0, max_tokens=16)
+    assert chat.choices[0].message.content == text
+    response = ai.responses.create(
+        model=SMOL, input=QUESTION, temperature=0, max_output_tokens=16, store=False
+    )
+    assert response.output_text == text
+    message = ant.messages.create(model=SMOL, messages=messages, extra_body=GREEDY, max_tokens=16)
+    assert message.content[0].type == "text" and message.content[0].text == text
+
+
+# -- Anthropic -------------------------------------------------------------------------------
+
+
+def test_anthropic_create_and_stream(ant: anthropic.Anthropic) -> None:
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    message = ant.messages.create(
+        model=SMOL, system="Answer briefly.", messages=messages, extra_body=GREEDY, max_tokens=20
+    )
+    assert message.type == "message" and message.role == "assistant" and message.model == SMOL
+    assert message.id.startswith("msg_")
+    assert message.stop_reason in ("end_turn", "max_tokens")
+    assert message.usage.input_tokens > 5 and message.usage.output_tokens > 0
+    text = message.content[0].text  # type: ignore[union-attr]
+    assert "Paris" in text
+
+    with ant.messages.stream(
+        model=SMOL, system="Answer briefly.", messages=messages, extra_body=GREEDY, max_tokens=20
+    ) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert streamed == text
+    assert final.content[0].text == text  # type: ignore[union-attr]
+    assert final.stop_reason == message.stop_reason
+    assert final.usage.output_tokens == message.usage.output_tokens
+    assert final.usage.input_tokens == message.usage.input_tokens
+
+    # The first few words, then a stop sequence taken from the answer itself.
+    word = text.split()[-1].strip(".")
+    stopped = ant.messages.create(
+        model=SMOL,
+        system="Answer briefly.",
+        messages=messages,
+        extra_body=GREEDY,
+        max_tokens=20,
+        stop_sequences=[word],
+    )
+    assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == word
+    assert word not in stopped.content[0].text  # type: ignore[union-attr]
+
+    short = ant.messages.create(model=SMOL, messages=messages, extra_body=GREEDY, max_tokens=1)
+    assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 1
+
+
+def test_anthropic_tools_and_results(ant: anthropic.Anthropic) -> None:
+    tools: Any = [
+        {"name": "get_weather", "description": "Weather in a city", "input_schema": WEATHER}
+    ]
+    ask: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
+    message = ant.messages.create(
+        model=SMOL,
+        messages=ask,
+        tools=tools,
+        tool_choice={"type": "tool", "name": "get_weather"},
+        extra_body=GREEDY,
+        max_tokens=60,
+    )
+    assert message.stop_reason == "tool_use"
+    use = [b for b in message.content if b.type == "tool_use"]
+    assert len(use) == 1 and use[0].name == "get_weather"
+    assert isinstance(use[0].input, dict) and isinstance(use[0].input.get("city"), str)
+
+    with ant.messages.stream(
+        model=SMOL,
+        messages=ask,
+        tools=tools,
+        tool_choice={"type": "any"},
+        extra_body=GREEDY,
+        max_tokens=60,
+    ) as stream:
+        final = stream.get_final_message()
+    streamed = [b for b in final.content if b.type == "tool_use"]
+    assert final.stop_reason == "tool_use" and streamed[0].input == use[0].input
+
+    follow: Any = [
+        *ask,
+        {"role": "assistant", "content": [b.model_dump() for b in message.content]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": use[0].id, "content": "Sunny, 24 C"},
+                {"type": "text", "text": "So, how is it?"},
+            ],
+        },
+    ]
+    answer = ant.messages.create(
+        model=SMOL, messages=follow, tools=tools, extra_body=GREEDY, max_tokens=20
+    )
+    assert answer.usage.input_tokens > message.usage.input_tokens
+    assert answer.content and answer.stop_reason in ("end_turn", "max_tokens", "tool_use")
+
+
+def test_anthropic_count_tokens(ant: anthropic.Anthropic) -> None:
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    counted = ant.messages.count_tokens(model=SMOL, system="Be brief.", messages=messages)
+    used = ant.messages.create(
+        model=SMOL, system="Be brief.", messages=messages, extra_body=GREEDY, max_tokens=1
+    )
+    assert counted.input_tokens == used.usage.input_tokens > 5
+
+
+def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
+    messages: Any = [{"role": "user", "content": "hi"}]
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        ant.messages.create(model="no-such-model", messages=messages, max_tokens=5)
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    bad_bodies: list[dict[str, Any]] = [
+        {"model": SMOL, "messages": messages},  # no max_tokens
+        {"model": SMOL, "messages": [], "max_tokens": 5},
+        {"model": SMOL, "messages": [{"role": "robot", "content": "x"}], "max_tokens": 5},
+        {"model": SMOL, "messages": messages, "max_tokens": 5, "tool_choice": {"type": "x"}},
+        {
+            "model": SMOL,
+            "messages": [{"role": "user", "content": [{"type": "image"}]}],
+            "max_tokens": 5,
+        },
+        {"model": SMOL, "messages": messages, "max_tokens": "five"},
+    ]
+    for body in bad_bodies:
+        response = httpx.post(f"{live.url}/v1/messages", json=body, timeout=60)
+        assert response.status_code == 400, (body, response.text)
+        error = response.json()
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        assert error["error"]["message"]
+    broken = httpx.post(
+        f"{live.url}/v1/messages",
+        content=b"{not json",
+        timeout=60,
+        headers={"content-type": "application/json"},
+    )
+    assert broken.status_code == 400 and broken.json()["type"] == "error"
+
+
+def test_anthropic_api_key(store: Store, responses_dir: Path) -> None:
+    server = start(store, responses_dir, api_key="sekrit")
+    try:
+        good = anthropic.Anthropic(base_url=server.url, api_key="sekrit", max_retries=0)
+        counted = good.messages.count_tokens(
+            model=SMOL, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert counted.input_tokens > 0
+        bad = anthropic.Anthropic(base_url=server.url, api_key="wrong", max_retries=0)
+        with pytest.raises(anthropic.AuthenticationError) as refused:
+            bad.messages.create(
+                model=SMOL, messages=[{"role": "user", "content": "hi"}], max_tokens=5
+            )
+        assert refused.value.status_code == 401
+        assert refused.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    finally:
+        server.close()
+
+
+# -- OpenAI Responses ------------------------------------------------------------------------
+
+
+def test_responses_create_and_stream(ai: openai.OpenAI) -> None:
+    response = ai.responses.create(
+        model=SMOL,
+        instructions="Answer briefly.",
+        input=QUESTION,
+        temperature=0,
+        max_output_tokens=20,
+        metadata={"run": "1"},
+    )
+    assert response.status in ("completed", "incomplete") and response.id.startswith("resp_")
+    assert "Paris" in response.output_text
+    assert response.usage and response.usage.input_tokens > 5
+    assert response.metadata == {"run": "1"} and response.instructions == "Answer briefly."
+
+    kinds: list[str] = []
+    deltas: list[str] = []
+    with ai.responses.stream(
+        model=SMOL,
+        instructions="Answer briefly.",
+        input=QUESTION,
+        temperature=0,
+        max_output_tokens=20,
+    ) as stream:
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = stream.get_final_response()
+    assert "".join(deltas) == response.output_text == final.output_text
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert final.usage and final.usage.output_tokens == response.usage.output_tokens
+
+    raw = list(ai.responses.create(model=SMOL, input=QUESTION, max_output_tokens=2, stream=True))
+    assert [e.sequence_number for e in raw] == list(range(len(raw)))
+    last = raw[-1]
+    assert last.type == "response.completed"
+    assert last.response.status == "incomplete"
+    assert last.response.incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
+
+
+def test_responses_stored_conversation_survives_restart(
+    store: Store, responses_dir: Path, live: LiveServer, ai: openai.OpenAI
+) -> None:
+    first = ai.responses.create(
+        model=SMOL, input="My name is Ada. Say hello.", temperature=0, max_output_tokens=12
+    )
+    again = ai.responses.create(
+        model=SMOL,
+        previous_response_id=first.id,
+        input="What is my name?",
+        temperature=0,
+        max_output_tokens=12,
+    )
+    # The second prompt extends the first conversation: its prefix came from the KV cache.
+    assert again.usage and first.usage
+    assert again.usage.input_tokens > first.usage.input_tokens
+    assert again.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 2
+    assert again.previous_response_id == first.id
+    items = ai.responses.input_items.list(again.id, order="asc")
+    assert [i.type for i in items.data] == ["message"]
+
+    server = start(store, responses_dir)  # a second server (as after a restart), same folder
+    try:
+        other = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+        assert other.responses.retrieve(again.id).output_text == again.output_text
+        continued = other.responses.create(
+            model=SMOL,
+            previous_response_id=again.id,
+            input="And again: what is my name?",
+            temperature=0,
+            max_output_tokens=12,
+        )
+        assert continued.usage and continued.usage.input_tokens > again.usage.input_tokens
+        other.responses.delete(first.id)
+        with pytest.raises(openai.NotFoundError) as gone:
+            other.responses.retrieve(first.id)
+        assert gone.value.status_code == 404
+        assert gone.value.body["code"] == "not_found"  # type: ignore[index]
+        with pytest.raises(openai.NotFoundError):
+            other.responses.create(model=SMOL, previous_response_id=first.id, input="hi")
+    finally:
+        server.close()
+    unstored = ai.responses.create(model=SMOL, input="hi", max_output_tokens=2, store=False)
+    with pytest.raises(openai.NotFoundError):
+        ai.responses.retrieve(unstored.id)
+    for bad in ("resp_nope", "../../etc/passwd", "resp_" + "0" * 48):
+        with pytest.raises(openai.NotFoundError):
+            ai.responses.retrieve(bad)
+
+
+def test_responses_function_tools(ai: openai.OpenAI) -> None:
+    tools: Any = [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": WEATHER,
+        }
+    ]
+    called = ai.responses.create(
+        model=SMOL,
+        input="What is the weather in Paris?",
+        tools=tools,
+        tool_choice="required",
+        temperature=0,
+        max_output_tokens=60,
+    )
+    calls = [item for item in called.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather"
+    assert isinstance(json.loads(calls[0].arguments)["city"], str)
+
+    with ai.responses.stream(
+        model=SMOL,
+        input="What is the weather in Paris?",
+        tools=tools,
+        tool_choice={"type": "function", "name": "get_weather"},
+        temperature=0,
+        max_output_tokens=60,
+    ) as stream:
+        events = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert "response.function_call_arguments.done" in events
+    streamed = [item for item in final.output if item.type == "function_call"]
+    assert streamed[0].arguments == calls[0].arguments
+
+    answered = ai.responses.create(
+        model=SMOL,
+        previous_response_id=called.id,
+        input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "Sunny"}],
+        tools=tools,
+        temperature=0,
+        max_output_tokens=20,
+    )
+    assert answered.status in ("completed", "incomplete") and answered.output
+
+
+def test_responses_structured_output(ai: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+        "additionalProperties": False,
+    }
+    response = ai.responses.create(
+        model=SMOL,
+        input="Name a city in France as JSON.",
+        text={"format": {"type": "json_schema", "name": "place", "schema": schema, "strict": True}},
+        temperature=0,
+        max_output_tokens=60,
+    )
+    value = json.loads(response.output_text)
+    assert set(value) == {"city", "country"}
+    loose = ai.responses.create(
+        model=SMOL,
+        input="Say hi as JSON.",
+        text={"format": {"type": "json_object"}},
+        temperature=0,
+        max_output_tokens=30,
+    )
+    json.loads(loose.output_text)
+
+
+def test_responses_errors(ai: openai.OpenAI, live: LiveServer) -> None:
+    with pytest.raises(openai.NotFoundError):
+        ai.responses.create(model="no-such-model", input="hi")
+    bad_bodies: list[dict[str, Any]] = [
+        {"model": SMOL, "input": 5},
+        {"model": SMOL, "input": [{"type": "mystery"}]},
+        {"model": SMOL, "input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+        {"model": SMOL, "input": "hi", "text": {"format": {"type": "yaml"}}},
+        {"model": SMOL, "input": "hi", "tools": [{"type": "web_search"}]},
+        {"model": SMOL, "input": "hi", "max_output_tokens": 0},
+        {"model": SMOL, "input": "hi", "reasoning": {"effort": "extreme"}},
+        {
+            "model": SMOL,
+            "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{oops"}],
+        },
+    ]
+    for body in bad_bodies:
+        response = httpx.post(f"{live.url}/v1/responses", json=body, timeout=60)
+        assert response.status_code == 400, (body, response.text)
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["message"]
