@@ -416,6 +416,12 @@ def test_metrics_count_requests_tokens_and_the_scheduler(
         model=SMOL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3
     )
     embedded = oc.embed(SMOL, "hello there")
+    # Every dialect is counted in the same place, Anthropic's too.
+    message = httpx.post(
+        f"{live.url}/v1/messages",
+        json={"model": SMOL, "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]},
+        timeout=120,
+    ).json()
     assert (
         httpx.post(f"{live.url}/api/generate", json={"model": "nope", "prompt": "x"}).status_code
         == 404
@@ -433,9 +439,11 @@ def test_metrics_count_requests_tokens_and_the_scheduler(
     model = f"model={SMOL}"
     prompts = (answer.prompt_eval_count or 0) + (again.prompt_eval_count or 0)
     prompts += chat.usage.prompt_tokens if chat.usage else 0
+    prompts += message["usage"]["input_tokens"]  # the whole prompt, cached part included
     assert grew(f"localrun_prompt_tokens_total{{{model}}}") == prompts
     generated = (answer.eval_count or 0) + (again.eval_count or 0)
     generated += chat.usage.completion_tokens if chat.usage else 0
+    generated += message["usage"]["output_tokens"]
     assert grew(f"localrun_generated_tokens_total{{{model}}}") == generated
     # The second, identical prompt came from the KV cache.
     assert (
