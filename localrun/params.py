@@ -26,7 +26,6 @@ class ParamSpec:
     minimum: float | None = None
     maximum: float | None = None
     repeated: bool = False
-    modulo: int | None = None  # accepted values are reduced modulo this (-1 kept as is)
 
     def parse(self, text: str) -> Value:
         """Parse one textual value; raises InvalidParameterError naming the parameter."""
@@ -82,8 +81,6 @@ class ParamSpec:
             raise self._error(f"{value} is below the minimum {_num(self.minimum)}")
         if self.maximum is not None and value > self.maximum:
             raise self._error(f"{value} is above the maximum {_num(self.maximum)}")
-        if self.modulo is not None and value != -1:
-            value %= self.modulo
         return value  # type: ignore[no-any-return]
 
     def _error(self, reason: str) -> InvalidParameterError:
@@ -113,9 +110,9 @@ SPECS: dict[str, ParamSpec] = {
         ),
         ParamSpec("use_mmap", bool, "map the model file instead of reading it into memory"),
         ParamSpec("num_keep", int, "tokens kept from the prompt when the context shifts", -1, _I32),
-        # Ollama and OpenAI take any 64-bit seed; llama.cpp's sampler takes 32 bits, so a seed
-        # is reduced as Go's uint32() does (the answer for seed s is the one for s mod 2^32).
-        ParamSpec("seed", int, "random seed; -1 = random", -(2**63), 2**64 - 1, modulo=2**32),
+        # Ollama and OpenAI take any 64-bit seed; llama.cpp's sampler takes 32 bits, so the
+        # engine reduces a seed as Go's uint32() does (engine.llama.sampler_chain).
+        ParamSpec("seed", int, "random seed; -1 = random", -(2**63), 2**64 - 1),
         ParamSpec(
             "num_predict", int, "tokens to generate; -1 = until done, -2 = fill context", -2, _I32
         ),

@@ -69,16 +69,7 @@ def _valid_texts(found: ParamSpec) -> list[tuple[str, params.Value]]:
     lo, hi = found.minimum, found.maximum
     if found.type is int:
         middle = int(lo + hi) // 2
-        wrap = found.modulo
-
-        def reduced(v: int) -> int:  # the seed: any 64-bit value, reduced to 32 bits
-            return v % wrap if wrap and v != -1 else v
-
-        return [
-            (str(int(lo)), reduced(int(lo))),
-            (str(int(hi)), reduced(int(hi))),
-            (f" {middle} ", reduced(middle)),
-        ]
+        return [(str(int(lo)), int(lo)), (str(int(hi)), int(hi)), (f" {middle} ", middle)]
     mid = (lo + hi) / 2
     return [
         (str(lo), lo),
@@ -191,8 +182,15 @@ def test_out_of_range_values(assignment: str, fragment: str) -> None:
     ],
 )
 def test_any_64_bit_seed_is_reduced_to_32_bits(given: int, reduced: int) -> None:
-    assert validate({"seed": given}) == {"seed": reduced}
-    assert parse_assignment(f"seed={given}") == ("seed", reduced)
+    from localrun.engine.llama import native_seed
+
+    assert validate({"seed": given}) == {"seed": given}  # kept as written (Modelfiles too)
+    assert parse_assignment(f"seed={given}") == ("seed", given)
+    if given == -1:
+        import llama_cpp
+
+        reduced = llama_cpp.LLAMA_DEFAULT_SEED
+    assert native_seed(given) == reduced
 
 
 def test_boundaries_are_inclusive() -> None:
@@ -356,11 +354,9 @@ def _text(value: params.Value) -> str:
 @given(_spec_and_value)
 def test_valid_values_survive_text_and_json(pair: tuple[ParamSpec, Any]) -> None:
     found, value = pair
-    expected = value % found.modulo if found.modulo and value != -1 else value
-    assert found.parse(_text(value)) == expected
-    assert found.check(value) == expected
-    assert found.check(expected) == expected
-    assert validate({found.name: value})[found.name] == ([expected] if found.repeated else expected)
+    assert found.parse(_text(value)) == value
+    assert found.check(value) == value
+    assert validate({found.name: value})[found.name] == ([value] if found.repeated else value)
 
 
 @given(st.sampled_from(sorted(SPECS)), st.text())

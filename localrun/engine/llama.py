@@ -393,6 +393,12 @@ def overflow_error(n_prompt: int, n_ctx: int, n_ctx_train: int) -> ContextOverfl
     )
 
 
+def native_seed(seed: int) -> int:
+    """A seed as llama.cpp's sampler takes it: any 64-bit seed (Ollama's clients send such) is
+    reduced to 32 bits as Go's uint32() does; -1 is llama.cpp's random seed."""
+    return int(lc.LLAMA_DEFAULT_SEED) if seed == -1 else seed % 2**32
+
+
 def sampler_chain(s: SamplingOptions, n_vocab: int, n_ctx: int) -> Any:
     """A native sampler chain for `s`; the caller frees it with llama_sampler_free."""
     params = lc.llama_sampler_chain_default_params()
@@ -436,8 +442,7 @@ def sampler_chain(s: SamplingOptions, n_vocab: int, n_ctx: int) -> Any:
     if s.min_p > 0:
         add(chain, lc.llama_sampler_init_min_p(s.min_p, 1))
     add(chain, lc.llama_sampler_init_temp(s.temperature))
-    seed = lc.LLAMA_DEFAULT_SEED if s.seed < 0 else s.seed
-    add(chain, lc.llama_sampler_init_dist(seed))
+    add(chain, lc.llama_sampler_init_dist(native_seed(s.seed)))
     return chain
 
 
