@@ -10,6 +10,8 @@ model, not what the model was trained for:
 - `embedding`: any model but a reranker. The runner embeds a generative model too, averaging
   its token states (engine.batch.BatchEngine.embed).
 - `tools`: the chat template renders tools.
+- `insert`: the vocabulary has fill-in-the-middle tokens (recorded when the model was created or
+  pulled; a manifest older than that field says nothing).
 
 Pure: reads only the model's manifest fields and template.
 """
@@ -50,4 +52,6 @@ def capabilities(model: Model) -> list[str]:
         out.append("embedding")
     if not encoder and template_supports_tools(template_of(model)):
         out.append("tools")
+    if not encoder and details.get("fim"):
+        out.append("insert")
     return out

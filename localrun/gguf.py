@@ -61,6 +61,7 @@ class GGUFInfo:
     adapter_type: str | None = None
     lora_alpha: float | None = None
     pooling_type: int | None = None  # set by models made for embeddings (llama_pooling_type)
+    fim: bool = False  # has fill-in-the-middle tokens
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def details(self) -> dict[str, Any]:
@@ -81,6 +82,7 @@ class GGUFInfo:
             "adapter_type": self.adapter_type,
             "lora_alpha": self.lora_alpha,
             "pooling_type": self.pooling_type,
+            "fim": self.fim,
         }
 
 
@@ -172,6 +174,7 @@ class Header:
     size: int
     metadata: dict[str, Any]  # scalars and strings; arrays as ("array", element type, count)
     tensors: list[TensorInfo]
+    fim: bool = False  # the vocabulary has fill-in-the-middle tokens (prefix, suffix, middle)
 
     def arch_value(self, suffix: str) -> Any:
         return self.metadata.get(f"{self.metadata.get('general.architecture')}.{suffix}")
@@ -254,6 +257,7 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
             f"more than a {size}-byte file can hold",
         )
     metadata: dict[str, Any] = {}
+    tokens_span = (0, 0)
     for _ in range(kv_count):
         key = read_string("a metadata key")
         if len(key) > MAX_KEY_LENGTH:
@@ -281,11 +285,14 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
             elif itype == _STRING:
                 need(count * 8, f"array {_key(key)} of {count} strings")
                 unpack = _U64.unpack_from
+                start = pos
                 for _ in range(count):  # the hot loop of a scan: tokens and merges
                     if pos + 8 > size:
                         break
                     pos += 8 + unpack(data, pos)[0]
                 need(0, f"array {_key(key)}")
+                if field == "tokenizer.ggml.tokens":
+                    tokens_span = (start, pos)
             elif itype == _ARRAY:
                 raise _bad(
                     shown,
@@ -318,7 +325,40 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
     if data_start > size and tensor_count:
         raise _bad(shown, "the tensor data is missing (truncated file)")
     tensors = _check_tensor_bounds(infos, data_start, alignment, size, shown)
-    return Header(version, alignment, data_start, size, metadata, tensors)
+    fim = _has_fim(data, tokens_span, metadata)
+    return Header(version, alignment, data_start, size, metadata, tensors, fim)
+
+
+# The token texts llama.cpp recognises as FIM prefix, suffix and middle when a GGUF does not
+# name their ids (llama-vocab.cpp): Qwen, StarCoder, DeepSeek, CodeLlama, GLM and others.
+_FIM_TEXTS = (
+    ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+     "<|code_prefix|>"),
+    ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+     "<|code_suffix|>"),
+    ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+     "<|code_middle|>"),
+)  # fmt: skip
+_FIM_KEYS = (
+    ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"),
+    ("tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"),
+    ("tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"),
+)
+
+
+def _has_fim(data: mmap.mmap, span: tuple[int, int], metadata: dict[str, Any]) -> bool:
+    """Whether the vocabulary has a prefix, a suffix and a middle FIM token: named by id in the
+    metadata, or found as whole entries (length-prefixed) of the token list."""
+    start, end = span
+
+    def listed(text: str) -> bool:
+        raw = text.encode("utf-8")
+        return data.find(_U64.pack(len(raw)) + raw, start, end) >= 0
+
+    return all(
+        any(isinstance(metadata.get(key), int) for key in keys) or any(map(listed, texts))
+        for keys, texts in zip(_FIM_KEYS, _FIM_TEXTS, strict=True)
+    )
 
 
 def _check_tensor_bounds(
@@ -420,6 +460,7 @@ def _read(fh: Any, size: int, shown: str, scan: Header) -> GGUFInfo:
         adapter_type=d["adapter_type"],
         lora_alpha=d["lora_alpha"],
         pooling_type=d["pooling_type"],
+        fim=d["fim"],
         metadata=metadata,
     )
 
@@ -475,6 +516,7 @@ def header_details(headers: list[Header]) -> dict[str, Any]:
         "adapter_type": meta.get("adapter.type") if kind == "adapter" else None,
         "lora_alpha": float(alpha) if isinstance(alpha, int | float) else None,
         "pooling_type": arch_int("pooling_type"),
+        "fim": first.fim,
         "split_count": len(headers),
     }
 

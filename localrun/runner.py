@@ -23,6 +23,7 @@ from localrun import template as template_mod
 from localrun import tools as tools_mod
 from localrun.engine.types import (
     Backend,
+    FimTokens,
     Generation,
     LoadedModel,
     LoadOptions,
@@ -47,6 +48,9 @@ class Tokenizer(Protocol):
     @property
     def eos_text(self) -> str: ...
 
+    @property
+    def fim(self) -> FimTokens | None: ...
+
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
 
     def token_ids(self, text: str) -> list[int]: ...
@@ -60,6 +64,7 @@ class Prepared:
     sampling: SamplingOptions  # .stop holds the stop strings the caller must apply
     tool_names: list[str] | None = None  # tools in force: parse the answer for calls
     forced_tool: bool = False  # the answer is grammar-constrained to be one tool call
+    stop_tokens: frozenset[int] = frozenset()  # besides the model's own (FIM padding)
 
 
 def grammar_for(format: Format) -> str | None:
@@ -209,6 +214,58 @@ class Prompter:
     ) -> Prepared:
         """Raw prompt text, no template."""
         return Prepared(self.raw_tokens(prompt), self.sampling(options, grammar_for(format)))
+
+    def infill(
+        self,
+        prefix: str,
+        suffix: str,
+        *,
+        extra: list[dict[str, str]] | None = None,
+        options: dict[str, Any] | None = None,
+        format: Format = None,
+    ) -> Prepared:
+        """Fill in the middle between `prefix` and `suffix`, from the model's FIM tokens.
+
+        The layout is llama-server's (format_infill), so an editor plugin written for it gets
+        the same prompt: [extra files] [BOS] <PRE> prefix <SUF> suffix <MID>, the prefix cut
+        to 3/4 of a batch from its start and the suffix to the rest from its end, so the
+        prompt is read in about one batch (fast to the first token, as typing wants). `extra`
+        chunks ({"filename", "text"}: other open files) fill what the context has left.
+        """
+        fim = self.tokenizer.fim
+        if fim is None:
+            raise BadRequestError(
+                f"{self.model.name} has no fill-in-the-middle tokens, so it cannot complete "
+                "between a prefix and a suffix",
+                hint="use a code model with FIM tokens (Qwen2.5-Coder, StarCoder2, CodeLlama)",
+            )
+        sampling = self.sampling(options, grammar_for(format))
+
+        def tokens(text: str) -> list[int]:
+            return self.tokenizer.tokenize(text, add_special=False, parse_special=False)
+
+        extra_tokens: list[int] = []
+        if fim.rep >= 0:
+            extra_tokens += [fim.rep, *tokens("myproject\n")]
+        for chunk in extra or []:
+            if fim.sep >= 0:
+                extra_tokens += [fim.sep, *tokens(chunk.get("filename", "tmp") + "\n")]
+            else:
+                extra_tokens += tokens("\n\n--- snippet ---\n\n")
+            extra_tokens += tokens(chunk.get("text", ""))
+        if fim.sep >= 0:
+            extra_tokens += [fim.sep, *tokens("filename\n")]
+        n_batch = int(self.params.get("num_batch", 512))
+        before, after = tokens(prefix), tokens(suffix)
+        before = before[len(before) - min(len(before), 3 * (n_batch // 4)) :]
+        after = after[: max(0, n_batch // 4 - 2)]
+        n_ctx = int(getattr(self.tokenizer, "n_ctx", 0) or 0)
+        budget = max(0, n_ctx - n_batch - 2 * max(sampling.num_predict, 0))
+        extra_tokens = extra_tokens[len(extra_tokens) - min(budget, len(extra_tokens)) :]
+        head = [fim.bos] if fim.bos >= 0 else []
+        layout = [*extra_tokens, *head, fim.pre, *before, fim.suf, *after, fim.mid]
+        stops = frozenset(t for t in (fim.pad, fim.rep, fim.sep, fim.pre, fim.suf) if t >= 0)
+        return Prepared(layout, sampling, stop_tokens=stops)
 
 
 @dataclass

@@ -291,8 +291,11 @@ class Scheduler:
         keep_alive: float | None = None,
         context: list[int] | None = None,
         return_context: bool = False,
+        suffix: str | None = None,
+        extra: list[dict[str, str]] | None = None,
     ) -> Stream:
-        """Continue a raw prompt (no template); `context` as for chat."""
+        """Continue a raw prompt (no template); `context` as for chat. With `suffix`, fill in
+        the middle between the prompt and it (`extra`: other files, for repo-level FIM)."""
         opts = params_mod.validate(options or {})
 
         def build(rid: int) -> Event:
@@ -303,6 +306,8 @@ class Scheduler:
                 format=format,
                 context=context,
                 return_context=return_context,
+                suffix=suffix,
+                extra=extra,
             )
 
         return await self._generate(name, opts, keep_alive, build)

@@ -87,12 +87,19 @@ _CONTROL_PIECES = ("<|im_start|>", "<|im_end|>")
 _FFN_PAD_MULTIPLE = 32
 
 
-def build_vocab() -> tuple[list[str], list[float], list[int]]:
+#: Fill-in-the-middle control tokens (Qwen2.5-Coder's texts, which llama.cpp recognises).
+FIM_PIECES = (
+    "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|repo_name|>",
+    "<|file_sep|>",
+)  # fmt: skip
+
+
+def build_vocab(*, fim: bool = False) -> tuple[list[str], list[float], list[int]]:
     """Return ``(tokens, scores, token_types)`` of the tiny SentencePiece-style vocabulary.
 
     Layout: ``<unk>``, ``<s>``, ``</s>``, the 256 byte tokens ``<0x00>``..``<0xFF>``, about 130
     normal pieces (``▁the``, ``a``, ...) and the ChatML control tokens ``<|im_start|>`` and
-    ``<|im_end|>`` last.
+    ``<|im_end|>`` last; with ``fim``, the FIM_PIECES control tokens after them.
     """
     tokens = ["<unk>", "<s>", "</s>"]
     types = [int(TokenType.UNKNOWN), int(TokenType.CONTROL), int(TokenType.CONTROL)]
@@ -103,7 +110,7 @@ def build_vocab() -> tuple[list[str], list[float], list[int]]:
         tokens.append(piece)
         scores.append(-float(rank))
         types.append(int(TokenType.NORMAL))
-    for piece in _CONTROL_PIECES:
+    for piece in _CONTROL_PIECES + (FIM_PIECES if fim else ()):
         tokens.append(piece)
         scores.append(0.0)
         types.append(int(TokenType.CONTROL))
@@ -188,6 +195,7 @@ def write_tiny_model(
     extra_bytes: int = 0,
     dtype: Literal["f32", "f16"] = "f32",
     alignment: int | None = None,
+    fim: bool = False,
 ) -> Path:
     """Write a tiny random-weight llama GGUF that llama.cpp loads; return its path.
 
@@ -196,7 +204,8 @@ def write_tiny_model(
     least that many bytes (for store/copy/crash tests) by widening the FFN with zero columns:
     ``llama.feed_forward_length`` becomes larger, the file still loads and computes the same
     logits as the unpadded model. Tensors are streamed to disk one at a time. ``alignment``
-    writes an explicit ``general.alignment`` key.
+    writes an explicit ``general.alignment`` key. ``fim`` adds fill-in-the-middle tokens
+    (found by their texts, as in many code models' GGUFs).
     """
     if n_embd % n_head or n_head % n_head_kv:
         raise ValueError("n_embd must be divisible by n_head, and n_head by n_head_kv")
@@ -211,7 +220,7 @@ def write_tiny_model(
         cols = -(-extra_bytes // per_column)
         n_ff_file += -(-cols // _FFN_PAD_MULTIPLE) * _FFN_PAD_MULTIPLE
 
-    tokens, scores, types = build_vocab()
+    tokens, scores, types = build_vocab(fim=fim)
     writer = GGUFWriter(path, ARCH)
     writer.add_name(MODEL_NAME)
     writer.add_file_type(LlamaFileType.MOSTLY_F16 if dtype == "f16" else LlamaFileType.ALL_F32)

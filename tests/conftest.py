@@ -57,6 +57,12 @@ def tiny_model(fixtures_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_fim_model(fixtures_dir: Path) -> Path:
+    """The tiny model with fill-in-the-middle tokens in its vocabulary."""
+    return make_test_models.write_tiny_model(fixtures_dir / "tiny-fim.gguf", fim=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_lora(fixtures_dir: Path) -> Path:
     """A LoRA adapter GGUF matching `tiny_model`."""
     return make_test_models.write_tiny_lora(fixtures_dir / "tiny-llama-lora.gguf")

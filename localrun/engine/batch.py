@@ -173,6 +173,7 @@ class BatchEngine:
         self.bos_text = weights.bos_text
         self.eos_text = weights.eos_text
         self.chat_template = weights.chat_template
+        self.fim = weights.fim
         batch = self._batch
         # Pointer objects made once: the loop only writes through them.
         self._tokens = batch.token

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun.engine.types import Generation, LoadOptions, SamplingOptions, Timings
+from localrun.engine.types import FimTokens, Generation, LoadOptions, SamplingOptions, Timings
 from localrun.errors import ContextOverflowError, EngineError
 
 END = 0  # the end-of-turn token
@@ -40,6 +40,7 @@ class FakeModel:
     bos_text = ""
     eos_text = "<|im_end|>"
     chat_template: str | None = None
+    fim: FimTokens | None = None  # no fill-in-the-middle tokens
 
     def __init__(self, replies: list[str], options: LoadOptions) -> None:
         self.replies = replies
@@ -150,6 +151,7 @@ class FakeBatchEngine:
     bos_text = ""
     eos_text = "<|im_end|>"
     chat_template: str | None = None
+    fim: FimTokens | None = None  # no fill-in-the-middle tokens
     n_vocab = 0x110000
 
     def __init__(

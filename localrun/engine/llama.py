@@ -23,7 +23,7 @@ from typing import Any
 import llama_cpp as lc
 
 from localrun import config, gguf
-from localrun.engine.types import Generation, LoadOptions, SamplingOptions
+from localrun.engine.types import FimTokens, Generation, LoadOptions, SamplingOptions
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError, ModelLoadError
 
 _init_lock = threading.Lock()
@@ -120,7 +120,25 @@ class Weights:
         self.eos_text = self._special_text(lc.llama_vocab_eos(self.vocab))
         template = header.metadata.get("tokenizer.chat_template")
         self.chat_template: str | None = template if isinstance(template, str) else None
+        self.fim = self._fim_tokens()
         self._piece = ctypes.create_string_buffer(256)
+
+    def _fim_tokens(self) -> FimTokens | None:
+        v = self.vocab
+        pre, suf = lc.llama_vocab_fim_pre(v), lc.llama_vocab_fim_suf(v)
+        mid = lc.llama_vocab_fim_mid(v)
+        if min(pre, suf, mid) < 0:
+            return None
+        bos = lc.llama_vocab_bos(v) if lc.llama_vocab_get_add_bos(v) else -1
+        return FimTokens(
+            pre=pre,
+            suf=suf,
+            mid=mid,
+            pad=lc.llama_vocab_fim_pad(v),
+            rep=lc.llama_vocab_fim_rep(v),
+            sep=lc.llama_vocab_fim_sep(v),
+            bos=bos,
+        )
 
     def context_params(self, options: LoadOptions, n_ctx: int) -> Any:
         """llama_context_params for `options`, with `n_ctx` tokens in all."""
@@ -248,6 +266,7 @@ class LlamaModel:
         self.bos_text = weights.bos_text
         self.eos_text = weights.eos_text
         self.chat_template = weights.chat_template
+        self.fim = weights.fim
         self._piece_bytes = weights.piece_bytes  # bound once: it runs for every token
         self._cache: list[int] = []
         self._one = (lc.llama_token * 1)()

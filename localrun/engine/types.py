@@ -57,6 +57,20 @@ class SamplingOptions:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class FimTokens:
+    """A model's fill-in-the-middle tokens (llama.cpp finds them from the GGUF's
+    tokenizer.ggml.fim_*_token_id keys or the well-known FIM token texts); -1 where absent."""
+
+    pre: int
+    suf: int
+    mid: int
+    pad: int = -1
+    rep: int = -1  # repository name (repo-level FIM), as llama-server uses it
+    sep: int = -1  # file separator
+    bos: int = -1  # put first when the model adds a BOS token
+
+
 @dataclass
 class Timings:
     """Counts and durations of one generation, as Ollama reports them."""
@@ -108,6 +122,7 @@ class LoadedModel(Protocol):
     bos_text: str
     eos_text: str
     chat_template: str | None  # the GGUF's tokenizer.chat_template
+    fim: FimTokens | None  # None: the model cannot fill in the middle
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
 

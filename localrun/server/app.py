@@ -100,6 +100,7 @@ _ROUTES = (
     ("/health", llamacpp.health, ["GET"]),
     ("/tokenize", llamacpp.tokenize, ["POST"]),
     ("/detokenize", llamacpp.detokenize, ["POST"]),
+    ("/infill", llamacpp.infill, ["POST"]),
     ("/metrics", metrics.endpoint, ["GET"]),
 )
 

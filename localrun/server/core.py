@@ -272,6 +272,8 @@ class GenRequest:
     tool_choice: Any = None
     keep_alive: float | None = None
     think: bool | str | None = None  # None: the model's default; True or low/medium/high
+    suffix: str | None = None  # with `prompt`: fill in the middle (FIM) up to this text
+    extra: list[dict[str, str]] | None = None  # FIM: other files, [{"filename", "text"}]
     context: list[int] | None = None  # token ids before the prompt (a previous answer's)
     return_context: bool = False  # Generation.context: the prompt's and answer's tokens
 
@@ -411,6 +413,8 @@ async def start(request: Request, req: GenRequest) -> Generation:
                 keep_alive=req.keep_alive,
                 context=req.context,
                 return_context=req.return_context,
+                suffix=req.suffix,
+                extra=req.extra,
             )
         generation = Generation(stream, started, ctx.metrics)
         try:

@@ -113,7 +113,7 @@ def plain_body(
 
 
 # llama-server's routes answer errors in OpenAI's shape, as llama-server does.
-_OPENAI_SHAPED = frozenset({"/health", "/tokenize", "/detokenize"})
+_OPENAI_SHAPED = frozenset({"/health", "/tokenize", "/detokenize", "/infill"})
 
 
 def dialect_of(path: str) -> Dialect:

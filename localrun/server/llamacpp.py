@@ -4,6 +4,10 @@
     POST /tokenize     {"content", "add_special"?, "parse_special"?, "with_pieces"?, "model"?}
                        -> {"tokens": [ids]} or, with_pieces, {"tokens": [{"id", "piece"}]}
     POST /detokenize   {"tokens", "model"?} -> {"content"}
+    POST /infill       {"input_prefix", "input_suffix", "input_extra"?: [{"filename", "text"}],
+                       "prompt"?, "n_predict"?, sampling fields, "stream"?, "model"?}
+                       -> {"content", "stop", "tokens_predicted", "timings", ...}; streamed as
+                       SSE `data: {"content", "stop": false}` ... and the final object
 
 llama-server serves one model; localrun serves many, so a request may name its `model`. Without
 one, the model loaded now is used when exactly one is (core.default_model). Defaults follow
@@ -14,14 +18,17 @@ which is llama-server's.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from localrun.errors import BadRequestError
+from localrun.errors import BadRequestError, LocalrunError
 from localrun.server import core
-from localrun.server.core import Body
+from localrun.server.core import Body, Generation, GenRequest
+from localrun.server.errors import body_of, unexpected
 
 
 async def health(request: Request) -> Response:
@@ -70,3 +77,103 @@ async def detokenize(request: Request) -> Response:
     model = core.default_model(request, body)
     text = await core.until_disconnect(request, lambda: scheduler.detokenize(model, tokens))
     return JSONResponse({"content": text})
+
+
+# llama-server's sampling fields (the same names as localrun's options).
+_SAMPLING = (
+    "temperature", "top_k", "top_p", "min_p", "typical_p", "seed", "repeat_penalty",
+    "repeat_last_n", "presence_penalty", "frequency_penalty",
+)  # fmt: skip
+
+
+def _infill_request(body: Body, model: str) -> GenRequest:
+    prefix = body.get("input_prefix", str, "")
+    suffix = body.get("input_suffix", str, "")
+    extra = body.get("input_extra", list, [])
+    for index, chunk in enumerate(extra):
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("text", ""), str):
+            raise BadRequestError(f"input_extra[{index}] must be an object with a text string")
+        if not isinstance(chunk.get("filename", ""), str):
+            raise BadRequestError(f"input_extra[{index}].filename must be a string")
+    options: dict[str, Any] = {}
+    for key in _SAMPLING:
+        value = body.get(key, (int, float))
+        if value is not None:
+            options[key] = value
+    n_predict = body.get("n_predict", int)
+    if n_predict is not None:
+        options["num_predict"] = n_predict
+    stop = body.get("stop", list)
+    if stop:
+        if not all(isinstance(s, str) for s in stop):
+            raise BadRequestError("stop must be a list of strings")
+        options["stop"] = stop
+    return GenRequest(
+        model,
+        # llama-server puts `prompt` right after the prefix: the start of the middle, typed.
+        prompt=prefix + body.get("prompt", str, ""),
+        suffix=suffix,
+        extra=[{"filename": c.get("filename", "tmp"), "text": c.get("text", "")} for c in extra],
+        options=options,
+    )
+
+
+def _timings(generation: Generation) -> dict[str, Any]:
+    t = generation.stream.timings
+
+    def rate(n: int, s: float) -> float:
+        return n / s if s > 0 else 0.0
+
+    return {
+        "cache_n": t.cached_tokens,
+        "prompt_n": t.prompt_tokens,
+        "prompt_ms": t.prompt_s * 1000,
+        "prompt_per_second": rate(t.prompt_tokens, t.prompt_s),
+        "predicted_n": t.eval_tokens,
+        "predicted_ms": t.eval_s * 1000,
+        "predicted_per_second": rate(t.eval_tokens, t.eval_s),
+    }
+
+
+def _final(generation: Generation, model: str, content: str) -> dict[str, Any]:
+    t = generation.stream.timings
+    if generation.stop_sequence is not None:
+        stop_type = "word"
+    else:
+        stop_type = "limit" if generation.done_reason == "length" else "eos"
+    return {
+        "index": 0,
+        "content": content,
+        "stop": True,
+        "model": model,
+        "tokens_predicted": t.eval_tokens,
+        "tokens_evaluated": generation.prompt_count,
+        "tokens_cached": t.cached_tokens,
+        "truncated": False,
+        "stop_type": stop_type,
+        "stopping_word": generation.stop_sequence or "",
+        "timings": _timings(generation),
+    }
+
+
+async def infill(request: Request) -> Response:
+    """llama-server's /infill for editors' autocomplete (llama.vscode, llama.vim)."""
+    body = Body(await core.read_json(request))
+    model = core.default_model(request, body)
+    generation = await core.start(request, _infill_request(body, model))
+    if not body.flag("stream", False):
+        text = await core.until_disconnect(request, generation.collect)
+        return JSONResponse(_final(generation, model, text))
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async with contextlib.aclosing(generation.pieces()) as pieces:
+                async for piece in pieces:
+                    yield core.sse({"index": 0, "content": piece, "stop": False})
+            yield core.sse(_final(generation, model, ""))
+        except LocalrunError as exc:
+            yield core.sse(body_of(exc, "openai"))
+        except Exception as exc:
+            yield core.sse(body_of(unexpected(exc, "a streamed infill"), "openai"))
+
+    return core.event_stream(events())

@@ -7,6 +7,8 @@ object per piece, and a final object with `done: true`, `done_reason` and the ti
 what Ollama's clients look for. /api/generate's final object carries `context`, the token ids
 of prompt and answer, which a later request sends back to continue from them. A streamed
 /api/chat sends its tool calls in a line of their own just before the final one, as Ollama does.
+/api/generate with a `suffix` fills in the middle between `prompt` and it (editors'
+autocomplete), from the model's FIM tokens; a model without them is a 400.
 
 The store routes (show, pull, create, copy, delete, blobs) are in `models`.
 """
@@ -103,8 +105,6 @@ async def ps(request: Request) -> Response:
 def _unsupported(body: Body) -> None:
     if body.data.get("images"):
         raise BadRequestError("images are not supported: localrun runs text models")
-    if body.get("suffix", str, ""):
-        raise BadRequestError("suffix (fill-in-the-middle) is not supported")
     if body.get("template", str, ""):
         raise BadRequestError(
             "a per-request template is not supported",
@@ -177,6 +177,20 @@ async def generate(request: Request) -> Response:
     def shape(text: str) -> dict[str, Any]:
         return {"model": model, "created_at": core.now_iso(), "response": text}
 
+    suffix = body.get("suffix", str, "")
+    if suffix:
+        # Autocomplete for editors: the text between `prompt` and `suffix`, from the model's
+        # fill-in-the-middle tokens (no chat template, as Ollama's FIM templates do).
+        req = GenRequest(
+            model,
+            prompt=prompt,
+            suffix=suffix,
+            options=body.options(),
+            format=body.format(),
+            keep_alive=body.keep_alive(),
+        )
+        generation = await core.start(request, req)
+        return await _answer(request, body, generation, shape)
     if not prompt:
         return await _load_or_unload(request, body, model, shape)
     raw = body.flag("raw", False)

@@ -5,7 +5,8 @@
                                 include_usage, max_tokens / max_completion_tokens, temperature,
                                 top_p, seed, stop, presence/frequency_penalty, response_format
                                 (json_object, json_schema), tools and tool_choice
-    POST /v1/completions        a raw prompt, no chat template (as OpenAI and llama-server)
+    POST /v1/completions        a raw prompt, no chat template (as OpenAI and llama-server);
+                                `suffix`: fill in the middle with the model's FIM tokens
     POST /v1/embeddings         a string or a list; encoding_format float or base64
 
 finish_reason: "tool_calls" when the answer is tool calls, "length" when num_predict or the
@@ -240,13 +241,14 @@ async def completions(request: Request) -> Response:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise BadRequestError("prompt must be a string (one prompt per request)")
-    if not prompt:
+    suffix = body.get("suffix", str) or None  # fill in the middle (editors' autocomplete)
+    if not prompt and suffix is None:
         # llama-server would decode the BOS token alone; a model without one has nothing to
         # start from, so the same request would work on one model and fail on another.
         raise BadRequestError("prompt is empty", hint="send some text to continue")
-    if body.get("suffix", str):
-        raise BadRequestError("suffix (fill-in-the-middle) is not supported")
-    req = GenRequest(model, prompt=prompt, options=_options(body), format=_format(body))
+    req = GenRequest(
+        model, prompt=prompt, suffix=suffix, options=_options(body), format=_format(body)
+    )
     generation = await core.start(request, req)
     base = _head("cmpl", model)
 

@@ -14,6 +14,8 @@ stderr so they cannot corrupt the stream).
         "format": null | "json" | {schema}, "tools": [...] | null, "tool_choice": ...,
         "context": [ids]?, "return_context": bool?}
     -> {"op": "complete", "id": 8, "prompt": "raw text", "options": {...}, "format": ...,
+        "suffix": "text after the cursor"?, "extra": [{"filename", "text"}]?}
+                                                (with suffix: fill in the middle, FIM tokens),
         "context": [ids]?, "return_context": bool?}
     <- {"event": "piece", "id": 7, "text": "...", "thinking": "..."?, "logprobs": [...]?}
                                                                      (zero or more)
@@ -184,8 +186,11 @@ def complete_request(
     format: str | dict[str, Any] | None = None,
     context: list[int] | None = None,
     return_context: bool = False,
+    suffix: str | None = None,
+    extra: list[dict[str, str]] | None = None,
 ) -> Message:
-    return {
+    """A raw completion; with `suffix`, fill in the middle between `prompt` and it."""
+    message: Message = {
         "op": COMPLETE,
         "id": id,
         "prompt": prompt,
@@ -193,6 +198,10 @@ def complete_request(
         "format": format,
         **_context_fields(context, return_context),
     }
+    if suffix is not None:
+        message["suffix"] = suffix
+        message["extra"] = extra or []
+    return message
 
 
 def _context_fields(context: list[int] | None, return_context: bool) -> Message:

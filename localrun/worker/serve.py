@@ -184,6 +184,18 @@ def _token_ids(value: Any, n_vocab: int, key: str) -> list[int]:
     return value
 
 
+def _extra(value: Any) -> list[dict[str, str]]:
+    """Infill's other files: [{"filename": str, "text": str}]."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(c, dict) and all(isinstance(c.get(k, ""), str) for k in ("filename", "text"))
+        for c in value
+    ):
+        raise BadRequestError("input_extra must be a list of {filename, text} objects")
+    return value
+
+
 def _format(message: protocol.Message) -> str | dict[str, Any] | None:
     value = message.get("format")
     if value is None or value == "" or value == "json" or isinstance(value, dict):
@@ -251,9 +263,19 @@ class Worker:
                 prompt = message.get("prompt")
                 if not isinstance(prompt, str):
                     raise BadRequestError("prompt must be a string")
-                prepared = self.prompter.complete(
-                    prompt, options=_optional(message, "options", dict), format=_format(message)
-                )
+                suffix = _optional(message, "suffix", str)
+                if suffix is None:
+                    prepared = self.prompter.complete(
+                        prompt, options=_optional(message, "options", dict), format=_format(message)
+                    )
+                else:
+                    prepared = self.prompter.infill(
+                        prompt,
+                        suffix,
+                        extra=_extra(message.get("extra")),
+                        options=_optional(message, "options", dict),
+                        format=_format(message),
+                    )
                 self._submit(id, self._after_context(message, prepared), message)
             elif op == protocol.TOKENIZE:
                 self.output.send(protocol.tokens_event(id, self._tokenize(message)))
@@ -327,7 +349,7 @@ class Worker:
             ticket = self.engine.submit(
                 prepared.tokens,
                 prepared.sampling,
-                stop_tokens=self.prompter.stop_tokens,
+                stop_tokens=self.prompter.stop_tokens | prepared.stop_tokens,
                 sink=sink,
             )
         except BaseException:
