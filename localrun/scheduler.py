@@ -38,12 +38,13 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from localrun import config
 from localrun import params as params_mod
+from localrun.engine.types import EmbedInput
 from localrun.errors import (
     BusyError,
     ConfigError,
@@ -315,7 +316,7 @@ class Scheduler:
     async def embed(
         self,
         name: str,
-        inputs: list[str],
+        inputs: Sequence[EmbedInput],
         *,
         options: dict[str, Any] | None = None,
         truncate: bool = True,

@@ -90,6 +90,27 @@ def test_same_greedy_answer_through_every_dialect(
     assert message.content[0].type == "text" and message.content[0].text == text
 
 
+def test_embeddings_from_token_ids(ai: openai.OpenAI, live: LiveServer) -> None:
+    """langchain's OpenAIEmbeddings sends token ids: they embed as their text does."""
+    texts = ["The cat sat.", "A dog ran."]
+    ids = [
+        httpx.post(
+            f"{live.url}/tokenize", json={"model": SMOL, "content": t, "add_special": True}
+        ).json()["tokens"]
+        for t in texts
+    ]
+    by_text = ai.embeddings.create(model=SMOL, input=texts, encoding_format="float")
+    by_ids = ai.embeddings.create(model=SMOL, input=ids, encoding_format="float")
+    one = ai.embeddings.create(model=SMOL, input=ids[0], encoding_format="float")
+    for got in (by_ids.data[0], one.data[0]):
+        assert got.embedding == pytest.approx(by_text.data[0].embedding, abs=1e-5)
+    assert by_ids.data[1].embedding == pytest.approx(by_text.data[1].embedding, abs=1e-5)
+    assert by_ids.usage.prompt_tokens == sum(map(len, ids))
+    for bad in ([[1, 2], []], [1, "a"], [[10**9]], [True, 2]):
+        with pytest.raises(openai.BadRequestError):
+            ai.embeddings.create(model=SMOL, input=bad)  # type: ignore[arg-type]
+
+
 # -- Anthropic -------------------------------------------------------------------------------
 
 

@@ -36,7 +36,7 @@ from localrun.engine.llama import (
     overflow_error,
     sampler_chain,
 )
-from localrun.engine.types import LoadOptions, SamplingOptions, Sink, Timings
+from localrun.engine.types import EmbedInput, LoadOptions, SamplingOptions, Sink, Timings
 from localrun.errors import EngineError, InvalidParameterError, LocalrunError
 
 
@@ -467,8 +467,11 @@ class BatchEngine:
 
     # -- embeddings ---------------------------------------------------------------------------
 
-    def embed(self, texts: list[str], *, truncate: bool = True) -> tuple[list[list[float]], int]:
-        """L2-normalized embeddings of `texts` and the number of tokens read.
+    def embed(
+        self, texts: Sequence[EmbedInput], *, truncate: bool = True
+    ) -> tuple[list[list[float]], int]:
+        """L2-normalized embeddings of `texts` (texts or token ids, checked by the caller to be
+        in the vocabulary) and the number of tokens read.
 
         Runs on the caller's thread, in a second context made on first use (generation goes on
         meanwhile). A text longer than the context is cut to fit, or with truncate=False raises
@@ -483,7 +486,10 @@ class BatchEngine:
             n_ctx = self._embed_n_ctx
             inputs: list[list[int]] = []
             for text in texts:
-                ids = self.tokenize(text, add_special=True, parse_special=False)
+                if isinstance(text, str):
+                    ids = self.tokenize(text, add_special=True, parse_special=False)
+                else:
+                    ids = list(text)
                 if len(ids) > n_ctx:
                     if not truncate:
                         raise overflow_error(len(ids), n_ctx, self.n_ctx_train)

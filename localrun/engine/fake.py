@@ -17,7 +17,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun.engine.types import FimTokens, Generation, LoadOptions, SamplingOptions, Timings
+from localrun.engine.types import (
+    EmbedInput,
+    FimTokens,
+    Generation,
+    LoadOptions,
+    SamplingOptions,
+    Timings,
+)
 from localrun.errors import ContextOverflowError, EngineError
 
 END = 0  # the end-of-turn token
@@ -226,12 +233,15 @@ class FakeBatchEngine:
             job.cancelled = True
             self._cond.notify()
 
-    def embed(self, texts: list[str], *, truncate: bool = True) -> tuple[list[list[float]], int]:
+    def embed(
+        self, texts: Sequence[EmbedInput], *, truncate: bool = True
+    ) -> tuple[list[list[float]], int]:
         """Deterministic unit vectors (`dims` dimensions) derived from each text."""
         vectors = []
         count = 0
         dims = self.dims
-        for text in texts:
+        for item in texts:
+            text = item if isinstance(item, str) else "".join(map(chr, item))  # ids are ords
             if self.delay:
                 time.sleep(self.delay)
             if len(text) >= self.n_ctx and not truncate:

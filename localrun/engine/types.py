@@ -57,6 +57,10 @@ class SamplingOptions:
         return cls(**values)
 
 
+# What is embedded: a text, or token ids (OpenAI's clients may send those, e.g. langchain's).
+EmbedInput = str | list[int]
+
+
 @dataclass(frozen=True)
 class FimTokens:
     """A model's fill-in-the-middle tokens (llama.cpp finds them from the GGUF's

@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from localrun import config, params
+from localrun.engine.types import EmbedInput
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.store import Store
 from localrun.worker.protocol import Chunk
@@ -502,7 +503,7 @@ MAX_EMBED_INPUTS = 2048
 async def embed(
     request: Request,
     model: str,
-    inputs: list[str],
+    inputs: Sequence[EmbedInput],
     *,
     options: dict[str, Any],
     truncate: bool = True,
@@ -543,12 +544,28 @@ def _shorten(vector: list[float], size: int) -> list[float]:
     return [x / norm for x in head] if norm > 0 else head
 
 
-def inputs_of(value: Any, key: str = "input") -> list[str]:
+def inputs_of(value: Any, key: str = "input", *, tokens: bool = False) -> list[EmbedInput]:
+    """What to embed: a string or a list of them; with `tokens` (OpenAI's dialect) also token
+    ids, a list of ints or a list of such lists, which langchain's OpenAIEmbeddings sends."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and all(isinstance(x, str) for x in value):
         return list(value)
+    if tokens and isinstance(value, list) and value:
+        if all(_is_id(x) for x in value):
+            return [list(value)]
+        if all(isinstance(x, list) and x and all(_is_id(t) for t in x) for x in value):
+            return [list(x) for x in value]
+    if tokens:
+        raise BadRequestError(
+            f"{key} must be a string, a list of strings, a list of token ids or a list of such "
+            "lists (none of them empty)"
+        )
     raise BadRequestError(f"{key} must be a string or a list of strings")
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def details_of(details: dict[str, Any], parent: str | None = None) -> dict[str, Any]:

@@ -282,7 +282,7 @@ def _base64(vector: list[float]) -> str:
 async def embeddings(request: Request) -> Response:
     body = Body(await core.read_json(request))
     model = body.model()
-    inputs = core.inputs_of(body.data.get("input"))
+    inputs = core.inputs_of(body.data.get("input"), tokens=True)
     if not inputs:
         raise BadRequestError("input must not be empty")
     encoding = body.get("encoding_format", str, "float")

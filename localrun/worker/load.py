@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from localrun import names, runner
 from localrun import params as params_mod
-from localrun.engine.types import LoadOptions, SamplingOptions, Sink
+from localrun.engine.types import EmbedInput, LoadOptions, SamplingOptions, Sink
 from localrun.errors import BadRequestError, InvalidGGUFError
 from localrun.model import load as load_model
 from localrun.store import Store
@@ -45,7 +45,7 @@ class Engine(runner.Tokenizer, Protocol):
     ) -> Ticket: ...
 
     def embed(
-        self, texts: list[str], *, truncate: bool = True
+        self, texts: Sequence[EmbedInput], *, truncate: bool = True
     ) -> tuple[list[list[float]], int]: ...
 
     def close(self) -> None: ...

@@ -24,7 +24,8 @@ stderr so they cannot corrupt the stream).
         "context": [ids]?,           (with return_context: the prompt's and answer's tokens)
         "stop_sequence": "the stop string that ended it"?}
     <- {"event": "error", "id": 7, "error": {"code", "type", "message", "hint"?}}
-    -> {"op": "embed", "id": 9, "input": ["a", "b"], "truncate": true}
+    -> {"op": "embed", "id": 9, "input": ["a", "b", [15, 7]], "truncate": true}
+                                                (texts, or token ids)
     <- {"event": "vectors", "id": 9, "embeddings": [[...], ...]}    (zero or more, in order)
     <- {"event": "embeddings", "id": 9, "embeddings": [[...]], "prompt_tokens": N,
         "cancelled": false}
@@ -50,10 +51,11 @@ a request at all). Pure: only json and localrun.errors / engine.types are import
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from localrun.engine.types import Timings
+from localrun.engine.types import EmbedInput, Timings
 from localrun.errors import BadRequestError, LocalrunError
 
 # -- operations (requests) -------------------------------------------------------------------
@@ -239,7 +241,7 @@ def detokenize_request(id: RequestId, tokens: list[int], *, pieces: bool = False
     return {"op": DETOKENIZE, "id": id, "tokens": tokens, "pieces": pieces}
 
 
-def embed_request(id: RequestId, inputs: list[str], *, truncate: bool = True) -> Message:
+def embed_request(id: RequestId, inputs: Sequence[EmbedInput], *, truncate: bool = True) -> Message:
     return {"op": EMBED, "id": id, "input": inputs, "truncate": truncate}
 
 

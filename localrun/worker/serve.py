@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from localrun import config
 from localrun import tools as tools_mod
-from localrun.engine.types import Timings
+from localrun.engine.types import EmbedInput, Timings
 from localrun.errors import BadRequestError, EngineError, LocalrunError
 from localrun.runner import Prepared, StopFilter
 from localrun.worker import protocol
@@ -289,8 +289,12 @@ class Worker:
                 inputs = message.get("input")
                 if isinstance(inputs, str):
                     inputs = [inputs]
-                if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
-                    raise BadRequestError("input must be a string or a list of strings")
+                if not isinstance(inputs, list):
+                    raise BadRequestError("input must be a string or a list")
+                inputs = [
+                    t if isinstance(t, str) else _token_ids(t, self.engine.n_vocab, "input")
+                    for t in inputs
+                ]
                 truncate = message.get("truncate", True)
                 cancel = threading.Event()
                 with self._lock:
@@ -358,7 +362,7 @@ class Worker:
         sink.attach(ticket)
 
     def _embed(
-        self, id: RequestId, inputs: list[str], truncate: bool, cancel: threading.Event
+        self, id: RequestId, inputs: list[EmbedInput], truncate: bool, cancel: threading.Event
     ) -> None:
         count = 0
         event: protocol.Message | None = None
