@@ -9,7 +9,10 @@ Part of scripts/bench_serve.py's run (it calls `measure` while its servers are u
              >= 0.95x /v1/chat/completions (they are translations over one implementation).
   FIM        fill-in-the-middle, what an editor sends while typing: localrun's /infill against
              llama-server's /infill on the same model: time to the first token, with the model
-             loaded (side by side; no target).
+             loaded (side by side; no target). The starter model has no FIM tokens, so this
+             part uses a random-weight code-model-sized llama GGUF with FIM tokens written by
+             scripts/make_test_models.py (8 layers, 512 wide: about 30M parameters), served by
+             the same localrun server and by a second llama-server of its own.
 
 Rounds are interleaved, each in a rotating order; medians are reported.
 """
@@ -18,12 +21,16 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from bench_serve import N_PREDICT, Server, Stream, _lines, _sse, prompt, say
+import bench
+import make_test_models
+from bench_serve import N_PREDICT, Server, Stream, _lines, _sse, llama_server, prompt, say
 
 TARGET_DIALECT = 0.95
 FIM_PREDICT = 16
@@ -167,10 +174,53 @@ def _one(
     into.tokens.append(got.tokens)
 
 
+FIM_MODEL = "fim-bench:latest"
+
+
+def fim_servers(
+    localrun: Server | None, build_dir: Path | None, work: Path, threads: int
+) -> tuple[Server | None, Server | None]:
+    """The FIM model in localrun's store and a llama-server of its own (None where either
+    cannot be had)."""
+    path = make_test_models.write_tiny_model(
+        work / "fim-bench.gguf", n_layer=8, n_embd=512, n_ff=1536, n_head=8, n_head_kv=4,
+        n_ctx=4096, dtype="f16", fim=True,
+    )  # fmt: skip
+    ours: Server | None = None
+    if localrun is not None and localrun.env is not None:
+        modelfile = work / "Modelfile.fim"
+        modelfile.write_text(f"FROM {path}\nPARAMETER num_ctx 2048\n")
+        try:
+            cmd = localrun.cmd[: localrun.cmd.index("serve")]
+            bench._run([*cmd, "create", FIM_MODEL, "-f", str(modelfile)], 600, localrun.env)
+            ours = Server(localrun.name, localrun.cmd, localrun.port, "", infill_stream)
+            ours.model = FIM_MODEL
+        except (bench.Unavailable, ValueError) as exc:
+            say(f"FIM model not created in localrun: {exc}")
+    theirs: Server | None = None
+    if build_dir is not None:
+        theirs = llama_server(build_dir, path, threads)
+        try:
+            theirs.start(work)
+            theirs.wait_ready()
+        except (OSError, bench.Unavailable, subprocess.SubprocessError) as exc:
+            say(f"llama-server with the FIM model: n/a: {exc}")
+            theirs.stop()
+            theirs = None
+    return ours, theirs
+
+
 def measure(
-    localrun: Server | None, llama_server: Server | None, rounds: int, first: int
+    localrun: Server | None,
+    build_dir: Path | None,
+    work: Path,
+    *,
+    threads: int,
+    rounds: int,
+    first: int,
 ) -> dict[str, dict[str, Series]]:
-    """Dialect rounds on localrun, then FIM rounds on both servers (those that are up)."""
+    """Dialect rounds on localrun, then FIM rounds on it and on a llama-server of the FIM
+    model (those that can be had)."""
     out: dict[str, dict[str, Series]] = {"dialects": {}, "fim": {}}
     n = first
     if localrun is not None:
@@ -182,16 +232,21 @@ def measure(
                 say(f"dialects round {round_ + 1}/{rounds}: {path}")
                 _one(DIALECTS[path], localrun, n, N_PREDICT, out["dialects"][path])
                 n += 1
-    fim = {s.name: s for s in (localrun, llama_server) if s is not None}
-    out["fim"] = {name: Series() for name in fim}
-    for server in fim.values():
-        _one(infill_stream, server, n, FIM_PREDICT, Series())  # warm-up
-        n += 1
-    for round_ in range(rounds):
-        for name, server in fim.items():
-            say(f"FIM round {round_ + 1}/{rounds}: {name}")
-            _one(infill_stream, server, n, FIM_PREDICT, out["fim"][name])
+    ours, theirs = fim_servers(localrun, build_dir, work, threads)
+    try:
+        fim = {s.name: s for s in (ours, theirs) if s is not None}
+        out["fim"] = {name: Series() for name in fim}
+        for server in fim.values():
+            _one(infill_stream, server, n, FIM_PREDICT, Series())  # warm-up: loads the model
             n += 1
+        for round_ in range(rounds):
+            for name, server in fim.items():
+                say(f"FIM round {round_ + 1}/{rounds}: {name}")
+                _one(infill_stream, server, n, FIM_PREDICT, out["fim"][name])
+                n += 1
+    finally:
+        if theirs is not None:
+            theirs.stop()
     return out
 
 

@@ -570,7 +570,7 @@ def run(
         meter = Meter(servers)
         results = measure(servers, rounds, meter, quiet_s)
         others, steal = meter.cores()
-        dialects = _dialects(servers, rounds)
+        dialects = _dialects(servers, build_dir, work, threads, rounds)
         if idle is not None:
             results["localrun serve"].idle_rss = idle
         logs = {s.name: s.tail() for s in servers if s.failure}
@@ -607,13 +607,15 @@ def _dialects_report(measured: dict[str, Any]) -> str:
     return bench_dialects.report(measured)
 
 
-def _dialects(servers: list[Server], rounds: int) -> dict[str, Any]:
-    """scripts/bench_dialects.py on the servers that are up (localrun's dialects, FIM)."""
+def _dialects(
+    servers: list[Server], build_dir: Path | None, work: Path, threads: int, rounds: int
+) -> dict[str, Any]:
+    """scripts/bench_dialects.py while the servers are up (localrun's dialects, FIM)."""
     import bench_dialects  # it imports this module: loaded once this one is
 
     up = {s.name: s for s in servers if not s.failure and s.proc is not None}
     return bench_dialects.measure(
-        up.get("localrun serve"), up.get("llama-server"), rounds, first=100_000
+        up.get("localrun serve"), build_dir, work, threads=threads, rounds=rounds, first=100_000
     )
 
 
