@@ -323,6 +323,38 @@ def test_a_long_shared_system_prompt_is_copied_not_evicted(smol: BatchEngine) ->
     assert again.timings.cached_tokens >= len(a_prompt)  # A's slot kept its conversation
 
 
+def test_one_prompt_at_once_is_read_once(smol: BatchEngine) -> None:
+    """n choices of one prompt: the first slot reads it, the others copy its KV."""
+    prompt = chat(smol, "Write a short poem about the sea, please, with waves and gulls.")
+    together = [run(smol, prompt, greedy(12), IM_END) for _ in range(3)]
+    for sink in together:
+        assert sink.wait().calls == 1
+    read = sorted(sink.timings.prompt_tokens for sink in together)
+    # One read the prompt (all but the shared system prompt another cache held), the two
+    # others only its last token: the rest was copied.
+    assert read[:2] == [1, 1] and read[2] > 10
+    alone = run(smol, prompt, greedy(12), IM_END).wait()
+    assert all(sink.tokens == alone.tokens for sink in together)
+
+
+def test_a_busy_slot_lends_its_prompt(smol: BatchEngine) -> None:
+    system = "You are a careful assistant who knows astronomy well. " * 8  # over 64 tokens
+    a_prompt = chat(smol, "How many planets are there?", system=system)
+    b_prompt = chat(smol, "Which planet is red?", system=system)
+    b_alone = run(smol, b_prompt, greedy(8), IM_END).wait()
+    run(smol, chat(smol, "Forget it."), greedy(2), IM_END).wait()
+    started: list[Collect] = []
+
+    def then_b(sink: Collect) -> None:
+        if not started:  # while A generates, B comes in with the same system prompt
+            started.append(run(smol, b_prompt, greedy(8), IM_END))
+
+    a = run(smol, a_prompt, greedy(24), IM_END, on_piece=then_b).wait()
+    b = started[0].wait()
+    assert a.calls == 1 and b.tokens == b_alone.tokens
+    assert b.timings.cached_tokens >= 64  # copied from A's slot while A was busy
+
+
 # -- embeddings -------------------------------------------------------------------------------
 
 

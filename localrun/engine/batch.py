@@ -97,7 +97,7 @@ class _Request:
 
 
 class _Slot:
-    __slots__ = ("added", "cache", "req", "row", "seq", "token", "used")
+    __slots__ = ("added", "cache", "leader", "req", "row", "seq", "token", "used")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -107,6 +107,8 @@ class _Slot:
         self.row = -1  # the batch row whose logits this slot samples from (-1: none)
         self.added = 0  # prompt tokens put into the current batch
         self.used = 0  # when it last took a request, for least-recently-used reuse
+        # A slot reading the same prompt right now: this one waits and copies its KV (n > 1).
+        self.leader: _Slot | None = None
 
 
 # A prompt may drop this many tokens of a cache and still continue its conversation (a
@@ -307,6 +309,8 @@ class BatchEngine:
         free = [slot for slot in self._slots if slot.req is None]
         # Ties go to the least recently used slot.
         best, keep = max(((s, _shared(s.cache, prompt)) for s in free), key=_longest_then_lru)
+        if self._share(req, free, keep):
+            return
         slot = best
         lost = len(best.cache) - keep
         if lost > _LOSS_TOLERATED and keep < len(prompt) - 1 and len(free) > 1:
@@ -319,18 +323,64 @@ class BatchEngine:
             else:
                 keep = _shared(spare.cache, prompt)
             slot = spare
+        self._keep(slot, keep)
+        self._take(slot, req)
+
+    def _keep(self, slot: _Slot, keep: int) -> None:
+        """Trim the slot's KV sequence to its first `keep` tokens."""
         if keep < len(slot.cache) and not lc.llama_memory_seq_rm(self._memory, slot.seq, keep, -1):
             lc.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)  # partial removal refused
             keep = 0
         del slot.cache[keep:]
+
+    def _take(self, slot: _Slot, req: _Request) -> None:
+        keep = len(slot.cache)
         req.timings.cached_tokens = keep
-        req.timings.prompt_tokens = len(prompt) - keep
+        req.timings.prompt_tokens = len(req.prompt) - keep
         req.start = time.perf_counter()
         slot.req = req
         slot.token = -1
         slot.used = next(self._uses)
         self._active.append(slot)
         self._active.sort(key=lambda s: s.seq)  # llama.cpp splits by ascending sequence ids
+
+    def _share(self, req: _Request, free: list[_Slot], keep: int) -> bool:
+        """Reuse the prompt KV of a slot that is busy: requests with one prompt at once (`n`
+        choices, or clients sharing a long system prompt) read it once.
+
+        A busy slot that holds more of the prompt than any free one is copied into the free
+        slot whose cache matters least; one that is reading the same prompt now is waited for
+        (`leader`: this slot reads nothing until that prompt is in, then copies it).
+        """
+        prompt = req.prompt
+        last = len(prompt) - 1
+        spare = min(free, key=lambda s: (bool(s.cache), s.used))
+        for busy in self._active:
+            other = busy.req
+            if other is None or busy.leader is not None or busy.token >= 0:
+                continue
+            if other.prompt == prompt and len(busy.cache) < last and last >= 1:
+                self._keep(spare, 0)
+                spare.leader = busy
+                self._take(spare, req)
+                return True
+        donor, shared = max(
+            ((s, _shared(s.cache, prompt)) for s in self._active if s.leader is None),
+            key=_longest_then_lru,
+            default=(None, 0),
+        )
+        if donor is None or shared <= keep or (shared < _COPY_MIN and shared < last):
+            return False
+        self._copy(donor, spare, shared)
+        self._take(spare, req)
+        return True
+
+    def _copy(self, source: _Slot, target: _Slot, keep: int) -> None:
+        """Copy the first `keep` tokens of `source`'s KV into `target` (a whole KV stream is
+        copied at the next decode, then trimmed: cheaper than reading a long prefix again)."""
+        lc.llama_memory_seq_cp(self._memory, source.seq, target.seq, -1, -1)
+        target.cache = list(source.cache)
+        self._keep(target, keep)
 
     def _step(self) -> None:
         """One llama_decode for every active slot, then a token for each that needs one."""
@@ -339,6 +389,9 @@ class BatchEngine:
         room = self._n_batch - sum(1 for slot in active if slot.token >= 0)
         n = 0
         for slot in active:
+            if slot.leader is not None and not self._follow(slot):
+                slot.added, slot.row = 0, -1
+                continue  # its leader is still reading the prompt
             token = slot.token
             if token >= 0:
                 tokens[n] = token
@@ -423,11 +476,28 @@ class BatchEngine:
             else:
                 slot.token = token
 
+    def _follow(self, slot: _Slot) -> bool:
+        """Whether a slot waiting for its leader's prompt can read on (the prompt is in, and
+        copied; or the leader gave up on it, and this slot reads it alone)."""
+        leader, req = slot.leader, slot.req
+        assert leader is not None and req is not None
+        last = len(req.prompt) - 1
+        reading = leader.req is not None and leader.token < 0 and len(leader.cache) < last
+        if reading and leader.req is not None and leader.req.prompt == req.prompt:
+            return False
+        slot.leader = None
+        if leader.cache[:last] == req.prompt[:last]:
+            self._copy(leader, slot, last)
+            req.timings.cached_tokens = last
+            req.timings.prompt_tokens = 1
+        return True
+
     def _finish(self, slot: _Slot, reason: str) -> None:
         req = slot.req
         assert req is not None
         slot.req = None
         slot.token = -1
+        slot.leader = None
         self._active.remove(slot)
         tail = req.decoder.decode(b"", final=True)
         if tail:
@@ -462,6 +532,7 @@ class BatchEngine:
             req = slot.req
             slot.req = None
             slot.token = -1
+            slot.leader = None
             self._active.remove(slot)
             self._end(req, "error", exc)
 
