@@ -233,6 +233,12 @@ SETTINGS: dict[str, Setting] = {
             lambda: 32 * 1024 * 1024,
         ),
         Setting(
+            "LOCALRUN_MAX_CHOICES",
+            "Most answers one request may ask for (OpenAI's n); each takes a slot.",
+            _parse_positive_int,
+            lambda: 8,
+        ),
+        Setting(
             "LOCALRUN_RESPONSES_MAX",
             "Most stored Responses API answers (store: true) kept; the oldest go first.",
             _parse_count,
@@ -292,6 +298,10 @@ def origins() -> tuple[str, ...]:
 
 def max_request_bytes() -> int:
     return SETTINGS["LOCALRUN_MAX_REQUEST_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def max_choices() -> int:
+    return SETTINGS["LOCALRUN_MAX_CHOICES"].value()  # type: ignore[no-any-return]
 
 
 def responses_dir() -> Path:

@@ -90,6 +90,56 @@ def test_same_greedy_answer_through_every_dialect(
     assert message.content[0].type == "text" and message.content[0].text == text
 
 
+def test_n_choices_share_the_prompt(ai: openai.OpenAI) -> None:
+    messages: Any = [{"role": "user", "content": "Tell me one fact about the Moon, please."}]
+    greedy = ai.chat.completions.create(
+        model=SMOL, messages=messages, temperature=0, max_tokens=10, n=2
+    )
+    assert [c.index for c in greedy.choices] == [0, 1]
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content
+    assert greedy.usage and greedy.usage.completion_tokens == 20
+    # Sampled with a seed: choice i gets seed + i, so the two differ and repeat.
+    sampled = ai.chat.completions.create(
+        model=SMOL, messages=messages, temperature=1.0, seed=5, max_tokens=16, n=2
+    )
+    texts = [c.message.content for c in sampled.choices]
+    assert texts[0] != texts[1]
+    again = ai.chat.completions.create(
+        model=SMOL, messages=messages, temperature=1.0, seed=5, max_tokens=16, n=2
+    )
+    assert [c.message.content for c in again.choices] == texts
+    alone = ai.chat.completions.create(
+        model=SMOL, messages=messages, temperature=1.0, seed=6, max_tokens=16
+    )
+    assert alone.choices[0].message.content == texts[1]
+
+    chunks = list(
+        ai.chat.completions.create(
+            model=SMOL, messages=messages, temperature=1.0, seed=5, max_tokens=16, n=2,
+            stream=True, stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    streamed = ["", ""]
+    finished = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    assert streamed == texts and set(finished) == {0, 1}
+    assert chunks[-1].usage and chunks[-1].usage.completion_tokens == 32
+
+    completion = ai.completions.create(
+        model=SMOL, prompt="The Moon is", temperature=0, max_tokens=6, n=3
+    )
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert len({c.text for c in completion.choices}) == 1
+    with pytest.raises(openai.BadRequestError, match="n must be"):
+        ai.chat.completions.create(model=SMOL, messages=messages, n=99)
+    with pytest.raises(openai.BadRequestError, match="n must be"):
+        ai.completions.create(model=SMOL, prompt="x", n=0)
+
+
 def test_embeddings_from_token_ids(ai: openai.OpenAI, live: LiveServer) -> None:
     """langchain's OpenAIEmbeddings sends token ids: they embed as their text does."""
     texts = ["The cat sat.", "A dog ran."]

@@ -11,7 +11,9 @@ client is watched: when it disconnects the generation is cancelled and its slot 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -26,7 +28,7 @@ from starlette.responses import StreamingResponse
 
 from localrun import config, params
 from localrun.engine.types import EmbedInput
-from localrun.errors import BadRequestError, LocalrunError
+from localrun.errors import BadRequestError, ConfigError, LocalrunError
 from localrun.store import Store
 from localrun.worker.protocol import Chunk
 
@@ -427,6 +429,74 @@ async def start(request: Request, req: GenRequest) -> Generation:
         return generation
 
     return await until_disconnect(request, begin)
+
+
+async def start_choices(request: Request, req: GenRequest, n: int) -> list[Generation]:
+    """`n` answers to one request (OpenAI's `n`), started together so that the runner reads
+    the prompt once and copies its KV to the other slots. With a seed, choice i uses seed + i,
+    so the choices differ as they would with random seeds, and repeat with the same seed."""
+    try:
+        most = config.max_choices()
+    except ValueError as exc:
+        raise ConfigError(str(exc), hint="fix the setting or unset it") from None
+    if not 1 <= n <= most:
+        raise BadRequestError(
+            f"n must be from 1 to {most}, not {n}", hint="raise LOCALRUN_MAX_CHOICES for more"
+        )
+    if n == 1:
+        return [await start(request, req)]
+    seed = req.options.get("seed")
+    requests = [
+        dataclasses.replace(
+            req,
+            options={**req.options, "seed": seed + i}
+            if isinstance(seed, int) and seed != -1
+            else req.options,
+        )
+        for i in range(n)
+    ]
+    started = await asyncio.gather(*(start(request, r) for r in requests), return_exceptions=True)
+    failed = [r for r in started if isinstance(r, BaseException)]
+    if failed:
+        for item in started:
+            if isinstance(item, Generation):
+                await item.close()
+        raise failed[0]
+    return [r for r in started if isinstance(r, Generation)]
+
+
+async def merged(generations: list[Generation]) -> AsyncGenerator[tuple[int, Chunk], None]:
+    """The chunks of several answers as they come, each with its answer's index; ends when all
+    have ended (the first error ends it, and closing it early closes every answer)."""
+    queue: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, generation: Generation) -> None:
+        try:
+            async with contextlib.aclosing(generation.chunks()) as chunks:
+                async for chunk in chunks:
+                    await queue.put((index, chunk))
+            await queue.put((index, None))
+        except Exception as exc:  # handed to the reader, which raises it
+            await queue.put((index, exc))
+
+    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(generations)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for generation in generations:
+            if not generation.finished:
+                await generation.close()
 
 
 def messages_of(value: Any, *, openai: bool = False) -> list[dict[str, Any]]:

@@ -9,6 +9,9 @@
                                 `suffix`: fill in the middle with the model's FIM tokens
     POST /v1/embeddings         a string or a list; encoding_format float or base64
 
+`n` choices (at most LOCALRUN_MAX_CHOICES) are answered together, on as many slots; the runner
+reads their prompt once. Streamed, their chunks interleave, each with its choice's index.
+
 finish_reason: "tool_calls" when the answer is tool calls, "length" when num_predict or the
 context ran out, else "stop". Errors are {"error": {"message", "type", "code", "param"}}; one
 after the stream has started arrives as a last `data: {"error": ...}` event, which OpenAI's
@@ -69,9 +72,6 @@ def _options(body: Body) -> dict[str, Any]:
             raise BadRequestError("stop must be a string or a list of strings")
         if stop:
             options["stop"] = stop
-    n = body.get("n", int, 1)
-    if n != 1:
-        raise BadRequestError("n must be 1: localrun answers with one choice")
     if body.data.get("logprobs") or body.data.get("echo"):
         raise BadRequestError("logprobs and echo are not supported")
     return options
@@ -98,14 +98,16 @@ def _finish_reason(generation: Generation) -> str:
     return "length" if generation.done_reason == "length" else "stop"
 
 
-def _usage(generation: Generation) -> dict[str, Any]:
-    t = generation.stream.timings
-    prompt = generation.prompt_count
+def _usage(generations: list[Generation]) -> dict[str, Any]:
+    """The prompt counted once (as OpenAI counts it for `n` choices), every choice's tokens."""
+    first = generations[0].stream.timings
+    prompt = generations[0].prompt_count
+    completion = sum(g.stream.timings.eval_tokens for g in generations)
     return {
         "prompt_tokens": prompt,
-        "completion_tokens": t.eval_tokens,
-        "total_tokens": prompt + t.eval_tokens,
-        "prompt_tokens_details": {"cached_tokens": t.cached_tokens},
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": first.cached_tokens},
     }
 
 
@@ -137,11 +139,11 @@ def _head(prefix: str, model: str) -> dict[str, Any]:
 
 def _stream(
     body: Body,
-    generation: Generation,
+    generations: list[Generation],
     head: dict[str, Any],
     kind: str,
-    piece_choice: Callable[[str, bool], dict[str, Any]],
-    last_choices: Callable[[], list[dict[str, Any]]],
+    piece_choice: Callable[[int, str, bool], dict[str, Any]],
+    last_choices: Callable[[int], list[dict[str, Any]]],
 ) -> StreamingResponse:
     """The answer as server-sent chunks of object `kind` (`stream_options.include_usage`: with
     `"usage": null` in each and a last chunk holding the usage)."""
@@ -153,30 +155,34 @@ def _stream(
             out["usage"] = None
         return out
 
-    events = _stream_events(generation, chunk, piece_choice, last_choices, include_usage)
+    events = _stream_events(generations, chunk, piece_choice, last_choices, include_usage)
     return core.event_stream(events)
 
 
 async def _stream_events(
-    generation: Generation,
+    generations: list[Generation],
     chunk: Callable[[dict[str, Any]], dict[str, Any]],
-    piece_choice: Callable[[str, bool], dict[str, Any]],
-    last_choices: Callable[[], list[dict[str, Any]]],
+    piece_choice: Callable[[int, str, bool], dict[str, Any]],
+    last_choices: Callable[[int], list[dict[str, Any]]],
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """SSE events of one answer: pieces, the finishing chunk(s), usage, [DONE]."""
+    """SSE events of the answers (one per choice, interleaved as they come): pieces, the
+    finishing chunk(s) of each choice, usage, [DONE]."""
     try:
-        first = True
-        async with contextlib.aclosing(generation.pieces()) as pieces:
-            async for piece in pieces:
-                yield core.sse(chunk({"choices": [piece_choice(piece, first)]}))
-                first = False
-        if first:
-            yield core.sse(chunk({"choices": [piece_choice("", True)]}))
-        for choice in last_choices():
-            yield core.sse(chunk({"choices": [choice]}))
+        started: set[int] = set()
+        async with contextlib.aclosing(core.merged(generations)) as chunks:
+            async for index, piece in chunks:
+                if piece.text:
+                    first = index not in started
+                    started.add(index)
+                    yield core.sse(chunk({"choices": [piece_choice(index, piece.text, first)]}))
+        for index in range(len(generations)):
+            if index not in started:
+                yield core.sse(chunk({"choices": [piece_choice(index, "", True)]}))
+            for choice in last_choices(index):
+                yield core.sse(chunk({"choices": [choice]}))
         if include_usage:
-            yield core.sse(chunk({"choices": [], "usage": _usage(generation)}))
+            yield core.sse(chunk({"choices": [], "usage": _usage(generations)}))
         yield b"data: [DONE]\n\n"
     except LocalrunError as exc:
         yield core.sse(body_of(exc, "openai"))
@@ -203,34 +209,50 @@ async def chat_completions(request: Request) -> Response:
         tools=body.get("tools", list),
         tool_choice=body.data.get("tool_choice"),
     )
-    generation = await core.start(request, req)
+    generations = await core.start_choices(request, req, body.get("n", int, 1))
     base = _head("chatcmpl", model)
     if not body.flag("stream", False):
-        text = await core.until_disconnect(request, generation.collect)
-        calls = _tool_calls(generation)
-        message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
-        if calls:
-            message["tool_calls"] = calls
-        choice = {"index": 0, "message": message, "finish_reason": _finish_reason(generation)}
+        await _collect(request, generations)
+        choices = []
+        for index, generation in enumerate(generations):
+            calls = _tool_calls(generation)
+            content = generation.text or (None if calls else "")
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if calls:
+                message["tool_calls"] = calls
+            reason = _finish_reason(generation)
+            choices.append({"index": index, "message": message, "finish_reason": reason})
         return JSONResponse(
-            {**base, "object": "chat.completion", "choices": [choice], "usage": _usage(generation)}
+            {**base, "object": "chat.completion", "choices": choices, "usage": _usage(generations)}
         )
 
-    def piece_choice(piece: str, first: bool) -> dict[str, Any]:
+    def piece_choice(index: int, piece: str, first: bool) -> dict[str, Any]:
         delta = {"role": "assistant", "content": piece} if first else {"content": piece}
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
 
-    def last_choices() -> list[dict[str, Any]]:
+    def last_choices(index: int) -> list[dict[str, Any]]:
         out = []
+        generation = generations[index]
         calls = _tool_calls(generation)
         if calls:
             delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}
-            out.append({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+            out.append({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
         reason = _finish_reason(generation)
-        out.append({"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason})
+        out.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
         return out
 
-    return _stream(body, generation, base, "chat.completion.chunk", piece_choice, last_choices)
+    return _stream(body, generations, base, "chat.completion.chunk", piece_choice, last_choices)
+
+
+async def _collect(request: Request, generations: list[Generation]) -> None:
+    """Every answer to its end (while the client is there)."""
+
+    async def every() -> None:
+        async with contextlib.aclosing(core.merged(generations)) as chunks:
+            async for _ in chunks:
+                pass
+
+    await core.until_disconnect(request, every)
 
 
 async def completions(request: Request) -> Response:
@@ -249,29 +271,31 @@ async def completions(request: Request) -> Response:
     req = GenRequest(
         model, prompt=prompt, suffix=suffix, options=_options(body), format=_format(body)
     )
-    generation = await core.start(request, req)
+    generations = await core.start_choices(request, req, body.get("n", int, 1))
     base = _head("cmpl", model)
 
-    def choice(text: str, reason: str | None) -> dict[str, Any]:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+    def choice(index: int, text: str, reason: str | None) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
 
     if not body.flag("stream", False):
-        text = await core.until_disconnect(request, generation.collect)
+        await _collect(request, generations)
         return JSONResponse(
             {
                 **base,
                 "object": "text_completion",
-                "choices": [choice(text, _finish_reason(generation))],
-                "usage": _usage(generation),
+                "choices": [
+                    choice(i, g.text, _finish_reason(g)) for i, g in enumerate(generations)
+                ],
+                "usage": _usage(generations),
             }
         )
     return _stream(
         body,
-        generation,
+        generations,
         base,
         "text_completion",
-        lambda piece, first: choice(piece, None),
-        lambda: [choice("", _finish_reason(generation))],
+        lambda index, piece, first: choice(index, piece, None),
+        lambda index: [choice(index, "", _finish_reason(generations[index]))],
     )
 
 
