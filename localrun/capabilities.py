@@ -10,6 +10,7 @@ model, not what the model was trained for:
 - `embedding`: any model but a reranker. The runner embeds a generative model too, averaging
   its token states (engine.batch.BatchEngine.embed).
 - `tools`: the chat template renders tools.
+- `thinking`: the chat template renders or expects reasoning (localrun.thinking.supports).
 - `insert`: the vocabulary has fill-in-the-middle tokens (recorded when the model was created or
   pulled; a manifest older than that field says nothing).
 
@@ -18,6 +19,7 @@ Pure: reads only the model's manifest fields and template.
 
 from __future__ import annotations
 
+from localrun import thinking
 from localrun.model import Model
 
 # llama.cpp's LLAMA_POOLING_TYPE_RANK: a reranker scores text pairs and makes no embeddings.
@@ -52,6 +54,8 @@ def capabilities(model: Model) -> list[str]:
         out.append("embedding")
     if not encoder and template_supports_tools(template_of(model)):
         out.append("tools")
+    if not encoder and thinking.supports(template_of(model)):
+        out.append("thinking")
     if not encoder and details.get("fim"):
         out.append("insert")
     return out

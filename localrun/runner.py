@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from localrun import params as params_mod
 from localrun import template as template_mod
+from localrun import thinking
 from localrun import tools as tools_mod
 from localrun.engine.types import (
     Backend,
@@ -65,6 +66,10 @@ class Prepared:
     tool_names: list[str] | None = None  # tools in force: parse the answer for calls
     forced_tool: bool = False  # the answer is grammar-constrained to be one tool call
     stop_tokens: frozenset[int] = frozenset()  # besides the model's own (FIM padding)
+    # A reasoning model's <think> text: "split" off the answer, "hide" (think: false), or
+    # None (not a reasoning model: text as it comes).
+    reasoning: str | None = None
+    thinking_open: bool = False  # the prompt opened <think>: the answer starts inside it
 
 
 def grammar_for(format: Format) -> str | None:
@@ -162,19 +167,30 @@ class Prompter:
         return out
 
     def prompt_tokens(
-        self, conversation: list[Message], tools: list[tools_mod.Tool] | None = None
+        self,
+        conversation: list[Message],
+        tools: list[tools_mod.Tool] | None = None,
+        variables: dict[str, Any] | None = None,
     ) -> list[int]:
+        return self.raw_tokens(self.prompt_text(conversation, tools, variables))
+
+    def prompt_text(
+        self,
+        conversation: list[Message],
+        tools: list[tools_mod.Tool] | None = None,
+        variables: dict[str, Any] | None = None,
+    ) -> str:
         if tools is not None and not tools_mod.template_supports_tools(self.template):
             conversation, tools = tools_mod.add_system_note(conversation, tools), None
-        text = template_mod.render(
+        return template_mod.render(
             self.template,
             conversation,
             add_generation_prompt=True,
             bos_token=self.tokenizer.bos_text,
             eos_token=self.tokenizer.eos_text,
             tools=tools,
+            variables=variables,
         )
-        return self.raw_tokens(text)
 
     def raw_tokens(self, text: str) -> list[int]:
         """Tokens of prompt text as is (BOS added unless the text starts with it)."""
@@ -195,8 +211,11 @@ class Prompter:
         format: Format = None,
         tools: Any = None,
         tool_choice: Any = None,
+        think: thinking.Think = None,
     ) -> Prepared:
-        """A conversation (the model's own layers added) rendered by the template."""
+        """A conversation (the model's own layers added) rendered by the template; `think`
+        turns a reasoning model's thinking on or off (None: the model's default)."""
+        variables = thinking.template_variables(think, self.template, str(self.model.name))
         in_force = tools_mod.in_force(tools, tool_choice)
         forced = tools_mod.forced_schema(in_force, tool_choice) if in_force else None
         # A forced tool call is JSON already; its grammar wins over `format`.
@@ -205,9 +224,13 @@ class Prompter:
         conversation = self.conversation(messages, system)
         if any(m.get("tool_calls") or m.get("role") == "tool" for m in conversation):
             conversation = tools_mod.prepare_messages(conversation, self.template)
-        tokens = self.prompt_tokens(conversation, in_force)
+        text = self.prompt_text(conversation, in_force, variables)
         names = tools_mod.names(in_force) if in_force else None
-        return Prepared(tokens, sampling, names, forced is not None)
+        prepared = Prepared(self.raw_tokens(text), sampling, names, forced is not None)
+        if thinking.supports(self.template):
+            prepared.reasoning = "hide" if think is False else "split"
+            prepared.thinking_open = thinking.opens_thinking(text)
+        return prepared
 
     def complete(
         self, prompt: str, *, options: dict[str, Any] | None = None, format: Format = None

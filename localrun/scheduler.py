@@ -259,11 +259,13 @@ class Scheduler:
         keep_alive: float | None = None,
         context: list[int] | None = None,
         return_context: bool = False,
+        think: bool | str | None = None,
     ) -> Stream:
-        """Answer a conversation with the model's template; the stream yields text pieces.
+        """Answer a conversation with the model's template; the stream yields its chunks.
 
         `context` (token ids) comes before the prompt; with `return_context` the stream's
-        `context` holds the prompt's and the answer's tokens at the end.
+        `context` holds the prompt's and the answer's tokens at the end. `think` turns a
+        reasoning model's thinking on or off (None: the model's default).
         """
         opts = params_mod.validate(options or {})
 
@@ -278,6 +280,7 @@ class Scheduler:
                 tool_choice=tool_choice,
                 context=context,
                 return_context=return_context,
+                think=think,
             )
 
         return await self._generate(name, opts, keep_alive, build)

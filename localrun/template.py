@@ -118,8 +118,11 @@ def render(
     bos_token: str = "",
     eos_token: str = "",
     tools: list[dict[str, Any]] | None = None,
+    variables: dict[str, Any] | None = None,
 ) -> str:
-    """Render a conversation; raises TemplateError for any failure of the template."""
+    """Render a conversation; raises TemplateError for any failure of the template.
+
+    `variables` are further template variables (e.g. `enable_thinking`)."""
     from jinja2 import TemplateError as JinjaError
     from jinja2.exceptions import SecurityError
 
@@ -127,6 +130,7 @@ def render(
     token = _steps.set([MAX_STEPS])
     try:
         out = compiled.render(
+            **(variables or {}),
             messages=messages,
             add_generation_prompt=add_generation_prompt,
             bos_token=bos_token,

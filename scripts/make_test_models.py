@@ -71,6 +71,17 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+#: A Qwen3-style reasoning template: the model opens <think> itself; `enable_thinking` false
+#: closes an empty one in the generation prompt.
+THINKING_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}{% endif %}"
+)
+
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 
 # Multi-character pieces first (they get the higher SentencePiece scores); every one of them can
@@ -196,6 +207,7 @@ def write_tiny_model(
     dtype: Literal["f32", "f16"] = "f32",
     alignment: int | None = None,
     fim: bool = False,
+    chat_template: str = CHATML_TEMPLATE,
 ) -> Path:
     """Write a tiny random-weight llama GGUF that llama.cpp loads; return its path.
 
@@ -205,7 +217,8 @@ def write_tiny_model(
     ``llama.feed_forward_length`` becomes larger, the file still loads and computes the same
     logits as the unpadded model. Tensors are streamed to disk one at a time. ``alignment``
     writes an explicit ``general.alignment`` key. ``fim`` adds fill-in-the-middle tokens
-    (found by their texts, as in many code models' GGUFs).
+    (found by their texts, as in many code models' GGUFs); ``chat_template`` replaces ChatML
+    (e.g. THINKING_TEMPLATE).
     """
     if n_embd % n_head or n_head % n_head_kv:
         raise ValueError("n_embd must be divisible by n_head, and n_head by n_head_kv")
@@ -245,7 +258,7 @@ def write_tiny_model(
     writer.add_eos_token_id(EOS_ID)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(CHATML_TEMPLATE)
+    writer.add_chat_template(chat_template)
 
     plan = _tensor_plan(len(tokens), n_layer, n_embd, n_ff_file, n_head, n_head_kv)
     for name, shape in plan:

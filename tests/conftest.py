@@ -63,6 +63,14 @@ def tiny_fim_model(fixtures_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_thinking_model(fixtures_dir: Path) -> Path:
+    """The tiny model with a Qwen3-style reasoning chat template."""
+    return make_test_models.write_tiny_model(
+        fixtures_dir / "tiny-thinking.gguf", chat_template=make_test_models.THINKING_TEMPLATE
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_lora(fixtures_dir: Path) -> Path:
     """A LoRA adapter GGUF matching `tiny_model`."""
     return make_test_models.write_tiny_lora(fixtures_dir / "tiny-llama-lora.gguf")

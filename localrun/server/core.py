@@ -406,6 +406,7 @@ async def start(request: Request, req: GenRequest) -> Generation:
                 keep_alive=req.keep_alive,
                 context=req.context,
                 return_context=req.return_context,
+                think=req.think,
             )
         else:
             stream = await scheduler.complete(

@@ -8,7 +8,9 @@ what Ollama's clients look for. /api/generate's final object carries `context`, 
 of prompt and answer, which a later request sends back to continue from them. A streamed
 /api/chat sends its tool calls in a line of their own just before the final one, as Ollama does.
 /api/generate with a `suffix` fills in the middle between `prompt` and it (editors'
-autocomplete), from the model's FIM tokens; a model without them is a 400.
+autocomplete), from the model's FIM tokens; a model without them is a 400. `think` (true,
+false or low/medium/high) turns a reasoning model's thinking on or off; its reasoning comes in
+`thinking` (generate) or `message.thinking` (chat), streamed as it is generated.
 
 The store routes (show, pull, create, copy, delete, blobs) are in `models`.
 """
@@ -23,6 +25,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from localrun import thinking
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.server import core
 from localrun.server.core import Body, Generation, GenRequest
@@ -34,6 +37,7 @@ NDJSON = "application/x-ndjson"
 # plugins, Open WebUI) turn features on by it. Raise it with the API features it implies.
 OLLAMA_API_VERSION = "0.12.0"
 Frame = Callable[[str], dict[str, Any]]
+Placer = Callable[[dict[str, Any], str], None]  # puts reasoning text into an object
 
 
 def line(obj: dict[str, Any]) -> bytes:
@@ -49,13 +53,18 @@ async def stream_lines(
     frame: Frame,
     final: Callable[[], dict[str, Any]],
     before_final: Callable[[], dict[str, Any] | None] = lambda: None,
+    place_thinking: Placer | None = None,
 ) -> AsyncIterator[bytes]:
     """The NDJSON lines of an answer; an error mid-way becomes the last line. `before_final`
-    gives a line to send after the pieces, before the final one (or None)."""
+    gives a line to send after the pieces, before the final one (or None); `place_thinking`
+    puts a chunk's reasoning into its line."""
     try:
-        async with contextlib.aclosing(generation.pieces()) as pieces:
-            async for piece in pieces:
-                yield line(frame(piece))
+        async with contextlib.aclosing(generation.chunks()) as chunks:
+            async for chunk in chunks:
+                obj = frame(chunk.text)
+                if chunk.thinking and place_thinking is not None:
+                    place_thinking(obj, chunk.thinking)
+                yield line(obj)
         extra = before_final()
         if extra is not None:
             yield line(extra)
@@ -110,8 +119,6 @@ def _unsupported(body: Body) -> None:
             "a per-request template is not supported",
             hint="create a model with the TEMPLATE instead (`localrun create`)",
         )
-    if body.data.get("think") not in (None, False):
-        raise BadRequestError("thinking is not supported by localrun")
 
 
 async def _load_or_unload(
@@ -139,6 +146,7 @@ async def _answer(
     shape: Frame,
     last: Frame | None = None,
     calls: Callable[[str], dict[str, Any] | None] | None = None,
+    place_thinking: Placer | None = None,
 ) -> Response:
     """NDJSON lines, `shape(piece)` each, then the final object (`last` shapes it, once the
     answer is complete); with "stream": false only the final object, holding the whole text.
@@ -163,9 +171,25 @@ async def _answer(
             shaped = calls("") if calls is not None else None
             return None if shaped is None else {**shaped, "done": False}
 
-        return ndjson(stream_lines(generation, frame, final, before_final))
+        return ndjson(stream_lines(generation, frame, final, before_final, place_thinking))
     text = await core.until_disconnect(request, generation.collect)
-    return JSONResponse(final(text, with_calls=True))
+    whole = final(text, with_calls=True)
+    if generation.thinking and place_thinking is not None:
+        place_thinking(whole, generation.thinking)
+    return JSONResponse(whole)
+
+
+def _think(body: Body) -> thinking.Think:
+    """Ollama's `think`: true/false or a level (the model's default when absent)."""
+    return thinking.check(body.data.get("think"))
+
+
+def _thinking_field(obj: dict[str, Any], text: str) -> None:
+    obj["thinking"] = text
+
+
+def _message_thinking(obj: dict[str, Any], text: str) -> None:
+    obj["message"]["thinking"] = text
 
 
 async def generate(request: Request) -> Response:
@@ -204,6 +228,7 @@ async def generate(request: Request) -> Response:
         keep_alive=body.keep_alive(),
         context=_context(body),
         return_context=True,
+        think=None if raw else _think(body),
     )
     generation = await core.start(request, req)
 
@@ -211,7 +236,9 @@ async def generate(request: Request) -> Response:
         # The tokens to send as `context` to continue this answer.
         return {**shape(text), "context": generation.context or []}
 
-    return await _answer(request, body, generation, shape, last=last)
+    return await _answer(
+        request, body, generation, shape, last=last, place_thinking=_thinking_field
+    )
 
 
 def _context(body: Body) -> list[int] | None:
@@ -254,6 +281,7 @@ async def chat(request: Request) -> Response:
         tools=body.get("tools", list),
         tool_choice=body.data.get("tool_choice"),
         keep_alive=body.keep_alive(),
+        think=_think(body),
     )
     generation = await core.start(request, req)
 
@@ -265,7 +293,9 @@ async def chat(request: Request) -> Response:
         out["message"]["tool_calls"] = calls
         return out
 
-    return await _answer(request, body, generation, shape, calls=with_calls)
+    return await _answer(
+        request, body, generation, shape, calls=with_calls, place_thinking=_message_thinking
+    )
 
 
 # -- embeddings -------------------------------------------------------------------------------

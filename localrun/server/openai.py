@@ -4,7 +4,9 @@
     POST /v1/chat/completions   messages, stream (SSE, `data: [DONE]`), stream_options.
                                 include_usage, max_tokens / max_completion_tokens, temperature,
                                 top_p, seed, stop, presence/frequency_penalty, response_format
-                                (json_object, json_schema), tools and tool_choice
+                                (json_object, json_schema), tools and tool_choice, n,
+                                reasoning_effort (or chat_template_kwargs.enable_thinking):
+                                a reasoning model's thinking in `reasoning_content`
     POST /v1/completions        a raw prompt, no chat template (as OpenAI and llama-server);
                                 `suffix`: fill in the middle with the model's FIM tokens
     POST /v1/embeddings         a string or a list; encoding_format float or base64
@@ -37,6 +39,7 @@ from localrun.errors import BadRequestError, LocalrunError, ModelNotFoundError
 from localrun.server import core
 from localrun.server.core import Body, Generation, GenRequest
 from localrun.server.errors import body_of, unexpected
+from localrun.worker.protocol import Chunk
 
 # OpenAI request fields -> localrun options (the extra ones are llama-server's extensions).
 _SAMPLING = {
@@ -92,6 +95,26 @@ def _format(body: Body) -> str | dict[str, Any] | None:
     raise BadRequestError(f"response_format type {spec.get('type')!r} is not supported")
 
 
+_EFFORTS: dict[str, bool | str] = {
+    "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
+    "xhigh": "high",
+}  # fmt: skip
+
+
+def _think(body: Body) -> bool | str | None:
+    """`reasoning_effort`, or llama-server's `chat_template_kwargs.enable_thinking`."""
+    effort = body.get("reasoning_effort", str)
+    if effort is not None:
+        if effort not in _EFFORTS:
+            raise BadRequestError(f"reasoning_effort must be one of {', '.join(_EFFORTS)}")
+        return _EFFORTS[effort]
+    kwargs = body.get("chat_template_kwargs", dict) or {}
+    enabled = kwargs.get("enable_thinking")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise BadRequestError("chat_template_kwargs.enable_thinking must be a boolean")
+    return enabled
+
+
 def _finish_reason(generation: Generation) -> str:
     if generation.tool_calls:
         return "tool_calls"
@@ -142,7 +165,7 @@ def _stream(
     generations: list[Generation],
     head: dict[str, Any],
     kind: str,
-    piece_choice: Callable[[int, str, bool], dict[str, Any]],
+    piece_choice: Callable[[int, Chunk, bool], dict[str, Any]],
     last_choices: Callable[[int], list[dict[str, Any]]],
 ) -> StreamingResponse:
     """The answer as server-sent chunks of object `kind` (`stream_options.include_usage`: with
@@ -162,7 +185,7 @@ def _stream(
 async def _stream_events(
     generations: list[Generation],
     chunk: Callable[[dict[str, Any]], dict[str, Any]],
-    piece_choice: Callable[[int, str, bool], dict[str, Any]],
+    piece_choice: Callable[[int, Chunk, bool], dict[str, Any]],
     last_choices: Callable[[int], list[dict[str, Any]]],
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
@@ -172,13 +195,13 @@ async def _stream_events(
         started: set[int] = set()
         async with contextlib.aclosing(core.merged(generations)) as chunks:
             async for index, piece in chunks:
-                if piece.text:
+                if piece.text or piece.thinking:
                     first = index not in started
                     started.add(index)
-                    yield core.sse(chunk({"choices": [piece_choice(index, piece.text, first)]}))
+                    yield core.sse(chunk({"choices": [piece_choice(index, piece, first)]}))
         for index in range(len(generations)):
             if index not in started:
-                yield core.sse(chunk({"choices": [piece_choice(index, "", True)]}))
+                yield core.sse(chunk({"choices": [piece_choice(index, Chunk(), True)]}))
             for choice in last_choices(index):
                 yield core.sse(chunk({"choices": [choice]}))
         if include_usage:
@@ -208,6 +231,7 @@ async def chat_completions(request: Request) -> Response:
         format=_format(body),
         tools=body.get("tools", list),
         tool_choice=body.data.get("tool_choice"),
+        think=_think(body),
     )
     generations = await core.start_choices(request, req, body.get("n", int, 1))
     base = _head("chatcmpl", model)
@@ -218,6 +242,8 @@ async def chat_completions(request: Request) -> Response:
             calls = _tool_calls(generation)
             content = generation.text or (None if calls else "")
             message: dict[str, Any] = {"role": "assistant", "content": content}
+            if generation.thinking:  # as llama-server and DeepSeek send reasoning
+                message["reasoning_content"] = generation.thinking
             if calls:
                 message["tool_calls"] = calls
             reason = _finish_reason(generation)
@@ -226,8 +252,12 @@ async def chat_completions(request: Request) -> Response:
             {**base, "object": "chat.completion", "choices": choices, "usage": _usage(generations)}
         )
 
-    def piece_choice(index: int, piece: str, first: bool) -> dict[str, Any]:
-        delta = {"role": "assistant", "content": piece} if first else {"content": piece}
+    def piece_choice(index: int, piece: Chunk, first: bool) -> dict[str, Any]:
+        delta: dict[str, Any] = {"role": "assistant"} if first else {}
+        if piece.thinking:
+            delta["reasoning_content"] = piece.thinking
+        if piece.text or not piece.thinking:
+            delta["content"] = piece.text
         return {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
 
     def last_choices(index: int) -> list[dict[str, Any]]:
@@ -294,7 +324,7 @@ async def completions(request: Request) -> Response:
         generations,
         base,
         "text_completion",
-        lambda index, piece, first: choice(index, piece, None),
+        lambda index, piece, first: choice(index, piece.text, None),
         lambda index: [choice(index, "", _finish_reason(generations[index]))],
     )
 

@@ -120,7 +120,9 @@ def load(request: dict[str, Any]) -> Loaded:
         engine = _build(backend, str(model.model_path), load_options, slots, request)
     except InvalidGGUFError as exc:
         raise runner.damaged(model, exc) from None
-    template = model.template or engine.chat_template
+    # The scripted engine reads no GGUF: it renders the file's own template as llama.cpp would.
+    own = fit.header.metadata.get("tokenizer.chat_template")
+    template = model.template or engine.chat_template or (own if isinstance(own, str) else None)
     prompter = runner.Prompter(
         model, parameters, template, engine, runner.stop_tokens_for(template, engine)
     )

@@ -12,7 +12,7 @@ stderr so they cannot corrupt the stream).
        or {"event": "error", "error": {...}} and exit 1
     -> {"op": "chat", "id": 7, "messages": [...], "system": null, "options": {...},
         "format": null | "json" | {schema}, "tools": [...] | null, "tool_choice": ...,
-        "context": [ids]?, "return_context": bool?}
+        "context": [ids]?, "return_context": bool?, "think": bool | "low" | "medium" | "high"?}
     -> {"op": "complete", "id": 8, "prompt": "raw text", "options": {...}, "format": ...,
         "suffix": "text after the cursor"?, "extra": [{"filename", "text"}]?}
                                                 (with suffix: fill in the middle, FIM tokens),
@@ -166,8 +166,9 @@ def chat_request(
     tool_choice: Any = None,
     context: list[int] | None = None,
     return_context: bool = False,
+    think: bool | str | None = None,
 ) -> Message:
-    return {
+    message: Message = {
         "op": CHAT,
         "id": id,
         "messages": messages,
@@ -178,6 +179,9 @@ def chat_request(
         "tool_choice": tool_choice,
         **_context_fields(context, return_context),
     }
+    if think is not None:
+        message["think"] = think
+    return message
 
 
 def complete_request(

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
-from localrun import config
+from localrun import config, thinking
 from localrun import tools as tools_mod
 from localrun.engine.types import EmbedInput, Timings
 from localrun.errors import BadRequestError, EngineError, LocalrunError
@@ -53,7 +53,8 @@ def unexpected(exc: BaseException) -> LocalrunError:
 
 
 class RequestSink:
-    """One generation's output: stop strings, tool-call hold-back, then events."""
+    """One generation's output: reasoning split off, stop strings and tool-call hold-back on
+    the answer, then events."""
 
     def __init__(
         self, worker: Worker, id: RequestId, prepared: Prepared, return_context: bool = False
@@ -67,6 +68,10 @@ class RequestSink:
             tools_mod.CallStream(prepared.tool_names, forced=prepared.forced_tool)
             if prepared.tool_names
             else None
+        )
+        self.reasoning = prepared.reasoning  # "split", "hide" or None
+        self.splitter = (
+            thinking.Splitter(inside=prepared.thinking_open) if prepared.reasoning else None
         )
         self._lock = threading.Lock()
         self._ticket: Ticket | None = None
@@ -105,8 +110,23 @@ class RequestSink:
 
     # -- called by the engine, on its thread ---------------------------------------------------
 
+    def _think(self, text: str) -> str:
+        """The answer's part of `text`; its reasoning goes out at once (unless hidden)."""
+        if self.splitter is None:
+            return text
+        reasoning, answer = self.splitter.feed(text)
+        self._send_thinking(reasoning)
+        return answer
+
+    def _send_thinking(self, text: str) -> None:
+        if text and self.reasoning == "split":
+            self.worker.output.send(protocol.piece_event(self.id, "", thinking=text))
+
     def piece(self, text: str) -> None:
         if self.stopped:
+            return
+        text = self._think(text)
+        if not text:
             return
         out = self.stop.feed(text)
         if self.calls is not None:
@@ -118,7 +138,12 @@ class RequestSink:
 
     def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
         try:
-            out = self.stop.flush()
+            out = ""
+            if self.splitter is not None and not self.stopped:
+                reasoning, answer = self.splitter.finish()
+                self._send_thinking(reasoning)
+                out = self.stop.feed(answer)
+            out += self.stop.flush()
             tool_calls = None
             if self.calls is not None:
                 out = self.calls.feed(out)
@@ -257,6 +282,7 @@ class Worker:
                     format=_format(message),
                     tools=message.get("tools"),
                     tool_choice=message.get("tool_choice"),
+                    think=thinking.check(message.get("think")),
                 )
                 self._submit(id, self._after_context(message, prepared), message)
             elif op == protocol.COMPLETE:

@@ -1,0 +1,109 @@
+"""Reasoning models: which templates think, how a request asks, and the answer split in two.
+
+A model thinks when its chat template says so: it writes a `<think>` section (DeepSeek-R1,
+QwQ, Qwen3), takes Qwen3's `enable_thinking` variable, or renders `reasoning_content`.
+A request asks with `think`: None (the model's default), False (off), True or a level
+("low", "medium", "high"); the template gets `enable_thinking` and `reasoning_effort`, as
+Hugging Face templates expect. Asking a model that cannot think is a BadRequestError.
+
+`Splitter` takes the streamed answer and parts the text inside `<think>` ... `</think>` from the
+rest, holding back only what could be the start of a tag; a prompt that already opened `<think>`
+(templates that start the answer thinking) starts it inside.
+
+Pure: no I/O, no llama_cpp (the server side and the runner both import it).
+"""
+
+from __future__ import annotations
+
+from localrun.errors import BadRequestError
+
+OPEN = "<think>"
+CLOSE = "</think>"
+LEVELS = ("low", "medium", "high")
+_MARKERS = (OPEN, "enable_thinking", "reasoning_content")
+
+Think = bool | str | None
+
+
+def supports(template: str | None) -> bool:
+    """Whether a chat template renders or expects reasoning."""
+    return bool(template) and any(m in template for m in _MARKERS)  # type: ignore[operator]
+
+
+def check(think: object) -> Think:
+    """A request's `think`, validated: None, a boolean or a level."""
+    if think is None or isinstance(think, bool):
+        return think
+    if isinstance(think, str) and think in LEVELS:
+        return think
+    raise BadRequestError(f"think must be true, false or one of {', '.join(LEVELS)}, not {think!r}")
+
+
+def template_variables(think: Think, template: str | None, model: str) -> dict[str, object]:
+    """The variables a template gets for `think` (none when the request leaves it alone)."""
+    think = check(think)
+    if think is None:
+        return {}
+    if think is not False and not supports(template):
+        raise BadRequestError(
+            f"{model} does not support thinking",
+            hint="leave think out, or use a reasoning model (Qwen3, DeepSeek-R1, QwQ ...)",
+        )
+    variables: dict[str, object] = {"enable_thinking": think is not False}
+    if isinstance(think, str):
+        variables["reasoning_effort"] = think
+    return variables
+
+
+def opens_thinking(prompt: str) -> bool:
+    """Whether a rendered prompt ends inside a `<think>` section the template opened."""
+    return prompt.rfind(OPEN) > prompt.rfind(CLOSE)
+
+
+class Splitter:
+    """Parts streamed text into (thinking, answer) at `<think>` tags."""
+
+    def __init__(self, *, inside: bool = False) -> None:
+        self.inside = inside
+        self.pending = ""
+        # The blank lines templates put after a tag are not part of either text.
+        self._trim = True
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """The thinking and the answer text that are safe to pass on now."""
+        thinking: list[str] = []
+        answer: list[str] = []
+        pending = self.pending + text
+        while pending:
+            if self._trim:
+                pending = pending.lstrip()
+                if not pending:
+                    break
+                self._trim = False
+            tag = CLOSE if self.inside else OPEN
+            index = pending.find(tag)
+            if index >= 0:
+                (thinking if self.inside else answer).append(pending[:index])
+                pending = pending[index + len(tag) :]
+                self.inside = not self.inside
+                self._trim = True
+                continue
+            keep = _partial_tag(pending, tag)
+            (thinking if self.inside else answer).append(pending[: len(pending) - keep])
+            pending = pending[len(pending) - keep :]
+            break
+        self.pending = pending
+        return "".join(thinking), "".join(answer)
+
+    def finish(self) -> tuple[str, str]:
+        """What was held back at the end (an unfinished tag is text after all)."""
+        rest, self.pending = self.pending, ""
+        return (rest, "") if self.inside else ("", rest)
+
+
+def _partial_tag(text: str, tag: str) -> int:
+    """The length of the longest end of `text` that is a start of `tag`."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
