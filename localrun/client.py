@@ -307,10 +307,12 @@ class Client:
         options: dict[str, Any] | None = None,
         format: str | dict[str, Any] | None = None,
         keep_alive: float | str | None = None,
+        think: bool | str | None = None,
     ) -> Stream:
-        """POST /api/chat, streamed: objects with `message.content`, the last with `done`."""
+        """POST /api/chat, streamed: objects with `message.content` (and `message.thinking`),
+        the last with `done`."""
         body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
-        _put(body, options=options, format=format, keep_alive=keep_alive)
+        _put(body, options=options, format=format, keep_alive=keep_alive, think=think)
         return self.stream("POST", "/api/chat", body)
 
     def generate(

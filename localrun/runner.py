@@ -299,6 +299,8 @@ class Reply:
     generation: Generation
     text: str = ""
     done_reason: str | None = None
+    thinking: str = ""  # a reasoning model's thinking, split off the answer
+    on_thinking: Callable[[str], None] | None = None  # called with each piece of it
 
     def __iter__(self) -> Iterator[str]:
         for piece in self._pieces:
@@ -351,14 +353,20 @@ class Runner:
         options: dict[str, Any] | None = None,
         format: Format = None,
         cancel: threading.Event | None = None,
+        think: thinking.Think = None,
     ) -> Reply:
         """Answer the conversation `messages` (the model's own layers are added)."""
-        prepared = self.prompter.chat(messages, system=system, options=options, format=format)
+        prepared = self.prompter.chat(
+            messages, system=system, options=options, format=format, think=think
+        )
         generation = self.engine.generate(
             prepared.tokens, prepared.sampling, stop_tokens=self.stop_tokens, cancel=cancel
         )
         reply = Reply(iter(()), generation)
-        reply._pieces = _until_stop(generation, prepared.sampling.stop, reply)
+        pieces: Iterator[str] = iter(generation)
+        if prepared.reasoning:
+            pieces = _split_thinking(pieces, prepared, reply)
+        reply._pieces = _until_stop(pieces, generation, prepared.sampling.stop, reply)
         return reply
 
     def close(self) -> None:
@@ -405,14 +413,42 @@ class StopFilter:
         return out
 
 
-def _until_stop(generation: Generation, stops: tuple[str, ...], reply: Reply) -> Iterator[str]:
+def _split_thinking(pieces: Iterator[str], prepared: Prepared, reply: Reply) -> Iterator[str]:
+    """The answer's text; the reasoning goes to `reply.thinking` (and `on_thinking`), unless
+    the request turned thinking off (then it is dropped)."""
+    splitter = thinking.Splitter(inside=prepared.thinking_open)
+    keep = prepared.reasoning == "split"
+
+    def think(text: str) -> None:
+        if text and keep:
+            reply.thinking += text
+            if reply.on_thinking is not None:
+                reply.on_thinking(text)
+
+    for piece in pieces:
+        reasoning, answer = splitter.feed(piece)
+        think(reasoning)
+        if answer:
+            yield answer
+    reasoning, answer = splitter.finish()
+    think(reasoning)
+    if answer:
+        yield answer
+
+
+def _until_stop(
+    pieces: Iterator[str], generation: Generation, stops: tuple[str, ...], reply: Reply
+) -> Iterator[str]:
     """Pass text through, holding back what could be the start of a stop sequence."""
     if not stops:
-        yield from generation
+        try:
+            yield from pieces
+        finally:
+            generation.close()
         return
     stop = StopFilter(stops)
     try:
-        for piece in generation:
+        for piece in pieces:
             out = stop.feed(piece)
             if out:
                 yield out

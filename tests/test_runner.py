@@ -33,6 +33,30 @@ def test_stop_sequences_end_the_answer(store: Store, folder: Path) -> None:
     assert reply.done_reason == "stop"
 
 
+def test_a_reasoning_models_thinking_is_split_off(store: Store, folder: Path) -> None:
+    import make_test_models
+
+    from localrun.errors import BadRequestError
+
+    source = make_test_models.THINKING_TEMPLATE
+    m = _model(store, folder, f'FROM tiny.gguf\nTEMPLATE """{source}"""\nPARAMETER stop wor\n')
+    backend = FakeBackend(["<think>plan</think>answer world"])
+    r = runner.load(m, backend=backend)  # type: ignore[arg-type]
+    seen: list[str] = []
+    reply = r.chat([{"role": "user", "content": "hi"}], think=True)
+    reply.on_thinking = seen.append
+    assert "".join(reply) == "answer " and reply.text == "answer "  # the stop applies to it
+    assert reply.thinking == "plan" == "".join(seen)
+    hidden = r.chat([{"role": "user", "content": "hi"}], think=False)
+    assert "".join(hidden) == "answer " and hidden.thinking == ""
+    plain = runner.load(
+        _model(store, folder, "FROM tiny.gguf\n", name="plain"),
+        backend=FakeBackend(["x"]),  # type: ignore[arg-type]
+    )
+    with pytest.raises(BadRequestError, match="does not support thinking"):
+        plain.chat([{"role": "user", "content": "hi"}], think="high")
+
+
 def test_a_partial_stop_sequence_is_released(store: Store, folder: Path) -> None:
     m = _model(store, folder, "FROM tiny.gguf\nPARAMETER stop abc\n")
     r = runner.load(m, backend=FakeBackend(["xabxab"]))  # type: ignore[arg-type]

@@ -163,6 +163,23 @@ def test_responses_reasoning_items(live: LiveServer) -> None:
     assert final.output_text == "answer"
 
 
+def test_the_cli_shows_thinking_apart(live: LiveServer, cli: Any) -> None:
+    """`localrun run` over the server: thinking between Thinking... and ...done thinking."""
+    env = {"LOCALRUN_HOST": live.url}
+    shown = cli("run", "thinker", "hi", "--think", env=env)
+    assert shown.code == 0, shown.stderr
+    assert shown.stdout == "Thinking...\nplan\n...done thinking.\n\nanswer\n"
+    hidden = cli("run", "thinker", "hi", "--think=high", "--hidethinking", env=env)
+    assert hidden.code == 0 and hidden.stdout == "answer\n"
+    off = cli("run", "thinker", "hi", "--think=false", env=env)
+    assert off.code == 0 and off.stdout == "answer\n"
+    refused = cli("run", "plain", "hi", "--think", env=env)
+    assert refused.code != 0 and "does not support thinking" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    bad = cli("run", "thinker", "hi", "--think=lots", env=env)
+    assert bad.code != 0 and "--think" in bad.stderr
+
+
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory, tiny_thinking_model: Path) -> Iterator[str]:
     store = Store(tmp_path_factory.mktemp("thinking-real") / "models")

@@ -23,6 +23,9 @@ HELP = """Available commands:
   /set system TEXT            set the system prompt
   /set verbose | quiet        show or hide timings after each answer
   /set format json | none     constrain answers to JSON, or not
+  /set think [LEVEL]          a reasoning model thinks (LEVEL: low, medium, high)
+  /set nothink                it does not
+  /set hidethinking | showthinking   hide or show its thinking
   /show info | parameters | system | template | modelfile | license
   /clear                      forget the conversation
   /save NAME                  save this session (system, parameters, conversation) as a model
@@ -46,8 +49,12 @@ class ChatSession:
         verbose: bool,
         overrides: dict[str, Any],
         wordwrap: bool = True,
+        think: bool | str | None = None,
+        hide_thinking: bool = False,
     ) -> None:
         self.session = opened
+        self.think = think
+        self.hide_thinking = hide_thinking
         self.wordwrap = wordwrap
         self.system = system
         self.format = format
@@ -122,8 +129,21 @@ class ChatSession:
                 return
             self.format = None if value == "none" else value
             print(f"Set format to '{value}'.")
+        elif what in ("think", "nothink"):
+            level = words[1].strip().lower() if len(words) > 1 and what == "think" else ""
+            if level and level not in ("low", "medium", "high"):
+                print("Usage: /set think [low | medium | high]")
+                return
+            self.think = (level or True) if what == "think" else False
+            print("Set 'think' mode." if what == "think" else "Set 'nothink' mode.")
+        elif what in ("hidethinking", "showthinking"):
+            self.hide_thinking = what == "hidethinking"
+            print(f"Set '{what}' mode.")
         else:
-            print("Usage: /set parameter NAME VALUE | system TEXT | verbose | quiet | format json")
+            print(
+                "Usage: /set parameter NAME VALUE | system TEXT | verbose | quiet | format json"
+                " | think | nothink"
+            )
 
     def _show(self, what: str) -> None:
         if what not in ("info", "parameters", "system", "template", "modelfile", "license"):
@@ -182,6 +202,7 @@ class ChatSession:
 
     def turn(self, text: str) -> None:
         """Send a user message and stream the answer; Ctrl-C stops it and keeps the session."""
+        from localrun.cli.output import ThinkingView
         from localrun.cli.run_cmd import print_stats
 
         self.messages.append({"role": "user", "content": text})
@@ -199,10 +220,16 @@ class ChatSession:
                 system=self.system,
                 options=dict(self.overrides),
                 format=self.format,
+                think=self.think,
             )
+            view = ThinkingView(sys.stdout)
+            if not self.hide_thinking:
+                reply.on_thinking = view.thinking
             for piece in reply:
+                view.done()
                 out.write(piece)
                 out.flush()
+            view.done()
         except KeyboardInterrupt:
             # Ctrl-C at any point of the turn (rendering, prompt evaluation or streaming) ends
             # this answer only.
@@ -266,6 +293,8 @@ def chat_loop(
     verbose: bool,
     overrides: dict[str, Any],
     wordwrap: bool = True,
+    think: bool | str | None = None,
+    hide_thinking: bool = False,
 ) -> None:
     from localrun.cli.main import print_error
 
@@ -276,6 +305,8 @@ def chat_loop(
         verbose=verbose,
         overrides=overrides,
         wordwrap=wordwrap,
+        think=think,
+        hide_thinking=hide_thinking,
     )
     readline = _setup_history()
     print("Type /? for help, /bye or Ctrl-D to leave.", file=sys.stderr, flush=True)

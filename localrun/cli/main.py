@@ -52,6 +52,20 @@ def print_error(err: LocalrunError) -> None:
     print(error_line(err), file=sys.stderr, flush=True)
 
 
+# Options whose value may be left out, as in Ollama (`--think` is `--think=true`); typer
+# cannot declare them, so a bare one is completed here.
+_OPTIONAL_VALUES = {"--think": "--think=true"}
+
+
+def _optional_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[index:]
+        out.append(_OPTIONAL_VALUES.get(arg, arg))
+    return out
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script: run the app, print any error once, set the exit code."""
     # Importing the command modules registers their commands on `app`.
@@ -67,7 +81,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     debug = config.debug()
     code = 0
     try:
-        result = app(args=argv, prog_name="localrun", standalone_mode=False)
+        args = _optional_values(sys.argv[1:] if argv is None else argv)
+        result = app(args=args, prog_name="localrun", standalone_mode=False)
         code = result if isinstance(result, int) else 0
         if code == 130:  # typer turns Ctrl-C into this exit code, silently
             print("\ninterrupted", file=sys.stderr)

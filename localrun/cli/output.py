@@ -162,3 +162,32 @@ class CreateProgress:
 
     def close(self) -> None:
         self._close_bar()
+
+
+class ThinkingView:
+    """A reasoning model's thinking before its answer, as `ollama run` shows it: between
+    "Thinking..." and "...done thinking.", dimmed on a terminal, plain text otherwise."""
+
+    DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+    def __init__(self, out: Any = None) -> None:
+        self.out = out or sys.stdout
+        self.tty = bool(getattr(self.out, "isatty", lambda: False)())
+        self.shown = False
+        self.closed = False
+
+    def thinking(self, text: str) -> None:
+        if self.closed:
+            return
+        if not self.shown:
+            self.shown = True
+            self.out.write((self.DIM if self.tty else "") + "Thinking...\n")
+        self.out.write(text)
+        self.out.flush()
+
+    def done(self) -> None:
+        """The answer begins (or ended): close the thinking shown so far."""
+        if self.shown and not self.closed:
+            self.out.write("\n...done thinking.\n\n" + (self.RESET if self.tty else ""))
+            self.out.flush()
+        self.closed = True

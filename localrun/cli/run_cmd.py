@@ -44,6 +44,14 @@ def run(
     nowordwrap: bool = typer.Option(
         False, "--nowordwrap", help="In the chat, do not wrap words at the terminal's edge."
     ),
+    think: str | None = typer.Option(
+        None,
+        "--think",
+        help="A reasoning model thinks: --think, --think=false, or a level: --think=high.",
+    ),
+    hidethinking: bool = typer.Option(
+        False, "--hidethinking", help="Do not show a reasoning model's thinking."
+    ),
 ) -> None:
     """Run a model: answer PROMPT, answer a --batch file, or chat in the terminal.
 
@@ -67,6 +75,7 @@ def run(
         overrides["seed"] = params_mod.spec("seed").check(seed)
     if output is not None and batch is None:
         raise InvalidParameterError("--output goes with --batch", hint="add --batch FILE")
+    thinks = think_option(think)
 
     text = " ".join(prompt or [])
     piped = None
@@ -83,7 +92,16 @@ def run(
 
         raise typer.Exit(run_batch(opened, batch, output, system=system, format=format))
     if text.strip():
-        one_shot(opened, text, system=system, format=format, verbose=verbose, started=started)
+        one_shot(
+            opened,
+            text,
+            system=system,
+            format=format,
+            verbose=verbose,
+            started=started,
+            think=thinks,
+            hide_thinking=hidethinking,
+        )
         return
     if piped is not None or not sys.stdin.isatty():
         raise InvalidParameterError(
@@ -99,6 +117,26 @@ def run(
         verbose=verbose,
         overrides=overrides,
         wordwrap=not nowordwrap,
+        think=thinks,
+        hide_thinking=hidethinking,
+    )
+
+
+def think_option(value: str | None) -> bool | str | None:
+    """--think's value: true/false (yes/no, on/off) or a level; None when not given."""
+    from localrun import thinking
+
+    if value is None:
+        return None
+    word = value.strip().lower()
+    if word in ("true", "yes", "on", "1"):
+        return True
+    if word in ("false", "no", "off", "0"):
+        return False
+    if word in thinking.LEVELS:
+        return word
+    raise InvalidParameterError(
+        f"unknown --think value {value!r}", hint="use --think, --think=false or --think=high"
     )
 
 
@@ -110,15 +148,26 @@ def one_shot(
     format: str | None,
     verbose: bool,
     started: float,
+    think: bool | str | None = None,
+    hide_thinking: bool = False,
 ) -> None:
-    reply = opened.chat([{"role": "user", "content": text}], system=system, format=format)
+    from localrun.cli.output import ThinkingView
+
+    reply = opened.chat(
+        [{"role": "user", "content": text}], system=system, format=format, think=think
+    )
     out = sys.stdout
+    view = ThinkingView(out)
+    if not hide_thinking:
+        reply.on_thinking = view.thinking
     last = ""
     try:
         for piece in reply:
+            view.done()
             out.write(piece)
             out.flush()
             last = piece
+        view.done()
     except KeyboardInterrupt:
         reply.cancel()
         out.write("\n")

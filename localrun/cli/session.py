@@ -31,6 +31,8 @@ class Answer(Protocol):
 
     text: str
     done_reason: str | None
+    thinking: str  # a reasoning model's thinking, apart from the answer
+    on_thinking: Callable[[str], None] | None  # called with each piece of it, as it comes
 
     @property
     def timings(self) -> Timings: ...
@@ -68,6 +70,7 @@ class Session(Protocol):
         system: str | None = None,
         options: dict[str, Any] | None = None,
         format: str | None = None,
+        think: bool | str | None = None,
     ) -> Answer: ...
 
     def load_s(self, answer: Answer) -> float:
@@ -139,8 +142,11 @@ class LocalSession:
         system: str | None = None,
         options: dict[str, Any] | None = None,
         format: str | None = None,
+        think: bool | str | None = None,
     ) -> Answer:
-        return self.runner.chat(messages, system=system, options=options, format=format)
+        return self.runner.chat(
+            messages, system=system, options=options, format=format, think=think
+        )
 
     def load_s(self, answer: Answer) -> float:
         if self._load_reported:
@@ -215,6 +221,8 @@ class RemoteAnswer:
         self._started = time.perf_counter()
         self.text = ""
         self.done_reason: str | None = None
+        self.thinking = ""
+        self.on_thinking: Callable[[str], None] | None = None
         self._timings = Timings()
 
     @property
@@ -225,6 +233,11 @@ class RemoteAnswer:
         try:
             for obj in self._stream:
                 message = obj.get("message")
+                thought = message.get("thinking") if isinstance(message, dict) else None
+                if isinstance(thought, str) and thought:
+                    self.thinking += thought
+                    if self.on_thinking is not None:
+                        self.on_thinking(thought)
                 piece = message.get("content") if isinstance(message, dict) else None
                 if isinstance(piece, str) and piece:
                     self.text += piece
@@ -329,13 +342,14 @@ class RemoteSession:
         system: str | None = None,
         options: dict[str, Any] | None = None,
         format: str | None = None,
+        think: bool | str | None = None,
     ) -> Answer:
         if system is not None and not (messages and messages[0].get("role") == "system"):
             # The API's way to say --system: a first system message replaces the model's SYSTEM
             # (one already in the conversation wins, as in the local runner).
             messages = [{"role": "system", "content": system}, *messages]
         merged = {**self.overrides, **(options or {})}
-        stream = self.client.chat(self.name, messages, options=merged, format=format)
+        stream = self.client.chat(self.name, messages, options=merged, format=format, think=think)
         return RemoteAnswer(stream)
 
     def load_s(self, answer: Answer) -> float:
