@@ -260,6 +260,7 @@ class Scheduler:
         context: list[int] | None = None,
         return_context: bool = False,
         think: bool | str | None = None,
+        logprobs: int | None = None,
     ) -> Stream:
         """Answer a conversation with the model's template; the stream yields its chunks.
 
@@ -281,6 +282,7 @@ class Scheduler:
                 context=context,
                 return_context=return_context,
                 think=think,
+                logprobs=logprobs,
             )
 
         return await self._generate(name, opts, keep_alive, build)
@@ -297,6 +299,7 @@ class Scheduler:
         return_context: bool = False,
         suffix: str | None = None,
         extra: list[dict[str, str]] | None = None,
+        logprobs: int | None = None,
     ) -> Stream:
         """Continue a raw prompt (no template); `context` as for chat. With `suffix`, fill in
         the middle between the prompt and it (`extra`: other files, for repo-level FIM)."""
@@ -312,6 +315,7 @@ class Scheduler:
                 return_context=return_context,
                 suffix=suffix,
                 extra=extra,
+                logprobs=logprobs,
             )
 
         return await self._generate(name, opts, keep_alive, build)

@@ -60,6 +60,8 @@ class _Request:
         "chain",
         "decoder",
         "grammar",
+        "logprobs",
+        "pending",
         "prompt",
         "sample",
         "sink",
@@ -86,6 +88,8 @@ class _Request:
         self.submitted = time.perf_counter()
         self.start = 0.0
         self.cancelled = False
+        self.logprobs = -1  # alternatives per token asked for (-1: no log-probabilities)
+        self.pending: list[dict[str, Any]] = []  # entries whose text is not out yet
 
     def free(self) -> None:
         if self.chain is not None:
@@ -110,6 +114,9 @@ class _Slot:
         # A slot reading the same prompt right now: this one waits and copies its KV (n > 1).
         self.leader: _Slot | None = None
 
+
+# OpenAI's bound on top_logprobs; it also bounds the work per token.
+MAX_TOP_LOGPROBS = 20
 
 # A prompt may drop this many tokens of a cache and still continue its conversation (a
 # re-rendered template may tokenize the end of the last answer differently).
@@ -231,6 +238,7 @@ class BatchEngine:
         if budget < 0:
             budget = self.n_ctx
         req = _Request(list(prompt), stop_tokens, sink, budget)
+        req.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
         # Samplers are made here, off the loop thread, so a bad grammar fails the caller.
         req.chain = sampler_chain(sampling, self.n_vocab, self.n_ctx)
         try:
@@ -463,11 +471,18 @@ class BatchEngine:
             timings = req.timings
             timings.eval_tokens += 1
             req.tokens.append(token)
-            text = req.decoder.decode(piece_bytes(token))
+            raw = piece_bytes(token)
+            if req.logprobs >= 0:
+                req.pending.append(self._logprobs(slot.row, token, raw, req.logprobs))
+            text = req.decoder.decode(raw)
             if text:
                 # Before the decode of this token: the reader sees it a decode sooner.
                 try:
-                    req.sink.piece(text)
+                    if req.pending:
+                        req.sink.piece(text, req.pending)
+                        req.pending = []
+                    else:
+                        req.sink.piece(text)
                 except Exception:
                     req.cancelled = True  # a sink that fails has no reader left
             if timings.eval_tokens >= req.budget or len(slot.cache) >= n_ctx:
@@ -500,10 +515,41 @@ class BatchEngine:
         slot.leader = None
         self._active.remove(slot)
         tail = req.decoder.decode(b"", final=True)
-        if tail:
+        if tail or req.pending:
             with contextlib.suppress(Exception):
-                req.sink.piece(tail)
+                if req.pending:
+                    req.sink.piece(tail, req.pending)
+                else:
+                    req.sink.piece(tail)
         self._end(req, reason)
+
+    def _logprobs(self, row: int, token: int, raw: bytes, top: int) -> dict[str, Any]:
+        """The log-probability of `token` and of the `top` likeliest tokens at a logits row:
+        the log-softmax of the model's raw logits (before any sampler), as OpenAI reports them.
+        """
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, row), (self.n_vocab,))
+        peak = float(logits.max())
+        total = peak + float(np.log(np.exp(logits - peak).sum()))
+        entry: dict[str, Any] = {
+            "token": raw.decode("utf-8", errors="replace"),
+            "logprob": float(logits[token]) - total,
+            "bytes": list(raw),
+            "top": [],
+        }
+        if top > 0:
+            best = np.argpartition(-logits, top - 1)[:top]
+            for t in best[np.argsort(-logits[best], kind="stable")]:
+                piece = self._weights.piece_bytes(int(t))
+                entry["top"].append(
+                    {
+                        "token": piece.decode("utf-8", errors="replace"),
+                        "logprob": float(logits[t]) - total,
+                        "bytes": list(piece),
+                    }
+                )
+        return entry
 
     def _end(self, req: _Request, reason: str, exc: LocalrunError | None = None) -> None:
         """Fill in the timings, free the samplers and tell the sink (exactly once)."""

@@ -45,6 +45,9 @@ class SamplingOptions:
     num_predict: int = -1
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # GBNF, e.g. for --format json
+    # Log-probabilities of each generated token and of its `logprobs` likeliest alternatives
+    # (-1: none asked for; 0: the chosen token's alone). Not a PARAMETER: set per request.
+    logprobs: int = -1
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **extra: Any) -> SamplingOptions:
@@ -158,7 +161,10 @@ class Sink(Protocol):
     A sink whose piece() raises is taken to have no reader left: its request is cancelled.
     """
 
-    def piece(self, text: str) -> None: ...
+    def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
+        """Text of the answer; with logprobs asked for, the entries of the tokens it ends
+        (protocol.Chunk's format; a token inside a character comes with the next text)."""
+        ...
 
     def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
         """The end: reason is "stop", "length" or "cancelled"."""

@@ -277,6 +277,7 @@ class GenRequest:
     think: bool | str | None = None  # None: the model's default; True or low/medium/high
     suffix: str | None = None  # with `prompt`: fill in the middle (FIM) up to this text
     extra: list[dict[str, str]] | None = None  # FIM: other files, [{"filename", "text"}]
+    logprobs: int | None = None  # log-probabilities with N alternatives per token (None: none)
     context: list[int] | None = None  # token ids before the prompt (a previous answer's)
     return_context: bool = False  # Generation.context: the prompt's and answer's tokens
 
@@ -292,6 +293,7 @@ class Generation:
         self.started = started
         self.text = ""
         self.thinking = ""
+        self.logprobs: list[dict[str, Any]] = []  # every token's entry, when asked for
         self.finished = False
         self._first: Chunk | None = None
         self._metrics = metrics
@@ -323,6 +325,8 @@ class Generation:
             while chunk is not None:
                 self.text += chunk.text
                 self.thinking += chunk.thinking
+                if chunk.logprobs:
+                    self.logprobs += chunk.logprobs
                 if chunk:
                     yield chunk
                 chunk = None if self.finished else await self._next()
@@ -407,6 +411,7 @@ async def start(request: Request, req: GenRequest) -> Generation:
                 context=req.context,
                 return_context=req.return_context,
                 think=req.think,
+                logprobs=req.logprobs,
             )
         else:
             stream = await scheduler.complete(
@@ -419,6 +424,7 @@ async def start(request: Request, req: GenRequest) -> Generation:
                 return_context=req.return_context,
                 suffix=req.suffix,
                 extra=req.extra,
+                logprobs=req.logprobs,
             )
         generation = Generation(stream, started, ctx.metrics)
         try:
@@ -498,6 +504,35 @@ async def merged(generations: list[Generation]) -> AsyncGenerator[tuple[int, Chu
         for generation in generations:
             if not generation.finished:
                 await generation.close()
+
+
+# The most alternatives per token a request may ask for (OpenAI's bound, and the engine's).
+MAX_TOP_LOGPROBS = 20
+
+
+def top_logprobs(value: Any, key: str = "top_logprobs", most: int = MAX_TOP_LOGPROBS) -> int:
+    """A count of alternatives per token, checked (a 400 in the request's dialect if bad)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise BadRequestError(f"{key} must be a whole number from 0 to {most}")
+    return value
+
+
+def logprob_items(entries: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Entries as OpenAI's chat `logprobs.content` and Ollama's `logprobs` write them."""
+    return [
+        {
+            "token": e["token"],
+            "logprob": e["logprob"],
+            "bytes": e["bytes"],
+            "top_logprobs": [
+                {"token": t["token"], "logprob": t["logprob"], "bytes": t["bytes"]}
+                for t in e.get("top") or []
+            ],
+        }
+        for e in entries or []
+    ]
 
 
 def messages_of(value: Any, *, openai: bool = False) -> list[dict[str, Any]]:

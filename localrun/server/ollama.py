@@ -10,7 +10,8 @@ of prompt and answer, which a later request sends back to continue from them. A 
 /api/generate with a `suffix` fills in the middle between `prompt` and it (editors'
 autocomplete), from the model's FIM tokens; a model without them is a 400. `think` (true,
 false or low/medium/high) turns a reasoning model's thinking on or off; its reasoning comes in
-`thinking` (generate) or `message.thinking` (chat), streamed as it is generated.
+`thinking` (generate) or `message.thinking` (chat), streamed as it is generated. `logprobs`
+(with `top_logprobs` alternatives) adds each token's log-probability to the object holding it.
 
 The store routes (show, pull, create, copy, delete, blobs) are in `models`.
 """
@@ -64,6 +65,8 @@ async def stream_lines(
                 obj = frame(chunk.text)
                 if chunk.thinking and place_thinking is not None:
                     place_thinking(obj, chunk.thinking)
+                if chunk.logprobs:
+                    obj["logprobs"] = core.logprob_items(chunk.logprobs)
                 yield line(obj)
         extra = before_final()
         if extra is not None:
@@ -176,7 +179,15 @@ async def _answer(
     whole = final(text, with_calls=True)
     if generation.thinking and place_thinking is not None:
         place_thinking(whole, generation.thinking)
+    if generation.logprobs:
+        whole["logprobs"] = core.logprob_items(generation.logprobs)
     return JSONResponse(whole)
+
+
+def _logprobs(body: Body) -> int | None:
+    """Ollama's `logprobs: true` with `top_logprobs` alternatives (None: not asked for)."""
+    top = core.top_logprobs(body.data.get("top_logprobs"))
+    return top if body.flag("logprobs", False) else None
 
 
 def _think(body: Body) -> thinking.Think:
@@ -212,6 +223,7 @@ async def generate(request: Request) -> Response:
             options=body.options(),
             format=body.format(),
             keep_alive=body.keep_alive(),
+            logprobs=_logprobs(body),
         )
         generation = await core.start(request, req)
         return await _answer(request, body, generation, shape)
@@ -229,6 +241,7 @@ async def generate(request: Request) -> Response:
         context=_context(body),
         return_context=True,
         think=None if raw else _think(body),
+        logprobs=_logprobs(body),
     )
     generation = await core.start(request, req)
 
@@ -282,6 +295,7 @@ async def chat(request: Request) -> Response:
         tool_choice=body.data.get("tool_choice"),
         keep_alive=body.keep_alive(),
         think=_think(body),
+        logprobs=_logprobs(body),
     )
     generation = await core.start(request, req)
 

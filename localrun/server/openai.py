@@ -75,8 +75,8 @@ def _options(body: Body) -> dict[str, Any]:
             raise BadRequestError("stop must be a string or a list of strings")
         if stop:
             options["stop"] = stop
-    if body.data.get("logprobs") or body.data.get("echo"):
-        raise BadRequestError("logprobs and echo are not supported")
+    if body.data.get("echo"):
+        raise BadRequestError("echo is not supported", hint="the prompt is yours already")
     return options
 
 
@@ -113,6 +113,36 @@ def _think(body: Body) -> bool | str | None:
     if enabled is not None and not isinstance(enabled, bool):
         raise BadRequestError("chat_template_kwargs.enable_thinking must be a boolean")
     return enabled
+
+
+def _chat_logprobs(body: Body) -> int | None:
+    """Chat's `logprobs: true` with `top_logprobs` alternatives (None: not asked for)."""
+    top = core.top_logprobs(body.data.get("top_logprobs"))
+    if not body.flag("logprobs", False):
+        if body.data.get("top_logprobs") is not None:
+            raise BadRequestError("top_logprobs needs logprobs: true")
+        return None
+    return top
+
+
+def _completion_logprobs(body: Body) -> int | None:
+    """The legacy completions' `logprobs: N` (0 to 5 alternatives)."""
+    value = body.data.get("logprobs")
+    return None if value is None else core.top_logprobs(value, "logprobs", 5)
+
+
+def _legacy_logprobs(entries: list[dict[str, Any]], start: int) -> dict[str, Any]:
+    """Completions' logprobs: parallel lists, text offsets counted from `start`."""
+    offsets = []
+    for entry in entries:
+        offsets.append(start)
+        start += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top"]} for e in entries],
+        "text_offset": offsets,
+    }
 
 
 def _finish_reason(generation: Generation) -> str:
@@ -195,7 +225,7 @@ async def _stream_events(
         started: set[int] = set()
         async with contextlib.aclosing(core.merged(generations)) as chunks:
             async for index, piece in chunks:
-                if piece.text or piece.thinking:
+                if piece.text or piece.thinking or piece.logprobs:
                     first = index not in started
                     started.add(index)
                     yield core.sse(chunk({"choices": [piece_choice(index, piece, first)]}))
@@ -232,6 +262,7 @@ async def chat_completions(request: Request) -> Response:
         tools=body.get("tools", list),
         tool_choice=body.data.get("tool_choice"),
         think=_think(body),
+        logprobs=_chat_logprobs(body),
     )
     generations = await core.start_choices(request, req, body.get("n", int, 1))
     base = _head("chatcmpl", model)
@@ -247,7 +278,14 @@ async def chat_completions(request: Request) -> Response:
             if calls:
                 message["tool_calls"] = calls
             reason = _finish_reason(generation)
-            choices.append({"index": index, "message": message, "finish_reason": reason})
+            logprobs = (
+                {"content": core.logprob_items(generation.logprobs), "refusal": None}
+                if req.logprobs is not None
+                else None
+            )
+            choices.append(
+                {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason}
+            )
         return JSONResponse(
             {**base, "object": "chat.completion", "choices": choices, "usage": _usage(generations)}
         )
@@ -258,7 +296,12 @@ async def chat_completions(request: Request) -> Response:
             delta["reasoning_content"] = piece.thinking
         if piece.text or not piece.thinking:
             delta["content"] = piece.text
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+        logprobs = (
+            {"content": core.logprob_items(piece.logprobs), "refusal": None}
+            if req.logprobs is not None
+            else None
+        )
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}
 
     def last_choices(index: int) -> list[dict[str, Any]]:
         out = []
@@ -299,13 +342,26 @@ async def completions(request: Request) -> Response:
         # start from, so the same request would work on one model and fail on another.
         raise BadRequestError("prompt is empty", hint="send some text to continue")
     req = GenRequest(
-        model, prompt=prompt, suffix=suffix, options=_options(body), format=_format(body)
+        model,
+        prompt=prompt,
+        suffix=suffix,
+        options=_options(body),
+        format=_format(body),
+        logprobs=_completion_logprobs(body),
     )
     generations = await core.start_choices(request, req, body.get("n", int, 1))
     base = _head("cmpl", model)
 
-    def choice(index: int, text: str, reason: str | None) -> dict[str, Any]:
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+    offsets = [len(prompt)] * len(generations)  # where each choice's next token starts
+
+    def choice(
+        index: int, text: str, reason: str | None, entries: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        logprobs = None
+        if req.logprobs is not None:
+            logprobs = _legacy_logprobs(entries or [], offsets[index])
+            offsets[index] += sum(len(e["token"]) for e in entries or [])
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
     if not body.flag("stream", False):
         await _collect(request, generations)
@@ -314,7 +370,8 @@ async def completions(request: Request) -> Response:
                 **base,
                 "object": "text_completion",
                 "choices": [
-                    choice(i, g.text, _finish_reason(g)) for i, g in enumerate(generations)
+                    choice(i, g.text, _finish_reason(g), g.logprobs)
+                    for i, g in enumerate(generations)
                 ],
                 "usage": _usage(generations),
             }
@@ -324,7 +381,7 @@ async def completions(request: Request) -> Response:
         generations,
         base,
         "text_completion",
-        lambda index, piece, first: choice(index, piece.text, None),
+        lambda index, piece, first: choice(index, piece.text, None, piece.logprobs),
         lambda index: [choice(index, "", _finish_reason(generations[index]))],
     )
 

@@ -12,7 +12,8 @@ stderr so they cannot corrupt the stream).
        or {"event": "error", "error": {...}} and exit 1
     -> {"op": "chat", "id": 7, "messages": [...], "system": null, "options": {...},
         "format": null | "json" | {schema}, "tools": [...] | null, "tool_choice": ...,
-        "context": [ids]?, "return_context": bool?, "think": bool | "low" | "medium" | "high"?}
+        "context": [ids]?, "return_context": bool?, "think": bool | "low" | "medium" | "high"?,
+        "logprobs": N?}                      (N alternatives per token; piece events carry them)
     -> {"op": "complete", "id": 8, "prompt": "raw text", "options": {...}, "format": ...,
         "suffix": "text after the cursor"?, "extra": [{"filename", "text"}]?}
                                                 (with suffix: fill in the middle, FIM tokens),
@@ -167,6 +168,7 @@ def chat_request(
     context: list[int] | None = None,
     return_context: bool = False,
     think: bool | str | None = None,
+    logprobs: int | None = None,
 ) -> Message:
     message: Message = {
         "op": CHAT,
@@ -181,6 +183,8 @@ def chat_request(
     }
     if think is not None:
         message["think"] = think
+    if logprobs is not None:
+        message["logprobs"] = logprobs
     return message
 
 
@@ -194,6 +198,7 @@ def complete_request(
     return_context: bool = False,
     suffix: str | None = None,
     extra: list[dict[str, str]] | None = None,
+    logprobs: int | None = None,
 ) -> Message:
     """A raw completion; with `suffix`, fill in the middle between `prompt` and it."""
     message: Message = {
@@ -207,6 +212,8 @@ def complete_request(
     if suffix is not None:
         message["suffix"] = suffix
         message["extra"] = extra or []
+    if logprobs is not None:
+        message["logprobs"] = logprobs
     return message
 
 

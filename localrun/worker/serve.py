@@ -8,6 +8,7 @@ go EMBED_GROUP inputs at a time, sending each group's vectors and checking for a
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import traceback
 from collections.abc import Iterable
@@ -69,6 +70,10 @@ class RequestSink:
             if prepared.tool_names
             else None
         )
+        # Log-probability entries wait here until the text of their tokens is sent (stop
+        # strings and tool calls hold text back); `_budget` counts the bytes sent ahead of them.
+        self._entries: list[dict[str, Any]] = []
+        self._budget = 0
         self.reasoning = prepared.reasoning  # "split", "hide" or None
         self.splitter = (
             thinking.Splitter(inside=prepared.thinking_open) if prepared.reasoning else None
@@ -96,7 +101,20 @@ class RequestSink:
         if text:
             if self.prompt is not None:
                 self.sent.append(text)
-            self.worker.output.send(protocol.piece_event(self.id, text))
+            entries = self._due(text)
+            self.worker.output.send(protocol.piece_event(self.id, text, logprobs=entries))
+
+    def _due(self, sent: str, dropped: int = 0) -> list[dict[str, Any]] | None:
+        """The entries of the tokens whose bytes have now gone out (or were dropped: tags)."""
+        if not self._entries:
+            return None
+        self._budget += len(sent.encode("utf-8")) + dropped
+        due = []
+        while self._entries and len(self._entries[0]["bytes"]) <= self._budget:
+            entry = self._entries.pop(0)
+            self._budget -= len(entry["bytes"])
+            due.append(entry)
+        return due or None
 
     def _context(self, tokens: list[int]) -> list[int] | None:
         """The prompt's and the answer's tokens (Ollama's `context`), to continue from."""
@@ -114,17 +132,35 @@ class RequestSink:
         """The answer's part of `text`; its reasoning goes out at once (unless hidden)."""
         if self.splitter is None:
             return text
+        held = len(self.splitter.pending.encode("utf-8"))
         reasoning, answer = self.splitter.feed(text)
+        # The tags (and the blank lines after them) are nobody's text: count them as sent.
+        dropped = (
+            held
+            + len(text.encode("utf-8"))
+            - len(self.splitter.pending.encode("utf-8"))
+            - len(reasoning.encode("utf-8"))
+            - len(answer.encode("utf-8"))
+        )
+        if dropped and self._entries:
+            self._due("", dropped)
         self._send_thinking(reasoning)
         return answer
 
     def _send_thinking(self, text: str) -> None:
         if text and self.reasoning == "split":
-            self.worker.output.send(protocol.piece_event(self.id, "", thinking=text))
+            entries = self._due(text)
+            self.worker.output.send(
+                protocol.piece_event(self.id, "", thinking=text, logprobs=entries)
+            )
+        elif text:
+            self._due(text)  # hidden reasoning: its entries go with it
 
-    def piece(self, text: str) -> None:
+    def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
         if self.stopped:
             return
+        if logprobs:
+            self._entries += logprobs
         text = self._think(text)
         if not text:
             return
@@ -150,6 +186,10 @@ class RequestSink:
                 rest, tool_calls = self.calls.finish()
                 out += rest
             self._send_text(out)
+            if self.stopped and self._budget > 0 and self._entries:
+                # A stop string began inside this token: part of its text went out.
+                partial = self._entries[:1]
+                self.worker.output.send(protocol.piece_event(self.id, "", logprobs=partial))
             if self.stopped:
                 reason = "stop"
             context = self._context(tokens)
@@ -369,6 +409,11 @@ class Worker:
     ) -> None:
         if not prepared.tokens:  # the engine needs at least one token to start from
             raise BadRequestError("the prompt is empty", hint="send a prompt of some text")
+        logprobs = (message or {}).get("logprobs")
+        if logprobs is not None:
+            if isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0:
+                raise BadRequestError("logprobs must be a count of alternatives (0 or more)")
+            prepared.sampling = dataclasses.replace(prepared.sampling, logprobs=logprobs)
         wanted = message is not None and message.get("return_context") is True
         sink = RequestSink(self, id, prepared, wanted)
         with self._lock:
