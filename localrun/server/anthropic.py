@@ -208,20 +208,12 @@ def _request(body: Body) -> GenRequest:
     messages = messages_of(body.data.get("messages"))
     if system is not None:
         messages.insert(0, {"role": "system", "content": _text_of(system, "system")})
-    options: dict[str, Any] = {}
-    for key in ("temperature", "top_p"):
-        value = body.get(key, (int, float))
-        if value is not None:
-            options[key] = value
+    options = body.sampling(("temperature", "top_p"))
     top_k = body.get("top_k", int)
     if top_k is not None:
         options["top_k"] = top_k
-    stops = body.get("stop_sequences", list)
+    stops = body.stops("stop_sequences", MAX_STOP_SEQUENCES)
     if stops:
-        if not all(isinstance(s, str) for s in stops):
-            raise BadRequestError("stop_sequences must be a list of strings")
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise BadRequestError(f"at most {MAX_STOP_SEQUENCES} stop_sequences are accepted")
         options["stop"] = stops
     body.get("metadata", dict)  # accepted (user_id); a wrong type is still refused
     return GenRequest(

@@ -157,6 +157,40 @@ class Body:
             out[name] = option
         return out
 
+    def sampling(self, names: dict[str, str] | tuple[str, ...]) -> dict[str, Any]:
+        """The numeric sampling fields present, as options: {request field: option name}
+        (or fields named as the options are)."""
+        pairs = names.items() if isinstance(names, dict) else ((n, n) for n in names)
+        out: dict[str, Any] = {}
+        for key, name in pairs:
+            value = self.get(key, (int, float))
+            if value is not None:
+                out[name] = value
+        return out
+
+    def limit(self, *keys: str) -> int | None:
+        """The first of `keys` given: a token budget, at least 1."""
+        for key in keys:
+            value = self.get(key, int)
+            if value is not None:
+                if value < 1:
+                    raise BadRequestError(f"{key} must be at least 1")
+                return int(value)
+        return None
+
+    def stops(self, key: str = "stop", most: int | None = None) -> list[str] | None:
+        """Stop strings: a string or a list of strings (None when none are given)."""
+        value = self.data.get(key)
+        if isinstance(value, str):
+            value = [value]
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            raise BadRequestError(f"{key} must be a string or a list of strings")
+        if most is not None and len(value) > most:
+            raise BadRequestError(f"at most {most} {key} are accepted")
+        return value or None
+
     def format(self) -> str | dict[str, Any] | None:
         value = self.data.get("format")
         if value in (None, ""):

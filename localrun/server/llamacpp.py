@@ -95,19 +95,13 @@ def _infill_request(body: Body, model: str) -> GenRequest:
             raise BadRequestError(f"input_extra[{index}] must be an object with a text string")
         if not isinstance(chunk.get("filename", ""), str):
             raise BadRequestError(f"input_extra[{index}].filename must be a string")
-    options: dict[str, Any] = {}
-    for key in _SAMPLING:
-        value = body.get(key, (int, float))
-        if value is not None:
-            options[key] = value
+    options = body.sampling(_SAMPLING)
     n_predict = body.get("n_predict", int)
     if n_predict is not None:
         options["num_predict"] = n_predict
-    stop = body.get("stop", list)
-    if stop:
-        if not all(isinstance(s, str) for s in stop):
-            raise BadRequestError("stop must be a list of strings")
-        options["stop"] = stop
+    stops = body.stops()
+    if stops:
+        options["stop"] = stops
     return GenRequest(
         model,
         # llama-server puts `prompt` right after the prefix: the start of the middle, typed.

@@ -55,26 +55,13 @@ _SAMPLING = {
 
 
 def _options(body: Body) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for key, name in _SAMPLING.items():
-        value = body.get(key, (int, float))
-        if value is not None:
-            options[name] = value
-    limit = body.get("max_completion_tokens", int)
-    if limit is None:
-        limit = body.get("max_tokens", int)
+    options = body.sampling(_SAMPLING)
+    limit = body.limit("max_completion_tokens", "max_tokens")
     if limit is not None:
-        if limit < 1:
-            raise BadRequestError("max_tokens must be at least 1")
         options["num_predict"] = limit
-    stop = body.data.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None:
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise BadRequestError("stop must be a string or a list of strings")
-        if stop:
-            options["stop"] = stop
+    stops = body.stops()
+    if stops:
+        options["stop"] = stops
     if body.data.get("echo"):
         raise BadRequestError("echo is not supported", hint="the prompt is yours already")
     return options

@@ -222,24 +222,13 @@ def _think(body: Body) -> str | None:
 
 
 def _options(body: Body) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for key in ("temperature", "top_p", "seed"):
-        value = body.get(key, (int, float))
-        if value is not None:
-            options[key] = value
-    limit = body.get("max_output_tokens", int)
+    options = body.sampling(("temperature", "top_p", "seed"))
+    limit = body.limit("max_output_tokens")
     if limit is not None:
-        if limit < 1:
-            raise BadRequestError("max_output_tokens must be at least 1")
         options["num_predict"] = limit
-    stop = body.data.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None:
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise BadRequestError("stop must be a string or a list of strings")
-        if stop:
-            options["stop"] = stop
+    stops = body.stops()
+    if stops:
+        options["stop"] = stops
     return options
 
 
