@@ -181,7 +181,7 @@ def test_bad_requests_get_json_errors(locked: LiveServer) -> None:
     assert r.status_code == 400
     r = post("/api/chat", b'{"model": "a", "messages": [{"role": "wizard", "content": "x"}]}')
     assert r.status_code == 400
-    r = post("/v1/chat/completions", b'{"model": "a", "messages": [{"role": "user"}], "n": 3}')
+    r = post("/v1/chat/completions", b'{"model": "a", "messages": [{"role": "user"}], "n": 99}')
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     assert httpx.get(locked.url + "/api/nothing", headers=AUTH).status_code == 404
     assert httpx.get(locked.url + "/api/chat", headers=AUTH).status_code == 405
