@@ -70,6 +70,7 @@ class Prepared:
     # None (not a reasoning model: text as it comes).
     reasoning: str | None = None
     thinking_open: bool = False  # the prompt opened <think>: the answer starts inside it
+    channels: bool = False  # gpt-oss channels part reasoning from answer, not <think>
 
 
 def grammar_for(format: Format) -> str | None:
@@ -230,6 +231,9 @@ class Prompter:
         if thinking.supports(self.template):
             prepared.reasoning = "hide" if think is False else "split"
             prepared.thinking_open = thinking.opens_thinking(text)
+            if thinking.channels(self.template):
+                prepared.channels = True  # its markers are special tokens: spell them out
+                prepared.sampling = dataclasses.replace(prepared.sampling, special=True)
         return prepared
 
     def complete(
@@ -413,10 +417,17 @@ class StopFilter:
         return out
 
 
+def new_splitter(prepared: Prepared) -> thinking.Splitter | thinking.ChannelSplitter:
+    """What parts a prepared request's reasoning from its answer."""
+    if prepared.channels:
+        return thinking.ChannelSplitter()
+    return thinking.Splitter(inside=prepared.thinking_open)
+
+
 def _split_thinking(pieces: Iterator[str], prepared: Prepared, reply: Reply) -> Iterator[str]:
     """The answer's text; the reasoning goes to `reply.thinking` (and `on_thinking`), unless
     the request turned thinking off (then it is dropped)."""
-    splitter = thinking.Splitter(inside=prepared.thinking_open)
+    splitter = new_splitter(prepared)
     keep = prepared.reasoning == "split"
 
     def think(text: str) -> None:

@@ -1,14 +1,17 @@
 """Reasoning models: which templates think, how a request asks, and the answer split in two.
 
 A model thinks when its chat template says so: it writes a `<think>` section (DeepSeek-R1,
-QwQ, Qwen3), takes Qwen3's `enable_thinking` variable, or renders `reasoning_content`.
+QwQ, Qwen3), takes Qwen3's `enable_thinking` variable, renders `reasoning_content`, or speaks
+in gpt-oss's channels (`<|channel|>analysis` for reasoning, `final` for the answer).
 A request asks with `think`: None (the model's default), False (off), True or a level
 ("low", "medium", "high"); the template gets `enable_thinking` and `reasoning_effort`, as
 Hugging Face templates expect. Asking a model that cannot think is a BadRequestError.
 
 `Splitter` takes the streamed answer and parts the text inside `<think>` ... `</think>` from the
 rest, holding back only what could be the start of a tag; a prompt that already opened `<think>`
-(templates that start the answer thinking) starts it inside.
+(templates that start the answer thinking) starts it inside. `ChannelSplitter` does the same for
+gpt-oss's channels, whose markers are special tokens: the engine spells them out for such
+templates (`channels`).
 
 Pure: no I/O, no llama_cpp (the server side and the runner both import it).
 """
@@ -20,7 +23,8 @@ from localrun.errors import BadRequestError
 OPEN = "<think>"
 CLOSE = "</think>"
 LEVELS = ("low", "medium", "high")
-_MARKERS = (OPEN, "enable_thinking", "reasoning_content")
+CHANNEL = "<|channel|>"
+_MARKERS = (OPEN, "enable_thinking", "reasoning_content", CHANNEL)
 
 Think = bool | str | None
 
@@ -53,6 +57,11 @@ def template_variables(think: Think, template: str | None, model: str) -> dict[s
     if isinstance(think, str):
         variables["reasoning_effort"] = think
     return variables
+
+
+def channels(template: str | None) -> bool:
+    """Whether a template speaks in gpt-oss's channels (its answer is split by them)."""
+    return bool(template) and CHANNEL in template  # type: ignore[operator]
 
 
 def opens_thinking(prompt: str) -> bool:
@@ -99,6 +108,59 @@ class Splitter:
         """What was held back at the end (an unfinished tag is text after all)."""
         rest, self.pending = self.pending, ""
         return (rest, "") if self.inside else ("", rest)
+
+
+class ChannelSplitter:
+    """Parts a gpt-oss answer: `<|channel|>analysis<|message|>` ... `<|end|>` is reasoning,
+    `<|channel|>final<|message|>` (or commentary) ... is the answer; the headers between
+    (`<|start|>assistant`, the channel names) are nobody's text. Text before any marker is
+    answer, so a model that skips the channels still shows what it says."""
+
+    MESSAGE, END, START = "<|message|>", ("<|end|>", "<|return|>", "<|call|>"), "<|start|>"
+    _ALL = (CHANNEL, "<|message|>", "<|end|>", "<|return|>", "<|call|>", "<|start|>")
+
+    def __init__(self) -> None:
+        self.state = "answer"  # "thinking", "answer", "header" (until <|message|>), "between"
+        self.header = ""
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, str]:
+        thinking: list[str] = []
+        answer: list[str] = []
+        pending = self.pending + text
+        while pending:
+            found = [(pending.find(m), m) for m in self._ALL if m in pending]
+            if not found:
+                keep = max(_partial_tag(pending, m) for m in self._ALL)
+                self._emit(pending[: len(pending) - keep], thinking, answer)
+                pending = pending[len(pending) - keep :]
+                break
+            index, marker = min(found)
+            self._emit(pending[:index], thinking, answer)
+            pending = pending[index + len(marker) :]
+            if marker in (CHANNEL, self.START):
+                self.state, self.header = "header", ""
+            elif marker == self.MESSAGE:
+                self.state = "thinking" if "analysis" in self.header else "answer"
+            else:
+                self.state = "between"
+        self.pending = pending
+        return "".join(thinking), "".join(answer)
+
+    def _emit(self, text: str, thinking: list[str], answer: list[str]) -> None:
+        if self.state == "thinking":
+            thinking.append(text)
+        elif self.state == "answer":
+            answer.append(text)
+        elif self.state == "header":
+            self.header += text
+
+    def finish(self) -> tuple[str, str]:
+        rest, self.pending = self.pending, ""
+        thinking: list[str] = []
+        answer: list[str] = []
+        self._emit(rest, thinking, answer)
+        return "".join(thinking), "".join(answer)
 
 
 def _partial_tag(text: str, tag: str) -> int:

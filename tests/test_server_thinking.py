@@ -26,6 +26,16 @@ from localrun.thinking import Splitter, opens_thinking, supports, template_varia
 pytestmark = pytest.mark.server
 
 REPLY = "<think>plan</think>answer"
+HARMONY = (  # gpt-oss's template, cut down: earlier answers are in the final channel
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}"
+    "<|start|>assistant<|channel|>final<|message|>{{ m['content'] }}<|end|>"
+    "{% else %}<|start|>{{ m['role'] }}<|message|>{{ m['content'] }}<|end|>{% endif %}"
+    "{% endfor %}{% if reasoning_effort is defined %}(effort {{ reasoning_effort }}){% endif %}"
+    "<|start|>assistant"
+)
+HARMONY_REPLY = (
+    "<|channel|>analysis<|message|>plan<|end|><|start|>assistant<|channel|>final<|message|>answer"
+)
 HI: Any = [{"role": "user", "content": "hi"}]
 
 
@@ -48,6 +58,20 @@ def split(pieces: list[str], inside: bool = False) -> tuple[str, str]:
 )
 def test_the_splitter(pieces: list[str], inside: bool, expected: tuple[str, str]) -> None:
     assert split(pieces, inside) == expected
+
+
+def test_the_channel_splitter() -> None:
+    from localrun.thinking import ChannelSplitter
+
+    reply = HARMONY_REPLY
+    for size in (len(reply), 3, 1):
+        splitter = ChannelSplitter()
+        parts = [splitter.feed(reply[i : i + size]) for i in range(0, len(reply), size)]
+        parts.append(splitter.finish())
+        assert "".join(t for t, _ in parts) == "plan"
+        assert "".join(a for _, a in parts) == "answer"
+    plain = ChannelSplitter()
+    assert plain.feed("no channels at all") == ("", "no channels at all")
 
 
 def test_which_templates_think() -> None:
@@ -106,6 +130,27 @@ def test_ollama_think(live: LiveServer) -> None:
     assert bad.status_code == 400
     assert "thinking" in (oc.show("thinker").capabilities or [])
     assert "thinking" not in (oc.show("plain").capabilities or [])
+
+
+def test_gpt_oss_channels(tmp_path: Path, tiny_model: Path) -> None:
+    """gpt-oss speaks in channels (markers that are special tokens, spelled out for it)."""
+    store = Store(tmp_path / "models")
+    add_model(store, "channels", tiny_model, f'TEMPLATE """{HARMONY}"""')
+    scheduler = Scheduler(
+        store, num_parallel=1, max_loaded=1, backend="fake",
+        backend_options={"replies": [HARMONY_REPLY]},
+    )  # fmt: skip
+    server = LiveServer(store, scheduler)
+    try:
+        oc = ollama.Client(host=server.url, timeout=60)
+        answer = oc.chat("channels", HI, think="high")
+        assert answer.message.thinking == "plan" and answer.message.content == "answer"
+        parts = list(oc.chat("channels", HI, stream=True))
+        assert "".join(p.message.thinking or "" for p in parts) == "plan"
+        assert "".join(p.message.content or "" for p in parts) == "answer"
+        assert "thinking" in (oc.show("channels").capabilities or [])
+    finally:
+        server.close()
 
 
 def test_openai_reasoning_content(live: LiveServer) -> None:

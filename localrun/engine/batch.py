@@ -65,6 +65,7 @@ class _Request:
         "prompt",
         "sample",
         "sink",
+        "special",
         "start",
         "stop_tokens",
         "submitted",
@@ -89,6 +90,7 @@ class _Request:
         self.start = 0.0
         self.cancelled = False
         self.logprobs = -1  # alternatives per token asked for (-1: no log-probabilities)
+        self.special = False  # special tokens are spelled out in the answer
         self.pending: list[dict[str, Any]] = []  # entries whose text is not out yet
 
     def free(self) -> None:
@@ -239,6 +241,7 @@ class BatchEngine:
             budget = self.n_ctx
         req = _Request(list(prompt), stop_tokens, sink, budget)
         req.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
+        req.special = sampling.special
         # Samplers are made here, off the loop thread, so a bad grammar fails the caller.
         req.chain = sampler_chain(sampling, self.n_vocab, self.n_ctx)
         try:
@@ -471,7 +474,7 @@ class BatchEngine:
             timings = req.timings
             timings.eval_tokens += 1
             req.tokens.append(token)
-            raw = piece_bytes(token)
+            raw = self._weights.token_bytes(token) if req.special else piece_bytes(token)
             if req.logprobs >= 0:
                 req.pending.append(self._logprobs(slot.row, token, raw, req.logprobs))
             text = req.decoder.decode(raw)

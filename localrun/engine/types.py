@@ -48,6 +48,9 @@ class SamplingOptions:
     # Log-probabilities of each generated token and of its `logprobs` likeliest alternatives
     # (-1: none asked for; 0: the chosen token's alone). Not a PARAMETER: set per request.
     logprobs: int = -1
+    # Spell special tokens in the answer (gpt-oss's channel markers, which the answer is split
+    # by); set by the runner from the template, never a PARAMETER.
+    special: bool = False
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **extra: Any) -> SamplingOptions:

@@ -19,7 +19,7 @@ from localrun import config, thinking
 from localrun import tools as tools_mod
 from localrun.engine.types import EmbedInput, Timings
 from localrun.errors import BadRequestError, EngineError, LocalrunError
-from localrun.runner import Prepared, StopFilter
+from localrun.runner import Prepared, StopFilter, new_splitter
 from localrun.worker import protocol
 from localrun.worker.load import Loaded, Ticket
 
@@ -75,9 +75,7 @@ class RequestSink:
         self._entries: list[dict[str, Any]] = []
         self._budget = 0
         self.reasoning = prepared.reasoning  # "split", "hide" or None
-        self.splitter = (
-            thinking.Splitter(inside=prepared.thinking_open) if prepared.reasoning else None
-        )
+        self.splitter = new_splitter(prepared) if prepared.reasoning else None
         self._lock = threading.Lock()
         self._ticket: Ticket | None = None
         self._cancel_wanted = False
