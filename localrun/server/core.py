@@ -427,49 +427,48 @@ class Generation:
 
 async def start(request: Request, req: GenRequest) -> Generation:
     """Start `req` on the scheduler and wait for its first piece (or its error)."""
-    ctx = context(request)
+    return await until_disconnect(request, lambda: _begin(context(request), req))
+
+
+async def _begin(ctx: Context, req: GenRequest) -> Generation:
     scheduler = ctx.scheduler
     started = time.perf_counter()
-
-    async def begin() -> Generation:
-        if req.messages is not None:
-            stream = await scheduler.chat(
-                req.model,
-                messages=req.messages,
-                system=req.system,
-                options=req.options,
-                format=req.format,
-                tools=req.tools,
-                tool_choice=req.tool_choice,
-                keep_alive=req.keep_alive,
-                context=req.context,
-                return_context=req.return_context,
-                think=req.think,
-                logprobs=req.logprobs,
-            )
-        else:
-            stream = await scheduler.complete(
-                req.model,
-                prompt=req.prompt or "",
-                options=req.options,
-                format=req.format,
-                keep_alive=req.keep_alive,
-                context=req.context,
-                return_context=req.return_context,
-                suffix=req.suffix,
-                extra=req.extra,
-                logprobs=req.logprobs,
-            )
-        generation = Generation(stream, started, ctx.metrics)
-        try:
-            await generation.prefetch()
-        except BaseException:
-            if not generation.finished:
-                await generation.close()
-            raise
-        return generation
-
-    return await until_disconnect(request, begin)
+    if req.messages is not None:
+        stream = await scheduler.chat(
+            req.model,
+            messages=req.messages,
+            system=req.system,
+            options=req.options,
+            format=req.format,
+            tools=req.tools,
+            tool_choice=req.tool_choice,
+            keep_alive=req.keep_alive,
+            context=req.context,
+            return_context=req.return_context,
+            think=req.think,
+            logprobs=req.logprobs,
+        )
+    else:
+        stream = await scheduler.complete(
+            req.model,
+            prompt=req.prompt or "",
+            options=req.options,
+            format=req.format,
+            keep_alive=req.keep_alive,
+            context=req.context,
+            return_context=req.return_context,
+            suffix=req.suffix,
+            extra=req.extra,
+            logprobs=req.logprobs,
+        )
+    generation = Generation(stream, started, ctx.metrics)
+    try:
+        await generation.prefetch()
+    except BaseException:
+        if not generation.finished:
+            await generation.close()
+        raise
+    return generation
 
 
 async def start_choices(request: Request, req: GenRequest, n: int) -> list[Generation]:
@@ -496,14 +495,19 @@ async def start_choices(request: Request, req: GenRequest, n: int) -> list[Gener
         )
         for i in range(n)
     ]
-    started = await asyncio.gather(*(start(request, r) for r in requests), return_exceptions=True)
-    failed = [r for r in started if isinstance(r, BaseException)]
-    if failed:
-        for item in started:
-            if isinstance(item, Generation):
-                await item.close()
-        raise failed[0]
-    return [r for r in started if isinstance(r, Generation)]
+    ctx = context(request)
+
+    async def begin_all() -> list[Generation]:
+        started = await asyncio.gather(*(_begin(ctx, r) for r in requests), return_exceptions=True)
+        failed = [r for r in started if isinstance(r, BaseException)]
+        if failed:
+            for item in started:
+                if isinstance(item, Generation):
+                    await item.close()
+            raise failed[0]
+        return [r for r in started if isinstance(r, Generation)]
+
+    return await until_disconnect(request, begin_all)
 
 
 async def merged(generations: list[Generation]) -> AsyncGenerator[tuple[int, Chunk], None]:
