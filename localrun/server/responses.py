@@ -421,46 +421,20 @@ async def _events(generation: Generation, answer: _Answer, save: Any) -> AsyncIt
             return []
         index = len(output) - 1
         item = output[index]
+        where = {"item_id": item["id"], "output_index": index, "content_index": 0}
         if open_kind == "text":
             part = _text_part(text)
-            done = [
-                event(
-                    "response.output_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=text,
-                    logprobs=[],
-                ),
-                event(
-                    "response.content_part.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    part=part,
-                ),
-            ]
+            finished = event("response.output_text.done", **where, text=text, logprobs=[])
             output[index] = _message_item(text, item_id=item["id"])
         else:
             part = {"type": "reasoning_text", "text": text}
-            done = [
-                event(
-                    "response.reasoning_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=text,
-                ),
-                event(
-                    "response.content_part.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    part=part,
-                ),
-            ]
+            finished = event("response.reasoning_text.done", **where, text=text)
             output[index] = _reasoning_item(text, item_id=item["id"])
-        return [*done, event("response.output_item.done", output_index=index, item=output[index])]
+        return [
+            finished,
+            event("response.content_part.done", **where, part=part),
+            event("response.output_item.done", output_index=index, item=output[index]),
+        ]
 
     def begin(kind: str) -> list[bytes]:
         nonlocal open_kind, text
