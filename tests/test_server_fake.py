@@ -223,3 +223,58 @@ def test_raw_generate_skips_the_template(live: LiveServer) -> None:
     assert answer["response"] == "abcd" and answer["done_reason"] == "length"
     assert answer["prompt_eval_count"] == 3  # the fake engine: a token per character, no template
     assert answer["eval_count"] == 4 and answer["total_duration"] >= answer["eval_duration"]
+
+
+TWO_CALLS = (
+    '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>'
+)
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_parallel_tool_calls_off_keeps_the_first_call(tmp_path: Path, tiny_model: Path) -> None:
+    """parallel_tool_calls: false (OpenAI chat and Responses) and Anthropic's
+    disable_parallel_tool_use: one call per answer, in every dialect alike."""
+    store = Store(tmp_path / "models")
+    add_model(store, "a", tiny_model, "PARAMETER num_ctx 8192")  # a character per token
+    scheduler = Scheduler(
+        store, num_parallel=1, backend="fake", backend_options={"replies": [TWO_CALLS]}
+    )
+    server = LiveServer(store, scheduler)
+    try:
+        ai = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+        both = ai.chat.completions.create(model="a", messages=HI, tools=[WEATHER_TOOL])  # type: ignore[arg-type,list-item]
+        assert len(both.choices[0].message.tool_calls or []) == 2
+        one = ai.chat.completions.create(
+            model="a",
+            messages=HI,
+            tools=[WEATHER_TOOL],
+            parallel_tool_calls=False,  # type: ignore[arg-type,list-item]
+        )
+        calls = one.choices[0].message.tool_calls or []
+        assert len(calls) == 1 and "Paris" in calls[0].function.arguments  # type: ignore[union-attr]
+        tool = {"type": "function", **WEATHER_TOOL["function"]}  # type: ignore[dict-item]
+        answer = ai.responses.create(
+            model="a",
+            input="hi",
+            tools=[tool],
+            parallel_tool_calls=False,  # type: ignore[list-item]
+        )
+        assert [item.type for item in answer.output] == ["function_call"]
+        ant = anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0)
+        message = ant.messages.create(
+            model="a",
+            messages=HI,
+            max_tokens=200,
+            tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
+            tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+        )
+        assert [b.type for b in message.content] == ["tool_use"]
+    finally:
+        server.close()

@@ -224,6 +224,9 @@ def _request(body: Body) -> GenRequest:
         tool_choice=_tool_choice(body),
         format=_format(body),
         think=_think(body),
+        parallel_tool_calls=not (body.get("tool_choice", dict) or {}).get(
+            "disable_parallel_tool_use", False
+        ),
     )
 
 

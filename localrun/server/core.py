@@ -312,6 +312,7 @@ class GenRequest:
     suffix: str | None = None  # with `prompt`: fill in the middle (FIM) up to this text
     extra: list[dict[str, str]] | None = None  # FIM: other files, [{"filename", "text"}]
     logprobs: int | None = None  # log-probabilities with N alternatives per token (None: none)
+    parallel_tool_calls: bool = True  # False: at most one tool call per answer
     context: list[int] | None = None  # token ids before the prompt (a previous answer's)
     return_context: bool = False  # Generation.context: the prompt's and answer's tokens
 
@@ -322,8 +323,16 @@ class Generation:
     `text` and `thinking` accumulate what was streamed; timings are final after the last chunk.
     """
 
-    def __init__(self, stream: Stream, started: float, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        stream: Stream,
+        started: float,
+        metrics: Metrics | None = None,
+        *,
+        parallel_tool_calls: bool = True,
+    ) -> None:
         self.stream = stream
+        self.parallel_tool_calls = parallel_tool_calls  # False: the first tool call alone
         self.started = started
         self.text = ""
         self.thinking = ""
@@ -394,7 +403,10 @@ class Generation:
 
     @property
     def tool_calls(self) -> list[dict[str, Any]] | None:
-        return self.stream.tool_calls or None
+        calls = self.stream.tool_calls or None
+        if calls and not self.parallel_tool_calls:
+            return calls[:1]  # the client takes one call per turn
+        return calls
 
     @property
     def stop_sequence(self) -> str | None:
@@ -461,7 +473,9 @@ async def _begin(ctx: Context, req: GenRequest) -> Generation:
             extra=req.extra,
             logprobs=req.logprobs,
         )
-    generation = Generation(stream, started, ctx.metrics)
+    generation = Generation(
+        stream, started, ctx.metrics, parallel_tool_calls=req.parallel_tool_calls
+    )
     try:
         await generation.prefetch()
     except BaseException:

@@ -250,6 +250,7 @@ async def chat_completions(request: Request) -> Response:
         tool_choice=body.data.get("tool_choice"),
         think=_think(body),
         logprobs=_chat_logprobs(body),
+        parallel_tool_calls=body.flag("parallel_tool_calls", True),
     )
     generations = await core.start_choices(request, req, body.get("n", int, 1))
     base = _head("chatcmpl", model)

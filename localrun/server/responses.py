@@ -374,6 +374,7 @@ async def create(request: Request) -> Response:
         tools=_tools(body),
         tool_choice=_tool_choice(body),
         think=_think(body),
+        parallel_tool_calls=body.flag("parallel_tool_calls", True),
     )
     generation = await core.start(request, req)
     answer = _Answer(body, model, keep, previous)
