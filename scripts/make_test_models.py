@@ -105,12 +105,17 @@ FIM_PIECES = (
 )  # fmt: skip
 
 
-def build_vocab(*, fim: bool = False) -> tuple[list[str], list[float], list[int]]:
+#: FIM tokens with texts llama.cpp does not know: found only by the GGUF's fim_*_token_id keys.
+FIM_ID_PIECES = ("[INFILL_BEFORE]", "[INFILL_AFTER]", "[INFILL_HERE]")
+
+
+def build_vocab(*, fim: bool | str = False) -> tuple[list[str], list[float], list[int]]:
     """Return ``(tokens, scores, token_types)`` of the tiny SentencePiece-style vocabulary.
 
     Layout: ``<unk>``, ``<s>``, ``</s>``, the 256 byte tokens ``<0x00>``..``<0xFF>``, about 130
     normal pieces (``▁the``, ``a``, ...) and the ChatML control tokens ``<|im_start|>`` and
-    ``<|im_end|>`` last; with ``fim``, the FIM_PIECES control tokens after them.
+    ``<|im_end|>`` last; with ``fim``, the FIM_PIECES control tokens after them (with
+    ``fim="ids"``, FIM_ID_PIECES instead).
     """
     tokens = ["<unk>", "<s>", "</s>"]
     types = [int(TokenType.UNKNOWN), int(TokenType.CONTROL), int(TokenType.CONTROL)]
@@ -121,7 +126,8 @@ def build_vocab(*, fim: bool = False) -> tuple[list[str], list[float], list[int]
         tokens.append(piece)
         scores.append(-float(rank))
         types.append(int(TokenType.NORMAL))
-    for piece in _CONTROL_PIECES + (FIM_PIECES if fim else ()):
+    extra = FIM_ID_PIECES if fim == "ids" else FIM_PIECES if fim else ()
+    for piece in _CONTROL_PIECES + extra:
         tokens.append(piece)
         scores.append(0.0)
         types.append(int(TokenType.CONTROL))
@@ -206,7 +212,7 @@ def write_tiny_model(
     extra_bytes: int = 0,
     dtype: Literal["f32", "f16"] = "f32",
     alignment: int | None = None,
-    fim: bool = False,
+    fim: bool | Literal["ids"] = False,
     chat_template: str = CHATML_TEMPLATE,
 ) -> Path:
     """Write a tiny random-weight llama GGUF that llama.cpp loads; return its path.
@@ -217,7 +223,8 @@ def write_tiny_model(
     ``llama.feed_forward_length`` becomes larger, the file still loads and computes the same
     logits as the unpadded model. Tensors are streamed to disk one at a time. ``alignment``
     writes an explicit ``general.alignment`` key. ``fim`` adds fill-in-the-middle tokens
-    (found by their texts, as in many code models' GGUFs); ``chat_template`` replaces ChatML
+    (found by their texts, as in many code models' GGUFs; ``"ids"``: named by the GGUF's
+    ``tokenizer.ggml.fim_*_token_id`` keys); ``chat_template`` replaces ChatML
     (e.g. THINKING_TEMPLATE).
     """
     if n_embd % n_head or n_head % n_head_kv:
@@ -259,6 +266,10 @@ def write_tiny_model(
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
     writer.add_chat_template(chat_template)
+    if fim == "ids":
+        keys = (Keys.Tokenizer.FIM_PRE_ID, Keys.Tokenizer.FIM_SUF_ID, Keys.Tokenizer.FIM_MID_ID)
+        for key, piece in zip(keys, FIM_ID_PIECES, strict=True):
+            writer.add_uint32(key, tokens.index(piece))
 
     plan = _tensor_plan(len(tokens), n_layer, n_embd, n_ff_file, n_head, n_head_kv)
     for name, shape in plan:

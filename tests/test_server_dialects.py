@@ -59,16 +59,6 @@ def live(store: Store, responses_dir: Path) -> Iterator[LiveServer]:
     server.close()
 
 
-@pytest.fixture
-def ant(live: LiveServer) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=live.url, api_key="unused", max_retries=0, timeout=180)
-
-
-@pytest.fixture
-def ai(live: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=180)
-
-
 # -- one conversation, four dialects ----------------------------------------------------------
 
 
@@ -284,6 +274,16 @@ def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
         error = response.json()
         assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
         assert error["error"]["message"]
+    for body in bad_bodies[1:5]:  # count_tokens reads the same fields (no max_tokens needed)
+        response = httpx.post(f"{live.url}/v1/messages/count_tokens", json=body, timeout=60)
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    missing = httpx.post(
+        f"{live.url}/v1/messages/count_tokens",
+        json={"model": "no-such-model", "messages": messages},
+        timeout=60,
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
     broken = httpx.post(
         f"{live.url}/v1/messages",
         content=b"{not json",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import make_test_models
 import ollama
 import openai
 import pytest
@@ -38,6 +39,10 @@ def live(
     # batch and twice the answer, and the tiny model's own context (256) leaves none.
     add_model(store, "coder", tiny_fim_model, "PARAMETER num_ctx 2048")
     add_model(store, "tiny", tiny_model)
+    by_ids = make_test_models.write_tiny_model(
+        tmp_path_factory.mktemp("fim-ids") / "tiny-fim-ids.gguf", fim="ids"
+    )
+    add_model(store, "coder-ids", by_ids)
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=16))
     yield server
     server.close()
@@ -55,10 +60,11 @@ def layout_size(path: Path, prefix: str, suffix: str, extra: list[tuple[str, str
             return len(weights.tokenize(text, add_special=False, parse_special=False))
 
         fim = weights.fim
-        assert fim is not None and fim.rep >= 0 and fim.sep >= 0 and fim.bos >= 0
-        size = 1 + n("myproject\n")  # <|repo_name|>
-        size += sum(1 + n(name + "\n") + n(text) for name, text in extra)  # <|file_sep|> files
-        size += 1 + n("filename\n")  # <|file_sep|> of the file being edited
+        assert fim is not None and fim.bos >= 0
+        size = 1 + n("myproject\n") if fim.rep >= 0 else 0  # <|repo_name|>
+        if fim.sep >= 0:
+            size += sum(1 + n(name + "\n") + n(text) for name, text in extra)  # other files
+            size += 1 + n("filename\n")  # <|file_sep|> of the file being edited
         return size + 1 + 1 + n(prefix) + 1 + n(suffix) + 1  # BOS <PRE> .. <SUF> .. <MID>
     finally:
         weights.close()
@@ -118,7 +124,17 @@ def test_other_files_come_first(live: LiveServer, tiny_fim_model: Path) -> None:
 def test_capabilities_say_insert(live: LiveServer) -> None:
     oc = ollama.Client(host=live.url, timeout=120)
     assert "insert" in (oc.show("coder").capabilities or [])
+    assert "insert" in (oc.show("coder-ids").capabilities or [])
     assert "insert" not in (oc.show("tiny").capabilities or [])
+
+
+def test_fim_tokens_named_by_the_gguf_keys(live: LiveServer, tmp_path: Path) -> None:
+    """Token texts llama.cpp does not know, named by tokenizer.ggml.fim_*_token_id."""
+    path = make_test_models.write_tiny_model(tmp_path / "ids.gguf", fim="ids")  # the same file
+    oc = ollama.Client(host=live.url, timeout=120)
+    answer = oc.generate("coder-ids", PREFIX, suffix=SUFFIX, options=GREEDY)
+    assert answer.done and answer.eval_count == 8
+    assert answer.prompt_eval_count == layout_size(path, PREFIX, SUFFIX, [])
 
 
 def test_a_model_without_fim_tokens_is_a_400(live: LiveServer) -> None:
