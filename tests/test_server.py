@@ -99,16 +99,6 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator
     server.close()
 
 
-@pytest.fixture
-def oc(live: LiveServer) -> ollama.Client:
-    return ollama.Client(host=live.url, timeout=180)
-
-
-@pytest.fixture
-def ai(live: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=180)
-
-
 # -- Ollama's client -------------------------------------------------------------------------
 
 

@@ -38,16 +38,6 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator
     server.close()
 
 
-@pytest.fixture
-def oc(live: LiveServer) -> ollama.Client:
-    return ollama.Client(host=live.url, timeout=180)
-
-
-@pytest.fixture
-def ai(live: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=180)
-
-
 def sampled(seed: int, n: int = 16) -> dict[str, Any]:
     """Options that sample (not greedy), so the seed decides the answer."""
     return {"temperature": 1.5, "top_k": 0, "seed": seed, "num_predict": n}

@@ -34,11 +34,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server.close()
 
 
-@pytest.fixture
-def ai(live: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0, timeout=120)
-
-
 def check_greedy(entries: list[Any], text: str, top: int) -> None:
     """The entries spell `text`; each is the likeliest of its alternatives (greedy)."""
     assert entries and "".join(e.token for e in entries) == text

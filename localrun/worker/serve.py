@@ -130,18 +130,12 @@ class RequestSink:
         """The answer's part of `text`; its reasoning goes out at once (unless hidden)."""
         if self.splitter is None:
             return text
-        held = len(self.splitter.pending.encode("utf-8"))
+        held = self.splitter.pending
         reasoning, answer = self.splitter.feed(text)
-        # The tags (and the blank lines after them) are nobody's text: count them as sent.
-        dropped = (
-            held
-            + len(text.encode("utf-8"))
-            - len(self.splitter.pending.encode("utf-8"))
-            - len(reasoning.encode("utf-8"))
-            - len(answer.encode("utf-8"))
-        )
-        if dropped and self._entries:
-            self._due("", dropped)
+        if self._entries:
+            # The tags (and the blank lines after them) are nobody's text: count them as sent.
+            kept = reasoning + answer + self.splitter.pending
+            self._due("", len((held + text).encode()) - len(kept.encode()))
         self._send_thinking(reasoning)
         return answer
 
