@@ -1,15 +1,17 @@
 """Read and validate GGUF files before anything native touches them.
 
 `inspect(path)` refuses anything but a regular file (a FIFO or a device must never be opened for
-reading: `FROM /dev/random` would hang, Ollama's CVE-2024-39721), then checks the header in two
-steps:
+reading: `FROM /dev/random` would hang, Ollama's CVE-2024-39721), then walks the header once
+(`_scan_header`) with `struct`:
 
-1. `_scan_header`: a bounded walk over the header with `struct`, checking every length, count and
-   offset against the file size. It exists because the `gguf` package's reader loops once per
-   array element in Python and reads past the end as empty arrays: a numeric array that declares
-   2**60 elements makes it spin and grow memory forever instead of failing.
-2. `gguf.GGUFReader` (the `gguf` package) then reads the metadata values and the tensor table, and
-   every tensor's offset + size is checked to lie within the file.
+1. every length, count and offset is checked against the file size, and every count against
+   limits real files are far below (MAX_KEYS, MAX_TENSORS, MAX_ARRAY), so the walk's time and
+   memory are bounded by the file, not by what it claims. (The `gguf` package's reader is not
+   used: it loops once per array element in Python, builds numpy objects for each, and reads
+   past the end as empty arrays; a million empty strings took it past 4 GB.)
+2. every tensor's offset + size lies within the file;
+3. a model's values that llama.cpp trusts (hyper-parameters, block count against the tensors,
+   shapes, tokenizer, chat template size) pass `localrun.gguf_rules.check_model`.
 
 What it returns (`GGUFInfo`) is what the store records about a model: architecture, sizes,
 quantization, chat template, license.
@@ -26,13 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localrun import gguf_rules
 from localrun.errors import FileNotFoundError_, InvalidGGUFError, NotRegularFileError
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4
+MAX_TENSOR_NAME = 64  # llama.cpp's GGML_MAX_NAME, terminator included
 MAX_KEY_LENGTH = 65_535
+# Far beyond real files (tens of keys; a few thousand tensors; 256k-token vocabularies), and
+# small enough that walking a hostile header stays within a second and a few hundred MB.
+MAX_KEYS = 1 << 16
+MAX_TENSORS = 1 << 17
+MAX_ARRAY = 1 << 24
 DEFAULT_ALIGNMENT = 32
+TENSOR_ALIGNMENT = 32  # ggml's, for data used in place from the mapped file
 
 # Fixed sizes of the scalar value types (GGUFValueType); 8 = string, 9 = array.
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -142,10 +152,8 @@ def inspect_fd(fd: int, shown: str) -> GGUFInfo:
     size = os.fstat(fd).st_size
     if size < 24:
         raise _bad(shown, f"only {size} bytes, too small for a GGUF header")
-    with os.fdopen(os.dup(fd), "rb") as fh:
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            scan = _scan_header(data, size, shown)
-        return _read(fh, size, shown, scan)
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data:
+        return _info(size, shown, _scan_header(data, size, shown))
 
 
 def _bad(shown: str, reason: str) -> InvalidGGUFError:
@@ -249,7 +257,12 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
         return value
 
     # Each key/value needs at least 13 bytes and each tensor info at least 29: absurd counts fail
-    # here instead of in a loop.
+    # here instead of in a loop. Past that, the counts are bounded by what real files hold, so
+    # a small file cannot make the walk take seconds and gigabytes.
+    if kv_count > MAX_KEYS:
+        raise _bad(shown, f"header claims {kv_count} metadata keys (at most {MAX_KEYS})")
+    if tensor_count > MAX_TENSORS:
+        raise _bad(shown, f"header claims {tensor_count} tensors (at most {MAX_TENSORS})")
     if kv_count * 13 + tensor_count * 29 > size:
         raise _bad(
             shown,
@@ -258,6 +271,7 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
         )
     metadata: dict[str, Any] = {}
     tokens_span = (0, 0)
+    tokens: list[bytes] = []
     for _ in range(kv_count):
         key = read_string("a metadata key")
         if len(key) > MAX_KEY_LENGTH:
@@ -266,6 +280,8 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
         (vtype,) = struct.unpack_from("<I", data, pos)
         pos += 4
         field = key.decode("utf-8", errors="replace")
+        if field in metadata:
+            raise _bad(shown, f"metadata {_key(key)} appears twice (a duplicated key)")
         if field == "general.alignment" and vtype != 4:
             raise _bad(shown, "general.alignment must be a uint32")
         if vtype in _SCALAR_SIZES:
@@ -279,6 +295,9 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
             itype, count = struct.unpack_from("<IQ", data, pos)
             pos += 12
             metadata[field] = ("array", itype, count)
+            if count > MAX_ARRAY and pos + count <= size:  # (past the end is reported below)
+                too_many = f"an array of {count} items (at most {MAX_ARRAY})"
+                raise _bad(shown, f"metadata {_key(key)} is {too_many}")
             if itype in _SCALAR_SIZES:
                 need(count * _SCALAR_SIZES[itype], f"array {_key(key)} of {count} elements")
                 pos += count * _SCALAR_SIZES[itype]
@@ -286,13 +305,19 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
                 need(count * 8, f"array {_key(key)} of {count} strings")
                 unpack = _U64.unpack_from
                 start = pos
-                for _ in range(count):  # the hot loop of a scan: tokens and merges
-                    if pos + 8 > size:
+                if field == "tokenizer.ggml.tokens":  # kept: the vocabulary is checked below
+                    for _ in range(count):
+                        if pos + 8 > size:
+                            break
+                        length = unpack(data, pos)[0]
+                        tokens.append(data[pos + 8 : pos + 8 + length])
+                        pos += 8 + length
+                    tokens_span = (start, pos)
+                for _ in range(count if field != "tokenizer.ggml.tokens" else 0):
+                    if pos + 8 > size:  # the hot loop of a scan: merges
                         break
                     pos += 8 + unpack(data, pos)[0]
                 need(0, f"array {_key(key)}")
-                if field == "tokenizer.ggml.tokens":
-                    tokens_span = (start, pos)
             elif itype == _ARRAY:
                 raise _bad(
                     shown,
@@ -313,6 +338,8 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
         need(4, f"tensor {_key(name)}")
         (n_dims,) = struct.unpack_from("<I", data, pos)
         pos += 4
+        if len(name) >= MAX_TENSOR_NAME:
+            raise _bad(shown, f"tensor {_key(name)} has a name of {len(name)} bytes (at most 63)")
         if not 1 <= n_dims <= MAX_DIMS:
             raise _bad(shown, f"tensor {_key(name)} has {n_dims} dimensions (1 to 4 allowed)")
         need(8 * n_dims + 12, f"tensor {_key(name)}")
@@ -320,13 +347,18 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
         pos += 8 * n_dims
         ttype, offset = struct.unpack_from("<IQ", data, pos)
         pos += 12
-        infos.append((_key(name), dims, ttype, offset))
+        infos.append((_printable(name.decode("utf-8", "replace")), dims, ttype, offset))
     data_start = -(-pos // alignment) * alignment
     if data_start > size and tensor_count:
         raise _bad(shown, "the tensor data is missing (truncated file)")
     tensors = _check_tensor_bounds(infos, data_start, alignment, size, shown)
     fim = _has_fim(data, tokens_span, metadata)
-    return Header(version, alignment, data_start, size, metadata, tensors, fim)
+    header = Header(version, alignment, data_start, size, metadata, tensors, fim)
+    try:
+        gguf_rules.check_model(header, tokens)
+    except gguf_rules.Refused as exc:
+        raise _bad(shown, _printable(str(exc))) from None
+    return header
 
 
 # The token texts llama.cpp recognises as FIM prefix, suffix and middle when a GGUF does not
@@ -389,6 +421,14 @@ def _check_tensor_bounds(
         n_bytes = n_elements // block * type_size
         if offset % alignment:
             raise _bad(shown, f"tensor {name} is not aligned to {alignment} bytes")
+        if (data_start + offset) % TENSOR_ALIGNMENT:
+            # ggml maps tensor data in place and asserts 32-byte alignment (an abort, not an
+            # error), which a general.alignment below 32 does not promise.
+            raise _bad(
+                shown,
+                f"tensor {name} starts at byte {data_start + offset}, not a multiple of "
+                f"{TENSOR_ALIGNMENT} (general.alignment is {alignment})",
+            )
         if data_start + offset + n_bytes > size:
             raise _bad(
                 shown,
@@ -410,36 +450,18 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _read(fh: Any, size: int, shown: str, scan: Header) -> GGUFInfo:
-    """Read the (already bounds-checked) header with the gguf package."""
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(fh)  # np.memmap takes the open file: no second open by path
-    except Exception as exc:
-        # A hostile file can make a third-party parser fail in many ways; all mean "invalid".
-        raise _bad(shown, _printable(f"{type(exc).__name__}: {exc}")) from exc
-
-    def value(key: str) -> Any:
-        fld = reader.get_field(key)
-        if fld is None or not fld.types:
-            return None
-        try:
-            return fld.contents()
-        except Exception:  # a field of unexpected shape is treated as absent
-            return None
-
+def _info(size: int, shown: str, scan: Header) -> GGUFInfo:
+    """What the store records, from the bounds-checked walk (no second parser: the `gguf`
+    package's reader builds numpy objects per element, and took gigabytes on hostile headers)."""
     metadata: dict[str, Any] = {}
-    for key, fld in reader.fields.items():
-        if key.startswith("GGUF.") or (fld.types and fld.types[0].name == "ARRAY"):
+    for key, item in scan.metadata.items():
+        if isinstance(item, tuple):  # arrays are not part of the summary
             continue
-        item = value(key)
         if isinstance(item, str) and len(item) > 200 and key != "tokenizer.chat_template":
             item = item[:200] + "..."
         metadata[key] = item
-
-    # The gguf reader has confirmed the structure; the summary comes from the same code that
-    # describes pulled models, so a model is described alike however it arrived.
+    # The summary comes from the same code that describes pulled models, so a model is
+    # described alike however it arrived.
     d = header_details([scan])
     return GGUFInfo(
         path=shown,
@@ -448,15 +470,15 @@ def _read(fh: Any, size: int, shown: str, scan: Header) -> GGUFInfo:
         kind=d["kind"],
         architecture=d["architecture"],
         name=d["name"],
-        tensor_count=len(reader.tensors),
+        tensor_count=len(scan.tensors),
         parameter_count=d["parameter_count"],
         context_length=d["context_length"],
         embedding_length=d["embedding_length"],
         block_count=d["block_count"],
         head_count=d["head_count"],
         quantization=d["quantization"],
-        chat_template=_as_str(value("tokenizer.chat_template")),
-        license=_as_str(value("general.license")),
+        chat_template=_as_str(scan.metadata.get("tokenizer.chat_template")),
+        license=_as_str(scan.metadata.get("general.license")),
         adapter_type=d["adapter_type"],
         lora_alpha=d["lora_alpha"],
         pooling_type=d["pooling_type"],

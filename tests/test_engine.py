@@ -218,17 +218,15 @@ def test_invalid_files_never_reach_llama_cpp(malformed: dict[str, Path]) -> None
             LlamaBackend().load(str(path), LoadOptions(num_ctx=64))
 
 
-def test_a_well_formed_file_llama_cpp_refuses(tmp_path: Path) -> None:
-    import gguf as gguf_lib
-    import numpy as np
+def test_a_well_formed_file_llama_cpp_refuses(tmp_path: Path, tiny_model: Path) -> None:
+    # Every header rule holds, but a tensor llama.cpp needs is missing: its refusal is a
+    # ModelLoadError, not a crash.
+    import fuzz_gguf
 
-    path = tmp_path / "alien.gguf"
-    writer = gguf_lib.GGUFWriter(str(path), arch="no-such-architecture")
-    writer.add_tensor("weights", np.zeros((4, 32), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    layout = fuzz_gguf.parse(tiny_model.read_bytes())
+    layout.tensors = [t for t in layout.tensors if t.name != "blk.0.attn_q.weight"]
+    path = tmp_path / "missing-tensor.gguf"
+    path.write_bytes(fuzz_gguf.serialize(layout))
     with pytest.raises(ModelLoadError) as info:
         LlamaBackend().load(str(path), LoadOptions(num_ctx=64))
     assert "could not load" in info.value.message
@@ -241,7 +239,7 @@ def test_a_mismatched_adapter_is_refused(smollm2_path: str, tiny_lora: Path) -> 
         )
 
 
-def test_inconsistent_hyperparameters_give_llama_cpps_reason(
+def test_inconsistent_hyperparameters_are_refused_before_llama_cpp(
     tmp_path: Path, tiny_model: Path
 ) -> None:
     import gguf as gguf_lib
@@ -251,6 +249,6 @@ def test_inconsistent_hyperparameters_give_llama_cpps_reason(
     reader = gguf_lib.GGUFReader(str(path), "r+")
     reader.fields["llama.embedding_length"].parts[-1][0] = 96  # the tensors say 64
     del reader
-    with pytest.raises(ModelLoadError) as info:
+    with pytest.raises(InvalidGGUFError) as info:
         LlamaBackend().load(str(path), LoadOptions(num_ctx=64))
-    assert "error loading model" in info.value.message
+    assert "token_embd.weight is 64 wide but llama.embedding_length is 96" in info.value.message
