@@ -251,6 +251,12 @@ SETTINGS: dict[str, Setting] = {
             lambda: 30 * 86400.0,
         ),
         Setting(
+            "LOCALRUN_LOAD_TIMEOUT",
+            "Longest a model may take to load before its runner is stopped (5m, 30s).",
+            parse_duration,
+            lambda: 300.0,
+        ),
+        Setting(
             "LOCALRUN_DEBUG",
             "Show tracebacks and debug output (1/0).",
             _parse_bool,
@@ -317,6 +323,10 @@ def responses_max_age() -> float:
     return SETTINGS["LOCALRUN_RESPONSES_MAX_AGE"].value()  # type: ignore[no-any-return]
 
 
+def load_timeout() -> float:
+    return SETTINGS["LOCALRUN_LOAD_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
 def debug() -> bool:
     try:
         return bool(SETTINGS["LOCALRUN_DEBUG"].value())
@@ -330,7 +340,7 @@ def format_value(name: str, value: Any) -> str:
         return f"[{host_}]:{port}" if ":" in host_ else f"{host_}:{port}"
     if name == "LOCALRUN_API_KEY":
         return "(set)" if value else ""
-    if name in ("LOCALRUN_KEEP_ALIVE", "LOCALRUN_RESPONSES_MAX_AGE"):
+    if name in ("LOCALRUN_KEEP_ALIVE", "LOCALRUN_RESPONSES_MAX_AGE", "LOCALRUN_LOAD_TIMEOUT"):
         return "-1" if value == float("inf") else f"{value:g}s"
     if isinstance(value, tuple):
         return ",".join(value)

@@ -30,6 +30,7 @@ class Model:
     template: str | None = None
     messages: list[Message] = field(default_factory=list)
     licenses: list[str] = field(default_factory=list)
+    store_root: Path | None = None  # the store it was read from
 
     @property
     def details(self) -> dict[str, Any]:
@@ -90,4 +91,5 @@ def load(store: Store, name: ModelName, manifest: Manifest | None = None) -> Mod
         template=text("template"),
         messages=messages,
         licenses=[store.read_blob(x.digest).decode("utf-8") for x in manifest.of_kind("license")],
+        store_root=store.root,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +32,14 @@ from localrun.engine.types import (
     SamplingOptions,
     Timings,
 )
-from localrun.errors import BadRequestError, CorruptBlobError, InvalidGGUFError
+from localrun.errors import (
+    BadRequestError,
+    CorruptBlobError,
+    InvalidGGUFError,
+    InvalidParameterError,
+    LocalrunError,
+    ModelLoadError,
+)
 from localrun.model import Model
 
 LOAD_PARAMS = ("num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap")
@@ -537,6 +545,58 @@ def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1, gpu: b
     return Fit(header, num_ctx, plan, warnings + list(plan.warnings))
 
 
+def available_memory() -> int:
+    """Bytes a load may use now: free and reclaimable RAM, and free swap."""
+    import psutil
+
+    return int(psutil.virtual_memory().available + psutil.swap_memory().free)
+
+
+def check_memory(
+    model: Model, fit: Fit, parameters: dict[str, Any], *, slots: int = 1, available: int = 0
+) -> None:
+    """Refuse, before anything is allocated, a load whose planned RAM exceeds what is available.
+
+    llama.cpp sizes the KV cache from num_ctx without asking: num_ctx 16777216 would take a
+    runner past every limit (or abort it) instead of answering. `available` defaults to
+    `available_memory()`.
+    """
+    needed = fit.plan.ram_bytes
+    available = available or available_memory()
+    if needed <= available:
+        return
+    have = f"about {_gb(available)} is available"
+    if "num_ctx" in parameters:
+        per = f" ({slots} slots)" if slots > 1 else ""
+        raise InvalidParameterError(
+            f"num_ctx {fit.num_ctx} needs about {_gb(needed)} of memory for {model.name}{per}; "
+            + have,
+            hint="use a smaller num_ctx",
+        )
+    raise ModelLoadError(
+        f"{model.name} needs about {_gb(needed)} of memory to load; {have}",
+        hint="close other programs, set a smaller num_ctx, or use a smaller quantization",
+    )
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.1f} GB" if size < 1e12 else f"{size / 1e12:.1f} TB"
+
+
+# A stored file's path (…/blobs/sha256-<hex>) says where the store is: clients get the model's
+# name instead, the server log the details.
+_BLOB_PATH = re.compile(r"(?:[^\s'\"]*[/\\])?blobs[/\\]sha256-[0-9a-f]{64}")
+
+
+def scrubbed(exc: LocalrunError, model: Model) -> LocalrunError:
+    """`exc` with the paths of stored files replaced by the model's name."""
+    message = _BLOB_PATH.sub(f"the file of {model.name}", exc.message)
+    if message != exc.message:
+        exc.message = message
+        exc.args = (message,)
+    return exc
+
+
 def resolve_load_options(
     model: Model,
     parameters: dict[str, Any],
@@ -580,15 +640,24 @@ def load(
     """Load `model` with its parameters (overridden by `overrides`)."""
     parameters = {**model.parameters, **params_mod.validate(overrides or {})}
     notes: list[str] = []
-    options = resolve_load_options(model, parameters, notes, warn)
-    if backend is None:
-        from localrun.engine.llama import LlamaBackend
-
-        backend = LlamaBackend()
     try:
-        engine = backend.load(str(model.model_path), options)
-    except InvalidGGUFError as exc:
-        raise damaged(model, exc) from None
+        fit = plan_fit(model, parameters)
+        check_memory(model, fit, parameters)
+        options = resolve_load_options(model, parameters, notes, warn, fit=fit)
+        if backend is None:
+            from localrun import probe
+            from localrun.engine.llama import LlamaBackend
+
+            # llama.cpp may abort or hang on a model that passes every check: a model not yet
+            # seen to load cleanly is loaded in a child process first.
+            probe.ensure_loads(model, overrides or {})
+            backend = LlamaBackend()
+        try:
+            engine = backend.load(str(model.model_path), options)
+        except InvalidGGUFError as exc:
+            raise damaged(model, exc) from None
+    except LocalrunError as exc:
+        raise scrubbed(exc, model) from None
     template = model.template or engine.chat_template
     return Runner(
         model=model,

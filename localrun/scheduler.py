@@ -908,10 +908,10 @@ class Scheduler:
             not isinstance(runner.death, RunnerDiedError) or runner.process.killed
         ):
             return runner.death  # shutting down, unloaded or killed while loading
-        tail = "; ".join(list(runner.process.stderr_tail)[-3:])
+        # Its last lines (native backtraces, paths) are in the server log, not in the answer.
         return ModelLoadError(
-            f"the runner for {runner.name} exited while loading the model ({status})"
-            + (f": {tail}" if tail else ""),
+            f"llama.cpp failed while loading {runner.name} ({status}): the model file is "
+            "damaged or not supported by this llama.cpp",
             hint="see the server log for the runner's output",
         )
 

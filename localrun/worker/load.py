@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from localrun import names, runner
+from localrun import config, names, runner
 from localrun import params as params_mod
 from localrun.engine.types import EmbedInput, LoadOptions, SamplingOptions, Sink
-from localrun.errors import BadRequestError, InvalidGGUFError
+from localrun.errors import BadRequestError, InvalidGGUFError, LocalrunError
+from localrun.model import Model
 from localrun.model import load as load_model
 from localrun.store import Store
 from localrun.worker import protocol
+from localrun.worker.watch import LoadWatch, load_limit
 
 BACKENDS = ("llama", "fake")
 
@@ -94,8 +98,12 @@ def _build(
     return BatchEngine(path, options, slots)
 
 
-def load(request: dict[str, Any]) -> Loaded:
-    """Load what a `load` message asks for; raises a LocalrunError the worker reports."""
+def load(request: dict[str, Any], breach: Callable[[LocalrunError], None] | None = None) -> Loaded:
+    """Load what a `load` message asks for; raises a LocalrunError the worker reports.
+
+    With `breach`, llama.cpp loads under a LoadWatch (time limit, memory bound) that calls it
+    with the error on a breach; it must end the process.
+    """
     started = time.perf_counter()
     if request.get("op") != protocol.LOAD:
         raise BadRequestError(f"the first request must be {protocol.LOAD!r}")
@@ -110,14 +118,40 @@ def load(request: dict[str, Any]) -> Loaded:
     if backend not in BACKENDS:
         raise BadRequestError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     model = load_model(Store(Path(root)), names.parse(name))
+    try:
+        return _load(model, options, slots, backend, request, breach, started)
+    except LocalrunError as exc:
+        raise runner.scrubbed(exc, model) from None
+
+
+def _load(
+    model: Model,
+    options: dict[str, Any],
+    slots: int,
+    backend: str,
+    request: dict[str, Any],
+    breach: Callable[[LocalrunError], None] | None,
+    started: float,
+) -> Loaded:
     parameters = {**model.parameters, **params_mod.validate(options)}
     # The fake engine runs on the CPU: planning it so keeps llama_cpp out of its runner.
     fit = runner.plan_fit(model, parameters, slots=slots, gpu=backend != "fake")
+    available = runner.available_memory()
+    runner.check_memory(model, fit, parameters, slots=slots, available=available)
     notes: list[str] = []
     warnings: list[str] = []
     load_options = runner.resolve_load_options(model, parameters, notes, warnings.append, fit=fit)
+    watch: AbstractContextManager[Any] = contextlib.nullcontext()
+    if breach is not None:
+        watch = LoadWatch(
+            str(model.name),
+            limit=load_limit(fit.plan.ram_bytes + fit.plan.vram_bytes, available),
+            timeout_s=config.load_timeout(),
+            breach=breach,
+        )
     try:
-        engine = _build(backend, str(model.model_path), load_options, slots, request)
+        with watch:
+            engine = _build(backend, str(model.model_path), load_options, slots, request)
     except InvalidGGUFError as exc:
         raise runner.damaged(model, exc) from None
     # The scripted engine reads no GGUF: it renders the file's own template as llama.cpp would.

@@ -31,8 +31,13 @@ def main() -> int:
         return 0  # the server went away before asking for anything
     from localrun.worker.load import load
 
+    def breach(error: LocalrunError) -> None:
+        # llama.cpp is inside a native call on the main thread: say why, then end at once.
+        output.send(protocol.error_event(error))
+        os._exit(1)
+
     try:
-        loaded = load(protocol.decode(first))
+        loaded = load(protocol.decode(first), breach)
     except LocalrunError as exc:
         output.send(protocol.error_event(exc))
         return 1
