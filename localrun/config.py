@@ -116,6 +116,15 @@ def _parse_count(text: str) -> int:
     return int(text)
 
 
+def _parse_api_key(text: str) -> str:
+    # A key of spaces would look set (serve would listen beyond loopback) yet no client can
+    # send it: Bearer tokens are read without surrounding whitespace.
+    key = text.strip()
+    if text and not key:
+        raise ValueError("the key is only whitespace; set a real key or unset it")
+    return key
+
+
 def _parse_origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in text.split(",") if o.strip())
 
@@ -217,7 +226,7 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_API_KEY",
             "Bearer token the server requires (required to listen beyond loopback).",
-            str,
+            _parse_api_key,
             lambda: "",
         ),
         Setting(
