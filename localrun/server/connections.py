@@ -17,7 +17,9 @@ out of file descriptors it answers nobody. The protocol built here bounds all of
 
 Evicting rather than refusing is what keeps a flood from locking clients out: a real client sends
 its head at once and leaves the evictable set within a round trip, while the flood's own new
-sockets push out its oldest ones.
+sockets push out its oldest ones. The limit of that: a client that shares its address with a
+flood reopening sockets faster than the server reads heads (thousands a second) can have its own
+connection evicted before its head is read; it is then reset and must retry.
 """
 
 from __future__ import annotations
