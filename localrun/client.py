@@ -181,7 +181,12 @@ class Client:
             except ValueError as exc:
                 raise ConfigError(str(exc), hint="fix LOCALRUN_HOST or unset it") from None
         self.host, self.port = host
-        self.api_key = config.api_key() if api_key is None else api_key
+        if api_key is None:
+            try:
+                api_key = config.api_key()
+            except ValueError as exc:
+                raise ConfigError(str(exc), hint="fix LOCALRUN_API_KEY or unset it") from None
+        self.api_key = api_key
 
     @property
     def address(self) -> str:

@@ -116,6 +116,22 @@ def _parse_count(text: str) -> int:
     return int(text)
 
 
+def _parse_timeout(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0 or seconds == float("inf"):
+        raise ValueError(f"expected a duration above 0 such as 10s or 1m, got {text!r}")
+    return seconds
+
+
+def _parse_api_key(text: str) -> str:
+    # A key of spaces would look set (serve would listen beyond loopback) yet no client can
+    # send it: Bearer tokens are read without surrounding whitespace.
+    key = text.strip()
+    if text and not key:
+        raise ValueError("the key is only whitespace; set a real key or unset it")
+    return key
+
+
 def _parse_origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in text.split(",") if o.strip())
 
@@ -217,7 +233,7 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_API_KEY",
             "Bearer token the server requires (required to listen beyond loopback).",
-            str,
+            _parse_api_key,
             lambda: "",
         ),
         Setting(
@@ -231,6 +247,39 @@ SETTINGS: dict[str, Setting] = {
             "Largest request body the server reads (blob uploads excepted).",
             _parse_positive_int,
             lambda: 32 * 1024 * 1024,
+        ),
+        # Connection limits: a client that never finishes its request must not hold a socket
+        # (and a file descriptor) forever; request heads arrive before the API key is checked.
+        Setting(
+            "LOCALRUN_HEADER_TIMEOUT",
+            "Time a client has to send a whole request head; slower connections are closed.",
+            _parse_timeout,
+            lambda: 10.0,
+        ),
+        Setting(
+            "LOCALRUN_BODY_TIMEOUT",
+            "Time a request body may bring no bytes (idle, not total: uploads are large).",
+            _parse_timeout,
+            lambda: 60.0,
+        ),
+        Setting(
+            "LOCALRUN_IDLE_TIMEOUT",
+            "Time an idle keep-alive connection stays open between requests.",
+            _parse_timeout,
+            lambda: 5.0,
+        ),
+        Setting(
+            "LOCALRUN_MAX_CONNECTIONS",
+            "Most open connections (kept below the file limit); at the cap a new one evicts "
+            "the oldest still sending its request head.",
+            _parse_positive_int,
+            lambda: 1000,
+        ),
+        Setting(
+            "LOCALRUN_MAX_CONNECTIONS_PER_CLIENT",
+            "Most open connections from one client address (IPv6: one /64).",
+            _parse_positive_int,
+            lambda: 256,
         ),
         Setting(
             "LOCALRUN_MAX_CHOICES",
@@ -306,6 +355,26 @@ def max_request_bytes() -> int:
     return SETTINGS["LOCALRUN_MAX_REQUEST_BYTES"].value()  # type: ignore[no-any-return]
 
 
+def header_timeout() -> float:
+    return SETTINGS["LOCALRUN_HEADER_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def body_timeout() -> float:
+    return SETTINGS["LOCALRUN_BODY_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def idle_timeout() -> float:
+    return SETTINGS["LOCALRUN_IDLE_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def max_connections() -> int:
+    return SETTINGS["LOCALRUN_MAX_CONNECTIONS"].value()  # type: ignore[no-any-return]
+
+
+def max_connections_per_client() -> int:
+    return SETTINGS["LOCALRUN_MAX_CONNECTIONS_PER_CLIENT"].value()  # type: ignore[no-any-return]
+
+
 def max_choices() -> int:
     return SETTINGS["LOCALRUN_MAX_CHOICES"].value()  # type: ignore[no-any-return]
 
@@ -340,7 +409,14 @@ def format_value(name: str, value: Any) -> str:
         return f"[{host_}]:{port}" if ":" in host_ else f"{host_}:{port}"
     if name == "LOCALRUN_API_KEY":
         return "(set)" if value else ""
-    if name in ("LOCALRUN_KEEP_ALIVE", "LOCALRUN_RESPONSES_MAX_AGE", "LOCALRUN_LOAD_TIMEOUT"):
+    if name in (
+        "LOCALRUN_KEEP_ALIVE",
+        "LOCALRUN_RESPONSES_MAX_AGE",
+        "LOCALRUN_LOAD_TIMEOUT",
+        "LOCALRUN_HEADER_TIMEOUT",
+        "LOCALRUN_BODY_TIMEOUT",
+        "LOCALRUN_IDLE_TIMEOUT",
+    ):
         return "-1" if value == float("inf") else f"{value:g}s"
     if isinstance(value, tuple):
         return ",".join(value)

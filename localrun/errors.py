@@ -26,7 +26,8 @@
     │   ├── NotFoundError           an API object (a stored response) that does not exist (404)
     │   ├── UnauthorizedError       a missing or wrong API key (401)
     │   ├── ForbiddenError          a Host or Origin the server does not serve (403)
-    │   └── RequestTooLargeError    a request body over LOCALRUN_MAX_REQUEST_BYTES (413)
+    │   ├── RequestTooLargeError    a request body over LOCALRUN_MAX_REQUEST_BYTES (413)
+    │   └── RequestTimeoutError     a request body that stalled past LOCALRUN_BODY_TIMEOUT (408)
     └── StoreError                  the model store itself
         ├── InvalidDigestError      a digest that is not sha256:<64 hex>
         ├── CorruptBlobError        a blob whose content no longer matches its digest
@@ -225,6 +226,10 @@ class ForbiddenError(ServerError):
 
 class RequestTooLargeError(ServerError):
     code = "request_too_large"
+
+
+class RequestTimeoutError(ServerError):
+    code = "request_timeout"
 
 
 class StoreError(LocalrunError):

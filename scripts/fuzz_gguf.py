@@ -21,6 +21,7 @@ The same code is used by tests/test_fuzz_gguf.py on a seeded sample small enough
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,7 +35,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,17 @@ def _edit(base: bytes, change: Callable[[Layout], Any]) -> Callable[[], bytes]:
     return make
 
 
+_EXTREMES = (
+    ("0", 0),
+    ("-1", -1),
+    ("nan", math.nan),
+    ("inf", math.inf),
+    ("-inf", -math.inf),
+    ("u32max", 2**32 - 1),
+    ("2^31", 2**31),
+)
+
+
 def _numeric_keys(layout: Layout) -> list[KV]:
     return [kv for kv in layout.kvs if kv.vtype in _SCALARS and kv.vtype != 7]
 
@@ -191,8 +203,7 @@ def semantic(base: bytes) -> list[Mutant]:
 
     # Every numeric hyper-parameter at 0, -1, NaN, inf and 2^32-1 (same width, patched in place).
     for kv in _numeric_keys(layout):
-        for label, number in (("0", 0), ("-1", -1), ("nan", math.nan), ("inf", math.inf),
-                              ("-inf", -math.inf), ("u32max", 2**32 - 1), ("2^31", 2**31)):  # fmt: skip
+        for label, number in _EXTREMES:
 
             def change(lay: Layout, key: str = kv.key, n: float = number) -> None:
                 target = lay.get(key)
@@ -471,7 +482,7 @@ def structural(base: bytes, rng: random.Random, count: int) -> list[Mutant]:
     for at in bounds:
         candidates.append((f"truncate@{at}", truncate(at)))
     for label, offset in (("tensor-count", 8), ("kv-count", 16)):
-        for v in huge + (len(layout.tensors) + 1, len(layout.kvs) + 1, 0):
+        for v in (*huge, len(layout.tensors) + 1, len(layout.kvs) + 1, 0):
             candidates.append((f"{label}={v}", put(offset, "<Q", v)))
     for label, offset in lengths:
         if offset < 0:
@@ -528,10 +539,8 @@ def _tree_rss(proc: Any) -> int:
     except psutil.Error:
         return 0
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -572,7 +581,7 @@ def run_bounded(
         elif time.monotonic() > deadline:
             broken = f"still running after {timeout:.0f} s"
         if broken:
-            with _suppress():
+            with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
@@ -580,14 +589,6 @@ def run_bounded(
     for t in readers:
         t.join(5)
     return code, outputs.get("out", ""), outputs.get("err", ""), peak, broken
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 def clean_failure(code: int | None, stderr: str) -> str | None:

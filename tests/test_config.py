@@ -57,3 +57,31 @@ def test_the_api_key_is_never_displayed(monkeypatch: pytest.MonkeyPatch) -> None
     shown = {row.name: row.value for row in config.describe()}
     assert shown["LOCALRUN_API_KEY"] == "(set)"
     assert "s3cret" not in repr(config.describe())
+
+
+def test_connection_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config.header_timeout() == 10.0 and config.body_timeout() == 60.0
+    assert config.idle_timeout() == 5.0
+    assert config.max_connections() == 1000 and config.max_connections_per_client() == 256
+    monkeypatch.setenv("LOCALRUN_HEADER_TIMEOUT", "1m30s")
+    assert config.header_timeout() == 90.0
+    shown = {row.name: row.value for row in config.describe()}
+    assert shown["LOCALRUN_HEADER_TIMEOUT"] == "90s"
+    for bad in ("0", "-1", "soon"):  # a timeout of never is no timeout
+        monkeypatch.setenv("LOCALRUN_BODY_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="LOCALRUN_BODY_TIMEOUT"):
+            config.body_timeout()
+    monkeypatch.setenv("LOCALRUN_MAX_CONNECTIONS", "0")
+    with pytest.raises(ValueError, match="LOCALRUN_MAX_CONNECTIONS"):
+        config.max_connections()
+
+
+@pytest.mark.parametrize("blank", [" ", "\t", " \t\n"])
+def test_a_blank_api_key_is_refused(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
+    monkeypatch.setenv("LOCALRUN_API_KEY", blank)
+    with pytest.raises(ValueError, match=r"LOCALRUN_API_KEY.*whitespace"):
+        config.api_key()
+    monkeypatch.setenv("LOCALRUN_API_KEY", " k3y\n")
+    assert config.api_key() == "k3y"
+    monkeypatch.setenv("LOCALRUN_API_KEY", "")
+    assert config.api_key() == ""  # empty is unset

@@ -15,6 +15,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from conftest import CLI, assert_one_line_error
 from test_server import LiveServer, add_model
 
 from localrun.scheduler import RunningModel, Scheduler
@@ -64,7 +65,8 @@ def test_host_and_origin_rules() -> None:
                "app.localhost", "LOCALHOST.", ""):  # fmt: skip
         assert host_allowed(ok, "127.0.0.1"), ok
     for bad in ("evil.example", "evil.example:11435", "127.0.0.1.evil.example", "10.0.0.1",
-                "[::2]", "localhost.evil.example"):  # fmt: skip
+                "[::2]", "localhost.evil.example", "[::1]evil.example", "[::1]:80evil",
+                "[[::1]", "[[::1]]", "localhost:evil", "127.0.0.1]"):  # fmt: skip
         assert not host_allowed(bad, "127.0.0.1"), bad
     assert host_allowed("myhost:11435", "myhost")
     origins = ("http://localhost:*", "https://app.example")
@@ -85,6 +87,13 @@ def test_dns_rebinding_is_refused(locked: LiveServer) -> None:
         assert isinstance(error, str if dialect == "ollama" else dict)
     for host in ("localhost:1234", "127.0.0.1", "[::1]:99"):
         assert httpx.get(locked.url + "/api/tags", headers={**AUTH, "Host": host}).is_success
+
+
+def test_text_after_a_bracketed_host_is_refused(locked: LiveServer) -> None:
+    # `[::1]evil.example` once passed as ::1: the text after `]` was ignored.
+    for host in ("[::1]evil.example", "[::1]evil.example:11435", "[::1]:1234evil"):
+        r = httpx.get(locked.url + "/api/tags", headers={**AUTH, "Host": host})
+        assert r.status_code == 403 and r.json()["code"] == "forbidden", host
 
 
 def test_bound_beyond_loopback_skips_the_host_check(open_server: LiveServer) -> None:
@@ -197,3 +206,12 @@ def test_a_bug_is_a_500_and_the_server_stays_up(open_server: LiveServer) -> None
     assert r.json()["error"] == "internal error (RuntimeError)" and "boom" not in r.text
     assert "Traceback" not in r.text
     assert httpx.get(open_server.url + "/api/version").status_code == 200
+
+
+@pytest.mark.parametrize("blank", [" ", "\t", " \t "])
+def test_serve_refuses_a_blank_api_key(cli: CLI, blank: str) -> None:
+    # A key of spaces looked set, so `serve --host 0.0.0.0` started; no client can send it.
+    for host in ("0.0.0.0", "127.0.0.1"):
+        result = cli("serve", "--host", host, "--port", "0", env={"LOCALRUN_API_KEY": blank})
+        assert_one_line_error(result, "LOCALRUN_API_KEY", "whitespace")
+        assert "localrun env" in result.stderr  # the hint

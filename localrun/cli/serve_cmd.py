@@ -38,7 +38,7 @@ def _address(host: str | None, port: int | None) -> tuple[str, int]:
     return bind_host, bind_port if port is None else port
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, backlog: int) -> socket.socket:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -52,7 +52,7 @@ def _bind(host: str, port: int) -> socket.socket:
         if sys.platform != "win32":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(2048)
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -92,6 +92,7 @@ def serve(
     from localrun.scheduler import Scheduler
     from localrun.server import create_app
     from localrun.server.app import Settings
+    from localrun.server.connections import Limits, protocol, raise_fd_limit
     from localrun.server.security import is_loopback
 
     bind_host, bind_port = _address(host, port)
@@ -103,6 +104,7 @@ def serve(
             hint="set LOCALRUN_API_KEY (clients send it as a Bearer token), or pass "
             "--insecure-no-auth to serve anyone who can reach the port",
         )
+    limits = Limits.from_env()
     debug = config.debug()
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
@@ -110,10 +112,18 @@ def serve(
         stream=sys.stderr,
     )
     logging.getLogger("uvicorn.error").setLevel(logging.INFO if debug else logging.WARNING)
-    sock = _bind(bind_host, bind_port)
+    # Every connection holds a file descriptor: allow as many as the system lets us, then keep
+    # the connection cap below that.
+    fd_limit = raise_fd_limit()
+    if fd_limit is not None:
+        limits = limits.within(fd_limit)
+    sock = _bind(bind_host, bind_port, limits.backlog)
     scheduler = Scheduler(store)
     uv_config = uvicorn.Config(
         create_app(settings, scheduler),
+        http=protocol(limits),
+        ws="none",  # no WebSocket routes; an upgraded connection would escape the limits
+        backlog=limits.backlog,
         log_config=None,
         access_log=debug,
         lifespan="on",

@@ -28,6 +28,7 @@ _STATUS: tuple[tuple[type[e.LocalrunError], int], ...] = (
     (e.UnauthorizedError, 401),
     (e.ForbiddenError, 403),
     (e.RequestTooLargeError, 413),
+    (e.RequestTimeoutError, 408),
     (e.BadRequestError, 400),
     (e.InvalidNameError, 400),
     (e.InvalidParameterError, 400),
@@ -47,6 +48,7 @@ _OPENAI_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     503: "server_overloaded",
 }
@@ -57,6 +59,7 @@ _ANTHROPIC_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",

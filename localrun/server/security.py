@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from collections.abc import Iterable
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -42,6 +43,7 @@ UPLOAD_PREFIX = "/api/blobs/"
 _OPEN = frozenset({"/", "/health"})  # health checks, open without the API key
 _PREFLIGHT_MAX_AGE = "600"
 _METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+_PORT = re.compile(r"(:[0-9]*)?")  # what may follow the host in a Host header
 
 
 def is_loopback(host: str) -> bool:
@@ -55,21 +57,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def host_name(header: str) -> str:
-    """The host part of a Host header: `[::1]:8080` -> `::1`, `localhost:80` -> `localhost`."""
+def host_name(header: str) -> str | None:
+    """The host part of a Host header (`[::1]:8080` -> `::1`, `localhost:80` -> `localhost`), or
+    None when the header is malformed: anything but `:port` after the host, such as
+    `[::1]evil.example`, must not be read as the host before it."""
     value = header.strip().lower()
     if value.startswith("["):
         end = value.find("]")
-        return value[1:end] if end > 0 else value
+        if end < 0 or "[" in value[1:end] or not _PORT.fullmatch(value[end + 1 :]):
+            return None
+        return value[1:end]
+    if "[" in value or "]" in value:
+        return None
     if value.count(":") == 1:
-        return value.split(":", 1)[0]
+        name, port = value.split(":", 1)
+        return name if _PORT.fullmatch(":" + port) else None
     return value  # a bare name, or an IPv6 address without brackets or port
 
 
 def host_allowed(header: str | None, bound: str) -> bool:
     if not header:
         return True  # HTTP/1.0 without Host: not a browser, so not a rebinding vector
-    name = host_name(header).rstrip(".")
+    name = host_name(header)
+    if not name:
+        return False
+    name = name.rstrip(".")
     return is_loopback(name) or name == bound.strip("[]").lower()
 
 
