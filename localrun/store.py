@@ -51,6 +51,9 @@ DIGEST_RE = re.compile(r"^sha256[:-][0-9a-f]{64}\Z")
 TMP_PREFIX = ".tmp-"
 CHUNK = 4 * 1024 * 1024
 SMALL_BLOB = 4 * 1024 * 1024  # small layers are re-hashed whenever they are read
+# A blob uploaded over HTTP is referenced by no manifest until the /api/create that names it;
+# prune leaves it alone this long (its marker in uploads/ says when it came).
+UPLOAD_GRACE_S = 3600.0
 
 MEDIA_PREFIX = "application/vnd.localrun."
 MEDIA_MANIFEST = MEDIA_PREFIX + "manifest.v1+json"
@@ -303,10 +306,13 @@ class Store:
             raise
         return digest, size, False
 
-    def adopt(self, path: Path, digest: str, *, synced: bool = False) -> int:
+    def adopt(
+        self, path: Path, digest: str, *, synced: bool = False, uploaded: bool = False
+    ) -> int:
         """Move a verified file (on the store's file system) into place as blob `digest`.
 
-        The caller has hashed it; this is a rename, so a download is never copied twice.
+        The caller has hashed it; this is a rename, so a download is never copied twice. An
+        `uploaded` blob is kept from prune for UPLOAD_GRACE_S, for the create that will use it.
         """
         target = self.blob_path(digest)
         self._ensure_dirs()
@@ -315,11 +321,30 @@ class Store:
             if not synced:
                 with open(path, "rb+") as fh:
                     os.fsync(fh.fileno())
+            if uploaded:
+                marker = self.root / "uploads" / target.name
+                marker.parent.mkdir(exist_ok=True)
+                marker.touch()
             os.replace(path, target)
             _fsync_dir(self.blobs)
         except OSError as exc:
             raise _os_error(exc, f"could not move {path.name} into the store") from exc
         return size
+
+    def _fresh_uploads(self) -> set[str]:
+        """Digests of blobs uploaded within UPLOAD_GRACE_S; older markers are removed."""
+        fresh: set[str] = set()
+        uploads = self.root / "uploads"
+        if not uploads.is_dir():
+            return fresh
+        now = time.time()
+        for marker in uploads.iterdir():
+            with contextlib.suppress(OSError):
+                if DIGEST_RE.match(marker.name) and now - marker.stat().st_mtime < UPLOAD_GRACE_S:
+                    fresh.add(check_digest(marker.name))
+                else:
+                    marker.unlink()
+        return fresh
 
     def read_blob(self, digest: str, *, limit: int = SMALL_BLOB) -> bytes:
         """Read a small blob, re-hashing it: a damaged blob is reported, never used."""
@@ -486,6 +511,7 @@ class Store:
         used = self._referenced()
         if used is None or not self.blobs.is_dir():
             return report  # never delete blobs while a damaged manifest might still need them
+        used |= self._fresh_uploads()
         for path in self.blobs.iterdir():
             if not DIGEST_RE.match(path.name):
                 continue

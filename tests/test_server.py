@@ -11,6 +11,7 @@ import concurrent.futures
 import hashlib
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -26,6 +27,7 @@ import pytest
 import uvicorn
 
 from localrun import catalog, create, modelfile, names
+from localrun import store as store_mod
 from localrun.scheduler import RunningModel, Scheduler
 from localrun.store import Store
 
@@ -390,6 +392,47 @@ def test_create_never_reads_server_paths(live: LiveServer, tmp_path: Path) -> No
     assert refusal({"files": {"a.gguf": "sha256:" + "0" * 64}})[0] == 400
     assert refusal({"files": {"a.gguf": "../../etc/passwd"}})[0] == 400
     assert refusal({"from": SMOL, "quantize": "q4_0"})[0] == 400
+
+
+def test_blob_uploads_are_writers_and_wait_for_their_create(live: LiveServer) -> None:
+    # A streamed upload during `localrun create` (whose start prunes leftovers) lost its
+    # temporary file 3 times of 3; an uploaded blob could be pruned before its /api/create.
+    data = b"an upload that streams slowly" * 4096
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    started, release = threading.Event(), threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield data[:1000]
+        started.set()
+        release.wait(30)
+        yield data[1000:]
+
+    answer: list[httpx.Response] = []
+    upload = threading.Thread(
+        target=lambda: answer.append(
+            httpx.post(f"{live.url}/api/blobs/{digest}", content=body(), timeout=60)
+        )
+    )
+    upload.start()
+    assert started.wait(30)
+    live.wait_for(
+        lambda: [p for p in live.store.blobs.iterdir() if p.name.startswith(".tmp-")],
+        "the upload's temporary file",
+    )
+    assert live.store.prune(blocking=False) is None  # busy: the upload holds the store
+    release.set()
+    upload.join(60)
+    assert answer and answer[0].status_code == 201, answer
+    # Referenced by nothing yet, the fresh upload survives a prune ...
+    live.store.prune()
+    assert live.store.has_blob(digest)
+    # ... until its grace period is over.
+    marker = live.store.root / "uploads" / digest.replace(":", "-")
+    old = time.time() - store_mod.UPLOAD_GRACE_S - 1
+    os.utime(marker, (old, old))
+    report = live.store.prune()
+    assert report is not None and report.orphan_blobs == 1
+    assert not live.store.has_blob(digest) and not marker.exists()
 
 
 def test_blob_upload_checks_digest(live: LiveServer) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -403,6 +405,39 @@ async def blob_upload(request: Request) -> Response:
     digest = check_digest(request.path_params["digest"])
     if store.has_blob(digest):
         return Response(status_code=200)
+    # As a writer of the store (like `localrun create`): a prune or rm in another process
+    # waits, instead of deleting the upload's temporary file under it.
+    async with _writing(store):
+        return await _upload(request, store, digest)
+
+
+@contextlib.asynccontextmanager
+async def _writing(store: Store) -> AsyncIterator[None]:
+    """Hold store.writing() across awaits: the lock is held (and released) by one thread of
+    its own, as filelock requires, while the upload streams on the event loop."""
+    acquired, done = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            with store.writing():
+                acquired.set()
+                done.wait()
+        except BaseException as exc:  # reported to the request below
+            failed.append(exc)
+            acquired.set()
+
+    threading.Thread(target=hold, name="upload-lock", daemon=True).start()
+    try:
+        await anyio.to_thread.run_sync(acquired.wait)
+        if failed:
+            raise failed[0]
+        yield
+    finally:
+        done.set()
+
+
+async def _upload(request: Request, store: Store, digest: str) -> Response:
     declared = request.headers.get("content-length")
     try:
         await anyio.to_thread.run_sync(lambda: store.blobs.mkdir(parents=True, exist_ok=True))
@@ -435,7 +470,9 @@ async def blob_upload(request: Request) -> Response:
                 f"the uploaded content has digest {actual}, not {digest}; nothing was stored",
                 hint="upload the file again; its digest is the sha256 of its content",
             )
-        await anyio.to_thread.run_sync(store.adopt, Path(tmp), digest)
+        await anyio.to_thread.run_sync(
+            functools.partial(store.adopt, Path(tmp), digest, uploaded=True)
+        )
         kept = True
     except OSError as exc:
         raise _disk_error(exc) from exc
