@@ -152,7 +152,7 @@ def inspect_fd(fd: int, shown: str) -> GGUFInfo:
     size = os.fstat(fd).st_size
     if size < 24:
         raise _bad(shown, f"only {size} bytes, too small for a GGUF header")
-    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data:
+    with _mapped(fd, shown) as data:
         return _info(size, shown, _scan_header(data, size, shown))
 
 
@@ -226,8 +226,20 @@ def scan_fd(fd: int, shown: str) -> Header:
     size = os.fstat(fd).st_size
     if size < 24:
         raise _bad(shown, f"only {size} bytes, too small for a GGUF header")
-    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data:
+    with _mapped(fd, shown) as data:
         return _scan_header(data, size, shown)
+
+
+def _mapped(fd: int, shown: str) -> mmap.mmap:
+    """The file mapped read-only; a file that cannot be mapped (sysfs, procfs) is not a GGUF."""
+    try:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise NotRegularFileError(
+            f"cannot read {shown} as a file ({reason})",
+            hint="point to a .gguf model file on a disk",
+        ) from None
 
 
 def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:

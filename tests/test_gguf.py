@@ -23,6 +23,7 @@ from typing import Any
 
 import make_test_models
 import pytest
+from conftest import assert_one_line_error
 from gguf import GGUFReader, Keys
 
 from localrun import catalog, gguf, names
@@ -539,6 +540,23 @@ def test_devices_refused(device: str, no_open: Callable[[Path], None]) -> None:
 def test_device_does_not_hang() -> None:
     result = inspect_in_child("/dev/zero")  # reading it would never reach an end
     assert result["error"] == "NotRegularFileError", result
+
+
+def test_a_kernel_file_is_refused(cli: Any, tmp_path: Path) -> None:
+    # sysfs files are "regular" files of 4096 bytes that cannot be mapped: FROM one was an
+    # "unexpected OSError" once.
+    found = next(
+        (p for p in ("/sys/kernel/profiling", "/sys/kernel/address_bits") if os.path.isfile(p)),
+        None,
+    )
+    if found is None:
+        pytest.skip("no sysfs here")
+    with pytest.raises(NotRegularFileError) as caught:
+        gguf.inspect(found)
+    assert found in caught.value.message and caught.value.hint
+    (tmp_path / "Modelfile").write_text(f"FROM {found}\n")
+    result = cli("create", "sys", "-f", str(tmp_path / "Modelfile"))
+    assert_one_line_error(result, found)
 
 
 def test_socket_refused(short_tmp: Path, no_open: Callable[[Path], None]) -> None:
