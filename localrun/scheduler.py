@@ -230,6 +230,16 @@ class Scheduler:
     async def start(self) -> None:
         """Nothing to do yet: runners start with the first request for their model."""
 
+    def interrupt(self) -> None:
+        """The server is stopping (SIGTERM): every request in flight or waiting ends now with
+        ServerError, so each stream sends its dialect's error line before its connection
+        closes; new requests are refused. `close` then stops the runners."""
+        self._closed = True
+        self._wake()
+        error = ServerError("the server is shutting down", hint="retry once it is back")
+        for runner in [*self._runners, *self._stopping]:
+            runner.process.interrupt(error)
+
     async def close(self) -> None:
         """Stop every runner: stdin EOF, then SIGTERM and SIGKILL past their deadlines."""
         self._closed = True

@@ -128,3 +128,64 @@ def test_serve_on_an_open_address_with_a_key_or_the_explicit_flag(serve_home: Pa
         assert open_.stop() == 0
     finally:
         open_.kill()
+
+
+def test_sigterm_ends_open_streams_with_their_error_line(
+    serve_home: Path, tiny_model: Path
+) -> None:
+    # Streams cut by SIGTERM once ended without a final line: each dialect's client then saw a
+    # truncated answer instead of an error it can report.
+    import json
+    import threading
+
+    # A context long enough that the answers are still streaming when the signal comes.
+    add_model(Store(serve_home / "models"), "long", tiny_model, "PARAMETER num_ctx 65536\n")
+    server = Serve(serve_home)
+
+    requests = {
+        "ollama": ("/api/generate", {"model": "long", "prompt": "Hi", "options": {}}),
+        "openai": (
+            "/v1/chat/completions",
+            {"model": "long", "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
+        ),
+        "anthropic": (
+            "/v1/messages",
+            {
+                "model": "long",
+                "stream": True,
+                "max_tokens": 100000,
+                "messages": [{"role": "user", "content": "Hi"}],
+            },
+        ),
+    }
+    lines: dict[str, list[str]] = {name: [] for name in requests}
+    started = {name: threading.Event() for name in requests}
+
+    def read(name: str) -> None:
+        path, body = requests[name]
+        body = {**body, "options": {"num_predict": 100000, "temperature": 1.0}}
+        if name != "ollama":
+            body["max_tokens"] = 100000
+        with httpx.stream("POST", server.url + path, json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                if line.strip():
+                    lines[name].append(line)
+                    started[name].set()
+
+    threads = [threading.Thread(target=read, args=(name,)) for name in requests]
+    try:
+        for t in threads:
+            t.start()
+        for name, event in started.items():
+            assert event.wait(120), f"{name} never started streaming"
+        time.sleep(0.5)
+        assert server.stop(signal.SIGTERM) == 0
+        for t in threads:
+            t.join(60)
+    finally:
+        server.kill()
+    last = {name: got[-1] for name, got in lines.items()}
+    assert "shutting down" in json.loads(last["ollama"])["error"], last
+    assert last["openai"].startswith("data: "), last
+    assert "shutting down" in json.loads(last["openai"][6:])["error"]["message"], last
+    assert "shutting down" in last["anthropic"] and "error" in last["anthropic"], last

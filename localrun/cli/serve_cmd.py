@@ -7,6 +7,7 @@ line can connect at once, and `--port 0` prints the port the system picked.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -138,6 +139,13 @@ def serve(
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if self.should_exit:
                 self.force_exit = True  # a second Ctrl-C: stop waiting for open streams
+            else:
+                # Open streams end with their dialect's error line, not a cut connection
+                # (the signal handler runs on the event loop's thread, between callbacks).
+                import asyncio
+
+                with contextlib.suppress(RuntimeError):
+                    asyncio.get_running_loop().call_soon_threadsafe(scheduler.interrupt)
             self.should_exit = True
 
     server = CleanExit(uv_config)

@@ -140,6 +140,17 @@ class RunnerProcess:
 
         self._loop.call_soon_threadsafe(send)
 
+    def interrupt(self, error: LocalrunError) -> None:
+        """End every open request now with `error` (the server is stopping): the runner is
+        told to cancel them, and their streams get the error to send as their last line."""
+        stdin = self.proc.stdin if self.proc is not None else None
+        for rid, queue in list(self.pending.items()):
+            if stdin is not None and not stdin.is_closing():
+                with contextlib.suppress(Exception):
+                    stdin.write(protocol.encode(protocol.cancel_request(rid)))
+            queue.put_nowait(error.copy())
+        self.pending.clear()
+
     def fail(self, error: LocalrunError) -> None:
         """The runner is gone: every open request gets `error` (a copy each), new ones too."""
         self.gone = error
