@@ -111,3 +111,8 @@ def test_the_server_reports_a_crashed_load_without_internals(
             assert http.get("/api/tags").status_code == 200
     finally:
         serve.kill()
+
+
+def test_run_refuses_a_context_that_cannot_fit(cli: CLI, hooked: dict[str, str]) -> None:
+    result = cli("run", "tiny", "Hello", "-p", "num_ctx=16777216", env=hooked)
+    assert_one_line_error(result, "num_ctx 16777216 needs about", "available")

@@ -31,6 +31,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator
     add_model(store, "looping", tiny_model, f'TEMPLATE """{loops}"""')
     macro = "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}"
     add_model(store, "recursive", tiny_model, f'TEMPLATE """{macro}"""')
+    add_model(store, "fresh", tiny_model, "PARAMETER temperature 0.5")
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=8))
     yield server
     server.close()
@@ -161,6 +162,18 @@ def test_a_context_that_cannot_fit_is_400_and_the_runner_stays(live: LiveServer)
     assert "num_ctx" in answer.json()["error"]
     assert live.running()["tiny:latest"].pid == pid
     assert post(live, "/api/chat", chat()).status_code == 200
+
+
+def test_a_first_load_is_checked_against_memory_from_the_gguf(live: LiveServer) -> None:
+    # num_ctx sized the KV cache with no check on a first load: 16777216 took a runner past
+    # 4 GB in 11 s, and values llama.cpp could not allocate were a 500.
+    for num_ctx in (2**24, 2**22):
+        answer = post(live, "/api/chat", chat(model="fresh", options={"num_ctx": num_ctx}))
+        assert answer.status_code == 400, answer.text
+        message = answer.json()["error"]
+        assert f"num_ctx {num_ctx} needs about" in message and "available" in message, message
+        assert "fresh:latest" not in live.running()
+    assert post(live, "/api/chat", chat(model="fresh")).status_code == 200
 
 
 def test_an_embedding_stops_when_its_client_goes_away(tmp_path: Path, tiny_model: Path) -> None:
