@@ -300,6 +300,12 @@ SETTINGS: dict[str, Setting] = {
             lambda: 30 * 86400.0,
         ),
         Setting(
+            "LOCALRUN_MAX_GRAMMAR_BYTES",
+            "Largest grammar a request's JSON schema may build; bigger ones stall a runner.",
+            _parse_positive_int,
+            lambda: 64 * 1024,
+        ),
+        Setting(
             "LOCALRUN_LOAD_TIMEOUT",
             "Longest a model may take to load before its runner is stopped (5m, 30s).",
             parse_duration,
@@ -390,6 +396,10 @@ def responses_max() -> int:
 
 def responses_max_age() -> float:
     return SETTINGS["LOCALRUN_RESPONSES_MAX_AGE"].value()  # type: ignore[no-any-return]
+
+
+def max_grammar_bytes() -> int:
+    return SETTINGS["LOCALRUN_MAX_GRAMMAR_BYTES"].value()  # type: ignore[no-any-return]
 
 
 def load_timeout() -> float:

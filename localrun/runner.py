@@ -94,54 +94,20 @@ def grammar_for(format: Format) -> str | None:
     raise BadRequestError(f"unknown format {format!r}", hint='use "json" or a JSON schema object')
 
 
-# llama.cpp parses a grammar recursively, one level per nested group; a schema bound such as
-# `"maxLength": 30000` becomes 30000 nested groups and overflows its stack (SIGSEGV), and past
-# about 1500 the grammar no longer compiles. Bounds are capped before the grammar is built.
-MAX_SCHEMA_BOUND = 1000
-_BOUNDS = (
-    "minLength",
-    "maxLength",
-    "minItems",
-    "maxItems",
-    "minProperties",
-    "maxProperties",
-    "minContains",
-    "maxContains",
-)
-
-
-def _check_bounds(node: Any, depth: int = 0) -> None:
-    if depth > 64:
-        raise BadRequestError(
-            "the JSON schema nests more than 64 levels", hint="flatten the schema"
-        )
-    if isinstance(node, dict):
-        for key, value in node.items():
-            big = isinstance(value, int | float) and not isinstance(value, bool)
-            if key in _BOUNDS and big and value > MAX_SCHEMA_BOUND:
-                raise BadRequestError(
-                    f"the JSON schema's {key} of {value} is more than a grammar can enforce "
-                    f"(at most {MAX_SCHEMA_BOUND})",
-                    hint=f"drop {key} or lower it to {MAX_SCHEMA_BOUND} or less",
-                )
-            _check_bounds(value, depth + 1)
-    elif isinstance(node, list):
-        for item in node:
-            _check_bounds(item, depth + 1)
-
-
 def schema_grammar(schema: dict[str, Any]) -> str:
     """A GBNF grammar for the JSON values a JSON schema accepts (BadRequestError if none)."""
+    from localrun import grammar_bounds
     from localrun.engine.llama import json_schema_grammar
 
-    _check_bounds(schema)
+    grammar_bounds.check_schema(schema)
     try:
-        return json_schema_grammar(json.dumps(schema))
+        grammar = json_schema_grammar(json.dumps(schema))
     except Exception as exc:  # the converter raises anything from KeyError to assert
         raise BadRequestError(
             f"the JSON schema cannot be turned into a grammar: {type(exc).__name__}: {exc}",
             hint="simplify the schema (types, properties, enums, arrays, required)",
         ) from None
+    return grammar_bounds.check_grammar(grammar)
 
 
 def stop_tokens_for(template: str | None, tokenizer: Tokenizer) -> frozenset[int]:
