@@ -306,6 +306,18 @@ SETTINGS: dict[str, Setting] = {
             lambda: 64 * 1024,
         ),
         Setting(
+            "LOCALRUN_TEMPLATE_TIMEOUT",
+            "Longest a chat template may take to render one prompt (2s, 500ms).",
+            parse_duration,
+            lambda: 2.0,
+        ),
+        Setting(
+            "LOCALRUN_TEMPLATE_MAX_BYTES",
+            "Largest value (and prompt) a chat template may build.",
+            _parse_positive_int,
+            lambda: 4 * 1024 * 1024,
+        ),
+        Setting(
             "LOCALRUN_LOAD_TIMEOUT",
             "Longest a model may take to load before its runner is stopped (5m, 30s).",
             parse_duration,
@@ -402,6 +414,14 @@ def max_grammar_bytes() -> int:
     return SETTINGS["LOCALRUN_MAX_GRAMMAR_BYTES"].value()  # type: ignore[no-any-return]
 
 
+def template_timeout() -> float:
+    return SETTINGS["LOCALRUN_TEMPLATE_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def template_max_bytes() -> int:
+    return SETTINGS["LOCALRUN_TEMPLATE_MAX_BYTES"].value()  # type: ignore[no-any-return]
+
+
 def load_timeout() -> float:
     return SETTINGS["LOCALRUN_LOAD_TIMEOUT"].value()  # type: ignore[no-any-return]
 
@@ -423,6 +443,7 @@ def format_value(name: str, value: Any) -> str:
         "LOCALRUN_KEEP_ALIVE",
         "LOCALRUN_RESPONSES_MAX_AGE",
         "LOCALRUN_LOAD_TIMEOUT",
+        "LOCALRUN_TEMPLATE_TIMEOUT",
         "LOCALRUN_HEADER_TIMEOUT",
         "LOCALRUN_BODY_TIMEOUT",
         "LOCALRUN_IDLE_TIMEOUT",

@@ -13,12 +13,13 @@ Variables, as in Hugging Face chat templates: `messages` (list of {role, content
 from __future__ import annotations
 
 import json
-import operator
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
+from localrun import template_guard as guard
 from localrun.errors import TemplateError
 
 # llama.cpp falls back to ChatML when a model has no template; so do we.
@@ -42,26 +43,9 @@ END_OF_TURN = (
     "[/INST]",
 )
 
-MAX_OUTPUT = 4 * 1024 * 1024
-_MAX_REPEAT = 1_000_000
-
 
 def _raise(message: str) -> None:
     raise TemplateError(f"the chat template refused the conversation: {message}")
-
-
-def _safe_mul(a: Any, b: Any) -> Any:
-    for seq, n in ((a, b), (b, a)):
-        sized = isinstance(seq, str | list | tuple | bytes) and isinstance(n, int)
-        if sized and len(seq) * max(n, 0) > _MAX_REPEAT:
-            raise TemplateError("the chat template tried to build an oversized value")
-    return operator.mul(a, b)
-
-
-def _safe_pow(a: Any, b: Any) -> Any:
-    if isinstance(b, int | float) and abs(b) > 64:
-        raise TemplateError("the chat template tried to compute an oversized power")
-    return operator.pow(a, b)
 
 
 # Loop iterations one rendering may run through range(): jinja's sandbox caps each range at
@@ -85,22 +69,28 @@ def _compile(source: str) -> Any:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class _Env(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset(["*", "**"])
+        intercepted_binops = frozenset(["*", "**", "+", "%"])
+        _binops: ClassVar[dict[str, Callable[[Any, Any], Any]]] = {
+            "*": guard.safe_mul,
+            "**": guard.safe_pow,
+            "+": guard.safe_add,
+            "%": guard.safe_mod,
+        }
 
         def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
-            if operator_ == "*":
-                return _safe_mul(left, right)
-            if operator_ == "**":
-                return _safe_pow(left, right)
+            if operator_ in self._binops:
+                return self._binops[operator_](left, right)
             return super().call_binop(context, operator_, left, right)
+
+        def call(self, context: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
+            args = guard.check_method(obj, args, kwargs)
+            return super().call(context, obj, *args, **kwargs)
 
     env = _Env(trim_blocks=True, lstrip_blocks=True, autoescape=False)
     env.globals["raise_exception"] = _raise
     env.globals["range"] = _budget_range
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    env.filters["tojson"] = lambda value, indent=None: json.dumps(
-        value, ensure_ascii=False, indent=indent
-    )
+    env.filters.update(_bounded_filters())
     try:
         return env.from_string(source)
     except TemplateSyntaxError as exc:
@@ -108,6 +98,62 @@ def _compile(source: str) -> Any:
             f"the chat template is not valid Jinja: {exc.message} (line {exc.lineno})",
             hint="fix the TEMPLATE in the Modelfile and create the model again",
         ) from None
+    except (SyntaxError, RecursionError, MemoryError, ValueError, TypeError) as exc:
+        # Jinja can generate Python that does not compile from odd input: still the template's
+        # fault, and a 400.
+        raise TemplateError(
+            f"the chat template cannot be compiled: {type(exc).__name__}",
+            hint="fix the TEMPLATE in the Modelfile and create the model again",
+        ) from None
+
+
+def _bounded_filters() -> dict[str, Any]:
+    """Jinja's filters that size their result from an argument, checked before they run."""
+    from jinja2 import filters as f
+    from jinja2.utils import pass_eval_context
+
+    def center(value: Any, width: int = 80) -> str:
+        guard.check_width(width, "center")
+        return f.do_center(value, width)
+
+    def format_(value: Any, *args: Any, **kwargs: Any) -> str:
+        guard.check_printf(value)
+        return f.do_format(value, *args, **kwargs)
+
+    @pass_eval_context
+    def join(ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
+        items = list(value)
+        if guard.joined_size(items, d) > guard.limit():
+            raise TemplateError("the chat template tried to build an oversized value (join)")
+        return str(f.do_join(ctx, items, d, attribute))
+
+    @pass_eval_context
+    def replace(ctx: Any, s: Any, old: Any, new: Any, count: int | None = None) -> str:
+        text = str(s)
+        found = text.count(str(old)) if old else len(text) + 1
+        if len(text) + found * len(str(new)) > guard.limit():
+            raise TemplateError("the chat template tried to build an oversized value (replace)")
+        return str(f.do_replace(ctx, s, old, new, count))
+
+    def indent(s: Any, width: Any = 4, first: bool = False, blank: bool = False) -> str:
+        pad = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+        if (str(s).count("\n") + 1) * pad > guard.limit():
+            raise TemplateError("the chat template tried to build an oversized value (indent)")
+        return f.do_indent(s, width, first, blank)
+
+    def tojson(value: Any, indent: int | None = None) -> str:
+        if isinstance(indent, int) and indent > 64:
+            raise TemplateError("the chat template asked tojson for an indent over 64")
+        return json.dumps(value, ensure_ascii=False, indent=indent)
+
+    return {
+        "center": center,
+        "format": format_,
+        "join": join,
+        "replace": replace,
+        "indent": indent,
+        "tojson": tojson,
+    }
 
 
 def render(
@@ -129,14 +175,15 @@ def render(
     compiled = _compile(template or CHATML)
     token = _steps.set([MAX_STEPS])
     try:
-        out = compiled.render(
-            **(variables or {}),
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=bos_token,
-            eos_token=eos_token,
-            tools=tools,
-        )
+        with guard.guarded():
+            out = compiled.render(
+                **(variables or {}),
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=bos_token,
+                eos_token=eos_token,
+                tools=tools,
+            )
     except TemplateError:
         raise
     except SecurityError as exc:
@@ -145,6 +192,8 @@ def render(
         ) from None
     except RecursionError:
         raise TemplateError("the chat template recursed too deeply") from None
+    except MemoryError:
+        raise TemplateError("the chat template ran out of memory") from None
     except (
         JinjaError,
         TypeError,
@@ -158,7 +207,7 @@ def render(
         raise TemplateError(f"the chat template failed: {type(exc).__name__}: {exc}") from None
     finally:
         _steps.reset(token)
-    if len(out) > MAX_OUTPUT:
+    if len(out) > guard.limit():
         raise TemplateError("the chat template produced an oversized prompt")
     return str(out)
 
