@@ -282,6 +282,12 @@ SETTINGS: dict[str, Setting] = {
             lambda: 256,
         ),
         Setting(
+            "LOCALRUN_MAX_JSON_DEPTH",
+            "Deepest nesting of JSON a request may send (in its body or in JSON strings in it).",
+            _parse_positive_int,
+            lambda: 100,
+        ),
+        Setting(
             "LOCALRUN_MAX_CHOICES",
             "Most answers one request may ask for (OpenAI's n); each takes a slot.",
             _parse_positive_int,
@@ -391,6 +397,10 @@ def max_connections() -> int:
 
 def max_connections_per_client() -> int:
     return SETTINGS["LOCALRUN_MAX_CONNECTIONS_PER_CLIENT"].value()  # type: ignore[no-any-return]
+
+
+def max_json_depth() -> int:
+    return SETTINGS["LOCALRUN_MAX_JSON_DEPTH"].value()  # type: ignore[no-any-return]
 
 
 def max_choices() -> int:

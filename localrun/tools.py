@@ -20,6 +20,7 @@ import json
 import re
 from typing import Any
 
+from localrun import jsonlimits
 from localrun.errors import BadRequestError
 
 TOOL_OPEN = "<tool_call>"
@@ -164,7 +165,7 @@ def system_note(tools: list[Tool]) -> str:
 def _arguments(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            return jsonlimits.loads(value, "a tool call's arguments")
         except ValueError:
             return value
     return value
@@ -251,8 +252,8 @@ def _calls_in_json(text: str, known: set[str] | None) -> list[ToolCall] | None:
     if fenced:
         text = fenced.group(1)
     try:
-        value = json.loads(text)
-    except ValueError:
+        value = jsonlimits.loads(text, "the answer")
+    except (ValueError, BadRequestError):  # not JSON, or nested past any tool call's shape
         return None
     items = value if isinstance(value, list) else [value]
     calls = [_as_call(item, known) for item in items]

@@ -26,7 +26,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from localrun import config, params
+from localrun import config, jsonlimits, params
 from localrun.engine.types import EmbedInput
 from localrun.errors import BadRequestError, ConfigError, LocalrunError
 from localrun.store import Store
@@ -91,8 +91,8 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
+        data = jsonlimits.loads(raw, "the request body")
+    except ValueError:
         raise BadRequestError("the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequestError("the request body must be a JSON object")

@@ -37,6 +37,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from localrun import jsonlimits
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.server import core
 from localrun.server.core import Body, Generation, GenRequest
@@ -126,7 +127,9 @@ def messages_of(
             if not isinstance(arguments, str):
                 raise BadRequestError(f"{where}.arguments must be a JSON string")
             try:
-                parsed = json.loads(arguments) if arguments.strip() else {}
+                parsed = (
+                    jsonlimits.loads(arguments, f"{where}.arguments") if arguments.strip() else {}
+                )
             except ValueError:
                 raise BadRequestError(f"{where}.arguments is not valid JSON") from None
             call = {
