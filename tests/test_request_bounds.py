@@ -124,12 +124,12 @@ def nested(depth: int) -> str:
 def test_deep_json_is_400_wherever_it_hides(live: LiveServer) -> None:
     deep = nested(950)
     bodies = [
-        ("/api/chat", '{"model": "tiny", "stream": false, "messages": [], "format": %s}' % deep),
-        ("/api/chat", '{"model": "tiny", "messages": %s}' % nested(100_000)),
+        ("/api/chat", '{"model": "tiny", "stream": false, "messages": [], "format": ' + deep + "}"),
+        ("/api/chat", '{"model": "tiny", "messages": ' + nested(100_000) + "}"),
         (
             "/v1/chat/completions",
             '{"model": "tiny", "messages": [{"role": "user", "content": "x"}], '
-            '"tools": [], "tool_choice": %s}' % deep,
+            '"tools": [], "tool_choice": ' + deep + "}",
         ),
     ]
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": deep}}
@@ -178,6 +178,8 @@ def test_embeddings_with_a_tiny_context_do_not_abort_the_runner(
         {"model": "tiny", "input": "the a the a", "options": {"num_ctx": num_ctx}},
     )
     assert answer.status_code in (200, 400), answer.text[:300]
+    generated = post(live, "/api/chat", chat(options={"num_ctx": num_ctx, "num_predict": 3}))
+    assert generated.status_code in (200, 400), generated.text[:300]
     plain = post(live, "/api/embed", {"model": "tiny", "input": "the a"})
     assert plain.status_code == 200, plain.text[:300]
     still_answers(live)

@@ -125,6 +125,8 @@ MAX_TOP_LOGPROBS = 20
 _LOSS_TOLERATED = 16
 # A shared prefix at least this long is copied into another slot rather than re-read.
 _COPY_MIN = 64
+# Texts embedded in one decode (sequences of the embedding context).
+EMBED_SEQUENCES = 16
 
 
 def _shared(cache: list[int], prompt: list[int]) -> int:
@@ -638,7 +640,9 @@ class BatchEngine:
         cparams = weights.context_params(options, options.num_ctx)
         cparams.embeddings = True
         cparams.kv_unified = True
-        cparams.n_seq_max = 16
+        # llama.cpp asserts a context of at least one token per sequence (num_ctx 1 to 15
+        # aborted the runner): fewer sequences for a tiny context.
+        cparams.n_seq_max = max(1, min(EMBED_SEQUENCES, options.num_ctx))
         if self._embed_pooled:
             cparams.pooling_type = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
             cparams.n_batch = cparams.n_ubatch = options.num_ctx
