@@ -1,0 +1,393 @@
+"""A seeded request fuzzer for every route of every dialect of `localrun serve`.
+
+Each request starts from a valid body for its route and replaces one to three fields (or fields
+of its options, messages, tools and schemas) with hostile values: wrong types, huge and negative
+numbers, deep nesting, lone surrogates, oversized strings, the audit's hostile JSON schemas and
+regular expressions. Every answer must be 2xx or 4xx with an error in the dialect's shape; a 5xx
+or a dropped connection is a defect, and the server and its runners must stay up with bounded
+memory.
+
+    python scripts/fuzz_requests.py URL --model tiny --count 3000 --seed 0 [--pid SERVER_PID]
+
+tests/test_fuzz_requests.py runs the same generator (through hypothesis) against a test server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+Body = dict[str, Any]
+
+
+def _deep(depth: int) -> Any:
+    value: Any = "x"
+    for i in range(depth):
+        value = [value] if i % 2 else {"a": value}
+    return value
+
+
+def _schema(**extra: Any) -> Body:
+    return {"type": "object", "properties": {"a": {"type": "string", **extra}}, "required": ["a"]}
+
+
+HOSTILE_SCHEMAS = [
+    _schema(pattern="^a{0,30000}$"),
+    _schema(pattern="^((a{0,1000}){0,1000})$"),
+    _schema(pattern="^(a?){0,1000}$"),
+    _schema(pattern="(("),
+    _schema(pattern="^" + "(a|b)?" * 400 + "$"),
+    _schema(enum=[f"v{i}" for i in range(20_000)]),
+    _schema(maxLength=10**9),
+    _schema(minLength=-5),
+    {"type": "array", "items": _deep(300)},
+    {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}},
+    {"type": "object", "properties": {"a": {"type": "nonsense"}}},
+    {"anyOf": [_schema(pattern="^a{0,999}$")] * 50},
+    {},
+    {"type": "string", "format": "date-time"},
+]
+
+VALUES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    2**31,
+    2**63,
+    -(2**63),
+    10**40,
+    1e308,
+    -1e308,
+    0.5,
+    "",
+    "x",
+    "\ud800",
+    "x" * 100_000,
+    "../../etc/passwd",
+    "sha256:" + "0" * 64,
+    [],
+    {},
+    [None],
+    {"": None},
+    _deep(200),
+    ["x"] * 5000,
+    {f"k{i}": i for i in range(2000)},
+]
+
+OPTIONS = {
+    "num_ctx": [1, 2, 3, 64, 2**24, 2**31, -1, 0],
+    "num_predict": [-2, -1, 0, 1, 2**31, 10**12],
+    "temperature": [-1, 0, 1e308, "hot"],
+    "top_k": [-1, 0, 2**40],
+    "top_p": [-1, 2, 0],
+    "min_p": [-1, 2],
+    "seed": [-1, 2**64, "s"],
+    "stop": [[""], ["a"] * 5000, "x" * 100_000, [None]],
+    "repeat_last_n": [-2, 2**31],
+    "num_gpu": [10**9, -5],
+    "num_thread": [0, 4096, -1],
+    "num_batch": [0, 2**31],
+    "mirostat": [3, -1],
+    "typical_p": [-1],
+    "presence_penalty": [1e308],
+}
+
+
+def _messages(rng: random.Random) -> list[Body]:
+    choice = rng.randrange(8)
+    if choice == 0:
+        return [{"role": "user", "content": rng.choice(VALUES)}]
+    if choice == 1:
+        return [{"role": rng.choice(["system", "tool", "x", "", None]), "content": "hi"}]
+    if choice == 2:
+        depth = rng.choice([10, 950])
+        call = {"function": {"name": "f", "arguments": "[" * depth + "]" * depth}}
+        return [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "ok"},
+        ]
+    if choice == 3:
+        return [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "x"}]}]
+    if choice == 4:
+        return [{"role": "user", "content": "hi", "images": ["not base64!"]}]
+    if choice == 5:
+        return [{"role": "user", "content": "hi"}] * rng.choice([1, 200, 3000])
+    if choice == 6:
+        return rng.choice(VALUES)  # type: ignore[no-any-return]
+    return [{"role": "user", "content": "hi"}]
+
+
+def _tools(rng: random.Random) -> Any:
+    parameters = rng.choice([*HOSTILE_SCHEMAS, rng.choice(VALUES)])
+    tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    return rng.choice([[tool], [tool] * 200, rng.choice(VALUES), [{"type": "x"}]])
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    body: Any  # JSON-able, or bytes sent as they are
+
+    def describe(self) -> str:
+        text = self.body if isinstance(self.body, bytes) else json.dumps(self.body)[:300]
+        return f"{self.method} {self.path} {text!r}"[:400]
+
+
+def _base(path: str, model: str) -> Body:
+    chat = [{"role": "user", "content": "hi"}]
+    return {
+        "/api/generate": {"model": model, "prompt": "hi", "stream": False},
+        "/api/chat": {"model": model, "messages": chat, "stream": False},
+        "/api/embed": {"model": model, "input": "hi"},
+        "/api/embeddings": {"model": model, "prompt": "hi"},
+        "/api/show": {"model": model},
+        "/api/create": {"model": "fuzzed", "from": model, "stream": False},
+        "/api/copy": {"source": model, "destination": "fuzz-copy"},
+        "/api/pull": {"model": "no-such-model-anywhere", "stream": False},
+        "/v1/chat/completions": {"model": model, "messages": chat, "max_tokens": 8},
+        "/v1/completions": {"model": model, "prompt": "hi", "max_tokens": 8},
+        "/v1/embeddings": {"model": model, "input": "hi"},
+        "/v1/responses": {"model": model, "input": "hi", "max_output_tokens": 8},
+        "/v1/messages": {"model": model, "messages": chat, "max_tokens": 8},
+        "/v1/messages/count_tokens": {"model": model, "messages": chat},
+        "/tokenize": {"model": model, "content": "hi"},
+        "/detokenize": {"model": model, "tokens": [1, 2]},
+        "/infill": {"model": model, "input_prefix": "a", "input_suffix": "b", "n_predict": 4},
+    }[path]
+
+
+POST_ROUTES = [
+    "/api/generate",
+    "/api/chat",
+    "/api/embed",
+    "/api/embeddings",
+    "/api/show",
+    "/api/create",
+    "/api/copy",
+    "/api/pull",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/tokenize",
+    "/detokenize",
+    "/infill",
+]
+GET_ROUTES = [
+    "/",
+    "/api/version",
+    "/api/tags",
+    "/api/ps",
+    "/v1/models",
+    "/v1/models/{x}",
+    "/v1/responses/{x}",
+    "/v1/responses/{x}/input_items",
+    "/health",
+    "/metrics",
+]
+_PATH_VALUES = ["x", "resp_" + "0" * 24, "..%2F..%2Fetc", "%00", "a" * 5000, "tiny"]
+_FIELDS = [
+    "model",
+    "prompt",
+    "messages",
+    "options",
+    "format",
+    "stream",
+    "keep_alive",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "max_tokens",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "stop",
+    "think",
+    "system",
+    "template",
+    "raw",
+    "context",
+    "input",
+    "text",
+    "reasoning",
+    "instructions",
+    "previous_response_id",
+    "suffix",
+    "images",
+    "truncate",
+    "dimensions",
+    "seed",
+    "temperature",
+    "stream_options",
+    "thinking",
+    "parameters",
+    "modelfile",
+    "files",
+    "adapters",
+    "quantize",
+]
+
+
+def make_request(rng: random.Random, model: str) -> Request:
+    """One hostile request for a route chosen by `rng`."""
+    if rng.random() < 0.1:
+        path = rng.choice(GET_ROUTES).replace("{x}", rng.choice(_PATH_VALUES))
+        return Request(rng.choice(["GET", "DELETE"]), path, None)
+    path = rng.choice(POST_ROUTES)
+    body: Any = _base(path, model)
+    shape = rng.randrange(20)
+    if shape == 0:
+        return Request("POST", path, rng.choice([b"", b"{", b"[]", b"null", b"\xff\xfe", b"1e999"]))
+    if shape == 1:
+        return Request("POST", path, b"[" * 100_000 + b"]" * 100_000)
+    for _ in range(rng.randint(1, 3)):
+        field = rng.choice(_FIELDS)
+        kind = rng.randrange(6)
+        if kind == 0:
+            body[field] = rng.choice(VALUES)
+        elif kind == 1:
+            name = rng.choice(list(OPTIONS))
+            body.setdefault("options", {})
+            if isinstance(body["options"], dict):
+                body["options"][name] = rng.choice(OPTIONS[name] + VALUES[:8])
+        elif kind == 2:
+            schema = rng.choice(HOSTILE_SCHEMAS)
+            target = rng.choice(["format", "response_format", "text"])
+            if target == "response_format":
+                body[target] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": schema},
+                }
+            elif target == "text":
+                body[target] = {"format": {"type": "json_schema", "name": "x", "schema": schema}}
+            else:
+                body[target] = schema
+        elif kind == 3:
+            body["messages"] = _messages(rng)
+        elif kind == 4:
+            body["tools"] = _tools(rng)
+            body["tool_choice"] = rng.choice(["required", "auto", {"type": "function"}, None])
+        else:
+            body["stream"] = True
+    return Request("POST", path, body)
+
+
+def problem(request: Request, status: int, text: str) -> str | None:
+    """What is wrong with an answer (None when it is a 2xx, or a 4xx in its dialect's shape)."""
+    if status >= 500:
+        return f"{status}: {text[:300]}"
+    if status < 400:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return f"{status} without a JSON body: {text[:200]!r}"
+    error = data.get("error") if isinstance(data, dict) else None
+    if request.path.startswith("/v1/messages"):
+        ok = data.get("type") == "error" and isinstance(error, dict) and "message" in error
+    elif request.path.startswith("/v1/"):
+        ok = isinstance(error, dict) and isinstance(error.get("message"), str)
+    elif request.path.startswith("/api/"):
+        ok = isinstance(error, str)
+    else:  # llama-server's routes (/health, /tokenize, ...) answer in OpenAI's shape, / Ollama's
+        ok = isinstance(error, str) or (
+            isinstance(error, dict) and isinstance(error.get("message"), str)
+        )
+    return None if ok else f"{status} not in the dialect's shape: {text[:200]}"
+
+
+def send(client: Any, request: Request, timeout: float = 120) -> tuple[int, str]:
+    """The status and (streamed or not) body of one request; (-1, why) if the connection failed."""
+    import httpx
+
+    content = (
+        request.body
+        if isinstance(request.body, bytes) or request.body is None
+        else json.dumps(request.body).encode()
+    )
+    try:
+        with client.stream(
+            request.method,
+            request.path,
+            content=content,
+            headers={"content-type": "application/json"},
+            timeout=timeout,
+        ) as answer:
+            chunks = []
+            size = 0
+            for chunk in answer.iter_text():
+                size += len(chunk)
+                if size < 1 << 20:
+                    chunks.append(chunk)
+            return answer.status_code, "".join(chunks)
+    except httpx.HTTPError as exc:
+        return -1, f"{type(exc).__name__}: {exc}"
+
+
+def _tree_rss(pid: int | None) -> int:
+    if not pid:
+        return 0
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    except psutil.Error:
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("url")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--count", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pid", type=int, help="the server's pid, for its memory")
+    parser.add_argument("--api-key")
+    args = parser.parse_args(argv)
+    import httpx
+
+    rng = random.Random(args.seed)
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    statuses: dict[int, int] = {}
+    defects: list[str] = []
+    peak = 0
+    started = time.monotonic()
+    with httpx.Client(base_url=args.url, headers=headers) as client:
+        for i in range(args.count):
+            request = make_request(rng, args.model)
+            status, text = send(client, request)
+            statuses[status] = statuses.get(status, 0) + 1
+            found = problem(request, status, text) if status >= 0 else text
+            if found:
+                defects.append(f"{request.describe()} -> {found}")
+                print("DEFECT", defects[-1], flush=True)
+            if i % 50 == 0:
+                peak = max(peak, _tree_rss(args.pid))
+            if i and i % 500 == 0:
+                print(f"{i} requests ({time.monotonic() - started:.0f} s)", flush=True)
+        alive = send(client, Request("GET", "/api/tags", None))[0] == 200
+    peak = max(peak, _tree_rss(args.pid))
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+    print(
+        f"\n{args.count} requests in {time.monotonic() - started:.0f} s; statuses {counts}; "
+        f"{len(defects)} defects; server up afterwards: {alive}"
+        + (f"; peak RSS of the server and runners {peak / 2**20:.0f} MiB" if args.pid else "")
+    )
+    return 1 if defects or not alive else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
