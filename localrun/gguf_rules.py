@@ -60,6 +60,11 @@ def check_model(header: Header, tokens: list[bytes]) -> None:
     meta = header.metadata
     if meta.get("general.type") == "adapter":
         return
+    part = meta.get("split.no")
+    if isinstance(part, int) and part > 0:
+        # A later part of a split model holds tensors only; the first part has the rest.
+        _check_tensors(header, str(meta.get("general.architecture")), None)
+        return
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise Refused("general.architecture is missing: this is not a model llama.cpp can run")
@@ -209,7 +214,7 @@ def _check_blocks(header: Header, arch: str, whole: bool) -> None:
         raise Refused(f"the file has no tensors for block {missing[0]} of {blocks}")
 
 
-def _check_tensors(header: Header, arch: str, n_vocab: int) -> None:
+def _check_tensors(header: Header, arch: str, n_vocab: int | None) -> None:
     """Tensor names unique, dimensions non-zero, embeddings shaped by the hyper-parameters."""
     seen: set[str] = set()
     n_embd = header.metadata.get(f"{arch}.embedding_length")
@@ -225,7 +230,7 @@ def _check_tensors(header: Header, arch: str, n_vocab: int) -> None:
                 raise Refused(
                     f"tensor {tensor.name} is {width} wide but {arch}.embedding_length is {n_embd}"
                 )
-            if rows != n_vocab:
+            if n_vocab is not None and rows != n_vocab:
                 raise Refused(
                     f"tensor {tensor.name} has {rows} rows for a vocabulary of {n_vocab} tokens"
                 )

@@ -178,7 +178,9 @@ try:
     message = None
 except InvalidGGUFError as err:
     message = err.message
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM: this process's peak since exec (ru_maxrss would carry the parent's over exec).
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+            if line.startswith("VmHWM:"))
 print(json.dumps({"message": message, "seconds": time.monotonic() - start, "peak": peak}))
 """
 
