@@ -1,11 +1,9 @@
-"""Loaded models of `localrun serve`: one runner subprocess each, keep-alive, memory and a queue.
+"""The Scheduler: admits requests to runners, queues the rest, and loads and unloads models.
 
 Each loaded model lives in its own `python -m localrun.worker` process (a crash, an OOM kill or
 a native abort then costs only the requests on that model) and answers up to `num_parallel`
 requests at once, decoded in one batch. The scheduler, on the server's event loop:
 
-- resolves names (the packaged SmolLM2 is imported into the store on first use, in a child
-  process, so the server itself never imports gguf or numpy);
 - loads a model on its first request; concurrent first requests share that load;
 - admits a request when its model has a free slot, loading (and first evicting idle models,
   least recently used first) when the model is not loaded, within `max_loaded` models and the
@@ -23,8 +21,8 @@ requests at once, decoded in one batch. The scheduler, on the server's event loo
   for the next request; a runner that ignores a cancel (or an unload) past CANCEL_WAIT_S is
   wedged, and is killed so.
 
-The runner processes themselves (pipes, events, stderr, stopping and reaping) are handled by
-localrun.worker.process. A runner also exits when the server dies: its stdin reaches EOF.
+Names are resolved by `targets`, the memory budget and the choice of models to evict are
+`budget`'s, and a runner's own state is a `runners.Runner`.
 """
 
 from __future__ import annotations
@@ -32,11 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import itertools
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -51,20 +47,21 @@ from localrun.errors import (
     InvalidParameterError,
     LocalrunError,
     ModelLoadError,
-    ModelNotFoundError,
     RunnerDiedError,
     ServerError,
 )
 from localrun.runner import LOAD_PARAMS
+from localrun.scheduler.budget import Budget
+from localrun.scheduler.runners import Runner, RunningModel
+from localrun.scheduler.targets import Resolver, Target, canonical
 from localrun.store import Store
 from localrun.worker import process as runner_process
 from localrun.worker import protocol
-from localrun.worker.process import Event, Item, RunnerProcess, Stream, exit_text
+from localrun.worker.process import Event, Item, Stream, exit_text
 
-__all__ = ["Embeddings", "RunningModel", "Scheduler", "Stream"]
+__all__ = ["Embeddings", "Scheduler"]
 
 log = logging.getLogger("localrun.scheduler")
-runner_log = logging.getLogger("localrun.runner")
 
 MAX_TIMER_S = 10 * 365 * 86400.0  # asyncio timers want finite delays: "never" beyond this
 
@@ -72,25 +69,9 @@ T = TypeVar("T")
 
 
 @dataclass
-class RunningModel:
-    """A loaded model as /api/ps and `localrun ps` show it."""
-
-    name: str
-    digest: str
-    size: int
-    size_vram: int
-    expires_at: float  # epoch seconds; math.inf = never
-    context_length: int
-    details: dict[str, Any]
-    processor: str  # "100% CPU", "48%/52% CPU/GPU"
-    pid: int
-    busy: int  # requests being answered
-    slots: int = 1  # requests it can answer at once
-    load_s: float = 0.0  # how long its load took
-
-
-@dataclass
 class Embeddings:
+    """The answer to an embedding request."""
+
     vectors: list[list[float]]
     prompt_tokens: int
     load_s: float
@@ -98,93 +79,14 @@ class Embeddings:
     model: str = ""  # the store name of the model that made them
 
 
-@dataclass(frozen=True)
-class _Target:
-    """A resolved model: its store name, manifest digest and what is known before loading."""
-
-    name: str
-    digest: str
-    weights: int  # bytes of model and adapter layers: the memory estimate before a first load
-    details: dict[str, Any]
-
-
-class _Runner:
-    """One runner subprocess and the requests admitted to it."""
-
-    def __init__(
-        self, target: _Target, load_options: dict[str, Any], slots: int, keep_alive: float
-    ) -> None:
-        self.name = target.name
-        self.digest = target.digest
-        self.details = target.details
-        self.load_options = load_options
-        self.slots = slots
-        self.keep_alive = keep_alive
-        self.estimate = target.weights
-        self.state = "loading"  # -> "ready" -> "stopping" -> "dead"
-        self.stale = False  # takes no new requests; stopped once idle (reload, unload)
-        self.busy = 0  # admitted requests, including those waiting for the load
-        self.process = RunnerProcess(target.name)
-        self.info: protocol.ReadyInfo | None = None
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Every waiter re-raises a copy; this keeps an unawaited failure from being logged.
-        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self.exited = asyncio.Event()  # set once it is dead and its requests failed
-        self.load_error: LocalrunError | None = None
-        self.death: LocalrunError | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.expires_at = math.inf
-        self.last_used = time.monotonic()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def size(self) -> int:
-        return self.info.size if self.info is not None else self.estimate
-
-    def cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def matches(self, target: _Target, load_options: dict[str, Any]) -> bool:
-        """Whether this runner can answer a request for `target` with these load options.
-
-        A request gets the model's own load-time values for the options it does not name:
-        a runner loaded with another client's num_ctx does not answer it, as one client's
-        options must never change another's answers. A named value is compared with what the
-        runner was loaded with (num_ctx and num_gpu also with what the worker resolved, so
-        asking for the value in force never reloads).
-        """
-        if target.digest != self.digest:
-            return False
-        for key in {*load_options, *self.load_options}:
-            value = load_options.get(key)
-            if self.load_options.get(key) == value:
-                continue
-            if value is None or (key == "num_gpu" and value == -1):
-                # The model's own value (num_gpu -1: decided automatically, as by default).
-                if key == "num_gpu" and self.load_options.get(key) in (None, -1):
-                    continue
-                return False
-            if self.info is not None and key == "num_ctx" and value == self.info.n_ctx:
-                continue
-            if self.info is not None and key == "num_gpu" and value == self.info.gpu_layers:
-                continue
-            return False
-        return True
-
-
 @dataclass(eq=False)
 class _Waiter:
     """A request waiting for a slot; `granted` gets the runner that reserved it one."""
 
-    target: _Target
+    target: Target
     load_options: dict[str, Any] | None  # None: any runner of the model
     keep_alive: float
-    granted: asyncio.Future[_Runner]
+    granted: asyncio.Future[Runner]
 
 
 class Scheduler:
@@ -211,19 +113,23 @@ class Scheduler:
         except ValueError as exc:
             raise ConfigError(str(exc), hint="fix the variable or unset it") from None
         self.store = store
-        self.memory_budget = memory_budget
+        self._memory = Budget(memory_budget)
         self.backend = backend
         self.backend_options = dict(backend_options or {})
-        self._runners: list[_Runner] = []  # loading or ready, including stale ones
-        self._stopping: set[_Runner] = set()
+        self._runners: list[Runner] = []  # loading or ready, including stale ones
+        self._stopping: set[Runner] = set()
         self._waiting: list[_Waiter] = []  # oldest first
         self._handing_out = False
         self._hand_out_again = False
         self._ids = itertools.count(1)
-        self._sizes: dict[tuple[str, str, str], int] = {}  # measured sizes, for estimates
-        self._resolving: dict[str, asyncio.Future[_Target]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._names = Resolver(store, self._spawn)
         self._closed = False
+
+    @property
+    def memory_budget(self) -> int | None:
+        """The bytes loaded models may take; None: the available memory at each load."""
+        return self._memory.limit
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -442,7 +348,7 @@ class Scheduler:
         opts = params_mod.validate(options or {})
         runner, _ = await self._admit(name, opts, keep_alive)
         self._release(runner)
-        shown = self._describe(runner)
+        shown = runner.describe()
         if runner.state != "ready":  # keep_alive 0: unloaded as soon as it was loaded
             shown.expires_at = time.time()
         return shown
@@ -453,7 +359,7 @@ class Scheduler:
         A runner still busy CANCEL_WAIT_S after its requests were cancelled is wedged: it is
         killed. Returns once the model's runners have exited.
         """
-        key = self._canonical(name)
+        key = canonical(name)
         found = [r for r in self._runners if r.name == key]
         for runner in found:
             runner.stale = True
@@ -467,7 +373,7 @@ class Scheduler:
             await asyncio.gather(*(self._gone_or_killed(r) for r in found))
         return bool(found)
 
-    async def _gone_or_killed(self, runner: _Runner) -> None:
+    async def _gone_or_killed(self, runner: Runner) -> None:
         wait = runner_process.CANCEL_WAIT_S
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(runner.exited.wait(), wait)
@@ -476,7 +382,7 @@ class Scheduler:
         await runner.exited.wait()
 
     def running(self) -> list[RunningModel]:
-        return [self._describe(r) for r in self._runners if r.state == "ready"]
+        return [r.describe() for r in self._runners if r.state == "ready"]
 
     @property
     def waiting(self) -> int:
@@ -504,7 +410,7 @@ class Scheduler:
 
     async def _admit(
         self, name: str, options: dict[str, Any] | None, keep_alive: float | None
-    ) -> tuple[_Runner, float]:
+    ) -> tuple[Runner, float]:
         """A runner with a slot reserved for this request, ready; and the seconds it took to
         get it (resolving the name, waiting in line, loading).
 
@@ -515,7 +421,7 @@ class Scheduler:
             raise ServerError("the server is shutting down", hint="retry once it is back")
         started = time.perf_counter()
         keep = self._keep_alive(keep_alive)
-        target = await self._resolve(name)
+        target = await self._names.resolve(name)
         # None: any runner of the model will do (tokenizing does not depend on load options).
         load_options = (
             None if options is None else {k: v for k, v in options.items() if k in LOAD_PARAMS}
@@ -524,7 +430,7 @@ class Scheduler:
         # is left for a newcomer is what no waiting request can use.
         runner = self._try_admit(target, load_options, keep)
         if runner is None:
-            granted: asyncio.Future[_Runner] = asyncio.get_running_loop().create_future()
+            granted: asyncio.Future[Runner] = asyncio.get_running_loop().create_future()
             runner = await self._wait_turn(_Waiter(target, load_options, keep, granted))
         if runner.ready.done() and not runner.ready.exception():
             return runner, time.perf_counter() - started
@@ -539,7 +445,7 @@ class Scheduler:
             raise
         return runner, time.perf_counter() - started
 
-    async def _wait_turn(self, waiter: _Waiter) -> _Runner:
+    async def _wait_turn(self, waiter: _Waiter) -> Runner:
         """Wait in line until `_wake` hands this request a runner with a slot reserved."""
         if len(self._waiting) >= self.max_queue:
             raise self._busy()
@@ -556,8 +462,8 @@ class Scheduler:
                 self._waiting.remove(waiter)
 
     def _try_admit(
-        self, target: _Target, load_options: dict[str, Any] | None, keep_alive: float
-    ) -> _Runner | None:
+        self, target: Target, load_options: dict[str, Any] | None, keep_alive: float
+    ) -> Runner | None:
         """Reserve a slot now (loading the model if needed), or None: the request waits.
 
         `load_options` None takes any runner of the model as it is (one loaded with the
@@ -571,7 +477,7 @@ class Scheduler:
             if load_options is None and runner.digest == target.digest:
                 pass
             elif not runner.matches(target, load_options or {}):
-                self._check_fits(runner, target, load_options or {})
+                self._memory.check_fits(runner, target, load_options or {}, self._runners)
                 # Other load options or a changed model: reload once its requests end.
                 runner.stale = True
                 if runner.busy == 0:
@@ -588,70 +494,22 @@ class Scheduler:
         return self._start_runner(target, load_options or {}, keep_alive)
 
     def _start_runner(
-        self, target: _Target, load_options: dict[str, Any], keep_alive: float
-    ) -> _Runner | None:
+        self, target: Target, load_options: dict[str, Any], keep_alive: float
+    ) -> Runner | None:
         """Make room (evicting idle models LRU) and start loading; None if there is no room."""
-        estimate = self._sizes.get(_size_key(target, load_options), target.weights)
-        keep = list(self._runners)
-        idle = sorted(
-            (r for r in keep if r.busy == 0 and r.state == "ready"), key=lambda r: r.last_used
-        )
-        budget = self._budget()
-        evict: list[_Runner] = []
-
-        def fits() -> bool:
-            if len(keep) >= self.max_loaded:
-                return False
-            # With nothing else loaded a model gets its chance even past the estimate.
-            return not keep or sum(r.size for r in keep) + estimate <= budget
-
-        while not fits() and idle:
-            victim = idle.pop(0)
-            keep.remove(victim)
-            evict.append(victim)
-        if not fits():
+        estimate = self._memory.estimate(target, load_options)
+        evict = self._memory.make_room(estimate, self._runners, self.max_loaded)
+        if evict is None:
             return None  # every loaded model is busy: wait for one to become idle
         for victim in evict:
             log.info("unloading %s to make room for %s", victim.name, target.name)
             self._stop(victim)
-        runner = _Runner(target, load_options, self.num_parallel, keep_alive)
+        runner = Runner(target, load_options, self.num_parallel, keep_alive)
         runner.estimate = estimate
         runner.busy = 1
         self._runners.append(runner)
         self._spawn(self._load(runner))
         return runner
-
-    def _check_fits(self, runner: _Runner, target: _Target, load_options: dict[str, Any]) -> None:
-        """Refuse a num_ctx whose KV cache cannot fit, before the runner is given up for it.
-
-        The size per token of context is scaled from what the runner measured (weights + KV
-        cache for n_ctx x slots); it includes the compute buffers too, so it errs on the large
-        side, and only a context beyond the whole budget is refused.
-        """
-        num_ctx = load_options.get("num_ctx")
-        info = runner.info
-        if not isinstance(num_ctx, int) or info is None or num_ctx <= info.n_ctx:
-            return
-        if target.digest != runner.digest:
-            return
-        per_token = max(0, info.size - target.weights) / max(1, info.n_ctx * info.slots)
-        needed = target.weights + per_token * num_ctx * info.slots
-        budget = self._budget()
-        if needed > budget:
-            raise InvalidParameterError(
-                f"num_ctx {num_ctx} needs about {_gb(needed)} of memory for {target.name} "
-                f"({info.slots} slots); about {_gb(budget)} is available",
-                hint=f"use a smaller num_ctx (it is {info.n_ctx} now), or set "
-                "LOCALRUN_NUM_PARALLEL lower",
-            )
-
-    def _budget(self) -> int:
-        if self.memory_budget is not None:
-            return self.memory_budget
-        import psutil
-
-        used = sum(r.size for r in self._runners if r.state == "ready")
-        return int(psutil.virtual_memory().available) + used
 
     def _busy(self) -> BusyError:
         slots = sum(r.slots for r in self._runners) or self.num_parallel
@@ -662,14 +520,14 @@ class Scheduler:
             retry_after=retry,
         )
 
-    def _release(self, runner: _Runner) -> None:
+    def _release(self, runner: Runner) -> None:
         """A request's slot is free again (its final event came, or it never started)."""
         runner.busy -= 1
         runner.last_used = time.monotonic()
         self._on_idle(runner)
         self._wake()
 
-    def _on_idle(self, runner: _Runner) -> None:
+    def _on_idle(self, runner: Runner) -> None:
         if runner.busy > 0 or runner.state != "ready":
             return
         if runner.stale or self._closed or runner.keep_alive <= 0:
@@ -683,7 +541,7 @@ class Scheduler:
         delay = min(runner.keep_alive, MAX_TIMER_S)
         runner.timer = asyncio.get_running_loop().call_later(delay, self._expire, runner)
 
-    def _expire(self, runner: _Runner) -> None:
+    def _expire(self, runner: Runner) -> None:
         runner.timer = None
         if runner.busy == 0 and runner.state == "ready":
             log.info("unloading %s: keep_alive expired", runner.name)
@@ -721,75 +579,9 @@ class Scheduler:
         finally:
             self._handing_out = False
 
-    # -- names --------------------------------------------------------------------------------
-
-    async def _resolve(self, text: str) -> _Target:
-        """The model a request names; concurrent requests for one name share the lookup."""
-        pending = self._resolving.get(text)
-        if pending is None:
-            pending = self._spawn(self._lookup(text))
-            self._resolving[text] = pending
-            pending.add_done_callback(lambda _: self._resolving.pop(text, None))
-            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
-        try:
-            return await asyncio.shield(pending)
-        except LocalrunError as exc:
-            raise exc.copy() from None
-
-    async def _lookup(self, text: str) -> _Target:
-        found = await asyncio.to_thread(_read_target, self.store, text)
-        if found is not None:
-            return found
-        # A catalog model not yet in the store: import it from its package in a child
-        # process (that reads the GGUF with the gguf package, which the server must not load).
-        await self._import(text)
-        found = await asyncio.to_thread(_read_target, self.store, text)
-        if found is None:
-            raise ModelNotFoundError(text)
-        return found
-
-    async def _import(self, text: str) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            _IMPORT_CODE,
-            str(self.store.root),
-            text,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await proc.communicate()
-        except asyncio.CancelledError:  # the server is closing: leave no child behind
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise
-        if proc.returncode == 0:
-            return
-        lines = out.decode("utf-8", "replace").strip().splitlines()
-        reported: LocalrunError | None = None
-        with contextlib.suppress(LocalrunError):
-            reported = protocol.error_from_dict(protocol.decode(lines[-1] if lines else ""))
-        if reported is not None:
-            raise reported
-        for line in err.decode("utf-8", "replace").splitlines():
-            runner_log.warning("import of %s: %s", text, line)
-        raise ModelLoadError(
-            f"could not import {text} into the model store ({exit_text(proc.returncode)})",
-            hint="see the server log",
-        )
-
-    def _canonical(self, text: str) -> str:
-        from localrun import catalog, pull
-
-        name, _ = pull.resolve_name(text)
-        return str(catalog.canonical(name))
-
     # -- runner processes ---------------------------------------------------------------------
 
-    async def _load(self, runner: _Runner) -> None:
+    async def _load(self, runner: Runner) -> None:
         # The memory of models being unloaded must be back before another one loads.
         while self._stopping - {runner}:
             await asyncio.gather(*(r.exited.wait() for r in self._stopping - {runner}))
@@ -823,7 +615,7 @@ class Scheduler:
             process.write(request)
             await process.drain()
 
-    def _on_event(self, runner: _Runner, event: Event) -> None:
+    def _on_event(self, runner: Runner, event: Event) -> None:
         """An event about the runner itself: its model is loaded, or it failed."""
         kind = event.get("event")
         if kind == protocol.READY:
@@ -835,7 +627,7 @@ class Scheduler:
             else:
                 log.error("runner of %s: %s", runner.name, error)
 
-    def _on_ready(self, runner: _Runner, event: Event) -> None:
+    def _on_ready(self, runner: Runner, event: Event) -> None:
         try:
             runner.info = protocol.ReadyInfo.from_dict(event.get("info") or {})
         except TypeError as exc:  # fields missing: an incompatible worker
@@ -844,7 +636,7 @@ class Scheduler:
             )
             runner.process.close_stdin()
             return
-        self._sizes[_size_key_of(runner)] = runner.info.size
+        self._memory.measured(runner, runner.info.size)
         if runner.state != "loading":
             return
         runner.state = "ready"
@@ -863,23 +655,14 @@ class Scheduler:
         self._on_idle(runner)  # every request that waited for the load may have gone
         self._wake()
 
-    def _trim(self, loaded: _Runner) -> None:
-        """Evict idle models (LRU) while the measured sizes exceed the budget.
-
-        Before its first load a model's size is estimated from its weights alone; the runner
-        then reports weights + KV cache, which may not fit beside the models kept for it.
-        """
-        budget = self._budget()
-        idle = sorted(
-            (r for r in self._runners if r is not loaded and r.busy == 0 and r.state == "ready"),
-            key=lambda r: r.last_used,
-        )
-        while idle and sum(r.size for r in self._runners) > budget:
-            victim = idle.pop(0)
+    def _trim(self, loaded: Runner) -> None:
+        """Evict idle models (LRU) while the measured sizes exceed the budget: a model may
+        take more once loaded than its estimate."""
+        for victim in self._memory.excess(loaded, self._runners):
             log.info("unloading %s: %s needs its memory", victim.name, loaded.name)
             self._stop(victim)
 
-    def _finish(self, runner: _Runner, code: int | None) -> None:
+    def _finish(self, runner: Runner, code: int | None) -> None:
         """Drop a runner that exited (or never started) and fail what was waiting on it."""
         stopping = runner.state == "stopping"
         runner.state = "dead"
@@ -911,7 +694,7 @@ class Scheduler:
         runner.exited.set()
         self._wake()
 
-    def _load_failure(self, runner: _Runner, status: str) -> LocalrunError:
+    def _load_failure(self, runner: Runner, status: str) -> LocalrunError:
         if runner.load_error is not None:
             return runner.load_error
         if runner.death is not None and (
@@ -925,7 +708,7 @@ class Scheduler:
             hint="see the server log for the runner's output",
         )
 
-    def _stop(self, runner: _Runner) -> None:
+    def _stop(self, runner: Runner) -> None:
         """Begin stopping a runner (stdin EOF); it leaves the table at once."""
         if runner.state in ("stopping", "dead"):
             return
@@ -937,7 +720,7 @@ class Scheduler:
         self._spawn(runner.process.stop())
         self._wake()
 
-    def _kill(self, runner: _Runner, reason: str) -> None:
+    def _kill(self, runner: Runner, reason: str) -> None:
         """SIGKILL a wedged runner: its requests fail, and the next one starts a fresh runner."""
         if runner.state == "dead":
             return
@@ -951,7 +734,7 @@ class Scheduler:
             self._wake()
 
     async def _submit(
-        self, runner: _Runner, build: Callable[[int], Event]
+        self, runner: Runner, build: Callable[[int], Event]
     ) -> tuple[int, asyncio.Queue[Item]]:
         """Send a request on its reserved slot; the slot is freed by its final event."""
         rid = next(self._ids)
@@ -985,72 +768,3 @@ class Scheduler:
         if math.isnan(value):
             raise InvalidParameterError("keep_alive cannot be NaN")
         return math.inf if value < 0 else float(value)
-
-    def _describe(self, runner: _Runner) -> RunningModel:
-        info = runner.info
-        if runner.busy > 0 or runner.state != "ready":
-            expires = time.time() + runner.keep_alive
-        else:
-            expires = runner.expires_at
-        return RunningModel(
-            name=runner.name,
-            digest=runner.digest,
-            size=info.size if info else runner.estimate,
-            size_vram=info.size_vram if info else 0,
-            expires_at=expires,
-            context_length=info.n_ctx if info else 0,
-            details=dict(runner.details),
-            processor=info.processor if info else "",
-            pid=runner.pid,
-            busy=runner.busy,
-            slots=runner.slots,
-            load_s=info.load_s if info else 0.0,
-        )
-
-
-_IMPORT_CODE = """\
-import json, sys
-from localrun import catalog
-from localrun.errors import LocalrunError
-from localrun.store import Store
-try:
-    catalog.find(Store(sys.argv[1]), sys.argv[2], pull_missing=False)
-except LocalrunError as exc:
-    print(json.dumps(exc.to_dict()))
-    sys.exit(1)
-"""
-
-
-def _read_target(store: Store, text: str) -> _Target | None:
-    """The stored model `text` names; None for a catalog model still to be imported."""
-    from localrun import catalog, pull
-    from localrun import model as model_mod
-
-    name, ref = pull.resolve_name(text)
-    name = catalog.canonical(name)
-    try:
-        manifest = store.read_manifest(name)
-    except ModelNotFoundError:
-        if ref is None and catalog.lookup(name) is not None:
-            return None
-        raise ModelNotFoundError(text.strip()) from None
-    model = model_mod.load(store, name, manifest)
-    weights = sum(layer.size for layer in manifest.layers if layer.kind in ("model", "adapter"))
-    return _Target(
-        name=str(name),
-        digest="sha256:" + hashlib.sha256(manifest.to_bytes()).hexdigest(),
-        weights=weights,
-        details=model.details,
-    )
-
-
-def _size_key(target: _Target, load_options: dict[str, Any]) -> tuple[str, str, str]:
-    return (target.name, target.digest, repr(sorted(load_options.items())))
-
-
-def _size_key_of(runner: _Runner) -> tuple[str, str, str]:
-    return (runner.name, runner.digest, repr(sorted(runner.load_options.items())))
-
-
-def _gb(size: float) -> str:
-    return f"{size / 1e9:.1f} GB"

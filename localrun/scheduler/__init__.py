@@ -1,0 +1,23 @@
+"""Loaded models of `localrun serve`: one runner subprocess each, keep-alive, memory and a queue.
+
+Each loaded model lives in its own `python -m localrun.worker` process and answers up to
+`num_parallel` requests at once. The package, one concern a module, imports flowing down:
+
+    core.py     the Scheduler: admission, the waiting line, loading and unloading runners,
+                keep-alive timers, and the request methods the server calls
+    budget.py   the memory budget, size estimates from what runners measured, which idle
+                models to evict (least recently used first), num_ctx that cannot fit
+    runners.py  one runner's state (slots, keep-alive, load options it matches) and how
+                /api/ps shows it
+    targets.py  which model a name resolves to; catalog models imported into the store on
+                first use, in a child process
+
+The runner processes themselves (pipes, events, stderr, stopping and reaping) are handled by
+localrun.worker.process. A runner also exits when the server dies: its stdin reaches EOF.
+"""
+
+from localrun.scheduler.core import Embeddings, Scheduler
+from localrun.scheduler.runners import RunningModel
+from localrun.worker.process import Stream
+
+__all__ = ["Embeddings", "RunningModel", "Scheduler", "Stream"]

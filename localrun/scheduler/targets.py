@@ -1,0 +1,154 @@
+"""Which model a request names: its store name, manifest digest and what is known before loading.
+
+A name is resolved against the store. A catalog model not yet in the store (the packaged
+SmolLM2) is imported into it on first use, in a child process, so the server itself never
+imports gguf or numpy. Concurrent requests for one name share one lookup (and one import).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from localrun.errors import LocalrunError, ModelLoadError, ModelNotFoundError
+from localrun.store import Store
+from localrun.worker import protocol
+from localrun.worker.process import exit_text
+
+runner_log = logging.getLogger("localrun.runner")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved model: its store name, manifest digest and what is known before loading."""
+
+    name: str
+    digest: str
+    weights: int  # bytes of model and adapter layers: the memory estimate before a first load
+    details: dict[str, Any]
+
+
+class Resolver:
+    """Resolves the names requests give; concurrent requests for one name share the lookup."""
+
+    def __init__(
+        self,
+        store: Store,
+        spawn: Callable[[Coroutine[Any, Any, Target]], asyncio.Task[Target]],
+    ) -> None:
+        """`spawn` runs a lookup as a task its owner cancels on close (an import in progress
+        then kills its child process)."""
+        self.store = store
+        self._spawn = spawn
+        self._pending: dict[str, asyncio.Future[Target]] = {}
+
+    async def resolve(self, text: str) -> Target:
+        """The model `text` names; ModelNotFoundError if there is none."""
+        pending = self._pending.get(text)
+        if pending is None:
+            pending = self._spawn(self._lookup(text))
+            self._pending[text] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(text, None))
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            return await asyncio.shield(pending)
+        except LocalrunError as exc:
+            raise exc.copy() from None
+
+    async def _lookup(self, text: str) -> Target:
+        found = await asyncio.to_thread(read_target, self.store, text)
+        if found is not None:
+            return found
+        # A catalog model not yet in the store: import it from its package in a child
+        # process (that reads the GGUF with the gguf package, which the server must not load).
+        await import_model(self.store, text)
+        found = await asyncio.to_thread(read_target, self.store, text)
+        if found is None:
+            raise ModelNotFoundError(text)
+        return found
+
+
+def canonical(text: str) -> str:
+    """The store name `text` refers to, a catalog alias followed (`smollm2` -> `smollm2:135m`)."""
+    from localrun import catalog, pull
+
+    name, _ = pull.resolve_name(text)
+    return str(catalog.canonical(name))
+
+
+def read_target(store: Store, text: str) -> Target | None:
+    """The stored model `text` names; None for a catalog model still to be imported."""
+    from localrun import catalog, pull
+    from localrun import model as model_mod
+
+    name, ref = pull.resolve_name(text)
+    name = catalog.canonical(name)
+    try:
+        manifest = store.read_manifest(name)
+    except ModelNotFoundError:
+        if ref is None and catalog.lookup(name) is not None:
+            return None
+        raise ModelNotFoundError(text.strip()) from None
+    model = model_mod.load(store, name, manifest)
+    weights = sum(layer.size for layer in manifest.layers if layer.kind in ("model", "adapter"))
+    return Target(
+        name=str(name),
+        digest="sha256:" + hashlib.sha256(manifest.to_bytes()).hexdigest(),
+        weights=weights,
+        details=model.details,
+    )
+
+
+_IMPORT_CODE = """\
+import json, sys
+from localrun import catalog
+from localrun.errors import LocalrunError
+from localrun.store import Store
+try:
+    catalog.find(Store(sys.argv[1]), sys.argv[2], pull_missing=False)
+except LocalrunError as exc:
+    print(json.dumps(exc.to_dict()))
+    sys.exit(1)
+"""
+
+
+async def import_model(store: Store, text: str) -> None:
+    """Import the catalog model `text` into `store` in a child process; its typed error, if
+    it reported one, else ModelLoadError (its stderr goes to the server log)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _IMPORT_CODE,
+        str(store.root),
+        text,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await proc.communicate()
+    except asyncio.CancelledError:  # the server is closing: leave no child behind
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode == 0:
+        return
+    lines = out.decode("utf-8", "replace").strip().splitlines()
+    reported: LocalrunError | None = None
+    with contextlib.suppress(LocalrunError):
+        reported = protocol.error_from_dict(protocol.decode(lines[-1] if lines else ""))
+    if reported is not None:
+        raise reported
+    for line in err.decode("utf-8", "replace").splitlines():
+        runner_log.warning("import of %s: %s", text, line)
+    raise ModelLoadError(
+        f"could not import {text} into the model store ({exit_text(proc.returncode)})",
+        hint="see the server log",
+    )
