@@ -152,6 +152,18 @@ DEFAULT_ORIGINS = (
 )
 
 
+# Speculative decoding's modes (the speculate PARAMETER, LOCALRUN_SPECULATE): auto drafts by
+# prompt lookup where it is expected to pay, ngram drafts wherever the text repeats.
+SPECULATE_MODES = ("auto", "ngram", "off")
+
+
+def _parse_speculate(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in SPECULATE_MODES:
+        raise ValueError(f"expected one of {', '.join(SPECULATE_MODES)}, got {text!r}")
+    return mode
+
+
 def _default_home() -> Path:
     # platformdirs is imported here so that merely importing config stays cheap.
     from platformdirs import user_data_path
@@ -330,6 +342,13 @@ SETTINGS: dict[str, Setting] = {
             lambda: 300.0,
         ),
         Setting(
+            "LOCALRUN_SPECULATE",
+            "Speculative decoding where neither the model nor the request sets the speculate "
+            "parameter: auto (prompt lookup where it pays), ngram (wherever text repeats), off.",
+            _parse_speculate,
+            lambda: "auto",
+        ),
+        Setting(
             "LOCALRUN_DEBUG",
             "Show tracebacks and debug output (1/0).",
             _parse_bool,
@@ -434,6 +453,10 @@ def template_max_bytes() -> int:
 
 def load_timeout() -> float:
     return SETTINGS["LOCALRUN_LOAD_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def speculate() -> str:
+    return SETTINGS["LOCALRUN_SPECULATE"].value()  # type: ignore[no-any-return]
 
 
 def debug() -> bool:

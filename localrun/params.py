@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from localrun.config import SPECULATE_MODES
 from localrun.errors import InvalidParameterError
 
 Value = int | float | bool | str
@@ -26,12 +27,14 @@ class ParamSpec:
     minimum: float | None = None
     maximum: float | None = None
     repeated: bool = False
+    choices: tuple[str, ...] = ()  # a str parameter's allowed values (empty: any)
 
     def parse(self, text: str) -> Value:
         """Parse one textual value; raises InvalidParameterError naming the parameter."""
         value: Value
         if self.type is str:
-            return self.check(text)  # stop sequences keep their blanks
+            # Stop sequences keep their blanks; a choice is a word.
+            return self.check(text.strip().lower() if self.choices else text)
         text = text.strip()
         if self.type is bool:
             lowered = text.lower()
@@ -62,6 +65,8 @@ class ParamSpec:
         if self.type is str:
             if not isinstance(value, str) or not value:
                 raise self._error(f"expected a non-empty string, got {value!r}")
+            if self.choices and value not in self.choices:
+                raise self._error(f"expected one of {', '.join(self.choices)}, got {value!r}")
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self._error(f"expected a number, got {value!r}")
@@ -134,6 +139,19 @@ SPECS: dict[str, ParamSpec] = {
         ),
         ParamSpec("frequency_penalty", float, "penalty by token frequency, -2 to 2", -2.0, 2.0),
         ParamSpec("stop", str, "a sequence that ends generation (repeatable)", repeated=True),
+        ParamSpec(
+            "speculate",
+            str,
+            "speculative decoding: auto (prompt lookup where it pays), ngram, or off",
+            choices=SPECULATE_MODES,
+        ),
+        ParamSpec(
+            "draft_num_predict",
+            int,
+            "most tokens drafted ahead per step by speculation, 0 to 256; 0 = off",
+            0,
+            256,
+        ),
     )
 }
 

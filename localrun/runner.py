@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from localrun import config, thinking
 from localrun import params as params_mod
 from localrun import template as template_mod
-from localrun import thinking
 from localrun import tools as tools_mod
 from localrun.engine.types import (
     Backend,
@@ -34,6 +34,7 @@ from localrun.engine.types import (
 )
 from localrun.errors import (
     BadRequestError,
+    ConfigError,
     CorruptBlobError,
     InvalidGGUFError,
     InvalidParameterError,
@@ -175,6 +176,11 @@ class Prompter:
 
     def sampling(self, options: dict[str, Any] | None, grammar: str | None) -> SamplingOptions:
         merged = {**self.params, **params_mod.validate(options or {})}
+        if "speculate" not in merged:
+            try:
+                merged["speculate"] = config.speculate()
+            except ValueError as exc:
+                raise ConfigError(str(exc), hint="fix LOCALRUN_SPECULATE or unset it") from None
         return SamplingOptions.from_params(merged, grammar=grammar)
 
     def chat(

@@ -212,6 +212,8 @@ def test_every_parameter_can_be_written(name: str) -> None:
     value: params.Value
     if found.type is bool:
         text, value = "TRUE", True
+    elif found.choices:
+        text, value = found.choices[-1].upper(), found.choices[-1]
     elif found.type is str:
         text, value = '"</s>"', "</s>"
     else:

@@ -33,11 +33,14 @@ OLLAMA_PARAMETERS = {
     "presence_penalty",
     "frequency_penalty",
     "stop",
+    "draft_num_predict",  # Ollama's name for the longest draft of speculative decoding
 }
+# localrun's own: how to speculate (engine.speculate.MODES).
+LOCALRUN_PARAMETERS = {"speculate"}
 
 
 def test_the_table_is_ollamas_set() -> None:
-    assert set(SPECS) == OLLAMA_PARAMETERS
+    assert set(SPECS) == OLLAMA_PARAMETERS | LOCALRUN_PARAMETERS
     for name, found in SPECS.items():
         assert found.name == name
         assert found.type in (int, float, bool, str)
@@ -63,6 +66,9 @@ def _valid_texts(found: ParamSpec) -> list[tuple[str, params.Value]]:
             ("off", False),
             ("  true \t", True),
         ]
+    if found.type is str and found.choices:
+        first = found.choices[0]
+        return [(c, c) for c in found.choices] + [(f" {first.upper()} ", first)]
     if found.type is str:
         return [("<|im_end|>", "<|im_end|>"), (" x ", " x "), ("\n", "\n"), ("a b", "a b")]
     assert found.minimum is not None and found.maximum is not None
@@ -332,6 +338,8 @@ def test_validate_refuses_unknown_names() -> None:
 def _values(found: ParamSpec) -> st.SearchStrategy[Any]:
     if found.type is bool:
         return st.booleans()
+    if found.type is str and found.choices:
+        return st.sampled_from(found.choices)
     if found.type is str:
         return st.text(min_size=1)
     assert found.minimum is not None and found.maximum is not None

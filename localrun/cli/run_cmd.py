@@ -185,6 +185,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds * 1000:.3f}ms"
 
 
+def _share(part: int, whole: int) -> str:
+    return f" ({100 * part / whole:.0f}%)" if whole else ""
+
+
 def print_stats(
     reply: Answer, opened: Session, total: float | None = None, load_s: float | None = None
 ) -> None:
@@ -200,6 +204,11 @@ def print_stats(
         ("eval count", f"{t.eval_tokens} token(s)"),
         ("eval duration", _duration(t.eval_s)),
         ("eval rate", f"{t.eval_rate:.2f} tokens/s"),
+        ("draft count", f"{t.draft_tokens} token(s)"),
+        (
+            "draft accepted",
+            f"{t.draft_accepted} token(s)" + _share(t.draft_accepted, t.draft_tokens),
+        ),
         ("done reason", str(reply.done_reason)),
     ]
     for note in opened.notes:

@@ -282,6 +282,8 @@ def timings_from_final(obj: dict[str, Any]) -> Timings:
         eval_tokens=count("eval_count"),
         eval_s=seconds("eval_duration"),
         total_s=seconds("total_duration"),
+        draft_tokens=count("draft_count"),
+        draft_accepted=count("draft_accepted_count"),
     )
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import llama_cpp as lc
 
+from localrun.engine import speculate
 from localrun.engine.llama import (
     GrammarFirst,
     Weights,
@@ -65,6 +66,7 @@ class _Request:
         "prompt",
         "sample",
         "sink",
+        "spec",
         "special",
         "start",
         "stop_tokens",
@@ -92,8 +94,12 @@ class _Request:
         self.logprobs = -1  # alternatives per token asked for (-1: no log-probabilities)
         self.special = False  # special tokens are spelled out in the answer
         self.pending: list[dict[str, Any]] = []  # entries whose text is not out yet
+        self.spec: speculate.Speculator | None = None
 
     def free(self) -> None:
+        if self.spec is not None:
+            self.timings.draft_tokens = self.spec.drafted
+            self.timings.draft_accepted = self.spec.accepted
         if self.chain is not None:
             lc.llama_sampler_free(self.chain)
             self.chain = None
@@ -103,13 +109,14 @@ class _Request:
 
 
 class _Slot:
-    __slots__ = ("added", "cache", "leader", "req", "row", "seq", "token", "used")
+    __slots__ = ("added", "cache", "draft", "leader", "req", "row", "seq", "token", "used")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
         self.cache: list[int] = []  # the tokens at positions 0.. of this slot's KV sequence
         self.req: _Request | None = None
         self.token = -1  # the sampled token still to be decoded (-1: reading the prompt)
+        self.draft: list[int] = []  # tokens guessed to follow `token`, decoded with it
         self.row = -1  # the batch row whose logits this slot samples from (-1: none)
         self.added = 0  # prompt tokens put into the current batch
         self.used = 0  # when it last took a request, for least-recently-used reuse
@@ -199,6 +206,7 @@ class BatchEngine:
         self._active: list[_Slot] = []  # slots with a request, in sequence order
         self._queue: collections.deque[_Request] = collections.deque()
         self._uses = itertools.count(1)
+        self._cost = speculate.DecodeCost()  # what a draft costs here, learnt as it decodes
         self.load_s = time.perf_counter() - start
         self._thread = threading.Thread(target=self._loop, name="localrun-batch", daemon=True)
         self._thread.start()
@@ -244,6 +252,9 @@ class BatchEngine:
         req = _Request(list(prompt), stop_tokens, sink, budget)
         req.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
         req.special = sampling.special
+        req.spec = speculate.speculator(
+            sampling.speculate, req.prompt, sampling.draft_num_predict, self._cost
+        )
         # Samplers are made here, off the loop thread, so a bad grammar fails the caller.
         req.chain = sampler_chain(sampling, self.n_vocab, self.n_ctx)
         try:
@@ -399,20 +410,29 @@ class BatchEngine:
         """One llama_decode for every active slot, then a token for each that needs one."""
         active = self._active
         tokens, pos, logits, seq_ids = self._tokens, self._pos, self._logits, self._seq_ids
-        room = self._n_batch - sum(1 for slot in active if slot.token >= 0)
-        n = 0
+        generating = [slot for slot in active if slot.token >= 0]
+        room = self._n_batch - len(generating)
+        for slot in generating:  # drafts take what room the batch has, first come
+            if slot.draft:
+                del slot.draft[max(0, room) :]
+                room -= len(slot.draft)
+        n = reading = 0
         for slot in active:
             if slot.leader is not None and not self._follow(slot):
                 slot.added, slot.row = 0, -1
                 continue  # its leader is still reading the prompt
             token = slot.token
             if token >= 0:
-                tokens[n] = token
-                pos[n] = len(slot.cache)
-                seq_ids[n][0] = slot.seq
-                logits[n] = 1
+                seq = slot.seq
                 slot.row = n
-                n += 1
+                at = len(slot.cache)
+                for t in (token, *slot.draft) if slot.draft else (token,):
+                    tokens[n] = t
+                    pos[n] = at
+                    seq_ids[n][0] = seq
+                    logits[n] = 1
+                    n += 1
+                    at += 1
                 continue
             prompt = slot.req.prompt  # type: ignore[union-attr]
             done = len(slot.cache)
@@ -429,6 +449,7 @@ class BatchEngine:
                 logits[n] = 0
                 n += 1
             room -= take
+            reading += take
             if done + take == len(prompt):
                 logits[n - 1] = 1
                 slot.row = n - 1
@@ -436,7 +457,10 @@ class BatchEngine:
             return
         batch = self._batch
         batch.n_tokens = n
+        began = time.perf_counter()
         rc = lc.llama_decode(self._ctx, batch)
+        if reading == 0:  # only generating slots: what a token more in a batch costs
+            self._cost.observe(n, time.perf_counter() - began)
         if rc != 0:
             self._fail(
                 [s for s in active if s.token >= 0 or s.added > 0],
@@ -449,7 +473,6 @@ class BatchEngine:
             lc.llama_vocab_is_eog,
             self.n_ctx,
         )
-        piece_bytes = self._weights.piece_bytes
         for slot in list(active):
             req = slot.req
             assert req is not None
@@ -469,32 +492,65 @@ class BatchEngine:
             if req.cancelled:
                 self._finish(slot, "cancelled")
                 continue
-            token = req.sample(req.chain, ctx, slot.row)
+            row = slot.row
+            token = req.sample(req.chain, ctx, row)
+            draft = slot.draft
+            if draft:
+                # Keep the draft up to the first token the sampler does not choose; that
+                # token (sampled at the row after the last one kept) is the next one.
+                kept = 0
+                for guess in draft:
+                    if token != guess or is_eog(vocab, token) or token in req.stop_tokens:
+                        break
+                    kept += 1
+                    slot.cache.append(token)
+                    self._emit(req, token, row)
+                    if req.timings.eval_tokens >= req.budget:
+                        break
+                    row += 1
+                    token = req.sample(req.chain, ctx, row)
+                self._drop_draft(slot)
+                req.spec.settle(draft, kept)  # type: ignore[union-attr]
+                if req.timings.eval_tokens >= req.budget:
+                    self._finish(slot, "length")
+                    continue
             if is_eog(vocab, token) or token in req.stop_tokens:
                 self._finish(slot, "stop")
                 continue
-            timings = req.timings
-            timings.eval_tokens += 1
-            req.tokens.append(token)
-            raw = self._weights.token_bytes(token) if req.special else piece_bytes(token)
-            if req.logprobs >= 0:
-                req.pending.append(self._logprobs(slot.row, token, raw, req.logprobs))
-            text = req.decoder.decode(raw)
-            if text:
-                # Before the decode of this token: the reader sees it a decode sooner.
-                try:
-                    if req.pending:
-                        req.sink.piece(text, req.pending)
-                        req.pending = []
-                    else:
-                        req.sink.piece(text)
-                except Exception:
-                    req.cancelled = True  # a sink that fails has no reader left
-            if timings.eval_tokens >= req.budget or len(slot.cache) >= n_ctx:
+            self._emit(req, token, row)
+            if req.timings.eval_tokens >= req.budget or len(slot.cache) >= n_ctx:
                 # No next token is needed (or there is no room for one): skip its decode.
                 self._finish(slot, "length")
-            else:
-                slot.token = token
+                continue
+            slot.token = token
+            if req.spec is not None:
+                room = min(req.budget - req.timings.eval_tokens, n_ctx - len(slot.cache) - 1)
+                slot.draft = req.spec.propose(token, room)
+
+    def _drop_draft(self, slot: _Slot) -> None:
+        """Forget the draft tokens the KV sequence holds past the slot's cache."""
+        if slot.draft:
+            slot.draft = []
+            lc.llama_memory_seq_rm(self._memory, slot.seq, len(slot.cache), -1)
+
+    def _emit(self, req: _Request, token: int, row: int) -> None:
+        """A generated token: counted, its log-probabilities (from `row`) and text sent."""
+        req.timings.eval_tokens += 1
+        req.tokens.append(token)
+        raw = self._weights.token_bytes(token) if req.special else self._weights.piece_bytes(token)
+        if req.logprobs >= 0:
+            req.pending.append(self._logprobs(row, token, raw, req.logprobs))
+        text = req.decoder.decode(raw)
+        if text:
+            # Before the decode of this token: the reader sees it a decode sooner.
+            try:
+                if req.pending:
+                    req.sink.piece(text, req.pending)
+                    req.pending = []
+                else:
+                    req.sink.piece(text)
+            except Exception:
+                req.cancelled = True  # a sink that fails has no reader left
 
     def _follow(self, slot: _Slot) -> bool:
         """Whether a slot waiting for its leader's prompt can read on (the prompt is in, and
@@ -517,6 +573,7 @@ class BatchEngine:
         assert req is not None
         slot.req = None
         slot.token = -1
+        self._drop_draft(slot)
         slot.leader = None
         self._active.remove(slot)
         tail = req.decoder.decode(b"", final=True)

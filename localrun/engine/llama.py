@@ -23,6 +23,7 @@ from typing import Any
 import llama_cpp as lc
 
 from localrun import config, gguf
+from localrun.engine import speculate
 from localrun.engine.types import FimTokens, Generation, LoadOptions, SamplingOptions
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError, ModelLoadError
 
@@ -270,6 +271,7 @@ class LlamaModel:
         self._piece_bytes = weights.piece_bytes  # bound once: it runs for every token
         self._cache: list[int] = []
         self._one = (lc.llama_token * 1)()
+        self._cost = speculate.DecodeCost()  # what a draft costs here, learnt as it decodes
         self.load_s = time.perf_counter() - start
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
@@ -333,6 +335,10 @@ class LlamaModel:
         chain = sampler_chain(sampling, self.n_vocab, self.n_ctx)
         constrained = None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        spec = speculate.speculator(
+            sampling.speculate, prompt, sampling.draft_num_predict, self._cost
+        )
+        batch = lc.llama_batch_init(1 + (spec.draft_max if spec else 0), 0, 1)
         try:
             if sampling.grammar:
                 grammar = grammar_sampler(self._vocab, sampling.grammar)
@@ -343,31 +349,76 @@ class LlamaModel:
             budget = sampling.num_predict
             if budget == -2 or budget < 0:
                 budget = self.n_ctx
-            vocab, ctx, one = self._vocab, self._ctx, self._one
+            vocab, ctx, cache = self._vocab, self._ctx, self._cache
             sample = constrained.sample if constrained else lc.llama_sampler_sample
             is_eog = lc.llama_vocab_is_eog
-            decode, get_one = lc.llama_decode, lc.llama_batch_get_one
+            decode, piece_bytes = lc.llama_decode, self._piece_bytes
+            one, get_one = self._one, lc.llama_batch_get_one
+            clock, observe = time.perf_counter, self._cost.observe
             gen.done_reason = "length"
-            while budget > 0:
+            row = -1  # the logits the next token is sampled from (-1: the prompt's last)
+            carried = -1  # a token already sampled (where a draft was rejected)
+            while True:
                 if cancel is not None and cancel.is_set():
                     gen.done_reason = "cancelled"
                     break
-                token = sample(chain, ctx, -1)
+                if carried >= 0:
+                    token, carried = carried, -1
+                else:
+                    token = sample(chain, ctx, row)
                 if is_eog(vocab, token) or token in stop_tokens:
                     gen.done_reason = "stop"
                     break
                 timings.eval_tokens += 1
                 gen.tokens.append(token)
-                text = decoder.decode(self._piece_bytes(token))
+                text = decoder.decode(piece_bytes(token))
                 if text:
                     yield text  # before the decode: the reader sees each token a decode sooner
-                if timings.eval_tokens >= budget or len(self._cache) >= self.n_ctx:
+                if timings.eval_tokens >= budget or len(cache) >= self.n_ctx:
                     break  # no next token is needed (or there is no room for one): skip its decode
-                one[0] = token
-                if decode(ctx, get_one(one, 1)) != 0:
+                # Room for drafts: the budget after this token, and the context after it.
+                room = min(budget - timings.eval_tokens, self.n_ctx - len(cache) - 1)
+                draft = spec.propose(token, room) if spec is not None else []
+                began = clock()
+                if draft:
+                    _fill(batch, cache, token, draft)
+                    rc = decode(ctx, batch)
+                else:
+                    one[0] = token
+                    rc = decode(ctx, get_one(one, 1))
+                if spec is not None:
+                    observe(1 + len(draft), clock() - began)
+                if rc != 0:
                     self.reset()
                     raise EngineError("llama.cpp failed while generating")
-                self._cache.append(token)
+                cache.append(token)
+                row = -1
+                if not draft:
+                    continue
+                # Keep the draft up to the first token the sampler does not choose.
+                accepted = 0
+                stopped = False
+                for row, drafted in enumerate(draft):
+                    chosen = sample(chain, ctx, row)
+                    if chosen != drafted or is_eog(vocab, chosen) or chosen in stop_tokens:
+                        carried = chosen
+                        break
+                    accepted += 1
+                    timings.eval_tokens += 1
+                    gen.tokens.append(chosen)
+                    text = decoder.decode(piece_bytes(chosen))
+                    if text:
+                        yield text
+                    if timings.eval_tokens >= budget:
+                        stopped = True
+                        break
+                else:
+                    row = len(draft)  # all kept: the next token comes from the last row
+                cache.extend(draft[:accepted])
+                lc.llama_memory_seq_rm(self._memory, 0, len(cache), -1)
+                spec.settle(draft, accepted)  # type: ignore[union-attr]
+                if stopped:
+                    break
             tail = decoder.decode(b"", final=True)
             if tail:
                 yield tail
@@ -379,8 +430,11 @@ class LlamaModel:
             else:
                 timings.eval_s = now - start - timings.prompt_s
             timings.total_s = now - start
+            if spec is not None:
+                timings.draft_tokens, timings.draft_accepted = spec.drafted, spec.accepted
             if gen.done_reason is None:
                 gen.done_reason = "cancelled"
+            lc.llama_batch_free(batch)
             lc.llama_sampler_free(chain)
             if constrained is not None:
                 lc.llama_sampler_free(constrained.grammar)
@@ -401,6 +455,26 @@ class LlamaModel:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _fill(batch: Any, cache: list[int], token: int, draft: Sequence[int]) -> None:
+    """Put `token` and `draft` into `batch` at the positions after `cache`, each with logits."""
+    n = 1 + len(draft)
+    pos = len(cache)
+    tokens, positions, seq_ids, n_seq, logits = (
+        batch.token,
+        batch.pos,
+        batch.seq_id,
+        batch.n_seq_id,
+        batch.logits,
+    )
+    for i, t in enumerate((token, *draft)):
+        tokens[i] = t
+        positions[i] = pos + i
+        n_seq[i] = 1
+        seq_ids[i][0] = 0
+        logits[i] = 1
+    batch.n_tokens = n
 
 
 def overflow_error(n_prompt: int, n_ctx: int, n_ctx_train: int) -> ContextOverflowError:

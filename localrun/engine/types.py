@@ -45,6 +45,8 @@ class SamplingOptions:
     num_predict: int = -1
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # GBNF, e.g. for --format json
+    speculate: str = "auto"  # engine.speculate.MODES
+    draft_num_predict: int = 64  # the longest draft (engine.speculate.DEFAULT_DRAFT_MAX)
     # Log-probabilities of each generated token and of its `logprobs` likeliest alternatives
     # (-1: none asked for; 0: the chosen token's alone). Not a PARAMETER: set per request.
     logprobs: int = -1
@@ -92,6 +94,8 @@ class Timings:
     eval_tokens: int = 0
     eval_s: float = 0.0
     total_s: float = 0.0
+    draft_tokens: int = 0  # tokens proposed by speculative decoding
+    draft_accepted: int = 0  # of those, kept (each one a decode saved)
 
     @property
     def prompt_rate(self) -> float:

@@ -434,6 +434,9 @@ class Generation:
             "prompt_eval_duration": ns(t.prompt_s),
             "eval_count": t.eval_tokens,
             "eval_duration": ns(t.eval_s),
+            # Not in Ollama's API either: tokens speculative decoding drafted, and kept.
+            "draft_count": t.draft_tokens,
+            "draft_accepted_count": t.draft_accepted,
         }
 
 

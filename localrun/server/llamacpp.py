@@ -126,6 +126,9 @@ def _timings(generation: Generation) -> dict[str, Any]:
         "predicted_n": t.eval_tokens,
         "predicted_ms": t.eval_s * 1000,
         "predicted_per_second": rate(t.eval_tokens, t.eval_s),
+        # As llama-server reports its speculative decoding.
+        "draft_n": t.draft_tokens,
+        "draft_n_accepted": t.draft_accepted,
     }
 
 

@@ -4,6 +4,8 @@
     localrun_prompt_tokens_total{model}                   prompt tokens read (evaluated + cached)
     localrun_prompt_cached_tokens_total{model}            prompt tokens the KV cache already held
     localrun_generated_tokens_total{model}                tokens generated
+    localrun_draft_tokens_total{model}                    tokens speculative decoding drafted
+    localrun_draft_accepted_tokens_total{model}           of those, the tokens the model kept
     localrun_embedded_tokens_total{model}                 tokens read for embeddings
     localrun_queue_length                                 requests waiting for a slot
     localrun_slots_in_use{model} / localrun_slots{model}  busy and total slots of a loaded model
@@ -56,6 +58,18 @@ class Metrics:
         self.generated_tokens = Counter(
             "localrun_generated_tokens", "Tokens generated", ["model"], registry=r
         )
+        self.draft_tokens = Counter(
+            "localrun_draft_tokens",
+            "Tokens drafted by speculative decoding",
+            ["model"],
+            registry=r,
+        )
+        self.draft_accepted = Counter(
+            "localrun_draft_accepted_tokens",
+            "Drafted tokens the model kept (a decode saved each)",
+            ["model"],
+            registry=r,
+        )
         self.embedded_tokens = Counter(
             "localrun_embedded_tokens", "Tokens read for embeddings", ["model"], registry=r
         )
@@ -66,6 +80,8 @@ class Metrics:
         self.prompt_tokens.labels(model).inc(timings.prompt_tokens + timings.cached_tokens)
         self.cached_tokens.labels(model).inc(timings.cached_tokens)
         self.generated_tokens.labels(model).inc(timings.eval_tokens)
+        self.draft_tokens.labels(model).inc(timings.draft_tokens)
+        self.draft_accepted.labels(model).inc(timings.draft_accepted)
 
     def embedded(self, model: str, tokens: int) -> None:
         self.embedded_tokens.labels(model).inc(tokens)

@@ -51,11 +51,15 @@ _SAMPLING = {
     "top_k": "top_k",
     "min_p": "min_p",
     "repeat_penalty": "repeat_penalty",
+    "draft_num_predict": "draft_num_predict",
 }
 
 
 def _options(body: Body) -> dict[str, Any]:
     options = body.sampling(_SAMPLING)
+    speculate = body.get("speculate", str)  # localrun's own, like llama-server's extra fields
+    if speculate is not None:
+        options["speculate"] = speculate
     limit = body.limit("max_completion_tokens", "max_tokens")
     if limit is not None:
         options["num_predict"] = limit
@@ -143,11 +147,18 @@ def _usage(generations: list[Generation]) -> dict[str, Any]:
     first = generations[0].stream.timings
     prompt = generations[0].prompt_count
     completion = sum(g.stream.timings.eval_tokens for g in generations)
+    drafted = sum(g.stream.timings.draft_tokens for g in generations)
+    accepted = sum(g.stream.timings.draft_accepted for g in generations)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": first.cached_tokens},
+        # OpenAI's fields for predicted outputs, which speculative decoding's drafts are.
+        "completion_tokens_details": {
+            "accepted_prediction_tokens": accepted,
+            "rejected_prediction_tokens": drafted - accepted,
+        },
     }
 
 

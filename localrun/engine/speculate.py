@@ -1,0 +1,233 @@
+"""Draftless speculative decoding (prompt lookup): guess the next tokens from what came before.
+
+Answers that edit code or quote text repeat long runs of their input. When the last few tokens
+generated also occur earlier in the prompt or the answer, the tokens that followed them there
+are a cheap guess of what comes next. The engine evaluates the sampled token and the guessed
+ones in one llama_decode (on a CPU or a GPU a batch of a few tokens costs little more than one),
+samples at each row in turn and keeps the guesses up to the first one the model's own sampler
+does not pick; that sampled token is the next token, as without speculation.
+
+Lossless: every kept token is one the sampler chain chose, from logits computed after exactly
+the tokens before it. With temperature > 0 this is speculative sampling's acceptance rule for a
+draft that proposes one token with certainty (accept with probability p(draft), else sample
+from p without the draft): the output distribution is unchanged. Grammars and penalties see
+the same accepted tokens in the same order. (llama.cpp's logits for a batch of tokens may
+differ from one-token decoding in the last bits, which can flip a near tie.)
+
+Adaptive: the draft length grows while whole drafts are accepted and shrinks on a rejection,
+and a run of drafts rejected at their first token backs off for a growing number of tokens, so
+prose that rarely repeats itself pays almost nothing. This module is pure Python: the engines
+(engine.llama for one conversation, engine.batch for every slot of the server) call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from localrun import config
+
+# Lengths of the suffix matched against the history, longest first: a long match is a sure
+# guess, a short one recovers quickly after an edit (a renamed identifier breaks every longer
+# n-gram that spans it for as many tokens).
+NGRAM_SIZES = (24, 12, 6, 3)
+# Before any draft of a size is judged: the chance a drafted token is kept, as kept : rejected
+# counts. A 24-token match is a copy under way; three tokens are a hunch.
+_PRIOR = {24: (19.0, 1.0), 12: (9.0, 1.0), 6: (4.0, 1.0), 3: (2.0, 1.0)}
+MODES = config.SPECULATE_MODES  # the speculate PARAMETER's values
+DEFAULT_DRAFT_MAX = 64  # the draft_num_predict PARAMETER's default
+_BACKOFF_MAX = 64  # tokens decoded without drafting after repeated misses, at most
+_DECAY = 0.9  # weight of the past in the running estimates
+_PROBE_EVERY = 16  # tokens between one-token probes where drafting does not pay
+_PROBE_MIN = 6  # shortest match worth a probe (shorter ones in prose are mostly chance)
+
+
+class NgramDrafter:
+    """Prompt lookup over one sequence's tokens (prompt and answer so far).
+
+    Keeps, for every n-gram of each size in NGRAM_SIZES, the position right after its latest
+    occurrence, updated as tokens are added: a lookup costs a few dictionary reads, whatever
+    the length of the history.
+    """
+
+    def __init__(self, history: Iterable[int] = ()) -> None:
+        self.tokens: list[int] = []
+        self._index: dict[tuple[int, ...], int] = {}
+        self.extend(history)
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        for token in tokens:
+            self.add(token)
+
+    def add(self, token: int) -> None:
+        tokens = self.tokens
+        tokens.append(token)
+        end = len(tokens)
+        # The n-grams ending just before `token` now point at it.
+        index = self._index
+        for n in NGRAM_SIZES:
+            if end > n:
+                index[tuple(tokens[end - 1 - n : end - 1])] = end - 1
+
+    def match(self) -> tuple[int, int]:
+        """(n, position): the longest suffix of the history seen before (n tokens), and where
+        the tokens that followed its latest earlier occurrence begin; (0, -1) for none."""
+        tokens = self.tokens
+        end = len(tokens)
+        for n in NGRAM_SIZES:
+            if end >= n:
+                at = self._index.get(tuple(tokens[end - n :]))
+                if at is not None:
+                    return n, at
+        return 0, -1
+
+    def draft(self, at: int, limit: int) -> list[int]:
+        """`limit` tokens from position `at` on; past the end of the history the text is taken
+        to repeat with the period it showed (a loop goes on as it went)."""
+        tokens = self.tokens
+        period = len(tokens) - at
+        if period <= 0 or limit <= 0:
+            return []
+        if limit <= period:
+            return tokens[at : at + limit]
+        cycle = tokens[at:]
+        return [cycle[i % period] for i in range(limit)]
+
+
+class DecodeCost:
+    """What decodes cost on this machine, learnt from the ones the engine runs: one token takes
+    `single` seconds; a batch of n > 1 tokens takes about `base + extra * n`. On a GPU `extra`
+    is small; on a few CPU cores a small model's batch of two tokens costs two decodes, and
+    each further token about half of one. Shared by the generations of one engine."""
+
+    def __init__(self) -> None:
+        self.single = 0.0
+        # Discounted least-squares sums over batches of n > 1 tokens: weight, n, t, n*n, n*t.
+        self._sums = [0.0, 0.0, 0.0, 0.0, 0.0]
+
+    def observe(self, n_tokens: int, seconds: float) -> None:
+        if n_tokens <= 1:
+            self.single = seconds if not self.single else _blend(self.single, seconds)
+            return
+        sums = self._sums
+        for i, value in enumerate((1.0, n_tokens, seconds, n_tokens**2, n_tokens * seconds)):
+            sums[i] = sums[i] * _DECAY + value
+
+    def batch(self) -> tuple[float, float]:
+        """(base, extra) of the fit t(n) = base + extra * n for n > 1, from a prior of a CPU
+        (a batch of two costs two decodes, each token more half of one) until measured."""
+        single = self.single or 1.0
+        prior_extra = 0.5 * single
+        prior_base = 2 * single - 2 * prior_extra
+        w, sn, st, snn, snt = self._sums
+        if w < 2.0:
+            return prior_base, prior_extra
+        mean_n, mean_t = sn / w, st / w
+        var = snn / w - mean_n**2
+        # Drafts of one length only leave the slope unknown: the prior's is kept.
+        extra = prior_extra if var < 0.25 else max(0.0, (snt / w - mean_n * mean_t) / var)
+        return max(0.0, mean_t - extra * mean_n), extra
+
+
+class Speculator:
+    """Draft proposals for one generation, their length chosen by expected gain, and the
+    counts reported.
+
+    The engine calls `propose(token, limit)` with the token it is about to decode, then
+    `settle(draft, accepted)` once it knows how many draft tokens the sampler kept. A draft's
+    length is the one with the largest expected gain, from p, the estimated chance that a
+    drafted token is kept (tracked per n-gram size), and what batches cost here (DecodeCost).
+    Where no length gains, one token is drafted now and then to keep the estimate current, and
+    rejected drafts back off for a growing number of tokens, so prose that rarely repeats
+    itself pays almost nothing.
+    """
+
+    def __init__(
+        self, history: Sequence[int], draft_max: int, cost: DecodeCost, *, always: bool = False
+    ) -> None:
+        self.drafter = NgramDrafter(history)
+        self.draft_max = max(0, draft_max)
+        self.cost = cost
+        self.always = always  # mode "ngram": draft even where the estimate says it won't pay
+        self.drafted = 0  # tokens proposed, over the generation
+        self.accepted = 0  # of those, kept
+        # Per n-gram size: discounted counts of drafted tokens kept and rejected.
+        self._kept = {n: _PRIOR[n][0] for n in NGRAM_SIZES}
+        self._lost = {n: _PRIOR[n][1] for n in NGRAM_SIZES}
+        self._size = 0  # the n-gram size of the last draft
+        self._skip = 0  # tokens still to decode without drafting (back-off)
+        self._misses = 0  # drafts rejected at their first token in a row
+
+    def propose(self, token: int, limit: int) -> list[int]:
+        """`token` (sampled, about to be decoded) joins the history; returns the draft to
+        decode after it, at most `limit` tokens (room left in the budget and the context)."""
+        self.drafter.add(token)
+        if self._skip > 0:
+            self._skip -= 1
+            return []
+        size, at = self.drafter.match()
+        if size == 0:
+            return []
+        length = min(self.length(size), limit)
+        if length <= 0:
+            return []
+        self._size = size
+        return self.drafter.draft(at, length)
+
+    def length(self, size: int) -> int:
+        """The draft length worth decoding after a match of `size` tokens: the k that
+        maximises the decodes expected to be saved, single * (p + p^2 + ... + p^k), less what
+        the batch costs beyond a one-token decode, base + extra * (k + 1) - single."""
+        kept, lost = self._kept[size], self._lost[size]
+        p = kept / (kept + lost)
+        single = self.cost.single or 1.0
+        base, extra = self.cost.batch()
+        best, gain, saved, chance = 0, 0.0, 0.0, 1.0
+        for k in range(1, self.draft_max + 1):
+            chance *= p
+            saved += chance * single
+            net = saved - (base + extra * (k + 1) - single)
+            if net > gain:
+                best, gain = k, net
+            elif chance * single < extra:
+                break  # each further token costs more than it is expected to save
+        if best == 0:
+            if self.always:
+                return 1
+            if size < _PROBE_MIN:
+                return 0
+            # Not worth it: probe with one token now and then, or the estimate would never
+            # learn that the text has started to repeat.
+            self._skip = _PROBE_EVERY
+            return 1
+        return best
+
+    def settle(self, draft: Sequence[int], accepted: int) -> None:
+        """The first `accepted` tokens of `draft` were kept: they join the history, and the
+        estimates follow how this draft did."""
+        if not draft:
+            return
+        self.drafted += len(draft)
+        self.accepted += accepted
+        self.drafter.extend(draft[:accepted])
+        size = self._size
+        self._kept[size] = self._kept[size] * _DECAY + accepted
+        self._lost[size] = self._lost[size] * _DECAY + (accepted < len(draft))
+        if accepted == 0:
+            self._misses += 1
+            self._skip = max(self._skip, min(_BACKOFF_MAX, 2 ** (self._misses - 1)))
+        else:
+            self._misses = 0
+            self._skip = 0  # a probe was kept: the text repeats, look again at once
+
+
+def speculator(
+    mode: str, history: Sequence[int], draft_max: int, cost: DecodeCost
+) -> Speculator | None:
+    """The speculator a generation with these settings uses, or None (speculation off)."""
+    if mode == "off" or draft_max <= 0:
+        return None
+    return Speculator(history, draft_max, cost, always=mode == "ngram")
+
+
+def _blend(old: float, new: float) -> float:
+    return old * _DECAY + new * (1 - _DECAY)

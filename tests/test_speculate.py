@@ -1,0 +1,419 @@
+"""Speculative decoding by prompt lookup: the drafter and its adaptive length (pure), then the
+real llama.cpp on SmolLM2 in both engines: drafts are accepted on an edit prompt, and the output
+is the one without speculation (or parts at a near tie, where a batch's logits differ from one
+token's in the last bits), with budgets, stop tokens and grammars holding."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import llama_cpp as lc
+import numpy as np
+import pytest
+
+from localrun.engine import speculate
+from localrun.engine.batch import BatchEngine
+from localrun.engine.llama import LlamaModel, json_schema_grammar
+from localrun.engine.speculate import DecodeCost, NgramDrafter, Speculator
+from localrun.engine.types import LoadOptions, SamplingOptions, Timings
+
+# -- the drafter (pure) -----------------------------------------------------------------------
+
+
+def test_a_repeated_run_is_drafted_from_where_it_occurred() -> None:
+    d = NgramDrafter([5, 6, 7, 8, 9, 10, 11, 1, 2, 5, 6, 7])
+    assert d.match() == (3, 3)
+    assert d.draft(3, 4) == [8, 9, 10, 11]
+
+
+def test_the_longest_match_wins_over_a_later_short_one() -> None:
+    long = list(range(100, 112))  # a 12-token run, then its last 3 tokens in another context
+    d = NgramDrafter([*long, 1, *long[-3:], 2, *long])
+    size, at = d.match()
+    assert size == 12 and d.draft(at, 2) == [1, 109]
+
+
+def test_past_the_end_a_loop_goes_on_with_its_period() -> None:
+    d = NgramDrafter([1, 2, 3, 1, 2, 3])
+    size, at = d.match()
+    assert size == 3
+    assert d.draft(at, 7) == [1, 2, 3, 1, 2, 3, 1]
+
+
+def test_no_match_no_draft() -> None:
+    assert NgramDrafter(range(50)).match() == (0, -1)
+    assert NgramDrafter([1, 2]).match() == (0, -1)
+
+
+def test_decode_cost_fits_what_it_sees() -> None:
+    cost = DecodeCost()
+    cost.observe(1, 0.010)
+    assert cost.batch() == pytest.approx((0.010, 0.005))  # the prior until batches are seen
+    for n in (2, 5, 9, 3, 17, 2, 8):
+        cost.observe(n, 0.004 + 0.002 * n)
+    base, extra = cost.batch()
+    assert base == pytest.approx(0.004) and extra == pytest.approx(0.002)
+
+
+def _gpu_like() -> DecodeCost:
+    cost = DecodeCost()
+    cost.observe(1, 0.010)
+    for n in (2, 8, 33, 4):
+        cost.observe(n, 0.010 + 0.0001 * n)
+    return cost
+
+
+def test_drafts_grow_while_accepted_and_back_off_after_misses() -> None:
+    history = list(range(40)) * 2
+    spec = Speculator(history[:-1], 64, _gpu_like())
+    first = spec.propose(history[-1], 1000)
+    assert first[:3] == [0, 1, 2] and len(first) >= 8
+    spec.settle(first, len(first))
+    assert spec.drafted == spec.accepted == len(first)
+    # A draft rejected at its first token: the next tokens are decoded without drafting.
+    spec = Speculator(history[:-1], 64, _gpu_like())
+    draft = spec.propose(history[-1], 1000)
+    spec.settle(draft, 0)
+    assert spec.propose(999, 1000) == []
+    assert spec.accepted == 0 and spec.drafted == len(draft)
+
+
+def test_where_drafts_cannot_pay_only_long_matches_are_probed() -> None:
+    cost = DecodeCost()
+    cost.observe(1, 0.010)
+    for n in (2, 3, 4, 6, 9):
+        cost.observe(n, 0.010 * n)  # a CPU where a batch costs as much as its tokens
+    text = [7, 8, 9, 1, 7, 8, 9]  # a 3-token match only
+    spec = Speculator(text[:-1], 64, cost)
+    assert spec.propose(text[-1], 100) == []
+    forced = Speculator(text[:-1], 64, cost, always=True)  # mode "ngram"
+    assert forced.propose(text[-1], 100) == [1]
+
+
+def test_the_limit_bounds_every_draft() -> None:
+    history = list(range(30)) * 3
+    spec = Speculator(history[:-1], 64, _gpu_like())
+    assert len(spec.propose(history[-1], 3)) == 3
+    assert speculate.speculator("off", history, 64, DecodeCost()) is None
+    assert speculate.speculator("auto", history, 0, DecodeCost()) is None
+
+
+# -- the real engines on SmolLM2 --------------------------------------------------------------
+
+CODE = '''\
+class Inventory:
+    """Items in stock, by name."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, int] = {}
+
+    def add(self, name: str, count: int = 1) -> None:
+        self.items[name] = self.items.get(name, 0) + count
+
+    def remove(self, name: str, count: int = 1) -> None:
+        left = self.items.get(name, 0) - count
+        if left < 0:
+            raise ValueError(f"only {self.items.get(name, 0)} {name} in stock")
+        self.items[name] = left
+
+    def total(self) -> int:
+        return sum(self.items.values())
+'''
+
+
+def edit_prompt(code: str = CODE) -> str:
+    return (
+        "<|im_start|>system\nYou are a code editor. You repeat the user's code exactly, with "
+        "only the requested change.<|im_end|>\n"
+        f"<|im_start|>user\n```python\n{code}```\nRename `total` to `count_all`.<|im_end|>\n"
+        "<|im_start|>assistant\n```python\n"
+    )
+
+
+def greedy(**kw: Any) -> SamplingOptions:
+    base: dict[str, Any] = {"temperature": 0.0, "repeat_penalty": 1.0, "num_predict": 160}
+    return SamplingOptions(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_path: str) -> Iterator[LlamaModel]:
+    model = LlamaModel(smollm2_path, LoadOptions(num_ctx=2048, num_thread=2))
+    yield model
+    model.close()
+
+
+def run(
+    model: LlamaModel, prompt: list[int], sampling: SamplingOptions
+) -> tuple[list[int], Timings]:
+    gen = model.generate(prompt, sampling)
+    for _ in gen.pieces:
+        pass
+    return gen.tokens, gen.timings
+
+
+def top_two(model: LlamaModel, tokens: list[int]) -> tuple[tuple[int, int], float]:
+    """The two likeliest next tokens after `tokens` (one-token decoding) and their gap."""
+    model.reset()
+    model._decode(tokens[:-1], 512)
+    model._decode(tokens[-1:], 1)
+    row = np.ctypeslib.as_array(lc.llama_get_logits_ith(model._ctx, -1), (model.n_vocab,))
+    best = np.argsort(-row)[:2]
+    return (int(best[0]), int(best[1])), float(row[best[0]] - row[best[1]])
+
+
+def assert_same_or_near_tie(
+    model: LlamaModel, prompt: list[int], plain: list[int], fast: list[int]
+) -> None:
+    """The speculative output is the plain one, or leaves it only where the two candidates were
+    nearly tied (the next token after a flip follows its own text, so only the first counts)."""
+    if plain == fast:
+        return
+    n = min(len(plain), len(fast))
+    first = next((i for i in range(n) if plain[i] != fast[i]), n)
+    if first == n:  # one is a prefix of the other: a stop token chosen at a near tie
+        pytest.fail(f"one output stops early at {first}: {len(plain)} against {len(fast)} tokens")
+    pair, gap = top_two(model, prompt + plain[:first])
+    assert {plain[first], fast[first]} == set(pair), (first, pair, plain[first], fast[first])
+    assert gap < 1.0, f"tokens differ at {first} where the model was sure (gap {gap:.2f})"
+
+
+def kv_end(model: LlamaModel) -> int:
+    return int(lc.llama_memory_seq_pos_max(model._memory, 0)) + 1
+
+
+@pytest.mark.model
+def test_an_edit_is_faster_by_accepted_drafts_and_the_same_answer(smol: LlamaModel) -> None:
+    prompt = smol.tokenize(edit_prompt(), add_special=True, parse_special=True)
+    plain, t_plain = run(smol, prompt, greedy(speculate="off"))
+    fast, t_fast = run(smol, prompt, greedy(speculate="ngram"))
+    assert t_plain.draft_tokens == 0
+    assert t_fast.draft_accepted > 0.2 * t_fast.eval_tokens, t_fast
+    assert t_fast.draft_tokens >= t_fast.draft_accepted
+    assert kv_end(smol) == len(smol._cache)  # rejected drafts left nothing in the KV cache
+    assert_same_or_near_tie(smol, prompt, plain, fast)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("budget", [1, 2, 7, 33])
+def test_the_budget_is_exact_with_drafts(smol: LlamaModel, budget: int) -> None:
+    prompt = smol.tokenize(edit_prompt(), add_special=True, parse_special=True)
+    tokens, timings = run(smol, prompt, greedy(speculate="ngram", num_predict=budget))
+    assert len(tokens) == timings.eval_tokens == budget
+    assert kv_end(smol) == len(smol._cache)
+
+
+@pytest.mark.model
+def test_a_stop_token_ends_the_answer_inside_a_draft(smol: LlamaModel) -> None:
+    prompt = smol.tokenize(edit_prompt(), add_special=True, parse_special=True)
+    plain, _ = run(smol, prompt, greedy(speculate="off"))
+    stop = plain[40]  # a token the answer reaches, very likely inside an accepted draft
+    gen = smol.generate(prompt, greedy(speculate="ngram"), stop_tokens=frozenset([stop]))
+    for _ in gen.pieces:
+        pass
+    assert gen.done_reason == "stop"
+    assert stop not in gen.tokens
+    assert gen.tokens == plain[: len(gen.tokens)] or len(gen.tokens) < 40
+    assert kv_end(smol) == len(smol._cache)
+
+
+@pytest.mark.model
+def test_a_grammar_holds_for_every_accepted_token(smol: LlamaModel) -> None:
+    record = {"name": "Ada Lovelace", "born": 1815, "languages": ["English", "French"]}
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "born": {"type": "integer"},
+            "languages": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["name", "born", "languages"],
+    }
+    text = (
+        "<|im_start|>user\nRepeat this JSON exactly:\n"
+        f"{json.dumps(record)}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    prompt = smol.tokenize(text, add_special=True, parse_special=True)
+    grammar = json_schema_grammar(json.dumps(schema))
+    for mode in ("off", "ngram"):
+        gen = smol.generate(prompt, greedy(speculate=mode, num_predict=120, grammar=grammar))
+        answer = "".join(gen.pieces)
+        value = json.loads(answer)
+        assert set(value) == {"name", "born", "languages"}, answer
+        assert isinstance(value["born"], int)
+        if mode == "ngram":
+            assert gen.timings.draft_accepted > 0, gen.timings
+
+
+@pytest.mark.model
+def test_sampling_with_temperature_speculates_too(smol: LlamaModel) -> None:
+    prompt = smol.tokenize(edit_prompt(), add_special=True, parse_special=True)
+    tokens, t = run(smol, prompt, greedy(speculate="ngram", temperature=0.3, seed=7))
+    assert t.eval_tokens == len(tokens) > 0
+    assert t.draft_accepted > 0
+    assert kv_end(smol) == len(smol._cache)
+
+
+# -- the batch engine: every slot speculates --------------------------------------------------
+
+
+class Sink:
+    """What a batch engine sends for one request."""
+
+    def __init__(self) -> None:
+        self.finished = threading.Event()
+        self.logprobs: list[dict[str, Any]] = []
+        self.tokens: list[int] = []
+        self.timings = Timings()
+        self.failure: Exception | None = None
+
+    def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
+        self.logprobs += logprobs or []
+
+    def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
+        self.timings, self.tokens = timings, tokens
+        self.finished.set()
+
+    def error(self, exc: Exception) -> None:
+        self.failure = exc
+        self.finished.set()
+
+
+@pytest.mark.model
+def test_every_slot_speculates_at_once_with_the_same_answers(
+    smollm2_path: str, smol: LlamaModel
+) -> None:
+    codes = [CODE, CODE.replace("Inventory", "Stock"), CODE.replace("items", "goods")]
+    prompts = [smol.tokenize(edit_prompt(c), add_special=True, parse_special=True) for c in codes]
+    engine = BatchEngine(smollm2_path, LoadOptions(num_ctx=1024, num_thread=2), 3)
+    try:
+        results: dict[str, list[Sink]] = {}
+        for mode in ("off", "ngram"):
+            sinks = [Sink() for _ in prompts]
+            for prompt, sink in zip(prompts, sinks, strict=True):
+                engine.submit(prompt, greedy(speculate=mode, num_predict=120), sink=sink)
+            for sink in sinks:
+                assert sink.finished.wait(120) and sink.failure is None
+            results[mode] = sinks
+        for sink in results["ngram"]:
+            assert sink.timings.draft_accepted > 0, sink.timings
+            assert len(sink.tokens) == sink.timings.eval_tokens
+        for slot in engine._slots:  # no rejected draft left in any KV sequence
+            assert int(lc.llama_memory_seq_pos_max(engine._memory, slot.seq)) + 1 == len(slot.cache)
+        for prompt, plain, fast in zip(prompts, results["off"], results["ngram"], strict=True):
+            assert_same_or_near_tie(smol, prompt, plain.tokens, fast.tokens)
+        # A budget that ends inside a draft, and logprobs for drafted tokens.
+        sink = Sink()
+        engine.submit(prompts[0], greedy(speculate="ngram", num_predict=37, logprobs=2), sink=sink)
+        assert sink.finished.wait(120) and sink.failure is None
+        assert sink.timings.eval_tokens == len(sink.tokens) == len(sink.logprobs) == 37
+        assert sink.timings.draft_accepted > 0
+        assert all(entry["logprob"] <= 0 and len(entry["top"]) == 2 for entry in sink.logprobs)
+    finally:
+        engine.close()
+
+
+# -- what clients see: the real server, the official clients, the CLI -------------------------
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from test_server import SMOL, LiveServer
+
+    from localrun import catalog
+    from localrun.scheduler import Scheduler
+    from localrun.store import Store
+
+    store = Store(tmp_path_factory.mktemp("speculate") / "models")
+    catalog.find(store, SMOL)
+    server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=1, max_queue=8))
+    yield server
+    server.close()
+
+
+def _messages() -> list[dict[str, str]]:
+    system, rest = edit_prompt().split("<|im_end|>\n", 1)
+    user = rest.split("<|im_start|>user\n", 1)[1].split("<|im_end|>")[0]
+    return [
+        {"role": "system", "content": system.removeprefix("<|im_start|>system\n")},
+        {"role": "user", "content": user},
+    ]
+
+
+@pytest.mark.server
+@pytest.mark.model
+def test_clients_see_drafted_and_accepted_tokens(live: Any, ai: Any) -> None:
+    import httpx
+
+    answer = ai.chat.completions.create(
+        model="smollm2:135m",
+        messages=_messages(),
+        temperature=0,
+        max_tokens=120,
+        extra_body={"speculate": "ngram", "repeat_penalty": 1.0},
+    )
+    details = answer.usage.completion_tokens_details
+    assert details is not None and details.accepted_prediction_tokens > 0, answer.usage
+    assert details.rejected_prediction_tokens >= 0
+    off = ai.chat.completions.create(
+        model="smollm2:135m",
+        messages=_messages(),
+        temperature=0,
+        max_tokens=20,
+        extra_body={"speculate": "off"},
+    )
+    assert off.usage.completion_tokens_details.accepted_prediction_tokens == 0
+    native = httpx.post(
+        f"{live.url}/api/chat",
+        json={
+            "model": "smollm2:135m",
+            "messages": _messages(),
+            "stream": False,
+            "options": {"temperature": 0, "num_predict": 120, "speculate": "ngram"},
+        },
+        timeout=120,
+    ).json()
+    assert 0 < native["draft_accepted_count"] <= native["draft_count"], native
+    metrics = httpx.get(f"{live.url}/metrics", timeout=30).text
+    accepted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("localrun_draft_accepted_tokens_total{")
+    ]
+    assert accepted and float(accepted[0].split()[-1]) >= native["draft_accepted_count"]
+    bad = httpx.post(
+        f"{live.url}/api/chat",
+        json={"model": "smollm2:135m", "messages": _messages(), "options": {"speculate": "x"}},
+        timeout=30,
+    )
+    assert bad.status_code == 400 and "speculate" in bad.json()["error"]
+
+
+@pytest.mark.model
+def test_run_verbose_reports_drafts(cli: Any) -> None:
+    result = cli(
+        "run",
+        "smollm2:135m",
+        "Repeat this code exactly, renaming total to count_all:",
+        "--verbose",
+        "--param",
+        "temperature=0",
+        "--param",
+        "num_predict=80",
+        "--param",
+        "speculate=ngram",
+        input=f"```python\n{CODE}```\n",
+    )
+    assert result.code == 0, result.stderr
+    lines = dict(
+        line.split(":", 1) for line in result.stderr.splitlines() if line.startswith("draft ")
+    )
+    drafted = int(lines["draft count"].split()[0])
+    accepted = int(lines["draft accepted"].split()[0])
+    assert 0 < accepted <= drafted, result.stderr
+    env_result = cli("env")
+    assert "LOCALRUN_SPECULATE" in env_result.stdout
+    refused = cli("run", "smollm2:135m", "hi", env={"LOCALRUN_SPECULATE": "sometimes"})
+    assert refused.code != 0 and "LOCALRUN_SPECULATE" in refused.stderr
