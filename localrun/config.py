@@ -342,6 +342,13 @@ SETTINGS: dict[str, Setting] = {
             lambda: 300.0,
         ),
         Setting(
+            "LOCALRUN_PROMPT_CACHE_MAX_BYTES",
+            "Disk space for the KV state of models' SYSTEM prompts and MESSAGE turns, kept "
+            "between processes (least recently used removed first); 0 turns it off.",
+            _parse_count,
+            lambda: 2 * 1024**3,
+        ),
+        Setting(
             "LOCALRUN_SPECULATE",
             "Speculative decoding where neither the model nor the request sets the speculate "
             "parameter: auto (prompt lookup where it pays), ngram (wherever text repeats), off.",
@@ -453,6 +460,10 @@ def template_max_bytes() -> int:
 
 def load_timeout() -> float:
     return SETTINGS["LOCALRUN_LOAD_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def prompt_cache_max_bytes() -> int:
+    return SETTINGS["LOCALRUN_PROMPT_CACHE_MAX_BYTES"].value()  # type: ignore[no-any-return]
 
 
 def speculate() -> str:

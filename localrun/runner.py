@@ -11,6 +11,7 @@ batch engine instead of `Runner`; `localrun run` uses `Runner` in-process.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -80,6 +81,18 @@ class Prepared:
     reasoning: str | None = None
     thinking_open: bool = False  # the prompt opened <think>: the answer starts inside it
     channels: bool = False  # gpt-oss channels part reasoning from answer, not <think>
+    # Leading tokens that the system prompt and the model's MESSAGE turns render to, whatever
+    # the user says next: what the disk prompt cache keeps between processes.
+    cache_prefix: int = 0
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """The length of the common prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def grammar_for(format: Format) -> str | None:
@@ -128,6 +141,8 @@ class Prompter:
     template: str | None
     tokenizer: Tokenizer
     stop_tokens: frozenset[int]
+    # The fixed turns' rendered tokens by (turns, tools, variables): see `stable_prefix`.
+    _prefixes: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     def conversation(self, messages: list[Message], system: str | None = None) -> list[Message]:
         """The model's SYSTEM and MESSAGE layers, then `messages` (a system message given
@@ -208,6 +223,11 @@ class Prompter:
         text = self.prompt_text(conversation, in_force, variables)
         names = tools_mod.names(in_force) if in_force else None
         prepared = Prepared(self.raw_tokens(text), sampling, names, forced is not None)
+        has_system = bool(conversation) and conversation[0].get("role") == "system"
+        fixed = int(has_system) + len(self.model.messages)
+        prepared.cache_prefix = self.stable_prefix(
+            conversation[:fixed], in_force, variables, prepared.tokens
+        )
         if thinking.supports(self.template):
             prepared.reasoning = "hide" if think is False else "split"
             prepared.thinking_open = thinking.opens_thinking(text)
@@ -215,6 +235,31 @@ class Prompter:
                 prepared.channels = True  # its markers are special tokens: spell them out
                 prepared.sampling = dataclasses.replace(prepared.sampling, special=True)
         return prepared
+
+    def stable_prefix(
+        self,
+        fixed: list[Message],
+        tools: list[tools_mod.Tool] | None,
+        variables: dict[str, Any] | None,
+        tokens: list[int],
+    ) -> int:
+        """How many leading `tokens` the turns `fixed` (system prompt, MESSAGEs) render to
+        whatever follows them: the common prefix of two renderings with different user
+        messages, found once per (turns, tools, variables)."""
+        if not fixed:
+            return 0
+        key = json.dumps([fixed, repr(tools), variables], sort_keys=True, default=repr)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            one, two = (
+                self.prompt_tokens([*fixed, {"role": "user", "content": text}], tools, variables)
+                for text in ("A", "B")
+            )
+            prefix = one[: _common(one, two)]
+            if len(self._prefixes) >= 64:
+                self._prefixes.clear()
+            self._prefixes[key] = prefix
+        return _common(prefix, tokens)
 
     def complete(
         self, prompt: str, *, options: dict[str, Any] | None = None, format: Format = None
@@ -315,7 +360,7 @@ class Runner:
     notes: list[str] = field(default_factory=list)  # e.g. why everything runs on the CPU
     load_s: float = 0.0
 
-    @property
+    @functools.cached_property
     def prompter(self) -> Prompter:
         return Prompter(self.model, self.params, self.template, self.engine, self.stop_tokens)
 
@@ -344,7 +389,11 @@ class Runner:
             messages, system=system, options=options, format=format, think=think
         )
         generation = self.engine.generate(
-            prepared.tokens, prepared.sampling, stop_tokens=self.stop_tokens, cancel=cancel
+            prepared.tokens,
+            prepared.sampling,
+            stop_tokens=self.stop_tokens,
+            cancel=cancel,
+            cache_prefix=prepared.cache_prefix,
         )
         reply = Reply(iter(()), generation)
         pieces: Iterator[str] = iter(generation)

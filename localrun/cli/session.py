@@ -62,6 +62,7 @@ class Session(Protocol):
 
     name: str  # the model's name, e.g. smollm2:135m
     notes: list[str]  # lines for --verbose (e.g. why everything runs on the CPU)
+    cache_note: str | None  # why the disk prompt cache is off for the model, for --verbose
 
     def chat(
         self,
@@ -118,6 +119,7 @@ class LocalSession:
         self.runner = runner
         self.name = str(runner.model.name)
         self.notes = runner.notes
+        self.cache_note = runner.engine.prompt_cache_note
         self._load_reported = False
 
     @classmethod
@@ -185,6 +187,7 @@ class LocalSession:
         self.runner = fresh
         self.name = str(fresh.model.name)
         self.notes = fresh.notes
+        self.cache_note = fresh.engine.prompt_cache_note
         self._load_reported = False
 
     def save(self, name: str, modelfile: Modelfile) -> None:
@@ -275,6 +278,7 @@ def timings_from_final(obj: dict[str, Any]) -> Timings:
     # from the KV cache (prompt_cache_count), and --verbose shows the two apart.
     cached = count("prompt_cache_count")
     return Timings(
+        disk_tokens=count("prompt_disk_cache_count"),
         load_s=seconds("load_duration"),
         prompt_tokens=max(0, count("prompt_eval_count") - cached),
         cached_tokens=cached,
@@ -294,6 +298,7 @@ class RemoteSession:
         self.client = client
         self.name = name
         self.notes: list[str] = []
+        self.cache_note: str | None = None
         # --param/--seed: sent with every request, as the local runner keeps them in force.
         self.overrides = dict(overrides)
         self._load_s = 0.0  # the load this command waited for, reported with the first answer

@@ -292,9 +292,12 @@ def rm(
 
 @app.command()
 def prune() -> None:
-    """Remove unused blobs and leftovers of interrupted writes."""
+    """Remove unused blobs, leftovers of interrupted writes and the disk prompt cache."""
+    from localrun import prompt_cache
+
     report = open_store().prune(partials=True)
     assert report is not None
+    states, state_bytes = prompt_cache.clear()
     partial = (
         f", {report.partial_downloads} interrupted download"
         f"{'s' if report.partial_downloads != 1 else ''}"
@@ -304,7 +307,8 @@ def prune() -> None:
     print(
         f"removed {report.temp_files} temporary file{'s' if report.temp_files != 1 else ''}"
         f"{partial} and {report.orphan_blobs} unused blob{'s' if report.orphan_blobs != 1 else ''}"
-        f", freed {human_size(report.bytes_freed)}"
+        + (f", cleared {states} cached prompt{'s' if states != 1 else ''}" if states else "")
+        + f", freed {human_size(report.bytes_freed + state_bytes)}"
     )
 
 

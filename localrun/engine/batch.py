@@ -29,6 +29,7 @@ from typing import Any
 
 import llama_cpp as lc
 
+from localrun import prompt_cache
 from localrun.engine import speculate
 from localrun.engine.llama import (
     GrammarFirst,
@@ -63,12 +64,15 @@ class _Request:
         "grammar",
         "logprobs",
         "pending",
+        "prefix",
         "prompt",
         "sample",
+        "save",
         "sink",
         "spec",
         "special",
         "start",
+        "state",
         "stop_tokens",
         "submitted",
         "timings",
@@ -95,6 +99,11 @@ class _Request:
         self.special = False  # special tokens are spelled out in the answer
         self.pending: list[dict[str, Any]] = []  # entries whose text is not out yet
         self.spec: speculate.Speculator | None = None
+        # The model's own turns at the start of the prompt (for the disk prompt cache), their
+        # saved KV state read from disk, and whether to save it once they are evaluated.
+        self.prefix: list[int] = []
+        self.state: bytes | None = None
+        self.save = False
 
     def free(self) -> None:
         if self.spec is not None:
@@ -172,6 +181,7 @@ class BatchEngine:
         self._embed_lock = threading.Lock()
         self._embed_n_ctx = 0
         self._embed_pooled = False
+        self._prompt_cache: prompt_cache.PromptCache | None = None
         weights = self._weights = Weights(path, options)
         try:
             cparams = weights.context_params(options, options.num_ctx * slots)
@@ -207,6 +217,8 @@ class BatchEngine:
         self._queue: collections.deque[_Request] = collections.deque()
         self._uses = itertools.count(1)
         self._cost = speculate.DecodeCost()  # what a draft costs here, learnt as it decodes
+        self._prompt_cache, note = weights.disk_cache(self._ctx, "batch")
+        self.prompt_cache_note = note
         self.load_s = time.perf_counter() - start
         self._thread = threading.Thread(target=self._loop, name="localrun-batch", daemon=True)
         self._thread.start()
@@ -233,6 +245,7 @@ class BatchEngine:
         *,
         stop_tokens: frozenset[int] = frozenset(),
         sink: Sink,
+        cache_prefix: int = 0,
     ) -> Ticket:
         """Queue a generation; its output goes to `sink`. Thread-safe.
 
@@ -255,6 +268,13 @@ class BatchEngine:
         req.spec = speculate.speculator(
             sampling.speculate, req.prompt, sampling.draft_num_predict, self._cost
         )
+        disk = self._prompt_cache
+        if disk is not None and prompt_cache.MIN_TOKENS <= cache_prefix < len(req.prompt):
+            req.prefix = req.prompt[:cache_prefix]
+            # Read here, off the loop, unless a slot holds the prefix already (racy, but only
+            # a guess: the loop decides).
+            if not any(s.cache[:cache_prefix] == req.prefix for s in self._slots):
+                req.state = disk.load(req.prefix)
         # Samplers are made here, off the loop thread, so a bad grammar fails the caller.
         req.chain = sampler_chain(sampling, self.n_vocab, self.n_ctx)
         try:
@@ -359,6 +379,21 @@ class BatchEngine:
 
     def _take(self, slot: _Slot, req: _Request) -> None:
         keep = len(slot.cache)
+        prefix = req.prefix
+        if prefix and keep < len(prefix) and slot.leader is None:
+            disk = self._prompt_cache
+            assert disk is not None
+            if req.state is not None and self._weights.restore_state(
+                self._ctx, slot.seq, disk, prefix, req.state
+            ):
+                slot.cache = list(prefix)
+                keep = req.timings.disk_tokens = len(prefix)
+            else:
+                if req.state is not None:  # refused: the sequence was emptied
+                    slot.cache = []
+                    keep = 0
+                req.save = True
+        req.state = None
         req.timings.cached_tokens = keep
         req.timings.prompt_tokens = len(req.prompt) - keep
         req.start = time.perf_counter()
@@ -434,9 +469,13 @@ class BatchEngine:
                     n += 1
                     at += 1
                 continue
-            prompt = slot.req.prompt  # type: ignore[union-attr]
+            req = slot.req
+            assert req is not None
+            prompt = req.prompt
             done = len(slot.cache)
             take = min(len(prompt) - done, room)
+            if req.save and done < len(req.prefix):
+                take = min(take, len(req.prefix) - done)  # saved once it is in
             slot.added = take
             slot.row = -1
             if take <= 0:
@@ -482,6 +521,10 @@ class BatchEngine:
             elif slot.added > 0:
                 done = len(slot.cache)
                 slot.cache.extend(req.prompt[done : done + slot.added])
+                if req.save and len(slot.cache) == len(req.prefix):
+                    req.save = False
+                    assert self._prompt_cache is not None
+                    self._weights.save_state(self._ctx, slot.seq, self._prompt_cache, req.prefix)
                 if slot.row >= 0:
                     req.timings.prompt_s = time.perf_counter() - req.start
                     if req.budget <= 0:  # num_predict 0: only read (and cache) the prompt
@@ -799,6 +842,8 @@ class BatchEngine:
             self._release()
         elif thread is not threading.current_thread():
             thread.join()  # the loop releases everything as it ends
+        if self._prompt_cache is not None:
+            self._prompt_cache.flush()
 
     def _release(self) -> None:
         with self._embed_lock:

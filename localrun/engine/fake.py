@@ -59,6 +59,8 @@ class FakeModel:
         self._cache: list[int] = []
         self._turn = 0
         self.closed = False
+        self.prompt_cache_note: str | None = None
+        self.cache_prefixes: list[int] = []  # what each generate() was told to cache
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         return [ord(ch) for ch in text]
@@ -76,7 +78,9 @@ class FakeModel:
         *,
         stop_tokens: frozenset[int] = frozenset(),
         cancel: threading.Event | None = None,
+        cache_prefix: int = 0,
     ) -> Generation:
+        self.cache_prefixes.append(cache_prefix)
         if len(prompt) >= self.n_ctx:
             raise ContextOverflowError(f"the prompt is {len(prompt)} tokens")
         self.prompts.append(list(prompt))
@@ -209,6 +213,7 @@ class FakeBatchEngine:
         *,
         stop_tokens: frozenset[int] = frozenset(),
         sink: Any,
+        cache_prefix: int = 0,
     ) -> FakeTicket:
         if not prompt:
             raise EngineError("the prompt is empty")

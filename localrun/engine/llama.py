@@ -22,7 +22,7 @@ from typing import Any
 
 import llama_cpp as lc
 
-from localrun import config, gguf
+from localrun import config, gguf, prompt_cache
 from localrun.engine import speculate
 from localrun.engine.types import FimTokens, Generation, LoadOptions, SamplingOptions
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError, ModelLoadError
@@ -123,6 +123,65 @@ class Weights:
         self.chat_template: str | None = template if isinstance(template, str) else None
         self.fim = self._fim_tokens()
         self._piece = ctypes.create_string_buffer(256)
+        self.identity = {
+            "model": [prompt_cache.file_identity(p) for p in (path, *options.splits)],
+            "adapters": [[prompt_cache.file_identity(a), s] for a, s in options.adapters],
+            "llama_cpp": str(getattr(lc, "__version__", "")),
+            "num_gpu": options.num_gpu,
+            "kv": "f16",
+        }
+
+    def unrestorable(self) -> str | None:
+        """Why llama.cpp cannot restore this model's KV state faithfully from a saved prefix
+        (its memory is not a plain KV cache of every position), or None."""
+        if lc.llama_model_is_recurrent(self.model):
+            return "a recurrent model keeps a state, not a KV cache per position"
+        if lc.llama_model_is_hybrid(self.model):
+            return "a hybrid model keeps a recurrent state beside its KV cache"
+        if int(lc.llama_model_n_swa(self.model)) > 0:
+            return "sliding-window attention keeps only the last positions"
+        return None
+
+    def disk_cache(
+        self, ctx: Any, layout: str
+    ) -> tuple[prompt_cache.PromptCache | None, str | None]:
+        """The disk prompt cache for a context of these weights, or None and why not."""
+        reason = self.unrestorable()
+        if reason is not None:
+            return None, f"off for this model: {reason}"
+        identity = {
+            **self.identity,
+            "n_ctx": int(lc.llama_n_ctx_seq(ctx)),
+            "layout": layout,
+        }
+        return prompt_cache.PromptCache.from_config(identity), None
+
+    def save_state(
+        self, ctx: Any, seq: int, cache: prompt_cache.PromptCache, prefix: list[int]
+    ) -> None:
+        """Hand the KV state of sequence `seq` (holding exactly `prefix`) to the cache."""
+        size = int(lc.llama_state_seq_get_size(ctx, seq))
+        if size <= 0:
+            return
+        buf = (ctypes.c_uint8 * size)()
+        written = int(lc.llama_state_seq_get_data(ctx, buf, size, seq))
+        if written > 0:
+            cache.save(prefix, memoryview(buf)[:written].tobytes())
+
+    def restore_state(
+        self, ctx: Any, seq: int, cache: prompt_cache.PromptCache, prefix: list[int], state: bytes
+    ) -> bool:
+        """Put a saved state into sequence `seq` (emptied first); False (and the entry gone)
+        when llama.cpp refuses it."""
+        memory = lc.llama_get_memory(ctx)
+        lc.llama_memory_seq_rm(memory, seq, -1, -1)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        restored = int(lc.llama_state_seq_set_data(ctx, buf, len(state), seq)) > 0
+        if restored and int(lc.llama_memory_seq_pos_max(memory, seq)) + 1 == len(prefix):
+            return True
+        lc.llama_memory_seq_rm(memory, seq, -1, -1)
+        cache.discard(prefix)
+        return False
 
     def _fim_tokens(self) -> FimTokens | None:
         v = self.vocab
@@ -272,6 +331,7 @@ class LlamaModel:
         self._cache: list[int] = []
         self._one = (lc.llama_token * 1)()
         self._cost = speculate.DecodeCost()  # what a draft costs here, learnt as it decodes
+        self._prompt_cache, self.prompt_cache_note = weights.disk_cache(self._ctx, "single")
         self.load_s = time.perf_counter() - start
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
@@ -304,13 +364,14 @@ class LlamaModel:
         *,
         stop_tokens: frozenset[int] = frozenset(),
         cancel: threading.Event | None = None,
+        cache_prefix: int = 0,
     ) -> Generation:
         if not prompt:
             raise EngineError("the prompt is empty")
         if len(prompt) >= self.n_ctx:
             raise overflow_error(len(prompt), self.n_ctx, self.n_ctx_train)
         gen = Generation(iter(()))
-        gen.pieces = self._run(list(prompt), sampling, stop_tokens, cancel, gen)
+        gen.pieces = self._run(list(prompt), sampling, stop_tokens, cancel, gen, cache_prefix)
         return gen
 
     def _run(
@@ -320,6 +381,7 @@ class LlamaModel:
         stop_tokens: frozenset[int],
         cancel: threading.Event | None,
         gen: Generation,
+        cache_prefix: int,
     ) -> Iterator[str]:
         timings = gen.timings
         start = time.perf_counter()
@@ -330,6 +392,20 @@ class LlamaModel:
         if keep < len(self._cache):
             lc.llama_memory_seq_rm(self._memory, 0, keep, -1)
             del self._cache[keep:]
+        # The model's own prefix (SYSTEM, MESSAGEs): from disk if it is there, else saved
+        # once evaluated. The last prompt token is always run, for its logits.
+        disk = self._prompt_cache
+        prefix = prompt[:cache_prefix] if cache_prefix < len(prompt) else []
+        save = False
+        if disk is not None and len(prefix) >= prompt_cache.MIN_TOKENS and keep < len(prefix):
+            state = disk.load(prefix)
+            if state is not None and self._weights.restore_state(self._ctx, 0, disk, prefix, state):
+                self._cache = list(prefix)
+                keep = timings.disk_tokens = len(prefix)
+            else:
+                if state is not None:  # refused: the sequence was emptied
+                    self._cache, keep = [], 0
+                save = True
         timings.cached_tokens = keep
         timings.prompt_tokens = len(prompt) - keep
         chain = sampler_chain(sampling, self.n_vocab, self.n_ctx)
@@ -343,6 +419,10 @@ class LlamaModel:
             if sampling.grammar:
                 grammar = grammar_sampler(self._vocab, sampling.grammar)
                 constrained = GrammarFirst(self.n_vocab, grammar, chain)
+            if save and disk is not None:
+                self._decode(prompt[keep : len(prefix)], self.options.num_batch)
+                self._weights.save_state(self._ctx, 0, disk, prefix)
+                keep = len(prefix)
             self._decode(prompt[keep:], self.options.num_batch)
             after_prompt = time.perf_counter()
             timings.prompt_s = after_prompt - start
@@ -449,6 +529,8 @@ class LlamaModel:
         return list(row[: self.n_vocab])
 
     def close(self) -> None:
+        if self._prompt_cache is not None:
+            self._prompt_cache.flush()
         self._ctx = None
         self._weights.close()  # its context first
 

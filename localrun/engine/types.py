@@ -94,6 +94,7 @@ class Timings:
     eval_tokens: int = 0
     eval_s: float = 0.0
     total_s: float = 0.0
+    disk_tokens: int = 0  # of cached_tokens, those restored from the disk prompt cache
     draft_tokens: int = 0  # tokens proposed by speculative decoding
     draft_accepted: int = 0  # of those, kept (each one a decode saved)
 
@@ -137,6 +138,8 @@ class LoadedModel(Protocol):
     eos_text: str
     chat_template: str | None  # the GGUF's tokenizer.chat_template
     fim: FimTokens | None  # None: the model cannot fill in the middle
+    # Why the disk prompt cache is off for this model (None: it is on, or turned off).
+    prompt_cache_note: str | None
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
 
@@ -151,8 +154,11 @@ class LoadedModel(Protocol):
         *,
         stop_tokens: frozenset[int] = frozenset(),
         cancel: threading.Event | None = None,
+        cache_prefix: int = 0,
     ) -> Generation:
-        """Evaluate `prompt` (reusing the cached prefix) and stream the answer."""
+        """Evaluate `prompt` (reusing the cached prefix) and stream the answer. The first
+        `cache_prefix` tokens (the model's SYSTEM prompt and MESSAGE turns) are restored from
+        the disk prompt cache when they are there, and saved there when evaluated now."""
         ...
 
     def reset(self) -> None:

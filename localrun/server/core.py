@@ -431,6 +431,7 @@ class Generation:
             # Not in Ollama's API: how much of the prompt came from the KV cache (clients that
             # do not know the field ignore it; `localrun run --verbose` shows it).
             "prompt_cache_count": t.cached_tokens,
+            "prompt_disk_cache_count": t.disk_tokens,  # of those, restored from disk
             "prompt_eval_duration": ns(t.prompt_s),
             "eval_count": t.eval_tokens,
             "eval_duration": ns(t.eval_s),

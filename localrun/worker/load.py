@@ -46,6 +46,7 @@ class Engine(runner.Tokenizer, Protocol):
         *,
         stop_tokens: frozenset[int],
         sink: Sink,
+        cache_prefix: int = 0,
     ) -> Ticket: ...
 
     def embed(

@@ -377,6 +377,7 @@ class Worker:
         if context and bos and tokens[:1] == bos[:1]:
             tokens = tokens[1:]
         prepared.tokens = context + tokens
+        prepared.cache_prefix = 0  # the model's turns no longer come first
         return prepared
 
     def _tokenize(self, message: protocol.Message) -> list[int]:
@@ -418,6 +419,7 @@ class Worker:
                 prepared.sampling,
                 stop_tokens=self.prompter.stop_tokens | prepared.stop_tokens,
                 sink=sink,
+                cache_prefix=prepared.cache_prefix,
             )
         except BaseException:
             self.finished(id)

@@ -1,0 +1,204 @@
+"""Prompt prefixes evaluated once, kept on disk: llama.cpp's KV state for a model's SYSTEM prompt
+and MESSAGE turns, restored by the next process instead of evaluated again.
+
+An entry is one file, `<key>.kv`, named by a hash of everything its state depends on (the model
+and adapter identities and scales, the llama.cpp build, the context size, the KV cache's type
+and layout, and the exact prefix tokens) and holding that same description in its header, so a
+file is used only for exactly the prefix it was made for:
+
+    b"LRKV1\\n" | header length (4 bytes, little-endian) | header JSON | state
+
+The header holds the key material, the state's length and its SHA-256. A file that is
+truncated, damaged or made for something else is removed and ignored: the prefix is then
+evaluated as if there were no cache. Writes go to a temporary file in the same folder and are
+renamed into place, so a reader never sees half a file; the folder is kept under
+LOCALRUN_PROMPT_CACHE_MAX_BYTES by removing the least recently used entries (a read touches its
+file). `localrun prune` empties it. No llama.cpp here: the engines hand over and take bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import struct
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from localrun import config
+
+MAGIC = b"LRKV1\n"
+SUFFIX = ".kv"
+MIN_TOKENS = 64  # shorter prefixes evaluate faster than a file is read
+_MAX_HEADER = 64 * 1024
+_BLOB_NAME = re.compile(r"sha256[-:]([0-9a-f]{64})")
+
+
+def folder() -> Path:
+    return config.home() / "cache" / "prompts"
+
+
+def file_identity(path: str) -> str:
+    """What identifies a model file's content: its digest for a blob of the store (named by
+    it), else its real path, size and modification time."""
+    name = os.path.basename(path)
+    found = _BLOB_NAME.fullmatch(name)
+    if found:
+        return "sha256:" + found.group(1)
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return f"file:{real}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def prefix_digest(tokens: Sequence[int]) -> str:
+    return hashlib.sha256(struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()
+
+
+class PromptCache:
+    """The entries of one loaded model's contexts: `identity` holds what every entry shares
+    (model, adapters, build, context), each entry adds its prefix."""
+
+    def __init__(self, identity: dict[str, Any], root: Path, max_bytes: int) -> None:
+        self.identity = identity
+        self.root = root
+        self.max_bytes = max_bytes
+        self._writers: list[threading.Thread] = []
+
+    @classmethod
+    def from_config(cls, identity: dict[str, Any]) -> PromptCache | None:
+        """The cache as LOCALRUN_PROMPT_CACHE_MAX_BYTES sets it; None when it is 0."""
+        try:
+            max_bytes = config.prompt_cache_max_bytes()
+        except ValueError:
+            return None  # a bad value is reported where settings are checked (`env`, start)
+        if max_bytes <= 0:
+            return None
+        return cls(identity, folder(), max_bytes)
+
+    def _key(self, prefix: Sequence[int]) -> tuple[dict[str, Any], Path]:
+        material = {**self.identity, "tokens": len(prefix), "prefix": prefix_digest(prefix)}
+        text = json.dumps(material, sort_keys=True, separators=(",", ":"))
+        name = hashlib.sha256(text.encode()).hexdigest()[:40] + SUFFIX
+        return material, self.root / name
+
+    def load(self, prefix: Sequence[int]) -> bytes | None:
+        """The state saved for exactly `prefix`, or None (a bad file is removed)."""
+        material, path = self._key(prefix)
+        try:
+            with open(path, "rb") as fh:
+                state = _read(fh, material)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, struct.error):
+            state = None
+        if state is None:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # least recently used goes first
+        return state
+
+    def discard(self, prefix: Sequence[int]) -> None:
+        """Remove the entry for `prefix` (llama.cpp refused its state)."""
+        with contextlib.suppress(OSError):
+            self._key(prefix)[1].unlink()
+
+    def save(self, prefix: Sequence[int], state: bytes) -> None:
+        """Write the state of `prefix` in a background thread (the process waits for it at
+        exit: a one-shot `localrun run` still leaves its entry behind)."""
+        if len(state) + 4096 > self.max_bytes:  # with room for its header
+            return
+        material, path = self._key(prefix)
+        thread = threading.Thread(
+            target=self._write, args=(path, material, state), name="prompt-cache-write"
+        )
+        self._writers = [t for t in self._writers if t.is_alive()]
+        self._writers.append(thread)
+        thread.start()
+
+    def flush(self) -> None:
+        """Wait for the writes in progress."""
+        for thread in self._writers:
+            thread.join()
+        self._writers = []
+
+    def _write(self, path: Path, material: dict[str, Any], state: bytes) -> None:
+        header = json.dumps(
+            {**material, "size": len(state), "sha256": hashlib.sha256(state).hexdigest()},
+            sort_keys=True,
+        ).encode()
+        tmp = path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(MAGIC + struct.pack("<I", len(header)) + header)
+                fh.write(state)
+            os.replace(tmp, path)
+        except OSError:  # a full disk or a read-only home: no entry, no harm
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return
+        evict(self.root, self.max_bytes, keep=path)
+
+
+def _read(fh: Any, material: dict[str, Any]) -> bytes | None:
+    if fh.read(len(MAGIC)) != MAGIC:
+        return None
+    (size,) = struct.unpack("<I", fh.read(4))
+    if size > _MAX_HEADER:
+        return None
+    header = json.loads(fh.read(size))
+    if not isinstance(header, dict):
+        return None
+    if {k: header.get(k) for k in material} != material:
+        return None  # made for another model, build, context or prefix
+    length = header.get("size")
+    if not isinstance(length, int) or length <= 0:
+        return None
+    state: bytes = fh.read(length)
+    if len(state) != length or fh.read(1):
+        return None  # truncated, or longer than it says
+    if hashlib.sha256(state).hexdigest() != header.get("sha256"):
+        return None
+    return state
+
+
+def evict(root: Path, max_bytes: int, keep: Path | None = None) -> None:
+    """Remove the least recently used entries until the folder holds at most `max_bytes`."""
+    entries = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            if entry.name.endswith(SUFFIX) and not entry.name.startswith(".tmp-"):
+                with contextlib.suppress(OSError):
+                    st = entry.stat()
+                    entries.append((st.st_mtime_ns, st.st_size, Path(entry.path)))
+    total = sum(size for _, size, _ in entries)
+    for _, size, path in sorted(entries, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        if path == keep:
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            total -= size
+
+
+def clear(root: Path | None = None) -> tuple[int, int]:
+    """Remove every entry (and leftover temporary file): (files, bytes) removed."""
+    root = root or folder()
+    files = freed = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            if entry.name.endswith(SUFFIX) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    size = entry.stat().st_size
+                    os.unlink(entry.path)
+                    files += 1
+                    freed += size
+    return files, freed

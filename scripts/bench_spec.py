@@ -1,0 +1,507 @@
+#!/usr/bin/env python3
+"""Speculative decoding and the disk prompt cache: `localrun serve` and `localrun run` against
+llama-server built from the same llama.cpp, on the same GGUF (SmolLM2 135M by default) with the
+same threads and the same greedy sampling (temperature 0, no repeat penalty).
+
+Decode (effective rate: tokens generated / generation time, as each server reports it):
+
+  llama-server            no speculation
+  llama-server ngram-mod  --spec-type ngram-mod (its defaults)
+  llama-server ngram-simple --spec-type ngram-simple
+  localrun off            localrun serve, options.speculate = "off"
+  localrun auto           localrun serve, the default (prompt lookup where it pays)
+
+on three workloads: `code` (rewrite a ~60-line Python file with one identifier renamed),
+`quote` (summarise a text by quoting its sentences) and `prose` (a story from a short prompt).
+Every request is a raw completion of the same prompt text, N_PREDICT tokens at most; rounds
+are interleaved (every stack once per round, in a rotating order) and medians reported. The
+output token counts of all stacks are checked equal (a stack that stopped early is flagged),
+and how often each speculating stack's greedy text differs from its own without speculation is
+reported (a batch of tokens can flip a near tie in the last bits of the logits).
+
+Prompt cache: a model with a ~1,500-token SYSTEM prompt; two fresh `localrun run` processes in
+a row (the first evaluates and saves the prefix, the second restores it), the time to the first
+token as each reports it (load excluded: prompt eval duration) and as a person waits for it
+(process start to the first byte on stdout); against a cold llama-server's time to the first
+token for the same rendered prompt.
+
+A benchmark, not a test: it prints ratios and the issue's targets, it never fails on a slow
+number. Usage: .venv/bin/python scripts/bench_spec.py [--rounds 3] [--threads 2] [--json OUT]
+(or scripts/bench.py --suite spec)
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench
+import bench_serve
+from bench_serve import Server, free_port, say
+
+N_PREDICT = 256
+THREADS = 2
+CTX = 4096
+SAMPLING = {"temperature": 0, "repeat_penalty": 1.0, "top_k": 40, "top_p": 1.0, "min_p": 0.0}
+
+CODE = '''\
+import json
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Account:
+    """A bank account with a history of transactions."""
+
+    owner: str
+    balance: float = 0.0
+    history: list[tuple[str, float]] = field(default_factory=list)
+
+    def deposit(self, amount: float) -> None:
+        if amount <= 0:
+            raise ValueError("a deposit must be positive")
+        self.balance += amount
+        self.history.append(("deposit", amount))
+
+    def withdraw(self, amount: float) -> None:
+        if amount <= 0:
+            raise ValueError("a withdrawal must be positive")
+        if amount > self.balance:
+            raise ValueError("not enough money in the account")
+        self.balance -= amount
+        self.history.append(("withdraw", amount))
+
+    def statement(self) -> str:
+        lines = [f"Statement for {self.owner}"]
+        for kind, amount in self.history:
+            lines.append(f"{kind:>10} {amount:10.2f}")
+        lines.append(f"{'balance':>10} {self.balance:10.2f}")
+        return "\\n".join(lines)
+
+
+class Bank:
+    """Accounts by owner, saved to a JSON file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.accounts: dict[str, Account] = {}
+        if os.path.exists(path):
+            self.load()
+
+    def open(self, owner: str) -> Account:
+        if owner in self.accounts:
+            raise ValueError(f"{owner} has an account already")
+        account = Account(owner)
+        self.accounts[owner] = account
+        return account
+
+    def transfer(self, source: str, target: str, amount: float) -> None:
+        self.accounts[source].withdraw(amount)
+        self.accounts[target].deposit(amount)
+
+    def load(self) -> None:
+        with open(self.path) as fh:
+            data = json.load(fh)
+        for owner, balance in data.items():
+            self.accounts[owner] = Account(owner, balance)
+
+    def save(self) -> None:
+        with open(self.path, "w") as fh:
+            json.dump({o: a.balance for o, a in self.accounts.items()}, fh)
+'''
+
+TEXT = (
+    "The lighthouse on Gull Rock was built in 1871. Its lamp burned whale oil until 1904, "
+    "when kerosene replaced it. A keeper and two assistants lived on the rock, rowing to the "
+    "mainland once a week for supplies. In the great storm of 1923 the keeper kept the light "
+    "burning for three days without sleep. The light was automated in 1968 and the keepers "
+    "left the island. Today the station is a museum, open from May to September. Visitors "
+    "can climb the 112 steps to the lantern room and see the original lens."
+)
+
+WORKLOADS = {
+    "code": (
+        "<|im_start|>system\nYou are a code editor. You repeat the user's code exactly, with "
+        "only the requested change.<|im_end|>\n<|im_start|>user\n```python\n"
+        f"{CODE}```\nRename `balance` to `funds` everywhere.<|im_end|>\n"
+        "<|im_start|>assistant\n```python\n"
+    ),
+    "quote": (
+        "<|im_start|>user\nSummarise this text by quoting its sentences, one per line, "
+        f"exactly as written.\n\n{TEXT}<|im_end|>\n<|im_start|>assistant\n"
+    ),
+    "prose": (
+        "<|im_start|>user\nWrite a long, detailed story about a lighthouse keeper who finds a "
+        "message in a bottle.<|im_end|>\n<|im_start|>assistant\n"
+    ),
+}
+EDIT_WORKLOADS = ("code", "quote")
+# The issue's targets, as ratios of effective decode rates.
+TARGET_EDIT_VS_PLAIN = 1.5
+TARGET_EDIT_VS_NGRAM = 1.0
+TARGET_PROSE_VS_PLAIN = 0.97
+TARGET_CACHE_SPEEDUP = 5.0
+
+
+@dataclass
+class Sample:
+    tokens: int = 0
+    rate: float = 0.0  # tokens per second of generation
+    drafted: int = 0
+    accepted: int = 0
+    text: str = ""
+    error: str | None = None
+
+
+def _post(port: int, path: str, body: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:300]!r}")
+        answer: dict[str, Any] = json.loads(data)
+        return answer
+    finally:
+        conn.close()
+
+
+def llama_server_sample(port: int, prompt: str) -> Sample:
+    body = {"prompt": prompt, "n_predict": N_PREDICT, "cache_prompt": False, **SAMPLING}
+    answer = _post(port, "/completion", body)
+    t = answer["timings"]
+    return Sample(
+        tokens=int(t["predicted_n"]),
+        rate=float(t["predicted_per_second"]),
+        drafted=int(t.get("draft_n") or 0),
+        accepted=int(t.get("draft_n_accepted") or 0),
+        text=str(answer["content"]),
+    )
+
+
+def localrun_sample(port: int, model: str, prompt: str, speculate: str) -> Sample:
+    options = {**SAMPLING, "num_predict": N_PREDICT, "speculate": speculate, "num_ctx": CTX}
+    body = {"model": model, "prompt": prompt, "raw": True, "stream": False, "options": options}
+    answer = _post(port, "/api/generate", body)
+    seconds = answer["eval_duration"] / 1e9
+    return Sample(
+        tokens=int(answer["eval_count"]),
+        rate=answer["eval_count"] / seconds if seconds > 0 else 0.0,
+        drafted=int(answer.get("draft_count") or 0),
+        accepted=int(answer.get("draft_accepted_count") or 0),
+        text=str(answer["response"]),
+    )
+
+
+def llama_server_with(build_dir: Path, model: Path, threads: int, spec: list[str]) -> Server:
+    port = free_port()
+    exe = build_dir / "bin" / "llama-server"
+    cmd = [
+        str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+        "-t", str(threads), "-tb", str(threads), "-np", "1", "-c", str(CTX), "--no-webui",
+        *spec,
+    ]  # fmt: skip
+    name = "llama-server" + (f" {spec[1]}" if spec else "")
+    return Server(name, cmd, port, "/health", bench_serve.llama_server_stream)
+
+
+@dataclass
+class Stack:
+    name: str
+    measure: Any  # (prompt) -> Sample
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+
+    def median(self, workload: str) -> float | None:
+        rates = [s.rate for s in self.samples.get(workload, []) if s.error is None and s.rate]
+        return statistics.median(rates) if rates else None
+
+
+def decode_suite(
+    build_dir: Path | None, model: Path, threads: int, rounds: int, logdir: Path, home: Path
+) -> dict[str, Any]:
+    servers: list[Server] = []
+    stacks: list[Stack] = []
+    lr = bench_serve.localrun_server(home, model, None, threads)
+    servers.append(lr)
+    if build_dir is not None:
+        for spec in ([], ["--spec-type", "ngram-mod"], ["--spec-type", "ngram-simple"]):
+            servers.append(llama_server_with(build_dir, model, threads, spec))
+    try:
+        for server in servers:
+            server.start(logdir)
+        for server in servers:
+            server.wait_ready()
+        for server in servers[1:]:
+            port = server.port
+            stacks.append(Stack(server.name, lambda p, port=port: llama_server_sample(port, p)))
+        for mode in ("off", "auto"):
+            stacks.append(
+                Stack(
+                    f"localrun {mode}",
+                    lambda p, m=mode: localrun_sample(lr.port, lr.model, p, m),
+                )
+            )
+        # Warm up: load the model in every server, outside the measurement.
+        for stack in stacks:
+            stack.measure("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+        for r in range(rounds):
+            say(f"round {r + 1} of {rounds}")
+            order = stacks[r % len(stacks) :] + stacks[: r % len(stacks)]
+            for workload, prompt in WORKLOADS.items():
+                for stack in order:
+                    try:
+                        sample = stack.measure(prompt)
+                    except (OSError, http.client.HTTPException, RuntimeError, KeyError) as exc:
+                        sample = Sample(error=f"{type(exc).__name__}: {exc}")
+                    stack.samples.setdefault(workload, []).append(sample)
+    finally:
+        for server in servers:
+            server.stop()
+    return {"stacks": stacks}
+
+
+def _first(stack: Stack, workload: str) -> Sample | None:
+    good = [s for s in stack.samples.get(workload, []) if s.error is None]
+    return good[0] if good else None
+
+
+def decode_report(stacks: list[Stack]) -> tuple[str, dict[str, Any]]:
+    by_name = {s.name: s for s in stacks}
+    lines = [f"Decode, effective tok/s (median), greedy, N_PREDICT={N_PREDICT}", ""]
+    header = ["workload", *[s.name for s in stacks]]
+    lines.append(" | ".join(header))
+    lines.append(" | ".join("---" for _ in header))
+    figures: dict[str, Any] = {}
+    for workload in WORKLOADS:
+        row = [workload]
+        for stack in stacks:
+            median = stack.median(workload)
+            first = _first(stack, workload)
+            cell = "-" if median is None else f"{median:.1f}"
+            if first is not None and first.drafted:
+                cell += f" ({first.accepted}/{first.drafted} acc.)"
+            row.append(cell)
+            figures.setdefault(workload, {})[stack.name] = median
+        lines.append(" | ".join(row))
+    lines += ["", "Token counts (first round):"]
+    for workload in WORKLOADS:
+        counts = {s.name: (_first(s, workload) or Sample()).tokens for s in stacks}
+        same = len(set(counts.values())) == 1
+        lines.append(f"  {workload}: {counts}" + ("" if same else "  <- NOT EQUAL"))
+    lines += ["", "Greedy text equal to the same stack without speculation (all rounds):"]
+    pairs = [("localrun auto", "localrun off")]
+    pairs += [(n, "llama-server") for n in by_name if n.startswith("llama-server ")]
+    for fast, plain in pairs:
+        if fast not in by_name or plain not in by_name:
+            continue
+        equal = total = 0
+        for workload in WORKLOADS:
+            for a, b in zip(
+                by_name[fast].samples.get(workload, []),
+                by_name[plain].samples.get(workload, []),
+                strict=False,
+            ):
+                if a.error is None and b.error is None:
+                    total += 1
+                    equal += a.text == b.text
+        lines.append(f"  {fast}: {equal}/{total}")
+    lines += ["", "Ratios of localrun auto (targets from the issue):"]
+
+    def ratio(workload: str, ref: str) -> float | None:
+        mine = figures[workload].get("localrun auto")
+        other = figures[workload].get(ref)
+        return mine / other if mine and other else None
+
+    best_ngram = ("llama-server ngram-mod", "llama-server ngram-simple")
+    for workload in WORKLOADS:
+        vs_plain = ratio(workload, "llama-server")
+        target = TARGET_PROSE_VS_PLAIN if workload == "prose" else TARGET_EDIT_VS_PLAIN
+        parts = [f"{workload}: {_x(vs_plain)} llama-server (target >= {target}x)"]
+        if workload in EDIT_WORKLOADS:
+            rates = [figures[workload].get(n) for n in best_ngram]
+            best = max((r for r in rates if r), default=None)
+            mine = figures[workload].get("localrun auto")
+            vs = mine / best if mine and best else None
+            parts.append(f"{_x(vs)} its best n-gram mode (target >= {TARGET_EDIT_VS_NGRAM}x)")
+        lines.append("  " + "; ".join(parts))
+    return "\n".join(lines), figures
+
+
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def long_system(n_words: int = 1250) -> str:
+    rng = random.Random(7)
+    words = ["keeper", "lamp", "storm", "island", "bottle", "letter", "tide", "harbor"]
+    return "You answer in one sentence. Background notes: " + " ".join(
+        rng.choice(words) for _ in range(n_words)
+    )
+
+
+def _run_first_byte(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Seconds from spawn to the first byte on stdout, and stderr."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, stdin=subprocess.DEVNULL
+    )
+    assert proc.stdout is not None
+    proc.stdout.read(1)
+    first = time.perf_counter() - started
+    _, err = proc.communicate(timeout=600)
+    return first, err.decode(errors="replace")
+
+
+def _stat_ms(stderr: str, label: str) -> float | None:
+    for line in stderr.splitlines():
+        if line.startswith(label + ":"):
+            value = line.split(":", 1)[1].strip()
+            if value.endswith("ms"):
+                return float(value[:-2]) / 1000
+            if value.endswith("s"):
+                return float(value[:-1])
+    return None
+
+
+def cache_suite(build_dir: Path | None, model: Path, threads: int, home: Path) -> dict[str, Any]:
+    env = {**os.environ, "LOCALRUN_HOME": str(home)}
+    env.pop("LOCALRUN_MODELS", None)
+    lr = bench.prepare_localrun(home, model, None, threads)
+    system = long_system()
+    modelfile = home / "Modelfile.system"
+    modelfile.write_text(
+        f'FROM {lr.model or model}\nSYSTEM """{system}"""\n'
+        f"PARAMETER num_ctx {CTX}\nPARAMETER num_thread {threads}\nPARAMETER temperature 0\n"
+    )
+    bench._run([*lr.cmd, "create", "system-notes", "-f", str(modelfile)], 900, env)
+    bench._run([*lr.cmd, "prune"], 300, env)  # no cached prefix yet
+    args = [*lr.cmd, "run", "system-notes", "What does the keeper find?", "--verbose"]
+    args += ["--param", "num_predict=8"]
+    # A first run that loads the model once (probes, page cache) but keeps nothing cached.
+    bench._run(args, 900, {**env, "LOCALRUN_PROMPT_CACHE_MAX_BYTES": "0"})
+    runs = []
+    for _ in range(2):
+        first_byte, err = _run_first_byte(args, env)
+        runs.append(
+            {
+                "first_byte_s": first_byte,
+                "prompt_s": _stat_ms(err, "prompt eval duration"),
+                "load_s": _stat_ms(err, "load duration"),
+                "disk": next(
+                    (ln.split(":")[1].strip() for ln in err.splitlines() if "disk cache" in ln),
+                    "?",
+                ),
+            }
+        )
+    cold_server = None
+    if build_dir is not None:
+        server = llama_server_with(build_dir, model, threads, [])
+        with tempfile.TemporaryDirectory() as logs:
+            server.start(Path(logs))
+            try:
+                server.wait_ready()
+                prompt = (
+                    f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+                    "What does the keeper find?<|im_end|>\n<|im_start|>assistant\n"
+                )
+                body = {"prompt": prompt, "n_predict": 8, "cache_prompt": False, **SAMPLING}
+                answer = _post(server.port, "/completion", body)
+                cold_server = {
+                    "prompt_s": answer["timings"]["prompt_ms"] / 1000,
+                    "prompt_n": answer["timings"]["prompt_n"],
+                }
+            finally:
+                server.stop()
+    return {"runs": runs, "cold_llama_server": cold_server}
+
+
+def cache_report(result: dict[str, Any]) -> str:
+    first, second = result["runs"]
+    lines = [
+        "Prompt cache: two fresh `localrun run` processes, ~1,500-token SYSTEM prompt",
+        f"  first:  prompt eval {first['prompt_s']:.3f} s, first byte after "
+        f"{first['first_byte_s']:.2f} s (disk cache {first['disk']})",
+        f"  second: prompt eval {second['prompt_s']:.3f} s, first byte after "
+        f"{second['first_byte_s']:.2f} s (disk cache {second['disk']})",
+    ]
+    if first["prompt_s"] and second["prompt_s"]:
+        lines.append(
+            f"  time to first token, load excluded: {first['prompt_s'] / second['prompt_s']:.1f}x"
+            f" shorter (target >= {TARGET_CACHE_SPEEDUP}x); process start to first byte: "
+            f"{first['first_byte_s'] / second['first_byte_s']:.1f}x shorter"
+        )
+    cold = result.get("cold_llama_server")
+    if cold:
+        lines.append(
+            f"  cold llama-server: prompt {cold['prompt_n']} tokens in {cold['prompt_s']:.3f} s;"
+            f" localrun's second run {_x(cold['prompt_s'] / second['prompt_s'])} shorter"
+        )
+    return "\n".join(lines)
+
+
+def run(
+    build_dir: Path | None, model: Path, *, rounds: int, threads: int, only: tuple[str, ...]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    report = []
+    with tempfile.TemporaryDirectory(prefix="localrun-bench-spec-") as tmp:
+        root = Path(tmp)
+        if "decode" in only:
+            decoded = decode_suite(build_dir, model, threads, rounds, root, root / "home-decode")
+            text, figures = decode_report(decoded["stacks"])
+            report.append(text)
+            out["decode"] = figures
+        if "cache" in only:
+            cached = cache_suite(build_dir, model, threads, root / "home-cache")
+            report.append(cache_report(cached))
+            out["cache"] = cached
+    out["report"] = "\n\n".join(report)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", type=Path, help="GGUF file (default: the SmolLM2 starter)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    parser.add_argument("--threads", type=int, default=THREADS, help="threads (default: 2)")
+    parser.add_argument("--cache-dir", type=Path, default=bench.DEFAULT_CACHE)
+    parser.add_argument("--llama-cpp-build", type=Path, help="reuse (or build into) this folder")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="build jobs")
+    parser.add_argument("--only", default="decode,cache", help="decode, cache or both")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    model = args.model or bench._default_model()
+    if model is None or not model.is_file():
+        parser.error(f"no GGUF model at {model}; pass --model PATH")
+    build_dir: Path | None = None
+    try:
+        build_dir = bench.ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs).dir
+    except (OSError, subprocess.CalledProcessError) as exc:
+        say(f"llama.cpp build failed: {exc}; measuring localrun alone")
+    only = tuple(p.strip() for p in args.only.split(",") if p.strip())
+    out = run(build_dir, model, rounds=args.rounds, threads=args.threads, only=only)
+    print(out["report"])
+    if args.json:
+        args.json.write_text(json.dumps({k: v for k, v in out.items() if k != "report"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""The disk prompt cache: entries written atomically and found only for their exact prefix, bad
+files ignored and removed, the folder bounded; then the real thing, a model's SYSTEM prompt
+restored by a second `localrun run` process and by a restarted server, with the same answer."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import CLI
+
+from localrun import config, prompt_cache
+from localrun.prompt_cache import PromptCache
+
+IDENTITY = {"model": ["sha256:" + "0" * 64], "adapters": [], "llama_cpp": "x", "n_ctx": 512}
+PREFIX = list(range(100, 200))
+
+
+def cache(root: Path, max_bytes: int = 10**9, **identity: Any) -> PromptCache:
+    return PromptCache({**IDENTITY, **identity}, root, max_bytes)
+
+
+def saved(c: PromptCache, prefix: list[int], state: bytes) -> Path:
+    c.save(prefix, state)
+    c.flush()
+    (entry,) = [p for p in c.root.iterdir() if p.name == c._key(prefix)[1].name]
+    return entry
+
+
+def test_an_entry_is_found_for_its_exact_prefix_only(tmp_path: Path) -> None:
+    c = cache(tmp_path)
+    saved(c, PREFIX, b"state" * 100)
+    assert c.load(PREFIX) == b"state" * 100
+    assert c.load(PREFIX[:-1]) is None
+    assert c.load([*PREFIX, 1]) is None
+    assert c.load([*PREFIX[:-1], 7]) is None
+    assert cache(tmp_path, n_ctx=1024).load(PREFIX) is None  # another context size
+    assert cache(tmp_path, llama_cpp="y").load(PREFIX) is None  # another llama.cpp
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "grow", "empty", "garbage", "magic"])
+def test_a_damaged_entry_is_ignored_and_removed(tmp_path: Path, damage: str) -> None:
+    c = cache(tmp_path)
+    entry = saved(c, PREFIX, bytes(range(256)) * 40)
+    data = entry.read_bytes()
+    damaged = {
+        "truncate": data[: len(data) - 100],
+        "flip": data[:-10] + bytes([data[-10] ^ 1]) + data[-9:],
+        "grow": data + b"x",
+        "empty": b"",
+        "garbage": os.urandom(len(data)),
+        "magic": b"LRKV1\n" + b"\xff\xff\xff\xff" + data[10:],
+    }[damage]
+    entry.write_bytes(damaged)
+    assert c.load(PREFIX) is None
+    assert not entry.exists()
+
+
+def test_an_entry_made_for_something_else_is_not_used(tmp_path: Path) -> None:
+    c = cache(tmp_path)
+    other = saved(c, [*PREFIX, 5], b"other state")
+    mine = c._key(PREFIX)[1]
+    os.replace(other, mine)  # the right name, a foreign header
+    assert c.load(PREFIX) is None
+    assert not mine.exists()
+
+
+def test_the_folder_keeps_the_most_recently_used_within_its_bound(tmp_path: Path) -> None:
+    size = 10_000
+    c = cache(tmp_path, max_bytes=3 * size + 2000)
+    prefixes = [[i, *PREFIX] for i in range(3)]
+    for prefix in prefixes:
+        saved(c, prefix, os.urandom(size))
+    entries = {p.name: p for p in tmp_path.iterdir()}
+    for age, prefix in enumerate(prefixes):  # entry 0 oldest; then entry 0 is read again
+        os.utime(c._key(prefix)[1], (1000 + age, 1000 + age))
+    assert c.load(prefixes[0]) is not None
+    saved(c, [9, *PREFIX], os.urandom(size))
+    assert len(entries) == 3
+    assert c.load(prefixes[1]) is None  # the least recently used went
+    assert c.load(prefixes[0]) is not None and c.load(prefixes[2]) is not None
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= c.max_bytes
+
+
+def test_a_state_larger_than_the_bound_is_not_written(tmp_path: Path) -> None:
+    c = cache(tmp_path, max_bytes=1000)
+    c.save(PREFIX, os.urandom(5000))
+    c.flush()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_that_cannot_be_written_costs_nothing(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    c = cache(blocker / "prompts")
+    c.save(PREFIX, b"state")
+    c.flush()  # the write failed quietly: a full disk or a read-only home is no error
+    assert c.load(PREFIX) is None
+
+
+def test_clear_and_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = cache(tmp_path)
+    for i in range(3):
+        saved(c, [i, *PREFIX], b"s" * 10)
+    files, freed = prompt_cache.clear(tmp_path)
+    assert files == 3 and freed > 30
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("LOCALRUN_PROMPT_CACHE_MAX_BYTES", "0")
+    assert PromptCache.from_config(IDENTITY) is None
+    monkeypatch.setenv("LOCALRUN_PROMPT_CACHE_MAX_BYTES", "many")
+    with pytest.raises(ValueError, match="LOCALRUN_PROMPT_CACHE_MAX_BYTES"):
+        config.prompt_cache_max_bytes()
+
+
+def test_identity_of_a_blob_is_its_digest(tmp_path: Path) -> None:
+    blob = tmp_path / ("sha256-" + "ab" * 32)
+    blob.write_bytes(b"x")
+    assert prompt_cache.file_identity(str(blob)) == "sha256:" + "ab" * 32
+    plain = tmp_path / "model.gguf"
+    plain.write_bytes(b"x")
+    first = prompt_cache.file_identity(str(plain))
+    plain.write_bytes(b"xy")
+    assert prompt_cache.file_identity(str(plain)) != first
+
+
+# -- across processes, on SmolLM2 -------------------------------------------------------------
+
+
+def long_system() -> str:
+    rng = random.Random(3)
+    words = [
+        "keeper",
+        "lighthouse",
+        "storm",
+        "island",
+        "bottle",
+        "letter",
+        "tide",
+        "harbor",
+        "wind",
+        "lamp",
+        "rock",
+    ]
+    return "You answer in one short sentence. Notes: " + " ".join(
+        rng.choice(words) for _ in range(700)
+    )
+
+
+def stats(stderr: str) -> dict[str, str]:
+    return dict(
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition(":") for line in stderr.splitlines())
+        if value
+    )
+
+
+@pytest.fixture
+def sysmodel(cli: CLI, tmp_path: Path) -> str:
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(
+        f'FROM smollm2:135m\nSYSTEM """{long_system()}"""\n'
+        "PARAMETER temperature 0\nPARAMETER speculate off\nPARAMETER num_ctx 2048\n"
+    )
+    made = cli("create", "notes", "-f", str(modelfile))
+    assert made.code == 0, made.stderr
+    return "notes"
+
+
+def entries() -> list[Path]:
+    return sorted(prompt_cache.folder().glob("*" + prompt_cache.SUFFIX))
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_a_second_process_restores_the_system_prompt_with_the_same_answer(
+    cli: CLI, sysmodel: str
+) -> None:
+    args = ("run", sysmodel, "What does the keeper find?", "--verbose")
+    first = cli(*args, "--param", "num_predict=24")
+    assert first.code == 0, first.stderr
+    cold = stats(first.stderr)
+    assert cold["prompt disk cache"] == "0 token(s)"
+    assert len(entries()) == 1
+    second = cli(*args, "--param", "num_predict=24")
+    warm = stats(second.stderr)
+    restored = int(warm["prompt disk cache"].split()[0])
+    assert restored > 700, second.stderr
+    assert second.stdout == first.stdout
+    assert int(warm["prompt eval count"].split()[0]) < 40  # the question alone was evaluated
+    # Another question reuses the same entry.
+    other = cli("run", sysmodel, "Who writes the letter?", "--verbose")
+    assert int(stats(other.stderr)["prompt disk cache"].split()[0]) == restored
+    assert len(entries()) == 1
+    # A damaged entry: ignored (the answer is the same), removed and written anew.
+    (entry,) = entries()
+    data = entry.read_bytes()
+    entry.write_bytes(data[: len(data) // 2])
+    damaged = cli(*args, "--param", "num_predict=24")
+    assert damaged.code == 0 and damaged.stdout == first.stdout
+    assert stats(damaged.stderr)["prompt disk cache"] == "0 token(s)"
+    (rewritten,) = entries()
+    assert rewritten.stat().st_size == len(data)
+    # prune clears it.
+    pruned = cli("prune")
+    assert pruned.code == 0, pruned.stderr
+    assert entries() == []
+
+
+@pytest.mark.model
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_restarted_server_restores_the_system_prompt(store: Any, sysmodel: str) -> None:
+    from test_server import LiveServer
+
+    from localrun.scheduler import Scheduler
+
+    body = {
+        "model": sysmodel,
+        "messages": [{"role": "user", "content": "What does the keeper find?"}],
+        "stream": False,
+        "options": {"num_predict": 16},
+    }
+    answers = []
+    for _ in range(2):
+        server = LiveServer(store, Scheduler(store, num_parallel=2, max_queue=8))
+        try:
+            reply = httpx.post(f"{server.url}/api/chat", json=body, timeout=300).json()
+        finally:
+            server.close()
+        answers.append(reply)
+    assert answers[0]["prompt_disk_cache_count"] == 0
+    assert answers[1]["prompt_disk_cache_count"] > 700, answers[1]
+    assert answers[1]["message"]["content"] == answers[0]["message"]["content"]
+    assert answers[1]["prompt_eval_duration"] < answers[0]["prompt_eval_duration"] / 3
+
+
+@pytest.mark.model
+def test_a_sliding_window_model_is_not_cached_and_verbose_says_why(
+    cli: CLI, tmp_path: Path, fixtures_dir: Path
+) -> None:
+    import make_test_models
+
+    model = make_test_models.write_tiny_model(fixtures_dir / "tiny-swa.gguf", swa=8)
+    system = " ".join(["word"] * 200)
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f'FROM {model}\nSYSTEM """{system}"""\nPARAMETER num_ctx 512\n')
+    assert cli("create", "swa", "-f", str(modelfile)).code == 0
+    for _ in range(2):
+        result = cli("run", "swa", "hello", "--verbose", "--param", "num_predict=4")
+        assert result.code == 0, result.stderr
+        shown = stats(result.stderr)
+        assert "sliding-window" in shown["prompt cache"], result.stderr
+        assert shown["prompt disk cache"] == "0 token(s)"
+    assert entries() == []
