@@ -345,7 +345,7 @@ def _x(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def long_system(n_words: int = 1250) -> str:
+def long_system(n_words: int = 1480) -> str:
     rng = random.Random(7)
     words = ["keeper", "lamp", "storm", "island", "bottle", "letter", "tide", "harbor"]
     return "You answer in one sentence. Background notes: " + " ".join(
@@ -378,6 +378,7 @@ def _stat_ms(stderr: str, label: str) -> float | None:
 
 
 def cache_suite(build_dir: Path | None, model: Path, threads: int, home: Path) -> dict[str, Any]:
+    home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LOCALRUN_HOME": str(home)}
     env.pop("LOCALRUN_MODELS", None)
     lr = bench.prepare_localrun(home, model, None, threads)
@@ -463,6 +464,7 @@ def run(
         if "decode" in only:
             decoded = decode_suite(build_dir, model, threads, rounds, root, root / "home-decode")
             text, figures = decode_report(decoded["stacks"])
+            print(text + "\n", flush=True)
             report.append(text)
             out["decode"] = figures
         if "cache" in only:
@@ -497,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"llama.cpp build failed: {exc}; measuring localrun alone")
     only = tuple(p.strip() for p in args.only.split(",") if p.strip())
     out = run(build_dir, model, rounds=args.rounds, threads=args.threads, only=only)
-    print(out["report"])
+    if "cache" in out:
+        print(cache_report(out["cache"]))
     if args.json:
         args.json.write_text(json.dumps({k: v for k, v in out.items() if k != "report"}, indent=2))
     return 0

@@ -48,22 +48,13 @@ def test_no_match_no_draft() -> None:
     assert NgramDrafter([1, 2]).match() == (0, -1)
 
 
-def test_decode_cost_fits_what_it_sees() -> None:
-    cost = DecodeCost()
-    cost.observe(1, 0.010)
-    assert cost.batch() == pytest.approx((0.010, 0.005))  # the prior until batches are seen
-    for n in (2, 5, 9, 3, 17, 2, 8):
-        cost.observe(n, 0.004 + 0.002 * n)
-    base, extra = cost.batch()
-    assert base == pytest.approx(0.004) and extra == pytest.approx(0.002)
+def test_decode_cost_is_fixed_per_device() -> None:
+    cpu, gpu = DecodeCost.for_device(0), DecodeCost.for_device(33)
+    assert gpu.extra < cpu.extra and gpu.base <= cpu.base
 
 
 def _gpu_like() -> DecodeCost:
-    cost = DecodeCost()
-    cost.observe(1, 0.010)
-    for n in (2, 8, 33, 4):
-        cost.observe(n, 0.010 + 0.0001 * n)
-    return cost
+    return DecodeCost.for_device(99)
 
 
 def test_drafts_grow_while_accepted_and_back_off_after_misses() -> None:
@@ -82,10 +73,7 @@ def test_drafts_grow_while_accepted_and_back_off_after_misses() -> None:
 
 
 def test_where_drafts_cannot_pay_only_long_matches_are_probed() -> None:
-    cost = DecodeCost()
-    cost.observe(1, 0.010)
-    for n in (2, 3, 4, 6, 9):
-        cost.observe(n, 0.010 * n)  # a CPU where a batch costs as much as its tokens
+    cost = DecodeCost(base=0.0, extra=1.0)  # a batch costs as much as its tokens
     text = [7, 8, 9, 1, 7, 8, 9]  # a 3-token match only
     spec = Speculator(text[:-1], 64, cost)
     assert spec.propose(text[-1], 100) == []
@@ -97,8 +85,8 @@ def test_the_limit_bounds_every_draft() -> None:
     history = list(range(30)) * 3
     spec = Speculator(history[:-1], 64, _gpu_like())
     assert len(spec.propose(history[-1], 3)) == 3
-    assert speculate.speculator("off", history, 64, DecodeCost()) is None
-    assert speculate.speculator("auto", history, 0, DecodeCost()) is None
+    assert speculate.speculator("off", history, 64, _gpu_like()) is None
+    assert speculate.speculator("auto", history, 0, _gpu_like()) is None
 
 
 # -- the real engines on SmolLM2 --------------------------------------------------------------

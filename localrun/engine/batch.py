@@ -216,7 +216,7 @@ class BatchEngine:
         self._active: list[_Slot] = []  # slots with a request, in sequence order
         self._queue: collections.deque[_Request] = collections.deque()
         self._uses = itertools.count(1)
-        self._cost = speculate.DecodeCost()  # what a draft costs here, learnt as it decodes
+        self._cost = speculate.DecodeCost.for_device(options.num_gpu)
         self._prompt_cache, note = weights.disk_cache(self._ctx, "batch")
         self.prompt_cache_note = note
         self.load_s = time.perf_counter() - start
@@ -451,7 +451,7 @@ class BatchEngine:
             if slot.draft:
                 del slot.draft[max(0, room) :]
                 room -= len(slot.draft)
-        n = reading = 0
+        n = 0
         for slot in active:
             if slot.leader is not None and not self._follow(slot):
                 slot.added, slot.row = 0, -1
@@ -488,7 +488,6 @@ class BatchEngine:
                 logits[n] = 0
                 n += 1
             room -= take
-            reading += take
             if done + take == len(prompt):
                 logits[n - 1] = 1
                 slot.row = n - 1
@@ -496,10 +495,7 @@ class BatchEngine:
             return
         batch = self._batch
         batch.n_tokens = n
-        began = time.perf_counter()
         rc = lc.llama_decode(self._ctx, batch)
-        if reading == 0:  # only generating slots: what a token more in a batch costs
-            self._cost.observe(n, time.perf_counter() - began)
         if rc != 0:
             self._fail(
                 [s for s in active if s.token >= 0 or s.added > 0],

@@ -330,7 +330,7 @@ class LlamaModel:
         self._piece_bytes = weights.piece_bytes  # bound once: it runs for every token
         self._cache: list[int] = []
         self._one = (lc.llama_token * 1)()
-        self._cost = speculate.DecodeCost()  # what a draft costs here, learnt as it decodes
+        self._cost = speculate.DecodeCost.for_device(options.num_gpu)
         self._prompt_cache, self.prompt_cache_note = weights.disk_cache(self._ctx, "single")
         self.load_s = time.perf_counter() - start
 
@@ -434,7 +434,6 @@ class LlamaModel:
             is_eog = lc.llama_vocab_is_eog
             decode, piece_bytes = lc.llama_decode, self._piece_bytes
             one, get_one = self._one, lc.llama_batch_get_one
-            clock, observe = time.perf_counter, self._cost.observe
             gen.done_reason = "length"
             row = -1  # the logits the next token is sampled from (-1: the prompt's last)
             carried = -1  # a token already sampled (where a draft was rejected)
@@ -459,15 +458,12 @@ class LlamaModel:
                 # Room for drafts: the budget after this token, and the context after it.
                 room = min(budget - timings.eval_tokens, self.n_ctx - len(cache) - 1)
                 draft = spec.propose(token, room) if spec is not None else []
-                began = clock()
                 if draft:
                     _fill(batch, cache, token, draft)
                     rc = decode(ctx, batch)
                 else:
                     one[0] = token
                     rc = decode(ctx, get_one(one, 1))
-                if spec is not None:
-                    observe(1 + len(draft), clock() - began)
                 if rc != 0:
                     self.reset()
                     raise EngineError("llama.cpp failed while generating")

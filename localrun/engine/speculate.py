@@ -23,6 +23,7 @@ prose that rarely repeats itself pays almost nothing. This module is pure Python
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from localrun import config
 
@@ -32,13 +33,13 @@ from localrun import config
 NGRAM_SIZES = (24, 12, 6, 3)
 # Before any draft of a size is judged: the chance a drafted token is kept, as kept : rejected
 # counts. A 24-token match is a copy under way; three tokens are a hunch.
-_PRIOR = {24: (19.0, 1.0), 12: (9.0, 1.0), 6: (4.0, 1.0), 3: (2.0, 1.0)}
+_PRIOR = {24: (49.0, 1.0), 12: (9.0, 1.0), 6: (4.0, 1.0), 3: (2.0, 1.0)}
 MODES = config.SPECULATE_MODES  # the speculate PARAMETER's values
 DEFAULT_DRAFT_MAX = 64  # the draft_num_predict PARAMETER's default
 _BACKOFF_MAX = 64  # tokens decoded without drafting after repeated misses, at most
 _DECAY = 0.9  # weight of the past in the running estimates
-_PROBE_EVERY = 16  # tokens between one-token probes where drafting does not pay
-_PROBE_MIN = 6  # shortest match worth a probe (shorter ones in prose are mostly chance)
+_PROBE_EVERY = 32  # tokens between one-token probes where drafting does not pay
+_PROBE_MIN = 12  # shortest match worth a probe (shorter ones in prose are mostly chance)
 
 
 class NgramDrafter:
@@ -93,39 +94,24 @@ class NgramDrafter:
         return [cycle[i % period] for i in range(limit)]
 
 
+@dataclass(frozen=True)
 class DecodeCost:
-    """What decodes cost on this machine, learnt from the ones the engine runs: one token takes
-    `single` seconds; a batch of n > 1 tokens takes about `base + extra * n`. On a GPU `extra`
-    is small; on a few CPU cores a small model's batch of two tokens costs two decodes, and
-    each further token about half of one. Shared by the generations of one engine."""
+    """What decodes cost, in decodes of one token: a batch of n > 1 tokens costs about
+    `base + extra * n`. Fixed per device kind rather than timed, so that the drafts (and so
+    the batches, whose logits may differ from one token's in the last bits) depend on the
+    request alone: the same request gets the same answer, whatever else the engine runs.
 
-    def __init__(self) -> None:
-        self.single = 0.0
-        # Discounted least-squares sums over batches of n > 1 tokens: weight, n, t, n*n, n*t.
-        self._sums = [0.0, 0.0, 0.0, 0.0, 0.0]
+    Measured with llama.cpp on SmolLM2 135M (Q4_1) on two CPU cores: a batch of two tokens
+    costs two decodes and each further token about half of one (a small model is compute
+    bound there). On a GPU a batch of a few dozen tokens costs little more than one token.
+    """
 
-    def observe(self, n_tokens: int, seconds: float) -> None:
-        if n_tokens <= 1:
-            self.single = seconds if not self.single else _blend(self.single, seconds)
-            return
-        sums = self._sums
-        for i, value in enumerate((1.0, n_tokens, seconds, n_tokens**2, n_tokens * seconds)):
-            sums[i] = sums[i] * _DECAY + value
+    base: float
+    extra: float
 
-    def batch(self) -> tuple[float, float]:
-        """(base, extra) of the fit t(n) = base + extra * n for n > 1, from a prior of a CPU
-        (a batch of two costs two decodes, each token more half of one) until measured."""
-        single = self.single or 1.0
-        prior_extra = 0.5 * single
-        prior_base = 2 * single - 2 * prior_extra
-        w, sn, st, snn, snt = self._sums
-        if w < 2.0:
-            return prior_base, prior_extra
-        mean_n, mean_t = sn / w, st / w
-        var = snn / w - mean_n**2
-        # Drafts of one length only leave the slope unknown: the prior's is kept.
-        extra = prior_extra if var < 0.25 else max(0.0, (snt / w - mean_n * mean_t) / var)
-        return max(0.0, mean_t - extra * mean_n), extra
+    @classmethod
+    def for_device(cls, gpu_layers: int) -> DecodeCost:
+        return cls(base=0.9, extra=0.08) if gpu_layers > 0 else cls(base=1.0, extra=0.5)
 
 
 class Speculator:
@@ -179,8 +165,7 @@ class Speculator:
         the batch costs beyond a one-token decode, base + extra * (k + 1) - single."""
         kept, lost = self._kept[size], self._lost[size]
         p = kept / (kept + lost)
-        single = self.cost.single or 1.0
-        base, extra = self.cost.batch()
+        single, base, extra = 1.0, self.cost.base, self.cost.extra
         best, gain, saved, chance = 0, 0.0, 0.0, 1.0
         for k in range(1, self.draft_max + 1):
             chance *= p
@@ -227,7 +212,3 @@ def speculator(
     if mode == "off" or draft_max <= 0:
         return None
     return Speculator(history, draft_max, cost, always=mode == "ngram")
-
-
-def _blend(old: float, new: float) -> float:
-    return old * _DECAY + new * (1 - _DECAY)
