@@ -153,8 +153,9 @@ DEFAULT_ORIGINS = (
 
 
 # Speculative decoding's modes (the speculate PARAMETER, LOCALRUN_SPECULATE): auto drafts by
-# prompt lookup where it is expected to pay, ngram drafts wherever the text repeats.
-SPECULATE_MODES = ("auto", "ngram", "off")
+# prompt lookup where it is expected to pay (and with the model's DRAFT model, if it has one),
+# ngram drafts wherever the text repeats, draft with the DRAFT model only.
+SPECULATE_MODES = ("auto", "ngram", "draft", "off")
 
 
 def _parse_speculate(text: str) -> str:
@@ -351,7 +352,8 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_SPECULATE",
             "Speculative decoding where neither the model nor the request sets the speculate "
-            "parameter: auto (prompt lookup where it pays), ngram (wherever text repeats), off.",
+            "parameter: auto (prompt lookup where it pays, and the DRAFT model if any), ngram "
+            "(wherever text repeats), draft (the DRAFT model only), off.",
             _parse_speculate,
             lambda: "auto",
         ),

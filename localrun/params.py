@@ -142,7 +142,8 @@ SPECS: dict[str, ParamSpec] = {
         ParamSpec(
             "speculate",
             str,
-            "speculative decoding: auto (prompt lookup where it pays), ngram, or off",
+            "speculative decoding: auto (prompt lookup where it pays, the DRAFT model if any), "
+            "ngram, draft or off",
             choices=SPECULATE_MODES,
         ),
         ParamSpec(

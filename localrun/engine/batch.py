@@ -25,12 +25,15 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp as lc
 
 from localrun import prompt_cache
 from localrun.engine import speculate
+
+if TYPE_CHECKING:
+    from localrun.engine.draft import DraftModel
 from localrun.engine.llama import (
     GrammarFirst,
     Weights,
@@ -145,6 +148,11 @@ _COPY_MIN = 64
 EMBED_SEQUENCES = 16
 
 
+def _unbound(history: Sequence[int], limit: int) -> list[int]:
+    """A draft model's drafter before the request has a slot (and so a sequence)."""
+    return []
+
+
 def _shared(cache: list[int], prompt: list[int]) -> int:
     """How many leading tokens of `prompt` the cache holds (never the last prompt token,
     which is always run for its logits)."""
@@ -182,6 +190,7 @@ class BatchEngine:
         self._embed_n_ctx = 0
         self._embed_pooled = False
         self._prompt_cache: prompt_cache.PromptCache | None = None
+        self._draft: DraftModel | None = None
         weights = self._weights = Weights(path, options)
         try:
             cparams = weights.context_params(options, options.num_ctx * slots)
@@ -219,6 +228,13 @@ class BatchEngine:
         self._cost = speculate.DecodeCost.for_device(options.num_gpu)
         self._prompt_cache, note = weights.disk_cache(self._ctx, "batch")
         self.prompt_cache_note = note
+        from localrun.engine import draft  # it builds on Weights, as this module does
+
+        try:
+            self._draft = draft.load(options.draft, options, self.n_ctx, slots)
+        except BaseException:
+            self._release()
+            raise
         self.load_s = time.perf_counter() - start
         self._thread = threading.Thread(target=self._loop, name="localrun-batch", daemon=True)
         self._thread.start()
@@ -265,8 +281,10 @@ class BatchEngine:
         req = _Request(list(prompt), stop_tokens, sink, budget)
         req.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
         req.special = sampling.special
+        # The draft model's sequence is the slot's: bound when the request takes one (_take).
+        drafter = _unbound if self._draft is not None else None
         req.spec = speculate.speculator(
-            sampling.speculate, req.prompt, sampling.draft_num_predict, self._cost
+            sampling.speculate, req.prompt, sampling.draft_num_predict, self._cost, drafter
         )
         disk = self._prompt_cache
         if disk is not None and prompt_cache.MIN_TOKENS <= cache_prefix < len(req.prompt):
@@ -378,6 +396,8 @@ class BatchEngine:
         del slot.cache[keep:]
 
     def _take(self, slot: _Slot, req: _Request) -> None:
+        if req.spec is not None and req.spec.model is not None and self._draft is not None:
+            req.spec.model = functools.partial(self._draft.draft, slot.seq)
         keep = len(slot.cache)
         prefix = req.prefix
         if prefix and keep < len(prefix) and slot.leader is None:
@@ -850,6 +870,9 @@ class BatchEngine:
                 lc.llama_batch_free(self._batch)
                 self._batch = None
             self._ctx = self._embed_ctx = None
+            if self._draft is not None:
+                self._draft.close()
+                self._draft = None
             self._weights.close()  # both contexts first
 
     def __del__(self) -> None:

@@ -15,10 +15,11 @@ import codecs
 import collections
 import contextlib
 import ctypes
+import functools
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp as lc
 
@@ -26,6 +27,9 @@ from localrun import config, gguf, prompt_cache
 from localrun.engine import speculate
 from localrun.engine.types import FimTokens, Generation, LoadOptions, SamplingOptions
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError, ModelLoadError
+
+if TYPE_CHECKING:
+    from localrun.engine.draft import DraftModel
 
 _init_lock = threading.Lock()
 _initialised = False
@@ -331,7 +335,15 @@ class LlamaModel:
         self._cache: list[int] = []
         self._one = (lc.llama_token * 1)()
         self._cost = speculate.DecodeCost.for_device(options.num_gpu)
+        self._draft: DraftModel | None = None
         self._prompt_cache, self.prompt_cache_note = weights.disk_cache(self._ctx, "single")
+        from localrun.engine import draft  # it builds on Weights, from this module
+
+        try:
+            self._draft = draft.load(options.draft, options, self.n_ctx, 1)
+        except BaseException:
+            self.close()
+            raise
         self.load_s = time.perf_counter() - start
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
@@ -370,8 +382,12 @@ class LlamaModel:
             raise EngineError("the prompt is empty")
         if len(prompt) >= self.n_ctx:
             raise overflow_error(len(prompt), self.n_ctx, self.n_ctx_train)
+        drafter = functools.partial(self._draft.draft, 0) if self._draft is not None else None
+        spec = speculate.speculator(
+            sampling.speculate, prompt, sampling.draft_num_predict, self._cost, drafter
+        )
         gen = Generation(iter(()))
-        gen.pieces = self._run(list(prompt), sampling, stop_tokens, cancel, gen, cache_prefix)
+        gen.pieces = self._run(list(prompt), sampling, stop_tokens, cancel, gen, cache_prefix, spec)
         return gen
 
     def _run(
@@ -382,6 +398,7 @@ class LlamaModel:
         cancel: threading.Event | None,
         gen: Generation,
         cache_prefix: int,
+        spec: speculate.Speculator | None,
     ) -> Iterator[str]:
         timings = gen.timings
         start = time.perf_counter()
@@ -411,9 +428,6 @@ class LlamaModel:
         chain = sampler_chain(sampling, self.n_vocab, self.n_ctx)
         constrained = None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        spec = speculate.speculator(
-            sampling.speculate, prompt, sampling.draft_num_predict, self._cost
-        )
         batch = lc.llama_batch_init(1 + (spec.draft_max if spec else 0), 0, 1)
         try:
             if sampling.grammar:
@@ -527,6 +541,10 @@ class LlamaModel:
     def close(self) -> None:
         if self._prompt_cache is not None:
             self._prompt_cache.flush()
+        drafter = getattr(self, "_draft", None)  # None too when __init__ failed before it
+        if drafter is not None:
+            drafter.close()
+            self._draft = None
         self._ctx = None
         self._weights.close()  # its context first
 

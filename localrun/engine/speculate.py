@@ -22,10 +22,14 @@ prose that rarely repeats itself pays almost nothing. This module is pure Python
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from localrun import config
+from localrun.errors import BadRequestError
+
+# A draft model's guesses: (history, most tokens) -> tokens.
+ModelDrafter = Callable[[Sequence[int], int], list[int]]
 
 # Lengths of the suffix matched against the history, longest first: a long match is a sure
 # guess, a short one recovers quickly after an edit (a renamed identifier breaks every longer
@@ -40,6 +44,7 @@ _BACKOFF_MAX = 64  # tokens decoded without drafting after repeated misses, at m
 _DECAY = 0.9  # weight of the past in the running estimates
 _PROBE_EVERY = 32  # tokens between one-token probes where drafting does not pay
 _PROBE_MIN = 12  # shortest match worth a probe (shorter ones in prose are mostly chance)
+_SURE = 12  # with a draft model too, a match this long is drafted by lookup (it costs nothing)
 
 
 class NgramDrafter:
@@ -128,9 +133,20 @@ class Speculator:
     """
 
     def __init__(
-        self, history: Sequence[int], draft_max: int, cost: DecodeCost, *, always: bool = False
+        self,
+        history: Sequence[int],
+        draft_max: int,
+        cost: DecodeCost,
+        *,
+        always: bool = False,
+        lookup: bool = True,
+        model: ModelDrafter | None = None,
     ) -> None:
         self.drafter = NgramDrafter(history)
+        self.lookup = lookup  # draft by prompt lookup (modes auto and ngram)
+        # A draft model's guesses (engine.draft, bound to a sequence by the engine), for what
+        # prompt lookup does not find with certainty.
+        self.model = model
         self.draft_max = max(0, draft_max)
         self.cost = cost
         self.always = always  # mode "ngram": draft even where the estimate says it won't pay
@@ -147,12 +163,24 @@ class Speculator:
         """`token` (sampled, about to be decoded) joins the history; returns the draft to
         decode after it, at most `limit` tokens (room left in the budget and the context)."""
         self.drafter.add(token)
+        if limit <= 0:
+            return []
+        if self.lookup:
+            draft = self._lookup(limit)
+            if draft:
+                return draft
+        if self.model is not None:
+            self._size = 0
+            return self.model(self.drafter.tokens, min(self.draft_max, limit))
+        return []
+
+    def _lookup(self, limit: int) -> list[int]:
         if self._skip > 0:
             self._skip -= 1
             return []
         size, at = self.drafter.match()
-        if size == 0:
-            return []
+        if size == 0 or (self.model is not None and size < _SURE):
+            return []  # a draft model guesses better than a short match
         length = min(self.length(size), limit)
         if length <= 0:
             return []
@@ -195,6 +223,8 @@ class Speculator:
         self.accepted += accepted
         self.drafter.extend(draft[:accepted])
         size = self._size
+        if size == 0:
+            return  # the draft model's: its own confidence decides its length
         self._kept[size] = self._kept[size] * _DECAY + accepted
         self._lost[size] = self._lost[size] * _DECAY + (accepted < len(draft))
         if accepted == 0:
@@ -206,9 +236,26 @@ class Speculator:
 
 
 def speculator(
-    mode: str, history: Sequence[int], draft_max: int, cost: DecodeCost
+    mode: str,
+    history: Sequence[int],
+    draft_max: int,
+    cost: DecodeCost,
+    model: ModelDrafter | None = None,
 ) -> Speculator | None:
-    """The speculator a generation with these settings uses, or None (speculation off)."""
+    """The speculator a generation with these settings uses, or None (speculation off).
+    `model` drafts with the model's DRAFT model (modes auto and draft)."""
     if mode == "off" or draft_max <= 0:
         return None
-    return Speculator(history, draft_max, cost, always=mode == "ngram")
+    if mode == "draft" and model is None:
+        raise BadRequestError(
+            "speculate is draft, but this model has no draft model",
+            hint="add DRAFT <model> to its Modelfile, or use speculate auto or ngram",
+        )
+    return Speculator(
+        history,
+        draft_max,
+        cost,
+        always=mode == "ngram",
+        lookup=mode != "draft",
+        model=model if mode in ("auto", "draft") else None,
+    )

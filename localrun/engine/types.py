@@ -26,6 +26,7 @@ class LoadOptions:
     use_mmap: bool = True
     adapters: tuple[tuple[str, float], ...] = ()  # (path, scale)
     splits: tuple[str, ...] = ()  # the further parts of a split model, in order
+    draft: str | None = None  # a draft model of the same vocabulary (Modelfile DRAFT)
 
 
 @dataclass(frozen=True)
