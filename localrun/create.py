@@ -2,8 +2,10 @@
 
 All hashing of user files happens here (through `Store.add_file`). Every file is validated as
 GGUF before it is accepted, and opened only once: the descriptor that was validated is the one
-that is copied. The manifest is written last, so an interrupted create leaves no model behind,
-only temporary files that `localrun prune` (or the next command that writes) removes.
+that is copied. Nothing is copied before every file, every pairing (an adapter's architecture, a
+draft model's vocabulary) and the TEMPLATE have been checked, so a refused create copies none of
+its files. The manifest is written last, so an interrupted create leaves no model behind, only
+temporary files that `localrun prune` (or the next command that writes) removes.
 """
 
 from __future__ import annotations
@@ -13,10 +15,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from localrun import gguf, params
-from localrun.errors import FileNotFoundError_, InvalidGGUFError, ModelfileError
+from localrun.errors import (
+    FileNotFoundError_,
+    InvalidGGUFError,
+    MissingBlobError,
+    ModelfileError,
+    StoreError,
+)
 from localrun.modelfile import Modelfile
 from localrun.names import ModelName
 from localrun.store import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, Store
@@ -74,17 +82,44 @@ def create(
         return builder.build(name, modelfile, base_dir, resolve or store.read_manifest)
 
 
+@dataclass
+class _Opened:
+    """A GGUF file the Modelfile names, opened and validated but not yet in the store."""
+
+    value: str  # as written in the Modelfile
+    path: Path
+    fd: int
+    info: gguf.GGUFInfo
+    kind: str  # the layer kind it becomes
+
+
+class _Draft(NamedTuple):
+    source: _Opened | Layer  # a file to copy, or the model layer of a stored model
+    info: gguf.GGUFInfo
+    name: str | None  # the stored model's name; None for a file
+
+
 class _Builder:
     def __init__(self, store: Store, report: Reporter, expected: dict[str, str]) -> None:
         self.store = store
         self.report = report
         self.expected = expected
+        self.opened: list[_Opened] = []
 
     def build(self, name: ModelName, mf: Modelfile, base_dir: Path, resolve: Resolver) -> str:
-        layers: list[Layer]
+        # The files stay open from their validation to their copy (see the module docstring).
+        try:
+            return self._build(name, mf, base_dir, resolve)
+        finally:
+            for item in self.opened:
+                os.close(item.fd)
+
+    def _build(self, name: ModelName, mf: Modelfile, base_dir: Path, resolve: Resolver) -> str:
+        layers: list[Layer] = []
+        model: _Opened | None = None
         if looks_like_path(mf.from_, base_dir):
-            model_layer, info = self._add_gguf(mf.from_, base_dir, "model")
-            layers = [model_layer]
+            model = self._open(mf.from_, base_dir, "model")
+            info = model.info
             config: dict[str, Any] = {"model_format": "gguf", "details": info.details()}
             if info.license:
                 config["gguf_license"] = info.license
@@ -102,26 +137,47 @@ class _Builder:
             config["parent"] = str(base_name)
 
         architecture = (config.get("details") or {}).get("architecture")
-        adapters = list(config.get("adapters", []))
-        for value in mf.adapters:
-            layer, info = self._add_gguf(value, base_dir, "adapter")
-            if architecture and info.architecture and info.architecture != architecture:
+        adapter_files = [self._open(value, base_dir, "adapter") for value in mf.adapters]
+        for item in adapter_files:
+            if architecture and item.info.architecture and item.info.architecture != architecture:
                 raise InvalidGGUFError(
-                    f"adapter {value} is for {info.architecture} models, but the base model is "
-                    f"{architecture}",
+                    f"adapter {item.value} is for {item.info.architecture} models, but the base "
+                    f"model is {architecture}",
                     hint="use an adapter trained for this base model",
                 )
+        draft = None
+        if mf.draft is not None:
+            draft = self._draft(mf.draft, base_dir, resolve)
+            target = model.info if model else self._stored_info(layers, mf.from_)
+            _check_vocabulary(target, draft.info, mf.from_, mf.draft)
+        if mf.template is not None:
+            _check_template(mf.template, mf.lines.get("TEMPLATE", 1))
+
+        if model is not None:
+            layers = [self._store_file(model)]
+        adapters = list(config.get("adapters", []))
+        for item in adapter_files:
+            layer = self._store_file(item)
             layers.append(layer)
-            adapters.append({"digest": layer.digest, "lora_alpha": info.lora_alpha})
+            adapters.append({"digest": layer.digest, "lora_alpha": item.info.lora_alpha})
         if adapters:
             config["adapters"] = adapters
+        if draft is not None:
+            source = draft.source
+            layer = self._store_file(source) if isinstance(source, _Opened) else source
+            layers = [x for x in layers if x.kind != "draft"] + [layer]
+            # What `show` says of the draft, without reading its file.
+            config["draft"] = {
+                "digest": layer.digest,
+                "model": draft.name,
+                "details": draft.info.details(),
+            }
 
         if mf.parameters:
             inherited = self._inherited_json(layers, "params", {})
             merged = params.merge(params.validate(inherited), mf.parameters)
             layers = self._replace(layers, "params", _json_bytes(merged))
         if mf.template is not None:
-            _check_template(mf.template, mf.lines.get("TEMPLATE", 1))
             layers = self._replace(layers, "template", mf.template.encode())
         if mf.system is not None:
             layers = self._replace(layers, "system", mf.system.encode())
@@ -142,9 +198,10 @@ class _Builder:
         self.report(Event("success", digest=digest))
         return digest
 
-    def _add_gguf(self, value: str, base_dir: Path, kind: str) -> tuple[Layer, gguf.GGUFInfo]:
+    def _open(self, value: str, base_dir: Path, kind: str) -> _Opened:
+        """Open and validate a file the Modelfile names; it is closed when the build ends."""
         path = resolve_path(value, base_dir)
-        keyword = "FROM" if kind == "model" else "ADAPTER"
+        keyword = {"model": "FROM", "adapter": "ADAPTER", "draft": "DRAFT"}[kind]
         if not os.path.lexists(path):
             raise FileNotFoundError_(
                 f"{keyword} {value}: no such file ({path})",
@@ -154,32 +211,69 @@ class _Builder:
         fd = gguf.open_regular(path)
         try:
             info = gguf.inspect_fd(fd, str(value))
-            if kind == "model" and info.kind == "adapter":
-                raise InvalidGGUFError(
-                    f"{value} is a LoRA adapter, not a model",
-                    hint="name a base model in FROM and the adapter in ADAPTER",
-                )
-            if kind == "adapter" and (
-                info.kind != "adapter" or info.adapter_type not in (None, "lora")
-            ):
-                raise InvalidGGUFError(
-                    f"{value} is not a LoRA adapter (its general.type is not 'adapter')",
-                    hint="ADAPTER takes a LoRA adapter in GGUF form, as llama.cpp's "
-                    "convert_lora_to_gguf.py writes it",
-                )
+            _check_kind(info, value, kind)
+        except BaseException:
+            os.close(fd)
+            raise
+        item = _Opened(value, path, fd, info, kind)
+        self.opened.append(item)
+        return item
 
-            def progress(phase: str, done: int, total: int) -> None:
-                self.report(Event(f"{phase} {kind} data", completed=done, total=total))
+    def _store_file(self, item: _Opened) -> Layer:
+        """Copy an opened file into the store (from the descriptor that was validated)."""
 
-            digest, size, _ = self.store.add_file(
-                fd,
-                expected=self.expected.get(str(path)),
-                progress=progress,
-                on_status=lambda status, digest: self.report(Event(status, digest=digest)),
+        def progress(phase: str, done: int, total: int) -> None:
+            self.report(Event(f"{phase} {item.kind} data", completed=done, total=total))
+
+        digest, size, _ = self.store.add_file(
+            item.fd,
+            expected=self.expected.get(str(item.path)),
+            progress=progress,
+            on_status=lambda status, digest: self.report(Event(status, digest=digest)),
+        )
+        return Layer(MEDIA_TYPES[item.kind], digest, size)
+
+    def _draft(self, value: str, base_dir: Path, resolve: Resolver) -> _Draft:
+        """The draft model DRAFT names: a file still to copy, or a stored model's model layer
+        (shared, not copied)."""
+        if looks_like_path(value, base_dir):
+            item = self._open(value, base_dir, "draft")
+            return _Draft(item, item.info, None)
+        from localrun import names
+
+        draft_name = names.parse(value)
+        self.report(Event(f"using draft model {draft_name}"))
+        parts = resolve(draft_name).of_kind("model")
+        if len(parts) > 1:
+            raise InvalidGGUFError(
+                f"the draft model {draft_name} is split into {len(parts)} files; a draft model "
+                "must be one GGUF file",
+                hint="draft with a smaller model of the same family, in one file",
             )
+        info = self._stored_info(parts, str(draft_name))
+        _check_kind(info, value, "draft")
+        layer = Layer(MEDIA_TYPES["draft"], parts[0].digest, parts[0].size)
+        return _Draft(layer, info, str(draft_name))
+
+    def _stored_info(self, layers: list[Layer], shown: str) -> gguf.GGUFInfo:
+        """The GGUF summary of a stored model's (first) model file, read from its header."""
+        found = [layer for layer in layers if layer.kind == "model"]
+        if not found:
+            raise StoreError(
+                f"the manifest of {shown} has no model layer",
+                hint=f"remove it with `localrun rm {shown}` and create it again",
+            )
+        digest = found[0].digest
+        if not self.store.has_blob(digest):
+            raise MissingBlobError(
+                f"blob {digest} of {shown} is missing from the store",
+                hint="run `localrun verify` to see which models are affected",
+            )
+        fd = gguf.open_regular(self.store.blob_path(digest))
+        try:
+            return gguf.inspect_fd(fd, shown)
         finally:
             os.close(fd)
-        return Layer(MEDIA_TYPES[kind], digest, size), info
 
     def _replace(self, layers: list[Layer], kind: str, data: bytes) -> list[Layer]:
         digest, size = self.store.add_bytes(data)
@@ -196,6 +290,90 @@ class _Builder:
 
 
 _ORDER = {kind: index for index, kind in enumerate(MEDIA_TYPES)}
+
+
+def _check_kind(info: gguf.GGUFInfo, value: str, kind: str) -> None:
+    """Refuse a GGUF of the wrong kind for its instruction (FROM, ADAPTER or DRAFT)."""
+    if kind == "model" and info.kind == "adapter":
+        raise InvalidGGUFError(
+            f"{value} is a LoRA adapter, not a model",
+            hint="name a base model in FROM and the adapter in ADAPTER",
+        )
+    if kind == "adapter" and (info.kind != "adapter" or info.adapter_type not in (None, "lora")):
+        raise InvalidGGUFError(
+            f"{value} is not a LoRA adapter (its general.type is not 'adapter')",
+            hint="ADAPTER takes a LoRA adapter in GGUF form, as llama.cpp's "
+            "convert_lora_to_gguf.py writes it",
+        )
+    if kind == "draft" and info.kind == "adapter":
+        raise InvalidGGUFError(
+            f"the draft model {value} is a LoRA adapter, not a model",
+            hint="DRAFT takes a smaller model with the same vocabulary (adapters go in ADAPTER)",
+        )
+    split = info.metadata.get("split.count")
+    if kind == "draft" and isinstance(split, int) and split > 1:
+        raise InvalidGGUFError(
+            f"the draft model {value} is part 1 of {split} files; a draft model must be one "
+            "GGUF file",
+            hint="draft with a smaller model of the same family, in one file",
+        )
+
+
+# llama.cpp's own test of a draft model (common_speculative_are_compatible in
+# common/speculative.cpp): the same tokenizer, BOS and EOS, at most 128 tokens more or fewer,
+# and the same token texts from id 5 on over the range both have.
+_VOCAB_SIZE_SLACK = 128
+_VOCAB_CHECK_FROM = 5
+
+
+def _check_vocabulary(
+    target: gguf.GGUFInfo, draft: gguf.GGUFInfo, target_name: str, draft_name: str
+) -> None:
+    """Refuse a draft model whose tokens do not mean what the model's tokens mean."""
+    difference = _vocab_difference(target, draft, target_name)
+    if difference:
+        raise InvalidGGUFError(
+            f"the draft model {draft_name} {difference}",
+            hint="a draft model must share its model's tokenizer: use a smaller model of the "
+            "same family and release",
+        )
+
+
+def _vocab_difference(target: gguf.GGUFInfo, draft: gguf.GGUFInfo, target_name: str) -> str:
+    """What differs between the two vocabularies, in words; empty when they are compatible."""
+    key = "tokenizer.ggml.model"
+    ours, theirs = draft.metadata.get(key), target.metadata.get(key)
+    n_draft, n_target = len(draft.tokens), len(target.tokens)
+    first, common = _VOCAB_CHECK_FROM, min(n_draft, n_target)
+    detail = ""
+    if ours != theirs:
+        detail = f"; its tokenizer is {ours!r}, not {theirs!r}"
+    elif draft.tokens[first:common] != target.tokens[first:common]:
+        i = next(i for i in range(first, common) if draft.tokens[i] != target.tokens[i])
+        detail = f"; token {i} is {_token(draft.tokens[i])}, not {_token(target.tokens[i])}"
+    if detail or abs(n_draft - n_target) > _VOCAB_SIZE_SLACK:
+        return (
+            f"has {n_draft} tokens and a different vocabulary than {target_name} "
+            f"({n_target} tokens{detail})"
+        )
+    for what in ("bos", "eos"):
+        ours, theirs = (
+            info.metadata.get(f"tokenizer.ggml.{what}_token_id") for info in (draft, target)
+        )
+        if ours is not None and theirs is not None and ours != theirs:
+            return f"has {what.upper()} token id {ours}, {target_name} has {theirs}"
+        ours, theirs = (
+            info.metadata.get(f"tokenizer.ggml.add_{what}_token") for info in (draft, target)
+        )
+        if isinstance(ours, bool) and isinstance(theirs, bool) and ours != theirs:
+            does, other = ("adds", "does not") if ours else ("does not add", "does")
+            return f"{does} a {what.upper()} token to a prompt and {target_name} {other}"
+    return ""
+
+
+def _token(raw: bytes) -> str:
+    text = repr(raw.decode("utf-8", "replace"))
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _json_bytes(value: Any) -> bytes:

@@ -14,7 +14,7 @@ reading: `FROM /dev/random` would hang, Ollama's CVE-2024-39721), then walks the
    shapes, tokenizer, chat template size) pass `localrun.gguf_rules.check_model`.
 
 What it returns (`GGUFInfo`) is what the store records about a model: architecture, sizes,
-quantization, chat template, license.
+quantization, chat template, license; and its vocabulary, which create compares with a draft's.
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ class GGUFInfo:
     pooling_type: int | None = None  # set by models made for embeddings (llama_pooling_type)
     fim: bool = False  # has fill-in-the-middle tokens
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The vocabulary's raw token texts, from the same walk over the header (a draft model's
+    # vocabulary is compared with its model's at create time).
+    tokens: list[bytes] = field(default_factory=list, repr=False)
 
     def details(self) -> dict[str, Any]:
         """The JSON-able summary stored in a manifest's config."""
@@ -153,7 +156,7 @@ def inspect_fd(fd: int, shown: str) -> GGUFInfo:
     if size < 24:
         raise _bad(shown, f"only {size} bytes, too small for a GGUF header")
     with _mapped(fd, shown) as data:
-        return _info(size, shown, _scan_header(data, size, shown))
+        return _info(size, shown, *_scan_header(data, size, shown))
 
 
 def _bad(shown: str, reason: str) -> InvalidGGUFError:
@@ -227,7 +230,7 @@ def scan_fd(fd: int, shown: str) -> Header:
     if size < 24:
         raise _bad(shown, f"only {size} bytes, too small for a GGUF header")
     with _mapped(fd, shown) as data:
-        return _scan_header(data, size, shown)
+        return _scan_header(data, size, shown)[0]
 
 
 def _mapped(fd: int, shown: str) -> mmap.mmap:
@@ -242,8 +245,11 @@ def _mapped(fd: int, shown: str) -> mmap.mmap:
         ) from None
 
 
-def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
-    """Walk the header with bounds checks on every length, decoding scalars and strings."""
+def _scan_header(data: mmap.mmap, size: int, shown: str) -> tuple[Header, list[bytes]]:
+    """Walk the header with bounds checks on every length, decoding scalars and strings.
+
+    Returns the header and the vocabulary's token texts (kept out of the Header, which `scan`
+    caches: a large vocabulary is megabytes)."""
     if data[:4] != GGUF_MAGIC:
         raise _bad(shown, _printable(f"bad magic {bytes(data[:4])!r} (expected b'GGUF')"))
     (version,) = struct.unpack_from("<I", data, 4)
@@ -370,7 +376,7 @@ def _scan_header(data: mmap.mmap, size: int, shown: str) -> Header:
         gguf_rules.check_model(header, tokens)
     except gguf_rules.Refused as exc:
         raise _bad(shown, _printable(str(exc))) from None
-    return header
+    return header, tokens
 
 
 # The token texts llama.cpp recognises as FIM prefix, suffix and middle when a GGUF does not
@@ -462,7 +468,7 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _info(size: int, shown: str, scan: Header) -> GGUFInfo:
+def _info(size: int, shown: str, scan: Header, tokens: list[bytes]) -> GGUFInfo:
     """What the store records, from the bounds-checked walk (no second parser: the `gguf`
     package's reader builds numpy objects per element, and took gigabytes on hostile headers)."""
     metadata: dict[str, Any] = {}
@@ -496,6 +502,7 @@ def _info(size: int, shown: str, scan: Header) -> GGUFInfo:
         pooling_type=d["pooling_type"],
         fim=d["fim"],
         metadata=metadata,
+        tokens=tokens,
     )
 
 

@@ -25,6 +25,7 @@ class Model:
     model_path: Path  # the first (or only) part
     adapter_paths: list[Path] = field(default_factory=list)
     model_parts: list[Path] = field(default_factory=list)  # every part of a split model, in order
+    draft_path: Path | None = None  # the draft model for speculative decoding (Modelfile DRAFT)
     parameters: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
     template: str | None = None
@@ -36,12 +37,31 @@ class Model:
     def details(self) -> dict[str, Any]:
         return dict(self.config.get("details") or {})
 
+    @property
+    def draft(self) -> dict[str, Any] | None:
+        """The draft model as the config records it: digest, model (the name DRAFT gave, or
+        None for a file) and details (its GGUF summary); None when there is no draft."""
+        layers = self.manifest.of_kind("draft")
+        if not layers:
+            return None
+        digest = layers[-1].digest
+        recorded = self.config.get("draft")
+        if not isinstance(recorded, dict) or recorded.get("digest") != digest:
+            recorded = {}  # a manifest made elsewhere: the layer alone
+        details = recorded.get("details")
+        return {
+            "digest": digest,
+            "model": recorded.get("model"),
+            "details": dict(details) if isinstance(details, dict) else {},
+        }
+
     def to_modelfile(self) -> Modelfile:
         """A Modelfile that recreates this model from the blobs in the store."""
         # A split model cannot be named by one file: it is recreated FROM its store name.
         source = str(self.model_path) if len(self.model_parts) <= 1 else str(self.name)
         mf = Modelfile(from_=source)
         mf.adapters = [str(p) for p in self.adapter_paths]
+        mf.draft = str(self.draft_path) if self.draft_path is not None else None
         for name, value in self.parameters.items():
             values = value if isinstance(value, list) else [value]
             mf.parameters += [(name, v) for v in values]
@@ -78,6 +98,7 @@ def load(store: Store, name: ModelName, manifest: Manifest | None = None) -> Mod
         parameters = as_json("params", {})
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"a layer of {name} is malformed ({exc})") from None
+    drafts = manifest.of_kind("draft")
     return Model(
         name=name,
         digest="sha256:" + hashlib.sha256(raw).hexdigest(),
@@ -86,6 +107,7 @@ def load(store: Store, name: ModelName, manifest: Manifest | None = None) -> Mod
         model_path=store.blob_path(model_layers[0].digest),
         model_parts=[store.blob_path(layer.digest) for layer in model_layers],
         adapter_paths=[store.blob_path(layer.digest) for layer in manifest.of_kind("adapter")],
+        draft_path=store.blob_path(drafts[-1].digest) if drafts else None,
         parameters=parameters,
         system=text("system"),
         template=text("template"),

@@ -5,15 +5,17 @@ Grammar (instructions are case-insensitive; one per line, a value may span lines
     modelfile   = *( blank / comment / instruction )
     comment     = *WSP "#" *CHAR NEWLINE
     instruction = *WSP keyword 1*WSP args *WSP NEWLINE
-    keyword     = "FROM" / "PARAMETER" / "SYSTEM" / "TEMPLATE" / "ADAPTER" / "MESSAGE" / "LICENSE"
-    args        = value                       ; FROM, SYSTEM, TEMPLATE, ADAPTER, LICENSE
+    keyword     = "FROM" / "PARAMETER" / "SYSTEM" / "TEMPLATE" / "ADAPTER" / "DRAFT" / "MESSAGE"
+                / "LICENSE"
+    args        = value                       ; FROM, SYSTEM, TEMPLATE, ADAPTER, DRAFT, LICENSE
                 / word 1*WSP value            ; PARAMETER name value, MESSAGE role value
     value       = '\"\"\"' *ANY '\"\"\"'            ; verbatim, may span lines
                 / DQUOTE *qchar DQUOTE        ; escapes: \\\\ \\" \\n \\t \\r
                 / bare                        ; the rest of the line, trailing blanks dropped
 
-FROM is required, once. SYSTEM and TEMPLATE may repeat (the last one counts), PARAMETER stop,
-ADAPTER, MESSAGE and LICENSE accumulate. Errors carry the 1-based line and column.
+FROM is required, once; DRAFT (a draft model for speculative decoding, named like FROM) at most
+once. SYSTEM and TEMPLATE may repeat (the last one counts), PARAMETER stop, ADAPTER, MESSAGE and
+LICENSE accumulate. Errors carry the 1-based line and column.
 `str(parse(text))` gives a canonical Modelfile that parses back to an equal object.
 """
 
@@ -25,7 +27,7 @@ from localrun import params
 from localrun.errors import InvalidParameterError, ModelfileError
 
 ROLES = ("system", "user", "assistant")
-INSTRUCTIONS = ("FROM", "PARAMETER", "SYSTEM", "TEMPLATE", "ADAPTER", "MESSAGE", "LICENSE")
+INSTRUCTIONS = ("FROM", "PARAMETER", "SYSTEM", "TEMPLATE", "ADAPTER", "DRAFT", "MESSAGE", "LICENSE")
 _ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
 
 
@@ -37,7 +39,7 @@ class Message:
 
 @dataclass
 class Modelfile:
-    """A parsed Modelfile; `from_` is a model name or a path, exactly as written."""
+    """A parsed Modelfile; `from_` and `draft` are model names or paths, exactly as written."""
 
     from_: str
     parameters: list[tuple[str, params.Value]] = field(default_factory=list)
@@ -46,6 +48,7 @@ class Modelfile:
     adapters: list[str] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     licenses: list[str] = field(default_factory=list)
+    draft: str | None = None
     # Where each instruction was written ("FROM", "TEMPLATE", "ADAPTER:0", ...), for errors found
     # after parsing (a missing file, a template that does not compile).
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
@@ -53,6 +56,8 @@ class Modelfile:
     def __str__(self) -> str:
         lines = [f"FROM {format_value(self.from_)}"]
         lines += [f"ADAPTER {format_value(a)}" for a in self.adapters]
+        if self.draft is not None:
+            lines.append(f"DRAFT {format_value(self.draft)}")
         for name, value in self.parameters:
             lines.append(f"PARAMETER {name} {format_value(format_param(value))}")
         if self.template is not None:
@@ -214,6 +219,14 @@ def parse(text: str) -> Modelfile:
             if from_ is not None:
                 raise cur.error("FROM given twice; a Modelfile has exactly one", line=line, col=col)
             from_ = value
+        elif upper == "DRAFT":
+            if result.draft is not None:
+                raise cur.error(
+                    "DRAFT given twice; a Modelfile names at most one draft model",
+                    line=line,
+                    col=col,
+                )
+            result.draft = value
         elif upper == "SYSTEM":
             result.system = value
         elif upper == "TEMPLATE":

@@ -58,7 +58,7 @@ UPLOAD_GRACE_S = 3600.0
 MEDIA_PREFIX = "application/vnd.localrun."
 MEDIA_MANIFEST = MEDIA_PREFIX + "manifest.v1+json"
 MEDIA_CONFIG = MEDIA_PREFIX + "config.v1+json"
-LAYER_KINDS = ("model", "adapter", "params", "template", "system", "messages", "license")
+LAYER_KINDS = ("model", "adapter", "draft", "params", "template", "system", "messages", "license")
 MEDIA_TYPES = {kind: f"{MEDIA_PREFIX}{kind}" for kind in LAYER_KINDS}
 _KIND_OF_MEDIA = {media: kind for kind, media in MEDIA_TYPES.items()}
 

@@ -108,6 +108,7 @@ def test_every_instruction_in_any_case(keyword: str) -> None:
         "SYSTEM": "be brief",
         "TEMPLATE": "{{ .Prompt }}",
         "ADAPTER": "./a.gguf",
+        "DRAFT": "smollm2:135m",
         "MESSAGE": "User hello there",
         "LICENSE": "MIT",
     }[keyword]
@@ -123,6 +124,8 @@ def test_every_instruction_in_any_case(keyword: str) -> None:
             assert m.template == "{{ .Prompt }}"
         elif keyword == "ADAPTER":
             assert m.adapters == ["./a.gguf"]
+        elif keyword == "DRAFT":
+            assert m.draft == "smollm2:135m"
         elif keyword == "MESSAGE":
             assert m.messages == [Message("user", "hello there")]
         elif keyword == "LICENSE":
@@ -274,6 +277,19 @@ def test_byte_order_mark() -> None:
     assert parse("\ufeff# comment\r\nFROM y").from_ == "y"
 
 
+def test_draft_is_kept_as_written_and_round_trips() -> None:
+    for value in ("smollm2:135m", "./draft model.gguf", "~/m/d.gguf", "C:\\m\\d.gguf", " # odd"):
+        m = parse(f"FROM base\nDRAFT {format_value(value)}\n")
+        assert m.draft == value
+        assert m.lines["DRAFT"] == 2
+        assert parse(str(m)) == m
+    assert parse("FROM base").draft is None
+    assert "DRAFT" not in str(parse("FROM base"))
+    # Where it is written does not matter; str() puts it after FROM and ADAPTER.
+    m = parse("DRAFT d\nSYSTEM s\nADAPTER a\nFROM base\n")
+    assert str(m) == "FROM base\nADAPTER a\nDRAFT d\nSYSTEM s\n"
+
+
 def test_from_path_is_kept_as_written() -> None:
     assert parse("FROM ./models/My Model.Q4_K_M.gguf").from_ == "./models/My Model.Q4_K_M.gguf"
     assert parse("FROM hf.co/Org/Repo:Q4_K_M").from_ == "hf.co/Org/Repo:Q4_K_M"
@@ -325,6 +341,9 @@ def _error(text: str) -> ModelfileError:
         # FROM twice: the second one
         ("FROM a\n# c\n FROM b\n", 3, 2, "FROM given twice"),
         ("from a\nFrom a", 2, 1, "FROM given twice"),
+        # DRAFT twice: the second one (even when it names the same model)
+        ("FROM a\nDRAFT d\nSYSTEM s\n  draft d\n", 4, 3, "DRAFT given twice"),
+        ("DRAFT ./d.gguf\nFROM a\nDraft e", 3, 1, "DRAFT given twice"),
         # unterminated """: where it opened
         ('FROM x\nSYSTEM """abc\nmore\n', 2, 8, 'unterminated """'),
         ('FROM x\nMESSAGE  user """abc', 2, 15, 'unterminated """'),
@@ -344,6 +363,9 @@ def _error(text: str) -> ModelfileError:
         ("FROM", 1, 5, "FROM needs a value"),
         ("FROM \t ", 1, 8, "FROM needs a value"),
         ("FROM x\nLICENSE\r\n", 2, 8, "LICENSE needs a value"),
+        ("FROM x\nDRAFT\n", 2, 6, "DRAFT needs a value"),
+        ("FROM x\nDRAFT   \n", 2, 9, "DRAFT needs a value"),
+        ('FROM x\nDRAFT "d" e\n', 2, 11, "unexpected text after the closing quote"),
         ("FROM x\nPARAMETER \n", 2, 11, "PARAMETER needs a name"),
         ("FROM x\nPARAMETER temperature\n", 2, 22, "PARAMETER temperature needs a value"),
         ("FROM x\nPARAMETER temperature   \n", 2, 25, "PARAMETER needs a value"),
@@ -470,10 +492,12 @@ def test_str_order_is_canonical() -> None:
         adapters=["ad"],
         messages=[Message("user", "u"), Message("assistant", "a")],
         licenses=["l1", "l2"],
+        draft="small",
     )
     assert str(m) == (
         "FROM base\n"
         "ADAPTER ad\n"
+        "DRAFT small\n"
         "PARAMETER stop a\n"
         "PARAMETER temperature 0.5\n"
         "PARAMETER stop b\n"
@@ -527,6 +551,8 @@ _text = (
 def _param_value(found: params.ParamSpec) -> st.SearchStrategy[params.Value]:
     if found.type is bool:
         return st.booleans()
+    if found.choices:
+        return st.sampled_from(found.choices)
     if found.type is str:
         return _text.filter(bool)
     assert found.minimum is not None and found.maximum is not None
@@ -548,6 +574,7 @@ _modelfiles = st.builds(
     adapters=st.lists(_text, max_size=3),
     messages=st.lists(st.builds(Message, st.sampled_from(ROLES), _text), max_size=4),
     licenses=st.lists(_text, max_size=3),
+    draft=st.none() | _text,
 )
 
 
@@ -565,9 +592,10 @@ def test_every_value_round_trips_in_every_position(value: str) -> None:
         f"FROM {written}",
         f"FROM x\nSYSTEM {written}\nLICENSE after",
         f"FROM x\nMESSAGE user {written}\n",
+        f"FROM x\nDRAFT {written}\n",
     ):
         m = parse(text)
-        assert value in (m.from_, m.system, *(msg.content for msg in m.messages))
+        assert value in (m.from_, m.system, m.draft, *(msg.content for msg in m.messages))
     if value:
         assert parse(f"FROM x\nPARAMETER stop {written}").parameters == [("stop", value)]
 

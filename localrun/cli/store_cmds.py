@@ -203,6 +203,7 @@ def show_text(m: Any, template: str | None) -> str:
         ["context length", d.get("context_length")],
         ["embedding length", d.get("embedding_length")],
         ["quantization", d.get("quantization")],
+        ["draft", _draft_text(m.draft)],
     ]
     sections = ["  Model\n" + _indent(columns([[k, str(v)] for k, v in info if v is not None]), 4)]
     if m.adapter_paths:
@@ -221,7 +222,26 @@ def show_text(m: Any, template: str | None) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def _draft_text(draft: dict[str, Any] | None) -> str | None:
+    """The draft model in one line: its name (or short digest), architecture, size, type."""
+    from localrun.gguf import format_count
+
+    if draft is None:
+        return None
+    d = draft["details"]
+    count = d.get("parameter_count")
+    facts = [
+        d.get("architecture"),
+        f"{format_count(count)} parameters" if isinstance(count, int) and count else None,
+        d.get("quantization"),
+    ]
+    described = ", ".join(str(fact) for fact in facts if fact)
+    name = draft["model"] or draft["digest"][7:19]
+    return f"{name} ({described})" if described else name
+
+
 def _show_json(m: Any, template: str | None) -> dict[str, Any]:
+    draft = m.draft
     return {
         "name": str(m.name),
         "model": m.name.full,
@@ -230,6 +250,7 @@ def _show_json(m: Any, template: str | None) -> dict[str, Any]:
         "parent": m.config.get("parent"),
         "model_file": str(m.model_path),
         "adapters": [str(p) for p in m.adapter_paths],
+        "draft": {**draft, "file": str(m.draft_path)} if draft else None,
         "parameters": m.parameters,
         "system": m.system,
         "template": template,

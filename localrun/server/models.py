@@ -164,6 +164,13 @@ def _show(store: Store, name: ModelName) -> dict[str, Any]:
         "capabilities": capabilities_mod.capabilities(m),
         "modified_at": _iso(store.manifest_path(name).stat().st_mtime),
     }
+    draft = m.draft
+    if draft:
+        out["draft"] = {
+            "model": draft["model"] or "",
+            "digest": draft["digest"],
+            "details": core.details_of(draft["details"]),
+        }
     if m.system:
         out["system"] = m.system
     if m.licenses:
@@ -289,7 +296,8 @@ def _blob(store: Store, digest: Any, what: str) -> str:
 
 
 def _source(store: Store, value: str, what: str) -> str:
-    """A FROM or ADAPTER value of a Modelfile sent over the API: a blob or a model name."""
+    """A FROM, ADAPTER or DRAFT value of a Modelfile sent over the API: a blob or a model
+    name (not for ADAPTER)."""
     text = value.strip().removeprefix("@")
     if text.startswith(("sha256:", "sha256-")):
         return _blob(store, text, what)
@@ -308,6 +316,8 @@ def _modelfile(store: Store, body: Body) -> Modelfile:
         mf = modelfile_mod.parse(text)
         mf.from_ = _source(store, mf.from_, "FROM")
         mf.adapters = [_source(store, a, "ADAPTER") for a in mf.adapters]
+        if mf.draft is not None:
+            mf.draft = _source(store, mf.draft, "DRAFT")
     files = body.get("files", dict) or {}
     base = body.get("from", str)
     if files and base:
