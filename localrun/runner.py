@@ -648,7 +648,7 @@ def resolve_load_options(
         use_mmap=parameters.get("use_mmap", True),
         adapters=tuple((str(path), 1.0) for path in model.adapter_paths),
         splits=tuple(str(path) for path in model.model_parts[1:]),
-        draft=str(draft) if (draft := getattr(model, "draft_path", None)) else None,
+        draft=str(model.draft_path) if model.draft_path else None,
     )
 
 

@@ -231,14 +231,25 @@ class Stack:
 
 
 def decode_suite(
-    build_dir: Path | None, model: Path, threads: int, rounds: int, logdir: Path, home: Path
+    build_dir: Path | None,
+    model: Path,
+    threads: int,
+    rounds: int,
+    logdir: Path,
+    home: Path,
+    draft: Path | None = None,
 ) -> dict[str, Any]:
     servers: list[Server] = []
     stacks: list[Stack] = []
     lr = bench_serve.localrun_server(home, model, None, threads)
     servers.append(lr)
+    specs: list[list[str]] = [[], ["--spec-type", "ngram-mod"], ["--spec-type", "ngram-simple"]]
+    drafted = ""
+    if draft is not None:
+        specs.append(["--spec-type", "draft-simple", "-md", str(draft)])
+        drafted = _create_drafted(home, model, draft)
     if build_dir is not None:
-        for spec in ([], ["--spec-type", "ngram-mod"], ["--spec-type", "ngram-simple"]):
+        for spec in specs:
             servers.append(llama_server_with(build_dir, model, threads, spec))
     try:
         for server in servers:
@@ -254,6 +265,10 @@ def decode_suite(
                     f"localrun {mode}",
                     lambda p, m=mode: localrun_sample(lr.port, lr.model, p, m),
                 )
+            )
+        if drafted:
+            stacks.append(
+                Stack("localrun draft", lambda p: localrun_sample(lr.port, drafted, p, "draft"))
             )
         # Warm up: load the model in every server, outside the measurement.
         for stack in stacks:
@@ -272,6 +287,20 @@ def decode_suite(
         for server in servers:
             server.stop()
     return {"stacks": stacks}
+
+
+def _create_drafted(home: Path, model: Path, draft: Path) -> str:
+    """A localrun model FROM `model` with DRAFT `draft` (in the bench's store); "" if refused."""
+    env = {**os.environ, "LOCALRUN_HOME": str(home)}
+    env.pop("LOCALRUN_MODELS", None)
+    modelfile = home / "Modelfile.draft"
+    modelfile.write_text(f"FROM {model.resolve()}\nDRAFT {draft.resolve()}\n")
+    try:
+        bench._run([*bench._localrun_cmd(), "create", "drafted", "-f", str(modelfile)], 600, env)
+    except bench.Unavailable as exc:
+        say(f"localrun create with DRAFT failed: {exc}")
+        return ""
+    return "drafted:latest"
 
 
 def _first(stack: Stack, workload: str) -> Sample | None:
@@ -305,6 +334,7 @@ def decode_report(stacks: list[Stack]) -> tuple[str, dict[str, Any]]:
     lines += ["", "Greedy text equal to the same stack without speculation (all rounds):"]
     pairs = [("localrun auto", "localrun off")]
     pairs += [(n, "llama-server") for n in by_name if n.startswith("llama-server ")]
+    pairs += [("localrun draft", "localrun off")]
     for fast, plain in pairs:
         if fast not in by_name or plain not in by_name:
             continue
@@ -455,14 +485,22 @@ def cache_report(result: dict[str, Any]) -> str:
 
 
 def run(
-    build_dir: Path | None, model: Path, *, rounds: int, threads: int, only: tuple[str, ...]
+    build_dir: Path | None,
+    model: Path,
+    *,
+    rounds: int,
+    threads: int,
+    only: tuple[str, ...],
+    draft: Path | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     report = []
     with tempfile.TemporaryDirectory(prefix="localrun-bench-spec-") as tmp:
         root = Path(tmp)
         if "decode" in only:
-            decoded = decode_suite(build_dir, model, threads, rounds, root, root / "home-decode")
+            decoded = decode_suite(
+                build_dir, model, threads, rounds, root, root / "home-decode", draft
+            )
             text, figures = decode_report(decoded["stacks"])
             print(text + "\n", flush=True)
             report.append(text)
@@ -487,6 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama-cpp-build", type=Path, help="reuse (or build into) this folder")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="build jobs")
     parser.add_argument("--only", default="decode,cache", help="decode, cache or both")
+    parser.add_argument(
+        "--draft",
+        type=Path,
+        help="a draft model of the same vocabulary: localrun's DRAFT against llama-server's "
+        "--spec-type draft-simple -md (e.g. the model itself: acceptance without a smaller one)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     model = args.model or bench._default_model()
@@ -498,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, subprocess.CalledProcessError) as exc:
         say(f"llama.cpp build failed: {exc}; measuring localrun alone")
     only = tuple(p.strip() for p in args.only.split(",") if p.strip())
-    out = run(build_dir, model, rounds=args.rounds, threads=args.threads, only=only)
+    out = run(
+        build_dir, model, rounds=args.rounds, threads=args.threads, only=only, draft=args.draft
+    )
     if "cache" in out:
         print(cache_report(out["cache"]))
     if args.json:

@@ -5,9 +5,12 @@ without speculation (or leaves it at a near tie, as test_speculate checks it).""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import llama_cpp as lc
 import pytest
 from test_speculate import CODE, Sink, assert_same_or_near_tie, edit_prompt, greedy, run
@@ -76,11 +79,55 @@ def test_every_slot_drafts_with_its_own_sequence(
             assert_same_or_near_tie(plain, prompt, base, sink.tokens)
     finally:
         engine.close()
-    # The tiny model drafting for itself loads and answers too.
-    tiny = LlamaModel(str(tiny_model), LoadOptions(num_ctx=256, draft=str(tiny_model)))
+
+
+@pytest.mark.slow
+def test_a_drafted_model_speculates_in_run_and_in_the_server(cli: Any, tmp_path: Path) -> None:
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text("FROM smollm2:135m\nDRAFT smollm2:135m\nPARAMETER temperature 0\n")
+    made = cli("create", "drafted", "-f", str(modelfile))
+    assert made.code == 0, made.stderr
+    result = cli(
+        "run",
+        "drafted",
+        "Repeat this code exactly, renaming total to count_all:",
+        "--verbose",
+        "--param",
+        "num_predict=60",
+        "--param",
+        "speculate=draft",
+        input=f"```python\n{CODE}```\n",
+    )
+    assert result.code == 0, result.stderr
+    shown = dict(
+        line.split(":", 1) for line in result.stderr.splitlines() if line.startswith("draft ")
+    )
+    drafted = int(shown["draft count"].split()[0])
+    accepted = int(shown["draft accepted"].split()[0])
+    assert drafted > 10 and accepted >= 0.9 * drafted, result.stderr
+    # The server's runner loads the draft model too.
+    from test_server import LiveServer
+
+    from localrun.scheduler import Scheduler
+    from localrun.store import Store
+
+    store = Store(Path(os.environ["LOCALRUN_HOME"]) / "models")
+    server = LiveServer(store, Scheduler(store, num_parallel=2, max_queue=8))
     try:
-        prompt = tiny.tokenize("hello world", add_special=True, parse_special=False)
-        tokens, t = run(tiny, prompt, greedy(speculate="draft", num_predict=30))
-        assert len(tokens) == 30 and t.draft_accepted == t.draft_tokens
+        body = {
+            "model": "drafted",
+            "prompt": f"Repeat this code exactly:\n```python\n{CODE}```\n",
+            "stream": False,
+            "options": {"num_predict": 60, "speculate": "draft"},
+        }
+        answer = httpx.post(f"{server.url}/api/generate", json=body, timeout=300).json()
+        assert answer["draft_count"] > 10, answer
+        assert answer["draft_accepted_count"] >= 0.9 * answer["draft_count"], answer
+        refused = httpx.post(
+            f"{server.url}/api/generate",
+            json={**body, "model": "smollm2:135m"},
+            timeout=300,
+        )
+        assert refused.status_code == 400 and "draft" in refused.json()["error"]
     finally:
-        tiny.close()
+        server.close()
