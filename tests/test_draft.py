@@ -13,7 +13,17 @@ from typing import Any
 import httpx
 import llama_cpp as lc
 import pytest
-from test_speculate import CODE, Sink, assert_same_or_near_tie, edit_prompt, greedy, run
+from test_speculate import (
+    CODE,
+    CODE_INPUT,
+    Sink,
+    assert_same_or_near_tie,
+    edit_prompt,
+    greedy,
+    repeat_code,
+    run,
+    verbose_drafts,
+)
 
 from localrun.engine.batch import BatchEngine
 from localrun.engine.llama import LlamaModel
@@ -87,23 +97,9 @@ def test_a_drafted_model_speculates_in_run_and_in_the_server(cli: Any, tmp_path:
     modelfile.write_text("FROM smollm2:135m\nDRAFT smollm2:135m\nPARAMETER temperature 0\n")
     made = cli("create", "drafted", "-f", str(modelfile))
     assert made.code == 0, made.stderr
-    result = cli(
-        "run",
-        "drafted",
-        "Repeat this code exactly, renaming total to count_all:",
-        "--verbose",
-        "--param",
-        "num_predict=60",
-        "--param",
-        "speculate=draft",
-        input=f"```python\n{CODE}```\n",
-    )
+    result = cli(*repeat_code("drafted", "speculate=draft"), input=CODE_INPUT)
     assert result.code == 0, result.stderr
-    shown = dict(
-        line.split(":", 1) for line in result.stderr.splitlines() if line.startswith("draft ")
-    )
-    drafted = int(shown["draft count"].split()[0])
-    accepted = int(shown["draft accepted"].split()[0])
+    drafted, accepted = verbose_drafts(result.stderr)
     assert drafted > 10 and accepted >= 0.9 * drafted, result.stderr
     # The server's runner loads the draft model too.
     from test_server import LiveServer

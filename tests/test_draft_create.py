@@ -325,3 +325,23 @@ def test_api_create_takes_a_draft_by_name_or_blob_never_by_server_path(
         answers.add((refused.status_code, refused.json()["error"].replace(path, "PATH")))
     assert len(answers) == 1 and next(iter(answers))[0] == 400, answers
     assert "x:latest" not in [str(n) for n in live.store.names()]
+
+
+def test_the_chat_shows_the_draft_of_a_model_on_the_server() -> None:
+    from localrun.cli.session import view_from_show
+    from localrun.cli.store_cmds import show_text
+
+    digest = "sha256:" + "ab" * 32
+    data = {
+        "details": {"family": "llama", "quantization_level": "Q4_1"},
+        "draft": {"model": "small:latest", "digest": digest, "details": {"family": "llama"}},
+    }
+    view = view_from_show(data)
+    assert view.draft == {
+        "model": "small:latest",
+        "digest": digest,
+        "details": view.draft["details"],
+    }
+    assert "small:latest (llama)" in show_text(view, None)
+    assert view_from_show({"details": {}}).draft is None
+    assert "draft" not in show_text(view_from_show({"details": {}}), None)

@@ -379,27 +379,28 @@ def test_clients_see_drafted_and_accepted_tokens(live: Any, ai: Any) -> None:
     assert bad.status_code == 400 and "speculate" in bad.json()["error"]
 
 
+CODE_INPUT = f"```python\n{CODE}```\n"
+
+
+def repeat_code(model: str, *params: str) -> list[str]:
+    """`localrun run` arguments that have a model repeat CODE_INPUT (on stdin), verbosely."""
+    args = ["run", model, "Repeat this code exactly, renaming total to count_all:", "--verbose"]
+    for param in ("num_predict=80", *params):
+        args += ["--param", param]
+    return args
+
+
+def verbose_drafts(stderr: str) -> tuple[int, int]:
+    """(drafted, accepted) as `--verbose` prints them."""
+    shown = dict(line.split(":", 1) for line in stderr.splitlines() if line.startswith("draft "))
+    return int(shown["draft count"].split()[0]), int(shown["draft accepted"].split()[0])
+
+
 @pytest.mark.model
 def test_run_verbose_reports_drafts(cli: Any) -> None:
-    result = cli(
-        "run",
-        "smollm2:135m",
-        "Repeat this code exactly, renaming total to count_all:",
-        "--verbose",
-        "--param",
-        "temperature=0",
-        "--param",
-        "num_predict=80",
-        "--param",
-        "speculate=ngram",
-        input=f"```python\n{CODE}```\n",
-    )
+    result = cli(*repeat_code("smollm2:135m", "speculate=ngram", "temperature=0"), input=CODE_INPUT)
     assert result.code == 0, result.stderr
-    lines = dict(
-        line.split(":", 1) for line in result.stderr.splitlines() if line.startswith("draft ")
-    )
-    drafted = int(lines["draft count"].split()[0])
-    accepted = int(lines["draft accepted"].split()[0])
+    drafted, accepted = verbose_drafts(result.stderr)
     assert 0 < accepted <= drafted, result.stderr
     env_result = cli("env")
     assert "LOCALRUN_SPECULATE" in env_result.stdout

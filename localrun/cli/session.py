@@ -55,6 +55,7 @@ class ModelView:
     messages: list[Any] = field(default_factory=list)  # modelfile.Message
     template: str | None = None
     licenses: list[str] = field(default_factory=list)
+    draft: dict[str, Any] | None = None  # {model, digest, details}, as Model.draft
 
 
 class Session(Protocol):
@@ -166,6 +167,7 @@ class LocalSession:
             messages=list(m.messages),
             template=self.runner.template,
             licenses=list(m.licenses),
+            draft=m.draft,
         )
 
     def reconfigure(self, overrides: dict[str, Any]) -> None:
@@ -427,7 +429,19 @@ def view_from_show(data: dict[str, Any]) -> ModelView:
         messages=messages,
         template=data.get("template") or None,
         licenses=[str(t) for t in licenses],
+        draft=_draft_from_show(data.get("draft")),
     )
+
+
+def _draft_from_show(raw: Any) -> dict[str, Any] | None:
+    """/api/show's `draft` (details in Ollama's shape) as Model.draft has it."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("digest"), str):
+        return None
+    shown = raw.get("details")
+    if not isinstance(shown, dict):
+        shown = {}
+    details = {"architecture": shown.get("family"), "quantization": shown.get("quantization_level")}
+    return {"model": raw.get("model") or None, "digest": raw["digest"], "details": details}
 
 
 def _parse_parameters(raw: Any) -> dict[str, Any]:
