@@ -34,7 +34,8 @@ _GRACE_S = 30.0
 def _key(model: Model) -> str:
     import llama_cpp
 
-    layers = [layer.digest for layer in model.manifest.layers if layer.kind in ("model", "adapter")]
+    kinds = ("model", "adapter", "draft")
+    layers = [layer.digest for layer in model.manifest.layers if layer.kind in kinds]
     text = json.dumps([layers, llama_cpp.__version__])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

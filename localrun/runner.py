@@ -563,7 +563,42 @@ def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1, gpu: b
     )
     if not gpu:
         plan.reason = "this engine runs on the CPU only"
+    if model.draft_path is not None:
+        _plan_draft(model, plan, num_ctx, slots, parameters)
     return Fit(header, num_ctx, plan, warnings + list(plan.warnings))
+
+
+def _plan_draft(
+    model: Model, plan: Any, num_ctx: int, slots: int, parameters: dict[str, Any]
+) -> None:
+    """Add the draft model (weights, KV cache, compute buffer) to the plan: on the GPU with the
+    model when the model is there whole, on the CPU otherwise (draft_offloaded says which)."""
+    from localrun import gguf, system
+
+    assert model.draft_path is not None
+    try:
+        header = gguf.scan(str(model.draft_path))
+    except InvalidGGUFError as exc:
+        raise damaged(model, exc, "the draft model file") from None
+    draft = system.plan_offload(
+        header,
+        num_ctx,
+        requested=0,
+        gpus=[],
+        gpu_offload_supported=False,
+        num_parallel=slots,
+        num_batch=parameters.get("num_batch", system.DEFAULT_NUM_BATCH),
+    )
+    if draft_offloaded(plan):
+        plan.vram_bytes += draft.ram_bytes
+    else:
+        plan.ram_bytes += draft.ram_bytes
+    plan.kv_bytes += draft.kv_bytes
+
+
+def draft_offloaded(plan: Any) -> bool:
+    """Whether a draft model goes to the GPU: when the model is there whole."""
+    return bool(plan.gpu is not None and plan.n_gpu_layers >= plan.total_layers)
 
 
 def available_memory() -> int:
@@ -649,6 +684,7 @@ def resolve_load_options(
         adapters=tuple((str(path), 1.0) for path in model.adapter_paths),
         splits=tuple(str(path) for path in model.model_parts[1:]),
         draft=str(model.draft_path) if model.draft_path else None,
+        draft_num_gpu=999 if draft_offloaded(fit.plan) else 0,
     )
 
 

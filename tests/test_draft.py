@@ -127,3 +127,25 @@ def test_a_drafted_model_speculates_in_run_and_in_the_server(cli: Any, tmp_path:
         assert refused.status_code == 400 and "draft" in refused.json()["error"]
     finally:
         server.close()
+
+
+def test_the_draft_model_counts_in_the_memory_plan(cli: Any, tmp_path: Path) -> None:
+    from localrun import model as model_mod
+    from localrun import names, runner
+    from localrun.store import Store
+
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text("FROM smollm2:135m\nDRAFT smollm2:135m\n")
+    assert cli("create", "drafted", "-f", str(modelfile)).code == 0
+    store = Store(Path(os.environ["LOCALRUN_HOME"]) / "models")
+    drafted = model_mod.load(store, names.parse("drafted"))
+    alone = model_mod.load(store, names.parse("smollm2:135m"))
+    params = {"num_ctx": 2048}
+    with_draft = runner.plan_fit(drafted, params, slots=2, gpu=False).plan
+    without = runner.plan_fit(alone, params, slots=2, gpu=False).plan
+    assert drafted.draft_path is not None
+    weights = drafted.draft_path.stat().st_size
+    assert with_draft.ram_bytes - without.ram_bytes > weights
+    assert with_draft.kv_bytes == 2 * without.kv_bytes
+    options = runner.resolve_load_options(drafted, params, [], lambda _: None, fit=None)
+    assert options.draft == str(drafted.draft_path) and options.draft_num_gpu == 0

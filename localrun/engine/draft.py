@@ -31,7 +31,7 @@ class DraftModel:
             num_ctx=n_ctx,
             num_batch=options.num_batch,
             num_thread=options.num_thread,
-            num_gpu=options.num_gpu,
+            num_gpu=options.draft_num_gpu,
             main_gpu=options.main_gpu,
             use_mmap=options.use_mmap,
         )

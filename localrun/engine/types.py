@@ -27,6 +27,7 @@ class LoadOptions:
     adapters: tuple[tuple[str, float], ...] = ()  # (path, scale)
     splits: tuple[str, ...] = ()  # the further parts of a split model, in order
     draft: str | None = None  # a draft model of the same vocabulary (Modelfile DRAFT)
+    draft_num_gpu: int = 0  # its layers on the GPU (all of them or none: runner.plan_fit)
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,9 @@ def read_target(store: Store, text: str) -> Target | None:
             return None
         raise ModelNotFoundError(text.strip()) from None
     model = model_mod.load(store, name, manifest)
-    weights = sum(layer.size for layer in manifest.layers if layer.kind in ("model", "adapter"))
+    weights = sum(
+        layer.size for layer in manifest.layers if layer.kind in ("model", "adapter", "draft")
+    )
     return Target(
         name=str(name),
         digest="sha256:" + hashlib.sha256(manifest.to_bytes()).hexdigest(),
