@@ -397,7 +397,7 @@ def test_a_model_that_names_its_pooling_is_pooled_by_llama_cpp(
     engine = BatchEngine(str(pooled_path), LoadOptions(num_ctx=256, num_thread=1), 1)
     try:
         pooled, count = engine.embed(texts)
-        assert engine._embed_pooled  # the path under test
+        assert engine._embedder.pooled  # the path under test
     finally:
         engine.close()
     averaged, expected = tiny.embed(texts)  # the same weights, averaged by the engine

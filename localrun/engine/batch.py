@@ -31,6 +31,7 @@ import llama_cpp as lc
 
 from localrun import prompt_cache
 from localrun.engine import speculate
+from localrun.engine.embed import Embedder
 
 if TYPE_CHECKING:
     from localrun.engine.draft import DraftModel
@@ -144,8 +145,6 @@ MAX_TOP_LOGPROBS = 20
 _LOSS_TOLERATED = 16
 # A shared prefix at least this long is copied into another slot rather than re-read.
 _COPY_MIN = 64
-# Texts embedded in one decode (sequences of the embedding context).
-EMBED_SEQUENCES = 16
 
 
 def _unbound(history: Sequence[int], limit: int) -> list[int]:
@@ -180,18 +179,16 @@ class BatchEngine:
         self.n_slots = slots
         self._ctx: Any = None
         self._batch: Any = None
-        self._embed_ctx: Any = None
         self._thread: threading.Thread | None = None
         self._released = False
         self._cond = threading.Condition()
         self._closing = False
         self._wake = False  # cancel() or close() wants the loop to take the lock
         self._embed_lock = threading.Lock()
-        self._embed_n_ctx = 0
-        self._embed_pooled = False
         self._prompt_cache: prompt_cache.PromptCache | None = None
         self._draft: DraftModel | None = None
         weights = self._weights = Weights(path, options)
+        self._embedder = Embedder(weights, options)
         try:
             cparams = weights.context_params(options, options.num_ctx * slots)
             cparams.n_seq_max = slots
@@ -708,142 +705,12 @@ class BatchEngine:
     def embed(
         self, texts: Sequence[EmbedInput], *, truncate: bool = True
     ) -> tuple[list[list[float]], int]:
-        """L2-normalized embeddings of `texts` (texts or token ids, checked by the caller to be
-        in the vocabulary) and the number of tokens read.
-
-        Runs on the caller's thread, in a second context made on first use (generation goes on
-        meanwhile). A text longer than the context is cut to fit, or with truncate=False raises
-        ContextOverflowError.
-        """
-        import numpy as np
-
-        with self._embed_lock:
+        """L2-normalized embeddings of `texts` and the tokens read (engine.embed.Embedder): on
+        the caller's thread, in a second context, while generation goes on."""
+        with self._embed_lock:  # the contexts are not freed meanwhile
             if self._closing or self._released:
                 raise EngineError("the model is being unloaded")
-            ctx = self._embedder()
-            n_ctx = self._embed_n_ctx
-            inputs: list[list[int]] = []
-            for text in texts:
-                if isinstance(text, str):
-                    ids = self.tokenize(text, add_special=True, parse_special=False)
-                else:
-                    ids = list(text)
-                if len(ids) > n_ctx:
-                    if not truncate:
-                        raise overflow_error(len(ids), n_ctx, self.n_ctx_train)
-                    ids = ids[:n_ctx]
-                if not ids:  # an empty text with no BOS: embed the end-of-text token
-                    ids = [lc.llama_vocab_eos(self._weights.vocab)]
-                inputs.append(ids)
-            n_embd = int(lc.llama_model_n_embd_out(self._weights.model))
-            sums = np.zeros((len(inputs), n_embd), dtype=np.float64)
-            if self._embed_pooled:
-                self._embed_pooled_batches(ctx, inputs, sums)
-            else:
-                self._embed_token_batches(ctx, inputs, sums)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        vectors = sums / np.where(norms > 0, norms, 1.0)
-        return vectors.tolist(), sum(len(ids) for ids in inputs)
-
-    def _embedder(self) -> Any:
-        if self._embed_ctx:
-            return self._embed_ctx
-        weights, options = self._weights, self.options
-        # A model made for embeddings names its pooling (and may attend both ways, so a whole
-        # text must be in one ubatch); for a generative model average the token states, read
-        # per token so a text may span several decodes.
-        self._embed_pooled = weights.header.arch_value("pooling_type") is not None
-        cparams = weights.context_params(options, options.num_ctx)
-        cparams.embeddings = True
-        cparams.kv_unified = True
-        # llama.cpp asserts a context of at least one token per sequence (num_ctx 1 to 15
-        # aborted the runner): fewer sequences for a tiny context.
-        cparams.n_seq_max = max(1, min(EMBED_SEQUENCES, options.num_ctx))
-        if self._embed_pooled:
-            cparams.pooling_type = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
-            cparams.n_batch = cparams.n_ubatch = options.num_ctx
-        else:
-            cparams.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
-        ctx = weights.context(cparams)
-        self._embed_n_ctx = int(lc.llama_n_ctx(ctx))
-        if self._embed_pooled:
-            if lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_RANK:
-                weights.free(ctx)
-                raise EngineError(
-                    f"{weights.path} is a reranking model: it scores pairs of texts and makes no "
-                    "embeddings"
-                )
-            # The batch holds whole texts, and an encoder knows no position past its training.
-            self._embed_n_ctx = min(
-                self._embed_n_ctx, int(lc.llama_n_batch(ctx)), weights.n_ctx_train
-            )
-        self._embed_ctx = ctx
-        return ctx
-
-    def _embed_pooled_batches(self, ctx: Any, inputs: list[list[int]], out: Any) -> None:
-        """Whole texts per decode, llama.cpp pooling each sequence the model's way."""
-        import numpy as np
-
-        n_embd = out.shape[1]
-        with _EmbedBatch(ctx) as batch:
-            index = 0
-            while index < len(inputs):
-                group: list[int] = []
-                while (
-                    index < len(inputs)
-                    and len(group) < batch.n_seq
-                    and batch.n + len(inputs[index]) <= batch.size
-                ):
-                    batch.add(inputs[index], 0, len(inputs[index]), len(group))
-                    group.append(index)
-                    index += 1
-                batch.decode()
-                for seq, text_index in enumerate(group):
-                    row = lc.llama_get_embeddings_seq(ctx, seq)
-                    if not row:
-                        raise EngineError("llama.cpp returned no embeddings for this model")
-                    out[text_index] = np.ctypeslib.as_array(row, shape=(n_embd,))
-                if batch.memory:
-                    lc.llama_memory_clear(batch.memory, True)
-
-    def _embed_token_batches(self, ctx: Any, inputs: list[list[int]], out: Any) -> None:
-        """Texts as separate sequences, decoded in chunks; sums the hidden state of each token."""
-        import numpy as np
-
-        n_embd = out.shape[1]
-        with _EmbedBatch(ctx) as batch:
-            memory = batch.memory
-            lc.llama_memory_clear(memory, True)
-            waiting = collections.deque(range(len(inputs)))
-            reading: list[list[int]] = []  # [text index, sequence, tokens read]
-            free = list(range(batch.n_seq))
-            held = 0  # KV cells taken by the texts being read
-            while waiting or reading:
-                while waiting and free and held + len(inputs[waiting[0]]) <= self._embed_n_ctx:
-                    text_index = waiting.popleft()
-                    reading.append([text_index, free.pop(), 0])
-                    held += len(inputs[text_index])
-                spans: list[tuple[list[int], int, int]] = []
-                for entry in reading:
-                    text_index, seq, done = entry
-                    ids = inputs[text_index]
-                    take = min(len(ids) - done, batch.size - batch.n)
-                    if take <= 0:
-                        break
-                    spans.append((entry, batch.n, take))
-                    batch.add(ids, done, done + take, seq)
-                n = batch.decode()
-                states = np.ctypeslib.as_array(lc.llama_get_embeddings(ctx), shape=(n, n_embd))
-                for entry, first, take in spans:
-                    text_index, seq, done = entry
-                    out[text_index] += states[first : first + take].sum(axis=0)
-                    entry[2] = done + take
-                    if entry[2] == len(inputs[text_index]):
-                        out[text_index] /= len(inputs[text_index])
-                        lc.llama_memory_seq_rm(memory, seq, -1, -1)
-                        reading.remove(entry)
-                        free.append(seq)
-                        held -= len(inputs[text_index])
+            return self._embedder.embed(texts, truncate=truncate)
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -869,7 +736,7 @@ class BatchEngine:
             if self._batch is not None:
                 lc.llama_batch_free(self._batch)
                 self._batch = None
-            self._ctx = self._embed_ctx = None
+            self._ctx = None
             if self._draft is not None:
                 self._draft.close()
                 self._draft = None
@@ -878,46 +745,3 @@ class BatchEngine:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
-
-
-class _EmbedBatch:
-    """A llama_batch for the embedding context: tokens of several sequences, each an output."""
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-        self.size = int(lc.llama_n_batch(ctx))
-        self.n_seq = int(lc.llama_n_seq_max(ctx))
-        self.memory = lc.llama_get_memory(ctx)
-        self.n = 0  # tokens added since the last decode
-        self._batch = lc.llama_batch_init(self.size, 0, 1)
-
-    def __enter__(self) -> _EmbedBatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        lc.llama_batch_free(self._batch)
-
-    def add(self, ids: Sequence[int], start: int, stop: int, seq: int) -> None:
-        """Tokens ids[start:stop], at those positions of sequence `seq`."""
-        b = self._batch
-        tokens, pos, n_seq_id, seq_ids, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
-        n = self.n
-        for p in range(start, stop):
-            tokens[n] = ids[p]
-            pos[n] = p
-            n_seq_id[n] = 1
-            seq_ids[n][0] = seq
-            logits[n] = 1
-            n += 1
-        self.n = n
-
-    def decode(self) -> int:
-        """Decode what was added; returns how many tokens that was."""
-        n, self.n = self.n, 0
-        self._batch.n_tokens = n
-        rc = lc.llama_decode(self.ctx, self._batch)
-        if rc != 0:
-            if self.memory:
-                lc.llama_memory_clear(self.memory, True)
-            raise EngineError(f"llama.cpp failed to compute embeddings (code {rc})")
-        return n

@@ -1,0 +1,210 @@
+"""Embeddings from a model the batch engine serves: a second llama.cpp context of the same
+weights, made on first use, so that generation goes on meanwhile.
+
+A model made for embeddings names its pooling, and llama.cpp pools each text its way (whole
+texts per decode); for a generative model the hidden states of a text's tokens are averaged,
+read per token so a text may span several decodes. Vectors are L2-normalized.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from typing import Any
+
+import llama_cpp as lc
+
+from localrun.engine.llama import Weights, overflow_error
+from localrun.engine.types import EmbedInput, LoadOptions
+from localrun.errors import EngineError
+
+# Texts embedded in one decode (sequences of the embedding context).
+EMBED_SEQUENCES = 16
+
+
+class Embedder:
+    """The embedding context of `weights` (freed with them), and how a model embeds."""
+
+    def __init__(self, weights: Weights, options: LoadOptions) -> None:
+        self._weights = weights
+        self._options = options
+        self._ctx: Any = None
+        self._n_ctx = 0
+        self.pooled = False  # the model pools (known once the context is made)
+
+    def embed(
+        self, texts: Sequence[EmbedInput], *, truncate: bool = True
+    ) -> tuple[list[list[float]], int]:
+        """L2-normalized embeddings of `texts` (texts or token ids, checked by the caller to be
+        in the vocabulary) and the number of tokens read. One thread at a time (the engine
+        holds a lock). A text longer than the context is cut to fit, or with truncate=False
+        raises ContextOverflowError.
+        """
+        import numpy as np
+
+        weights = self._weights
+        ctx = self._context()
+        n_ctx = self._n_ctx
+        inputs: list[list[int]] = []
+        for text in texts:
+            if isinstance(text, str):
+                ids = weights.tokenize(text, add_special=True, parse_special=False)
+            else:
+                ids = list(text)
+            if len(ids) > n_ctx:
+                if not truncate:
+                    raise overflow_error(len(ids), n_ctx, weights.n_ctx_train)
+                ids = ids[:n_ctx]
+            if not ids:  # an empty text with no BOS: embed the end-of-text token
+                ids = [lc.llama_vocab_eos(weights.vocab)]
+            inputs.append(ids)
+        n_embd = int(lc.llama_model_n_embd_out(weights.model))
+        sums = np.zeros((len(inputs), n_embd), dtype=np.float64)
+        if self.pooled:
+            self._pooled_batches(ctx, inputs, sums)
+        else:
+            self._token_batches(ctx, inputs, sums)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        vectors = sums / np.where(norms > 0, norms, 1.0)
+        return vectors.tolist(), sum(len(ids) for ids in inputs)
+
+    def _context(self) -> Any:
+        if self._ctx:
+            return self._ctx
+        weights, options = self._weights, self._options
+        # A model made for embeddings names its pooling (and may attend both ways, so a whole
+        # text must be in one ubatch); for a generative model average the token states, read
+        # per token so a text may span several decodes.
+        self.pooled = weights.header.arch_value("pooling_type") is not None
+        cparams = weights.context_params(options, options.num_ctx)
+        cparams.embeddings = True
+        cparams.kv_unified = True
+        # llama.cpp asserts a context of at least one token per sequence (num_ctx 1 to 15
+        # aborted the runner): fewer sequences for a tiny context.
+        cparams.n_seq_max = max(1, min(EMBED_SEQUENCES, options.num_ctx))
+        if self.pooled:
+            cparams.pooling_type = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
+            cparams.n_batch = cparams.n_ubatch = options.num_ctx
+        else:
+            cparams.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
+        ctx = weights.context(cparams)
+        self._n_ctx = int(lc.llama_n_ctx(ctx))
+        if self.pooled:
+            if lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_RANK:
+                weights.free(ctx)
+                raise EngineError(
+                    f"{weights.path} is a reranking model: it scores pairs of texts and makes no "
+                    "embeddings"
+                )
+            # The batch holds whole texts, and an encoder knows no position past its training.
+            self._n_ctx = min(self._n_ctx, int(lc.llama_n_batch(ctx)), weights.n_ctx_train)
+        self._ctx = ctx
+        return ctx
+
+    def _pooled_batches(self, ctx: Any, inputs: list[list[int]], out: Any) -> None:
+        """Whole texts per decode, llama.cpp pooling each sequence the model's way."""
+        import numpy as np
+
+        n_embd = out.shape[1]
+        with _EmbedBatch(ctx) as batch:
+            index = 0
+            while index < len(inputs):
+                group: list[int] = []
+                while (
+                    index < len(inputs)
+                    and len(group) < batch.n_seq
+                    and batch.n + len(inputs[index]) <= batch.size
+                ):
+                    batch.add(inputs[index], 0, len(inputs[index]), len(group))
+                    group.append(index)
+                    index += 1
+                batch.decode()
+                for seq, text_index in enumerate(group):
+                    row = lc.llama_get_embeddings_seq(ctx, seq)
+                    if not row:
+                        raise EngineError("llama.cpp returned no embeddings for this model")
+                    out[text_index] = np.ctypeslib.as_array(row, shape=(n_embd,))
+                if batch.memory:
+                    lc.llama_memory_clear(batch.memory, True)
+
+    def _token_batches(self, ctx: Any, inputs: list[list[int]], out: Any) -> None:
+        """Texts as separate sequences, decoded in chunks; sums the hidden state of each token."""
+        import numpy as np
+
+        n_embd = out.shape[1]
+        with _EmbedBatch(ctx) as batch:
+            memory = batch.memory
+            lc.llama_memory_clear(memory, True)
+            waiting = collections.deque(range(len(inputs)))
+            reading: list[list[int]] = []  # [text index, sequence, tokens read]
+            free = list(range(batch.n_seq))
+            held = 0  # KV cells taken by the texts being read
+            while waiting or reading:
+                while waiting and free and held + len(inputs[waiting[0]]) <= self._n_ctx:
+                    text_index = waiting.popleft()
+                    reading.append([text_index, free.pop(), 0])
+                    held += len(inputs[text_index])
+                spans: list[tuple[list[int], int, int]] = []
+                for entry in reading:
+                    text_index, seq, done = entry
+                    ids = inputs[text_index]
+                    take = min(len(ids) - done, batch.size - batch.n)
+                    if take <= 0:
+                        break
+                    spans.append((entry, batch.n, take))
+                    batch.add(ids, done, done + take, seq)
+                n = batch.decode()
+                states = np.ctypeslib.as_array(lc.llama_get_embeddings(ctx), shape=(n, n_embd))
+                for entry, first, take in spans:
+                    text_index, seq, done = entry
+                    out[text_index] += states[first : first + take].sum(axis=0)
+                    entry[2] = done + take
+                    if entry[2] == len(inputs[text_index]):
+                        out[text_index] /= len(inputs[text_index])
+                        lc.llama_memory_seq_rm(memory, seq, -1, -1)
+                        reading.remove(entry)
+                        free.append(seq)
+                        held -= len(inputs[text_index])
+
+
+class _EmbedBatch:
+    """A llama_batch for the embedding context: tokens of several sequences, each an output."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.size = int(lc.llama_n_batch(ctx))
+        self.n_seq = int(lc.llama_n_seq_max(ctx))
+        self.memory = lc.llama_get_memory(ctx)
+        self.n = 0  # tokens added since the last decode
+        self._batch = lc.llama_batch_init(self.size, 0, 1)
+
+    def __enter__(self) -> _EmbedBatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        lc.llama_batch_free(self._batch)
+
+    def add(self, ids: Sequence[int], start: int, stop: int, seq: int) -> None:
+        """Tokens ids[start:stop], at those positions of sequence `seq`."""
+        b = self._batch
+        tokens, pos, n_seq_id, seq_ids, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        n = self.n
+        for p in range(start, stop):
+            tokens[n] = ids[p]
+            pos[n] = p
+            n_seq_id[n] = 1
+            seq_ids[n][0] = seq
+            logits[n] = 1
+            n += 1
+        self.n = n
+
+    def decode(self) -> int:
+        """Decode what was added; returns how many tokens that was."""
+        n, self.n = self.n, 0
+        self._batch.n_tokens = n
+        rc = lc.llama_decode(self.ctx, self._batch)
+        if rc != 0:
+            if self.memory:
+                lc.llama_memory_clear(self.memory, True)
+            raise EngineError(f"llama.cpp failed to compute embeddings (code {rc})")
+        return n
