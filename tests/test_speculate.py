@@ -43,6 +43,23 @@ def test_past_the_end_a_loop_goes_on_with_its_period() -> None:
     assert d.draft(at, 7) == [1, 2, 3, 1, 2, 3, 1]
 
 
+def test_after_an_edit_the_copy_resumes_where_its_source_goes_on() -> None:
+    source = list(range(100, 160))  # a text being copied, as code is in an edit
+    cpu = DecodeCost.for_device(0)  # where a 3-token match alone is not worth a draft
+    copy = Speculator([*source, 1, *source[:40]], 64, cpu)
+    draft = copy.propose(source[40], 100)
+    assert draft[:3] == source[41:44]
+    copy.settle(draft, 5)  # the copy broke off at source[46]: an edit
+    for token in (9, 9, source[47], source[48]):  # the edit, then the source again
+        assert copy.propose(token, 100) == []
+    resumed = copy.propose(source[49], 100)  # source[47:50] found right past the break
+    assert resumed[:3] == source[50:53], resumed
+    # The same three tokens with no copy under way: no draft.
+    cold = Speculator([*source, 1, 9, 9, source[47], source[48]], 64, cpu)
+    assert cold.propose(source[49], 100) == []
+    assert cold.drafter.near(50, 3) == 50
+
+
 def test_no_match_no_draft() -> None:
     assert NgramDrafter(range(50)).match() == (0, -1)
     assert NgramDrafter([1, 2]).match() == (0, -1)

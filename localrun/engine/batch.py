@@ -11,8 +11,13 @@ The per-token work for one active slot is what engine.llama.LlamaModel does (one
 native sample, one token_to_piece) plus a few writes into a preallocated batch: single-stream
 decode keeps llama.cpp's speed.
 
+A generating slot may carry a draft (engine.speculate, or the DRAFT model of engine.draft): the
+guessed tokens go into the batch after its sampled token, each with logits, and are kept up to
+the first one the slot's sampler does not choose; the rest leave its KV sequence.
+
 Results go to a Sink, called on the loop thread; each request gets exactly one done() or
-error(). Embeddings use a second context made on first use, on the caller's thread.
+error(). Embeddings (engine.embed) use a second context made on first use, on the caller's
+thread.
 """
 
 from __future__ import annotations

@@ -45,6 +45,8 @@ _DECAY = 0.9  # weight of the past in the running estimates
 _PROBE_EVERY = 32  # tokens between one-token probes where drafting does not pay
 _PROBE_MIN = 12  # shortest match worth a probe (shorter ones in prose are mostly chance)
 _SURE = 12  # with a draft model too, a match this long is drafted by lookup (it costs nothing)
+_RESYNC = 3  # tokens that find where a copy resumes after an edit, near where it broke off
+_RESYNC_TOKENS = 16  # how long after the break to look
 
 
 class NgramDrafter:
@@ -85,6 +87,21 @@ class NgramDrafter:
                 if at is not None:
                     return n, at
         return 0, -1
+
+    def near(self, source: int, n: int, before: int = 8, after: int = 24) -> int:
+        """Where the text resumes around `source` after an edit: the position right after an
+        occurrence of the last `n` tokens within [source - before, source + after], the one
+        closest to `source`; -1 if none."""
+        tokens = self.tokens
+        end = len(tokens)
+        if end <= n:
+            return -1
+        suffix = tokens[end - n :]
+        best = -1
+        for q in range(max(n, source - before), min(end - 1, source + after) + 1):
+            if tokens[q - n : q] == suffix and (best < 0 or abs(q - source) < abs(best - source)):
+                best = q
+        return best
 
     def draft(self, at: int, limit: int) -> list[int]:
         """`limit` tokens from position `at` on; past the end of the history the text is taken
@@ -156,6 +173,11 @@ class Speculator:
         self._kept = {n: _PRIOR[n][0] for n in NGRAM_SIZES}
         self._lost = {n: _PRIOR[n][1] for n in NGRAM_SIZES}
         self._size = 0  # the n-gram size of the last draft
+        self._at = -1  # where the last lookup draft was copied from
+        # Where a copy under way (a long match) reads its source next: after an edit breaks
+        # the long matches, the copy resumes near there, found from a short match (_RESYNC).
+        self._source = -1
+        self._resync = 0  # tokens left to look for it
         self._skip = 0  # tokens still to decode without drafting (back-off)
         self._misses = 0  # drafts rejected at their first token in a row
 
@@ -179,12 +201,19 @@ class Speculator:
             self._skip -= 1
             return []
         size, at = self.drafter.match()
+        if size < _SURE and self._resync > 0:
+            # An edit inside a copy: the text resumes where the source goes on.
+            self._resync -= 1
+            self._source += 1
+            resumed = self.drafter.near(self._source, _RESYNC)
+            if resumed >= 0:
+                size, at = _SURE, resumed
         if size == 0 or (self.model is not None and size < _SURE):
             return []  # a draft model guesses better than a short match
         length = min(self.length(size), limit)
         if length <= 0:
             return []
-        self._size = size
+        self._size, self._at = size, at
         return self.drafter.draft(at, length)
 
     def length(self, size: int) -> int:
@@ -225,6 +254,9 @@ class Speculator:
         size = self._size
         if size == 0:
             return  # the draft model's: its own confidence decides its length
+        if size >= _SURE:  # a copy under way: if it broke off, look for where it resumes
+            self._source = self._at + accepted
+            self._resync = _RESYNC_TOKENS if accepted < len(draft) else 0
         self._kept[size] = self._kept[size] * _DECAY + accepted
         self._lost[size] = self._lost[size] * _DECAY + (accepted < len(draft))
         if accepted == 0:
