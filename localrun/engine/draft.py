@@ -16,7 +16,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from localrun.engine.llama import Weights
+from localrun.engine.llama import Weights, put
 from localrun.engine.types import LoadOptions
 from localrun.errors import ModelLoadError
 
@@ -84,15 +84,8 @@ class DraftModel:
         batch = self._batch
         for start in range(0, len(tokens), self._n_batch):
             chunk = tokens[start : start + self._n_batch]
-            pos = len(cache)
-            for i, token in enumerate(chunk):
-                batch.token[i] = token
-                batch.pos[i] = pos + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = seq
-                batch.logits[i] = 0
+            batch.n_tokens = put(batch, 0, chunk, len(cache), seq, False)
             batch.logits[len(chunk) - 1] = 1
-            batch.n_tokens = len(chunk)
             if lc.llama_decode(self.ctx, batch) != 0:
                 lc.llama_memory_seq_rm(self._memory, seq, -1, -1)
                 cache.clear()

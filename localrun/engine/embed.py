@@ -14,7 +14,7 @@ from typing import Any
 
 import llama_cpp as lc
 
-from localrun.engine.llama import Weights, overflow_error
+from localrun.engine.llama import Weights, overflow_error, put
 from localrun.engine.types import EmbedInput, LoadOptions
 from localrun.errors import EngineError
 
@@ -186,17 +186,7 @@ class _EmbedBatch:
 
     def add(self, ids: Sequence[int], start: int, stop: int, seq: int) -> None:
         """Tokens ids[start:stop], at those positions of sequence `seq`."""
-        b = self._batch
-        tokens, pos, n_seq_id, seq_ids, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
-        n = self.n
-        for p in range(start, stop):
-            tokens[n] = ids[p]
-            pos[n] = p
-            n_seq_id[n] = 1
-            seq_ids[n][0] = seq
-            logits[n] = 1
-            n += 1
-        self.n = n
+        self.n = put(self._batch, self.n, ids[start:stop], start, seq, True)
 
     def decode(self) -> int:
         """Decode what was added; returns how many tokens that was."""

@@ -473,7 +473,7 @@ class LlamaModel:
                 room = min(budget - timings.eval_tokens, self.n_ctx - len(cache) - 1)
                 draft = spec.propose(token, room) if spec is not None else []
                 if draft:
-                    _fill(batch, cache, token, draft)
+                    batch.n_tokens = put(batch, 0, (token, *draft), len(cache), 0, True)
                     rc = decode(ctx, batch)
                 else:
                     one[0] = token
@@ -553,24 +553,24 @@ class LlamaModel:
             self.close()
 
 
-def _fill(batch: Any, cache: list[int], token: int, draft: Sequence[int]) -> None:
-    """Put `token` and `draft` into `batch` at the positions after `cache`, each with logits."""
-    n = 1 + len(draft)
-    pos = len(cache)
-    tokens, positions, seq_ids, n_seq, logits = (
+def put(batch: Any, row: int, ids: Sequence[int], pos: int, seq: int, logits: bool) -> int:
+    """Write `ids` into a llama_batch from `row` on, at positions `pos`.. of sequence `seq`,
+    each with logits or none; returns the next free row (the caller sets n_tokens)."""
+    tokens, positions, seq_ids, n_seq, wanted = (
         batch.token,
         batch.pos,
         batch.seq_id,
         batch.n_seq_id,
         batch.logits,
     )
-    for i, t in enumerate((token, *draft)):
-        tokens[i] = t
-        positions[i] = pos + i
-        n_seq[i] = 1
-        seq_ids[i][0] = 0
-        logits[i] = 1
-    batch.n_tokens = n
+    for i, token in enumerate(ids):
+        tokens[row] = token
+        positions[row] = pos + i
+        n_seq[row] = 1
+        seq_ids[row][0] = seq
+        wanted[row] = logits
+        row += 1
+    return row
 
 
 def overflow_error(n_prompt: int, n_ctx: int, n_ctx_train: int) -> ContextOverflowError:
