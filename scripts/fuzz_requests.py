@@ -98,6 +98,8 @@ OPTIONS = {
     "mirostat": [3, -1],
     "typical_p": [-1],
     "presence_penalty": [1e308],
+    "speculate": ["draft", "sometimes", "", 1, True],
+    "draft_num_predict": [-1, 0, 257, 2**31, "x"],
 }
 
 
@@ -231,6 +233,8 @@ _FIELDS = [
     "seed",
     "temperature",
     "stream_options",
+    "speculate",
+    "draft_num_predict",
     "thinking",
     "parameters",
     "modelfile",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
@@ -320,6 +321,67 @@ def test_every_slot_speculates_at_once_with_the_same_answers(
         engine.close()
 
 
+@pytest.mark.model
+def test_slots_keep_grammars_and_stop_tokens_while_speculating(
+    smollm2_path: str, smol: LlamaModel
+) -> None:
+    record = {"name": "Ada Lovelace", "born": 1815, "languages": ["English", "French"]}
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "born": {"type": "integer"}},
+        "required": ["name", "born"],
+    }
+    text = (
+        "<|im_start|>user\nRepeat this JSON exactly:\n"
+        f"{json.dumps(record)}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    json_prompt = smol.tokenize(text, add_special=True, parse_special=True)
+    edit = smol.tokenize(edit_prompt(), add_special=True, parse_special=True)
+    plain, _ = run(smol, edit, greedy(speculate="off"))
+    stop = plain[40]
+    engine = BatchEngine(smollm2_path, LoadOptions(num_ctx=1024, num_thread=2), 3)
+    try:
+        grammar = json_schema_grammar(json.dumps(schema))
+        shaped, stopped, free = Sink(), Sink(), Sink()
+        engine.submit(json_prompt, greedy(speculate="ngram", grammar=grammar), sink=shaped)
+        engine.submit(edit, greedy(speculate="ngram"), stop_tokens=frozenset([stop]), sink=stopped)
+        engine.submit(edit, greedy(speculate="ngram"), sink=free)
+        for sink in (shaped, stopped, free):
+            assert sink.finished.wait(120) and sink.failure is None
+        answer = json.loads(b"".join(smol._weights.piece_bytes(t) for t in shaped.tokens))
+        assert set(answer) == {"name", "born"} and isinstance(answer["born"], int)
+        assert shaped.timings.draft_accepted > 0, shaped.timings
+        assert stop not in stopped.tokens and len(stopped.tokens) < len(free.tokens)
+        assert free.timings.draft_accepted > 0
+    finally:
+        engine.close()
+
+
+@pytest.mark.model
+def test_the_tiny_model_speculates_the_same_answer(tiny_model: Path) -> None:
+    model = LlamaModel(str(tiny_model), LoadOptions(num_ctx=256))
+    try:
+        words = "alpha beta gamma delta epsilon zeta eta theta " * 6
+        prompt = model.tokenize(words, add_special=True, parse_special=False)
+        plain, _ = run(model, prompt, greedy(speculate="off", num_predict=60))
+        fast, t = run(model, prompt, greedy(speculate="ngram", num_predict=60))
+        assert t.draft_tokens > 0, t
+        assert_same_or_near_tie(model, prompt, plain, fast)
+    finally:
+        model.close()
+    engine = BatchEngine(str(tiny_model), LoadOptions(num_ctx=256), 2)
+    try:
+        sinks = [Sink(), Sink()]
+        for sink in sinks:
+            engine.submit(prompt, greedy(speculate="ngram", num_predict=60), sink=sink)
+        for sink in sinks:
+            assert sink.finished.wait(60) and sink.failure is None
+            assert 0 < len(sink.tokens) <= 60 and sink.timings.draft_tokens > 0
+        assert sinks[0].tokens == sinks[1].tokens  # one prompt, one answer, slot for slot
+    finally:
+        engine.close()
+
+
 # -- what clients see: the real server, the official clients, the CLI -------------------------
 
 
@@ -381,6 +443,26 @@ def test_clients_see_drafted_and_accepted_tokens(live: Any, ai: Any) -> None:
         timeout=120,
     ).json()
     assert 0 < native["draft_accepted_count"] <= native["draft_count"], native
+    # A stop string inside what drafts bring in: the answer ends right before it.
+    content = native["message"]["content"]
+    stop = content[len(content) // 2 : len(content) // 2 + 12]
+    cut = httpx.post(
+        f"{live.url}/api/chat",
+        json={
+            "model": "smollm2:135m",
+            "messages": _messages(),
+            "stream": False,
+            "options": {
+                "temperature": 0,
+                "num_predict": 120,
+                "speculate": "ngram",
+                "stop": [stop],
+            },
+        },
+        timeout=120,
+    ).json()
+    assert cut["done_reason"] == "stop", cut
+    assert cut["message"]["content"] == content[: content.index(stop)]
     metrics = httpx.get(f"{live.url}/metrics", timeout=30).text
     accepted = [
         line
