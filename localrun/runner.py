@@ -32,6 +32,7 @@ from localrun.engine.types import (
     LoadOptions,
     SamplingOptions,
     Timings,
+    reusable,
 )
 from localrun.errors import (
     BadRequestError,
@@ -84,15 +85,6 @@ class Prepared:
     # Leading tokens that the system prompt and the model's MESSAGE turns render to, whatever
     # the user says next: what the disk prompt cache keeps between processes.
     cache_prefix: int = 0
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    """The length of the common prefix of two token lists."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def grammar_for(format: Format) -> str | None:
@@ -255,11 +247,11 @@ class Prompter:
                 self.prompt_tokens([*fixed, {"role": "user", "content": text}], tools, variables)
                 for text in ("A", "B")
             )
-            prefix = one[: _common(one, two)]
+            prefix = one[: reusable(one, two)]
             if len(self._prefixes) >= 64:
                 self._prefixes.clear()
             self._prefixes[key] = prefix
-        return _common(prefix, tokens)
+        return reusable(prefix, tokens)
 
     def complete(
         self, prompt: str, *, options: dict[str, Any] | None = None, format: Format = None

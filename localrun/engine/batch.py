@@ -47,7 +47,14 @@ from localrun.engine.llama import (
     overflow_error,
     sampler_chain,
 )
-from localrun.engine.types import EmbedInput, LoadOptions, SamplingOptions, Sink, Timings
+from localrun.engine.types import (
+    EmbedInput,
+    LoadOptions,
+    SamplingOptions,
+    Sink,
+    Timings,
+    reusable,
+)
 from localrun.errors import EngineError, InvalidParameterError, LocalrunError
 
 
@@ -155,16 +162,6 @@ _COPY_MIN = 64
 def _unbound(history: Sequence[int], limit: int) -> list[int]:
     """A draft model's drafter before the request has a slot (and so a sequence)."""
     return []
-
-
-def _shared(cache: list[int], prompt: list[int]) -> int:
-    """How many leading tokens of `prompt` the cache holds (never the last prompt token,
-    which is always run for its logits)."""
-    n = min(len(cache), len(prompt) - 1)
-    keep = 0
-    while keep < n and cache[keep] == prompt[keep]:
-        keep += 1
-    return keep
 
 
 def _longest_then_lru(item: tuple[_Slot, int]) -> tuple[int, int]:
@@ -372,7 +369,7 @@ class BatchEngine:
         prompt = req.prompt
         free = [slot for slot in self._slots if slot.req is None]
         # Ties go to the least recently used slot.
-        best, keep = max(((s, _shared(s.cache, prompt)) for s in free), key=_longest_then_lru)
+        best, keep = max(((s, reusable(s.cache, prompt)) for s in free), key=_longest_then_lru)
         if self._share(req, free, keep):
             return
         slot = best
@@ -385,7 +382,7 @@ class BatchEngine:
                 lc.llama_memory_seq_cp(self._memory, best.seq, spare.seq, -1, -1)
                 spare.cache = list(best.cache)
             else:
-                keep = _shared(spare.cache, prompt)
+                keep = reusable(spare.cache, prompt)
             slot = spare
         self._keep(slot, keep)
         self._take(slot, req)
@@ -446,7 +443,7 @@ class BatchEngine:
                 self._take(spare, req)
                 return True
         donor, shared = max(
-            ((s, _shared(s.cache, prompt)) for s in self._active if s.leader is None),
+            ((s, reusable(s.cache, prompt)) for s in self._active if s.leader is None),
             key=_longest_then_lru,
             default=(None, 0),
         )

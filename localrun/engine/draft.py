@@ -17,7 +17,7 @@ import llama_cpp as lc
 import numpy as np
 
 from localrun.engine.llama import Weights, put
-from localrun.engine.types import LoadOptions
+from localrun.engine.types import LoadOptions, reusable
 from localrun.errors import ModelLoadError
 
 P_MIN = 0.75  # llama.cpp's default: a less likely guess is not worth a row of the batch
@@ -60,10 +60,7 @@ class DraftModel:
         if limit <= 0 or not history:
             return []
         cache = self._caches[seq]
-        keep = 0
-        bound = min(len(cache), len(history) - 1)  # the last token is run for its logits
-        while keep < bound and cache[keep] == history[keep]:
-            keep += 1
+        keep = reusable(cache, history)
         if keep < len(cache):
             lc.llama_memory_seq_rm(self._memory, seq, keep, -1)
             del cache[keep:]

@@ -24,6 +24,7 @@ from localrun.engine.types import (
     LoadOptions,
     SamplingOptions,
     Timings,
+    reusable,
 )
 from localrun.errors import ContextOverflowError, EngineError
 
@@ -98,9 +99,7 @@ class FakeModel:
         cancel: threading.Event | None,
         gen: Generation,
     ) -> Iterator[str]:
-        keep = 0
-        while keep < min(len(self._cache), len(prompt) - 1) and self._cache[keep] == prompt[keep]:
-            keep += 1
+        keep = reusable(self._cache, prompt)
         gen.timings.cached_tokens = keep
         gen.timings.prompt_tokens = len(prompt) - keep
         self._cache = list(prompt)

@@ -25,7 +25,13 @@ import llama_cpp as lc
 
 from localrun import config, gguf, prompt_cache
 from localrun.engine import speculate
-from localrun.engine.types import FimTokens, Generation, LoadOptions, SamplingOptions
+from localrun.engine.types import (
+    FimTokens,
+    Generation,
+    LoadOptions,
+    SamplingOptions,
+    reusable,
+)
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -402,10 +408,7 @@ class LlamaModel:
     ) -> Iterator[str]:
         timings = gen.timings
         start = time.perf_counter()
-        keep = 0
-        limit = min(len(self._cache), len(prompt) - 1)  # the last prompt token is always run
-        while keep < limit and self._cache[keep] == prompt[keep]:
-            keep += 1
+        keep = reusable(self._cache, prompt)
         if keep < len(self._cache):
             lc.llama_memory_seq_rm(self._memory, 0, keep, -1)
             del self._cache[keep:]

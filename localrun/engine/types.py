@@ -190,5 +190,15 @@ class Sink(Protocol):
         ...
 
 
+def reusable(cache: Sequence[int], prompt: Sequence[int]) -> int:
+    """How many leading tokens of `prompt` a KV cache holding `cache` can keep: their common
+    prefix, never the last prompt token (it is always run, for its logits)."""
+    n = min(len(cache), len(prompt) - 1)
+    keep = 0
+    while keep < n and cache[keep] == prompt[keep]:
+        keep += 1
+    return keep
+
+
 class Backend(Protocol):
     def load(self, path: str, options: LoadOptions) -> LoadedModel: ...
