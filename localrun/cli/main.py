@@ -14,7 +14,7 @@ from typing import NoReturn
 import typer
 from typer.exceptions import TyperException
 
-from localrun import __version__, config
+from localrun import __version__, config, selfexec
 from localrun.errors import LocalrunError
 
 app = typer.Typer(
@@ -29,8 +29,21 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        print(f"localrun {__version__}")
+        print(f"localrun {__version__}{' (binary)' if selfexec.frozen() else ''}")
+        print(f"llama.cpp: {_llama_build()}")
         raise typer.Exit()
+
+
+def _llama_build() -> str:
+    """The llama.cpp build this localrun runs: llama-cpp-python's version and its backends."""
+    from localrun.engine.buildinfo import build_info
+    from localrun.errors import LocalrunError
+
+    try:
+        info = build_info()
+    except LocalrunError as exc:
+        return f"not loadable ({exc})"
+    return f"llama-cpp-python {info.version}, backends {', '.join(info.backends) or 'none'}"
 
 
 @app.callback()

@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from localrun import selfexec
 from localrun.errors import LocalrunError, ModelLoadError, ModelNotFoundError
 from localrun.store import Store
 from localrun.worker import protocol
@@ -107,28 +107,11 @@ def read_target(store: Store, text: str) -> Target | None:
     )
 
 
-_IMPORT_CODE = """\
-import json, sys
-from localrun import catalog
-from localrun.errors import LocalrunError
-from localrun.store import Store
-try:
-    catalog.find(Store(sys.argv[1]), sys.argv[2], pull_missing=False)
-except LocalrunError as exc:
-    print(json.dumps(exc.to_dict()))
-    sys.exit(1)
-"""
-
-
 async def import_model(store: Store, text: str) -> None:
     """Import the catalog model `text` into `store` in a child process; its typed error, if
     it reported one, else ModelLoadError (its stderr goes to the server log)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _IMPORT_CODE,
-        str(store.root),
-        text,
+        *selfexec.command("localrun.scheduler.importer", str(store.root), text),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

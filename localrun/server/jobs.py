@@ -29,6 +29,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import IO, Any
 
+from localrun import selfexec
 from localrun.errors import LocalrunError
 
 Event = dict[str, Any]
@@ -42,9 +43,7 @@ async def run(request: dict[str, Any]) -> AsyncGenerator[Event, None]:
     """
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "localrun.server.jobs",
+        *selfexec.command("localrun.server.jobs"),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=None if _debug() else asyncio.subprocess.DEVNULL,

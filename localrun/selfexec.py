@@ -1,0 +1,95 @@
+"""localrun as a program: how it starts its own children, installed with pip or frozen into one
+binary, and the binary's unpacked builds.
+
+The server runs each model in a runner process, create and pull jobs in a child, and catalog
+imports in a child; `run` probes a model no runner has loaded yet in one. Installed with pip
+these are `python -m <module>`. A frozen program (PyInstaller, scripts/build_binary.py) has no
+`python` to run and no `-m`: `sys.executable` is the localrun binary itself, so children are
+started as `localrun __localrun_module__ <module> ...`, which `main` below turns back into that
+module run as `__main__`, before the CLI (and its imports) is touched.
+
+The binary (scripts/build_binary.py) unpacks itself into LOCALRUN_BINARY_CACHE once per build
+and tells the program its build in LOCALRUN_BINARY_BUILD; `localrun prune` removes the other
+builds there (`prune_builds`).
+
+Imports nothing of localrun but the module it is asked to run, so a runner starts as fast from
+the binary as from pip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+# argv[1] of a child started from the frozen binary; not a command a person types.
+MODULE_FLAG = "__localrun_module__"
+# The modules a child may be: nothing else is run from a command line.
+CHILD_MODULES = frozenset(
+    {"localrun.worker", "localrun.server.jobs", "localrun.scheduler.importer"}
+)
+
+
+def frozen() -> bool:
+    """Whether this is the frozen binary rather than a Python installation."""
+    return bool(getattr(sys, "frozen", False))
+
+
+def command(module: str, *args: str) -> list[str]:
+    """The argv that runs `module` as a program (its `if __name__ == "__main__"` part)."""
+    if module not in CHILD_MODULES:
+        raise ValueError(f"{module} is not a localrun child module")
+    if frozen():
+        return [sys.executable, MODULE_FLAG, module, *args]
+    return [sys.executable, "-m", module, *args]
+
+
+def main() -> None:
+    """The `localrun` program: a child module when started as one, else the CLI."""
+    argv = sys.argv
+    if len(argv) >= 3 and argv[1] == MODULE_FLAG and argv[2] in CHILD_MODULES:
+        import runpy
+
+        module = argv[2]
+        sys.argv = [module, *argv[3:]]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        return
+    from localrun.cli.main import main as cli_main
+
+    cli_main()
+
+
+# An unpack of this build that nothing points to is an interrupted one once it is this old
+# (an unpack takes seconds; a start racing it may still be writing a younger one).
+_STALE_S = 3600.0
+
+
+def prune_builds(cache: Path) -> tuple[int, int]:
+    """Remove from the binary's unpack folder every build but the running one, and interrupted
+    unpacks of it; returns (builds removed, bytes freed). Nothing outside a binary."""
+    build = os.environ.get("LOCALRUN_BINARY_BUILD", "")
+    if not frozen() or not build or not cache.is_dir():
+        return 0, 0
+    current = cache / build
+    kept = os.path.realpath(current) if current.is_symlink() else ""
+    removed = freed = 0
+    for entry in cache.iterdir():
+        name = entry.name
+        if entry.is_symlink():  # a published build: its name is the build id
+            if name != build:
+                entry.unlink()
+            continue
+        if not name.startswith(".") or not entry.is_dir():
+            continue  # not ours
+        if os.path.realpath(entry / "localrun") == kept:
+            continue
+        mine = name.startswith(f".{build}.")
+        if mine and time.time() - entry.stat().st_mtime < _STALE_S:
+            continue
+        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 0 if mine else 1
+        freed += size
+    return removed, freed
