@@ -172,6 +172,13 @@ def _default_home() -> Path:
     return user_data_path("localrun", appauthor=False)
 
 
+def _default_binary_cache() -> Path:
+    # Where the binary's shell header unpacks it (scripts/build_binary.py): the same folder.
+    from platformdirs import user_cache_path
+
+    return user_cache_path("localrun", appauthor=False) / "binary"
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment setting: its name, default, parser and help text."""
@@ -358,6 +365,13 @@ SETTINGS: dict[str, Setting] = {
             lambda: "auto",
         ),
         Setting(
+            "LOCALRUN_BINARY_CACHE",
+            "Where the single binary unpacks itself on its first start (once per build); "
+            "`localrun prune` removes other builds from it.",
+            _parse_path,
+            _default_binary_cache,
+        ),
+        Setting(
             "LOCALRUN_DEBUG",
             "Show tracebacks and debug output (1/0).",
             _parse_bool,
@@ -470,6 +484,10 @@ def prompt_cache_max_bytes() -> int:
 
 def speculate() -> str:
     return SETTINGS["LOCALRUN_SPECULATE"].value()  # type: ignore[no-any-return]
+
+
+def binary_cache() -> Path:
+    return SETTINGS["LOCALRUN_BINARY_CACHE"].value()  # type: ignore[no-any-return]
 
 
 def debug() -> bool:

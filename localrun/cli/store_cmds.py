@@ -313,12 +313,14 @@ def rm(
 
 @app.command()
 def prune() -> None:
-    """Remove unused blobs, leftovers of interrupted writes and the disk prompt cache."""
-    from localrun import prompt_cache
+    """Remove unused blobs, leftovers of interrupted writes, the disk prompt cache and (from the
+    single binary) its other unpacked builds."""
+    from localrun import prompt_cache, selfexec
 
     report = open_store().prune(partials=True)
     assert report is not None
     states, state_bytes = prompt_cache.clear()
+    builds, build_bytes = selfexec.prune_builds(config.binary_cache())
     partial = (
         f", {report.partial_downloads} interrupted download"
         f"{'s' if report.partial_downloads != 1 else ''}"
@@ -329,7 +331,8 @@ def prune() -> None:
         f"removed {report.temp_files} temporary file{'s' if report.temp_files != 1 else ''}"
         f"{partial} and {report.orphan_blobs} unused blob{'s' if report.orphan_blobs != 1 else ''}"
         + (f", cleared {states} cached prompt{'s' if states != 1 else ''}" if states else "")
-        + f", freed {human_size(report.bytes_freed + state_bytes)}"
+        + (f", {builds} older unpacked build{'s' if builds != 1 else ''}" if builds else "")
+        + f", freed {human_size(report.bytes_freed + state_bytes + build_bytes)}"
     )
 
 
