@@ -224,6 +224,13 @@ def test_serve_answers_the_clients_and_ctrl_c_leaves_no_runner(
         assert ps.returncode == 0 and "tiny:latest" in ps.stdout, ps.stderr
         reply = ai.completions.create(model="tiny", prompt="the", max_tokens=4)
         assert reply.choices[0].text is not None
+        pulled = "hf.co/test/tiny-gguf"
+        assert oc.generate(model=pulled, prompt="the", options={"num_predict": 2}).done
+        host = url.removeprefix("http://")
+        assert pulled in lr("ps", LOCALRUN_HOST=host).stdout
+        stopped = lr("stop", pulled, LOCALRUN_HOST=host)
+        assert stopped.returncode == 0, stopped.stderr
+        assert pulled not in lr("ps", LOCALRUN_HOST=host).stdout
         me = psutil.Process(serve.pid)
         runners = me.children(recursive=True)
         assert runners, "a runner process serves the loaded model"
