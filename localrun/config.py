@@ -365,6 +365,38 @@ SETTINGS: dict[str, Setting] = {
             lambda: "auto",
         ),
         Setting(
+            "LOCALRUN_UPSTREAM_CONNECT_TIMEOUT",
+            "Longest wait for a connection to an upstream server (upstreams.toml).",
+            parse_duration,
+            lambda: 5.0,
+        ),
+        Setting(
+            "LOCALRUN_UPSTREAM_READ_TIMEOUT",
+            "Longest silence of an upstream server within an answer (its first piece "
+            "included) before the request fails (and is tried on another upstream if nothing "
+            "was sent yet).",
+            parse_duration,
+            lambda: 300.0,
+        ),
+        Setting(
+            "LOCALRUN_UPSTREAM_HEALTH_INTERVAL",
+            "How often the server reads each upstream's model list (its health check).",
+            parse_duration,
+            lambda: 10.0,
+        ),
+        Setting(
+            "LOCALRUN_UPSTREAM_EJECT_AFTER",
+            "Failures in a row (health checks or requests) that take an upstream out of routing.",
+            _parse_positive_int,
+            lambda: 3,
+        ),
+        Setting(
+            "LOCALRUN_UPSTREAM_COOLDOWN",
+            "How long an ejected upstream stays out before it is checked again.",
+            parse_duration,
+            lambda: 30.0,
+        ),
+        Setting(
             "LOCALRUN_BINARY_CACHE",
             "Where the single binary unpacks itself on its first start (once per build); "
             "`localrun prune` removes other builds from it.",
@@ -484,6 +516,26 @@ def prompt_cache_max_bytes() -> int:
 
 def speculate() -> str:
     return SETTINGS["LOCALRUN_SPECULATE"].value()  # type: ignore[no-any-return]
+
+
+def upstream_connect_timeout() -> float:
+    return SETTINGS["LOCALRUN_UPSTREAM_CONNECT_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def upstream_read_timeout() -> float:
+    return SETTINGS["LOCALRUN_UPSTREAM_READ_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def upstream_health_interval() -> float:
+    return SETTINGS["LOCALRUN_UPSTREAM_HEALTH_INTERVAL"].value()  # type: ignore[no-any-return]
+
+
+def upstream_eject_after() -> int:
+    return SETTINGS["LOCALRUN_UPSTREAM_EJECT_AFTER"].value()  # type: ignore[no-any-return]
+
+
+def upstream_cooldown() -> float:
+    return SETTINGS["LOCALRUN_UPSTREAM_COOLDOWN"].value()  # type: ignore[no-any-return]
 
 
 def binary_cache() -> Path:

@@ -21,6 +21,7 @@
     ├── ServerError                 the localrun server and its runners
     │   ├── BusyError               the request queue is full: retry later (503, Retry-After)
     │   ├── RunnerDiedError         the runner process of a model exited mid-request (500)
+    │   ├── UpstreamError           an upstream server failed a request routed to it (502)
     │   ├── ServerUnreachableError  no localrun server answers at LOCALRUN_HOST (client side)
     │   ├── BadRequestError         a request the API cannot accept (400)
     │   ├── NotFoundError           an API object (a stored response) that does not exist (404)
@@ -202,6 +203,10 @@ class BusyError(ServerError):
 
 class RunnerDiedError(ServerError):
     code = "runner_died"
+
+
+class UpstreamError(ServerError):
+    code = "upstream_error"
 
 
 class ServerUnreachableError(ServerError):

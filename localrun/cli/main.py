@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         serve_cmd,
         server_cmds,
         store_cmds,
+        upstream_cmd,
     )
 
     debug = config.debug()

@@ -113,13 +113,17 @@ def serve(
         stream=sys.stderr,
     )
     logging.getLogger("uvicorn.error").setLevel(logging.INFO if debug else logging.WARNING)
+    # One line per upstream request and health check is noise (the failures are logged).
+    logging.getLogger("httpx").setLevel(logging.INFO if debug else logging.WARNING)
     # Every connection holds a file descriptor: allow as many as the system lets us, then keep
     # the connection cap below that.
     fd_limit = raise_fd_limit()
     if fd_limit is not None:
         limits = limits.within(fd_limit)
     sock = _bind(bind_host, bind_port, limits.backlog)
-    scheduler = Scheduler(store)
+    from localrun import upstreams
+
+    scheduler = Scheduler(store, upstreams=upstreams.load())
     uv_config = uvicorn.Config(
         create_app(settings, scheduler),
         http=protocol(limits),

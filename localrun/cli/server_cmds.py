@@ -32,6 +32,9 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
     for m in models:
         digest = str(m.get("digest") or "").removeprefix("sha256:")
         context = m.get("context_length")
+        if m.get("remote_host"):  # served by an upstream: its name and health
+            rows.append([str(m.get("name")), "", "", str(m.get("processor") or ""), "", ""])
+            continue
         rows.append(
             [
                 str(m.get("name") or m.get("model") or "?"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -95,8 +96,9 @@ def create(
 def list_(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List the models in the store."""
+    """List the models in the store, and those upstream servers serve (marked remote)."""
     entries = open_store().entries()
+    remote = _remote_models({str(e.name) for e in entries})
     if as_json:
         out = [
             {
@@ -108,12 +110,36 @@ def list_(
             }
             for e in entries
         ]
+        out += [{"name": name, "model": name, "remote_host": host} for name, host in remote]
         print(json.dumps(out, indent=2))
         return
     rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
     for e in sorted(entries, key=lambda e: e.modified, reverse=True):
         rows.append([str(e.name), e.digest[7:19], human_size(e.size), ago(e.modified)])
+    for name, host in remote:
+        rows.append([name, "", "remote", f"via {host}"])
     print(columns(rows))
+
+
+def _remote_models(local: set[str]) -> list[tuple[str, str]]:
+    """(model, upstream) for the models upstreams serve: those upstreams.toml names, and,
+    from a running server, those it discovered. Nothing is read without an upstreams.toml."""
+    from localrun import upstreams
+
+    if not upstreams.path().exists():
+        return []
+    served = {m: u.name for u in upstreams.load() for m in u.models}
+    from localrun.client import Client
+    from localrun.errors import ServerError
+
+    client = Client()
+    if client.is_up():
+        with contextlib.suppress(ServerError):
+            data = client.request("GET", "/api/tags")
+            for m in data.get("models") or [] if isinstance(data, dict) else []:
+                if isinstance(m, dict) and m.get("remote_host"):
+                    served[str(m.get("name"))] = str(m["remote_host"])  # the server knows all
+    return sorted((name, host) for name, host in served.items() if name not in local)
 
 
 app.command("ls", hidden=True, help="List the models in the store.")(list_)

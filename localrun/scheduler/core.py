@@ -44,17 +44,21 @@ from localrun.engine.types import EmbedInput
 from localrun.errors import (
     BusyError,
     ConfigError,
+    InvalidNameError,
     InvalidParameterError,
     LocalrunError,
     ModelLoadError,
+    ModelNotFoundError,
     RunnerDiedError,
     ServerError,
 )
 from localrun.runner import LOAD_PARAMS
 from localrun.scheduler.budget import Budget
+from localrun.scheduler.remote import RemotePool
 from localrun.scheduler.runners import Runner, RunningModel
 from localrun.scheduler.targets import Resolver, Target, canonical
 from localrun.store import Store
+from localrun.upstreams import Upstream
 from localrun.worker import process as runner_process
 from localrun.worker import protocol
 from localrun.worker.process import Event, Item, Stream, exit_text
@@ -102,6 +106,7 @@ class Scheduler:
         memory_budget: int | None = None,
         backend: str = "llama",
         backend_options: dict[str, Any] | None = None,
+        upstreams: list[Upstream] | None = None,
     ) -> None:
         """Settings left None are read from LOCALRUN_* now; `memory_budget` None follows the
         available memory at each load. `backend_options` go into the load message (the fake
@@ -125,6 +130,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._names = Resolver(store, self._spawn)
         self._closed = False
+        self.remote = RemotePool(upstreams or [])
 
     @property
     def memory_budget(self) -> int | None:
@@ -134,7 +140,8 @@ class Scheduler:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Nothing to do yet: runners start with the first request for their model."""
+        """Check the upstreams; local runners start with the first request for their model."""
+        await self.remote.start()
 
     def interrupt(self) -> None:
         """The server is stopping (SIGTERM): every request in flight or waiting ends now with
@@ -155,6 +162,7 @@ class Scheduler:
         stopping = list(self._stopping)
         if stopping:
             await asyncio.gather(*(r.exited.wait() for r in stopping))
+        await self.remote.close()
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             task.cancel()
@@ -344,8 +352,12 @@ class Scheduler:
         options: dict[str, Any] | None = None,
         keep_alive: float | None = None,
     ) -> RunningModel:
-        """Load a model (if it is not loaded) and keep it for `keep_alive` seconds."""
+        """Load a model (if it is not loaded) and keep it for `keep_alive` seconds. A model an
+        upstream serves is its to load: nothing happens here."""
         opts = params_mod.validate(options or {})
+        remote = await self.remote_name(name)
+        if remote is not None:
+            return self.remote.describe(remote)
         runner, _ = await self._admit(name, opts, keep_alive)
         self._release(runner)
         shown = runner.describe()
@@ -398,6 +410,11 @@ class Scheduler:
         keep_alive: float | None,
         build: Callable[[int], Event],
     ) -> Stream:
+        remote = await self.remote_name(name)
+        if remote is not None:
+            if self._closed:
+                raise ServerError("the server is shutting down", hint="retry once it is back")
+            return await self.remote.generate(remote, build(next(self._ids)))
         runner, load_s = await self._admit(name, options, keep_alive)
         rid, queue = await self._submit(runner, build)
         return Stream(
@@ -407,6 +424,17 @@ class Scheduler:
             functools.partial(self._kill, runner),
             model=runner.name,
         )
+
+    async def remote_name(self, name: str) -> str | None:
+        """The upstream model `name` routes to, or None: the store's models come first."""
+        model = self.remote.serves(name)
+        if model is None:
+            return None
+        try:
+            await self._names.resolve(name)
+        except (ModelNotFoundError, InvalidNameError):
+            return model
+        return None
 
     async def _admit(
         self, name: str, options: dict[str, Any] | None, keep_alive: float | None

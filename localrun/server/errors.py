@@ -41,6 +41,7 @@ _STATUS: tuple[tuple[type[e.LocalrunError], int], ...] = (
     (e.HubError, 502),  # the hub behind us failed
     (e.DiskFullError, 507),
     (e.RunnerDiedError, 500),
+    (e.UpstreamError, 502),
 )
 
 _OPENAI_TYPES = {

@@ -11,6 +11,12 @@
     localrun_slots_in_use{model} / localrun_slots{model}  busy and total slots of a loaded model
     localrun_models_loaded                                loaded models
     localrun_model_load_seconds{model}                    how long a loaded model took to load
+    localrun_upstream_requests_total{upstream}            requests sent to an upstream server
+    localrun_upstream_errors_total{upstream}              of those and of its health checks, failed
+    localrun_upstream_in_flight{upstream}                 requests it is answering now
+    localrun_upstream_first_piece_seconds_total{upstream} summed time to the first piece
+    localrun_upstream_ejections_total{upstream}           times it was taken out of routing
+    localrun_upstream_healthy{upstream}                   1 while it is routed to, else 0
 
 Requests are counted by one ASGI middleware (the route template, never the raw path, so a
 client cannot grow the label set), tokens where every generation and embedding ends (core), and
@@ -24,7 +30,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -115,6 +121,41 @@ class _SchedulerCollector:
             slots.add_metric([m.name], m.slots)
             load.add_metric([m.name], m.load_s)
         yield from (queue, loaded, busy, slots, load)
+        yield from self._upstreams()
+
+    def _upstreams(self) -> Iterator[Metric]:
+        states = self.scheduler.remote.states
+        if not states:
+            return
+        label = ["upstream"]
+        requests = CounterMetricFamily(
+            "localrun_upstream_requests", "Requests sent to an upstream", labels=label
+        )
+        errors = CounterMetricFamily(
+            "localrun_upstream_errors", "Failed requests and health checks", labels=label
+        )
+        first = CounterMetricFamily(
+            "localrun_upstream_first_piece_seconds",
+            "Summed seconds from sending a request upstream to its first piece",
+            labels=label,
+        )
+        ejections = CounterMetricFamily(
+            "localrun_upstream_ejections", "Times taken out of routing", labels=label
+        )
+        in_flight = GaugeMetricFamily(
+            "localrun_upstream_in_flight", "Requests an upstream is answering", labels=label
+        )
+        healthy = GaugeMetricFamily(
+            "localrun_upstream_healthy", "1 while an upstream is routed to", labels=label
+        )
+        for state in states:
+            requests.add_metric([state.name], state.requests)
+            errors.add_metric([state.name], state.errors)
+            first.add_metric([state.name], state.latency_s)
+            ejections.add_metric([state.name], state.ejections)
+            in_flight.add_metric([state.name], state.in_flight)
+            healthy.add_metric([state.name], 1 if state.healthy else 0)
+        yield from (requests, errors, first, ejections, in_flight, healthy)
 
 
 class RequestCounter:

@@ -109,8 +109,24 @@ def _tags(store: Store) -> list[dict[str, Any]]:
 
 
 async def tags(request: Request) -> Response:
-    store = core.context(request).store
-    return JSONResponse({"models": await anyio.to_thread.run_sync(_tags, store)})
+    ctx = core.context(request)
+    local = await anyio.to_thread.run_sync(_tags, ctx.store)
+    names = {m["name"] for m in local}
+    remote = [
+        {
+            "name": m.name,
+            "model": m.name,
+            "modified_at": _iso(0),
+            "size": 0,
+            "digest": "",
+            "details": {"format": "", "family": "", "families": None, "parameter_size": "",
+                        "quantization_level": ""},
+            "remote_host": ", ".join(m.upstreams),  # Ollama's field for a model served elsewhere
+        }
+        for m in ctx.scheduler.remote.models()
+        if m.name not in names
+    ]  # fmt: skip
+    return JSONResponse({"models": local + remote})
 
 
 def _params_text(parameters: dict[str, Any]) -> str:
@@ -182,9 +198,28 @@ def _show(store: Store, name: ModelName) -> dict[str, Any]:
 
 async def show(request: Request) -> Response:
     body = Body(await core.read_json(request))
+    ctx = core.context(request)
+    remote = await ctx.scheduler.remote_name(body.model())
+    if remote is not None:
+        return JSONResponse(_show_remote(ctx, remote))
     name = await local_model(request, body.model())
-    store = core.context(request).store
-    return JSONResponse(await anyio.to_thread.run_sync(_show, store, name))
+    return JSONResponse(await anyio.to_thread.run_sync(_show, ctx.store, name))
+
+
+def _show_remote(ctx: core.Context, model: str) -> dict[str, Any]:
+    """What localrun knows of a model an upstream serves: its name and where (Ollama's
+    remote_model and remote_host); its template and parameters are the upstream's own."""
+    hosts = [s.name for s in ctx.scheduler.remote.states if model in s.models()]
+    return {
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "details": core.details_of({}),
+        "model_info": {},
+        "capabilities": ["completion", "tools"],
+        "remote_model": model,
+        "remote_host": ", ".join(hosts),
+    }
 
 
 # -- copy and delete --------------------------------------------------------------------------

@@ -432,9 +432,20 @@ def _listed(store: Any) -> list[dict[str, Any]]:
     ]
 
 
+def _remote_listed(request: Request, local: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The models only upstreams serve, owned by their upstreams."""
+    names = {m["id"] for m in local}
+    return [
+        {"id": m.name, "object": "model", "created": 0, "owned_by": ",".join(m.upstreams)}
+        for m in core.context(request).scheduler.remote.models()
+        if m.name not in names
+    ]
+
+
 async def models(request: Request) -> Response:
     store = core.context(request).store
-    return JSONResponse({"object": "list", "data": await anyio.to_thread.run_sync(_listed, store)})
+    local = await anyio.to_thread.run_sync(_listed, store)
+    return JSONResponse({"object": "list", "data": local + _remote_listed(request, local)})
 
 
 async def model(request: Request) -> Response:
@@ -442,8 +453,12 @@ async def model(request: Request) -> Response:
 
     text = request.path_params["model"]
     store = core.context(request).store
+    local = await anyio.to_thread.run_sync(_listed, store)
+    for shown in _remote_listed(request, local):
+        if shown["id"] == text:
+            return JSONResponse(shown)
     wanted = str(catalog.canonical(pull.resolve_name(text)[0]))
-    for shown in await anyio.to_thread.run_sync(_listed, store):
+    for shown in local:
         if shown["id"] == wanted:
             return JSONResponse(shown)
     raise ModelNotFoundError(text)
