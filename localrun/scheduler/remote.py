@@ -53,7 +53,8 @@ class UpstreamState:
     upstream: Upstream
     discovered: tuple[str, ...] = ()
     healthy: bool = True
-    failures: int = 0  # in a row, of health checks and requests
+    failures: int = 0  # requests failed in a row
+    check_failures: int = 0  # health checks failed in a row
     ejected_until: float = 0.0
     in_flight: int = 0
     requests: int = 0
@@ -287,11 +288,18 @@ class RemotePool:
 
     # -- health ---------------------------------------------------------------------------------
 
-    def _failed(self, state: UpstreamState, why: str) -> None:
+    def _failed(self, state: UpstreamState, why: str, *, check: bool = False) -> None:
+        """A request (or a health check) failed: past LOCALRUN_UPSTREAM_EJECT_AFTER in a row of
+        either kind, the upstream is ejected (a model list that answers does not make up for
+        answers that fail)."""
         state.errors += 1
-        state.failures += 1
+        if check:
+            state.check_failures += 1
+        else:
+            state.failures += 1
         log.warning("upstream %s: %s", state.name, why)
-        if state.healthy and state.failures >= config.upstream_eject_after():
+        worst = max(state.failures, state.check_failures)
+        if state.healthy and worst >= config.upstream_eject_after():
             state.healthy = False
             state.ejections += 1
             state.ejected_until = time.monotonic() + config.upstream_cooldown()
@@ -326,14 +334,15 @@ class RemotePool:
                 raise ValueError(f"HTTP {response.status_code} from {route}")
             models = _listed(response.json(), upstream.dialect)
         except Exception as exc:
-            self._failed(state, f"health check failed: {_describe(exc)}")
+            self._failed(state, f"health check failed: {_describe(exc)}", check=True)
             return
         state.checked = True
         state.discovered = tuple(models)
-        state.failures = 0
-        if not state.healthy:
+        state.check_failures = 0
+        if not state.healthy:  # its cool-down is over and it answers: route to it again
             log.info("upstream %s is back", state.name)
-        state.healthy = True
+            state.healthy = True
+            state.failures = 0
 
     async def _health_loop(self) -> None:
         while True:

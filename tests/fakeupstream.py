@@ -1,0 +1,136 @@
+"""A scripted OpenAI-only upstream for the gateway tests: /v1/models and a streaming
+/v1/chat/completions (and /v1/completions) that answer, or fail on cue.
+
+Modes (set `mode` between requests):
+  ok          stream WORDS as chat chunks, then usage and [DONE]
+  error500    answer HTTP 500 before any byte of an answer
+  stall       accept the request and send nothing for `stall_s`
+  cut         send two chunks, then close the connection without finishing
+  slow        send a chunk every `interval_s`, `pieces` times (for cancellation)
+
+It records each request (path, headers, JSON body) and whether a client went away mid-answer.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+WORDS = ["Hello", " from", " the", " fake", " upstream", "."]
+
+
+class FakeUpstream:
+    def __init__(self, models: tuple[str, ...] = ("big-model",)) -> None:
+        self.models = list(models)
+        self.mode = "ok"
+        self.stall_s = 5.0
+        self.interval_s = 0.05
+        self.pieces = 400
+        self.requests: list[dict[str, Any]] = []
+        self.disconnected = threading.Event()
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path == "/v1/models":
+                    data = {
+                        "object": "list",
+                        "data": [{"id": m, "object": "model"} for m in fake.models],
+                    }
+                    self._json(200, data)
+                else:
+                    self._json(404, {"error": {"message": "not found"}})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with fake.lock:
+                    fake.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "body": body}
+                    )
+                if self.path not in ("/v1/chat/completions", "/v1/completions"):
+                    self._json(404, {"error": {"message": "this upstream speaks OpenAI only"}})
+                    return
+                mode = fake.mode
+                if mode == "error500":
+                    self._json(500, {"error": {"message": "the GPU caught fire"}})
+                    return
+                if mode == "stall":
+                    time.sleep(fake.stall_s)
+                    self.close_connection = True
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                chat = self.path.endswith("chat/completions")
+                words = WORDS if mode in ("ok", "cut") else ["tick "] * fake.pieces
+                try:
+                    for i, word in enumerate(words):
+                        if mode == "cut" and i == 2:
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return
+                        choice: dict[str, Any] = {"index": 0, "finish_reason": None}
+                        if chat:
+                            choice["delta"] = {"content": word}
+                        else:
+                            choice["text"] = word
+                        self._event({"id": "x", "object": "chunk", "choices": [choice]})
+                        if mode == "slow":
+                            time.sleep(fake.interval_s)
+                    last: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+                    last["delta" if chat else "text"] = {} if chat else ""
+                    self._event({"id": "x", "choices": [last]})
+                    usage = {
+                        "prompt_tokens": 7,
+                        "completion_tokens": len(words),
+                        "total_tokens": 7 + len(words),
+                    }
+                    self._event({"id": "x", "choices": [], "usage": usage})
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    fake.disconnected.set()
+
+            def _event(self, obj: dict[str, Any]) -> None:
+                self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+                self.wfile.flush()
+
+            def _json(self, status: int, obj: Any) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if r["path"] != "/v1/models"]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> FakeUpstream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,350 @@
+"""`localrun serve` in front of upstream servers, on loopback only: real `localrun serve`
+processes as upstreams behind a fourth, and a scripted OpenAI-only upstream that fails on cue
+(tests/fakeupstream.py). The official clients talk to the gateway.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import CLI, assert_one_line_error
+from fakeupstream import FakeUpstream
+from test_server import add_model
+from test_server_serve import Serve
+
+from localrun.store import Store
+
+pytestmark = [pytest.mark.server, pytest.mark.model]
+
+KEY = "sk-upstream-secret-123456"
+HI = {"model": "big-model", "messages": [{"role": "user", "content": "hi"}]}
+FAST = {  # health checks and ejection on a test's time scale
+    "LOCALRUN_UPSTREAM_HEALTH_INTERVAL": "0.3s",
+    "LOCALRUN_UPSTREAM_COOLDOWN": "1s",
+    "LOCALRUN_UPSTREAM_EJECT_AFTER": "2",
+    "LOCALRUN_UPSTREAM_READ_TIMEOUT": "3s",
+}
+
+
+def _toml(upstreams: dict[str, dict[str, object]]) -> str:
+    lines = []
+    for name, table in upstreams.items():
+        lines.append(f"[upstreams.{name}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def gateway(home: Path, upstreams: dict[str, dict[str, object]], **env: str) -> Serve:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "upstreams.toml").write_text(_toml(upstreams))
+    return Serve(home, env={**FAST, **env})
+
+
+def _metric(url: str, name: str, upstream: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    found = re.search(rf'^{name}{{upstream="{upstream}"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def upstream_home(tmp_path: Path, tiny_model: Path) -> Path:
+    home = tmp_path / "upstream-home"
+    add_model(Store(home / "models"), "tiny", tiny_model)
+    return home
+
+
+@pytest.fixture
+def real_upstreams(upstream_home: Path) -> Iterator[list[Serve]]:
+    """Two `localrun serve` processes sharing one store, each serving `tiny`."""
+    servers = [Serve(upstream_home), Serve(upstream_home)]
+    yield servers
+    for server in servers:
+        server.kill()
+
+
+# -- upstreams.toml and the commands ----------------------------------------------------------
+
+
+def test_upstream_commands(cli: CLI, home: Path) -> None:
+    (home / "upstreams.toml").parent.mkdir(parents=True, exist_ok=True)
+    (home / "upstreams.toml").write_text("# my cluster\n")
+    added = cli("upstream", "add", "gpu-box", "http://10.0.0.5:8000/", "--model", "Big/Model-70B",
+                "--api-key-env", "GPU_BOX_KEY")  # fmt: skip
+    assert added.code == 0, added.stderr
+    cli("upstream", "add", "ollama-box", "http://10.0.0.6:11434", "--dialect", "ollama")
+    text = (home / "upstreams.toml").read_text()
+    assert text.startswith("# my cluster") and "GPU_BOX_KEY" in text
+    listed = json.loads(cli("upstream", "list", "--json").stdout)
+    assert listed == [
+        {"name": "gpu-box", "url": "http://10.0.0.5:8000", "dialect": "openai",
+         "api_key_env": "GPU_BOX_KEY", "models": ["Big/Model-70B"]},
+        {"name": "ollama-box", "url": "http://10.0.0.6:11434", "dialect": "ollama",
+         "api_key_env": None, "models": []},
+    ]  # fmt: skip
+    shown = cli("list", "--json", env={"GPU_BOX_KEY": KEY})
+    assert {"name": "Big/Model-70B", "model": "Big/Model-70B", "remote_host": "gpu-box"} in (
+        json.loads(shown.stdout)
+    )
+    assert KEY not in shown.stdout and KEY not in cli("env", env={"GPU_BOX_KEY": KEY}).stdout
+    assert_one_line_error(cli("upstream", "add", "gpu-box", "http://x:1"), "exists", "--replace")
+    assert_one_line_error(cli("upstream", "add", "x", "ftp://host"), "URL", "http://")
+    assert_one_line_error(cli("upstream", "add", "x", "http://u:p@host"), "URL", "--api-key-env")
+    assert_one_line_error(
+        cli("upstream", "add", "Bad Name", "http://h"), "upstream name", "letters"
+    )
+    assert_one_line_error(
+        cli("upstream", "add", "y", "http://h", "--api-key-env", KEY + "-x"), "variable", "name"
+    )
+    assert cli("upstream", "rm", "ollama-box").code == 0
+    assert_one_line_error(cli("upstream", "rm", "ollama-box"), "no upstream", "upstream list")
+    (home / "upstreams.toml").write_text("[upstreams.z]\nurl = 5\n")
+    assert_one_line_error(cli("upstream", "list"), "has no url")
+
+
+# -- dialects ---------------------------------------------------------------------------------
+
+
+def test_ollama_dialect_through_an_openai_only_upstream(tmp_path: Path, fake: FakeUpstream) -> None:
+    import ollama
+    import openai
+
+    gw = gateway(
+        tmp_path / "gw",
+        {"fake": {"url": fake.url, "api_key_env": "FAKE_KEY"}},
+        FAKE_KEY=KEY,
+    )
+    try:
+        oc = ollama.Client(host=gw.url, timeout=60)
+        assert "big-model" in [m.model for m in oc.list().models]  # discovered
+        pieces = [
+            part.message.content
+            for part in oc.chat(
+                model="big-model",
+                messages=[{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "hi"}],
+                options={"temperature": 0.2, "num_predict": 50, "top_k": 5, "stop": ["\n\n"]},
+                stream=True,
+            )
+        ]  # fmt: skip
+        assert "".join(pieces) == "Hello from the fake upstream."
+        sent = fake.chat_requests()[-1]
+        assert sent["path"] == "/v1/chat/completions"
+        assert sent["headers"]["Authorization"] == f"Bearer {KEY}"
+        body = sent["body"]
+        assert body["model"] == "big-model" and body["stream"] is True
+        assert body["messages"] == [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "hi"}]  # fmt: skip
+        assert (body["temperature"], body["max_tokens"], body["top_k"], body["stop"]) == (
+            0.2, 50, 5, ["\n\n"]
+        )  # fmt: skip
+        final = oc.generate(model="big-model", prompt="raw text", raw=True)
+        assert final.response == "Hello from the fake upstream." and final.eval_count == 6
+        assert fake.chat_requests()[-1]["path"] == "/v1/completions"
+        # The OpenAI and Anthropic dialects in front of the same upstream.
+        ai = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+        reply = ai.chat.completions.create(
+            model="big-model", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.choices[0].message.content == "Hello from the fake upstream."
+        assert reply.usage is not None and reply.usage.completion_tokens == 6
+        import anthropic
+
+        ant = anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0)
+        said = ant.messages.create(
+            model="big-model", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert said.content[0].text == "Hello from the fake upstream."  # type: ignore[union-attr]
+        # The key goes to the upstream and nowhere else.
+        for path in ("/api/tags", "/api/ps", "/v1/models", "/metrics"):
+            assert KEY not in httpx.get(gw.url + path).text
+        assert KEY not in httpx.post(gw.url + "/api/show", json={"model": "big-model"}).text
+    finally:
+        gw.stop()
+    _, err = gw.proc.communicate(timeout=10)
+    assert KEY not in err
+
+
+def test_model_names_never_choose_where_requests_go(tmp_path: Path, fake: FakeUpstream) -> None:
+    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
+    try:
+        before = len(fake.chat_requests())
+        for name in (fake.url + "/v1", "http://169.254.169.254/latest", "../../etc", "big-model@x"):
+            answer = httpx.post(gw.url + "/api/chat", json={"model": name, "messages": []})
+            assert answer.status_code in (400, 404), (name, answer.text)
+        assert len(fake.chat_requests()) == before
+    finally:
+        gw.kill()
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+def test_a_failure_before_the_first_byte_is_retried_elsewhere(
+    tmp_path: Path, fake: FakeUpstream, real_upstreams: list[Serve]
+) -> None:
+    fake.models = ["tiny:latest"]
+    fake.mode = "error500"
+    gw = gateway(
+        tmp_path / "gw",
+        {"fake": {"url": fake.url}, "real": {"url": real_upstreams[0].url, "dialect": "ollama"}},
+    )
+    try:
+        for i in range(4):  # other prompts each time: no affinity to one upstream
+            body = {"model": "tiny", "prompt": f"the {i}", "stream": False}
+            body["options"] = {"num_predict": 4}
+            answer = httpx.post(gw.url + "/api/generate", timeout=60, json=body)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["eval_count"] > 0
+        assert fake.chat_requests(), "the fake was tried"
+        assert _metric(gw.url, "localrun_upstream_errors_total", "fake") >= 1
+        # Two failed requests in a row ejected it (its model list kept answering).
+        assert _metric(gw.url, "localrun_upstream_ejections_total", "fake") >= 1
+        # Back after its cool-down, once its health check answers: it gets requests again.
+        fake.mode = "ok"
+        tried = len(fake.chat_requests())
+        deadline = time.monotonic() + 15
+        while len(fake.chat_requests()) == tried:
+            assert time.monotonic() < deadline, "the upstream never came back"
+            body["prompt"] = f"again {time.monotonic()}"
+            answer = httpx.post(gw.url + "/api/generate", timeout=60, json=body)
+            assert answer.status_code == 200, answer.text
+            time.sleep(0.2)
+        assert _metric(gw.url, "localrun_upstream_healthy", "fake") == 1
+    finally:
+        gw.kill()
+
+
+def test_a_cut_mid_answer_ends_with_the_dialects_error(tmp_path: Path, fake: FakeUpstream) -> None:
+    import openai
+
+    fake.mode = "cut"
+    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
+    try:
+        with httpx.stream("POST", gw.url + "/api/chat", timeout=30, json=HI) as r:
+            lines = [json.loads(line) for line in r.iter_lines() if line]
+        assert "".join(x.get("message", {}).get("content", "") for x in lines) == "Hello from"
+        assert "error" in lines[-1] and "upstream fake" in lines[-1]["error"]
+        assert not any(x.get("done") for x in lines), "never a silently truncated answer"
+        ai = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.APIError):
+            for _ in ai.chat.completions.create(
+                model="big-model", messages=[{"role": "user", "content": "hi"}], stream=True
+            ):
+                pass
+        # Nothing was sent yet when it stalls: a 502 in the dialect's shape, in bounded time.
+        fake.mode = "stall"
+        started = time.monotonic()
+        answer = httpx.post(gw.url + "/v1/chat/completions", timeout=30, json={
+            "model": "big-model", "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        assert answer.status_code == 502
+        assert answer.json()["error"]["code"] == "upstream_error"
+        assert time.monotonic() - started < 10
+    finally:
+        gw.kill()
+
+
+def test_a_client_that_goes_away_cancels_the_upstream_request(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    fake.mode = "slow"
+    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
+    try:
+        with httpx.stream("POST", gw.url + "/api/chat", timeout=30, json=HI) as r:
+            for n, _ in enumerate(r.iter_lines()):
+                if n == 3:
+                    break
+        assert fake.disconnected.wait(10), "the upstream request was not cancelled"
+        deadline = time.monotonic() + 5
+        while _metric(gw.url, "localrun_upstream_in_flight", "fake") != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        gw.kill()
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+
+def test_conversations_stick_to_the_upstream_holding_their_prefix(tmp_path: Path) -> None:
+    with FakeUpstream() as one, FakeUpstream() as two:
+        gw = gateway(tmp_path / "gw", {"one": {"url": one.url}, "two": {"url": two.url}})
+        try:
+            first = [{"role": "system", "content": "You are terse."},
+                     {"role": "user", "content": "Name a colour."}]  # fmt: skip
+            for turn in range(4):
+                more = [{"role": "assistant", "content": "Red."}, {"role": "user", "content": "?"}]
+                messages = first + more * turn
+                answer = httpx.post(gw.url + "/api/chat", timeout=30, json={
+                    "model": "big-model", "messages": messages, "stream": False})  # fmt: skip
+                assert answer.status_code == 200, answer.text
+            counts = sorted([len(one.chat_requests()), len(two.chat_requests())])
+            assert counts == [0, 4], "every turn went where the first one went"
+        finally:
+            gw.kill()
+
+
+def test_streams_spread_over_upstreams_and_survive_one_dying(
+    tmp_path: Path, real_upstreams: list[Serve]
+) -> None:
+    import openai
+
+    a, b = real_upstreams
+    gw = gateway(
+        tmp_path / "gw",
+        {"a": {"url": a.url, "models": ["tiny:latest"]},
+         "b": {"url": b.url, "dialect": "ollama", "models": ["tiny:latest"]}},
+        LOCALRUN_UPSTREAM_READ_TIMEOUT="120s",  # 32 requests queue for 4 slots on each
+    )  # fmt: skip
+    ai = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def stream(i: int, tokens: int = 12) -> str:
+        chunks = ai.chat.completions.create(
+            model="tiny", max_tokens=tokens, stream=True,
+            messages=[{"role": "user", "content": f"conversation {i}: the a"}],
+        )  # fmt: skip
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(64) as pool:
+            answers = list(pool.map(stream, range(64)))
+        assert len(answers) == 64 and all(answers)
+        served = [_metric(gw.url, "localrun_upstream_requests_total", n) for n in ("a", "b")]
+        assert sum(served) == 64
+        assert all(abs(n - 32) <= 8 for n in served), served  # within 25% of even
+
+        # Kill one upstream mid-run: what it was answering ends with an error; what starts
+        # afterwards goes to the other.
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            running = [pool.submit(stream, 100 + i, 400) for i in range(8)]
+            time.sleep(1.0)
+            os.kill(a.proc.pid, signal.SIGKILL)
+            outcomes = []
+            for future in running:
+                try:
+                    outcomes.append(future.result(timeout=120))
+                except openai.APIError as exc:
+                    outcomes.append(exc)
+        failed = [o for o in outcomes if isinstance(o, Exception)]
+        assert failed, "the streams the dead upstream was answering end with an error"
+        assert all("upstream a" in str(exc) for exc in failed)
+        assert len(failed) < len(outcomes), "b's streams finished"
+        after = [stream(200 + i) for i in range(6)]
+        assert all(after), "new requests go to the upstream still alive"
+    finally:
+        gw.kill()
