@@ -21,9 +21,11 @@ Stacks:
 `python -m llama_cpp.server`: decode, time to first token, 4 concurrent streams, idle memory.
 `--suite spec` (scripts/bench_spec.py) compares speculative decoding with llama-server's (edit
 and prose workloads) and times the disk prompt cache across two fresh `localrun run` processes.
+`--suite gateway` (scripts/bench_gateway.py) measures `localrun serve` routing to an upstream
+server against that upstream called directly (both dialects).
 
 Usage: .venv/bin/python scripts/bench.py [--repeat 5] [--threads N] [--model PATH] [--json OUT]
-       [--suite all|run|pull|serve|spec]
+       [--suite all|run|pull|serve|spec|gateway]
 """
 
 from __future__ import annotations
@@ -752,11 +754,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument(
         "--suite",
-        choices=("all", "run", "pull", "serve", "spec"),
+        choices=("all", "run", "pull", "serve", "spec", "gateway"),
         default="all",
         help="run: decode, cold start and chat; pull: scripts/bench_pull.py; serve: "
         "scripts/bench_serve.py, with --threads 2 unless given; spec: scripts/bench_spec.py, "
-        "speculation and the disk prompt cache against llama-server (default: all but spec)",
+        "speculation and the disk prompt cache against llama-server; gateway: "
+        "scripts/bench_gateway.py, serve routing to an upstream against the upstream itself "
+        "(default: all but spec and gateway)",
     )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -779,6 +783,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no GGUF model at {model}; pass --model PATH")
     serve_threads = args.threads or SERVE_THREADS
     args.threads = args.threads or _physical_cores()
+    if args.suite == "gateway":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_gateway
+
+        for dialect in ("openai", "ollama"):
+            print(bench_gateway.run(model, args.repeat * 2, serve_threads, dialect)["report"])
+            print()
+        return 0
 
     build: Build | None
     try:

@@ -7,6 +7,8 @@ Modes (set `mode` between requests):
   stall       accept the request and send nothing for `stall_s`
   cut         send two chunks, then close the connection without finishing
   slow        send a chunk every `interval_s`, `pieces` times (for cancellation)
+  slow_first  wait `stall_s` before the answer's first byte, then answer as ok
+  tool        stream a call of the tool get_weather, its arguments in two parts
 
 It records each request (path, headers, JSON body) and whether a client went away mid-answer.
 """
@@ -69,13 +71,18 @@ class FakeUpstream:
                     time.sleep(fake.stall_s)
                     self.close_connection = True
                     return
+                if mode == "slow_first":
+                    time.sleep(fake.stall_s)
+                if mode == "tool":
+                    self._tool_call()
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
                 self.close_connection = True
                 chat = self.path.endswith("chat/completions")
-                words = WORDS if mode in ("ok", "cut") else ["tick "] * fake.pieces
+                words = ["tick "] * fake.pieces if mode == "slow" else WORDS
                 try:
                     for i, word in enumerate(words):
                         if mode == "cut" and i == 2:
@@ -102,6 +109,25 @@ class FakeUpstream:
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     fake.disconnected.set()
+
+            def _tool_call(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                call = {"index": 0, "id": "call_1", "type": "function"}
+                parts = [
+                    {**call, "function": {"name": "get_weather", "arguments": '{"city": '}},
+                    {"index": 0, "function": {"arguments": '"Paris"}'}},
+                ]
+                for part in parts:
+                    delta = {"role": "assistant", "tool_calls": [part]}
+                    self._event({"id": "x", "choices": [{"index": 0, "delta": delta}]})
+                done = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+                self._event({"id": "x", "choices": [done]})
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
 
             def _event(self, obj: dict[str, Any]) -> None:
                 self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")

@@ -180,6 +180,37 @@ def test_ollama_dialect_through_an_openai_only_upstream(tmp_path: Path, fake: Fa
     assert KEY not in err
 
 
+def test_tool_calls_and_a_slow_first_byte_through_an_upstream(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    import ollama
+
+    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
+    try:
+        oc = ollama.Client(host=gw.url, timeout=60)
+        fake.mode = "tool"
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+        reply = oc.chat(model="big-model", tools=tools, messages=[
+            {"role": "user", "content": "Weather in Paris?"}])  # fmt: skip
+        calls = reply.message.tool_calls or []
+        assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [
+            ("get_weather", {"city": "Paris"})
+        ]
+        assert fake.chat_requests()[-1]["body"]["tools"] == tools
+        # A first byte slower than usual, within the read timeout: waited for, not retried.
+        fake.mode = "slow_first"
+        fake.stall_s = 1.0
+        before = len(fake.chat_requests())
+        started = time.monotonic()
+        reply = oc.chat(model="big-model", messages=[{"role": "user", "content": "hi"}])
+        assert reply.message.content == "Hello from the fake upstream."
+        assert time.monotonic() - started >= 1.0
+        assert len(fake.chat_requests()) == before + 1
+    finally:
+        gw.kill()
+
+
 def test_model_names_never_choose_where_requests_go(tmp_path: Path, fake: FakeUpstream) -> None:
     gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
     try:
@@ -300,15 +331,20 @@ def test_conversations_stick_to_the_upstream_holding_their_prefix(tmp_path: Path
 
 
 def test_streams_spread_over_upstreams_and_survive_one_dying(
-    tmp_path: Path, real_upstreams: list[Serve]
+    tmp_path: Path, real_upstreams: list[Serve], tiny_model: Path
 ) -> None:
+    import ollama
     import openai
 
     a, b = real_upstreams
+    # A third localrun host, with a model of its own, found from its model list.
+    add_model(Store(tmp_path / "third" / "models"), "other", tiny_model)
+    c = Serve(tmp_path / "third")
     gw = gateway(
         tmp_path / "gw",
         {"a": {"url": a.url, "models": ["tiny:latest"]},
-         "b": {"url": b.url, "dialect": "ollama", "models": ["tiny:latest"]}},
+         "b": {"url": b.url, "dialect": "ollama", "models": ["tiny:latest"]},
+         "c": {"url": c.url, "dialect": "ollama"}},
         LOCALRUN_UPSTREAM_READ_TIMEOUT="120s",  # 32 requests queue for 4 slots on each
     )  # fmt: skip
     ai = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0, timeout=120)
@@ -321,6 +357,9 @@ def test_streams_spread_over_upstreams_and_survive_one_dying(
         return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
     try:
+        oc = ollama.Client(host=gw.url, timeout=60)
+        assert "other:latest" in [m.model for m in oc.list().models]
+        assert oc.generate(model="other", prompt="the", options={"num_predict": 3}).done
         with concurrent.futures.ThreadPoolExecutor(64) as pool:
             answers = list(pool.map(stream, range(64)))
         assert len(answers) == 64 and all(answers)
@@ -348,3 +387,4 @@ def test_streams_spread_over_upstreams_and_survive_one_dying(
         assert all(after), "new requests go to the upstream still alive"
     finally:
         gw.kill()
+        c.kill()
