@@ -3,8 +3,10 @@
 Each loaded model lives in its own `python -m localrun.worker` process and answers up to
 `num_parallel` requests at once. The package, one concern a module, imports flowing down:
 
-    core.py     the Scheduler: admission, the waiting line, loading and unloading runners,
-                keep-alive timers, and the request methods the server calls
+    core.py     the Scheduler: the request methods the server calls, routing a name to an
+                upstream or a local runner, admission and the waiting line
+    local.py    the local runner pool: starting and loading runner processes, keep-alive
+                timers, evictions, deaths, unloading and stopping
     budget.py   the memory budget, size estimates from what runners measured, which idle
                 models to evict (least recently used first), num_ctx that cannot fit
     runners.py  one runner's state (slots, keep-alive, load options it matches) and how

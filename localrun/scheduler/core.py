@@ -1,8 +1,8 @@
-"""The Scheduler: admits requests to runners, queues the rest, and loads and unloads models.
+"""The Scheduler: routes requests, admits them to runners, and queues the rest.
 
-Each loaded model lives in its own `python -m localrun.worker` process (a crash, an OOM kill or
-a native abort then costs only the requests on that model) and answers up to `num_parallel`
-requests at once, decoded in one batch. The scheduler, on the server's event loop:
+A name the store (or the catalog) resolves goes to a local runner; one only an upstream serves
+goes to the remote pool (`remote`). Each loaded model answers up to `num_parallel` requests at
+once. For the local models the scheduler, on the server's event loop:
 
 - loads a model on its first request; concurrent first requests share that load;
 - admits a request when its model has a free slot, loading (and first evicting idle models,
@@ -11,18 +11,18 @@ requests at once, decoded in one batch. The scheduler, on the server's event loo
   refused at once with BusyError. What comes free (a slot, room for a load) goes to the waiting
   requests oldest first, at once, so a request arriving later gets only what none of them can
   use;
-- unloads a model `keep_alive` seconds after its last request ends (0: at once; inf: never) and
-  reloads it, once idle, when a request asks for other load-time options or the model changed
-  (a request naming none gets the model's own, never those another request loaded it with;
-  tokenizing takes any runner of the model as it is);
+- gives a model each request's `keep_alive` (the pool unloads it that long after its last
+  request ends) and reloads it, once idle, when a request asks for other load-time options or
+  the model changed (a request naming none gets the model's own, never those another request
+  loaded it with; tokenizing takes any runner of the model as it is);
 - refuses, without touching the loaded runner, a context size whose KV cache cannot fit in the
   memory budget (scaled from what the loaded runner measured);
-- fails every request on a runner that dies with RunnerDiedError, and starts a fresh runner
-  for the next request; a runner that ignores a cancel (or an unload) past CANCEL_WAIT_S is
-  wedged, and is killed so.
+- unloads a model on request, cancelling its requests.
 
-Names are resolved by `targets`, the memory budget and the choice of models to evict are
-`budget`'s, and a runner's own state is a `runners.Runner`.
+Names are resolved by `targets`; the runner processes (starting and loading them, keep-alive
+timers, evictions, deaths and stopping) are `local`'s LocalPool, which tells the scheduler of
+every change so that what came free goes to the waiting requests; a runner's own state is a
+`runners.Runner`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import logging
 import math
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -47,27 +46,20 @@ from localrun.errors import (
     InvalidNameError,
     InvalidParameterError,
     LocalrunError,
-    ModelLoadError,
     ModelNotFoundError,
-    RunnerDiedError,
     ServerError,
 )
 from localrun.runner import LOAD_PARAMS
-from localrun.scheduler.budget import Budget
+from localrun.scheduler.local import LocalPool
 from localrun.scheduler.remote import RemotePool
 from localrun.scheduler.runners import Runner, RunningModel
 from localrun.scheduler.targets import Resolver, Target, canonical
 from localrun.store import Store
 from localrun.upstreams import Upstream
-from localrun.worker import process as runner_process
 from localrun.worker import protocol
-from localrun.worker.process import Event, Item, Stream, exit_text
+from localrun.worker.process import Event, Item, Stream
 
 __all__ = ["Embeddings", "Scheduler"]
-
-log = logging.getLogger("localrun.scheduler")
-
-MAX_TIMER_S = 10 * 365 * 86400.0  # asyncio timers want finite delays: "never" beyond this
 
 T = TypeVar("T")
 
@@ -94,7 +86,9 @@ class _Waiter:
 
 
 class Scheduler:
-    """Loads models into runner subprocesses on demand and routes requests to them."""
+    """Routes requests to upstreams or to local runners, admitting them or making them wait.
+
+    Local runners are loaded on demand by a `LocalPool`; upstream models are `remote`'s."""
 
     def __init__(
         self,
@@ -112,30 +106,55 @@ class Scheduler:
         available memory at each load. `backend_options` go into the load message (the fake
         backend's replies and per-token delay, for tests)."""
         try:
-            self.num_parallel = num_parallel or config.num_parallel()
-            self.max_loaded = max_loaded or config.max_loaded_models()
+            parallel = num_parallel or config.num_parallel()
+            loaded = max_loaded or config.max_loaded_models()
             self.max_queue = config.max_queue() if max_queue is None else max_queue
         except ValueError as exc:
             raise ConfigError(str(exc), hint="fix the variable or unset it") from None
         self.store = store
-        self._memory = Budget(memory_budget)
-        self.backend = backend
-        self.backend_options = dict(backend_options or {})
-        self._runners: list[Runner] = []  # loading or ready, including stale ones
-        self._stopping: set[Runner] = set()
+        self._local = LocalPool(
+            store,
+            num_parallel=parallel,
+            max_loaded=loaded,
+            memory_budget=memory_budget,
+            backend=backend,
+            backend_options=dict(backend_options or {}),
+            spawn=self._spawn,
+            on_change=self._wake,
+            on_final=self._release,
+        )
         self._waiting: list[_Waiter] = []  # oldest first
         self._handing_out = False
         self._hand_out_again = False
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._names = Resolver(store, self._spawn)
-        self._closed = False
         self.remote = RemotePool(upstreams or [])
 
     @property
     def memory_budget(self) -> int | None:
         """The bytes loaded models may take; None: the available memory at each load."""
-        return self._memory.limit
+        return self._local.memory.limit
+
+    @property
+    def num_parallel(self) -> int:
+        """The requests a loaded model answers at once (the worker may settle on fewer)."""
+        return self._local.num_parallel
+
+    @property
+    def max_loaded(self) -> int:
+        """The models loaded at once, at most."""
+        return self._local.max_loaded
+
+    @property
+    def backend(self) -> str:
+        """The engine the runners load models with ("llama"; "fake" in tests)."""
+        return self._local.backend
+
+    @property
+    def backend_options(self) -> dict[str, Any]:
+        """What goes into every load message besides the model (the fake backend's replies)."""
+        return self._local.backend_options
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -147,21 +166,11 @@ class Scheduler:
         """The server is stopping (SIGTERM): every request in flight or waiting ends now with
         ServerError, so each stream sends its dialect's error line before its connection
         closes; new requests are refused. `close` then stops the runners."""
-        self._closed = True
-        self._wake()
-        error = ServerError("the server is shutting down", hint="retry once it is back")
-        for runner in [*self._runners, *self._stopping]:
-            runner.process.interrupt(error)
+        self._local.interrupt()
 
     async def close(self) -> None:
         """Stop every runner: stdin EOF, then SIGTERM and SIGKILL past their deadlines."""
-        self._closed = True
-        self._wake()  # the waiting requests fail: the server is shutting down
-        for runner in list(self._runners):
-            self._stop(runner)
-        stopping = list(self._stopping)
-        if stopping:
-            await asyncio.gather(*(r.exited.wait() for r in stopping))
+        await self._local.close()  # the waiting requests fail: the server is shutting down
         await self.remote.close()
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
@@ -371,37 +380,17 @@ class Scheduler:
         A runner still busy CANCEL_WAIT_S after its requests were cancelled is wedged: it is
         killed. Returns once the model's runners have exited.
         """
-        key = canonical(name)
-        found = [r for r in self._runners if r.name == key]
-        for runner in found:
-            runner.stale = True
-            runner.keep_alive = 0.0
-            if runner.busy == 0:
-                self._stop(runner)
-            else:
-                for rid in list(runner.process.pending):
-                    runner.process.cancel(rid)
-        if found:
-            await asyncio.gather(*(self._gone_or_killed(r) for r in found))
-        return bool(found)
-
-    async def _gone_or_killed(self, runner: Runner) -> None:
-        wait = runner_process.CANCEL_WAIT_S
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(runner.exited.wait(), wait)
-        if runner.busy > 0 and not runner.exited.is_set():
-            self._kill(runner, f"it was still busy {wait:g}s after an unload cancelled its work")
-        await runner.exited.wait()
+        return await self._local.unload(canonical(name))
 
     def running(self) -> list[RunningModel]:
-        return [r.describe() for r in self._runners if r.state == "ready"]
+        return [r.describe() for r in self._local.runners if r.state == "ready"]
 
     @property
     def waiting(self) -> int:
         """Requests waiting for a slot (BusyError once this reaches max_queue)."""
         return len(self._waiting)
 
-    # -- admission ----------------------------------------------------------------------------
+    # -- admission and the waiting line -------------------------------------------------------
 
     async def _generate(
         self,
@@ -412,7 +401,7 @@ class Scheduler:
     ) -> Stream:
         remote = await self.remote_name(name)
         if remote is not None:
-            if self._closed:
+            if self._local.closed:
                 raise ServerError("the server is shutting down", hint="retry once it is back")
             return await self.remote.generate(remote, build(next(self._ids)))
         runner, load_s = await self._admit(name, options, keep_alive)
@@ -421,7 +410,7 @@ class Scheduler:
             queue,
             load_s,
             lambda: runner.process.cancel(rid),
-            functools.partial(self._kill, runner),
+            functools.partial(self._local.kill, runner),
             model=runner.name,
         )
 
@@ -445,7 +434,7 @@ class Scheduler:
         Those seconds are Ollama's load_duration: small, but never 0, when the model was loaded
         already (Ollama's clients and tests take 0 for a missing field).
         """
-        if self._closed:
+        if self._local.closed:
             raise ServerError("the server is shutting down", hint="retry once it is back")
         started = time.perf_counter()
         keep = self._keep_alive(keep_alive)
@@ -496,20 +485,20 @@ class Scheduler:
 
         `load_options` None takes any runner of the model as it is (one loaded with the
         model's own options if it must be loaded)."""
-        if self._closed:
+        if self._local.closed:
             raise ServerError("the server is shutting down", hint="retry once it is back")
-        same = [r for r in self._runners if r.name == target.name]
+        same = [r for r in self._local.runners if r.name == target.name]
         for runner in same:
             if runner.stale:
                 continue
             if load_options is None and runner.digest == target.digest:
                 pass
             elif not runner.matches(target, load_options or {}):
-                self._memory.check_fits(runner, target, load_options or {}, self._runners)
+                self._local.check_fits(runner, target, load_options or {})
                 # Other load options or a changed model: reload once its requests end.
                 runner.stale = True
                 if runner.busy == 0:
-                    self._stop(runner)
+                    self._local.stop(runner)
                 continue
             if runner.busy < runner.slots:
                 runner.busy += 1
@@ -517,30 +506,12 @@ class Scheduler:
                 runner.cancel_timer()
                 return runner
             return None
-        if any(r.name == target.name for r in self._runners):
+        if any(r.name == target.name for r in self._local.runners):
             return None  # a stale runner of this model is finishing its requests
-        return self._start_runner(target, load_options or {}, keep_alive)
-
-    def _start_runner(
-        self, target: Target, load_options: dict[str, Any], keep_alive: float
-    ) -> Runner | None:
-        """Make room (evicting idle models LRU) and start loading; None if there is no room."""
-        estimate = self._memory.estimate(target, load_options)
-        evict = self._memory.make_room(estimate, self._runners, self.max_loaded)
-        if evict is None:
-            return None  # every loaded model is busy: wait for one to become idle
-        for victim in evict:
-            log.info("unloading %s to make room for %s", victim.name, target.name)
-            self._stop(victim)
-        runner = Runner(target, load_options, self.num_parallel, keep_alive)
-        runner.estimate = estimate
-        runner.busy = 1
-        self._runners.append(runner)
-        self._spawn(self._load(runner))
-        return runner
+        return self._local.start_runner(target, load_options or {}, keep_alive)
 
     def _busy(self) -> BusyError:
-        slots = sum(r.slots for r in self._runners) or self.num_parallel
+        slots = sum(r.slots for r in self._local.runners) or self.num_parallel
         retry = max(1, min(60, math.ceil((self.waiting + 1) / slots)))
         return BusyError(
             f"the server is busy: {self.waiting} requests are already waiting",
@@ -552,28 +523,8 @@ class Scheduler:
         """A request's slot is free again (its final event came, or it never started)."""
         runner.busy -= 1
         runner.last_used = time.monotonic()
-        self._on_idle(runner)
+        self._local.on_idle(runner)
         self._wake()
-
-    def _on_idle(self, runner: Runner) -> None:
-        if runner.busy > 0 or runner.state != "ready":
-            return
-        if runner.stale or self._closed or runner.keep_alive <= 0:
-            self._stop(runner)
-            return
-        runner.cancel_timer()
-        if math.isinf(runner.keep_alive):
-            runner.expires_at = math.inf
-            return
-        runner.expires_at = time.time() + runner.keep_alive
-        delay = min(runner.keep_alive, MAX_TIMER_S)
-        runner.timer = asyncio.get_running_loop().call_later(delay, self._expire, runner)
-
-    def _expire(self, runner: Runner) -> None:
-        runner.timer = None
-        if runner.busy == 0 and runner.state == "ready":
-            log.info("unloading %s: keep_alive expired", runner.name)
-            self._stop(runner)
 
     def _wake(self) -> None:
         """Hand what is free to the waiting requests, oldest first (called on every change).
@@ -606,160 +557,6 @@ class Scheduler:
                         waiter.granted.set_result(runner)
         finally:
             self._handing_out = False
-
-    # -- runner processes ---------------------------------------------------------------------
-
-    async def _load(self, runner: Runner) -> None:
-        # The memory of models being unloaded must be back before another one loads.
-        while self._stopping - {runner}:
-            await asyncio.gather(*(r.exited.wait() for r in self._stopping - {runner}))
-        if runner.state != "loading":
-            self._finish(runner, None)
-            return
-        process = runner.process
-        try:
-            await process.start(
-                on_event=functools.partial(self._on_event, runner),
-                on_final=functools.partial(self._release, runner),
-                on_exit=functools.partial(self._finish, runner),
-            )
-        except LocalrunError as exc:
-            runner.load_error = exc
-            self._finish(runner, None)
-            return
-        log.info("loading %s (runner pid %d)", runner.name, process.pid)
-        if runner.state != "loading":  # stopped while it started: EOF before the load
-            await process.stop()
-            return
-        request = protocol.load_request(
-            str(self.store.root),
-            runner.name,
-            options=runner.load_options,
-            slots=runner.slots,
-            backend=self.backend,
-            **self.backend_options,
-        )
-        with contextlib.suppress(LocalrunError):  # a death is reported by the reader
-            process.write(request)
-            await process.drain()
-
-    def _on_event(self, runner: Runner, event: Event) -> None:
-        """An event about the runner itself: its model is loaded, or it failed."""
-        kind = event.get("event")
-        if kind == protocol.READY:
-            self._on_ready(runner, event)
-        elif kind == protocol.ERROR:
-            error = protocol.error_from_dict(event.get("error"))
-            if runner.state == "loading":
-                runner.load_error = error
-            else:
-                log.error("runner of %s: %s", runner.name, error)
-
-    def _on_ready(self, runner: Runner, event: Event) -> None:
-        try:
-            runner.info = protocol.ReadyInfo.from_dict(event.get("info") or {})
-        except TypeError as exc:  # fields missing: an incompatible worker
-            runner.load_error = ModelLoadError(
-                f"the runner of {runner.name} is incompatible: {exc}"
-            )
-            runner.process.close_stdin()
-            return
-        self._memory.measured(runner, runner.info.size)
-        if runner.state != "loading":
-            return
-        runner.state = "ready"
-        runner.slots = runner.info.slots or runner.slots  # the worker has the last word
-        log.info(
-            "loaded %s in %.2fs (%s, context %d x %d slots)",
-            runner.name,
-            runner.info.load_s,
-            runner.info.processor,
-            runner.info.n_ctx,
-            runner.slots,
-        )
-        if not runner.ready.done():
-            runner.ready.set_result(None)
-        self._trim(runner)
-        self._on_idle(runner)  # every request that waited for the load may have gone
-        self._wake()
-
-    def _trim(self, loaded: Runner) -> None:
-        """Evict idle models (LRU) while the measured sizes exceed the budget: a model may
-        take more once loaded than its estimate."""
-        for victim in self._memory.excess(loaded, self._runners):
-            log.info("unloading %s: %s needs its memory", victim.name, loaded.name)
-            self._stop(victim)
-
-    def _finish(self, runner: Runner, code: int | None) -> None:
-        """Drop a runner that exited (or never started) and fail what was waiting on it."""
-        stopping = runner.state == "stopping"
-        runner.state = "dead"
-        runner.cancel_timer()
-        if runner in self._runners:
-            self._runners.remove(runner)
-        self._stopping.discard(runner)
-        status = exit_text(code)
-        killed = runner.process.killed
-        if self._closed:
-            runner.death = ServerError("the server is shutting down", hint="retry once it is back")
-        elif killed is not None:
-            runner.death = RunnerDiedError(
-                f"the runner of {runner.name} (pid {runner.pid}) was killed: {killed}",
-                hint="retry the request: the next one loads the model afresh",
-            )
-        elif stopping:
-            runner.death = ServerError(f"{runner.name} was unloaded", hint="retry the request")
-        else:
-            log.error("runner of %s (pid %d) exited: %s", runner.name, runner.pid, status)
-            runner.death = RunnerDiedError(
-                f"the runner of {runner.name} (pid {runner.pid}) exited unexpectedly ({status})",
-                hint="see the server log for its last lines, then retry: "
-                "the next request loads the model afresh",
-            )
-        if not runner.ready.done():
-            runner.ready.set_exception(self._load_failure(runner, status))
-        runner.process.fail(runner.death)
-        runner.exited.set()
-        self._wake()
-
-    def _load_failure(self, runner: Runner, status: str) -> LocalrunError:
-        if runner.load_error is not None:
-            return runner.load_error
-        if runner.death is not None and (
-            not isinstance(runner.death, RunnerDiedError) or runner.process.killed
-        ):
-            return runner.death  # shutting down, unloaded or killed while loading
-        # Its last lines (native backtraces, paths) are in the server log, not in the answer.
-        return ModelLoadError(
-            f"llama.cpp failed while loading {runner.name} ({status}): the model file is "
-            "damaged or not supported by this llama.cpp",
-            hint="see the server log for the runner's output",
-        )
-
-    def _stop(self, runner: Runner) -> None:
-        """Begin stopping a runner (stdin EOF); it leaves the table at once."""
-        if runner.state in ("stopping", "dead"):
-            return
-        runner.state = "stopping"
-        runner.cancel_timer()
-        if runner in self._runners:
-            self._runners.remove(runner)
-        self._stopping.add(runner)
-        self._spawn(runner.process.stop())
-        self._wake()
-
-    def _kill(self, runner: Runner, reason: str) -> None:
-        """SIGKILL a wedged runner: its requests fail, and the next one starts a fresh runner."""
-        if runner.state == "dead":
-            return
-        runner.process.kill(reason)
-        if runner.state != "stopping":
-            runner.state = "stopping"
-            runner.cancel_timer()
-            if runner in self._runners:
-                self._runners.remove(runner)
-            self._stopping.add(runner)
-            self._wake()
 
     async def _submit(
         self, runner: Runner, build: Callable[[int], Event]
