@@ -60,6 +60,15 @@ class FakeUpstream:
                     fake.requests.append(
                         {"path": self.path, "headers": dict(self.headers), "body": body}
                     )
+                if self.path == "/v1/embeddings" and fake.mode == "ok":
+                    inputs = body.get("input") or []
+                    data = [
+                        {"object": "embedding", "index": i, "embedding": [3.0, 4.0]}
+                        for i in range(len(inputs))
+                    ]
+                    usage = {"prompt_tokens": 2 * len(inputs), "total_tokens": 2 * len(inputs)}
+                    self._json(200, {"object": "list", "data": data, "usage": usage})
+                    return
                 if self.path not in ("/v1/chat/completions", "/v1/completions"):
                     self._json(404, {"error": {"message": "this upstream speaks OpenAI only"}})
                     return

@@ -170,6 +170,10 @@ def test_ollama_dialect_through_an_openai_only_upstream(tmp_path: Path, fake: Fa
             model="big-model", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
         )
         assert said.content[0].text == "Hello from the fake upstream."  # type: ignore[union-attr]
+        # Embeddings, normalized as local ones are.
+        vectors = ai.embeddings.create(model="big-model", input=["a", "b"])
+        assert [v.embedding for v in vectors.data] == [pytest.approx([0.6, 0.8])] * 2
+        assert vectors.usage.prompt_tokens == 4
         # The key goes to the upstream and nowhere else.
         for path in ("/api/tags", "/api/ps", "/v1/models", "/metrics"):
             assert KEY not in httpx.get(gw.url + path).text

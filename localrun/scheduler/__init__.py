@@ -1,4 +1,5 @@
-"""Loaded models of `localrun serve`: one runner subprocess each, keep-alive, memory and a queue.
+"""Loaded models of `localrun serve`: one runner subprocess each, keep-alive, memory and a queue,
+and the upstream servers that answer for the models the store does not have.
 
 Each loaded model lives in its own `python -m localrun.worker` process and answers up to
 `num_parallel` requests at once. The package, one concern a module, imports flowing down:
@@ -12,7 +13,11 @@ Each loaded model lives in its own `python -m localrun.worker` process and answe
     runners.py  one runner's state (slots, keep-alive, load options it matches) and how
                 /api/ps shows it
     targets.py  which model a name resolves to; catalog models imported into the store on
-                first use, in a child process
+                first use, in a child process (importer.py is that child)
+    remote.py   the remote runners: upstreams.toml's servers, routing among them (affinity,
+                fewest in flight), health checks, ejection, retries, cancellation
+    remote_wire.py  a runner request as an upstream's OpenAI or Ollama API call, and its
+                streamed answer back as runner events
 
 The runner processes themselves (pipes, events, stderr, stopping and reaping) are handled by
 localrun.worker.process. A runner also exits when the server dies: its stdin reaches EOF.

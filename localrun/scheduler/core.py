@@ -265,6 +265,10 @@ class Scheduler:
         """L2-normalized embeddings of `inputs`, in order."""
         started = time.monotonic()
         opts = params_mod.validate(options or {})
+        remote = await self.remote_name(name)
+        if remote is not None:
+            found, tokens = await self.remote.embed(remote, list(inputs), truncate=truncate)
+            return Embeddings(found, tokens, 0.0, time.monotonic() - started, model=remote)
         runner, load_s = await self._admit(name, opts, keep_alive)
         rid, queue = await self._submit(
             runner, lambda rid: protocol.embed_request(rid, inputs, truncate=truncate)

@@ -286,6 +286,49 @@ class RemotePool:
         finally:
             state.in_flight -= 1
 
+    async def embed(
+        self, model: str, inputs: list[Any], *, truncate: bool = True
+    ) -> tuple[list[list[float]], int]:
+        """Embeddings of `inputs` from an upstream serving `model`, L2-normalized as local
+        ones are, and the prompt tokens it counted. Tried once more elsewhere on a failure
+        (an embedding request has no partial answer to lose)."""
+        tried: set[str] = set()
+        last: UpstreamError | None = None
+        for _ in range(2):
+            state = self._choose(model, "", tried)
+            if state is None:
+                break
+            tried.add(state.name)
+            state.in_flight += 1
+            state.requests += 1
+            started = time.perf_counter()
+            try:
+                upstream = state.upstream
+                route, payload = remote_wire.embed_body(upstream.dialect, model, inputs, truncate)
+                response = await self._client.post(
+                    upstream.url + route, json=payload, headers=_headers(upstream),
+                    timeout=_timeout(),
+                )  # fmt: skip
+                if response.status_code != 200:
+                    text = response.text[:300]
+                    raise ValueError(f"HTTP {response.status_code}: {_one_line(text)}")
+                vectors, tokens = remote_wire.embeddings(upstream.dialect, response.json())
+                if len(vectors) != len(inputs):
+                    raise ValueError(f"{len(vectors)} vectors for {len(inputs)} inputs")
+            except Exception as exc:
+                self._failed(state, _describe(exc))
+                last = UpstreamError(
+                    f"upstream {state.name}: {_describe(exc)}",
+                    hint="the server log has more; `localrun ps` shows its health",
+                )
+                continue
+            finally:
+                state.in_flight -= 1
+            state.latency_s += time.perf_counter() - started
+            self._succeeded(state, "")
+            return vectors, tokens
+        raise last or UpstreamError(f"no upstream serving {model} is available")
+
     # -- health ---------------------------------------------------------------------------------
 
     def _failed(self, state: UpstreamState, why: str, *, check: bool = False) -> None:

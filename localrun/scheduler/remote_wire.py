@@ -12,6 +12,7 @@ each decoded object and returns the events it makes, `Reader.done` the final one
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -127,6 +128,44 @@ def _call(call: Message, index: int, n: int, openai: bool) -> Message:
         "type": "function",
         "function": {"name": name, "arguments": arguments},
     }
+
+
+def embed_body(dialect: str, model: str, inputs: list[Any], truncate: bool) -> tuple[str, Message]:
+    """The route and body of an embedding request for `inputs` (texts or token ids)."""
+    if dialect == "ollama":
+        return "/api/embed", {"model": model, "input": inputs, "truncate": truncate}
+    return "/v1/embeddings", {"model": model, "input": inputs, "encoding_format": "float"}
+
+
+def embeddings(dialect: str, data: Any) -> tuple[list[list[float]], int]:
+    """The vectors of an embedding answer, in input order and L2-normalized, and the prompt
+    tokens counted; ValueError for anything else."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if dialect == "ollama":
+        raw = data.get("embeddings")
+        tokens = data.get("prompt_eval_count")
+    else:
+        items = data.get("data")
+        if not isinstance(items, list):
+            raise ValueError("no data in the answer")
+        ordered = sorted(
+            items, key=lambda item: item.get("index", 0) if isinstance(item, dict) else 0
+        )
+        raw = [item.get("embedding") if isinstance(item, dict) else None for item in ordered]
+        usage = data.get("usage")
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else 0
+    if not isinstance(raw, list):
+        raise ValueError("no embeddings in the answer")
+    vectors = []
+    for vector in raw:
+        if not isinstance(vector, list) or not all(isinstance(x, (int, float)) for x in vector):
+            raise ValueError("an embedding that is not a list of numbers")
+        norm = math.sqrt(sum(float(x) * float(x) for x in vector))
+        vectors.append(
+            [float(x) / norm for x in vector] if norm > 0 else [float(x) for x in vector]
+        )
+    return vectors, int(tokens or 0)
 
 
 class Reader:
