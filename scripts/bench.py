@@ -787,9 +787,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import bench_gateway
 
-        for dialect in ("openai", "ollama"):
-            print(bench_gateway.run(model, args.repeat * 2, serve_threads, dialect)["report"])
-            print()
+        # With llama.cpp on every core, and with a core left to the gateway's own process.
+        for threads in sorted({serve_threads, max(1, serve_threads - 1)}, reverse=True):
+            for dialect in ("openai", "ollama"):
+                result = bench_gateway.run(model, args.repeat * 2, threads, dialect)
+                print(f"(upstream llama.cpp on {threads} threads)\n{result['report']}\n")
         return 0
 
     build: Build | None

@@ -21,9 +21,10 @@ from localrun.worker import protocol
 
 Message = dict[str, Any]
 
-# Ollama option -> the OpenAI request field that means the same (vLLM and SGLang also take
-# top_k, min_p and repetition_penalty beside the standard ones).
-_OPENAI_OPTIONS = {
+# Ollama option -> the OpenAI request fields that mean the same: the standard ones, and the
+# extensions vLLM and SGLang (repetition_penalty) and llama-server and localrun (repeat_penalty)
+# read, each server ignoring the other's name.
+_OPENAI_OPTIONS: dict[str, str | tuple[str, ...]] = {
     "temperature": "temperature",
     "top_p": "top_p",
     "top_k": "top_k",
@@ -33,7 +34,7 @@ _OPENAI_OPTIONS = {
     "stop": "stop",
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
-    "repeat_penalty": "repetition_penalty",
+    "repeat_penalty": ("repetition_penalty", "repeat_penalty"),
 }
 
 
@@ -65,8 +66,10 @@ def body(dialect: str, model: str, request: Message) -> Message:
         return out
     out = {"model": model, "stream": True, "stream_options": {"include_usage": True}}
     for key, value in options.items():
-        field = _OPENAI_OPTIONS.get(key)
-        if field is not None and not (key == "num_predict" and value < 0):
+        fields = _OPENAI_OPTIONS.get(key, ())
+        if key == "num_predict" and value < 0:
+            continue
+        for field in (fields,) if isinstance(fields, str) else fields:
             out[field] = list(value) if key == "stop" else value
     if request["op"] == protocol.CHAT:
         out["messages"] = _messages(request, openai=True)

@@ -50,7 +50,8 @@ _SAMPLING = {
     "frequency_penalty": "frequency_penalty",
     "top_k": "top_k",
     "min_p": "min_p",
-    "repeat_penalty": "repeat_penalty",
+    "repetition_penalty": "repeat_penalty",  # vLLM's and SGLang's name
+    "repeat_penalty": "repeat_penalty",  # llama-server's (it wins when both are sent)
     "draft_num_predict": "draft_num_predict",
 }
 
