@@ -138,7 +138,8 @@ def test_ollama_dialect_through_an_openai_only_upstream(tmp_path: Path, fake: Fa
                 model="big-model",
                 messages=[{"role": "system", "content": "Be brief."},
                           {"role": "user", "content": "hi"}],
-                options={"temperature": 0.2, "num_predict": 50, "top_k": 5, "stop": ["\n\n"]},
+                options={"temperature": 0.2, "num_predict": 50, "top_k": 5, "stop": ["\n\n"],
+                         "repeat_penalty": 1.2},
                 stream=True,
             )
         ]  # fmt: skip
@@ -153,6 +154,7 @@ def test_ollama_dialect_through_an_openai_only_upstream(tmp_path: Path, fake: Fa
         assert (body["temperature"], body["max_tokens"], body["top_k"], body["stop"]) == (
             0.2, 50, 5, ["\n\n"]
         )  # fmt: skip
+        assert body["repetition_penalty"] == body["repeat_penalty"] == 1.2  # each server's name
         final = oc.generate(model="big-model", prompt="raw text", raw=True)
         assert final.response == "Hello from the fake upstream." and final.eval_count == 6
         assert fake.chat_requests()[-1]["path"] == "/v1/completions"
