@@ -10,6 +10,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,6 +174,18 @@ def test_ollama_dialect_through_an_openai_only_upstream(tmp_path: Path, fake: Fa
             model="big-model", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
         )
         assert said.content[0].text == "Hello from the fake upstream."  # type: ignore[union-attr]
+        answered = ai.responses.create(model="big-model", input="hi")
+        assert answered.output_text == "Hello from the fake upstream."
+        # `localrun run` through the server, and `localrun list` marking the model remote.
+        host = {"LOCALRUN_HOST": gw.url.removeprefix("http://")}
+        ran = subprocess.run([sys.executable, "-m", "localrun", "run", "big-model", "hi"],
+                             env={**os.environ, **host}, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+        assert ran.returncode == 0 and ran.stdout.strip() == "Hello from the fake upstream."
+        listed = subprocess.run([sys.executable, "-m", "localrun", "list"], env={
+            **os.environ, **host, "LOCALRUN_HOME": str(tmp_path / "gw")}, capture_output=True,
+            text=True, timeout=60)  # fmt: skip
+        assert re.search(r"^big-model\s+remote\s+via fake$", listed.stdout, re.M), listed.stdout
         # Embeddings, normalized as local ones are.
         vectors = ai.embeddings.create(model="big-model", input=["a", "b"])
         assert [v.embedding for v in vectors.data] == [pytest.approx([0.6, 0.8])] * 2

@@ -108,23 +108,24 @@ async def ps(request: Request) -> Response:
                 "processor": m.processor,
             }
         )
-    for state in core.context(request).scheduler.remote.states:
-        for name in state.models():
-            models.append(
-                {
-                    "name": name,
-                    "model": name,
-                    "size": 0,
-                    "digest": "",
-                    "details": core.details_of({}),
-                    "expires_at": core.iso_from_epoch(0),
-                    "size_vram": 0,
-                    "context_length": 0,
-                    "processor": f"remote: {state.name}" + ("" if state.healthy else " (ejected)"),
-                    "remote_host": state.name,
-                    "in_flight": state.in_flight,
-                }
-            )
+    remote = core.context(request).scheduler.remote
+    for served in remote.models():  # one entry a model, with every upstream serving it
+        m = remote.describe(served.name)
+        models.append(
+            {
+                "name": m.name,
+                "model": m.name,
+                "size": 0,
+                "digest": "",
+                "details": core.details_of({}),
+                "expires_at": core.iso_from_epoch(0),
+                "size_vram": 0,
+                "context_length": 0,
+                "processor": m.processor,
+                "remote_host": ", ".join(served.upstreams),
+                "in_flight": m.busy,
+            }
+        )
     return JSONResponse({"models": models})
 
 
