@@ -65,21 +65,10 @@ def _stream(port: int, model: str, n: int, n_predict: int) -> Stream:
     """One raw completion with sampling options only: no load-time option (num_ctx,
     num_thread), which an OpenAI-dialect hop could not carry, so both paths use the runner the
     upstream loaded with the model's own settings."""
-    result = Stream()
     options = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": n_predict}
     body = {"model": model, "prompt": bench_serve.prompt(n), "raw": True, "stream": True,
             "options": options}  # fmt: skip
-    for line in bench_serve._lines(port, "/api/generate", body, result):
-        obj = json.loads(line)
-        if "error" in obj:
-            raise RuntimeError(str(obj["error"]))
-        if obj.get("response"):
-            result.last = time.perf_counter()
-            result.first = result.first or result.last
-        if obj.get("done"):
-            result.tokens = int(obj.get("eval_count") or 0)
-            result.complete = obj.get("done_reason") in ("stop", "length")
-    return result
+    return bench_serve.ollama_stream(port, body)
 
 
 def _first_byte(port: int, n: int) -> float:

@@ -158,7 +158,6 @@ def _sse(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
 def localrun_stream(
     port: int, model: str, n: int, n_predict: int, threads: int = THREADS
 ) -> Stream:
-    result = Stream()
     body = {
         "model": model,
         "prompt": prompt(n),
@@ -173,6 +172,12 @@ def localrun_stream(
             "num_ctx": CTX_PER_SLOT,
         },
     }
+    return ollama_stream(port, body)
+
+
+def ollama_stream(port: int, body: dict[str, Any]) -> Stream:
+    """Stream /api/generate with `body`, timing each piece as it arrives."""
+    result = Stream()
     for line in _lines(port, "/api/generate", body, result):
         obj = json.loads(line)
         if "error" in obj:
