@@ -19,6 +19,7 @@ the binary as from pip.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -66,30 +67,52 @@ def main() -> None:
 _STALE_S = 3600.0
 
 
+# What scripts/build_binary.py's header writes there, and nothing else is touched: a published
+# build `<version>-<16 hex>` (a symlink) and its unpack `.<version>-<16 hex>.<pid>` (a folder).
+_BUILD = re.compile(r"[0-9A-Za-z.+!_-]{1,64}-[0-9a-f]{16}")
+_UNPACK = re.compile(r"\.(" + _BUILD.pattern + r")\.[0-9]{1,10}")
+
+
 def prune_builds(cache: Path) -> tuple[int, int]:
-    """Remove from the binary's unpack folder every build but the running one, and interrupted
-    unpacks of it; returns (builds removed, bytes freed). Nothing outside a binary."""
+    """Remove from the binary's unpack folder the other builds (none a process still runs
+    from) and interrupted unpacks of this one; returns (builds removed, bytes freed). Only
+    names the binary's header makes are looked at; nothing happens outside a binary."""
     build = os.environ.get("LOCALRUN_BINARY_BUILD", "")
     if not frozen() or not build or not cache.is_dir():
         return 0, 0
     current = cache / build
     kept = os.path.realpath(current) if current.is_symlink() else ""
+    running = _running_from()
     removed = freed = 0
     for entry in cache.iterdir():
         name = entry.name
         if entry.is_symlink():  # a published build: its name is the build id
-            if name != build:
+            if name != build and _BUILD.fullmatch(name):
                 entry.unlink()
             continue
-        if not name.startswith(".") or not entry.is_dir():
-            continue  # not ours
-        if os.path.realpath(entry / "localrun") == kept:
-            continue
-        mine = name.startswith(f".{build}.")
+        unpack = _UNPACK.fullmatch(name)
+        if unpack is None or not entry.is_dir():
+            continue  # not the binary's
+        program = os.path.realpath(entry / "localrun")
+        if program == kept or any(exe.startswith(os.path.realpath(entry)) for exe in running):
+            continue  # the running build, or an older one still serving
+        mine = unpack.group(1) == build
         if mine and time.time() - entry.stat().st_mtime < _STALE_S:
-            continue
+            continue  # an unpack racing this start
         size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
         shutil.rmtree(entry, ignore_errors=True)
         removed += 0 if mine else 1
         freed += size
     return removed, freed
+
+
+def _running_from() -> set[str]:
+    """The executables of this user's running processes."""
+    import psutil
+
+    found = set()
+    for proc in psutil.process_iter(["exe"]):
+        exe = proc.info.get("exe")
+        if exe:
+            found.add(os.path.realpath(exe))
+    return found

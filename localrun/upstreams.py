@@ -42,10 +42,19 @@ class Upstream:
     models: tuple[str, ...] = field(default_factory=tuple)  # empty: discover them
 
     def api_key(self) -> str | None:
-        """The key, read from its variable now; None when it has none or the variable is unset."""
+        """The key, read from its variable now; None when it has none or the variable is unset.
+        A key with spaces or control characters inside (a file's CR LF) is refused, naming
+        the variable, never the value."""
         if not self.api_key_env:
             return None
-        return os.environ.get(self.api_key_env) or None
+        key = os.environ.get(self.api_key_env, "").strip()
+        if any(not 33 <= ord(c) <= 126 for c in key):
+            raise ConfigError(
+                f"the API key in {self.api_key_env} (upstream {self.name}) has spaces or "
+                "control characters in it",
+                hint=f"set {self.api_key_env} to the key alone, on one line",
+            )
+        return key or None
 
     def to_dict(self) -> dict[str, Any]:
         """What `upstream list --json` and the server show: never the key itself."""

@@ -77,8 +77,15 @@ elif [ -n "$XDG_CACHE_HOME" ]; then
   base=$XDG_CACHE_HOME/localrun/binary
 elif [ -n "$HOME" ]; then
   base=$HOME/.cache/localrun/binary
-else
-  base=${{TMPDIR:-/tmp}}/localrun-$(id -u)/binary
+else  # no HOME: a folder of this user's own in /tmp, never one another user made first
+  private=${{TMPDIR:-/tmp}}/localrun-$(id -u)
+  mkdir -m 700 "$private" 2>/dev/null
+  if [ -L "$private" ] || [ ! -O "$private" ]; then
+    echo "localrun: $private is not this user's own folder" >&2
+    echo "  hint: set HOME, or LOCALRUN_BINARY_CACHE to a folder of your own" >&2
+    exit 1
+  fi
+  base=$private/binary
 fi
 dir=$base/$build
 if [ ! -x "$dir/localrun" ]; then
@@ -89,10 +96,11 @@ if [ ! -x "$dir/localrun" ]; then
     [ -L "$dir" ] && [ ! -e "$dir" ] && rm -f "$dir"  # left by an unpack that was removed
     tmp=.$build.$$
     rm -rf "${{base:?}}/$tmp" && mkdir "$base/$tmp" || exit 1
-    # Published by one symlink, made whole or not at all: a racing start that lost keeps its
-    # own copy out of the way; an interrupted or failed unpack is never used.
+    # Published by one symlink, made whole or not at all: an interrupted or failed unpack is
+    # never used. ln -n fails where a racing start published first (without -n it would try
+    # to put the link inside that folder); the loser removes its copy and uses the winner's.
     if tail -c +{offset} "$0" | tar -xzf - -C "$base/$tmp" 2>/dev/null \\
-      && [ -x "$base/$tmp/localrun/localrun" ] && ln -s "$tmp/localrun" "$dir" 2>/dev/null; then
+      && [ -x "$base/$tmp/localrun/localrun" ] && ln -sn "$tmp/localrun" "$dir" 2>/dev/null; then
       exit 0
     fi
     rm -rf "${{base:?}}/$tmp"

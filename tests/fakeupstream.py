@@ -9,6 +9,8 @@ Modes (set `mode` between requests):
   slow        send a chunk every `interval_s`, `pieces` times (for cancellation)
   slow_first  wait `stall_s` before the answer's first byte, then answer as ok
   tool        stream a call of the tool get_weather, its arguments in two parts
+  error400    answer HTTP 400: the request itself is wrong
+  error_line  start a stream, then end it as llama-server ends a refused one (`error: {...}`)
 
 It records each request (path, headers, JSON body) and whether a client went away mid-answer.
 """
@@ -75,6 +77,20 @@ class FakeUpstream:
                 mode = fake.mode
                 if mode == "error500":
                     self._json(500, {"error": {"message": "the GPU caught fire"}})
+                    return
+                if mode == "error400":
+                    self._json(400, {"error": {"message": "max_tokens is too large"}})
+                    return
+                if mode == "error_line":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    message = "the request exceeds the available context size"
+                    error = {"code": 400, "type": "exceed_context_size_error", "message": message}
+                    self.wfile.write(b"error: " + json.dumps(error).encode() + b"\n\n")
+                    self.wfile.flush()
                     return
                 if mode == "stall":
                     time.sleep(fake.stall_s)

@@ -258,11 +258,20 @@ def test_prune_removes_other_builds_only(lr: Bin) -> None:
     (old / "localrun" / "localrun").write_bytes(b"x" * 1000)
     (cache / "0.0.9-0123456789abcdef").symlink_to(".0.0.9-0123456789abcdef.42/localrun")
     (cache / ".0.0.8-fedcba9876543210.7").mkdir()
+    # What is not the binary's stays, whatever its name (a cache pointed at a shared folder).
+    (cache / ".ssh").mkdir()
+    (cache / ".ssh" / "id_ed25519").write_text("secret")
+    (cache / "dotfiles").symlink_to(".ssh")
+    (cache / ".1.0-notahexbuild.12").mkdir()
     pruned = lr("prune")
     assert pruned.returncode == 0, pruned.stderr
     assert "2 older unpacked builds" in pruned.stdout
-    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [current.name]
-    assert len([p for p in cache.iterdir() if p.name.startswith(".")]) == 1
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted(
+        [current.name, "dotfiles"]
+    )
+    assert (cache / ".ssh" / "id_ed25519").read_text() == "secret"
+    assert (cache / ".1.0-notahexbuild.12").is_dir()
+    assert len([p for p in cache.iterdir() if p.name.startswith(".")]) == 3
     assert lr("list").returncode == 0  # the running build is intact
 
 

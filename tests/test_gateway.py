@@ -408,3 +408,81 @@ def test_streams_spread_over_upstreams_and_survive_one_dying(
     finally:
         gw.kill()
         c.kill()
+
+
+def test_a_clients_own_mistakes_are_not_the_upstreams(tmp_path: Path, fake: FakeUpstream) -> None:
+    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
+    try:
+        for mode, text in (("error400", "max_tokens is too large"),
+                           ("error_line", "exceeds the available context size")):  # fmt: skip
+            fake.mode = mode
+            before = len(fake.chat_requests())
+            answer = httpx.post(gw.url + "/v1/chat/completions", timeout=30, json=HI)
+            assert answer.status_code == 400, answer.text
+            assert text in answer.json()["error"]["message"]
+            assert len(fake.chat_requests()) == before + 1  # not retried
+        assert _metric(gw.url, "localrun_upstream_errors_total", "fake") == 0
+        assert _metric(gw.url, "localrun_upstream_healthy", "fake") == 1
+        # A message the upstream's API cannot carry: a 400 at once, nothing left in flight.
+        bad = {"model": "big-model", "stream": False,
+               "messages": [{"role": "assistant", "content": "", "tool_calls": [1]},
+                            {"role": "user", "content": "hi"}]}  # fmt: skip
+        answer = httpx.post(gw.url + "/api/chat", timeout=10, json=bad)
+        assert answer.status_code == 400, answer.text
+        # A client that gives up before the first piece: its upstream request is cancelled.
+        fake.mode, fake.stall_s = "slow_first", 2.0
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(gw.url + "/api/chat", timeout=0.5, json=HI)
+        deadline = time.monotonic() + 10
+        while _metric(gw.url, "localrun_upstream_in_flight", "fake") != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        gw.kill()
+
+
+def test_a_long_shared_system_prompt_does_not_pin_conversations(tmp_path: Path) -> None:
+    with FakeUpstream() as one, FakeUpstream() as two:
+        gw = gateway(tmp_path / "gw", {"one": {"url": one.url}, "two": {"url": two.url}})
+        try:
+            system = {"role": "system", "content": "You are a careful agent. " * 400}
+            for i in range(6):
+                messages = [system, {"role": "user", "content": f"task {i}"}]
+                answer = httpx.post(gw.url + "/api/chat", timeout=30, json={
+                    "model": "big-model", "messages": messages, "stream": False})  # fmt: skip
+                assert answer.status_code == 200, answer.text
+            assert len(one.chat_requests()) >= 2 and len(two.chat_requests()) >= 2
+        finally:
+            gw.kill()
+
+
+def test_wire_translation_details() -> None:
+    from localrun.scheduler import remote_wire
+    from localrun.worker import protocol
+
+    history = [
+        {"role": "user", "content": "weather in Paris and Rome?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "a1", "function": {"name": "w", "arguments": '{"city": "Paris"}'}},
+            {"id": "b2", "function": {"name": "w", "arguments": {"city": "Rome"}}}]},
+        {"role": "tool", "content": "sunny"},
+        {"role": "tool", "content": "rainy"},
+    ]  # fmt: skip
+    chat = protocol.chat_request(1, history, options={"seed": -1, "num_predict": -1})
+    openai_body = remote_wire.body("openai", "m", chat)
+    assert [m.get("tool_call_id") for m in openai_body["messages"][2:]] == ["a1", "b2"]
+    assert "seed" not in openai_body and "max_tokens" not in openai_body
+    ollama_body = remote_wire.body("ollama", "m", chat)
+    calls = ollama_body["messages"][1]["tool_calls"]
+    assert [c["function"]["arguments"] for c in calls] == [{"city": "Paris"}, {"city": "Rome"}]
+    assert "seed" not in ollama_body["options"]
+    fim = protocol.complete_request(2, "def f(", suffix="    return x")
+    assert remote_wire.body("ollama", "m", fim)["raw"] is False  # Ollama's template fills in
+    reader = remote_wire.Reader("openai", 1, 0.0)
+    with pytest.raises(ValueError, match="abort"):
+        reader.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "abort"}]})
+    with pytest.raises(remote_wire.RequestRefused):
+        reader.feed({"object": "error", "type": "BadRequestError", "message": "too long"})
+    with pytest.raises(ValueError, match="reported an error"):
+        reader.feed({"error": {"message": "CUDA out of memory", "type": "server_error"}})
+    assert reader.feed({"error": None, "choices": []}) == []

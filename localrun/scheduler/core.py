@@ -165,8 +165,10 @@ class Scheduler:
     def interrupt(self) -> None:
         """The server is stopping (SIGTERM): every request in flight or waiting ends now with
         ServerError, so each stream sends its dialect's error line before its connection
-        closes; new requests are refused. `close` then stops the runners."""
+        closes; new requests are refused. `close` then stops the runners. Answers coming
+        from upstreams end the same way, their upstream requests cancelled."""
         self._local.interrupt()
+        self.remote.interrupt()
 
     async def close(self) -> None:
         """Stop every runner: stdin EOF, then SIGTERM and SIGKILL past their deadlines."""

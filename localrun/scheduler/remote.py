@@ -26,13 +26,20 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from localrun import config
-from localrun.errors import LocalrunError, UpstreamError
+from localrun.errors import (
+    BadRequestError,
+    ConfigError,
+    LocalrunError,
+    ServerError,
+    UpstreamError,
+)
 from localrun.scheduler import remote_wire
 from localrun.scheduler.runners import RunningModel
 from localrun.upstreams import Upstream
@@ -42,8 +49,62 @@ from localrun.worker.process import Item, Stream
 log = logging.getLogger("localrun.upstreams")
 
 _AFFINITY_MAX = 4096  # conversations remembered for prefix affinity
-_AFFINITY_CHARS = 2048  # of a conversation's start, what identifies it
+# A conversation stays with its upstream while that one has at most this many requests in
+# flight more than the least busy: affinity saves a prompt's evaluation, not a queue's wait.
+_AFFINITY_SLACK = 2
 _MAX_LINE = 4 * 1024 * 1024  # one streamed line from an upstream, at most
+_MAX_ERROR_BODY = 4096  # of an upstream's error answer, what is read
+_HEALTH_TIMEOUT_S = 5.0  # a model list slower than this is a failed check
+_HINT = "the server log has more; `localrun ps` shows the upstreams' health"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The LOCALRUN_UPSTREAM_* settings, read once when the server starts."""
+
+    connect_s: float
+    read_s: float
+    health_s: float
+    eject_after: int
+    cooldown_s: float
+
+    @classmethod
+    def read(cls) -> Settings:
+        try:
+            settings = cls(
+                config.upstream_connect_timeout(),
+                config.upstream_read_timeout(),
+                config.upstream_health_interval(),
+                config.upstream_eject_after(),
+                config.upstream_cooldown(),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc), hint="fix the variable or unset it") from None
+        for name, value, least in (
+            ("LOCALRUN_UPSTREAM_CONNECT_TIMEOUT", settings.connect_s, 0.1),
+            ("LOCALRUN_UPSTREAM_READ_TIMEOUT", settings.read_s, 0.1),
+            ("LOCALRUN_UPSTREAM_HEALTH_INTERVAL", settings.health_s, 0.1),
+        ):
+            if not least <= value < math.inf:
+                raise ConfigError(
+                    f"{name} must be at least {least:g}s and finite", hint="e.g. 5s or 2m"
+                )
+        return settings
+
+    def timeout(self) -> Any:
+        import httpx
+
+        return httpx.Timeout(self.read_s, connect=self.connect_s)
+
+    def check_timeout(self) -> Any:
+        import httpx
+
+        return httpx.Timeout(min(self.read_s, _HEALTH_TIMEOUT_S), connect=self.connect_s)
+
+
+class _Refused(Exception):
+    """The upstream refused the request itself (a 4xx, an error about the request): the
+    client's to fix, so neither retried elsewhere nor counted against the upstream."""
 
 
 @dataclass
@@ -71,9 +132,6 @@ class UpstreamState:
     def models(self) -> tuple[str, ...]:
         return self.upstream.models or self.discovered
 
-    def available(self, now: float) -> bool:
-        return self.healthy or now >= self.ejected_until
-
 
 @dataclass(frozen=True)
 class RemoteModel:
@@ -92,12 +150,16 @@ class RemotePool:
         self._client: Any = None
         self._health: asyncio.Task[None] | None = None
         self._ids = 0
+        self._pumps: dict[asyncio.Task[None], asyncio.Queue[Item]] = {}
+        self._closing = False
+        self.settings: Settings | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         if not self.states:
             return
+        self.settings = Settings.read()
         import httpx
 
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
@@ -105,7 +167,21 @@ class RemotePool:
         await self.check_all()
         self._health = asyncio.get_running_loop().create_task(self._health_loop())
 
+    def interrupt(self) -> None:
+        """The server is stopping: every answer in flight ends now with ServerError (each
+        stream sends its dialect's error line), its upstream request cancelled."""
+        self._closing = True
+        error = ServerError("the server is shutting down", hint="retry once it is back")
+        for task, queue in list(self._pumps.items()):
+            queue.put_nowait(error)
+            task.cancel()
+
     async def close(self) -> None:
+        self._closing = True
+        pumps = list(self._pumps)
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
         if self._health is not None:
             self._health.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -160,7 +236,10 @@ class RemotePool:
 
     async def generate(self, model: str, request: protocol.Message) -> Stream:
         """Send a runner request (chat or complete) for `model` upstream; the answer's stream
-        once its first piece (or its end) arrived. UpstreamError when no upstream answered."""
+        once its first piece (or its end) arrived. UpstreamError when no upstream answered,
+        BadRequestError when one refused the request itself (not tried elsewhere)."""
+        if self._closing:
+            raise ServerError("the server is shutting down", hint="retry once it is back")
         key = _affinity_key(model, request)
         tried: set[str] = set()
         last: LocalrunError | None = None
@@ -175,42 +254,49 @@ class RemotePool:
                 last = exc
         if last is not None:
             raise last
-        raise UpstreamError(
-            f"no upstream serving {model} is available",
-            hint="see `localrun upstream list` and the server log",
-        )
+        raise UpstreamError(f"no healthy upstream serves {model} now", hint=_HINT)
 
     def _choose(self, model: str, key: str, tried: set[str]) -> UpstreamState | None:
-        now = time.monotonic()
+        """A healthy upstream serving `model`: the conversation's own (affinity) unless it is
+        busier than the least busy by more than _AFFINITY_SLACK, else the least busy. An
+        ejected upstream comes back through its health check, not through a request."""
         candidates = [
-            s
-            for s in self.states
-            if model in s.models() and s.name not in tried and s.available(now)
+            s for s in self.states if s.healthy and s.name not in tried and model in s.models()
         ]
         if not candidates:
             return None
-        preferred = self._affinity.get(key)
+        least = min(candidates, key=lambda s: (s.in_flight, s.requests))
+        preferred = self._affinity.get(key) if key else None
         for state in candidates:
-            if state.name == preferred and state.healthy:
+            if state.name == preferred and state.in_flight <= least.in_flight + _AFFINITY_SLACK:
                 return state
-        return min(candidates, key=lambda s: (s.in_flight, s.requests))
+        return least
 
     async def _start(
         self, state: UpstreamState, model: str, request: protocol.Message, key: str
     ) -> Stream:
+        upstream = state.upstream
+        try:
+            url = upstream.url + remote_wire.path(upstream.dialect, request["op"])
+            payload = remote_wire.body(upstream.dialect, model, request)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise BadRequestError(
+                f"this request cannot be sent to upstream {upstream.name}: {_one_line(str(exc))}"
+            ) from None
         self._ids += 1
         rid = request.get("id", self._ids)
         queue: asyncio.Queue[Item] = asyncio.Queue()
         started = time.perf_counter()
-        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[None] = loop.create_future()
         state.in_flight += 1
         state.requests += 1
-        task = asyncio.get_running_loop().create_task(
-            self._pump(state, model, request, rid, queue, first, started, key)
-        )
+        task = loop.create_task(self._pump(state, url, payload, rid, queue, first, started, key))
+        self._pumps[task] = queue
+        task.add_done_callback(lambda done: self._pumps.pop(done, None))
         try:
             await asyncio.shield(first)
-        except UpstreamError:
+        except LocalrunError:
             await asyncio.gather(task, return_exceptions=True)
             raise
         except asyncio.CancelledError:
@@ -225,41 +311,43 @@ class RemotePool:
     async def _pump(
         self,
         state: UpstreamState,
-        model: str,
-        request: protocol.Message,
+        url: str,
+        payload: protocol.Message,
         rid: Any,
         queue: asyncio.Queue[Item],
         first: asyncio.Future[None],
         started: float,
         key: str,
     ) -> None:
+        """Read the upstream's answer into `queue`; `first` is settled at the first piece,
+        the end or the failure, whatever happens (nothing a request sends can leave it open)."""
         upstream = state.upstream
         reader = remote_wire.Reader(upstream.dialect, rid, started)
-        url = upstream.url + remote_wire.path(upstream.dialect, request["op"])
-        payload = remote_wire.body(upstream.dialect, model, request)
         sent = False  # pieces went to the client: a failure now ends the answer with an error
 
-        def fail(message: str) -> None:
-            nonlocal sent
-            self._failed(state, message)
-            error = UpstreamError(
-                f"upstream {upstream.name}: {message}",
-                hint="the server log has more; `localrun upstream list` shows its health",
-            )
+        def deliver(error: LocalrunError) -> None:
             if not first.done():
                 first.set_exception(error)
             else:
                 queue.put_nowait(error)
 
+        def fail(message: str) -> None:
+            message = _redact(upstream, message)
+            self._failed(state, message)
+            deliver(UpstreamError(f"upstream {upstream.name}: {message}", hint=_HINT))
+
         try:
             async with self._client.stream(
-                "POST", url, json=payload, headers=_headers(upstream), timeout=_timeout()
+                "POST", url, json=payload, headers=_headers(upstream), timeout=self._timeout()
             ) as response:
-                if response.status_code != 200:
-                    text = (await response.aread())[:300].decode("utf-8", "replace")
-                    fail(f"HTTP {response.status_code}: {_one_line(text)}")
+                status = response.status_code
+                if status != 200:
+                    text = _one_line(await _read_some(response))
+                    if 400 <= status < 500 and status not in (408, 429):
+                        raise _Refused(f"HTTP {status}: {text}")
+                    fail(f"HTTP {status}: {text}")
                     return
-                async for obj in _objects(response, upstream.dialect):
+                async for obj in _objects(response):
                     for event in reader.feed(obj):
                         queue.put_nowait(event)
                         sent = True
@@ -279,12 +367,20 @@ class RemotePool:
             else:  # the client went away: the stream's aclose waits for this final event
                 queue.put_nowait(protocol.done_event(rid, "cancelled", reader.timings()))
             raise
-        except ValueError as exc:
-            fail(f"a malformed answer ({exc})")
-        except Exception as exc:  # httpx's transport errors, timeouts, protocol errors
+        except (_Refused, remote_wire.RequestRefused) as exc:
+            deliver(
+                BadRequestError(
+                    f"upstream {upstream.name} refused the request: " + _redact(upstream, str(exc))
+                )
+            )
+        except ValueError as exc:  # remote_wire.Reader, json: not an answer we can read
+            fail(f"a malformed answer ({_one_line(str(exc))})")
+        except Exception as exc:  # transport errors, timeouts, protocol errors, a bad key
             fail(_describe(exc) + (" after part of the answer was sent" if sent else ""))
         finally:
             state.in_flight -= 1
+            if not first.done():  # a path above that settled nothing: never leave a waiter
+                first.set_exception(UpstreamError(f"upstream {upstream.name} failed", hint=_HINT))
 
     async def embed(
         self, model: str, inputs: list[Any], *, truncate: bool = True
@@ -307,27 +403,32 @@ class RemotePool:
                 route, payload = remote_wire.embed_body(upstream.dialect, model, inputs, truncate)
                 response = await self._client.post(
                     upstream.url + route, json=payload, headers=_headers(upstream),
-                    timeout=_timeout(),
+                    timeout=self._timeout(),
                 )  # fmt: skip
-                if response.status_code != 200:
-                    text = response.text[:300]
-                    raise ValueError(f"HTTP {response.status_code}: {_one_line(text)}")
+                status = response.status_code
+                if 400 <= status < 500 and status not in (408, 429):
+                    raise BadRequestError(
+                        f"upstream {upstream.name} refused the request: HTTP {status}: "
+                        + _redact(upstream, _one_line(response.text[:_MAX_ERROR_BODY]))
+                    )
+                if status != 200:
+                    raise ValueError(f"HTTP {status}: {_one_line(response.text[:300])}")
                 vectors, tokens = remote_wire.embeddings(upstream.dialect, response.json())
                 if len(vectors) != len(inputs):
                     raise ValueError(f"{len(vectors)} vectors for {len(inputs)} inputs")
+            except BadRequestError:
+                raise
             except Exception as exc:
-                self._failed(state, _describe(exc))
-                last = UpstreamError(
-                    f"upstream {state.name}: {_describe(exc)}",
-                    hint="the server log has more; `localrun ps` shows its health",
-                )
+                message = _redact(state.upstream, _describe(exc))
+                self._failed(state, message)
+                last = UpstreamError(f"upstream {state.name}: {message}", hint=_HINT)
                 continue
             finally:
                 state.in_flight -= 1
             state.latency_s += time.perf_counter() - started
             self._succeeded(state, "")
             return vectors, tokens
-        raise last or UpstreamError(f"no upstream serving {model} is available")
+        raise last or UpstreamError(f"no healthy upstream serves {model} now", hint=_HINT)
 
     # -- health ---------------------------------------------------------------------------------
 
@@ -341,20 +442,25 @@ class RemotePool:
         else:
             state.failures += 1
         log.warning("upstream %s: %s", state.name, why)
+        if self._closing:
+            return  # a request cut by the server's own shutdown says nothing of the upstream
+        settings = self.settings or Settings.read()
         worst = max(state.failures, state.check_failures)
-        if state.healthy and worst >= config.upstream_eject_after():
+        if state.healthy and worst >= settings.eject_after:
             state.healthy = False
             state.ejections += 1
-            state.ejected_until = time.monotonic() + config.upstream_cooldown()
-            log.warning("upstream %s ejected for %gs", state.name, config.upstream_cooldown())
+            state.ejected_until = time.monotonic() + settings.cooldown_s
+            log.warning("upstream %s ejected for %gs", state.name, settings.cooldown_s)
         elif not state.healthy:
-            state.ejected_until = time.monotonic() + config.upstream_cooldown()
+            state.ejected_until = time.monotonic() + settings.cooldown_s
 
     def _succeeded(self, state: UpstreamState, key: str) -> None:
         state.failures = 0
         if not state.healthy:
             log.info("upstream %s is back", state.name)
         state.healthy = True
+        if not key:
+            return
         self._affinity[key] = state.name
         self._affinity.move_to_end(key)
         while len(self._affinity) > _AFFINITY_MAX:
@@ -371,13 +477,14 @@ class RemotePool:
         route = "/api/tags" if upstream.dialect == "ollama" else "/v1/models"
         try:
             response = await self._client.get(
-                upstream.url + route, headers=_headers(upstream), timeout=_timeout()
+                upstream.url + route, headers=_headers(upstream), timeout=self._check_timeout()
             )
             if response.status_code != 200:
                 raise ValueError(f"HTTP {response.status_code} from {route}")
             models = _listed(response.json(), upstream.dialect)
         except Exception as exc:
-            self._failed(state, f"health check failed: {_describe(exc)}", check=True)
+            message = _redact(upstream, f"health check failed: {_describe(exc)}")
+            self._failed(state, message, check=True)
             return
         state.checked = True
         state.discovered = tuple(models)
@@ -389,8 +496,14 @@ class RemotePool:
 
     async def _health_loop(self) -> None:
         while True:
-            await asyncio.sleep(config.upstream_health_interval())
+            await asyncio.sleep(self.settings.health_s if self.settings else 10.0)
             await self.check_all()
+
+    def _timeout(self) -> Any:
+        return (self.settings or Settings.read()).timeout()
+
+    def _check_timeout(self) -> Any:
+        return (self.settings or Settings.read()).check_timeout()
 
 
 def _listed(data: Any, dialect: str) -> list[str]:
@@ -405,16 +518,16 @@ def _listed(data: Any, dialect: str) -> list[str]:
 
 
 def _affinity_key(model: str, request: protocol.Message) -> str:
-    """What identifies a conversation: the model and the start of its prompt (the system
-    prompt and first messages), whatever came after."""
+    """What identifies a conversation: the model, its system prompt and its first two
+    messages, whole (a long system prompt shared by many conversations must not make them
+    one), whatever came after; a raw prompt is its own."""
     if request.get("op") == protocol.CHAT:
         start = json.dumps(
             [request.get("system"), (request.get("messages") or [])[:2]], default=str
         )
     else:
         start = str(request.get("prompt") or "")
-    digest = hashlib.sha256(f"{model}\0{start[:_AFFINITY_CHARS]}".encode()).hexdigest()
-    return digest[:32]
+    return hashlib.sha256(f"{model}\0{start}".encode()).hexdigest()[:32]
 
 
 def _headers(upstream: Upstream) -> dict[str, str]:
@@ -425,14 +538,19 @@ def _headers(upstream: Upstream) -> dict[str, str]:
     return headers
 
 
-def _timeout() -> Any:
-    import httpx
+async def _read_some(response: Any) -> str:
+    """The start of an error answer (never all of a hostile one)."""
+    data = b""
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) >= _MAX_ERROR_BODY:
+            break
+    return data[:_MAX_ERROR_BODY].decode("utf-8", "replace")
 
-    return httpx.Timeout(config.upstream_read_timeout(), connect=config.upstream_connect_timeout())
 
-
-async def _objects(response: Any, dialect: str) -> AsyncIterator[Any]:
-    """The JSON objects of a streamed answer: SSE `data:` lines, or JSON lines."""
+async def _objects(response: Any) -> AsyncIterator[Any]:
+    """The JSON objects of a streamed answer: SSE `data:` lines, JSON lines, and the
+    `error: {...}` line llama-server ends a failed stream with (as {"error": ...})."""
     async for line in response.aiter_lines():
         if len(line) > _MAX_LINE:
             raise ValueError("a streamed line too long")
@@ -444,10 +562,21 @@ async def _objects(response: Any, dialect: str) -> AsyncIterator[Any]:
             if data == "[DONE]":
                 return
             yield json.loads(data)
+        elif line.startswith("error:"):
+            yield {"error": json.loads(line[6:].strip())}
         elif line.startswith(("event:", "id:", "retry:", ":")):
             continue
         else:
             yield json.loads(line)
+
+
+def _redact(upstream: Upstream, text: str) -> str:
+    """`text` without the upstream's API key (an HTTP library may quote a header it refused)."""
+    try:
+        key = upstream.api_key()
+    except LocalrunError:
+        key = os.environ.get(upstream.api_key_env or "", "").strip() or None
+    return text.replace(key, "[API key]") if key else text
 
 
 def _describe(exc: BaseException) -> str:

@@ -38,6 +38,17 @@ _OPENAI_OPTIONS: dict[str, str | tuple[str, ...]] = {
 }
 
 
+class RequestRefused(ValueError):
+    """An error the upstream reported about the request itself (too long a prompt, a bad
+    parameter): the client's to fix, not a fault of the upstream."""
+
+
+# What an upstream's error object says of a request it refused (OpenAI's, vLLM's, SGLang's and
+# llama-server's types and codes).
+_REQUEST_ERRORS = {"invalid_request_error", "exceed_context_size_error", "BadRequestError", 400}
+_STOPS = {"stop", "tool_calls", "function_call", "eos", "eos_token", "content_filter", "unload"}
+
+
 def path(dialect: str, op: str) -> str:
     if dialect == "ollama":
         return "/api/chat" if op == protocol.CHAT else "/api/generate"
@@ -52,6 +63,8 @@ def body(dialect: str, model: str, request: Message) -> Message:
         out: Message = {"model": model, "stream": True, "options": options}
         if fmt:
             out["format"] = fmt
+        if options.get("seed", 0) < 0:
+            del options["seed"]  # random: Ollama's own default
         if request["op"] == protocol.CHAT:
             out["messages"] = _messages(request, openai=False)
             if request.get("tools"):
@@ -60,15 +73,16 @@ def body(dialect: str, model: str, request: Message) -> Message:
                 out["think"] = request["think"]
         else:
             out["prompt"] = request["prompt"]
-            out["raw"] = True
+            # Ollama fills in the middle through the model's template: never raw with a suffix.
+            out["raw"] = request.get("suffix") is None
             if request.get("suffix") is not None:
                 out["suffix"] = request["suffix"]
         return out
     out = {"model": model, "stream": True, "stream_options": {"include_usage": True}}
     for key, value in options.items():
         fields = _OPENAI_OPTIONS.get(key, ())
-        if key == "num_predict" and value < 0:
-            continue
+        if key in ("num_predict", "seed") and value < 0:
+            continue  # no limit, a random seed: the field's absence says so
         for field in (fields,) if isinstance(fields, str) else fields:
             out[field] = list(value) if key == "stop" else value
     if request["op"] == protocol.CHAT:
@@ -95,16 +109,28 @@ def _messages(request: Message, *, openai: bool) -> list[Message]:
     out: list[Message] = []
     if request.get("system"):
         out.append({"role": "system", "content": request["system"]})
+    call_ids: list[str] = []  # the last assistant turn's calls, for the tool turns after it
+    answered = 0
     for index, message in enumerate(request.get("messages") or []):
+        if not isinstance(message, dict):
+            raise ValueError(f"message {index} is not an object")
         item: Message = {"role": message.get("role", "user"), "content": message.get("content")}
         if item["content"] is None:
             item["content"] = ""
         calls = message.get("tool_calls")
         if calls:
+            if not isinstance(calls, list):
+                raise ValueError(f"message {index}: tool_calls is not a list")
             item["tool_calls"] = [_call(call, index, n, openai) for n, call in enumerate(calls)]
+            call_ids = [c.get("id", "") for c in item["tool_calls"]] if openai else []
+            answered = 0
         if message.get("role") == "tool":
             if openai:
-                item["tool_call_id"] = message.get("tool_call_id") or _call_id(index - 1, 0)
+                given = message.get("tool_call_id")
+                if not given and answered < len(call_ids):
+                    given = call_ids[answered]  # the n-th result answers the n-th call
+                item["tool_call_id"] = given or _call_id(index, 0)
+                answered += 1
             elif message.get("tool_name"):
                 item["tool_name"] = message["tool_name"]
         if message.get("images") and not openai:
@@ -117,17 +143,29 @@ def _call_id(message: int, n: int) -> str:
     return f"call_{message}_{n}"
 
 
-def _call(call: Message, index: int, n: int, openai: bool) -> Message:
+def _call(call: Any, index: int, n: int, openai: bool) -> Message:
+    if not isinstance(call, dict):
+        raise ValueError(f"message {index}: tool call {n} is not an object")
     inner = call.get("function")
     function: Message = inner if isinstance(inner, dict) else call
-    name = function.get("name", "")
+    name = str(function.get("name") or "")
     arguments = function.get("arguments") or {}
-    if not openai:
-        return {"function": {"name": name, "arguments": arguments}}
+    if not openai:  # Ollama wants the arguments as an object, OpenAI clients send a string
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                arguments = {}
+        return {
+            "function": {
+                "name": name,
+                "arguments": arguments if isinstance(arguments, dict) else {},
+            }
+        }
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments)
     return {
-        "id": call.get("id") or _call_id(index, n),
+        "id": str(call.get("id") or _call_id(index, n)),
         "type": "function",
         "function": {"name": name, "arguments": arguments},
     }
@@ -191,10 +229,9 @@ class Reader:
         """The piece events in one decoded stream object (ValueError if it is not one)."""
         if not isinstance(obj, dict):
             raise ValueError("not a JSON object")
-        if "error" in obj:
-            error = obj["error"]
-            message = error.get("message") if isinstance(error, dict) else error
-            raise ValueError(f"the upstream reported an error: {str(message)[:300]}")
+        error = obj.get("error") or (obj if obj.get("object") == "error" else None)
+        if error:
+            raise _reported(error)
         if self.dialect == "ollama":
             return self._ollama(obj)
         return self._openai(obj)
@@ -226,7 +263,7 @@ class Reader:
                 events += self._piece(str(choice.get("text") or ""))
             reason = choice.get("finish_reason")
             if reason:
-                self.reason = "length" if reason == "length" else "stop"
+                self.reason = _reason(str(reason))
         return events
 
     def _merge_call(self, call: Any) -> None:
@@ -257,7 +294,7 @@ class Reader:
         else:
             events = self._piece(str(obj.get("response") or ""), str(obj.get("thinking") or ""))
         if obj.get("done"):
-            self.reason = "length" if obj.get("done_reason") == "length" else "stop"
+            self.reason = _reason(str(obj.get("done_reason") or "stop"))
             self.prompt_tokens = int(obj.get("prompt_eval_count") or 0)
             self.eval_tokens = int(obj.get("eval_count") or 0)
         return events
@@ -296,3 +333,26 @@ class Reader:
         return protocol.done_event(
             self.id, self.reason or "stop", self.timings(), self.tool_calls()
         )
+
+
+def _reason(reason: str) -> str:
+    """A finish reason as the runner's: stop or length; anything else (vLLM's "abort", an
+    "error") is an answer the upstream broke off, reported as such, never a quiet stop."""
+    if reason == "length":
+        return "length"
+    if reason in _STOPS:
+        return "stop"
+    raise ValueError(f"the upstream ended the answer with {reason[:40]!r}")
+
+
+def _reported(error: Any) -> ValueError:
+    """The exception for an error object in a stream: RequestRefused when it is about the
+    request, else ValueError (the upstream failed)."""
+    if isinstance(error, dict):
+        message = str(error.get("message") or error.get("msg") or error)[:300]
+        kinds = {error.get("type"), error.get("code")}
+    else:
+        message, kinds = str(error)[:300], set()
+    if kinds & _REQUEST_ERRORS:
+        return RequestRefused(message)
+    return ValueError(f"the upstream reported an error: {message}")
