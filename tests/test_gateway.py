@@ -486,3 +486,23 @@ def test_wire_translation_details() -> None:
     with pytest.raises(ValueError, match="reported an error"):
         reader.feed({"error": {"message": "CUDA out of memory", "type": "server_error"}})
     assert reader.feed({"error": None, "choices": []}) == []
+
+
+def test_sigterm_ends_upstream_streams_with_the_error_line(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    fake.mode = "slow"
+    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
+    try:
+        with httpx.stream("POST", gw.url + "/api/chat", timeout=30, json=HI) as r:
+            lines = []
+            for line in r.iter_lines():
+                if line:
+                    lines.append(json.loads(line))
+                if len(lines) == 3:
+                    gw.proc.send_signal(signal.SIGTERM)
+        assert "shutting down" in lines[-1].get("error", ""), lines[-3:]
+        assert gw.proc.wait(30) == 0
+        assert fake.disconnected.wait(10), "the upstream request was cancelled"
+    finally:
+        gw.kill()
