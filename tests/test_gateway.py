@@ -476,6 +476,14 @@ def test_wire_translation_details() -> None:
     calls = ollama_body["messages"][1]["tool_calls"]
     assert [c["function"]["arguments"] for c in calls] == [{"city": "Paris"}, {"city": "Rome"}]
     assert "seed" not in ollama_body["options"]
+    thinking = remote_wire.body("openai", "m", protocol.chat_request(3, history[:1], think="high"))
+    assert thinking["chat_template_kwargs"] == {"enable_thinking": True}
+    assert thinking["reasoning_effort"] == "high"
+    quiet = remote_wire.body("openai", "m", protocol.chat_request(4, history[:1], think=False))
+    assert quiet["chat_template_kwargs"] == {"enable_thinking": False}
+    reader = remote_wire.Reader("openai", 5, 0.0)
+    pieces = reader.feed({"choices": [{"index": 0, "delta": {"reasoning_content": "hmm"}}]})
+    assert pieces[0]["thinking"] == "hmm"
     fim = protocol.complete_request(2, "def f(", suffix="    return x")
     assert remote_wire.body("ollama", "m", fim)["raw"] is False  # Ollama's template fills in
     reader = remote_wire.Reader("openai", 1, 0.0)

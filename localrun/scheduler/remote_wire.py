@@ -87,6 +87,13 @@ def body(dialect: str, model: str, request: Message) -> Message:
             out[field] = list(value) if key == "stop" else value
     if request["op"] == protocol.CHAT:
         out["messages"] = _messages(request, openai=True)
+        think = request.get("think")
+        if think is not None:
+            # vLLM, SGLang and llama-server pass this to the chat template; a level is also
+            # OpenAI's reasoning_effort.
+            out["chat_template_kwargs"] = {"enable_thinking": think is not False}
+            if isinstance(think, str):
+                out["reasoning_effort"] = think
         if request.get("tools"):
             out["tools"] = request["tools"]
             if request.get("tool_choice") is not None:
