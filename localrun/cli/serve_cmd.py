@@ -154,6 +154,7 @@ def serve(
 
     server = CleanExit(uv_config)
     print(f"localrun {__version__} listening on {_url(sock)}", flush=True)
+    print(f"chat in a browser: {_url(sock)}/ui/", flush=True)
     try:
         server.run(sockets=[sock])
     finally:

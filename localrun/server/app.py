@@ -30,6 +30,7 @@ from localrun.server import (
     ollama,
     openai,
     responses,
+    ui,
 )
 from localrun.server.errors import body_of, dialect_of, headers_of, plain_body, status_of
 from localrun.server.response_store import ResponseStore
@@ -102,6 +103,9 @@ _ROUTES = (
     ("/detokenize", llamacpp.detokenize, ["POST"]),
     ("/infill", llamacpp.infill, ["POST"]),
     ("/metrics", metrics.endpoint, ["GET"]),
+    ("/ui", ui.redirect, ["GET", "HEAD"]),
+    ("/ui/", ui.page, ["GET", "HEAD"]),
+    ("/ui/{name}", ui.page, ["GET", "HEAD"]),
 )
 
 

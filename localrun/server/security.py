@@ -41,6 +41,8 @@ from localrun.server.errors import body_of, dialect_of, headers_of, status_of, u
 
 UPLOAD_PREFIX = "/api/blobs/"
 _OPEN = frozenset({"/", "/health"})  # health checks, open without the API key
+# The chat page's static files (/ui, /ui/...) are open too: they hold no secret, and the page
+# must load to ask for the key.
 _PREFLIGHT_MAX_AGE = "600"
 _METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 _PORT = re.compile(r"(:[0-9]*)?")  # what may follow the host in a Host header
@@ -164,7 +166,8 @@ class Guard:
                 if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
                     await self._preflight(headers, cors)(scope, receive, send)
                     return
-            if self.api_key and not (path in _OPEN and scope["method"] in ("GET", "HEAD")):
+            public = path in _OPEN or path == "/ui" or path.startswith("/ui/")
+            if self.api_key and not (public and scope["method"] in ("GET", "HEAD")):
                 # Anthropic's clients send the key as x-api-key.
                 given = _bearer(headers.get("authorization")) or headers.get("x-api-key")
                 if given is None or not hmac.compare_digest(given.encode(), self.api_key):

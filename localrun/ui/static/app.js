@@ -1,0 +1,421 @@
+// The chat page of `localrun serve`: talks to the server's own /api routes, keeps the
+// conversations in this browser's localStorage (nothing leaves the machine), renders answers
+// as sanitized Markdown. No inline script or style: the page runs under a strict CSP.
+"use strict";
+
+(() => {
+  const { Marked, DOMPurify, hljs } = window.LocalrunVendor;
+  const STORE = "localrun.conversations";
+  const KEY = "localrun.apiKey"; // sessionStorage: this tab only
+  const $ = (id) => document.getElementById(id);
+
+  const markdown = new Marked({ gfm: true, breaks: false });
+
+  let conversations = load();
+  let current = null; // the open conversation
+  let controller = null; // the answer being streamed, to stop it
+
+  // -- storage ---------------------------------------------------------------------------------
+
+  function load() {
+    try {
+      const list = JSON.parse(localStorage.getItem(STORE) || "[]");
+      return Array.isArray(list) ? list : [];
+    } catch {
+      return [];
+    }
+  }
+
+  function save() {
+    localStorage.setItem(STORE, JSON.stringify(conversations));
+  }
+
+  function fresh() {
+    const conversation = {
+      id: String(Date.now()) + Math.random().toString(16).slice(2, 8),
+      title: "New chat",
+      model: $("model").value || "",
+      system: "",
+      options: {},
+      messages: [],
+      created: new Date().toISOString(),
+    };
+    conversations.unshift(conversation);
+    save();
+    return conversation;
+  }
+
+  // -- the server ------------------------------------------------------------------------------
+
+  function headers() {
+    const out = { "Content-Type": "application/json" };
+    const key = sessionStorage.getItem(KEY);
+    if (key) out.Authorization = "Bearer " + key;
+    return out;
+  }
+
+  async function call(path, init) {
+    let response = await fetch(path, { ...init, headers: headers() });
+    if (response.status === 401) {
+      await askKey();
+      response = await fetch(path, { ...init, headers: headers() });
+    }
+    return response;
+  }
+
+  function askKey() {
+    return new Promise((resolve) => {
+      const dialog = $("key-dialog");
+      $("key").value = "";
+      dialog.addEventListener(
+        "close",
+        () => {
+          const key = $("key").value.trim();
+          if (key) sessionStorage.setItem(KEY, key);
+          resolve();
+        },
+        { once: true },
+      );
+      dialog.showModal();
+    });
+  }
+
+  async function errorText(response) {
+    try {
+      const body = await response.json();
+      const error = body.error;
+      if (typeof error === "string") return error;
+      if (error && error.message) return error.message + (error.hint ? ` (${error.hint})` : "");
+    } catch {
+      /* not JSON */
+    }
+    return `HTTP ${response.status}`;
+  }
+
+  async function loadModels() {
+    const select = $("model");
+    try {
+      const response = await call("/api/tags", { method: "GET" });
+      if (!response.ok) throw new Error(await errorText(response));
+      const { models } = await response.json();
+      select.replaceChildren(
+        ...models.map((m) => {
+          const option = document.createElement("option");
+          option.value = m.name;
+          option.textContent = m.remote_host ? `${m.name} (remote: ${m.remote_host})` : m.name;
+          return option;
+        }),
+      );
+      status(models.length ? "" : "No models yet: `localrun pull` or `localrun create` one.");
+    } catch (error) {
+      status(`Could not list the models: ${error.message}`);
+    }
+  }
+
+  // -- rendering -------------------------------------------------------------------------------
+
+  function status(text) {
+    $("status").textContent = text;
+  }
+
+  function renderMarkdown(element, text) {
+    element.innerHTML = DOMPurify.sanitize(markdown.parse(text));
+    for (const block of element.querySelectorAll("pre code")) {
+      hljs.highlightElement(block);
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "copy";
+      button.textContent = "Copy";
+      button.addEventListener("click", async () => {
+        await navigator.clipboard.writeText(block.textContent);
+        button.textContent = "Copied";
+        setTimeout(() => (button.textContent = "Copy"), 1500);
+      });
+      block.parentElement.append(button);
+    }
+  }
+
+  // An answer that is JSON (a `format` answer) or a tool call is shown as highlighted JSON.
+  function answerMarkdown(message) {
+    let text = message.content || "";
+    const trimmed = text.trim();
+    if (/^[{[]/.test(trimmed)) {
+      try {
+        text = "```json\n" + JSON.stringify(JSON.parse(trimmed), null, 2) + "\n```";
+      } catch {
+        /* not JSON after all */
+      }
+    }
+    if (message.tool_calls && message.tool_calls.length) {
+      const calls = message.tool_calls.map((c) => c.function || c);
+      text += "\n\n**Tool calls**\n\n```json\n" + JSON.stringify(calls, null, 2) + "\n```";
+    }
+    return text;
+  }
+
+  function messageElement(message) {
+    const element = document.createElement("div");
+    element.className = `message ${message.role}`;
+    fill(element, message);
+    return element;
+  }
+
+  function fill(element, message) {
+    element.replaceChildren();
+    if (message.role === "user") {
+      element.textContent = message.content;
+      return;
+    }
+    if (message.role === "error") {
+      element.textContent = message.content;
+      return;
+    }
+    if (message.thinking) {
+      const details = document.createElement("details");
+      details.className = "thinking";
+      const summary = document.createElement("summary");
+      summary.textContent = "Thinking";
+      details.append(summary, document.createTextNode(message.thinking));
+      element.append(details);
+    }
+    const body = document.createElement("div");
+    body.className = "body";
+    renderMarkdown(body, answerMarkdown(message));
+    element.append(body);
+    if (message.timings) {
+      const timings = document.createElement("div");
+      timings.className = "timings";
+      const t = message.timings;
+      const parts = [];
+      if (t.ttft_ms != null) parts.push(`first token ${Math.round(t.ttft_ms)} ms`);
+      if (t.tokens_per_s) parts.push(`${t.tokens_per_s.toFixed(1)} tokens/s`);
+      if (t.eval_count) parts.push(`${t.eval_count} tokens`);
+      if (t.stopped) parts.push("stopped");
+      timings.textContent = parts.join(" · ");
+      element.append(timings);
+    }
+  }
+
+  function renderConversation() {
+    const box = $("messages");
+    box.replaceChildren(...(current ? current.messages.map(messageElement) : []));
+    box.scrollTop = box.scrollHeight;
+    $("system").value = current ? current.system : "";
+    for (const name of ["temperature", "num_ctx", "seed"]) {
+      const value = current && current.options[name];
+      $(name).value = value == null ? "" : value;
+    }
+    if (current && current.model) $("model").value = current.model;
+    renderList();
+  }
+
+  function renderList() {
+    const list = $("conversations");
+    list.replaceChildren(
+      ...conversations.map((c) => {
+        const item = document.createElement("li");
+        if (current && c.id === current.id) item.className = "current";
+        const open = button(c.title, "open", () => {
+          current = c;
+          renderConversation();
+          $("sidebar").classList.remove("open");
+        });
+        open.title = c.title;
+        const rename = button("✎", "rename", () => {
+          const title = prompt("Rename the conversation", c.title);
+          if (title && title.trim()) {
+            c.title = title.trim().slice(0, 200);
+            save();
+            renderList();
+          }
+        });
+        rename.setAttribute("aria-label", `Rename ${c.title}`);
+        const remove = button("✕", "delete", () => {
+          if (!confirm(`Delete "${c.title}"?`)) return;
+          conversations = conversations.filter((x) => x.id !== c.id);
+          if (current && current.id === c.id) current = conversations[0] || null;
+          save();
+          renderConversation();
+        });
+        remove.setAttribute("aria-label", `Delete ${c.title}`);
+        item.append(open, rename, remove);
+        return item;
+      }),
+    );
+  }
+
+  function button(text, className, onClick) {
+    const element = document.createElement("button");
+    element.type = "button";
+    element.className = className;
+    element.textContent = text;
+    element.addEventListener("click", onClick);
+    return element;
+  }
+
+  // -- a turn ----------------------------------------------------------------------------------
+
+  function options() {
+    const out = {};
+    const temperature = $("temperature").value;
+    if (temperature !== "") out.temperature = Number(temperature);
+    const numCtx = $("num_ctx").value;
+    if (numCtx !== "") out.num_ctx = Number(numCtx);
+    const seed = $("seed").value;
+    if (seed !== "") out.seed = Number(seed);
+    return out;
+  }
+
+  async function send(text) {
+    if (controller || !text.trim()) return;
+    if (!current) current = fresh();
+    current.model = $("model").value;
+    current.system = $("system").value;
+    current.options = options();
+    if (!current.messages.length) current.title = text.trim().slice(0, 60);
+    current.messages.push({ role: "user", content: text });
+    const answer = { role: "assistant", content: "", thinking: "" };
+    current.messages.push(answer);
+    save();
+    renderConversation();
+    const element = $("messages").lastElementChild;
+
+    const history = current.messages
+      .slice(0, -1)
+      .filter((m) => m.role === "user" || m.role === "assistant")
+      .map((m) => ({ role: m.role, content: m.content }));
+    if (current.system.trim()) history.unshift({ role: "system", content: current.system });
+    const body = { model: current.model, messages: history, stream: true, options: current.options };
+
+    controller = new AbortController();
+    busy(true);
+    const started = performance.now();
+    let first = null;
+    let last = null;
+    try {
+      const response = await call("/api/chat", {
+        method: "POST",
+        body: JSON.stringify(body),
+        signal: controller.signal,
+      });
+      if (!response.ok) throw new Error(await errorText(response));
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffered = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffered += decoder.decode(value, { stream: true });
+        const lines = buffered.split("\n");
+        buffered = lines.pop();
+        for (const line of lines) {
+          if (!line.trim()) continue;
+          const chunk = JSON.parse(line);
+          if (chunk.error) throw new Error(chunk.error);
+          const m = chunk.message || {};
+          if ((m.content || m.thinking) && first === null) first = performance.now();
+          answer.content += m.content || "";
+          answer.thinking += m.thinking || "";
+          if (m.tool_calls) answer.tool_calls = m.tool_calls;
+          if (chunk.done) last = chunk;
+        }
+        fill(element, answer);
+        $("messages").scrollTop = $("messages").scrollHeight;
+      }
+      answer.timings = timings(started, first, last, false);
+    } catch (error) {
+      if (error.name === "AbortError") {
+        answer.timings = timings(started, first, null, true);
+      } else {
+        current.messages.push({ role: "error", content: `Error: ${error.message}` });
+      }
+    } finally {
+      controller = null;
+      busy(false);
+      save();
+      renderConversation();
+    }
+  }
+
+  function timings(started, first, done, stopped) {
+    const out = { stopped };
+    if (first !== null) out.ttft_ms = first - started;
+    if (done && done.eval_count) {
+      out.eval_count = done.eval_count;
+      if (done.eval_duration) out.tokens_per_s = done.eval_count / (done.eval_duration / 1e9);
+    }
+    return out;
+  }
+
+  function busy(on) {
+    $("send").hidden = on;
+    $("stop").hidden = !on;
+    status(on ? "Answering…" : "");
+  }
+
+  function stop() {
+    if (controller) controller.abort(); // the server cancels the generation when we hang up
+  }
+
+  // -- export ----------------------------------------------------------------------------------
+
+  function download(name, type, text) {
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([text], { type }));
+    link.download = name;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  }
+
+  function exportMarkdown(c) {
+    const lines = [`# ${c.title}`, "", `Model: ${c.model}`, ""];
+    if (c.system) lines.push("**System:** " + c.system, "");
+    for (const m of c.messages) {
+      const who = m.role === "user" ? "You" : m.role === "assistant" ? c.model : "Error";
+      lines.push(`**${who}:**`, "", answerMarkdown(m), "");
+    }
+    return lines.join("\n");
+  }
+
+  // -- wiring ----------------------------------------------------------------------------------
+
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("input").value;
+    $("input").value = "";
+    send(text);
+  });
+  $("input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") stop();
+  });
+  $("stop").addEventListener("click", stop);
+  $("new-chat").addEventListener("click", () => {
+    current = fresh();
+    renderConversation();
+    $("input").focus();
+  });
+  $("toggle-settings").addEventListener("click", () => {
+    const settings = $("settings");
+    settings.hidden = !settings.hidden;
+    $("toggle-settings").setAttribute("aria-expanded", String(!settings.hidden));
+  });
+  $("toggle-sidebar").addEventListener("click", () => $("sidebar").classList.toggle("open"));
+  $("export-json").addEventListener("click", () => {
+    if (current) download(`${current.title}.json`, "application/json", JSON.stringify(current, null, 2));
+  });
+  $("export-md").addEventListener("click", () => {
+    if (current) download(`${current.title}.md`, "text/markdown", exportMarkdown(current));
+  });
+
+  loadModels().then(() => {
+    current = conversations[0] || null;
+    renderConversation();
+    $("input").focus();
+  });
+})();

@@ -1,0 +1,120 @@
+"""The chat page in a real headless Chromium (Debian's `chromium`), driven by Playwright,
+against the real app on uvicorn. The model answers through the scripted fake backend, slowly,
+so that streaming and stopping can be seen (the page is what is tested, not the engine).
+
+Skipped where no Chromium or Playwright is installed: `apt-get install chromium` and
+`pip install playwright` (Playwright drives the system browser; it downloads none).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_server import LiveServer, add_model
+
+from localrun.scheduler import Scheduler
+from localrun.store import Store
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("no Chromium installed (apt-get install chromium)", allow_module_level=True)
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+KEY = "page-test-key-0123456789"
+REPLY = "Here is **bold** text and code:\n\n```python\nprint('hi')\n```\n" + "and more " * 60
+
+
+def _server(tmp_path: Path, tiny_model: Path, **kw: Any) -> LiveServer:
+    store = Store(tmp_path / "models")
+    add_model(store, "tiny", tiny_model)
+    scheduler = Scheduler(
+        store, num_parallel=2, backend="fake", backend_options={"replies": [REPLY], "delay": 0.02}
+    )
+    return LiveServer(store, scheduler, **kw)
+
+
+def _grows(locator: Any, seconds: float = 10) -> list[str]:
+    """The texts `locator` showed, polled until it held 40 characters (in order)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        text = locator.inner_text() if locator.count() else ""
+        if text and (not seen or text != seen[-1]):
+            seen.append(text)
+        if len(text) >= 40:
+            break
+        time.sleep(0.05)
+    return seen
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def test_a_conversation_streams_stops_and_stays(
+    browser: Any, tmp_path: Path, tiny_model: Path
+) -> None:
+    server = _server(tmp_path, tiny_model)
+    try:
+        page = browser.new_page()
+        outside: list[str] = []
+        page.on(
+            "request", lambda r: None if r.url.startswith(server.url) else outside.append(r.url)
+        )
+        failures: list[str] = []
+        page.on("pageerror", lambda e: failures.append(str(e)))
+        page.goto(server.url + "/ui/")
+        page.locator("#model option").first.wait_for(state="attached")
+        page.select_option("#model", "tiny:latest")
+        page.fill("#input", "Show me some code")
+        page.keyboard.press("Enter")
+        # The answer streams in: its text grows while the Stop button shows.
+        page.wait_for_selector("#stop:not([hidden])")
+        body = page.locator(".message.assistant .body")
+        seen = _grows(body)
+        # (Markdown re-renders as it goes: "**bol" becomes bold once closed, so not monotonic.)
+        assert len(seen) >= 3 and len(seen[-1]) > len(seen[0]), "text appears as it streams"
+        page.wait_for_selector(".message.assistant strong")  # Markdown, rendered
+        page.wait_for_selector(".message.assistant pre code.hljs")  # highlighted code
+        page.wait_for_selector(".message.assistant pre .copy")
+        # Escape stops it: the server cancels the generation, the page keeps what came.
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#send:not([hidden])")
+        timings = page.inner_text(".message.assistant .timings")
+        assert "stopped" in timings and "first token" in timings
+        shown = page.inner_text(".message.assistant .body")
+        assert 0 < len(shown) < len(REPLY)
+        # Reloaded, the conversation is still there (the browser's storage).
+        page.reload()
+        page.wait_for_selector(".message.user")
+        assert page.inner_text("#conversations").startswith("Show me some code")
+        assert page.inner_text(".message.user") == "Show me some code"
+        assert failures == [] and outside == []
+    finally:
+        server.close()
+
+
+def test_the_page_asks_for_the_api_key(browser: Any, tmp_path: Path, tiny_model: Path) -> None:
+    server = _server(tmp_path, tiny_model, api_key=KEY)
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/ui/")
+        page.wait_for_selector("#key-dialog[open]")
+        page.fill("#key", KEY)
+        page.keyboard.press("Enter")
+        page.locator("#model option").first.wait_for(state="attached")
+        assert page.evaluate("sessionStorage.getItem('localrun.apiKey')") == KEY
+        assert page.evaluate("localStorage.getItem('localrun.apiKey')") is None
+    finally:
+        server.close()
