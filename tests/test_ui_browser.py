@@ -8,6 +8,8 @@ Skipped where no Chromium or Playwright is installed: `apt-get install chromium`
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -29,14 +31,15 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 KEY = "page-test-key-0123456789"
 REPLY = "Here is **bold** text and code:\n\n```python\nprint('hi')\n```\n" + "and more " * 60
+JSON_REPLY = '{"fruit": "apple", "count": 3}'
+SCREENSHOT = Path(__file__).resolve().parent.parent / "scripts" / "ui" / "chat-page.png"
 
 
 def _server(tmp_path: Path, tiny_model: Path, **kw: Any) -> LiveServer:
     store = Store(tmp_path / "models")
     add_model(store, "tiny", tiny_model)
-    scheduler = Scheduler(
-        store, num_parallel=2, backend="fake", backend_options={"replies": [REPLY], "delay": 0.02}
-    )
+    options = {"replies": [REPLY, JSON_REPLY], "delay": 0.02}
+    scheduler = Scheduler(store, num_parallel=2, backend="fake", backend_options=options)
     return LiveServer(store, scheduler, **kw)
 
 
@@ -100,6 +103,31 @@ def test_a_conversation_streams_stops_and_stays(
         page.wait_for_selector(".message.user")
         assert page.inner_text("#conversations").startswith("Show me some code")
         assert page.inner_text(".message.user") == "Show me some code"
+        # Shift+Enter adds a line; a JSON answer shows as formatted, highlighted JSON.
+        page.click("#input")
+        page.keyboard.type("first line")
+        page.keyboard.press("Shift+Enter")
+        page.keyboard.type("second line")
+        assert page.input_value("#input") == "first line\nsecond line"
+        page.keyboard.press("Enter")
+        page.locator(".message.assistant pre code.language-json").wait_for()
+        assert '"fruit": "apple"' in page.locator(".message.assistant").last.inner_text()
+        assert page.locator(".message.user").last.inner_text() == "first line\nsecond line"
+        # Export (JSON and Markdown), rename and delete.
+        with page.expect_download() as download:
+            page.click("#export-json")
+        exported = json.loads(Path(download.value.path()).read_text())
+        assert [m["role"] for m in exported["messages"]][:2] == ["user", "assistant"]
+        with page.expect_download() as download:
+            page.click("#export-md")
+        assert "**You:**" in Path(download.value.path()).read_text()
+        page.once("dialog", lambda dialog: dialog.accept("Code chat"))
+        page.click("#conversations .rename")
+        assert page.inner_text("#conversations .open") == "Code chat"
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#conversations .delete")
+        assert page.locator("#conversations li").count() == 0
+        assert page.evaluate("localStorage.getItem('localrun.conversations')") == "[]"
         assert failures == [] and outside == []
     finally:
         server.close()
@@ -116,5 +144,67 @@ def test_the_page_asks_for_the_api_key(browser: Any, tmp_path: Path, tiny_model:
         page.locator("#model option").first.wait_for(state="attached")
         assert page.evaluate("sessionStorage.getItem('localrun.apiKey')") == KEY
         assert page.evaluate("localStorage.getItem('localrun.apiKey')") is None
+    finally:
+        server.close()
+
+
+def test_smollm2_on_a_phone_sized_screen(
+    browser: Any, tmp_path: Path, smollm2_path: str, tiny_model: Path
+) -> None:
+    """The real model, streamed into a 390-pixel-wide page; the screenshot in the README."""
+    from localrun import catalog
+
+    store = Store(tmp_path / "models")
+    catalog.find(store, "smollm2:135m")
+    server = LiveServer(store, Scheduler(store, num_parallel=1))
+    try:
+        page = browser.new_page(viewport={"width": 390, "height": 800})
+        page.goto(server.url + "/ui/")
+        page.locator("#model option").first.wait_for(state="attached")
+        page.select_option("#model", "smollm2:135m")
+        assert (
+            not page.locator("#sidebar").is_visible()
+            or page.locator("#sidebar").bounding_box()["x"] < 0
+        )  # tucked away on a narrow screen
+        page.click("#toggle-settings")  # the conversation's parameters: greedy, repeatable
+        page.fill("#temperature", "0")
+        page.fill("#seed", "1")
+        page.click("#toggle-settings")
+        page.fill("#input", "What is the capital of France? Answer in one sentence.")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".message.assistant .timings", timeout=120_000)
+        answer = page.inner_text(".message.assistant .body")
+        assert "Paris" in answer
+        assert "tokens/s" in page.inner_text(".message.assistant .timings")
+        page.click("#toggle-sidebar")
+        page.wait_for_timeout(300)
+        assert page.locator("#sidebar").bounding_box()["x"] >= 0
+        if os.environ.get("LOCALRUN_UI_SCREENSHOT"):  # refresh the README's picture
+            page.set_viewport_size({"width": 1100, "height": 620})
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(SCREENSHOT))
+    finally:
+        server.close()
+
+
+def test_thinking_is_folded_away(browser: Any, tmp_path: Path, tiny_thinking_model: Path) -> None:
+    store = Store(tmp_path / "models")
+    add_model(store, "thinker", tiny_thinking_model)
+    replies = {"replies": ["<think>Paris is the capital.</think>It is **Paris**."]}
+    server = LiveServer(store, Scheduler(store, backend="fake", backend_options=replies))
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/ui/")
+        page.locator("#model option").first.wait_for(state="attached")
+        page.fill("#input", "Capital of France?")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".message.assistant .timings")
+        folded = page.locator(".message.assistant details.thinking")
+        assert folded.get_attribute("open") is None  # folded away
+        thought = folded.locator(".thinking-text")
+        assert thought.text_content() == "Paris is the capital." and not thought.is_visible()
+        folded.locator("summary").click()  # shown on request
+        assert thought.is_visible()
+        assert page.inner_text(".message.assistant .body") == "It is Paris."
     finally:
         server.close()

@@ -175,7 +175,10 @@
       details.className = "thinking";
       const summary = document.createElement("summary");
       summary.textContent = "Thinking";
-      details.append(summary, document.createTextNode(message.thinking));
+      const text = document.createElement("div");
+      text.className = "thinking-text";
+      text.textContent = message.thinking;
+      details.append(summary, text);
       element.append(details);
     }
     const body = document.createElement("div");
