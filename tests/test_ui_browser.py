@@ -30,15 +30,20 @@ if CHROMIUM is None:
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 KEY = "page-test-key-0123456789"
-REPLY = "Here is **bold** text and code:\n\n```python\nprint('hi')\n```\n" + "and more " * 60
+REPLY = (
+    "Here is **bold** text, raw <b>html</b> <img src=x onerror=alert(1)> kept as text, and "
+    "code:\n\n```python\nprint('hi')\n```\n" + "and more " * 60
+)
 JSON_REPLY = '{"fruit": "apple", "count": 3}'
 SCREENSHOT = Path(__file__).resolve().parent.parent / "scripts" / "ui" / "chat-page.png"
 
 
-def _server(tmp_path: Path, tiny_model: Path, **kw: Any) -> LiveServer:
+def _server(
+    tmp_path: Path, tiny_model: Path, replies: tuple[str, ...] = (REPLY,), **kw: Any
+) -> LiveServer:
     store = Store(tmp_path / "models")
     add_model(store, "tiny", tiny_model)
-    options = {"replies": [REPLY, JSON_REPLY], "delay": 0.02}
+    options = {"replies": list(replies), "delay": 0.02}
     scheduler = Scheduler(store, num_parallel=2, backend="fake", backend_options=options)
     return LiveServer(store, scheduler, **kw)
 
@@ -91,6 +96,8 @@ def test_a_conversation_streams_stops_and_stays(
         page.wait_for_selector(".message.assistant strong")  # Markdown, rendered
         page.wait_for_selector(".message.assistant pre code.hljs")  # highlighted code
         page.wait_for_selector(".message.assistant pre .copy")
+        first = page.locator(".message.assistant").first
+        assert "<b>html</b>" in first.inner_text() and first.locator("img, b").count() == 0
         # Escape stops it: the server cancels the generation, the page keeps what came.
         page.keyboard.press("Escape")
         page.wait_for_selector("#send:not([hidden])")
@@ -103,16 +110,19 @@ def test_a_conversation_streams_stops_and_stays(
         page.wait_for_selector(".message.user")
         assert page.inner_text("#conversations").startswith("Show me some code")
         assert page.inner_text(".message.user") == "Show me some code"
-        # Shift+Enter adds a line; a JSON answer shows as formatted, highlighted JSON.
+        # A new chat; Shift+Enter adds a line to the message.
+        page.click("#new-chat")
+        assert page.locator("#conversations li").count() == 2
         page.click("#input")
         page.keyboard.type("first line")
         page.keyboard.press("Shift+Enter")
         page.keyboard.type("second line")
         assert page.input_value("#input") == "first line\nsecond line"
         page.keyboard.press("Enter")
-        page.locator(".message.assistant pre code.language-json").wait_for()
-        assert '"fruit": "apple"' in page.locator(".message.assistant").last.inner_text()
-        assert page.locator(".message.user").last.inner_text() == "first line\nsecond line"
+        page.locator(".message.assistant .timings").wait_for(timeout=60_000)
+        assert page.inner_text(".message.user") == "first line\nsecond line"
+        page.click("#conversations li:nth-child(2) .open")  # back to the first conversation
+        assert page.inner_text(".message.user") == "Show me some code"
         # Export (JSON and Markdown), rename and delete.
         with page.expect_download() as download:
             page.click("#export-json")
@@ -122,13 +132,28 @@ def test_a_conversation_streams_stops_and_stays(
             page.click("#export-md")
         assert "**You:**" in Path(download.value.path()).read_text()
         page.once("dialog", lambda dialog: dialog.accept("Code chat"))
-        page.click("#conversations .rename")
-        assert page.inner_text("#conversations .open") == "Code chat"
+        page.click("#conversations li.current .rename")
+        assert page.inner_text("#conversations li.current .open") == "Code chat"
         page.once("dialog", lambda dialog: dialog.accept())
-        page.click("#conversations .delete")
-        assert page.locator("#conversations li").count() == 0
-        assert page.evaluate("localStorage.getItem('localrun.conversations')") == "[]"
+        page.click("#conversations li.current .delete")
+        assert page.locator("#conversations li").count() == 1
+        kept = json.loads(page.evaluate("localStorage.getItem('localrun.conversations')"))
+        assert [c["title"] for c in kept] == ["first line"]
         assert failures == [] and outside == []
+    finally:
+        server.close()
+
+
+def test_a_json_answer_shows_as_json(browser: Any, tmp_path: Path, tiny_model: Path) -> None:
+    server = _server(tmp_path, tiny_model, (JSON_REPLY,))
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/ui/")
+        page.locator("#model option").first.wait_for(state="attached")
+        page.fill("#input", "A fruit as JSON")
+        page.keyboard.press("Enter")
+        page.locator(".message.assistant pre code.language-json").wait_for()
+        assert '"fruit": "apple"' in page.inner_text(".message.assistant")  # indented
     finally:
         server.close()
 

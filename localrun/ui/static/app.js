@@ -9,7 +9,15 @@
   const KEY = "localrun.apiKey"; // sessionStorage: this tab only
   const $ = (id) => document.getElementById(id);
 
-  const markdown = new Marked({ gfm: true, breaks: false });
+  // Raw HTML in an answer is shown as text, never rendered (DOMPurify then cleans what
+  // Markdown itself made, as a second guard).
+  const escapeHtml = (text) =>
+    text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  const markdown = new Marked({
+    gfm: true,
+    breaks: false,
+    renderer: { html: (token) => escapeHtml(token.text) },
+  });
 
   let conversations = load();
   let current = null; // the open conversation
@@ -275,7 +283,7 @@
     current.model = $("model").value;
     current.system = $("system").value;
     current.options = options();
-    if (!current.messages.length) current.title = text.trim().slice(0, 60);
+    if (!current.messages.length) current.title = text.trim().split("\n")[0].slice(0, 60);
     current.messages.push({ role: "user", content: text });
     const answer = { role: "assistant", content: "", thinking: "" };
     current.messages.push(answer);
