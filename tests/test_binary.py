@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import build_binary
+import httpx
 import make_test_models
 import pexpect
 import psutil
@@ -210,6 +211,10 @@ def test_serve_answers_the_clients_and_ctrl_c_leaves_no_runner(
         found = re.search(r"http://\S+", line)
         assert found, (line, serve.communicate(timeout=30))
         url = found.group(0)
+        assert serve.stdout.readline().strip() == f"chat in a browser: {url}/ui/"
+        page = httpx.get(url + "/ui/")  # the chat page, from the binary's own files
+        assert page.status_code == 200 and "app.js" in page.text
+        assert len(httpx.get(url + "/ui/vendor.js").content) > 100_000
         ai = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=180)
         reply = ai.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "the a"}], max_tokens=8

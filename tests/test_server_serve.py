@@ -66,6 +66,8 @@ def server(serve_home: Path) -> Iterator[Serve]:
 
 def test_serve_prints_its_url_and_stops_on_sigterm(server: Serve) -> None:
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", server.url)
+    assert server.proc.stdout is not None
+    assert server.proc.stdout.readline().strip() == f"chat in a browser: {server.url}/ui/"
     assert httpx.get(server.url + "/api/version").json()["version"]
     loaded = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": "hi",
                         "stream": False, "options": {"num_predict": 4}}, timeout=120)  # fmt: skip
