@@ -193,7 +193,7 @@ def test_a_second_process_restores_the_system_prompt_with_the_same_answer(
     assert second.stdout == first.stdout
     assert int(warm["prompt eval count"].split()[0]) < 40  # the question alone was evaluated
     # Another question reuses the same entry.
-    other = cli("run", sysmodel, "Who writes the letter?", "--verbose")
+    other = cli("run", sysmodel, "Who writes the letter?", "--verbose", "--param", "num_predict=24")
     assert int(stats(other.stderr)["prompt disk cache"].split()[0]) == restored
     assert len(entries()) == 1
     # A damaged entry: ignored (the answer is the same), removed and written anew.
