@@ -58,10 +58,27 @@ def _metric(url: str, name: str, upstream: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def _settles(url: str, name: str, upstream: str, value: float, seconds: float) -> None:
+    """Wait until the gateway's metric `name` for `upstream` reads `value`."""
+    deadline = time.monotonic() + seconds
+    while _metric(url, name, upstream) != value:
+        assert time.monotonic() < deadline, (name, upstream, value)
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeUpstream]:
     with FakeUpstream() as server:
         yield server
+
+
+@pytest.fixture
+def two_fakes(tmp_path: Path) -> Iterator[tuple[FakeUpstream, FakeUpstream, Serve]]:
+    """Two scripted upstreams serving the same model, behind a gateway."""
+    with FakeUpstream() as one, FakeUpstream() as two:
+        gw = gateway(tmp_path / "gw", {"one": {"url": one.url}, "two": {"url": two.url}})
+        yield one, two, gw
+        gw.kill()
 
 
 @pytest.fixture
@@ -321,10 +338,7 @@ def test_a_client_that_goes_away_cancels_the_upstream_request(
                 if n == 3:
                     break
         assert fake.disconnected.wait(10), "the upstream request was not cancelled"
-        deadline = time.monotonic() + 5
-        while _metric(gw.url, "localrun_upstream_in_flight", "fake") != 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        _settles(gw.url, "localrun_upstream_in_flight", "fake", 0, 5)
     finally:
         gw.kill()
 
@@ -332,22 +346,23 @@ def test_a_client_that_goes_away_cancels_the_upstream_request(
 # -- routing ----------------------------------------------------------------------------------
 
 
-def test_conversations_stick_to_the_upstream_holding_their_prefix(tmp_path: Path) -> None:
-    with FakeUpstream() as one, FakeUpstream() as two:
-        gw = gateway(tmp_path / "gw", {"one": {"url": one.url}, "two": {"url": two.url}})
-        try:
-            first = [{"role": "system", "content": "You are terse."},
-                     {"role": "user", "content": "Name a colour."}]  # fmt: skip
-            for turn in range(4):
-                more = [{"role": "assistant", "content": "Red."}, {"role": "user", "content": "?"}]
-                messages = first + more * turn
-                answer = httpx.post(gw.url + "/api/chat", timeout=30, json={
-                    "model": "big-model", "messages": messages, "stream": False})  # fmt: skip
-                assert answer.status_code == 200, answer.text
-            counts = sorted([len(one.chat_requests()), len(two.chat_requests())])
-            assert counts == [0, 4], "every turn went where the first one went"
-        finally:
-            gw.kill()
+def _chat(url: str, messages: list[dict[str, str]]) -> None:
+    body = {"model": "big-model", "messages": messages, "stream": False}
+    answer = httpx.post(url + "/api/chat", timeout=30, json=body)
+    assert answer.status_code == 200, answer.text
+
+
+def test_conversations_stick_to_the_upstream_holding_their_prefix(
+    two_fakes: tuple[FakeUpstream, FakeUpstream, Serve],
+) -> None:
+    one, two, gw = two_fakes
+    first = [{"role": "system", "content": "You are terse."},
+             {"role": "user", "content": "Name a colour."}]  # fmt: skip
+    more = [{"role": "assistant", "content": "Red."}, {"role": "user", "content": "?"}]
+    for turn in range(4):
+        _chat(gw.url, first + more * turn)
+    counts = sorted([len(one.chat_requests()), len(two.chat_requests())])
+    assert counts == [0, 4], "every turn went where the first one went"
 
 
 def test_streams_spread_over_upstreams_and_survive_one_dying(
@@ -433,27 +448,19 @@ def test_a_clients_own_mistakes_are_not_the_upstreams(tmp_path: Path, fake: Fake
         fake.mode, fake.stall_s = "slow_first", 2.0
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(gw.url + "/api/chat", timeout=0.5, json=HI)
-        deadline = time.monotonic() + 10
-        while _metric(gw.url, "localrun_upstream_in_flight", "fake") != 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        _settles(gw.url, "localrun_upstream_in_flight", "fake", 0, 10)
     finally:
         gw.kill()
 
 
-def test_a_long_shared_system_prompt_does_not_pin_conversations(tmp_path: Path) -> None:
-    with FakeUpstream() as one, FakeUpstream() as two:
-        gw = gateway(tmp_path / "gw", {"one": {"url": one.url}, "two": {"url": two.url}})
-        try:
-            system = {"role": "system", "content": "You are a careful agent. " * 400}
-            for i in range(6):
-                messages = [system, {"role": "user", "content": f"task {i}"}]
-                answer = httpx.post(gw.url + "/api/chat", timeout=30, json={
-                    "model": "big-model", "messages": messages, "stream": False})  # fmt: skip
-                assert answer.status_code == 200, answer.text
-            assert len(one.chat_requests()) >= 2 and len(two.chat_requests()) >= 2
-        finally:
-            gw.kill()
+def test_a_long_shared_system_prompt_does_not_pin_conversations(
+    two_fakes: tuple[FakeUpstream, FakeUpstream, Serve],
+) -> None:
+    one, two, gw = two_fakes
+    system = {"role": "system", "content": "You are a careful agent. " * 400}
+    for i in range(6):
+        _chat(gw.url, [system, {"role": "user", "content": f"task {i}"}])
+    assert len(one.chat_requests()) >= 2 and len(two.chat_requests()) >= 2
 
 
 def test_wire_translation_details() -> None:

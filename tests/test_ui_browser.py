@@ -62,6 +62,16 @@ def _grows(locator: Any, seconds: float = 10) -> list[str]:
     return seen
 
 
+def _ask(browser: Any, url: str, text: str, **page_options: Any) -> Any:
+    """A new page on the chat page at `url`, with `text` sent to the first model."""
+    page = browser.new_page(**page_options)
+    page.goto(url + "/ui/")
+    page.locator("#model option").first.wait_for(state="attached")
+    page.fill("#input", text)
+    page.keyboard.press("Enter")
+    return page
+
+
 @pytest.fixture
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
@@ -147,11 +157,7 @@ def test_a_conversation_streams_stops_and_stays(
 def test_a_json_answer_shows_as_json(browser: Any, tmp_path: Path, tiny_model: Path) -> None:
     server = _server(tmp_path, tiny_model, (JSON_REPLY,))
     try:
-        page = browser.new_page()
-        page.goto(server.url + "/ui/")
-        page.locator("#model option").first.wait_for(state="attached")
-        page.fill("#input", "A fruit as JSON")
-        page.keyboard.press("Enter")
+        page = _ask(browser, server.url, "A fruit as JSON")
         page.locator(".message.assistant pre code.language-json").wait_for()
         assert '"fruit": "apple"' in page.inner_text(".message.assistant")  # indented
     finally:
@@ -218,11 +224,7 @@ def test_thinking_is_folded_away(browser: Any, tmp_path: Path, tiny_thinking_mod
     replies = {"replies": ["<think>Paris is the capital.</think>It is **Paris**."]}
     server = LiveServer(store, Scheduler(store, backend="fake", backend_options=replies))
     try:
-        page = browser.new_page()
-        page.goto(server.url + "/ui/")
-        page.locator("#model option").first.wait_for(state="attached")
-        page.fill("#input", "Capital of France?")
-        page.keyboard.press("Enter")
+        page = _ask(browser, server.url, "Capital of France?")
         page.wait_for_selector(".message.assistant .timings")
         folded = page.locator(".message.assistant details.thinking")
         assert folded.get_attribute("open") is None  # folded away
