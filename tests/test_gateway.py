@@ -12,11 +12,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import make_test_models
 import pytest
 from conftest import CLI, assert_one_line_error
 from fakeupstream import FakeUpstream
@@ -84,7 +86,9 @@ def two_fakes(tmp_path: Path) -> Iterator[tuple[FakeUpstream, FakeUpstream, Serv
 @pytest.fixture
 def upstream_home(tmp_path: Path, tiny_model: Path) -> Path:
     home = tmp_path / "upstream-home"
-    add_model(Store(home / "models"), "tiny", tiny_model)
+    # A 4096-token context: an answer of thousands of tokens lasts seconds, not a blink.
+    long_tiny = make_test_models.write_tiny_model(tmp_path / "tiny-4k.gguf", n_ctx=4096)
+    add_model(Store(home / "models"), "tiny", long_tiny)
     return home
 
 
@@ -384,12 +388,18 @@ def test_streams_spread_over_upstreams_and_survive_one_dying(
     )  # fmt: skip
     ai = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
-    def stream(i: int, tokens: int = 12) -> str:
+    def stream(i: int, tokens: int = 12, started: threading.Semaphore | None = None) -> str:
         chunks = ai.chat.completions.create(
             model="tiny", max_tokens=tokens, stream=True,
             messages=[{"role": "user", "content": f"conversation {i}: the a"}],
         )  # fmt: skip
-        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        text = ""
+        for chunk in chunks:
+            if chunk.choices and chunk.choices[0].delta.content:
+                if not text and started is not None:
+                    started.release()
+                text += chunk.choices[0].delta.content
+        return text
 
     try:
         oc = ollama.Client(host=gw.url, timeout=60)
@@ -403,10 +413,13 @@ def test_streams_spread_over_upstreams_and_survive_one_dying(
         assert all(abs(n - 32) <= 8 for n in served), served  # within 25% of even
 
         # Kill one upstream mid-run: what it was answering ends with an error; what starts
-        # afterwards goes to the other.
+        # afterwards goes to the other. Killed once all eight streams have text, a's among them.
+        streaming = threading.Semaphore(0)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            running = [pool.submit(stream, 100 + i, 400) for i in range(8)]
-            time.sleep(1.0)
+            running = [pool.submit(stream, 100 + i, 1500, streaming) for i in range(8)]
+            for _ in running:
+                assert streaming.acquire(timeout=60), "a stream never started"
+            assert _metric(gw.url, "localrun_upstream_in_flight", "a") >= 1
             os.kill(a.proc.pid, signal.SIGKILL)
             outcomes = []
             for future in running:
