@@ -61,6 +61,34 @@ def test_after_an_edit_the_copy_resumes_where_its_source_goes_on() -> None:
     assert cold.drafter.near(50, 3) == 50
 
 
+def test_a_draft_stops_before_a_token_that_ends_the_answer() -> None:
+    end = 0  # the end of generation, or a stop token
+    source = [*range(100, 130), end, 7, 8, 9]  # a quoted text, then the turn's end and more
+    spec = Speculator([*source, 1, *source[:25]], 64, _gpu_like(), ends=lambda t: t == end)
+    draft = spec.propose(source[25], 100)
+    assert draft == source[26:30], "the copy goes up to the end, never past it"
+    plain = Speculator([*source, 1, *source[:25]], 64, _gpu_like())
+    assert plain.propose(source[25], 100)[:6] == source[26:32]
+
+
+def test_lookups_not_drafted_teach_the_estimate() -> None:
+    cpu = DecodeCost(base=1.0, extra=0.5)  # where 3- and 6-token matches alone are not worth it
+    text = list(range(100, 140))  # a text the answer starts quoting
+    spec = Speculator([*text, 1, 2], 64, cpu)
+    drafts = [spec.propose(token, 100) for token in text[:3]]
+    assert drafts == [[], [], []]  # no match yet, then short matches: guessed, not drafted
+    for i, token in enumerate(text[3:12], start=3):
+        draft = spec.propose(token, 100)
+        if draft:
+            break
+    assert draft, "right guesses made short matches worth drafting"
+    assert draft == text[i + 1 : i + 1 + len(draft)] and i < 8, i
+    # The same short matches where the guesses were wrong: still no draft.
+    noise = Speculator([*text, 1, 2], 64, cpu)
+    for i, token in enumerate(text[:8]):
+        assert noise.propose(token if i % 3 == 0 else 50 + i, 100) == []
+
+
 def test_no_match_no_draft() -> None:
     assert NgramDrafter(range(50)).match() == (0, -1)
     assert NgramDrafter([1, 2]).match() == (0, -1)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 from localrun.engine.llama import (
     GrammarFirst,
     Weights,
+    answer_ends,
     grammar_sampler,
     overflow_error,
     sampler_chain,
@@ -283,7 +284,12 @@ class BatchEngine:
         # The draft model's sequence is the slot's: bound when the request takes one (_take).
         drafter = _unbound if self._draft is not None else None
         req.spec = speculate.speculator(
-            sampling.speculate, req.prompt, sampling.draft_num_predict, self._cost, drafter
+            sampling.speculate,
+            req.prompt,
+            sampling.draft_num_predict,
+            self._cost,
+            drafter,
+            answer_ends(self._weights.vocab, stop_tokens),
         )
         disk = self._prompt_cache
         if disk is not None and prompt_cache.MIN_TOKENS <= cache_prefix < len(req.prompt):

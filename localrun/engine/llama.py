@@ -18,7 +18,7 @@ import ctypes
 import functools
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import llama_cpp as lc
@@ -390,7 +390,12 @@ class LlamaModel:
             raise overflow_error(len(prompt), self.n_ctx, self.n_ctx_train)
         drafter = functools.partial(self._draft.draft, 0) if self._draft is not None else None
         spec = speculate.speculator(
-            sampling.speculate, prompt, sampling.draft_num_predict, self._cost, drafter
+            sampling.speculate,
+            prompt,
+            sampling.draft_num_predict,
+            self._cost,
+            drafter,
+            answer_ends(self._vocab, stop_tokens),
         )
         gen = Generation(iter(()))
         gen.pieces = self._run(list(prompt), sampling, stop_tokens, cancel, gen, cache_prefix, spec)
@@ -554,6 +559,12 @@ class LlamaModel:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def answer_ends(vocab: Any, stop_tokens: frozenset[int]) -> Callable[[int], bool]:
+    """Whether a token ends the answer: the model's end of generation, or a stop token."""
+    is_eog = lc.llama_vocab_is_eog
+    return lambda token: bool(is_eog(vocab, token)) or token in stop_tokens
 
 
 def put(batch: Any, row: int, ids: Sequence[int], pos: int, seq: int, logits: bool) -> int:

@@ -123,9 +123,11 @@ class DecodeCost:
     the batches, whose logits may differ from one token's in the last bits) depend on the
     request alone: the same request gets the same answer, whatever else the engine runs.
 
-    Measured with llama.cpp on SmolLM2 135M (Q4_1) on two CPU cores: a batch of two tokens
-    costs two decodes and each further token about half of one (a small model is compute
-    bound there). On a GPU a batch of a few dozen tokens costs little more than one token.
+    Measured with llama.cpp on SmolLM2 135M (Q4_1) on two CPU cores, every row with logits as a
+    verification has them (scripts/spec_bound.py prints the table): 2, 3, 5, 9, 17, 33 and 65
+    tokens cost 1.9, 2.4, 3.4, 5.2, 8.8, 15.8 and 28.6 one-token decodes, about 1 + 0.43 n (a
+    small model is compute bound there). On a GPU a batch of a few dozen tokens costs little
+    more than one token.
     """
 
     base: float
@@ -133,7 +135,7 @@ class DecodeCost:
 
     @classmethod
     def for_device(cls, gpu_layers: int) -> DecodeCost:
-        return cls(base=0.9, extra=0.08) if gpu_layers > 0 else cls(base=1.0, extra=0.5)
+        return cls(base=0.9, extra=0.08) if gpu_layers > 0 else cls(base=1.0, extra=0.43)
 
 
 class Speculator:
@@ -158,8 +160,12 @@ class Speculator:
         always: bool = False,
         lookup: bool = True,
         model: ModelDrafter | None = None,
+        ends: Callable[[int], bool] | None = None,
     ) -> None:
         self.drafter = NgramDrafter(history)
+        # Tokens that end the answer (end of generation, stop tokens): a draft stops before
+        # one, as the answer would; the row before it samples the end itself.
+        self.ends = ends
         self.lookup = lookup  # draft by prompt lookup (modes auto and ngram)
         # A draft model's guesses (engine.draft, bound to a sequence by the engine), for what
         # prompt lookup does not find with certainty.
@@ -180,10 +186,19 @@ class Speculator:
         self._resync = 0  # tokens left to look for it
         self._skip = 0  # tokens still to decode without drafting (back-off)
         self._misses = 0  # drafts rejected at their first token in a row
+        # A lookup that was not drafted: (its n-gram size, the token it guessed next). The
+        # token sampled next tells whether it was right, evidence for that size at no cost,
+        # so that short matches start drafting once a copy is under way.
+        self._shadow: tuple[int, int] | None = None
 
     def propose(self, token: int, limit: int) -> list[int]:
         """`token` (sampled, about to be decoded) joins the history; returns the draft to
         decode after it, at most `limit` tokens (room left in the budget and the context)."""
+        if self._shadow is not None:
+            size, guess = self._shadow
+            self._shadow = None
+            self._kept[size] = self._kept[size] * _DECAY + (token == guess)
+            self._lost[size] = self._lost[size] * _DECAY + (token != guess)
         self.drafter.add(token)
         if limit <= 0:
             return []
@@ -193,14 +208,15 @@ class Speculator:
                 return draft
         if self.model is not None:
             self._size = 0
-            return self.model(self.drafter.tokens, min(self.draft_max, limit))
+            return self._until_end(self.model(self.drafter.tokens, min(self.draft_max, limit)))
         return []
 
     def _lookup(self, limit: int) -> list[int]:
+        size, at = self.drafter.match()
         if self._skip > 0:
             self._skip -= 1
+            self._guess(size, at)
             return []
-        size, at = self.drafter.match()
         if size < _SURE and self._resync > 0:
             # An edit inside a copy: the text resumes where the source goes on.
             self._resync -= 1
@@ -212,9 +228,25 @@ class Speculator:
             return []  # a draft model guesses better than a short match
         length = min(self.length(size), limit)
         if length <= 0:
+            self._guess(size, at)
             return []
         self._size, self._at = size, at
-        return self.drafter.draft(at, length)
+        return self._until_end(self.drafter.draft(at, length))
+
+    def _until_end(self, draft: list[int]) -> list[int]:
+        """`draft` up to the first token that would end the answer: the row before it samples
+        that end as well, and tokens after it could never be kept."""
+        ends = self.ends
+        if ends is not None:
+            for i, token in enumerate(draft):
+                if ends(token):
+                    return draft[:i]
+        return draft
+
+    def _guess(self, size: int, at: int) -> None:
+        """Remember what a lookup not drafted guesses next, judged by the next token."""
+        if size > 0 and at < len(self.drafter.tokens):
+            self._shadow = (size, self.drafter.tokens[at])
 
     def length(self, size: int) -> int:
         """The draft length worth decoding after a match of `size` tokens: the k that
@@ -273,9 +305,11 @@ def speculator(
     draft_max: int,
     cost: DecodeCost,
     model: ModelDrafter | None = None,
+    ends: Callable[[int], bool] | None = None,
 ) -> Speculator | None:
     """The speculator a generation with these settings uses, or None (speculation off).
-    `model` drafts with the model's DRAFT model (modes auto and draft)."""
+    `model` drafts with the model's DRAFT model (modes auto and draft); `ends` tells the
+    tokens that end the answer (drafts stop before them)."""
     if mode == "off" or draft_max <= 0:
         return None
     if mode == "draft" and model is None:
@@ -290,4 +324,5 @@ def speculator(
         always=mode == "ngram",
         lookup=mode != "draft",
         model=model if mode in ("auto", "draft") else None,
+        ends=ends,
     )

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""How fast prompt lookup could possibly be here: an oracle bound for scripts/bench_spec.py.
+
+Draftless speculation can only draft tokens that occur, in that order, earlier in the prompt or
+the answer; and verifying a draft of k tokens costs one llama_decode of k + 1 tokens. This
+script measures that cost on this machine (the model, the threads, all rows with logits, as a
+verification batch has), takes the greedy answer to each of bench_spec's workloads without
+speculation, and finds the fastest any lookup drafter could produce exactly that answer: an
+oracle that knows the answer and, at every token, drafts the longest run that follows it and
+follows an earlier occurrence of the last three tokens in the history (at most `draft_max`
+tokens), choosing the split of the answer into
+batches that costs least (dynamic programming over the measured costs).
+
+The ratio of that time to one-token decoding is the bound: no prompt-lookup drafter, ours or
+llama-server's ngram modes on their first request, can beat it on this machine (a drafter with
+a memory of earlier answers to the same prompt can, since it drafts tokens the history lacks).
+Usage: .venv/bin/python scripts/spec_bound.py [--model GGUF] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench
+import bench_spec
+
+COST_SIZES = (1, 2, 3, 5, 9, 17, 33, 65)  # batch sizes timed; others are interpolated
+KEY = 3  # tokens of context a lookup matches before it drafts (its shortest n-gram)
+
+
+def copyable(history: Sequence[int], wanted: Sequence[int], key: int = KEY) -> int:
+    """How many tokens of `wanted` a lookup could draft after `history`: the longest common
+    prefix of `wanted` and what follows an earlier occurrence of the history's last `key`
+    tokens (the shortest n-gram a drafter matches)."""
+    n = len(history)
+    if n <= key or not wanted:
+        return 0
+    suffix = list(history[n - key :])
+    best = 0
+    for at in range(key, n):  # `at`: right after an occurrence of the suffix
+        if history[at - key : at] != suffix:
+            continue
+        length = 0
+        while length < len(wanted) and at + length < n and history[at + length] == wanted[length]:
+            length += 1
+        best = max(best, length)
+    return best
+
+
+def interpolate(costs: dict[int, float], k: int) -> float:
+    """The cost of a batch of `k` tokens, linear between the measured sizes."""
+    sizes = sorted(costs)
+    if k in costs:
+        return costs[k]
+    if k > sizes[-1]:
+        return costs[sizes[-1]] * k / sizes[-1]
+    low = max(s for s in sizes if s < k)
+    high = min(s for s in sizes if s > k)
+    return costs[low] + (costs[high] - costs[low]) * (k - low) / (high - low)
+
+
+def oracle_seconds(
+    prompt: Sequence[int], answer: Sequence[int], costs: dict[int, float], draft_max: int
+) -> float:
+    """The least time to decode `answer` after `prompt` when each decode of token i may carry
+    any draft of up to `draft_max` tokens that continue the answer and follow an occurrence of
+    its last KEY tokens in the history (the prompt and the answer up to token i): dynamic
+    programming from the end."""
+    n = len(answer)
+    # reach[i]: how many tokens after answer[i] a lookup could draft right.
+    reach = [
+        min(draft_max, copyable([*prompt, *answer[: i + 1]], answer[i + 1 :])) for i in range(n)
+    ]
+    best = [0.0] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        best[i] = min(
+            interpolate(costs, k + 1) + best[min(n, i + k + 1)] for k in range(reach[i] + 1)
+        )
+    return best[0]
+
+
+def measure_costs(model: object, prompt: Sequence[int], rounds: int = 7) -> dict[int, float]:
+    """Median seconds of one llama_decode of k tokens, all with logits, after `prompt`."""
+    import llama_cpp as lc
+
+    from localrun.engine.llama import put
+
+    m: object = model
+    m.reset()  # type: ignore[attr-defined]
+    m._decode(prompt, 512)  # type: ignore[attr-defined]
+    ctx, memory = m._ctx, m._memory  # type: ignore[attr-defined]
+    batch = lc.llama_batch_init(max(COST_SIZES), 0, 1)
+    costs: dict[int, float] = {}
+    try:
+        for k in COST_SIZES:
+            times = []
+            for _ in range(rounds):
+                batch.n_tokens = put(batch, 0, prompt[-k:], len(prompt), 0, True)
+                started = time.perf_counter()
+                lc.llama_decode(ctx, batch)
+                times.append(time.perf_counter() - started)
+                lc.llama_memory_seq_rm(memory, 0, len(prompt), -1)
+            costs[k] = statistics.median(times)
+    finally:
+        lc.llama_batch_free(batch)
+    return costs
+
+
+def bounds(
+    model_path: Path, threads: int, draft_max: int = 64
+) -> tuple[dict[int, float], dict[str, dict[str, float]]]:
+    """The measured batch costs, and per workload the answer's length, the oracle's speed-up
+    over one-token decoding and the share of the answer a lookup could draft."""
+    from localrun.engine.llama import LlamaModel
+    from localrun.engine.types import LoadOptions, SamplingOptions
+
+    model = LlamaModel(str(model_path), LoadOptions(num_ctx=bench_spec.CTX, num_thread=threads))
+    out: dict[str, dict[str, float]] = {}
+    try:
+        costs: dict[int, float] = {}
+        for workload, text in bench_spec.WORKLOADS.items():
+            prompt = model.tokenize(text, add_special=True, parse_special=True)
+            options: dict[str, Any] = {**bench_spec.SAMPLING, "speculate": "off"}
+            sampling = SamplingOptions(**options, num_predict=bench_spec.N_PREDICT)
+            gen = model.generate(prompt, sampling)
+            for _ in gen.pieces:
+                pass
+            answer = list(gen.tokens)
+            if not costs:
+                costs = measure_costs(model, prompt)
+            plain = len(answer) * costs[1]
+            fastest = oracle_seconds(prompt, answer, costs, draft_max)
+            drafted = sum(
+                copyable([*prompt, *answer[: i + 1]], answer[i + 1 : i + 2])
+                for i in range(len(answer))
+            )
+            out[workload] = {
+                "tokens": len(answer),
+                "bound": plain / fastest if fastest else 0.0,
+                "copyable": drafted / max(1, len(answer)),
+            }
+    finally:
+        model.close()
+    return costs, out
+
+
+def report(costs: dict[int, float], found: dict[str, dict[str, float]], draft_max: int) -> str:
+    lines = [
+        "Batch costs here (one llama_decode, all rows with logits), in one-token decodes: "
+        + ", ".join(f"{k}: {v / costs[1]:.2f}" for k, v in costs.items())
+        + f" (one: {costs[1] * 1000:.1f} ms)",
+        f"Prompt-lookup bound (an oracle drafting every run that follows a {KEY}-token match, "
+        f"<= {draft_max} tokens):",
+    ]
+    for workload, f in found.items():
+        lines.append(
+            f"  {workload}: {f['bound']:.2f}x one-token decoding; {f['copyable']:.0%} of its "
+            f"{int(f['tokens'])} tokens could be drafted"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--model", type=Path, help="GGUF file (default: the SmolLM2 starter)")
+    parser.add_argument("--threads", type=int, default=bench_spec.THREADS)
+    parser.add_argument("--draft-max", type=int, default=64)
+    args = parser.parse_args(argv)
+    model = args.model or bench._default_model()
+    if model is None or not model.is_file():
+        parser.error(f"no GGUF model at {model}; pass --model PATH")
+    costs, found = bounds(model, args.threads, args.draft_max)
+    print(report(costs, found, args.draft_max))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
