@@ -49,6 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
 import bench_serve
+import spec_bound
 from bench_serve import Server, free_port, say
 
 N_PREDICT = 256
@@ -368,6 +369,20 @@ def decode_report(stacks: list[Stack]) -> tuple[str, dict[str, Any]]:
             vs = mine / best if mine and best else None
             parts.append(f"{_x(vs)} its best n-gram mode (target >= {TARGET_EDIT_VS_NGRAM}x)")
         lines.append("  " + "; ".join(parts))
+    # ngram-mod keeps its n-gram table across requests: from the second round on it drafts
+    # this prompt's answer from the answer it gave before. Its first request is the same
+    # request without that memory (localrun drafts from the request alone, so that an answer
+    # never depends on what other clients asked).
+    lines += ["", "llama-server's n-gram modes on the first request of each prompt:"]
+    for workload in EDIT_WORKLOADS:
+        fresh = {n: _first(by_name[n], workload) for n in best_ngram if n in by_name}
+        firsts = {n: s.rate for n, s in fresh.items() if s is not None and s.rate}
+        figures.setdefault("first_request", {})[workload] = firsts
+        mine = figures[workload].get("localrun auto")
+        top = max(firsts.values(), default=None)
+        shown = ", ".join(f"{n.removeprefix('llama-server ')} {r:.1f}" for n, r in firsts.items())
+        vs = mine / top if mine and top else None
+        lines.append(f"  {workload}: {shown} tok/s; localrun auto {_x(vs)} the best of them")
     return "\n".join(lines), figures
 
 
@@ -502,6 +517,17 @@ def run(
                 build_dir, model, threads, rounds, root, root / "home-decode", draft
             )
             text, figures = decode_report(decoded["stacks"])
+            # What any prompt-lookup drafter could reach here (after the servers are gone).
+            costs, found = spec_bound.bounds(
+                model, threads, WORKLOADS, SAMPLING, n_predict=N_PREDICT, n_ctx=CTX
+            )
+            text += "\n\n" + spec_bound.report(costs, found, 64)
+            for workload, f in found.items():
+                mine = figures[workload].get("localrun auto")
+                off = figures[workload].get("localrun off")
+                if mine and off:
+                    text += f"\n  {workload}: localrun auto measured {mine / off:.2f}x localrun off"
+                figures.setdefault("bound", {})[workload] = f["bound"]
             print(text + "\n", flush=True)
             report.append(text)
             out["decode"] = figures

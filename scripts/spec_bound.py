@@ -29,7 +29,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
-import bench_spec
 
 COST_SIZES = (1, 2, 3, 5, 9, 17, 33, 65)  # batch sizes timed; others are interpolated
 KEY = 3  # tokens of context a lookup matches before it drafts (its shortest n-gram)
@@ -114,22 +113,29 @@ def measure_costs(model: object, prompt: Sequence[int], rounds: int = 7) -> dict
 
 
 def bounds(
-    model_path: Path, threads: int, draft_max: int = 64
+    model_path: Path,
+    threads: int,
+    workloads: dict[str, str],
+    sampling: dict[str, Any],
+    *,
+    n_predict: int = 256,
+    n_ctx: int = 4096,
+    draft_max: int = 64,
 ) -> tuple[dict[int, float], dict[str, dict[str, float]]]:
-    """The measured batch costs, and per workload the answer's length, the oracle's speed-up
-    over one-token decoding and the share of the answer a lookup could draft."""
+    """The measured batch costs, and per workload (name: raw prompt) the answer's length, the
+    oracle's speed-up over one-token decoding and the share of the answer a lookup could
+    draft; `sampling` holds the request's options (greedy)."""
     from localrun.engine.llama import LlamaModel
     from localrun.engine.types import LoadOptions, SamplingOptions
 
-    model = LlamaModel(str(model_path), LoadOptions(num_ctx=bench_spec.CTX, num_thread=threads))
+    model = LlamaModel(str(model_path), LoadOptions(num_ctx=n_ctx, num_thread=threads))
     out: dict[str, dict[str, float]] = {}
     try:
         costs: dict[int, float] = {}
-        for workload, text in bench_spec.WORKLOADS.items():
+        for workload, text in workloads.items():
             prompt = model.tokenize(text, add_special=True, parse_special=True)
-            options: dict[str, Any] = {**bench_spec.SAMPLING, "speculate": "off"}
-            sampling = SamplingOptions(**options, num_predict=bench_spec.N_PREDICT)
-            gen = model.generate(prompt, sampling)
+            options: dict[str, Any] = {**sampling, "speculate": "off"}
+            gen = model.generate(prompt, SamplingOptions(**options, num_predict=n_predict))
             for _ in gen.pieces:
                 pass
             answer = list(gen.tokens)
@@ -168,6 +174,8 @@ def report(costs: dict[int, float], found: dict[str, dict[str, float]], draft_ma
 
 
 def main(argv: list[str] | None = None) -> int:
+    import bench_spec
+
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", type=Path, help="GGUF file (default: the SmolLM2 starter)")
     parser.add_argument("--threads", type=int, default=bench_spec.THREADS)
@@ -176,7 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or bench._default_model()
     if model is None or not model.is_file():
         parser.error(f"no GGUF model at {model}; pass --model PATH")
-    costs, found = bounds(model, args.threads, args.draft_max)
+    costs, found = bounds(
+        model,
+        args.threads,
+        bench_spec.WORKLOADS,
+        bench_spec.SAMPLING,
+        n_predict=bench_spec.N_PREDICT,
+        n_ctx=bench_spec.CTX,
+        draft_max=args.draft_max,
+    )
     print(report(costs, found, args.draft_max))
     return 0
 
