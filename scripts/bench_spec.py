@@ -11,13 +11,20 @@ Decode (effective rate: tokens generated / generation time, as each server repor
   localrun off            localrun serve, options.speculate = "off"
   localrun auto           localrun serve, the default (prompt lookup where it pays)
 
-on three workloads: `code` (rewrite a ~60-line Python file with one identifier renamed),
-`quote` (summarise a text by quoting its sentences) and `prose` (a story from a short prompt).
-Every request is a raw completion of the same prompt text, N_PREDICT tokens at most; rounds
-are interleaved (every stack once per round, in a rotating order) and medians reported. The
-output token counts of all stacks are checked equal (a stack that stopped early is flagged),
-and how often each speculating stack's greedy text differs from its own without speculation is
-reported (a batch of tokens can flip a near tie in the last bits of the logits).
+on three workloads of several prompts each (scripts/spec_workloads.py): `code` (rewrite a
+Python file of 40-60 lines with one identifier renamed), `quote` (summarise a text by quoting
+its sentences) and `prose` (a story, an essay). Every request is a raw completion of the same
+prompt text, N_PREDICT tokens at most; rounds are interleaved (every stack once per round, in a
+rotating order); a round's rate is all of a workload's tokens over their generation time, and
+the median over rounds is reported. The output token counts of all stacks are checked equal (a
+stack that stopped early is flagged), and how often each speculating stack's greedy text
+differs from its own without speculation is reported (a batch of tokens can flip a near tie in
+the last bits of the logits).
+
+ngram-mod keeps its n-gram table across requests, so from the second round on it drafts each
+answer from the one it gave the same prompt before; its first request of each prompt is
+reported apart. Then scripts/spec_bound.py's bound: how fast an oracle that drafts every run a
+prompt lookup could find would be, at this machine's measured batch costs.
 
 Prompt cache: a model with a ~1,500-token SYSTEM prompt; two fresh `localrun run` processes in
 a row (the first evaluates and saves the prefix, the second restores it), the time to the first
@@ -51,105 +58,9 @@ import bench
 import bench_serve
 import spec_bound
 from bench_serve import Server, free_port, say
+from spec_workloads import CTX, EDIT_WORKLOADS, N_PREDICT, SAMPLING, WORKLOADS
 
-N_PREDICT = 256
 THREADS = 2
-CTX = 4096
-SAMPLING = {"temperature": 0, "repeat_penalty": 1.0, "top_k": 40, "top_p": 1.0, "min_p": 0.0}
-
-CODE = '''\
-import json
-import os
-from dataclasses import dataclass, field
-
-
-@dataclass
-class Account:
-    """A bank account with a history of transactions."""
-
-    owner: str
-    balance: float = 0.0
-    history: list[tuple[str, float]] = field(default_factory=list)
-
-    def deposit(self, amount: float) -> None:
-        if amount <= 0:
-            raise ValueError("a deposit must be positive")
-        self.balance += amount
-        self.history.append(("deposit", amount))
-
-    def withdraw(self, amount: float) -> None:
-        if amount <= 0:
-            raise ValueError("a withdrawal must be positive")
-        if amount > self.balance:
-            raise ValueError("not enough money in the account")
-        self.balance -= amount
-        self.history.append(("withdraw", amount))
-
-    def statement(self) -> str:
-        lines = [f"Statement for {self.owner}"]
-        for kind, amount in self.history:
-            lines.append(f"{kind:>10} {amount:10.2f}")
-        lines.append(f"{'balance':>10} {self.balance:10.2f}")
-        return "\\n".join(lines)
-
-
-class Bank:
-    """Accounts by owner, saved to a JSON file."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.accounts: dict[str, Account] = {}
-        if os.path.exists(path):
-            self.load()
-
-    def open(self, owner: str) -> Account:
-        if owner in self.accounts:
-            raise ValueError(f"{owner} has an account already")
-        account = Account(owner)
-        self.accounts[owner] = account
-        return account
-
-    def transfer(self, source: str, target: str, amount: float) -> None:
-        self.accounts[source].withdraw(amount)
-        self.accounts[target].deposit(amount)
-
-    def load(self) -> None:
-        with open(self.path) as fh:
-            data = json.load(fh)
-        for owner, balance in data.items():
-            self.accounts[owner] = Account(owner, balance)
-
-    def save(self) -> None:
-        with open(self.path, "w") as fh:
-            json.dump({o: a.balance for o, a in self.accounts.items()}, fh)
-'''
-
-TEXT = (
-    "The lighthouse on Gull Rock was built in 1871. Its lamp burned whale oil until 1904, "
-    "when kerosene replaced it. A keeper and two assistants lived on the rock, rowing to the "
-    "mainland once a week for supplies. In the great storm of 1923 the keeper kept the light "
-    "burning for three days without sleep. The light was automated in 1968 and the keepers "
-    "left the island. Today the station is a museum, open from May to September. Visitors "
-    "can climb the 112 steps to the lantern room and see the original lens."
-)
-
-WORKLOADS = {
-    "code": (
-        "<|im_start|>system\nYou are a code editor. You repeat the user's code exactly, with "
-        "only the requested change.<|im_end|>\n<|im_start|>user\n```python\n"
-        f"{CODE}```\nRename `balance` to `funds` everywhere.<|im_end|>\n"
-        "<|im_start|>assistant\n```python\n"
-    ),
-    "quote": (
-        "<|im_start|>user\nSummarise this text by quoting its sentences, one per line, "
-        f"exactly as written.\n\n{TEXT}<|im_end|>\n<|im_start|>assistant\n"
-    ),
-    "prose": (
-        "<|im_start|>user\nWrite a long, detailed story about a lighthouse keeper who finds a "
-        "message in a bottle.<|im_end|>\n<|im_start|>assistant\n"
-    ),
-}
-EDIT_WORKLOADS = ("code", "quote")
 # The issue's targets, as ratios of effective decode rates.
 TARGET_EDIT_VS_PLAIN = 1.5
 TARGET_EDIT_VS_NGRAM = 1.0
@@ -226,8 +137,28 @@ class Stack:
     measure: Any  # (prompt) -> Sample
     samples: dict[str, list[Sample]] = field(default_factory=dict)
 
+    def round(self, workload: str, r: int) -> Sample | None:
+        """Round `r` of a workload, all its prompts as one sample: tokens, drafts and
+        generation time summed (None if a prompt failed)."""
+        per = len(WORKLOADS[workload])
+        samples = self.samples.get(workload, [])[r * per : (r + 1) * per]
+        if len(samples) < per or any(s.error is not None or not s.rate for s in samples):
+            return None
+        tokens = sum(s.tokens for s in samples)
+        seconds = sum(s.tokens / s.rate for s in samples)
+        return Sample(
+            tokens=tokens,
+            rate=tokens / seconds if seconds > 0 else 0.0,
+            drafted=sum(s.drafted for s in samples),
+            accepted=sum(s.accepted for s in samples),
+        )
+
     def median(self, workload: str) -> float | None:
-        rates = [s.rate for s in self.samples.get(workload, []) if s.error is None and s.rate]
+        """The median over rounds of a round's rate (all its prompts' tokens over their
+        generation time)."""
+        per = len(WORKLOADS[workload])
+        n = len(self.samples.get(workload, [])) // per
+        rates = [got.rate for r in range(n) if (got := self.round(workload, r)) is not None]
         return statistics.median(rates) if rates else None
 
 
@@ -277,13 +208,14 @@ def decode_suite(
         for r in range(rounds):
             say(f"round {r + 1} of {rounds}")
             order = stacks[r % len(stacks) :] + stacks[: r % len(stacks)]
-            for workload, prompt in WORKLOADS.items():
+            for workload, prompts in WORKLOADS.items():
                 for stack in order:
-                    try:
-                        sample = stack.measure(prompt)
-                    except (OSError, http.client.HTTPException, RuntimeError, KeyError) as exc:
-                        sample = Sample(error=f"{type(exc).__name__}: {exc}")
-                    stack.samples.setdefault(workload, []).append(sample)
+                    for prompt in prompts:
+                        try:
+                            sample = stack.measure(prompt)
+                        except (OSError, http.client.HTTPException, RuntimeError, KeyError) as exc:
+                            sample = Sample(error=f"{type(exc).__name__}: {exc}")
+                        stack.samples.setdefault(workload, []).append(sample)
     finally:
         for server in servers:
             server.stop()
@@ -305,13 +237,16 @@ def _create_drafted(home: Path, model: Path, draft: Path) -> str:
 
 
 def _first(stack: Stack, workload: str) -> Sample | None:
-    good = [s for s in stack.samples.get(workload, []) if s.error is None]
-    return good[0] if good else None
+    return stack.round(workload, 0)
 
 
 def decode_report(stacks: list[Stack]) -> tuple[str, dict[str, Any]]:
     by_name = {s.name: s for s in stacks}
-    lines = [f"Decode, effective tok/s (median), greedy, N_PREDICT={N_PREDICT}", ""]
+    lines = [
+        f"Decode, effective tok/s, greedy, N_PREDICT={N_PREDICT}: per round, all of a workload's "
+        "prompts' tokens over their generation time; the median over rounds",
+        "",
+    ]
     header = ["workload", *[s.name for s in stacks]]
     lines.append(" | ".join(header))
     lines.append(" | ".join("---" for _ in header))
@@ -332,7 +267,7 @@ def decode_report(stacks: list[Stack]) -> tuple[str, dict[str, Any]]:
         counts = {s.name: (_first(s, workload) or Sample()).tokens for s in stacks}
         same = len(set(counts.values())) == 1
         lines.append(f"  {workload}: {counts}" + ("" if same else "  <- NOT EQUAL"))
-    lines += ["", "Greedy text equal to the same stack without speculation (all rounds):"]
+    lines += ["", "Greedy answers equal to the same stack's without speculation (every prompt):"]
     pairs = [("localrun auto", "localrun off")]
     pairs += [(n, "llama-server") for n in by_name if n.startswith("llama-server ")]
     pairs += [("localrun draft", "localrun off")]

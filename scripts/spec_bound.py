@@ -4,7 +4,7 @@
 Draftless speculation can only draft tokens that occur, in that order, earlier in the prompt or
 the answer; and verifying a draft of k tokens costs one llama_decode of k + 1 tokens. This
 script measures that cost on this machine (the model, the threads, all rows with logits, as a
-verification batch has), takes the greedy answer to each of bench_spec's workloads without
+verification batch has), takes the greedy answer to each prompt of spec_workloads.py without
 speculation, and finds the fastest any lookup drafter could produce exactly that answer: an
 oracle that knows the answer and, at every token, drafts the longest run that follows it and
 follows an earlier occurrence of the last three tokens in the history (at most `draft_max`
@@ -115,16 +115,17 @@ def measure_costs(model: object, prompt: Sequence[int], rounds: int = 7) -> dict
 def bounds(
     model_path: Path,
     threads: int,
-    workloads: dict[str, str],
+    workloads: dict[str, tuple[str, ...]],
     sampling: dict[str, Any],
     *,
     n_predict: int = 256,
     n_ctx: int = 4096,
     draft_max: int = 64,
 ) -> tuple[dict[int, float], dict[str, dict[str, float]]]:
-    """The measured batch costs, and per workload (name: raw prompt) the answer's length, the
-    oracle's speed-up over one-token decoding and the share of the answer a lookup could
-    draft; `sampling` holds the request's options (greedy)."""
+    """The measured batch costs, and per workload (name: raw prompts) the answers' length, the
+    oracle's speed-up over one-token decoding (all the prompts' one-token time over all their
+    oracle time) and the share of the answers a lookup could draft; `sampling` holds the
+    requests' options (greedy)."""
     from localrun.engine.llama import LlamaModel
     from localrun.engine.types import LoadOptions, SamplingOptions
 
@@ -132,25 +133,29 @@ def bounds(
     out: dict[str, dict[str, float]] = {}
     try:
         costs: dict[int, float] = {}
-        for workload, text in workloads.items():
-            prompt = model.tokenize(text, add_special=True, parse_special=True)
-            options: dict[str, Any] = {**sampling, "speculate": "off"}
-            gen = model.generate(prompt, SamplingOptions(**options, num_predict=n_predict))
-            for _ in gen.pieces:
-                pass
-            answer = list(gen.tokens)
-            if not costs:
-                costs = measure_costs(model, prompt)
-            plain = len(answer) * costs[1]
-            fastest = oracle_seconds(prompt, answer, costs, draft_max)
-            drafted = sum(
-                copyable([*prompt, *answer[: i + 1]], answer[i + 1 : i + 2])
-                for i in range(len(answer))
-            )
+        for workload, texts in workloads.items():
+            tokens = drafted = 0
+            plain = fastest = 0.0
+            for text in texts:
+                prompt = model.tokenize(text, add_special=True, parse_special=True)
+                options: dict[str, Any] = {**sampling, "speculate": "off"}
+                gen = model.generate(prompt, SamplingOptions(**options, num_predict=n_predict))
+                for _ in gen.pieces:
+                    pass
+                answer = list(gen.tokens)
+                if not costs:
+                    costs = measure_costs(model, prompt)
+                tokens += len(answer)
+                plain += len(answer) * costs[1]
+                fastest += oracle_seconds(prompt, answer, costs, draft_max)
+                drafted += sum(
+                    copyable([*prompt, *answer[: i + 1]], answer[i + 1 : i + 2]) > 0
+                    for i in range(len(answer))
+                )
             out[workload] = {
-                "tokens": len(answer),
+                "tokens": tokens,
                 "bound": plain / fastest if fastest else 0.0,
-                "copyable": drafted / max(1, len(answer)),
+                "copyable": drafted / max(1, tokens),
             }
     finally:
         model.close()
@@ -168,17 +173,17 @@ def report(costs: dict[int, float], found: dict[str, dict[str, float]], draft_ma
     for workload, f in found.items():
         lines.append(
             f"  {workload}: {f['bound']:.2f}x one-token decoding; {f['copyable']:.0%} of its "
-            f"{int(f['tokens'])} tokens could be drafted"
+            f"{int(f['tokens'])} answer tokens could be drafted"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import bench_spec
+    import spec_workloads as w
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", type=Path, help="GGUF file (default: the SmolLM2 starter)")
-    parser.add_argument("--threads", type=int, default=bench_spec.THREADS)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--draft-max", type=int, default=64)
     args = parser.parse_args(argv)
     model = args.model or bench._default_model()
@@ -187,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     costs, found = bounds(
         model,
         args.threads,
-        bench_spec.WORKLOADS,
-        bench_spec.SAMPLING,
-        n_predict=bench_spec.N_PREDICT,
-        n_ctx=bench_spec.CTX,
+        w.WORKLOADS,
+        w.SAMPLING,
+        n_predict=w.N_PREDICT,
+        n_ctx=w.CTX,
         draft_max=args.draft_max,
     )
     print(report(costs, found, args.draft_max))

@@ -77,12 +77,11 @@ def test_lookups_not_drafted_teach_the_estimate() -> None:
     spec = Speculator([*text, 1, 2], 64, cpu)
     drafts = [spec.propose(token, 100) for token in text[:3]]
     assert drafts == [[], [], []]  # no match yet, then short matches: guessed, not drafted
-    for i, token in enumerate(text[3:12], start=3):
-        draft = spec.propose(token, 100)
-        if draft:
-            break
-    assert draft, "right guesses made short matches worth drafting"
-    assert draft == text[i + 1 : i + 1 + len(draft)] and i < 8, i
+    drafts = [spec.propose(token, 100) for token in text[3:8]]
+    first = next((at for at, draft in enumerate(drafts, start=3) if draft), None)
+    assert first is not None, "right guesses made short matches worth drafting"
+    draft = drafts[first - 3]
+    assert draft == text[first + 1 : first + 1 + len(draft)]
     # The same short matches where the guesses were wrong: still no draft.
     noise = Speculator([*text, 1, 2], 64, cpu)
     for i, token in enumerate(text[:8]):
