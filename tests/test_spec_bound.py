@@ -37,3 +37,17 @@ def test_the_oracle_batches_a_copy_and_decodes_the_rest_one_by_one() -> None:
     assert spec_bound.oracle_seconds(prompt, copy, cheap, 8) > spec_bound.oracle_seconds(
         prompt, copy, cheap, 64
     )
+
+
+def test_the_drafter_replayed_on_an_answer_gains_on_a_copy_only() -> None:
+    prompt = list(range(100, 200))
+    cheap = {1: 1.0, 2: 1.1, 65: 7.4}
+
+    def never(token: int) -> bool:
+        return False
+
+    fresh = list(range(300, 340))  # nothing a lookup could find
+    assert spec_bound.replay(prompt, fresh, never, cheap, 256) == len(fresh)
+    copy = prompt[:80]
+    drafted = spec_bound.replay(prompt, copy, never, cheap, 256)
+    assert spec_bound.oracle_seconds(prompt, copy, cheap, 64) <= drafted < len(copy) / 3
