@@ -207,6 +207,11 @@ def test_ollama_dialect_through_an_openai_only_upstream(tmp_path: Path, fake: Fa
             **os.environ, **host, "LOCALRUN_HOME": str(tmp_path / "gw")}, capture_output=True,
             text=True, timeout=60)  # fmt: skip
         assert re.search(r"^big-model\s+remote\s+via fake$", listed.stdout, re.M), listed.stdout
+        # `localrun ps` shows the model the upstream serves, with the host serving it.
+        shown = subprocess.run([sys.executable, "-m", "localrun", "ps"], env={**os.environ, **host},
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(r"^big-model\s+remote: fake\s*$", shown.stdout, re.M), shown.stdout
         # Embeddings, normalized as local ones are.
         vectors = ai.embeddings.create(model="big-model", input=["a", "b"])
         assert [v.embedding for v in vectors.data] == [pytest.approx([0.6, 0.8])] * 2
