@@ -75,6 +75,14 @@ def fake() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture
+def fake_gw(tmp_path: Path, fake: FakeUpstream) -> Iterator[Serve]:
+    """A gateway in front of the scripted upstream `fake`."""
+    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
+    yield gw
+    gw.kill()
+
+
+@pytest.fixture
 def two_fakes(tmp_path: Path) -> Iterator[tuple[FakeUpstream, FakeUpstream, Serve]]:
     """Two scripted upstreams serving the same model, behind a gateway."""
     with FakeUpstream() as one, FakeUpstream() as two:
@@ -227,46 +235,38 @@ def test_ollama_dialect_through_an_openai_only_upstream(tmp_path: Path, fake: Fa
 
 
 def test_tool_calls_and_a_slow_first_byte_through_an_upstream(
-    tmp_path: Path, fake: FakeUpstream
+    fake: FakeUpstream, fake_gw: Serve
 ) -> None:
     import ollama
 
-    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
-    try:
-        oc = ollama.Client(host=gw.url, timeout=60)
-        fake.mode = "tool"
-        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-            "type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
-        reply = oc.chat(model="big-model", tools=tools, messages=[
-            {"role": "user", "content": "Weather in Paris?"}])  # fmt: skip
-        calls = reply.message.tool_calls or []
-        assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [
-            ("get_weather", {"city": "Paris"})
-        ]
-        assert fake.chat_requests()[-1]["body"]["tools"] == tools
-        # A first byte slower than usual, within the read timeout: waited for, not retried.
-        fake.mode = "slow_first"
-        fake.stall_s = 1.0
-        before = len(fake.chat_requests())
-        started = time.monotonic()
-        reply = oc.chat(model="big-model", messages=[{"role": "user", "content": "hi"}])
-        assert reply.message.content == "Hello from the fake upstream."
-        assert time.monotonic() - started >= 1.0
-        assert len(fake.chat_requests()) == before + 1
-    finally:
-        gw.kill()
+    oc = ollama.Client(host=fake_gw.url, timeout=60)
+    fake.mode = "tool"
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+    reply = oc.chat(model="big-model", tools=tools, messages=[
+        {"role": "user", "content": "Weather in Paris?"}])  # fmt: skip
+    calls = reply.message.tool_calls or []
+    assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+    assert fake.chat_requests()[-1]["body"]["tools"] == tools
+    # A first byte slower than usual, within the read timeout: waited for, not retried.
+    fake.mode = "slow_first"
+    fake.stall_s = 1.0
+    before = len(fake.chat_requests())
+    started = time.monotonic()
+    reply = oc.chat(model="big-model", messages=[{"role": "user", "content": "hi"}])
+    assert reply.message.content == "Hello from the fake upstream."
+    assert time.monotonic() - started >= 1.0
+    assert len(fake.chat_requests()) == before + 1
 
 
-def test_model_names_never_choose_where_requests_go(tmp_path: Path, fake: FakeUpstream) -> None:
-    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
-    try:
-        before = len(fake.chat_requests())
-        for name in (fake.url + "/v1", "http://169.254.169.254/latest", "../../etc", "big-model@x"):
-            answer = httpx.post(gw.url + "/api/chat", json={"model": name, "messages": []})
-            assert answer.status_code in (400, 404), (name, answer.text)
-        assert len(fake.chat_requests()) == before
-    finally:
-        gw.kill()
+def test_model_names_never_choose_where_requests_go(fake: FakeUpstream, fake_gw: Serve) -> None:
+    before = len(fake.chat_requests())
+    for name in (fake.url + "/v1", "http://169.254.169.254/latest", "../../etc", "big-model@x"):
+        answer = httpx.post(fake_gw.url + "/api/chat", json={"model": name, "messages": []})
+        assert answer.status_code in (400, 404), (name, answer.text)
+    assert len(fake.chat_requests()) == before
 
 
 # -- faults -----------------------------------------------------------------------------------
@@ -307,49 +307,41 @@ def test_a_failure_before_the_first_byte_is_retried_elsewhere(
         gw.kill()
 
 
-def test_a_cut_mid_answer_ends_with_the_dialects_error(tmp_path: Path, fake: FakeUpstream) -> None:
+def test_a_cut_mid_answer_ends_with_the_dialects_error(fake: FakeUpstream, fake_gw: Serve) -> None:
     import openai
 
     fake.mode = "cut"
-    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
-    try:
-        with httpx.stream("POST", gw.url + "/api/chat", timeout=30, json=HI) as r:
-            lines = [json.loads(line) for line in r.iter_lines() if line]
-        assert "".join(x.get("message", {}).get("content", "") for x in lines) == "Hello from"
-        assert "error" in lines[-1] and "upstream fake" in lines[-1]["error"]
-        assert not any(x.get("done") for x in lines), "never a silently truncated answer"
-        ai = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
-        with pytest.raises(openai.APIError):
-            for _ in ai.chat.completions.create(
-                model="big-model", messages=[{"role": "user", "content": "hi"}], stream=True
-            ):
-                pass
-        # Nothing was sent yet when it stalls: a 502 in the dialect's shape, in bounded time.
-        fake.mode = "stall"
-        started = time.monotonic()
-        answer = httpx.post(gw.url + "/v1/chat/completions", timeout=30, json={
-            "model": "big-model", "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
-        assert answer.status_code == 502
-        assert answer.json()["error"]["code"] == "upstream_error"
-        assert time.monotonic() - started < 10
-    finally:
-        gw.kill()
+    with httpx.stream("POST", fake_gw.url + "/api/chat", timeout=30, json=HI) as r:
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert "".join(x.get("message", {}).get("content", "") for x in lines) == "Hello from"
+    assert "error" in lines[-1] and "upstream fake" in lines[-1]["error"]
+    assert not any(x.get("done") for x in lines), "never a silently truncated answer"
+    ai = openai.OpenAI(base_url=f"{fake_gw.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.APIError):
+        for _ in ai.chat.completions.create(
+            model="big-model", messages=[{"role": "user", "content": "hi"}], stream=True
+        ):
+            pass
+    # Nothing was sent yet when it stalls: a 502 in the dialect's shape, in bounded time.
+    fake.mode = "stall"
+    started = time.monotonic()
+    answer = httpx.post(fake_gw.url + "/v1/chat/completions", timeout=30, json={
+        "model": "big-model", "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    assert answer.status_code == 502
+    assert answer.json()["error"]["code"] == "upstream_error"
+    assert time.monotonic() - started < 10
 
 
 def test_a_client_that_goes_away_cancels_the_upstream_request(
-    tmp_path: Path, fake: FakeUpstream
+    fake: FakeUpstream, fake_gw: Serve
 ) -> None:
     fake.mode = "slow"
-    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
-    try:
-        with httpx.stream("POST", gw.url + "/api/chat", timeout=30, json=HI) as r:
-            for n, _ in enumerate(r.iter_lines()):
-                if n == 3:
-                    break
-        assert fake.disconnected.wait(10), "the upstream request was not cancelled"
-        _settles(gw.url, "localrun_upstream_in_flight", "fake", 0, 5)
-    finally:
-        gw.kill()
+    with httpx.stream("POST", fake_gw.url + "/api/chat", timeout=30, json=HI) as r:
+        for n, _ in enumerate(r.iter_lines()):
+            if n == 3:
+                break
+    assert fake.disconnected.wait(10), "the upstream request was not cancelled"
+    _settles(fake_gw.url, "localrun_upstream_in_flight", "fake", 0, 5)
 
 
 # -- routing ----------------------------------------------------------------------------------
@@ -443,32 +435,28 @@ def test_streams_spread_over_upstreams_and_survive_one_dying(
         c.kill()
 
 
-def test_a_clients_own_mistakes_are_not_the_upstreams(tmp_path: Path, fake: FakeUpstream) -> None:
-    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
-    try:
-        for mode, text in (("error400", "max_tokens is too large"),
-                           ("error_line", "exceeds the available context size")):  # fmt: skip
-            fake.mode = mode
-            before = len(fake.chat_requests())
-            answer = httpx.post(gw.url + "/v1/chat/completions", timeout=30, json=HI)
-            assert answer.status_code == 400, answer.text
-            assert text in answer.json()["error"]["message"]
-            assert len(fake.chat_requests()) == before + 1  # not retried
-        assert _metric(gw.url, "localrun_upstream_errors_total", "fake") == 0
-        assert _metric(gw.url, "localrun_upstream_healthy", "fake") == 1
-        # A message the upstream's API cannot carry: a 400 at once, nothing left in flight.
-        bad = {"model": "big-model", "stream": False,
-               "messages": [{"role": "assistant", "content": "", "tool_calls": [1]},
-                            {"role": "user", "content": "hi"}]}  # fmt: skip
-        answer = httpx.post(gw.url + "/api/chat", timeout=10, json=bad)
+def test_a_clients_own_mistakes_are_not_the_upstreams(fake: FakeUpstream, fake_gw: Serve) -> None:
+    for mode, text in (("error400", "max_tokens is too large"),
+                       ("error_line", "exceeds the available context size")):  # fmt: skip
+        fake.mode = mode
+        before = len(fake.chat_requests())
+        answer = httpx.post(fake_gw.url + "/v1/chat/completions", timeout=30, json=HI)
         assert answer.status_code == 400, answer.text
-        # A client that gives up before the first piece: its upstream request is cancelled.
-        fake.mode, fake.stall_s = "slow_first", 2.0
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(gw.url + "/api/chat", timeout=0.5, json=HI)
-        _settles(gw.url, "localrun_upstream_in_flight", "fake", 0, 10)
-    finally:
-        gw.kill()
+        assert text in answer.json()["error"]["message"]
+        assert len(fake.chat_requests()) == before + 1  # not retried
+    assert _metric(fake_gw.url, "localrun_upstream_errors_total", "fake") == 0
+    assert _metric(fake_gw.url, "localrun_upstream_healthy", "fake") == 1
+    # A message the upstream's API cannot carry: a 400 at once, nothing left in flight.
+    bad = {"model": "big-model", "stream": False,
+           "messages": [{"role": "assistant", "content": "", "tool_calls": [1]},
+                        {"role": "user", "content": "hi"}]}  # fmt: skip
+    answer = httpx.post(fake_gw.url + "/api/chat", timeout=10, json=bad)
+    assert answer.status_code == 400, answer.text
+    # A client that gives up before the first piece: its upstream request is cancelled.
+    fake.mode, fake.stall_s = "slow_first", 2.0
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(fake_gw.url + "/api/chat", timeout=0.5, json=HI)
+    _settles(fake_gw.url, "localrun_upstream_in_flight", "fake", 0, 10)
 
 
 def test_a_long_shared_system_prompt_does_not_pin_conversations(
@@ -522,20 +510,16 @@ def test_wire_translation_details() -> None:
 
 
 def test_sigterm_ends_upstream_streams_with_the_error_line(
-    tmp_path: Path, fake: FakeUpstream
+    fake: FakeUpstream, fake_gw: Serve
 ) -> None:
     fake.mode = "slow"
-    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}})
-    try:
-        with httpx.stream("POST", gw.url + "/api/chat", timeout=30, json=HI) as r:
-            lines = []
-            for line in r.iter_lines():
-                if line:
-                    lines.append(json.loads(line))
-                if len(lines) == 3:
-                    gw.proc.send_signal(signal.SIGTERM)
-        assert "shutting down" in lines[-1].get("error", ""), lines[-3:]
-        assert gw.proc.wait(30) == 0
-        assert fake.disconnected.wait(10), "the upstream request was cancelled"
-    finally:
-        gw.kill()
+    with httpx.stream("POST", fake_gw.url + "/api/chat", timeout=30, json=HI) as r:
+        lines = []
+        for line in r.iter_lines():
+            if line:
+                lines.append(json.loads(line))
+            if len(lines) == 3:
+                fake_gw.proc.send_signal(signal.SIGTERM)
+    assert "shutting down" in lines[-1].get("error", ""), lines[-3:]
+    assert fake_gw.proc.wait(30) == 0
+    assert fake.disconnected.wait(10), "the upstream request was cancelled"
