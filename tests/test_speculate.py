@@ -61,6 +61,63 @@ def test_after_an_edit_the_copy_resumes_where_its_source_goes_on() -> None:
     assert cold.drafter.near(50, 3) == 50
 
 
+def _replay(spec: Speculator, answer: list[int]) -> list[tuple[int, list[int], int]]:
+    """Drive `spec` as an engine would over a known answer (greedy, no near ties): per
+    decode, (the answer's position, the draft, how many of it were kept)."""
+    decodes, i = [], 0
+    while i < len(answer):
+        draft = spec.propose(answer[i], len(answer) - i - 1)
+        kept = 0
+        while kept < len(draft) and draft[kept] == answer[i + 1 + kept]:
+            kept += 1
+        if draft:
+            spec.settle(draft, kept)
+        decodes.append((i, draft, kept))
+        i += 1 + kept
+    return decodes
+
+
+def _renamed(old: int, new: list[int], times: int | None = None) -> tuple[list[int], list[int]]:
+    """A source text with identifier `old` every 25 tokens, and the answer copying it with
+    `old` renamed to `new` (only its first `times` occurrences, if given)."""
+    source: list[int] = []
+    answer: list[int] = []
+    for block in range(6):
+        words = list(range(1000 + 30 * block, 1024 + 30 * block))
+        source += [*words, old]
+        answer += [*words, *(new if times is None or block < times else [old])]
+    return source, answer
+
+
+def test_a_rename_made_twice_is_drafted_through() -> None:
+    source, answer = _renamed(7, [8, 9])
+    spec = Speculator([*source, 1], 64, DecodeCost.for_device(0))
+    decodes = _replay(spec, answer)
+    missed = [at for at, draft, kept in decodes if kept < len(draft)]
+    assert len(missed) == 1, decodes  # the first rename only: learnt where the copy resumes
+    kept = [draft[:k] for _, draft, k in decodes]
+    through = [d for d in kept if any(d[j : j + 2] == [8, 9] for j in range(1, len(d) - 2))]
+    assert through, "later occurrences are renamed inside accepted drafts"
+    assert len(decodes) < len(answer) / 5 and spec.accepted > 0.8 * len(answer)
+
+
+def test_a_rename_made_once_stops_drafts_until_it_is_made_again() -> None:
+    source, answer = _renamed(7, [8, 9], times=1)  # renamed once, then copied as it was
+    spec = Speculator([*source, 1], 64, DecodeCost.for_device(0))
+    decodes = _replay(spec, answer)
+    missed = [at for at, draft, kept in decodes if kept < len(draft)]
+    assert len(missed) == 1, decodes  # a one-off edit costs no draft past the first
+    assert not spec.edits, "copied as it was: the edit is forgotten"
+    # Made again wrongly where it was taken as sure: it stops being made.
+    edits = speculate.Edits()
+    edits.learn([7], [8, 9])
+    edits.judge(((7,), (8, 9)), True)
+    assert edits.sure(((7,), (8, 9)))
+    edits.judge(((7,), (8, 9)), False)
+    edits.judge(((7,), (8, 9)), False)
+    assert not edits
+
+
 def test_a_draft_stops_before_a_token_that_ends_the_answer() -> None:
     end = 0  # the end of generation, or a stop token
     source = [*range(100, 130), end, 7, 8, 9]  # a quoted text, then the turn's end and more

@@ -14,6 +14,11 @@ from p without the draft): the output distribution is unchanged. Grammars and pe
 the same accepted tokens in the same order. (llama.cpp's logits for a batch of tokens may
 differ from one-token decoding in the last bits, which can flip a near tie.)
 
+Edits: an answer that copies a text with changes (a renamed identifier, a word spelled with
+other tokens, a dropped annotation) breaks the copy at every change. Where a copy breaks off
+and resumes, the change between is learnt (Edits); a change made twice is made again inside
+drafts, so a rename costs one missed draft rather than one per occurrence.
+
 Adaptive: the draft length grows while whole drafts are accepted and shrinks on a rejection,
 and a run of drafts rejected at their first token backs off for a growing number of tokens, so
 prose that rarely repeats itself pays almost nothing. This module is pure Python: the engines
@@ -60,6 +65,7 @@ class NgramDrafter:
     def __init__(self, history: Iterable[int] = ()) -> None:
         self.tokens: list[int] = []
         self._index: dict[tuple[int, ...], int] = {}
+        self.origins: list[tuple[int, Edit | None]] = []  # the last draft's (see draft)
         self.extend(history)
 
     def extend(self, tokens: Iterable[int]) -> None:
@@ -103,17 +109,112 @@ class NgramDrafter:
                 best = q
         return best
 
-    def draft(self, at: int, limit: int) -> list[int]:
-        """`limit` tokens from position `at` on; past the end of the history the text is taken
-        to repeat with the period it showed (a loop goes on as it went)."""
+    def draft(
+        self,
+        at: int,
+        limit: int,
+        edits: Edits | None = None,
+        prefix: Sequence[int] = (),
+        prefix_edit: Edit | None = None,
+    ) -> list[int]:
+        """`prefix` (the rest of `prefix_edit`, under way), then tokens from position `at` on,
+        `limit` in all, with the `edits` the answer made before made again; past the end of
+        the history the text is taken to repeat with the period it showed (a loop goes on as
+        it went).
+
+        An edit not made twice yet ends the draft: whether the answer makes it again is seen
+        from the token sampled next. Sets `origins`: per drafted token, the position of the
+        history that follows it and the edit that wrote it (None for a copied token)."""
         tokens = self.tokens
-        period = len(tokens) - at
-        if period <= 0 or limit <= 0:
-            return []
-        if limit <= period:
-            return tokens[at : at + limit]
-        cycle = tokens[at:]
-        return [cycle[i % period] for i in range(limit)]
+        end = len(tokens)
+        out = list(prefix[:limit])
+        origins: list[tuple[int, Edit | None]] = [(at, prefix_edit)] * len(out)
+        self.origins = origins
+        if at >= end or len(out) >= limit:
+            return out
+        if edits:
+            p = at
+            while p < end and len(out) < limit:
+                edit = edits.at(tokens, p)
+                if edit is None:
+                    out.append(tokens[p])
+                    p += 1
+                    origins.append((p, None))
+                elif not edits.sure(edit):
+                    return out
+                else:
+                    p += len(edit[0])
+                    out.extend(edit[1])
+                    origins.extend([(p, edit)] * len(edit[1]))
+            if p < end or len(out) >= limit:
+                del out[limit:], origins[limit:]
+                return out
+            out, origins[:] = out[: len(prefix)], origins[: len(prefix)]  # it loops: no edits
+        period = end - at
+        rest = limit - len(out)
+        out.extend(tokens[at + i % period] for i in range(rest))
+        origins.extend((at + i % period + 1, None) for i in range(rest))
+        return out
+
+
+Edit = tuple[tuple[int, ...], tuple[int, ...]]  # tokens of the source, what the answer wrote
+
+
+class Edits:
+    """The edits an answer made to the text it copies (a renamed identifier, a word spelled
+    with other tokens), learnt where a copy broke off and resumed. An edit the answer made
+    twice is made again inside drafts; one made once stops a draft before it, and if the
+    answer goes on making it the next draft finishes it, so a rename costs one missed draft,
+    not one per occurrence, and a one-off change costs little."""
+
+    LONGEST = 8  # tokens on either side of an edit, at most
+    MOST = 32  # edits remembered
+
+    def __init__(self) -> None:
+        self._by_first: dict[int, list[Edit]] = {}
+        self._made: dict[Edit, int] = {}  # times the answer made it, less times it did not
+
+    def __bool__(self) -> bool:
+        return bool(self._made)
+
+    def learn(self, old: Sequence[int], new: Sequence[int]) -> None:
+        if not 0 < len(old) <= self.LONGEST or len(new) > self.LONGEST or old == new:
+            return
+        if len(self._made) >= self.MOST:
+            return
+        edit = (tuple(old), tuple(new))
+        same = self._by_first.setdefault(edit[0][0], [])
+        for other in [e for e in same if e[0] == edit[0]]:  # the latest edit of a text wins
+            self.forget(other)
+        same.append(edit)
+        same.sort(key=lambda e: -len(e[0]))  # the longest source text first
+        self._made[edit] = 1
+
+    def sure(self, edit: Edit) -> bool:
+        return self._made.get(edit, 0) >= 2
+
+    def judge(self, edit: Edit, made: bool) -> None:
+        """The answer made `edit` again, or copied its source text instead."""
+        if edit in self._made:
+            self._made[edit] += 1 if made else -1
+            if self._made[edit] <= 0:
+                self.forget(edit)
+
+    def forget(self, edit: Edit) -> None:
+        same = self._by_first.get(edit[0][0], [])
+        if edit in same:
+            same.remove(edit)
+        self._made.pop(edit, None)
+
+    def at(self, tokens: Sequence[int], p: int) -> Edit | None:
+        """The edit whose source text starts at position `p` of `tokens`, if any."""
+        same = self._by_first.get(tokens[p])
+        if same:
+            for edit in same:
+                old = edit[0]
+                if tuple(tokens[p : p + len(old)]) == old:
+                    return edit
+        return None
 
 
 @dataclass(frozen=True)
@@ -184,6 +285,14 @@ class Speculator:
         # the long matches, the copy resumes near there, found from a short match (_RESYNC).
         self._source = -1
         self._resync = 0  # tokens left to look for it
+        # Where the copy broke off: (the source's position, the answer's) of the first token
+        # that differs; what lies between there and where it resumes is an edit (Edits).
+        self._break: tuple[int, int] | None = None
+        self.edits = Edits()
+        self._origins: list[tuple[int, Edit | None]] = []  # the last draft's (NgramDrafter)
+        # Where the copy the last draft made (all of it kept) reads its next token: the token
+        # sampled next goes on with it, makes an edit there, or breaks it off.
+        self._cursor = -1
         self._skip = 0  # tokens still to decode without drafting (back-off)
         self._misses = 0  # drafts rejected at their first token in a row
         # A lookup that was not drafted: (its n-gram size, the token it guessed next). The
@@ -200,10 +309,13 @@ class Speculator:
             self._kept[size] = self._kept[size] * _DECAY + (token == guess)
             self._lost[size] = self._lost[size] * _DECAY + (token != guess)
         self.drafter.add(token)
+        cursor, self._cursor = self._cursor, -1
         if limit <= 0:
             return []
         if self.lookup:
-            draft = self._lookup(limit)
+            draft = self._follow(cursor, token, limit) if cursor >= 0 else []
+            if not draft:
+                draft = self._lookup(limit)
             if draft:
                 return draft
         if self.model is not None:
@@ -224,14 +336,69 @@ class Speculator:
             resumed = self.drafter.near(self._source, _RESYNC)
             if resumed >= 0:
                 size, at = _SURE, resumed
+                self._learn(resumed)
         if size == 0 or (self.model is not None and size < _SURE):
             return []  # a draft model guesses better than a short match
         length = min(self.length(size), limit)
         if length <= 0:
             self._guess(size, at)
             return []
+        return self._copy(size, at, length)
+
+    def _copy(
+        self,
+        size: int,
+        at: int,
+        length: int,
+        prefix: Sequence[int] = (),
+        edit: Edit | None = None,
+    ) -> list[int]:
+        """A draft of `length` tokens copied from position `at` on (after `prefix`, the rest
+        of `edit` under way)."""
         self._size, self._at = size, at
-        return self._until_end(self.drafter.draft(at, length))
+        drafter = self.drafter
+        draft = self._until_end(drafter.draft(at, length, self.edits, prefix, edit))
+        self._origins = drafter.origins
+        if not draft and not prefix:
+            self._cursor = at  # an edit made once comes right away: see if it is made again
+        return draft
+
+    def _follow(self, cursor: int, token: int, limit: int) -> list[int]:
+        """The last draft, all kept, copied the history up to `cursor`: if `token` makes an
+        edit the answer made there before, draft the rest of it and what follows; if the draft
+        ended in an edit and `token` goes on with the copy, go on drafting it. Else []: the
+        lookup decides."""
+        tokens = self.drafter.tokens
+        size = self._size
+        edit = self.edits.at(tokens, cursor) if self.edits else None
+        if edit is not None:
+            old, new = edit
+            after = cursor + len(old)
+            made = (bool(new) and token == new[0]) or (not new and token == tokens[after])
+            if made or token == old[0]:
+                self.edits.judge(edit, made)
+            if made:
+                rest = new[1:] if new else ()
+                at = after if new else after + 1
+                length = min(self.length(_SURE) + len(rest), limit)
+                return self._copy(_SURE, at, length, rest, edit) if length > 0 else []
+        if token == tokens[cursor] and (edit is not None or self._origins[-1][1] is not None):
+            # Past an edit the history's n-grams do not lead back to the source: follow it.
+            length = min(self.length(size), limit)
+            return self._copy(size, cursor + 1, length) if length > 0 else []
+        return []
+
+    def _learn(self, resumed: int) -> None:
+        """The copy resumed at `resumed` after breaking off at self._break: remember the
+        edit between."""
+        if self._break is None:
+            return
+        source, answer = self._break
+        self._break = None
+        tokens = self.drafter.tokens
+        old_end, new_end = resumed - _RESYNC, len(tokens) - _RESYNC
+        if source < old_end and answer <= new_end:
+            self.edits.learn(tokens[source:old_end], tokens[answer:new_end])
 
     def _until_end(self, draft: list[int]) -> list[int]:
         """`draft` up to the first token that would end the answer: the row before it samples
@@ -286,9 +453,20 @@ class Speculator:
         size = self._size
         if size == 0:
             return  # the draft model's: its own confidence decides its length
+        origins = self._origins
+        broke = accepted < len(draft)
+        edit = origins[accepted][1] if broke else None
+        if edit is not None:
+            self.edits.judge(edit, False)  # the answer did not make it here
+        if not broke:
+            self._cursor = origins[-1][0]
         if size >= _SURE:  # a copy under way: if it broke off, look for where it resumes
-            self._source = self._at + accepted
-            self._resync = _RESYNC_TOKENS if accepted < len(draft) else 0
+            self._source = origins[accepted - 1][0] if accepted else self._at
+            self._resync = _RESYNC_TOKENS if broke else 0
+            # An edit of the answer's own starts here (learnt where the copy resumes).
+            self._break = (origins[accepted][0] - 1, len(self.drafter.tokens)) if broke else None
+            if edit is not None:
+                self._break = None
         self._kept[size] = self._kept[size] * _DECAY + accepted
         self._lost[size] = self._lost[size] * _DECAY + (accepted < len(draft))
         if accepted == 0:
