@@ -358,7 +358,7 @@ class Speculator:
         self._size, self._at = size, at
         drafter = self.drafter
         draft = self._until_end(drafter.draft(at, length, self.edits, prefix, edit))
-        self._origins = drafter.origins
+        self._origins = drafter.origins[: len(draft)]
         if not draft and not prefix:
             self._cursor = at  # an edit made once comes right away: see if it is made again
         return draft
@@ -382,7 +382,8 @@ class Speculator:
                 at = after if new else after + 1
                 length = min(self.length(_SURE) + len(rest), limit)
                 return self._copy(_SURE, at, length, rest, edit) if length > 0 else []
-        if token == tokens[cursor] and (edit is not None or self._origins[-1][1] is not None):
+        ended_in_edit = bool(self._origins) and self._origins[-1][1] is not None
+        if token == tokens[cursor] and (edit is not None or ended_in_edit):
             # Past an edit the history's n-grams do not lead back to the source: follow it.
             length = min(self.length(size), limit)
             return self._copy(size, cursor + 1, length) if length > 0 else []
@@ -459,7 +460,7 @@ class Speculator:
         if edit is not None:
             self.edits.judge(edit, False)  # the answer did not make it here
         if not broke:
-            self._cursor = origins[-1][0]
+            self._cursor = origins[len(draft) - 1][0]
         if size >= _SURE:  # a copy under way: if it broke off, look for where it resumes
             self._source = origins[accepted - 1][0] if accepted else self._at
             self._resync = _RESYNC_TOKENS if broke else 0
