@@ -12,7 +12,7 @@ the tokens before it. With temperature > 0 this is speculative sampling's accept
 draft that proposes one token with certainty (accept with probability p(draft), else sample
 from p without the draft): the output distribution is unchanged. Grammars and penalties see
 the same accepted tokens in the same order. (llama.cpp's logits for a batch of tokens may
-differ from one-token decoding in the last bits, which can flip a near tie.)
+differ from one-token decoding, on a CPU by up to about 1, which can flip a near tie.)
 
 Edits: an answer that copies a text with changes (a renamed identifier, a word spelled with
 other tokens, a dropped annotation) breaks the copy at every change. Where a copy breaks off
@@ -221,7 +221,7 @@ class Edits:
 class DecodeCost:
     """What decodes cost, in decodes of one token: a batch of n > 1 tokens costs about
     `base + extra * n`. Fixed per device kind rather than timed, so that the drafts (and so
-    the batches, whose logits may differ from one token's in the last bits) depend on the
+    the batches, whose logits may differ from one token's) depend on the
     request alone: the same request gets the same answer, whatever else the engine runs.
 
     Measured with llama.cpp on SmolLM2 135M (Q4_1) on two CPU cores, every row with logits as a
