@@ -464,12 +464,12 @@ class Speculator:
         if size >= _SURE:  # a copy under way: if it broke off, look for where it resumes
             self._source = origins[accepted - 1][0] if accepted else self._at
             self._resync = _RESYNC_TOKENS if broke else 0
-            # An edit of the answer's own starts here (learnt where the copy resumes).
-            self._break = (origins[accepted][0] - 1, len(self.drafter.tokens)) if broke else None
-            if edit is not None:
-                self._break = None
+            # Broken off by an edit of the answer's own (not one drafted): learnt where the
+            # copy resumes.
+            own = broke and edit is None
+            self._break = (origins[accepted][0] - 1, len(self.drafter.tokens)) if own else None
         self._kept[size] = self._kept[size] * _DECAY + accepted
-        self._lost[size] = self._lost[size] * _DECAY + (accepted < len(draft))
+        self._lost[size] = self._lost[size] * _DECAY + broke
         if accepted == 0:
             self._misses += 1
             self._skip = max(self._skip, min(_BACKOFF_MAX, 2 ** (self._misses - 1)))
