@@ -32,11 +32,11 @@ _GRACE_S = 30.0
 
 
 def _key(model: Model) -> str:
-    import llama_cpp
+    from localrun.engine.buildinfo import build_info
 
     kinds = ("model", "adapter", "draft")
     layers = [layer.digest for layer in model.manifest.layers if layer.kind in kinds]
-    text = json.dumps([layers, llama_cpp.__version__])
+    text = json.dumps([layers, build_info().version])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -252,3 +254,46 @@ def test_inconsistent_hyperparameters_are_refused_before_llama_cpp(
     with pytest.raises(InvalidGGUFError) as info:
         LlamaBackend().load(str(path), LoadOptions(num_ctx=64))
     assert "token_embd.weight is 64 wide but llama.embedding_length is 96" in info.value.message
+
+
+_LOAD_ORDER = """
+import ctypes, json, sys
+
+class Info(ctypes.Structure):
+    _fields_ = [("addr", ctypes.c_void_p), ("name", ctypes.c_char_p)]
+
+names = []
+Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(Info), ctypes.c_size_t, ctypes.c_void_p)
+
+def record(info, size, data):
+    names.append((info.contents.name or b"").decode())
+    return 0
+
+def link_map():
+    names.clear()
+    ctypes.CDLL(None).dl_iterate_phdr(Callback(record), None)
+    return [n.rsplit("/", 1)[-1] for n in names if n]
+
+before = link_map()
+import localrun.engine.llama
+print(json.dumps({"before": before, "after": link_map()}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the C++ runtime is libstdc++")
+def test_the_cxx_runtime_loads_before_llama_cpp_libraries() -> None:
+    """A CUDA build's libggml-cuda.so exports weak copies of C++ standard-library symbols; when
+    it brings them into a Python process before libstdc++ does, libllama's std::regex binds to
+    them and loading a BPE model crashes (seen on an H100 with CUDA 13). Importing the engine
+    loads libstdc++ first: in the process's link map (dl_iterate_phdr walks it in load order)
+    it comes before libllama and every ggml library."""
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_ORDER], capture_output=True, text=True, check=True
+    ).stdout
+    maps = json.loads(out)
+    assert not any(n.startswith("libllama") for n in maps["before"])
+    after = maps["after"]
+    cxx = next(i for i, n in enumerate(after) if n.startswith("libstdc++"))
+    native = [i for i, n in enumerate(after) if n.startswith(("libllama", "libggml"))]
+    assert native, after
+    assert cxx < min(native), after
