@@ -93,6 +93,17 @@ TOOL_CMAKE_FLAGS = [
     "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
 ]
 BUILD_TARGETS = ["llama-bench", "llama-server"]
+# --cuda: the same build with the CUDA backend, for the card of the machine it is built on
+# (GGML_NATIVE=ON makes ggml compile for the detected architecture only). Every stack then runs
+# on the GPU: llama-bench and llama-server get OFFLOAD, localrun and llama-cpp-python load the
+# build's libraries (LLAMA_CPP_LIB_PATH) and offload as they decide (localrun: everything that
+# fits, llama-cpp-python: n_gpu_layers=-1).
+CUDA_CMAKE_FLAGS = ["-DGGML_CUDA=ON"]
+OFFLOAD: list[str] = []  # llama.cpp tool arguments; ["-ngl", "99"] once offload_to() ran
+CUDA_HELP = (
+    "build llama.cpp with CUDA (into build-cuda unless --llama-cpp-build) and run every stack "
+    "on the GPU"
+)
 BUILD_INFO = "localrun-bench-build.json"
 # llama_flash_attn_type as llama-bench's JSON writes it.
 FLASH_ATTN = {-1: "auto", 0: "off", 1: "on"}
@@ -203,10 +214,12 @@ def _compile_flags(build_dir: Path) -> str:
     return "unknown"
 
 
-def ensure_build(build_dir: Path | None, cache: Path, jobs: int) -> Build:
-    """Return a llama.cpp build with llama-bench and llama-server, building it when missing."""
+def ensure_build(build_dir: Path | None, cache: Path, jobs: int, cuda: bool = False) -> Build:
+    """Return a llama.cpp build with llama-bench and llama-server, building it when missing
+    (`cuda`: with the CUDA backend, in a folder of its own)."""
     root = cache / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
-    build_dir = (build_dir or root / "build").expanduser().resolve()
+    default = root / ("build-cuda" if cuda else "build")
+    build_dir = (build_dir or default).expanduser().resolve()
     info_file = build_dir / BUILD_INFO
     if all((build_dir / "bin" / t).is_file() for t in BUILD_TARGETS):
         info = json.loads(info_file.read_text()) if info_file.is_file() else {}
@@ -219,7 +232,7 @@ def ensure_build(build_dir: Path | None, cache: Path, jobs: int) -> Build:
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     configure = [
         "cmake", "-S", str(source), "-B", str(build_dir), *generator,
-        *WHEEL_CMAKE_FLAGS, *TOOL_CMAKE_FLAGS,
+        *WHEEL_CMAKE_FLAGS, *TOOL_CMAKE_FLAGS, *(CUDA_CMAKE_FLAGS if cuda else []),
     ]  # fmt: skip
     compile_ = ["cmake", "--build", str(build_dir), "--target", *BUILD_TARGETS, "-j", str(jobs)]
     say(f"building llama-bench and llama-server (several minutes with -j{jobs})")
@@ -238,6 +251,16 @@ def ensure_build(build_dir: Path | None, cache: Path, jobs: int) -> Build:
     }
     info_file.write_text(json.dumps(info, indent=2) + "\n")
     return Build(build_dir, {**info, **_describe(build_dir)})
+
+
+def offload_to(build: Build) -> None:
+    """Run every stack of this process on `build`'s GPU: the llama.cpp tools with all layers
+    offloaded, and localrun and llama-cpp-python (subprocesses, which inherit the environment)
+    on the build's own libraries instead of the wheel's CPU ones."""
+    OFFLOAD[:] = ["-ngl", "99"]
+    os.environ["LLAMA_CPP_LIB_PATH"] = str(build.dir / "bin")
+    say(f"offloading to the GPU: llama.cpp tools with {shlex.join(OFFLOAD)}, localrun and "
+        f"llama-cpp-python with LLAMA_CPP_LIB_PATH={build.dir / 'bin'}")  # fmt: skip
 
 
 def _describe(build_dir: Path) -> dict[str, Any]:
@@ -317,7 +340,7 @@ def llama_bench_tg(
     if not build.llama_bench.is_file():
         raise Unavailable(f"no llama-bench in {build.dir}")
     cmd = [str(build.llama_bench), "-m", str(model), "-p", "0", "-n", str(N_PREDICT),
-           "-d", str(depth), "-t", str(threads), "-r", "3", "-o", "json"]  # fmt: skip
+           "-d", str(depth), "-t", str(threads), "-r", "3", "-o", "json", *OFFLOAD]  # fmt: skip
     rows = json.loads(_run(cmd, timeout=600))
     for row in rows:
         if row.get("n_prompt") == 0 and row.get("n_gen") == N_PREDICT:
@@ -501,6 +524,7 @@ def _worker(mode: str, arg: str) -> dict[str, Any]:
             n_ctx=2048,
             n_threads=job["threads"],
             n_batch=512,
+            n_gpu_layers=-1 if os.environ.get("LLAMA_CPP_LIB_PATH") else 0,
             verbose=False,
         )
         # Warm-up, as llama-bench does before it measures: first-touch of weights and buffers.
@@ -547,6 +571,7 @@ def prepare_localrun(home: Path, model: Path, name: str | None, threads: int) ->
     default = _default_model()
     if name is None and (default is None or model.resolve() != default.resolve()):
         lr.model = "bench:latest"
+        home.mkdir(parents=True, exist_ok=True)
         modelfile = home / "Modelfile"
         modelfile.write_text(f"FROM {model.resolve()}\n")
         try:
@@ -752,6 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama-cpp-build", type=Path, help="reuse (or build into) this folder")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="build jobs")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--cuda", action="store_true", help=CUDA_HELP)
     parser.add_argument(
         "--suite",
         choices=("all", "run", "pull", "serve", "spec", "gateway"),
@@ -796,10 +822,14 @@ def main(argv: list[str] | None = None) -> int:
 
     build: Build | None
     try:
-        build = ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs)
+        build = ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs, args.cuda)
     except (OSError, tarfile.TarError, subprocess.CalledProcessError) as exc:
         say(f"llama.cpp build failed: {exc}")
         build = None
+    if args.cuda:
+        if build is None:
+            parser.error("--cuda needs the llama.cpp build with CUDA, which failed")
+        offload_to(build)
 
     if args.suite == "serve":
         return _serve_suite(args, build, model, serve_threads)
@@ -823,6 +853,8 @@ def main(argv: list[str] | None = None) -> int:
 
     wheel_libdir = _package_dir("llama_cpp")
     wheel_libdir = wheel_libdir / "lib" if wheel_libdir else None
+    if os.environ.get("LLAMA_CPP_LIB_PATH"):  # what llama_cpp loads instead of its own
+        wheel_libdir = Path(os.environ["LLAMA_CPP_LIB_PATH"])
     wheel_features = _system_info(wheel_libdir / "libllama.so") if wheel_libdir else "unknown"
     bench_features = _system_info(build.dir / "bin" / "libllama.so") if build else "unknown"
     meter = CpuMeter()

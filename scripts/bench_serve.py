@@ -372,7 +372,7 @@ def llama_server(build_dir: Path, model: Path, threads: int) -> Server:
     cmd = [
         str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
         "-t", str(threads), "-tb", str(threads), "-np", str(SLOTS),
-        "-c", str(CTX_PER_SLOT * SLOTS), "--no-kv-unified", "--no-webui",
+        "-c", str(CTX_PER_SLOT * SLOTS), "--no-kv-unified", "--no-webui", *bench.OFFLOAD,
     ]  # fmt: skip
     server = Server("llama-server", cmd, port, "/health", llama_server_stream)
     if not exe.is_file():
@@ -766,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated servers to measure (default: all three)",
     )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--cuda", action="store_true", help=bench.CUDA_HELP)
     parser.add_argument(
         "--wait-quiet",
         type=float,
@@ -779,11 +780,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no GGUF model at {model}; pass --model PATH")
     only = tuple(part.strip() for part in args.only.split(",") if part.strip())
     build_dir: Path | None = None
-    if "llama-server" in only:
+    if "llama-server" in only or args.cuda:
         try:
-            build_dir = bench.ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs).dir
+            build = bench.ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs, args.cuda)
+            build_dir = build.dir
+            if args.cuda:
+                bench.offload_to(build)
         except (OSError, subprocess.CalledProcessError) as exc:
             say(f"llama.cpp build failed: {exc}")
+            if args.cuda:
+                parser.error("--cuda needs the llama.cpp build with CUDA, which failed")
     out = run(
         build_dir,
         model,

@@ -125,7 +125,7 @@ def llama_server_with(build_dir: Path, model: Path, threads: int, spec: list[str
     cmd = [
         str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
         "-t", str(threads), "-tb", str(threads), "-np", "1", "-c", str(CTX), "--no-webui",
-        *spec,
+        *bench.OFFLOAD, *spec,
     ]  # fmt: skip
     name = "llama-server" + (f" {spec[1]}" if spec else "")
     return Server(name, cmd, port, "/health", bench_serve.llama_server_stream)
@@ -178,7 +178,8 @@ def decode_suite(
     specs: list[list[str]] = [[], ["--spec-type", "ngram-mod"], ["--spec-type", "ngram-simple"]]
     drafted = ""
     if draft is not None:
-        specs.append(["--spec-type", "draft-simple", "-md", str(draft)])
+        offload = ["-ngld", "99"] if bench.OFFLOAD else []
+        specs.append(["--spec-type", "draft-simple", "-md", str(draft), *offload])
         drafted = _create_drafted(home, model, draft)
     if build_dir is not None:
         for spec in specs:
@@ -454,7 +455,13 @@ def run(
             text, figures = decode_report(decoded["stacks"])
             # What any prompt-lookup drafter could reach here (after the servers are gone).
             costs, found = spec_bound.bounds(
-                model, threads, WORKLOADS, SAMPLING, n_predict=N_PREDICT, n_ctx=CTX
+                model,
+                threads,
+                WORKLOADS,
+                SAMPLING,
+                n_predict=N_PREDICT,
+                n_ctx=CTX,
+                gpu_layers=99 if bench.OFFLOAD else 0,
             )
             text += "\n\n" + spec_bound.report(costs, found, 64)
             for workload, f in found.items():
@@ -493,15 +500,21 @@ def main(argv: list[str] | None = None) -> int:
         "--spec-type draft-simple -md (e.g. the model itself: acceptance without a smaller one)",
     )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--cuda", action="store_true", help=bench.CUDA_HELP)
     args = parser.parse_args(argv)
     model = args.model or bench._default_model()
     if model is None or not model.is_file():
         parser.error(f"no GGUF model at {model}; pass --model PATH")
     build_dir: Path | None = None
     try:
-        build_dir = bench.ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs).dir
+        build = bench.ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs, args.cuda)
+        build_dir = build.dir
+        if args.cuda:
+            bench.offload_to(build)
     except (OSError, subprocess.CalledProcessError) as exc:
         say(f"llama.cpp build failed: {exc}; measuring localrun alone")
+        if args.cuda:
+            parser.error("--cuda needs the llama.cpp build with CUDA, which failed")
     only = tuple(p.strip() for p in args.only.split(",") if p.strip())
     out = run(
         build_dir, model, rounds=args.rounds, threads=args.threads, only=only, draft=args.draft

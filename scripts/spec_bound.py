@@ -91,6 +91,7 @@ def replay(
     ends: Callable[[int], bool],
     costs: dict[int, float],
     budget: int,
+    gpu_layers: int = 0,
 ) -> float:
     """Seconds localrun's drafter (engine.speculate, speculate auto, as on this CPU) would
     take to produce `answer` after `prompt`, each draft kept up to its first token that is not
@@ -98,7 +99,8 @@ def replay(
     gives, with no near tie flipped by a batch."""
     from localrun.engine import speculate
 
-    spec = speculate.Speculator(prompt, 64, speculate.DecodeCost.for_device(0), ends=ends)
+    cost = speculate.DecodeCost.for_device(gpu_layers)
+    spec = speculate.Speculator(prompt, 64, cost, ends=ends)
     i, seconds = 0, 0.0
     while i < len(answer):
         draft = spec.propose(answer[i], budget - i - 1)
@@ -133,6 +135,7 @@ def measure_costs(model: object, prompt: Sequence[int], rounds: int = 7) -> dict
                 batch.n_tokens = put(batch, 0, prompt[-k:], len(prompt), 0, True)
                 started = time.perf_counter()
                 lc.llama_decode(ctx, batch)
+                lc.llama_synchronize(ctx)  # a GPU backend computes asynchronously
                 times.append(time.perf_counter() - started)
                 lc.llama_memory_seq_rm(memory, 0, len(prompt), -1)
             costs[k] = statistics.median(times)
@@ -150,6 +153,7 @@ def bounds(
     n_predict: int = 256,
     n_ctx: int = 4096,
     draft_max: int = 64,
+    gpu_layers: int = 0,
 ) -> tuple[dict[int, float], dict[str, dict[str, float]]]:
     """The measured batch costs, and per workload (name: raw prompts) the answers' length, the
     oracle's speed-up over one-token decoding (all the prompts' one-token time over all their
@@ -158,7 +162,8 @@ def bounds(
     from localrun.engine.llama import LlamaModel, answer_ends
     from localrun.engine.types import LoadOptions, SamplingOptions
 
-    model = LlamaModel(str(model_path), LoadOptions(num_ctx=n_ctx, num_thread=threads))
+    load = LoadOptions(num_ctx=n_ctx, num_thread=threads, num_gpu=gpu_layers)
+    model = LlamaModel(str(model_path), load)
     ends = answer_ends(model._vocab, frozenset())
     out: dict[str, dict[str, float]] = {}
     try:
@@ -178,7 +183,7 @@ def bounds(
                 tokens += len(answer)
                 plain += len(answer) * costs[1]
                 fastest += oracle_seconds(prompt, answer, costs, draft_max)
-                ours += replay(prompt, answer, ends, costs, n_predict)
+                ours += replay(prompt, answer, ends, costs, n_predict, gpu_layers)
                 drafted += sum(
                     copyable([*prompt, *answer[: i + 1]], answer[i + 1 : i + 2]) > 0
                     for i in range(len(answer))
@@ -218,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="GGUF file (default: the SmolLM2 starter)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--draft-max", type=int, default=64)
+    parser.add_argument(
+        "--gpu-layers",
+        type=int,
+        default=0,
+        help="layers on the GPU (a GPU build of llama.cpp: LLAMA_CPP_LIB_PATH; 99: all)",
+    )
     args = parser.parse_args(argv)
     model = args.model or bench._default_model()
     if model is None or not model.is_file():
@@ -230,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         n_predict=w.N_PREDICT,
         n_ctx=w.CTX,
         draft_max=args.draft_max,
+        gpu_layers=args.gpu_layers,
     )
     print(report(costs, found, args.draft_max))
     return 0
