@@ -688,6 +688,15 @@ def _ram(s: _Sizes, k: int) -> int:
     return need
 
 
+# What a process holds on a GPU beside llama.cpp's own buffers (weights, KV cache, compute):
+# the CUDA context, ggml-cuda's kernels and cuBLAS's workspace. Measured with
+# scripts/bench_offload.py on an H100 (CUDA 13, a build for sm_90 alone): 587-590 MiB for
+# llama-server and 590-690 MiB for localrun's runner, whatever the model or context. Cards with
+# fewer multiprocessors hold less; the estimate errs on the side of a layer fewer. Unmeasured
+# backends count nothing here and rely on the reserve (safety_margin) alone.
+RUNTIME_BYTES = {"cuda": 600 * MIB}
+
+
 def safety_margin(free_bytes: int) -> int:
     """VRAM left unplanned: the CUDA/Metal context, fragmentation, other programs."""
     return max(512 * MIB, free_bytes // 10)
@@ -713,10 +722,14 @@ def plan_offload(
     total = len(s.layers) + 1
     kv = s.kv_layer * len(s.layers)
 
+    def vram(k: int, gpu: GPU | None) -> int:
+        runtime = RUNTIME_BYTES.get(gpu.backend, 0) if gpu is not None and k > 0 else 0
+        return _vram(s, k) + runtime
+
     def plan(
         k: int, gpu: GPU | None, reason: str, warnings: list[str] | None = None
     ) -> OffloadPlan:
-        return OffloadPlan(k, total, _vram(s, k), _ram(s, k), kv, gpu, reason, warnings or [])
+        return OffloadPlan(k, total, vram(k, gpu), _ram(s, k), kv, gpu, reason, warnings or [])
 
     if not gpu_offload_supported:
         return plan(0, None, "llama.cpp was built without GPU support: running on the CPU")
@@ -744,14 +757,14 @@ def plan_offload(
     if not auto:
         k = min(requested or 0, total)
         warnings = []
-        if _vram(s, k) > available:
+        if vram(k, gpu) > available:
             warnings.append(
-                f"{k} layers need about {_size(_vram(s, k))} on {where}, but only "
+                f"{k} layers need about {_size(vram(k, gpu))} on {where}, but only "
                 f"{_size(max(0, available))} is free after a {_size(margin)} reserve; loading "
                 "may fail: lower num_gpu or num_ctx"
             )
         return plan(k, gpu, f"num_gpu {requested}: {k} of {total} layers on {where}", warnings)
-    fits = [k for k in range(1, total + 1) if _vram(s, k) <= available]
+    fits = [k for k in range(1, total + 1) if vram(k, gpu) <= available]
     k = max(fits, default=0)
     if k == total:
         reason = f"all {total} layers fit on {where}, {_size(gpu.free_bytes)} free"

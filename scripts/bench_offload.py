@@ -88,6 +88,7 @@ def localrun_loaded(model: Path, num_ctx: int, logdir: Path) -> dict[str, Any]:
     server = bench_serve.localrun_server(home, model, None, threads=4)
     assert server.env is not None
     server.env["LOCALRUN_NUM_PARALLEL"] = "1"
+    server.env["LOCALRUN_DEBUG"] = "1"  # the runner's llama.cpp log, with its buffer sizes
     server.name = f"localrun-{num_ctx}"
     try:
         server.start(logdir)
@@ -99,13 +100,23 @@ def localrun_loaded(model: Path, num_ctx: int, logdir: Path) -> dict[str, Any]:
         assert server.proc is not None
         measured = tree_gpu_memory(server.proc.pid)
         ps = _request(server.port, "GET", "/api/ps")["models"]
-        return {
-            "planned": int(ps[0]["size_vram"]) if ps else 0,
-            "size": int(ps[0]["size"]) if ps else 0,
-            "measured": measured,
-        }
     finally:
         server.stop()
+    return {
+        "planned": int(ps[0]["size_vram"]) if ps else 0,
+        "size": int(ps[0]["size"]) if ps else 0,
+        "measured": measured,
+        "buffers": buffers(server),
+    }
+
+
+def buffers(server: Server) -> dict[str, float]:
+    """The GPU buffers llama.cpp logged while loading (bytes by kind: model, KV, compute);
+    read once the server has exited, since a log to a file is buffered until then."""
+    found: dict[str, float] = {}
+    for _, kind, mib in BUFFER.findall(Path(server.log.name).read_text(errors="replace")):
+        found[kind] = found.get(kind, 0.0) + float(mib) * MIB
+    return found
 
 
 def llama_server_loaded(build: bench.Build, model: Path, num_ctx: int, logdir: Path) -> dict:
@@ -115,6 +126,7 @@ def llama_server_loaded(build: bench.Build, model: Path, num_ctx: int, logdir: P
     cmd = [
         str(build.dir / "bin" / "llama-server"), "-m", str(model), "--host", "127.0.0.1",
         "--port", str(port), "-np", "1", "-c", str(num_ctx), "-ngl", "99", "--no-webui",
+        "-lv", "4",
     ]  # fmt: skip
     stream = bench_serve.llama_server_stream
     server = Server(f"llama-server-{num_ctx}", cmd, port, "/health", stream)
@@ -126,15 +138,18 @@ def llama_server_loaded(build: bench.Build, model: Path, num_ctx: int, logdir: P
         measured = tree_gpu_memory(server.proc.pid)
     finally:
         server.stop()
-    # Read once it has exited: llama-server's log to a file is buffered until then.
-    buffers: dict[str, float] = {}
-    for _, kind, mib in BUFFER.findall(Path(server.log.name).read_text(errors="replace")):
-        buffers[kind] = buffers.get(kind, 0.0) + float(mib) * MIB
-    return {"measured": measured, "buffers": buffers}
+    return {"measured": measured, "buffers": buffers(server)}
 
 
 def _mib(n: float) -> str:
     return f"{n / MIB:,.0f}"
+
+
+def _parts(found: dict[str, float]) -> str:
+    if not found:
+        return "not logged"
+    parts = "/".join(_mib(found.get(k, 0)) for k in ("model", "KV", "compute"))
+    return f"{_mib(sum(found.values()))} ({parts})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,11 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
     lines = [
         "Offload planner against the GPU (MiB): planned = localrun's size_vram (GET /api/ps); "
-        "GPU = nvidia-smi for the process tree while loaded; llama-server: all layers, its "
-        "CUDA buffers (model + KV + compute) and its process",
+        "GPU = nvidia-smi for the process tree while loaded; buffers = the CUDA buffers "
+        "llama.cpp logged (model/KV/compute); the rest of a process's GPU memory is the CUDA "
+        "context. llama-server: all layers, same context.",
         "",
-        "model | num_ctx | planned | localrun GPU | GPU - planned | llama-server buffers "
-        "(model/KV/compute) | llama-server GPU | its GPU - buffers",
+        "model | num_ctx | planned | localrun GPU | GPU - planned | localrun buffers "
+        "| llama-server GPU | llama-server buffers",
         "--- | --- | --- | --- | --- | --- | --- | ---",
     ]
     for row in rows:
@@ -184,13 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"{row['model']} | {row['num_ctx']} | {row['error']}")
             continue
         lr, ls = row["localrun"], row["llama_server"]
-        b = ls["buffers"]
-        total = sum(b.values())
-        parts = "/".join(_mib(b.get(k, 0)) for k in ("model", "KV", "compute"))
         lines.append(
             f"{row['model']} | {row['num_ctx']} | {_mib(lr['planned'])} | {_mib(lr['measured'])} "
-            f"| {_mib(lr['measured'] - lr['planned'])} | {_mib(total)} ({parts}) "
-            f"| {_mib(ls['measured'])} | {_mib(ls['measured'] - total)}"
+            f"| {_mib(lr['measured'] - lr['planned'])} | {_parts(lr['buffers'])} "
+            f"| {_mib(ls['measured'])} | {_parts(ls['buffers'])}"
         )
     print("\n".join(lines))
     if args.json:

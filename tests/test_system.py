@@ -485,12 +485,30 @@ def test_partial_fit_grows_with_free_vram(smollm2: Header) -> None:
     assert layers[0] == 0 and layers[-1] == 31
     partial = [n for n in layers if 0 < n < 31]
     assert partial, "no free-VRAM value gave a partial offload"
-    plan = _plan(smollm2, 700 * 1024**2)
+    plan = _plan(smollm2, 1300 * 1024**2)
     assert 0 < plan.n_gpu_layers < 31
     assert f"{plan.n_gpu_layers} of 31 layers fit" in plan.reason
     assert "the rest run on the CPU" in plan.reason
     cpu_only = _plan(smollm2, None, supported=False)
     assert plan.ram_bytes < cpu_only.ram_bytes
+
+
+def test_the_cuda_runtime_counts_on_a_cuda_gpu(smollm2: Header) -> None:
+    # The CUDA context and cuBLAS's workspace hold ~600 MiB beside llama.cpp's buffers (measured
+    # on an H100): counted once a layer is on a CUDA GPU, not for an unmeasured backend.
+    cuda = system.plan_offload(
+        smollm2, 4096, requested=None, gpus=[_gpu(80 * GB)], gpu_offload_supported=True
+    )
+    vulkan = system.plan_offload(
+        smollm2, 4096, requested=None, gpus=[_gpu(80 * GB, backend="vulkan")],
+        gpu_offload_supported=True,
+    )  # fmt: skip
+    assert cuda.n_gpu_layers == vulkan.n_gpu_layers == 31
+    assert cuda.vram_bytes - vulkan.vram_bytes == system.RUNTIME_BYTES["cuda"]
+    assert _plan(smollm2, 80 * GB, requested=0).vram_bytes == 0
+    # a card with room for the weights but not for the runtime as well keeps them on the CPU
+    weights_only = vulkan.vram_bytes + system.safety_margin(vulkan.vram_bytes) + 64 * 1024**2
+    assert _plan(smollm2, weights_only).n_gpu_layers < 31
 
 
 def test_nothing_fits(smollm2: Header) -> None:
@@ -545,8 +563,8 @@ def test_kv_cache_is_linear_in_num_ctx(smollm2: Header, tiny: Header) -> None:
     assert _plan(tiny, None, num_ctx=256).kv_bytes == 2 * 2 * 256 * 2 * 16 * 2
     # a bigger context moves layers off a small GPU
     assert (
-        _plan(smollm2, 700 * 1024**2, num_ctx=16384).n_gpu_layers
-        < _plan(smollm2, 700 * 1024**2, num_ctx=2048).n_gpu_layers
+        _plan(smollm2, 1300 * 1024**2, num_ctx=16384).n_gpu_layers
+        < _plan(smollm2, 1300 * 1024**2, num_ctx=2048).n_gpu_layers
     )
 
 
