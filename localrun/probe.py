@@ -36,7 +36,8 @@ def _key(model: Model) -> str:
 
     kinds = ("model", "adapter", "draft")
     layers = [layer.digest for layer in model.manifest.layers if layer.kind in kinds]
-    text = json.dumps([layers, build_info().version])
+    info = build_info()  # a marker from one llama.cpp build says nothing of another
+    text = json.dumps([layers, info.version, info.system_info])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

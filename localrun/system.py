@@ -21,8 +21,9 @@ and `usable_gpus` keeps the ones the installed build can use.
 llama.cpp's `n_gpu_layers`, following llama.cpp's placement: the input embedding always stays on
 the CPU; n layers offload the last n blocks, each with its share of the f16 KV cache; n_layer + 1
 adds the output layer (with a copy of token_embd when the output is tied to it). The GPU also
-holds a compute buffer, estimated as Ollama does. No llama_cpp import here: the build's facts
-come in as arguments (see localrun.engine.buildinfo).
+holds a compute buffer, estimated as Ollama does, and on CUDA the runtime's own memory
+(RUNTIME_BYTES, measured). No llama_cpp import here: the build's facts come in as arguments (see
+localrun.engine.buildinfo).
 """
 
 from __future__ import annotations
@@ -582,6 +583,7 @@ class OffloadPlan:
     gpu: GPU | None
     reason: str
     warnings: list[str] = field(default_factory=list)
+    runtime_bytes: int = 0  # the part of vram_bytes that is the GPU runtime (RUNTIME_BYTES)
 
 
 @dataclass(frozen=True)
@@ -691,15 +693,18 @@ def _ram(s: _Sizes, k: int) -> int:
 # What a process holds on a GPU beside llama.cpp's own buffers (weights, KV cache, compute):
 # the CUDA context, ggml-cuda's kernels and cuBLAS's workspace. Measured with
 # scripts/bench_offload.py on an H100 (CUDA 13, a build for sm_90 alone): 587-590 MiB for
-# llama-server and 590-690 MiB for localrun's runner, whatever the model or context. Cards with
-# fewer multiprocessors hold less; the estimate errs on the side of a layer fewer. Unmeasured
-# backends count nothing here and rely on the reserve (safety_margin) alone.
+# llama-server, the same at every context size; 590 MiB for localrun's runner with SmolLM2 and
+# 687 MiB with an f16 model. Backends not measured count nothing here and rely on the reserve
+# (safety_margin) alone.
 RUNTIME_BYTES = {"cuda": 600 * MIB}
 
 
-def safety_margin(free_bytes: int) -> int:
-    """VRAM left unplanned: the CUDA/Metal context, fragmentation, other programs."""
-    return max(512 * MIB, free_bytes // 10)
+def safety_margin(free_bytes: int, backend: str | None = None) -> int:
+    """VRAM left unplanned: fragmentation, other programs, what the estimates miss, and on a
+    backend whose runtime is not counted (RUNTIME_BYTES) the runtime itself; so the floor is
+    lower where it is counted."""
+    floor = 256 * MIB if backend in RUNTIME_BYTES else 512 * MIB
+    return max(floor, free_bytes // 10)
 
 
 def plan_offload(
@@ -722,14 +727,18 @@ def plan_offload(
     total = len(s.layers) + 1
     kv = s.kv_layer * len(s.layers)
 
+    def runtime(k: int, gpu: GPU | None) -> int:
+        return RUNTIME_BYTES.get(gpu.backend, 0) if gpu is not None and k > 0 else 0
+
     def vram(k: int, gpu: GPU | None) -> int:
-        runtime = RUNTIME_BYTES.get(gpu.backend, 0) if gpu is not None and k > 0 else 0
-        return _vram(s, k) + runtime
+        return _vram(s, k) + runtime(k, gpu)
 
     def plan(
         k: int, gpu: GPU | None, reason: str, warnings: list[str] | None = None
     ) -> OffloadPlan:
-        return OffloadPlan(k, total, vram(k, gpu), _ram(s, k), kv, gpu, reason, warnings or [])
+        return OffloadPlan(
+            k, total, vram(k, gpu), _ram(s, k), kv, gpu, reason, warnings or [], runtime(k, gpu)
+        )
 
     if not gpu_offload_supported:
         return plan(0, None, "llama.cpp was built without GPU support: running on the CPU")
@@ -752,7 +761,7 @@ def plan_offload(
         )
     gpu = max(gpus, key=lambda g: g.free_bytes)
     where = f"GPU {gpu.index} ({gpu.name})"
-    margin = safety_margin(gpu.free_bytes)
+    margin = safety_margin(gpu.free_bytes, gpu.backend)
     available = gpu.free_bytes - margin
     if not auto:
         k = min(requested or 0, total)

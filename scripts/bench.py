@@ -100,6 +100,10 @@ BUILD_TARGETS = ["llama-bench", "llama-server"]
 # fits, llama-cpp-python: n_gpu_layers=-1).
 CUDA_CMAKE_FLAGS = ["-DGGML_CUDA=ON"]
 OFFLOAD: list[str] = []  # llama.cpp tool arguments; ["-ngl", "99"] once offload_to() ran
+# A Python process that opens a CUDA build's libraries with nothing before them crashes loading a
+# BPE model (localrun.engine.load_cxx_runtime says why); localrun preloads libstdc++ itself, and
+# llama-cpp-python's own server gets it this way.
+CXX_FIRST = {"LD_PRELOAD": "libstdc++.so.6"}
 CUDA_HELP = (
     "build llama.cpp with CUDA (into build-cuda unless --llama-cpp-build) and run every stack "
     "on the GPU"
@@ -223,6 +227,8 @@ def ensure_build(build_dir: Path | None, cache: Path, jobs: int, cuda: bool = Fa
     info_file = build_dir / BUILD_INFO
     if all((build_dir / "bin" / t).is_file() for t in BUILD_TARGETS):
         info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        if cuda and not _built_with_cuda(build_dir):
+            raise OSError(f"{build_dir} is a llama.cpp build without CUDA")
         say(f"reusing the llama.cpp build in {build_dir}")
         # Described from the build folder itself: a --llama-cpp-build may come from elsewhere.
         return Build(build_dir, {**info, **_describe(build_dir)})
@@ -251,6 +257,14 @@ def ensure_build(build_dir: Path | None, cache: Path, jobs: int, cuda: bool = Fa
     }
     info_file.write_text(json.dumps(info, indent=2) + "\n")
     return Build(build_dir, {**info, **_describe(build_dir)})
+
+
+def _built_with_cuda(build_dir: Path) -> bool:
+    try:
+        cache = (build_dir / "CMakeCache.txt").read_text()
+    except OSError:
+        return False
+    return re.search(r"^GGML_CUDA:BOOL=(ON|TRUE|1)$", cache, re.M | re.I) is not None
 
 
 def offload_to(build: Build) -> None:
@@ -502,6 +516,9 @@ def _worker(mode: str, arg: str) -> dict[str, Any]:
         lib.llama_print_system_info.restype = ctypes.c_char_p
         return {"system_info": lib.llama_print_system_info().decode()}
 
+    from localrun.engine import load_cxx_runtime
+
+    load_cxx_runtime()  # before llama.cpp's libraries (its docstring says why); done on import
     from llama_cpp import Llama
 
     job = json.loads(arg)

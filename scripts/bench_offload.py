@@ -7,9 +7,9 @@ with that num_ctx; the planner's figure is what GET /api/ps reports as size_vram
 localrun.system.plan_offload, with the layers it chose); the GPU's figure is nvidia-smi's memory
 of the runner process tree while the model is loaded. llama-server from the same llama.cpp
 build then loads the same model with the same context and all layers offloaded, and its log's
-CUDA buffer sizes (weights, KV cache, compute) show where the difference lies. The difference
-includes the CUDA context (the driver's and ggml-cuda's kernels), which the planner does not
-count but keeps free through its reserve (system.safety_margin).
+CUDA buffer sizes (weights, KV cache, compute) show where the difference lies; the rest of a
+process is the CUDA runtime (the context, ggml-cuda's kernels, cuBLAS's workspace), which the
+planner counts as a fixed system.RUNTIME_BYTES, measured with this script.
 
 A benchmark, not a test, and only meaningful with a GPU build of llama.cpp:
   .venv/bin/python scripts/bench_offload.py --cuda [--model GGUF]... [--ctx 2048,8192,32768]
@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     row["localrun"] = localrun_loaded(model, num_ctx, logdir)
                     row["llama_server"] = llama_server_loaded(build, model, num_ctx, logdir)
-                except (bench.Unavailable, RuntimeError, OSError, KeyError) as exc:
+                except (
+                    bench.Unavailable, RuntimeError, OSError, KeyError, subprocess.SubprocessError
+                ) as exc:  # fmt: skip
                     row["error"] = f"{type(exc).__name__}: {exc}"
                 rows.append(row)
     lines = [

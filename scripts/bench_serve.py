@@ -388,7 +388,11 @@ def llama_cpp_python_server(model: Path, threads: int) -> Server:
         "--n_threads", str(threads), "--n_threads_batch", str(threads),
         "--n_ctx", str(CTX_PER_SLOT),
     ]  # fmt: skip
-    return Server("llama_cpp.server", cmd, port, "/v1/models", llama_cpp_python_stream)
+    env = None
+    if bench.OFFLOAD:  # every layer on the GPU, and the C++ runtime first (bench.CXX_FIRST)
+        cmd += ["--n_gpu_layers", "-1"]
+        env = {**os.environ, **bench.CXX_FIRST}
+    return Server("llama_cpp.server", cmd, port, "/v1/models", llama_cpp_python_stream, env=env)
 
 
 # --- measurement ------------------------------------------------------------------------------

@@ -274,9 +274,14 @@ def link_map():
     ctypes.CDLL(None).dl_iterate_phdr(Callback(record), None)
     return [n.rsplit("/", 1)[-1] for n in names if n]
 
-before = link_map()
+def global_cxx():
+    # a libstdc++ symbol in the global scope, where every library's lookup starts
+    return hasattr(ctypes.CDLL(None), "_ZNSt6locale7classicEv")
+
+before, global_before = link_map(), global_cxx()
 import localrun.engine.llama
-print(json.dumps({"before": before, "after": link_map()}))
+out = {"before": before, "after": link_map()}
+print(json.dumps({**out, "global_before": global_before, "global_after": global_cxx()}))
 """
 
 
@@ -286,7 +291,7 @@ def test_the_cxx_runtime_loads_before_llama_cpp_libraries() -> None:
     it brings them into a Python process before libstdc++ does, libllama's std::regex binds to
     them and loading a BPE model crashes (seen on an H100 with CUDA 13). Importing the engine
     loads libstdc++ first: in the process's link map (dl_iterate_phdr walks it in load order)
-    it comes before libllama and every ggml library."""
+    it comes before libllama and every ggml library, and its symbols are global."""
     out = subprocess.run(
         [sys.executable, "-c", _LOAD_ORDER], capture_output=True, text=True, check=True
     ).stdout
@@ -297,3 +302,4 @@ def test_the_cxx_runtime_loads_before_llama_cpp_libraries() -> None:
     native = [i for i, n in enumerate(after) if n.startswith(("libllama", "libggml"))]
     assert native, after
     assert cxx < min(native), after
+    assert not maps["global_before"] and maps["global_after"]

@@ -571,3 +571,29 @@ def test_a_context_that_cannot_fit_leaves_the_loaded_runner_alone(models: Store)
             assert bigger.pid != loaded.pid
 
     run(main())
+
+
+def test_the_gpu_runtime_is_not_scaled_with_the_context() -> None:
+    """A runner's size holds the GPU runtime (600 MiB on CUDA), which does not grow with
+    num_ctx: a four times larger context costs four times the KV cache, not the runtime."""
+    from localrun.scheduler.budget import Budget
+    from localrun.scheduler.runners import Runner
+    from localrun.scheduler.targets import Target
+    from localrun.worker.protocol import ReadyInfo
+
+    mib = 1024**2
+
+    async def main() -> None:
+        target = Target("m:latest", "sha256:" + "0" * 64, 100 * mib, {})
+        runner = Runner(target, {}, 1, 60.0)
+        runner.info = ReadyInfo(
+            n_ctx=2048, n_ctx_train=32768, slots=1, size=(100 + 50 + 600) * mib,
+            size_vram=(100 + 50 + 600) * mib, gpu_layers=31, layers=31,
+            processor="100% GPU", load_s=0.1, runtime=600 * mib,
+        )  # fmt: skip
+        budget = Budget(limit=2 * 1024 * mib)
+        budget.check_fits(runner, target, {"num_ctx": 4 * 2048}, [runner])  # 900 MiB: fits
+        with pytest.raises(InvalidParameterError):
+            budget.check_fits(runner, target, {"num_ctx": 128 * 2048}, [runner])
+
+    asyncio.run(main())

@@ -20,20 +20,21 @@ def load_cxx_runtime() -> bool:
     """Load the system's C++ runtime into the process's global symbols, before llama.cpp's
     libraries; True if it is loaded. Linux only (elsewhere there is nothing to do).
 
-    Python itself does not link libstdc++, so in a process where no C++ extension came first,
-    llama_cpp's libraries are the first to bring C++ symbols in. A CUDA build of ggml's
-    libggml-cuda.so exports weak copies of standard-library symbols (1,764 in a CUDA 13 build
-    for an H100); when it is loaded before libstdc++ itself, libllama's std::regex binds to
-    some of them and crashes: SIGSEGV while compiling the BPE pre-tokenizer's regex, in the
-    middle of llama_model_load_from_file, for every model with such a tokenizer. llama-server
-    and other C++ programs never see it, since libstdc++ is their own dependency and loads
-    first. Loading it here, globally, does the same; a build without CUDA is unaffected.
+    Python links no C++ runtime, and llama_cpp opens its libraries with ctypes (RTLD_LOCAL),
+    each with its dependencies in its own lookup scope. A CUDA build of ggml's libggml-cuda.so
+    exports weak copies of standard-library symbols (1,764 in a CUDA 13 build for an H100).
+    Seen there: every load of a model with a BPE tokenizer crashed (SIGSEGV) in libllama's
+    std::regex, compiling the pre-tokenizer's regex inside llama_model_load_from_file, in code
+    that resolved into libggml-cuda.so; with libstdc++ preloaded (LD_PRELOAD) it never did.
+    llama-server links libstdc++ itself, so its symbols come first there. Loading it here,
+    globally, puts the one runtime ahead of every library llama_cpp opens; a build without
+    CUDA is unaffected.
     """
     if not sys.platform.startswith("linux"):
         return False
     try:
         ctypes.CDLL(CXX_RUNTIME, mode=ctypes.RTLD_GLOBAL)
-    except OSError:  # no libstdc++ (a musl system): llama.cpp's libraries bring their own
+    except OSError:  # a system on another C++ runtime (libc++): nothing to put first
         return False
     return True
 

@@ -29,7 +29,7 @@ def build_info() -> BuildInfo:
     """The facts of the llama.cpp build in this environment (read once per process)."""
     try:
         import llama_cpp
-    except (ImportError, OSError) as exc:  # OSError: libllama failed to load
+    except (ImportError, OSError, RuntimeError) as exc:  # the last two: libllama did not load
         raise EngineError(
             f"llama.cpp could not be loaded ({type(exc).__name__}: {exc})",
             hint="reinstall it: pip install --force-reinstall llama-cpp-python",

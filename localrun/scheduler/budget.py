@@ -97,7 +97,8 @@ class Budget:
 
         The size per token of context is scaled from what the runner measured (weights + KV
         cache for n_ctx x slots); it includes the compute buffers too, so it errs on the large
-        side, and only a context beyond the whole budget is refused.
+        side, and only a context beyond the whole budget is refused. The GPU runtime's share
+        does not grow with the context and is counted once.
         """
         num_ctx = load_options.get("num_ctx")
         info = runner.info
@@ -105,8 +106,9 @@ class Budget:
             return
         if target.digest != runner.digest:
             return
-        per_token = max(0, info.size - target.weights) / max(1, info.n_ctx * info.slots)
-        needed = target.weights + per_token * num_ctx * info.slots
+        fixed = target.weights + info.runtime
+        per_token = max(0, info.size - fixed) / max(1, info.n_ctx * info.slots)
+        needed = fixed + per_token * num_ctx * info.slots
         budget = self.available(runners)
         if needed > budget:
             raise InvalidParameterError(

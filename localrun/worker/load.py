@@ -163,6 +163,7 @@ def _load(
     )
     plan = fit.plan
     size = plan.vram_bytes + plan.ram_bytes
+    runtime = plan.runtime_bytes  # where the model runs is told by its own memory alone
     info = protocol.ReadyInfo(
         n_ctx=engine.n_ctx,
         n_ctx_train=engine.n_ctx_train,
@@ -171,8 +172,9 @@ def _load(
         size_vram=plan.vram_bytes,
         gpu_layers=plan.n_gpu_layers,
         layers=plan.total_layers,
-        processor=protocol.processor_text(size, plan.vram_bytes),
+        processor=protocol.processor_text(size - runtime, plan.vram_bytes - runtime),
         load_s=time.perf_counter() - started,
         notes=[*notes, *warnings],
+        runtime=runtime,
     )
     return Loaded(engine, prompter, info)

@@ -270,13 +270,14 @@ class ReadyInfo:
     n_ctx: int  # per slot
     n_ctx_train: int
     slots: int
-    size: int  # estimated bytes in memory: weights + KV cache
+    size: int  # estimated bytes in memory: weights, KV cache, compute buffers, GPU runtime
     size_vram: int  # the part of `size` on the GPU
     gpu_layers: int
     layers: int
     processor: str  # "100% CPU", "100% GPU", "48%/52% CPU/GPU"
     load_s: float
     notes: list[str] = field(default_factory=list)  # where it runs and why; load warnings
+    runtime: int = 0  # the part of `size_vram` that is the GPU runtime: fixed, whatever num_ctx
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
