@@ -259,6 +259,22 @@ def ensure_build(build_dir: Path | None, cache: Path, jobs: int, cuda: bool = Fa
     return Build(build_dir, {**info, **_describe(build_dir)})
 
 
+def build_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Build | None:
+    """The llama.cpp build a benchmark's arguments ask for (--llama-cpp-build, --cache-dir,
+    --jobs, --cuda), or None if it failed (its stacks are then left out). With --cuda every
+    stack offloads to the GPU, and a failed build ends the run."""
+    try:
+        build = ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs, args.cuda)
+    except (OSError, tarfile.TarError, subprocess.CalledProcessError) as exc:
+        if args.cuda:
+            parser.error(f"--cuda needs the llama.cpp build with CUDA, which failed: {exc}")
+        say(f"llama.cpp build failed: {exc}")
+        return None
+    if args.cuda:
+        offload_to(build)
+    return build
+
+
 def _built_with_cuda(build_dir: Path) -> bool:
     try:
         cache = (build_dir / "CMakeCache.txt").read_text()
@@ -518,7 +534,7 @@ def _worker(mode: str, arg: str) -> dict[str, Any]:
 
     from localrun.engine import load_cxx_runtime
 
-    load_cxx_runtime()  # before llama.cpp's libraries (its docstring says why); done on import
+    load_cxx_runtime()  # before llama.cpp's libraries: its docstring says why
     from llama_cpp import Llama
 
     job = json.loads(arg)
@@ -837,16 +853,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"(upstream llama.cpp on {threads} threads)\n{result['report']}\n")
         return 0
 
-    build: Build | None
-    try:
-        build = ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs, args.cuda)
-    except (OSError, tarfile.TarError, subprocess.CalledProcessError) as exc:
-        say(f"llama.cpp build failed: {exc}")
-        build = None
-    if args.cuda:
-        if build is None:
-            parser.error("--cuda needs the llama.cpp build with CUDA, which failed")
-        offload_to(build)
+    build = build_for(args, parser)
 
     if args.suite == "serve":
         return _serve_suite(args, build, model, serve_threads)

@@ -168,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     models = args.model or [bench._default_model()]
     if any(m is None or not m.is_file() for m in models):
         parser.error(f"no GGUF model at {models}; pass --model PATH")
-    build = bench.ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs, args.cuda)
-    if args.cuda:
-        bench.offload_to(build)
+    build = bench.build_for(args, parser)
+    if build is None:
+        parser.error("llama-server is needed beside localrun: the llama.cpp build failed")
     sizes = [int(c) for c in args.ctx.split(",") if c.strip()]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-offload-") as tmp:

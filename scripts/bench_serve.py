@@ -785,15 +785,8 @@ def main(argv: list[str] | None = None) -> int:
     only = tuple(part.strip() for part in args.only.split(",") if part.strip())
     build_dir: Path | None = None
     if "llama-server" in only or args.cuda:
-        try:
-            build = bench.ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs, args.cuda)
-            build_dir = build.dir
-            if args.cuda:
-                bench.offload_to(build)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            say(f"llama.cpp build failed: {exc}")
-            if args.cuda:
-                parser.error("--cuda needs the llama.cpp build with CUDA, which failed")
+        build = bench.build_for(args, parser)
+        build_dir = build.dir if build else None
     out = run(
         build_dir,
         model,

@@ -505,16 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or bench._default_model()
     if model is None or not model.is_file():
         parser.error(f"no GGUF model at {model}; pass --model PATH")
-    build_dir: Path | None = None
-    try:
-        build = bench.ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs, args.cuda)
-        build_dir = build.dir
-        if args.cuda:
-            bench.offload_to(build)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        say(f"llama.cpp build failed: {exc}; measuring localrun alone")
-        if args.cuda:
-            parser.error("--cuda needs the llama.cpp build with CUDA, which failed")
+    build = bench.build_for(args, parser)  # None: localrun alone
+    build_dir = build.dir if build else None
     only = tuple(p.strip() for p in args.only.split(",") if p.strip())
     out = run(
         build_dir, model, rounds=args.rounds, threads=args.threads, only=only, draft=args.draft
