@@ -4,8 +4,10 @@ restored by a second `localrun run` process and by a restarted server, with the 
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ def test_an_entry_is_found_for_its_exact_prefix_only(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "grow", "empty", "garbage", "magic"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "grow", "empty", "garbage", "magic", "old"])
 def test_a_damaged_entry_is_ignored_and_removed(tmp_path: Path, damage: str) -> None:
     c = cache(tmp_path)
     entry = saved(c, PREFIX, bytes(range(256)) * 40)
@@ -54,9 +56,23 @@ def test_a_damaged_entry_is_ignored_and_removed(tmp_path: Path, damage: str) -> 
         "grow": data + b"x",
         "empty": b"",
         "garbage": os.urandom(len(data)),
-        "magic": b"LRKV1\n" + b"\xff\xff\xff\xff" + data[10:],
+        "magic": prompt_cache.MAGIC + b"\xff\xff\xff\xff" + data[10:],
+        "old": b"LRKV1\n" + data[6:],  # the SHA-256 format before
     }[damage]
     entry.write_bytes(damaged)
+    assert c.load(PREFIX) is None
+    assert not entry.exists()
+
+
+def test_a_header_claiming_more_than_the_file_holds_allocates_nothing(tmp_path: Path) -> None:
+    c = cache(tmp_path)
+    entry = saved(c, PREFIX, b"state" * 100)
+    data = entry.read_bytes()
+    (size,) = struct.unpack("<I", data[6:10])
+    header = json.loads(data[10 : 10 + size])
+    header["size"] = 1 << 40  # a terabyte: refused before any buffer is made
+    text = json.dumps(header).encode()
+    entry.write_bytes(prompt_cache.MAGIC + struct.pack("<I", len(text)) + text + data[10 + size :])
     assert c.load(PREFIX) is None
     assert not entry.exists()
 

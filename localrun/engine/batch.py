@@ -119,7 +119,7 @@ class _Request:
         # The model's own turns at the start of the prompt (for the disk prompt cache), their
         # saved KV state read from disk, and whether to save it once they are evaluated.
         self.prefix: list[int] = []
-        self.state: bytes | None = None
+        self.state: bytearray | None = None
         self.save = False
 
     def free(self) -> None:

@@ -176,16 +176,21 @@ class Weights:
         buf = (ctypes.c_uint8 * size)()
         written = int(lc.llama_state_seq_get_data(ctx, buf, size, seq))
         if written > 0:
-            cache.save(prefix, memoryview(buf)[:written].tobytes())
+            cache.save(prefix, memoryview(buf).cast("B")[:written])  # the cache's from now on
 
     def restore_state(
-        self, ctx: Any, seq: int, cache: prompt_cache.PromptCache, prefix: list[int], state: bytes
+        self,
+        ctx: Any,
+        seq: int,
+        cache: prompt_cache.PromptCache,
+        prefix: list[int],
+        state: bytearray,
     ) -> bool:
         """Put a saved state into sequence `seq` (emptied first); False (and the entry gone)
         when llama.cpp refuses it."""
         memory = lc.llama_get_memory(ctx)
         lc.llama_memory_seq_rm(memory, seq, -1, -1)
-        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer(state)  # no copy
         restored = int(lc.llama_state_seq_set_data(ctx, buf, len(state), seq)) > 0
         if restored and int(lc.llama_memory_seq_pos_max(memory, seq)) + 1 == len(prefix):
             return True
