@@ -40,6 +40,7 @@ number. Usage: .venv/bin/python scripts/bench_spec.py [--rounds 3] [--threads 2]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -174,34 +175,45 @@ def decode_suite(
     servers: list[Server] = []
     stacks: list[Stack] = []
     lr = bench_serve.localrun_server(home, model, None, threads)
-    servers.append(lr)
+    # One server per mode, as llama-server runs one process per mode: each sees the same
+    # requests in the same order, so its slots hold the same prompts when an answer is
+    # compared with another mode's. (In one server a mode's request would find the prompt
+    # the other mode left in the slot and evaluate only its last token, whose logits differ
+    # in the last bits from a prompt evaluated whole, flipping near ties speculation never
+    # touched.)
+    modes = ["off", "auto"]
+    lr_by_mode = {mode: _localrun_copy(lr, mode) for mode in modes}
+    servers.extend(lr_by_mode.values())
     specs: list[list[str]] = [[], ["--spec-type", "ngram-mod"], ["--spec-type", "ngram-simple"]]
     drafted = ""
     if draft is not None:
         offload = ["-ngld", "99"] if bench.OFFLOAD else []
         specs.append(["--spec-type", "draft-simple", "-md", str(draft), *offload])
         drafted = _create_drafted(home, model, draft)
+    llama_servers = []
     if build_dir is not None:
-        for spec in specs:
-            servers.append(llama_server_with(build_dir, model, threads, spec))
+        llama_servers = [llama_server_with(build_dir, model, threads, spec) for spec in specs]
+    servers.extend(llama_servers)
     try:
         for server in servers:
             server.start(logdir)
         for server in servers:
             server.wait_ready()
-        for server in servers[1:]:
+        for server in llama_servers:
             port = server.port
             stacks.append(Stack(server.name, lambda p, port=port: llama_server_sample(port, p)))
-        for mode in ("off", "auto"):
+        for mode in modes:
+            port = lr_by_mode[mode].port
             stacks.append(
                 Stack(
                     f"localrun {mode}",
-                    lambda p, m=mode: localrun_sample(lr.port, lr.model, p, m),
+                    lambda p, m=mode, port=port: localrun_sample(port, lr.model, p, m),
                 )
             )
         if drafted:
+            port = lr_by_mode["auto"].port  # the drafted model has a runner of its own there
             stacks.append(
-                Stack("localrun draft", lambda p: localrun_sample(lr.port, drafted, p, "draft"))
+                Stack("localrun draft", lambda p: localrun_sample(port, drafted, p, "draft"))
             )
         # Warm up: load the model in every server, outside the measurement.
         for stack in stacks:
@@ -221,6 +233,14 @@ def decode_suite(
         for server in servers:
             server.stop()
     return {"stacks": stacks}
+
+
+def _localrun_copy(lr: Server, mode: str) -> Server:
+    """`lr` (localrun serve on the bench's store) on a port of its own, named for `mode`."""
+    port = bench_serve.free_port()
+    cmd = [str(port) if arg == str(lr.port) else arg for arg in lr.cmd]
+    env = {**(lr.env or {}), "LOCALRUN_HOST": f"127.0.0.1:{port}"}
+    return dataclasses.replace(lr, name=f"localrun serve {mode}", cmd=cmd, port=port, env=env)
 
 
 def _create_drafted(home: Path, model: Path, draft: Path) -> str:
