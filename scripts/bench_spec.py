@@ -11,6 +11,9 @@ Decode (effective rate: tokens generated / generation time, as each server repor
   localrun off            localrun serve, options.speculate = "off"
   localrun auto           localrun serve, the default (prompt lookup where it pays)
 
+(each its own process, llama-server's and localrun's alike, so every stack's slots see the same
+requests in the same order)
+
 on three workloads of several prompts each (scripts/spec_workloads.py): `code` (rewrite a
 Python file of 40-60 lines with one identifier renamed), `quote` (summarise a text by quoting
 its sentences) and `prose` (a story, an essay). Every request is a raw completion of the same

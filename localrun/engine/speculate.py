@@ -221,8 +221,11 @@ class Edits:
 class DecodeCost:
     """What decodes cost, in decodes of one token: a batch of n > 1 tokens costs about
     `base + extra * n`. Fixed per device kind rather than timed, so that the drafts (and so
-    the batches, whose logits may differ from one token's) depend on the
-    request alone: the same request gets the same answer, whatever else the engine runs.
+    the batches, whose logits may differ from one token's) depend on the request alone:
+    speculation makes no answer depend on what else the engine runs. (What a slot's cache
+    holds still can, as in every llama.cpp server: a prompt found there is evaluated from
+    where the cached part ends, and its last rows' logits may differ in the last bits from
+    those of the prompt evaluated whole.)
 
     Measured with llama.cpp on SmolLM2 135M (Q4_1) on two CPU cores, every row with logits as a
     verification has them (scripts/spec_bound.py prints the table): 2, 3, 5, 9, 17, 33 and 65
