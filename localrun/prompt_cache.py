@@ -8,14 +8,16 @@ file is used only for exactly the prefix it was made for:
 
     b"LRKV2\\n" | header length (4 bytes, little-endian) | header JSON | state
 
-The header holds the key material, the state's length and its CRC-32 (a check against damage,
-not tampering: the folder is the user's own; CRC-32 reads a state about three times faster than
-SHA-256, and the state is read in the time to first token). A file that is
-truncated, damaged or made for something else is removed and ignored: the prefix is then
-evaluated as if there were no cache. Writes go to a temporary file in the same folder and are
+The header holds the key material (with the format's version, so that another version's files
+have other names), the state's length and its CRC-32: a check against damage, not tampering
+(the folder is the user's own). The state is read in the time to first token, and on the machine
+where that was measured CRC-32 read 35 MB in 6 ms, SHA-256 in 20. A file that is truncated,
+damaged or made for something else is removed and ignored: the prefix is then evaluated as if
+there were no cache. Writes go to a temporary file in the same folder and are
 renamed into place, so a reader never sees half a file; the folder is kept under
 LOCALRUN_PROMPT_CACHE_MAX_BYTES by removing the least recently used entries (a read touches its
-file). `localrun prune` empties it. No llama.cpp here: the engines hand over and take bytes.
+file). `localrun prune` empties it. No llama.cpp here: the engines hand over a buffer and take
+a bytearray.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ MAGIC = b"LRKV2\n"  # LRKV1 (SHA-256) files are foreign now: removed when met
 SUFFIX = ".kv"
 MIN_TOKENS = 64  # shorter prefixes evaluate faster than a file is read
 _MAX_HEADER = 64 * 1024
-State = bytes | bytearray | memoryview  # a KV state, as the engines hand it over
+State = bytes | bytearray | memoryview  # a KV state, as the engines hand it over (bytes: nbytes)
 _BLOB_NAME = re.compile(r"sha256[-:]([0-9a-f]{64})")
 
 
@@ -85,7 +87,12 @@ class PromptCache:
         return cls(identity, folder(), max_bytes)
 
     def _key(self, prefix: Sequence[int]) -> tuple[dict[str, Any], Path]:
-        material = {**self.identity, "tokens": len(prefix), "prefix": prefix_digest(prefix)}
+        material = {
+            **self.identity,
+            "format": MAGIC.decode().strip(),
+            "tokens": len(prefix),
+            "prefix": prefix_digest(prefix),
+        }
         text = json.dumps(material, sort_keys=True, separators=(",", ":"))
         name = hashlib.sha256(text.encode()).hexdigest()[:40] + SUFFIX
         return material, self.root / name
@@ -96,11 +103,11 @@ class PromptCache:
         material, path = self._key(prefix)
         try:
             with open(path, "rb") as fh:
-                state = _read(fh, material)
+                state = _read(fh, material, self.max_bytes)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, struct.error):
-            state = None
+        except (OSError, ValueError, struct.error, RecursionError, MemoryError):
+            state = None  # RecursionError: a header of deeply nested JSON
         if state is None:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -118,7 +125,7 @@ class PromptCache:
         """Write the state of `prefix` in a background thread (the process waits for it at
         exit: a one-shot `localrun run` still leaves its entry behind). `state` is the
         cache's from then on: the caller must not change it."""
-        if len(state) + 4096 > self.max_bytes:  # with room for its header
+        if memoryview(state).nbytes + 4096 > self.max_bytes:  # with room for its header
             return
         material, path = self._key(prefix)
         thread = threading.Thread(
@@ -136,7 +143,8 @@ class PromptCache:
 
     def _write(self, path: Path, material: dict[str, Any], state: State) -> None:
         header = json.dumps(
-            {**material, "size": len(state), "crc32": zlib.crc32(state)}, sort_keys=True
+            {**material, "size": memoryview(state).nbytes, "crc32": zlib.crc32(state)},
+            sort_keys=True,
         ).encode()
         tmp = path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}")
         try:
@@ -152,7 +160,7 @@ class PromptCache:
         evict(self.root, self.max_bytes, keep=path)
 
 
-def _read(fh: Any, material: dict[str, Any]) -> bytearray | None:
+def _read(fh: Any, material: dict[str, Any], max_bytes: int) -> bytearray | None:
     if fh.read(len(MAGIC)) != MAGIC:
         return None
     (size,) = struct.unpack("<I", fh.read(4))
@@ -166,8 +174,8 @@ def _read(fh: Any, material: dict[str, Any]) -> bytearray | None:
     length = header.get("size")
     if not isinstance(length, int) or length <= 0:
         return None
-    if length > os.fstat(fh.fileno()).st_size:
-        return None  # truncated (checked before the buffer is made)
+    if length > min(max_bytes, os.fstat(fh.fileno()).st_size):
+        return None  # truncated, or more than the cache holds (checked before the buffer)
     state = bytearray(length)
     if fh.readinto(state) != length or fh.read(1):
         return None  # truncated, or longer than it says

@@ -338,6 +338,11 @@ class Server:
 
 def localrun_server(home: Path, model: Path, name: str | None, threads: int) -> Server:
     """`localrun serve` on a fresh store with the model imported (not loaded)."""
+    return localrun_serve(localrun_store(home, model, name, threads), threads)
+
+
+def localrun_store(home: Path, model: Path, name: str | None, threads: int) -> bench.Localrun:
+    """A fresh store in `home` with the model imported (not loaded), for `localrun serve`."""
     env = {
         **os.environ,
         "LOCALRUN_HOME": str(home),
@@ -351,14 +356,19 @@ def localrun_server(home: Path, model: Path, name: str | None, threads: int) -> 
     if lr.model:
         # Import the starter into the store now, outside every measurement.
         bench._run([*lr.cmd, "show", lr.model], timeout=600, env=env)
+    return lr
+
+
+def localrun_serve(lr: bench.Localrun, threads: int, name: str = "localrun serve") -> Server:
+    """`localrun serve` of the store `localrun_store` prepared, on a port of its own."""
     port = free_port()
     server = Server(
-        "localrun serve",
+        name,
         [*lr.cmd, "serve", "--host", "127.0.0.1", "--port", str(port)],
         port,
         "/api/version",
         functools.partial(localrun_stream, threads=threads),
-        env={**env, "LOCALRUN_HOST": f"127.0.0.1:{port}"},
+        env={**lr.env, "LOCALRUN_HOST": f"127.0.0.1:{port}"},
         model=lr.model,
     )
     if not lr.model:

@@ -12,7 +12,8 @@ Decode (effective rate: tokens generated / generation time, as each server repor
   localrun auto           localrun serve, the default (prompt lookup where it pays)
 
 (each its own process, llama-server's and localrun's alike, so every stack's slots see the same
-requests in the same order)
+requests in the same order; with --draft, `localrun draft` is the auto server's other model,
+which has a runner of its own)
 
 on three workloads of several prompts each (scripts/spec_workloads.py): `code` (rewrite a
 Python file of 40-60 lines with one identifier renamed), `quote` (summarise a text by quoting
@@ -43,7 +44,6 @@ number. Usage: .venv/bin/python scripts/bench_spec.py [--rounds 3] [--threads 2]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import http.client
 import json
 import os
@@ -177,7 +177,7 @@ def decode_suite(
 ) -> dict[str, Any]:
     servers: list[Server] = []
     stacks: list[Stack] = []
-    lr = bench_serve.localrun_server(home, model, None, threads)
+    lr = bench_serve.localrun_store(home, model, None, threads)
     # One server per mode, as llama-server runs one process per mode: each sees the same
     # requests in the same order, so its slots hold the same prompts when an answer is
     # compared with another mode's. (In one server a mode's request would find the prompt
@@ -185,7 +185,7 @@ def decode_suite(
     # in the last bits from a prompt evaluated whole, flipping near ties speculation never
     # touched.)
     modes = ["off", "auto"]
-    lr_by_mode = {mode: _localrun_copy(lr, mode) for mode in modes}
+    lr_by_mode = {m: bench_serve.localrun_serve(lr, threads, f"localrun serve {m}") for m in modes}
     servers.extend(lr_by_mode.values())
     specs: list[list[str]] = [[], ["--spec-type", "ngram-mod"], ["--spec-type", "ngram-simple"]]
     drafted = ""
@@ -214,9 +214,13 @@ def decode_suite(
                 )
             )
         if drafted:
-            port = lr_by_mode["auto"].port  # the drafted model has a runner of its own there
+            # The drafted model has a runner of its own in the auto server.
+            port = lr_by_mode["auto"].port
             stacks.append(
-                Stack("localrun draft", lambda p: localrun_sample(port, drafted, p, "draft"))
+                Stack(
+                    "localrun draft",
+                    lambda p, port=port: localrun_sample(port, drafted, p, "draft"),
+                )
             )
         # Warm up: load the model in every server, outside the measurement.
         for stack in stacks:
@@ -236,14 +240,6 @@ def decode_suite(
         for server in servers:
             server.stop()
     return {"stacks": stacks}
-
-
-def _localrun_copy(lr: Server, mode: str) -> Server:
-    """`lr` (localrun serve on the bench's store) on a port of its own, named for `mode`."""
-    port = bench_serve.free_port()
-    cmd = [str(port) if arg == str(lr.port) else arg for arg in lr.cmd]
-    env = {**(lr.env or {}), "LOCALRUN_HOST": f"127.0.0.1:{port}"}
-    return dataclasses.replace(lr, name=f"localrun serve {mode}", cmd=cmd, port=port, env=env)
 
 
 def _create_drafted(home: Path, model: Path, draft: Path) -> str:

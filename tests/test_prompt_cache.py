@@ -8,6 +8,7 @@ import json
 import os
 import random
 import struct
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ def test_an_entry_is_found_for_its_exact_prefix_only(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "grow", "empty", "garbage", "magic", "old"])
+@pytest.mark.parametrize(
+    "damage", ["truncate", "flip", "grow", "empty", "garbage", "magic", "old", "nested"]
+)
 def test_a_damaged_entry_is_ignored_and_removed(tmp_path: Path, damage: str) -> None:
     c = cache(tmp_path)
     entry = saved(c, PREFIX, bytes(range(256)) * 40)
@@ -56,7 +59,8 @@ def test_a_damaged_entry_is_ignored_and_removed(tmp_path: Path, damage: str) -> 
         "grow": data + b"x",
         "empty": b"",
         "garbage": os.urandom(len(data)),
-        "magic": prompt_cache.MAGIC + b"\xff\xff\xff\xff" + data[10:],
+        "magic": prompt_cache.MAGIC + b"\xff\xff\xff\xff" + data[len(prompt_cache.MAGIC) + 4 :],
+        "nested": prompt_cache.MAGIC + struct.pack("<I", 60000) + b"[" * 30000 + b"]" * 30000,
         "old": b"LRKV1\n" + data[6:],  # the SHA-256 format before
     }[damage]
     entry.write_bytes(damaged)
@@ -68,12 +72,21 @@ def test_a_header_claiming_more_than_the_file_holds_allocates_nothing(tmp_path: 
     c = cache(tmp_path)
     entry = saved(c, PREFIX, b"state" * 100)
     data = entry.read_bytes()
-    (size,) = struct.unpack("<I", data[6:10])
-    header = json.loads(data[10 : 10 + size])
-    header["size"] = 1 << 40  # a terabyte: refused before any buffer is made
+    start = len(prompt_cache.MAGIC) + 4
+    (size,) = struct.unpack("<I", data[start - 4 : start])
+    header = json.loads(data[start : start + size])
+    header["size"] = len(data) + (64 << 20)  # more than the file holds
     text = json.dumps(header).encode()
-    entry.write_bytes(prompt_cache.MAGIC + struct.pack("<I", len(text)) + text + data[10 + size :])
-    assert c.load(PREFIX) is None
+    entry.write_bytes(
+        prompt_cache.MAGIC + struct.pack("<I", len(text)) + text + data[start + size :]
+    )
+    tracemalloc.start()
+    try:
+        assert c.load(PREFIX) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # refused before a buffer of that size was made
     assert not entry.exists()
 
 
@@ -108,6 +121,11 @@ def test_a_state_larger_than_the_bound_is_not_written(tmp_path: Path) -> None:
     c.save(PREFIX, os.urandom(5000))
     c.flush()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_entry_over_the_bound_of_the_process_reading_it_is_not_read(tmp_path: Path) -> None:
+    saved(cache(tmp_path), PREFIX, os.urandom(5000))  # another process, with a larger bound
+    assert cache(tmp_path, max_bytes=1000).load(PREFIX) is None
 
 
 def test_a_folder_that_cannot_be_written_costs_nothing(tmp_path: Path) -> None:

@@ -429,13 +429,17 @@ class LlamaModel:
         save = False
         if disk is not None and len(prefix) >= prompt_cache.MIN_TOKENS and keep < len(prefix):
             state = disk.load(prefix)
-            if state is not None and self._weights.restore_state(self._ctx, 0, disk, prefix, state):
+            restored = state is not None and self._weights.restore_state(
+                self._ctx, 0, disk, prefix, state
+            )
+            if restored:
                 self._cache = list(prefix)
                 keep = timings.disk_tokens = len(prefix)
             else:
                 if state is not None:  # refused: the sequence was emptied
                     self._cache, keep = [], 0
                 save = True
+            del state  # llama.cpp holds its own copy now
         timings.cached_tokens = keep
         timings.prompt_tokens = len(prompt) - keep
         chain = sampler_chain(sampling, self.n_vocab, self.n_ctx)
