@@ -37,11 +37,11 @@ from typing import Any
 
 from localrun import config
 
-MAGIC = b"LRKV2\n"  # LRKV1 (SHA-256) files are foreign now: removed when met
+MAGIC = b"LRKV2\n"  # LRKV1 (SHA-256) files have other names now: evicted as they age
 SUFFIX = ".kv"
 MIN_TOKENS = 64  # shorter prefixes evaluate faster than a file is read
 _MAX_HEADER = 64 * 1024
-State = bytes | bytearray | memoryview  # a KV state, as the engines hand it over (bytes: nbytes)
+State = bytes | bytearray | memoryview  # a KV state as the engines hand it over, sized by nbytes
 _BLOB_NAME = re.compile(r"sha256[-:]([0-9a-f]{64})")
 
 
