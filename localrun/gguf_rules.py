@@ -45,6 +45,7 @@ _TOKENIZER_ARCHS: dict[str, Callable[[str], bool]] = {
 }
 _VOCAB_ARRAYS = ("tokenizer.ggml.scores", "tokenizer.ggml.token_type")
 _BLOCK = re.compile(r"blk\.(\d+)\.")
+_ATTENTION = re.compile(r"\.attn_(q|k|v|qkv)(_a|_b)?\.")  # a query, key or value projection
 
 
 class Refused(Exception):
@@ -68,7 +69,7 @@ def check_model(header: Header, tokens: list[bytes]) -> None:
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise Refused("general.architecture is missing: this is not a model llama.cpp can run")
-    _check_numbers(meta, arch)
+    _check_numbers(meta, arch, attention=any(_ATTENTION.search(t.name) for t in header.tensors))
     _check_template(meta)
     split = meta.get("split.count")
     whole = not isinstance(split, int) or split <= 1
@@ -77,8 +78,9 @@ def check_model(header: Header, tokens: list[bytes]) -> None:
     _check_tensors(header, arch, n_vocab)
 
 
-def _check_numbers(meta: dict[str, Any], arch: str) -> None:
-    """Every hyper-parameter of the architecture finite, and counts in range."""
+def _check_numbers(meta: dict[str, Any], arch: str, *, attention: bool) -> None:
+    """Every hyper-parameter of the architecture finite, and counts in range. A model without
+    attention tensors (a recurrent one: Mamba, RWKV) has no heads: its converters write 0."""
     prefix = arch + "."
     for key, value in meta.items():
         if not key.startswith(prefix) or isinstance(value, bool):
@@ -109,8 +111,9 @@ def _check_numbers(meta: dict[str, Any], arch: str) -> None:
     count("vocab_size", 1, MAX_VOCAB)
     count("attention.key_length", 1, 1 << 16)
     count("attention.value_length", 1, 1 << 16)
-    heads = count("attention.head_count", 1, MAX_HEADS)
-    kv_heads = count("attention.head_count_kv", 1, MAX_HEADS)
+    least = 1 if attention else 0
+    heads = count("attention.head_count", least, MAX_HEADS)
+    kv_heads = count("attention.head_count_kv", least, MAX_HEADS)
     if heads and kv_heads and heads % kv_heads:
         raise Refused(
             f"{prefix}attention.head_count_kv ({kv_heads}) does not divide "

@@ -305,6 +305,70 @@ def write_tiny_model(
     return path
 
 
+def write_tiny_mamba(path: str | os.PathLike[str], *, seed: int = 0, n_embd: int = 32) -> Path:
+    """Write a tiny random-weight Mamba GGUF (a recurrent model: two layers of selective state
+    space, no attention, no KV cache) that llama.cpp loads and runs; return its path. Its memory
+    is one state per sequence, not a KV entry per position, so a prefix's state cannot be
+    restored for a longer prompt. The vocabulary is the tiny llama model's."""
+    path = Path(path)
+    n_layer, d_inner, d_state, d_conv, dt_rank = 2, 2 * n_embd, 8, 4, 4
+    tokens, scores, types = build_vocab()
+    writer = GGUFWriter(path, "mamba")
+    writer.add_name(MODEL_NAME + "-mamba")
+    writer.add_file_type(LlamaFileType.ALL_F32)
+    writer.add_context_length(1 << 20)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(0)
+    writer.add_head_count(0)
+    writer.add_ssm_conv_kernel(d_conv)
+    writer.add_ssm_inner_size(d_inner)
+    writer.add_ssm_state_size(d_state)
+    writer.add_ssm_time_step_rank(dt_rank)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(UNK_ID)
+    writer.add_bos_token_id(BOS_ID)
+    writer.add_eos_token_id(EOS_ID)
+    writer.add_add_bos_token(True)
+    writer.add_chat_template(CHATML_TEMPLATE)
+    rng = np.random.default_rng(seed)
+    n_vocab = len(tokens)
+
+    def dense(rows: int, cols: int) -> np.ndarray:
+        return rng.standard_normal((rows, cols)) / np.sqrt(cols)
+
+    def put(name: str, array: np.ndarray) -> None:
+        writer.add_tensor(name, array.astype(np.float32))
+
+    put("token_embd.weight", rng.standard_normal((n_vocab, n_embd)))
+    for i in range(n_layer):
+        put(f"blk.{i}.attn_norm.weight", np.ones(n_embd))
+        put(f"blk.{i}.ssm_in.weight", dense(2 * d_inner, n_embd))
+        put(f"blk.{i}.ssm_conv1d.weight", dense(d_inner, d_conv))
+        put(f"blk.{i}.ssm_conv1d.bias", np.zeros(d_inner))
+        put(f"blk.{i}.ssm_x.weight", dense(dt_rank + 2 * d_state, d_inner))
+        put(f"blk.{i}.ssm_dt.weight", dense(d_inner, dt_rank))
+        put(f"blk.{i}.ssm_dt.bias", np.zeros(d_inner))
+        # A = -exp(A_log) as converters store it: decaying states keep the model stable.
+        put(f"blk.{i}.ssm_a", -np.exp(0.1 * rng.standard_normal((d_inner, d_state))))
+        put(f"blk.{i}.ssm_d", np.ones(d_inner))
+        put(f"blk.{i}.ssm_out.weight", dense(n_embd, d_inner))
+    put("output_norm.weight", np.ones(n_embd))
+    put("output.weight", dense(n_vocab, n_embd))
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return path
+
+
 def write_tiny_lora(
     path: str | os.PathLike[str],
     *,

@@ -58,6 +58,12 @@ def tiny_model(fixtures_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_mamba(fixtures_dir: Path) -> Path:
+    """A tiny random-weight Mamba GGUF: a recurrent model, whose memory is a state per sequence."""
+    return make_test_models.write_tiny_mamba(fixtures_dir / "tiny-mamba.gguf")
+
+
+@pytest.fixture(scope="session")
 def tiny_fim_model(fixtures_dir: Path) -> Path:
     """The tiny model with fill-in-the-middle tokens in its vocabulary."""
     return make_test_models.write_tiny_model(fixtures_dir / "tiny-fim.gguf", fim=True)

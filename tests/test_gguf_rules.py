@@ -78,6 +78,12 @@ def test_counts_out_of_range_are_refused(
     refused(mutant(lambda lay: lay.set(key, U32, value)), fragment)
 
 
+def test_a_model_without_attention_has_no_heads(tiny_mamba: Path) -> None:
+    # Mamba's converters write attention.head_count 0; a llama model with 0 heads is refused.
+    info = gguf.inspect(tiny_mamba)
+    assert info.architecture == "mamba" and info.head_count == 0
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -1.0, 0.0])
 def test_epsilon_must_be_finite_and_small(mutant: Callable[[Edit], Path], value: float) -> None:
     key = "llama.attention.layer_norm_rms_epsilon"

@@ -274,20 +274,25 @@ def test_a_restarted_server_restores_the_system_prompt(store: Any, sysmodel: str
 
 
 @pytest.mark.model
-def test_a_sliding_window_model_is_not_cached_and_verbose_says_why(
-    cli: CLI, tmp_path: Path, fixtures_dir: Path
+@pytest.mark.parametrize(("kind", "why"), [("swa", "sliding-window"), ("mamba", "recurrent")])
+def test_a_model_whose_state_cannot_be_restored_is_not_cached_and_verbose_says_why(
+    cli: CLI, tmp_path: Path, fixtures_dir: Path, kind: str, why: str
 ) -> None:
     import make_test_models
 
-    model = make_test_models.write_tiny_model(fixtures_dir / "tiny-swa.gguf", swa=8)
+    if kind == "swa":
+        model = make_test_models.write_tiny_model(fixtures_dir / "tiny-swa.gguf", swa=8)
+    else:
+        model = make_test_models.write_tiny_mamba(fixtures_dir / "tiny-mamba.gguf")
     system = " ".join(["word"] * 200)
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text(f'FROM {model}\nSYSTEM """{system}"""\nPARAMETER num_ctx 512\n')
-    assert cli("create", "swa", "-f", str(modelfile)).code == 0
+    made = cli("create", kind, "-f", str(modelfile))
+    assert made.code == 0, made.stderr
     for _ in range(2):
-        result = cli("run", "swa", "hello", "--verbose", "--param", "num_predict=4")
+        result = cli("run", kind, "hello", "--verbose", "--param", "num_predict=4")
         assert result.code == 0, result.stderr
         shown = stats(result.stderr)
-        assert "sliding-window" in shown["prompt cache"], result.stderr
+        assert why in shown["prompt cache"], result.stderr
         assert shown["prompt disk cache"] == "0 token(s)"
     assert entries() == []

@@ -47,6 +47,7 @@ from localrun.engine.llama import (
     grammar_sampler,
     overflow_error,
     sampler_chain,
+    trim,
 )
 from localrun.engine.types import (
     EmbedInput,
@@ -284,7 +285,7 @@ class BatchEngine:
         # The draft model's sequence is the slot's: bound when the request takes one (_take).
         drafter = _unbound if self._draft is not None else None
         req.spec = speculate.speculator(
-            sampling.speculate,
+            sampling.speculate if self._weights.trims else "off",
             req.prompt,
             sampling.draft_num_predict,
             self._cost,
@@ -390,15 +391,8 @@ class BatchEngine:
             else:
                 keep = reusable(spare.cache, prompt)
             slot = spare
-        self._keep(slot, keep)
+        trim(self._memory, slot.seq, slot.cache, keep)
         self._take(slot, req)
-
-    def _keep(self, slot: _Slot, keep: int) -> None:
-        """Trim the slot's KV sequence to its first `keep` tokens."""
-        if keep < len(slot.cache) and not lc.llama_memory_seq_rm(self._memory, slot.seq, keep, -1):
-            lc.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)  # partial removal refused
-            keep = 0
-        del slot.cache[keep:]
 
     def _take(self, slot: _Slot, req: _Request) -> None:
         if req.spec is not None and req.spec.model is not None and self._draft is not None:
@@ -444,7 +438,7 @@ class BatchEngine:
             if other is None or busy.leader is not None or busy.token >= 0:
                 continue
             if other.prompt == prompt and len(busy.cache) < last and last >= 1:
-                self._keep(spare, 0)
+                trim(self._memory, spare.seq, spare.cache, 0)
                 spare.leader = busy
                 self._take(spare, req)
                 return True
@@ -464,7 +458,7 @@ class BatchEngine:
         copied at the next decode, then trimmed: cheaper than reading a long prefix again)."""
         lc.llama_memory_seq_cp(self._memory, source.seq, target.seq, -1, -1)
         target.cache = list(source.cache)
-        self._keep(target, keep)
+        trim(self._memory, target.seq, target.cache, keep)
 
     def _step(self) -> None:
         """One llama_decode for every active slot, then a token for each that needs one."""

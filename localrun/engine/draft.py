@@ -16,7 +16,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from localrun.engine.llama import Weights, put
+from localrun.engine.llama import Weights, put, trim
 from localrun.engine.types import LoadOptions, reusable
 from localrun.errors import ModelLoadError
 
@@ -60,11 +60,8 @@ class DraftModel:
         if limit <= 0 or not history:
             return []
         cache = self._caches[seq]
-        keep = reusable(cache, history)
-        if keep < len(cache):
-            lc.llama_memory_seq_rm(self._memory, seq, keep, -1)
-            del cache[keep:]
-        if not self._read(seq, list(history[keep:]), cache):
+        trim(self._memory, seq, cache, reusable(cache, history))
+        if not self._read(seq, list(history[len(cache) :]), cache):
             return []
         out: list[int] = []
         while True:

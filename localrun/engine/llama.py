@@ -141,6 +141,13 @@ class Weights:
             "kv": "f16",
         }
 
+    @functools.cached_property
+    def trims(self) -> bool:
+        """Whether a sequence can drop its last positions (a draft the model rejected): not
+        where the memory is a recurrent state, so those models do not speculate."""
+        m = self.model
+        return not (lc.llama_model_is_recurrent(m) or lc.llama_model_is_hybrid(m))
+
     def unrestorable(self) -> str | None:
         """Why llama.cpp cannot restore this model's KV state faithfully from a saved prefix
         (its memory is not a plain KV cache of every position), or None."""
@@ -395,7 +402,7 @@ class LlamaModel:
             raise overflow_error(len(prompt), self.n_ctx, self.n_ctx_train)
         drafter = functools.partial(self._draft.draft, 0) if self._draft is not None else None
         spec = speculate.speculator(
-            sampling.speculate,
+            sampling.speculate if self._weights.trims else "off",
             prompt,
             sampling.draft_num_predict,
             self._cost,
@@ -418,10 +425,8 @@ class LlamaModel:
     ) -> Iterator[str]:
         timings = gen.timings
         start = time.perf_counter()
-        keep = reusable(self._cache, prompt)
-        if keep < len(self._cache):
-            lc.llama_memory_seq_rm(self._memory, 0, keep, -1)
-            del self._cache[keep:]
+        trim(self._memory, 0, self._cache, reusable(self._cache, prompt))
+        keep = len(self._cache)
         # The model's own prefix (SYSTEM, MESSAGEs): from disk if it is there, else saved
         # once evaluated. The last prompt token is always run, for its logits.
         disk = self._prompt_cache
@@ -574,6 +579,16 @@ def answer_ends(vocab: Any, stop_tokens: frozenset[int]) -> Callable[[int], bool
     """Whether a token ends the answer: the model's end of generation, or a stop token."""
     is_eog = lc.llama_vocab_is_eog
     return lambda token: bool(is_eog(vocab, token)) or token in stop_tokens
+
+
+def trim(memory: Any, seq: int, cache: list[int], keep: int) -> None:
+    """Cut sequence `seq` (holding `cache`) to its first `keep` tokens. A recurrent state
+    (recurrent and hybrid models) cannot drop its last positions: it is emptied instead, and
+    the tokens are evaluated again."""
+    if keep < len(cache) and not lc.llama_memory_seq_rm(memory, seq, keep, -1):
+        lc.llama_memory_seq_rm(memory, seq, -1, -1)
+        keep = 0
+    del cache[keep:]
 
 
 def put(batch: Any, row: int, ids: Sequence[int], pos: int, seq: int, logits: bool) -> int:
