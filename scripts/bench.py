@@ -101,8 +101,8 @@ BUILD_TARGETS = ["llama-bench", "llama-server"]
 CUDA_CMAKE_FLAGS = ["-DGGML_CUDA=ON"]
 OFFLOAD: list[str] = []  # llama.cpp tool arguments; ["-ngl", "99"] once offload_to() ran
 # A Python process that opens a CUDA build's libraries with nothing before them crashes loading a
-# BPE model (localrun.engine.load_cxx_runtime says why); localrun preloads libstdc++ itself, and
-# llama-cpp-python's own server gets it this way.
+# BPE model (localrun.engine.native.load_cxx_runtime says why); localrun preloads libstdc++
+# itself, and llama-cpp-python's own server gets it this way.
 CXX_FIRST = {"LD_PRELOAD": "libstdc++.so.6"}
 CUDA_HELP = (
     "build llama.cpp with CUDA (into build-cuda unless --llama-cpp-build) and run every stack "
@@ -532,7 +532,7 @@ def _worker(mode: str, arg: str) -> dict[str, Any]:
         lib.llama_print_system_info.restype = ctypes.c_char_p
         return {"system_info": lib.llama_print_system_info().decode()}
 
-    from localrun.engine import load_cxx_runtime
+    from localrun.engine.native import load_cxx_runtime
 
     load_cxx_runtime()  # before llama.cpp's libraries: its docstring says why
     from llama_cpp import Llama

@@ -32,11 +32,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import llama_cpp as lc
-
 from localrun import prompt_cache
 from localrun.engine import speculate
 from localrun.engine.embed import Embedder
+from localrun.engine.native import lc
 
 if TYPE_CHECKING:
     from localrun.engine.draft import DraftModel

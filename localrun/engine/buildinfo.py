@@ -28,7 +28,7 @@ class BuildInfo:
 def build_info() -> BuildInfo:
     """The facts of the llama.cpp build in this environment (read once per process)."""
     try:
-        import llama_cpp
+        from localrun.engine.native import lc as llama_cpp
     except (ImportError, OSError, RuntimeError) as exc:  # the last two: libllama did not load
         raise EngineError(
             f"llama.cpp could not be loaded ({type(exc).__name__}: {exc})",

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import llama_cpp as lc
 import numpy as np
 
 from localrun.engine.llama import Weights, put, trim
+from localrun.engine.native import lc
 from localrun.engine.types import LoadOptions, reusable
 from localrun.errors import ModelLoadError
 

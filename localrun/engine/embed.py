@@ -12,9 +12,8 @@ import collections
 from collections.abc import Sequence
 from typing import Any
 
-import llama_cpp as lc
-
 from localrun.engine.llama import Weights, overflow_error, put
+from localrun.engine.native import lc
 from localrun.engine.types import EmbedInput, LoadOptions
 from localrun.errors import EngineError
 

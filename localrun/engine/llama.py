@@ -21,10 +21,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import llama_cpp as lc
-
 from localrun import config, gguf, prompt_cache
 from localrun.engine import speculate
+from localrun.engine.native import lc
 from localrun.engine.types import (
     FimTokens,
     Generation,

@@ -149,11 +149,15 @@ class NgramDrafter:
             if p < end or len(out) >= limit:
                 del out[limit:], origins[limit:]
                 return out
-            out, origins[:] = out[: len(prefix)], origins[: len(prefix)]  # it loops: no edits
-        period = end - at
+            del out[len(prefix) :], origins[len(prefix) :]  # it loops: no edits
         rest = limit - len(out)
-        out.extend(tokens[at + i % period] for i in range(rest))
-        origins.extend((at + i % period + 1, None) for i in range(rest))
+        period = end - at
+        if rest <= period:  # within the history
+            out += tokens[at : at + rest]
+            origins += [(p, None) for p in range(at + 1, at + rest + 1)]
+        else:
+            out.extend(tokens[at + i % period] for i in range(rest))
+            origins.extend((at + i % period + 1, None) for i in range(rest))
         return out
 
 
@@ -295,7 +299,6 @@ class Speculator:
         # that differs; what lies between there and where it resumes is an edit (Edits).
         self._break: tuple[int, int] | None = None
         self.edits = Edits()
-        self._origins: list[tuple[int, Edit | None]] = []  # the last draft's (NgramDrafter)
         # Where the copy the last draft made (all of it kept) reads its next token: the token
         # sampled next goes on with it, makes an edit there, or breaks it off.
         self._cursor = -1
@@ -364,7 +367,7 @@ class Speculator:
         self._size, self._at = size, at
         drafter = self.drafter
         draft = self._until_end(drafter.draft(at, length, self.edits, prefix, edit))
-        self._origins = drafter.origins[: len(draft)]
+        del drafter.origins[len(draft) :]
         if not draft and not prefix:
             self._cursor = at  # an edit made once comes right away: see if it is made again
         return draft
@@ -388,7 +391,8 @@ class Speculator:
                 at = after if new else after + 1
                 length = min(self.length(_SURE) + len(rest), limit)
                 return self._copy(_SURE, at, length, rest, edit) if length > 0 else []
-        ended_in_edit = bool(self._origins) and self._origins[-1][1] is not None
+        origins = self.drafter.origins  # the last lookup draft's
+        ended_in_edit = bool(origins) and origins[-1][1] is not None
         if token == tokens[cursor] and (edit is not None or ended_in_edit):
             # Past an edit the history's n-grams do not lead back to the source: follow it.
             length = min(self.length(size), limit)
@@ -460,7 +464,7 @@ class Speculator:
         size = self._size
         if size == 0:
             return  # the draft model's: its own confidence decides its length
-        origins = self._origins
+        origins = self.drafter.origins
         broke = accepted < len(draft)
         edit = origins[accepted][1] if broke else None
         if edit is not None:

@@ -1,0 +1,39 @@
+"""llama_cpp, imported after the C++ runtime: every module of the engine imports it from here.
+
+from localrun.engine.native import lc
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import sys
+
+CXX_RUNTIME = "libstdc++.so.6"
+
+
+def load_cxx_runtime() -> None:
+    """Load the system's C++ runtime into the process's global symbols, before llama.cpp's
+    libraries. Linux only (elsewhere there is nothing to do).
+
+    Python links no C++ runtime, and llama_cpp opens its libraries with ctypes (RTLD_LOCAL),
+    each with its dependencies in its own lookup scope. A CUDA build of ggml's libggml-cuda.so
+    exports weak copies of standard-library symbols (1,764 in a CUDA 13 build for an H100).
+    Seen there: every load of a model with a BPE tokenizer crashed (SIGSEGV) in libllama's
+    std::regex, compiling the pre-tokenizer's regex inside llama_model_load_from_file, in code
+    that resolved into libggml-cuda.so; with libstdc++ preloaded (LD_PRELOAD) it never did.
+    llama-server links libstdc++ itself, so its symbols come first there. Loading it here,
+    globally, puts the one runtime ahead of every library llama_cpp opens; a build without
+    CUDA is unaffected.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):  # a system on another C++ runtime (libc++): nothing to do
+        ctypes.CDLL(CXX_RUNTIME, mode=ctypes.RTLD_GLOBAL)
+
+
+load_cxx_runtime()
+
+import llama_cpp as lc  # noqa: E402  (after the C++ runtime, on purpose)
+
+__all__ = ["CXX_RUNTIME", "lc", "load_cxx_runtime"]
