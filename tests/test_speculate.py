@@ -118,6 +118,15 @@ def test_a_rename_made_once_stops_drafts_until_it_is_made_again() -> None:
     assert not edits
 
 
+def test_a_dropped_text_ending_at_the_newest_token_is_no_crash() -> None:
+    # A learnt edit that drops (4, 5, 6), met where its text ends with the token just sampled:
+    # there is no token after it yet to tell whether the answer dropped it.
+    spec = Speculator([1, 2, 3, 4, 5], 8, DecodeCost.for_device(0))
+    spec.edits.learn((4, 5, 6), ())
+    spec._cursor = 3  # the last draft, all kept, read the history up to position 3
+    assert spec.propose(6, 8) == []  # nothing before matches (4, 5, 6): no draft, no error
+
+
 def test_a_draft_stops_before_a_token_that_ends_the_answer() -> None:
     end = 0  # the end of generation, or a stop token
     source = [*range(100, 130), end, 7, 8, 9]  # a quoted text, then the turn's end and more

@@ -383,7 +383,10 @@ class Speculator:
         if edit is not None:
             old, new = edit
             after = cursor + len(old)
-            made = (bool(new) and token == new[0]) or (not new and token == tokens[after])
+            # A dropped text (no `new`) is made when the token is the one after it, if any yet.
+            made = (bool(new) and token == new[0]) or (
+                not new and after < len(tokens) and token == tokens[after]
+            )
             if made or token == old[0]:
                 self.edits.judge(edit, made)
             if made:
