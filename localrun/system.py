@@ -583,7 +583,11 @@ class OffloadPlan:
     gpu: GPU | None
     reason: str
     warnings: list[str] = field(default_factory=list)
-    runtime_bytes: int = 0  # the part of vram_bytes that is the GPU runtime (RUNTIME_BYTES)
+
+    @property
+    def runtime_bytes(self) -> int:
+        """The part of vram_bytes that is the GPU runtime (RUNTIME_BYTES)."""
+        return _runtime(self.n_gpu_layers, self.gpu)
 
 
 @dataclass(frozen=True)
@@ -667,6 +671,11 @@ def _sizes(header: Header, num_ctx: int, num_parallel: int, num_batch: int) -> _
     )
 
 
+def _runtime(k: int, gpu: GPU | None) -> int:
+    """What the GPU runtime holds once k layers run on `gpu` (RUNTIME_BYTES)."""
+    return RUNTIME_BYTES.get(gpu.backend, 0) if gpu is not None and k > 0 else 0
+
+
 def _vram(s: _Sizes, k: int) -> int:
     """VRAM for k offloaded layers: llama.cpp offloads the last k blocks, then the output."""
     if k <= 0:
@@ -727,18 +736,13 @@ def plan_offload(
     total = len(s.layers) + 1
     kv = s.kv_layer * len(s.layers)
 
-    def runtime(k: int, gpu: GPU | None) -> int:
-        return RUNTIME_BYTES.get(gpu.backend, 0) if gpu is not None and k > 0 else 0
-
     def vram(k: int, gpu: GPU | None) -> int:
-        return _vram(s, k) + runtime(k, gpu)
+        return _vram(s, k) + _runtime(k, gpu)
 
     def plan(
         k: int, gpu: GPU | None, reason: str, warnings: list[str] | None = None
     ) -> OffloadPlan:
-        return OffloadPlan(
-            k, total, vram(k, gpu), _ram(s, k), kv, gpu, reason, warnings or [], runtime(k, gpu)
-        )
+        return OffloadPlan(k, total, vram(k, gpu), _ram(s, k), kv, gpu, reason, warnings or [])
 
     if not gpu_offload_supported:
         return plan(0, None, "llama.cpp was built without GPU support: running on the CPU")

@@ -117,6 +117,7 @@ def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
     num_ctx, plan, warnings = fit.num_ctx, fit.plan, fit.warnings
     if as_json:
         out = {"model": str(model.name), "num_ctx": num_ctx, **asdict(plan)}
+        out["runtime_bytes"] = plan.runtime_bytes
         out["warnings"] = warnings
         print(json.dumps(out, indent=2))
         return

@@ -182,7 +182,7 @@ class Weights:
         buf = (ctypes.c_uint8 * size)()
         written = int(lc.llama_state_seq_get_data(ctx, buf, size, seq))
         if written > 0:
-            cache.save(prefix, memoryview(buf).cast("B")[:written])  # the cache's from now on
+            cache.save(prefix, memoryview(buf)[:written])  # the cache's from now on
 
     def restore_state(
         self,
