@@ -276,11 +276,21 @@ def build_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Buil
 
 
 def _built_with_cuda(build_dir: Path) -> bool:
+    return _cmake_cache(build_dir).get("GGML_CUDA", "").upper() in ("ON", "TRUE", "1")
+
+
+def _cmake_cache(build_dir: Path) -> dict[str, str]:
+    """The build's CMake cache, name: value (types dropped); {} without one."""
+    cache: dict[str, str] = {}
     try:
-        cache = (build_dir / "CMakeCache.txt").read_text()
+        text = (build_dir / "CMakeCache.txt").read_text()
     except OSError:
-        return False
-    return re.search(r"^GGML_CUDA:BOOL=(ON|TRUE|1)$", cache, re.M | re.I) is not None
+        return cache
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.startswith(("#", "//")):
+            cache[name.split(":")[0]] = value
+    return cache
 
 
 def offload_to(build: Build) -> None:
@@ -296,14 +306,7 @@ def offload_to(build: Build) -> None:
 def _describe(build_dir: Path) -> dict[str, Any]:
     """What decides the speed of a build: the wheel's CMake options as cached, flags, compiler."""
     wanted = [flag.removeprefix("-D").split("=")[0] for flag in WHEEL_CMAKE_FLAGS]
-    cache: dict[str, str] = {}
-    try:
-        for line in (build_dir / "CMakeCache.txt").read_text().splitlines():
-            name, _, value = line.partition("=")
-            if name.split(":")[0] in wanted:
-                cache[name.split(":")[0]] = value
-    except OSError:
-        pass
+    cache = _cmake_cache(build_dir)
     return {
         "cmake_cache": {name: cache.get(name, "?") for name in wanted},
         "compile_flags": _compile_flags(build_dir),

@@ -18,7 +18,6 @@ A benchmark, not a test, and only meaningful with a GPU build of llama.cpp:
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import re
@@ -28,8 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
@@ -61,45 +58,27 @@ def gpu_memory() -> dict[int, int]:
 
 def tree_gpu_memory(pid: int) -> int:
     """GPU bytes of a process and all its descendants (localrun's runner is a child)."""
-    try:
-        root = psutil.Process(pid)
-        pids = {pid, *(p.pid for p in root.children(recursive=True))}
-    except psutil.Error:
-        return 0
+    pids = bench_serve.tree_pids(pid)
     return sum(b for p, b in gpu_memory().items() if p in pids)
-
-
-def _request(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    try:
-        conn.request(method, path, body=json.dumps(body) if body is not None else None)
-        response = conn.getresponse()
-        data = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"{method} {path}: HTTP {response.status}: {data[:300]!r}")
-        return json.loads(data)
-    finally:
-        conn.close()
 
 
 def localrun_loaded(model: Path, num_ctx: int, logdir: Path) -> dict[str, Any]:
     """Load `model` in a fresh `localrun serve` at `num_ctx`; the plan and the GPU's figure."""
     home = Path(tempfile.mkdtemp(prefix="localrun-offload-", dir=logdir))
-    server = bench_serve.localrun_server(home, model, None, threads=4)
-    assert server.env is not None
-    server.env["LOCALRUN_NUM_PARALLEL"] = "1"
-    server.env["LOCALRUN_DEBUG"] = "1"  # the runner's llama.cpp log, with its buffer sizes
-    server.name = f"localrun-{num_ctx}"
+    lr = bench_serve.localrun_store(home, model, None, threads=4)
+    lr.env["LOCALRUN_NUM_PARALLEL"] = "1"
+    lr.env["LOCALRUN_DEBUG"] = "1"  # the runner's llama.cpp log, with its buffer sizes
+    server = bench_serve.localrun_serve(lr, 4, f"localrun-{num_ctx}")
     try:
         server.start(logdir)
         server.wait_ready()
         options = {"num_ctx": num_ctx, "num_predict": 1, "temperature": 0}
         body = {"model": server.model, "prompt": "hi", "options": options, "keep_alive": -1}
-        _request(server.port, "POST", "/api/generate", {**body, "stream": False})
+        bench_serve.request_json(server.port, "POST", "/api/generate", {**body, "stream": False})
         time.sleep(1.0)  # let the allocator settle after the first decode
         assert server.proc is not None
         measured = tree_gpu_memory(server.proc.pid)
-        ps = _request(server.port, "GET", "/api/ps")["models"]
+        ps = bench_serve.request_json(server.port, "GET", "/api/ps")["models"]
     finally:
         server.stop()
     return {

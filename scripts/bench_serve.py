@@ -248,18 +248,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def tree_pids(pid: int) -> set[int]:
+    """A process and all its descendants (localrun's runner is a child of the server)."""
+    try:
+        return {pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))}
+    except psutil.Error:
+        return set()
+
+
 def tree_rss(pid: int) -> int:
     """Resident bytes of a process and all its descendants."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
     total = 0
-    for proc in procs:
+    for each in tree_pids(pid):
         with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
+            total += psutil.Process(each).memory_info().rss
     return total
+
+
+def request_json(
+    port: int, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 600
+) -> Any:
+    """One request to a local server; its JSON answer (anything but HTTP 200 raises)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        data = json.dumps(body) if body is not None else None
+        conn.request(method, path, data, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        raw = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status}: {raw[:300]!r}")
+        return json.loads(raw)
+    finally:
+        conn.close()
 
 
 @dataclass

@@ -82,18 +82,9 @@ class Sample:
     error: str | None = None
 
 
-def _post(port: int, path: str, body: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        data = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"HTTP {response.status}: {data[:300]!r}")
-        answer: dict[str, Any] = json.loads(data)
-        return answer
-    finally:
-        conn.close()
+def _post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    answer: dict[str, Any] = bench_serve.request_json(port, "POST", path, body)
+    return answer
 
 
 def llama_server_sample(port: int, prompt: str) -> Sample:
