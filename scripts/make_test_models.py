@@ -208,6 +208,23 @@ def _tensor_data(
             yield (scale * rng.standard_normal(shape)).astype(wtype)
 
 
+def _add_vocab(
+    writer: GGUFWriter, tokens: list[str], scores: list[float], types: list[int], template: str
+) -> None:
+    """The tiny SentencePiece-style vocabulary (build_vocab), its special tokens and template."""
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(UNK_ID)
+    writer.add_bos_token_id(BOS_ID)
+    writer.add_eos_token_id(EOS_ID)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(template)
+
+
 def write_tiny_model(
     path: str | os.PathLike[str],
     *,
@@ -271,17 +288,7 @@ def write_tiny_model(
         writer.add_logit_scale(1.0)
         writer.add_sliding_window(swa)
         writer.add_sliding_window_pattern([i % 2 == 0 for i in range(n_layer)])
-    writer.add_vocab_size(len(tokens))
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(UNK_ID)
-    writer.add_bos_token_id(BOS_ID)
-    writer.add_eos_token_id(EOS_ID)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    writer.add_chat_template(chat_template)
+    _add_vocab(writer, tokens, scores, types, chat_template)
     if fim == "ids":
         keys = (Keys.Tokenizer.FIM_PRE_ID, Keys.Tokenizer.FIM_SUF_ID, Keys.Tokenizer.FIM_MID_ID)
         for key, piece in zip(keys, FIM_ID_PIECES, strict=True):
@@ -305,6 +312,16 @@ def write_tiny_model(
     return path
 
 
+def _write_all(writer: GGUFWriter) -> None:
+    """Write the header, the metadata and the tensors added so far, and close the file."""
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+
+
 def write_tiny_mamba(path: str | os.PathLike[str], *, seed: int = 0, n_embd: int = 32) -> Path:
     """Write a tiny random-weight Mamba GGUF (a recurrent model: two layers of selective state
     space, no attention, no KV cache) that llama.cpp loads and runs; return its path. Its memory
@@ -326,16 +343,7 @@ def write_tiny_mamba(path: str | os.PathLike[str], *, seed: int = 0, n_embd: int
     writer.add_ssm_state_size(d_state)
     writer.add_ssm_time_step_rank(dt_rank)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(len(tokens))
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(UNK_ID)
-    writer.add_bos_token_id(BOS_ID)
-    writer.add_eos_token_id(EOS_ID)
-    writer.add_add_bos_token(True)
-    writer.add_chat_template(CHATML_TEMPLATE)
+    _add_vocab(writer, tokens, scores, types, CHATML_TEMPLATE)
     rng = np.random.default_rng(seed)
     n_vocab = len(tokens)
 
@@ -360,12 +368,7 @@ def write_tiny_mamba(path: str | os.PathLike[str], *, seed: int = 0, n_embd: int
         put(f"blk.{i}.ssm_out.weight", dense(n_embd, d_inner))
     put("output_norm.weight", np.ones(n_embd))
     put("output.weight", dense(n_vocab, n_embd))
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
+    _write_all(writer)
     return path
 
 
@@ -402,12 +405,7 @@ def write_tiny_lora(
             lora_b = rng.standard_normal((out_dim, rank))
             writer.add_tensor(f"blk.{i}.{target}.weight.lora_a", lora_a.astype(np.float32))
             writer.add_tensor(f"blk.{i}.{target}.weight.lora_b", lora_b.astype(np.float32))
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
+    _write_all(writer)
     return path
 
 
