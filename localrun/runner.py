@@ -508,7 +508,7 @@ class Fit:
 
     header: Any
     num_ctx: int
-    plan: Any  # system.OffloadPlan
+    plan: Any  # offload.OffloadPlan
     warnings: list[str]
 
 
@@ -521,6 +521,7 @@ def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1, gpu: b
     without importing llama_cpp.
     """
     from localrun import gguf, system
+    from localrun.offload import DEFAULT_NUM_BATCH, default_num_ctx, plan_offload
 
     try:
         headers = [gguf.scan(path) for path in (model.model_parts or [model.model_path])]
@@ -528,7 +529,7 @@ def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1, gpu: b
         header = dataclasses.replace(headers[0], tensors=[t for h in headers for t in h.tensors])
     except InvalidGGUFError as exc:
         raise damaged(model, exc, "the model file") from None
-    num_ctx = system.default_num_ctx(parameters, header)
+    num_ctx = default_num_ctx(parameters, header)
     warnings = []
     trained = header.arch_value("context_length")
     if isinstance(trained, int) and 0 < trained < num_ctx:
@@ -544,14 +545,14 @@ def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1, gpu: b
         build = build_info()
         offload = build.gpu_offload
         gpus = system.usable_gpus(system.detect().gpus, build.backends) if offload else []
-    plan = system.plan_offload(
+    plan = plan_offload(
         header,
         num_ctx,
         requested=None if requested in (None, -1) else requested,
         gpus=gpus,
         gpu_offload_supported=offload,
         num_parallel=slots,
-        num_batch=parameters.get("num_batch", system.DEFAULT_NUM_BATCH),
+        num_batch=parameters.get("num_batch", DEFAULT_NUM_BATCH),
     )
     if not gpu:
         plan.reason = "this engine runs on the CPU only"
@@ -565,21 +566,22 @@ def _plan_draft(
 ) -> None:
     """Add the draft model (weights, KV cache, compute buffer) to the plan: on the GPU with the
     model when the model is there whole, on the CPU otherwise (draft_offloaded says which)."""
-    from localrun import gguf, system
+    from localrun import gguf
+    from localrun.offload import DEFAULT_NUM_BATCH, plan_offload
 
     assert model.draft_path is not None
     try:
         header = gguf.scan(str(model.draft_path))
     except InvalidGGUFError as exc:
         raise damaged(model, exc, "the draft model file") from None
-    draft = system.plan_offload(
+    draft = plan_offload(
         header,
         num_ctx,
         requested=0,
         gpus=[],
         gpu_offload_supported=False,
         num_parallel=slots,
-        num_batch=parameters.get("num_batch", system.DEFAULT_NUM_BATCH),
+        num_batch=parameters.get("num_batch", DEFAULT_NUM_BATCH),
     )
     if draft_offloaded(plan):
         plan.vram_bytes += draft.ram_bytes
@@ -658,6 +660,7 @@ def resolve_load_options(
     `fit` is a plan made already (e.g. for several slots); by default one is made here.
     """
     from localrun import system
+    from localrun.offload import DEFAULT_NUM_BATCH
 
     fit = fit or plan_fit(model, parameters)
     notes.append(fit.plan.reason)
@@ -665,7 +668,7 @@ def resolve_load_options(
         warn(warning)
     return LoadOptions(
         num_ctx=fit.num_ctx,
-        num_batch=parameters.get("num_batch", system.DEFAULT_NUM_BATCH),
+        num_batch=parameters.get("num_batch", DEFAULT_NUM_BATCH),
         # More threads than cores only slows llama.cpp down (and 4096 of them stall a machine).
         num_thread=min(
             parameters.get("num_thread") or system.default_threads(), os.cpu_count() or 1

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from localrun import catalog, gguf, names, system
+from localrun import catalog, gguf, names, offload, system
 from localrun.engine.buildinfo import parse_backends
 from localrun.gguf import Header, TensorInfo
 from localrun.system import GPU, Probes
@@ -449,9 +449,9 @@ def test_parse_backends() -> None:
 # --- offload planning ---------------------------------------------------------------------------
 
 
-def _plan(header: Header, free: int | None, **kw: Any) -> system.OffloadPlan:
+def _plan(header: Header, free: int | None, **kw: Any) -> offload.OffloadPlan:
     kw.setdefault("requested", None)
-    return system.plan_offload(
+    return offload.plan_offload(
         header,
         kw.pop("num_ctx", 4096),
         gpus=[] if free is None else [_gpu(free)],
@@ -480,7 +480,7 @@ def test_partial_fit_grows_with_free_vram(smollm2: Header) -> None:
     for free in range(0, 2 * 1024**3, 8 * 1024**2):
         plan = _plan(smollm2, free)
         layers.append(plan.n_gpu_layers)
-        assert plan.vram_bytes <= max(0, free - system.safety_margin(free, "cuda"))
+        assert plan.vram_bytes <= max(0, free - offload.safety_margin(free, "cuda"))
     assert layers == sorted(layers)
     assert layers[0] == 0 and layers[-1] == 31
     partial = [n for n in layers if 0 < n < 31]
@@ -496,22 +496,22 @@ def test_partial_fit_grows_with_free_vram(smollm2: Header) -> None:
 def test_the_cuda_runtime_counts_on_a_cuda_gpu(smollm2: Header) -> None:
     # The CUDA context and cuBLAS's workspace hold ~600 MiB beside llama.cpp's buffers (measured
     # on an H100): counted once a layer is on a CUDA GPU, not for an unmeasured backend.
-    cuda = system.plan_offload(
+    cuda = offload.plan_offload(
         smollm2, 4096, requested=None, gpus=[_gpu(80 * GB)], gpu_offload_supported=True
     )
-    vulkan = system.plan_offload(
+    vulkan = offload.plan_offload(
         smollm2, 4096, requested=None, gpus=[_gpu(80 * GB, backend="vulkan")],
         gpu_offload_supported=True,
     )  # fmt: skip
     assert cuda.n_gpu_layers == vulkan.n_gpu_layers == 31
-    assert cuda.vram_bytes - vulkan.vram_bytes == system.RUNTIME_BYTES["cuda"]
-    assert cuda.runtime_bytes == system.RUNTIME_BYTES["cuda"] and vulkan.runtime_bytes == 0
+    assert cuda.vram_bytes - vulkan.vram_bytes == offload.RUNTIME_BYTES["cuda"]
+    assert cuda.runtime_bytes == offload.RUNTIME_BYTES["cuda"] and vulkan.runtime_bytes == 0
     assert _plan(smollm2, 80 * GB, requested=0).vram_bytes == 0
     # Room for every layer and the reserve, but not for the runtime as well: all of the model on
     # a Vulkan card, not all of it on a CUDA card (whose reserve is smaller, the runtime counted).
-    free = vulkan.vram_bytes + system.safety_margin(0, "vulkan") + 64 * 1024**2
-    assert system.safety_margin(free, "vulkan") == system.safety_margin(0, "vulkan")
-    on_vulkan = system.plan_offload(
+    free = vulkan.vram_bytes + offload.safety_margin(0, "vulkan") + 64 * 1024**2
+    assert offload.safety_margin(free, "vulkan") == offload.safety_margin(0, "vulkan")
+    on_vulkan = offload.plan_offload(
         smollm2, 4096, requested=None, gpus=[_gpu(free, backend="vulkan")],
         gpu_offload_supported=True,
     )  # fmt: skip
@@ -591,12 +591,12 @@ def test_header_without_head_counts_falls_back_to_full_attention() -> None:
         {"llama.embedding_length": 128, "llama.attention.head_count_kv": ("array", 4, 2)},
         tensors,
     )
-    plan = system.plan_offload(header, 100, requested=None, gpus=[], gpu_offload_supported=True)
+    plan = offload.plan_offload(header, 100, requested=None, gpus=[], gpu_offload_supported=True)
     assert plan.total_layers == 3  # no block_count: counted from the tensors
     assert plan.kv_bytes == 2 * 2 * 100 * 128 * 2
 
 
 def test_default_num_ctx(smollm2: Header, tiny: Header) -> None:
-    assert system.default_num_ctx({}, smollm2) == 4096  # trained on 8192
-    assert system.default_num_ctx({}, tiny) == 256  # trained on 256
-    assert system.default_num_ctx({"num_ctx": 8192}, tiny) == 8192
+    assert offload.default_num_ctx({}, smollm2) == 4096  # trained on 8192
+    assert offload.default_num_ctx({}, tiny) == 256  # trained on 256
+    assert offload.default_num_ctx({"num_ctx": 8192}, tiny) == 8192
