@@ -23,9 +23,10 @@ from typing import Any
 
 from localrun import create
 from localrun.errors import LocalrunError, ModelNotFoundError
+from localrun.manifest import Manifest
 from localrun.modelfile import Modelfile
 from localrun.names import ModelName, parse
-from localrun.store import Manifest, Store
+from localrun.store import Store
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ from localrun.errors import (
     ModelfileError,
     StoreError,
 )
+from localrun.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest
 from localrun.modelfile import Modelfile
 from localrun.names import ModelName
-from localrun.store import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, Store
+from localrun.store import Store
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from localrun.errors import StoreError
+from localrun.manifest import Manifest
 from localrun.modelfile import Message, Modelfile
 from localrun.names import ModelName
-from localrun.store import Manifest, Store
+from localrun.store import Store
 
 
 @dataclass

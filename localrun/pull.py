@@ -35,9 +35,11 @@ from typing import Any
 from localrun import gguf, params
 from localrun.create import Event, Reporter
 from localrun.errors import DiskFullError, DownloadError, InvalidGGUFError, InvalidNameError
+from localrun.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest
 from localrun.names import ModelName
 from localrun.sources.base import Choice, Hub, RemoteFile, Repo, pick
-from localrun.store import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, Store, hash_file
+from localrun.store import Store
+from localrun.store_io import hash_file
 
 HOSTS = {
     "hf.co": "hf",

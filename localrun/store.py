@@ -17,18 +17,16 @@ Rules that keep users' gigabytes safe:
 - Writers (create, cp) and verify hold the lock shared; rm, prune and the start-up cleanup hold
   it exclusive, so garbage collection never sees a half-made model nor deletes what verify reads.
 
-Knows nothing of HTTP, hubs or llama.cpp.
+The manifest format (digests, layers, media types) is localrun.manifest; the temporary files,
+fsyncs and hashing behind these rules are localrun.store_io. Knows nothing of HTTP, hubs or
+llama.cpp.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
-import json
 import os
-import re
-import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -38,108 +36,31 @@ from typing import Any
 
 from localrun.errors import (
     CorruptBlobError,
-    DiskFullError,
-    InvalidDigestError,
     MissingBlobError,
     ModelNotFoundError,
     StoreError,
 )
+from localrun.manifest import DIGEST_RE, Manifest, check_digest
 from localrun.names import ModelName
+from localrun.store_io import (
+    TMP_PREFIX,
+    Progress,
+    copy_hashed,
+    fsync_dir,
+    hash_fd,
+    os_error,
+    temp_path,
+    unlink_quietly,
+    write_atomic,
+)
 
-# \Z, not $: "$" also matches before a trailing newline, which would then end up in a path.
-DIGEST_RE = re.compile(r"^sha256[:-][0-9a-f]{64}\Z")
-TMP_PREFIX = ".tmp-"
-CHUNK = 4 * 1024 * 1024
 SMALL_BLOB = 4 * 1024 * 1024  # small layers are re-hashed whenever they are read
 # A blob uploaded over HTTP is referenced by no manifest until the /api/create that names it;
 # prune leaves it alone this long (its marker in uploads/ says when it came).
 UPLOAD_GRACE_S = 3600.0
 
-MEDIA_PREFIX = "application/vnd.localrun."
-MEDIA_MANIFEST = MEDIA_PREFIX + "manifest.v1+json"
-MEDIA_CONFIG = MEDIA_PREFIX + "config.v1+json"
-LAYER_KINDS = ("model", "adapter", "draft", "params", "template", "system", "messages", "license")
-MEDIA_TYPES = {kind: f"{MEDIA_PREFIX}{kind}" for kind in LAYER_KINDS}
-_KIND_OF_MEDIA = {media: kind for kind, media in MEDIA_TYPES.items()}
-
-Progress = Callable[[int, int], None]
-"""Called with (bytes done, bytes total) while a large blob is hashed."""
 PhasedProgress = Callable[[str, int, int], None]
 """Called with ("hashing" or "copying", bytes done, bytes total) while a file is added."""
-
-
-def check_digest(digest: str) -> str:
-    """Validate a digest and return it in the canonical `sha256:<hex>` form."""
-    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
-        raise InvalidDigestError(
-            f"invalid digest {str(digest)[:80]!r}: expected sha256:<64 lowercase hex digits>"
-        )
-    return "sha256:" + digest[7:]
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One blob of a model, with its media type."""
-
-    media_type: str
-    digest: str
-    size: int
-
-    @property
-    def kind(self) -> str:
-        return _KIND_OF_MEDIA.get(self.media_type, "unknown")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
-
-    @staticmethod
-    def from_json(data: Any) -> Layer:
-        if not isinstance(data, dict):
-            raise ValueError("a layer must be an object")
-        media, digest, size = data.get("mediaType"), data.get("digest"), data.get("size")
-        if not isinstance(media, str) or not isinstance(size, int) or size < 0:
-            raise ValueError("a layer needs mediaType and a size")
-        return Layer(media, check_digest(str(digest)), size)
-
-
-@dataclass
-class Manifest:
-    """A model: its config blob and its layers, in order."""
-
-    config: Layer
-    layers: list[Layer] = field(default_factory=list)
-
-    def to_bytes(self) -> bytes:
-        body = {
-            "schemaVersion": 2,
-            "mediaType": MEDIA_MANIFEST,
-            "config": self.config.to_json(),
-            "layers": [layer.to_json() for layer in self.layers],
-        }
-        return json.dumps(body, indent=2).encode() + b"\n"
-
-    @staticmethod
-    def from_bytes(raw: bytes) -> Manifest:
-        try:
-            data = json.loads(raw)
-        except RecursionError:  # not a ValueError: callers would not expect it
-            raise ValueError("the JSON is nested too deeply") from None
-        if not isinstance(data, dict) or data.get("schemaVersion") != 2:
-            raise ValueError("not a schemaVersion 2 manifest")
-        layers = data.get("layers")
-        if not isinstance(layers, list):
-            raise ValueError("a manifest needs a list of layers")
-        return Manifest(Layer.from_json(data.get("config")), [Layer.from_json(x) for x in layers])
-
-    def digests(self) -> set[str]:
-        return {self.config.digest, *(layer.digest for layer in self.layers)}
-
-    @property
-    def size(self) -> int:
-        return self.config.size + sum(layer.size for layer in self.layers)
-
-    def of_kind(self, kind: str) -> list[Layer]:
-        return [layer for layer in self.layers if layer.kind == kind]
 
 
 @dataclass(frozen=True)
@@ -224,7 +145,7 @@ class Store:
             self.blobs.mkdir(parents=True, exist_ok=True)
             self.manifests.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _os_error(exc, f"cannot create the model store at {self.root}") from exc
+            raise os_error(exc, f"cannot create the model store at {self.root}") from exc
 
     # -- blobs --------------------------------------------------------------------------------
 
@@ -239,7 +160,7 @@ class Store:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if not self.has_blob(digest):
             self._ensure_dirs()  # as add_file does: callers need not hold writing() first
-            self._write_atomic(self.blob_path(digest), [data], sync_dir=True)
+            write_atomic(self.blob_path(digest), [data], sync_dir=True)
         return digest, len(data)
 
     def add_file(
@@ -257,54 +178,39 @@ class Store:
         file changed under us) nothing is stored.
         """
         size = os.fstat(fd).st_size
-        digest = _hash_fd(fd, size, (lambda d, t: progress("hashing", d, t)) if progress else None)
+        digest = hash_fd(fd, size, (lambda d, t: progress("hashing", d, t)) if progress else None)
         if expected is not None and digest != check_digest(expected):
             raise CorruptBlobError(
                 f"content has digest {digest}, expected {check_digest(expected)}",
                 hint="the source file is damaged; fetch or reinstall it",
             )
-        if self.has_blob(digest):
-            if on_status:
-                on_status("using existing layer", digest)
-            return digest, size, True
+        present = self.has_blob(digest)
         if on_status:
-            on_status("creating new layer", digest)
+            on_status("using existing layer" if present else "creating new layer", digest)
+        if not present:
+            copying = (lambda d, t: progress("copying", d, t)) if progress else None
+            self._copy_in(fd, size, digest, copying)
+        return digest, size, present
+
+    def _copy_in(self, fd: int, size: int, digest: str, progress: Progress | None) -> None:
+        """Copy an open file into place as blob `digest`, hashing it again on the way: a file
+        that changed since it was hashed stores nothing."""
         self._ensure_dirs()
-        tmp = self.blobs / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-        hasher = hashlib.sha256()
-        done = 0
-        last = 0.0
+        tmp = temp_path(self.blobs)
         try:
-            out = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644
-            )
-            try:
-                os.lseek(fd, 0, os.SEEK_SET)
-                while chunk := os.read(fd, CHUNK):
-                    hasher.update(chunk)
-                    _write_all(out, chunk)
-                    done += len(chunk)
-                    if progress and (time.monotonic() - last > 0.1 or done == size):
-                        last = time.monotonic()
-                        progress("copying", done, size)
-                os.fsync(out)
-            finally:
-                os.close(out)
-            copied = "sha256:" + hasher.hexdigest()
-            if copied != digest:
+            if copy_hashed(fd, tmp, size, progress) != digest:
                 raise StoreError(
                     "the file changed while it was being copied; nothing was stored",
                     hint="run the command again once the file is complete",
                 )
             os.replace(tmp, self.blob_path(digest))
-            _fsync_dir(self.blobs)
+            fsync_dir(self.blobs)
         except OSError as exc:
-            _unlink_quietly(tmp)
-            raise _os_error(exc, "could not write to the model store") from exc
+            unlink_quietly(tmp)
+            raise os_error(exc, "could not write to the model store") from exc
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
-        return digest, size, False
 
     def adopt(
         self, path: Path, digest: str, *, synced: bool = False, uploaded: bool = False
@@ -326,9 +232,9 @@ class Store:
                 marker.parent.mkdir(exist_ok=True)
                 marker.touch()
             os.replace(path, target)
-            _fsync_dir(self.blobs)
+            fsync_dir(self.blobs)
         except OSError as exc:
-            raise _os_error(exc, f"could not move {path.name} into the store") from exc
+            raise os_error(exc, f"could not move {path.name} into the store") from exc
         return size
 
     def _fresh_uploads(self) -> set[str]:
@@ -358,7 +264,7 @@ class Store:
                 hint="run `localrun verify` to see which models are affected",
             ) from None
         except OSError as exc:
-            raise _os_error(exc, f"cannot read blob {digest}") from exc
+            raise os_error(exc, f"cannot read blob {digest}") from exc
         if len(data) > limit:
             raise StoreError(f"blob {digest} is larger than expected for its kind")
         if "sha256:" + hashlib.sha256(data).hexdigest() != check_digest(digest):
@@ -383,8 +289,8 @@ class Store:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _os_error(exc, "could not write to the model store") from exc
-        self._write_atomic(path, [raw], sync_dir=True)
+            raise os_error(exc, "could not write to the model store") from exc
+        write_atomic(path, [raw], sync_dir=True)
         return "sha256:" + hashlib.sha256(raw).hexdigest()
 
     def read_manifest(self, name: ModelName) -> Manifest:
@@ -398,7 +304,7 @@ class Store:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ModelNotFoundError(str(name)) from None
         except OSError as exc:
-            raise _os_error(exc, f"cannot read the manifest of {name}") from exc
+            raise os_error(exc, f"cannot read the manifest of {name}") from exc
         try:
             return Manifest.from_bytes(raw), raw, mtime
         except (ValueError, StoreError) as exc:
@@ -451,9 +357,9 @@ class Store:
             path = self.manifest_path(name)
             try:
                 path.unlink()
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             except OSError as exc:
-                raise _os_error(exc, f"could not remove {name}") from exc
+                raise os_error(exc, f"could not remove {name}") from exc
             self._remove_empty_dirs(path.parent)
             return self._collect_orphans().bytes_freed
 
@@ -573,7 +479,7 @@ class Store:
                 report.corrupt[digest] = users.get(digest, [])
                 continue
             try:
-                actual = _hash_fd(fd, size, tick)
+                actual = hash_fd(fd, size, tick)
             finally:
                 os.close(fd)
             report.checked += 1
@@ -583,90 +489,3 @@ class Store:
             if digest not in present:
                 report.missing[digest] = models
         return report
-
-    # -- helpers ------------------------------------------------------------------------------
-
-    def _write_atomic(self, path: Path, chunks: list[bytes], *, sync_dir: bool) -> None:
-        tmp = path.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-        try:
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644
-            )
-            try:
-                for chunk in chunks:
-                    _write_all(fd, chunk)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            if sync_dir:
-                _fsync_dir(path.parent)
-        except OSError as exc:
-            _unlink_quietly(tmp)
-            raise _os_error(exc, "could not write to the model store") from exc
-
-
-def hash_file(path: Path) -> str:
-    """The digest ('sha256:<hex>') of a file's content."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return _hash_fd(fd, os.fstat(fd).st_size, None)
-    finally:
-        os.close(fd)
-
-
-def _hash_fd(fd: int, size: int, progress: Progress | None) -> str:
-    hasher = hashlib.sha256()
-    os.lseek(fd, 0, os.SEEK_SET)
-    done = 0
-    last = 0.0
-    while chunk := os.read(fd, CHUNK):
-        hasher.update(chunk)
-        done += len(chunk)
-        if progress and (time.monotonic() - last > 0.1 or done == size):
-            last = time.monotonic()
-            progress(done, size)
-    return "sha256:" + hasher.hexdigest()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) on Windows.
-    if os.name == "nt":
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
-
-
-def _os_error(exc: OSError, what: str) -> StoreError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return DiskFullError(
-            f"{what}: no space left on the device",
-            hint="free some disk space (`localrun prune` removes unused blobs) "
-            "or move the store with LOCALRUN_MODELS",
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StoreError(
-            f"{what}: permission denied ({exc.filename or ''})".replace(" ()", ""),
-            hint="check the permissions of the store folder or set LOCALRUN_MODELS",
-        )
-    return StoreError(f"{what}: {exc.strerror or exc}")

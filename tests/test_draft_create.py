@@ -21,8 +21,9 @@ from test_server import LiveServer, add_model
 from localrun import create, gguf, modelfile, names
 from localrun import model as model_mod
 from localrun.errors import FileNotFoundError_, InvalidGGUFError, ModelNotFoundError
+from localrun.manifest import Manifest
 from localrun.scheduler import Scheduler
-from localrun.store import Manifest, Store
+from localrun.store import Store
 
 
 @pytest.fixture(scope="module")

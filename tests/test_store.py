@@ -27,8 +27,7 @@ import make_test_models
 import pytest
 from conftest import CLI, assert_one_line_error
 
-from localrun import create, modelfile, names
-from localrun import store as store_mod
+from localrun import create, modelfile, names, store_io
 from localrun.errors import (
     CorruptBlobError,
     DiskFullError,
@@ -37,8 +36,16 @@ from localrun.errors import (
     ModelNotFoundError,
     StoreError,
 )
+from localrun.manifest import (
+    MEDIA_CONFIG,
+    MEDIA_MANIFEST,
+    MEDIA_TYPES,
+    Layer,
+    Manifest,
+    check_digest,
+)
 from localrun.names import ModelName
-from localrun.store import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, Store, check_digest
+from localrun.store import Store
 
 HEX = hashlib.sha256(b"localrun").hexdigest()
 
@@ -66,7 +73,7 @@ def blob_files(store: Store) -> list[Path]:
 
 
 def temp_files(root: Path) -> list[Path]:
-    return sorted(root.rglob(store_mod.TMP_PREFIX + "*")) if root.is_dir() else []
+    return sorted(root.rglob(store_io.TMP_PREFIX + "*")) if root.is_dir() else []
 
 
 def manifest_files(store: Store) -> list[Path]:
@@ -226,7 +233,7 @@ def _manifest_json(config_digest: Any, layer_digest: Any) -> bytes:
     return json.dumps(
         {
             "schemaVersion": 2,
-            "mediaType": store_mod.MEDIA_MANIFEST,
+            "mediaType": MEDIA_MANIFEST,
             "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": 2},
             "layers": [{"mediaType": MEDIA_TYPES["model"], "digest": layer_digest, "size": 5}],
         }
@@ -373,7 +380,7 @@ def test_add_file_expected_mismatch_even_if_blob_present(store: Store, small_mod
 def test_add_file_refuses_content_that_changes_while_copied(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_mod, "CHUNK", 1024)
+    monkeypatch.setattr(store_io, "CHUNK", 1024)
     path = tmp_path / "growing.bin"
     path.write_bytes(os.urandom(64 * 1024))
 
@@ -391,7 +398,7 @@ def test_add_file_refuses_content_that_changes_while_copied(
 def test_add_file_interrupted_leaves_nothing(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_mod, "CHUNK", 1024)
+    monkeypatch.setattr(store_io, "CHUNK", 1024)
     path = tmp_path / "data.bin"
     path.write_bytes(os.urandom(16 * 1024))
 
@@ -418,7 +425,7 @@ def test_add_file_disk_full_is_reported_and_cleaned_up(
             raise OSError(code, os.strerror(code))
         return real_write(fd, data[: len(data) // 2])
 
-    monkeypatch.setattr(store_mod, "CHUNK", 4096)
+    monkeypatch.setattr(store_io, "CHUNK", 4096)
     monkeypatch.setattr(os, "write", write)
     with pytest.raises(DiskFullError) as caught:
         add_path(store, small_model)
@@ -447,7 +454,7 @@ def test_permission_error_is_a_store_error(store: Store, monkeypatch: pytest.Mon
     real_open = os.open
 
     def deny(path: Any, flags: int, *args: Any) -> int:
-        if os.path.basename(path).startswith(store_mod.TMP_PREFIX):
+        if os.path.basename(path).startswith(store_io.TMP_PREFIX):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, flags, *args)
 
@@ -495,7 +502,7 @@ def test_writes_are_fsynced_then_renamed(
     kinds = [kind for kind, _ in events]
     assert kinds == ["fsync", "replace", "fsync"], events
     tmp = events[0][1]
-    assert os.path.basename(tmp).startswith(f"{store_mod.TMP_PREFIX}{os.getpid()}-")
+    assert os.path.basename(tmp).startswith(f"{store_io.TMP_PREFIX}{os.getpid()}-")
     assert os.path.dirname(tmp) == str(target.parent)  # same folder: the rename is atomic
     assert events[1][1] == f"{tmp} -> {target}"
     assert events[2][1] == str(target.parent)
@@ -1095,7 +1102,7 @@ def _wait_for_growing_temp(blobs: Path, proc: subprocess.Popen[bytes], deadline:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"create ended (exit {proc.returncode}) before it could be interrupted")
-        for path in blobs.glob(store_mod.TMP_PREFIX + "*") if blobs.is_dir() else []:
+        for path in blobs.glob(store_io.TMP_PREFIX + "*") if blobs.is_dir() else []:
             try:
                 size = path.stat().st_size
             except FileNotFoundError:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import threading
 from collections.abc import AsyncIterator
@@ -37,13 +36,15 @@ from localrun.errors import (
     ModelNotFoundError,
     StoreError,
 )
+from localrun.manifest import check_digest
 from localrun.modelfile import ROLES, Message, Modelfile
 from localrun.names import ModelName
 from localrun.server import core, jobs
 from localrun.server.core import Body
 from localrun.server.errors import body_of, unexpected
 from localrun.server.ollama import line, ndjson
-from localrun.store import TMP_PREFIX, Store, check_digest
+from localrun.store import Store
+from localrun.store_io import open_new, temp_path, write_all
 
 UPLOAD_CHUNK = 4 * 1024 * 1024
 DISK_MARGIN = 256 * 1024 * 1024
@@ -439,9 +440,7 @@ def _check_space(store: Store, needed: int) -> None:
 
 def _write(fd: int, hasher: Any, data: bytes) -> None:
     hasher.update(data)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    write_all(fd, data)
 
 
 async def blob_upload(request: Request) -> Response:
@@ -488,8 +487,8 @@ async def _upload(request: Request, store: Store, digest: str) -> Response:
         await anyio.to_thread.run_sync(lambda: store.blobs.mkdir(parents=True, exist_ok=True))
         if declared and declared.isdigit():
             await anyio.to_thread.run_sync(_check_space, store, int(declared))
-        tmp = store.blobs / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        tmp = temp_path(store.blobs)
+        fd = open_new(tmp)
     except OSError as exc:
         raise _disk_error(exc) from exc
     hasher = hashlib.sha256()
