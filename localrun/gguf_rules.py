@@ -4,15 +4,16 @@ llama.cpp checks a file's structure, then trusts its hyper-parameters: a block c
 sizes per-layer arrays (a runner grew to 6 GB from a 498 KB file), a block count of 0, a NaN
 epsilon, a head count that does not divide, a BERT tokenizer on a llama model or a vocabulary of
 invalid UTF-8 abort it (SIGABRT) or make it hang. `check_model` refuses such files with the key
-and what is wrong, from the header alone (`localrun.gguf.Header`): hyper-parameters finite and
-in range, the block count against the `blk.N.*` tensors present, tensor shapes against the
-hyper-parameters they must match, the tokenizer against the architecture and the vocabulary,
-and the chat template within the size the store accepts.
+and what is wrong, from the header alone (`localrun.gguf_header.Header`): hyper-parameters
+finite and in range, the block count against the `blk.N.*` tensors present, tensor shapes
+against the hyper-parameters they must match, the tokenizer against the architecture and the
+vocabulary, and the chat template within the size the store accepts.
 
 The bounds are far beyond any released model (the largest have ~200 blocks, 16k-wide embeddings,
 256k-token vocabularies, templates of tens of KB); they exist to refuse what llama.cpp would
 turn into an allocation of gigabytes or an abort. This module reads nothing itself and imports
-nothing of localrun but errors-free types: `localrun.gguf` calls it and words the refusal.
+nothing of localrun but the Header it checks: `localrun.gguf` calls it after the walk and words
+the refusal.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from localrun.gguf import Header
+from localrun.gguf_header import Header
 
 MAX_BLOCKS = 4096
 MAX_EMBEDDING = 1 << 20

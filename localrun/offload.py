@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun.gguf import Header
+from localrun.gguf_header import Header
 from localrun.system import GPU, MIB
 
 DEFAULT_NUM_CTX = 4096

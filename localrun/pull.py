@@ -35,6 +35,7 @@ from typing import Any
 from localrun import gguf, params
 from localrun.create import Event, Reporter
 from localrun.errors import DiskFullError, DownloadError, InvalidGGUFError, InvalidNameError
+from localrun.gguf_header import Header
 from localrun.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest
 from localrun.names import ModelName
 from localrun.sources.base import Choice, Hub, RemoteFile, Repo, pick
@@ -250,7 +251,7 @@ def _fetch(store: Store, hub: Hub, repo: Repo, f: RemoteFile, report: Reporter) 
     return Layer(MEDIA_TYPES["model"], digest, size)
 
 
-def _config(repo: Repo, choice: Choice, headers: list[gguf.Header]) -> dict[str, Any]:
+def _config(repo: Repo, choice: Choice, headers: list[Header]) -> dict[str, Any]:
     details = gguf.header_details(headers)
     config: dict[str, Any] = {
         "model_format": "gguf",

@@ -12,7 +12,7 @@ import pytest
 
 from localrun import catalog, gguf, names, offload, system
 from localrun.engine.buildinfo import parse_backends
-from localrun.gguf import Header, TensorInfo
+from localrun.gguf_header import Header, TensorInfo
 from localrun.system import GPU, Probes
 
 GB = 10**9
