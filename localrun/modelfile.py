@@ -158,83 +158,21 @@ def parse(text: str) -> Modelfile:
     cur = _Cursor(text.replace("\r\n", "\n").removeprefix("\ufeff"))
     from_: str | None = None
     result = Modelfile(from_="")
-    param_pairs: list[tuple[str, params.Value]] = []
-    while True:
-        cur.skip_blanks()
-        if cur.at_end():
-            break
-        if cur.peek() == "\n":
-            cur.advance()
-            continue
-        if cur.peek() == "#":
-            while not cur.at_end() and cur.peek() != "\n":
-                cur.advance()
-            continue
+    while _next_instruction(cur):
         line, col = cur.line, cur.col
-        keyword = cur.word()
-        upper = keyword.upper()
-        if upper not in INSTRUCTIONS:
-            raise cur.error(
-                f"unknown instruction '{_short(keyword)}'; "
-                f"expected one of {', '.join(INSTRUCTIONS)}",
-                line=line,
-                col=col,
-            )
-        if cur.peek() not in (" ", "\t"):
-            raise cur.error(f"{upper} needs a value")
-        cur.skip_blanks()
-        if upper in ("PARAMETER", "MESSAGE"):
-            arg_line, arg_col = cur.line, cur.col
-            arg = cur.word()
-            if not arg:
-                raise cur.error(f"{upper} needs a {'name' if upper == 'PARAMETER' else 'role'}")
-            if cur.peek() not in (" ", "\t"):
-                raise cur.error(f"{upper} {arg} needs a value")
-            cur.skip_blanks()
-            val_line, val_col = cur.line, cur.col
-            value = _value(cur, upper)
-            if upper == "PARAMETER":
-                try:
-                    spec = params.spec(arg)
-                except InvalidParameterError as exc:
-                    raise cur.error(str(exc), line=arg_line, col=arg_col) from None
-                try:
-                    param_pairs.append((spec.name, spec.parse(value)))
-                except InvalidParameterError as exc:
-                    raise cur.error(str(exc), line=val_line, col=val_col) from None
-            else:
-                role = arg.lower()
-                if role not in ROLES:
-                    raise cur.error(
-                        f"unknown MESSAGE role '{_short(arg)}'; expected one of {', '.join(ROLES)}",
-                        line=arg_line,
-                        col=arg_col,
-                    )
-                result.messages.append(Message(role, value))
+        keyword = _keyword(cur)
+        if keyword in ("PARAMETER", "MESSAGE"):
+            _pair(cur, keyword, result)
             continue
-        value = _value(cur, upper)
-        key = f"ADAPTER:{len(result.adapters)}" if upper == "ADAPTER" else upper
+        value = _value(cur, keyword)
+        key = f"ADAPTER:{len(result.adapters)}" if keyword == "ADAPTER" else keyword
         result.lines[key] = line
-        if upper == "FROM":
+        if keyword == "FROM":
             if from_ is not None:
                 raise cur.error("FROM given twice; a Modelfile has exactly one", line=line, col=col)
             from_ = value
-        elif upper == "DRAFT":
-            if result.draft is not None:
-                raise cur.error(
-                    "DRAFT given twice; a Modelfile names at most one draft model",
-                    line=line,
-                    col=col,
-                )
-            result.draft = value
-        elif upper == "SYSTEM":
-            result.system = value
-        elif upper == "TEMPLATE":
-            result.template = value
-        elif upper == "ADAPTER":
-            result.adapters.append(value)
         else:
-            result.licenses.append(value)
+            _single(cur, keyword, value, result, line, col)
     if from_ is None:
         raise ModelfileError(
             "missing FROM: a Modelfile must say what it builds on",
@@ -243,8 +181,88 @@ def parse(text: str) -> Modelfile:
             hint="start it with `FROM smollm2:135m` or `FROM ./model.gguf`",
         )
     result.from_ = from_
-    result.parameters = param_pairs
     return result
+
+
+def _next_instruction(cur: _Cursor) -> bool:
+    """Step over blank lines and comments; False at the end of the text."""
+    while True:
+        cur.skip_blanks()
+        if cur.at_end():
+            return False
+        if cur.peek() == "\n":
+            cur.advance()
+        elif cur.peek() == "#":
+            while not cur.at_end() and cur.peek() != "\n":
+                cur.advance()
+        else:
+            return True
+
+
+def _keyword(cur: _Cursor) -> str:
+    """Read an instruction's keyword (upper-cased) and the blanks after it."""
+    line, col = cur.line, cur.col
+    keyword = cur.word()
+    upper = keyword.upper()
+    if upper not in INSTRUCTIONS:
+        raise cur.error(
+            f"unknown instruction '{_short(keyword)}'; expected one of {', '.join(INSTRUCTIONS)}",
+            line=line,
+            col=col,
+        )
+    if cur.peek() not in (" ", "\t"):
+        raise cur.error(f"{upper} needs a value")
+    cur.skip_blanks()
+    return upper
+
+
+def _pair(cur: _Cursor, keyword: str, result: Modelfile) -> None:
+    """Read `PARAMETER name value` or `MESSAGE role value` (after the keyword) into `result`."""
+    arg_line, arg_col = cur.line, cur.col
+    arg = cur.word()
+    if not arg:
+        raise cur.error(f"{keyword} needs a {'name' if keyword == 'PARAMETER' else 'role'}")
+    if cur.peek() not in (" ", "\t"):
+        raise cur.error(f"{keyword} {arg} needs a value")
+    cur.skip_blanks()
+    val_line, val_col = cur.line, cur.col
+    value = _value(cur, keyword)
+    if keyword == "PARAMETER":
+        try:
+            spec = params.spec(arg)
+        except InvalidParameterError as exc:
+            raise cur.error(str(exc), line=arg_line, col=arg_col) from None
+        try:
+            result.parameters.append((spec.name, spec.parse(value)))
+        except InvalidParameterError as exc:
+            raise cur.error(str(exc), line=val_line, col=val_col) from None
+        return
+    role = arg.lower()
+    if role not in ROLES:
+        raise cur.error(
+            f"unknown MESSAGE role '{_short(arg)}'; expected one of {', '.join(ROLES)}",
+            line=arg_line,
+            col=arg_col,
+        )
+    result.messages.append(Message(role, value))
+
+
+def _single(cur: _Cursor, keyword: str, value: str, result: Modelfile, line: int, col: int) -> None:
+    """Record the value of DRAFT, SYSTEM, TEMPLATE, ADAPTER or LICENSE."""
+    if keyword == "DRAFT":
+        if result.draft is not None:
+            raise cur.error(
+                "DRAFT given twice; a Modelfile names at most one draft model", line=line, col=col
+            )
+        result.draft = value
+    elif keyword == "SYSTEM":
+        result.system = value
+    elif keyword == "TEMPLATE":
+        result.template = value
+    elif keyword == "ADAPTER":
+        result.adapters.append(value)
+    else:
+        result.licenses.append(value)
 
 
 def _value(cur: _Cursor, keyword: str) -> str:
