@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from localrun import gguf, params
+from localrun import gguf, names, params
 from localrun.errors import (
     FileNotFoundError_,
     InvalidGGUFError,
@@ -116,36 +116,11 @@ class _Builder:
                 os.close(item.fd)
 
     def _build(self, name: ModelName, mf: Modelfile, base_dir: Path, resolve: Resolver) -> str:
-        layers: list[Layer] = []
-        model: _Opened | None = None
-        if looks_like_path(mf.from_, base_dir):
-            model = self._open(mf.from_, base_dir, "model")
-            info = model.info
-            config: dict[str, Any] = {"model_format": "gguf", "details": info.details()}
-            if info.license:
-                config["gguf_license"] = info.license
-            if info.chat_template:
-                config["gguf_chat_template"] = info.chat_template
-            config["parent"] = None
-        else:
-            from localrun import names
-
-            base_name = names.parse(mf.from_)
-            self.report(Event(f"using model {base_name}"))
-            base = resolve(base_name)
-            layers = list(base.layers)
-            config = json.loads(self.store.read_blob(base.config.digest))
-            config["parent"] = str(base_name)
-
+        # Every file opened and every check made first: a refused create copies nothing.
+        model, layers, config = self._base(mf, base_dir, resolve)
         architecture = (config.get("details") or {}).get("architecture")
         adapter_files = [self._open(value, base_dir, "adapter") for value in mf.adapters]
-        for item in adapter_files:
-            if architecture and item.info.architecture and item.info.architecture != architecture:
-                raise InvalidGGUFError(
-                    f"adapter {item.value} is for {item.info.architecture} models, but the base "
-                    f"model is {architecture}",
-                    hint="use an adapter trained for this base model",
-                )
+        _check_adapters(adapter_files, architecture)
         draft = None
         if mf.draft is not None:
             draft = self._draft(mf.draft, base_dir, resolve)
@@ -156,6 +131,43 @@ class _Builder:
 
         if model is not None:
             layers = [self._store_file(model)]
+        layers += self._store_adapters(adapter_files, config)
+        if draft is not None:
+            layers = [x for x in layers if x.kind != "draft"] + [self._store_draft(draft, config)]
+        layers = self._text_layers(mf, layers)
+        layers.sort(key=lambda layer: _ORDER.get(layer.kind, len(_ORDER)))
+        config_digest, config_size = self.store.add_bytes(_json_bytes(config))
+        manifest = Manifest(Layer(MEDIA_CONFIG, config_digest, config_size), layers)
+        self.report(Event("writing manifest"))
+        digest = self.store.write_manifest(name, manifest)
+        self.report(Event("success", digest=digest))
+        return digest
+
+    def _base(
+        self, mf: Modelfile, base_dir: Path, resolve: Resolver
+    ) -> tuple[_Opened | None, list[Layer], dict[str, Any]]:
+        """What FROM names: a GGUF file (opened, not yet stored) with a new config, or a stored
+        model's layers and config."""
+        if looks_like_path(mf.from_, base_dir):
+            model = self._open(mf.from_, base_dir, "model")
+            info = model.info
+            config: dict[str, Any] = {"model_format": "gguf", "details": info.details()}
+            if info.license:
+                config["gguf_license"] = info.license
+            if info.chat_template:
+                config["gguf_chat_template"] = info.chat_template
+            config["parent"] = None
+            return model, [], config
+        base_name = names.parse(mf.from_)
+        self.report(Event(f"using model {base_name}"))
+        base = resolve(base_name)
+        config = json.loads(self.store.read_blob(base.config.digest))
+        config["parent"] = str(base_name)
+        return None, list(base.layers), config
+
+    def _store_adapters(self, adapter_files: list[_Opened], config: dict[str, Any]) -> list[Layer]:
+        """Copy the adapters in; the config lists them (after the inherited ones)."""
+        layers = []
         adapters = list(config.get("adapters", []))
         for item in adapter_files:
             layer = self._store_file(item)
@@ -163,17 +175,22 @@ class _Builder:
             adapters.append({"digest": layer.digest, "lora_alpha": item.info.lora_alpha})
         if adapters:
             config["adapters"] = adapters
-        if draft is not None:
-            source = draft.source
-            layer = self._store_file(source) if isinstance(source, _Opened) else source
-            layers = [x for x in layers if x.kind != "draft"] + [layer]
-            # What `show` says of the draft, without reading its file.
-            config["draft"] = {
-                "digest": layer.digest,
-                "model": draft.name,
-                "details": draft.info.details(),
-            }
+        return layers
 
+    def _store_draft(self, draft: _Draft, config: dict[str, Any]) -> Layer:
+        source = draft.source
+        layer = self._store_file(source) if isinstance(source, _Opened) else source
+        # What `show` says of the draft, without reading its file.
+        config["draft"] = {
+            "digest": layer.digest,
+            "model": draft.name,
+            "details": draft.info.details(),
+        }
+        return layer
+
+    def _text_layers(self, mf: Modelfile, layers: list[Layer]) -> list[Layer]:
+        """`layers` with the Modelfile's parameters, template, system prompt, messages and
+        licenses stored and put in place of the inherited ones."""
         if mf.parameters:
             inherited = self._inherited_json(layers, "params", {})
             merged = params.merge(params.validate(inherited), mf.parameters)
@@ -190,14 +207,7 @@ class _Builder:
             layer = Layer(MEDIA_TYPES["license"], digest, size)
             if layer not in layers:
                 layers.append(layer)
-
-        layers.sort(key=lambda layer: _ORDER.get(layer.kind, len(_ORDER)))
-        config_digest, config_size = self.store.add_bytes(_json_bytes(config))
-        manifest = Manifest(Layer(MEDIA_CONFIG, config_digest, config_size), layers)
-        self.report(Event("writing manifest"))
-        digest = self.store.write_manifest(name, manifest)
-        self.report(Event("success", digest=digest))
-        return digest
+        return layers
 
     def _open(self, value: str, base_dir: Path, kind: str) -> _Opened:
         """Open and validate a file the Modelfile names; it is closed when the build ends."""
@@ -240,8 +250,6 @@ class _Builder:
         if looks_like_path(value, base_dir):
             item = self._open(value, base_dir, "draft")
             return _Draft(item, item.info, None)
-        from localrun import names
-
         draft_name = names.parse(value)
         self.report(Event(f"using draft model {draft_name}"))
         parts = resolve(draft_name).of_kind("model")
@@ -291,6 +299,17 @@ class _Builder:
 
 
 _ORDER = {kind: index for index, kind in enumerate(MEDIA_TYPES)}
+
+
+def _check_adapters(adapter_files: list[_Opened], architecture: str | None) -> None:
+    """Every adapter made for the base model's architecture."""
+    for item in adapter_files:
+        if architecture and item.info.architecture and item.info.architecture != architecture:
+            raise InvalidGGUFError(
+                f"adapter {item.value} is for {item.info.architecture} models, but the base "
+                f"model is {architecture}",
+                hint="use an adapter trained for this base model",
+            )
 
 
 def _check_kind(info: gguf.GGUFInfo, value: str, kind: str) -> None:
