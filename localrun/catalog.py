@@ -130,11 +130,6 @@ def ensure(
         if entry is None:
             raise
     outer = report or (lambda _: None)
-
-    def inner(event: create.Event) -> None:
-        if event.status != "success":  # the caller reports its own success
-            outer(event)
-
     install_hints = []
     failures = []
     for source in entry.sources:
@@ -144,14 +139,9 @@ def ensure(
             ref = pull.parse_reference(source["reference"])
             if ref is None:
                 continue
+            expected = {source["file"]: source["sha256"]} if "file" in source else None
             try:
-                pull.pull(
-                    store,
-                    ref,
-                    report=outer,
-                    target=name,
-                    expected={source["file"]: source["sha256"]} if "file" in source else None,
-                )
+                pull.pull(store, ref, report=outer, target=name, expected=expected)
             except LocalrunError as exc:
                 failures.append(exc)
                 continue
@@ -162,23 +152,40 @@ def ensure(
         if path is None:
             install_hints.append(_install_hint(name, source))
             continue
-        mf = Modelfile(from_=str(path), licenses=[entry.license] if entry.license else [])
-        mf.parameters = list(entry.parameters.items())
-        outer(create.Event(f"importing {name} from the {source['distribution']} package"))
-        create.create(
-            store,
-            name,
-            mf,
-            path.parent,
-            report=inner,
-            expected={str(path): "sha256:" + source["sha256"]},
-        )
+        _import_package(store, name, entry, source, path, outer)
         return store.read_manifest(name)
     if install_hints:
         raise ModelNotFoundError(str(name), hint=install_hints[0])
     if failures:
         raise failures[-1]
     raise ModelNotFoundError(str(name))
+
+
+def _import_package(
+    store: Store,
+    name: ModelName,
+    entry: Entry,
+    source: dict[str, Any],
+    path: Path,
+    report: create.Reporter,
+) -> None:
+    """Create `name` from the GGUF file a package ships, checking its sha256."""
+
+    def inner(event: create.Event) -> None:
+        if event.status != "success":  # the caller reports its own success
+            report(event)
+
+    mf = Modelfile(from_=str(path), licenses=[entry.license] if entry.license else [])
+    mf.parameters = list(entry.parameters.items())
+    report(create.Event(f"importing {name} from the {source['distribution']} package"))
+    create.create(
+        store,
+        name,
+        mf,
+        path.parent,
+        report=inner,
+        expected={str(path): "sha256:" + source["sha256"]},
+    )
 
 
 def _install_hint(name: ModelName, source: dict[str, Any]) -> str:
