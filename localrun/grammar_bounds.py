@@ -21,10 +21,19 @@ use (formats, enums of hundreds, nested objects, common regexes) with sampling t
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from localrun import config
 from localrun.errors import BadRequestError
+
+# The regular expression parser Python's re uses, for the tree of a schema's pattern.
+try:  # Python 3.11+
+    from re import _constants as _c  # type: ignore[attr-defined]
+    from re import _parser as _sre  # type: ignore[attr-defined]
+except ImportError:  # Python 3.10
+    import sre_constants as _c
+    import sre_parse as _sre
 
 MAX_BOUND = 1000
 MAX_AMBIGUITY = 32
@@ -32,6 +41,7 @@ STAR_FACTOR = 16
 MAX_PATTERN = 1024
 MAX_QUANTIFIERS = 64
 MAX_DEPTH = 64
+_REPEATS = (_c.MAX_REPEAT, _c.MIN_REPEAT, getattr(_c, "POSSESSIVE_REPEAT", _c.MAX_REPEAT))
 
 _BOUNDS = (
     "minLength",
@@ -73,60 +83,20 @@ def check_schema(schema: Any) -> None:
 
 def check_pattern(pattern: str) -> None:
     """Refuse a regular expression whose grammar would be too deep, too ambiguous or too big."""
-    import re
-
-    try:  # Python 3.11+
-        from re import _constants as c  # type: ignore[attr-defined]
-        from re import _parser as sre  # type: ignore[attr-defined]
-    except ImportError:  # Python 3.10
-        import sre_constants as c
-        import sre_parse as sre
-
-    if len(pattern) > MAX_PATTERN:
-        raise BadRequestError(
-            f"the JSON schema's pattern is {len(pattern)} characters (at most {MAX_PATTERN})",
-            hint=_HINT,
-        )
-    try:
-        tree = sre.parse(pattern)
-    except (re.error, RecursionError, OverflowError) as exc:
-        raise BadRequestError(
-            f"the JSON schema's pattern is not a valid regular expression: {exc}", hint=_HINT
-        ) from None
-    repeats = (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", c.MAX_REPEAT))
+    tree = _parse_pattern(pattern)
     quantifiers = 0
     stack: list[tuple[Any, int]] = [(tree, 1)]
     while stack:
         sub, ambiguity = stack.pop()
         for op, av in sub:
-            if op in repeats:
-                low, high, body = av
+            if op in _REPEATS:
                 quantifiers += 1
-                bounded = high != c.MAXREPEAT
-                if max(low, high if bounded else 0) > MAX_BOUND:
-                    raise BadRequestError(
-                        f"the JSON schema's pattern repeats {max(low, high)} times "
-                        f"(at most {MAX_BOUND} in a grammar)",
-                        hint=_HINT,
-                    )
-                width_low, width_high = body.getwidth()
-                factor = 1
-                if width_low != width_high:  # a body of several lengths: ambiguous repeats
-                    factor = high if bounded else STAR_FACTOR
-                nested = ambiguity * max(1, factor)
-                if nested > MAX_AMBIGUITY:
-                    raise BadRequestError(
-                        "the JSON schema's pattern nests repetitions of variable-length parts "
-                        f"too deeply for a grammar (their counts multiply to {nested}, at most "
-                        f"{MAX_AMBIGUITY})",
-                        hint="simplify the pattern, e.g. make the repeated part fixed-length",
-                    )
-                stack.append((body, nested))
-            elif op == c.SUBPATTERN:
+                stack.append((av[2], _repeat_ambiguity(av, ambiguity)))
+            elif op == _c.SUBPATTERN:
                 stack.append((av[-1], ambiguity))
-            elif op == c.BRANCH:
+            elif op == _c.BRANCH:
                 stack.extend((alt, ambiguity) for alt in av[1])
-            elif op in (c.ASSERT, c.ASSERT_NOT):
+            elif op in (_c.ASSERT, _c.ASSERT_NOT):
                 stack.append((av[1], ambiguity))
     if quantifiers > MAX_QUANTIFIERS:
         raise BadRequestError(
@@ -134,6 +104,47 @@ def check_pattern(pattern: str) -> None:
             f"{MAX_QUANTIFIERS} in a grammar)",
             hint=_HINT,
         )
+
+
+def _parse_pattern(pattern: str) -> Any:
+    """The parse tree of a pattern of bounded length; a 400 if it is not a regular expression."""
+    if len(pattern) > MAX_PATTERN:
+        raise BadRequestError(
+            f"the JSON schema's pattern is {len(pattern)} characters (at most {MAX_PATTERN})",
+            hint=_HINT,
+        )
+    try:
+        return _sre.parse(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise BadRequestError(
+            f"the JSON schema's pattern is not a valid regular expression: {exc}", hint=_HINT
+        ) from None
+
+
+def _repeat_ambiguity(repeat: Any, ambiguity: int) -> int:
+    """The ambiguity inside a repetition ({m,n}, *, +) reached with `ambiguity` outside it;
+    a 400 past MAX_BOUND or MAX_AMBIGUITY."""
+    low, high, body = repeat
+    bounded = high != _c.MAXREPEAT
+    if max(low, high if bounded else 0) > MAX_BOUND:
+        raise BadRequestError(
+            f"the JSON schema's pattern repeats {max(low, high)} times "
+            f"(at most {MAX_BOUND} in a grammar)",
+            hint=_HINT,
+        )
+    width_low, width_high = body.getwidth()
+    factor = 1
+    if width_low != width_high:  # a body of several lengths: ambiguous repeats
+        factor = high if bounded else STAR_FACTOR
+    nested = ambiguity * max(1, factor)
+    if nested > MAX_AMBIGUITY:
+        raise BadRequestError(
+            "the JSON schema's pattern nests repetitions of variable-length parts "
+            f"too deeply for a grammar (their counts multiply to {nested}, at most "
+            f"{MAX_AMBIGUITY})",
+            hint="simplify the pattern, e.g. make the repeated part fixed-length",
+        )
+    return nested
 
 
 def check_grammar(grammar: str) -> str:
