@@ -149,34 +149,13 @@ class Guard:
             await send(message)
 
         try:
-            if self.check_host and not host_allowed(headers.get("host"), self.bound_host):
-                raise ForbiddenError(
-                    f"the Host header {headers.get('host', '')[:100]!r} does not name this "
-                    "machine's loopback address",
-                    hint="connect to localhost or 127.0.0.1; to serve other names, bind another "
-                    "address with `localrun serve --host` and set LOCALRUN_API_KEY",
-                )
+            self._check_host(headers)
             if origin is not None:
-                if not origin_allowed(origin, self.origins):
-                    raise ForbiddenError(
-                        f"the origin {origin[:100]!r} is not allowed",
-                        hint="add it to LOCALRUN_ORIGINS (comma-separated; :* matches any port)",
-                    )
-                cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+                cors = self._cors(origin)
                 if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
                     await self._preflight(headers, cors)(scope, receive, send)
                     return
-            public = path in _OPEN or path == "/ui" or path.startswith("/ui/")
-            if self.api_key and not (public and scope["method"] in ("GET", "HEAD")):
-                # Anthropic's clients send the key as x-api-key.
-                given = _bearer(headers.get("authorization")) or headers.get("x-api-key")
-                if given is None or not hmac.compare_digest(given.encode(), self.api_key):
-                    raise UnauthorizedError(
-                        "a valid API key is required"
-                        if given is None
-                        else "the API key is not valid",
-                        hint="send `Authorization: Bearer <LOCALRUN_API_KEY>` (or `x-api-key`)",
-                    )
+            self._check_key(path, scope["method"], headers)
             if not path.startswith(UPLOAD_PREFIX):
                 receive = self._limited(headers, receive)
             await self.app(scope, receive, tracked_send)
@@ -187,6 +166,38 @@ class Guard:
             error = unexpected(exc, path)  # logs it, also when the answer has started
             if not started:
                 await self._error(error, path, cors)(scope, receive, send)
+
+    def _check_host(self, headers: Headers) -> None:
+        """Refuse a Host that does not name this machine, when bound to loopback (rebinding)."""
+        if self.check_host and not host_allowed(headers.get("host"), self.bound_host):
+            raise ForbiddenError(
+                f"the Host header {headers.get('host', '')[:100]!r} does not name this "
+                "machine's loopback address",
+                hint="connect to localhost or 127.0.0.1; to serve other names, bind another "
+                "address with `localrun serve --host` and set LOCALRUN_API_KEY",
+            )
+
+    def _cors(self, origin: str) -> dict[str, str]:
+        """The CORS headers of an answer to an allowed origin; refuses any other."""
+        if not origin_allowed(origin, self.origins):
+            raise ForbiddenError(
+                f"the origin {origin[:100]!r} is not allowed",
+                hint="add it to LOCALRUN_ORIGINS (comma-separated; :* matches any port)",
+            )
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+    def _check_key(self, path: str, method: str, headers: Headers) -> None:
+        """With an API key set, refuse a request without it (health checks and the chat page's
+        files excepted)."""
+        public = path in _OPEN or path == "/ui" or path.startswith("/ui/")
+        if self.api_key and not (public and method in ("GET", "HEAD")):
+            # Anthropic's clients send the key as x-api-key.
+            given = _bearer(headers.get("authorization")) or headers.get("x-api-key")
+            if given is None or not hmac.compare_digest(given.encode(), self.api_key):
+                raise UnauthorizedError(
+                    "a valid API key is required" if given is None else "the API key is not valid",
+                    hint="send `Authorization: Bearer <LOCALRUN_API_KEY>` (or `x-api-key`)",
+                )
 
     def _limited(self, headers: Headers, receive: Receive) -> Receive:
         limit = self.max_bytes
