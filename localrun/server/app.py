@@ -137,32 +137,10 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
     for path, handler, methods in _ROUTES:
         app.add_api_route(path, handler, methods=methods, include_in_schema=False)
 
-    async def on_localrun_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, LocalrunError)
-        return JSONResponse(
-            body_of(exc, dialect_of(request.url.path)),
-            status_code=status_of(exc),
-            headers=headers_of(exc),
-        )
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 405:
-            message, code = f"{request.method} is not allowed on {request.url.path}", "bad_request"
-        elif exc.status_code == 404:
-            message, code = f"no route {request.url.path}", "not_found"
-        else:
-            message, code = str(exc.detail), "error"
-        body = plain_body(message[:300], exc.status_code, code, dialect_of(request.url.path))
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-    async def on_client_gone(request: Request, exc: Exception) -> Response:
-        return Response(status_code=CLIENT_CLOSED)
-
-    app.add_exception_handler(LocalrunError, on_localrun_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(core.ClientGone, on_client_gone)
-    app.add_exception_handler(ClientDisconnect, on_client_gone)
+    app.add_exception_handler(LocalrunError, _on_localrun_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(core.ClientGone, _on_client_gone)
+    app.add_exception_handler(ClientDisconnect, _on_client_gone)
     app.add_middleware(
         Guard,
         bound_host=settings.host,
@@ -173,3 +151,31 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
     # Outermost: the requests the Guard refuses are counted too.
     app.add_middleware(metrics.RequestCounter, metrics=counters)
     return app
+
+
+async def _on_localrun_error(request: Request, exc: Exception) -> Response:
+    """A LocalrunError in the dialect of the route that raised it."""
+    assert isinstance(exc, LocalrunError)
+    return JSONResponse(
+        body_of(exc, dialect_of(request.url.path)),
+        status_code=status_of(exc),
+        headers=headers_of(exc),
+    )
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no route, a method not allowed) in the route's dialect."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        message, code = f"{request.method} is not allowed on {request.url.path}", "bad_request"
+    elif exc.status_code == 404:
+        message, code = f"no route {request.url.path}", "not_found"
+    else:
+        message, code = str(exc.detail), "error"
+    body = plain_body(message[:300], exc.status_code, code, dialect_of(request.url.path))
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _on_client_gone(request: Request, exc: Exception) -> Response:
+    """A client that left: nobody reads the answer, the access log shows it."""
+    return Response(status_code=CLIENT_CLOSED)
