@@ -2,14 +2,16 @@
 
 A hub lists a repository's files with their sizes and sha256 (`RemoteFile`), and downloads one
 file, resumably, into a folder of the store. Choosing which GGUF a tag means is the same for
-every hub and lives here: `pick(files, tag)`.
+every hub and lives here: `pick(files, tag)`. So does `translated`, the frame in which each hub
+turns its library's exceptions into localrun's, where the library is called.
 """
 
 from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +46,21 @@ def download_os_error(what: str, exc: OSError) -> LocalrunError:
             "resumes where it stopped",
         )
     return DownloadError(f"{what}: {exc}")
+
+
+@contextmanager
+def translated(translate: Callable[[Exception], LocalrunError | None]) -> Iterator[None]:
+    """Raise what `translate` makes of an exception in the block (from it), where the hub's
+    library is called; LocalrunErrors, and exceptions it returns None for, pass unchanged."""
+    try:
+        yield
+    except LocalrunError:
+        raise
+    except Exception as exc:
+        error = translate(exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 @dataclass(frozen=True)

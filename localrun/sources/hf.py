@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from localrun.errors import (
     LocalrunError,
     ModelNotFoundError,
 )
-from localrun.sources.base import Progress, RemoteFile, Repo, download_os_error
+from localrun.sources.base import Progress, RemoteFile, Repo, download_os_error, translated
 from localrun.sources.partial import PartialFile
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -53,64 +53,73 @@ def _offline_error(reference: str) -> HubUnreachableError:
     )
 
 
-@contextmanager
-def _translated(reference: str, what: str) -> Iterator[None]:
+def _translated(reference: str, what: str) -> AbstractContextManager[None]:
     """Turn huggingface_hub's and the HTTP client's exceptions into localrun's."""
+    return translated(
+        lambda exc: _repo_error(exc, reference, what) or _transfer_error(exc, reference, what)
+    )
+
+
+def _repo_error(exc: Exception, reference: str, what: str) -> LocalrunError | None:
+    """What the hub says of the repository or the file: gated, missing."""
     from huggingface_hub import errors as hf
 
-    try:
-        yield
-    except LocalrunError:
-        raise
-    except hf.GatedRepoError as exc:
-        raise HubAuthError(
+    if isinstance(exc, hf.GatedRepoError):
+        return HubAuthError(
             f"{reference} is gated: it needs an access token of an account that accepted its terms",
             hint="accept the terms on the model's page, then `export HF_TOKEN=hf_...`",
-        ) from exc
-    except hf.RepositoryNotFoundError as exc:
+        )
+    if isinstance(exc, hf.RepositoryNotFoundError):
         status = getattr(getattr(exc, "response", None), "status_code", None)
-        raise ModelNotFoundError(
+        return ModelNotFoundError(
             reference,
             hint="check the repository name"
             + ("; for a private repository set HF_TOKEN" if status == 401 else ""),
-        ) from exc
-    except hf.RevisionNotFoundError as exc:
-        raise ModelNotFoundError(reference, hint="the repository has no such revision") from exc
-    except hf.EntryNotFoundError as exc:
-        raise DownloadError(
+        )
+    if isinstance(exc, hf.RevisionNotFoundError):
+        return ModelNotFoundError(reference, hint="the repository has no such revision")
+    if isinstance(exc, hf.EntryNotFoundError):
+        return DownloadError(
             f"{what}: the file is gone from the repository", hint="pull again to see what exists"
-        ) from exc
-    except _Incomplete as exc:
-        raise DownloadError(
+        )
+    return None
+
+
+def _transfer_error(exc: Exception, reference: str, what: str) -> LocalrunError | None:
+    """What went wrong on the way: a short body, offline mode, an HTTP status, the disk, the
+    network."""
+    from huggingface_hub import errors as hf
+
+    if isinstance(exc, _Incomplete):
+        return DownloadError(
             f"the download did not complete: {exc}",
             hint="pull again: it continues where it stopped",
-        ) from exc
-    except hf.OfflineModeIsEnabled as exc:
-        raise _offline_error(reference) from exc
-    except hf.HfHubHTTPError as exc:
+        )
+    if isinstance(exc, hf.OfflineModeIsEnabled):
+        return _offline_error(reference)
+    if isinstance(exc, hf.HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
-            raise HubAuthError(
+            return HubAuthError(
                 f"{reference}: the hub refused access (HTTP {status})",
                 hint="set HF_TOKEN to a token that can read this repository",
-            ) from exc
-        raise DownloadError(f"{what}: the hub answered HTTP {status}") from exc
-    except OSError as exc:
-        raise download_os_error(what, exc) from exc
-    except Exception as exc:
-        if _is_broken_transfer(exc):
-            raise DownloadError(
-                f"{what}: the connection broke off again and again ({type(exc).__name__}: {exc})",
-                hint="pull again: it continues where it stopped; if it repeats, check the "
-                "network or the mirror (HF_ENDPOINT)",
-            ) from exc
-        if _is_transport_error(exc):
-            raise HubUnreachableError(
-                f"cannot reach {endpoint()} ({type(exc).__name__}: {exc})",
-                hint="check the network, a proxy (HTTPS_PROXY) or HF_ENDPOINT; models already "
-                "pulled work offline",
-            ) from exc
-        raise
+            )
+        return DownloadError(f"{what}: the hub answered HTTP {status}")
+    if isinstance(exc, OSError):
+        return download_os_error(what, exc)
+    if _is_broken_transfer(exc):
+        return DownloadError(
+            f"{what}: the connection broke off again and again ({type(exc).__name__}: {exc})",
+            hint="pull again: it continues where it stopped; if it repeats, check the "
+            "network or the mirror (HF_ENDPOINT)",
+        )
+    if _is_transport_error(exc):
+        return HubUnreachableError(
+            f"cannot reach {endpoint()} ({type(exc).__name__}: {exc})",
+            hint="check the network, a proxy (HTTPS_PROXY) or HF_ENDPOINT; models already "
+            "pulled work offline",
+        )
+    return None
 
 
 def _host(url: str) -> str:

@@ -38,8 +38,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -52,7 +51,7 @@ from localrun.errors import (
     LocalrunError,
     ModelNotFoundError,
 )
-from localrun.sources.base import Progress, RemoteFile, Repo, download_os_error
+from localrun.sources.base import Progress, RemoteFile, Repo, download_os_error, translated
 
 if TYPE_CHECKING:
     from modelscope_hub import ProgressCallback
@@ -226,64 +225,86 @@ def _forwarder(progress: Progress, total: int) -> type[ProgressCallback]:
     return _Forward
 
 
-@contextmanager
-def _translated(reference: str, settings: _Settings, file: str | None = None) -> Iterator[None]:
+def _translated(
+    reference: str, settings: _Settings, file: str | None = None
+) -> AbstractContextManager[None]:
     """Turn modelscope's exceptions into localrun's; `file` names the file being fetched."""
+    return translated(
+        lambda exc: (
+            _repo_error(exc, reference, settings, file)
+            or _transfer_error(exc, reference, settings, file)
+        )
+    )
+
+
+def _token_hint(settings: _Settings) -> str:
+    if settings.has_token:
+        return (
+            "the token in MODELSCOPE_API_TOKEN (or the saved `modelscope login`) was refused; "
+            f"check that it can read this repository ({TOKEN_PAGE})"
+        )
+    return f"set MODELSCOPE_API_TOKEN to an access token ({TOKEN_PAGE})"
+
+
+def _repo_error(
+    exc: Exception, reference: str, settings: _Settings, file: str | None
+) -> LocalrunError | None:
+    """What the hub says of the repository or the file: missing, or not for this token."""
     from modelscope_hub import errors as ms
 
-    token_hint = (
-        "the token in MODELSCOPE_API_TOKEN (or the saved `modelscope login`) was refused; "
-        f"check that it can read this repository ({TOKEN_PAGE})"
-        if settings.has_token
-        else f"set MODELSCOPE_API_TOKEN to an access token ({TOKEN_PAGE})"
-    )
-    what = file or reference
-    resume = "; run the pull again to resume the download" if file else ""
-    try:
-        yield
-    except LocalrunError:
-        raise
-    except ms.NotExistError as exc:
+    if isinstance(exc, ms.NotExistError):
         if file:
-            raise DownloadError(
+            return DownloadError(
                 f"{file}: the file is gone from the repository",
                 hint="pull again to see what exists",
-            ) from exc
-        private = "" if settings.has_token else "; for a private repository " + token_hint
-        raise ModelNotFoundError(
+            )
+        private = (
+            "" if settings.has_token else "; for a private repository " + _token_hint(settings)
+        )
+        return ModelNotFoundError(
             reference, hint=f"check the repository name on {settings.endpoint}{private}"
-        ) from exc
-    except (ms.AuthenticationError, ms.PermissionDeniedError) as exc:
-        raise HubAuthError(
+        )
+    if isinstance(exc, ms.AuthenticationError | ms.PermissionDeniedError):
+        return HubAuthError(
             f"{reference}: ModelScope refused access (HTTP {exc.status_code}): {_first(exc)}",
-            hint=token_hint,
-        ) from exc
-    except ms.FileIntegrityError as exc:
-        raise DownloadError(
+            hint=_token_hint(settings),
+        )
+    return None
+
+
+def _transfer_error(
+    exc: Exception, reference: str, settings: _Settings, file: str | None
+) -> LocalrunError | None:
+    """What went wrong on the way: damaged bytes, the hub failing, the network, the disk."""
+    from modelscope_hub import errors as ms
+
+    what = file or reference
+    resume = "; run the pull again to resume the download" if file else ""
+    if isinstance(exc, ms.FileIntegrityError):
+        return DownloadError(
             f"{what}: the server sent different bytes than the hub lists ({_first(exc)})",
             hint="pull again; if it repeats, the hub or the mirror in MODELSCOPE_ENDPOINT is "
             "damaged",
-        ) from exc
-    except ms.ServerError as exc:
-        raise HubUnreachableError(
+        )
+    if isinstance(exc, ms.ServerError):
+        return HubUnreachableError(
             f"ModelScope at {settings.endpoint} is failing ({_first(exc)})",
             hint="try again later" + resume,
-        ) from exc
-    except ms.NetworkError as exc:
-        raise HubUnreachableError(
+        )
+    if isinstance(exc, ms.NetworkError):
+        return HubUnreachableError(
             f"cannot reach ModelScope at {settings.endpoint} ({_reason(exc)})"
             if file is None
             else f"{file}: the connection to {settings.endpoint} failed ({_reason(exc)})",
             hint="check the network, a proxy (HTTPS_PROXY) or MODELSCOPE_ENDPOINT" + resume,
-        ) from exc
-    except ms.APIError as exc:
-        raise HubError(
-            f"{what}: ModelScope answered HTTP {exc.status_code}: {_first(exc)}"
-        ) from exc
-    except ms.HubError as exc:
-        raise DownloadError(f"{what}: {_first(exc)}") from exc
-    except OSError as exc:
-        raise download_os_error(what, exc) from exc
+        )
+    if isinstance(exc, ms.APIError):
+        return HubError(f"{what}: ModelScope answered HTTP {exc.status_code}: {_first(exc)}")
+    if isinstance(exc, ms.HubError):
+        return DownloadError(f"{what}: {_first(exc)}")
+    if isinstance(exc, OSError):
+        return download_os_error(what, exc)
+    return None
 
 
 def _reason(exc: BaseException) -> str:
