@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +131,22 @@ class UpstreamState:
 
     def models(self) -> tuple[str, ...]:
         return self.upstream.models or self.discovered
+
+
+@dataclass
+class _Delivery:
+    """Where an upstream's answer goes: the first piece (or a failure) settles `first`, which the
+    request waits on; the rest goes into `queue`."""
+
+    queue: asyncio.Queue[Item]
+    first: asyncio.Future[None]
+    sent: bool = False  # pieces went to the client: a failure now ends the answer with an error
+
+    def error(self, error: LocalrunError) -> None:
+        if not self.first.done():
+            self.first.set_exception(error)
+        else:
+            self.queue.put_nowait(error)
 
 
 @dataclass(frozen=True)
@@ -323,40 +339,16 @@ class RemotePool:
         the end or the failure, whatever happens (nothing a request sends can leave it open)."""
         upstream = state.upstream
         reader = remote_wire.Reader(upstream.dialect, rid, started)
-        sent = False  # pieces went to the client: a failure now ends the answer with an error
-
-        def deliver(error: LocalrunError) -> None:
-            if not first.done():
-                first.set_exception(error)
-            else:
-                queue.put_nowait(error)
+        out = _Delivery(queue, first)
 
         def fail(message: str) -> None:
             message = _redact(upstream, message)
             self._failed(state, message)
-            deliver(UpstreamError(f"upstream {upstream.name}: {message}", hint=_HINT))
+            out.error(UpstreamError(f"upstream {upstream.name}: {message}", hint=_HINT))
 
         try:
-            async with self._client.stream(
-                "POST", url, json=payload, headers=_headers(upstream), timeout=self._timeout()
-            ) as response:
-                status = response.status_code
-                if status != 200:
-                    text = _one_line(await _read_some(response))
-                    if 400 <= status < 500 and status not in (408, 429):
-                        raise _Refused(f"HTTP {status}: {text}")
-                    fail(f"HTTP {status}: {text}")
-                    return
-                async for obj in _objects(response):
-                    for event in reader.feed(obj):
-                        queue.put_nowait(event)
-                        sent = True
-                        if not first.done():
-                            state.latency_s += time.perf_counter() - started
-                            first.set_result(None)
-                if reader.reason is None:
-                    fail("the answer ended before it was done")
-                    return
+            if not await self._stream(state, url, payload, reader, out, fail, started):
+                return
             queue.put_nowait(reader.done())
             if not first.done():
                 first.set_result(None)
@@ -368,7 +360,7 @@ class RemotePool:
                 queue.put_nowait(protocol.done_event(rid, "cancelled", reader.timings()))
             raise
         except (_Refused, remote_wire.RequestRefused) as exc:
-            deliver(
+            out.error(
                 BadRequestError(
                     f"upstream {upstream.name} refused the request: " + _redact(upstream, str(exc))
                 )
@@ -376,11 +368,50 @@ class RemotePool:
         except ValueError as exc:  # remote_wire.Reader, json: not an answer we can read
             fail(f"a malformed answer ({_one_line(str(exc))})")
         except Exception as exc:  # transport errors, timeouts, protocol errors, a bad key
-            fail(_describe(exc) + (" after part of the answer was sent" if sent else ""))
+            fail(_describe(exc) + (" after part of the answer was sent" if out.sent else ""))
         finally:
             state.in_flight -= 1
             if not first.done():  # a path above that settled nothing: never leave a waiter
                 first.set_exception(UpstreamError(f"upstream {upstream.name} failed", hint=_HINT))
+
+    async def _stream(
+        self,
+        state: UpstreamState,
+        url: str,
+        payload: protocol.Message,
+        reader: remote_wire.Reader,
+        out: _Delivery,
+        fail: Callable[[str], None],
+        started: float,
+    ) -> bool:
+        """Send the request and feed its answer through `reader` into `out`; True when the
+        answer ended whole, False after `fail` was told why not. A client error (4xx) raises
+        _Refused: the request, not the upstream, is at fault."""
+        async with self._client.stream(
+            "POST",
+            url,
+            json=payload,
+            headers=remote_wire.headers(state.upstream),
+            timeout=self._timeout(),
+        ) as response:
+            status = response.status_code
+            if status != 200:
+                text = _one_line(await _read_some(response))
+                if 400 <= status < 500 and status not in (408, 429):
+                    raise _Refused(f"HTTP {status}: {text}")
+                fail(f"HTTP {status}: {text}")
+                return False
+            async for obj in _objects(response):
+                for event in reader.feed(obj):
+                    out.queue.put_nowait(event)
+                    out.sent = True
+                    if not out.first.done():
+                        state.latency_s += time.perf_counter() - started
+                        out.first.set_result(None)
+            if reader.reason is None:
+                fail("the answer ended before it was done")
+                return False
+        return True
 
     async def embed(
         self, model: str, inputs: list[Any], *, truncate: bool = True
@@ -402,7 +433,7 @@ class RemotePool:
                 upstream = state.upstream
                 route, payload = remote_wire.embed_body(upstream.dialect, model, inputs, truncate)
                 response = await self._client.post(
-                    upstream.url + route, json=payload, headers=_headers(upstream),
+                    upstream.url + route, json=payload, headers=remote_wire.headers(upstream),
                     timeout=self._timeout(),
                 )  # fmt: skip
                 status = response.status_code
@@ -477,11 +508,13 @@ class RemotePool:
         route = "/api/tags" if upstream.dialect == "ollama" else "/v1/models"
         try:
             response = await self._client.get(
-                upstream.url + route, headers=_headers(upstream), timeout=self._check_timeout()
+                upstream.url + route,
+                headers=remote_wire.headers(upstream),
+                timeout=self._check_timeout(),
             )
             if response.status_code != 200:
                 raise ValueError(f"HTTP {response.status_code} from {route}")
-            models = _listed(response.json(), upstream.dialect)
+            models = remote_wire.model_names(response.json(), upstream.dialect)
         except Exception as exc:
             message = _redact(upstream, f"health check failed: {_describe(exc)}")
             self._failed(state, message, check=True)
@@ -506,17 +539,6 @@ class RemotePool:
         return (self.settings or Settings.read()).check_timeout()
 
 
-def _listed(data: Any, dialect: str) -> list[str]:
-    items = (
-        data.get("models" if dialect == "ollama" else "data") if isinstance(data, dict) else None
-    )
-    if not isinstance(items, list):
-        raise ValueError("not a model list")
-    key = "name" if dialect == "ollama" else "id"
-    names = [str(item[key]) for item in items if isinstance(item, dict) and item.get(key)]
-    return [n for n in names if 0 < len(n) <= 256][:1000]
-
-
 def _affinity_key(model: str, request: protocol.Message) -> str:
     """What identifies a conversation: the model, its system prompt and its first two
     messages, whole (a long system prompt shared by many conversations must not make them
@@ -528,14 +550,6 @@ def _affinity_key(model: str, request: protocol.Message) -> str:
     else:
         start = str(request.get("prompt") or "")
     return hashlib.sha256(f"{model}\0{start}".encode()).hexdigest()[:32]
-
-
-def _headers(upstream: Upstream) -> dict[str, str]:
-    headers = {"Accept": "text/event-stream, application/x-ndjson, application/json"}
-    key = upstream.api_key()
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    return headers
 
 
 async def _read_some(response: Any) -> str:

@@ -6,7 +6,8 @@ as the runner's piece and done events. Pure: no network (scheduler.remote sends 
     complete  -> POST /v1/completions       (openai)   POST /api/generate  (ollama, raw)
 
 The answer streams as server-sent events (OpenAI) or JSON lines (Ollama); `Reader.feed` takes
-each decoded object and returns the events it makes, `Reader.done` the final one.
+each decoded object and returns the events it makes, `Reader.done` the final one. `headers`
+go with every request; `model_names` reads an upstream's model list.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from typing import Any
 
 from localrun.engine.types import Timings
+from localrun.upstreams import Upstream
 from localrun.worker import protocol
 
 Message = dict[str, Any]
@@ -340,6 +342,27 @@ class Reader:
         return protocol.done_event(
             self.id, self.reason or "stop", self.timings(), self.tool_calls()
         )
+
+
+def headers(upstream: Upstream) -> dict[str, str]:
+    """The headers of every request to `upstream`: the answers it may stream, and its key."""
+    headers = {"Accept": "text/event-stream, application/x-ndjson, application/json"}
+    key = upstream.api_key()
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def model_names(data: Any, dialect: str) -> list[str]:
+    """The model names of an upstream's model list (/v1/models or /api/tags), at most 1000."""
+    items = (
+        data.get("models" if dialect == "ollama" else "data") if isinstance(data, dict) else None
+    )
+    if not isinstance(items, list):
+        raise ValueError("not a model list")
+    key = "name" if dialect == "ollama" else "id"
+    names = [str(item[key]) for item in items if isinstance(item, dict) and item.get(key)]
+    return [n for n in names if 0 < len(n) <= 256][:1000]
 
 
 def _reason(reason: str) -> str:
