@@ -116,7 +116,7 @@ SPECS: dict[str, ParamSpec] = {
         ParamSpec("use_mmap", bool, "map the model file instead of reading it into memory"),
         ParamSpec("num_keep", int, "tokens kept from the prompt when the context shifts", -1, _I32),
         # Ollama and OpenAI take any 64-bit seed; llama.cpp's sampler takes 32 bits, so the
-        # engine reduces a seed as Go's uint32() does (engine.llama.sampler_chain).
+        # engine reduces a seed as Go's uint32() does (engine.sampling.native_seed).
         ParamSpec("seed", int, "random seed; -1 = random", -(2**63), 2**64 - 1),
         ParamSpec(
             "num_predict", int, "tokens to generate; -1 = until done, -2 = fill context", -2, _I32
@@ -155,6 +155,10 @@ SPECS: dict[str, ParamSpec] = {
         ),
     )
 }
+
+# The PARAMETERs that decide how a model is loaded (its context, batch, threads, GPU layers and
+# memory mapping): a request that changes one needs the model loaded again.
+LOAD_PARAMS = ("num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap")
 
 
 def spec(name: str) -> ParamSpec:

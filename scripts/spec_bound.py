@@ -116,19 +116,23 @@ def replay(
     return seconds
 
 
-def measure_costs(model: object, prompt: Sequence[int], rounds: int = 7) -> dict[int, float]:
-    """Median seconds of one llama_decode of k tokens, all with logits, after `prompt`."""
+def measure_costs(model: Any, prompt: Sequence[int], rounds: int = 7) -> dict[int, float]:
+    """Median seconds of one llama_decode of k tokens, all with logits, after `prompt`, in a
+    context of the model's weights made for it (the engine's own belongs to its loop)."""
     import llama_cpp as lc
 
-    from localrun.engine.llama import put
+    from localrun.engine.sequence import put
 
-    m: object = model
-    m.reset()  # type: ignore[attr-defined]
-    m._decode(prompt, 512)  # type: ignore[attr-defined]
-    ctx, memory = m._ctx, m._memory  # type: ignore[attr-defined]
-    batch = lc.llama_batch_init(max(COST_SIZES), 0, 1)
+    weights = model._weights
+    ctx = weights.context(weights.context_params(model.options, model.n_ctx))
+    memory = lc.llama_get_memory(ctx)
+    batch = lc.llama_batch_init(max(max(COST_SIZES), 512), 0, 1)
     costs: dict[int, float] = {}
     try:
+        for start in range(0, len(prompt), 512):
+            chunk = prompt[start : start + 512]
+            batch.n_tokens = put(batch, 0, chunk, start, 0, False)
+            lc.llama_decode(ctx, batch)
         for k in COST_SIZES:
             times = []
             for _ in range(rounds):
@@ -141,6 +145,7 @@ def measure_costs(model: object, prompt: Sequence[int], rounds: int = 7) -> dict
             costs[k] = statistics.median(times)
     finally:
         lc.llama_batch_free(batch)
+        weights.free(ctx)
     return costs
 
 
@@ -159,12 +164,13 @@ def bounds(
     oracle's speed-up over one-token decoding (all the prompts' one-token time over all their
     oracle time), localrun's drafter's on the same answers and the share of the answers a
     lookup could draft; `sampling` holds the requests' options (greedy)."""
-    from localrun.engine.llama import LlamaModel, answer_ends
+    from localrun.engine.batch import BatchEngine
+    from localrun.engine.sequence import answer_ends
     from localrun.engine.types import LoadOptions, SamplingOptions
 
     load = LoadOptions(num_ctx=n_ctx, num_thread=threads, num_gpu=gpu_layers)
-    model = LlamaModel(str(model_path), load)
-    ends = answer_ends(model._vocab, frozenset())
+    model = BatchEngine(str(model_path), load, 1)
+    ends = answer_ends(model._weights.vocab, frozenset())
     out: dict[str, dict[str, float]] = {}
     try:
         costs: dict[int, float] = {}

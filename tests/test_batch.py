@@ -14,7 +14,6 @@ import pytest
 
 from localrun import template
 from localrun.engine.batch import BatchEngine, Ticket
-from localrun.engine.llama import LlamaModel
 from localrun.engine.types import LoadOptions, SamplingOptions, Timings
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError, LocalrunError
 
@@ -136,8 +135,8 @@ def test_concurrent_greedy_equals_each_alone_smollm2(smol: BatchEngine, smollm2_
     alone = [run(smol, p, greedy(24), IM_END).wait() for p in prompts]  # one at a time
     assert [s.tokens for s in together] == [s.tokens for s in alone]
     assert all(sink.text for sink in together)
-    # And the same tokens as the single-sequence engine.
-    model = LlamaModel(smollm2_path, LoadOptions(num_ctx=512, num_thread=1))
+    # And the same tokens as an engine of one slot.
+    model = BatchEngine(smollm2_path, LoadOptions(num_ctx=512, num_thread=1), 1)
     try:
         for prompt, sink in zip(prompts, together, strict=True):
             gen = model.generate(prompt, greedy(24), stop_tokens=IM_END)
@@ -172,7 +171,7 @@ def test_long_prompts_are_read_in_chunks_beside_generation(
     for sink in together:
         assert sink.wait().reason == "length"
     assert together[1].timings.prompt_tokens > 64
-    model = LlamaModel(str(tiny_model), LoadOptions(num_ctx=256, num_batch=64, num_thread=1))
+    model = BatchEngine(str(tiny_model), LoadOptions(num_ctx=256, num_batch=64, num_thread=1), 1)
     try:
         for prompt, budget, sink in zip(prompts, budgets, together, strict=True):
             gen = model.generate(prompt, greedy(budget))

@@ -11,22 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import llama_cpp as lc
 import pytest
 from test_speculate import (
     CODE,
     CODE_INPUT,
     Sink,
     assert_same_or_near_tie,
+    cached,
     edit_prompt,
     greedy,
+    kv_end,
     repeat_code,
     run,
     verbose_drafts,
 )
 
 from localrun.engine.batch import BatchEngine
-from localrun.engine.llama import LlamaModel
 from localrun.engine.types import LoadOptions
 from localrun.errors import BadRequestError
 
@@ -34,28 +34,30 @@ pytestmark = [pytest.mark.model]
 
 
 @pytest.fixture(scope="module")
-def drafted(smollm2_path: str) -> Iterator[LlamaModel]:
-    model = LlamaModel(smollm2_path, LoadOptions(num_ctx=1024, num_thread=2, draft=smollm2_path))
+def drafted(smollm2_path: str) -> Iterator[BatchEngine]:
+    model = BatchEngine(
+        smollm2_path, LoadOptions(num_ctx=1024, num_thread=2, draft=smollm2_path), 1
+    )
     yield model
     model.close()
 
 
 @pytest.fixture(scope="module")
-def plain(smollm2_path: str) -> Iterator[LlamaModel]:
-    model = LlamaModel(smollm2_path, LoadOptions(num_ctx=1024, num_thread=2))
+def plain(smollm2_path: str) -> Iterator[BatchEngine]:
+    model = BatchEngine(smollm2_path, LoadOptions(num_ctx=1024, num_thread=2), 1)
     yield model
     model.close()
 
 
 def test_a_model_drafting_for_itself_is_nearly_always_right(
-    drafted: LlamaModel, plain: LlamaModel
+    drafted: BatchEngine, plain: BatchEngine
 ) -> None:
     prompt = plain.tokenize(edit_prompt(), add_special=True, parse_special=True)
     base, _ = run(plain, prompt, greedy(speculate="off", num_predict=80))
     tokens, t = run(drafted, prompt, greedy(speculate="draft", num_predict=80))
     assert t.draft_tokens > 20, t
     assert t.draft_accepted >= 0.9 * t.draft_tokens, t
-    assert int(lc.llama_memory_seq_pos_max(drafted._memory, 0)) + 1 == len(drafted._cache)
+    assert kv_end(drafted) == len(cached(drafted))
     assert_same_or_near_tie(plain, prompt, base, tokens)
     # auto uses the draft model where prompt lookup has no long match.
     tokens, t = run(drafted, prompt, greedy(speculate="auto", num_predict=80))
@@ -63,14 +65,14 @@ def test_a_model_drafting_for_itself_is_nearly_always_right(
     assert_same_or_near_tie(plain, prompt, base, tokens)
 
 
-def test_draft_mode_needs_a_draft_model(plain: LlamaModel) -> None:
+def test_draft_mode_needs_a_draft_model(plain: BatchEngine) -> None:
     prompt = plain.tokenize("hello", add_special=True, parse_special=False)
     with pytest.raises(BadRequestError, match="no draft model"):
         plain.generate(prompt, greedy(speculate="draft"))
 
 
 def test_every_slot_drafts_with_its_own_sequence(
-    smollm2_path: str, tiny_model: Path, plain: LlamaModel
+    smollm2_path: str, tiny_model: Path, plain: BatchEngine
 ) -> None:
     codes = [CODE, CODE.replace("Inventory", "Stock")]
     prompts = [plain.tokenize(edit_prompt(c), add_special=True, parse_special=True) for c in codes]
@@ -130,8 +132,8 @@ def test_a_drafted_model_speculates_in_run_and_in_the_server(cli: Any, tmp_path:
 
 
 def test_the_draft_model_counts_in_the_memory_plan(cli: Any, tmp_path: Path) -> None:
+    from localrun import fit, names
     from localrun import model as model_mod
-    from localrun import names, runner
     from localrun.store import Store
 
     modelfile = tmp_path / "Modelfile"
@@ -141,11 +143,11 @@ def test_the_draft_model_counts_in_the_memory_plan(cli: Any, tmp_path: Path) -> 
     drafted = model_mod.load(store, names.parse("drafted"))
     alone = model_mod.load(store, names.parse("smollm2:135m"))
     params = {"num_ctx": 2048}
-    with_draft = runner.plan_fit(drafted, params, slots=2, gpu=False).plan
-    without = runner.plan_fit(alone, params, slots=2, gpu=False).plan
+    with_draft = fit.plan_fit(drafted, params, slots=2, gpu=False).plan
+    without = fit.plan_fit(alone, params, slots=2, gpu=False).plan
     assert drafted.draft_path is not None
     weights = drafted.draft_path.stat().st_size
     assert with_draft.ram_bytes - without.ram_bytes > weights
     assert with_draft.kv_bytes == 2 * without.kv_bytes
-    options = runner.resolve_load_options(drafted, params, [], lambda _: None, fit=None)
+    options = fit.resolve_load_options(drafted, params, [], lambda _: None, fit=None)
     assert options.draft == str(drafted.draft_path) and options.draft_num_gpu == 0

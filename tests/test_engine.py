@@ -1,4 +1,4 @@
-"""The llama.cpp engine and the runner on real models: SmolLM2 and the generated tiny llama."""
+"""The llama.cpp engine with one slot on real models: SmolLM2 and the generated tiny llama."""
 
 from __future__ import annotations
 
@@ -10,15 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_speculate import one_token_logits
 
 from localrun import template
-from localrun.engine.llama import (
-    LlamaBackend,
-    LlamaModel,
-    grammar_sampler,
-    json_grammar,
-    json_schema_grammar,
-)
+from localrun.engine.batch import BatchEngine
+from localrun.engine.sampling import grammar_sampler, json_grammar, json_schema_grammar
 from localrun.engine.types import LoadOptions, SamplingOptions
 from localrun.errors import ContextOverflowError, InvalidGGUFError, ModelLoadError
 
@@ -28,23 +24,23 @@ GREEDY = SamplingOptions(temperature=0, num_predict=48)
 
 
 @pytest.fixture(scope="module")
-def smollm2(smollm2_path: str) -> LlamaModel:
-    model = LlamaBackend().load(smollm2_path, LoadOptions(num_ctx=1024, num_thread=2))
+def smollm2(smollm2_path: str) -> BatchEngine:
+    model = BatchEngine(smollm2_path, LoadOptions(num_ctx=1024, num_thread=2), 1)
     yield model
     model.close()
 
 
-def _chat_tokens(model: LlamaModel, messages: list[dict[str, str]]) -> list[int]:
+def _chat_tokens(model: BatchEngine, messages: list[dict[str, str]]) -> list[int]:
     text = template.render(model.chat_template, messages, bos_token=model.bos_text)
     return model.tokenize(text, add_special=False, parse_special=True)
 
 
-def _stops(model: LlamaModel) -> frozenset[int]:
+def _stops(model: BatchEngine) -> frozenset[int]:
     markers = template.end_of_turn_markers(model.chat_template)
     return frozenset(i for marker in markers for i in model.token_ids(marker))
 
 
-def test_greedy_answer_is_sensible_and_deterministic(smollm2: LlamaModel) -> None:
+def test_greedy_answer_is_sensible_and_deterministic(smollm2: BatchEngine) -> None:
     tokens = _chat_tokens(smollm2, [{"role": "user", "content": "What is the capital of France?"}])
     first = smollm2.generate(tokens, GREEDY, stop_tokens=_stops(smollm2))
     text = "".join(first)
@@ -58,14 +54,14 @@ def test_greedy_answer_is_sensible_and_deterministic(smollm2: LlamaModel) -> Non
     assert first.timings.prompt_tokens == len(tokens)
 
 
-def test_the_gguf_chat_template_is_applied(smollm2: LlamaModel) -> None:
+def test_the_gguf_chat_template_is_applied(smollm2: BatchEngine) -> None:
     assert smollm2.chat_template is not None and "<|im_start|>" in smollm2.chat_template
     text = template.render(smollm2.chat_template, [{"role": "user", "content": "hi"}])
     assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     assert _stops(smollm2) == frozenset({2})  # <|im_end|>
 
 
-def test_a_follow_up_turn_evaluates_only_new_tokens(smollm2: LlamaModel) -> None:
+def test_a_follow_up_turn_evaluates_only_new_tokens(smollm2: BatchEngine) -> None:
     smollm2.reset()
     convo = [{"role": "user", "content": "Name a colour."}]
     first = smollm2.generate(_chat_tokens(smollm2, convo), GREEDY, stop_tokens=_stops(smollm2))
@@ -81,7 +77,7 @@ def test_a_follow_up_turn_evaluates_only_new_tokens(smollm2: LlamaModel) -> None
     assert second.timings.prompt_tokens <= len(new) - 20 + 4
 
 
-def test_multibyte_characters_come_out_whole(smollm2: LlamaModel) -> None:
+def test_multibyte_characters_come_out_whole(smollm2: BatchEngine) -> None:
     target = "日本語 café ☕ naïve"
     grammar = 'root ::= "' + target + '"'
     gen = smollm2.generate(
@@ -91,7 +87,7 @@ def test_multibyte_characters_come_out_whole(smollm2: LlamaModel) -> None:
     pieces = list(gen)
     assert "".join(pieces) == target
     assert all("\ufffd" not in p for p in pieces)
-    token_pieces = [smollm2._piece_bytes(t) for t in gen.tokens]
+    token_pieces = [smollm2._weights.piece_bytes(t) for t in gen.tokens]
     assert any(_incomplete_utf8(b) for b in token_pieces), "a character is split over tokens"
 
 
@@ -103,7 +99,7 @@ def _incomplete_utf8(data: bytes) -> bool:
     return False
 
 
-def test_json_grammar_output_parses(smollm2: LlamaModel) -> None:
+def test_json_grammar_output_parses(smollm2: BatchEngine) -> None:
     tokens = _chat_tokens(
         smollm2, [{"role": "user", "content": "Give me a JSON object with a name and an age."}]
     )
@@ -115,7 +111,7 @@ def test_json_grammar_output_parses(smollm2: LlamaModel) -> None:
     json.loads(text)
 
 
-def _allowed(model: LlamaModel, grammar: str, prefix: str, piece: str) -> bool:
+def _allowed(model: BatchEngine, grammar: str, prefix: str, piece: str) -> bool:
     """Whether `grammar`, having read `prefix`, lets the single token `piece` come next."""
     import ctypes
 
@@ -150,7 +146,7 @@ def _allowed(model: LlamaModel, grammar: str, prefix: str, piece: str) -> bool:
     ],
 )
 def test_json_grammars_refuse_raw_control_characters_in_strings(
-    smollm2: LlamaModel, grammar: Any
+    smollm2: BatchEngine, grammar: Any
 ) -> None:
     text = grammar()
     prefix = '{"a": "'
@@ -161,7 +157,7 @@ def test_json_grammars_refuse_raw_control_characters_in_strings(
     assert _allowed(smollm2, text, prefix + "\\", "n")  # the escaped form is fine
 
 
-def test_cancel_stops_generation(smollm2: LlamaModel) -> None:
+def test_cancel_stops_generation(smollm2: BatchEngine) -> None:
     cancel = threading.Event()
     gen = smollm2.generate(
         smollm2.tokenize("Once upon a time", add_special=False, parse_special=False),
@@ -175,7 +171,7 @@ def test_cancel_stops_generation(smollm2: LlamaModel) -> None:
     assert 3 <= gen.timings.eval_tokens <= 5
 
 
-def test_num_predict_and_length(smollm2: LlamaModel) -> None:
+def test_num_predict_and_length(smollm2: BatchEngine) -> None:
     gen = smollm2.generate(
         smollm2.tokenize("Once upon a time", add_special=False, parse_special=False),
         SamplingOptions(temperature=0, num_predict=7),
@@ -185,7 +181,7 @@ def test_num_predict_and_length(smollm2: LlamaModel) -> None:
 
 
 def test_prompt_longer_than_context(smollm2_path: str) -> None:
-    model = LlamaBackend().load(smollm2_path, LoadOptions(num_ctx=64, num_thread=2))
+    model = BatchEngine(smollm2_path, LoadOptions(num_ctx=64, num_thread=2), 1)
     try:
         with pytest.raises(ContextOverflowError) as info:
             model.generate(list(range(100, 110 + model.n_ctx)), GREEDY)
@@ -196,19 +192,23 @@ def test_prompt_longer_than_context(smollm2_path: str) -> None:
 
 def test_lora_changes_logits_and_scale_zero_equals_base(tiny_model: Path, tiny_lora: Path) -> None:
     options = LoadOptions(num_ctx=128, num_thread=2)
-    base = LlamaBackend().load(str(tiny_model), options)
+    base = BatchEngine(str(tiny_model), options, 1)
     tokens = base.tokenize("the a b", add_special=True, parse_special=False)
-    base_logits = base.logits(tokens)
+    base_logits = list(one_token_logits(base, tokens))
     base.close()
-    adapted = LlamaBackend().load(
-        str(tiny_model), LoadOptions(num_ctx=128, num_thread=2, adapters=((str(tiny_lora), 1.0),))
+    adapted = BatchEngine(
+        str(tiny_model),
+        LoadOptions(num_ctx=128, num_thread=2, adapters=((str(tiny_lora), 1.0),)),
+        1,
     )
-    lora_logits = adapted.logits(tokens)
+    lora_logits = list(one_token_logits(adapted, tokens))
     adapted.close()
-    zero = LlamaBackend().load(
-        str(tiny_model), LoadOptions(num_ctx=128, num_thread=2, adapters=((str(tiny_lora), 0.0),))
+    zero = BatchEngine(
+        str(tiny_model),
+        LoadOptions(num_ctx=128, num_thread=2, adapters=((str(tiny_lora), 0.0),)),
+        1,
     )
-    zero_logits = zero.logits(tokens)
+    zero_logits = list(one_token_logits(zero, tokens))
     zero.close()
     assert max(abs(a - b) for a, b in zip(base_logits, lora_logits, strict=True)) > 0.1
     assert max(abs(a - b) for a, b in zip(base_logits, zero_logits, strict=True)) < 1e-4
@@ -217,7 +217,7 @@ def test_lora_changes_logits_and_scale_zero_equals_base(tiny_model: Path, tiny_l
 def test_invalid_files_never_reach_llama_cpp(malformed: dict[str, Path]) -> None:
     for path in malformed.values():
         with pytest.raises(InvalidGGUFError):
-            LlamaBackend().load(str(path), LoadOptions(num_ctx=64))
+            BatchEngine(str(path), LoadOptions(num_ctx=64), 1)
 
 
 def test_a_well_formed_file_llama_cpp_refuses(tmp_path: Path, tiny_model: Path) -> None:
@@ -230,15 +230,13 @@ def test_a_well_formed_file_llama_cpp_refuses(tmp_path: Path, tiny_model: Path) 
     path = tmp_path / "missing-tensor.gguf"
     path.write_bytes(fuzz_gguf.serialize(layout))
     with pytest.raises(ModelLoadError) as info:
-        LlamaBackend().load(str(path), LoadOptions(num_ctx=64))
+        BatchEngine(str(path), LoadOptions(num_ctx=64), 1)
     assert "could not load" in info.value.message
 
 
 def test_a_mismatched_adapter_is_refused(smollm2_path: str, tiny_lora: Path) -> None:
     with pytest.raises(ModelLoadError):
-        LlamaBackend().load(
-            smollm2_path, LoadOptions(num_ctx=64, adapters=((str(tiny_lora), 1.0),))
-        )
+        BatchEngine(smollm2_path, LoadOptions(num_ctx=64, adapters=((str(tiny_lora), 1.0),)), 1)
 
 
 def test_inconsistent_hyperparameters_are_refused_before_llama_cpp(
@@ -252,7 +250,7 @@ def test_inconsistent_hyperparameters_are_refused_before_llama_cpp(
     reader.fields["llama.embedding_length"].parts[-1][0] = 96  # the tensors say 64
     del reader
     with pytest.raises(InvalidGGUFError) as info:
-        LlamaBackend().load(str(path), LoadOptions(num_ctx=64))
+        BatchEngine(str(path), LoadOptions(num_ctx=64), 1)
     assert "token_embd.weight is 64 wide but llama.embedding_length is 96" in info.value.message
 
 
@@ -279,7 +277,7 @@ def global_cxx():
     return hasattr(ctypes.CDLL(None), "_ZNSt6locale7classicEv")
 
 before, global_before = link_map(), global_cxx()
-import localrun.engine.llama
+import localrun.engine.batch
 out = {"before": before, "after": link_map()}
 print(json.dumps({**out, "global_before": global_before, "global_after": global_cxx()}))
 """

@@ -470,8 +470,8 @@ def test_a_long_shared_system_prompt_does_not_pin_conversations(
 
 
 def test_wire_translation_details() -> None:
+    from localrun.request import GenRequest
     from localrun.scheduler import remote_wire
-    from localrun.worker import protocol
 
     history = [
         {"role": "user", "content": "weather in Paris and Rome?"},
@@ -481,7 +481,7 @@ def test_wire_translation_details() -> None:
         {"role": "tool", "content": "sunny"},
         {"role": "tool", "content": "rainy"},
     ]  # fmt: skip
-    chat = protocol.chat_request(1, history, options={"seed": -1, "num_predict": -1})
+    chat = GenRequest("m", messages=history, options={"seed": -1, "num_predict": -1})
     openai_body = remote_wire.body("openai", "m", chat)
     assert [m.get("tool_call_id") for m in openai_body["messages"][2:]] == ["a1", "b2"]
     assert "seed" not in openai_body and "max_tokens" not in openai_body
@@ -489,15 +489,15 @@ def test_wire_translation_details() -> None:
     calls = ollama_body["messages"][1]["tool_calls"]
     assert [c["function"]["arguments"] for c in calls] == [{"city": "Paris"}, {"city": "Rome"}]
     assert "seed" not in ollama_body["options"]
-    thinking = remote_wire.body("openai", "m", protocol.chat_request(3, history[:1], think="high"))
+    thinking = remote_wire.body("openai", "m", GenRequest("m", messages=history[:1], think="high"))
     assert thinking["chat_template_kwargs"] == {"enable_thinking": True}
     assert thinking["reasoning_effort"] == "high"
-    quiet = remote_wire.body("openai", "m", protocol.chat_request(4, history[:1], think=False))
+    quiet = remote_wire.body("openai", "m", GenRequest("m", messages=history[:1], think=False))
     assert quiet["chat_template_kwargs"] == {"enable_thinking": False}
     reader = remote_wire.Reader("openai", 5, 0.0)
     pieces = reader.feed({"choices": [{"index": 0, "delta": {"reasoning_content": "hmm"}}]})
     assert pieces[0]["thinking"] == "hmm"
-    fim = protocol.complete_request(2, "def f(", suffix="    return x")
+    fim = GenRequest("m", prompt="def f(", suffix="    return x")
     assert remote_wire.body("ollama", "m", fim)["raw"] is False  # Ollama's template fills in
     reader = remote_wire.Reader("openai", 1, 0.0)
     with pytest.raises(ValueError, match="abort"):

@@ -188,7 +188,7 @@ def test_out_of_range_values(assignment: str, fragment: str) -> None:
     ],
 )
 def test_any_64_bit_seed_is_reduced_to_32_bits(given: int, reduced: int) -> None:
-    from localrun.engine.llama import native_seed
+    from localrun.engine.sampling import native_seed
 
     assert validate({"seed": given}) == {"seed": given}  # kept as written (Modelfiles too)
     assert parse_assignment(f"seed={given}") == ("seed", given)

@@ -13,7 +13,6 @@ import pytest
 from test_batch import greedy, run
 
 from localrun.engine.batch import BatchEngine
-from localrun.engine.llama import LlamaModel
 from localrun.engine.types import LoadOptions, SamplingOptions
 
 TEXT = "the cat and the dog " * 10
@@ -21,13 +20,13 @@ MORE = " and the cat"
 
 
 @pytest.fixture(scope="module")
-def single(tiny_mamba: Path) -> Iterator[LlamaModel]:
-    model = LlamaModel(str(tiny_mamba), LoadOptions(num_ctx=512, num_thread=1))
+def single(tiny_mamba: Path) -> Iterator[BatchEngine]:
+    model = BatchEngine(str(tiny_mamba), LoadOptions(num_ctx=512, num_thread=1), 1)
     yield model
     model.close()
 
 
-def answer(model: LlamaModel, prompt: list[int], **options: Any) -> list[int]:
+def answer(model: BatchEngine, prompt: list[int], **options: Any) -> list[int]:
     gen = model.generate(prompt, SamplingOptions(temperature=0, num_predict=200, **options))
     for _ in gen.pieces:
         pass
@@ -35,16 +34,16 @@ def answer(model: LlamaModel, prompt: list[int], **options: Any) -> list[int]:
     return list(gen.tokens)
 
 
-def tokens(model: LlamaModel, text: str) -> list[int]:
+def tokens(model: BatchEngine, text: str) -> list[int]:
     return model.tokenize(text, add_special=True, parse_special=True)
 
 
-def test_the_model_is_recurrent_and_its_sequences_cannot_be_cut(single: LlamaModel) -> None:
+def test_the_model_is_recurrent_and_its_sequences_cannot_be_cut(single: BatchEngine) -> None:
     assert single._weights.trims is False
     assert "recurrent" in (single._weights.unrestorable() or "")
 
 
-def test_a_prompt_sharing_a_prefix_is_evaluated_again(single: LlamaModel) -> None:
+def test_a_prompt_sharing_a_prefix_is_evaluated_again(single: BatchEngine) -> None:
     prompt, longer = tokens(single, TEXT), tokens(single, TEXT + MORE)
     single.reset()
     fresh = answer(single, longer)
@@ -54,7 +53,7 @@ def test_a_prompt_sharing_a_prefix_is_evaluated_again(single: LlamaModel) -> Non
 
 
 @pytest.mark.parametrize("mode", ["ngram", "auto"])
-def test_speculation_is_off_and_the_answer_is_the_plain_one(single: LlamaModel, mode: str) -> None:
+def test_speculation_is_off_and_the_answer_is_the_plain_one(single: BatchEngine, mode: str) -> None:
     prompt = tokens(single, TEXT)
     single.reset()
     plain = answer(single, prompt, speculate="off")
@@ -62,7 +61,7 @@ def test_speculation_is_off_and_the_answer_is_the_plain_one(single: LlamaModel, 
     assert answer(single, prompt, speculate=mode) == plain
 
 
-def test_every_slot_of_the_batch_engine_alike(tiny_mamba: Path, single: LlamaModel) -> None:
+def test_every_slot_of_the_batch_engine_alike(tiny_mamba: Path, single: BatchEngine) -> None:
     prompt, longer = tokens(single, TEXT), tokens(single, TEXT + MORE)
     expected = {}
     for p in (prompt, longer):

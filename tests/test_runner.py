@@ -6,17 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from localrun import create, modelfile, names, runner, template
-from localrun.engine.fake import FakeBackend
+from localrun import create, modelfile, names, template
 from localrun.errors import InvalidParameterError, TemplateError
+from localrun.model import Model
 from localrun.model import load as load_model
 from localrun.store import Store
+from localrun.worker.local import LocalRunner, open_local
 
 
-def _model(store: Store, folder: Path, text: str, name: str = "m") -> object:
+def _model(store: Store, folder: Path, text: str, name: str = "m") -> Model:
     mf = modelfile.parse(text)
     create.create(store, names.parse(name), mf, folder)
     return load_model(store, names.parse(name))
+
+
+def _fake(model: Model, replies: list[str] | None = None) -> LocalRunner:
+    """`model` loaded in this process on the scripted engine answering `replies`."""
+    return open_local(model, {}, backend="fake", extra={"replies": replies or ["Hello!"]})
 
 
 @pytest.fixture
@@ -27,7 +33,7 @@ def folder(tmp_path: Path, tiny_model: Path) -> Path:
 
 def test_stop_sequences_end_the_answer(store: Store, folder: Path) -> None:
     m = _model(store, folder, "FROM tiny.gguf\nPARAMETER stop STOP\n")
-    r = runner.load(m, backend=FakeBackend(["Hello STOP world"]))  # type: ignore[arg-type]
+    r = _fake(m, ["Hello STOP world"])
     reply = r.chat([{"role": "user", "content": "hi"}])
     assert "".join(reply) == "Hello " and reply.text == "Hello "
     assert reply.done_reason == "stop"
@@ -40,8 +46,7 @@ def test_a_reasoning_models_thinking_is_split_off(store: Store, folder: Path) ->
 
     source = make_test_models.THINKING_TEMPLATE
     m = _model(store, folder, f'FROM tiny.gguf\nTEMPLATE """{source}"""\nPARAMETER stop wor\n')
-    backend = FakeBackend(["<think>plan</think>answer world"])
-    r = runner.load(m, backend=backend)  # type: ignore[arg-type]
+    r = _fake(m, ["<think>plan</think>answer world"])
     seen: list[str] = []
     reply = r.chat([{"role": "user", "content": "hi"}], think=True)
     reply.on_thinking = seen.append
@@ -49,17 +54,14 @@ def test_a_reasoning_models_thinking_is_split_off(store: Store, folder: Path) ->
     assert reply.thinking == "plan" == "".join(seen)
     hidden = r.chat([{"role": "user", "content": "hi"}], think=False)
     assert "".join(hidden) == "answer " and hidden.thinking == ""
-    plain = runner.load(
-        _model(store, folder, "FROM tiny.gguf\n", name="plain"),
-        backend=FakeBackend(["x"]),  # type: ignore[arg-type]
-    )
+    plain = _fake(_model(store, folder, "FROM tiny.gguf\n", name="plain"), ["x"])
     with pytest.raises(BadRequestError, match="does not support thinking"):
         plain.chat([{"role": "user", "content": "hi"}], think="high")
 
 
 def test_a_partial_stop_sequence_is_released(store: Store, folder: Path) -> None:
     m = _model(store, folder, "FROM tiny.gguf\nPARAMETER stop abc\n")
-    r = runner.load(m, backend=FakeBackend(["xabxab"]))  # type: ignore[arg-type]
+    r = _fake(m, ["xabxab"])
     reply = r.chat([{"role": "user", "content": "hi"}])
     assert "".join(reply) == "xabxab"
     assert reply.done_reason == "stop"  # the fake's own end of turn
@@ -67,7 +69,7 @@ def test_a_partial_stop_sequence_is_released(store: Store, folder: Path) -> None
 
 def test_options_override_and_are_validated(store: Store, folder: Path) -> None:
     m = _model(store, folder, "FROM tiny.gguf\n")
-    r = runner.load(m, backend=FakeBackend(["0123456789"]))  # type: ignore[arg-type]
+    r = _fake(m, ["0123456789"])
     reply = r.chat([{"role": "user", "content": "hi"}], options={"num_predict": 4})
     assert "".join(reply) == "0123" and reply.done_reason == "length"
     with pytest.raises(InvalidParameterError):
@@ -82,21 +84,20 @@ def test_system_messages_and_template_layers(store: Store, folder: Path) -> None
         'TEMPLATE """{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}'
         '{% if add_generation_prompt %}[assistant:{% endif %}"""\n',
     )
-    backend = FakeBackend(["ok"])
-    r = runner.load(m, backend=backend)  # type: ignore[arg-type]
+    r = _fake(m, ["ok"])
     "".join(r.chat([{"role": "user", "content": "q2"}]))
-    prompt = "".join(map(chr, backend.loaded[0].prompts[-1]))
+    prompt = "".join(map(chr, r.engine.prompts[-1]))
     assert prompt == "[system:be kind][user:q1][assistant:a1][user:q2][assistant:"
     "".join(r.chat([{"role": "user", "content": "q2"}], system="be brief"))
-    assert "".join(map(chr, backend.loaded[0].prompts[-1])).startswith("[system:be brief]")
+    assert "".join(map(chr, r.engine.prompts[-1])).startswith("[system:be brief]")
     own = [{"role": "system", "content": "mine"}, {"role": "user", "content": "q"}]
     "".join(r.chat(own))
-    assert "".join(map(chr, backend.loaded[0].prompts[-1])).startswith("[system:mine][user:q1]")
+    assert "".join(map(chr, r.engine.prompts[-1])).startswith("[system:mine][user:q1]")
 
 
 def test_follow_up_reuses_the_cache(store: Store, folder: Path) -> None:
     m = _model(store, folder, "FROM tiny.gguf\n")
-    r = runner.load(m, backend=FakeBackend(["first", "second"]))  # type: ignore[arg-type]
+    r = _fake(m, ["first", "second"])
     convo = [{"role": "user", "content": "hello"}]
     one = r.chat(convo)
     convo.append({"role": "assistant", "content": "".join(one)})
@@ -111,18 +112,16 @@ def test_follow_up_reuses_the_cache(store: Store, folder: Path) -> None:
 
 def test_num_ctx_above_training_warns(store: Store, folder: Path) -> None:
     m = _model(store, folder, "FROM tiny.gguf\nPARAMETER num_ctx 1024\n")
-    warnings: list[str] = []
-    runner.load(m, backend=FakeBackend(), warn=warnings.append)  # type: ignore[arg-type]
+    warnings = _fake(m).loaded.warnings
     assert any("larger than the 256 tokens" in w for w in warnings)
 
 
 def test_default_context_is_capped_by_training(store: Store, folder: Path) -> None:
     m = _model(store, folder, "FROM tiny.gguf\n")
-    backend = FakeBackend()
-    runner.load(m, backend=backend)  # type: ignore[arg-type]
-    assert backend.loaded[0].options.num_ctx == 256
-    assert backend.loaded[0].options.num_thread >= 1
-    assert backend.loaded[0].options.num_gpu == 0  # this build has no GPU offload
+    r = _fake(m)
+    assert r.engine.options.num_ctx == 256
+    assert r.engine.options.num_thread >= 1
+    assert r.engine.options.num_gpu == 0  # this build has no GPU offload
 
 
 # -- templates ---------------------------------------------------------------------------------

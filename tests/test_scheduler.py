@@ -31,6 +31,7 @@ from localrun.errors import (
     ModelNotFoundError,
     RunnerDiedError,
 )
+from localrun.request import GenRequest
 from localrun.scheduler import Scheduler, Stream
 from localrun.store import Store
 from localrun.worker import process as runner_process
@@ -39,6 +40,16 @@ pytestmark = pytest.mark.model
 
 T = TypeVar("T")
 HI = [{"role": "user", "content": "hi"}]
+
+
+def chat(sched: Scheduler, name: str, **fields: Any) -> Coroutine[Any, Any, Stream]:
+    return sched.generate(GenRequest(name, **fields))
+
+
+def complete(sched: Scheduler, name: str, **fields: Any) -> Coroutine[Any, Any, Stream]:
+    return sched.generate(GenRequest(name, **fields))
+
+
 # About 10 s per answer: a slot stays busy until the test closes the stream.
 SLOW: dict[str, Any] = {"replies": ["abcdefghijklmnopqrstuvwxyz" * 20], "delay": 0.02}
 
@@ -111,7 +122,7 @@ def test_streams_from_the_real_engine_and_serves_concurrent_requests(models: Sto
 
     async def main() -> None:
         async with scheduler(models, num_parallel=4) as sched:
-            stream = await sched.chat("a", messages=HI, options=options)
+            stream = await chat(sched, "a", messages=HI, options=options)
             answer = await text(stream)
             assert answer and stream.done_reason == "length"
             assert stream.timings.eval_tokens == 6 and stream.load_s > 0
@@ -124,10 +135,10 @@ def test_streams_from_the_real_engine_and_serves_concurrent_requests(models: Sto
             # 8 requests on 4 slots: all complete, each with the answer it gets alone.
             prompts = [f"{i} and {i * 7}" for i in range(8)]
             alone = [
-                await text(await sched.complete("a", prompt=p, options=options)) for p in prompts
+                await text(await complete(sched, "a", prompt=p, options=options)) for p in prompts
             ]
             streams = await asyncio.gather(
-                *(sched.complete("a", prompt=p, options=options) for p in prompts)
+                *(complete(sched, "a", prompt=p, options=options) for p in prompts)
             )
             answers = await asyncio.gather(*(text(s) for s in streams))
             assert answers == alone and len(set(answers)) > 1
@@ -148,8 +159,8 @@ def test_tokenize_counts_what_a_chat_would_evaluate(models: Store) -> None:
     async def main() -> None:
         async with scheduler(models, num_parallel=2) as sched:
             counted = await sched.tokenize("a", messages=messages, system="Be brief.")
-            stream = await sched.chat(
-                "a", messages=messages, system="Be brief.", options={"num_predict": 1}
+            stream = await chat(
+                sched, "a", messages=messages, system="Be brief.", options={"num_predict": 1}
             )
             await text(stream)
             t = stream.timings
@@ -201,7 +212,7 @@ def test_concurrent_requests_get_their_own_answers(models: Store) -> None:
 
     async def main() -> None:
         async with fake(models, {"replies": replies, "delay": 0.005}, num_parallel=3) as sched:
-            streams = await asyncio.gather(*(sched.chat("a", messages=HI) for _ in range(8)))
+            streams = await asyncio.gather(*(chat(sched, "a", messages=HI) for _ in range(8)))
             assert [s.load_s > 0 for s in streams].count(True) >= 1
             answers = await asyncio.gather(*(text(s) for s in streams))
             assert sorted(answers) == sorted(replies)
@@ -215,19 +226,19 @@ def test_names_options_and_runner_errors_are_typed(models: Store) -> None:
     async def main() -> None:
         async with fake(models) as sched:
             with pytest.raises(ModelNotFoundError) as missing:
-                await sched.chat("nope", messages=HI)
+                await chat(sched, "nope", messages=HI)
             assert "nope" in str(missing.value) and "localrun pull" in (missing.value.hint or "")
             with pytest.raises(InvalidParameterError):
-                await sched.chat("a", messages=HI, options={"temprature": 1})
+                await chat(sched, "a", messages=HI, options={"temprature": 1})
             # The fake engine's context is num_ctx tokens (characters).
-            stream = await sched.complete("a", prompt="x" * 500, options={"num_ctx": 64})
+            stream = await complete(sched, "a", prompt="x" * 500, options={"num_ctx": 64})
             with pytest.raises(ContextOverflowError):
                 await text(stream)
-            assert await text(await sched.complete("a", prompt="ok", options={"num_ctx": 64}))
+            assert await text(await complete(sched, "a", prompt="ok", options={"num_ctx": 64}))
         # A load the worker refuses: its typed error, for every request that waited on it.
         async with fake(models, {"delay": -1}) as sched:
             results = await asyncio.gather(
-                sched.chat("a", messages=HI), sched.chat("a", messages=HI), return_exceptions=True
+                chat(sched, "a", messages=HI), chat(sched, "a", messages=HI), return_exceptions=True
             )
             assert all(isinstance(r, BadRequestError) for r in results), results
             assert results[0] is not results[1]
@@ -242,13 +253,13 @@ def test_names_options_and_runner_errors_are_typed(models: Store) -> None:
 def test_a_full_queue_refuses_at_once_and_aclose_frees_the_slot(models: Store) -> None:
     async def main() -> None:
         async with fake(models, SLOW, num_parallel=1, max_queue=1) as sched:
-            first = await sched.chat("a", messages=HI)
+            first = await chat(sched, "a", messages=HI)
             assert await first_piece(first) == "a"
-            waiting = asyncio.ensure_future(sched.chat("a", messages=HI))
+            waiting = asyncio.ensure_future(chat(sched, "a", messages=HI))
             await until(lambda: sched.waiting == 1)
             started = time.monotonic()
             with pytest.raises(BusyError) as busy:
-                await sched.chat("a", messages=HI)
+                await chat(sched, "a", messages=HI)
             assert time.monotonic() - started < 1 and busy.value.retry_after >= 1
             assert sched.running()[0].busy == 1
 
@@ -258,7 +269,7 @@ def test_a_full_queue_refuses_at_once_and_aclose_frees_the_slot(models: Store) -
             second = await asyncio.wait_for(waiting, 5)
             assert await first_piece(second) == "a"
             await second.aclose()
-            third = await sched.chat("a", messages=HI, options={"num_predict": 3})
+            third = await chat(sched, "a", messages=HI, options={"num_predict": 3})
             assert await text(third) == "abc" and third.done_reason == "length"
 
     run(main())
@@ -267,13 +278,13 @@ def test_a_full_queue_refuses_at_once_and_aclose_frees_the_slot(models: Store) -
 def test_a_freed_slot_goes_to_the_oldest_waiting_request(models: Store) -> None:
     async def main() -> None:
         async with fake(models, SLOW, num_parallel=1) as sched:
-            holder = await sched.chat("a", messages=HI)
+            holder = await chat(sched, "a", messages=HI)
             await first_piece(holder)
             served: list[str] = []
 
             async def ask(label: str, after: int = 0) -> None:
                 await until(lambda: sched.waiting == after)
-                stream = await sched.chat("a", messages=HI, options={"num_predict": 2})
+                stream = await chat(sched, "a", messages=HI, options={"num_predict": 2})
                 served.append(label)
                 assert await text(stream) == "ab"
 
@@ -300,11 +311,11 @@ def test_a_freed_slot_goes_to_the_oldest_waiting_request(models: Store) -> None:
 def test_a_dropped_stream_releases_its_slot(models: Store) -> None:
     async def main() -> None:
         async with fake(models, SLOW, num_parallel=1) as sched:
-            stream = await sched.chat("a", messages=HI)
+            stream = await chat(sched, "a", messages=HI)
             await first_piece(stream)
             del stream  # never closed: __del__ still cancels it
             nxt = await asyncio.wait_for(
-                sched.chat("a", messages=HI, options={"num_predict": 2}), 5
+                chat(sched, "a", messages=HI, options={"num_predict": 2}), 5
             )
             assert await text(nxt) == "ab"
 
@@ -317,13 +328,13 @@ def test_a_dropped_stream_releases_its_slot(models: Store) -> None:
 def test_keep_alive_expires_and_zero_unloads_at_once(models: Store) -> None:
     async def main() -> None:
         async with fake(models) as sched:
-            await text(await sched.chat("a", messages=HI, keep_alive=0.3))
+            await text(await chat(sched, "a", messages=HI, keep_alive=0.3))
             [shown] = sched.running()
             assert shown.expires_at <= time.time() + 0.3
             await until(lambda: not sched.running(), timeout=5)
             await until(lambda: gone(shown.pid))
 
-            stream = await sched.chat("a", messages=HI, keep_alive=0)
+            stream = await chat(sched, "a", messages=HI, keep_alive=0)
             pid = pid_of(sched, "a:latest")
             await text(stream)
             await until(lambda: gone(pid))
@@ -348,7 +359,7 @@ def test_least_recently_used_idle_models_are_evicted(models: Store) -> None:
         async with fake(models, max_loaded=2) as sched:
             await sched.load("a")
             b = await sched.load("b")
-            await text(await sched.chat("a", messages=HI))  # a is now the most recent
+            await text(await chat(sched, "a", messages=HI))  # a is now the most recent
             await sched.load("c")
             assert sorted(m.name for m in sched.running()) == ["a:latest", "c:latest"]
             assert gone(b.pid)
@@ -365,9 +376,9 @@ def test_least_recently_used_idle_models_are_evicted(models: Store) -> None:
 def test_a_busy_model_is_not_evicted_the_request_waits(models: Store) -> None:
     async def main() -> None:
         async with fake(models, SLOW, max_loaded=1) as sched:
-            busy = await sched.chat("a", messages=HI)
+            busy = await chat(sched, "a", messages=HI)
             await first_piece(busy)
-            other = asyncio.ensure_future(sched.chat("b", messages=HI, options={"num_predict": 1}))
+            other = asyncio.ensure_future(chat(sched, "b", messages=HI, options={"num_predict": 1}))
             await asyncio.sleep(0.3)
             assert not other.done() and [m.name for m in sched.running()] == ["a:latest"]
             await busy.aclose()
@@ -390,13 +401,13 @@ def test_other_load_options_reload_once_idle(models: Store) -> None:
             assert again.context_length == 64 and again.pid != first.pid
             assert gone(first.pid) and len(sched.running()) == 1
             # No load option: the model's own values, not those another request loaded with.
-            plain = await sched.chat("a", messages=HI)
+            plain = await chat(sched, "a", messages=HI)
             await text(plain)
             own = sched.running()[0]
             assert own.pid != again.pid and own.context_length not in (64, 128)
             asked = await sched.load("a", options={"num_ctx": own.context_length})
             assert asked.pid == own.pid  # asking for the model's own value in force: no reload
-            await text(await sched.chat("a", messages=HI))
+            await text(await chat(sched, "a", messages=HI))
             assert pid_of(sched, "a:latest") == own.pid
 
     run(main())
@@ -408,8 +419,8 @@ def test_other_load_options_reload_once_idle(models: Store) -> None:
 def test_a_killed_runner_fails_only_its_requests(models: Store) -> None:
     async def main() -> None:
         async with fake(models, SLOW) as sched:
-            victim = await sched.chat("a", messages=HI)
-            bystander = await sched.chat("b", messages=HI, options={"num_predict": 30})
+            victim = await chat(sched, "a", messages=HI)
+            bystander = await chat(sched, "b", messages=HI, options={"num_predict": 30})
             await first_piece(victim)
             pid = pid_of(sched, "a:latest")
             os.kill(pid, signal.SIGKILL)
@@ -418,7 +429,7 @@ def test_a_killed_runner_fails_only_its_requests(models: Store) -> None:
             assert "SIGKILL" in died.value.message and "server log" in (died.value.hint or "")
             assert await text(bystander) == SLOW["replies"][0][:30]
             await until(lambda: "a:latest" not in [m.name for m in sched.running()])
-            fresh = await sched.chat("a", messages=HI, options={"num_predict": 2})
+            fresh = await chat(sched, "a", messages=HI, options={"num_predict": 2})
             assert await text(fresh) == "ab" and pid_of(sched, "a:latest") != pid
 
     run(main())
@@ -428,7 +439,7 @@ def test_close_stops_busy_runners_and_leaves_no_children(models: Store) -> None:
     async def main() -> None:
         sched = Scheduler(models, backend="fake", backend_options=SLOW)
         await sched.start()
-        streams = [await sched.chat(n, messages=HI) for n in ("a", "b")]
+        streams = [await chat(sched, n, messages=HI) for n in ("a", "b")]
         await asyncio.gather(*(first_piece(s) for s in streams))
         assert len(children()) == 2
         started = time.monotonic()
@@ -439,7 +450,7 @@ def test_close_stops_busy_runners_and_leaves_no_children(models: Store) -> None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(text(stream), 5)
         with pytest.raises(Exception, match="shutting down"):
-            await sched.chat("a", messages=HI)
+            await chat(sched, "a", messages=HI)
 
     run(main())
 
@@ -448,7 +459,7 @@ def test_close_stops_busy_runners_and_leaves_no_children(models: Store) -> None:
 def test_the_packaged_model_is_imported_in_a_child_process(models: Store) -> None:
     async def main() -> None:
         async with fake(models) as sched:
-            stream = await sched.chat("smollm2", messages=HI)
+            stream = await chat(sched, "smollm2", messages=HI)
             assert await text(stream) == "Hello!"
             assert [m.name for m in sched.running()] == ["smollm2:135m"]
 
@@ -468,9 +479,9 @@ def test_a_runner_that_ignores_a_cancel_is_killed(
 
     async def main() -> None:
         async with fake(models, HANG, num_parallel=2) as sched:
-            stuck = await sched.chat("a", messages=HI)
+            stuck = await chat(sched, "a", messages=HI)
             assert await first_piece(stuck) == "H"
-            other = await sched.chat("a", messages=HI)  # on the same runner, never answered
+            other = await chat(sched, "a", messages=HI)  # on the same runner, never answered
             pid = pid_of(sched, "a:latest")
             started = time.monotonic()
             await stuck.aclose()
@@ -480,7 +491,7 @@ def test_a_runner_that_ignores_a_cancel_is_killed(
             assert "did not end a cancelled request" in died.value.message
             assert "out of memory" not in died.value.message
             await until(lambda: gone(pid))
-            fresh = await sched.chat("a", messages=HI)  # a new runner answers
+            fresh = await chat(sched, "a", messages=HI)  # a new runner answers
             assert await first_piece(fresh) == "H" and pid_of(sched, "a:latest") != pid
 
     run(main())
@@ -493,7 +504,7 @@ def test_unload_cancels_a_busy_model_and_kills_it_when_wedged(
 
     async def main() -> None:
         async with fake(models, SLOW) as sched:
-            busy = await sched.chat("a", messages=HI)
+            busy = await chat(sched, "a", messages=HI)
             await first_piece(busy)
             pid = pid_of(sched, "a:latest")
             started = time.monotonic()
@@ -502,7 +513,7 @@ def test_unload_cancels_a_busy_model_and_kills_it_when_wedged(
             await text(busy)
             assert busy.done_reason == "cancelled"
         async with fake(models, HANG) as sched:
-            stuck = await sched.chat("a", messages=HI)
+            stuck = await chat(sched, "a", messages=HI)
             await first_piece(stuck)
             pid = pid_of(sched, "a:latest")
             started = time.monotonic()
@@ -548,7 +559,7 @@ def test_a_cancelled_embedding_frees_its_slot(models: Store) -> None:
             await asyncio.sleep(0.2)
             embedding.cancel()
             nxt = await asyncio.wait_for(
-                sched.chat("a", messages=HI, options={"num_predict": 2}), 3
+                chat(sched, "a", messages=HI, options={"num_predict": 2}), 3
             )
             assert await text(nxt) == "He"
 
@@ -561,10 +572,10 @@ def test_a_context_that_cannot_fit_leaves_the_loaded_runner_alone(models: Store)
             loaded = await sched.load("a")
             started = time.monotonic()
             with pytest.raises(InvalidParameterError) as refused:
-                await sched.chat("a", messages=HI, options={"num_ctx": 2**24})
+                await chat(sched, "a", messages=HI, options={"num_ctx": 2**24})
             assert time.monotonic() - started < 1 and "num_ctx" in refused.value.message
             assert pid_of(sched, "a:latest") == loaded.pid
-            assert await text(await sched.chat("a", messages=HI)) == "Hello!"
+            assert await text(await chat(sched, "a", messages=HI)) == "Hello!"
             assert pid_of(sched, "a:latest") == loaded.pid
             # A larger context that fits still reloads.
             bigger = await sched.load("a", options={"num_ctx": loaded.context_length * 2})

@@ -50,8 +50,8 @@ def live(
 
 def layout_size(path: Path, prefix: str, suffix: str, extra: list[tuple[str, str]]) -> int:
     """How many tokens llama-server's infill layout of this request takes (computed here)."""
-    from localrun.engine.llama import Weights
     from localrun.engine.types import LoadOptions
+    from localrun.engine.weights import Weights
 
     weights = Weights(str(path), LoadOptions(num_ctx=256))
     try:

@@ -1,7 +1,8 @@
 """Speculative decoding by prompt lookup: the drafter and its adaptive length (pure), then the
-real llama.cpp on SmolLM2 in both engines: drafts are accepted on an edit prompt, and the output
-is the one without speculation (or parts at a near tie, where a batch's logits differ from one
-token's in the last bits), with budgets, stop tokens and grammars holding."""
+real llama.cpp on SmolLM2, with one slot and with several: drafts are accepted on an edit
+prompt, and the output is the one without speculation (or parts at a near tie, where a batch's
+logits differ from one token's in the last bits), with budgets, stop tokens and grammars
+holding."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from localrun.engine import speculate
 from localrun.engine.batch import BatchEngine
-from localrun.engine.llama import LlamaModel, json_schema_grammar
+from localrun.engine.sampling import json_schema_grammar
 from localrun.engine.speculate import DecodeCost, NgramDrafter, Speculator
 from localrun.engine.types import LoadOptions, SamplingOptions, Timings
 
@@ -238,14 +239,14 @@ def greedy(**kw: Any) -> SamplingOptions:
 
 
 @pytest.fixture(scope="module")
-def smol(smollm2_path: str) -> Iterator[LlamaModel]:
-    model = LlamaModel(smollm2_path, LoadOptions(num_ctx=2048, num_thread=2))
+def smol(smollm2_path: str) -> Iterator[BatchEngine]:
+    model = BatchEngine(smollm2_path, LoadOptions(num_ctx=2048, num_thread=2), 1)
     yield model
     model.close()
 
 
 def run(
-    model: LlamaModel, prompt: list[int], sampling: SamplingOptions
+    model: BatchEngine, prompt: list[int], sampling: SamplingOptions
 ) -> tuple[list[int], Timings]:
     gen = model.generate(prompt, sampling)
     for _ in gen.pieces:
@@ -253,18 +254,33 @@ def run(
     return gen.tokens, gen.timings
 
 
-def top_two(model: LlamaModel, tokens: list[int]) -> tuple[tuple[int, int], float]:
+def one_token_logits(model: BatchEngine, tokens: list[int]) -> Any:
+    """The logits after `tokens`, the last one decoded alone, in a context of the model's own
+    weights made for it (the engine's is its loop's)."""
+    weights = model._weights
+    ctx = weights.context(weights.context_params(model.options, model.n_ctx))
+    try:
+        for start in range(0, len(tokens) - 1, 512):
+            chunk = tokens[start : min(start + 512, len(tokens) - 1)]
+            arr = (lc.llama_token * len(chunk))(*chunk)
+            assert lc.llama_decode(ctx, lc.llama_batch_get_one(arr, len(chunk))) == 0
+        last = (lc.llama_token * 1)(tokens[-1])
+        assert lc.llama_decode(ctx, lc.llama_batch_get_one(last, 1)) == 0
+        row = lc.llama_get_logits_ith(ctx, -1)
+        return np.ctypeslib.as_array(row, (model.n_vocab,)).copy()
+    finally:
+        weights.free(ctx)
+
+
+def top_two(model: BatchEngine, tokens: list[int]) -> tuple[tuple[int, int], float]:
     """The two likeliest next tokens after `tokens` (one-token decoding) and their gap."""
-    model.reset()
-    model._decode(tokens[:-1], 512)
-    model._decode(tokens[-1:], 1)
-    row = np.ctypeslib.as_array(lc.llama_get_logits_ith(model._ctx, -1), (model.n_vocab,))
+    row = one_token_logits(model, tokens)
     best = np.argsort(-row)[:2]
     return (int(best[0]), int(best[1])), float(row[best[0]] - row[best[1]])
 
 
 def assert_same_or_near_tie(
-    model: LlamaModel, prompt: list[int], plain: list[int], fast: list[int]
+    model: BatchEngine, prompt: list[int], plain: list[int], fast: list[int]
 ) -> None:
     """The speculative output is the plain one, or leaves it only where the two candidates were
     nearly tied (the next token after a flip follows its own text, so only the first counts)."""
@@ -279,33 +295,38 @@ def assert_same_or_near_tie(
     assert gap < 1.0, f"tokens differ at {first} where the model was sure (gap {gap:.2f})"
 
 
-def kv_end(model: LlamaModel) -> int:
-    return int(lc.llama_memory_seq_pos_max(model._memory, 0)) + 1
+def kv_end(model: BatchEngine) -> int:
+    return int(lc.llama_memory_seq_pos_max(model._slots.memory, 0)) + 1
+
+
+def cached(model: BatchEngine) -> list[int]:
+    """The tokens the one slot's KV sequence holds."""
+    return model._slots.all[0].cache
 
 
 @pytest.mark.model
-def test_an_edit_is_faster_by_accepted_drafts_and_the_same_answer(smol: LlamaModel) -> None:
+def test_an_edit_is_faster_by_accepted_drafts_and_the_same_answer(smol: BatchEngine) -> None:
     prompt = smol.tokenize(edit_prompt(), add_special=True, parse_special=True)
     plain, t_plain = run(smol, prompt, greedy(speculate="off"))
     fast, t_fast = run(smol, prompt, greedy(speculate="ngram"))
     assert t_plain.draft_tokens == 0
     assert t_fast.draft_accepted > 0.2 * t_fast.eval_tokens, t_fast
     assert t_fast.draft_tokens >= t_fast.draft_accepted
-    assert kv_end(smol) == len(smol._cache)  # rejected drafts left nothing in the KV cache
+    assert kv_end(smol) == len(cached(smol))  # rejected drafts left nothing in the KV cache
     assert_same_or_near_tie(smol, prompt, plain, fast)
 
 
 @pytest.mark.model
 @pytest.mark.parametrize("budget", [1, 2, 7, 33])
-def test_the_budget_is_exact_with_drafts(smol: LlamaModel, budget: int) -> None:
+def test_the_budget_is_exact_with_drafts(smol: BatchEngine, budget: int) -> None:
     prompt = smol.tokenize(edit_prompt(), add_special=True, parse_special=True)
     tokens, timings = run(smol, prompt, greedy(speculate="ngram", num_predict=budget))
     assert len(tokens) == timings.eval_tokens == budget
-    assert kv_end(smol) == len(smol._cache)
+    assert kv_end(smol) == len(cached(smol))
 
 
 @pytest.mark.model
-def test_a_stop_token_ends_the_answer_inside_a_draft(smol: LlamaModel) -> None:
+def test_a_stop_token_ends_the_answer_inside_a_draft(smol: BatchEngine) -> None:
     prompt = smol.tokenize(edit_prompt(), add_special=True, parse_special=True)
     plain, _ = run(smol, prompt, greedy(speculate="off"))
     stop = plain[40]  # a token the answer reaches, very likely inside an accepted draft
@@ -315,11 +336,11 @@ def test_a_stop_token_ends_the_answer_inside_a_draft(smol: LlamaModel) -> None:
     assert gen.done_reason == "stop"
     assert stop not in gen.tokens
     assert gen.tokens == plain[: len(gen.tokens)] or len(gen.tokens) < 40
-    assert kv_end(smol) == len(smol._cache)
+    assert kv_end(smol) == len(cached(smol))
 
 
 @pytest.mark.model
-def test_a_grammar_holds_for_every_accepted_token(smol: LlamaModel) -> None:
+def test_a_grammar_holds_for_every_accepted_token(smol: BatchEngine) -> None:
     record = {"name": "Ada Lovelace", "born": 1815, "languages": ["English", "French"]}
     schema = {
         "type": "object",
@@ -347,12 +368,12 @@ def test_a_grammar_holds_for_every_accepted_token(smol: LlamaModel) -> None:
 
 
 @pytest.mark.model
-def test_sampling_with_temperature_speculates_too(smol: LlamaModel) -> None:
+def test_sampling_with_temperature_speculates_too(smol: BatchEngine) -> None:
     prompt = smol.tokenize(edit_prompt(), add_special=True, parse_special=True)
     tokens, t = run(smol, prompt, greedy(speculate="ngram", temperature=0.3, seed=7))
     assert t.eval_tokens == len(tokens) > 0
     assert t.draft_accepted > 0
-    assert kv_end(smol) == len(smol._cache)
+    assert kv_end(smol) == len(cached(smol))
 
 
 # -- the batch engine: every slot speculates --------------------------------------------------
@@ -382,7 +403,7 @@ class Sink:
 
 @pytest.mark.model
 def test_every_slot_speculates_at_once_with_the_same_answers(
-    smollm2_path: str, smol: LlamaModel
+    smollm2_path: str, smol: BatchEngine
 ) -> None:
     codes = [CODE, CODE.replace("Inventory", "Stock"), CODE.replace("items", "goods")]
     prompts = [smol.tokenize(edit_prompt(c), add_special=True, parse_special=True) for c in codes]
@@ -399,8 +420,9 @@ def test_every_slot_speculates_at_once_with_the_same_answers(
         for sink in results["ngram"]:
             assert sink.timings.draft_accepted > 0, sink.timings
             assert len(sink.tokens) == sink.timings.eval_tokens
-        for slot in engine._slots:  # no rejected draft left in any KV sequence
-            assert int(lc.llama_memory_seq_pos_max(engine._memory, slot.seq)) + 1 == len(slot.cache)
+        memory = engine._slots.memory
+        for slot in engine._slots.all:  # no rejected draft left in any KV sequence
+            assert int(lc.llama_memory_seq_pos_max(memory, slot.seq)) + 1 == len(slot.cache)
         for prompt, plain, fast in zip(prompts, results["off"], results["ngram"], strict=True):
             assert_same_or_near_tie(smol, prompt, plain.tokens, fast.tokens)
         # A budget that ends inside a draft, and logprobs for drafted tokens.
@@ -416,7 +438,7 @@ def test_every_slot_speculates_at_once_with_the_same_answers(
 
 @pytest.mark.model
 def test_slots_keep_grammars_and_stop_tokens_while_speculating(
-    smollm2_path: str, smol: LlamaModel
+    smollm2_path: str, smol: BatchEngine
 ) -> None:
     record = {"name": "Ada Lovelace", "born": 1815, "languages": ["English", "French"]}
     schema = {
@@ -452,7 +474,7 @@ def test_slots_keep_grammars_and_stop_tokens_while_speculating(
 
 @pytest.mark.model
 def test_the_tiny_model_speculates_the_same_answer(tiny_model: Path) -> None:
-    model = LlamaModel(str(tiny_model), LoadOptions(num_ctx=256))
+    model = BatchEngine(str(tiny_model), LoadOptions(num_ctx=256), 1)
     try:
         words = "alpha beta gamma delta epsilon zeta eta theta " * 6
         prompt = model.tokenize(words, add_special=True, parse_special=False)

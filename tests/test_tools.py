@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from localrun import create, modelfile, names, runner, template, tools
+from localrun import create, modelfile, names, prompt, template, tools
 from localrun.engine.fake import FakeBatchEngine
 from localrun.engine.types import LoadOptions
 from localrun.errors import BadRequestError
@@ -88,14 +88,14 @@ def test_forced_schemas_compile_to_grammars() -> None:
     normalized = tools.normalize([WEATHER, ADD])
     schema = tools.forced_schema(normalized, "required")
     assert schema is not None
-    grammar = runner.schema_grammar(schema)
+    grammar = prompt.schema_grammar(schema)
     assert "root ::=" in grammar and "get_weather" in grammar and "add" in grammar
     with pytest.raises(BadRequestError, match="cannot be turned into a grammar"):
-        runner.schema_grammar({"type": "no-such-type"})
+        prompt.schema_grammar({"type": "no-such-type"})
     with pytest.raises(BadRequestError, match="unknown format"):
-        runner.grammar_for("xml")
-    assert runner.grammar_for(None) is None
-    assert "root" in (runner.grammar_for("json") or "")
+        prompt.grammar_for("xml")
+    assert prompt.grammar_for(None) is None
+    assert "root" in (prompt.grammar_for("json") or "")
 
 
 def test_system_note_for_templates_without_tools() -> None:
@@ -163,13 +163,13 @@ def tool_model(store: Store, tmp_path: Path, tiny_model: Path) -> Any:
     return store
 
 
-def _prompter(store: Store, name: str) -> runner.Prompter:
+def _prompter(store: Store, name: str) -> prompt.Prompter:
     model = load_model(store, names.parse(name))
     engine = FakeBatchEngine("unused", LoadOptions(num_ctx=4096), 1)
     engine.close()
     template_ = model.template or engine.chat_template
-    stops = runner.stop_tokens_for(template_, engine)
-    return runner.Prompter(model, dict(model.parameters), template_, engine, stops)
+    stops = prompt.stop_tokens_for(template_, engine)
+    return prompt.Prompter(model, dict(model.parameters), template_, engine, stops)
 
 
 def _text(tokens: list[int]) -> str:

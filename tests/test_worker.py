@@ -29,9 +29,10 @@ from localrun.errors import (
     LocalrunError,
     ModelNotFoundError,
 )
-from localrun.runner import StopFilter
+from localrun.request import GenRequest
 from localrun.store import Store
 from localrun.worker import protocol
+from localrun.worker.sink import StopFilter
 
 GREEDY = {"temperature": 0, "seed": 1}
 DEADLINE = 120.0
@@ -142,7 +143,7 @@ class Worker:
     def start_chat(self, content: str, **fields: Any) -> int:
         id = self.id()
         messages = fields.pop("messages", [{"role": "user", "content": content}])
-        self.send(protocol.chat_request(id, messages, **fields))
+        self.send(protocol.generate_request(id, GenRequest("", messages=messages, **fields)))
         return id
 
     def close(self, timeout: float = 60) -> int:
@@ -233,7 +234,8 @@ def test_chat_streams_pieces_then_done(tiny: Worker) -> None:
 @pytest.mark.model
 def test_complete_is_raw(tiny: Worker) -> None:
     id = tiny.id()
-    tiny.send(protocol.complete_request(id, "hello world", options={**GREEDY, "num_predict": 4}))
+    request = GenRequest("", prompt="hello world", options={**GREEDY, "num_predict": 4})
+    tiny.send(protocol.generate_request(id, request))
     reply = tiny.collect(id)
     assert reply.final["event"] == protocol.DONE
     timings = protocol.timings_from_dict(reply.final["timings"])
@@ -272,7 +274,7 @@ def test_embed_sends_vectors_in_groups(tiny: Worker) -> None:
 
 def test_an_empty_prompt_is_a_bad_request(fake: Worker) -> None:
     id = fake.id()
-    fake.send(protocol.complete_request(id, ""))
+    fake.send(protocol.generate_request(id, GenRequest("", prompt="")))
     assert isinstance(fake.collect(id).error, BadRequestError)
 
 

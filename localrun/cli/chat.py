@@ -108,9 +108,7 @@ class ChatSession:
                 self.overrides.setdefault(spec.name, []).append(value)
             else:
                 self.overrides[spec.name] = value
-            from localrun.runner import LOAD_PARAMS
-
-            if spec.name in LOAD_PARAMS:
+            if spec.name in params_mod.LOAD_PARAMS:
                 self.session.reconfigure(self.overrides)
             print(f"Set parameter '{spec.name}' to '{parts[1]}'")
         elif what == "system":

@@ -111,7 +111,7 @@ def _notes(found: SystemInfo, build: BuildInfo | None) -> list[str]:
 
 def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
     """Print how `model` would be split between GPU and CPU, without loading it."""
-    from localrun.runner import plan_fit
+    from localrun.fit import plan_fit
 
     fit = plan_fit(model, {**model.parameters, **overrides})
     num_ctx, plan, warnings = fit.num_ctx, fit.plan, fit.warnings

@@ -20,8 +20,9 @@ from localrun.errors import LocalrunError, ModelNotFoundError, ServerError
 
 if TYPE_CHECKING:
     from localrun.client import Client, Stream
+    from localrun.model import Model
     from localrun.modelfile import Modelfile
-    from localrun.runner import Runner
+    from localrun.worker.local import LocalRunner
 
 Message = dict[str, Any]
 
@@ -114,12 +115,12 @@ def open_session(name: str, overrides: dict[str, Any]) -> Session:
 
 
 class LocalSession:
-    """A model loaded in this process (localrun.runner): one conversation's KV cache."""
+    """A model loaded in this process (worker.local): one slot, so one conversation's KV cache."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: LocalRunner) -> None:
         self.runner = runner
         self.name = str(runner.model.name)
-        self.notes = runner.notes
+        self.notes = runner.loaded.notes
         self.cache_note = runner.engine.prompt_cache_note
         self._load_reported = False
 
@@ -155,7 +156,7 @@ class LocalSession:
         if self._load_reported:
             return 0.0
         self._load_reported = True
-        return self.runner.load_s
+        return float(self.runner.engine.load_s)
 
     def view(self) -> ModelView:
         m = self.runner.model
@@ -171,9 +172,7 @@ class LocalSession:
         )
 
     def reconfigure(self, overrides: dict[str, Any]) -> None:
-        from localrun import runner
-
-        self._replace(runner.load(self.runner.model, overrides=overrides, warn=warn))
+        self._replace(_open(self.runner.model, overrides))
 
     def switch(self, name: str, announce: Callable[[str], None]) -> None:
         from localrun import catalog
@@ -184,11 +183,11 @@ class LocalSession:
         announce(str(found))
         self._replace(_load_runner(store, found, manifest, {}))
 
-    def _replace(self, fresh: Runner) -> None:
+    def _replace(self, fresh: LocalRunner) -> None:
         self.runner.close()
         self.runner = fresh
         self.name = str(fresh.model.name)
-        self.notes = fresh.notes
+        self.notes = fresh.loaded.notes
         self.cache_note = fresh.engine.prompt_cache_note
         self._load_reported = False
 
@@ -207,11 +206,20 @@ class LocalSession:
         self.runner.close()
 
 
-def _load_runner(store: Any, found: Any, manifest: Any, overrides: dict[str, Any]) -> Runner:
+def _load_runner(store: Any, found: Any, manifest: Any, overrides: dict[str, Any]) -> LocalRunner:
     from localrun import model as model_mod
-    from localrun import runner
 
-    return runner.load(model_mod.load(store, found, manifest), overrides=overrides, warn=warn)
+    return _open(model_mod.load(store, found, manifest), overrides)
+
+
+def _open(model: Model, overrides: dict[str, Any]) -> LocalRunner:
+    """`model` loaded here, its load warnings said once."""
+    from localrun.worker.local import open_local
+
+    runner = open_local(model, overrides)
+    for message in runner.loaded.warnings:
+        warn(message)
+    return runner
 
 
 # -- on the server --------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from localrun.engine.llama import Weights, put, trim
 from localrun.engine.native import lc
+from localrun.engine.sequence import put, trim
 from localrun.engine.types import LoadOptions, reusable
+from localrun.engine.weights import Weights
 from localrun.errors import ModelLoadError
 
 P_MIN = 0.75  # llama.cpp's default: a less likely guess is not worth a row of the batch

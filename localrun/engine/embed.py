@@ -12,9 +12,10 @@ import collections
 from collections.abc import Sequence
 from typing import Any
 
-from localrun.engine.llama import Weights, overflow_error, put
 from localrun.engine.native import lc
+from localrun.engine.sequence import overflow_error, put
 from localrun.engine.types import EmbedInput, LoadOptions
+from localrun.engine.weights import Weights
 from localrun.errors import EngineError
 
 # Texts embedded in one decode (sequences of the embedding context).

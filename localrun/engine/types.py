@@ -1,13 +1,15 @@
-"""What the layers above see of an inference engine: options, timings and the protocols.
+"""What the layers above see of an inference engine: options, timings, the Engine and Sink
+protocols, and a Sink read as an iterator.
 
-No llama_cpp here: the CLI, the runner and (later) the scheduler import this module, and tests
-of those layers swap in `engine.fake`.
+No llama_cpp here: the runner, the scheduler and the server import this module, and tests of
+those layers swap in `engine.fake`.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -27,7 +29,7 @@ class LoadOptions:
     adapters: tuple[tuple[str, float], ...] = ()  # (path, scale)
     splits: tuple[str, ...] = ()  # the further parts of a split model, in order
     draft: str | None = None  # a draft model of the same vocabulary (Modelfile DRAFT)
-    draft_num_gpu: int = 0  # its layers on the GPU (all of them or none: runner.plan_fit)
+    draft_num_gpu: int = 0  # its layers on the GPU (all of them or none: fit.plan_fit)
 
 
 @dataclass(frozen=True)
@@ -131,45 +133,6 @@ class Generation:
             close()
 
 
-class LoadedModel(Protocol):
-    """A model in memory with one conversation's KV cache."""
-
-    n_ctx: int
-    n_ctx_train: int
-    bos_text: str
-    eos_text: str
-    chat_template: str | None  # the GGUF's tokenizer.chat_template
-    fim: FimTokens | None  # None: the model cannot fill in the middle
-    # Why the disk prompt cache is off for this model (None: it is on, or turned off).
-    prompt_cache_note: str | None
-
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
-
-    def token_ids(self, text: str) -> list[int]:
-        """The ids of `text` when it is one special token (e.g. '<|im_end|>'), else []."""
-        ...
-
-    def generate(
-        self,
-        prompt: Sequence[int],
-        sampling: SamplingOptions,
-        *,
-        stop_tokens: frozenset[int] = frozenset(),
-        cancel: threading.Event | None = None,
-        cache_prefix: int = 0,
-    ) -> Generation:
-        """Evaluate `prompt` (reusing the cached prefix) and stream the answer. The first
-        `cache_prefix` tokens (the model's SYSTEM prompt and MESSAGE turns) are restored from
-        the disk prompt cache when they are there, and saved there when evaluated now."""
-        ...
-
-    def reset(self) -> None:
-        """Forget the KV cache."""
-        ...
-
-    def close(self) -> None: ...
-
-
 class Sink(Protocol):
     """Receives one request's output from a batch engine, on its thread: it must return quickly.
 
@@ -200,5 +163,106 @@ def reusable(cache: Sequence[int], prompt: Sequence[int]) -> int:
     return keep
 
 
-class Backend(Protocol):
-    def load(self, path: str, options: LoadOptions) -> LoadedModel: ...
+class Ticket(Protocol):
+    def cancel(self) -> None:
+        """Stop the request within a token; its sink gets done("cancelled"). Idempotent."""
+        ...
+
+
+class Engine(Protocol):
+    """A loaded model serving `n_slots` sequences (engine.batch.BatchEngine; engine.fake's
+    FakeBatchEngine in tests of the layers above)."""
+
+    n_ctx: int  # per slot
+    n_ctx_train: int
+    n_slots: int
+    n_vocab: int
+    bos_text: str
+    eos_text: str
+    chat_template: str | None  # the GGUF's tokenizer.chat_template
+    fim: FimTokens | None  # None: the model cannot fill in the middle
+    load_s: float
+    # Why the disk prompt cache is off for this model (None: it is on, or turned off).
+    prompt_cache_note: str | None
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of `text` when it is one special token (e.g. '<|im_end|>'), else []."""
+        ...
+
+    def token_bytes(self, token: int) -> bytes: ...
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        sampling: SamplingOptions,
+        *,
+        stop_tokens: frozenset[int] = frozenset(),
+        sink: Sink,
+        cache_prefix: int = 0,
+    ) -> Ticket: ...
+
+    def embed(
+        self, texts: Sequence[EmbedInput], *, truncate: bool = True
+    ) -> tuple[list[list[float]], int]: ...
+
+    def close(self) -> None: ...
+
+
+class QueueSink:
+    """A Sink whose output another thread reads as a Generation (BatchEngine.generate)."""
+
+    def __init__(self) -> None:
+        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
+        self._items.put(text)
+
+    def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
+        self._items.put((reason, timings, tokens))
+
+    def error(self, exc: LocalrunError) -> None:
+        self._items.put(exc)
+
+    def generation(
+        self, cancel: Callable[[], None], stop: threading.Event | None = None
+    ) -> Generation:
+        """The output as a Generation; `cancel` stops the request (on close, or once `stop`
+        is set)."""
+        gen = Generation(iter(()))
+        gen.pieces = self._pieces(gen, cancel, stop)
+        return gen
+
+    def _pieces(
+        self, gen: Generation, cancel: Callable[[], None], stop: threading.Event | None
+    ) -> Iterator[str]:
+        ended = False
+        try:
+            while True:
+                if stop is not None and stop.is_set():
+                    cancel()
+                item = self._items.get()
+                if isinstance(item, str):
+                    if item:
+                        yield item
+                    continue
+                ended = True
+                if isinstance(item, LocalrunError):
+                    raise item
+                gen.done_reason, gen.timings, gen.tokens = item
+                return
+        finally:
+            if not ended:  # closed early: the request is cancelled, and its end awaited
+                cancel()
+                self._drain(gen)
+
+    def _drain(self, gen: Generation) -> None:
+        while True:
+            item = self._items.get()
+            if isinstance(item, LocalrunError):
+                return
+            if isinstance(item, tuple):
+                gen.done_reason, gen.timings, gen.tokens = item
+                gen.done_reason = "cancelled"
+                return

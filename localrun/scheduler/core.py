@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import math
@@ -49,7 +50,7 @@ from localrun.errors import (
     ModelNotFoundError,
     ServerError,
 )
-from localrun.runner import LOAD_PARAMS
+from localrun.request import GenRequest
 from localrun.scheduler.local import LocalPool
 from localrun.scheduler.remote import RemotePool
 from localrun.scheduler.runners import Runner, RunningModel
@@ -181,79 +182,25 @@ class Scheduler:
 
     # -- requests -----------------------------------------------------------------------------
 
-    async def chat(
-        self,
-        name: str,
-        *,
-        messages: list[dict[str, Any]],
-        system: str | None = None,
-        options: dict[str, Any] | None = None,
-        format: str | dict[str, Any] | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        tool_choice: Any = None,
-        keep_alive: float | None = None,
-        context: list[int] | None = None,
-        return_context: bool = False,
-        think: bool | str | None = None,
-        logprobs: int | None = None,
-    ) -> Stream:
-        """Answer a conversation with the model's template; the stream yields its chunks.
-
-        `context` (token ids) comes before the prompt; with `return_context` the stream's
-        `context` holds the prompt's and the answer's tokens at the end. `think` turns a
-        reasoning model's thinking on or off (None: the model's default).
-        """
-        opts = params_mod.validate(options or {})
-
-        def build(rid: int) -> Event:
-            return protocol.chat_request(
-                rid,
-                messages,
-                system=system,
-                options=opts,
-                format=format,
-                tools=tools,
-                tool_choice=tool_choice,
-                context=context,
-                return_context=return_context,
-                think=think,
-                logprobs=logprobs,
-            )
-
-        return await self._generate(name, opts, keep_alive, build)
-
-    async def complete(
-        self,
-        name: str,
-        *,
-        prompt: str,
-        options: dict[str, Any] | None = None,
-        format: str | dict[str, Any] | None = None,
-        keep_alive: float | None = None,
-        context: list[int] | None = None,
-        return_context: bool = False,
-        suffix: str | None = None,
-        extra: list[dict[str, str]] | None = None,
-        logprobs: int | None = None,
-    ) -> Stream:
-        """Continue a raw prompt (no template); `context` as for chat. With `suffix`, fill in
-        the middle between the prompt and it (`extra`: other files, for repo-level FIM)."""
-        opts = params_mod.validate(options or {})
-
-        def build(rid: int) -> Event:
-            return protocol.complete_request(
-                rid,
-                prompt,
-                options=opts,
-                format=format,
-                context=context,
-                return_context=return_context,
-                suffix=suffix,
-                extra=extra,
-                logprobs=logprobs,
-            )
-
-        return await self._generate(name, opts, keep_alive, build)
+    async def generate(self, request: GenRequest) -> Stream:
+        """Answer `request` (a chat with the model's template, or a completion); the stream
+        yields its chunks. Its options are checked here, before it is routed; its load-time
+        ones choose the runner."""
+        request = dataclasses.replace(request, options=params_mod.validate(request.options))
+        remote = await self.remote_name(request.model)
+        if remote is not None:
+            if self._local.closed:
+                raise ServerError("the server is shutting down", hint="retry once it is back")
+            return await self.remote.generate(remote, request)
+        runner, load_s = await self._admit(request.model, request.options, request.keep_alive)
+        rid, queue = await self._submit(runner, lambda rid: protocol.generate_request(rid, request))
+        return Stream(
+            queue,
+            load_s,
+            lambda: runner.process.cancel(rid),
+            functools.partial(self._local.kill, runner),
+            model=runner.name,
+        )
 
     async def embed(
         self,
@@ -398,28 +345,6 @@ class Scheduler:
 
     # -- admission and the waiting line -------------------------------------------------------
 
-    async def _generate(
-        self,
-        name: str,
-        options: dict[str, Any],
-        keep_alive: float | None,
-        build: Callable[[int], Event],
-    ) -> Stream:
-        remote = await self.remote_name(name)
-        if remote is not None:
-            if self._local.closed:
-                raise ServerError("the server is shutting down", hint="retry once it is back")
-            return await self.remote.generate(remote, build(next(self._ids)))
-        runner, load_s = await self._admit(name, options, keep_alive)
-        rid, queue = await self._submit(runner, build)
-        return Stream(
-            queue,
-            load_s,
-            lambda: runner.process.cancel(rid),
-            functools.partial(self._local.kill, runner),
-            model=runner.name,
-        )
-
     async def remote_name(self, name: str) -> str | None:
         """The upstream model `name` routes to, or None: the store's models come first."""
         model = self.remote.serves(name)
@@ -447,7 +372,9 @@ class Scheduler:
         target = await self._names.resolve(name)
         # None: any runner of the model will do (tokenizing does not depend on load options).
         load_options = (
-            None if options is None else {k: v for k, v in options.items() if k in LOAD_PARAMS}
+            None
+            if options is None
+            else {k: v for k, v in options.items() if k in params_mod.LOAD_PARAMS}
         )
         # Whatever came free since a request began waiting was handed to it then (_wake): what
         # is left for a newcomer is what no waiting request can use.

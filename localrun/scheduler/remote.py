@@ -40,6 +40,7 @@ from localrun.errors import (
     ServerError,
     UpstreamError,
 )
+from localrun.request import GenRequest
 from localrun.scheduler import remote_wire
 from localrun.scheduler.runners import RunningModel
 from localrun.upstreams import Upstream
@@ -250,8 +251,8 @@ class RemotePool:
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def generate(self, model: str, request: protocol.Message) -> Stream:
-        """Send a runner request (chat or complete) for `model` upstream; the answer's stream
+    async def generate(self, model: str, request: GenRequest) -> Stream:
+        """Send a request (chat or completion) for `model` upstream; the answer's stream
         once its first piece (or its end) arrived. UpstreamError when no upstream answered,
         BadRequestError when one refused the request itself (not tried elsewhere)."""
         if self._closing:
@@ -289,18 +290,18 @@ class RemotePool:
         return least
 
     async def _start(
-        self, state: UpstreamState, model: str, request: protocol.Message, key: str
+        self, state: UpstreamState, model: str, request: GenRequest, key: str
     ) -> Stream:
         upstream = state.upstream
         try:
-            url = upstream.url + remote_wire.path(upstream.dialect, request["op"])
+            url = upstream.url + remote_wire.path(upstream.dialect, request.chat)
             payload = remote_wire.body(upstream.dialect, model, request)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise BadRequestError(
                 f"this request cannot be sent to upstream {upstream.name}: {_one_line(str(exc))}"
             ) from None
         self._ids += 1
-        rid = request.get("id", self._ids)
+        rid = self._ids
         queue: asyncio.Queue[Item] = asyncio.Queue()
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -539,16 +540,14 @@ class RemotePool:
         return (self.settings or Settings.read()).check_timeout()
 
 
-def _affinity_key(model: str, request: protocol.Message) -> str:
+def _affinity_key(model: str, request: GenRequest) -> str:
     """What identifies a conversation: the model, its system prompt and its first two
     messages, whole (a long system prompt shared by many conversations must not make them
     one), whatever came after; a raw prompt is its own."""
-    if request.get("op") == protocol.CHAT:
-        start = json.dumps(
-            [request.get("system"), (request.get("messages") or [])[:2]], default=str
-        )
+    if request.messages is not None:
+        start = json.dumps([request.system, request.messages[:2]], default=str)
     else:
-        start = str(request.get("prompt") or "")
+        start = str(request.prompt or "")
     return hashlib.sha256(f"{model}\0{start}".encode()).hexdigest()[:32]
 
 

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from localrun.engine.types import Timings
+from localrun.request import GenRequest
 from localrun.upstreams import Upstream
 from localrun.worker import protocol
 
@@ -51,34 +52,35 @@ _REQUEST_ERRORS = {"invalid_request_error", "exceed_context_size_error", "BadReq
 _STOPS = {"stop", "tool_calls", "function_call", "eos", "eos_token", "content_filter", "unload"}
 
 
-def path(dialect: str, op: str) -> str:
+def path(dialect: str, chat: bool) -> str:
+    """The upstream's route for a chat, or a completion."""
     if dialect == "ollama":
-        return "/api/chat" if op == protocol.CHAT else "/api/generate"
-    return "/v1/chat/completions" if op == protocol.CHAT else "/v1/completions"
+        return "/api/chat" if chat else "/api/generate"
+    return "/v1/chat/completions" if chat else "/v1/completions"
 
 
-def body(dialect: str, model: str, request: Message) -> Message:
-    """The upstream's request body for a runner request (streaming)."""
-    options = dict(request.get("options") or {})
-    fmt = request.get("format")
+def body(dialect: str, model: str, request: GenRequest) -> Message:
+    """The upstream's request body for a request (streaming)."""
+    options = dict(request.options)
+    fmt = request.format
     if dialect == "ollama":
         out: Message = {"model": model, "stream": True, "options": options}
         if fmt:
             out["format"] = fmt
         if options.get("seed", 0) < 0:
             del options["seed"]  # random: Ollama's own default
-        if request["op"] == protocol.CHAT:
+        if request.chat:
             out["messages"] = _messages(request, openai=False)
-            if request.get("tools"):
-                out["tools"] = request["tools"]
-            if request.get("think") is not None:
-                out["think"] = request["think"]
+            if request.tools:
+                out["tools"] = request.tools
+            if request.think is not None:
+                out["think"] = request.think
         else:
-            out["prompt"] = request["prompt"]
+            out["prompt"] = request.prompt or ""
             # Ollama fills in the middle through the model's template: never raw with a suffix.
-            out["raw"] = request.get("suffix") is None
-            if request.get("suffix") is not None:
-                out["suffix"] = request["suffix"]
+            out["raw"] = request.suffix is None
+            if request.suffix is not None:
+                out["suffix"] = request.suffix
         return out
     out = {"model": model, "stream": True, "stream_options": {"include_usage": True}}
     for key, value in options.items():
@@ -87,19 +89,19 @@ def body(dialect: str, model: str, request: Message) -> Message:
             continue  # no limit, a random seed: the field's absence says so
         for field in (fields,) if isinstance(fields, str) else fields:
             out[field] = list(value) if key == "stop" else value
-    if request["op"] == protocol.CHAT:
+    if request.chat:
         out["messages"] = _messages(request, openai=True)
-        think = request.get("think")
+        think = request.think
         if think is not None:
             # vLLM, SGLang and llama-server pass this to the chat template; a level is also
             # OpenAI's reasoning_effort.
             out["chat_template_kwargs"] = {"enable_thinking": think is not False}
             if isinstance(think, str):
                 out["reasoning_effort"] = think
-        if request.get("tools"):
-            out["tools"] = request["tools"]
-            if request.get("tool_choice") is not None:
-                out["tool_choice"] = request["tool_choice"]
+        if request.tools:
+            out["tools"] = request.tools
+            if request.tool_choice is not None:
+                out["tool_choice"] = request.tool_choice
         if fmt == "json":
             out["response_format"] = {"type": "json_object"}
         elif isinstance(fmt, dict):
@@ -108,19 +110,19 @@ def body(dialect: str, model: str, request: Message) -> Message:
                 "json_schema": {"name": "answer", "schema": fmt},
             }
     else:
-        out["prompt"] = request["prompt"]
-        if request.get("suffix") is not None:
-            out["suffix"] = request["suffix"]
+        out["prompt"] = request.prompt or ""
+        if request.suffix is not None:
+            out["suffix"] = request.suffix
     return out
 
 
-def _messages(request: Message, *, openai: bool) -> list[Message]:
+def _messages(request: GenRequest, *, openai: bool) -> list[Message]:
     out: list[Message] = []
-    if request.get("system"):
-        out.append({"role": "system", "content": request["system"]})
+    if request.system:
+        out.append({"role": "system", "content": request.system})
     call_ids: list[str] = []  # the last assistant turn's calls, for the tool turns after it
     answered = 0
-    for index, message in enumerate(request.get("messages") or []):
+    for index, message in enumerate(request.messages or []):
         if not isinstance(message, dict):
             raise ValueError(f"message {index} is not an object")
         item: Message = {"role": message.get("role", "user"), "content": message.get("content")}

@@ -28,8 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from localrun.errors import BadRequestError, LocalrunError
+from localrun.request import GenRequest
 from localrun.server import core
-from localrun.server.core import Body, Generation, GenRequest
+from localrun.server.core import Body, Generation
 from localrun.server.errors import body_of, unexpected
 
 # Anthropic's own bound on stop_sequences is far higher; this keeps the stop filter cheap.

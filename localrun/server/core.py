@@ -1,7 +1,7 @@
 """What both dialects share: reading requests, starting answers, watching the client.
 
-The /api and /v1 handlers translate their request into a `GenRequest`, call `start()` and
-format what the `Generation` yields; neither talks to the scheduler in its own way.
+The /api and /v1 handlers translate their request into a `localrun.request.GenRequest`, call
+`start()` and format what the `Generation` yields; neither talks to the scheduler in its own way.
 
 A generation is started before any response byte is sent, and its first piece is awaited too,
 so an unknown model, a full queue or a prompt that does not fit still gets its own HTTP status.
@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,6 +29,7 @@ from starlette.responses import StreamingResponse
 from localrun import config, jsonlimits, params
 from localrun.engine.types import EmbedInput
 from localrun.errors import BadRequestError, ConfigError, LocalrunError
+from localrun.request import GenRequest
 from localrun.store import Store
 from localrun.worker.protocol import Chunk
 
@@ -295,28 +296,6 @@ async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -
 # -- generations ------------------------------------------------------------------------------
 
 
-@dataclass
-class GenRequest:
-    """A chat (`messages`) or a raw completion (`prompt`), dialect-free."""
-
-    model: str
-    messages: list[dict[str, Any]] | None = None
-    prompt: str | None = None
-    system: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    format: str | dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    keep_alive: float | None = None
-    think: bool | str | None = None  # None: the model's default; True or low/medium/high
-    suffix: str | None = None  # with `prompt`: fill in the middle (FIM) up to this text
-    extra: list[dict[str, str]] | None = None  # FIM: other files, [{"filename", "text"}]
-    logprobs: int | None = None  # log-probabilities with N alternatives per token (None: none)
-    parallel_tool_calls: bool = True  # False: at most one tool call per answer
-    context: list[int] | None = None  # token ids before the prompt (a previous answer's)
-    return_context: bool = False  # Generation.context: the prompt's and answer's tokens
-
-
 class Generation:
     """A started answer; iterate `chunks()` (or `pieces()`, its text alone) once.
 
@@ -447,36 +426,8 @@ async def start(request: Request, req: GenRequest) -> Generation:
 
 
 async def _begin(ctx: Context, req: GenRequest) -> Generation:
-    scheduler = ctx.scheduler
     started = time.perf_counter()
-    if req.messages is not None:
-        stream = await scheduler.chat(
-            req.model,
-            messages=req.messages,
-            system=req.system,
-            options=req.options,
-            format=req.format,
-            tools=req.tools,
-            tool_choice=req.tool_choice,
-            keep_alive=req.keep_alive,
-            context=req.context,
-            return_context=req.return_context,
-            think=req.think,
-            logprobs=req.logprobs,
-        )
-    else:
-        stream = await scheduler.complete(
-            req.model,
-            prompt=req.prompt or "",
-            options=req.options,
-            format=req.format,
-            keep_alive=req.keep_alive,
-            context=req.context,
-            return_context=req.return_context,
-            suffix=req.suffix,
-            extra=req.extra,
-            logprobs=req.logprobs,
-        )
+    stream = await ctx.scheduler.generate(req)
     generation = Generation(
         stream, started, ctx.metrics, parallel_tool_calls=req.parallel_tool_calls
     )

@@ -28,8 +28,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from localrun import thinking
 from localrun.errors import BadRequestError, LocalrunError
+from localrun.request import GenRequest
 from localrun.server import core
-from localrun.server.core import Body, Generation, GenRequest
+from localrun.server.core import Body, Generation
 from localrun.server.errors import body_of, unexpected
 
 NDJSON = "application/x-ndjson"

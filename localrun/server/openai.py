@@ -36,8 +36,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from localrun.errors import BadRequestError, LocalrunError, ModelNotFoundError
+from localrun.request import GenRequest
 from localrun.server import core
-from localrun.server.core import Body, Generation, GenRequest
+from localrun.server.core import Body, Generation
 from localrun.server.errors import body_of, unexpected
 from localrun.worker.protocol import Chunk
 

@@ -39,8 +39,9 @@ from starlette.responses import JSONResponse, Response
 
 from localrun import jsonlimits
 from localrun.errors import BadRequestError, LocalrunError
+from localrun.request import GenRequest
 from localrun.server import core
-from localrun.server.core import Body, Generation, GenRequest
+from localrun.server.core import Body, Generation
 from localrun.server.errors import body_of, unexpected
 from localrun.server.response_store import ResponseStore, new_id
 

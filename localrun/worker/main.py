@@ -12,7 +12,8 @@ import sys
 
 from localrun.errors import LocalrunError, ModelLoadError
 from localrun.worker import protocol
-from localrun.worker.serve import Output, Worker, unexpected
+from localrun.worker.serve import StreamOutput, Worker
+from localrun.worker.sink import unexpected
 
 
 def main() -> int:
@@ -24,7 +25,7 @@ def main() -> int:
     # Ctrl-C in `localrun serve` reaches the whole process group; the server stops its
     # runners itself (by closing their input), so the runner must not die with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    output = Output(events)
+    output = StreamOutput(events)
     stdin = sys.stdin.buffer
     first = stdin.readline()
     if not first.strip():

@@ -10,14 +10,12 @@ stderr so they cannot corrupt the stream).
     <- {"event": "ready", "info": {n_ctx, n_ctx_train, slots, size, size_vram, gpu_layers,
                                    layers, processor, load_s, notes}}
        or {"event": "error", "error": {...}} and exit 1
-    -> {"op": "chat", "id": 7, "messages": [...], "system": null, "options": {...},
-        "format": null | "json" | {schema}, "tools": [...] | null, "tool_choice": ...,
-        "context": [ids]?, "return_context": bool?, "think": bool | "low" | "medium" | "high"?,
-        "logprobs": N?}                      (N alternatives per token; piece events carry them)
-    -> {"op": "complete", "id": 8, "prompt": "raw text", "options": {...}, "format": ...,
-        "suffix": "text after the cursor"?, "extra": [{"filename", "text"}]?}
-                                                (with suffix: fill in the middle, FIM tokens),
-        "context": [ids]?, "return_context": bool?}
+    -> {"op": "chat", "id": 7, "messages": [...], ...}    (a GenRequest's fields, to_wire's)
+    -> {"op": "complete", "id": 8, "prompt": "raw text", ...}      (the same, without messages)
+        Every field of localrun.request.GenRequest travels by its name: "system", "options",
+        "format", "tools", "tool_choice", "think", "suffix" and "extra" (fill in the middle),
+        "logprobs" (N alternatives per token; piece events carry them), "context" (token ids
+        before the prompt), "return_context", ...; those left at their defaults are left out.
     <- {"event": "piece", "id": 7, "text": "...", "thinking": "..."?, "logprobs": [...]?}
                                                                      (zero or more)
     <- {"event": "done", "id": 7, "reason": "stop" | "length" | "cancelled",
@@ -39,14 +37,14 @@ stderr so they cannot corrupt the stream).
     -> {"op": "cancel", "id": 7}            (no reply of its own: the request ends "cancelled")
     EOF on stdin -> the worker closes the engine and exits 0.
 
-A chat "context" (token ids, e.g. a previous answer's) comes before the new prompt's tokens.
 Every chat/complete/embed/tokenize/detokenize request ends with exactly one done, embeddings,
 tokens, text or error event. The
 vectors of an embedding come in "vectors" events of a few at a time (EMBED_GROUP inputs) and
 any left in the final event: one line holding every vector of a long input list could outgrow
 what the scheduler reads in one line, and the worker checks for a cancel between groups. An
 error event without an "id" is about the worker itself (a load failure, or a line that is not
-a request at all). Pure: only json and localrun.errors / engine.types are imported.
+a request at all). Pure: only json, localrun.errors, localrun.request and engine.types are
+imported.
 """
 
 from __future__ import annotations
@@ -58,6 +56,7 @@ from typing import Any
 
 from localrun.engine.types import EmbedInput, Timings
 from localrun.errors import BadRequestError, LocalrunError
+from localrun.request import GenRequest
 
 # -- operations (requests) -------------------------------------------------------------------
 LOAD = "load"
@@ -156,74 +155,25 @@ def load_request(
     }
 
 
-def chat_request(
-    id: RequestId,
-    messages: list[dict[str, Any]],
-    *,
-    system: str | None = None,
-    options: dict[str, Any] | None = None,
-    format: str | dict[str, Any] | None = None,
-    tools: list[dict[str, Any]] | None = None,
-    tool_choice: Any = None,
-    context: list[int] | None = None,
-    return_context: bool = False,
-    think: bool | str | None = None,
-    logprobs: int | None = None,
-) -> Message:
-    message: Message = {
-        "op": CHAT,
-        "id": id,
-        "messages": messages,
-        "system": system,
-        "options": options or {},
-        "format": format,
-        "tools": tools,
-        "tool_choice": tool_choice,
-        **_context_fields(context, return_context),
-    }
-    if think is not None:
-        message["think"] = think
-    if logprobs is not None:
-        message["logprobs"] = logprobs
-    return message
+def generate_request(id: RequestId, request: GenRequest) -> Message:
+    """A generation: the request's fields, whole, under the op that says its kind."""
+    if request.chat:
+        return {"op": CHAT, "id": id, **request.to_wire()}
+    return {"op": COMPLETE, "id": id, **request.to_wire(), "prompt": request.prompt or ""}
 
 
-def complete_request(
-    id: RequestId,
-    prompt: str,
-    *,
-    options: dict[str, Any] | None = None,
-    format: str | dict[str, Any] | None = None,
-    context: list[int] | None = None,
-    return_context: bool = False,
-    suffix: str | None = None,
-    extra: list[dict[str, str]] | None = None,
-    logprobs: int | None = None,
-) -> Message:
-    """A raw completion; with `suffix`, fill in the middle between `prompt` and it."""
-    message: Message = {
-        "op": COMPLETE,
-        "id": id,
-        "prompt": prompt,
-        "options": options or {},
-        "format": format,
-        **_context_fields(context, return_context),
-    }
-    if suffix is not None:
-        message["suffix"] = suffix
-        message["extra"] = extra or []
-    if logprobs is not None:
-        message["logprobs"] = logprobs
-    return message
-
-
-def _context_fields(context: list[int] | None, return_context: bool) -> Message:
-    out: Message = {}
-    if context:
-        out["context"] = context
-    if return_context:
-        out["return_context"] = True
-    return out
+def request_of(message: Message) -> GenRequest:
+    """The GenRequest a chat or complete message carries (BadRequestError for a field that is
+    not of its type)."""
+    request = GenRequest.from_wire(message)
+    if message.get("op") == CHAT:
+        if request.messages is None:
+            raise BadRequestError("messages must be a list")
+    else:
+        if not isinstance(message.get("prompt"), str):
+            raise BadRequestError("prompt must be a string")
+        request.messages = None
+    return request
 
 
 def tokenize_request(

@@ -1,0 +1,62 @@
+"""Sequences of a llama.cpp context: writing tokens into a batch, cutting a sequence back to a
+prefix, and what ends an answer. Shared by the engine, its draft model and its embedder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from localrun.engine.native import lc
+from localrun.errors import ContextOverflowError
+
+
+def answer_ends(vocab: Any, stop_tokens: frozenset[int]) -> Callable[[int], bool]:
+    """Whether a token ends the answer: the model's end of generation, or a stop token."""
+    is_eog = lc.llama_vocab_is_eog
+    return lambda token: bool(is_eog(vocab, token)) or token in stop_tokens
+
+
+def trim(memory: Any, seq: int, cache: list[int], keep: int) -> None:
+    """Cut sequence `seq` (holding `cache`) to its first `keep` tokens. A recurrent state
+    (recurrent and hybrid models) cannot drop its last positions: it is emptied instead, and
+    the tokens are evaluated again."""
+    if keep < len(cache) and not lc.llama_memory_seq_rm(memory, seq, keep, -1):
+        lc.llama_memory_seq_rm(memory, seq, -1, -1)
+        keep = 0
+    del cache[keep:]
+
+
+def put(batch: Any, row: int, ids: Sequence[int], pos: int, seq: int, logits: bool) -> int:
+    """Write `ids` into a llama_batch from `row` on, at positions `pos`.. of sequence `seq`,
+    each with logits or none; returns the next free row (the caller sets n_tokens)."""
+    tokens, positions, seq_ids, n_seq, wanted = (
+        batch.token,
+        batch.pos,
+        batch.seq_id,
+        batch.n_seq_id,
+        batch.logits,
+    )
+    for i, token in enumerate(ids):
+        tokens[row] = token
+        positions[row] = pos + i
+        n_seq[row] = 1
+        seq_ids[row][0] = seq
+        wanted[row] = logits
+        row += 1
+    return row
+
+
+def overflow_error(n_prompt: int, n_ctx: int, n_ctx_train: int) -> ContextOverflowError:
+    """The error for a prompt of `n_prompt` tokens that does not fit a context of `n_ctx`."""
+    return ContextOverflowError(
+        f"the prompt is {n_prompt} tokens but the context holds {n_ctx}",
+        hint=f"raise num_ctx (e.g. --param num_ctx={_next_pow2(n_prompt + 256)}, up "
+        f"to the model's {n_ctx_train}) or shorten the prompt",
+    )
+
+
+def _next_pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p

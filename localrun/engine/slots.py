@@ -1,0 +1,255 @@
+"""The engine's slots and the requests they serve, and which slot a new request takes.
+
+A slot is one KV sequence of the context, with the tokens it holds. A new request goes to the
+free slot sharing the longest prefix with its prompt, so the turns of one conversation re-read
+only what is new; a long prefix another slot holds is copied rather than read again, and a
+request whose prompt another slot is reading right now waits for it and copies its KV (OpenAI's
+`n`, or clients sharing a long system prompt at once).
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from localrun.engine import speculate
+from localrun.engine.native import lc
+from localrun.engine.sequence import trim
+from localrun.engine.types import Sink, Timings, reusable
+
+# A prompt may drop this many tokens of a cache and still continue its conversation (a
+# re-rendered template may tokenize the end of the last answer differently).
+LOSS_TOLERATED = 16
+# A shared prefix at least this long is copied into another slot rather than re-read.
+COPY_MIN = 64
+
+
+class Job:
+    """A submitted generation: its prompt, sampler, budget, sink and what it has made."""
+
+    __slots__ = (
+        "budget",
+        "cancelled",
+        "chain",
+        "decoder",
+        "grammar",
+        "logprobs",
+        "pending",
+        "prefix",
+        "prompt",
+        "sample",
+        "save",
+        "sink",
+        "spec",
+        "special",
+        "start",
+        "state",
+        "stop_tokens",
+        "submitted",
+        "timings",
+        "tokens",
+    )
+
+    def __init__(
+        self, prompt: list[int], stop_tokens: frozenset[int], sink: Sink, budget: int
+    ) -> None:
+        self.prompt = prompt
+        self.stop_tokens = stop_tokens
+        self.sink = sink
+        self.chain: Any = None
+        self.grammar: Any = None
+        self.sample: Callable[[Any, Any, int], int] = lc.llama_sampler_sample
+        self.budget = budget
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.timings = Timings()
+        self.tokens: list[int] = []
+        self.submitted = time.perf_counter()
+        self.start = 0.0
+        self.cancelled = False
+        self.logprobs = -1  # alternatives per token asked for (-1: no log-probabilities)
+        self.special = False  # special tokens are spelled out in the answer
+        self.pending: list[dict[str, Any]] = []  # entries whose text is not out yet
+        self.spec: speculate.Speculator | None = None
+        # The model's own turns at the start of the prompt (for the disk prompt cache), their
+        # saved KV state read from disk, and whether to save it once they are evaluated.
+        self.prefix: list[int] = []
+        self.state: bytearray | None = None
+        self.save = False
+
+    def free(self) -> None:
+        if self.spec is not None:
+            self.timings.draft_tokens = self.spec.drafted
+            self.timings.draft_accepted = self.spec.accepted
+        if self.chain is not None:
+            lc.llama_sampler_free(self.chain)
+            self.chain = None
+        if self.grammar is not None:
+            lc.llama_sampler_free(self.grammar)
+            self.grammar = None
+
+
+class Slot:
+    __slots__ = ("added", "cache", "draft", "job", "leader", "row", "seq", "token", "used")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.cache: list[int] = []  # the tokens at positions 0.. of this slot's KV sequence
+        self.job: Job | None = None
+        self.token = -1  # the sampled token still to be decoded (-1: reading the prompt)
+        self.draft: list[int] = []  # tokens guessed to follow `token`, decoded with it
+        self.row = -1  # the batch row whose logits this slot samples from (-1: none)
+        self.added = 0  # prompt tokens put into the current batch
+        self.used = 0  # when it last took a request, for least-recently-used reuse
+        # A slot reading the same prompt right now: this one waits and copies its KV (n > 1).
+        self.leader: Slot | None = None
+
+
+def _longest_then_lru(item: tuple[Slot, int]) -> tuple[int, int]:
+    slot, keep = item
+    return keep, -slot.used
+
+
+def _least_wanted(slot: Slot) -> tuple[bool, int]:
+    """Free slots in the order their caches matter least: empty ones, then the oldest."""
+    return bool(slot.cache), slot.used
+
+
+class Slots:
+    """The slots of one context; `active` holds those with a job, in sequence order (llama.cpp
+    splits a batch by ascending sequence ids). Used on the engine's loop thread alone."""
+
+    def __init__(self, memory: Any, n: int) -> None:
+        self.memory = memory
+        self.all = [Slot(seq) for seq in range(n)]
+        self.active: list[Slot] = []
+        self._uses = itertools.count(1)
+
+    def free(self) -> list[Slot]:
+        return [slot for slot in self.all if slot.job is None]
+
+    def place(self, job: Job) -> Slot:
+        """The free slot `job` takes, its KV cut (or copied) to what the job can reuse.
+
+        The free slot whose cache shares the longest prefix with the prompt is reused when the
+        prompt continues or repeats that cache, or drops only a little of it (a re-rendered
+        template may tokenize the end of the last answer differently). When the two part ways
+        (another conversation that starts alike, e.g. with the same system prompt) that cache
+        is left for its own next turn: the request takes the least recently used free slot,
+        copying the shared prefix there first when it is long enough to be worth a copy.
+        """
+        prompt = job.prompt
+        free = self.free()
+        # Ties go to the least recently used slot.
+        best, keep = max(((s, reusable(s.cache, prompt)) for s in free), key=_longest_then_lru)
+        shared = self._share(job, free, keep)
+        if shared is not None:
+            return shared
+        slot = best
+        lost = len(best.cache) - keep
+        if lost > LOSS_TOLERATED and keep < len(prompt) - 1 and len(free) > 1:
+            spare = min((s for s in free if s is not best), key=_least_wanted)
+            if keep >= COPY_MIN:
+                # A whole KV stream is copied (at the next decode): cheaper than re-reading
+                # a long prefix.
+                lc.llama_memory_seq_cp(self.memory, best.seq, spare.seq, -1, -1)
+                spare.cache = list(best.cache)
+            else:
+                keep = reusable(spare.cache, prompt)
+            slot = spare
+        trim(self.memory, slot.seq, slot.cache, keep)
+        return slot
+
+    def _share(self, job: Job, free: list[Slot], keep: int) -> Slot | None:
+        """A free slot reusing the prompt KV of a busy slot, or None: requests with one prompt
+        at once read it once.
+
+        A busy slot that holds more of the prompt than any free one is copied into the free
+        slot whose cache matters least; one that is reading the same prompt now is waited for
+        (`leader`: this slot reads nothing until that prompt is in, then copies it).
+        """
+        prompt = job.prompt
+        last = len(prompt) - 1
+        spare = min(free, key=_least_wanted)
+        for busy in self.active:
+            other = busy.job
+            if other is None or busy.leader is not None or busy.token >= 0:
+                continue
+            if other.prompt == prompt and len(busy.cache) < last and last >= 1:
+                trim(self.memory, spare.seq, spare.cache, 0)
+                spare.leader = busy
+                return spare
+        donor, shared = max(
+            ((s, reusable(s.cache, prompt)) for s in self.active if s.leader is None),
+            key=_longest_then_lru,
+            default=(None, 0),
+        )
+        if donor is None or shared <= keep or (shared < COPY_MIN and shared < last):
+            return None
+        self.copy(donor, spare, shared)
+        return spare
+
+    def copy(self, source: Slot, target: Slot, keep: int) -> None:
+        """Copy the first `keep` tokens of `source`'s KV into `target` (a whole KV stream is
+        copied at the next decode, then trimmed: cheaper than reading a long prefix again)."""
+        lc.llama_memory_seq_cp(self.memory, source.seq, target.seq, -1, -1)
+        target.cache = list(source.cache)
+        trim(self.memory, target.seq, target.cache, keep)
+
+    def follow(self, slot: Slot) -> bool:
+        """Whether a slot waiting for its leader's prompt can read on (the prompt is in, and
+        copied; or the leader gave up on it, and this slot reads it alone)."""
+        leader, job = slot.leader, slot.job
+        assert leader is not None and job is not None
+        last = len(job.prompt) - 1
+        reading = leader.job is not None and leader.token < 0 and len(leader.cache) < last
+        if reading and leader.job is not None and leader.job.prompt == job.prompt:
+            return False
+        slot.leader = None
+        if leader.cache[:last] == job.prompt[:last]:
+            self.copy(leader, slot, last)
+            job.timings.cached_tokens = last
+            job.timings.prompt_tokens = 1
+        return True
+
+    def activate(self, slot: Slot, job: Job) -> None:
+        slot.job = job
+        slot.token = -1
+        slot.used = next(self._uses)
+        self.active.append(slot)
+        self.active.sort(key=lambda s: s.seq)
+
+    def drop_draft(self, slot: Slot) -> None:
+        """Forget the draft tokens the KV sequence holds past the slot's cache."""
+        if slot.draft:
+            slot.draft = []
+            lc.llama_memory_seq_rm(self.memory, slot.seq, len(slot.cache), -1)
+
+    def release(self, slot: Slot, *, forget: bool = False) -> Job:
+        """Take the job off `slot`; with `forget`, its KV too (it may be half-written)."""
+        job = slot.job
+        assert job is not None
+        if forget:
+            lc.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+            slot.cache.clear()
+            slot.draft = []
+        else:
+            self.drop_draft(slot)
+        slot.job = None
+        slot.token = -1
+        slot.leader = None
+        self.active.remove(slot)
+        return job
+
+    def forget_idle(self) -> None:
+        """Empty the KV of every slot without a job."""
+        for slot in self.all:
+            if slot.job is None and slot.cache:
+                trim(self.memory, slot.seq, slot.cache, 0)
+
+    def holds(self, prefix: Sequence[int]) -> bool:
+        """Whether a slot holds `prefix` already (read off the loop thread: only a guess)."""
+        n = len(prefix)
+        return any(s.cache[:n] == prefix for s in self.all)

@@ -1,0 +1,301 @@
+"""A llama.cpp model in memory: its weights, vocabulary and LoRA adapters, and the contexts made
+from them; llama.cpp's log, kept for the errors it explains.
+
+Every file is structure-checked by `localrun.gguf.scan` before llama.cpp opens it, and every
+failure is translated into a typed error here, where llama_cpp is called.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import functools
+import threading
+from typing import Any
+
+from localrun import config, gguf, prompt_cache
+from localrun.engine.native import lc
+from localrun.engine.types import FimTokens, LoadOptions
+from localrun.errors import EngineError, ModelLoadError
+
+_init_lock = threading.Lock()
+_initialised = False
+_log_tail: collections.deque[str] = collections.deque(maxlen=40)
+
+
+@lc.llama_log_callback  # type: ignore[untyped-decorator]
+def _log(level: int, text: bytes, _user: Any) -> None:
+    # llama.cpp logs a lot at load; keep the tail for error messages, print only when debugging.
+    message = text.decode("utf-8", errors="replace")
+    _log_tail.append(message)
+    if _debug:
+        import sys
+
+        sys.stderr.write(message)
+
+
+_debug = False
+
+
+def _init() -> None:
+    global _initialised, _debug
+    with _init_lock:
+        if _initialised:
+            return
+        _debug = config.debug()
+        lc.llama_log_set(_log, ctypes.c_void_p(0))
+        lc.llama_backend_init()
+        _initialised = True
+
+
+def _last_error() -> str:
+    lines = [line.strip() for line in "".join(_log_tail).splitlines() if line.strip()]
+    # "error loading model: <reason>" says why; "failed to load model" only that it did.
+    errors = [line for line in lines if "error" in line.lower()]
+    failures = [line for line in lines if "failed" in line.lower()]
+    return (errors or failures or lines or ["no details"])[-1][:300]
+
+
+class Weights:
+    """A llama.cpp model in memory (weights, vocabulary, LoRA adapters) that contexts are made from.
+
+    The engine (engine.batch), its draft model (engine.draft) and its embedder (engine.embed)
+    each call `context` for theirs, and the adapters are applied to every context made. The
+    contexts belong to the weights: `close` frees them before the model, the order llama.cpp
+    needs.
+    """
+
+    def __init__(self, path: str, options: LoadOptions) -> None:
+        _init()
+        header = gguf.scan(path)  # raises InvalidGGUFError before llama.cpp sees the file
+        for other in (*options.splits, *(adapter for adapter, _ in options.adapters)):
+            gguf.scan(other)
+        self.path = path
+        self.header = header
+        self.model: Any = None
+        self.adapters: list[Any] = []
+        self._contexts: list[Any] = []
+        self.scales = [scale for _, scale in options.adapters]
+        _log_tail.clear()
+        mparams = lc.llama_model_default_params()
+        mparams.n_gpu_layers = options.num_gpu
+        mparams.main_gpu = options.main_gpu
+        mparams.use_mmap = options.use_mmap
+        if options.splits:
+            paths = [p.encode() for p in (path, *options.splits)]
+            array = (ctypes.c_char_p * len(paths))(*paths)
+            self.model = lc.llama_model_load_from_splits(array, len(paths), mparams)
+        else:
+            self.model = lc.llama_model_load_from_file(path.encode(), mparams)
+        if not self.model:
+            raise ModelLoadError(
+                f"llama.cpp could not load {path}: {_last_error()}",
+                hint="the file may be for an architecture this llama.cpp does not support; "
+                "run with LOCALRUN_DEBUG=1 for its log",
+            )
+        try:
+            for adapter_path, _ in options.adapters:
+                adapter = lc.llama_adapter_lora_init(self.model, adapter_path.encode())
+                if not adapter:
+                    raise ModelLoadError(
+                        f"llama.cpp could not load the LoRA adapter {adapter_path}: "
+                        f"{_last_error()}",
+                        hint="the adapter must be made for this base model",
+                    )
+                self.adapters.append(adapter)
+        except BaseException:
+            self.close()
+            raise
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_ctx_train = int(lc.llama_model_n_ctx_train(self.model))
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
+        self.bos_text = self._special_text(lc.llama_vocab_bos(self.vocab))
+        self.eos_text = self._special_text(lc.llama_vocab_eos(self.vocab))
+        template = header.metadata.get("tokenizer.chat_template")
+        self.chat_template: str | None = template if isinstance(template, str) else None
+        self.fim = self._fim_tokens()
+        self._piece = ctypes.create_string_buffer(256)
+        self.identity = {
+            "model": [prompt_cache.file_identity(p) for p in (path, *options.splits)],
+            "adapters": [[prompt_cache.file_identity(a), s] for a, s in options.adapters],
+            "llama_cpp": str(getattr(lc, "__version__", "")),
+            "num_gpu": options.num_gpu,
+            "kv": "f16",
+        }
+
+    @functools.cached_property
+    def trims(self) -> bool:
+        """Whether a sequence can drop its last positions (a draft the model rejected): not
+        where the memory is a recurrent state, so those models do not speculate."""
+        m = self.model
+        return not (lc.llama_model_is_recurrent(m) or lc.llama_model_is_hybrid(m))
+
+    def unrestorable(self) -> str | None:
+        """Why llama.cpp cannot restore this model's KV state faithfully from a saved prefix
+        (its memory is not a plain KV cache of every position), or None."""
+        if lc.llama_model_is_recurrent(self.model):
+            return "a recurrent model keeps a state, not a KV cache per position"
+        if lc.llama_model_is_hybrid(self.model):
+            return "a hybrid model keeps a recurrent state beside its KV cache"
+        if int(lc.llama_model_n_swa(self.model)) > 0:
+            return "sliding-window attention keeps only the last positions"
+        return None
+
+    def disk_cache(self, ctx: Any) -> tuple[prompt_cache.PromptCache | None, str | None]:
+        """The disk prompt cache for a context of these weights, or None and why not."""
+        reason = self.unrestorable()
+        if reason is not None:
+            return None, f"off for this model: {reason}"
+        identity = {
+            **self.identity,
+            "n_ctx": int(lc.llama_n_ctx_seq(ctx)),
+            # A state is saved from a context with one KV stream per slot (engine.batch);
+            # earlier localruns also saved "single" ones, from a context of one sequence.
+            "layout": "batch",
+        }
+        return prompt_cache.PromptCache.from_config(identity), None
+
+    def save_state(
+        self, ctx: Any, seq: int, cache: prompt_cache.PromptCache, prefix: list[int]
+    ) -> None:
+        """Hand the KV state of sequence `seq` (holding exactly `prefix`) to the cache."""
+        size = int(lc.llama_state_seq_get_size(ctx, seq))
+        if size <= 0:
+            return
+        buf = (ctypes.c_uint8 * size)()
+        written = int(lc.llama_state_seq_get_data(ctx, buf, size, seq))
+        if written > 0:
+            cache.save(prefix, memoryview(buf)[:written])  # the cache's from now on
+
+    def restore_state(
+        self,
+        ctx: Any,
+        seq: int,
+        cache: prompt_cache.PromptCache,
+        prefix: list[int],
+        state: bytearray,
+    ) -> bool:
+        """Put a saved state into sequence `seq` (emptied first); False (and the entry gone)
+        when llama.cpp refuses it."""
+        memory = lc.llama_get_memory(ctx)
+        lc.llama_memory_seq_rm(memory, seq, -1, -1)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer(state)  # no copy
+        restored = int(lc.llama_state_seq_set_data(ctx, buf, len(state), seq)) > 0
+        if restored and int(lc.llama_memory_seq_pos_max(memory, seq)) + 1 == len(prefix):
+            return True
+        lc.llama_memory_seq_rm(memory, seq, -1, -1)
+        cache.discard(prefix)
+        return False
+
+    def _fim_tokens(self) -> FimTokens | None:
+        v = self.vocab
+        pre, suf = lc.llama_vocab_fim_pre(v), lc.llama_vocab_fim_suf(v)
+        mid = lc.llama_vocab_fim_mid(v)
+        if min(pre, suf, mid) < 0:
+            return None
+        bos = lc.llama_vocab_bos(v) if lc.llama_vocab_get_add_bos(v) else -1
+        return FimTokens(
+            pre=pre,
+            suf=suf,
+            mid=mid,
+            pad=lc.llama_vocab_fim_pad(v),
+            rep=lc.llama_vocab_fim_rep(v),
+            sep=lc.llama_vocab_fim_sep(v),
+            bos=bos,
+        )
+
+    def context_params(self, options: LoadOptions, n_ctx: int) -> Any:
+        """llama_context_params for `options`, with `n_ctx` tokens in all."""
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = options.num_batch
+        cparams.n_ubatch = min(options.num_batch, 512)
+        cparams.n_threads = options.num_thread
+        cparams.n_threads_batch = options.num_thread
+        cparams.no_perf = True
+        return cparams
+
+    def context(self, cparams: Any) -> Any:
+        """A new llama.cpp context with the adapters applied; `free` or `close` frees it."""
+        ctx = lc.llama_init_from_model(self.model, cparams)
+        if not ctx:
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {cparams.n_ctx} tokens: {_last_error()}",
+                hint="lower num_ctx (--param num_ctx=2048) or free some memory",
+            )
+        if self.adapters:
+            n = len(self.adapters)
+            handles = (lc.llama_adapter_lora_p_ctypes * n)(*self.adapters)
+            scales = (ctypes.c_float * n)(*self.scales)
+            if lc.llama_set_adapters_lora(ctx, handles, n, scales) != 0:
+                lc.llama_free(ctx)
+                raise ModelLoadError(
+                    f"llama.cpp could not apply the LoRA adapters: {_last_error()}"
+                )
+        self._contexts.append(ctx)
+        return ctx
+
+    def free(self, ctx: Any) -> None:
+        """Free a context made by `context` before the weights are closed."""
+        self._contexts.remove(ctx)
+        lc.llama_free(ctx)
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        text = lc.llama_vocab_get_text(self.vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (lc.llama_token * capacity)()
+        n = lc.llama_tokenize(
+            self.vocab, data, len(data), buf, capacity, add_special, parse_special
+        )
+        if n < 0:
+            capacity = -n
+            buf = (lc.llama_token * capacity)()
+            n = lc.llama_tokenize(
+                self.vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
+        if n < 0:
+            raise EngineError("could not tokenize the prompt")
+        return list(buf[:n])
+
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of `text` when it is one special token (e.g. '<|im_end|>'), else []."""
+        ids = self.tokenize(text, add_special=False, parse_special=True)
+        if len(ids) == 1 and lc.llama_vocab_is_control(self.vocab, ids[0]):
+            return ids
+        if len(ids) == 1 and lc.llama_vocab_is_eog(self.vocab, ids[0]):
+            return ids
+        return []
+
+    def piece_bytes(self, token: int) -> bytes:
+        """The bytes of one token (part of a character, maybe); one thread at a time."""
+        n = lc.llama_token_to_piece(self.vocab, token, self._piece, 256, 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, big, -n, 0, False)
+            return big.raw[:n]
+        return self._piece.raw[:n]
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of one token, special tokens spelled out (as llama-server's /detokenize
+        and /tokenize's pieces show them). Safe from any thread: its buffer is its own."""
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, 64, 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, -n, 0, True)
+        return buf.raw[: max(0, n)]
+
+    def close(self) -> None:
+        """Free the contexts made from these weights, then the weights."""
+        while self._contexts:
+            lc.llama_free(self._contexts.pop())
+        if self.model:
+            lc.llama_model_free(self.model)  # frees its LoRA adapters too
+            self.model = None
+        self.adapters = []

@@ -1,0 +1,211 @@
+"""Memory fitting: how a stored model would be loaded (context size, GPU offload, the draft
+model), refusing a load that cannot fit before anything is allocated, and the load options that
+follow from the plan; the errors of a model's stored files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from localrun.engine.types import LoadOptions
+from localrun.errors import (
+    CorruptBlobError,
+    InvalidGGUFError,
+    InvalidParameterError,
+    LocalrunError,
+    ModelLoadError,
+)
+from localrun.model import Model
+
+
+def damaged(model: Model, exc: InvalidGGUFError, what: str = "a file") -> CorruptBlobError:
+    """The error for a stored file of `model` that is no longer valid GGUF (a damaged blob)."""
+    return CorruptBlobError(
+        f"{what} of {model.name} is damaged ({exc.message})",
+        hint="run `localrun verify`, then remove and recreate or pull the model",
+    )
+
+
+@dataclass
+class Fit:
+    """How a model would be loaded: its header, context size, offload plan and warnings."""
+
+    header: Any
+    num_ctx: int
+    plan: Any  # offload.OffloadPlan
+    warnings: list[str]
+
+
+def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1, gpu: bool = True) -> Fit:
+    """Decide num_ctx and the GPU offload for `model` without loading it (`show --fit` too).
+
+    num_ctx is per sequence; the KV cache is sized for `slots` of them (the server's runner).
+    `gpu` False plans for the CPU alone without asking llama.cpp what it can offload or probing
+    for GPUs: for an engine that never uses one (the scripted fake), whose runner then starts
+    without importing llama_cpp.
+    """
+    from localrun import gguf, system
+    from localrun.offload import DEFAULT_NUM_BATCH, default_num_ctx, plan_offload
+
+    try:
+        headers = [gguf.scan(path) for path in (model.model_parts or [model.model_path])]
+        # The planner sizes layers from every part's tensors (scan results are shared: copy).
+        header = dataclasses.replace(headers[0], tensors=[t for h in headers for t in h.tensors])
+    except InvalidGGUFError as exc:
+        raise damaged(model, exc, "the model file") from None
+    num_ctx = default_num_ctx(parameters, header)
+    warnings = []
+    trained = header.arch_value("context_length")
+    if isinstance(trained, int) and 0 < trained < num_ctx:
+        warnings.append(
+            f"num_ctx {num_ctx} is larger than the {trained} tokens {model.name} was trained on; "
+            "answers past that point may degrade"
+        )
+    requested = parameters.get("num_gpu")
+    offload, gpus = False, []
+    if gpu:
+        from localrun.engine.buildinfo import build_info
+
+        build = build_info()
+        offload = build.gpu_offload
+        gpus = system.usable_gpus(system.detect().gpus, build.backends) if offload else []
+    plan = plan_offload(
+        header,
+        num_ctx,
+        requested=None if requested in (None, -1) else requested,
+        gpus=gpus,
+        gpu_offload_supported=offload,
+        num_parallel=slots,
+        num_batch=parameters.get("num_batch", DEFAULT_NUM_BATCH),
+    )
+    if not gpu:
+        plan.reason = "this engine runs on the CPU only"
+    if model.draft_path is not None:
+        _plan_draft(model, plan, num_ctx, slots, parameters)
+    return Fit(header, num_ctx, plan, warnings + list(plan.warnings))
+
+
+def _plan_draft(
+    model: Model, plan: Any, num_ctx: int, slots: int, parameters: dict[str, Any]
+) -> None:
+    """Add the draft model (weights, KV cache, compute buffer) to the plan: on the GPU with the
+    model when the model is there whole, on the CPU otherwise (draft_offloaded says which)."""
+    from localrun import gguf
+    from localrun.offload import DEFAULT_NUM_BATCH, plan_offload
+
+    assert model.draft_path is not None
+    try:
+        header = gguf.scan(str(model.draft_path))
+    except InvalidGGUFError as exc:
+        raise damaged(model, exc, "the draft model file") from None
+    draft = plan_offload(
+        header,
+        num_ctx,
+        requested=0,
+        gpus=[],
+        gpu_offload_supported=False,
+        num_parallel=slots,
+        num_batch=parameters.get("num_batch", DEFAULT_NUM_BATCH),
+    )
+    if draft_offloaded(plan):
+        plan.vram_bytes += draft.ram_bytes
+    else:
+        plan.ram_bytes += draft.ram_bytes
+    plan.kv_bytes += draft.kv_bytes
+
+
+def draft_offloaded(plan: Any) -> bool:
+    """Whether a draft model goes to the GPU: when the model is there whole."""
+    return bool(plan.gpu is not None and plan.n_gpu_layers >= plan.total_layers)
+
+
+def available_memory() -> int:
+    """Bytes a load may use now: free and reclaimable RAM, and free swap."""
+    import psutil
+
+    return int(psutil.virtual_memory().available + psutil.swap_memory().free)
+
+
+def check_memory(
+    model: Model, fit: Fit, parameters: dict[str, Any], *, slots: int = 1, available: int = 0
+) -> None:
+    """Refuse, before anything is allocated, a load whose planned RAM exceeds what is available.
+
+    llama.cpp sizes the KV cache from num_ctx without asking: num_ctx 16777216 would take a
+    runner past every limit (or abort it) instead of answering. `available` defaults to
+    `available_memory()`.
+    """
+    needed = fit.plan.ram_bytes
+    available = available or available_memory()
+    if needed <= available:
+        return
+    have = f"about {_gb(available)} is available"
+    if "num_ctx" in parameters:
+        per = f" ({slots} slots)" if slots > 1 else ""
+        raise InvalidParameterError(
+            f"num_ctx {fit.num_ctx} needs about {_gb(needed)} of memory for {model.name}{per}; "
+            + have,
+            hint="use a smaller num_ctx",
+        )
+    raise ModelLoadError(
+        f"{model.name} needs about {_gb(needed)} of memory to load; {have}",
+        hint="close other programs, set a smaller num_ctx, or use a smaller quantization",
+    )
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.1f} GB" if size < 1e12 else f"{size / 1e12:.1f} TB"
+
+
+# A stored file's path (…/blobs/sha256-<hex>) says where the store is: clients get the model's
+# name instead, the server log the details.
+_BLOB_PATH = re.compile(r"(?:[^\s'\"]*[/\\])?blobs[/\\]sha256-[0-9a-f]{64}")
+
+
+def scrubbed(exc: LocalrunError, model: Model) -> LocalrunError:
+    """`exc` with the paths of stored files replaced by the model's name."""
+    message = _BLOB_PATH.sub(f"the file of {model.name}", exc.message)
+    if message != exc.message:
+        exc.message = message
+        exc.args = (message,)
+    return exc
+
+
+def resolve_load_options(
+    model: Model,
+    parameters: dict[str, Any],
+    notes: list[str],
+    warn: Callable[[str], None],
+    *,
+    fit: Fit | None = None,
+) -> LoadOptions:
+    """Turn the model's parameters into concrete load options (threads, context, GPU layers).
+
+    `fit` is a plan made already (e.g. for several slots); by default one is made here.
+    """
+    from localrun import system
+    from localrun.offload import DEFAULT_NUM_BATCH
+
+    fit = fit or plan_fit(model, parameters)
+    notes.append(fit.plan.reason)
+    for warning in fit.warnings:
+        warn(warning)
+    return LoadOptions(
+        num_ctx=fit.num_ctx,
+        num_batch=parameters.get("num_batch", DEFAULT_NUM_BATCH),
+        # More threads than cores only slows llama.cpp down (and 4096 of them stall a machine).
+        num_thread=min(
+            parameters.get("num_thread") or system.default_threads(), os.cpu_count() or 1
+        ),
+        num_gpu=fit.plan.n_gpu_layers,
+        main_gpu=parameters.get("main_gpu", 0),
+        use_mmap=parameters.get("use_mmap", True),
+        adapters=tuple((str(path), 1.0) for path in model.adapter_paths),
+        splits=tuple(str(path) for path in model.model_parts[1:]),
+        draft=str(model.draft_path) if model.draft_path else None,
+        draft_num_gpu=999 if draft_offloaded(fit.plan) else 0,
+    )

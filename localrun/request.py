@@ -1,0 +1,133 @@
+"""The one request of a generation: a dialect builds it from its wire shape, the scheduler routes
+it, the runner protocol carries it whole, and the runner prepares it.
+
+A chat has `messages`, rendered with the model's template; anything else is a completion of
+`prompt` as it is (with `suffix`: fill in the middle). A field is added here, in the dialect that
+speaks it and in the code that uses it, and nowhere between: `to_wire` and `from_wire` carry
+every field by name, and `from_wire` checks each one's JSON type where a request arrives in a
+runner (what a value means is checked where it is used). Pure: only localrun.errors is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from localrun.errors import BadRequestError
+
+Message = dict[str, Any]
+
+
+@dataclass
+class GenRequest:
+    """A chat (`messages`) or a completion (`prompt`) of one model, dialect-free."""
+
+    model: str
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    system: str | None = None  # replaces the model's SYSTEM (a system message wins over it)
+    options: dict[str, Any] = field(default_factory=dict)  # PARAMETERs for this request
+    format: str | dict[str, Any] | None = None  # "json" or a JSON schema
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    think: bool | str | None = None  # None: the model's default; True or low/medium/high
+    suffix: str | None = None  # with `prompt`: fill in the middle (FIM) up to this text
+    extra: list[dict[str, str]] | None = None  # FIM: other files, [{"filename", "text"}]
+    logprobs: int | None = None  # log-probabilities with N alternatives per token (None: none)
+    parallel_tool_calls: bool = True  # False: at most one tool call per answer
+    context: list[int] | None = None  # token ids before the prompt (a previous answer's)
+    return_context: bool = False  # the answer's end carries the prompt's and answer's tokens
+    keep_alive: float | None = None  # seconds the model stays loaded after it (scheduler)
+
+    @property
+    def chat(self) -> bool:
+        return self.messages is not None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The fields that differ from their defaults, as JSON values."""
+        out: dict[str, Any] = {"model": self.model}
+        for f in dataclasses.fields(self)[1:]:
+            value = getattr(self, f.name)
+            if value != (f.default if f.default_factory is dataclasses.MISSING else {}):
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_wire(cls, data: Any) -> GenRequest:
+        """A request from `to_wire`'s JSON; a field of the wrong type is a BadRequestError
+        naming it. Fields this version does not know are ignored (a newer sender's)."""
+        if not isinstance(data, dict):
+            raise BadRequestError("request must be an object")
+        values = {name: data[name] for name in _CHECKS if data.get(name) is not None}
+        for name, value in values.items():
+            _CHECKS[name](name, value)
+        # A runner serves one model: a request to it need not name it.
+        return cls(**{"model": "", **values})
+
+
+def _kind(*kinds: type) -> Any:
+    def check(name: str, value: Any) -> None:
+        if isinstance(value, bool) and bool not in kinds:
+            raise BadRequestError(f"{name} has the wrong type (bool)")
+        if not isinstance(value, kinds):
+            raise BadRequestError(f"{name} has the wrong type ({type(value).__name__})")
+
+    return check
+
+
+def _anything(name: str, value: Any) -> None:
+    """Checked where it is used, with the error that knows its shapes (tools, think)."""
+
+
+def _messages(name: str, value: Any) -> None:
+    if not isinstance(value, list):
+        raise BadRequestError("messages must be a list")
+    for index, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequestError(f"messages[{index}] must be an object with a role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise BadRequestError(f"messages[{index}].content must be a string")
+        if message.get("tool_calls") is not None and not isinstance(message["tool_calls"], list):
+            raise BadRequestError(f"messages[{index}].tool_calls must be a list")
+
+
+def _format(name: str, value: Any) -> None:
+    if value == "" or value == "json" or isinstance(value, dict):
+        return
+    raise BadRequestError(f"unknown format {value!r}", hint='use "json" or a JSON schema object')
+
+
+def _extra(name: str, value: Any) -> None:
+    """Infill's other files: [{"filename": str, "text": str}]."""
+    if not isinstance(value, list) or not all(
+        isinstance(c, dict) and all(isinstance(c.get(k, ""), str) for k in ("filename", "text"))
+        for c in value
+    ):
+        raise BadRequestError("input_extra must be a list of {filename, text} objects")
+
+
+def _logprobs(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequestError("logprobs must be a count of alternatives (0 or more)")
+
+
+_CHECKS = {
+    "model": _kind(str),
+    "messages": _messages,
+    "prompt": _kind(str),
+    "system": _kind(str),
+    "options": _kind(dict),
+    "format": _format,
+    "tools": _anything,
+    "tool_choice": _anything,
+    "think": _anything,
+    "suffix": _kind(str),
+    "extra": _extra,
+    "logprobs": _logprobs,
+    "parallel_tool_calls": _kind(bool),
+    "context": _anything,
+    "return_context": _kind(bool),
+    "keep_alive": _kind(int, float),
+}

@@ -1,0 +1,189 @@
+"""A runner in this process: what `localrun run` answers with when no server is up.
+
+The same Worker as the server's runner process serves its requests (prompt preparation, the
+engine with one slot, the answer's filters); they are dispatched as messages instead of written
+as lines, and its events come back through an Inbox, one queue per request, instead of stdout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from localrun import probe
+from localrun.engine.types import Timings
+from localrun.model import Model
+from localrun.request import GenRequest
+from localrun.worker import protocol
+from localrun.worker.load import Loaded, load_model
+from localrun.worker.serve import Worker
+
+Events = queue.SimpleQueue[protocol.Message]
+
+
+class Inbox:
+    """The worker's events, each put in the queue of its request (dropped once nobody reads)."""
+
+    broken = False  # a reader in this process never goes away
+
+    def __init__(self) -> None:
+        self._queues: dict[protocol.RequestId, Events] = {}
+        self._lock = threading.Lock()
+
+    def open(self, id: protocol.RequestId) -> Events:
+        events: Events = queue.SimpleQueue()
+        with self._lock:
+            self._queues[id] = events
+        return events
+
+    def close(self, id: protocol.RequestId) -> None:
+        with self._lock:
+            self._queues.pop(id, None)
+
+    def send(self, message: protocol.Message) -> None:
+        with self._lock:
+            events = self._queues.get(message.get("id", -1))
+        if events is not None:
+            events.put(message)
+
+
+class LocalRunner:
+    """A model loaded in this process, answering one request at a time or several."""
+
+    def __init__(self, model: Model, loaded: Loaded) -> None:
+        self.model = model
+        self.loaded = loaded
+        self._inbox = Inbox()
+        self._worker = Worker(loaded, self._inbox)
+        self._ids = itertools.count(1)
+
+    @property
+    def engine(self) -> Any:
+        return self.loaded.engine
+
+    @property
+    def template(self) -> str | None:
+        return self.loaded.prompter.template
+
+    def generate(self, request: GenRequest) -> LocalAnswer:
+        """Start `request`; its first event is awaited here, so an error it meets (a bad
+        option, a prompt that does not fit) is raised here."""
+        id = next(self._ids)
+        answer = LocalAnswer(self._inbox.open(id), lambda: self._end(id))
+        self._worker.dispatch(protocol.generate_request(id, request))
+        try:
+            answer.prefetch()
+        except BaseException:
+            answer.cancel()
+            raise
+        return answer
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        system: str | None = None,
+        options: dict[str, Any] | None = None,
+        format: str | dict[str, Any] | None = None,
+        think: bool | str | None = None,
+    ) -> LocalAnswer:
+        """Answer the conversation `messages` (the model's own layers are added)."""
+        request = GenRequest(
+            model=str(self.model.name),
+            messages=messages,
+            system=system,
+            options=dict(options or {}),
+            format=format,
+            think=think,
+        )
+        return self.generate(request)
+
+    def _end(self, id: protocol.RequestId) -> None:
+        self._worker.dispatch(protocol.cancel_request(id))
+
+    def close(self) -> None:
+        self._worker.close()
+
+
+class LocalAnswer:
+    """One streamed answer: iterate for text; then `text`, `done_reason` and `timings` are set."""
+
+    def __init__(self, events: Events, stop: Callable[[], None]) -> None:
+        self._events = events
+        self._stop = stop
+        self._first: protocol.Message | None = None
+        self._final: protocol.Message | None = None
+        self.text = ""
+        self.thinking = ""  # a reasoning model's thinking, split off the answer
+        self.on_thinking: Callable[[str], None] | None = None  # called with each piece of it
+        self.done_reason: str | None = None
+        self.timings = Timings()
+
+    def prefetch(self) -> None:
+        self._first = self._next()
+
+    def _next(self) -> protocol.Message:
+        event = self._events.get()
+        if event.get("event") == protocol.ERROR:
+            self._final = event
+            raise protocol.error_from_dict(event.get("error"))
+        if event.get("event") == protocol.DONE:
+            self._final = event
+            self.timings = protocol.timings_from_dict(event.get("timings"))
+            if self.done_reason is None:
+                self.done_reason = str(event.get("reason") or "stop")
+        return event
+
+    def __iter__(self) -> Iterator[str]:
+        event, self._first = self._first, None
+        while True:
+            if event is None:
+                if self._final is not None:
+                    return
+                event = self._next()
+            if event.get("event") == protocol.PIECE:
+                yield from self._piece(event)
+            event = None
+
+    def _piece(self, event: protocol.Message) -> Iterator[str]:
+        thought = event.get("thinking")
+        if thought:
+            self.thinking += thought
+            if self.on_thinking is not None:
+                self.on_thinking(thought)
+        text = event.get("text")
+        if text:
+            self.text += text
+            yield text
+
+    def cancel(self) -> None:
+        """Stop now (e.g. on Ctrl-C): the answer so far stays, marked cancelled; returns once
+        the engine has let go of it (within a token)."""
+        self.done_reason = "cancelled"
+        if self._final is not None:
+            return
+        self._stop()
+        while self._final is None:
+            try:
+                self._next()
+            except Exception:
+                return  # it failed instead: nothing more comes
+        self.done_reason = "cancelled"
+
+
+def open_local(
+    model: Model,
+    overrides: dict[str, Any],
+    *,
+    backend: str = "llama",
+    extra: dict[str, Any] | None = None,
+) -> LocalRunner:
+    """`model` loaded in this process with `overrides`, one slot. llama.cpp may abort or hang
+    on a model that passes every check: one not yet seen to load cleanly is loaded in a child
+    process first (localrun.probe)."""
+    if backend == "llama":
+        probe.ensure_loads(model, overrides)
+    return LocalRunner(model, load_model(model, overrides, backend=backend, extra=extra))

@@ -1,0 +1,233 @@
+"""What a runner does to an answer on its way out: a reasoning model's thinking split off, stop
+strings and tool calls held back and applied, log-probabilities sent with the text of their
+tokens, and the events written.
+
+The engine calls a RequestSink on its own thread for each piece of text; the sink writes piece
+events and, once, the final done or error event.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from localrun import config, thinking
+from localrun import tools as tools_mod
+from localrun.engine.types import Ticket, Timings
+from localrun.errors import EngineError, LocalrunError
+from localrun.prompt import Prepared
+from localrun.worker import protocol
+
+RequestId = protocol.RequestId
+
+
+class Output(Protocol):
+    """Where events go: the runner process's event stream, or a reader in this process."""
+
+    broken: bool  # the reader went away: nothing more can be delivered
+
+    def send(self, message: protocol.Message) -> None: ...
+
+
+def unexpected(exc: BaseException) -> LocalrunError:
+    """A bug or a native failure as an error the scheduler can pass on (traceback if debugging)."""
+    if config.debug():
+        traceback.print_exception(exc)
+    return EngineError(f"the runner failed: {type(exc).__name__}: {exc}")
+
+
+class StopFilter:
+    """Applies stop strings to streamed text, holding back what could start one.
+
+    `feed` returns the text that is safe to pass on; once a stop string appears, `hit` is set
+    and everything from it on is dropped. `flush` releases what was held at the end.
+    """
+
+    def __init__(self, stops: tuple[str, ...] | list[str]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.pending = ""
+        self.hit = False
+        self.matched: str | None = None  # the stop string that was hit
+
+    def feed(self, piece: str) -> str:
+        if self.hit:
+            return ""
+        if not self.stops:
+            return piece
+        pending = self.pending + piece
+        hits = [(index, s) for s in self.stops if (index := pending.find(s)) >= 0]
+        if hits:
+            index, self.matched = min(hits, key=lambda hit: hit[0])
+            self.hit, self.pending = True, ""
+            return pending[:index]
+        # Keep the longest tail that is still a prefix of some stop sequence.
+        keep = 0
+        for size in range(min(self.longest, len(pending)), 0, -1):
+            tail = pending[-size:]
+            if any(s.startswith(tail) for s in self.stops):
+                keep = size
+                break
+        self.pending = pending[len(pending) - keep :]
+        return pending[: len(pending) - keep]
+
+    def flush(self) -> str:
+        out, self.pending = ("" if self.hit else self.pending), ""
+        return out
+
+
+def new_splitter(prepared: Prepared) -> thinking.Splitter | thinking.ChannelSplitter:
+    """What parts a prepared request's reasoning from its answer."""
+    if prepared.channels:
+        return thinking.ChannelSplitter()
+    return thinking.Splitter(inside=prepared.thinking_open)
+
+
+class RequestSink:
+    """One generation's output: reasoning split off, stop strings and tool-call hold-back on
+    the answer, then events."""
+
+    def __init__(
+        self,
+        output: Output,
+        id: RequestId,
+        prepared: Prepared,
+        finished: Callable[[RequestId], None],
+        tokenize: Callable[[str], list[int]],
+    ) -> None:
+        self.output = output
+        self.id = id
+        self._finished = finished  # told of the request's end, before its final event
+        self._tokenize = tokenize  # the answer's text as tokens (context after a stop string)
+        self.prompt = prepared.tokens if prepared.return_context else None
+        self.sent: list[str] = []  # the text passed on, kept when the context is returned
+        self.stop = StopFilter(prepared.sampling.stop)
+        self.calls = (
+            tools_mod.CallStream(prepared.tool_names, forced=prepared.forced_tool)
+            if prepared.tool_names
+            else None
+        )
+        # Log-probability entries wait here until the text of their tokens is sent (stop
+        # strings and tool calls hold text back); `_budget` counts the bytes sent ahead of them.
+        self._entries: list[dict[str, Any]] = []
+        self._budget = 0
+        self.reasoning = prepared.reasoning  # "split", "hide" or None
+        self.splitter = new_splitter(prepared) if prepared.reasoning else None
+        self._lock = threading.Lock()
+        self._ticket: Ticket | None = None
+        self._cancel_wanted = False
+        self.stopped = False  # a stop string was hit: the engine's "cancelled" means "stop"
+
+    def attach(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._ticket = ticket
+            wanted = self._cancel_wanted
+        if wanted:
+            ticket.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            ticket = self._ticket
+            self._cancel_wanted = ticket is None
+        if ticket is not None:
+            ticket.cancel()
+
+    def _send_text(self, text: str) -> None:
+        if text:
+            if self.prompt is not None:
+                self.sent.append(text)
+            entries = self._due(text)
+            self.output.send(protocol.piece_event(self.id, text, logprobs=entries))
+
+    def _due(self, sent: str, dropped: int = 0) -> list[dict[str, Any]] | None:
+        """The entries of the tokens whose bytes have now gone out (or were dropped: tags)."""
+        if not self._entries:
+            return None
+        self._budget += len(sent.encode("utf-8")) + dropped
+        due = []
+        while self._entries and len(self._entries[0]["bytes"]) <= self._budget:
+            entry = self._entries.pop(0)
+            self._budget -= len(entry["bytes"])
+            due.append(entry)
+        return due or None
+
+    def _context(self, tokens: list[int]) -> list[int] | None:
+        """The prompt's and the answer's tokens (Ollama's `context`), to continue from."""
+        if self.prompt is None:
+            return None
+        if self.stopped:  # the engine's tokens run past the stop string: the text did not
+            tokens = self._tokenize("".join(self.sent))
+        return self.prompt + tokens
+
+    # -- called by the engine, on its thread ---------------------------------------------------
+
+    def _think(self, text: str) -> str:
+        """The answer's part of `text`; its reasoning goes out at once (unless hidden)."""
+        if self.splitter is None:
+            return text
+        held = self.splitter.pending
+        reasoning, answer = self.splitter.feed(text)
+        if self._entries:
+            # The tags (and the blank lines after them) are nobody's text: count them as sent.
+            kept = reasoning + answer + self.splitter.pending
+            self._due("", len((held + text).encode()) - len(kept.encode()))
+        self._send_thinking(reasoning)
+        return answer
+
+    def _send_thinking(self, text: str) -> None:
+        if text and self.reasoning == "split":
+            entries = self._due(text)
+            self.output.send(protocol.piece_event(self.id, "", thinking=text, logprobs=entries))
+        elif text:
+            self._due(text)  # hidden reasoning: its entries go with it
+
+    def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
+        if self.stopped:
+            return
+        if logprobs:
+            self._entries += logprobs
+        text = self._think(text)
+        if not text:
+            return
+        out = self.stop.feed(text)
+        if self.calls is not None:
+            out = self.calls.feed(out)
+        self._send_text(out)
+        if self.stop.hit:
+            self.stopped = True
+            self.cancel()
+
+    def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
+        try:
+            out = ""
+            if self.splitter is not None and not self.stopped:
+                reasoning, answer = self.splitter.finish()
+                self._send_thinking(reasoning)
+                out = self.stop.feed(answer)
+            out += self.stop.flush()
+            tool_calls = None
+            if self.calls is not None:
+                out = self.calls.feed(out)
+                rest, tool_calls = self.calls.finish()
+                out += rest
+            self._send_text(out)
+            if self.stopped and self._budget > 0 and self._entries:
+                # A stop string began inside this token: part of its text went out.
+                partial = self._entries[:1]
+                self.output.send(protocol.piece_event(self.id, "", logprobs=partial))
+            if self.stopped:
+                reason = "stop"
+            context = self._context(tokens)
+            event = protocol.done_event(
+                self.id, reason, timings, tool_calls, context, stop_sequence=self.stop.matched
+            )
+        except Exception as exc:  # never leave a request without its final event
+            event = protocol.error_event(unexpected(exc), self.id)
+        self._finished(self.id)
+        self.output.send(event)
+
+    def error(self, exc: LocalrunError) -> None:
+        self._finished(self.id)
+        self.output.send(protocol.error_event(exc, self.id))
