@@ -96,7 +96,13 @@ def test_every_slot_drafts_with_its_own_sequence(
 @pytest.mark.slow
 def test_a_drafted_model_speculates_in_run_and_in_the_server(cli: Any, tmp_path: Path) -> None:
     modelfile = tmp_path / "Modelfile"
-    modelfile.write_text("FROM smollm2:135m\nDRAFT smollm2:135m\nPARAMETER temperature 0\n")
+    # Greedy without the default repeat penalty: the draft model drafts its greedy choices, so
+    # only then is a model drafting for itself right but for near ties. With the penalty the
+    # main model's sampler turns down recent tokens the draft proposes (seen: 34 of 38 kept).
+    modelfile.write_text(
+        "FROM smollm2:135m\nDRAFT smollm2:135m\nPARAMETER temperature 0\n"
+        "PARAMETER repeat_penalty 1\n"
+    )
     made = cli("create", "drafted", "-f", str(modelfile))
     assert made.code == 0, made.stderr
     result = cli(*repeat_code("drafted", "speculate=draft"), input=CODE_INPUT)
