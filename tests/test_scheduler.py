@@ -158,7 +158,8 @@ def test_tokenize_counts_what_a_chat_would_evaluate(models: Store) -> None:
 
     async def main() -> None:
         async with scheduler(models, num_parallel=2) as sched:
-            counted = await sched.tokenize("a", messages=messages, system="Be brief.")
+            asked = GenRequest("a", messages=messages, system="Be brief.")
+            counted = await sched.tokenize("a", request=asked)
             stream = await chat(
                 sched, "a", messages=messages, system="Be brief.", options={"num_predict": 1}
             )

@@ -257,14 +257,12 @@ class Scheduler:
         name: str,
         *,
         text: str | None = None,
-        messages: list[dict[str, Any]] | None = None,
-        system: str | None = None,
-        tools: list[dict[str, Any]] | None = None,
+        request: GenRequest | None = None,
         add_special: bool = True,
         parse_special: bool = False,
     ) -> list[int]:
-        """The model's tokens for `text`, or for the chat prompt `messages` render to (what a
-        chat request with them would evaluate: the model's template, SYSTEM and MESSAGEs).
+        """The model's tokens for `text`, or for the prompt the chat `request` renders to (what
+        it would evaluate: the model's template, SYSTEM and MESSAGEs).
 
         Runs on a loaded runner of the model whatever its load options (loading it if none).
         """
@@ -273,9 +271,7 @@ class Scheduler:
             lambda rid: protocol.tokenize_request(
                 rid,
                 text=text,
-                messages=messages,
-                system=system,
-                tools=tools,
+                request=request,
                 add_special=add_special,
                 parse_special=parse_special,
             ),

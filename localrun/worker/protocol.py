@@ -29,8 +29,8 @@ stderr so they cannot corrupt the stream).
     <- {"event": "embeddings", "id": 9, "embeddings": [[...]], "prompt_tokens": N,
         "cancelled": false}
        or an error event
-    -> {"op": "tokenize", "id": 10, "text": "..." | null, "messages": [...] | null,
-        "system": null, "tools": null, "add_special": true, "parse_special": false}
+    -> {"op": "tokenize", "id": 10, "text": "...", "add_special": true, "parse_special": false}
+       or {"op": "tokenize", "id": 10, "messages": [...], ...}        (a chat request's fields)
     <- {"event": "tokens", "id": 10, "tokens": [ids]}       (messages: the chat prompt's tokens)
     -> {"op": "detokenize", "id": 11, "tokens": [ids], "pieces": false}
     <- {"event": "text", "id": 11, "text": "...", "pieces": ["hex", ...]?}  (or an error event)
@@ -180,22 +180,17 @@ def tokenize_request(
     id: RequestId,
     *,
     text: str | None = None,
-    messages: list[dict[str, Any]] | None = None,
-    system: str | None = None,
-    tools: list[dict[str, Any]] | None = None,
+    request: GenRequest | None = None,
     add_special: bool = True,
     parse_special: bool = False,
 ) -> Message:
-    return {
-        "op": TOKENIZE,
-        "id": id,
-        "text": text,
-        "messages": messages,
-        "system": system,
-        "tools": tools,
-        "add_special": add_special,
-        "parse_special": parse_special,
-    }
+    """The tokens of `text`, or of the prompt the chat `request` renders to."""
+    message: Message = {"op": TOKENIZE, "id": id}
+    if request is not None:
+        message.update(request.to_wire())
+    else:
+        message.update(text=text, add_special=add_special, parse_special=parse_special)
+    return message
 
 
 def detokenize_request(id: RequestId, tokens: list[int], *, pieces: bool = False) -> Message:
