@@ -36,7 +36,6 @@ from localrun.engine.types import (
 )
 from localrun.errors import (
     BadRequestError,
-    ConfigError,
     CorruptBlobError,
     InvalidGGUFError,
     InvalidParameterError,
@@ -184,10 +183,7 @@ class Prompter:
     def sampling(self, options: dict[str, Any] | None, grammar: str | None) -> SamplingOptions:
         merged = {**self.params, **params_mod.validate(options or {})}
         if "speculate" not in merged:
-            try:
-                merged["speculate"] = config.speculate()
-            except ValueError as exc:
-                raise ConfigError(str(exc), hint="fix LOCALRUN_SPECULATE or unset it") from None
+            merged["speculate"] = config.speculate()
         return SamplingOptions.from_params(merged, grammar=grammar)
 
     def chat(

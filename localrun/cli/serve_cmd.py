@@ -25,17 +25,17 @@ GRACEFUL_SHUTDOWN_S = 3  # streams still open after Ctrl-C / SIGTERM get this lo
 
 def _address(host: str | None, port: int | None) -> tuple[str, int]:
     """--host HOST[:PORT] and --port over LOCALRUN_HOST."""
-    try:
-        bind_host, bind_port = config.host()
-        if host is not None:
+    bind_host, bind_port = config.host()
+    if host is not None:
+        try:
             bind_host, given_port = config.parse_host(host)
-            bare = host.strip().split("://")[-1].rstrip("/")
-            if "]:" in bare or (not bare.startswith("[") and bare.count(":") == 1):
-                bind_port = given_port
-    except ValueError as exc:
-        raise ConfigError(
-            str(exc), hint="write --host ADDRESS[:PORT] or LOCALRUN_HOST=host:port"
-        ) from None
+        except ValueError as exc:
+            raise ConfigError(
+                str(exc), hint="write --host ADDRESS[:PORT] or LOCALRUN_HOST=host:port"
+            ) from None
+        bare = host.strip().split("://")[-1].rstrip("/")
+        if "]:" in bare or (not bare.startswith("[") and bare.count(":") == 1):
+            bind_port = given_port
     return bind_host, bind_port if port is None else port
 
 

@@ -15,7 +15,7 @@ import typer
 from localrun import config, names
 from localrun.cli.main import app, print_error
 from localrun.cli.output import CreateProgress, ago, columns, human_size
-from localrun.errors import ConfigError, LocalrunError, ModelfileError, NotRegularFileError
+from localrun.errors import LocalrunError, ModelfileError, NotRegularFileError
 from localrun.store import Store
 
 MAX_MODELFILE = 16 * 1024 * 1024
@@ -23,12 +23,7 @@ MAX_MODELFILE = 16 * 1024 * 1024
 
 def open_store(*, cleanup: bool = False) -> Store:
     """The store of LOCALRUN_MODELS; with `cleanup`, clear leftovers of crashed writers if idle."""
-    try:
-        store = Store.default()
-    except ValueError as exc:
-        raise ConfigError(
-            str(exc), hint="fix the setting or unset it; see `localrun env`"
-        ) from None
+    store = Store.default()
     if cleanup:
         store.prune(blocking=False)
     return store
@@ -410,10 +405,7 @@ class _VerifyBar:
 @app.command()
 def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show every LOCALRUN_* setting, its value and where the value comes from."""
-    try:
-        rows = config.describe()
-    except ValueError as exc:
-        raise ConfigError(str(exc), hint="fix the setting or unset it") from None
+    rows = config.describe()
     if as_json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
         return
