@@ -15,6 +15,7 @@ import typer
 from typer.exceptions import TyperException
 
 from localrun import __version__, config, selfexec
+from localrun.cli.common import print_error
 from localrun.errors import LocalrunError
 
 app = typer.Typer(
@@ -53,16 +54,6 @@ def _root(
     ),
 ) -> None:
     """Run language models locally: pull, create, run and serve GGUF models."""
-
-
-def error_line(err: LocalrunError) -> str:
-    """The one line a user sees for an error: what went wrong, then what to do."""
-    message = " ".join(err.message.split()) if "\n" in err.message else err.message
-    return f"Error: {message}; {err.hint}" if err.hint else f"Error: {message}"
-
-
-def print_error(err: LocalrunError) -> None:
-    print(error_line(err), file=sys.stderr, flush=True)
 
 
 # Options whose value may be left out, as in Ollama (`--think` is `--think=true`); typer

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from localrun.cli.main import app
+from localrun.cli.views import print_stats
 from localrun.errors import InvalidParameterError
 
 if TYPE_CHECKING:
-    from localrun.cli.session import Answer, Session
+    from localrun.cli.session import Session
 
 STDIN_LIMIT = 64 * 1024 * 1024
 
@@ -177,46 +178,3 @@ def one_shot(
     out.flush()
     if verbose:
         print_stats(reply, opened, time.perf_counter() - started)
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.3f}s"
-    return f"{seconds * 1000:.3f}ms"
-
-
-def _share(part: int, whole: int) -> str:
-    return f" ({100 * part / whole:.0f}%)" if whole else ""
-
-
-def print_stats(
-    reply: Answer, opened: Session, total: float | None = None, load_s: float | None = None
-) -> None:
-    """Timings on stderr, in Ollama's --verbose layout."""
-    t = reply.timings
-    lines = [
-        ("total duration", _duration(total if total is not None else t.total_s)),
-        ("load duration", _duration(opened.load_s(reply) if load_s is None else load_s)),
-        ("prompt eval count", f"{t.prompt_tokens} token(s)"),
-        ("prompt cache hit", f"{t.cached_tokens} token(s)"),
-        ("prompt disk cache", f"{t.disk_tokens} token(s)"),
-        ("prompt eval duration", _duration(t.prompt_s)),
-        ("prompt eval rate", f"{t.prompt_rate:.2f} tokens/s"),
-        ("eval count", f"{t.eval_tokens} token(s)"),
-        ("eval duration", _duration(t.eval_s)),
-        ("eval rate", f"{t.eval_rate:.2f} tokens/s"),
-        ("draft count", f"{t.draft_tokens} token(s)"),
-        (
-            "draft accepted",
-            f"{t.draft_accepted} token(s)" + _share(t.draft_accepted, t.draft_tokens),
-        ),
-        ("done reason", str(reply.done_reason)),
-    ]
-    for note in opened.notes:
-        lines.append(("offload", note))
-    if opened.cache_note:
-        lines.append(("prompt cache", opened.cache_note))
-    width = max(len(k) for k, _ in lines) + 2
-    for key, value in lines:
-        print(f"{key + ':':{width}}{value}", file=sys.stderr)
-    sys.stderr.flush()

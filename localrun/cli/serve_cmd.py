@@ -17,6 +17,7 @@ from types import FrameType
 import typer
 
 from localrun import __version__, config
+from localrun.cli.common import open_store
 from localrun.cli.main import app
 from localrun.errors import ConfigError, ServerError
 
@@ -89,7 +90,6 @@ def serve(
     """Serve the Ollama- and OpenAI-compatible API."""
     import uvicorn
 
-    from localrun.cli.store_cmds import open_store
     from localrun.scheduler import Scheduler
     from localrun.server import create_app
     from localrun.server.app import Settings

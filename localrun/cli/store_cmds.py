@@ -13,20 +13,13 @@ from typing import Any
 import typer
 
 from localrun import config, names
-from localrun.cli.main import app, print_error
+from localrun.cli.common import open_store, print_error
+from localrun.cli.main import app
 from localrun.cli.output import CreateProgress, ago, columns, human_size
+from localrun.cli.views import params_text, print_fit, show_text
 from localrun.errors import LocalrunError, ModelfileError, NotRegularFileError
-from localrun.store import Store
 
 MAX_MODELFILE = 16 * 1024 * 1024
-
-
-def open_store(*, cleanup: bool = False) -> Store:
-    """The store of LOCALRUN_MODELS; with `cleanup`, clear leftovers of crashed writers if idle."""
-    store = Store.default()
-    if cleanup:
-        store.prune(blocking=False)
-    return store
 
 
 def read_modelfile(path_text: str) -> tuple[str, Path]:
@@ -178,8 +171,6 @@ def show(
     m = model_mod.load(store, found, manifest)
     template = m.template if m.template is not None else m.config.get("gguf_chat_template")
     if fit:
-        from localrun.cli.info_cmd import print_fit
-
         print_fit(m, overrides, as_json)
     elif as_json:
         print(json.dumps(_show_json(m, template), indent=2, ensure_ascii=False))
@@ -202,65 +193,6 @@ def show(
         print(show_text(m, template))
 
 
-def params_text(parameters: dict[str, Any]) -> str:
-    """Parameters as aligned `name value` lines (strings quoted), as `show` prints them."""
-    from localrun.modelfile import format_param
-
-    rows = []
-    for key, value in parameters.items():
-        for item in value if isinstance(value, list) else [value]:
-            rows.append([key, json.dumps(item) if isinstance(item, str) else format_param(item)])
-    return columns(rows)
-
-
-def show_text(m: Any, template: str | None) -> str:
-    """The sections `show` prints: model details, adapters, parameters, system, ... license."""
-    from localrun.gguf import format_count
-
-    d = m.details
-    info = [
-        ["architecture", d.get("architecture")],
-        ["parameters", format_count(d["parameter_count"]) if d.get("parameter_count") else None],
-        ["context length", d.get("context_length")],
-        ["embedding length", d.get("embedding_length")],
-        ["quantization", d.get("quantization")],
-        ["draft", _draft_text(m.draft)],
-    ]
-    sections = ["  Model\n" + _indent(columns([[k, str(v)] for k, v in info if v is not None]), 4)]
-    if m.adapter_paths:
-        sections.append("  Adapters\n" + _indent("\n".join(p.name for p in m.adapter_paths), 4))
-    if m.parameters:
-        sections.append("  Parameters\n" + _indent(params_text(m.parameters), 4))
-    if m.system:
-        sections.append("  System\n" + _indent(_clip(m.system, 6), 4))
-    if m.messages:
-        lines = [f"{msg.role}: {_clip(msg.content, 1)}" for msg in m.messages]
-        sections.append("  Messages\n" + _indent("\n".join(lines), 4))
-    if template:
-        sections.append("  Template\n" + _indent(_clip(template, 4), 4))
-    if m.licenses:
-        sections.append("  License\n" + _indent("\n\n".join(_clip(t, 2) for t in m.licenses), 4))
-    return "\n\n".join(sections) + "\n"
-
-
-def _draft_text(draft: dict[str, Any] | None) -> str | None:
-    """The draft model in one line: its name (or short digest), architecture, size, type."""
-    from localrun.gguf import format_count
-
-    if draft is None:
-        return None
-    d = draft["details"]
-    count = d.get("parameter_count")
-    facts = [
-        d.get("architecture"),
-        f"{format_count(count)} parameters" if isinstance(count, int) and count else None,
-        d.get("quantization"),
-    ]
-    described = ", ".join(str(fact) for fact in facts if fact)
-    name = draft["model"] or draft["digest"][7:19]
-    return f"{name} ({described})" if described else name
-
-
 def _show_json(m: Any, template: str | None) -> dict[str, Any]:
     draft = m.draft
     return {
@@ -280,17 +212,6 @@ def _show_json(m: Any, template: str | None) -> dict[str, Any]:
         "license": m.licenses,
         "modelfile": str(m.to_modelfile()),
     }
-
-
-def _clip(text: str, max_lines: int) -> str:
-    lines = text.strip("\n").splitlines() or [""]
-    if len(lines) > max_lines:
-        lines = [*lines[:max_lines], "..."]
-    return "\n".join(line if len(line) <= 100 else line[:97] + "..." for line in lines)
-
-
-def _indent(text: str, n: int) -> str:
-    return "\n".join((" " * n + line) if line else line for line in text.splitlines())
 
 
 @app.command()
