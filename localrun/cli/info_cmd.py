@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from localrun.cli.main import app
 from localrun.cli.output import columns, human_size
 from localrun.errors import LocalrunError
 
@@ -25,7 +24,6 @@ _BUILD_FLAGS = {
 }
 
 
-@app.command()
 def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the CPU, memory and GPUs found, and what the installed llama.cpp was built to use."""
     from localrun import system

@@ -5,11 +5,9 @@ from __future__ import annotations
 import typer
 
 from localrun.cli.common import open_store
-from localrun.cli.main import app
 from localrun.cli.output import CreateProgress
 
 
-@app.command()
 def pull(
     model: str = typer.Argument(
         ..., help="hf.co/ORG/REPO[:TAG], modelscope.cn/ORG/REPO[:TAG], or a catalog name."

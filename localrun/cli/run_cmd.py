@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from localrun.cli.main import app
 from localrun.cli.views import print_stats
 from localrun.errors import InvalidParameterError
 
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
 STDIN_LIMIT = 64 * 1024 * 1024
 
 
-@app.command(context_settings={"allow_interspersed_args": True})
 def run(
     model: str = typer.Argument(..., help="The model, e.g. smollm2:135m."),
     prompt: list[str] | None = typer.Argument(

@@ -18,7 +18,6 @@ import typer
 
 from localrun import __version__, config
 from localrun.cli.common import open_store
-from localrun.cli.main import app
 from localrun.errors import ConfigError, ServerError
 
 GRACEFUL_SHUTDOWN_S = 3  # streams still open after Ctrl-C / SIGTERM get this long
@@ -72,7 +71,6 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-@app.command()
 def serve(
     host: str | None = typer.Option(
         None, "--host", help="Address to listen on (default: LOCALRUN_HOST, 127.0.0.1)."

@@ -14,7 +14,6 @@ import typer
 
 from localrun import config, names
 from localrun.cli.common import open_store, print_error
-from localrun.cli.main import app
 from localrun.cli.output import CreateProgress, ago, columns, human_size
 from localrun.cli.views import params_text, print_fit, show_text
 from localrun.errors import LocalrunError, ModelfileError, NotRegularFileError
@@ -52,7 +51,6 @@ def read_modelfile(path_text: str) -> tuple[str, Path]:
         ) from None
 
 
-@app.command()
 def create(
     name: str = typer.Argument(..., help="Name of the new model, e.g. mario or me/mario:v1."),
     file: str = typer.Option("Modelfile", "--file", "-f", help="The Modelfile ('-' for stdin)."),
@@ -80,7 +78,6 @@ def create(
         progress.close()
 
 
-@app.command("list")
 def list_(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -130,10 +127,6 @@ def _remote_models(local: set[str]) -> list[tuple[str, str]]:
     return sorted((name, host) for name, host in served.items() if name not in local)
 
 
-app.command("ls", hidden=True, help="List the models in the store.")(list_)
-
-
-@app.command()
 def show(
     name: str = typer.Argument(..., help="The model."),
     show_modelfile: bool = typer.Option(
@@ -214,7 +207,6 @@ def _show_json(m: Any, template: str | None) -> dict[str, Any]:
     }
 
 
-@app.command()
 def cp(
     source: str = typer.Argument(..., help="The model to copy."),
     destination: str = typer.Argument(..., help="The new name."),
@@ -230,7 +222,6 @@ def cp(
     print(f"copied '{src}' to '{dst}'")
 
 
-@app.command()
 def rm(
     models: list[str] = typer.Argument(..., help="The models to remove."),
 ) -> None:
@@ -253,7 +244,6 @@ def rm(
         raise typer.Exit(1)
 
 
-@app.command()
 def prune() -> None:
     """Remove unused blobs, leftovers of interrupted writes, the disk prompt cache and (from the
     single binary) its other unpacked builds."""
@@ -278,7 +268,6 @@ def prune() -> None:
     )
 
 
-@app.command()
 def verify() -> None:
     """Re-hash every blob in the store and report damaged models."""
     store = open_store()
@@ -323,7 +312,6 @@ class _VerifyBar:
         self.progress.close()
 
 
-@app.command()
 def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show every LOCALRUN_* setting, its value and where the value comes from."""
     rows = config.describe()
