@@ -8,18 +8,33 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
+from localrun import params as params_mod
+from localrun import thinking
+from localrun.cli.batch import run_batch
+from localrun.cli.chat import chat_loop
+from localrun.cli.output import ThinkingView
+from localrun.cli.session import Session, open_session
 from localrun.cli.views import print_stats
 from localrun.errors import InvalidParameterError
 
-if TYPE_CHECKING:
-    from localrun.cli.session import Session
-
 STDIN_LIMIT = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Asked:
+    """How `run` asks for answers and shows them, the same for one answer and for the chat."""
+
+    system: str | None
+    format: str | None
+    verbose: bool
+    think: bool | str | None
+    hide_thinking: bool
 
 
 def run(
@@ -56,9 +71,37 @@ def run(
 
     With a server up at LOCALRUN_HOST the model runs there, and stays loaded; else in-process.
     """
-    from localrun import params as params_mod
-
     started = time.perf_counter()
+    overrides = _overrides(format, param, seed, batch, output)
+    asked = Asked(system, format, verbose, think_option(think), hidethinking)
+    text, piped = _prompt(prompt, batch)
+    opened = open_session(model, overrides)
+    if batch is not None:
+        raise typer.Exit(run_batch(opened, batch, output, system=system, format=format))
+    if text.strip():
+        one_shot(opened, text, asked, started)
+    elif piped is not None or not sys.stdin.isatty():
+        raise InvalidParameterError(
+            "no prompt: give one as an argument or on stdin",
+            hint=f'localrun run {model} "Why is the sky blue?"',
+        )
+    else:
+        chat_loop(
+            opened,
+            system=asked.system,
+            format=asked.format,
+            verbose=asked.verbose,
+            overrides=overrides,
+            wordwrap=not nowordwrap,
+            think=asked.think,
+            hide_thinking=asked.hide_thinking,
+        )
+
+
+def _overrides(
+    format: str | None, param: list[str], seed: int | None, batch: Path | None, output: Path | None
+) -> dict[str, Any]:
+    """The parameters --param and --seed set, once the options are checked."""
     if format not in (None, "json"):
         raise InvalidParameterError(
             f"unknown --format {format!r}", hint="the only format is json: --format json"
@@ -74,57 +117,23 @@ def run(
         overrides["seed"] = params_mod.spec("seed").check(seed)
     if output is not None and batch is None:
         raise InvalidParameterError("--output goes with --batch", hint="add --batch FILE")
-    thinks = think_option(think)
+    return overrides
 
+
+def _prompt(prompt: list[str] | None, batch: Path | None) -> tuple[str, str | None]:
+    """The prompt's text, with what was piped to stdin (none is read with --batch) after it;
+    and what was piped (None when stdin is a terminal)."""
     text = " ".join(prompt or [])
     piped = None
     if batch is None and not sys.stdin.isatty():
         piped = sys.stdin.read(STDIN_LIMIT)
     if piped:
         text = f"{text}\n\n{piped}" if text else piped
-
-    from localrun.cli.session import open_session
-
-    opened = open_session(model, overrides)
-    if batch is not None:
-        from localrun.cli.batch import run_batch
-
-        raise typer.Exit(run_batch(opened, batch, output, system=system, format=format))
-    if text.strip():
-        one_shot(
-            opened,
-            text,
-            system=system,
-            format=format,
-            verbose=verbose,
-            started=started,
-            think=thinks,
-            hide_thinking=hidethinking,
-        )
-        return
-    if piped is not None or not sys.stdin.isatty():
-        raise InvalidParameterError(
-            "no prompt: give one as an argument or on stdin",
-            hint=f'localrun run {model} "Why is the sky blue?"',
-        )
-    from localrun.cli.chat import chat_loop
-
-    chat_loop(
-        opened,
-        system=system,
-        format=format,
-        verbose=verbose,
-        overrides=overrides,
-        wordwrap=not nowordwrap,
-        think=thinks,
-        hide_thinking=hidethinking,
-    )
+    return text, piped
 
 
 def think_option(value: str | None) -> bool | str | None:
     """--think's value: true/false (yes/no, on/off) or a level; None when not given."""
-    from localrun import thinking
-
     if value is None:
         return None
     word = value.strip().lower()
@@ -139,25 +148,17 @@ def think_option(value: str | None) -> bool | str | None:
     )
 
 
-def one_shot(
-    opened: Session,
-    text: str,
-    *,
-    system: str | None,
-    format: str | None,
-    verbose: bool,
-    started: float,
-    think: bool | str | None = None,
-    hide_thinking: bool = False,
-) -> None:
-    from localrun.cli.output import ThinkingView
-
+def one_shot(opened: Session, text: str, asked: Asked, started: float) -> None:
+    """Stream the answer to `text` to stdout (its thinking before it), then any timings."""
     reply = opened.chat(
-        [{"role": "user", "content": text}], system=system, format=format, think=think
+        [{"role": "user", "content": text}],
+        system=asked.system,
+        format=asked.format,
+        think=asked.think,
     )
     out = sys.stdout
     view = ThinkingView(out)
-    if not hide_thinking:
+    if not asked.hide_thinking:
         reply.on_thinking = view.thinking
     last = ""
     try:
@@ -174,5 +175,5 @@ def one_shot(
     if not last.endswith("\n"):
         out.write("\n")
     out.flush()
-    if verbose:
+    if asked.verbose:
         print_stats(reply, opened, time.perf_counter() - started)
