@@ -8,7 +8,7 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -17,6 +17,9 @@ from localrun.cli.common import open_store, print_error
 from localrun.cli.output import CreateProgress, ago, columns, human_size
 from localrun.cli.views import params_text, print_fit, show_text
 from localrun.errors import LocalrunError, ModelfileError, NotRegularFileError
+
+if TYPE_CHECKING:
+    from localrun.model import Model
 
 MAX_MODELFILE = 16 * 1024 * 1024
 
@@ -145,8 +148,6 @@ def show(
     ),
 ) -> None:
     """Show a model's details, parameters, system prompt, template and license."""
-    from localrun import catalog
-    from localrun import model as model_mod
     from localrun import params as params_mod
     from localrun.errors import InvalidParameterError
 
@@ -155,13 +156,7 @@ def show(
             "--param goes with --fit", hint=f"localrun show {name} --fit --param {param[0]}"
         )
     overrides = dict(params_mod.parse_assignment(item) for item in param)
-    store = open_store()
-    progress = CreateProgress()
-    try:
-        found, manifest = catalog.find(store, name, progress, pull_missing=False)
-    finally:
-        progress.close()
-    m = model_mod.load(store, found, manifest)
+    m = _stored_model(name)
     template = m.template if m.template is not None else m.config.get("gguf_chat_template")
     if fit:
         print_fit(m, overrides, as_json)
@@ -184,6 +179,20 @@ def show(
         print("\n\n".join(m.licenses))
     else:
         print(show_text(m, template))
+
+
+def _stored_model(name: str) -> Model:
+    """The model `name` refers to, from the store (found through an alias; never pulled)."""
+    from localrun import catalog
+    from localrun import model as model_mod
+
+    store = open_store()
+    progress = CreateProgress()
+    try:
+        found, manifest = catalog.find(store, name, progress, pull_missing=False)
+    finally:
+        progress.close()
+    return model_mod.load(store, found, manifest)
 
 
 def _show_json(m: Any, template: str | None) -> dict[str, Any]:
