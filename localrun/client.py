@@ -27,7 +27,6 @@ from localrun import config
 from localrun.errors import (
     BadRequestError,
     BusyError,
-    ConfigError,
     ForbiddenError,
     LocalrunError,
     RequestTooLargeError,
@@ -175,18 +174,8 @@ class Client:
     """The server at LOCALRUN_HOST (or `host`), with LOCALRUN_API_KEY as a Bearer token."""
 
     def __init__(self, host: tuple[str, int] | None = None, *, api_key: str | None = None) -> None:
-        if host is None:
-            try:
-                host = config.host()
-            except ValueError as exc:
-                raise ConfigError(str(exc), hint="fix LOCALRUN_HOST or unset it") from None
-        self.host, self.port = host
-        if api_key is None:
-            try:
-                api_key = config.api_key()
-            except ValueError as exc:
-                raise ConfigError(str(exc), hint="fix LOCALRUN_API_KEY or unset it") from None
-        self.api_key = api_key
+        self.host, self.port = config.host() if host is None else host
+        self.api_key = config.api_key() if api_key is None else api_key
 
     @property
     def address(self) -> str:

@@ -4,8 +4,10 @@ A setting is a name, a default, a parser and a line of help. Values are read fro
 at call time (never frozen at import), so a test or a long-running server sees the current
 environment. `localrun env` prints `describe()`.
 
-This module imports nothing of localrun: a bad value raises ValueError, and the caller that knows
-the context turns it into a LocalrunError.
+A bad value of a setting raises ConfigError naming the variable, with a hint to fix or unset it;
+the parsers that requests also use (`parse_duration` for a request's keep_alive,
+`parse_host` for `serve --host`) raise ValueError for their caller to word. Of localrun this
+module imports only errors, which imports nothing of it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from localrun.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
@@ -198,7 +202,9 @@ class Setting:
         try:
             return self.parse(raw)
         except ValueError as exc:
-            raise ValueError(f"{self.name}: {exc}") from None
+            raise ConfigError(
+                f"{self.name}: {exc}", hint=f"fix {self.name} or unset it; see `localrun env`"
+            ) from None
 
 
 def _models_default() -> Path:
@@ -545,7 +551,7 @@ def binary_cache() -> Path:
 def debug() -> bool:
     try:
         return bool(SETTINGS["LOCALRUN_DEBUG"].value())
-    except ValueError:
+    except ConfigError:
         return False
 
 
@@ -583,7 +589,7 @@ class Described:
 
 
 def describe() -> list[Described]:
-    """Every setting with its current value and source; raises ValueError on a bad value."""
+    """Every setting with its current value and source; raises ConfigError on a bad value."""
     rows = []
     for setting in SETTINGS.values():
         source = "environment" if setting.raw() is not None else "default"

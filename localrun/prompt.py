@@ -18,7 +18,7 @@ from localrun import params as params_mod
 from localrun import template as template_mod
 from localrun import tools as tools_mod
 from localrun.engine.types import FimTokens, SamplingOptions, reusable
-from localrun.errors import BadRequestError, ConfigError
+from localrun.errors import BadRequestError
 from localrun.model import Model
 from localrun.request import GenRequest
 
@@ -207,10 +207,7 @@ class Prompter:
     def sampling(self, options: dict[str, Any] | None, grammar: str | None) -> SamplingOptions:
         merged = {**self.params, **params_mod.validate(options or {})}
         if "speculate" not in merged:
-            try:
-                merged["speculate"] = config.speculate()
-            except ValueError as exc:
-                raise ConfigError(str(exc), hint="fix LOCALRUN_SPECULATE or unset it") from None
+            merged["speculate"] = config.speculate()
         return SamplingOptions.from_params(merged, grammar=grammar)
 
     def chat(

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from localrun import config
+from localrun.errors import ConfigError
 
 MAGIC = b"LRKV2\n"  # LRKV1 (SHA-256) files have other names now: evicted as they age
 SUFFIX = ".kv"
@@ -80,7 +81,7 @@ class PromptCache:
         """The cache as LOCALRUN_PROMPT_CACHE_MAX_BYTES sets it; None when it is 0."""
         try:
             max_bytes = config.prompt_cache_max_bytes()
-        except ValueError:
+        except ConfigError:
             return None  # a bad value is reported where settings are checked (`env`, start)
         if max_bytes <= 0:
             return None

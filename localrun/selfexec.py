@@ -5,15 +5,16 @@ The server runs each model in a runner process, create and pull jobs in a child,
 imports in a child; `run` probes a model no runner has loaded yet in one. Installed with pip
 these are `python -m <module>`. A frozen program (PyInstaller, scripts/build_binary.py) has no
 `python` to run and no `-m`: `sys.executable` is the localrun binary itself, so children are
-started as `localrun __localrun_module__ <module> ...`, which `main` below turns back into that
-module run as `__main__`, before the CLI (and its imports) is touched.
+started as `localrun __localrun_module__ <module> ...`, which the program's entry point
+(localrun/__main__.py) turns back into that module run as `__main__`, before the CLI (and its
+imports) is touched.
 
 The binary (scripts/build_binary.py) unpacks itself into LOCALRUN_BINARY_CACHE once per build
 and tells the program its build in LOCALRUN_BINARY_BUILD; `localrun prune` removes the other
 builds there (`prune_builds`).
 
-Imports nothing of localrun but the module it is asked to run, so a runner starts as fast from
-the binary as from pip.
+Imports nothing of localrun: the modules that start children import it, and it imports none of
+them back.
 """
 
 from __future__ import annotations
@@ -45,21 +46,6 @@ def command(module: str, *args: str) -> list[str]:
     if frozen():
         return [sys.executable, MODULE_FLAG, module, *args]
     return [sys.executable, "-m", module, *args]
-
-
-def main() -> None:
-    """The `localrun` program: a child module when started as one, else the CLI."""
-    argv = sys.argv
-    if len(argv) >= 3 and argv[1] == MODULE_FLAG and argv[2] in CHILD_MODULES:
-        import runpy
-
-        module = argv[2]
-        sys.argv = [module, *argv[3:]]
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-        return
-    from localrun.cli.main import main as cli_main
-
-    cli_main()
 
 
 # An unpack of this build that nothing points to is an interrupted one once it is this old

@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The program's first lines: a child module when started as one, else the CLI. Written into the
 # build folder (not run from inside the package, whose folder would shadow top-level modules).
-ENTRY = "from localrun.selfexec import main\n\nmain()\n"
+ENTRY = "from localrun.__main__ import main\n\nmain()\n"
 NAME = "localrun"
 
 # Imported by localrun's tests and benchmarks, or optional extras of its dependencies: never

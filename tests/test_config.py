@@ -7,6 +7,7 @@ import math
 import pytest
 
 from localrun import config
+from localrun.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -48,7 +49,7 @@ def test_server_settings_parse_and_fail_with_the_setting_name(
     assert config.max_queue() == 0
     assert config.origins() == ("https://app.example", "http://localhost:3000")
     monkeypatch.setenv("LOCALRUN_NUM_PARALLEL", "0")
-    with pytest.raises(ValueError, match="LOCALRUN_NUM_PARALLEL"):
+    with pytest.raises(ConfigError, match="LOCALRUN_NUM_PARALLEL"):
         config.num_parallel()
 
 
@@ -69,17 +70,17 @@ def test_connection_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     assert shown["LOCALRUN_HEADER_TIMEOUT"] == "90s"
     for bad in ("0", "-1", "soon"):  # a timeout of never is no timeout
         monkeypatch.setenv("LOCALRUN_BODY_TIMEOUT", bad)
-        with pytest.raises(ValueError, match="LOCALRUN_BODY_TIMEOUT"):
+        with pytest.raises(ConfigError, match="LOCALRUN_BODY_TIMEOUT"):
             config.body_timeout()
     monkeypatch.setenv("LOCALRUN_MAX_CONNECTIONS", "0")
-    with pytest.raises(ValueError, match="LOCALRUN_MAX_CONNECTIONS"):
+    with pytest.raises(ConfigError, match="LOCALRUN_MAX_CONNECTIONS"):
         config.max_connections()
 
 
 @pytest.mark.parametrize("blank", [" ", "\t", " \t\n"])
 def test_a_blank_api_key_is_refused(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
     monkeypatch.setenv("LOCALRUN_API_KEY", blank)
-    with pytest.raises(ValueError, match=r"LOCALRUN_API_KEY.*whitespace"):
+    with pytest.raises(ConfigError, match=r"LOCALRUN_API_KEY.*whitespace"):
         config.api_key()
     monkeypatch.setenv("LOCALRUN_API_KEY", " k3y\n")
     assert config.api_key() == "k3y"

@@ -330,7 +330,7 @@ def test_api_create_takes_a_draft_by_name_or_blob_never_by_server_path(
 
 def test_the_chat_shows_the_draft_of_a_model_on_the_server() -> None:
     from localrun.cli.session import view_from_show
-    from localrun.cli.store_cmds import show_text
+    from localrun.cli.views import show_text
 
     digest = "sha256:" + "ab" * 32
     data = {

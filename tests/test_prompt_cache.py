@@ -17,6 +17,7 @@ import pytest
 from conftest import CLI
 
 from localrun import config, prompt_cache
+from localrun.errors import ConfigError
 from localrun.prompt_cache import PromptCache
 
 IDENTITY = {"model": ["sha256:" + "0" * 64], "adapters": [], "llama_cpp": "x", "n_ctx": 512}
@@ -147,7 +148,7 @@ def test_clear_and_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("LOCALRUN_PROMPT_CACHE_MAX_BYTES", "0")
     assert PromptCache.from_config(IDENTITY) is None
     monkeypatch.setenv("LOCALRUN_PROMPT_CACHE_MAX_BYTES", "many")
-    with pytest.raises(ValueError, match="LOCALRUN_PROMPT_CACHE_MAX_BYTES"):
+    with pytest.raises(ConfigError, match="LOCALRUN_PROMPT_CACHE_MAX_BYTES"):
         config.prompt_cache_max_bytes()
 
 

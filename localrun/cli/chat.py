@@ -66,7 +66,7 @@ class ChatSession:
 
     def command(self, line: str) -> bool:
         """Run a slash command; returns False when the chat should end."""
-        from localrun.cli.main import print_error
+        from localrun.cli.common import print_error
 
         words = line.split(maxsplit=2)
         name = words[0].lower()
@@ -152,11 +152,11 @@ class ChatSession:
             return
         model = self.session.view()
         if what == "info":
-            from localrun.cli.store_cmds import show_text
+            from localrun.cli.views import show_text
 
             print(show_text(model, model.template), end="")
         elif what == "parameters":
-            from localrun.cli.store_cmds import params_text
+            from localrun.cli.views import params_text
 
             merged = {**model.parameters, **self.overrides}
             print(params_text(merged) if merged else "No parameters are set.")
@@ -201,7 +201,7 @@ class ChatSession:
     def turn(self, text: str) -> None:
         """Send a user message and stream the answer; Ctrl-C stops it and keeps the session."""
         from localrun.cli.output import ThinkingView
-        from localrun.cli.run_cmd import print_stats
+        from localrun.cli.views import print_stats
 
         self.messages.append({"role": "user", "content": text})
         reply: Answer | None = None
@@ -294,7 +294,7 @@ def chat_loop(
     think: bool | str | None = None,
     hide_thinking: bool = False,
 ) -> None:
-    from localrun.cli.main import print_error
+    from localrun.cli.common import print_error
 
     session = ChatSession(
         opened,

@@ -1,4 +1,4 @@
-"""What the hardware offers: `localrun info`, and the plan printed by `localrun show --fit`."""
+"""`localrun info`: the CPU, memory and GPUs found, and whether this llama.cpp can use them."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from localrun.cli.main import app
 from localrun.cli.output import columns, human_size
 from localrun.errors import LocalrunError
 
 if TYPE_CHECKING:
     from localrun.engine.buildinfo import BuildInfo
-    from localrun.model import Model
     from localrun.system import GPU, SystemInfo
 
 # How to get a llama-cpp-python build for each kind of GPU (its CMake switch).
@@ -26,7 +24,6 @@ _BUILD_FLAGS = {
 }
 
 
-@app.command()
 def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the CPU, memory and GPUs found, and what the installed llama.cpp was built to use."""
     from localrun import system
@@ -107,29 +104,3 @@ def _notes(found: SystemInfo, build: BuildInfo | None) -> list[str]:
         f"this llama.cpp was built for {', '.join(build.backends)}, which cannot reach the "
         f"{kind} GPU found; to use it, {how}"
     ]
-
-
-def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
-    """Print how `model` would be split between GPU and CPU, without loading it."""
-    from localrun.fit import plan_fit
-
-    fit = plan_fit(model, {**model.parameters, **overrides})
-    num_ctx, plan, warnings = fit.num_ctx, fit.plan, fit.warnings
-    if as_json:
-        out = {"model": str(model.name), "num_ctx": num_ctx, **asdict(plan)}
-        out["runtime_bytes"] = plan.runtime_bytes
-        out["warnings"] = warnings
-        print(json.dumps(out, indent=2))
-        return
-    gpu = plan.gpu
-    rows = [
-        ["num_ctx", str(num_ctx)],
-        ["GPU layers", f"{plan.n_gpu_layers} of {plan.total_layers}"],
-        ["GPU", f"{gpu.index} ({gpu.name}, {gpu.backend})" if gpu else "none"],
-        ["VRAM", human_size(plan.vram_bytes)],
-        ["RAM", human_size(plan.ram_bytes)],
-        ["KV cache", human_size(plan.kv_bytes)],
-        ["reason", plan.reason],
-    ]
-    rows += [["warning", w] for w in warnings]
-    print("  Fit\n" + "\n".join("    " + line for line in columns(rows).splitlines()))

@@ -1,4 +1,9 @@
-"""The `localrun` command: the typer app and the one place errors are printed.
+"""The `localrun` command: the typer app, every command registered on it, and the one place
+errors are printed.
+
+The command modules (info_cmd, pull_cmd, run_cmd, serve_cmd, server_cmds, store_cmds,
+upstream_cmd) define plain functions with their typer parameters and never import this module;
+the names, help and settings of the commands are given here, in the order `--help` lists them.
 
 Heavy packages (llama_cpp, fastapi, uvicorn, huggingface_hub, modelscope, gguf/numpy) are imported
 inside the commands that use them, so `localrun --help` and `localrun list` start fast; a test
@@ -15,6 +20,16 @@ import typer
 from typer.exceptions import TyperException
 
 from localrun import __version__, config, selfexec
+from localrun.cli import (
+    info_cmd,
+    pull_cmd,
+    run_cmd,
+    serve_cmd,
+    server_cmds,
+    store_cmds,
+    upstream_cmd,
+)
+from localrun.cli.common import print_error
 from localrun.errors import LocalrunError
 
 app = typer.Typer(
@@ -55,14 +70,31 @@ def _root(
     """Run language models locally: pull, create, run and serve GGUF models."""
 
 
-def error_line(err: LocalrunError) -> str:
-    """The one line a user sees for an error: what went wrong, then what to do."""
-    message = " ".join(err.message.split()) if "\n" in err.message else err.message
-    return f"Error: {message}; {err.hint}" if err.hint else f"Error: {message}"
+app.command()(info_cmd.info)
+app.command()(pull_cmd.pull)
+app.command(context_settings={"allow_interspersed_args": True})(run_cmd.run)
+app.command()(serve_cmd.serve)
+app.command()(server_cmds.ps)
+app.command()(server_cmds.stop)
+app.command()(store_cmds.create)
+app.command("list")(store_cmds.list_)
+app.command("ls", hidden=True, help="List the models in the store.")(store_cmds.list_)
+app.command()(store_cmds.show)
+app.command()(store_cmds.cp)
+app.command()(store_cmds.rm)
+app.command()(store_cmds.prune)
+app.command()(store_cmds.verify)
+app.command()(store_cmds.env)
 
-
-def print_error(err: LocalrunError) -> None:
-    print(error_line(err), file=sys.stderr, flush=True)
+upstream_app = typer.Typer(
+    help="Upstream servers (vLLM, SGLang, llama-server, Ollama, ...) that serve models for "
+    "`localrun serve`.",
+    no_args_is_help=True,
+)
+upstream_app.command("add")(upstream_cmd.add)
+upstream_app.command("list")(upstream_cmd.list_)
+upstream_app.command("rm")(upstream_cmd.rm)
+app.add_typer(upstream_app, name="upstream")
 
 
 # Options whose value may be left out, as in Ollama (`--think` is `--think=true`); typer
@@ -81,17 +113,6 @@ def _optional_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script: run the app, print any error once, set the exit code."""
-    # Importing the command modules registers their commands on `app`.
-    from localrun.cli import (  # noqa: F401
-        info_cmd,
-        pull_cmd,
-        run_cmd,
-        serve_cmd,
-        server_cmds,
-        store_cmds,
-        upstream_cmd,
-    )
-
     debug = config.debug()
     code = 0
     try:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from localrun.cli.main import app
+from localrun.cli.common import open_store
+from localrun.cli.output import CreateProgress
 
 
-@app.command()
 def pull(
     model: str = typer.Argument(
         ..., help="hf.co/ORG/REPO[:TAG], modelscope.cn/ORG/REPO[:TAG], or a catalog name."
@@ -17,8 +17,6 @@ def pull(
     """Download a model into the store (resumable, verified by sha256)."""
     from localrun import catalog
     from localrun import pull as pull_mod
-    from localrun.cli.output import CreateProgress
-    from localrun.cli.store_cmds import open_store
     from localrun.errors import ModelNotFoundError
 
     store = open_store(cleanup=True)

@@ -8,21 +8,35 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
-from localrun.cli.main import app
+from localrun import params as params_mod
+from localrun import thinking
+from localrun.cli.batch import run_batch
+from localrun.cli.chat import chat_loop
+from localrun.cli.output import ThinkingView
+from localrun.cli.session import Session, open_session
+from localrun.cli.views import print_stats
 from localrun.errors import InvalidParameterError
-
-if TYPE_CHECKING:
-    from localrun.cli.session import Answer, Session
 
 STDIN_LIMIT = 64 * 1024 * 1024
 
 
-@app.command(context_settings={"allow_interspersed_args": True})
+@dataclass(frozen=True)
+class Asked:
+    """How `run` asks for answers and shows them, the same for one answer and for the chat."""
+
+    system: str | None
+    format: str | None
+    verbose: bool
+    think: bool | str | None
+    hide_thinking: bool
+
+
 def run(
     model: str = typer.Argument(..., help="The model, e.g. smollm2:135m."),
     prompt: list[str] | None = typer.Argument(
@@ -57,9 +71,37 @@ def run(
 
     With a server up at LOCALRUN_HOST the model runs there, and stays loaded; else in-process.
     """
-    from localrun import params as params_mod
-
     started = time.perf_counter()
+    overrides = _overrides(format, param, seed, batch, output)
+    asked = Asked(system, format, verbose, think_option(think), hidethinking)
+    text, piped = _prompt(prompt, batch)
+    opened = open_session(model, overrides)
+    if batch is not None:
+        raise typer.Exit(run_batch(opened, batch, output, system=system, format=format))
+    if text.strip():
+        one_shot(opened, text, asked, started)
+    elif piped is not None or not sys.stdin.isatty():
+        raise InvalidParameterError(
+            "no prompt: give one as an argument or on stdin",
+            hint=f'localrun run {model} "Why is the sky blue?"',
+        )
+    else:
+        chat_loop(
+            opened,
+            system=asked.system,
+            format=asked.format,
+            verbose=asked.verbose,
+            overrides=overrides,
+            wordwrap=not nowordwrap,
+            think=asked.think,
+            hide_thinking=asked.hide_thinking,
+        )
+
+
+def _overrides(
+    format: str | None, param: list[str], seed: int | None, batch: Path | None, output: Path | None
+) -> dict[str, Any]:
+    """The parameters --param and --seed set, once the options are checked."""
     if format not in (None, "json"):
         raise InvalidParameterError(
             f"unknown --format {format!r}", hint="the only format is json: --format json"
@@ -75,57 +117,23 @@ def run(
         overrides["seed"] = params_mod.spec("seed").check(seed)
     if output is not None and batch is None:
         raise InvalidParameterError("--output goes with --batch", hint="add --batch FILE")
-    thinks = think_option(think)
+    return overrides
 
+
+def _prompt(prompt: list[str] | None, batch: Path | None) -> tuple[str, str | None]:
+    """The prompt's text, with what was piped to stdin (none is read with --batch) after it;
+    and what was piped (None when stdin is a terminal)."""
     text = " ".join(prompt or [])
     piped = None
     if batch is None and not sys.stdin.isatty():
         piped = sys.stdin.read(STDIN_LIMIT)
     if piped:
         text = f"{text}\n\n{piped}" if text else piped
-
-    from localrun.cli.session import open_session
-
-    opened = open_session(model, overrides)
-    if batch is not None:
-        from localrun.cli.batch import run_batch
-
-        raise typer.Exit(run_batch(opened, batch, output, system=system, format=format))
-    if text.strip():
-        one_shot(
-            opened,
-            text,
-            system=system,
-            format=format,
-            verbose=verbose,
-            started=started,
-            think=thinks,
-            hide_thinking=hidethinking,
-        )
-        return
-    if piped is not None or not sys.stdin.isatty():
-        raise InvalidParameterError(
-            "no prompt: give one as an argument or on stdin",
-            hint=f'localrun run {model} "Why is the sky blue?"',
-        )
-    from localrun.cli.chat import chat_loop
-
-    chat_loop(
-        opened,
-        system=system,
-        format=format,
-        verbose=verbose,
-        overrides=overrides,
-        wordwrap=not nowordwrap,
-        think=thinks,
-        hide_thinking=hidethinking,
-    )
+    return text, piped
 
 
 def think_option(value: str | None) -> bool | str | None:
     """--think's value: true/false (yes/no, on/off) or a level; None when not given."""
-    from localrun import thinking
-
     if value is None:
         return None
     word = value.strip().lower()
@@ -140,25 +148,17 @@ def think_option(value: str | None) -> bool | str | None:
     )
 
 
-def one_shot(
-    opened: Session,
-    text: str,
-    *,
-    system: str | None,
-    format: str | None,
-    verbose: bool,
-    started: float,
-    think: bool | str | None = None,
-    hide_thinking: bool = False,
-) -> None:
-    from localrun.cli.output import ThinkingView
-
+def one_shot(opened: Session, text: str, asked: Asked, started: float) -> None:
+    """Stream the answer to `text` to stdout (its thinking before it), then any timings."""
     reply = opened.chat(
-        [{"role": "user", "content": text}], system=system, format=format, think=think
+        [{"role": "user", "content": text}],
+        system=asked.system,
+        format=asked.format,
+        think=asked.think,
     )
     out = sys.stdout
     view = ThinkingView(out)
-    if not hide_thinking:
+    if not asked.hide_thinking:
         reply.on_thinking = view.thinking
     last = ""
     try:
@@ -175,48 +175,5 @@ def one_shot(
     if not last.endswith("\n"):
         out.write("\n")
     out.flush()
-    if verbose:
+    if asked.verbose:
         print_stats(reply, opened, time.perf_counter() - started)
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.3f}s"
-    return f"{seconds * 1000:.3f}ms"
-
-
-def _share(part: int, whole: int) -> str:
-    return f" ({100 * part / whole:.0f}%)" if whole else ""
-
-
-def print_stats(
-    reply: Answer, opened: Session, total: float | None = None, load_s: float | None = None
-) -> None:
-    """Timings on stderr, in Ollama's --verbose layout."""
-    t = reply.timings
-    lines = [
-        ("total duration", _duration(total if total is not None else t.total_s)),
-        ("load duration", _duration(opened.load_s(reply) if load_s is None else load_s)),
-        ("prompt eval count", f"{t.prompt_tokens} token(s)"),
-        ("prompt cache hit", f"{t.cached_tokens} token(s)"),
-        ("prompt disk cache", f"{t.disk_tokens} token(s)"),
-        ("prompt eval duration", _duration(t.prompt_s)),
-        ("prompt eval rate", f"{t.prompt_rate:.2f} tokens/s"),
-        ("eval count", f"{t.eval_tokens} token(s)"),
-        ("eval duration", _duration(t.eval_s)),
-        ("eval rate", f"{t.eval_rate:.2f} tokens/s"),
-        ("draft count", f"{t.draft_tokens} token(s)"),
-        (
-            "draft accepted",
-            f"{t.draft_accepted} token(s)" + _share(t.draft_accepted, t.draft_tokens),
-        ),
-        ("done reason", str(reply.done_reason)),
-    ]
-    for note in opened.notes:
-        lines.append(("offload", note))
-    if opened.cache_note:
-        lines.append(("prompt cache", opened.cache_note))
-    width = max(len(k) for k, _ in lines) + 2
-    for key, value in lines:
-        print(f"{key + ':':{width}}{value}", file=sys.stderr)
-    sys.stderr.flush()

@@ -13,29 +13,37 @@ import logging
 import socket
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 
-from localrun import __version__, config
-from localrun.cli.main import app
+from localrun import __version__, config, upstreams
+from localrun.cli.common import open_store
 from localrun.errors import ConfigError, ServerError
+
+if TYPE_CHECKING:
+    from uvicorn import Server
+
+    from localrun.scheduler import Scheduler
+    from localrun.server.app import Settings
+    from localrun.server.connections import Limits
 
 GRACEFUL_SHUTDOWN_S = 3  # streams still open after Ctrl-C / SIGTERM get this long
 
 
 def _address(host: str | None, port: int | None) -> tuple[str, int]:
     """--host HOST[:PORT] and --port over LOCALRUN_HOST."""
-    try:
-        bind_host, bind_port = config.host()
-        if host is not None:
+    bind_host, bind_port = config.host()
+    if host is not None:
+        try:
             bind_host, given_port = config.parse_host(host)
-            bare = host.strip().split("://")[-1].rstrip("/")
-            if "]:" in bare or (not bare.startswith("[") and bare.count(":") == 1):
-                bind_port = given_port
-    except ValueError as exc:
-        raise ConfigError(
-            str(exc), hint="write --host ADDRESS[:PORT] or LOCALRUN_HOST=host:port"
-        ) from None
+        except ValueError as exc:
+            raise ConfigError(
+                str(exc), hint="write --host ADDRESS[:PORT] or LOCALRUN_HOST=host:port"
+            ) from None
+        bare = host.strip().split("://")[-1].rstrip("/")
+        if "]:" in bare or (not bare.startswith("[") and bare.count(":") == 1):
+            bind_port = given_port
     return bind_host, bind_port if port is None else port
 
 
@@ -71,7 +79,6 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-@app.command()
 def serve(
     host: str | None = typer.Option(
         None, "--host", help="Address to listen on (default: LOCALRUN_HOST, 127.0.0.1)."
@@ -87,13 +94,9 @@ def serve(
     ),
 ) -> None:
     """Serve the Ollama- and OpenAI-compatible API."""
-    import uvicorn
-
-    from localrun.cli.store_cmds import open_store
     from localrun.scheduler import Scheduler
-    from localrun.server import create_app
     from localrun.server.app import Settings
-    from localrun.server.connections import Limits, protocol, raise_fd_limit
+    from localrun.server.connections import Limits, raise_fd_limit
     from localrun.server.security import is_loopback
 
     bind_host, bind_port = _address(host, port)
@@ -107,6 +110,27 @@ def serve(
         )
     limits = Limits.from_env()
     debug = config.debug()
+    _configure_logging(debug)
+    # Every connection holds a file descriptor: allow as many as the system lets us, then keep
+    # the connection cap below that.
+    fd_limit = raise_fd_limit()
+    if fd_limit is not None:
+        limits = limits.within(fd_limit)
+    sock = _bind(bind_host, bind_port, limits.backlog)
+    scheduler = Scheduler(store, upstreams=upstreams.load())
+    server = _server(settings, scheduler, limits, debug)
+    print(f"localrun {__version__} listening on {_url(sock)}", flush=True)
+    print(f"chat in a browser: {_url(sock)}/ui/", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:
+        raise ServerError("the server could not start", hint="see the messages above")
+
+
+def _configure_logging(debug: bool) -> None:
+    """Log to stderr; uvicorn's and httpx's routine lines only with LOCALRUN_DEBUG."""
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -115,15 +139,15 @@ def serve(
     logging.getLogger("uvicorn.error").setLevel(logging.INFO if debug else logging.WARNING)
     # One line per upstream request and health check is noise (the failures are logged).
     logging.getLogger("httpx").setLevel(logging.INFO if debug else logging.WARNING)
-    # Every connection holds a file descriptor: allow as many as the system lets us, then keep
-    # the connection cap below that.
-    fd_limit = raise_fd_limit()
-    if fd_limit is not None:
-        limits = limits.within(fd_limit)
-    sock = _bind(bind_host, bind_port, limits.backlog)
-    from localrun import upstreams
 
-    scheduler = Scheduler(store, upstreams=upstreams.load())
+
+def _server(settings: Settings, scheduler: Scheduler, limits: Limits, debug: bool) -> Server:
+    """uvicorn's server for the app, its HTTP protocol held to `limits`."""
+    import uvicorn
+
+    from localrun.server import create_app
+    from localrun.server.connections import protocol
+
     uv_config = uvicorn.Config(
         create_app(settings, scheduler),
         http=protocol(limits),
@@ -152,12 +176,4 @@ def serve(
                     asyncio.get_running_loop().call_soon_threadsafe(scheduler.interrupt)
             self.should_exit = True
 
-    server = CleanExit(uv_config)
-    print(f"localrun {__version__} listening on {_url(sock)}", flush=True)
-    print(f"chat in a browser: {_url(sock)}/ui/", flush=True)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
-    if not server.started:
-        raise ServerError("the server could not start", hint="see the messages above")
+    return CleanExit(uv_config)

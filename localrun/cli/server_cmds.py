@@ -10,7 +10,6 @@ from typing import Any
 
 import typer
 
-from localrun.cli.main import app
 from localrun.cli.output import columns, human_size
 from localrun.errors import LocalrunError
 
@@ -18,7 +17,6 @@ from localrun.errors import LocalrunError
 FOREVER_S = 20 * 365 * 86_400
 
 
-@app.command()
 def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the models the server has loaded: size, CPU/GPU split, until when."""
     from localrun.client import Client
@@ -48,7 +46,6 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
     print(columns(rows, gap=4))
 
 
-@app.command()
 def stop(model: str = typer.Argument(..., help="The model to unload, e.g. smollm2:135m.")) -> None:
     """Unload a model from the server now."""
     from localrun.client import Client

@@ -128,8 +128,8 @@ class LocalSession:
     def open(cls, name: str, overrides: dict[str, Any]) -> LocalSession:
         """Find (importing from the catalog or pulling if needed) and load a model."""
         from localrun import catalog
+        from localrun.cli.common import open_store
         from localrun.cli.output import CreateProgress
-        from localrun.cli.store_cmds import open_store
 
         store = open_store()
         progress = CreateProgress()
@@ -176,7 +176,7 @@ class LocalSession:
 
     def switch(self, name: str, announce: Callable[[str], None]) -> None:
         from localrun import catalog
-        from localrun.cli.store_cmds import open_store
+        from localrun.cli.common import open_store
 
         store = open_store()
         found, manifest = catalog.find(store, name, pull_missing=False)
@@ -195,7 +195,7 @@ class LocalSession:
         from pathlib import Path
 
         from localrun import catalog, create, names
-        from localrun.cli.store_cmds import open_store
+        from localrun.cli.common import open_store
 
         store = open_store()
         create.create(

@@ -8,30 +8,20 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from localrun import config, names
-from localrun.cli.main import app, print_error
+from localrun.cli.common import open_store, print_error
 from localrun.cli.output import CreateProgress, ago, columns, human_size
-from localrun.errors import ConfigError, LocalrunError, ModelfileError, NotRegularFileError
-from localrun.store import Store
+from localrun.cli.views import params_text, print_fit, show_text
+from localrun.errors import LocalrunError, ModelfileError, NotRegularFileError
+
+if TYPE_CHECKING:
+    from localrun.model import Model
 
 MAX_MODELFILE = 16 * 1024 * 1024
-
-
-def open_store(*, cleanup: bool = False) -> Store:
-    """The store of LOCALRUN_MODELS; with `cleanup`, clear leftovers of crashed writers if idle."""
-    try:
-        store = Store.default()
-    except ValueError as exc:
-        raise ConfigError(
-            str(exc), hint="fix the setting or unset it; see `localrun env`"
-        ) from None
-    if cleanup:
-        store.prune(blocking=False)
-    return store
 
 
 def read_modelfile(path_text: str) -> tuple[str, Path]:
@@ -64,7 +54,6 @@ def read_modelfile(path_text: str) -> tuple[str, Path]:
         ) from None
 
 
-@app.command()
 def create(
     name: str = typer.Argument(..., help="Name of the new model, e.g. mario or me/mario:v1."),
     file: str = typer.Option("Modelfile", "--file", "-f", help="The Modelfile ('-' for stdin)."),
@@ -92,7 +81,6 @@ def create(
         progress.close()
 
 
-@app.command("list")
 def list_(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -142,10 +130,6 @@ def _remote_models(local: set[str]) -> list[tuple[str, str]]:
     return sorted((name, host) for name, host in served.items() if name not in local)
 
 
-app.command("ls", hidden=True, help="List the models in the store.")(list_)
-
-
-@app.command()
 def show(
     name: str = typer.Argument(..., help="The model."),
     show_modelfile: bool = typer.Option(
@@ -164,8 +148,6 @@ def show(
     ),
 ) -> None:
     """Show a model's details, parameters, system prompt, template and license."""
-    from localrun import catalog
-    from localrun import model as model_mod
     from localrun import params as params_mod
     from localrun.errors import InvalidParameterError
 
@@ -174,17 +156,9 @@ def show(
             "--param goes with --fit", hint=f"localrun show {name} --fit --param {param[0]}"
         )
     overrides = dict(params_mod.parse_assignment(item) for item in param)
-    store = open_store()
-    progress = CreateProgress()
-    try:
-        found, manifest = catalog.find(store, name, progress, pull_missing=False)
-    finally:
-        progress.close()
-    m = model_mod.load(store, found, manifest)
+    m = _stored_model(name)
     template = m.template if m.template is not None else m.config.get("gguf_chat_template")
     if fit:
-        from localrun.cli.info_cmd import print_fit
-
         print_fit(m, overrides, as_json)
     elif as_json:
         print(json.dumps(_show_json(m, template), indent=2, ensure_ascii=False))
@@ -207,63 +181,18 @@ def show(
         print(show_text(m, template))
 
 
-def params_text(parameters: dict[str, Any]) -> str:
-    """Parameters as aligned `name value` lines (strings quoted), as `show` prints them."""
-    from localrun.modelfile import format_param
+def _stored_model(name: str) -> Model:
+    """The model `name` refers to, from the store (found through an alias; never pulled)."""
+    from localrun import catalog
+    from localrun import model as model_mod
 
-    rows = []
-    for key, value in parameters.items():
-        for item in value if isinstance(value, list) else [value]:
-            rows.append([key, json.dumps(item) if isinstance(item, str) else format_param(item)])
-    return columns(rows)
-
-
-def show_text(m: Any, template: str | None) -> str:
-    """The sections `show` prints: model details, adapters, parameters, system, ... license."""
-    from localrun.gguf import format_count
-
-    d = m.details
-    info = [
-        ["architecture", d.get("architecture")],
-        ["parameters", format_count(d["parameter_count"]) if d.get("parameter_count") else None],
-        ["context length", d.get("context_length")],
-        ["embedding length", d.get("embedding_length")],
-        ["quantization", d.get("quantization")],
-        ["draft", _draft_text(m.draft)],
-    ]
-    sections = ["  Model\n" + _indent(columns([[k, str(v)] for k, v in info if v is not None]), 4)]
-    if m.adapter_paths:
-        sections.append("  Adapters\n" + _indent("\n".join(p.name for p in m.adapter_paths), 4))
-    if m.parameters:
-        sections.append("  Parameters\n" + _indent(params_text(m.parameters), 4))
-    if m.system:
-        sections.append("  System\n" + _indent(_clip(m.system, 6), 4))
-    if m.messages:
-        lines = [f"{msg.role}: {_clip(msg.content, 1)}" for msg in m.messages]
-        sections.append("  Messages\n" + _indent("\n".join(lines), 4))
-    if template:
-        sections.append("  Template\n" + _indent(_clip(template, 4), 4))
-    if m.licenses:
-        sections.append("  License\n" + _indent("\n\n".join(_clip(t, 2) for t in m.licenses), 4))
-    return "\n\n".join(sections) + "\n"
-
-
-def _draft_text(draft: dict[str, Any] | None) -> str | None:
-    """The draft model in one line: its name (or short digest), architecture, size, type."""
-    from localrun.gguf import format_count
-
-    if draft is None:
-        return None
-    d = draft["details"]
-    count = d.get("parameter_count")
-    facts = [
-        d.get("architecture"),
-        f"{format_count(count)} parameters" if isinstance(count, int) and count else None,
-        d.get("quantization"),
-    ]
-    described = ", ".join(str(fact) for fact in facts if fact)
-    name = draft["model"] or draft["digest"][7:19]
-    return f"{name} ({described})" if described else name
+    store = open_store()
+    progress = CreateProgress()
+    try:
+        found, manifest = catalog.find(store, name, progress, pull_missing=False)
+    finally:
+        progress.close()
+    return model_mod.load(store, found, manifest)
 
 
 def _show_json(m: Any, template: str | None) -> dict[str, Any]:
@@ -287,18 +216,6 @@ def _show_json(m: Any, template: str | None) -> dict[str, Any]:
     }
 
 
-def _clip(text: str, max_lines: int) -> str:
-    lines = text.strip("\n").splitlines() or [""]
-    if len(lines) > max_lines:
-        lines = [*lines[:max_lines], "..."]
-    return "\n".join(line if len(line) <= 100 else line[:97] + "..." for line in lines)
-
-
-def _indent(text: str, n: int) -> str:
-    return "\n".join((" " * n + line) if line else line for line in text.splitlines())
-
-
-@app.command()
 def cp(
     source: str = typer.Argument(..., help="The model to copy."),
     destination: str = typer.Argument(..., help="The new name."),
@@ -314,7 +231,6 @@ def cp(
     print(f"copied '{src}' to '{dst}'")
 
 
-@app.command()
 def rm(
     models: list[str] = typer.Argument(..., help="The models to remove."),
 ) -> None:
@@ -337,7 +253,6 @@ def rm(
         raise typer.Exit(1)
 
 
-@app.command()
 def prune() -> None:
     """Remove unused blobs, leftovers of interrupted writes, the disk prompt cache and (from the
     single binary) its other unpacked builds."""
@@ -362,7 +277,6 @@ def prune() -> None:
     )
 
 
-@app.command()
 def verify() -> None:
     """Re-hash every blob in the store and report damaged models."""
     store = open_store()
@@ -407,13 +321,9 @@ class _VerifyBar:
         self.progress.close()
 
 
-@app.command()
 def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show every LOCALRUN_* setting, its value and where the value comes from."""
-    try:
-        rows = config.describe()
-    except ValueError as exc:
-        raise ConfigError(str(exc), hint="fix the setting or unset it") from None
+    rows = config.describe()
     if as_json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
         return

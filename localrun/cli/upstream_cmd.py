@@ -7,18 +7,9 @@ import json
 import typer
 
 from localrun import upstreams
-from localrun.cli.main import app
 from localrun.cli.output import columns
 
-upstream_app = typer.Typer(
-    help="Upstream servers (vLLM, SGLang, llama-server, Ollama, ...) that serve models for "
-    "`localrun serve`.",
-    no_args_is_help=True,
-)
-app.add_typer(upstream_app, name="upstream")
 
-
-@upstream_app.command("add")
 def add(
     name: str = typer.Argument(..., help="A name for it, e.g. gpu-box."),
     url: str = typer.Argument(..., help="Its root URL, e.g. http://10.0.0.5:8000."),
@@ -47,7 +38,6 @@ def add(
     print(f"added upstream {name}; restart `localrun serve` to route to it")
 
 
-@upstream_app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the upstream servers."""
     declared = upstreams.load()
@@ -62,7 +52,6 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     print(columns(rows))
 
 
-@upstream_app.command("rm")
 def rm(name: str = typer.Argument(..., help="The upstream to remove.")) -> None:
     """Stop routing to an upstream server."""
     upstreams.remove(name)

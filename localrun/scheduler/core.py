@@ -43,7 +43,6 @@ from localrun import params as params_mod
 from localrun.engine.types import EmbedInput
 from localrun.errors import (
     BusyError,
-    ConfigError,
     InvalidNameError,
     InvalidParameterError,
     LocalrunError,
@@ -106,12 +105,9 @@ class Scheduler:
         """Settings left None are read from LOCALRUN_* now; `memory_budget` None follows the
         available memory at each load. `backend_options` go into the load message (the fake
         backend's replies and per-token delay, for tests)."""
-        try:
-            parallel = num_parallel or config.num_parallel()
-            loaded = max_loaded or config.max_loaded_models()
-            self.max_queue = config.max_queue() if max_queue is None else max_queue
-        except ValueError as exc:
-            raise ConfigError(str(exc), hint="fix the variable or unset it") from None
+        parallel = num_parallel or config.num_parallel()
+        loaded = max_loaded or config.max_loaded_models()
+        self.max_queue = config.max_queue() if max_queue is None else max_queue
         self.store = store
         self._local = LocalPool(
             store,
@@ -515,10 +511,7 @@ class Scheduler:
 
     def _keep_alive(self, value: float | None) -> float:
         if value is None:
-            try:
-                return config.keep_alive()
-            except ValueError as exc:
-                raise ConfigError(str(exc), hint="fix LOCALRUN_KEEP_ALIVE or unset it") from None
+            return config.keep_alive()
         if math.isnan(value):
             raise InvalidParameterError("keep_alive cannot be NaN")
         return math.inf if value < 0 else float(value)

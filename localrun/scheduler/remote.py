@@ -71,16 +71,13 @@ class Settings:
 
     @classmethod
     def read(cls) -> Settings:
-        try:
-            settings = cls(
-                config.upstream_connect_timeout(),
-                config.upstream_read_timeout(),
-                config.upstream_health_interval(),
-                config.upstream_eject_after(),
-                config.upstream_cooldown(),
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc), hint="fix the variable or unset it") from None
+        settings = cls(
+            config.upstream_connect_timeout(),
+            config.upstream_read_timeout(),
+            config.upstream_health_interval(),
+            config.upstream_eject_after(),
+            config.upstream_cooldown(),
+        )
         for name, value, least in (
             ("LOCALRUN_UPSTREAM_CONNECT_TIMEOUT", settings.connect_s, 0.1),
             ("LOCALRUN_UPSTREAM_READ_TIMEOUT", settings.read_s, 0.1),

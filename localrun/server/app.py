@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from localrun import __version__, config
-from localrun.errors import ConfigError, LocalrunError
+from localrun.errors import LocalrunError
 from localrun.server import (
     anthropic,
     core,
@@ -57,18 +57,13 @@ class Settings:
     @classmethod
     def from_env(cls, host: str, store: Store | None = None) -> Settings:
         """Settings from LOCALRUN_* for a server bound to `host`."""
-        try:
-            return cls(
-                store=store or Store(Path(config.models_dir())),
-                host=host,
-                api_key=config.api_key(),
-                origins=config.origins(),
-                max_request_bytes=config.max_request_bytes(),
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                str(exc), hint="fix the setting or unset it; see `localrun env`"
-            ) from None
+        return cls(
+            store=store or Store(Path(config.models_dir())),
+            host=host,
+            api_key=config.api_key(),
+            origins=config.origins(),
+            max_request_bytes=config.max_request_bytes(),
+        )
 
 
 _ROUTES = (

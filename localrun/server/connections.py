@@ -35,7 +35,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from localrun import config
-from localrun.errors import BusyError, ConfigError, LocalrunError, RequestTimeoutError
+from localrun.errors import BusyError, LocalrunError, RequestTimeoutError
 from localrun.server.errors import body_of, dialect_of, headers_of, status_of
 
 log = logging.getLogger("localrun.server")
@@ -70,18 +70,13 @@ class Limits:
 
     @classmethod
     def from_env(cls) -> Limits:
-        try:
-            return cls(
-                header_timeout=config.header_timeout(),
-                body_timeout=config.body_timeout(),
-                idle_timeout=config.idle_timeout(),
-                max_connections=config.max_connections(),
-                max_per_client=config.max_connections_per_client(),
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                str(exc), hint="fix the setting or unset it; see `localrun env`"
-            ) from None
+        return cls(
+            header_timeout=config.header_timeout(),
+            body_timeout=config.body_timeout(),
+            idle_timeout=config.idle_timeout(),
+            max_connections=config.max_connections(),
+            max_per_client=config.max_connections_per_client(),
+        )
 
     def within(self, fd_limit: int) -> Limits:
         """These limits with the connection cap and the backlog below `fd_limit` open files."""

@@ -28,7 +28,7 @@ from starlette.responses import StreamingResponse
 
 from localrun import config, jsonlimits, params
 from localrun.engine.types import EmbedInput
-from localrun.errors import BadRequestError, ConfigError, LocalrunError
+from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.store import Store
 from localrun.worker.protocol import Chunk
@@ -444,10 +444,7 @@ async def start_choices(request: Request, req: GenRequest, n: int) -> list[Gener
     """`n` answers to one request (OpenAI's `n`), started together so that the runner reads
     the prompt once and copies its KV to the other slots. With a seed, choice i uses seed + i,
     so the choices differ as they would with random seeds, and repeat with the same seed."""
-    try:
-        most = config.max_choices()
-    except ValueError as exc:
-        raise ConfigError(str(exc), hint="fix the setting or unset it") from None
+    most = config.max_choices()
     if not 1 <= n <= most:
         raise BadRequestError(
             f"n must be from 1 to {most}, not {n}", hint="raise LOCALRUN_MAX_CHOICES for more"

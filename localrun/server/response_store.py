@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from localrun import config
-from localrun.errors import ConfigError, NotFoundError, StoreError
+from localrun.errors import NotFoundError, StoreError
 
 ID_PATTERN = re.compile(r"resp_[0-9a-f]{24,64}")
 _SUFFIX = ".json"
@@ -48,10 +48,7 @@ class ResponseStore:
 
     @staticmethod
     def _limits() -> tuple[int, float]:
-        try:
-            return config.responses_max(), config.responses_max_age()
-        except ValueError as exc:
-            raise ConfigError(str(exc), hint="fix the setting or unset it") from None
+        return config.responses_max(), config.responses_max_age()
 
     def save(self, record: dict[str, Any]) -> None:
         """Write a record (keyed by record["response"]["id"]) and drop what is over the limits."""

@@ -1,0 +1,27 @@
+"""What the commands share below any output: the store they open and the one line an error is
+printed as (the chat prints errors and goes on; `main` prints one and exits)."""
+
+from __future__ import annotations
+
+import sys
+
+from localrun.errors import LocalrunError
+from localrun.store import Store
+
+
+def open_store(*, cleanup: bool = False) -> Store:
+    """The store of LOCALRUN_MODELS; with `cleanup`, clear leftovers of crashed writers if idle."""
+    store = Store.default()
+    if cleanup:
+        store.prune(blocking=False)
+    return store
+
+
+def error_line(err: LocalrunError) -> str:
+    """The one line a user sees for an error: what went wrong, then what to do."""
+    message = " ".join(err.message.split()) if "\n" in err.message else err.message
+    return f"Error: {message}; {err.hint}" if err.hint else f"Error: {message}"
+
+
+def print_error(err: LocalrunError) -> None:
+    print(error_line(err), file=sys.stderr, flush=True)
