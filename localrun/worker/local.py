@@ -25,7 +25,7 @@ Events = queue.SimpleQueue[protocol.Message]
 
 
 class Inbox:
-    """The worker's events, each put in the queue of its request (dropped once nobody reads)."""
+    """The worker's events, each put in the queue of its request until its final event."""
 
     broken = False  # a reader in this process never goes away
 
@@ -39,13 +39,12 @@ class Inbox:
             self._queues[id] = events
         return events
 
-    def close(self, id: protocol.RequestId) -> None:
-        with self._lock:
-            self._queues.pop(id, None)
-
     def send(self, message: protocol.Message) -> None:
+        id = message.get("id", -1)
         with self._lock:
-            events = self._queues.get(message.get("id", -1))
+            # A request's final event is its last: its queue is not needed here after it.
+            final = message.get("event") in protocol.FINAL_EVENTS
+            events = self._queues.pop(id, None) if final else self._queues.get(id)
         if events is not None:
             events.put(message)
 
