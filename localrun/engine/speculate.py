@@ -21,8 +21,8 @@ drafts, so a rename costs one missed draft rather than one per occurrence.
 
 Adaptive: the draft length grows while whole drafts are accepted and shrinks on a rejection,
 and a run of drafts rejected at their first token backs off for a growing number of tokens, so
-prose that rarely repeats itself pays almost nothing. This module is pure Python: the engines
-(engine.llama for one conversation, engine.batch for every slot of the server) call it.
+prose that rarely repeats itself pays almost nothing. This module is pure Python: the engine
+(engine.batch) calls it for every slot.
 """
 
 from __future__ import annotations
