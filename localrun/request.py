@@ -48,8 +48,9 @@ class GenRequest:
         """The fields that differ from their defaults, as JSON values."""
         out: dict[str, Any] = {"model": self.model}
         for f in dataclasses.fields(self)[1:]:
+            made = f.default_factory is not dataclasses.MISSING
             value = getattr(self, f.name)
-            if value != (f.default if f.default_factory is dataclasses.MISSING else {}):
+            if value != (f.default_factory() if made else f.default):
                 out[f.name] = value
         return out
 
@@ -59,9 +60,10 @@ class GenRequest:
         naming it. Fields this version does not know are ignored (a newer sender's)."""
         if not isinstance(data, dict):
             raise BadRequestError("request must be an object")
-        values = {name: data[name] for name in _CHECKS if data.get(name) is not None}
+        names = [f.name for f in dataclasses.fields(cls)]
+        values = {name: data[name] for name in names if data.get(name) is not None}
         for name, value in values.items():
-            _CHECKS[name](name, value)
+            _CHECKS.get(name, _anything)(name, value)
         # A runner serves one model: a request to it need not name it.
         return cls(**{"model": "", **values})
 
@@ -77,7 +79,7 @@ def _kind(*kinds: type) -> Any:
 
 
 def _anything(name: str, value: Any) -> None:
-    """Checked where it is used, with the error that knows its shapes (tools, think)."""
+    """Checked where it is used, by the code that knows its shapes (tools, think, context)."""
 
 
 def _messages(name: str, value: Any) -> None:
@@ -113,6 +115,8 @@ def _logprobs(name: str, value: Any) -> None:
         raise BadRequestError("logprobs must be a count of alternatives (0 or more)")
 
 
+# The JSON type of a field, checked where a request arrives in a runner; a field without an
+# entry is checked where it is used.
 _CHECKS = {
     "model": _kind(str),
     "messages": _messages,
@@ -120,14 +124,10 @@ _CHECKS = {
     "system": _kind(str),
     "options": _kind(dict),
     "format": _format,
-    "tools": _anything,
-    "tool_choice": _anything,
-    "think": _anything,
     "suffix": _kind(str),
     "extra": _extra,
     "logprobs": _logprobs,
     "parallel_tool_calls": _kind(bool),
-    "context": _anything,
     "return_context": _kind(bool),
     "keep_alive": _kind(int, float),
 }
