@@ -48,9 +48,10 @@ class GenRequest:
         """The fields that differ from their defaults, as JSON values."""
         out: dict[str, Any] = {"model": self.model}
         for f in dataclasses.fields(self)[1:]:
-            made = f.default_factory is not dataclasses.MISSING
+            factory = f.default_factory
+            default = f.default if factory is dataclasses.MISSING else factory()
             value = getattr(self, f.name)
-            if value != (f.default_factory() if made else f.default):
+            if value != default:
                 out[f.name] = value
         return out
 
