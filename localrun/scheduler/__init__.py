@@ -4,8 +4,9 @@ and the upstream servers that answer for the models the store does not have.
 Each loaded model lives in its own `python -m localrun.worker` process and answers up to
 `num_parallel` requests at once. The package, one concern a module, imports flowing down:
 
-    core.py     the Scheduler: the request methods the server calls, routing a name to an
-                upstream or a local runner, admission and the waiting line
+    core.py     the Scheduler: the request methods the server calls (a GenRequest to
+                `generate`), routing a name to an upstream or a local runner, admission and
+                the waiting line
     local.py    the local runner pool: starting and loading runner processes, keep-alive
                 timers, evictions, deaths, unloading and stopping
     budget.py   the memory budget, size estimates from what runners measured, which idle
@@ -16,7 +17,7 @@ Each loaded model lives in its own `python -m localrun.worker` process and answe
                 first use, in a child process (importer.py is that child)
     remote.py   the remote runners: upstreams.toml's servers, routing among them (affinity,
                 fewest in flight), health checks, ejection, retries, cancellation
-    remote_wire.py  a runner request as an upstream's OpenAI or Ollama API call, and its
+    remote_wire.py  a GenRequest as an upstream's OpenAI or Ollama API call, and its
                 streamed answer back as runner events
 
 The runner processes themselves (pipes, events, stderr, stopping and reaping) are handled by

@@ -1,7 +1,17 @@
-"""The runner subprocess of `localrun serve`: one loaded model answering over JSON lines.
+"""The runner: one loaded model answering requests, in a process of its own or in this one.
 
-`python -m localrun.worker` (see __main__) loads a model with the batch engine and serves chat,
-completion and embedding requests from its stdin; `protocol` holds the message helpers that
-both it and the scheduler use, and `process` the server's side of one runner (start, requests,
-events, stop). Importing this package is cheap: no llama_cpp, no numpy.
+    load.py      a stored model loaded for a runner: parameters, memory plan, engine, prompter
+    serve.py     the Worker: requests in (prepared by localrun.prompt), events out
+    sink.py      an answer on its way out: thinking split off, stop strings, tool calls,
+                 log-probabilities with the text of their tokens
+    protocol.py  the JSON-lines messages between the scheduler and a runner (a GenRequest
+                 travels whole)
+    main.py      `python -m localrun.worker` (see __main__): the runner process of `localrun
+                 serve`, reading requests on stdin
+    watch.py     the watchdog over a load in that process (time limit, memory bound)
+    process.py   the server's side of one runner process (start, requests, events, stop)
+    local.py     a runner in the process of `localrun run`: the same Worker, dispatched to
+                 directly, its events read from queues
+
+Importing this package is cheap: no llama_cpp, no numpy.
 """
