@@ -1,6 +1,7 @@
 """The disk prompt cache: entries written atomically and found only for their exact prefix, bad
 files ignored and removed, the folder bounded; then the real thing, a model's SYSTEM prompt
-restored by a second `localrun run` process and by a restarted server, with the same answer."""
+restored by a second `localrun run` process and by a restarted server, with the same answer,
+and the two keeping entries apart."""
 
 from __future__ import annotations
 
@@ -272,6 +273,39 @@ def test_a_restarted_server_restores_the_system_prompt(store: Any, sysmodel: str
     assert answers[1]["prompt_disk_cache_count"] > 700, answers[1]
     assert answers[1]["message"]["content"] == answers[0]["message"]["content"]
     assert answers[1]["prompt_eval_duration"] < answers[0]["prompt_eval_duration"] / 3
+
+
+@pytest.mark.model
+@pytest.mark.server
+@pytest.mark.slow
+def test_localrun_run_and_a_server_keep_entries_of_their_own(
+    cli: CLI, store: Any, sysmodel: str
+) -> None:
+    """llama.cpp restores a state only into a context of as many slots: `localrun run` (one)
+    and a server (two) each keep an entry, and neither removes the other's."""
+    from test_server import LiveServer
+
+    from localrun.scheduler import Scheduler
+
+    args = ("run", sysmodel, "What does the keeper find?", "--verbose", "--param", "num_predict=8")
+    assert cli(*args).code == 0
+    assert len(entries()) == 1
+    body = {
+        "model": sysmodel,
+        "messages": [{"role": "user", "content": "Who writes the letter?"}],
+        "stream": False,
+        "options": {"num_predict": 8},
+    }
+    for restored in (False, True):  # the second server finds the first one's entry
+        server = LiveServer(store, Scheduler(store, num_parallel=2, max_queue=8))
+        try:
+            reply = httpx.post(f"{server.url}/api/chat", json=body, timeout=300).json()
+        finally:
+            server.close()
+        assert (reply["prompt_disk_cache_count"] > 700) is restored, reply
+        assert len(entries()) == 2
+    again = cli(*args)
+    assert int(stats(again.stderr)["prompt disk cache"].split()[0]) > 700, again.stderr
 
 
 @pytest.mark.model

@@ -149,9 +149,11 @@ class Weights:
         identity = {
             **self.identity,
             "n_ctx": int(lc.llama_n_ctx_seq(ctx)),
-            # A state is saved from a context with one KV stream per slot (engine.batch);
-            # earlier localruns also saved "single" ones, from a context of one sequence.
-            "layout": "batch",
+            # A context has one KV stream per slot (engine.batch), and llama.cpp restores a
+            # sequence's state only into a context of as many streams: `localrun run` (one
+            # slot) and servers of other num_parallel keep entries apart rather than replace
+            # each other's.
+            "streams": int(lc.llama_n_seq_max(ctx)),
         }
         return prompt_cache.PromptCache.from_config(identity), None
 
