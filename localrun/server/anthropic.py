@@ -1,4 +1,4 @@
-"""Anthropic's Messages API as a translation over the same handlers (`core`), in its shapes.
+"""Anthropic's Messages API as a translation over the same generations (`generation`).
 
     POST /v1/messages                 system (a string or text blocks), messages with text,
                                       tool_use and tool_result blocks, tools, tool_choice (auto,
@@ -30,8 +30,10 @@ from starlette.responses import JSONResponse, Response
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core
-from localrun.server.core import Body, Generation
+from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
+from localrun.server.generation import Generation, start
+from localrun.server.streaming import event_stream, sse
 
 # Anthropic's own bound on stop_sequences is far higher; this keeps the stop filter cheap.
 MAX_STOP_SEQUENCES = 16
@@ -269,7 +271,7 @@ def _tool_blocks(generation: Generation) -> list[dict[str, Any]]:
 
 
 async def messages(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     max_tokens = body.get("max_tokens", int)
     if max_tokens is None:
         raise BadRequestError("max_tokens is required", hint='send {"max_tokens": 1024, ...}')
@@ -277,10 +279,10 @@ async def messages(request: Request) -> Response:
         raise BadRequestError("max_tokens must be at least 1")
     req = _request(body)
     req.options["num_predict"] = max_tokens
-    generation = await core.start(request, req)
+    generation = await start(request, req)
     head = {"id": _id("msg"), "type": "message", "role": "assistant", "model": req.model}
     if body.flag("stream", False):
-        return core.event_stream(_events(generation, head))
+        return event_stream(_events(generation, head))
     await core.until_disconnect(request, generation.collect)
     content: list[dict[str, Any]] = []
     if generation.thinking:
@@ -304,7 +306,7 @@ async def _events(generation: Generation, head: dict[str, Any]) -> AsyncIterator
     """Anthropic's stream: a content block per run of thinking or text, then the tool calls."""
 
     def event(kind: str, **fields: Any) -> bytes:
-        return core.sse({"type": kind, **fields}, event=kind)
+        return sse({"type": kind, **fields}, event=kind)
 
     start = {**head, "content": [], "stop_reason": None, "stop_sequence": None}
     yield event(
@@ -369,14 +371,14 @@ async def _events(generation: Generation, head: dict[str, Any]) -> AsyncIterator
         )
         yield event("message_stop")
     except LocalrunError as exc:
-        yield core.sse(body_of(exc, "anthropic"), event="error")
+        yield sse(body_of(exc, "anthropic"), event="error")
     except Exception as exc:
-        yield core.sse(body_of(unexpected(exc, "a streamed answer"), "anthropic"), event="error")
+        yield sse(body_of(unexpected(exc, "a streamed answer"), "anthropic"), event="error")
 
 
 async def count_tokens(request: Request) -> Response:
     """The tokens the prompt of this Messages request takes, rendered by the model's template."""
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     req = _request(body)
     scheduler = core.context(request).scheduler
     tokens = await core.until_disconnect(

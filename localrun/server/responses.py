@@ -1,4 +1,4 @@
-"""OpenAI's Responses API as a translation over the same handlers (`core`), in its shapes.
+"""OpenAI's Responses API as a translation over the same generations (`generation`).
 
     POST   /v1/responses                    input (a string or items: messages with text
                                             parts, function_call, function_call_output),
@@ -41,9 +41,12 @@ from localrun import jsonlimits
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core
-from localrun.server.core import Body, Generation
+from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
+from localrun.server.generation import Generation, start
+from localrun.server.messages import chat_messages
 from localrun.server.response_store import ResponseStore, new_id
+from localrun.server.streaming import event_stream, sse
 
 _EFFORTS = ("minimal", "low", "medium", "high")
 
@@ -353,7 +356,7 @@ def _assistant_message(output: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def create(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     model = body.model()
     keep = body.flag("store", True)
     previous = body.get("previous_response_id", str)
@@ -372,7 +375,7 @@ async def create(request: Request) -> Response:
     )
     req = GenRequest(
         model,
-        messages=core.messages_of(messages),
+        messages=chat_messages(messages),
         options=_options(body),
         format=_format(body),
         tools=_tools(body),
@@ -380,7 +383,7 @@ async def create(request: Request) -> Response:
         think=_think(body),
         parallel_tool_calls=body.flag("parallel_tool_calls", True),
     )
-    generation = await core.start(request, req)
+    generation = await start(request, req)
     answer = _Answer(body, model, keep, previous)
 
     async def save() -> None:
@@ -393,7 +396,7 @@ async def create(request: Request) -> Response:
             await anyio.to_thread.run_sync(store.save, record)
 
     if body.flag("stream", False):
-        return core.event_stream(_events(generation, answer, save))
+        return event_stream(_events(generation, answer, save))
     await core.until_disconnect(request, generation.collect)
     output = []
     if generation.thinking:
@@ -416,7 +419,7 @@ async def _events(generation: Generation, answer: _Answer, save: Any) -> AsyncIt
     def event(kind: str, **fields: Any) -> bytes:
         nonlocal sequence
         sequence += 1
-        return core.sse({"type": kind, "sequence_number": sequence - 1, **fields}, event=kind)
+        return sse({"type": kind, "sequence_number": sequence - 1, **fields}, event=kind)
 
     open_kind: str | None = None  # "text" or "reasoning": the item being streamed
     text = ""
