@@ -254,11 +254,32 @@ def _include_usage(body: Body) -> bool:
 
 async def chat_completions(request: Request) -> Response:
     body = Body(await read_json(request))
+    req = _chat_request(body)
+    generations = await start_choices(request, req, body.get("n", int, 1))
+    base = _head("chatcmpl", req.model)
+    with_logprobs = req.logprobs is not None
+    if not body.flag("stream", False):
+        await _collect(request, generations)
+        choices = [_chat_choice(i, g, with_logprobs) for i, g in enumerate(generations)]
+        return JSONResponse(
+            {**base, "object": "chat.completion", "choices": choices, "usage": _usage(generations)}
+        )
+    return _stream(
+        body,
+        generations,
+        base,
+        "chat.completion.chunk",
+        lambda index, piece, first: _chat_delta(index, piece, first, with_logprobs),
+        lambda index: _chat_last(index, generations[index]),
+    )
+
+
+def _chat_request(body: Body) -> GenRequest:
     model = body.model()
     messages = chat_messages(body.data.get("messages"), openai=True)
     if not messages:
         raise BadRequestError("messages must not be empty")
-    req = GenRequest(
+    return GenRequest(
         model,
         messages=messages,
         options=_options(body),
@@ -269,57 +290,56 @@ async def chat_completions(request: Request) -> Response:
         logprobs=_chat_logprobs(body),
         parallel_tool_calls=body.flag("parallel_tool_calls", True),
     )
-    generations = await start_choices(request, req, body.get("n", int, 1))
-    base = _head("chatcmpl", model)
-    if not body.flag("stream", False):
-        await _collect(request, generations)
-        choices = []
-        for index, generation in enumerate(generations):
-            calls = _tool_calls(generation)
-            content = generation.text or (None if calls else "")
-            message: dict[str, Any] = {"role": "assistant", "content": content}
-            if generation.thinking:  # as llama-server and DeepSeek send reasoning
-                message["reasoning_content"] = generation.thinking
-            if calls:
-                message["tool_calls"] = calls
-            reason = _finish_reason(generation)
-            logprobs = (
-                {"content": logprob_items(generation.logprobs), "refusal": None}
-                if req.logprobs is not None
-                else None
-            )
-            choices.append(
-                {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason}
-            )
-        return JSONResponse(
-            {**base, "object": "chat.completion", "choices": choices, "usage": _usage(generations)}
-        )
 
-    def piece_choice(index: int, piece: Chunk, first: bool) -> dict[str, Any]:
-        delta: dict[str, Any] = {"role": "assistant"} if first else {}
-        if piece.thinking:
-            delta["reasoning_content"] = piece.thinking
-        if piece.text or not piece.thinking:
-            delta["content"] = piece.text
-        logprobs = (
-            {"content": logprob_items(piece.logprobs), "refusal": None}
-            if req.logprobs is not None
-            else None
-        )
-        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}
 
-    def last_choices(index: int) -> list[dict[str, Any]]:
-        out = []
-        generation = generations[index]
-        calls = _tool_calls(generation)
-        if calls:
-            delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}
-            out.append({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
-        reason = _finish_reason(generation)
-        out.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
-        return out
+def _choice_logprobs(entries: list[dict[str, Any]] | None, asked: bool) -> dict[str, Any] | None:
+    """A choice's `logprobs` (None when the request did not ask for them)."""
+    return {"content": logprob_items(entries), "refusal": None} if asked else None
 
-    return _stream(body, generations, base, "chat.completion.chunk", piece_choice, last_choices)
+
+def _chat_choice(index: int, generation: Generation, with_logprobs: bool) -> dict[str, Any]:
+    """One choice of a non-streamed chat answer: its whole message."""
+    calls = _tool_calls(generation)
+    content = generation.text or (None if calls else "")
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if generation.thinking:  # as llama-server and DeepSeek send reasoning
+        message["reasoning_content"] = generation.thinking
+    if calls:
+        message["tool_calls"] = calls
+    reason = _finish_reason(generation)
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": _choice_logprobs(generation.logprobs, with_logprobs),
+        "finish_reason": reason,
+    }
+
+
+def _chat_delta(index: int, piece: Chunk, first: bool, with_logprobs: bool) -> dict[str, Any]:
+    """A streamed chunk's choice: a piece of reasoning or text (the role with the first)."""
+    delta: dict[str, Any] = {"role": "assistant"} if first else {}
+    if piece.thinking:
+        delta["reasoning_content"] = piece.thinking
+    if piece.text or not piece.thinking:
+        delta["content"] = piece.text
+    return {
+        "index": index,
+        "delta": delta,
+        "logprobs": _choice_logprobs(piece.logprobs, with_logprobs),
+        "finish_reason": None,
+    }
+
+
+def _chat_last(index: int, generation: Generation) -> list[dict[str, Any]]:
+    """A streamed choice's last chunks: its tool calls, if any, then its finish_reason."""
+    out = []
+    calls = _tool_calls(generation)
+    if calls:
+        delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}
+        out.append({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
+    reason = _finish_reason(generation)
+    out.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
+    return out
 
 
 async def _collect(request: Request, generations: list[Generation]) -> None:
