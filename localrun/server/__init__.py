@@ -1,15 +1,31 @@
 """The HTTP API of `localrun serve`: Ollama's /api and OpenAI's /v1 over one implementation.
 
-    app.py       create_app(settings, scheduler): routes, error mapping, lifespan
-    security.py  Host check, CORS, API key, body size limit (one ASGI middleware)
-    core.py      what both dialects share: requests, generations, client disconnects
-    ollama.py    /api generate, chat, embed, ps, version
-    models.py    /api tags, show, pull, create, copy, delete, blobs
-    openai.py    /v1 models, chat/completions, completions, embeddings
-    llamacpp.py  llama-server's /health, /tokenize, /detokenize
-    metrics.py   GET /metrics (Prometheus), counted once for every dialect
-    errors.py    LocalrunError -> HTTP status and body, per dialect
-    jobs.py      create, pull and catalog imports in a subprocess (keeps numpy out)
+    app.py         create_app(settings, scheduler): routes, error mapping, lifespan
+    security.py    Host check, CORS, API key, body size limit (one ASGI middleware)
+    connections.py connection limits, header and body read timeouts
+
+  what every dialect shares (none of these imports a dialect module):
+    core.py        the app's Context; until_disconnect, which cancels work when the client leaves
+    body.py        the request body as JSON, typed field access (Body), model options
+    generation.py  start a GenRequest on the scheduler; the Generation that streams its answer
+    messages.py    chat messages checked into the runner's shape
+    logprobs.py    top_logprobs bounds, log-probability entries in OpenAI's and Ollama's shape
+    embedding.py   embedding inputs, bounds and Matryoshka shortening
+    streaming.py   server-sent events and NDJSON lines
+    errors.py      LocalrunError -> HTTP status and body, per dialect
+    metrics.py     GET /metrics (Prometheus), counted once for every dialect
+
+  the dialects, each a translation to a GenRequest and back (only app.py imports them):
+    ollama.py      /api generate, chat, embed, ps, version
+    openai.py      /v1 models, chat/completions, completions, embeddings
+    responses.py   /v1/responses, with response_store.py keeping stored answers
+    anthropic.py   /v1/messages, /v1/messages/count_tokens
+    llamacpp.py    llama-server's /health, /tokenize, /detokenize, /infill
+
+  the store and the page:
+    models.py      /api tags, show, pull, create, copy, delete, blobs; details_of (also /api/ps)
+    jobs.py        create, pull and catalog imports in a subprocess (keeps numpy out)
+    ui.py          the chat page at /ui
 
 Importing this package is cheap: fastapi is imported by `create_app`, and `python -m
 localrun.server.jobs` must start without it.

@@ -1,4 +1,4 @@
-"""Anthropic's Messages API as a translation over the same handlers (`core`), in its shapes.
+"""Anthropic's Messages API as a translation over the same generations (`generation`).
 
     POST /v1/messages                 system (a string or text blocks), messages with text,
                                       tool_use and tool_result blocks, tools, tool_choice (auto,
@@ -30,8 +30,10 @@ from starlette.responses import JSONResponse, Response
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core
-from localrun.server.core import Body, Generation
+from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
+from localrun.server.generation import Generation, start
+from localrun.server.streaming import event_stream, sse
 
 # Anthropic's own bound on stop_sequences is far higher; this keeps the stop filter cheap.
 MAX_STOP_SEQUENCES = 16
@@ -269,7 +271,7 @@ def _tool_blocks(generation: Generation) -> list[dict[str, Any]]:
 
 
 async def messages(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     max_tokens = body.get("max_tokens", int)
     if max_tokens is None:
         raise BadRequestError("max_tokens is required", hint='send {"max_tokens": 1024, ...}')
@@ -277,10 +279,10 @@ async def messages(request: Request) -> Response:
         raise BadRequestError("max_tokens must be at least 1")
     req = _request(body)
     req.options["num_predict"] = max_tokens
-    generation = await core.start(request, req)
+    generation = await start(request, req)
     head = {"id": _id("msg"), "type": "message", "role": "assistant", "model": req.model}
     if body.flag("stream", False):
-        return core.event_stream(_events(generation, head))
+        return event_stream(_events(generation, head))
     await core.until_disconnect(request, generation.collect)
     content: list[dict[str, Any]] = []
     if generation.thinking:
@@ -302,81 +304,92 @@ async def messages(request: Request) -> Response:
 
 async def _events(generation: Generation, head: dict[str, Any]) -> AsyncIterator[bytes]:
     """Anthropic's stream: a content block per run of thinking or text, then the tool calls."""
-
-    def event(kind: str, **fields: Any) -> bytes:
-        return core.sse({"type": kind, **fields}, event=kind)
-
-    start = {**head, "content": [], "stop_reason": None, "stop_sequence": None}
-    yield event(
-        "message_start", message={**start, "usage": {"input_tokens": 0, "output_tokens": 0}}
+    message = {**head, "content": [], "stop_reason": None, "stop_sequence": None}
+    yield _event(
+        "message_start", message={**message, "usage": {"input_tokens": 0, "output_tokens": 0}}
     )
-    index = -1
-    open_kind: str | None = None  # "text" or "thinking": the block being streamed
+    blocks = _Blocks()
+    try:
+        async with contextlib.aclosing(generation.chunks()) as chunks:
+            async for chunk in chunks:
+                for kind, text in (("thinking", chunk.thinking), ("text", chunk.text)):
+                    if text:
+                        for event in blocks.delta(kind, text):
+                            yield event
+        for event in blocks.end(_tool_blocks(generation)):
+            yield event
+        reason, sequence = _stop_reason(generation)
+        yield _event(
+            "message_delta",
+            delta={"stop_reason": reason, "stop_sequence": sequence},
+            usage=_usage(generation),
+        )
+        yield _event("message_stop")
+    except LocalrunError as exc:
+        yield sse(body_of(exc, "anthropic"), event="error")
+    except Exception as exc:
+        yield sse(body_of(unexpected(exc, "a streamed answer"), "anthropic"), event="error")
 
-    def switch(kind: str | None) -> list[bytes]:
-        nonlocal index, open_kind
+
+def _event(kind: str, **fields: Any) -> bytes:
+    return sse({"type": kind, **fields}, event=kind)
+
+
+class _Blocks:
+    """The content blocks of one stream, numbered as they open; one is open at a time (a text
+    or a thinking block), and another kind of piece closes it. Methods return the events."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.open_kind: str | None = None  # "text" or "thinking": the block being streamed
+
+    def delta(self, kind: str, text: str) -> list[bytes]:
+        """A piece of `kind`, opening a block of that kind if need be."""
+        out = self.switch(kind) if self.open_kind != kind else []
+        delta = (
+            {"type": "text_delta", "text": text}
+            if kind == "text"
+            else {"type": "thinking_delta", "thinking": text}
+        )
+        out.append(_event("content_block_delta", index=self.index, delta=delta))
+        return out
+
+    def switch(self, kind: str | None) -> list[bytes]:
+        """Close the open block, if any, and open one of `kind` (None: none)."""
         out = []
-        if open_kind is not None:
-            out.append(event("content_block_stop", index=index))
-        open_kind = kind
+        if self.open_kind is not None:
+            out.append(_event("content_block_stop", index=self.index))
+        self.open_kind = kind
         if kind is not None:
-            index += 1
+            self.index += 1
             block = (
                 {"type": "text", "text": ""}
                 if kind == "text"
                 else {"type": "thinking", "thinking": "", "signature": ""}
             )
-            out.append(event("content_block_start", index=index, content_block=block))
+            out.append(_event("content_block_start", index=self.index, content_block=block))
         return out
 
-    try:
-        async with contextlib.aclosing(generation.chunks()) as chunks:
-            async for chunk in chunks:
-                for kind, text in (("thinking", chunk.thinking), ("text", chunk.text)):
-                    if not text:
-                        continue
-                    if open_kind != kind:
-                        for item in switch(kind):
-                            yield item
-                    delta = (
-                        {"type": "text_delta", "text": text}
-                        if kind == "text"
-                        else {"type": "thinking_delta", "thinking": text}
-                    )
-                    yield event("content_block_delta", index=index, delta=delta)
-        tools = _tool_blocks(generation)
-        if open_kind is None and not tools:
-            for item in switch("text"):  # an empty answer is still one (empty) text block
-                yield item
-        for item in switch(None):
-            yield item
+    def end(self, tools: list[dict[str, Any]]) -> list[bytes]:
+        """Close the last block (an empty answer is still one, empty, text block), then add
+        a tool_use block per tool call, each whole."""
+        out = self.switch("text") if self.open_kind is None and not tools else []
+        out += self.switch(None)
         for tool in tools:
-            index += 1
-            yield event(
-                "content_block_start",
-                index=index,
-                content_block={**tool, "input": {}},
+            self.index += 1
+            out.append(
+                _event("content_block_start", index=self.index, content_block={**tool, "input": {}})
             )
             arguments = json.dumps(tool["input"], ensure_ascii=False)
             delta = {"type": "input_json_delta", "partial_json": arguments}
-            yield event("content_block_delta", index=index, delta=delta)
-            yield event("content_block_stop", index=index)
-        reason, sequence = _stop_reason(generation)
-        yield event(
-            "message_delta",
-            delta={"stop_reason": reason, "stop_sequence": sequence},
-            usage=_usage(generation),
-        )
-        yield event("message_stop")
-    except LocalrunError as exc:
-        yield core.sse(body_of(exc, "anthropic"), event="error")
-    except Exception as exc:
-        yield core.sse(body_of(unexpected(exc, "a streamed answer"), "anthropic"), event="error")
+            out.append(_event("content_block_delta", index=self.index, delta=delta))
+            out.append(_event("content_block_stop", index=self.index))
+        return out
 
 
 async def count_tokens(request: Request) -> Response:
     """The tokens the prompt of this Messages request takes, rendered by the model's template."""
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     req = _request(body)
     scheduler = core.context(request).scheduler
     tokens = await core.until_disconnect(

@@ -10,7 +10,7 @@
                        SSE `data: {"content", "stop": false}` ... and the final object
 
 llama-server serves one model; localrun serves many, so a request may name its `model`. Without
-one, the model loaded now is used when exactly one is (core.default_model). Defaults follow
+one, the model loaded now is used when exactly one is (default_model). Defaults follow
 llama-server: no BOS added, special tokens parsed. A piece that is not whole UTF-8 (part of a
 character) is a list of its byte values, as llama-server sends it. Errors have OpenAI's shape,
 which is llama-server's.
@@ -28,21 +28,38 @@ from starlette.responses import JSONResponse, Response
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core
-from localrun.server.core import Body, Generation
+from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
+from localrun.server.generation import Generation, start
+from localrun.server.streaming import event_stream, sse
 
 
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def default_model(request: Request, body: Body) -> str:
+    """The model a request names, or the one loaded now when it names none (llama-server's
+    clients know of one model); a 400 when none or several are loaded."""
+    if body.data.get("model") is not None or body.data.get("name") is not None:
+        return body.model()
+    loaded = {m.name for m in core.context(request).scheduler.running()}
+    if len(loaded) == 1:
+        return loaded.pop()
+    raise BadRequestError(
+        "name the model: "
+        + (f"{len(loaded)} models are loaded" if loaded else "no model is loaded"),
+        hint='send {"model": "NAME", ...}',
+    )
+
+
 async def tokenize(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     content = body.get("content", str)
     if content is None:
         return JSONResponse({"tokens": []})  # as llama-server answers a body without content
     scheduler = core.context(request).scheduler
-    model = core.default_model(request, body)
+    model = default_model(request, body)
     tokens = await core.until_disconnect(
         request,
         lambda: scheduler.tokenize(
@@ -68,14 +85,14 @@ def _piece(data: bytes) -> str | list[int]:
 
 
 async def detokenize(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     tokens: Any = body.get("tokens", list)
     if tokens is None:
         return JSONResponse({"content": ""})
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
         raise BadRequestError("tokens must be a list of token ids (integers)")
     scheduler = core.context(request).scheduler
-    model = core.default_model(request, body)
+    model = default_model(request, body)
     text = await core.until_disconnect(request, lambda: scheduler.detokenize(model, tokens))
     return JSONResponse({"content": text})
 
@@ -156,9 +173,9 @@ def _final(generation: Generation, model: str, content: str) -> dict[str, Any]:
 
 async def infill(request: Request) -> Response:
     """llama-server's /infill for editors' autocomplete (llama.vscode, llama.vim)."""
-    body = Body(await core.read_json(request))
-    model = core.default_model(request, body)
-    generation = await core.start(request, _infill_request(body, model))
+    body = Body(await read_json(request))
+    model = default_model(request, body)
+    generation = await start(request, _infill_request(body, model))
     if not body.flag("stream", False):
         text = await core.until_disconnect(request, generation.collect)
         return JSONResponse(_final(generation, model, text))
@@ -167,11 +184,11 @@ async def infill(request: Request) -> Response:
         try:
             async with contextlib.aclosing(generation.pieces()) as pieces:
                 async for piece in pieces:
-                    yield core.sse({"index": 0, "content": piece, "stop": False})
-            yield core.sse(_final(generation, model, ""))
+                    yield sse({"index": 0, "content": piece, "stop": False})
+            yield sse(_final(generation, model, ""))
         except LocalrunError as exc:
-            yield core.sse(body_of(exc, "openai"))
+            yield sse(body_of(exc, "openai"))
         except Exception as exc:
-            yield core.sse(body_of(unexpected(exc, "a streamed infill"), "openai"))
+            yield sse(body_of(unexpected(exc, "a streamed infill"), "openai"))
 
-    return core.event_stream(events())
+    return event_stream(events())

@@ -1,4 +1,5 @@
-"""Ollama's store routes: tags, show, pull, create, copy, delete and blob uploads.
+"""Ollama's store routes: tags, show, pull, create, copy, delete and blob uploads, and a model's
+`details` as they and /api/ps show them (`details_of`).
 
 Store work runs in threads (it blocks on disk), and pull and create in a job subprocess
 (`jobs`), so the server never imports the GGUF reader. /api/create reads no file a client names:
@@ -40,9 +41,9 @@ from localrun.manifest import check_digest
 from localrun.modelfile import ROLES, Message, Modelfile
 from localrun.names import ModelName
 from localrun.server import core, jobs
-from localrun.server.core import Body
+from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
-from localrun.server.ollama import line, ndjson
+from localrun.server.streaming import line, ndjson
 from localrun.store import Store
 from localrun.store_io import open_new, temp_path, write_all
 
@@ -56,6 +57,22 @@ def _iso(epoch: float) -> str:
 
 
 # -- listing and showing ----------------------------------------------------------------------
+
+
+def details_of(details: dict[str, Any], parent: str | None = None) -> dict[str, Any]:
+    """Ollama's `details` of a model from the GGUF summary in its manifest (no file is read)."""
+    from localrun.gguf import format_count
+
+    arch = details.get("architecture") or ""
+    count = details.get("parameter_count")
+    return {
+        "parent_model": parent or "",
+        "format": details.get("format") or "gguf",
+        "family": arch,
+        "families": [arch] if arch else None,
+        "parameter_size": format_count(count) if isinstance(count, int) and count else "",
+        "quantization_level": details.get("quantization") or "",
+    }
 
 
 async def local_model(request: Request, text: str) -> ModelName:
@@ -91,7 +108,7 @@ def _tags(store: Store) -> list[dict[str, Any]]:
                 "modified_at": _iso(entry.modified),
                 "size": entry.size,
                 "digest": entry.digest.removeprefix("sha256:"),
-                "details": core.details_of(config.get("details") or {}, config.get("parent")),
+                "details": details_of(config.get("details") or {}, config.get("parent")),
             }
         )
     for packaged in catalog.not_imported(store):
@@ -103,7 +120,7 @@ def _tags(store: Store) -> list[dict[str, Any]]:
                 "modified_at": _iso(packaged.modified),
                 "size": packaged.size,
                 "digest": packaged.sha256,
-                "details": core.details_of(packaged.entry.details),
+                "details": details_of(packaged.entry.details),
             }
         )
     return out
@@ -176,7 +193,7 @@ def _show(store: Store, name: ModelName) -> dict[str, Any]:
         f"{_without_store_paths(str(m.to_modelfile()), store)}",
         "parameters": _params_text(m.parameters),
         "template": template or "",
-        "details": core.details_of(d, m.config.get("parent")),
+        "details": details_of(d, m.config.get("parent")),
         "model_info": {k: v for k, v in info.items() if v is not None},
         "capabilities": capabilities_mod.capabilities(m),
         "modified_at": _iso(store.manifest_path(name).stat().st_mtime),
@@ -186,7 +203,7 @@ def _show(store: Store, name: ModelName) -> dict[str, Any]:
         out["draft"] = {
             "model": draft["model"] or "",
             "digest": draft["digest"],
-            "details": core.details_of(draft["details"]),
+            "details": details_of(draft["details"]),
         }
     if m.system:
         out["system"] = m.system
@@ -198,7 +215,7 @@ def _show(store: Store, name: ModelName) -> dict[str, Any]:
 
 
 async def show(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     ctx = core.context(request)
     remote = await ctx.scheduler.remote_name(body.model())
     if remote is not None:
@@ -215,7 +232,7 @@ def _show_remote(ctx: core.Context, model: str) -> dict[str, Any]:
         "modelfile": "",
         "parameters": "",
         "template": "",
-        "details": core.details_of({}),
+        "details": details_of({}),
         "model_info": {},
         "capabilities": ["completion", "tools"],
         "remote_model": model,
@@ -227,7 +244,7 @@ def _show_remote(ctx: core.Context, model: str) -> dict[str, Any]:
 
 
 async def copy(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     source = body.get("source", str)
     destination = body.get("destination", str)
     if not source or not destination:
@@ -239,7 +256,7 @@ async def copy(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     name = pull.resolve_name(body.model())[0]
     ctx = core.context(request)
     # A loaded copy would keep answering for a model that is gone.
@@ -285,7 +302,7 @@ async def _run_job(
 
 
 async def pull_(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     text = body.model()
     pull.resolve_name(text)  # an invalid name is a 400 before anything starts
     store = core.context(request).store
@@ -393,7 +410,7 @@ def _modelfile(store: Store, body: Body) -> Modelfile:
 
 
 async def create(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     target = pull.resolve_name(body.model())[0]
     if body.get("quantize", str):
         raise BadRequestError(

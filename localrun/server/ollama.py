@@ -19,21 +19,25 @@ The store routes (show, pull, create, copy, delete, blobs) are in `models`.
 from __future__ import annotations
 
 import contextlib
-import json
+import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from localrun import thinking
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
-from localrun.server import core
-from localrun.server.core import Body, Generation
+from localrun.server import core, embedding
+from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
-
-NDJSON = "application/x-ndjson"
+from localrun.server.generation import Generation, start
+from localrun.server.logprobs import logprob_items, top_logprobs
+from localrun.server.messages import chat_messages
+from localrun.server.models import details_of
+from localrun.server.streaming import NDJSON, line, ndjson
 
 # The Ollama release whose API localrun serves, reported by /api/version: clients (editor
 # plugins, Open WebUI) turn features on by it. Raise it with the API features it implies.
@@ -42,12 +46,39 @@ Frame = Callable[[str], dict[str, Any]]
 Placer = Callable[[dict[str, Any], str], None]  # puts reasoning text into an object
 
 
-def line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+def now_iso() -> str:
+    """RFC 3339 in UTC with a Z, as Ollama writes created_at."""
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def ndjson(lines: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(lines, media_type=NDJSON, headers={"Cache-Control": "no-cache"})
+def iso_from_epoch(seconds: float) -> str:
+    if seconds == float("inf") or seconds > 253402300799:
+        seconds = 253402300799  # "never": the last second of year 9999
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def ns(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
+
+
+def _timings(generation: Generation) -> dict[str, int]:
+    """The final object's durations (nanoseconds) and token counts."""
+    t = generation.stream.timings
+    return {
+        "total_duration": ns(time.perf_counter() - generation.started),
+        "load_duration": ns(generation.stream.load_s),
+        "prompt_eval_count": generation.prompt_count,
+        # Not in Ollama's API: how much of the prompt came from the KV cache (clients that
+        # do not know the field ignore it; `localrun run --verbose` shows it).
+        "prompt_cache_count": t.cached_tokens,
+        "prompt_disk_cache_count": t.disk_tokens,  # of those, restored from disk
+        "prompt_eval_duration": ns(t.prompt_s),
+        "eval_count": t.eval_tokens,
+        "eval_duration": ns(t.eval_s),
+        # Not in Ollama's API either: tokens speculative decoding drafted, and kept.
+        "draft_count": t.draft_tokens,
+        "draft_accepted_count": t.draft_accepted,
+    }
 
 
 async def stream_lines(
@@ -67,7 +98,7 @@ async def stream_lines(
                 if chunk.thinking and place_thinking is not None:
                     place_thinking(obj, chunk.thinking)
                 if chunk.logprobs:
-                    obj["logprobs"] = core.logprob_items(chunk.logprobs)
+                    obj["logprobs"] = logprob_items(chunk.logprobs)
                 yield line(obj)
         extra = before_final()
         if extra is not None:
@@ -102,8 +133,8 @@ async def ps(request: Request) -> Response:
                 "model": m.name,
                 "size": m.size,
                 "digest": m.digest.removeprefix("sha256:"),
-                "details": core.details_of(m.details),
-                "expires_at": core.iso_from_epoch(m.expires_at),
+                "details": details_of(m.details),
+                "expires_at": iso_from_epoch(m.expires_at),
                 "size_vram": m.size_vram,
                 "context_length": m.context_length,
                 "processor": m.processor,
@@ -118,8 +149,8 @@ async def ps(request: Request) -> Response:
                 "model": m.name,
                 "size": 0,
                 "digest": "",
-                "details": core.details_of({}),
-                "expires_at": core.iso_from_epoch(0),
+                "details": details_of({}),
+                "expires_at": iso_from_epoch(0),
                 "size_vram": 0,
                 "context_length": 0,
                 "processor": m.processor,
@@ -183,7 +214,7 @@ async def _answer(
             **(shaped or (last or shape)(text)),
             "done": True,
             "done_reason": generation.done_reason,
-            **generation.ollama_timings(),
+            **_timings(generation),
         }
 
     if body.flag("stream", True):
@@ -199,13 +230,13 @@ async def _answer(
     if generation.thinking and place_thinking is not None:
         place_thinking(whole, generation.thinking)
     if generation.logprobs:
-        whole["logprobs"] = core.logprob_items(generation.logprobs)
+        whole["logprobs"] = logprob_items(generation.logprobs)
     return JSONResponse(whole)
 
 
 def _logprobs(body: Body) -> int | None:
     """Ollama's `logprobs: true` with `top_logprobs` alternatives (None: not asked for)."""
-    top = core.top_logprobs(body.data.get("top_logprobs"))
+    top = top_logprobs(body.data.get("top_logprobs"))
     return top if body.flag("logprobs", False) else None
 
 
@@ -223,13 +254,13 @@ def _message_thinking(obj: dict[str, Any], text: str) -> None:
 
 
 async def generate(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     model = body.model()
     _unsupported(body)
     prompt = body.get("prompt", str, "")
 
     def shape(text: str) -> dict[str, Any]:
-        return {"model": model, "created_at": core.now_iso(), "response": text}
+        return {"model": model, "created_at": now_iso(), "response": text}
 
     suffix = body.get("suffix", str, "")
     if suffix:
@@ -244,7 +275,7 @@ async def generate(request: Request) -> Response:
             keep_alive=body.keep_alive(),
             logprobs=_logprobs(body),
         )
-        generation = await core.start(request, req)
+        generation = await start(request, req)
         return await _answer(request, body, generation, shape)
     if not prompt:
         return await _load_or_unload(request, body, model, shape)
@@ -262,7 +293,7 @@ async def generate(request: Request) -> Response:
         think=None if raw else _think(body),
         logprobs=_logprobs(body),
     )
-    generation = await core.start(request, req)
+    generation = await start(request, req)
 
     def last(text: str) -> dict[str, Any]:
         # The tokens to send as `context` to continue this answer.
@@ -291,15 +322,15 @@ def tool_calls_ollama(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]
 
 
 async def chat(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     model = body.model()
     _unsupported(body)
-    messages = core.messages_of(body.data.get("messages"))
+    messages = chat_messages(body.data.get("messages"))
 
     def shape(text: str) -> dict[str, Any]:
         return {
             "model": model,
-            "created_at": core.now_iso(),
+            "created_at": now_iso(),
             "message": {"role": "assistant", "content": text},
         }
 
@@ -316,7 +347,7 @@ async def chat(request: Request) -> Response:
         think=_think(body),
         logprobs=_logprobs(body),
     )
-    generation = await core.start(request, req)
+    generation = await start(request, req)
 
     def with_calls(text: str) -> dict[str, Any] | None:
         calls = tool_calls_ollama(generation.tool_calls)
@@ -335,11 +366,11 @@ async def chat(request: Request) -> Response:
 
 
 async def embed(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     model = body.model()
     raw_input = body.data.get("input")
-    inputs = [] if raw_input is None else core.inputs_of(raw_input)
-    result = await core.embed(
+    inputs = [] if raw_input is None else embedding.inputs_of(raw_input)
+    result = await embedding.embed(
         request,
         model,
         inputs,
@@ -352,8 +383,8 @@ async def embed(request: Request) -> Response:
         {
             "model": model,
             "embeddings": result.vectors,
-            "total_duration": core.ns(result.total_s),
-            "load_duration": core.ns(result.load_s),
+            "total_duration": ns(result.total_s),
+            "load_duration": ns(result.load_s),
             "prompt_eval_count": result.prompt_tokens,
         }
     )
@@ -361,10 +392,10 @@ async def embed(request: Request) -> Response:
 
 async def embeddings(request: Request) -> Response:
     """The legacy single-prompt route: {"prompt": ...} -> {"embedding": [...]}."""
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     model = body.model()
     prompt = body.get("prompt", str, "")
-    result = await core.embed(
+    result = await embedding.embed(
         request,
         model,
         [prompt] if prompt else [],

@@ -1,4 +1,4 @@
-"""OpenAI's API as a translation over the same handlers as /api (`core`), in OpenAI's shapes.
+"""OpenAI's API as a translation over the same generations as /api (`generation`).
 
     GET  /v1/models, /v1/models/{id}
     POST /v1/chat/completions   messages, stream (SSE, `data: [DONE]`), stream_options.
@@ -37,9 +37,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from localrun.errors import BadRequestError, LocalrunError, ModelNotFoundError
 from localrun.request import GenRequest
-from localrun.server import core
-from localrun.server.core import Body, Generation
+from localrun.server import core, embedding
+from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
+from localrun.server.generation import Generation, merged, start_choices
+from localrun.server.logprobs import logprob_items, top_logprobs
+from localrun.server.messages import chat_messages
+from localrun.server.streaming import event_stream, sse
 from localrun.worker.protocol import Chunk
 
 # OpenAI request fields -> localrun options (the extra ones are llama-server's extensions).
@@ -110,7 +114,7 @@ def _think(body: Body) -> bool | str | None:
 
 def _chat_logprobs(body: Body) -> int | None:
     """Chat's `logprobs: true` with `top_logprobs` alternatives (None: not asked for)."""
-    top = core.top_logprobs(body.data.get("top_logprobs"))
+    top = top_logprobs(body.data.get("top_logprobs"))
     if not body.flag("logprobs", False):
         if body.data.get("top_logprobs") is not None:
             raise BadRequestError("top_logprobs needs logprobs: true")
@@ -121,7 +125,7 @@ def _chat_logprobs(body: Body) -> int | None:
 def _completion_logprobs(body: Body) -> int | None:
     """The legacy completions' `logprobs: N` (0 to 5 alternatives)."""
     value = body.data.get("logprobs")
-    return None if value is None else core.top_logprobs(value, "logprobs", 5)
+    return None if value is None else top_logprobs(value, "logprobs", 5)
 
 
 def _legacy_logprobs(entries: list[dict[str, Any]], start: int) -> dict[str, Any]:
@@ -209,7 +213,7 @@ def _stream(
         return out
 
     events = _stream_events(generations, chunk, piece_choice, last_choices, include_usage)
-    return core.event_stream(events)
+    return event_stream(events)
 
 
 async def _stream_events(
@@ -223,24 +227,24 @@ async def _stream_events(
     finishing chunk(s) of each choice, usage, [DONE]."""
     try:
         started: set[int] = set()
-        async with contextlib.aclosing(core.merged(generations)) as chunks:
+        async with contextlib.aclosing(merged(generations)) as chunks:
             async for index, piece in chunks:
                 if piece.text or piece.thinking or piece.logprobs:
                     first = index not in started
                     started.add(index)
-                    yield core.sse(chunk({"choices": [piece_choice(index, piece, first)]}))
+                    yield sse(chunk({"choices": [piece_choice(index, piece, first)]}))
         for index in range(len(generations)):
             if index not in started:
-                yield core.sse(chunk({"choices": [piece_choice(index, Chunk(), True)]}))
+                yield sse(chunk({"choices": [piece_choice(index, Chunk(), True)]}))
             for choice in last_choices(index):
-                yield core.sse(chunk({"choices": [choice]}))
+                yield sse(chunk({"choices": [choice]}))
         if include_usage:
-            yield core.sse(chunk({"choices": [], "usage": _usage(generations)}))
+            yield sse(chunk({"choices": [], "usage": _usage(generations)}))
         yield b"data: [DONE]\n\n"
     except LocalrunError as exc:
-        yield core.sse(body_of(exc, "openai"))
+        yield sse(body_of(exc, "openai"))
     except Exception as exc:
-        yield core.sse(body_of(unexpected(exc, "a streamed answer"), "openai"))
+        yield sse(body_of(unexpected(exc, "a streamed answer"), "openai"))
 
 
 def _include_usage(body: Body) -> bool:
@@ -249,12 +253,33 @@ def _include_usage(body: Body) -> bool:
 
 
 async def chat_completions(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
+    req = _chat_request(body)
+    generations = await start_choices(request, req, body.get("n", int, 1))
+    base = _head("chatcmpl", req.model)
+    with_logprobs = req.logprobs is not None
+    if not body.flag("stream", False):
+        await _collect(request, generations)
+        choices = [_chat_choice(i, g, with_logprobs) for i, g in enumerate(generations)]
+        return JSONResponse(
+            {**base, "object": "chat.completion", "choices": choices, "usage": _usage(generations)}
+        )
+    return _stream(
+        body,
+        generations,
+        base,
+        "chat.completion.chunk",
+        lambda index, piece, first: _chat_delta(index, piece, first, with_logprobs),
+        lambda index: _chat_last(index, generations[index]),
+    )
+
+
+def _chat_request(body: Body) -> GenRequest:
     model = body.model()
-    messages = core.messages_of(body.data.get("messages"), openai=True)
+    messages = chat_messages(body.data.get("messages"), openai=True)
     if not messages:
         raise BadRequestError("messages must not be empty")
-    req = GenRequest(
+    return GenRequest(
         model,
         messages=messages,
         options=_options(body),
@@ -265,64 +290,63 @@ async def chat_completions(request: Request) -> Response:
         logprobs=_chat_logprobs(body),
         parallel_tool_calls=body.flag("parallel_tool_calls", True),
     )
-    generations = await core.start_choices(request, req, body.get("n", int, 1))
-    base = _head("chatcmpl", model)
-    if not body.flag("stream", False):
-        await _collect(request, generations)
-        choices = []
-        for index, generation in enumerate(generations):
-            calls = _tool_calls(generation)
-            content = generation.text or (None if calls else "")
-            message: dict[str, Any] = {"role": "assistant", "content": content}
-            if generation.thinking:  # as llama-server and DeepSeek send reasoning
-                message["reasoning_content"] = generation.thinking
-            if calls:
-                message["tool_calls"] = calls
-            reason = _finish_reason(generation)
-            logprobs = (
-                {"content": core.logprob_items(generation.logprobs), "refusal": None}
-                if req.logprobs is not None
-                else None
-            )
-            choices.append(
-                {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason}
-            )
-        return JSONResponse(
-            {**base, "object": "chat.completion", "choices": choices, "usage": _usage(generations)}
-        )
 
-    def piece_choice(index: int, piece: Chunk, first: bool) -> dict[str, Any]:
-        delta: dict[str, Any] = {"role": "assistant"} if first else {}
-        if piece.thinking:
-            delta["reasoning_content"] = piece.thinking
-        if piece.text or not piece.thinking:
-            delta["content"] = piece.text
-        logprobs = (
-            {"content": core.logprob_items(piece.logprobs), "refusal": None}
-            if req.logprobs is not None
-            else None
-        )
-        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}
 
-    def last_choices(index: int) -> list[dict[str, Any]]:
-        out = []
-        generation = generations[index]
-        calls = _tool_calls(generation)
-        if calls:
-            delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}
-            out.append({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
-        reason = _finish_reason(generation)
-        out.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
-        return out
+def _choice_logprobs(entries: list[dict[str, Any]] | None, asked: bool) -> dict[str, Any] | None:
+    """A choice's `logprobs` (None when the request did not ask for them)."""
+    return {"content": logprob_items(entries), "refusal": None} if asked else None
 
-    return _stream(body, generations, base, "chat.completion.chunk", piece_choice, last_choices)
+
+def _chat_choice(index: int, generation: Generation, with_logprobs: bool) -> dict[str, Any]:
+    """One choice of a non-streamed chat answer: its whole message."""
+    calls = _tool_calls(generation)
+    content = generation.text or (None if calls else "")
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if generation.thinking:  # as llama-server and DeepSeek send reasoning
+        message["reasoning_content"] = generation.thinking
+    if calls:
+        message["tool_calls"] = calls
+    reason = _finish_reason(generation)
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": _choice_logprobs(generation.logprobs, with_logprobs),
+        "finish_reason": reason,
+    }
+
+
+def _chat_delta(index: int, piece: Chunk, first: bool, with_logprobs: bool) -> dict[str, Any]:
+    """A streamed chunk's choice: a piece of reasoning or text (the role with the first)."""
+    delta: dict[str, Any] = {"role": "assistant"} if first else {}
+    if piece.thinking:
+        delta["reasoning_content"] = piece.thinking
+    if piece.text or not piece.thinking:
+        delta["content"] = piece.text
+    return {
+        "index": index,
+        "delta": delta,
+        "logprobs": _choice_logprobs(piece.logprobs, with_logprobs),
+        "finish_reason": None,
+    }
+
+
+def _chat_last(index: int, generation: Generation) -> list[dict[str, Any]]:
+    """A streamed choice's last chunks: its tool calls, if any, then its finish_reason."""
+    out = []
+    calls = _tool_calls(generation)
+    if calls:
+        delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}
+        out.append({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
+    reason = _finish_reason(generation)
+    out.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
+    return out
 
 
 async def _collect(request: Request, generations: list[Generation]) -> None:
     """Every answer to its end (while the client is there)."""
 
     async def every() -> None:
-        async with contextlib.aclosing(core.merged(generations)) as chunks:
+        async with contextlib.aclosing(merged(generations)) as chunks:
             async for _ in chunks:
                 pass
 
@@ -330,7 +354,7 @@ async def _collect(request: Request, generations: list[Generation]) -> None:
 
 
 async def completions(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     model = body.model()
     prompt = body.data.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -350,7 +374,7 @@ async def completions(request: Request) -> Response:
         format=_format(body),
         logprobs=_completion_logprobs(body),
     )
-    generations = await core.start_choices(request, req, body.get("n", int, 1))
+    generations = await start_choices(request, req, body.get("n", int, 1))
     base = _head("cmpl", model)
 
     offsets = [len(prompt)] * len(generations)  # where each choice's next token starts
@@ -392,15 +416,15 @@ def _base64(vector: list[float]) -> str:
 
 
 async def embeddings(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     model = body.model()
-    inputs = core.inputs_of(body.data.get("input"), tokens=True)
+    inputs = embedding.inputs_of(body.data.get("input"), tokens=True)
     if not inputs:
         raise BadRequestError("input must not be empty")
     encoding = body.get("encoding_format", str, "float")
     if encoding not in ("float", "base64"):
         raise BadRequestError('encoding_format must be "float" or "base64"')
-    result = await core.embed(
+    result = await embedding.embed(
         request, model, inputs, options={}, dimensions=body.get("dimensions", int)
     )
     data = [

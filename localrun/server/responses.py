@@ -1,4 +1,4 @@
-"""OpenAI's Responses API as a translation over the same handlers (`core`), in its shapes.
+"""OpenAI's Responses API as a translation over the same generations (`generation`).
 
     POST   /v1/responses                    input (a string or items: messages with text
                                             parts, function_call, function_call_output),
@@ -30,7 +30,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -41,9 +41,12 @@ from localrun import jsonlimits
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core
-from localrun.server.core import Body, Generation
+from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
+from localrun.server.generation import Generation, start
+from localrun.server.messages import chat_messages
 from localrun.server.response_store import ResponseStore, new_id
+from localrun.server.streaming import event_stream, sse
 
 _EFFORTS = ("minimal", "low", "medium", "high")
 
@@ -114,46 +117,17 @@ def messages_of(
         where = f"input[{index}]"
         kind = item.get("type", "message" if "role" in item else None)
         if kind == "message":
-            role = item.get("role")
-            if role == "developer":
-                role = "system"
-            if role not in ("user", "assistant", "system"):
-                raise BadRequestError(f"{where}.role must be user, assistant, system or developer")
-            out.append({"role": role, "content": _part_text(item.get("content"), where)})
+            out.append(_message(item, where))
         elif kind == "function_call":
-            call_id, name = item.get("call_id"), item.get("name")
-            arguments = item.get("arguments", "{}")
-            if not isinstance(call_id, str) or not isinstance(name, str) or not name:
-                raise BadRequestError(f"{where} needs a call_id and a name")
-            if not isinstance(arguments, str):
-                raise BadRequestError(f"{where}.arguments must be a JSON string")
-            try:
-                parsed = (
-                    jsonlimits.loads(arguments, f"{where}.arguments") if arguments.strip() else {}
-                )
-            except ValueError:
-                raise BadRequestError(f"{where}.arguments is not valid JSON") from None
-            call = {
-                "id": call_id,
-                "type": "function",
-                "function": {"name": name, "arguments": parsed},
-            }
-            names[call_id] = name
+            call = _function_call(item, where)
+            names[call["id"]] = call["function"]["name"]
             last = out[-1] if out else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)
             else:
                 out.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif kind == "function_call_output":
-            call_id = item.get("call_id")
-            if not isinstance(call_id, str):
-                raise BadRequestError(f"{where}.call_id must be a string")
-            output = item.get("output", "")
-            text = output if isinstance(output, str) else _part_text(output, f"{where}.output")
-            message = {"role": "tool", "content": text, "tool_call_id": call_id}
-            if names.get(call_id):
-                message["tool_name"] = names[call_id]
-            out.append(message)
+            out.append(_call_output(item, where, names))
         elif kind == "reasoning":
             continue
         else:
@@ -162,6 +136,48 @@ def messages_of(
                 "function_call_output and reasoning items"
             )
     return out
+
+
+def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """A message item as a chat message (`developer` is the system role)."""
+    role = item.get("role")
+    if role == "developer":
+        role = "system"
+    if role not in ("user", "assistant", "system"):
+        raise BadRequestError(f"{where}.role must be user, assistant, system or developer")
+    return {"role": role, "content": _part_text(item.get("content"), where)}
+
+
+def _function_call(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """A function_call item as a tool call of the core's shape (its arguments parsed)."""
+    call_id, name = item.get("call_id"), item.get("name")
+    arguments = item.get("arguments", "{}")
+    if not isinstance(call_id, str) or not isinstance(name, str) or not name:
+        raise BadRequestError(f"{where} needs a call_id and a name")
+    if not isinstance(arguments, str):
+        raise BadRequestError(f"{where}.arguments must be a JSON string")
+    try:
+        parsed = jsonlimits.loads(arguments, f"{where}.arguments") if arguments.strip() else {}
+    except ValueError:
+        raise BadRequestError(f"{where}.arguments is not valid JSON") from None
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": parsed},
+    }
+
+
+def _call_output(item: dict[str, Any], where: str, names: dict[Any, Any]) -> dict[str, Any]:
+    """A function_call_output item as a tool message, named after the call it answers."""
+    call_id = item.get("call_id")
+    if not isinstance(call_id, str):
+        raise BadRequestError(f"{where}.call_id must be a string")
+    output = item.get("output", "")
+    text = output if isinstance(output, str) else _part_text(output, f"{where}.output")
+    message = {"role": "tool", "content": text, "tool_call_id": call_id}
+    if names.get(call_id):
+        message["tool_name"] = names[call_id]
+    return message
 
 
 # -- request fields ---------------------------------------------------------------------------
@@ -353,7 +369,7 @@ def _assistant_message(output: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def create(request: Request) -> Response:
-    body = Body(await core.read_json(request))
+    body = Body(await read_json(request))
     model = body.model()
     keep = body.flag("store", True)
     previous = body.get("previous_response_id", str)
@@ -372,7 +388,7 @@ async def create(request: Request) -> Response:
     )
     req = GenRequest(
         model,
-        messages=core.messages_of(messages),
+        messages=chat_messages(messages),
         options=_options(body),
         format=_format(body),
         tools=_tools(body),
@@ -380,7 +396,7 @@ async def create(request: Request) -> Response:
         think=_think(body),
         parallel_tool_calls=body.flag("parallel_tool_calls", True),
     )
-    generation = await core.start(request, req)
+    generation = await start(request, req)
     answer = _Answer(body, model, keep, previous)
 
     async def save() -> None:
@@ -393,7 +409,7 @@ async def create(request: Request) -> Response:
             await anyio.to_thread.run_sync(store.save, record)
 
     if body.flag("stream", False):
-        return core.event_stream(_events(generation, answer, save))
+        return event_stream(_events(generation, answer, save))
     await core.until_disconnect(request, generation.collect)
     output = []
     if generation.thinking:
@@ -407,131 +423,138 @@ async def create(request: Request) -> Response:
     return JSONResponse(answer.obj)
 
 
-async def _events(generation: Generation, answer: _Answer, save: Any) -> AsyncIterator[bytes]:
+async def _events(
+    generation: Generation, answer: _Answer, save: Callable[[], Awaitable[None]]
+) -> AsyncIterator[bytes]:
     """The Responses stream: an item per run of reasoning or text, then the function calls."""
-    sequence = 0
-    obj = answer.obj
-    output: list[dict[str, Any]] = obj["output"]
+    stream = _Stream(answer.obj)
+    yield stream.event("response.created", response=stream.obj)
+    yield stream.event("response.in_progress", response=stream.obj)
+    try:
+        async with contextlib.aclosing(generation.chunks()) as chunks:
+            async for chunk in chunks:
+                for kind, piece in (("reasoning", chunk.thinking), ("text", chunk.text)):
+                    if piece:
+                        for event in stream.delta(kind, piece):
+                            yield event
+        for event in stream.end(_call_items(generation)):
+            yield event
+        answer.finish(generation)
+        await save()
+        yield stream.event("response.completed", response=stream.obj)
+    except LocalrunError as exc:
+        yield stream.failed(exc)
+    except Exception as exc:
+        yield stream.failed(unexpected(exc, "a streamed response"))
 
-    def event(kind: str, **fields: Any) -> bytes:
-        nonlocal sequence
-        sequence += 1
-        return core.sse({"type": kind, "sequence_number": sequence - 1, **fields}, event=kind)
 
-    open_kind: str | None = None  # "text" or "reasoning": the item being streamed
-    text = ""
+class _Stream:
+    """The numbered events of one Responses stream, and the output items they build in `obj`.
 
-    def close() -> list[bytes]:
-        if open_kind is None:
-            return []
-        index = len(output) - 1
-        item = output[index]
-        where = {"item_id": item["id"], "output_index": index, "content_index": 0}
-        if open_kind == "text":
-            part = _text_part(text)
-            finished = event("response.output_text.done", **where, text=text, logprobs=[])
-            output[index] = _message_item(text, item_id=item["id"])
-        else:
-            part = {"type": "reasoning_text", "text": text}
-            finished = event("response.reasoning_text.done", **where, text=text)
-            output[index] = _reasoning_item(text, item_id=item["id"])
-        return [
-            finished,
-            event("response.content_part.done", **where, part=part),
-            event("response.output_item.done", output_index=index, item=output[index]),
-        ]
+    One item is open at a time (a message or a reasoning item) and grows by deltas; another
+    kind of piece closes it and opens the next. The methods return the events in order.
+    """
 
-    def begin(kind: str) -> list[bytes]:
-        nonlocal open_kind, text
-        out = close()
-        open_kind, text = kind, ""
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.obj = obj
+        self.output: list[dict[str, Any]] = obj["output"]
+        self.sequence = 0
+        self.open_kind: str | None = None  # "text" or "reasoning": the item being streamed
+        self.text = ""  # the open item's text so far
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        self.sequence += 1
+        return sse({"type": kind, "sequence_number": self.sequence - 1, **fields}, event=kind)
+
+    def _at(self, index: int) -> dict[str, Any]:
+        """The fields that place an event in the content of output item `index`."""
+        return {"item_id": self.output[index]["id"], "output_index": index, "content_index": 0}
+
+    def delta(self, kind: str, piece: str) -> list[bytes]:
+        """A piece of `kind` ("text" or "reasoning"), opening an item of that kind if need be."""
+        out = self.begin(kind) if self.open_kind != kind else []
+        self.text += piece
+        name = "response.output_text.delta" if kind == "text" else "response.reasoning_text.delta"
+        extra: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
+        out.append(self.event(name, **self._at(len(self.output) - 1), delta=piece, **extra))
+        return out
+
+    def begin(self, kind: str) -> list[bytes]:
+        """Close the open item and open an empty one of `kind`."""
+        out = self.close()
+        self.open_kind, self.text = kind, ""
         if kind == "text":
             item = _message_item(None, status="in_progress")
             part: dict[str, Any] = _text_part("")
         else:
             item = {**_reasoning_item("", status="in_progress"), "content": []}
             part = {"type": "reasoning_text", "text": ""}
-        output.append(item)
-        index = len(output) - 1
-        out.append(event("response.output_item.added", output_index=index, item=item))
-        out.append(
-            event(
-                "response.content_part.added",
-                item_id=item["id"],
-                output_index=index,
-                content_index=0,
-                part=part,
-            )
-        )
+        self.output.append(item)
+        index = len(self.output) - 1
+        out.append(self.event("response.output_item.added", output_index=index, item=item))
+        out.append(self.event("response.content_part.added", **self._at(index), part=part))
         return out
 
-    yield event("response.created", response=obj)
-    yield event("response.in_progress", response=obj)
-    try:
-        async with contextlib.aclosing(generation.chunks()) as chunks:
-            async for chunk in chunks:
-                for kind, piece in (("reasoning", chunk.thinking), ("text", chunk.text)):
-                    if not piece:
-                        continue
-                    if open_kind != kind:
-                        for item in begin(kind):
-                            yield item
-                    text += piece
-                    index = len(output) - 1
-                    name = (
-                        "response.output_text.delta"
-                        if kind == "text"
-                        else "response.reasoning_text.delta"
-                    )
-                    extra: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
-                    yield event(
-                        name,
-                        item_id=output[index]["id"],
-                        output_index=index,
-                        content_index=0,
-                        delta=piece,
-                        **extra,
-                    )
-        calls = _call_items(generation)
-        if open_kind is None and not calls:
-            for item in begin("text"):  # an empty answer is still one (empty) message
-                yield item
-        for item in close():
-            yield item
-        open_kind = None
+    def close(self) -> list[bytes]:
+        """Finish the open item, if any: its whole text, its part, the item itself."""
+        if self.open_kind is None:
+            return []
+        index = len(self.output) - 1
+        item = self.output[index]
+        where = self._at(index)
+        text = self.text
+        if self.open_kind == "text":
+            part = _text_part(text)
+            finished = self.event("response.output_text.done", **where, text=text, logprobs=[])
+            self.output[index] = _message_item(text, item_id=item["id"])
+        else:
+            part = {"type": "reasoning_text", "text": text}
+            finished = self.event("response.reasoning_text.done", **where, text=text)
+            self.output[index] = _reasoning_item(text, item_id=item["id"])
+        return [
+            finished,
+            self.event("response.content_part.done", **where, part=part),
+            self.event("response.output_item.done", output_index=index, item=self.output[index]),
+        ]
+
+    def end(self, calls: list[dict[str, Any]]) -> list[bytes]:
+        """Close the last item (an empty answer is still one, empty, message), then add the
+        function calls, each whole."""
+        out = self.begin("text") if self.open_kind is None and not calls else []
+        out += self.close()
+        self.open_kind = None
         for call in calls:
-            output.append(call)
-            index = len(output) - 1
-            added = {**call, "arguments": "", "status": "in_progress"}
-            yield event("response.output_item.added", output_index=index, item=added)
-            yield event(
+            out += self.call(call)
+        return out
+
+    def call(self, call: dict[str, Any]) -> list[bytes]:
+        self.output.append(call)
+        index = len(self.output) - 1
+        added = {**call, "arguments": "", "status": "in_progress"}
+        return [
+            self.event("response.output_item.added", output_index=index, item=added),
+            self.event(
                 "response.function_call_arguments.delta",
                 item_id=call["id"],
                 output_index=index,
                 delta=call["arguments"],
-            )
-            yield event(
+            ),
+            self.event(
                 "response.function_call_arguments.done",
                 item_id=call["id"],
                 output_index=index,
                 name=call["name"],
                 arguments=call["arguments"],
-            )
-            yield event("response.output_item.done", output_index=index, item=call)
-        answer.finish(generation)
-        await save()
-        yield event("response.completed", response=obj)
-    except LocalrunError as exc:
-        yield _failed(event, obj, exc)
-    except Exception as exc:
-        yield _failed(event, obj, unexpected(exc, "a streamed response"))
+            ),
+            self.event("response.output_item.done", output_index=index, item=call),
+        ]
 
-
-def _failed(event: Any, obj: dict[str, Any], exc: LocalrunError) -> bytes:
-    detail = body_of(exc, "openai")["error"]
-    obj["status"] = "failed"
-    obj["error"] = {"code": detail["code"], "message": detail["message"]}
-    return bytes(event("response.failed", response=obj))
+    def failed(self, exc: LocalrunError) -> bytes:
+        """The last event of a stream that an error ended."""
+        detail = body_of(exc, "openai")["error"]
+        self.obj["status"] = "failed"
+        self.obj["error"] = {"code": detail["code"], "message": detail["message"]}
+        return self.event("response.failed", response=self.obj)
 
 
 async def retrieve(request: Request) -> Response:

@@ -1,0 +1,168 @@
+"""Reading a request: its body as a JSON object, and typed access to its fields.
+
+Every dialect reads its body with `read_json` and its fields through `Body`, so a field of the
+wrong type is a 400 that names it, in the words of every route alike. Model options are checked
+against localrun's parameters here: unknown ones are dropped with a warning, as Ollama does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.requests import Request
+
+from localrun import config, jsonlimits, params
+from localrun.errors import BadRequestError
+
+log = logging.getLogger("localrun.server")
+
+# Options Ollama's clients may send that localrun has no use for (they change nothing here, and
+# are dropped without a warning; other unknown keys are dropped with one, as Ollama does).
+IGNORED_OPTIONS = frozenset(
+    {
+        "numa",
+        "low_vram",
+        "f16_kv",
+        "logits_all",
+        "vocab_only",
+        "use_mlock",
+        "embedding_only",
+        "tfs_z",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "penalize_newline",
+        "num_gqa",
+        "rope_frequency_base",
+        "rope_frequency_scale",
+    }
+)
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object (an empty body is an empty object)."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        data = jsonlimits.loads(raw, "the request body")
+    except ValueError:
+        raise BadRequestError("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("the request body must be a JSON object")
+    try:
+        # JSON may spell lone UTF-16 surrogates ("\ud800"), which no UTF-8 text can hold: refuse
+        # them here rather than fail later when the request is passed on.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequestError(
+            "the request body holds text that is not valid Unicode (a lone surrogate)"
+        ) from None
+    return data
+
+
+class Body:
+    """Typed access to a request's JSON fields; a wrong type is a 400 naming the field."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def get(self, key: str, kinds: type | tuple[type, ...], default: Any = None) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        allowed = kinds if isinstance(kinds, tuple) else (kinds,)
+        if isinstance(value, bool) and bool not in allowed:
+            raise BadRequestError(f"{key} must be {_kind_text(kinds)}, not a boolean")
+        if not isinstance(value, kinds):
+            raise BadRequestError(f"{key} must be {_kind_text(kinds)}, not {_json_type(value)}")
+        return value
+
+    def model(self) -> str:
+        """The model name (Ollama's older clients send `name`)."""
+        value = self.data.get("model") or self.data.get("name")
+        if not isinstance(value, str) or not value.strip():
+            raise BadRequestError("model is required", hint='send {"model": "NAME", ...}')
+        return value.strip()
+
+    def flag(self, key: str, default: bool) -> bool:
+        return bool(self.get(key, bool, default))
+
+    def keep_alive(self) -> float | None:
+        value = self.data.get("keep_alive")
+        if value is None:
+            return None
+        try:
+            return config.parse_duration(value)
+        except ValueError as exc:
+            raise BadRequestError(f"keep_alive: {exc}") from None
+
+    def options(self, key: str = "options") -> dict[str, Any]:
+        """The request's model options; unknown keys are dropped with a warning in the log
+        (as Ollama does), the values of known ones are validated later (a bad one is a 400)."""
+        value = self.get(key, dict, {})
+        out = {}
+        for name, option in value.items():
+            if name in IGNORED_OPTIONS or option is None:
+                continue
+            if name.strip().lower() not in params.SPECS:
+                log.warning("ignoring unknown option %r", name[:100])
+                continue
+            out[name] = option
+        return out
+
+    def sampling(self, names: dict[str, str] | tuple[str, ...]) -> dict[str, Any]:
+        """The numeric sampling fields present, as options: {request field: option name}
+        (or fields named as the options are)."""
+        pairs = names.items() if isinstance(names, dict) else ((n, n) for n in names)
+        out: dict[str, Any] = {}
+        for key, name in pairs:
+            value = self.get(key, (int, float))
+            if value is not None:
+                out[name] = value
+        return out
+
+    def limit(self, *keys: str) -> int | None:
+        """The first of `keys` given: a token budget, at least 1."""
+        for key in keys:
+            value = self.get(key, int)
+            if value is not None:
+                if value < 1:
+                    raise BadRequestError(f"{key} must be at least 1")
+                return int(value)
+        return None
+
+    def stops(self, key: str = "stop", most: int | None = None) -> list[str] | None:
+        """Stop strings: a string or a list of strings (None when none are given)."""
+        value = self.data.get(key)
+        if isinstance(value, str):
+            value = [value]
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            raise BadRequestError(f"{key} must be a string or a list of strings")
+        if most is not None and len(value) > most:
+            raise BadRequestError(f"at most {most} {key} are accepted")
+        return value or None
+
+    def format(self) -> str | dict[str, Any] | None:
+        value = self.data.get("format")
+        if value in (None, ""):
+            return None
+        if value == "json" or isinstance(value, dict):
+            return value  # type: ignore[no-any-return]
+        raise BadRequestError('format must be "json" or a JSON schema object')
+
+
+def _kind_text(kinds: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+             dict: "an object", list: "a list"}  # fmt: skip
+    seq = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in seq))
+
+
+def _json_type(value: Any) -> str:
+    return {str: "a string", int: "a number", float: "a number", dict: "an object",
+            list: "a list"}.get(type(value), type(value).__name__)  # fmt: skip

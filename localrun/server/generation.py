@@ -1,0 +1,229 @@
+"""Generations: a request started on the scheduler, and its answer as it comes.
+
+The /api and /v1 handlers translate their request into a `localrun.request.GenRequest`, call
+`start()` (or `start_choices()` for several answers) and format what the `Generation` yields;
+none talks to the scheduler in its own way.
+
+A generation is started before any response byte is sent, and its first piece is awaited too,
+so an unknown model, a full queue or a prompt that does not fit still gets its own HTTP status.
+While a handler waits for it the client is watched (`core.until_disconnect`): when it
+disconnects the generation is cancelled and its slot freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.requests import Request
+
+from localrun import config
+from localrun.errors import BadRequestError, LocalrunError
+from localrun.request import GenRequest
+from localrun.server import core
+from localrun.worker.protocol import Chunk
+
+if TYPE_CHECKING:
+    from localrun.scheduler import Stream
+    from localrun.server.metrics import Metrics
+
+
+class Generation:
+    """A started answer; iterate `chunks()` (or `pieces()`, its text alone) once.
+
+    `text` and `thinking` accumulate what was streamed; timings are final after the last chunk.
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
+        started: float,
+        metrics: Metrics | None = None,
+        *,
+        parallel_tool_calls: bool = True,
+    ) -> None:
+        self.stream = stream
+        self.parallel_tool_calls = parallel_tool_calls  # False: the first tool call alone
+        self.started = started
+        self.text = ""
+        self.thinking = ""
+        self.logprobs: list[dict[str, Any]] = []  # every token's entry, when asked for
+        self.finished = False
+        self._first: Chunk | None = None
+        self._metrics = metrics
+
+    def _ended(self) -> None:
+        """Count the answer's tokens, once, however it ended."""
+        self.finished = True
+        if self._metrics is not None:
+            self._metrics.generated(self.stream.model, self.stream.timings)
+            self._metrics = None
+
+    async def _next(self) -> Chunk | None:
+        try:
+            return await self.stream.__anext__()
+        except StopAsyncIteration:
+            self._ended()
+            return None
+        except LocalrunError:
+            self._ended()  # the request's own error ends it
+            raise
+
+    async def prefetch(self) -> None:
+        self._first = await self._next()
+
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
+        """The answer's chunks (text, reasoning, log-probabilities), empty ones skipped."""
+        try:
+            chunk, self._first = self._first, None
+            while chunk is not None:
+                self.text += chunk.text
+                self.thinking += chunk.thinking
+                if chunk.logprobs:
+                    self.logprobs += chunk.logprobs
+                if chunk:
+                    yield chunk
+                chunk = None if self.finished else await self._next()
+        finally:
+            if not self.finished:
+                await self.close()
+
+    async def pieces(self) -> AsyncGenerator[str, None]:
+        """The answer's text alone, for dialects that show nothing else."""
+        async with contextlib.aclosing(self.chunks()) as chunks:
+            async for chunk in chunks:
+                if chunk.text:
+                    yield chunk.text
+
+    async def collect(self) -> str:
+        async with contextlib.aclosing(self.chunks()) as chunks:
+            async for _ in chunks:
+                pass
+        return self.text
+
+    async def close(self) -> None:
+        """Cancel an unfinished generation; shielded, so it also runs while being cancelled."""
+        self.finished = True
+        with anyio.CancelScope(shield=True):
+            await self.stream.aclose()
+        self._ended()
+
+    @property
+    def done_reason(self) -> str:
+        return self.stream.done_reason or "stop"
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]] | None:
+        calls = self.stream.tool_calls or None
+        if calls and not self.parallel_tool_calls:
+            return calls[:1]  # the client takes one call per turn
+        return calls
+
+    @property
+    def stop_sequence(self) -> str | None:
+        """The stop string that ended the answer, if one did."""
+        return self.stream.stop_sequence
+
+    @property
+    def context(self) -> list[int] | None:
+        return self.stream.context
+
+    @property
+    def prompt_count(self) -> int:
+        t = self.stream.timings
+        return t.prompt_tokens + t.cached_tokens
+
+
+async def start(request: Request, req: GenRequest) -> Generation:
+    """Start `req` on the scheduler and wait for its first piece (or its error)."""
+    return await core.until_disconnect(request, lambda: _begin(core.context(request), req))
+
+
+async def _begin(ctx: core.Context, req: GenRequest) -> Generation:
+    started = time.perf_counter()
+    stream = await ctx.scheduler.generate(req)
+    generation = Generation(
+        stream, started, ctx.metrics, parallel_tool_calls=req.parallel_tool_calls
+    )
+    try:
+        await generation.prefetch()
+    except BaseException:
+        if not generation.finished:
+            await generation.close()
+        raise
+    return generation
+
+
+async def start_choices(request: Request, req: GenRequest, n: int) -> list[Generation]:
+    """`n` answers to one request (OpenAI's `n`), started together so that the runner reads
+    the prompt once and copies its KV to the other slots. With a seed, choice i uses seed + i,
+    so the choices differ as they would with random seeds, and repeat with the same seed."""
+    most = config.max_choices()
+    if not 1 <= n <= most:
+        raise BadRequestError(
+            f"n must be from 1 to {most}, not {n}", hint="raise LOCALRUN_MAX_CHOICES for more"
+        )
+    if n == 1:
+        return [await start(request, req)]
+    seed = req.options.get("seed")
+    requests = [
+        dataclasses.replace(
+            req,
+            options={**req.options, "seed": seed + i}
+            if isinstance(seed, int) and seed != -1
+            else req.options,
+        )
+        for i in range(n)
+    ]
+    ctx = core.context(request)
+
+    async def begin_all() -> list[Generation]:
+        started = await asyncio.gather(*(_begin(ctx, r) for r in requests), return_exceptions=True)
+        failed = [r for r in started if isinstance(r, BaseException)]
+        if failed:
+            for item in started:
+                if isinstance(item, Generation):
+                    await item.close()
+            raise failed[0]
+        return [r for r in started if isinstance(r, Generation)]
+
+    return await core.until_disconnect(request, begin_all)
+
+
+async def merged(generations: list[Generation]) -> AsyncGenerator[tuple[int, Chunk], None]:
+    """The chunks of several answers as they come, each with its answer's index; ends when all
+    have ended (the first error ends it, and closing it early closes every answer)."""
+    queue: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, generation: Generation) -> None:
+        try:
+            async with contextlib.aclosing(generation.chunks()) as chunks:
+                async for chunk in chunks:
+                    await queue.put((index, chunk))
+            await queue.put((index, None))
+        except Exception as exc:  # handed to the reader, which raises it
+            await queue.put((index, exc))
+
+    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(generations)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for generation in generations:
+            if not generation.finished:
+                await generation.close()
