@@ -348,7 +348,7 @@ def write_tiny_mamba(path: str | os.PathLike[str], *, seed: int = 0, n_embd: int
     n_vocab = len(tokens)
 
     def dense(rows: int, cols: int) -> np.ndarray:
-        return rng.standard_normal((rows, cols)) / np.sqrt(cols)
+        return np.asarray(rng.standard_normal((rows, cols)) / np.sqrt(cols))
 
     def put(name: str, array: np.ndarray) -> None:
         writer.add_tensor(name, array.astype(np.float32))
