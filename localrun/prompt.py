@@ -118,28 +118,12 @@ class Prompter:
         """A request ready for the engine: a chat, a completion or a fill in the middle, after
         the request's `context` tokens, with the log-probabilities it asks for."""
         if request.messages is not None:
-            prepared = self.chat(
-                request.messages,
-                system=request.system,
-                options=request.options,
-                format=request.format,
-                tools=request.tools,
-                tool_choice=request.tool_choice,
-                think=thinking.check(request.think),
-            )
+            prepared = self.chat(request)
         elif request.suffix is None:
-            prepared = self.complete(
-                request.prompt or "", options=request.options, format=request.format
-            )
+            prepared = self.complete(request)
         else:
-            prepared = self.infill(
-                request.prompt or "",
-                request.suffix,
-                extra=request.extra or [],
-                options=request.options,
-                format=request.format,
-            )
-        if request.context is not None:
+            prepared = self.infill(request)
+        if request.context:  # an empty one changes nothing (and keeps the cached prefix)
             context = token_ids(request.context, self.tokenizer.n_vocab, "context")
             self._after_context(context, prepared)
         if not prepared.tokens:  # the engine needs at least one token to start from
@@ -210,26 +194,17 @@ class Prompter:
             merged["speculate"] = config.speculate()
         return SamplingOptions.from_params(merged, grammar=grammar)
 
-    def chat(
-        self,
-        messages: list[Message],
-        *,
-        system: str | None = None,
-        options: dict[str, Any] | None = None,
-        format: Format = None,
-        tools: Any = None,
-        tool_choice: Any = None,
-        think: thinking.Think = None,
-    ) -> Prepared:
+    def chat(self, request: GenRequest) -> Prepared:
         """A conversation (the model's own layers added) rendered by the template; `think`
         turns a reasoning model's thinking on or off (None: the model's default)."""
+        think = thinking.check(request.think)
         variables = thinking.template_variables(think, self.template, str(self.model.name))
-        in_force = tools_mod.in_force(tools, tool_choice)
-        forced = tools_mod.forced_schema(in_force, tool_choice) if in_force else None
+        in_force = tools_mod.in_force(request.tools, request.tool_choice)
+        forced = tools_mod.forced_schema(in_force, request.tool_choice) if in_force else None
         # A forced tool call is JSON already; its grammar wins over `format`.
-        grammar = schema_grammar(forced) if forced is not None else grammar_for(format)
-        sampling = self.sampling(options, grammar)
-        conversation = self.conversation(messages, system)
+        grammar = schema_grammar(forced) if forced is not None else grammar_for(request.format)
+        sampling = self.sampling(request.options, grammar)
+        conversation = self.conversation(request.messages or [], request.system)
         if any(m.get("tool_calls") or m.get("role") == "tool" for m in conversation):
             conversation = tools_mod.prepare_messages(conversation, self.template)
         text = self.prompt_text(conversation, in_force, variables)
@@ -273,22 +248,13 @@ class Prompter:
             self._prefixes[key] = prefix
         return reusable(prefix, tokens)
 
-    def complete(
-        self, prompt: str, *, options: dict[str, Any] | None = None, format: Format = None
-    ) -> Prepared:
+    def complete(self, request: GenRequest) -> Prepared:
         """Raw prompt text, no template."""
-        return Prepared(self.raw_tokens(prompt), self.sampling(options, grammar_for(format)))
+        sampling = self.sampling(request.options, grammar_for(request.format))
+        return Prepared(self.raw_tokens(request.prompt or ""), sampling)
 
-    def infill(
-        self,
-        prefix: str,
-        suffix: str,
-        *,
-        extra: list[dict[str, str]] | None = None,
-        options: dict[str, Any] | None = None,
-        format: Format = None,
-    ) -> Prepared:
-        """Fill in the middle between `prefix` and `suffix`, from the model's FIM tokens.
+    def infill(self, request: GenRequest) -> Prepared:
+        """Fill in the middle between the prompt and its suffix, from the model's FIM tokens.
 
         The layout is llama-server's (format_infill), so an editor plugin written for it gets
         the same prompt: [extra files] [BOS] <PRE> prefix <SUF> suffix <MID>, the prefix cut
@@ -303,7 +269,8 @@ class Prompter:
                 "between a prefix and a suffix",
                 hint="use a code model with FIM tokens (Qwen2.5-Coder, StarCoder2, CodeLlama)",
             )
-        sampling = self.sampling(options, grammar_for(format))
+        sampling = self.sampling(request.options, grammar_for(request.format))
+        prefix, suffix = request.prompt or "", request.suffix or ""
 
         def tokens(text: str) -> list[int]:
             return self.tokenizer.tokenize(text, add_special=False, parse_special=False)
@@ -311,7 +278,7 @@ class Prompter:
         extra_tokens: list[int] = []
         if fim.rep >= 0:
             extra_tokens += [fim.rep, *tokens("myproject\n")]
-        for chunk in extra or []:
+        for chunk in request.extra or []:
             if fim.sep >= 0:
                 extra_tokens += [fim.sep, *tokens(chunk.get("filename", "tmp") + "\n")]
             else:

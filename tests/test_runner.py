@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from localrun import create, modelfile, names, template
+from localrun.cli.session import LocalSession
 from localrun.errors import InvalidParameterError, TemplateError
 from localrun.model import Model
 from localrun.model import load as load_model
 from localrun.store import Store
-from localrun.worker.local import LocalRunner, open_local
+from localrun.worker.local import open_local
 
 
 def _model(store: Store, folder: Path, text: str, name: str = "m") -> Model:
@@ -20,9 +21,10 @@ def _model(store: Store, folder: Path, text: str, name: str = "m") -> Model:
     return load_model(store, names.parse(name))
 
 
-def _fake(model: Model, replies: list[str] | None = None) -> LocalRunner:
+def _fake(model: Model, replies: list[str] | None = None) -> LocalSession:
     """`model` loaded in this process on the scripted engine answering `replies`."""
-    return open_local(model, {}, backend="fake", extra={"replies": replies or ["Hello!"]})
+    replies = replies or ["Hello!"]
+    return LocalSession(open_local(model, {}, backend="fake", extra={"replies": replies}))
 
 
 @pytest.fixture
@@ -86,13 +88,13 @@ def test_system_messages_and_template_layers(store: Store, folder: Path) -> None
     )
     r = _fake(m, ["ok"])
     "".join(r.chat([{"role": "user", "content": "q2"}]))
-    prompt = "".join(map(chr, r.engine.prompts[-1]))
+    prompt = "".join(map(chr, r.runner.engine.prompts[-1]))
     assert prompt == "[system:be kind][user:q1][assistant:a1][user:q2][assistant:"
     "".join(r.chat([{"role": "user", "content": "q2"}], system="be brief"))
-    assert "".join(map(chr, r.engine.prompts[-1])).startswith("[system:be brief]")
+    assert "".join(map(chr, r.runner.engine.prompts[-1])).startswith("[system:be brief]")
     own = [{"role": "system", "content": "mine"}, {"role": "user", "content": "q"}]
     "".join(r.chat(own))
-    assert "".join(map(chr, r.engine.prompts[-1])).startswith("[system:mine][user:q1]")
+    assert "".join(map(chr, r.runner.engine.prompts[-1])).startswith("[system:mine][user:q1]")
 
 
 def test_follow_up_reuses_the_cache(store: Store, folder: Path) -> None:
@@ -112,16 +114,16 @@ def test_follow_up_reuses_the_cache(store: Store, folder: Path) -> None:
 
 def test_num_ctx_above_training_warns(store: Store, folder: Path) -> None:
     m = _model(store, folder, "FROM tiny.gguf\nPARAMETER num_ctx 1024\n")
-    warnings = _fake(m).loaded.warnings
+    warnings = _fake(m).runner.loaded.warnings
     assert any("larger than the 256 tokens" in w for w in warnings)
 
 
 def test_default_context_is_capped_by_training(store: Store, folder: Path) -> None:
     m = _model(store, folder, "FROM tiny.gguf\n")
     r = _fake(m)
-    assert r.engine.options.num_ctx == 256
-    assert r.engine.options.num_thread >= 1
-    assert r.engine.options.num_gpu == 0  # this build has no GPU offload
+    assert r.runner.engine.options.num_ctx == 256
+    assert r.runner.engine.options.num_thread >= 1
+    assert r.runner.engine.options.num_gpu == 0  # this build has no GPU offload
 
 
 # -- templates ---------------------------------------------------------------------------------

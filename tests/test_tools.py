@@ -13,6 +13,7 @@ from localrun.engine.fake import FakeBatchEngine
 from localrun.engine.types import LoadOptions
 from localrun.errors import BadRequestError
 from localrun.model import load as load_model
+from localrun.request import GenRequest
 from localrun.store import Store
 
 WEATHER = {
@@ -178,19 +179,21 @@ def _text(tokens: list[int]) -> str:
 
 def test_prompter_renders_tools_through_the_template(tool_model: Store) -> None:
     aware = _prompter(tool_model, "tools")
-    prepared = aware.chat(TURNS, tools=[WEATHER], tool_choice="auto")
+    prepared = aware.chat(GenRequest("m", messages=TURNS, tools=[WEATHER], tool_choice="auto"))
     assert _text(prepared.tokens).startswith("[tools:get_weather;][user:weather in Paris?]")
     assert prepared.tool_names == ["get_weather"] and not prepared.forced_tool
     assert prepared.sampling.grammar is None
-    ignored = aware.chat(TURNS[:1], tools=[WEATHER], tool_choice="none")
+    ignored = aware.chat(GenRequest("m", messages=TURNS[:1], tools=[WEATHER], tool_choice="none"))
     assert ignored.tool_names is None and not _text(ignored.tokens).startswith("[tools:")
-    forced = aware.chat(TURNS[:1], tools=[WEATHER], tool_choice="required")
+    forced = aware.chat(
+        GenRequest("m", messages=TURNS[:1], tools=[WEATHER], tool_choice="required")
+    )
     assert (
         forced.forced_tool and forced.sampling.grammar and "get_weather" in forced.sampling.grammar
     )
 
     plain = _prompter(tool_model, "plain")
-    prepared = plain.chat(TURNS, tools=[WEATHER])
+    prepared = plain.chat(GenRequest("m", messages=TURNS, tools=[WEATHER]))
     text = _text(prepared.tokens)
     assert text.startswith("<|im_start|>system\nYou can call the following tools")
     assert "<tool_response>" in text and '"get_weather"' in text

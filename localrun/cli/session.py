@@ -148,9 +148,17 @@ class LocalSession:
         format: str | None = None,
         think: bool | str | None = None,
     ) -> Answer:
-        return self.runner.chat(
-            messages, system=system, options=options, format=format, think=think
+        from localrun.request import GenRequest
+
+        asked = GenRequest(
+            self.name,
+            messages=messages,
+            system=system,
+            options=dict(options or {}),
+            format=format,
+            think=think,
         )
+        return self.runner.generate(asked)
 
     def load_s(self, answer: Answer) -> float:
         if self._load_reported:
@@ -213,13 +221,10 @@ def _load_runner(store: Any, found: Any, manifest: Any, overrides: dict[str, Any
 
 
 def _open(model: Model, overrides: dict[str, Any]) -> LocalRunner:
-    """`model` loaded here, its load warnings said once."""
+    """`model` loaded here, its load warnings said as they are found."""
     from localrun.worker.local import open_local
 
-    runner = open_local(model, overrides)
-    for message in runner.loaded.warnings:
-        warn(message)
-    return runner
+    return open_local(model, overrides, warn=warn)
 
 
 # -- on the server --------------------------------------------------------------------------------

@@ -169,15 +169,13 @@ class BatchEngine:
         """
         self._check(prompt)
         job = self._job(list(prompt), sampling, stop_tokens, sink, cache_prefix)
-        try:
-            with self._cond:
-                if self._closing:
-                    raise EngineError("the model is being unloaded")
-                self._queue.append(job)
-                self._cond.notify()
-        except BaseException:
-            job.free()
-            raise
+        with self._cond:
+            if self._closing:
+                job.free()
+                raise EngineError("the model is being unloaded")
+            # Once queued the job is the loop's to free, whatever is raised here after.
+            self._queue.append(job)
+            self._cond.notify()
         return Ticket(functools.partial(self._cancel, job))
 
     def generate(
@@ -191,11 +189,11 @@ class BatchEngine:
     ) -> Generation:
         """`submit`, read as an iterator of the answer's text; closing it, or setting `cancel`,
         cancels the request."""
-        sink = QueueSink()
+        sink = QueueSink(cancel)
         ticket = self.submit(
             prompt, sampling, stop_tokens=stop_tokens, sink=sink, cache_prefix=cache_prefix
         )
-        return sink.generation(ticket.cancel, cancel)
+        return sink.generation(ticket.cancel)
 
     def reset(self) -> None:
         """Forget the KV cache of every slot without a request, before the next one starts."""
@@ -227,6 +225,7 @@ class BatchEngine:
         job = Job(prompt, stop_tokens, sink, budget)
         job.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
         job.special = sampling.special
+        job.ends = answer_ends(self._weights.vocab, stop_tokens)
         # The draft model's sequence is the slot's: bound when the job takes one (_take).
         job.spec = speculate.speculator(
             sampling.speculate if self._weights.trims else "off",
@@ -234,7 +233,7 @@ class BatchEngine:
             sampling.draft_num_predict,
             self._cost,
             _unbound if self._draft is not None else None,
-            answer_ends(self._weights.vocab, stop_tokens),
+            job.ends,
         )
         disk = self._prompt_cache
         if disk is not None and prompt_cache.MIN_TOKENS <= cache_prefix < len(prompt):
@@ -263,8 +262,10 @@ class BatchEngine:
 
     def _loop(self) -> None:
         try:
-            while self._next():
+            while True:
                 try:
+                    if not self._next():
+                        break
                     self._step()
                 except Exception as exc:  # a bug here must fail requests, not hang them
                     failure = EngineError(f"the engine failed: {exc!r}")
@@ -303,7 +304,10 @@ class BatchEngine:
         if forget:
             slots.forget_idle()
         for job in taken:
-            self._take(job)
+            try:
+                self._take(job)
+            except Exception as exc:  # it never reached a slot: it alone fails
+                self._end(job, "error", EngineError(f"the engine failed: {exc!r}"))
         return True
 
     def _take(self, job: Job) -> None:
@@ -453,10 +457,13 @@ class BatchEngine:
             token, row = self._verify(slot, job, token, row)
             if token < 0:
                 return
-        if self._ends(job, token):
+        if job.ends(token):
             self._finish(slot, "stop")
             return
         self._emit(job, token, row)
+        if job.cancelled:  # its reader has what it wants (a stop string): no further decode
+            self._finish(slot, "cancelled")
+            return
         if job.timings.eval_tokens >= job.budget or len(slot.cache) >= self.n_ctx:
             # No next token is needed (or there is no room for one): skip its decode.
             self._finish(slot, "length")
@@ -469,30 +476,29 @@ class BatchEngine:
     def _verify(self, slot: Slot, job: Job, token: int, row: int) -> tuple[int, int]:
         """Keep the draft up to the first token the sampler does not choose: that token
         (sampled at the row after the last one kept) is the next one. Returns it and its row;
-        -1 when the budget ended the answer inside the draft."""
+        -1 when the budget or a cancel ended the answer inside the draft."""
         draft = slot.draft
         kept = 0
         for guess in draft:
-            if token != guess or self._ends(job, token):
+            if token != guess or job.ends(token):
                 break
             kept += 1
             slot.cache.append(token)
             self._emit(job, token, row)
-            if job.timings.eval_tokens >= job.budget:
+            if job.timings.eval_tokens >= job.budget or job.cancelled:
                 break
             row += 1
             token = job.sample(job.chain, self._ctx, row)
         self._slots.drop_draft(slot)
         assert job.spec is not None
         job.spec.settle(draft, kept)
+        if job.cancelled:
+            self._finish(slot, "cancelled")
+            return -1, row
         if job.timings.eval_tokens >= job.budget:
             self._finish(slot, "length")
             return -1, row
         return token, row
-
-    def _ends(self, job: Job, token: int) -> bool:
-        """Whether `token` ends the answer: the model's end of generation, or a stop token."""
-        return bool(lc.llama_vocab_is_eog(self._weights.vocab, token)) or token in job.stop_tokens
 
     def _emit(self, job: Job, token: int, row: int) -> None:
         """A generated token: counted, its log-probabilities (from `row`) and text sent."""

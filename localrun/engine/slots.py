@@ -35,6 +35,7 @@ class Job:
         "cancelled",
         "chain",
         "decoder",
+        "ends",
         "grammar",
         "logprobs",
         "pending",
@@ -59,6 +60,8 @@ class Job:
         self.prompt = prompt
         self.stop_tokens = stop_tokens
         self.sink = sink
+        # Whether a token ends the answer (end of generation, or a stop token).
+        self.ends: Callable[[int], bool] = lambda token: token in stop_tokens
         self.chain: Any = None
         self.grammar: Any = None
         self.sample: Callable[[Any, Any, int], int] = lc.llama_sampler_sample

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from localrun.errors import LocalrunError
+from localrun.errors import EngineError, LocalrunError
 
 
 @dataclass(frozen=True)
@@ -211,13 +211,18 @@ class Engine(Protocol):
 
 
 class QueueSink:
-    """A Sink whose output another thread reads as a Generation (BatchEngine.generate)."""
+    """A Sink whose output another thread reads as a Generation (BatchEngine.generate). Once
+    `stop` is set the engine is told at its next piece (a sink that raises has no reader
+    left), so the request ends within a token however far behind the reader is."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop: threading.Event | None = None) -> None:
         self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stop = stop
 
     def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
         self._items.put(text)
+        if self._stop is not None and self._stop.is_set():
+            raise EngineError("the reader stopped the answer")
 
     def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
         self._items.put((reason, timings, tokens))
@@ -225,23 +230,16 @@ class QueueSink:
     def error(self, exc: LocalrunError) -> None:
         self._items.put(exc)
 
-    def generation(
-        self, cancel: Callable[[], None], stop: threading.Event | None = None
-    ) -> Generation:
-        """The output as a Generation; `cancel` stops the request (on close, or once `stop`
-        is set)."""
+    def generation(self, cancel: Callable[[], None]) -> Generation:
+        """The output as a Generation; closing it early calls `cancel` and awaits the end."""
         gen = Generation(iter(()))
-        gen.pieces = self._pieces(gen, cancel, stop)
+        gen.pieces = self._pieces(gen, cancel)
         return gen
 
-    def _pieces(
-        self, gen: Generation, cancel: Callable[[], None], stop: threading.Event | None
-    ) -> Iterator[str]:
+    def _pieces(self, gen: Generation, cancel: Callable[[], None]) -> Iterator[str]:
         ended = False
         try:
             while True:
-                if stop is not None and stop.is_set():
-                    cancel()
                 item = self._items.get()
                 if isinstance(item, str):
                     if item:

@@ -394,8 +394,6 @@ async def count_tokens(request: Request) -> Response:
     scheduler = core.context(request).scheduler
     tokens = await core.until_disconnect(
         request,
-        lambda: scheduler.tokenize(
-            req.model, request=GenRequest(req.model, messages=req.messages, tools=req.tools)
-        ),
+        lambda: scheduler.tokenize(req.model, request=req),
     )
     return JSONResponse({"input_tokens": len(tokens)})

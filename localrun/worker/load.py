@@ -1,7 +1,7 @@
 """Load a stored model for a runner: parameters -> memory plan -> engine -> prompter.
 
 `load_model` is how every runner loads, in the server's runner process (`load`, from the first
-line it reads) and in the process of `localrun run` (cli.session).
+line it reads) and in the process of `localrun run` (worker.local).
 """
 
 from __future__ import annotations
@@ -76,9 +76,13 @@ def load_model(
     backend: str = "llama",
     extra: dict[str, Any] | None = None,
     breach: Callable[[LocalrunError], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    before_build: Callable[[], None] | None = None,
 ) -> Loaded:
     """Load `model` with its parameters overridden by `options` into an engine of `slots`
-    slots. `extra` holds the fake backend's settings (replies, delay, hang, dims: tests)."""
+    slots. `extra` holds the fake backend's settings (replies, delay, hang, dims: tests);
+    `warn` hears each load warning as it is found, and `before_build` runs once the load is
+    known to fit, before the engine is made."""
     started = time.perf_counter()
     try:
         parameters = {**model.parameters, **params_mod.validate(options)}
@@ -88,7 +92,15 @@ def load_model(
         fit.check_memory(model, plan, parameters, slots=slots, available=available)
         notes: list[str] = []
         warnings: list[str] = []
-        load_options = fit.resolve_load_options(model, parameters, notes, warnings.append, fit=plan)
+
+        def warned(message: str) -> None:
+            warnings.append(message)
+            if warn is not None:
+                warn(message)
+
+        load_options = fit.resolve_load_options(model, parameters, notes, warned, fit=plan)
+        if before_build is not None:
+            before_build()
         watch: AbstractContextManager[Any] = contextlib.nullcontext()
         if breach is not None:
             watch = LoadWatch(

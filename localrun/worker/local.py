@@ -7,10 +7,13 @@ as lines, and its events come back through an Inbox, one queue per request, inst
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any
 
 from localrun import probe
@@ -68,37 +71,19 @@ class LocalRunner:
         return self.loaded.prompter.template
 
     def generate(self, request: GenRequest) -> LocalAnswer:
-        """Start `request`; its first event is awaited here, so an error it meets (a bad
-        option, a prompt that does not fit) is raised here."""
+        """Start `request`. What is wrong with it before the engine starts (a bad option, a
+        template that fails, a prompt that does not fit) is raised here; the answer, and the
+        errors of evaluating it, come as it is read."""
         id = next(self._ids)
         answer = LocalAnswer(self._inbox.open(id), lambda: self._end(id))
-        self._worker.dispatch(protocol.generate_request(id, request))
+        with _interrupt_after():  # Ctrl-C here would leave a job nothing can cancel
+            self._worker.dispatch(protocol.generate_request(id, request))
         try:
-            answer.prefetch()
+            answer.check()
         except BaseException:
             answer.cancel()
             raise
         return answer
-
-    def chat(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        system: str | None = None,
-        options: dict[str, Any] | None = None,
-        format: str | dict[str, Any] | None = None,
-        think: bool | str | None = None,
-    ) -> LocalAnswer:
-        """Answer the conversation `messages` (the model's own layers are added)."""
-        request = GenRequest(
-            model=str(self.model.name),
-            messages=messages,
-            system=system,
-            options=dict(options or {}),
-            format=format,
-            think=think,
-        )
-        return self.generate(request)
 
     def _end(self, id: protocol.RequestId) -> None:
         self._worker.dispatch(protocol.cancel_request(id))
@@ -121,11 +106,20 @@ class LocalAnswer:
         self.done_reason: str | None = None
         self.timings = Timings()
 
-    def prefetch(self) -> None:
-        self._first = self._next()
+    def check(self) -> None:
+        """Raise the error the worker answered with already (it prepares and submits on the
+        caller's thread, so one found there is queued before dispatch returns)."""
+        with contextlib.suppress(queue.Empty):
+            event = self._events.get_nowait()
+            self._first = event
+            self._take(event)
 
     def _next(self) -> protocol.Message:
         event = self._events.get()
+        self._take(event)
+        return event
+
+    def _take(self, event: protocol.Message) -> None:
         if event.get("event") == protocol.ERROR:
             self._final = event
             raise protocol.error_from_dict(event.get("error"))
@@ -134,7 +128,6 @@ class LocalAnswer:
             self.timings = protocol.timings_from_dict(event.get("timings"))
             if self.done_reason is None:
                 self.done_reason = str(event.get("reason") or "stop")
-        return event
 
     def __iter__(self) -> Iterator[str]:
         event, self._first = self._first, None
@@ -173,16 +166,44 @@ class LocalAnswer:
         self.done_reason = "cancelled"
 
 
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold a Ctrl-C that comes during the block and raise it once the block is done. On the
+    main thread only (where Python runs signal handlers); elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        caught.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def open_local(
     model: Model,
     overrides: dict[str, Any],
     *,
     backend: str = "llama",
     extra: dict[str, Any] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> LocalRunner:
     """`model` loaded in this process with `overrides`, one slot. llama.cpp may abort or hang
     on a model that passes every check: one not yet seen to load cleanly is loaded in a child
     process first (localrun.probe)."""
-    if backend == "llama":
-        probe.ensure_loads(model, overrides)
-    return LocalRunner(model, load_model(model, overrides, backend=backend, extra=extra))
+
+    def probed() -> None:
+        if backend == "llama":
+            probe.ensure_loads(model, overrides)
+
+    loaded = load_model(
+        model, overrides, backend=backend, extra=extra, warn=warn, before_build=probed
+    )
+    return LocalRunner(model, loaded)

@@ -2,7 +2,7 @@
 
 A runner serves one loaded model, in a process of its own for the server (worker.main reads
 request lines on stdin and writes events to stdout) or in the process of `localrun run`, which
-dispatches the same messages and reads the same events (cli.session). The caller's thread
+dispatches the same messages and reads the same events (worker.local). The caller's thread
 prepares each generation and submits it to the engine; the engine calls each request's sink on
 its own thread, where the answer is filtered and its events written (worker.sink). Embeddings
 run on a thread of their own so that a long embedding does not hold up cancels; they go
@@ -152,8 +152,13 @@ class Worker:
     def _tokenize(self, message: protocol.Message) -> list[int]:
         """Text's tokens, or those of the chat prompt a conversation renders to."""
         if message.get("messages") is not None:
-            request = protocol.request_of({**message, "op": protocol.CHAT})
-            return self.prompter.prepare(request).tokens
+            asked = protocol.request_of({**message, "op": protocol.CHAT})
+            # What the turns render to: the sampling, format and thinking it asks for are not
+            # the prompt's, and are neither checked nor compiled here.
+            turns = GenRequest(
+                asked.model, messages=asked.messages, system=asked.system, tools=asked.tools
+            )
+            return self.prompter.chat(turns).tokens
         text = message.get("text")
         if not isinstance(text, str):
             raise BadRequestError("tokenize needs a text or messages")
