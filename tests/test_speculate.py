@@ -620,3 +620,20 @@ def test_run_verbose_reports_drafts(cli: Any) -> None:
     assert "LOCALRUN_SPECULATE" in env_result.stdout
     refused = cli("run", "smollm2:135m", "hi", env={"LOCALRUN_SPECULATE": "sometimes"})
     assert refused.code != 0 and "LOCALRUN_SPECULATE" in refused.stderr
+
+
+@pytest.mark.model
+def test_a_stop_string_inside_a_draft_ends_the_decoding_there(cli: Any, smol: BatchEngine) -> None:
+    """The tokens decoded are those of the text shown up to the stop string (and the one the
+    stop string ends in), not the rest of the draft it fell in and a decode more."""
+    args = repeat_code("smollm2:135m", "speculate=ngram", "temperature=0", "repeat_penalty=1")
+    result = cli(*args, "--param", "num_predict=120", "--param", "stop=remove", input=CODE_INPUT)
+    assert result.code == 0, result.stderr
+    assert "remove" not in result.stdout and result.stdout.strip()
+    evaluated = next(
+        int(line.split(":", 1)[1].split()[0])
+        for line in result.stderr.splitlines()
+        if line.startswith("eval count")
+    )
+    shown = len(smol.tokenize(result.stdout.rstrip("\n"), add_special=False, parse_special=False))
+    assert evaluated <= shown + 3, (evaluated, shown, result.stderr)
