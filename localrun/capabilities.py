@@ -7,9 +7,14 @@ model, not what the model was trained for:
 - `completion`: a generative model. Encoders made for embeddings (a GGUF that names its
   pooling, or a BERT-like architecture in manifests older than the pooling field) do not
   generate.
-- `embedding`: any model but a reranker. The runner embeds a generative model too, averaging
-  its token states (engine.batch.BatchEngine.embed).
-- `tools`: the chat template renders tools.
+- `embedding`: a model made for embeddings (its GGUF names a pooling type other than rank, or
+  an encoder architecture), as Ollama lists it: clients offer the models that say it as
+  embedding models (Open WebUI's and llm-ollama's lists), and a chat model's averaged token
+  states are poor vectors for retrieval. /api/embed still embeds a chat model when asked
+  (engine.embed), as Ollama does.
+- `tools`: every generative model. A template that renders tools gets them; any other gets
+  them in a system note (localrun.tools), and a forced call is held to its schema by a grammar,
+  so tool calls work with any chat model.
 - `thinking`: the chat template renders or expects reasoning (localrun.thinking.supports).
 - `insert`: the vocabulary has fill-in-the-middle tokens (recorded when the model was created or
   pulled; a manifest older than that field says nothing).
@@ -42,17 +47,15 @@ def template_of(model: Model) -> str | None:
 
 def capabilities(model: Model) -> list[str]:
     """The capabilities of `model`, in Ollama's words and order."""
-    from localrun.tools import template_supports_tools
-
     details = model.details
     pooling = details.get("pooling_type")
     encoder = pooling is not None or details.get("architecture") in ENCODERS
     out = []
     if not encoder:
         out.append("completion")
-    if pooling != POOLING_RANK:
+    if encoder and pooling != POOLING_RANK:
         out.append("embedding")
-    if not encoder and template_supports_tools(template_of(model)):
+    if not encoder:
         out.append("tools")
     if not encoder and thinking.supports(template_of(model)):
         out.append("thinking")

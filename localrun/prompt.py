@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -130,6 +131,9 @@ class Prompter:
             raise BadRequestError("the prompt is empty", hint="send a prompt of some text")
         if request.logprobs is not None:
             prepared.sampling = dataclasses.replace(prepared.sampling, logprobs=request.logprobs)
+        if request.logit_bias:
+            biases = logit_biases(request.logit_bias, self.tokenizer.n_vocab)
+            prepared.sampling = dataclasses.replace(prepared.sampling, logit_bias=biases)
         prepared.return_context = request.return_context
         return prepared
 
@@ -297,6 +301,14 @@ class Prompter:
         layout = [*extra_tokens, *head, fim.pre, *before, fim.suf, *after, fim.mid]
         stops = frozenset(t for t in (fim.pad, fim.rep, fim.sep, fim.pre, fim.suf) if t >= 0)
         return Prepared(layout, sampling, stop_tokens=stops)
+
+
+def logit_biases(pairs: list[list[Any]], n_vocab: int) -> tuple[tuple[int, float], ...]:
+    """A request's [token id, bias] pairs for the sampler, each token in the vocabulary; a bias
+    of None is minus infinity (never that token). A token named twice keeps its last bias."""
+    token_ids([token for token, _ in pairs], n_vocab, "logit_bias")
+    biases = {int(token): -math.inf if bias is None else float(bias) for token, bias in pairs}
+    return tuple(biases.items())
 
 
 def token_ids(value: Any, n_vocab: int, key: str) -> list[int]:

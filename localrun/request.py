@@ -35,6 +35,7 @@ class GenRequest:
     suffix: str | None = None  # with `prompt`: fill in the middle (FIM) up to this text
     extra: list[dict[str, str]] | None = None  # FIM: other files, [{"filename", "text"}]
     logprobs: int | None = None  # log-probabilities with N alternatives per token (None: none)
+    logit_bias: list[list[Any]] | None = None  # [token id, bias or None: never that token]
     parallel_tool_calls: bool = True  # False: at most one tool call per answer
     context: list[int] | None = None  # token ids before the prompt (a previous answer's)
     return_context: bool = False  # the answer's end carries the prompt's and answer's tokens
@@ -116,6 +117,21 @@ def _logprobs(name: str, value: Any) -> None:
         raise BadRequestError("logprobs must be a count of alternatives (0 or more)")
 
 
+def _logit_bias(name: str, value: Any) -> None:
+    def pair(item: Any) -> bool:
+        if not isinstance(item, list) or len(item) != 2:
+            return False
+        token, bias = item
+        return (
+            isinstance(token, int)
+            and not isinstance(token, bool)
+            and (bias is None or (isinstance(bias, int | float) and not isinstance(bias, bool)))
+        )
+
+    if not isinstance(value, list) or not all(pair(item) for item in value):
+        raise BadRequestError("logit_bias must be a list of [token id, bias] pairs")
+
+
 # The JSON type of a field, checked where a request arrives in a runner; a field without an
 # entry is checked where it is used.
 _CHECKS = {
@@ -128,6 +144,7 @@ _CHECKS = {
     "suffix": _kind(str),
     "extra": _extra,
     "logprobs": _logprobs,
+    "logit_bias": _logit_bias,
     "parallel_tool_calls": _kind(bool),
     "return_context": _kind(bool),
     "keep_alive": _kind(int, float),

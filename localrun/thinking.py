@@ -28,6 +28,21 @@ _MARKERS = (OPEN, "enable_thinking", "reasoning_content", CHANNEL)
 
 Think = bool | str | None
 
+# The reasoning efforts the dialects name (OpenAI's reasoning_effort and reasoning.effort,
+# Anthropic's output_config.effort), each route accepting all of them: "none" turns thinking off,
+# the others are the nearest level a template takes.
+EFFORTS: dict[str, bool | str] = {
+    "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
+    "xhigh": "high", "max": "high",
+}  # fmt: skip
+
+
+def from_effort(effort: object, key: str) -> bool | str:
+    """A request's reasoning effort as `think` (False or a level); `key` names the field."""
+    if not isinstance(effort, str) or effort not in EFFORTS:
+        raise BadRequestError(f"{key} must be one of {', '.join(EFFORTS)}, not {effort!r}")
+    return EFFORTS[effort]
+
 
 def supports(template: str | None) -> bool:
     """Whether a chat template renders or expects reasoning."""

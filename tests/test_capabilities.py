@@ -31,10 +31,11 @@ def model(details: dict[str, Any], template: str | None = None, gguf: str | None
 @pytest.mark.parametrize(
     ("details", "template", "gguf", "expected"),
     [
-        ({"architecture": "llama"}, None, None, ["completion", "embedding"]),
-        ({"architecture": "llama"}, None, TOOLS_TEMPLATE, ["completion", "embedding", "tools"]),
-        # The Modelfile's TEMPLATE wins over the GGUF's.
-        ({"architecture": "llama"}, "{{ messages }}", TOOLS_TEMPLATE, ["completion", "embedding"]),
+        # Tool calls work with any chat model (a system note where the template has no tools);
+        # a chat model is not listed as an embedding model, as Ollama lists it.
+        ({"architecture": "llama"}, None, None, ["completion", "tools"]),
+        ({"architecture": "llama"}, None, TOOLS_TEMPLATE, ["completion", "tools"]),
+        ({"architecture": "llama"}, "{{ messages }}", TOOLS_TEMPLATE, ["completion", "tools"]),
         ({"architecture": "qwen2", "pooling_type": 1}, None, TOOLS_TEMPLATE, ["embedding"]),
         ({"architecture": "nomic-bert"}, None, None, ["embedding"]),  # before pooling_type
         ({"architecture": "bert", "pooling_type": 4}, None, None, []),  # a reranker

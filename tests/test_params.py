@@ -407,3 +407,44 @@ def test_unknown_parameter_message_escapes_control_characters() -> None:
         spec("te\x1b[2Jmp\r\n")
     assert "\x1b" not in str(info.value) and "\n" not in str(info.value)
     assert "\\x1b" in str(info.value)
+
+
+# -- README's table -----------------------------------------------------------------------------
+
+
+def _bound(text: str) -> float:
+    """A bound as README writes it: 256, -1, 0.5, 2^64-1, -2^63."""
+    sign = -1 if text.startswith("-") else 1
+    text = text.lstrip("-")
+    if "^" in text:
+        base, _, rest = text.partition("^")
+        exponent, _, minus = rest.partition("-")
+        return sign * (int(base) ** int(exponent) - int(minus or 0))
+    return sign * float(text)
+
+
+def test_readmes_parameter_table_gives_each_parameters_range() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and cells[0].strip("`") in SPECS:
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(SPECS)
+    for name, (_, kind, limits, _) in rows.items():
+        found = SPECS[name]
+        assert kind == {int: "int", float: "float", bool: "bool", str: "string"}[found.type]
+        if found.type not in (int, float):
+            continue
+        if limits.endswith(" or more"):
+            low, high = _bound(limits.removesuffix(" or more")), None
+        else:
+            low_text, _, high_text = limits.partition(" - ")
+            low, high = _bound(low_text), _bound(high_text)
+        assert low == found.minimum, (name, limits)
+        if high is None:  # "or more": up to a bound no one reaches (2^31-1)
+            assert found.maximum is not None and found.maximum >= 2**31 - 1, (name, limits)
+        else:
+            assert high == found.maximum, (name, limits)

@@ -298,17 +298,6 @@ def test_version_is_the_ollama_api_served_with_localruns_beside_it(live: LiveSer
     assert client.is_up() and client.version() == __version__
 
 
-def test_show_says_every_model_embeds(oc: ollama.Client, live: LiveServer) -> None:
-    for name in (SMOL, "tiny"):
-        shown = oc.show(name)
-        assert shown.capabilities is not None
-        assert shown.capabilities[:2] == ["completion", "embedding"], shown.capabilities
-        # What it says is what it does.
-        assert len(oc.embed(name, "hello").embeddings[0]) > 0
-    raw = httpx.post(f"{live.url}/api/show", json={"model": "tiny"}).json()
-    assert raw["capabilities"] == ["completion", "embedding"]  # its template renders no tools
-
-
 def test_a_fresh_store_lists_the_packaged_starter_model(tmp_path: Path) -> None:
     store = Store(tmp_path / "models")
     server = LiveServer(store, Scheduler(store, num_parallel=1))

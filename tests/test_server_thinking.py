@@ -208,6 +208,52 @@ def test_responses_reasoning_items(live: LiveServer) -> None:
     assert final.output_text == "answer"
 
 
+def test_every_route_takes_every_reasoning_effort(live: LiveServer) -> None:
+    """OpenAI's efforts (none to xhigh) and Anthropic's (to max), on each of the three routes
+    that take one; "none" turns thinking off (Ollama's tools-routes test sends it)."""
+    from localrun.thinking import EFFORTS
+
+    ai = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
+    ant = anthropic.Anthropic(base_url=live.url, api_key="x", max_retries=0)
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+    for effort in EFFORTS:
+        thinks = effort != "none"
+        chat = (
+            ai.chat.completions.create(
+                model="thinker",
+                messages=HI,
+                reasoning_effort=effort,  # type: ignore[arg-type]
+            )
+            .choices[0]
+            .message
+        )
+        assert chat.content == "answer", effort
+        assert (chat.model_extra or {}).get("reasoning_content") == ("plan" if thinks else None)
+        response = ai.responses.create(
+            model="thinker",
+            input="hi",
+            reasoning={"effort": effort},  # type: ignore[typeddict-item]
+        )
+        kinds = [item.type for item in response.output]
+        assert kinds == (["reasoning", "message"] if thinks else ["message"]), effort
+        message = ant.messages.create(
+            model="thinker", messages=HI, max_tokens=50, thinking=thinking,
+            extra_body={"output_config": {"effort": effort}},
+        )  # fmt: skip
+        assert [b.type for b in message.content] == (["thinking", "text"] if thinks else ["text"])
+    # A model that cannot think takes "none" too (it asks for no thinking).
+    plain = ai.responses.create(model="plain", input="hi", reasoning={"effort": "none"})
+    assert plain.output_text == REPLY
+    for path, body in (
+        ("/v1/chat/completions", {"messages": HI, "reasoning_effort": "extreme"}),
+        ("/v1/responses", {"input": "hi", "reasoning": {"effort": "extreme"}}),
+        ("/v1/messages", {"messages": HI, "max_tokens": 5, "thinking": thinking,
+                          "output_config": {"effort": "extreme"}}),
+    ):  # fmt: skip
+        refused = httpx.post(f"{live.url}{path}", json={"model": "thinker", **body}, timeout=60)
+        assert refused.status_code == 400 and "effort" in refused.text, (path, refused.text)
+
+
 def test_the_cli_shows_thinking_apart(live: LiveServer, cli: Any) -> None:
     """`localrun run` over the server: thinking between Thinking... and ...done thinking."""
     env = {"LOCALRUN_HOST": live.url}

@@ -164,6 +164,22 @@ def test_a_json_answer_shows_as_json(browser: Any, tmp_path: Path, tiny_model: P
         server.close()
 
 
+HAIKU = "An old silent pond\nA frog jumps into the pond\nSplash! Silence again."
+
+
+def test_an_answers_line_breaks_are_kept(browser: Any, tmp_path: Path, tiny_model: Path) -> None:
+    server = _server(tmp_path, tiny_model, (HAIKU + "\n\nA second paragraph.",))
+    try:
+        page = _ask(browser, server.url, "A haiku, please")
+        page.locator(".message.assistant .timings").wait_for(timeout=60_000)
+        body = page.locator(".message.assistant .body")
+        assert body.locator("p").first.locator("br").count() == 2  # within the paragraph
+        assert body.inner_text().startswith(HAIKU)
+        assert body.locator("p").count() == 2
+    finally:
+        server.close()
+
+
 def test_the_page_asks_for_the_api_key(browser: Any, tmp_path: Path, tiny_model: Path) -> None:
     server = _server(tmp_path, tiny_model, api_key=KEY)
     try:

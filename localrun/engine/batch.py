@@ -124,7 +124,9 @@ class BatchEngine:
         cparams.kv_unified = False
         cparams.n_batch = max(options.num_batch, slots)
         self._ctx = self._weights.context(cparams)
-        self.n_ctx = int(lc.llama_n_ctx_seq(self._ctx))  # per slot (padded by llama.cpp)
+        # Per slot: the num_ctx asked for, though llama.cpp pads its context to a multiple of
+        # 256 (a client that asks for 100 tokens gets a limit of 100, as Ollama gives it).
+        self.n_ctx = min(int(lc.llama_n_ctx_seq(self._ctx)), options.num_ctx)
         self._n_batch = int(lc.llama_n_batch(self._ctx))
         self._batch = batch = lc.llama_batch_init(self._n_batch, 0, 1)
         # Pointer objects made once: the loop only writes through them.
@@ -221,7 +223,9 @@ class BatchEngine:
     ) -> Job:
         """A job for the loop, its samplers made here, off the loop, so a bad grammar fails the
         caller."""
-        budget = sampling.num_predict if sampling.num_predict >= 0 else self.n_ctx
+        # The prompt and the answer fit the context (so a returned `context` can be continued).
+        room = self.n_ctx - len(prompt)
+        budget = min(sampling.num_predict, room) if sampling.num_predict >= 0 else room
         job = Job(prompt, stop_tokens, sink, budget)
         job.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
         job.special = sampling.special

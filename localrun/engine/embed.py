@@ -30,6 +30,7 @@ class Embedder:
         self._options = options
         self._ctx: Any = None
         self._n_ctx = 0
+        self._limit = 0
         self.pooled = False  # the model pools (known once the context is made)
 
     def embed(
@@ -44,7 +45,7 @@ class Embedder:
 
         weights = self._weights
         ctx = self._context()
-        n_ctx = self._n_ctx
+        n_ctx = self._limit
         inputs: list[list[int]] = []
         for text in texts:
             if isinstance(text, str):
@@ -88,7 +89,9 @@ class Embedder:
         else:
             cparams.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
         ctx = weights.context(cparams)
-        self._n_ctx = int(lc.llama_n_ctx(ctx))
+        self._n_ctx = int(lc.llama_n_ctx(ctx))  # cells for all sequences (padded by llama.cpp)
+        # The longest text: the num_ctx asked for, not the padded context.
+        self._limit = min(self._n_ctx, options.num_ctx)
         if self.pooled:
             if lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_RANK:
                 weights.free(ctx)
@@ -97,7 +100,7 @@ class Embedder:
                     "embeddings"
                 )
             # The batch holds whole texts, and an encoder knows no position past its training.
-            self._n_ctx = min(self._n_ctx, int(lc.llama_n_batch(ctx)), weights.n_ctx_train)
+            self._limit = min(self._limit, int(lc.llama_n_batch(ctx)), weights.n_ctx_train)
         self._ctx = ctx
         return ctx
 

@@ -24,6 +24,11 @@ def sampler_chain(s: SamplingOptions, n_vocab: int, n_ctx: int) -> Any:
     params.no_perf = True
     chain = lc.llama_sampler_chain_init(params)
     add = lc.llama_sampler_chain_add
+    if s.logit_bias:  # first: the samplers after it see the biased logits
+        biases = (lc.llama_logit_bias * len(s.logit_bias))(
+            *(lc.llama_logit_bias(token, bias) for token, bias in s.logit_bias)
+        )
+        add(chain, lc.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), biases))
     # The penalty sampler allocates its window up front: never more than the context.
     last_n = n_ctx if s.repeat_last_n < 0 else min(s.repeat_last_n, n_ctx)
     if last_n and (

@@ -54,6 +54,8 @@ class SamplingOptions:
     # Log-probabilities of each generated token and of its `logprobs` likeliest alternatives
     # (-1: none asked for; 0: the chosen token's alone). Not a PARAMETER: set per request.
     logprobs: int = -1
+    # Added to the logits of these tokens before sampling (-inf: never). Set per request.
+    logit_bias: tuple[tuple[int, float], ...] = ()
     # Spell special tokens in the answer (gpt-oss's channel markers, which the answer is split
     # by); set by the runner from the template, never a PARAMETER.
     special: bool = False

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from localrun.engine.types import Timings
+from localrun.errors import BadRequestError
 from localrun.request import GenRequest
 from localrun.upstreams import Upstream
 from localrun.worker import protocol
@@ -64,6 +65,11 @@ def body(dialect: str, model: str, request: GenRequest) -> Message:
     options = dict(request.options)
     fmt = request.format
     if dialect == "ollama":
+        if request.logit_bias:
+            raise BadRequestError(
+                f"{model} is served by an Ollama upstream, which takes no logit_bias",
+                hint="leave logit_bias out for this model",
+            )
         out: Message = {"model": model, "stream": True, "options": options}
         if fmt:
             out["format"] = fmt
@@ -89,6 +95,10 @@ def body(dialect: str, model: str, request: GenRequest) -> Message:
             continue  # no limit, a random seed: the field's absence says so
         for field in (fields,) if isinstance(fields, str) else fields:
             out[field] = list(value) if key == "stop" else value
+    if request.logit_bias:  # the upstream's token ids, as the client named them
+        out["logit_bias"] = {
+            str(token): -100 if bias is None else bias for token, bias in request.logit_bias
+        }
     if request.chat:
         out["messages"] = _messages(request, openai=True)
         think = request.think

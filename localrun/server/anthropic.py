@@ -27,6 +27,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from localrun import thinking as thinking_mod
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core
@@ -177,6 +178,7 @@ def _think(body: Body) -> bool | str | None:
     """`thinking` (enabled, adaptive: the model's default, disabled) and output_config.effort."""
     thinking = body.get("thinking", dict)
     effort = (body.get("output_config", dict) or {}).get("effort")
+    level = None if effort is None else thinking_mod.from_effort(effort, "output_config.effort")
     if thinking is None:
         return None
     kind = thinking.get("type")
@@ -184,10 +186,8 @@ def _think(body: Body) -> bool | str | None:
         return False
     if kind not in ("enabled", "adaptive", "between_tools"):
         raise BadRequestError(f"thinking type {kind!r} is not enabled, adaptive or disabled")
-    if effort in ("low", "medium", "high"):
-        return str(effort)
-    if effort in ("xhigh", "max"):
-        return "high"
+    if level is not None:
+        return level
     return None if kind == "adaptive" else True
 
 
@@ -305,9 +305,10 @@ async def messages(request: Request) -> Response:
 async def _events(generation: Generation, head: dict[str, Any]) -> AsyncIterator[bytes]:
     """Anthropic's stream: a content block per run of thinking or text, then the tool calls."""
     message = {**head, "content": [], "stop_reason": None, "stop_sequence": None}
-    yield _event(
-        "message_start", message={**message, "usage": {"input_tokens": 0, "output_tokens": 0}}
-    )
+    # The prompt's count is known once its first piece came (start() awaits it), as
+    # Anthropic's API and llama-server tell it here; the answer's count comes at the end.
+    usage = {**_usage(generation), "output_tokens": 0}
+    yield _event("message_start", message={**message, "usage": usage})
     blocks = _Blocks()
     try:
         async with contextlib.aclosing(generation.chunks()) as chunks:

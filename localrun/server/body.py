@@ -18,6 +18,9 @@ from localrun.errors import BadRequestError
 
 log = logging.getLogger("localrun.server")
 
+# Tokens one request may bias (the sampler visits each for every token it samples).
+MAX_LOGIT_BIAS = 4096
+
 # Options Ollama's clients may send that localrun has no use for (they change nothing here, and
 # are dropped without a warning; other unknown keys are dropped with one, as Ollama does).
 IGNORED_OPTIONS = frozenset(
@@ -124,6 +127,25 @@ class Body:
                 out[name] = value
         return out
 
+    def logit_bias(self) -> list[list[Any]] | None:
+        """`logit_bias` as [token id, bias] pairs: OpenAI's {"15043": -100, ...} (-100 to 100),
+        or llama-server's [[15043, -0.5], [15043, false]] (false: never that token)."""
+        value = self.data.get("logit_bias")
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            pairs = list(value.items())
+        elif isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 for p in value):
+            pairs = [(p[0], p[1]) for p in value]
+        else:
+            raise BadRequestError(
+                "logit_bias must map token ids to biases",
+                hint='send {"logit_bias": {"15043": -100}}; POST /tokenize finds the ids',
+            )
+        if len(pairs) > MAX_LOGIT_BIAS:
+            raise BadRequestError(f"logit_bias holds more than {MAX_LOGIT_BIAS} tokens")
+        return [[_token_id(token), _bias(bias)] for token, bias in pairs] or None
+
     def limit(self, *keys: str) -> int | None:
         """The first of `keys` given: a token budget, at least 1."""
         for key in keys:
@@ -154,6 +176,29 @@ class Body:
         if value == "json" or isinstance(value, dict):
             return value  # type: ignore[no-any-return]
         raise BadRequestError('format must be "json" or a JSON schema object')
+
+
+def _token_id(key: Any) -> int:
+    """A logit_bias key: a token id, as a number or (JSON object keys) a string of digits."""
+    if isinstance(key, str) and key.strip().isdigit():
+        key = int(key)
+    if isinstance(key, bool) or not isinstance(key, int) or key < 0:
+        raise BadRequestError(
+            f"logit_bias keys must be token ids, not {key!r}",
+            hint="POST /tokenize gives a text's token ids",
+        )
+    return key
+
+
+def _bias(value: Any) -> float | None:
+    """A bias from -100 to 100, or None for llama-server's false (never that token)."""
+    if value is False:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -100 <= value <= 100:
+        raise BadRequestError(
+            f"a logit_bias value must be a number from -100 to 100, not {value!r}"
+        )
+    return float(value)
 
 
 def _kind_text(kinds: type | tuple[type, ...]) -> str:

@@ -135,8 +135,9 @@ class Generation:
 
     @property
     def prompt_count(self) -> int:
+        """The prompt's tokens: counted at the end, told by the first piece before it."""
         t = self.stream.timings
-        return t.prompt_tokens + t.cached_tokens
+        return t.prompt_tokens + t.cached_tokens or self.stream.prompt_count or 0
 
 
 async def start(request: Request, req: GenRequest) -> Generation:

@@ -127,6 +127,7 @@ def _infill_request(body: Body, model: str) -> GenRequest:
         suffix=suffix,
         extra=[{"filename": c.get("filename", "tmp"), "text": c.get("text", "")} for c in extra],
         options=options,
+        logit_bias=body.logit_bias(),
     )
 
 

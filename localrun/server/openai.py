@@ -35,6 +35,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from localrun import thinking
 from localrun.errors import BadRequestError, LocalrunError, ModelNotFoundError
 from localrun.request import GenRequest
 from localrun.server import core, embedding
@@ -92,19 +93,11 @@ def _format(body: Body) -> str | dict[str, Any] | None:
     raise BadRequestError(f"response_format type {spec.get('type')!r} is not supported")
 
 
-_EFFORTS: dict[str, bool | str] = {
-    "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
-    "xhigh": "high",
-}  # fmt: skip
-
-
 def _think(body: Body) -> bool | str | None:
     """`reasoning_effort`, or llama-server's `chat_template_kwargs.enable_thinking`."""
-    effort = body.get("reasoning_effort", str)
+    effort = body.data.get("reasoning_effort")
     if effort is not None:
-        if effort not in _EFFORTS:
-            raise BadRequestError(f"reasoning_effort must be one of {', '.join(_EFFORTS)}")
-        return _EFFORTS[effort]
+        return thinking.from_effort(effort, "reasoning_effort")
     kwargs = body.get("chat_template_kwargs", dict) or {}
     enabled = kwargs.get("enable_thinking")
     if enabled is not None and not isinstance(enabled, bool):
@@ -288,6 +281,7 @@ def _chat_request(body: Body) -> GenRequest:
         tool_choice=body.data.get("tool_choice"),
         think=_think(body),
         logprobs=_chat_logprobs(body),
+        logit_bias=body.logit_bias(),
         parallel_tool_calls=body.flag("parallel_tool_calls", True),
     )
 
@@ -373,6 +367,7 @@ async def completions(request: Request) -> Response:
         options=_options(body),
         format=_format(body),
         logprobs=_completion_logprobs(body),
+        logit_bias=body.logit_bias(),
     )
     generations = await start_choices(request, req, body.get("n", int, 1))
     base = _head("cmpl", model)

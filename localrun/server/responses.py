@@ -37,7 +37,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from localrun import jsonlimits
+from localrun import jsonlimits, thinking
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core
@@ -47,8 +47,6 @@ from localrun.server.generation import Generation, start
 from localrun.server.messages import chat_messages
 from localrun.server.response_store import ResponseStore, new_id
 from localrun.server.streaming import event_stream, sse
-
-_EFFORTS = ("minimal", "low", "medium", "high")
 
 
 def _store(request: Request) -> ResponseStore:
@@ -231,14 +229,10 @@ def _format(body: Body) -> str | dict[str, Any] | None:
     raise BadRequestError(f"text.format type {kind!r} is not text, json_object or json_schema")
 
 
-def _think(body: Body) -> str | None:
+def _think(body: Body) -> bool | str | None:
     reasoning = body.get("reasoning", dict)
     effort = (reasoning or {}).get("effort")
-    if effort is None:
-        return None
-    if effort not in _EFFORTS:
-        raise BadRequestError(f"reasoning.effort must be one of {', '.join(_EFFORTS)}")
-    return "low" if effort == "minimal" else str(effort)
+    return None if effort is None else thinking.from_effort(effort, "reasoning.effort")
 
 
 def _options(body: Body) -> dict[str, Any]:

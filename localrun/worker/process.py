@@ -282,6 +282,7 @@ class Stream:
         self.tool_calls: list[dict[str, Any]] | None = None
         self.stop_sequence: str | None = None  # the stop string that ended the answer
         self.context: list[int] | None = None
+        self.prompt_count: int | None = None  # the prompt's tokens, told with the first piece
         self.load_s = load_s
         self._queue = queue
         self._cancel = cancel
@@ -307,6 +308,9 @@ class Stream:
             raise item
         kind = item.get("event")
         if kind == protocol.PIECE:
+            prompt = item.get("prompt")
+            if isinstance(prompt, int) and not isinstance(prompt, bool):
+                self.prompt_count = prompt
             return protocol.Chunk.from_event(item)
         self._finished = True
         if kind == protocol.DONE:

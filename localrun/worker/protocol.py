@@ -16,8 +16,8 @@ stderr so they cannot corrupt the stream).
         "format", "tools", "tool_choice", "think", "suffix" and "extra" (fill in the middle),
         "logprobs" (N alternatives per token; piece events carry them), "context" (token ids
         before the prompt), "return_context", ...; those left at their defaults are left out.
-    <- {"event": "piece", "id": 7, "text": "...", "thinking": "..."?, "logprobs": [...]?}
-                                                                     (zero or more)
+    <- {"event": "piece", "id": 7, "text": "...", "thinking": "..."?, "logprobs": [...]?,
+        "prompt": N?}         (zero or more; the first tells the prompt's length in tokens)
     <- {"event": "done", "id": 7, "reason": "stop" | "length" | "cancelled",
         "timings": {Timings fields}, "tool_calls": [{"name", "arguments"}] | null,
         "context": [ids]?,           (with return_context: the prompt's and answer's tokens)
@@ -268,12 +268,15 @@ def piece_event(
     *,
     thinking: str = "",
     logprobs: list[dict[str, Any]] | None = None,
+    prompt: int | None = None,
 ) -> Message:
     event: Message = {"event": PIECE, "id": id, "text": text}
     if thinking:
         event["thinking"] = thinking
     if logprobs:
         event["logprobs"] = logprobs
+    if prompt is not None:
+        event["prompt"] = prompt
     return event
 
 

@@ -102,6 +102,8 @@ class RequestSink:
         self._finished = finished  # told of the request's end, before its final event
         self._tokenize = tokenize  # the answer's text as tokens (context after a stop string)
         self.prompt = prepared.tokens if prepared.return_context else None
+        # The prompt's length goes with the first piece (Anthropic's message_start tells it).
+        self._prompt_count: int | None = len(prepared.tokens)
         self.sent: list[str] = []  # the text passed on, kept when the context is returned
         self.stop = StopFilter(prepared.sampling.stop)
         self.calls = (
@@ -139,7 +141,14 @@ class RequestSink:
             if self.prompt is not None:
                 self.sent.append(text)
             entries = self._due(text)
-            self.output.send(protocol.piece_event(self.id, text, logprobs=entries))
+            self.output.send(
+                protocol.piece_event(self.id, text, logprobs=entries, prompt=self._first())
+            )
+
+    def _first(self) -> int | None:
+        """The prompt's token count for the first piece sent, None after it."""
+        count, self._prompt_count = self._prompt_count, None
+        return count
 
     def _due(self, sent: str, dropped: int = 0) -> list[dict[str, Any]] | None:
         """The entries of the tokens whose bytes have now gone out (or were dropped: tags)."""
@@ -179,7 +188,11 @@ class RequestSink:
     def _send_thinking(self, text: str) -> None:
         if text and self.reasoning == "split":
             entries = self._due(text)
-            self.output.send(protocol.piece_event(self.id, "", thinking=text, logprobs=entries))
+            self.output.send(
+                protocol.piece_event(
+                    self.id, "", thinking=text, logprobs=entries, prompt=self._first()
+                )
+            )
         elif text:
             self._due(text)  # hidden reasoning: its entries go with it
 

@@ -13,9 +13,10 @@
   // Markdown itself made, as a second guard).
   const escapeHtml = (text) =>
     text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  // A single newline is a line break, as chat UIs show answers (a haiku keeps its lines).
   const markdown = new Marked({
     gfm: true,
-    breaks: false,
+    breaks: true,
     renderer: { html: (token) => escapeHtml(token.text) },
   });
 
