@@ -716,3 +716,15 @@ class FakeHub:
     def _closed(self, connection: socket.socket) -> None:
         with self._lock:
             self._connections.discard(connection)
+
+    def wait_idle(self, timeout: float) -> None:
+        """Wait until no connection is open: every response has ended (a client that died
+        ends its own once the hub's next write fails), so `bytes_sent` is final."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._connections:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError("the fake hub still has connections open")
+            time.sleep(0.02)

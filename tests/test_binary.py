@@ -23,6 +23,7 @@ import make_test_models
 import pexpect
 import psutil
 import pytest
+from conftest import PATIENCE_S
 from hfhub import FakeHub
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
@@ -138,7 +139,7 @@ def test_store_commands_and_run_from_the_binary(lr: Bin, tiny: Path, tmp_path: P
         env={**os.environ, "LOCALRUN_HOME": str(store_home), "LOCALRUN_HOST": "127.0.0.1:9"},
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=PATIENCE_S,
     )
     assert pip.returncode == 0, pip.stderr
     assert answer.stdout == pip.stdout
@@ -152,7 +153,7 @@ def test_store_commands_and_run_from_the_binary(lr: Bin, tiny: Path, tmp_path: P
     assert [(r["index"], r.get("id")) for r in records] == [(0, "a"), (1, None)]
     assert all(r["response"] for r in records)
     chat = pexpect.spawn(str(lr.path), ["run", "tiny", *GREEDY], env={**lr.env, "TERM": "dumb"},
-                         encoding="utf-8", timeout=120, cwd=str(lr.home))  # fmt: skip
+                         encoding="utf-8", timeout=PATIENCE_S, cwd=str(lr.home))  # fmt: skip
     try:
         chat.expect_exact(">>> ")
         chat.sendline("the a")
@@ -209,20 +210,22 @@ def test_serve_answers_the_clients_and_ctrl_c_leaves_no_runner(
         assert serve.stdout is not None
         line = serve.stdout.readline()  # bounded: the server prints its URL or exits
         found = re.search(r"http://\S+", line)
-        assert found, (line, serve.communicate(timeout=30))
+        assert found, (line, serve.communicate(timeout=PATIENCE_S))
         url = found.group(0)
         assert serve.stdout.readline().strip() == f"chat in a browser: {url}/ui/"
         page = httpx.get(url + "/ui/")  # the chat page, from the binary's own files
         assert page.status_code == 200 and "app.js" in page.text
         assert len(httpx.get(url + "/ui/vendor.js").content) > 100_000
-        ai = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=180)
+        ai = openai.OpenAI(
+            base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=PATIENCE_S
+        )
         reply = ai.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "the a"}], max_tokens=8
         )
         assert reply.choices[0].message.content and reply.usage is not None
         assert reply.usage.completion_tokens > 0
         # A pull through the server runs in a job process started from the binary.
-        oc = ollama.Client(host=url, timeout=180)
+        oc = ollama.Client(host=url, timeout=PATIENCE_S)
         assert oc.pull("hf.co/Test/Tiny-GGUF").status == "success"
         assert "hf.co/test/tiny-gguf:latest" in [m.model for m in oc.list().models]
         ps = lr("ps", LOCALRUN_HOST=url.removeprefix("http://"))
@@ -243,9 +246,9 @@ def test_serve_answers_the_clients_and_ctrl_c_leaves_no_runner(
 
         serve.send_signal(signal.SIGINT)
         assert serve.wait(30) == 0
-        _, err = serve.communicate(timeout=10)
+        _, err = serve.communicate(timeout=PATIENCE_S)
         assert "Traceback" not in err
-        _, alive = psutil.wait_procs(runners, timeout=10)
+        _, alive = psutil.wait_procs(runners, timeout=PATIENCE_S)
         assert not alive, "runner processes were left behind"
     finally:
         if serve.poll() is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import CLI
+from conftest import CLI, PATIENCE_S
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -24,7 +24,7 @@ def _spawn(home: Path, *args: str) -> pexpect.spawn:
         ["-m", "localrun", "run", "smollm2:135m", *args],
         env=env,
         encoding="utf-8",
-        timeout=120,
+        timeout=PATIENCE_S,
         dimensions=(40, 200),
     )
     child.expect_exact(PROMPT)
@@ -91,7 +91,7 @@ def test_ctrl_c_stops_the_answer_and_keeps_the_session(cli: CLI, home: Path) -> 
     child.expect_exact("knight.\r\n")  # the echo of the input
     child.expect(r"\w+ \w+ \w+ \w+")  # some words of the answer have streamed
     child.sendintr()
-    child.expect_exact(PROMPT, timeout=30)
+    child.expect_exact(PROMPT)
     child.sendline("/show parameters")
     child.expect_exact("num_predict")
     child.expect_exact(PROMPT)

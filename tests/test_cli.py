@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error
 
 from localrun import config
 from localrun.store import Store
@@ -296,7 +296,7 @@ def test_from_malformed_gguf(
     cli: CLI, project: Path, malformed: dict[str, Path], sample: str
 ) -> None:
     mf = _modelfile(project, f"FROM {malformed[sample]}\n")
-    result = cli("create", "x", "-f", str(mf), timeout=60)
+    result = cli("create", "x", "-f", str(mf), timeout=PATIENCE_S)
     assert_one_line_error(result, "is not a valid GGUF file")
     blobs = project.parent / "localrun-home" / "models" / "blobs"
     assert not blobs.exists() or not list(blobs.iterdir())

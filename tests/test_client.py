@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error
 
 from localrun.cli import server_cmds
 from localrun.client import Client
@@ -61,7 +61,7 @@ def _probe_imports(
         capture_output=True,
         text=True,
         env={**os.environ, **env},
-        timeout=120,
+        timeout=PATIENCE_S,
         stdin=subprocess.DEVNULL,
     )
     return proc, json.loads(proc.stderr.strip().splitlines()[-1])
@@ -351,7 +351,7 @@ class Served:
         assert self.proc.stdout is not None
         stdout = self.proc.stdout
         threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        first = lines.get(timeout=60)  # "localrun 0.1.0 listening on http://127.0.0.1:PORT"
+        first = lines.get(timeout=PATIENCE_S)  # "localrun 0.1.0 listening on http://127.0.0.1:PORT"
         assert "listening on http://" in first, first
         self.host = first.rsplit("http://", 1)[1].strip()
         self.env = {"LOCALRUN_HOST": self.host}
@@ -363,7 +363,7 @@ class Served:
     def close(self) -> None:
         self.proc.terminate()
         try:
-            assert self.proc.wait(timeout=30) == 0  # Ctrl-C / SIGTERM: a clean exit
+            assert self.proc.wait(timeout=PATIENCE_S) == 0  # Ctrl-C / SIGTERM: a clean exit
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
@@ -477,7 +477,7 @@ def test_chat_repl_over_the_server(served: Served) -> None:
         ["-m", "localrun", "run", "tiny", "--verbose", "--param", "num_predict=4000"],
         env=env,
         encoding="utf-8",
-        timeout=60,
+        timeout=PATIENCE_S,
         dimensions=(40, 200),
     )
     child.expect_exact(">>> ")

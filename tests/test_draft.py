@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import PATIENCE_S
 from test_speculate import (
     CODE,
     CODE_INPUT,
@@ -124,13 +125,13 @@ def test_a_drafted_model_speculates_in_run_and_in_the_server(cli: Any, tmp_path:
             "stream": False,
             "options": {"num_predict": 60, "speculate": "draft"},
         }
-        answer = httpx.post(f"{server.url}/api/generate", json=body, timeout=300).json()
+        answer = httpx.post(f"{server.url}/api/generate", json=body, timeout=PATIENCE_S).json()
         assert answer["draft_count"] > 10, answer
         assert answer["draft_accepted_count"] >= 0.9 * answer["draft_count"], answer
         refused = httpx.post(
             f"{server.url}/api/generate",
             json={**body, "model": "smollm2:135m"},
-            timeout=300,
+            timeout=PATIENCE_S,
         )
         assert refused.status_code == 400 and "draft" in refused.json()["error"]
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import make_test_models
 import pytest
-from conftest import CLI, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error
 from test_server import LiveServer, add_model
 
 from localrun import create, gguf, modelfile, names
@@ -295,7 +295,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator
 
 
 def _post(live: LiveServer, path: str, body: dict[str, Any]) -> httpx.Response:
-    return httpx.post(f"{live.url}{path}", json=body, timeout=60)
+    return httpx.post(f"{live.url}{path}", json=body, timeout=PATIENCE_S)
 
 
 @pytest.mark.server

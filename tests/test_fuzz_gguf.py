@@ -13,6 +13,7 @@ from pathlib import Path
 
 import fuzz_gguf
 import pytest
+from conftest import PATIENCE_S
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -24,7 +25,7 @@ def test_no_mutant_crashes_hangs_or_blows_up(tiny_model: Path, tmp_path: Path) -
         seed=11,
         count=count,
         jobs=2,
-        timeout=90,
+        timeout=PATIENCE_S,
         memory=2 * 2**30,
         home=tmp_path / "home",
     )

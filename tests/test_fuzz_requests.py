@@ -16,6 +16,7 @@ import fuzz_requests
 import httpx
 import psutil
 import pytest
+from conftest import PATIENCE_S
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_server import LiveServer, add_model
@@ -58,7 +59,7 @@ def client(live: LiveServer) -> Iterator[httpx.Client]:
 @given(seed=st.integers(min_value=0, max_value=2**32 - 1))
 def test_no_request_is_a_5xx(live: LiveServer, client: httpx.Client, seed: int) -> None:
     request = fuzz_requests.make_request(random.Random(seed), "tiny")
-    status, text = fuzz_requests.send(client, request, timeout=60)
+    status, text = fuzz_requests.send(client, request, timeout=PATIENCE_S)
     assert status >= 0, (request.describe(), text)
     found = fuzz_requests.problem(request, status, text)
     assert found is None, (request.describe(), found)
@@ -71,7 +72,7 @@ def test_the_server_and_its_runners_are_up_and_bounded(live: LiveServer) -> None
     answer = httpx.post(
         live.url + "/api/chat",
         json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False},
-        timeout=60,
+        timeout=PATIENCE_S,
     )
     assert answer.status_code == 200, answer.text
     me = psutil.Process()

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import make_test_models
 import pytest
-from conftest import CLI, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error
 from fakeupstream import FakeUpstream
 from test_server import add_model
 from test_server_serve import Serve
@@ -161,7 +161,7 @@ def test_ollama_dialect_through_an_openai_only_upstream(tmp_path: Path, fake: Fa
         FAKE_KEY=KEY,
     )
     try:
-        oc = ollama.Client(host=gw.url, timeout=60)
+        oc = ollama.Client(host=gw.url, timeout=PATIENCE_S)
         assert "big-model" in [m.model for m in oc.list().models]  # discovered
         pieces = [
             part.message.content
@@ -209,15 +209,15 @@ def test_ollama_dialect_through_an_openai_only_upstream(tmp_path: Path, fake: Fa
         host = {"LOCALRUN_HOST": gw.url.removeprefix("http://")}
         ran = subprocess.run([sys.executable, "-m", "localrun", "run", "big-model", "hi"],
                              env={**os.environ, **host}, capture_output=True, text=True,
-                             timeout=60)  # fmt: skip
+                             timeout=PATIENCE_S)  # fmt: skip
         assert ran.returncode == 0 and ran.stdout.strip() == "Hello from the fake upstream."
         listed = subprocess.run([sys.executable, "-m", "localrun", "list"], env={
             **os.environ, **host, "LOCALRUN_HOME": str(tmp_path / "gw")}, capture_output=True,
-            text=True, timeout=60)  # fmt: skip
+            text=True, timeout=PATIENCE_S)  # fmt: skip
         assert re.search(r"^big-model\s+remote\s+via fake$", listed.stdout, re.M), listed.stdout
         # `localrun ps` shows the model the upstream serves, with the host serving it.
         shown = subprocess.run([sys.executable, "-m", "localrun", "ps"], env={**os.environ, **host},
-                               capture_output=True, text=True, timeout=60)  # fmt: skip
+                               capture_output=True, text=True, timeout=PATIENCE_S)  # fmt: skip
         assert shown.returncode == 0, shown.stderr
         assert re.search(r"^big-model\s+remote: fake\s*$", shown.stdout, re.M), shown.stdout
         # Embeddings, normalized as local ones are.
@@ -230,7 +230,7 @@ def test_ollama_dialect_through_an_openai_only_upstream(tmp_path: Path, fake: Fa
         assert KEY not in httpx.post(gw.url + "/api/show", json={"model": "big-model"}).text
     finally:
         gw.stop()
-    _, err = gw.proc.communicate(timeout=10)
+    _, err = gw.proc.communicate(timeout=PATIENCE_S)
     assert KEY not in err
 
 
@@ -239,7 +239,7 @@ def test_tool_calls_and_a_slow_first_byte_through_an_upstream(
 ) -> None:
     import ollama
 
-    oc = ollama.Client(host=fake_gw.url, timeout=60)
+    oc = ollama.Client(host=fake_gw.url, timeout=PATIENCE_S)
     fake.mode = "tool"
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
@@ -285,7 +285,7 @@ def test_a_failure_before_the_first_byte_is_retried_elsewhere(
         for i in range(4):  # other prompts each time: no affinity to one upstream
             body = {"model": "tiny", "prompt": f"the {i}", "stream": False}
             body["options"] = {"num_predict": 4}
-            answer = httpx.post(gw.url + "/api/generate", timeout=60, json=body)
+            answer = httpx.post(gw.url + "/api/generate", timeout=PATIENCE_S, json=body)
             assert answer.status_code == 200, answer.text
             assert answer.json()["eval_count"] > 0
         assert fake.chat_requests(), "the fake was tried"
@@ -299,7 +299,7 @@ def test_a_failure_before_the_first_byte_is_retried_elsewhere(
         while len(fake.chat_requests()) == tried:
             assert time.monotonic() < deadline, "the upstream never came back"
             body["prompt"] = f"again {time.monotonic()}"
-            answer = httpx.post(gw.url + "/api/generate", timeout=60, json=body)
+            answer = httpx.post(gw.url + "/api/generate", timeout=PATIENCE_S, json=body)
             assert answer.status_code == 200, answer.text
             time.sleep(0.2)
         assert _metric(gw.url, "localrun_upstream_healthy", "fake") == 1
@@ -383,7 +383,7 @@ def test_streams_spread_over_upstreams_and_survive_one_dying(
          "c": {"url": c.url, "dialect": "ollama"}},
         LOCALRUN_UPSTREAM_READ_TIMEOUT="120s",  # 32 requests queue for 4 slots on each
     )  # fmt: skip
-    ai = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    ai = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0, timeout=PATIENCE_S)
 
     def stream(i: int, tokens: int = 12, started: threading.Semaphore | None = None) -> str:
         chunks = ai.chat.completions.create(
@@ -399,7 +399,7 @@ def test_streams_spread_over_upstreams_and_survive_one_dying(
         return text
 
     try:
-        oc = ollama.Client(host=gw.url, timeout=60)
+        oc = ollama.Client(host=gw.url, timeout=PATIENCE_S)
         assert "other:latest" in [m.model for m in oc.list().models]
         assert oc.generate(model="other", prompt="the", options={"num_predict": 3}).done
         with concurrent.futures.ThreadPoolExecutor(64) as pool:
@@ -415,13 +415,13 @@ def test_streams_spread_over_upstreams_and_survive_one_dying(
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             running = [pool.submit(stream, 100 + i, 1500, streaming) for i in range(8)]
             for _ in running:
-                assert streaming.acquire(timeout=60), "a stream never started"
+                assert streaming.acquire(timeout=PATIENCE_S), "a stream never started"
             assert _metric(gw.url, "localrun_upstream_in_flight", "a") >= 1
             os.kill(a.proc.pid, signal.SIGKILL)
             outcomes = []
             for future in running:
                 try:
-                    outcomes.append(future.result(timeout=120))
+                    outcomes.append(future.result(timeout=PATIENCE_S))
                 except openai.APIError as exc:
                     outcomes.append(exc)
         failed = [o for o in outcomes if isinstance(o, Exception)]

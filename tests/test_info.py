@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CLI, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error
 
 from localrun import catalog, names, system
 from localrun.engine.buildinfo import build_info
@@ -80,7 +80,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)), fi
 
 def test_info_imports_no_server_or_hub_package() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, "info"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", _PROBE, "info"], capture_output=True, text=True, timeout=PATIENCE_S
     )
     assert "GPU offload" in proc.stdout, proc.stderr
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == []

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CLI, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error
 from test_server import add_model
 from test_server_serve import Serve
 
@@ -68,7 +68,7 @@ def test_an_abort_while_loading_is_one_line(cli: CLI, hooked: dict[str, str]) ->
 def test_a_hang_past_the_load_timeout_is_one_line(cli: CLI, hooked: dict[str, str]) -> None:
     env = {**hooked, "LOCALRUN_TEST_LOAD_HOOK": "hang", "LOCALRUN_LOAD_TIMEOUT": "2s"}
     started = time.monotonic()
-    result = cli("run", "tiny", "Hello", env=env, timeout=60)
+    result = cli("run", "tiny", "Hello", env=env, timeout=PATIENCE_S)
     assert_one_line_error(result, "tiny:latest did not finish loading in 2 s")
     assert time.monotonic() - started < 30
 
@@ -95,7 +95,7 @@ def test_the_server_reports_a_crashed_load_without_internals(
 ) -> None:
     serve = Serve(home, env={**hooked, "LOCALRUN_TEST_LOAD_HOOK": "abort"})
     try:
-        with httpx.Client(base_url=serve.url, timeout=60) as http:
+        with httpx.Client(base_url=serve.url, timeout=PATIENCE_S) as http:
             answer = http.post("/api/generate", json={"model": "tiny", "prompt": "Hi"})
             assert answer.status_code == 500, answer.text
             message = answer.json()["error"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import CLI
+from conftest import CLI, PATIENCE_S
 
 from localrun import config, prompt_cache
 from localrun.errors import ConfigError
@@ -265,7 +265,7 @@ def test_a_restarted_server_restores_the_system_prompt(store: Any, sysmodel: str
     for _ in range(2):
         server = LiveServer(store, Scheduler(store, num_parallel=2, max_queue=8))
         try:
-            reply = httpx.post(f"{server.url}/api/chat", json=body, timeout=300).json()
+            reply = httpx.post(f"{server.url}/api/chat", json=body, timeout=PATIENCE_S).json()
         finally:
             server.close()
         answers.append(reply)
@@ -299,7 +299,7 @@ def test_localrun_run_and_a_server_keep_entries_of_their_own(
     for restored in (False, True):  # the second server finds the first one's entry
         server = LiveServer(store, Scheduler(store, num_parallel=2, max_queue=8))
         try:
-            reply = httpx.post(f"{server.url}/api/chat", json=body, timeout=300).json()
+            reply = httpx.post(f"{server.url}/api/chat", json=body, timeout=PATIENCE_S).json()
         finally:
             server.close()
         assert (reply["prompt_disk_cache_count"] > 700) is restored, reply

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import make_test_models
 import pytest
-from conftest import CLI, Result, assert_one_line_error
+from conftest import CLI, PATIENCE_S, Result, assert_one_line_error
 from hfhub import FakeHub
 from proxy import ForwardProxy
 
@@ -182,7 +182,7 @@ def test_progress_is_a_bar_on_a_terminal_lines_otherwise_and_quiet(
             break
         chunks.append(data)
     os.close(main)
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=PATIENCE_S) == 0
     shown = b"".join(chunks).decode(errors="replace")
     assert "pulling big.Q4_K_M.gguf" in shown
     assert "━" in shown and "MB/s" in shown and "0:00:0" in shown  # bar, speed, ETA
@@ -264,7 +264,7 @@ def test_wrong_bytes_are_detected_and_deleted(pull_cli: CLI, hub: FakeHub, home:
 def test_dropped_connection_is_resumed(pull_cli: CLI, hub: FakeHub, files: dict[str, Path]) -> None:
     size = files["big"].stat().st_size
     hub.cut_after("big.Q4_K_M.gguf", size // 2)
-    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=120)
+    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=PATIENCE_S)
     assert result.code == 0, result.stderr
     ranges = [h.get("Range", "") for _, path, h in hub.requests if "big.Q4_K_M.gguf" in path]
     assert any(r.startswith("bytes=") and not r.startswith("bytes=0-") for r in ranges), ranges
@@ -278,7 +278,7 @@ def test_a_connection_that_drops_again_and_again_is_followed_while_it_progresses
     hub.cut_after(
         "big.Q4_K_M.gguf", size // 8, times=5
     )  # more cuts than retries, each after progress
-    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=120)
+    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=PATIENCE_S)
     assert result.code == 0, result.stderr
     assert _store(home).verify().ok
 
@@ -287,7 +287,7 @@ def test_a_connection_that_gets_nowhere_gives_up_with_one_line(
     pull_cli: CLI, hub: FakeHub, home: Path
 ) -> None:
     hub.cut_after("tiny.Q4_K_M.gguf", 0, times=20)
-    result = pull_cli("pull", "hf.co/Test/Tiny-GGUF", timeout=120)
+    result = pull_cli("pull", "hf.co/Test/Tiny-GGUF", timeout=PATIENCE_S)
     assert_one_line_error(result, "broke off", "pull again")
     assert _store(home).names() == []
     gets = [r for r in hub.requests if r[0] == "GET" and "tiny.Q4_K_M.gguf" in r[1]]
@@ -300,7 +300,7 @@ def test_a_server_that_ignores_the_range_is_followed_from_the_start(
     size = files["big"].stat().st_size
     hub.cut_after("big.Q4_K_M.gguf", size // 3)
     hub.ignore_range("big.Q4_K_M.gguf")  # the resume gets 200 and the whole file
-    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=120)
+    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=PATIENCE_S)
     assert result.code == 0, result.stderr
     gets = [h.get("Range") for m, path, h in hub.requests if m == "GET" and "big.Q4" in path]
     assert gets[0] is None and gets[1] and not gets[1].startswith("bytes=0-"), gets
@@ -321,7 +321,7 @@ def _pull_in_background(hub: FakeHub, home: Path) -> tuple[subprocess.Popen[str]
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + PATIENCE_S
     while time.monotonic() < deadline:
         grown = [
             p
@@ -348,11 +348,9 @@ def test_killed_pull_resumes_where_it_stopped(
     store = _store(home)
     assert store.names() == []  # no manifest for a half-pulled model
     # The server thread may still be pushing into the dead connection: wait until it stops.
-    before, settle = -1, time.monotonic() + 10
-    while hub.bytes_sent != before and time.monotonic() < settle:
-        before = hub.bytes_sent
-        time.sleep(0.3)
-    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=120)
+    hub.wait_idle(PATIENCE_S)
+    before = hub.bytes_sent
+    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=PATIENCE_S)
     assert result.code == 0, result.stderr
     assert hub.bytes_sent - before <= size - have + 1  # only the missing part came
     assert any(h.get("Range") == f"bytes={have}-" for _, _, h in hub.requests), hub.requests[-3:]
@@ -364,19 +362,21 @@ def test_ctrl_c_keeps_what_arrived_and_the_next_pull_resumes(
     pull_cli: CLI, hub: FakeHub, home: Path, files: dict[str, Path]
 ) -> None:
     proc, partial = _pull_in_background(hub, home)
-    time.sleep(0.3)
-    sent = hub.bytes_sent
+    seen = partial.stat().st_size  # on disk before the interrupt
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=PATIENCE_S)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
     have = partial.stat().st_size
-    assert 0 < have < files["big"].stat().st_size
-    # What was read is written out, the buffered tail included (tests/test_partial.py checks
-    # that flush exactly; here, at most a 1 MB piece of the throttled stream was in flight).
-    assert have >= sent - 2_000_000, (have, sent)
+    assert seen <= have < files["big"].stat().st_size
+    # What arrived is kept, as it was sent (tests/test_partial.py checks that the buffered tail
+    # is flushed, exactly; here the kernel's socket buffers hold an unknown part in flight).
+    hub.wait_idle(PATIENCE_S)
+    assert have <= hub.bytes_sent
+    with partial.open("rb") as kept, files["big"].open("rb") as whole:
+        assert kept.read() == whole.read(have)
     assert _store(home).names() == []
-    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=120)
+    result = pull_cli("pull", "hf.co/Test/Big-GGUF", timeout=PATIENCE_S)
     assert result.code == 0, result.stderr
     assert any(h.get("Range") == f"bytes={have}-" for _, _, h in hub.requests), hub.requests[-3:]
     assert _store(home).verify().ok
@@ -395,7 +395,7 @@ def test_two_pulls_at_once(hub: FakeHub, home: Path) -> None:
         for _ in range(2)
     ]
     for proc in procs:
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=PATIENCE_S)
         assert proc.returncode == 0, err
     store = _store(home)
     assert [str(n) for n in store.names()] == ["hf.co/test/big-gguf:latest"]

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import psutil
 import pytest
+from conftest import PATIENCE_S
 
 from localrun import create, modelfile, names
 from localrun.errors import (
@@ -464,7 +465,7 @@ def test_the_packaged_model_is_imported_in_a_child_process(models: Store) -> Non
             assert await text(stream) == "Hello!"
             assert [m.name for m in sched.running()] == ["smollm2:135m"]
 
-    run(main(), timeout=120)
+    run(main(), timeout=PATIENCE_S)
 
 
 # -- wedged runners, embeddings, oversized contexts -------------------------------------------

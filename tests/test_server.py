@@ -25,6 +25,7 @@ import openai
 import pydantic
 import pytest
 import uvicorn
+from conftest import PATIENCE_S
 
 from localrun import catalog, create, modelfile, names
 from localrun import store as store_mod
@@ -71,7 +72,9 @@ class LiveServer:
     def running(self) -> dict[str, RunningModel]:
         return {m.name: m for m in self.scheduler.running()}
 
-    def wait_for(self, condition: Callable[[], Any], what: str, timeout: float = 30) -> None:
+    def wait_for(
+        self, condition: Callable[[], Any], what: str, timeout: float = PATIENCE_S
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
@@ -331,7 +334,7 @@ def test_tool_calls_in_both_dialects(ai: openai.OpenAI, live: LiveServer) -> Non
     # The native dialect: tool_calls with arguments as an object.
     body = {"model": SMOL, "messages": ask, "tools": [WEATHER], "tool_choice": "required",
             "stream": False, "options": greedy(60)}  # fmt: skip
-    native = httpx.post(f"{live.url}/api/chat", json=body, timeout=180).json()
+    native = httpx.post(f"{live.url}/api/chat", json=body, timeout=PATIENCE_S).json()
     call_ = native["message"]["tool_calls"][0]["function"]
     assert call_["name"] == "get_weather" and isinstance(call_["arguments"], dict)
 
@@ -410,7 +413,7 @@ def test_blob_uploads_are_writers_and_wait_for_their_create(live: LiveServer) ->
     answer: list[httpx.Response] = []
     upload = threading.Thread(
         target=lambda: answer.append(
-            httpx.post(f"{live.url}/api/blobs/{digest}", content=body(), timeout=60)
+            httpx.post(f"{live.url}/api/blobs/{digest}", content=body(), timeout=PATIENCE_S)
         )
     )
     upload.start()
@@ -455,6 +458,6 @@ def test_blob_upload_checks_digest(live: LiveServer) -> None:
     r = httpx.post(
         f"{live.url}/api/create",
         json={"model": "junk", "files": {"x.gguf": digest}, "stream": False},
-        timeout=60,
+        timeout=PATIENCE_S,
     )
     assert r.status_code == 400 and str(live.store.root) not in r.text

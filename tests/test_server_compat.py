@@ -19,6 +19,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from conftest import PATIENCE_S
 from test_server import SMOL, LiveServer, add_model
 
 from localrun import catalog, names
@@ -88,7 +89,7 @@ def test_a_prompt_past_the_context_is_context_length_exceeded(
         oc.generate("tiny", long, raw=True, options={"num_ctx": 256, "num_predict": 2})
     assert native.value.status_code == 400
     body = {"model": "tiny", "prompt": long, "raw": True, "options": {"num_ctx": 256}}
-    answer = httpx.post(f"{live.url}/api/generate", json=body, timeout=60)
+    answer = httpx.post(f"{live.url}/api/generate", json=body, timeout=PATIENCE_S)
     assert answer.status_code == 400 and answer.json()["code"] == "context_length_exceeded"
 
 
@@ -178,7 +179,7 @@ def test_generate_returns_its_context_and_continues_from_one(
     # Its tokens come before the new prompt, and the slot holding them is reused.
     body = {"model": SMOL, "prompt": "Say it again.", "options": greedy, "stream": False,
             "context": context}  # fmt: skip
-    again = httpx.post(f"{live.url}/api/generate", json=body, timeout=60).json()
+    again = httpx.post(f"{live.url}/api/generate", json=body, timeout=PATIENCE_S).json()
     assert again["prompt_cache_count"] >= len(context) - 1 and again["context"] == second.context
     assert again["response"] == second.response
 
@@ -302,8 +303,10 @@ def test_a_fresh_store_lists_the_packaged_starter_model(tmp_path: Path) -> None:
     store = Store(tmp_path / "models")
     server = LiveServer(store, Scheduler(store, num_parallel=1))
     try:
-        oc = ollama.Client(host=server.url, timeout=180)
-        ai = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=180)
+        oc = ollama.Client(host=server.url, timeout=PATIENCE_S)
+        ai = openai.OpenAI(
+            base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=PATIENCE_S
+        )
         [listed] = oc.list().models
         assert listed.model == SMOL and listed.size and listed.digest and listed.modified_at
         details = listed.details
@@ -354,7 +357,7 @@ def test_streamed_tool_calls_come_before_the_final_chunk(
 
     body = {"model": SMOL, "messages": ask, "tools": [WEATHER], "tool_choice": "required",
             "options": options}  # fmt: skip
-    forced = httpx.post(f"{live.url}/api/chat", json=body, timeout=180)
+    forced = httpx.post(f"{live.url}/api/chat", json=body, timeout=PATIENCE_S)
     lines = [json.loads(x) for x in forced.text.splitlines()]
     with_calls = [i for i, x in enumerate(lines) if x.get("message", {}).get("tool_calls")]
     assert with_calls == [len(lines) - 2]  # one chunk, just before the final one
@@ -364,7 +367,9 @@ def test_streamed_tool_calls_come_before_the_final_chunk(
     assert isinstance(chunk["message"]["tool_calls"][0]["function"]["arguments"], dict)
     assert "tool_calls" not in last["message"] and last["eval_count"] > 0
     # Not streamed: the calls are in the one object, as before.
-    whole = httpx.post(f"{live.url}/api/chat", json={**body, "stream": False}, timeout=180).json()
+    whole = httpx.post(
+        f"{live.url}/api/chat", json={**body, "stream": False}, timeout=PATIENCE_S
+    ).json()
     assert whole["done"] and whole["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
 
 
@@ -399,7 +404,7 @@ def test_metrics_count_requests_tokens_and_the_scheduler(
     message = httpx.post(
         f"{live.url}/v1/messages",
         json={"model": SMOL, "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]},
-        timeout=120,
+        timeout=PATIENCE_S,
     ).json()
     assert (
         httpx.post(f"{live.url}/api/generate", json={"model": "nope", "prompt": "x"}).status_code

@@ -18,6 +18,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from conftest import PATIENCE_S
 from test_server import SMOL, LiveServer, add_model
 
 from localrun import catalog
@@ -78,7 +79,7 @@ def test_the_context_a_request_asks_for_is_its_limit(
     assert 100 < len(tokens(live, prompt, "tiny")) < 256
     body = {"model": "tiny", "prompt": prompt, "raw": True, "stream": False,
             "options": {"num_ctx": 100, "num_predict": 2}}  # fmt: skip
-    answer = httpx.post(f"{live.url}/api/generate", json=body, timeout=120)
+    answer = httpx.post(f"{live.url}/api/generate", json=body, timeout=PATIENCE_S)
     assert answer.status_code == 400 and answer.json()["code"] == "context_length_exceeded"
     assert live.running()["tiny:latest"].context_length == 100
     listed = {m.model: m for m in oc.ps().models}
@@ -142,7 +143,7 @@ def test_logit_bias_steers_the_answer(ai: openai.OpenAI, live: LiveServer) -> No
     assert biased.choices[0].text != plain.choices[0].text
     body = {"model": SMOL, "prompt": "The capital of France is", "max_tokens": 1,
             "temperature": 0, "logit_bias": [[first, False]]}  # fmt: skip
-    listed = httpx.post(f"{live.url}/v1/completions", json=body, timeout=60).json()
+    listed = httpx.post(f"{live.url}/v1/completions", json=body, timeout=PATIENCE_S).json()
     assert listed["choices"][0]["text"] == biased.choices[0].text
 
 

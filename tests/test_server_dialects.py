@@ -17,6 +17,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from conftest import PATIENCE_S
 from test_server import SMOL, LiveServer
 
 from localrun import catalog
@@ -66,7 +67,7 @@ def test_same_greedy_answer_through_every_dialect(
     live: LiveServer, ant: anthropic.Anthropic, ai: openai.OpenAI
 ) -> None:
     messages: Any = [{"role": "user", "content": QUESTION}]
-    oc = ollama.Client(host=live.url, timeout=180)
+    oc = ollama.Client(host=live.url, timeout=PATIENCE_S)
     native = oc.chat(SMOL, messages, options={"temperature": 0, "num_predict": 16})
     text = native.message.content or ""
     assert "Paris" in text
@@ -269,25 +270,25 @@ def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
         {"model": SMOL, "messages": messages, "max_tokens": "five"},
     ]
     for body in bad_bodies:
-        response = httpx.post(f"{live.url}/v1/messages", json=body, timeout=60)
+        response = httpx.post(f"{live.url}/v1/messages", json=body, timeout=PATIENCE_S)
         assert response.status_code == 400, (body, response.text)
         error = response.json()
         assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
         assert error["error"]["message"]
     for body in bad_bodies[1:5]:  # count_tokens reads the same fields (no max_tokens needed)
-        response = httpx.post(f"{live.url}/v1/messages/count_tokens", json=body, timeout=60)
+        response = httpx.post(f"{live.url}/v1/messages/count_tokens", json=body, timeout=PATIENCE_S)
         assert response.status_code == 400, (body, response.text)
         assert response.json()["error"]["type"] == "invalid_request_error"
     missing = httpx.post(
         f"{live.url}/v1/messages/count_tokens",
         json={"model": "no-such-model", "messages": messages},
-        timeout=60,
+        timeout=PATIENCE_S,
     )
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
     broken = httpx.post(
         f"{live.url}/v1/messages",
         content=b"{not json",
-        timeout=60,
+        timeout=PATIENCE_S,
         headers={"content-type": "application/json"},
     )
     assert broken.status_code == 400 and broken.json()["type"] == "error"
@@ -511,7 +512,7 @@ def test_responses_errors(ai: openai.OpenAI, live: LiveServer) -> None:
         },
     ]
     for body in bad_bodies:
-        response = httpx.post(f"{live.url}/v1/responses", json=body, timeout=60)
+        response = httpx.post(f"{live.url}/v1/responses", json=body, timeout=PATIENCE_S)
         assert response.status_code == 400, (body, response.text)
         error = response.json()["error"]
         assert error["type"] == "invalid_request_error" and error["message"]

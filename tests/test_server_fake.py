@@ -21,6 +21,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+from conftest import PATIENCE_S
 from test_server import LiveServer, add_model
 
 from localrun.scheduler import Scheduler
@@ -57,7 +58,7 @@ def chat_body(model: str, **extra: Any) -> dict[str, Any]:
 
 
 def read_stream(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    with httpx.stream("POST", url, json=body, timeout=60) as response:
+    with httpx.stream("POST", url, json=body, timeout=PATIENCE_S) as response:
         assert response.status_code == 200, response.read()
         return [json.loads(line) for line in response.iter_lines() if line]
 
@@ -80,7 +81,7 @@ def test_disconnect_frees_the_slot(live: LiveServer) -> None:
             assert live.running()[A].busy == 1
             stream.close()
         gone = time.monotonic()
-        live.wait_for(lambda: live.running()[A].busy == 0, "the slot to be freed", timeout=5)
+        live.wait_for(lambda: live.running()[A].busy == 0, "the slot to be freed")
         # The whole answer takes about 2 s; the slot came back within a few tokens.
         assert time.monotonic() - gone < 1.0
 
@@ -108,7 +109,7 @@ def test_queue_full_is_503_with_retry_after(live: LiveServer) -> None:
 
         # Every accepted stream runs to its end.
         for future in [*held, queued]:
-            lines = future.result(timeout=60)
+            lines = future.result(timeout=PATIENCE_S)
             assert "".join(x["message"]["content"] for x in lines) == REPLY
             assert lines[-1]["done"] and lines[-1]["done_reason"] == "stop"
 
@@ -173,21 +174,21 @@ def test_new_dialects_report_a_runner_death_in_their_stream(live: LiveServer) ->
         with httpx.stream("POST", url, json=body, timeout=30) as response:
             assert response.status_code == 200
             next(response.iter_lines())
-            live.wait_for(lambda: live.running()[A].busy == 1, "a busy slot", timeout=10)
-        live.wait_for(lambda: live.running()[A].busy == 0, "the slot to be freed", timeout=5)
+            live.wait_for(lambda: live.running()[A].busy == 1, "a busy slot")
+        live.wait_for(lambda: live.running()[A].busy == 0, "the slot to be freed")
 
 
 def test_keep_alive(live: LiveServer) -> None:
     url = f"{live.url}/api/generate"
     quick = {"prompt": "hi", "stream": False, "options": {"num_predict": 2}}
     assert httpx.post(url, json={"model": "c", **quick, "keep_alive": 0}).status_code == 200
-    live.wait_for(lambda: "c:latest" not in live.running(), "keep_alive 0 to unload", timeout=10)
+    live.wait_for(lambda: "c:latest" not in live.running(), "keep_alive 0 to unload")
 
     answer = httpx.post(url, json={"model": "c", **quick, "keep_alive": "1s"})
     assert answer.json()["response"] == "ab"
     loaded = live.running()["c:latest"]
     assert loaded.expires_at - time.time() < 1.5
-    live.wait_for(lambda: "c:latest" not in live.running(), "keep_alive 1s to expire", timeout=10)
+    live.wait_for(lambda: "c:latest" not in live.running(), "keep_alive 1s to expire")
 
     loading = httpx.post(url, json={"model": "c", "prompt": "", "stream": False}).json()
     assert loading["done"] and loading["done_reason"] == "load"

@@ -18,6 +18,7 @@ import make_test_models
 import ollama
 import openai
 import pytest
+from conftest import PATIENCE_S
 from test_server import LiveServer, add_model
 
 from localrun.scheduler import Scheduler
@@ -71,7 +72,7 @@ def layout_size(path: Path, prefix: str, suffix: str, extra: list[tuple[str, str
 
 
 def test_the_same_middle_through_every_route(live: LiveServer, tiny_fim_model: Path) -> None:
-    oc = ollama.Client(host=live.url, timeout=120)
+    oc = ollama.Client(host=live.url, timeout=PATIENCE_S)
     native = oc.generate("coder", PREFIX, suffix=SUFFIX, options=GREEDY)
     assert native.done and native.eval_count == 8
     assert native.prompt_eval_count == layout_size(tiny_fim_model, PREFIX, SUFFIX, [])
@@ -85,7 +86,7 @@ def test_the_same_middle_through_every_route(live: LiveServer, tiny_fim_model: P
 
     body = {"model": "coder", "input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 8,
             "temperature": 0}  # fmt: skip
-    infill = httpx.post(f"{live.url}/infill", json=body, timeout=120).json()
+    infill = httpx.post(f"{live.url}/infill", json=body, timeout=PATIENCE_S).json()
     assert infill["content"] == native.response and infill["stop"] is True
     assert infill["tokens_predicted"] == 8 and infill["stop_type"] == "limit"
     assert infill["tokens_evaluated"] == native.prompt_eval_count
@@ -117,12 +118,12 @@ def test_other_files_come_first(live: LiveServer, tiny_fim_model: Path) -> None:
         "n_predict": 4,
         "temperature": 0,
     }
-    infill = httpx.post(f"{live.url}/infill", json=body, timeout=120).json()
+    infill = httpx.post(f"{live.url}/infill", json=body, timeout=PATIENCE_S).json()
     assert infill["tokens_evaluated"] == layout_size(tiny_fim_model, PREFIX, SUFFIX, extra)
 
 
 def test_capabilities_say_insert(live: LiveServer) -> None:
-    oc = ollama.Client(host=live.url, timeout=120)
+    oc = ollama.Client(host=live.url, timeout=PATIENCE_S)
     assert "insert" in (oc.show("coder").capabilities or [])
     assert "insert" in (oc.show("coder-ids").capabilities or [])
     assert "insert" not in (oc.show("tiny").capabilities or [])
@@ -131,14 +132,14 @@ def test_capabilities_say_insert(live: LiveServer) -> None:
 def test_fim_tokens_named_by_the_gguf_keys(live: LiveServer, tmp_path: Path) -> None:
     """Token texts llama.cpp does not know, named by tokenizer.ggml.fim_*_token_id."""
     path = make_test_models.write_tiny_model(tmp_path / "ids.gguf", fim="ids")  # the same file
-    oc = ollama.Client(host=live.url, timeout=120)
+    oc = ollama.Client(host=live.url, timeout=PATIENCE_S)
     answer = oc.generate("coder-ids", PREFIX, suffix=SUFFIX, options=GREEDY)
     assert answer.done and answer.eval_count == 8
     assert answer.prompt_eval_count == layout_size(path, PREFIX, SUFFIX, [])
 
 
 def test_a_model_without_fim_tokens_is_a_400(live: LiveServer) -> None:
-    oc = ollama.Client(host=live.url, timeout=120)
+    oc = ollama.Client(host=live.url, timeout=PATIENCE_S)
     with pytest.raises(ollama.ResponseError) as refused:
         oc.generate("tiny", PREFIX, suffix=SUFFIX)
     assert refused.value.status_code == 400 and "fill-in-the-middle" in refused.value.error
@@ -148,7 +149,7 @@ def test_a_model_without_fim_tokens_is_a_400(live: LiveServer) -> None:
     answer = httpx.post(
         f"{live.url}/infill",
         json={"model": "tiny", "input_prefix": PREFIX, "input_suffix": SUFFIX},
-        timeout=60,
+        timeout=PATIENCE_S,
     )
     assert answer.status_code == 400 and "fill-in-the-middle" in answer.json()["error"]["message"]
 
@@ -169,7 +170,7 @@ def test_bad_infill_requests_are_400(live: LiveServer, body: dict[str, Any]) -> 
     if "model" not in body:
         # Two loaded models: the route cannot pick one.
         for name in ("coder", "tiny"):
-            httpx.post(f"{live.url}/api/generate", json={"model": name}, timeout=60)
-    answer = httpx.post(f"{live.url}/infill", json=body, timeout=60)
+            httpx.post(f"{live.url}/api/generate", json={"model": name}, timeout=PATIENCE_S)
+    answer = httpx.post(f"{live.url}/infill", json=body, timeout=PATIENCE_S)
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["message"]

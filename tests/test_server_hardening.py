@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import PATIENCE_S
 from test_server import LiveServer, add_model
 
 from localrun.scheduler import Scheduler
@@ -39,7 +40,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator
 
 def post(live: LiveServer, path: str, body: Any) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(live.url + path, content=content, timeout=120)
+    return httpx.post(live.url + path, content=content, timeout=PATIENCE_S)
 
 
 def chat(**extra: Any) -> dict[str, Any]:

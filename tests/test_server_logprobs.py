@@ -14,6 +14,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from conftest import PATIENCE_S
 from test_server import SMOL, LiveServer
 
 from localrun import catalog
@@ -111,7 +112,7 @@ def test_completion_logprobs(ai: openai.OpenAI) -> None:
 
 
 def test_ollama_logprobs(live: LiveServer) -> None:
-    oc = ollama.Client(host=live.url, timeout=120)
+    oc = ollama.Client(host=live.url, timeout=PATIENCE_S)
     options = {"temperature": 0, "num_predict": 8}
     answer = oc.chat(SMOL, ASK, options=options, logprobs=True, top_logprobs=2)
     assert answer.logprobs
@@ -135,5 +136,5 @@ def test_ollama_logprobs(live: LiveServer) -> None:
     ],
 )
 def test_bad_logprobs_are_400(live: LiveServer, path: str, body: dict[str, Any]) -> None:
-    answer = httpx.post(f"{live.url}{path}", json={"model": SMOL, **body}, timeout=60)
+    answer = httpx.post(f"{live.url}{path}", json={"model": SMOL, **body}, timeout=PATIENCE_S)
     assert answer.status_code == 400, answer.text

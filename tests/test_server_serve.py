@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import CLI, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error
 from test_server import add_model
 
 from localrun.store import Store
@@ -38,7 +38,7 @@ class Serve:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # bounded: the process prints it or exits
         found = re.search(r"http://\S+", line)
-        assert found, (line, self.proc.communicate(timeout=30))
+        assert found, (line, self.proc.communicate(timeout=PATIENCE_S))
         self.url = found.group(0)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
@@ -69,13 +69,13 @@ def test_serve_prints_its_url_and_stops_on_sigterm(server: Serve) -> None:
     assert server.proc.stdout is not None
     assert server.proc.stdout.readline().strip() == f"chat in a browser: {server.url}/ui/"
     assert httpx.get(server.url + "/api/version").json()["version"]
-    loaded = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": "hi",
-                        "stream": False, "options": {"num_predict": 4}}, timeout=120)  # fmt: skip
+    body = {"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 4}}
+    loaded = httpx.post(server.url + "/api/generate", json=body, timeout=PATIENCE_S)
     assert loaded.status_code == 200 and loaded.json()["done"]
     assert httpx.post(server.url + "/api/show", json={"model": "tiny"}).status_code == 200
     assert httpx.get(server.url + "/api/tags").status_code == 200
     made = httpx.post(server.url + "/api/create", json={"model": "mine", "from": "tiny",
-                      "system": "Be brief.", "stream": False}, timeout=60)  # fmt: skip
+                      "system": "Be brief.", "stream": False}, timeout=PATIENCE_S)  # fmt: skip
     assert made.json() == {"status": "success"}  # the GGUF reading happens in a job process
     me = psutil.Process(server.proc.pid)
     runners = me.children(recursive=True)
@@ -86,9 +86,9 @@ def test_serve_prints_its_url_and_stops_on_sigterm(server: Serve) -> None:
     assert me.memory_info().rss < 120 * 1024 * 1024
 
     assert server.stop(signal.SIGTERM) == 0
-    _, err = server.proc.communicate(timeout=10)
+    _, err = server.proc.communicate(timeout=PATIENCE_S)
     assert "Traceback" not in err
-    _, alive = psutil.wait_procs(runners, timeout=10)
+    _, alive = psutil.wait_procs(runners, timeout=PATIENCE_S)
     assert not alive, "runner processes were left behind"
 
 
@@ -98,12 +98,12 @@ def test_serve_stops_on_ctrl_c(server: Serve) -> None:
 
 
 def test_serve_refuses_an_open_port_without_a_key(cli: CLI, serve_home: Path) -> None:
-    result = cli("serve", "--host", "0.0.0.0", "--port", "0", timeout=60)
+    result = cli("serve", "--host", "0.0.0.0", "--port", "0", timeout=PATIENCE_S)
     assert_one_line_error(result, "LOCALRUN_API_KEY", "--insecure-no-auth")
     busy = Serve(serve_home)
     try:
         port = busy.url.rsplit(":", 1)[1]
-        taken = cli("serve", "--port", port, timeout=60)
+        taken = cli("serve", "--port", port, timeout=PATIENCE_S)
         assert_one_line_error(taken, "already in use")
         started = time.monotonic()
         assert busy.stop() == 0
@@ -168,7 +168,7 @@ def test_sigterm_ends_open_streams_with_their_error_line(
         body = {**body, "options": {"num_predict": 100000, "temperature": 1.0}}
         if name != "ollama":
             body["max_tokens"] = 100000
-        with httpx.stream("POST", server.url + path, json=body, timeout=120) as r:
+        with httpx.stream("POST", server.url + path, json=body, timeout=PATIENCE_S) as r:
             for line in r.iter_lines():
                 if line.strip():
                     lines[name].append(line)

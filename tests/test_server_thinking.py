@@ -17,6 +17,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from conftest import PATIENCE_S
 from test_server import LiveServer, add_model
 
 from localrun.scheduler import Scheduler
@@ -105,7 +106,7 @@ def live(
 
 
 def test_ollama_think(live: LiveServer) -> None:
-    oc = ollama.Client(host=live.url, timeout=60)
+    oc = ollama.Client(host=live.url, timeout=PATIENCE_S)
     answer = oc.chat("thinker", HI, think=True)
     assert answer.message.thinking == "plan" and answer.message.content == "answer"
     parts = list(oc.chat("thinker", HI, think="high", stream=True))
@@ -142,7 +143,7 @@ def test_gpt_oss_channels(tmp_path: Path, tiny_model: Path) -> None:
     )  # fmt: skip
     server = LiveServer(store, scheduler)
     try:
-        oc = ollama.Client(host=server.url, timeout=60)
+        oc = ollama.Client(host=server.url, timeout=PATIENCE_S)
         answer = oc.chat("channels", HI, think="high")
         assert answer.message.thinking == "plan" and answer.message.content == "answer"
         parts = list(oc.chat("channels", HI, stream=True))
@@ -250,7 +251,9 @@ def test_every_route_takes_every_reasoning_effort(live: LiveServer) -> None:
         ("/v1/messages", {"messages": HI, "max_tokens": 5, "thinking": thinking,
                           "output_config": {"effort": "extreme"}}),
     ):  # fmt: skip
-        refused = httpx.post(f"{live.url}{path}", json={"model": "thinker", **body}, timeout=60)
+        refused = httpx.post(
+            f"{live.url}{path}", json={"model": "thinker", **body}, timeout=PATIENCE_S
+        )
         assert refused.status_code == 400 and "effort" in refused.text, (path, refused.text)
 
 
@@ -284,7 +287,7 @@ def real(tmp_path_factory: pytest.TempPathFactory, tiny_thinking_model: Path) ->
 def test_the_template_gets_enable_thinking(real: str) -> None:
     """With real llama.cpp: think false renders the closed <think></think> of Qwen3's template
     into the prompt, so the prompt is longer than with think true."""
-    oc = ollama.Client(host=real, timeout=60)
+    oc = ollama.Client(host=real, timeout=PATIENCE_S)
     options = {"temperature": 0, "num_predict": 1}
     on = oc.chat("thinker", HI, think=True, options=options)
     off = oc.chat("thinker", HI, think=False, options=options)

@@ -15,6 +15,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 import pytest
+from conftest import PATIENCE_S
 
 from localrun.engine import speculate
 from localrun.engine.batch import BatchEngine
@@ -555,7 +556,7 @@ def test_clients_see_drafted_and_accepted_tokens(live: Any, ai: Any) -> None:
             "stream": False,
             "options": {"temperature": 0, "num_predict": 120, "speculate": "ngram"},
         },
-        timeout=120,
+        timeout=PATIENCE_S,
     ).json()
     assert 0 < native["draft_accepted_count"] <= native["draft_count"], native
     # A stop string inside what drafts bring in: the answer ends right before it.
@@ -574,7 +575,7 @@ def test_clients_see_drafted_and_accepted_tokens(live: Any, ai: Any) -> None:
                 "stop": [stop],
             },
         },
-        timeout=120,
+        timeout=PATIENCE_S,
     ).json()
     assert cut["done_reason"] == "stop", cut
     assert cut["message"]["content"] == content[: content.index(stop)]

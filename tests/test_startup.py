@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import PATIENCE_S
 
 HEAVY = ("llama_cpp", "fastapi", "uvicorn", "huggingface_hub", "modelscope", "gguf", "numpy")
 
@@ -28,7 +29,7 @@ def test_light_commands_import_no_heavy_package(args: list[str]) -> None:
         [sys.executable, "-c", _PROBE % (HEAVY,), *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=PATIENCE_S,
     )
     loaded = json.loads(proc.stderr.strip().splitlines()[-1])
     assert loaded == [], f"`localrun {' '.join(args)}` imported {loaded}"
@@ -40,6 +41,6 @@ def test_probe_detects_heavy_imports() -> None:
         [sys.executable, "-c", "import gguf\n" + _PROBE % (HEAVY,), "--help"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=PATIENCE_S,
     )
     assert "gguf" in json.loads(proc.stderr.strip().splitlines()[-1])

@@ -25,7 +25,7 @@ from typing import Any
 
 import make_test_models
 import pytest
-from conftest import CLI, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error
 
 from localrun import create, modelfile, names, store_io
 from localrun.errors import (
@@ -899,7 +899,7 @@ class Holder:
         assert self.proc.stdin is not None
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
-        assert self.proc.wait(timeout=30) == 0
+        assert self.proc.wait(timeout=PATIENCE_S) == 0
 
     def kill(self) -> None:
         if self.proc.poll() is None:
