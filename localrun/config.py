@@ -337,6 +337,26 @@ SETTINGS: dict[str, Setting] = {
             _parse_positive_int,
             lambda: 64 * 1024,
         ),
+        # Tokenizing answers with every token: a large text makes a large answer, and llama.cpp
+        # reads special tokens in time quadratic in their number (100k took minutes).
+        Setting(
+            "LOCALRUN_MAX_TOKENIZE_BYTES",
+            "Largest text /tokenize reads (its tokens come back in one answer).",
+            _parse_positive_int,
+            lambda: 2 * 1024 * 1024,
+        ),
+        Setting(
+            "LOCALRUN_MAX_TOKEN_PIECES",
+            "Most tokens a /tokenize answer spells out with their pieces (with_pieces).",
+            _parse_positive_int,
+            lambda: 65536,
+        ),
+        Setting(
+            "LOCALRUN_MAX_SPECIAL_TOKENS",
+            "Most special tokens (<|im_start|> ...) read as such in one text or prompt.",
+            _parse_positive_int,
+            lambda: 8192,
+        ),
         Setting(
             "LOCALRUN_TEMPLATE_TIMEOUT",
             "Longest a chat template may take to render one prompt (2s, 500ms).",
@@ -502,6 +522,18 @@ def responses_max_age() -> float:
 
 def max_grammar_bytes() -> int:
     return SETTINGS["LOCALRUN_MAX_GRAMMAR_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def max_tokenize_bytes() -> int:
+    return SETTINGS["LOCALRUN_MAX_TOKENIZE_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def max_token_pieces() -> int:
+    return SETTINGS["LOCALRUN_MAX_TOKEN_PIECES"].value()  # type: ignore[no-any-return]
+
+
+def max_special_tokens() -> int:
+    return SETTINGS["LOCALRUN_MAX_SPECIAL_TOKENS"].value()  # type: ignore[no-any-return]
 
 
 def template_timeout() -> float:

@@ -16,7 +16,10 @@ from typing import Any
 from localrun import config, gguf, prompt_cache
 from localrun.engine.native import lc
 from localrun.engine.types import FimTokens, LoadOptions
-from localrun.errors import EngineError, ModelLoadError
+from localrun.errors import BadRequestError, EngineError, ModelLoadError
+
+# Texts shorter than this hold too few special tokens to matter: they are not counted.
+_SPECIALS_CHECKED_PAST = 64 * 1024
 
 _init_lock = threading.Lock()
 _initialised = False
@@ -250,6 +253,8 @@ class Weights:
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
+        if parse_special and len(data) > _SPECIALS_CHECKED_PAST:
+            self._check_specials(text)
         capacity = len(data) + 8
         buf = (lc.llama_token * capacity)()
         n = lc.llama_tokenize(
@@ -264,6 +269,36 @@ class Weights:
         if n < 0:
             raise EngineError("could not tokenize the prompt")
         return list(buf[:n])
+
+    def _check_specials(self, text: str) -> None:
+        """Refuse a text with more special tokens than LOCALRUN_MAX_SPECIAL_TOKENS: llama.cpp
+        reads them in time quadratic in their number (100k took minutes, holding the runner)."""
+        most = config.max_special_tokens()
+        found = 0
+        for special in self._special_texts:
+            found += text.count(special)
+            if found > most:
+                raise BadRequestError(
+                    f"the text holds more than {most} special tokens",
+                    hint="send less text, tokenize it with parse_special false, or raise "
+                    "LOCALRUN_MAX_SPECIAL_TOKENS",
+                )
+
+    @functools.cached_property
+    def _special_texts(self) -> tuple[str, ...]:
+        """The texts llama.cpp reads as special tokens (control, user-defined, unknown)."""
+        wanted = (
+            lc.LLAMA_TOKEN_ATTR_CONTROL
+            | lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+            | lc.LLAMA_TOKEN_ATTR_UNKNOWN
+        )
+        texts = []
+        for token in range(self.n_vocab):
+            if int(lc.llama_vocab_get_attr(self.vocab, token)) & wanted:
+                piece = lc.llama_vocab_get_text(self.vocab, token)
+                if piece:
+                    texts.append(piece.decode("utf-8", errors="replace"))
+        return tuple(texts)
 
     def token_ids(self, text: str) -> list[int]:
         """The ids of `text` when it is one special token (e.g. '<|im_end|>'), else []."""

@@ -25,6 +25,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from localrun import config
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core
@@ -58,6 +59,13 @@ async def tokenize(request: Request) -> Response:
     content = body.get("content", str)
     if content is None:
         return JSONResponse({"tokens": []})  # as llama-server answers a body without content
+    most = config.max_tokenize_bytes()
+    if len(content.encode("utf-8", errors="replace")) > most:
+        raise BadRequestError(
+            f"content is longer than {most} bytes",
+            hint="tokenize it in parts, or raise LOCALRUN_MAX_TOKENIZE_BYTES",
+        )
+    with_pieces = body.flag("with_pieces", False)
     scheduler = core.context(request).scheduler
     model = default_model(request, body)
     tokens = await core.until_disconnect(
@@ -69,8 +77,14 @@ async def tokenize(request: Request) -> Response:
             parse_special=body.flag("parse_special", True),
         ),
     )
-    if not body.flag("with_pieces", False):
+    if not with_pieces:
         return JSONResponse({"tokens": tokens})
+    if len(tokens) > config.max_token_pieces():
+        raise BadRequestError(
+            f"with_pieces spells out at most {config.max_token_pieces()} tokens, and the content "
+            f"is {len(tokens)}",
+            hint="leave with_pieces out, send less text, or raise LOCALRUN_MAX_TOKEN_PIECES",
+        )
     pieces = await core.until_disconnect(request, lambda: scheduler.token_pieces(model, tokens))
     return JSONResponse(
         {"tokens": [{"id": t, "piece": _piece(p)} for t, p in zip(tokens, pieces, strict=True)]}

@@ -24,6 +24,10 @@ from localrun.worker import protocol
 from localrun.worker.load import Loaded
 from localrun.worker.sink import Output, RequestSink, unexpected
 
+# Most tokens one event returns: 8 bytes of JSON each at most keeps its line far below the
+# scheduler's limit (worker.process.LINE_LIMIT), past which a runner is not trusted any more.
+MAX_TOKENS_EVENT = 4_000_000
+
 RequestId = protocol.RequestId
 
 
@@ -65,6 +69,8 @@ class Worker:
         self._embeds: dict[RequestId, threading.Event] = {}  # set: cancel that embedding
         self._lock = threading.Lock()
         self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        # Tokenizing a long text takes a while: off the thread that takes the other requests.
+        self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
 
     def serve(self, lines: Iterable[bytes]) -> None:
         try:
@@ -77,6 +83,7 @@ class Worker:
             self.close()
 
     def close(self) -> None:
+        self._tokenizer.shutdown(wait=True)
         self._embedder.shutdown(wait=True)
         self.engine.close()  # pending generations end with done("cancelled")
 
@@ -105,13 +112,28 @@ class Worker:
             if op in (protocol.CHAT, protocol.COMPLETE):
                 self._submit(id, protocol.request_of(message))
             elif op == protocol.TOKENIZE:
-                self.output.send(protocol.tokens_event(id, self._tokenize(message)))
+                self._tokenizer.submit(self._send_tokens, id, message)
             elif op == protocol.DETOKENIZE:
                 self._detokenize(id, message)
             elif op == protocol.EMBED:
                 self._start_embed(id, message)
             else:
                 raise BadRequestError(f"unknown op {op!r}")
+        except LocalrunError as exc:
+            self.output.send(protocol.error_event(exc, id))
+        except Exception as exc:
+            self.output.send(protocol.error_event(unexpected(exc), id))
+
+    def _send_tokens(self, id: RequestId, message: protocol.Message) -> None:
+        """A tokenize request's one event, on the tokenizer's thread."""
+        try:
+            tokens = self._tokenize(message)
+            if len(tokens) > MAX_TOKENS_EVENT:
+                raise BadRequestError(
+                    f"the text is {len(tokens)} tokens; at most {MAX_TOKENS_EVENT} are returned",
+                    hint="send less text",
+                )
+            self.output.send(protocol.tokens_event(id, tokens))
         except LocalrunError as exc:
             self.output.send(protocol.error_event(exc, id))
         except Exception as exc:

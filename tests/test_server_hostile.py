@@ -1,0 +1,89 @@
+"""Hostile input on the surfaces added after the first audit, against the real server and runners.
+
+Each case was seen to grow a process by gigabytes, starve other requests or kill a runner; here
+each gets its 4xx in the dialect's shape and the server and the runner answer the next request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import PATIENCE_S
+from test_server import SMOL, LiveServer, add_model
+
+from localrun import catalog
+from localrun.scheduler import Scheduler
+from localrun.store import Store
+
+pytestmark = [pytest.mark.server, pytest.mark.model]
+
+PAIR = "<|im_start|><|endoftext|>"  # two of SmolLM2's special tokens
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
+    store = Store(tmp_path_factory.mktemp("hostile") / "models")
+    add_model(store, "tiny", tiny_model)
+    catalog.find(store, SMOL)
+    server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=16))
+    yield server
+    server.close()
+
+
+def post(live: LiveServer, path: str, body: Any) -> httpx.Response:
+    return httpx.post(live.url + path, json=body, timeout=PATIENCE_S)
+
+
+def generate(live: LiveServer) -> httpx.Response:
+    body = {"model": SMOL, "prompt": "Hi", "stream": False, "options": {"num_predict": 3}}
+    return post(live, "/api/generate", body)
+
+
+# -- tokenize ---------------------------------------------------------------------------------
+
+
+def test_tokenize_reads_a_bounded_text(live: LiveServer) -> None:
+    too_long = post(live, "/tokenize", {"model": SMOL, "content": "a" * (2 * 1024 * 1024 + 1)})
+    assert too_long.status_code == 400 and "LOCALRUN_MAX_TOKENIZE_BYTES" in too_long.text
+    # With pieces, an answer of a few bytes a token: at most LOCALRUN_MAX_TOKEN_PIECES tokens.
+    cjk = "漢字かな交じり文" * 12_000  # about 80,000 tokens, 288 KB
+    pieces = post(live, "/tokenize", {"model": SMOL, "content": cjk, "with_pieces": True})
+    assert pieces.status_code == 400 and "with_pieces" in pieces.text
+    plain = post(live, "/tokenize", {"model": SMOL, "content": cjk})
+    assert plain.status_code == 200 and len(plain.json()["tokens"]) > 65536
+    assert generate(live).status_code == 200
+
+
+def test_special_tokens_are_read_in_bounded_numbers(live: LiveServer) -> None:
+    # llama.cpp reads special tokens in time quadratic in their number: 100k pairs took
+    # minutes and held the runner; past LOCALRUN_MAX_SPECIAL_TOKENS the text is a 400.
+    many = PAIR * 20_000
+    with ThreadPoolExecutor(2) as pool:
+        refused = pool.submit(
+            post, live, "/tokenize", {"model": SMOL, "content": many, "parse_special": True}
+        )
+        other = pool.submit(generate, live)
+        assert refused.result().status_code == 400
+        assert "special tokens" in refused.result().text
+        assert other.result().status_code == 200
+    # Read as text, the same string is fine; and fewer special tokens are read as such.
+    as_text = post(live, "/tokenize", {"model": SMOL, "content": many, "parse_special": False})
+    assert as_text.status_code == 200 and len(as_text.json()["tokens"]) > 40_000
+    some = post(live, "/tokenize", {"model": SMOL, "content": PAIR * 4000, "parse_special": True})
+    assert some.status_code == 200 and len(some.json()["tokens"]) == 8000
+    # A prompt is tokenized the same way: a chat message full of them is a 400 too.
+    chat = {"model": SMOL, "messages": [{"role": "user", "content": many}], "stream": False}
+    answer = post(live, "/api/chat", chat)
+    assert answer.status_code == 400 and "special tokens" in answer.json()["error"]
+    counted = post(
+        live,
+        "/v1/messages/count_tokens",
+        {"model": SMOL, "messages": [{"role": "user", "content": many}]},
+    )
+    assert counted.status_code == 400 and counted.json()["type"] == "error"
+    assert generate(live).status_code == 200
