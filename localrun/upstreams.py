@@ -82,7 +82,20 @@ def check_name(name: str) -> str:
 
 def check_url(url: str) -> str:
     """The URL normalised (no trailing slash), or ConfigError."""
-    parts = urlsplit(url.strip())
+    text = url.strip()
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise ConfigError(
+            f"invalid upstream URL {url!r}: it holds a space or a control character",
+            hint="give http://HOST:PORT or https://HOST[/path]",
+        )
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid upstream URL {url!r}: {exc}",
+            hint="give http://HOST:PORT or https://HOST[/path]",
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
             f"invalid upstream URL {url!r}", hint="give http://HOST:PORT or https://HOST[/path]"
@@ -92,10 +105,6 @@ def check_url(url: str) -> str:
             f"invalid upstream URL {url!r}: no user, query or fragment",
             hint="put the API key in an environment variable and pass --api-key-env VAR",
         )
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ConfigError(f"invalid port in upstream URL {url!r}") from None
     return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
 
 

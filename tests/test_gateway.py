@@ -136,6 +136,8 @@ def test_upstream_commands(cli: CLI, home: Path) -> None:
     assert_one_line_error(cli("upstream", "add", "gpu-box", "http://x:1"), "exists", "--replace")
     assert_one_line_error(cli("upstream", "add", "x", "ftp://host"), "URL", "http://")
     assert_one_line_error(cli("upstream", "add", "x", "http://u:p@host"), "URL", "--api-key-env")
+    for hostile in ("http://[::1\n]:80", "http://host\n[x]", "http://[not-ip6]/", "http://h:99999"):
+        assert_one_line_error(cli("upstream", "add", "x", hostile), "URL")
     assert_one_line_error(
         cli("upstream", "add", "Bad Name", "http://h"), "upstream name", "letters"
     )
