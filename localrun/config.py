@@ -405,6 +405,12 @@ SETTINGS: dict[str, Setting] = {
             lambda: 300.0,
         ),
         Setting(
+            "LOCALRUN_UPSTREAM_MAX_BYTES",
+            "Largest answer read from an upstream, decompressed (a streamed one in all).",
+            _parse_positive_int,
+            lambda: 64 * 1024 * 1024,
+        ),
+        Setting(
             "LOCALRUN_UPSTREAM_HEALTH_INTERVAL",
             "How often the server reads each upstream's model list (its health check).",
             parse_duration,
@@ -522,6 +528,10 @@ def responses_max_age() -> float:
 
 def max_grammar_bytes() -> int:
     return SETTINGS["LOCALRUN_MAX_GRAMMAR_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def upstream_max_bytes() -> int:
+    return SETTINGS["LOCALRUN_UPSTREAM_MAX_BYTES"].value()  # type: ignore[no-any-return]
 
 
 def max_tokenize_bytes() -> int:

@@ -11,16 +11,25 @@ Modes (set `mode` between requests):
   tool        stream a call of the tool get_weather, its arguments in two parts
   error400    answer HTTP 400: the request itself is wrong
   error_line  start a stream, then end it as llama-server ends a refused one (`error: {...}`)
+  gzip        answer as ok, the whole answer gzip-compressed (Content-Encoding: gzip)
+Hostile modes (an upstream that would take a gateway down):
+  huge_line   start a stream, then send one line that never ends (`huge_bytes` of it)
+  gzip_bomb   a gzip-compressed stream of `huge_bytes` zero bytes (about 1000 times smaller)
+  huge        /v1/embeddings and /v1/models answer `huge_bytes` of JSON
 
 It records each request (path, headers, JSON body) and whether a client went away mid-answer.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import json
 import socket
 import threading
 import time
+import zlib
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,6 +43,7 @@ class FakeUpstream:
         self.stall_s = 5.0
         self.interval_s = 0.05
         self.pieces = 400
+        self.huge_bytes = 256 * 1024 * 1024
         self.requests: list[dict[str, Any]] = []
         self.disconnected = threading.Event()
         self.lock = threading.Lock()
@@ -46,7 +56,10 @@ class FakeUpstream:
                 pass
 
             def do_GET(self) -> None:
-                if self.path == "/v1/models":
+                if self.path == "/v1/models" and fake.mode == "huge":
+                    names = [{"id": "m" * 100, "object": "model"}] * (fake.huge_bytes // 120)
+                    self._json(200, {"object": "list", "data": names})
+                elif self.path == "/v1/models":
                     data = {
                         "object": "list",
                         "data": [{"id": m, "object": "model"} for m in fake.models],
@@ -62,6 +75,10 @@ class FakeUpstream:
                     fake.requests.append(
                         {"path": self.path, "headers": dict(self.headers), "body": body}
                     )
+                if self.path == "/v1/embeddings" and fake.mode == "huge":
+                    vector = [0.123456789] * (fake.huge_bytes // 13)
+                    self._json(200, {"object": "list", "data": [{"index": 0, "embedding": vector}]})
+                    return
                 if self.path == "/v1/embeddings" and fake.mode == "ok":
                     inputs = body.get("input") or []
                     data = [
@@ -91,6 +108,9 @@ class FakeUpstream:
                     error = {"code": 400, "type": "exceed_context_size_error", "message": message}
                     self.wfile.write(b"error: " + json.dumps(error).encode() + b"\n\n")
                     self.wfile.flush()
+                    return
+                if mode in ("huge_line", "gzip_bomb", "gzip"):
+                    self._hostile(mode, fake.huge_bytes)
                     return
                 if mode == "stall":
                     time.sleep(fake.stall_s)
@@ -154,6 +174,34 @@ class FakeUpstream:
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
 
+            def _hostile(self, mode: str, size: int) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.close_connection = True
+                if mode == "huge_line":
+                    self.end_headers()
+                    body: bytes | Iterator[bytes] = _endless_line(size)
+                elif mode == "gzip_bomb":
+                    self.send_header("Content-Encoding", "gzip")
+                    self.end_headers()
+                    body = _bomb(size)
+                else:
+                    events = [{"id": "x", "choices": [{"index": 0, "delta": {"content": w}}]}
+                              for w in WORDS]  # fmt: skip
+                    events.append({"id": "x", "choices": [{"index": 0, "delta": {},
+                                                           "finish_reason": "stop"}]})  # fmt: skip
+                    text = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+                    self.send_header("Content-Encoding", "gzip")
+                    self.end_headers()
+                    body = gzip.compress(text + b"data: [DONE]\n\n")
+                try:
+                    for part in [body] if isinstance(body, bytes) else body:
+                        self.wfile.write(part)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    fake.disconnected.set()
+
             def _event(self, obj: dict[str, Any]) -> None:
                 self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
                 self.wfile.flush()
@@ -185,3 +233,23 @@ class FakeUpstream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _endless_line(size: int) -> Iterator[bytes]:
+    yield b'data: {"choices": [{"delta": {"content": "'
+    piece = b"a" * 65536
+    for _ in range(size // len(piece)):
+        yield piece
+
+
+@functools.cache
+def _bomb_bytes(size: int) -> bytes:
+    """`size` zero bytes, gzip-compressed (made once)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(1024 * 1024)
+    parts = [packer.compress(zeros) for _ in range(size // len(zeros))]
+    return b"".join(parts) + packer.flush()
+
+
+def _bomb(size: int) -> Iterator[bytes]:
+    yield _bomb_bytes(size)

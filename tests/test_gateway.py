@@ -21,7 +21,7 @@ import httpx
 import make_test_models
 import pytest
 from conftest import CLI, PATIENCE_S, assert_one_line_error
-from fakeupstream import FakeUpstream
+from fakeupstream import WORDS, FakeUpstream
 from test_server import add_model
 from test_server_serve import Serve
 
@@ -435,6 +435,53 @@ def test_streams_spread_over_upstreams_and_survive_one_dying(
     finally:
         gw.kill()
         c.kill()
+
+
+def _peak_rss(pid: int) -> int:
+    """A process's peak resident memory in bytes (Linux's VmHWM)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    assert found, status
+    return int(found.group(1)) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc for peak memory")
+def test_a_hostile_upstream_cannot_take_the_gateway_down(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    """Seen before the bounds: an endless line grew the gateway to 4 GB, a 3 MB gzip bomb too
+    (and held its event loop), a 400 MB embedding answer and a 1.5 GB model list were read
+    whole. Each is now an error in the dialect's shape, and the gateway stays small."""
+    limit = 16 * 1024 * 1024
+    gw = gateway(tmp_path / "gw", {"fake": {"url": fake.url}},
+                 LOCALRUN_UPSTREAM_MAX_BYTES=str(limit))  # fmt: skip
+    try:
+        fake.mode = "gzip"  # a compressed answer is read (the gateway asks for gzip)
+        whole = httpx.post(gw.url + "/api/chat", json={**HI, "stream": False}, timeout=PATIENCE_S)
+        assert whole.status_code == 200, whole.text
+        assert whole.json()["message"]["content"] == "".join(WORDS)
+        fake.huge_bytes = 256 * 1024 * 1024
+        for mode in ("huge_line", "gzip_bomb"):
+            fake.mode = mode
+            answer = httpx.post(gw.url + "/v1/chat/completions", json=HI, timeout=PATIENCE_S)
+            assert answer.status_code == 502, (mode, answer.text)
+            assert answer.json()["error"]["message"], mode
+            assert httpx.get(gw.url + "/api/version", timeout=PATIENCE_S).status_code == 200
+        fake.mode, fake.huge_bytes = "huge", 2 * limit
+        embed = httpx.post(gw.url + "/v1/embeddings", json={"model": "big-model", "input": "x"},
+                           timeout=PATIENCE_S)  # fmt: skip
+        assert embed.status_code == 502, embed.text
+        # The model list is read within its own bound: the health check fails, the upstream
+        # is taken out of routing.
+        _settles(gw.url, "localrun_upstream_healthy", "fake", 0, PATIENCE_S)
+        peak = _peak_rss(gw.proc.pid)
+        assert peak < 400 * 1024 * 1024, f"the gateway grew to {peak / 2**20:.0f} MiB"
+        fake.mode = "ok"
+        _settles(gw.url, "localrun_upstream_healthy", "fake", 1, PATIENCE_S)
+        again = httpx.post(gw.url + "/api/chat", json={**HI, "stream": False}, timeout=PATIENCE_S)
+        assert again.status_code == 200
+    finally:
+        gw.kill()
 
 
 def test_a_clients_own_mistakes_are_not_the_upstreams(fake: FakeUpstream, fake_gw: Serve) -> None:

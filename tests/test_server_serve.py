@@ -41,7 +41,7 @@ class Serve:
         assert found, (line, self.proc.communicate(timeout=PATIENCE_S))
         self.url = found.group(0)
 
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = PATIENCE_S) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 

@@ -41,7 +41,7 @@ from localrun.errors import (
     UpstreamError,
 )
 from localrun.request import GenRequest
-from localrun.scheduler import remote_wire
+from localrun.scheduler import remote_read, remote_wire
 from localrun.scheduler.runners import RunningModel
 from localrun.upstreams import Upstream
 from localrun.worker import protocol
@@ -53,8 +53,7 @@ _AFFINITY_MAX = 4096  # conversations remembered for prefix affinity
 # A conversation stays with its upstream while that one has at most this many requests in
 # flight more than the least busy: affinity saves a prompt's evaluation, not a queue's wait.
 _AFFINITY_SLACK = 2
-_MAX_LINE = 4 * 1024 * 1024  # one streamed line from an upstream, at most
-_MAX_ERROR_BODY = 4096  # of an upstream's error answer, what is read
+_MAX_MODEL_LIST = 4 * 1024 * 1024  # a model list's bytes (1000 names are far less)
 _HEALTH_TIMEOUT_S = 5.0  # a model list slower than this is a failed check
 _HINT = "the server log has more; `localrun ps` shows the upstreams' health"
 
@@ -68,6 +67,7 @@ class Settings:
     health_s: float
     eject_after: int
     cooldown_s: float
+    max_bytes: int  # of one answer, decompressed
 
     @classmethod
     def read(cls) -> Settings:
@@ -77,6 +77,7 @@ class Settings:
             config.upstream_health_interval(),
             config.upstream_eject_after(),
             config.upstream_cooldown(),
+            config.upstream_max_bytes(),
         )
         for name, value, least in (
             ("LOCALRUN_UPSTREAM_CONNECT_TIMEOUT", settings.connect_s, 0.1),
@@ -394,12 +395,12 @@ class RemotePool:
         ) as response:
             status = response.status_code
             if status != 200:
-                text = _one_line(await _read_some(response))
+                text = _one_line(await remote_read.read_some(response))
                 if 400 <= status < 500 and status not in (408, 429):
                     raise _Refused(f"HTTP {status}: {text}")
                 fail(f"HTTP {status}: {text}")
                 return False
-            async for obj in _objects(response):
+            async for obj in _objects(response, self._max_bytes()):
                 for event in reader.feed(obj):
                     out.queue.put_nowait(event)
                     out.sent = True
@@ -430,19 +431,8 @@ class RemotePool:
             try:
                 upstream = state.upstream
                 route, payload = remote_wire.embed_body(upstream.dialect, model, inputs, truncate)
-                response = await self._client.post(
-                    upstream.url + route, json=payload, headers=remote_wire.headers(upstream),
-                    timeout=self._timeout(),
-                )  # fmt: skip
-                status = response.status_code
-                if 400 <= status < 500 and status not in (408, 429):
-                    raise BadRequestError(
-                        f"upstream {upstream.name} refused the request: HTTP {status}: "
-                        + _redact(upstream, _one_line(response.text[:_MAX_ERROR_BODY]))
-                    )
-                if status != 200:
-                    raise ValueError(f"HTTP {status}: {_one_line(response.text[:300])}")
-                vectors, tokens = remote_wire.embeddings(upstream.dialect, response.json())
+                answer = await self._post_json(upstream.url + route, payload, upstream)
+                vectors, tokens = remote_wire.embeddings(upstream.dialect, answer)
                 if len(vectors) != len(inputs):
                     raise ValueError(f"{len(vectors)} vectors for {len(inputs)} inputs")
             except BadRequestError:
@@ -505,14 +495,16 @@ class RemotePool:
         upstream = state.upstream
         route = "/api/tags" if upstream.dialect == "ollama" else "/v1/models"
         try:
-            response = await self._client.get(
+            async with self._client.stream(
+                "GET",
                 upstream.url + route,
                 headers=remote_wire.headers(upstream),
                 timeout=self._check_timeout(),
-            )
-            if response.status_code != 200:
-                raise ValueError(f"HTTP {response.status_code} from {route}")
-            models = remote_wire.model_names(response.json(), upstream.dialect)
+            ) as response:
+                if response.status_code != 200:
+                    raise ValueError(f"HTTP {response.status_code} from {route}")
+                listed = await remote_read.read_json(response, _MAX_MODEL_LIST)
+            models = remote_wire.model_names(listed, upstream.dialect)
         except Exception as exc:
             message = _redact(upstream, f"health check failed: {_describe(exc)}")
             self._failed(state, message, check=True)
@@ -529,6 +521,27 @@ class RemotePool:
         while True:
             await asyncio.sleep(self.settings.health_s if self.settings else 10.0)
             await self.check_all()
+
+    async def _post_json(self, url: str, payload: Any, upstream: Upstream) -> Any:
+        """An upstream's JSON answer to a request that is not streamed, read within bounds; a
+        client error (4xx) is the request's: BadRequestError."""
+        async with self._client.stream(
+            "POST", url, json=payload, headers=remote_wire.headers(upstream),
+            timeout=self._timeout(),
+        ) as response:  # fmt: skip
+            status = response.status_code
+            if status != 200:
+                text = _one_line(await remote_read.read_some(response))
+                if 400 <= status < 500 and status not in (408, 429):
+                    raise BadRequestError(
+                        f"upstream {upstream.name} refused the request: HTTP {status}: "
+                        + _redact(upstream, text)
+                    )
+                raise ValueError(f"HTTP {status}: {text}")
+            return await remote_read.read_json(response, self._max_bytes())
+
+    def _max_bytes(self) -> int:
+        return (self.settings or Settings.read()).max_bytes
 
     def _timeout(self) -> Any:
         return (self.settings or Settings.read()).timeout()
@@ -548,22 +561,11 @@ def _affinity_key(model: str, request: GenRequest) -> str:
     return hashlib.sha256(f"{model}\0{start}".encode()).hexdigest()[:32]
 
 
-async def _read_some(response: Any) -> str:
-    """The start of an error answer (never all of a hostile one)."""
-    data = b""
-    async for chunk in response.aiter_bytes():
-        data += chunk
-        if len(data) >= _MAX_ERROR_BODY:
-            break
-    return data[:_MAX_ERROR_BODY].decode("utf-8", "replace")
-
-
-async def _objects(response: Any) -> AsyncIterator[Any]:
-    """The JSON objects of a streamed answer: SSE `data:` lines, JSON lines, and the
-    `error: {...}` line llama-server ends a failed stream with (as {"error": ...})."""
-    async for line in response.aiter_lines():
-        if len(line) > _MAX_LINE:
-            raise ValueError("a streamed line too long")
+async def _objects(response: Any, limit: int) -> AsyncIterator[Any]:
+    """The JSON objects of a streamed answer (`limit` bytes in all): SSE `data:` lines, JSON
+    lines, and the `error: {...}` line llama-server ends a failed stream with, as
+    {"error": ...}."""
+    async for line in remote_read.lines(response, limit):
         line = line.strip()
         if not line:
             continue

@@ -358,7 +358,11 @@ class Reader:
 
 def headers(upstream: Upstream) -> dict[str, str]:
     """The headers of every request to `upstream`: the answers it may stream, and its key."""
-    headers = {"Accept": "text/event-stream, application/x-ndjson, application/json"}
+    headers = {
+        "Accept": "text/event-stream, application/x-ndjson, application/json",
+        # Read raw and decompressed within bounds (scheduler.remote_read): gzip, or none.
+        "Accept-Encoding": "gzip",
+    }
     key = upstream.api_key()
     if key:
         headers["Authorization"] = f"Bearer {key}"

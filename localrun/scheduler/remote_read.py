@@ -1,0 +1,107 @@
+"""Reading an upstream's answer within bounds: an upstream is another machine, and a hostile or
+broken one must not take the gateway down.
+
+Seen before these bounds: one endless line grew the server to 4 GB in 36 s; a 3 MB gzip bomb
+did the same in 25 s and, decompressed in one call, held the event loop (SIGTERM waited 20 s);
+a 400 MB embedding answer and a 1.5 GB model list were read whole. So the bytes are read raw and
+decompressed here, a bounded step at a time with the loop free between steps; every answer has a
+ceiling on its decompressed bytes (LOCALRUN_UPSTREAM_MAX_BYTES, or a smaller one for a model
+list) and a streamed line a ceiling of its own; a large JSON body is parsed off the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+STEP = 64 * 1024  # decompressed bytes per step, the event loop free between steps
+MAX_LINE = 4 * 1024 * 1024  # one streamed line (an SSE event or a JSON line)
+MAX_ERROR_BODY = 4096  # of an error answer, what is read
+_THREAD_PAST = 1024 * 1024  # JSON bodies larger than this are parsed on a thread
+
+
+class TooLarge(ValueError):
+    """An answer past its bound (a ValueError: a malformed answer, as far as callers go)."""
+
+
+def _decompressor(encoding: str) -> Any:
+    """A zlib decompressor for the answer's Content-Encoding, None for none."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    raise ValueError(f"an answer in the {encoding[:40]!r} encoding, which is not read here")
+
+
+async def chunks(response: Any, limit: int) -> AsyncIterator[bytes]:
+    """The answer's bytes, decompressed, at most `limit` of them (TooLarge past it)."""
+    decompressor = _decompressor(response.headers.get("content-encoding", ""))
+    total = 0
+    async for raw in response.aiter_raw():
+        if decompressor is None:
+            total += len(raw)
+            if total > limit:
+                raise TooLarge(f"an answer of more than {limit} bytes")
+            yield raw
+            continue
+        data = raw
+        while True:
+            out = decompressor.decompress(data, STEP)
+            data = decompressor.unconsumed_tail
+            total += len(out)
+            if total > limit:
+                raise TooLarge(f"an answer of more than {limit} bytes once decompressed")
+            if out:
+                yield out
+                await asyncio.sleep(0)  # a bomb decompresses a step at a time, others go on
+            if not data and len(out) < STEP:
+                break
+
+
+async def read(response: Any, limit: int) -> bytes:
+    """The whole answer, decompressed, at most `limit` bytes."""
+    parts = [part async for part in chunks(response, limit)]
+    return b"".join(parts)
+
+
+async def read_json(response: Any, limit: int) -> Any:
+    """The answer as JSON, at most `limit` bytes of it; a large one is parsed on a thread."""
+    data = await read(response, limit)
+    if len(data) > _THREAD_PAST:
+        return await asyncio.to_thread(json.loads, data)
+    return json.loads(data)
+
+
+async def read_some(response: Any) -> str:
+    """The start of an error answer (never all of a hostile one)."""
+    data = b""
+    try:
+        async for part in chunks(response, 1 << 30):
+            data += part
+            if len(data) >= MAX_ERROR_BODY:
+                break
+    except ValueError:
+        pass  # an encoding not read here: what arrived is enough
+    return data[:MAX_ERROR_BODY].decode("utf-8", "replace")
+
+
+async def lines(response: Any, limit: int) -> AsyncIterator[str]:
+    """The answer's lines (without their end), each at most MAX_LINE bytes, `limit` in all."""
+    pending = b""
+    async for part in chunks(response, limit):
+        pending += part
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            if len(line) > MAX_LINE:
+                raise TooLarge(f"a streamed line of more than {MAX_LINE} bytes")
+            yield line.decode("utf-8", "replace")
+        if len(pending) > MAX_LINE:
+            raise TooLarge(f"a streamed line of more than {MAX_LINE} bytes")
+    if pending:
+        yield pending.decode("utf-8", "replace")
