@@ -454,6 +454,16 @@ def test_metrics_are_behind_the_api_key_and_per_app(tmp_path: Path) -> None:
         assert seen["localrun_requests_total{method=GET,route=/api/tags,status=200}"] == 3
         # Refused before routing: counted, under no route.
         assert seen["localrun_requests_total{method=GET,route=unmatched,status=401}"] == 1
+        # Made-up methods and paths (refused or unknown) make no series of their own.
+        for i in range(300):
+            httpx.request(f"X{i}", f"{locked.url}/nowhere/{i}")
+            httpx.request(
+                f"Y{i}", f"{locked.url}/api/tags", headers={"Authorization": "Bearer sesame"}
+            )
+        seen = scrape(locked.url, Authorization="Bearer sesame")
+        series = [k for k in seen if k.startswith("localrun_requests_total")]
+        assert len(series) <= 6, series
+        assert seen["localrun_requests_total{method=other,route=unmatched,status=401}"] == 300
         # Another app, side by side, has counters of its own.
         assert "localrun_requests_total{method=GET,route=/api/tags,status=200}" not in scrape(
             other.url
