@@ -28,12 +28,13 @@ import json
 import os
 import re
 import secrets
+import stat
 import struct
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from localrun import config
 from localrun.errors import ConfigError
@@ -43,6 +44,8 @@ SUFFIX = ".kv"
 MIN_TOKENS = 64  # shorter prefixes evaluate faster than a file is read
 _MAX_HEADER = 64 * 1024
 State = bytes | bytearray | memoryview  # a KV state as the engines hand it over, sized by nbytes
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # POSIX: never through a symlink
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO opens at once (and is then refused)
 _BLOB_NAME = re.compile(r"sha256[-:]([0-9a-f]{64})")
 
 
@@ -98,13 +101,18 @@ class PromptCache:
         name = hashlib.sha256(text.encode()).hexdigest()[:40] + SUFFIX
         return material, self.root / name
 
-    def load(self, prefix: Sequence[int]) -> bytearray | None:
+    def load(self, prefix: Sequence[int], most: int | None = None) -> bytearray | None:
         """The state saved for exactly `prefix`, or None (a bad file is removed). Read straight
-        into a buffer the engine hands to llama.cpp as it is (no copy)."""
+        into a buffer the engine hands to llama.cpp as it is (no copy). `most`: the largest
+        state the model can have for the prefix; a larger entry is not read.
+
+        Only a regular file is an entry: a symlink is not followed and a FIFO is not waited on
+        (seen: a FIFO in the folder held `localrun run` forever)."""
         material, path = self._key(prefix)
+        bound = self.max_bytes if most is None else min(self.max_bytes, most)
         try:
-            with open(path, "rb") as fh:
-                state = _read(fh, material, self.max_bytes)
+            with _open_entry(path) as fh:
+                state = None if fh is None else _read(fh, material, bound)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, struct.error, RecursionError, MemoryError):
@@ -161,6 +169,21 @@ class PromptCache:
         evict(self.root, self.max_bytes, keep=path)
 
 
+@contextlib.contextmanager
+def _open_entry(path: Path) -> Iterator[BinaryIO | None]:
+    """An entry opened for reading, or None when it is not a regular file (a symlink, a FIFO,
+    a device); FileNotFoundError when there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError:  # ELOOP: a symlink
+        yield None
+        return
+    with open(fd, "rb") as fh:
+        yield fh if stat.S_ISREG(os.fstat(fd).st_mode) else None
+
+
 def _read(fh: Any, material: dict[str, Any], max_bytes: int) -> bytearray | None:
     if fh.read(len(MAGIC)) != MAGIC:
         return None
@@ -192,7 +215,7 @@ def evict(root: Path, max_bytes: int, keep: Path | None = None) -> None:
         for entry in os.scandir(root):
             if entry.name.endswith(SUFFIX) and not entry.name.startswith(".tmp-"):
                 with contextlib.suppress(OSError):
-                    st = entry.stat()
+                    st = entry.stat(follow_symlinks=False)  # a link's own size, not its target's
                     entries.append((st.st_mtime_ns, st.st_size, Path(entry.path)))
     total = sum(size for _, size, _ in entries)
     for _, size, path in sorted(entries, key=lambda e: e[0]):

@@ -331,3 +331,61 @@ def test_a_model_whose_state_cannot_be_restored_is_not_cached_and_verbose_says_w
         assert why in shown["prompt cache"], result.stderr
         assert shown["prompt disk cache"] == "0 token(s)"
     assert entries() == []
+
+
+# -- entries that are not regular files, and states past what the model can have --------------
+
+
+def _loads_in_time(c: PromptCache, prefix: list[int], most: int | None = None) -> Any:
+    import threading
+
+    result: list[Any] = []
+    reader = threading.Thread(target=lambda: result.append(c.load(prefix, most)), daemon=True)
+    reader.start()
+    reader.join(PATIENCE_S)
+    assert not reader.is_alive(), "loading the entry never returned"
+    return result[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_in_place_of_an_entry_is_not_waited_on(tmp_path: Path) -> None:
+    c = cache(tmp_path)
+    path = c._key(PREFIX)[1]
+    tmp_path.mkdir(exist_ok=True)
+    os.mkfifo(path)
+    assert _loads_in_time(c, PREFIX) is None
+    assert not path.exists()  # removed, as a damaged entry is
+
+
+def test_a_symlinked_entry_is_not_followed(tmp_path: Path) -> None:
+    c = cache(tmp_path)
+    entry = saved(c, PREFIX, b"state" * 100)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-outside.kv"
+    entry.rename(elsewhere)
+    entry.symlink_to(elsewhere)
+    assert _loads_in_time(c, PREFIX) is None
+    assert not entry.is_symlink() and elsewhere.read_bytes()  # the link went, not its target
+
+
+def test_an_entry_past_the_models_state_size_is_not_read(tmp_path: Path) -> None:
+    import resource
+
+    c = cache(tmp_path)
+    entry = saved(c, PREFIX, b"state" * 100)
+    assert c.load(PREFIX, most=499) is None  # the model's state cannot be that large
+    assert not entry.exists()
+    # A sparse file of 1.9 GB whose header says so: refused before it is read.
+    entry = saved(c, PREFIX, b"state" * 100)
+    data = entry.read_bytes()
+    start = len(prompt_cache.MAGIC) + 4
+    (size,) = struct.unpack("<I", data[start - 4 : start])
+    header = json.loads(data[start : start + size])
+    header["size"] = 1900 << 20
+    text = json.dumps(header).encode()
+    with entry.open("wb") as fh:
+        fh.write(prompt_cache.MAGIC + struct.pack("<I", len(text)) + text)
+        fh.truncate(len(prompt_cache.MAGIC) + 4 + len(text) + (1900 << 20))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert c.load(PREFIX, most=64 << 20) is None
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB on Linux
+    assert grown < 100 * 1024, f"reading it grew the process by {grown} KiB"

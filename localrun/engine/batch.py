@@ -245,7 +245,7 @@ class BatchEngine:
             # Read here, off the loop, unless a slot holds the prefix already (only a guess:
             # the loop decides).
             if not self._slots.holds(job.prefix):
-                job.state = disk.load(job.prefix)
+                job.state = disk.load(job.prefix, self._weights.state_bound(len(job.prefix)))
         job.chain = sampler_chain(sampling, self.n_vocab, self.n_ctx)
         try:
             if sampling.grammar:

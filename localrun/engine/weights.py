@@ -160,6 +160,15 @@ class Weights:
         }
         return prompt_cache.PromptCache.from_config(identity), None
 
+    def state_bound(self, n_tokens: int) -> int:
+        """The most bytes a saved state of `n_tokens` can take: K and V of every layer at 8
+        bytes an element of the model's width (llama.cpp keeps them at 2 by default; wider
+        heads than the model's width stay within that), and 16 MiB for the rest. A cache entry
+        past it is damaged or hostile (a sparse 1.9 GB file cost 2.16 GB to read)."""
+        n_layer = int(lc.llama_model_n_layer(self.model))
+        n_embd = int(lc.llama_model_n_embd(self.model))
+        return n_tokens * n_layer * 2 * n_embd * 8 + (16 << 20)
+
     def save_state(
         self, ctx: Any, seq: int, cache: prompt_cache.PromptCache, prefix: list[int]
     ) -> None:
