@@ -7,7 +7,8 @@ environment. `localrun env` prints `describe()`.
 A bad value of a setting raises ConfigError naming the variable, with a hint to fix or unset it;
 the parsers that requests also use (`parse_duration` for a request's keep_alive,
 `parse_host` for `serve --host`) raise ValueError for their caller to word. Of localrun this
-module imports only errors, which imports nothing of it.
+module imports only errors and settings_parse (how a value is read), which import nothing of
+it.
 """
 
 from __future__ import annotations
@@ -18,155 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localrun import settings_parse as parse
 from localrun.errors import ConfigError
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 11435
-
-
-def _parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected a boolean (1/0, true/false), got {text!r}")
-
-
-def _parse_path(text: str) -> Path:
-    if not text.strip():
-        raise ValueError("expected a path, got an empty value")
-    return Path(text).expanduser()
-
-
-def parse_host(text: str) -> tuple[str, int]:
-    """Parse `host[:port]`, `[v6]:port` or `http://host:port` into (host, port)."""
-    value = text.strip()
-    for scheme in ("http://", "https://"):
-        if value.lower().startswith(scheme):
-            value = value[len(scheme) :]
-    value = value.rstrip("/")
-    if not value:
-        raise ValueError("expected host[:port], got an empty value")
-    host, port = value, DEFAULT_PORT
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0:
-            raise ValueError(f"unterminated IPv6 address in {text!r}")
-        host, rest = value[1:end], value[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"expected [address]:port, got {text!r}")
-            port = _parse_port(rest[1:], text)
-    elif value.count(":") == 1:
-        host, port_text = value.split(":")
-        port = _parse_port(port_text, text)
-        host = host or DEFAULT_HOST
-    return host, port
-
-
-def _parse_port(port_text: str, whole: str) -> int:
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"port must be a number from 1 to 65535 in {whole!r}")
-    return int(port_text)
-
-
-def parse_duration(value: str | float | int | None) -> float:
-    """Ollama's keep_alive: seconds (a number), or a Go-style duration ("5m", "1h30m", "250ms").
-
-    Returns seconds; a negative value means "forever" (math.inf); 0 means "now".
-    """
-    import math
-    import re
-
-    if value is None:
-        raise ValueError("expected a duration such as 5m, 30s or -1")
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as 5m, 30s or -1, got {value!r}")
-    if isinstance(value, int | float):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an integer with hundreds of digits: as good as forever
-            seconds = math.inf if value > 0 else -math.inf
-    elif not isinstance(value, str):
-        raise ValueError(f"expected a duration such as 5m, 30s or -1, got {type(value).__name__}")
-    else:
-        text = value.strip().lower()
-        if re.fullmatch(r"[+-]?\d+(\.\d+)?", text):
-            seconds = float(text)
-        else:
-            parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text.lstrip("+-"))
-            joined = "".join(n + u for n, u in parts)
-            if not parts or joined != text.lstrip("+-"):
-                raise ValueError(f"expected a duration such as 5m, 30s or -1, got {value!r}")
-            units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-            seconds = sum(float(n) * units[u] for n, u in parts)
-            if text.startswith("-"):
-                seconds = -seconds
-    if math.isnan(seconds):
-        raise ValueError("a duration cannot be NaN")
-    return math.inf if seconds < 0 else seconds
-
-
-def _parse_positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ValueError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
-
-
-def _parse_count(text: str) -> int:
-    if not text.strip().isdigit():
-        raise ValueError(f"expected a whole number (0 or more), got {text!r}")
-    return int(text)
-
-
-def _parse_timeout(text: str) -> float:
-    seconds = parse_duration(text)
-    if seconds <= 0 or seconds == float("inf"):
-        raise ValueError(f"expected a duration above 0 such as 10s or 1m, got {text!r}")
-    return seconds
-
-
-def _parse_api_key(text: str) -> str:
-    # A key of spaces would look set (serve would listen beyond loopback) yet no client can
-    # send it: Bearer tokens are read without surrounding whitespace.
-    key = text.strip()
-    if text and not key:
-        raise ValueError("the key is only whitespace; set a real key or unset it")
-    return key
-
-
-def _parse_origins(text: str) -> tuple[str, ...]:
-    return tuple(o.strip() for o in text.split(",") if o.strip())
-
-
-DEFAULT_ORIGINS = (
-    "http://localhost",
-    "https://localhost",
-    "http://localhost:*",
-    "https://localhost:*",
-    "http://127.0.0.1",
-    "https://127.0.0.1",
-    "http://127.0.0.1:*",
-    "https://127.0.0.1:*",
-    "http://[::1]",
-    "https://[::1]",
-    "http://[::1]:*",
-    "https://[::1]:*",
-)
-
-
-# Speculative decoding's modes (the speculate PARAMETER, LOCALRUN_SPECULATE): auto drafts by
-# prompt lookup where it is expected to pay (and with the model's DRAFT model, if it has one),
-# ngram drafts wherever the text repeats, draft with the DRAFT model only.
-SPECULATE_MODES = ("auto", "ngram", "draft", "off")
-
-
-def _parse_speculate(text: str) -> str:
-    mode = text.strip().lower()
-    if mode not in SPECULATE_MODES:
-        raise ValueError(f"expected one of {', '.join(SPECULATE_MODES)}, got {text!r}")
-    return mode
+# Read elsewhere as config's (server.app, cli.serve_cmd, params, engine.speculate, server.body).
+DEFAULT_HOST = parse.DEFAULT_HOST
+DEFAULT_PORT = parse.DEFAULT_PORT
+DEFAULT_ORIGINS = parse.DEFAULT_ORIGINS
+SPECULATE_MODES = parse.SPECULATE_MODES
+parse_duration = parse.parse_duration
+parse_host = parse.parse_host
 
 
 def _default_home() -> Path:
@@ -217,13 +79,13 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_HOME",
             "Folder for localrun's data: the model store, history and logs.",
-            _parse_path,
+            parse.parse_path,
             _default_home,
         ),
         Setting(
             "LOCALRUN_MODELS",
             "Folder of the model store (blobs and manifests).",
-            _parse_path,
+            parse.parse_path,
             _models_default,
         ),
         Setting(
@@ -241,37 +103,37 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_MAX_LOADED_MODELS",
             "Most models the server keeps loaded at once.",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 3,
         ),
         Setting(
             "LOCALRUN_NUM_PARALLEL",
             "Requests one loaded model answers at once (slots decoded in one batch).",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 4,
         ),
         Setting(
             "LOCALRUN_MAX_QUEUE",
             "Requests the server accepts waiting for a slot; past it, 503 with Retry-After.",
-            _parse_count,
+            parse.parse_count,
             lambda: 512,
         ),
         Setting(
             "LOCALRUN_API_KEY",
             "Bearer token the server requires (required to listen beyond loopback).",
-            _parse_api_key,
+            parse.parse_api_key,
             lambda: "",
         ),
         Setting(
             "LOCALRUN_ORIGINS",
             "Comma-separated browser origins allowed by CORS (* wildcards a port).",
-            _parse_origins,
+            parse.parse_origins,
             lambda: DEFAULT_ORIGINS,
         ),
         Setting(
             "LOCALRUN_MAX_REQUEST_BYTES",
             "Largest request body the server reads (blob uploads excepted).",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 32 * 1024 * 1024,
         ),
         # Connection limits: a client that never finishes its request must not hold a socket
@@ -279,50 +141,50 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_HEADER_TIMEOUT",
             "Time a client has to send a whole request head; slower connections are closed.",
-            _parse_timeout,
+            parse.parse_timeout,
             lambda: 10.0,
         ),
         Setting(
             "LOCALRUN_BODY_TIMEOUT",
             "Time a request body may bring no bytes (idle, not total: uploads are large).",
-            _parse_timeout,
+            parse.parse_timeout,
             lambda: 60.0,
         ),
         Setting(
             "LOCALRUN_IDLE_TIMEOUT",
             "Time an idle keep-alive connection stays open between requests.",
-            _parse_timeout,
+            parse.parse_timeout,
             lambda: 5.0,
         ),
         Setting(
             "LOCALRUN_MAX_CONNECTIONS",
             "Most open connections (kept below the file limit); at the cap a new one evicts "
             "the oldest still sending its request head.",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 1000,
         ),
         Setting(
             "LOCALRUN_MAX_CONNECTIONS_PER_CLIENT",
             "Most open connections from one client address (IPv6: one /64).",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 256,
         ),
         Setting(
             "LOCALRUN_MAX_JSON_DEPTH",
             "Deepest nesting of JSON a request may send (in its body or in JSON strings in it).",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 100,
         ),
         Setting(
             "LOCALRUN_MAX_CHOICES",
             "Most answers one request may ask for (OpenAI's n); each takes a slot.",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 8,
         ),
         Setting(
             "LOCALRUN_RESPONSES_MAX",
             "Most stored Responses API answers (store: true) kept; the oldest go first.",
-            _parse_count,
+            parse.parse_count,
             lambda: 1000,
         ),
         Setting(
@@ -334,7 +196,7 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_MAX_GRAMMAR_BYTES",
             "Largest grammar a request's JSON schema may build; bigger ones stall a runner.",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 64 * 1024,
         ),
         # Tokenizing answers with every token: a large text makes a large answer, and llama.cpp
@@ -342,19 +204,19 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_MAX_TOKENIZE_BYTES",
             "Largest text /tokenize reads (its tokens come back in one answer).",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 2 * 1024 * 1024,
         ),
         Setting(
             "LOCALRUN_MAX_TOKEN_PIECES",
             "Most tokens a /tokenize answer spells out with their pieces (with_pieces).",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 65536,
         ),
         Setting(
             "LOCALRUN_MAX_SPECIAL_TOKENS",
             "Most special tokens (<|im_start|> ...) read as such in one text or prompt.",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 8192,
         ),
         Setting(
@@ -366,7 +228,7 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_TEMPLATE_MAX_BYTES",
             "Largest value (and prompt) a chat template may build.",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 4 * 1024 * 1024,
         ),
         Setting(
@@ -379,7 +241,7 @@ SETTINGS: dict[str, Setting] = {
             "LOCALRUN_PROMPT_CACHE_MAX_BYTES",
             "Disk space for the KV state of models' SYSTEM prompts and MESSAGE turns, kept "
             "between processes (least recently used removed first); 0 turns it off.",
-            _parse_count,
+            parse.parse_count,
             lambda: 2 * 1024**3,
         ),
         Setting(
@@ -387,7 +249,7 @@ SETTINGS: dict[str, Setting] = {
             "Speculative decoding where neither the model nor the request sets the speculate "
             "parameter: auto (prompt lookup where it pays, and the DRAFT model if any), ngram "
             "(wherever text repeats), draft (the DRAFT model only), off.",
-            _parse_speculate,
+            parse.parse_speculate,
             lambda: "auto",
         ),
         Setting(
@@ -407,7 +269,7 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_UPSTREAM_MAX_BYTES",
             "Largest answer read from an upstream, decompressed (a streamed one in all).",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 64 * 1024 * 1024,
         ),
         Setting(
@@ -419,7 +281,7 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_UPSTREAM_EJECT_AFTER",
             "Failures in a row (health checks or requests) that take an upstream out of routing.",
-            _parse_positive_int,
+            parse.parse_positive_int,
             lambda: 3,
         ),
         Setting(
@@ -432,13 +294,13 @@ SETTINGS: dict[str, Setting] = {
             "LOCALRUN_BINARY_CACHE",
             "Where the single binary unpacks itself on its first start (once per build); "
             "`localrun prune` removes other builds from it.",
-            _parse_path,
+            parse.parse_path,
             _default_binary_cache,
         ),
         Setting(
             "LOCALRUN_DEBUG",
             "Show tracebacks and debug output (1/0).",
-            _parse_bool,
+            parse.parse_bool,
             lambda: False,
         ),
     )
