@@ -193,6 +193,20 @@ SETTINGS: dict[str, Setting] = {
             parse_duration,
             lambda: 30 * 86400.0,
         ),
+        # A stored answer holds its whole conversation, input items and metadata: tens of MB
+        # each when a client sends such (161 MB from 6 requests), so bytes are bounded too.
+        Setting(
+            "LOCALRUN_RESPONSES_MAX_BYTES",
+            "Disk space for stored Responses API answers (the oldest go first).",
+            parse.parse_positive_int,
+            lambda: 256 * 1024 * 1024,
+        ),
+        Setting(
+            "LOCALRUN_RESPONSES_MAX_RECORD_BYTES",
+            "Largest one stored Responses API answer (its conversation included) may be.",
+            parse.parse_positive_int,
+            lambda: 16 * 1024 * 1024,
+        ),
         Setting(
             "LOCALRUN_MAX_GRAMMAR_BYTES",
             "Largest grammar a request's JSON schema may build; bigger ones stall a runner.",
@@ -386,6 +400,14 @@ def responses_max() -> int:
 
 def responses_max_age() -> float:
     return SETTINGS["LOCALRUN_RESPONSES_MAX_AGE"].value()  # type: ignore[no-any-return]
+
+
+def responses_max_bytes() -> int:
+    return SETTINGS["LOCALRUN_RESPONSES_MAX_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def responses_max_record_bytes() -> int:
+    return SETTINGS["LOCALRUN_RESPONSES_MAX_RECORD_BYTES"].value()  # type: ignore[no-any-return]
 
 
 def max_grammar_bytes() -> int:

@@ -72,3 +72,28 @@ def test_zero_keeps_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     store.save(record(rid))
     with pytest.raises(NotFoundError):
         store.load(rid)
+
+
+def test_bytes_are_bounded_per_record_and_per_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localrun.errors import BadRequestError
+
+    monkeypatch.setenv("LOCALRUN_RESPONSES_MAX_RECORD_BYTES", "100000")
+    monkeypatch.setenv("LOCALRUN_RESPONSES_MAX_BYTES", "250000")
+    store = ResponseStore(tmp_path)
+    big = {**record(new_id()), "messages": [{"role": "user", "content": "x" * 200_000}]}
+    with pytest.raises(BadRequestError, match="more than 100000 bytes"):
+        store.save(big)
+    assert list(tmp_path.iterdir()) == []
+    ids = []
+    for _ in range(5):  # 80 KB each: three fit in 250 KB
+        rid = new_id()
+        store.save({**record(rid), "messages": [{"role": "user", "content": "y" * 80_000}]})
+        ids.append(rid)
+        time.sleep(0.01)  # distinct modification times: the oldest go first
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 250_000
+    for rid in ids[:2]:
+        with pytest.raises(NotFoundError):
+            store.load(rid)
+    assert [store.load(rid)["response"]["id"] for rid in ids[2:]] == ids[2:]

@@ -495,6 +495,27 @@ def test_responses_structured_output(ai: openai.OpenAI) -> None:
         assert loose.output_text.lstrip().startswith(("{", "["))
 
 
+def test_stored_responses_are_bounded_in_bytes(
+    ai: openai.OpenAI, live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenAI's own bounds on metadata: 16 pairs, 64-character keys, 512-character values.
+    for metadata in ({f"k{i}": "v" for i in range(17)}, {"k" * 65: "v"}, {"k": "v" * 513}):
+        with pytest.raises(openai.BadRequestError, match="metadata"):
+            ai.responses.create(model=SMOL, input="hi", metadata=metadata, max_output_tokens=16)
+    # A record larger than LOCALRUN_RESPONSES_MAX_RECORD_BYTES is refused before it is made
+    # (the server reads the setting at each request).
+    monkeypatch.setenv("LOCALRUN_RESPONSES_MAX_RECORD_BYTES", "6000")
+    long = "word " * 5000  # 25 KB
+    with pytest.raises(openai.BadRequestError, match="store"):
+        ai.responses.create(model=SMOL, input=long, max_output_tokens=16)
+    served = ai.responses.create(model=SMOL, input="hi", max_output_tokens=16)
+    assert served.status in ("completed", "incomplete") and ai.responses.retrieve(served.id)
+    unstored = ai.responses.create(
+        model=SMOL, input="hi", instructions="x" * 8000, store=False, max_output_tokens=16
+    )
+    assert unstored.status in ("completed", "incomplete")
+
+
 def test_responses_errors(ai: openai.OpenAI, live: LiveServer) -> None:
     with pytest.raises(openai.NotFoundError):
         ai.responses.create(model="no-such-model", input="hi")

@@ -8,9 +8,11 @@
 `messages` is the whole conversation up to and including the answer (in the core's chat shape,
 without `instructions`, which OpenAI does not carry over), so `previous_response_id` continues
 it without walking a chain. A record is written to a temporary file and renamed into place, so a
-crash leaves it whole or absent. At most LOCALRUN_RESPONSES_MAX records are kept, none older than
-LOCALRUN_RESPONSES_MAX_AGE: the oldest go when a new one is saved, and an expired one is gone
-when asked for. Ids are checked against their pattern before any path is built from them.
+crash leaves it whole or absent. At most LOCALRUN_RESPONSES_MAX records are kept, in at most
+LOCALRUN_RESPONSES_MAX_BYTES, none older than LOCALRUN_RESPONSES_MAX_AGE: the oldest go when a
+new one is saved, and an expired one is gone when asked for. One record takes at most
+LOCALRUN_RESPONSES_MAX_RECORD_BYTES (`check_size` refuses a larger one before it is made).
+Ids are checked against their pattern before any path is built from them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from localrun import config
-from localrun.errors import NotFoundError, StoreError
+from localrun.errors import BadRequestError, NotFoundError, StoreError
 
 ID_PATTERN = re.compile(r"resp_[0-9a-f]{24,64}")
 _SUFFIX = ".json"
@@ -33,6 +35,21 @@ _SUFFIX = ".json"
 
 def new_id() -> str:
     return f"resp_{secrets.token_hex(24)}"
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def check_size(size: int) -> None:
+    """Refuse a record of `size` bytes (or one that would grow past it) over the bound."""
+    most = config.responses_max_record_bytes()
+    if size > most:
+        raise BadRequestError(
+            f"this response would be stored in more than {most} bytes",
+            hint="send store: false (previous_response_id cannot continue it then), or raise "
+            "LOCALRUN_RESPONSES_MAX_RECORD_BYTES",
+        )
 
 
 class ResponseStore:
@@ -56,7 +73,8 @@ class ResponseStore:
         if most == 0:
             return  # storing is switched off
         path = self._path(record["response"]["id"])
-        data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+        data = encode(record)
+        check_size(len(data))
         tmp = self.root / f".tmp-{os.getpid()}-{secrets.token_hex(8)}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -98,19 +116,26 @@ class ResponseStore:
             raise StoreError(f"could not delete the response: {exc.strerror or exc}") from exc
 
     def prune(self) -> int:
-        """Remove expired records and the oldest past the count; returns how many went."""
+        """Remove expired records and the oldest past the count or the bytes; returns how many
+        went."""
         most, max_age = self._limits()
+        room = config.responses_max_bytes()
         try:
             found = []
             for entry in os.scandir(self.root):
                 if entry.name.endswith(_SUFFIX) and ID_PATTERN.fullmatch(entry.name[:-5]):
                     with contextlib.suppress(OSError):
-                        found.append((entry.stat().st_mtime, entry.path))
+                        st = entry.stat(follow_symlinks=False)
+                        found.append((st.st_mtime, st.st_size, entry.path))
         except OSError:
             return 0
         found.sort(reverse=True)  # newest first
         now = time.time()
-        doomed = [p for i, (mtime, p) in enumerate(found) if i >= most or now - mtime > max_age]
+        doomed, held = [], 0
+        for i, (mtime, size, path) in enumerate(found):
+            held += size
+            if i >= most or now - mtime > max_age or held > room:
+                doomed.append(path)
         for path in doomed:
             with contextlib.suppress(OSError):
                 os.unlink(path)

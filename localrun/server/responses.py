@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, Response
 from localrun import jsonlimits, thinking
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
-from localrun.server import core
+from localrun.server import core, response_store
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
@@ -249,6 +249,20 @@ def _options(body: Body) -> dict[str, Any]:
 # -- the response object ----------------------------------------------------------------------
 
 
+def _metadata(body: Body) -> dict[str, str]:
+    """OpenAI's metadata: at most 16 pairs, keys of at most 64 characters, text values of at
+    most 512 (as OpenAI's API refuses more)."""
+    metadata = body.get("metadata", dict) or {}
+    if len(metadata) > 16:
+        raise BadRequestError("metadata holds more than 16 pairs")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise BadRequestError(f"metadata key {key[:64]!r}... is longer than 64 characters")
+        if not isinstance(value, str) or len(value) > 512:
+            raise BadRequestError(f"metadata[{key!r}] must be text of at most 512 characters")
+    return metadata
+
+
 class _Answer:
     """The response object of one request, built up as its answer arrives."""
 
@@ -264,7 +278,7 @@ class _Answer:
             "incomplete_details": None,
             "instructions": body.get("instructions", str),
             "max_output_tokens": body.get("max_output_tokens", int),
-            "metadata": body.get("metadata", dict) or {},
+            "metadata": _metadata(body),
             "model": model,
             "output": [],
             "parallel_tool_calls": body.flag("parallel_tool_calls", True),
@@ -390,8 +404,12 @@ async def create(request: Request) -> Response:
         think=_think(body),
         parallel_tool_calls=body.flag("parallel_tool_calls", True),
     )
-    generation = await start(request, req)
     answer = _Answer(body, model, keep, previous)
+    if keep:  # what the record holds before its answer: refused now rather than after it
+        response_store.check_size(len(response_store.encode(
+            {"response": answer.obj, "messages": conversation, "input_items": items}
+        )))  # fmt: skip
+    generation = await start(request, req)
 
     async def save() -> None:
         if keep:
