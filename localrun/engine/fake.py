@@ -50,6 +50,7 @@ class _Job:
     slot: int = -1
     position: int = 0
     cancelled: bool = False
+    cancel_at: float = 0.0  # when the cancel was asked for
     started: float = 0.0
 
 
@@ -81,6 +82,7 @@ class FakeBatchEngine:
         replies: Sequence[str] = ("Hello!",),
         delay: float = 0.0,
         hang: bool = False,
+        deaf: float = 0.0,
         dims: int = 8,
     ) -> None:
         self.path = path
@@ -91,6 +93,9 @@ class FakeBatchEngine:
         self.replies = list(replies) or ["Hello!"]
         self.delay = delay
         self.hang = hang
+        # Seconds before a cancel is honoured, the other slots streaming meanwhile: a runner
+        # whose request thread is busy, or whose step is long, on a loaded machine.
+        self.deaf = deaf
         self.dims = max(1, dims)
         self.load_s = 0.0
         self.prompts: list[list[int]] = []
@@ -142,6 +147,8 @@ class FakeBatchEngine:
 
     def _cancel(self, job: _Job) -> None:
         with self._cond:
+            if not job.cancelled:
+                job.cancel_at = time.monotonic()
             job.cancelled = True
             self._cond.notify()
 
@@ -187,7 +194,7 @@ class FakeBatchEngine:
     def _step(self, job: _Job) -> tuple[str | None, str | None]:
         """(piece, done reason) of one step of `job`."""
         s = job.sampling
-        if job.cancelled:
+        if job.cancelled and time.monotonic() - job.cancel_at >= self.deaf:
             return None, "cancelled"
         if job.position >= len(job.reply):
             return None, "stop"

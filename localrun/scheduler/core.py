@@ -196,6 +196,7 @@ class Scheduler:
             lambda: runner.process.cancel(rid),
             functools.partial(self._local.kill, runner),
             model=runner.name,
+            heard=lambda: runner.process.heard,
         )
 
     async def embed(

@@ -157,6 +157,9 @@ def _build(
             raise BadRequestError("replies must be a list of strings")
         if not isinstance(delay, int | float) or delay < 0:
             raise BadRequestError("delay must be a number of seconds")
+        deaf = extra.get("deaf") or 0.0
+        if not isinstance(deaf, int | float) or deaf < 0:
+            raise BadRequestError("deaf must be a number of seconds")
         dims = extra.get("dims") or 8
         if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
             raise BadRequestError("dims must be a whole number of at least 1")
@@ -167,6 +170,7 @@ def _build(
             replies=replies,
             delay=float(delay),
             hang=bool(extra.get("hang")),
+            deaf=float(deaf),
             dims=dims,
         )
     from localrun.engine.batch import BatchEngine

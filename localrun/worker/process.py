@@ -39,7 +39,11 @@ STOP_GRACE_S = 10.0  # after stdin EOF, before SIGTERM
 KILL_GRACE_S = 3.0  # after SIGTERM, before SIGKILL
 STDERR_GRACE_S = 2.0  # after the exit, for the last stderr lines
 STDERR_TAIL = 20
-CANCEL_WAIT_S = 10.0  # how long Stream.aclose() waits for the runner to confirm a cancel
+# A cancelled request's runner is wedged when it has sent nothing at all for CANCEL_WAIT_S (a
+# native call that never returns); one that keeps answering others may take up to CANCEL_MAX_S
+# to get to the cancel (its request thread busy, a long step on a loaded machine).
+CANCEL_WAIT_S = 10.0
+CANCEL_MAX_S = 120.0
 
 Event = dict[str, Any]
 Item = Event | LocalrunError  # what a request's queue receives
@@ -58,6 +62,7 @@ class RunnerProcess:
         self.killed: str | None = None  # why kill() was called, for the error of its requests
         self._loop = asyncio.get_running_loop()
         self._reaped = asyncio.Event()
+        self.heard = time.monotonic()  # when the runner last sent a line
         self._tasks: list[asyncio.Task[None]] = []  # held: the loop keeps only weak refs
 
     @property
@@ -210,6 +215,7 @@ class RunnerProcess:
         assert proc.stdout is not None
         try:
             while line := await proc.stdout.readline():
+                self.heard = time.monotonic()
                 try:
                     event = protocol.decode(line)
                 except LocalrunError as exc:
@@ -275,6 +281,7 @@ class Stream:
         kill: Callable[[str], None] | None = None,
         *,
         model: str = "",
+        heard: Callable[[], float] | None = None,
     ) -> None:
         self.model = model  # the store name of the model answering
         self.done_reason: str | None = None
@@ -287,6 +294,7 @@ class Stream:
         self._queue = queue
         self._cancel = cancel
         self._kill = kill
+        self._heard = heard  # when the runner last sent anything (for any request)
         self._finished = False
 
     def __aiter__(self) -> Stream:
@@ -332,18 +340,33 @@ class Stream:
         if self._finished:
             return
         self._cancel()
-        wait = CANCEL_WAIT_S
-        deadline = time.monotonic() + wait
+        asked = time.monotonic()
         # The slot is freed when the runner's final event for this request arrives (or the
-        # runner dies). A runner silent past the deadline is stuck (a native call that never
-        # returns): left alone it would hold the slot, and the model, forever.
-        with contextlib.suppress(LocalrunError, asyncio.TimeoutError):
+        # runner dies). A runner silent for CANCEL_WAIT_S is stuck (a native call that never
+        # returns): left alone it would hold the slot, and the model, forever. One that goes on
+        # answering others is not (seen: killed at 10 s on a loaded machine while another
+        # client's request waited on it); it has CANCEL_MAX_S.
+        silent = False
+        with contextlib.suppress(LocalrunError):
             while not self._finished:
-                remaining = deadline - time.monotonic()
-                item = await asyncio.wait_for(self._queue.get(), max(remaining, 0.001))
+                now = time.monotonic()
+                last = max(asked, self._heard() if self._heard else asked)
+                remaining = min(last + CANCEL_WAIT_S, asked + CANCEL_MAX_S) - now
+                if remaining <= 0:
+                    silent = now - last >= CANCEL_WAIT_S
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    continue  # heard from meanwhile (for another request)? then wait on
                 self._take(item)
         if not self._finished and self._kill is not None:
-            self._kill(f"it did not end a cancelled request within {wait:g}s")
+            why = (
+                f"it sent nothing for {CANCEL_WAIT_S:g}s after a cancel"
+                if silent
+                else f"it did not end a cancelled request within {CANCEL_MAX_S:g}s"
+            )
+            self._kill(why)
         self._finished = True
         if self.done_reason is None:
             self.done_reason = "cancelled"
