@@ -165,9 +165,13 @@ class Weights:
         bytes an element of the model's width (llama.cpp keeps them at 2 by default; wider
         heads than the model's width stay within that), and 16 MiB for the rest. A cache entry
         past it is damaged or hostile (a sparse 1.9 GB file cost 2.16 GB to read)."""
-        n_layer = int(lc.llama_model_n_layer(self.model))
-        n_embd = int(lc.llama_model_n_embd(self.model))
-        return n_tokens * n_layer * 2 * n_embd * 8 + (16 << 20)
+        return n_tokens * self._state_per_token + (16 << 20)
+
+    @functools.cached_property
+    def _state_per_token(self) -> int:
+        return (
+            int(lc.llama_model_n_layer(self.model)) * 2 * int(lc.llama_model_n_embd(self.model)) * 8
+        )
 
     def save_state(
         self, ctx: Any, seq: int, cache: prompt_cache.PromptCache, prefix: list[int]

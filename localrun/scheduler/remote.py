@@ -393,12 +393,11 @@ class RemotePool:
             headers=remote_wire.headers(state.upstream),
             timeout=self._timeout(),
         ) as response:
-            status = response.status_code
-            if status != 200:
-                text = _one_line(await remote_read.read_some(response))
-                if 400 <= status < 500 and status not in (408, 429):
-                    raise _Refused(f"HTTP {status}: {text}")
-                fail(f"HTTP {status}: {text}")
+            if response.status_code != 200:
+                text, refused = await _failure(response)
+                if refused:
+                    raise _Refused(text)
+                fail(text)
                 return False
             async for obj in _objects(response, self._max_bytes()):
                 for event in reader.feed(obj):
@@ -529,15 +528,13 @@ class RemotePool:
             "POST", url, json=payload, headers=remote_wire.headers(upstream),
             timeout=self._timeout(),
         ) as response:  # fmt: skip
-            status = response.status_code
-            if status != 200:
-                text = _one_line(await remote_read.read_some(response))
-                if 400 <= status < 500 and status not in (408, 429):
+            if response.status_code != 200:
+                text, refused = await _failure(response)
+                if refused:
                     raise BadRequestError(
-                        f"upstream {upstream.name} refused the request: HTTP {status}: "
-                        + _redact(upstream, text)
+                        f"upstream {upstream.name} refused the request: " + _redact(upstream, text)
                     )
-                raise ValueError(f"HTTP {status}: {text}")
+                raise ValueError(text)
             return await remote_read.read_json(response, self._max_bytes())
 
     def _max_bytes(self) -> int:
@@ -559,6 +556,14 @@ def _affinity_key(model: str, request: GenRequest) -> str:
     else:
         start = str(request.prompt or "")
     return hashlib.sha256(f"{model}\0{start}".encode()).hexdigest()[:32]
+
+
+async def _failure(response: Any) -> tuple[str, bool]:
+    """An upstream's answer other than 200: its status and start, and whether the request is
+    at fault (a 4xx other than 408 and 429) rather than the upstream."""
+    status = response.status_code
+    text = f"HTTP {status}: {_one_line(await remote_read.read_some(response))}"
+    return text, 400 <= status < 500 and status not in (408, 429)
 
 
 async def _objects(response: Any, limit: int) -> AsyncIterator[Any]:

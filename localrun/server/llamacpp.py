@@ -79,10 +79,10 @@ async def tokenize(request: Request) -> Response:
     )
     if not with_pieces:
         return JSONResponse({"tokens": tokens})
-    if len(tokens) > config.max_token_pieces():
+    most = config.max_token_pieces()
+    if len(tokens) > most:
         raise BadRequestError(
-            f"with_pieces spells out at most {config.max_token_pieces()} tokens, and the content "
-            f"is {len(tokens)}",
+            f"with_pieces spells out at most {most} tokens, and the content is {len(tokens)}",
             hint="leave with_pieces out, send less text, or raise LOCALRUN_MAX_TOKEN_PIECES",
         )
     pieces = await core.until_disconnect(request, lambda: scheduler.token_pieces(model, tokens))

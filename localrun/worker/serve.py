@@ -119,10 +119,8 @@ class Worker:
                 self._start_embed(id, message)
             else:
                 raise BadRequestError(f"unknown op {op!r}")
-        except LocalrunError as exc:
-            self.output.send(protocol.error_event(exc, id))
         except Exception as exc:
-            self.output.send(protocol.error_event(unexpected(exc), id))
+            self.output.send(_failure(exc, id))
 
     def _send_tokens(self, id: RequestId, message: protocol.Message) -> None:
         """A tokenize request's one event, on the tokenizer's thread."""
@@ -134,10 +132,8 @@ class Worker:
                     hint="send less text",
                 )
             self.output.send(protocol.tokens_event(id, tokens))
-        except LocalrunError as exc:
-            self.output.send(protocol.error_event(exc, id))
         except Exception as exc:
-            self.output.send(protocol.error_event(unexpected(exc), id))
+            self.output.send(_failure(exc, id))
 
     def _cancel(self, id: RequestId) -> None:
         with self._lock:
@@ -235,10 +231,14 @@ class Worker:
                     event = protocol.embeddings_event(id, vectors, count)
             if event is None:  # no inputs at all
                 event = protocol.embeddings_event(id, [], count)
-        except LocalrunError as exc:
-            event = protocol.error_event(exc, id)
         except Exception as exc:
-            event = protocol.error_event(unexpected(exc), id)
+            event = _failure(exc, id)
         with self._lock:
             self._embeds.pop(id, None)
         self.output.send(event)
+
+
+def _failure(exc: Exception, id: RequestId | None) -> protocol.Message:
+    """The error event of a request that raised `exc`: its own error, or a bug or a native
+    failure worded as the runner's (the worker goes on either way)."""
+    return protocol.error_event(exc if isinstance(exc, LocalrunError) else unexpected(exc), id)
