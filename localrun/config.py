@@ -234,6 +234,12 @@ SETTINGS: dict[str, Setting] = {
             lambda: 8192,
         ),
         Setting(
+            "LOCALRUN_MAX_BYTE_FALLBACK",
+            "Most characters of one text that a SentencePiece vocabulary spells byte by byte.",
+            parse.parse_positive_int,
+            lambda: 65536,
+        ),
+        Setting(
             "LOCALRUN_TEMPLATE_TIMEOUT",
             "Longest a chat template may take to render one prompt (2s, 500ms).",
             parse_duration,
@@ -428,6 +434,10 @@ def max_token_pieces() -> int:
 
 def max_special_tokens() -> int:
     return SETTINGS["LOCALRUN_MAX_SPECIAL_TOKENS"].value()  # type: ignore[no-any-return]
+
+
+def max_byte_fallback() -> int:
+    return SETTINGS["LOCALRUN_MAX_BYTE_FALLBACK"].value()  # type: ignore[no-any-return]
 
 
 def template_timeout() -> float:

@@ -48,22 +48,17 @@ def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1, gpu: b
     for GPUs: for an engine that never uses one (the scripted fake), whose runner then starts
     without importing llama_cpp.
     """
-    from localrun import gguf, system
+    from localrun import system
     from localrun.offload import DEFAULT_NUM_BATCH, default_num_ctx, plan_offload
 
-    try:
-        headers = [gguf.scan(path) for path in (model.model_parts or [model.model_path])]
-        # The planner sizes layers from every part's tensors (scan results are shared: copy).
-        header = dataclasses.replace(headers[0], tensors=[t for h in headers for t in h.tensors])
-    except InvalidGGUFError as exc:
-        raise damaged(model, exc, "the model file") from None
+    header = _model_header(model)
     num_ctx = default_num_ctx(parameters, header)
     warnings = []
-    trained = header.arch_value("context_length")
-    if isinstance(trained, int) and 0 < trained < num_ctx:
+    asked = parameters.get("num_ctx")
+    if isinstance(asked, int) and asked > num_ctx:
         warnings.append(
-            f"num_ctx {num_ctx} is larger than the {trained} tokens {model.name} was trained on; "
-            "answers past that point may degrade"
+            f"num_ctx {asked} is larger than the {num_ctx} tokens {model.name} was trained on; "
+            f"using {num_ctx}"
         )
     requested = parameters.get("num_gpu")
     offload, gpus = False, []
@@ -94,14 +89,10 @@ def _plan_draft(
 ) -> None:
     """Add the draft model (weights, KV cache, compute buffer) to the plan: on the GPU with the
     model when the model is there whole, on the CPU otherwise (draft_offloaded says which)."""
-    from localrun import gguf
     from localrun.offload import DEFAULT_NUM_BATCH, plan_offload
 
-    assert model.draft_path is not None
-    try:
-        header = gguf.scan(str(model.draft_path))
-    except InvalidGGUFError as exc:
-        raise damaged(model, exc, "the draft model file") from None
+    header = _draft_header(model)
+    assert header is not None
     draft = plan_offload(
         header,
         num_ctx,
@@ -116,6 +107,74 @@ def _plan_draft(
     else:
         plan.ram_bytes += draft.ram_bytes
     plan.kv_bytes += draft.kv_bytes
+
+
+def _model_header(model: Model) -> Any:
+    """The header of `model`'s file, with the tensors of every part of a split model."""
+    from localrun import gguf
+
+    try:
+        headers = [gguf.scan(path) for path in (model.model_parts or [model.model_path])]
+    except InvalidGGUFError as exc:
+        raise damaged(model, exc, "the model file") from None
+    # The planner sizes layers from every part's tensors (scan results are shared: copy).
+    return dataclasses.replace(headers[0], tensors=[t for h in headers for t in h.tensors])
+
+
+def _draft_header(model: Model) -> Any:
+    """The header of `model`'s draft model, or None without one."""
+    from localrun import gguf
+
+    if model.draft_path is None:
+        return None
+    try:
+        return gguf.scan(str(model.draft_path))
+    except InvalidGGUFError as exc:
+        raise damaged(model, exc, "the draft model file") from None
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The memory a model takes, planned from its headers alone: what the scheduler counts
+    for a model its runner has not measured yet.
+
+    It is the CPU plan (weights, the KV cache of every slot, compute buffers; the draft
+    model's too; adapters), which is also the whole of a GPU plan less the GPU runtime.
+    """
+
+    header: Any
+    draft: Any
+    adapters: int  # bytes of LoRA adapters
+    parameters: dict[str, Any]  # the model's own
+
+    def bytes(self, options: dict[str, Any], slots: int) -> int:
+        """The bytes a load with `options` (over the model's parameters) and `slots` takes."""
+        from localrun.offload import DEFAULT_NUM_BATCH, default_num_ctx, plan_offload
+
+        parameters = {**self.parameters, **options}
+        num_ctx = default_num_ctx(parameters, self.header)
+        batch = parameters.get("num_batch", DEFAULT_NUM_BATCH)
+        total = self.adapters
+        for header in (self.header, self.draft):
+            if header is not None:
+                plan = plan_offload(
+                    header,
+                    num_ctx,
+                    requested=0,
+                    gpus=[],
+                    gpu_offload_supported=False,
+                    num_parallel=slots,
+                    num_batch=batch,
+                )
+                total += plan.ram_bytes
+        return total
+
+
+def footprint(model: Model) -> Footprint:
+    """`model`'s Footprint (its headers are read and checked); CorruptBlobError if a file is
+    damaged."""
+    adapters = sum(path.stat().st_size for path in model.adapter_paths)
+    return Footprint(_model_header(model), _draft_header(model), adapters, dict(model.parameters))
 
 
 def draft_offloaded(plan: Any) -> bool:

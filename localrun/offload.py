@@ -320,12 +320,12 @@ def _where(gpu: GPU) -> str:
 
 
 def default_num_ctx(parameters: Mapping[str, Any], header: Header) -> int:
-    """num_ctx for a model: its num_ctx parameter, else the trained context up to 4096."""
-    chosen = _int(parameters.get("num_ctx"))
-    if chosen:
-        return chosen
+    """num_ctx for a model: its num_ctx parameter, else 4096; never more than the context the
+    model was trained on (Ollama's rule: a larger one only costs memory, and past that point a
+    model's answers degrade)."""
+    chosen = _int(parameters.get("num_ctx")) or DEFAULT_NUM_CTX
     trained = _int(header.arch_value("context_length"))
-    return min(DEFAULT_NUM_CTX, trained or DEFAULT_NUM_CTX)
+    return min(chosen, trained) if trained else chosen
 
 
 def _size(n: int) -> str:

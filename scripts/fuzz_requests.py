@@ -3,7 +3,9 @@
 Each request starts from a valid body for its route and replaces one to three fields (or fields
 of its options, messages, tools and schemas) with hostile values: wrong types, huge and negative
 numbers, deep nesting, lone surrogates, oversized strings, the audit's hostile JSON schemas and
-regular expressions. Every answer must be 2xx or 4xx with an error in the dialect's shape; a 5xx
+regular expressions; or one tokenize-shaped request (/tokenize with pieces, count_tokens,
+/detokenize, a chat) over megabytes of CJK text, thousands of special tokens or a million
+token ids. Every answer must be 2xx or 4xx with an error in the dialect's shape; a 5xx
 or a dropped connection is a defect, and the server and its runners must stay up with bounded
 memory.
 
@@ -15,6 +17,7 @@ tests/test_fuzz_requests.py runs the same generator (through hypothesis) against
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -244,6 +247,31 @@ _FIELDS = [
 ]
 
 
+@functools.cache
+def _hostile_text(kind: str) -> str:
+    """Texts past the tokenizing bounds (made once): megabytes of CJK, thousands of special
+    tokens (llama.cpp reads them in quadratic time)."""
+    cjk = "".join(chr(0x4E00 + i % 2000) for i in range(1 << 20))  # 3 MB in UTF-8
+    return {
+        "cjk_1mb": cjk[: 1 << 18],
+        "cjk_3mb": cjk,
+        "specials": "<|im_start|><|endoftext|>" * 20_000,
+    }[kind]
+
+
+def _tokenize_request(rng: random.Random, model: str) -> Request:
+    """A tokenize-shaped request over a hostile text or token list."""
+    text = _hostile_text(rng.choice(["cjk_1mb", "cjk_3mb", "specials"]))
+    path = rng.choice(["/tokenize", "/v1/messages/count_tokens", "/detokenize", "/api/chat"])
+    if path == "/tokenize":
+        body: Body = {"model": model, "content": text, "with_pieces": rng.random() < 0.5}
+    elif path == "/detokenize":
+        body = {"model": model, "tokens": [rng.randrange(1, 300)] * rng.choice([10**5, 10**6])}
+    else:
+        body = {"model": model, "messages": [{"role": "user", "content": text}], "stream": False}
+    return Request("POST", path, body)
+
+
 def make_request(rng: random.Random, model: str) -> Request:
     """One hostile request for a route chosen by `rng`."""
     if rng.random() < 0.1:
@@ -256,6 +284,8 @@ def make_request(rng: random.Random, model: str) -> Request:
         return Request("POST", path, rng.choice([b"", b"{", b"[]", b"null", b"\xff\xfe", b"1e999"]))
     if shape == 1:
         return Request("POST", path, b"[" * 100_000 + b"]" * 100_000)
+    if shape == 2:
+        return _tokenize_request(rng, model)
     for _ in range(rng.randint(1, 3)):
         field = rng.choice(_FIELDS)
         kind = rng.randrange(6)

@@ -64,6 +64,13 @@ def tiny_model(fixtures_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_long_model(fixtures_dir: Path) -> Path:
+    """The tiny llama GGUF trained (so its header says) on a context of 2**24 tokens: a
+    num_ctx that large is its to ask for, and would take hundreds of gigabytes."""
+    return make_test_models.write_tiny_model(fixtures_dir / "tiny-long.gguf", n_ctx=1 << 24)
+
+
+@pytest.fixture(scope="session")
 def tiny_mamba(fixtures_dir: Path) -> Path:
     """A tiny random-weight Mamba GGUF: a recurrent model, whose memory is a state per sequence."""
     return make_test_models.write_tiny_mamba(fixtures_dir / "tiny-mamba.gguf")

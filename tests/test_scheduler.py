@@ -60,11 +60,14 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
 
 
 @pytest.fixture
-def models(store: Store, tmp_path: Path, tiny_model: Path) -> Store:
-    """Models "a", "b" and "c" in the store, all the tiny GGUF."""
+def models(store: Store, tmp_path: Path, tiny_model: Path, tiny_long_model: Path) -> Store:
+    """Models "a", "b" and "c" in the store, all the tiny GGUF (trained on 256 tokens), and
+    "long", the tiny GGUF trained on 2**24."""
     (tmp_path / "tiny.gguf").write_bytes(tiny_model.read_bytes())
+    (tmp_path / "long.gguf").write_bytes(tiny_long_model.read_bytes())
     for name in ("a", "b", "c"):
         create.create(store, names.parse(name), modelfile.parse("FROM tiny.gguf\n"), tmp_path)
+    create.create(store, names.parse("long"), modelfile.parse("FROM long.gguf\n"), tmp_path)
     return store
 
 
@@ -595,19 +598,99 @@ def test_a_cancelled_embedding_frees_its_slot(models: Store) -> None:
 def test_a_context_that_cannot_fit_leaves_the_loaded_runner_alone(models: Store) -> None:
     async def main() -> None:
         async with fake(models, memory_budget=1_000_000_000) as sched:
-            loaded = await sched.load("a")
+            loaded = await sched.load("long")
             started = time.monotonic()
             with pytest.raises(InvalidParameterError) as refused:
-                await chat(sched, "a", messages=HI, options={"num_ctx": 2**24})
+                await chat(sched, "long", messages=HI, options={"num_ctx": 2**24})
             assert time.monotonic() - started < 1 and "num_ctx" in refused.value.message
-            assert pid_of(sched, "a:latest") == loaded.pid
-            assert await text(await chat(sched, "a", messages=HI)) == "Hello!"
-            assert pid_of(sched, "a:latest") == loaded.pid
+            assert pid_of(sched, "long:latest") == loaded.pid
+            assert await text(await chat(sched, "long", messages=HI)) == "Hello!"
+            assert pid_of(sched, "long:latest") == loaded.pid
             # A larger context that fits still reloads.
-            bigger = await sched.load("a", options={"num_ctx": loaded.context_length * 2})
+            bigger = await sched.load("long", options={"num_ctx": loaded.context_length * 2})
             assert bigger.pid != loaded.pid
 
     run(main())
+
+
+def test_num_ctx_is_held_to_the_context_the_model_was_trained_on(models: Store) -> None:
+    """Ollama's rule: a num_ctx past the trained context loads the trained one (SmolLM2 at
+    65536 made a 6 GB runner), and asking for it again does not reload."""
+
+    async def main() -> None:
+        async with fake(models) as sched:
+            held = await sched.load("a", options={"num_ctx": 65536})
+            assert held.context_length == 256 and held.size < 64 * 1024**2
+            again = await sched.load("a", options={"num_ctx": 1 << 24})
+            trained = await sched.load("a", options={"num_ctx": 256})
+            assert again.pid == trained.pid == held.pid
+
+    run(main())
+
+
+def _planned(store: Store, name: str, num_ctx: int, slots: int) -> int:
+    from localrun import fit
+    from localrun import model as model_mod
+
+    parsed = names.parse(name)
+    found = model_mod.load(store, parsed, store.read_manifest(parsed))
+    return fit.footprint(found).bytes({"num_ctx": num_ctx}, slots)
+
+
+def test_a_load_counts_what_the_busy_models_hold(models: Store) -> None:
+    """A model is planned at the context it asks for before its runner starts: one that fits
+    only without a busy model waits for it (then unloads it); one that cannot fit at all is a
+    400 at once, with no runner started."""
+    num_ctx, slots = 1 << 16, 2
+    big = _planned(models, "long", num_ctx, slots)
+    small = _planned(models, "a", 256, slots)
+    assert big > 20 * small
+
+    async def main() -> None:
+        async with fake(models, SLOW, num_parallel=slots, memory_budget=big + small // 2) as sched:
+            busy = await chat(sched, "a", messages=HI)
+            await first_piece(busy)
+            started = len(children())
+            with pytest.raises(InvalidParameterError) as refused:
+                await chat(sched, "long", messages=HI, options={"num_ctx": 4 * num_ctx})
+            assert "num_ctx 262144" in refused.value.message and len(children()) == started
+            waiting = asyncio.ensure_future(sched.load("long", options={"num_ctx": num_ctx}))
+            await asyncio.sleep(0.5)
+            assert not waiting.done() and [m.name for m in sched.running()] == ["a:latest"]
+            await busy.aclose()
+            loaded = await asyncio.wait_for(waiting, 10)
+            assert [m.name for m in sched.running()] == ["long:latest"]
+            assert loaded.context_length == num_ctx and loaded.size == big
+
+    run(main())
+
+
+def test_unloading_gives_back_what_a_runner_holds_but_its_mapped_weights() -> None:
+    """The weights a runner maps are page cache, which the kernel already counts as available:
+    counting them again as what unloading frees would let a model load over another's."""
+    from localrun.scheduler.budget import Budget
+    from localrun.scheduler.runners import Runner
+    from localrun.scheduler.targets import Target
+    from localrun.worker.protocol import ReadyInfo
+
+    gib = 1024**3
+
+    async def main() -> None:
+        target = Target("m:latest", "sha256:" + "0" * 64, 8 * gib, {})
+        runner = Runner(target, {}, 1, 60.0)
+        runner.info = ReadyInfo(
+            n_ctx=2048, n_ctx_train=32768, slots=1, size=9 * gib, size_vram=0, gpu_layers=0,
+            layers=31, processor="100% CPU", load_s=0.1, runtime=0,
+        )  # fmt: skip
+        runner.state = "ready"
+        budget = Budget(None)
+        alone = budget.available([])
+        assert abs(budget.available([runner]) - (alone + gib)) < 256 * 1024**2
+        unmapped = Runner(target, {"use_mmap": False}, 1, 60.0)
+        unmapped.info, unmapped.state = runner.info, "ready"
+        assert abs(budget.available([unmapped]) - (alone + 9 * gib)) < 256 * 1024**2
+
+    asyncio.run(main())
 
 
 def test_the_gpu_runtime_is_not_scaled_with_the_context() -> None:

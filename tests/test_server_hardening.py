@@ -25,14 +25,18 @@ pytestmark = [pytest.mark.server, pytest.mark.model]
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_long_model: Path
+) -> Iterator[LiveServer]:
     store = Store(tmp_path_factory.mktemp("hardening") / "models")
     add_model(store, "tiny", tiny_model)
     loops = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}x"
     add_model(store, "looping", tiny_model, f'TEMPLATE """{loops}"""')
     macro = "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}"
     add_model(store, "recursive", tiny_model, f'TEMPLATE """{macro}"""')
-    add_model(store, "fresh", tiny_model, "PARAMETER temperature 0.5")
+    # Trained on 2**24 tokens: a num_ctx up to that is held to memory alone.
+    add_model(store, "long", tiny_long_model)
+    add_model(store, "fresh", tiny_long_model, "PARAMETER temperature 0.5")
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=8))
     yield server
     server.close()
@@ -156,13 +160,21 @@ def test_an_empty_completion_prompt_is_400(live: LiveServer) -> None:
 
 
 def test_a_context_that_cannot_fit_is_400_and_the_runner_stays(live: LiveServer) -> None:
-    assert post(live, "/api/chat", chat()).status_code == 200
-    pid = live.running()["tiny:latest"].pid
-    answer = post(live, "/api/chat", chat(options={"num_ctx": 2**24}))
+    assert post(live, "/api/chat", chat(model="long")).status_code == 200
+    pid = live.running()["long:latest"].pid
+    answer = post(live, "/api/chat", chat(model="long", options={"num_ctx": 2**24}))
     assert answer.status_code == 400, answer.text
     assert "num_ctx" in answer.json()["error"]
-    assert live.running()["tiny:latest"].pid == pid
-    assert post(live, "/api/chat", chat()).status_code == 200
+    assert live.running()["long:latest"].pid == pid
+    assert post(live, "/api/chat", chat(model="long")).status_code == 200
+
+
+def test_num_ctx_past_the_trained_context_loads_the_trained_one(live: LiveServer) -> None:
+    # SmolLM2 at num_ctx 65536 answered with a 6 GB runner: past what the model can use.
+    answer = post(live, "/api/chat", chat(options={"num_ctx": 2**24}))
+    assert answer.status_code == 200, answer.text
+    shown = live.running()["tiny:latest"]
+    assert shown.context_length == 256 and shown.size < 64 * 1024**2
 
 
 def test_a_first_load_is_checked_against_memory_from_the_gguf(live: LiveServer) -> None:

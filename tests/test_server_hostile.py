@@ -87,3 +87,24 @@ def test_special_tokens_are_read_in_bounded_numbers(live: LiveServer) -> None:
     )
     assert counted.status_code == 400 and counted.json()["type"] == "error"
     assert generate(live).status_code == 200
+
+
+def test_characters_a_sentencepiece_vocabulary_lacks_are_read_in_bounded_numbers(
+    live: LiveServer,
+) -> None:
+    # llama.cpp spells each such character byte by byte in time quadratic in their number:
+    # on the tiny (SentencePiece) vocabulary 200k CJK characters took 7.8 s, 2 MB minutes.
+    lacking = "中" * 70_000
+    with ThreadPoolExecutor(2) as pool:
+        refused = pool.submit(post, live, "/tokenize", {"model": "tiny", "content": lacking})
+        other = pool.submit(generate, live)
+        assert refused.result().status_code == 400, refused.result().text
+        assert "byte by byte" in refused.result().json()["error"]["message"]
+        assert other.result().status_code == 200
+    fewer = post(live, "/tokenize", {"model": "tiny", "content": "中" * 30_000})
+    assert fewer.status_code == 200 and len(fewer.json()["tokens"]) >= 90_000  # 3 bytes each
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": lacking}], "stream": False}
+    answer = post(live, "/api/chat", chat)
+    assert answer.status_code == 400 and "byte by byte" in answer.json()["error"]
+    # SmolLM2's byte-level BPE reads any character in linear time: no such bound.
+    assert post(live, "/tokenize", {"model": SMOL, "content": lacking}).status_code == 200

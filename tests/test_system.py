@@ -599,4 +599,7 @@ def test_header_without_head_counts_falls_back_to_full_attention() -> None:
 def test_default_num_ctx(smollm2: Header, tiny: Header) -> None:
     assert offload.default_num_ctx({}, smollm2) == 4096  # trained on 8192
     assert offload.default_num_ctx({}, tiny) == 256  # trained on 256
-    assert offload.default_num_ctx({"num_ctx": 8192}, tiny) == 8192
+    # Held to the trained context, as Ollama holds it (SmolLM2 at 65536 took a 6 GB runner).
+    assert offload.default_num_ctx({"num_ctx": 8192}, tiny) == 256
+    assert offload.default_num_ctx({"num_ctx": 65536}, smollm2) == 8192
+    assert offload.default_num_ctx({"num_ctx": 2048}, smollm2) == 2048

@@ -266,8 +266,10 @@ class Weights:
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
-        if parse_special and len(data) > _SPECIALS_CHECKED_PAST:
-            self._check_specials(text)
+        if len(data) > _SPECIALS_CHECKED_PAST:
+            if parse_special:
+                self._check_specials(text)
+            self._check_fallback(text)
         capacity = len(data) + 8
         buf = (lc.llama_token * capacity)()
         n = lc.llama_tokenize(
@@ -296,6 +298,37 @@ class Weights:
                     hint="send less text, tokenize it with parse_special false, or raise "
                     "LOCALRUN_MAX_SPECIAL_TOKENS",
                 )
+
+    def _check_fallback(self, text: str) -> None:
+        """Refuse a text with more than LOCALRUN_MAX_BYTE_FALLBACK characters a SentencePiece
+        vocabulary lacks: llama.cpp spells each byte by byte in time quadratic in their number
+        (on the tiny test vocabulary: 100k of them 2 s, 200k 7.8 s, 2 MB of CJK minutes)."""
+        known = self._single_chars
+        if known is None:
+            return
+        most = config.max_byte_fallback()
+        lacking = len(text.translate(known))
+        if lacking > most:
+            raise BadRequestError(
+                f"the text holds {lacking} characters that the model's vocabulary spells byte "
+                f"by byte, more than {most}",
+                hint="send less text, or raise LOCALRUN_MAX_BYTE_FALLBACK",
+            )
+
+    @functools.cached_property
+    def _single_chars(self) -> dict[int, None] | None:
+        """A str.translate table deleting the characters the vocabulary has as tokens of
+        their own (SentencePiece's "▁" as the space it stands for); None unless the vocabulary
+        is SentencePiece's, whose byte fallback is quadratic."""
+        if int(lc.llama_vocab_type(self.vocab)) != lc.LLAMA_VOCAB_TYPE_SPM:
+            return None
+        table: dict[int, None] = {}
+        for token in range(self.n_vocab):
+            piece = lc.llama_vocab_get_text(self.vocab, token) or b""
+            text = piece.decode("utf-8", errors="replace").replace("\u2581", " ")
+            if len(text) == 1:
+                table[ord(text)] = None
+        return table
 
     @functools.cached_property
     def _special_texts(self) -> tuple[str, ...]:

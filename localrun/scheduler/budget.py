@@ -1,13 +1,23 @@
 """The memory side of the scheduler: what the loaded models take, and which idle ones make room.
 
-The budget is a fixed number of bytes, or (by default) the memory available at each load plus
-what the loaded models already take. A model's size before its first load is estimated from its
-weights; once a runner reports what it took (weights, KV cache and compute buffers), that
-measure is the estimate for the next load of the same model with the same load options.
+What the memory check allows:
 
-Room for a load is made by evicting idle models, least recently used first, within
-`max_loaded` models and the budget. A context size whose KV cache cannot fit in the budget
-(scaled from what the loaded runner measured) is refused before the runner is given up for it.
+- The budget is a fixed number of bytes, or (by default) the memory available at each load
+  plus what the loaded models hold that unloading them gives back: their KV caches and compute
+  buffers, not their weights, which the kernel maps from the model file and already counts as
+  available (reclaimable page cache) while another model's runner is using them.
+- A model's size before its first load is planned from its headers at the load options asked
+  for (weights, the KV cache of every slot at num_ctx, compute buffers); once a runner reports
+  what it took, that measure is the estimate for the next load with the same options.
+- A load larger than the whole budget (with every other model unloaded, and free swap) is
+  refused before any runner starts: a 400 naming num_ctx when the request set it.
+- Otherwise room is made by unloading idle models, least recently used first, within
+  `max_loaded` models and the budget; a load that fits only once busy models finish waits.
+- A context size that cannot fit (scaled from what the loaded runner measured) is refused
+  before the runner is given up for it.
+
+num_ctx itself is held to the context the model was trained on (Target.trained), so a client
+cannot make a runner larger than the model can use.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from localrun.errors import InvalidParameterError
+from localrun.errors import InvalidParameterError, ModelLoadError
 from localrun.scheduler.runners import Runner
 from localrun.scheduler.targets import Target
 
@@ -34,18 +44,48 @@ class Budget:
             return self.limit
         import psutil
 
-        used = sum(r.size for r in runners if r.state == "ready")
-        return int(psutil.virtual_memory().available) + used
+        held = sum(_given_back(r) for r in runners if r.state == "ready")
+        return int(psutil.virtual_memory().available) + held
+
+    def check_alone(
+        self, target: Target, estimate: int, load_options: dict[str, Any], runners: Sequence[Runner]
+    ) -> None:
+        """Refuse a load of `estimate` bytes that would not fit even with every other model
+        unloaded (free swap counted, as the runner's own check counts it)."""
+        budget = self.available(runners)
+        if self.limit is None:
+            import psutil
+
+            budget += int(psutil.swap_memory().free)
+        if estimate <= budget:
+            return
+        have = f"about {_gb(budget)} is available with every other model unloaded"
+        num_ctx = load_options.get("num_ctx")
+        if num_ctx is not None:
+            raise InvalidParameterError(
+                f"num_ctx {num_ctx} needs about {_gb(estimate)} of memory for {target.name}; "
+                + have,
+                hint="use a smaller num_ctx, or set LOCALRUN_NUM_PARALLEL lower",
+            )
+        raise ModelLoadError(
+            f"{target.name} needs about {_gb(estimate)} of memory to load; {have}",
+            hint="close other programs, set a smaller num_ctx, or use a smaller quantization",
+        )
 
     def measured(self, runner: Runner, size: int) -> None:
         """Remember the `size` a runner reported once loaded, for the next load of its model
         with its load options."""
         self._sizes[_size_key(runner.name, runner.digest, runner.load_options)] = size
 
-    def estimate(self, target: Target, load_options: dict[str, Any]) -> int:
-        """The bytes a load of `target` with `load_options` is expected to take."""
+    def estimate(self, target: Target, load_options: dict[str, Any], slots: int) -> int:
+        """The bytes a load of `target` with `load_options` and `slots` is expected to take."""
         key = _size_key(target.name, target.digest, load_options)
-        return self._sizes.get(key, target.weights)
+        measured = self._sizes.get(key)
+        if measured is not None:
+            return measured
+        if target.footprint is not None:
+            return target.footprint.bytes(load_options, slots)
+        return target.weights
 
     def make_room(
         self, estimate: int, runners: Sequence[Runner], max_loaded: int
@@ -119,6 +159,13 @@ class Budget:
             )
 
 
+def _given_back(runner: Runner) -> int:
+    """The memory unloading `runner` gives back beyond what the kernel counts as available:
+    all it holds less its mapped weights (page cache, reclaimable while mapped)."""
+    mapped = 0 if runner.load_options.get("use_mmap") is False else runner.weights
+    return max(0, runner.size - mapped)
+
+
 def _idle_lru(runners: Iterable[Runner]) -> list[Runner]:
     """The ready runners with no request, least recently used first."""
     idle = (r for r in runners if r.busy == 0 and r.state == "ready")
@@ -130,4 +177,4 @@ def _size_key(name: str, digest: str, load_options: dict[str, Any]) -> tuple[str
 
 
 def _gb(size: float) -> str:
-    return f"{size / 1e9:.1f} GB"
+    return f"{size / 1e9:.1f} GB" if size < 1e12 else f"{size / 1e12:.1f} TB"

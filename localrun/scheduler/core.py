@@ -364,7 +364,7 @@ class Scheduler:
         keep = self._keep_alive(keep_alive)
         target = await self._names.resolve(name)
         # None: any runner of the model will do (tokenizing does not depend on load options).
-        load_options = (
+        load_options = target.trained(
             None
             if options is None
             else {k: v for k, v in options.items() if k in params_mod.LOAD_PARAMS}

@@ -100,8 +100,10 @@ class LocalPool:
     def start_runner(
         self, target: Target, load_options: dict[str, Any], keep_alive: float
     ) -> Runner | None:
-        """Make room (evicting idle models LRU) and start loading; None if there is no room."""
-        estimate = self.memory.estimate(target, load_options)
+        """Make room (evicting idle models LRU) and start loading; None if there is no room
+        yet. A load that cannot fit even with every other model unloaded is refused."""
+        estimate = self.memory.estimate(target, load_options, self.num_parallel)
+        self.memory.check_alone(target, estimate, load_options, self.runners)
         evict = self.memory.make_room(estimate, self.runners, self.max_loaded)
         if evict is None:
             return None  # every loaded model is busy: wait for one to become idle

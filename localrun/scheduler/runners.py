@@ -50,6 +50,7 @@ class Runner:
         self.load_options = load_options
         self.slots = slots
         self.keep_alive = keep_alive
+        self.weights = target.weights
         self.estimate = target.weights
         self.state = "loading"  # -> "ready" -> "stopping" -> "dead"
         self.stale = False  # takes no new requests; stopped once idle (reload, unload)

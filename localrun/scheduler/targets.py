@@ -12,11 +12,12 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from localrun import selfexec
 from localrun.errors import LocalrunError, ModelLoadError, ModelNotFoundError
+from localrun.fit import Footprint, footprint
 from localrun.store import Store
 from localrun.worker import protocol
 from localrun.worker.process import exit_text
@@ -30,8 +31,21 @@ class Target:
 
     name: str
     digest: str
-    weights: int  # bytes of model and adapter layers: the memory estimate before a first load
+    weights: int  # bytes of model and adapter layers
     details: dict[str, Any]
+    # What a load takes by its load options, from the headers (None: the weights alone).
+    footprint: Footprint | None = field(default=None, compare=False, repr=False)
+
+    def trained(self, load_options: dict[str, Any] | None) -> dict[str, Any] | None:
+        """`load_options` with num_ctx held to the context the model was trained on, as the
+        runner loads it (Ollama's rule), so that asking for more matches a runner so loaded."""
+        limit = self.details.get("context_length")
+        num_ctx = (load_options or {}).get("num_ctx")
+        if not isinstance(limit, int) or limit <= 0 or not isinstance(num_ctx, int):
+            return load_options
+        if num_ctx <= limit:
+            return load_options
+        return {**(load_options or {}), "num_ctx": limit}
 
 
 class Resolver:
@@ -99,11 +113,15 @@ def read_target(store: Store, text: str) -> Target | None:
     weights = sum(
         layer.size for layer in manifest.layers if layer.kind in ("model", "adapter", "draft")
     )
+    planned: Footprint | None = None
+    with contextlib.suppress(LocalrunError, OSError):  # a damaged file: its runner says so
+        planned = footprint(model)
     return Target(
         name=str(name),
         digest="sha256:" + hashlib.sha256(manifest.to_bytes()).hexdigest(),
         weights=weights,
         details=model.details,
+        footprint=planned,
     )
 
 

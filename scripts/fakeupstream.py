@@ -1,4 +1,4 @@
-"""A scripted OpenAI-only upstream for the gateway tests: /v1/models and a streaming
+"""A scripted OpenAI-only upstream for the gateway tests and scripts/fuzz_surfaces.py: /v1/models and a streaming
 /v1/chat/completions (and /v1/completions) that answer, or fail on cue.
 
 Modes (set `mode` between requests):
@@ -216,6 +216,8 @@ class FakeUpstream:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        # A client that stops reading (the gateway refusing a huge answer) is no news here.
+        self.server.handle_error = lambda request, address: None  # type: ignore[method-assign]
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
