@@ -1,5 +1,6 @@
-"""A scripted OpenAI-only upstream for the gateway tests and scripts/fuzz_surfaces.py: /v1/models and a streaming
-/v1/chat/completions (and /v1/completions) that answer, or fail on cue.
+"""A scripted OpenAI-only upstream for the gateway tests and scripts/fuzz_surfaces.py:
+/v1/models and a streaming /v1/chat/completions (and /v1/completions) that answer, or fail on
+cue.
 
 Modes (set `mode` between requests):
   ok          stream WORDS as chat chunks, then usage and [DONE]

@@ -4,10 +4,10 @@ the prompt cache folder; against a real `localrun serve` and real `localrun run`
     python scripts/fuzz_surfaces.py [--from smollm2:135m] [--cases 60] [--seed 0] [--scale 1]
 
 It makes a LOCALRUN_HOME of its own, creates a model from `--from` (a catalog name or a GGUF
-path, trained on 2048 tokens or more) with a long SYSTEM prompt, starts two scripted upstreams (scripts/fakeupstream.py): one
-that answers the model `remote-model` in a mode each case picks (one endless line, a gzip bomb,
-a 256 MB embedding, a stall, a cut, a 500), and one whose model list is 256 MB, read every
-second. Then:
+path, trained on 2048 tokens or more) with a long SYSTEM prompt, starts two scripted upstreams
+(scripts/fakeupstream.py): one that answers the model `remote-model` in a mode each case
+picks (one endless line, a gzip bomb, a 256 MB embedding, a stall, a cut, a 500), and one whose
+model list is 256 MB, read every second. Then:
 
 - tokenize: /tokenize (with and without pieces), /detokenize, /api/chat and count_tokens on
   megabytes of CJK text, tens of thousands of special tokens and million-token lists; meanwhile
