@@ -58,8 +58,7 @@ class FakeUpstream:
 
             def do_GET(self) -> None:
                 if self.path == "/v1/models" and fake.mode == "huge":
-                    names = [{"id": "m" * 100, "object": "model"}] * (fake.huge_bytes // 120)
-                    self._json(200, {"object": "list", "data": names})
+                    self._raw(200, _huge("models", fake.huge_bytes))
                 elif self.path == "/v1/models":
                     data = {
                         "object": "list",
@@ -77,8 +76,7 @@ class FakeUpstream:
                         {"path": self.path, "headers": dict(self.headers), "body": body}
                     )
                 if self.path == "/v1/embeddings" and fake.mode == "huge":
-                    vector = [0.123456789] * (fake.huge_bytes // 13)
-                    self._json(200, {"object": "list", "data": [{"index": 0, "embedding": vector}]})
+                    self._raw(200, _huge("embedding", fake.huge_bytes))
                     return
                 if self.path == "/v1/embeddings" and fake.mode == "ok":
                     inputs = body.get("input") or []
@@ -208,7 +206,9 @@ class FakeUpstream:
                 self.wfile.flush()
 
             def _json(self, status: int, obj: Any) -> None:
-                data = json.dumps(obj).encode()
+                self._raw(status, json.dumps(obj).encode())
+
+            def _raw(self, status: int, data: bytes) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -236,6 +236,17 @@ class FakeUpstream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@functools.cache
+def _huge(kind: str, size: int) -> bytes:
+    """About `size` bytes of a model list or an embedding answer, made once: made for each
+    request, it held this process's GIL for seconds (and its other threads with it)."""
+    if kind == "models":
+        names = [{"id": "m" * 100, "object": "model"}] * (size // 120)
+        return json.dumps({"object": "list", "data": names}).encode()
+    vector = [0.123456789] * (size // 13)
+    return json.dumps({"object": "list", "data": [{"index": 0, "embedding": vector}]}).encode()
 
 
 def _endless_line(size: int) -> Iterator[bytes]:

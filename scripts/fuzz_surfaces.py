@@ -6,8 +6,8 @@ the prompt cache folder; against a real `localrun serve` and real `localrun run`
 It makes a LOCALRUN_HOME of its own, creates a model from `--from` (a catalog name or a GGUF
 path, trained on 2048 tokens or more) with a long SYSTEM prompt, starts two scripted upstreams
 (scripts/fakeupstream.py): one that answers the model `remote-model` in a mode each case
-picks (one endless line, a gzip bomb, a 256 MB embedding, a stall, a cut, a 500), and one whose
-model list is 256 MB, read every second. Then:
+picks (one endless line, a gzip bomb, a 96 MB embedding, a stall, a cut, a 500), and one whose
+model list is 16 MB, read every second. Then:
 
 - tokenize: /tokenize (with and without pieces), /detokenize, /api/chat and count_tokens on
   megabytes of CJK text, tens of thousands of special tokens and million-token lists; meanwhile
@@ -92,9 +92,10 @@ class Outcome:
         self.notes: dict[str, float] = {}
 
     def check(self, family: str, request: Request, status: int, text: str) -> None:
+        print(f"{family}: {request.describe()[:70]} -> {status}", flush=True)
         self.cases += 1
         self.statuses[status] = self.statuses.get(status, 0) + 1
-        allowed = family == "upstream" and status in GATEWAY_STATUSES
+        allowed = family.startswith("upstream") and status in GATEWAY_STATUSES
         found = text if status < 0 else problem(request, 400 if allowed else status, text)
         if found:
             self.defect(f"{family}: {request.describe()[:200]} -> {found}")
@@ -121,12 +122,12 @@ def localrun(env: dict[str, str], *args: str, timeout: float = 600) -> subproces
 
 
 @contextlib.contextmanager
-def serving(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def serving(env: dict[str, str], log: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "localrun", "serve", "--port", "0"],
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),
         text=True,
     )
     try:
@@ -283,7 +284,7 @@ def run_upstream(
         prober = Prober(client)
         status, text = send(client, request, timeout=300)
         worst = prober.stop()
-        out.check("upstream", request, status, text)
+        out.check(f"upstream {upstream.mode}", request, status, text)
         out.most("slowest /api/version beside a hostile upstream (s)", worst)
         if worst > 1.0:
             out.defect(f"upstream {upstream.mode}: /api/version took {worst:.1f} s")
@@ -416,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         FakeUpstream(("listed",)) as lister,
     ):
         hostile.stall_s = 3.0
-        lister.mode = "huge"
+        hostile.huge_bytes = 96 << 20  # past the 64 MiB an upstream's answer may have
+        lister.mode = "huge"  # past the 4 MiB a model list may have, read every second
+        lister.huge_bytes = 16 << 20
         env = {
             **os.environ,
             "LOCALRUN_HOME": home,
@@ -439,7 +442,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"localrun {' '.join(command)}: {done.stderr.strip()}")
         if "cache" in families:
             run_cache(env, "target", out, rng)
-        with serving(env) as (url, proc), httpx.Client(base_url=url) as client:
+        log = Path(home) / "serve.log"
+        # No kept-alive connections: one the server closed as idle is no defect of its own.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with serving(env, log) as (url, proc), httpx.Client(base_url=url, limits=limits) as client:
             peak = Peak(proc.pid)
             if "tokenize" in families:
                 run_tokenize(client, "target", out, list(tokenize_cases(rng, "target", args.scale)))
@@ -447,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_upstream(client, hostile, out, rng, args.cases)
             alive = client.get("/api/tags", timeout=30).status_code == 200
             server_peak = peak.stop()
+        if out.defects:
+            print("the server's log ends:\n" + log.read_text()[-3000:], file=sys.stderr)
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(out.statuses.items()))
     notes = "; ".join(f"{k} {v:.1f}" for k, v in out.notes.items())
     print(json.dumps({"families": families}), file=sys.stderr)
