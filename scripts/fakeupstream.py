@@ -249,6 +249,13 @@ def _huge(kind: str, size: int) -> bytes:
     return json.dumps({"object": "list", "data": [{"index": 0, "embedding": vector}]}).encode()
 
 
+def huge_answers(*sizes: int) -> None:
+    """Make the huge answers of these sizes now, before anything is timed."""
+    for size in sizes:
+        _huge("models", size)
+        _huge("embedding", size)
+
+
 def _endless_line(size: int) -> Iterator[bytes]:
     yield b'data: {"choices": [{"delta": {"content": "'
     piece = b"a" * 65536

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import fakeupstream
 import httpx
 import psutil
 from fakeupstream import FakeUpstream
@@ -420,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         hostile.huge_bytes = 96 << 20  # past the 64 MiB an upstream's answer may have
         lister.mode = "huge"  # past the 4 MiB a model list may have, read every second
         lister.huge_bytes = 16 << 20
+        # Made now: made at the first request, they held this process's GIL (and the probe's
+        # thread) for seconds.
+        fakeupstream.huge_answers(hostile.huge_bytes, lister.huge_bytes)
         env = {
             **os.environ,
             "LOCALRUN_HOME": home,
