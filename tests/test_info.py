@@ -108,10 +108,13 @@ def test_show_fit_params_and_json(cli: CLI, smollm2: str, shared_home: dict[str,
     assert data["total_layers"] == 31
     assert data["kv_bytes"] == 2 * 30 * 8192 * 3 * 64 * 2
     assert data["reason"]
+    smaller = cli("show", smollm2, "--fit", "-p", "num_ctx=4096", "--json", env=shared_home)
+    assert 2 * json.loads(smaller.stdout)["kv_bytes"] == data["kv_bytes"]
+    # Past the 8192 tokens SmolLM2 was trained on, num_ctx is held there (as Ollama does).
     again = cli("show", smollm2, "--fit", "-p", "num_ctx=16384", "--json", env=shared_home)
-    bigger = json.loads(again.stdout)
-    assert bigger["kv_bytes"] == 2 * data["kv_bytes"]
-    assert any("trained on" in w for w in bigger["warnings"])
+    held = json.loads(again.stdout)
+    assert held["num_ctx"] == 8192 and held["kv_bytes"] == data["kv_bytes"]
+    assert any("trained on" in w and "using 8192" in w for w in held["warnings"])
 
 
 def test_show_fit_uses_the_model_num_ctx(cli: CLI, tiny_model: Path, tmp_path: Path) -> None:

@@ -113,6 +113,10 @@ def test_the_server_reports_a_crashed_load_without_internals(
         serve.kill()
 
 
-def test_run_refuses_a_context_that_cannot_fit(cli: CLI, hooked: dict[str, str]) -> None:
-    result = cli("run", "tiny", "Hello", "-p", "num_ctx=16777216", env=hooked)
+def test_run_refuses_a_context_that_cannot_fit(
+    cli: CLI, hooked: dict[str, str], home: Path, tiny_long_model: Path
+) -> None:
+    # Trained (so its header says) on 2**24 tokens: num_ctx is not held below that.
+    add_model(Store(home / "models"), "long", tiny_long_model)
+    result = cli("run", "long", "Hello", "-p", "num_ctx=16777216", env=hooked)
     assert_one_line_error(result, "num_ctx 16777216 needs about", "available")

@@ -316,7 +316,7 @@ def test_a_model_whose_state_cannot_be_restored_is_not_cached_and_verbose_says_w
     import make_test_models
 
     if kind == "swa":
-        model = make_test_models.write_tiny_model(fixtures_dir / "tiny-swa.gguf", swa=8)
+        model = make_test_models.write_tiny_model(fixtures_dir / "tiny-swa.gguf", swa=8, n_ctx=4096)
     else:
         model = make_test_models.write_tiny_mamba(fixtures_dir / "tiny-mamba.gguf")
     system = " ".join(["word"] * 200)
