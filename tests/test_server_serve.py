@@ -133,7 +133,7 @@ def test_serve_on_an_open_address_with_a_key_or_the_explicit_flag(serve_home: Pa
 
 
 def test_sigterm_ends_open_streams_with_their_error_line(
-    serve_home: Path, tiny_model: Path
+    serve_home: Path, tiny_long_model: Path
 ) -> None:
     # Streams cut by SIGTERM once ended without a final line: each dialect's client then saw a
     # truncated answer instead of an error it can report.
@@ -141,7 +141,8 @@ def test_sigterm_ends_open_streams_with_their_error_line(
     import threading
 
     # A context long enough that the answers are still streaming when the signal comes.
-    add_model(Store(serve_home / "models"), "long", tiny_model, "PARAMETER num_ctx 65536\n")
+    # (num_ctx is held to the trained context: this model's header says 2**24.)
+    add_model(Store(serve_home / "models"), "long", tiny_long_model, "PARAMETER num_ctx 65536\n")
     server = Serve(serve_home)
 
     requests = {
