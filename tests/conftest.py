@@ -79,7 +79,7 @@ def tiny_mamba(fixtures_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_fim_model(fixtures_dir: Path) -> Path:
     """The tiny model with fill-in-the-middle tokens in its vocabulary."""
-    return make_test_models.write_tiny_model(fixtures_dir / "tiny-fim.gguf", fim=True)
+    return make_test_models.write_tiny_model(fixtures_dir / "tiny-fim.gguf", fim=True, n_ctx=4096)
 
 
 @pytest.fixture(scope="session")
