@@ -239,11 +239,13 @@ WEATHER_TOOL = {
 }
 
 
-def test_parallel_tool_calls_off_keeps_the_first_call(tmp_path: Path, tiny_model: Path) -> None:
+def test_parallel_tool_calls_off_keeps_the_first_call(
+    tmp_path: Path, tiny_long_model: Path
+) -> None:
     """parallel_tool_calls: false (OpenAI chat and Responses) and Anthropic's
     disable_parallel_tool_use: one call per answer, in every dialect alike."""
     store = Store(tmp_path / "models")
-    add_model(store, "a", tiny_model, "PARAMETER num_ctx 8192")  # a character per token
+    add_model(store, "a", tiny_long_model, "PARAMETER num_ctx 8192")  # a character per token
     scheduler = Scheduler(
         store, num_parallel=1, backend="fake", backend_options={"replies": [TWO_CALLS]}
     )

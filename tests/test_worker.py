@@ -162,14 +162,16 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
-    """A store with `tiny` (the generated model) and SmolLM2."""
+def root(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_long_model: Path) -> Path:
+    """A store with `tiny` (the generated model), `long` (the same, trained on 2**24 tokens)
+    and SmolLM2."""
     path = tmp_path_factory.mktemp("worker")
     store = Store(path / "models")
     folder = path / "src"
     folder.mkdir()
-    (folder / "tiny.gguf").write_bytes(tiny_model.read_bytes())
-    create.create(store, names.parse("tiny"), modelfile.parse("FROM tiny.gguf\n"), folder)
+    for name, gguf in (("tiny", tiny_model), ("long", tiny_long_model)):
+        (folder / f"{name}.gguf").write_bytes(gguf.read_bytes())
+        create.create(store, names.parse(name), modelfile.parse(f"FROM {name}.gguf\n"), folder)
     catalog.find(store, "smollm2:135m")
     return path
 
@@ -446,7 +448,7 @@ def test_fake_tool_calls_are_parsed(root: Path) -> None:
         '{"name": "add", "arguments": {"a": 1, "b": 2}}',
     ]
     load = {"backend": "fake", "replies": replies, "options": {"num_ctx": 4096}}
-    with spawn(root, "tiny", **load) as worker:
+    with spawn(root, "long", **load) as worker:
         _check_tool_calls(worker)
 
 
