@@ -48,10 +48,16 @@ def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1, gpu: b
     for GPUs: for an engine that never uses one (the scripted fake), whose runner then starts
     without importing llama_cpp.
     """
+    return _plan_fit(model, _model_header(model), _draft_header(model), parameters, slots, gpu)
+
+
+def _plan_fit(
+    model: Model, header: Any, draft: Any, parameters: dict[str, Any], slots: int, gpu: bool
+) -> Fit:
+    """plan_fit on the headers of the model and of its draft model (None without one)."""
     from localrun import system
     from localrun.offload import DEFAULT_NUM_BATCH, default_num_ctx, plan_offload
 
-    header = _model_header(model)
     num_ctx = default_num_ctx(parameters, header)
     warnings = []
     asked = parameters.get("num_ctx")
@@ -79,20 +85,18 @@ def plan_fit(model: Model, parameters: dict[str, Any], *, slots: int = 1, gpu: b
     )
     if not gpu:
         plan.reason = "this engine runs on the CPU only"
-    if model.draft_path is not None:
-        _plan_draft(model, plan, num_ctx, slots, parameters)
+    if draft is not None:
+        _plan_draft(draft, plan, num_ctx, slots, parameters)
     return Fit(header, num_ctx, plan, warnings + list(plan.warnings))
 
 
 def _plan_draft(
-    model: Model, plan: Any, num_ctx: int, slots: int, parameters: dict[str, Any]
+    header: Any, plan: Any, num_ctx: int, slots: int, parameters: dict[str, Any]
 ) -> None:
     """Add the draft model (weights, KV cache, compute buffer) to the plan: on the GPU with the
     model when the model is there whole, on the CPU otherwise (draft_offloaded says which)."""
     from localrun.offload import DEFAULT_NUM_BATCH, plan_offload
 
-    header = _draft_header(model)
-    assert header is not None
     draft = plan_offload(
         header,
         num_ctx,
@@ -135,46 +139,29 @@ def _draft_header(model: Model) -> Any:
 
 @dataclass(frozen=True)
 class Footprint:
-    """The memory a model takes, planned from its headers alone: what the scheduler counts
-    for a model its runner has not measured yet.
+    """The memory a model takes, planned from its headers alone (read once): what the
+    scheduler counts for a model its runner has not measured yet.
 
-    It is the CPU plan (weights, the KV cache of every slot, compute buffers; the draft
-    model's too; adapters), which is also the whole of a GPU plan less the GPU runtime.
+    It is the CPU plan's RAM (weights, the KV cache of every slot, compute buffers; the draft
+    model's too): what a runner on the CPU reports once loaded, and the whole of a GPU plan
+    less the GPU runtime.
     """
 
+    model: Model
     header: Any
     draft: Any
-    adapters: int  # bytes of LoRA adapters
-    parameters: dict[str, Any]  # the model's own
 
     def bytes(self, options: dict[str, Any], slots: int) -> int:
         """The bytes a load with `options` (over the model's parameters) and `slots` takes."""
-        from localrun.offload import DEFAULT_NUM_BATCH, default_num_ctx, plan_offload
-
-        parameters = {**self.parameters, **options}
-        num_ctx = default_num_ctx(parameters, self.header)
-        batch = parameters.get("num_batch", DEFAULT_NUM_BATCH)
-        total = self.adapters
-        for header in (self.header, self.draft):
-            if header is not None:
-                plan = plan_offload(
-                    header,
-                    num_ctx,
-                    requested=0,
-                    gpus=[],
-                    gpu_offload_supported=False,
-                    num_parallel=slots,
-                    num_batch=batch,
-                )
-                total += plan.ram_bytes
-        return total
+        parameters = {**self.model.parameters, **options}
+        fit = _plan_fit(self.model, self.header, self.draft, parameters, slots, False)
+        return int(fit.plan.ram_bytes)
 
 
 def footprint(model: Model) -> Footprint:
     """`model`'s Footprint (its headers are read and checked); CorruptBlobError if a file is
     damaged."""
-    adapters = sum(path.stat().st_size for path in model.adapter_paths)
-    return Footprint(_model_header(model), _draft_header(model), adapters, dict(model.parameters))
+    return Footprint(model, _model_header(model), _draft_header(model))
 
 
 def draft_offloaded(plan: Any) -> bool:
@@ -200,18 +187,33 @@ def check_memory(
     """
     needed = fit.plan.ram_bytes
     available = available or available_memory()
-    if needed <= available:
-        return
-    have = f"about {_gb(available)} is available"
-    if "num_ctx" in parameters:
+    if needed > available:
+        num_ctx = fit.num_ctx if "num_ctx" in parameters else None
+        raise too_large(str(model.name), needed, available, num_ctx=num_ctx, slots=slots)
+
+
+def too_large(
+    name: str,
+    needed: float,
+    available: float,
+    *,
+    num_ctx: int | None,
+    slots: int = 1,
+    where: str = "",
+    hint: str = "use a smaller num_ctx, or set LOCALRUN_NUM_PARALLEL lower",
+) -> LocalrunError:
+    """The refusal of a load of `name` that needs more memory than is `available` (`where`
+    says with what unloaded): naming num_ctx when the request set it (a 400, with `hint`), else
+    ModelLoadError."""
+    have = f"about {_gb(available)} is available{where}"
+    if num_ctx is not None:
         per = f" ({slots} slots)" if slots > 1 else ""
-        raise InvalidParameterError(
-            f"num_ctx {fit.num_ctx} needs about {_gb(needed)} of memory for {model.name}{per}; "
-            + have,
-            hint="use a smaller num_ctx",
+        return InvalidParameterError(
+            f"num_ctx {num_ctx} needs about {_gb(needed)} of memory for {name}{per}; {have}",
+            hint=hint,
         )
-    raise ModelLoadError(
-        f"{model.name} needs about {_gb(needed)} of memory to load; {have}",
+    return ModelLoadError(
+        f"{name} needs about {_gb(needed)} of memory to load; {have}",
         hint="close other programs, set a smaller num_ctx, or use a smaller quantization",
     )
 

@@ -370,7 +370,8 @@ def send(client: Any, request: Request, timeout: float = 120) -> tuple[int, str]
         return -1, f"{type(exc).__name__}: {exc}"
 
 
-def _tree_rss(pid: int | None) -> int:
+def tree_rss(pid: int | None) -> int:
+    """The RSS of process `pid` and its children (0 if it is gone)."""
     if not pid:
         return 0
     import psutil
@@ -409,11 +410,11 @@ def main(argv: list[str] | None = None) -> int:
                 defects.append(f"{request.describe()} -> {found}")
                 print("DEFECT", defects[-1], flush=True)
             if i % 50 == 0:
-                peak = max(peak, _tree_rss(args.pid))
+                peak = max(peak, tree_rss(args.pid))
             if i and i % 500 == 0:
                 print(f"{i} requests ({time.monotonic() - started:.0f} s)", flush=True)
         alive = send(client, Request("GET", "/api/tags", None))[0] == 200
-    peak = max(peak, _tree_rss(args.pid))
+    peak = max(peak, tree_rss(args.pid))
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
     print(
         f"\n{args.count} requests in {time.monotonic() - started:.0f} s; statuses {counts}; "

@@ -43,9 +43,8 @@ from typing import Any
 
 import fakeupstream
 import httpx
-import psutil
 from fakeupstream import FakeUpstream
-from fuzz_requests import Request, problem, send
+from fuzz_requests import Request, problem, send, tree_rss
 
 # Long enough to be cached on disk (prompt_cache.MIN_TOKENS) by any tokenizer.
 SYSTEM = "You are a careful assistant. " + " ".join(f"Rule {i}: be brief." for i in range(40))
@@ -64,23 +63,13 @@ class Peak:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                root = psutil.Process(self.pid)
-                tree = [root, *root.children(recursive=True)]
-                self.bytes = max(self.bytes, sum(_rss(p) for p in tree))
+            self.bytes = max(self.bytes, tree_rss(self.pid))
             self._stop.wait(self.every_s)
 
     def stop(self) -> int:
         self._stop.set()
         self._thread.join()
         return self.bytes
-
-
-def _rss(process: psutil.Process) -> int:
-    try:
-        return int(process.memory_info().rss)
-    except psutil.Error:
-        return 0
 
 
 class Outcome:
@@ -112,7 +101,7 @@ class Outcome:
 # -- the processes ---------------------------------------------------------------------------
 
 
-def localrun(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "localrun", *args],
         env=env,
@@ -358,7 +347,7 @@ def run_cache(env: dict[str, str], model: str, out: Outcome, rng: random.Random)
         "--param",
         "num_predict=8",
     )
-    clean = localrun(env, *args)
+    clean = cli(env, *args)
     if clean.returncode != 0 or not any(folder.glob("*.kv")):
         out.defect(f"cache: the clean run failed or cached nothing: {clean.stderr[-300:]}")
         return
@@ -368,7 +357,7 @@ def run_cache(env: dict[str, str], model: str, out: Outcome, rng: random.Random)
                 entry.rmdir()
             else:
                 entry.unlink()
-        localrun(env, *args)
+        cli(env, *args)
         for entry in sorted(folder.glob("*.kv")):
             mutate(entry)
         started = time.monotonic()
@@ -441,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             ("upstream", "add", "hostile", hostile.url, "--model", "remote-model"),
             ("upstream", "add", "lister", lister.url),
         ):
-            done = localrun(env, *command)
+            done = cli(env, *command)
             if done.returncode != 0:
                 raise SystemExit(f"localrun {' '.join(command)}: {done.stderr.strip()}")
         if "cache" in families:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from localrun.errors import InvalidParameterError, ModelLoadError
+from localrun.fit import too_large
 from localrun.scheduler.runners import Runner
 from localrun.scheduler.targets import Target
 
@@ -48,7 +48,12 @@ class Budget:
         return int(psutil.virtual_memory().available) + held
 
     def check_alone(
-        self, target: Target, estimate: int, load_options: dict[str, Any], runners: Sequence[Runner]
+        self,
+        target: Target,
+        estimate: int,
+        load_options: dict[str, Any],
+        slots: int,
+        runners: Sequence[Runner],
     ) -> None:
         """Refuse a load of `estimate` bytes that would not fit even with every other model
         unloaded (free swap counted, as the runner's own check counts it)."""
@@ -57,20 +62,15 @@ class Budget:
             import psutil
 
             budget += int(psutil.swap_memory().free)
-        if estimate <= budget:
-            return
-        have = f"about {_gb(budget)} is available with every other model unloaded"
-        num_ctx = load_options.get("num_ctx")
-        if num_ctx is not None:
-            raise InvalidParameterError(
-                f"num_ctx {num_ctx} needs about {_gb(estimate)} of memory for {target.name}; "
-                + have,
-                hint="use a smaller num_ctx, or set LOCALRUN_NUM_PARALLEL lower",
+        if estimate > budget:
+            raise too_large(
+                target.name,
+                estimate,
+                budget,
+                num_ctx=load_options.get("num_ctx"),
+                slots=slots,
+                where=" with every other model unloaded",
             )
-        raise ModelLoadError(
-            f"{target.name} needs about {_gb(estimate)} of memory to load; {have}",
-            hint="close other programs, set a smaller num_ctx, or use a smaller quantization",
-        )
 
     def measured(self, runner: Runner, size: int) -> None:
         """Remember the `size` a runner reported once loaded, for the next load of its model
@@ -151,9 +151,12 @@ class Budget:
         needed = fixed + per_token * num_ctx * info.slots
         budget = self.available(runners)
         if needed > budget:
-            raise InvalidParameterError(
-                f"num_ctx {num_ctx} needs about {_gb(needed)} of memory for {target.name} "
-                f"({info.slots} slots); about {_gb(budget)} is available",
+            raise too_large(
+                target.name,
+                needed,
+                budget,
+                num_ctx=num_ctx,
+                slots=info.slots,
                 hint=f"use a smaller num_ctx (it is {info.n_ctx} now), or set "
                 "LOCALRUN_NUM_PARALLEL lower",
             )
@@ -174,7 +177,3 @@ def _idle_lru(runners: Iterable[Runner]) -> list[Runner]:
 
 def _size_key(name: str, digest: str, load_options: dict[str, Any]) -> tuple[str, str, str]:
     return (name, digest, repr(sorted(load_options.items())))
-
-
-def _gb(size: float) -> str:
-    return f"{size / 1e9:.1f} GB" if size < 1e12 else f"{size / 1e12:.1f} TB"

@@ -103,7 +103,7 @@ class LocalPool:
         """Make room (evicting idle models LRU) and start loading; None if there is no room
         yet. A load that cannot fit even with every other model unloaded is refused."""
         estimate = self.memory.estimate(target, load_options, self.num_parallel)
-        self.memory.check_alone(target, estimate, load_options, self.runners)
+        self.memory.check_alone(target, estimate, load_options, self.num_parallel, self.runners)
         evict = self.memory.make_room(estimate, self.runners, self.max_loaded)
         if evict is None:
             return None  # every loaded model is busy: wait for one to become idle
