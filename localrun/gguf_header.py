@@ -16,9 +16,13 @@ asks both.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import mmap
 import struct
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from localrun.errors import InvalidGGUFError
@@ -286,6 +290,32 @@ def _has_fim(data: mmap.mmap, span: tuple[int, int], metadata: dict[str, Any]) -
     )
 
 
+@functools.cache
+def quant_sizes() -> dict[int, tuple[str, int, int]]:
+    """(name, block size, bytes per block) of each ggml tensor type: the gguf package's
+    GGML_QUANT_SIZES, from its constants module loaded alone. The package's __init__ imports
+    numpy with its reader and writer (20 MB), which the server process, planning a load from
+    a header, must not carry; the frozen binary, whose modules are no files, imports it whole.
+    """
+    loaded = sys.modules.get("gguf")
+    if loaded is None:
+        spec = importlib.util.find_spec("gguf")
+        origin = Path(spec.origin).parent / "constants.py" if spec and spec.origin else None
+        if origin is not None and origin.is_file():
+            alone = importlib.util.spec_from_file_location("localrun._gguf_constants", origin)
+            if alone is not None and alone.loader is not None:
+                module = importlib.util.module_from_spec(alone)
+                alone.loader.exec_module(module)
+                return _table(module.GGML_QUANT_SIZES)
+    from gguf import GGML_QUANT_SIZES
+
+    return _table(GGML_QUANT_SIZES)
+
+
+def _table(sizes: Any) -> dict[int, tuple[str, int, int]]:
+    return {int(k): (k.name, int(v[0]), int(v[1])) for k, v in sizes.items()}
+
+
 def _check_tensor_bounds(
     infos: list[tuple[str, list[int], int, int]],
     data_start: int,
@@ -293,14 +323,12 @@ def _check_tensor_bounds(
     size: int,
     shown: str,
 ) -> list[TensorInfo]:
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
+    sizes = quant_sizes()
     out = []
     for name, dims, ttype, offset in infos:
         try:
-            qtype = GGMLQuantizationType(ttype)
-            block, type_size = GGML_QUANT_SIZES[qtype]
-        except (ValueError, KeyError):
+            type_name, block, type_size = sizes[ttype]
+        except KeyError:
             raise invalid(shown, f"tensor {name} has unknown type {ttype}") from None
         if dims[0] % block:
             raise invalid(
@@ -328,7 +356,7 @@ def _check_tensor_bounds(
                 f"tensor {name} (offset {offset}, {n_bytes} bytes) lies past the "
                 f"end of the {size}-byte file (truncated or corrupt)",
             )
-        out.append(TensorInfo(name, qtype.name, tuple(dims), offset, n_bytes))
+        out.append(TensorInfo(name, type_name, tuple(dims), offset, n_bytes))
     return out
 
 

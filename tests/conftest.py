@@ -8,6 +8,7 @@ tests take seconds (large files, subprocess crash tests).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +27,13 @@ from localrun import catalog, config, names  # noqa: E402
 from localrun.store import Store  # noqa: E402
 
 _SETTINGS = tuple(config.SETTINGS)
+
+# A suite started in the background of a non-interactive shell (`pytest &` in a script) inherits
+# SIGINT ignored, and passes that on to every process it starts: the tests of Ctrl-C (the chat,
+# a pull) would then wait for an interrupt that nothing takes. A handler here is reset to the
+# default in each child, which Python turns into KeyboardInterrupt again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # How long a test waits for what it expects (an answer, a line, an exit, a file) before it calls
 # it a hang. A deadline is for hangs, never a measure of speed: CI machines are shared, and at a
