@@ -69,6 +69,12 @@ class Setting:
             ) from None
 
 
+def _default_runtime_builds() -> Path:
+    from platformdirs import user_cache_path
+
+    return user_cache_path("localrun", appauthor=False) / "runtime-builds"
+
+
 def _models_default() -> Path:
     return home() / "models"
 
@@ -311,6 +317,27 @@ SETTINGS: dict[str, Setting] = {
             lambda: 30.0,
         ),
         Setting(
+            "LOCALRUN_RUNTIME",
+            "GPU runtime that runs models: a name from `localrun runtime list`, auto (the best "
+            "installed one for this machine) or cpu; unset, the one `localrun runtime select` "
+            "saved.",
+            parse.parse_runtime,
+            lambda: "",
+        ),
+        Setting(
+            "LOCALRUN_RUNTIME_SOURCE",
+            "llama-cpp-python source distribution (.tar.gz, or its unpacked folder) that "
+            "`localrun runtime install` builds from, for machines without the package index.",
+            parse.parse_optional_path,
+            lambda: None,
+        ),
+        Setting(
+            "LOCALRUN_RUNTIME_BUILDS",
+            "Folder of runtime builds in progress: an interrupted install resumes from it.",
+            parse.parse_path,
+            _default_runtime_builds,
+        ),
+        Setting(
             "LOCALRUN_BINARY_CACHE",
             "Where the single binary unpacks itself on its first start (once per build); "
             "`localrun prune` removes other builds from it.",
@@ -480,6 +507,18 @@ def upstream_cooldown() -> float:
     return SETTINGS["LOCALRUN_UPSTREAM_COOLDOWN"].value()  # type: ignore[no-any-return]
 
 
+def runtime() -> str:
+    return SETTINGS["LOCALRUN_RUNTIME"].value()  # type: ignore[no-any-return]
+
+
+def runtime_source() -> Path | None:
+    return SETTINGS["LOCALRUN_RUNTIME_SOURCE"].value()  # type: ignore[no-any-return]
+
+
+def runtime_builds() -> Path:
+    return SETTINGS["LOCALRUN_RUNTIME_BUILDS"].value()  # type: ignore[no-any-return]
+
+
 def binary_cache() -> Path:
     return SETTINGS["LOCALRUN_BINARY_CACHE"].value()  # type: ignore[no-any-return]
 
@@ -497,6 +536,8 @@ def format_value(name: str, value: Any) -> str:
         return f"[{host_}]:{port}" if ":" in host_ else f"{host_}:{port}"
     if name == "LOCALRUN_API_KEY":
         return "(set)" if value else ""
+    if value is None:
+        return ""
     if name in (
         "LOCALRUN_KEEP_ALIVE",
         "LOCALRUN_RESPONSES_MAX_AGE",

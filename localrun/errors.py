@@ -17,7 +17,11 @@
     ├── EngineError                 the inference engine
     │   ├── ModelLoadError          llama.cpp could not load a model or adapter
     │   ├── ContextOverflowError    the prompt does not fit in the context window
-    │   └── TemplateError           the chat template failed to render
+    │   ├── TemplateError           the chat template failed to render
+    │   └── GPURuntimeError         a GPU runtime (`localrun runtime`)
+    │       ├── RuntimeNotFoundError    no installed runtime of that name
+    │       ├── ToolchainError          what a runtime's build needs is missing
+    │       └── RuntimeBuildError       its configure or compile failed (the log says why)
     ├── ServerError                 the localrun server and its runners
     │   ├── BusyError               the request queue is full: retry later (503, Retry-After)
     │   ├── RunnerDiedError         the runner process of a model exited mid-request (500)
@@ -187,6 +191,22 @@ class ContextOverflowError(EngineError):
 
 class TemplateError(EngineError):
     code = "template_error"
+
+
+class GPURuntimeError(EngineError):
+    code = "runtime_error"
+
+
+class RuntimeNotFoundError(GPURuntimeError):
+    code = "runtime_not_found"
+
+
+class ToolchainError(GPURuntimeError):
+    code = "toolchain_missing"
+
+
+class RuntimeBuildError(GPURuntimeError):
+    code = "runtime_build_failed"
 
 
 class ServerError(LocalrunError):

@@ -30,6 +30,9 @@ def damaged(model: Model, exc: InvalidGGUFError, what: str = "a file") -> Corrup
     )
 
 
+CPU_ONLY_ENGINE = "this engine runs on the CPU only"
+
+
 @dataclass
 class Fit:
     """How a model would be loaded: its header, context size, offload plan and warnings."""
@@ -73,7 +76,12 @@ def _plan_fit(
 
         build = build_info()
         offload = build.gpu_offload
-        gpus = system.usable_gpus(system.detect().gpus, build.backends) if offload else []
+        if build.runtime_warning:
+            warnings.append(build.runtime_warning)
+        if offload and build.gpu_devices:  # as llama.cpp sees them, with the memory they report
+            gpus = system.from_devices(build.gpu_devices)
+        elif offload:
+            gpus = system.usable_gpus(system.detect().gpus, build.backends)
     plan = plan_offload(
         header,
         num_ctx,
@@ -84,7 +92,7 @@ def _plan_fit(
         num_batch=parameters.get("num_batch", DEFAULT_NUM_BATCH),
     )
     if not gpu:
-        plan.reason = "this engine runs on the CPU only"
+        plan.reason = CPU_ONLY_ENGINE
     if draft is not None:
         _plan_draft(draft, plan, num_ctx, slots, parameters)
     return Fit(header, num_ctx, plan, warnings + list(plan.warnings))

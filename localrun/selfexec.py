@@ -30,7 +30,12 @@ from pathlib import Path
 MODULE_FLAG = "__localrun_module__"
 # The modules a child may be: nothing else is run from a command line.
 CHILD_MODULES = frozenset(
-    {"localrun.worker", "localrun.server.jobs", "localrun.scheduler.importer"}
+    {
+        "localrun.worker",
+        "localrun.server.jobs",
+        "localrun.scheduler.importer",
+        "localrun.runtimes.check",
+    }
 )
 
 

@@ -155,3 +155,18 @@ def parse_speculate(text: str) -> str:
     if mode not in SPECULATE_MODES:
         raise ValueError(f"expected one of {', '.join(SPECULATE_MODES)}, got {text!r}")
     return mode
+
+
+def parse_optional_path(text: str) -> Path | None:
+    return Path(text).expanduser() if text.strip() else None
+
+
+RUNTIME_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
+
+
+def parse_runtime(text: str) -> str:
+    """A runtime's name (vulkan-0.3.36), auto or cpu; empty means the saved selection."""
+    value = text.strip().lower()
+    if len(value) > 100 or not set(value) <= RUNTIME_NAME_CHARS or value.startswith("."):
+        raise ValueError(f"expected a runtime's name, auto or cpu, got {text!r}")
+    return value

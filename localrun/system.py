@@ -557,3 +557,13 @@ def usable_gpus(gpus: Sequence[GPU], backends: Sequence[str]) -> list[GPU]:
         return list(gpus)
     wanted = {_BUILD_BACKENDS[b.lower()] for b in backends if b.lower() in _BUILD_BACKENDS}
     return [g for g in gpus if g.backend in wanted]
+
+
+def from_devices(devices: Sequence[Any]) -> list[GPU]:
+    """GPUs from the devices ggml registered (runtimes.ggml.Device): the memory a backend
+    reports is what it can allocate, which the offload plan must use."""
+    out = []
+    for i, d in enumerate(devices):
+        backend = _BUILD_BACKENDS.get(d.backend.lower(), d.backend.lower())
+        out.append(GPU(i, d.description or d.name, backend, d.total_bytes, d.free_bytes))
+    return out

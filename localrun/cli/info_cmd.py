@@ -68,6 +68,10 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
             ["llama.cpp", f"llama-cpp-python {build.version}"],
             ["GPU offload", "yes" if build.gpu_offload else "no"],
             ["backends", ", ".join(build.backends) or "unknown"],
+            [
+                "runtime",
+                build.runtime + (f" ({build.runtime_warning})" if build.runtime_warning else ""),
+            ],
         ]
         if build.devices:
             rows.append(["devices", ", ".join(build.devices)])
@@ -94,13 +98,12 @@ def _notes(found: SystemInfo, build: BuildInfo | None) -> list[str]:
     if build.gpu_offload and usable_gpus(found.gpus, build.backends):
         return []
     kind = found.gpus[0].backend
-    how = (
-        f'reinstall llama-cpp-python with CMAKE_ARGS="{_BUILD_FLAGS[kind]}" '
-        "pip install --force-reinstall --no-cache-dir llama-cpp-python"
-    )
+    how = "install a runtime for it: localrun runtime install auto"
+    if kind == "metal":
+        how = f'reinstall llama-cpp-python with CMAKE_ARGS="{_BUILD_FLAGS[kind]}"'
     if not build.gpu_offload:
-        return [f"a {kind} GPU was found but this llama.cpp cannot use it; to use it, {how}"]
+        return [f"a {kind} GPU was found but this llama.cpp cannot use it; {how}"]
     return [
         f"this llama.cpp was built for {', '.join(build.backends)}, which cannot reach the "
-        f"{kind} GPU found; to use it, {how}"
+        f"{kind} GPU found; {how}"
     ]

@@ -1,8 +1,9 @@
 """The `localrun` command: the typer app, every command registered on it, and the one place
 errors are printed.
 
-The command modules (info_cmd, pull_cmd, run_cmd, serve_cmd, server_cmds, store_cmds,
-upstream_cmd) define plain functions with their typer parameters and never import this module;
+The command modules (info_cmd, pull_cmd, run_cmd, runtime_cmd, serve_cmd, server_cmds,
+store_cmds, upstream_cmd) define plain functions with their typer parameters and never import
+this module;
 the names, help and settings of the commands are given here, in the order `--help` lists them.
 
 Heavy packages (llama_cpp, fastapi, uvicorn, huggingface_hub, modelscope, gguf/numpy) are imported
@@ -24,6 +25,7 @@ from localrun.cli import (
     info_cmd,
     pull_cmd,
     run_cmd,
+    runtime_cmd,
     serve_cmd,
     server_cmds,
     store_cmds,
@@ -58,7 +60,11 @@ def _llama_build() -> str:
         info = build_info()
     except LocalrunError as exc:
         return f"not loadable ({exc})"
-    return f"llama-cpp-python {info.version}, backends {', '.join(info.backends) or 'none'}"
+    line = f"llama-cpp-python {info.version}, backends {', '.join(info.backends) or 'none'}"
+    line += f", runtime {info.runtime}"
+    if info.gpu_devices:
+        line += f" ({', '.join(str(d) for d in info.gpu_devices)})"
+    return line
 
 
 @app.callback()
@@ -95,6 +101,17 @@ upstream_app.command("add")(upstream_cmd.add)
 upstream_app.command("list")(upstream_cmd.list_)
 upstream_app.command("rm")(upstream_cmd.rm)
 app.add_typer(upstream_app, name="upstream")
+
+runtime_app = typer.Typer(
+    help="GPU runtimes: llama.cpp's CUDA or Vulkan backend, built here from the installed "
+    "llama.cpp's source and loaded beside its CPU backend.",
+    no_args_is_help=True,
+)
+runtime_app.command("list")(runtime_cmd.list_)
+runtime_app.command("install")(runtime_cmd.install)
+runtime_app.command("select")(runtime_cmd.select)
+runtime_app.command("rm")(runtime_cmd.rm)
+app.add_typer(runtime_app, name="runtime")
 
 
 # Options whose value may be left out, as in Ollama (`--think` is `--think=true`); typer

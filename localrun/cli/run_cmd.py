@@ -76,6 +76,7 @@ def run(
     asked = Asked(system, format, verbose, think_option(think), hidethinking)
     text, piped = _prompt(prompt, batch)
     opened = open_session(model, overrides)
+    _advise_gpu()
     if batch is not None:
         raise typer.Exit(run_batch(opened, batch, output, system=system, format=format))
     if text.strip():
@@ -177,3 +178,11 @@ def one_shot(opened: Session, text: str, asked: Asked, started: float) -> None:
     out.flush()
     if asked.verbose:
         print_stats(reply, opened, time.perf_counter() - started)
+
+
+def _advise_gpu() -> None:
+    """One line, once, when this machine's GPU sits idle for want of a runtime."""
+    from localrun import system
+    from localrun.runtimes.advice import say_once
+
+    say_once(system.detect().gpus, lambda line: print(line, file=sys.stderr, flush=True))

@@ -26,12 +26,12 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
         print(json.dumps(models, indent=2))
         return
     now = time.time()
-    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
+    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "RUNTIME", "CONTEXT", "UNTIL"]]
     for m in models:
         digest = str(m.get("digest") or "").removeprefix("sha256:")
         context = m.get("context_length")
         if m.get("remote_host"):  # served by an upstream: its name and health
-            rows.append([str(m.get("name")), "", "", str(m.get("processor") or ""), "", ""])
+            rows.append([str(m.get("name")), "", "", str(m.get("processor") or ""), "", "", ""])
             continue
         rows.append(
             [
@@ -39,6 +39,7 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
                 digest[:12],
                 human_size(int(m.get("size") or 0)),
                 processor(m),
+                _runtime(m),
                 str(context) if context else "",
                 until(m.get("expires_at"), now),
             ]
@@ -73,6 +74,15 @@ def _same_model(text: str, entry: dict[str, Any]) -> bool:
         if isinstance(value, str) and names.is_valid(value) and names.parse(value) == wanted:
             return True
     return False
+
+
+def _runtime(entry: dict[str, Any]) -> str:
+    """RUNTIME: the runtime and its GPU devices ("vulkan-0.3.36 on Vulkan0 (...)")."""
+    name = entry.get("runtime")
+    if not isinstance(name, str) or not name:
+        return ""
+    devices = [d for d in entry.get("devices") or [] if isinstance(d, str)]
+    return f"{name} on {', '.join(devices)}" if devices else name
 
 
 def processor(entry: dict[str, Any]) -> str:

@@ -95,6 +95,7 @@ def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
     if as_json:
         out = {"model": str(model.name), "num_ctx": num_ctx, **asdict(plan)}
         out["runtime_bytes"] = plan.runtime_bytes
+        out["engine_runtime"] = _runtime_line()
         out["warnings"] = warnings
         print(json.dumps(out, indent=2))
         return
@@ -103,6 +104,7 @@ def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
         ["num_ctx", str(num_ctx)],
         ["GPU layers", f"{plan.n_gpu_layers} of {plan.total_layers}"],
         ["GPU", f"{gpu.index} ({gpu.name}, {gpu.backend})" if gpu else "none"],
+        ["runtime", _runtime_line()],
         ["VRAM", human_size(plan.vram_bytes)],
         ["RAM", human_size(plan.ram_bytes)],
         ["KV cache", human_size(plan.kv_bytes)],
@@ -110,6 +112,14 @@ def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
     ]
     rows += [["warning", w] for w in warnings]
     print("  Fit\n" + "\n".join("    " + line for line in columns(rows).splitlines()))
+
+
+def _runtime_line() -> str:
+    """The GPU runtime the plan was made with, and why the selected one is not in use."""
+    from localrun.engine.buildinfo import build_info
+
+    build = build_info()
+    return build.runtime + (f" ({build.runtime_warning})" if build.runtime_warning else "")
 
 
 def _duration(seconds: float) -> str:

@@ -36,4 +36,20 @@ load_cxx_runtime()
 
 import llama_cpp as lc  # noqa: E402  (after the C++ runtime, on purpose)
 
-__all__ = ["CXX_RUNTIME", "lc", "load_cxx_runtime"]
+
+def libllama_path() -> str | None:
+    """The file llama_cpp loaded libllama from (LLAMA_CPP_LIB_PATH's, or the package's)."""
+    return getattr(getattr(lc.llama_cpp, "_lib", None), "_name", None)
+
+
+def _activate_runtime() -> None:
+    # Before any model loads, so that llama.cpp plans and offloads with the selected runtime's
+    # devices (localrun/runtimes/activate.py). Never raises.
+    from localrun.runtimes.activate import activate
+
+    activate(libllama_path(), str(getattr(lc, "__version__", "")))
+
+
+_activate_runtime()
+
+__all__ = ["CXX_RUNTIME", "lc", "libllama_path", "load_cxx_runtime"]

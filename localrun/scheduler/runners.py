@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from localrun.errors import LocalrunError
@@ -36,6 +36,8 @@ class RunningModel:
     busy: int  # requests being answered
     slots: int = 1  # requests it can answer at once
     load_s: float = 0.0  # how long its load took
+    runtime: str = ""  # the GPU runtime its llama.cpp runs on ("built-in": the bindings' own)
+    devices: list[str] = field(default_factory=list)  # its llama.cpp's GPU devices
 
 
 class Runner:
@@ -127,4 +129,6 @@ class Runner:
             busy=self.busy,
             slots=self.slots,
             load_s=info.load_s if info else 0.0,
+            runtime=info.engine_runtime if info else "",
+            devices=list(info.devices) if info else [],
         )

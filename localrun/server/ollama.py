@@ -138,6 +138,7 @@ async def ps(request: Request) -> Response:
                 "size_vram": m.size_vram,
                 "context_length": m.context_length,
                 "processor": m.processor,
+                **({"runtime": m.runtime, "devices": m.devices} if m.runtime else {}),
             }
         )
     remote = core.context(request).scheduler.remote

@@ -130,6 +130,7 @@ def _ready_info(
     offload = plan.plan
     size = offload.vram_bytes + offload.ram_bytes
     runtime = offload.runtime_bytes  # where the model runs is told by its own memory alone
+    engine_runtime, devices = _engine_runtime(plan)
     return protocol.ReadyInfo(
         n_ctx=engine.n_ctx,
         n_ctx_train=engine.n_ctx_train,
@@ -142,7 +143,20 @@ def _ready_info(
         load_s=load_s,
         notes=notes,
         runtime=runtime,
+        engine_runtime=engine_runtime,
+        devices=devices,
     )
+
+
+def _engine_runtime(plan: fit.Fit) -> tuple[str, list[str]]:
+    """The GPU runtime and devices of this runner's llama.cpp ("" and [] for the fake engine,
+    whose plan says it runs on the CPU only and which never imports llama_cpp)."""
+    if plan.plan.reason == fit.CPU_ONLY_ENGINE:
+        return "", []
+    from localrun.engine.buildinfo import build_info
+
+    build = build_info()
+    return build.runtime, [str(d) for d in build.gpu_devices]
 
 
 def _build(

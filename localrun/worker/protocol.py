@@ -223,6 +223,8 @@ class ReadyInfo:
     load_s: float
     notes: list[str] = field(default_factory=list)  # where it runs and why; load warnings
     runtime: int = 0  # the part of `size_vram` that is the GPU runtime: fixed, whatever num_ctx
+    engine_runtime: str = ""  # the GPU runtime llama.cpp runs on (`localrun runtime`), or ""
+    devices: list[str] = field(default_factory=list)  # the GPU devices it has: "Vulkan0 (...)"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,186 @@
+"""`localrun runtime list / install / select / rm`: the GPU runtimes localrun builds itself."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import typer
+
+from localrun.cli.output import columns
+from localrun.errors import ToolchainError
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"
+
+
+def _suits(runtime: Any, gpus: list[Any]) -> str:
+    if runtime.backend == "cuda":
+        lowest = min((int(t.removeprefix("sm").rstrip("af")) for t in runtime.targets), default=0)
+        ok = [g for g in gpus if g.backend == "cuda" and g.compute]
+        ok = [g for g in ok if int(g.compute.replace(".", "")) >= lowest]
+    else:
+        ok = [g for g in gpus if g.backend in ("cuda", "rocm", "vulkan")]
+    return ", ".join(g.name for g in ok) if ok else "no device here"
+
+
+def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the installed runtimes: which is selected, and which suit this machine's GPUs."""
+    from localrun import system
+    from localrun.runtimes import layout, source
+
+    runtimes = layout.installed()
+    chosen = layout.selection()
+    version = source.bindings_version()
+    gpus = system.detect().gpus
+    if as_json:
+        out = []
+        for r in runtimes:
+            record = r.to_json()
+            record.update(selected=r.name == chosen, suits=_suits(r, gpus), path=str(r.path))
+            out.append(record)
+        print(json.dumps({"selected": chosen, "runtimes": out}, indent=2))
+        return
+    rows = [["NAME", "BACKEND", "LLAMA.CPP", "TOOLCHAIN", "SIZE", "SELECTED", "SUITS"]]
+    for r in runtimes:
+        stale = "" if r.llama_cpp_version == version else " (stale)"
+        rows.append(
+            [
+                r.name,
+                r.backend + (f" {','.join(r.targets)}" if r.targets else ""),
+                f"{r.llama_cpp_version} (ggml {r.ggml_version}){stale}",
+                r.toolchain,
+                _size(r.size),
+                "yes" if r.name == chosen else "",
+                _suits(r, gpus),
+            ]
+        )
+    print(columns(rows))
+    if not runtimes:
+        print("no runtime installed: models run on the installed llama.cpp (`localrun info`)")
+    print(f"selection: {chosen}")
+
+
+def install(
+    backend: str = typer.Argument(
+        "auto", help="cuda, vulkan, or auto (what this machine's GPUs need)."
+    ),
+    arch: str = typer.Option(
+        None, "--arch", help="CUDA architectures to build for (89,90); default: the GPUs here."
+    ),
+    jobs: int = typer.Option(
+        None, "--jobs", "-j", min=1, help="Compile jobs (default: every core)."
+    ),
+) -> None:
+    """Build a GPU runtime from the source of the installed llama.cpp, then install it."""
+    from localrun import system
+    from localrun.runtimes import build
+
+    backend = backend.lower()
+    if backend not in ("auto", "cuda", "vulkan"):
+        raise typer.BadParameter("expected cuda, vulkan or auto")
+    if backend == "auto":
+        backend = auto_backend(system.detect().gpus)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    plan = build.plan(backend, arch=arch, say=say)
+    say(f"building {plan.name} with {plan.tools.description}")
+    show = Stages(sys.stderr.isatty())
+    try:
+        runtime = build.install(plan, jobs=jobs, progress=show.update, say=say)
+    finally:
+        show.close()
+    print(
+        f"installed runtime {runtime.name} ({_size(runtime.size)}, built in "
+        f"{runtime.build_seconds:.0f} s)"
+    )
+    from localrun.runtimes import layout
+
+    chosen = layout.saved_selection()
+    if chosen not in (layout.AUTO, runtime.name):
+        print(f"selection stays {chosen}: `localrun runtime select {runtime.name}` to use it")
+
+
+def auto_backend(gpus: list[Any]) -> str:
+    """CUDA for an NVIDIA GPU, Vulkan for any other; ToolchainError when there is no GPU."""
+    if any(g.backend == "cuda" for g in gpus):
+        return "cuda"
+    if any(g.backend in ("vulkan", "rocm") for g in gpus):
+        return "vulkan"
+    if any(g.backend == "metal" for g in gpus):
+        raise ToolchainError(
+            "this Mac's GPU (Metal) is used by the installed llama.cpp already",
+            hint="see `localrun info`",
+        )
+    raise ToolchainError(
+        "no GPU was found on this machine", hint="name one: localrun runtime install vulkan"
+    )
+
+
+class Stages:
+    """The install's progress: a bar for the compile, a line for each other stage."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.stage = ""
+        self.last = 0.0
+        self.progress: Any = None
+        self.task: Any = None
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.stage = stage
+            if self.progress is None:
+                print(f"{stage}...", file=sys.stderr, flush=True)
+        if stage != "compile" or total <= 0:
+            return
+        if self.tty:
+            if self.progress is None:
+                from rich.console import Console
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+                self.progress = Progress(
+                    "compile",
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=Console(stderr=True),
+                    transient=True,
+                )
+                self.progress.start()
+                self.task = self.progress.add_task("compile", total=total)
+            self.progress.update(self.task, completed=done, total=total)
+        elif time.monotonic() - self.last > 10 or done == total:
+            self.last = time.monotonic()
+            print(f"compile {done}/{total}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def select(name: str = typer.Argument(..., help="A runtime's name, auto, or cpu.")) -> None:
+    """Choose the runtime that runs models (a running server's next model load uses it)."""
+    from localrun.runtimes import layout
+    from localrun.settings_parse import parse_runtime
+
+    try:
+        value = parse_runtime(name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    layout.select(value)
+    print(f"selected {value}")
+
+
+def rm(name: str = typer.Argument(..., help="The runtime to remove.")) -> None:
+    """Remove an installed runtime."""
+    from localrun.runtimes import layout
+
+    runtime = layout.remove(name)
+    print(f"removed runtime {runtime.name} ({_size(runtime.size)})")

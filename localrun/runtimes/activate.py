@@ -1,0 +1,184 @@
+"""Load the selected runtime into this process's llama.cpp, once, or say why it runs on the CPU.
+
+Called by engine/native right after llama_cpp is imported, so every process that runs a model (a
+runner, `localrun run` without a server, `info`, `show --fit`) plans and runs on the same
+devices. Nothing here raises or crashes: a runtime that is missing, damaged, built for other
+bindings, or finds no device gives one warning, and the CPU as installed.
+
+Before ggml_backend_load touches a module, its stat is compared with the one recorded when it
+was installed (and its sha256 when the stat changed): a file damaged or replaced since is not
+loaded. Libraries the module needs from its toolchain (the CUDA runtime and cuBLAS of a toolkit
+made from wheels) are loaded first, globally, so that the module's dependencies resolve by
+soname.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localrun.runtimes import ggml, layout
+from localrun.runtimes.layout import Runtime
+
+# The order the CUDA libraries depend on one another.
+PRELOAD = ("libcudart.so", "libcublasLt.so", "libcublas.so")
+GPU_KINDS = ("GPU", "IGPU")
+
+
+@dataclass
+class Activation:
+    selection: str  # what was asked for: auto, cpu or a name
+    runtime: Runtime | None = None  # the runtime loaded, None for the installed llama.cpp alone
+    devices: list[ggml.Device] = field(default_factory=list)  # every device ggml has now
+    warning: str | None = None  # why the asked-for runtime is not in use
+
+    @property
+    def gpu_devices(self) -> list[ggml.Device]:
+        return [d for d in self.devices if d.kind in GPU_KINDS]
+
+    @property
+    def name(self) -> str:
+        """What runs models, for info, ps and --version: a runtime's name, or the bindings'."""
+        return self.runtime.name if self.runtime is not None else "built-in"
+
+
+_state: Activation | None = None
+
+
+def current() -> Activation | None:
+    """The activation of this process, once engine/native has run it."""
+    return _state
+
+
+def activate(libllama: str | None, version: str) -> Activation:
+    """Load the selected runtime into the ggml of `libllama` (once per process)."""
+    global _state
+    if _state is None:
+        _state = _activate(libllama, version)
+    return _state
+
+
+def _activate(libllama: str | None, version: str) -> Activation:
+    try:
+        lib = ggml.library(libllama)
+    except (OSError, AttributeError):
+        return Activation("cpu", warning="ggml's backend registry cannot be reached")
+    try:
+        chosen = layout.selection()
+    except Exception as exc:  # a bad LOCALRUN_RUNTIME: its ConfigError says which
+        return Activation("auto", devices=ggml.devices(lib), warning=str(exc))
+    found = Activation(chosen, devices=ggml.devices(lib))
+    if chosen == layout.CPU:
+        return found
+    built_in = [d for d in found.gpu_devices]
+    if built_in:  # a GPU build of llama-cpp-python (or Metal): it needs no runtime
+        if chosen != layout.AUTO:
+            found.warning = (
+                f"runtime {chosen} not loaded: the installed llama.cpp has its own GPU backend "
+                f"({built_in[0].backend})"
+            )
+        return found
+    candidates, problem = _candidates(chosen, version)
+    for runtime in candidates:
+        problem = _load(lib, runtime)
+        if problem is None:
+            return Activation(chosen, runtime, ggml.devices(lib))
+        if chosen != layout.AUTO:
+            break
+    found.warning = problem
+    return found
+
+
+def _candidates(chosen: str, version: str) -> tuple[list[Runtime], str | None]:
+    every = layout.installed()
+    if chosen != layout.AUTO:
+        named = [r for r in every if r.name == chosen]
+        if not named:
+            return [], f"runtime {chosen} is not installed: running on the CPU"
+        runtime = named[0]
+        if runtime.llama_cpp_version != version:
+            return [], (
+                f"runtime {chosen} was built for llama-cpp-python {runtime.llama_cpp_version}, "
+                f"the installed one is {version}: running on the CPU (reinstall it: localrun "
+                f"runtime install {runtime.backend})"
+            )
+        return named, None
+    usable = [r for r in every if r.llama_cpp_version == version]
+    cuda = [r for r in usable if r.backend == "cuda" and _suits_cuda(r)]
+    vulkan = [r for r in usable if r.backend == "vulkan"]
+    return cuda + vulkan, None
+
+
+def _suits_cuda(runtime: Runtime) -> bool:
+    """Whether a GPU here can run the runtime's code (its architecture, or newer through the
+    PTX that each architecture's build carries)."""
+    lowest = min((int(t.removeprefix("sm").rstrip("af")) for t in runtime.targets), default=0)
+    return any(g.compute and int(g.compute.replace(".", "")) >= lowest for g in _cuda_gpus())
+
+
+@functools.cache
+def _cuda_gpus() -> list[Any]:
+    from localrun import system
+
+    try:
+        return system.probe_cuda()
+    except Exception:
+        return []
+
+
+def verify(runtime: Runtime) -> str | None:
+    """Why `runtime`'s module must not be loaded (damaged, missing), or None."""
+    path = runtime.module_path
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"runtime {runtime.name} is damaged (its {runtime.module} is missing)"
+    if (st.st_size, st.st_mtime_ns) == tuple(runtime.stamp):
+        return None
+    from localrun.store_io import hash_file
+
+    try:
+        digest = hash_file(path)
+    except OSError as exc:
+        return f"runtime {runtime.name} cannot be read ({exc.strerror or exc})"
+    if digest != runtime.sha256:
+        return f"runtime {runtime.name} is damaged (its {runtime.module} changed since install)"
+    return None
+
+
+def _load(lib: Any, runtime: Runtime) -> str | None:
+    """Load `runtime` into `lib`'s registry; why not, or None once it has a GPU device."""
+    hint = f"reinstall it: localrun runtime install {runtime.backend}"
+    problem = verify(runtime)
+    if problem is not None:
+        return f"{problem}: running on the CPU ({hint})"
+    return load_unverified(lib, runtime, hint)
+
+
+def load_unverified(lib: Any, runtime: Runtime, hint: str) -> str | None:
+    """_load after the check of the module's bytes."""
+    preload(runtime.library_path)
+    reg = lib.ggml_backend_load(str(runtime.module_path).encode())
+    if not reg:
+        return f"runtime {runtime.name} did not load: running on the CPU ({hint})"
+    devices = [d for d in ggml.registered_devices(lib, reg) if d.kind in GPU_KINDS]
+    if not devices:
+        lib.ggml_backend_unload(reg)
+        return f"runtime {runtime.name} found no GPU: running on the CPU"
+    return None
+
+
+def preload(library_path: tuple[str, ...]) -> None:
+    """Load the toolchain's libraries a module needs, globally, before the module."""
+    for folder in library_path:
+        for stem in PRELOAD:
+            for candidate in sorted(Path(folder).glob(f"{stem}.*"), key=lambda p: len(p.name)):
+                try:
+                    ctypes.CDLL(str(candidate), mode=ctypes.RTLD_GLOBAL)
+                    break
+                except OSError:
+                    continue

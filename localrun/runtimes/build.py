@@ -1,0 +1,278 @@
+"""Build a runtime: source, toolchain, configure, compile, check, install; resumable and atomic.
+
+The build folder (LOCALRUN_RUNTIME_BUILDS/<name>) survives an interrupted or failed install, so
+running the install again continues where it stopped (cmake rebuilds only what is missing). The
+runtime appears in LOCALRUN_HOME/runtimes only once its module was built and loaded by a check
+process, moved into place whole; the selection is never touched by a failed install.
+
+Only the backend module is compiled (`--target ggml-vulkan`), with GGML_BACKEND_DL so that it
+exports ggml_backend_init, and no rpath: it loads into the ggml that llama-cpp-python already
+has, whose libggml-base it shares by soname.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from localrun import config
+from localrun.errors import RuntimeBuildError
+from localrun.runtimes import layout, source, toolchain
+from localrun.runtimes.layout import Runtime
+from localrun.store_io import hash_file
+
+Progress = Callable[[str, int, int], None]
+"""Called with (stage, steps done, steps in all); 0 in all while a stage cannot count."""
+
+STAGES = ("source", "toolchain", "configure", "compile", "check", "install")
+MODULES = {"vulkan": "ggml-vulkan", "cuda": "ggml-cuda"}
+
+BASE_ARGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DGGML_BACKEND_DL=ON",
+    "-DGGML_NATIVE=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_TOOLS=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DCMAKE_SKIP_RPATH=ON",
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    backend: str
+    name: str
+    targets: tuple[str, ...]
+    tools: toolchain.Toolchain
+    version: str
+
+
+def plan(backend: str, *, arch: str | None = None, say: Callable[[str], None]) -> Plan:
+    """What `install BACKEND` would build: its name, targets and toolchain (checked)."""
+    version = source.bindings_version()
+    if backend == "vulkan":
+        return Plan(
+            "vulkan", layout.runtime_name("vulkan", version), (), toolchain.vulkan(), version
+        )
+    from localrun import system
+
+    detected = [g.compute or "" for g in system.probe_cuda()]
+    archs = toolchain.cuda_architectures(arch, detected)
+    targets = tuple(f"sm{a}" for a in archs)
+    tools = toolchain.cuda(archs, say=say)
+    return Plan("cuda", layout.runtime_name("cuda", version, targets), targets, tools, version)
+
+
+@contextlib.contextmanager
+def _locked(work: Path) -> Iterator[None]:
+    work.mkdir(parents=True, exist_ok=True)
+    fd = os.open(work / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RuntimeBuildError(
+                f"another install of {work.name} is running",
+                hint="wait for it to finish (or stop it) and try again",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def install(
+    p: Plan, *, jobs: int | None, progress: Progress, say: Callable[[str], None]
+) -> Runtime:
+    """Build `p` and install it; RuntimeBuildError names the log when a step fails."""
+    work = config.runtime_builds() / p.name
+    started = time.monotonic()
+    with _locked(work):
+        progress("source", 0, 0)
+        src = source.prepare(p.version, work, say)
+        patch_source(src.tree)
+        log = work / "build.log"
+        build = work / "build"
+        progress("configure", 0, 0)
+        _configure(p, src.tree, build, log)
+        progress("compile", 0, 0)
+        target = MODULES[p.backend]
+        _compile(p, build, target, jobs, log, progress)
+        module = _find_module(build, target)
+        progress("check", 0, 0)
+        staged = layout.staging_folder()
+        try:
+            shutil.copy2(module, staged / module.name)
+            devices = check_loads(staged / module.name, p.tools.library_path, log)
+            st = (staged / module.name).stat()
+            runtime = Runtime(
+                name=p.name,
+                backend=p.backend,
+                llama_cpp_version=p.version,
+                ggml_version=src.ggml_version,
+                toolchain=p.tools.description,
+                module=module.name,
+                sha256=hash_file(staged / module.name),
+                size=layout.folder_size(staged),
+                targets=p.targets,
+                library_path=p.tools.library_path,
+                built_at=time.time(),
+                build_seconds=round(time.monotonic() - started, 1),
+                stamp=(st.st_size, st.st_mtime_ns),
+            )
+            progress("install", 0, 0)
+            installed = layout.install_folder(staged, runtime)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+    del devices
+    return installed
+
+
+def patch_source(tree: Path) -> None:
+    """Let ggml-vulkan build against Vulkan headers older than VK_EXT_layer_settings (Debian
+    12 ships 1.3.239): the validation-layer settings are only used where the headers have
+    them. Idempotent; a source without the block is left as it is."""
+    path = tree / "ggml" / "src" / "ggml-vulkan" / "ggml-vulkan.cpp"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return
+    if "#ifdef VK_EXT_layer_settings\n    VkBool32 enable_best_practice" in text:
+        return
+    start = text.find("    VkBool32 enable_best_practice = layer_settings;")
+    tail = "&layer_setting_info);\n"
+    end = text.find(tail, start)
+    if start < 0 or end < 0:
+        return
+    end += len(tail)
+    plain = (
+        "    vk::InstanceCreateInfo instance_create_info(vk::InstanceCreateFlags{}, &app_info, "
+        "layers, extensions);\n"
+    )
+    guarded = "#ifdef VK_EXT_layer_settings\n" + text[start:end] + "#else\n" + plain + "#endif\n"
+    path.write_text(text[:start] + guarded + text[end:], encoding="utf-8")
+
+
+def _run_logged(
+    argv: list[str], log: Path, env: dict[str, str], on_line: Callable[[str], None]
+) -> int:
+    with open(log, "a", encoding="utf-8", errors="replace") as out:
+        out.write(f"\n$ {' '.join(argv)}\n")
+        out.flush()
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            text=True,
+            errors="replace",
+        )
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                on_line(line)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        return proc.wait()
+
+
+def _failed(step: str, log: Path) -> RuntimeBuildError:
+    last = ""
+    with contextlib.suppress(OSError):
+        lines = [x for x in log.read_text(errors="replace").splitlines() if "error" in x.lower()]
+        last = lines[-1].strip()[:160] if lines else ""
+    detail = f": {last}" if last else ""
+    return RuntimeBuildError(
+        f"the runtime's {step} failed{detail} (log: {log})",
+        hint="fix what the log names and run the install again (it resumes)",
+    )
+
+
+def _configure(p: Plan, tree: Path, build: Path, log: Path) -> None:
+    args = [*BASE_ARGS, *p.tools.cmake_args]
+    stamp = build / "localrun-configure.json"
+    wanted = json.dumps({"args": args, "tree": str(tree), "generator": p.tools.generator})
+    if (build / "CMakeCache.txt").is_file() and stamp.is_file() and stamp.read_text() == wanted:
+        return
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    argv = [p.tools.cmake, "-S", str(tree), "-B", str(build), *args]
+    if p.tools.generator:
+        argv += ["-G", p.tools.generator]
+    if _run_logged(argv, log, p.tools.env, lambda _: None) != 0:
+        raise _failed("configure", log)
+    stamp.write_text(wanted)
+
+
+STEP = re.compile(r"^\[\s*(\d+)\s*/\s*(\d+)\s*\]")  # ninja: [12/334]
+PERCENT = re.compile(r"^\[\s*(\d+)%\]")  # make: [ 45%]
+
+
+def _compile(
+    p: Plan, build: Path, target: str, jobs: int | None, log: Path, progress: Progress
+) -> None:
+    argv = [p.tools.cmake, "--build", str(build), "--target", target]
+    argv += ["-j", str(jobs or os.cpu_count() or 1)]
+
+    def on_line(line: str) -> None:
+        if m := STEP.match(line):
+            progress("compile", int(m.group(1)), int(m.group(2)))
+        elif m := PERCENT.match(line):
+            progress("compile", int(m.group(1)), 100)
+
+    if _run_logged(argv, log, p.tools.env, on_line) != 0:
+        raise _failed("compile", log)
+
+
+def _find_module(build: Path, target: str) -> Path:
+    for candidate in (build / "bin" / f"lib{target}.so", build / "lib" / f"lib{target}.so"):
+        if candidate.is_file():
+            return candidate
+    found = sorted(build.rglob(f"lib{target}.so"))
+    if not found:
+        raise RuntimeBuildError(
+            f"the build made no lib{target}.so (log: {build.parent / 'build.log'})",
+            hint="run the install again; if it repeats, report it with the log",
+        )
+    return found[0]
+
+
+def check_loads(module: Path, library_path: tuple[str, ...], log: Path) -> list[str]:
+    """Load `module` into a fresh process's llama.cpp (a crash there cannot touch this one)
+    and return the devices it registered; RuntimeBuildError when it does not load."""
+    from localrun import selfexec
+
+    argv = selfexec.command("localrun.runtimes.check", str(module), *library_path)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeBuildError(
+            f"the built runtime could not be checked ({exc})", hint=f"see {log}"
+        ) from None
+    with open(log, "a", encoding="utf-8", errors="replace") as out:
+        out.write(f"\n$ check {module}\n{done.stdout}{done.stderr}")
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        answer = {"error": f"the check process ended with status {done.returncode}"}
+    if answer.get("error"):
+        raise RuntimeBuildError(
+            f"the built runtime does not load: {answer['error']} (log: {log})",
+            hint="run the install again; if it repeats, report it with the log",
+        )
+    return [str(d) for d in answer.get("devices", [])]

@@ -1,0 +1,188 @@
+"""The llama.cpp source that the installed llama-cpp-python binds, unpacked for a build.
+
+A runtime must be built from exactly the source of the bindings it loads into (ggml's internal
+structures cross the module boundary), so the source is llama-cpp-python's own source
+distribution for the installed version, from, in order:
+
+1. LOCALRUN_RUNTIME_SOURCE: an sdist (.tar.gz) or its unpacked folder, for offline machines;
+2. the sdist kept under LOCALRUN_HOME/runtimes/sources by an earlier install;
+3. the package index, through pip (so its index, proxy and certificate settings apply), then kept.
+
+Whichever it is, its version must be the bindings' version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from localrun import config
+from localrun.errors import RuntimeBuildError, ToolchainError
+from localrun.runtimes.layout import root
+
+SDIST = "llama_cpp_python-{version}.tar.gz"
+DONE = ".unpacked"
+
+
+@dataclass(frozen=True)
+class Source:
+    version: str  # llama-cpp-python's
+    ggml_version: str
+    tree: Path  # the llama.cpp folder (holds ggml/ and CMakeLists.txt)
+
+
+def bindings_version() -> str:
+    """The installed llama-cpp-python's version, read without loading its libraries."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        pass
+    try:  # the single binary carries the package without its metadata
+        from llama_cpp import __version__
+
+        return str(__version__)
+    except ImportError as exc:
+        raise ToolchainError(
+            "llama-cpp-python is not installed", hint="pip install llama-cpp-python"
+        ) from exc
+
+
+def sources_folder() -> Path:
+    return root() / "sources"
+
+
+def prepare(version: str, work: Path, say: Callable[[str], None]) -> Source:
+    """The unpacked llama.cpp tree of llama-cpp-python `version`, under `work` (reused when an
+    earlier, interrupted install already unpacked it)."""
+    unpacked = work / "src"
+    if (unpacked / DONE).is_file():
+        return _source(version, unpacked)
+    given = config.runtime_source()
+    if given is not None and given.is_dir():
+        return _source(version, given, check=True)
+    archive = given if given is not None else _kept_or_downloaded(version, say)
+    say(f"unpacking {archive.name}")
+    shutil.rmtree(unpacked, ignore_errors=True)
+    staged = work / "src.partial"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(staged, filter="data")
+    except (OSError, tarfile.TarError) as exc:
+        raise RuntimeBuildError(
+            f"could not unpack {archive} ({exc})",
+            hint="delete it and run the install again (it is downloaded anew)",
+        ) from None
+    tops = [p for p in staged.iterdir() if p.is_dir()]
+    top = tops[0] if len(tops) == 1 else staged
+    _source(version, top, check=True)
+    os.replace(staged, unpacked)
+    (unpacked / DONE).write_text(str(top.relative_to(staged)) + "\n")
+    return _source(version, unpacked)
+
+
+def _source(version: str, folder: Path, *, check: bool = False) -> Source:
+    marker = folder / DONE
+    if marker.is_file():
+        folder = folder / marker.read_text().strip()
+    tree = folder / "vendor" / "llama.cpp" if (folder / "vendor").is_dir() else folder
+    if not (tree / "ggml" / "CMakeLists.txt").is_file():
+        raise ToolchainError(
+            f"{folder} holds no llama.cpp source (no ggml/CMakeLists.txt)",
+            hint="point LOCALRUN_RUNTIME_SOURCE at llama-cpp-python's source distribution",
+        )
+    if check:
+        found = _sdist_version(folder)
+        if found is not None and found != version:
+            raise ToolchainError(
+                f"the source in {folder} is llama-cpp-python {found}; the installed one is "
+                f"{version}",
+                hint=f"use the {SDIST.format(version=version)} source distribution",
+            )
+    return Source(version, ggml_version(tree), tree)
+
+
+def _sdist_version(folder: Path) -> str | None:
+    try:
+        text = (folder / "PKG-INFO").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    match = re.search(r"^Version:\s*(\S+)", text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def ggml_version(tree: Path) -> str:
+    try:
+        text = (tree / "ggml" / "CMakeLists.txt").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    parts = [
+        re.search(rf"set\(GGML_VERSION_{part}\s+(\d+)\)", text)
+        for part in ("MAJOR", "MINOR", "PATCH")
+    ]
+    return ".".join(m.group(1) for m in parts if m) if all(parts) else ""
+
+
+def _kept_or_downloaded(version: str, say: Callable[[str], None]) -> Path:
+    folder = sources_folder()
+    kept = folder / SDIST.format(version=version)
+    if kept.is_file():
+        return kept
+    folder.mkdir(parents=True, exist_ok=True)
+    say(f"downloading llama-cpp-python {version} source")
+    partial = folder / f".download-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    argv = [
+        *pip_command(),
+        "download",
+        "--no-deps",
+        "--no-binary",
+        "llama-cpp-python",
+        "--disable-pip-version-check",
+        "-d",
+        str(partial),
+        f"llama-cpp-python=={version}",
+    ]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ToolchainError(
+            f"could not run pip to download llama-cpp-python {version}'s source ({exc})",
+            hint="set LOCALRUN_RUNTIME_SOURCE to its source distribution (.tar.gz)",
+        ) from None
+    archives = sorted(partial.glob("*.tar.gz")) if partial.is_dir() else []
+    if done.returncode != 0 or not archives:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no archive"]
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ToolchainError(
+            f"could not download llama-cpp-python {version}'s source: {last[0][:200]}",
+            hint="check the connection to the package index, or set LOCALRUN_RUNTIME_SOURCE "
+            "to the source distribution (.tar.gz)",
+        )
+    os.replace(archives[0], kept)
+    shutil.rmtree(partial, ignore_errors=True)
+    return kept
+
+
+def pip_command() -> list[str]:
+    """pip of this Python; the single binary, which has none, uses the first python3 on PATH."""
+    if not getattr(sys, "frozen", False):
+        return [sys.executable, "-m", "pip"]
+    python = shutil.which("python3") or shutil.which("python")
+    if python is None:
+        raise ToolchainError(
+            "installing a runtime from the single binary needs a python3 with pip on PATH",
+            hint="install python3, or set LOCALRUN_RUNTIME_SOURCE to the source distribution",
+        )
+    return [python, "-m", "pip"]

@@ -1,0 +1,312 @@
+"""GPU runtimes (`localrun runtime`): built for real, loaded into the stock CPU llama.cpp.
+
+The Vulkan runtime is built from llama-cpp-python's own source and run on Mesa's software
+Vulkan device (lavapipe), which ggml skips unless GGML_VK_VISIBLE_DEVICES names it: every layer
+on that device, the same answers on every run, and the CPU's answer up to its first near tie
+(Vulkan rounds differently). Lavapipe is slower than the CPU: correctness only, never speed.
+Without the Vulkan toolchain (scripts/system-deps installs it where it may) those tests skip;
+what needs no build (selection, damaged and mismatched runtimes, the CUDA architecture list)
+always runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CLI, PATIENCE_S, assert_one_line_error
+
+from localrun.errors import ToolchainError
+from localrun.runtimes import toolchain
+from localrun.runtimes.source import bindings_version
+from localrun.store_io import hash_file
+
+VERSION = bindings_version()
+LAVAPIPE = {"GGML_VK_VISIBLE_DEVICES": "0"}
+
+
+def info(cli: CLI, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = cli("info", "--json", env=env)
+    assert result.code == 0, result
+    return json.loads(result.stdout)["llama_cpp"]  # type: ignore[no-any-return]
+
+
+def fake_runtime(home: Path, name: str, body: bytes, **record: Any) -> Path:
+    """An installed-looking runtime whose module is `body` (not a library)."""
+    folder = home / "runtimes" / name
+    folder.mkdir(parents=True)
+    module = folder / "libggml-vulkan.so"
+    module.write_bytes(body)
+    st = module.stat()
+    fields = {
+        "name": name,
+        "backend": "vulkan",
+        "llama_cpp_version": VERSION,
+        "ggml_version": "0.0.0",
+        "toolchain": "test",
+        "module": module.name,
+        "sha256": hash_file(module),
+        "size": len(body),
+        "stamp": [st.st_size, st.st_mtime_ns],
+        **record,
+    }
+    (folder / "runtime.json").write_text(json.dumps(fields))
+    return module
+
+
+# -- no build needed ----------------------------------------------------------------------------
+
+
+def test_runtime_commands_without_runtimes(cli: CLI) -> None:
+    listed = cli("runtime", "list")
+    assert listed.code == 0 and "no runtime installed" in listed.stdout
+    assert "selection: auto" in listed.stdout
+    assert_one_line_error(cli("runtime", "select", "vulkan-9.9.9"), "not installed")
+    assert_one_line_error(cli("runtime", "rm", "ghost"), "not installed")
+    bad = cli("runtime", "select", "../etc")
+    assert bad.code != 0 and "Traceback" not in bad.stderr
+    assert cli("runtime", "select", "cpu").code == 0
+    assert json.loads(cli("runtime", "list", "--json").stdout)["selected"] == "cpu"
+    built = info(cli)
+    assert built["runtime"] == "built-in" and built["runtime_warning"] is None
+    assert_one_line_error(cli("runtime", "install", "metal"), "expected cuda, vulkan or auto")
+
+
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("not a library", "did not load"),
+        ("changed since install", "damaged"),
+        ("missing", "missing"),
+        ("other bindings", "built for llama-cpp-python 0.0.1"),
+    ],
+)
+def test_a_broken_runtime_gives_one_warning_and_the_cpu(
+    cli: CLI, home: Path, case: str, fragment: str
+) -> None:
+    name = f"vulkan-{VERSION}"
+    if case == "other bindings":
+        name = "vulkan-0.0.1"
+    module = fake_runtime(
+        home,
+        name,
+        b"\x7fELF not really" * 100,
+        **({"llama_cpp_version": "0.0.1"} if case == "other bindings" else {}),
+    )
+    if case == "changed since install":
+        module.write_bytes(b"\x7fELF swapped" * 100)
+    elif case == "missing":
+        module.unlink()
+    if case != "other bindings":  # auto skips a runtime built for other bindings, silently
+        cli("runtime", "select", name)
+    env = {"LOCALRUN_RUNTIME": name} if case == "other bindings" else None
+    built = info(cli, env)
+    assert built["runtime"] == "built-in", built
+    assert fragment in (built["runtime_warning"] or ""), built
+    assert built["backends"] == ["CPU"] and not built["gpu_devices"]
+    shown = cli("info", env=env)
+    assert shown.code == 0 and fragment in shown.stdout
+
+
+def test_auto_skips_runtimes_for_other_bindings(cli: CLI, home: Path) -> None:
+    fake_runtime(home, "vulkan-0.0.1", b"junk", llama_cpp_version="0.0.1")
+    built = info(cli)
+    assert built["runtime"] == "built-in" and built["runtime_warning"] is None
+    listed = cli("runtime", "list")
+    assert "(stale)" in listed.stdout
+
+
+def test_cuda_architectures() -> None:
+    assert toolchain.cuda_architectures("sm_90, 8.9", []) == ["89", "90"]
+    assert toolchain.cuda_architectures(None, ["9.0", "8.6", "9.0"]) == ["86", "90"]
+    with pytest.raises(ToolchainError, match="no NVIDIA GPU"):
+        toolchain.cuda_architectures(None, [])
+    with pytest.raises(ToolchainError, match="not a CUDA architecture"):
+        toolchain.cuda_architectures("hopper", [])
+
+
+def test_missing_vulkan_pieces_are_named_with_their_packages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(toolchain, "INCLUDE_DIRS", ("/nonexistent",))
+    monkeypatch.delenv("VULKAN_SDK", raising=False)
+    with pytest.raises(ToolchainError) as caught:
+        toolchain.vulkan()
+    assert "Vulkan headers" in caught.value.message
+    assert "libvulkan-dev" in (caught.value.hint or "")
+
+
+# -- the Vulkan runtime, built for real ----------------------------------------------------------
+
+
+def _vulkan_ready() -> str | None:
+    try:
+        toolchain.vulkan()
+    except ToolchainError as exc:
+        return f"{exc.message} ({exc.hint})"
+    return None
+
+
+def builds_folder() -> Path:
+    """Where the tests' runtime builds live: kept between runs, as a user's would be, so that a
+    second run resumes the build (LOCALRUN_TEST_RUNTIME_BUILDS moves it)."""
+    given = os.environ.get("LOCALRUN_TEST_RUNTIME_BUILDS")
+    if given:
+        return Path(given)
+    from platformdirs import user_cache_path
+
+    return user_cache_path("localrun-tests", appauthor=False) / "runtime-builds"
+
+
+class Built:
+    def __init__(self, home: Path, name: str) -> None:
+        self.home = home
+        self.name = name
+        self.env = {"LOCALRUN_HOME": str(home), **LAVAPIPE}
+
+
+@pytest.fixture(scope="session")
+def vulkan(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Built]:
+    missing = _vulkan_ready()
+    if missing:
+        pytest.skip(f"no Vulkan toolchain: {missing}")
+    home = tmp_path_factory.mktemp("vulkan-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
+    env.update(LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder()), **LAVAPIPE)
+    done = subprocess.run(
+        [sys.executable, "-m", "localrun", "runtime", "install", "vulkan"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    mf = home / "Modelfile"
+    mf.write_text(f"FROM {tiny_model}\n")
+    subprocess.run(
+        [sys.executable, "-m", "localrun", "create", "tiny", "-f", str(mf)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    yield Built(home, f"vulkan-{VERSION}")
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_vulkan_runtime_is_listed_and_named(cli: CLI, vulkan: Built) -> None:
+    listed = json.loads(cli("runtime", "list", "--json", env=vulkan.env).stdout)
+    [runtime] = listed["runtimes"]
+    assert runtime["name"] == vulkan.name and runtime["llama_cpp_version"] == VERSION
+    assert runtime["size"] > 1_000_000 and "glslc" in runtime["toolchain"]
+    built = info(cli, vulkan.env)
+    assert built["runtime"] == vulkan.name and "Vulkan" in built["backends"]
+    assert built["gpu_offload"] is True
+    assert any("llvmpipe" in d["description"] for d in built["gpu_devices"])
+    version = cli("--version", env=vulkan.env)
+    assert f"runtime {vulkan.name}" in version.stdout and "llvmpipe" in version.stdout
+    fit = cli("show", "tiny", "--fit", env=vulkan.env)
+    assert vulkan.name in fit.stdout and "llvmpipe" in fit.stdout
+    # The CPU, when asked for, whatever is installed.
+    assert info(cli, {**vulkan.env, "LOCALRUN_RUNTIME": "cpu"})["runtime"] == "built-in"
+
+
+def _answer(cli: CLI, env: dict[str, str], model: str, prompt: str, n: int) -> tuple[str, str]:
+    result = cli(
+        "run", model, prompt, "--verbose", "--param", "temperature=0", "--param",
+        f"num_predict={n}", env=env,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr[-2000:]
+    return result.stdout.strip(), result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.model
+@pytest.mark.parametrize("model", ["tiny", "smollm2:135m"])
+def test_every_layer_runs_on_the_vulkan_device(cli: CLI, vulkan: Built, model: str) -> None:
+    prompt = "The capital of France is"
+    first, log = _answer(cli, vulkan.env, model, prompt, 8)
+    assert "llvmpipe" in log and "loaded Vulkan backend" in log
+    assert "offload:" in log and "layers fit on GPU" in log, log[-1500:]
+    again, _ = _answer(cli, vulkan.env, model, prompt, 8)
+    assert again == first
+    on_cpu, cpu_log = _answer(cli, {**vulkan.env, "LOCALRUN_RUNTIME": "cpu"}, model, prompt, 8)
+    assert "llvmpipe" not in cpu_log
+    # Equal to the CPU's answer up to its first near tie: the first words at least.
+    if model != "tiny":
+        assert first.split()[:3] == on_cpu.split()[:3], (first, on_cpu)
+
+
+@pytest.mark.slow
+@pytest.mark.model
+@pytest.mark.server
+def test_ps_shows_the_runtime_and_the_layers_offloaded(cli: CLI, vulkan: Built) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
+    env.update(vulkan.env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localrun", "serve", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        host = first.rsplit("http://", 1)[1].strip()
+        served = {**vulkan.env, "LOCALRUN_HOST": host}
+        answer = cli("run", "tiny", "Hello", "--param", "num_predict=4", env=served)
+        assert answer.code == 0, answer.stderr
+        ps = json.loads(cli("ps", "--json", env=served).stdout)
+        [entry] = ps
+        assert entry["runtime"] == vulkan.name
+        assert any("llvmpipe" in d for d in entry["devices"])
+        assert entry["processor"] == "100% GPU" and entry["size_vram"] > 0
+        table = cli("ps", env=served).stdout
+        assert vulkan.name in table and "100% GPU" in table
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=PATIENCE_S)
+
+
+@pytest.mark.slow
+def test_an_interrupted_install_leaves_the_selection_working(
+    cli: CLI, vulkan: Built, tmp_path: Path
+) -> None:
+    cli("runtime", "select", vulkan.name, env=vulkan.env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
+    # A fresh build folder: the install has minutes of work ahead when it is stopped.
+    env.update(vulkan.env, LOCALRUN_RUNTIME_BUILDS=str(tmp_path / "builds"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localrun", "runtime", "install", "vulkan"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + PATIENCE_S
+    seen = ""
+    while "configure" not in seen and time.monotonic() < deadline:
+        seen += proc.stderr.readline()
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=PATIENCE_S)
+    assert proc.returncode != 0 and "Traceback" not in seen + rest, seen + rest
+    listed = json.loads(cli("runtime", "list", "--json", env=vulkan.env).stdout)
+    assert [r["name"] for r in listed["runtimes"]] == [vulkan.name]
+    assert listed["selected"] == vulkan.name
+    assert info(cli, vulkan.env)["runtime"] == vulkan.name
+    staging = [p.name for p in (vulkan.home / "runtimes").iterdir() if p.name.startswith(".tmp")]
+    assert staging == []
+    shutil.rmtree(tmp_path / "builds", ignore_errors=True)
