@@ -310,3 +310,64 @@ def test_an_interrupted_install_leaves_the_selection_working(
     staging = [p.name for p in (vulkan.home / "runtimes").iterdir() if p.name.startswith(".tmp")]
     assert staging == []
     shutil.rmtree(tmp_path / "builds", ignore_errors=True)
+
+
+# -- CUDA from PyPI wheels (no GPU needed) ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cuda_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A LOCALRUN_HOME whose CUDA toolkit comes from PyPI's wheels (installed once a run)."""
+    home = tmp_path_factory.mktemp("cuda-home")
+    saved = os.environ.get("LOCALRUN_HOME")
+    os.environ["LOCALRUN_HOME"] = str(home)
+    try:
+        try:
+            toolchain.wheel_toolkit(lambda _: None)
+        except ToolchainError as exc:
+            if "could not install" in exc.message:
+                pytest.skip(f"PyPI's CUDA wheels cannot be installed here: {exc.message}")
+            raise
+    finally:
+        if saved is None:
+            os.environ.pop("LOCALRUN_HOME", None)
+        else:
+            os.environ["LOCALRUN_HOME"] = saved
+    yield home
+
+
+@pytest.mark.slow
+def test_cuda_toolchain_from_pypi_wheels_compiles_and_configures(
+    cuda_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localrun.runtimes import build
+
+    monkeypatch.setenv("LOCALRUN_HOME", str(cuda_home))
+    monkeypatch.setenv("LOCALRUN_RUNTIME_BUILDS", str(builds_folder()))
+    tools = toolchain.cuda(["90"], use_system=False)
+    assert "PyPI wheels" in tools.description and tools.description.startswith("nvcc 13.")
+    toolkit = Path(tools.env["CUDA_HOME"])
+    for link in ("libcudart.so", "libcublas.so", "libcublasLt.so", "stubs/libcuda.so"):
+        assert (toolkit / "lib" / link).exists(), link
+    # A CUDA source file compiles with the wheels' nvcc, on a machine with no GPU.
+    kernel = tmp_path / "add.cu"
+    kernel.write_text(
+        "__global__ void add(float *a, const float *b, int n) {\n"
+        "  int i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) a[i] += b[i];\n}\n"
+    )
+    out = tmp_path / "add.o"
+    done = subprocess.run(
+        [str(toolkit / "bin" / "nvcc"), "-arch=sm_90", "-c", str(kernel), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+    assert done.returncode == 0 and out.stat().st_size > 0, done.stderr
+    # ggml-cuda configures against them: cmake finds the compiler, cudart and cuBLAS.
+    plan = build.Plan("cuda", f"cuda-{VERSION}-sm90", ("sm90",), tools, VERSION)
+    folder = build.configure(plan, say=lambda _: None)
+    cache = (folder / "CMakeCache.txt").read_text()
+    assert "GGML_CUDA:BOOL=ON" in cache
+    assert f"CMAKE_CUDA_COMPILER:FILEPATH={toolkit / 'bin' / 'nvcc'}" in cache
+    assert "CMAKE_CUDA_ARCHITECTURES:STRING=90" in cache
+    assert str(toolkit / "lib" / "libcublas.so") in cache

@@ -31,16 +31,19 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     """List the installed runtimes: which is selected, and which suit this machine's GPUs."""
     from localrun import system
     from localrun.runtimes import layout, source
+    from localrun.runtimes.activate import auto_choice
 
     runtimes = layout.installed()
     chosen = layout.selection()
     version = source.bindings_version()
+    first = auto_choice(version) if chosen == layout.AUTO else None
+    in_use = first.name if first is not None else chosen
     gpus = system.detect().gpus
     if as_json:
         out = []
         for r in runtimes:
             record = r.to_json()
-            record.update(selected=r.name == chosen, suits=_suits(r, gpus), path=str(r.path))
+            record.update(selected=r.name == in_use, suits=_suits(r, gpus), path=str(r.path))
             out.append(record)
         print(json.dumps({"selected": chosen, "runtimes": out}, indent=2))
         return
@@ -54,7 +57,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
                 f"{r.llama_cpp_version} (ggml {r.ggml_version}){stale}",
                 r.toolchain,
                 _size(r.size),
-                "yes" if r.name == chosen else "",
+                ("yes (auto)" if chosen == layout.AUTO else "yes") if r.name == in_use else "",
                 _suits(r, gpus),
             ]
         )
@@ -92,9 +95,14 @@ def install(
     say(f"building {plan.name} with {plan.tools.description}")
     show = Stages(sys.stderr.isatty())
     try:
-        runtime = build.install(plan, jobs=jobs, progress=show.update, say=say)
+        done = build.install(plan, jobs=jobs, progress=show.update, say=say)
     finally:
         show.close()
+    runtime = done.runtime
+    if done.devices:
+        say(f"it found {', '.join(done.devices)}")
+    else:
+        say("it found no GPU on this machine: models run on the CPU until it has one")
     print(
         f"installed runtime {runtime.name} ({_size(runtime.size)}, built in "
         f"{runtime.build_seconds:.0f} s)"

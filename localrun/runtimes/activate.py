@@ -113,6 +113,12 @@ def _candidates(chosen: str, version: str) -> tuple[list[Runtime], str | None]:
     return cuda + vulkan, None
 
 
+def auto_choice(version: str) -> Runtime | None:
+    """The runtime `auto` tries first here (it is used if it loads and finds a GPU)."""
+    candidates, _ = _candidates(layout.AUTO, version)
+    return candidates[0] if candidates else None
+
+
 def _suits_cuda(runtime: Runtime) -> bool:
     """Whether a GPU here can run the runtime's code (its architecture, or newer through the
     PTX that each architecture's build carries)."""

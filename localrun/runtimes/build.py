@@ -92,20 +92,20 @@ def _locked(work: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class Installed:
+    runtime: Runtime
+    devices: list[str]  # what the check process saw it register ("Vulkan0 (...)")
+
+
 def install(
     p: Plan, *, jobs: int | None, progress: Progress, say: Callable[[str], None]
-) -> Runtime:
+) -> Installed:
     """Build `p` and install it; RuntimeBuildError names the log when a step fails."""
     work = config.runtime_builds() / p.name
     started = time.monotonic()
     with _locked(work):
-        progress("source", 0, 0)
-        src = source.prepare(p.version, work, say)
-        patch_source(src.tree)
-        log = work / "build.log"
-        build = work / "build"
-        progress("configure", 0, 0)
-        _configure(p, src.tree, build, log)
+        src, build, log = _configured(p, work, progress, say)
         progress("compile", 0, 0)
         target = MODULES[p.backend]
         _compile(p, build, target, jobs, log, progress)
@@ -136,8 +136,28 @@ def install(
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
-    del devices
-    return installed
+    return Installed(installed, devices)
+
+
+def configure(p: Plan, *, say: Callable[[str], None]) -> Path:
+    """Only the source and configure steps of an install (its build folder is returned)."""
+    work = config.runtime_builds() / p.name
+    with _locked(work):
+        _, build, _ = _configured(p, work, lambda *_: None, say)
+    return build
+
+
+def _configured(
+    p: Plan, work: Path, progress: Progress, say: Callable[[str], None]
+) -> tuple[source.Source, Path, Path]:
+    progress("source", 0, 0)
+    src = source.prepare(p.version, work, say)
+    patch_source(src.tree)
+    log = work / "build.log"
+    build = work / "build"
+    progress("configure", 0, 0)
+    _configure(p, src.tree, build, log)
+    return src, build, log
 
 
 def patch_source(tree: Path) -> None:

@@ -4,7 +4,7 @@ Every backend: cmake and a C++ compiler (ninja when there is one). Vulkan: the V
 headers, glslc (the shader compiler) and the SPIR-V headers, from the system's packages: a
 missing one is named with the packages that provide it. CUDA: nvcc with the CUDA runtime and
 cuBLAS, from a system toolkit (CUDA_HOME, CUDA_PATH, PATH, /usr/local/cuda) when there is one,
-else from NVIDIA's CUDA 13 wheels on PyPI (nvcc, crt, cccl, cudart, cuBLAS) installed under
+else from NVIDIA's CUDA 13 wheels on PyPI (nvcc, nvvm, crt, cccl, cudart, cuBLAS) installed under
 LOCALRUN_HOME/runtimes/toolchains: those wheels form a toolkit once the unversioned library
 links and a libcuda stub for linking (the driver's library; the real one loads at run time) are
 added. (The CUDA 12 nvcc wheel holds no nvcc.)
@@ -36,6 +36,7 @@ PACKAGES = {
 
 CUDA_WHEELS = (
     "nvidia-cuda-nvcc",
+    "nvidia-nvvm",  # cicc and libdevice: nvcc compiles no device code without them
     "nvidia-cuda-crt",
     "nvidia-cuda-cccl",
     "nvidia-cuda-runtime",
