@@ -139,7 +139,13 @@ def _ready_info(
         size_vram=offload.vram_bytes,
         gpu_layers=offload.n_gpu_layers,
         layers=offload.total_layers,
-        processor=protocol.processor_text(size - runtime, offload.vram_bytes - runtime),
+        # Every layer on the GPU reads "100% GPU", as in Ollama, though llama.cpp keeps the
+        # token embeddings (and a CPU compute buffer) in RAM.
+        processor=(
+            "100% GPU"
+            if offload.total_layers and offload.n_gpu_layers >= offload.total_layers
+            else protocol.processor_text(size - runtime, offload.vram_bytes - runtime)
+        ),
         load_s=load_s,
         notes=notes,
         runtime=runtime,
