@@ -319,8 +319,8 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_RUNTIME",
             "GPU runtime that runs models: a name from `localrun runtime list`, auto (the best "
-            "installed one for this machine) or cpu; unset, the one `localrun runtime select` "
-            "saved.",
+            "installed one for this machine) or cpu (no runtime: llama.cpp as installed); "
+            "unset, the one `localrun runtime select` saved.",
             parse.parse_runtime,
             lambda: "",
         ),

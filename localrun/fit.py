@@ -30,9 +30,6 @@ def damaged(model: Model, exc: InvalidGGUFError, what: str = "a file") -> Corrup
     )
 
 
-CPU_ONLY_ENGINE = "this engine runs on the CPU only"
-
-
 @dataclass
 class Fit:
     """How a model would be loaded: its header, context size, offload plan and warnings."""
@@ -92,7 +89,7 @@ def _plan_fit(
         num_batch=parameters.get("num_batch", DEFAULT_NUM_BATCH),
     )
     if not gpu:
-        plan.reason = CPU_ONLY_ENGINE
+        plan.reason = "this engine runs on the CPU only"
     if draft is not None:
         _plan_draft(draft, plan, num_ctx, slots, parameters)
     return Fit(header, num_ctx, plan, warnings + list(plan.warnings))

@@ -37,7 +37,9 @@ def _key(model: Model) -> str:
     kinds = ("model", "adapter", "draft")
     layers = [layer.digest for layer in model.manifest.layers if layer.kind in kinds]
     info = build_info()  # a marker from one llama.cpp build says nothing of another
-    text = json.dumps([layers, info.version, info.system_info])
+    # ...nor one on a GPU runtime of the same build on the CPU alone.
+    devices = [str(d) for d in info.gpu_devices]
+    text = json.dumps([layers, info.version, info.system_info, info.runtime, devices])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

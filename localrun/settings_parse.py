@@ -161,7 +161,7 @@ def parse_optional_path(text: str) -> Path | None:
     return Path(text).expanduser() if text.strip() else None
 
 
-RUNTIME_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
+RUNTIME_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_+")
 
 
 def parse_runtime(text: str) -> str:

@@ -118,12 +118,64 @@ def test_a_broken_runtime_gives_one_warning_and_the_cpu(
     assert shown.code == 0 and fragment in shown.stdout
 
 
-def test_auto_skips_runtimes_for_other_bindings(cli: CLI, home: Path) -> None:
+def test_auto_skips_runtimes_for_other_bindings_and_says_so(cli: CLI, home: Path) -> None:
+    # After an upgrade of llama-cpp-python: the old runtime is not loaded, and never silently.
     fake_runtime(home, "vulkan-0.0.1", b"junk", llama_cpp_version="0.0.1")
     built = info(cli)
-    assert built["runtime"] == "built-in" and built["runtime_warning"] is None
+    assert built["runtime"] == "built-in"
+    assert "built for llama-cpp-python 0.0.1" in built["runtime_warning"]
+    assert "localrun runtime install vulkan" in built["runtime_warning"]
     listed = cli("runtime", "list")
     assert "(stale)" in listed.stdout
+
+
+def test_a_failed_reinstall_keeps_the_installed_runtime(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localrun.errors import StoreError
+    from localrun.runtimes import layout
+
+    fake_runtime(home, f"vulkan-{VERSION}", b"old module")
+    [old] = layout.installed()
+    staged = layout.staging_folder()
+    (staged / old.module).write_bytes(b"new module")
+    real = os.replace
+    calls: list[object] = []
+
+    def failing(src: object, dst: object) -> None:
+        calls.append(src)
+        if len(calls) == 2:  # the new folder's move into place, the old one moved aside
+            raise OSError(28, "No space left on device")
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(StoreError):
+        layout.install_folder(staged, old)
+    monkeypatch.setattr(os, "replace", real)
+    [kept] = layout.installed()
+    assert kept.module_path.read_bytes() == b"old module"
+
+
+def test_damaged_records_and_removal(cli: CLI, home: Path) -> None:
+    fake_runtime(home, "cuda-x-sm90", b"junk", backend="cuda", targets=["sm_90; rm -rf"])
+    fake_runtime(home, f"vulkan-{VERSION}", b"junk")
+    (home / "runtimes" / "broken").mkdir()
+    (home / "runtimes" / "broken" / "runtime.json").write_text("{not json")
+    listed = json.loads(cli("runtime", "list", "--json").stdout)
+    assert [r["name"] for r in listed["runtimes"]] == [f"vulkan-{VERSION}"]
+    assert cli("runtime", "select", f"vulkan-{VERSION}").code == 0
+    removed = cli("runtime", "rm", f"vulkan-{VERSION}")
+    assert removed.code == 0 and "removed runtime" in removed.stdout
+    after = json.loads(cli("runtime", "list", "--json").stdout)
+    assert after["selected"] == "auto" and after["runtimes"] == []
+    assert info(cli)["runtime"] == "built-in"
+    # A bad LOCALRUN_RUNTIME: the runtime commands refuse it; a model still runs (on the CPU,
+    # the setting named in the warning).
+    assert_one_line_error(
+        cli("runtime", "list", env={"LOCALRUN_RUNTIME": "no/such"}), "LOCALRUN_RUNTIME"
+    )
+    shown = info(cli, {"LOCALRUN_RUNTIME": "no/such"})
+    assert shown["runtime"] == "built-in" and "LOCALRUN_RUNTIME" in shown["runtime_warning"]
 
 
 def test_cuda_architectures() -> None:

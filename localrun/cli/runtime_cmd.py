@@ -18,12 +18,9 @@ def _size(n: int) -> str:
 
 
 def _suits(runtime: Any, gpus: list[Any]) -> str:
-    if runtime.backend == "cuda":
-        lowest = min((int(t.removeprefix("sm").rstrip("af")) for t in runtime.targets), default=0)
-        ok = [g for g in gpus if g.backend == "cuda" and g.compute]
-        ok = [g for g in ok if int(g.compute.replace(".", "")) >= lowest]
-    else:
-        ok = [g for g in gpus if g.backend in ("cuda", "rocm", "vulkan")]
+    from localrun.runtimes.activate import suiting_gpus
+
+    ok = suiting_gpus(runtime, gpus)
     return ", ".join(g.name for g in ok) if ok else "no device here"
 
 
@@ -143,6 +140,8 @@ class Stages:
     def update(self, stage: str, done: int, total: int) -> None:
         if stage != self.stage:
             self.stage = stage
+            if self.progress is not None and stage != "compile":
+                self.close()  # the bar is done: the next stages print as lines
             if self.progress is None:
                 print(f"{stage}...", file=sys.stderr, flush=True)
         if stage != "compile" or total <= 0:

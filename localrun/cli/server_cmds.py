@@ -26,12 +26,17 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
         print(json.dumps(models, indent=2))
         return
     now = time.time()
-    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "RUNTIME", "CONTEXT", "UNTIL"]]
+    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
+    # Ollama's columns, and the GPU runtime's last when a model runs on one (localrun runtime).
+    runtimes = any(_runtime(m) not in ("", "built-in") for m in models)
+    if runtimes:
+        rows[0].append("RUNTIME")
     for m in models:
         digest = str(m.get("digest") or "").removeprefix("sha256:")
         context = m.get("context_length")
         if m.get("remote_host"):  # served by an upstream: its name and health
-            rows.append([str(m.get("name")), "", "", str(m.get("processor") or ""), "", "", ""])
+            rows.append([str(m.get("name")), "", "", str(m.get("processor") or ""), "", ""])
+            rows[-1] += [""] if runtimes else []
             continue
         rows.append(
             [
@@ -39,9 +44,9 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
                 digest[:12],
                 human_size(int(m.get("size") or 0)),
                 processor(m),
-                _runtime(m),
                 str(context) if context else "",
                 until(m.get("expires_at"), now),
+                *([_runtime(m)] if runtimes else []),
             ]
         )
     print(columns(rows, gap=4))

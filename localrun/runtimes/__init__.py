@@ -4,7 +4,7 @@ A runtime is one ggml GPU backend (libggml-vulkan, libggml-cuda) built as a load
 exactly the llama.cpp source the installed llama-cpp-python binds, and loaded into that
 package's own ggml beside its CPU backend: ggml registers backends at run time
 (`ggml_backend_load`), so the stock CPU wheel gains a GPU without a second libllama, and a
-runtime costs one library (Vulkan about 60 MB) instead of a whole llama.cpp. A whole build
+runtime costs one library (Vulkan: 29 MB) instead of a whole llama.cpp. A whole build
 (reinstalling llama-cpp-python with CMAKE_ARGS) would have to be redone for every change of
 backend and replaces the wheel that the CPU fallback relies on; a module that fails to load
 leaves the CPU exactly as installed.

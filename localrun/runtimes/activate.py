@@ -58,7 +58,10 @@ def activate(libllama: str | None, version: str) -> Activation:
     """Load the selected runtime into the ggml of `libllama` (once per process)."""
     global _state
     if _state is None:
-        _state = _activate(libllama, version)
+        try:
+            _state = _activate(libllama, version)
+        except Exception as exc:  # a damaged record, a registry call: never the process's end
+            _state = Activation("auto", warning=f"no runtime loaded ({type(exc).__name__}: {exc})")
     return _state
 
 
@@ -66,7 +69,11 @@ def _activate(libllama: str | None, version: str) -> Activation:
     try:
         lib = ggml.library(libllama)
     except (OSError, AttributeError):
-        return Activation("cpu", warning="ggml's backend registry cannot be reached")
+        asked = layout.selection() != layout.CPU and (
+            layout.selection() != layout.AUTO or layout.installed()
+        )
+        why = "ggml's backend registry cannot be reached: no runtime loaded"
+        return Activation(layout.CPU, warning=why if asked else None)
     try:
         chosen = layout.selection()
     except Exception as exc:  # a bad LOCALRUN_RUNTIME: its ConfigError says which
@@ -110,6 +117,13 @@ def _candidates(chosen: str, version: str) -> tuple[list[Runtime], str | None]:
     usable = [r for r in every if r.llama_cpp_version == version]
     cuda = [r for r in usable if r.backend == "cuda" and _suits_cuda(r)]
     vulkan = [r for r in usable if r.backend == "vulkan"]
+    stale = [r for r in every if r.llama_cpp_version != version]
+    if not usable and stale:
+        return [], (
+            f"the installed runtimes were built for llama-cpp-python "
+            f"{stale[0].llama_cpp_version}, the installed one is {version}: running on the CPU "
+            f"(reinstall: localrun runtime install {stale[0].backend})"
+        )
     return cuda + vulkan, None
 
 
@@ -120,10 +134,20 @@ def auto_choice(version: str) -> Runtime | None:
 
 
 def _suits_cuda(runtime: Runtime) -> bool:
-    """Whether a GPU here can run the runtime's code (its architecture, or newer through the
-    PTX that each architecture's build carries)."""
-    lowest = min((int(t.removeprefix("sm").rstrip("af")) for t in runtime.targets), default=0)
-    return any(g.compute and int(g.compute.replace(".", "")) >= lowest for g in _cuda_gpus())
+    return bool(suiting_gpus(runtime, _cuda_gpus()))
+
+
+def suiting_gpus(runtime: Runtime, gpus: list[Any]) -> list[Any]:
+    """The GPUs that can run `runtime`'s code: a CUDA one of a targeted architecture or newer
+    (through the PTX each architecture's build carries); any GPU for Vulkan."""
+    if runtime.backend != "cuda":
+        return [g for g in gpus if g.backend in ("cuda", "rocm", "vulkan")]
+    lowest = min((layout.architecture(t) for t in runtime.targets), default=0)
+    return [
+        g
+        for g in gpus
+        if g.backend == "cuda" and g.compute and int(g.compute.replace(".", "")) >= lowest
+    ]
 
 
 @functools.cache

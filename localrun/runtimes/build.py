@@ -28,7 +28,7 @@ from localrun import config
 from localrun.errors import RuntimeBuildError
 from localrun.runtimes import layout, source, toolchain
 from localrun.runtimes.layout import Runtime
-from localrun.store_io import hash_file
+from localrun.store_io import hash_file, os_error
 
 Progress = Callable[[str, int, int], None]
 """Called with (stage, steps done, steps in all); 0 in all while a stage cannot count."""
@@ -77,8 +77,11 @@ def plan(backend: str, *, arch: str | None = None, say: Callable[[str], None]) -
 
 @contextlib.contextmanager
 def _locked(work: Path) -> Iterator[None]:
-    work.mkdir(parents=True, exist_ok=True)
-    fd = os.open(work / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        fd = os.open(work / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise os_error(exc, f"could not write to {work}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -113,7 +116,10 @@ def install(
         progress("check", 0, 0)
         staged = layout.staging_folder()
         try:
-            shutil.copy2(module, staged / module.name)
+            try:
+                shutil.copy2(module, staged / module.name)
+            except OSError as exc:
+                raise os_error(exc, f"could not copy the runtime into {staged.parent}") from None
             devices = check_loads(staged / module.name, p.tools.library_path, log)
             st = (staged / module.name).stat()
             runtime = Runtime(
@@ -191,14 +197,19 @@ def _run_logged(
     with open(log, "a", encoding="utf-8", errors="replace") as out:
         out.write(f"\n$ {' '.join(argv)}\n")
         out.flush()
-        proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            text=True,
-            errors="replace",
-        )
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+                text=True,
+                errors="replace",
+            )
+        except OSError as exc:
+            raise RuntimeBuildError(
+                f"could not run {argv[0]} ({exc.strerror or exc})", hint="check the toolchain"
+            ) from None
         assert proc.stdout is not None
         try:
             for line in proc.stdout:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 
 from localrun import config
 from localrun.errors import RuntimeNotFoundError
-from localrun.store_io import TMP_PREFIX, fsync_dir, write_atomic
+from localrun.store_io import TMP_PREFIX, fsync_dir, os_error, temp_path, write_atomic
 
 BACKENDS = ("cuda", "vulkan")
 AUTO, CPU = "auto", "cpu"
@@ -66,7 +67,15 @@ def root() -> Path:
 
 
 def runtime_name(backend: str, llama_cpp_version: str, targets: tuple[str, ...] = ()) -> str:
-    return "-".join([backend, llama_cpp_version, *targets])
+    return "-".join([backend, llama_cpp_version, *targets]).replace("+", "-").lower()
+
+
+def architecture(target: str) -> int:
+    """80 for "sm80" (and "sm90a"); ValueError for anything else."""
+    match = re.fullmatch(r"sm(\d{2,3})[af]?", target)
+    if match is None:
+        raise ValueError(f"not a CUDA architecture: {target!r}")
+    return int(match.group(1))
 
 
 def _read(folder: Path) -> Runtime | None:
@@ -82,7 +91,7 @@ def _read(folder: Path) -> Runtime | None:
             module=str(raw["module"]),
             sha256=str(raw["sha256"]),
             size=int(raw.get("size", 0)),
-            targets=tuple(str(t) for t in raw.get("targets", ())),
+            targets=tuple(str(t) for t in raw.get("targets", ()) if architecture(str(t))),
             library_path=tuple(str(p) for p in raw.get("library_path", ())),
             built_at=float(raw.get("built_at", 0.0)),
             build_seconds=float(raw.get("build_seconds", 0.0)),
@@ -138,7 +147,10 @@ def select(name: str) -> None:
     if name not in (AUTO, CPU):
         get(name)
     base = root()
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, f"could not write to {base}") from None
     write_atomic(base / "selected", [name.encode() + b"\n"], sync_dir=True)
 
 
@@ -156,10 +168,18 @@ def install_folder(staged: Path, runtime: Runtime) -> Runtime:
     record = json.dumps(runtime.to_json(), indent=2).encode() + b"\n"
     write_atomic(staged / RECORD, [record], sync_dir=True)
     old = None
-    if final.exists():
-        old = base / f"{TMP_PREFIX}old-{os.getpid()}-{runtime.name}"
-        os.replace(final, old)
-    os.replace(staged, final)
+    try:
+        if final.exists():
+            old = base / f"{TMP_PREFIX}old-{os.getpid()}-{runtime.name}"
+            os.replace(final, old)
+        os.replace(staged, final)
+    except BaseException as exc:
+        if old is not None and not final.exists():  # put the previous one back
+            with contextlib.suppress(OSError):
+                os.replace(old, final)
+        if isinstance(exc, OSError):
+            raise os_error(exc, f"could not install runtime {runtime.name}") from None
+        raise
     fsync_dir(base)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -168,12 +188,14 @@ def install_folder(staged: Path, runtime: Runtime) -> Runtime:
 
 def staging_folder() -> Path:
     """A new, empty, process-unique folder in which an install puts its files."""
-    from localrun.store_io import temp_path
-
     base = root()
-    base.mkdir(parents=True, exist_ok=True)
-    staged = temp_path(base)
-    staged.mkdir()
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        prune_staging()
+        staged = temp_path(base)
+        staged.mkdir()
+    except OSError as exc:
+        raise os_error(exc, f"could not write to {base}") from None
     return staged
 
 
@@ -181,7 +203,10 @@ def remove(name: str) -> Runtime:
     """Remove a runtime (a selection naming it falls back to auto)."""
     runtime = get(name)
     doomed = root() / f"{TMP_PREFIX}rm-{os.getpid()}-{name}"
-    os.replace(runtime.path, doomed)
+    try:
+        os.replace(runtime.path, doomed)
+    except OSError as exc:
+        raise os_error(exc, f"could not remove runtime {name}") from None
     shutil.rmtree(doomed, ignore_errors=True)
     if saved_selection() == name:
         select(AUTO)

@@ -46,14 +46,20 @@ def bindings_version() -> str:
         return metadata.version("llama-cpp-python")
     except metadata.PackageNotFoundError:
         pass
-    try:  # the single binary carries the package without its metadata
-        from llama_cpp import __version__
+    # The single binary carries the package without its metadata: read its version from its
+    # source rather than import it (and load llama.cpp) here.
+    import importlib.util
 
-        return str(__version__)
-    except ImportError as exc:
-        raise ToolchainError(
-            "llama-cpp-python is not installed", hint="pip install llama-cpp-python"
-        ) from exc
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is not None and spec.origin:
+        try:
+            text = Path(spec.origin).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            text = ""
+        match = re.search(r"^__version__\s*=\s*[\"']([^\"']+)[\"']", text, re.MULTILINE)
+        if match:
+            return match.group(1)
+    raise ToolchainError("llama-cpp-python is not installed", hint="pip install llama-cpp-python")
 
 
 def sources_folder() -> Path:
@@ -77,11 +83,19 @@ def prepare(version: str, work: Path, say: Callable[[str], None]) -> Source:
     staged.mkdir(parents=True)
     try:
         with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(staged, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python 3.10.12+: no links out, no devices
+                tar.extractall(staged, filter="data")
+            else:
+                members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
+                if any(m.name.startswith("/") or ".." in Path(m.name).parts for m in members):
+                    raise tarfile.TarError("a member's path leaves the folder")
+                tar.extractall(staged, members=members)
     except (OSError, tarfile.TarError) as exc:
         raise RuntimeBuildError(
             f"could not unpack {archive} ({exc})",
-            hint="delete it and run the install again (it is downloaded anew)",
+            hint="check LOCALRUN_RUNTIME_SOURCE"
+            if config.runtime_source() is not None
+            else "delete it and run the install again (it is downloaded anew)",
         ) from None
     tops = [p for p in staged.iterdir() if p.is_dir()]
     top = tops[0] if len(tops) == 1 else staged

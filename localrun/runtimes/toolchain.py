@@ -187,8 +187,8 @@ def wheel_toolkit(say: Callable[[str], None]) -> Path:
         return home
     from localrun.runtimes.source import pip_command
 
-    say("installing the CUDA toolkit from PyPI (about 630 MB)")
-    partial = folder.with_name(folder.name + ".partial")
+    say("installing the CUDA toolkit from PyPI (about 930 MB installed)")
+    partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     argv = [
         *pip_command(),
@@ -199,7 +199,14 @@ def wheel_toolkit(say: Callable[[str], None]) -> Path:
         str(partial),
         *[f"{name}=={CUDA_WHEEL_SERIES}.*" for name in CUDA_WHEELS],
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=3600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ToolchainError(
+            f"could not install the CUDA toolkit wheels ({exc})",
+            hint="install a CUDA toolkit (nvcc) and set CUDA_HOME, or check the package index",
+        ) from None
     if done.returncode != 0:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["pip failed"]
         shutil.rmtree(partial, ignore_errors=True)
@@ -207,10 +214,19 @@ def wheel_toolkit(say: Callable[[str], None]) -> Path:
             f"could not install the CUDA toolkit wheels: {last[0][:200]}",
             hint="install a CUDA toolkit (nvcc) and set CUDA_HOME, or check the package index",
         )
-    finish_wheel_toolkit(partial / "nvidia" / "cu13")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
-    (folder / ".complete").write_text("")
+    try:
+        finish_wheel_toolkit(partial / "nvidia" / "cu13")
+        (partial / ".complete").write_text("")
+        if not (folder / ".complete").is_file():  # another install may have finished first
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(partial, folder)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise ToolchainError(
+            f"could not finish the CUDA toolkit from the wheels ({exc})",
+            hint=f"remove {folder} and run the install again",
+        ) from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return home
 
 

@@ -120,17 +120,19 @@ def load_model(
     own = plan.header.metadata.get("tokenizer.chat_template")
     template = model.template or engine.chat_template or (own if isinstance(own, str) else None)
     prompter = Prompter(model, parameters, template, engine, stop_tokens_for(template, engine))
-    info = _ready_info(engine, plan, [*notes, *warnings], time.perf_counter() - started)
+    info = _ready_info(
+        engine, plan, [*notes, *warnings], time.perf_counter() - started, native=backend != "fake"
+    )
     return Loaded(engine, prompter, info, notes, warnings)
 
 
 def _ready_info(
-    engine: Engine, plan: fit.Fit, notes: list[str], load_s: float
+    engine: Engine, plan: fit.Fit, notes: list[str], load_s: float, *, native: bool
 ) -> protocol.ReadyInfo:
     offload = plan.plan
     size = offload.vram_bytes + offload.ram_bytes
     runtime = offload.runtime_bytes  # where the model runs is told by its own memory alone
-    engine_runtime, devices = _engine_runtime(plan)
+    engine_runtime, devices = _engine_runtime() if native else ("", [])
     return protocol.ReadyInfo(
         n_ctx=engine.n_ctx,
         n_ctx_train=engine.n_ctx_train,
@@ -154,11 +156,9 @@ def _ready_info(
     )
 
 
-def _engine_runtime(plan: fit.Fit) -> tuple[str, list[str]]:
-    """The GPU runtime and devices of this runner's llama.cpp ("" and [] for the fake engine,
-    whose plan says it runs on the CPU only and which never imports llama_cpp)."""
-    if plan.plan.reason == fit.CPU_ONLY_ENGINE:
-        return "", []
+def _engine_runtime() -> tuple[str, list[str]]:
+    """The GPU runtime and devices of this runner's llama.cpp (not for the fake engine, which
+    never imports llama_cpp)."""
     from localrun.engine.buildinfo import build_info
 
     build = build_info()
