@@ -147,7 +147,7 @@ def test_info_notes_a_gpu_this_build_cannot_use() -> None:
     found = system.SystemInfo(cpu, 10**10, 10**10, [system.GPU(0, "L4", "cuda", 10**10, 10**10)])
     cpu_build = BuildInfo("0.3.36", False, ["CPU"], "CPU : AVX = 1")
     (note,) = _notes(found, cpu_build)
-    assert "a cuda GPU was found" in note and 'CMAKE_ARGS="-DGGML_CUDA=on"' in note
+    assert "a cuda GPU was found" in note and "localrun runtime install auto" in note
     vulkan_build = BuildInfo("0.3.36", True, ["Vulkan", "CPU"], "Vulkan : ... | CPU : AVX = 1")
     assert "built for Vulkan, CPU" in _notes(found, vulkan_build)[0]
     cuda_build = BuildInfo("0.3.36", True, ["CUDA", "CPU"], "CUDA : ARCHS = 890")
