@@ -156,37 +156,44 @@ def _kept_or_downloaded(version: str, say: Callable[[str], None]) -> Path:
     say(f"downloading llama-cpp-python {version} source")
     partial = folder / f".download-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
-    argv = [
-        *pip_command(),
-        "download",
-        "--no-deps",
-        "--no-binary",
-        "llama-cpp-python",
-        "--disable-pip-version-check",
-        "-d",
-        str(partial),
-        f"llama-cpp-python=={version}",
-    ]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise ToolchainError(
-            f"could not run pip to download llama-cpp-python {version}'s source ({exc})",
-            hint="set LOCALRUN_RUNTIME_SOURCE to its source distribution (.tar.gz)",
-        ) from None
+    run_pip(
+        ["download", "--no-deps", "--no-binary", "llama-cpp-python", "-d", str(partial),
+         f"llama-cpp-python=={version}"],
+        what=f"download llama-cpp-python {version}'s source",
+        hint="check the connection to the package index, or set LOCALRUN_RUNTIME_SOURCE "
+        "to the source distribution (.tar.gz)",
+        partial=partial,
+        timeout=1800,
+    )  # fmt: skip
     archives = sorted(partial.glob("*.tar.gz")) if partial.is_dir() else []
-    if done.returncode != 0 or not archives:
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no archive"]
+    if not archives:
         shutil.rmtree(partial, ignore_errors=True)
         raise ToolchainError(
-            f"could not download llama-cpp-python {version}'s source: {last[0][:200]}",
-            hint="check the connection to the package index, or set LOCALRUN_RUNTIME_SOURCE "
-            "to the source distribution (.tar.gz)",
+            f"pip downloaded no source archive of llama-cpp-python {version}",
+            hint="set LOCALRUN_RUNTIME_SOURCE to the source distribution (.tar.gz)",
         )
     os.replace(archives[0], kept)
     shutil.rmtree(partial, ignore_errors=True)
     return kept
+
+
+def run_pip(args: list[str], *, what: str, hint: str, partial: Path, timeout: float) -> None:
+    """pip with `args`; ToolchainError (pip's last line, `partial` removed) when it fails."""
+    try:
+        done = subprocess.run(
+            [*pip_command(), *args, "--disable-pip-version-check"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ToolchainError(f"could not {what} ({exc})", hint=hint) from None
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["pip failed"]
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ToolchainError(f"could not {what}: {last[0][:200]}", hint=hint)
 
 
 def pip_command() -> list[str]:

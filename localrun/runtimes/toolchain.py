@@ -185,35 +185,19 @@ def wheel_toolkit(say: Callable[[str], None]) -> Path:
     home = folder / "nvidia" / "cu13"
     if (folder / ".complete").is_file():
         return home
-    from localrun.runtimes.source import pip_command
+    from localrun.runtimes.source import run_pip
 
     say("installing the CUDA toolkit from PyPI (about 930 MB installed)")
     partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    argv = [
-        *pip_command(),
-        "install",
-        "--disable-pip-version-check",
-        "--no-deps",
-        "--target",
-        str(partial),
-        *[f"{name}=={CUDA_WHEEL_SERIES}.*" for name in CUDA_WHEELS],
-    ]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=3600)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise ToolchainError(
-            f"could not install the CUDA toolkit wheels ({exc})",
-            hint="install a CUDA toolkit (nvcc) and set CUDA_HOME, or check the package index",
-        ) from None
-    if done.returncode != 0:
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["pip failed"]
-        shutil.rmtree(partial, ignore_errors=True)
-        raise ToolchainError(
-            f"could not install the CUDA toolkit wheels: {last[0][:200]}",
-            hint="install a CUDA toolkit (nvcc) and set CUDA_HOME, or check the package index",
-        )
+    run_pip(
+        ["install", "--no-deps", "--target", str(partial),
+         *[f"{name}=={CUDA_WHEEL_SERIES}.*" for name in CUDA_WHEELS]],
+        what="install the CUDA toolkit wheels",
+        hint="install a CUDA toolkit (nvcc) and set CUDA_HOME, or check the package index",
+        partial=partial,
+        timeout=3600,
+    )  # fmt: skip
     try:
         finish_wheel_toolkit(partial / "nvidia" / "cu13")
         (partial / ".complete").write_text("")
