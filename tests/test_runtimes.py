@@ -214,11 +214,11 @@ def test_an_idle_gpu_is_said_once_with_the_fix(home: Path) -> None:
     stale = layout.Runtime("vulkan-y", "vulkan", "0.0.1", "", "", "m.so", "", 0)
     assert advice.idle_gpu_line(radeon, set(), [stale], VERSION) is not None
     said: list[str] = []
-    advice.say_once(radeon, said.append)
-    advice.say_once(radeon, said.append)
+    advice.say_once(lambda: radeon, said.append)
+    advice.say_once(lambda: radeon, said.append)
     assert len(said) == 1 and "AMD Radeon RX 7900" in said[0]
     layout.select("cpu")  # the CPU, chosen: nothing to say
-    advice.say_once(nvidia, said.append)
+    advice.say_once(lambda: nvidia, said.append)
     assert len(said) == 1
 
 

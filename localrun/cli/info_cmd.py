@@ -68,10 +68,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
             ["llama.cpp", f"llama-cpp-python {build.version}"],
             ["GPU offload", "yes" if build.gpu_offload else "no"],
             ["backends", ", ".join(build.backends) or "unknown"],
-            [
-                "runtime",
-                build.runtime + (f" ({build.runtime_warning})" if build.runtime_warning else ""),
-            ],
+            ["runtime", build.runtime_text],
         ]
         if build.devices:
             rows.append(["devices", ", ".join(build.devices)])

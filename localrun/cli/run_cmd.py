@@ -182,7 +182,6 @@ def one_shot(opened: Session, text: str, asked: Asked, started: float) -> None:
 
 def _advise_gpu() -> None:
     """One line, once, when this machine's GPU sits idle for want of a runtime."""
-    from localrun import system
-    from localrun.runtimes.advice import say_once
+    from localrun.runtimes.advice import detected_gpus, say_once
 
-    say_once(system.detect().gpus, lambda line: print(line, file=sys.stderr, flush=True))
+    say_once(detected_gpus, lambda line: print(line, file=sys.stderr, flush=True))

@@ -121,10 +121,9 @@ def serve(
     server = _server(settings, scheduler, limits, debug)
     print(f"localrun {__version__} listening on {_url(sock)}", flush=True)
     print(f"chat in a browser: {_url(sock)}/ui/", flush=True)
-    from localrun import system
-    from localrun.runtimes.advice import say_once
+    from localrun.runtimes.advice import detected_gpus, say_once
 
-    say_once(system.detect().gpus, lambda line: print(line, flush=True))
+    say_once(detected_gpus, lambda line: print(line, flush=True))
     try:
         server.run(sockets=[sock])
     finally:

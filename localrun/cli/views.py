@@ -88,6 +88,7 @@ def _indent(text: str, n: int) -> str:
 
 def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
     """Print how `model` would be split between GPU and CPU, without loading it."""
+    from localrun.engine.buildinfo import build_info
     from localrun.fit import plan_fit
 
     fit = plan_fit(model, {**model.parameters, **overrides})
@@ -95,7 +96,7 @@ def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
     if as_json:
         out = {"model": str(model.name), "num_ctx": num_ctx, **asdict(plan)}
         out["runtime_bytes"] = plan.runtime_bytes
-        out["engine_runtime"] = _runtime_line()
+        out["engine_runtime"] = build_info().runtime_text
         out["warnings"] = warnings
         print(json.dumps(out, indent=2))
         return
@@ -104,7 +105,7 @@ def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
         ["num_ctx", str(num_ctx)],
         ["GPU layers", f"{plan.n_gpu_layers} of {plan.total_layers}"],
         ["GPU", f"{gpu.index} ({gpu.name}, {gpu.backend})" if gpu else "none"],
-        ["runtime", _runtime_line()],
+        ["runtime", build_info().runtime_text],
         ["VRAM", human_size(plan.vram_bytes)],
         ["RAM", human_size(plan.ram_bytes)],
         ["KV cache", human_size(plan.kv_bytes)],
@@ -112,14 +113,6 @@ def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
     ]
     rows += [["warning", w] for w in warnings]
     print("  Fit\n" + "\n".join("    " + line for line in columns(rows).splitlines()))
-
-
-def _runtime_line() -> str:
-    """The GPU runtime the plan was made with, and why the selected one is not in use."""
-    from localrun.engine.buildinfo import build_info
-
-    build = build_info()
-    return build.runtime + (f" ({build.runtime_warning})" if build.runtime_warning else "")
 
 
 def _duration(seconds: float) -> str:

@@ -1,10 +1,10 @@
 """What the llama.cpp of this process can use: GPU offload, backends, devices, CPU features,
 and the GPU runtime loaded into it (localrun/runtimes).
 
-The one place these facts are read from llama_cpp. The backend names and devices come from the
-registry of the ggml that libllama uses (runtimes/ggml.py says why not llama_cpp._ggml's) when
-its C API can be reached, else from `llama_print_system_info()`, which lists only the backends
-that report features.
+The one place these facts are read from llama_cpp. The backend names and devices are those of
+the ggml that libllama uses (runtimes/ggml.py says why not llama_cpp._ggml's), read once by
+runtimes/activate after it loaded the runtime; where that registry cannot be reached, the names
+come from `llama_print_system_info()`, which lists only the backends that report features.
 """
 
 from __future__ import annotations
@@ -27,13 +27,17 @@ class BuildInfo:
     runtime_warning: str | None = None  # why the selected runtime is not in use
     gpu_devices: list[Device] = field(default_factory=list)  # with the memory each reports
 
+    @property
+    def runtime_text(self) -> str:
+        """The runtime, and why the selected one is not in use: for info and show --fit."""
+        return self.runtime + (f" ({self.runtime_warning})" if self.runtime_warning else "")
+
 
 @functools.cache
 def build_info() -> BuildInfo:
     """The facts of the llama.cpp build in this environment (read once per process)."""
     try:
         from localrun.engine.native import lc as llama_cpp
-        from localrun.engine.native import libllama_path
     except (ImportError, OSError, RuntimeError) as exc:  # the last two: libllama did not load
         raise EngineError(
             f"llama.cpp could not be loaded ({type(exc).__name__}: {exc})",
@@ -43,18 +47,20 @@ def build_info() -> BuildInfo:
     system_info = system_info.strip().removesuffix("|").strip()
     from localrun.runtimes.activate import current
 
-    registry = _registry(libllama_path())
-    backends = registry[0] if registry else parse_backends(system_info)
-    activation = current()
+    activation = current()  # engine/native ran it, and read the registry after it
+    if activation is not None and activation.backends:
+        backends, devices = activation.backends, activation.devices
+    else:
+        backends, devices = parse_backends(system_info), []
     return BuildInfo(
         version=str(getattr(llama_cpp, "__version__", "unknown")),
         gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
         backends=backends,
         system_info=system_info,
-        devices=[str(d) for d in registry[1]] if registry else [],
+        devices=[str(d) for d in devices],
         runtime=activation.name if activation else "built-in",
         runtime_warning=activation.warning if activation else None,
-        gpu_devices=[d for d in registry[1] if d.kind in ("GPU", "IGPU")] if registry else [],
+        gpu_devices=activation.gpu_devices if activation else [],
     )
 
 
@@ -66,14 +72,3 @@ def parse_backends(system_info: str) -> list[str]:
         if sep and name.strip() and name.strip() not in out:
             out.append(name.strip())
     return out
-
-
-def _registry(libllama: str | None) -> tuple[list[str], list[Device]] | None:
-    """(backend names, devices) from libllama's ggml registry, or None if unreachable."""
-    from localrun.runtimes import ggml
-
-    try:
-        lib = ggml.library(libllama)
-        return ggml.backends(lib), ggml.devices(lib)
-    except (AttributeError, OSError):
-        return None

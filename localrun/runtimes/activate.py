@@ -14,6 +14,7 @@ soname.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localrun.errors import LocalrunError
 from localrun.runtimes import ggml, layout
 from localrun.runtimes.layout import Runtime
 
@@ -33,8 +35,11 @@ GPU_KINDS = ("GPU", "IGPU")
 class Activation:
     selection: str  # what was asked for: auto, cpu or a name
     runtime: Runtime | None = None  # the runtime loaded, None for the installed llama.cpp alone
-    devices: list[ggml.Device] = field(default_factory=list)  # every device ggml has now
     warning: str | None = None  # why the asked-for runtime is not in use
+    # ggml's registry once the activation is done (empty when it cannot be reached): what
+    # buildinfo reports, read here once.
+    backends: list[str] = field(default_factory=list)
+    devices: list[ggml.Device] = field(default_factory=list)
 
     @property
     def gpu_devices(self) -> list[ggml.Device]:
@@ -57,47 +62,50 @@ def current() -> Activation | None:
 def activate(libllama: str | None, version: str) -> Activation:
     """Load the selected runtime into the ggml of `libllama` (once per process)."""
     global _state
-    if _state is None:
-        try:
-            _state = _activate(libllama, version)
-        except Exception as exc:  # a damaged record, a registry call: never the process's end
-            _state = Activation("auto", warning=f"no runtime loaded ({type(exc).__name__}: {exc})")
-    return _state
-
-
-def _activate(libllama: str | None, version: str) -> Activation:
+    if _state is not None:
+        return _state
     try:
         lib = ggml.library(libllama)
     except (OSError, AttributeError):
-        asked = layout.selection() != layout.CPU and (
-            layout.selection() != layout.AUTO or layout.installed()
-        )
-        why = "ggml's backend registry cannot be reached: no runtime loaded"
-        return Activation(layout.CPU, warning=why if asked else None)
+        lib = None
+    try:
+        _state = _activate(lib, version)
+    except Exception as exc:  # a damaged record, a registry call: never the process's end
+        _state = Activation(layout.AUTO, warning=f"no runtime loaded ({type(exc).__name__}: {exc})")
+    if lib is not None:
+        with contextlib.suppress(Exception):
+            _state.backends, _state.devices = ggml.backends(lib), ggml.devices(lib)
+    return _state
+
+
+def _activate(lib: Any, version: str) -> Activation:
     try:
         chosen = layout.selection()
-    except Exception as exc:  # a bad LOCALRUN_RUNTIME: its ConfigError says which
-        return Activation("auto", devices=ggml.devices(lib), warning=str(exc))
-    found = Activation(chosen, devices=ggml.devices(lib))
+    except LocalrunError as exc:  # a bad LOCALRUN_RUNTIME: its ConfigError says which
+        return Activation(layout.AUTO, warning=str(exc))
+    if lib is None:
+        asked = chosen != layout.CPU and (chosen != layout.AUTO or bool(layout.installed()))
+        why = "ggml's backend registry cannot be reached: no runtime loaded"
+        return Activation(layout.CPU, warning=why if asked else None)
     if chosen == layout.CPU:
-        return found
-    built_in = [d for d in found.gpu_devices]
+        return Activation(chosen)
+    built_in = [d for d in ggml.devices(lib) if d.kind in GPU_KINDS]
     if built_in:  # a GPU build of llama-cpp-python (or Metal): it needs no runtime
+        warning = None
         if chosen != layout.AUTO:
-            found.warning = (
+            warning = (
                 f"runtime {chosen} not loaded: the installed llama.cpp has its own GPU backend "
                 f"({built_in[0].backend})"
             )
-        return found
+        return Activation(chosen, warning=warning)
     candidates, problem = _candidates(chosen, version)
     for runtime in candidates:
         problem = _load(lib, runtime)
         if problem is None:
-            return Activation(chosen, runtime, ggml.devices(lib))
+            return Activation(chosen, runtime)
         if chosen != layout.AUTO:
             break
-    found.warning = problem
-    return found
+    return Activation(chosen, warning=problem)
 
 
 def _candidates(chosen: str, version: str) -> tuple[list[Runtime], str | None]:

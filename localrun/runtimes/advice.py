@@ -1,17 +1,18 @@
 """No silent CPU: the one line that `run` and `serve` print when this machine has a GPU that
 nothing installed can use, with the command that fixes it.
 
-Said once per machine and GPU set (a marker under LOCALRUN_HOME/runtimes), never when the user
-selected the CPU, and decided without loading llama.cpp: the GPU backends built into the
-installed bindings are read from the names of their libraries.
+Looked into once per installed llama-cpp-python version (a marker under LOCALRUN_HOME/runtimes),
+so that finding the GPUs (NVML, rocm-smi, vulkaninfo: 0.2 to 0.4 s) is not paid by every `run`:
+the first `run` or `serve` after an install or an upgrade says it, the next ones do not look.
+Never when the user selected the CPU, and decided without loading llama.cpp: the GPU backends
+built into the installed bindings are read from the names of their libraries.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,12 @@ def idle_gpu_line(
     real = [g for g in gpus if g.backend != "metal"]
     if not real:
         return None
+    from localrun.runtimes.activate import suiting_gpus
+
     reachable = {kind for name in built_in for kind in BUILT_IN[name]}
-    for r in runtimes:
-        if r.llama_cpp_version == version:
-            reachable |= {"cuda"} if r.backend == "cuda" else {"cuda", "rocm", "vulkan"}
     if any(g.backend in reachable for g in real):
+        return None
+    if any(suiting_gpus(r, real) for r in runtimes if r.llama_cpp_version == version):
         return None
     names = ", ".join(sorted({g.name for g in real}))
     return (
@@ -58,22 +60,29 @@ def idle_gpu_line(
     )
 
 
-def say_once(gpus: Sequence[Any], say: Any) -> None:
-    """Print the idle-GPU line once for this set of GPUs (errors are never fatal here)."""
+def detected_gpus() -> list[Any]:
+    """This machine's GPUs (localrun.system, imported only when they are looked for)."""
+    from localrun import system
+
+    return system.detect().gpus
+
+
+def say_once(find_gpus: Callable[[], Sequence[Any]], say: Callable[[str], None]) -> None:
+    """Print the idle-GPU line if this is the first look since llama-cpp-python was installed
+    (`find_gpus` is only called then; errors are never fatal here)."""
     try:
         if layout.selection() == layout.CPU:
             return
         from localrun.runtimes.source import bindings_version
 
-        line = idle_gpu_line(gpus, built_in_backends(), layout.installed(), bindings_version())
-        if line is None:
-            return
-        key = hashlib.sha256(line.encode()).hexdigest()[:16]
-        marker = layout.root() / f".advised-{key}"
+        version = bindings_version()
+        marker = layout.root() / f".gpu-checked-{version}"
         if marker.exists():
             return
-        say(line)
+        line = idle_gpu_line(find_gpus(), built_in_backends(), layout.installed(), version)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
+        if line is not None:
+            say(line)
     except Exception:  # advice must never stop a model from running
         return

@@ -19,10 +19,10 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"error": "usage: check MODULE [LIBRARY_FOLDER...]"}))
         return 2
     os.environ["LOCALRUN_RUNTIME"] = "cpu"  # the installed runtimes stay out of this check
-    from localrun.engine.native import lc
+    from localrun.engine.native import libllama_path
     from localrun.runtimes import activate, ggml
 
-    lib = ggml.library(getattr(getattr(lc.llama_cpp, "_lib", None), "_name", None))
+    lib = ggml.library(libllama_path())
     activate.preload(tuple(argv[1:]))
     reg = lib.ggml_backend_load(argv[0].encode())
     if not reg:

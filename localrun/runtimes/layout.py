@@ -82,6 +82,7 @@ def _read(folder: Path) -> Runtime | None:
     """The runtime in `folder`, or None when its record is missing or damaged."""
     try:
         raw = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        stamp = raw.get("stamp", (0, 0))
         return Runtime(
             name=str(raw["name"]),
             backend=str(raw["backend"]),
@@ -95,7 +96,7 @@ def _read(folder: Path) -> Runtime | None:
             library_path=tuple(str(p) for p in raw.get("library_path", ())),
             built_at=float(raw.get("built_at", 0.0)),
             build_seconds=float(raw.get("build_seconds", 0.0)),
-            stamp=(int(raw.get("stamp", (0, 0))[0]), int(raw.get("stamp", (0, 0))[1])),
+            stamp=(int(stamp[0]), int(stamp[1])),
             path=folder,
         )
     except (OSError, ValueError, KeyError, TypeError, IndexError):
@@ -132,14 +133,7 @@ def get(name: str) -> Runtime:
 
 def selection() -> str:
     """What runs models: LOCALRUN_RUNTIME when set, else the saved selection ("auto" if none)."""
-    chosen = config.runtime()
-    if chosen:
-        return chosen
-    try:
-        saved = (root() / "selected").read_text(encoding="utf-8").strip()
-    except OSError:
-        return AUTO
-    return saved or AUTO
+    return config.runtime() or saved_selection()
 
 
 def select(name: str) -> None:
