@@ -71,7 +71,7 @@ def grammar_for(format: Format) -> str | None:
     if format is None or format == "":
         return None
     if format == "json":
-        from localrun.engine.sampling import json_grammar
+        from localrun.engine.grammars import json_grammar
 
         return json_grammar()
     if isinstance(format, dict):
@@ -82,7 +82,7 @@ def grammar_for(format: Format) -> str | None:
 def schema_grammar(schema: dict[str, Any]) -> str:
     """A GBNF grammar for the JSON values a JSON schema accepts (BadRequestError if none)."""
     from localrun import grammar_bounds
-    from localrun.engine.sampling import json_schema_grammar
+    from localrun.engine.grammars import json_schema_grammar
 
     grammar_bounds.check_schema(schema)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,6 +255,43 @@ def test_serve_answers_the_clients_and_ctrl_c_leaves_no_runner(
         if serve.poll() is None:
             serve.kill()
             serve.wait(10)
+
+
+def test_the_binary_installs_a_runtime_the_same_way_and_runs_on_it(lr: Bin, tiny: Path) -> None:
+    """The binary carries the CPU backend only; `runtime install vulkan` builds the same module
+    from llama-cpp-python's source (pip from the first python3 on PATH), and `run` loads it into
+    the binary's own ggml: every layer on lavapipe."""
+    from test_runtimes import LAVAPIPE, _vulkan_ready, builds_folder
+
+    missing = _vulkan_ready()
+    if missing:
+        pytest.skip(f"no Vulkan toolchain: {missing}")
+    # The build's tools but no python3, and no source given: one line that says what to do.
+    tools = lr.home / "tools"
+    tools.mkdir()
+    for tool in ("cmake", "ninja", "glslc", "c++"):
+        found = shutil.which(tool)
+        if found:
+            (tools / tool).symlink_to(found)
+    nopython = lr("runtime", "install", "vulkan", PATH=str(tools))
+    assert nopython.returncode != 0 and "Traceback" not in nopython.stderr
+    assert "python3" in nopython.stderr and "LOCALRUN_RUNTIME_SOURCE" in nopython.stderr
+    env = {
+        # This Python's pip fetches the source (from its cache, once one install has run);
+        # the build folder is the one the runtime tests share, so the build is done once.
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "LOCALRUN_RUNTIME_BUILDS": str(builds_folder()),
+        **LAVAPIPE,
+    }
+    done = lr("runtime", "install", "vulkan", timeout=3600, **env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    listed = json.loads(lr("runtime", "list", "--json", **env).stdout)
+    assert [r["backend"] for r in listed["runtimes"]] == ["vulkan"]
+    _created(lr, tiny)
+    answer = lr("run", "tiny", "the a", "--verbose", *GREEDY, **env)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    assert "llvmpipe" in answer.stderr and "layers fit on GPU" in answer.stderr
+    assert answer.stdout.strip()
 
 
 def test_prune_removes_other_builds_only(lr: Bin) -> None:

@@ -14,7 +14,8 @@ from test_speculate import one_token_logits
 
 from localrun import template
 from localrun.engine.batch import BatchEngine
-from localrun.engine.sampling import grammar_sampler, json_grammar, json_schema_grammar
+from localrun.engine.grammars import json_grammar, json_schema_grammar
+from localrun.engine.sampling import grammar_sampler
 from localrun.engine.types import LoadOptions, SamplingOptions
 from localrun.errors import ContextOverflowError, InvalidGGUFError, ModelLoadError
 

@@ -19,7 +19,7 @@ from conftest import PATIENCE_S
 
 from localrun.engine import speculate
 from localrun.engine.batch import BatchEngine
-from localrun.engine.sampling import json_schema_grammar
+from localrun.engine.grammars import json_schema_grammar
 from localrun.engine.speculate import DecodeCost, NgramDrafter, Speculator
 from localrun.engine.types import LoadOptions, SamplingOptions, Timings
 

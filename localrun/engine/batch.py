@@ -3,12 +3,13 @@ llama-server does. `localrun run` runs it with one slot, a server's runner with 
 
 A loop thread owns the context. Each step builds one llama_batch holding the next token of every
 slot that is generating plus prompt chunks of slots still reading their prompt, runs one
-llama_decode, and samples each slot that needs a token with that slot's own sampler chain (at
-the slot's row of the batch's logits). Requests beyond the slots wait FIFO; which slot a request
+llama_decode, and samples each slot that needs a token with that slot's own sampler (at the
+slot's row of the batch's logits). Requests beyond the slots wait FIFO; which slot a request
 takes, and how much of its KV it reuses, is engine.slots'.
 
-Per token, one active slot costs one decode, one native sample and one token_to_piece plus a few
-writes into a preallocated batch: single-stream decode keeps llama.cpp's speed.
+Per token, one active slot costs one decode, one sample (engine.sampling's Sampler: greedy reads
+the best logit in place) and the token's text (spelled once per model) plus a few writes into a
+preallocated batch: single-stream decode keeps llama.cpp's speed.
 
 A generating slot may carry a draft (engine.speculate, or the DRAFT model of engine.draft): the
 guessed tokens go into the batch after its sampled token, each with logits, and are kept up to
@@ -35,7 +36,7 @@ from localrun import prompt_cache
 from localrun.engine import draft, speculate
 from localrun.engine.embed import Embedder
 from localrun.engine.native import lc
-from localrun.engine.sampling import GrammarFirst, grammar_sampler, logprob_entry, sampler_chain
+from localrun.engine.sampling import Sampler, logprob_entry
 from localrun.engine.sequence import answer_ends, overflow_error
 from localrun.engine.slots import Job, Slot, Slots
 from localrun.engine.types import (
@@ -246,14 +247,7 @@ class BatchEngine:
             # the loop decides).
             if not self._slots.holds(job.prefix):
                 job.state = disk.load(job.prefix, self._weights.state_bound(len(job.prefix)))
-        job.chain = sampler_chain(sampling, self.n_vocab, self.n_ctx)
-        try:
-            if sampling.grammar:
-                job.grammar = grammar_sampler(self._weights.vocab, sampling.grammar)
-                job.sample = GrammarFirst(self.n_vocab, job.grammar, job.chain).sample
-        except BaseException:
-            job.free()
-            raise
+        job.sampler = Sampler(sampling, self._weights.vocab, self.n_vocab, self.n_ctx)
         return job
 
     def _cancel(self, job: Job) -> None:
@@ -456,7 +450,8 @@ class BatchEngine:
         """The slot's next token: checked against its draft, the answer's ends and budgets,
         sent, and the next draft proposed."""
         row = slot.row
-        token = job.sample(job.chain, self._ctx, row)
+        assert job.sampler is not None
+        token = job.sampler.sample(self._ctx, row)
         if slot.draft:
             token, row = self._verify(slot, job, token, row)
             if token < 0:
@@ -492,7 +487,8 @@ class BatchEngine:
             if job.timings.eval_tokens >= job.budget or job.cancelled:
                 break
             row += 1
-            token = job.sample(job.chain, self._ctx, row)
+            assert job.sampler is not None
+            token = job.sampler.sample(self._ctx, row)
         self._slots.drop_draft(slot)
         assert job.spec is not None
         job.spec.settle(draft, kept)

@@ -17,6 +17,7 @@ from typing import Any
 
 from localrun.engine import speculate
 from localrun.engine.native import lc
+from localrun.engine.sampling import Sampler
 from localrun.engine.sequence import trim
 from localrun.engine.types import Sink, Timings, reusable
 
@@ -33,15 +34,13 @@ class Job:
     __slots__ = (
         "budget",
         "cancelled",
-        "chain",
         "decoder",
         "ends",
-        "grammar",
         "logprobs",
         "pending",
         "prefix",
         "prompt",
-        "sample",
+        "sampler",
         "save",
         "sink",
         "spec",
@@ -62,9 +61,7 @@ class Job:
         self.sink = sink
         # Whether a token ends the answer (end of generation, or a stop token).
         self.ends: Callable[[int], bool] = lambda token: token in stop_tokens
-        self.chain: Any = None
-        self.grammar: Any = None
-        self.sample: Callable[[Any, Any, int], int] = lc.llama_sampler_sample
+        self.sampler: Sampler | None = None
         self.budget = budget
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.timings = Timings()
@@ -86,12 +83,8 @@ class Job:
         if self.spec is not None:
             self.timings.draft_tokens = self.spec.drafted
             self.timings.draft_accepted = self.spec.accepted
-        if self.chain is not None:
-            lc.llama_sampler_free(self.chain)
-            self.chain = None
-        if self.grammar is not None:
-            lc.llama_sampler_free(self.grammar)
-            self.grammar = None
+        if self.sampler is not None:
+            self.sampler.free()
 
 
 class Slot:
