@@ -18,6 +18,8 @@ model, not what the model was trained for:
 - `thinking`: the chat template renders or expects reasoning (localrun.thinking.supports).
 - `insert`: the vocabulary has fill-in-the-middle tokens (recorded when the model was created or
   pulled; a manifest older than that field says nothing).
+- `vision`, `audio`: the model has a projector (Modelfile PROJECTOR, or pulled with its mmproj)
+  with an image or an audio encoder; Ollama lists `vision` the same way.
 
 Pure: reads only the model's manifest fields and template.
 """
@@ -61,4 +63,19 @@ def capabilities(model: Model) -> list[str]:
         out.append("thinking")
     if not encoder and details.get("fim"):
         out.append("insert")
+    if not encoder:
+        out += [m for m in ("vision", "audio") if m in projector_modalities(model)]
     return out
+
+
+def projector_modalities(model: Model) -> list[str]:
+    """What the model's projector takes ("vision", "audio"), as recorded when it was stored;
+    a projector layer without the record (a manifest made elsewhere) is taken for vision."""
+    if model.projector_path is None:
+        return []
+    recorded = model.config.get("projector")
+    details = recorded.get("details") if isinstance(recorded, dict) else None
+    modalities = details.get("modalities") if isinstance(details, dict) else None
+    if isinstance(modalities, list):
+        return [m for m in modalities if m in ("vision", "audio")]
+    return ["vision"]

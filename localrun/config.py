@@ -245,6 +245,31 @@ SETTINGS: dict[str, Setting] = {
             parse.parse_positive_int,
             lambda: 65536,
         ),
+        # Images and audio in requests (localrun.media): each bounded before it is decoded.
+        Setting(
+            "LOCALRUN_MAX_MEDIA_BYTES",
+            "Largest image or audio file one request may send (bytes, after base64).",
+            parse.parse_positive_int,
+            lambda: 20 * 1024 * 1024,
+        ),
+        Setting(
+            "LOCALRUN_MAX_MEDIA",
+            "Most images and audio files in one request.",
+            parse.parse_positive_int,
+            lambda: 16,
+        ),
+        Setting(
+            "LOCALRUN_MAX_IMAGE_PIXELS",
+            "Most pixels of one image (width x height), read from its header before decoding.",
+            parse.parse_positive_int,
+            lambda: 4096 * 4096,
+        ),
+        Setting(
+            "LOCALRUN_MAX_AUDIO_SECONDS",
+            "Longest audio one request may send, in seconds.",
+            parse.parse_positive_int,
+            lambda: 600,
+        ),
         Setting(
             "LOCALRUN_TEMPLATE_TIMEOUT",
             "Longest a chat template may take to render one prompt (2s, 500ms).",
@@ -465,6 +490,22 @@ def max_special_tokens() -> int:
 
 def max_byte_fallback() -> int:
     return SETTINGS["LOCALRUN_MAX_BYTE_FALLBACK"].value()  # type: ignore[no-any-return]
+
+
+def max_media_bytes() -> int:
+    return SETTINGS["LOCALRUN_MAX_MEDIA_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def max_media() -> int:
+    return SETTINGS["LOCALRUN_MAX_MEDIA"].value()  # type: ignore[no-any-return]
+
+
+def max_image_pixels() -> int:
+    return SETTINGS["LOCALRUN_MAX_IMAGE_PIXELS"].value()  # type: ignore[no-any-return]
+
+
+def max_audio_seconds() -> int:
+    return SETTINGS["LOCALRUN_MAX_AUDIO_SECONDS"].value()  # type: ignore[no-any-return]
 
 
 def template_timeout() -> float:

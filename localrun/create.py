@@ -126,6 +126,11 @@ class _Builder:
             draft = self._draft(mf.draft, base_dir, resolve)
             target = model.info if model else self._stored_info(layers, mf.from_)
             _check_vocabulary(target, draft.info, mf.from_, mf.draft)
+        projector = None
+        if mf.projector is not None:
+            projector = self._open(mf.projector, base_dir, "projector")
+            target = model.info if model else self._stored_info(layers, mf.from_)
+            _check_projector(target, projector, mf.from_)
         if mf.template is not None:
             _check_template(mf.template, mf.lines.get("TEMPLATE", 1))
 
@@ -134,6 +139,10 @@ class _Builder:
         layers += self._store_adapters(adapter_files, config)
         if draft is not None:
             layers = [x for x in layers if x.kind != "draft"] + [self._store_draft(draft, config)]
+        if projector is not None:
+            layer = self._store_file(projector)
+            config["projector"] = {"digest": layer.digest, "details": projector.info.details()}
+            layers = [x for x in layers if x.kind != "projector"] + [layer]
         layers = self._text_layers(mf, layers)
         layers.sort(key=lambda layer: _ORDER.get(layer.kind, len(_ORDER)))
         config_digest, config_size = self.store.add_bytes(_json_bytes(config))
@@ -212,7 +221,7 @@ class _Builder:
     def _open(self, value: str, base_dir: Path, kind: str) -> _Opened:
         """Open and validate a file the Modelfile names; it is closed when the build ends."""
         path = resolve_path(value, base_dir)
-        keyword = {"model": "FROM", "adapter": "ADAPTER", "draft": "DRAFT"}[kind]
+        keyword = {"model": "FROM", "adapter": "ADAPTER", "draft": "DRAFT"}.get(kind, "PROJECTOR")
         if not os.path.lexists(path):
             raise FileNotFoundError_(
                 f"{keyword} {value}: no such file ({path})",
@@ -312,8 +321,31 @@ def _check_adapters(adapter_files: list[_Opened], architecture: str | None) -> N
             )
 
 
+def _check_projector(model: gguf.GGUFInfo, projector: _Opened, shown: str) -> None:
+    """The projector hands the model embeddings of the model's width, or it is another's."""
+    width, made = model.embedding_length, projector.info.projection_dim
+    if width is not None and made is not None and width != made:
+        raise InvalidGGUFError(
+            f"the projector {projector.value} makes embeddings {made} wide, but {shown} takes "
+            f"{width}: it belongs to another model",
+            hint="use the mmproj file published with this model",
+        )
+
+
 def _check_kind(info: gguf.GGUFInfo, value: str, kind: str) -> None:
-    """Refuse a GGUF of the wrong kind for its instruction (FROM, ADAPTER or DRAFT)."""
+    """Refuse a GGUF of the wrong kind for its instruction (FROM, ADAPTER, DRAFT or
+    PROJECTOR)."""
+    if kind == "projector" and info.kind != "projector":
+        raise InvalidGGUFError(
+            f"{value} is not a projector (its general.architecture is not clip)",
+            hint="PROJECTOR takes the model's mmproj GGUF, published beside its model file",
+        )
+    if kind != "projector" and info.kind == "projector":
+        keyword = {"model": "FROM", "adapter": "ADAPTER", "draft": "DRAFT"}[kind]
+        raise InvalidGGUFError(
+            f"{value} is a projector (mmproj), not what {keyword} takes",
+            hint=f"put it on a PROJECTOR line: `PROJECTOR {value}`",
+        )
     if kind == "model" and info.kind == "adapter":
         raise InvalidGGUFError(
             f"{value} is a LoRA adapter, not a model",

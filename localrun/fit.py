@@ -9,6 +9,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from localrun.engine.types import LoadOptions
@@ -92,7 +93,22 @@ def _plan_fit(
         plan.reason = "this engine runs on the CPU only"
     if draft is not None:
         _plan_draft(draft, plan, num_ctx, slots, parameters)
+    if model.projector_path is not None:
+        _plan_projector(model.projector_path, plan)
     return Fit(header, num_ctx, plan, warnings + list(plan.warnings))
+
+
+def _plan_projector(path: Path, plan: Any) -> None:
+    """Add the projector to the plan: its weights and, for its compute buffers, a quarter more
+    (an image's encode); on the GPU when any layer is (libmtmd follows the model there)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return  # the load says what is missing
+    if plan.gpu is not None and plan.n_gpu_layers > 0:
+        plan.vram_bytes += size * 5 // 4
+    else:
+        plan.ram_bytes += size * 5 // 4
 
 
 def _plan_draft(
@@ -274,4 +290,5 @@ def resolve_load_options(
         splits=tuple(str(path) for path in model.model_parts[1:]),
         draft=str(model.draft_path) if model.draft_path else None,
         draft_num_gpu=999 if draft_offloaded(fit.plan) else 0,
+        projector=str(model.projector_path) if model.projector_path else None,
     )

@@ -52,6 +52,8 @@ class GGUFInfo:
     lora_alpha: float | None = None
     pooling_type: int | None = None  # set by models made for embeddings (llama_pooling_type)
     fim: bool = False  # has fill-in-the-middle tokens
+    modalities: list[str] | None = None  # a projector's: "vision", "audio"
+    projection_dim: int | None = None  # a projector's: the text model's embedding width
     metadata: dict[str, Any] = field(default_factory=dict)
     # The vocabulary's raw token texts, from the same walk over the header (a draft model's
     # vocabulary is compared with its model's at create time).
@@ -76,6 +78,11 @@ class GGUFInfo:
             "lora_alpha": self.lora_alpha,
             "pooling_type": self.pooling_type,
             "fim": self.fim,
+            **(
+                {"modalities": self.modalities, "projection_dim": self.projection_dim}
+                if self.kind == "projector"
+                else {}
+            ),
         }
 
 
@@ -231,6 +238,8 @@ def _info(size: int, shown: str, scan: Header, tokens: list[bytes]) -> GGUFInfo:
         lora_alpha=d["lora_alpha"],
         pooling_type=d["pooling_type"],
         fim=d["fim"],
+        modalities=d.get("modalities"),
+        projection_dim=d.get("projection_dim"),
         metadata=metadata,
         tokens=tokens,
     )
@@ -238,6 +247,16 @@ def _info(size: int, shown: str, scan: Header, tokens: list[bytes]) -> GGUFInfo:
 
 def _as_str(item: Any) -> str | None:
     return item if isinstance(item, str) else None
+
+
+def _projector_details(meta: dict[str, Any]) -> dict[str, Any]:
+    dims = [meta.get(f"clip.{m}.projection_dim") for m in ("vision", "audio")]
+    return {
+        "modalities": [m for m in ("vision", "audio") if meta.get(f"clip.has_{m}_encoder") is True],
+        "projection_dim": next(
+            (d for d in dims if isinstance(d, int) and not isinstance(d, bool)), None
+        ),
+    }
 
 
 def header_details(headers: list[Header]) -> dict[str, Any]:
@@ -270,6 +289,8 @@ def header_details(headers: list[Header]) -> dict[str, Any]:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     kind = "adapter" if meta.get("general.type") == "adapter" else "model"
+    if arch == "clip":
+        kind = "projector"
     alpha = meta.get("adapter.lora.alpha")
     return {
         "format": "gguf",
@@ -289,6 +310,8 @@ def header_details(headers: list[Header]) -> dict[str, Any]:
         "pooling_type": arch_int("pooling_type"),
         "fim": first.fim,
         "split_count": len(headers),
+        # A projector's: what it takes in, and the width of what it hands the text model.
+        **(_projector_details(meta) if kind == "projector" else {}),
     }
 
 

@@ -69,6 +69,9 @@ def check_model(header: Header, tokens: list[bytes]) -> None:
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise Refused("general.architecture is missing: this is not a model llama.cpp can run")
+    if arch == PROJECTOR_ARCH:
+        _check_projector(header)
+        return
     _check_numbers(meta, arch, attention=any(_ATTENTION.search(t.name) for t in header.tensors))
     _check_template(meta)
     split = meta.get("split.count")
@@ -76,6 +79,46 @@ def check_model(header: Header, tokens: list[bytes]) -> None:
     n_vocab = _check_tokenizer(header, arch, tokens)
     _check_blocks(header, arch, whole)
     _check_tensors(header, arch, n_vocab)
+
+
+PROJECTOR_ARCH = "clip"  # libmtmd's projectors (mmproj), for images and audio
+MAX_IMAGE_SIDE = 8192
+
+
+def _check_projector(header: Header) -> None:
+    """A projector's numbers in the ranges libmtmd can allocate for, and at least one encoder."""
+    meta = header.metadata
+    encoders = [p for p in ("vision", "audio") if meta.get(f"clip.has_{p}_encoder") is True]
+    if not encoders:
+        raise Refused("this projector has neither a vision nor an audio encoder")
+    for key, value in meta.items():
+        if not key.startswith("clip.") or isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Refused(f"{key} is {value}; it must be a finite number")
+        if isinstance(value, int) and not 0 <= value < 2**31:
+            raise Refused(f"{key} is {value}; it must be between 0 and 2^31-1")
+    for encoder in encoders:
+        prefix = f"clip.{encoder}."
+        bounds = {
+            "block_count": (1, MAX_BLOCKS),
+            "embedding_length": (1, MAX_EMBEDDING),
+            "feed_forward_length": (1, 16 * MAX_EMBEDDING),
+            "attention.head_count": (1, MAX_HEADS),
+            "projection_dim": (1, MAX_EMBEDDING),
+        }
+        if encoder == "vision":
+            bounds |= {"image_size": (1, MAX_IMAGE_SIDE), "patch_size": (1, MAX_IMAGE_SIDE)}
+        for suffix, (low, high) in bounds.items():
+            value = meta.get(prefix + suffix)
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise Refused(f"{prefix}{suffix} is {value!r}; it must be between {low} and {high}")
+        size, patch = meta.get(prefix + "image_size"), meta.get(prefix + "patch_size")
+        if isinstance(size, int) and isinstance(patch, int) and patch > size:
+            raise Refused(f"{prefix}patch_size ({patch}) is larger than its image_size ({size})")
+    _check_tensors(header, PROJECTOR_ARCH, None)
 
 
 def _check_numbers(meta: dict[str, Any], arch: str, *, attention: bool) -> None:

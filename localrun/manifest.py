@@ -27,7 +27,17 @@ DIGEST_RE = re.compile(r"^sha256[:-][0-9a-f]{64}\Z")
 MEDIA_PREFIX = "application/vnd.localrun."
 MEDIA_MANIFEST = MEDIA_PREFIX + "manifest.v1+json"
 MEDIA_CONFIG = MEDIA_PREFIX + "config.v1+json"
-LAYER_KINDS = ("model", "adapter", "draft", "params", "template", "system", "messages", "license")
+LAYER_KINDS = (
+    "model",
+    "adapter",
+    "draft",
+    "projector",
+    "params",
+    "template",
+    "system",
+    "messages",
+    "license",
+)
 MEDIA_TYPES = {kind: f"{MEDIA_PREFIX}{kind}" for kind in LAYER_KINDS}
 _KIND_OF_MEDIA = {media: kind for kind, media in MEDIA_TYPES.items()}
 

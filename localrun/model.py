@@ -27,6 +27,7 @@ class Model:
     adapter_paths: list[Path] = field(default_factory=list)
     model_parts: list[Path] = field(default_factory=list)  # every part of a split model, in order
     draft_path: Path | None = None  # the draft model for speculative decoding (Modelfile DRAFT)
+    projector_path: Path | None = None  # images and audio in (Modelfile PROJECTOR)
     parameters: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
     template: str | None = None
@@ -63,6 +64,7 @@ class Model:
         mf = Modelfile(from_=source)
         mf.adapters = [str(p) for p in self.adapter_paths]
         mf.draft = str(self.draft_path) if self.draft_path is not None else None
+        mf.projector = str(self.projector_path) if self.projector_path is not None else None
         for name, value in self.parameters.items():
             values = value if isinstance(value, list) else [value]
             mf.parameters += [(name, v) for v in values]
@@ -100,6 +102,7 @@ def load(store: Store, name: ModelName, manifest: Manifest | None = None) -> Mod
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"a layer of {name} is malformed ({exc})") from None
     drafts = manifest.of_kind("draft")
+    projectors = manifest.of_kind("projector")
     return Model(
         name=name,
         digest="sha256:" + hashlib.sha256(raw).hexdigest(),
@@ -109,6 +112,7 @@ def load(store: Store, name: ModelName, manifest: Manifest | None = None) -> Mod
         model_parts=[store.blob_path(layer.digest) for layer in model_layers],
         adapter_paths=[store.blob_path(layer.digest) for layer in manifest.of_kind("adapter")],
         draft_path=store.blob_path(drafts[-1].digest) if drafts else None,
+        projector_path=store.blob_path(projectors[-1].digest) if projectors else None,
         parameters=parameters,
         system=text("system"),
         template=text("template"),

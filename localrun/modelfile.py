@@ -5,17 +5,19 @@ Grammar (instructions are case-insensitive; one per line, a value may span lines
     modelfile   = *( blank / comment / instruction )
     comment     = *WSP "#" *CHAR NEWLINE
     instruction = *WSP keyword 1*WSP args *WSP NEWLINE
-    keyword     = "FROM" / "PARAMETER" / "SYSTEM" / "TEMPLATE" / "ADAPTER" / "DRAFT" / "MESSAGE"
-                / "LICENSE"
-    args        = value                       ; FROM, SYSTEM, TEMPLATE, ADAPTER, DRAFT, LICENSE
+    keyword     = "FROM" / "PARAMETER" / "SYSTEM" / "TEMPLATE" / "ADAPTER" / "DRAFT" / "PROJECTOR"
+                / "MESSAGE" / "LICENSE"
+    args        = value                       ; FROM, SYSTEM, TEMPLATE, ADAPTER, DRAFT, PROJECTOR,
+                                              ; LICENSE
                 / word 1*WSP value            ; PARAMETER name value, MESSAGE role value
     value       = '\"\"\"' *ANY '\"\"\"'            ; verbatim, may span lines
                 / DQUOTE *qchar DQUOTE        ; escapes: \\\\ \\" \\n \\t \\r
                 / bare                        ; the rest of the line, trailing blanks dropped
 
-FROM is required, once; DRAFT (a draft model for speculative decoding, named like FROM) at most
-once. SYSTEM and TEMPLATE may repeat (the last one counts), PARAMETER stop, ADAPTER, MESSAGE and
-LICENSE accumulate. Errors carry the 1-based line and column.
+FROM is required, once; DRAFT (a draft model for speculative decoding, named like FROM) and
+PROJECTOR (a multimodal projector GGUF, "mmproj", that lets the model see images or hear audio)
+at most once each. SYSTEM and TEMPLATE may repeat (the last one counts), PARAMETER stop,
+ADAPTER, MESSAGE and LICENSE accumulate. Errors carry the 1-based line and column.
 `str(parse(text))` gives a canonical Modelfile that parses back to an equal object.
 """
 
@@ -27,7 +29,17 @@ from localrun import params
 from localrun.errors import InvalidParameterError, ModelfileError
 
 ROLES = ("system", "user", "assistant")
-INSTRUCTIONS = ("FROM", "PARAMETER", "SYSTEM", "TEMPLATE", "ADAPTER", "DRAFT", "MESSAGE", "LICENSE")
+INSTRUCTIONS = (
+    "FROM",
+    "PARAMETER",
+    "SYSTEM",
+    "TEMPLATE",
+    "ADAPTER",
+    "DRAFT",
+    "PROJECTOR",
+    "MESSAGE",
+    "LICENSE",
+)
 _ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
 
 
@@ -39,7 +51,8 @@ class Message:
 
 @dataclass
 class Modelfile:
-    """A parsed Modelfile; `from_` and `draft` are model names or paths, exactly as written."""
+    """A parsed Modelfile; `from_` and `draft` are model names or paths, `projector` a path,
+    exactly as written."""
 
     from_: str
     parameters: list[tuple[str, params.Value]] = field(default_factory=list)
@@ -49,6 +62,7 @@ class Modelfile:
     messages: list[Message] = field(default_factory=list)
     licenses: list[str] = field(default_factory=list)
     draft: str | None = None
+    projector: str | None = None
     # Where each instruction was written ("FROM", "TEMPLATE", "ADAPTER:0", ...), for errors found
     # after parsing (a missing file, a template that does not compile).
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
@@ -58,6 +72,8 @@ class Modelfile:
         lines += [f"ADAPTER {format_value(a)}" for a in self.adapters]
         if self.draft is not None:
             lines.append(f"DRAFT {format_value(self.draft)}")
+        if self.projector is not None:
+            lines.append(f"PROJECTOR {format_value(self.projector)}")
         for name, value in self.parameters:
             lines.append(f"PARAMETER {name} {format_value(format_param(value))}")
         if self.template is not None:
@@ -169,7 +185,13 @@ def parse(text: str) -> Modelfile:
         result.lines[key] = line
         if keyword == "FROM":
             if from_ is not None:
-                raise cur.error("FROM given twice; a Modelfile has exactly one", line=line, col=col)
+                raise ModelfileError(
+                    "FROM given twice; a Modelfile has exactly one",
+                    line=line,
+                    column=col,
+                    hint="a projector (mmproj) GGUF goes on a PROJECTOR line: "
+                    "`PROJECTOR ./mmproj.gguf`",
+                )
             from_ = value
         else:
             _single(cur, keyword, value, result, line, col)
@@ -248,8 +270,14 @@ def _pair(cur: _Cursor, keyword: str, result: Modelfile) -> None:
 
 
 def _single(cur: _Cursor, keyword: str, value: str, result: Modelfile, line: int, col: int) -> None:
-    """Record the value of DRAFT, SYSTEM, TEMPLATE, ADAPTER or LICENSE."""
-    if keyword == "DRAFT":
+    """Record the value of DRAFT, PROJECTOR, SYSTEM, TEMPLATE, ADAPTER or LICENSE."""
+    if keyword == "PROJECTOR":
+        if result.projector is not None:
+            raise cur.error(
+                "PROJECTOR given twice; a model has at most one projector", line=line, col=col
+            )
+        result.projector = value
+    elif keyword == "DRAFT":
         if result.draft is not None:
             raise cur.error(
                 "DRAFT given twice; a Modelfile names at most one draft model", line=line, col=col

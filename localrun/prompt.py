@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from localrun import config, thinking
+from localrun import media as media_mod
 from localrun import params as params_mod
 from localrun import template as template_mod
 from localrun import tools as tools_mod
@@ -45,6 +46,10 @@ class Tokenizer(Protocol):
 
     def token_ids(self, text: str) -> list[int]: ...
 
+    def media_prompt(self, text: str, media: list[media_mod.Media], *, add_special: bool) -> Any:
+        """Text with images or audio as an engine prompt (.tokens; .free() when unused)."""
+        ...
+
 
 @dataclass
 class Prepared:
@@ -64,6 +69,7 @@ class Prepared:
     # the user says next: what the disk prompt cache keeps between processes.
     cache_prefix: int = 0
     return_context: bool = False  # the answer's end carries the prompt's and answer's tokens
+    media: Any = None  # the engine's prompt with images or audio (its tokens are `tokens`)
 
 
 def grammar_for(format: Format) -> str | None:
@@ -142,9 +148,10 @@ class Prompter:
         tokens = prepared.tokens
         bos_text = self.tokenizer.bos_text
         bos = self.tokenizer.token_ids(bos_text) if bos_text else []
-        if context and bos and tokens[:1] == bos[:1]:
-            tokens = tokens[1:]
-        prepared.tokens = context + tokens
+        drop = int(bool(context and bos and tokens[:1] == bos[:1]))
+        prepared.tokens = context + tokens[drop:]
+        if prepared.media is not None:
+            prepared.media.move(len(context) - drop, prepared.tokens)
         prepared.cache_prefix = 0  # the model's turns no longer come first
 
     def conversation(self, messages: list[Message], system: str | None = None) -> list[Message]:
@@ -157,7 +164,7 @@ class Prompter:
         if chosen:
             out.append({"role": "system", "content": chosen})
         out += [{"role": m.role, "content": m.content} for m in self.model.messages]
-        out += messages
+        out += [{k: v for k, v in m.items() if k != "media"} for m in messages]  # text only
         return out
 
     def prompt_tokens(
@@ -188,9 +195,22 @@ class Prompter:
 
     def raw_tokens(self, text: str) -> list[int]:
         """Tokens of prompt text as is (BOS added unless the text starts with it)."""
+        return self.tokenizer.tokenize(text, add_special=self._adds_bos(text), parse_special=True)
+
+    def _adds_bos(self, text: str) -> bool:
         bos = self.tokenizer.bos_text
-        starts_with_bos = bool(bos) and text.startswith(bos)
-        return self.tokenizer.tokenize(text, add_special=not starts_with_bos, parse_special=True)
+        return not (bool(bos) and text.startswith(bos))
+
+    def _prepared(
+        self, text: str, media: list[media_mod.Media], sampling: SamplingOptions
+    ) -> Prepared:
+        """Prompt text (with a marker for each medium) and its media, ready for the engine."""
+        if not media:
+            return Prepared(self.raw_tokens(text), sampling)
+        prompt = self.tokenizer.media_prompt(text, media, add_special=self._adds_bos(text))
+        prepared = Prepared(prompt.tokens, sampling)
+        prepared.media = prompt
+        return prepared
 
     def sampling(self, options: dict[str, Any] | None, grammar: str | None) -> SamplingOptions:
         merged = {**self.params, **params_mod.validate(options or {})}
@@ -208,12 +228,14 @@ class Prompter:
         # A forced tool call is JSON already; its grammar wins over `format`.
         grammar = schema_grammar(forced) if forced is not None else grammar_for(request.format)
         sampling = self.sampling(request.options, grammar)
+        media = media_of(request.messages or [])
         conversation = self.conversation(request.messages or [], request.system)
         if any(m.get("tool_calls") or m.get("role") == "tool" for m in conversation):
             conversation = tools_mod.prepare_messages(conversation, self.template)
         text = self.prompt_text(conversation, in_force, variables)
-        names = tools_mod.names(in_force) if in_force else None
-        prepared = Prepared(self.raw_tokens(text), sampling, names, forced is not None)
+        prepared = self._prepared(text, media, sampling)
+        prepared.tool_names = tools_mod.names(in_force) if in_force else None
+        prepared.forced_tool = forced is not None
         has_system = bool(conversation) and conversation[0].get("role") == "system"
         fixed = int(has_system) + len(self.model.messages)
         prepared.cache_prefix = self.stable_prefix(
@@ -255,7 +277,11 @@ class Prompter:
     def complete(self, request: GenRequest) -> Prepared:
         """Raw prompt text, no template."""
         sampling = self.sampling(request.options, grammar_for(request.format))
-        return Prepared(self.raw_tokens(request.prompt or ""), sampling)
+        media = [
+            media_mod.Media.from_wire(item, f"media[{i}]")
+            for i, item in enumerate(request.media or [])
+        ]
+        return self._prepared(request.prompt or "", media, sampling)
 
     def infill(self, request: GenRequest) -> Prepared:
         """Fill in the middle between the prompt and its suffix, from the model's FIM tokens.
@@ -301,6 +327,15 @@ class Prompter:
         layout = [*extra_tokens, *head, fim.pre, *before, fim.suf, *after, fim.mid]
         stops = frozenset(t for t in (fim.pad, fim.rep, fim.sep, fim.pre, fim.suf) if t >= 0)
         return Prepared(layout, sampling, stop_tokens=stops)
+
+
+def media_of(messages: list[Message]) -> list[media_mod.Media]:
+    """The images and audio of a conversation's messages, in the order of their markers."""
+    return [
+        media_mod.Media.from_wire(item, f"messages[{i}].media[{j}]")
+        for i, message in enumerate(messages)
+        for j, item in enumerate(message.get("media") or [])
+    ]
 
 
 def logit_biases(pairs: list[list[Any]], n_vocab: int) -> tuple[tuple[int, float], ...]:

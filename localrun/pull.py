@@ -140,10 +140,15 @@ def pull(
                 hint="the repository changed; pull it by its hub name instead",
             )
     wanted = ["sha256:" + f.sha256 if f.sha256 else None for f in choice.files]
+    projector = choice.projector
+    wanted_projector = ["sha256:" + projector.sha256] if projector and projector.sha256 else []
     with contextlib.suppress(Exception):
         current = store.read_manifest(name)
-        if [layer.digest for layer in current.of_kind("model")] == wanted and all(
-            store.has_blob(d) for d in current.digests()
+        held = [layer.digest for layer in current.of_kind("projector")]
+        if (
+            [layer.digest for layer in current.of_kind("model")] == wanted
+            and (held == wanted_projector or projector is None)
+            and all(store.has_blob(d) for d in current.digests())
         ):
             report(Event(f"{name} is up to date"))
             digest = "sha256:" + hashlib.sha256(current.to_bytes()).hexdigest()
@@ -155,6 +160,18 @@ def pull(
         headers = [gguf.scan(store.blob_path(layer.digest)) for layer in layers]
         config = _config(repo, choice, headers)
         extra: list[Layer] = []
+        if projector is not None:
+            layer = _fetch(store, hub, repo, projector, report, kind="projector")
+            scanned = gguf.scan(store.blob_path(layer.digest))
+            details = gguf.header_details([scanned])
+            if details["kind"] != "projector":
+                raise InvalidGGUFError(
+                    f"{projector.path} from {repo.repo_id} is not a projector (mmproj)",
+                    hint="pull a file of the repository by its name (hf.co/ORG/REPO:FILE)",
+                )
+            config["projector"] = {"digest": layer.digest, "details": details}
+            config["source"]["projector"] = projector.path
+            extra.append(layer)
         license_text = repo.license or headers[0].metadata.get("general.license")
         if isinstance(license_text, str) and license_text:
             digest, size = store.add_bytes(license_text.encode())
@@ -203,21 +220,23 @@ def _partial_bytes(store: Store, f: RemoteFile) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _fetch(store: Store, hub: Hub, repo: Repo, f: RemoteFile, report: Reporter) -> Layer:
-    """One file into the store (or found there); returns its model layer."""
+def _fetch(
+    store: Store, hub: Hub, repo: Repo, f: RemoteFile, report: Reporter, *, kind: str = "model"
+) -> Layer:
+    """One file into the store (or found there); returns its layer (a model's, or `kind`)."""
     from filelock import FileLock
 
     label = f.path.rsplit("/", 1)[-1]
     if f.sha256 and store.has_blob("sha256:" + f.sha256):
         report(Event(f"{label}: already present", digest="sha256:" + f.sha256))
-        return Layer(MEDIA_TYPES["model"], "sha256:" + f.sha256, f.size)
+        return Layer(MEDIA_TYPES[kind], "sha256:" + f.sha256, f.size)
     folder = _partial_dir(store, f)
     folder.mkdir(parents=True, exist_ok=True)
     # Two pulls of the same file: the second waits, then finds the blob in place.
     with FileLock(str(folder) + ".lock"):
         if f.sha256 and store.has_blob("sha256:" + f.sha256):
             report(Event(f"{label}: already present", digest="sha256:" + f.sha256))
-            return Layer(MEDIA_TYPES["model"], "sha256:" + f.sha256, f.size)
+            return Layer(MEDIA_TYPES[kind], "sha256:" + f.sha256, f.size)
 
         def progress(done: int, total: int) -> None:
             report(Event(f"pulling {label}", completed=done, total=total or f.size))
@@ -248,7 +267,7 @@ def _fetch(store: Store, hub: Hub, repo: Repo, f: RemoteFile, report: Reporter) 
     shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):
         os.unlink(str(folder) + ".lock")
-    return Layer(MEDIA_TYPES["model"], digest, size)
+    return Layer(MEDIA_TYPES[kind], digest, size)
 
 
 def _config(repo: Repo, choice: Choice, headers: list[Header]) -> dict[str, Any]:

@@ -40,6 +40,9 @@ class GenRequest:
     context: list[int] | None = None  # token ids before the prompt (a previous answer's)
     return_context: bool = False  # the answer's end carries the prompt's and answer's tokens
     keep_alive: float | None = None  # seconds the model stays loaded after it (scheduler)
+    # A completion's images and audio (media.Media.to_wire()), in the order of the markers in
+    # `prompt`; a chat's are each message's "media".
+    media: list[dict[str, str]] | None = None
 
     @property
     def chat(self) -> bool:
@@ -95,6 +98,16 @@ def _messages(name: str, value: Any) -> None:
             raise BadRequestError(f"messages[{index}].content must be a string")
         if message.get("tool_calls") is not None and not isinstance(message["tool_calls"], list):
             raise BadRequestError(f"messages[{index}].tool_calls must be a list")
+        if message.get("media") is not None:
+            _media(f"messages[{index}].media", message["media"])
+
+
+def _media(name: str, value: Any) -> None:
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("type"), str) and isinstance(m.get("data"), str)
+        for m in value
+    ):
+        raise BadRequestError(f"{name} must be a list of {{type, data}} objects")
 
 
 def _format(name: str, value: Any) -> None:
@@ -148,4 +161,5 @@ _CHECKS = {
     "parallel_tool_calls": _kind(bool),
     "return_context": _kind(bool),
     "keep_alive": _kind(int, float),
+    "media": _media,
 }

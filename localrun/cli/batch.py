@@ -1,7 +1,8 @@
 """`localrun run MODEL --batch prompts.jsonl [--output out.jsonl]`.
 
 Each input line is a JSON string (the prompt) or an object with `prompt` or `messages`, and
-optionally `id`, `system`, `options` and `format`. Each output line answers the input line of
+optionally `id`, `system`, `options`, `format` and `images` (file paths or base64, on the line
+or on a message). Each output line answers the input line of
 the same position, in order, keeping its `id`; durations are in nanoseconds, with the field names
 of Ollama's API. A bad line gives an error record and the batch goes on; the exit status is 1 if
 any line failed.
@@ -10,6 +11,7 @@ any line failed.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +38,23 @@ def load_line(raw: str) -> Any:
         raise InvalidParameterError(f"not valid JSON ({reason})") from None
 
 
+def _with_images(message: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+    """`message` with the line's (or message's) `images`: files to read, or base64 data."""
+    images = item.get("images")
+    if images is None:
+        return message
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise InvalidParameterError("'images' must be a list of file paths or base64 strings")
+    from localrun import media
+
+    media.check_count(len(images))
+    message["images"] = [
+        media.read_file(image) if os.path.isfile(os.path.expanduser(image)) else image
+        for image in images
+    ]
+    return message
+
+
 def parse_line(item: Any) -> dict[str, Any]:
     """One input line's JSON -> {messages, id, system, options, format}; raises
     InvalidParameterError."""
@@ -47,7 +66,7 @@ def parse_line(item: Any) -> dict[str, Any]:
     if "prompt" in item:
         if not isinstance(item["prompt"], str) or not item["prompt"].strip():
             raise InvalidParameterError("'prompt' must be a non-empty string")
-        out["messages"] = [{"role": "user", "content": item["prompt"]}]
+        out["messages"] = [_with_images({"role": "user", "content": item["prompt"]}, item)]
     elif "messages" in item:
         messages = item["messages"]
         if not isinstance(messages, list) or not messages:
@@ -61,7 +80,9 @@ def parse_line(item: Any) -> dict[str, Any]:
                 raise InvalidParameterError(
                     "each message needs a role (system, user or assistant) and a string content"
                 )
-        out["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
+        out["messages"] = [
+            _with_images({"role": m["role"], "content": m["content"]}, m) for m in messages
+        ]
     else:
         raise InvalidParameterError("a line needs 'prompt' or 'messages'")
     options = item.get("options", {})

@@ -8,6 +8,8 @@ talks to a Session: the model on the running server, or one loaded in this proce
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,7 +205,11 @@ class ChatSession:
         from localrun.cli.output import ThinkingView
         from localrun.cli.views import print_stats
 
-        self.messages.append({"role": "user", "content": text})
+        text, images = attach_images(text)
+        message: dict[str, Any] = {"role": "user", "content": text}
+        if images:
+            message["images"] = images
+        self.messages.append(message)
         reply: Answer | None = None
         out: Any = sys.stdout
         if self.wordwrap and sys.stdout.isatty():
@@ -281,6 +287,33 @@ def _read_message(first: str) -> str | None:
             lines.append(line.rstrip()[:-3])
             return "\n".join(lines).strip("\n")
         lines.append(line)
+
+
+# A path to an image in a chat message, as Ollama's CLI finds them: absolute, ~/ or ./ paths
+# ending in an image extension, spaces escaped with a backslash (or the path in quotes).
+_IMAGE_PATH = re.compile(
+    r"""(?:'([^']+\.(?:jpe?g|png|webp|gif|bmp))'|"([^"]+\.(?:jpe?g|png|webp|gif|bmp))"|"""
+    r"""((?:~|\.{1,2})?/(?:\\ |\S)+?\.(?:jpe?g|png|webp|gif|bmp)))(?=\s|$)""",
+    re.IGNORECASE,
+)
+
+
+def attach_images(text: str) -> tuple[str, list[str]]:
+    """The message without the paths of the image files it names, and those images (base64),
+    said on stderr as they are added; a path that is no file stays text."""
+    from localrun import media
+
+    images: list[str] = []
+    kept = text
+    for match in _IMAGE_PATH.finditer(text):
+        written = match.group(0)
+        path = next(g for g in match.groups() if g).replace("\\ ", " ")
+        if not os.path.isfile(os.path.expanduser(path)):
+            continue
+        images.append(media.read_file(path))
+        kept = kept.replace(written, "", 1)
+        print(f"Added image '{path}'", file=sys.stderr)
+    return (" ".join(kept.split()) if images else text), images
 
 
 def chat_loop(

@@ -14,8 +14,8 @@ from typing import Any
 
 import typer
 
+from localrun import media, thinking
 from localrun import params as params_mod
-from localrun import thinking
 from localrun.cli.batch import run_batch
 from localrun.cli.chat import chat_loop
 from localrun.cli.output import ThinkingView
@@ -66,6 +66,9 @@ def run(
     hidethinking: bool = typer.Option(
         False, "--hidethinking", help="Do not show a reasoning model's thinking."
     ),
+    image: list[Path] = typer.Option(
+        [], "--image", help="Show the model this image with the prompt (repeatable)."
+    ),
 ) -> None:
     """Run a model: answer PROMPT, answer a --batch file, or chat in the terminal.
 
@@ -75,12 +78,17 @@ def run(
     overrides = _overrides(format, param, seed, batch, output)
     asked = Asked(system, format, verbose, think_option(think), hidethinking)
     text, piped = _prompt(prompt, batch)
+    images = [media.read_file(str(path)) for path in image]
+    if images and not text.strip():
+        raise InvalidParameterError(
+            "--image goes with a prompt", hint=f'localrun run {model} "What is in it?" --image ...'
+        )
     opened = open_session(model, overrides)
     _advise_gpu()
     if batch is not None:
         raise typer.Exit(run_batch(opened, batch, output, system=system, format=format))
     if text.strip():
-        one_shot(opened, text, asked, started)
+        one_shot(opened, text, asked, started, images)
     elif piped is not None or not sys.stdin.isatty():
         raise InvalidParameterError(
             "no prompt: give one as an argument or on stdin",
@@ -149,10 +157,16 @@ def think_option(value: str | None) -> bool | str | None:
     )
 
 
-def one_shot(opened: Session, text: str, asked: Asked, started: float) -> None:
-    """Stream the answer to `text` to stdout (its thinking before it), then any timings."""
+def one_shot(
+    opened: Session, text: str, asked: Asked, started: float, images: list[str] | None = None
+) -> None:
+    """Stream the answer to `text` (and `images`, base64) to stdout (its thinking before it),
+    then any timings."""
+    message: dict[str, Any] = {"role": "user", "content": text}
+    if images:
+        message["images"] = images
     reply = opened.chat(
-        [{"role": "user", "content": text}],
+        [message],
         system=asked.system,
         format=asked.format,
         think=asked.think,

@@ -148,11 +148,20 @@ class LocalSession:
         format: str | None = None,
         think: bool | str | None = None,
     ) -> Answer:
+        from localrun import media
         from localrun.request import GenRequest
 
+        # The messages are Ollama's (what the server path sends): images become media here.
+        core = [
+            media.with_images(
+                {k: v for k, v in m.items() if k != "images"},
+                media.ollama_images(m.get("images"), f"messages[{i}].images"),
+            )
+            for i, m in enumerate(messages)
+        ]
         asked = GenRequest(
             self.name,
-            messages=messages,
+            messages=core,
             system=system,
             options=dict(options or {}),
             format=format,

@@ -206,6 +206,12 @@ def _show_json(m: Any, template: str | None) -> dict[str, Any]:
         "model_file": str(m.model_path),
         "adapters": [str(p) for p in m.adapter_paths],
         "draft": {**draft, "file": str(m.draft_path)} if draft else None,
+        "projector": {
+            **(m.config.get("projector") or {}),
+            "file": str(m.projector_path),
+        }
+        if m.projector_path is not None
+        else None,
         "parameters": m.parameters,
         "system": m.system,
         "template": template,

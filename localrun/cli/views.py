@@ -39,6 +39,7 @@ def show_text(m: Any, template: str | None) -> str:
         ["embedding length", d.get("embedding_length")],
         ["quantization", d.get("quantization")],
         ["draft", _draft_text(m.draft)],
+        ["projector", _projector_text(m)],
     ]
     sections = ["  Model\n" + _indent(columns([[k, str(v)] for k, v in info if v is not None]), 4)]
     if m.adapter_paths:
@@ -73,6 +74,22 @@ def _draft_text(draft: dict[str, Any] | None) -> str | None:
     described = ", ".join(str(fact) for fact in facts if fact)
     name = draft["model"] or draft["digest"][7:19]
     return f"{name} ({described})" if described else name
+
+
+def _projector_text(m: Any) -> str | None:
+    """The projector in one line: what it takes in, its size."""
+    from localrun.capabilities import projector_modalities
+    from localrun.gguf import format_count
+
+    if getattr(m, "projector_path", None) is None:
+        return None
+    recorded = m.config.get("projector") if hasattr(m, "config") else None
+    details = recorded.get("details") if isinstance(recorded, dict) else None
+    count = details.get("parameter_count") if isinstance(details, dict) else None
+    facts = [" and ".join(projector_modalities(m))]
+    if isinstance(count, int) and count:
+        facts.append(f"{format_count(count)} parameters")
+    return ", ".join(facts)
 
 
 def _clip(text: str, max_lines: int) -> str:

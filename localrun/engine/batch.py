@@ -35,6 +35,7 @@ from typing import Any
 from localrun import prompt_cache
 from localrun.engine import draft, speculate
 from localrun.engine.embed import Embedder
+from localrun.engine.media import MediaPrompt, Projector
 from localrun.engine.native import lc
 from localrun.engine.sampling import Sampler, logprob_entry
 from localrun.engine.sequence import answer_ends, overflow_error
@@ -48,7 +49,7 @@ from localrun.engine.types import (
     Sink,
 )
 from localrun.engine.weights import Weights
-from localrun.errors import EngineError, InvalidParameterError, LocalrunError
+from localrun.errors import BadRequestError, EngineError, InvalidParameterError, LocalrunError
 
 # OpenAI's bound on top_logprobs; it also bounds the work per token.
 MAX_TOP_LOGPROBS = 20
@@ -92,6 +93,7 @@ class BatchEngine:
         self._forget = False  # reset(): empty the idle slots' KV before the next request
         self._embed_lock = threading.Lock()
         self._draft: draft.DraftModel | None = None
+        self.projector: Projector | None = None
         self._prompt_cache: prompt_cache.PromptCache | None = None
         self.prompt_cache_note: str | None = None
         self._queue: collections.deque[Job] = collections.deque()
@@ -101,6 +103,13 @@ class BatchEngine:
             self._open(slots)
             self._prompt_cache, self.prompt_cache_note = weights.disk_cache(self._ctx)
             self._draft = draft.load(options.draft, options, self.n_ctx, slots)
+            if options.projector:
+                self.projector = Projector(
+                    options.projector,
+                    weights.model,
+                    n_threads=options.num_thread,
+                    use_gpu=options.num_gpu != 0,
+                )
         except BaseException:
             self._release()
             raise
@@ -152,6 +161,16 @@ class BatchEngine:
         """One token's bytes, special tokens spelled out; the caller checks the id."""
         return self._weights.token_bytes(token)
 
+    def media_prompt(self, text: str, media: Sequence[Any], *, add_special: bool) -> MediaPrompt:
+        """A prompt with images or audio (one localrun.media.MARKER in `text` for each)."""
+        if self.projector is None:
+            kinds = sorted({m.kind for m in media})
+            raise BadRequestError(
+                f"this model cannot take {' or '.join(kinds)}: it has no projector",
+                hint="use a vision model, or create one with a PROJECTOR line (README: Images)",
+            )
+        return self.projector.tokenize(text, media, add_special=add_special)
+
     # -- requests -----------------------------------------------------------------------------
 
     def submit(
@@ -162,6 +181,7 @@ class BatchEngine:
         stop_tokens: frozenset[int] = frozenset(),
         sink: Sink,
         cache_prefix: int = 0,
+        media: MediaPrompt | None = None,
     ) -> Ticket:
         """Queue a generation; its output goes to `sink`. Thread-safe.
 
@@ -169,9 +189,15 @@ class BatchEngine:
         (ContextOverflowError), a token the vocabulary lacks or a grammar that does not compile.
         The first `cache_prefix` tokens (the model's SYSTEM prompt and MESSAGE turns) are
         restored from the disk prompt cache when they are there, and saved there when evaluated.
+        With `media` (from media_prompt, then the job's), `prompt` is its tokens.
         """
-        self._check(prompt)
-        job = self._job(list(prompt), sampling, stop_tokens, sink, cache_prefix)
+        try:
+            self._check(prompt, media)
+            job = self._job(list(prompt), sampling, stop_tokens, sink, cache_prefix, media)
+        except BaseException:
+            if media is not None:
+                media.free()
+            raise
         with self._cond:
             if self._closing:
                 job.free()
@@ -189,12 +215,18 @@ class BatchEngine:
         stop_tokens: frozenset[int] = frozenset(),
         cancel: threading.Event | None = None,
         cache_prefix: int = 0,
+        media: MediaPrompt | None = None,
     ) -> Generation:
         """`submit`, read as an iterator of the answer's text; closing it, or setting `cancel`,
         cancels the request."""
         sink = QueueSink(cancel)
         ticket = self.submit(
-            prompt, sampling, stop_tokens=stop_tokens, sink=sink, cache_prefix=cache_prefix
+            prompt,
+            sampling,
+            stop_tokens=stop_tokens,
+            sink=sink,
+            cache_prefix=cache_prefix,
+            media=media,
         )
         return sink.generation(ticket.cancel)
 
@@ -205,12 +237,19 @@ class BatchEngine:
             self._wake = True
             self._cond.notify()
 
-    def _check(self, prompt: Sequence[int]) -> None:
+    def _check(self, prompt: Sequence[int], media: MediaPrompt | None) -> None:
         if not prompt:
             raise EngineError("the prompt is empty")
         if len(prompt) >= self.n_ctx:
             raise overflow_error(len(prompt), self.n_ctx, self.n_ctx_train)
-        if min(prompt) < 0 or max(prompt) >= self.n_vocab:
+        text: Sequence[int] = prompt
+        if media is not None:  # its placeholders are no vocabulary ids
+            if media.tokens != list(prompt):
+                raise EngineError("the prompt is not its media prompt's")
+            spans = media.spans.values()
+            covered = {i for span in spans for i in range(span.start, span.start + span.length)}
+            text = [t for i, t in enumerate(prompt) if i not in covered]
+        if min(text) < 0 or max(text) >= self.n_vocab:
             # llama.cpp would refuse the whole batch, failing the other slots' requests too.
             raise EngineError("the prompt holds a token id outside the model's vocabulary")
 
@@ -221,6 +260,7 @@ class BatchEngine:
         stop_tokens: frozenset[int],
         sink: Sink,
         cache_prefix: int,
+        media: MediaPrompt | None = None,
     ) -> Job:
         """A job for the loop, its samplers made here, off the loop, so a bad grammar fails the
         caller."""
@@ -232,8 +272,11 @@ class BatchEngine:
         job.special = sampling.special
         job.ends = answer_ends(self._weights.vocab, stop_tokens)
         # The draft model's sequence is the slot's: bound when the job takes one (_take).
+        job.media = media
+        # Drafts come from the text before (or a draft model without the projector): a prompt
+        # with media is answered without them.
         job.spec = speculate.speculator(
-            sampling.speculate if self._weights.trims else "off",
+            sampling.speculate if self._weights.trims and media is None else "off",
             prompt,
             sampling.draft_num_predict,
             self._cost,
@@ -241,6 +284,8 @@ class BatchEngine:
             job.ends,
         )
         disk = self._prompt_cache
+        if media is not None and media.spans:  # a prefix with media is not kept on disk
+            cache_prefix = min(cache_prefix, min(media.spans))
         if disk is not None and prompt_cache.MIN_TOKENS <= cache_prefix < len(prompt):
             job.prefix = prompt[:cache_prefix]
             # Read here, off the loop, unless a slot holds the prefix already (only a guess:
@@ -341,6 +386,8 @@ class BatchEngine:
 
     def _step(self) -> None:
         """One llama_decode for every active slot, then a token for each that needs one."""
+        if self.projector is not None:
+            self._evaluate_media()
         n = self._fill()
         if n == 0:
             return
@@ -354,6 +401,25 @@ class BatchEngine:
             return
         for slot in list(self._slots.active):
             self._advance(slot)
+
+    def _evaluate_media(self) -> None:
+        """Each slot whose prompt has come to an image or audio: its medium, into its sequence
+        (a llama_decode of its own: embeddings, not tokens)."""
+        assert self.projector is not None
+        for slot in list(self._slots.active):
+            job = slot.job
+            if job is None or job.media is None or slot.token >= 0 or slot.leader is not None:
+                continue
+            span = job.media.spans.get(len(slot.cache))
+            while span is not None:
+                done = len(slot.cache)
+                try:
+                    self.projector.evaluate(self._ctx, span, done, slot.seq, self._n_batch)
+                except EngineError as exc:
+                    self._fail([slot], exc)
+                    break
+                slot.cache.extend(job.prompt[done : done + span.length])
+                span = job.media.spans.get(len(slot.cache))
 
     def _fill(self) -> int:
         """Write the batch: each generating slot's token (and its draft, as room allows), then
@@ -396,6 +462,8 @@ class BatchEngine:
         prompt = job.prompt
         done = len(slot.cache)
         take = min(len(prompt) - done, room)
+        if job.media is not None:  # up to the next medium (_evaluate_media's)
+            take = min(take, job.media.next_span(done) - done)
         if job.save and done < len(job.prefix):
             take = min(take, len(job.prefix) - done)  # saved once it is in
         slot.added = take
@@ -599,6 +667,9 @@ class BatchEngine:
             if self._draft is not None:
                 self._draft.close()
                 self._draft = None
+            if self.projector is not None:
+                self.projector.close()
+                self.projector = None
             self._weights.close()  # both contexts first
 
     def __del__(self) -> None:

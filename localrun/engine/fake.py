@@ -23,7 +23,7 @@ from localrun.engine.types import (
     SamplingOptions,
     Timings,
 )
-from localrun.errors import ContextOverflowError, EngineError
+from localrun.errors import BadRequestError, ContextOverflowError, EngineError
 
 END = 0  # the end-of-turn token
 
@@ -115,6 +115,11 @@ class FakeBatchEngine:
     def token_ids(self, text: str) -> list[int]:
         return [END] if text == self.eos_text else []
 
+    def media_prompt(self, text: str, media: Sequence[Any], *, add_special: bool) -> Any:
+        raise BadRequestError(
+            "this model cannot take images: it has no projector", hint="use a vision model"
+        )
+
     def token_bytes(self, token: int) -> bytes:
         return (self.eos_text if token == END else chr(token)).encode("utf-8", "surrogatepass")
 
@@ -126,6 +131,7 @@ class FakeBatchEngine:
         stop_tokens: frozenset[int] = frozenset(),
         sink: Any,
         cache_prefix: int = 0,
+        media: Any = None,
     ) -> FakeTicket:
         if not prompt:
             raise EngineError("the prompt is empty")

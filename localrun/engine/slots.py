@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from localrun.engine import speculate
+from localrun.engine.media import MediaPrompt
 from localrun.engine.native import lc
 from localrun.engine.sampling import Sampler
 from localrun.engine.sequence import trim
@@ -37,6 +38,7 @@ class Job:
         "decoder",
         "ends",
         "logprobs",
+        "media",
         "pending",
         "prefix",
         "prompt",
@@ -62,6 +64,7 @@ class Job:
         # Whether a token ends the answer (end of generation, or a stop token).
         self.ends: Callable[[int], bool] = lambda token: token in stop_tokens
         self.sampler: Sampler | None = None
+        self.media: MediaPrompt | None = None  # the prompt's images and audio
         self.budget = budget
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.timings = Timings()
@@ -85,6 +88,8 @@ class Job:
             self.timings.draft_accepted = self.spec.accepted
         if self.sampler is not None:
             self.sampler.free()
+        if self.media is not None:
+            self.media.free()
 
 
 class Slot:

@@ -30,6 +30,7 @@ class LoadOptions:
     splits: tuple[str, ...] = ()  # the further parts of a split model, in order
     draft: str | None = None  # a draft model of the same vocabulary (Modelfile DRAFT)
     draft_num_gpu: int = 0  # its layers on the GPU (all of them or none: fit.plan_fit)
+    projector: str | None = None  # the model's multimodal projector (Modelfile PROJECTOR)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,10 @@ class Engine(Protocol):
 
     def token_bytes(self, token: int) -> bytes: ...
 
+    def media_prompt(self, text: str, media: Sequence[Any], *, add_special: bool) -> Any:
+        """Text with images or audio (localrun.media) as a prompt for submit's `media`."""
+        ...
+
     def submit(
         self,
         prompt: Sequence[int],
@@ -203,6 +208,7 @@ class Engine(Protocol):
         stop_tokens: frozenset[int] = frozenset(),
         sink: Sink,
         cache_prefix: int = 0,
+        media: Any = None,
     ) -> Ticket: ...
 
     def embed(

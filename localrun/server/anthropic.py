@@ -27,6 +27,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from localrun import media
 from localrun import thinking as thinking_mod
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
@@ -104,17 +105,24 @@ def messages_of(value: Any) -> list[dict[str, Any]]:
             raise BadRequestError(f"{where}.role must be user or assistant, not {role!r}")
         content = raw.get("content")
         if isinstance(content, str):
+            media.count_markers(content, f"{where}.content")
             out.append({"role": role, "content": content})
             continue
         if not isinstance(content, list):
             raise BadRequestError(f"{where}.content must be a string or a list of blocks")
         texts: list[str] = []
         calls: list[dict[str, Any]] = []
+        images: list[dict[str, str]] = []
         for number, block in enumerate(content):
             at = f"{where}.content[{number}]"
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
                 texts.append(_text_of([block], f"{where}.content"))
+                media.count_markers(texts[-1], at)
+            elif kind == "image" and role == "user":
+                images.append(_image(block, at).to_wire())
+                media.check_count(len(images))
+                texts.append(media.MARKER)
             elif kind == "tool_result" and role == "user":
                 result = _tool_result(block, at)
                 if result["tool_call_id"] in names:
@@ -126,16 +134,34 @@ def messages_of(value: Any) -> list[dict[str, Any]]:
                 calls.append(call)
             elif kind in ("thinking", "redacted_thinking") and role == "assistant":
                 continue
-            elif kind in ("image", "document"):
-                raise BadRequestError(f"{at} is an {kind}; localrun runs text models")
+            elif kind == "document":
+                raise BadRequestError(
+                    f"{at} is a document; localrun takes text and images",
+                    hint="send the document's text as a text block",
+                )
             else:
                 raise BadRequestError(f"{at} has type {kind!r}, which a {role} turn cannot hold")
         if texts or calls or not content:
             message: dict[str, Any] = {"role": role, "content": "".join(texts)}
             if calls:
                 message["tool_calls"] = calls
+            if images:
+                message["media"] = images
             out.append(message)
+    media.check_count(sum(len(m.get("media", ())) for m in out))
     return out
+
+
+def _image(block: dict[str, Any], where: str) -> media.Media:
+    """An image block: base64 data (a URL source is refused: the server fetches nothing)."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise BadRequestError(f"{where}.source must be an object")
+    if source.get("type") == "url":
+        return media.from_url(source.get("url"), f"{where}.source.url")
+    if source.get("type") != "base64":
+        raise BadRequestError(f"{where}.source.type must be base64 or url")
+    return media.decode(source.get("data"), f"{where}.source.data")
 
 
 def _tools(body: Body) -> list[dict[str, Any]] | None:

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from localrun import media as media_mod
 from localrun.errors import BadRequestError
 
 
-def chat_messages(value: Any, *, openai: bool = False) -> list[dict[str, Any]]:
+def chat_messages(
+    value: Any, *, openai: bool = False, translated: bool = False
+) -> list[dict[str, Any]]:
     """Validate chat messages into the shape the worker takes.
 
-    OpenAI's content may be a list of parts (text only here) and its `developer` role is a
-    system message; tool calls and tool results pass through for the worker to render.
+    OpenAI's content may be a list of parts (text, image_url, input_audio) and its `developer`
+    role is a system message; Ollama's `images` go before the text; tool calls and tool
+    results pass through for the worker to render. `translated`: messages another dialect
+    made, whose media (and their markers) are the core's already.
     """
     if value is None:
         return []
@@ -32,14 +37,23 @@ def chat_messages(value: Any, *, openai: bool = False) -> list[dict[str, Any]]:
             raise BadRequestError(
                 f"messages[{index}].role must be system, user, assistant or tool, not {role!r}"
             )
-        if raw.get("images"):
-            raise BadRequestError("images are not supported: localrun runs text models")
         content = raw.get("content")
-        if isinstance(content, list):
-            content = _text_parts(content, index)
+        media: list[media_mod.Media] = []
+        if translated and isinstance(content, str):
+            pass  # checked where it was translated
+        elif isinstance(content, list):
+            content, media = _parts(content, index)
+        elif isinstance(content, str):
+            media_mod.count_markers(content, f"messages[{index}].content")
         if content is not None and not isinstance(content, str):
             raise BadRequestError(f"messages[{index}].content must be a string")
         message: dict[str, Any] = {"role": role, "content": content or ""}
+        if media:
+            message["media"] = [m.to_wire() for m in media]
+        elif translated and raw.get("media"):
+            message["media"] = raw["media"]
+        images = media_mod.ollama_images(raw.get("images"), f"messages[{index}].images")
+        message = media_mod.with_images(message, images)
         calls = raw.get("tool_calls")
         if calls is not None:
             if not isinstance(calls, list):
@@ -49,19 +63,38 @@ def chat_messages(value: Any, *, openai: bool = False) -> list[dict[str, Any]]:
             if isinstance(raw.get(key), str):
                 message[key] = raw[key]
         out.append(message)
+    media_mod.check_count(sum(len(m.get("media", ())) for m in out))
     return out
 
 
-def _text_parts(parts: list[Any], index: int) -> str:
-    texts = []
-    for part in parts:
+def _parts(parts: list[Any], index: int) -> tuple[str, list[media_mod.Media]]:
+    """OpenAI's content parts: the text with a marker where each image or audio part goes."""
+    texts: list[str] = []
+    media: list[media_mod.Media] = []
+    for n, part in enumerate(parts):
+        where = f"messages[{index}].content[{n}]"
+        kind = part.get("type") if isinstance(part, dict) else None
         if isinstance(part, str):
+            media_mod.count_markers(part, where)
             texts.append(part)
-        elif isinstance(part, dict) and part.get("type") == "text":
-            texts.append(str(part.get("text", "")))
+        elif kind == "text":
+            text = str(part.get("text", ""))
+            media_mod.count_markers(text, where)
+            texts.append(text)
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            media.append(media_mod.from_url(url, f"{where}.image_url"))
+            texts.append(media_mod.MARKER)
+        elif kind == "input_audio":
+            audio = part.get("input_audio")
+            data = audio.get("data") if isinstance(audio, dict) else None
+            media.append(media_mod.decode(data, f"{where}.input_audio.data", "audio"))
+            texts.append(media_mod.MARKER)
         else:
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            shown = kind if kind is not None else type(part).__name__
             raise BadRequestError(
-                f"messages[{index}] has a {kind!r} part; localrun runs text models"
+                f"{where} has a {shown!r} part; localrun takes text, image_url and input_audio"
             )
-    return "".join(texts)
+        media_mod.check_count(len(media))
+    return "".join(texts), media

@@ -205,6 +205,17 @@ def _show(store: Store, name: ModelName) -> dict[str, Any]:
             "digest": draft["digest"],
             "details": details_of(draft["details"]),
         }
+    projector = m.config.get("projector")
+    if m.projector_path is not None:
+        details = projector.get("details") if isinstance(projector, dict) else None
+        details = details if isinstance(details, dict) else {}
+        # Ollama's field: the projector's own metadata.
+        out["projector_info"] = {
+            "general.architecture": details.get("architecture") or "clip",
+            "clip.modalities": capabilities_mod.projector_modalities(m),
+            "clip.projection_dim": details.get("projection_dim"),
+            "clip.parameter_count": details.get("parameter_count"),
+        }
     if m.system:
         out["system"] = m.system
     if m.licenses:
@@ -371,6 +382,8 @@ def _modelfile(store: Store, body: Body) -> Modelfile:
         mf.adapters = [_source(store, a, "ADAPTER") for a in mf.adapters]
         if mf.draft is not None:
             mf.draft = _source(store, mf.draft, "DRAFT")
+        if mf.projector is not None:
+            mf.projector = _source(store, mf.projector, "PROJECTOR")
     files = body.get("files", dict) or {}
     base = body.get("from", str)
     if files and base:

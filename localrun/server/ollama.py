@@ -27,7 +27,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from localrun import thinking
+from localrun import media, thinking
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core, embedding
@@ -166,8 +166,6 @@ async def ps(request: Request) -> Response:
 
 
 def _unsupported(body: Body) -> None:
-    if body.data.get("images"):
-        raise BadRequestError("images are not supported: localrun runs text models")
     if body.get("template", str, ""):
         raise BadRequestError(
             "a per-request template is not supported",
@@ -278,13 +276,17 @@ async def generate(request: Request) -> Response:
         )
         generation = await start(request, req)
         return await _answer(request, body, generation, shape)
-    if not prompt:
+    images = media.ollama_images(body.data.get("images"), "images")
+    if not prompt and not images:
         return await _load_or_unload(request, body, model, shape)
+    media.count_markers(prompt, "prompt")
+    message = media.with_images({"role": "user", "content": prompt}, images)
     raw = body.flag("raw", False)
     req = GenRequest(
         model,
-        messages=None if raw else [{"role": "user", "content": prompt}],
-        prompt=prompt if raw else None,
+        messages=None if raw else [message],
+        prompt=message["content"] if raw else None,
+        media=message.get("media") if raw else None,
         system=body.get("system", str),
         options=body.options(),
         format=body.format(),

@@ -37,7 +37,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from localrun import jsonlimits, thinking
+from localrun import jsonlimits, media, thinking
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core, response_store
@@ -62,25 +62,47 @@ def _item_id(prefix: str) -> str:
 
 
 def _part_text(content: Any, where: str) -> str:
+    """The text of content parts that can hold no media (outputs, tool results)."""
+    text, found = _parts(content, where)
+    if found:
+        raise BadRequestError(f"{where} holds an image; only an input message can")
+    return text
+
+
+def _parts(content: Any, where: str) -> tuple[str, list[media.Media]]:
+    """Content parts as text, with a marker where each input_image goes, and its images."""
     if isinstance(content, str):
-        return content
+        media.count_markers(content, where)
+        return content, []
     if not isinstance(content, list):
         raise BadRequestError(f"{where} must be a string or a list of content parts")
     texts = []
+    found: list[media.Media] = []
     for index, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text", "text", "reasoning_text", "summary_text"):
             text = part.get("text")
             if not isinstance(text, str):
                 raise BadRequestError(f"{where}[{index}].text must be a string")
+            media.count_markers(text, f"{where}[{index}]")
             texts.append(text)
-        elif kind in ("input_image", "input_file", "input_audio"):
-            raise BadRequestError(f"{where}[{index}] is {kind}; localrun runs text models")
+        elif kind == "input_image":
+            url = part.get("image_url")
+            if not isinstance(url, str):
+                raise BadRequestError(
+                    f"{where}[{index}] needs an image_url (a data URL); file ids are not kept",
+                    hint="send the image inline: data:image/png;base64,...",
+                )
+            found.append(media.from_url(url, f"{where}[{index}].image_url"))
+            media.check_count(len(found))
+            texts.append(media.MARKER)
+        elif kind in ("input_file", "input_audio"):
+            raise BadRequestError(f"{where}[{index}] is {kind}; localrun takes text and images")
         elif kind == "refusal":
             texts.append(str(part.get("refusal", "")))
         else:
             raise BadRequestError(f"{where}[{index}] has type {kind!r}; a text part is expected")
-    return "".join(texts)
+    return "".join(texts), found
 
 
 def input_items(value: Any) -> list[dict[str, Any]]:
@@ -143,7 +165,13 @@ def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
         role = "system"
     if role not in ("user", "assistant", "system"):
         raise BadRequestError(f"{where}.role must be user, assistant, system or developer")
-    return {"role": role, "content": _part_text(item.get("content"), where)}
+    text, found = _parts(item.get("content"), where)
+    if found and role != "user":
+        raise BadRequestError(f"{where} holds an image; only a user message can")
+    message: dict[str, Any] = {"role": role, "content": text}
+    if found:
+        message["media"] = [m.to_wire() for m in found]
+    return message
 
 
 def _function_call(item: dict[str, Any], where: str) -> dict[str, Any]:
@@ -391,12 +419,14 @@ async def create(request: Request) -> Response:
     if not conversation:
         raise BadRequestError("input must not be empty")
     instructions = body.get("instructions", str)
+    if instructions:
+        media.count_markers(instructions, "instructions")
     messages = ([{"role": "system", "content": instructions}] if instructions else []) + (
         conversation
     )
     req = GenRequest(
         model,
-        messages=chat_messages(messages),
+        messages=chat_messages(messages, translated=True),
         options=_options(body),
         format=_format(body),
         tools=_tools(body),

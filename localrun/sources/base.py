@@ -79,10 +79,11 @@ class Choice:
     quant: str | None
     files: list[RemoteFile]
     available: list[str] = field(default_factory=list)
+    projector: RemoteFile | None = None  # the repository's mmproj, pulled with the model
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(f.size for f in self.files) + (self.projector.size if self.projector else 0)
 
 
 @dataclass
@@ -198,4 +199,27 @@ def pick(repo: Repo, tag: str | None, reference: str) -> Choice:
             hint=f"{repo.repo_id} lists {len(parts)} of the {int(split.group('count'))} parts of "
             f"{split.group('stem')}; the split model is incomplete",
         )
-    return Choice(quant_of(parts[0].path), parts, available)
+    return Choice(quant_of(parts[0].path), parts, available, projector_of(repo.files))
+
+
+# The projector's precision when a repository offers several: llama.cpp's converters write F16
+# by default, and the encoders are small enough that quantizing them costs more than it saves.
+PROJECTOR_PREFERENCE = ("F16", "BF16", "Q8_0", "F32")
+
+
+def projector_of(files: list[RemoteFile]) -> RemoteFile | None:
+    """The repository's projector (an `mmproj` GGUF), F16 when there is a choice."""
+    found = [
+        f
+        for f in files
+        if f.path.lower().endswith(".gguf") and "mmproj" in f.path.rsplit("/", 1)[-1].lower()
+    ]
+    if not found:
+        return None
+
+    def rank(f: RemoteFile) -> tuple[int, str]:
+        quant = quant_of(f.path.rsplit("/", 1)[-1].lower().replace("mmproj", ""))
+        order = PROJECTOR_PREFERENCE.index(quant) if quant in PROJECTOR_PREFERENCE else 99
+        return order, f.path
+
+    return min(found, key=rank)

@@ -146,18 +146,25 @@ class Worker:
 
     def _submit(self, id: RequestId, request: GenRequest) -> None:
         prepared = self.prompter.prepare(request)
-        sink = RequestSink(self.output, id, prepared, self.finished, self._answer_tokens)
-        with self._lock:
-            if id in self._active:
-                raise BadRequestError(f"a request with id {id!r} is still running")
-            self._active[id] = sink
         try:
+            sink = RequestSink(self.output, id, prepared, self.finished, self._answer_tokens)
+            with self._lock:
+                if id in self._active:
+                    raise BadRequestError(f"a request with id {id!r} is still running")
+                self._active[id] = sink
+        except BaseException:
+            if prepared.media is not None:
+                prepared.media.free()
+            raise
+        try:
+            extra = {"media": prepared.media} if prepared.media is not None else {}
             ticket = self.engine.submit(
                 prepared.tokens,
                 prepared.sampling,
                 stop_tokens=self.prompter.stop_tokens | prepared.stop_tokens,
                 sink=sink,
                 cache_prefix=prepared.cache_prefix,
+                **extra,
             )
         except BaseException:
             self.finished(id)
@@ -176,7 +183,10 @@ class Worker:
             turns = GenRequest(
                 asked.model, messages=asked.messages, system=asked.system, tools=asked.tools
             )
-            return self.prompter.chat(turns).tokens
+            prepared = self.prompter.chat(turns)
+            if prepared.media is not None:
+                prepared.media.free()  # its tokens are what is asked for
+            return prepared.tokens
         text = message.get("text")
         if not isinstance(text, str):
             raise BadRequestError("tokenize needs a text or messages")
