@@ -24,10 +24,12 @@ from typing import Any
 from localrun import config
 from localrun import media as media_mod
 from localrun.engine.native import lc
+from localrun.engine.weights import native_log
 from localrun.errors import BadRequestError, EngineError, ModelLoadError
 
 CHUNK_TEXT = 0
-# Placeholder ids: -(1 + (48 bits of the medium's sha256) * 2^20 + position in the medium).
+# Placeholder ids: -(1 + (36 bits of the medium's sha256) * 2^20 + position in the medium),
+# within an int64 (slot caches may become arrays).
 _SPAN = 1 << 20
 
 
@@ -76,7 +78,7 @@ class MediaPrompt:
 
 
 def placeholder(digest: str, index: int) -> int:
-    return -(1 + int(digest[:12], 16) * _SPAN + index)
+    return -(1 + int(digest[:9], 16) * _SPAN + index)
 
 
 class Projector:
@@ -85,6 +87,8 @@ class Projector:
     def __init__(self, path: str, model: Any, *, n_threads: int, use_gpu: bool) -> None:
         mt = _mtmd()
         self._mt = mt
+        mt.mtmd_log_set(native_log(), ctypes.c_void_p(0))
+        mt.mtmd_helper_log_set(native_log(), ctypes.c_void_p(0))
         params = mt.mtmd_context_params_default()
         params.use_gpu = use_gpu
         params.n_threads = n_threads

@@ -37,6 +37,11 @@ def _log(level: int, text: bytes, _user: Any) -> None:
         sys.stderr.write(message)
 
 
+def native_log() -> Any:
+    """The log callback llama.cpp's libraries get (libmtmd's too): kept, shown when debugging."""
+    return _log
+
+
 _debug = False
 
 

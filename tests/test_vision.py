@@ -1,0 +1,241 @@
+"""Images through every dialect, on a tiny random-weight vision model and its projector run by
+the real llama.cpp (libmtmd) in the real server, with the official clients."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import make_test_models
+import pytest
+from conftest import PATIENCE_S
+from PIL import Image
+from test_server import LiveServer, add_model
+
+from localrun import create, media, modelfile, names
+from localrun.errors import InvalidGGUFError
+from localrun.scheduler import Scheduler
+from localrun.store import Store
+
+pytestmark = [pytest.mark.server, pytest.mark.model]
+
+GREEDY = {"temperature": 0, "num_predict": 8, "seed": 1}
+
+
+def picture(color: tuple[int, int, int], size: tuple[int, int] = (48, 40)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, "PNG")
+    return out.getvalue()
+
+
+RED = picture((230, 20, 20))
+BLUE = picture((20, 20, 230))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="session")
+def tiny_vision(fixtures_dir: Path) -> tuple[Path, Path]:
+    return make_test_models.write_tiny_vision(fixtures_dir / "vision")
+
+
+@pytest.fixture(scope="module")
+def live(
+    tmp_path_factory: pytest.TempPathFactory, tiny_vision: tuple[Path, Path], tiny_model: Path
+) -> Iterator[LiveServer]:
+    model, projector = tiny_vision
+    store = Store(tmp_path_factory.mktemp("vision") / "models")
+    # Greedy by default, so that every dialect's answer is the model's one answer.
+    add_model(store, "vis", model, f"PROJECTOR {projector}\nPARAMETER temperature 0\n")
+    add_model(store, "tiny", tiny_model)
+    server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=16))
+    yield server
+    server.close()
+
+
+def _post(live: LiveServer, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{live.url}{path}", json=body, timeout=PATIENCE_S)
+
+
+def test_show_lists_the_projector_and_says_vision(live: LiveServer) -> None:
+    shown = _post(live, "/api/show", {"model": "vis"}).json()
+    assert "vision" in shown["capabilities"] and "audio" not in shown["capabilities"]
+    assert shown["projector_info"]["clip.projection_dim"] == 64
+    assert "PROJECTOR " in shown["modelfile"]
+    plain = _post(live, "/api/show", {"model": "tiny"}).json()
+    assert "vision" not in plain["capabilities"]
+
+
+def test_the_image_reaches_the_model_and_counts_as_prompt_tokens(oc: Any) -> None:
+    def ask(image: bytes) -> Any:
+        return oc.generate(model="vis", prompt="the a", images=[image], options=GREEDY)
+
+    red, again, blue = ask(RED), ask(RED), ask(BLUE)
+    text = oc.generate(model="vis", prompt="the a", options=GREEDY)
+    assert red.response == again.response  # the same answer every time
+    assert red.response != blue.response  # a different picture, a different answer
+    assert red.response != text.response
+    # 16 image positions (32x32 in 8x8 patches) on top of the text's: raw prompts, so that the
+    # text around the image is tokenized alike.
+    raw = [
+        oc.generate(model="vis", prompt=" the a", raw=True, options=GREEDY, images=images)
+        for images in ([RED], [])
+    ]
+    assert raw[0].prompt_eval_count == raw[1].prompt_eval_count + 16
+
+
+def test_every_dialect_takes_the_same_image(oc: Any, ai: Any, ant: Any) -> None:
+    ollama_chat = oc.chat(
+        model="vis",
+        messages=[{"role": "user", "content": "the a", "images": [RED]}],
+        options=GREEDY,
+    ).message.content
+    openai_chat = ai.chat.completions.create(
+        model="vis",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64(RED)}"}},
+                    {"type": "text", "text": "the a"},
+                ],
+            }
+        ],
+        temperature=0,
+        max_tokens=8,
+        seed=1,
+    ).choices[0].message.content
+    anthropic_chat = ant.messages.create(
+        model="vis",
+        max_tokens=8,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": b64(RED)},
+                    },
+                    {"type": "text", "text": "the a"},
+                ],
+            }
+        ],
+    ).content[0].text
+    responses = ai.responses.create(
+        model="vis",
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_image", "image_url": f"data:image/png;base64,{b64(RED)}"},
+                    {"type": "input_text", "text": "the a"},
+                ],
+            }
+        ],
+        temperature=0,
+        max_output_tokens=8,
+    ).output_text
+    # The image before the text in each: one prompt, one greedy answer.
+    assert ollama_chat == openai_chat == anthropic_chat == responses
+    assert ollama_chat
+
+
+def test_two_streams_with_different_images_at_once(live: LiveServer) -> None:
+    answers: dict[str, str] = {}
+
+    def stream(name: str, image: bytes) -> None:
+        body = {"model": "vis", "prompt": "the a", "images": [b64(image)], "options": GREEDY}
+        with httpx.stream(
+            "POST", f"{live.url}/api/generate", json=body, timeout=PATIENCE_S
+        ) as response:
+            answers[name] = "".join(
+                json.loads(line).get("response", "") for line in response.iter_lines() if line
+            )
+
+    alone = {
+        name: _post(
+            live,
+            "/api/generate",
+            {"model": "vis", "prompt": "the a", "images": [b64(image)], "options": GREEDY,
+             "stream": False},
+        ).json()["response"]
+        for name, image in (("red", RED), ("blue", BLUE))
+    }  # fmt: skip
+    threads = [threading.Thread(target=stream, args=item) for item in (("red", RED), ("blue", BLUE))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(PATIENCE_S)
+    assert answers == alone
+
+
+def test_a_continued_conversation_does_not_encode_the_image_again(live: LiveServer) -> None:
+    first = [{"role": "user", "content": "the a", "images": [b64(BLUE)]}]
+    body = {"model": "vis", "options": GREEDY, "stream": False}
+    answer = _post(live, "/api/chat", {**body, "messages": first}).json()
+    follow = [*first, {"role": "assistant", "content": answer["message"]["content"]},
+              {"role": "user", "content": "hello"}]  # fmt: skip
+    again = _post(live, "/api/chat", {**body, "messages": follow}).json()
+    # The image and the first turn stay in the slot: only what is new is evaluated.
+    assert again["prompt_cache_count"] >= answer["prompt_eval_count"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"model": "tiny", "prompt": "hi", "images": [b64(RED)]}, 400, "no projector"),
+        ({"model": "vis", "prompt": "hi", "images": [b64(b"not a picture")]}, 400, "images[0]"),
+        ({"model": "vis", "prompt": f"hi {media.MARKER}"}, 400, "keeps for where an image"),
+        ({"model": "vis", "prompt": "hi", "images": ["%%%"]}, 400, "not valid base64"),
+    ],
+)
+def test_bad_images_are_400s_that_say_why(
+    live: LiveServer, body: dict[str, Any], status: int, fragment: str
+) -> None:
+    answer = _post(live, "/api/generate", {**body, "stream": False})
+    assert answer.status_code == status, answer.text
+    assert fragment in answer.json()["error"]
+
+
+def test_an_image_url_and_a_bomb_are_refused_in_openais_shape(live: LiveServer) -> None:
+    def ask(url: str) -> httpx.Response:
+        part = {"type": "image_url", "image_url": {"url": url}}
+        body = {"model": "vis", "messages": [{"role": "user", "content": [part]}]}
+        return _post(live, "/v1/chat/completions", body)
+
+    fetched = ask("https://example.com/cat.png")
+    assert fetched.status_code == 400
+    assert "fetches nothing" in fetched.json()["error"]["message"]
+    from test_media import bomb
+
+    huge = ask(f"data:image/png;base64,{b64(bomb())}")
+    assert huge.status_code == 400 and "pixels" in huge.json()["error"]["message"]
+
+
+def test_create_refuses_a_projector_of_another_width(
+    tmp_path: Path, tiny_vision: tuple[Path, Path], tiny_model: Path
+) -> None:
+    narrow = make_test_models.write_tiny_model(tmp_path / "narrow.gguf", n_embd=32)
+    store = Store(tmp_path / "models")
+    text = f"FROM {narrow}\nPROJECTOR {tiny_vision[1]}\n"
+    with pytest.raises(InvalidGGUFError, match="makes embeddings 64 wide.*takes 32"):
+        create.create(store, names.parse("x"), modelfile.parse(text), tmp_path)
+    with pytest.raises(InvalidGGUFError, match="is a projector"):
+        create.create(
+            store, names.parse("y"), modelfile.parse(f"FROM {tiny_vision[1]}\n"), tmp_path
+        )
+    with pytest.raises(InvalidGGUFError, match="is not a projector"):
+        create.create(
+            store,
+            names.parse("z"),
+            modelfile.parse(f"FROM {tiny_model}\nPROJECTOR {tiny_model}\n"),
+            tmp_path,
+        )
