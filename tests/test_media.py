@@ -38,7 +38,8 @@ def bomb(width: int = 30000, height: int = 30000) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     rows = zlib.compress(b"\0" * 4096)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    parts = chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + parts
 
 
 def wav(seconds: float, rate: int = 16000) -> bytes:
@@ -64,7 +65,7 @@ def test_an_image_is_read_from_base64_and_data_urls() -> None:
 def test_a_decompression_bomb_is_a_fast_400_with_bounded_memory() -> None:
     started = time.perf_counter()
     tracemalloc.start()
-    with pytest.raises(BadRequestError, match="more than the .* pixels allowed"):
+    with pytest.raises(BadRequestError, match=r"more than the \d+ pixels allowed"):
         media.decode(b64(bomb()), "images[0]")
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

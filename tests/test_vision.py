@@ -42,6 +42,10 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def data_url(data: bytes) -> str:
+    return f"data:image/png;base64,{b64(data)}"
+
+
 @pytest.fixture(scope="session")
 def tiny_vision(fixtures_dir: Path) -> tuple[Path, Path]:
     return make_test_models.write_tiny_vision(fixtures_dir / "vision")
@@ -98,37 +102,49 @@ def test_every_dialect_takes_the_same_image(oc: Any, ai: Any, ant: Any) -> None:
         messages=[{"role": "user", "content": "the a", "images": [RED]}],
         options=GREEDY,
     ).message.content
-    openai_chat = ai.chat.completions.create(
-        model="vis",
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64(RED)}"}},
-                    {"type": "text", "text": "the a"},
-                ],
-            }
-        ],
-        temperature=0,
-        max_tokens=8,
-        seed=1,
-    ).choices[0].message.content
-    anthropic_chat = ant.messages.create(
-        model="vis",
-        max_tokens=8,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {
-                        "type": "image",
-                        "source": {"type": "base64", "media_type": "image/png", "data": b64(RED)},
-                    },
-                    {"type": "text", "text": "the a"},
-                ],
-            }
-        ],
-    ).content[0].text
+    openai_chat = (
+        ai.chat.completions.create(
+            model="vis",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": data_url(RED)}},
+                        {"type": "text", "text": "the a"},
+                    ],
+                }
+            ],
+            temperature=0,
+            max_tokens=8,
+            seed=1,
+        )
+        .choices[0]
+        .message.content
+    )
+    anthropic_chat = (
+        ant.messages.create(
+            model="vis",
+            max_tokens=8,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {
+                                "type": "base64",
+                                "media_type": "image/png",
+                                "data": b64(RED),
+                            },
+                        },
+                        {"type": "text", "text": "the a"},
+                    ],
+                }
+            ],
+        )
+        .content[0]
+        .text
+    )
     responses = ai.responses.create(
         model="vis",
         input=[
@@ -169,7 +185,8 @@ def test_two_streams_with_different_images_at_once(live: LiveServer) -> None:
         ).json()["response"]
         for name, image in (("red", RED), ("blue", BLUE))
     }  # fmt: skip
-    threads = [threading.Thread(target=stream, args=item) for item in (("red", RED), ("blue", BLUE))]
+    pairs = (("red", RED), ("blue", BLUE))
+    threads = [threading.Thread(target=stream, args=pair) for pair in pairs]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -226,7 +243,7 @@ def test_create_refuses_a_projector_of_another_width(
     narrow = make_test_models.write_tiny_model(tmp_path / "narrow.gguf", n_embd=32)
     store = Store(tmp_path / "models")
     text = f"FROM {narrow}\nPROJECTOR {tiny_vision[1]}\n"
-    with pytest.raises(InvalidGGUFError, match="makes embeddings 64 wide.*takes 32"):
+    with pytest.raises(InvalidGGUFError, match=r"makes embeddings 64 wide.*takes 32"):
         create.create(store, names.parse("x"), modelfile.parse(text), tmp_path)
     with pytest.raises(InvalidGGUFError, match="is a projector"):
         create.create(
