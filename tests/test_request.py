@@ -29,6 +29,7 @@ EVERY_FIELD = GenRequest(
     context=[1, 2, 3],
     return_context=True,
     keep_alive=30.0,
+    media=[{"type": "image", "data": "iVBORw0KGgo="}],
 )
 
 
