@@ -251,3 +251,52 @@ def test_thinking_is_folded_away(browser: Any, tmp_path: Path, tiny_thinking_mod
         assert page.inner_text(".message.assistant .body") == "It is Paris."
     finally:
         server.close()
+
+
+def test_an_attached_image_is_shown_and_sent(
+    browser: Any, tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """Picked images show above the message box (each can be removed), go with the message,
+    show in it, and reach the model: the answer is the API's to the same image and text."""
+    import base64
+
+    import httpx
+    import make_test_models
+    from PIL import Image
+
+    model, projector = make_test_models.write_tiny_vision(fixtures_dir / "vision-ui")
+    store = Store(tmp_path / "models")
+    add_model(store, "vis", model, f"PROJECTOR {projector}\nPARAMETER temperature 0\n")
+    server = LiveServer(store, Scheduler(store, num_parallel=1))
+    red, blue = tmp_path / "red.png", tmp_path / "blue.png"
+    Image.new("RGB", (30, 30), (230, 20, 20)).save(red)
+    Image.new("RGB", (30, 30), (20, 20, 230)).save(blue)
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/ui/")
+        page.locator("#model option").first.wait_for(state="attached")
+        page.set_input_files("#attach-file", [str(blue), str(red)])
+        page.locator("#attachments img").nth(1).wait_for()
+        page.locator("#attachments .remove").first.click()  # blue goes
+        assert page.locator("#attachments img").count() == 1
+        page.fill("#input", "the a")
+        page.keyboard.press("Enter")
+        page.locator(".message.assistant .timings").wait_for(timeout=60_000)
+        assert page.locator(".message.user .images img").count() == 1
+        assert page.locator("#attachments img").count() == 0
+        shown = page.inner_text(".message.assistant .body").strip()
+        body = {
+            "model": "vis",
+            "stream": False,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": "the a",
+                    "images": [base64.b64encode(red.read_bytes()).decode()],
+                }
+            ],
+        }
+        answer = httpx.post(f"{server.url}/api/chat", json=body, timeout=60).json()
+        assert shown == answer["message"]["content"].strip()
+    finally:
+        server.close()

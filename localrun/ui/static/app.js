@@ -23,6 +23,8 @@
   let conversations = load();
   let current = null; // the open conversation
   let controller = null; // the answer being streamed, to stop it
+  let pending = []; // images for the next message: data URLs
+  const IMAGE_TYPES = ["image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp"];
 
   // -- storage ---------------------------------------------------------------------------------
 
@@ -36,7 +38,20 @@
   }
 
   function save() {
-    localStorage.setItem(STORE, JSON.stringify(conversations));
+    try {
+      localStorage.setItem(STORE, JSON.stringify(conversations));
+    } catch {
+      // Over the browser's storage quota (images are large): keep the text, drop old images.
+      const light = conversations.map((c) => ({
+        ...c,
+        messages: c.messages.map(({ images, ...m }) => (images ? { ...m, images_dropped: images.length } : m)),
+      }));
+      try {
+        localStorage.setItem(STORE, JSON.stringify(light));
+      } catch {
+        status("This browser's storage is full: delete old conversations.");
+      }
+    }
   }
 
   function fresh() {
@@ -172,7 +187,18 @@
   function fill(element, message) {
     element.replaceChildren();
     if (message.role === "user") {
-      element.textContent = message.content;
+      if (message.images && message.images.length) {
+        const strip = document.createElement("div");
+        strip.className = "images";
+        for (const url of message.images) {
+          const image = document.createElement("img");
+          image.src = url;
+          image.alt = "an attached image";
+          strip.append(image);
+        }
+        element.append(strip);
+      }
+      element.append(document.createTextNode(message.content));
       return;
     }
     if (message.role === "error") {
@@ -279,13 +305,17 @@
   }
 
   async function send(text) {
-    if (controller || !text.trim()) return;
+    if (controller || (!text.trim() && !pending.length)) return;
     if (!current) current = fresh();
     current.model = $("model").value;
     current.system = $("system").value;
     current.options = options();
-    if (!current.messages.length) current.title = text.trim().split("\n")[0].slice(0, 60);
-    current.messages.push({ role: "user", content: text });
+    if (!current.messages.length) current.title = (text.trim().split("\n")[0] || "An image").slice(0, 60);
+    const user = { role: "user", content: text };
+    if (pending.length) user.images = pending;
+    pending = [];
+    renderAttachments();
+    current.messages.push(user);
     const answer = { role: "assistant", content: "", thinking: "" };
     current.messages.push(answer);
     save();
@@ -295,7 +325,12 @@
     const history = current.messages
       .slice(0, -1)
       .filter((m) => m.role === "user" || m.role === "assistant")
-      .map((m) => ({ role: m.role, content: m.content }));
+      .map((m) => {
+        const out = { role: m.role, content: m.content };
+        // Ollama's images: base64 without the data URL's head.
+        if (m.images && m.images.length) out.images = m.images.map((url) => url.slice(url.indexOf(",") + 1));
+        return out;
+      });
     if (current.system.trim()) history.unshift({ role: "system", content: current.system });
     const body = { model: current.model, messages: history, stream: true, options: current.options };
 
@@ -389,6 +424,44 @@
     return lines.join("\n");
   }
 
+  // -- images ----------------------------------------------------------------------------------
+
+  function renderAttachments() {
+    const box = $("attachments");
+    box.replaceChildren(
+      ...pending.map((url, index) => {
+        const figure = document.createElement("figure");
+        const image = document.createElement("img");
+        image.src = url;
+        image.alt = `image ${index + 1} to send`;
+        const remove = button("✕", "remove", () => {
+          pending.splice(index, 1);
+          renderAttachments();
+        });
+        remove.setAttribute("aria-label", `Remove image ${index + 1}`);
+        figure.append(image, remove);
+        return figure;
+      }),
+    );
+  }
+
+  function dataUrl(file) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.addEventListener("load", () => resolve(reader.result));
+      reader.addEventListener("error", () => reject(reader.error));
+      reader.readAsDataURL(file);
+    });
+  }
+
+  async function attach(files) {
+    const images = [...files].filter((file) => IMAGE_TYPES.includes(file.type));
+    if (images.length < files.length) status("Only images (PNG, JPEG, WebP, GIF or BMP) can be attached.");
+    // In the order they were picked, however fast each is read.
+    pending.push(...(await Promise.all(images.map(dataUrl))));
+    renderAttachments();
+  }
+
   // -- wiring ----------------------------------------------------------------------------------
 
   $("composer").addEventListener("submit", (event) => {
@@ -407,6 +480,29 @@
     if (event.key === "Escape") stop();
   });
   $("stop").addEventListener("click", stop);
+  $("attach").addEventListener("click", () => $("attach-file").click());
+  $("attach-file").addEventListener("change", (event) => {
+    attach(event.target.files);
+    event.target.value = "";
+  });
+  $("input").addEventListener("paste", (event) => {
+    const files = [...(event.clipboardData ? event.clipboardData.files : [])];
+    if (files.length) {
+      event.preventDefault();
+      attach(files);
+    }
+  });
+  const main = document.querySelector("main");
+  main.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    main.classList.add("dropping");
+  });
+  main.addEventListener("dragleave", () => main.classList.remove("dropping"));
+  main.addEventListener("drop", (event) => {
+    event.preventDefault();
+    main.classList.remove("dropping");
+    attach([...event.dataTransfer.files]);
+  });
   $("new-chat").addEventListener("click", () => {
     current = fresh();
     renderConversation();
