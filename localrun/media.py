@@ -202,21 +202,28 @@ def read_file(path: str, kind: str = "image") -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def ollama_images(value: Any, where: str) -> list[Media]:
-    """Ollama's `images`: a list of base64 strings."""
+def ollama_images(value: Any, where: str, kind: str = "image") -> list[Media]:
+    """Ollama's `images` (and localrun's `audio`, shaped alike): a list of base64 strings."""
     if value is None or value == []:
         return []
     if not isinstance(value, list):
-        raise BadRequestError(f"{where} must be a list of base64 images")
+        raise BadRequestError(f"{where} must be a list of base64 {kind} files")
     check_count(len(value))
-    return [decode(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    return [decode(item, f"{where}[{i}]", kind) for i, item in enumerate(value)]
+
+
+def ollama_media(message: dict[str, Any], where: str) -> list[Media]:
+    """An Ollama-style message's `images`, then its `audio` (localrun's field, as `images`)."""
+    images = ollama_images(message.get("images"), f"{where}.images")
+    return images + ollama_images(message.get("audio"), f"{where}.audio", "audio")
 
 
 def with_images(message: dict[str, Any], images: list[Media]) -> dict[str, Any]:
-    """`message` with `images` before its text, as Ollama puts them (a marker each)."""
+    """`message` with `images` (or audio) before its text, as Ollama puts images (a marker
+    each), and without Ollama's own fields for them."""
+    out = {k: v for k, v in message.items() if k not in ("images", "audio")}
     if not images:
-        return message
-    out = dict(message)
+        return out
     out["content"] = MARKER * len(images) + str(message.get("content") or "")
     out["media"] = [m.to_wire() for m in images] + list(message.get("media") or [])
     return out

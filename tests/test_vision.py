@@ -256,3 +256,25 @@ def test_create_refuses_a_projector_of_another_width(
             modelfile.parse(f"FROM {tiny_model}\nPROJECTOR {tiny_model}\n"),
             tmp_path,
         )
+
+
+def test_audio_to_a_projector_without_an_audio_encoder_is_a_400(live: LiveServer) -> None:
+    from test_media import wav
+
+    clip = b64(wav(0.5))
+    part = {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}}
+    openai = _post(
+        live,
+        "/v1/chat/completions",
+        {"model": "vis", "messages": [{"role": "user", "content": [part, "the a"]}]},
+    )
+    assert openai.status_code == 400
+    assert "takes images, not audio" in openai.json()["error"]["message"]
+    # localrun's `audio` beside Ollama's `images`, as `localrun run --audio` sends it.
+    ollama = _post(
+        live,
+        "/api/chat",
+        {"model": "vis", "stream": False,
+         "messages": [{"role": "user", "content": "the a", "audio": [clip]}]},
+    )  # fmt: skip
+    assert ollama.status_code == 400 and "takes images, not audio" in ollama.json()["error"]

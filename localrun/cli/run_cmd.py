@@ -69,6 +69,9 @@ def run(
     image: list[Path] = typer.Option(
         [], "--image", help="Show the model this image with the prompt (repeatable)."
     ),
+    audio: list[Path] = typer.Option(
+        [], "--audio", help="Let the model hear this audio file with the prompt (repeatable)."
+    ),
 ) -> None:
     """Run a model: answer PROMPT, answer a --batch file, or chat in the terminal.
 
@@ -79,16 +82,18 @@ def run(
     asked = Asked(system, format, verbose, think_option(think), hidethinking)
     text, piped = _prompt(prompt, batch)
     images = [media.read_file(str(path)) for path in image]
-    if images and not text.strip():
+    sounds = [media.read_file(str(path), "audio") for path in audio]
+    if (images or sounds) and not text.strip():
         raise InvalidParameterError(
-            "--image goes with a prompt", hint=f'localrun run {model} "What is in it?" --image ...'
+            "--image and --audio go with a prompt",
+            hint=f'localrun run {model} "What is in it?" --image ...',
         )
     opened = open_session(model, overrides)
     _advise_gpu()
     if batch is not None:
         raise typer.Exit(run_batch(opened, batch, output, system=system, format=format))
     if text.strip():
-        one_shot(opened, text, asked, started, images)
+        one_shot(opened, text, asked, started, images, sounds)
     elif piped is not None or not sys.stdin.isatty():
         raise InvalidParameterError(
             "no prompt: give one as an argument or on stdin",
@@ -158,13 +163,20 @@ def think_option(value: str | None) -> bool | str | None:
 
 
 def one_shot(
-    opened: Session, text: str, asked: Asked, started: float, images: list[str] | None = None
+    opened: Session,
+    text: str,
+    asked: Asked,
+    started: float,
+    images: list[str] | None = None,
+    sounds: list[str] | None = None,
 ) -> None:
-    """Stream the answer to `text` (and `images`, base64) to stdout (its thinking before it),
-    then any timings."""
+    """Stream the answer to `text` (with `images` and `sounds`, base64) to stdout (its thinking
+    before it), then any timings."""
     message: dict[str, Any] = {"role": "user", "content": text}
     if images:
         message["images"] = images
+    if sounds:
+        message["audio"] = sounds  # localrun's field beside Ollama's images
     reply = opened.chat(
         [message],
         system=asked.system,

@@ -153,10 +153,7 @@ class LocalSession:
 
         # The messages are Ollama's (what the server path sends): images become media here.
         core = [
-            media.with_images(
-                {k: v for k, v in m.items() if k != "images"},
-                media.ollama_images(m.get("images"), f"messages[{i}].images"),
-            )
+            media.with_images(m, media.ollama_media(m, f"messages[{i}]"))
             for i, m in enumerate(messages)
         ]
         asked = GenRequest(

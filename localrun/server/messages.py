@@ -52,8 +52,7 @@ def chat_messages(
             message["media"] = [m.to_wire() for m in media]
         elif translated and raw.get("media"):
             message["media"] = raw["media"]
-        images = media_mod.ollama_images(raw.get("images"), f"messages[{index}].images")
-        message = media_mod.with_images(message, images)
+        message = media_mod.with_images(message, media_mod.ollama_media(raw, f"messages[{index}]"))
         calls = raw.get("tool_calls")
         if calls is not None:
             if not isinstance(calls, list):

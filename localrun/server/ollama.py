@@ -276,7 +276,7 @@ async def generate(request: Request) -> Response:
         )
         generation = await start(request, req)
         return await _answer(request, body, generation, shape)
-    images = media.ollama_images(body.data.get("images"), "images")
+    images = media.ollama_media(body.data, "request")
     if not prompt and not images:
         return await _load_or_unload(request, body, model, shape)
     media.count_markers(prompt, "prompt")
