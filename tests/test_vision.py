@@ -278,3 +278,18 @@ def test_audio_to_a_projector_without_an_audio_encoder_is_a_400(live: LiveServer
          "messages": [{"role": "user", "content": "the a", "audio": [clip]}]},
     )  # fmt: skip
     assert ollama.status_code == 400 and "takes images, not audio" in ollama.json()["error"]
+
+
+def test_the_memory_plan_counts_the_projector(
+    live: LiveServer, tiny_vision: tuple[Path, Path]
+) -> None:
+    from localrun import fit
+    from localrun import model as model_mod
+
+    vis = model_mod.load(live.store, names.parse("vis"))
+    plain = model_mod.load(live.store, names.parse("tiny"))
+    with_projector = fit.plan_fit(vis, {"num_ctx": 256}, gpu=False).plan.ram_bytes
+    without = fit.plan_fit(plain, {"num_ctx": 256}, gpu=False).plan.ram_bytes
+    # The same text model (tiny-vision.gguf is the tiny llama): the projector's weights and a
+    # quarter more for its compute buffers.
+    assert with_projector - without == tiny_vision[1].stat().st_size * 5 // 4

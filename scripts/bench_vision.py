@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Images: localrun's answers against llama.cpp's own multimodal tool, and its speed beside
+llama-server, on the tiny vision model and projector of scripts/make_test_models.py.
+
+llama-mtmd-cli and llama-server are built from the llama.cpp that llama-cpp-python vendors
+(scripts/bench.py builds them). Every answer is greedy (temperature 0, no repeat penalty).
+
+  same answers     for each image (solid colours, a gradient, a photo-like noise) the text
+                   llama-mtmd-cli writes for "PROMPT" with the image before it, and what
+                   `localrun serve` answers on /v1/chat/completions (image_url data URL, then
+                   the text): equal, token for token (as text), or the first difference shown
+  first question   time to first token of a question with an image neither server has seen
+                   (the image's encode and its decode included), median of --rounds
+  second question  the conversation continued (the image, the answer, another question): time
+                   to first token, against the first
+  text alone       the same question without the image: its time to first token, and the
+                   difference (what the image costs)
+  decode           tokens per second after an image, against after text alone
+
+A benchmark, not a test: it never fails on a slow number.
+
+Usage: .venv/bin/python scripts/bench_vision.py [--rounds 5] [--threads 2] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench
+import bench_serve
+import make_test_models
+
+PROMPT = "the a"
+N_PREDICT = 24
+
+
+def images(n: int, seed: int) -> list[bytes]:
+    """`n` PNGs no server has seen: solid colours, gradients and noise, by `seed`."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            pixels = np.full((40, 48, 3), rng.integers(0, 256, 3), dtype=np.uint8)
+        elif kind == 1:
+            ramp = np.linspace(0, 255, 48, dtype=np.uint8)
+            pixels = np.stack([np.tile(ramp, (40, 1))] * 3, axis=-1)
+            pixels[..., i % 3] = rng.integers(0, 256)
+        else:
+            pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        data = io.BytesIO()
+        Image.fromarray(pixels).save(data, "PNG")
+        out.append(data.getvalue())
+    return out
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def chat_stream(port: int, model: str, messages: list[dict[str, Any]]) -> bench_serve.Stream:
+    """One /v1/chat/completions stream, timed as bench_serve times its streams."""
+    result = bench_serve.Stream()
+    body = {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0,
+        "max_tokens": N_PREDICT,
+    }
+    text = []
+    for event in bench_serve._sse(bench_serve._lines(port, "/v1/chat/completions", body, result)):
+        for choice in event.get("choices") or []:
+            piece = (choice.get("delta") or {}).get("content")
+            if piece:
+                now = time.perf_counter()
+                result.first = result.first or now
+                result.last = now
+                text.append(piece)
+            if choice.get("finish_reason"):
+                result.complete = True
+        usage = event.get("usage")
+        if usage:
+            result.tokens = int(usage.get("completion_tokens") or 0)
+            result.prompt_tokens = usage.get("prompt_tokens")
+    result.error = None
+    result.text = "".join(text)  # type: ignore[attr-defined]
+    return result
+
+
+def question(png: bytes | None, text: str = PROMPT) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = []
+    if png is not None:
+        parts.append({"type": "image_url", "image_url": {"url": data_url(png)}})
+    parts.append({"type": "text", "text": text})
+    return {"role": "user", "content": parts}
+
+
+def mtmd_cli(build: Path, model: Path, projector: Path, png: bytes, threads: int) -> str:
+    """llama-mtmd-cli's greedy answer to PROMPT with `png` before it (the model's template)."""
+    with tempfile.NamedTemporaryFile(suffix=".png") as image:
+        image.write(png)
+        image.flush()
+        cmd = [
+            str(build / "bin" / "llama-mtmd-cli"), "-m", str(model), "--mmproj", str(projector),
+            "--image", image.name, "-p", PROMPT, "-n", str(N_PREDICT), "--temp", "0",
+            "--repeat-penalty", "1.0", "-t", str(threads), "--seed", "1",
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise bench.Unavailable(f"llama-mtmd-cli: exit {done.returncode}: {done.stderr[-500:]}")
+    return done.stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    cache = Path(os.environ.get("LOCALRUN_BENCH_CACHE", "~/.cache/localrun-bench")).expanduser()
+    build = bench.ensure_build(None, cache, args.jobs).dir
+    work = Path(tempfile.mkdtemp(prefix="localrun-bench-vision-"))
+    model, projector = make_test_models.write_tiny_vision(work)
+    modelfile = work / "Modelfile"
+    modelfile.write_text(
+        f"FROM {model}\nPROJECTOR {projector}\n"
+        "PARAMETER temperature 0\nPARAMETER repeat_penalty 1.0\n"
+    )
+    home = work / "home"
+    env = {**os.environ, "LOCALRUN_HOME": str(home), "LOCALRUN_KEEP_ALIVE": "-1"}
+    for unset in ("LOCALRUN_MODELS", "LOCALRUN_API_KEY", "LOCALRUN_HOST"):
+        env.pop(unset, None)
+    lr = [sys.executable, "-m", "localrun"]
+    bench._run([*lr, "create", "vis", "-f", str(modelfile)], timeout=300, env=env)
+
+    port = bench_serve.free_port()
+    ours = bench_serve.Server(
+        "localrun serve",
+        [*lr, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        port,
+        "/api/version",
+        bench_serve.localrun_stream,
+        env={**env, "LOCALRUN_HOST": f"127.0.0.1:{port}"},
+        model="vis",
+    )
+    port2 = bench_serve.free_port()
+    cmd = [
+        str(build / "bin" / "llama-server"), "-m", str(model), "--mmproj", str(projector),
+        "--host", "127.0.0.1", "--port", str(port2), "-t", str(args.threads),
+        "-np", "1", "-c", "2048", "--no-webui", "--repeat-penalty", "1.0",
+    ]  # fmt: skip
+    theirs = bench_serve.Server(
+        "llama-server",
+        cmd,
+        port2,
+        "/health",
+        bench_serve.localrun_stream,
+        model="vis",
+    )
+    results: dict[str, Any] = {"rounds": args.rounds, "threads": args.threads}
+    try:
+        for server in (ours, theirs):
+            server.start(work)
+            server.wait_ready()
+        # The same answers as llama.cpp's own tool.
+        agree = []
+        for png in images(6, seed=0):
+            expected = mtmd_cli(build, model, projector, png, args.threads)
+            got = chat_stream(port, "vis", [question(png)]).text  # type: ignore[attr-defined]
+            agree.append(expected == got)
+            if expected != got:
+                bench.say(f"differs: llama-mtmd-cli {expected!r}, localrun {got!r}")
+        results["same_answers"] = f"{sum(agree)}/{len(agree)}"
+        bench.say(f"same answers as llama-mtmd-cli: {results['same_answers']}")
+        # Speed, each server in turn on images neither has seen.
+        for name, server_port in (("localrun", port), ("llama-server", port2)):
+            first, second, text, rate_image, rate_text = [], [], [], [], []
+            for r, png in enumerate(images(args.rounds, seed=100 + r_seed(name))):
+                asked = chat_stream(server_port, "vis", [question(png, f"{PROMPT} {r}")])
+                follow = [
+                    question(png, f"{PROMPT} {r}"),
+                    {"role": "assistant", "content": asked.text},  # type: ignore[attr-defined]
+                    question(None, "hello"),
+                ]
+                again = chat_stream(server_port, "vis", follow)
+                alone = chat_stream(server_port, "vis", [question(None, f"{PROMPT} {r} x")])
+                first.append(asked.ttft)
+                second.append(again.ttft)
+                text.append(alone.ttft)
+                rate_image.append(asked.decode_rate)
+                rate_text.append(alone.decode_rate)
+            results[name] = {
+                "first_question_ttft_ms": round(1000 * median(first), 2),
+                "second_question_ttft_ms": round(1000 * median(second), 2),
+                "text_alone_ttft_ms": round(1000 * median(text), 2),
+                "image_cost_ms": round(1000 * (median(first) - median(text)), 2),
+                "decode_after_image_tok_s": round(median(rate_image), 1),
+                "decode_after_text_tok_s": round(median(rate_text), 1),
+            }
+            bench.say(f"{name}: {json.dumps(results[name])}")
+    finally:
+        for server in (ours, theirs):
+            server.stop()
+    a, b = results.get("localrun"), results.get("llama-server")
+    if a and b:
+        for key in ("first_question_ttft_ms", "second_question_ttft_ms", "image_cost_ms"):
+            ratio = a[key] / b[key] if b[key] else None
+            print(f"{key:28} localrun {a[key]:8.2f}  llama-server {b[key]:8.2f}  ratio {ratio}")
+        print(
+            f"{'decode tok/s (image/text)':28} localrun {a['decode_after_image_tok_s']}/"
+            f"{a['decode_after_text_tok_s']}  llama-server {b['decode_after_image_tok_s']}/"
+            f"{b['decode_after_text_tok_s']}"
+        )
+    print(f"same answers as llama-mtmd-cli: {results.get('same_answers')}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def median(values: list[float | None]) -> float:
+    return statistics.median([v for v in values if v is not None])
+
+
+def r_seed(name: str) -> int:
+    """A different series of images per server: neither finds the other's in a cache."""
+    return 0 if name == "localrun" else 50
+
+
+if __name__ == "__main__":
+    sys.exit(main())
