@@ -293,3 +293,58 @@ def test_the_memory_plan_counts_the_projector(
     # The same text model (tiny-vision.gguf is the tiny llama): the projector's weights and a
     # quarter more for its compute buffers.
     assert with_projector - without == tiny_vision[1].stat().st_size * 5 // 4
+
+
+def test_run_chat_and_batch_take_images_from_files(
+    cli: Any, tmp_path: Path, tiny_vision: tuple[Path, Path]
+) -> None:
+    """`run --image`, a path in a chat message and a --batch line's `images` give the model the
+    same picture: the same greedy answer."""
+    import os
+    import sys
+
+    import pexpect
+    from conftest import assert_one_line_error
+
+    model, projector = tiny_vision
+    (tmp_path / "Modelfile").write_text(
+        f"FROM {model}\nPROJECTOR {projector}\nPARAMETER temperature 0\nPARAMETER num_predict 8\n"
+    )
+    assert cli("create", "vis", "-f", "Modelfile").code == 0
+    red, blue = tmp_path / "red picture.png", tmp_path / "blue.png"
+    red.write_bytes(RED)
+    blue.write_bytes(BLUE)
+    answer = cli("run", "vis", "the a", "--image", str(red))
+    assert answer.code == 0, answer.stderr
+    assert cli("run", "vis", "the a", "--image", str(red)).stdout == answer.stdout
+    assert cli("run", "vis", "the a", "--image", str(blue)).stdout != answer.stdout
+    assert_one_line_error(cli("run", "vis", "the a", "--image", "nope.png"), "nope.png")
+    assert_one_line_error(
+        cli("run", "vis", "the a", "--image", "Modelfile"), "Modelfile is not an image"
+    )
+
+    lines = [
+        {"id": "file", "prompt": "the a", "images": [str(red)]},
+        {"id": "data", "prompt": "the a", "images": [b64(RED)]},
+    ]
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    done = cli("run", "vis", "--batch", str(batch))
+    assert done.code == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["response"] for r in records] == [answer.stdout.strip()] * 2
+
+    env = {**os.environ, "TERM": "dumb", "PYTHONUNBUFFERED": "1"}
+    chat = pexpect.spawn(sys.executable, ["-m", "localrun", "run", "vis"], env=env,
+                         encoding="utf-8", timeout=PATIENCE_S, cwd=str(tmp_path))  # fmt: skip
+    try:
+        chat.expect_exact(">>> ")
+        escaped = str(red).replace(" ", "\\ ")
+        chat.sendline(f"{escaped} the a")
+        chat.expect_exact(f"Added image '{red}'")
+        chat.expect_exact(">>> ")
+        assert answer.stdout.strip() in chat.before
+        chat.sendline("/bye")
+        chat.expect(pexpect.EOF)
+    finally:
+        chat.close(force=True)

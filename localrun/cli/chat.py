@@ -298,6 +298,15 @@ _IMAGE_PATH = re.compile(
 )
 
 
+def _starts_with_image(line: str) -> bool:
+    """Whether a line that starts with "/" starts with an image's path (a message, not a
+    command), as Ollama's chat tells them apart."""
+    match = _IMAGE_PATH.match(line)
+    return match is not None and os.path.isfile(
+        os.path.expanduser(next(g for g in match.groups() if g).replace("\\ ", " "))
+    )
+
+
 def attach_images(text: str) -> tuple[str, list[str]]:
     """The message without the paths of the image files it names, and those images (base64),
     said on stderr as they are added; a path that is no file stays text."""
@@ -357,7 +366,7 @@ def chat_loop(
                 message = _read_message(line)
                 if message is None:
                     break
-            elif line.startswith("/"):
+            elif line.startswith("/") and not _starts_with_image(line):
                 if not session.command(line.strip()):
                     break
                 continue

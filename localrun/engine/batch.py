@@ -1,8 +1,9 @@
 """The engine: one llama.cpp context serving one sequence or several, decoded in one loop, as
 llama-server does. `localrun run` runs it with one slot, a server's runner with num_parallel.
 
-A loop thread owns the context. Each step builds one llama_batch holding the next token of every
-slot that is generating plus prompt chunks of slots still reading their prompt, runs one
+A loop thread owns the context. Each step builds one llama_batch (engine.rows) holding the next
+token of every slot that is generating plus prompt chunks of slots still reading their prompt
+(an image or audio in a prompt is evaluated on its own first: engine.media), runs one
 llama_decode, and samples each slot that needs a token with that slot's own sampler (at the
 slot's row of the batch's logits). Requests beyond the slots wait FIFO; which slot a request
 takes, and how much of its KV it reuses, is engine.slots'.
@@ -37,6 +38,7 @@ from localrun.engine import draft, speculate
 from localrun.engine.embed import Embedder
 from localrun.engine.media import MediaPrompt, Projector
 from localrun.engine.native import lc
+from localrun.engine.rows import StepBatch
 from localrun.engine.sampling import Sampler, logprob_entry
 from localrun.engine.sequence import answer_ends, overflow_error
 from localrun.engine.slots import Job, Slot, Slots
@@ -84,7 +86,7 @@ class BatchEngine:
         self.options = options
         self.n_slots = slots
         self._ctx: Any = None
-        self._batch: Any = None
+        self._rows: StepBatch | None = None
         self._thread: threading.Thread | None = None
         self._released = False
         self._cond = threading.Condition()
@@ -138,14 +140,7 @@ class BatchEngine:
         # 256 (a client that asks for 100 tokens gets a limit of 100, as Ollama gives it).
         self.n_ctx = min(int(lc.llama_n_ctx_seq(self._ctx)), options.num_ctx)
         self._n_batch = int(lc.llama_n_batch(self._ctx))
-        self._batch = batch = lc.llama_batch_init(self._n_batch, 0, 1)
-        # Pointer objects made once: the loop only writes through them.
-        self._tokens = batch.token
-        self._pos = batch.pos
-        self._logits = batch.logits
-        self._seq_ids = [batch.seq_id[i] for i in range(self._n_batch)]
-        for i in range(self._n_batch):
-            batch.n_seq_id[i] = 1
+        self._rows = StepBatch(self._n_batch)
         self._slots = Slots(lc.llama_get_memory(self._ctx), slots)
 
     # -- tokens -------------------------------------------------------------------------------
@@ -388,11 +383,13 @@ class BatchEngine:
         """One llama_decode for every active slot, then a token for each that needs one."""
         if self.projector is not None:
             self._evaluate_media()
-        n = self._fill()
+        rows = self._rows
+        assert rows is not None
+        n = rows.fill(self._slots)
         if n == 0:
             return
-        self._batch.n_tokens = n
-        rc = lc.llama_decode(self._ctx, self._batch)
+        rows.batch.n_tokens = n
+        rc = lc.llama_decode(self._ctx, rows.batch)
         if rc != 0:
             self._fail(
                 [s for s in self._slots.active if s.token >= 0 or s.added > 0],
@@ -420,68 +417,6 @@ class BatchEngine:
                     break
                 slot.cache.extend(job.prompt[done : done + span.length])
                 span = job.media.spans.get(len(slot.cache))
-
-    def _fill(self) -> int:
-        """Write the batch: each generating slot's token (and its draft, as room allows), then
-        prompt chunks of the slots reading theirs; returns the rows written."""
-        slots = self._slots
-        active = slots.active
-        room = self._n_batch - sum(1 for slot in active if slot.token >= 0)
-        for slot in active:  # drafts take what room the batch has, first come
-            if slot.token >= 0 and slot.draft:
-                del slot.draft[max(0, room) :]
-                room -= len(slot.draft)
-        n = 0
-        for slot in active:
-            if slot.leader is not None and not slots.follow(slot):
-                slot.added, slot.row = 0, -1
-                continue  # its leader is still reading the prompt
-            if slot.token >= 0:
-                n = self._put_token(slot, n)
-            else:
-                n, room = self._put_prompt(slot, n, room)
-        return n
-
-    def _put_token(self, slot: Slot, n: int) -> int:
-        tokens, pos, logits, seq_ids = self._tokens, self._pos, self._logits, self._seq_ids
-        seq = slot.seq
-        slot.row = n
-        at = len(slot.cache)
-        for t in (slot.token, *slot.draft) if slot.draft else (slot.token,):
-            tokens[n] = t
-            pos[n] = at
-            seq_ids[n][0] = seq
-            logits[n] = 1
-            n += 1
-            at += 1
-        return n
-
-    def _put_prompt(self, slot: Slot, n: int, room: int) -> tuple[int, int]:
-        job = slot.job
-        assert job is not None
-        prompt = job.prompt
-        done = len(slot.cache)
-        take = min(len(prompt) - done, room)
-        if job.media is not None:  # up to the next medium (_evaluate_media's)
-            take = min(take, job.media.next_span(done) - done)
-        if job.save and done < len(job.prefix):
-            take = min(take, len(job.prefix) - done)  # saved once it is in
-        slot.added = take
-        slot.row = -1
-        if take <= 0:
-            return n, room
-        tokens, pos, logits, seq_ids = self._tokens, self._pos, self._logits, self._seq_ids
-        seq = slot.seq
-        for p in range(done, done + take):
-            tokens[n] = prompt[p]
-            pos[n] = p
-            seq_ids[n][0] = seq
-            logits[n] = 0
-            n += 1
-        if done + take == len(prompt):
-            logits[n - 1] = 1
-            slot.row = n - 1
-        return n, room - take
 
     def _advance(self, slot: Slot) -> None:
         """After a decode: take in what the slot's rows held, then its next token if it has
@@ -660,9 +595,9 @@ class BatchEngine:
             if self._released:
                 return
             self._released = True
-            if self._batch is not None:
-                lc.llama_batch_free(self._batch)
-                self._batch = None
+            if self._rows is not None:
+                self._rows.free()
+                self._rows = None
             self._ctx = None
             if self._draft is not None:
                 self._draft.close()

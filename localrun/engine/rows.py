@@ -1,0 +1,91 @@
+"""The loop's llama_batch: the rows one step decodes, written for every active slot.
+
+A generating slot writes its sampled token and its draft (each with logits); a slot reading its
+prompt writes the next chunk of it, up to the room the batch has, the end of its cached prefix
+(saved once it is in) or its next image or audio (which the engine evaluates on its own), with
+logits for the prompt's last token only. Each slot's `row` says where its logits are.
+"""
+
+from __future__ import annotations
+
+from localrun.engine.native import lc
+from localrun.engine.slots import Slot, Slots
+
+
+class StepBatch:
+    """One llama_batch of `n_batch` rows, made once; each step rewrites it."""
+
+    def __init__(self, n_batch: int) -> None:
+        self.n_batch = n_batch
+        self.batch = batch = lc.llama_batch_init(n_batch, 0, 1)
+        # Pointer objects made once: the loop only writes through them.
+        self._tokens = batch.token
+        self._pos = batch.pos
+        self._logits = batch.logits
+        self._seq_ids = [batch.seq_id[i] for i in range(n_batch)]
+        for i in range(n_batch):
+            batch.n_seq_id[i] = 1
+
+    def free(self) -> None:
+        lc.llama_batch_free(self.batch)
+
+    def fill(self, slots: Slots) -> int:
+        """Write the batch: each generating slot's token (and its draft, as room allows), then
+        prompt chunks of the slots reading theirs; returns the rows written."""
+        active = slots.active
+        room = self.n_batch - sum(1 for slot in active if slot.token >= 0)
+        for slot in active:  # drafts take what room the batch has, first come
+            if slot.token >= 0 and slot.draft:
+                del slot.draft[max(0, room) :]
+                room -= len(slot.draft)
+        n = 0
+        for slot in active:
+            if slot.leader is not None and not slots.follow(slot):
+                slot.added, slot.row = 0, -1
+                continue  # its leader is still reading the prompt
+            if slot.token >= 0:
+                n = self.put_token(slot, n)
+            else:
+                n, room = self.put_prompt(slot, n, room)
+        return n
+
+    def put_token(self, slot: Slot, n: int) -> int:
+        tokens, pos, logits, seq_ids = self._tokens, self._pos, self._logits, self._seq_ids
+        seq = slot.seq
+        slot.row = n
+        at = len(slot.cache)
+        for t in (slot.token, *slot.draft) if slot.draft else (slot.token,):
+            tokens[n] = t
+            pos[n] = at
+            seq_ids[n][0] = seq
+            logits[n] = 1
+            n += 1
+            at += 1
+        return n
+
+    def put_prompt(self, slot: Slot, n: int, room: int) -> tuple[int, int]:
+        job = slot.job
+        assert job is not None
+        prompt = job.prompt
+        done = len(slot.cache)
+        take = min(len(prompt) - done, room)
+        if job.media is not None:  # up to the next medium (the engine evaluates it)
+            take = min(take, job.media.next_span(done) - done)
+        if job.save and done < len(job.prefix):
+            take = min(take, len(job.prefix) - done)  # saved once it is in
+        slot.added = take
+        slot.row = -1
+        if take <= 0:
+            return n, room
+        tokens, pos, logits, seq_ids = self._tokens, self._pos, self._logits, self._seq_ids
+        seq = slot.seq
+        for p in range(done, done + take):
+            tokens[n] = prompt[p]
+            pos[n] = p
+            seq_ids[n][0] = seq
+            logits[n] = 0
+            n += 1
+        if done + take == len(prompt):
+            logits[n - 1] = 1
+            slot.row = n - 1
+        return n, room - take
