@@ -161,17 +161,7 @@ def pull(
         config = _config(repo, choice, headers)
         extra: list[Layer] = []
         if projector is not None:
-            layer = _fetch(store, hub, repo, projector, report, kind="projector")
-            scanned = gguf.scan(store.blob_path(layer.digest))
-            details = gguf.header_details([scanned])
-            if details["kind"] != "projector":
-                raise InvalidGGUFError(
-                    f"{projector.path} from {repo.repo_id} is not a projector (mmproj)",
-                    hint="pull a file of the repository by its name (hf.co/ORG/REPO:FILE)",
-                )
-            config["projector"] = {"digest": layer.digest, "details": details}
-            config["source"]["projector"] = projector.path
-            extra.append(layer)
+            extra.append(_fetch_projector(store, hub, repo, projector, report, config))
         license_text = repo.license or headers[0].metadata.get("general.license")
         if isinstance(license_text, str) and license_text:
             digest, size = store.add_bytes(license_text.encode())
@@ -187,6 +177,22 @@ def pull(
         digest = store.write_manifest(name, manifest)
     report(Event("success", digest=digest))
     return digest
+
+
+def _fetch_projector(
+    store: Store, hub: Hub, repo: Repo, f: RemoteFile, report: Reporter, config: dict[str, Any]
+) -> Layer:
+    """The repository's projector into the store, checked as one, and recorded in `config`."""
+    layer = _fetch(store, hub, repo, f, report, kind="projector")
+    details = gguf.header_details([gguf.scan(store.blob_path(layer.digest))])
+    if details["kind"] != "projector":
+        raise InvalidGGUFError(
+            f"{f.path} from {repo.repo_id} is not a projector (mmproj)",
+            hint="pull a file of the repository by its name (hf.co/ORG/REPO:FILE)",
+        )
+    config["projector"] = {"digest": layer.digest, "details": details}
+    config["source"]["projector"] = f.path
+    return layer
 
 
 def _check_space(store: Store, choice: Choice) -> None:

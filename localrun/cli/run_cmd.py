@@ -81,13 +81,7 @@ def run(
     overrides = _overrides(format, param, seed, batch, output)
     asked = Asked(system, format, verbose, think_option(think), hidethinking)
     text, piped = _prompt(prompt, batch)
-    images = [media.read_file(str(path)) for path in image]
-    sounds = [media.read_file(str(path), "audio") for path in audio]
-    if (images or sounds) and not text.strip():
-        raise InvalidParameterError(
-            "--image and --audio go with a prompt",
-            hint=f'localrun run {model} "What is in it?" --image ...',
-        )
+    images, sounds = _media(image, audio, text, model)
     opened = open_session(model, overrides)
     _advise_gpu()
     if batch is not None:
@@ -110,6 +104,20 @@ def run(
             think=asked.think,
             hide_thinking=asked.hide_thinking,
         )
+
+
+def _media(
+    image: list[Path], audio: list[Path], text: str, model: str
+) -> tuple[list[str], list[str]]:
+    """The --image and --audio files, read and checked (base64), for a prompt that has text."""
+    images = [media.read_file(str(path)) for path in image]
+    sounds = [media.read_file(str(path), "audio") for path in audio]
+    if (images or sounds) and not text.strip():
+        raise InvalidParameterError(
+            "--image and --audio go with a prompt",
+            hint=f'localrun run {model} "What is in it?" --image ...',
+        )
+    return images, sounds
 
 
 def _overrides(
