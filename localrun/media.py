@@ -10,7 +10,8 @@ marker the client wrote itself is refused (`count_markers`), so text cannot clai
 The bounds (config's LOCALRUN_MAX_MEDIA_BYTES, _MAX_MEDIA, _MAX_IMAGE_PIXELS,
 _MAX_AUDIO_SECONDS) are checked here, where the bytes enter: an image's size is read from its
 header (Pillow opens lazily), so a 30000x30000 PNG of a few kilobytes is refused without being
-decoded. Audio is bounded by its bytes here and by its decoded length in the runner.
+decoded. Audio is bounded by its bytes and its header's length here, and by its decoded length
+in the runner.
 """
 
 from __future__ import annotations
@@ -103,8 +104,35 @@ def check(media: Media, where: str) -> None:
     """Refuse a medium that is not what it claims or is over a bound, before decoding it."""
     if media.kind == "image":
         image_size(media.data, where)
-    elif not _audio_format(media.data):
+        return
+    kind = _audio_format(media.data)
+    if not kind:
         raise BadRequestError(f"{where} is not audio ({AUDIO_FORMATS})", hint=_hint("audio"))
+    seconds, limit = audio_seconds(media.data), config.max_audio_seconds()
+    if seconds is None and kind != "mp3":  # MP3 frames may stand without a header to read
+        raise BadRequestError(f"{where} is not a readable {kind.upper()} file", hint=_hint("audio"))
+    if seconds is not None and seconds > limit:
+        raise too_long(where, seconds, limit)
+
+
+def audio_seconds(data: bytes) -> float | None:
+    """An audio file's length as its header tells it (mutagen reads WAV, FLAC and MP3 headers),
+    or None where it tells none; the runner measures the decoded length again."""
+    import mutagen
+
+    try:
+        info = getattr(mutagen.File(io.BytesIO(data)), "info", None)
+    except Exception:  # mutagen raises its own errors, and more, on a broken header
+        return None
+    length = getattr(info, "length", None)
+    return float(length) if isinstance(length, (int, float)) else None
+
+
+def too_long(where: str, seconds: float, limit: int) -> BadRequestError:
+    return BadRequestError(
+        f"{where} is {seconds:.1f} s of audio, more than the {limit} s allowed",
+        hint="send a shorter clip, or raise LOCALRUN_MAX_AUDIO_SECONDS",
+    )
 
 
 def image_size(data: bytes, where: str) -> tuple[int, int]:

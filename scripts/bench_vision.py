@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Images: localrun's answers against llama.cpp's own multimodal tool, and its speed beside
-llama-server, on the tiny vision model and projector of scripts/make_test_models.py.
+llama-server, on the tiny vision model and projector of scripts/tiny_projectors.py.
 
 llama-mtmd-cli and llama-server are built from the llama.cpp that llama-cpp-python vendors
 (scripts/bench.py builds them). Every answer is greedy (temperature 0, no repeat penalty).
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench
 import bench_serve
-import make_test_models
+import tiny_projectors
 
 PROMPT = "the a"
 N_PREDICT = 24
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(os.environ.get("LOCALRUN_BENCH_CACHE", "~/.cache/localrun-bench")).expanduser()
     build = bench.ensure_build(None, cache, args.jobs).dir
     work = Path(tempfile.mkdtemp(prefix="localrun-bench-vision-"))
-    model, projector = make_test_models.write_tiny_vision(work)
+    model, projector = tiny_projectors.write_tiny_vision(work)
     modelfile = work / "Modelfile"
     modelfile.write_text(
         f"FROM {model}\nPROJECTOR {projector}\n"

@@ -7,7 +7,9 @@ Everything here is built with the ``gguf`` package (``gguf.GGUFWriter``) and num
 * :func:`write_malformed` - broken files (truncated, bad magic, bad version, ...) made by writing
   a valid model and patching the exact bytes located with ``gguf.GGUFReader``.
 
-Importing this module has no side effects. Run it as a script to write all fixtures::
+``scripts/tiny_projectors.py`` holds the multimodal fixtures (a vision and an audio model with
+their projectors); the script writes them too. Importing this module has no side effects. Run
+it as a script to write all fixtures::
 
     python scripts/make_test_models.py OUT_DIR
 """
@@ -39,6 +41,7 @@ __all__ = [
     "build_vocab",
     "main",
     "write_absurd_array_length",
+    "write_all",
     "write_bad_magic",
     "write_bad_version",
     "write_empty",
@@ -46,7 +49,6 @@ __all__ = [
     "write_tensor_offset_past_end",
     "write_tiny_lora",
     "write_tiny_model",
-    "write_tiny_vision",
     "write_truncated",
     "write_truncated_header",
     "write_zero_alignment",
@@ -313,7 +315,7 @@ def write_tiny_model(
     return path
 
 
-def _write_all(writer: GGUFWriter) -> None:
+def write_all(writer: GGUFWriter) -> None:
     """Write the header, the metadata and the tensors added so far, and close the file."""
     try:
         writer.write_header_to_file()
@@ -369,80 +371,8 @@ def write_tiny_mamba(path: str | os.PathLike[str], *, seed: int = 0, n_embd: int
         put(f"blk.{i}.ssm_out.weight", dense(n_embd, d_inner))
     put("output_norm.weight", np.ones(n_embd))
     put("output.weight", dense(n_vocab, n_embd))
-    _write_all(writer)
+    write_all(writer)
     return path
-
-
-#: The tiny vision projector's shape: a 32x32 image in 8x8 patches (16 image tokens), a ViT of
-#: two layers 32 wide, and LLaVA's two-layer MLP onto the text model's width.
-VISION_PARAMS: Mapping[str, int] = {
-    "image_size": 32,
-    "patch_size": 8,
-    "n_embd": 32,
-    "n_ff": 64,
-    "n_head": 2,
-    "n_layer": 2,
-}
-
-
-def write_tiny_vision(
-    directory: str | os.PathLike[str], *, seed: int = 0, n_embd_text: int = 64
-) -> tuple[Path, Path]:
-    """Write a tiny vision model: the tiny llama text model (``tiny-vision.gguf``) and a
-    random-weight LLaVA-style projector for it (``tiny-vision-mmproj.gguf``, projector type
-    ``mlp``) that llama.cpp's libmtmd loads and runs; return both paths. An image becomes
-    (image_size / patch_size)^2 = 16 embeddings of the text model's width."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model = write_tiny_model(directory / "tiny-vision.gguf", seed=seed, n_embd=n_embd_text)
-    path = directory / "tiny-vision-mmproj.gguf"
-    v = VISION_PARAMS
-    d, ff, patch = v["n_embd"], v["n_ff"], v["patch_size"]
-    n_patches = (v["image_size"] // patch) ** 2
-    writer = GGUFWriter(path, "clip")
-    writer.add_name("tiny-vision-mmproj")
-    writer.add_file_type(LlamaFileType.ALL_F32)
-    writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_string("clip.projector_type", "mlp")
-    writer.add_bool("clip.use_gelu", True)
-    for key, value in (
-        ("image_size", v["image_size"]),
-        ("patch_size", patch),
-        ("embedding_length", d),
-        ("feed_forward_length", ff),
-        ("block_count", v["n_layer"]),
-        ("attention.head_count", v["n_head"]),
-        ("projection_dim", n_embd_text),
-    ):
-        writer.add_uint32(f"clip.vision.{key}", value)
-    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
-    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
-    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
-    rng = np.random.default_rng(seed + 1)
-
-    def weights(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
-
-    # numpy shapes are ggml's ne reversed: a linear layer from A to B is (B, A).
-    writer.add_tensor("v.patch_embd.weight", weights(d, 3, patch, patch).astype(np.float16))
-    writer.add_tensor("v.position_embd.weight", weights(n_patches, d))
-    for i in range(v["n_layer"]):
-        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            writer.add_tensor(f"v.blk.{i}.{name}.weight", weights(d, d))
-            writer.add_tensor(f"v.blk.{i}.{name}.bias", weights(d))
-        for name in ("ln1", "ln2"):
-            writer.add_tensor(f"v.blk.{i}.{name}.weight", np.ones(d, dtype=np.float32))
-            writer.add_tensor(f"v.blk.{i}.{name}.bias", np.zeros(d, dtype=np.float32))
-        writer.add_tensor(f"v.blk.{i}.ffn_up.weight", weights(ff, d))
-        writer.add_tensor(f"v.blk.{i}.ffn_up.bias", weights(ff))
-        writer.add_tensor(f"v.blk.{i}.ffn_down.weight", weights(d, ff))
-        writer.add_tensor(f"v.blk.{i}.ffn_down.bias", weights(d))
-    writer.add_tensor("mm.0.weight", weights(n_embd_text, d))
-    writer.add_tensor("mm.0.bias", weights(n_embd_text))
-    writer.add_tensor("mm.2.weight", weights(n_embd_text, n_embd_text))
-    writer.add_tensor("mm.2.bias", weights(n_embd_text))
-    _write_all(writer)
-    return model, path
 
 
 def write_tiny_lora(
@@ -478,7 +408,7 @@ def write_tiny_lora(
             lora_b = rng.standard_normal((out_dim, rank))
             writer.add_tensor(f"blk.{i}.{target}.weight.lora_a", lora_a.astype(np.float32))
             writer.add_tensor(f"blk.{i}.{target}.weight.lora_b", lora_b.astype(np.float32))
-    _write_all(writer)
+    write_all(writer)
     return path
 
 
@@ -660,7 +590,8 @@ def write_malformed(directory: str | os.PathLike[str]) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the tiny model, its LoRA and the malformed samples into an output directory."""
+    """Write the tiny model, its LoRA, the malformed samples and the multimodal models into an
+    output directory."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="directory to write the GGUF files into")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights")
@@ -686,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     written += write_malformed(out / "malformed").values()
+    from tiny_projectors import write_tiny_audio, write_tiny_vision  # it imports this module
+
+    written += [*write_tiny_vision(out), *write_tiny_audio(out)]
     for path in written:
         print(f"{path.stat().st_size:>12}  {path}")
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import make_test_models
 import pytest
+import tiny_projectors
 from conftest import CLI, PATIENCE_S, Result, assert_one_line_error
 from hfhub import FakeHub
 from proxy import ForwardProxy
@@ -34,7 +35,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     other = make_test_models.write_tiny_model(folder / "other.gguf", seed=7)
     big = make_test_models.write_tiny_model(folder / "big.gguf", seed=3, extra_bytes=40_000_000)
     parts = make_test_models.write_split(tiny, folder / "split", "Tiny-Q4_K_M", parts=3)
-    vision, projector = make_test_models.write_tiny_vision(folder / "vision")
+    vision, projector = tiny_projectors.write_tiny_vision(folder / "vision")
     return {
         "tiny": tiny,
         "other": other,

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import make_test_models
 import pytest
+import tiny_projectors
 from conftest import PATIENCE_S
 from PIL import Image
 from test_server import LiveServer, add_model
@@ -48,7 +49,7 @@ def data_url(data: bytes) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_vision(fixtures_dir: Path) -> tuple[Path, Path]:
-    return make_test_models.write_tiny_vision(fixtures_dir / "vision")
+    return tiny_projectors.write_tiny_vision(fixtures_dir / "vision")
 
 
 @pytest.fixture(scope="module")

@@ -207,11 +207,7 @@ class Projector:
                 seconds = mt.mtmd_bitmap_get_n_bytes(bitmap) / 4 / max(1, self.audio_rate)
                 if seconds > config.max_audio_seconds():
                     mt.mtmd_bitmap_free(bitmap)
-                    raise BadRequestError(
-                        f"{where} is {seconds:.0f} s of audio, more than the "
-                        f"{config.max_audio_seconds()} s allowed",
-                        hint="send a shorter clip, or raise LOCALRUN_MAX_AUDIO_SECONDS",
-                    )
+                    raise media_mod.too_long(where, seconds, config.max_audio_seconds())
         if not bitmap:
             raise BadRequestError(
                 f"{where} could not be read as {medium.kind}",
