@@ -271,6 +271,13 @@ SETTINGS: dict[str, Setting] = {
             lambda: 600,
         ),
         Setting(
+            "LOCALRUN_IMAGE_URL_HOSTS",
+            "Hosts the server may fetch http(s) image URLs from for a client (* for any); none "
+            "by default.",
+            parse.parse_hosts,
+            lambda: (),
+        ),
+        Setting(
             "LOCALRUN_TEMPLATE_TIMEOUT",
             "Longest a chat template may take to render one prompt (2s, 500ms).",
             parse_duration,
@@ -502,6 +509,10 @@ def max_media() -> int:
 
 def max_image_pixels() -> int:
     return SETTINGS["LOCALRUN_MAX_IMAGE_PIXELS"].value()  # type: ignore[no-any-return]
+
+
+def image_url_hosts() -> tuple[str, ...]:
+    return SETTINGS["LOCALRUN_IMAGE_URL_HOSTS"].value()  # type: ignore[no-any-return]
 
 
 def max_audio_seconds() -> int:

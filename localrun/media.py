@@ -87,15 +87,16 @@ def decode(value: Any, where: str, kind: str = "image") -> Media:
 
 
 def from_url(url: Any, where: str) -> Media:
-    """An OpenAI-style image URL: a data URL; the server fetches nothing for a client."""
+    """An OpenAI-style image URL: a data URL (server.image_urls has inlined the http(s) URLs
+    that LOCALRUN_IMAGE_URL_HOSTS allows); the server fetches nothing for a client."""
     if not isinstance(url, str) or not url:
         raise BadRequestError(f"{where} must be a URL")
     if url.startswith("data:"):
         return decode(url, where, "image")
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     raise BadRequestError(
-        f"{where} is a {scheme or 'relative'} URL; localrun takes images as data URLs only "
-        "(the server fetches nothing for a client)",
+        f"{where} is a {scheme or 'relative'} URL; localrun takes images as data URLs "
+        "(the server fetches nothing for a client unless LOCALRUN_IMAGE_URL_HOSTS names the host)",
         hint="send the image inline: data:image/png;base64,...",
     )
 

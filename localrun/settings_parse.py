@@ -128,6 +128,21 @@ def parse_origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in text.split(",") if o.strip())
 
 
+def parse_hosts(text: str) -> tuple[str, ...]:
+    """Host names or addresses, comma-separated (`*` for any), lowercased; an IPv6 address
+    with or without its brackets."""
+    hosts = []
+    for item in text.split(","):
+        host = item.strip().lower().rstrip(".")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if any(c in host for c in "/@ ") or host.count(":") == 1:
+            raise ValueError(f"{item.strip()!r} is not a host name (give no scheme, port or path)")
+        if host:
+            hosts.append(host)
+    return tuple(hosts)
+
+
 DEFAULT_ORIGINS = (
     "http://localhost",
     "https://localhost",

@@ -86,3 +86,13 @@ def test_a_blank_api_key_is_refused(monkeypatch: pytest.MonkeyPatch, blank: str)
     assert config.api_key() == "k3y"
     monkeypatch.setenv("LOCALRUN_API_KEY", "")
     assert config.api_key() == ""  # empty is unset
+
+
+def test_image_url_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config.image_url_hosts() == ()
+    monkeypatch.setenv("LOCALRUN_IMAGE_URL_HOSTS", " Images.Example.com., [::1], 127.0.0.1")
+    assert config.image_url_hosts() == ("images.example.com", "::1", "127.0.0.1")
+    for bad in ("https://images.example.com", "example.com:8080", "example.com/cats"):
+        monkeypatch.setenv("LOCALRUN_IMAGE_URL_HOSTS", bad)
+        with pytest.raises(ConfigError, match="LOCALRUN_IMAGE_URL_HOSTS.*not a host name"):
+            config.image_url_hosts()

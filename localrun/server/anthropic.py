@@ -31,7 +31,7 @@ from localrun import media
 from localrun import thinking as thinking_mod
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
-from localrun.server import core
+from localrun.server import core, image_urls
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
@@ -303,6 +303,7 @@ async def messages(request: Request) -> Response:
         raise BadRequestError("max_tokens is required", hint='send {"max_tokens": 1024, ...}')
     if max_tokens < 1:
         raise BadRequestError("max_tokens must be at least 1")
+    await image_urls.inline(body.data, "anthropic")
     req = _request(body)
     req.options["num_predict"] = max_tokens
     generation = await start(request, req)
@@ -417,6 +418,7 @@ class _Blocks:
 async def count_tokens(request: Request) -> Response:
     """The tokens the prompt of this Messages request takes, rendered by the model's template."""
     body = Body(await read_json(request))
+    await image_urls.inline(body.data, "anthropic")
     req = _request(body)
     scheduler = core.context(request).scheduler
     tokens = await core.until_disconnect(

@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from localrun import thinking
 from localrun.errors import BadRequestError, LocalrunError, ModelNotFoundError
 from localrun.request import GenRequest
-from localrun.server import core, embedding
+from localrun.server import core, embedding, image_urls
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, merged, start_choices
@@ -247,6 +247,7 @@ def _include_usage(body: Body) -> bool:
 
 async def chat_completions(request: Request) -> Response:
     body = Body(await read_json(request))
+    await image_urls.inline(body.data, "openai")
     req = _chat_request(body)
     generations = await start_choices(request, req, body.get("n", int, 1))
     base = _head("chatcmpl", req.model)

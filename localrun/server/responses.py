@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, Response
 from localrun import jsonlimits, media, thinking
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
-from localrun.server import core, response_store
+from localrun.server import core, image_urls, response_store
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
@@ -414,6 +414,7 @@ async def create(request: Request) -> Response:
     if previous:
         record = await anyio.to_thread.run_sync(store.load, previous)
         history = record.get("messages") or []
+    await image_urls.inline(body.data, "responses")
     items = input_items(body.data.get("input", []))
     conversation = messages_of(items, history)
     if not conversation:
