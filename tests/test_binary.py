@@ -166,6 +166,42 @@ def test_store_commands_and_run_from_the_binary(lr: Bin, tiny: Path, tmp_path: P
     assert chat.exitstatus == 0
 
 
+def test_images_and_audio_from_the_binary(lr: Bin, tmp_path: Path) -> None:
+    """Pillow (image headers) and mutagen (audio headers) travel in the binary, and libmtmd
+    with llama.cpp: the same answers as the pip-installed localrun."""
+    import tiny_projectors
+    from test_audio import TONE
+    from test_vision import RED
+
+    (lr.home / "red.png").write_bytes(RED)
+    (lr.home / "tone.wav").write_bytes(TONE)
+    runs = []
+    for kind, writer, medium in (
+        ("image", tiny_projectors.write_tiny_vision, "red.png"),
+        ("audio", tiny_projectors.write_tiny_audio, "tone.wav"),
+    ):
+        model, projector = writer(tmp_path / kind)
+        (lr.home / "Modelfile").write_text(f"FROM {model}\nPROJECTOR {projector}\n")
+        assert lr("create", kind, "-f", "Modelfile").returncode == 0
+        runs.append(("run", kind, "the a", f"--{kind}", medium, *GREEDY))
+    store_home = lr.home / ".local" / "share" / "localrun"
+    for args in runs:
+        answer = lr(*args)
+        assert answer.returncode == 0, answer.stderr
+        pip = subprocess.run(
+            [sys.executable, "-m", "localrun", *args],
+            env={**os.environ, "LOCALRUN_HOME": str(store_home), "LOCALRUN_HOST": "127.0.0.1:9"},
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE_S,
+            cwd=lr.home,
+        )
+        assert pip.returncode == 0, pip.stderr
+        assert answer.stdout == pip.stdout and answer.stdout.strip()
+    refused = lr("run", "image", "the a", "--image", "tone.wav")
+    assert refused.returncode != 0 and "tone.wav is not an image" in refused.stderr
+
+
 def test_bad_input_is_one_line_from_the_binary(lr: Bin, tmp_path: Path) -> None:
     missing = lr("run", "nosuchmodel", "hi")
     assert missing.returncode != 0 and "Traceback" not in missing.stderr

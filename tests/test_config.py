@@ -94,5 +94,5 @@ def test_image_url_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.image_url_hosts() == ("images.example.com", "::1", "127.0.0.1")
     for bad in ("https://images.example.com", "example.com:8080", "example.com/cats"):
         monkeypatch.setenv("LOCALRUN_IMAGE_URL_HOSTS", bad)
-        with pytest.raises(ConfigError, match="LOCALRUN_IMAGE_URL_HOSTS.*not a host name"):
+        with pytest.raises(ConfigError, match=r"LOCALRUN_IMAGE_URL_HOSTS.*not a host name"):
             config.image_url_hosts()
