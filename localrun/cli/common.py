@@ -3,6 +3,7 @@ printed as (the chat prints errors and goes on; `main` prints one and exits)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from localrun.errors import LocalrunError
@@ -24,4 +25,8 @@ def error_line(err: LocalrunError) -> str:
 
 
 def print_error(err: LocalrunError) -> None:
+    from localrun import catalog
+
+    with contextlib.suppress(LocalrunError):  # a store that cannot open suggests nothing
+        err = catalog.suggest(err, open_store())
     print(error_line(err), file=sys.stderr, flush=True)

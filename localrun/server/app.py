@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from localrun import __version__, config
-from localrun.errors import LocalrunError
+from localrun import __version__, catalog, config
+from localrun.errors import LocalrunError, ModelNotFoundError
 from localrun.server import (
     anthropic,
     core,
@@ -151,6 +152,9 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
 async def _on_localrun_error(request: Request, exc: Exception) -> Response:
     """A LocalrunError in the dialect of the route that raised it."""
     assert isinstance(exc, LocalrunError)
+    if isinstance(exc, ModelNotFoundError) and exc.suggest:
+        store = request.app.state.ctx.store
+        await anyio.to_thread.run_sync(catalog.suggest, exc, store)
     return JSONResponse(
         body_of(exc, dialect_of(request.url.path)),
         status_code=status_of(exc),
