@@ -122,7 +122,7 @@ def suggestions(text: str, local: Iterable[str] = ()) -> list[str]:
     family = typed.split(":")[0]
     near = difflib.get_close_matches(typed, sorted(known), n=3, cutoff=0.6)
     near += [n for n in sorted(known) if n.split(":")[0] == family and n not in near]
-    return [n for n in near if n != typed][:5]
+    return [n for n in near if n != typed][:3]
 
 
 def suggest(err: LocalrunError, store: Store) -> LocalrunError:
