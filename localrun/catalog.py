@@ -141,10 +141,10 @@ def suggest(err: LocalrunError, store: Store) -> LocalrunError:
 def not_found_hint(text: str, local: Iterable[str] = ()) -> str:
     """The hint for a model name nothing knows: the nearest names, and the hub form."""
     near = suggestions(text, local)
-    hub = "or pull from Hugging Face: `localrun pull hf.co/ORG/REPO[:QUANT]`"
+    hub = "a GGUF on Hugging Face pulls as `localrun pull hf.co/ORG/REPO[:QUANT]`"
     if near:
-        return f"did you mean {' or '.join(f'`{n}`' for n in near)}? {hub}"
-    return f"`localrun search` lists the names localrun knows, {hub}"
+        return f"did you mean {' or '.join(f'`{n}`' for n in near)}? (`localrun list`; {hub})"
+    return f"`localrun list` shows your models, `localrun search` the names known; {hub}"
 
 
 def package_file(source: dict[str, Any]) -> Path | None:

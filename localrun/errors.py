@@ -103,6 +103,7 @@ class InvalidNameError(LocalrunError):
 
 class ModelNotFoundError(LocalrunError):
     code = "model_not_found"
+    suggest = False  # whether the nearest known names may replace the hint (catalog.suggest)
 
     def __init__(self, name: str, *, hint: str | None = None) -> None:
         super().__init__(
@@ -110,7 +111,7 @@ class ModelNotFoundError(LocalrunError):
             hint=hint or f"try `localrun list` or `localrun pull {name}`",
         )
         self.name = name
-        self.suggest = hint is None  # where the nearest known names may replace the hint
+        self.suggest = hint is None
 
 
 class InvalidParameterError(LocalrunError):

@@ -298,5 +298,24 @@ def test_an_attached_image_is_shown_and_sent(
         }
         answer = httpx.post(f"{server.url}/api/chat", json=body, timeout=60).json()
         assert shown == answer["message"]["content"].strip()
+        # An image pasted into the message box, and one dropped on the page, attach too.
+        page.evaluate(
+            """(b64) => {
+              const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+              const holding = () => {
+                const data = new DataTransfer();
+                data.items.add(new File([bytes], "red.png", {type: "image/png"}));
+                return data;
+              };
+              const options = {bubbles: true, cancelable: true};
+              document.getElementById("input").dispatchEvent(
+                new ClipboardEvent("paste", {...options, clipboardData: holding()}));
+              document.querySelector("main").dispatchEvent(
+                new DragEvent("drop", {...options, dataTransfer: holding()}));
+            }""",
+            base64.b64encode(red.read_bytes()).decode(),
+        )
+        page.locator("#attachments img").nth(1).wait_for()
+        assert page.locator("#attachments img").count() == 2
     finally:
         server.close()
