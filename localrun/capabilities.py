@@ -12,6 +12,7 @@ model, not what the model was trained for:
   embedding models (Open WebUI's and llm-ollama's lists), and a chat model's averaged token
   states are poor vectors for retrieval. /api/embed still embeds a chat model when asked
   (engine.embed), as Ollama does.
+- `rerank`: a reranker (its GGUF names rank pooling): /v1/rerank scores documents with it.
 - `tools`: every generative model. A template that renders tools gets them; any other gets
   them in a system note (localrun.tools), and a forced call is held to its schema by a grammar,
   so tool calls work with any chat model.
@@ -57,6 +58,8 @@ def capabilities(model: Model) -> list[str]:
         out.append("completion")
     if encoder and pooling != POOLING_RANK:
         out.append("embedding")
+    if pooling == POOLING_RANK:
+        out.append("rerank")
     if not encoder:
         out.append("tools")
     if not encoder and thinking.supports(template_of(model)):

@@ -8,8 +8,8 @@ Everything here is built with the ``gguf`` package (``gguf.GGUFWriter``) and num
   a valid model and patching the exact bytes located with ``gguf.GGUFReader``.
 
 ``scripts/tiny_projectors.py`` holds the multimodal fixtures (a vision and an audio model with
-their projectors); the script writes them too. Importing this module has no side effects. Run
-it as a script to write all fixtures::
+their projectors) and ``scripts/tiny_reranker.py`` a reranker; the script writes them too.
+Importing this module has no side effects. Run it as a script to write all fixtures::
 
     python scripts/make_test_models.py OUT_DIR
 """
@@ -590,8 +590,8 @@ def write_malformed(directory: str | os.PathLike[str]) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the tiny model, its LoRA, the malformed samples and the multimodal models into an
-    output directory."""
+    """Write the tiny model, its LoRA, the malformed samples, the multimodal models and the
+    reranker into an output directory."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="directory to write the GGUF files into")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights")
@@ -617,9 +617,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     written += write_malformed(out / "malformed").values()
-    from tiny_projectors import write_tiny_audio, write_tiny_vision  # it imports this module
+    from tiny_projectors import write_tiny_audio, write_tiny_vision  # they import this module
+    from tiny_reranker import write_tiny_reranker
 
     written += [*write_tiny_vision(out), *write_tiny_audio(out)]
+    written.append(write_tiny_reranker(out / "tiny-reranker.gguf"))
     for path in written:
         print(f"{path.stat().st_size:>12}  {path}")
     return 0

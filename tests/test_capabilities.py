@@ -38,7 +38,7 @@ def model(details: dict[str, Any], template: str | None = None, gguf: str | None
         ({"architecture": "llama"}, "{{ messages }}", TOOLS_TEMPLATE, ["completion", "tools"]),
         ({"architecture": "qwen2", "pooling_type": 1}, None, TOOLS_TEMPLATE, ["embedding"]),
         ({"architecture": "nomic-bert"}, None, None, ["embedding"]),  # before pooling_type
-        ({"architecture": "bert", "pooling_type": 4}, None, None, []),  # a reranker
+        ({"architecture": "bert", "pooling_type": 4}, None, None, ["rerank"]),
     ],
 )
 def test_capabilities(

@@ -565,14 +565,14 @@ class BatchEngine:
     # -- embeddings ---------------------------------------------------------------------------
 
     def embed(
-        self, texts: Sequence[EmbedInput], *, truncate: bool = True
+        self, texts: Sequence[EmbedInput], *, truncate: bool = True, query: str | None = None
     ) -> tuple[list[list[float]], int]:
         """L2-normalized embeddings of `texts` and the tokens read (engine.embed.Embedder): on
         the caller's thread, in a second context, while generation goes on."""
         with self._embed_lock:  # the contexts are not freed meanwhile
             if self._closing or self._released:
                 raise EngineError("the model is being unloaded")
-            return self._embedder.embed(texts, truncate=truncate)
+            return self._embedder.embed(texts, truncate=truncate, query=query)
 
     # -- shutdown -----------------------------------------------------------------------------
 

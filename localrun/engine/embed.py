@@ -4,6 +4,11 @@ weights, made on first use, so that generation goes on meanwhile.
 A model made for embeddings names its pooling, and llama.cpp pools each text its way (whole
 texts per decode); for a generative model the hidden states of a text's tokens are averaged,
 read per token so a text may span several decodes. Vectors are L2-normalized.
+
+A reranker (rank pooling) scores a query against each document instead: the pair is one text,
+laid out by the model's `rerank` template or, without one, as llama-server joins it (BOS, query,
+EOS/SEP, document, EOS), and its "vector" is the classifier's raw outputs, the first of which is
+the score llama-server reports.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from localrun.engine.native import lc
 from localrun.engine.sequence import overflow_error, put
 from localrun.engine.types import EmbedInput, LoadOptions
 from localrun.engine.weights import Weights
-from localrun.errors import EngineError
+from localrun.errors import BadRequestError, EngineError
 
 # Texts embedded in one decode (sequences of the embedding context).
 EMBED_SEQUENCES = 16
@@ -32,23 +37,34 @@ class Embedder:
         self._n_ctx = 0
         self._limit = 0
         self.pooled = False  # the model pools (known once the context is made)
+        self.rank = False  # the model is a reranker (rank pooling)
 
     def embed(
-        self, texts: Sequence[EmbedInput], *, truncate: bool = True
+        self, texts: Sequence[EmbedInput], *, truncate: bool = True, query: str | None = None
     ) -> tuple[list[list[float]], int]:
         """L2-normalized embeddings of `texts` (texts or token ids, checked by the caller to be
         in the vocabulary) and the number of tokens read. One thread at a time (the engine
         holds a lock). A text longer than the context is cut to fit, or with truncate=False
-        raises ContextOverflowError.
+        raises ContextOverflowError. With `query` (a reranker only), each text is a document
+        and its vector the classifier's outputs for the pair; a pair never is cut (the end of
+        it is what a causal reranker reads).
         """
         import numpy as np
 
         weights = self._weights
         ctx = self._context()
+        if (query is not None) != self.rank:
+            raise _rank_mismatch(self.rank)
         n_ctx = self._limit
         inputs: list[list[int]] = []
         for text in texts:
-            if isinstance(text, str):
+            if query is not None:
+                if not isinstance(text, str):
+                    raise BadRequestError("documents to rerank must be texts")
+                ids = self._pair(query, text)
+                if len(ids) > n_ctx:
+                    raise overflow_error(len(ids), n_ctx, weights.n_ctx_train)
+            elif isinstance(text, str):
                 ids = weights.tokenize(text, add_special=True, parse_special=False)
             else:
                 ids = list(text)
@@ -59,12 +75,17 @@ class Embedder:
             if not ids:  # an empty text with no BOS: embed the end-of-text token
                 ids = [lc.llama_vocab_eos(weights.vocab)]
             inputs.append(ids)
-        n_embd = int(lc.llama_model_n_embd_out(weights.model))
+        if self.rank:
+            n_embd = max(1, int(lc.llama_model_n_cls_out(weights.model)))
+        else:
+            n_embd = int(lc.llama_model_n_embd_out(weights.model))
         sums = np.zeros((len(inputs), n_embd), dtype=np.float64)
         if self.pooled:
             self._pooled_batches(ctx, inputs, sums)
         else:
             self._token_batches(ctx, inputs, sums)
+        if self.rank:
+            return sums.tolist(), sum(len(ids) for ids in inputs)
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
         vectors = sums / np.where(norms > 0, norms, 1.0)
         return vectors.tolist(), sum(len(ids) for ids in inputs)
@@ -93,16 +114,31 @@ class Embedder:
         # The longest text: the num_ctx asked for, not the padded context.
         self._limit = min(self._n_ctx, options.num_ctx)
         if self.pooled:
-            if lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_RANK:
-                weights.free(ctx)
-                raise EngineError(
-                    f"{weights.path} is a reranking model: it scores pairs of texts and makes no "
-                    "embeddings"
-                )
+            self.rank = lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_RANK
             # The batch holds whole texts, and an encoder knows no position past its training.
             self._limit = min(self._limit, int(lc.llama_n_batch(ctx)), weights.n_ctx_train)
         self._ctx = ctx
         return ctx
+
+    def _pair(self, query: str, document: str) -> list[int]:
+        """The tokens of one query-document pair, laid out as llama-server lays them out."""
+        weights = self._weights
+        template = _rerank_template(weights.model)
+        if template is not None:
+            text = template.replace("{query}", query).replace("{document}", document)
+            return weights.tokenize(text, add_special=False, parse_special=True)
+        vocab = weights.vocab
+        eos = lc.llama_vocab_eos(vocab)
+        if eos == lc.LLAMA_TOKEN_NULL:
+            eos = lc.llama_vocab_sep(vocab)
+        add_eos = lc.llama_vocab_get_add_eos(vocab)
+        ids = [lc.llama_vocab_bos(vocab)] if lc.llama_vocab_get_add_bos(vocab) else []
+        ids += weights.tokenize(query, add_special=False, parse_special=False)
+        ids += [eos] if add_eos else []
+        ids += [lc.llama_vocab_sep(vocab)] if lc.llama_vocab_get_add_sep(vocab) else []
+        ids += weights.tokenize(document, add_special=False, parse_special=False)
+        ids += [eos] if add_eos else []
+        return ids
 
     def _pooled_batches(self, ctx: Any, inputs: list[list[int]], out: Any) -> None:
         """Whole texts per decode, llama.cpp pooling each sequence the model's way."""
@@ -168,6 +204,25 @@ class Embedder:
                         reading.remove(entry)
                         free.append(seq)
                         held -= len(inputs[text_index])
+
+
+def _rerank_template(model: Any) -> str | None:
+    """The model's `rerank` template (tokenizer.chat_template.rerank), or None."""
+    found = lc.llama_model_chat_template(model, b"rerank")
+    return found.decode("utf-8", errors="replace") if found else None
+
+
+def _rank_mismatch(rank: bool) -> BadRequestError:
+    if rank:
+        return BadRequestError(
+            "this model is a reranker: it scores documents against a query and makes no "
+            "embeddings or text",
+            hint="send it to /v1/rerank with a query and documents",
+        )
+    return BadRequestError(
+        "this model cannot rerank: its GGUF names no rank pooling",
+        hint="rerank with a reranker model; `localrun search rerank` lists some",
+    )
 
 
 class _EmbedBatch:

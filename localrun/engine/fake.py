@@ -159,9 +159,12 @@ class FakeBatchEngine:
             self._cond.notify()
 
     def embed(
-        self, texts: Sequence[EmbedInput], *, truncate: bool = True
+        self, texts: Sequence[EmbedInput], *, truncate: bool = True, query: str | None = None
     ) -> tuple[list[list[float]], int]:
-        """Deterministic unit vectors (`dims` dimensions) derived from each text."""
+        """Deterministic unit vectors (`dims` dimensions) derived from each text; the fake is
+        no reranker, so a `query` is refused as the real engine refuses it."""
+        if query is not None:
+            raise BadRequestError("this model cannot rerank: its GGUF names no rank pooling")
         vectors = []
         count = 0
         dims = self.dims

@@ -207,17 +207,22 @@ class Scheduler:
         options: dict[str, Any] | None = None,
         truncate: bool = True,
         keep_alive: float | None = None,
+        query: str | None = None,
     ) -> Embeddings:
-        """L2-normalized embeddings of `inputs`, in order."""
+        """L2-normalized embeddings of `inputs`, in order; with `query`, a reranker's scores
+        of each input against it (each vector is the classifier's outputs, the score first)."""
         started = time.monotonic()
         opts = params_mod.validate(options or {})
         remote = await self.remote_name(name)
         if remote is not None:
-            found, tokens = await self.remote.embed(remote, list(inputs), truncate=truncate)
+            found, tokens = await self.remote.embed(
+                remote, list(inputs), truncate=truncate, query=query
+            )
             return Embeddings(found, tokens, 0.0, time.monotonic() - started, model=remote)
         runner, load_s = await self._admit(name, opts, keep_alive)
         rid, queue = await self._submit(
-            runner, lambda rid: protocol.embed_request(rid, inputs, truncate=truncate)
+            runner,
+            lambda rid: protocol.embed_request(rid, inputs, truncate=truncate, query=query),
         )
         vectors: list[list[float]] = []
         try:

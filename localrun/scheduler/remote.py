@@ -412,11 +412,12 @@ class RemotePool:
         return True
 
     async def embed(
-        self, model: str, inputs: list[Any], *, truncate: bool = True
+        self, model: str, inputs: list[Any], *, truncate: bool = True, query: str | None = None
     ) -> tuple[list[list[float]], int]:
         """Embeddings of `inputs` from an upstream serving `model`, L2-normalized as local
-        ones are, and the prompt tokens it counted. Tried once more elsewhere on a failure
-        (an embedding request has no partial answer to lose)."""
+        ones are, and the prompt tokens it counted; with `query`, its rerank scores of the
+        inputs (one-value vectors). Tried once more elsewhere on a failure (an embedding
+        request has no partial answer to lose)."""
         tried: set[str] = set()
         last: UpstreamError | None = None
         for _ in range(2):
@@ -429,9 +430,17 @@ class RemotePool:
             started = time.perf_counter()
             try:
                 upstream = state.upstream
-                route, payload = remote_wire.embed_body(upstream.dialect, model, inputs, truncate)
+                if query is None:
+                    route, payload = remote_wire.embed_body(
+                        upstream.dialect, model, inputs, truncate
+                    )
+                else:
+                    route, payload = remote_wire.rerank_body(upstream, model, query, inputs)
                 answer = await self._post_json(upstream.url + route, payload, upstream)
-                vectors, tokens = remote_wire.embeddings(upstream.dialect, answer)
+                if query is None:
+                    vectors, tokens = remote_wire.embeddings(upstream.dialect, answer)
+                else:
+                    vectors, tokens = remote_wire.rerank_scores(answer, len(inputs))
                 if len(vectors) != len(inputs):
                     raise ValueError(f"{len(vectors)} vectors for {len(inputs)} inputs")
             except BadRequestError:

@@ -199,6 +199,40 @@ def embed_body(dialect: str, model: str, inputs: list[Any], truncate: bool) -> t
     return "/v1/embeddings", {"model": model, "input": inputs, "encoding_format": "float"}
 
 
+def rerank_body(
+    upstream: Upstream, model: str, query: str, documents: list[Any]
+) -> tuple[str, Message]:
+    """The route and body of a rerank request (llama-server's and vLLM's /v1/rerank); Ollama's
+    API has none."""
+    if upstream.dialect == "ollama":
+        raise BadRequestError(
+            f"upstream {upstream.name} speaks Ollama's API, which has no rerank",
+            hint="rerank with a local reranker or one served by an OpenAI-style upstream",
+        )
+    body = {"model": model, "query": query, "documents": documents, "top_n": len(documents)}
+    return "/v1/rerank", body
+
+
+def rerank_scores(data: Any, n: int) -> tuple[list[list[float]], int]:
+    """The scores of a rerank answer as one-value vectors in document order, and the prompt
+    tokens counted; ValueError for anything else."""
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, list):
+        raise ValueError("no results in the rerank answer")
+    scores: dict[int, float] = {}
+    for item in results:
+        index = item.get("index") if isinstance(item, dict) else None
+        score = item.get("relevance_score") if isinstance(item, dict) else None
+        if not isinstance(index, int) or not isinstance(score, (int, float)):
+            raise ValueError("a rerank result without an index and a relevance_score")
+        scores[index] = float(score)
+    if sorted(scores) != list(range(n)):
+        raise ValueError(f"{len(scores)} rerank results for {n} documents")
+    usage = data.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else 0
+    return [[scores[i]] for i in range(n)], int(tokens or 0)
+
+
 def embeddings(dialect: str, data: Any) -> tuple[list[list[float]], int]:
     """The vectors of an embedding answer, in input order and L2-normalized, and the prompt
     tokens counted; ValueError for anything else."""

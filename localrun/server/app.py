@@ -30,6 +30,7 @@ from localrun.server import (
     models,
     ollama,
     openai,
+    rerank,
     responses,
     ui,
 )
@@ -98,6 +99,10 @@ _ROUTES = (
     ("/tokenize", llamacpp.tokenize, ["POST"]),
     ("/detokenize", llamacpp.detokenize, ["POST"]),
     ("/infill", llamacpp.infill, ["POST"]),
+    ("/rerank", rerank.rerank, ["POST"]),
+    ("/reranking", rerank.rerank, ["POST"]),
+    ("/v1/rerank", rerank.rerank, ["POST"]),
+    ("/v1/reranking", rerank.rerank, ["POST"]),
     ("/metrics", metrics.endpoint, ["GET"]),
     ("/ui", ui.redirect, ["GET", "HEAD"]),
     ("/ui/", ui.page, ["GET", "HEAD"]),

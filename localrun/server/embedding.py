@@ -1,8 +1,9 @@
 """Embeddings: what Ollama's /api/embed and /api/embeddings and OpenAI's /v1/embeddings share.
 
-`inputs_of` reads what to embed (strings, or OpenAI's token ids), `embed` bounds the inputs,
-runs them on the scheduler while the client is there and counts them in the metrics; with
-`dimensions` the vectors are shortened Matryoshka-style.
+Rerank (server.rerank) comes here too: a reranker's scores are its "embeddings" of each
+query-document pair, as in llama.cpp. `inputs_of` reads what to embed (strings, or OpenAI's
+token ids), `embed` bounds the inputs, runs them on the scheduler while the client is there and
+counts them in the metrics; with `dimensions` the vectors are shortened Matryoshka-style.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ async def embed(
     truncate: bool = True,
     keep_alive: float | None = None,
     dimensions: int | None = None,
+    query: str | None = None,
 ) -> EmbedResult:
+    """Embed `inputs` with `model` (with `query`: a reranker's scores of them against it)."""
     scheduler = core.context(request).scheduler
     started = time.perf_counter()
     if dimensions is not None and dimensions < 1:
@@ -56,7 +59,7 @@ async def embed(
     found = await core.until_disconnect(
         request,
         lambda: scheduler.embed(
-            model, inputs, options=options, truncate=truncate, keep_alive=keep_alive
+            model, inputs, options=options, truncate=truncate, keep_alive=keep_alive, query=query
         ),
     )
     metrics = core.context(request).metrics

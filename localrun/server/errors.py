@@ -117,7 +117,9 @@ def plain_body(
 
 
 # llama-server's routes answer errors in OpenAI's shape, as llama-server does.
-_OPENAI_SHAPED = frozenset({"/health", "/tokenize", "/detokenize", "/infill"})
+_OPENAI_SHAPED = frozenset(
+    {"/health", "/tokenize", "/detokenize", "/infill", "/rerank", "/reranking"}
+)
 
 
 def dialect_of(path: str) -> Dialect:

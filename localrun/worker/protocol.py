@@ -24,6 +24,8 @@ stderr so they cannot corrupt the stream).
         "stop_sequence": "the stop string that ended it"?}
     <- {"event": "error", "id": 7, "error": {"code", "type", "message", "hint"?}}
     -> {"op": "embed", "id": 9, "input": ["a", "b", [15, 7]], "truncate": true}
+       (with "query": "...", a reranker scores each input against it: its vectors are the
+       classifier's outputs, the score first)
                                                 (texts, or token ids)
     <- {"event": "vectors", "id": 9, "embeddings": [[...], ...]}    (zero or more, in order)
     <- {"event": "embeddings", "id": 9, "embeddings": [[...]], "prompt_tokens": N,
@@ -197,8 +199,18 @@ def detokenize_request(id: RequestId, tokens: list[int], *, pieces: bool = False
     return {"op": DETOKENIZE, "id": id, "tokens": tokens, "pieces": pieces}
 
 
-def embed_request(id: RequestId, inputs: Sequence[EmbedInput], *, truncate: bool = True) -> Message:
-    return {"op": EMBED, "id": id, "input": inputs, "truncate": truncate}
+def embed_request(
+    id: RequestId,
+    inputs: Sequence[EmbedInput],
+    *,
+    truncate: bool = True,
+    query: str | None = None,
+) -> Message:
+    """Embed `inputs`; with `query` (a reranker), score each input as a document against it."""
+    message: Message = {"op": EMBED, "id": id, "input": inputs, "truncate": truncate}
+    if query is not None:
+        message["query"] = query
+    return message
 
 
 def cancel_request(id: RequestId) -> Message:

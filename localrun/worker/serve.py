@@ -215,15 +215,23 @@ class Worker:
             t if isinstance(t, str) else token_ids(t, self.engine.n_vocab, "input") for t in inputs
         ]
         truncate = message.get("truncate", True)
+        query = message.get("query")
+        if query is not None and not isinstance(query, str):
+            raise BadRequestError("query must be a string")
         cancel = threading.Event()
         with self._lock:
             if id in self._active or id in self._embeds:
                 raise BadRequestError(f"a request with id {id!r} is still running")
             self._embeds[id] = cancel
-        self._embedder.submit(self._embed, id, inputs, truncate is not False, cancel)
+        self._embedder.submit(self._embed, id, inputs, truncate is not False, query, cancel)
 
     def _embed(
-        self, id: RequestId, inputs: list[EmbedInput], truncate: bool, cancel: threading.Event
+        self,
+        id: RequestId,
+        inputs: list[EmbedInput],
+        truncate: bool,
+        query: str | None,
+        cancel: threading.Event,
     ) -> None:
         count = 0
         event: protocol.Message | None = None
@@ -233,7 +241,7 @@ class Worker:
                     event = protocol.embeddings_event(id, [], count, cancelled=True)
                     break
                 group = inputs[start : start + protocol.EMBED_GROUP]
-                vectors, tokens = self.engine.embed(group, truncate=truncate)
+                vectors, tokens = self.engine.embed(group, truncate=truncate, query=query)
                 count += tokens
                 if start + protocol.EMBED_GROUP < len(inputs):
                     self.output.send(protocol.vectors_event(id, vectors))
