@@ -31,6 +31,7 @@ from localrun.errors import (
     LocalrunError,
     RequestTooLargeError,
     ServerError,
+    ServerTLSError,
     ServerUnreachableError,
     UnauthorizedError,
 )
@@ -171,11 +172,20 @@ class Stream:
 
 
 class Client:
-    """The server at LOCALRUN_HOST (or `host`), with LOCALRUN_API_KEY as a Bearer token."""
+    """The server at LOCALRUN_HOST (or `host`), with LOCALRUN_API_KEY as a Bearer token; over
+    TLS when LOCALRUN_HOST says https:// (or `https`), trusting the system's certificates or
+    LOCALRUN_CA_FILE's."""
 
-    def __init__(self, host: tuple[str, int] | None = None, *, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        host: tuple[str, int] | None = None,
+        *,
+        api_key: str | None = None,
+        https: bool | None = None,
+    ) -> None:
         self.host, self.port = config.host() if host is None else host
         self.api_key = config.api_key() if api_key is None else api_key
+        self.https = config.host_is_https() if https is None else https
 
     @property
     def address(self) -> str:
@@ -183,10 +193,26 @@ class Client:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def _unreachable(self, exc: BaseException) -> ServerUnreachableError:
+        import ssl
+
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return ServerTLSError(
+                f"the server at {self.address} presented a certificate this machine does not "
+                f"trust ({exc.verify_message or exc.reason})",
+                hint="set LOCALRUN_CA_FILE to the certificate of the authority that signed it",
+            )
+        if isinstance(exc, ssl.SSLError):
+            return ServerTLSError(
+                f"no TLS at {self.address} ({exc.reason or exc})",
+                hint=f"if it serves plain HTTP, set LOCALRUN_HOST=http://{self.address}",
+            )
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        hint = "start one with `localrun serve`, or set LOCALRUN_HOST to its address"
+        if isinstance(exc, http.client.RemoteDisconnected) and not self.https:
+            hint = f"if it serves HTTPS, set LOCALRUN_HOST=https://{self.address}"
         return ServerUnreachableError(
             f"no localrun server answers at {self.address} ({reason or type(exc).__name__})",
-            hint="start one with `localrun serve`, or set LOCALRUN_HOST to its address",
+            hint=hint,
         )
 
     # -- transport -----------------------------------------------------------------------------
@@ -202,7 +228,15 @@ class Client:
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send a request and read the response head; an error status raises its typed error."""
         host = _CONNECT_TO.get(self.host, self.host)
-        conn = http.client.HTTPConnection(host, self.port, timeout=connect_timeout)
+        conn: http.client.HTTPConnection
+        if self.https:
+            from localrun import tls
+
+            conn = http.client.HTTPSConnection(
+                host, self.port, timeout=connect_timeout, context=tls.client_context()
+            )
+        else:
+            conn = http.client.HTTPConnection(host, self.port, timeout=connect_timeout)
         headers = {"Accept": "application/json", "User-Agent": "localrun-cli"}
         data = None
         if body is not None:
@@ -269,6 +303,8 @@ class Client:
             conn, resp = self._open("GET", "/api/version", timeout=timeout, connect_timeout=timeout)
         except UnauthorizedError:
             return True  # it is up; the request that follows reports the key problem
+        except ServerTLSError:
+            raise  # a server is there, but this machine cannot talk to it safely: say so
         except LocalrunError:
             return False
         try:

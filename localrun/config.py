@@ -2,7 +2,7 @@
 
 A setting is a name, a default, a parser and a line of help. Values are read from the environment
 at call time (never frozen at import), so a test or a long-running server sees the current
-environment. `localrun env` prints `describe()`.
+environment. `localrun env` shows them (settings_view).
 
 A bad value of a setting raises ConfigError naming the variable, with a hint to fix or unset it;
 the parsers that requests also use (`parse_duration` for a request's keep_alive,
@@ -96,9 +96,30 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting(
             "LOCALRUN_HOST",
-            "Address of the localrun server: host[:port].",
+            "Address of the localrun server: host[:port], or https://host[:port] for one that "
+            "serves TLS.",
             parse_host,
             lambda: (DEFAULT_HOST, DEFAULT_PORT),
+        ),
+        Setting(
+            "LOCALRUN_TLS_CERT",
+            "Certificate (PEM, with its chain) that `localrun serve` answers HTTPS with; "
+            "needs LOCALRUN_TLS_KEY.",
+            parse.parse_optional_path,
+            lambda: None,
+        ),
+        Setting(
+            "LOCALRUN_TLS_KEY",
+            "Private key (PEM, unencrypted, readable by its owner only) of LOCALRUN_TLS_CERT.",
+            parse.parse_optional_path,
+            lambda: None,
+        ),
+        Setting(
+            "LOCALRUN_CA_FILE",
+            "Certificates (PEM) that clients trust for an https:// LOCALRUN_HOST or upstream, "
+            "instead of the system's store.",
+            parse.parse_optional_path,
+            lambda: None,
         ),
         Setting(
             "LOCALRUN_KEEP_ALIVE",
@@ -398,6 +419,19 @@ def host() -> tuple[str, int]:
     return SETTINGS["LOCALRUN_HOST"].value()  # type: ignore[no-any-return]
 
 
+def host_is_https() -> bool:
+    """Whether LOCALRUN_HOST names an https:// server."""
+    return (os.environ.get("LOCALRUN_HOST") or "").strip().lower().startswith("https://")
+
+
+def tls_pair() -> tuple[Path | None, Path | None]:
+    return SETTINGS["LOCALRUN_TLS_CERT"].value(), SETTINGS["LOCALRUN_TLS_KEY"].value()
+
+
+def ca_file() -> Path | None:
+    return SETTINGS["LOCALRUN_CA_FILE"].value()  # type: ignore[no-any-return]
+
+
 def keep_alive() -> float:
     return SETTINGS["LOCALRUN_KEEP_ALIVE"].value()  # type: ignore[no-any-return]
 
@@ -580,51 +614,3 @@ def debug() -> bool:
         return bool(SETTINGS["LOCALRUN_DEBUG"].value())
     except ConfigError:
         return False
-
-
-def format_value(name: str, value: Any) -> str:
-    if name == "LOCALRUN_HOST":
-        host_, port = value
-        return f"[{host_}]:{port}" if ":" in host_ else f"{host_}:{port}"
-    if name == "LOCALRUN_API_KEY":
-        return "(set)" if value else ""
-    if value is None:
-        return ""
-    if name in (
-        "LOCALRUN_KEEP_ALIVE",
-        "LOCALRUN_RESPONSES_MAX_AGE",
-        "LOCALRUN_LOAD_TIMEOUT",
-        "LOCALRUN_TEMPLATE_TIMEOUT",
-        "LOCALRUN_HEADER_TIMEOUT",
-        "LOCALRUN_BODY_TIMEOUT",
-        "LOCALRUN_IDLE_TIMEOUT",
-    ):
-        return "-1" if value == float("inf") else f"{value:g}s"
-    if isinstance(value, tuple):
-        return ",".join(value)
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Described:
-    """A setting's current value and where it came from ("environment" or "default")."""
-
-    name: str
-    value: str
-    source: str
-    help: str
-
-
-def describe() -> list[Described]:
-    """Every setting with its current value and source; raises ConfigError on a bad value."""
-    rows = []
-    for setting in SETTINGS.values():
-        source = "environment" if setting.raw() is not None else "default"
-        rows.append(
-            Described(
-                setting.name, format_value(setting.name, setting.value()), source, setting.help
-            )
-        )
-    return rows

@@ -27,6 +27,7 @@
     │   ├── RunnerDiedError         the runner process of a model exited mid-request (500)
     │   ├── UpstreamError           an upstream server failed a request routed to it (502)
     │   ├── ServerUnreachableError  no localrun server answers at LOCALRUN_HOST (client side)
+    │   │   └── ServerTLSError      one answers, but TLS failed: an untrusted certificate, no TLS
     │   ├── BadRequestError         a request the API cannot accept (400)
     │   ├── NotFoundError           an API object (a stored response) that does not exist (404)
     │   ├── UnauthorizedError       a missing or wrong API key (401)
@@ -233,6 +234,10 @@ class UpstreamError(ServerError):
 
 class ServerUnreachableError(ServerError):
     code = "server_unreachable"
+
+
+class ServerTLSError(ServerUnreachableError):
+    code = "server_tls"
 
 
 class BadRequestError(ServerError):

@@ -12,6 +12,7 @@ import errno
 import logging
 import socket
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -74,9 +75,9 @@ def _bind(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
-def _url(sock: socket.socket) -> str:
+def _url(sock: socket.socket, scheme: str) -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def serve(
@@ -92,14 +93,28 @@ def serve(
         help="Listen beyond loopback without LOCALRUN_API_KEY (anyone who can reach the port "
         "can use it).",
     ),
+    tls_cert: Path | None = typer.Option(
+        None,
+        "--tls-cert",
+        help="Serve HTTPS with this certificate (PEM; default: LOCALRUN_TLS_CERT).",
+    ),
+    tls_key: Path | None = typer.Option(
+        None,
+        "--tls-key",
+        help="The certificate's private key (PEM, unencrypted, mode 600; default: "
+        "LOCALRUN_TLS_KEY).",
+    ),
 ) -> None:
     """Serve the Ollama- and OpenAI-compatible API."""
+    from localrun import tls
     from localrun.scheduler import Scheduler
     from localrun.server.app import Settings
     from localrun.server.connections import Limits, raise_fd_limit
     from localrun.server.security import is_loopback
 
     bind_host, bind_port = _address(host, port)
+    env_cert, env_key = config.tls_pair()
+    pair = tls.server_pair(tls_cert or env_cert, tls_key or env_key)
     store = open_store(cleanup=True)
     settings = Settings.from_env(bind_host, store)
     if not is_loopback(bind_host) and not settings.api_key and not insecure_no_auth:
@@ -118,9 +133,10 @@ def serve(
         limits = limits.within(fd_limit)
     sock = _bind(bind_host, bind_port, limits.backlog)
     scheduler = Scheduler(store, upstreams=upstreams.load())
-    server = _server(settings, scheduler, limits, debug)
-    print(f"localrun {__version__} listening on {_url(sock)}", flush=True)
-    print(f"chat in a browser: {_url(sock)}/ui/", flush=True)
+    server = _server(settings, scheduler, limits, debug, pair)
+    url = _url(sock, "https" if pair else "http")
+    print(f"localrun {__version__} listening on {url}", flush=True)
+    print(f"chat in a browser: {url}/ui/", flush=True)
     from localrun.runtimes.advice import detected_gpus, say_once
 
     say_once(detected_gpus, lambda line: print(line, flush=True))
@@ -144,8 +160,15 @@ def _configure_logging(debug: bool) -> None:
     logging.getLogger("httpx").setLevel(logging.INFO if debug else logging.WARNING)
 
 
-def _server(settings: Settings, scheduler: Scheduler, limits: Limits, debug: bool) -> Server:
-    """uvicorn's server for the app, its HTTP protocol held to `limits`."""
+def _server(
+    settings: Settings,
+    scheduler: Scheduler,
+    limits: Limits,
+    debug: bool,
+    tls_pair: tuple[Path, Path] | None,
+) -> Server:
+    """uvicorn's server for the app, its HTTP protocol held to `limits`; HTTPS with
+    `tls_pair` (certificate, key)."""
     import uvicorn
 
     from localrun.server import create_app
@@ -161,6 +184,8 @@ def _server(settings: Settings, scheduler: Scheduler, limits: Limits, debug: boo
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        ssl_certfile=str(tls_pair[0]) if tls_pair else None,
+        ssl_keyfile=str(tls_pair[1]) if tls_pair else None,
     )
 
     class CleanExit(uvicorn.Server):

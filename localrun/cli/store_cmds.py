@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from localrun import config, names
+from localrun import config, names, settings_view
 from localrun.cli.common import open_store, print_error
 from localrun.cli.output import CreateProgress, ago, columns, human_size
 from localrun.cli.views import params_text, print_fit, show_text
@@ -329,7 +329,7 @@ class _VerifyBar:
 
 def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show every LOCALRUN_* setting, its value and where the value comes from."""
-    rows = config.describe()
+    rows = settings_view.describe()
     if as_json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
         return

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun import config
+from localrun import config, tls
 from localrun.errors import (
     BadRequestError,
     ConfigError,
@@ -178,7 +178,11 @@ class RemotePool:
         import httpx
 
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        self._client = httpx.AsyncClient(limits=limits, trust_env=False, follow_redirects=False)
+        # An https:// upstream with a private CA: LOCALRUN_CA_FILE, as the CLI trusts it.
+        verify: Any = tls.client_context() if config.ca_file() else True
+        self._client = httpx.AsyncClient(
+            limits=limits, trust_env=False, follow_redirects=False, verify=verify
+        )
         await self.check_all()
         self._health = asyncio.get_running_loop().create_task(self._health_loop())
 
