@@ -72,13 +72,16 @@ def create(
     report: Reporter = _quiet,
     resolve: Resolver | None = None,
     expected: dict[str, str] | None = None,
+    link: bool = False,
 ) -> str:
     """Create (or replace) model `name`; returns the manifest digest.
 
     `resolve` finds the manifest of a FROM model name (default: the store alone); `expected`
-    maps file paths to the digest their content must have (for catalog imports).
+    maps file paths to the digest their content must have (for catalog imports). With `link`
+    the files are linked into the store where the file system allows, not copied
+    (store_links).
     """
-    builder = _Builder(store, report, expected or {})
+    builder = _Builder(store, report, expected or {}, link)
     with store.writing():
         return builder.build(name, modelfile, base_dir, resolve or store.read_manifest)
 
@@ -101,10 +104,13 @@ class _Draft(NamedTuple):
 
 
 class _Builder:
-    def __init__(self, store: Store, report: Reporter, expected: dict[str, str]) -> None:
+    def __init__(
+        self, store: Store, report: Reporter, expected: dict[str, str], link: bool
+    ) -> None:
         self.store = store
         self.report = report
         self.expected = expected
+        self.link = link
         self.opened: list[_Opened] = []
 
     def build(self, name: ModelName, mf: Modelfile, base_dir: Path, resolve: Resolver) -> str:
@@ -250,6 +256,7 @@ class _Builder:
             expected=self.expected.get(str(item.path)),
             progress=progress,
             on_status=lambda status, digest: self.report(Event(status, digest=digest)),
+            link_from=item.path if self.link else None,
         )
         return Layer(MEDIA_TYPES[item.kind], digest, size)
 

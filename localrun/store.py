@@ -4,6 +4,7 @@ Layout under the store root (LOCALRUN_MODELS):
 
     blobs/sha256-<64 hex>                  content, named by its own digest
     blobs/.tmp-<pid>-<random>              a blob being written (stale after a crash)
+    links/sha256-<64 hex>                  a blob linked to a user's file: how, and its path
     manifests/<host>/<namespace>/<name>/<tag>   JSON: config + media-typed layers
     .lock                                  the store's reader/writer lock
 
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localrun import store_links
 from localrun.errors import (
     CorruptBlobError,
     MissingBlobError,
@@ -80,6 +82,8 @@ class VerifyReport:
     corrupt: dict[str, list[str]] = field(default_factory=dict)  # digest -> models using it
     missing: dict[str, list[str]] = field(default_factory=dict)
     bad_manifests: list[str] = field(default_factory=list)
+    # digest -> the user's file it is hard-linked to (create --link), edited in place since
+    edited: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -92,6 +96,14 @@ class PruneReport:
     partial_downloads: int = 0
     orphan_blobs: int = 0
     bytes_freed: int = 0
+
+
+def _linked_status(source: Path, how: str | None) -> str:
+    if how == "reflink":
+        return f"linked {source} (a copy-on-write clone: no data copied)"
+    if how == "hard link":
+        return f"linked {source} (a hard link: no data copied; keep the file unchanged)"
+    return f"copying {source}: it cannot be linked from here (another file system?)"
 
 
 class Store:
@@ -170,14 +182,17 @@ class Store:
         expected: str | None = None,
         progress: PhasedProgress | None = None,
         on_status: Callable[[str, str], None] | None = None,
+        link_from: Path | None = None,
     ) -> tuple[str, int, bool]:
         """Store the content of an open file; returns (digest, size, already_present).
 
         The file is hashed first, so content already in the store is never copied again; new
         content is hashed a second time while it is copied, and if the two hashes differ (the
-        file changed under us) nothing is stored.
+        file changed under us) nothing is stored. With `link_from` (the open file's path), new
+        content is linked in place of a copy where the file system allows (store_links).
         """
-        size = os.fstat(fd).st_size
+        before = os.fstat(fd)
+        size = before.st_size
         digest = hash_fd(fd, size, (lambda d, t: progress("hashing", d, t)) if progress else None)
         if expected is not None and digest != check_digest(expected):
             raise CorruptBlobError(
@@ -189,8 +204,33 @@ class Store:
             on_status("using existing layer" if present else "creating new layer", digest)
         if not present:
             copying = (lambda d, t: progress("copying", d, t)) if progress else None
-            self._copy_in(fd, size, digest, copying)
+            how = self._link_in(fd, link_from, digest, before) if link_from else None
+            if link_from and on_status:
+                on_status(_linked_status(link_from, how), digest)
+            if how is None:
+                self._copy_in(fd, size, digest, copying)
         return digest, size, present
+
+    def _link_in(self, fd: int, source: Path, digest: str, before: os.stat_result) -> str | None:
+        """Link the open file `source` in as blob `digest`: "reflink", "hard link", or None
+        where neither can be made (the caller copies)."""
+        self._ensure_dirs()
+        tmp = temp_path(self.blobs)
+        target = self.blob_path(digest)
+        try:
+            how = store_links.link(fd, source, tmp, digest, before)
+            if how is None:
+                return None
+            store_links.record(self.root / "links", target.name, source, how)
+            os.replace(tmp, target)
+            fsync_dir(self.blobs)
+        except OSError as exc:
+            unlink_quietly(tmp)
+            raise os_error(exc, "could not link the file into the model store") from exc
+        except BaseException:
+            unlink_quietly(tmp)
+            raise
+        return how
 
     def _copy_in(self, fd: int, size: int, digest: str, progress: Progress | None) -> None:
         """Copy an open file into place as blob `digest`, hashing it again on the way: a file
@@ -423,10 +463,13 @@ class Store:
                 continue
             if check_digest(path.name) not in used:
                 with contextlib.suppress(OSError):
-                    size = path.stat().st_size
+                    # A blob linked to a user's file shares that file's data: only the store's
+                    # name for it goes, and no space comes back unless it was the last name.
+                    info = path.stat()
                     path.unlink()
                     report.orphan_blobs += 1
-                    report.bytes_freed += size
+                    report.bytes_freed += info.st_size if info.st_nlink <= 1 else 0
+        store_links.forget_missing(self.root / "links", self.blobs)
         return report
 
     def _remove_empty_dirs(self, start: Path) -> None:
@@ -485,6 +528,9 @@ class Store:
             report.checked += 1
             if actual != digest:
                 report.corrupt[digest] = users.get(digest, [])
+                found = store_links.recorded(self.root / "links", path.name)
+                if found is not None and found[0] == "hard link":
+                    report.edited[digest] = found[1]
         for digest, models in users.items():
             if digest not in present:
                 report.missing[digest] = models

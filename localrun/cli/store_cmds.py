@@ -58,6 +58,12 @@ def create(
     name: str = typer.Argument(..., help="Name of the new model, e.g. mario or me/mario:v1."),
     file: str = typer.Option("Modelfile", "--file", "-f", help="The Modelfile ('-' for stdin)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    link: bool = typer.Option(
+        False,
+        "--link",
+        help="Keep the GGUF files where they are: link them into the store (a copy-on-write "
+        "clone, else a hard link) instead of copying; a copy only across file systems.",
+    ),
 ) -> None:
     """Create a model from a Modelfile."""
     from localrun import catalog, modelfile
@@ -73,7 +79,13 @@ def create(
     progress = CreateProgress(quiet)
     try:
         create_mod.create(
-            store, target, parsed, base, report=progress, resolve=catalog.resolver(store, progress)
+            store,
+            target,
+            parsed,
+            base,
+            report=progress,
+            resolve=catalog.resolver(store, progress),
+            link=link,
         )
     except ModelfileError as exc:
         raise exc.with_path(file) from None
@@ -292,7 +304,11 @@ def verify() -> None:
     finally:
         bar.close()
     for digest, models in sorted(report.corrupt.items()):
-        print(f"corrupt: {digest} (used by {', '.join(models) or 'no model'})")
+        used = f"used by {', '.join(models) or 'no model'}"
+        if digest in report.edited:
+            print(f"edited in place: {report.edited[digest]} (linked as {digest}; {used})")
+        else:
+            print(f"corrupt: {digest} ({used})")
     for digest, models in sorted(report.missing.items()):
         print(f"missing: {digest} (used by {', '.join(models)})")
     for name in report.bad_manifests:
@@ -310,6 +326,11 @@ def verify() -> None:
         if affected
         else "run `localrun prune` to remove unused damaged blobs"
     )
+    if report.edited:
+        hint = (
+            "a file linked with `create --link` was changed after it was added; create the "
+            f"models that use it again (`localrun create NAME --link`), or {hint}"
+        )
     print(f"Error: the store has damage; {hint}", file=sys.stderr)
     raise typer.Exit(1)
 
