@@ -192,6 +192,13 @@ class Client:
         """host:port as a user would type it in LOCALRUN_HOST."""
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @property
+    def url(self) -> str:
+        """The server's root URL as another program on this machine reaches it."""
+        host = _CONNECT_TO.get(self.host, self.host)
+        where = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return f"{'https' if self.https else 'http'}://{where}"
+
     def _unreachable(self, exc: BaseException) -> ServerUnreachableError:
         import ssl
 

@@ -53,6 +53,14 @@ def command(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def cli(*args: str) -> list[str]:
+    """The argv that runs the localrun command itself with `args` (`localrun launch` starting
+    `localrun serve`)."""
+    if frozen():
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "localrun", *args]
+
+
 # An unpack of this build that nothing points to is an interrupted one once it is this old
 # (an unpack takes seconds; a start racing it may still be writing a younger one).
 _STALE_S = 3600.0

@@ -1,10 +1,10 @@
 """The `localrun` command: the typer app, every command registered on it, and the one place
 errors are printed.
 
-The command modules (info_cmd, pull_cmd, run_cmd, runtime_cmd, serve_cmd, server_cmds,
-store_cmds, upstream_cmd) define plain functions with their typer parameters and never import
-this module;
-the names, help and settings of the commands are given here, in the order `--help` lists them.
+The command modules (info_cmd, launch_cmd, pull_cmd, run_cmd, runtime_cmd, serve_cmd,
+server_cmds, store_cmds, upstream_cmd) define plain functions with their typer parameters and
+never import this module; the names, help and settings of the commands are given here, in the
+order `--help` lists them.
 
 Heavy packages (llama_cpp, fastapi, uvicorn, huggingface_hub, modelscope, gguf/numpy) are imported
 inside the commands that use them, so `localrun --help` and `localrun list` start fast; a test
@@ -23,6 +23,7 @@ from typer.exceptions import TyperException
 from localrun import __version__, config, selfexec
 from localrun.cli import (
     info_cmd,
+    launch_cmd,
     pull_cmd,
     run_cmd,
     runtime_cmd,
@@ -81,6 +82,7 @@ app.command()(pull_cmd.pull)
 app.command()(pull_cmd.search)
 app.command(context_settings={"allow_interspersed_args": True})(run_cmd.run)
 app.command()(serve_cmd.serve)
+app.command()(launch_cmd.launch)
 app.command()(server_cmds.ps)
 app.command()(server_cmds.stop)
 app.command()(store_cmds.create)

@@ -1,0 +1,193 @@
+"""`localrun launch claude|codex|opencode`: a coding agent on a local model.
+
+The agent is pointed at the server at LOCALRUN_HOST (localrun.launchers says how for each).
+When none answers there, `localrun serve` is started for the agent's session, in a session of
+its own (the agent's Ctrl-C interrupts the agent, not the server) with its log in a file (its
+lines would tear the agent's screen), and stopped when the agent exits. The model is checked
+first: with a running server, that it serves it; otherwise it is found in the store, imported
+or pulled as `localrun run` would. `--dry-run` prints the environment and the command line and
+starts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from localrun import config, launchers, selfexec
+from localrun.cli.common import open_store
+from localrun.errors import ConfigError, LocalrunError, ServerError
+
+if TYPE_CHECKING:
+    from localrun.client import Client
+
+START_TIMEOUT_S = 60.0
+
+
+def launch(
+    tool: str = typer.Argument(..., help="The agent to start: claude, codex or opencode."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="The model it works with (a name `localrun list` shows)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the environment and the command, and start nothing."
+    ),
+    args: list[str] | None = typer.Argument(
+        None, help="Arguments for the agent itself (after --).", show_default=False
+    ),
+) -> None:
+    """Start a coding agent (Claude Code, Codex, OpenCode) on a local model."""
+    from localrun.client import Client
+
+    found = launchers.TOOLS.get(tool)
+    if found is None:
+        raise ConfigError(
+            f"localrun cannot launch {tool!r}",
+            hint=f"launch one of: {', '.join(launchers.TOOLS)}",
+        )
+    program = found.program if dry_run else _find(found)  # before a model is pulled for it
+    client = Client()
+    up = client.is_up()
+    name = _model(model, client if up else None, found, dry_run)
+    key = client.api_key or "localrun"
+    spec = found.launch(client.url, key, name, list(args or []))
+    if dry_run:
+        _print(spec, client, up)
+        return
+    server = None if up else _serve(client, found)
+    try:
+        code = _run([program, *spec.argv[1:]], spec.env)
+    finally:
+        if server is not None:
+            _stop(server)
+    raise typer.Exit(code)
+
+
+def _model(given: str | None, client: Client | None, tool: launchers.Tool, dry_run: bool) -> str:
+    """The model to launch on: served by the running server, or found (imported, pulled)
+    in the store."""
+    if not given:
+        store = open_store()
+        mine = [str(e.name) for e in sorted(store.entries(), key=lambda e: -e.modified)][:3]
+        yours = f"yours: {', '.join(mine)}; " if mine else ""
+        raise ConfigError(
+            f"name the model {tool.title} should use: localrun launch {tool.name} --model NAME",
+            hint=f"{yours}`localrun list` shows them, `localrun search` what can be pulled",
+        )
+    if client is not None:
+        client.show(given)  # a name the server does not know is its not-found error, with hints
+        return given
+    if dry_run:
+        return given
+    from localrun import catalog
+    from localrun.cli.output import CreateProgress
+
+    progress = CreateProgress()
+    try:
+        catalog.find(open_store(), given, progress)  # imported or pulled now, not mid-session
+    finally:
+        progress.close()
+    return given
+
+
+def _find(tool: launchers.Tool) -> str:
+    found = shutil.which(tool.program)
+    if found:
+        return found
+    if tool.name == "claude":  # where Claude Code's own installer puts it
+        local = Path.home() / ".claude" / "local" / "claude"
+        if local.is_file() and os.access(local, os.X_OK):
+            return str(local)
+    raise LocalrunError(
+        f"{tool.title} is not installed (no `{tool.program}` on PATH)",
+        hint=f"install it: {tool.install}",
+    )
+
+
+def _print(spec: launchers.Launch, client: Client, up: bool) -> None:
+    if not up:
+        print(f"# no server answers at {client.url}: `localrun serve` would be started there")
+    for name, value in spec.env.items():
+        line = f"{name}={shlex.quote(value)}"
+        if client.api_key:  # never printed: the variable that holds it is named instead
+            line = line.replace(client.api_key, "$LOCALRUN_API_KEY")
+        print(line)
+    print(shlex.join(spec.argv))
+
+
+def _serve(client: Client, tool: launchers.Tool) -> subprocess.Popen[bytes]:
+    """Start `localrun serve` at LOCALRUN_HOST and wait until it answers."""
+    if client.https and config.tls_pair() == (None, None):
+        raise ConfigError(
+            f"no server answers at {client.url}, and one started here would not serve HTTPS",
+            hint="set LOCALRUN_TLS_CERT and LOCALRUN_TLS_KEY, or start `localrun serve` yourself",
+        )
+    log = config.home() / "logs" / "launch-serve.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        server = subprocess.Popen(
+            selfexec.cli("serve"),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not client.is_up():
+        if server.poll() is not None:
+            last = _last_line(log)
+            raise ServerError(f"localrun serve did not start: {last}", hint=f"see {log}")
+        if time.monotonic() > deadline:
+            _stop(server)
+            raise ServerError(
+                f"localrun serve did not answer within {START_TIMEOUT_S:.0f} s", hint=f"see {log}"
+            )
+        time.sleep(0.2)
+    print(
+        f"started localrun serve at {client.url} for {tool.title} (log: {log}); "
+        f"it stops when {tool.title} exits",
+        file=sys.stderr,
+        flush=True,
+    )
+    return server
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].removeprefix("Error: ") if lines else "it printed nothing"
+
+
+def _run(argv: list[str], env: dict[str, str]) -> int:
+    """Run the agent in the foreground; its exit status."""
+    try:
+        agent = subprocess.Popen(argv, env={**os.environ, **env})
+    except OSError as exc:
+        raise LocalrunError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+    # Ctrl-C belongs to the agent (it interrupts a turn there): this process waits it out,
+    # so that the server it started is stopped when the agent ends.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return agent.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()

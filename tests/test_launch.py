@@ -1,0 +1,201 @@
+"""`localrun launch`: coding agents pointed at the real server. The agents are stand-ins (they
+are the layer above what is tested): small programs on PATH that do what each agent does with
+the environment and arguments it is given, through the official clients, so a wrong URL, key,
+model or wire API fails here as it would in the real agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import CLI, assert_one_line_error
+from test_server import add_model
+from test_server_serve import Serve
+
+from localrun.store import Store
+
+pytestmark = [pytest.mark.server, pytest.mark.model]
+
+CLAUDE = """
+import os, sys, anthropic
+args = sys.argv[1:]
+model = args[args.index("--model") + 1]
+assert os.environ["ANTHROPIC_API_KEY"] == ""
+client = anthropic.Anthropic(
+    base_url=os.environ["ANTHROPIC_BASE_URL"], auth_token=os.environ["ANTHROPIC_AUTH_TOKEN"],
+    api_key=None,
+)
+# Claude Code asks its small fast model for titles and the like: it must be the chosen one.
+for name in (model, os.environ["ANTHROPIC_DEFAULT_HAIKU_MODEL"]):
+    reply = client.messages.create(
+        model=name, max_tokens=3, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert reply.usage.output_tokens > 0
+print("claude answered", model, *args)
+sys.exit(3)
+"""
+
+CODEX = """
+import os, sys, tomllib, openai
+args = sys.argv[1:]
+config = {}
+while "-c" in args:
+    i = args.index("-c")
+    key, _, value = args[i + 1].partition("=")
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+        node = node.setdefault(part, {})
+    node[last] = tomllib.loads(f"v = {value}")["v"]
+    del args[i : i + 2]
+model = args[args.index("-m") + 1]
+provider = config["model_providers"][config["model_provider"]]
+assert provider["wire_api"] == "responses"
+client = openai.OpenAI(base_url=provider["base_url"], api_key=os.environ[provider["env_key"]])
+reply = client.responses.create(model=model, input="hi", max_output_tokens=3)
+assert reply.usage.output_tokens > 0
+print("codex answered", model)
+"""
+
+OPENCODE = """
+import json, os, openai
+config = json.loads(os.environ["OPENCODE_CONFIG_CONTENT"])
+provider_id, model = config["model"].split("/", 1)
+provider = config["provider"][provider_id]
+assert provider["npm"] == "@ai-sdk/openai-compatible" and model in provider["models"]
+options = provider["options"]
+client = openai.OpenAI(base_url=options["baseURL"], api_key=options["apiKey"])
+reply = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+)
+assert reply.usage.completion_tokens > 0
+print("opencode answered", model)
+"""
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Path:
+    """A folder of stand-in agents, to put first on PATH."""
+    folder = tmp_path / "agents"
+    folder.mkdir()
+    for name, body in (("claude", CLAUDE), ("codex", CODEX), ("opencode", OPENCODE)):
+        program = folder / name
+        program.write_text(f"#!{sys.executable}\n{body}")
+        program.chmod(0o755)
+    return folder
+
+
+@pytest.fixture
+def tiny_home(home: Path, tiny_model: Path) -> Path:
+    add_model(Store(home / "models"), "tiny", tiny_model)
+    return home
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(address: str) -> bool:
+    try:
+        return httpx.get(f"http://{address}/api/version", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def running(tiny_home: Path) -> Iterator[Serve]:
+    server = Serve(tiny_home)
+    yield server
+    server.kill()
+
+
+def _env(agents: Path | None, address: str, **extra: str) -> dict[str, str]:
+    path = os.environ.get("PATH", "")
+    return {
+        "PATH": f"{agents}{os.pathsep}{path}" if agents else "/nonexistent",
+        "LOCALRUN_HOST": address,
+        **extra,
+    }
+
+
+def test_launch_starts_a_server_for_the_agent_and_stops_it_after(
+    cli: CLI, tiny_home: Path, agents: Path
+) -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    result = cli("launch", "claude", "--model", "tiny", "--", "--resume", env=_env(agents, address))
+    assert result.code == 3, result.stderr  # the agent's own exit status
+    assert result.stdout.strip() == "claude answered tiny --model tiny --resume"
+    assert f"started localrun serve at http://{address}" in result.stderr
+    assert (tiny_home / "logs" / "launch-serve.log").is_file()
+    assert not _answers(address)  # stopped with the agent
+
+
+@pytest.mark.parametrize("agent", ["codex", "opencode"])
+def test_launch_uses_the_server_that_answers_and_leaves_it_running(
+    cli: CLI, running: Serve, agents: Path, agent: str
+) -> None:
+    address = running.url.removeprefix("http://")
+    result = cli("launch", agent, "-m", "tiny", env=_env(agents, address))
+    assert result.code == 0, result.stderr
+    assert result.stdout.strip() == f"{agent} answered tiny"
+    assert "started" not in result.stderr
+    assert _answers(address)
+
+
+def test_an_api_key_reaches_the_agent_and_is_never_printed(
+    cli: CLI, tiny_home: Path, agents: Path
+) -> None:
+    key = "sk-local-key-0123456789"
+    address = f"127.0.0.1:{_free_port()}"
+    server = Serve(tiny_home, env={"LOCALRUN_API_KEY": key, "LOCALRUN_HOST": address})
+    try:
+        env = _env(agents, address, LOCALRUN_API_KEY=key)
+        result = cli("launch", "opencode", "-m", "tiny", env=env)
+        assert result.code == 0, result.stderr
+        shown = cli("launch", "opencode", "-m", "tiny", "--dry-run", env=env)
+        assert key not in shown.stdout and "$LOCALRUN_API_KEY" in shown.stdout
+    finally:
+        server.kill()
+
+
+def test_dry_run_prints_what_it_would_set_and_starts_nothing(cli: CLI, home: Path) -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    result = cli("launch", "claude", "--dry-run", "-m", "qwen3:0.6b", env=_env(None, address))
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert (
+        lines[0]
+        == f"# no server answers at http://{address}: `localrun serve` would be started there"
+    )
+    assert f"ANTHROPIC_BASE_URL=http://{address}" in lines
+    assert "ANTHROPIC_DEFAULT_HAIKU_MODEL=qwen3:0.6b" in lines
+    assert lines[-1] == "claude --model qwen3:0.6b"
+    assert not _answers(address)
+    assert not (home / "models" / "manifests").exists()  # nothing pulled either
+    codex = cli("launch", "codex", "--dry-run", "-m", "qwen3:0.6b", env=_env(None, address))
+    assert f'model_providers.localrun.base_url="http://{address}/v1"' in codex.stdout
+    opencode = cli("launch", "opencode", "--dry-run", "-m", "x", env=_env(None, address))
+    content = opencode.stdout.splitlines()[1].split("=", 1)[1]
+    assert json.loads(content.strip("'"))["model"] == "localrun/x"
+
+
+def test_an_agent_that_is_not_installed_says_how_to_get_it(cli: CLI, tiny_home: Path) -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    result = cli("launch", "codex", "-m", "tiny", env=_env(None, address))
+    assert_one_line_error(result, "Codex is not installed", "npm install -g @openai/codex")
+    assert not _answers(address)
+
+
+def test_bad_names_are_one_line(cli: CLI, running: Serve, agents: Path) -> None:
+    env = _env(agents, running.url.removeprefix("http://"))
+    assert_one_line_error(cli("launch", "cursor", "-m", "tiny", env=env), "cannot launch 'cursor'")
+    assert_one_line_error(cli("launch", "claude", env=env), "--model NAME", "tiny:latest")
+    assert_one_line_error(cli("launch", "claude", "-m", "tinny", env=env), "tinny")
