@@ -25,7 +25,7 @@ HEAVY = ("numpy", "llama_cpp", "libllama", "libggml", "/gguf/")
 
 
 class Serve:
-    """A `localrun serve --port 0` subprocess and the URL it printed."""
+    """A `localrun serve --port 0` subprocess and the URL it printed (https:// with TLS)."""
 
     def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
@@ -37,9 +37,10 @@ class Serve:
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # bounded: the process prints it or exits
-        found = re.search(r"http://\S+", line)
+        found = re.search(r"https?://\S+", line)
         assert found, (line, self.proc.communicate(timeout=PATIENCE_S))
         self.url = found.group(0)
+        self.address = self.url.split("://", 1)[1]
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = PATIENCE_S) -> int:
         self.proc.send_signal(sig)

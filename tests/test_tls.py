@@ -4,12 +4,9 @@ line before anything listens."""
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import trustme
 from conftest import CLI, PATIENCE_S, assert_one_line_error
 from test_gateway import gateway
 from test_server import add_model
+from test_server_serve import Serve
 
 from localrun.store import Store
 
@@ -44,45 +42,21 @@ class Pair:
         self.ca.cert_pem.write_to_path(str(self.ca_file))
 
 
-class HttpsServe:
-    """`localrun serve --port 0` over TLS and the https:// URL it printed."""
-
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localrun", "serve", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "LOCALRUN_HOME": str(home), **(env or {})},
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        found = re.search(r"https://\S+", line)
-        assert found, (line, self.proc.communicate(timeout=PATIENCE_S))
-        self.url = found.group(0)
-        self.address = self.url.removeprefix("https://")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def pair(tmp_path: Path) -> Pair:
     return Pair(tmp_path / "tls")
 
 
 @pytest.fixture
-def served(home: Path, tiny_model: Path, pair: Pair) -> Iterator[HttpsServe]:
+def served(home: Path, tiny_model: Path, pair: Pair) -> Iterator[Serve]:
     add_model(Store(home / "models"), "tiny", tiny_model)
-    server = HttpsServe(home, "--tls-cert", str(pair.cert), "--tls-key", str(pair.key))
+    server = Serve(home, "--tls-cert", str(pair.cert), "--tls-key", str(pair.key))
     yield server
     server.kill()
 
 
 def test_https_only_and_the_clients_trust_the_ca_they_are_given(
-    served: HttpsServe, pair: Pair, cli: CLI
+    served: Serve, pair: Pair, cli: CLI
 ) -> None:
     assert re.fullmatch(r"https://127\.0\.0\.1:\d+", served.url)
     assert served.proc.stdout is not None
@@ -110,7 +84,7 @@ def test_https_only_and_the_clients_trust_the_ca_they_are_given(
 
 
 def test_a_client_that_cannot_trust_or_reach_tls_says_how_to_fix_it(
-    served: HttpsServe, pair: Pair, cli: CLI, tmp_path: Path
+    served: Serve, pair: Pair, cli: CLI, tmp_path: Path
 ) -> None:
     # The system's store does not know the test's CA: refused, not run locally instead.
     untrusted = cli("run", "tiny", "hello", env={"LOCALRUN_HOST": served.url})
@@ -127,7 +101,7 @@ def test_a_client_that_cannot_trust_or_reach_tls_says_how_to_fix_it(
 
 
 def test_the_gateway_reaches_an_https_upstream_with_the_ca_file(
-    served: HttpsServe, pair: Pair, tmp_path: Path
+    served: Serve, pair: Pair, tmp_path: Path
 ) -> None:
     body = {"model": "tiny", "prompt": "the", "stream": False, "options": {"num_predict": 3}}
     env = {"LOCALRUN_CA_FILE": str(pair.ca_file)}
@@ -141,7 +115,7 @@ def test_the_gateway_reaches_an_https_upstream_with_the_ca_file(
 
 def test_settings_serve_https_too(home: Path, pair: Pair) -> None:
     env = {"LOCALRUN_TLS_CERT": str(pair.cert), "LOCALRUN_TLS_KEY": str(pair.key)}
-    server = HttpsServe(home, env=env)
+    server = Serve(home, env=env)
     try:
         trust = ssl.create_default_context(cafile=str(pair.ca_file))
         got = httpx.get(server.url + "/api/version", verify=trust)
