@@ -370,6 +370,13 @@ SETTINGS: dict[str, Setting] = {
             lambda: 30.0,
         ),
         Setting(
+            "LOCALRUN_CPU_REPACK",
+            "Whether llama.cpp repacks weights for the CPU's fastest kernels: on, off, or auto "
+            "(on, except on CPUs with AMX, whose llama.cpp kernels crash: llama.cpp#20824).",
+            parse.parse_repack,
+            lambda: "auto",
+        ),
+        Setting(
             "LOCALRUN_RUNTIME",
             "GPU runtime that runs models: a name from `localrun runtime list`, auto (the best "
             "installed one for this machine) or cpu (no runtime: llama.cpp as installed); "
@@ -591,6 +598,10 @@ def upstream_eject_after() -> int:
 
 def upstream_cooldown() -> float:
     return SETTINGS["LOCALRUN_UPSTREAM_COOLDOWN"].value()  # type: ignore[no-any-return]
+
+
+def cpu_repack() -> str:
+    return SETTINGS["LOCALRUN_CPU_REPACK"].value()  # type: ignore[no-any-return]
 
 
 def runtime() -> str:

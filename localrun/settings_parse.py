@@ -172,6 +172,17 @@ def parse_speculate(text: str) -> str:
     return mode
 
 
+# Whether llama.cpp may repack weights into its CPU "extra" buffers (LOCALRUN_CPU_REPACK).
+REPACK_MODES = ("auto", "on", "off")
+
+
+def parse_repack(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in REPACK_MODES:
+        raise ValueError(f"expected one of {', '.join(REPACK_MODES)}, got {text!r}")
+    return mode
+
+
 def parse_optional_path(text: str) -> Path | None:
     return Path(text).expanduser() if text.strip() else None
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from localrun import config
 from localrun.cli.output import columns, human_size
 from localrun.errors import LocalrunError
 
@@ -73,6 +74,9 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
         if build.devices:
             rows.append(["devices", ", ".join(build.devices)])
         rows.append(["system info", build.system_info])
+        if "AMX_INT8 = 1" in build.system_info:
+            repack = "on" if config.cpu_repack() == "on" else "off"
+            rows.append(["weight repacking", f"{repack} (AMX; LOCALRUN_CPU_REPACK)"])
     rows += [["note", note] for note in notes]
     print(columns(rows))
 
