@@ -42,10 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench
 import bench_serve
+import make_test_models
 import tiny_projectors
 
 PROMPT = "the a"
 N_PREDICT = 24
+TIMED_PREDICT = 160  # timed answers: long enough that their decode rate is not one SSE chunk
 
 
 def images(n: int, seed: int) -> list[bytes]:
@@ -75,8 +77,18 @@ def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def chat_stream(port: int, model: str, messages: list[dict[str, Any]]) -> bench_serve.Stream:
-    """One /v1/chat/completions stream, timed as bench_serve times its streams."""
+def _never_stop() -> dict[str, int]:
+    """logit_bias that keeps the tiny model from ending its answer (</s>, <|im_end|>): every
+    timed answer is TIMED_PREDICT tokens, so decode rates compare like with like."""
+    tokens, _, _ = make_test_models.build_vocab()
+    return {str(tokens.index(piece)): -100 for piece in ("</s>", "<|im_end|>")}
+
+
+def chat_stream(
+    port: int, model: str, messages: list[dict[str, Any]], *, timed: bool = False
+) -> bench_serve.Stream:
+    """One /v1/chat/completions stream, timed as bench_serve times its streams (`timed`:
+    TIMED_PREDICT tokens, whatever the model would say)."""
     result = bench_serve.Stream()
     body = {
         "model": model,
@@ -84,7 +96,8 @@ def chat_stream(port: int, model: str, messages: list[dict[str, Any]]) -> bench_
         "stream": True,
         "stream_options": {"include_usage": True},
         "temperature": 0,
-        "max_tokens": N_PREDICT,
+        "max_tokens": TIMED_PREDICT if timed else N_PREDICT,
+        **({"logit_bias": _never_stop()} if timed else {}),
     }
     text = []
     for event in bench_serve._sse(bench_serve._lines(port, "/v1/chat/completions", body, result)):
@@ -174,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="localrun-bench-vision-"))
     model, projector = tiny_projectors.write_tiny_vision(work)
     modelfile = work / "Modelfile"
+    # No speculation: llama-server has none by default, and prompt lookup on this random
+    # model's repetitive answers would make "decode after an image" a measure of repetition.
     modelfile.write_text(
         f"FROM {model}\nPROJECTOR {projector}\n"
-        "PARAMETER temperature 0\nPARAMETER repeat_penalty 1.0\n"
+        "PARAMETER temperature 0\nPARAMETER repeat_penalty 1.0\nPARAMETER speculate off\n"
     )
     home = work / "home"
     env = {**os.environ, "LOCALRUN_HOME": str(home), "LOCALRUN_KEEP_ALIVE": "-1"}
@@ -229,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             expected = max(set(theirs_all), key=theirs_all.count)
             varies += len(set(theirs_all)) > 1
             got = chat_stream(port, "vis", [question(png)]).text  # type: ignore[attr-defined]
-            agree.append(expected == got)
-            if expected != got:
+            agree.append(expected == got.strip())  # the tool's output is stripped
+            if expected != got.strip():
                 bench.say(f"differs: llama-mtmd-cli {theirs_all!r}, localrun {got!r}")
         results["same_answers"] = f"{sum(agree)}/{len(agree)}"
         results["mtmd_cli_runs_that_varied"] = varies
@@ -239,22 +254,26 @@ def main(argv: list[str] | None = None) -> int:
         for wav in clips(3):
             expected = mtmd_cli(build, *audio, wav, args.threads, "audio")
             got = chat_stream(port, "aud", [audio_question(wav)]).text  # type: ignore[attr-defined]
-            heard.append(expected == got)
-            if expected != got:
+            heard.append(expected == got.strip())
+            if expected != got.strip():
                 bench.say(f"differs (audio): llama-mtmd-cli {expected!r}, localrun {got!r}")
         results["same_answers_audio"] = f"{sum(heard)}/{len(heard)}"
         # Speed, each server in turn on images neither has seen.
         for name, server_port in (("localrun", port), ("llama-server", port2)):
             first, second, text, rate_image, rate_text = [], [], [], [], []
             for r, png in enumerate(images(args.rounds, seed=100 + r_seed(name))):
-                asked = chat_stream(server_port, "vis", [question(png, f"{PROMPT} {r}")])
+                asked = chat_stream(
+                    server_port, "vis", [question(png, f"{PROMPT} {r}")], timed=True
+                )
                 follow = [
                     question(png, f"{PROMPT} {r}"),
                     {"role": "assistant", "content": asked.text},  # type: ignore[attr-defined]
                     question(None, "hello"),
                 ]
-                again = chat_stream(server_port, "vis", follow)
-                alone = chat_stream(server_port, "vis", [question(None, f"{PROMPT} {r} x")])
+                again = chat_stream(server_port, "vis", follow, timed=True)
+                alone = chat_stream(
+                    server_port, "vis", [question(None, f"{PROMPT} {r} x")], timed=True
+                )
                 first.append(asked.ttft)
                 second.append(again.ttft)
                 text.append(alone.ttft)
