@@ -283,6 +283,7 @@ def resolve_load_options(
         num_thread=min(
             parameters.get("num_thread") or system.default_threads(), os.cpu_count() or 1
         ),
+        adapt_threads=not parameters.get("num_thread"),
         num_gpu=fit.plan.n_gpu_layers,
         main_gpu=parameters.get("main_gpu", 0),
         use_mmap=parameters.get("use_mmap", True),

@@ -42,6 +42,7 @@ from localrun.engine.rows import StepBatch
 from localrun.engine.sampling import Sampler, logprob_entry
 from localrun.engine.sequence import answer_ends, overflow_error
 from localrun.engine.slots import Job, Slot, Slots
+from localrun.engine.threads import Governor
 from localrun.engine.types import (
     EmbedInput,
     Generation,
@@ -101,6 +102,7 @@ class BatchEngine:
         self._queue: collections.deque[Job] = collections.deque()
         weights = self._weights = Weights(path, options)
         self._embedder = Embedder(weights, options)
+        self._threads = Governor(options.num_thread, adaptive=options.adapt_threads)
         try:
             self._open(slots)
             self._prompt_cache, self.prompt_cache_note = weights.disk_cache(self._ctx)
@@ -389,6 +391,7 @@ class BatchEngine:
         if n == 0:
             return
         rows.batch.n_tokens = n
+        self._threads.apply(self._ctx, self._draft.ctx if self._draft is not None else None)
         rc = lc.llama_decode(self._ctx, rows.batch)
         if rc != 0:
             self._fail(

@@ -23,6 +23,9 @@ class LoadOptions:
     num_ctx: int
     num_batch: int = 512
     num_thread: int = 1
+    # Decode with fewer threads while other processes keep cores busy (engine.threads); off
+    # when the user set num_thread.
+    adapt_threads: bool = False
     num_gpu: int = 0
     main_gpu: int = 0
     use_mmap: bool = True
