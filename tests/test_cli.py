@@ -382,6 +382,21 @@ def test_version_and_module_entry(cli: CLI) -> None:
         assert command in help_text
 
 
+def test_usage_mistakes_read_as_one_sentence(cli: CLI) -> None:
+    bare = cli()  # the help is the answer, not an error
+    assert bare.code == 0 and "Usage: localrun" in bare.stdout and "Error" not in bare.stderr
+    group = cli("upstream")
+    assert group.code == 0 and "add" in group.stdout and not group.stderr.strip()
+    assert_one_line_error(cli("bogus"), "Error: no such command 'bogus'; see `localrun --help`")
+    assert_one_line_error(cli("pul", "x"), "no such command 'pul'; did you mean 'pull'?")
+    assert_one_line_error(cli("run"), "missing argument 'model'; see `localrun run --help`")
+    # Flags take no value: help shows no type for them (typer's `<bool>`).
+    for args in (["--help"], ["run", "--help"], ["serve", "--help"]):
+        shown = cli(*args).stdout
+        assert "<bool>" not in shown and "--version" in cli("--help").stdout
+    assert "<list[str]>" in cli("run", "--help").stdout  # options with values keep theirs
+
+
 def test_word_wrap_breaks_at_spaces() -> None:
     import io
 

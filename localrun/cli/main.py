@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError
 from typer.exceptions import TyperException
 
 from localrun import __version__, config, selfexec
@@ -34,6 +35,22 @@ from localrun.cli import (
 )
 from localrun.cli.common import print_error
 from localrun.errors import LocalrunError
+
+
+def _flags_without_a_type() -> None:
+    """Help lists an option's value type (`--param <list[str]>`); typer 0.29 lists one for
+    flags too (`--version <bool>`), which take no value: show none for them."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_a_type()
 
 app = typer.Typer(
     name="localrun",
@@ -131,6 +148,14 @@ def _optional_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _usage_message(err: TyperException) -> str:
+    """click's message as one clause of our line: "No such command 'pul'. Did you mean
+    'pull'?" becomes "no such command 'pul'; did you mean 'pull'?"."""
+    parts = [p.strip().rstrip(".") for p in err.format_message().replace("\n", ". ").split(". ")]
+    parts = [p[:1].lower() + p[1:] for p in parts if p]
+    return "; ".join(parts) or "the command line is not complete"
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script: run the app, print any error once, set the exit code."""
     debug = config.debug()
@@ -148,10 +173,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = 1
     except typer.Exit as err:
         code = err.exit_code
+    except NoArgsIsHelpError:
+        code = 0  # `localrun` (or a group) alone: the help it printed is the answer
     except TyperException as err:  # a usage error: bad option, missing argument
         ctx = getattr(err, "ctx", None)
         command = ctx.command_path if ctx is not None else "localrun"
-        print(f"Error: {err.format_message()}; see `{command} --help`", file=sys.stderr)
+        print(f"Error: {_usage_message(err)}; see `{command} --help`", file=sys.stderr)
         code = err.exit_code
     except (KeyboardInterrupt, typer.Abort):
         print("\ninterrupted", file=sys.stderr)
