@@ -234,6 +234,42 @@ def test_smollm2_on_a_phone_sized_screen(
         server.close()
 
 
+def test_the_sidebar_on_a_phone_closes_every_way_people_try(
+    browser: Any, tmp_path: Path, tiny_model: Path
+) -> None:
+    store = Store(tmp_path / "models")
+    add_model(store, "tiny", tiny_model)
+    server = LiveServer(store, Scheduler(store, backend="fake"))
+    try:
+        page = browser.new_page(viewport={"width": 390, "height": 800})
+        page.goto(server.url + "/ui/")
+        page.locator("#model option").first.wait_for(state="attached")
+        sidebar, toggle = page.locator("#sidebar"), page.locator("#toggle-sidebar")
+
+        def is_open() -> bool:
+            page.wait_for_timeout(250)  # the slide
+            return bool(sidebar.bounding_box()["x"] >= 0)
+
+        assert not is_open() and toggle.get_attribute("aria-expanded") == "false"
+        for close in (
+            lambda: page.keyboard.press("Escape"),
+            lambda: page.mouse.click(375, 400),  # beside the sidebar, on the page behind it
+            lambda: page.click("#close-sidebar"),
+            lambda: page.click("#new-chat"),
+        ):
+            toggle.click()
+            assert is_open() and toggle.get_attribute("aria-expanded") == "true"
+            assert page.locator("#close-sidebar").is_visible()
+            close()
+            assert not is_open() and toggle.get_attribute("aria-expanded") == "false"
+            assert page.locator("#backdrop").is_hidden()
+        # On a wide screen the sidebar is simply there, without a close button or a backdrop.
+        page.set_viewport_size({"width": 1100, "height": 700})
+        assert is_open() and not page.locator("#close-sidebar").is_visible()
+    finally:
+        server.close()
+
+
 def test_thinking_is_folded_away(browser: Any, tmp_path: Path, tiny_thinking_model: Path) -> None:
     store = Store(tmp_path / "models")
     add_model(store, "thinker", tiny_thinking_model)

@@ -247,6 +247,14 @@
     renderList();
   }
 
+  function showSidebar(open) {
+    // On a narrow screen the sidebar slides over the page, a backdrop behind it.
+    $("sidebar").classList.toggle("open", open);
+    $("backdrop").hidden = !open;
+    $("toggle-sidebar").setAttribute("aria-expanded", String(open));
+    if (open) $("close-sidebar").focus();
+  }
+
   function renderList() {
     const list = $("conversations");
     list.replaceChildren(
@@ -256,7 +264,7 @@
         const open = button(c.title, "open", () => {
           current = c;
           renderConversation();
-          $("sidebar").classList.remove("open");
+          showSidebar(false);
         });
         open.title = c.title;
         const rename = button("✎", "rename", () => {
@@ -477,7 +485,10 @@
     }
   });
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape") stop();
+    if (event.key !== "Escape") return;
+    // An open sidebar (a narrow screen) closes first; otherwise Escape stops the answer.
+    if ($("sidebar").classList.contains("open")) showSidebar(false);
+    else stop();
   });
   $("stop").addEventListener("click", stop);
   $("attach").addEventListener("click", () => $("attach-file").click());
@@ -506,6 +517,7 @@
   $("new-chat").addEventListener("click", () => {
     current = fresh();
     renderConversation();
+    showSidebar(false);
     $("input").focus();
   });
   $("toggle-settings").addEventListener("click", () => {
@@ -513,7 +525,11 @@
     settings.hidden = !settings.hidden;
     $("toggle-settings").setAttribute("aria-expanded", String(!settings.hidden));
   });
-  $("toggle-sidebar").addEventListener("click", () => $("sidebar").classList.toggle("open"));
+  $("toggle-sidebar").addEventListener("click", () =>
+    showSidebar(!$("sidebar").classList.contains("open")),
+  );
+  $("close-sidebar").addEventListener("click", () => showSidebar(false));
+  $("backdrop").addEventListener("click", () => showSidebar(false));
   $("export-json").addEventListener("click", () => {
     if (current) download(`${current.title}.json`, "application/json", JSON.stringify(current, null, 2));
   });
