@@ -214,43 +214,41 @@ class Store:
     def _link_in(self, fd: int, source: Path, digest: str, before: os.stat_result) -> str | None:
         """Link the open file `source` in as blob `digest`: "reflink", "hard link", or None
         where neither can be made (the caller copies)."""
-        self._ensure_dirs()
-        tmp = temp_path(self.blobs)
-        target = self.blob_path(digest)
-        try:
+        with self._new_blob("could not link the file into the model store") as tmp:
             how = store_links.link(fd, source, tmp, digest, before)
-            if how is None:
-                return None
-            store_links.record(self.root / "links", target.name, source, how)
-            os.replace(tmp, target)
-            fsync_dir(self.blobs)
-        except OSError as exc:
-            unlink_quietly(tmp)
-            raise os_error(exc, "could not link the file into the model store") from exc
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
-        return how
+            if how is not None:
+                store_links.record(self.root / "links", self.blob_path(digest).name, source, how)
+                self._place(tmp, digest)
+            return how
 
     def _copy_in(self, fd: int, size: int, digest: str, progress: Progress | None) -> None:
         """Copy an open file into place as blob `digest`, hashing it again on the way: a file
         that changed since it was hashed stores nothing."""
-        self._ensure_dirs()
-        tmp = temp_path(self.blobs)
-        try:
+        with self._new_blob("could not write to the model store") as tmp:
             if copy_hashed(fd, tmp, size, progress) != digest:
                 raise StoreError(
                     "the file changed while it was being copied; nothing was stored",
                     hint="run the command again once the file is complete",
                 )
-            os.replace(tmp, self.blob_path(digest))
-            fsync_dir(self.blobs)
+            self._place(tmp, digest)
+
+    @contextlib.contextmanager
+    def _new_blob(self, what: str) -> Iterator[Path]:
+        """A temporary name in the blobs folder for the block to fill and _place; whatever the
+        block leaves there (it failed, or placed nothing) is removed, and an OSError is
+        worded as `what`."""
+        self._ensure_dirs()
+        tmp = temp_path(self.blobs)
+        try:
+            yield tmp
         except OSError as exc:
-            unlink_quietly(tmp)
-            raise os_error(exc, "could not write to the model store") from exc
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
+            raise os_error(exc, what) from exc
+        finally:
+            unlink_quietly(tmp)  # gone already once placed
+
+    def _place(self, tmp: Path, digest: str) -> None:
+        os.replace(tmp, self.blob_path(digest))
+        fsync_dir(self.blobs)
 
     def adopt(
         self, path: Path, digest: str, *, synced: bool = False, uploaded: bool = False

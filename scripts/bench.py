@@ -599,6 +599,16 @@ def _localrun_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "localrun"]
 
 
+def served_env(home: Path, **settings: str) -> dict[str, str]:
+    """The environment of a `localrun serve` (or run) of a benchmark: its own home, models
+    kept loaded, and none of the caller's store, key or address (plus `settings`)."""
+    env = {**os.environ, "LOCALRUN_HOME": str(home), "LOCALRUN_KEEP_ALIVE": "-1", **settings}
+    for unset in ("LOCALRUN_MODELS", "LOCALRUN_API_KEY", "LOCALRUN_HOST"):
+        if unset not in settings:
+            env.pop(unset, None)
+    return env
+
+
 def prepare_localrun(home: Path, model: Path, name: str | None, threads: int) -> Localrun:
     """A Localrun with its own store; a --model other than the starter is created in it."""
     env = {**os.environ, "LOCALRUN_HOME": str(home)}

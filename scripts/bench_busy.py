@@ -64,11 +64,12 @@ def busy(cores: int, max_s: float) -> Iterator[None]:
 
 
 def amx() -> bool:
-    """Whether this CPU has AMX: llama.cpp's AMX kernels crash there (llama.cpp#20824), so
-    llama-server and llama-bench run without weight repacking, as localrun does by default."""
-    import llama_cpp
+    """Whether localrun keeps llama.cpp from repacking weights here (a CPU with AMX, whose
+    llama.cpp kernels crash: llama.cpp#20824); llama-server and llama-bench then run without
+    repacking too, or they would crash."""
+    from localrun.engine.buildinfo import build_info, repacks
 
-    return "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    return not repacks(build_info().system_info)
 
 
 def smollm2() -> Path:
@@ -159,11 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     build = bench.ensure_build(None, cache, args.jobs).dir
     work = Path(tempfile.mkdtemp(prefix="localrun-bench-busy-"))
     model = smollm2()
-    env = {**os.environ, "LOCALRUN_HOME": str(work / "home"), "LOCALRUN_KEEP_ALIVE": "-1"}
-    for unset in ("LOCALRUN_MODELS", "LOCALRUN_API_KEY", "LOCALRUN_SPECULATE"):
-        env.pop(unset, None)
     ours_port, theirs_port = bench_serve.free_port(), bench_serve.free_port()
-    env["LOCALRUN_HOST"] = f"127.0.0.1:{ours_port}"
+    env = bench.served_env(work / "home", LOCALRUN_HOST=f"127.0.0.1:{ours_port}")
+    env.pop("LOCALRUN_SPECULATE", None)  # every stack at its defaults
     run_env = {**env, "LOCALRUN_HOST": "127.0.0.1:9"}  # `run` loads the model itself
     localrun_run(run_env, 4)  # imports the starter model into the store
     servers = [

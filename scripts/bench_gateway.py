@@ -49,9 +49,7 @@ TARGET_TTFT_MS = 10.0
 
 
 def _serve(name: str, home: Path, threads: int, model: str) -> Server:
-    env = {**os.environ, "LOCALRUN_HOME": str(home), "LOCALRUN_KEEP_ALIVE": "-1"}
-    for unset in ("LOCALRUN_MODELS", "LOCALRUN_API_KEY", "LOCALRUN_HOST"):
-        env.pop(unset, None)
+    env = bench.served_env(home)
     port = free_port()
     cmd = [*bench._localrun_cmd(), "serve", "--host", "127.0.0.1", "--port", str(port)]
 

@@ -363,14 +363,7 @@ def localrun_server(home: Path, model: Path, name: str | None, threads: int) -> 
 
 def localrun_store(home: Path, model: Path, name: str | None, threads: int) -> bench.Localrun:
     """A fresh store in `home` with the model imported (not loaded), for `localrun serve`."""
-    env = {
-        **os.environ,
-        "LOCALRUN_HOME": str(home),
-        "LOCALRUN_NUM_PARALLEL": str(SLOTS),
-        "LOCALRUN_KEEP_ALIVE": "-1",
-    }
-    for unset in ("LOCALRUN_MODELS", "LOCALRUN_API_KEY", "LOCALRUN_HOST"):
-        env.pop(unset, None)
+    env = bench.served_env(home, LOCALRUN_NUM_PARALLEL=str(SLOTS))
     lr = bench.prepare_localrun(home, model, name, threads)
     lr.env = env
     if lr.model:

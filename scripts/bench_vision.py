@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "PARAMETER temperature 0\nPARAMETER repeat_penalty 1.0\nPARAMETER speculate off\n"
     )
     home = work / "home"
-    env = {**os.environ, "LOCALRUN_HOME": str(home), "LOCALRUN_KEEP_ALIVE": "-1"}
-    for unset in ("LOCALRUN_MODELS", "LOCALRUN_API_KEY", "LOCALRUN_HOST"):
-        env.pop(unset, None)
+    env = bench.served_env(home)
     lr = [sys.executable, "-m", "localrun"]
     bench._run([*lr, "create", "vis", "-f", str(modelfile)], timeout=300, env=env)
     audio = tiny_projectors.write_tiny_audio(work)

@@ -99,7 +99,10 @@ def test_image_url_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cpu_repack_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from localrun.engine.weights import repack_weights
+    from localrun.engine.buildinfo import build_info, repacks
+
+    def repack_weights() -> bool:
+        return repacks(build_info().system_info)
 
     monkeypatch.setenv("LOCALRUN_CPU_REPACK", "off")
     assert repack_weights() is False

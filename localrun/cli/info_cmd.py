@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from localrun import config
 from localrun.cli.output import columns, human_size
 from localrun.errors import LocalrunError
 
@@ -28,7 +27,7 @@ _BUILD_FLAGS = {
 def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the CPU, memory and GPUs found, and what the installed llama.cpp was built to use."""
     from localrun import system
-    from localrun.engine.buildinfo import build_info
+    from localrun.engine.buildinfo import AMX, build_info, repacks
 
     found = system.detect()
     build: BuildInfo | None = None
@@ -74,8 +73,8 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
         if build.devices:
             rows.append(["devices", ", ".join(build.devices)])
         rows.append(["system info", build.system_info])
-        if "AMX_INT8 = 1" in build.system_info:
-            repack = "on" if config.cpu_repack() == "on" else "off"
+        if AMX in build.system_info:
+            repack = "on" if repacks(build.system_info) else "off"
             rows.append(["weight repacking", f"{repack} (AMX; LOCALRUN_CPU_REPACK)"])
     rows += [["note", note] for note in notes]
     print(columns(rows))

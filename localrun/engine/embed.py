@@ -19,7 +19,7 @@ from typing import Any
 
 from localrun.engine.native import lc
 from localrun.engine.sequence import overflow_error, put
-from localrun.engine.types import EmbedInput, LoadOptions
+from localrun.engine.types import EmbedInput, LoadOptions, rank_mismatch
 from localrun.engine.weights import Weights
 from localrun.errors import BadRequestError, EngineError
 
@@ -38,6 +38,7 @@ class Embedder:
         self._limit = 0
         self.pooled = False  # the model pools (known once the context is made)
         self.rank = False  # the model is a reranker (rank pooling)
+        self._template: str | None = None  # its `rerank` template, if it has one
 
     def embed(
         self, texts: Sequence[EmbedInput], *, truncate: bool = True, query: str | None = None
@@ -54,7 +55,7 @@ class Embedder:
         weights = self._weights
         ctx = self._context()
         if (query is not None) != self.rank:
-            raise _rank_mismatch(self.rank)
+            raise rank_mismatch(self.rank)
         n_ctx = self._limit
         inputs: list[list[int]] = []
         for text in texts:
@@ -115,6 +116,7 @@ class Embedder:
         self._limit = min(self._n_ctx, options.num_ctx)
         if self.pooled:
             self.rank = lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_RANK
+            self._template = _rerank_template(weights.model) if self.rank else None
             # The batch holds whole texts, and an encoder knows no position past its training.
             self._limit = min(self._limit, int(lc.llama_n_batch(ctx)), weights.n_ctx_train)
         self._ctx = ctx
@@ -123,7 +125,7 @@ class Embedder:
     def _pair(self, query: str, document: str) -> list[int]:
         """The tokens of one query-document pair, laid out as llama-server lays them out."""
         weights = self._weights
-        template = _rerank_template(weights.model)
+        template = self._template
         if template is not None:
             text = template.replace("{query}", query).replace("{document}", document)
             return weights.tokenize(text, add_special=False, parse_special=True)
@@ -210,19 +212,6 @@ def _rerank_template(model: Any) -> str | None:
     """The model's `rerank` template (tokenizer.chat_template.rerank), or None."""
     found = lc.llama_model_chat_template(model, b"rerank")
     return found.decode("utf-8", errors="replace") if found else None
-
-
-def _rank_mismatch(rank: bool) -> BadRequestError:
-    if rank:
-        return BadRequestError(
-            "this model is a reranker: it scores documents against a query and makes no "
-            "embeddings or text",
-            hint="send it to /v1/rerank with a query and documents",
-        )
-    return BadRequestError(
-        "this model cannot rerank: its GGUF names no rank pooling",
-        hint="rerank with a reranker model; `localrun search rerank` lists some",
-    )
 
 
 class _EmbedBatch:

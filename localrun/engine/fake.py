@@ -22,6 +22,7 @@ from localrun.engine.types import (
     LoadOptions,
     SamplingOptions,
     Timings,
+    rank_mismatch,
 )
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError
 
@@ -164,7 +165,7 @@ class FakeBatchEngine:
         """Deterministic unit vectors (`dims` dimensions) derived from each text; the fake is
         no reranker, so a `query` is refused as the real engine refuses it."""
         if query is not None:
-            raise BadRequestError("this model cannot rerank: its GGUF names no rank pooling")
+            raise rank_mismatch(False)
         vectors = []
         count = 0
         dims = self.dims

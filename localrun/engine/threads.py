@@ -15,6 +15,7 @@ does not make it flap.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,8 +38,15 @@ def _busy_seconds() -> tuple[float, float]:
     total = sum(
         getattr(times, name) for name in times._fields if name not in ("guest", "guest_nice")
     )
-    mine = psutil.Process().cpu_times()
+    mine = _this_process().cpu_times()
     return total - idle, mine.user + mine.system
+
+
+@functools.cache
+def _this_process() -> Any:
+    import psutil
+
+    return psutil.Process()
 
 
 class Governor:
@@ -62,8 +70,7 @@ class Governor:
         self._clock = clock
         self._last: tuple[float, float, float] | None = None  # (when, system busy, ours)
         self._allowed_up = False
-        self.threads = self.most
-        self._applied = self.most
+        self.threads = self.most  # what the contexts were made with, and run with now
 
     def current(self) -> int:
         """Threads for the next decode (looked at again at most every INTERVAL_S)."""
@@ -93,10 +100,10 @@ class Governor:
 
     def apply(self, *contexts: Any) -> None:
         """Set the current count on llama.cpp contexts (generation and batch threads alike)."""
+        before = self.threads
         threads = self.current()
-        if threads == self._applied:
+        if threads == before:
             return
         for ctx in contexts:
             if ctx:
                 lc.llama_set_n_threads(ctx, threads, threads)
-        self._applied = threads

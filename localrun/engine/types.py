@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from localrun.errors import EngineError, LocalrunError
+from localrun.errors import BadRequestError, EngineError, LocalrunError
 
 
 @dataclass(frozen=True)
@@ -275,3 +275,18 @@ class QueueSink:
                 gen.done_reason, gen.timings, gen.tokens = item
                 gen.done_reason = "cancelled"
                 return
+
+
+def rank_mismatch(rank: bool) -> BadRequestError:
+    """The error for a reranker asked to embed (or generate), or for rerank asked of a model
+    that is not one; the real engine and the fake word it alike."""
+    if rank:
+        return BadRequestError(
+            "this model is a reranker: it scores documents against a query and makes no "
+            "embeddings or text",
+            hint="send it to /v1/rerank with a query and documents",
+        )
+    return BadRequestError(
+        "this model cannot rerank: its GGUF names no rank pooling",
+        hint="rerank with a reranker model; `localrun search rerank` lists some",
+    )

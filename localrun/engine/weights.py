@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from localrun import config, gguf, prompt_cache
+from localrun.engine.buildinfo import build_info, repacks
 from localrun.engine.native import lc
 from localrun.engine.types import FimTokens, LoadOptions
 from localrun.errors import BadRequestError, EngineError, ModelLoadError
@@ -64,19 +65,6 @@ def _last_error() -> str:
     return (errors or failures or lines or ["no details"])[-1][:300]
 
 
-def repack_weights() -> bool:
-    """Whether llama.cpp may put weights in its CPU "extra" buffer types (repacked for the
-    CPU's kernels). Not by default on a CPU with AMX: llama.cpp then repacks into AMX buffers,
-    whose matrix multiplication crashes the process (a segfault in ggml_backend_amx_mul_mat,
-    llama.cpp#20824; Ollama's #17205 on the same CPUs), seen here as soon as two sequences
-    decode in one batch. LOCALRUN_CPU_REPACK on/off overrides."""
-    mode = config.cpu_repack()
-    if mode != "auto":
-        return mode == "on"
-    info = lc.llama_print_system_info().decode("utf-8", "replace")
-    return "AMX_INT8 = 1" not in info
-
-
 class Weights:
     """A llama.cpp model in memory (weights, vocabulary, LoRA adapters) that contexts are made from.
 
@@ -102,7 +90,7 @@ class Weights:
         mparams.n_gpu_layers = options.num_gpu
         mparams.main_gpu = options.main_gpu
         mparams.use_mmap = options.use_mmap
-        mparams.use_extra_bufts = repack_weights()
+        mparams.use_extra_bufts = repacks(build_info().system_info)
         if options.splits:
             paths = [p.encode() for p in (path, *options.splits)]
             array = (ctypes.c_char_p * len(paths))(*paths)

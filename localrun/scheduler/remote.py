@@ -438,12 +438,11 @@ class RemotePool:
                     route, payload = remote_wire.embed_body(
                         upstream.dialect, model, inputs, truncate
                     )
-                else:
-                    route, payload = remote_wire.rerank_body(upstream, model, query, inputs)
-                answer = await self._post_json(upstream.url + route, payload, upstream)
-                if query is None:
+                    answer = await self._post_json(upstream.url + route, payload, upstream)
                     vectors, tokens = remote_wire.embeddings(upstream.dialect, answer)
                 else:
+                    route, payload = remote_wire.rerank_body(upstream, model, query, inputs)
+                    answer = await self._post_json(upstream.url + route, payload, upstream)
                     vectors, tokens = remote_wire.rerank_scores(answer, len(inputs))
                 if len(vectors) != len(inputs):
                     raise ValueError(f"{len(vectors)} vectors for {len(inputs)} inputs")
