@@ -36,6 +36,7 @@ from localrun.request import GenRequest
 from localrun.scheduler import Scheduler, Stream
 from localrun.store import Store
 from localrun.worker import process as runner_process
+from localrun.worker import protocol
 
 pytestmark = pytest.mark.model
 
@@ -554,26 +555,32 @@ def test_unload_cancels_a_busy_model_and_kills_it_when_wedged(
     run(main())
 
 
-def test_embeddings_come_in_groups_and_a_line_over_the_limit_says_so(
+def test_embeddings_come_in_groups_and_an_event_over_the_limit_costs_only_its_request(
     models: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inputs = [f"text number {i}" for i in range(40)]
 
     async def main() -> None:
         # 40 vectors of 4096 values are about 3.4 MB of JSON: more than one line may hold.
-        monkeypatch.setattr(runner_process, "LINE_LIMIT", 2 * 1024 * 1024)
+        monkeypatch.setattr(protocol, "LINE_LIMIT", 2 * 1024 * 1024)
         async with fake(models, {"dims": 4096}) as sched:
             found = await sched.embed("a", inputs)
             assert len(found.vectors) == 40 and {len(v) for v in found.vectors} == {4096}
             last = await sched.embed("a", inputs[-1:])
             assert found.vectors[-1] == last.vectors[0]  # in order
             assert found.prompt_tokens == sum(len(t) for t in inputs)
-        monkeypatch.setattr(runner_process, "LINE_LIMIT", 64 * 1024)  # one vector is more
+        # One vector is more than a line may hold: the runner sends its request's error in
+        # place of the event (the scheduler would kill a runner for a longer line), and serves
+        # the next request.
+        monkeypatch.setattr(protocol, "LINE_LIMIT", 64 * 1024)
         async with fake(models, {"dims": 4096}) as sched:
-            with pytest.raises(RunnerDiedError) as died:
+            await sched.load("a")
+            pid = pid_of(sched, "a:latest")
+            with pytest.raises(BadRequestError) as refused:
                 await sched.embed("a", ["x"])
-            assert "over the limit" in died.value.message
-            assert "out of memory" not in died.value.message
+            assert "more than a runner sends in one event" in refused.value.message
+            answer = await chat(sched, "a", messages=HI, options={"num_predict": 2})
+            assert await text(answer) == "He" and pid_of(sched, "a:latest") == pid
 
     run(main())
 

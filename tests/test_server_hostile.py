@@ -6,12 +6,14 @@ each gets its 4xx in the dialect's shape and the server and the runner answer th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from conftest import PATIENCE_S
 from test_server import SMOL, LiveServer, add_model
@@ -19,6 +21,7 @@ from test_server import SMOL, LiveServer, add_model
 from localrun import catalog
 from localrun.scheduler import Scheduler
 from localrun.store import Store
+from localrun.worker import protocol
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -108,3 +111,58 @@ def test_characters_a_sentencepiece_vocabulary_lacks_are_read_in_bounded_numbers
     assert answer.status_code == 400 and "byte by byte" in answer.json()["error"]
     # SmolLM2's byte-level BPE reads any character in linear time: no such bound.
     assert post(live, "/tokenize", {"model": SMOL, "content": lacking}).status_code == 200
+
+
+# -- detokenize and the runner's event channel ------------------------------------------------
+
+
+def _tree_rss() -> int:
+    me = psutil.Process()
+    return me.memory_info().rss + sum(p.memory_info().rss for p in me.children(recursive=True))
+
+
+def test_detokenize_reads_a_bounded_list_and_the_runner_lives(live: LiveServer) -> None:
+    assert generate(live).status_code == 200
+    pid = live.running()[SMOL].pid
+    # 15 million ids (a 29 MB body) cost 50 s, 3 GB and the runner's life: now a fast 400
+    # that says the limit, before a runner sees it.
+    body = b'{"model": "' + SMOL.encode() + b'", "tokens": [' + b"0," * 15_000_000 + b"0]}"
+    started = time.monotonic()
+    refused = httpx.post(
+        live.url + "/detokenize",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        timeout=PATIENCE_S,
+    )
+    assert refused.status_code == 400, refused.text[:300]
+    assert "262,144" in refused.json()["error"]["message"]
+    assert "LOCALRUN_MAX_DETOKENIZE_TOKENS" in refused.json()["error"]["hint"]
+    assert time.monotonic() - started < 20
+    assert _tree_rss() < 2 << 30
+    # At the limit, the text comes back; the runner is the same one.
+    most = post(live, "/detokenize", {"model": SMOL, "tokens": [1] * 262_144})
+    assert most.status_code == 200 and most.json()["content"] == "<|im_start|>" * 262_144
+    assert generate(live).status_code == 200 and live.running()[SMOL].pid == pid
+
+
+def test_an_answer_too_large_for_the_channel_costs_that_answer_not_the_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A runner's event line past the channel's limit used to get the runner killed (and the
+    # model loaded again). With a small limit, a detokenized text over it is that request's
+    # 400; the runner answers the next request and is the same process.
+    monkeypatch.setattr(protocol, "LINE_LIMIT", 256 * 1024)
+    store = Store(tmp_path / "models")
+    catalog.find(store, SMOL)
+    server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=1, max_queue=8))
+    try:
+        assert generate(server).status_code == 200
+        pid = server.running()[SMOL].pid
+        large = post(server, "/detokenize", {"model": SMOL, "tokens": [1] * 40_000})  # 480 KB
+        assert large.status_code == 400, large.text[:300]
+        assert "more than a runner sends in one event" in large.json()["error"]["message"]
+        small = post(server, "/detokenize", {"model": SMOL, "tokens": [1] * 1000})
+        assert small.status_code == 200 and len(small.json()["content"]) == 12_000
+        assert generate(server).status_code == 200 and server.running()[SMOL].pid == pid
+    finally:
+        server.close()

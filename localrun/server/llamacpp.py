@@ -103,6 +103,12 @@ async def detokenize(request: Request) -> Response:
     tokens: Any = body.get("tokens", list)
     if tokens is None:
         return JSONResponse({"content": ""})
+    most = config.max_detokenize_tokens()
+    if len(tokens) > most:  # refused before any work: a long list costs a runner seconds
+        raise BadRequestError(
+            f"tokens holds {len(tokens):,} token ids; /detokenize reads at most {most:,}",
+            hint="send them in parts, or raise LOCALRUN_MAX_DETOKENIZE_TOKENS",
+        )
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
         raise BadRequestError("tokens must be a list of token ids (integers)")
     scheduler = core.context(request).scheduler

@@ -38,7 +38,9 @@ def main() -> int:
         os._exit(1)
 
     try:
-        loaded = load(protocol.decode(first), breach)
+        request = protocol.decode(first)
+        output.limit = protocol.line_limit(request)
+        loaded = load(request, breach)
     except LocalrunError as exc:
         output.send(protocol.error_event(exc))
         return 1

@@ -5,7 +5,8 @@ the events it sends back: those of a request (by id) to that request's queue, th
 a load error) to a callback. The runner's stderr goes to the "localrun.runner" logger, its last
 lines kept for error messages. When its stdout ends the process is reaped and a callback gets
 the exit status. Stopping escalates from stdin EOF to SIGTERM and SIGKILL; `kill` is for a
-runner that can no longer be trusted (it ignored a cancel, or sent a line past LINE_LIMIT) and
+runner that can no longer be trusted (it ignored a cancel, or sent a line past the protocol's
+LINE_LIMIT, which a runner never does) and
 keeps the reason for the error its requests get. `Stream` reads one generation's events from
 its queue.
 
@@ -34,7 +35,6 @@ from localrun.worker import protocol
 log = logging.getLogger("localrun.scheduler")
 runner_log = logging.getLogger("localrun.runner")
 
-LINE_LIMIT = 64 * 1024 * 1024  # one event line (embeddings of a long input list are large)
 STOP_GRACE_S = 10.0  # after stdin EOF, before SIGTERM
 KILL_GRACE_S = 3.0  # after SIGTERM, before SIGKILL
 STDERR_GRACE_S = 2.0  # after the exit, for the last stderr lines
@@ -89,7 +89,7 @@ class RunnerProcess:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                limit=LINE_LIMIT,
+                limit=protocol.LINE_LIMIT,
                 # Its own session: Ctrl-C in the server's terminal reaches only the server,
                 # which then stops the runners in order (stdin EOF also ends an orphan).
                 start_new_session=True,
@@ -232,8 +232,8 @@ class RunnerProcess:
                     del self.pending[rid]
                     on_final()
                 queue.put_nowait(event)
-        except ValueError:  # a line past LINE_LIMIT: the stream cannot be trusted any more
-            self.kill(f"it sent an event line over the limit of {LINE_LIMIT} bytes")
+        except ValueError:  # a line past the limit: the stream cannot be trusted any more
+            self.kill(f"it sent an event line over the limit of {protocol.LINE_LIMIT} bytes")
         finally:
             code = await self._reap(proc, stderr)
             self._reaped.set()

@@ -5,8 +5,8 @@ worker's private copy of stdout (native libraries print to fd 1, which the worke
 stderr so they cannot corrupt the stream).
 
     -> {"op": "load", "store": ROOT, "model": NAME, "options": {...}, "slots": N,
-        "backend": "llama" | "fake", "replies": [...]?, "delay": s?, "hang": bool?,
-        "dims": N?}                                        (first line, once; fake: for tests)
+        "line_limit": BYTES?, "backend": "llama" | "fake", "replies": [...]?, "delay": s?,
+        "hang": bool?, "dims": N?}                         (first line, once; fake: for tests)
     <- {"event": "ready", "info": {n_ctx, n_ctx_train, slots, size, size_vram, gpu_layers,
                                    layers, processor, load_s, notes}}
        or {"event": "error", "error": {...}} and exit 1
@@ -45,8 +45,14 @@ vectors of an embedding come in "vectors" events of a few at a time (EMBED_GROUP
 any left in the final event: one line holding every vector of a long input list could outgrow
 what the scheduler reads in one line, and the worker checks for a cancel between groups. An
 error event without an "id" is about the worker itself (a load failure, or a line that is not
-a request at all). Pure: only json, localrun.errors, localrun.request and engine.types are
-imported.
+a request at all).
+
+No event line is longer than the load request's "line_limit" (LINE_LIMIT): the longest line
+the scheduler reads, past which it cannot trust the stream and kills the runner. The runner
+sends an event that would be longer as an error event of its request instead (`oversized`), so
+an answer too large for the channel costs that answer, never the runner.
+
+Pure: only json, localrun.errors, localrun.request and engine.types are imported.
 """
 
 from __future__ import annotations
@@ -84,6 +90,10 @@ EVENTS = frozenset({READY, PIECE, DONE, ERROR, EMBEDDINGS, VECTORS, TOKENS, TEXT
 FINAL_EVENTS = frozenset({DONE, ERROR, EMBEDDINGS, TOKENS, TEXT})
 
 DONE_REASONS = ("stop", "length", "cancelled")
+
+# The longest event line (newline included) the scheduler reads from a runner: embeddings of a
+# long input list are large. Read when a runner starts, so that tests can lower it.
+LINE_LIMIT = 64 * 1024 * 1024
 
 # Inputs embedded (and their vectors sent) per "vectors" event: 16 vectors of 8192 floats make
 # a line of about 3 MB, far below the scheduler's line limit.
@@ -152,9 +162,18 @@ def load_request(
         "model": model,
         "options": options or {},
         "slots": slots,
+        "line_limit": LINE_LIMIT,
         "backend": backend,
         **extra,
     }
+
+
+def line_limit(request: Message) -> int:
+    """The longest event line the load request allows (LINE_LIMIT when it names none)."""
+    value = request.get("line_limit")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
+        return LINE_LIMIT
+    return value
 
 
 def generate_request(id: RequestId, request: GenRequest) -> Message:
@@ -333,6 +352,16 @@ def error_event(exc: LocalrunError, id: RequestId | None = None) -> Message:
     if id is not None:
         message["id"] = id
     return message
+
+
+def oversized(message: Message, size: int, limit: int) -> Message:
+    """The error event sent in place of `message`, whose line of `size` bytes is longer than
+    the channel's `limit`: its request fails and the runner goes on."""
+    error = BadRequestError(
+        f"the answer is {size:,} bytes, more than a runner sends in one event ({limit:,})",
+        hint="ask for less in one request",
+    )
+    return error_event(error, message.get("id"))
 
 
 def vectors_event(id: RequestId, embeddings: list[list[float]]) -> Message:

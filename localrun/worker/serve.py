@@ -25,22 +25,27 @@ from localrun.worker.load import Loaded
 from localrun.worker.sink import Output, RequestSink, unexpected
 
 # Most tokens one event returns: 8 bytes of JSON each at most keeps its line far below the
-# scheduler's limit (worker.process.LINE_LIMIT), past which a runner is not trusted any more.
+# channel's limit (protocol.LINE_LIMIT).
 MAX_TOKENS_EVENT = 4_000_000
 
 RequestId = protocol.RequestId
 
 
 class StreamOutput:
-    """The event stream of a runner process: whole lines, written under a lock from any thread."""
+    """The event stream of a runner process: whole lines, written under a lock from any thread,
+    none longer than `limit` bytes (the scheduler kills a runner that sends a longer one: such
+    an event goes as its request's error instead)."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, limit: int = protocol.LINE_LIMIT) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self.limit = limit
         self.broken = False  # the reader went away: nothing more can be delivered
 
     def send(self, message: protocol.Message) -> None:
         data = protocol.encode(message)
+        if len(data) > self.limit:
+            data = protocol.encode(protocol.oversized(message, len(data), self.limit))
         with self._lock:
             if self.broken:
                 return
@@ -114,7 +119,7 @@ class Worker:
             elif op == protocol.TOKENIZE:
                 self._tokenizer.submit(self._send_tokens, id, message)
             elif op == protocol.DETOKENIZE:
-                self._detokenize(id, message)
+                self._tokenizer.submit(self._send_text, id, message)
             elif op == protocol.EMBED:
                 self._start_embed(id, message)
             else:
@@ -196,12 +201,17 @@ class Worker:
             parse_special=message.get("parse_special") is True,
         )
 
-    def _detokenize(self, id: RequestId, message: protocol.Message) -> None:
-        tokens = token_ids(message.get("tokens"), self.engine.n_vocab, "tokens")
-        pieces = [self.engine.token_bytes(t) for t in tokens]
-        text = b"".join(pieces).decode("utf-8", errors="replace")
-        wanted = message.get("pieces") is True
-        self.output.send(protocol.text_event(id, text, pieces if wanted else None))
+    def _send_text(self, id: RequestId, message: protocol.Message) -> None:
+        """A detokenize request's one event, on the tokenizer's thread (a long list takes a
+        while; the server bounds its length)."""
+        try:
+            tokens = token_ids(message.get("tokens"), self.engine.n_vocab, "tokens")
+            pieces = [self.engine.token_bytes(t) for t in tokens]
+            text = b"".join(pieces).decode("utf-8", errors="replace")
+            wanted = message.get("pieces") is True
+            self.output.send(protocol.text_event(id, text, pieces if wanted else None))
+        except Exception as exc:
+            self.output.send(_failure(exc, id))
 
     # -- embeddings ---------------------------------------------------------------------------
 
