@@ -359,6 +359,13 @@ SETTINGS: dict[str, Setting] = {
             lambda: 64 * 1024 * 1024,
         ),
         Setting(
+            "LOCALRUN_UPSTREAM_MAX_TOKENS",
+            "Most tokens of one upstream answer forwarded when the client sets no limit; past "
+            "it (or the client's own) the answer ends as a length-limited one.",
+            parse.parse_positive_int,
+            lambda: 131072,
+        ),
+        Setting(
             "LOCALRUN_UPSTREAM_HEALTH_INTERVAL",
             "How often the server reads each upstream's model list (its health check).",
             parse_duration,
@@ -529,6 +536,10 @@ def max_grammar_bytes() -> int:
 
 def upstream_max_bytes() -> int:
     return SETTINGS["LOCALRUN_UPSTREAM_MAX_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def upstream_max_tokens() -> int:
+    return SETTINGS["LOCALRUN_UPSTREAM_MAX_TOKENS"].value()  # type: ignore[no-any-return]
 
 
 def max_tokenize_bytes() -> int:

@@ -17,6 +17,9 @@ Hostile modes (an upstream that would take a gateway down):
   huge_line   start a stream, then send one line that never ends (`huge_bytes` of it)
   gzip_bomb   a gzip-compressed stream of `huge_bytes` zero bytes (about 1000 times smaller)
   huge        /v1/embeddings and /v1/models answer `huge_bytes` of JSON
+  endless     stream `endless_piece` chunk after chunk, whatever max_tokens says, until the
+              client goes away (at most `huge_bytes` of it); also on Ollama's /api/chat and
+              /api/generate (with /api/tags), as JSON lines, for an Ollama-dialect upstream
 
 It records each request (path, headers, JSON body) and whether a client went away mid-answer.
 """
@@ -45,6 +48,8 @@ class FakeUpstream:
         self.interval_s = 0.05
         self.pieces = 400
         self.huge_bytes = 256 * 1024 * 1024
+        self.endless_piece = "tick "
+        self.sent_bytes = 0  # of the last endless answer
         self.requests: list[dict[str, Any]] = []
         self.disconnected = threading.Event()
         self.lock = threading.Lock()
@@ -59,6 +64,8 @@ class FakeUpstream:
             def do_GET(self) -> None:
                 if self.path == "/v1/models" and fake.mode == "huge":
                     self._raw(200, _huge("models", fake.huge_bytes))
+                elif self.path == "/api/tags":
+                    self._json(200, {"models": [{"name": m, "model": m} for m in fake.models]})
                 elif self.path == "/v1/models":
                     data = {
                         "object": "list",
@@ -86,6 +93,9 @@ class FakeUpstream:
                     ]
                     usage = {"prompt_tokens": 2 * len(inputs), "total_tokens": 2 * len(inputs)}
                     self._json(200, {"object": "list", "data": data, "usage": usage})
+                    return
+                if fake.mode == "endless" and self.path in _ENDLESS:
+                    self._endless(_ENDLESS[self.path])
                     return
                 if self.path not in ("/v1/chat/completions", "/v1/completions"):
                     self._json(404, {"error": {"message": "this upstream speaks OpenAI only"}})
@@ -173,6 +183,33 @@ class FakeUpstream:
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
 
+            def _endless(self, shape: str) -> None:
+                """An answer that never ends by itself, in the route's wire shape."""
+                piece = fake.endless_piece
+                one = {
+                    "chat": {"id": "x", "choices": [{"index": 0, "delta": {"content": piece}}]},
+                    "completions": {"id": "x", "choices": [{"index": 0, "text": piece}]},
+                    "ollama_chat": {"message": {"role": "assistant", "content": piece},
+                                    "done": False},
+                    "ollama_generate": {"response": piece, "done": False},
+                }[shape]  # fmt: skip
+                line = json.dumps(one).encode()
+                line = line + b"\n" if shape.startswith("ollama") else b"data: " + line + b"\n\n"
+                ndjson = "application/x-ndjson"
+                self.send_response(200)
+                self.send_header("Content-Type", ndjson if shape[0] == "o" else "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                fake.sent_bytes = 0
+                try:
+                    while fake.sent_bytes < fake.huge_bytes:
+                        self.wfile.write(line)
+                        self.wfile.flush()
+                        fake.sent_bytes += len(line)
+                except (BrokenPipeError, ConnectionResetError):
+                    fake.disconnected.set()
+
             def _hostile(self, mode: str, size: int) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -236,6 +273,15 @@ class FakeUpstream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# The routes an endless answer is given on, and its wire shape there.
+_ENDLESS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/api/chat": "ollama_chat",
+    "/api/generate": "ollama_generate",
+}
 
 
 @functools.cache

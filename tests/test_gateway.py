@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -484,6 +484,92 @@ def test_a_hostile_upstream_cannot_take_the_gateway_down(
         gw.kill()
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc for peak memory")
+def test_an_upstream_that_ignores_the_limit_is_held_to_it(tmp_path: Path) -> None:
+    """Seen before: an upstream streaming forever, whatever max_tokens said, had 51 MB forwarded
+    through /api/chat before the client gave up. Now every dialect gets the client's limit and
+    no more, ends the way it ends a length-limited answer, and the upstream request is closed;
+    with no limit from the client, LOCALRUN_UPSTREAM_MAX_TOKENS holds it."""
+    import anthropic
+    import ollama
+    import openai
+
+    with FakeUpstream() as fake, FakeUpstream(models=("ollama-model",)) as ofake:
+        gw = gateway(
+            tmp_path / "gw",
+            {"fake": {"url": fake.url}, "ofake": {"url": ofake.url, "dialect": "ollama"}},
+            LOCALRUN_UPSTREAM_MAX_TOKENS="300",
+        )
+        fake.mode = ofake.mode = "endless"
+        oc = ollama.Client(host=gw.url, timeout=PATIENCE_S)
+        ai = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+        an = anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0)
+        user = [{"role": "user", "content": "hi"}]
+
+        def held(upstream: FakeUpstream, ask: Callable[[], tuple[str, str]], text: str,
+                 ending: str) -> None:  # fmt: skip
+            upstream.disconnected.clear()
+            started = time.monotonic()
+            got, reason = ask()
+            assert (got, reason) == (text, ending)
+            assert time.monotonic() - started < 20
+            assert upstream.disconnected.wait(10), "the upstream request was not closed"
+
+        def ollama_chat(model: str, limit: int | None) -> tuple[str, str]:
+            options = {"num_predict": limit} if limit else {}
+            parts = list(oc.chat(model=model, messages=user, options=options, stream=True))
+            return "".join(p.message.content or "" for p in parts), str(parts[-1].done_reason)
+
+        def openai_chat(model: str) -> tuple[str, str]:
+            stream = ai.chat.completions.create(
+                model=model,
+                messages=user,
+                max_completion_tokens=20,
+                stream=True,  # type: ignore[arg-type]
+            )
+            chunks = [c for c in stream if c.choices]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks)
+            return text, str(chunks[-1].choices[0].finish_reason)
+
+        def completions() -> tuple[str, str]:
+            done = ai.completions.create(model="big-model", prompt="hi", max_tokens=20)
+            return done.choices[0].text, done.choices[0].finish_reason
+
+        def generate() -> tuple[str, str]:
+            done = oc.generate(model="ollama-model", prompt="hi", options={"num_predict": 20})
+            return done.response, str(done.done_reason)
+
+        def messages() -> tuple[str, str]:
+            with an.messages.stream(model="big-model", max_tokens=20, messages=user) as stream:
+                text = "".join(stream.text_stream)
+                return text, str(stream.get_final_message().stop_reason)
+
+        def responses() -> tuple[str, str]:
+            done = ai.responses.create(model="big-model", input="hi", max_output_tokens=20)
+            return done.output_text, f"{done.status}: {done.incomplete_details.reason}"  # type: ignore[union-attr]
+
+        twenty = "tick " * 20
+        try:
+            held(fake, lambda: ollama_chat("big-model", 20), twenty, "length")
+            held(ofake, lambda: ollama_chat("ollama-model", 20), twenty, "length")
+            held(fake, lambda: openai_chat("big-model"), twenty, "length")
+            held(ofake, lambda: openai_chat("ollama-model"), twenty, "length")
+            held(fake, completions, twenty, "length")
+            held(ofake, generate, twenty, "length")
+            held(fake, messages, twenty, "max_tokens")
+            held(fake, responses, twenty, "incomplete: max_output_tokens")
+            # No limit from the client: the server's own ceiling.
+            held(fake, lambda: ollama_chat("big-model", None), "tick " * 300, "length")
+            # Characters count too: 1000-character pieces fit 100 tokens' bound three times.
+            fake.endless_piece = "x" * 1000
+            held(fake, lambda: ollama_chat("big-model", 100), "x" * 3000, "length")
+            assert httpx.get(gw.url + "/api/version", timeout=PATIENCE_S).status_code == 200
+            peak = _peak_rss(gw.proc.pid)
+            assert peak < 400 * 1024 * 1024, f"the gateway grew to {peak / 2**20:.0f} MiB"
+        finally:
+            gw.kill()
+
+
 def test_a_clients_own_mistakes_are_not_the_upstreams(fake: FakeUpstream, fake_gw: Serve) -> None:
     for mode, text in (("error400", "max_tokens is too large"),
                        ("error_line", "exceeds the available context size")):  # fmt: skip
@@ -516,6 +602,46 @@ def test_a_long_shared_system_prompt_does_not_pin_conversations(
     for i in range(6):
         _chat(gw.url, [system, {"role": "user", "content": f"task {i}"}])
     assert len(one.chat_requests()) >= 2 and len(two.chat_requests()) >= 2
+
+
+def test_an_answers_limit_counts_pieces_reported_tokens_and_characters() -> None:
+    from localrun.scheduler import remote_wire
+    from localrun.scheduler.remote_limit import AnswerLimit
+
+    def chunk(content: str = "", usage: int | None = None, **delta: object) -> dict[str, object]:
+        out: dict[str, object] = {"choices": [{"index": 0, "delta": {"content": content, **delta}}]}
+        if usage is not None:
+            out["usage"] = {"prompt_tokens": 3, "completion_tokens": usage}
+        return out
+
+    def reader(limit: int) -> remote_wire.Reader:
+        return remote_wire.Reader("openai", 1, time.perf_counter(), AnswerLimit(limit, True))
+
+    # Pieces: the third of a two-token answer is not forwarded, and the answer is cut there.
+    two = reader(2)
+    assert [len(two.feed(chunk("a"))) for _ in range(3)] == [1, 1, 0]
+    assert two.cut and two.done()["reason"] == "length"
+    # Tokens the upstream reports as it goes (vLLM's continuous usage): past the limit, cut.
+    reported = reader(5)
+    assert reported.feed(chunk("abc", usage=4)) and not reported.cut
+    assert reported.feed(chunk("def", usage=9)) == [] and reported.cut
+    # Characters: one 1000-character piece is more than 10 tokens can hold (32 a token + 256).
+    wide = reader(10)
+    assert wide.feed(chunk("x" * 500)) and wide.feed(chunk("x" * 500)) == [] and wide.cut
+    # A tool call's arguments count as characters; one cut off mid-way is no call at all.
+    calls = reader(10)
+    call = {"index": 0, "function": {"name": "f", "arguments": '{"a": "'}}
+    calls.feed(chunk(tool_calls=[call]))
+    calls.feed(chunk(tool_calls=[{"index": 0, "function": {"arguments": "y" * 1000}}]))
+    assert calls.cut and calls.done()["tool_calls"] is None
+    # The upstream's own finish within the limit is kept; the server's ceiling when none asked.
+    honest = reader(3)
+    honest.feed(chunk("a"))
+    honest.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    assert not honest.cut and honest.done()["reason"] == "stop"
+    assert AnswerLimit.of({"num_predict": 50}, 1000) == AnswerLimit(50, client=True)
+    assert AnswerLimit.of({"num_predict": -1}, 1000) == AnswerLimit(1000, client=False)
+    assert AnswerLimit.of({}, 1000).tokens == 1000
 
 
 def test_wire_translation_details() -> None:

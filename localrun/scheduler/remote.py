@@ -9,7 +9,8 @@ with the fewest requests in flight. A request that fails before its first piece 
 an HTTP error, no answer within the read timeout) is tried once more on another upstream; one
 that fails after pieces were sent ends with UpstreamError, which each dialect turns into its
 error event, never a silently truncated answer. Closing the stream (a client that went away)
-cancels the upstream request.
+cancels the upstream request. An answer is forwarded up to the client's limit (or the server's
+ceiling) and no further, whatever the upstream sends (remote_limit).
 
 Health. Every LOCALRUN_UPSTREAM_HEALTH_INTERVAL each upstream's model list is read (which also
 discovers the models of an upstream that lists none); LOCALRUN_UPSTREAM_EJECT_AFTER failures in
@@ -28,7 +29,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ from localrun.errors import (
 )
 from localrun.request import GenRequest
 from localrun.scheduler import remote_read, remote_wire
+from localrun.scheduler.remote_limit import AnswerLimit
 from localrun.scheduler.runners import RunningModel
 from localrun.upstreams import Upstream
 from localrun.worker import protocol
@@ -68,6 +70,7 @@ class Settings:
     eject_after: int
     cooldown_s: float
     max_bytes: int  # of one answer, decompressed
+    max_tokens: int  # of one answer whose client set no limit (remote_limit)
 
     @classmethod
     def read(cls) -> Settings:
@@ -78,6 +81,7 @@ class Settings:
             config.upstream_eject_after(),
             config.upstream_cooldown(),
             config.upstream_max_bytes(),
+            config.upstream_max_tokens(),
         )
         for name, value, least in (
             ("LOCALRUN_UPSTREAM_CONNECT_TIMEOUT", settings.connect_s, 0.1),
@@ -310,7 +314,11 @@ class RemotePool:
         first: asyncio.Future[None] = loop.create_future()
         state.in_flight += 1
         state.requests += 1
-        task = loop.create_task(self._pump(state, url, payload, rid, queue, first, started, key))
+        ceiling = (self.settings or Settings.read()).max_tokens
+        reader = remote_wire.Reader(
+            upstream.dialect, rid, started, AnswerLimit.of(request.options, ceiling)
+        )
+        task = loop.create_task(self._pump(state, url, payload, reader, queue, first, key))
         self._pumps[task] = queue
         task.add_done_callback(lambda done: self._pumps.pop(done, None))
         try:
@@ -332,16 +340,16 @@ class RemotePool:
         state: UpstreamState,
         url: str,
         payload: protocol.Message,
-        rid: Any,
+        reader: remote_wire.Reader,
         queue: asyncio.Queue[Item],
         first: asyncio.Future[None],
-        started: float,
         key: str,
     ) -> None:
-        """Read the upstream's answer into `queue`; `first` is settled at the first piece,
-        the end or the failure, whatever happens (nothing a request sends can leave it open)."""
+        """Read the upstream's answer through `reader` into `queue`; `first` is settled at the
+        first piece, the end or the failure, whatever happens (nothing a request sends can
+        leave it open)."""
         upstream = state.upstream
-        reader = remote_wire.Reader(upstream.dialect, rid, started)
+        rid, started = reader.id, reader.started
         out = _Delivery(queue, first)
 
         def fail(message: str) -> None:
@@ -403,13 +411,17 @@ class RemotePool:
                     raise _Refused(text)
                 fail(text)
                 return False
-            async for obj in _objects(response, self._max_bytes()):
-                for event in reader.feed(obj):
-                    out.queue.put_nowait(event)
-                    out.sent = True
-                    if not out.first.done():
-                        state.latency_s += time.perf_counter() - started
-                        out.first.set_result(None)
+            async with contextlib.aclosing(_objects(response, self._max_bytes())) as objects:
+                async for obj in objects:
+                    for event in reader.feed(obj):
+                        out.queue.put_nowait(event)
+                        out.sent = True
+                        if not out.first.done():
+                            state.latency_s += time.perf_counter() - started
+                            out.first.set_result(None)
+                    if reader.cut:  # past the client's limit: closing the answer stops it
+                        log.warning("upstream %s: %s", state.name, reader.limit.describe())
+                        break
             if reader.reason is None:
                 fail("the answer ended before it was done")
                 return False
@@ -578,7 +590,7 @@ async def _failure(response: Any) -> tuple[str, bool]:
     return text, 400 <= status < 500 and status not in (408, 429)
 
 
-async def _objects(response: Any, limit: int) -> AsyncIterator[Any]:
+async def _objects(response: Any, limit: int) -> AsyncGenerator[Any, None]:
     """The JSON objects of a streamed answer (`limit` bytes in all): SSE `data:` lines, JSON
     lines, and the `error: {...}` line llama-server ends a failed stream with, as
     {"error": ...}."""

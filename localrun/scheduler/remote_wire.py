@@ -20,6 +20,7 @@ from typing import Any
 from localrun.engine.types import Timings
 from localrun.errors import BadRequestError
 from localrun.request import GenRequest
+from localrun.scheduler.remote_limit import AnswerLimit
 from localrun.upstreams import Upstream
 from localrun.worker import protocol
 
@@ -267,10 +268,14 @@ def embeddings(dialect: str, data: Any) -> tuple[list[list[float]], int]:
 class Reader:
     """Turns one upstream answer's stream into runner events, with its timings."""
 
-    def __init__(self, dialect: str, request_id: Any, started: float) -> None:
+    def __init__(
+        self, dialect: str, request_id: Any, started: float, limit: AnswerLimit | None = None
+    ) -> None:
         self.dialect = dialect
         self.id = request_id
         self.started = started
+        # Past it the answer ends "length" and nothing more is read (cut): remote_limit.
+        self.limit = limit or AnswerLimit(2**62, client=False)
         self.first: float | None = None  # when the first piece arrived
         self.reason: str | None = None
         self.prompt_tokens = 0
@@ -287,12 +292,22 @@ class Reader:
         error = obj.get("error") or (obj if obj.get("object") == "error" else None)
         if error:
             raise _reported(error)
+        if self.cut:
+            return []
         if self.dialect == "ollama":
             return self._ollama(obj)
         return self._openai(obj)
 
+    @property
+    def cut(self) -> bool:
+        """The answer reached its limit: it ends here as a length-limited one."""
+        return self.limit.reached
+
     def _piece(self, text: str, thinking: str = "") -> list[Message]:
         if not text and not thinking:
+            return []
+        if not self.limit.piece(len(text) + len(thinking)):
+            self.reason = "length"
             return []
         if self.first is None:
             self.first = time.perf_counter()
@@ -304,8 +319,13 @@ class Reader:
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.eval_tokens = int(usage.get("completion_tokens") or 0)
+            if not self.limit.report(self.eval_tokens):
+                self.reason = "length"
+                return []
         events: list[Message] = []
         for choice in obj.get("choices") or []:
+            if self.cut:
+                break
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta")
@@ -317,15 +337,19 @@ class Reader:
             elif "text" in choice:  # /v1/completions
                 events += self._piece(str(choice.get("text") or ""))
             reason = choice.get("finish_reason")
-            if reason:
+            if reason and not self.cut:
                 self.reason = _reason(str(reason))
         return events
 
     def _merge_call(self, call: Any) -> None:
         if not isinstance(call, dict):
             return
-        slot = self._calls.setdefault(int(call.get("index") or 0), {"name": "", "arguments": ""})
         function = call.get("function") or {}
+        size = len(str(function.get("name") or "")) + len(str(function.get("arguments") or ""))
+        if not self.limit.arguments(size):
+            self.reason = "length"
+            return
+        slot = self._calls.setdefault(int(call.get("index") or 0), {"name": "", "arguments": ""})
         if function.get("name"):
             slot["name"] += str(function["name"])
         if function.get("arguments"):
@@ -339,7 +363,11 @@ class Reader:
             )
             for call in message.get("tool_calls") or []:
                 function = call.get("function") if isinstance(call, dict) else None
-                if isinstance(function, dict):
+                if isinstance(function, dict) and not self.limit.arguments(
+                    len(json.dumps(function, default=str))
+                ):
+                    self.reason = "length"
+                elif isinstance(function, dict):
                     self._ollama_calls.append(
                         {
                             "name": function.get("name", ""),
@@ -348,7 +376,7 @@ class Reader:
                     )
         else:
             events = self._piece(str(obj.get("response") or ""), str(obj.get("thinking") or ""))
-        if obj.get("done"):
+        if obj.get("done") and not self.cut:
             self.reason = _reason(str(obj.get("done_reason") or "stop"))
             self.prompt_tokens = int(obj.get("prompt_eval_count") or 0)
             self.eval_tokens = int(obj.get("eval_count") or 0)
@@ -362,6 +390,8 @@ class Reader:
             try:
                 arguments = json.loads(call["arguments"]) if call["arguments"] else {}
             except ValueError:
+                if self.cut:
+                    continue  # cut off mid-call at the limit: no call was made
                 arguments = {}
             calls.append(
                 {
