@@ -137,6 +137,10 @@ def _tools(rng: random.Random) -> Any:
     return rng.choice([[tool], [tool] * 200, rng.choice(VALUES), [{"type": "x"}]])
 
 
+# LOCALRUN_MAX_DETOKENIZE_TOKENS's default: a longer list is refused before any work.
+DETOKENIZE_MOST = 262_144
+
+
 @dataclass
 class Request:
     method: str
@@ -266,7 +270,10 @@ def _tokenize_request(rng: random.Random, model: str) -> Request:
     if path == "/tokenize":
         body: Body = {"model": model, "content": text, "with_pieces": rng.random() < 0.5}
     elif path == "/detokenize":
-        body = {"model": model, "tokens": [rng.randrange(1, 300)] * rng.choice([10**5, 10**6])}
+        # Below LOCALRUN_MAX_DETOKENIZE_TOKENS, just past it (a 400 before any work), and the
+        # millions that once cost a runner its life.
+        count = rng.choice([10**5, 262_145, 10**6, 3 * 10**6])
+        body = {"model": model, "tokens": [rng.randrange(1, 300)] * count}
     else:
         body = {"model": model, "messages": [{"role": "user", "content": text}], "stream": False}
     return Request("POST", path, body)
@@ -322,6 +329,10 @@ def problem(request: Request, status: int, text: str) -> str | None:
     """What is wrong with an answer (None when it is a 2xx, or a 4xx in its dialect's shape)."""
     if status >= 500:
         return f"{status}: {text[:300]}"
+    tokens = request.body.get("tokens") if isinstance(request.body, dict) else None
+    many = isinstance(tokens, list) and len(tokens) > DETOKENIZE_MOST
+    if request.path == "/detokenize" and many and status != 400:
+        return f"{len(tokens)} token ids answered {status}, past the server's bound"
     if status < 400:
         return None
     try:
