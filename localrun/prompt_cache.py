@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from localrun import config
+from localrun import config, private
 from localrun.errors import ConfigError
 
 MAGIC = b"LRKV2\n"  # LRKV1 (SHA-256) files have other names now: evicted as they age
@@ -157,8 +157,8 @@ class PromptCache:
         ).encode()
         tmp = path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
+            private.private_dir(path.parent)  # entries hold prompts' tokens: 0600 in 0700
+            with open(private.create(tmp), "wb") as fh:
                 fh.write(MAGIC + struct.pack("<I", len(header)) + header)
                 fh.write(state)
             os.replace(tmp, path)

@@ -116,8 +116,10 @@ class Store:
 
     @classmethod
     def default(cls) -> Store:
-        from localrun import config
+        from localrun import config, private
 
+        # LOCALRUN_HOME holds the chat history too: made here, it is its owner's alone.
+        private.private_dir(config.home(), owned=False)
         return cls(config.models_dir())
 
     # -- locking ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -80,8 +81,10 @@ def test_turns_reuse_the_cache_and_save_the_session(cli: CLI, home: Path) -> Non
     assert saved["messages"][0]["content"] == "What is the capital of France?"
     assert saved["messages"][4]["content"] == "Reply with one word:\nwhat colour is the sky?"
     assert saved["parameters"]["temperature"] == 0.0
-    # History survives the session.
+    # History survives the session, readable by its owner alone (in a home made 0700).
     assert "What is the capital of France?" in (home / "history").read_text()
+    assert stat.S_IMODE((home / "history").stat().st_mode) == 0o600
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
 
 
 def test_ctrl_c_stops_the_answer_and_keeps_the_session(cli: CLI, home: Path) -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localrun import config
+from localrun import config, private
 from localrun.errors import LocalrunError
 
 if TYPE_CHECKING:
@@ -266,7 +266,9 @@ def _setup_history() -> Any:
         return None
     path = _history_file()
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private.private_dir(path.parent, owned=False)  # LOCALRUN_HOME: 0700 when made here
+        private.touch(path)  # what people typed: 0600 before readline writes it
+        private.restrict(path)
         readline.read_history_file(path)
     readline.set_history_length(2000)
     return readline
@@ -380,4 +382,5 @@ def chat_loop(
         if readline is not None:
             with contextlib.suppress(OSError):
                 readline.write_history_file(_history_file())
+                private.restrict(_history_file())
         session.session.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
     except LocalrunError as err:  # still worth printing the hardware
         build_error = f"{err.message}; {err.hint}" if err.hint else err.message
     threads = system.default_threads()
-    notes = _notes(found, build)
+    notes = _notes(found, build) + _privacy_notes()
     if as_json:
         out: dict[str, Any] = {
             "cpu": asdict(found.cpu),
@@ -87,6 +88,25 @@ def _gpu_line(gpu: GPU) -> str:
     if gpu.compute:
         parts.append(f"compute {gpu.compute}")
     return f"{gpu.name} ({gpu.backend}): {', '.join(parts)}"
+
+
+def _privacy_notes() -> list[str]:
+    """One line for each folder of conversations that other users may read or enter."""
+    from localrun import config, private, prompt_cache
+
+    home = config.home()
+    holds = {
+        home: "your chat history",
+        config.responses_dir(): "stored Responses API conversations",
+        prompt_cache.folder().parent: "the prompt cache",
+        prompt_cache.folder(): "prompts' tokens",
+        home / "logs": "the logs of servers started for agents",
+    }
+    return [
+        f"{folder} is open to other users ({mode}) and holds {holds[folder]}: "
+        f"chmod 700 {shlex.quote(str(folder))}"
+        for folder, mode in private.exposed(holds)
+    ]
 
 
 def _notes(found: SystemInfo, build: BuildInfo | None) -> list[str]:

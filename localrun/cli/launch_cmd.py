@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from localrun import config, launchers, selfexec
+from localrun import config, launchers, private, selfexec
 from localrun.cli.common import open_store
 from localrun.errors import ConfigError, LocalrunError, ServerError
 
@@ -132,7 +132,9 @@ def _serve(client: Client, tool: launchers.Tool) -> subprocess.Popen[bytes]:
             hint="set LOCALRUN_TLS_CERT and LOCALRUN_TLS_KEY, or start `localrun serve` yourself",
         )
     log = config.home() / "logs" / "launch-serve.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    private.private_dir(log.parent)  # a server's log may quote what was asked of it
+    private.touch(log)
+    private.restrict(log)
     with open(log, "ab") as out:
         server = subprocess.Popen(
             selfexec.cli("serve"),

@@ -12,7 +12,8 @@ crash leaves it whole or absent. At most LOCALRUN_RESPONSES_MAX records are kept
 LOCALRUN_RESPONSES_MAX_BYTES, none older than LOCALRUN_RESPONSES_MAX_AGE: the oldest go when a
 new one is saved, and an expired one is gone when asked for. One record takes at most
 LOCALRUN_RESPONSES_MAX_RECORD_BYTES (`check_size` refuses a larger one before it is made).
-Ids are checked against their pattern before any path is built from them.
+Ids are checked against their pattern before any path is built from them. A record holds a
+conversation: it is 0600 in a 0700 folder (localrun.private).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from localrun import config
+from localrun import config, private
 from localrun.errors import BadRequestError, NotFoundError, StoreError
 
 ID_PATTERN = re.compile(r"resp_[0-9a-f]{24,64}")
@@ -77,8 +78,8 @@ class ResponseStore:
         check_size(len(data))
         tmp = self.root / f".tmp-{os.getpid()}-{secrets.token_hex(8)}"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as out:
+            private.private_dir(self.root)
+            with open(private.create(tmp), "wb") as out:
                 out.write(data)
             os.replace(tmp, path)
         except OSError as exc:

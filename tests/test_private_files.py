@@ -1,0 +1,103 @@
+"""Every file a conversation leaves behind is its owner's alone: 0600 in a 0700 folder, whatever
+the umask; `localrun info` names a folder of them that others can read.
+
+(The chat history's mode after a real terminal session is checked in tests/test_chat.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import CLI, PATIENCE_S
+from test_server import LiveServer, add_model
+
+from localrun import config, private, prompt_cache
+from localrun.prompt_cache import PromptCache
+from localrun.scheduler import Scheduler
+from localrun.store import Store
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture(autouse=True)
+def open_umask() -> Iterator[None]:
+    """The usual umask, under which files are written readable to everyone."""
+    before = os.umask(0o022)
+    yield
+    os.umask(before)
+
+
+@pytest.mark.server
+def test_a_stored_response_is_private(home: Path, tiny_model: Path) -> None:
+    store = Store(home / "models")
+    add_model(store, "tiny", tiny_model)
+    server = LiveServer(store, Scheduler(store, backend="fake"))
+    try:
+        answer = httpx.post(
+            server.url + "/v1/responses",
+            json={"model": "tiny", "input": "my secret question", "store": True},
+            timeout=PATIENCE_S,
+        )
+        assert answer.status_code == 200, answer.text
+    finally:
+        server.close()
+    folder = config.responses_dir()
+    (record,) = folder.iterdir()
+    assert "my secret question" in record.read_text()
+    assert mode(record) == 0o600 and mode(folder) == 0o700
+
+
+def test_a_prompt_cache_entry_is_private(home: Path) -> None:
+    cache = PromptCache({"model": ["sha256:" + "0" * 64]}, prompt_cache.folder(), 10**9)
+    cache.save(list(range(100)), bytearray(b"state" * 100))
+    cache.flush()
+    (entry,) = prompt_cache.folder().iterdir()
+    assert mode(entry) == 0o600
+    assert mode(prompt_cache.folder()) == 0o700 and mode(prompt_cache.folder().parent) == 0o700
+    # A folder of localrun's own made open by hand is closed again at the next write.
+    os.chmod(prompt_cache.folder(), 0o755)
+    cache.save(list(range(200)), bytearray(b"state" * 100))
+    cache.flush()
+    assert mode(prompt_cache.folder()) == 0o700
+
+
+def test_helpers_create_private_files_and_folders(tmp_path: Path) -> None:
+    logs = private.private_dir(tmp_path / "home" / "logs")
+    assert mode(logs) == 0o700 and mode(logs.parent) == 0o700
+    log = logs / "launch-serve.log"
+    private.touch(log)
+    assert mode(log) == 0o600
+    log.chmod(0o644)  # written by another program, or before this version
+    private.restrict(log)
+    assert mode(log) == 0o600
+    # A folder that is not only localrun's (LOCALRUN_HOME) is left as its owner made it.
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    os.chmod(mine, 0o755)
+    private.private_dir(mine, owned=False)
+    assert mode(mine) == 0o755
+    assert private.exposed([mine, logs, tmp_path / "absent"]) == [(mine, "drwxr-xr-x")]
+
+
+def test_a_new_home_is_private_and_info_names_an_open_one(cli: CLI, home: Path) -> None:
+    assert cli("list").code == 0
+    assert mode(home) == 0o700
+    data = json.loads(cli("info", "--json").stdout)
+    assert not [n for n in data["notes"] if "open to other users" in n]
+    os.chmod(home, 0o755)
+    (home / "responses").mkdir(mode=0o777)
+    os.chmod(home / "responses", 0o777)
+    text = cli("info").stdout
+    notes = [line for line in text.splitlines() if "open to other users" in line]
+    assert len(notes) == 2, text
+    assert f"{home} is open to other users (drwxr-xr-x)" in notes[0]
+    assert "chat history" in notes[0] and notes[0].endswith(f"chmod 700 {home}")
+    assert "Responses" in notes[1] and notes[1].endswith(f"chmod 700 {home / 'responses'}")
