@@ -160,6 +160,9 @@ class NotRegularFileError(FileError):
 
 class InvalidGGUFError(FileError):
     code = "invalid_gguf"
+    # Set by gguf_header.invalid: the file as it was named, and what is wrong with it.
+    file: str = ""
+    reason: str = ""
 
 
 class HubError(LocalrunError):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localrun import store_links
 from localrun.engine.types import LoadOptions
 from localrun.errors import (
     CorruptBlobError,
@@ -23,12 +24,52 @@ from localrun.errors import (
 from localrun.model import Model
 
 
-def damaged(model: Model, exc: InvalidGGUFError, what: str = "a file") -> CorruptBlobError:
-    """The error for a stored file of `model` that is no longer valid GGUF (a damaged blob)."""
+def damaged(model: Model, exc: InvalidGGUFError) -> CorruptBlobError:
+    """The error for a stored file of `model` that is no longer valid GGUF: for one linked in
+    place (`create --link`), the user's original, changed since; else the damaged blob."""
+    path, what = _file_named(model, exc.file)
+    reason = exc.reason or _BLOB_PATH.sub("the file", exc.message)
+    name = model.name
+    links = model.store_root / "links" if model.store_root is not None else None
+    linked = store_links.original(links, path.name) if links is not None else None
+    if linked is None:
+        return CorruptBlobError(
+            f"{what} of {name} (blob sha256:{path.name[7:19]}) is damaged: {reason}",
+            hint=f"run `localrun verify` to see what else it affects, then `localrun rm {name}` "
+            "and pull or create it again",
+        )
+    recorded = next((x.size for x in model.manifest.layers if x.digest[7:] == path.name[7:]), None)
+    try:
+        now: int | None = path.stat().st_size
+    except OSError:
+        now = None
+    if recorded is not None and now is not None and now != recorded:
+        change = f"its size went from {recorded:,} to {now:,} bytes"
+    else:
+        change = "its content no longer matches its checksum"
     return CorruptBlobError(
-        f"{what} of {model.name} is damaged ({exc.message})",
-        hint="run `localrun verify`, then remove and recreate or pull the model",
+        f"{what} of {name}, {linked}, changed since it was linked ({change}) and is no longer "
+        f"a valid GGUF file: {reason}",
+        hint=f"put the file back (or a new version of it) at {linked}, then run "
+        f"`localrun show {name} --modelfile | localrun create {name} --link -f -`",
     )
+
+
+def _file_named(model: Model, name: str) -> tuple[Path, str]:
+    """The stored file of `model` named `name` (the model file when none is), and what it is
+    to the model."""
+    parts = model.model_parts or [model.model_path]
+    files = [
+        (p, "the model file" if len(parts) == 1 else f"part {i + 1} of the model file")
+        for i, p in enumerate(parts)
+    ]
+    files += [(p, "an adapter") for p in model.adapter_paths]
+    files += [(model.draft_path, "the draft model")] if model.draft_path else []
+    files += [(model.projector_path, "the projector")] if model.projector_path else []
+    for path, what in files:
+        if str(path) == name:
+            return path, what
+    return files[0]
 
 
 @dataclass
@@ -141,7 +182,7 @@ def _model_header(model: Model) -> Any:
     try:
         headers = [gguf.scan(path) for path in (model.model_parts or [model.model_path])]
     except InvalidGGUFError as exc:
-        raise damaged(model, exc, "the model file") from None
+        raise damaged(model, exc) from None
     # The planner sizes layers from every part's tensors (scan results are shared: copy).
     return dataclasses.replace(headers[0], tensors=[t for h in headers for t in h.tensors])
 
@@ -155,7 +196,7 @@ def _draft_header(model: Model) -> Any:
     try:
         return gguf.scan(str(model.draft_path))
     except InvalidGGUFError as exc:
-        raise damaged(model, exc, "the draft model file") from None
+        raise damaged(model, exc) from None
 
 
 @dataclass(frozen=True)
@@ -245,7 +286,7 @@ def _gb(size: float) -> str:
 
 # A stored file's path (…/blobs/sha256-<hex>) says where the store is: clients get the model's
 # name instead, the server log the details.
-_BLOB_PATH = re.compile(r"(?:[^\s'\"]*[/\\])?blobs[/\\]sha256-[0-9a-f]{64}")
+_BLOB_PATH = re.compile(r"(?:[^\s'\"()]*[/\\])?blobs[/\\]sha256-[0-9a-f]{64}")
 
 
 def scrubbed(exc: LocalrunError, model: Model) -> LocalrunError:

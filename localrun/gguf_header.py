@@ -76,10 +76,12 @@ class Header:
 
 def invalid(shown: str, reason: str) -> InvalidGGUFError:
     """The error for a file that is not a valid GGUF, and why."""
-    return InvalidGGUFError(
+    error = InvalidGGUFError(
         f"{shown} is not a valid GGUF file: {reason}",
         hint="re-download or re-convert the file; `localrun create` accepts GGUF models only",
     )
+    error.file, error.reason = shown, reason
+    return error
 
 
 def walk(data: mmap.mmap, size: int, shown: str) -> tuple[Header, list[bytes]]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localrun import store_links
 from localrun.errors import StoreError
 from localrun.manifest import Manifest
 from localrun.modelfile import Message, Modelfile
@@ -57,14 +58,23 @@ class Model:
             "details": dict(details) if isinstance(details, dict) else {},
         }
 
-    def to_modelfile(self) -> Modelfile:
-        """A Modelfile that recreates this model from the blobs in the store."""
+    def to_modelfile(self, *, originals: bool = False) -> Modelfile:
+        """A Modelfile that recreates this model from the blobs in the store; with
+        `originals`, from the user's files it was linked to in place (`create --link`) while
+        they exist (`localrun show --modelfile`: the command a changed original is taken in
+        again with; the server never names a user's file)."""
+
+        def source(blob: Path) -> str:
+            found = self._original(blob) if originals else None
+            return found or str(blob)
+
         # A split model cannot be named by one file: it is recreated FROM its store name.
-        source = str(self.model_path) if len(self.model_parts) <= 1 else str(self.name)
-        mf = Modelfile(from_=source)
-        mf.adapters = [str(p) for p in self.adapter_paths]
-        mf.draft = str(self.draft_path) if self.draft_path is not None else None
-        mf.projector = str(self.projector_path) if self.projector_path is not None else None
+        mf = Modelfile(
+            from_=source(self.model_path) if len(self.model_parts) <= 1 else str(self.name)
+        )
+        mf.adapters = [source(p) for p in self.adapter_paths]
+        mf.draft = source(self.draft_path) if self.draft_path is not None else None
+        mf.projector = source(self.projector_path) if self.projector_path else None
         for name, value in self.parameters.items():
             values = value if isinstance(value, list) else [value]
             mf.parameters += [(name, v) for v in values]
@@ -73,6 +83,13 @@ class Model:
         mf.messages = list(self.messages)
         mf.licenses = list(self.licenses)
         return mf
+
+    def _original(self, blob: Path) -> str | None:
+        """The user's file a blob is a hard link of, while a file is there (a new version
+        renamed over it included: the model is that file of theirs), else None."""
+        links = self.store_root / "links" if self.store_root is not None else None
+        linked = store_links.original(links, blob.name) if links is not None else None
+        return linked if linked is not None and Path(linked).is_file() else None
 
 
 def load(store: Store, name: ModelName, manifest: Manifest | None = None) -> Model:

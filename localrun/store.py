@@ -201,7 +201,7 @@ class Store:
                 f"content has digest {digest}, expected {check_digest(expected)}",
                 hint="the source file is damaged; fetch or reinstall it",
             )
-        present = self.has_blob(digest)
+        present = self.has_blob(digest) and not self._edited_link(digest, before)
         if on_status:
             on_status("using existing layer" if present else "creating new layer", digest)
         if not present:
@@ -212,6 +212,30 @@ class Store:
             if how is None:
                 self._copy_in(fd, size, digest, copying)
         return digest, size, present
+
+    def _edited_link(self, digest: str, source: os.stat_result) -> bool:
+        """Whether blob `digest` is a hard link of a user's file that was edited in place since
+        (its content is not its digest any more); such a blob is dropped, so that the file
+        being added, the same content put back, takes its place rather than being taken for
+        it. A blob that is the very file being added was just hashed."""
+        path = self.blob_path(digest)
+        if store_links.original(self.root / "links", path.name) is None:
+            return False
+        try:
+            st = path.stat()
+            if (st.st_dev, st.st_ino) == (source.st_dev, source.st_ino):
+                return False
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            edited = hash_fd(fd, st.st_size, None) != digest
+        finally:
+            os.close(fd)
+        if edited:
+            unlink_quietly(path)  # the store's name for it: the user's file is not touched
+            unlink_quietly(self.root / "links" / path.name)
+        return edited
 
     def _link_in(self, fd: int, source: Path, digest: str, before: os.stat_result) -> str | None:
         """Link the open file `source` in as blob `digest`: "reflink", "hard link", or None

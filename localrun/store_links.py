@@ -100,6 +100,13 @@ def recorded(links: Path, blob_name: str) -> tuple[str, str] | None:
     return how, path
 
 
+def original(links: Path, blob_name: str) -> str | None:
+    """The user's file a blob is a hard link of (the same file: an edit of one in place is an
+    edit of the other), or None for a blob of the store's own (copied, or a reflink)."""
+    found = recorded(links, blob_name)
+    return found[1] if found is not None and found[0] == "hard link" else None
+
+
 def forget_missing(links: Path, blobs: Path) -> None:
     """Drop the records of blobs that are gone."""
     if not links.is_dir():

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import CLI, assert_one_line_error
 
-from localrun import store_links
+from localrun import model as model_mod
+from localrun import names, store_links
 from localrun.errors import StoreError
 from localrun.store import Store
 from localrun.store_io import temp_path
@@ -68,6 +69,75 @@ def test_verify_names_a_linked_file_edited_in_place(cli: CLI, home: Path, users_
     assert f"edited in place: {users_file.resolve()}" in checked.stdout
     assert "mine:latest" in checked.stdout
     assert "create --link" in checked.stderr
+
+
+def _one_sentence(message: str) -> None:
+    """A message that says its cause once, with its parentheses balanced."""
+    assert message.count("(") == message.count(")"), message
+    assert message.count("is not a valid GGUF") + message.count("no longer a valid GGUF") == 1
+
+
+@pytest.mark.parametrize("edit", ["truncated", "same size"])
+def test_a_linked_file_changed_after_create_says_so_and_how_to_fix_it(
+    cli: CLI, home: Path, users_file: Path, tiny_model: Path, edit: str
+) -> None:
+    assert _create(cli, users_file.parent, "lk2", str(users_file), "--link")[0] == 0
+    size = users_file.stat().st_size
+    with open(users_file, "r+b") as f:  # edited in place: the blob is the same file
+        f.write(b"XXXX")
+        if edit == "truncated":
+            f.truncate(5000)
+    ran = cli("run", "lk2", "hi")
+    assert_one_line_error(ran, str(users_file.resolve()), "changed since it was linked")
+    (line,) = [x for x in ran.stderr.splitlines() if x.startswith("Error: ")]
+    message, hint = line.split("; ", 1)
+    _one_sentence(message)
+    if edit == "truncated":
+        assert f"its size went from {size:,} to 5,000 bytes" in message
+    else:
+        assert "its content no longer matches its checksum" in message
+    fix = "localrun show lk2:latest --modelfile | localrun create lk2:latest --link -f -"
+    assert f"put the file back (or a new version of it) at {users_file.resolve()}" in hint
+    assert hint.endswith(f"`{fix}`")
+    # Done as the hint says: a good file back at the path (a download renames a new file over
+    # it), then the one command; the model runs again, from the user's file, not a copy.
+    fresh = users_file.with_suffix(".new")
+    shutil.copyfile(tiny_model, fresh)
+    os.replace(fresh, users_file)
+    modelfile = cli("show", "lk2", "--modelfile")
+    assert f"FROM {users_file.resolve()}" in modelfile.stdout
+    recreated = cli("create", "lk2", "--link", "-f", "-", input=modelfile.stdout)
+    assert recreated.code == 0, recreated.stderr
+    assert "creating new layer" in recreated.stderr and "hard link" in recreated.stderr
+    assert cli("run", "lk2", "hi").code == 0 and cli("verify").code == 0
+    assert os.path.samefile(home / "models" / "blobs" / _digest(users_file), users_file)
+    # The server's Modelfile names blobs by digest, never the user's file.
+    stored = model_mod.load(Store(home / "models"), names.parse("lk2"))
+    assert stored.to_modelfile().from_ == str(stored.model_path)
+    # Once the original is gone, FROM is the blob (intact: the store keeps its own name).
+    users_file.unlink()
+    assert f"FROM {stored.model_path}" in cli("show", "lk2", "--modelfile").stdout
+
+
+def test_a_damaged_blob_names_the_model_and_the_blob(
+    cli: CLI, home: Path, users_file: Path
+) -> None:
+    assert _create(cli, users_file.parent, "copied", str(users_file))[0] == 0
+    blob = home / "models" / "blobs" / _digest(users_file)
+    with open(blob, "r+b") as f:
+        f.write(b"XXXX")
+    ran = cli("run", "copied", "hi")
+    assert_one_line_error(
+        ran, "the model file of copied:latest", f"(blob sha256:{blob.name[7:19]})"
+    )
+    (line,) = [x for x in ran.stderr.splitlines() if x.startswith("Error: ")]
+    message, hint = line.split("; ", 1)
+    _one_sentence(message.replace("is damaged", "is no longer a valid GGUF"))
+    assert "bad magic" in message and str(home) not in line
+    assert hint == (
+        "run `localrun verify` to see what else it affects, then `localrun rm copied:latest` "
+        "and pull or create it again"
+    )
 
 
 def test_a_file_replaced_by_a_new_one_leaves_the_model_intact(
