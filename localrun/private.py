@@ -69,13 +69,18 @@ def touch(path: Path) -> None:
 
 def exposed(folders: Iterable[Path]) -> list[tuple[Path, str]]:
     """The folders among `folders` that exist and that others may enter or read, with their
-    mode as `ls -l` writes it."""
-    found = []
+    mode as `ls -l` writes it. One inside another of `folders` that others cannot enter is out
+    of their reach whatever its mode, so it is not named (after `chmod 700` on LOCALRUN_HOME,
+    the subfolders an older version made are not worth a warning of their own)."""
+    modes: dict[Path, int] = {}
     for folder in folders:
-        try:
+        with contextlib.suppress(OSError):
             mode = folder.stat().st_mode
-        except OSError:
-            continue
-        if stat.S_ISDIR(mode) and mode & 0o077:
-            found.append((folder, stat.filemode(mode)))
-    return found
+            if stat.S_ISDIR(mode):
+                modes[folder] = mode
+    shut = [folder for folder, mode in modes.items() if not mode & 0o011]  # no one else enters
+    return [
+        (folder, stat.filemode(mode))
+        for folder, mode in modes.items()
+        if mode & 0o077 and not any(folder != out and folder.is_relative_to(out) for out in shut)
+    ]

@@ -118,9 +118,14 @@ class Store:
     def default(cls) -> Store:
         from localrun import config, private
 
-        # LOCALRUN_HOME holds the chat history too: made here, it is its owner's alone.
-        private.private_dir(config.home(), owned=False)
-        return cls(config.models_dir())
+        home, root = config.home(), config.models_dir()
+        if root.is_relative_to(home):
+            # The store's folders would make LOCALRUN_HOME, which holds the chat history too:
+            # made here, it is its owner's alone. One that cannot be made is _ensure_dirs' to
+            # report, as a store error (a store elsewhere never needed it).
+            with contextlib.suppress(OSError):
+                private.private_dir(home, owned=False)
+        return cls(root)
 
     # -- locking ------------------------------------------------------------------------------
 

@@ -85,6 +85,13 @@ def test_helpers_create_private_files_and_folders(tmp_path: Path) -> None:
     private.private_dir(mine, owned=False)
     assert mode(mine) == 0o755
     assert private.exposed([mine, logs, tmp_path / "absent"]) == [(mine, "drwxr-xr-x")]
+    # One inside a listed folder that others cannot enter is out of their reach.
+    inner = mine / "inner"
+    inner.mkdir()
+    os.chmod(inner, 0o777)
+    assert [folder for folder, _ in private.exposed([mine, inner])] == [mine, inner]
+    os.chmod(mine, 0o744)  # others may list it, not enter it
+    assert private.exposed([mine, inner]) == [(mine, "drwxr--r--")]
 
 
 def test_a_new_home_is_private_and_info_names_an_open_one(cli: CLI, home: Path) -> None:
@@ -101,3 +108,17 @@ def test_a_new_home_is_private_and_info_names_an_open_one(cli: CLI, home: Path) 
     assert f"{home} is open to other users (drwxr-xr-x)" in notes[0]
     assert "chat history" in notes[0] and notes[0].endswith(f"chmod 700 {home}")
     assert "Responses" in notes[1] and notes[1].endswith(f"chmod 700 {home / 'responses'}")
+    # Once the home is closed, what an older version left open inside it is out of reach.
+    os.chmod(home, 0o700)
+    assert "open to other users" not in cli("info").stdout
+
+
+def test_a_home_that_cannot_be_made_does_not_stop_a_store_elsewhere(
+    cli: CLI, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("LOCALRUN_HOME", str(blocker / "home"))  # under a file: never made
+    monkeypatch.setenv("LOCALRUN_MODELS", str(tmp_path / "models"))
+    result = cli("list")
+    assert result.code == 0, result.stderr
