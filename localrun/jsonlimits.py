@@ -37,7 +37,9 @@ def check_depth(value: Any, what: str) -> Any:
             continue
         if depth > limit:
             raise too_deep(what)
-        stack.extend((child, depth + 1) for child in children)
+        # Only containers go on the stack: a list of millions of numbers costs one pass, not a
+        # tuple each.
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
     return value
 
 

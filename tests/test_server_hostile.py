@@ -137,8 +137,13 @@ def test_detokenize_reads_a_bounded_list_and_the_runner_lives(live: LiveServer) 
     assert refused.status_code == 400, refused.text[:300]
     assert "262,144" in refused.json()["error"]["message"]
     assert "LOCALRUN_MAX_DETOKENIZE_TOKENS" in refused.json()["error"]["hint"]
+    assert "30.0 MB" in refused.json()["error"]["message"]  # refused by its size, unparsed
     assert time.monotonic() - started < 20
     assert _tree_rss() < 2 << 30
+    # A list just past the limit in a small body is refused by its count.
+    past = post(live, "/detokenize", {"model": SMOL, "tokens": [0] * 262_145})
+    assert past.status_code == 400
+    assert "tokens holds 262,145 token ids" in past.json()["error"]["message"]
     # At the limit, the text comes back; the runner is the same one.
     most = post(live, "/detokenize", {"model": SMOL, "tokens": [1] * 262_144})
     assert most.status_code == 200 and most.json()["content"] == "<|im_start|>" * 262_144

@@ -98,12 +98,24 @@ def _piece(data: bytes) -> str | list[int]:
         return list(data)
 
 
+# Bytes of JSON a token id may take in a /detokenize body ("1234567, "), and room for the rest.
+_ID_BYTES = 16
+_BODY_SLACK = 65536
+
+
 async def detokenize(request: Request) -> Response:
+    most = config.max_detokenize_tokens()
+    size = len(await request.body())
+    if size > most * _ID_BYTES + _BODY_SLACK:  # refused before it is parsed: 30 MB costs seconds
+        raise BadRequestError(
+            f"the request body is {size / 1e6:.1f} MB, more than {most:,} token ids take; "
+            f"/detokenize reads at most {most:,}",
+            hint="send them in parts, or raise LOCALRUN_MAX_DETOKENIZE_TOKENS",
+        )
     body = Body(await read_json(request))
     tokens: Any = body.get("tokens", list)
     if tokens is None:
         return JSONResponse({"content": ""})
-    most = config.max_detokenize_tokens()
     if len(tokens) > most:  # refused before any work: a long list costs a runner seconds
         raise BadRequestError(
             f"tokens holds {len(tokens):,} token ids; /detokenize reads at most {most:,}",
