@@ -14,9 +14,9 @@ model, not what the model was trained for:
   (engine.embed), as Ollama does.
 - `rerank`: a reranker (its GGUF names rank pooling): /v1/rerank scores documents with it.
 - `tools`: every generative model. A template that renders tools gets them; any other gets
-  them in a system note (localrun.tools), and a forced call is held to its schema by a grammar,
-  so tool calls work with any chat model.
-- `thinking`: the chat template renders or expects reasoning (localrun.thinking.supports).
+  them in a system note (localrun.formats.calls), and a forced call is held to its schema by a
+  grammar, so tool calls work with any chat model.
+- `thinking`: the chat template renders or expects reasoning (localrun.formats.reasoning.supports).
 - `insert`: the vocabulary has fill-in-the-middle tokens (recorded when the model was created or
   pulled; a manifest older than that field says nothing).
 - `vision`, `audio`: the model has a projector (Modelfile PROJECTOR, or pulled with its mmproj)
@@ -27,7 +27,7 @@ Pure: reads only the model's manifest fields and template.
 
 from __future__ import annotations
 
-from localrun import thinking
+from localrun.formats import reasoning
 from localrun.model import Model
 
 # llama.cpp's LLAMA_POOLING_TYPE_RANK: a reranker scores text pairs and makes no embeddings.
@@ -62,7 +62,7 @@ def capabilities(model: Model) -> list[str]:
         out.append("rerank")
     if not encoder:
         out.append("tools")
-    if not encoder and thinking.supports(template_of(model)):
+    if not encoder and reasoning.supports(template_of(model)):
         out.append("thinking")
     if not encoder and details.get("fim"):
         out.append("insert")

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from localrun import config
 from localrun.errors import (
     BadRequestError,
     BusyError,
@@ -35,6 +34,7 @@ from localrun.errors import (
     ServerUnreachableError,
     UnauthorizedError,
 )
+from localrun.settings import config
 
 CONNECT_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 1.0
@@ -237,7 +237,7 @@ class Client:
         host = _CONNECT_TO.get(self.host, self.host)
         conn: http.client.HTTPConnection
         if self.https:
-            from localrun import tls
+            from localrun.settings import tls
 
             conn = http.client.HTTPSConnection(
                 host, self.port, timeout=connect_timeout, context=tls.client_context()

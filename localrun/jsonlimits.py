@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from localrun import config
 from localrun.errors import BadRequestError
+from localrun.settings import config
 
 
 def too_deep(what: str) -> BadRequestError:

@@ -25,8 +25,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun import config
 from localrun.errors import BadRequestError, RequestTooLargeError
+from localrun.settings import config
 
 # Where a medium goes in a message's text. Not llama.cpp's default (`<__media__>`), so a text
 # that merely mentions that one stays text.

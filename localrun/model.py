@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localrun import store_links
 from localrun.errors import StoreError
-from localrun.manifest import Manifest
-from localrun.modelfile import Message, Modelfile
-from localrun.names import ModelName
-from localrun.store import Store
+from localrun.recipes.modelfile import Message, Modelfile
+from localrun.store import links as links_mod
+from localrun.store.manifest import Manifest
+from localrun.store.models import Store
+from localrun.store.names import ModelName
 
 
 @dataclass
@@ -88,7 +88,7 @@ class Model:
         """The user's file a blob is a hard link of, while a file is there (a new version
         renamed over it included: the model is that file of theirs), else None."""
         links = self.store_root / "links" if self.store_root is not None else None
-        linked = store_links.original(links, blob.name) if links is not None else None
+        linked = links_mod.original(links, blob.name) if links is not None else None
         return linked if linked is not None and Path(linked).is_file() else None
 
 

@@ -34,7 +34,7 @@ CHILD_MODULES = frozenset(
         "localrun.worker",
         "localrun.server.jobs",
         "localrun.scheduler.importer",
-        "localrun.runtimes.check",
+        "localrun.engine.backend_check",
     }
 )
 

@@ -4,8 +4,8 @@ the GPU reports while the model is loaded.
 
 For each GGUF and each context size: `localrun serve` (a fresh store, one slot) loads the model
 with that num_ctx; the planner's figure is what GET /api/ps reports as size_vram (from
-localrun.offload.plan_offload, with the layers it chose); the GPU's figure is nvidia-smi's memory
-of the runner process tree while the model is loaded. llama-server from the same llama.cpp
+localrun.hardware.offload.plan_offload, with the layers it chose); the GPU's figure is nvidia-smi's
+memory of the runner process tree while the model is loaded. llama-server from the same llama.cpp
 build then loads the same model with the same context and all layers offloaded, and its log's
 CUDA buffer sizes (weights, KV cache, compute) show where the difference lies; the rest of a
 process is the CUDA runtime (the context, ggml-cuda's kernels, cuBLAS's workspace), which the

@@ -5,7 +5,7 @@ A fake Hugging Face Hub (tests/hfhub.py) serves one GGUF file (the tiny test mod
 size asked for) from its own process on a loopback port. Rounds alternate between
 
   hf_hub_download   hf_hub_download(repo, file, local_dir=...), a fresh folder each time
-  localrun pull     localrun.pull.pull() into a fresh store: download, sha256 check, rename
+  localrun pull     localrun.sources.pull.pull() into a fresh store: download, sha256 check, rename
 
 both in this process, so neither pays an interpreter start, and each starting from a synced disk
 (os.sync() before every round). localrun's time includes the sha256 check, the fsync before the
@@ -100,11 +100,12 @@ def _hf_download(url: str, folder: Path, durable: bool = False) -> float:
 
 
 def _localrun_pull(url: str, home: Path) -> float:
-    from localrun import pull
-    from localrun.store import Store
+    from localrun.sources import pull
+    from localrun.store import reference
+    from localrun.store.models import Store
 
     os.environ["HF_ENDPOINT"] = url  # read at call time by localrun.sources.hf
-    ref = pull.parse_reference(f"hf.co/{REPO}")
+    ref = reference.parse_hub(f"hf.co/{REPO}")
     assert ref is not None
     store = Store(home / "models")
     start = time.perf_counter()

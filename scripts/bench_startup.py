@@ -52,7 +52,7 @@ def _first_byte(cmd: list[str], env: dict[str, str], runs: int) -> list[float]:
 
 def _starter(home: Path) -> str | None:
     """Create `smol` from the starter wheel's GGUF, if that wheel is installed."""
-    from localrun import catalog, names
+    from localrun.store import catalog, names
 
     entry = catalog.lookup(names.parse("smollm2:135m"))
     path = catalog.package_file(entry.sources[0]) if entry else None

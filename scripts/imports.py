@@ -4,7 +4,7 @@ functions.
 
 Every import counts, those inside functions and under TYPE_CHECKING too: an import moved into a
 function to dodge a cycle is still an arrow between two modules. `from localrun import config`
-is an arrow to localrun.config; `from localrun.engine.types import Timings` to
+is an arrow to localrun.settings.config; `from localrun.engine.types import Timings` to
 localrun.engine.types. Cycles are the strongly connected components of more than one module.
 
 Usage: .venv/bin/python scripts/imports.py [--top N] [--json]

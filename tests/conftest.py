@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import make_test_models  # noqa: E402
 
-from localrun import catalog, config, names  # noqa: E402
-from localrun.store import Store  # noqa: E402
+from localrun.settings import config  # noqa: E402
+from localrun.store import catalog, names  # noqa: E402
+from localrun.store.models import Store  # noqa: E402
 
 _SETTINGS = tuple(config.SETTINGS)
 

@@ -20,7 +20,7 @@ from test_server import LiveServer, add_model
 
 from localrun import media
 from localrun.scheduler import Scheduler
-from localrun.store import Store
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 

@@ -12,10 +12,10 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from localrun import template
 from localrun.engine.batch import BatchEngine, Ticket
 from localrun.engine.types import LoadOptions, SamplingOptions, Timings
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError, LocalrunError
+from localrun.formats import template
 
 pytestmark = pytest.mark.model
 

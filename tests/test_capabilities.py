@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from localrun import names
 from localrun.capabilities import capabilities, template_of
 from localrun.model import Model
+from localrun.store import names
 
 TOOLS_TEMPLATE = "{% for t in tools %}{{ t }}{% endfor %}{{ messages }}"
 

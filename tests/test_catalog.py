@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from conftest import CLI, assert_one_line_error
 
-from localrun import catalog, names
 from localrun.errors import CorruptBlobError, ModelNotFoundError
-from localrun.store import Store
+from localrun.sources import obtain
+from localrun.store import catalog, names, reference
+from localrun.store.models import Store
 
 SMOLLM2 = names.parse("smollm2:135m")
 
@@ -74,7 +75,7 @@ def test_import_is_verified_by_sha256(
     )
     monkeypatch.setattr(catalog, "package_file", lambda source: tiny_model)
     with pytest.raises(CorruptBlobError):
-        catalog.ensure(store, names.parse("fake:1b"))
+        obtain.find(store, reference.resolve("fake:1b"))
     assert store.names() == []
     assert not any(p.name.startswith("sha256-") for p in store.blobs.iterdir())
 
@@ -90,7 +91,7 @@ def test_import_with_the_right_digest(
         {"type": "package", "distribution": "pytest", "file": str(tiny_model), "sha256": digest},
     )
     monkeypatch.setattr(catalog, "package_file", lambda source: tiny_model)
-    manifest = catalog.ensure(store, names.parse("fake"))
+    manifest = obtain.find(store, reference.resolve("fake"))
     assert manifest.of_kind("model")[0].digest == "sha256:" + digest
     assert [str(n) for n in store.names()] == ["fake:1b"]
     assert store.read_blob(manifest.of_kind("license")[0].digest) == b"MIT"
@@ -108,7 +109,7 @@ def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch, st
         },
     )
     with pytest.raises(ModelNotFoundError) as info:
-        catalog.ensure(store, names.parse("fake:1b"))
+        obtain.find(store, reference.resolve("fake:1b"))
     assert info.value.hint is not None and "pip install no-such-dist-xyz" in info.value.hint
 
 
@@ -126,8 +127,6 @@ def test_every_catalog_entry_is_well_formed() -> None:
     """Names as Ollama spells them (family:size[-variant]), a hub source whose tag is the
     default quantization, a size, capabilities, a license; aliases that lead somewhere."""
     import re
-
-    from localrun import pull
 
     known = catalog.entries()
     assert len(known) >= 30
@@ -148,7 +147,7 @@ def test_every_catalog_entry_is_well_formed() -> None:
         hubs = [s for s in entry.sources if s.get("type") == "hub"]
         assert hubs, name
         for source in hubs:
-            ref = pull.parse_reference(source["reference"])
+            ref = reference.parse_hub(source["reference"])
             assert ref is not None and ref.hub == "hf" and ref.tag == quant, (name, source)
     families = {str(e.name).split(":")[0] for e in known}
     for alias, target in catalog.aliases().items():

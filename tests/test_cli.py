@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import CLI, PATIENCE_S, assert_one_line_error
 
-from localrun import config
-from localrun.store import Store
+from localrun.settings import config
+from localrun.store.models import Store
 
 
 def _modelfile(folder: Path, text: str, name: str = "Modelfile") -> Path:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from localrun import config, settings_view
 from localrun.errors import ConfigError
+from localrun.settings import config, view
 
 
 @pytest.mark.parametrize(
@@ -55,9 +55,9 @@ def test_server_settings_parse_and_fail_with_the_setting_name(
 
 def test_the_api_key_is_never_displayed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCALRUN_API_KEY", "s3cret-token")
-    shown = {row.name: row.value for row in settings_view.describe()}
+    shown = {row.name: row.value for row in view.describe()}
     assert shown["LOCALRUN_API_KEY"] == "(set)"
-    assert "s3cret" not in repr(settings_view.describe())
+    assert "s3cret" not in repr(view.describe())
 
 
 def test_connection_limits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,7 +66,7 @@ def test_connection_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.max_connections() == 1000 and config.max_connections_per_client() == 256
     monkeypatch.setenv("LOCALRUN_HEADER_TIMEOUT", "1m30s")
     assert config.header_timeout() == 90.0
-    shown = {row.name: row.value for row in settings_view.describe()}
+    shown = {row.name: row.value for row in view.describe()}
     assert shown["LOCALRUN_HEADER_TIMEOUT"] == "90s"
     for bad in ("0", "-1", "soon"):  # a timeout of never is no timeout
         monkeypatch.setenv("LOCALRUN_BODY_TIMEOUT", bad)

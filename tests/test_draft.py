@@ -114,7 +114,7 @@ def test_a_drafted_model_speculates_in_run_and_in_the_server(cli: Any, tmp_path:
     from test_server import LiveServer
 
     from localrun.scheduler import Scheduler
-    from localrun.store import Store
+    from localrun.store.models import Store
 
     store = Store(Path(os.environ["LOCALRUN_HOME"]) / "models")
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_queue=8))
@@ -139,9 +139,11 @@ def test_a_drafted_model_speculates_in_run_and_in_the_server(cli: Any, tmp_path:
 
 
 def test_the_draft_model_counts_in_the_memory_plan(cli: Any, tmp_path: Path) -> None:
-    from localrun import fit, names
     from localrun import model as model_mod
-    from localrun.store import Store
+    from localrun.hardware import fit
+    from localrun.store import names
+    from localrun.store.models import Store
+    from localrun.worker import load
 
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text("FROM smollm2:135m\nDRAFT smollm2:135m\n")
@@ -150,11 +152,12 @@ def test_the_draft_model_counts_in_the_memory_plan(cli: Any, tmp_path: Path) -> 
     drafted = model_mod.load(store, names.parse("drafted"))
     alone = model_mod.load(store, names.parse("smollm2:135m"))
     params = {"num_ctx": 2048}
-    with_draft = fit.plan_fit(drafted, params, slots=2, gpu=False).plan
-    without = fit.plan_fit(alone, params, slots=2, gpu=False).plan
+    planned = fit.plan_fit(drafted, params, slots=2)
+    with_draft = planned.plan
+    without = fit.plan_fit(alone, params, slots=2).plan
     assert drafted.draft_path is not None
     weights = drafted.draft_path.stat().st_size
     assert with_draft.ram_bytes - without.ram_bytes > weights
     assert with_draft.kv_bytes == 2 * without.kv_bytes
-    options = fit.resolve_load_options(drafted, params, [], lambda _: None, fit=None)
+    options = load.resolve_load_options(drafted, params, [], lambda _: None, planned)
     assert options.draft == str(drafted.draft_path) and options.draft_num_gpu == 0

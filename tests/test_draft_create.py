@@ -18,12 +18,14 @@ import pytest
 from conftest import CLI, PATIENCE_S, assert_one_line_error
 from test_server import LiveServer, add_model
 
-from localrun import create, gguf, modelfile, names
 from localrun import model as model_mod
 from localrun.errors import FileNotFoundError_, InvalidGGUFError, ModelNotFoundError
-from localrun.manifest import Manifest
+from localrun.gguf import scan
+from localrun.recipes import create, modelfile
 from localrun.scheduler import Scheduler
-from localrun.store import Store
+from localrun.store import names
+from localrun.store.manifest import Manifest
+from localrun.store.models import Store
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def test_a_model_drafting_for_itself(store: Store, project: Path) -> None:
     assert m.draft == {
         "digest": draft_layer.digest,
         "model": None,
-        "details": gguf.inspect(project / "tiny.gguf").details(),
+        "details": scan.inspect(project / "tiny.gguf").details(),
     }
     assert m.to_modelfile().draft == str(m.draft_path)
 
@@ -205,9 +207,9 @@ def test_a_different_vocabulary_is_refused_in_one_line_and_stores_nothing(
 
 
 def test_vocabulary_differences_are_named(tiny_model: Path) -> None:
-    tiny = gguf.inspect(tiny_model)
+    tiny = scan.inspect(tiny_model)
 
-    def refusal(draft: gguf.GGUFInfo, target: gguf.GGUFInfo = tiny) -> str:
+    def refusal(draft: scan.GGUFInfo, target: scan.GGUFInfo = tiny) -> str:
         with pytest.raises(InvalidGGUFError) as info:
             create._check_vocabulary(target, draft, "big", "small")
         assert info.value.hint and "\n" not in str(info.value)

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from test_speculate import one_token_logits
 
-from localrun import template
 from localrun.engine.batch import BatchEngine
 from localrun.engine.grammars import json_grammar, json_schema_grammar
 from localrun.engine.sampling import grammar_sampler
 from localrun.engine.types import LoadOptions, SamplingOptions
 from localrun.errors import ContextOverflowError, InvalidGGUFError, ModelLoadError
+from localrun.formats import template
 
 pytestmark = pytest.mark.model
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from test_server import LiveServer, add_model
 
 from localrun.scheduler import Scheduler
-from localrun.store import Store
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -25,7 +25,7 @@ from fakeupstream import WORDS, FakeUpstream
 from test_server import add_model
 from test_server_serve import Serve
 
-from localrun.store import Store
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 

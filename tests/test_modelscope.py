@@ -25,7 +25,7 @@ from localrun.errors import (
 )
 from localrun.sources.base import RemoteFile, Repo, pick
 from localrun.sources.modelscope import ModelScopeHub
-from localrun.store import Store
+from localrun.store.models import Store
 
 pytestmark = pytest.mark.server
 
@@ -325,10 +325,11 @@ def test_importing_the_module_does_not_import_modelscope() -> None:
 def test_pull_from_modelscope_into_the_store(
     hub: FakeModelScope, store: Store, tiny_model: Path
 ) -> None:
-    from localrun.pull import parse_reference, pull
+    from localrun.sources.pull import pull
+    from localrun.store.reference import parse_hub
 
     hub.add_repo("Org/Tiny-GGUF", {"tiny.Q8_0.gguf": tiny_model}, license="mit")
-    ref = parse_reference("modelscope.cn/Org/Tiny-GGUF:Q8_0")
+    ref = parse_hub("modelscope.cn/Org/Tiny-GGUF:Q8_0")
     assert ref is not None
     digest = pull(store, ref)
     assert digest.startswith("sha256:")

@@ -1,4 +1,5 @@
-"""Model references: the grammar in localrun/names.py, its defaults, and that no name escapes."""
+"""Model references: the grammar in localrun/store/names.py, its defaults, and that no name
+escapes."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from localrun import names
 from localrun.errors import InvalidNameError, LocalrunError
-from localrun.names import ModelName, is_valid, parse
+from localrun.store import names
+from localrun.store.names import ModelName, is_valid, parse
 
 # --- valid references -------------------------------------------------------------------------
 

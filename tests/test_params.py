@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from localrun import params
 from localrun.errors import InvalidParameterError
-from localrun.params import SPECS, ParamSpec, merge, parse_assignment, spec, validate
+from localrun.recipes import params
+from localrun.recipes.params import SPECS, ParamSpec, merge, parse_assignment, spec, validate
 
 OLLAMA_PARAMETERS = {
     "num_ctx",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from localrun.errors import InvalidNameError, ModelNotFoundError
-from localrun.pull import parse_reference, resolve_name
 from localrun.sources.base import RemoteFile, Repo, pick, quant_of
+from localrun.store.reference import parse_hub, resolve
 
 
 def _repo(*paths: str) -> Repo:
@@ -25,7 +25,7 @@ def _repo(*paths: str) -> Repo:
     ],
 )
 def test_references(text: str, hub: str, repo_id: str, tag: str | None) -> None:
-    ref = parse_reference(text)
+    ref = parse_hub(text)
     assert ref is not None
     assert (ref.hub, ref.repo_id, ref.tag) == (hub, repo_id, tag)
     name = ref.name
@@ -35,12 +35,23 @@ def test_references(text: str, hub: str, repo_id: str, tag: str | None) -> None:
 
 
 def test_plain_names_are_not_hub_references() -> None:
-    assert parse_reference("smollm2:135m") is None
-    assert parse_reference("me/mario:v1") is None
-    name, ref = resolve_name("hf://Org/Repo:Q8_0")
-    assert ref is not None and str(name) == "hf.co/org/repo:q8_0"
+    assert parse_hub("smollm2:135m") is None
+    assert parse_hub("me/mario:v1") is None
+    ref = resolve("hf://Org/Repo:Q8_0")
+    assert ref.hub is not None and str(ref.name) == "hf.co/org/repo:q8_0"
+    assert ref.typed == ref.name and ref.entry is None
     # The store name of a hub reference is also what `localrun list` shows and accepts back.
-    assert resolve_name("hf.co/org/repo:q8_0")[0] == name
+    assert resolve("hf.co/org/repo:q8_0").name == ref.name
+
+
+def test_a_name_resolves_into_one_reference() -> None:
+    alias = resolve("smollm2")  # a catalog alias: the name as typed, the model it stands for
+    assert str(alias.typed) == "smollm2:latest" and str(alias.name) == "smollm2:135m"
+    assert alias.entry is not None and alias.entry.name == alias.name and alias.hub is None
+    mine = resolve("me/mario:v1")  # a store name nothing else knows
+    assert mine.typed == mine.name and mine.entry is None and mine.hub is None
+    with pytest.raises(InvalidNameError):
+        resolve("../etc/passwd")
 
 
 @pytest.mark.parametrize(
@@ -49,7 +60,7 @@ def test_plain_names_are_not_hub_references() -> None:
 )
 def test_bad_references(text: str) -> None:
     with pytest.raises(InvalidNameError):
-        parse_reference(text)
+        parse_hub(text)
 
 
 @pytest.mark.parametrize(

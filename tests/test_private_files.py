@@ -17,10 +17,12 @@ import pytest
 from conftest import CLI, PATIENCE_S
 from test_server import LiveServer, add_model
 
-from localrun import config, private, prompt_cache
-from localrun.prompt_cache import PromptCache
+from localrun import private
+from localrun.engine import prompt_cache
+from localrun.engine.prompt_cache import PromptCache
 from localrun.scheduler import Scheduler
-from localrun.store import Store
+from localrun.settings import config
+from localrun.store.models import Store
 
 
 def mode(path: Path) -> int:

@@ -20,7 +20,7 @@ from conftest import CLI, PATIENCE_S, assert_one_line_error
 from test_server import add_model
 from test_server_serve import Serve
 
-from localrun.store import Store
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 

@@ -17,9 +17,10 @@ import httpx
 import pytest
 from conftest import CLI, PATIENCE_S
 
-from localrun import config, prompt_cache
+from localrun.engine import prompt_cache
+from localrun.engine.prompt_cache import PromptCache
 from localrun.errors import ConfigError
-from localrun.prompt_cache import PromptCache
+from localrun.settings import config
 
 IDENTITY = {"model": ["sha256:" + "0" * 64], "adapters": [], "llama_cpp": "x", "n_ctx": 512}
 PREFIX = list(range(100, 200))

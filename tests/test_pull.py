@@ -23,7 +23,9 @@ from conftest import CLI, PATIENCE_S, Result, assert_one_line_error
 from hfhub import FakeHub
 from proxy import ForwardProxy
 
-from localrun.store import Store
+from localrun.sources import obtain
+from localrun.store import reference
+from localrun.store.models import Store
 
 TOKEN = "hf_test_token_123"
 
@@ -524,7 +526,7 @@ def test_catalog_name_with_a_hub_source(
     monkeypatch: pytest.MonkeyPatch, hub: FakeHub, home: Path, files: dict[str, Path]
 ) -> None:
     """A catalog name whose package is not installed is pulled from its hub, pinned by sha256."""
-    from localrun import catalog, names
+    from localrun.store import catalog
 
     good = {
         "type": "hub",
@@ -547,17 +549,18 @@ def test_catalog_name_with_a_hub_source(
     monkeypatch.setattr(catalog, "_load", lambda: data)
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     store = _store(home)
-    name, manifest = catalog.find(store, "tiny:1m")
-    assert str(name) == "tiny:1m"
+    ref = reference.resolve("tiny:1m")
+    manifest = obtain.find(store, ref)
+    assert str(ref.name) == "tiny:1m"
     assert manifest.of_kind("model")[0].digest == "sha256:" + _sha(files["tiny"])
     # `show` does not download: a catalog model that is neither installed nor pulled is missing.
     from localrun.errors import DownloadError, ModelNotFoundError
 
     with pytest.raises(ModelNotFoundError):
-        catalog.find(store, "pinned:1m", pull_missing=False)
+        obtain.find(store, reference.resolve("pinned:1m"), pull_missing=False)
 
     with pytest.raises(DownloadError, match="catalog expects"):
-        catalog.ensure(store, names.parse("pinned:1m"))
+        obtain.find(store, reference.resolve("pinned:1m"))
     assert [str(n) for n in store.names()] == ["tiny:1m"]
 
 

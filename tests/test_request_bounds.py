@@ -14,7 +14,7 @@ from test_server import LiveServer, add_model
 from test_server_hardening import chat, post
 
 from localrun.scheduler import Scheduler
-from localrun.store import Store
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 

@@ -19,7 +19,7 @@ from conftest import PATIENCE_S
 from test_server import LiveServer, add_model
 
 from localrun.scheduler import Scheduler
-from localrun.store import Store
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 

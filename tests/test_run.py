@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import CLI, assert_one_line_error
 
-from localrun.store import Store
+from localrun.store.models import Store
 
 pytestmark = pytest.mark.model
 

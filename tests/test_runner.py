@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from localrun import create, modelfile, names, template
 from localrun.cli.session import LocalSession
 from localrun.errors import InvalidParameterError, TemplateError
+from localrun.formats import template
 from localrun.model import Model
 from localrun.model import load as load_model
-from localrun.store import Store
+from localrun.recipes import create, modelfile
+from localrun.store import names
+from localrun.store.models import Store
 from localrun.worker.local import open_local
 
 

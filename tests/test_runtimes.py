@@ -29,7 +29,7 @@ from conftest import CLI, PATIENCE_S, assert_one_line_error
 from localrun.errors import ToolchainError
 from localrun.runtimes import toolchain
 from localrun.runtimes.source import bindings_version
-from localrun.store_io import hash_file
+from localrun.store.blobs import hash_file
 
 VERSION = bindings_version()
 LAVAPIPE = {"GGML_VK_VISIBLE_DEVICES": "0"}
@@ -199,8 +199,8 @@ def test_missing_vulkan_pieces_are_named_with_their_packages(
 
 
 def test_an_idle_gpu_is_said_once_with_the_fix(home: Path) -> None:
+    from localrun.hardware.system import GPU
     from localrun.runtimes import advice, layout
-    from localrun.system import GPU
 
     nvidia = [GPU(0, "NVIDIA RTX 4090", "cuda", 24 << 30, 20 << 30, compute="8.9")]
     radeon = [GPU(0, "AMD Radeon RX 7900", "vulkan", 16 << 30, 15 << 30)]

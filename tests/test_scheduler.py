@@ -22,7 +22,6 @@ import psutil
 import pytest
 from conftest import PATIENCE_S
 
-from localrun import create, modelfile, names
 from localrun.errors import (
     BadRequestError,
     BusyError,
@@ -32,9 +31,11 @@ from localrun.errors import (
     ModelNotFoundError,
     RunnerDiedError,
 )
+from localrun.recipes import create, modelfile
 from localrun.request import GenRequest
 from localrun.scheduler import Scheduler, Stream
-from localrun.store import Store
+from localrun.store import names
+from localrun.store.models import Store
 from localrun.worker import process as runner_process
 from localrun.worker import protocol
 
@@ -636,8 +637,8 @@ def test_num_ctx_is_held_to_the_context_the_model_was_trained_on(models: Store) 
 
 
 def _planned(store: Store, name: str, num_ctx: int, slots: int) -> int:
-    from localrun import fit
     from localrun import model as model_mod
+    from localrun.hardware import fit
 
     parsed = names.parse(name)
     found = model_mod.load(store, parsed, store.read_manifest(parsed))

@@ -27,10 +27,12 @@ import pytest
 import uvicorn
 from conftest import PATIENCE_S
 
-from localrun import catalog, create, modelfile, names
-from localrun import store as store_mod
+from localrun.recipes import create, modelfile
 from localrun.scheduler import RunningModel, Scheduler
-from localrun.store import Store
+from localrun.sources import obtain
+from localrun.store import models as store_mod
+from localrun.store import names, reference
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -98,7 +100,7 @@ def add_model(store: Store, name: str, gguf: Path, extra: str = "") -> None:
 def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
     store = Store(tmp_path_factory.mktemp("server") / "models")
     add_model(store, "tiny", tiny_model)
-    catalog.find(store, SMOL)
+    obtain.find(store, reference.resolve(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=4, max_loaded=3, max_queue=64))
     yield server
     server.close()

@@ -22,9 +22,10 @@ import pytest
 from conftest import PATIENCE_S
 from test_server import SMOL, LiveServer, add_model
 
-from localrun import catalog, names
 from localrun.scheduler import Scheduler
-from localrun.store import Store
+from localrun.sources import obtain
+from localrun.store import names, reference
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -33,7 +34,7 @@ pytestmark = [pytest.mark.server, pytest.mark.model]
 def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
     store = Store(tmp_path_factory.mktemp("compat") / "models")
     add_model(store, "tiny", tiny_model)
-    catalog.find(store, SMOL)
+    obtain.find(store, reference.resolve(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=64))
     yield server
     server.close()

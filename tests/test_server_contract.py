@@ -21,9 +21,10 @@ import pytest
 from conftest import PATIENCE_S
 from test_server import SMOL, LiveServer, add_model
 
-from localrun import catalog
 from localrun.scheduler import Scheduler
-from localrun.store import Store
+from localrun.sources import obtain
+from localrun.store import reference
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -48,7 +49,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator
     store = Store(root / "models")
     add_model(store, "tiny", tiny_model)
     add_model(store, "embedder", mean_pooled(tiny_model, root / "pooled.gguf"))
-    catalog.find(store, SMOL)
+    obtain.find(store, reference.resolve(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=3, max_queue=64))
     yield server
     server.close()

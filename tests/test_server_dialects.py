@@ -20,9 +20,10 @@ import pytest
 from conftest import PATIENCE_S
 from test_server import SMOL, LiveServer
 
-from localrun import catalog
 from localrun.scheduler import Scheduler
-from localrun.store import Store
+from localrun.sources import obtain
+from localrun.store import reference
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -39,7 +40,7 @@ WEATHER = {
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     store = Store(tmp_path_factory.mktemp("dialects") / "models")
-    catalog.find(store, SMOL)
+    obtain.find(store, reference.resolve(SMOL))
     return store
 
 

@@ -17,9 +17,10 @@ import pytest
 from conftest import PATIENCE_S
 from test_server import SMOL, LiveServer
 
-from localrun import catalog
 from localrun.scheduler import Scheduler
-from localrun.store import Store
+from localrun.sources import obtain
+from localrun.store import reference
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -29,7 +30,7 @@ ASK: Any = [{"role": "user", "content": "Name three colours."}]
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     store = Store(tmp_path_factory.mktemp("logprobs") / "models")
-    catalog.find(store, SMOL)
+    obtain.find(store, reference.resolve(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=1, max_queue=16))
     yield server
     server.close()

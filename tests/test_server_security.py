@@ -20,7 +20,7 @@ from test_server import LiveServer, add_model
 
 from localrun.scheduler import RunningModel, Scheduler
 from localrun.server.security import host_allowed, origin_allowed
-from localrun.store import Store
+from localrun.store.models import Store
 
 pytestmark = pytest.mark.server
 

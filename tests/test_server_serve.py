@@ -17,7 +17,7 @@ import pytest
 from conftest import CLI, PATIENCE_S, assert_one_line_error
 from test_server import add_model
 
-from localrun.store import Store
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 

@@ -20,9 +20,9 @@ import pytest
 from conftest import PATIENCE_S
 from test_server import LiveServer, add_model
 
+from localrun.formats.reasoning import Splitter, opens_thinking, supports, template_variables
 from localrun.scheduler import Scheduler
-from localrun.store import Store
-from localrun.thinking import Splitter, opens_thinking, supports, template_variables
+from localrun.store.models import Store
 
 pytestmark = pytest.mark.server
 
@@ -62,7 +62,7 @@ def test_the_splitter(pieces: list[str], inside: bool, expected: tuple[str, str]
 
 
 def test_the_channel_splitter() -> None:
-    from localrun.thinking import ChannelSplitter
+    from localrun.formats.reasoning import ChannelSplitter
 
     reply = HARMONY_REPLY
     for size in (len(reply), 3, 1):
@@ -212,7 +212,7 @@ def test_responses_reasoning_items(live: LiveServer) -> None:
 def test_every_route_takes_every_reasoning_effort(live: LiveServer) -> None:
     """OpenAI's efforts (none to xhigh) and Anthropic's (to max), on each of the three routes
     that take one; "none" turns thinking off (Ollama's tools-routes test sends it)."""
-    from localrun.thinking import EFFORTS
+    from localrun.formats.reasoning import EFFORTS
 
     ai = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
     ant = anthropic.Anthropic(base_url=live.url, api_key="x", max_retries=0)

@@ -22,6 +22,8 @@ from localrun.engine.batch import BatchEngine
 from localrun.engine.grammars import json_schema_grammar
 from localrun.engine.speculate import DecodeCost, NgramDrafter, Speculator
 from localrun.engine.types import LoadOptions, SamplingOptions, Timings
+from localrun.sources import obtain
+from localrun.store import reference
 
 # -- the drafter (pure) -----------------------------------------------------------------------
 
@@ -505,12 +507,11 @@ def test_the_tiny_model_speculates_the_same_answer(tiny_model: Path) -> None:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from test_server import SMOL, LiveServer
 
-    from localrun import catalog
     from localrun.scheduler import Scheduler
-    from localrun.store import Store
+    from localrun.store.models import Store
 
     store = Store(tmp_path_factory.mktemp("speculate") / "models")
-    catalog.find(store, SMOL)
+    obtain.find(store, reference.resolve(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=1, max_queue=8))
     yield server
     server.close()

@@ -1,4 +1,5 @@
-"""localrun.store: digests, blobs, manifests, locking, garbage collection, crashes, full disks.
+"""localrun.store.models: digests, blobs, manifests, locking, garbage collection, crashes, full
+disks.
 
 Everything runs against a real store in the test's LOCALRUN_HOME; the concurrency, crash and
 disk-full tests use real processes (multiprocessing with spawn, or the `localrun` CLI).
@@ -27,7 +28,6 @@ import make_test_models
 import pytest
 from conftest import CLI, PATIENCE_S, assert_one_line_error
 
-from localrun import create, modelfile, names, store_io
 from localrun.errors import (
     CorruptBlobError,
     DiskFullError,
@@ -36,7 +36,10 @@ from localrun.errors import (
     ModelNotFoundError,
     StoreError,
 )
-from localrun.manifest import (
+from localrun.recipes import create, modelfile
+from localrun.store import blobs as blobs_mod
+from localrun.store import names
+from localrun.store.manifest import (
     MEDIA_CONFIG,
     MEDIA_MANIFEST,
     MEDIA_TYPES,
@@ -44,8 +47,8 @@ from localrun.manifest import (
     Manifest,
     check_digest,
 )
-from localrun.names import ModelName
-from localrun.store import Store
+from localrun.store.models import Store
+from localrun.store.names import ModelName
 
 HEX = hashlib.sha256(b"localrun").hexdigest()
 
@@ -73,7 +76,7 @@ def blob_files(store: Store) -> list[Path]:
 
 
 def temp_files(root: Path) -> list[Path]:
-    return sorted(root.rglob(store_io.TMP_PREFIX + "*")) if root.is_dir() else []
+    return sorted(root.rglob(blobs_mod.TMP_PREFIX + "*")) if root.is_dir() else []
 
 
 def manifest_files(store: Store) -> list[Path]:
@@ -380,7 +383,7 @@ def test_add_file_expected_mismatch_even_if_blob_present(store: Store, small_mod
 def test_add_file_refuses_content_that_changes_while_copied(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_io, "CHUNK", 1024)
+    monkeypatch.setattr(blobs_mod, "CHUNK", 1024)
     path = tmp_path / "growing.bin"
     path.write_bytes(os.urandom(64 * 1024))
 
@@ -398,7 +401,7 @@ def test_add_file_refuses_content_that_changes_while_copied(
 def test_add_file_interrupted_leaves_nothing(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_io, "CHUNK", 1024)
+    monkeypatch.setattr(blobs_mod, "CHUNK", 1024)
     path = tmp_path / "data.bin"
     path.write_bytes(os.urandom(16 * 1024))
 
@@ -425,7 +428,7 @@ def test_add_file_disk_full_is_reported_and_cleaned_up(
             raise OSError(code, os.strerror(code))
         return real_write(fd, data[: len(data) // 2])
 
-    monkeypatch.setattr(store_io, "CHUNK", 4096)
+    monkeypatch.setattr(blobs_mod, "CHUNK", 4096)
     monkeypatch.setattr(os, "write", write)
     with pytest.raises(DiskFullError) as caught:
         add_path(store, small_model)
@@ -454,7 +457,7 @@ def test_permission_error_is_a_store_error(store: Store, monkeypatch: pytest.Mon
     real_open = os.open
 
     def deny(path: Any, flags: int, *args: Any) -> int:
-        if os.path.basename(path).startswith(store_io.TMP_PREFIX):
+        if os.path.basename(path).startswith(blobs_mod.TMP_PREFIX):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, flags, *args)
 
@@ -502,7 +505,7 @@ def test_writes_are_fsynced_then_renamed(
     kinds = [kind for kind, _ in events]
     assert kinds == ["fsync", "replace", "fsync"], events
     tmp = events[0][1]
-    assert os.path.basename(tmp).startswith(f"{store_io.TMP_PREFIX}{os.getpid()}-")
+    assert os.path.basename(tmp).startswith(f"{blobs_mod.TMP_PREFIX}{os.getpid()}-")
     assert os.path.dirname(tmp) == str(target.parent)  # same folder: the rename is atomic
     assert events[1][1] == f"{tmp} -> {target}"
     assert events[2][1] == str(target.parent)
@@ -869,7 +872,7 @@ def test_prune_of_a_store_that_does_not_exist(store: Store) -> None:
 _HOLD = """
 import sys
 from pathlib import Path
-from localrun.store import Store
+from localrun.store.models import Store
 store = Store(Path(sys.argv[1]))
 with {how}:
     print("held", flush=True)
@@ -996,8 +999,8 @@ def test_verify_waits_for_rm_and_prune(store: Store, holder: Callable[[str], Hol
 _REMOVER = """
 import sys
 from pathlib import Path
-from localrun import names
-from localrun.store import Store
+from localrun.store import names
+from localrun.store.models import Store
 store = Store(Path(sys.argv[1]))
 for i in range(int(sys.argv[2])):
     store.remove(names.parse(f"m{i}"))
@@ -1102,7 +1105,7 @@ def _wait_for_growing_temp(blobs: Path, proc: subprocess.Popen[bytes], deadline:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"create ended (exit {proc.returncode}) before it could be interrupted")
-        for path in blobs.glob(store_io.TMP_PREFIX + "*") if blobs.is_dir() else []:
+        for path in blobs.glob(blobs_mod.TMP_PREFIX + "*") if blobs.is_dir() else []:
             try:
                 size = path.stat().st_size
             except FileNotFoundError:

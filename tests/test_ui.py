@@ -16,7 +16,7 @@ import pytest
 from test_server import LiveServer, add_model
 
 from localrun.server import ui
-from localrun.store import Store
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server]
 

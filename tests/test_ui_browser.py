@@ -20,7 +20,9 @@ import pytest
 from test_server import LiveServer, add_model
 
 from localrun.scheduler import Scheduler
-from localrun.store import Store
+from localrun.sources import obtain
+from localrun.store import reference
+from localrun.store.models import Store
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -199,10 +201,9 @@ def test_smollm2_on_a_phone_sized_screen(
     browser: Any, tmp_path: Path, smollm2_path: str, tiny_model: Path
 ) -> None:
     """The real model, streamed into a 390-pixel-wide page; the screenshot in the README."""
-    from localrun import catalog
 
     store = Store(tmp_path / "models")
-    catalog.find(store, "smollm2:135m")
+    obtain.find(store, reference.resolve("smollm2:135m"))
     server = LiveServer(store, Scheduler(store, num_parallel=1))
     try:
         page = browser.new_page(viewport={"width": 390, "height": 800})

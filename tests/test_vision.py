@@ -19,10 +19,12 @@ from conftest import PATIENCE_S
 from PIL import Image
 from test_server import LiveServer, add_model
 
-from localrun import create, media, modelfile, names
+from localrun import media
 from localrun.errors import InvalidGGUFError
+from localrun.recipes import create, modelfile
 from localrun.scheduler import Scheduler
-from localrun.store import Store
+from localrun.store import names
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -284,13 +286,13 @@ def test_audio_to_a_projector_without_an_audio_encoder_is_a_400(live: LiveServer
 def test_the_memory_plan_counts_the_projector(
     live: LiveServer, tiny_vision: tuple[Path, Path]
 ) -> None:
-    from localrun import fit
     from localrun import model as model_mod
+    from localrun.hardware import fit
 
     vis = model_mod.load(live.store, names.parse("vis"))
     plain = model_mod.load(live.store, names.parse("tiny"))
-    with_projector = fit.plan_fit(vis, {"num_ctx": 256}, gpu=False).plan.ram_bytes
-    without = fit.plan_fit(plain, {"num_ctx": 256}, gpu=False).plan.ram_bytes
+    with_projector = fit.plan_fit(vis, {"num_ctx": 256}).plan.ram_bytes
+    without = fit.plan_fit(plain, {"num_ctx": 256}).plan.ram_bytes
     # The same text model (tiny-vision.gguf is the tiny llama): the projector's weights and a
     # quarter more for its compute buffers.
     assert with_projector - without == tiny_vision[1].stat().st_size * 5 // 4

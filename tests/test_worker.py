@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from localrun import catalog, create, modelfile, names
 from localrun.errors import (
     BadRequestError,
     ContextOverflowError,
@@ -29,8 +28,11 @@ from localrun.errors import (
     LocalrunError,
     ModelNotFoundError,
 )
+from localrun.recipes import create, modelfile
 from localrun.request import GenRequest
-from localrun.store import Store
+from localrun.sources import obtain
+from localrun.store import names, reference
+from localrun.store.models import Store
 from localrun.worker import protocol
 from localrun.worker.sink import StopFilter
 
@@ -172,7 +174,7 @@ def root(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_long_m
     for name, gguf in (("tiny", tiny_model), ("long", tiny_long_model)):
         (folder / f"{name}.gguf").write_bytes(gguf.read_bytes())
         create.create(store, names.parse(name), modelfile.parse(f"FROM {name}.gguf\n"), folder)
-    catalog.find(store, "smollm2:135m")
+    obtain.find(store, reference.resolve("smollm2:135m"))
     return path
 
 

@@ -88,7 +88,7 @@ def parse_line(item: Any) -> dict[str, Any]:
     options = item.get("options", {})
     if not isinstance(options, dict):
         raise InvalidParameterError("'options' must be an object")
-    from localrun import params
+    from localrun.recipes import params
 
     out["options"] = params.validate(options)
     system = item.get("system")

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localrun import config, private
+from localrun import private
 from localrun.errors import LocalrunError
+from localrun.settings import config
 
 if TYPE_CHECKING:
     from localrun.cli.session import Answer, Session
@@ -95,7 +96,7 @@ class ChatSession:
         return True
 
     def _set(self, rest: str) -> None:
-        from localrun import params as params_mod
+        from localrun.recipes import params as params_mod
 
         words = rest.split(maxsplit=1)
         what = words[0].lower() if words else ""
@@ -170,7 +171,7 @@ class ChatSession:
             print("\n\n".join(model.licenses) or "No license.")
 
     def _modelfile(self) -> Any:
-        from localrun.modelfile import Message, Modelfile
+        from localrun.recipes.modelfile import Message, Modelfile
 
         mf = Modelfile(from_=self.session.name)
         for name, value in self.overrides.items():
@@ -180,7 +181,7 @@ class ChatSession:
         return mf
 
     def _save(self, name: str) -> None:
-        from localrun import names
+        from localrun.store import names
 
         if not name:
             print("Usage: /save NAME")

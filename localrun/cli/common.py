@@ -7,7 +7,7 @@ import contextlib
 import sys
 
 from localrun.errors import LocalrunError
-from localrun.store import Store
+from localrun.store.models import Store
 
 
 def open_store(*, cleanup: bool = False) -> Store:
@@ -25,7 +25,7 @@ def error_line(err: LocalrunError) -> str:
 
 
 def print_error(err: LocalrunError) -> None:
-    from localrun import catalog
+    from localrun.store import catalog
 
     with contextlib.suppress(LocalrunError):  # a store that cannot open suggests nothing
         err = catalog.suggest(err, open_store())

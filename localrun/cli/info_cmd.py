@@ -14,7 +14,7 @@ from localrun.errors import LocalrunError
 
 if TYPE_CHECKING:
     from localrun.engine.buildinfo import BuildInfo
-    from localrun.system import GPU, SystemInfo
+    from localrun.hardware.system import GPU, SystemInfo
 
 # How to get a llama-cpp-python build for each kind of GPU (its CMake switch).
 _BUILD_FLAGS = {
@@ -27,8 +27,8 @@ _BUILD_FLAGS = {
 
 def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the CPU, memory and GPUs found, and what the installed llama.cpp was built to use."""
-    from localrun import system
     from localrun.engine.buildinfo import AMX, build_info, repacks
+    from localrun.hardware import system
 
     found = system.detect()
     build: BuildInfo | None = None
@@ -92,7 +92,9 @@ def _gpu_line(gpu: GPU) -> str:
 
 def _privacy_notes() -> list[str]:
     """One line for each folder of conversations that other users may read or enter."""
-    from localrun import config, private, prompt_cache
+    from localrun import private
+    from localrun.engine import prompt_cache
+    from localrun.settings import config
 
     home = config.home()
     holds = {
@@ -111,7 +113,7 @@ def _privacy_notes() -> list[str]:
 
 def _notes(found: SystemInfo, build: BuildInfo | None) -> list[str]:
     """What stands between the GPUs found and llama.cpp using them."""
-    from localrun.system import usable_gpus
+    from localrun.hardware.system import usable_gpus
 
     if build is None or not found.gpus:
         return []

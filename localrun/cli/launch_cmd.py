@@ -1,6 +1,6 @@
 """`localrun launch claude|codex|opencode`: a coding agent on a local model.
 
-The agent is pointed at the server at LOCALRUN_HOST (localrun.launchers says how for each).
+The agent is pointed at the server at LOCALRUN_HOST (localrun.cli.launchers says how for each).
 When none answers there, `localrun serve` is started for the agent's session, in a session of
 its own (the agent's Ctrl-C interrupts the agent, not the server) with its log in a file (its
 lines would tear the agent's screen), and stopped when the agent exits. The model is checked
@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from localrun import config, launchers, private, selfexec
+from localrun import private, selfexec
+from localrun.cli import launchers
 from localrun.cli.common import open_store
 from localrun.errors import ConfigError, LocalrunError, ServerError
+from localrun.settings import config
 
 if TYPE_CHECKING:
     from localrun.client import Client
@@ -88,12 +90,14 @@ def _model(given: str | None, client: Client | None, tool: launchers.Tool, dry_r
         return given
     if dry_run:
         return given
-    from localrun import catalog
     from localrun.cli.output import CreateProgress
+    from localrun.sources import obtain
+    from localrun.store import reference
 
+    ref = reference.resolve(given)
     progress = CreateProgress()
     try:
-        catalog.find(open_store(), given, progress)  # imported or pulled now, not mid-session
+        obtain.find(open_store(), ref, progress)  # imported or pulled now, not mid-session
     finally:
         progress.close()
     return given

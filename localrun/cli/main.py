@@ -21,7 +21,7 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError
 from typer.exceptions import TyperException
 
-from localrun import __version__, config, selfexec
+from localrun import __version__, selfexec
 from localrun.cli import (
     info_cmd,
     launch_cmd,
@@ -35,6 +35,7 @@ from localrun.cli import (
 )
 from localrun.cli.common import print_error
 from localrun.errors import LocalrunError
+from localrun.settings import config
 
 
 def _flags_without_a_type() -> None:

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from localrun.create import Event
+    from localrun.recipes.create import Event
 
 
 def human_size(n: int) -> str:

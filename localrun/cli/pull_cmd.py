@@ -18,27 +18,27 @@ def pull(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Download a model into the store (resumable, verified by sha256)."""
-    from localrun import catalog
-    from localrun import pull as pull_mod
     from localrun.errors import ModelNotFoundError
+    from localrun.sources import obtain
+    from localrun.sources import pull as pull_mod
+    from localrun.store import reference
 
     store = open_store(cleanup=True)
-    name, ref = pull_mod.resolve_name(model)
+    ref = reference.resolve(model)
     progress = CreateProgress(quiet)
     try:
-        if ref is not None:
-            pull_mod.pull(store, ref, report=progress)
+        if ref.hub is not None:
+            pull_mod.pull(store, ref.hub, report=progress)
             return
-        entry = catalog.lookup(name)
-        if entry is None:
-            raise ModelNotFoundError(str(name))  # the hint names the nearest known names
-        if store.exists(entry.name):
+        if ref.entry is None:
+            raise ModelNotFoundError(str(ref.name))  # the hint names the nearest known names
+        if store.exists(ref.name):
             if not quiet:
-                print(f"'{entry.name}' is already in the store", flush=True)
+                print(f"'{ref.name}' is already in the store", flush=True)
             return
-        catalog.ensure(store, entry.name, progress)
+        obtain.find(store, ref, progress)
         if not quiet:
-            print(f"success: '{entry.name}' is in the store", flush=True)
+            print(f"success: '{ref.name}' is in the store", flush=True)
     finally:
         progress.close()
 
@@ -50,7 +50,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the model names localrun knows (`pull` and `run` take them), with their sizes."""
-    from localrun import catalog
+    from localrun.store import catalog
 
     found = catalog.search(word)
     if as_json:

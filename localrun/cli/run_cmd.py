@@ -14,14 +14,15 @@ from typing import Any
 
 import typer
 
-from localrun import media, thinking
-from localrun import params as params_mod
+from localrun import media
 from localrun.cli.batch import run_batch
 from localrun.cli.chat import chat_loop
 from localrun.cli.output import ThinkingView
 from localrun.cli.session import Session, open_session
 from localrun.cli.views import print_stats
 from localrun.errors import InvalidParameterError
+from localrun.formats import reasoning
+from localrun.recipes import params as params_mod
 
 STDIN_LIMIT = 64 * 1024 * 1024
 
@@ -163,7 +164,7 @@ def think_option(value: str | None) -> bool | str | None:
         return True
     if word in ("false", "no", "off", "0"):
         return False
-    if word in thinking.LEVELS:
+    if word in reasoning.LEVELS:
         return word
     raise InvalidParameterError(
         f"unknown --think value {value!r}", hint="use --think, --think=false or --think=high"

@@ -26,7 +26,7 @@ def _suits(runtime: Any, gpus: list[Any]) -> str:
 
 def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the installed runtimes: which is selected, and which suit this machine's GPUs."""
-    from localrun import system
+    from localrun.hardware import system
     from localrun.runtimes import layout, source
     from localrun.runtimes.activate import auto_choice
 
@@ -76,7 +76,7 @@ def install(
     ),
 ) -> None:
     """Build a GPU runtime from the source of the installed llama.cpp, then install it."""
-    from localrun import system
+    from localrun.hardware import system
     from localrun.runtimes import build
 
     backend = backend.lower()
@@ -175,7 +175,7 @@ class Stages:
 def select(name: str = typer.Argument(..., help="A runtime's name, auto, or cpu.")) -> None:
     """Choose the runtime that runs models (a running server's next model load uses it)."""
     from localrun.runtimes import layout
-    from localrun.settings_parse import parse_runtime
+    from localrun.settings.parse import parse_runtime
 
     try:
         value = parse_runtime(name)

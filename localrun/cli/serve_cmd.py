@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from localrun import __version__, config, upstreams
+from localrun import __version__
 from localrun.cli.common import open_store
 from localrun.errors import ConfigError, ServerError
+from localrun.scheduler import upstreams
+from localrun.settings import config
 
 if TYPE_CHECKING:
     from uvicorn import Server
@@ -106,11 +108,11 @@ def serve(
     ),
 ) -> None:
     """Serve the Ollama- and OpenAI-compatible API."""
-    from localrun import tls
     from localrun.scheduler import Scheduler
     from localrun.server.app import Settings
     from localrun.server.connections import Limits, raise_fd_limit
     from localrun.server.security import is_loopback
+    from localrun.settings import tls
 
     bind_host, bind_port = _address(host, port)
     env_cert, env_key = config.tls_pair()

@@ -68,10 +68,10 @@ def stop(model: str = typer.Argument(..., help="The model to unload, e.g. smollm
 
 def _same_model(text: str, entry: dict[str, Any]) -> bool:
     """Whether what the user typed names this /api/ps entry (aliases and default tag followed)."""
-    from localrun import catalog, names
+    from localrun.store import names, reference
 
     try:
-        wanted = catalog.canonical(names.parse(text))
+        wanted = reference.resolve(text).name
     except LocalrunError:
         return text in (entry.get("name"), entry.get("model"))
     for key in ("name", "model"):

@@ -21,7 +21,7 @@ from localrun.errors import LocalrunError, ModelNotFoundError, ServerError
 if TYPE_CHECKING:
     from localrun.client import Client, Stream
     from localrun.model import Model
-    from localrun.modelfile import Modelfile
+    from localrun.recipes.modelfile import Modelfile
     from localrun.worker.local import LocalRunner
 
 Message = dict[str, Any]
@@ -127,17 +127,19 @@ class LocalSession:
     @classmethod
     def open(cls, name: str, overrides: dict[str, Any]) -> LocalSession:
         """Find (importing from the catalog or pulling if needed) and load a model."""
-        from localrun import catalog
         from localrun.cli.common import open_store
         from localrun.cli.output import CreateProgress
+        from localrun.sources import obtain
+        from localrun.store import reference
 
         store = open_store()
+        ref = reference.resolve(name)
         progress = CreateProgress()
         try:
-            found, manifest = catalog.find(store, name, progress)
+            manifest = obtain.find(store, ref, progress)
         finally:
             progress.close()
-        return cls(_load_runner(store, found, manifest, overrides))
+        return cls(_load_runner(store, ref.name, manifest, overrides))
 
     def chat(
         self,
@@ -189,13 +191,15 @@ class LocalSession:
         self._replace(_open(self.runner.model, overrides))
 
     def switch(self, name: str, announce: Callable[[str], None]) -> None:
-        from localrun import catalog
         from localrun.cli.common import open_store
+        from localrun.sources import obtain
+        from localrun.store import reference
 
         store = open_store()
-        found, manifest = catalog.find(store, name, pull_missing=False)
-        announce(str(found))
-        self._replace(_load_runner(store, found, manifest, {}))
+        ref = reference.resolve(name)
+        manifest = obtain.find(store, ref, pull_missing=False)
+        announce(str(ref.name))
+        self._replace(_load_runner(store, ref.name, manifest, {}))
 
     def _replace(self, fresh: LocalRunner) -> None:
         self.runner.close()
@@ -208,12 +212,14 @@ class LocalSession:
     def save(self, name: str, modelfile: Modelfile) -> None:
         from pathlib import Path
 
-        from localrun import catalog, create, names
         from localrun.cli.common import open_store
+        from localrun.recipes import create
+        from localrun.sources import obtain
+        from localrun.store import names
 
         store = open_store()
         create.create(
-            store, names.parse(name), modelfile, Path.cwd(), resolve=catalog.resolver(store)
+            store, names.parse(name), modelfile, Path.cwd(), resolve=obtain.resolver(store)
         )
 
     def close(self) -> None:
@@ -327,7 +333,7 @@ class RemoteSession:
     @classmethod
     def open(cls, client: Client, name: str, overrides: dict[str, Any]) -> RemoteSession:
         """Load `name` on the server (pulling it there first if it is not in its store)."""
-        from localrun import params as params_mod
+        from localrun.recipes import params as params_mod
 
         options = params_mod.validate(overrides)  # errors are reported before any request
         session = cls(client, name, options)
@@ -346,7 +352,7 @@ class RemoteSession:
 
     def _pull(self, name: str) -> None:
         from localrun.cli.output import CreateProgress
-        from localrun.create import Event
+        from localrun.recipes.create import Event
 
         progress = CreateProgress()
         try:
@@ -422,7 +428,7 @@ class RemoteSession:
 
 def view_from_show(data: dict[str, Any]) -> ModelView:
     """A ModelView from /api/show (Ollama's shape: parameters as text, model_info keys)."""
-    from localrun.modelfile import Message as MfMessage
+    from localrun.recipes.modelfile import Message as MfMessage
 
     info = data.get("model_info") or {}
     arch = info.get("general.architecture") or (data.get("details") or {}).get("family")
@@ -469,7 +475,7 @@ def _parse_parameters(raw: Any) -> dict[str, Any]:
         return dict(raw)
     if not isinstance(raw, str):
         return {}
-    from localrun import params as params_mod
+    from localrun.recipes import params as params_mod
 
     out: dict[str, Any] = {}
     for line in raw.splitlines():

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from localrun import config, names, settings_view
 from localrun.cli.common import open_store, print_error
 from localrun.cli.output import CreateProgress, ago, columns, human_size
 from localrun.cli.views import params_text, print_fit, show_text
 from localrun.errors import LocalrunError, ModelfileError, NotRegularFileError
+from localrun.settings import config, view
+from localrun.store import names
 
 if TYPE_CHECKING:
     from localrun.model import Model
@@ -26,7 +27,7 @@ MAX_MODELFILE = 16 * 1024 * 1024
 
 def read_modelfile(path_text: str) -> tuple[str, Path]:
     """The text of a Modelfile and the folder its relative paths start from (`-` = stdin)."""
-    from localrun import gguf
+    from localrun.gguf import scan
 
     if path_text == "-":
         data = sys.stdin.buffer.read(MAX_MODELFILE + 1)
@@ -34,7 +35,7 @@ def read_modelfile(path_text: str) -> tuple[str, Path]:
     else:
         path = Path(path_text).expanduser()
         try:
-            fd = gguf.open_regular(path)
+            fd = scan.open_regular(path)
         except NotRegularFileError as exc:
             raise NotRegularFileError(
                 f"{path_text} is not a regular file", hint="pass a Modelfile with -f"
@@ -66,8 +67,9 @@ def create(
     ),
 ) -> None:
     """Create a model from a Modelfile."""
-    from localrun import catalog, modelfile
-    from localrun import create as create_mod
+    from localrun.recipes import create as create_mod
+    from localrun.recipes import modelfile
+    from localrun.sources import obtain
 
     target = names.parse(name)
     text, base = read_modelfile(file)
@@ -84,7 +86,7 @@ def create(
             parsed,
             base,
             report=progress,
-            resolve=catalog.resolver(store, progress),
+            resolve=obtain.resolver(store, progress),
             link=link,
         )
     except ModelfileError as exc:
@@ -124,7 +126,7 @@ def list_(
 def _remote_models(local: set[str]) -> list[tuple[str, str]]:
     """(model, upstream) for the models upstreams serve: those upstreams.toml names, and,
     from a running server, those it discovered. Nothing is read without an upstreams.toml."""
-    from localrun import upstreams
+    from localrun.scheduler import upstreams
 
     if not upstreams.path().exists():
         return []
@@ -160,8 +162,8 @@ def show(
     ),
 ) -> None:
     """Show a model's details, parameters, system prompt, template and license."""
-    from localrun import params as params_mod
     from localrun.errors import InvalidParameterError
+    from localrun.recipes import params as params_mod
 
     if param and not fit:
         raise InvalidParameterError(
@@ -195,16 +197,18 @@ def show(
 
 def _stored_model(name: str) -> Model:
     """The model `name` refers to, from the store (found through an alias; never pulled)."""
-    from localrun import catalog
     from localrun import model as model_mod
+    from localrun.sources import obtain
+    from localrun.store import reference
 
     store = open_store()
+    ref = reference.resolve(name)
     progress = CreateProgress()
     try:
-        found, manifest = catalog.find(store, name, progress, pull_missing=False)
+        manifest = obtain.find(store, ref, progress, pull_missing=False)
     finally:
         progress.close()
-    return model_mod.load(store, found, manifest)
+    return model_mod.load(store, ref.name, manifest)
 
 
 def _show_json(m: Any, template: str | None) -> dict[str, Any]:
@@ -239,12 +243,14 @@ def cp(
     destination: str = typer.Argument(..., help="The new name."),
 ) -> None:
     """Copy a model under a new name (no data is duplicated)."""
-    from localrun import catalog
-    from localrun.pull import resolve_name
+    from localrun.sources import obtain
+    from localrun.store import reference
 
-    dst = resolve_name(destination)[0]
+    dst = reference.resolve(destination).typed
     store = open_store(cleanup=True)
-    src, _ = catalog.find(store, source, CreateProgress(), pull_missing=False)
+    ref = reference.resolve(source)
+    obtain.find(store, ref, CreateProgress(), pull_missing=False)
+    src = ref.name
     store.copy(src, dst)
     print(f"copied '{src}' to '{dst}'")
 
@@ -253,13 +259,13 @@ def rm(
     models: list[str] = typer.Argument(..., help="The models to remove."),
 ) -> None:
     """Remove models, and the data no other model uses."""
-    from localrun.pull import resolve_name
+    from localrun.store import reference
 
     store = open_store(cleanup=True)
     failed = False
     for text in models:
         try:
-            ref = resolve_name(text)[0]
+            ref = reference.resolve(text).typed
             freed = store.remove(ref)
         except LocalrunError as err:
             print_error(err)
@@ -274,7 +280,8 @@ def rm(
 def prune() -> None:
     """Remove unused blobs, leftovers of interrupted writes, the disk prompt cache and (from the
     single binary) its other unpacked builds."""
-    from localrun import prompt_cache, selfexec
+    from localrun import selfexec
+    from localrun.engine import prompt_cache
 
     report = open_store().prune(partials=True)
     assert report is not None
@@ -340,7 +347,7 @@ class _VerifyBar:
         self.progress = CreateProgress()
 
     def __call__(self, digest: str, done: int, total: int) -> None:
-        from localrun.create import Event
+        from localrun.recipes.create import Event
 
         self.progress(Event(f"verifying {digest[7:19]}", completed=done, total=total))
 
@@ -350,7 +357,7 @@ class _VerifyBar:
 
 def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show every LOCALRUN_* setting, its value and where the value comes from."""
-    rows = settings_view.describe()
+    rows = view.describe()
     if as_json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
         return

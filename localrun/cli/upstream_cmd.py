@@ -6,8 +6,8 @@ import json
 
 import typer
 
-from localrun import upstreams
 from localrun.cli.output import columns
+from localrun.scheduler import upstreams
 
 
 def add(

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def params_text(parameters: dict[str, Any]) -> str:
     """Parameters as aligned `name value` lines (strings quoted), as `show` prints them."""
-    from localrun.modelfile import format_param
+    from localrun.recipes.modelfile import format_param
 
     rows = []
     for key, value in parameters.items():
@@ -29,7 +29,7 @@ def params_text(parameters: dict[str, Any]) -> str:
 
 def show_text(m: Any, template: str | None) -> str:
     """The sections `show` prints: model details, adapters, parameters, system, ... license."""
-    from localrun.gguf import format_count
+    from localrun.gguf.scan import format_count
 
     d = m.details
     info = [
@@ -60,7 +60,7 @@ def show_text(m: Any, template: str | None) -> str:
 
 def _draft_text(draft: dict[str, Any] | None) -> str | None:
     """The draft model in one line: its name (or short digest), architecture, size, type."""
-    from localrun.gguf import format_count
+    from localrun.gguf.scan import format_count
 
     if draft is None:
         return None
@@ -79,7 +79,7 @@ def _draft_text(draft: dict[str, Any] | None) -> str | None:
 def _projector_text(m: Any) -> str | None:
     """The projector in one line: what it takes in, its size."""
     from localrun.capabilities import projector_modalities
-    from localrun.gguf import format_count
+    from localrun.gguf.scan import format_count
 
     if getattr(m, "projector_path", None) is None:
         return None
@@ -106,9 +106,9 @@ def _indent(text: str, n: int) -> str:
 def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
     """Print how `model` would be split between GPU and CPU, without loading it."""
     from localrun.engine.buildinfo import build_info
-    from localrun.fit import plan_fit
+    from localrun.hardware.fit import plan_fit
 
-    fit = plan_fit(model, {**model.parameters, **overrides})
+    fit = plan_fit(model, {**model.parameters, **overrides}, build=build_info())
     num_ctx, plan, warnings = fit.num_ctx, fit.plan, fit.warnings
     if as_json:
         out = {"model": str(model.name), "num_ctx": num_ctx, **asdict(plan)}

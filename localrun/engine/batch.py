@@ -33,8 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from localrun import prompt_cache
-from localrun.engine import draft, speculate
+from localrun.engine import draft, prompt_cache, speculate
 from localrun.engine.embed import Embedder
 from localrun.engine.media import MediaPrompt, Projector
 from localrun.engine.native import lc

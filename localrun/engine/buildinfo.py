@@ -12,9 +12,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from localrun import config
 from localrun.errors import EngineError
 from localrun.runtimes.ggml import Device
+from localrun.settings import config
 
 # What llama_print_system_info() says of a CPU with AMX (Sapphire Rapids and later).
 AMX = "AMX_INT8 = 1"

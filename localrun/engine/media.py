@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun import config
 from localrun import media as media_mod
 from localrun.engine.native import lc
 from localrun.engine.weights import native_log
 from localrun.errors import BadRequestError, EngineError, ModelLoadError
+from localrun.settings import config
 
 CHUNK_TEXT = 0
 # Placeholder ids: -(1 + (36 bits of the medium's sha256) * 2^20 + position in the medium),

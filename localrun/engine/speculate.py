@@ -30,8 +30,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from localrun import config
 from localrun.errors import BadRequestError
+from localrun.settings import config
 
 # A draft model's guesses: (history, most tokens) -> tokens.
 ModelDrafter = Callable[[Sequence[int], int], list[int]]

@@ -1,7 +1,7 @@
 """A llama.cpp model in memory: its weights, vocabulary and LoRA adapters, and the contexts made
 from them; llama.cpp's log, kept for the errors it explains.
 
-Every file is structure-checked by `localrun.gguf.scan` before llama.cpp opens it, and every
+Every file is structure-checked by `localrun.gguf.scan.scan` before llama.cpp opens it, and every
 failure is translated into a typed error here, where llama_cpp is called.
 """
 
@@ -13,11 +13,13 @@ import functools
 import threading
 from typing import Any
 
-from localrun import config, gguf, prompt_cache
+from localrun.engine import prompt_cache
 from localrun.engine.buildinfo import build_info, repacks
 from localrun.engine.native import lc
 from localrun.engine.types import FimTokens, LoadOptions
 from localrun.errors import BadRequestError, EngineError, ModelLoadError
+from localrun.gguf import scan
+from localrun.settings import config
 
 # Texts shorter than this hold too few special tokens to matter: they are not counted.
 _SPECIALS_CHECKED_PAST = 64 * 1024
@@ -76,9 +78,9 @@ class Weights:
 
     def __init__(self, path: str, options: LoadOptions) -> None:
         _init()
-        header = gguf.scan(path)  # raises InvalidGGUFError before llama.cpp sees the file
+        header = scan.scan(path)  # raises InvalidGGUFError before llama.cpp sees the file
         for other in (*options.splits, *(adapter for adapter, _ in options.adapters)):
-            gguf.scan(other)
+            scan.scan(other)
         self.path = path
         self.header = header
         self.model: Any = None

@@ -160,7 +160,7 @@ def suiting_gpus(runtime: Runtime, gpus: list[Any]) -> list[Any]:
 
 @functools.cache
 def _cuda_gpus() -> list[Any]:
-    from localrun import system
+    from localrun.hardware import system
 
     try:
         return system.probe_cuda()
@@ -177,7 +177,7 @@ def verify(runtime: Runtime) -> str | None:
         return f"runtime {runtime.name} is damaged (its {runtime.module} is missing)"
     if (st.st_size, st.st_mtime_ns) == tuple(runtime.stamp):
         return None
-    from localrun.store_io import hash_file
+    from localrun.store.blobs import hash_file
 
     try:
         digest = hash_file(path)

@@ -61,8 +61,8 @@ def idle_gpu_line(
 
 
 def detected_gpus() -> list[Any]:
-    """This machine's GPUs (localrun.system, imported only when they are looked for)."""
-    from localrun import system
+    """This machine's GPUs (localrun.hardware.system, imported only when they are looked for)."""
+    from localrun.hardware import system
 
     return system.detect().gpus
 

@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from localrun import config
 from localrun.errors import RuntimeBuildError
 from localrun.runtimes import layout, source, toolchain
 from localrun.runtimes.layout import Runtime
-from localrun.store_io import hash_file, os_error
+from localrun.settings import config
+from localrun.store.blobs import hash_file, os_error
 
 Progress = Callable[[str, int, int], None]
 """Called with (stage, steps done, steps in all); 0 in all while a stage cannot count."""
@@ -66,7 +66,7 @@ def plan(backend: str, *, arch: str | None = None, say: Callable[[str], None]) -
         return Plan(
             "vulkan", layout.runtime_name("vulkan", version), (), toolchain.vulkan(), version
         )
-    from localrun import system
+    from localrun.hardware import system
 
     detected = [g.compute or "" for g in system.probe_cuda()]
     archs = toolchain.cuda_architectures(arch, detected)
@@ -288,7 +288,7 @@ def check_loads(module: Path, library_path: tuple[str, ...], log: Path) -> list[
     and return the devices it registered; RuntimeBuildError when it does not load."""
     from localrun import selfexec
 
-    argv = selfexec.command("localrun.runtimes.check", str(module), *library_path)
+    argv = selfexec.command("localrun.engine.backend_check", str(module), *library_path)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localrun import config
 from localrun.errors import RuntimeNotFoundError
-from localrun.store_io import TMP_PREFIX, fsync_dir, os_error, temp_path, write_atomic
+from localrun.settings import config
+from localrun.store.blobs import TMP_PREFIX, fsync_dir, os_error, temp_path, write_atomic
 
 BACKENDS = ("cuda", "vulkan")
 AUTO, CPU = "auto", "cpu"

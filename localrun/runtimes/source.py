@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from localrun import config
 from localrun.errors import RuntimeBuildError, ToolchainError
 from localrun.runtimes.layout import root
+from localrun.settings import config
 
 SDIST = "llama_cpp_python-{version}.tar.gz"
 DONE = ".unpacked"

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from localrun.fit import too_large
+from localrun.hardware.fit import too_large
 from localrun.scheduler.runners import Runner
 from localrun.scheduler.targets import Target
 

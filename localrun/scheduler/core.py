@@ -38,8 +38,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from localrun import config
-from localrun import params as params_mod
 from localrun.engine.types import EmbedInput
 from localrun.errors import (
     BusyError,
@@ -49,13 +47,15 @@ from localrun.errors import (
     ModelNotFoundError,
     ServerError,
 )
+from localrun.recipes import params as params_mod
 from localrun.request import GenRequest
 from localrun.scheduler.local import LocalPool
 from localrun.scheduler.remote import RemotePool
 from localrun.scheduler.runners import Runner, RunningModel
 from localrun.scheduler.targets import Resolver, Target, canonical
-from localrun.store import Store
-from localrun.upstreams import Upstream
+from localrun.scheduler.upstreams import Upstream
+from localrun.settings import config
+from localrun.store.models import Store
 from localrun.worker import protocol
 from localrun.worker.process import Event, Item, Stream
 

@@ -12,14 +12,15 @@ import json
 import sys
 from pathlib import Path
 
-from localrun import catalog
 from localrun.errors import LocalrunError
-from localrun.store import Store
+from localrun.sources import obtain
+from localrun.store import reference
+from localrun.store.models import Store
 
 
 def main(argv: list[str]) -> int:
     try:
-        catalog.find(Store(Path(argv[0])), argv[1], pull_missing=False)
+        obtain.find(Store(Path(argv[0])), reference.resolve(argv[1]), pull_missing=False)
     except LocalrunError as exc:
         print(json.dumps(exc.to_dict()))
         return 1

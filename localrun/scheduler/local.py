@@ -36,7 +36,7 @@ from localrun.errors import LocalrunError, ModelLoadError, RunnerDiedError, Serv
 from localrun.scheduler.budget import Budget
 from localrun.scheduler.runners import Runner
 from localrun.scheduler.targets import Target
-from localrun.store import Store
+from localrun.store.models import Store
 from localrun.worker import process as runner_process
 from localrun.worker import protocol
 from localrun.worker.process import Event, exit_text

@@ -33,7 +33,6 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun import config, tls
 from localrun.errors import (
     BadRequestError,
     ConfigError,
@@ -45,7 +44,8 @@ from localrun.request import GenRequest
 from localrun.scheduler import remote_read, remote_wire
 from localrun.scheduler.remote_limit import AnswerLimit
 from localrun.scheduler.runners import RunningModel
-from localrun.upstreams import Upstream
+from localrun.scheduler.upstreams import Upstream
+from localrun.settings import config, tls
 from localrun.worker import protocol
 from localrun.worker.process import Item, Stream
 

@@ -17,8 +17,10 @@ from typing import Any
 
 from localrun import selfexec
 from localrun.errors import LocalrunError, ModelLoadError, ModelNotFoundError
-from localrun.fit import Footprint, footprint
-from localrun.store import Store
+from localrun.hardware.fit import Footprint, footprint
+from localrun.store import reference
+from localrun.store.models import Store
+from localrun.store.reference import Reference
 from localrun.worker import protocol
 from localrun.worker.process import exit_text
 
@@ -76,13 +78,14 @@ class Resolver:
             raise exc.copy() from None
 
     async def _lookup(self, text: str) -> Target:
-        found = await asyncio.to_thread(read_target, self.store, text)
+        ref = reference.resolve(text)
+        found = await asyncio.to_thread(read_target, self.store, ref)
         if found is not None:
             return found
         # A catalog model not yet in the store: import it from its package in a child
         # process (that reads the GGUF with the gguf package, which the server must not load).
-        await import_model(self.store, text)
-        found = await asyncio.to_thread(read_target, self.store, text)
+        await import_model(self.store, str(ref.name))
+        found = await asyncio.to_thread(read_target, self.store, ref)
         if found is None:
             raise ModelNotFoundError(text)
         return found
@@ -90,25 +93,20 @@ class Resolver:
 
 def canonical(text: str) -> str:
     """The store name `text` refers to, a catalog alias followed (`smollm2` -> `smollm2:135m`)."""
-    from localrun import catalog, pull
-
-    name, _ = pull.resolve_name(text)
-    return str(catalog.canonical(name))
+    return str(reference.resolve(text).name)
 
 
-def read_target(store: Store, text: str) -> Target | None:
-    """The stored model `text` names; None for a catalog model still to be imported."""
-    from localrun import catalog, pull
+def read_target(store: Store, ref: Reference) -> Target | None:
+    """The stored model `ref` names; None for a catalog model still to be imported."""
     from localrun import model as model_mod
 
-    name, ref = pull.resolve_name(text)
-    name = catalog.canonical(name)
+    name = ref.name
     try:
         manifest = store.read_manifest(name)
     except ModelNotFoundError:
-        if ref is None and catalog.lookup(name) is not None:
+        if ref.hub is None and ref.entry is not None:
             return None
-        raise ModelNotFoundError(text.strip()) from None
+        raise ModelNotFoundError(ref.text.strip()) from None
     model = model_mod.load(store, name, manifest)
     weights = sum(
         layer.size for layer in manifest.layers if layer.kind in ("model", "adapter", "draft")

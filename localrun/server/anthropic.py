@@ -28,8 +28,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from localrun import media
-from localrun import thinking as thinking_mod
 from localrun.errors import BadRequestError, LocalrunError
+from localrun.formats import reasoning as thinking_mod
 from localrun.request import GenRequest
 from localrun.server import core, image_urls
 from localrun.server.body import Body, read_json

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from localrun import __version__, catalog, config
+from localrun import __version__
 from localrun.errors import LocalrunError, ModelNotFoundError
 from localrun.server import (
     anthropic,
@@ -37,7 +37,9 @@ from localrun.server import (
 from localrun.server.errors import body_of, dialect_of, headers_of, plain_body, status_of
 from localrun.server.response_store import ResponseStore
 from localrun.server.security import Guard
-from localrun.store import Store
+from localrun.settings import config
+from localrun.store import catalog
+from localrun.store.models import Store
 
 if TYPE_CHECKING:
     from localrun.scheduler import Scheduler

@@ -13,8 +13,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from localrun import config, jsonlimits, params
+from localrun import jsonlimits
 from localrun.errors import BadRequestError
+from localrun.recipes import params
+from localrun.settings import config
 
 log = logging.getLogger("localrun.server")
 

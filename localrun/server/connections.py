@@ -34,9 +34,9 @@ from typing import Any, ClassVar
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from localrun import config
 from localrun.errors import BusyError, LocalrunError, RequestTimeoutError
 from localrun.server.errors import body_of, dialect_of, headers_of, status_of
+from localrun.settings import config
 
 log = logging.getLogger("localrun.server")
 

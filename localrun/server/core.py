@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 from starlette.requests import Request
 
-from localrun.store import Store
+from localrun.store.models import Store
 
 if TYPE_CHECKING:
     from localrun.scheduler import Scheduler

@@ -132,7 +132,7 @@ def dialect_of(path: str) -> Dialect:
 
 def unexpected(exc: BaseException, where: str) -> e.LocalrunError:
     """A bug, reported to the client as a plain 500 and logged here; never a traceback."""
-    from localrun import config
+    from localrun.settings import config
 
     log.error("unexpected %s in %s: %s", type(exc).__name__, where, exc, exc_info=config.debug())
     return e.LocalrunError(

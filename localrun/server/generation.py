@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.requests import Request
 
-from localrun import config
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core
+from localrun.settings import config
 from localrun.worker.protocol import Chunk
 
 if TYPE_CHECKING:

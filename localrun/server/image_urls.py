@@ -24,8 +24,9 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from localrun import config, media
+from localrun import media
 from localrun.errors import BadRequestError, RequestTooLargeError
+from localrun.settings import config
 
 TIMEOUT_S = 10.0
 MAX_REDIRECTS = 3

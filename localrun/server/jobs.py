@@ -97,7 +97,7 @@ async def run_to_end(request: dict[str, Any]) -> None:
 
 
 def _debug() -> bool:
-    from localrun import config
+    from localrun.settings import config
 
     return config.debug()
 
@@ -106,8 +106,10 @@ def _debug() -> bool:
 
 
 def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
-    from localrun import catalog, create, modelfile, pull
-    from localrun.store import Store
+    from localrun.recipes import create, modelfile
+    from localrun.sources import obtain, pull
+    from localrun.store import reference
+    from localrun.store.models import Store
 
     def emit(event: Event) -> None:
         out.write(json.dumps(event).encode() + b"\n")
@@ -125,19 +127,18 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     store = Store(Path(request["store"]))
     op = request.get("op")
     text = str(request.get("model", ""))
+    ref = reference.resolve(text)
     if op == "import":
-        name = catalog.canonical(pull.resolve_name(text)[0])
-        catalog.ensure(store, name, report, hubs=False)
+        obtain.find(store, ref, report, pull_missing=False)
         return ""
     if op == "pull":
-        name, ref = pull.resolve_name(text)
-        if ref is not None:
-            return pull.pull(store, ref, report=report)
-        catalog.find(store, text, report, pull_missing=True)
+        if ref.hub is not None:
+            return pull.pull(store, ref.hub, report=report)
+        obtain.find(store, ref, report, pull_missing=True)
         return ""
     if op == "create":
         parsed = modelfile.parse(str(request["modelfile"]))
-        target = pull.resolve_name(text)[0]
+        target = ref.typed
         # FROM a model name must never be taken for a relative path: resolve relative to an
         # empty folder of our own.
         with tempfile.TemporaryDirectory(prefix="localrun-create-") as empty:
@@ -147,7 +148,7 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
                 parsed,
                 Path(empty),
                 report=report,
-                resolve=lambda base: catalog.ensure(store, base, report, hubs=False),
+                resolve=obtain.resolver(store, report, hubs=False),
             )
     raise LocalrunError(f"unknown job {op!r}")
 

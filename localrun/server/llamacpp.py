@@ -25,7 +25,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from localrun import config
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core
@@ -33,6 +32,7 @@ from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
 from localrun.server.streaming import event_stream, sse
+from localrun.settings import config
 
 
 async def health(request: Request) -> Response:

@@ -28,7 +28,6 @@ import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from localrun import params, pull
 from localrun.errors import (
     BadRequestError,
     DiskFullError,
@@ -37,15 +36,17 @@ from localrun.errors import (
     ModelNotFoundError,
     StoreError,
 )
-from localrun.manifest import check_digest
-from localrun.modelfile import ROLES, Message, Modelfile
-from localrun.names import ModelName
+from localrun.recipes import params
+from localrun.recipes.modelfile import ROLES, Message, Modelfile
 from localrun.server import core, jobs
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.streaming import line, ndjson
-from localrun.store import Store
-from localrun.store_io import open_new, temp_path, write_all
+from localrun.store import reference
+from localrun.store.blobs import open_new, temp_path, write_all
+from localrun.store.manifest import check_digest
+from localrun.store.models import Store
+from localrun.store.names import ModelName
 
 UPLOAD_CHUNK = 4 * 1024 * 1024
 DISK_MARGIN = 256 * 1024 * 1024
@@ -61,7 +62,7 @@ def _iso(epoch: float) -> str:
 
 def details_of(details: dict[str, Any], parent: str | None = None) -> dict[str, Any]:
     """Ollama's `details` of a model from the GGUF summary in its manifest (no file is read)."""
-    from localrun.gguf import format_count
+    from localrun.gguf.scan import format_count
 
     arch = details.get("architecture") or ""
     count = details.get("parameter_count")
@@ -77,14 +78,12 @@ def details_of(details: dict[str, Any], parent: str | None = None) -> dict[str, 
 
 async def local_model(request: Request, text: str) -> ModelName:
     """The store name of a model that must be local (a catalog model is imported first)."""
-    from localrun import catalog
-
     store = core.context(request).store
-    name, ref = pull.resolve_name(text)
-    name = catalog.canonical(name)
+    ref = reference.resolve(text)
+    name = ref.name
     if store.exists(name):
         return name
-    if ref is None and catalog.lookup(name) is not None:
+    if ref.hub is None and ref.entry is not None:
         await jobs.run_to_end({"op": "import", "store": str(store.root), "model": str(name)})
         return name
     raise ModelNotFoundError(str(name))
@@ -93,7 +92,7 @@ async def local_model(request: Request, text: str) -> ModelName:
 def _tags(store: Store) -> list[dict[str, Any]]:
     """The store's models, newest first, then the packaged ones not imported yet (a fresh
     store is not empty to a chat UI; the first use imports them)."""
-    from localrun import catalog
+    from localrun.store import catalog
 
     out = []
     for entry in sorted(store.entries(), key=lambda e: e.modified, reverse=True):
@@ -148,7 +147,7 @@ async def tags(request: Request) -> Response:
 
 
 def _params_text(parameters: dict[str, Any]) -> str:
-    from localrun.modelfile import format_param
+    from localrun.recipes.modelfile import format_param
 
     rows = []
     for key, value in parameters.items():
@@ -261,14 +260,14 @@ async def copy(request: Request) -> Response:
     if not source or not destination:
         raise BadRequestError("source and destination are required")
     src = await local_model(request, source)
-    dst = pull.resolve_name(destination)[0]
+    dst = reference.resolve(destination).typed
     await anyio.to_thread.run_sync(core.context(request).store.copy, src, dst)
     return Response(status_code=200)
 
 
 async def delete(request: Request) -> Response:
     body = Body(await read_json(request))
-    name = pull.resolve_name(body.model())[0]
+    name = reference.resolve(body.model()).typed
     ctx = core.context(request)
     # A loaded copy would keep answering for a model that is gone.
     await ctx.scheduler.unload(str(name))
@@ -315,7 +314,7 @@ async def _run_job(
 async def pull_(request: Request) -> Response:
     body = Body(await read_json(request))
     text = body.model()
-    pull.resolve_name(text)  # an invalid name is a 400 before anything starts
+    reference.resolve(text)  # an invalid name is a 400 before anything starts
     store = core.context(request).store
     job = {"op": "pull", "store": str(store.root), "model": text}
     return await _run_job(request, job, body.flag("stream", True))
@@ -341,7 +340,7 @@ def _model_ref(value: str) -> str:
     ):
         raise _not_a_model(value)
     try:
-        pull.resolve_name(text)
+        reference.resolve(text)
     except InvalidNameError:
         raise _not_a_model(value) from None
     return text
@@ -372,7 +371,7 @@ def _source(store: Store, value: str, what: str) -> str:
 
 def _modelfile(store: Store, body: Body) -> Modelfile:
     """The Modelfile Ollama's create fields describe, naming only blobs and model names."""
-    from localrun import modelfile as modelfile_mod
+    from localrun.recipes import modelfile as modelfile_mod
 
     mf: Modelfile | None = None
     text = body.get("modelfile", str)
@@ -424,7 +423,7 @@ def _modelfile(store: Store, body: Body) -> Modelfile:
 
 async def create(request: Request) -> Response:
     body = Body(await read_json(request))
-    target = pull.resolve_name(body.model())[0]
+    target = reference.resolve(body.model()).typed
     if body.get("quantize", str):
         raise BadRequestError(
             "quantize is not supported", hint="quantize with llama.cpp's llama-quantize first"

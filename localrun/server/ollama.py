@@ -27,8 +27,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from localrun import media, thinking
+from localrun import media
 from localrun.errors import BadRequestError, LocalrunError
+from localrun.formats import reasoning
 from localrun.request import GenRequest
 from localrun.server import core, embedding
 from localrun.server.body import Body, read_json
@@ -239,9 +240,9 @@ def _logprobs(body: Body) -> int | None:
     return top if body.flag("logprobs", False) else None
 
 
-def _think(body: Body) -> thinking.Think:
+def _think(body: Body) -> reasoning.Think:
     """Ollama's `think`: true/false or a level (the model's default when absent)."""
-    return thinking.check(body.data.get("think"))
+    return reasoning.check(body.data.get("think"))
 
 
 def _thinking_field(obj: dict[str, Any], text: str) -> None:

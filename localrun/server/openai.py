@@ -35,8 +35,8 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from localrun import thinking
 from localrun.errors import BadRequestError, LocalrunError, ModelNotFoundError
+from localrun.formats import reasoning
 from localrun.request import GenRequest
 from localrun.server import core, embedding, image_urls
 from localrun.server.body import Body, read_json
@@ -97,7 +97,7 @@ def _think(body: Body) -> bool | str | None:
     """`reasoning_effort`, or llama-server's `chat_template_kwargs.enable_thinking`."""
     effort = body.data.get("reasoning_effort")
     if effort is not None:
-        return thinking.from_effort(effort, "reasoning_effort")
+        return reasoning.from_effort(effort, "reasoning_effort")
     kwargs = body.get("chat_template_kwargs", dict) or {}
     enabled = kwargs.get("enable_thinking")
     if enabled is not None and not isinstance(enabled, bool):
@@ -446,7 +446,7 @@ def _model_object(name: Any, modified: float) -> dict[str, Any]:
 
 def _listed(store: Any) -> list[dict[str, Any]]:
     """The store's models, newest first, then the packaged ones not imported yet."""
-    from localrun import catalog
+    from localrun.store import catalog
 
     entries = sorted(store.entries(), key=lambda e: e.modified, reverse=True)
     return [_model_object(e.name, e.modified) for e in entries] + [
@@ -471,7 +471,7 @@ async def models(request: Request) -> Response:
 
 
 async def model(request: Request) -> Response:
-    from localrun import catalog, pull
+    from localrun.store import reference
 
     text = request.path_params["model"]
     store = core.context(request).store
@@ -479,7 +479,7 @@ async def model(request: Request) -> Response:
     for shown in _remote_listed(request, local):
         if shown["id"] == text:
             return JSONResponse(shown)
-    wanted = str(catalog.canonical(pull.resolve_name(text)[0]))
+    wanted = str(reference.resolve(text).name)
     for shown in local:
         if shown["id"] == wanted:
             return JSONResponse(shown)

@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from localrun import config, private
+from localrun import private
 from localrun.errors import BadRequestError, NotFoundError, StoreError
+from localrun.settings import config
 
 ID_PATTERN = re.compile(r"resp_[0-9a-f]{24,64}")
 _SUFFIX = ".json"

@@ -37,8 +37,9 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from localrun import jsonlimits, media, thinking
+from localrun import jsonlimits, media
 from localrun.errors import BadRequestError, LocalrunError
+from localrun.formats import reasoning as reasoning_mod
 from localrun.request import GenRequest
 from localrun.server import core, image_urls, response_store
 from localrun.server.body import Body, read_json
@@ -260,7 +261,7 @@ def _format(body: Body) -> str | dict[str, Any] | None:
 def _think(body: Body) -> bool | str | None:
     reasoning = body.get("reasoning", dict)
     effort = (reasoning or {}).get("effort")
-    return None if effort is None else thinking.from_effort(effort, "reasoning.effort")
+    return None if effort is None else reasoning_mod.from_effort(effort, "reasoning.effort")
 
 
 def _options(body: Body) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The runner: one loaded model answering requests, in a process of its own or in this one.
 
     load.py      a stored model loaded for a runner: parameters, memory plan, engine, prompter
-    serve.py     the Worker: requests in (prepared by localrun.prompt), events out
+    serve.py     the Worker: requests in (prepared by localrun.worker.prompt), events out
     sink.py      an answer on its way out: thinking split off, stop strings, tool calls,
                  log-probabilities with the text of their tokens
     protocol.py  the JSON-lines messages between the scheduler and a runner (a GenRequest

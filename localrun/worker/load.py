@@ -7,6 +7,7 @@ line it reads) and in the process of `localrun run` (worker.local).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -14,15 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localrun import config, fit, names
-from localrun import params as params_mod
 from localrun.engine.types import Engine, LoadOptions
 from localrun.errors import BadRequestError, InvalidGGUFError, LocalrunError
+from localrun.hardware import fit as fit_mod
 from localrun.model import Model
 from localrun.model import load as load_stored
-from localrun.prompt import Prompter, stop_tokens_for
-from localrun.store import Store
+from localrun.recipes import params as params_mod
+from localrun.settings import config
+from localrun.store import names
+from localrun.store.models import Store
 from localrun.worker import protocol
+from localrun.worker.prompt import Prompter, stop_tokens_for
 from localrun.worker.watch import LoadWatch, load_limit
 
 BACKENDS = ("llama", "fake")
@@ -86,10 +89,14 @@ def load_model(
     started = time.perf_counter()
     try:
         parameters = {**model.parameters, **params_mod.validate(options)}
-        # The fake engine runs on the CPU: planning it so keeps llama_cpp out of its runner.
-        plan = fit.plan_fit(model, parameters, slots=slots, gpu=backend != "fake")
-        available = fit.available_memory()
-        fit.check_memory(model, plan, parameters, slots=slots, available=available)
+        build = None
+        if backend != "fake":  # the fake engine runs on the CPU, its runner without llama_cpp
+            from localrun.engine.buildinfo import build_info
+
+            build = build_info()
+        plan = fit_mod.plan_fit(model, parameters, slots=slots, build=build)
+        available = fit_mod.available_memory()
+        fit_mod.check_memory(model, plan, parameters, slots=slots, available=available)
         notes: list[str] = []
         warnings: list[str] = []
 
@@ -98,7 +105,7 @@ def load_model(
             if warn is not None:
                 warn(message)
 
-        load_options = fit.resolve_load_options(model, parameters, notes, warned, fit=plan)
+        load_options = resolve_load_options(model, parameters, notes, warned, plan)
         if before_build is not None:
             before_build()
         watch: AbstractContextManager[Any] = contextlib.nullcontext()
@@ -113,9 +120,9 @@ def load_model(
             with watch:
                 engine = _build(backend, str(model.model_path), load_options, slots, extra or {})
         except InvalidGGUFError as exc:
-            raise fit.damaged(model, exc) from None
+            raise fit_mod.damaged(model, exc) from None
     except LocalrunError as exc:
-        raise fit.scrubbed(exc, model) from None
+        raise fit_mod.scrubbed(exc, model) from None
     # The scripted engine reads no GGUF: it renders the file's own template as llama.cpp would.
     own = plan.header.metadata.get("tokenizer.chat_template")
     template = model.template or engine.chat_template or (own if isinstance(own, str) else None)
@@ -127,7 +134,7 @@ def load_model(
 
 
 def _ready_info(
-    engine: Engine, plan: fit.Fit, notes: list[str], load_s: float, *, native: bool
+    engine: Engine, plan: fit_mod.Fit, notes: list[str], load_s: float, *, native: bool
 ) -> protocol.ReadyInfo:
     offload = plan.plan
     size = offload.vram_bytes + offload.ram_bytes
@@ -196,3 +203,37 @@ def _build(
     from localrun.engine.batch import BatchEngine
 
     return BatchEngine(path, options, slots)
+
+
+def resolve_load_options(
+    model: Model,
+    parameters: dict[str, Any],
+    notes: list[str],
+    warn: Callable[[str], None],
+    fit: fit_mod.Fit,
+) -> LoadOptions:
+    """Turn the model's parameters and its fit (planned for the slots it loads with) into
+    concrete load options (threads, context, GPU layers)."""
+    from localrun.hardware import system
+    from localrun.hardware.offload import DEFAULT_NUM_BATCH
+
+    notes.append(fit.plan.reason)
+    for warning in fit.warnings:
+        warn(warning)
+    return LoadOptions(
+        num_ctx=fit.num_ctx,
+        num_batch=parameters.get("num_batch", DEFAULT_NUM_BATCH),
+        # More threads than cores only slows llama.cpp down (and 4096 of them stall a machine).
+        num_thread=min(
+            parameters.get("num_thread") or system.default_threads(), os.cpu_count() or 1
+        ),
+        adapt_threads=not parameters.get("num_thread"),
+        num_gpu=fit.plan.n_gpu_layers,
+        main_gpu=parameters.get("main_gpu", 0),
+        use_mmap=parameters.get("use_mmap", True),
+        adapters=tuple((str(path), 1.0) for path in model.adapter_paths),
+        splits=tuple(str(path) for path in model.model_parts[1:]),
+        draft=str(model.draft_path) if model.draft_path else None,
+        draft_num_gpu=999 if fit_mod.draft_offloaded(fit.plan) else 0,
+        projector=str(model.projector_path) if model.projector_path else None,
+    )

@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-from localrun import probe
 from localrun.engine.types import Timings
 from localrun.model import Model
 from localrun.request import GenRequest
-from localrun.worker import protocol
+from localrun.worker import probe, protocol
 from localrun.worker.load import Loaded, load_model
 from localrun.worker.serve import Worker
 
@@ -197,7 +196,7 @@ def open_local(
 ) -> LocalRunner:
     """`model` loaded in this process with `overrides`, one slot. llama.cpp may abort or hang
     on a model that passes every check: one not yet seen to load cleanly is loaded in a child
-    process first (localrun.probe)."""
+    process first (localrun.worker.probe)."""
 
     def probed() -> None:
         if backend == "llama":

@@ -18,10 +18,10 @@ from typing import Any, BinaryIO
 
 from localrun.engine.types import EmbedInput
 from localrun.errors import BadRequestError, LocalrunError
-from localrun.prompt import token_ids
 from localrun.request import GenRequest
 from localrun.worker import protocol
 from localrun.worker.load import Loaded
+from localrun.worker.prompt import token_ids
 from localrun.worker.sink import Output, RequestSink, unexpected
 
 # Most tokens one event returns: 8 bytes of JSON each at most keeps its line far below the

@@ -13,12 +13,13 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from localrun import config, thinking
-from localrun import tools as tools_mod
 from localrun.engine.types import Ticket, Timings
 from localrun.errors import EngineError, LocalrunError
-from localrun.prompt import Prepared
+from localrun.formats import calls as tools_mod
+from localrun.formats import reasoning as reasoning_mod
+from localrun.settings import config
 from localrun.worker import protocol
+from localrun.worker.prompt import Prepared
 
 RequestId = protocol.RequestId
 
@@ -78,11 +79,11 @@ class StopFilter:
         return out
 
 
-def new_splitter(prepared: Prepared) -> thinking.Splitter | thinking.ChannelSplitter:
+def new_splitter(prepared: Prepared) -> reasoning_mod.Splitter | reasoning_mod.ChannelSplitter:
     """What parts a prepared request's reasoning from its answer."""
     if prepared.channels:
-        return thinking.ChannelSplitter()
-    return thinking.Splitter(inside=prepared.thinking_open)
+        return reasoning_mod.ChannelSplitter()
+    return reasoning_mod.Splitter(inside=prepared.thinking_open)
 
 
 class RequestSink:

@@ -1,0 +1,11 @@
+"""What a model family reads and writes: chat templates, tool calls, reasoning markers.
+
+    template.py         a conversation -> prompt text, in a sandboxed Jinja environment
+    sandbox.py          the bounds on rendering an untrusted template (time, size)
+    calls.py            tool definitions in the prompt, forced calls, calls parsed back out
+    reasoning.py        which templates think, how a request asks, the answer split in two
+    grammar_bounds.py   the bounds on the grammar a request's JSON schema may produce
+
+Text in, text out: imports only errors, settings and jsonlimits. The runner's prompt
+(worker/prompt.py) puts these together for one loaded model; dialects never look inside.
+"""

@@ -1,0 +1,217 @@
+"""Chat templates: a conversation -> prompt text, rendered in a sandboxed Jinja environment.
+
+A template is untrusted input (it comes inside downloaded GGUF files and Modelfiles): it is
+rendered with Jinja's ImmutableSandboxedEnvironment, which blocks attribute access to Python
+internals (llama-cpp-python's CVE-2024-34359 was a template that reached os.popen), and with
+limits on the size of what `*` and `**` can build so a template cannot exhaust memory.
+
+Variables, as in Hugging Face chat templates: `messages` (list of {role, content}),
+`add_generation_prompt`, `bos_token`, `eos_token`, `tools` (None unless given); functions
+`raise_exception(msg)` and `strftime_now(fmt)`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextvars import ContextVar
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, ClassVar
+
+from localrun.errors import TemplateError
+from localrun.formats import sandbox as guard
+
+# llama.cpp falls back to ChatML when a model has no template; so do we.
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Markers that end an assistant turn in common templates; those found in a template are stop
+# tokens for its model (when the vocabulary has them as single special tokens).
+END_OF_TURN = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "</s>",
+    "<|END_OF_TURN_TOKEN|>",
+    "[/INST]",
+)
+
+
+def _raise(message: str) -> None:
+    raise TemplateError(f"the chat template refused the conversation: {message}")
+
+
+# Loop iterations one rendering may run through range(): jinja's sandbox caps each range at
+# 100k items but not nested ones, so `range(99999)` inside `range(99999)` would pin a runner.
+MAX_STEPS = 1_000_000
+_steps: ContextVar[list[int]] = ContextVar("template_steps")
+
+
+def _budget_range(*args: int) -> range:
+    numbers = range(*args)
+    left = _steps.get([MAX_STEPS])
+    left[0] -= len(numbers)
+    if left[0] < 0:
+        raise TemplateError("the chat template tried to loop too many times")
+    return numbers
+
+
+@lru_cache(maxsize=32)
+def _compile(source: str) -> Any:
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _Env(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**", "+", "%"])
+        _binops: ClassVar[dict[str, Callable[[Any, Any], Any]]] = {
+            "*": guard.safe_mul,
+            "**": guard.safe_pow,
+            "+": guard.safe_add,
+            "%": guard.safe_mod,
+        }
+
+        def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+            if operator_ in self._binops:
+                return self._binops[operator_](left, right)
+            return super().call_binop(context, operator_, left, right)
+
+        def call(self, context: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
+            args = guard.check_method(obj, args, kwargs)
+            return super().call(context, obj, *args, **kwargs)
+
+    env = _Env(trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env.globals["raise_exception"] = _raise
+    env.globals["range"] = _budget_range
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.filters.update(_bounded_filters())
+    try:
+        return env.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"the chat template is not valid Jinja: {exc.message} (line {exc.lineno})",
+            hint="fix the TEMPLATE in the Modelfile and create the model again",
+        ) from None
+    except (SyntaxError, RecursionError, MemoryError, ValueError, TypeError) as exc:
+        # Jinja can generate Python that does not compile from odd input: still the template's
+        # fault, and a 400.
+        raise TemplateError(
+            f"the chat template cannot be compiled: {type(exc).__name__}",
+            hint="fix the TEMPLATE in the Modelfile and create the model again",
+        ) from None
+
+
+def _bounded_filters() -> dict[str, Any]:
+    """Jinja's filters that size their result from an argument, checked before they run."""
+    from jinja2 import filters as f
+    from jinja2.utils import pass_eval_context
+
+    def center(value: Any, width: int = 80) -> str:
+        guard.check_width(width, "center")
+        return f.do_center(value, width)
+
+    def format_(value: Any, *args: Any, **kwargs: Any) -> str:
+        guard.check_printf(value)
+        return f.do_format(value, *args, **kwargs)
+
+    @pass_eval_context
+    def join(ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
+        items = list(value)
+        if guard.joined_size(items, d) > guard.limit():
+            raise TemplateError("the chat template tried to build an oversized value (join)")
+        return str(f.do_join(ctx, items, d, attribute))
+
+    @pass_eval_context
+    def replace(ctx: Any, s: Any, old: Any, new: Any, count: int | None = None) -> str:
+        text = str(s)
+        found = text.count(str(old)) if old else len(text) + 1
+        if len(text) + found * len(str(new)) > guard.limit():
+            raise TemplateError("the chat template tried to build an oversized value (replace)")
+        return str(f.do_replace(ctx, s, old, new, count))
+
+    def indent(s: Any, width: Any = 4, first: bool = False, blank: bool = False) -> str:
+        pad = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+        if (str(s).count("\n") + 1) * pad > guard.limit():
+            raise TemplateError("the chat template tried to build an oversized value (indent)")
+        return f.do_indent(s, width, first, blank)
+
+    def tojson(value: Any, indent: int | None = None) -> str:
+        if isinstance(indent, int) and indent > 64:
+            raise TemplateError("the chat template asked tojson for an indent over 64")
+        return json.dumps(value, ensure_ascii=False, indent=indent)
+
+    return {
+        "center": center,
+        "format": format_,
+        "join": join,
+        "replace": replace,
+        "indent": indent,
+        "tojson": tojson,
+    }
+
+
+def render(
+    template: str | None,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+    tools: list[dict[str, Any]] | None = None,
+    variables: dict[str, Any] | None = None,
+) -> str:
+    """Render a conversation; raises TemplateError for any failure of the template.
+
+    `variables` are further template variables (e.g. `enable_thinking`)."""
+    from jinja2 import TemplateError as JinjaError
+    from jinja2.exceptions import SecurityError
+
+    compiled = _compile(template or CHATML)
+    token = _steps.set([MAX_STEPS])
+    try:
+        with guard.guarded():
+            out = compiled.render(
+                **(variables or {}),
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=bos_token,
+                eos_token=eos_token,
+                tools=tools,
+            )
+    except TemplateError:
+        raise
+    except SecurityError as exc:
+        raise TemplateError(
+            f"the chat template tried something unsafe and was stopped: {exc}"
+        ) from None
+    except RecursionError:
+        raise TemplateError("the chat template recursed too deeply") from None
+    except MemoryError:
+        raise TemplateError("the chat template ran out of memory") from None
+    except (
+        JinjaError,
+        TypeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        ZeroDivisionError,
+    ) as exc:
+        raise TemplateError(f"the chat template failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        _steps.reset(token)
+    if len(out) > guard.limit():
+        raise TemplateError("the chat template produced an oversized prompt")
+    return str(out)
+
+
+def end_of_turn_markers(template: str | None) -> list[str]:
+    source = template or CHATML
+    return [marker for marker in END_OF_TURN if marker in source]

@@ -1,0 +1,314 @@
+"""Memory fitting: how a stored model would be loaded (context size, GPU offload, the draft
+model), refusing a load that cannot fit before anything is allocated, and the load options that
+follow from the plan; the errors of a model's stored files."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from localrun.errors import (
+    CorruptBlobError,
+    InvalidGGUFError,
+    InvalidParameterError,
+    LocalrunError,
+    ModelLoadError,
+)
+from localrun.model import Model
+from localrun.store import links as links_mod
+
+
+def damaged(model: Model, exc: InvalidGGUFError) -> CorruptBlobError:
+    """The error for a stored file of `model` that is no longer valid GGUF: for one linked in
+    place (`create --link`), the user's original, changed since; else the damaged blob."""
+    path, what = _file_named(model, exc.file)
+    reason = exc.reason or _BLOB_PATH.sub("the file", exc.message)
+    name = model.name
+    links = model.store_root / "links" if model.store_root is not None else None
+    linked = links_mod.original(links, path.name) if links is not None else None
+    if linked is None:
+        return CorruptBlobError(
+            f"{what} of {name} (blob sha256:{path.name[7:19]}) is damaged: {reason}",
+            hint=f"run `localrun verify` to see what else it affects, then `localrun rm {name}` "
+            "and pull or create it again",
+        )
+    recorded = next((x.size for x in model.manifest.layers if x.digest[7:] == path.name[7:]), None)
+    try:
+        now: int | None = path.stat().st_size
+    except OSError:
+        now = None
+    if recorded is not None and now is not None and now != recorded:
+        change = f"its size went from {recorded:,} to {now:,} bytes"
+    else:
+        change = "its content no longer matches its checksum"
+    return CorruptBlobError(
+        f"{what} of {name}, {linked}, changed since it was linked ({change}) and is no longer "
+        f"a valid GGUF file: {reason}",
+        hint=f"put the file back (or a new version of it) at {linked}, then run "
+        f"`localrun show {name} --modelfile | localrun create {name} --link -f -`",
+    )
+
+
+def _file_named(model: Model, name: str) -> tuple[Path, str]:
+    """The stored file of `model` named `name` (the model file when none is), and what it is
+    to the model."""
+    parts = model.model_parts or [model.model_path]
+    files = [
+        (p, "the model file" if len(parts) == 1 else f"part {i + 1} of the model file")
+        for i, p in enumerate(parts)
+    ]
+    files += [(p, "an adapter") for p in model.adapter_paths]
+    files += [(model.draft_path, "the draft model")] if model.draft_path else []
+    files += [(model.projector_path, "the projector")] if model.projector_path else []
+    for path, what in files:
+        if str(path) == name:
+            return path, what
+    return files[0]
+
+
+@dataclass
+class Fit:
+    """How a model would be loaded: its header, context size, offload plan and warnings."""
+
+    header: Any
+    num_ctx: int
+    plan: Any  # offload.OffloadPlan
+    warnings: list[str]
+
+
+class Build(Protocol):
+    """What the llama.cpp build can offload: the engine's BuildInfo is one. The engine sits
+    above this wing, so it hands its build in rather than being asked."""
+
+    @property
+    def gpu_offload(self) -> bool: ...  # a GPU backend with a device
+    @property
+    def runtime_warning(self) -> str | None: ...  # why the selected GPU runtime is not in use
+    @property
+    def gpu_devices(self) -> Sequence[Any]: ...  # the GPUs ggml registered, with their memory
+    @property
+    def backends(self) -> Sequence[str]: ...  # ggml backend names, e.g. ["CUDA", "CPU"]
+
+
+def plan_fit(
+    model: Model, parameters: dict[str, Any], *, slots: int = 1, build: Build | None = None
+) -> Fit:
+    """Decide num_ctx and the GPU offload for `model` without loading it (`show --fit` too).
+
+    num_ctx is per sequence; the KV cache is sized for `slots` of them (the server's runner).
+    `build` is the llama.cpp build the model will run on (engine.buildinfo.build_info()); without
+    one the plan is for the CPU alone, probing for no GPU: for an engine that never uses one (the
+    scripted fake), whose runner then starts without importing llama_cpp.
+    """
+    return _plan_fit(model, _model_header(model), _draft_header(model), parameters, slots, build)
+
+
+def _plan_fit(
+    model: Model,
+    header: Any,
+    draft: Any,
+    parameters: dict[str, Any],
+    slots: int,
+    build: Build | None,
+) -> Fit:
+    """plan_fit on the headers of the model and of its draft model (None without one)."""
+    from localrun.hardware import system
+    from localrun.hardware.offload import DEFAULT_NUM_BATCH, default_num_ctx, plan_offload
+
+    num_ctx = default_num_ctx(parameters, header)
+    warnings = []
+    asked = parameters.get("num_ctx")
+    if isinstance(asked, int) and asked > num_ctx:
+        warnings.append(
+            f"num_ctx {asked} is larger than the {num_ctx} tokens {model.name} was trained on; "
+            f"using {num_ctx}"
+        )
+    requested = parameters.get("num_gpu")
+    offload, gpus = False, []
+    if build is not None:
+        offload = build.gpu_offload
+        if build.runtime_warning:
+            warnings.append(build.runtime_warning)
+        if offload and build.gpu_devices:  # as llama.cpp sees them, with the memory they report
+            gpus = system.from_devices(build.gpu_devices)
+        elif offload:
+            gpus = system.usable_gpus(system.detect().gpus, build.backends)
+    plan = plan_offload(
+        header,
+        num_ctx,
+        requested=None if requested in (None, -1) else requested,
+        gpus=gpus,
+        gpu_offload_supported=offload,
+        num_parallel=slots,
+        num_batch=parameters.get("num_batch", DEFAULT_NUM_BATCH),
+    )
+    if build is None:
+        plan.reason = "this engine runs on the CPU only"
+    if draft is not None:
+        _plan_draft(draft, plan, num_ctx, slots, parameters)
+    if model.projector_path is not None:
+        _plan_projector(model.projector_path, plan)
+    return Fit(header, num_ctx, plan, warnings + list(plan.warnings))
+
+
+def _plan_projector(path: Path, plan: Any) -> None:
+    """Add the projector to the plan: its weights and, for its compute buffers, a quarter more
+    (an image's encode); on the GPU when any layer is (libmtmd follows the model there)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return  # the load says what is missing
+    if plan.gpu is not None and plan.n_gpu_layers > 0:
+        plan.vram_bytes += size * 5 // 4
+    else:
+        plan.ram_bytes += size * 5 // 4
+
+
+def _plan_draft(
+    header: Any, plan: Any, num_ctx: int, slots: int, parameters: dict[str, Any]
+) -> None:
+    """Add the draft model (weights, KV cache, compute buffer) to the plan: on the GPU with the
+    model when the model is there whole, on the CPU otherwise (draft_offloaded says which)."""
+    from localrun.hardware.offload import DEFAULT_NUM_BATCH, plan_offload
+
+    draft = plan_offload(
+        header,
+        num_ctx,
+        requested=0,
+        gpus=[],
+        gpu_offload_supported=False,
+        num_parallel=slots,
+        num_batch=parameters.get("num_batch", DEFAULT_NUM_BATCH),
+    )
+    if draft_offloaded(plan):
+        plan.vram_bytes += draft.ram_bytes
+    else:
+        plan.ram_bytes += draft.ram_bytes
+    plan.kv_bytes += draft.kv_bytes
+
+
+def _model_header(model: Model) -> Any:
+    """The header of `model`'s file, with the tensors of every part of a split model."""
+    from localrun.gguf import scan as scan_mod
+
+    try:
+        headers = [scan_mod.scan(path) for path in (model.model_parts or [model.model_path])]
+    except InvalidGGUFError as exc:
+        raise damaged(model, exc) from None
+    # The planner sizes layers from every part's tensors (scan results are shared: copy).
+    return dataclasses.replace(headers[0], tensors=[t for h in headers for t in h.tensors])
+
+
+def _draft_header(model: Model) -> Any:
+    """The header of `model`'s draft model, or None without one."""
+    from localrun.gguf import scan as scan_mod
+
+    if model.draft_path is None:
+        return None
+    try:
+        return scan_mod.scan(str(model.draft_path))
+    except InvalidGGUFError as exc:
+        raise damaged(model, exc) from None
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The memory a model takes, planned from its headers alone (read once): what the
+    scheduler counts for a model its runner has not measured yet.
+
+    It is the CPU plan's RAM (weights, the KV cache of every slot, compute buffers; the draft
+    model's too): what a runner on the CPU reports once loaded, and the whole of a GPU plan
+    less the GPU runtime.
+    """
+
+    model: Model
+    header: Any
+    draft: Any
+
+    def bytes(self, options: dict[str, Any], slots: int) -> int:
+        """The bytes a load with `options` (over the model's parameters) and `slots` takes."""
+        parameters = {**self.model.parameters, **options}
+        fit = _plan_fit(self.model, self.header, self.draft, parameters, slots, None)
+        return int(fit.plan.ram_bytes)
+
+
+def footprint(model: Model) -> Footprint:
+    """`model`'s Footprint (its headers are read and checked); CorruptBlobError if a file is
+    damaged."""
+    return Footprint(model, _model_header(model), _draft_header(model))
+
+
+def draft_offloaded(plan: Any) -> bool:
+    """Whether a draft model goes to the GPU: when the model is there whole."""
+    return bool(plan.gpu is not None and plan.n_gpu_layers >= plan.total_layers)
+
+
+def available_memory() -> int:
+    """Bytes a load may use now: free and reclaimable RAM, and free swap."""
+    import psutil
+
+    return int(psutil.virtual_memory().available + psutil.swap_memory().free)
+
+
+def check_memory(
+    model: Model, fit: Fit, parameters: dict[str, Any], *, slots: int = 1, available: int = 0
+) -> None:
+    """Refuse, before anything is allocated, a load whose planned RAM exceeds what is available.
+
+    llama.cpp sizes the KV cache from num_ctx without asking: num_ctx 16777216 would take a
+    runner past every limit (or abort it) instead of answering. `available` defaults to
+    `available_memory()`.
+    """
+    needed = fit.plan.ram_bytes
+    available = available or available_memory()
+    if needed > available:
+        num_ctx = fit.num_ctx if "num_ctx" in parameters else None
+        raise too_large(str(model.name), needed, available, num_ctx=num_ctx, slots=slots)
+
+
+def too_large(
+    name: str,
+    needed: float,
+    available: float,
+    *,
+    num_ctx: int | None,
+    slots: int = 1,
+    where: str = "",
+    hint: str = "use a smaller num_ctx, or set LOCALRUN_NUM_PARALLEL lower",
+) -> LocalrunError:
+    """The refusal of a load of `name` that needs more memory than is `available` (`where`
+    says with what unloaded): naming num_ctx when the request set it (a 400, with `hint`), else
+    ModelLoadError."""
+    have = f"about {_gb(available)} is available{where}"
+    if num_ctx is not None:
+        per = f" ({slots} slots)" if slots > 1 else ""
+        return InvalidParameterError(
+            f"num_ctx {num_ctx} needs about {_gb(needed)} of memory for {name}{per}; {have}",
+            hint=hint,
+        )
+    return ModelLoadError(
+        f"{name} needs about {_gb(needed)} of memory to load; {have}",
+        hint="close other programs, set a smaller num_ctx, or use a smaller quantization",
+    )
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.1f} GB" if size < 1e12 else f"{size / 1e12:.1f} TB"
+
+
+# A stored file's path (…/blobs/sha256-<hex>) says where the store is: clients get the model's
+# name instead, the server log the details.
+_BLOB_PATH = re.compile(r"(?:[^\s'\"()]*[/\\])?blobs[/\\]sha256-[0-9a-f]{64}")
+
+
+def scrubbed(exc: LocalrunError, model: Model) -> LocalrunError:
+    """`exc` with the paths of stored files replaced by the model's name."""
+    message = _BLOB_PATH.sub(f"the file of {model.name}", exc.message)
+    if message != exc.message:
+        exc.message = message
+        exc.args = (message,)
+    return exc

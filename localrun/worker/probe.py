@@ -1,0 +1,115 @@
+"""Load a model in a child process before `localrun run` loads it in its own.
+
+llama.cpp aborts (SIGABRT on a GGML_ASSERT), hangs or allocates without end on some model files
+that pass every header check; in-process, that kills or freezes the command a person is typing
+into, with a native backtrace. So a model not yet seen to load cleanly with this llama.cpp is
+first loaded by a runner process (`python -m localrun.worker`, the server's runner, which loads
+under the watchdog of localrun.worker.watch). A crash, a hang past LOCALRUN_LOAD_TIMEOUT or a
+memory blow-up then costs the child, and the command fails with one line naming the model.
+
+A clean load is remembered by the digests of the model's files and the llama.cpp version
+(`$LOCALRUN_HOME/loaded/<key>`), so later runs load at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from localrun import selfexec
+from localrun.errors import LocalrunError, ModelLoadError
+from localrun.model import Model
+from localrun.settings import config
+from localrun.worker import protocol
+from localrun.worker.process import exit_text
+
+# Past the load timeout the runner stops itself; this covers one that cannot.
+_GRACE_S = 30.0
+
+
+def _key(model: Model) -> str:
+    from localrun.engine.buildinfo import build_info
+
+    kinds = ("model", "adapter", "draft")
+    layers = [layer.digest for layer in model.manifest.layers if layer.kind in kinds]
+    info = build_info()  # a marker from one llama.cpp build says nothing of another
+    # ...nor one on a GPU runtime of the same build on the CPU alone.
+    devices = [str(d) for d in info.gpu_devices]
+    text = json.dumps([layers, info.version, info.system_info, info.runtime, devices])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _marker(model: Model) -> Path:
+    return config.home() / "loaded" / _key(model)
+
+
+def ensure_loads(model: Model, overrides: dict[str, Any]) -> None:
+    """Return once `model` is known to load cleanly; raise a LocalrunError if it does not."""
+    if model.store_root is None:
+        return  # not from a store (a test's model object): nothing to probe with
+    marker = _marker(model)
+    if marker.exists():
+        return
+    _probe(model, overrides)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass  # unrecorded: the next run probes again
+
+
+def _probe(model: Model, overrides: dict[str, Any]) -> None:
+    request = protocol.load_request(
+        str(model.store_root), str(model.name), options=overrides, slots=1
+    )
+    timeout = config.load_timeout() + _GRACE_S
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            proc = subprocess.run(
+                selfexec.command("localrun.worker"),
+                input=protocol.encode(request),
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                timeout=timeout,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise ModelLoadError(
+                f"{model.name} did not finish loading in {timeout:g} s",
+                hint="the model file is probably damaged; remove it and pull or create it again",
+            ) from None
+        except OSError as exc:
+            raise ModelLoadError(f"could not start a process to load {model.name}: {exc}") from None
+        if config.debug():
+            stderr.seek(0)
+            sys.stderr.write(stderr.read().decode("utf-8", "replace")[-20000:])
+    reported = _reported(proc.stdout)
+    if isinstance(reported, LocalrunError):
+        raise reported
+    if reported == "ready":
+        return
+    raise ModelLoadError(
+        f"llama.cpp failed while loading {model.name} ({exit_text(proc.returncode)}): the model "
+        "file is damaged or not supported by this llama.cpp",
+        hint="run with LOCALRUN_DEBUG=1 to see llama.cpp's output; remove the model, or pull or "
+        "create it again",
+    )
+
+
+def _reported(out: bytes) -> LocalrunError | str | None:
+    """What the runner said about its load: "ready", its error, or None (it died first)."""
+    for line in out.splitlines():
+        try:
+            event = protocol.decode(line)
+        except LocalrunError:
+            continue
+        if event.get("event") == "ready":
+            return "ready"
+        if event.get("event") == "error":
+            return protocol.error_from_dict(event.get("error"))
+    return None

@@ -1,0 +1,362 @@
+"""Prompt preparation: a GenRequest turned into prompt tokens and sampling for one loaded model.
+
+A chat is the model's SYSTEM and MESSAGE layers, then the request's messages, rendered by the
+model's template (tools and thinking variables included); a completion is its prompt as it is,
+or a fill-in-the-middle layout of the model's FIM tokens. `Prepared` also says how the answer is
+read: stop strings, tool calls, a reasoning model's thinking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from localrun import media as media_mod
+from localrun.engine.types import FimTokens, SamplingOptions, reusable
+from localrun.errors import BadRequestError
+from localrun.formats import calls as tools_mod
+from localrun.formats import reasoning as reasoning_mod
+from localrun.formats import template as template_mod
+from localrun.model import Model
+from localrun.recipes import params as params_mod
+from localrun.request import GenRequest
+from localrun.settings import config
+
+Message = dict[str, Any]
+Format = str | dict[str, Any] | None
+
+
+class Tokenizer(Protocol):
+    """What prompt preparation needs of an engine (BatchEngine and the fake)."""
+
+    n_vocab: int
+
+    @property
+    def bos_text(self) -> str: ...
+
+    @property
+    def eos_text(self) -> str: ...
+
+    @property
+    def fim(self) -> FimTokens | None: ...
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+
+    def token_ids(self, text: str) -> list[int]: ...
+
+    def media_prompt(self, text: str, media: list[media_mod.Media], *, add_special: bool) -> Any:
+        """Text with images or audio as an engine prompt (.tokens; .free() when unused)."""
+        ...
+
+
+@dataclass
+class Prepared:
+    """One request ready for an engine."""
+
+    tokens: list[int]
+    sampling: SamplingOptions  # .stop holds the stop strings the caller must apply
+    tool_names: list[str] | None = None  # tools in force: parse the answer for calls
+    forced_tool: bool = False  # the answer is grammar-constrained to be one tool call
+    stop_tokens: frozenset[int] = frozenset()  # besides the model's own (FIM padding)
+    # A reasoning model's <think> text: "split" off the answer, "hide" (think: false), or
+    # None (not a reasoning model: text as it comes).
+    reasoning: str | None = None
+    thinking_open: bool = False  # the prompt opened <think>: the answer starts inside it
+    channels: bool = False  # gpt-oss channels part reasoning from answer, not <think>
+    # Leading tokens that the system prompt and the model's MESSAGE turns render to, whatever
+    # the user says next: what the disk prompt cache keeps between processes.
+    cache_prefix: int = 0
+    return_context: bool = False  # the answer's end carries the prompt's and answer's tokens
+    media: Any = None  # the engine's prompt with images or audio (its tokens are `tokens`)
+
+
+def grammar_for(format: Format) -> str | None:
+    """The GBNF grammar for a `format`: "json" (any JSON value) or a JSON schema."""
+    if format is None or format == "":
+        return None
+    if format == "json":
+        from localrun.engine.grammars import json_grammar
+
+        return json_grammar()
+    if isinstance(format, dict):
+        return schema_grammar(format)
+    raise BadRequestError(f"unknown format {format!r}", hint='use "json" or a JSON schema object')
+
+
+def schema_grammar(schema: dict[str, Any]) -> str:
+    """A GBNF grammar for the JSON values a JSON schema accepts (BadRequestError if none)."""
+    from localrun.engine.grammars import json_schema_grammar
+    from localrun.formats import grammar_bounds
+
+    grammar_bounds.check_schema(schema)
+    try:
+        grammar = json_schema_grammar(json.dumps(schema))
+    except Exception as exc:  # the converter raises anything from KeyError to assert
+        raise BadRequestError(
+            f"the JSON schema cannot be turned into a grammar: {type(exc).__name__}: {exc}",
+            hint="simplify the schema (types, properties, enums, arrays, required)",
+        ) from None
+    return grammar_bounds.check_grammar(grammar)
+
+
+def stop_tokens_for(template: str | None, tokenizer: Tokenizer) -> frozenset[int]:
+    """The special tokens that end a turn in `template` (its end-of-turn markers)."""
+    found: set[int] = set()
+    for marker in template_mod.end_of_turn_markers(template):
+        found.update(tokenizer.token_ids(marker))
+    return frozenset(found)
+
+
+@dataclass
+class Prompter:
+    """Turns requests into prompt tokens and sampling options for one loaded model."""
+
+    model: Model
+    params: dict[str, Any]  # the model's parameters with load-time overrides
+    template: str | None
+    tokenizer: Tokenizer
+    stop_tokens: frozenset[int]
+    # The fixed turns' rendered tokens by (turns, tools, variables): see `stable_prefix`.
+    _prefixes: dict[str, list[int]] = field(default_factory=dict, repr=False)
+
+    def prepare(self, request: GenRequest) -> Prepared:
+        """A request ready for the engine: a chat, a completion or a fill in the middle, after
+        the request's `context` tokens, with the log-probabilities it asks for."""
+        if request.messages is not None:
+            prepared = self.chat(request)
+        elif request.suffix is None:
+            prepared = self.complete(request)
+        else:
+            prepared = self.infill(request)
+        if request.context:  # an empty one changes nothing (and keeps the cached prefix)
+            context = token_ids(request.context, self.tokenizer.n_vocab, "context")
+            self._after_context(context, prepared)
+        if not prepared.tokens:  # the engine needs at least one token to start from
+            raise BadRequestError("the prompt is empty", hint="send a prompt of some text")
+        if request.logprobs is not None:
+            prepared.sampling = dataclasses.replace(prepared.sampling, logprobs=request.logprobs)
+        if request.logit_bias:
+            biases = logit_biases(request.logit_bias, self.tokenizer.n_vocab)
+            prepared.sampling = dataclasses.replace(prepared.sampling, logit_bias=biases)
+        prepared.return_context = request.return_context
+        return prepared
+
+    def _after_context(self, context: list[int], prepared: Prepared) -> None:
+        """The request's `context` tokens, then its prompt's (without a second BOS)."""
+        tokens = prepared.tokens
+        bos_text = self.tokenizer.bos_text
+        bos = self.tokenizer.token_ids(bos_text) if bos_text else []
+        drop = int(bool(context and bos and tokens[:1] == bos[:1]))
+        prepared.tokens = context + tokens[drop:]
+        if prepared.media is not None:
+            prepared.media.move(len(context) - drop, prepared.tokens)
+        prepared.cache_prefix = 0  # the model's turns no longer come first
+
+    def conversation(self, messages: list[Message], system: str | None = None) -> list[Message]:
+        """The model's SYSTEM and MESSAGE layers, then `messages` (a system message given
+        there, or `system`, replaces the model's)."""
+        out: list[Message] = []
+        chosen = system if system is not None else self.model.system
+        if messages and messages[0].get("role") == "system":
+            chosen, messages = messages[0].get("content"), messages[1:]
+        if chosen:
+            out.append({"role": "system", "content": chosen})
+        out += [{"role": m.role, "content": m.content} for m in self.model.messages]
+        out += [{k: v for k, v in m.items() if k != "media"} for m in messages]  # text only
+        return out
+
+    def prompt_tokens(
+        self,
+        conversation: list[Message],
+        tools: list[tools_mod.Tool] | None = None,
+        variables: dict[str, Any] | None = None,
+    ) -> list[int]:
+        return self.raw_tokens(self.prompt_text(conversation, tools, variables))
+
+    def prompt_text(
+        self,
+        conversation: list[Message],
+        tools: list[tools_mod.Tool] | None = None,
+        variables: dict[str, Any] | None = None,
+    ) -> str:
+        if tools is not None and not tools_mod.template_supports_tools(self.template):
+            conversation, tools = tools_mod.add_system_note(conversation, tools), None
+        return template_mod.render(
+            self.template,
+            conversation,
+            add_generation_prompt=True,
+            bos_token=self.tokenizer.bos_text,
+            eos_token=self.tokenizer.eos_text,
+            tools=tools,
+            variables=variables,
+        )
+
+    def raw_tokens(self, text: str) -> list[int]:
+        """Tokens of prompt text as is (BOS added unless the text starts with it)."""
+        return self.tokenizer.tokenize(text, add_special=self._adds_bos(text), parse_special=True)
+
+    def _adds_bos(self, text: str) -> bool:
+        bos = self.tokenizer.bos_text
+        return not (bool(bos) and text.startswith(bos))
+
+    def _prepared(
+        self, text: str, media: list[media_mod.Media], sampling: SamplingOptions
+    ) -> Prepared:
+        """Prompt text (with a marker for each medium) and its media, ready for the engine."""
+        if not media:
+            return Prepared(self.raw_tokens(text), sampling)
+        prompt = self.tokenizer.media_prompt(text, media, add_special=self._adds_bos(text))
+        prepared = Prepared(prompt.tokens, sampling)
+        prepared.media = prompt
+        return prepared
+
+    def sampling(self, options: dict[str, Any] | None, grammar: str | None) -> SamplingOptions:
+        merged = {**self.params, **params_mod.validate(options or {})}
+        if "speculate" not in merged:
+            merged["speculate"] = config.speculate()
+        return SamplingOptions.from_params(merged, grammar=grammar)
+
+    def chat(self, request: GenRequest) -> Prepared:
+        """A conversation (the model's own layers added) rendered by the template; `think`
+        turns a reasoning model's thinking on or off (None: the model's default)."""
+        think = reasoning_mod.check(request.think)
+        variables = reasoning_mod.template_variables(think, self.template, str(self.model.name))
+        in_force = tools_mod.in_force(request.tools, request.tool_choice)
+        forced = tools_mod.forced_schema(in_force, request.tool_choice) if in_force else None
+        # A forced tool call is JSON already; its grammar wins over `format`.
+        grammar = schema_grammar(forced) if forced is not None else grammar_for(request.format)
+        sampling = self.sampling(request.options, grammar)
+        media = media_of(request.messages or [])
+        conversation = self.conversation(request.messages or [], request.system)
+        if any(m.get("tool_calls") or m.get("role") == "tool" for m in conversation):
+            conversation = tools_mod.prepare_messages(conversation, self.template)
+        text = self.prompt_text(conversation, in_force, variables)
+        prepared = self._prepared(text, media, sampling)
+        prepared.tool_names = tools_mod.names(in_force) if in_force else None
+        prepared.forced_tool = forced is not None
+        has_system = bool(conversation) and conversation[0].get("role") == "system"
+        fixed = int(has_system) + len(self.model.messages)
+        prepared.cache_prefix = self.stable_prefix(
+            conversation[:fixed], in_force, variables, prepared.tokens
+        )
+        if reasoning_mod.supports(self.template):
+            prepared.reasoning = "hide" if think is False else "split"
+            prepared.thinking_open = reasoning_mod.opens_thinking(text)
+            if reasoning_mod.channels(self.template):
+                prepared.channels = True  # its markers are special tokens: spell them out
+                prepared.sampling = dataclasses.replace(prepared.sampling, special=True)
+        return prepared
+
+    def stable_prefix(
+        self,
+        fixed: list[Message],
+        tools: list[tools_mod.Tool] | None,
+        variables: dict[str, Any] | None,
+        tokens: list[int],
+    ) -> int:
+        """How many leading `tokens` the turns `fixed` (system prompt, MESSAGEs) render to
+        whatever follows them: the common prefix of two renderings with different user
+        messages, found once per (turns, tools, variables)."""
+        if not fixed:
+            return 0
+        key = json.dumps([fixed, repr(tools), variables], sort_keys=True, default=repr)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            one, two = (
+                self.prompt_tokens([*fixed, {"role": "user", "content": text}], tools, variables)
+                for text in ("A", "B")
+            )
+            prefix = one[: reusable(one, two)]
+            if len(self._prefixes) >= 64:
+                self._prefixes.clear()
+            self._prefixes[key] = prefix
+        return reusable(prefix, tokens)
+
+    def complete(self, request: GenRequest) -> Prepared:
+        """Raw prompt text, no template."""
+        sampling = self.sampling(request.options, grammar_for(request.format))
+        media = [
+            media_mod.Media.from_wire(item, f"media[{i}]")
+            for i, item in enumerate(request.media or [])
+        ]
+        return self._prepared(request.prompt or "", media, sampling)
+
+    def infill(self, request: GenRequest) -> Prepared:
+        """Fill in the middle between the prompt and its suffix, from the model's FIM tokens.
+
+        The layout is llama-server's (format_infill), so an editor plugin written for it gets
+        the same prompt: [extra files] [BOS] <PRE> prefix <SUF> suffix <MID>, the prefix cut
+        to 3/4 of a batch from its start and the suffix to the rest from its end, so the
+        prompt is read in about one batch (fast to the first token, as typing wants). `extra`
+        chunks ({"filename", "text"}: other open files) fill what the context has left.
+        """
+        fim = self.tokenizer.fim
+        if fim is None:
+            raise BadRequestError(
+                f"{self.model.name} has no fill-in-the-middle tokens, so it cannot complete "
+                "between a prefix and a suffix",
+                hint="use a code model with FIM tokens (Qwen2.5-Coder, StarCoder2, CodeLlama)",
+            )
+        sampling = self.sampling(request.options, grammar_for(request.format))
+        prefix, suffix = request.prompt or "", request.suffix or ""
+
+        def tokens(text: str) -> list[int]:
+            return self.tokenizer.tokenize(text, add_special=False, parse_special=False)
+
+        extra_tokens: list[int] = []
+        if fim.rep >= 0:
+            extra_tokens += [fim.rep, *tokens("myproject\n")]
+        for chunk in request.extra or []:
+            if fim.sep >= 0:
+                extra_tokens += [fim.sep, *tokens(chunk.get("filename", "tmp") + "\n")]
+            else:
+                extra_tokens += tokens("\n\n--- snippet ---\n\n")
+            extra_tokens += tokens(chunk.get("text", ""))
+        if fim.sep >= 0:
+            extra_tokens += [fim.sep, *tokens("filename\n")]
+        n_batch = int(self.params.get("num_batch", 512))
+        before, after = tokens(prefix), tokens(suffix)
+        before = before[len(before) - min(len(before), 3 * (n_batch // 4)) :]
+        after = after[: max(0, n_batch // 4 - 2)]
+        n_ctx = int(getattr(self.tokenizer, "n_ctx", 0) or 0)
+        budget = max(0, n_ctx - n_batch - 2 * max(sampling.num_predict, 0))
+        extra_tokens = extra_tokens[len(extra_tokens) - min(budget, len(extra_tokens)) :]
+        head = [fim.bos] if fim.bos >= 0 else []
+        layout = [*extra_tokens, *head, fim.pre, *before, fim.suf, *after, fim.mid]
+        stops = frozenset(t for t in (fim.pad, fim.rep, fim.sep, fim.pre, fim.suf) if t >= 0)
+        return Prepared(layout, sampling, stop_tokens=stops)
+
+
+def media_of(messages: list[Message]) -> list[media_mod.Media]:
+    """The images and audio of a conversation's messages, in the order of their markers."""
+    return [
+        media_mod.Media.from_wire(item, f"messages[{i}].media[{j}]")
+        for i, message in enumerate(messages)
+        for j, item in enumerate(message.get("media") or [])
+    ]
+
+
+def logit_biases(pairs: list[list[Any]], n_vocab: int) -> tuple[tuple[int, float], ...]:
+    """A request's [token id, bias] pairs for the sampler, each token in the vocabulary; a bias
+    of None is minus infinity (never that token). A token named twice keeps its last bias."""
+    token_ids([token for token, _ in pairs], n_vocab, "logit_bias")
+    biases = {int(token): -math.inf if bias is None else float(bias) for token, bias in pairs}
+    return tuple(biases.items())
+
+
+def token_ids(value: Any, n_vocab: int, key: str) -> list[int]:
+    """Token ids from a request, each in the model's vocabulary (BadRequestError if not)."""
+    if not isinstance(value, list):
+        raise BadRequestError(f"{key} must be a list of token ids")
+    for token in value:
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise BadRequestError(f"{key} must be a list of token ids, not {token!r}")
+        if not 0 <= token < n_vocab:
+            raise BadRequestError(
+                f"{key} holds the token id {token}, which is not in the model's vocabulary "
+                f"(0 to {n_vocab - 1})"
+            )
+    return value
