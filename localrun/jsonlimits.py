@@ -12,11 +12,11 @@ import json
 from typing import Any
 
 from localrun.errors import BadRequestError
-from localrun.settings import config
+from localrun.settings import limits
 
 
 def too_deep(what: str) -> BadRequestError:
-    limit = config.max_json_depth()
+    limit = limits.max_json_depth()
     return BadRequestError(
         f"{what} nests more than {limit} levels of JSON",
         hint="flatten it; LOCALRUN_MAX_JSON_DEPTH sets the bound",
@@ -25,7 +25,7 @@ def too_deep(what: str) -> BadRequestError:
 
 def check_depth(value: Any, what: str) -> Any:
     """`value` if it nests at most LOCALRUN_MAX_JSON_DEPTH levels; else BadRequestError."""
-    limit = config.max_json_depth()
+    limit = limits.max_json_depth()
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localrun.errors import BadRequestError, RequestTooLargeError
-from localrun.settings import config
+from localrun.settings import limits
 
 # Where a medium goes in a message's text. Not llama.cpp's default (`<__media__>`), so a text
 # that merely mentions that one stays text.
@@ -71,7 +71,7 @@ def decode(value: Any, where: str, kind: str = "image") -> Media:
                 f"{where} is a data URL without base64 data", hint="send data:<type>;base64,<data>"
             )
         value = value[match.end() :]
-    limit = config.max_media_bytes()
+    limit = limits.max_media_bytes()
     if len(value) // 4 * 3 > limit + 3:
         raise RequestTooLargeError(
             f"{where} is larger than {limit} bytes",
@@ -109,7 +109,7 @@ def check(media: Media, where: str) -> None:
     kind = _audio_format(media.data)
     if not kind:
         raise BadRequestError(f"{where} is not audio ({AUDIO_FORMATS})", hint=_hint("audio"))
-    seconds, limit = audio_seconds(media.data), config.max_audio_seconds()
+    seconds, limit = audio_seconds(media.data), limits.max_audio_seconds()
     if seconds is None and kind != "mp3":  # MP3 frames may stand without a header to read
         raise BadRequestError(f"{where} is not a readable {kind.upper()} file", hint=_hint("audio"))
     if seconds is not None and seconds > limit:
@@ -140,7 +140,7 @@ def image_size(data: bytes, where: str) -> tuple[int, int]:
     """An image's width and height from its header, refused if it has too many pixels."""
     from PIL import Image
 
-    limit = config.max_image_pixels()
+    limit = limits.max_image_pixels()
     too_many = BadRequestError(
         f"{where} has more than the {limit} pixels allowed",
         hint="send a smaller image, or raise LOCALRUN_MAX_IMAGE_PIXELS",
@@ -195,7 +195,7 @@ def _hint(kind: str) -> str:
 
 
 def check_count(n: int) -> None:
-    limit = config.max_media()
+    limit = limits.max_media()
     if n > limit:
         raise BadRequestError(
             f"the request has {n} images and audio files; at most {limit} are allowed",
@@ -209,7 +209,7 @@ def read_file(path: str, kind: str = "image") -> str:
 
     from localrun.errors import FileNotFoundError_, NotRegularFileError
 
-    limit = config.max_media_bytes()
+    limit = limits.max_media_bytes()
     file = Path(path).expanduser()
     try:
         with file.open("rb") as handle:

@@ -12,7 +12,8 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from localrun.engine.batch import BatchEngine, Ticket
+from localrun.engine.batch import BatchEngine
+from localrun.engine.slots import Ticket
 from localrun.engine.types import LoadOptions, SamplingOptions, Timings
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError, LocalrunError
 from localrun.formats import template

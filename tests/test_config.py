@@ -7,7 +7,7 @@ import math
 import pytest
 
 from localrun.errors import ConfigError
-from localrun.settings import config, view
+from localrun.settings import config, limits, view
 
 
 @pytest.mark.parametrize(
@@ -61,20 +61,20 @@ def test_the_api_key_is_never_displayed(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_connection_limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert config.header_timeout() == 10.0 and config.body_timeout() == 60.0
-    assert config.idle_timeout() == 5.0
-    assert config.max_connections() == 1000 and config.max_connections_per_client() == 256
+    assert limits.header_timeout() == 10.0 and limits.body_timeout() == 60.0
+    assert limits.idle_timeout() == 5.0
+    assert limits.max_connections() == 1000 and limits.max_connections_per_client() == 256
     monkeypatch.setenv("LOCALRUN_HEADER_TIMEOUT", "1m30s")
-    assert config.header_timeout() == 90.0
+    assert limits.header_timeout() == 90.0
     shown = {row.name: row.value for row in view.describe()}
     assert shown["LOCALRUN_HEADER_TIMEOUT"] == "90s"
     for bad in ("0", "-1", "soon"):  # a timeout of never is no timeout
         monkeypatch.setenv("LOCALRUN_BODY_TIMEOUT", bad)
         with pytest.raises(ConfigError, match="LOCALRUN_BODY_TIMEOUT"):
-            config.body_timeout()
+            limits.body_timeout()
     monkeypatch.setenv("LOCALRUN_MAX_CONNECTIONS", "0")
     with pytest.raises(ConfigError, match="LOCALRUN_MAX_CONNECTIONS"):
-        config.max_connections()
+        limits.max_connections()
 
 
 @pytest.mark.parametrize("blank", [" ", "\t", " \t\n"])
@@ -89,13 +89,13 @@ def test_a_blank_api_key_is_refused(monkeypatch: pytest.MonkeyPatch, blank: str)
 
 
 def test_image_url_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert config.image_url_hosts() == ()
+    assert limits.image_url_hosts() == ()
     monkeypatch.setenv("LOCALRUN_IMAGE_URL_HOSTS", " Images.Example.com., [::1], 127.0.0.1")
-    assert config.image_url_hosts() == ("images.example.com", "::1", "127.0.0.1")
+    assert limits.image_url_hosts() == ("images.example.com", "::1", "127.0.0.1")
     for bad in ("https://images.example.com", "example.com:8080", "example.com/cats"):
         monkeypatch.setenv("LOCALRUN_IMAGE_URL_HOSTS", bad)
         with pytest.raises(ConfigError, match=r"LOCALRUN_IMAGE_URL_HOSTS.*not a host name"):
-            config.image_url_hosts()
+            limits.image_url_hosts()
 
 
 def test_cpu_repack_setting(monkeypatch: pytest.MonkeyPatch) -> None:

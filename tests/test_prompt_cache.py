@@ -20,7 +20,7 @@ from conftest import CLI, PATIENCE_S
 from localrun.engine import prompt_cache
 from localrun.engine.prompt_cache import PromptCache
 from localrun.errors import ConfigError
-from localrun.settings import config
+from localrun.settings import limits
 
 IDENTITY = {"model": ["sha256:" + "0" * 64], "adapters": [], "llama_cpp": "x", "n_ctx": 512}
 PREFIX = list(range(100, 200))
@@ -151,7 +151,7 @@ def test_clear_and_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert PromptCache.from_config(IDENTITY) is None
     monkeypatch.setenv("LOCALRUN_PROMPT_CACHE_MAX_BYTES", "many")
     with pytest.raises(ConfigError, match="LOCALRUN_PROMPT_CACHE_MAX_BYTES"):
-        config.prompt_cache_max_bytes()
+        limits.prompt_cache_max_bytes()
 
 
 def test_identity_of_a_blob_is_its_digest(tmp_path: Path) -> None:

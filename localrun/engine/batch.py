@@ -30,7 +30,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from localrun.engine import draft, prompt_cache, speculate
@@ -39,8 +39,8 @@ from localrun.engine.media import MediaPrompt, Projector
 from localrun.engine.native import lc
 from localrun.engine.rows import StepBatch
 from localrun.engine.sampling import Sampler, logprob_entry
-from localrun.engine.sequence import answer_ends, overflow_error
-from localrun.engine.slots import Job, Slot, Slots
+from localrun.engine.sequence import answer_ends, check_prompt
+from localrun.engine.slots import Job, Slot, Slots, Ticket, unbound
 from localrun.engine.threads import Governor
 from localrun.engine.types import (
     EmbedInput,
@@ -55,24 +55,6 @@ from localrun.errors import BadRequestError, EngineError, InvalidParameterError,
 
 # OpenAI's bound on top_logprobs; it also bounds the work per token.
 MAX_TOP_LOGPROBS = 20
-
-
-class Ticket:
-    """A submitted request."""
-
-    __slots__ = ("_cancel",)
-
-    def __init__(self, cancel: Callable[[], None]) -> None:
-        self._cancel = cancel
-
-    def cancel(self) -> None:
-        """Stop the request within a token; its sink gets done("cancelled"). Idempotent."""
-        self._cancel()
-
-
-def _unbound(history: Sequence[int], limit: int) -> list[int]:
-    """A draft model's drafter before the request has a slot (and so a sequence)."""
-    return []
 
 
 class BatchEngine:
@@ -188,7 +170,7 @@ class BatchEngine:
         With `media` (from media_prompt, then the job's), `prompt` is its tokens.
         """
         try:
-            self._check(prompt, media)
+            check_prompt(prompt, media, self.n_ctx, self.n_ctx_train, self.n_vocab)
             job = self._job(list(prompt), sampling, stop_tokens, sink, cache_prefix, media)
         except BaseException:
             if media is not None:
@@ -233,22 +215,6 @@ class BatchEngine:
             self._wake = True
             self._cond.notify()
 
-    def _check(self, prompt: Sequence[int], media: MediaPrompt | None) -> None:
-        if not prompt:
-            raise EngineError("the prompt is empty")
-        if len(prompt) >= self.n_ctx:
-            raise overflow_error(len(prompt), self.n_ctx, self.n_ctx_train)
-        text: Sequence[int] = prompt
-        if media is not None:  # its placeholders are no vocabulary ids
-            if media.tokens != list(prompt):
-                raise EngineError("the prompt is not its media prompt's")
-            spans = media.spans.values()
-            covered = {i for span in spans for i in range(span.start, span.start + span.length)}
-            text = [t for i, t in enumerate(prompt) if i not in covered]
-        if min(text) < 0 or max(text) >= self.n_vocab:
-            # llama.cpp would refuse the whole batch, failing the other slots' requests too.
-            raise EngineError("the prompt holds a token id outside the model's vocabulary")
-
     def _job(
         self,
         prompt: list[int],
@@ -276,7 +242,7 @@ class BatchEngine:
             prompt,
             sampling.draft_num_predict,
             self._cost,
-            _unbound if self._draft is not None else None,
+            unbound if self._draft is not None else None,
             job.ends,
         )
         disk = self._prompt_cache

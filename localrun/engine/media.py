@@ -25,7 +25,7 @@ from localrun import media as media_mod
 from localrun.engine.native import lc
 from localrun.engine.weights import native_log
 from localrun.errors import BadRequestError, EngineError, ModelLoadError
-from localrun.settings import config
+from localrun.settings import limits
 
 CHUNK_TEXT = 0
 # Placeholder ids: -(1 + (36 bits of the medium's sha256) * 2^20 + position in the medium),
@@ -205,9 +205,9 @@ class Projector:
                 )
             if bitmap:
                 seconds = mt.mtmd_bitmap_get_n_bytes(bitmap) / 4 / max(1, self.audio_rate)
-                if seconds > config.max_audio_seconds():
+                if seconds > limits.max_audio_seconds():
                     mt.mtmd_bitmap_free(bitmap)
-                    raise media_mod.too_long(where, seconds, config.max_audio_seconds())
+                    raise media_mod.too_long(where, seconds, limits.max_audio_seconds())
         if not bitmap:
             raise BadRequestError(
                 f"{where} could not be read as {medium.kind}",

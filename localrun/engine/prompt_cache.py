@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 
 from localrun import private
 from localrun.errors import ConfigError
-from localrun.settings import config
+from localrun.settings import config, limits
 
 MAGIC = b"LRKV2\n"  # LRKV1 (SHA-256) files have other names now: evicted as they age
 SUFFIX = ".kv"
@@ -84,7 +84,7 @@ class PromptCache:
     def from_config(cls, identity: dict[str, Any]) -> PromptCache | None:
         """The cache as LOCALRUN_PROMPT_CACHE_MAX_BYTES sets it; None when it is 0."""
         try:
-            max_bytes = config.prompt_cache_max_bytes()
+            max_bytes = limits.prompt_cache_max_bytes()
         except ConfigError:
             return None  # a bad value is reported where settings are checked (`env`, start)
         if max_bytes <= 0:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from localrun.engine.media import MediaPrompt
 from localrun.engine.native import lc
-from localrun.errors import ContextOverflowError
+from localrun.errors import ContextOverflowError, EngineError
 
 
 def answer_ends(vocab: Any, stop_tokens: frozenset[int]) -> Callable[[int], bool]:
@@ -60,3 +61,24 @@ def _next_pow2(n: int) -> int:
     while p < n:
         p *= 2
     return p
+
+
+def check_prompt(
+    prompt: Sequence[int], media: MediaPrompt | None, n_ctx: int, n_ctx_train: int, n_vocab: int
+) -> None:
+    """Refuse a prompt that cannot be decoded: empty, past the context, or holding an id outside
+    the vocabulary (llama.cpp would refuse the whole batch, failing the other slots' requests
+    too)."""
+    if not prompt:
+        raise EngineError("the prompt is empty")
+    if len(prompt) >= n_ctx:
+        raise overflow_error(len(prompt), n_ctx, n_ctx_train)
+    text: Sequence[int] = prompt
+    if media is not None:  # its placeholders are no vocabulary ids
+        if media.tokens != list(prompt):
+            raise EngineError("the prompt is not its media prompt's")
+        spans = media.spans.values()
+        covered = {i for span in spans for i in range(span.start, span.start + span.length)}
+        text = [t for i, t in enumerate(prompt) if i not in covered]
+    if min(text) < 0 or max(text) >= n_vocab:
+        raise EngineError("the prompt holds a token id outside the model's vocabulary")

@@ -254,3 +254,21 @@ class Slots:
         """Whether a slot holds `prefix` already (read off the loop thread: only a guess)."""
         n = len(prefix)
         return any(s.cache[:n] == prefix for s in self.all)
+
+
+class Ticket:
+    """A submitted request."""
+
+    __slots__ = ("_cancel",)
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self._cancel = cancel
+
+    def cancel(self) -> None:
+        """Stop the request within a token; its sink gets done("cancelled"). Idempotent."""
+        self._cancel()
+
+
+def unbound(history: Sequence[int], limit: int) -> list[int]:
+    """A draft model's drafter before the request has a slot (and so a sequence)."""
+    return []

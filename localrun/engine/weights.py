@@ -19,7 +19,7 @@ from localrun.engine.native import lc
 from localrun.engine.types import FimTokens, LoadOptions
 from localrun.errors import BadRequestError, EngineError, ModelLoadError
 from localrun.gguf import scan
-from localrun.settings import config
+from localrun.settings import config, limits
 
 # Texts shorter than this hold too few special tokens to matter: they are not counted.
 _SPECIALS_CHECKED_PAST = 64 * 1024
@@ -300,7 +300,7 @@ class Weights:
     def _check_specials(self, text: str) -> None:
         """Refuse a text with more special tokens than LOCALRUN_MAX_SPECIAL_TOKENS: llama.cpp
         reads them in time quadratic in their number (100k took minutes, holding the runner)."""
-        most = config.max_special_tokens()
+        most = limits.max_special_tokens()
         found = 0
         for special in self._special_texts:
             found += text.count(special)
@@ -318,7 +318,7 @@ class Weights:
         known = self._single_chars
         if known is None:
             return
-        most = config.max_byte_fallback()
+        most = limits.max_byte_fallback()
         lacking = len(text.translate(known))
         if lacking > most:
             raise BadRequestError(

@@ -25,7 +25,7 @@ import re
 from typing import Any
 
 from localrun.errors import BadRequestError
-from localrun.settings import config
+from localrun.settings import limits
 
 # The regular expression parser Python's re uses, for the tree of a schema's pattern.
 try:  # Python 3.11+
@@ -149,7 +149,7 @@ def _repeat_ambiguity(repeat: Any, ambiguity: int) -> int:
 
 def check_grammar(grammar: str) -> str:
     """Refuse a grammar text past LOCALRUN_MAX_GRAMMAR_BYTES; returns it."""
-    limit = config.max_grammar_bytes()
+    limit = limits.max_grammar_bytes()
     size = len(grammar.encode())
     if size > limit:
         raise BadRequestError(

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from localrun.errors import TemplateError
-from localrun.settings import config
+from localrun.settings import limits
 
 GROWTH_FACTOR = 16  # resident growth allowed, in largest values (strings are copied as they grow)
 _RSS_EVERY_S = 0.005
@@ -36,7 +36,7 @@ _FORMAT_SPEC = re.compile(r"\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
 
 
 def limit() -> int:
-    return config.template_max_bytes()
+    return limits.template_max_bytes()
 
 
 def _too_big(what: str) -> TemplateError:
@@ -150,7 +150,7 @@ class _Growth(Exception):
 def _error(kind: type[Exception]) -> TemplateError:
     if kind is _Timeout:
         return TemplateError(
-            f"the chat template ran for more than {config.template_timeout():g} s and was stopped",
+            f"the chat template ran for more than {limits.template_timeout():g} s and was stopped",
             hint="fix the model's TEMPLATE; LOCALRUN_TEMPLATE_TIMEOUT sets the bound",
         )
     return TemplateError(
@@ -178,7 +178,7 @@ def guarded() -> Iterator[None]:
     """
     import threading
 
-    deadline = time.monotonic() + config.template_timeout()
+    deadline = time.monotonic() + limits.template_timeout()
     allowed = _rss() + GROWTH_FACTOR * limit()
     target = threading.get_ident()
     lock = threading.Lock()

@@ -29,13 +29,12 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from localrun.errors import (
     BadRequestError,
-    ConfigError,
     LocalrunError,
     ServerError,
     UpstreamError,
@@ -44,7 +43,7 @@ from localrun.request import GenRequest
 from localrun.scheduler import remote_read, remote_wire
 from localrun.scheduler.remote_limit import AnswerLimit
 from localrun.scheduler.runners import RunningModel
-from localrun.scheduler.upstreams import Upstream
+from localrun.scheduler.upstreams import Settings, Upstream
 from localrun.settings import config, tls
 from localrun.worker import protocol
 from localrun.worker.process import Item, Stream
@@ -56,53 +55,7 @@ _AFFINITY_MAX = 4096  # conversations remembered for prefix affinity
 # flight more than the least busy: affinity saves a prompt's evaluation, not a queue's wait.
 _AFFINITY_SLACK = 2
 _MAX_MODEL_LIST = 4 * 1024 * 1024  # a model list's bytes (1000 names are far less)
-_HEALTH_TIMEOUT_S = 5.0  # a model list slower than this is a failed check
 _HINT = "the server log has more; `localrun ps` shows the upstreams' health"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The LOCALRUN_UPSTREAM_* settings, read once when the server starts."""
-
-    connect_s: float
-    read_s: float
-    health_s: float
-    eject_after: int
-    cooldown_s: float
-    max_bytes: int  # of one answer, decompressed
-    max_tokens: int  # of one answer whose client set no limit (remote_limit)
-
-    @classmethod
-    def read(cls) -> Settings:
-        settings = cls(
-            config.upstream_connect_timeout(),
-            config.upstream_read_timeout(),
-            config.upstream_health_interval(),
-            config.upstream_eject_after(),
-            config.upstream_cooldown(),
-            config.upstream_max_bytes(),
-            config.upstream_max_tokens(),
-        )
-        for name, value, least in (
-            ("LOCALRUN_UPSTREAM_CONNECT_TIMEOUT", settings.connect_s, 0.1),
-            ("LOCALRUN_UPSTREAM_READ_TIMEOUT", settings.read_s, 0.1),
-            ("LOCALRUN_UPSTREAM_HEALTH_INTERVAL", settings.health_s, 0.1),
-        ):
-            if not least <= value < math.inf:
-                raise ConfigError(
-                    f"{name} must be at least {least:g}s and finite", hint="e.g. 5s or 2m"
-                )
-        return settings
-
-    def timeout(self) -> Any:
-        import httpx
-
-        return httpx.Timeout(self.read_s, connect=self.connect_s)
-
-    def check_timeout(self) -> Any:
-        import httpx
-
-        return httpx.Timeout(min(self.read_s, _HEALTH_TIMEOUT_S), connect=self.connect_s)
 
 
 class _Refused(Exception):
@@ -303,8 +256,9 @@ class RemotePool:
             url = upstream.url + remote_wire.path(upstream.dialect, request.chat)
             payload = remote_wire.body(upstream.dialect, model, request)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            why = remote_read.one_line(str(exc))
             raise BadRequestError(
-                f"this request cannot be sent to upstream {upstream.name}: {_one_line(str(exc))}"
+                f"this request cannot be sent to upstream {upstream.name}: {why}"
             ) from None
         self._ids += 1
         rid = self._ids
@@ -377,9 +331,12 @@ class RemotePool:
                 )
             )
         except ValueError as exc:  # remote_wire.Reader, json: not an answer we can read
-            fail(f"a malformed answer ({_one_line(str(exc))})")
+            fail(f"a malformed answer ({remote_read.one_line(str(exc))})")
         except Exception as exc:  # transport errors, timeouts, protocol errors, a bad key
-            fail(_describe(exc) + (" after part of the answer was sent" if out.sent else ""))
+            fail(
+                remote_read.describe(exc)
+                + (" after part of the answer was sent" if out.sent else "")
+            )
         finally:
             state.in_flight -= 1
             if not first.done():  # a path above that settled nothing: never leave a waiter
@@ -406,12 +363,14 @@ class RemotePool:
             timeout=self._timeout(),
         ) as response:
             if response.status_code != 200:
-                text, refused = await _failure(response)
+                text, refused = await remote_read.failure(response)
                 if refused:
                     raise _Refused(text)
                 fail(text)
                 return False
-            async with contextlib.aclosing(_objects(response, self._max_bytes())) as objects:
+            async with contextlib.aclosing(
+                remote_read.objects(response, self._max_bytes())
+            ) as objects:
                 async for obj in objects:
                     for event in reader.feed(obj):
                         out.queue.put_nowait(event)
@@ -461,7 +420,7 @@ class RemotePool:
             except BadRequestError:
                 raise
             except Exception as exc:
-                message = _redact(state.upstream, _describe(exc))
+                message = _redact(state.upstream, remote_read.describe(exc))
                 self._failed(state, message)
                 last = UpstreamError(f"upstream {state.name}: {message}", hint=_HINT)
                 continue
@@ -529,7 +488,7 @@ class RemotePool:
                 listed = await remote_read.read_json(response, _MAX_MODEL_LIST)
             models = remote_wire.model_names(listed, upstream.dialect)
         except Exception as exc:
-            message = _redact(upstream, f"health check failed: {_describe(exc)}")
+            message = _redact(upstream, f"health check failed: {remote_read.describe(exc)}")
             self._failed(state, message, check=True)
             return
         state.checked = True
@@ -553,7 +512,7 @@ class RemotePool:
             timeout=self._timeout(),
         ) as response:  # fmt: skip
             if response.status_code != 200:
-                text, refused = await _failure(response)
+                text, refused = await remote_read.failure(response)
                 if refused:
                     raise BadRequestError(
                         f"upstream {upstream.name} refused the request: " + _redact(upstream, text)
@@ -582,35 +541,6 @@ def _affinity_key(model: str, request: GenRequest) -> str:
     return hashlib.sha256(f"{model}\0{start}".encode()).hexdigest()[:32]
 
 
-async def _failure(response: Any) -> tuple[str, bool]:
-    """An upstream's answer other than 200: its status and start, and whether the request is
-    at fault (a 4xx other than 408 and 429) rather than the upstream."""
-    status = response.status_code
-    text = f"HTTP {status}: {_one_line(await remote_read.read_some(response))}"
-    return text, 400 <= status < 500 and status not in (408, 429)
-
-
-async def _objects(response: Any, limit: int) -> AsyncGenerator[Any, None]:
-    """The JSON objects of a streamed answer (`limit` bytes in all): SSE `data:` lines, JSON
-    lines, and the `error: {...}` line llama-server ends a failed stream with, as
-    {"error": ...}."""
-    async for line in remote_read.lines(response, limit):
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("data:"):
-            data = line[5:].strip()
-            if data == "[DONE]":
-                return
-            yield json.loads(data)
-        elif line.startswith("error:"):
-            yield {"error": json.loads(line[6:].strip())}
-        elif line.startswith(("event:", "id:", "retry:", ":")):
-            continue
-        else:
-            yield json.loads(line)
-
-
 def _redact(upstream: Upstream, text: str) -> str:
     """`text` without the upstream's API key (an HTTP library may quote a header it refused)."""
     try:
@@ -618,13 +548,3 @@ def _redact(upstream: Upstream, text: str) -> str:
     except LocalrunError:
         key = os.environ.get(upstream.api_key_env or "", "").strip() or None
     return text.replace(key, "[API key]") if key else text
-
-
-def _describe(exc: BaseException) -> str:
-    name = type(exc).__name__
-    text = _one_line(str(exc))
-    return f"{name}: {text}" if text else name
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:300]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 STEP = 64 * 1024  # decompressed bytes per step, the event loop free between steps
@@ -105,3 +105,42 @@ async def lines(response: Any, limit: int) -> AsyncIterator[str]:
             raise TooLarge(f"a streamed line of more than {MAX_LINE} bytes")
     if pending:
         yield pending.decode("utf-8", "replace")
+
+
+async def failure(response: Any) -> tuple[str, bool]:
+    """An upstream's answer other than 200: its status and start, and whether the request is
+    at fault (a 4xx other than 408 and 429) rather than the upstream."""
+    status = response.status_code
+    text = f"HTTP {status}: {one_line(await read_some(response))}"
+    return text, 400 <= status < 500 and status not in (408, 429)
+
+
+async def objects(response: Any, limit: int) -> AsyncGenerator[Any, None]:
+    """The JSON objects of a streamed answer (`limit` bytes in all): SSE `data:` lines, JSON
+    lines, and the `error: {...}` line llama-server ends a failed stream with, as
+    {"error": ...}."""
+    async for line in lines(response, limit):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("data:"):
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            yield json.loads(data)
+        elif line.startswith("error:"):
+            yield {"error": json.loads(line[6:].strip())}
+        elif line.startswith(("event:", "id:", "retry:", ":")):
+            continue
+        else:
+            yield json.loads(line)
+
+
+def describe(exc: BaseException) -> str:
+    name = type(exc).__name__
+    text = one_line(str(exc))
+    return f"{name}: {text}" if text else name
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())[:300]

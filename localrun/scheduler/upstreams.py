@@ -16,6 +16,7 @@ person's comments and layout) and written atomically. No I/O beyond the file; no
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -25,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from localrun.errors import ConfigError
-from localrun.settings import config
+from localrun.settings import config, limits
 
 DIALECTS = ("openai", "ollama")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -223,3 +224,51 @@ def _write(text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_HEALTH_TIMEOUT_S = 5.0  # a model list slower than this is a failed check
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The LOCALRUN_UPSTREAM_* settings, read once when the server starts."""
+
+    connect_s: float
+    read_s: float
+    health_s: float
+    eject_after: int
+    cooldown_s: float
+    max_bytes: int  # of one answer, decompressed
+    max_tokens: int  # of one answer whose client set no limit (remote_limit)
+
+    @classmethod
+    def read(cls) -> Settings:
+        settings = cls(
+            config.upstream_connect_timeout(),
+            config.upstream_read_timeout(),
+            config.upstream_health_interval(),
+            config.upstream_eject_after(),
+            config.upstream_cooldown(),
+            limits.upstream_max_bytes(),
+            limits.upstream_max_tokens(),
+        )
+        for name, value, least in (
+            ("LOCALRUN_UPSTREAM_CONNECT_TIMEOUT", settings.connect_s, 0.1),
+            ("LOCALRUN_UPSTREAM_READ_TIMEOUT", settings.read_s, 0.1),
+            ("LOCALRUN_UPSTREAM_HEALTH_INTERVAL", settings.health_s, 0.1),
+        ):
+            if not least <= value < math.inf:
+                raise ConfigError(
+                    f"{name} must be at least {least:g}s and finite", hint="e.g. 5s or 2m"
+                )
+        return settings
+
+    def timeout(self) -> Any:
+        import httpx
+
+        return httpx.Timeout(self.read_s, connect=self.connect_s)
+
+    def check_timeout(self) -> Any:
+        import httpx
+
+        return httpx.Timeout(min(self.read_s, _HEALTH_TIMEOUT_S), connect=self.connect_s)

@@ -37,7 +37,7 @@ from localrun.server import (
 from localrun.server.errors import body_of, dialect_of, headers_of, plain_body, status_of
 from localrun.server.response_store import ResponseStore
 from localrun.server.security import Guard
-from localrun.settings import config
+from localrun.settings import config, limits
 from localrun.store import catalog
 from localrun.store.models import Store
 
@@ -66,7 +66,7 @@ class Settings:
             host=host,
             api_key=config.api_key(),
             origins=config.origins(),
-            max_request_bytes=config.max_request_bytes(),
+            max_request_bytes=limits.max_request_bytes(),
         )
 
 

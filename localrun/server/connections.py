@@ -36,7 +36,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from localrun.errors import BusyError, LocalrunError, RequestTimeoutError
 from localrun.server.errors import body_of, dialect_of, headers_of, status_of
-from localrun.settings import config
+from localrun.settings import limits
 
 log = logging.getLogger("localrun.server")
 
@@ -71,11 +71,11 @@ class Limits:
     @classmethod
     def from_env(cls) -> Limits:
         return cls(
-            header_timeout=config.header_timeout(),
-            body_timeout=config.body_timeout(),
-            idle_timeout=config.idle_timeout(),
-            max_connections=config.max_connections(),
-            max_per_client=config.max_connections_per_client(),
+            header_timeout=limits.header_timeout(),
+            body_timeout=limits.body_timeout(),
+            idle_timeout=limits.idle_timeout(),
+            max_connections=limits.max_connections(),
+            max_per_client=limits.max_connections_per_client(),
         )
 
     def within(self, fd_limit: int) -> Limits:

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core
-from localrun.settings import config
+from localrun.settings import limits
 from localrun.worker.protocol import Chunk
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ async def start_choices(request: Request, req: GenRequest, n: int) -> list[Gener
     """`n` answers to one request (OpenAI's `n`), started together so that the runner reads
     the prompt once and copies its KV to the other slots. With a seed, choice i uses seed + i,
     so the choices differ as they would with random seeds, and repeat with the same seed."""
-    most = config.max_choices()
+    most = limits.max_choices()
     if not 1 <= n <= most:
         raise BadRequestError(
             f"n must be from 1 to {most}, not {n}", hint="raise LOCALRUN_MAX_CHOICES for more"

@@ -26,7 +26,7 @@ import httpx
 
 from localrun import media
 from localrun.errors import BadRequestError, RequestTooLargeError
-from localrun.settings import config
+from localrun.settings import limits
 
 TIMEOUT_S = 10.0
 MAX_REDIRECTS = 3
@@ -51,7 +51,7 @@ class _Found:
 def allowed(url: str) -> bool:
     """Whether LOCALRUN_IMAGE_URL_HOSTS lets the server fetch `url`."""
     parts = urlsplit(url)
-    hosts = config.image_url_hosts()
+    hosts = limits.image_url_hosts()
     host = (parts.hostname or "").rstrip(".")
     return parts.scheme in _SCHEMES and bool(host) and ("*" in hosts or host in hosts)
 
@@ -59,7 +59,7 @@ def allowed(url: str) -> bool:
 async def inline(body: Any, dialect: str) -> None:
     """Fetch the allowed image URLs of `body` (a request of `dialect`: "openai", "responses"
     or "anthropic") and write them back inline."""
-    if not config.image_url_hosts() or not isinstance(body, dict):
+    if not limits.image_url_hosts() or not isinstance(body, dict):
         return
     found = [f for f in _find(body, dialect) if allowed(f.url)]
     if not found:
@@ -137,7 +137,7 @@ async def _fetch_into(client: httpx.AsyncClient, item: _Found) -> None:
 
 
 async def _get(client: httpx.AsyncClient, url: str, where: str) -> tuple[bytes, str]:
-    limit = config.max_media_bytes()
+    limit = limits.max_media_bytes()
     for _ in range(MAX_REDIRECTS + 1):
         async with client.stream("GET", url, headers={"Accept": "image/*"}) as response:
             if response.is_redirect:

@@ -32,7 +32,7 @@ from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
 from localrun.server.streaming import event_stream, sse
-from localrun.settings import config
+from localrun.settings import limits
 
 
 async def health(request: Request) -> Response:
@@ -59,7 +59,7 @@ async def tokenize(request: Request) -> Response:
     content = body.get("content", str)
     if content is None:
         return JSONResponse({"tokens": []})  # as llama-server answers a body without content
-    most = config.max_tokenize_bytes()
+    most = limits.max_tokenize_bytes()
     if len(content.encode("utf-8", errors="replace")) > most:
         raise BadRequestError(
             f"content is longer than {most} bytes",
@@ -79,7 +79,7 @@ async def tokenize(request: Request) -> Response:
     )
     if not with_pieces:
         return JSONResponse({"tokens": tokens})
-    most = config.max_token_pieces()
+    most = limits.max_token_pieces()
     if len(tokens) > most:
         raise BadRequestError(
             f"with_pieces spells out at most {most} tokens, and the content is {len(tokens)}",
@@ -104,7 +104,7 @@ _BODY_SLACK = 65536
 
 
 async def detokenize(request: Request) -> Response:
-    most = config.max_detokenize_tokens()
+    most = limits.max_detokenize_tokens()
     size = len(await request.body())
     if size > most * _ID_BYTES + _BODY_SLACK:  # refused before it is parsed: 30 MB costs seconds
         raise BadRequestError(

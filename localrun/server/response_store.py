@@ -29,7 +29,7 @@ from typing import Any
 
 from localrun import private
 from localrun.errors import BadRequestError, NotFoundError, StoreError
-from localrun.settings import config
+from localrun.settings import limits
 
 ID_PATTERN = re.compile(r"resp_[0-9a-f]{24,64}")
 _SUFFIX = ".json"
@@ -45,7 +45,7 @@ def encode(record: dict[str, Any]) -> bytes:
 
 def check_size(size: int) -> None:
     """Refuse a record of `size` bytes (or one that would grow past it) over the bound."""
-    most = config.responses_max_record_bytes()
+    most = limits.responses_max_record_bytes()
     if size > most:
         raise BadRequestError(
             f"this response would be stored in more than {most} bytes",
@@ -67,7 +67,7 @@ class ResponseStore:
 
     @staticmethod
     def _limits() -> tuple[int, float]:
-        return config.responses_max(), config.responses_max_age()
+        return limits.responses_max(), limits.responses_max_age()
 
     def save(self, record: dict[str, Any]) -> None:
         """Write a record (keyed by record["response"]["id"]) and drop what is over the limits."""
@@ -121,7 +121,7 @@ class ResponseStore:
         """Remove expired records and the oldest past the count or the bytes; returns how many
         went."""
         most, max_age = self._limits()
-        room = config.responses_max_bytes()
+        room = limits.responses_max_bytes()
         try:
             found = []
             for entry in os.scandir(self.root):

@@ -2,25 +2,23 @@
 
 A setting is a name, a default, a parser and a line of help. Values are read from the environment
 at call time (never frozen at import), so a test or a long-running server sees the current
-environment. `localrun env` shows them (settings_view).
+environment. `localrun env` shows them (settings.view). The bounds that protect the machine are
+declared in settings.limits and listed here with the rest.
 
 A bad value of a setting raises ConfigError naming the variable, with a hint to fix or unset it;
 the parsers that requests also use (`parse_duration` for a request's keep_alive,
 `parse_host` for `serve --host`) raise ValueError for their caller to word. Of localrun this
-module imports only errors and settings_parse (how a value is read), which import nothing of
-it.
+wing imports only errors.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from localrun.errors import ConfigError
-from localrun.settings import parse as parse
+from localrun.settings import limits, parse
+from localrun.settings.setting import Setting
 
 # Read elsewhere as config's (server.app, cli.serve_cmd, params, engine.speculate, server.body).
 DEFAULT_HOST = parse.DEFAULT_HOST
@@ -45,30 +43,6 @@ def _default_binary_cache() -> Path:
     return user_cache_path("localrun", appauthor=False) / "binary"
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One environment setting: its name, default, parser and help text."""
-
-    name: str
-    help: str
-    parse: Callable[[str], Any]
-    default: Callable[[], Any]
-
-    def raw(self) -> str | None:
-        return os.environ.get(self.name)
-
-    def value(self) -> Any:
-        raw = self.raw()
-        if raw is None:
-            return self.default()
-        try:
-            return self.parse(raw)
-        except ValueError as exc:
-            raise ConfigError(
-                f"{self.name}: {exc}", hint=f"fix {self.name} or unset it; see `localrun env`"
-            ) from None
-
-
 def _default_runtime_builds() -> Path:
     from platformdirs import user_cache_path
 
@@ -79,7 +53,7 @@ def _models_default() -> Path:
     return home() / "models"
 
 
-SETTINGS: dict[str, Setting] = {
+_GENERAL: dict[str, Setting] = {
     s.name: s
     for s in (
         Setting(
@@ -157,179 +131,14 @@ SETTINGS: dict[str, Setting] = {
             parse.parse_origins,
             lambda: DEFAULT_ORIGINS,
         ),
-        Setting(
-            "LOCALRUN_MAX_REQUEST_BYTES",
-            "Largest request body the server reads (blob uploads excepted).",
-            parse.parse_positive_int,
-            lambda: 32 * 1024 * 1024,
-        ),
         # Connection limits: a client that never finishes its request must not hold a socket
         # (and a file descriptor) forever; request heads arrive before the API key is checked.
-        Setting(
-            "LOCALRUN_HEADER_TIMEOUT",
-            "Time a client has to send a whole request head; slower connections are closed.",
-            parse.parse_timeout,
-            lambda: 10.0,
-        ),
-        Setting(
-            "LOCALRUN_BODY_TIMEOUT",
-            "Time a request body may bring no bytes (idle, not total: uploads are large).",
-            parse.parse_timeout,
-            lambda: 60.0,
-        ),
-        Setting(
-            "LOCALRUN_IDLE_TIMEOUT",
-            "Time an idle keep-alive connection stays open between requests.",
-            parse.parse_timeout,
-            lambda: 5.0,
-        ),
-        Setting(
-            "LOCALRUN_MAX_CONNECTIONS",
-            "Most open connections (kept below the file limit); at the cap a new one evicts "
-            "the oldest still sending its request head.",
-            parse.parse_positive_int,
-            lambda: 1000,
-        ),
-        Setting(
-            "LOCALRUN_MAX_CONNECTIONS_PER_CLIENT",
-            "Most open connections from one client address (IPv6: one /64).",
-            parse.parse_positive_int,
-            lambda: 256,
-        ),
-        Setting(
-            "LOCALRUN_MAX_JSON_DEPTH",
-            "Deepest nesting of JSON a request may send (in its body or in JSON strings in it).",
-            parse.parse_positive_int,
-            lambda: 100,
-        ),
-        Setting(
-            "LOCALRUN_MAX_CHOICES",
-            "Most answers one request may ask for (OpenAI's n); each takes a slot.",
-            parse.parse_positive_int,
-            lambda: 8,
-        ),
-        Setting(
-            "LOCALRUN_RESPONSES_MAX",
-            "Most stored Responses API answers (store: true) kept; the oldest go first.",
-            parse.parse_count,
-            lambda: 1000,
-        ),
-        Setting(
-            "LOCALRUN_RESPONSES_MAX_AGE",
-            "How long a stored Responses API answer is kept (720h, 30m, -1 = forever).",
-            parse_duration,
-            lambda: 30 * 86400.0,
-        ),
         # A stored answer holds its whole conversation, input items and metadata: tens of MB
         # each when a client sends such (161 MB from 6 requests), so bytes are bounded too.
-        Setting(
-            "LOCALRUN_RESPONSES_MAX_BYTES",
-            "Disk space for stored Responses API answers (the oldest go first).",
-            parse.parse_positive_int,
-            lambda: 256 * 1024 * 1024,
-        ),
-        Setting(
-            "LOCALRUN_RESPONSES_MAX_RECORD_BYTES",
-            "Largest one stored Responses API answer (its conversation included) may be.",
-            parse.parse_positive_int,
-            lambda: 16 * 1024 * 1024,
-        ),
-        Setting(
-            "LOCALRUN_MAX_GRAMMAR_BYTES",
-            "Largest grammar a request's JSON schema may build; bigger ones stall a runner.",
-            parse.parse_positive_int,
-            lambda: 64 * 1024,
-        ),
         # Tokenizing answers with every token: a large text makes a large answer, and llama.cpp
         # reads special tokens in time quadratic in their number (100k took minutes).
-        Setting(
-            "LOCALRUN_MAX_TOKENIZE_BYTES",
-            "Largest text /tokenize reads (its tokens come back in one answer).",
-            parse.parse_positive_int,
-            lambda: 2 * 1024 * 1024,
-        ),
-        Setting(
-            "LOCALRUN_MAX_TOKEN_PIECES",
-            "Most tokens a /tokenize answer spells out with their pieces (with_pieces).",
-            parse.parse_positive_int,
-            lambda: 65536,
-        ),
         # 15 million token ids (a 29 MB body) took a runner 50 s and 3 GB to spell out.
-        Setting(
-            "LOCALRUN_MAX_DETOKENIZE_TOKENS",
-            "Most token ids /detokenize turns back into text in one request.",
-            parse.parse_positive_int,
-            lambda: 262144,
-        ),
-        Setting(
-            "LOCALRUN_MAX_SPECIAL_TOKENS",
-            "Most special tokens (<|im_start|> ...) read as such in one text or prompt.",
-            parse.parse_positive_int,
-            lambda: 8192,
-        ),
-        Setting(
-            "LOCALRUN_MAX_BYTE_FALLBACK",
-            "Most characters of one text that a SentencePiece vocabulary spells byte by byte.",
-            parse.parse_positive_int,
-            lambda: 65536,
-        ),
         # Images and audio in requests (localrun.media): each bounded before it is decoded.
-        Setting(
-            "LOCALRUN_MAX_MEDIA_BYTES",
-            "Largest image or audio file one request may send (bytes, after base64).",
-            parse.parse_positive_int,
-            lambda: 20 * 1024 * 1024,
-        ),
-        Setting(
-            "LOCALRUN_MAX_MEDIA",
-            "Most images and audio files in one request.",
-            parse.parse_positive_int,
-            lambda: 16,
-        ),
-        Setting(
-            "LOCALRUN_MAX_IMAGE_PIXELS",
-            "Most pixels of one image (width x height), read from its header before decoding.",
-            parse.parse_positive_int,
-            lambda: 4096 * 4096,
-        ),
-        Setting(
-            "LOCALRUN_MAX_AUDIO_SECONDS",
-            "Longest audio one request may send, in seconds.",
-            parse.parse_positive_int,
-            lambda: 600,
-        ),
-        Setting(
-            "LOCALRUN_IMAGE_URL_HOSTS",
-            "Hosts the server may fetch http(s) image URLs from for a client (* for any); none "
-            "by default.",
-            parse.parse_hosts,
-            lambda: (),
-        ),
-        Setting(
-            "LOCALRUN_TEMPLATE_TIMEOUT",
-            "Longest a chat template may take to render one prompt (2s, 500ms).",
-            parse_duration,
-            lambda: 2.0,
-        ),
-        Setting(
-            "LOCALRUN_TEMPLATE_MAX_BYTES",
-            "Largest value (and prompt) a chat template may build.",
-            parse.parse_positive_int,
-            lambda: 4 * 1024 * 1024,
-        ),
-        Setting(
-            "LOCALRUN_LOAD_TIMEOUT",
-            "Longest a model may take to load before its runner is stopped (5m, 30s).",
-            parse_duration,
-            lambda: 300.0,
-        ),
-        Setting(
-            "LOCALRUN_PROMPT_CACHE_MAX_BYTES",
-            "Disk space for the KV state of models' SYSTEM prompts and MESSAGE turns, kept "
-            "between processes (least recently used removed first); 0 turns it off.",
-            parse.parse_count,
-            lambda: 2 * 1024**3,
-        ),
         Setting(
             "LOCALRUN_SPECULATE",
             "Speculative decoding where neither the model nor the request sets the speculate "
@@ -351,19 +160,6 @@ SETTINGS: dict[str, Setting] = {
             "was sent yet).",
             parse_duration,
             lambda: 300.0,
-        ),
-        Setting(
-            "LOCALRUN_UPSTREAM_MAX_BYTES",
-            "Largest answer read from an upstream, decompressed (a streamed one in all).",
-            parse.parse_positive_int,
-            lambda: 64 * 1024 * 1024,
-        ),
-        Setting(
-            "LOCALRUN_UPSTREAM_MAX_TOKENS",
-            "Most tokens of one upstream answer forwarded when the client sets no limit; past "
-            "it (or the client's own) the answer ends as a length-limited one.",
-            parse.parse_positive_int,
-            lambda: 131072,
         ),
         Setting(
             "LOCALRUN_UPSTREAM_HEALTH_INTERVAL",
@@ -427,6 +223,9 @@ SETTINGS: dict[str, Setting] = {
     )
 }
 
+# Every setting, `localrun env`'s order: the general ones, then the bounds (settings.limits).
+SETTINGS: dict[str, Setting] = {**_GENERAL, **limits.LIMITS}
+
 
 def home() -> Path:
     return SETTINGS["LOCALRUN_HOME"].value()  # type: ignore[no-any-return]
@@ -477,125 +276,9 @@ def origins() -> tuple[str, ...]:
     return SETTINGS["LOCALRUN_ORIGINS"].value()  # type: ignore[no-any-return]
 
 
-def max_request_bytes() -> int:
-    return SETTINGS["LOCALRUN_MAX_REQUEST_BYTES"].value()  # type: ignore[no-any-return]
-
-
-def header_timeout() -> float:
-    return SETTINGS["LOCALRUN_HEADER_TIMEOUT"].value()  # type: ignore[no-any-return]
-
-
-def body_timeout() -> float:
-    return SETTINGS["LOCALRUN_BODY_TIMEOUT"].value()  # type: ignore[no-any-return]
-
-
-def idle_timeout() -> float:
-    return SETTINGS["LOCALRUN_IDLE_TIMEOUT"].value()  # type: ignore[no-any-return]
-
-
-def max_connections() -> int:
-    return SETTINGS["LOCALRUN_MAX_CONNECTIONS"].value()  # type: ignore[no-any-return]
-
-
-def max_connections_per_client() -> int:
-    return SETTINGS["LOCALRUN_MAX_CONNECTIONS_PER_CLIENT"].value()  # type: ignore[no-any-return]
-
-
-def max_json_depth() -> int:
-    return SETTINGS["LOCALRUN_MAX_JSON_DEPTH"].value()  # type: ignore[no-any-return]
-
-
-def max_choices() -> int:
-    return SETTINGS["LOCALRUN_MAX_CHOICES"].value()  # type: ignore[no-any-return]
-
-
 def responses_dir() -> Path:
     """Where stored Responses API answers live (under LOCALRUN_HOME)."""
     return home() / "responses"
-
-
-def responses_max() -> int:
-    return SETTINGS["LOCALRUN_RESPONSES_MAX"].value()  # type: ignore[no-any-return]
-
-
-def responses_max_age() -> float:
-    return SETTINGS["LOCALRUN_RESPONSES_MAX_AGE"].value()  # type: ignore[no-any-return]
-
-
-def responses_max_bytes() -> int:
-    return SETTINGS["LOCALRUN_RESPONSES_MAX_BYTES"].value()  # type: ignore[no-any-return]
-
-
-def responses_max_record_bytes() -> int:
-    return SETTINGS["LOCALRUN_RESPONSES_MAX_RECORD_BYTES"].value()  # type: ignore[no-any-return]
-
-
-def max_grammar_bytes() -> int:
-    return SETTINGS["LOCALRUN_MAX_GRAMMAR_BYTES"].value()  # type: ignore[no-any-return]
-
-
-def upstream_max_bytes() -> int:
-    return SETTINGS["LOCALRUN_UPSTREAM_MAX_BYTES"].value()  # type: ignore[no-any-return]
-
-
-def upstream_max_tokens() -> int:
-    return SETTINGS["LOCALRUN_UPSTREAM_MAX_TOKENS"].value()  # type: ignore[no-any-return]
-
-
-def max_tokenize_bytes() -> int:
-    return SETTINGS["LOCALRUN_MAX_TOKENIZE_BYTES"].value()  # type: ignore[no-any-return]
-
-
-def max_token_pieces() -> int:
-    return SETTINGS["LOCALRUN_MAX_TOKEN_PIECES"].value()  # type: ignore[no-any-return]
-
-
-def max_detokenize_tokens() -> int:
-    return SETTINGS["LOCALRUN_MAX_DETOKENIZE_TOKENS"].value()  # type: ignore[no-any-return]
-
-
-def max_special_tokens() -> int:
-    return SETTINGS["LOCALRUN_MAX_SPECIAL_TOKENS"].value()  # type: ignore[no-any-return]
-
-
-def max_byte_fallback() -> int:
-    return SETTINGS["LOCALRUN_MAX_BYTE_FALLBACK"].value()  # type: ignore[no-any-return]
-
-
-def max_media_bytes() -> int:
-    return SETTINGS["LOCALRUN_MAX_MEDIA_BYTES"].value()  # type: ignore[no-any-return]
-
-
-def max_media() -> int:
-    return SETTINGS["LOCALRUN_MAX_MEDIA"].value()  # type: ignore[no-any-return]
-
-
-def max_image_pixels() -> int:
-    return SETTINGS["LOCALRUN_MAX_IMAGE_PIXELS"].value()  # type: ignore[no-any-return]
-
-
-def image_url_hosts() -> tuple[str, ...]:
-    return SETTINGS["LOCALRUN_IMAGE_URL_HOSTS"].value()  # type: ignore[no-any-return]
-
-
-def max_audio_seconds() -> int:
-    return SETTINGS["LOCALRUN_MAX_AUDIO_SECONDS"].value()  # type: ignore[no-any-return]
-
-
-def template_timeout() -> float:
-    return SETTINGS["LOCALRUN_TEMPLATE_TIMEOUT"].value()  # type: ignore[no-any-return]
-
-
-def template_max_bytes() -> int:
-    return SETTINGS["LOCALRUN_TEMPLATE_MAX_BYTES"].value()  # type: ignore[no-any-return]
-
-
-def load_timeout() -> float:
-    return SETTINGS["LOCALRUN_LOAD_TIMEOUT"].value()  # type: ignore[no-any-return]
-
-
-def prompt_cache_max_bytes() -> int:
-    return SETTINGS["LOCALRUN_PROMPT_CACHE_MAX_BYTES"].value()  # type: ignore[no-any-return]
 
 
 def speculate() -> str:

@@ -21,7 +21,7 @@ from localrun.hardware import fit as fit_mod
 from localrun.model import Model
 from localrun.model import load as load_stored
 from localrun.recipes import params as params_mod
-from localrun.settings import config
+from localrun.settings import limits
 from localrun.store import names
 from localrun.store.models import Store
 from localrun.worker import protocol
@@ -113,7 +113,7 @@ def load_model(
             watch = LoadWatch(
                 str(model.name),
                 limit=load_limit(plan.plan.ram_bytes + plan.plan.vram_bytes, available),
-                timeout_s=config.load_timeout(),
+                timeout_s=limits.load_timeout(),
                 breach=breach,
             )
         try:

@@ -24,7 +24,7 @@ from typing import Any
 from localrun import selfexec
 from localrun.errors import LocalrunError, ModelLoadError
 from localrun.model import Model
-from localrun.settings import config
+from localrun.settings import config, limits
 from localrun.worker import protocol
 from localrun.worker.process import exit_text
 
@@ -67,7 +67,7 @@ def _probe(model: Model, overrides: dict[str, Any]) -> None:
     request = protocol.load_request(
         str(model.store_root), str(model.name), options=overrides, slots=1
     )
-    timeout = config.load_timeout() + _GRACE_S
+    timeout = limits.load_timeout() + _GRACE_S
     with tempfile.TemporaryFile() as stderr:
         try:
             proc = subprocess.run(
