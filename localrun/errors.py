@@ -160,7 +160,7 @@ class NotRegularFileError(FileError):
 
 class InvalidGGUFError(FileError):
     code = "invalid_gguf"
-    # Set by gguf_header.invalid: the file as it was named, and what is wrong with it.
+    # Set by gguf.header.invalid: the file as it was named, and what is wrong with it.
     file: str = ""
     reason: str = ""
 

@@ -200,7 +200,7 @@ class _Walk:
             self.pos += count * _SCALAR_SIZES[itype]
         elif itype == _STRING:
             self.need(count * 8, f"array {_key(key)} of {count} strings")
-            if field == _TOKENS:  # kept: the vocabulary is checked by gguf_rules
+            if field == _TOKENS:  # kept: the vocabulary is checked by gguf.rules
                 self._keep_tokens(count)
             else:
                 self._skip_strings(count)

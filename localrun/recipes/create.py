@@ -81,7 +81,7 @@ def create(
     `resolve` finds the manifest of a FROM model name (default: the store alone); `expected`
     maps file paths to the digest their content must have (for catalog imports). With `link`
     the files are linked into the store where the file system allows, not copied
-    (store_links).
+    (store.links).
     """
     builder = _Builder(store, report, expected or {}, link)
     with store.writing():

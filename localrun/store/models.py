@@ -197,7 +197,7 @@ class Store:
         The file is hashed first, so content already in the store is never copied again; new
         content is hashed a second time while it is copied, and if the two hashes differ (the
         file changed under us) nothing is stored. With `link_from` (the open file's path), new
-        content is linked in place of a copy where the file system allows (store_links).
+        content is linked in place of a copy where the file system allows (store.links).
         """
         before = os.fstat(fd)
         size = before.st_size

@@ -1,6 +1,9 @@
 """The runner: one loaded model answering requests, in a process of its own or in this one.
 
     load.py      a stored model loaded for a runner: parameters, memory plan, engine, prompter
+    prompt.py    a GenRequest made into prompt tokens and sampling for the loaded model
+                 (template, SYSTEM and MESSAGE layers, tools, thinking, fill in the middle)
+    probe.py     a model not yet seen to load is loaded first in a child runner (`run`)
     serve.py     the Worker: requests in (prepared by localrun.worker.prompt), events out
     sink.py      an answer on its way out: thinking split off, stop strings, tool calls,
                  log-probabilities with the text of their tokens
