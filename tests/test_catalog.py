@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error
 
 from localrun.errors import CorruptBlobError, ModelNotFoundError
 from localrun.sources import obtain
@@ -48,6 +51,48 @@ def test_show_imports_the_starter_model_once(cli: CLI, home: Path) -> None:
     listed = json.loads(cli("list", "--json").stdout)
     assert [m["name"] for m in listed] == ["smollm2:135m"]
     assert Store(home / "models").verify().ok
+
+
+# `localrun ARGS` with the name-resolving functions counted (printed to stderr at the end).
+_COUNTED = """
+import sys
+from localrun.store import catalog, reference
+from localrun.store.models import Store
+calls = {}
+def counting(owner, name):
+    real = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        calls[name] = calls.get(name, 0) + 1
+        return real(*args, **kwargs)
+    setattr(owner, name, wrapper)
+for owner, name in ((reference, "resolve"), (reference, "parse_hub"), (catalog, "canonical"),
+                    (catalog, "lookup"), (Store, "read_manifest")):
+    counting(owner, name)
+sys.argv = ["localrun", *sys.argv[1:]]
+from localrun.cli.main import main
+try:
+    main()
+finally:
+    print("CALLS " + repr(sorted(calls.items())), file=sys.stderr)
+"""
+
+
+@pytest.mark.model
+def test_a_name_is_resolved_once(cli: CLI, tmp_path: Path) -> None:
+    # `show` of a catalog alias whose model ships in a package (imported on this first use),
+    # then of the model in the store: the text is read once, the store asked once per lookup.
+    script = tmp_path / "counted.py"
+    script.write_text(_COUNTED)
+    for expected_reads in (2, 1):  # the import writes the manifest, then it is read back
+        done = subprocess.run(
+            [sys.executable, str(script), "show", "smollm2"],
+            capture_output=True, text=True, timeout=PATIENCE_S, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        calls = dict(ast.literal_eval(done.stderr.rsplit("CALLS ", 1)[1]))
+        assert calls == {
+            "resolve": 1, "parse_hub": 1, "canonical": 1, "read_manifest": expected_reads
+        }, calls  # fmt: skip
 
 
 @pytest.mark.model

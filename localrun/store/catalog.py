@@ -71,7 +71,12 @@ def canonical(name: ModelName) -> ModelName:
 
 
 def lookup(name: ModelName) -> Entry | None:
-    name = canonical(name)
+    """The catalog's entry for `name`, an alias followed."""
+    return entry(canonical(name))
+
+
+def entry(name: ModelName) -> Entry | None:
+    """The catalog's entry for `name` as it is (an alias is not followed)."""
     raw = _load()["models"].get(str(name))
     if raw is None:
         return None

@@ -110,4 +110,4 @@ def resolve(text: str) -> Reference:
 def of(name: ModelName, text: str | None = None) -> Reference:
     """The Reference of a name already parsed (a Modelfile's FROM, a catalog entry's)."""
     target = catalog.canonical(name)
-    return Reference(text or str(name), name, target, entry=catalog.lookup(target))
+    return Reference(text or str(name), name, target, entry=catalog.entry(target))
