@@ -21,8 +21,7 @@ import typer
 from localrun import __version__
 from localrun.cli.common import open_store
 from localrun.errors import ConfigError, ServerError
-from localrun.scheduler import upstreams
-from localrun.settings import config
+from localrun.settings import config, upstreams
 
 if TYPE_CHECKING:
     from uvicorn import Server

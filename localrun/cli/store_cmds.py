@@ -126,7 +126,7 @@ def list_(
 def _remote_models(local: set[str]) -> list[tuple[str, str]]:
     """(model, upstream) for the models upstreams serve: those upstreams.toml names, and,
     from a running server, those it discovered. Nothing is read without an upstreams.toml."""
-    from localrun.scheduler import upstreams
+    from localrun.settings import upstreams
 
     if not upstreams.path().exists():
         return []

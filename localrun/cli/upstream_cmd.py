@@ -7,7 +7,7 @@ import json
 import typer
 
 from localrun.cli.output import columns
-from localrun.scheduler import upstreams
+from localrun.settings import upstreams
 
 
 def add(

@@ -21,7 +21,6 @@ Each loaded model lives in its own `python -m localrun.worker` process and answe
                 streamed answer back as runner events
     remote_read.py  an upstream's answer read within bounds (bytes, lines, JSON objects)
     remote_limit.py an upstream's answer held to the client's limit
-    upstreams.py    upstreams.toml and the LOCALRUN_UPSTREAM_* settings
 
 The runner processes themselves (pipes, events, stderr, stopping and reaping) are handled by
 localrun.worker.process. A runner also exits when the server dies: its stdin reaches EOF.

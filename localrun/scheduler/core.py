@@ -53,8 +53,8 @@ from localrun.scheduler.local import LocalPool
 from localrun.scheduler.remote import RemotePool
 from localrun.scheduler.runners import Runner, RunningModel
 from localrun.scheduler.targets import Resolver, Target, canonical
-from localrun.scheduler.upstreams import Upstream
 from localrun.settings import config
+from localrun.settings.upstreams import Upstream
 from localrun.store.models import Store
 from localrun.worker import protocol
 from localrun.worker.process import Event, Item, Stream

@@ -43,8 +43,8 @@ from localrun.request import GenRequest
 from localrun.scheduler import remote_read, remote_wire
 from localrun.scheduler.remote_limit import AnswerLimit
 from localrun.scheduler.runners import RunningModel
-from localrun.scheduler.upstreams import Settings, Upstream
 from localrun.settings import config, tls
+from localrun.settings.upstreams import Settings, Upstream
 from localrun.worker import protocol
 from localrun.worker.process import Item, Stream
 

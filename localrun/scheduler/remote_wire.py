@@ -21,7 +21,7 @@ from localrun.engine.types import Timings
 from localrun.errors import BadRequestError
 from localrun.request import GenRequest
 from localrun.scheduler.remote_limit import AnswerLimit
-from localrun.scheduler.upstreams import Upstream
+from localrun.settings.upstreams import Upstream
 from localrun.worker import protocol
 
 Message = dict[str, Any]
