@@ -14,14 +14,12 @@ from typing import Any
 
 import typer
 
-from localrun import media
 from localrun.cli.batch import run_batch
 from localrun.cli.chat import chat_loop
 from localrun.cli.output import ThinkingView
 from localrun.cli.session import Session, open_session
 from localrun.cli.views import print_stats
 from localrun.errors import InvalidParameterError
-from localrun.formats import reasoning
 from localrun.recipes import params as params_mod
 
 STDIN_LIMIT = 64 * 1024 * 1024
@@ -111,6 +109,8 @@ def _media(
     image: list[Path], audio: list[Path], text: str, model: str
 ) -> tuple[list[str], list[str]]:
     """The --image and --audio files, read and checked (base64), for a prompt that has text."""
+    from localrun import media
+
     images = [media.read_file(str(path)) for path in image]
     sounds = [media.read_file(str(path), "audio") for path in audio]
     if (images or sounds) and not text.strip():
@@ -164,6 +164,8 @@ def think_option(value: str | None) -> bool | str | None:
         return True
     if word in ("false", "no", "off", "0"):
         return False
+    from localrun.formats import reasoning
+
     if word in reasoning.LEVELS:
         return word
     raise InvalidParameterError(

@@ -21,7 +21,7 @@ import typer
 from localrun import __version__
 from localrun.cli.common import open_store
 from localrun.errors import ConfigError, ServerError
-from localrun.settings import config, upstreams
+from localrun.settings import config
 
 if TYPE_CHECKING:
     from uvicorn import Server
@@ -133,6 +133,8 @@ def serve(
     if fd_limit is not None:
         limits = limits.within(fd_limit)
     sock = _bind(bind_host, bind_port, limits.backlog)
+    from localrun.settings import upstreams
+
     scheduler = Scheduler(store, upstreams=upstreams.load())
     server = _server(settings, scheduler, limits, debug, pair)
     url = _url(sock, "https" if pair else "http")

@@ -7,7 +7,6 @@ import json
 import typer
 
 from localrun.cli.output import columns
-from localrun.settings import upstreams
 
 
 def add(
@@ -23,6 +22,8 @@ def add(
     replace: bool = typer.Option(False, "--replace", help="Replace an upstream of that name."),
 ) -> None:
     """Route models to an upstream server (the running server reads this when it starts)."""
+    from localrun.settings import upstreams  # upstreams.toml: read only by these commands
+
     if dialect not in upstreams.DIALECTS:
         raise typer.BadParameter(f"expected one of {', '.join(upstreams.DIALECTS)}")
     upstream = upstreams.Upstream(
@@ -40,6 +41,8 @@ def add(
 
 def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the upstream servers."""
+    from localrun.settings import upstreams  # upstreams.toml: read only by these commands
+
     declared = upstreams.load()
     if as_json:
         print(json.dumps([u.to_dict() for u in declared], indent=2))
@@ -54,5 +57,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
 
 def rm(name: str = typer.Argument(..., help="The upstream to remove.")) -> None:
     """Stop routing to an upstream server."""
+    from localrun.settings import upstreams  # upstreams.toml: read only by these commands
+
     upstreams.remove(name)
     print(f"removed upstream {name}")
