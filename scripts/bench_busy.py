@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench
-import bench_serve
+from benchlib.build import ensure_build
+from benchlib.common import Unavailable, say
+from benchlib.serve import Server, free_port
+from benchlib.store import served_env
+from benchlib.streams import localrun_stream
 
 PROMPT = "Write a long story about a lighthouse keeper, a storm and a lost ship."
 LOADS = (0, 1, 2)
@@ -86,7 +86,7 @@ def localrun_run(env: dict[str, str], tokens: int) -> float:
     )  # fmt: skip
     found = re.search(r"^eval rate:\s+([\d.]+)", done.stderr, re.M)
     if not found:
-        raise bench.Unavailable(f"localrun run: {done.stderr[-300:]}")
+        raise Unavailable(f"localrun run: {done.stderr[-300:]}")
     return float(found.group(1))
 
 
@@ -114,7 +114,7 @@ def llama_bench(build: Path, model: Path, tokens: int) -> float:
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     if done.returncode != 0:
-        raise bench.Unavailable(f"llama-bench: {done.stderr[-300:]}")
+        raise Unavailable(f"llama-bench: {done.stderr[-300:]}")
     return float(json.loads(done.stdout)[0]["avg_ts"])
 
 
@@ -127,7 +127,7 @@ def measure(
             with busy(load, max_s):
                 got = [one() for _ in range(rounds)]
             rates[name][load] = round(statistics.median(got), 1)
-            bench.say(f"{name:<16} {load} busy: {rates[name][load]} tok/s ({got})")
+            say(f"{name:<16} {load} busy: {rates[name][load]} tok/s ({got})")
     return rates
 
 
@@ -157,23 +157,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     cache = Path(os.environ.get("LOCALRUN_BENCH_CACHE", "~/.cache/localrun-bench")).expanduser()
-    build = bench.ensure_build(None, cache, args.jobs).dir
+    build = ensure_build(None, cache, args.jobs).dir
     work = Path(tempfile.mkdtemp(prefix="localrun-bench-busy-"))
     model = smollm2()
-    ours_port, theirs_port = bench_serve.free_port(), bench_serve.free_port()
-    env = bench.served_env(work / "home", LOCALRUN_HOST=f"127.0.0.1:{ours_port}")
+    ours_port, theirs_port = free_port(), free_port()
+    env = served_env(work / "home", LOCALRUN_HOST=f"127.0.0.1:{ours_port}")
     env.pop("LOCALRUN_SPECULATE", None)  # every stack at its defaults
     run_env = {**env, "LOCALRUN_HOST": "127.0.0.1:9"}  # `run` loads the model itself
     localrun_run(run_env, 4)  # imports the starter model into the store
     servers = [
-        bench_serve.Server(
+        Server(
             "localrun serve", [sys.executable, "-m", "localrun", "serve"], ours_port,
-            "/api/version", bench_serve.localrun_stream, env=env,
+            "/api/version", localrun_stream, env=env,
         ),
-        bench_serve.Server(
+        Server(
             "llama-server", [str(build / "bin" / "llama-server"), "-m", str(model), "--port",
             str(theirs_port), "--no-webui", *(["--no-repack"] if amx() else [])], theirs_port,
-            "/health", bench_serve.localrun_stream,
+            "/health", localrun_stream,
         ),
     ]  # fmt: skip
     ours_url, theirs_url = (f"http://127.0.0.1:{p}" for p in (ours_port, theirs_port))

@@ -30,16 +30,16 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench
-import bench_serve
-from bench_serve import Server, Stream, free_port, say
+from benchlib.common import Unavailable, default_model, say
+from benchlib.report import median
+from benchlib.serve import Server, free_port
+from benchlib.store import localrun_cmd, served_env
+from benchlib.streams import THREADS, Stream, ollama_stream, prompt, response_lines
 
 N_PREDICT = 128
 SHORT_PER_ROUND = 3  # one-token answers to a tiny prompt per path and round (the TTFT figure)
@@ -49,9 +49,9 @@ TARGET_TTFT_MS = 10.0
 
 
 def _serve(name: str, home: Path, threads: int, model: str) -> Server:
-    env = bench.served_env(home)
+    env = served_env(home)
     port = free_port()
-    cmd = [*bench._localrun_cmd(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [*localrun_cmd(), "serve", "--host", "127.0.0.1", "--port", str(port)]
 
     def streamer(port: int, model: str, n: int, n_predict: int) -> Stream:
         return _stream(port, model, n, n_predict)
@@ -64,9 +64,9 @@ def _stream(port: int, model: str, n: int, n_predict: int) -> Stream:
     num_thread), which an OpenAI-dialect hop could not carry, so both paths use the runner the
     upstream loaded with the model's own settings."""
     options = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": n_predict}
-    body = {"model": model, "prompt": bench_serve.prompt(n), "raw": True, "stream": True,
+    body = {"model": model, "prompt": prompt(n), "raw": True, "stream": True,
             "options": options}  # fmt: skip
-    return bench_serve.ollama_stream(port, body)
+    return ollama_stream(port, body)
 
 
 def _first_byte(port: int, n: int) -> float:
@@ -75,7 +75,7 @@ def _first_byte(port: int, n: int) -> float:
     result = Stream()
     body = {"model": MODEL, "prompt": f"{n}:", "raw": True, "stream": True,
             "options": {"temperature": 0, "num_predict": 1}}  # fmt: skip
-    for line in bench_serve._lines(port, "/api/generate", body, result):
+    for line in response_lines(port, "/api/generate", body, result):
         if result.first is None:
             result.first = time.perf_counter()
         if json.loads(line).get("done"):
@@ -95,7 +95,7 @@ def run(model: Path, rounds: int, threads: int, dialect: str) -> dict[str, Any]:
     modelfile.write_text(f"FROM {model.resolve()}\nPARAMETER num_thread {threads}\n")
     env = {**os.environ, "LOCALRUN_HOME": str(up_home)}
     subprocess.run(
-        [*bench._localrun_cmd(), "create", MODEL, "-f", str(modelfile), "-q"], env=env, check=True
+        [*localrun_cmd(), "create", MODEL, "-f", str(modelfile), "-q"], env=env, check=True
     )
     upstream = _serve("upstream (direct)", up_home, threads, MODEL)
     (gw_home / "upstreams.toml").write_text(
@@ -117,7 +117,7 @@ def run(model: Path, rounds: int, threads: int, dialect: str) -> dict[str, Any]:
             for server in order:  # the same prompt on both paths: the same greedy answer
                 sample = server.stream(10_000 + r, N_PREDICT)
                 if sample.error:
-                    raise bench.Unavailable(f"{server.name}: {sample.error}")
+                    raise Unavailable(f"{server.name}: {sample.error}")
                 samples[server.name].append(sample)
             for _ in range(SHORT_PER_ROUND):
                 for server in order:
@@ -131,11 +131,6 @@ def run(model: Path, rounds: int, threads: int, dialect: str) -> dict[str, Any]:
     return summarise(samples, short, upstream.name, gateway.name, dialect)
 
 
-def _median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
 def summarise(
     samples: dict[str, list[Stream]],
     short: dict[str, list[float]],
@@ -146,9 +141,9 @@ def summarise(
     rows: dict[str, dict[str, Any]] = {}
     for name, streams in samples.items():
         rows[name] = {
-            "ttft_ms": (_median([s.ttft for s in streams]) or 0) * 1000,
+            "ttft_ms": (median([s.ttft for s in streams]) or 0) * 1000,
             "short_ttft_ms": statistics.median(short[name]) * 1000,
-            "decode": _median([s.decode_rate for s in streams]) or 0.0,
+            "decode": median([s.decode_rate for s in streams]) or 0.0,
             "tokens": [s.tokens for s in streams],
         }
     decode_ratio = rows[via]["decode"] / rows[direct]["decode"] if rows[direct]["decode"] else 0
@@ -178,10 +173,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="GGUF file (default: the SmolLM2 starter)")
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=bench_serve.THREADS)
+    parser.add_argument("--threads", type=int, default=THREADS)
     parser.add_argument("--dialect", choices=("openai", "ollama"), default="openai")
     args = parser.parse_args()
-    model = args.model or bench._default_model()
+    model = args.model or default_model()
     if model is None or not model.is_file():
         parser.error("no GGUF model; pass --model PATH")
     result = run(model, args.rounds, args.threads, args.dialect)

@@ -22,16 +22,15 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench
-import bench_serve
-from bench_serve import Server, free_port, say
+from benchlib.build import CUDA_HELP, DEFAULT_CACHE, Build, build_for
+from benchlib.common import Unavailable, default_model, say
+from benchlib.serve import Server, free_port, localrun_serve, localrun_store, tree_pids
+from benchlib.streams import llama_server_stream, request_json
 
 MIB = 1024**2
 # llama.cpp's load log: "CUDA0 model buffer size =    94.02 MiB", "CUDA0 KV buffer size = ...",
@@ -58,27 +57,27 @@ def gpu_memory() -> dict[int, int]:
 
 def tree_gpu_memory(pid: int) -> int:
     """GPU bytes of a process and all its descendants (localrun's runner is a child)."""
-    pids = bench_serve.tree_pids(pid)
+    pids = tree_pids(pid)
     return sum(b for p, b in gpu_memory().items() if p in pids)
 
 
 def localrun_loaded(model: Path, num_ctx: int, logdir: Path) -> dict[str, Any]:
     """Load `model` in a fresh `localrun serve` at `num_ctx`; the plan and the GPU's figure."""
     home = Path(tempfile.mkdtemp(prefix="localrun-offload-", dir=logdir))
-    lr = bench_serve.localrun_store(home, model, None, threads=4)
+    lr = localrun_store(home, model, None, threads=4)
     lr.env["LOCALRUN_NUM_PARALLEL"] = "1"
     lr.env["LOCALRUN_DEBUG"] = "1"  # the runner's llama.cpp log, with its buffer sizes
-    server = bench_serve.localrun_serve(lr, 4, f"localrun-{num_ctx}")
+    server = localrun_serve(lr, 4, f"localrun-{num_ctx}")
     try:
         server.start(logdir)
         server.wait_ready()
         options = {"num_ctx": num_ctx, "num_predict": 1, "temperature": 0}
         body = {"model": server.model, "prompt": "hi", "options": options, "keep_alive": -1}
-        bench_serve.request_json(server.port, "POST", "/api/generate", {**body, "stream": False})
+        request_json(server.port, "POST", "/api/generate", {**body, "stream": False})
         time.sleep(1.0)  # let the allocator settle after the first decode
         assert server.proc is not None
         measured = tree_gpu_memory(server.proc.pid)
-        ps = bench_serve.request_json(server.port, "GET", "/api/ps")["models"]
+        ps = request_json(server.port, "GET", "/api/ps")["models"]
     finally:
         server.stop()
     return {
@@ -98,7 +97,7 @@ def buffers(server: Server) -> dict[str, float]:
     return found
 
 
-def llama_server_loaded(build: bench.Build, model: Path, num_ctx: int, logdir: Path) -> dict:
+def llama_server_loaded(build: Build, model: Path, num_ctx: int, logdir: Path) -> dict:
     """llama-server with all layers on the GPU at `num_ctx`: its CUDA buffers and the GPU's
     figure for its process."""
     port = free_port()
@@ -107,7 +106,7 @@ def llama_server_loaded(build: bench.Build, model: Path, num_ctx: int, logdir: P
         "--port", str(port), "-np", "1", "-c", str(num_ctx), "-ngl", "99", "--no-webui",
         "-lv", "4",
     ]  # fmt: skip
-    stream = bench_serve.llama_server_stream
+    stream = llama_server_stream
     server = Server(f"llama-server-{num_ctx}", cmd, port, "/health", stream)
     try:
         server.start(logdir)
@@ -138,16 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", type=Path, action="append", help="GGUF file (repeatable)")
     parser.add_argument("--ctx", default="2048,8192,32768", help="context sizes")
-    parser.add_argument("--cache-dir", type=Path, default=bench.DEFAULT_CACHE)
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--llama-cpp-build", type=Path, help="reuse (or build into) this folder")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="build jobs")
-    parser.add_argument("--cuda", action="store_true", help=bench.CUDA_HELP)
+    parser.add_argument("--cuda", action="store_true", help=CUDA_HELP)
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    models = args.model or [bench._default_model()]
+    models = args.model or [default_model()]
     if any(m is None or not m.is_file() for m in models):
         parser.error(f"no GGUF model at {models}; pass --model PATH")
-    build = bench.build_for(args, parser)
+    build = build_for(args, parser)
     if build is None:
         parser.error("llama-server is needed beside localrun: the llama.cpp build failed")
     sizes = [int(c) for c in args.ctx.split(",") if c.strip()]
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                     row["localrun"] = localrun_loaded(model, num_ctx, logdir)
                     row["llama_server"] = llama_server_loaded(build, model, num_ctx, logdir)
                 except (
-                    bench.Unavailable, RuntimeError, OSError, KeyError, subprocess.SubprocessError
+                    Unavailable, RuntimeError, OSError, KeyError, subprocess.SubprocessError
                 ) as exc:  # fmt: skip
                     row["error"] = f"{type(exc).__name__}: {exc}"
                 rows.append(row)

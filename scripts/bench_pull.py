@@ -77,8 +77,7 @@ class Server:
 def _make_file(folder: Path, size_mb: int) -> Path:
     """A valid GGUF of about size_mb (localrun checks what it pulls): the tiny test model,
     widened with zero columns."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from make_test_models import write_tiny_model
+    from testmodels.text import write_tiny_model
 
     return write_tiny_model(folder / FILE, extra_bytes=size_mb * 1_000_000)
 

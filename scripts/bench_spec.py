@@ -15,7 +15,7 @@ Decode (effective rate: tokens generated / generation time, as each server repor
 requests in the same order; with --draft, `localrun draft` is the auto server's other model,
 which has a runner of its own)
 
-on three workloads of several prompts each (scripts/spec_workloads.py): `code` (rewrite a
+on three workloads of several prompts each (scripts/benchlib/workloads.py): `code` (rewrite a
 Python file of 40-60 lines with one identifier renamed), `quote` (summarise a text by quoting
 its sentences) and `prose` (a story, an essay). Every request is a raw completion of the same
 prompt text, N_PREDICT tokens at most; rounds are interleaved (every stack once per round, in a
@@ -27,8 +27,9 @@ the last bits of the logits).
 
 ngram-mod keeps its n-gram table across requests, so from the second round on it drafts each
 answer from the one it gave the same prompt before; its first request of each prompt is
-reported apart. Then scripts/spec_bound.py's bound: how fast an oracle that drafts every run a
-prompt lookup could find would be, at this machine's measured batch costs.
+reported apart. Then scripts/spec_bound.py's bound (benchlib/bound.py): how fast an oracle
+that drafts every run a prompt lookup could find would be, at this machine's measured batch
+costs.
 
 Prompt cache: a model with a ~1,500-token SYSTEM prompt; two fresh `localrun run` processes in
 a row (the first evaluates and saves the prefix, the second restores it), the time to the first
@@ -50,19 +51,19 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench
-import bench_serve
-import spec_bound
-from bench_serve import Server, free_port, say
-from spec_workloads import CTX, EDIT_WORKLOADS, N_PREDICT, SAMPLING, WORKLOADS
+from benchlib import bound
+from benchlib.build import CUDA_HELP, DEFAULT_CACHE, OFFLOAD, build_for
+from benchlib.common import Unavailable, default_model, run_command, say
+from benchlib.serve import Server, free_port, localrun_serve, localrun_store
+from benchlib.store import localrun_cmd, prepare_localrun
+from benchlib.streams import llama_server_stream, request_json
+from benchlib.workloads import CTX, EDIT_WORKLOADS, N_PREDICT, SAMPLING, WORKLOADS
 
 THREADS = 2
 # The issue's targets, as ratios of effective decode rates.
@@ -83,7 +84,7 @@ class Sample:
 
 
 def _post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    answer: dict[str, Any] = bench_serve.request_json(port, "POST", path, body)
+    answer: dict[str, Any] = request_json(port, "POST", path, body)
     return answer
 
 
@@ -120,10 +121,10 @@ def llama_server_with(build_dir: Path, model: Path, threads: int, spec: list[str
     cmd = [
         str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
         "-t", str(threads), "-tb", str(threads), "-np", "1", "-c", str(CTX), "--no-webui",
-        *bench.OFFLOAD, *spec,
+        *OFFLOAD, *spec,
     ]  # fmt: skip
     name = "llama-server" + (f" {spec[1]}" if spec else "")
-    return Server(name, cmd, port, "/health", bench_serve.llama_server_stream)
+    return Server(name, cmd, port, "/health", llama_server_stream)
 
 
 @dataclass
@@ -168,7 +169,7 @@ def decode_suite(
 ) -> dict[str, Any]:
     servers: list[Server] = []
     stacks: list[Stack] = []
-    lr = bench_serve.localrun_store(home, model, None, threads)
+    lr = localrun_store(home, model, None, threads)
     # One server per mode, as llama-server runs one process per mode: each sees the same
     # requests in the same order, so its slots hold the same prompts when an answer is
     # compared with another mode's. (In one server a mode's request would find the prompt
@@ -176,12 +177,12 @@ def decode_suite(
     # in the last bits from a prompt evaluated whole, flipping near ties speculation never
     # touched.)
     modes = ["off", "auto"]
-    lr_by_mode = {m: bench_serve.localrun_serve(lr, threads, f"localrun serve {m}") for m in modes}
+    lr_by_mode = {m: localrun_serve(lr, threads, f"localrun serve {m}") for m in modes}
     servers.extend(lr_by_mode.values())
     specs: list[list[str]] = [[], ["--spec-type", "ngram-mod"], ["--spec-type", "ngram-simple"]]
     drafted = ""
     if draft is not None:
-        offload = ["-ngld", "99"] if bench.OFFLOAD else []
+        offload = ["-ngld", "99"] if OFFLOAD else []
         specs.append(["--spec-type", "draft-simple", "-md", str(draft), *offload])
         drafted = _create_drafted(home, model, draft)
     llama_servers = []
@@ -240,8 +241,8 @@ def _create_drafted(home: Path, model: Path, draft: Path) -> str:
     modelfile = home / "Modelfile.draft"
     modelfile.write_text(f"FROM {model.resolve()}\nDRAFT {draft.resolve()}\n")
     try:
-        bench._run([*bench._localrun_cmd(), "create", "drafted", "-f", str(modelfile)], 600, env)
-    except bench.Unavailable as exc:
+        run_command([*localrun_cmd(), "create", "drafted", "-f", str(modelfile)], 600, env)
+    except Unavailable as exc:
         say(f"localrun create with DRAFT failed: {exc}")
         return ""
     return "drafted:latest"
@@ -372,19 +373,19 @@ def cache_suite(build_dir: Path | None, model: Path, threads: int, home: Path) -
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LOCALRUN_HOME": str(home)}
     env.pop("LOCALRUN_MODELS", None)
-    lr = bench.prepare_localrun(home, model, None, threads)
+    lr = prepare_localrun(home, model, None, threads)
     system = long_system()
     modelfile = home / "Modelfile.system"
     modelfile.write_text(
         f'FROM {lr.model or model}\nSYSTEM """{system}"""\n'
         f"PARAMETER num_ctx {CTX}\nPARAMETER num_thread {threads}\nPARAMETER temperature 0\n"
     )
-    bench._run([*lr.cmd, "create", "system-notes", "-f", str(modelfile)], 900, env)
-    bench._run([*lr.cmd, "prune"], 300, env)  # no cached prefix yet
+    run_command([*lr.cmd, "create", "system-notes", "-f", str(modelfile)], 900, env)
+    run_command([*lr.cmd, "prune"], 300, env)  # no cached prefix yet
     args = [*lr.cmd, "run", "system-notes", "What does the keeper find?", "--verbose"]
     args += ["--param", "num_predict=8"]
     # A first run that loads the model once (probes, page cache) but keeps nothing cached.
-    bench._run(args, 900, {**env, "LOCALRUN_PROMPT_CACHE_MAX_BYTES": "0"})
+    run_command(args, 900, {**env, "LOCALRUN_PROMPT_CACHE_MAX_BYTES": "0"})
     runs = []
     for _ in range(2):
         first_byte, err = _run_first_byte(args, env)
@@ -464,16 +465,16 @@ def run(
             )
             text, figures = decode_report(decoded["stacks"])
             # What any prompt-lookup drafter could reach here (after the servers are gone).
-            costs, found = spec_bound.bounds(
+            costs, found = bound.bounds(
                 model,
                 threads,
                 WORKLOADS,
                 SAMPLING,
                 n_predict=N_PREDICT,
                 n_ctx=CTX,
-                gpu_layers=99 if bench.OFFLOAD else 0,
+                gpu_layers=99 if OFFLOAD else 0,
             )
-            text += "\n\n" + spec_bound.report(costs, found, 64)
+            text += "\n\n" + bound.report(costs, found, 64)
             for workload, f in found.items():
                 mine = figures[workload].get("localrun auto")
                 off = figures[workload].get("localrun off")
@@ -499,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="GGUF file (default: the SmolLM2 starter)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
     parser.add_argument("--threads", type=int, default=THREADS, help="threads (default: 2)")
-    parser.add_argument("--cache-dir", type=Path, default=bench.DEFAULT_CACHE)
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--llama-cpp-build", type=Path, help="reuse (or build into) this folder")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="build jobs")
     parser.add_argument("--only", default="decode,cache", help="decode, cache or both")
@@ -510,12 +511,12 @@ def main(argv: list[str] | None = None) -> int:
         "--spec-type draft-simple -md (e.g. the model itself: acceptance without a smaller one)",
     )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    parser.add_argument("--cuda", action="store_true", help=bench.CUDA_HELP)
+    parser.add_argument("--cuda", action="store_true", help=CUDA_HELP)
     args = parser.parse_args(argv)
-    model = args.model or bench._default_model()
+    model = args.model or default_model()
     if model is None or not model.is_file():
         parser.error(f"no GGUF model at {model}; pass --model PATH")
-    build = bench.build_for(args, parser)  # None: localrun alone
+    build = build_for(args, parser)  # None: localrun alone
     build_dir = build.dir if build else None
     only = tuple(p.strip() for p in args.only.split(",") if p.strip())
     out = run(

@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 
 def _time(cmd: list[str], env: dict[str, str], runs: int) -> list[float]:
     out = []
@@ -67,7 +65,7 @@ def _starter(home: Path) -> str | None:
 
 
 def _populate(home: Path, count: int) -> None:
-    from make_test_models import write_tiny_model
+    from testmodels.text import write_tiny_model
 
     env = {**os.environ, "LOCALRUN_HOME": str(home)}
     gguf_path = write_tiny_model(home / "tiny.gguf")

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Images: localrun's answers against llama.cpp's own multimodal tool, and its speed beside
-llama-server, on the tiny vision model and projector of scripts/tiny_projectors.py.
+llama-server, on the tiny vision model and projector of scripts/testmodels/projectors.py.
 
 llama-mtmd-cli and llama-server are built from the llama.cpp that llama-cpp-python vendors
 (scripts/bench.py builds them). Every answer is greedy (temperature 0, no repeat penalty).
@@ -41,13 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench
-import bench_serve
-import make_test_models
-import tiny_projectors
+from benchlib.build import ensure_build
+from benchlib.common import Unavailable, run_command, say
+from benchlib.serve import Server, free_port
+from benchlib.store import served_env
+from benchlib.streams import Stream, localrun_stream, response_lines, sse_events
+from testmodels.projectors import write_tiny_audio, write_tiny_vision
+from testmodels.vocab import build_vocab
 
 PROMPT = "the a"
 N_PREDICT = 24
@@ -84,16 +84,16 @@ def data_url(png: bytes) -> str:
 def _never_stop() -> dict[str, int]:
     """logit_bias that keeps the tiny model from ending its answer (</s>, <|im_end|>): every
     timed answer is TIMED_PREDICT tokens, so decode rates compare like with like."""
-    tokens, _, _ = make_test_models.build_vocab()
+    tokens, _, _ = build_vocab()
     return {str(tokens.index(piece)): -100 for piece in ("</s>", "<|im_end|>")}
 
 
 def chat_stream(
     port: int, model: str, messages: list[dict[str, Any]], *, timed: bool = False
-) -> bench_serve.Stream:
+) -> Stream:
     """One /v1/chat/completions stream, timed as bench_serve times its streams (`timed`:
     TIMED_PREDICT tokens, whatever the model would say)."""
-    result = bench_serve.Stream()
+    result = Stream()
     body = {
         "model": model,
         "messages": messages,
@@ -104,7 +104,7 @@ def chat_stream(
         **({"logit_bias": _never_stop()} if timed else {}),
     }
     text = []
-    for event in bench_serve._sse(bench_serve._lines(port, "/v1/chat/completions", body, result)):
+    for event in sse_events(response_lines(port, "/v1/chat/completions", body, result)):
         for choice in event.get("choices") or []:
             piece = (choice.get("delta") or {}).get("content")
             if piece:
@@ -195,7 +195,7 @@ def mtmd_cli(
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
-        raise bench.Unavailable(f"llama-mtmd-cli: exit {done.returncode}: {done.stderr[-500:]}")
+        raise Unavailable(f"llama-mtmd-cli: exit {done.returncode}: {done.stderr[-500:]}")
     return done.stdout.strip()
 
 
@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     cache = Path(os.environ.get("LOCALRUN_BENCH_CACHE", "~/.cache/localrun-bench")).expanduser()
-    build = bench.ensure_build(None, cache, args.jobs).dir
+    build = ensure_build(None, cache, args.jobs).dir
     work = Path(tempfile.mkdtemp(prefix="localrun-bench-vision-"))
-    model, projector = tiny_projectors.write_tiny_vision(work)
+    model, projector = write_tiny_vision(work)
     modelfile = work / "Modelfile"
     # No speculation: llama-server has none by default, and prompt lookup on this random
     # model's repetitive answers would make "decode after an image" a measure of repetition.
@@ -218,38 +218,38 @@ def main(argv: list[str] | None = None) -> int:
         "PARAMETER temperature 0\nPARAMETER repeat_penalty 1.0\nPARAMETER speculate off\n"
     )
     home = work / "home"
-    env = bench.served_env(home)
+    env = served_env(home)
     lr = [sys.executable, "-m", "localrun"]
-    bench._run([*lr, "create", "vis", "-f", str(modelfile)], timeout=300, env=env)
-    audio = tiny_projectors.write_tiny_audio(work)
+    run_command([*lr, "create", "vis", "-f", str(modelfile)], timeout=300, env=env)
+    audio = write_tiny_audio(work)
     modelfile.write_text(
         f"FROM {audio[0]}\nPROJECTOR {audio[1]}\n"
         "PARAMETER temperature 0\nPARAMETER repeat_penalty 1.0\n"
     )
-    bench._run([*lr, "create", "aud", "-f", str(modelfile)], timeout=300, env=env)
+    run_command([*lr, "create", "aud", "-f", str(modelfile)], timeout=300, env=env)
 
-    port = bench_serve.free_port()
-    ours = bench_serve.Server(
+    port = free_port()
+    ours = Server(
         "localrun serve",
         [*lr, "serve", "--host", "127.0.0.1", "--port", str(port)],
         port,
         "/api/version",
-        bench_serve.localrun_stream,
+        localrun_stream,
         env={**env, "LOCALRUN_HOST": f"127.0.0.1:{port}"},
         model="vis",
     )
-    port2 = bench_serve.free_port()
+    port2 = free_port()
     cmd = [
         str(build / "bin" / "llama-server"), "-m", str(model), "--mmproj", str(projector),
         "--host", "127.0.0.1", "--port", str(port2), "-t", str(args.threads),
         "-np", "1", "-c", "2048", "--no-webui", "--repeat-penalty", "1.0",
     ]  # fmt: skip
-    theirs = bench_serve.Server(
+    theirs = Server(
         "llama-server",
         cmd,
         port2,
         "/health",
-        bench_serve.localrun_stream,
+        localrun_stream,
         model="vis",
     )
     results: dict[str, Any] = {"rounds": args.rounds, "threads": args.threads}
@@ -268,17 +268,17 @@ def main(argv: list[str] | None = None) -> int:
             got = chat_stream(port, "vis", [question(png)]).text  # type: ignore[attr-defined]
             agree.append(expected == got.strip())  # the tool's output is stripped
             if expected != got.strip():
-                bench.say(f"differs: llama-mtmd-cli {theirs_all!r}, localrun {got!r}")
+                say(f"differs: llama-mtmd-cli {theirs_all!r}, localrun {got!r}")
         results["same_answers"] = f"{sum(agree)}/{len(agree)}"
         results["mtmd_cli_runs_that_varied"] = varies
-        bench.say(f"same answers as llama-mtmd-cli: {results['same_answers']}")
+        say(f"same answers as llama-mtmd-cli: {results['same_answers']}")
         heard = []
         for wav in clips(3):
             expected = mtmd_cli(build, *audio, wav, args.threads, "audio")
             got = chat_stream(port, "aud", [audio_question(wav)]).text  # type: ignore[attr-defined]
             heard.append(expected == got.strip())
             if expected != got.strip():
-                bench.say(f"differs (audio): llama-mtmd-cli {expected!r}, localrun {got!r}")
+                say(f"differs (audio): llama-mtmd-cli {expected!r}, localrun {got!r}")
         results["same_answers_audio"] = f"{sum(heard)}/{len(heard)}"
         # Speed, each server in turn on images neither has seen.
         for name, server_port in (("localrun", port), ("llama-server", port2)):
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 "decode_after_image_tok_s": round(median(rate_image), 1),
                 "decode_after_text_tok_s": round(median(rate_text), 1),
             }
-            bench.say(f"{name}: {json.dumps(results[name])}")
+            say(f"{name}: {json.dumps(results[name])}")
     finally:
         for server in (ours, theirs):
             server.stop()

@@ -5,7 +5,7 @@ the prompt cache folder; against a real `localrun serve` and real `localrun run`
 
 It makes a LOCALRUN_HOME of its own, creates a model from `--from` (a catalog name or a GGUF
 path, trained on 2048 tokens or more) with a long SYSTEM prompt, starts two scripted upstreams
-(scripts/fakeupstream.py): one that answers the model `remote-model` in a mode each case
+(scripts/fuzzlib/upstream.py): one that answers the model `remote-model` in a mode each case
 picks (one endless line, a gzip bomb, a 96 MB embedding, a stall, a cut, a 500), and one whose
 model list is 16 MB, read every second. Then:
 
@@ -41,10 +41,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import fakeupstream
 import httpx
-from fakeupstream import FakeUpstream
-from fuzz_requests import Request, problem, send, tree_rss
+from fuzzlib.checks import problem, send, tree_rss
+from fuzzlib.hostile import Request
+from fuzzlib.upstream import FakeUpstream, huge_answers
 
 # Long enough to be cached on disk (prompt_cache.MIN_TOKENS) by any tokenizer.
 SYSTEM = "You are a careful assistant. " + " ".join(f"Rule {i}: be brief." for i in range(40))
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         lister.huge_bytes = 16 << 20
         # Made now: made at the first request, they held this process's GIL (and the probe's
         # thread) for seconds.
-        fakeupstream.huge_answers(hostile.huge_bytes, lister.huge_bytes)
+        huge_answers(hostile.huge_bytes, lister.huge_bytes)
         env = {
             **os.environ,
             "LOCALRUN_HOME": home,

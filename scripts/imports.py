@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """The shape of the localrun package: its import graph, its cycles, its longest modules and
-functions.
+functions; with --scripts, the same for scripts/ (its scripts and the packages they share).
 
 Every import counts, those inside functions and under TYPE_CHECKING too: an import moved into a
 function to dodge a cycle is still an arrow between two modules. `from localrun import config`
 is an arrow to localrun.settings.config; `from localrun.engine.types import Timings` to
 localrun.engine.types. Cycles are the strongly connected components of more than one module.
 
-Usage: .venv/bin/python scripts/imports.py [--top N] [--json]
+In scripts/ a module is a top-level script by its name (`bench`, as `python scripts/bench.py`
+imports it from scripts/) or a module of a package there (`benchlib.serve`; a package is its
+__init__), and an arrow is an import of one of them (`from benchlib.serve import Server`).
+
+Usage: .venv/bin/python scripts/imports.py [--scripts] [--top N] [--json]
 Exit status 0 whatever it finds (tests/test_layout.py holds the rules); it only reports.
 """
 
@@ -23,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "localrun"
+SCRIPTS = "scripts"
 
 
 @dataclass(frozen=True)
@@ -43,18 +48,43 @@ def modules(root: Path = ROOT) -> dict[str, Path]:
     return found
 
 
-def _targets(node: ast.AST, here: str, known: set[str]) -> Iterator[str]:
-    """The package's modules one import statement names."""
+def script_modules(root: Path = ROOT) -> dict[str, Path]:
+    """Every module under scripts/ by the name it is imported by: a top-level script by its stem
+    (`bench`), a module of a package there dotted (`benchlib.serve`; a package is its __init__).
+    Folders that are no package (scripts/ui and what npm put in it) are left out."""
+    base = root / SCRIPTS
+    found = {path.stem: path for path in sorted(base.glob("*.py"))}
+
+    def package(folder: Path, name: str) -> None:
+        found[name] = folder / "__init__.py"
+        for path in sorted(folder.glob("*.py")):
+            if path.name != "__init__.py":
+                found[f"{name}.{path.stem}"] = path
+        for sub in sorted(folder.iterdir()):
+            if (sub / "__init__.py").is_file():
+                package(sub, f"{name}.{sub.name}")
+
+    for folder in sorted(base.iterdir()):
+        if (folder / "__init__.py").is_file():
+            package(folder, folder.name)
+    return found
+
+
+def _targets(
+    node: ast.AST, here: str, known: set[str], tops: set[str], is_package: bool = False
+) -> Iterator[str]:
+    """The known modules one import statement names (those whose first part is in `tops`)."""
     if isinstance(node, ast.Import):
         for alias in node.names:
-            if alias.name.split(".")[0] == PACKAGE:
+            if alias.name.split(".")[0] in tops:
                 yield _nearest(alias.name, known)
     elif isinstance(node, ast.ImportFrom):
         base = node.module or ""
-        if node.level:  # relative: from here's package
-            package = here.split(".")[: len(here.split(".")) - node.level]
+        if node.level:  # relative: from here's package (a package's __init__ is its own)
+            parts = here.split(".")
+            package = parts[: len(parts) - node.level + (1 if is_package else 0)]
             base = ".".join([*package, base] if base else package)
-        if base.split(".")[0] != PACKAGE:
+        if base.split(".")[0] not in tops:
             return
         for alias in node.names:
             full = f"{base}.{alias.name}"
@@ -69,14 +99,25 @@ def _nearest(name: str, known: set[str]) -> str:
 
 def graph(root: Path = ROOT) -> dict[str, set[str]]:
     """module -> the package's modules it imports (anywhere in its text)."""
-    found = modules(root)
+    return _edges(modules(root), {PACKAGE})
+
+
+def script_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> the scripts/ modules it imports (anywhere in its text): scripts and the modules
+    of scripts/' packages, named as script_modules() names them."""
+    found = script_modules(root)
+    return _edges(found, {name.split(".")[0] for name in found})
+
+
+def _edges(found: dict[str, Path], tops: set[str]) -> dict[str, set[str]]:
     known = set(found)
     edges: dict[str, set[str]] = {}
     for name, path in found.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         out = edges.setdefault(name, set())
+        is_package = path.name == "__init__.py"
         for node in ast.walk(tree):
-            for target in _targets(node, name, known):
+            for target in _targets(node, name, known, tops, is_package):
                 # A module's own package is run first whatever it holds: no arrow worth drawing.
                 if target != name and not name.startswith(target + "."):
                     out.add(target)
@@ -136,10 +177,11 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found, key=len, reverse=True)
 
 
-def functions(root: Path = ROOT) -> list[Function]:
-    """Every function and method with its length in lines (decorators and docstring included)."""
+def functions(root: Path = ROOT, *, scripts: bool = False) -> list[Function]:
+    """Every function and method with its length in lines (decorators and docstring included);
+    of scripts/ with `scripts`."""
     out = []
-    for name, path in modules(root).items():
+    for name, path in (script_modules(root) if scripts else modules(root)).items():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         out.extend(_functions(tree, name, ""))
     return out
@@ -156,10 +198,11 @@ def _functions(node: ast.AST, module: str, prefix: str) -> Iterator[Function]:
             yield from _functions(child, module, f"{prefix}{child.name}.")
 
 
-def lengths(root: Path = ROOT) -> dict[str, int]:
+def lengths(root: Path = ROOT, *, scripts: bool = False) -> dict[str, int]:
+    """Every module's length in lines; of scripts/ with `scripts`."""
     return {
         name: len(path.read_text(encoding="utf-8").splitlines())
-        for name, path in modules(root).items()
+        for name, path in (script_modules(root) if scripts else modules(root)).items()
     }
 
 
@@ -167,11 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--top", type=int, default=10, help="longest modules and functions shown")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--scripts", action="store_true", help="scripts/ and its packages instead of localrun"
+    )
     args = parser.parse_args(argv)
-    edges = graph()
+    edges = script_graph() if args.scripts else graph()
     found = cycles(edges)
-    sizes = sorted(lengths().items(), key=lambda item: -item[1])
-    funcs = sorted(functions(), key=lambda f: -f.lines)
+    sizes = sorted(lengths(scripts=args.scripts).items(), key=lambda item: -item[1])
+    funcs = sorted(functions(scripts=args.scripts), key=lambda f: -f.lines)
     report = {
         "modules": len(edges),
         "imports": sum(len(v) for v in edges.values()),

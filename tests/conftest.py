@@ -21,7 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import make_test_models  # noqa: E402
+from testmodels.malformed import write_malformed  # noqa: E402
+from testmodels.text import write_tiny_lora, write_tiny_mamba, write_tiny_model  # noqa: E402
+from testmodels.vocab import THINKING_TEMPLATE  # noqa: E402
 
 from localrun.settings import config  # noqa: E402
 from localrun.store import catalog, names  # noqa: E402
@@ -69,46 +71,44 @@ def fixtures_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(fixtures_dir: Path) -> Path:
     """A tiny random-weight llama GGUF (about 0.5 MB) that llama.cpp loads."""
-    return make_test_models.write_tiny_model(fixtures_dir / "tiny-llama.gguf")
+    return write_tiny_model(fixtures_dir / "tiny-llama.gguf")
 
 
 @pytest.fixture(scope="session")
 def tiny_long_model(fixtures_dir: Path) -> Path:
     """The tiny llama GGUF trained (so its header says) on a context of 2**24 tokens: a
     num_ctx that large is its to ask for, and would take hundreds of gigabytes."""
-    return make_test_models.write_tiny_model(fixtures_dir / "tiny-long.gguf", n_ctx=1 << 24)
+    return write_tiny_model(fixtures_dir / "tiny-long.gguf", n_ctx=1 << 24)
 
 
 @pytest.fixture(scope="session")
 def tiny_mamba(fixtures_dir: Path) -> Path:
     """A tiny random-weight Mamba GGUF: a recurrent model, whose memory is a state per sequence."""
-    return make_test_models.write_tiny_mamba(fixtures_dir / "tiny-mamba.gguf")
+    return write_tiny_mamba(fixtures_dir / "tiny-mamba.gguf")
 
 
 @pytest.fixture(scope="session")
 def tiny_fim_model(fixtures_dir: Path) -> Path:
     """The tiny model with fill-in-the-middle tokens in its vocabulary."""
-    return make_test_models.write_tiny_model(fixtures_dir / "tiny-fim.gguf", fim=True, n_ctx=4096)
+    return write_tiny_model(fixtures_dir / "tiny-fim.gguf", fim=True, n_ctx=4096)
 
 
 @pytest.fixture(scope="session")
 def tiny_thinking_model(fixtures_dir: Path) -> Path:
     """The tiny model with a Qwen3-style reasoning chat template."""
-    return make_test_models.write_tiny_model(
-        fixtures_dir / "tiny-thinking.gguf", chat_template=make_test_models.THINKING_TEMPLATE
-    )
+    return write_tiny_model(fixtures_dir / "tiny-thinking.gguf", chat_template=THINKING_TEMPLATE)
 
 
 @pytest.fixture(scope="session")
 def tiny_lora(fixtures_dir: Path) -> Path:
     """A LoRA adapter GGUF matching `tiny_model`."""
-    return make_test_models.write_tiny_lora(fixtures_dir / "tiny-llama-lora.gguf")
+    return write_tiny_lora(fixtures_dir / "tiny-llama-lora.gguf")
 
 
 @pytest.fixture(scope="session")
 def malformed(fixtures_dir: Path) -> dict[str, Path]:
     """Broken GGUF samples by name: truncated, bad_magic, absurd_array_length, ..."""
-    return make_test_models.write_malformed(fixtures_dir / "malformed")
+    return write_malformed(fixtures_dir / "malformed")
 
 
 @pytest.fixture(scope="session")

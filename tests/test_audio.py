@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import tiny_projectors
 from conftest import PATIENCE_S, assert_one_line_error
 from test_server import LiveServer, add_model
+from testmodels.projectors import write_tiny_audio
 
 from localrun import media
 from localrun.scheduler import Scheduler
@@ -56,7 +56,7 @@ def b64(data: bytes) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_audio(fixtures_dir: Path) -> tuple[Path, Path]:
-    return tiny_projectors.write_tiny_audio(fixtures_dir / "audio")
+    return write_tiny_audio(fixtures_dir / "audio")
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import build_binary
 import httpx
-import make_test_models
 import pexpect
 import psutil
 import pytest
 from conftest import PATIENCE_S
 from hfhub import FakeHub
+from testmodels.text import write_tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
@@ -45,7 +45,7 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_test_models.write_tiny_model(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+    return write_tiny_model(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
 
 
 class Bin:
@@ -169,16 +169,16 @@ def test_store_commands_and_run_from_the_binary(lr: Bin, tiny: Path, tmp_path: P
 def test_images_and_audio_from_the_binary(lr: Bin, tmp_path: Path) -> None:
     """Pillow (image headers) and mutagen (audio headers) travel in the binary, and libmtmd
     with llama.cpp: the same answers as the pip-installed localrun."""
-    import tiny_projectors
     from test_audio import TONE
     from test_vision import RED
+    from testmodels.projectors import write_tiny_audio, write_tiny_vision
 
     (lr.home / "red.png").write_bytes(RED)
     (lr.home / "tone.wav").write_bytes(TONE)
     runs = []
     for kind, writer, medium in (
-        ("image", tiny_projectors.write_tiny_vision, "red.png"),
-        ("audio", tiny_projectors.write_tiny_audio, "tone.wav"),
+        ("image", write_tiny_vision, "red.png"),
+        ("audio", write_tiny_audio, "tone.wav"),
     ):
         model, projector = writer(tmp_path / kind)
         (lr.home / "Modelfile").write_text(f"FROM {model}\nPROJECTOR {projector}\n")

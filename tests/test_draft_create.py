@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import make_test_models
 import pytest
 from conftest import CLI, PATIENCE_S, assert_one_line_error
 from test_server import LiveServer, add_model
+from testmodels.text import write_tiny_model
 
 from localrun import model as model_mod
 from localrun.errors import FileNotFoundError_, InvalidGGUFError, ModelNotFoundError
@@ -32,7 +32,7 @@ from localrun.store.models import Store
 def other_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another tiny model of the same vocabulary (different weights, one layer fewer)."""
     folder = tmp_path_factory.mktemp("draft")
-    return make_test_models.write_tiny_model(folder / "tiny-other.gguf", seed=1, n_layer=1)
+    return write_tiny_model(folder / "tiny-other.gguf", seed=1, n_layer=1)
 
 
 @pytest.fixture

@@ -224,12 +224,12 @@ def test_invalid_files_never_reach_llama_cpp(malformed: dict[str, Path]) -> None
 def test_a_well_formed_file_llama_cpp_refuses(tmp_path: Path, tiny_model: Path) -> None:
     # Every header rule holds, but a tensor llama.cpp needs is missing: its refusal is a
     # ModelLoadError, not a crash.
-    import fuzz_gguf
+    from fuzzlib import layout as gguf_layout
 
-    layout = fuzz_gguf.parse(tiny_model.read_bytes())
+    layout = gguf_layout.parse(tiny_model.read_bytes())
     layout.tensors = [t for t in layout.tensors if t.name != "blk.0.attn_q.weight"]
     path = tmp_path / "missing-tensor.gguf"
-    path.write_bytes(fuzz_gguf.serialize(layout))
+    path.write_bytes(gguf_layout.serialize(layout))
     with pytest.raises(ModelLoadError) as info:
         BatchEngine(str(path), LoadOptions(num_ctx=64), 1)
     assert "could not load" in info.value.message

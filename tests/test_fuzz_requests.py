@@ -1,4 +1,4 @@
-"""Hostile requests on every route of every dialect (scripts/fuzz_requests.py, via hypothesis).
+"""Hostile requests on every route of every dialect (scripts/fuzzlib/, via hypothesis).
 
 The runners use the scripted engine, so the bulk runs fast; the grammar and template paths of
 the real engine have their own tests (tests/test_request_bounds.py). Every answer is a 2xx or a
@@ -12,11 +12,11 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-import fuzz_requests
 import httpx
 import psutil
 import pytest
 from conftest import PATIENCE_S
+from fuzzlib import checks, hostile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_server import LiveServer, add_model
@@ -58,10 +58,10 @@ def client(live: LiveServer) -> Iterator[httpx.Client]:
 )
 @given(seed=st.integers(min_value=0, max_value=2**32 - 1))
 def test_no_request_is_a_5xx(live: LiveServer, client: httpx.Client, seed: int) -> None:
-    request = fuzz_requests.make_request(random.Random(seed), "tiny")
-    status, text = fuzz_requests.send(client, request, timeout=PATIENCE_S)
+    request = hostile.make_request(random.Random(seed), "tiny")
+    status, text = checks.send(client, request, timeout=PATIENCE_S)
     assert status >= 0, (request.describe(), text)
-    found = fuzz_requests.problem(request, status, text)
+    found = checks.problem(request, status, text)
     assert found is None, (request.describe(), found)
 
 

@@ -1,6 +1,6 @@
 """`localrun serve` in front of upstream servers, on loopback only: real `localrun serve`
 processes as upstreams behind a fourth, and a scripted OpenAI-only upstream that fails on cue
-(tests/fakeupstream.py). The official clients talk to the gateway.
+(scripts/fuzzlib/upstream.py). The official clients talk to the gateway.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-import make_test_models
 import pytest
 from conftest import CLI, PATIENCE_S, assert_one_line_error
-from fakeupstream import WORDS, FakeUpstream
+from fuzzlib.upstream import WORDS, FakeUpstream
 from test_server import add_model
 from test_server_serve import Serve
+from testmodels.text import write_tiny_model
 
 from localrun.store.models import Store
 
@@ -95,7 +95,7 @@ def two_fakes(tmp_path: Path) -> Iterator[tuple[FakeUpstream, FakeUpstream, Serv
 def upstream_home(tmp_path: Path, tiny_model: Path) -> Path:
     home = tmp_path / "upstream-home"
     # A 4096-token context: an answer of thousands of tokens lasts seconds, not a blink.
-    long_tiny = make_test_models.write_tiny_model(tmp_path / "tiny-4k.gguf", n_ctx=4096)
+    long_tiny = write_tiny_model(tmp_path / "tiny-4k.gguf", n_ctx=4096)
     add_model(Store(home / "models"), "tiny", long_tiny)
     return home
 

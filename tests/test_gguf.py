@@ -21,10 +21,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import make_test_models
 import pytest
 from conftest import assert_one_line_error
 from gguf import GGUFReader, Keys
+from testmodels.malformed import write_absurd_array_length
+from testmodels.text import DEFAULT_PARAMS, write_tiny_model
+from testmodels.vocab import CHATML_TEMPLATE, build_vocab
 
 from localrun.errors import (
     FileNotFoundError_,
@@ -124,7 +126,7 @@ def valid(tmp_path: Path) -> Callable[[str], Path]:
     """valid(name) -> a fresh small valid model to patch."""
 
     def make(name: str) -> Path:
-        return make_test_models.write_tiny_model(tmp_path / f"{name}.gguf", n_layer=1)
+        return write_tiny_model(tmp_path / f"{name}.gguf", n_layer=1)
 
     return make
 
@@ -134,8 +136,8 @@ def valid(tmp_path: Path) -> Callable[[str], Path]:
 
 def test_inspect_tiny_model(tiny_model: Path) -> None:
     info = scan.inspect(tiny_model)
-    p = make_test_models.DEFAULT_PARAMS
-    n_vocab = len(make_test_models.build_vocab()[0])
+    p = DEFAULT_PARAMS
+    n_vocab = len(build_vocab()[0])
     n_embd, n_ff, n_layer = p["n_embd"], p["n_ff"], p["n_layer"]
     kv_dim = n_embd // p["n_head"] * p["n_head_kv"]
     per_layer = 2 * n_embd + 2 * n_embd * n_embd + 2 * kv_dim * n_embd + 3 * n_ff * n_embd
@@ -154,7 +156,7 @@ def test_inspect_tiny_model(tiny_model: Path) -> None:
     assert info.block_count == n_layer
     assert info.head_count == p["n_head"]
     assert info.quantization == "F32"
-    assert info.chat_template == make_test_models.CHATML_TEMPLATE
+    assert info.chat_template == CHATML_TEMPLATE
     assert info.adapter_type is None and info.lora_alpha is None
     assert info.pooling_type is None and info.details()["pooling_type"] is None  # generative
     # Arrays (the vocabulary) are not copied into the summary; scalars are.
@@ -167,12 +169,12 @@ def test_inspect_tiny_model(tiny_model: Path) -> None:
 
 
 def test_inspect_f16_model_reports_f16(tmp_path: Path) -> None:
-    path = make_test_models.write_tiny_model(tmp_path / "f16.gguf", dtype="f16", n_layer=1)
+    path = write_tiny_model(tmp_path / "f16.gguf", dtype="f16", n_layer=1)
     assert scan.inspect(path).quantization == "F16"
 
 
 def test_inspect_accepts_explicit_alignment(tmp_path: Path) -> None:
-    path = make_test_models.write_tiny_model(tmp_path / "aligned.gguf", n_layer=1, alignment=64)
+    path = write_tiny_model(tmp_path / "aligned.gguf", n_layer=1, alignment=64)
     info = scan.inspect(path)
     assert info.architecture == "llama"
     assert info.metadata["general.alignment"] == 64
@@ -257,7 +259,7 @@ def test_malformed_sample_refused(malformed: dict[str, Path], kind: str) -> None
     "key", [Keys.Tokenizer.SCORES, Keys.Tokenizer.TOKEN_TYPE, Keys.Tokenizer.LIST]
 )
 def test_absurd_array_length_fails_fast(tmp_path: Path, key: str) -> None:
-    path = make_test_models.write_absurd_array_length(tmp_path / "absurd.gguf", key=key)
+    path = write_absurd_array_length(tmp_path / "absurd.gguf", key=key)
     result = inspect_in_child(path)
     assert result["error"] == "InvalidGGUFError", result
     assert result["seconds"] < 10
@@ -382,21 +384,21 @@ def test_absurd_string_length(valid: Callable[[str], Path]) -> None:
 
 @pytest.mark.parametrize("alignment", [3, 48, 2**31 + 1])
 def test_alignment_not_power_of_two(tmp_path: Path, alignment: int) -> None:
-    path = make_test_models.write_tiny_model(tmp_path / "align.gguf", n_layer=1, alignment=32)
+    path = write_tiny_model(tmp_path / "align.gguf", n_layer=1, alignment=32)
     offset, old = field_part(path, Keys.General.ALIGNMENT, -1)
     patch(path, offset, struct.pack("<I", old), struct.pack("<I", alignment))
     assert_refused_fast(path, "power of two")
 
 
 def test_huge_alignment_leaves_no_room_for_data(tmp_path: Path) -> None:
-    path = make_test_models.write_tiny_model(tmp_path / "align.gguf", n_layer=1, alignment=32)
+    path = write_tiny_model(tmp_path / "align.gguf", n_layer=1, alignment=32)
     offset, old = field_part(path, Keys.General.ALIGNMENT, -1)
     patch(path, offset, struct.pack("<I", old), struct.pack("<I", 2**31))
     assert_refused_fast(path)
 
 
 def test_alignment_of_the_wrong_type(tmp_path: Path) -> None:
-    path = make_test_models.write_tiny_model(tmp_path / "align.gguf", n_layer=1, alignment=32)
+    path = write_tiny_model(tmp_path / "align.gguf", n_layer=1, alignment=32)
     offset, vtype = field_part(path, Keys.General.ALIGNMENT, 2)
     patch(path, offset, struct.pack("<I", vtype), struct.pack("<I", 5))  # int32, same size
     assert_refused_fast(path, "uint32")

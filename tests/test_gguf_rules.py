@@ -1,6 +1,6 @@
 """localrun.gguf.rules: the values llama.cpp trusts are checked before it sees a file.
 
-Each case is a mutant of the valid tiny model (scripts/fuzz_gguf.py edits and re-serializes the
+Each case is a mutant of the valid tiny model (scripts/fuzzlib/layout.py edits and re-serializes the
 header): the audit's triggers that crashed, hung or blew up llama.cpp, refused by `inspect` with
 the key and what was wrong. Headers whose counts are huge are read in a child process under an
 address-space limit, so a regression fails instead of exhausting the machine.
@@ -15,15 +15,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import fuzz_gguf
 import pytest
 from conftest import PATIENCE_S
+from fuzzlib import layout as gguf_layout
 
 from localrun.errors import InvalidGGUFError
 from localrun.gguf import scan
 
-STRING, U32, F32, ARRAY = fuzz_gguf.STRING, fuzz_gguf.U32, fuzz_gguf.F32, fuzz_gguf.ARRAY
-Edit = Callable[[fuzz_gguf.Layout], object]
+STRING, U32, F32, ARRAY = gguf_layout.STRING, gguf_layout.U32, gguf_layout.F32, gguf_layout.ARRAY
+Edit = Callable[[gguf_layout.Layout], object]
 
 
 @pytest.fixture
@@ -32,10 +32,10 @@ def mutant(tmp_path: Path, tiny_model: Path) -> Callable[[Edit], Path]:
     base = tiny_model.read_bytes()
 
     def make(edit: Edit) -> Path:
-        layout = fuzz_gguf.parse(base)
+        layout = gguf_layout.parse(base)
         edit(layout)
         path = tmp_path / f"mutant-{len(list(tmp_path.iterdir()))}.gguf"
-        path.write_bytes(fuzz_gguf.serialize(layout))
+        path.write_bytes(gguf_layout.serialize(layout))
         return path
 
     return make
@@ -111,7 +111,7 @@ def test_the_tokenizer_must_fit_the_architecture(
 
 
 def _tokens(token: Callable[[int], bytes]) -> Edit:
-    def edit(lay: fuzz_gguf.Layout) -> None:
+    def edit(lay: gguf_layout.Layout) -> None:
         kv = lay.get("tokenizer.ggml.tokens")
         assert kv is not None
         count = len(kv.value[1])
@@ -127,14 +127,14 @@ def test_the_vocabulary_must_be_distinct_utf8_text(mutant: Callable[[Edit], Path
 
 
 def test_vocabulary_arrays_and_embedding_rows_must_agree(mutant: Callable[[Edit], Path]) -> None:
-    def short_scores(lay: fuzz_gguf.Layout) -> None:
+    def short_scores(lay: gguf_layout.Layout) -> None:
         kv = lay.get("tokenizer.ggml.scores")
         assert kv is not None
         kv.value, kv.raw = (kv.value[0], kv.value[1][:10]), b""
 
     refused(mutant(short_scores), "tokenizer.ggml.scores has 10 entries for 375 tokens")
 
-    def swap(lay: fuzz_gguf.Layout) -> None:
+    def swap(lay: gguf_layout.Layout) -> None:
         lay.tensors[0].dims.reverse()  # token_embd.weight
 
     refused(mutant(swap), "token_embd.weight is 375 wide but llama.embedding_length is 64")
@@ -147,12 +147,12 @@ def test_tensor_data_must_be_32_byte_aligned(mutant: Callable[[Edit], Path]) -> 
 
 
 def test_duplicated_and_zero_sized_tensors_are_refused(mutant: Callable[[Edit], Path]) -> None:
-    def duplicate(lay: fuzz_gguf.Layout) -> None:
-        lay.tensors.append(fuzz_gguf.Tensor(**vars(lay.tensors[1])))
+    def duplicate(lay: gguf_layout.Layout) -> None:
+        lay.tensors.append(gguf_layout.Tensor(**vars(lay.tensors[1])))
 
     refused(mutant(duplicate), "appears twice")
 
-    def zero(lay: fuzz_gguf.Layout) -> None:
+    def zero(lay: gguf_layout.Layout) -> None:
         lay.tensors[0].dims = [64, 0]
 
     refused(mutant(zero), "zero dimension")
@@ -202,13 +202,13 @@ print(json.dumps({"message": message, "seconds": time.monotonic() - start, "peak
         ),
         (
             "1M keys",
-            lambda lay: lay.kvs.extend(fuzz_gguf.KV(f"k{i}", 0, 0) for i in range(1_000_000)),
+            lambda lay: lay.kvs.extend(gguf_layout.KV(f"k{i}", 0, 0) for i in range(1_000_000)),
             "1000023 metadata keys (at most 65536)",
         ),
         (
             "1M tensor infos",
             lambda lay: lay.tensors.extend(
-                fuzz_gguf.Tensor(f"t{i}", [32], 0, 0) for i in range(1_000_000)
+                gguf_layout.Tensor(f"t{i}", [32], 0, 0) for i in range(1_000_000)
             ),
             "1000021 tensors (at most 131072)",
         ),

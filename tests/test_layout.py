@@ -108,3 +108,49 @@ def test_modules_and_functions_stay_readable() -> None:
     assert long_modules == {}, "split these modules by concern"
     long_functions = [f for f in imports.functions() if f.lines > FUNCTION_LINES]
     assert long_functions == [], "split these functions into helpers"
+
+
+# scripts/ (imports.script_graph): what the scripts share lives in a package they import
+# (benchlib/, testmodels/, fuzzlib/), never in another script (STYLE.md).
+
+
+def _top_level_scripts(root: Path = ROOT) -> set[str]:
+    """The scripts run as `python scripts/NAME.py`, by the name they are imported by."""
+    return {
+        m for m, path in imports.script_modules(root).items() if path.parent == root / "scripts"
+    }
+
+
+def test_scripts_have_no_import_cycle() -> None:
+    assert imports.cycles(imports.script_graph()) == []
+
+
+def test_no_script_imports_a_script() -> None:
+    scripts = _top_level_scripts()
+    found = sorted(
+        f"{a} -> {b}" for a, targets in imports.script_graph().items() for b in targets & scripts
+    )
+    assert found == [], "move what they share into a package under scripts/"
+
+
+def test_scripts_stay_readable() -> None:
+    long_modules = {m: n for m, n in imports.lengths(scripts=True).items() if n > MODULE_LINES}
+    assert long_modules == {}, "split these scripts/ modules by concern"
+
+
+def test_the_script_graph_counts_imports_in_functions_and_packages(tmp_path: Path) -> None:
+    scripts = tmp_path / "scripts"
+    (scripts / "lib").mkdir(parents=True)
+    (scripts / "ui").mkdir()  # no package: left out
+    (scripts / "ui" / "gyp.py").write_text("import a\n")
+    (scripts / "lib" / "__init__.py").write_text("from . import core\n")
+    (scripts / "lib" / "core.py").write_text("def f() -> None:\n    from lib.extra import g\n")
+    (scripts / "lib" / "extra.py").write_text("from .core import f\n")
+    (scripts / "a.py").write_text("import lib.core\n\n\ndef main() -> None:\n    import b\n")
+    (scripts / "b.py").write_text("from lib import extra\n")
+    edges = imports.script_graph(tmp_path)
+    assert set(edges) == {"a", "b", "lib", "lib.core", "lib.extra"}
+    assert edges["a"] == {"lib.core", "b"} and edges["b"] == {"lib.extra"}
+    assert edges["lib"] == {"lib.core"} and edges["lib.core"] == {"lib.extra"}
+    assert imports.cycles(edges) == [["lib.core", "lib.extra"]]
+    assert _top_level_scripts(tmp_path) == {"a", "b"}

@@ -314,12 +314,12 @@ def test_localrun_run_and_a_server_keep_entries_of_their_own(
 def test_a_model_whose_state_cannot_be_restored_is_not_cached_and_verbose_says_why(
     cli: CLI, tmp_path: Path, fixtures_dir: Path, kind: str, why: str
 ) -> None:
-    import make_test_models
+    from testmodels.text import write_tiny_mamba, write_tiny_model
 
     if kind == "swa":
-        model = make_test_models.write_tiny_model(fixtures_dir / "tiny-swa.gguf", swa=8, n_ctx=4096)
+        model = write_tiny_model(fixtures_dir / "tiny-swa.gguf", swa=8, n_ctx=4096)
     else:
-        model = make_test_models.write_tiny_mamba(fixtures_dir / "tiny-mamba.gguf")
+        model = write_tiny_mamba(fixtures_dir / "tiny-mamba.gguf")
     system = " ".join(["word"] * 200)
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text(f'FROM {model}\nSYSTEM """{system}"""\nPARAMETER num_ctx 512\n')

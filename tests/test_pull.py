@@ -16,12 +16,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import make_test_models
 import pytest
-import tiny_projectors
 from conftest import CLI, PATIENCE_S, Result, assert_one_line_error
 from hfhub import FakeHub
 from proxy import ForwardProxy
+from testmodels.files import write_split
+from testmodels.projectors import write_tiny_vision
+from testmodels.text import write_tiny_model
 
 from localrun.sources import obtain
 from localrun.store import reference
@@ -33,11 +34,11 @@ TOKEN = "hf_test_token_123"
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("hub-files")
-    tiny = make_test_models.write_tiny_model(folder / "tiny.gguf")
-    other = make_test_models.write_tiny_model(folder / "other.gguf", seed=7)
-    big = make_test_models.write_tiny_model(folder / "big.gguf", seed=3, extra_bytes=40_000_000)
-    parts = make_test_models.write_split(tiny, folder / "split", "Tiny-Q4_K_M", parts=3)
-    vision, projector = tiny_projectors.write_tiny_vision(folder / "vision")
+    tiny = write_tiny_model(folder / "tiny.gguf")
+    other = write_tiny_model(folder / "other.gguf", seed=7)
+    big = write_tiny_model(folder / "big.gguf", seed=3, extra_bytes=40_000_000)
+    parts = write_split(tiny, folder / "split", "Tiny-Q4_K_M", parts=3)
+    vision, projector = write_tiny_vision(folder / "vision")
     return {
         "tiny": tiny,
         "other": other,

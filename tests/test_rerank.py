@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-import tiny_reranker
 from conftest import PATIENCE_S
 from test_server import LiveServer, add_model
+from testmodels.reranker import RERANK_TEMPLATE, write_tiny_reranker
 
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
@@ -37,10 +37,8 @@ def rerankers(fixtures_dir: Path) -> dict[str, Path]:
     out = fixtures_dir / "rerank"
     out.mkdir(exist_ok=True)
     return {
-        "templated": tiny_reranker.write_tiny_reranker(out / "tiny-reranker.gguf"),
-        "plain": tiny_reranker.write_tiny_reranker(
-            out / "tiny-reranker-plain.gguf", template=False
-        ),
+        "templated": write_tiny_reranker(out / "tiny-reranker.gguf"),
+        "plain": write_tiny_reranker(out / "tiny-reranker-plain.gguf", template=False),
     }
 
 
@@ -155,8 +153,7 @@ def test_usage_counts_the_tokens_of_each_pair(live: LiveServer) -> None:
     ).json()
     # The template lays out each pair; its special tokens are parsed, no BOS added.
     pairs = [
-        tiny_reranker.RERANK_TEMPLATE.replace("{query}", QUERY).replace("{document}", d)
-        for d in DOCUMENTS[:2]
+        RERANK_TEMPLATE.replace("{query}", QUERY).replace("{document}", d) for d in DOCUMENTS[:2]
     ]
     expected = sum(tokens("rr", p, False) for p in pairs)
     assert answer["usage"] == {"prompt_tokens": expected, "total_tokens": expected}

@@ -44,11 +44,11 @@ def test_stop_sequences_end_the_answer(store: Store, folder: Path) -> None:
 
 
 def test_a_reasoning_models_thinking_is_split_off(store: Store, folder: Path) -> None:
-    import make_test_models
+    from testmodels.vocab import THINKING_TEMPLATE
 
     from localrun.errors import BadRequestError
 
-    source = make_test_models.THINKING_TEMPLATE
+    source = THINKING_TEMPLATE
     m = _model(store, folder, f'FROM tiny.gguf\nTEMPLATE """{source}"""\nPARAMETER stop wor\n')
     r = _fake(m, ["<think>plan</think>answer world"])
     seen: list[str] = []

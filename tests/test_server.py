@@ -184,10 +184,10 @@ def test_ollama_create_copy_delete(oc: ollama.Client, live: LiveServer, tiny_mod
 def test_ollama_pull_from_local_hub(
     oc: ollama.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import make_test_models
     from hfhub import FakeHub
+    from testmodels.text import write_tiny_model
 
-    fresh = make_test_models.write_tiny_model(tmp_path / "other.gguf", seed=7)  # not in the store
+    fresh = write_tiny_model(tmp_path / "other.gguf", seed=7)  # not in the store
     with FakeHub() as hub:
         hub.add_repo("Test/Tiny-GGUF", {"tiny-Q8_0.gguf": fresh, "README.md": b"hi"})
         monkeypatch.setenv("HF_ENDPOINT", hub.url)  # the pull job inherits it

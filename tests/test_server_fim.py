@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import make_test_models
 import ollama
 import openai
 import pytest
 from conftest import PATIENCE_S
 from test_server import LiveServer, add_model
+from testmodels.text import write_tiny_model
 
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
@@ -40,9 +40,7 @@ def live(
     # batch and twice the answer, and the tiny model's own context (256) leaves none.
     add_model(store, "coder", tiny_fim_model, "PARAMETER num_ctx 2048")
     add_model(store, "tiny", tiny_model)
-    by_ids = make_test_models.write_tiny_model(
-        tmp_path_factory.mktemp("fim-ids") / "tiny-fim-ids.gguf", fim="ids"
-    )
+    by_ids = write_tiny_model(tmp_path_factory.mktemp("fim-ids") / "tiny-fim-ids.gguf", fim="ids")
     add_model(store, "coder-ids", by_ids)
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=16))
     yield server
@@ -131,7 +129,7 @@ def test_capabilities_say_insert(live: LiveServer) -> None:
 
 def test_fim_tokens_named_by_the_gguf_keys(live: LiveServer, tmp_path: Path) -> None:
     """Token texts llama.cpp does not know, named by tokenizer.ggml.fim_*_token_id."""
-    path = make_test_models.write_tiny_model(tmp_path / "ids.gguf", fim="ids")  # the same file
+    path = write_tiny_model(tmp_path / "ids.gguf", fim="ids")  # the same file
     oc = ollama.Client(host=live.url, timeout=PATIENCE_S)
     answer = oc.generate("coder-ids", PREFIX, suffix=SUFFIX, options=GREEDY)
     assert answer.done and answer.eval_count == 8

@@ -76,10 +76,10 @@ def test_the_channel_splitter() -> None:
 
 
 def test_which_templates_think() -> None:
-    import make_test_models
+    from testmodels.vocab import CHATML_TEMPLATE, THINKING_TEMPLATE
 
-    assert supports(make_test_models.THINKING_TEMPLATE)
-    assert not supports(make_test_models.CHATML_TEMPLATE) and not supports(None)
+    assert supports(THINKING_TEMPLATE)
+    assert not supports(CHATML_TEMPLATE) and not supports(None)
     assert template_variables(None, None, "m") == {}
     assert template_variables(False, None, "m") == {"enable_thinking": False}
     assert template_variables("high", "<think>", "m") == {

@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import make_test_models
 import pytest
 from conftest import CLI, PATIENCE_S, assert_one_line_error
+from testmodels.text import write_tiny_model
 
 from localrun.errors import (
     CorruptBlobError,
@@ -118,7 +118,7 @@ def create_from(store: Store, model: str, path: Path) -> str:
 
 @pytest.fixture
 def small_model(tmp_path: Path) -> Path:
-    return make_test_models.write_tiny_model(tmp_path / "small.gguf", n_layer=1)
+    return write_tiny_model(tmp_path / "small.gguf", n_layer=1)
 
 
 def test_default_store_follows_the_settings(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1043,9 +1043,7 @@ def _create_worker(root: str, model: str, path: str, barrier: Any) -> None:
 
 def test_concurrent_creates(store: Store, tmp_path: Path) -> None:
     files = [
-        make_test_models.write_tiny_model(
-            tmp_path / f"m{seed}.gguf", seed=seed, n_layer=1, extra_bytes=1_000_000
-        )
+        write_tiny_model(tmp_path / f"m{seed}.gguf", seed=seed, n_layer=1, extra_bytes=1_000_000)
         for seed in range(4)
     ]
     jobs = [
@@ -1121,7 +1119,7 @@ def _wait_for_growing_temp(blobs: Path, proc: subprocess.Popen[bytes], deadline:
 def test_killed_create_leaves_no_model_and_prune_cleans_up(
     store: Store, tmp_path: Path, home: Path, cli: CLI
 ) -> None:
-    big = make_test_models.write_tiny_model(tmp_path / "big.gguf", extra_bytes=400_000_000)
+    big = write_tiny_model(tmp_path / "big.gguf", extra_bytes=400_000_000)
     (tmp_path / "Modelfile").write_text("FROM ./big.gguf\n")
     store.write_manifest(name("bystander"), build(store, b"bystander weights"))
 
@@ -1208,7 +1206,7 @@ def test_disk_full_create(full_disk: Path, tmp_path: Path, tiny_model: Path, cli
     assert result.code == 0, result.stderr
     assert store.verify().ok
 
-    big = make_test_models.write_tiny_model(tmp_path / "big.gguf", extra_bytes=3_000_000)
+    big = write_tiny_model(tmp_path / "big.gguf", extra_bytes=3_000_000)
     (tmp_path / "Big").write_text(f"FROM {big}\n")
     result = cli("create", "big", "-f", str(tmp_path / "Big"), env=env)
     assert_one_line_error(result, "no space left")

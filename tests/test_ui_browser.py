@@ -298,10 +298,10 @@ def test_an_attached_image_is_shown_and_sent(
     import base64
 
     import httpx
-    import tiny_projectors
     from PIL import Image
+    from testmodels.projectors import write_tiny_vision
 
-    model, projector = tiny_projectors.write_tiny_vision(fixtures_dir / "vision-ui")
+    model, projector = write_tiny_vision(fixtures_dir / "vision-ui")
     store = Store(tmp_path / "models")
     add_model(store, "vis", model, f"PROJECTOR {projector}\nPARAMETER temperature 0\n")
     server = LiveServer(store, Scheduler(store, num_parallel=1))

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import make_test_models
 import pytest
-import tiny_projectors
 from conftest import PATIENCE_S
 from PIL import Image
 from test_server import LiveServer, add_model
+from testmodels.projectors import write_tiny_vision
+from testmodels.text import write_tiny_model
 
 from localrun import media
 from localrun.errors import InvalidGGUFError
@@ -51,7 +51,7 @@ def data_url(data: bytes) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_vision(fixtures_dir: Path) -> tuple[Path, Path]:
-    return tiny_projectors.write_tiny_vision(fixtures_dir / "vision")
+    return write_tiny_vision(fixtures_dir / "vision")
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +243,7 @@ def test_an_image_url_and_a_bomb_are_refused_in_openais_shape(live: LiveServer) 
 def test_create_refuses_a_projector_of_another_width(
     tmp_path: Path, tiny_vision: tuple[Path, Path], tiny_model: Path
 ) -> None:
-    narrow = make_test_models.write_tiny_model(tmp_path / "narrow.gguf", n_embd=32)
+    narrow = write_tiny_model(tmp_path / "narrow.gguf", n_embd=32)
     store = Store(tmp_path / "models")
     text = f"FROM {narrow}\nPROJECTOR {tiny_vision[1]}\n"
     with pytest.raises(InvalidGGUFError, match=r"makes embeddings 64 wide.*takes 32"):

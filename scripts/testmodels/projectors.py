@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGUFWriter, LlamaFileType
-from make_test_models import write_all, write_tiny_model
+
+from testmodels.files import write_all
+from testmodels.text import write_tiny_model
 
 __all__ = ["AUDIO_PARAMS", "VISION_PARAMS", "write_tiny_audio", "write_tiny_vision"]
 

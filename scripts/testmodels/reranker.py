@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGUFWriter, LlamaFileType, PoolingType
-from make_test_models import CHATML_TEMPLATE, _add_vocab, build_vocab, write_all
+
+from testmodels.files import write_all
+from testmodels.vocab import CHATML_TEMPLATE, add_vocab, build_vocab
 
 __all__ = ["RERANK_TEMPLATE", "write_tiny_reranker"]
 
@@ -60,9 +62,9 @@ def write_tiny_reranker(
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_pooling_type(PoolingType.RANK)
     writer.add_classifier_output_labels(["yes", "no"])
-    _add_vocab(writer, tokens, scores, types, CHATML_TEMPLATE)
+    add_vocab(writer, tokens, scores, types, CHATML_TEMPLATE)
     if template:
-        # _add_vocab wrote the default template; the named one sits beside it.
+        # add_vocab wrote the default template; the named one sits beside it.
         writer.add_string("tokenizer.chat_template.rerank", RERANK_TEMPLATE)
 
     rng = np.random.default_rng(seed)

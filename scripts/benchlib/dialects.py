@@ -11,7 +11,7 @@ Part of scripts/bench_serve.py's run (it calls `measure` while its servers are u
              llama-server's /infill on the same model: time to the first token, with the model
              loaded (side by side; no target). The starter model has no FIM tokens, so this
              part uses a random-weight code-model-sized llama GGUF with FIM tokens written by
-             scripts/make_test_models.py (8 layers, 512 wide: about 30M parameters), served by
+             testmodels.text (8 layers, 512 wide: about 30M parameters), served by
              the same localrun server and by a second llama-server of its own.
 
 Rounds are interleaved, each in a rotating order; medians are reported.
@@ -20,7 +20,6 @@ Rounds are interleaved, each in a rotating order; medians are reported.
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -28,9 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import bench
-import make_test_models
-from bench_serve import N_PREDICT, Server, Stream, _lines, _sse, llama_server, prompt, say
+from testmodels.text import write_tiny_model
+
+from benchlib.common import Unavailable, run_command, say
+from benchlib.report import fmt, median
+from benchlib.serve import Server, llama_server
+from benchlib.streams import N_PREDICT, Stream, prompt, response_lines, sse_events
 
 TARGET_DIALECT = 0.95
 FIM_PREDICT = 16
@@ -52,7 +54,7 @@ def chat_stream(port: int, model: str, n: int, n_predict: int) -> Stream:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    for obj in _sse(_lines(port, CHAT_PATH, body, result)):
+    for obj in sse_events(response_lines(port, CHAT_PATH, body, result)):
         if "error" in obj:
             raise RuntimeError(json.dumps(obj["error"])[:300])
         for choice in obj.get("choices") or []:
@@ -76,7 +78,7 @@ def responses_stream(port: int, model: str, n: int, n_predict: int) -> Stream:
         "stream": True,
         "store": False,
     }
-    for obj in _sse(_lines(port, "/v1/responses", body, result)):
+    for obj in sse_events(response_lines(port, "/v1/responses", body, result)):
         kind = obj.get("type")
         if kind == "response.output_text.delta" and obj.get("delta"):
             _received(result)
@@ -99,7 +101,7 @@ def messages_stream(port: int, model: str, n: int, n_predict: int) -> Stream:
         "temperature": 0,
         "stream": True,
     }
-    for obj in _sse(_lines(port, "/v1/messages", body, result)):
+    for obj in sse_events(response_lines(port, "/v1/messages", body, result)):
         kind = obj.get("type")
         if kind == "content_block_delta" and obj.get("delta", {}).get("text"):
             _received(result)
@@ -135,7 +137,7 @@ def infill_stream(port: int, model: str, n: int, n_predict: int) -> Stream:
     }
     if model:
         body["model"] = model
-    for obj in _sse(_lines(port, "/infill", body, result)):
+    for obj in sse_events(response_lines(port, "/infill", body, result)):
         if "error" in obj:
             raise RuntimeError(json.dumps(obj["error"])[:300])
         if obj.get("content"):
@@ -182,7 +184,7 @@ def fim_servers(
 ) -> tuple[Server | None, Server | None]:
     """The FIM model in localrun's store and a llama-server of its own (None where either
     cannot be had)."""
-    path = make_test_models.write_tiny_model(
+    path = write_tiny_model(
         work / "fim-bench.gguf", n_layer=8, n_embd=512, n_ff=1536, n_head=8, n_head_kv=4,
         n_ctx=4096, dtype="f16", fim=True,
     )  # fmt: skip
@@ -192,10 +194,10 @@ def fim_servers(
         modelfile.write_text(f"FROM {path}\nPARAMETER num_ctx 2048\n")
         try:
             cmd = localrun.cmd[: localrun.cmd.index("serve")]
-            bench._run([*cmd, "create", FIM_MODEL, "-f", str(modelfile)], 600, localrun.env)
+            run_command([*cmd, "create", FIM_MODEL, "-f", str(modelfile)], 600, localrun.env)
             ours = Server(localrun.name, localrun.cmd, localrun.port, "", infill_stream)
             ours.model = FIM_MODEL
-        except (bench.Unavailable, ValueError) as exc:
+        except (Unavailable, ValueError) as exc:
             say(f"FIM model not created in localrun: {exc}")
     theirs: Server | None = None
     if build_dir is not None:
@@ -203,7 +205,7 @@ def fim_servers(
         try:
             theirs.start(work)
             theirs.wait_ready()
-        except (OSError, bench.Unavailable, subprocess.SubprocessError) as exc:
+        except (OSError, Unavailable, subprocess.SubprocessError) as exc:
             say(f"llama-server with the FIM model: n/a: {exc}")
             theirs.stop()
             theirs = None
@@ -250,19 +252,15 @@ def measure(
     return out
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def report(measured: dict[str, dict[str, Series]]) -> str:
     lines = []
     dialects = measured.get("dialects") or {}
     if dialects:
-        ref = _median(dialects[CHAT_PATH].decode)
+        ref = median(dialects[CHAT_PATH].decode)
         lines.append("dialects (localrun serve, streamed chat, greedy, median)")
         lines.append(f"  {'route':<22} {'decode tok/s':>12} {'x chat':>7} {'TTFT ms':>8}  target")
         for path, series in dialects.items():
-            decode, ttft = _median(series.decode), _median(series.ttft)
+            decode, ttft = median(series.decode), median(series.ttft)
             ratio = decode / ref if decode and ref else None
             verdict = (
                 ""
@@ -270,26 +268,22 @@ def report(measured: dict[str, dict[str, Series]]) -> str:
                 else (f">= {TARGET_DIALECT} {'met' if ratio >= TARGET_DIALECT else 'MISSED'}")
             )
             lines.append(
-                f"  {path:<22} {_fmt(decode):>12} {_fmt(ratio, 2):>7} "
-                f"{_fmt(None if ttft is None else ttft * 1000, 0):>8}  {verdict}".rstrip()
+                f"  {path:<22} {fmt(decode):>12} {fmt(ratio, 2):>7} "
+                f"{fmt(None if ttft is None else ttft * 1000, 0):>8}  {verdict}".rstrip()
             )
             if series.errors:
                 lines.append(f"    {len(series.errors)} error(s), e.g. {series.errors[0][:200]}")
         lines.append("")
     fim = measured.get("fim") or {}
     if fim:
-        ref_ttft = _median(fim["llama-server"].ttft) if "llama-server" in fim else None
+        ref_ttft = median(fim["llama-server"].ttft) if "llama-server" in fim else None
         lines.append(f"FIM (/infill, {FIM_PREDICT} tokens, model loaded, median)")
         lines.append(f"  {'server':<16} {'TTFT ms':>8} {'x llama-server':>14}")
         for name, series in fim.items():
-            ttft = _median(series.ttft)
+            ttft = median(series.ttft)
             ratio = ttft / ref_ttft if ttft and ref_ttft else None
-            shown = _fmt(None if ttft is None else ttft * 1000, 0)
-            lines.append(f"  {name:<16} {shown:>8} {_fmt(ratio, 2):>14}")
+            shown = fmt(None if ttft is None else ttft * 1000, 0)
+            lines.append(f"  {name:<16} {shown:>8} {fmt(ratio, 2):>14}")
             if series.errors:
                 lines.append(f"    {len(series.errors)} error(s), e.g. {series.errors[0][:200]}")
     return "\n".join(lines)
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,19 @@
+"""What the benchmarks in scripts/ share; each script keeps its own measurement and report.
+
+Modules (each imports only those listed before it):
+
+* ``common`` - progress lines (say), a stack that cannot be measured (Unavailable), running a
+  tool to completion, the default model (the SmolLM2 starter);
+* ``report`` - medians, ratios and formatting of the figures;
+* ``machine`` - how busy the machine was (cores other processes took, steal), waiting for quiet;
+* ``build`` - the llama.cpp build (llama-bench, llama-server, llama-mtmd-cli) from the sources
+  llama-cpp-python vendors, with CUDA on --cuda;
+* ``store`` - a localrun of a benchmark's own: its CLI against a store in a temporary home;
+* ``streams`` - the prompt, one measured request (Stream) and how to stream it from each server;
+* ``serve`` - the servers a benchmark starts: localrun serve, llama-server, llama_cpp.server;
+* ``dialects`` - localrun's API dialects against each other, and fill-in-the-middle against
+  llama-server's (part of scripts/bench_serve.py's run);
+* ``workloads`` - the prompts speculative decoding is measured on;
+* ``bound`` - the oracle bound of prompt-lookup speculation (scripts/spec_bound.py);
+* ``worker`` - the jobs scripts/bench.py runs in a child process (llama_cpp imported there only).
+"""

@@ -1,0 +1,208 @@
+"""Servers a benchmark starts and stops: localrun serve on a store of its own, llama-server and
+llama-cpp-python's server, each on a free loopback port, with the process tree's memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchlib.build import CXX_FIRST, OFFLOAD
+from benchlib.common import Unavailable, run_command, say, tail
+from benchlib.store import Localrun, prepare_localrun, served_env
+from benchlib.streams import (
+    CTX_PER_SLOT,
+    N_PREDICT,
+    Stream,
+    llama_cpp_python_stream,
+    llama_server_stream,
+    localrun_stream,
+)
+
+__all__ = [
+    "SLOTS",
+    "Server",
+    "free_port",
+    "llama_cpp_python_server",
+    "llama_server",
+    "localrun_serve",
+    "localrun_server",
+    "localrun_store",
+    "tree_pids",
+    "tree_rss",
+]
+
+SLOTS = 4  # localrun and llama-server serve this many requests at once
+START_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    """A loopback port free now (the server started on it binds it soon after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tree_pids(pid: int) -> set[int]:
+    """A process and all its descendants (localrun's runner is a child of the server)."""
+    try:
+        return {pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))}
+    except psutil.Error:
+        return set()
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    total = 0
+    for each in tree_pids(pid):
+        with contextlib.suppress(psutil.Error):
+            total += psutil.Process(each).memory_info().rss
+    return total
+
+
+@dataclass
+class Server:
+    """A server process this script started, and how to stream from it."""
+
+    name: str
+    cmd: list[str]
+    port: int
+    ready_path: str
+    streamer: Callable[[int, str, int, int], Stream]
+    env: dict[str, str] | None = None
+    model: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    log: Any = None
+    failure: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def start(self, logdir: Path) -> None:
+        self.log = open(logdir / f"{self.name.replace(' ', '_')}.log", "wb")  # noqa: SIM115
+        say(f"starting {self.name}: {' '.join(self.cmd)}")
+        self.proc = subprocess.Popen(
+            self.cmd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise Unavailable(f"exited with {self.proc.returncode}: {self.tail()}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", self.ready_path)
+                status = conn.getresponse().status
+                conn.close()
+                if status == 200:
+                    return
+            time.sleep(0.1)
+        raise Unavailable(f"not ready within {START_TIMEOUT_S:.0f} s: {self.tail()}")
+
+    def tail(self) -> str:
+        if self.log is None:
+            return "(no log)"
+        self.log.flush()
+        try:
+            text = Path(self.log.name).read_bytes()[-4000:].decode(errors="replace")
+        except OSError:
+            return "(no log)"
+        return tail(text)
+
+    def rss(self) -> int:
+        return tree_rss(self.proc.pid) if self.proc is not None else 0
+
+    def stream(self, n: int, n_predict: int = N_PREDICT) -> Stream:
+        try:
+            return self.streamer(self.port, self.model, n, n_predict)
+        except (OSError, http.client.HTTPException, RuntimeError, ValueError) as exc:
+            return Stream(error=f"{type(exc).__name__}: {exc}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.log is not None:
+            self.log.close()
+
+
+def localrun_server(home: Path, model: Path, name: str | None, threads: int) -> Server:
+    """`localrun serve` on a fresh store with the model imported (not loaded)."""
+    return localrun_serve(localrun_store(home, model, name, threads), threads)
+
+
+def localrun_store(home: Path, model: Path, name: str | None, threads: int) -> Localrun:
+    """A fresh store in `home` with the model imported (not loaded), for `localrun serve`."""
+    env = served_env(home, LOCALRUN_NUM_PARALLEL=str(SLOTS))
+    lr = prepare_localrun(home, model, name, threads)
+    lr.env = env
+    if lr.model:
+        # Import the starter into the store now, outside every measurement.
+        run_command([*lr.cmd, "show", lr.model], timeout=600, env=env)
+    return lr
+
+
+def localrun_serve(lr: Localrun, threads: int, name: str = "localrun serve") -> Server:
+    """`localrun serve` of the store `localrun_store` prepared, on a port of its own."""
+    port = free_port()
+    server = Server(
+        name,
+        [*lr.cmd, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        port,
+        "/api/version",
+        functools.partial(localrun_stream, threads=threads),
+        env={**lr.env, "LOCALRUN_HOST": f"127.0.0.1:{port}"},
+        model=lr.model,
+    )
+    if not lr.model:
+        server.failure = "`localrun create` failed for this model"
+    return server
+
+
+def llama_server(build_dir: Path, model: Path, threads: int) -> Server:
+    port = free_port()
+    exe = build_dir / "bin" / "llama-server"
+    cmd = [
+        str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+        "-t", str(threads), "-tb", str(threads), "-np", str(SLOTS),
+        "-c", str(CTX_PER_SLOT * SLOTS), "--no-kv-unified", "--no-webui", *OFFLOAD,
+    ]  # fmt: skip
+    server = Server("llama-server", cmd, port, "/health", llama_server_stream)
+    if not exe.is_file():
+        server.failure = f"no llama-server in {build_dir / 'bin'}"
+    return server
+
+
+def llama_cpp_python_server(model: Path, threads: int) -> Server:
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--n_threads", str(threads), "--n_threads_batch", str(threads),
+        "--n_ctx", str(CTX_PER_SLOT),
+    ]  # fmt: skip
+    env = None
+    if OFFLOAD:  # every layer on the GPU, and the C++ runtime first (CXX_FIRST)
+        cmd += ["--n_gpu_layers", "-1"]
+        env = {**os.environ, **CXX_FIRST}
+    return Server("llama_cpp.server", cmd, port, "/v1/models", llama_cpp_python_stream, env=env)

@@ -1,0 +1,13 @@
+"""What the fuzzers share (scripts/fuzz_requests.py, fuzz_surfaces.py, fuzz_gguf.py) and the
+scripted upstream the gateway's tests talk to.
+
+Modules (each imports only those listed before it):
+
+* ``hostile`` - the seeded generator of hostile requests for every route of every dialect;
+* ``checks`` - sending one, and whether its answer is sound (status, the dialect's error shape);
+  the memory of the server's process tree;
+* ``upstream`` - FakeUpstream: a scripted OpenAI-only upstream that answers, or fails on cue
+  (hostile modes included);
+* ``layout`` - a minimal GGUF layout: parse, edit, serialize;
+* ``mutants`` - mutants of a valid GGUF, semantic and structural.
+"""
