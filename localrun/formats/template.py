@@ -5,9 +5,13 @@ rendered with Jinja's ImmutableSandboxedEnvironment, which blocks attribute acce
 internals (llama-cpp-python's CVE-2024-34359 was a template that reached os.popen), and with
 limits on the size of what `*` and `**` can build so a template cannot exhaust memory.
 
-Variables, as in Hugging Face chat templates: `messages` (list of {role, content}),
-`add_generation_prompt`, `bos_token`, `eos_token`, `tools` (None unless given); functions
-`raise_exception(msg)` and `strftime_now(fmt)`.
+The environment is Hugging Face's (what these templates are written for): trim_blocks and
+lstrip_blocks, the loopcontrols extension (`{% break %}`, `{% continue %}`), the
+`{% generation %}` tag (its body rendered as it is), `tojson` with its keyword arguments
+(ensure_ascii, indent, separators, sort_keys). Variables: `messages` (list of {role, content}),
+`add_generation_prompt`, `bos_token`, `eos_token`, `tools` (None unless given), `date_string`
+(today, as llama.cpp passes it: "25 Nov 2026"); functions `raise_exception(msg)` and
+`strftime_now(fmt)`.
 """
 
 from __future__ import annotations
@@ -86,7 +90,12 @@ def _compile(source: str) -> Any:
             args = guard.check_method(obj, args, kwargs)
             return super().call(context, obj, *args, **kwargs)
 
-    env = _Env(trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env = _Env(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        extensions=["jinja2.ext.loopcontrols", _generation_tag()],
+    )
     env.globals["raise_exception"] = _raise
     env.globals["range"] = _budget_range
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -105,6 +114,21 @@ def _compile(source: str) -> Any:
             f"the chat template cannot be compiled: {type(exc).__name__}",
             hint="fix the TEMPLATE in the Modelfile and create the model again",
         ) from None
+
+
+def _generation_tag() -> type:
+    """Hugging Face's `{% generation %}...{% endgeneration %}`: it marks the assistant's part
+    for training masks; rendering a prompt, its body renders as it is."""
+    from jinja2.ext import Extension
+
+    class Generation(Extension):
+        tags = {"generation"}  # noqa: RUF012  (jinja reads it from the class)
+
+        def parse(self, parser: Any) -> Any:
+            next(parser.stream)  # the tag's name
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    return Generation
 
 
 def _bounded_filters() -> dict[str, Any]:
@@ -141,10 +165,28 @@ def _bounded_filters() -> dict[str, Any]:
             raise TemplateError("the chat template tried to build an oversized value (indent)")
         return f.do_indent(s, width, first, blank)
 
-    def tojson(value: Any, indent: int | None = None) -> str:
+    def tojson(
+        value: Any,
+        ensure_ascii: bool = False,
+        indent: int | None = None,
+        separators: Any = None,
+        sort_keys: bool = False,
+    ) -> str:
+        # Hugging Face's signature (transformers' chat template environment).
         if isinstance(indent, int) and indent > 64:
             raise TemplateError("the chat template asked tojson for an indent over 64")
-        return json.dumps(value, ensure_ascii=False, indent=indent)
+        if separators is not None:
+            parts = tuple(separators)
+            if len(parts) != 2 or any(not isinstance(p, str) or len(p) > 16 for p in parts):
+                raise TemplateError("the chat template gave tojson odd separators")
+            separators = parts
+        return json.dumps(
+            value,
+            ensure_ascii=bool(ensure_ascii),
+            indent=indent,
+            separators=separators,
+            sort_keys=bool(sort_keys),
+        )
 
     return {
         "center": center,
@@ -177,7 +219,7 @@ def render(
     try:
         with guard.guarded():
             out = compiled.render(
-                **(variables or {}),
+                **{"date_string": datetime.now().strftime("%d %b %Y"), **(variables or {})},
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=bos_token,
