@@ -265,14 +265,14 @@ def rm(
     failed = False
     for text in models:
         try:
-            ref = reference.resolve(text).typed
-            freed = store.remove(ref)
+            name = reference.resolve(text).typed
+            freed = store.remove(name)
         except LocalrunError as err:
             print_error(err)
             failed = True
             continue
         suffix = f" (freed {human_size(freed)})" if freed else ""
-        print(f"deleted '{ref}'{suffix}")
+        print(f"deleted '{name}'{suffix}")
     if failed:
         raise typer.Exit(1)
 

@@ -108,12 +108,13 @@ def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
     from localrun.engine.buildinfo import build_info
     from localrun.hardware.fit import plan_fit
 
-    fit = plan_fit(model, {**model.parameters, **overrides}, build=build_info())
+    build = build_info()
+    fit = plan_fit(model, {**model.parameters, **overrides}, build=build)
     num_ctx, plan, warnings = fit.num_ctx, fit.plan, fit.warnings
     if as_json:
         out = {"model": str(model.name), "num_ctx": num_ctx, **asdict(plan)}
         out["runtime_bytes"] = plan.runtime_bytes
-        out["engine_runtime"] = build_info().runtime_text
+        out["engine_runtime"] = build.runtime_text
         out["warnings"] = warnings
         print(json.dumps(out, indent=2))
         return
@@ -122,7 +123,7 @@ def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
         ["num_ctx", str(num_ctx)],
         ["GPU layers", f"{plan.n_gpu_layers} of {plan.total_layers}"],
         ["GPU", f"{gpu.index} ({gpu.name}, {gpu.backend})" if gpu else "none"],
-        ["runtime", build_info().runtime_text],
+        ["runtime", build.runtime_text],
         ["VRAM", human_size(plan.vram_bytes)],
         ["RAM", human_size(plan.ram_bytes)],
         ["KV cache", human_size(plan.kv_bytes)],

@@ -116,6 +116,7 @@ def _compile(source: str) -> Any:
         ) from None
 
 
+@lru_cache(maxsize=1)
 def _generation_tag() -> type:
     """Hugging Face's `{% generation %}...{% endgeneration %}`: it marks the assistant's part
     for training masks; rendering a prompt, its body renders as it is."""

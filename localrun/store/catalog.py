@@ -93,7 +93,7 @@ def entry(name: ModelName) -> Entry | None:
 
 
 def entries() -> list[Entry]:
-    return [e for key in _load()["models"] if (e := lookup(parse(key))) is not None]
+    return [e for key in _load()["models"] if (e := entry(parse(key))) is not None]
 
 
 def aliases() -> dict[str, str]:

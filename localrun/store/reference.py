@@ -63,9 +63,6 @@ class Reference:
     hub: HubReference | None = None  # typed as a hub reference
     entry: catalog.Entry | None = None  # the catalog's entry for `name`
 
-    def __str__(self) -> str:
-        return str(self.name)
-
 
 def parse_hub(text: str) -> HubReference | None:
     """A hub reference, or None when `text` names no hub (a plain model name)."""
