@@ -199,6 +199,12 @@ class TemplateError(EngineError):
     code = "template_error"
 
 
+class TemplateLimitError(TemplateError):
+    """A template stopped for its time, memory or loop budget (not for what it was given)."""
+
+    code = "template_limit"
+
+
 class GPURuntimeError(EngineError):
     code = "runtime_error"
 

@@ -134,8 +134,16 @@ HOSTILE = [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
     "{{ messages.__class__.__base__.__subclasses__() }}",
-    "{% set x = messages.append({'role': 'user'}) %}",
 ]
+
+
+def test_templates_change_only_their_own_copy() -> None:
+    # Lists are mutable in templates (Kimi K2's appends to one it made); what the caller
+    # passed stays as it was.
+    given = [{"role": "user", "content": "hi"}]
+    source = "{% set _ = messages.append({'role': 'user'}) %}{{ messages | length }}"
+    assert template.render(source, given) == "2"
+    assert given == [{"role": "user", "content": "hi"}]
 
 
 @pytest.mark.parametrize("source", HOSTILE)

@@ -20,11 +20,13 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 def test_loop_controls_break_and_continue() -> None:
     # As DeepSeek's and Qwen3's templates find the last user turn.
     source = (
-        "{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}"
-        "[{{ m.content }}]{% if m.role == 'user' %}{% break %}{% endif %}{% endfor %}"
+        "{% for m in messages %}{% if m.role == 'assistant' %}{% continue %}{% endif %}"
+        "[{{ m.content }}]{% if loop.index > 2 %}{% break %}{% endif %}{% endfor %}"
     )
-    more = [*CHAT, {"role": "assistant", "content": "no"}]
-    assert template.render(source, more, add_generation_prompt=False) == "[Hi, ünïcode]"
+    more = [*CHAT, {"role": "assistant", "content": "no"}, {"role": "user", "content": "a"}]
+    more += [{"role": "user", "content": "never"}]
+    out = template.render(source, more, add_generation_prompt=False)
+    assert out == "[Be brief.][Hi, ünïcode][a]"
 
 
 def test_the_generation_tag_renders_its_body() -> None:

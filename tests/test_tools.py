@@ -104,9 +104,9 @@ def test_forced_schemas_compile_to_grammars() -> None:
 
 
 def test_system_note_for_templates_without_tools() -> None:
-    assert calls_mod.template_supports_tools(TOOL_TEMPLATE)
-    assert not calls_mod.template_supports_tools(None)
-    assert not calls_mod.template_supports_tools(template.CHATML)
+    assert template.shows_tools(TOOL_TEMPLATE)
+    assert not template.shows_tools(None)
+    assert not template.shows_tools(template.CHATML)
     normalized = calls_mod.normalize([WEATHER])
     note = calls_mod.system_note(normalized)
     assert "get_weather" in note and "<tool_call>" in note and "</tool_call>" in note
@@ -138,26 +138,32 @@ TURNS: list[dict[str, Any]] = [
 
 
 def test_tool_turns_render_with_and_without_template_support() -> None:
-    aware = calls_mod.prepare_messages(TURNS, TOOL_TEMPLATE)
-    assert aware[1]["content"] == ""
-    assert aware[1]["tool_calls"] == [
-        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-    ]
-    text = template.render(TOOL_TEMPLATE, aware, tools=calls_mod.normalize([WEATHER]))
+    # The template shows calls (arguments through tojson: given as an object), results and
+    # tools: it gets them as they are, ids kept, null content made "".
+    text = template.render(TOOL_TEMPLATE, TURNS, tools=calls_mod.normalize([WEATHER]))
     assert text == (
         "[tools:get_weather;][user:weather in Paris?]"
         '[assistant calls:get_weather{"city": "Paris"}][tool result:18 C, sunny][assistant:'
     )
-    plain = calls_mod.prepare_messages(TURNS, None)
-    assert "tool_calls" not in plain[1]
-    assert (
-        plain[1]["content"]
-        == '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    # A template that shows no calls and no tools: the calls written out, the tools in a note.
+    plain = "{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}"
+    text = template.render(plain, TURNS, tools=calls_mod.normalize([WEATHER]))
+    assert text.startswith("[system:You can call the following tools")
+    assert text.endswith(
+        '[assistant:<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}'
+        "</tool_call>][tool:18 C, sunny]"
     )
-    assert plain[2] == {"role": "user", "content": "<tool_response>\n18 C, sunny\n</tool_response>"}
-    template.render(None, plain)  # ChatML renders it
+    # One that refuses a tool role gets the result as a user turn.
+    strict = (
+        "{% for m in messages %}{% if m.role not in ['user', 'assistant'] %}"
+        "{{ raise_exception('roles must alternate') }}{% endif %}[{{ m.role }}:{{ m.content }}]"
+        "{% endfor %}"
+    )
+    assert template.render(strict, TURNS).endswith(
+        "[user:<tool_response>\n18 C, sunny\n</tool_response>]"
+    )
     with pytest.raises(BadRequestError):
-        calls_mod.prepare_messages([{"role": "assistant", "tool_calls": [{"x": 1}]}], None)
+        template.render(None, [{"role": "assistant", "tool_calls": [{"x": 1}]}])
 
 
 @pytest.fixture
@@ -202,7 +208,7 @@ def test_prompter_renders_tools_through_the_template(tool_model: Store) -> None:
     prepared = plain.chat(GenRequest("m", messages=TURNS, tools=[WEATHER]))
     text = _text(prepared.tokens)
     assert text.startswith("<|im_start|>system\nYou can call the following tools")
-    assert "<tool_response>" in text and '"get_weather"' in text
+    assert "<|im_start|>tool\n18 C, sunny" in text and '"get_weather"' in text
 
 
 # -- parsing -----------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """What a model family reads and writes: chat templates, tool calls, reasoning markers.
 
-    template.py         a conversation -> prompt text, in a sandboxed Jinja environment
+    template.py         a conversation -> prompt text: the one door to what follows
+    jinja_env.py        Hugging Face's template environment, sandboxed
+    adapt.py            the conversation adapted to what a template renders (probed once)
     sandbox.py          the bounds on rendering an untrusted template (time, size)
     calls.py            tool definitions in the prompt, forced calls, calls parsed back out
     reasoning.py        which templates think, how a request asks, the answer split in two

@@ -1,8 +1,8 @@
 """Tool (function) calling: tool definitions in the prompt, forced calls, calls parsed back out.
 
 Tools reach the model through its chat template (the `tools` variable of Hugging Face templates).
-A template that never mentions `tools` gets a system note listing them instead, asking for the
-reply shape most open models are trained on (Hermes/Qwen style):
+A template that does not show them (formats/adapt.py probes it) gets a system note listing them
+instead, asking for the reply shape most open models are trained on (Hermes/Qwen style):
 
     <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>
 
@@ -145,11 +145,6 @@ def forced_schema(tools: list[Tool], tool_choice: Any) -> dict[str, Any] | None:
 # -- rendering --------------------------------------------------------------------------------
 
 
-def template_supports_tools(template: str | None) -> bool:
-    """Whether a chat template renders the `tools` variable itself."""
-    return template is not None and re.search(r"\btools\b", template) is not None
-
-
 def system_note(tools: list[Tool]) -> str:
     """The tool list and the expected reply shape, for templates without tool support."""
     listed = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
@@ -162,58 +157,14 @@ def system_note(tools: list[Tool]) -> str:
     )
 
 
-def _arguments(value: Any) -> Any:
+def arguments_object(value: Any) -> Any:
+    """A call's arguments as an object when they are JSON text (else as they are)."""
     if isinstance(value, str):
         try:
             return jsonlimits.loads(value, "a tool call's arguments")
         except ValueError:
             return value
     return value
-
-
-def _plain_call(call: Any) -> dict[str, Any]:
-    """{"name", "arguments": dict} from an OpenAI or Ollama tool call in a request."""
-    function = call.get("function", call) if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise BadRequestError("a tool call in the messages has no function name")
-    return {"name": function["name"], "arguments": _arguments(function.get("arguments", {}))}
-
-
-def prepare_messages(messages: list[Message], template: str | None) -> list[Message]:
-    """Make tool turns renderable by `template`.
-
-    Templates with tool support get assistant tool_calls with arguments as objects (OpenAI
-    clients send them as JSON text) and no null content. Others see the calls written out as
-    <tool_call> blocks and tool results as user turns in <tool_response> blocks (many
-    templates refuse roles they do not know).
-    """
-    aware = template_supports_tools(template) or (template is not None and "tool" in template)
-    out: list[Message] = []
-    for message in messages:
-        message = dict(message)
-        calls = message.get("tool_calls")
-        if message.get("content") is None:
-            message["content"] = ""
-        if calls:
-            plain = [_plain_call(call) for call in calls]
-            if aware:
-                message["tool_calls"] = [{"type": "function", "function": call} for call in plain]
-            else:
-                del message["tool_calls"]
-                blocks = "".join(
-                    f"{TOOL_OPEN}{json.dumps(call, ensure_ascii=False)}{TOOL_CLOSE}"
-                    for call in plain
-                )
-                message["content"] = (message["content"] + "\n" + blocks).lstrip("\n")
-        elif "tool_calls" in message:
-            del message["tool_calls"]
-        if message.get("role") == "tool" and not aware:
-            message = {
-                "role": "user",
-                "content": f"<tool_response>\n{message['content']}\n</tool_response>",
-            }
-        out.append(message)
-    return out
 
 
 def add_system_note(conversation: list[Message], tools: list[Tool]) -> list[Message]:
@@ -240,7 +191,7 @@ def _as_call(value: Any, known: set[str] | None) -> ToolCall | None:
     key = "arguments" if "arguments" in value else "parameters" if "parameters" in value else None
     if key is None:
         return None
-    arguments = _arguments(value[key])
+    arguments = arguments_object(value[key])
     if not isinstance(arguments, dict):
         return None
     return {"name": name, "arguments": arguments}

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from localrun.errors import TemplateError
+from localrun.errors import TemplateError, TemplateLimitError
 from localrun.settings import limits
 
 GROWTH_FACTOR = 16  # resident growth allowed, in largest values (strings are copied as they grow)
@@ -149,11 +149,11 @@ class _Growth(Exception):
 
 def _error(kind: type[Exception]) -> TemplateError:
     if kind is _Timeout:
-        return TemplateError(
+        return TemplateLimitError(
             f"the chat template ran for more than {limits.template_timeout():g} s and was stopped",
             hint="fix the model's TEMPLATE; LOCALRUN_TEMPLATE_TIMEOUT sets the bound",
         )
-    return TemplateError(
+    return TemplateLimitError(
         "the chat template tried to build oversized values (memory grew past "
         f"{GROWTH_FACTOR * limit()} bytes while rendering)",
         hint="fix the model's TEMPLATE; LOCALRUN_TEMPLATE_MAX_BYTES sets the bound",

@@ -1,32 +1,30 @@
-"""Chat templates: a conversation -> prompt text, rendered in a sandboxed Jinja environment.
+"""Chat templates: a conversation -> the prompt text its model was trained on.
 
-A template is untrusted input (it comes inside downloaded GGUF files and Modelfiles): it is
-rendered with Jinja's ImmutableSandboxedEnvironment, which blocks attribute access to Python
-internals (llama-cpp-python's CVE-2024-34359 was a template that reached os.popen), and with
-limits on the size of what `*` and `**` can build so a template cannot exhaust memory.
+The one door to the template machinery; the runner's prompt and the server's /apply-template
+come here, and never look inside:
 
-The environment is Hugging Face's (what these templates are written for): trim_blocks and
-lstrip_blocks, the loopcontrols extension (`{% break %}`, `{% continue %}`), the
-`{% generation %}` tag (its body rendered as it is), `tojson` with its keyword arguments
-(ensure_ascii, indent, separators, sort_keys). Variables: `messages` (list of {role, content}),
-`add_generation_prompt`, `bos_token`, `eos_token`, `tools` (None unless given), `date_string`
-(today, as llama.cpp passes it: "25 Nov 2026"); functions `raise_exception(msg)` and
-`strftime_now(fmt)`.
+    jinja_env.py   Hugging Face's environment (sandboxed Jinja with transformers' additions)
+    adapt.py       the conversation adapted to what a Jinja template can render (probed)
+
+A Jinja template is given `messages`, `add_generation_prompt`, `bos_token`, `eos_token`,
+`tools` (left undefined when there are none), and what llama.cpp's server passes every
+template: `date_string` and `datetime` (today: "25 Nov 2026", "Nov 25 2026") and
+`enable_thinking` (true unless the request turns thinking off: a reasoning model thinks by
+default, where templates that test `enable_thinking is defined` would otherwise close it), and
+past reasoning kept in the history
+(`preserve_thinking` true; `clear_thinking`, `truncate_history_thinking`, `drop_thinking` false).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from contextvars import ContextVar
+import copy
 from datetime import datetime
-from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any
 
-from localrun.errors import TemplateError
-from localrun.formats import sandbox as guard
+from localrun.formats import adapt as adapt_mod
+from localrun.formats.jinja_env import compile_jinja, render_jinja
 
-# llama.cpp falls back to ChatML when a model has no template; so do we.
+# llama.cpp falls back to ChatML when a model has no template.
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
     "message['content'] + '<|im_end|>\\n' }}{% endfor %}"
@@ -48,155 +46,9 @@ END_OF_TURN = (
 )
 
 
-def _raise(message: str) -> None:
-    raise TemplateError(f"the chat template refused the conversation: {message}")
-
-
-# Loop iterations one rendering may run through range(): jinja's sandbox caps each range at
-# 100k items but not nested ones, so `range(99999)` inside `range(99999)` would pin a runner.
-MAX_STEPS = 1_000_000
-_steps: ContextVar[list[int]] = ContextVar("template_steps")
-
-
-def _budget_range(*args: int) -> range:
-    numbers = range(*args)
-    left = _steps.get([MAX_STEPS])
-    left[0] -= len(numbers)
-    if left[0] < 0:
-        raise TemplateError("the chat template tried to loop too many times")
-    return numbers
-
-
-@lru_cache(maxsize=32)
-def _compile(source: str) -> Any:
-    from jinja2 import TemplateSyntaxError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class _Env(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset(["*", "**", "+", "%"])
-        _binops: ClassVar[dict[str, Callable[[Any, Any], Any]]] = {
-            "*": guard.safe_mul,
-            "**": guard.safe_pow,
-            "+": guard.safe_add,
-            "%": guard.safe_mod,
-        }
-
-        def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
-            if operator_ in self._binops:
-                return self._binops[operator_](left, right)
-            return super().call_binop(context, operator_, left, right)
-
-        def call(self, context: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
-            args = guard.check_method(obj, args, kwargs)
-            return super().call(context, obj, *args, **kwargs)
-
-    env = _Env(
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-        extensions=["jinja2.ext.loopcontrols", _generation_tag()],
-    )
-    env.globals["raise_exception"] = _raise
-    env.globals["range"] = _budget_range
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    env.filters.update(_bounded_filters())
-    try:
-        return env.from_string(source)
-    except TemplateSyntaxError as exc:
-        raise TemplateError(
-            f"the chat template is not valid Jinja: {exc.message} (line {exc.lineno})",
-            hint="fix the TEMPLATE in the Modelfile and create the model again",
-        ) from None
-    except (SyntaxError, RecursionError, MemoryError, ValueError, TypeError) as exc:
-        # Jinja can generate Python that does not compile from odd input: still the template's
-        # fault, and a 400.
-        raise TemplateError(
-            f"the chat template cannot be compiled: {type(exc).__name__}",
-            hint="fix the TEMPLATE in the Modelfile and create the model again",
-        ) from None
-
-
-@lru_cache(maxsize=1)
-def _generation_tag() -> type:
-    """Hugging Face's `{% generation %}...{% endgeneration %}`: it marks the assistant's part
-    for training masks; rendering a prompt, its body renders as it is."""
-    from jinja2.ext import Extension
-
-    class Generation(Extension):
-        tags = {"generation"}  # noqa: RUF012  (jinja reads it from the class)
-
-        def parse(self, parser: Any) -> Any:
-            next(parser.stream)  # the tag's name
-            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-    return Generation
-
-
-def _bounded_filters() -> dict[str, Any]:
-    """Jinja's filters that size their result from an argument, checked before they run."""
-    from jinja2 import filters as f
-    from jinja2.utils import pass_eval_context
-
-    def center(value: Any, width: int = 80) -> str:
-        guard.check_width(width, "center")
-        return f.do_center(value, width)
-
-    def format_(value: Any, *args: Any, **kwargs: Any) -> str:
-        guard.check_printf(value)
-        return f.do_format(value, *args, **kwargs)
-
-    @pass_eval_context
-    def join(ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
-        items = list(value)
-        if guard.joined_size(items, d) > guard.limit():
-            raise TemplateError("the chat template tried to build an oversized value (join)")
-        return str(f.do_join(ctx, items, d, attribute))
-
-    @pass_eval_context
-    def replace(ctx: Any, s: Any, old: Any, new: Any, count: int | None = None) -> str:
-        text = str(s)
-        found = text.count(str(old)) if old else len(text) + 1
-        if len(text) + found * len(str(new)) > guard.limit():
-            raise TemplateError("the chat template tried to build an oversized value (replace)")
-        return str(f.do_replace(ctx, s, old, new, count))
-
-    def indent(s: Any, width: Any = 4, first: bool = False, blank: bool = False) -> str:
-        pad = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
-        if (str(s).count("\n") + 1) * pad > guard.limit():
-            raise TemplateError("the chat template tried to build an oversized value (indent)")
-        return f.do_indent(s, width, first, blank)
-
-    def tojson(
-        value: Any,
-        ensure_ascii: bool = False,
-        indent: int | None = None,
-        separators: Any = None,
-        sort_keys: bool = False,
-    ) -> str:
-        # Hugging Face's signature (transformers' chat template environment).
-        if isinstance(indent, int) and indent > 64:
-            raise TemplateError("the chat template asked tojson for an indent over 64")
-        if separators is not None:
-            parts = tuple(separators)
-            if len(parts) != 2 or any(not isinstance(p, str) or len(p) > 16 for p in parts):
-                raise TemplateError("the chat template gave tojson odd separators")
-            separators = parts
-        return json.dumps(
-            value,
-            ensure_ascii=bool(ensure_ascii),
-            indent=indent,
-            separators=separators,
-            sort_keys=bool(sort_keys),
-        )
-
-    return {
-        "center": center,
-        "format": format_,
-        "join": join,
-        "replace": replace,
-        "indent": indent,
-        "tojson": tojson,
-    }
+def check(source: str) -> None:
+    """Refuse a template that cannot be compiled (TemplateError saying why and where)."""
+    compile_jinja(source)
 
 
 def render(
@@ -211,48 +63,35 @@ def render(
 ) -> str:
     """Render a conversation; raises TemplateError for any failure of the template.
 
-    `variables` are further template variables (e.g. `enable_thinking`)."""
-    from jinja2 import TemplateError as JinjaError
-    from jinja2.exceptions import SecurityError
+    The conversation is adapted to what the template renders first (adapt.py); `variables`
+    are further template variables (e.g. `enable_thinking`)."""
+    source = template or CHATML
+    # The template gets objects of its own: it may change them (lists are mutable in it).
+    messages, tools = copy.deepcopy(messages), copy.deepcopy(tools)
+    messages, tools, extra = adapt_mod.adapt(source, messages, tools)
+    now = datetime.now()
+    context: dict[str, Any] = {
+        "date_string": now.strftime("%d %b %Y"),
+        "datetime": now.strftime("%b %d %Y"),
+        **adapt_mod.DEFAULTS,
+        **extra,
+        **(variables or {}),
+        "messages": messages,
+        "bos_token": bos_token,
+        "eos_token": eos_token,
+    }
+    if add_generation_prompt:
+        context["add_generation_prompt"] = True
+    else:
+        context["add_generation_prompt"] = False
+    if tools:
+        context["tools"] = tools
+    return render_jinja(source, context)
 
-    compiled = _compile(template or CHATML)
-    token = _steps.set([MAX_STEPS])
-    try:
-        with guard.guarded():
-            out = compiled.render(
-                **{"date_string": datetime.now().strftime("%d %b %Y"), **(variables or {})},
-                messages=messages,
-                add_generation_prompt=add_generation_prompt,
-                bos_token=bos_token,
-                eos_token=eos_token,
-                tools=tools,
-            )
-    except TemplateError:
-        raise
-    except SecurityError as exc:
-        raise TemplateError(
-            f"the chat template tried something unsafe and was stopped: {exc}"
-        ) from None
-    except RecursionError:
-        raise TemplateError("the chat template recursed too deeply") from None
-    except MemoryError:
-        raise TemplateError("the chat template ran out of memory") from None
-    except (
-        JinjaError,
-        TypeError,
-        ValueError,
-        KeyError,
-        IndexError,
-        AttributeError,
-        OverflowError,
-        ZeroDivisionError,
-    ) as exc:
-        raise TemplateError(f"the chat template failed: {type(exc).__name__}: {exc}") from None
-    finally:
-        _steps.reset(token)
-    if len(out) > guard.limit():
-        raise TemplateError("the chat template produced an oversized prompt")
-    return str(out)
+
+def shows_tools(template: str | None) -> bool:
+    """Whether a template lists the tools it is given (else they go in a system note)."""
+    return template is not None and adapt_mod.probe(template).tools
 
 
 def end_of_turn_markers(template: str | None) -> list[str]:

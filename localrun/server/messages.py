@@ -61,6 +61,11 @@ def chat_messages(
         for key in ("tool_call_id", "tool_name", "name"):
             if isinstance(raw.get(key), str):
                 message[key] = raw[key]
+        # An earlier answer's reasoning (OpenAI-style servers' name, then Ollama's), for the
+        # templates that show it in the history.
+        thought = raw.get("reasoning_content", raw.get("thinking"))
+        if role == "assistant" and isinstance(thought, str) and thought:
+            message["reasoning_content"] = thought
         out.append(message)
     media_mod.check_count(sum(len(m.get("media", ())) for m in out))
     return out

@@ -182,8 +182,6 @@ class Prompter:
         tools: list[tools_mod.Tool] | None = None,
         variables: dict[str, Any] | None = None,
     ) -> str:
-        if tools is not None and not tools_mod.template_supports_tools(self.template):
-            conversation, tools = tools_mod.add_system_note(conversation, tools), None
         return template_mod.render(
             self.template,
             conversation,
@@ -231,8 +229,6 @@ class Prompter:
         sampling = self.sampling(request.options, grammar)
         media = media_of(request.messages or [])
         conversation = self.conversation(request.messages or [], request.system)
-        if any(m.get("tool_calls") or m.get("role") == "tool" for m in conversation):
-            conversation = tools_mod.prepare_messages(conversation, self.template)
         text = self.prompt_text(conversation, in_force, variables)
         prepared = self._prepared(text, media, sampling)
         prepared.tool_names = tools_mod.names(in_force) if in_force else None

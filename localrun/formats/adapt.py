@@ -1,0 +1,338 @@
+"""A conversation made renderable by one Jinja template, decided by probing the template.
+
+llama.cpp does not trust a template to take every conversation: it renders a few small ones
+first (common/jinja/caps.cpp) and adapts what it passes (common/chat.cpp's workarounds). So do
+we, from what the probes' output shows, once per template:
+
+- system role: a template that refuses a system message or drops it (Gemma) gets it folded
+  into the first user message, joined by a newline (llama.cpp's choice);
+- content: a template that renders typed content only ([{"type": "text", ...}]) gets it typed;
+- tools: a template that does not show the `tools` it is given gets them as a system note
+  (formats/calls.py), so the model still learns them; llama.cpp passes them to be dropped;
+- tool calls: arguments as an object where the template writes them with tojson, as the JSON
+  text a client sent where it concatenates strings; calls written out as <tool_call> blocks
+  where the template shows none; ids made 9 letters and digits for templates that require it
+  (Mistral), which llama.cpp leaves to fail;
+- tool results: as user turns in <tool_response> blocks where the template has no tool role;
+- reasoning in the history: as `thinking` to a template that reads that name (LFM2.5), as a
+  "thinking" content block to one that shows it only so (Ministral 3; llama.cpp decides by
+  markers and so also sends Devstral blocks it drops);
+- `functions`: Firefunction v2's template reads the tool list as JSON text in this variable;
+  SmolLM3's reads it as `xml_tools`.
+
+A template is told nothing it did not ask for: `tools` is left undefined when there are none,
+as in Hugging Face's and llama.cpp's environments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from localrun.errors import BadRequestError, TemplateError, TemplateLimitError
+from localrun.formats import calls as calls_mod
+from localrun.formats.jinja_env import render_jinja, variables
+
+Message = dict[str, Any]
+
+_SYSTEM = "PROBE_SYSTEM_TEXT"
+_USER = "PROBE_USER_TEXT"
+_ARG = "PROBE_ARG_VALUE"
+_RESULT = "PROBE_TOOL_RESULT"
+_TOOL = "probe_tool_name"
+_PROBE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": _TOOL,
+            "description": "Tool description",
+            "parameters": {
+                "type": "object",
+                "properties": {"arg": {"type": "string", "description": "Arg description"}},
+                "required": ["arg"],
+            },
+        },
+    }
+]
+
+
+# What llama-server passes every template unless a request says otherwise: a reasoning model
+# thinks (templates that test `enable_thinking is defined` would otherwise close it), and past
+# reasoning stays in the history (its --reasoning-preserve default: the previous prompt stays a
+# prefix of the next, for the prompt cache).
+DEFAULTS: dict[str, Any] = {
+    "enable_thinking": True,
+    "preserve_thinking": True,
+    "clear_thinking": False,
+    "truncate_history_thinking": False,
+    "drop_thinking": False,
+}
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What one template renders, as its probes showed."""
+
+    system_role: bool = True
+    typed_content: bool = False  # content as [{"type": "text", "text": ...}] only
+    tools: bool = True  # shows the tool list it is given
+    tool_calls: bool = True  # shows an assistant's tool calls
+    object_arguments: bool = True  # writes a call's arguments from an object (tojson)
+    tool_role: bool = True  # shows a tool result given with role "tool"
+    short_ids: bool = False  # requires tool call ids of 9 letters and digits (Mistral)
+    functions: bool = False  # reads the tools as JSON text in `functions` (Firefunction)
+    xml_tools: bool = False  # reads the tools in `xml_tools` (SmolLM3)
+    reasoning_as: str = "reasoning_content"  # or "thinking", or "blocks" (see _reasoning_as)
+
+
+def _call_turns(
+    arguments: Any, call_id: str, *, tool_role: bool = True, calls: bool = True
+) -> list[Message]:
+    """llama.cpp's tool probe: a call, its result, an answer and a new question; `tool_role`
+    and `calls` False give them as adapt() would for a template without them."""
+    call = {"id": call_id, "type": "function", "function": {"name": _TOOL, "arguments": arguments}}
+    assistant: Message = {"role": "assistant", "content": ""}
+    if calls:
+        assistant["tool_calls"] = [call]
+    else:
+        assistant["content"] = f"{calls_mod.TOOL_OPEN}{_ARG}{calls_mod.TOOL_CLOSE}"
+    result: Message = {"role": "tool", "content": _RESULT, "tool_call_id": call_id, "name": _TOOL}
+    if not tool_role:
+        result = {"role": "user", "content": f"<tool_response>\n{_RESULT}\n</tool_response>"}
+    return [
+        {"role": "user", "content": "User message"},
+        assistant,
+        result,
+        {"role": "assistant", "content": "The tool response was 'tool response'"},
+        {"role": "user", "content": "User message"},
+    ]
+
+
+def _try(source: str, messages: list[Message], tools: Any = None, **extra: Any) -> str | None:
+    """The template's output for a probe, or None if it refuses it (a breach of the bounds
+    is not a refusal: it ends the probing with that error)."""
+    context = {
+        **DEFAULTS,
+        "messages": messages,
+        "add_generation_prompt": True,
+        "bos_token": "",
+        "eos_token": "",
+        **extra,
+    }
+    if tools is not None:
+        context["tools"] = tools
+    try:
+        return render_jinja(source, context)
+    except TemplateLimitError:
+        raise
+    except TemplateError:
+        return None
+
+
+@lru_cache(maxsize=32)
+def probe(source: str) -> Caps:
+    """What `source` renders (about ten small renderings, once per template)."""
+    plain = _try(source, [{"role": "user", "content": _USER}])
+    typed = False
+    if plain is None or _USER not in plain:
+        typed_turn = [{"role": "user", "content": [{"type": "text", "text": _USER}]}]
+        typed_out = _try(source, typed_turn)
+        typed = typed_out is not None and _USER in typed_out
+
+    def turn(text: str) -> Any:
+        return [{"type": "text", "text": text}] if typed else text
+
+    with_system = _try(
+        source,
+        [{"role": "system", "content": turn(_SYSTEM)}, {"role": "user", "content": turn(_USER)}],
+    )
+    system_role = with_system is not None and _SYSTEM in with_system
+
+    listed = _try(source, [{"role": "user", "content": turn(_USER)}], _PROBE_TOOLS)
+    tools = listed is not None and _TOOL in listed
+
+    # Tool calls: llama.cpp's probe ids are 9 characters ("call00001"), which Mistral's
+    # templates require; an id of another shape tells whether the template does. A template
+    # that refuses the tool turn (strict alternation, no tool role) is tried with the result
+    # as a user turn, then with the call written out too.
+    object_arguments = tool_role = tool_calls = short_ids = False
+    for tool_role, with_calls in ((True, True), (False, True), (False, False)):
+        shape = {"tool_role": tool_role, "calls": with_calls}
+        as_object = _try(source, _call_turns({"arg": _ARG}, "call00001", **shape), _PROBE_TOOLS)
+        as_text = None
+        if with_calls:
+            text_turns = _call_turns(json.dumps({"arg": _ARG}), "call00001", **shape)
+            as_text = _try(source, text_turns, _PROBE_TOOLS)
+        # An object where the template writes it (tojson, or key by key); the client's JSON
+        # text where it prints what it is given (a dict would come out as Python's repr).
+        object_arguments = (
+            as_object is not None and _ARG in as_object and f"'arg': '{_ARG}'" not in as_object
+        )
+        if not object_arguments and as_text is None:
+            object_arguments = as_object is not None
+        rendered = as_object if object_arguments else as_text
+        if rendered is None:
+            continue
+        tool_calls = with_calls and _ARG in rendered
+        tool_role = tool_role and _RESULT in rendered
+        if with_calls:
+            arguments: Any = {"arg": _ARG} if object_arguments else json.dumps({"arg": _ARG})
+            other = _call_turns(arguments, "call_probe_1", tool_role=tool_role)
+            short_ids = _try(source, other, _PROBE_TOOLS) is None
+        break
+    else:
+        tool_role = False
+    return Caps(
+        reasoning_as=_reasoning_as(source),
+        system_role=system_role,
+        typed_content=typed,
+        tools=tools,
+        tool_calls=tool_calls,
+        object_arguments=object_arguments,
+        tool_role=tool_role,
+        short_ids=short_ids,
+        functions="functions" in variables(source),
+        xml_tools="xml_tools" in variables(source),
+    )
+
+
+def _reasoning_as(source: str) -> str:
+    """How the template shows an answer's past reasoning: as `reasoning_content` (most), as
+    `thinking` (Ollama's name, LFM2.5's templates), or as a typed content block
+    ({"type": "thinking"} then {"type": "text"}: Ministral 3, Magistral)."""
+    if "thinking" not in source:
+        return "reasoning_content"
+    reasoning = "PROBE_REASONING_TEXT"
+
+    def shows(assistant: Message) -> bool:
+        turns = [{"role": "user", "content": _USER}, assistant, {"role": "user", "content": _USER}]
+        out = _try(source, turns)
+        # Shown as parts, not printed whole (a list printed as it is names its keys).
+        printed = out is not None and ("'type'" in out or '"type"' in out)
+        return out is not None and reasoning in out and _ARG in out and not printed
+
+    if shows({"role": "assistant", "content": _ARG, "reasoning_content": reasoning}):
+        return "reasoning_content"
+    if shows({"role": "assistant", "content": _ARG, "thinking": reasoning}):
+        return "thinking"
+    blocks = [{"type": "thinking", "thinking": reasoning}, {"type": "text", "text": _ARG}]
+    if shows({"role": "assistant", "content": blocks}):
+        return "blocks"
+    return "reasoning_content"
+
+
+def adapt(
+    source: str, messages: list[Message], tools: list[dict[str, Any]] | None
+) -> tuple[list[Message], list[dict[str, Any]] | None, dict[str, Any]]:
+    """`messages` and `tools` as `source` can render them, and any variables it needs besides
+    (new objects: the caller's are left as they were)."""
+    caps = probe(source)
+    extra: dict[str, Any] = {}
+    if caps.functions:
+        specs = [tool.get("function", tool) for tool in tools or []]
+        extra["functions"] = json.dumps(specs, ensure_ascii=False, indent=4) if specs else ""
+    if caps.xml_tools and tools:
+        extra["xml_tools"] = tools
+    out = [_message(m, caps, index) for index, m in enumerate(messages)]
+    if tools and not (caps.tools or caps.functions or caps.xml_tools):
+        out, tools = calls_mod.add_system_note(out, tools), None
+    if not caps.system_role and out and out[0].get("role") == "system":
+        first, out = out[0], out[1:]
+        if out:
+            out[0] = {**out[0], "content": _join(first["content"], out[0].get("content"))}
+    if caps.reasoning_as == "thinking":
+        for message in out:
+            if "reasoning_content" in message:
+                message["thinking"] = message.pop("reasoning_content")
+    elif caps.reasoning_as == "blocks":
+        for message in out:
+            thought = message.pop("reasoning_content", None)
+            if message.get("role") in ("system", "assistant") and isinstance(thought, str):
+                text = message.get("content")
+                message["content"] = [
+                    {"type": "thinking", "thinking": thought},
+                    *([{"type": "text", "text": text}] if isinstance(text, str) else text or []),
+                ]
+    if caps.typed_content:
+        for message in out:
+            if isinstance(message.get("content"), str):
+                message["content"] = [{"type": "text", "text": message["content"]}]
+    return out, tools, extra
+
+
+def _join(system: Any, user: Any) -> Any:
+    if isinstance(system, str) and isinstance(user, str):
+        return f"{system}\n{user}"
+    return user
+
+
+def _message(message: Message, caps: Caps, index: int) -> Message:
+    out = {k: v for k, v in message.items() if k != "media"}
+    calls = out.pop("tool_calls", None)
+    if out.get("content") is None:
+        out["content"] = ""
+    if calls:
+        if not isinstance(calls, list):
+            raise BadRequestError(f"messages[{index}].tool_calls must be a list")
+        made = [_call(call, caps, index, n) for n, call in enumerate(calls)]
+        if caps.tool_calls:
+            out["tool_calls"] = made
+        else:
+            blocks = "".join(
+                calls_mod.TOOL_OPEN
+                + json.dumps(
+                    {"name": c["function"]["name"], "arguments": _as_object(c)},
+                    ensure_ascii=False,
+                )
+                + calls_mod.TOOL_CLOSE
+                for c in made
+            )
+            out["content"] = (str(out["content"]) + "\n" + blocks).lstrip("\n")
+    if out.get("role") == "tool":
+        if "name" not in out and isinstance(out.get("tool_name"), str):
+            out["name"] = out["tool_name"]
+        if caps.short_ids and isinstance(out.get("tool_call_id"), str):
+            out["tool_call_id"] = _short_id(out["tool_call_id"])
+        if not caps.tool_role:
+            answer = f"<tool_response>\n{out['content']}\n</tool_response>"
+            out = {"role": "user", "content": answer}
+    return out
+
+
+def _call(call: Any, caps: Caps, index: int, n: int) -> dict[str, Any]:
+    function = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise BadRequestError(
+            f"messages[{index}].tool_calls[{n}] has no function name",
+            hint='a tool call is {"function": {"name": ..., "arguments": {...}}}',
+        )
+    arguments = function.get("arguments", {})
+    if caps.object_arguments:
+        arguments = calls_mod.arguments_object(arguments)
+    elif not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    made: dict[str, Any] = {"type": "function", "function": {"name": function["name"]}}
+    made["function"]["arguments"] = arguments
+    call_id = call.get("id") if isinstance(call, dict) else None
+    if isinstance(call_id, str) and call_id:
+        made["id"] = _short_id(call_id) if caps.short_ids else call_id
+    elif caps.short_ids:
+        made["id"] = _short_id(f"{index}:{n}")
+    return made
+
+
+def _as_object(call: dict[str, Any]) -> Any:
+    return calls_mod.arguments_object(call["function"]["arguments"])
+
+
+def _short_id(call_id: str) -> str:
+    """A 9-character id of letters and digits, the same for the same id (a call and its
+    result stay paired)."""
+    if len(call_id) == 9 and call_id.isalnum() and call_id.isascii():
+        return call_id
+    digest = hashlib.sha256(call_id.encode()).digest()
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return "".join(alphabet[b % len(alphabet)] for b in digest[:9])

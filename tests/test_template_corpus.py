@@ -1,0 +1,127 @@
+"""llama.cpp's 70 real chat templates: every one renders every conversation, and the prompts
+are llama-server's but for the differences listed here, each a choice with its reason."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localrun.formats import adapt, template
+
+CORPUS = Path(__file__).parent / "data" / "templates"
+DATA = json.loads((CORPUS / "prompts.json").read_text())
+FILES = sorted(p.name for p in CORPUS.glob("*.jinja"))
+
+# What localrun renders differently from llama-server, and why.
+NOTE = "tools the template does not show go in a system note, so the model learns them"
+WRITTEN = "a call the template does not show is written out in the answer, not dropped"
+DIFFERENT = {
+    **{
+        (name, "tools"): NOTE
+        for name in (
+            "HuggingFaceTB-SmolLM3-3B.jinja",
+            "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
+            "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+            "deepseek-ai-DeepSeek-V3.1.jinja",
+            "llama-cpp-rwkv-world.jinja",
+            "microsoft-Phi-3.5-mini-instruct.jinja",
+        )
+    },
+    **{
+        (name, "tools"): WRITTEN
+        for name in (
+            "LFM2-8B-A1B.jinja",
+            "LFM2.5-Instruct.jinja",
+            "ibm-granite-granite-3.3-2B-Instruct.jinja",
+        )
+    },
+    ("fireworks-ai-llama-3-firefunction-v2.jinja", "tools"): (
+        "the template reads the tools as JSON text in `functions`: llama-server leaves it empty"
+    ),
+    ("google-gemma-4-31B-it-interleaved.jinja", "tools"): (
+        "llama-server folds tool results into the model's turn for older Gemma 4 templates "
+        "(a family adaptation, with Gemma 4's tool calls)"
+    ),
+    **{
+        ("Apertus-8B-Instruct.jinja", conv): (
+            "enable_thinking is true for every template; llama-server turns it off where its "
+            "parsers do not know the reasoning markers (Apertus deliberates)"
+        )
+        for conv in ("plain", "tools", "reasoning")
+    },
+    ("unsloth-mistral-Devstral-Small-2507.jinja", "reasoning"): (
+        "llama-server sends reasoning as content blocks by its Ministral markers, and "
+        "Devstral's template then drops the answer; localrun probes the template"
+    ),
+}
+
+
+def _render(name: str, conversation: dict[str, Any]) -> str:
+    source = (CORPUS / name).read_text()
+    bos = DATA["bos_token"]
+    out = template.render(
+        source,
+        conversation["messages"],
+        tools=conversation.get("tools"),
+        bos_token=bos,
+        eos_token=DATA["eos_token"],
+    )
+    out = out.removeprefix(bos)  # the tokenizer adds it (llama.cpp strips it the same way)
+    now = datetime.now()
+    for fmt, placeholder in (("%d %b %Y", "{date_string}"), ("%b %d %Y", "{datetime}")):
+        out = out.replace(now.strftime(fmt), placeholder)
+    return out
+
+
+def test_the_corpus_is_whole() -> None:
+    assert len(FILES) == 70
+    assert set(DATA["llama_server"]) == set(FILES)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_template_renders_every_conversation_as_llama_server(name: str) -> None:
+    differs = []
+    for conv, conversation in DATA["conversations"].items():
+        ours = _render(name, conversation)
+        theirs = DATA["llama_server"][name][conv]
+        if theirs is not None and ours != theirs:
+            differs.append(conv)
+    expected = [conv for (file, conv) in DIFFERENT if file == name]
+    assert sorted(differs) == sorted(expected)
+
+
+def test_probes_find_what_each_family_needs() -> None:
+    def caps(name: str) -> adapt.Caps:
+        return adapt.probe((CORPUS / name).read_text())
+
+    gemma = caps("google-gemma-2-2b-it.jinja")
+    assert not gemma.system_role and not gemma.tool_role and not gemma.tools
+    assert caps("mistralai-Mistral-Nemo-Instruct-2407.jinja").short_ids
+    assert not caps("meetkai-functionary-medium-v3.2.jinja").object_arguments
+    assert caps("Qwen-Qwen3-0.6B.jinja") == adapt.Caps()
+    assert caps("fireworks-ai-llama-3-firefunction-v2.jinja").functions
+    assert caps("LFM2.5-8B-A1B.jinja").reasoning_as == "thinking"
+    assert caps("mistralai-Ministral-3-14B-Reasoning-2512.jinja").reasoning_as == "blocks"
+
+
+def test_gemma_2_takes_a_system_prompt_and_tool_turns() -> None:
+    source = (CORPUS / "google-gemma-2-2b-it.jinja").read_text()
+    tools = DATA["conversations"]["tools"]
+    system = {"role": "system", "content": "Be brief."}
+    out = template.render(source, [system, *tools["messages"]], tools=tools["tools"])
+    assert "<start_of_turn>user\nBe brief.\n" in out  # folded into the first user turn
+    assert "<tool_response>\nsunny\n</tool_response>" in out
+    assert '"name": "get_weather"' in out  # the call, written out
+
+
+def test_mistral_tool_ids_are_made_nine_characters_and_stay_paired() -> None:
+    source = (CORPUS / "mistralai-Mistral-Nemo-Instruct-2407.jinja").read_text()
+    messages = json.loads(json.dumps(DATA["conversations"]["tools"]["messages"]))
+    messages[1]["tool_calls"][0]["id"] = messages[2]["tool_call_id"] = "call_abc_123"
+    out = template.render(source, messages, tools=DATA["conversations"]["tools"]["tools"])
+    short = adapt._short_id("call_abc_123")
+    assert len(short) == 9 and short.isalnum() and out.count(short) == 2
