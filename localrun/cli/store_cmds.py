@@ -160,6 +160,9 @@ def show(
     param: list[str] = typer.Option(
         [], "--param", "-p", help="With --fit: set a parameter, e.g. num_ctx=8192 (repeatable)."
     ),
+    prompt: str | None = typer.Option(
+        None, "--prompt", help="Print the text the model is sent when a user says this."
+    ),
 ) -> None:
     """Show a model's details, parameters, system prompt, template and license."""
     from localrun.errors import InvalidParameterError
@@ -172,10 +175,21 @@ def show(
     overrides = dict(params_mod.parse_assignment(item) for item in param)
     m = _stored_model(name)
     template = m.template if m.template is not None else m.config.get("gguf_chat_template")
-    if fit:
+    chosen = None
+    if template is None or prompt is not None:
+        from localrun.worker import view
+
+        choice = view.template_choice(m)
+        template, chosen = choice.source, choice.reason
+    if prompt is not None:
+        from localrun.request import GenRequest
+
+        chat = GenRequest(str(m.name), messages=[{"role": "user", "content": prompt}])
+        print(view.prompt_of(m, chat), end="")
+    elif fit:
         print_fit(m, overrides, as_json)
     elif as_json:
-        print(json.dumps(_show_json(m, template), indent=2, ensure_ascii=False))
+        print(json.dumps(_show_json(m, template, chosen), indent=2, ensure_ascii=False))
     elif show_modelfile:
         mf = m.to_modelfile(originals=True)
         print(
@@ -192,7 +206,7 @@ def show(
     elif show_license:
         print("\n\n".join(m.licenses))
     else:
-        print(show_text(m, template))
+        print(show_text(m, template, chosen))
 
 
 def _stored_model(name: str) -> Model:
@@ -211,7 +225,7 @@ def _stored_model(name: str) -> Model:
     return model_mod.load(store, ref.name, manifest)
 
 
-def _show_json(m: Any, template: str | None) -> dict[str, Any]:
+def _show_json(m: Any, template: str | None, chosen: str | None = None) -> dict[str, Any]:
     draft = m.draft
     return {
         "name": str(m.name),
@@ -231,6 +245,7 @@ def _show_json(m: Any, template: str | None) -> dict[str, Any]:
         "parameters": m.parameters,
         "system": m.system,
         "template": template,
+        "template_chosen": chosen,
         "template_source": "modelfile" if m.template is not None else "gguf",
         "messages": [{"role": x.role, "content": x.content} for x in m.messages],
         "license": m.licenses,

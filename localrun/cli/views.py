@@ -27,7 +27,7 @@ def params_text(parameters: dict[str, Any]) -> str:
     return columns(rows)
 
 
-def show_text(m: Any, template: str | None) -> str:
+def show_text(m: Any, template: str | None, chosen: str | None = None) -> str:
     """The sections `show` prints: model details, adapters, parameters, system, ... license."""
     from localrun.gguf.scan import format_count
 
@@ -52,7 +52,8 @@ def show_text(m: Any, template: str | None) -> str:
         lines = [f"{msg.role}: {_clip(msg.content, 1)}" for msg in m.messages]
         sections.append("  Messages\n" + _indent("\n".join(lines), 4))
     if template:
-        sections.append("  Template\n" + _indent(_clip(template, 4), 4))
+        why = f"chosen: {chosen}\n" if chosen else ""
+        sections.append("  Template\n" + _indent(why + _clip(template, 4), 4))
     if m.licenses:
         sections.append("  License\n" + _indent("\n\n".join(_clip(t, 2) for t in m.licenses), 4))
     return "\n\n".join(sections) + "\n"

@@ -69,9 +69,32 @@ class Header:
     metadata: dict[str, Any]  # scalars and strings; arrays as ("array", element type, count)
     tensors: list[TensorInfo]
     fim: bool = False  # the vocabulary has fill-in-the-middle tokens (prefix, suffix, middle)
+    # Of CHAT_TOKENS, those the vocabulary has (they tell which chat format a model without a
+    # chat template was trained on), and its BOS and EOS tokens' texts.
+    chat_tokens: frozenset[str] = frozenset()
+    bos_text: str = ""
+    eos_text: str = ""
 
     def arch_value(self, suffix: str) -> Any:
         return self.metadata.get(f"{self.metadata.get('general.architecture')}.{suffix}")
+
+
+# The turn markers of the chat formats localrun knows by their tokens (formats/families.py).
+CHAT_TOKENS = frozenset(
+    {
+        "<|im_start|>",
+        "<|start_header_id|>",
+        "<start_of_turn>",
+        "[INST]",
+        "<|user|>",
+        "<|assistant|>",
+        "<|end|>",
+        "<|start_of_role|>",
+        "<\uff5cUser\uff5c>",
+        "<|START_OF_TURN_TOKEN|>",
+    }
+)
+_CHAT_BYTES = {token.encode(): token for token in CHAT_TOKENS}
 
 
 def invalid(shown: str, reason: str) -> InvalidGGUFError:
@@ -100,7 +123,17 @@ def walk(data: mmap.mmap, size: int, shown: str) -> tuple[Header, list[bytes]]:
         raise invalid(shown, "the tensor data is missing (truncated file)")
     tensors = _check_tensor_bounds(infos, data_start, alignment, size, shown)
     fim = _has_fim(data, w.tokens_span, w.metadata)
-    return Header(version, alignment, data_start, size, w.metadata, tensors, fim), w.tokens
+    header = Header(version, alignment, data_start, size, w.metadata, tensors, fim)
+    header.chat_tokens = frozenset(_CHAT_BYTES[t] for t in w.tokens if t in _CHAT_BYTES)
+    header.bos_text = _token_text(w.tokens, w.metadata.get("tokenizer.ggml.bos_token_id"))
+    header.eos_text = _token_text(w.tokens, w.metadata.get("tokenizer.ggml.eos_token_id"))
+    return header, w.tokens
+
+
+def _token_text(tokens: list[bytes], index: Any) -> str:
+    if isinstance(index, int) and 0 <= index < len(tokens):
+        return tokens[index].decode("utf-8", "replace")
+    return ""
 
 
 def _preamble(data: mmap.mmap, size: int, shown: str) -> tuple[int, int, int]:

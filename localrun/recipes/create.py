@@ -442,17 +442,16 @@ def _json_bytes(value: Any) -> bytes:
 
 
 def _check_template(template: str, line: int) -> None:
-    """Refuse a TEMPLATE that is not valid Jinja (it is rendered sandboxed at run time)."""
-    from jinja2 import TemplateSyntaxError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    """Refuse a TEMPLATE that cannot be rendered (it is rendered sandboxed at run time)."""
+    from localrun.errors import TemplateError
+    from localrun.formats import template as template_mod
 
     try:
-        ImmutableSandboxedEnvironment().parse(template)
-    except TemplateSyntaxError as exc:
+        template_mod.check(template)
+    except TemplateError as exc:
         raise ModelfileError(
-            f"TEMPLATE is not a valid Jinja chat template: {exc.message} "
-            f"(line {exc.lineno} of the template)",
+            f"TEMPLATE: {exc.message}",
             line=line,
-            hint="a TEMPLATE uses the variables messages, add_generation_prompt, bos_token, "
-            "eos_token",
+            hint="a TEMPLATE is a Jinja chat template (messages, add_generation_prompt, "
+            "bos_token, eos_token, tools)",
         ) from None

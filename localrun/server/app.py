@@ -100,6 +100,7 @@ _ROUTES = (
     ("/health", llamacpp.health, ["GET"]),
     ("/tokenize", llamacpp.tokenize, ["POST"]),
     ("/detokenize", llamacpp.detokenize, ["POST"]),
+    ("/apply-template", llamacpp.apply_template, ["POST"]),
     ("/infill", llamacpp.infill, ["POST"]),
     ("/rerank", rerank.rerank, ["POST"]),
     ("/reranking", rerank.rerank, ["POST"]),

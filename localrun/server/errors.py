@@ -118,7 +118,7 @@ def plain_body(
 
 # llama-server's routes answer errors in OpenAI's shape, as llama-server does.
 _OPENAI_SHAPED = frozenset(
-    {"/health", "/tokenize", "/detokenize", "/infill", "/rerank", "/reranking"}
+    {"/health", "/tokenize", "/detokenize", "/apply-template", "/infill", "/rerank", "/reranking"}
 )
 
 

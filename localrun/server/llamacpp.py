@@ -4,6 +4,11 @@
     POST /tokenize     {"content", "add_special"?, "parse_special"?, "with_pieces"?, "model"?}
                        -> {"tokens": [ids]} or, with_pieces, {"tokens": [{"id", "piece"}]}
     POST /detokenize   {"tokens", "model"?} -> {"content"}
+    POST /apply-template  {"messages", "tools"?, "tool_choice"?, "add_generation_prompt"?,
+                       "reasoning_effort"?, "chat_template_kwargs"?, "model"?} -> {"prompt"}:
+                       the text the model is sent for that chat, without the BOS its tokenizer
+                       adds, whatever its template's kind; rendered from the store, the model
+                       not loaded
     POST /infill       {"input_prefix", "input_suffix", "input_extra"?: [{"filename", "text"}],
                        "prompt"?, "n_predict"?, sampling fields, "stream"?, "model"?}
                        -> {"content", "stop", "tokens_predicted", "timings", ...}; streamed as
@@ -22,17 +27,23 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from localrun import model as model_mod
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
+from localrun.server.messages import chat_messages
+from localrun.server.models import local_model
+from localrun.server.openai import think_of
 from localrun.server.streaming import event_stream, sse
 from localrun.settings import limits
+from localrun.worker import view
 
 
 async def health(request: Request) -> Response:
@@ -52,6 +63,29 @@ def default_model(request: Request, body: Body) -> str:
         + (f"{len(loaded)} models are loaded" if loaded else "no model is loaded"),
         hint='send {"model": "NAME", ...}',
     )
+
+
+async def apply_template(request: Request) -> Response:
+    body = Body(await read_json(request))
+    name = await local_model(request, default_model(request, body))
+    messages = chat_messages(body.data.get("messages"), openai=True)
+    tools = body.data.get("tools") or None
+    chat = GenRequest(
+        str(name),
+        messages=messages,
+        tools=tools,
+        tool_choice=body.data.get("tool_choice"),
+        think=think_of(body),
+    )
+    generation_prompt = body.flag("add_generation_prompt", True)
+    store = core.context(request).store
+
+    def render() -> str:
+        return view.prompt_of(
+            model_mod.load(store, name), chat, add_generation_prompt=generation_prompt
+        )
+
+    return JSONResponse({"prompt": await anyio.to_thread.run_sync(render)})
 
 
 async def tokenize(request: Request) -> Response:

@@ -93,7 +93,7 @@ def _format(body: Body) -> str | dict[str, Any] | None:
     raise BadRequestError(f"response_format type {spec.get('type')!r} is not supported")
 
 
-def _think(body: Body) -> bool | str | None:
+def think_of(body: Body) -> bool | str | None:
     """`reasoning_effort`, or llama-server's `chat_template_kwargs.enable_thinking`."""
     effort = body.data.get("reasoning_effort")
     if effort is not None:
@@ -280,7 +280,7 @@ def _chat_request(body: Body) -> GenRequest:
         format=_format(body),
         tools=body.get("tools", list),
         tool_choice=body.data.get("tool_choice"),
-        think=_think(body),
+        think=think_of(body),
         logprobs=_chat_logprobs(body),
         logit_bias=body.logit_bias(),
         parallel_tool_calls=body.flag("parallel_tool_calls", True),

@@ -17,6 +17,7 @@ from typing import Any
 
 from localrun.engine.types import Engine, LoadOptions
 from localrun.errors import BadRequestError, InvalidGGUFError, LocalrunError
+from localrun.formats import families
 from localrun.hardware import fit as fit_mod
 from localrun.model import Model
 from localrun.model import load as load_stored
@@ -125,7 +126,14 @@ def load_model(
         raise fit_mod.scrubbed(exc, model) from None
     # The scripted engine reads no GGUF: it renders the file's own template as llama.cpp would.
     own = plan.header.metadata.get("tokenizer.chat_template")
-    template = model.template or engine.chat_template or (own if isinstance(own, str) else None)
+    choice = families.choose(
+        model.template,
+        engine.chat_template or (own if isinstance(own, str) else None),
+        plan.header.chat_tokens,
+    )
+    template = choice.source
+    if choice.base:
+        warned(f"{model.name}: {choice.reason}")
     prompter = Prompter(model, parameters, template, engine, stop_tokens_for(template, engine))
     info = _ready_info(
         engine, plan, [*notes, *warnings], time.perf_counter() - started, native=backend != "fake"

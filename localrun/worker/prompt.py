@@ -181,11 +181,13 @@ class Prompter:
         conversation: list[Message],
         tools: list[tools_mod.Tool] | None = None,
         variables: dict[str, Any] | None = None,
+        *,
+        add_generation_prompt: bool = True,
     ) -> str:
         return template_mod.render(
             self.template,
             conversation,
-            add_generation_prompt=True,
+            add_generation_prompt=add_generation_prompt,
             bos_token=self.tokenizer.bos_text,
             eos_token=self.tokenizer.eos_text,
             tools=tools,
@@ -220,15 +222,12 @@ class Prompter:
     def chat(self, request: GenRequest) -> Prepared:
         """A conversation (the model's own layers added) rendered by the template; `think`
         turns a reasoning model's thinking on or off (None: the model's default)."""
-        think = reasoning_mod.check(request.think)
-        variables = reasoning_mod.template_variables(think, self.template, str(self.model.name))
-        in_force = tools_mod.in_force(request.tools, request.tool_choice)
+        think, variables, in_force, conversation = self._chat_parts(request)
         forced = tools_mod.forced_schema(in_force, request.tool_choice) if in_force else None
         # A forced tool call is JSON already; its grammar wins over `format`.
         grammar = schema_grammar(forced) if forced is not None else grammar_for(request.format)
         sampling = self.sampling(request.options, grammar)
         media = media_of(request.messages or [])
-        conversation = self.conversation(request.messages or [], request.system)
         text = self.prompt_text(conversation, in_force, variables)
         prepared = self._prepared(text, media, sampling)
         prepared.tool_names = tools_mod.names(in_force) if in_force else None
@@ -245,6 +244,23 @@ class Prompter:
                 prepared.channels = True  # its markers are special tokens: spell them out
                 prepared.sampling = dataclasses.replace(prepared.sampling, special=True)
         return prepared
+
+    def chat_text(self, request: GenRequest, *, add_generation_prompt: bool = True) -> str:
+        """The prompt text a chat request renders to (what /apply-template shows)."""
+        _, variables, in_force, conversation = self._chat_parts(request)
+        return self.prompt_text(
+            conversation, in_force, variables, add_generation_prompt=add_generation_prompt
+        )
+
+    def _chat_parts(
+        self, request: GenRequest
+    ) -> tuple[Any, dict[str, Any], list[tools_mod.Tool] | None, list[Message]]:
+        """A chat request's think, template variables, tools in force and whole conversation."""
+        think = reasoning_mod.check(request.think)
+        variables = reasoning_mod.template_variables(think, self.template, str(self.model.name))
+        in_force = tools_mod.in_force(request.tools, request.tool_choice)
+        conversation = self.conversation(request.messages or [], request.system)
+        return think, variables, in_force, conversation
 
     def stable_prefix(
         self,

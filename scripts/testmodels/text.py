@@ -125,6 +125,7 @@ def write_tiny_model(
     alignment: int | None = None,
     fim: bool | Literal["ids"] = False,
     chat_template: str = CHATML_TEMPLATE,
+    control: tuple[str, ...] | None = None,
     swa: int = 0,
 ) -> Path:
     """Write a tiny random-weight llama GGUF that llama.cpp loads; return its path.
@@ -137,7 +138,8 @@ def write_tiny_model(
     writes an explicit ``general.alignment`` key. ``fim`` adds fill-in-the-middle tokens
     (found by their texts, as in many code models' GGUFs; ``"ids"``: named by the GGUF's
     ``tokenizer.ggml.fim_*_token_id`` keys); ``chat_template`` replaces ChatML
-    (e.g. THINKING_TEMPLATE). ``swa > 0`` writes a granite_swa model instead (the same
+    (e.g. THINKING_TEMPLATE; "" writes none) and ``control`` the ChatML tokens.
+    ``swa > 0`` writes a granite_swa model instead (the same
     tensors plus attention sinks) whose every other layer attends to the last ``swa`` tokens
     only: a sliding-window model, whose KV state llama.cpp cannot restore for a prefix.
     """
@@ -154,7 +156,7 @@ def write_tiny_model(
         cols = -(-extra_bytes // per_column)
         n_ff_file += -(-cols // _FFN_PAD_MULTIPLE) * _FFN_PAD_MULTIPLE
 
-    tokens, scores, types = build_vocab(fim=fim)
+    tokens, scores, types = build_vocab(fim=fim, control=control)
     writer = GGUFWriter(path, "granite_swa" if swa else ARCH)
     writer.add_name(MODEL_NAME)
     writer.add_file_type(LlamaFileType.MOSTLY_F16 if dtype == "f16" else LlamaFileType.ALL_F32)

@@ -62,13 +62,16 @@ FIM_PIECES = (
 FIM_ID_PIECES = ("[INFILL_BEFORE]", "[INFILL_AFTER]", "[INFILL_HERE]")
 
 
-def build_vocab(*, fim: bool | str = False) -> tuple[list[str], list[float], list[int]]:
+def build_vocab(
+    *, fim: bool | str = False, control: tuple[str, ...] | None = None
+) -> tuple[list[str], list[float], list[int]]:
     """Return ``(tokens, scores, token_types)`` of the tiny SentencePiece-style vocabulary.
 
     Layout: ``<unk>``, ``<s>``, ``</s>``, the 256 byte tokens ``<0x00>``..``<0xFF>``, about 130
     normal pieces (``▁the``, ``a``, ...) and the ChatML control tokens ``<|im_start|>`` and
     ``<|im_end|>`` last; with ``fim``, the FIM_PIECES control tokens after them (with
-    ``fim="ids"``, FIM_ID_PIECES instead).
+    ``fim="ids"``, FIM_ID_PIECES instead). ``control`` replaces the ChatML tokens (another
+    family's turn markers, or none: a base model's vocabulary).
     """
     tokens = ["<unk>", "<s>", "</s>"]
     types = [int(TokenType.UNKNOWN), int(TokenType.CONTROL), int(TokenType.CONTROL)]
@@ -80,7 +83,7 @@ def build_vocab(*, fim: bool | str = False) -> tuple[list[str], list[float], lis
         scores.append(-float(rank))
         types.append(int(TokenType.NORMAL))
     extra = FIM_ID_PIECES if fim == "ids" else FIM_PIECES if fim else ()
-    for piece in _CONTROL_PIECES + extra:
+    for piece in (_CONTROL_PIECES if control is None else control) + extra:
         tokens.append(piece)
         scores.append(0.0)
         types.append(int(TokenType.CONTROL))
@@ -101,4 +104,5 @@ def add_vocab(
     writer.add_eos_token_id(EOS_ID)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(template)
+    if template:
+        writer.add_chat_template(template)
