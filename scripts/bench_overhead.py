@@ -8,7 +8,11 @@ model in this process (`localrun run`'s local runner, speculation off), times ev
 of one token and the interval between tokens as the reader receives them, and prints per token:
 the interval, llama_decode, and the difference (the loop's own cost), greedy and sampled; and the
 median time on the loop's thread from one decode's end to the next one's start (the same cost,
-less noisy on a shared machine, without what the reader's wake-ups cost decode).
+less noisy on a shared machine, without what the reader's wake-ups cost decode). Then what a
+chat template costs a request: rendering a ten-turn conversation with two tools through each of
+llama.cpp's 70 real templates (tests/data/templates), the conversation adapted as for a
+request, against a decoded token: the first rendering of a template (its probes, once per
+template) and the ones after it.
 
 A benchmark, not a test: medians of --repeat runs; it never fails on a slow number.
 
@@ -100,12 +104,76 @@ def main() -> int:
                 f"({100 * r['share']:.1f}%); between decodes (median) {r['loop_gap_us']:6.1f} us",
                 flush=True,
             )
+        results["template"] = render_cost(results["greedy"]["interval_us"])
     finally:
         opened.close()
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"model": args.model, "tokens": args.tokens, **results}, out, indent=2)
     return 0
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": f"{name} of a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "description": "The city"}},
+                "required": ["city"],
+            },
+        },
+    }
+    for name in ("get_weather", "get_time")
+]
+
+
+def render_cost(token_us: float) -> dict[str, float]:
+    """Microseconds a request's template rendering takes (first and later, median and max
+    over the corpus), and the later median in decoded tokens."""
+    from pathlib import Path
+
+    from localrun.errors import TemplateError
+    from localrun.formats import template
+
+    turns: list[dict[str, Any]] = [{"role": "system", "content": "Be brief."}]
+    for i in range(5):
+        turns.append({"role": "user", "content": f"Question {i}: {PROMPT}"})
+        turns.append({"role": "assistant", "content": f"Answer {i}: a keeper, a storm."})
+    corpus = sorted((Path(__file__).parent.parent / "tests/data/templates").glob("*.jinja"))
+    first: list[float] = []
+    later: list[float] = []
+    for path in corpus:
+        source = path.read_text()
+        times = []
+        for _ in range(21):
+            started = time.perf_counter()
+            try:
+                template.render(source, turns, tools=TOOLS, bos_token="<s>", eos_token="</s>")
+            except TemplateError:
+                break
+            times.append(time.perf_counter() - started)
+        if times:
+            first.append(times[0])
+            later.append(statistics.median(times[1:]))
+    out = {
+        "templates": len(later),
+        "first_median_us": round(statistics.median(first) * 1e6, 1),
+        "first_max_us": round(max(first) * 1e6, 1),
+        "median_us": round(statistics.median(later) * 1e6, 1),
+        "max_us": round(max(later) * 1e6, 1),
+        "median_tokens": round(statistics.median(later) * 1e6 / token_us, 2),
+    }
+    print(
+        f"template: {out['templates']} templates, a request's rendering {out['median_us']:.0f} us "
+        f"median ({out['median_tokens']:.2f} decoded tokens), {out['max_us']:.0f} us at most; "
+        f"the first of a template (its probes) {out['first_median_us']:.0f} us median, "
+        f"{out['first_max_us']:.0f} us at most",
+        flush=True,
+    )
+    return out
 
 
 if __name__ == "__main__":

@@ -51,6 +51,12 @@ def check(source: str) -> None:
     compile_jinja(source)
 
 
+def prepare(source: str | None) -> None:
+    """Compile and probe a template ahead of its first request (a runner does it at load:
+    the probes take tens of milliseconds, once). A template that fails says so then."""
+    adapt_mod.probe(source or CHATML)
+
+
 def render(
     template: str | None,
     messages: list[dict[str, Any]],

@@ -18,6 +18,7 @@ from typing import Any
 from localrun.engine.types import Engine, LoadOptions
 from localrun.errors import BadRequestError, InvalidGGUFError, LocalrunError
 from localrun.formats import families
+from localrun.formats import template as template_mod
 from localrun.hardware import fit as fit_mod
 from localrun.model import Model
 from localrun.model import load as load_stored
@@ -132,6 +133,8 @@ def load_model(
         plan.header.chat_tokens,
     )
     template = choice.source
+    with contextlib.suppress(LocalrunError):  # a broken template fails its requests, with why
+        template_mod.prepare(template)
     if choice.base:
         warned(f"{model.name}: {choice.reason}")
     prompter = Prompter(model, parameters, template, engine, stop_tokens_for(template, engine))
