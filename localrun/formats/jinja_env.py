@@ -170,43 +170,45 @@ def _bounded_filters() -> dict[str, Any]:
             raise TemplateError("the chat template tried to build an oversized value (indent)")
         return f.do_indent(s, width, first, blank)
 
-    def tojson(
-        value: Any,
-        ensure_ascii: bool = False,
-        indent: int | None = None,
-        separators: Any = None,
-        sort_keys: bool = False,
-    ) -> str:
-        # Hugging Face's signature (transformers' chat template environment).
-        if isinstance(indent, int) and indent > 64:
-            raise TemplateError("the chat template asked tojson for an indent over 64")
-        if separators is not None:
-            parts = tuple(separators)
-            if len(parts) != 2 or any(not isinstance(p, str) or len(p) > 16 for p in parts):
-                raise TemplateError("the chat template gave tojson odd separators")
-            separators = parts
-        return json.dumps(
-            _plain(value),
-            ensure_ascii=bool(ensure_ascii),
-            indent=indent,
-            separators=separators,
-            sort_keys=bool(sort_keys),
-        )
-
-    def safe(value: Any) -> Any:
-        # Nothing is escaped here (autoescape is off), so a Markup would only escape what is
-        # added to it: functionary's `"..."|safe + name` wrote &#34; for quotes.
-        return value
-
     return {
-        "safe": safe,
+        "safe": _safe,
         "center": center,
         "format": format_,
         "join": join,
         "replace": replace,
         "indent": indent,
-        "tojson": tojson,
+        "tojson": _tojson,
     }
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: Any = None,
+    sort_keys: bool = False,
+) -> str:
+    # Hugging Face's signature (transformers' chat template environment).
+    if isinstance(indent, int) and indent > 64:
+        raise TemplateError("the chat template asked tojson for an indent over 64")
+    if separators is not None:
+        parts = tuple(separators)
+        if len(parts) != 2 or any(not isinstance(p, str) or len(p) > 16 for p in parts):
+            raise TemplateError("the chat template gave tojson odd separators")
+        separators = parts
+    return json.dumps(
+        _plain(value),
+        ensure_ascii=bool(ensure_ascii),
+        indent=indent,
+        separators=separators,
+        sort_keys=bool(sort_keys),
+    )
+
+
+def _safe(value: Any) -> Any:
+    # Nothing is escaped here (autoescape is off), so a Markup would only escape what is
+    # added to it: functionary's `"..."|safe + name` wrote &#34; for quotes.
+    return value
 
 
 def _plain(value: Any) -> Any:
