@@ -8,7 +8,9 @@ Modules (each imports only those listed before it):
   ``swa``), its LoRA adapter, a Mamba;
 * ``malformed`` - broken files (truncated, bad magic, bad version, ...) patched from a valid one;
 * ``projectors`` - a vision and an audio model with their libmtmd projectors;
-* ``reranker`` - a Qwen3-Reranker-shaped model with rank pooling.
+* ``reranker`` - a Qwen3-Reranker-shaped model with rank pooling;
+* ``scripted`` - a model whose greedy answer to any prompt is a given text, markers as their
+  real special tokens (``scripts/scripted_model.py``), for testing a family's format end to end.
 
 Importing any of them has no side effects. ``scripts/make_test_models.py OUT_DIR`` writes them
 all.
