@@ -3,6 +3,10 @@
     template.py         a conversation -> prompt text: the one door to what follows
     jinja_env.py        Hugging Face's template environment, sandboxed
     adapt.py            the conversation adapted to what a template renders (probed once)
+    families.py         the template of a GGUF that has none, by its vocabulary's markers
+    ollama_template.py  Ollama's Go templates as Ollama renders them (ollama_values,
+                        ollama_convert, ollama_funcs), on Go's text/template in gotemplate.py
+                        (gotemplate_lex, _parse, _funcs, _fmt, _json)
     sandbox.py          the bounds on rendering an untrusted template (time, size)
     calls.py            tool definitions in the prompt, forced calls, calls parsed back out
     reasoning.py        which templates think, how a request asks, the answer split in two

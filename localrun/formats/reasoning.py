@@ -24,7 +24,8 @@ OPEN = "<think>"
 CLOSE = "</think>"
 LEVELS = ("low", "medium", "high")
 CHANNEL = "<|channel|>"
-_MARKERS = (OPEN, "enable_thinking", "reasoning_content", CHANNEL)
+# An Ollama (Go) template thinks when it reads `.Think` or writes `.Thinking`.
+_MARKERS = (OPEN, "enable_thinking", "reasoning_content", CHANNEL, ".Think")
 
 Think = bool | str | None
 

@@ -5,6 +5,8 @@ come here, and never look inside:
 
     jinja_env.py   Hugging Face's environment (sandboxed Jinja with transformers' additions)
     adapt.py       the conversation adapted to what a Jinja template can render (probed)
+    ollama_*.py    Ollama's Go templates (a Modelfile's TEMPLATE written for Ollama), rendered
+                   as Ollama renders them, on gotemplate*.py (Go's text/template)
 
 A Jinja template is given `messages`, `add_generation_prompt`, `bos_token`, `eos_token`,
 `tools` (left undefined when there are none), and what llama.cpp's server passes every
@@ -22,6 +24,8 @@ from datetime import datetime
 from typing import Any
 
 from localrun.formats import adapt as adapt_mod
+from localrun.formats import calls as calls_mod
+from localrun.formats import gotemplate, ollama_template
 from localrun.formats.jinja_env import compile_jinja, render_jinja
 
 # llama.cpp falls back to ChatML when a model has no template.
@@ -46,15 +50,27 @@ END_OF_TURN = (
 )
 
 
+def is_go(source: str | None) -> bool:
+    """Whether a template is Ollama's Go kind (else Hugging Face's Jinja)."""
+    return source is not None and gotemplate.looks_like_go(source)
+
+
 def check(source: str) -> None:
-    """Refuse a template that cannot be compiled (TemplateError saying why and where)."""
-    compile_jinja(source)
+    """Refuse a template that cannot be used (TemplateError saying why and where): Jinja must
+    compile; a Go template must parse and render a short conversation, as Ollama checks."""
+    if is_go(source):
+        ollama_template.check(source)
+    else:
+        compile_jinja(source)
 
 
 def prepare(source: str | None) -> None:
     """Compile and probe a template ahead of its first request (a runner does it at load:
     the probes take tens of milliseconds, once). A template that fails says so then."""
-    adapt_mod.probe(source or CHATML)
+    if is_go(source):
+        ollama_template.load(source or "")
+    else:
+        adapt_mod.probe(source or CHATML)
 
 
 def render(
@@ -74,6 +90,8 @@ def render(
     source = template or CHATML
     # The template gets objects of its own: it may change them (lists are mutable in it).
     messages, tools = copy.deepcopy(messages), copy.deepcopy(tools)
+    if is_go(source):
+        return _render_go(source, messages, tools, variables or {}, add_generation_prompt)
     messages, tools, extra = adapt_mod.adapt(source, messages, tools)
     now = datetime.now()
     context: dict[str, Any] = {
@@ -95,9 +113,36 @@ def render(
     return render_jinja(source, context)
 
 
+def _render_go(
+    source: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    variables: dict[str, Any],
+    add_generation_prompt: bool,
+) -> str:
+    """An Ollama template's prompt: `think` from the request's thinking variables, tools in
+    a system note where the template has no `.Tools` (Ollama refuses them there)."""
+    if tools and not shows_tools(source):
+        messages, tools = calls_mod.add_system_note(messages, tools), None
+    think = variables.get("reasoning_effort", variables.get("enable_thinking"))
+    if think is None and "think" in ollama_template.load(source).vars:
+        think = True  # Ollama's default for a model that can think
+    return ollama_template.render(
+        source,
+        messages,
+        tools=tools or None,
+        think=think if isinstance(think, bool | str) else None,
+        add_generation_prompt=add_generation_prompt,
+    )
+
+
 def shows_tools(template: str | None) -> bool:
     """Whether a template lists the tools it is given (else they go in a system note)."""
-    return template is not None and adapt_mod.probe(template).tools
+    if template is None:
+        return False
+    if is_go(template):
+        return "tools" in ollama_template.load(template).vars
+    return adapt_mod.probe(template).tools
 
 
 def end_of_turn_markers(template: str | None) -> list[str]:

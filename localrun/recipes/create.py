@@ -453,5 +453,6 @@ def _check_template(template: str, line: int) -> None:
             f"TEMPLATE: {exc.message}",
             line=line,
             hint="a TEMPLATE is a Jinja chat template (messages, add_generation_prompt, "
-            "bos_token, eos_token, tools)",
+            "bos_token, eos_token, tools) or an Ollama Go template (.System, .Prompt, "
+            ".Messages, .Tools ...)",
         ) from None
