@@ -62,8 +62,12 @@ class LocalrunError(Exception):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.code in LocalrunError.by_code:
-            raise TypeError(f"error code {cls.code!r} is used twice")
+        known = LocalrunError.by_code.get(cls.code)
+        if known is not None and known is not cls:
+            # A subclass may travel as its parent (the client rebuilds the parent).
+            if not issubclass(cls, known) or "wire_as_parent" not in cls.__dict__:
+                raise TypeError(f"error code {cls.code!r} is used twice")
+            return
         LocalrunError.by_code[cls.code] = cls
 
     def __str__(self) -> str:
@@ -200,9 +204,11 @@ class TemplateError(EngineError):
 
 
 class TemplateLimitError(TemplateError):
-    """A template stopped for its time, memory or loop budget (not for what it was given)."""
+    """A template stopped for its time, memory or loop budget (not for what it was given);
+    on the wire it is a template_error, as it always was."""
 
-    code = "template_limit"
+    code = "template_error"
+    wire_as_parent = True
 
 
 class GPURuntimeError(EngineError):
