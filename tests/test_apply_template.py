@@ -197,6 +197,12 @@ def test_a_family_is_chosen_by_the_vocabulary() -> None:
     assert families.choose(None, None, None).source is None  # unknown vocabulary: ChatML
 
 
+def test_the_header_looks_for_every_familys_markers() -> None:
+    from localrun.gguf.header import CHAT_TOKENS
+
+    assert {t for _name, tokens, _source in families.FAMILIES for t in tokens} <= CHAT_TOKENS
+
+
 def test_family_templates_render_every_conversation() -> None:
     from localrun.formats import template
 

@@ -111,7 +111,7 @@ def _call_turns(
     ]
 
 
-def _try(source: str, messages: list[Message], tools: Any = None, **extra: Any) -> str | None:
+def _try(source: str, messages: list[Message], tools: Any = None) -> str | None:
     """The template's output for a probe, or None if it refuses it (a breach of the bounds
     is not a refusal: it ends the probing with that error)."""
     context = {
@@ -120,7 +120,6 @@ def _try(source: str, messages: list[Message], tools: Any = None, **extra: Any) 
         "add_generation_prompt": True,
         "bos_token": "",
         "eos_token": "",
-        **extra,
     }
     if tools is not None:
         context["tools"] = tools

@@ -19,7 +19,6 @@ naming the line. The time bound is the caller's (sandbox.guarded()).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any
@@ -35,6 +34,7 @@ from localrun.formats.gotemplate_fmt import (
     struct_fields,
 )
 from localrun.formats.gotemplate_funcs import ARITY, builtin, func_arity, truth
+from localrun.formats.gotemplate_lex import looks_like_go as looks_like_go  # re-exported
 from localrun.formats.gotemplate_lex import one_line
 from localrun.formats.gotemplate_parse import (
     BUILTINS,
@@ -165,20 +165,6 @@ def walk_nodes(node: Node) -> Iterable[Node]:
 def parse(source: str, funcs: frozenset[str] = frozenset()) -> GoTemplate:
     """Parse a template; `funcs` names the functions beyond the builtins it may call."""
     return GoTemplate(parse_trees(source, funcs), source)
-
-
-_GO_ACTION = re.compile(
-    r"\{\{-?\s*(?:\.|\$|/\*|(?:if|range|with|end|else|define|template|block)\b)"
-)
-
-
-def looks_like_go(source: str) -> bool:
-    """Whether a TEMPLATE is Go (Ollama's) rather than Jinja (Hugging Face's): Jinja has
-    `{% %}` blocks and bare names (`{{ messages }}`); Go has `{{ .Field }}`, `{{ $x }}`,
-    `{{ if }}`/`{{ range }}`/`{{ end }}`. Text with no action at all is Go, as Ollama reads it."""
-    if "{%" in source or "{#" in source:
-        return False
-    return bool(_GO_ACTION.search(source)) or "{{" not in source
 
 
 # -- execution --------------------------------------------------------------------------------

@@ -303,3 +303,17 @@ def number(text: str, kind: str, line: int) -> int | float:
         return value
     except (ValueError, OverflowError):
         raise invalid(f"illegal number syntax: {text!r}", line) from None
+
+
+_GO_ACTION = re.compile(
+    r"\{\{-?\s*(?:\.|\$|/\*|(?:if|range|with|end|else|define|template|block)\b)"
+)
+
+
+def looks_like_go(source: str) -> bool:
+    """Whether a TEMPLATE is Go (Ollama's) rather than Jinja (Hugging Face's): Jinja has
+    `{% %}` blocks and bare names (`{{ messages }}`); Go has `{{ .Field }}`, `{{ $x }}`,
+    `{{ if }}`/`{{ range }}`/`{{ end }}`. Text with no action at all is Go, as Ollama reads it."""
+    if "{%" in source or "{#" in source:
+        return False
+    return bool(_GO_ACTION.search(source)) or "{{" not in source

@@ -59,13 +59,9 @@ def _add(left: Any, right: Any) -> Any:
     return guard.safe_add(left, right)
 
 
+@lru_cache(maxsize=32)
 def compile_jinja(source: str) -> Any:
     """The compiled template (cached by source); TemplateError if it is not valid Jinja."""
-    return _compile(source)
-
-
-@lru_cache(maxsize=32)
-def _compile(source: str) -> Any:
     from jinja2 import TemplateSyntaxError
 
     env = _environment()
@@ -229,7 +225,7 @@ def render_jinja(source: str, context: dict[str, Any]) -> str:
     from jinja2 import TemplateError as JinjaError
     from jinja2.exceptions import SecurityError
 
-    compiled = _compile(source)
+    compiled = compile_jinja(source)
     token = _steps.set([MAX_STEPS])
     try:
         with guard.guarded():
@@ -262,13 +258,9 @@ def render_jinja(source: str, context: dict[str, Any]) -> str:
     return str(out)
 
 
+@lru_cache(maxsize=32)
 def variables(source: str) -> frozenset[str]:
     """The top-level variables the template reads (e.g. `tools`, `functions`)."""
-    return _variables(source)
-
-
-@lru_cache(maxsize=32)
-def _variables(source: str) -> frozenset[str]:
     from jinja2 import meta
 
     env = _environment()

@@ -25,7 +25,7 @@ from typing import Any
 
 from localrun.formats import adapt as adapt_mod
 from localrun.formats import calls as calls_mod
-from localrun.formats import gotemplate, ollama_template
+from localrun.formats.gotemplate_lex import looks_like_go
 from localrun.formats.jinja_env import compile_jinja, render_jinja
 
 # llama.cpp falls back to ChatML when a model has no template.
@@ -52,14 +52,22 @@ END_OF_TURN = (
 
 def is_go(source: str | None) -> bool:
     """Whether a template is Ollama's Go kind (else Hugging Face's Jinja)."""
-    return source is not None and gotemplate.looks_like_go(source)
+    return source is not None and looks_like_go(source)
+
+
+def _ollama() -> Any:
+    """Ollama's template layer, imported where a Go template is met: its modules take a
+    third of a runner's import of this package, and most models are Jinja."""
+    from localrun.formats import ollama_template
+
+    return ollama_template
 
 
 def check(source: str) -> None:
     """Refuse a template that cannot be used (TemplateError saying why and where): Jinja must
     compile; a Go template must parse and render a short conversation, as Ollama checks."""
     if is_go(source):
-        ollama_template.check(source)
+        _ollama().check(source)
     else:
         compile_jinja(source)
 
@@ -68,7 +76,7 @@ def prepare(source: str | None) -> None:
     """Compile and probe a template ahead of its first request (a runner does it at load:
     the probes take tens of milliseconds, once). A template that fails says so then."""
     if is_go(source):
-        ollama_template.load(source or "")
+        _ollama().load(source or "")
     else:
         adapt_mod.probe(source or CHATML)
 
@@ -104,10 +112,7 @@ def render(
         "bos_token": bos_token,
         "eos_token": eos_token,
     }
-    if add_generation_prompt:
-        context["add_generation_prompt"] = True
-    else:
-        context["add_generation_prompt"] = False
+    context["add_generation_prompt"] = add_generation_prompt
     if tools:
         context["tools"] = tools
     return render_jinja(source, context)
@@ -125,15 +130,16 @@ def _render_go(
     if tools and not shows_tools(source):
         messages, tools = calls_mod.add_system_note(messages, tools), None
     think = variables.get("reasoning_effort", variables.get("enable_thinking"))
-    if think is None and "think" in ollama_template.load(source).vars:
+    if think is None and "think" in _ollama().load(source).vars:
         think = True  # Ollama's default for a model that can think
-    return ollama_template.render(
+    prompt: str = _ollama().render(
         source,
         messages,
         tools=tools or None,
         think=think if isinstance(think, bool | str) else None,
         add_generation_prompt=add_generation_prompt,
     )
+    return prompt
 
 
 def shows_tools(template: str | None) -> bool:
@@ -141,7 +147,7 @@ def shows_tools(template: str | None) -> bool:
     if template is None:
         return False
     if is_go(template):
-        return "tools" in ollama_template.load(template).vars
+        return "tools" in _ollama().load(template).vars
     return adapt_mod.probe(template).tools
 
 

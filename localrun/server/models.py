@@ -47,6 +47,7 @@ from localrun.store.blobs import open_new, temp_path, write_all
 from localrun.store.manifest import check_digest
 from localrun.store.models import Store
 from localrun.store.names import ModelName
+from localrun.worker import view
 
 UPLOAD_CHUNK = 4 * 1024 * 1024
 DISK_MARGIN = 256 * 1024 * 1024
@@ -170,6 +171,9 @@ def _show(store: Store, name: ModelName) -> dict[str, Any]:
 
     m = model_mod.load(store, name)
     template = capabilities_mod.template_of(m)
+    if template is None:  # the family's template the runner chooses, as `show` says
+        with contextlib.suppress(LocalrunError):  # a damaged file is `verify`'s to report
+            template = view.template_choice(m).source
     d = m.details
     arch = d.get("architecture")
     info: dict[str, Any] = {

@@ -17,7 +17,6 @@ from typing import Any
 
 from localrun.engine.types import Engine, LoadOptions
 from localrun.errors import BadRequestError, InvalidGGUFError, LocalrunError
-from localrun.formats import families
 from localrun.formats import template as template_mod
 from localrun.hardware import fit as fit_mod
 from localrun.model import Model
@@ -26,7 +25,7 @@ from localrun.recipes import params as params_mod
 from localrun.settings import limits
 from localrun.store import names
 from localrun.store.models import Store
-from localrun.worker import protocol
+from localrun.worker import protocol, view
 from localrun.worker.prompt import Prompter, stop_tokens_for
 from localrun.worker.watch import LoadWatch, load_limit
 
@@ -125,13 +124,7 @@ def load_model(
             raise fit_mod.damaged(model, exc) from None
     except LocalrunError as exc:
         raise fit_mod.scrubbed(exc, model) from None
-    # The scripted engine reads no GGUF: it renders the file's own template as llama.cpp would.
-    own = plan.header.metadata.get("tokenizer.chat_template")
-    choice = families.choose(
-        model.template,
-        engine.chat_template or (own if isinstance(own, str) else None),
-        plan.header.chat_tokens,
-    )
+    choice = view.template_choice(model, plan.header)
     template = choice.source
     with contextlib.suppress(LocalrunError):  # a broken template fails its requests, with why
         template_mod.prepare(template)

@@ -12,7 +12,9 @@ from typing import Any
 from localrun.engine.types import FimTokens
 from localrun.errors import InvalidGGUFError
 from localrun.formats import families
+from localrun.gguf import scan as scan_mod
 from localrun.gguf.header import Header
+from localrun.hardware import fit as fit_mod
 from localrun.model import Model
 from localrun.request import GenRequest
 from localrun.worker.prompt import Prompter
@@ -48,9 +50,6 @@ class _HeaderTokens:
 
 
 def header_of(model: Model) -> Header:
-    from localrun.gguf import scan as scan_mod
-    from localrun.hardware import fit as fit_mod
-
     try:
         return scan_mod.scan(model.model_path)
     except InvalidGGUFError as exc:
@@ -75,7 +74,9 @@ def prompt_of(model: Model, request: GenRequest, *, add_generation_prompt: bool 
         model, dict(model.parameters), choice.source, _HeaderTokens(header), frozenset()
     )
     text = prompter.chat_text(request, add_generation_prompt=add_generation_prompt)
-    adds_bos = header.metadata.get("tokenizer.ggml.add_bos_token", True) is not False
+    # llama.cpp's default where the file does not say: BOS for SentencePiece vocabularies.
+    default = header.metadata.get("tokenizer.ggml.model") == "llama"
+    adds_bos = header.metadata.get("tokenizer.ggml.add_bos_token", default) is True
     if adds_bos and header.bos_text:
         text = text.removeprefix(header.bos_text)
     return text
