@@ -62,16 +62,16 @@ def test_the_splitter(pieces: list[str], inside: bool, expected: tuple[str, str]
 
 
 def test_the_channel_splitter() -> None:
-    from localrun.formats.reasoning import ChannelSplitter
+    from localrun.formats.parsers.harmony import HarmonyStream
 
     reply = HARMONY_REPLY
     for size in (len(reply), 3, 1):
-        splitter = ChannelSplitter()
+        splitter = HarmonyStream()
         parts = [splitter.feed(reply[i : i + size]) for i in range(0, len(reply), size)]
         parts.append(splitter.finish())
         assert "".join(t for t, _ in parts) == "plan"
         assert "".join(a for _, a in parts) == "answer"
-    plain = ChannelSplitter()
+    plain = HarmonyStream()
     assert plain.feed("no channels at all") == ("", "no channels at all")
 
 

@@ -12,13 +12,16 @@ from localrun.engine.fake import FakeBatchEngine
 from localrun.engine.types import LoadOptions
 from localrun.errors import BadRequestError
 from localrun.formats import calls as calls_mod
-from localrun.formats import template
+from localrun.formats import parsers, template
+from localrun.formats.parsers.stream import CallStream
 from localrun.model import load as load_model
 from localrun.recipes import create, modelfile
 from localrun.request import GenRequest
 from localrun.store import names
 from localrun.store.models import Store
-from localrun.worker import prompt
+from localrun.worker import forced, prompt
+
+HERMES = parsers.by_name("hermes")
 
 WEATHER = {
     "type": "function",
@@ -74,27 +77,24 @@ def test_tool_choice() -> None:
     assert calls_mod.in_force(None, "auto") is None
     assert calls_mod.in_force([], None) is None
     normalized = calls_mod.normalize([WEATHER, ADD])
-    assert calls_mod.forced_schema(normalized, "auto") is None
-    assert calls_mod.forced_schema(normalized, None) is None
-    both = calls_mod.forced_schema(normalized, "required")
-    assert both is not None and len(both["anyOf"]) == 2
-    named = calls_mod.forced_schema(normalized, {"type": "function", "function": {"name": "add"}})
-    assert named is not None
-    assert named["properties"]["name"] == {"type": "string", "enum": ["add"]}
-    assert named["properties"]["arguments"] == ADD["parameters"]
-    assert named["required"] == ["name", "arguments"]
+    syntax = HERMES.syntax.with_tools(normalized)
+    assert forced.grammar(syntax, normalized, "auto") is None
+    assert forced.grammar(syntax, normalized, None) is None
+    both = forced.grammar(syntax, normalized, "required")
+    assert both is not None and "get_weather" in both and '\\"add\\"' in both
+    named = forced.grammar(syntax, normalized, {"type": "function", "function": {"name": "add"}})
+    assert named is not None and "add" in named and "get_weather" not in named
     with pytest.raises(BadRequestError, match="not among the tools"):
-        calls_mod.forced_schema(normalized, {"type": "function", "function": {"name": "nope"}})
+        forced.grammar(syntax, normalized, {"type": "function", "function": {"name": "nope"}})
     with pytest.raises(BadRequestError, match="not understood"):
-        calls_mod.forced_schema(normalized, {"type": "function"})
+        forced.grammar(syntax, normalized, {"type": "function"})
 
 
 def test_forced_schemas_compile_to_grammars() -> None:
     normalized = calls_mod.normalize([WEATHER, ADD])
-    schema = calls_mod.forced_schema(normalized, "required")
-    assert schema is not None
-    grammar = prompt.schema_grammar(schema)
-    assert "root ::=" in grammar and "get_weather" in grammar and "add" in grammar
+    grammar = forced.grammar(HERMES.syntax.with_tools(normalized), normalized, "required")
+    assert grammar is not None and "root ::=" in grammar
+    assert "get_weather" in grammar and "add" in grammar
     with pytest.raises(BadRequestError, match="cannot be turned into a grammar"):
         prompt.schema_grammar({"type": "no-such-type"})
     with pytest.raises(BadRequestError, match="unknown format"):
@@ -227,7 +227,6 @@ PARIS = {"name": "get_weather", "arguments": {"city": "Paris"}}
         (CALL, "", [PARIS]),
         (f"```json\n{CALL}\n```", "", [PARIS]),
         (f"[{CALL}, {CALL}]", "", [PARIS, PARIS]),
-        (f"[TOOL_CALLS] [{CALL}]", "", [PARIS]),
         ('{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}', "", [PARIS]),
         ('{"name": "get_weather", "parameters": {"city": "Paris"}}', "", [PARIS]),
         ('{"type": "function", "function": ' + CALL + "}", "", [PARIS]),
@@ -247,14 +246,23 @@ PARIS = {"name": "get_weather", "arguments": {"city": "Paris"}}
     ],
 )
 def test_parse(text: str, content: str, calls: list[dict[str, Any]] | None) -> None:
-    assert calls_mod.parse(text, ["get_weather"]) == (content, calls)
+    """The Hermes syntax (Qwen's, and what the tool note asks for), bare JSON too."""
+    stream = CallStream(HERMES.syntax.with_tools(calls_mod.normalize([WEATHER])))
+    out, found = stream.feed(text)
+    rest, last = stream.finish()
+    assert (out + rest, found + last or None) == (content, calls)
 
 
 def _stream(pieces: list[str], *, forced: bool = False) -> tuple[list[str], str, Any]:
-    stream = calls_mod.CallStream(["get_weather"], forced=forced)
-    out = [text for piece in pieces if (text := stream.feed(piece))]
-    rest, calls = stream.finish()
-    return out, rest, calls
+    stream = CallStream(HERMES.syntax.with_tools(calls_mod.normalize([WEATHER])), forced=forced)
+    out, calls = [], []
+    for piece in pieces:
+        text, found = stream.feed(piece)
+        calls += found
+        if text:
+            out.append(text)
+    rest, last = stream.finish()
+    return out, rest, calls + last or None
 
 
 def test_call_stream_passes_text_and_holds_calls() -> None:
@@ -264,10 +272,11 @@ def test_call_stream_passes_text_and_holds_calls() -> None:
     out, rest, calls = _stream(["  ", "<tool", "_call>", CALL[:10], CALL[10:], "</tool_call>"])
     assert out == [] and rest == "" and calls == [PARIS]
     out, rest, calls = _stream(["Sure.", " <tool_call>", CALL, "</tool_call>"])
-    assert "".join(out) == "Sure. " and rest == "" and calls == [PARIS]
+    assert "".join(out) == "Sure." and rest == "" and calls == [PARIS]  # its blanks: the call's
     out, rest, calls = _stream(["{", '"a": 1}'])  # JSON that is not a call comes out at the end
     assert out == [] and rest == '{"a": 1}' and calls is None
-    out, rest, calls = _stream([CALL[:5], CALL[5:]], forced=True)
+    forced_call = f"<tool_call>{CALL}</tool_call>"
+    out, rest, calls = _stream([forced_call[:5], forced_call[5:]], forced=True)
     assert out == [] and rest == "" and calls == [PARIS]
     out, rest, calls = _stream(["hello"], forced=True)
     assert out == [] and rest == "hello" and calls is None
@@ -275,5 +284,5 @@ def test_call_stream_passes_text_and_holds_calls() -> None:
 
 
 def test_tool_results_and_calls_round_trip_through_json() -> None:
-    content, calls = calls_mod.parse(f"<tool_call>{CALL}</tool_call>", None)
-    assert calls is not None and json.loads(json.dumps(calls)) == [PARIS] and content == ""
+    out, _, calls = _stream([f"<tool_call>{CALL}</tool_call>"])
+    assert calls is not None and json.loads(json.dumps(calls)) == [PARIS] and out == []

@@ -232,6 +232,7 @@ class BatchEngine:
         job = Job(prompt, stop_tokens, sink, budget)
         job.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
         job.special = sampling.special
+        job.spell = sampling.spell
         job.ends = answer_ends(self._weights.vocab, stop_tokens)
         # The draft model's sequence is the slot's: bound when the job takes one (_take).
         job.media = media
@@ -476,7 +477,8 @@ class BatchEngine:
         job.timings.eval_tokens += 1
         job.tokens.append(token)
         weights = self._weights
-        raw = weights.token_bytes(token) if job.special else weights.piece_bytes(token)
+        spelled = job.special or token in job.spell
+        raw = weights.token_bytes(token) if spelled else weights.piece_bytes(token)
         if job.logprobs >= 0:
             row_logits = lc.llama_get_logits_ith(self._ctx, row)
             job.pending.append(

@@ -47,6 +47,7 @@ class Job:
         "sink",
         "spec",
         "special",
+        "spell",
         "start",
         "state",
         "stop_tokens",
@@ -74,6 +75,7 @@ class Job:
         self.cancelled = False
         self.logprobs = -1  # alternatives per token asked for (-1: no log-probabilities)
         self.special = False  # special tokens are spelled out in the answer
+        self.spell: frozenset[int] = frozenset()  # these special tokens spelled out
         self.pending: list[dict[str, Any]] = []  # entries whose text is not out yet
         self.spec: speculate.Speculator | None = None
         # The model's own turns at the start of the prompt (for the disk prompt cache), their

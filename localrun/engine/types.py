@@ -63,6 +63,9 @@ class SamplingOptions:
     # Spell special tokens in the answer (gpt-oss's channel markers, which the answer is split
     # by); set by the runner from the template, never a PARAMETER.
     special: bool = False
+    # These special tokens alone spelled out (a family's call and reasoning markers, as
+    # llama-server's preserved tokens); set by the runner, never a PARAMETER.
+    spell: frozenset[int] = frozenset()
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **extra: Any) -> SamplingOptions:

@@ -8,7 +8,9 @@
                         ollama_convert, ollama_funcs), on Go's text/template in gotemplate.py
                         (gotemplate_lex, _parse, _funcs, _fmt, _json)
     sandbox.py          the bounds on rendering an untrusted template (time, size)
-    calls.py            tool definitions in the prompt, forced calls, calls parsed back out
+    calls.py            tool definitions in the prompt, the tool note, tool_choice
+    parsers/            each family's call syntax and reasoning tags, chosen from the template
+                        (one module a family behind one table; derive.py for the rest)
     reasoning.py        which templates think, how a request asks, the answer split in two
     grammar_bounds.py   the bounds on the grammar a request's JSON schema may produce
 

@@ -8,8 +8,8 @@ instead, asking for the reply shape most open models are trained on (Hermes/Qwen
 
 tool_choice "auto" (or None) lets the model choose; "none" hides the tools; "required" or
 {"type": "function", "function": {"name": ...}} forces a call, which the worker enforces with a
-grammar built from `forced_schema`. The answer is parsed back into
-[{"name": ..., "arguments": {...}}] from <tool_call> blocks or from a bare JSON object or list.
+grammar in the model's own call syntax (worker/forced.py). The answer is read back into
+[{"name": ..., "arguments": {...}}] by the model family's parser (formats/parsers).
 
 Pure: no llama_cpp and no I/O, so the server side can import it too.
 """
@@ -17,7 +17,6 @@ Pure: no llama_cpp and no I/O, so the server side can import it too.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from localrun import jsonlimits
@@ -25,7 +24,6 @@ from localrun.errors import BadRequestError
 
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"
-MISTRAL_CALLS = "[TOOL_CALLS]"
 
 Message = dict[str, Any]
 Tool = dict[str, Any]
@@ -114,34 +112,6 @@ def forced_name(tools: list[Tool], tool_choice: Any) -> str | None:
     return name
 
 
-def forced_schema(tools: list[Tool], tool_choice: Any) -> dict[str, Any] | None:
-    """A JSON schema every forced tool call must match; None when the model may choose.
-
-    Each tool becomes {"name": <its name>, "arguments": <its parameters>}, so the arguments
-    are checked against the schema of the tool actually named.
-    """
-    if tool_choice in (None, "auto", "none"):
-        return None
-    only = forced_name(tools, tool_choice)
-    options = []
-    for tool in tools:
-        function = tool["function"]
-        if only is not None and function["name"] != only:
-            continue
-        options.append(
-            {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string", "enum": [function["name"]]},
-                    "arguments": function["parameters"],
-                },
-                "required": ["name", "arguments"],
-                "additionalProperties": False,
-            }
-        )
-    return options[0] if len(options) == 1 else {"anyOf": options}
-
-
 # -- rendering --------------------------------------------------------------------------------
 
 
@@ -175,130 +145,3 @@ def add_system_note(conversation: list[Message], tools: list[Tool]) -> list[Mess
         first["content"] = f"{first.get('content') or ''}\n\n{note}".lstrip()
         return [first, *conversation[1:]]
     return [{"role": "system", "content": note}, *conversation]
-
-
-# -- parsing ----------------------------------------------------------------------------------
-
-
-def _as_call(value: Any, known: set[str] | None) -> ToolCall | None:
-    if not isinstance(value, dict):
-        return None
-    if isinstance(value.get("function"), dict):  # {"type": "function", "function": {...}}
-        value = value["function"]
-    name = value.get("name")
-    if not isinstance(name, str) or (known is not None and name not in known):
-        return None
-    key = "arguments" if "arguments" in value else "parameters" if "parameters" in value else None
-    if key is None:
-        return None
-    arguments = arguments_object(value[key])
-    if not isinstance(arguments, dict):
-        return None
-    return {"name": name, "arguments": arguments}
-
-
-def _calls_in_json(text: str, known: set[str] | None) -> list[ToolCall] | None:
-    text = text.strip()
-    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.DOTALL)
-    if fenced:
-        text = fenced.group(1)
-    try:
-        value = jsonlimits.loads(text, "the answer")
-    except (ValueError, BadRequestError):  # not JSON, or nested past any tool call's shape
-        return None
-    items = value if isinstance(value, list) else [value]
-    calls = [_as_call(item, known) for item in items]
-    if not calls or any(call is None for call in calls):
-        return None
-    return [call for call in calls if call is not None]
-
-
-def parse(text: str, tool_names: list[str] | None = None) -> tuple[str, list[ToolCall] | None]:
-    """Split a model's answer into (content, tool calls or None).
-
-    Calls come from <tool_call> blocks (a missing closing tag at the end is tolerated: the
-    answer may have been stopped there) or from an answer that is nothing but a JSON call or
-    list of calls (optionally after Mistral's [TOOL_CALLS] marker). With `tool_names`, only
-    calls of those tools count.
-    """
-    known = set(tool_names) if tool_names is not None else None
-    if TOOL_OPEN in text:
-        calls: list[ToolCall] = []
-        content: list[str] = []
-        rest = text
-        while TOOL_OPEN in rest:
-            before, _, after = rest.partition(TOOL_OPEN)
-            content.append(before)
-            body, closed, rest = after.partition(TOOL_CLOSE)
-            found = _calls_in_json(body, known)
-            if found is None:
-                return text, None
-            calls += found
-            if not closed:
-                rest = ""
-        content.append(rest)
-        return "".join(content).strip(), calls
-    # Mistral's models write their calls as "[TOOL_CALLS] [{...}]".
-    bare = text.strip().removeprefix(MISTRAL_CALLS)
-    found = _calls_in_json(bare, known)
-    if found is not None:
-        return "", found
-    return text, None
-
-
-class CallStream:
-    """Streams an answer's text while holding back what may turn out to be tool calls.
-
-    Text is passed on as it comes until a <tool_call> tag (or, at the very start, a JSON
-    object, list or code fence) appears; from there on everything is held until `finish`,
-    which parses it: calls found are returned, anything else is released as text after all.
-    With `forced`, everything is held (the answer is grammar-constrained to be a call).
-    """
-
-    def __init__(self, tool_names: list[str], *, forced: bool = False) -> None:
-        self.tool_names = tool_names
-        self.holding = forced
-        self.pending = ""  # text that may be the start of a tag
-        self.held = ""
-        self.started = False  # something other than blanks went out
-
-    def feed(self, piece: str) -> str:
-        if self.holding:
-            self.held += piece
-            return ""
-        pending = self.pending + piece
-        if not self.started:
-            stripped = pending.lstrip()
-            if not stripped:
-                self.pending = pending
-                return ""
-            if stripped[0] in "{[`":
-                self.holding, self.held, self.pending = True, pending, ""
-                return ""
-        index = pending.find(TOOL_OPEN)
-        if index >= 0:
-            self.holding, self.held, self.pending = True, pending[index:], ""
-            out = pending[:index]
-        else:
-            keep = 0
-            for size in range(min(len(TOOL_OPEN) - 1, len(pending)), 0, -1):
-                if TOOL_OPEN.startswith(pending[-size:]):
-                    keep = size
-                    break
-            out, self.pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
-        if not self.started and out.strip():
-            self.started = True
-        elif not self.started:
-            self.pending, out = out + self.pending, ""  # still only blanks: hold them too
-        return out
-
-    def finish(self) -> tuple[str, list[ToolCall] | None]:
-        """(text still to release, tool calls or None) once the answer is complete."""
-        held, self.held = self.pending + self.held, ""
-        self.pending = ""
-        if not held:
-            return "", None
-        content, calls = parse(held, self.tool_names)
-        if calls is None:
-            return held, None
-        return content, calls

@@ -7,11 +7,11 @@ A request asks with `think`: None (the model's default), False (off), True or a 
 ("low", "medium", "high"); the template gets `enable_thinking` and `reasoning_effort`, as
 Hugging Face templates expect. Asking a model that cannot think is a BadRequestError.
 
-`Splitter` takes the streamed answer and parts the text inside `<think>` ... `</think>` from the
-rest, holding back only what could be the start of a tag; a prompt that already opened `<think>`
-(templates that start the answer thinking) starts it inside. `ChannelSplitter` does the same for
-gpt-oss's channels, whose markers are special tokens: the engine spells them out for such
-templates (`channels`).
+`Splitter` takes the streamed answer and parts the text inside a family's reasoning tags
+(`<think>` ... `</think>` unless formats/parsers says otherwise) from the rest, holding back only
+what could be the start of a tag; a prompt that already opened the section (templates that
+start the answer thinking) starts it inside. gpt-oss's channels are parted by
+formats/parsers/harmony.py.
 
 Pure: no I/O, no llama_cpp (the server side and the runner both import it).
 """
@@ -25,7 +25,10 @@ CLOSE = "</think>"
 LEVELS = ("low", "medium", "high")
 CHANNEL = "<|channel|>"
 # An Ollama (Go) template thinks when it reads `.Think` or writes `.Thinking`.
-_MARKERS = (OPEN, "enable_thinking", "reasoning_content", CHANNEL, ".Think")
+_MARKERS = (
+    OPEN, "enable_thinking", "reasoning_content", CHANNEL, ".Think",
+    "<seed:think>", "[THINK]", "<|START_THINKING|>",
+)  # fmt: skip
 
 Think = bool | str | None
 
@@ -80,16 +83,26 @@ def channels(template: str | None) -> bool:
     return bool(template) and CHANNEL in template  # type: ignore[operator]
 
 
-def opens_thinking(prompt: str) -> bool:
-    """Whether a rendered prompt ends inside a `<think>` section the template opened."""
-    return prompt.rfind(OPEN) > prompt.rfind(CLOSE)
+def opens_thinking(prompt: str, open: str = OPEN, close: str = CLOSE) -> bool:
+    """Whether a rendered prompt ends inside a reasoning section the template opened."""
+    return prompt.rfind(open) > prompt.rfind(close)
 
 
 class Splitter:
-    """Parts streamed text into (thinking, answer) at `<think>` tags."""
+    """Parts streamed text into (thinking, answer) at a family's reasoning tags (`<think>`,
+    `<seed:think>`, `[THINK]`, `<|START_THINKING|>` ...); `drop` are markers around the answer
+    that are nobody's text (Granite's `<response>`, Command R's `<|START_RESPONSE|>`)."""
 
-    def __init__(self, *, inside: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        inside: bool = False,
+        open: str = OPEN,
+        close: str = CLOSE,
+        drop: tuple[str, ...] = (),
+    ) -> None:
         self.inside = inside
+        self.open, self.close, self.drop = open, close, drop
         self.pending = ""
         # The blank lines templates put after a tag are not part of either text.
         self._trim = True
@@ -105,15 +118,17 @@ class Splitter:
                 if not pending:
                     break
                 self._trim = False
-            tag = CLOSE if self.inside else OPEN
-            index = pending.find(tag)
-            if index >= 0:
+            tags = (self.close,) if self.inside else (self.open, *self.drop)
+            found = [(i, tag) for tag in tags if (i := pending.find(tag)) >= 0]
+            if found:
+                index, tag = min(found)
                 (thinking if self.inside else answer).append(pending[:index])
                 pending = pending[index + len(tag) :]
-                self.inside = not self.inside
+                if tag in (self.open, self.close):
+                    self.inside = not self.inside
                 self._trim = True
                 continue
-            keep = _partial_tag(pending, tag)
+            keep = max(_partial_tag(pending, tag) for tag in tags)
             (thinking if self.inside else answer).append(pending[: len(pending) - keep])
             pending = pending[len(pending) - keep :]
             break
@@ -124,59 +139,6 @@ class Splitter:
         """What was held back at the end (an unfinished tag is text after all)."""
         rest, self.pending = self.pending, ""
         return (rest, "") if self.inside else ("", rest)
-
-
-class ChannelSplitter:
-    """Parts a gpt-oss answer: `<|channel|>analysis<|message|>` ... `<|end|>` is reasoning,
-    `<|channel|>final<|message|>` (or commentary) ... is the answer; the headers between
-    (`<|start|>assistant`, the channel names) are nobody's text. Text before any marker is
-    answer, so a model that skips the channels still shows what it says."""
-
-    MESSAGE, END, START = "<|message|>", ("<|end|>", "<|return|>", "<|call|>"), "<|start|>"
-    _ALL = (CHANNEL, "<|message|>", "<|end|>", "<|return|>", "<|call|>", "<|start|>")
-
-    def __init__(self) -> None:
-        self.state = "answer"  # "thinking", "answer", "header" (until <|message|>), "between"
-        self.header = ""
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, str]:
-        thinking: list[str] = []
-        answer: list[str] = []
-        pending = self.pending + text
-        while pending:
-            found = [(pending.find(m), m) for m in self._ALL if m in pending]
-            if not found:
-                keep = max(_partial_tag(pending, m) for m in self._ALL)
-                self._emit(pending[: len(pending) - keep], thinking, answer)
-                pending = pending[len(pending) - keep :]
-                break
-            index, marker = min(found)
-            self._emit(pending[:index], thinking, answer)
-            pending = pending[index + len(marker) :]
-            if marker in (CHANNEL, self.START):
-                self.state, self.header = "header", ""
-            elif marker == self.MESSAGE:
-                self.state = "thinking" if "analysis" in self.header else "answer"
-            else:
-                self.state = "between"
-        self.pending = pending
-        return "".join(thinking), "".join(answer)
-
-    def _emit(self, text: str, thinking: list[str], answer: list[str]) -> None:
-        if self.state == "thinking":
-            thinking.append(text)
-        elif self.state == "answer":
-            answer.append(text)
-        elif self.state == "header":
-            self.header += text
-
-    def finish(self) -> tuple[str, str]:
-        rest, self.pending = self.pending, ""
-        thinking: list[str] = []
-        answer: list[str] = []
-        self._emit(rest, thinking, answer)
-        return "".join(thinking), "".join(answer)
 
 
 def _partial_tag(text: str, tag: str) -> int:

@@ -18,12 +18,15 @@ from localrun import media as media_mod
 from localrun.engine.types import FimTokens, SamplingOptions, reusable
 from localrun.errors import BadRequestError
 from localrun.formats import calls as tools_mod
+from localrun.formats import grammar_bounds, parsers
 from localrun.formats import reasoning as reasoning_mod
 from localrun.formats import template as template_mod
 from localrun.model import Model
 from localrun.recipes import params as params_mod
 from localrun.request import GenRequest
 from localrun.settings import config
+from localrun.worker import forced as forced_mod
+from localrun.worker.forced import schema_grammar
 
 Message = dict[str, Any]
 Format = str | dict[str, Any] | None
@@ -60,6 +63,11 @@ class Prepared:
     sampling: SamplingOptions  # .stop holds the stop strings the caller must apply
     tool_names: list[str] | None = None  # tools in force: parse the answer for calls
     forced_tool: bool = False  # the answer is grammar-constrained to be one tool call
+    # The model's family (formats/parsers): its reasoning tags, and with tools in force, its
+    # call syntax bound to those tools; `primed` is a call marker the prompt ends with.
+    family: parsers.Family = parsers.DEFAULT
+    tool_syntax: parsers.Syntax | None = None
+    primed: str = ""
     stop_tokens: frozenset[int] = frozenset()  # besides the model's own (FIM padding)
     # A reasoning model's <think> text: "split" off the answer, "hide" (think: false), or
     # None (not a reasoning model: text as it comes).
@@ -86,22 +94,6 @@ def grammar_for(format: Format) -> str | None:
     raise BadRequestError(f"unknown format {format!r}", hint='use "json" or a JSON schema object')
 
 
-def schema_grammar(schema: dict[str, Any]) -> str:
-    """A GBNF grammar for the JSON values a JSON schema accepts (BadRequestError if none)."""
-    from localrun.engine.grammars import json_schema_grammar
-    from localrun.formats import grammar_bounds
-
-    grammar_bounds.check_schema(schema)
-    try:
-        grammar = json_schema_grammar(json.dumps(schema))
-    except Exception as exc:  # the converter raises anything from KeyError to assert
-        raise BadRequestError(
-            f"the JSON schema cannot be turned into a grammar: {type(exc).__name__}: {exc}",
-            hint="simplify the schema (types, properties, enums, arrays, required)",
-        ) from None
-    return grammar_bounds.check_grammar(grammar)
-
-
 def stop_tokens_for(template: str | None, tokenizer: Tokenizer) -> frozenset[int]:
     """The special tokens that end a turn in `template` (its end-of-turn markers)."""
     found: set[int] = set()
@@ -121,6 +113,7 @@ class Prompter:
     stop_tokens: frozenset[int]
     # The fixed turns' rendered tokens by (turns, tools, variables): see `stable_prefix`.
     _prefixes: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    _spell: dict[str, frozenset[int]] = field(default_factory=dict, repr=False)
 
     def prepare(self, request: GenRequest) -> Prepared:
         """A request ready for the engine: a chat, a completion or a fill in the middle, after
@@ -223,15 +216,25 @@ class Prompter:
         """A conversation (the model's own layers added) rendered by the template; `think`
         turns a reasoning model's thinking on or off (None: the model's default)."""
         think, variables, in_force, conversation = self._chat_parts(request)
-        forced = tools_mod.forced_schema(in_force, request.tool_choice) if in_force else None
-        # A forced tool call is JSON already; its grammar wins over `format`.
-        grammar = schema_grammar(forced) if forced is not None else grammar_for(request.format)
+        text = self.prompt_text(conversation, in_force, variables)
+        family = parsers.detect(self.template)
+        syntax = family.syntax.with_tools(in_force) if in_force else None
+        primed = next((m for m in family.syntax.starts if text.endswith(m)), "")
+        # A forced call is written in the family's syntax; its grammar wins over `format`.
+        forced = (
+            forced_mod.grammar(syntax, in_force, request.tool_choice, primed=primed)
+            if syntax is not None and in_force
+            else None
+        )
+        grammar = grammar_bounds.check_grammar(forced) if forced else grammar_for(request.format)
         sampling = self.sampling(request.options, grammar)
         media = media_of(request.messages or [])
-        text = self.prompt_text(conversation, in_force, variables)
         prepared = self._prepared(text, media, sampling)
         prepared.tool_names = tools_mod.names(in_force) if in_force else None
         prepared.forced_tool = forced is not None
+        prepared.family = family
+        if syntax is not None:
+            prepared.tool_syntax, prepared.primed = syntax, primed
         has_system = bool(conversation) and conversation[0].get("role") == "system"
         fixed = int(has_system) + len(self.model.messages)
         prepared.cache_prefix = self.stable_prefix(
@@ -239,11 +242,26 @@ class Prompter:
         )
         if reasoning_mod.supports(self.template):
             prepared.reasoning = "hide" if think is False else "split"
-            prepared.thinking_open = reasoning_mod.opens_thinking(text)
-            if reasoning_mod.channels(self.template):
-                prepared.channels = True  # its markers are special tokens: spell them out
-                prepared.sampling = dataclasses.replace(prepared.sampling, special=True)
+            prepared.thinking_open = reasoning_mod.opens_thinking(text, *family.think)
+        if family.harmony and (prepared.reasoning or in_force):
+            prepared.channels = True  # its markers are special tokens: spell them out
+            prepared.sampling = dataclasses.replace(prepared.sampling, special=True)
+        elif prepared.reasoning or in_force:
+            spell = self._spelled(family)
+            if spell:
+                prepared.sampling = dataclasses.replace(prepared.sampling, spell=spell)
         return prepared
+
+    def _spelled(self, family: parsers.Family) -> frozenset[int]:
+        """The ids of the family's markers that are special tokens in this vocabulary (the
+        engine spells them out, as llama-server does its chat format's preserved tokens)."""
+        found = self._spell.get(family.name)
+        if found is None:
+            ids: set[int] = set()
+            for marker in family.spelled():
+                ids.update(self.tokenizer.token_ids(marker))
+            found = self._spell[family.name] = frozenset(ids)
+        return found
 
     def chat_text(self, request: GenRequest, *, add_generation_prompt: bool = True) -> str:
         """The prompt text a chat request renders to (what /apply-template shows)."""

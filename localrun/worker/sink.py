@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 from localrun.engine.types import Ticket, Timings
 from localrun.errors import EngineError, LocalrunError
-from localrun.formats import calls as tools_mod
 from localrun.formats import reasoning as reasoning_mod
+from localrun.formats.parsers.harmony import HarmonyStream
+from localrun.formats.parsers.stream import CallStream
 from localrun.settings import config
 from localrun.worker import protocol
 from localrun.worker.prompt import Prepared
@@ -79,11 +80,15 @@ class StopFilter:
         return out
 
 
-def new_splitter(prepared: Prepared) -> reasoning_mod.Splitter | reasoning_mod.ChannelSplitter:
-    """What parts a prepared request's reasoning from its answer."""
+def new_splitter(prepared: Prepared) -> reasoning_mod.Splitter | HarmonyStream:
+    """What parts a prepared request's reasoning from its answer, in its family's tags."""
     if prepared.channels:
-        return reasoning_mod.ChannelSplitter()
-    return reasoning_mod.Splitter(inside=prepared.thinking_open)
+        return HarmonyStream(prepared.tool_syntax)
+    family = prepared.family
+    open_, close = family.think
+    return reasoning_mod.Splitter(
+        inside=prepared.thinking_open, open=open_, close=close, drop=family.drop
+    )
 
 
 class RequestSink:
@@ -107,17 +112,19 @@ class RequestSink:
         self._prompt_count: int | None = len(prepared.tokens)
         self.sent: list[str] = []  # the text passed on, kept when the context is returned
         self.stop = StopFilter(prepared.sampling.stop)
+        syntax = prepared.tool_syntax
         self.calls = (
-            tools_mod.CallStream(prepared.tool_names, forced=prepared.forced_tool)
-            if prepared.tool_names
+            CallStream(syntax, forced=prepared.forced_tool, primed=prepared.primed)
+            if syntax is not None and not prepared.channels
             else None
         )
+        self.found: list[dict[str, Any]] = []  # the calls read so far
         # Log-probability entries wait here until the text of their tokens is sent (stop
         # strings and tool calls hold text back); `_budget` counts the bytes sent ahead of them.
         self._entries: list[dict[str, Any]] = []
         self._budget = 0
         self.reasoning = prepared.reasoning  # "split", "hide" or None
-        self.splitter = new_splitter(prepared) if prepared.reasoning else None
+        self.splitter = new_splitter(prepared) if prepared.reasoning or prepared.channels else None
         self._lock = threading.Lock()
         self._ticket: Ticket | None = None
         self._cancel_wanted = False
@@ -179,12 +186,19 @@ class RequestSink:
             return text
         held = self.splitter.pending
         reasoning, answer = self.splitter.feed(text)
+        self._harmony_calls()
         if self._entries:
             # The tags (and the blank lines after them) are nobody's text: count them as sent.
             kept = reasoning + answer + self.splitter.pending
             self._due("", len((held + text).encode()) - len(kept.encode()))
         self._send_thinking(reasoning)
         return answer
+
+    def _harmony_calls(self) -> None:
+        """gpt-oss's calls, which its channels part out with the reasoning."""
+        if isinstance(self.splitter, HarmonyStream) and self.splitter.calls:
+            self.found += self.splitter.calls
+            self.splitter.calls = []
 
     def _send_thinking(self, text: str) -> None:
         if text and self.reasoning == "split":
@@ -207,7 +221,8 @@ class RequestSink:
             return
         out = self.stop.feed(text)
         if self.calls is not None:
-            out = self.calls.feed(out)
+            out, calls = self.calls.feed(out)
+            self.found += calls
         self._send_text(out)
         if self.stop.hit:
             self.stopped = True
@@ -218,14 +233,16 @@ class RequestSink:
             out = ""
             if self.splitter is not None and not self.stopped:
                 reasoning, answer = self.splitter.finish()
+                self._harmony_calls()
                 self._send_thinking(reasoning)
                 out = self.stop.feed(answer)
             out += self.stop.flush()
-            tool_calls = None
             if self.calls is not None:
-                out = self.calls.feed(out)
-                rest, tool_calls = self.calls.finish()
+                out, calls = self.calls.feed(out)
+                rest, last = self.calls.finish()
                 out += rest
+                self.found += calls + last
+            tool_calls = self.found or None
             self._send_text(out)
             if self.stopped and self._budget > 0 and self._entries:
                 # A stop string began inside this token: part of its text went out.

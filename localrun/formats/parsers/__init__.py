@@ -1,0 +1,204 @@
+"""Each model family's tool-call and reasoning format, chosen from the model's chat template.
+
+A family is one row below: the markers its template writes (all must appear, as llama.cpp's
+chat.cpp and Ollama's parsers choose), its call syntax (one parser a module: markers, how the
+arguments are written, how it streams) and its reasoning tags. The first row that matches wins,
+so the specific rows come first. A template that matches no row but renders an assistant's tool
+calls gets a syntax derived from that rendering (derive.py); one that renders none gets the
+Hermes `<tool_call>` syntax the tool note asks for (formats/calls.py).
+
+    base.py         what a syntax is, and the helpers the families share
+    stream.py       an answer streamed with its calls taken out, in any syntax
+    wrapped.py      JSON between markers (Hermes, Granite, Phi-4, Nemotron, Firefunction,
+                    Command R, LFM2's Python calls)
+    xml.py          values written as text (Qwen3-Coder, Seed-OSS, MiniMax, GLM)
+    llama3.py mistral.py deepseek.py kimi.py functionary.py harmony.py   one family each
+    derive.py       a syntax read from a template's own rendering of a call
+
+The dialects never look in here: the runner's sink turns an answer into text, reasoning and
+calls, and each dialect writes those in its own shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from localrun.formats.parsers.base import Syntax as Syntax
+from localrun.formats.parsers.deepseek import DeepSeek
+from localrun.formats.parsers.functionary import Functionary
+from localrun.formats.parsers.harmony import Harmony
+from localrun.formats.parsers.kimi import Kimi
+from localrun.formats.parsers.llama3 import Llama3
+from localrun.formats.parsers.mistral import Mistral
+from localrun.formats.parsers.wrapped import Wrapped
+from localrun.formats.parsers.xml import ArgKeys, FunctionTags, Invoke
+
+THINK = ("<think>", "</think>")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family's formats and the template markers that tell it."""
+
+    name: str
+    markers: tuple[str, ...]
+    syntax: Syntax
+    think: tuple[str, str] = THINK  # its reasoning section's open and close tags
+    drop: tuple[str, ...] = ()  # markers around the answer that are nobody's text
+    harmony: bool = False  # gpt-oss: channels part reasoning, answer and calls
+    special: tuple[str, ...] = field(default=())  # reasoning markers that are special tokens
+
+    def spelled(self) -> tuple[str, ...]:
+        """The markers the engine must spell out for this family's parser to see them."""
+        return (*self.syntax.special, *self.special, *self.think, *self.drop)
+
+
+HERMES = Wrapped(
+    name="hermes",
+    starts=("<tool_call>",),
+    ends=("</tool_call>",),
+    leading="{[`",
+    open="<tool_call>",
+    close="</tool_call>",
+    bare=True,
+)
+
+FAMILIES: tuple[Family, ...] = (
+    Family("gpt-oss", ("<|channel|>",), Harmony(), harmony=True),
+    Family("kimi-k2", ("<|tool_calls_section_begin|>",), Kimi()),
+    Family(
+        "deepseek-r1",
+        ("tool▁calls▁begin", "```json"),
+        DeepSeek(name="deepseek-r1", fenced=True),
+    ),
+    Family("deepseek-v3.1", ("tool▁calls▁begin",), DeepSeek()),
+    Family(
+        "seed-oss",
+        ("<seed:tool_call>",),
+        FunctionTags(
+            name="seed-oss",
+            starts=("<seed:tool_call>",),
+            ends=("</seed:tool_call>",),
+            open="<seed:tool_call>",
+            close="</seed:tool_call>",
+            bare_open="",
+        ),
+        think=("<seed:think>", "</seed:think>"),
+    ),
+    Family("minimax-m2", ("<minimax:tool_call>",), Invoke()),
+    Family("glm-4.5", ("<arg_key>",), ArgKeys()),
+    Family(
+        "qwen3-coder",
+        ("<function=", "<parameter="),
+        FunctionTags(
+            name="qwen3-coder",
+            starts=("<tool_call>", "<function="),
+            ends=("</tool_call>", "</function>"),
+        ),
+    ),
+    Family(
+        "command-r7b",
+        ("<|START_ACTION|>",),
+        Wrapped(
+            name="command-r7b",
+            starts=("<|START_ACTION|>",),
+            ends=("<|END_ACTION|>",),
+            special=("<|START_ACTION|>", "<|END_ACTION|>"),
+            open="<|START_ACTION|>",
+            close="<|END_ACTION|>",
+            name_key="tool_name",
+            argument_keys=("parameters",),
+            as_list=True,
+        ),
+        think=("<|START_THINKING|>", "<|END_THINKING|>"),
+        drop=("<|START_RESPONSE|>", "<|END_RESPONSE|>"),
+        special=(
+            "<|START_THINKING|>",
+            "<|END_THINKING|>",
+            "<|START_RESPONSE|>",
+            "<|END_RESPONSE|>",
+        ),
+    ),
+    Family("functionary-v3.2", (">>>",), Functionary()),
+    Family(
+        "lfm2",
+        ("<|tool_call_start|>",),
+        Wrapped(
+            name="lfm2",
+            starts=("<|tool_call_start|>",),
+            ends=("<|tool_call_end|>",),
+            special=("<|tool_call_start|>", "<|tool_call_end|>"),
+            open="<|tool_call_start|>",
+            close="<|tool_call_end|>",
+            python=True,
+        ),
+    ),
+    Family(
+        "nemotron",
+        ("<TOOLCALL>",),
+        Wrapped(
+            name="nemotron",
+            starts=("<TOOLCALL>",),
+            ends=("</TOOLCALL>",),
+            special=("<TOOLCALL>", "</TOOLCALL>"),
+            open="<TOOLCALL>",
+            close="</TOOLCALL>",
+            as_list=True,
+        ),
+    ),
+    Family(
+        "firefunction",
+        ("functools[",),
+        Wrapped(name="firefunction", starts=("functools",), open="functools", as_list=True),
+    ),
+    Family(
+        "magistral",
+        ("[TOOL_CALLS]", "[ARGS]"),
+        Mistral(name="mistral-v11", named=True),
+        think=("[THINK]", "[/THINK]"),
+    ),
+    Family("mistral", ("[TOOL_CALLS]",), Mistral()),
+    Family(
+        "granite",
+        ("<|tool_call|>",),
+        Wrapped(
+            name="granite",
+            starts=("<|tool_call|>",),
+            ends=("<|/tool_call|>",),
+            special=("<|tool_call|>", "<|/tool_call|>"),
+            open="<|tool_call|>",
+            close="<|/tool_call|>",
+            close_optional=True,
+            as_list=True,
+        ),
+        drop=("<response>", "</response>"),
+    ),
+    Family("llama3", ("<|start_header_id|>", "ipython"), Llama3()),
+    Family("hermes", ("<tool_call>",), HERMES),
+)
+
+DEFAULT = Family("hermes", (), HERMES)
+
+
+@lru_cache(maxsize=64)
+def detect(template: str | None) -> Family:
+    """The family whose markers the template writes; a derived one, or Hermes, otherwise."""
+    if template:
+        for family in FAMILIES:
+            if all(marker in template for marker in family.markers):
+                return family
+        from localrun.formats.parsers import derive
+
+        derived = derive.family(template)
+        if derived is not None:
+            return derived
+    return DEFAULT
+
+
+def by_name(name: str) -> Family:
+    """A family by its row's name (tests, `show`)."""
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise KeyError(name)

@@ -1,0 +1,222 @@
+"""What every family's tool-call syntax is made of, and the pieces its parser is built from.
+
+A syntax reads one block of an answer that starts at one of its `starts` markers (or, for the
+families that answer with bare JSON, at one of its `leading` characters at the very start) and
+returns the calls in it and where the block ended. It raises `Incomplete` when the text stops
+before the block does (more may come; at the end of the answer the block was cut off) and
+`Malformed` when the text is not a call after all: then it is the answer's text, as it was
+written. `write` gives a call as the family writes it, for the grammar of a forced call.
+
+The families' parsers are small because the work they share is here: JSON read where it
+starts (bounded in depth), a call's name checked against the tools, XML-style parameter values
+typed by the tool's JSON schema, Python-style calls read with `ast`.
+
+Pure: no I/O, no llama_cpp.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from localrun import jsonlimits
+from localrun.errors import BadRequestError
+
+Tool = dict[str, Any]
+ToolCall = dict[str, Any]
+
+_DECODER = json.JSONDecoder()
+
+
+class Incomplete(Exception):
+    """The text ends inside a block: wait for more, or (at the end) it was cut off."""
+
+
+class Malformed(Exception):
+    """The block is not a call: its text belongs to the answer."""
+
+
+@dataclass
+class Taken:
+    """The calls a block held and how far into the text it reached."""
+
+    calls: list[ToolCall]
+    end: int
+
+
+@dataclass
+class Syntax:
+    """One family's way of writing tool calls. Subclasses implement `take` (and `write`)."""
+
+    name: str = ""
+    starts: tuple[str, ...] = ()  # markers that open a block anywhere in the answer
+    leading: str = ""  # characters that open a block when the answer starts with them
+    # Markers after which a block may be complete: the stream tries `take` when one arrives.
+    # Without any, it tries when the brackets of the block balance.
+    ends: tuple[str, ...] = ()
+    # Markers the model writes as special tokens: the engine spells them out for the parser.
+    special: tuple[str, ...] = ()
+    tools: list[Tool] = field(default_factory=list)  # set per request (for typing values)
+
+    def with_tools(self, tools: list[Tool]) -> Syntax:
+        """This syntax reading calls of `tools` (their names checked, their values typed)."""
+        from dataclasses import replace
+
+        return replace(self, tools=tools)
+
+    def take(self, text: str, final: bool) -> Taken:
+        raise NotImplementedError
+
+    def write(self, name: str, arguments: str) -> str:
+        """One call as the family writes it, `arguments` being JSON text of an object."""
+        raise NotImplementedError
+
+    # -- helpers the families share -------------------------------------------------------
+
+    def call(self, name: Any, arguments: Any) -> ToolCall:
+        """A checked call: a known tool's name and an object of arguments (else Malformed)."""
+        if not isinstance(name, str) or not name:
+            raise Malformed("no tool name")
+        known = [str(t["function"]["name"]) for t in self.tools]
+        if known and name not in known:
+            raise Malformed(f"{name!r} is not among the tools")
+        if isinstance(arguments, str):
+            arguments = loads(arguments) if arguments.strip() else {}
+        if not isinstance(arguments, dict):
+            raise Malformed("arguments are not an object")
+        return {"name": name, "arguments": arguments}
+
+    def json_call(self, value: Any, *keys: str) -> ToolCall:
+        """A call from a JSON object {"name": ..., <one of keys>: {...}} (or OpenAI's
+        {"function": {...}} wrapping of it)."""
+        if isinstance(value, dict) and isinstance(value.get("function"), dict):
+            value = value["function"]
+        if not isinstance(value, dict):
+            raise Malformed("a call is not an object")
+        for key in keys or ("arguments", "parameters"):
+            if key in value:
+                return self.call(value.get("name"), value[key])
+        raise Malformed("a call without arguments")
+
+    def schema_type(self, tool: str, parameter: str) -> str | None:
+        """The JSON schema type of one parameter of a tool, if the tool says."""
+        for entry in self.tools:
+            function = entry["function"]
+            if function["name"] == tool:
+                props = function.get("parameters", {}).get("properties", {})
+                spec = props.get(parameter) if isinstance(props, dict) else None
+                kind = spec.get("type") if isinstance(spec, dict) else None
+                return kind if isinstance(kind, str) else None
+        return None
+
+    def typed(self, tool: str, parameter: str, raw: str) -> Any:
+        """An XML-style parameter's text as the value its schema asks for: a string stays
+        text; numbers, booleans, objects and arrays are read as JSON where they parse."""
+        kind = self.schema_type(tool, parameter)
+        if kind == "string":
+            return raw
+        try:
+            return loads(raw)
+        except Malformed:
+            return raw
+
+
+def loads(text: str) -> Any:
+    """JSON text as a value, bounded in depth; Malformed if it is not JSON."""
+    try:
+        return jsonlimits.loads(text, "a tool call")
+    except (ValueError, BadRequestError) as exc:
+        raise Malformed(str(exc)) from None
+
+
+def json_at(text: str, index: int) -> tuple[Any, int]:
+    """The JSON value starting at `index` (after blanks) and where it ends. Incomplete if the
+    text stops inside it, Malformed if it is not JSON."""
+    start = skip_blanks(text, index)
+    if start >= len(text):
+        raise Incomplete
+    if text[start] not in '{["-0123456789tfn':
+        raise Malformed("not JSON")
+    try:
+        value, end = _DECODER.raw_decode(text, start)
+    except RecursionError:
+        raise Malformed("nested too deep") from None
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
+            raise Incomplete from None
+        raise Malformed(exc.msg) from None
+    try:
+        jsonlimits.check_depth(value, "a tool call")
+    except BadRequestError as exc:
+        raise Malformed(str(exc)) from None
+    return value, end
+
+
+def skip_blanks(text: str, index: int) -> int:
+    while index < len(text) and text[index] in " \t\r\n":
+        index += 1
+    return index
+
+
+def expect(text: str, index: int, marker: str) -> int:
+    """The index after `marker` at `index`; Incomplete if the text stops inside it."""
+    if text.startswith(marker, index):
+        return index + len(marker)
+    rest = text[index:]
+    if marker.startswith(rest):
+        raise Incomplete
+    raise Malformed(f"expected {marker!r}")
+
+
+def until(text: str, index: int, marker: str) -> tuple[str, int]:
+    """The text from `index` up to `marker`, and the index after the marker."""
+    found = text.find(marker, index)
+    if found < 0:
+        raise Incomplete
+    return text[index:found], found + len(marker)
+
+
+def pythonic(text: str, syntax: Syntax) -> list[ToolCall]:
+    """Calls written as Python: `[get_weather(city="Paris"), ...]` or one bare call; values
+    are Python or JSON literals (true/false/null read as JSON writes them)."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise Malformed("not a Python call") from None
+    body = tree.body
+    items = body.elts if isinstance(body, (ast.List, ast.Tuple)) else [body]
+    calls = []
+    for item in items:
+        if not isinstance(item, ast.Call) or item.args:
+            raise Malformed("not a call with keyword arguments")
+        name = _dotted(item.func)
+        arguments = {}
+        for keyword in item.keywords:
+            if keyword.arg is None:
+                raise Malformed("** arguments")
+            arguments[keyword.arg] = _literal(keyword.value)
+        calls.append(syntax.call(name, arguments))
+    return calls
+
+
+_JSON_NAMES = {"true": True, "false": False, "null": None}
+
+
+def _literal(node: ast.expr) -> Any:
+    if isinstance(node, ast.Name) and node.id in _JSON_NAMES:
+        return _JSON_NAMES[node.id]
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+        raise Malformed("an argument is not a literal") from None
+
+
+def _dotted(node: ast.expr) -> str:
+    """`name` or `a.b` (Llama's `brave_search.call`): the tool's name."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    raise Malformed("not a name")

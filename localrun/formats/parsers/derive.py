@@ -1,0 +1,253 @@
+"""A call syntax read from a template's own rendering of a call, for families no row knows.
+
+As llama.cpp's chat-diff-analyzer does: render an assistant turn with a tool call and the same
+turn without it; what the call added is the call as the model was trained to write it. Where
+the probe's name and argument value sit in that text gives the shape:
+
+- a JSON object holding the name and the arguments (`{"name": N, "arguments": {...}}`, maybe
+  in a list) between an opening and a closing marker: `Wrapped` with those keys;
+- the name, then JSON arguments (`<<call>>NAME|{...}<</call>>`): `Named`;
+- the name, then parameters written as tags around each value (`<p=KEY>VALUE</p>`): `Tagged`.
+
+A template that shows no calls (adapt's probe) or whose rendering fits none of these gets None:
+the Hermes syntax the tool note asks for.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from localrun.errors import LocalrunError
+from localrun.formats.parsers.base import (
+    _DECODER,
+    Incomplete,
+    Malformed,
+    Syntax,
+    Taken,
+    expect,
+    json_at,
+    skip_blanks,
+    until,
+)
+from localrun.formats.parsers.wrapped import Wrapped
+
+if TYPE_CHECKING:
+    from localrun.formats.parsers import Family
+
+NAME, KEY, VALUE = "probe_tool_name", "probe_arg", "PROBE_VALUE_7"
+
+
+@dataclass
+class Named(Syntax):
+    """`OPEN NAME SEP {json} CLOSE`."""
+
+    open: str = ""
+    sep: str = ""
+    close: str = ""
+
+    def take(self, text: str, final: bool) -> Taken:
+        index = expect(text, 0, self.open)
+        name, index = until(text, index, self.sep) if self.sep.strip() else _name(text, index)
+        value, index = json_at(text, index)
+        return Taken([self.call(name.strip(), value)], _closed(text, index, self.close, final))
+
+    def write(self, name: str, arguments: str) -> str:
+        return f"{self.open}{name}{self.sep}{arguments}{self.close}"
+
+
+@dataclass
+class Tagged(Syntax):
+    """`OPEN NAME HEAD (P_OPEN KEY P_MID VALUE P_CLOSE)* CLOSE`."""
+
+    open: str = ""
+    head: str = ""  # between the name and the first parameter
+    p_open: str = ""
+    p_mid: str = ""
+    p_close: str = ""
+    close: str = ""
+
+    def take(self, text: str, final: bool) -> Taken:
+        index = expect(text, 0, self.open)
+        name, index = until(text, index, self.head) if self.head.strip() else _name(text, index)
+        arguments: dict[str, Any] = {}
+        while True:
+            index = skip_blanks(text, index)
+            if self.close and text.startswith(self.close.strip(), index):
+                call = self.call(name.strip(), arguments)
+                return Taken([call], index + len(self.close.strip()))
+            if index >= len(text):
+                if final and self.close.strip() == "":
+                    return Taken([self.call(name.strip(), arguments)], index)
+                raise Incomplete
+            index = expect(text, index, self.p_open.strip())
+            key, index = until(text, index, self.p_mid)
+            raw, index = until(text, index, self.p_close)
+            arguments[key.strip()] = self.typed(name.strip(), key.strip(), raw.strip("\n"))
+
+    def write(self, name: str, arguments: str) -> str:
+        values = json.loads(arguments)
+        params = "".join(
+            f"{self.p_open}{k}{self.p_mid}{v if isinstance(v, str) else json.dumps(v)}"
+            f"{self.p_close}"
+            for k, v in values.items()
+        )
+        return f"{self.open}{name}{self.head}{params}{self.close}"
+
+
+def _name(text: str, index: int) -> tuple[str, int]:
+    """A name that runs up to the JSON after it."""
+    end = index
+    while end < len(text) and (text[end].isalnum() or text[end] in "_.-"):
+        end += 1
+    if end >= len(text):
+        raise Incomplete
+    return text[index:end], end
+
+
+def _closed(text: str, index: int, close: str, final: bool) -> int:
+    close = close.strip()
+    if not close:
+        return index
+    after = skip_blanks(text, index)
+    if text.startswith(close, after):
+        return after + len(close)
+    if not final and close.startswith(text[after:]):
+        raise Incomplete
+    if final:
+        return index
+    raise Malformed(f"no {close!r}")
+
+
+def family(template: str) -> Family | None:
+    """The family a template's own rendering of a call shows; None if it shows none."""
+    from localrun.formats import adapt
+    from localrun.formats import template as template_mod
+    from localrun.formats.parsers import Family
+
+    call = {"id": "call0001A", "type": "function", "function": {"name": NAME}}
+    call["function"]["arguments"] = {KEY: VALUE}  # type: ignore[index]
+    user = {"role": "user", "content": "U"}
+    tool = {
+        "type": "function",
+        "function": {
+            "name": NAME,
+            "parameters": {"type": "object", "properties": {KEY: {"type": "string"}}},
+        },
+    }
+    try:
+        with_call, without = (
+            template_mod.render(template, [user, turn], add_generation_prompt=False, tools=[tool])
+            for turn in (
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "assistant", "content": ""},
+            )
+        )
+    except LocalrunError:
+        return None
+    added = _added(with_call, without)
+    # A template that shows no calls has them written for it (adapt.py): nothing to learn.
+    # An id the template writes into the call's markers is not a model's to repeat.
+    shown = NAME in added and VALUE in added and "call0001A" not in added
+    syntax = _shape(added) if shown and adapt.probe(template).tool_calls else None
+    if syntax is None:
+        return None
+    return Family(f"derived:{syntax.name}", (), syntax)
+
+
+def _added(longer: str, shorter: str) -> str:
+    """What `longer` adds to `shorter`, widened to whole markers: the common prefix and suffix
+    may end inside one (`<` of `<tool_call>` shared with `<|im_end|>`)."""
+    start = 0
+    while start < min(len(longer), len(shorter)) and longer[start] == shorter[start]:
+        start += 1
+    end = 0
+    while end < len(shorter) - start and longer[-1 - end] == shorter[-1 - end]:
+        end += 1
+    while start > 0 and longer[start - 1] not in _BOUNDARY:
+        start -= 1
+    added = longer[start : len(longer) - end].rstrip()
+    last = max(added.rfind(c) for c in _BOUNDARY)
+    if last >= 0 and not any(c.isalnum() for c in added[last + 1 :]):
+        added = added[: last + 1]
+    return added.strip()
+
+
+_BOUNDARY = ">]}\n "
+
+
+def _shape(added: str) -> Syntax | None:
+    name_at, value_at = added.find(NAME), added.find(VALUE)
+    outer = _object_around(added, name_at)
+    if outer is not None:  # {"name": N, "arguments": {...}} between markers
+        start, end, value = outer
+        name_key = next((k for k, v in value.items() if v == NAME), None)
+        args_key = next(
+            (k for k, v in value.items() if isinstance(v, (dict, str)) and k != name_key), None
+        )
+        if name_key is None or args_key is None:
+            return None
+        head, tail = added[:start].strip(), added[end:].strip()
+        as_list = head.endswith("[") and tail.startswith("]")
+        if as_list:
+            head, tail = head[:-1].strip(), tail[1:].strip()
+        if not head:
+            return None  # bare JSON: the Hermes fallback reads it already
+        return Wrapped(
+            name="json",
+            starts=(head,),
+            ends=(tail,) if tail else (),
+            open=head,
+            close=tail,
+            name_key=name_key,
+            argument_keys=(args_key,),
+            as_list=as_list,
+        )
+    head = added[:name_at]
+    if not head.strip() or value_at < name_at:
+        return None
+    args = _object_around(added, value_at)
+    if args is not None:  # NAME then {...}
+        start, end, _ = args
+        return Named(
+            name="named",
+            starts=(head.strip(),),
+            ends=(added[end:].strip(),) if added[end:].strip() else (),
+            open=head.strip(),
+            sep=added[name_at + len(NAME) : start],
+            close=added[end:],
+        )
+    key_at = added.find(KEY, name_at + len(NAME))
+    if key_at < 0 or key_at > value_at:
+        return None
+    p_open_at = added.rfind("<", name_at + len(NAME), key_at)
+    p_close_end = added.find(">", value_at + len(VALUE))
+    if p_open_at < 0 or p_close_end < 0:
+        return None
+    close = added[p_close_end + 1 :]
+    return Tagged(
+        name="tagged",
+        starts=(head.strip(),),
+        ends=(close.strip(),) if close.strip() else (),
+        open=head.strip(),
+        head=added[name_at + len(NAME) : p_open_at],
+        p_open=added[p_open_at:key_at],
+        p_mid=added[key_at + len(KEY) : value_at],
+        p_close=added[value_at + len(VALUE) : p_close_end + 1],
+        close=close,
+    )
+
+
+def _object_around(text: str, index: int) -> tuple[int, int, dict[str, Any]] | None:
+    """The innermost JSON object holding `index`: (start, end, value)."""
+    start = text.rfind("{", 0, index)
+    while start >= 0:
+        try:
+            value, end = _DECODER.raw_decode(text, start)
+        except ValueError:
+            value, end = None, -1
+        if isinstance(value, dict) and end > index:
+            return start, end, value
+        start = text.rfind("{", 0, start)
+    return None

@@ -1,0 +1,60 @@
+"""Llama 3.1-3.3: a call is the whole answer as JSON, `{"name": ..., "parameters": {...}}`
+(several joined by `;`), or after `<|python_tag|>` (the built-in tools' `name.call(k=v)` or
+JSON), which runs to the end of the answer (`<|eom_id|>` ends it and is not seen)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from localrun.formats.parsers.base import (
+    Incomplete,
+    Malformed,
+    Syntax,
+    Taken,
+    ToolCall,
+    json_at,
+    pythonic,
+    skip_blanks,
+)
+
+PYTHON_TAG = "<|python_tag|>"
+
+
+@dataclass
+class Llama3(Syntax):
+    name: str = "llama3"
+    starts: tuple[str, ...] = (PYTHON_TAG,)
+    leading: str = "{"
+    special: tuple[str, ...] = (PYTHON_TAG,)
+
+    def take(self, text: str, final: bool) -> Taken:
+        if text.startswith(PYTHON_TAG):
+            if not final:
+                raise Incomplete  # the block runs to the end of the answer
+            body = text[len(PYTHON_TAG) :].strip()
+            if body.startswith(("{", "[")):
+                return Taken(self._objects(body, final=True)[0], len(text))
+            return Taken(pythonic(body, self), len(text))
+        calls, end = self._objects(text, final)
+        return Taken(calls, end)
+
+    def _objects(self, text: str, final: bool) -> tuple[list[ToolCall], int]:
+        calls: list[ToolCall] = []
+        index = 0
+        while True:
+            value, index = json_at(text, index)
+            items = value if isinstance(value, list) else [value]
+            calls += [self.json_call(item, "parameters", "arguments") for item in items]
+            after = skip_blanks(text, index)
+            if after < len(text) and text[after] == ";":
+                index = after + 1
+                continue
+            if after >= len(text) and not final:
+                raise Incomplete  # a `;` and another call may follow
+            if text[after:].strip():
+                raise Malformed("text after the calls")
+            return calls, len(text)
+
+    def write(self, name: str, arguments: str) -> str:
+        return f'{{"name": {json.dumps(name)}, "parameters": {arguments}}}'

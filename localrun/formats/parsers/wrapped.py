@@ -1,0 +1,113 @@
+"""The syntax most families share: a marker, JSON (one call or a list), a closing marker.
+
+One row a family, differing in the markers, the keys of a call's name and arguments, whether
+the closing marker may be missing (Granite's `<|tool_call|>` has none) and whether the body is
+JSON or Python (LFM2's `[get_weather(city="Paris")]`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from localrun.formats.parsers.base import (
+    Incomplete,
+    Malformed,
+    Syntax,
+    Taken,
+    ToolCall,
+    json_at,
+    pythonic,
+    skip_blanks,
+)
+
+_FENCE = re.compile(r"```(?:json)?\s*")
+
+
+@dataclass
+class Wrapped(Syntax):
+    open: str = ""
+    close: str = ""
+    close_optional: bool = False  # the block may end with the answer instead
+    name_key: str = "name"
+    argument_keys: tuple[str, ...] = ("arguments", "parameters")
+    as_list: bool = False  # the family writes a list even for one call
+    python: bool = False  # the body is Python calls, not JSON
+    bare: bool = False  # an answer that is nothing but JSON calls counts too (fallback)
+
+    def take(self, text: str, final: bool) -> Taken:
+        if self.bare and not text.startswith(self.open):
+            return self._bare(text, final)
+        index = _after(text, self.open)
+        if self.python:
+            body, end = _python_body(text, index, self.close, final)
+            return Taken(pythonic(body, self), end)
+        value, end = json_at(text, index)
+        calls = self._calls(value)
+        return Taken(calls, self._closed(text, end, final))
+
+    def _calls(self, value: object) -> list[ToolCall]:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise Malformed("no calls")
+        calls = []
+        for item in items:
+            if isinstance(item, dict) and self.name_key != "name" and self.name_key in item:
+                item = {"name": item[self.name_key], **item}
+            calls.append(self.json_call(item, *self.argument_keys))
+        return calls
+
+    def _closed(self, text: str, end: int, final: bool) -> int:
+        if not self.close:
+            return end
+        after = skip_blanks(text, end)
+        if text.startswith(self.close, after):
+            return after + len(self.close)
+        rest = text[after:]
+        if not final and (not rest or self.close.startswith(rest)):
+            raise Incomplete
+        if self.close_optional or final:
+            return end  # the model ended the answer (or the block) without it
+        raise Malformed(f"no {self.close!r} after the call")
+
+    def _bare(self, text: str, final: bool) -> Taken:
+        """An answer of bare JSON calls (optionally fenced): the fallback small models use."""
+        if not final:
+            raise Incomplete
+        body = text.strip()
+        fenced = _FENCE.match(body)
+        if fenced:
+            body = body[fenced.end() :].removesuffix("```").rstrip()
+        value, end = json_at(body, 0)
+        if body[end:].strip():
+            raise Malformed("text after the JSON")
+        return Taken(self._calls(value), len(text))
+
+    def write(self, name: str, arguments: str) -> str:
+        if self.python:
+            values = json.loads(arguments)
+            kwargs = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+            body = f"[{name}({kwargs})]"
+        else:
+            call = f'{{"{self.name_key}": {json.dumps(name)}, '
+            call += f'"{self.argument_keys[0]}": {arguments}}}'
+            body = f"[{call}]" if self.as_list else call
+        return f"{self.open}{body}{self.close}"
+
+
+def _after(text: str, marker: str) -> int:
+    if text.startswith(marker):
+        return len(marker)
+    if marker.startswith(text):
+        raise Incomplete
+    raise Malformed(f"expected {marker!r}")
+
+
+def _python_body(text: str, index: int, close: str, final: bool) -> tuple[str, int]:
+    found = text.find(close, index) if close else -1
+    if found >= 0:
+        return text[index:found], found + len(close)
+    if not final:
+        raise Incomplete
+    return text[index:], len(text)

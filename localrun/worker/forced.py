@@ -1,0 +1,131 @@
+"""A forced tool call's grammar, in the model's own call syntax.
+
+`tool_choice` "required" or a named function constrains the answer to a call; the call is
+written as the model's family writes it (formats/parsers), so the model writes what it was
+trained to write: `<tool_call>{"name": ..., "arguments": ...}</tool_call>` for Qwen,
+`[TOOL_CALLS]NAME[ARGS]{...}` for Mistral, `<function=NAME><parameter=KEY>...` for Qwen3-Coder.
+The syntax's `write` gives a call's text around a placeholder; JSON arguments get the grammar
+of the tool's schema, text values (the XML families) any text up to the next tag, Python
+calls (LFM2) their arguments as written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from localrun.errors import BadRequestError
+from localrun.formats import calls as tools_mod
+from localrun.formats import grammar_bounds
+from localrun.formats.parsers import Syntax
+
+_ARGS = "\x01"  # where a call's JSON arguments go
+# An XML or Python parameter's name and value: plain text, which every family writes as is.
+_KEY, _VALUE = "zqkeyqz", "zqvalueqz"
+# Markers that end the answer as tokens of their own: the grammar stops before them and the
+# end of generation is allowed once it is complete.
+_END_TOKENS = ("<|call|>", "<|eom_id|>")
+_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]')
+_NAME = re.compile(r"[a-zA-Z0-9-]+")
+
+
+def grammar(
+    syntax: Syntax, tools: list[tools_mod.Tool], tool_choice: Any, *, primed: str = ""
+) -> str | None:
+    """The GBNF grammar of a forced call in `syntax`; None when the model may choose.
+    `primed` is a marker the prompt already ends with (Functionary's `>>>`): not repeated."""
+    if tool_choice in (None, "auto", "none"):
+        return None
+    only = tools_mod.forced_name(tools, tool_choice)
+    rules: list[str] = []
+    calls: list[str] = []
+    for index, tool in enumerate(tools):
+        function = tool["function"]
+        if only is not None and function["name"] != only:
+            continue
+        rule = f"call{index}"
+        rules += _call_rules(syntax, rule, function["name"], function["parameters"], primed)
+        calls.append(rule)
+    rules.append(f"root ::= {' | '.join(calls)}")
+    return "\n".join(rules)
+
+
+def _call_rules(
+    syntax: Syntax, rule: str, name: str, parameters: dict[str, Any], primed: str
+) -> list[str]:
+    try:
+        text = syntax.write(name, _ARGS).removeprefix(primed)
+    except (ValueError, TypeError):  # the syntax writes values, not JSON: XML or Python
+        return _value_rules(syntax, rule, name, parameters)
+    for marker in _END_TOKENS:
+        text = text.removesuffix(marker)
+    head, _, tail = text.partition(_ARGS)
+    args = _prefixed(schema_grammar(parameters), f"{rule}-")
+    return [*args, f"{rule} ::= {_quote(head)} {rule}-root {_quote(tail)}"]
+
+
+def _value_rules(syntax: Syntax, rule: str, name: str, parameters: dict[str, Any]) -> list[str]:
+    """Calls whose values are written, not JSON: each parameter as the family writes it, its
+    name one of the tool's, its value any text but a tag (or a Python literal)."""
+    keys = " | ".join(_quote(k) for k in (parameters.get("properties") or {}).keys() or ["x"])
+    text = syntax.write(name, json.dumps({_KEY: _VALUE}))
+    start, end = text.find(_KEY), text.find(_VALUE)
+    if start < 0 or end < 0:
+        raise BadRequestError(f"a forced call cannot be written in {syntax.name}'s syntax")
+    after = end + len(_VALUE)
+    if text[after:].startswith('"') and text[start - 1] in "(, ":  # Python: key="value"
+        head, tail = text[:start], text[after + 1 :]
+        value = r'"\"" ( [^"\\] | "\\" . )* "\"" | [-0-9.eE]+ | "True" | "False" | "None"'
+        kv = f"{rule}-kv ::= ({keys}) {_quote(text[start + len(_KEY) : end - 1])} ({value})"
+        return [kv, f'{rule} ::= {_quote(head)} ({rule}-kv (", " {rule}-kv)*)? {_quote(tail)}']
+    param_open = text.rfind("<", 0, start)
+    close = text.find(">", after)
+    if param_open < 0 or close < 0:
+        raise BadRequestError(f"a forced call cannot be written in {syntax.name}'s syntax")
+    head, tail = text[:param_open], text[close + 1 :]
+    before_key, between = text[param_open:start], text[start + len(_KEY) : end]
+    after_value = text[after : close + 1]
+    param = f"{_quote(before_key)} ({keys}) {_quote(between)} [^<]* {_quote(after_value)}"
+    # A newline between parameters, as the families write them (the first is in `tail`).
+    body = f'({rule}-param "\\n"?)* {_quote(tail.removeprefix(chr(10)))}'
+    return [f"{rule}-param ::= {param}", f"{rule} ::= {_quote(head)} {body}"]
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False) if text else '""'
+
+
+def _prefixed(grammar: str, prefix: str) -> list[str]:
+    """A grammar's rules with every rule name prefixed (several tools in one grammar)."""
+    lines = [line for line in grammar.split("\n") if line.strip()]
+    defined = {line.split("::=", 1)[0].strip() for line in lines if "::=" in line}
+
+    def rename(segment: str) -> str:
+        return _NAME.sub(lambda m: prefix + m[0] if m[0] in defined else m[0], segment)
+
+    out = []
+    for line in lines:
+        pieces, last = [], 0
+        for match in _LITERAL.finditer(line):
+            pieces.append(rename(line[last : match.start()]))
+            pieces.append(match[0])
+            last = match.end()
+        pieces.append(rename(line[last:]))
+        out.append("".join(pieces))
+    return out
+
+
+def schema_grammar(schema: dict[str, Any]) -> str:
+    """A GBNF grammar for the JSON values a JSON schema accepts (BadRequestError if none)."""
+    from localrun.engine.grammars import json_schema_grammar
+
+    grammar_bounds.check_schema(schema)
+    try:
+        grammar = json_schema_grammar(json.dumps(schema))
+    except Exception as exc:  # the converter raises anything from KeyError to assert
+        raise BadRequestError(
+            f"the JSON schema cannot be turned into a grammar: {type(exc).__name__}: {exc}",
+            hint="simplify the schema (types, properties, enums, arrays, required)",
+        ) from None
+    return grammar_bounds.check_grammar(grammar)

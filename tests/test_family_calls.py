@@ -1,0 +1,299 @@
+"""Every family's tool calls and reasoning: the parser each template chooses, each family's
+canonical answer read back whole and split anywhere, the cases a model gets wrong (a call cut
+off, malformed, a tool nobody offered) given back as text, runaways bounded, forced calls
+written in the family's own syntax, and every family end to end: a scripted model saying its
+call through the real engine and server, streamed and not, in the four dialects with their
+official clients."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import ollama
+import openai
+import pytest
+from conftest import PATIENCE_S
+from family_cases import CASES, PARIS, TOOLS, Case
+from test_server import LiveServer, add_model
+from testmodels.scripted import write_scripted_model
+
+from localrun.formats import parsers
+from localrun.formats.parsers.base import Syntax, Taken
+from localrun.formats.parsers.stream import CallStream
+from localrun.scheduler import Scheduler
+from localrun.store.models import Store
+
+
+def _calls_only(case: Case) -> str:
+    """The answer after its reasoning (what the call stream sees)."""
+    family = parsers.detect(case.source())
+    says = case.says
+    if case.reasoning:
+        close = family.think[1]
+        says = says.split(close, 1)[1] if close in says else says
+    return says
+
+
+def _stream(syntax: Syntax, text: str, step: int, primed: str = "") -> tuple[str, list[Any]]:
+    stream = CallStream(syntax, primed=primed)
+    out, calls = [], []
+    for i in range(0, len(text), step):
+        piece, found = stream.feed(text[i : i + step])
+        out.append(piece)
+        calls += found
+    piece, found = stream.finish()
+    return "".join(out) + piece, calls + found
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_each_template_chooses_its_family(case: Case) -> None:
+    assert parsers.detect(case.source()).name == case.family
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.family != "gpt-oss"], ids=lambda c: c.id)
+@pytest.mark.parametrize("step", [1, 2, 5, 10_000])
+def test_each_family_reads_its_calls_however_the_text_is_split(case: Case, step: int) -> None:
+    family = parsers.detect(case.source())
+    primed = ">>>" if case.family == "functionary-v3.2" else ""
+    content, calls = _stream(family.syntax.with_tools(TOOLS), _calls_only(case), step, primed)
+    assert calls == list(case.calls)
+    assert content.strip() == case.content
+
+
+HERMES = parsers.by_name("hermes").syntax.with_tools(TOOLS)
+CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+
+
+@pytest.mark.parametrize(
+    ("text", "content", "calls"),
+    [
+        # Text before and after a call stays text; the call is a call.
+        (f"Sure.\n{CALL}\nDone.", "Sure.\nDone.", [PARIS]),
+        # Cut off by max_tokens inside the arguments: the text as it came.
+        (
+            '<tool_call>{"name": "get_weather", "argu',
+            '<tool_call>{"name": "get_weather", "argu',
+            [],
+        ),
+        # Malformed arguments.
+        (
+            "<tool_call>{name: get_weather}</tool_call>",
+            "<tool_call>{name: get_weather}</tool_call>",
+            [],
+        ),
+        # A tool nobody offered.
+        (
+            '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',
+            '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',
+            [],
+        ),
+        # A bad block does not hide a good one after it.
+        (f"<tool_call>oops</tool_call>{CALL}", "<tool_call>oops</tool_call>", [PARIS]),
+        # A marker split over pieces at the end is held, then released as text.
+        ("The tag <tool_", "The tag <tool_", []),
+    ],
+)
+def test_what_is_not_a_call_comes_back_as_text(text: str, content: str, calls: list[Any]) -> None:
+    for step in (1, 3, len(text)):
+        got_content, got_calls = _stream(HERMES, text, step)
+        assert (got_content, got_calls) == (content, calls)
+
+
+class _Counting(Syntax):
+    """Hermes, counting how often the stream asks it to read the block."""
+
+    def __init__(self, inner: Syntax) -> None:
+        super().__init__(name="counting", starts=inner.starts, ends=inner.ends)
+        self.inner = inner
+        self.reads = 0
+        self.read_chars = 0
+
+    def take(self, text: str, final: bool) -> Taken:
+        self.reads += 1
+        self.read_chars += len(text)
+        return self.inner.take(text, final)
+
+
+@pytest.mark.parametrize(
+    "runaway",
+    [
+        "<tool_call>" + "[" * 100_000,  # 100k nested brackets, never closed
+        "<tool_call>" + "[]" * 50_000,  # brackets that balance 50k times
+        "<tool_call>" + "</tool_call" * 1 + "x</tool_call>" * 20_000,  # end markers galore
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "' + "a" * 100_000,
+    ],
+)
+def test_a_runaway_answer_is_read_a_bounded_number_of_times(runaway: str) -> None:
+    syntax = _Counting(HERMES)
+    content, calls = _stream(syntax, runaway, 7)
+    assert calls == [] and content == runaway
+    # Every try re-reads the block: the total read stays within a small multiple of it.
+    assert syntax.read_chars <= 12 * len(runaway)
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    folder = tmp_path_factory.mktemp("families")
+    store = Store(folder / "models")
+    for case in CASES:
+        gguf = write_scripted_model(
+            folder / f"{case.id}.gguf",
+            case.says,
+            template=case.source(),
+            special=case.special,
+            end=case.end,
+        )
+        add_model(store, f"fam-{case.id}", gguf, "")
+    server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
+    yield server
+    server.close()
+
+
+def _openai(live: LiveServer, case: Case, stream: bool) -> tuple[str, str, list[Any]]:
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
+    common: Any = {"model": f"fam-{case.id}", "messages": ASK, "tools": TOOLS, "temperature": 0}
+    if not stream:
+        message = client.chat.completions.create(**common).choices[0].message
+        calls = [
+            {"name": c.function.name, "arguments": json.loads(c.function.arguments)}
+            for c in message.tool_calls or []
+        ]
+        reasoning = getattr(message, "reasoning_content", None) or ""
+        return message.content or "", reasoning, calls
+    content, reasoning, parts = "", "", {}  # type: ignore[var-annotated]
+    for chunk in client.chat.completions.create(**common, stream=True):
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        reasoning += getattr(delta, "reasoning_content", None) or ""
+        for call in delta.tool_calls or []:
+            entry = parts.setdefault(call.index, {"name": "", "arguments": ""})
+            if call.function and call.function.name:
+                entry["name"] += call.function.name
+            if call.function and call.function.arguments:
+                entry["arguments"] += call.function.arguments
+    calls = [
+        {"name": p["name"], "arguments": json.loads(p["arguments"])}
+        for _, p in sorted(parts.items())
+    ]
+    return content, reasoning, calls
+
+
+def _ollama(live: LiveServer, case: Case, stream: bool) -> tuple[str, str, list[Any]]:
+    client = ollama.Client(host=live.url, timeout=PATIENCE_S)
+    common: Any = {
+        "model": f"fam-{case.id}",
+        "messages": ASK,
+        "tools": TOOLS,
+        "options": {"temperature": 0},
+    }
+    parts = [client.chat(**common)] if not stream else list(client.chat(**common, stream=True))
+    content = "".join(p.message.content or "" for p in parts)
+    reasoning = "".join(p.message.thinking or "" for p in parts)
+    calls = [
+        {"name": c.function.name, "arguments": dict(c.function.arguments)}
+        for p in parts
+        for c in p.message.tool_calls or []
+    ]
+    return content, reasoning, calls
+
+
+def _anthropic(live: LiveServer, case: Case, stream: bool) -> tuple[str, str, list[Any]]:
+    client = anthropic.Anthropic(base_url=live.url, api_key="x", max_retries=0)
+    tools: Any = [
+        {
+            "name": t["function"]["name"],
+            "description": t["function"]["description"],
+            "input_schema": t["function"]["parameters"],
+        }
+        for t in TOOLS
+    ]
+    common: Any = {"model": f"fam-{case.id}", "messages": ASK, "tools": tools, "max_tokens": 400}
+    if stream:
+        with client.messages.stream(**common) as events:
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(**common)
+    content = "".join(b.text for b in message.content if b.type == "text")
+    reasoning = "".join(b.thinking for b in message.content if b.type == "thinking")
+    calls = [
+        {"name": b.name, "arguments": dict(b.input)}  # type: ignore[call-overload]
+        for b in message.content
+        if b.type == "tool_use"
+    ]
+    return content, reasoning, calls
+
+
+def _responses(live: LiveServer, case: Case, stream: bool) -> tuple[str, str, list[Any]]:
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
+    tools: Any = [{"type": "function", **t["function"]} for t in TOOLS]
+    common: Any = {"model": f"fam-{case.id}", "input": ASK, "tools": tools, "temperature": 0}
+    if stream:
+        with client.responses.stream(**common) as events:
+            response = events.get_final_response()
+    else:
+        response = client.responses.create(**common)
+    content, reasoning, calls = "", "", []
+    for item in response.output:
+        if item.type == "message":
+            content += "".join(getattr(p, "text", "") for p in item.content)
+        elif item.type == "reasoning":
+            reasoning += "".join(getattr(p, "text", "") for p in item.content or [])
+        elif item.type == "function_call":
+            calls.append({"name": item.name, "arguments": json.loads(item.arguments)})
+    return content, reasoning, calls
+
+
+DIALECTS = {
+    "openai": _openai,
+    "ollama": _ollama,
+    "anthropic": _anthropic,
+    "responses": _responses,
+}
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_each_family_calls_through_every_dialect(live: LiveServer, case: Case) -> None:
+    for dialect, ask in DIALECTS.items():
+        for stream in (False, True):
+            content, reasoning, calls = ask(live, case, stream)
+            where = f"{dialect} {'streamed' if stream else 'whole'}"
+            assert calls == list(case.calls), where
+            assert content.strip() == case.content, where
+            assert reasoning.strip() == case.reasoning, where
+
+
+FORCEABLE = [c for c in CASES if not c.reasoning and not c.content and len(c.calls) == 1]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("case", FORCEABLE, ids=lambda c: c.id)
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+def test_a_forced_call_is_written_in_the_familys_own_syntax(
+    live: LiveServer, case: Case, choice: Any
+) -> None:
+    """tool_choice required or named constrains the answer to the family's call syntax: the
+    scripted model, which writes exactly its family's call, is let through unchanged (a
+    grammar of generic JSON would have turned it into something else)."""
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
+    reply = client.chat.completions.create(
+        model=f"fam-{case.id}", messages=ASK, tools=TOOLS, tool_choice=choice, temperature=0
+    )  # type: ignore[call-overload]
+    message = reply.choices[0].message
+    calls = [
+        {"name": c.function.name, "arguments": json.loads(c.function.arguments)}
+        for c in message.tool_calls or []
+    ]
+    assert calls == [PARIS] and not message.content
