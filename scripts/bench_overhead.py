@@ -105,6 +105,7 @@ def main() -> int:
                 flush=True,
             )
         results["template"] = render_cost(results["greedy"]["interval_us"])
+        results["parsing"] = parse_cost(results["greedy"]["interval_us"])
     finally:
         opened.close()
     if args.json:
@@ -171,6 +172,73 @@ def render_cost(token_us: float) -> dict[str, float]:
         f"median ({out['median_tokens']:.2f} decoded tokens), {out['max_us']:.0f} us at most; "
         f"the first of a template (its probes) {out['first_median_us']:.0f} us median, "
         f"{out['first_max_us']:.0f} us at most",
+        flush=True,
+    )
+    return out
+
+
+def parse_cost(token_us: float) -> dict[str, float]:
+    """Microseconds the answer's parsing takes per streamed token (reasoning split off, calls
+    held back and read), over every family's syntax, on a long answer: 2,000 tokens of
+    reasoning and text with ten calls between them, fed a token (about 4 characters) at a
+    time as the runner's sink feeds it."""
+    import json as json_mod
+
+    from localrun.formats import parsers, reasoning
+    from localrun.formats.parsers.harmony import HarmonyStream
+    from localrun.formats.parsers.stream import CallStream
+
+    prose = "The keeper lit the lamp as the storm came in over the rocks. " * 4
+    per_family: dict[str, float] = {}
+    for family in parsers.FAMILIES:
+        syntax = family.syntax.with_tools(TOOLS)
+        call = syntax.write("get_weather", json_mod.dumps({"city": "Paris"}))
+        open_, close = family.think
+        if family.harmony:
+            answer = f"<|channel|>analysis<|message|>{prose * 20}<|end|>" + "".join(
+                f"<|start|>assistant{call}" for _ in range(10)
+            )
+        elif family.name == "llama3":  # the calls are the whole answer, joined by `;`
+            answer = f"{open_}{prose * 20}{close}" + "; ".join([call] * 10)
+        else:
+            answer = f"{open_}{prose * 10}{close}" + "".join(
+                f"{prose}\n{call}\n" for _ in range(10)
+            )
+        pieces = [answer[i : i + 4] for i in range(0, len(answer), 4)]
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            if family.harmony:
+                channels = HarmonyStream(syntax)
+                for piece in pieces:
+                    channels.feed(piece)
+                channels.finish()
+                found = len(channels.calls)
+            else:
+                splitter = reasoning.Splitter(open=open_, close=close, drop=family.drop)
+                stream = CallStream(syntax)
+                found = 0
+                for piece in pieces:
+                    _, text = splitter.feed(piece)
+                    found += len(stream.feed(text)[1])
+                found += len(stream.feed(splitter.finish()[1])[1]) + len(stream.finish()[1])
+            times.append((time.perf_counter() - started) / len(pieces))
+            if found != 10:
+                raise SystemExit(f"{family.name}: {found} calls read, not 10")
+        per_family[family.name] = statistics.median(times) * 1e6
+    median = statistics.median(per_family.values())
+    worst = max(per_family, key=lambda name: per_family[name])
+    out = {
+        "families": len(per_family),
+        "median_us_per_token": round(median, 2),
+        "max_us_per_token": round(per_family[worst], 2),
+        "max_family": worst,  # type: ignore[dict-item]
+        "median_share_of_token": round(median / token_us, 5),
+    }
+    print(
+        f"parsing: {out['families']} families, {median:.1f} us a streamed token median "
+        f"({100 * median / token_us:.2f}% of a decoded token), {per_family[worst]:.1f} us "
+        f"at most ({worst})",
         flush=True,
     )
     return out
