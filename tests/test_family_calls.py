@@ -297,3 +297,77 @@ def test_a_forced_call_is_written_in_the_familys_own_syntax(
         for c in message.tool_calls or []
     ]
     assert calls == [PARIS] and not message.content
+
+
+LATE = (
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+    + "While that runs, here is a long aside about the weather in Paris in spring. " * 3
+).strip()
+
+
+@pytest.fixture(scope="module")
+def early_caller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A Qwen2.5 model that calls first and talks after: the call must reach the client
+    before the talk ends, in every dialect."""
+    folder = tmp_path_factory.mktemp("early")
+    source = CASES[0].source()
+    gguf = write_scripted_model(folder / "early.gguf", LATE, template=source)
+    store = Store(folder / "models")
+    add_model(store, "early", gguf, "")
+    server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
+    yield server
+    server.close()
+
+
+@pytest.mark.model
+def test_a_call_is_streamed_as_soon_as_it_is_read(early_caller: LiveServer) -> None:
+    url = early_caller.url
+    after = LATE.split("</tool_call>", 1)[1].strip()
+    chat = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    order = []
+    for chunk in chat.chat.completions.create(
+        model="early",
+        messages=ASK,
+        tools=TOOLS,
+        stream=True,
+        temperature=0,  # type: ignore[arg-type]
+    ):
+        delta = chunk.choices[0].delta if chunk.choices else None
+        if delta and delta.tool_calls:
+            order.append("call")
+        elif delta and delta.content:
+            order.append("text")
+    # The call (its name, then its arguments), then the text after it: nothing held back.
+    assert order[:2] == ["call", "call"] and order.count("text") > 5 and "call" not in order[2:]
+
+    lines = list(
+        ollama.Client(host=url, timeout=PATIENCE_S).chat(
+            "early", messages=ASK, tools=TOOLS, stream=True, options={"temperature": 0}
+        )
+    )
+    with_call = [i for i, line in enumerate(lines) if line.message.tool_calls]
+    assert len(with_call) == 1 and with_call[0] < len(lines) - 5
+    assert "".join(line.message.content or "" for line in lines).strip() == after
+
+    claude = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+    tools: Any = [
+        {"name": t["function"]["name"], "input_schema": t["function"]["parameters"]} for t in TOOLS
+    ]
+    with claude.messages.stream(
+        model="early",
+        messages=ASK,
+        tools=tools,
+        max_tokens=400,  # type: ignore[arg-type]
+    ) as events:
+        kinds = [e.content_block.type for e in events if e.type == "content_block_start"]
+        final = events.get_final_message()
+    assert kinds == ["tool_use", "text"]
+    assert [b.type for b in final.content] == ["tool_use", "text"]
+
+    with chat.responses.stream(
+        model="early",
+        input=ASK,
+        tools=[{"type": "function", **t["function"]} for t in TOOLS],  # type: ignore[misc]
+    ) as events:
+        added = [e.item.type for e in events if e.type == "response.output_item.added"]
+    assert added == ["function_call", "message"]

@@ -134,9 +134,13 @@ class Worker:
             assert event is not None, "the worker exited: " + self.stderr_text()
             self.pending.setdefault(event.get("id"), []).append(event)
         del self.pending[id]
-        pieces = [e["text"] for e in mine[:-1] if e["event"] == protocol.PIECE]
+        pieces = [e["text"] for e in mine[:-1] if e["event"] == protocol.PIECE and "calls" not in e]
+        told = [e["calls"] for e in mine[:-1] if e["event"] == protocol.PIECE and "calls" in e]
+        calls = [call for found in told for call in found]
         groups = [e["embeddings"] for e in mine[:-1] if e["event"] == protocol.VECTORS]
-        assert len(pieces) + len(groups) == len(mine) - 1, mine
+        assert len(pieces) + len(groups) + len(told) == len(mine) - 1, mine
+        # Calls go out as they are read; the final event repeats them all.
+        assert calls == (mine[-1].get("tool_calls") or []), mine
         return Reply(pieces, mine[-1], groups)
 
     def chat(self, content: str, **fields: Any) -> Reply:

@@ -284,15 +284,15 @@ def _usage(generation: Generation) -> dict[str, Any]:
     }
 
 
-def _tool_blocks(generation: Generation) -> list[dict[str, Any]]:
+def _tool_blocks(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     return [
         {
             "type": "tool_use",
-            "id": _id("toolu"),
-            "name": call.get("name", ""),
-            "input": call.get("arguments") or {},
+            "id": "toolu_" + call["id"].removeprefix("call_"),
+            "name": call["name"],
+            "input": call["arguments"],
         }
-        for call in generation.tool_calls or []
+        for call in calls or []
     ]
 
 
@@ -314,7 +314,7 @@ async def messages(request: Request) -> Response:
     content: list[dict[str, Any]] = []
     if generation.thinking:
         content.append({"type": "thinking", "thinking": generation.thinking, "signature": ""})
-    tools = _tool_blocks(generation)
+    tools = _tool_blocks(generation.tool_calls)
     if generation.text or not tools:
         content.append({"type": "text", "text": generation.text})
     reason, sequence = _stop_reason(generation)
@@ -337,6 +337,7 @@ async def _events(generation: Generation, head: dict[str, Any]) -> AsyncIterator
     usage = {**_usage(generation), "output_tokens": 0}
     yield _event("message_start", message={**message, "usage": usage})
     blocks = _Blocks()
+    streamed = 0
     try:
         async with contextlib.aclosing(generation.chunks()) as chunks:
             async for chunk in chunks:
@@ -344,7 +345,10 @@ async def _events(generation: Generation, head: dict[str, Any]) -> AsyncIterator
                     if text:
                         for event in blocks.delta(kind, text):
                             yield event
-        for event in blocks.end(_tool_blocks(generation)):
+                for event in blocks.tools(_tool_blocks(chunk.calls)):
+                    yield event
+                streamed += len(chunk.calls or [])
+        for event in blocks.end(_tool_blocks(generation.late_calls(streamed))):
             yield event
         reason, sequence = _stop_reason(generation)
         yield _event(
@@ -400,9 +404,17 @@ class _Blocks:
 
     def end(self, tools: list[dict[str, Any]]) -> list[bytes]:
         """Close the last block (an empty answer is still one, empty, text block), then add
-        a tool_use block per tool call, each whole."""
-        out = self.switch("text") if self.open_kind is None and not tools else []
-        out += self.switch(None)
+        the tool_use blocks not streamed yet."""
+        empty = self.index < 0 and not tools
+        out = self.switch("text") if self.open_kind is None and empty else []
+        return out + self.tools(tools) + self.switch(None)
+
+    def tools(self, tools: list[dict[str, Any]]) -> list[bytes]:
+        """A tool_use block per call, as soon as it is read: the open block closes first,
+        then the call's input comes as an input_json_delta."""
+        if not tools:
+            return []
+        out = self.switch(None)
         for tool in tools:
             self.index += 1
             out.append(

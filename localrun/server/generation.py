@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 import time
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,9 @@ class Generation:
         self.text = ""
         self.thinking = ""
         self.logprobs: list[dict[str, Any]] = []  # every token's entry, when asked for
+        # The tool calls streamed so far, each with its id and place ({"id", "index", "name",
+        # "arguments"}); calls that only the final event told (an upstream's) join at the end.
+        self.calls: list[dict[str, Any]] = []
         self.finished = False
         self._first: Chunk | None = None
         self._metrics = metrics
@@ -86,6 +90,8 @@ class Generation:
                 self.thinking += chunk.thinking
                 if chunk.logprobs:
                     self.logprobs += chunk.logprobs
+                if chunk.calls:
+                    chunk.calls = self._take_calls(chunk.calls)
                 if chunk:
                     yield chunk
                 chunk = None if self.finished else await self._next()
@@ -117,12 +123,34 @@ class Generation:
     def done_reason(self) -> str:
         return self.stream.done_reason or "stop"
 
+    def _take_calls(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """Streamed calls given their ids and places; past the first when the client takes
+        one call per turn (parallel_tool_calls false), none."""
+        taken = []
+        for call in calls:
+            if self.calls and not self.parallel_tool_calls:
+                break
+            entry = {
+                "id": f"call_{secrets.token_hex(12)}",
+                "index": len(self.calls),
+                "name": str(call.get("name", "")),
+                "arguments": call.get("arguments") or {},
+            }
+            self.calls.append(entry)
+            taken.append(entry)
+        return taken or None
+
     @property
     def tool_calls(self) -> list[dict[str, Any]] | None:
-        calls = self.stream.tool_calls or None
-        if calls and not self.parallel_tool_calls:
-            return calls[:1]  # the client takes one call per turn
-        return calls
+        """Every call of the answer (once it is complete), each with its id and place."""
+        told = self.stream.tool_calls or []
+        if len(told) > len(self.calls):
+            self._take_calls(told[len(self.calls) :])
+        return list(self.calls) or None
+
+    def late_calls(self, streamed: int) -> list[dict[str, Any]]:
+        """The calls after the first `streamed` (those the chunks did not carry)."""
+        return (self.tool_calls or [])[streamed:]
 
     @property
     def stop_sequence(self) -> str | None:

@@ -88,10 +88,13 @@ async def stream_lines(
     final: Callable[[], dict[str, Any]],
     before_final: Callable[[], dict[str, Any] | None] = lambda: None,
     place_thinking: Placer | None = None,
+    streamed: list[int] | None = None,
 ) -> AsyncIterator[bytes]:
     """The NDJSON lines of an answer; an error mid-way becomes the last line. `before_final`
     gives a line to send after the pieces, before the final one (or None); `place_thinking`
-    puts a chunk's reasoning into its line."""
+    puts a chunk's reasoning into its line; a chat's tool calls go in the line of the chunk
+    that carries them (`streamed` counts them, for `before_final`)."""
+    streamed = streamed if streamed is not None else []
     try:
         async with contextlib.aclosing(generation.chunks()) as chunks:
             async for chunk in chunks:
@@ -100,6 +103,9 @@ async def stream_lines(
                     place_thinking(obj, chunk.thinking)
                 if chunk.logprobs:
                     obj["logprobs"] = logprob_items(chunk.logprobs)
+                if chunk.calls and "message" in obj:  # a chat's calls, as soon as read
+                    obj["message"]["tool_calls"] = tool_calls_ollama(chunk.calls)
+                    streamed.append(len(chunk.calls))
                 yield line(obj)
         extra = before_final()
         if extra is not None:
@@ -198,18 +204,20 @@ async def _answer(
     generation: Generation,
     shape: Frame,
     last: Frame | None = None,
-    calls: Callable[[str], dict[str, Any] | None] | None = None,
+    calls: Callable[[str, int], dict[str, Any] | None] | None = None,
     place_thinking: Placer | None = None,
 ) -> Response:
     """NDJSON lines, `shape(piece)` each, then the final object (`last` shapes it, once the
     answer is complete); with "stream": false only the final object, holding the whole text.
 
-    `calls(text)` shapes the answer's tool calls (None without any): streamed, they come in a
-    line of their own before the final one, as Ollama sends them; else in the final object.
+    `calls(text, streamed)` shapes the answer's tool calls after the first `streamed` (None
+    without any): streamed, each comes in the line of the piece that completed it, as Ollama
+    sends them, and any the final event alone told in a line before the final one; else all
+    are in the final object.
     """
 
     def final(text: str = "", *, with_calls: bool = False) -> dict[str, Any]:
-        shaped = calls(text) if calls is not None and with_calls else None
+        shaped = calls(text, 0) if calls is not None and with_calls else None
         return {
             **(shaped or (last or shape)(text)),
             "done": True,
@@ -219,12 +227,14 @@ async def _answer(
 
     if body.flag("stream", True):
         frame = lambda piece: {**shape(piece), "done": False}  # noqa: E731
+        streamed: list[int] = []  # the calls each streamed line carried
 
         def before_final() -> dict[str, Any] | None:
-            shaped = calls("") if calls is not None else None
+            shaped = calls("", sum(streamed)) if calls is not None else None
             return None if shaped is None else {**shaped, "done": False}
 
-        return ndjson(stream_lines(generation, frame, final, before_final, place_thinking))
+        lines = stream_lines(generation, frame, final, before_final, place_thinking, streamed)
+        return ndjson(lines)
     text = await core.until_disconnect(request, generation.collect)
     whole = final(text, with_calls=True)
     if generation.thinking and place_thinking is not None:
@@ -353,8 +363,8 @@ async def chat(request: Request) -> Response:
     )
     generation = await start(request, req)
 
-    def with_calls(text: str) -> dict[str, Any] | None:
-        calls = tool_calls_ollama(generation.tool_calls)
+    def with_calls(text: str, streamed: int) -> dict[str, Any] | None:
+        calls = tool_calls_ollama(generation.late_calls(streamed))
         if not calls:
             return None
         out = shape(text)

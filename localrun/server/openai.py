@@ -164,17 +164,34 @@ def _usage(generations: list[Generation]) -> dict[str, Any]:
 def _tool_calls(generation: Generation) -> list[dict[str, Any]] | None:
     if not generation.tool_calls:
         return None
-    return [
-        {
-            "id": f"call_{secrets.token_hex(12)}",
-            "type": "function",
-            "function": {
-                "name": call.get("name", ""),
-                "arguments": json.dumps(call.get("arguments") or {}, ensure_ascii=False),
-            },
-        }
-        for call in generation.tool_calls
-    ]
+    return [_tool_call(call) for call in generation.tool_calls]
+
+
+def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": call["id"],
+        "type": "function",
+        "function": {
+            "name": call["name"],
+            "arguments": json.dumps(call["arguments"], ensure_ascii=False),
+        },
+    }
+
+
+def _call_deltas(index: int, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A choice's chunks for tool calls, as OpenAI streams them: the id and name with empty
+    arguments, then the arguments as a delta of their own."""
+    out = []
+    for call in calls:
+        whole = _tool_call(call)
+        function = whole["function"]
+        for delta in (
+            {**whole, "function": {"name": function["name"], "arguments": ""}},
+            {"function": {"arguments": function["arguments"]}},
+        ):
+            entry = {"tool_calls": [{"index": call["index"], **delta}]}
+            out.append({"index": index, "delta": entry, "logprobs": None, "finish_reason": None})
+    return out
 
 
 def _head(prefix: str, model: str) -> dict[str, Any]:
@@ -193,7 +210,7 @@ def _stream(
     head: dict[str, Any],
     kind: str,
     piece_choice: Callable[[int, Chunk, bool], dict[str, Any]],
-    last_choices: Callable[[int], list[dict[str, Any]]],
+    last_choices: Callable[[int, int], list[dict[str, Any]]],
 ) -> StreamingResponse:
     """The answer as server-sent chunks of object `kind` (`stream_options.include_usage`: with
     `"usage": null` in each and a last chunk holding the usage)."""
@@ -213,23 +230,28 @@ async def _stream_events(
     generations: list[Generation],
     chunk: Callable[[dict[str, Any]], dict[str, Any]],
     piece_choice: Callable[[int, Chunk, bool], dict[str, Any]],
-    last_choices: Callable[[int], list[dict[str, Any]]],
+    last_choices: Callable[[int, int], list[dict[str, Any]]],
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
     """SSE events of the answers (one per choice, interleaved as they come): pieces, the
     finishing chunk(s) of each choice, usage, [DONE]."""
     try:
         started: set[int] = set()
+        streamed = [0] * len(generations)  # each choice's tool calls streamed
         async with contextlib.aclosing(merged(generations)) as chunks:
             async for index, piece in chunks:
-                if piece.text or piece.thinking or piece.logprobs:
+                if piece.text or piece.thinking or piece.logprobs or piece.calls:
                     first = index not in started
                     started.add(index)
-                    yield sse(chunk({"choices": [piece_choice(index, piece, first)]}))
+                    if piece.text or piece.thinking or piece.logprobs or first:
+                        yield sse(chunk({"choices": [piece_choice(index, piece, first)]}))
+                for choice in _call_deltas(index, piece.calls or []):
+                    yield sse(chunk({"choices": [choice]}))
+                streamed[index] += len(piece.calls or [])
         for index in range(len(generations)):
             if index not in started:
                 yield sse(chunk({"choices": [piece_choice(index, Chunk(), True)]}))
-            for choice in last_choices(index):
+            for choice in last_choices(index, streamed[index]):
                 yield sse(chunk({"choices": [choice]}))
         if include_usage:
             yield sse(chunk({"choices": [], "usage": _usage(generations)}))
@@ -264,7 +286,7 @@ async def chat_completions(request: Request) -> Response:
         base,
         "chat.completion.chunk",
         lambda index, piece, first: _chat_delta(index, piece, first, with_logprobs),
-        lambda index: _chat_last(index, generations[index]),
+        lambda index, streamed: _chat_last(index, generations[index], streamed),
     )
 
 
@@ -325,13 +347,9 @@ def _chat_delta(index: int, piece: Chunk, first: bool, with_logprobs: bool) -> d
     }
 
 
-def _chat_last(index: int, generation: Generation) -> list[dict[str, Any]]:
-    """A streamed choice's last chunks: its tool calls, if any, then its finish_reason."""
-    out = []
-    calls = _tool_calls(generation)
-    if calls:
-        delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}
-        out.append({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
+def _chat_last(index: int, generation: Generation, streamed: int) -> list[dict[str, Any]]:
+    """A streamed choice's last chunks: its calls not streamed yet, then its finish_reason."""
+    out = _call_deltas(index, generation.late_calls(streamed))
     reason = _finish_reason(generation)
     out.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
     return out
@@ -403,7 +421,7 @@ async def completions(request: Request) -> Response:
         base,
         "text_completion",
         lambda index, piece, first: choice(index, piece.text, None, piece.logprobs),
-        lambda index: [choice(index, "", _finish_reason(generations[index]))],
+        lambda index, _: [choice(index, "", _finish_reason(generations[index]))],
     )
 
 

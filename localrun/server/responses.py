@@ -151,17 +151,17 @@ def _message_item(text: str | None, status: str = "completed", item_id: str = ""
     }
 
 
-def _call_items(generation: Generation) -> list[dict[str, Any]]:
+def _call_items(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     return [
         {
             "type": "function_call",
-            "id": _item_id("fc"),
-            "call_id": f"call_{secrets.token_hex(12)}",
-            "name": call.get("name", ""),
-            "arguments": json.dumps(call.get("arguments") or {}, ensure_ascii=False),
+            "id": "fc_" + call["id"].removeprefix("call_"),
+            "call_id": call["id"],
+            "name": call["name"],
+            "arguments": json.dumps(call["arguments"], ensure_ascii=False),
             "status": "completed",
         }
-        for call in generation.tool_calls or []
+        for call in calls or []
     ]
 
 
@@ -241,7 +241,7 @@ async def create(request: Request) -> Response:
     output = []
     if generation.thinking:
         output.append(_reasoning_item(generation.thinking))
-    calls = _call_items(generation)
+    calls = _call_items(generation.tool_calls)
     if generation.text or not calls:
         output.append(_message_item(generation.text))
     answer.obj["output"] = output + calls
@@ -257,6 +257,7 @@ async def _events(
     stream = _Stream(answer.obj)
     yield stream.event("response.created", response=stream.obj)
     yield stream.event("response.in_progress", response=stream.obj)
+    streamed = 0
     try:
         async with contextlib.aclosing(generation.chunks()) as chunks:
             async for chunk in chunks:
@@ -264,7 +265,10 @@ async def _events(
                     if piece:
                         for event in stream.delta(kind, piece):
                             yield event
-        for event in stream.end(_call_items(generation)):
+                for event in stream.calls(_call_items(chunk.calls)):
+                    yield event
+                streamed += len(chunk.calls or [])
+        for event in stream.end(_call_items(generation.late_calls(streamed))):
             yield event
         answer.finish(generation)
         await save()
@@ -346,12 +350,23 @@ class _Stream:
 
     def end(self, calls: list[dict[str, Any]]) -> list[bytes]:
         """Close the last item (an empty answer is still one, empty, message), then add the
-        function calls, each whole."""
-        out = self.begin("text") if self.open_kind is None and not calls else []
-        out += self.close()
-        self.open_kind = None
+        function calls not streamed yet."""
+        empty = not self.output and not calls
+        out = self.begin("text") if self.open_kind is None and empty else []
+        return out + self.calls(calls) + self._close_open()
+
+    def calls(self, calls: list[dict[str, Any]]) -> list[bytes]:
+        """Function call items as soon as they are read (the open item closes first)."""
+        if not calls:
+            return []
+        out = self._close_open()
         for call in calls:
             out += self.call(call)
+        return out
+
+    def _close_open(self) -> list[bytes]:
+        out = self.close() if self.open_kind is not None else []
+        self.open_kind = None
         return out
 
     def call(self, call: dict[str, Any]) -> list[bytes]:

@@ -281,18 +281,22 @@ class Chunk:
     text: str = ""
     thinking: str = ""
     logprobs: list[dict[str, Any]] | None = None
+    # Tool calls read so far ({"name", "arguments"}), sent as soon as each is complete.
+    calls: list[dict[str, Any]] | None = None
 
     @classmethod
     def from_event(cls, event: Message) -> Chunk:
         logprobs = event.get("logprobs")
+        calls = event.get("calls")
         return cls(
             text=str(event.get("text") or ""),
             thinking=str(event.get("thinking") or ""),
             logprobs=logprobs if isinstance(logprobs, list) else None,
+            calls=calls if isinstance(calls, list) and calls else None,
         )
 
     def __bool__(self) -> bool:
-        return bool(self.text or self.thinking or self.logprobs)
+        return bool(self.text or self.thinking or self.logprobs or self.calls)
 
 
 def piece_event(
@@ -302,10 +306,13 @@ def piece_event(
     thinking: str = "",
     logprobs: list[dict[str, Any]] | None = None,
     prompt: int | None = None,
+    calls: list[dict[str, Any]] | None = None,
 ) -> Message:
     event: Message = {"event": PIECE, "id": id, "text": text}
     if thinking:
         event["thinking"] = thinking
+    if calls:
+        event["calls"] = calls
     if logprobs:
         event["logprobs"] = logprobs
     if prompt is not None:

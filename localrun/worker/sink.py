@@ -197,8 +197,15 @@ class RequestSink:
     def _harmony_calls(self) -> None:
         """gpt-oss's calls, which its channels part out with the reasoning."""
         if isinstance(self.splitter, HarmonyStream) and self.splitter.calls:
-            self.found += self.splitter.calls
+            self._send_calls(self.splitter.calls)
             self.splitter.calls = []
+
+    def _send_calls(self, calls: list[dict[str, Any]]) -> None:
+        """Calls as soon as they are read (the dialects stream them as they come); the final
+        event repeats them all."""
+        if calls:
+            self.found += calls
+            self.output.send(protocol.piece_event(self.id, "", calls=calls, prompt=self._first()))
 
     def _send_thinking(self, text: str) -> None:
         if text and self.reasoning == "split":
@@ -220,10 +227,11 @@ class RequestSink:
         if not text:
             return
         out = self.stop.feed(text)
+        calls: list[dict[str, Any]] = []
         if self.calls is not None:
             out, calls = self.calls.feed(out)
-            self.found += calls
         self._send_text(out)
+        self._send_calls(calls)
         if self.stop.hit:
             self.stopped = True
             self.cancel()
@@ -237,13 +245,14 @@ class RequestSink:
                 self._send_thinking(reasoning)
                 out = self.stop.feed(answer)
             out += self.stop.flush()
+            calls: list[dict[str, Any]] = []
             if self.calls is not None:
                 out, calls = self.calls.feed(out)
                 rest, last = self.calls.finish()
-                out += rest
-                self.found += calls + last
-            tool_calls = self.found or None
+                out, calls = out + rest, calls + last
             self._send_text(out)
+            self._send_calls(calls)
+            tool_calls = self.found or None
             if self.stopped and self._budget > 0 and self._entries:
                 # A stop string began inside this token: part of its text went out.
                 partial = self._entries[:1]
