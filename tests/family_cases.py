@@ -208,6 +208,21 @@ CASES = (
         '<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>',
     ),
     Case(
+        "gemma4",
+        "gemma4",
+        "google-gemma-4-31B-it.jinja",
+        "<|channel>thought\nParis, then.<channel|><|tool_call>call:get_weather"
+        '{city:<|"|>Paris<|"|>}<tool_call|><|tool_call>call:get_time{tz:<|"|>CET<|"|>}<tool_call|>',
+        calls=(PARIS, CET),
+        reasoning="Paris, then.",
+    ),
+    Case(
+        "gemma4-one",
+        "gemma4",
+        "google-gemma-4-31B-it.jinja",
+        '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>',
+    ),
+    Case(
         "minicpm5-derived",
         "derived:tagged",
         "openbmb-MiniCPM5-1B.jinja",

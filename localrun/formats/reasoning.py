@@ -27,7 +27,7 @@ CHANNEL = "<|channel|>"
 # An Ollama (Go) template thinks when it reads `.Think` or writes `.Thinking`.
 _MARKERS = (
     OPEN, "enable_thinking", "reasoning_content", CHANNEL, ".Think",
-    "<seed:think>", "[THINK]", "<|START_THINKING|>",
+    "<seed:think>", "[THINK]", "<|START_THINKING|>", "<|channel>",
 )  # fmt: skip
 
 Think = bool | str | None

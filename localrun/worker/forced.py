@@ -54,6 +54,9 @@ def grammar(
 def _call_rules(
     syntax: Syntax, rule: str, name: str, parameters: dict[str, Any], primed: str
 ) -> list[str]:
+    own = syntax.value_rules(rule, name, parameters)
+    if own is not None:
+        return own
     try:
         text = syntax.write(name, _ARGS).removeprefix(primed)
     except (ValueError, TypeError):  # the syntax writes values, not JSON: XML or Python

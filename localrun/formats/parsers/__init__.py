@@ -12,7 +12,8 @@ Hermes `<tool_call>` syntax the tool note asks for (formats/calls.py).
     wrapped.py      JSON between markers (Hermes, Granite, Phi-4, Nemotron, Firefunction,
                     Command R, LFM2's Python calls)
     xml.py          values written as text (Qwen3-Coder, Seed-OSS, MiniMax, GLM)
-    llama3.py mistral.py deepseek.py kimi.py functionary.py harmony.py   one family each
+    llama3.py mistral.py deepseek.py kimi.py functionary.py harmony.py gemma4.py
+                    one family each
     derive.py       a syntax read from a template's own rendering of a call
 
 The dialects never look in here: the runner's sink turns an answer into text, reasoning and
@@ -27,6 +28,7 @@ from functools import lru_cache
 from localrun.formats.parsers.base import Syntax as Syntax
 from localrun.formats.parsers.deepseek import DeepSeek
 from localrun.formats.parsers.functionary import Functionary
+from localrun.formats.parsers.gemma4 import Gemma4
 from localrun.formats.parsers.harmony import Harmony
 from localrun.formats.parsers.kimi import Kimi
 from localrun.formats.parsers.llama3 import Llama3
@@ -67,6 +69,13 @@ HERMES = Wrapped(
 FAMILIES: tuple[Family, ...] = (
     Family("gpt-oss", ("<|channel|>",), Harmony(), harmony=True),
     Family("kimi-k2", ("<|tool_calls_section_begin|>",), Kimi()),
+    Family(
+        "gemma4",
+        ("<|tool_call>call:",),
+        Gemma4(),
+        think=("<|channel>thought", "<channel|>"),
+        special=("<|channel>", "<channel|>"),
+    ),
     Family(
         "deepseek-r1",
         ("tool▁calls▁begin", "```json"),

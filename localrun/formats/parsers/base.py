@@ -73,6 +73,11 @@ class Syntax:
         """One call as the family writes it, `arguments` being JSON text of an object."""
         raise NotImplementedError
 
+    def value_rules(self, rule: str, name: str, parameters: dict[str, Any]) -> list[str] | None:
+        """GBNF rules for a forced call (rule `rule`), for a family whose arguments neither
+        JSON nor tags can give (Gemma 4); None: worker/forced.py builds them from `write`."""
+        return None
+
     # -- helpers the families share -------------------------------------------------------
 
     def call(self, name: Any, arguments: Any) -> ToolCall:
