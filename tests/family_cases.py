@@ -36,7 +36,7 @@ class Case:
     """A model that says `says` under `template`: the calls, reasoning and text it means."""
 
     id: str
-    family: str  # the row formats.parsers.detect must choose
+    family: str  # the row formats.template.family must choose
     template: str  # a file in tests/data/templates
     says: str
     calls: tuple[dict[str, Any], ...] = (PARIS,)

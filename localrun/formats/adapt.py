@@ -223,6 +223,24 @@ def _reasoning_as(source: str) -> str:
     return "reasoning_content"
 
 
+def _example(source: str, tools: list[dict[str, Any]]) -> str | None:
+    """A call in the syntax of the template's family, for the tool note (None: Hermes's, the
+    note's own). A family's call text is its parser's (formats/parsers): what the note asks
+    for is what the runner reads back."""
+    from localrun.formats import parsers
+
+    family = parsers.by_markers(source)
+    if family is None or family.name == "hermes":
+        return None
+    syntax = family.syntax
+    try:
+        return syntax.write("<tool name>", "<arguments as a JSON object>")
+    except (ValueError, TypeError):  # values written one by one: show the first tool's
+        function = tools[0]["function"]
+        keys = list((function.get("parameters") or {}).get("properties") or {}) or ["argument"]
+        return syntax.write(function["name"], json.dumps({key: "..." for key in keys}))
+
+
 def adapt(
     source: str, messages: list[Message], tools: list[dict[str, Any]] | None
 ) -> tuple[list[Message], list[dict[str, Any]] | None, dict[str, Any]]:
@@ -237,7 +255,7 @@ def adapt(
         extra["xml_tools"] = tools
     out = [_message(m, caps, index) for index, m in enumerate(messages)]
     if tools and not (caps.tools or caps.functions or caps.xml_tools):
-        out, tools = calls_mod.add_system_note(out, tools), None
+        out, tools = calls_mod.add_system_note(out, tools, _example(source, tools)), None
     if not caps.system_role and out and out[0].get("role") == "system":
         first, out = out[0], out[1:]
         if out:

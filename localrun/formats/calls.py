@@ -115,15 +115,18 @@ def forced_name(tools: list[Tool], tool_choice: Any) -> str | None:
 # -- rendering --------------------------------------------------------------------------------
 
 
-def system_note(tools: list[Tool]) -> str:
+def system_note(tools: list[Tool], example: str | None = None) -> str:
     """The tool list and the expected reply shape, for templates without tool support."""
     listed = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
     return (
         "You can call the following tools (JSON schemas):\n"
         f"<tools>\n{listed}\n</tools>\n"
         "To call a tool, reply with only this, one block per call:\n"
-        f'{TOOL_OPEN}{{"name": <tool name>, "arguments": <arguments as a JSON object>}}'
-        f"{TOOL_CLOSE}"
+        + (
+            example
+            or f'{TOOL_OPEN}{{"name": <tool name>, "arguments": <arguments as a JSON object>}}'
+            f"{TOOL_CLOSE}"
+        )
     )
 
 
@@ -137,9 +140,12 @@ def arguments_object(value: Any) -> Any:
     return value
 
 
-def add_system_note(conversation: list[Message], tools: list[Tool]) -> list[Message]:
-    """The conversation with the tool note appended to (or placed as) its system message."""
-    note = system_note(tools)
+def add_system_note(
+    conversation: list[Message], tools: list[Tool], example: str | None = None
+) -> list[Message]:
+    """The conversation with the tool note appended to (or placed as) its system message;
+    `example` is a call in the model's own syntax (default: the Hermes block)."""
+    note = system_note(tools, example)
     if conversation and conversation[0].get("role") == "system":
         first = dict(conversation[0])
         first["content"] = f"{first.get('content') or ''}\n\n{note}".lstrip()

@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import copy
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
+from localrun.errors import LocalrunError
 from localrun.formats import adapt as adapt_mod
 from localrun.formats import calls as calls_mod
+from localrun.formats import parsers
 from localrun.formats.gotemplate_lex import looks_like_go
 from localrun.formats.jinja_env import compile_jinja, render_jinja
+from localrun.formats.parsers import derive
 
 # llama.cpp falls back to ChatML when a model has no template.
 CHATML = (
@@ -140,6 +144,32 @@ def _render_go(
         add_generation_prompt=add_generation_prompt,
     )
     return prompt
+
+
+@lru_cache(maxsize=64)
+def family(template: str | None) -> parsers.Family:
+    """The model family a template writes for (formats/parsers): the row whose markers it
+    writes, else one derived from its own rendering of a call, else Hermes."""
+    if not template:
+        return parsers.DEFAULT
+    found = parsers.by_markers(template)
+    if found is not None:
+        return found
+    if not is_go(template) and adapt_mod.probe(template).tool_calls:
+        user = {"role": "user", "content": "U"}
+        try:
+            with_call, without = (
+                render(
+                    template, [user, turn], add_generation_prompt=False, tools=[derive.PROBE_TOOL]
+                )
+                for turn in derive.PROBE_TURNS
+            )
+        except LocalrunError:
+            return parsers.DEFAULT
+        derived = derive.family(with_call, without)
+        if derived is not None:
+            return derived
+    return parsers.DEFAULT
 
 
 def shows_tools(template: str | None) -> bool:

@@ -217,7 +217,7 @@ class Prompter:
         turns a reasoning model's thinking on or off (None: the model's default)."""
         think, variables, in_force, conversation = self._chat_parts(request)
         text = self.prompt_text(conversation, in_force, variables)
-        family = parsers.detect(self.template)
+        family = template_mod.family(self.template)
         syntax = family.syntax.with_tools(in_force) if in_force else None
         primed = next((m for m in family.syntax.starts if text.endswith(m)), "")
         # A forced call is written in the family's syntax; its grammar wins over `format`.

@@ -4,8 +4,9 @@ A family is one row below: the markers its template writes (all must appear, as 
 chat.cpp and Ollama's parsers choose), its call syntax (one parser a module: markers, how the
 arguments are written, how it streams) and its reasoning tags. The first row that matches wins,
 so the specific rows come first. A template that matches no row but renders an assistant's tool
-calls gets a syntax derived from that rendering (derive.py); one that renders none gets the
-Hermes `<tool_call>` syntax the tool note asks for (formats/calls.py).
+calls gets a syntax derived from that rendering (derive.py; formats/template.py's `family`
+renders the probe); one that renders none gets the Hermes `<tool_call>` syntax the tool note
+asks for (formats/calls.py).
 
     base.py         what a syntax is, and the helpers the families share
     stream.py       an answer streamed with its calls taken out, in any syntax
@@ -23,7 +24,6 @@ calls, and each dialect writes those in its own shape.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from localrun.formats.parsers.base import Syntax as Syntax
 from localrun.formats.parsers.deepseek import DeepSeek
@@ -190,19 +190,13 @@ FAMILIES: tuple[Family, ...] = (
 DEFAULT = Family("hermes", (), HERMES)
 
 
-@lru_cache(maxsize=64)
-def detect(template: str | None) -> Family:
-    """The family whose markers the template writes; a derived one, or Hermes, otherwise."""
-    if template:
-        for family in FAMILIES:
-            if all(marker in template for marker in family.markers):
-                return family
-        from localrun.formats.parsers import derive
-
-        derived = derive.family(template)
-        if derived is not None:
-            return derived
-    return DEFAULT
+def by_markers(template: str) -> Family | None:
+    """The first row whose markers the template writes (no derivation: the tool note asks
+    for this family's syntax while the template is being rendered)."""
+    for family in FAMILIES:
+        if all(marker in template for marker in family.markers):
+            return family
+    return None
 
 
 def by_name(name: str) -> Family:

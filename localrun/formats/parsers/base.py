@@ -27,7 +27,7 @@ from localrun.errors import BadRequestError
 Tool = dict[str, Any]
 ToolCall = dict[str, Any]
 
-_DECODER = json.JSONDecoder()
+DECODER = json.JSONDecoder()
 
 
 class Incomplete(Exception):
@@ -145,7 +145,7 @@ def json_at(text: str, index: int) -> tuple[Any, int]:
     if text[start] not in '{["-0123456789tfn':
         raise Malformed("not JSON")
     try:
-        value, end = _DECODER.raw_decode(text, start)
+        value, end = DECODER.raw_decode(text, start)
     except RecursionError:
         raise Malformed("nested too deep") from None
     except json.JSONDecodeError as exc:

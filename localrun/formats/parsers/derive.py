@@ -19,9 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from localrun.errors import LocalrunError
 from localrun.formats.parsers.base import (
-    _DECODER,
+    DECODER,
     Incomplete,
     Malformed,
     Syntax,
@@ -120,40 +119,36 @@ def _closed(text: str, index: int, close: str, final: bool) -> int:
     raise Malformed(f"no {close!r}")
 
 
-def family(template: str) -> Family | None:
-    """The family a template's own rendering of a call shows; None if it shows none."""
-    from localrun.formats import adapt
-    from localrun.formats import template as template_mod
+# The probe: a user turn, then an assistant turn with (and without) a call of this tool.
+PROBE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": NAME,
+        "parameters": {"type": "object", "properties": {KEY: {"type": "string"}}},
+    },
+}
+PROBE_CALL = {
+    "id": "call0001A",
+    "type": "function",
+    "function": {"name": NAME, "arguments": {KEY: VALUE}},
+}
+PROBE_TURNS = (
+    {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]},
+    {"role": "assistant", "content": ""},
+)
+
+
+def family(with_call: str, without: str) -> Family | None:
+    """The family that the two renderings of the probe (formats/template.py makes them) show;
+    None if the call's text fits no shape."""
     from localrun.formats.parsers import Family
 
-    call = {"id": "call0001A", "type": "function", "function": {"name": NAME}}
-    call["function"]["arguments"] = {KEY: VALUE}  # type: ignore[index]
-    user = {"role": "user", "content": "U"}
-    tool = {
-        "type": "function",
-        "function": {
-            "name": NAME,
-            "parameters": {"type": "object", "properties": {KEY: {"type": "string"}}},
-        },
-    }
-    try:
-        with_call, without = (
-            template_mod.render(template, [user, turn], add_generation_prompt=False, tools=[tool])
-            for turn in (
-                {"role": "assistant", "content": "", "tool_calls": [call]},
-                {"role": "assistant", "content": ""},
-            )
-        )
-    except LocalrunError:
-        return None
     added = _added(with_call, without)
-    # A template that shows no calls has them written for it (adapt.py): nothing to learn.
     # An id the template writes into the call's markers is not a model's to repeat.
-    shown = NAME in added and VALUE in added and "call0001A" not in added
-    syntax = _shape(added) if shown and adapt.probe(template).tool_calls else None
-    if syntax is None:
+    if NAME not in added or VALUE not in added or "call0001A" in added:
         return None
-    return Family(f"derived:{syntax.name}", (), syntax)
+    syntax = _shape(added)
+    return None if syntax is None else Family(f"derived:{syntax.name}", (), syntax)
 
 
 def _added(longer: str, shorter: str) -> str:
@@ -244,7 +239,7 @@ def _object_around(text: str, index: int) -> tuple[int, int, dict[str, Any]] | N
     start = text.rfind("{", 0, index)
     while start >= 0:
         try:
-            value, end = _DECODER.raw_decode(text, start)
+            value, end = DECODER.raw_decode(text, start)
         except ValueError:
             value, end = None, -1
         if isinstance(value, dict) and end > index:
