@@ -371,3 +371,18 @@ def test_a_call_is_streamed_as_soon_as_it_is_read(early_caller: LiveServer) -> N
     ) as events:
         added = [e.item.type for e in events if e.type == "response.output_item.added"]
     assert added == ["function_call", "message"]
+
+
+@pytest.mark.model
+def test_ollama_format_with_tools_lets_the_family_call(live: LiveServer) -> None:
+    """Ollama's `format` with tools: the answer is a call in the family's own syntax or JSON
+    in the format; Qwen3-Coder's call (not JSON) comes through as a call."""
+    client = ollama.Client(host=live.url, timeout=PATIENCE_S)
+    reply = client.chat(
+        "fam-qwen3-coder", messages=ASK, tools=TOOLS, format="json", options={"temperature": 0}
+    )
+    calls = [
+        {"name": c.function.name, "arguments": dict(c.function.arguments)}
+        for c in reply.message.tool_calls or []
+    ]
+    assert calls == [PARIS] and not reply.message.content

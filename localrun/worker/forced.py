@@ -51,6 +51,19 @@ def grammar(
     return "\n".join(rules)
 
 
+def call_or_format(
+    syntax: Syntax, tools: list[tools_mod.Tool], format_grammar: str, *, primed: str = ""
+) -> str:
+    """A grammar for Ollama's `format` with tools: a call in the family's syntax, or an answer
+    in the format (`format_grammar`), so the model can still call what it is offered."""
+    calls = grammar(syntax, tools, "required", primed=primed) or ""
+    lines = [
+        line.replace("root ::=", "calls ::=", 1) if line.startswith("root ::=") else line
+        for line in calls.split("\n")
+    ]
+    return "\n".join([*lines, *_prefixed(format_grammar, "fmt-"), "root ::= calls | fmt-root"])
+
+
 def _call_rules(
     syntax: Syntax, rule: str, name: str, parameters: dict[str, Any], primed: str
 ) -> list[str]:

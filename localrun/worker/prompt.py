@@ -227,6 +227,10 @@ class Prompter:
             else None
         )
         grammar = grammar_bounds.check_grammar(forced) if forced else grammar_for(request.format)
+        if grammar and not forced and syntax is not None and in_force:
+            # `format` with tools (Ollama's): a call in the family's syntax, or the format.
+            either = forced_mod.call_or_format(syntax, in_force, grammar, primed=primed)
+            grammar = grammar_bounds.check_grammar(either)
         sampling = self.sampling(request.options, grammar)
         media = media_of(request.messages or [])
         prepared = self._prepared(text, media, sampling)
