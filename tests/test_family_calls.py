@@ -16,7 +16,7 @@ import ollama
 import openai
 import pytest
 from conftest import PATIENCE_S
-from family_cases import CASES, PARIS, TOOLS, Case
+from family_cases import CASES, PARIS, TEMPLATES, TOOLS, Case
 from test_server import LiveServer, add_model
 from testmodels.scripted import write_scripted_model
 
@@ -386,3 +386,69 @@ def test_ollama_format_with_tools_lets_the_family_call(live: LiveServer) -> None
         for c in reply.message.tool_calls or []
     ]
     assert calls == [PARIS] and not reply.message.content
+
+
+TYPED = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            },
+        },
+    }
+]
+THREE_DAYS = {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}
+
+
+@pytest.mark.parametrize(
+    ("name", "says", "call"),
+    [
+        (
+            "deepseek-ai-DeepSeek-V3.2.jinja",
+            '<｜DSML｜function_calls>\n<｜DSML｜invoke name="get_weather">\n'
+            '<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>\n'
+            '<｜DSML｜parameter name="days" string="false">3</｜DSML｜parameter>\n'
+            "</｜DSML｜invoke>\n</｜DSML｜function_calls>",
+            THREE_DAYS,
+        ),
+        (
+            "Kimi-K3.jinja",
+            '<|open|>tools<|sep|><|open|>call tool="get_weather" index="2"<|sep|>'
+            '<|open|>argument key="city" type="string"<|sep|>Paris<|close|>argument<|sep|>'
+            '<|open|>argument key="days" type="integer"<|sep|>3<|close|>argument<|sep|>'
+            "<|close|>call<|sep|><|close|>tools<|sep|>",
+            THREE_DAYS,
+        ),
+        (
+            "tencent-Hy3.jinja",  # its close holds an end-of-turn token: the answer ends first
+            "<tool_calls:opensource>\n<tool_call:opensource>get_weather<tool_sep:opensource>\n"
+            "<arg_key:opensource>city</arg_key:opensource>\n"
+            "<arg_value:opensource>Paris</arg_value:opensource>\n</tool_call:opensource>\n"
+            "</tool_calls:opensource>",
+            {"name": "get_weather", "arguments": {"city": "Paris"}},
+        ),
+        (
+            "openbmb-MiniCPM5-1B.jinja",
+            '<function name="get_weather"><param name="city">Paris</param>'
+            '<param name="days">3</param></function>',
+            THREE_DAYS,
+        ),
+        (
+            "Apriel-1.6-15b-Thinker-fixed.jinja",
+            '<tool_calls>[{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}]'
+            "</tool_calls>",
+            THREE_DAYS,
+        ),
+    ],
+)
+def test_a_derived_parser_reads_what_its_template_writes(name: str, says: str, call: Any) -> None:
+    """Families no row knows: the parser read from the template's own rendering of a probe
+    call takes values of other types and calls in other places than the probe's."""
+    source = (TEMPLATES / name).read_text(encoding="utf-8")
+    family = template.family(source)
+    assert family.name.startswith("derived:")
+    for step in (1, 3, len(says)):
+        assert _stream(family.syntax.with_tools(TYPED), says, step) == ("", [call])

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from localrun.formats.parsers import Family
 
 NAME, KEY, VALUE = "probe_tool_name", "probe_arg", "PROBE_VALUE_7"
+KEY2, VALUE2 = "probe_second", "PROBE_VALUE_8"  # a second parameter shows what parts two
 
 
 @dataclass
@@ -69,20 +70,23 @@ class Tagged(Syntax):
 
     def take(self, text: str, final: bool) -> Taken:
         index = expect(text, 0, self.open)
-        name, index = until(text, index, self.head) if self.head.strip() else _name(text, index)
+        if self.head.strip():
+            name, index = _through(text, index, self.head)
+        else:
+            name, index = _name(text, index)
         arguments: dict[str, Any] = {}
+        close, p_close = self.close.strip(), self.p_close.strip()
         while True:
             index = skip_blanks(text, index)
-            if self.close and text.startswith(self.close.strip(), index):
-                call = self.call(name.strip(), arguments)
-                return Taken([call], index + len(self.close.strip()))
-            if index >= len(text):
-                if final and self.close.strip() == "":
-                    return Taken([self.call(name.strip(), arguments)], index)
+            if close and text.startswith(close, index):
+                return Taken([self.call(name.strip(), arguments)], index + len(close))
+            if index >= len(text) or (close and close.startswith(text[index:])):
+                if final:  # the end of the answer cut the close (an end-of-turn token in it)
+                    return Taken([self.call(name.strip(), arguments)], len(text))
                 raise Incomplete
             index = expect(text, index, self.p_open.strip())
-            key, index = until(text, index, self.p_mid)
-            raw, index = until(text, index, self.p_close)
+            key, index = _through(text, index, self.p_mid)
+            raw, index = until(text, index, p_close)
             arguments[key.strip()] = self.typed(name.strip(), key.strip(), raw.strip("\n"))
 
     def write(self, name: str, arguments: str) -> str:
@@ -93,6 +97,22 @@ class Tagged(Syntax):
             for k, v in values.items()
         )
         return f"{self.open}{name}{self.head}{params}{self.close}"
+
+
+def _through(text: str, index: int, glue: str) -> tuple[str, int]:
+    """The text up to `glue`, and the index after it. Where the text there is not the glue
+    the probe showed, what lies between its first and last characters may vary with the
+    value's type or the call's place (`" string="false">`, `" index="2"<|sep|>`)."""
+    found, start = until(text, index, glue[0])
+    start -= 1  # at the glue's first character
+    if text.startswith(glue, start):
+        return found, start + len(glue)
+    if glue.startswith(text[start:]):
+        raise Incomplete
+    if len(glue) == 1:
+        return found, start + 1
+    _, end = until(text, start + 1, glue[-1])
+    return found, end
 
 
 def _name(text: str, index: int) -> tuple[str, int]:
@@ -124,13 +144,16 @@ PROBE_TOOL = {
     "type": "function",
     "function": {
         "name": NAME,
-        "parameters": {"type": "object", "properties": {KEY: {"type": "string"}}},
+        "parameters": {
+            "type": "object",
+            "properties": {KEY: {"type": "string"}, KEY2: {"type": "string"}},
+        },
     },
 }
 PROBE_CALL = {
     "id": "call0001A",
     "type": "function",
-    "function": {"name": NAME, "arguments": {KEY: VALUE}},
+    "function": {"name": NAME, "arguments": {KEY: VALUE, KEY2: VALUE2}},
 }
 PROBE_TURNS = (
     {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]},
@@ -217,19 +240,31 @@ def _shape(added: str) -> Syntax | None:
     if key_at < 0 or key_at > value_at:
         return None
     p_open_at = added.rfind("<", name_at + len(NAME), key_at)
-    p_close_end = added.find(">", value_at + len(VALUE))
-    if p_open_at < 0 or p_close_end < 0:
+    if p_open_at < 0:
         return None
-    close = added[p_close_end + 1 :]
+    p_open = added[p_open_at:key_at]
+    value_end = value_at + len(VALUE)
+    # The second parameter's opening ends the first's closing; what follows the second
+    # value past the same closing is the call's.
+    key2_at = added.find(KEY2, value_end)
+    second = added.find(p_open, value_end)
+    value2_at = added.find(VALUE2, value_end)
+    if key2_at < 0 or second < 0 or second + len(p_open) != key2_at or value2_at < 0:
+        return None
+    p_close = added[value_end:second]
+    after = value2_at + len(VALUE2)
+    if not p_close.strip() or not added.startswith(p_close.rstrip(), after):
+        return None
+    close = added[after + len(p_close.rstrip()) :]
     return Tagged(
         name="tagged",
         starts=(head.strip(),),
         ends=(close.strip(),) if close.strip() else (),
         open=head.strip(),
         head=added[name_at + len(NAME) : p_open_at],
-        p_open=added[p_open_at:key_at],
+        p_open=p_open,
         p_mid=added[key_at + len(KEY) : value_at],
-        p_close=added[value_at + len(VALUE) : p_close_end + 1],
+        p_close=p_close,
         close=close,
     )
 
