@@ -43,10 +43,22 @@ class Case:
     reasoning: str = ""
     content: str = ""
     end: str | None = None
-    special: tuple[str, ...] = field(default=())
+    special: tuple[str, ...] = field(default=())  # markers the vocabulary has besides
+
+    def family_of(self) -> Any:
+        """The family the runner chooses: by the template, else by the vocabulary's tokens."""
+        from localrun.formats import parsers, template
+
+        found = template.family(self.source())
+        if found is parsers.DEFAULT:
+            found = parsers.by_token(lambda text: text in self.special) or found
+        return found
 
     def source(self) -> str:
-        return (TEMPLATES / self.template).read_text(encoding="utf-8")
+        path = TEMPLATES / self.template
+        if not path.exists():  # a template the llama.cpp corpus lacks
+            path = TEMPLATES.parent / self.template
+        return path.read_text(encoding="utf-8")
 
 
 CASES = (
@@ -140,6 +152,15 @@ CASES = (
         "granite",
         "ibm-granite-granite-3.3-2B-Instruct.jinja",
         '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+    ),
+    Case(
+        # Phi-4-mini's template never writes a call: its vocabulary's <|tool_call|> tells it.
+        "phi-4-mini",
+        "granite",
+        "phi4-mini-instruct.jinja",
+        '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]<|/tool_call|>',
+        special=("<|tool_call|>", "<|/tool_call|>"),
+        end="<|end|>",
     ),
     Case(
         "command-r7b",

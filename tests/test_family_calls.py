@@ -29,7 +29,7 @@ from localrun.store.models import Store
 
 def _calls_only(case: Case) -> str:
     """The answer after its reasoning (what the call stream sees)."""
-    family = template.family(case.source())
+    family = case.family_of()
     says = case.says
     if case.reasoning:
         close = family.think[1]
@@ -50,13 +50,13 @@ def _stream(syntax: Syntax, text: str, step: int, primed: str = "") -> tuple[str
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_each_template_chooses_its_family(case: Case) -> None:
-    assert template.family(case.source()).name == case.family
+    assert case.family_of().name == case.family
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.family != "gpt-oss"], ids=lambda c: c.id)
 @pytest.mark.parametrize("step", [1, 2, 5, 10_000])
 def test_each_family_reads_its_calls_however_the_text_is_split(case: Case, step: int) -> None:
-    family = template.family(case.source())
+    family = case.family_of()
     primed = ">>>" if case.family == "functionary-v3.2" else ""
     content, calls = _stream(family.syntax.with_tools(TOOLS), _calls_only(case), step, primed)
     assert calls == list(case.calls)

@@ -217,7 +217,7 @@ class Prompter:
         turns a reasoning model's thinking on or off (None: the model's default)."""
         think, variables, in_force, conversation = self._chat_parts(request)
         text = self.prompt_text(conversation, in_force, variables)
-        family = template_mod.family(self.template)
+        family = self.family()
         syntax = family.syntax.with_tools(in_force) if in_force else None
         primed = next((m for m in family.syntax.starts if text.endswith(m)), "")
         # A forced call is written in the family's syntax; its grammar wins over `format`.
@@ -255,6 +255,15 @@ class Prompter:
             if spell:
                 prepared.sampling = dataclasses.replace(prepared.sampling, spell=spell)
         return prepared
+
+    def family(self) -> parsers.Family:
+        """The model's family: by its template's markers (formats.template.family), else by a
+        call token its vocabulary has as a special token (Phi-4-mini's `<|tool_call|>`)."""
+        found = template_mod.family(self.template)
+        if found is parsers.DEFAULT:
+            by_token = parsers.by_token(lambda text: bool(self.tokenizer.token_ids(text)))
+            found = by_token or found
+        return found
 
     def _spelled(self, family: parsers.Family) -> frozenset[int]:
         """The ids of the family's markers that are special tokens in this vocabulary (the

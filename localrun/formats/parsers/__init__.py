@@ -23,6 +23,7 @@ calls, and each dialect writes those in its own shape.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from localrun.formats.parsers.base import Syntax as Syntax
@@ -50,6 +51,9 @@ class Family:
     drop: tuple[str, ...] = ()  # markers around the answer that are nobody's text
     harmony: bool = False  # gpt-oss: channels part reasoning, answer and calls
     special: tuple[str, ...] = field(default=())  # reasoning markers that are special tokens
+    # A special token that tells the family from the vocabulary when the template shows no
+    # calls (Phi-4-mini's template never writes its `<|tool_call|>`).
+    token: str = ""
 
     def spelled(self) -> tuple[str, ...]:
         """The markers the engine must spell out for this family's parser to see them."""
@@ -68,7 +72,9 @@ HERMES = Wrapped(
 
 FAMILIES: tuple[Family, ...] = (
     Family("gpt-oss", ("<|channel|>",), Harmony(), harmony=True),
-    Family("kimi-k2", ("<|tool_calls_section_begin|>",), Kimi()),
+    Family(
+        "kimi-k2", ("<|tool_calls_section_begin|>",), Kimi(), token="<|tool_calls_section_begin|>"
+    ),
     Family(
         "gemma4",
         ("<|tool_call>call:",),
@@ -167,7 +173,7 @@ FAMILIES: tuple[Family, ...] = (
         Mistral(name="mistral-v11", named=True),
         think=("[THINK]", "[/THINK]"),
     ),
-    Family("mistral", ("[TOOL_CALLS]",), Mistral()),
+    Family("mistral", ("[TOOL_CALLS]",), Mistral(), token="[TOOL_CALLS]"),
     Family(
         "granite",
         ("<|tool_call|>",),
@@ -182,6 +188,7 @@ FAMILIES: tuple[Family, ...] = (
             as_list=True,
         ),
         drop=("<response>", "</response>"),
+        token="<|tool_call|>",
     ),
     Family("llama3", ("<|start_header_id|>", "ipython"), Llama3()),
     Family("hermes", ("<tool_call>",), HERMES),
@@ -195,6 +202,14 @@ def by_markers(template: str) -> Family | None:
     for this family's syntax while the template is being rendered)."""
     for family in FAMILIES:
         if all(marker in template for marker in family.markers):
+            return family
+    return None
+
+
+def by_token(is_special: Callable[[str], bool]) -> Family | None:
+    """The first family whose call token the vocabulary has as a special token."""
+    for family in FAMILIES:
+        if family.token and is_special(family.token):
             return family
     return None
 
