@@ -201,6 +201,9 @@ def test_the_header_looks_for_every_familys_markers() -> None:
     from localrun.gguf.header import CHAT_TOKENS
 
     assert {t for _name, tokens, _source in families.FAMILIES for t in tokens} <= CHAT_TOKENS
+    from localrun.formats import parsers
+
+    assert {f.token for f in parsers.FAMILIES if f.token} <= CHAT_TOKENS
 
 
 def test_family_templates_render_every_conversation() -> None:

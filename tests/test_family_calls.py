@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import ollama
 import openai
 import pytest
@@ -102,6 +103,62 @@ def test_what_is_not_a_call_comes_back_as_text(text: str, content: str, calls: l
         assert (got_content, got_calls) == (content, calls)
 
 
+@pytest.mark.parametrize(
+    ("family", "text", "content", "calls", "primed"),
+    [
+        # A marker in prose is prose, its blanks kept, and it is let go at once.
+        ("hermes", "Use the <tool_call> tag", "Use the <tool_call> tag", [], ""),
+        (
+            "firefunction",
+            "You can use functools to cache",
+            "You can use functools to cache",
+            [],
+            "",
+        ),
+        # The prompt's `>>>` is not the answer's.
+        ("functionary-v3.2", "Hello there", "Hello there", [], ">>>"),
+        (
+            "functionary-v3.2",
+            'all\nSure.\n>>>get_weather\n{"city": "Paris"}',
+            "Sure.",
+            [PARIS],
+            ">>>",
+        ),
+        # Llama's built-in tools are called `NAME.call(...)`.
+        (
+            "llama3",
+            '<|python_tag|>get_weather.call(city="Paris")',
+            "",
+            [PARIS],
+            "",
+        ),
+        # Llama 3.2 writes several calls a line each.
+        (
+            "llama3",
+            '{"name": "get_weather", "parameters": {"city": "Paris"}}\n'
+            '{"name": "get_time", "parameters": {"tz": "CET"}}',
+            "",
+            [PARIS, {"name": "get_time", "arguments": {"tz": "CET"}}],
+            "",
+        ),
+        # A bare Qwen3-Coder call, then text: the call does not wait for the end.
+        (
+            "qwen3-coder",
+            "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\nDone.",
+            "Done.",
+            [PARIS],
+            "",
+        ),
+    ],
+)
+def test_each_familys_edge_cases(
+    family: str, text: str, content: str, calls: list[Any], primed: str
+) -> None:
+    syntax = parsers.by_name(family).syntax.with_tools(TOOLS)
+    for step in (1, 3, len(text)):
+        assert _stream(syntax, text, step, primed) == (content, calls)
+
+
 class _Counting(Syntax):
     """Hermes, counting how often the stream asks it to read the block."""
 
@@ -124,6 +181,7 @@ class _Counting(Syntax):
         "<tool_call>" + "[]" * 50_000,  # brackets that balance 50k times
         "<tool_call>" + "</tool_call" * 1 + "x</tool_call>" * 20_000,  # end markers galore
         '<tool_call>{"name": "get_weather", "arguments": {"city": "' + "a" * 100_000,
+        "<tool_call>x" * 20_000,  # markers that are never calls: let go, then not looked for
     ],
 )
 def test_a_runaway_answer_is_read_a_bounded_number_of_times(runaway: str) -> None:
@@ -452,3 +510,39 @@ def test_a_derived_parser_reads_what_its_template_writes(name: str, says: str, c
     assert family.name.startswith("derived:")
     for step in (1, 3, len(says)):
         assert _stream(family.syntax.with_tools(TYPED), says, step) == ("", [call])
+
+
+@pytest.mark.model
+def test_the_tool_note_asks_for_the_familys_own_syntax(live: LiveServer) -> None:
+    """Phi-4-mini's template shows no tools and no calls: the note that lists them asks for
+    the `<|tool_call|>` its vocabulary tells (what its parser reads), in /apply-template as in
+    the runner's prompt."""
+    body = {"model": "fam-phi-4-mini", "messages": ASK, "tools": TOOLS}
+    prompt = httpx.post(f"{live.url}/apply-template", json=body, timeout=60).json()["prompt"]
+    assert '<|tool_call|>[{"name": "<tool name>", "arguments": <arguments' in prompt
+    assert "<tool_call>" not in prompt
+
+
+@pytest.mark.model
+def test_log_probabilities_stay_with_their_tokens_around_a_call(early_caller: LiveServer) -> None:
+    """The tokens of a call's block carry their entries with the call; each piece of text
+    after it carries its own tokens' entries, which spell it."""
+    chat = openai.OpenAI(base_url=f"{early_caller.url}/v1", api_key="x", max_retries=0)
+    stream = chat.chat.completions.create(
+        model="early",
+        messages=ASK,
+        tools=TOOLS,
+        temperature=0,
+        logprobs=True,
+        stream=True,  # type: ignore[arg-type]
+    )
+    count = 0
+    for chunk in stream:
+        if not chunk.choices or chunk.choices[0].logprobs is None:
+            continue
+        entries = chunk.choices[0].logprobs.content or []
+        count += len(entries)
+        content = chunk.choices[0].delta.content
+        if content:
+            assert "".join(e.token for e in entries) == content
+    assert count > 250  # every token's entry arrived

@@ -20,6 +20,7 @@ from localrun.request import GenRequest
 from localrun.store import names
 from localrun.store.models import Store
 from localrun.worker import forced, prompt
+from localrun.worker import grammar as grammar_mod
 
 HERMES = parsers.by_name("hermes")
 
@@ -96,11 +97,11 @@ def test_forced_schemas_compile_to_grammars() -> None:
     assert grammar is not None and "root ::=" in grammar
     assert "get_weather" in grammar and "add" in grammar
     with pytest.raises(BadRequestError, match="cannot be turned into a grammar"):
-        prompt.schema_grammar({"type": "no-such-type"})
+        grammar_mod.schema_grammar({"type": "no-such-type"})
     with pytest.raises(BadRequestError, match="unknown format"):
-        prompt.grammar_for("xml")
-    assert prompt.grammar_for(None) is None
-    assert "root" in (prompt.grammar_for("json") or "")
+        grammar_mod.grammar_for("xml")
+    assert grammar_mod.grammar_for(None) is None
+    assert "root" in (grammar_mod.grammar_for("json") or "")
 
 
 def test_system_note_for_templates_without_tools() -> None:

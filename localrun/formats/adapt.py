@@ -34,6 +34,7 @@ from typing import Any
 
 from localrun.errors import BadRequestError, TemplateError, TemplateLimitError
 from localrun.formats import calls as calls_mod
+from localrun.formats import parsers
 from localrun.formats.jinja_env import render_jinja, variables
 
 Message = dict[str, Any]
@@ -223,14 +224,11 @@ def _reasoning_as(source: str) -> str:
     return "reasoning_content"
 
 
-def _example(source: str, tools: list[dict[str, Any]]) -> str | None:
-    """A call in the syntax of the template's family, for the tool note (None: Hermes's, the
-    note's own). A family's call text is its parser's (formats/parsers): what the note asks
-    for is what the runner reads back."""
-    from localrun.formats import parsers
-
-    family = parsers.by_markers(source)
-    if family is None or family.name == "hermes":
+def _example(family: parsers.Family | None, tools: list[dict[str, Any]]) -> str | None:
+    """A call in the family's syntax, for the tool note (None: Hermes's, the note's own).
+    A family's call text is its parser's (formats/parsers): what the note asks for is what
+    the runner reads back."""
+    if family is None or family.syntax.name == "hermes":
         return None
     syntax = family.syntax
     try:
@@ -242,10 +240,14 @@ def _example(source: str, tools: list[dict[str, Any]]) -> str | None:
 
 
 def adapt(
-    source: str, messages: list[Message], tools: list[dict[str, Any]] | None
+    source: str,
+    messages: list[Message],
+    tools: list[dict[str, Any]] | None,
+    family: parsers.Family | None = None,
 ) -> tuple[list[Message], list[dict[str, Any]] | None, dict[str, Any]]:
     """`messages` and `tools` as `source` can render them, and any variables it needs besides
-    (new objects: the caller's are left as they were)."""
+    (new objects: the caller's are left as they were). `family` is the model's, whose call
+    syntax a tool note asks for (default: the one the template's markers tell)."""
     caps = probe(source)
     extra: dict[str, Any] = {}
     if caps.functions:
@@ -255,7 +257,8 @@ def adapt(
         extra["xml_tools"] = tools
     out = [_message(m, caps, index) for index, m in enumerate(messages)]
     if tools and not (caps.tools or caps.functions or caps.xml_tools):
-        out, tools = calls_mod.add_system_note(out, tools, _example(source, tools)), None
+        family = family if family is not None else parsers.by_markers(source)
+        out, tools = calls_mod.add_system_note(out, tools, _example(family, tools)), None
     if not caps.system_role and out and out[0].get("role") == "system":
         first, out = out[0], out[1:]
         if out:

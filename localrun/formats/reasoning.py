@@ -19,6 +19,7 @@ Pure: no I/O, no llama_cpp (the server side and the runner both import it).
 from __future__ import annotations
 
 from localrun.errors import BadRequestError
+from localrun.formats.parsers.base import partial_marker
 
 OPEN = "<think>"
 CLOSE = "</think>"
@@ -78,11 +79,6 @@ def template_variables(think: Think, template: str | None, model: str) -> dict[s
     return variables
 
 
-def channels(template: str | None) -> bool:
-    """Whether a template speaks in gpt-oss's channels (its answer is split by them)."""
-    return bool(template) and CHANNEL in template  # type: ignore[operator]
-
-
 def opens_thinking(prompt: str, open: str = OPEN, close: str = CLOSE) -> bool:
     """Whether a rendered prompt ends inside a reasoning section the template opened."""
     return prompt.rfind(open) > prompt.rfind(close)
@@ -128,7 +124,7 @@ class Splitter:
                     self.inside = not self.inside
                 self._trim = True
                 continue
-            keep = max(_partial_tag(pending, tag) for tag in tags)
+            keep = partial_marker(pending, tags)
             (thinking if self.inside else answer).append(pending[: len(pending) - keep])
             pending = pending[len(pending) - keep :]
             break
@@ -139,11 +135,3 @@ class Splitter:
         """What was held back at the end (an unfinished tag is text after all)."""
         rest, self.pending = self.pending, ""
         return (rest, "") if self.inside else ("", rest)
-
-
-def _partial_tag(text: str, tag: str) -> int:
-    """The length of the longest end of `text` that is a start of `tag`."""
-    for size in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-size:]):
-            return size
-    return 0

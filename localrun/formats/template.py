@@ -94,17 +94,19 @@ def render(
     eos_token: str = "",
     tools: list[dict[str, Any]] | None = None,
     variables: dict[str, Any] | None = None,
+    family: parsers.Family | None = None,
 ) -> str:
     """Render a conversation; raises TemplateError for any failure of the template.
 
     The conversation is adapted to what the template renders first (adapt.py); `variables`
-    are further template variables (e.g. `enable_thinking`)."""
+    are further template variables (e.g. `enable_thinking`); `family` is the model's, when
+    the runner knows it better than the template's markers tell (formats/parsers)."""
     source = template or CHATML
     # The template gets objects of its own: it may change them (lists are mutable in it).
     messages, tools = copy.deepcopy(messages), copy.deepcopy(tools)
     if is_go(source):
         return _render_go(source, messages, tools, variables or {}, add_generation_prompt)
-    messages, tools, extra = adapt_mod.adapt(source, messages, tools)
+    messages, tools, extra = adapt_mod.adapt(source, messages, tools, family)
     now = datetime.now()
     context: dict[str, Any] = {
         "date_string": now.strftime("%d %b %Y"),

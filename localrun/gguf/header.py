@@ -93,6 +93,10 @@ CHAT_TOKENS = frozenset(
         "<|start_of_role|>",
         "<\uff5cUser\uff5c>",
         "<|START_OF_TURN_TOKEN|>",
+        # The call tokens that tell a family whose template shows no calls (formats/parsers).
+        "<|tool_call|>",
+        "[TOOL_CALLS]",
+        "<|tool_calls_section_begin|>",
     }
 )
 _CHAT_BYTES = {token.encode(): token for token in CHAT_TOKENS}

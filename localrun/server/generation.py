@@ -82,7 +82,8 @@ class Generation:
         self._first = await self._next()
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
-        """The answer's chunks (text, reasoning, log-probabilities), empty ones skipped."""
+        """The answer's chunks (text, reasoning, log-probabilities, tool calls as each is
+        read: with their ids and places), empty ones skipped."""
         try:
             chunk, self._first = self._first, None
             while chunk is not None:

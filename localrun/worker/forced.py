@@ -17,8 +17,8 @@ from typing import Any
 
 from localrun.errors import BadRequestError
 from localrun.formats import calls as tools_mod
-from localrun.formats import grammar_bounds
 from localrun.formats.parsers import Syntax
+from localrun.worker.grammar import schema_grammar
 
 _ARGS = "\x01"  # where a call's JSON arguments go
 # An XML or Python parameter's name and value: plain text, which every family writes as is.
@@ -102,7 +102,9 @@ def _value_rules(syntax: Syntax, rule: str, name: str, parameters: dict[str, Any
     head, tail = text[:param_open], text[close + 1 :]
     before_key, between = text[param_open:start], text[start + len(_KEY) : end]
     after_value = text[after : close + 1]
-    param = f"{_quote(before_key)} ({keys}) {_quote(between)} [^<]* {_quote(after_value)}"
+    # Any text but the closing tag: `<` too (code, `a < b`), unless `</` begins.
+    value = '([^<] | "<" [^/])*'
+    param = f"{_quote(before_key)} ({keys}) {_quote(between)} {value} {_quote(after_value)}"
     # A newline between parameters, as the families write them (the first is in `tail`).
     body = f'({rule}-param "\\n"?)* {_quote(tail.removeprefix(chr(10)))}'
     return [f"{rule}-param ::= {param}", f"{rule} ::= {_quote(head)} {body}"]
@@ -130,18 +132,3 @@ def _prefixed(grammar: str, prefix: str) -> list[str]:
         pieces.append(rename(line[last:]))
         out.append("".join(pieces))
     return out
-
-
-def schema_grammar(schema: dict[str, Any]) -> str:
-    """A GBNF grammar for the JSON values a JSON schema accepts (BadRequestError if none)."""
-    from localrun.engine.grammars import json_schema_grammar
-
-    grammar_bounds.check_schema(schema)
-    try:
-        grammar = json_schema_grammar(json.dumps(schema))
-    except Exception as exc:  # the converter raises anything from KeyError to assert
-        raise BadRequestError(
-            f"the JSON schema cannot be turned into a grammar: {type(exc).__name__}: {exc}",
-            hint="simplify the schema (types, properties, enums, arrays, required)",
-        ) from None
-    return grammar_bounds.check_grammar(grammar)

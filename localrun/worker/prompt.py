@@ -26,10 +26,9 @@ from localrun.recipes import params as params_mod
 from localrun.request import GenRequest
 from localrun.settings import config
 from localrun.worker import forced as forced_mod
-from localrun.worker.forced import schema_grammar
+from localrun.worker.grammar import grammar_for
 
 Message = dict[str, Any]
-Format = str | dict[str, Any] | None
 
 
 class Tokenizer(Protocol):
@@ -81,19 +80,6 @@ class Prepared:
     media: Any = None  # the engine's prompt with images or audio (its tokens are `tokens`)
 
 
-def grammar_for(format: Format) -> str | None:
-    """The GBNF grammar for a `format`: "json" (any JSON value) or a JSON schema."""
-    if format is None or format == "":
-        return None
-    if format == "json":
-        from localrun.engine.grammars import json_grammar
-
-        return json_grammar()
-    if isinstance(format, dict):
-        return schema_grammar(format)
-    raise BadRequestError(f"unknown format {format!r}", hint='use "json" or a JSON schema object')
-
-
 def stop_tokens_for(template: str | None, tokenizer: Tokenizer) -> frozenset[int]:
     """The special tokens that end a turn in `template` (its end-of-turn markers)."""
     found: set[int] = set()
@@ -114,6 +100,7 @@ class Prompter:
     # The fixed turns' rendered tokens by (turns, tools, variables): see `stable_prefix`.
     _prefixes: dict[str, list[int]] = field(default_factory=dict, repr=False)
     _spell: dict[str, frozenset[int]] = field(default_factory=dict, repr=False)
+    _family: parsers.Family | None = field(default=None, repr=False)
 
     def prepare(self, request: GenRequest) -> Prepared:
         """A request ready for the engine: a chat, a completion or a fill in the middle, after
@@ -185,6 +172,7 @@ class Prompter:
             eos_token=self.tokenizer.eos_text,
             tools=tools,
             variables=variables,
+            family=self.family() if tools else None,
         )
 
     def raw_tokens(self, text: str) -> list[int]:
@@ -259,11 +247,13 @@ class Prompter:
     def family(self) -> parsers.Family:
         """The model's family: by its template's markers (formats.template.family), else by a
         call token its vocabulary has as a special token (Phi-4-mini's `<|tool_call|>`)."""
-        found = template_mod.family(self.template)
-        if found is parsers.DEFAULT:
-            by_token = parsers.by_token(lambda text: bool(self.tokenizer.token_ids(text)))
-            found = by_token or found
-        return found
+        if self._family is None:
+            found = template_mod.family(self.template)
+            if found is parsers.DEFAULT:
+                by_token = parsers.by_token(lambda text: bool(self.tokenizer.token_ids(text)))
+                found = by_token or found
+            self._family = found
+        return self._family
 
     def _spelled(self, family: parsers.Family) -> frozenset[int]:
         """The ids of the family's markers that are special tokens in this vocabulary (the

@@ -17,7 +17,9 @@ stderr so they cannot corrupt the stream).
         "logprobs" (N alternatives per token; piece events carry them), "context" (token ids
         before the prompt), "return_context", ...; those left at their defaults are left out.
     <- {"event": "piece", "id": 7, "text": "...", "thinking": "..."?, "logprobs": [...]?,
-        "prompt": N?}         (zero or more; the first tells the prompt's length in tokens)
+        "prompt": N?, "calls": [{"name", "arguments"}]?}
+                              (zero or more; the first tells the prompt's length in tokens;
+                               a call goes out as soon as it is read)
     <- {"event": "done", "id": 7, "reason": "stop" | "length" | "cancelled",
         "timings": {Timings fields}, "tool_calls": [{"name", "arguments"}] | null,
         "context": [ids]?,           (with return_context: the prompt's and answer's tokens)

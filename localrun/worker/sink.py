@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from localrun.engine.types import Ticket, Timings
 from localrun.errors import EngineError, LocalrunError
 from localrun.formats import reasoning as reasoning_mod
+from localrun.formats.parsers.base import partial_marker
 from localrun.formats.parsers.harmony import HarmonyStream
 from localrun.formats.parsers.stream import CallStream
 from localrun.settings import config
@@ -66,12 +67,7 @@ class StopFilter:
             self.hit, self.pending = True, ""
             return pending[:index]
         # Keep the longest tail that is still a prefix of some stop sequence.
-        keep = 0
-        for size in range(min(self.longest, len(pending)), 0, -1):
-            tail = pending[-size:]
-            if any(s.startswith(tail) for s in self.stops):
-                keep = size
-                break
+        keep = partial_marker(pending, self.stops)
         self.pending = pending[len(pending) - keep :]
         return pending[: len(pending) - keep]
 
@@ -200,12 +196,34 @@ class RequestSink:
             self._send_calls(self.splitter.calls)
             self.splitter.calls = []
 
-    def _send_calls(self, calls: list[dict[str, Any]]) -> None:
-        """Calls as soon as they are read (the dialects stream them as they come); the final
-        event repeats them all."""
-        if calls:
+    def _send_calls(self, calls: list[dict[str, Any]], used: int = 0) -> None:
+        """Calls as soon as they are read (the dialects stream them as they come; the final
+        event repeats them all), with the log-probability entries of the `used` bytes of
+        answer their blocks took."""
+        entries = self._due("", used) if used > 0 else None
+        if calls or entries:
             self.found += calls
-            self.output.send(protocol.piece_event(self.id, "", calls=calls, prompt=self._first()))
+            event = protocol.piece_event(
+                self.id, "", calls=calls or None, logprobs=entries, prompt=self._first()
+            )
+            self.output.send(event)
+
+    def _read_calls(self, stream: CallStream, text: str, *, final: bool = False) -> None:
+        """The answer's text through the call stream, what it releases sent in order: text,
+        and calls with the entries of the tokens their blocks (and the blanks around them)
+        took."""
+        used = 0
+        for kind, value in stream.events(text, final=final):
+            if kind == "text":
+                self._send_calls([], used)
+                used = 0
+                self._send_text(value)
+            elif kind == "skip":
+                used += len(value.encode())
+            else:
+                self._send_calls(value, used)
+                used = 0
+        self._send_calls([], used)
 
     def _send_thinking(self, text: str) -> None:
         if text and self.reasoning == "split":
@@ -227,11 +245,10 @@ class RequestSink:
         if not text:
             return
         out = self.stop.feed(text)
-        calls: list[dict[str, Any]] = []
         if self.calls is not None:
-            out, calls = self.calls.feed(out)
-        self._send_text(out)
-        self._send_calls(calls)
+            self._read_calls(self.calls, out)
+        else:
+            self._send_text(out)
         if self.stop.hit:
             self.stopped = True
             self.cancel()
@@ -245,13 +262,10 @@ class RequestSink:
                 self._send_thinking(reasoning)
                 out = self.stop.feed(answer)
             out += self.stop.flush()
-            calls: list[dict[str, Any]] = []
             if self.calls is not None:
-                out, calls = self.calls.feed(out)
-                rest, last = self.calls.finish()
-                out, calls = out + rest, calls + last
-            self._send_text(out)
-            self._send_calls(calls)
+                self._read_calls(self.calls, out, final=True)
+            else:
+                self._send_text(out)
             tool_calls = self.found or None
             if self.stopped and self._budget > 0 and self._entries:
                 # A stop string began inside this token: part of its text went out.

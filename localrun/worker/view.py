@@ -43,7 +43,9 @@ class _HeaderTokens:
         raise NotImplementedError("rendering only")
 
     def token_ids(self, text: str) -> list[int]:
-        return []
+        """A stand-in id for a marker the header found in the vocabulary: rendering asks only
+        whether it is there (the family a template without calls gets, formats/parsers)."""
+        return [-1] if text in self.header.chat_tokens else []
 
     def media_prompt(self, text: str, media: list[Any], *, add_special: bool) -> Any:
         raise NotImplementedError("rendering only")

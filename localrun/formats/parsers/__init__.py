@@ -24,8 +24,8 @@ calls, and each dialect writes those in its own shape.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from localrun.formats.parsers.base import Family as Family
 from localrun.formats.parsers.base import Syntax as Syntax
 from localrun.formats.parsers.deepseek import DeepSeek
 from localrun.formats.parsers.functionary import Functionary
@@ -36,29 +36,6 @@ from localrun.formats.parsers.llama3 import Llama3
 from localrun.formats.parsers.mistral import Mistral
 from localrun.formats.parsers.wrapped import Wrapped
 from localrun.formats.parsers.xml import ArgKeys, FunctionTags, Invoke
-
-THINK = ("<think>", "</think>")
-
-
-@dataclass(frozen=True)
-class Family:
-    """One family's formats and the template markers that tell it."""
-
-    name: str
-    markers: tuple[str, ...]
-    syntax: Syntax
-    think: tuple[str, str] = THINK  # its reasoning section's open and close tags
-    drop: tuple[str, ...] = ()  # markers around the answer that are nobody's text
-    harmony: bool = False  # gpt-oss: channels part reasoning, answer and calls
-    special: tuple[str, ...] = field(default=())  # reasoning markers that are special tokens
-    # A special token that tells the family from the vocabulary when the template shows no
-    # calls (Phi-4-mini's template never writes its `<|tool_call|>`).
-    token: str = ""
-
-    def spelled(self) -> tuple[str, ...]:
-        """The markers the engine must spell out for this family's parser to see them."""
-        return (*self.syntax.special, *self.special, *self.think, *self.drop)
-
 
 HERMES = Wrapped(
     name="hermes",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ast
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from localrun import jsonlimits
@@ -62,8 +62,6 @@ class Syntax:
 
     def with_tools(self, tools: list[Tool]) -> Syntax:
         """This syntax reading calls of `tools` (their names checked, their values typed)."""
-        from dataclasses import replace
-
         return replace(self, tools=tools)
 
     def take(self, text: str, final: bool) -> Taken:
@@ -159,6 +157,17 @@ def json_at(text: str, index: int) -> tuple[Any, int]:
     return value, end
 
 
+def partial_marker(text: str, markers: tuple[str, ...] | list[str]) -> int:
+    """The length of the longest end of `text` that is the start of one of `markers` (what
+    a stream holds back: the rest of a marker may come with the next piece)."""
+    longest = max((len(m) for m in markers), default=0)
+    for size in range(min(longest - 1, len(text)), 0, -1):
+        tail = text[-size:]
+        if any(m.startswith(tail) for m in markers):
+            return size
+    return 0
+
+
 def skip_blanks(text: str, index: int) -> int:
     while index < len(text) and text[index] in " \t\r\n":
         index += 1
@@ -173,6 +182,23 @@ def expect(text: str, index: int, marker: str) -> int:
     if marker.startswith(rest):
         raise Incomplete
     raise Malformed(f"expected {marker!r}")
+
+
+def closed(text: str, end: int, close: str, final: bool, *, optional: bool = False) -> int:
+    """Where a block whose body ends at `end` ends: after `close` (blanks before it allowed).
+    Incomplete while `close` may still come; at the answer's end (or when `optional`) a
+    missing one is forgiven, else Malformed."""
+    if not close:
+        return end
+    after = skip_blanks(text, end)
+    if text.startswith(close, after):
+        return after + len(close)
+    rest = text[after:]
+    if not final and (not rest or close.startswith(rest)):
+        raise Incomplete
+    if optional or final:
+        return end  # the model ended the answer (or the block) without it
+    raise Malformed(f"no {close!r} after the call")
 
 
 def until(text: str, index: int, marker: str) -> tuple[str, int]:
@@ -219,9 +245,33 @@ def _literal(node: ast.expr) -> Any:
 
 
 def _dotted(node: ast.expr) -> str:
-    """`name` or `a.b` (Llama's `brave_search.call`): the tool's name."""
+    """`name` or `a.b` (Llama's `brave_search.call`, whose tool llama3.py takes the `.call`
+    off)."""
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Attribute):
         return f"{_dotted(node.value)}.{node.attr}"
     raise Malformed("not a name")
+
+
+THINK = ("<think>", "</think>")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family's formats and the template markers that tell it."""
+
+    name: str
+    markers: tuple[str, ...]
+    syntax: Syntax
+    think: tuple[str, str] = THINK  # its reasoning section's open and close tags
+    drop: tuple[str, ...] = ()  # markers around the answer that are nobody's text
+    harmony: bool = False  # gpt-oss: channels part reasoning, answer and calls
+    special: tuple[str, ...] = field(default=())  # reasoning markers that are special tokens
+    # A special token that tells the family from the vocabulary when the template shows no
+    # calls (Phi-4-mini's template never writes its `<|tool_call|>`).
+    token: str = ""
+
+    def spelled(self) -> tuple[str, ...]:
+        """The markers the engine must spell out for this family's parser to see them."""
+        return (*self.syntax.special, *self.special, *self.think, *self.drop)

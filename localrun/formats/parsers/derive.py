@@ -17,23 +17,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from localrun.formats.parsers.base import (
     DECODER,
+    Family,
     Incomplete,
-    Malformed,
     Syntax,
     Taken,
+    closed,
     expect,
     json_at,
     skip_blanks,
     until,
 )
 from localrun.formats.parsers.wrapped import Wrapped
-
-if TYPE_CHECKING:
-    from localrun.formats.parsers import Family
 
 NAME, KEY, VALUE = "probe_tool_name", "probe_arg", "PROBE_VALUE_7"
 KEY2, VALUE2 = "probe_second", "PROBE_VALUE_8"  # a second parameter shows what parts two
@@ -51,7 +49,9 @@ class Named(Syntax):
         index = expect(text, 0, self.open)
         name, index = until(text, index, self.sep) if self.sep.strip() else _name(text, index)
         value, index = json_at(text, index)
-        return Taken([self.call(name.strip(), value)], _closed(text, index, self.close, final))
+        return Taken(
+            [self.call(name.strip(), value)], closed(text, index, self.close.strip(), final)
+        )
 
     def write(self, name: str, arguments: str) -> str:
         return f"{self.open}{name}{self.sep}{arguments}{self.close}"
@@ -125,20 +125,6 @@ def _name(text: str, index: int) -> tuple[str, int]:
     return text[index:end], end
 
 
-def _closed(text: str, index: int, close: str, final: bool) -> int:
-    close = close.strip()
-    if not close:
-        return index
-    after = skip_blanks(text, index)
-    if text.startswith(close, after):
-        return after + len(close)
-    if not final and close.startswith(text[after:]):
-        raise Incomplete
-    if final:
-        return index
-    raise Malformed(f"no {close!r}")
-
-
 # The probe: a user turn, then an assistant turn with (and without) a call of this tool.
 PROBE_TOOL = {
     "type": "function",
@@ -164,8 +150,6 @@ PROBE_TURNS = (
 def family(with_call: str, without: str) -> Family | None:
     """The family that the two renderings of the probe (formats/template.py makes them) show;
     None if the call's text fits no shape."""
-    from localrun.formats.parsers import Family
-
     added = _added(with_call, without)
     # An id the template writes into the call's markers is not a model's to repeat.
     if NAME not in added or VALUE not in added or "call0001A" in added:
@@ -196,32 +180,11 @@ _BOUNDARY = ">]}\n "
 
 
 def _shape(added: str) -> Syntax | None:
+    """The syntax of the probe's call text: JSON with the name, name then JSON, or tags."""
     name_at, value_at = added.find(NAME), added.find(VALUE)
     outer = _object_around(added, name_at)
     if outer is not None:  # {"name": N, "arguments": {...}} between markers
-        start, end, value = outer
-        name_key = next((k for k, v in value.items() if v == NAME), None)
-        args_key = next(
-            (k for k, v in value.items() if isinstance(v, (dict, str)) and k != name_key), None
-        )
-        if name_key is None or args_key is None:
-            return None
-        head, tail = added[:start].strip(), added[end:].strip()
-        as_list = head.endswith("[") and tail.startswith("]")
-        if as_list:
-            head, tail = head[:-1].strip(), tail[1:].strip()
-        if not head:
-            return None  # bare JSON: the Hermes fallback reads it already
-        return Wrapped(
-            name="json",
-            starts=(head,),
-            ends=(tail,) if tail else (),
-            open=head,
-            close=tail,
-            name_key=name_key,
-            argument_keys=(args_key,),
-            as_list=as_list,
-        )
+        return _json_shape(added, *outer)
     head = added[:name_at]
     if not head.strip() or value_at < name_at:
         return None
@@ -236,16 +199,45 @@ def _shape(added: str) -> Syntax | None:
             sep=added[name_at + len(NAME) : start],
             close=added[end:],
         )
-    key_at = added.find(KEY, name_at + len(NAME))
+    return _tagged_shape(added, name_at + len(NAME), value_at)
+
+
+def _json_shape(added: str, start: int, end: int, value: dict[str, Any]) -> Syntax | None:
+    name_key = next((k for k, v in value.items() if v == NAME), None)
+    args_key = next(
+        (k for k, v in value.items() if isinstance(v, (dict, str)) and k != name_key), None
+    )
+    if name_key is None or args_key is None:
+        return None
+    head, tail = added[:start].strip(), added[end:].strip()
+    as_list = head.endswith("[") and tail.startswith("]")
+    if as_list:
+        head, tail = head[:-1].strip(), tail[1:].strip()
+    if not head:
+        return None  # bare JSON: the Hermes fallback reads it already
+    return Wrapped(
+        name="json",
+        starts=(head,),
+        ends=(tail,) if tail else (),
+        open=head,
+        close=tail,
+        name_key=name_key,
+        argument_keys=(args_key,),
+        as_list=as_list,
+    )
+
+
+def _tagged_shape(added: str, name_end: int, value_at: int) -> Syntax | None:
+    """One tag per parameter: the second parameter's opening ends the first's closing, and
+    what follows the second value past the same closing is the call's."""
+    key_at = added.find(KEY, name_end)
     if key_at < 0 or key_at > value_at:
         return None
-    p_open_at = added.rfind("<", name_at + len(NAME), key_at)
+    p_open_at = added.rfind("<", name_end, key_at)
     if p_open_at < 0:
         return None
     p_open = added[p_open_at:key_at]
     value_end = value_at + len(VALUE)
-    # The second parameter's opening ends the first's closing; what follows the second
-    # value past the same closing is the call's.
     key2_at = added.find(KEY2, value_end)
     second = added.find(p_open, value_end)
     value2_at = added.find(VALUE2, value_end)
@@ -256,12 +248,13 @@ def _shape(added: str) -> Syntax | None:
     if not p_close.strip() or not added.startswith(p_close.rstrip(), after):
         return None
     close = added[after + len(p_close.rstrip()) :]
+    head = added[: name_end - len(NAME)]
     return Tagged(
         name="tagged",
         starts=(head.strip(),),
         ends=(close.strip(),) if close.strip() else (),
         open=head.strip(),
-        head=added[name_at + len(NAME) : p_open_at],
+        head=added[name_end:p_open_at],
         p_open=p_open,
         p_mid=added[key_at + len(KEY) : value_at],
         p_close=p_close,

@@ -50,7 +50,8 @@ class Gemma4(Syntax):
         """The grammar of a forced call: its arguments in Gemma's syntax (flat values)."""
         keys = " | ".join(json.dumps(k) for k in (parameters.get("properties") or {}) or ["x"])
         quote = json.dumps(QUOTE)
-        value = f'{quote} [^<]* {quote} | [-0-9.eE]+ | "true" | "false" | "null"'
+        text = '([^<] | "<" [^|])*'  # any text but the closing quote mark
+        value = f'{quote} {text} {quote} | [-0-9.eE]+ | "true" | "false" | "null"'
         head = json.dumps(f"{OPEN}call:{name}{{")
         tail = json.dumps("}" + CLOSE)
         return [

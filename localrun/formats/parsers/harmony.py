@@ -20,7 +20,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from localrun.formats.parsers.base import Malformed, Syntax, Taken, ToolCall, loads
+from localrun.formats.parsers.base import (
+    Malformed,
+    Syntax,
+    Taken,
+    ToolCall,
+    loads,
+    partial_marker,
+)
 
 CHANNEL, MESSAGE, START = "<|channel|>", "<|message|>", "<|start|>"
 ENDS = ("<|end|>", "<|return|>", "<|call|>")
@@ -63,7 +70,7 @@ class HarmonyStream:
         while pending:
             found = [(pending.find(m), m) for m in _ALL if m in pending]
             if not found:
-                keep = max(_partial(pending, m) for m in _ALL)
+                keep = partial_marker(pending, _ALL)
                 self._emit(pending[: len(pending) - keep], thinking, answer)
                 pending = pending[len(pending) - keep :]
                 break
@@ -120,10 +127,3 @@ class HarmonyStream:
         self._emit(rest, thinking, answer)
         self._end_call(answer)
         return "".join(thinking), "".join(answer)
-
-
-def _partial(text: str, tag: str) -> int:
-    for size in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-size:]):
-            return size
-    return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from localrun.formats.parsers.base import (
     Incomplete,
@@ -35,7 +36,12 @@ class Llama3(Syntax):
             body = text[len(PYTHON_TAG) :].strip()
             if body.startswith(("{", "[")):
                 return Taken(self._objects(body, final=True)[0], len(text))
-            return Taken(pythonic(body, self), len(text))
+            # The built-in tools' `brave_search.call(query=...)` calls the tool `brave_search`.
+            calls = [
+                {**call, "name": call["name"].removesuffix(".call")}
+                for call in pythonic(body, _Builtin(tools=self.tools))
+            ]
+            return Taken([self.call(c["name"], c["arguments"]) for c in calls], len(text))
         calls, end = self._objects(text, final)
         return Taken(calls, end)
 
@@ -50,6 +56,9 @@ class Llama3(Syntax):
             if after < len(text) and text[after] == ";":
                 index = after + 1
                 continue
+            if after < len(text) and text[after] == "{":  # the next call on a line of its own
+                index = after
+                continue
             if after >= len(text) and not final:
                 raise Incomplete  # a `;` and another call may follow
             if text[after:].strip():
@@ -58,3 +67,11 @@ class Llama3(Syntax):
 
     def write(self, name: str, arguments: str) -> str:
         return f'{{"name": {json.dumps(name)}, "parameters": {arguments}}}'
+
+
+@dataclass
+class _Builtin(Syntax):
+    """Reads `name.call(...)` without checking the name (the caller checks it, `.call` off)."""
+
+    def call(self, name: Any, arguments: Any) -> ToolCall:
+        return {"name": name, "arguments": arguments}

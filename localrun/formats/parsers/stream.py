@@ -1,21 +1,33 @@
 """An answer streamed with its tool calls taken out, in any family's syntax.
 
 Text goes out as it comes until a block may begin (one of the syntax's `starts` markers, or a
-`leading` character as the answer's first); from there it is held, and each call is passed on
-as soon as its block is complete, so a client sees the first call while the model writes the
-second. Whatever turns out not to be a call (malformed, a tool nobody offered, a block cut off
-by the token limit) is released as text after all, as it was written.
+`leading` character as the answer's first); from there it is held, and the calls of a block
+are passed on as soon as it is complete (a Hermes block a call; a DeepSeek or Kimi section
+when it closes), with the text after them streaming on. Whatever turns out not to be a call
+(malformed, a tool nobody offered, a block cut off by the token limit) is released as text
+after all, as it was written, blanks before it included.
 
-Linear in the answer's length: a block is tried only when an end marker arrives, or, for the
-syntaxes that end where their brackets balance, when they balance and the block has grown by a
-quarter since the last try; nothing is re-read otherwise.
+Bounded: a block is tried once as soon as it says more than its marker, then only when an end
+marker arrives or its brackets balance, then spaced out as it grows; after 16 blocks that
+were text after all, the stream stops looking for more.
 """
 
 from __future__ import annotations
 
-from localrun.formats.parsers.base import Incomplete, Malformed, Syntax, ToolCall
+from typing import Any
+
+from localrun.formats.parsers.base import (
+    Incomplete,
+    Malformed,
+    Syntax,
+    ToolCall,
+    partial_marker,
+)
 
 _EAGER = 8  # tries of one block on every end marker before they are spaced out
+# Blocks released as text before the stream stops looking for more: a model that writes
+# call markers that are never calls (asked to repeat `<tool_call>`) costs one pass.
+_RELEASES = 16
 
 
 class Balance:
@@ -46,8 +58,14 @@ class Balance:
                     self.closed = True
 
 
+Event = tuple[str, Any]  # ("text", str), ("skip", str) or ("calls", [ToolCall, ...])
+
+
 class CallStream:
-    """Holds back what may be tool calls in a streamed answer; passes calls on whole."""
+    """Holds back what may be tool calls in a streamed answer; passes calls on whole.
+
+    `events` gives what a piece released, in order: text to pass on, text that is nobody's
+    (a call's block, blanks around it: the runner counts its tokens as gone), and calls."""
 
     def __init__(self, syntax: Syntax, *, forced: bool = False, primed: str = "") -> None:
         self.syntax = syntax
@@ -55,58 +73,73 @@ class CallStream:
         # start marker (Functionary's `>>>`) starts the answer inside a block.
         self.holding = forced or bool(primed)
         self.held = primed
+        self.primed = primed  # the prompt's: never the answer's text
         self.pending = ""  # text that may be the start of a marker
+        self.blanks = ""  # blanks before a block: its, unless it turns out to be text
         self.started = False  # something other than blanks went out
         self.longest = max((len(m) for m in syntax.starts), default=0)
+        self.releases = 0  # blocks that were text after all
+        self._reset()
+        self.found: list[ToolCall] = []  # every call passed on
+
+    def _reset(self) -> None:
         self._balance = Balance()
         self._scanned = 0  # how far `held` was searched for an end marker
         self._tried_at = 0  # the held length at the last try that came to nothing
         self._tries = 0
-        self.found: list[ToolCall] = []  # every call passed on
+        self._waiting = False  # a sign the block may be complete came while tries were spaced
 
     def feed(self, piece: str) -> tuple[str, list[ToolCall]]:
         """The text safe to pass on now and the calls completed by this piece."""
-        out: list[str] = []
-        calls: list[ToolCall] = []
-        text = piece
-        while text:
-            text = self._hold(text, calls, out) if self.holding else self._pass(text, out)
-        return "".join(out), calls
+        return _joined(self.events(piece))
 
     def finish(self) -> tuple[str, list[ToolCall]]:
         """What is left to pass on at the end: text released and the last calls."""
-        out: list[str] = []
-        calls: list[ToolCall] = []
-        rest = self._take(calls, out, final=True) if self.holding else ""
-        while rest:
-            rest = self._pass(rest, out)
-            if self.holding:
-                self.held += rest
-                rest = self._take(calls, out, final=True)
-        if self.holding:  # blanks only
-            self.holding, self.held = False, ""
-        out.append(self.pending)
-        self.pending = ""
-        return "".join(out), calls
+        return _joined(self.events("", final=True))
+
+    def events(self, piece: str, *, final: bool = False) -> list[Event]:
+        """What `piece` releases, in order; with `final`, all that is left (the answer ended)."""
+        out: list[Event] = []
+        text = piece
+        while text:
+            text = self._hold(text, out) if self.holding else self._pass(text, out)
+        if final:
+            rest = self._take(out, final=True) if self.holding else ""
+            while rest:
+                rest = self._pass(rest, out)
+                if self.holding:
+                    self.held += rest
+                    rest = self._take(out, final=True)
+            if self.holding:  # blanks only
+                out.append(("skip", self.held))
+                self.holding, self.held = False, ""
+            out.append(("text", self.pending))
+            self.pending = ""
+        return [event for event in out if event[1]]
 
     # -- text mode ----------------------------------------------------------------------------
 
-    def _pass(self, text: str, out: list[str]) -> str:
+    def _pass(self, text: str, out: list[Event]) -> str:
         """Passes text on up to a possible block; returns what is left for holding."""
         text = self.pending + text
         self.pending = ""
+        if self.releases >= _RELEASES:  # a model writing markers that are never calls
+            out.append(("text", text))
+            return ""
         if not self.started:
             stripped = text.lstrip()
             if not stripped:
                 self.pending = text  # only blanks yet: hold them too
                 return ""
             if stripped[0] in self.syntax.leading:
-                self._start()
+                self._start(text[: len(text) - len(stripped)], out)
                 return stripped
         index = self._first_start(text)
         if index >= 0:
-            self._send(text[:index].rstrip(), out)  # the blanks before a block are its
-            self._start()
+            before = text[:index]
+            kept = before.rstrip()
+            self._send(kept, out)
+            self._start(before[len(kept) :], out)
             return text[index:]
         keep = self._partial(text)
         sent = text[: len(text) - keep]
@@ -115,53 +148,56 @@ class CallStream:
         self.pending = sent[len(kept) :] + text[len(text) - keep :]
         return ""
 
-    def _send(self, text: str, out: list[str]) -> None:
+    def _send(self, text: str, out: list[Event]) -> None:
         if not self.started:
-            if not text.strip():
-                return  # blanks before a block or before anything: nobody's text
-            self.started = True
-        out.append(text)
+            # Blanks before anything are nobody's text.
+            stripped = text.lstrip()
+            out.append(("skip", text[: len(text) - len(stripped)]))
+            if not stripped:
+                return
+            self.started, text = True, stripped
+        out.append(("text", text))
 
     def _first_start(self, text: str, start: int = 0) -> int:
         found = [i for m in self.syntax.starts if (i := text.find(m, start)) >= 0]
         return min(found) if found else -1
 
     def _partial(self, text: str) -> int:
-        for size in range(min(self.longest - 1, len(text)), 0, -1):
-            tail = text[-size:]
-            if any(m.startswith(tail) for m in self.syntax.starts):
-                return size
-        return 0
+        return partial_marker(text, self.syntax.starts)
 
-    def _start(self) -> None:
+    def _start(self, blanks: str, out: list[Event]) -> None:
         self.holding = True
         self.held = ""
-        self._balance = Balance()
-        self._scanned = 0
-        self._tried_at = 0
-        self._tries = 0
+        if self.started:
+            self.blanks = blanks
+        else:
+            out.append(("skip", blanks))
+            self.blanks = ""
+        self._reset()
 
     # -- holding ------------------------------------------------------------------------------
 
-    def _hold(self, text: str, calls: list[ToolCall], out: list[str]) -> str:
+    def _hold(self, text: str, out: list[Event]) -> str:
         """Adds text to the held block and tries it when it may be complete. Returns the
         text after the block, to pass on, once the block is done."""
         self.held += text
         if not self._ready(text):
             return ""
-        return self._take(calls, out, final=False)
+        return self._take(out, final=False)
 
     def _ready(self, text: str) -> bool:
-        """Whether the block may be complete: an end marker arrived, or its brackets balance
-        again. After a few tries that came to nothing, a block is tried again only once it has
-        grown by a quarter, so a runaway block costs a bounded number of reads of itself."""
+        """Whether to try the block now: once as soon as it says more than its marker (a
+        block that is no call is let go at once), then when an end marker arrives or its
+        brackets balance again. After a few tries that came to nothing, a block is tried
+        again only once it has grown by a quarter, so a runaway block is read a bounded
+        number of times; a sign that came in between is kept for then."""
         ends = self.syntax.ends
-        hit = False
+        hit = self._waiting or (self._tries == 0 and len(self.held.strip()) > self.longest)
         if ends:
             longest = max(len(m) for m in ends)
             start = max(0, self._scanned - longest + 1)
             self._scanned = len(self.held)
-            hit = any(self.held.find(m, start) >= 0 for m in ends)
+            hit = hit or any(self.held.find(m, start) >= 0 for m in ends)
         self._balance.feed(text)
         hit = hit or self._balance.closed
         self._balance.closed = False
@@ -169,12 +205,14 @@ class CallStream:
             return False
         if self._tries < _EAGER:
             return True
-        return len(self.held) >= self._tried_at + max(64, self._tried_at // 4)
+        self._waiting = len(self.held) < self._tried_at + max(64, self._tried_at // 4)
+        return not self._waiting
 
-    def _take(self, calls: list[ToolCall], out: list[str], *, final: bool) -> str:
+    def _take(self, out: list[Event], *, final: bool) -> str:
         """Reads calls from the held text. Returns what follows them, to pass on; while the
         block is open, "" (it stays held)."""
-        block = self.held.lstrip()
+        held = self.held
+        block = held.lstrip()
         if not block:
             self.holding = not final
             return ""
@@ -182,27 +220,41 @@ class CallStream:
             taken = self.syntax.take(block, final)
         except Incomplete:
             if not final:
-                self._tried_at = len(self.held)
+                self._tried_at = len(held)
                 self._tries += 1
                 return ""
-            return self._release(block, out)
+            return self._release(out)
         except Malformed:
-            return self._release(block, out)
-        calls += taken.calls
+            return self._release(out)
         self.found += taken.calls
-        self.holding, self.held = False, ""
+        used = held[: len(held) - len(block) + taken.end]
+        out.append(("skip", self.blanks + used.removeprefix(self.primed)))
+        out.append(("calls", taken.calls))
+        self.holding, self.held, self.blanks, self.primed = False, "", "", ""
         rest = block[taken.end :]
-        # Text after a call keeps its line break from the text before it, if there was any.
-        return rest if self.started else rest.lstrip()
+        if self.started:  # text after a call keeps its line break from the text before it
+            return rest
+        stripped = rest.lstrip()
+        out.append(("skip", rest[: len(rest) - len(stripped)]))
+        return stripped
 
-    def _release(self, block: str, out: list[str]) -> str:
-        """A block that is no call goes out as text, as written, up to the next marker (a
-        later block may still be a call)."""
-        self.holding, self.held = False, ""
-        self.started = True
-        cut = self._first_start(block, 1)
-        if cut < 0:
-            out.append(block)
+    def _release(self, out: list[Event]) -> str:
+        """A block that is no call goes out as text, as written (its blanks before it, not a
+        marker the prompt wrote), up to the next marker: a later block may still be a call."""
+        held = self.held.removeprefix(self.primed)
+        text = self.blanks + held
+        self.holding, self.held, self.blanks, self.primed = False, "", "", ""
+        self.releases += 1
+        self.started = self.started or bool(text.strip())
+        cut = self._first_start(held, 1)
+        if cut < 0 or self.releases >= _RELEASES:
+            out.append(("text", text))
             return ""
-        out.append(block[:cut])
-        return block[cut:]
+        out.append(("text", text[: len(text) - (len(held) - cut)]))
+        return held[cut:]
+
+
+def _joined(events: list[Event]) -> tuple[str, list[ToolCall]]:
+    text = "".join(value for kind, value in events if kind == "text")
+    calls = [call for kind, value in events if kind == "calls" for call in value]
+    return text, calls

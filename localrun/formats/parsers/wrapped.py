@@ -17,9 +17,10 @@ from localrun.formats.parsers.base import (
     Syntax,
     Taken,
     ToolCall,
+    closed,
+    expect,
     json_at,
     pythonic,
-    skip_blanks,
 )
 
 _FENCE = re.compile(r"```(?:json)?\s*")
@@ -39,13 +40,13 @@ class Wrapped(Syntax):
     def take(self, text: str, final: bool) -> Taken:
         if self.bare and not text.startswith(self.open):
             return self._bare(text, final)
-        index = _after(text, self.open)
+        index = expect(text, 0, self.open)
         if self.python:
             body, end = _python_body(text, index, self.close, final)
             return Taken(pythonic(body, self), end)
         value, end = json_at(text, index)
         calls = self._calls(value)
-        return Taken(calls, self._closed(text, end, final))
+        return Taken(calls, closed(text, end, self.close, final, optional=self.close_optional))
 
     def _calls(self, value: object) -> list[ToolCall]:
         items = value if isinstance(value, list) else [value]
@@ -57,19 +58,6 @@ class Wrapped(Syntax):
                 item = {"name": item[self.name_key], **item}
             calls.append(self.json_call(item, *self.argument_keys))
         return calls
-
-    def _closed(self, text: str, end: int, final: bool) -> int:
-        if not self.close:
-            return end
-        after = skip_blanks(text, end)
-        if text.startswith(self.close, after):
-            return after + len(self.close)
-        rest = text[after:]
-        if not final and (not rest or self.close.startswith(rest)):
-            raise Incomplete
-        if self.close_optional or final:
-            return end  # the model ended the answer (or the block) without it
-        raise Malformed(f"no {self.close!r} after the call")
 
     def _bare(self, text: str, final: bool) -> Taken:
         """An answer of bare JSON calls (optionally fenced): the fallback small models use."""
@@ -94,14 +82,6 @@ class Wrapped(Syntax):
             call += f'"{self.argument_keys[0]}": {arguments}}}'
             body = f"[{call}]" if self.as_list else call
         return f"{self.open}{body}{self.close}"
-
-
-def _after(text: str, marker: str) -> int:
-    if text.startswith(marker):
-        return len(marker)
-    if marker.startswith(text):
-        raise Incomplete
-    raise Malformed(f"expected {marker!r}")
 
 
 def _python_body(text: str, index: int, close: str, final: bool) -> tuple[str, int]:

@@ -63,12 +63,12 @@ class XmlBlocks(Syntax):
                 if not calls:
                     raise Malformed("an empty block")
                 return Taken(calls, index + len(self.close))
+            if not wrapped and calls:  # a bare call is one block: what follows is the next
+                return Taken(calls, index)
             if index >= len(text) or (wrapped and self.close.startswith(text[index:])):
                 if final and calls:
                     return Taken(calls, index)
                 raise Incomplete
-            if not wrapped and calls:
-                return Taken(calls, index)
             call, index = self.one(text, index)
             calls.append(call)
 
