@@ -178,6 +178,13 @@ CASES = (
         'get_weather\n{"city": "Paris"}',
     ),
     Case(
+        "functionary-v3.1",
+        "functionary-v3.1",
+        "meetkai-functionary-medium-v3.1.jinja",
+        'Checking.<function=get_weather>{"city": "Paris"}</function>',
+        content="Checking.",
+    ),
+    Case(
         "kimi-k2",
         "kimi-k2",
         "Kimi-K2-Instruct.jinja",

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from localrun.formats.parsers.base import Family as Family
 from localrun.formats.parsers.base import Syntax as Syntax
 from localrun.formats.parsers.deepseek import DeepSeek
+from localrun.formats.parsers.derive import Named
 from localrun.formats.parsers.functionary import Functionary
 from localrun.formats.parsers.gemma4 import Gemma4
 from localrun.formats.parsers.harmony import Harmony
@@ -87,6 +88,18 @@ FAMILIES: tuple[Family, ...] = (
             name="qwen3-coder",
             starts=("<tool_call>", "<function="),
             ends=("</tool_call>", "</function>"),
+        ),
+    ),
+    Family(
+        "functionary-v3.1",
+        ("<function=", "<|start_header_id|>"),
+        Named(
+            name="functionary-v3.1",
+            starts=("<function=",),
+            ends=("</function>",),
+            open="<function=",
+            sep=">",
+            close="</function>",
         ),
     ),
     Family(
