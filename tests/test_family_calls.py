@@ -512,6 +512,24 @@ def test_a_derived_parser_reads_what_its_template_writes(name: str, says: str, c
         assert _stream(family.syntax.with_tools(TYPED), says, step) == ("", [call])
 
 
+def test_derived_calls_in_one_wrapper() -> None:
+    """DeepSeek V3.2 writes parallel calls as several `invoke`s in one `function_calls`: the
+    probe's second call tells the wrapper from the call."""
+    source = (TEMPLATES / "deepseek-ai-DeepSeek-V3.2.jinja").read_text(encoding="utf-8")
+    says = (
+        '<｜DSML｜function_calls>\n<｜DSML｜invoke name="get_weather">\n'
+        '<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>\n'
+        "</｜DSML｜invoke>\n"
+        '<｜DSML｜invoke name="get_weather">\n'
+        '<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>\n'
+        '<｜DSML｜parameter name="days" string="false">3</｜DSML｜parameter>\n'
+        "</｜DSML｜invoke>\n</｜DSML｜function_calls>\nDone."
+    )
+    syntax = template.family(source).syntax.with_tools(TYPED)
+    for step in (1, 3, len(says)):
+        assert _stream(syntax, says, step) == ("Done.", [PARIS, THREE_DAYS])
+
+
 @pytest.mark.model
 def test_the_tool_note_asks_for_the_familys_own_syntax(live: LiveServer) -> None:
     """Phi-4-mini's template shows no tools and no calls: the note that lists them asks for

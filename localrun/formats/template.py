@@ -158,17 +158,17 @@ def family(template: str | None) -> parsers.Family:
     if found is not None:
         return found
     if not is_go(template) and adapt_mod.probe(template).tool_calls:
-        user = {"role": "user", "content": "U"}
-        try:
-            with_call, without = (
-                render(
-                    template, [user, turn], add_generation_prompt=False, tools=[derive.PROBE_TOOL]
+        user, probe = {"role": "user", "content": "U"}, derive.PROBE_TOOL
+        shown = []
+        for turn in derive.PROBE_TURNS:
+            try:
+                shown.append(
+                    render(template, [user, turn], add_generation_prompt=False, tools=[probe])
                 )
-                for turn in derive.PROBE_TURNS
-            )
-        except LocalrunError:
-            return parsers.DEFAULT
-        derived = derive.family(with_call, without)
+            except LocalrunError:  # refused: no shape from it (one call only: two refused)
+                shown.append("")
+        with_call, without, with_two = shown
+        derived = derive.family(with_call, without, with_two) if with_call and without else None
         if derived is not None:
             return derived
     return parsers.DEFAULT

@@ -16,7 +16,7 @@ the Hermes syntax the tool note asks for.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from localrun.formats.parsers.base import (
@@ -25,6 +25,7 @@ from localrun.formats.parsers.base import (
     Incomplete,
     Syntax,
     Taken,
+    ToolCall,
     closed,
     expect,
     json_at,
@@ -59,30 +60,48 @@ class Named(Syntax):
 
 @dataclass
 class Tagged(Syntax):
-    """`OPEN NAME HEAD (P_OPEN KEY P_MID VALUE P_CLOSE)* CLOSE`."""
+    """`OPEN (CALL_OPEN NAME HEAD (P_OPEN KEY P_MID VALUE P_CLOSE)* CALL_CLOSE)+ CLOSE`: the
+    calls in a wrapper (OPEN ... CLOSE) where the template writes one, else a block a call."""
 
-    open: str = ""
+    open: str = ""  # the wrapper's, or ""
+    call_open: str = ""
     head: str = ""  # between the name and the first parameter
     p_open: str = ""
     p_mid: str = ""
     p_close: str = ""
-    close: str = ""
+    call_close: str = ""
+    close: str = ""  # the wrapper's, or ""
 
     def take(self, text: str, final: bool) -> Taken:
-        index = expect(text, 0, self.open)
+        index = expect(text, 0, self.open.strip()) if self.open.strip() else 0
+        close = self.close.strip()
+        calls: list[ToolCall] = []
+        while True:
+            index = skip_blanks(text, index)
+            if calls and (not close or text.startswith(close, index)):
+                return Taken(calls, index + len(close))
+            if index >= len(text) or (close and close.startswith(text[index:])):
+                if final and calls:  # the end of the answer cut the close (an end-of-turn)
+                    return Taken(calls, len(text))
+                raise Incomplete
+            call, index = self._call(text, index, final)
+            calls.append(call)
+
+    def _call(self, text: str, index: int, final: bool) -> tuple[ToolCall, int]:
+        index = expect(text, index, self.call_open.strip())
         if self.head.strip():
             name, index = _through(text, index, self.head)
         else:
             name, index = _name(text, index)
         arguments: dict[str, Any] = {}
-        close, p_close = self.close.strip(), self.p_close.strip()
+        end, p_close = self.call_close.strip(), self.p_close.strip()
         while True:
             index = skip_blanks(text, index)
-            if close and text.startswith(close, index):
-                return Taken([self.call(name.strip(), arguments)], index + len(close))
-            if index >= len(text) or (close and close.startswith(text[index:])):
+            if end and text.startswith(end, index):
+                return self.call(name.strip(), arguments), index + len(end)
+            if index >= len(text) or (end and end.startswith(text[index:])):
                 if final:  # the end of the answer cut the close (an end-of-turn token in it)
-                    return Taken([self.call(name.strip(), arguments)], len(text))
+                    return self.call(name.strip(), arguments), len(text)
                 raise Incomplete
             index = expect(text, index, self.p_open.strip())
             key, index = _through(text, index, self.p_mid)
@@ -96,7 +115,8 @@ class Tagged(Syntax):
             f"{self.p_close}"
             for k, v in values.items()
         )
-        return f"{self.open}{name}{self.head}{params}{self.close}"
+        call = f"{self.call_open}{name}{self.head}{params}{self.call_close}"
+        return f"{self.open}{call}{self.close}"
 
 
 def _through(text: str, index: int, glue: str) -> tuple[str, int]:
@@ -144,18 +164,54 @@ PROBE_CALL = {
 PROBE_TURNS = (
     {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]},
     {"role": "assistant", "content": ""},
+    # Two calls: what the second adds is a call alone, without the wrapper around both.
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [PROBE_CALL, {**PROBE_CALL, "id": "call0002B"}],
+    },
 )
 
 
-def family(with_call: str, without: str) -> Family | None:
-    """The family that the two renderings of the probe (formats/template.py makes them) show;
-    None if the call's text fits no shape."""
+def family(with_call: str, without: str, with_two: str = "") -> Family | None:
+    """The family that the renderings of the probe (formats/template.py makes them: one call,
+    none, two) show; None if the call's text fits no shape."""
     added = _added(with_call, without)
     # An id the template writes into the call's markers is not a model's to repeat.
     if NAME not in added or VALUE not in added or "call0001A" in added:
         return None
     syntax = _shape(added)
+    if isinstance(syntax, Tagged) and with_two:
+        syntax = _wrapped_calls(syntax, _added(with_two, with_call))
     return None if syntax is None else Family(f"derived:{syntax.name}", (), syntax)
+
+
+def _wrapped_calls(syntax: Tagged, second: str) -> Tagged:
+    """Tags whose calls share a wrapper (DeepSeek's DSML `function_calls`): what a second call
+    adds is one call, so the first call's opening and closing split into the wrapper's and the
+    call's. Without a wrapper the syntax stays a block a call."""
+    name_at = second.find(NAME)
+    if name_at < 0:
+        return syntax
+    call_open = second[:name_at].strip()
+    call_close = second[second.rfind(syntax.p_close.strip()) + len(syntax.p_close.strip()) :]
+    call_close = call_close.strip()
+    opening, closing = syntax.call_open, syntax.call_close.strip()
+    if not call_open or not opening.endswith(call_open) or not closing.startswith(call_close):
+        return syntax
+    wrap_open = opening[: len(opening) - len(call_open)].strip()
+    wrap_close = closing[len(call_close) :].strip()
+    if not wrap_open or not wrap_close:
+        return syntax
+    return replace(
+        syntax,
+        starts=(wrap_open,),
+        ends=(wrap_close,),
+        open=wrap_open,
+        call_open=call_open,
+        call_close=call_close,
+        close=wrap_close,
+    )
 
 
 def _added(longer: str, shorter: str) -> str:
@@ -253,12 +309,12 @@ def _tagged_shape(added: str, name_end: int, value_at: int) -> Syntax | None:
         name="tagged",
         starts=(head.strip(),),
         ends=(close.strip(),) if close.strip() else (),
-        open=head.strip(),
+        call_open=head.strip(),
         head=added[name_end:p_open_at],
         p_open=p_open,
         p_mid=added[key_at + len(KEY) : value_at],
         p_close=p_close,
-        close=close,
+        call_close=close,
     )
 
 

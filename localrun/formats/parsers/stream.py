@@ -76,6 +76,7 @@ class CallStream:
         self.primed = primed  # the prompt's: never the answer's text
         self.pending = ""  # text that may be the start of a marker
         self.blanks = ""  # blanks before a block: its, unless it turns out to be text
+        self._blank_pending = False  # `pending` is blanks alone
         self.started = False  # something other than blanks went out
         self.longest = max((len(m) for m in syntax.starts), default=0)
         self.releases = 0  # blocks that were text after all
@@ -121,15 +122,18 @@ class CallStream:
 
     def _pass(self, text: str, out: list[Event]) -> str:
         """Passes text on up to a possible block; returns what is left for holding."""
+        if self._blank_pending and text.isspace():  # a run of blanks: held, not re-read
+            self.pending += text
+            return ""
         text = self.pending + text
-        self.pending = ""
+        self.pending, self._blank_pending = "", False
         if self.releases >= _RELEASES:  # a model writing markers that are never calls
             out.append(("text", text))
             return ""
         if not self.started:
             stripped = text.lstrip()
-            if not stripped:
-                self.pending = text  # only blanks yet: hold them too
+            if not stripped:  # only blanks yet: nobody's text
+                out.append(("skip", text))
                 return ""
             if stripped[0] in self.syntax.leading:
                 self._start(text[: len(text) - len(stripped)], out)
@@ -146,6 +150,7 @@ class CallStream:
         kept = sent.rstrip()  # blanks wait for what follows them: text, or a block
         self._send(kept, out)
         self.pending = sent[len(kept) :] + text[len(text) - keep :]
+        self._blank_pending = keep == 0
         return ""
 
     def _send(self, text: str, out: list[Event]) -> None:
