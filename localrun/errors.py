@@ -9,7 +9,8 @@
     ├── FileError                   a file the user named cannot be used
     │   ├── FileNotFoundError_      it does not exist
     │   ├── NotRegularFileError     a directory, FIFO, socket or device
-    │   └── InvalidGGUFError        not a well-formed GGUF file (or the wrong kind of GGUF)
+    │   ├── InvalidGGUFError        not a well-formed GGUF file (or the wrong kind of GGUF)
+    │   └── ImportSourceError       another runner's store holds what cannot be imported
     ├── HubError                    a model hub (Hugging Face, ModelScope)
     │   ├── HubAuthError            the repository is gated or private: a token is needed
     │   ├── HubUnreachableError     no connection to the hub (or offline mode is on)
@@ -167,6 +168,10 @@ class InvalidGGUFError(FileError):
     # Set by gguf.header.invalid: the file as it was named, and what is wrong with it.
     file: str = ""
     reason: str = ""
+
+
+class ImportSourceError(FileError):
+    code = "import_source"
 
 
 class HubError(LocalrunError):

@@ -23,6 +23,7 @@ from typer.exceptions import TyperException
 
 from localrun import __version__, selfexec
 from localrun.cli import (
+    import_cmd,
     info_cmd,
     launch_cmd,
     pull_cmd,
@@ -104,6 +105,7 @@ app.command()(launch_cmd.launch)
 app.command()(server_cmds.ps)
 app.command()(server_cmds.stop)
 app.command()(store_cmds.create)
+app.command("import")(import_cmd.import_)
 app.command("list")(store_cmds.list_)
 app.command("ls", hidden=True, help="List the models in the store.")(store_cmds.list_)
 app.command()(store_cmds.show)

@@ -6,6 +6,7 @@
     partial.py      the file a download streams into, hashed on the way
     pull.py         a hub reference pulled into the store, verified by sha256
     obtain.py       a resolved Reference's manifest: the store answers or a source fetches it
+    runners.py      other runners' models on this machine (Ollama, the hub cache, LM Studio)
 
 Imports the store, recipes (a packaged model is created from its file) and gguf.
 """

@@ -1,0 +1,184 @@
+"""`localrun import ollama`: an Ollama store laid out on disk as Ollama writes it (manifests,
+sha256-named blobs: the model, its Go template, system prompt and parameters), found, listed,
+imported in place (hard links, no copy), run, and left intact; hostile and half-downloaded
+stores refused or skipped in one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CLI, assert_one_line_error
+
+DATA = Path(__file__).parent / "data" / "ollama_templates"
+CHATML = (DATA / "chatml.gotmpl").read_text(encoding="utf-8")
+
+
+def _blob(root: Path, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    (root / "blobs" / f"sha256-{digest}").write_bytes(data)
+    return f"sha256:{digest}"
+
+
+def _manifest(root: Path, name: str, layers: list[tuple[str, str, int]], host: str = "") -> Path:
+    """manifests/registry.ollama.ai/library/NAME/TAG as Ollama writes it."""
+    model, _, tag = name.partition(":")
+    namespace, _, model = model.rpartition("/")
+    folder = root / "manifests" / (host or "registry.ollama.ai") / (namespace or "library") / model
+    folder.mkdir(parents=True, exist_ok=True)
+    config = _blob(root, b'{"model_format":"gguf","model_family":"llama"}')
+    body: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": config, "size": 46},
+        "layers": [
+            {"mediaType": f"application/vnd.ollama.image.{kind}", "digest": digest, "size": size}
+            for kind, digest, size in layers
+        ],
+    }  # fmt: skip
+    path = folder / (tag or "latest")
+    path.write_text(json.dumps(body))
+    return path
+
+
+@pytest.fixture
+def ollama_store(tmp_path: Path, tiny_model: Path) -> Path:
+    """An Ollama store with one chat model: GGUF, Go template, system prompt, parameters."""
+    root = tmp_path / "ollama-models"
+    gguf = tiny_model.read_bytes()
+    layers = [
+        ("model", _blob(root, gguf), len(gguf)),
+        ("template", _blob(root, CHATML.encode()), len(CHATML)),
+        ("system", _blob(root, b"You are a lighthouse keeper."), 28),
+        (
+            "params",
+            _blob(root, json.dumps({"stop": ["<|im_end|>"], "temperature": 0.2}).encode()),
+            50,
+        ),
+    ]
+    _manifest(root, "keeper:latest", layers)
+    _manifest(root, "someone/keeper:v2", layers[:1])
+    return root
+
+
+def test_import_lists_imports_and_keeps_the_originals(cli: CLI, ollama_store: Path) -> None:
+    env = {"OLLAMA_MODELS": str(ollama_store)}
+    listed = cli("import", "ollama", "--dry-run", env=env)
+    assert listed.code == 0, listed.stderr
+    assert "keeper:latest" in listed.stdout and "someone/keeper:v2" in listed.stdout
+    assert cli("list").stdout.count("keeper") == 0  # a dry run imports nothing
+    done = cli("import", "ollama", "keeper", "-q", env=env)
+    assert done.code == 0, done.stderr
+    shown = cli("show", "keeper:latest", "--modelfile")
+    assert shown.code == 0, shown.stderr
+    assert CHATML.strip() in shown.stdout  # Ollama's Go template, as it was
+    assert "You are a lighthouse keeper." in shown.stdout
+    assert "temperature 0.2" in shown.stdout and "<|im_end|>" in shown.stdout
+    # Linked, not copied: the store's blob is Ollama's file under a second name.
+    blobs = sorted((ollama_store / "blobs").iterdir())
+    assert all(b.stat().st_nlink >= 1 for b in blobs)
+    model_blob = max(blobs, key=lambda b: b.stat().st_size)
+    assert model_blob.stat().st_nlink == 2
+    ran = cli("run", "keeper", "Hello", "--param", "num_predict=4")
+    assert ran.code == 0, ran.stderr
+    # Removing it leaves Ollama's files as they were.
+    assert cli("rm", "keeper").code == 0
+    assert cli("prune").code == 0
+    assert sorted((ollama_store / "blobs").iterdir()) == blobs
+    assert model_blob.stat().st_nlink == 1
+
+
+def test_a_hostile_or_half_downloaded_store_is_refused_in_one_line(
+    cli: CLI, tmp_path: Path, tiny_model: Path
+) -> None:
+    root = tmp_path / "bad-store"
+    gguf = tiny_model.read_bytes()
+    good = _blob(root, gguf)
+    # A digest that would name a path outside the store.
+    _manifest(root, "escape:latest", [("model", "sha256:../../../etc/passwd", 10)])
+    # A blob still downloading.
+    partial = "sha256:" + "ab" * 32
+    (root / "blobs" / ("sha256-" + "ab" * 32 + "-partial")).write_bytes(b"half")
+    _manifest(root, "partial:latest", [("model", partial, 4)])
+    # A blob whose content is not what its name says.
+    liar = "sha256:" + "cd" * 32
+    shutil.copyfile(
+        root / "blobs" / ("sha256-" + good[7:]), root / "blobs" / ("sha256-" + "cd" * 32)
+    )
+    _manifest(root, "liar:latest", [("model", liar, len(gguf))])
+    env = {"OLLAMA_MODELS": str(root)}
+    listed = cli("import", "ollama", "--dry-run", env=env)
+    assert listed.code == 0, listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert "no valid digest" in lines["escape:latest"]
+    assert "still downloading" in lines["partial:latest"]
+    assert "to import" in lines["liar:latest"]
+    bad = cli("import", "ollama", "liar", env=env)
+    assert_one_line_error(bad, "liar:latest")
+    assert "liar" not in cli("list").stdout  # nothing half imported
+    unknown = cli("import", "ollama", "nope", env=env)
+    assert_one_line_error(unknown, "nope")
+    assert_one_line_error(cli("import", "nosuch", env=env), "nosuch")
+
+
+def _hf_cache(root: Path, gguf: bytes) -> Path:
+    """The Hugging Face cache as huggingface_hub writes it: blobs named by sha256, a snapshot
+    of links into them, refs/main naming the snapshot."""
+    repo = root / "models--someorg--Tiny-GGUF"
+    digest = hashlib.sha256(gguf).hexdigest()
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / digest).write_bytes(gguf)
+    (repo / "blobs" / ("ef" * 32 + ".incomplete")).write_bytes(b"half")
+    snapshot = repo / "snapshots" / ("12" * 20)
+    snapshot.mkdir(parents=True)
+    (snapshot / "tiny-Q8_0.gguf").symlink_to(f"../../blobs/{digest}")
+    (snapshot / "escape-Q4_0.gguf").symlink_to("/etc/hostname")
+    (snapshot / "loop-Q5_0.gguf").symlink_to("loop-Q5_0.gguf")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("12" * 20)
+    return repo
+
+
+def test_import_the_hugging_face_cache_and_lm_studio(
+    cli: CLI, tmp_path: Path, tiny_model: Path
+) -> None:
+    gguf = tiny_model.read_bytes()
+    hub = tmp_path / "hub"
+    repo = _hf_cache(hub, gguf)
+    home = tmp_path / "user"
+    studio = home / ".lmstudio" / "models" / "lmstudio-community" / "Tiny-GGUF"
+    studio.mkdir(parents=True)
+    (studio / "Tiny-Q4_K_M.gguf").write_bytes(gguf)
+    env = {"HF_HUB_CACHE": str(hub), "HOME": str(home)}
+    listed = cli("import", "all", "--dry-run", env=env)
+    assert listed.code == 0, listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()[1:] if line.strip()}
+    assert "to import" in lines["hf.co/someorg/tiny-gguf:q8_0"]
+    assert "outside its repository" in lines["hf.co/someorg/tiny-gguf:q4_0"]
+    assert "link loop" in lines["hf.co/someorg/tiny-gguf:q5_0"]
+    assert "still downloading" in lines["hf.co/someorg/tiny-gguf"]
+    assert "to import" in lines["hf.co/lmstudio-community/tiny-gguf:q4_k_m"]
+    done = cli("import", "hf", "hf.co/someorg/tiny-gguf:q8_0", "-q", env=env)
+    assert done.code == 0, done.stderr
+    studio_done = cli("import", "lmstudio", "-q", env=env)
+    assert studio_done.code == 0, studio_done.stderr
+    listed_store = cli("list").stdout
+    assert "hf.co/someorg/tiny-gguf:q8_0" in listed_store
+    assert "hf.co/lmstudio-community/tiny-gguf:q4_k_m" in listed_store
+    blob = repo / "blobs" / hashlib.sha256(gguf).hexdigest()
+    assert blob.stat().st_nlink == 2  # linked from the hub's blob, not copied
+    ran = cli("run", "hf.co/someorg/tiny-gguf:q8_0", "Hi", "--param", "num_predict=3")
+    assert ran.code == 0, ran.stderr
+    # The same weights from LM Studio share the store's blob; removing both frees it, and the
+    # hub's file stays as it was.
+    assert cli("rm", "hf.co/someorg/tiny-gguf:q8_0").code == 0
+    assert cli("rm", "hf.co/lmstudio-community/tiny-gguf:q4_k_m").code == 0
+    assert cli("prune").code == 0
+    assert blob.read_bytes() == gguf and blob.stat().st_nlink == 1
+    assert (studio / "Tiny-Q4_K_M.gguf").read_bytes() == gguf
