@@ -21,7 +21,7 @@ from testmodels.text import write_tiny_model
 from localrun import model as model_mod
 from localrun.errors import FileNotFoundError_, InvalidGGUFError, ModelNotFoundError
 from localrun.gguf import scan
-from localrun.recipes import create, modelfile
+from localrun.recipes import checks, create, modelfile
 from localrun.scheduler import Scheduler
 from localrun.store import names
 from localrun.store.manifest import Manifest
@@ -211,11 +211,11 @@ def test_vocabulary_differences_are_named(tiny_model: Path) -> None:
 
     def refusal(draft: scan.GGUFInfo, target: scan.GGUFInfo = tiny) -> str:
         with pytest.raises(InvalidGGUFError) as info:
-            create._check_vocabulary(target, draft, "big", "small")
+            checks.vocabulary(target, draft, "big", "small")
         assert info.value.hint and "\n" not in str(info.value)
         return str(info.value)
 
-    create._check_vocabulary(tiny, tiny, "big", "small")
+    checks.vocabulary(tiny, tiny, "big", "small")
     renamed = [*tiny.tokens]
     renamed[300] = b"\xe2\x96\x81\x1b[31mred"
     assert refusal(dataclasses.replace(tiny, tokens=renamed)) == (
@@ -223,11 +223,11 @@ def test_vocabulary_differences_are_named(tiny_model: Path) -> None:
         f"token 300 is '▁\\x1b[31mred', not {tiny.tokens[300].decode()!r})"
     )
     # The first five ids are llama.cpp's to differ (special tokens); the count may differ by 128.
-    create._check_vocabulary(
+    checks.vocabulary(
         tiny, dataclasses.replace(tiny, tokens=[b"x", *tiny.tokens[1:]]), "b", "s"
     )
     longer = dataclasses.replace(tiny, tokens=[*tiny.tokens, *(b"%d" % i for i in range(128))])
-    create._check_vocabulary(tiny, longer, "big", "small")
+    checks.vocabulary(tiny, longer, "big", "small")
     much_longer = dataclasses.replace(longer, tokens=[*longer.tokens, b"one too many"])
     assert "has 504 tokens and a different vocabulary than big (375 tokens)" in refusal(much_longer)
     assert "has 375 tokens" in refusal(tiny, much_longer)
@@ -245,7 +245,7 @@ def test_vocabulary_differences_are_named(tiny_model: Path) -> None:
         changed = dataclasses.replace(tiny, metadata={**meta, key: value})
         assert refusal(changed) == f"the draft model small {words}"
     unsaid = {k: v for k, v in meta.items() if k != "tokenizer.ggml.bos_token_id"}
-    create._check_vocabulary(tiny, dataclasses.replace(tiny, metadata=unsaid), "big", "small")
+    checks.vocabulary(tiny, dataclasses.replace(tiny, metadata=unsaid), "big", "small")
 
 
 def test_a_lora_adapter_is_not_a_draft(cli: CLI, project: Path, home: Path) -> None:

@@ -65,8 +65,15 @@ def create(
         help="Keep the GGUF files where they are: link them into the store (a copy-on-write "
         "clone, else a hard link) instead of copying; a copy only across file systems.",
     ),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="Store FROM's model (F32, F16 or BF16) quantized: q8_0, q6_k, q5_k_m, q5_k_s, "
+        "q4_k_m, q4_k_s, q4_0 ... (Ollama's and llama-quantize's names).",
+    ),
 ) -> None:
     """Create a model from a Modelfile."""
+    from localrun.engine import quantize as quantize_mod
     from localrun.recipes import create as create_mod
     from localrun.recipes import modelfile
     from localrun.sources import obtain
@@ -88,6 +95,7 @@ def create(
             report=progress,
             resolve=obtain.resolver(store, progress),
             link=link,
+            quantize=quantize_mod.for_create(quantize) if quantize is not None else None,
         )
     except ModelfileError as exc:
         raise exc.with_path(file) from None

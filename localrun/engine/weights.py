@@ -59,6 +59,16 @@ def _init() -> None:
         _initialised = True
 
 
+def ready() -> None:
+    """llama.cpp's backend initialised and its log kept (not printed unless debugging)."""
+    _init()
+
+
+def last_log_error() -> str:
+    """The line of llama.cpp's recent log that says what failed."""
+    return _last_error()
+
+
 def _last_error() -> str:
     lines = [line.strip() for line in "".join(_log_tail).splitlines() if line.strip()]
     # "error loading model: <reason>" says why; "failed to load model" only that it did.

@@ -21,13 +21,13 @@ from localrun.errors import (
     FileNotFoundError_,
     InvalidGGUFError,
     MissingBlobError,
-    ModelfileError,
     StoreError,
 )
 from localrun.gguf import scan
-from localrun.recipes import params
+from localrun.recipes import checks, params
 from localrun.recipes.modelfile import Modelfile
 from localrun.store import names
+from localrun.store.blobs import hash_fd, temp_path, unlink_quietly
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest
 from localrun.store.models import Store
 from localrun.store.names import ModelName
@@ -75,17 +75,33 @@ def create(
     resolve: Resolver | None = None,
     expected: dict[str, str] | None = None,
     link: bool = False,
+    quantize: Quantize | None = None,
 ) -> str:
     """Create (or replace) model `name`; returns the manifest digest.
 
     `resolve` finds the manifest of a FROM model name (default: the store alone); `expected`
     maps file paths to the digest their content must have (for catalog imports). With `link`
     the files are linked into the store where the file system allows, not copied
-    (store.links).
+    (store.links). With `quantize`, FROM's model (an F32, F16 or BF16 one) is stored quantized.
     """
-    builder = _Builder(store, report, expected or {}, link)
+    builder = _Builder(store, report, expected or {}, link, quantize)
     with store.writing():
         return builder.build(name, modelfile, base_dir, resolve or store.read_manifest)
+
+
+@dataclass(frozen=True)
+class Quantize:
+    """What `create --quantize` asks: the type (as engine.quantize spells it), the bits a weight
+    takes in it (for the progress estimate), and llama.cpp's quantizer, which lives in the
+    engine: `run(source, target, type, progress)` writes `target`, telling bytes written."""
+
+    kind: str
+    bits_per_weight: float
+    run: Callable[[Path, Path, str, Callable[[int], None]], None]
+
+
+# The types a model may be quantized from: full or half precision.
+QUANTIZABLE = ("F32", "F16", "BF16")
 
 
 @dataclass
@@ -97,6 +113,7 @@ class _Opened:
     fd: int
     info: scan.GGUFInfo
     kind: str  # the layer kind it becomes
+    own: bool = False  # a file this create wrote in the store (quantized): moved in, not copied
 
 
 class _Draft(NamedTuple):
@@ -107,13 +124,20 @@ class _Draft(NamedTuple):
 
 class _Builder:
     def __init__(
-        self, store: Store, report: Reporter, expected: dict[str, str], link: bool
+        self,
+        store: Store,
+        report: Reporter,
+        expected: dict[str, str],
+        link: bool,
+        quantize: Quantize | None = None,
     ) -> None:
         self.store = store
         self.report = report
         self.expected = expected
         self.link = link
+        self.quantize = quantize
         self.opened: list[_Opened] = []
+        self.temporary: list[Path] = []  # files this create wrote, gone when it ends
 
     def build(self, name: ModelName, mf: Modelfile, base_dir: Path, resolve: Resolver) -> str:
         # The files stay open from their validation to their copy (see the module docstring).
@@ -122,28 +146,33 @@ class _Builder:
         finally:
             for item in self.opened:
                 os.close(item.fd)
+            for path in self.temporary:
+                unlink_quietly(path)
 
     def _build(self, name: ModelName, mf: Modelfile, base_dir: Path, resolve: Resolver) -> str:
         # Every file opened and every check made first: a refused create copies nothing.
         model, layers, config = self._base(mf, base_dir, resolve)
+        if self.quantize is not None:
+            model = self._quantized(model or self._stored_model(layers, mf.from_), self.quantize)
+            config["details"] = model.info.details()
         architecture = (config.get("details") or {}).get("architecture")
         adapter_files = [self._open(value, base_dir, "adapter") for value in mf.adapters]
-        _check_adapters(adapter_files, architecture)
+        checks.adapters([(a.value, a.info) for a in adapter_files], architecture)
         draft = None
         if mf.draft is not None:
             draft = self._draft(mf.draft, base_dir, resolve)
             target = model.info if model else self._stored_info(layers, mf.from_)
-            _check_vocabulary(target, draft.info, mf.from_, mf.draft)
+            checks.vocabulary(target, draft.info, mf.from_, mf.draft)
         projector = None
         if mf.projector is not None:
             projector = self._open(mf.projector, base_dir, "projector")
             target = model.info if model else self._stored_info(layers, mf.from_)
-            _check_projector(target, projector, mf.from_)
+            checks.projector(target, projector.value, projector.info, mf.from_)
         if mf.template is not None:
-            _check_template(mf.template, mf.lines.get("TEMPLATE", 1))
+            checks.template(mf.template, mf.lines.get("TEMPLATE", 1))
 
         if model is not None:
-            layers = [self._store_file(model)]
+            layers = [self._store_file(model)] + [x for x in layers if x.kind != "model"]
         layers += self._store_adapters(adapter_files, config)
         if draft is not None:
             layers = [x for x in layers if x.kind != "draft"] + [self._store_draft(draft, config)]
@@ -181,6 +210,49 @@ class _Builder:
         config = json.loads(self.store.read_blob(base.config.digest))
         config["parent"] = str(base_name)
         return None, list(base.layers), config
+
+    def _stored_model(self, layers: list[Layer], shown: str) -> _Opened:
+        """A stored model's model file, opened as a file the Modelfile named."""
+        parts = [layer for layer in layers if layer.kind == "model"]
+        if len(parts) != 1:
+            raise InvalidGGUFError(
+                f"{shown} is split into {len(parts)} files; a split model cannot be quantized",
+                hint="quantize from a model in one GGUF file",
+            )
+        self._stored_info(parts, shown)  # the blob is there
+        return self._open(str(self.store.blob_path(parts[0].digest)), Path("/"), "model", shown)
+
+    def _quantized(self, model: _Opened, quantize: Quantize) -> _Opened:
+        """`model` quantized by llama.cpp into a file of the store's (moved in as it is)."""
+        have, kind = model.info.quantization, quantize.kind.upper()
+        if have not in QUANTIZABLE:
+            raise InvalidGGUFError(
+                f"{model.value} is already quantized ({have or 'an unknown type'}); quantizing "
+                f"it again to {kind} would lose more than it saves",
+                hint="quantize from the model in F16, BF16 or F32",
+            )
+        target = self._temp()
+        status = f"quantizing {have} model to {kind}"
+        self.report(Event(status))
+        total = int(model.info.parameter_count * quantize.bits_per_weight / 8) or model.info.size
+
+        def progress(done: int) -> None:
+            self.report(Event(status, completed=min(done, total), total=total))
+
+        quantize.run(model.path, target, quantize.kind, progress)
+        progress(total)
+        before, after = model.info.size, target.stat().st_size
+        self.report(Event(f"quantized {have} -> {kind}: {_size(before)} -> {_size(after)} "
+                          f"({after / max(before, 1):.0%})"))  # fmt: skip
+        return self._open(str(target), Path("/"), "model", model.value, own=True)
+
+    def _temp(self) -> Path:
+        """A new temporary file name in the store's blobs folder (its cleanup removes one a
+        dead process left), removed when this create ends unless it was moved in."""
+        self.store.blobs.mkdir(parents=True, exist_ok=True)
+        path = temp_path(self.store.blobs)
+        self.temporary.append(path)
+        return path
 
     def _store_adapters(self, adapter_files: list[_Opened], config: dict[str, Any]) -> list[Layer]:
         """Copy the adapters in; the config lists them (after the inherited ones)."""
@@ -226,9 +298,13 @@ class _Builder:
                 layers.append(layer)
         return layers
 
-    def _open(self, value: str, base_dir: Path, kind: str) -> _Opened:
-        """Open and validate a file the Modelfile names; it is closed when the build ends."""
+    def _open(
+        self, value: str, base_dir: Path, kind: str, shown: str | None = None, own: bool = False
+    ) -> _Opened:
+        """Open and validate a file the Modelfile names (`shown` as, if not as written); it is
+        closed when the build ends."""
         path = resolve_path(value, base_dir)
+        value = shown or value
         keyword = {"model": "FROM", "adapter": "ADAPTER", "draft": "DRAFT"}.get(kind, "PROJECTOR")
         if not os.path.lexists(path):
             raise FileNotFoundError_(
@@ -239,11 +315,11 @@ class _Builder:
         fd = scan.open_regular(path)
         try:
             info = scan.inspect_fd(fd, str(value))
-            _check_kind(info, value, kind)
+            checks.fits(info, value, kind)
         except BaseException:
             os.close(fd)
             raise
-        item = _Opened(value, path, fd, info, kind)
+        item = _Opened(value, path, fd, info, kind, own)
         self.opened.append(item)
         return item
 
@@ -252,6 +328,16 @@ class _Builder:
 
         def progress(phase: str, done: int, total: int) -> None:
             self.report(Event(f"{phase} {item.kind} data", completed=done, total=total))
+
+        if item.own:  # our own file, in the store's folder: hashed and moved in, not copied
+            size = os.fstat(item.fd).st_size
+            digest = hash_fd(item.fd, size, lambda d, t: progress("hashing", d, t))
+            present = self.store.has_blob(digest)
+            self.report(Event("using existing layer" if present else "creating new layer",
+                              digest=digest))  # fmt: skip
+            if not present:
+                self.store.adopt(item.path, digest)
+            return Layer(MEDIA_TYPES[item.kind], digest, size)
 
         digest, size, _ = self.store.add_file(
             item.fd,
@@ -278,7 +364,7 @@ class _Builder:
                 hint="draft with a smaller model of the same family, in one file",
             )
         info = self._stored_info(parts, str(draft_name))
-        _check_kind(info, value, "draft")
+        checks.fits(info, value, "draft")
         layer = Layer(MEDIA_TYPES["draft"], parts[0].digest, parts[0].size)
         return _Draft(layer, info, str(draft_name))
 
@@ -319,140 +405,15 @@ class _Builder:
 _ORDER = {kind: index for index, kind in enumerate(MEDIA_TYPES)}
 
 
-def _check_adapters(adapter_files: list[_Opened], architecture: str | None) -> None:
-    """Every adapter made for the base model's architecture."""
-    for item in adapter_files:
-        if architecture and item.info.architecture and item.info.architecture != architecture:
-            raise InvalidGGUFError(
-                f"adapter {item.value} is for {item.info.architecture} models, but the base "
-                f"model is {architecture}",
-                hint="use an adapter trained for this base model",
-            )
-
-
-def _check_projector(model: scan.GGUFInfo, projector: _Opened, shown: str) -> None:
-    """The projector hands the model embeddings of the model's width, or it is another's."""
-    width, made = model.embedding_length, projector.info.projection_dim
-    if width is not None and made is not None and width != made:
-        raise InvalidGGUFError(
-            f"the projector {projector.value} makes embeddings {made} wide, but {shown} takes "
-            f"{width}: it belongs to another model",
-            hint="use the mmproj file published with this model",
-        )
-
-
-def _check_kind(info: scan.GGUFInfo, value: str, kind: str) -> None:
-    """Refuse a GGUF of the wrong kind for its instruction (FROM, ADAPTER, DRAFT or
-    PROJECTOR)."""
-    if kind == "projector" and info.kind != "projector":
-        raise InvalidGGUFError(
-            f"{value} is not a projector (its general.architecture is not clip)",
-            hint="PROJECTOR takes the model's mmproj GGUF, published beside its model file",
-        )
-    if kind != "projector" and info.kind == "projector":
-        keyword = {"model": "FROM", "adapter": "ADAPTER", "draft": "DRAFT"}[kind]
-        raise InvalidGGUFError(
-            f"{value} is a projector (mmproj), not what {keyword} takes",
-            hint=f"put it on a PROJECTOR line: `PROJECTOR {value}`",
-        )
-    if kind == "model" and info.kind == "adapter":
-        raise InvalidGGUFError(
-            f"{value} is a LoRA adapter, not a model",
-            hint="name a base model in FROM and the adapter in ADAPTER",
-        )
-    if kind == "adapter" and (info.kind != "adapter" or info.adapter_type not in (None, "lora")):
-        raise InvalidGGUFError(
-            f"{value} is not a LoRA adapter (its general.type is not 'adapter')",
-            hint="ADAPTER takes a LoRA adapter in GGUF form, as llama.cpp's "
-            "convert_lora_to_gguf.py writes it",
-        )
-    if kind == "draft" and info.kind == "adapter":
-        raise InvalidGGUFError(
-            f"the draft model {value} is a LoRA adapter, not a model",
-            hint="DRAFT takes a smaller model with the same vocabulary (adapters go in ADAPTER)",
-        )
-    split = info.metadata.get("split.count")
-    if kind == "draft" and isinstance(split, int) and split > 1:
-        raise InvalidGGUFError(
-            f"the draft model {value} is part 1 of {split} files; a draft model must be one "
-            "GGUF file",
-            hint="draft with a smaller model of the same family, in one file",
-        )
-
-
-# llama.cpp's own test of a draft model (common_speculative_are_compatible in
-# common/speculative.cpp): the same tokenizer, BOS and EOS, at most 128 tokens more or fewer,
-# and the same token texts from id 5 on over the range both have.
-_VOCAB_SIZE_SLACK = 128
-_VOCAB_CHECK_FROM = 5
-
-
-def _check_vocabulary(
-    target: scan.GGUFInfo, draft: scan.GGUFInfo, target_name: str, draft_name: str
-) -> None:
-    """Refuse a draft model whose tokens do not mean what the model's tokens mean."""
-    difference = _vocab_difference(target, draft, target_name)
-    if difference:
-        raise InvalidGGUFError(
-            f"the draft model {draft_name} {difference}",
-            hint="a draft model must share its model's tokenizer: use a smaller model of the "
-            "same family and release",
-        )
-
-
-def _vocab_difference(target: scan.GGUFInfo, draft: scan.GGUFInfo, target_name: str) -> str:
-    """What differs between the two vocabularies, in words; empty when they are compatible."""
-    key = "tokenizer.ggml.model"
-    ours, theirs = draft.metadata.get(key), target.metadata.get(key)
-    n_draft, n_target = len(draft.tokens), len(target.tokens)
-    first, common = _VOCAB_CHECK_FROM, min(n_draft, n_target)
-    detail = ""
-    if ours != theirs:
-        detail = f"; its tokenizer is {ours!r}, not {theirs!r}"
-    elif draft.tokens[first:common] != target.tokens[first:common]:
-        i = next(i for i in range(first, common) if draft.tokens[i] != target.tokens[i])
-        detail = f"; token {i} is {_token(draft.tokens[i])}, not {_token(target.tokens[i])}"
-    if detail or abs(n_draft - n_target) > _VOCAB_SIZE_SLACK:
-        return (
-            f"has {n_draft} tokens and a different vocabulary than {target_name} "
-            f"({n_target} tokens{detail})"
-        )
-    for what in ("bos", "eos"):
-        ours, theirs = (
-            info.metadata.get(f"tokenizer.ggml.{what}_token_id") for info in (draft, target)
-        )
-        if ours is not None and theirs is not None and ours != theirs:
-            return f"has {what.upper()} token id {ours}, {target_name} has {theirs}"
-        ours, theirs = (
-            info.metadata.get(f"tokenizer.ggml.add_{what}_token") for info in (draft, target)
-        )
-        if isinstance(ours, bool) and isinstance(theirs, bool) and ours != theirs:
-            does, other = ("adds", "does not") if ours else ("does not add", "does")
-            return f"{does} a {what.upper()} token to a prompt and {target_name} {other}"
-    return ""
-
-
-def _token(raw: bytes) -> str:
-    text = repr(raw.decode("utf-8", "replace"))
-    return text if len(text) <= 40 else text[:37] + "..."
+def _size(n: int) -> str:
+    """A size as `create` says it: 1.2 GB, 83.4 MB, 512 B."""
+    value = float(n)
+    for unit in ("B", "KB", "MB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
 
 
 def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, ensure_ascii=False).encode()
-
-
-def _check_template(template: str, line: int) -> None:
-    """Refuse a TEMPLATE that cannot be rendered (it is rendered sandboxed at run time)."""
-    from localrun.errors import TemplateError
-    from localrun.formats import template as template_mod
-
-    try:
-        template_mod.check(template)
-    except TemplateError as exc:
-        raise ModelfileError(
-            f"TEMPLATE: {exc.message}",
-            line=line,
-            hint="a TEMPLATE is a Jinja chat template (messages, add_generation_prompt, "
-            "bos_token, eos_token, tools) or an Ollama Go template (.System, .Prompt, "
-            ".Messages, .Tools ...)",
-        ) from None

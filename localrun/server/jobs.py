@@ -7,7 +7,7 @@ uploaded file away from the server's memory: a parser blow-up ends the job, not 
 The server side (`run`) writes one JSON request line to `python -m localrun.server.jobs` and
 reads JSON lines back:
 
-    -> {"op": "create", "store": ROOT, "model": NAME, "modelfile": TEXT}
+    -> {"op": "create", "store": ROOT, "model": NAME, "modelfile": TEXT, "quantize"?: TYPE}
     -> {"op": "pull", "store": ROOT, "model": TEXT}
     -> {"op": "import", "store": ROOT, "model": NAME}          (a catalog model, no hubs)
     <- {"event": "progress", "status": ..., "digest"?, "completed"?, "total"?}   (any number)
@@ -106,6 +106,7 @@ def _debug() -> bool:
 
 
 def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
+    from localrun.engine import quantize
     from localrun.recipes import create, modelfile
     from localrun.sources import obtain, pull
     from localrun.store import reference
@@ -149,6 +150,9 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
                 Path(empty),
                 report=report,
                 resolve=obtain.resolver(store, report, hubs=False),
+                quantize=quantize.for_create(request["quantize"])
+                if request.get("quantize")
+                else None,
             )
     raise LocalrunError(f"unknown job {op!r}")
 

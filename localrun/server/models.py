@@ -28,6 +28,7 @@ import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from localrun.engine import quantize
 from localrun.errors import (
     BadRequestError,
     DiskFullError,
@@ -428,13 +429,14 @@ def _modelfile(store: Store, body: Body) -> Modelfile:
 async def create(request: Request) -> Response:
     body = Body(await read_json(request))
     target = reference.resolve(body.model()).typed
-    if body.get("quantize", str):
-        raise BadRequestError(
-            "quantize is not supported", hint="quantize with llama.cpp's llama-quantize first"
-        )
+    kind = body.get("quantize", str)
+    if kind:
+        kind = quantize.check_type(kind)  # an unknown type refused before the job starts
     store = core.context(request).store
     mf = _modelfile(store, body)
     job = {"op": "create", "store": str(store.root), "model": str(target), "modelfile": str(mf)}
+    if kind:
+        job["quantize"] = kind
 
     def clean(exc: LocalrunError) -> LocalrunError:
         # Name blobs by digest, not by where the store keeps them.
