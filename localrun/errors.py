@@ -10,7 +10,8 @@
     │   ├── FileNotFoundError_      it does not exist
     │   ├── NotRegularFileError     a directory, FIFO, socket or device
     │   ├── InvalidGGUFError        not a well-formed GGUF file (or the wrong kind of GGUF)
-    │   └── ImportSourceError       another runner's store holds what cannot be imported
+    │   ├── ImportSourceError       another runner's store holds what cannot be imported
+    │   └── CheckpointError         a safetensors checkpoint or adapter that cannot be converted
     ├── HubError                    a model hub (Hugging Face, ModelScope)
     │   ├── HubAuthError            the repository is gated or private: a token is needed
     │   ├── HubUnreachableError     no connection to the hub (or offline mode is on)
@@ -172,6 +173,10 @@ class InvalidGGUFError(FileError):
 
 class ImportSourceError(FileError):
     code = "import_source"
+
+
+class CheckpointError(FileError):
+    code = "invalid_checkpoint"
 
 
 class HubError(LocalrunError):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from localrun.errors import (
+    CheckpointError,
     FileNotFoundError_,
     InvalidGGUFError,
     MissingBlobError,
@@ -138,6 +139,7 @@ class _Builder:
         self.quantize = quantize
         self.opened: list[_Opened] = []
         self.temporary: list[Path] = []  # files this create wrote, gone when it ends
+        self.base_file: Path | None = None  # FROM's model file, which adapters are made for
 
     def build(self, name: ModelName, mf: Modelfile, base_dir: Path, resolve: Resolver) -> str:
         # The files stay open from their validation to their copy (see the module docstring).
@@ -156,6 +158,7 @@ class _Builder:
             model = self._quantized(model or self._stored_model(layers, mf.from_), self.quantize)
             config["details"] = model.info.details()
         architecture = (config.get("details") or {}).get("architecture")
+        self.base_file = model.path if model else self._stored_path(layers)
         adapter_files = [self._open(value, base_dir, "adapter") for value in mf.adapters]
         checks.adapters([(a.value, a.info) for a in adapter_files], architecture)
         draft = None
@@ -210,6 +213,10 @@ class _Builder:
         config = json.loads(self.store.read_blob(base.config.digest))
         config["parent"] = str(base_name)
         return None, list(base.layers), config
+
+    def _stored_path(self, layers: list[Layer]) -> Path | None:
+        parts = [layer for layer in layers if layer.kind == "model"]
+        return self.store.blob_path(parts[0].digest) if parts else None
 
     def _stored_model(self, layers: list[Layer], shown: str) -> _Opened:
         """A stored model's model file, opened as a file the Modelfile named."""
@@ -311,6 +318,8 @@ class _Builder:
                 f"{keyword} {value}: no such file ({path})",
                 hint="paths in a Modelfile are relative to the Modelfile's folder",
             )
+        if kind in ("model", "adapter") and path.is_dir():
+            path, own = self._converted(path, value, kind), True
         self.report(Event(f"reading {kind} metadata"))
         fd = scan.open_regular(path)
         try:
@@ -322,6 +331,37 @@ class _Builder:
         item = _Opened(value, path, fd, info, kind, own)
         self.opened.append(item)
         return item
+
+    def _converted(self, folder: Path, value: str, kind: str) -> Path:
+        """A safetensors checkpoint (FROM) or PEFT adapter (ADAPTER) folder converted to a GGUF
+        file of the store's, which the build moves in or removes."""
+        # numpy and gguf's writer are loaded for a conversion only: the server imports this
+        # module and stays without them.
+        from localrun.recipes import convert, lora
+
+        keyword = "FROM" if kind == "model" else "ADAPTER"
+        marker = "config.json" if kind == "model" else "adapter_config.json"
+        if not (folder / marker).is_file():
+            raise CheckpointError(
+                f"{keyword} {value}: a folder without {marker}",
+                hint=f"{keyword} takes a GGUF file or a Hugging Face "
+                + ("checkpoint folder (config.json, tokenizer, *.safetensors)" if kind == "model"
+                   else "PEFT adapter folder (adapter_config.json, adapter_model.safetensors)"),
+            )  # fmt: skip
+        target = self._temp()
+        status = f"converting {kind} {value} to GGUF"
+        self.report(Event(status))
+
+        def progress(done: int, total: int) -> None:
+            self.report(Event(status, completed=done, total=total))
+
+        if kind == "model":
+            convert.checkpoint(folder, target, progress)
+        elif self.base_file is None:
+            raise CheckpointError(f"ADAPTER {value}: no base model to convert it for")
+        else:
+            lora.adapter(folder, self.base_file, target, progress)
+        return target
 
     def _store_file(self, item: _Opened) -> Layer:
         """Copy an opened file into the store (from the descriptor that was validated)."""
