@@ -77,7 +77,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Checkpoin
 
 
 @pytest.fixture(scope="module")
-def converted(checkpoints: dict[str, Checkpoint], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # fmt: skip
+def converted(
+    checkpoints: dict[str, Checkpoint], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("converted")
     out = {}
     for family, ck in checkpoints.items():
@@ -102,6 +104,19 @@ def test_each_architecture_converts_to_its_own_tokens_and_logits(
     assert int(model.metadata["tokenizer.ggml.eos_token_id"]) == ck.config["eos_token_id"]
 
 
+def test_a_sentencepiece_tokenizer_model_converts_with_its_own_scores(tmp_path: Path) -> None:
+    """An older Llama 2 / Mistral folder: tokenizer.model only (no tokenizer.json), read
+    without the sentencepiece package; llama.cpp tokenizes as SentencePiece does."""
+    ck = write_checkpoint(tmp_path / "llama2", "mistral", tokenizer="sentencepiece")
+    assert not (ck.folder / "tokenizer.json").exists()
+    convert.checkpoint(ck.folder, tmp_path / "llama2.gguf")
+    model = _llama(tmp_path / "llama2.gguf")
+    for text in SAMPLES:
+        assert model.tokenize(text.encode(), add_bos=True, special=False) == hf_ids(ck.folder, text)
+    ids = hf_ids(ck.folder, SAMPLES[0])
+    _close(_logits(model, ids), reference_logits(ck, ids), 0.01)
+
+
 def test_the_safetensors_package_writes_what_the_converter_reads(
     tmp_path: Path, checkpoints: dict[str, Checkpoint], converted: dict[str, Path]
 ) -> None:
@@ -116,7 +131,10 @@ def test_the_safetensors_package_writes_what_the_converter_reads(
     save_file({k: v.astype(np.float16) for k, v in ck.weights.items()}, again / "model.safetensors")
     convert.checkpoint(again, tmp_path / "again.gguf")
     ids = hf_ids(ck.folder, SAMPLES[0])
-    first, second = _logits(_llama(converted["qwen2"]), ids), _logits(_llama(tmp_path / "again.gguf"), ids)
+    first, second = (
+        _logits(_llama(converted["qwen2"]), ids),
+        _logits(_llama(tmp_path / "again.gguf"), ids),
+    )
     assert np.array_equal(first, second)
 
 
@@ -184,7 +202,7 @@ def test_an_interrupted_conversion_leaves_nothing(
     with pytest.raises(KeyboardInterrupt):
         create.create(store, names.parse("half"), mf, tmp_path, report=interrupt)
     assert not store.exists(names.parse("half"))
-    assert not [p for p in store.blobs.iterdir()] if store.blobs.exists() else True
+    assert not store.blobs.exists() or not list(store.blobs.iterdir())
 
 
 # -- hostile and wrong checkpoints -------------------------------------------------------------
@@ -241,7 +259,8 @@ def test_a_checkpoint_that_disagrees_with_its_config_is_refused_in_one_line(
     (tmp_path / "Modelfile").write_text("FROM ./bad\n")
     refused = cli("create", "bad", "-f", str(tmp_path / "Modelfile"))
     assert_one_line_error(refused, "model.layers.1.mlp.up_proj.weight", "[64, 64]", "[128, 64]")
-    assert not (home / "models" / "blobs").exists() or not list((home / "models" / "blobs").iterdir())  # fmt: skip
+    blobs = home / "models" / "blobs"
+    assert not blobs.exists() or not list(blobs.iterdir())  # nothing stored, nothing left
 
 
 def test_what_cannot_be_converted_is_named_in_one_line(
@@ -249,7 +268,9 @@ def test_what_cannot_be_converted_is_named_in_one_line(
 ) -> None:
     folder = _copy(checkpoints["qwen3"], tmp_path)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["GPTNeoXForCausalLM"]}))
+    (folder / "config.json").write_text(
+        json.dumps({**config, "architectures": ["GPTNeoXForCausalLM"]})
+    )
     (tmp_path / "Modelfile").write_text("FROM ./bad\n")
     assert_one_line_error(cli("create", "x", "-f", str(tmp_path / "Modelfile")),
                           "GPTNeoXForCausalLM", "Llama, Mistral, Phi3, Qwen2, Qwen3")  # fmt: skip

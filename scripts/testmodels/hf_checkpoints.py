@@ -58,10 +58,11 @@ class Checkpoint:
 
 
 def write_checkpoint(folder: Path, family: str, *, dtype: str = "BF16", seed: int = 0,
-                     shards: int = 1) -> Checkpoint:  # fmt: skip
-    """A tiny `family` checkpoint in `folder` (2 layers, width 64, 4 heads, 2 KV heads)."""
+                     shards: int = 1, tokenizer: str | None = None) -> Checkpoint:  # fmt: skip
+    """A tiny `family` checkpoint in `folder` (2 layers, width 64, 4 heads, 2 KV heads), with
+    the family's kind of tokenizer unless `tokenizer` names another."""
     arch, tokenizer_kind, extra = FAMILIES[family]
-    written = write_tokenizer(folder, tokenizer_kind)
+    written = write_tokenizer(folder, tokenizer or tokenizer_kind)
     config: dict[str, Any] = {
         "architectures": [arch], "model_type": family, "hidden_size": 64,
         "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,

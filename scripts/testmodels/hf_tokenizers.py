@@ -6,7 +6,9 @@
 - "qwen2": byte-level BPE with Qwen 2's regex (pre qwen2), no BOS;
 - "spm": SentencePiece-style BPE with byte fallback, "▁" for spaces and a ▁ put before the text
   (Llama 2, Mistral, Phi-3), <s> added, Phi-3's <|end|> and friends as added tokens;
-- "gemma": the same without the leading ▁ (Gemma 2/3), <bos> added.
+- "gemma": the same without the leading ▁ (Gemma 2/3), <bos> added;
+- "sentencepiece": a tokenizer.model trained by SentencePiece itself (BPE, byte fallback), with
+  no tokenizer.json, as older Llama 2 and Mistral folders have.
 
 Each writes tokenizer.json and tokenizer_config.json (special tokens, add_bos_token, a chat
 template) into a folder and returns what the checkpoint's config.json needs.
@@ -72,6 +74,8 @@ def write_tokenizer(folder: Path, kind: str, vocab_size: int = 600) -> Written:
     )
 
     folder.mkdir(parents=True, exist_ok=True)
+    if kind == "sentencepiece":
+        return _write_sentencepiece(folder, vocab_size)
     if kind in ("llama3", "qwen2"):
         bos: str | None = "<|begin_of_text|>" if kind == "llama3" else None
         eos = "<|end_of_text|>" if kind == "llama3" else "<|endoftext|>"
@@ -133,8 +137,35 @@ def write_tokenizer(folder: Path, kind: str, vocab_size: int = 600) -> Written:
     )
 
 
+def _write_sentencepiece(folder: Path, vocab_size: int) -> Written:
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_writer=model, vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0, hard_vocab_limit=False,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+        # Llama 2's settings: no normalization, whitespace kept as it is, digits split.
+        normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
+        allow_whitespace_only_pieces=True,
+    )  # fmt: skip
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    size = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+    config = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
+              "eos_token": "</s>", "chat_template": CHAT_TEMPLATE}  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return Written(size, 1, 2)
+
+
 def hf_ids(folder: Path, text: str) -> list[int]:
     """What Hugging Face's tokenizer makes of `text` (special tokens added as it adds them)."""
+    if not (folder / "tokenizer.json").exists():
+        import sentencepiece as spm
+
+        processor = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+        return [processor.bos_id(), *processor.encode(text)]
     from tokenizers import Tokenizer
 
     return list(Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids)
