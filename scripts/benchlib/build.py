@@ -52,7 +52,7 @@ TOOL_CMAKE_FLAGS = [
     "-DGGML_CCACHE=OFF",
     "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
 ]
-BUILD_TARGETS = ["llama-bench", "llama-server", "llama-mtmd-cli"]
+BUILD_TARGETS = ["llama-bench", "llama-server", "llama-mtmd-cli", "llama-quantize"]
 # --cuda: the same build with the CUDA backend, for the card of the machine it is built on
 # (GGML_NATIVE=ON makes ggml compile for the detected architecture only). Every stack then runs
 # on the GPU: llama-bench and llama-server get OFFLOAD, localrun and llama-cpp-python load the
@@ -81,6 +81,10 @@ class Build:
     @property
     def llama_bench(self) -> Path:
         return self.dir / "bin" / "llama-bench"
+
+    @property
+    def llama_quantize(self) -> Path:
+        return self.dir / "bin" / "llama-quantize"
 
 
 def _fetch_source(root: Path) -> Path:

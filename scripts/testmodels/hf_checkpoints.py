@@ -138,9 +138,9 @@ def _random_weights(family: str, c: dict[str, Any], rng: np.random.Generator) ->
 def _round(data: np.ndarray[Any, Any], dtype: str) -> np.ndarray[Any, Any]:
     """The values a file of `dtype` holds, back in float32."""
     if dtype == "BF16":
-        bits = data.astype(np.float32).view(np.uint32)
-        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16  # round to nearest even
-        return bits.astype(np.uint32).view(np.float32)
+        bits = data.astype(np.float32).view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16  # to nearest even
+        return rounded.astype(np.uint32).view(np.float32)
     return data.astype(np.float16 if dtype == "F16" else np.float32).astype(np.float32)
 
 
@@ -272,7 +272,8 @@ def reference_logits(
     if c.get("final_logit_softcapping"):
         cap = c["final_logit_softcapping"]
         logits = np.tanh(logits / cap) * cap
-    return logits
+    result: np.ndarray[Any, Any] = logits
+    return result
 
 
 def _rope(c: dict[str, Any], family: str, theta: float, dim: int, n: int) -> tuple[Any, Any]:

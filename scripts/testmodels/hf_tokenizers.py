@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -105,7 +106,7 @@ def write_tokenizer(folder: Path, kind: str, vocab_size: int = 600) -> Written:
         )
         tok.train_from_iterator(CORPUS, trainer)
         tok.pre_tokenizer = None
-        steps = [normalizers.Replace(" ", "\u2581")]
+        steps: list[Any] = [normalizers.Replace(" ", "\u2581")]
         if kind == "spm":
             steps.insert(0, normalizers.Prepend("\u2581"))
         tok.normalizer = normalizers.Sequence(steps)
@@ -132,9 +133,9 @@ def write_tokenizer(folder: Path, kind: str, vocab_size: int = 600) -> Written:
         "model_max_length": 4096,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    return Written(
-        tok.get_vocab_size(), tok.token_to_id(bos) if bos else None, tok.token_to_id(eos)
-    )
+    eos_id = tok.token_to_id(eos)
+    assert eos_id is not None
+    return Written(tok.get_vocab_size(), tok.token_to_id(bos) if bos else None, eos_id)
 
 
 def _write_sentencepiece(folder: Path, vocab_size: int) -> Written:
