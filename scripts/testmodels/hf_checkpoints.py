@@ -46,6 +46,9 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     }),
 }  # fmt: skip
 
+# transformers' model_type where it is not the family's name (it picks the config class).
+MODEL_TYPES = {"gemma3": "gemma3_text"}
+
 Weights = dict[str, np.ndarray[Any, Any]]
 
 
@@ -64,7 +67,7 @@ def write_checkpoint(folder: Path, family: str, *, dtype: str = "BF16", seed: in
     arch, tokenizer_kind, extra = FAMILIES[family]
     written = write_tokenizer(folder, tokenizer or tokenizer_kind)
     config: dict[str, Any] = {
-        "architectures": [arch], "model_type": family, "hidden_size": 64,
+        "architectures": [arch], "model_type": MODEL_TYPES.get(family, family), "hidden_size": 64,
         "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
         "vocab_size": written.vocab_size + 8,  # padded, as Qwen's and Phi-3's configs are

@@ -155,7 +155,8 @@ def _write_sentencepiece(folder: Path, vocab_size: int) -> Written:
     (folder / "tokenizer.model").write_bytes(model.getvalue())
     size = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
     config = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
-              "eos_token": "</s>", "chat_template": CHAT_TEMPLATE}  # fmt: skip
+              "eos_token": "</s>", "chat_template": CHAT_TEMPLATE,
+              "tokenizer_class": "LlamaTokenizer"}  # fmt: skip
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return Written(size, 1, 2)
 
