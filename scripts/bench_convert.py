@@ -2,7 +2,8 @@
 """Conversion, quantization and import against llama.cpp's own tools and the disk, same files,
 same run.
 
-  convert    a synthetic BF16 Llama checkpoint (--size-gb, random weights, a real tokenizer)
+  convert    a synthetic BF16 Llama checkpoint (--size-gb, random weights, a SentencePiece
+             tokenizer)
              to GGUF: localrun's converter (recipes.convert, what `create FROM ./folder` runs)
              against llama.cpp's convert_hf_to_gguf.py (from the llama-cpp-python sdist, run
              by --reference-python, which needs torch and transformers) and against `cp` of
@@ -51,7 +52,9 @@ HIDDEN, FFN, HEADS, KV_HEADS = 2048, 8192, 16, 8
 
 def write_big_checkpoint(folder: Path, size_gb: float) -> int:
     """A BF16 Llama checkpoint of about `size_gb`, one shard a layer; returns its bytes."""
-    written = write_tokenizer(folder, "llama3")
+    # SentencePiece's tokenizer.model: llama.cpp's converter reads it for every family (its BPE
+    # path knows only the tokenizers whose hash it lists).
+    written = write_tokenizer(folder, "sentencepiece")
     per_layer = 2 * (2 * HIDDEN * HIDDEN + 2 * HIDDEN * HIDDEN // 2 + 3 * HIDDEN * FFN)
     layers = max(1, round(size_gb * 1e9 / per_layer))
     config = {

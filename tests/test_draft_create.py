@@ -223,9 +223,7 @@ def test_vocabulary_differences_are_named(tiny_model: Path) -> None:
         f"token 300 is '▁\\x1b[31mred', not {tiny.tokens[300].decode()!r})"
     )
     # The first five ids are llama.cpp's to differ (special tokens); the count may differ by 128.
-    checks.vocabulary(
-        tiny, dataclasses.replace(tiny, tokens=[b"x", *tiny.tokens[1:]]), "b", "s"
-    )
+    checks.vocabulary(tiny, dataclasses.replace(tiny, tokens=[b"x", *tiny.tokens[1:]]), "b", "s")
     longer = dataclasses.replace(tiny, tokens=[*tiny.tokens, *(b"%d" % i for i in range(128))])
     checks.vocabulary(tiny, longer, "big", "small")
     much_longer = dataclasses.replace(longer, tokens=[*longer.tokens, b"one too many"])

@@ -161,8 +161,10 @@ def test_a_symlink_as_in_the_hugging_face_cache_links_its_target(
     assert _create(cli, snapshot, "hf", "./model.gguf", "--link")[0] == 0
     blob = home / "models" / "blobs" / _digest(users_file)
     assert os.path.samefile(blob, users_file)
-    how, path = (home / "models" / "links" / blob.name).read_text().splitlines()
+    how, path, stamp = (home / "models" / "links" / blob.name).read_text().splitlines()
     assert (how, path) == ("hard link", str(users_file.resolve()))
+    st = users_file.stat()  # what the original was: verify tells a file put in its place
+    assert stamp == f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}"
 
 
 def test_across_file_systems_it_copies_and_says_so(

@@ -102,9 +102,8 @@ def test_ollama_clients_create_with_quantize(live: LiveServer) -> None:
     import ollama
 
     client = ollama.Client(host=live.url, timeout=PATIENCE_S)
-    statuses = [
-        part.status for part in client.create("tiny-q", from_="tiny", quantize="q4_K_M", stream=True)
-    ]
+    parts = client.create("tiny-q", from_="tiny", quantize="q4_K_M", stream=True)
+    statuses = [part.status for part in parts]
     assert "quantizing F32 model to Q4_K_M" in statuses and statuses[-1] == "success"
     shown = client.show("tiny-q")
     assert shown.details is not None and shown.details.quantization_level == "Q4_K_M"

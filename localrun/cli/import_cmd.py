@@ -13,7 +13,8 @@ def import_(
     source: str = typer.Argument(
         ...,
         help="Where to look: ollama (OLLAMA_MODELS, else ~/.ollama/models), hf (the Hugging "
-        "Face cache), lmstudio (~/.lmstudio/models), or all.",
+        "Face cache), lmstudio (LM Studio's models folder, with its per-model settings), "
+        "llama.cpp (LLAMA_CACHE, else ~/.cache/llama.cpp), or all.",
     ),
     models: list[str] = typer.Argument(
         None, help="The models to import, by their name there (default: every one found)."
@@ -21,10 +22,11 @@ def import_(
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be imported; stop."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
-    """Import another runner's models in place: linked into the store, never copied or moved."""
-    from localrun.recipes import create as create_mod
+    """Import another runner's models in place: linked into the store, never copied or moved.
+
+    A model imported before is imported again: after its runner updated it (a new blob, a new
+    snapshot) the model points at the new files."""
     from localrun.sources import runners
-    from localrun.store import names
 
     if source not in runners.SOURCES:
         raise InvalidNameError(
@@ -41,7 +43,9 @@ def import_(
         )
     rows = [["NAME", "SIZE", "FROM", "STATUS"]]
     for f in chosen:
-        status = f"skipped: {f.problem}" if f.problem else "to import"
+        # The FROM column names the file already; "(skipped)" is what the status says.
+        problem = f.problem.removeprefix(f"{f.location}: ").removesuffix(" (skipped)")
+        status = f"skipped: {problem}" if f.problem else "to import"
         rows.append([f.name, human_size(f.size), str(f.location), status])
     if not quiet or dry_run:
         print(columns(rows) if chosen else f"no models found ({source})")
@@ -51,26 +55,21 @@ def import_(
     failed: list[tuple[str, LocalrunError]] = []
     for f in chosen:
         if f.modelfile is None:
+            if wanted:  # asked for by name: not importing it is a failure, not a listing
+                failed.append((f.name, ImportSourceError(f.problem)))
             continue
         progress = CreateProgress(quiet)
         try:
-            create_mod.create(
-                store,
-                names.parse(f.name),
-                f.modelfile,
-                f.location.parent,
-                report=progress,
-                expected=f.digests,
-                link=True,
-            )
+            runners.adopt(store, f, progress)
         except LocalrunError as exc:  # one bad model does not stop the others
             failed.append((f.name, exc))
         finally:
             progress.close()
     if failed:
         name, first = failed[0]
+        tried = sum(1 for f in chosen if f.modelfile is not None or wanted)
         raise ImportSourceError(
-            f"{len(failed)} of {len(chosen)} not imported; {name}: {first}",
+            f"{len(failed)} of {tried} not imported; {name}: {first}",
             hint=first.hint
             or "import the others by name, or pull this one again with the runner that made it",
         )

@@ -36,7 +36,7 @@ def pull(
             if not quiet:
                 print(f"'{ref.name}' is already in the store", flush=True)
             return
-        obtain.find(store, ref, progress)
+        obtain.find(store, ref, progress, others=False)  # a pull downloads, whatever is local
         if not quiet:
             print(f"success: '{ref.name}' is in the store", flush=True)
     finally:

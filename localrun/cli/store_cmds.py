@@ -326,7 +326,11 @@ def prune() -> None:
 
 
 def verify() -> None:
-    """Re-hash every blob in the store and report damaged models."""
+    """Re-hash every blob in the store and report damaged models.
+
+    A linked file's original that is gone or changed (another runner removed or updated it) is
+    a notice, exit 0: the store's content is intact. A hard-linked original edited in place is
+    damage, exit 1: the blob is that file."""
     store = open_store()
     bar = _VerifyBar()
     try:
@@ -343,6 +347,14 @@ def verify() -> None:
         print(f"missing: {digest} (used by {', '.join(models)})")
     for name in report.bad_manifests:
         print(f"damaged manifest: {name}")
+    for digest, (state, path, models) in sorted(report.drifted.items()):
+        used = f"used by {', '.join(models) or 'no model'}"
+        print(f"source {state}: {path} (linked as {digest}; {used}); the store keeps what it "
+              "linked")  # fmt: skip
+    if report.drifted:
+        print("notice: models whose source changed or went away are as they were; `localrun "
+              "import` (or `create --link`) again takes the new version, `localrun rm` frees "
+              "the space kept")  # fmt: skip
     if report.ok:
         print(f"verified {report.checked} blob{'s' if report.checked != 1 else ''}: all intact")
         return

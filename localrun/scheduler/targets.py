@@ -1,8 +1,9 @@
 """Which model a request names: its store name, manifest digest and what is known before loading.
 
 A name is resolved against the store. A catalog model not yet in the store (the packaged
-SmolLM2) is imported into it on first use, in a child process, so the server itself never
-imports gguf or numpy. Concurrent requests for one name share one lookup (and one import).
+SmolLM2), and another runner's model that LOCALRUN_OTHER_RUNNERS lists (sources.runners.Index),
+is imported into it on first use, in a child process, so the server itself never imports gguf
+or numpy. Concurrent requests for one name share one lookup (and one import).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from localrun import selfexec
 from localrun.errors import LocalrunError, ModelLoadError, ModelNotFoundError
 from localrun.hardware.fit import Footprint, footprint
+from localrun.sources.runners import Index
 from localrun.store import reference
 from localrun.store.models import Store
 from localrun.store.reference import Reference
@@ -57,10 +59,12 @@ class Resolver:
         self,
         store: Store,
         spawn: Callable[[Coroutine[Any, Any, Target]], asyncio.Task[Target]],
+        others: Index | None = None,
     ) -> None:
         """`spawn` runs a lookup as a task its owner cancels on close (an import in progress
-        then kills its child process)."""
+        then kills its child process); `others` lists other runners' models."""
         self.store = store
+        self.others = others if others is not None else Index()
         self._spawn = spawn
         self._pending: dict[str, asyncio.Future[Target]] = {}
 
@@ -79,10 +83,10 @@ class Resolver:
 
     async def _lookup(self, text: str) -> Target:
         ref = reference.resolve(text)
-        found = await asyncio.to_thread(read_target, self.store, ref)
+        found = await asyncio.to_thread(read_target, self.store, ref, self.others)
         if found is not None:
             return found
-        # A catalog model not yet in the store: import it from its package in a child
+        # A catalog model or another runner's not yet in the store: import it in a child
         # process (that reads the GGUF with the gguf package, which the server must not load).
         await import_model(self.store, str(ref.name))
         found = await asyncio.to_thread(read_target, self.store, ref)
@@ -96,8 +100,9 @@ def canonical(text: str) -> str:
     return str(reference.resolve(text).name)
 
 
-def read_target(store: Store, ref: Reference) -> Target | None:
-    """The stored model `ref` names; None for a catalog model still to be imported."""
+def read_target(store: Store, ref: Reference, others: Index | None = None) -> Target | None:
+    """The stored model `ref` names; None for a catalog model, or one of `others`, still to
+    be imported."""
     from localrun import model as model_mod
 
     name = ref.name
@@ -105,6 +110,8 @@ def read_target(store: Store, ref: Reference) -> Target | None:
         manifest = store.read_manifest(name)
     except ModelNotFoundError:
         if ref.hub is None and ref.entry is not None:
+            return None
+        if others is not None and others.named(str(name)) is not None:
             return None
         raise ModelNotFoundError(ref.text.strip()) from None
     model = model_mod.load(store, name, manifest)
@@ -124,8 +131,9 @@ def read_target(store: Store, ref: Reference) -> Target | None:
 
 
 async def import_model(store: Store, text: str) -> None:
-    """Import the catalog model `text` into `store` in a child process; its typed error, if
-    it reported one, else ModelLoadError (its stderr goes to the server log)."""
+    """Import the catalog model (or another runner's) `text` into `store` in a child process
+    (scheduler.importer, through sources.obtain); its typed error, if it reported one, else
+    ModelLoadError (its stderr goes to the server log)."""
     proc = await asyncio.create_subprocess_exec(
         *selfexec.command("localrun.scheduler.importer", str(store.root), text),
         stdin=asyncio.subprocess.DEVNULL,

@@ -9,7 +9,8 @@ reads JSON lines back:
 
     -> {"op": "create", "store": ROOT, "model": NAME, "modelfile": TEXT, "quantize"?: TYPE}
     -> {"op": "pull", "store": ROOT, "model": TEXT}
-    -> {"op": "import", "store": ROOT, "model": NAME}          (a catalog model, no hubs)
+    -> {"op": "import", "store": ROOT, "model": NAME}          (a catalog model or another
+                                                                runner's, no hubs)
     <- {"event": "progress", "status": ..., "digest"?, "completed"?, "total"?}   (any number)
     <- {"event": "done", "digest": "sha256:..."}  or  {"event": "error", "error": {...}}
 
@@ -135,7 +136,7 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     if op == "pull":
         if ref.hub is not None:
             return pull.pull(store, ref.hub, report=report)
-        obtain.find(store, ref, report, pull_missing=True)
+        obtain.find(store, ref, report, pull_missing=True, others=False)  # a pull downloads
         return ""
     if op == "create":
         parsed = modelfile.parse(str(request["modelfile"]))

@@ -79,14 +79,19 @@ def details_of(details: dict[str, Any], parent: str | None = None) -> dict[str, 
 
 
 async def local_model(request: Request, text: str) -> ModelName:
-    """The store name of a model that must be local (a catalog model is imported first)."""
-    store = core.context(request).store
+    """The store name of a model that must be local (a catalog model, or another runner's
+    that LOCALRUN_OTHER_RUNNERS lists, is imported first)."""
+    ctx = core.context(request)
     ref = reference.resolve(text)
     name = ref.name
-    if store.exists(name):
+    if ctx.store.exists(name):
         return name
-    if ref.hub is None and ref.entry is not None:
-        await jobs.run_to_end({"op": "import", "store": str(store.root), "model": str(name)})
+    packaged = ref.hub is None and ref.entry is not None
+    if (
+        packaged
+        or await anyio.to_thread.run_sync(ctx.scheduler.others.named, str(name)) is not None
+    ):
+        await jobs.run_to_end({"op": "import", "store": str(ctx.store.root), "model": str(name)})
         return name
     raise ModelNotFoundError(str(name))
 
@@ -131,6 +136,13 @@ async def tags(request: Request) -> Response:
     ctx = core.context(request)
     local = await anyio.to_thread.run_sync(_tags, ctx.store)
     names = {m["name"] for m in local}
+    # Other runners' models (LOCALRUN_OTHER_RUNNERS), imported in place on first use.
+    for other in await anyio.to_thread.run_sync(ctx.scheduler.others.models):
+        if other.name not in names:
+            names.add(other.name)
+            local.append({"name": other.name, "model": other.name, "size": other.size,
+                          "modified_at": _iso(other.modified), "digest": "",
+                          "details": details_of({"quantization": other.quantization})})  # fmt: skip
     remote = [
         {
             "name": m.name,

@@ -482,9 +482,22 @@ def _remote_listed(request: Request, local: list[dict[str, Any]]) -> list[dict[s
     ]
 
 
+async def _local(request: Request) -> list[dict[str, Any]]:
+    """The store's models, then other runners' it does not hold (LOCALRUN_OTHER_RUNNERS),
+    owned by their runner."""
+    ctx = core.context(request)
+    local = await anyio.to_thread.run_sync(_listed, ctx.store)
+    names = {m["id"] for m in local}
+    for other in await anyio.to_thread.run_sync(ctx.scheduler.others.models):
+        if other.name not in names:
+            names.add(other.name)
+            local.append({"id": other.name, "object": "model", "created": int(other.modified),
+                          "owned_by": other.source})  # fmt: skip
+    return local
+
+
 async def models(request: Request) -> Response:
-    store = core.context(request).store
-    local = await anyio.to_thread.run_sync(_listed, store)
+    local = await _local(request)
     return JSONResponse({"object": "list", "data": local + _remote_listed(request, local)})
 
 
@@ -492,8 +505,7 @@ async def model(request: Request) -> Response:
     from localrun.store import reference
 
     text = request.path_params["model"]
-    store = core.context(request).store
-    local = await anyio.to_thread.run_sync(_listed, store)
+    local = await _local(request)
     for shown in _remote_listed(request, local):
         if shown["id"] == text:
             return JSONResponse(shown)

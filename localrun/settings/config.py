@@ -180,6 +180,14 @@ _GENERAL: dict[str, Setting] = {
             lambda: 30.0,
         ),
         Setting(
+            "LOCALRUN_OTHER_RUNNERS",
+            "Other runners' models that `serve` lists beside the store's and that a first use "
+            "imports in place (linked, as `localrun import` does): 1 for all, or some of "
+            "ollama, hf, lmstudio, llama.cpp (comma-separated); 0 for none.",
+            parse.parse_runners,
+            lambda: (),
+        ),
+        Setting(
             "LOCALRUN_CPU_REPACK",
             "Whether llama.cpp repacks weights for the CPU's fastest kernels: on, off, or auto "
             "(on, except on CPUs with AMX, whose llama.cpp kernels crash: llama.cpp#20824).",
@@ -303,6 +311,10 @@ def upstream_eject_after() -> int:
 
 def upstream_cooldown() -> float:
     return SETTINGS["LOCALRUN_UPSTREAM_COOLDOWN"].value()  # type: ignore[no-any-return]
+
+
+def other_runners() -> tuple[str, ...]:
+    return SETTINGS["LOCALRUN_OTHER_RUNNERS"].value()  # type: ignore[no-any-return]
 
 
 def cpu_repack() -> str:

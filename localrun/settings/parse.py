@@ -21,6 +21,26 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected a boolean (1/0, true/false), got {text!r}")
 
 
+# The other runners whose models `serve` may list (sources.runners.SOURCES, less "all").
+RUNNERS = ("ollama", "hf", "lmstudio", "llama.cpp")
+
+
+def parse_runners(text: str) -> tuple[str, ...]:
+    """Which other runners' models to list: none (0, off, unset), all (1, on, all) or names."""
+    value = text.strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return ()
+    if value in ("1", "true", "yes", "on", "all"):
+        return RUNNERS
+    chosen = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    unknown = [part for part in chosen if part not in RUNNERS]
+    if unknown:
+        raise ValueError(
+            f"unknown runner {unknown[0]!r}: expected 1, 0, or some of {', '.join(RUNNERS)}"
+        )
+    return chosen
+
+
 def parse_path(text: str) -> Path:
     if not text.strip():
         raise ValueError("expected a path, got an empty value")

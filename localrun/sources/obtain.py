@@ -1,6 +1,7 @@
 """A resolved Reference's manifest: the store answers, or a source fetches the model first.
 
-    find(store, ref)   the manifest of what `ref` names; a catalog model an installed package
+    find(store, ref)   the manifest of what `ref` names; another runner's model of that name
+                       (with LOCALRUN_OTHER_RUNNERS) or a catalog model an installed package
                        ships is imported on first use (verified by sha256, once), a hub
                        reference or a catalog model with a hub source is pulled (with
                        `pull_missing`, as `localrun run` does)
@@ -18,7 +19,8 @@ from localrun import selfexec
 from localrun.errors import LocalrunError, ModelNotFoundError
 from localrun.recipes import create
 from localrun.recipes.modelfile import Modelfile
-from localrun.sources import pull
+from localrun.sources import pull, runners
+from localrun.sources.found import Found
 from localrun.store import catalog, reference
 from localrun.store.manifest import Manifest
 from localrun.store.models import Store
@@ -32,17 +34,26 @@ def find(
     report: create.Reporter | None = None,
     *,
     pull_missing: bool = True,
+    others: bool = True,
 ) -> Manifest:
     """The manifest of the model `ref` names, fetched first where it must be.
 
-    A catalog model shipped in an installed package is imported whatever `pull_missing` says;
-    a hub reference, or a catalog model only a hub has, is pulled only with it.
+    Another runner's model (sources.runners.named; not with `others` False, as `pull` asks) is
+    imported in place, and a catalog model shipped in an installed package imported, whatever
+    `pull_missing` says; a hub reference, or a catalog model only a hub has, is pulled only
+    with it.
     """
+    found: Found | None = None
     try:
         return store.read_manifest(ref.name)
     except ModelNotFoundError:
-        if ref.entry is None and (ref.hub is None or not pull_missing):
+        # Another runner's copy on this machine (LOCALRUN_OTHER_RUNNERS) before any download.
+        found = runners.named(str(ref.name)) if others else None
+        if found is None and ref.entry is None and (ref.hub is None or not pull_missing):
             raise
+    if found is not None:
+        runners.adopt(store, found, report or (lambda _: None))
+        return store.read_manifest(ref.name)
     if ref.hub is not None:
         pull.pull(store, ref.hub, report=report or (lambda _: None))
         return store.read_manifest(ref.name)

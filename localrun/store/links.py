@@ -12,7 +12,16 @@ cache should not need 40 GB more). In order of preference:
 - where neither works (another file system, a file system without links), a copy, said so.
 
 Removing a model unlinks the store's name for the file only: the user's original is never
-deleted. A link record (links/sha256-<hex>: the original's path) lives as long as its blob.
+deleted. A link record (links/sha256-<hex>: how, the original's path, and the original's
+identity then: device, inode, size, mtime) lives as long as its blob.
+
+`drifted` tells `verify` when the original moved on while the blob did not: gone from its path
+(another runner deleted it: `ollama rm`, a pull that replaced it and pruned the old blob), or a
+different file or different content there now (a re-download renamed over it; a reflink's
+original edited). The store's content is intact either way, so this is a notice, not damage:
+a hard link keeps the data (and its space) until no model uses the blob, and importing or
+creating the model again takes the new file. A hard-linked original edited in place is the
+blob edited: that is damage, which hashing finds.
 """
 
 from __future__ import annotations
@@ -85,10 +94,15 @@ def link(fd: int, source: Path, target: Path, digest: str, before: os.stat_resul
 
 
 def record(links: Path, blob_name: str, source: Path, how: str) -> None:
-    """Remember which file of the user's a blob is linked to."""
+    """Remember which file of the user's a blob is linked to, and what that file was."""
     links.mkdir(exist_ok=True)
-    text = f"{how}\n{source.resolve()}\n"
-    write_atomic(links / blob_name, [text.encode()], sync_dir=False)
+    real = source.resolve()
+    try:
+        st = os.stat(real)
+        stamp = f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}\n"
+    except OSError:  # gone already: `verify` will say so by the path alone
+        stamp = ""
+    write_atomic(links / blob_name, [f"{how}\n{real}\n{stamp}".encode()], sync_dir=False)
 
 
 def recorded(links: Path, blob_name: str) -> tuple[str, str] | None:
@@ -105,6 +119,40 @@ def original(links: Path, blob_name: str) -> str | None:
     edit of the other), or None for a blob of the store's own (copied, or a reflink)."""
     found = recorded(links, blob_name)
     return found[1] if found is not None and found[0] == "hard link" else None
+
+
+def drifted(links: Path, blob: Path) -> tuple[str, str] | None:
+    """("gone", path) when the user's file `blob` was linked from is no longer at its path,
+    ("changed", path) when another file or other content is; None while it is the file that
+    was linked, or where no record says (a blob of the store's own)."""
+    try:
+        lines = (links / blob.name).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(lines) < 2:
+        return None
+    how, path = lines[0], lines[1]
+    try:
+        now = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "gone", path
+    except OSError:  # unreadable: nothing to tell
+        return None
+    if how == "hard link":  # the same file, or not: its inode says
+        try:
+            mine = os.stat(blob)
+        except OSError:
+            return None
+        same = (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+        return None if same else ("changed", path)
+    try:  # a reflink: a file of its own, compared with what the original was when linked
+        then = tuple(int(x) for x in lines[2].split()) if len(lines) > 2 else ()
+    except ValueError:
+        return None
+    if len(then) != 4:  # recorded before records kept it
+        return None
+    same = then == (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns)
+    return None if same else ("changed", path)
 
 
 def forget_missing(links: Path, blobs: Path) -> None:

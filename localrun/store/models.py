@@ -84,6 +84,9 @@ class VerifyReport:
     bad_manifests: list[str] = field(default_factory=list)
     # digest -> the user's file it is hard-linked to (create --link), edited in place since
     edited: dict[str, str] = field(default_factory=dict)
+    # digest -> ("gone" or "changed", the user's file it was linked from, models using it):
+    # the blob is intact, its original moved on (store.links.drifted); a notice, not damage
+    drifted: dict[str, tuple[str, str, list[str]]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -561,6 +564,9 @@ class Store:
                 found = links.recorded(self.root / "links", path.name)
                 if found is not None and found[0] == "hard link":
                     report.edited[digest] = found[1]
+            elif digest in users and (drift := links.drifted(self.root / "links", path)):
+                # An unused blob is prune's: an old version left by a re-import says nothing.
+                report.drifted[digest] = (*drift, users[digest])
         for digest, models in users.items():
             if digest not in present:
                 report.missing[digest] = models
