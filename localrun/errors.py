@@ -178,6 +178,14 @@ class ImportSourceError(FileError):
 class CheckpointError(FileError):
     code = "invalid_checkpoint"
 
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(
+            message,
+            hint=hint
+            or "FROM takes a checkpoint folder as save_pretrained writes it (config.json, the "
+            "tokenizer files, *.safetensors), ADAPTER one as PEFT writes it",
+        )
+
 
 class HubError(LocalrunError):
     code = "hub_error"

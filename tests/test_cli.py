@@ -271,7 +271,9 @@ def test_from_refuses_devices_dirs_and_fifos_at_once(cli: CLI, project: Path, ta
     start = time.monotonic()
     result = cli("create", "x", "-f", str(mf), timeout=30)
     assert time.monotonic() - start < 20
-    assert_one_line_error(result, "not a GGUF file")
+    # A folder may be a safetensors checkpoint: one without config.json is said to be neither.
+    said = "a folder without config.json" if target == "{project}" else "not a GGUF file"
+    assert_one_line_error(result, said)
 
 
 def test_from_missing_file(cli: CLI, project: Path) -> None:

@@ -151,7 +151,7 @@ def test_a_quantized_conversion_stays_close(
     _close(_logits(_llama(small), ids), reference_logits(ck, ids), 0.05)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "phi3"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_a_peft_adapter_converts_to_the_merged_models_logits(
     family: str, tmp_path: Path, checkpoints: dict[str, Checkpoint], converted: dict[str, Path]
 ) -> None:
@@ -228,12 +228,19 @@ def _first_matrix(header: dict[str, Any]) -> dict[str, Any]:
     return header["model.layers.0.self_attn.q_proj.weight"]  # type: ignore[no-any-return]
 
 
+def _overlap(header: dict[str, Any]) -> None:
+    start = header["model.layers.0.self_attn.k_proj.weight"]["data_offsets"][0]
+    first = _first_matrix(header)
+    first["data_offsets"] = [start, start + first["data_offsets"][1] - first["data_offsets"][0]]
+
+
 HOSTILE = {
     "a shape of 10^12 elements": (
         lambda h: _first_matrix(h).update(shape=[1_000_000, 1_000_000]), "claims shape"),
     "bytes outside the file": (
         lambda h: _first_matrix(h).update(data_offsets=[0, 1 << 40]), "outside the file"),
     "a quantized dtype": (lambda h: _first_matrix(h).update(dtype="F8_E4M3"), "F8_E4M3"),
+    "two tensors on the same bytes": (_overlap, "overlap"),
 }  # fmt: skip
 
 
@@ -245,6 +252,45 @@ def test_a_hostile_safetensors_header_is_refused(
     change, said = HOSTILE[case]
     _rewrite_header(folder / "model.safetensors", change)
     with pytest.raises(CheckpointError, match=said):
+        convert.checkpoint(folder, tmp_path / "out.gguf")
+
+
+def test_a_header_longer_than_its_file_or_an_index_leaving_the_folder_is_refused(
+    tmp_path: Path, checkpoints: dict[str, Checkpoint]
+) -> None:
+    folder = _copy(checkpoints["llama"], tmp_path)
+    (folder / "model.safetensors").write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        convert.checkpoint(folder, tmp_path / "out.gguf")
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"model.norm.weight": "../../etc/passwd.safetensors"}})
+    )
+    with pytest.raises(CheckpointError, match="outside the folder"):
+        convert.checkpoint(folder, tmp_path / "out.gguf")
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"num_hidden_layers": 10**9}, "not a count"),
+        ({"num_hidden_layers": 3}, "config.json says 3 layers, the checkpoint holds 2"),
+        ({"vocab_size": 10**6}, "vocab_size is 1000000, the token embedding has"),
+        ({"hidden_size": "64"}, "not a count"),
+        ({"num_attention_heads": 3}, "do not divide"),
+        ({"rms_norm_eps": None}, "no rms_norm_eps"),
+    ],
+)
+def test_a_hostile_config_is_refused_before_anything_is_sized_by_it(
+    tmp_path: Path, checkpoints: dict[str, Checkpoint], change: dict[str, Any], said: str
+) -> None:
+    folder = _copy(checkpoints["llama"], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(CheckpointError, match=said):
+        convert.checkpoint(folder, tmp_path / "out.gguf")
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
         convert.checkpoint(folder, tmp_path / "out.gguf")
 
 
@@ -288,6 +334,13 @@ def test_an_adapter_for_another_model_is_refused(
     write_adapter(tmp_path / "for-llama", checkpoints["llama"])
     with pytest.raises(CheckpointError, match="base model"):
         lora.adapter(tmp_path / "for-llama", converted["phi3"], tmp_path / "out.gguf")
+    # The same architecture, another width: every matrix's shape is checked against the base's.
+    wide = write_checkpoint(tmp_path / "wide", "phi3", seed=3)
+    config = json.loads((wide.folder / "config.json").read_text())
+    narrow = {k: v[:, :32] if v.ndim == 2 and v.shape[1] == 64 else v for k, v in wide.weights.items()}  # fmt: skip
+    write_adapter(tmp_path / "narrow", Checkpoint(wide.folder, "phi3", config, narrow))
+    with pytest.raises(CheckpointError, match="matrix; the base model's"):
+        lora.adapter(tmp_path / "narrow", converted["phi3"], tmp_path / "out.gguf")
     dora = tmp_path / "dora"
     write_adapter(dora, checkpoints["llama"])
     settings = json.loads((dora / "adapter_config.json").read_text())

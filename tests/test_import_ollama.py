@@ -62,6 +62,12 @@ def ollama_store(tmp_path: Path, tiny_model: Path) -> Path:
             50,
         ),
     ]
+    messages = json.dumps([{"role": "user", "content": "Who keeps the light?"},
+                           {"role": "assistant", "content": "I do."}, {"role": "user"}]).encode()  # fmt: skip
+    layers += [
+        ("messages", _blob(root, messages), len(messages)),
+        ("license", _blob(root, b"The lighthouse license"), 22),
+    ]
     _manifest(root, "keeper:latest", layers)
     _manifest(root, "someone/keeper:v2", layers[:1])
     return root
@@ -80,6 +86,8 @@ def test_import_lists_imports_and_keeps_the_originals(cli: CLI, ollama_store: Pa
     assert CHATML.strip() in shown.stdout  # Ollama's Go template, as it was
     assert "You are a lighthouse keeper." in shown.stdout
     assert "temperature 0.2" in shown.stdout and "<|im_end|>" in shown.stdout
+    assert "MESSAGE user Who keeps the light?" in shown.stdout  # a message without content: left
+    assert "The lighthouse license" in shown.stdout
     # Linked, not copied: the store's blob is Ollama's file under a second name.
     blobs = sorted((ollama_store / "blobs").iterdir())
     assert all(b.stat().st_nlink >= 1 for b in blobs)
@@ -112,6 +120,15 @@ def test_a_hostile_or_half_downloaded_store_is_refused_in_one_line(
         root / "blobs" / ("sha256-" + good[7:]), root / "blobs" / ("sha256-" + "cd" * 32)
     )
     _manifest(root, "liar:latest", [("model", liar, len(gguf))])
+    # A system prompt whose content is not its digest, and one that links to a user's file.
+    fake_system = "sha256:" + "ee" * 32
+    (root / "blobs" / ("sha256-" + "ee" * 32)).write_bytes(b"not what the digest says")
+    _manifest(root, "wrongtext:latest", [("model", good, len(gguf)), ("system", fake_system, 24)])
+    secret = root.parent / "secret.txt"
+    secret.write_text("a private key")
+    linked = "sha256:" + "ff" * 32
+    (root / "blobs" / ("sha256-" + "ff" * 32)).symlink_to(secret)
+    _manifest(root, "linked:latest", [("model", good, len(gguf)), ("system", linked, 13)])
     env = {"OLLAMA_MODELS": str(root)}
     listed = cli("import", "ollama", "--dry-run", env=env)
     assert listed.code == 0, listed.stderr
@@ -119,6 +136,8 @@ def test_a_hostile_or_half_downloaded_store_is_refused_in_one_line(
     assert "no valid digest" in lines["escape:latest"]
     assert "still downloading" in lines["partial:latest"]
     assert "to import" in lines["liar:latest"]
+    assert "its content is not" in lines["wrongtext:latest"]
+    assert "is a link" in lines["linked:latest"]
     bad = cli("import", "ollama", "liar", env=env)
     assert_one_line_error(bad, "liar:latest")
     assert "liar" not in cli("list").stdout  # nothing half imported

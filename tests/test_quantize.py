@@ -47,6 +47,28 @@ def test_create_quantizes_an_f32_model(
 
 
 @pytest.mark.model
+@pytest.mark.parametrize("kind", ["q8_0", "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q4_0"])
+def test_every_type_the_issue_names_quantizes_and_loads(
+    tmp_path: Path, tiny_model: Path, kind: str
+) -> None:
+    """Each type from F32 and from F16 (k-quants on rows narrower than 256 take llama.cpp's
+    fallback, as llama-quantize does); the result loads and answers."""
+    import llama_cpp
+
+    from localrun.engine import quantize
+
+    half = tmp_path / "f16.gguf"
+    quantize.quantize(tiny_model, half, "f16")
+    assert scan.inspect(half).quantization == "F16"
+    for source in (tiny_model, half):
+        out = tmp_path / f"{source.stem}-{kind}.gguf"
+        quantize.quantize(source, out, kind)
+        assert scan.inspect(out).quantization == kind.upper()
+        model = llama_cpp.Llama(str(out), n_ctx=64, verbose=False)
+        assert model.create_completion("Hello", max_tokens=2)["choices"]
+
+
+@pytest.mark.model
 def test_a_stored_model_is_quantized_under_a_new_name(
     cli: CLI, tmp_path: Path, tiny_model: Path, home: Path
 ) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from localrun.errors import InvalidParameterError, ModelLoadError
+from localrun.errors import DiskFullError, InvalidParameterError, ModelLoadError
 from localrun.recipes.create import Quantize
 
 # The types `create --quantize` takes, by the names Ollama and llama-quantize use: llama.cpp's
@@ -37,6 +38,9 @@ TYPES: dict[str, tuple[str, float]] = {
     "f16": ("LLAMA_FTYPE_MOSTLY_F16", 16.0),
     "bf16": ("LLAMA_FTYPE_MOSTLY_BF16", 16.0),
 }
+
+
+_LOW_DISK = 64 << 20  # bytes free under which a failed quantization is taken for a full disk
 
 
 def check_type(kind: str) -> str:
@@ -88,6 +92,11 @@ def quantize(
         if progress is not None and target.exists():
             progress(target.stat().st_size)
     if not result or result[0] != 0:
+        if shutil.disk_usage(target.parent).free < _LOW_DISK:
+            raise DiskFullError(
+                f"no space left to quantize {source.name} to {kind}",
+                hint="free some disk space (`localrun prune` removes unused blobs)",
+            )
         raise ModelLoadError(
             f"llama.cpp could not quantize {source.name} to {kind}: {weights_mod.last_log_error()}",
             hint="check that the file is a complete F32, F16 or BF16 model, and the disk space",

@@ -40,6 +40,54 @@ class Architecture:
     defaults: Config = field(default_factory=dict)  # config.json fields it may leave out
 
 
+# config.json's numbers, checked once where they enter (`of`): each a positive integer in a
+# range real models have. Out of range, one would size tables and lists (a hostile
+# num_hidden_layers of 10^9 builds a tensor-name map that size) or divide by zero.
+_COUNTS = {
+    "hidden_size": 1 << 17, "intermediate_size": 1 << 20, "num_hidden_layers": 4096,
+    "num_attention_heads": 4096, "num_key_value_heads": 4096, "head_dim": 4096,
+    "vocab_size": 1 << 23, "max_position_embeddings": 1 << 27,
+    "original_max_position_embeddings": 1 << 27, "sliding_window": 1 << 27,
+}  # fmt: skip
+_NUMBERS = (
+    "rms_norm_eps", "rope_theta", "rope_local_base_freq", "partial_rotary_factor",
+    "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar",
+)  # fmt: skip
+_REQUIRED = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "rms_norm_eps",
+)
+
+
+def _validate(config: Config, where: str) -> None:
+    for key in _REQUIRED:
+        need(config, key)
+    for key, most in _COUNTS.items():
+        value = config.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= most
+        ):
+            raise CheckpointError(
+                f"{where}/config.json: {key} is {value!r:.40}, not a count from 1 to {most}"
+            )
+    for key in _NUMBERS:
+        value = config.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not math.isfinite(value) or value <= 0):  # fmt: skip
+            raise CheckpointError(f"{where}/config.json: {key} is {value!r:.40}, not a number")
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    dim = config.get("head_dim") or config["hidden_size"] // heads
+    if heads % kv or dim % 2 or (config.get("head_dim") is None and config["hidden_size"] % heads):
+        raise CheckpointError(
+            f"{where}/config.json: {heads} heads, {kv} key-value heads and a head of {dim} do "
+            "not divide the model"
+        )
+
+
 def need(config: Config, *keys: str) -> Any:
     """The first of `keys` config.json has; CheckpointError naming them if none."""
     for key in keys:
@@ -240,6 +288,7 @@ def of(config: Config, where: str) -> tuple[Architecture, Config]:
     row = ARCHITECTURES[name]
     text = config.get("text_config")
     merged = {**row.defaults, **config, **(text if isinstance(text, dict) else {})}
+    _validate(merged, where)
     quantized = merged.get("quantization_config")
     if quantized:
         method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ def checkpoint(folder: Path, target: Path, progress: Progress | None = None) -> 
     """Write the GGUF of checkpoint `folder` to `target` (a new file)."""
     row, config = architectures.of(read_json(folder / "config.json", "checkpoint"), str(folder))
     found = tensors(shard_files(folder, "model"))
-    vocab = tokenizer.read(folder, _int(config.get("vocab_size")))
+    rows = _check_counts(config, found, folder)
+    vocab = tokenizer.read(folder, rows)
     plan = _plan(row, config, found, len(vocab.tokens), folder)
     source_type = next((t.dtype for _, t in plan if len(t.shape) == 2), "F16")
     matrices = BF16 if source_type == "BF16" else F16
@@ -99,8 +101,31 @@ def write_streamed(
             progress(done, total)
 
 
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+def _check_counts(config: Config, found: dict[str, Tensor], folder: Path) -> int:
+    """The embedding's rows (the vocabulary's size), config.json's layer and token counts held
+    against the tensors the files hold before anything is sized by them."""
+    text = {n.replace("language_model.", ""): t for n, t in found.items()}
+    text = {n: t for n, t in text.items() if not n.startswith(_NOT_TEXT)}
+    layers = {int(m.group(1)) for n in text if (m := re.search(r"\.layers\.(\d+)\.", n))}
+    blocks = int(config["num_hidden_layers"])
+    if layers and max(layers) + 1 != blocks:
+        raise CheckpointError(
+            f"{folder}: config.json says {blocks} layers, the checkpoint holds {max(layers) + 1}",
+            hint="the checkpoint and its config.json must be the same model's",
+        )
+    embedding = text.get("model.embed_tokens.weight")
+    if embedding is None or len(embedding.shape) != 2:
+        raise CheckpointError(
+            f"{folder}: the checkpoint has no token embedding (model.embed_tokens)"
+        )
+    rows = embedding.shape[0]
+    if config.get("vocab_size") not in (None, rows):
+        raise CheckpointError(
+            f"{folder}: config.json's vocab_size is {config['vocab_size']}, the token embedding "
+            f"has {rows} rows",
+            hint="the checkpoint and its config.json must be the same model's",
+        )
+    return int(rows)
 
 
 def _plan(row: Architecture, config: Config, found: dict[str, Tensor], n_vocab: int,

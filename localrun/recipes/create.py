@@ -10,6 +10,7 @@ temporary files that `localrun prune` (or the next command that writes) removes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 
 from localrun.errors import (
     CheckpointError,
+    DiskFullError,
     FileNotFoundError_,
     InvalidGGUFError,
     MissingBlobError,
@@ -215,8 +217,9 @@ class _Builder:
         return None, list(base.layers), config
 
     def _stored_path(self, layers: list[Layer]) -> Path | None:
+        """A stored model's file, None where it is split in several (or has none)."""
         parts = [layer for layer in layers if layer.kind == "model"]
-        return self.store.blob_path(parts[0].digest) if parts else None
+        return self.store.blob_path(parts[0].digest) if len(parts) == 1 else None
 
     def _stored_model(self, layers: list[Layer], shown: str) -> _Opened:
         """A stored model's model file, opened as a file the Modelfile named."""
@@ -246,7 +249,9 @@ class _Builder:
         def progress(done: int) -> None:
             self.report(Event(status, completed=min(done, total), total=total))
 
-        quantize.run(model.path, target, quantize.kind, progress)
+        # llama.cpp opens by name: the descriptor that was validated, where the system names one.
+        source = Path(f"/proc/self/fd/{model.fd}")
+        quantize.run(source if source.exists() else model.path, target, quantize.kind, progress)
         progress(total)
         before, after = model.info.size, target.stat().st_size
         self.report(Event(f"quantized {have} -> {kind}: {_size(before)} -> {_size(after)} "
@@ -355,12 +360,27 @@ class _Builder:
         def progress(done: int, total: int) -> None:
             self.report(Event(status, completed=done, total=total))
 
-        if kind == "model":
-            convert.checkpoint(folder, target, progress)
-        elif self.base_file is None:
-            raise CheckpointError(f"ADAPTER {value}: no base model to convert it for")
-        else:
-            lora.adapter(folder, self.base_file, target, progress)
+        try:
+            if kind == "model":
+                convert.checkpoint(folder, target, progress)
+            elif self.base_file is None:
+                raise CheckpointError(
+                    f"ADAPTER {value}: the base model is split into several files; an adapter "
+                    "folder is converted for a model in one file",
+                    hint="convert the adapter for the model's one-file GGUF",
+                )
+            else:
+                lora.adapter(folder, self.base_file, target, progress)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise DiskFullError(
+                    f"no space left to convert {value}",
+                    hint="free some disk space (`localrun prune` removes unused blobs)",
+                ) from exc
+            raise CheckpointError(f"{keyword} {value}: {exc.strerror or exc}") from exc
+        except _UNFORESEEN as exc:
+            # What no check foresaw in a folder that is the user's input: still one line.
+            raise CheckpointError(f"{keyword} {value}: cannot be converted ({exc!r:.200})") from exc
         return target
 
     def _store_file(self, item: _Opened) -> Layer:
@@ -442,6 +462,8 @@ class _Builder:
         return json.loads(self.store.read_blob(found[-1].digest))
 
 
+# What a conversion may raise on a folder no check foresaw (the folder is the user's input).
+_UNFORESEEN = (KeyError, ValueError, TypeError, IndexError, AttributeError, ZeroDivisionError)
 _ORDER = {kind: index for index, kind in enumerate(MEDIA_TYPES)}
 
 

@@ -25,9 +25,8 @@ import numpy as np
 from localrun.errors import CheckpointError
 from localrun.recipes import architectures
 from localrun.recipes.checkpoint import Tensor, read_json, shard_files, tensors
-from localrun.recipes.convert import F32, write_streamed
+from localrun.recipes.convert import F32, Progress, write_streamed
 
-Progress = Callable[[int, int], None]
 _LORA = re.compile(
     r"(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?"
 )
@@ -58,9 +57,10 @@ def adapter(folder: Path, base: Path, target: Path, progress: Progress | None = 
     arch = str(_field(reader, "general.architecture") or "")
     row = next((r for r in architectures.ARCHITECTURES.values() if r.name == arch), None)
     if row is None:
+        known = sorted({r.name for r in architectures.ARCHITECTURES.values()})
         raise CheckpointError(
             f"{folder}: the base model is {arch or 'of no known architecture'}; localrun converts "
-            "adapters for llama, qwen2, qwen3, gemma2, gemma3 and phi3 models",
+            f"adapters for {', '.join(known)} models",
         )
     blocks = int(_field(reader, f"{arch}.block_count") or 0)
     heads = int(_field(reader, f"{arch}.attention.head_count") or 0)
@@ -139,8 +139,15 @@ def _scale(settings: dict[str, Any], module: str, rank: int) -> float:
     """PEFT's scale for a module: alpha / r, or alpha / sqrt(r) with rsLoRA, with the
     per-module patterns PEFT matches on the module's name."""
     alpha = float(settings["lora_alpha"])
-    for key, value in (settings.get("alpha_pattern") or {}).items():
-        if re.search(rf"(^|\.){key}$", module) and isinstance(value, (int, float)):
+    patterns = settings.get("alpha_pattern") or {}
+    for key, value in patterns.items() if isinstance(patterns, dict) else ():
+        try:  # PEFT's keys are regular expressions over the module's name
+            matched = re.search(rf"(^|\.){key}$", module) is not None
+        except re.error:
+            raise CheckpointError(
+                f"adapter_config.json: alpha_pattern {key!r:.60} is not a pattern"
+            ) from None
+        if matched and isinstance(value, (int, float)) and value > 0:
             alpha = float(value)
     return alpha / math.sqrt(rank) if settings.get("use_rslora") else alpha / rank
 

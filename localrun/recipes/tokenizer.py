@@ -64,9 +64,18 @@ class Vocabulary:
         writer.add_token_types(self.types)
         if self.add_space_prefix is not None:
             writer.add_add_space_prefix(self.add_space_prefix)
-        special = gguf.SpecialVocab(
-            folder, load_merges=self.model == "gpt2", n_vocab=len(self.tokens)
-        )
+        # gguf's SpecialVocab reads these with a bare json.load: each is read here first, bounded
+        # and checked, so that a damaged one is said in one line.
+        for name in ("tokenizer_config.json", "chat_template.json"):
+            found = read_json(folder / name, "tokenizer", required=False)
+            if found is not None and not isinstance(found, dict):
+                raise CheckpointError(f"{folder}/{name}: not a JSON object")
+        try:
+            special = gguf.SpecialVocab(
+                folder, load_merges=self.model == "gpt2", n_vocab=len(self.tokens)
+            )
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise CheckpointError(f"{folder}: its special tokens cannot be read ({exc})") from exc
         if self.model == "gpt2" and not special.merges:
             raise CheckpointError(f"{folder}/tokenizer.json: a BPE tokenizer without merges")
         special.add_to_gguf(writer, quiet=True)

@@ -22,6 +22,7 @@ downloaded (`-partial`) is skipped and said so.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -45,13 +46,16 @@ from localrun.sources.found import (
 
 OLLAMA = "application/vnd.ollama.image."
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_TEXT_KINDS = ("template", "system", "params", "messages", "license")
+MAX_TEXT_TOTAL = 16 << 20  # bytes: every text layer of one model together
 DEFAULT_HOST, DEFAULT_NAMESPACE = "registry.ollama.ai", "library"
 
 
 def root() -> Path:
     """Ollama's models folder: OLLAMA_MODELS, else ~/.ollama/models."""
     configured = os.environ.get("OLLAMA_MODELS")
-    return Path(configured).expanduser() if configured else Path.home() / ".ollama" / "models"
+    folder = Path(configured).expanduser() if configured else Path.home() / ".ollama" / "models"
+    return folder.absolute()  # a relative OLLAMA_MODELS names files from where we stand
 
 
 def models(folder: Path | None = None) -> list[Found]:
@@ -69,6 +73,10 @@ def models(folder: Path | None = None) -> list[Found]:
             found.append(refused(name, path, "ollama", str(exc)))
         except OSError as exc:  # a file that went away or cannot be read while we looked
             found.append(refused(name, path, "ollama", f"{path}: {exc.strerror}"))
+        except (KeyError, TypeError, ValueError) as exc:  # a shape no check foresaw
+            found.append(
+                refused(name, path, "ollama", f"{path}: not a manifest Ollama writes ({exc})")
+            )
     return found
 
 
@@ -110,6 +118,13 @@ def _read(folder: Path, path: Path, name: str) -> Found:
     found = by_kind.get("model", [])
     if len(found) != 1:
         raise ImportSourceError(f"{path}: {len(found)} model layers (one is imported)")
+    # The small layers become the model's text here, never hashed by create: each is checked
+    # against its digest now, and all of them together are bounded.
+    texts = [p for kind in _TEXT_KINDS for p in by_kind.get(kind, [])]
+    if sum(p.stat().st_size for p in texts) > MAX_TEXT_TOTAL:
+        raise ImportSourceError(f"{path}: its text layers hold more than {MAX_TEXT_TOTAL} bytes")
+    for text_path in texts:
+        _check_digest(text_path, digests[str(text_path)])
     modelfile = Modelfile(from_=str(found[0]))
     for text_path in by_kind.get("template", [])[:1]:
         modelfile.template = read_text(text_path)
@@ -133,6 +148,8 @@ def _blob(folder: Path, digest: Any, manifest: Path, index: int) -> Path:
     if match is None:
         raise ImportSourceError(f"{manifest}: layer {index} has no valid digest ({digest!r:.80})")
     blob = folder / "blobs" / f"sha256-{match.group(1)}"
+    if blob.is_symlink():  # Ollama writes files; a link could name any file of the user's
+        raise ImportSourceError(f"{manifest}: layer {index}'s blob {blob.name} is a link")
     if not blob.is_file():
         partial = next(iter(blob.parent.glob(blob.name + "-partial*")), None)
         if partial is not None:
@@ -161,7 +178,19 @@ def _messages(path: Path) -> list[Message]:
     if not isinstance(values, list):
         return []
     return [
-        Message(str(m["role"]), str(m["content"]))
+        Message(str(m["role"]), m["content"])
         for m in values
-        if isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+        if isinstance(m, dict)
+        and m.get("role") in ("system", "user", "assistant")
+        and isinstance(m.get("content"), str)
     ]
+
+
+def _check_digest(path: Path, digest: str) -> None:
+    """A small layer whose content is what its name says, or ImportSourceError."""
+    with path.open("rb") as handle:
+        actual = hashlib.sha256(handle.read(MAX_TEXT + 1)).hexdigest()
+    if f"sha256:{actual}" != digest:
+        raise ImportSourceError(
+            f"{path}: its content is not {digest} (the blob is damaged or was replaced)"
+        )

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from localrun.errors import ConfigError, ImportSourceError, InvalidNameError, LocalrunError
+from localrun.errors import ConfigError, ImportSourceError, InvalidNameError
 from localrun.gguf import scan
 from localrun.recipes import create
 from localrun.settings import config
@@ -63,7 +63,8 @@ def find(source: str) -> list[Found]:
     for name in list(_FINDERS) if source == "all" else [source]:
         try:
             found += _FINDERS[name]()
-        except (OSError, RecursionError) as exc:  # its folder cannot be read at all
+        except (OSError, RecursionError, KeyError, TypeError, ValueError) as exc:
+            # Its folder cannot be read at all, or holds what no check foresaw: one row says so.
             found.append(refused(name, _ROOTS[name](), name, f"cannot read its folder: {exc}"))
     unique: dict[str, Found] = {}
     for item in found:
@@ -211,7 +212,7 @@ def _scanned(source: str) -> list[Listed]:
     """What one source lists; whatever its folders hold, never an exception."""
     try:
         found = find(source)
-    except (LocalrunError, OSError, ValueError, RecursionError) as exc:
+    except Exception as exc:  # a route that lists models never fails for another's folder
         log.warning("cannot list %s's models: %s", source, exc)
         return []
     out = []
