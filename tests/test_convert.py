@@ -337,7 +337,9 @@ def test_an_adapter_for_another_model_is_refused(
     # The same architecture, another width: every matrix's shape is checked against the base's.
     wide = write_checkpoint(tmp_path / "wide", "phi3", seed=3)
     config = json.loads((wide.folder / "config.json").read_text())
-    narrow = {k: v[:, :32] if v.ndim == 2 and v.shape[1] == 64 else v for k, v in wide.weights.items()}  # fmt: skip
+    narrow = {
+        k: v[:, :32] if v.ndim == 2 and v.shape[1] == 64 else v for k, v in wide.weights.items()
+    }
     write_adapter(tmp_path / "narrow", Checkpoint(wide.folder, "phi3", config, narrow))
     with pytest.raises(CheckpointError, match="matrix; the base model's"):
         lora.adapter(tmp_path / "narrow", converted["phi3"], tmp_path / "out.gguf")

@@ -62,8 +62,12 @@ def ollama_store(tmp_path: Path, tiny_model: Path) -> Path:
             50,
         ),
     ]
-    messages = json.dumps([{"role": "user", "content": "Who keeps the light?"},
-                           {"role": "assistant", "content": "I do."}, {"role": "user"}]).encode()  # fmt: skip
+    said = [
+        {"role": "user", "content": "Who keeps the light?"},
+        {"role": "assistant", "content": "I do."},
+        {"role": "user"},
+    ]
+    messages = json.dumps(said).encode()
     layers += [
         ("messages", _blob(root, messages), len(messages)),
         ("license", _blob(root, b"The lighthouse license"), 22),
