@@ -30,37 +30,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 from benchlib.build import ensure_build
 from benchlib.common import Unavailable, say
+from benchlib.load import busy
 from benchlib.serve import Server, free_port
 from benchlib.store import served_env
 from benchlib.streams import localrun_stream
 
 PROMPT = "Write a long story about a lighthouse keeper, a storm and a lost ship."
 LOADS = (0, 1, 2)
-BUSY_LOOP = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:\n    pass\n"
-
-
-@contextmanager
-def busy(cores: int, max_s: float) -> Iterator[None]:
-    """`cores` processes that each keep one core busy until the block ends (or max_s)."""
-    loops = [
-        subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(s=max_s)]) for _ in range(cores)
-    ]
-    try:
-        time.sleep(0.5 if loops else 0)  # let the scheduler see them
-        yield
-    finally:
-        for loop in loops:
-            loop.kill()
-            loop.wait()
 
 
 def amx() -> bool:

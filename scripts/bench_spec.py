@@ -60,6 +60,7 @@ from typing import Any
 from benchlib import bound
 from benchlib.build import CUDA_HELP, DEFAULT_CACHE, OFFLOAD, build_for
 from benchlib.common import Unavailable, default_model, run_command, say
+from benchlib.load import busy
 from benchlib.serve import Server, free_port, localrun_serve, localrun_store
 from benchlib.store import localrun_cmd, prepare_localrun
 from benchlib.streams import llama_server_stream, request_json
@@ -115,6 +116,14 @@ def localrun_sample(port: int, model: str, prompt: str, speculate: str) -> Sampl
     )
 
 
+def _sample(stack: Any, prompt: str) -> Sample:
+    try:
+        sample: Sample = stack.measure(prompt)
+    except (OSError, http.client.HTTPException, RuntimeError, KeyError) as exc:
+        sample = Sample(error=f"{type(exc).__name__}: {exc}")
+    return sample
+
+
 def llama_server_with(build_dir: Path, model: Path, threads: int, spec: list[str]) -> Server:
     port = free_port()
     exe = build_dir / "bin" / "llama-server"
@@ -166,6 +175,10 @@ def decode_suite(
     logdir: Path,
     home: Path,
     draft: Path | None = None,
+    *,
+    busy_cores: int = 0,
+    workloads: tuple[str, ...] = tuple(WORKLOADS),
+    only_stacks: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     servers: list[Server] = []
     stacks: list[Stack] = []
@@ -214,20 +227,20 @@ def decode_suite(
                     lambda p, port=port: localrun_sample(port, drafted, p, "draft"),
                 )
             )
+        if only_stacks:
+            stacks = [s for s in stacks if s.name in only_stacks]
         # Warm up: load the model in every server, outside the measurement.
         for stack in stacks:
             stack.measure("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
         for r in range(rounds):
-            say(f"round {r + 1} of {rounds}")
+            load = f", {busy_cores} core(s) kept busy" if busy_cores else ""
+            say(f"round {r + 1} of {rounds}{load}")
             order = stacks[r % len(stacks) :] + stacks[: r % len(stacks)]
-            for workload, prompts in WORKLOADS.items():
-                for stack in order:
-                    for prompt in prompts:
-                        try:
-                            sample = stack.measure(prompt)
-                        except (OSError, http.client.HTTPException, RuntimeError, KeyError) as exc:
-                            sample = Sample(error=f"{type(exc).__name__}: {exc}")
-                        stack.samples.setdefault(workload, []).append(sample)
+            with busy(busy_cores, max_s=3600):
+                for workload in workloads:
+                    for stack in order:
+                        for prompt in WORKLOADS[workload]:
+                            stack.samples.setdefault(workload, []).append(_sample(stack, prompt))
     finally:
         for server in servers:
             server.stop()
@@ -297,6 +310,11 @@ def decode_report(stacks: list[Stack]) -> tuple[str, dict[str, Any]]:
                     total += 1
                     equal += a.text == b.text
         lines.append(f"  {fast}: {equal}/{total}")
+    lines += ["", "localrun auto against localrun off, the same server build (target >= 0.98x):"]
+    for workload in WORKLOADS:
+        on, off = figures[workload].get("localrun auto"), figures[workload].get("localrun off")
+        if on and off:
+            lines.append(f"  {workload}: {on / off:.2f}x")
     lines += ["", "Ratios of localrun auto (targets from the issue):"]
 
     def ratio(workload: str, ref: str) -> float | None:
@@ -454,6 +472,10 @@ def run(
     threads: int,
     only: tuple[str, ...],
     draft: Path | None = None,
+    busy_cores: int = 0,
+    workloads: tuple[str, ...] = tuple(WORKLOADS),
+    stacks: tuple[str, ...] = (),
+    with_bound: bool = True,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     report = []
@@ -461,26 +483,12 @@ def run(
         root = Path(tmp)
         if "decode" in only:
             decoded = decode_suite(
-                build_dir, model, threads, rounds, root, root / "home-decode", draft
-            )
+                build_dir, model, threads, rounds, root, root / "home-decode", draft,
+                busy_cores=busy_cores, workloads=workloads, only_stacks=stacks,
+            )  # fmt: skip
             text, figures = decode_report(decoded["stacks"])
-            # What any prompt-lookup drafter could reach here (after the servers are gone).
-            costs, found = bound.bounds(
-                model,
-                threads,
-                WORKLOADS,
-                SAMPLING,
-                n_predict=N_PREDICT,
-                n_ctx=CTX,
-                gpu_layers=99 if OFFLOAD else 0,
-            )
-            text += "\n\n" + bound.report(costs, found, 64)
-            for workload, f in found.items():
-                mine = figures[workload].get("localrun auto")
-                off = figures[workload].get("localrun off")
-                if mine and off:
-                    text += f"\n  {workload}: localrun auto measured {mine / off:.2f}x localrun off"
-                figures.setdefault("bound", {})[workload] = f["bound"]
+            if with_bound:  # what any prompt-lookup drafter could reach here (servers gone)
+                text += _bound_text(model, threads, workloads, figures)
             print(text + "\n", flush=True)
             report.append(text)
             out["decode"] = figures
@@ -490,6 +498,28 @@ def run(
             out["cache"] = cached
     out["report"] = "\n\n".join(report)
     return out
+
+
+def _bound_text(
+    model: Path, threads: int, workloads: tuple[str, ...], figures: dict[str, Any]
+) -> str:
+    costs, found = bound.bounds(
+        model,
+        threads,
+        {w: WORKLOADS[w] for w in workloads},
+        SAMPLING,
+        n_predict=N_PREDICT,
+        n_ctx=CTX,
+        gpu_layers=99 if OFFLOAD else 0,
+    )
+    text = "\n\n" + bound.report(costs, found, 64)
+    for workload, f in found.items():
+        mine = figures[workload].get("localrun auto")
+        off = figures[workload].get("localrun off")
+        if mine and off:
+            text += f"\n  {workload}: localrun auto measured {mine / off:.2f}x localrun off"
+        figures.setdefault("bound", {})[workload] = f["bound"]
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,6 +542,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--cuda", action="store_true", help=CUDA_HELP)
+    parser.add_argument("--busy", type=int, default=0, help="cores kept busy while decoding")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="which workloads")
+    parser.add_argument(
+        "--stacks", default="", help="only these stacks, comma-separated (e.g. 'localrun off,"
+        "localrun auto,llama-server')",
+    )  # fmt: skip
+    parser.add_argument("--no-bound", action="store_true", help="skip the oracle bound")
     args = parser.parse_args(argv)
     model = args.model or default_model()
     if model is None or not model.is_file():
@@ -520,8 +557,12 @@ def main(argv: list[str] | None = None) -> int:
     build_dir = build.dir if build else None
     only = tuple(p.strip() for p in args.only.split(",") if p.strip())
     out = run(
-        build_dir, model, rounds=args.rounds, threads=args.threads, only=only, draft=args.draft
-    )
+        build_dir, model, rounds=args.rounds, threads=args.threads, only=only, draft=args.draft,
+        busy_cores=args.busy,
+        workloads=tuple(w.strip() for w in args.workloads.split(",") if w.strip()),
+        stacks=tuple(s.strip() for s in args.stacks.split(",") if s.strip()),
+        with_bound=not args.no_bound,
+    )  # fmt: skip
     if "cache" in out:
         print(cache_report(out["cache"]))
     if args.json:

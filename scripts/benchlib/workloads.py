@@ -202,6 +202,12 @@ def quote(text: str) -> str:
     )
 
 
+def rewrite(code: str, how: str) -> str:
+    """Rewrite `code` in another shape: the answer starts as a copy and drifts from it (a small
+    model rewrites it into something else), so drafts copied from the prompt often miss."""
+    return f"<|im_start|>user\n{how}\n\n```python\n{code}```<|im_end|>\n<|im_start|>assistant\n```"
+
+
 def story(subject: str) -> str:
     return f"<|im_start|>user\nWrite a long, detailed {subject}.<|im_end|>\n<|im_start|>assistant\n"
 
@@ -216,6 +222,11 @@ WORKLOADS: dict[str, tuple[str, ...]] = {
     "prose": (
         story("story about a lighthouse keeper who finds a message in a bottle"),
         story("essay about the history of bridges"),
+    ),
+    "diverge": (
+        rewrite(CODE, "Rewrite this code as a class with methods, in modern style."),
+        rewrite(CACHE_CODE, "Translate this Python code to JavaScript."),
+        rewrite(REPORT_CODE, "Rewrite this code to use pandas instead."),
     ),
 }
 EDIT_WORKLOADS = ("code", "quote")
