@@ -19,8 +19,9 @@ from conftest import PATIENCE_S
 
 from localrun.engine import speculate
 from localrun.engine.batch import BatchEngine
+from localrun.engine.costs import DecodeCost
 from localrun.engine.grammars import json_schema_grammar
-from localrun.engine.speculate import DecodeCost, NgramDrafter, Speculator
+from localrun.engine.speculate import NgramDrafter, Speculator
 from localrun.engine.types import LoadOptions, SamplingOptions, Timings
 from localrun.sources import obtain
 from localrun.store import reference
@@ -639,3 +640,38 @@ def test_a_stop_string_inside_a_draft_ends_the_decoding_there(cli: Any, smol: Ba
     )
     shown = len(smol.tokenize(result.stdout.rstrip("\n"), add_special=False, parse_special=False))
     assert evaluated <= shown + 3, (evaluated, shown, result.stderr)
+
+
+# -- what a batch costs, measured ---------------------------------------------------------------
+
+
+def test_the_cost_meter_keeps_the_prior_until_it_has_timed_a_batch() -> None:
+    from localrun.engine.costs import CostMeter
+
+    prior = DecodeCost.for_device(0)
+    meter = CostMeter(prior)
+    assert meter.cost(2) == prior
+    meter.record(1, 0.010, 2)
+    assert meter.cost(2) == prior  # one-token decodes alone say nothing of a batch
+    meter.record(9, 0.052, 2)
+    cost = meter.cost(2)
+    assert cost != prior and 4.0 < cost.base + cost.extra * 9 < 6.0
+    assert meter.cost(1) == prior  # another thread count has its own timings
+
+
+def test_a_draft_follows_what_a_batch_costs_now() -> None:
+    """On two threads (a batch of 9 for about 5 decodes) a sure copy is drafted long; on one
+    thread, where a batch costs as many decodes as it has tokens, the same copy is not worth a
+    long draft: the speculator asks the meter each time."""
+    from localrun.engine.costs import CostMeter
+
+    meter = CostMeter(DecodeCost.for_device(0))
+    threads = [2]
+    spec = Speculator(list(range(100, 160)) * 2, 64, lambda: meter.cost(threads[0]))
+    for n, seconds in ((1, 0.010), (2, 0.019), (5, 0.034), (9, 0.052), (17, 0.088)):
+        meter.record(n, seconds, 2)
+        meter.record(n, 0.0101 * n, 1)  # one thread: no batch is cheaper than its tokens
+    quiet = spec.length(24)
+    threads[0] = 1
+    busy = spec.length(24)
+    assert quiet >= 8 and busy < quiet / 2

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from localrun.engine import draft, prompt_cache, speculate
+from localrun.engine.costs import CostMeter, DecodeCost
 from localrun.engine.embed import Embedder
 from localrun.engine.media import MediaPrompt, Projector
 from localrun.engine.native import lc
@@ -104,7 +105,8 @@ class BatchEngine:
         self.eos_text = weights.eos_text
         self.chat_template = weights.chat_template
         self.fim = weights.fim
-        self._cost = speculate.DecodeCost.for_device(options.num_gpu)
+        # What a batch costs now, timed by the loop (engine.costs): speculation weighs it.
+        self._costs = CostMeter(DecodeCost.for_device(options.num_gpu))
         self.load_s = time.perf_counter() - start
         self._thread = threading.Thread(target=self._loop, name="localrun-batch", daemon=True)
         self._thread.start()
@@ -242,7 +244,7 @@ class BatchEngine:
             sampling.speculate if self._weights.trims and media is None else "off",
             prompt,
             sampling.draft_num_predict,
-            self._cost,
+            self._batch_cost,
             unbound if self._draft is not None else None,
             job.ends,
         )
@@ -347,6 +349,10 @@ class BatchEngine:
         job.save = True
         return keep
 
+    def _batch_cost(self) -> DecodeCost:
+        """What a batch costs now, at the thread count the loop decodes with."""
+        return self._costs.cost(self._threads.threads)
+
     def _step(self) -> None:
         """One llama_decode for every active slot, then a token for each that needs one."""
         if self.projector is not None:
@@ -358,7 +364,10 @@ class BatchEngine:
             return
         rows.batch.n_tokens = n
         self._threads.apply(self._ctx, self._draft.ctx if self._draft is not None else None)
+        start = time.perf_counter()
         rc = lc.llama_decode(self._ctx, rows.batch)
+        if rc == 0 and rows.prompt_rows == 0:  # a verification's rows: all with logits
+            self._costs.record(n, time.perf_counter() - start, self._threads.threads)
         if rc != 0:
             self._fail(
                 [s for s in self._slots.active if s.token >= 0 or s.added > 0],

@@ -23,6 +23,7 @@ class StepBatch:
         self._pos = batch.pos
         self._logits = batch.logits
         self._seq_ids = [batch.seq_id[i] for i in range(n_batch)]
+        self.prompt_rows = 0  # of the last fill: rows of prompts (without logits, but the last)
         for i in range(n_batch):
             batch.n_seq_id[i] = 1
 
@@ -39,6 +40,7 @@ class StepBatch:
                 del slot.draft[max(0, room) :]
                 room -= len(slot.draft)
         n = 0
+        self.prompt_rows = 0
         for slot in active:
             if slot.leader is not None and not slots.follow(slot):
                 slot.added, slot.row = 0, -1
@@ -77,6 +79,7 @@ class StepBatch:
         slot.row = -1
         if take <= 0:
             return n, room
+        self.prompt_rows += take
         tokens, pos, logits, seq_ids = self._tokens, self._pos, self._logits, self._seq_ids
         seq = slot.seq
         for p in range(done, done + take):

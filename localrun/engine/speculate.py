@@ -28,10 +28,14 @@ prose that rarely repeats itself pays almost nothing. This module is pure Python
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
+from localrun.engine.costs import DecodeCost
 from localrun.errors import BadRequestError
 from localrun.settings import config
+
+# What a batch costs: fixed (a DecodeCost), or measured now (a callable the engine's CostMeter
+# answers for the current thread count).
+Cost = DecodeCost | Callable[[], DecodeCost]
 
 # A draft model's guesses: (history, most tokens) -> tokens.
 ModelDrafter = Callable[[Sequence[int], int], list[int]]
@@ -221,34 +225,6 @@ class Edits:
         return None
 
 
-@dataclass(frozen=True)
-class DecodeCost:
-    """What decodes cost, in decodes of one token: a batch of n > 1 tokens costs about
-    `base + extra * n`. Fixed per device kind rather than timed, so that the drafts (and so
-    the batches, whose logits may differ from one token's) depend on the request alone:
-    speculation makes no answer depend on what else the engine runs. (What a slot's cache
-    holds still can, as in every llama.cpp server: a prompt found there is evaluated from
-    where the cached part ends, and its last rows' logits may differ in the last bits from
-    those of the prompt evaluated whole.)
-
-    Measured with llama.cpp on SmolLM2 135M (Q4_1) on two CPU cores, every row with logits as a
-    verification has them (scripts/spec_bound.py prints the table): 2, 3, 5, 9, 17, 33 and 65
-    tokens cost 1.9, 2.4, 3.4, 5.2, 8.8, 15.8 and 28.6 one-token decodes, about 1 + 0.43 n (a
-    small model is compute bound there). On an H100 (CUDA) they cost 1.15, 1.35, 1.43, 2.83,
-    3.4 to 4.1, 4.0 to 4.2 and 5.7 to 5.8: the GPU's 0.9 + 0.08 n is close for up to 5 tokens
-    and for 33 and more, low between, where ggml-cuda leaves its matrix-vector kernels (above 8
-    tokens). A cost with that step, replayed on the same answers, drafted no better, so the
-    line stays.
-    """
-
-    base: float
-    extra: float
-
-    @classmethod
-    def for_device(cls, gpu_layers: int) -> DecodeCost:
-        return cls(base=0.9, extra=0.08) if gpu_layers > 0 else cls(base=1.0, extra=0.43)
-
-
 class Speculator:
     """Draft proposals for one generation, their length chosen by expected gain, and the
     counts reported.
@@ -256,7 +232,8 @@ class Speculator:
     The engine calls `propose(token, limit)` with the token it is about to decode, then
     `settle(draft, accepted)` once it knows how many draft tokens the sampler kept. A draft's
     length is the one with the largest expected gain, from p, the estimated chance that a
-    drafted token is kept (tracked per n-gram size), and what batches cost here (DecodeCost).
+    drafted token is kept (tracked per n-gram size), and what batches cost here now (measured by
+    the engine's CostMeter, engine.costs).
     Where no length gains, one token is drafted now and then to keep the estimate current, and
     rejected drafts back off for a growing number of tokens, so prose that rarely repeats
     itself pays almost nothing.
@@ -266,7 +243,7 @@ class Speculator:
         self,
         history: Sequence[int],
         draft_max: int,
-        cost: DecodeCost,
+        cost: Cost,
         *,
         always: bool = False,
         lookup: bool = True,
@@ -435,7 +412,8 @@ class Speculator:
         the batch costs beyond a one-token decode, base + extra * (k + 1) - single."""
         kept, lost = self._kept[size], self._lost[size]
         p = kept / (kept + lost)
-        single, base, extra = 1.0, self.cost.base, self.cost.extra
+        cost = self.cost if isinstance(self.cost, DecodeCost) else self.cost()
+        single, base, extra = 1.0, cost.base, cost.extra
         best, gain, saved, chance = 0, 0.0, 0.0, 1.0
         for k in range(1, self.draft_max + 1):
             chance *= p
@@ -495,7 +473,7 @@ def speculator(
     mode: str,
     history: Sequence[int],
     draft_max: int,
-    cost: DecodeCost,
+    cost: Cost,
     model: ModelDrafter | None = None,
     ends: Callable[[int], bool] | None = None,
 ) -> Speculator | None:

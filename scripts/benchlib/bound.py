@@ -93,9 +93,13 @@ def replay(
     the answer's (nothing past its end): the drafter on exactly the answer one-token decoding
     gives, with no near tie flipped by a batch."""
     from localrun.engine import speculate
+    from localrun.engine.costs import CostMeter, DecodeCost
 
-    cost = speculate.DecodeCost.for_device(gpu_layers)
-    spec = speculate.Speculator(prompt, 64, cost, ends=ends)
+    # The engine's drafter sees what batches cost as its loop measures them: these costs.
+    meter = CostMeter(DecodeCost.for_device(gpu_layers))
+    for size, seconds in costs.items():
+        meter.record(size, seconds, 0)
+    spec = speculate.Speculator(prompt, 64, meter.cost(0), ends=ends)
     i, seconds = 0, 0.0
     while i < len(answer):
         draft = spec.propose(answer[i], budget - i - 1)
