@@ -43,6 +43,10 @@ class GenRequest:
     # A completion's images and audio (media.Media.to_wire()), in the order of the markers in
     # `prompt`; a chat's are each message's "media".
     media: list[dict[str, str]] | None = None
+    # Whom the answer is remembered for, and whose earlier answers to the same prompt
+    # speculation may draft from (engine.answers): set by the server from the API key, or
+    # "local" on a loopback-only server without one; None: neither.
+    memory: str | None = None
 
     @property
     def chat(self) -> bool:
@@ -162,4 +166,5 @@ _CHECKS = {
     "return_context": _kind(bool),
     "keep_alive": _kind(int, float),
     "media": _media,
+    "memory": _kind(str),
 }

@@ -45,6 +45,7 @@ number. Usage: .venv/bin/python scripts/bench_spec.py [--rounds 3] [--threads 2]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -190,7 +191,11 @@ def decode_suite(
     # in the last bits from a prompt evaluated whole, flipping near ties speculation never
     # touched.)
     modes = ["off", "auto"]
-    lr_by_mode = {m: localrun_serve(lr, threads, f"localrun serve {m}") for m in modes}
+    # Each request of these is a fresh one (no earlier answer drafted from); `localrun repeat`
+    # is auto with the answers of earlier rounds to draft from, as ngram-mod has them.
+    fresh = dataclasses.replace(lr, env={**lr.env, "LOCALRUN_ANSWER_MEMORY": "0"})
+    lr_by_mode = {m: localrun_serve(fresh, threads, f"localrun serve {m}") for m in modes}
+    lr_by_mode["repeat"] = localrun_serve(lr, threads, "localrun serve repeat")
     servers.extend(lr_by_mode.values())
     specs: list[list[str]] = [[], ["--spec-type", "ngram-mod"], ["--spec-type", "ngram-simple"]]
     drafted = ""
@@ -210,12 +215,13 @@ def decode_suite(
         for server in llama_servers:
             port = server.port
             stacks.append(Stack(server.name, lambda p, port=port: llama_server_sample(port, p)))
-        for mode in modes:
+        for mode in [*modes, "repeat"]:
             port = lr_by_mode[mode].port
+            speculate = "auto" if mode == "repeat" else mode
             stacks.append(
                 Stack(
                     f"localrun {mode}",
-                    lambda p, m=mode, port=port: localrun_sample(port, lr.model, p, m),
+                    lambda p, m=speculate, port=port: localrun_sample(port, lr.model, p, m),
                 )
             )
         if drafted:
@@ -259,6 +265,14 @@ def _create_drafted(home: Path, model: Path, draft: Path) -> str:
         say(f"localrun create with DRAFT failed: {exc}")
         return ""
     return "drafted:latest"
+
+
+def _later(stack: Stack, workload: str) -> float | None:
+    """The median rate of rounds 2 on (each prompt asked before)."""
+    per = len(WORKLOADS[workload])
+    n = len(stack.samples.get(workload, [])) // per
+    rates = [got.rate for r in range(1, n) if (got := stack.round(workload, r)) is not None]
+    return statistics.median(rates) if rates else None
 
 
 def _first(stack: Stack, workload: str) -> Sample | None:
@@ -338,6 +352,19 @@ def decode_report(stacks: list[Stack]) -> tuple[str, dict[str, Any]]:
     # this prompt's answer from the answer it gave before. Its first request is the same
     # request without that memory (localrun drafts from the request alone, so that an answer
     # never depends on what other clients asked).
+    lines += ["", "A repeated request (rounds 2 on: each prompt asked before), median tok/s:"]
+    for workload in WORKLOADS:
+        later = {
+            n: _later(by_name[n], workload)
+            for n in ("localrun repeat", "llama-server ngram-mod", "localrun auto")
+            if n in by_name
+        }
+        shown = ", ".join(f"{n} {r:.1f}" for n, r in later.items() if r)
+        mine, theirs = later.get("localrun repeat"), later.get("llama-server ngram-mod")
+        vs = f"; localrun repeat {mine / theirs:.2f}x ngram-mod" if mine and theirs else ""
+        if shown:
+            lines.append(f"  {workload}: {shown}{vs}")
+        figures.setdefault("repeated", {})[workload] = later
     lines += ["", "llama-server's n-gram modes on the first request of each prompt:"]
     for workload in EDIT_WORKLOADS:
         fresh = {n: _first(by_name[n], workload) for n in best_ngram if n in by_name}
@@ -544,10 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda", action="store_true", help=CUDA_HELP)
     parser.add_argument("--busy", type=int, default=0, help="cores kept busy while decoding")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="which workloads")
-    parser.add_argument(
-        "--stacks", default="", help="only these stacks, comma-separated (e.g. 'localrun off,"
-        "localrun auto,llama-server')",
-    )  # fmt: skip
+    parser.add_argument("--stacks", default="", help="only these stacks, comma-separated")
     parser.add_argument("--no-bound", action="store_true", help="skip the oracle bound")
     args = parser.parse_args(argv)
     model = args.model or default_model()

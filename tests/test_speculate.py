@@ -675,3 +675,51 @@ def test_a_draft_follows_what_a_batch_costs_now() -> None:
     threads[0] = 1
     busy = spec.length(24)
     assert quiet >= 8 and busy < quiet / 2
+
+
+# -- earlier answers: a repeated request drafted from the answer it got before -----------------
+
+
+def test_an_answer_is_remembered_for_its_memory_alone_and_bounded() -> None:
+    from localrun.engine.answers import LEAD, AnswerMemory
+
+    memory = AnswerMemory(most_answers=2, most_tokens=100)
+    prompt = list(range(40))
+    memory.remember("key:a", prompt, [7, 8, 9])
+    assert memory.history("key:a", prompt) == [*prompt[-LEAD:], 7, 8, 9]
+    assert memory.history("key:b", prompt) == []  # another key never sees it
+    assert memory.history(None, prompt) == [] and memory.history("key:a", prompt[:-1]) == []
+    memory.remember(None, prompt, [1])  # no memory: nothing kept
+    memory.remember("key:a", [1], [2])
+    memory.remember("key:a", [2], [3])  # the least recently used goes first
+    assert memory.history("key:a", prompt) == []
+    memory.remember("key:a", [3], list(range(100)))  # past the token bound, the oldest go
+    assert memory.history("key:a", [1]) == [] and memory.history("key:a", [2]) == []
+
+
+def test_the_server_remembers_for_a_key_or_a_loopback_server_only() -> None:
+    from localrun.server.app import answer_memory
+
+    assert answer_memory("secret", "0.0.0.0").startswith("key:")
+    assert "secret" not in answer_memory("secret", "0.0.0.0")  # type: ignore[operator]
+    assert answer_memory("secret", "x") != answer_memory("other", "x")
+    assert answer_memory("", "127.0.0.1") == "local"
+    assert answer_memory("", "0.0.0.0") is None  # clients that cannot be told apart
+
+
+@pytest.mark.model
+def test_a_repeated_request_is_drafted_from_its_earlier_answer(smol: BatchEngine) -> None:
+    """The same story asked twice under one memory: the second answer is the first (greedy),
+    drafted from it; without the memory, or under another, prose finds little to copy."""
+    prompt = smol.tokenize(
+        "<|im_start|>user\nWrite a story about a lighthouse.<|im_end|>\n<|im_start|>assistant\n",
+        add_special=True,
+        parse_special=True,
+    )
+    first, t1 = run(smol, prompt, greedy(speculate="auto", memory="key:one"))
+    again, t2 = run(smol, prompt, greedy(speculate="auto", memory="key:one"))
+    other, t3 = run(smol, prompt, greedy(speculate="auto", memory="key:two"))
+    assert again[:40] == first[:40]
+    assert t2.draft_accepted > len(first) // 2 > t1.draft_accepted
+    assert t3.draft_accepted < len(first) // 4  # another memory drafts nothing of it
+    assert kv_end(smol) == len(cached(smol))

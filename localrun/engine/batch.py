@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from localrun.engine import draft, prompt_cache, speculate
+from localrun.engine.answers import AnswerMemory
 from localrun.engine.costs import CostMeter, DecodeCost
 from localrun.engine.embed import Embedder
 from localrun.engine.media import MediaPrompt, Projector
@@ -107,6 +108,7 @@ class BatchEngine:
         self.fim = weights.fim
         # What a batch costs now, timed by the loop (engine.costs): speculation weighs it.
         self._costs = CostMeter(DecodeCost.for_device(options.num_gpu))
+        self._answers = AnswerMemory()  # earlier answers, drafted from for the same memory
         self.load_s = time.perf_counter() - start
         self._thread = threading.Thread(target=self._loop, name="localrun-batch", daemon=True)
         self._thread.start()
@@ -240,9 +242,12 @@ class BatchEngine:
         job.media = media
         # Drafts come from the text before (or a draft model without the projector): a prompt
         # with media is answered without them.
+        job.memory = sampling.memory
+        # A draft model reads the history as its own context: earlier answers are for lookup.
+        earlier = self._answers.history(sampling.memory if self._draft is None else None, prompt)
         job.spec = speculate.speculator(
             sampling.speculate if self._weights.trims and media is None else "off",
-            prompt,
+            [*earlier, *prompt],
             sampling.draft_num_predict,
             self._batch_cost,
             unbound if self._draft is not None else None,
@@ -509,6 +514,7 @@ class BatchEngine:
 
     def _finish(self, slot: Slot, reason: str) -> None:
         job = self._slots.release(slot)
+        self._answers.remember(job.memory, job.prompt, job.tokens)
         tail = job.decoder.decode(b"", final=True)
         if tail or job.pending:
             with contextlib.suppress(Exception):

@@ -39,6 +39,7 @@ class Job:
         "ends",
         "logprobs",
         "media",
+        "memory",
         "pending",
         "prefix",
         "prompt",
@@ -70,6 +71,7 @@ class Job:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.timings = Timings()
         self.tokens: list[int] = []
+        self.memory: str | None = None  # whom the answer is remembered for (engine.answers)
         self.submitted = time.perf_counter()
         self.start = 0.0
         self.cancelled = False

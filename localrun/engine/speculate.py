@@ -426,8 +426,8 @@ class Speculator:
         if best == 0:
             if self.always:
                 return 1
-            if size < _PROBE_MIN:
-                return 0
+            if size < _PROBE_MIN or not _could_pay(base, extra, self.draft_max):
+                return 0  # (a probe is for a text that may repeat: not where no draft pays)
             # Not worth it: probe with one token now and then, or the estimate would never
             # learn that the text has started to repeat.
             self._skip = _PROBE_EVERY
@@ -467,6 +467,12 @@ class Speculator:
         else:
             self._misses = 0
             self._skip = 0  # a probe was kept: the text repeats, look again at once
+
+
+def _could_pay(base: float, extra: float, most: int) -> bool:
+    """Whether a draft every token of which is kept could save time: on one thread of a busy
+    CPU a batch costs as many decodes as its tokens, and no guess pays, however sure."""
+    return any(k - (base + extra * (k + 1) - 1.0) > 0 for k in range(1, max(1, most) + 1))
 
 
 def speculator(

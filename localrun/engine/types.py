@@ -66,6 +66,9 @@ class SamplingOptions:
     # These special tokens alone spelled out (a family's call and reasoning markers, as
     # llama-server's preserved tokens); set by the runner, never a PARAMETER.
     spell: frozenset[int] = frozenset()
+    # Whom this answer is remembered for, and whose earlier answers to the same prompt drafts
+    # may copy (engine.answers); None: neither. Set by the server per request, never a PARAMETER.
+    memory: str | None = None
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **extra: Any) -> SamplingOptions:

@@ -8,6 +8,7 @@ nothing lives at module level, so tests can run several apps side by side.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from localrun.server import (
 )
 from localrun.server.errors import body_of, dialect_of, headers_of, plain_body, status_of
 from localrun.server.response_store import ResponseStore
-from localrun.server.security import Guard
+from localrun.server.security import Guard, is_loopback
 from localrun.settings import config, limits
 from localrun.store import catalog
 from localrun.store.models import Store
@@ -135,7 +136,11 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
     counters = metrics.Metrics(scheduler)
     app.state.metrics = counters
     app.state.ctx = core.Context(
-        store=settings.store, scheduler=scheduler, version=__version__, metrics=counters
+        store=settings.store,
+        scheduler=scheduler,
+        version=__version__,
+        metrics=counters,
+        memory=answer_memory(settings.api_key, settings.host),
     )
     app.state.responses = ResponseStore(settings.responses_dir or config.responses_dir())
     for path, handler, methods in _ROUTES:
@@ -155,6 +160,18 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
     # Outermost: the requests the Guard refuses are counted too.
     app.add_middleware(metrics.RequestCounter, metrics=counters)
     return app
+
+
+def answer_memory(api_key: str | None, host: str) -> str | None:
+    """Who may be drafted for from earlier answers (engine.answers): the holders of the API
+    key (named by a digest of it, never the key), or the one user of a loopback-only server
+    without a key; None on a server open to others without a key, where clients cannot be told
+    apart."""
+    if not config.answer_memory():
+        return None
+    if api_key:
+        return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+    return "local" if is_loopback(host) else None
 
 
 async def _on_localrun_error(request: Request, exc: Exception) -> Response:

@@ -37,6 +37,10 @@ class Context:
     scheduler: Scheduler
     version: str
     metrics: Metrics | None = None  # counts every generation and embedding where it ends
+    # Whom this server's answers are remembered for, so that speculation drafts a repeated
+    # request from the answer it got before (engine.answers): the API key's holders, or with
+    # none the one person of a loopback-only server; None where clients are not told apart.
+    memory: str | None = None
 
 
 def context(request: Request) -> Context:

@@ -176,6 +176,7 @@ async def start(request: Request, req: GenRequest) -> Generation:
 
 async def _begin(ctx: core.Context, req: GenRequest) -> Generation:
     started = time.perf_counter()
+    req.memory = ctx.memory  # the server's, whatever the client sent
     stream = await ctx.scheduler.generate(req)
     generation = Generation(
         stream, started, ctx.metrics, parallel_tool_calls=req.parallel_tool_calls

@@ -148,6 +148,13 @@ _GENERAL: dict[str, Setting] = {
             lambda: "auto",
         ),
         Setting(
+            "LOCALRUN_ANSWER_MEMORY",
+            "Draft a repeated request's answer from the answer the same prompt got before, "
+            "within one API key (or on a loopback-only server without one): 1 or 0.",
+            parse.parse_bool,
+            lambda: True,
+        ),
+        Setting(
             "LOCALRUN_UPSTREAM_CONNECT_TIMEOUT",
             "Longest wait for a connection to an upstream server (upstreams.toml).",
             parse_duration,
@@ -291,6 +298,10 @@ def responses_dir() -> Path:
 
 def speculate() -> str:
     return SETTINGS["LOCALRUN_SPECULATE"].value()  # type: ignore[no-any-return]
+
+
+def answer_memory() -> bool:
+    return SETTINGS["LOCALRUN_ANSWER_MEMORY"].value()  # type: ignore[no-any-return]
 
 
 def upstream_connect_timeout() -> float:

@@ -194,11 +194,13 @@ class Prompter:
         prepared.media = prompt
         return prepared
 
-    def sampling(self, options: dict[str, Any] | None, grammar: str | None) -> SamplingOptions:
+    def sampling(
+        self, options: dict[str, Any] | None, grammar: str | None, memory: str | None = None
+    ) -> SamplingOptions:
         merged = {**self.params, **params_mod.validate(options or {})}
         if "speculate" not in merged:
             merged["speculate"] = config.speculate()
-        return SamplingOptions.from_params(merged, grammar=grammar)
+        return SamplingOptions.from_params(merged, grammar=grammar, memory=memory)
 
     def chat(self, request: GenRequest) -> Prepared:
         """A conversation (the model's own layers added) rendered by the template; `think`
@@ -219,7 +221,7 @@ class Prompter:
             # `format` with tools (Ollama's): a call in the family's syntax, or the format.
             either = forced_mod.call_or_format(syntax, in_force, grammar, primed=primed)
             grammar = grammar_bounds.check_grammar(either)
-        sampling = self.sampling(request.options, grammar)
+        sampling = self.sampling(request.options, grammar, request.memory)
         media = media_of(request.messages or [])
         prepared = self._prepared(text, media, sampling)
         prepared.tool_names = tools_mod.names(in_force) if in_force else None
@@ -310,7 +312,7 @@ class Prompter:
 
     def complete(self, request: GenRequest) -> Prepared:
         """Raw prompt text, no template."""
-        sampling = self.sampling(request.options, grammar_for(request.format))
+        sampling = self.sampling(request.options, grammar_for(request.format), request.memory)
         media = [
             media_mod.Media.from_wire(item, f"media[{i}]")
             for i, item in enumerate(request.media or [])
@@ -333,7 +335,7 @@ class Prompter:
                 "between a prefix and a suffix",
                 hint="use a code model with FIM tokens (Qwen2.5-Coder, StarCoder2, CodeLlama)",
             )
-        sampling = self.sampling(request.options, grammar_for(request.format))
+        sampling = self.sampling(request.options, grammar_for(request.format), request.memory)
         prefix, suffix = request.prompt or "", request.suffix or ""
 
         def tokens(text: str) -> list[int]:
