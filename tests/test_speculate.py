@@ -718,7 +718,7 @@ def test_a_repeated_request_is_drafted_from_its_earlier_answer(smol: BatchEngine
     )
     first, t1 = run(smol, prompt, greedy(speculate="auto", memory="key:one"))
     again, t2 = run(smol, prompt, greedy(speculate="auto", memory="key:one"))
-    other, t3 = run(smol, prompt, greedy(speculate="auto", memory="key:two"))
+    _, t3 = run(smol, prompt, greedy(speculate="auto", memory="key:two"))
     assert again[:40] == first[:40]
     assert t2.draft_accepted > len(first) // 2 > t1.draft_accepted
     assert t3.draft_accepted < len(first) // 4  # another memory drafts nothing of it
