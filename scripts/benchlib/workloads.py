@@ -225,8 +225,9 @@ WORKLOADS: dict[str, tuple[str, ...]] = {
     ),
     "diverge": (
         rewrite(CODE, "Rewrite this code as a class with methods, in modern style."),
-        rewrite(CACHE_CODE, "Translate this Python code to JavaScript."),
-        rewrite(REPORT_CODE, "Rewrite this code to use pandas instead."),
+        rewrite(REPORT_CODE, "Refactor this code to be more readable and rename the variables."),
+        rewrite(CACHE_CODE, "Review this code and suggest improvements, quoting what you change."),
+        rewrite(CODE, "Explain what this code does, line by line."),
     ),
 }
 EDIT_WORKLOADS = ("code", "quote")
