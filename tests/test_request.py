@@ -30,6 +30,7 @@ EVERY_FIELD = GenRequest(
     return_context=True,
     keep_alive=30.0,
     media=[{"type": "image", "data": "iVBORw0KGgo="}],
+    memory="key:0123456789abcdef",
 )
 
 
@@ -53,6 +54,7 @@ def test_every_field_travels() -> None:
         ("logprobs", -1),
         ("prompt", 5),
         ("options", []),
+        ("memory", 7),
     ],
 )
 def test_a_field_of_the_wrong_type_is_refused_on_arrival(field: str, value: Any) -> None:
