@@ -48,7 +48,8 @@ def native_log() -> Any:
 _debug = False
 
 
-def _init() -> None:
+def ready() -> None:
+    """llama.cpp's backend initialised and its log kept (not printed unless debugging)."""
     global _initialised, _debug
     with _init_lock:
         if _initialised:
@@ -59,17 +60,8 @@ def _init() -> None:
         _initialised = True
 
 
-def ready() -> None:
-    """llama.cpp's backend initialised and its log kept (not printed unless debugging)."""
-    _init()
-
-
 def last_log_error() -> str:
     """The line of llama.cpp's recent log that says what failed."""
-    return _last_error()
-
-
-def _last_error() -> str:
     lines = [line.strip() for line in "".join(_log_tail).splitlines() if line.strip()]
     # "error loading model: <reason>" says why; "failed to load model" only that it did.
     errors = [line for line in lines if "error" in line.lower()]
@@ -87,7 +79,7 @@ class Weights:
     """
 
     def __init__(self, path: str, options: LoadOptions) -> None:
-        _init()
+        ready()
         header = scan.scan(path)  # raises InvalidGGUFError before llama.cpp sees the file
         for other in (*options.splits, *(adapter for adapter, _ in options.adapters)):
             scan.scan(other)
@@ -111,7 +103,7 @@ class Weights:
             self.model = lc.llama_model_load_from_file(path.encode(), mparams)
         if not self.model:
             raise ModelLoadError(
-                f"llama.cpp could not load {path}: {_last_error()}",
+                f"llama.cpp could not load {path}: {last_log_error()}",
                 hint="the file may be for an architecture this llama.cpp does not support; "
                 "run with LOCALRUN_DEBUG=1 for its log",
             )
@@ -121,7 +113,7 @@ class Weights:
                 if not adapter:
                     raise ModelLoadError(
                         f"llama.cpp could not load the LoRA adapter {adapter_path}: "
-                        f"{_last_error()}",
+                        f"{last_log_error()}",
                         hint="the adapter must be made for this base model",
                     )
                 self.adapters.append(adapter)
@@ -260,7 +252,8 @@ class Weights:
         ctx = lc.llama_init_from_model(self.model, cparams)
         if not ctx:
             raise ModelLoadError(
-                f"llama.cpp could not create a context of {cparams.n_ctx} tokens: {_last_error()}",
+                f"llama.cpp could not create a context of {cparams.n_ctx} tokens: "
+                f"{last_log_error()}",
                 hint="lower num_ctx (--param num_ctx=2048) or free some memory",
             )
         if self.adapters:
@@ -270,7 +263,7 @@ class Weights:
             if lc.llama_set_adapters_lora(ctx, handles, n, scales) != 0:
                 lc.llama_free(ctx)
                 raise ModelLoadError(
-                    f"llama.cpp could not apply the LoRA adapters: {_last_error()}"
+                    f"llama.cpp could not apply the LoRA adapters: {last_log_error()}"
                 )
         self._contexts.append(ctx)
         return ctx

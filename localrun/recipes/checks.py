@@ -7,6 +7,9 @@ from __future__ import annotations
 from localrun.errors import InvalidGGUFError, ModelfileError
 from localrun.gguf import scan
 
+# The Modelfile instruction that names a file of each kind.
+KEYWORDS = {"model": "FROM", "adapter": "ADAPTER", "draft": "DRAFT", "projector": "PROJECTOR"}
+
 
 def adapters(found: list[tuple[str, scan.GGUFInfo]], architecture: str | None) -> None:
     """Every adapter (as written, its summary) made for the base model's architecture."""
@@ -39,7 +42,7 @@ def fits(info: scan.GGUFInfo, value: str, kind: str) -> None:
             hint="PROJECTOR takes the model's mmproj GGUF, published beside its model file",
         )
     if kind != "projector" and info.kind == "projector":
-        keyword = {"model": "FROM", "adapter": "ADAPTER", "draft": "DRAFT"}[kind]
+        keyword = KEYWORDS[kind]
         raise InvalidGGUFError(
             f"{value} is a projector (mmproj), not what {keyword} takes",
             hint=f"put it on a PROJECTOR line: `PROJECTOR {value}`",

@@ -65,7 +65,7 @@ def checkpoint(folder: Path, target: Path, progress: Progress | None = None) -> 
         vocab.write(writer, folder)
         jobs: list[tuple[str, tuple[int, ...], gguf.GGMLQuantizationType, Make]] = []
         for name, data in row.extra(config):
-            jobs.append((name, data.shape, F32, functools.partial(_same, data)))
+            jobs.append((name, data.shape, F32, functools.partial(np.asarray, data)))
         for name, tensor in plan:
             kind = _type_of(name, tensor, matrices)
             make = functools.partial(_data, row, config, tensor, kind)
@@ -192,10 +192,6 @@ def _type_of(name: str, tensor: Tensor, matrices: Kind) -> Kind:
     if len(tensor.shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
         return F32
     return matrices
-
-
-def _same(data: Any) -> Any:
-    return data
 
 
 def _data(row: Architecture, config: Config, tensor: Tensor, kind: Kind) -> Any:

@@ -317,7 +317,7 @@ class _Builder:
         closed when the build ends."""
         path = resolve_path(value, base_dir)
         value = shown or value
-        keyword = {"model": "FROM", "adapter": "ADAPTER", "draft": "DRAFT"}.get(kind, "PROJECTOR")
+        keyword = checks.KEYWORDS[kind]
         if not os.path.lexists(path):
             raise FileNotFoundError_(
                 f"{keyword} {value}: no such file ({path})",
@@ -344,7 +344,7 @@ class _Builder:
         # module and stays without them.
         from localrun.recipes import convert, lora
 
-        keyword = "FROM" if kind == "model" else "ADAPTER"
+        keyword = checks.KEYWORDS[kind]
         marker = "config.json" if kind == "model" else "adapter_config.json"
         if not (folder / marker).is_file():
             raise CheckpointError(

@@ -137,12 +137,10 @@ async def tags(request: Request) -> Response:
     local = await anyio.to_thread.run_sync(_tags, ctx.store)
     names = {m["name"] for m in local}
     # Other runners' models (LOCALRUN_OTHER_RUNNERS), imported in place on first use.
-    for other in await anyio.to_thread.run_sync(ctx.scheduler.others.models):
-        if other.name not in names:
-            names.add(other.name)
-            local.append({"name": other.name, "model": other.name, "size": other.size,
-                          "modified_at": _iso(other.modified), "digest": "",
-                          "details": details_of({"quantization": other.quantization})})  # fmt: skip
+    for other in await anyio.to_thread.run_sync(ctx.scheduler.others.beside, names):
+        local.append({"name": other.name, "model": other.name, "size": other.size,
+                      "modified_at": _iso(other.modified), "digest": "",
+                      "details": details_of({"quantization": other.quantization})})  # fmt: skip
     remote = [
         {
             "name": m.name,

@@ -488,11 +488,11 @@ async def _local(request: Request) -> list[dict[str, Any]]:
     ctx = core.context(request)
     local = await anyio.to_thread.run_sync(_listed, ctx.store)
     names = {m["id"] for m in local}
-    for other in await anyio.to_thread.run_sync(ctx.scheduler.others.models):
-        if other.name not in names:
-            names.add(other.name)
-            local.append({"id": other.name, "object": "model", "created": int(other.modified),
-                          "owned_by": other.source})  # fmt: skip
+    others = await anyio.to_thread.run_sync(ctx.scheduler.others.beside, names)
+    local += [
+        {"id": o.name, "object": "model", "created": int(o.modified), "owned_by": o.source}
+        for o in others
+    ]
     return local
 
 

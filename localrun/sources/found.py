@@ -56,13 +56,7 @@ def refused(name: str, location: Path, source: str, problem: str) -> Found:
 
 def read_json(path: Path, most: int, what: str) -> Any:
     """The JSON in `path`, read with a bound; ImportSourceError when it is larger or not JSON."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(most + 1)
-    except OSError as exc:
-        raise ImportSourceError(f"{path}: cannot read the {what}: {exc.strerror}") from None
-    if len(data) > most:
-        raise ImportSourceError(f"{path}: the {what} is larger than {most} bytes")
+    data = _read(path, most, what)
     try:
         return json.loads(data)
     except (ValueError, RecursionError):
@@ -71,14 +65,19 @@ def read_json(path: Path, most: int, what: str) -> Any:
 
 def read_text(path: Path, most: int = MAX_TEXT) -> str:
     """The text of a small file (a template, a system prompt), read with a bound."""
+    return _read(path, most, "text file").decode("utf-8", "replace")
+
+
+def _read(path: Path, most: int, what: str) -> bytes:
+    """At most `most` bytes of `path`; ImportSourceError when it cannot be read or is larger."""
     try:
         with path.open("rb") as handle:
             data = handle.read(most + 1)
     except OSError as exc:
-        raise ImportSourceError(f"{path}: cannot read it: {exc.strerror}") from None
+        raise ImportSourceError(f"{path}: cannot read the {what}: {exc.strerror}") from None
     if len(data) > most:
-        raise ImportSourceError(f"{path}: a text file larger than {most} bytes")
-    return data.decode("utf-8", "replace")
+        raise ImportSourceError(f"{path}: the {what} is larger than {most} bytes")
+    return data
 
 
 def dirs(path: Path) -> list[Path]:

@@ -184,6 +184,10 @@ class Index:
         """Every importable model found (blocking: call it in a thread)."""
         return list(self._scan(TTL_S).values())
 
+    def beside(self, names: set[str]) -> list[Listed]:
+        """The models found that the store does not hold under `names` (blocking)."""
+        return [m for m in self._scan(TTL_S).values() if m.name not in names]
+
     def named(self, name: str) -> Listed | None:
         """The model that takes store name `name`, if one is found (blocking)."""
         found = self._scan(TTL_S).get(name)
