@@ -205,3 +205,29 @@ def test_import_the_hugging_face_cache_and_lm_studio(
     assert cli("prune").code == 0
     assert blob.read_bytes() == gguf and blob.stat().st_nlink == 1
     assert (studio / "Tiny-Q4_K_M.gguf").read_bytes() == gguf
+
+
+def test_a_projector_and_an_adapter_come_with_the_model(
+    cli: CLI, tmp_path: Path, tiny_lora: Path, home: Path
+) -> None:
+    """Ollama's projector and adapter layers, and a hub snapshot's mmproj beside its model,
+    are imported with the model (linked, checked like the model) and shown by `show`."""
+    from testmodels.projectors import write_tiny_vision
+
+    model, projector = write_tiny_vision(tmp_path / "vision")
+    root = tmp_path / "ollama-models"
+    parts = {kind: path.read_bytes() for kind, path in
+             (("model", model), ("projector", projector), ("adapter", tiny_lora))}  # fmt: skip
+    _manifest(root, "seer:latest", [(k, _blob(root, d), len(d)) for k, d in parts.items()])
+    hub = tmp_path / "hub" / "models--someorg--Seer-GGUF"
+    snapshot = hub / "snapshots" / ("34" * 20)
+    snapshot.mkdir(parents=True)
+    shutil.copyfile(model, snapshot / "seer-Q8_0.gguf")
+    shutil.copyfile(projector, snapshot / "mmproj-seer-f16.gguf")
+    env = {"OLLAMA_MODELS": str(root), "HF_HUB_CACHE": str(tmp_path / "hub")}
+    assert cli("import", "ollama", "seer", "-q", env=env).code == 0
+    shown = cli("show", "seer", "--modelfile")
+    assert shown.code == 0 and "PROJECTOR " in shown.stdout and "ADAPTER " in shown.stdout
+    done = cli("import", "hf", "hf.co/someorg/seer-gguf:q8_0", "-q", env=env)
+    assert done.code == 0, done.stderr
+    assert "PROJECTOR " in cli("show", "hf.co/someorg/seer-gguf:q8_0", "--modelfile").stdout
