@@ -46,7 +46,7 @@ ModelDrafter = Callable[[Sequence[int], int], list[int]]
 NGRAM_SIZES = (24, 12, 6, 3)
 # Before any draft of a size is judged: the chance a drafted token is kept, as kept : rejected
 # counts. A 24-token match is a copy under way; three tokens are a hunch.
-_PRIOR = {24: (49.0, 1.0), 12: (9.0, 1.0), 6: (4.0, 1.0), 3: (2.0, 1.0)}
+_PRIOR = {24: (19.0, 1.0), 12: (9.0, 1.0), 6: (4.0, 1.0), 3: (2.0, 1.0)}
 MODES = config.SPECULATE_MODES  # the speculate PARAMETER's values
 DEFAULT_DRAFT_MAX = 64  # the draft_num_predict PARAMETER's default
 _BACKOFF_MAX = 64  # tokens decoded without drafting after repeated misses, at most
