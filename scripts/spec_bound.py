@@ -14,7 +14,7 @@ batches that costs least (dynamic programming over the measured costs; benchlib/
 The ratio of that time to one-token decoding is the bound: no prompt-lookup drafter, ours or
 llama-server's ngram modes on their first request, can beat it on this machine (a drafter with
 a memory of earlier answers to the same prompt can, since it drafts tokens the history lacks).
-Usage: .venv/bin/python scripts/spec_bound.py [--model GGUF] [--threads 2]
+Usage: .venv/bin/python scripts/spec_bound.py [--model GGUF] [--threads 2] [--corpus]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from benchlib import workloads
 from benchlib.bound import bounds, report
 from benchlib.common import default_model
+from benchlib.corpus import corpus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="GGUF file (default: the SmolLM2 starter)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--draft-max", type=int, default=64)
+    parser.add_argument(
+        "--corpus",
+        action="store_true",
+        help="the held-out prompts made from this repository (benchlib/corpus.py), not the "
+        "workloads bench_spec.py measures",
+    )
     parser.add_argument(
         "--gpu-layers",
         type=int,
@@ -45,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     costs, found = bounds(
         model,
         args.threads,
-        workloads.WORKLOADS,
+        corpus() if args.corpus else workloads.WORKLOADS,
         workloads.SAMPLING,
         n_predict=workloads.N_PREDICT,
         n_ctx=workloads.CTX,
