@@ -351,9 +351,9 @@ def decode_report(stacks: list[Stack]) -> tuple[str, dict[str, Any]]:
             parts.append(f"{_x(vs)} its best n-gram mode (target >= {TARGET_EDIT_VS_NGRAM}x)")
         lines.append("  " + "; ".join(parts))
     # ngram-mod keeps its n-gram table across requests: from the second round on it drafts
-    # this prompt's answer from the answer it gave before. Its first request is the same
-    # request without that memory (localrun drafts from the request alone, so that an answer
-    # never depends on what other clients asked).
+    # this prompt's answer from the answer it gave before, whoever asked. Its first request is
+    # the same request without that memory; `localrun repeat` drafts from earlier answers too,
+    # but only the same party's (engine.answers), here the one user of a loopback server.
     lines += ["", "A repeated request (rounds 2 on: each prompt asked before), median tok/s:"]
     for workload in WORKLOADS:
         later = {

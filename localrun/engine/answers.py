@@ -18,6 +18,7 @@ expected-gain rule then stops drafting from it.
 
 from __future__ import annotations
 
+import array
 import collections
 import hashlib
 import threading
@@ -44,7 +45,7 @@ class AnswerMemory:
 
     @staticmethod
     def _key(memory: str, prompt: Sequence[int]) -> tuple[str, bytes]:
-        digest = hashlib.blake2b(b",".join(b"%d" % t for t in prompt), digest_size=16)
+        digest = hashlib.blake2b(array.array("q", prompt).tobytes(), digest_size=16)
         return memory, digest.digest()
 
     def history(self, memory: str | None, prompt: Sequence[int]) -> list[int]:

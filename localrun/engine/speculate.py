@@ -262,7 +262,8 @@ class Speculator:
         # prompt lookup does not find with certainty.
         self.model = model
         self.draft_max = max(0, draft_max)
-        self.cost = cost
+        # What a batch costs now: asked at every draft (a fixed cost answers the same each time).
+        self.cost: Callable[[], DecodeCost] = cost if callable(cost) else lambda: cost
         self.always = always  # mode "ngram": draft even where the estimate says it won't pay
         self.drafted = 0  # tokens proposed, over the generation
         self.accepted = 0  # of those, kept
@@ -415,7 +416,7 @@ class Speculator:
         the batch costs beyond a one-token decode, base + extra * (k + 1) - single."""
         kept, lost = self._kept[size], self._lost[size]
         p = kept / (kept + lost)
-        cost = self.cost if isinstance(self.cost, DecodeCost) else self.cost()
+        cost = self.cost()
         single, base, extra = 1.0, cost.base, cost.extra
         best, gain, saved, chance = 0, 0.0, 0.0, 1.0
         for k in range(1, self.draft_max + 1):
@@ -474,8 +475,9 @@ class Speculator:
 
 def _could_pay(base: float, extra: float, most: int) -> bool:
     """Whether a draft every token of which is kept could save time: on one thread of a busy
-    CPU a batch costs as many decodes as its tokens, and no guess pays, however sure."""
-    return any(k - (base + extra * (k + 1) - 1.0) > 0 for k in range(1, max(1, most) + 1))
+    CPU a batch costs as many decodes as its tokens, and no guess pays, however sure. (What a
+    draft of k saves less what it costs is linear in k: the best is at one end.)"""
+    return any(k - (base + extra * (k + 1) - 1.0) > 0 for k in (1, max(1, most)))
 
 
 def speculator(

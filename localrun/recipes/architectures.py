@@ -102,15 +102,25 @@ def head_dim(config: Config) -> int:
     return int(need(config, "hidden_size")) // int(need(config, "num_attention_heads"))
 
 
-def _common(config: Config, w: gguf.GGUFWriter) -> None:
-    """The keys every decoder here shares (TextModel.set_gguf_parameters)."""
+def kv_heads(config: Config) -> int:
+    """Key-value heads: num_key_value_heads, else as many as attention heads (no GQA)."""
+    return int(config.get("num_key_value_heads") or need(config, "num_attention_heads"))
+
+
+def _sizes(config: Config, w: gguf.GGUFWriter) -> None:
+    """The sizes every decoder here writes: layers, context, widths, heads, norm epsilon."""
     w.add_block_count(int(need(config, "num_hidden_layers")))
     w.add_context_length(int(need(config, "max_position_embeddings")))
     w.add_embedding_length(int(need(config, "hidden_size")))
     w.add_feed_forward_length(int(need(config, "intermediate_size")))
     w.add_head_count(int(need(config, "num_attention_heads")))
-    w.add_head_count_kv(int(config.get("num_key_value_heads") or config["num_attention_heads"]))
+    w.add_head_count_kv(kv_heads(config))
     w.add_layer_norm_rms_eps(float(need(config, "rms_norm_eps")))
+
+
+def _common(config: Config, w: gguf.GGUFWriter) -> None:
+    """The keys every decoder here shares (TextModel.set_gguf_parameters)."""
+    _sizes(config, w)
     rope = _rope(config)
     if rope.get("rope_theta") is not None:
         w.add_rope_freq_base(float(rope["rope_theta"]))
@@ -168,13 +178,7 @@ def _llama3_freqs(config: Config) -> list[tuple[str, Array]]:
 
 
 def _gemma2_keys(config: Config, w: gguf.GGUFWriter) -> None:
-    w.add_context_length(int(need(config, "max_position_embeddings")))
-    w.add_embedding_length(int(need(config, "hidden_size")))
-    w.add_block_count(int(need(config, "num_hidden_layers")))
-    w.add_feed_forward_length(int(need(config, "intermediate_size")))
-    w.add_head_count(int(need(config, "num_attention_heads")))
-    w.add_head_count_kv(int(config.get("num_key_value_heads") or config["num_attention_heads"]))
-    w.add_layer_norm_rms_eps(float(need(config, "rms_norm_eps")))
+    _sizes(config, w)
     w.add_key_length(head_dim(config))
     w.add_value_length(head_dim(config))
     w.add_attn_logit_softcapping(float(config.get("attn_logit_softcapping") or 50.0))
@@ -198,16 +202,10 @@ def _gemma3_keys(config: Config, w: gguf.GGUFWriter) -> None:
 
 def _phi3_keys(config: Config, w: gguf.GGUFWriter) -> None:
     hidden, heads = int(need(config, "hidden_size")), int(need(config, "num_attention_heads"))
-    w.add_context_length(int(need(config, "max_position_embeddings")))
+    _sizes(config, w)
     w.add_rope_scaling_orig_ctx_len(
         int(need(config, "original_max_position_embeddings", "max_position_embeddings"))
     )
-    w.add_embedding_length(hidden)
-    w.add_feed_forward_length(int(need(config, "intermediate_size")))
-    w.add_block_count(int(need(config, "num_hidden_layers")))
-    w.add_head_count(heads)
-    w.add_head_count_kv(int(config.get("num_key_value_heads") or heads))
-    w.add_layer_norm_rms_eps(float(need(config, "rms_norm_eps")))
     w.add_rope_dimension_count(
         int(float(config.get("partial_rotary_factor") or 1.0) * hidden) // heads
     )
@@ -252,6 +250,9 @@ _GEMMA3_DEFAULTS: Config = {
     "rope_local_base_freq": 10000.0, "sliding_window": 4096, "query_pre_attn_scalar": 256,
 }  # fmt: skip
 
+_GEMMA3 = Architecture(
+    "gemma3", gguf.MODEL_ARCH.GEMMA3, _gemma3_keys, norm_plus_one=True, defaults=_GEMMA3_DEFAULTS
+)
 ARCHITECTURES: dict[str, Architecture] = {
     "LlamaForCausalLM": _LLAMA,
     "MistralForCausalLM": _LLAMA,
@@ -261,14 +262,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         "gemma2", gguf.MODEL_ARCH.GEMMA2, _gemma2_keys, norm_plus_one=True,
         drop=("lm_head.weight",),
     ),
-    "Gemma3ForCausalLM": Architecture(
-        "gemma3", gguf.MODEL_ARCH.GEMMA3, _gemma3_keys, norm_plus_one=True,
-        defaults=_GEMMA3_DEFAULTS,
-    ),
-    "Gemma3ForConditionalGeneration": Architecture(
-        "gemma3", gguf.MODEL_ARCH.GEMMA3, _gemma3_keys, norm_plus_one=True,
-        defaults=_GEMMA3_DEFAULTS,
-    ),
+    "Gemma3ForCausalLM": _GEMMA3,
+    "Gemma3ForConditionalGeneration": _GEMMA3,
     "Phi3ForCausalLM": Architecture("phi3", gguf.MODEL_ARCH.PHI3, _phi3_keys, extra=_phi3_factors),
 }  # fmt: skip
 
@@ -311,9 +306,7 @@ def transform(row: Architecture, config: Config, name: str, data: Array) -> Arra
     if row.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
         return permute(data, int(config["num_attention_heads"]))
     if row.permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
-        return permute(
-            data, int(config.get("num_key_value_heads") or config["num_attention_heads"])
-        )
+        return permute(data, kv_heads(config))
     if row.norm_plus_one and name.endswith("norm.weight"):
         return data.astype(np.float32) + 1.0
     return data

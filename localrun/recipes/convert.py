@@ -40,10 +40,6 @@ _NOT_TEXT = ("vision_tower.", "multi_modal_projector.", "vision_model.", "audio_
              "visual.", "mm_projector.")  # fmt: skip
 
 
-def is_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
-
-
 def checkpoint(folder: Path, target: Path, progress: Progress | None = None) -> None:
     """Write the GGUF of checkpoint `folder` to `target` (a new file)."""
     row, config = architectures.of(read_json(folder / "config.json", "checkpoint"), str(folder))
@@ -165,7 +161,7 @@ def _plan(row: Architecture, config: Config, found: dict[str, Tensor], n_vocab: 
 def _expected(row: Architecture, config: Config, n_vocab: int) -> dict[str, tuple[int, ...]]:
     """The shapes config.json gives the main tensors (a block's without its blk.N. prefix)."""
     hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-    kv = int(config.get("num_key_value_heads") or heads)
+    kv = architectures.kv_heads(config)
     ffn, dim = int(config["intermediate_size"]), architectures.head_dim(config)
     shapes = {
         "token_embd.weight": (n_vocab, hidden),

@@ -23,6 +23,7 @@ import gguf
 import numpy as np
 
 from localrun.errors import CheckpointError
+from localrun.gguf import scan
 from localrun.recipes import architectures
 from localrun.recipes.checkpoint import Tensor, read_json, shard_files, tensors
 from localrun.recipes.convert import F32, Progress, write_streamed
@@ -30,10 +31,6 @@ from localrun.recipes.convert import F32, Progress, write_streamed
 _LORA = re.compile(
     r"(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?"
 )
-
-
-def is_adapter(path: Path) -> bool:
-    return path.is_dir() and (path / "adapter_config.json").is_file()
 
 
 def adapter(folder: Path, base: Path, target: Path, progress: Progress | None = None) -> None:
@@ -53,8 +50,10 @@ def adapter(folder: Path, base: Path, target: Path, progress: Progress | None = 
     alpha = settings.get("lora_alpha")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
         raise CheckpointError(f"{folder}/adapter_config.json: no lora_alpha")
-    reader = gguf.GGUFReader(base)
-    arch = str(_field(reader, "general.architecture") or "")
+    # The project's own bounded header walk (cached per file), not gguf's reader, which reads
+    # every array element of the vocabulary in Python.
+    header = scan.scan(base)
+    arch = str(header.metadata.get("general.architecture") or "")
     row = next((r for r in architectures.ARCHITECTURES.values() if r.name == arch), None)
     if row is None:
         known = sorted({r.name for r in architectures.ARCHITECTURES.values()})
@@ -62,11 +61,10 @@ def adapter(folder: Path, base: Path, target: Path, progress: Progress | None = 
             f"{folder}: the base model is {arch or 'of no known architecture'}; localrun converts "
             f"adapters for {', '.join(known)} models",
         )
-    blocks = int(_field(reader, f"{arch}.block_count") or 0)
-    heads = int(_field(reader, f"{arch}.attention.head_count") or 0)
-    kv = int(_field(reader, f"{arch}.attention.head_count_kv") or heads)
-    shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
-    del reader
+    blocks = int(header.arch_value("block_count") or 0)
+    heads = int(header.arch_value("attention.head_count") or 0)
+    kv = int(header.arch_value("attention.head_count_kv") or heads)
+    shapes = {t.name: tuple(reversed(t.dims)) for t in header.tensors}
     names = gguf.get_tensor_name_map(row.arch, blocks)
     pairs = _pairs(folder, tensors(shard_files(folder, "adapter_model")))
     writer = gguf.GGUFWriter(target, arch)
@@ -160,8 +158,3 @@ def _b(row: architectures.Architecture, module: str, b: Tensor, scale: float, he
     if row.permute_qk and module.endswith("k_proj"):
         return architectures.permute(data, kv)
     return data
-
-
-def _field(reader: gguf.GGUFReader, key: str) -> Any:
-    field = reader.get_field(key)
-    return None if field is None else field.contents()

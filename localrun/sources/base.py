@@ -31,7 +31,8 @@ _QUANT_RE = re.compile(
     r"(?![A-Za-z0-9])",
     re.IGNORECASE,
 )
-_SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+# The name gguf-split gives each part of a split model.
+SPLIT = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) while a file downloads."""
@@ -117,7 +118,7 @@ class Hub(Protocol):
 def quant_of(path: str) -> str | None:
     """The quantization named in a GGUF file name ("model.Q4_K_M.gguf" -> "Q4_K_M")."""
     name = path.rsplit("/", 1)[-1]
-    split = _SPLIT_RE.match(name)
+    split = SPLIT.match(name)
     stem = split.group("stem") if split else name.removesuffix(".gguf").removesuffix(".GGUF")
     found = _QUANT_RE.findall(stem)
     if not found:
@@ -138,7 +139,7 @@ def _groups(files: list[RemoteFile]) -> dict[str, list[RemoteFile]]:
     for f in files:
         if not _is_model_gguf(f.path):
             continue
-        split = _SPLIT_RE.match(f.path)
+        split = SPLIT.match(f.path)
         key = split.group("stem") if split else f.path
         groups.setdefault(key, []).append(f)
     for parts in groups.values():
@@ -192,7 +193,7 @@ def pick(repo: Repo, tag: str | None, reference: str) -> Choice:
                 + ", ".join(available),
             )
     parts = groups[key]
-    split = _SPLIT_RE.match(parts[0].path)
+    split = SPLIT.match(parts[0].path)
     if split and len(parts) != int(split.group("count")):
         raise ModelNotFoundError(
             reference,

@@ -20,10 +20,9 @@ from pathlib import Path
 
 from localrun.errors import ImportSourceError
 from localrun.recipes.modelfile import Modelfile
-from localrun.sources.base import RemoteFile, projector_of, quant_of
+from localrun.sources.base import SPLIT, RemoteFile, projector_of, quant_of
 from localrun.sources.found import HEX, PART, Found, inside, read_text, refused
 
-SPLIT = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 # gguf-split writes at most a few hundred parts; a name claiming more is not one of its.
 MAX_PARTS = 1000
 

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from localrun.errors import ImportSourceError
+from localrun.sources.base import SPLIT
 from localrun.sources.folders import (
     MAX_PARTS,
-    SPLIT,
     hub_models,
     is_later_part,
     model_of,
