@@ -56,7 +56,11 @@ def refused(name: str, location: Path, source: str, problem: str) -> Found:
 
 def read_json(path: Path, most: int, what: str) -> Any:
     """The JSON in `path`, read with a bound; ImportSourceError when it is larger or not JSON."""
-    data = _read(path, most, what)
+    return parse_json(_read(path, most, what), path, what)
+
+
+def parse_json(data: bytes, path: Path, what: str) -> Any:
+    """The JSON in `data` (read from `path`); ImportSourceError when it is not JSON."""
     try:
         return json.loads(data)
     except (ValueError, RecursionError):

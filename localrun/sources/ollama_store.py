@@ -39,8 +39,8 @@ from localrun.sources.found import (
     Found,
     dirs,
     parameter,
+    parse_json,
     read_json,
-    read_text,
     refused,
 )
 
@@ -123,18 +123,18 @@ def _read(folder: Path, path: Path, name: str) -> Found:
     texts = [p for kind in _TEXT_KINDS for p in by_kind.get(kind, [])]
     if sum(p.stat().st_size for p in texts) > MAX_TEXT_TOTAL:
         raise ImportSourceError(f"{path}: its text layers hold more than {MAX_TEXT_TOTAL} bytes")
-    for text_path in texts:
-        _check_digest(text_path, digests[str(text_path)])
+    # Read once: what is checked is what is used.
+    content = {p: _check_digest(p, digests[str(p)]) for p in texts}
     modelfile = Modelfile(from_=str(found[0]))
     for text_path in by_kind.get("template", [])[:1]:
-        modelfile.template = read_text(text_path)
+        modelfile.template = _text(content[text_path])
     for text_path in by_kind.get("system", [])[:1]:
-        modelfile.system = read_text(text_path)
+        modelfile.system = _text(content[text_path])
     for params_path in by_kind.get("params", [])[:1]:
-        modelfile.parameters = _parameters(params_path)
+        modelfile.parameters = _parameters(params_path, content[params_path])
     for messages_path in by_kind.get("messages", [])[:1]:
-        modelfile.messages = _messages(messages_path)
-    modelfile.licenses = [read_text(p) for p in by_kind.get("license", [])]
+        modelfile.messages = _messages(messages_path, content[messages_path])
+    modelfile.licenses = [_text(content[p]) for p in by_kind.get("license", [])]
     modelfile.adapters = [str(p) for p in by_kind.get("adapter", [])]
     projectors = by_kind.get("projector", [])
     if projectors:
@@ -158,10 +158,14 @@ def _blob(folder: Path, digest: Any, manifest: Path, index: int) -> Path:
     return blob
 
 
-def _parameters(path: Path) -> list[tuple[str, params_mod.Value]]:
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _parameters(path: Path, data: bytes) -> list[tuple[str, params_mod.Value]]:
     """Ollama's parameters layer ({"stop": [...], "temperature": 0.6, ...}) as PARAMETER lines;
     one localrun does not know is left out (Ollama has a few more knobs)."""
-    values = read_json(path, MAX_TEXT, "parameters layer")
+    values = parse_json(data, path, "parameters layer")
     if not isinstance(values, dict):
         raise ImportSourceError(f"{path}: the parameters layer is not an object")
     out: list[tuple[str, params_mod.Value]] = []
@@ -173,8 +177,8 @@ def _parameters(path: Path) -> list[tuple[str, params_mod.Value]]:
     return out
 
 
-def _messages(path: Path) -> list[Message]:
-    values = read_json(path, MAX_TEXT, "messages layer")
+def _messages(path: Path, data: bytes) -> list[Message]:
+    values = parse_json(data, path, "messages layer")
     if not isinstance(values, list):
         return []
     return [
@@ -186,11 +190,12 @@ def _messages(path: Path) -> list[Message]:
     ]
 
 
-def _check_digest(path: Path, digest: str) -> None:
-    """A small layer whose content is what its name says, or ImportSourceError."""
+def _check_digest(path: Path, digest: str) -> bytes:
+    """The content of a small layer, checked to be what its name says, or ImportSourceError."""
     with path.open("rb") as handle:
-        actual = hashlib.sha256(handle.read(MAX_TEXT + 1)).hexdigest()
-    if f"sha256:{actual}" != digest:
+        data = handle.read(MAX_TEXT + 1)
+    if f"sha256:{hashlib.sha256(data).hexdigest()}" != digest:
         raise ImportSourceError(
             f"{path}: its content is not {digest} (the blob is damaged or was replaced)"
         )
+    return data
