@@ -59,12 +59,11 @@ class Resolver:
         self,
         store: Store,
         spawn: Callable[[Coroutine[Any, Any, Target]], asyncio.Task[Target]],
-        others: Index | None = None,
     ) -> None:
         """`spawn` runs a lookup as a task its owner cancels on close (an import in progress
-        then kills its child process); `others` lists other runners' models."""
+        then kills its child process)."""
         self.store = store
-        self.others = others if others is not None else Index()
+        self.others = Index()  # other runners' models (LOCALRUN_OTHER_RUNNERS)
         self._spawn = spawn
         self._pending: dict[str, asyncio.Future[Target]] = {}
 

@@ -105,13 +105,20 @@ def record(links: Path, blob_name: str, source: Path, how: str) -> None:
     write_atomic(links / blob_name, [f"{how}\n{real}\n{stamp}".encode()], sync_dir=False)
 
 
+def _record(links: Path, blob_name: str) -> list[str] | None:
+    """The lines of a linked blob's record (how, original path, then what the original was
+    when linked), or None where there is none or it is unreadable or short."""
+    try:
+        lines = (links / blob_name).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return lines if len(lines) >= 2 else None
+
+
 def recorded(links: Path, blob_name: str) -> tuple[str, str] | None:
     """(how, original path) of a linked blob, or None."""
-    try:
-        how, path = (links / blob_name).read_text().splitlines()[:2]
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return how, path
+    lines = _record(links, blob_name)
+    return (lines[0], lines[1]) if lines is not None else None
 
 
 def original(links: Path, blob_name: str) -> str | None:
@@ -125,11 +132,8 @@ def drifted(links: Path, blob: Path) -> tuple[str, str] | None:
     """("gone", path) when the user's file `blob` was linked from is no longer at its path,
     ("changed", path) when another file or other content is; None while it is the file that
     was linked, or where no record says (a blob of the store's own)."""
-    try:
-        lines = (links / blob.name).read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if len(lines) < 2:
+    lines = _record(links, blob.name)
+    if lines is None:
         return None
     how, path = lines[0], lines[1]
     try:
