@@ -488,3 +488,17 @@ def test_the_setting_names_the_runners_import_knows(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("LOCALRUN_OTHER_RUNNERS", "ollama,vllm")
     with pytest.raises(ConfigError, match="unknown runner 'vllm'"):
         config.other_runners()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "said"),
+    [
+        ("LOCALRUN_OTHER_RUNNERS", "ollama,vllm", "unknown runner 'vllm'"),
+        ("LOCALRUN_ANSWER_MEMORY", "maybe", "expected a boolean"),
+    ],
+)
+def test_serve_refuses_a_bad_setting(cli: CLI, setting: str, value: str, said: str) -> None:
+    """The routes read these at each request and only log a bad value there: `serve` checks
+    them first, so a typo is one line and an exit, not a server that quietly ignores it."""
+    result = cli("serve", "--port", "0", env={setting: value}, timeout=60)
+    assert_one_line_error(result, setting, said)

@@ -126,6 +126,8 @@ def serve(
         )
     limits = Limits.from_env()
     debug = config.debug()
+    # Read by the routes at each listing, where a bad value only logs: a typo fails here.
+    config.other_runners()
     _configure_logging(debug)
     # Every connection holds a file descriptor: allow as many as the system lets us, then keep
     # the connection cap below that.
