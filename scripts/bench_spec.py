@@ -20,10 +20,12 @@ Python file of 40-60 lines with one identifier renamed), `quote` (summarise a te
 its sentences) and `prose` (a story, an essay). Every request is a raw completion of the same
 prompt text, N_PREDICT tokens at most; rounds are interleaved (every stack once per round, in a
 rotating order); a round's rate is all of a workload's tokens over their generation time, and
-the median over rounds is reported. The output token counts of all stacks are checked equal (a
-stack that stopped early is flagged), and how often each speculating stack's greedy text
-differs from its own without speculation is reported (a batch of tokens can flip a near tie in
-the last bits of the logits).
+the median over rounds is reported; localrun auto's ratios are given twice, as the ratio of
+those medians and as the median of the round-by-round ratios (with their range), the steadier
+reading where a shared machine's speed drifts from one minute to the next. The output token
+counts of all stacks are checked equal (a stack that stopped early is flagged), and how often
+each speculating stack's greedy text differs from its own without speculation is reported (a
+batch of tokens can flip a near tie in the last bits of the logits).
 
 ngram-mod keeps its n-gram table across requests, so from the second round on it drafts each
 answer from the one it gave the same prompt before; its first request of each prompt is
@@ -159,6 +161,13 @@ class Stack:
             drafted=sum(s.drafted for s in samples),
             accepted=sum(s.accepted for s in samples),
         )
+
+    def per_round(self, other: Stack, workload: str) -> list[float]:
+        """This stack's rate over `other`'s, round by round: the two ran minutes apart at most,
+        so a machine whose speed drifts (a shared host) moves both."""
+        n = len(self.samples.get(workload, [])) // len(WORKLOADS[workload])
+        pairs = [(self.round(workload, r), other.round(workload, r)) for r in range(n)]
+        return [a.rate / b.rate for a, b in pairs if a is not None and b is not None and b.rate]
 
     def median(self, workload: str) -> float | None:
         """The median over rounds of a round's rate (all its prompts' tokens over their
@@ -325,11 +334,24 @@ def decode_report(stacks: list[Stack]) -> tuple[str, dict[str, Any]]:
                     total += 1
                     equal += a.text == b.text
         lines.append(f"  {fast}: {equal}/{total}")
+
+    def paired(workload: str, ref: str) -> str:
+        """The median of the round-by-round ratios, and their range (a second reading of the
+        ratio of medians, steadier where the machine's speed drifts)."""
+        if "localrun auto" not in by_name or ref not in by_name:
+            return ""
+        got = by_name["localrun auto"].per_round(by_name[ref], workload)
+        figures.setdefault("per_round", {}).setdefault(workload, {})[ref] = got
+        if not got:
+            return ""
+        middle = statistics.median(got)
+        return f" (round by round: median {middle:.2f}x, {min(got):.2f}-{max(got):.2f})"
+
     lines += ["", "localrun auto against localrun off, the same server build (target >= 0.98x):"]
     for workload in WORKLOADS:
         on, off = figures[workload].get("localrun auto"), figures[workload].get("localrun off")
         if on and off:
-            lines.append(f"  {workload}: {on / off:.2f}x")
+            lines.append(f"  {workload}: {on / off:.2f}x{paired(workload, 'localrun off')}")
     lines += ["", "Ratios of localrun auto (targets from the issue):"]
 
     def ratio(workload: str, ref: str) -> float | None:
@@ -342,7 +364,9 @@ def decode_report(stacks: list[Stack]) -> tuple[str, dict[str, Any]]:
         vs_plain = ratio(workload, "llama-server")
         target = TARGET_VS_PLAIN.get(workload)
         wanted = f" (target >= {target}x)" if target else ""
-        parts = [f"{workload}: {_x(vs_plain)} llama-server{wanted}"]
+        parts = [
+            f"{workload}: {_x(vs_plain)} llama-server{paired(workload, 'llama-server')}{wanted}"
+        ]
         if workload in EDIT_WORKLOADS:
             rates = [figures[workload].get(n) for n in best_ngram]
             best = max((r for r in rates if r), default=None)
