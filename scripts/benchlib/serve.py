@@ -30,6 +30,7 @@ from benchlib.streams import (
     llama_server_stream,
     localrun_stream,
 )
+from benchlib.workloads import CTX
 
 __all__ = [
     "SLOTS",
@@ -191,6 +192,20 @@ def llama_server(build_dir: Path, model: Path, threads: int) -> Server:
     if not exe.is_file():
         server.failure = f"no llama-server in {build_dir / 'bin'}"
     return server
+
+
+def llama_server_with(build_dir: Path, model: Path, threads: int, spec: list[str]) -> Server:
+    """llama-server with one slot of CTX tokens and `spec` (its speculation arguments, none for
+    plain decoding), named after its --spec-type."""
+    port = free_port()
+    exe = build_dir / "bin" / "llama-server"
+    cmd = [
+        str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+        "-t", str(threads), "-tb", str(threads), "-np", "1", "-c", str(CTX), "--no-webui",
+        *OFFLOAD, *spec,
+    ]  # fmt: skip
+    name = "llama-server" + (f" {spec[1]}" if spec else "")
+    return Server(name, cmd, port, "/health", llama_server_stream)
 
 
 def llama_cpp_python_server(model: Path, threads: int) -> Server:
