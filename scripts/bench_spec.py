@@ -320,13 +320,21 @@ def decode_report(stacks: list[Stack]) -> tuple[str, dict[str, Any]]:
                     equal += a.text == b.text
         lines.append(f"  {fast}: {equal}/{total}")
 
+    # localrun auto over each reference round by round: a second reading of the ratio of
+    # medians, steadier where the machine's speed drifts.
+    auto = by_name.get("localrun auto")
+    rounds: dict[str, dict[str, list[float]]] = {
+        workload: {
+            ref: auto.per_round(by_name[ref], workload)
+            for ref in ("localrun off", "llama-server")
+            if auto is not None and ref in by_name
+        }
+        for workload in WORKLOADS
+    }
+    figures["per_round"] = rounds
+
     def paired(workload: str, ref: str) -> str:
-        """The median of the round-by-round ratios, and their range (a second reading of the
-        ratio of medians, steadier where the machine's speed drifts)."""
-        if "localrun auto" not in by_name or ref not in by_name:
-            return ""
-        got = by_name["localrun auto"].per_round(by_name[ref], workload)
-        figures.setdefault("per_round", {}).setdefault(workload, {})[ref] = got
+        got = rounds[workload].get(ref)
         if not got:
             return ""
         middle = statistics.median(got)

@@ -181,31 +181,29 @@ def localrun_serve(lr: Localrun, threads: int, name: str = "localrun serve") -> 
 
 
 def llama_server(build_dir: Path, model: Path, threads: int) -> Server:
-    port = free_port()
-    exe = build_dir / "bin" / "llama-server"
-    cmd = [
-        str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-        "-t", str(threads), "-tb", str(threads), "-np", str(SLOTS),
-        "-c", str(CTX_PER_SLOT * SLOTS), "--no-kv-unified", "--no-webui", *OFFLOAD,
-    ]  # fmt: skip
-    server = Server("llama-server", cmd, port, "/health", llama_server_stream)
-    if not exe.is_file():
-        server.failure = f"no llama-server in {build_dir / 'bin'}"
-    return server
+    """llama-server with SLOTS slots of CTX_PER_SLOT tokens each, as localrun serve has them."""
+    slots = ["-np", str(SLOTS), "-c", str(CTX_PER_SLOT * SLOTS), "--no-kv-unified"]
+    return _llama_server(build_dir, model, threads, "llama-server", slots)
 
 
 def llama_server_with(build_dir: Path, model: Path, threads: int, spec: list[str]) -> Server:
     """llama-server with one slot of CTX tokens and `spec` (its speculation arguments, none for
     plain decoding), named after its --spec-type."""
+    name = "llama-server" + (f" {spec[1]}" if spec else "")
+    return _llama_server(build_dir, model, threads, name, ["-np", "1", "-c", str(CTX), *spec])
+
+
+def _llama_server(build_dir: Path, model: Path, threads: int, name: str, args: list[str]) -> Server:
     port = free_port()
     exe = build_dir / "bin" / "llama-server"
     cmd = [
         str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-        "-t", str(threads), "-tb", str(threads), "-np", "1", "-c", str(CTX), "--no-webui",
-        *OFFLOAD, *spec,
+        "-t", str(threads), "-tb", str(threads), "--no-webui", *OFFLOAD, *args,
     ]  # fmt: skip
-    name = "llama-server" + (f" {spec[1]}" if spec else "")
-    return Server(name, cmd, port, "/health", llama_server_stream)
+    server = Server(name, cmd, port, "/health", llama_server_stream)
+    if not exe.is_file():
+        server.failure = f"no llama-server in {build_dir / 'bin'}"
+    return server
 
 
 def llama_cpp_python_server(model: Path, threads: int) -> Server:
