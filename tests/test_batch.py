@@ -372,6 +372,44 @@ def test_embeddings_are_normalized_and_meaningful(smol: BatchEngine) -> None:
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])
 
 
+def test_embeddings_are_computed_on_the_loop_thread(
+    smol: BatchEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """engine.calls: a second thread that decodes gets an OpenMP team of its own, after which
+    every barrier of the loop's decodes sleeps (generation at ~0.6x for good on two cores). The
+    loop's thread computes an embedding between two steps of a generation under way, and one
+    asked from the loop's own thread (a sink) runs at once instead of waiting for itself."""
+    threads: list[str] = []
+    real = smol._embedder.embed
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(smol._embedder, "embed", spy)
+    prompt = chat(smol, "Tell me a story about a lighthouse keeper.")
+    beside = run(smol, prompt, greedy(48))
+    assert beside.first_piece.wait(60)
+    vectors, count = smol.embed(["computed between two steps"])
+    assert len(vectors) == 1 and count > 0
+    assert beside.wait().reason in ("length", "stop") and beside.tokens
+    got: list[tuple[list[list[float]], int]] = []
+    run(smol, prompt, greedy(1), on_piece=lambda c: got.append(smol.embed(["x"]))).wait()
+    assert len(got) == 1 and len(got[0][0]) == 1
+    assert threads == ["localrun-batch", "localrun-batch"]
+
+
+def test_a_failed_call_reaches_its_caller_and_the_loop_goes_on(smol: BatchEngine) -> None:
+    def bad() -> None:
+        raise BadRequestError("refused on the loop")
+
+    with pytest.raises(BadRequestError, match="refused on the loop"):
+        smol.on_loop(bad)
+    assert smol.on_loop(lambda: threading.current_thread().name) == "localrun-batch"
+    prompt = chat(smol, "Say hi.")
+    assert run(smol, prompt, greedy(4)).wait().reason in ("length", "stop")
+
+
 def test_embeddings_do_not_depend_on_batching(tiny_chunked: BatchEngine) -> None:
     engine = tiny_chunked
     long_text = "the a b c d e f g h i j k l m n o p " * 8  # 218 tokens: 4 decodes of 64

@@ -20,7 +20,8 @@ when they are there, and saved there once evaluated.
 
 Results go to a Sink, called on the loop thread; each request gets exactly one done() or
 error(). `generate` reads one answer as an iterator instead. Embeddings (engine.embed) use a
-second context made on first use, on the caller's thread.
+second context made on first use, computed on the loop's thread between two steps (engine.calls:
+why one thread of a process computes).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from localrun.engine import draft, prompt_cache, speculate
+from localrun.engine import calls, draft, prompt_cache, speculate
 from localrun.engine.answers import AnswerMemory
 from localrun.engine.costs import CostMeter, DecodeCost
 from localrun.engine.embed import Embedder
@@ -42,7 +43,7 @@ from localrun.engine.native import lc
 from localrun.engine.rows import StepBatch
 from localrun.engine.sampling import Sampler, logprob_entry
 from localrun.engine.sequence import answer_ends, check_prompt
-from localrun.engine.slots import Job, Slot, Slots, Ticket, unbound
+from localrun.engine.slots import Job, Slot, Slots, Ticket, read_media, unbound
 from localrun.engine.threads import Governor
 from localrun.engine.types import (
     EmbedInput,
@@ -54,6 +55,8 @@ from localrun.engine.types import (
 )
 from localrun.engine.weights import Weights
 from localrun.errors import BadRequestError, EngineError, InvalidParameterError, LocalrunError
+
+T = TypeVar("T")
 
 # OpenAI's bound on top_logprobs; it also bounds the work per token.
 MAX_TOP_LOGPROBS = 20
@@ -77,7 +80,8 @@ class BatchEngine:
         self._closing = False
         self._wake = False  # cancel(), reset() or close() wants the loop to take the lock
         self._forget = False  # reset(): empty the idle slots' KV before the next request
-        self._embed_lock = threading.Lock()
+        self._release_lock = threading.Lock()
+        self._calls = calls.LoopCalls()  # for the loop's thread (embeddings)
         self._draft: draft.DraftModel | None = None
         self.projector: Projector | None = None
         self._prompt_cache: prompt_cache.PromptCache | None = None
@@ -287,6 +291,8 @@ class BatchEngine:
             with self._cond:
                 waiting = list(self._queue)
                 self._queue.clear()
+                pending = self._calls.close()
+            calls.fail(pending)
             for slot in list(self._slots.active):
                 self._finish(slot, "cancelled")
             for job in waiting:
@@ -310,6 +316,8 @@ class BatchEngine:
                 self._queue.remove(job)
             free = self.n_slots - len(slots.active)
             taken = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
+            waiting = self._calls.take()
+        calls.run(waiting)
         for job in dropped:
             self._end(job, "cancelled")
         for slot in [s for s in slots.active if s.job is not None and s.job.cancelled]:
@@ -361,7 +369,7 @@ class BatchEngine:
     def _step(self) -> None:
         """One llama_decode for every active slot, then a token for each that needs one."""
         if self.projector is not None:
-            self._evaluate_media()
+            read_media(self._slots, self.projector, self._ctx, self._n_batch, self._fail)
         rows = self._rows
         assert rows is not None
         n = rows.fill(self._slots)
@@ -381,25 +389,6 @@ class BatchEngine:
             return
         for slot in list(self._slots.active):
             self._advance(slot)
-
-    def _evaluate_media(self) -> None:
-        """Each slot whose prompt has come to an image or audio: its medium, into its sequence
-        (a llama_decode of its own: embeddings, not tokens)."""
-        assert self.projector is not None
-        for slot in list(self._slots.active):
-            job = slot.job
-            if job is None or job.media is None or slot.token >= 0 or slot.leader is not None:
-                continue
-            span = job.media.spans.get(len(slot.cache))
-            while span is not None:
-                done = len(slot.cache)
-                try:
-                    self.projector.evaluate(self._ctx, span, done, slot.seq, self._n_batch)
-                except EngineError as exc:
-                    self._fail([slot], exc)
-                    break
-                slot.cache.extend(job.prompt[done : done + span.length])
-                span = job.media.spans.get(len(slot.cache))
 
     def _advance(self, slot: Slot) -> None:
         """After a decode: take in what the slot's rows held, then its next token if it has
@@ -552,12 +541,26 @@ class BatchEngine:
     def embed(
         self, texts: Sequence[EmbedInput], *, truncate: bool = True, query: str | None = None
     ) -> tuple[list[list[float]], int]:
-        """L2-normalized embeddings of `texts` and the tokens read (engine.embed.Embedder): on
-        the caller's thread, in a second context, while generation goes on."""
-        with self._embed_lock:  # the contexts are not freed meanwhile
-            if self._closing or self._released:
+        """L2-normalized embeddings of `texts` and the tokens read (engine.embed.Embedder), in a
+        second context, computed on the loop's thread between two steps."""
+
+        def compute() -> tuple[list[list[float]], int]:
+            if self._released:
                 raise EngineError("the model is being unloaded")
             return self._embedder.embed(texts, truncate=truncate, query=query)
+
+        return self.on_loop(compute)
+
+    def on_loop(self, fn: Callable[[], T]) -> T:
+        """`fn()` on the loop's thread between two steps, its result or exception returned
+        here: llama.cpp compute of this process stays on one thread (engine.calls)."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        with self._cond:
+            future = self._calls.add(fn)
+            self._wake = True
+            self._cond.notify()
+        return future.result()
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -576,7 +579,7 @@ class BatchEngine:
             self._prompt_cache.flush()
 
     def _release(self) -> None:
-        with self._embed_lock:
+        with self._release_lock:
             if self._released:
                 return
             self._released = True

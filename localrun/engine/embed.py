@@ -44,8 +44,8 @@ class Embedder:
         self, texts: Sequence[EmbedInput], *, truncate: bool = True, query: str | None = None
     ) -> tuple[list[list[float]], int]:
         """L2-normalized embeddings of `texts` (texts or token ids, checked by the caller to be
-        in the vocabulary) and the number of tokens read. One thread at a time (the engine
-        holds a lock). A text longer than the context is cut to fit, or with truncate=False
+        in the vocabulary) and the number of tokens read. On the engine's loop thread
+        (engine.calls). A text longer than the context is cut to fit, or with truncate=False
         raises ContextOverflowError. With `query` (a reranker only), each text is a document
         and its vector the classifier's outputs for the pair; a pair never is cut (the end of
         it is what a causal reranker reads).

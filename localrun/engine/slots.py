@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from localrun.engine import speculate
-from localrun.engine.media import MediaPrompt
+from localrun.engine.media import MediaPrompt, Projector
 from localrun.engine.native import lc
 from localrun.engine.sampling import Sampler
 from localrun.engine.sequence import trim
 from localrun.engine.types import Sink, Timings, reusable
+from localrun.errors import EngineError
 
 # A prompt may drop this many tokens of a cache and still continue its conversation (a
 # re-rendered template may tokenize the end of the last answer differently).
@@ -258,6 +259,31 @@ class Slots:
         """Whether a slot holds `prefix` already (read off the loop thread: only a guess)."""
         n = len(prefix)
         return any(s.cache[:n] == prefix for s in self.all)
+
+
+def read_media(
+    slots: Slots,
+    projector: Projector,
+    ctx: Any,
+    n_batch: int,
+    fail: Callable[[list[Slot], EngineError], None],
+) -> None:
+    """Each slot whose prompt has come to an image or audio: its medium, into its sequence
+    (a llama_decode of its own: embeddings, not tokens); `fail` ends a slot it failed for."""
+    for slot in list(slots.active):
+        job = slot.job
+        if job is None or job.media is None or slot.token >= 0 or slot.leader is not None:
+            continue
+        span = job.media.spans.get(len(slot.cache))
+        while span is not None:
+            done = len(slot.cache)
+            try:
+                projector.evaluate(ctx, span, done, slot.seq, n_batch)
+            except EngineError as exc:
+                fail([slot], exc)
+                break
+            slot.cache.extend(job.prompt[done : done + span.length])
+            span = job.media.spans.get(len(slot.cache))
 
 
 class Ticket:

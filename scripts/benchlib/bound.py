@@ -17,6 +17,7 @@ a memory of earlier answers to the same prompt can, since it drafts tokens the h
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -117,7 +118,7 @@ def replay(
 
 def measure_costs(model: Any, prompt: Sequence[int], rounds: int = 7) -> dict[int, float]:
     """Median seconds of one llama_decode of k tokens, all with logits, after `prompt`, in a
-    context of the model's weights made for it (the engine's own belongs to its loop)."""
+    context of the model's weights made for it, on the engine's loop thread (`on_loop`)."""
     import llama_cpp as lc
 
     from localrun.engine.sequence import put
@@ -184,7 +185,9 @@ def bounds(
                     pass
                 answer = list(gen.tokens)
                 if not costs:
-                    costs = measure_costs(model, prompt)
+                    # On the loop's thread: a second thread that decodes makes every decode of
+                    # the process slower (localrun.engine.calls), these timings too.
+                    costs = model.on_loop(functools.partial(measure_costs, model, prompt))
                 tokens += len(answer)
                 plain += len(answer) * costs[1]
                 fastest += oracle_seconds(prompt, answer, costs, draft_max)
