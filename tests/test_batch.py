@@ -13,6 +13,7 @@ import llama_cpp
 import pytest
 
 from localrun.engine.batch import BatchEngine
+from localrun.engine.native import lc
 from localrun.engine.slots import Ticket
 from localrun.engine.types import LoadOptions, SamplingOptions, Timings
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError, LocalrunError
@@ -372,31 +373,33 @@ def test_embeddings_are_normalized_and_meaningful(smol: BatchEngine) -> None:
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])
 
 
-def test_embeddings_are_computed_on_the_loop_thread(
+def test_every_decode_runs_on_the_loop_thread(
     smol: BatchEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """engine.calls: a second thread that decodes gets an OpenMP team of its own, after which
-    every barrier of the loop's decodes sleeps (generation at ~0.6x for good on two cores). The
-    loop's thread computes an embedding between two steps of a generation under way, and one
-    asked from the loop's own thread (a sink) runs at once instead of waiting for itself."""
+    every barrier of the loop's decodes sleeps (generation at ~0.6x for good on two cores). An
+    embedding asked beside a generation under way has each decode run by the loop between two
+    steps; one asked from the loop's own thread (a sink) runs at once instead of waiting for
+    itself."""
     threads: list[str] = []
-    real = smol._embedder.embed
+    real = lc.llama_decode
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
+    def spy(*args: Any) -> Any:
         threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)
+        return real(*args)
 
-    monkeypatch.setattr(smol._embedder, "embed", spy)
+    monkeypatch.setattr(lc, "llama_decode", spy)
     prompt = chat(smol, "Tell me a story about a lighthouse keeper.")
     beside = run(smol, prompt, greedy(48))
     assert beside.first_piece.wait(60)
-    vectors, count = smol.embed(["computed between two steps"])
-    assert len(vectors) == 1 and count > 0
+    long_text = " ".join(["the keeper climbed the stairs"] * 60)  # several decodes
+    vectors, count = smol.embed(["computed between two steps", long_text])
+    assert len(vectors) == 2 and count > 300
     assert beside.wait().reason in ("length", "stop") and beside.tokens
     got: list[tuple[list[list[float]], int]] = []
     run(smol, prompt, greedy(1), on_piece=lambda c: got.append(smol.embed(["x"]))).wait()
     assert len(got) == 1 and len(got[0][0]) == 1
-    assert threads == ["localrun-batch", "localrun-batch"]
+    assert len(threads) > 48 and set(threads) == {"localrun-batch"}
 
 
 def test_a_failed_call_reaches_its_caller_and_the_loop_goes_on(smol: BatchEngine) -> None:

@@ -20,8 +20,8 @@ when they are there, and saved there once evaluated.
 
 Results go to a Sink, called on the loop thread; each request gets exactly one done() or
 error(). `generate` reads one answer as an iterator instead. Embeddings (engine.embed) use a
-second context made on first use, computed on the loop's thread between two steps (engine.calls:
-why one thread of a process computes).
+second context made on first use, on the caller's thread; the loop runs each of their decodes
+between two steps (engine.calls: why one thread of a process computes).
 """
 
 from __future__ import annotations
@@ -80,15 +80,15 @@ class BatchEngine:
         self._closing = False
         self._wake = False  # cancel(), reset() or close() wants the loop to take the lock
         self._forget = False  # reset(): empty the idle slots' KV before the next request
-        self._release_lock = threading.Lock()
-        self._calls = calls.LoopCalls()  # for the loop's thread (embeddings)
+        self._embed_lock = threading.Lock()
+        self._calls = calls.LoopCalls()  # for the loop's thread (embeddings' decodes)
         self._draft: draft.DraftModel | None = None
         self.projector: Projector | None = None
         self._prompt_cache: prompt_cache.PromptCache | None = None
         self.prompt_cache_note: str | None = None
         self._queue: collections.deque[Job] = collections.deque()
         weights = self._weights = Weights(path, options)
-        self._embedder = Embedder(weights, options)
+        self._embedder = Embedder(weights, options, self.on_loop)
         self._threads = Governor(options.num_thread, adaptive=options.adapt_threads)
         try:
             self._open(slots)
@@ -541,15 +541,12 @@ class BatchEngine:
     def embed(
         self, texts: Sequence[EmbedInput], *, truncate: bool = True, query: str | None = None
     ) -> tuple[list[list[float]], int]:
-        """L2-normalized embeddings of `texts` and the tokens read (engine.embed.Embedder), in a
-        second context, computed on the loop's thread between two steps."""
-
-        def compute() -> tuple[list[list[float]], int]:
-            if self._released:
+        """L2-normalized embeddings of `texts` and the tokens read (engine.embed.Embedder): in a
+        second context, on the caller's thread, each decode run by the loop between two steps."""
+        with self._embed_lock:  # the contexts are not freed meanwhile
+            if self._closing or self._released:
                 raise EngineError("the model is being unloaded")
             return self._embedder.embed(texts, truncate=truncate, query=query)
-
-        return self.on_loop(compute)
 
     def on_loop(self, fn: Callable[[], T]) -> T:
         """`fn()` on the loop's thread between two steps, its result or exception returned
@@ -579,7 +576,7 @@ class BatchEngine:
             self._prompt_cache.flush()
 
     def _release(self) -> None:
-        with self._release_lock:
+        with self._embed_lock:
             if self._released:
                 return
             self._released = True

@@ -1,5 +1,6 @@
 """Embeddings from a model the batch engine serves: a second llama.cpp context of the same
-weights, made on first use, so that generation goes on meanwhile.
+weights, made on first use, its decodes run by the engine's loop thread between two steps of
+generation (engine.calls: why one thread of a process computes).
 
 A model made for embeddings names its pooling, and llama.cpp pools each text its way (whole
 texts per decode); for a generative model the hidden states of a text's tokens are averaged,
@@ -14,7 +15,8 @@ the score llama-server reports.
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from localrun.engine.native import lc
@@ -26,13 +28,22 @@ from localrun.errors import BadRequestError, EngineError
 # Texts embedded in one decode (sequences of the embedding context).
 EMBED_SEQUENCES = 16
 
+# Runs a llama_decode (given as a call) and returns its code.
+Compute = Callable[[Callable[[], int]], int]
+
+
+def _here(decode: Callable[[], int]) -> int:
+    return decode()
+
 
 class Embedder:
     """The embedding context of `weights` (freed with them), and how a model embeds."""
 
-    def __init__(self, weights: Weights, options: LoadOptions) -> None:
+    def __init__(self, weights: Weights, options: LoadOptions, compute: Compute = _here) -> None:
         self._weights = weights
         self._options = options
+        # Runs each llama_decode: the engine's loop thread does (engine.calls), between steps.
+        self._compute = compute
         self._ctx: Any = None
         self._n_ctx = 0
         self._limit = 0
@@ -44,11 +55,11 @@ class Embedder:
         self, texts: Sequence[EmbedInput], *, truncate: bool = True, query: str | None = None
     ) -> tuple[list[list[float]], int]:
         """L2-normalized embeddings of `texts` (texts or token ids, checked by the caller to be
-        in the vocabulary) and the number of tokens read. On the engine's loop thread
-        (engine.calls). A text longer than the context is cut to fit, or with truncate=False
-        raises ContextOverflowError. With `query` (a reranker only), each text is a document
-        and its vector the classifier's outputs for the pair; a pair never is cut (the end of
-        it is what a causal reranker reads).
+        in the vocabulary) and the number of tokens read. One thread at a time (the engine
+        holds a lock); each decode runs through `compute`. A text longer than the context is
+        cut to fit, or with truncate=False raises ContextOverflowError. With `query` (a
+        reranker only), each text is a document and its vector the classifier's outputs for the
+        pair; a pair never is cut (the end of it is what a causal reranker reads).
         """
         import numpy as np
 
@@ -147,7 +158,7 @@ class Embedder:
         import numpy as np
 
         n_embd = out.shape[1]
-        with _EmbedBatch(ctx) as batch:
+        with _EmbedBatch(ctx, self._compute) as batch:
             index = 0
             while index < len(inputs):
                 group: list[int] = []
@@ -173,7 +184,7 @@ class Embedder:
         import numpy as np
 
         n_embd = out.shape[1]
-        with _EmbedBatch(ctx) as batch:
+        with _EmbedBatch(ctx, self._compute) as batch:
             memory = batch.memory
             lc.llama_memory_clear(memory, True)
             waiting = collections.deque(range(len(inputs)))
@@ -217,8 +228,9 @@ def _rerank_template(model: Any) -> str | None:
 class _EmbedBatch:
     """A llama_batch for the embedding context: tokens of several sequences, each an output."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, compute: Compute) -> None:
         self.ctx = ctx
+        self.compute = compute
         self.size = int(lc.llama_n_batch(ctx))
         self.n_seq = int(lc.llama_n_seq_max(ctx))
         self.memory = lc.llama_get_memory(ctx)
@@ -239,7 +251,7 @@ class _EmbedBatch:
         """Decode what was added; returns how many tokens that was."""
         n, self.n = self.n, 0
         self._batch.n_tokens = n
-        rc = lc.llama_decode(self.ctx, self._batch)
+        rc = self.compute(functools.partial(lc.llama_decode, self.ctx, self._batch))
         if rc != 0:
             if self.memory:
                 lc.llama_memory_clear(self.memory, True)

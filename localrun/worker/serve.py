@@ -5,9 +5,9 @@ request lines on stdin and writes events to stdout) or in the process of `localr
 dispatches the same messages and reads the same events (worker.local). The caller's thread
 prepares each generation and submits it to the engine; the engine calls each request's sink on
 its own thread, where the answer is filtered and its events written (worker.sink). Embeddings
-wait on a thread of their own so that a long embedding does not hold up cancels (the engine
-computes them on its loop's thread between two steps: engine.calls); they go EMBED_GROUP inputs
-at a time, sending each group's vectors and checking for a cancel between.
+run on a thread of their own so that a long embedding does not hold up cancels (the engine's
+loop runs each of their decodes between two steps: engine.calls); they go EMBED_GROUP inputs at
+a time, sending each group's vectors and checking for a cancel between.
 """
 
 from __future__ import annotations
