@@ -32,7 +32,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from localrun.engine import calls, draft, prompt_cache, speculate
 from localrun.engine.answers import AnswerMemory
@@ -55,8 +55,6 @@ from localrun.engine.types import (
 )
 from localrun.engine.weights import Weights
 from localrun.errors import BadRequestError, EngineError, InvalidParameterError, LocalrunError
-
-T = TypeVar("T")
 
 # OpenAI's bound on top_logprobs; it also bounds the work per token.
 MAX_TOP_LOGPROBS = 20
@@ -548,7 +546,7 @@ class BatchEngine:
                 raise EngineError("the model is being unloaded")
             return self._embedder.embed(texts, truncate=truncate, query=query)
 
-    def on_loop(self, fn: Callable[[], T]) -> T:
+    def on_loop(self, fn: Callable[[], calls.T]) -> calls.T:
         """`fn()` on the loop's thread between two steps, its result or exception returned
         here: llama.cpp compute of this process stays on one thread (engine.calls)."""
         if threading.current_thread() is self._thread:

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 from localrun.errors import EngineError
 
 T = TypeVar("T")
+# Calls waiting for the loop: each callable and the Future its caller waits on.
+Pending = list[tuple[Callable[[], Any], Future[Any]]]
 
 
 class LoopCalls:
@@ -32,9 +34,6 @@ class LoopCalls:
         )
         self.closed = False
 
-    def __bool__(self) -> bool:
-        return bool(self._pending)
-
     def add(self, fn: Callable[[], T]) -> Future[T]:
         if self.closed:
             raise EngineError("the model is being unloaded")
@@ -42,18 +41,18 @@ class LoopCalls:
         self._pending.append((fn, future))
         return future
 
-    def take(self) -> list[tuple[Callable[[], Any], Future[Any]]]:
+    def take(self) -> Pending:
         taken = list(self._pending)
         self._pending.clear()
         return taken
 
-    def close(self) -> list[tuple[Callable[[], Any], Future[Any]]]:
+    def close(self) -> Pending:
         """No more calls; those still waiting, for `fail`."""
         self.closed = True
         return self.take()
 
 
-def run(calls: list[tuple[Callable[[], Any], Future[Any]]]) -> None:
+def run(calls: Pending) -> None:
     """Each call on this thread; its result or exception to its caller."""
     for fn, future in calls:
         if not future.set_running_or_notify_cancel():
@@ -64,7 +63,7 @@ def run(calls: list[tuple[Callable[[], Any], Future[Any]]]) -> None:
             future.set_exception(exc)
 
 
-def fail(calls: list[tuple[Callable[[], Any], Future[Any]]]) -> None:
+def fail(calls: Pending) -> None:
     for _, future in calls:
         if future.set_running_or_notify_cancel():
             future.set_exception(EngineError("the model is being unloaded"))

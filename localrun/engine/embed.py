@@ -32,14 +32,10 @@ EMBED_SEQUENCES = 16
 Compute = Callable[[Callable[[], int]], int]
 
 
-def _here(decode: Callable[[], int]) -> int:
-    return decode()
-
-
 class Embedder:
     """The embedding context of `weights` (freed with them), and how a model embeds."""
 
-    def __init__(self, weights: Weights, options: LoadOptions, compute: Compute = _here) -> None:
+    def __init__(self, weights: Weights, options: LoadOptions, compute: Compute) -> None:
         self._weights = weights
         self._options = options
         # Runs each llama_decode: the engine's loop thread does (engine.calls), between steps.
