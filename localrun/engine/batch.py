@@ -304,6 +304,7 @@ class BatchEngine:
             return True  # the common step: no lock taken
         with self._cond:
             while not (self._closing or self._queue or slots.active or self._wake):
+                self._threads.pause()  # what others use while this one sleeps says little
                 self._cond.wait()
             if self._closing:
                 return False

@@ -11,6 +11,15 @@ processes used since its last look (the system's busy time less this process's) 
 with the cores they left: at least one, at most the cores it was given. It drops a thread at
 once and takes one back only when two looks in a row allow it, so a load that comes and goes
 does not make it flap.
+
+Looks are made as the engine decodes. When its loop has nothing to do it says so (`pause`), and
+the first look after the pause starts a new window and keeps the count: a window spanning the
+time this runner was idle shows what others did then (another runner answering the client's
+previous request, the client's own work between two calls), which says little about now.
+Judged on such windows, a server beside another began each answer on one thread for its first
+half second, over a tenth of a 256-token answer (traced through scripts/bench_spec.py: the
+first look of a request read 1.6 to 1.9 cores used by others, the next ones 0 to 0.1). A load
+still there is seen INTERVAL_S into the answer.
 """
 
 from __future__ import annotations
@@ -73,7 +82,8 @@ class Governor:
         self.threads = self.most  # what the contexts were made with, and run with now
 
     def current(self) -> int:
-        """Threads for the next decode (looked at again at most every INTERVAL_S)."""
+        """Threads for the next decode (looked at again at most every INTERVAL_S, and at once
+        after a pause)."""
         if not self.adaptive:
             return self.most
         now = self._clock()
@@ -97,6 +107,10 @@ class Governor:
                 self._allowed_up = False
         self._last = (now, busy, mine)
         return self.threads
+
+    def pause(self) -> None:
+        """The engine stops decoding for now: the next look starts a new window."""
+        self._last, self._allowed_up = None, False
 
     def apply(self, *contexts: Any) -> None:
         """Set the current count on llama.cpp contexts (generation and batch threads alike)."""
