@@ -188,13 +188,23 @@ def test_drafts_grow_while_accepted_and_back_off_after_misses() -> None:
     assert spec.accepted == 0 and spec.drafted == len(draft)
 
 
-def test_where_drafts_cannot_pay_only_long_matches_are_probed() -> None:
-    cost = DecodeCost(base=0.0, extra=1.0)  # a batch costs as much as its tokens
-    text = [7, 8, 9, 1, 7, 8, 9]  # a 3-token match only
-    spec = Speculator(text[:-1], 64, cost)
-    assert spec.propose(text[-1], 100) == []
-    forced = Speculator(text[:-1], 64, cost, always=True)  # mode "ngram"
-    assert forced.propose(text[-1], 100) == [1]
+def test_where_drafts_cannot_pay_none_is_made_and_the_lookup_is_still_judged() -> None:
+    """One thread of a busy CPU: a batch costs as much as its tokens, and a one-token draft
+    (once made now and then to keep the estimate current) lost a decode when wrong and gained
+    nothing when right. The lookup not drafted is judged by the next token instead: when
+    batches are cheap again, the copy it saw going on is drafted at once."""
+    source = list(range(100, 400))
+    history = [*source, 1, *source[:30]]
+    costs = [DecodeCost(base=1.0, extra=0.9)]  # a batch of 9: 9 decodes
+    spec = Speculator(history[:-1], 64, lambda: costs[0])
+    for token in source[29:41]:  # a copy of 24 tokens and more, judged token by token
+        assert spec.propose(token, 100) == []
+    assert spec.drafted == 0
+    forced = Speculator(history[:-1], 64, costs[0], always=True)  # mode "ngram"
+    assert forced.propose(history[-1], 100) == [source[30]]
+    costs[0] = DecodeCost.for_device(0)
+    draft = spec.propose(source[41], 100)
+    assert draft == source[42 : 42 + len(draft)] and len(draft) >= 16
 
 
 def test_a_copy_just_begun_is_drafted_short_and_a_long_one_long() -> None:
@@ -673,6 +683,24 @@ def test_the_cost_meter_keeps_the_prior_until_it_has_timed_a_batch() -> None:
     cost = meter.cost(2)
     assert cost != prior and 4.0 < cost.base + cost.extra * 9 < 6.0
     assert meter.cost(1) == prior  # another thread count has its own timings
+
+
+def test_a_batch_is_weighed_against_the_one_token_decodes_of_its_time() -> None:
+    """Both grow with the context a decode attends to. A long answer's batches, set in seconds
+    against the one-token decodes of a short answer after it, read twice their cost (and no
+    draft would be made to correct it)."""
+    from localrun.engine.costs import CostMeter
+
+    meter = CostMeter(DecodeCost.for_device(0))
+    for _ in range(20):
+        meter.record(1, 0.020, 1)  # deep in a long answer
+    meter.record(17, 0.20, 1)  # 10 one-token decodes of that depth
+    meter.record(9, 0.11, 1)
+    for _ in range(60):
+        meter.record(1, 0.010, 1)  # then a short answer: a one-token decode takes half
+    cost = meter.cost(1)
+    assert 9.0 < cost.base + cost.extra * 17 < 11.0 and 5.0 < cost.base + cost.extra * 9 < 6.0
+    assert meter.table(1) == pytest.approx({1: 0.010, 9: 5.5, 17: 10.0}, rel=1e-3)
 
 
 def test_a_draft_follows_what_a_batch_costs_now() -> None:

@@ -3,13 +3,24 @@
 A draft of k tokens is decoded in one batch of k + 1 rows; whether it pays depends on what that
 batch costs against one token's decode. A fixed table cannot know it: on two quiet cores a
 batch of 8 costs about 4.4 one-token decodes (SmolLM2), but when another process takes a core
-the thread governor (engine.threads) decodes with one thread and the same batch costs nearly
-8; on a GPU it costs about 1.5. So the loop times every llama_decode whose rows are all
+the thread governor (engine.threads) decodes with one thread and the same batch costs about
+6; on a GPU it costs about 1.5. So the loop times every llama_decode whose rows are all
 generation rows (tokens and drafts, each with logits: what a verification is) and keeps, per
-thread count, a running mean of the seconds by batch size. `cost(threads)` fits
-`seconds = a + b * n` through those means and gives it in one-token decodes (base, extra),
-so the expected-gain rule in engine.speculate follows what a batch costs now; until both a
-one-token decode and a batch have been timed at this thread count, the device's prior stands.
+thread count, a running mean of a one-token decode's seconds and, by batch size, a running mean
+of what a batch cost in those one-token decodes at the time it was timed. `cost(threads)` fits
+`cost = base + extra * n` through them, so the expected-gain rule in engine.speculate follows
+what a batch costs now; until both a one-token decode and a batch have been timed at this
+thread count, the device's prior stands.
+
+A batch is measured against the one-token decodes of its time, not against their mean over
+the meter's life, because both grow with the context a decode attends to, and the two move
+apart: one-token decodes come every token and follow the answer now under way, while a batch
+of a given size is timed only when a draft that long is made. Kept as seconds, the long batches
+of a long answer (an edited file) were set against the one-token decodes of the shorter answers
+after it: on one thread of a busy CPU, 35 rows read 31 one-token decodes where, weighed against
+the decodes of their time, batches of 21 and 58 rows cost 16 and 35; no draft paid any more,
+and none was made that could have corrected it (scripts/bench_spec.py with a core kept busy:
+quote 0.96x the speed without speculation, 1.11x since).
 
 A draft's length then depends on the machine's state, not on the request alone: a batch's
 logits may differ from one token's in the last bits (llama.cpp on a CPU), so a near tie may
@@ -52,32 +63,44 @@ class DecodeCost:
 
 
 class CostMeter:
-    """Running means of a decode's seconds by batch size and thread count; the cost they make.
+    """Running means, by thread count, of a one-token decode's seconds and of what batches
+    cost in one-token decodes; the cost they make.
 
     Written by the loop's thread (`record`), read by the same thread when a speculator picks a
-    draft's length (`cost`); a lock keeps a reader on another thread (a test, `ps`) consistent.
+    draft's length (`cost`); a lock keeps a reader on another thread (a test, a report)
+    consistent.
     """
 
     def __init__(self, prior: DecodeCost) -> None:
         self.prior = prior
         self._lock = threading.Lock()
-        # (threads, bucket) -> (mean rows, mean seconds)
+        self._single: dict[int, float] = {}  # threads -> mean seconds of a one-token decode
+        # (threads, bucket) -> (mean rows, mean cost in one-token decodes)
         self._means: dict[tuple[int, int], tuple[float, float]] = {}
         self._cache: dict[int, DecodeCost] = {}
 
     def record(self, rows: int, seconds: float, threads: int) -> None:
-        """A decode of `rows` generation rows (all with logits) took `seconds`."""
+        """A decode of `rows` generation rows (all with logits) took `seconds`. A batch timed
+        before any one-token decode at this thread count has nothing to be weighed against
+        and is left out."""
         if rows <= 0 or seconds <= 0:
             return
-        bucket = _BUCKETS[min(bisect.bisect_left(_BUCKETS, rows), len(_BUCKETS) - 1)]
-        key = (threads, bucket)
         with self._lock:
+            single = self._single.get(threads)
+            if rows == 1:
+                self._single[threads] = _mean(single, seconds)
+                return
+            if single is None:
+                return
+            bucket = _BUCKETS[min(bisect.bisect_left(_BUCKETS, rows), len(_BUCKETS) - 1)]
+            key = (threads, bucket)
             held = self._means.get(key)
+            cost = seconds / single
             if held is None:
-                self._means[key] = (float(rows), seconds)
+                self._means[key] = (float(rows), cost)
             else:
-                n, s = held
-                self._means[key] = (n + _WEIGHT * (rows - n), s + _WEIGHT * (seconds - s))
+                n, c = held
+                self._means[key] = (_mean(n, rows), _mean(c, cost))
             self._cache.pop(threads, None)
 
     def cost(self, threads: int) -> DecodeCost:
@@ -86,29 +109,34 @@ class CostMeter:
             known = self._cache.get(threads)
             if known is not None:
                 return known
-            single = self._means.get((threads, 1))
             batches = [v for (t, b), v in self._means.items() if t == threads and b > 1]
-            if single is None or not batches:
+            if not batches:
                 return self.prior
-            found = _fit(single, batches)
+            found = _fit(batches)
             self._cache[threads] = found
             return found
 
     def table(self, threads: int) -> dict[int, float]:
-        """Mean seconds by batch size at `threads` threads (for reports)."""
+        """What batches cost at `threads` threads, in one-token decodes, by size (for reports);
+        1 is a one-token decode's mean seconds."""
         with self._lock:
-            return {int(n): s for (t, _), (n, s) in sorted(self._means.items()) if t == threads}
+            table = {int(n): c for (t, _), (n, c) in sorted(self._means.items()) if t == threads}
+            if threads in self._single:
+                table[1] = self._single[threads]
+            return dict(sorted(table.items()))
 
 
-def _fit(single: tuple[float, float], batches: list[tuple[float, float]]) -> DecodeCost:
-    """The least-squares line through the batches' means (and the single decode's), as a
-    cost in single decodes."""
-    one = single[1]
-    points = [single, *batches]
+def _mean(held: float | None, value: float) -> float:
+    return value if held is None else held + _WEIGHT * (value - held)
+
+
+def _fit(batches: list[tuple[float, float]]) -> DecodeCost:
+    """The least-squares line through the batches' means and the one-token decode (1, 1)."""
+    points = [(1.0, 1.0), *batches]
     mean_n = sum(n for n, _ in points) / len(points)
-    mean_s = sum(s for _, s in points) / len(points)
+    mean_c = sum(c for _, c in points) / len(points)
     spread = sum((n - mean_n) ** 2 for n, _ in points)
-    slope = sum((n - mean_n) * (s - mean_s) for n, s in points) / spread if spread else 0.0
-    slope = max(slope, _MIN_EXTRA * one)
-    intercept = max(0.0, mean_s - slope * mean_n)
-    return DecodeCost(base=intercept / one, extra=slope / one)
+    slope = sum((n - mean_n) * (c - mean_c) for n, c in points) / spread if spread else 0.0
+    slope = max(slope, _MIN_EXTRA)
+    intercept = max(0.0, mean_c - slope * mean_n)
+    return DecodeCost(base=intercept, extra=slope)

@@ -54,8 +54,6 @@ MODES = config.SPECULATE_MODES  # the speculate PARAMETER's values
 DEFAULT_DRAFT_MAX = 64  # the draft_num_predict PARAMETER's default
 _BACKOFF_MAX = 64  # tokens decoded without drafting after repeated misses, at most
 _DECAY = 0.9  # weight of the past in the running estimates
-_PROBE_EVERY = 32  # tokens between one-token probes where drafting does not pay
-_PROBE_MIN = 12  # shortest match worth a probe (shorter ones in prose are mostly chance)
 _SURE = 12  # with a draft model too, a match this long is drafted by lookup (it costs nothing)
 _RESYNC = 3  # tokens that find where a copy resumes after an edit, near where it broke off
 _RESYNC_TOKENS = 16  # how long after the break to look
@@ -237,7 +235,7 @@ class Speculator:
     length is the one with the largest expected gain, from p, the estimated chance that a
     drafted token is kept (tracked per n-gram size), and what batches cost here now (measured by
     the engine's CostMeter, engine.costs).
-    Where no length gains, one token is drafted now and then to keep the estimate current, and
+    Where no length gains, nothing is drafted (the lookup is still judged by the next token), and
     rejected drafts back off for a growing number of tokens, so prose that rarely repeats
     itself pays almost nothing.
     """
@@ -427,15 +425,13 @@ class Speculator:
                 best, gain = k, net
             elif chance * single < extra:
                 break  # each further token costs more than it is expected to save
-        if best == 0:
-            if self.always:
-                return 1
-            if size < _PROBE_MIN or not _could_pay(base, extra, self.draft_max):
-                return 0  # (a probe is for a text that may repeat: not where no draft pays)
-            # Not worth it: probe with one token now and then, or the estimate would never
-            # learn that the text has started to repeat.
-            self._skip = _PROBE_EVERY
+        if best == 0 and self.always:
             return 1
+        # Where no length gains, nothing is drafted, not even one token now and then to keep
+        # the estimate current: the lookup not drafted is judged by the next token at no cost
+        # (_guess), which is the evidence a one-token draft would give, without its batch (on
+        # one thread of a busy CPU two rows cost two decodes: each such probe lost a decode
+        # when its token was wrong and gained nothing when it was right).
         return best
 
     def settle(self, draft: Sequence[int], accepted: int) -> None:
@@ -470,14 +466,7 @@ class Speculator:
             self._skip = max(self._skip, min(_BACKOFF_MAX, 2 ** (self._misses - 1)))
         else:
             self._misses = 0
-            self._skip = 0  # a probe was kept: the text repeats, look again at once
-
-
-def _could_pay(base: float, extra: float, most: int) -> bool:
-    """Whether a draft every token of which is kept could save time: on one thread of a busy
-    CPU a batch costs as many decodes as its tokens, and no guess pays, however sure. (What a
-    draft of k saves less what it costs is linear in k: the best is at one end.)"""
-    return any(k - (base + extra * (k + 1) - 1.0) > 0 for k in (1, max(1, most)))
+            self._skip = 0  # a token was kept: the text repeats, look again at once
 
 
 def speculator(
