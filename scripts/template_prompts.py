@@ -28,8 +28,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "data" / "templates"
 PROMPTS = CORPUS / "prompts.json"
-# llama.cpp's date variables: date_string ("25 Nov 2026") and datetime ("Nov 25 2026").
-DATES = {"%d %b %Y": "{date_string}", "%b %d %Y": "{datetime}"}
+# Today's date as the corpus writes it: llama.cpp's date variables, date_string ("25 Nov 2026")
+# and datetime ("Nov 25 2026"), and the templates' own strftime_now ("2026-11-25", gpt-oss,
+# Granite, Mistral Small; "November 25, 2026", Apertus).
+DATES = {
+    "%d %b %Y": "{date_string}",
+    "%b %d %Y": "{datetime}",
+    "%Y-%m-%d": "{date_iso}",
+    "%B %d, %Y": "{date_long}",
+}
 
 
 def placeholders(text: str, now: datetime) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from template_prompts import placeholders
 
 from localrun.formats import adapt, template
 
@@ -71,10 +72,7 @@ def _render(name: str, conversation: dict[str, Any]) -> str:
         eos_token=DATA["eos_token"],
     )
     out = out.removeprefix(bos)  # the tokenizer adds it (llama.cpp strips it the same way)
-    now = datetime.now()
-    for fmt, placeholder in (("%d %b %Y", "{date_string}"), ("%b %d %Y", "{datetime}")):
-        out = out.replace(now.strftime(fmt), placeholder)
-    return out
+    return placeholders(out, datetime.now())  # the corpus was recorded on another day
 
 
 def test_the_corpus_is_whole() -> None:
