@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from benchlib.load import BUSY_LOOP
 
 from localrun.engine.batch import BatchEngine
 from localrun.engine.threads import INTERVAL_S, Governor
@@ -100,9 +101,9 @@ def test_num_thread_set_is_kept() -> None:
 
 
 def _loops(count: int, seconds: float) -> list[subprocess.Popen[bytes]]:
-    loop = f"import time\nend = time.monotonic() + {seconds}\n"
-    loop += "while time.monotonic() < end:\n    pass\n"
-    return [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(count)]
+    return [
+        subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(s=seconds)]) for _ in range(count)
+    ]
 
 
 def _stop(loops: list[subprocess.Popen[bytes]]) -> None:

@@ -93,14 +93,8 @@ class CostMeter:
             if single is None:
                 return
             bucket = _BUCKETS[min(bisect.bisect_left(_BUCKETS, rows), len(_BUCKETS) - 1)]
-            key = (threads, bucket)
-            held = self._means.get(key)
-            cost = seconds / single
-            if held is None:
-                self._means[key] = (float(rows), cost)
-            else:
-                n, c = held
-                self._means[key] = (_mean(n, rows), _mean(c, cost))
+            n, c = self._means.get((threads, bucket), (None, None))
+            self._means[threads, bucket] = (_mean(n, rows), _mean(c, seconds / single))
             self._cache.pop(threads, None)
 
     def cost(self, threads: int) -> DecodeCost:
@@ -109,7 +103,7 @@ class CostMeter:
             known = self._cache.get(threads)
             if known is not None:
                 return known
-            batches = [v for (t, b), v in self._means.items() if t == threads and b > 1]
+            batches = [v for (t, _), v in self._means.items() if t == threads]
             if not batches:
                 return self.prior
             found = _fit(batches)
@@ -127,7 +121,7 @@ class CostMeter:
 
 
 def _mean(held: float | None, value: float) -> float:
-    return value if held is None else held + _WEIGHT * (value - held)
+    return float(value) if held is None else held + _WEIGHT * (value - held)
 
 
 def _fit(batches: list[tuple[float, float]]) -> DecodeCost:
