@@ -54,6 +54,7 @@ from benchlib.build import (
     LLAMA_CPP_PYTHON_VERSION,
     OFFLOAD,
     Build,
+    bench_args,
     build_for,
     build_line,
     wheel_line,
@@ -138,7 +139,8 @@ def llama_bench_tg(
     if not build.llama_bench.is_file():
         raise Unavailable(f"no llama-bench in {build.dir}")
     cmd = [str(build.llama_bench), "-m", str(model), "-p", "0", "-n", str(N_PREDICT),
-           "-d", str(depth), "-t", str(threads), "-r", "3", "-o", "json", *OFFLOAD]  # fmt: skip
+           "-d", str(depth), "-t", str(threads), "-r", "3", "-o", "json", *OFFLOAD,
+           *bench_args()]  # fmt: skip
     rows = json.loads(run_command(cmd, timeout=600))
     for row in rows:
         if row.get("n_prompt") == 0 and row.get("n_gen") == N_PREDICT:

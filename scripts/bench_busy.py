@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchlib.build import ensure_build
+from benchlib.build import bench_args, ensure_build, server_args
 from benchlib.common import Unavailable, say
 from benchlib.load import busy
 from benchlib.serve import Server, free_port
@@ -44,15 +44,6 @@ from benchlib.streams import localrun_stream
 
 PROMPT = "Write a long story about a lighthouse keeper, a storm and a lost ship."
 LOADS = (0, 1, 2)
-
-
-def amx() -> bool:
-    """Whether localrun keeps llama.cpp from repacking weights here (a CPU with AMX, whose
-    llama.cpp kernels crash: llama.cpp#20824); llama-server and llama-bench then run without
-    repacking too, or they would crash."""
-    from localrun.engine.buildinfo import build_info, repacks
-
-    return not repacks(build_info().system_info)
 
 
 def smollm2() -> Path:
@@ -93,7 +84,7 @@ def llama_server(url: str, tokens: int) -> float:
 def llama_bench(build: Path, model: Path, tokens: int) -> float:
     done = subprocess.run(
         [str(build / "bin" / "llama-bench"), "-m", str(model), "-p", "0", "-n", str(tokens),
-         "-r", "1", "-o", "json", *(["--repack", "0"] if amx() else [])],
+         "-r", "1", "-o", "json", *bench_args()],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     if done.returncode != 0:
@@ -155,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         Server(
             "llama-server", [str(build / "bin" / "llama-server"), "-m", str(model), "--port",
-            str(theirs_port), "--no-webui", *(["--no-repack"] if amx() else [])], theirs_port,
+            str(theirs_port), "--no-webui", *server_args()], theirs_port,
             "/health", localrun_stream,
         ),
     ]  # fmt: skip

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib.build import CUDA_HELP, DEFAULT_CACHE, Build, build_for
+from benchlib.build import CUDA_HELP, DEFAULT_CACHE, Build, build_for, server_args
 from benchlib.common import Unavailable, default_model, say
 from benchlib.serve import Server, free_port, localrun_serve, localrun_store, tree_pids
 from benchlib.streams import llama_server_stream, request_json
@@ -104,7 +104,7 @@ def llama_server_loaded(build: Build, model: Path, num_ctx: int, logdir: Path) -
     cmd = [
         str(build.dir / "bin" / "llama-server"), "-m", str(model), "--host", "127.0.0.1",
         "--port", str(port), "-np", "1", "-c", str(num_ctx), "-ngl", "99", "--no-webui",
-        "-lv", "4",
+        "-lv", "4", *server_args(),
     ]  # fmt: skip
     stream = llama_server_stream
     server = Server(f"llama-server-{num_ctx}", cmd, port, "/health", stream)

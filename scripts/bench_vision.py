@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchlib.build import ensure_build
+from benchlib.build import ensure_build, server_args
 from benchlib.common import Unavailable, run_command, say
 from benchlib.serve import Server, free_port
 from benchlib.store import served_env
@@ -191,7 +191,7 @@ def mtmd_cli(
         cmd = [
             str(build / "bin" / "llama-mtmd-cli"), "-m", str(model), "--mmproj", str(projector),
             f"--{kind}", medium.name, "-p", PROMPT, "-n", str(N_PREDICT), "--temp", "0",
-            "--repeat-penalty", "1.0", "-t", str(threads), "--seed", "1",
+            "--repeat-penalty", "1.0", "-t", str(threads), "--seed", "1", *server_args(),
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [
         str(build / "bin" / "llama-server"), "-m", str(model), "--mmproj", str(projector),
         "--host", "127.0.0.1", "--port", str(port2), "-t", str(args.threads),
-        "-np", "1", "-c", "2048", "--no-webui", "--repeat-penalty", "1.0",
+        "-np", "1", "-c", "2048", "--no-webui", "--repeat-penalty", "1.0", *server_args(),
     ]  # fmt: skip
     theirs = Server(
         "llama-server",

@@ -65,11 +65,13 @@ def _apply(port: int, body: dict[str, Any]) -> str | None:
 
 
 def record(server: Path, model: Path, conversations: dict[str, Any]) -> dict[str, Any]:
+    from benchlib.build import server_args
+
     out: dict[str, Any] = {}
     for path in sorted(CORPUS.glob("*.jinja")):
         port = _port()
         cmd = [str(server), "-m", str(model), "--jinja", "--chat-template-file", str(path)]
-        cmd += ["--port", str(port), "-c", "256", "-np", "1"]
+        cmd += ["--port", str(port), "-c", "256", "-np", "1", *server_args()]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60

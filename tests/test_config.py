@@ -96,18 +96,3 @@ def test_image_url_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("LOCALRUN_IMAGE_URL_HOSTS", bad)
         with pytest.raises(ConfigError, match=r"LOCALRUN_IMAGE_URL_HOSTS.*not a host name"):
             limits.image_url_hosts()
-
-
-def test_cpu_repack_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from localrun.engine.buildinfo import build_info, repacks
-
-    def repack_weights() -> bool:
-        return repacks(build_info().system_info)
-
-    monkeypatch.setenv("LOCALRUN_CPU_REPACK", "off")
-    assert repack_weights() is False
-    monkeypatch.setenv("LOCALRUN_CPU_REPACK", "ON")
-    assert repack_weights() is True
-    monkeypatch.setenv("LOCALRUN_CPU_REPACK", "maybe")
-    with pytest.raises(ConfigError, match="LOCALRUN_CPU_REPACK"):
-        repack_weights()

@@ -27,6 +27,7 @@ from testmodels.hf_checkpoints import (
 )
 from testmodels.hf_tokenizers import SAMPLES, hf_ids
 
+from localrun.engine.machine import machine_params
 from localrun.errors import CheckpointError
 from localrun.recipes import convert, create, lora, modelfile
 from localrun.store import names
@@ -36,9 +37,7 @@ pytestmark = pytest.mark.model
 
 
 def _llama(path: Path, lora_path: Path | None = None) -> Any:
-    import llama_cpp
-
-    return llama_cpp.Llama(
+    return machine_params().llama(
         str(path),
         lora_path=str(lora_path) if lora_path else None,
         logits_all=True,

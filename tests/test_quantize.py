@@ -53,9 +53,8 @@ def test_every_type_the_issue_names_quantizes_and_loads(
 ) -> None:
     """Each type from F32 and from F16 (k-quants on rows narrower than 256 take llama.cpp's
     fallback, as llama-quantize does); the result loads and answers."""
-    import llama_cpp
-
     from localrun.engine import quantize
+    from localrun.engine.machine import machine_params
 
     half = tmp_path / "f16.gguf"
     quantize.quantize(tiny_model, half, "f16")
@@ -64,7 +63,7 @@ def test_every_type_the_issue_names_quantizes_and_loads(
         out = tmp_path / f"{source.stem}-{kind}.gguf"
         quantize.quantize(source, out, kind)
         assert scan.inspect(out).quantization == kind.upper()
-        model = llama_cpp.Llama(str(out), n_ctx=64, verbose=False)
+        model = machine_params().llama(str(out), n_ctx=64, verbose=False)
         assert model.create_completion("Hello", max_tokens=2)["choices"]
 
 

@@ -18,6 +18,7 @@ from conftest import PATIENCE_S
 from test_server import LiveServer, add_model
 from testmodels.reranker import RERANK_TEMPLATE, write_tiny_reranker
 
+from localrun.engine.machine import machine_params
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 
@@ -274,7 +275,7 @@ def test_scores_equal_llama_servers(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     args = [str(binary), "-m", str(rerankers[kind]), "--reranking", "--port", str(port)]
-    args += ["-c", "2048", "-t", "1", "--no-webui"]
+    args += ["-c", "2048", "-t", "1", "--no-webui", *machine_params().server_args()]
     server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -24,6 +24,7 @@ from conftest import PATIENCE_S, ROOT
 from test_server import LiveServer, add_model
 from testmodels.scripted import class_codes, split_markers, template_markers, write_scripted_model
 
+from localrun.engine.machine import machine_params
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 
@@ -82,7 +83,7 @@ class Scripted:
 
     def __init__(self, path: Path, text: str) -> None:
         self.text = text
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, verbose=False)
+        self.llm = machine_params().llama(str(path), n_ctx=2048, verbose=False)
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         # The answer's byte tokens are the last ids; nothing before them is one.
         self.first_byte = self.llm.n_vocab()

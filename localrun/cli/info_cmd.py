@@ -14,6 +14,7 @@ from localrun.errors import LocalrunError
 
 if TYPE_CHECKING:
     from localrun.engine.buildinfo import BuildInfo
+    from localrun.engine.machine import MachineParams
     from localrun.hardware.system import GPU, SystemInfo
 
 # How to get a llama-cpp-python build for each kind of GPU (its CMake switch).
@@ -27,7 +28,8 @@ _BUILD_FLAGS = {
 
 def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the CPU, memory and GPUs found, and what the installed llama.cpp was built to use."""
-    from localrun.engine.buildinfo import AMX, build_info, repacks
+    from localrun.engine.buildinfo import build_info
+    from localrun.engine.machine import machine_params
     from localrun.hardware import system
 
     found = system.detect()
@@ -39,6 +41,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
         build_error = f"{err.message}; {err.hint}" if err.hint else err.message
     threads = system.default_threads()
     notes = _notes(found, build) + _privacy_notes()
+    machine = machine_params() if build else None
     if as_json:
         out: dict[str, Any] = {
             "cpu": asdict(found.cpu),
@@ -46,6 +49,10 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
             "gpus": [asdict(g) for g in found.gpus],
             "threads": threads,
             "llama_cpp": asdict(build) if build else {"error": build_error},
+            "amx": machine.amx if machine else None,
+            "weight_repacking": (
+                {"on": machine.repack, "why": machine.repack_reason} if machine else None
+            ),
             "notes": notes,
         }
         print(json.dumps(out, indent=2))
@@ -74,11 +81,17 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
         if build.devices:
             rows.append(["devices", ", ".join(build.devices)])
         rows.append(["system info", build.system_info])
-        if AMX in build.system_info:
-            repack = "on" if repacks(build.system_info) else "off"
-            rows.append(["weight repacking", f"{repack} (AMX; LOCALRUN_CPU_REPACK)"])
+    if machine is not None:
+        rows.append(["weight repacking", _repacking(machine)])
     rows += [["note", note] for note in notes]
     print(columns(rows))
+
+
+def _repacking(machine: MachineParams) -> str:
+    """Whether llama.cpp repacks weights, why, and how to change it."""
+    state = "on" if machine.repack else "off"
+    amx = " (this CPU has AMX)" if machine.amx and machine.repack else ""
+    return f"{state}: {machine.repack_reason}{amx}; set LOCALRUN_CPU_REPACK=on|off|auto"
 
 
 def _gpu_line(gpu: GPU) -> str:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from localrun.errors import EngineError
 from localrun.runtimes.ggml import Device
-from localrun.settings import config
 
 # What llama_print_system_info() says of a CPU with AMX (Sapphire Rapids and later).
 AMX = "AMX_INT8 = 1"
@@ -66,18 +65,6 @@ def build_info() -> BuildInfo:
         runtime_warning=activation.warning if activation else None,
         gpu_devices=activation.gpu_devices if activation else [],
     )
-
-
-def repacks(system_info: str) -> bool:
-    """Whether llama.cpp may put weights in its CPU "extra" buffer types (repacked for the
-    CPU's kernels). Not by default on a CPU with AMX: llama.cpp then repacks into AMX buffers,
-    whose matrix multiplication crashes the process (a segfault in ggml_backend_amx_mul_mat,
-    llama.cpp#20824; Ollama's #17205 on the same CPUs), seen here as soon as two sequences
-    decode in one batch. LOCALRUN_CPU_REPACK on/off overrides."""
-    mode = config.cpu_repack()
-    if mode != "auto":
-        return mode == "on"
-    return AMX not in system_info
 
 
 def parse_backends(system_info: str) -> list[str]:

@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from localrun.engine import prompt_cache
-from localrun.engine.buildinfo import build_info, repacks
+from localrun.engine.machine import machine_params
 from localrun.engine.native import lc
 from localrun.engine.types import FimTokens, LoadOptions
 from localrun.errors import BadRequestError, EngineError, ModelLoadError
@@ -90,11 +90,10 @@ class Weights:
         self._contexts: list[Any] = []
         self.scales = [scale for _, scale in options.adapters]
         _log_tail.clear()
-        mparams = lc.llama_model_default_params()
+        mparams = machine_params().apply(lc.llama_model_default_params())
         mparams.n_gpu_layers = options.num_gpu
         mparams.main_gpu = options.main_gpu
         mparams.use_mmap = options.use_mmap
-        mparams.use_extra_bufts = repacks(build_info().system_info)
         if options.splits:
             paths = [p.encode() for p in (path, *options.splits)]
             array = (ctypes.c_char_p * len(paths))(*paths)

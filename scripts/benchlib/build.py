@@ -7,6 +7,7 @@ the flags its wheel uses, into a cache folder on first use (several minutes on t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib.common import say
+from benchlib.common import run_command, say
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 DEFAULT_CACHE = Path.home() / ".cache" / "localrun-bench"
@@ -257,3 +258,29 @@ def wheel_line(libdir: Path | None) -> str:
     flags = " ".join(f.removeprefix("-D") for f in WHEEL_CMAKE_FLAGS)
     built_by = compiler(libdir / "libggml-cpu.so")
     return f"{libdir}: scikit-build-core, llama.cpp defaults ({flags}) with {built_by}"
+
+
+# localrun's llama.cpp parameters for this machine (localrun.engine.machine), printed by a child
+# process so that llama_cpp is never loaded into a benchmark's own.
+_MACHINE = (
+    "import json; from localrun.engine.machine import machine_params as m; p = m(); "
+    "print(json.dumps({'server': p.server_args(), 'bench': p.bench_args()}))"
+)
+
+
+@functools.cache
+def _machine() -> dict[str, list[str]]:
+    out = run_command([sys.executable, "-c", _MACHINE], timeout=300)
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def server_args() -> list[str]:
+    """The arguments that give llama-server, llama-cli and llama-mtmd-cli the model parameters
+    localrun uses here (no weight repacking on a CPU with AMX: llama.cpp's AMX kernels crash,
+    llama.cpp#20824). Every llama.cpp program a benchmark starts takes them."""
+    return list(_machine()["server"])
+
+
+def bench_args() -> list[str]:
+    """The same for llama-bench."""
+    return list(_machine()["bench"])

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from benchlib.build import CXX_FIRST, OFFLOAD
+from benchlib.build import CXX_FIRST, OFFLOAD, server_args
 from benchlib.common import Unavailable, run_command, say, tail
 from benchlib.store import Localrun, prepare_localrun, served_env
 from benchlib.streams import (
@@ -198,7 +198,7 @@ def _llama_server(build_dir: Path, model: Path, threads: int, name: str, args: l
     exe = build_dir / "bin" / "llama-server"
     cmd = [
         str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-        "-t", str(threads), "-tb", str(threads), "--no-webui", *OFFLOAD, *args,
+        "-t", str(threads), "-tb", str(threads), "--no-webui", *OFFLOAD, *server_args(), *args,
     ]  # fmt: skip
     server = Server(name, cmd, port, "/health", llama_server_stream)
     if not exe.is_file():
@@ -209,7 +209,7 @@ def _llama_server(build_dir: Path, model: Path, threads: int, name: str, args: l
 def llama_cpp_python_server(model: Path, threads: int) -> Server:
     port = free_port()
     cmd = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+        sys.executable, str(Path(__file__).with_name("llama_cpp_server.py")), "--model", str(model),
         "--host", "127.0.0.1", "--port", str(port),
         "--n_threads", str(threads), "--n_threads_batch", str(threads),
         "--n_ctx", str(CTX_PER_SLOT),

@@ -27,14 +27,15 @@ def work(mode: str, arg: str) -> dict[str, Any]:
         lib.llama_print_system_info.restype = ctypes.c_char_p
         return {"system_info": lib.llama_print_system_info().decode()}
 
-    from localrun.engine.native import load_cxx_runtime
+    from localrun.engine.machine import machine_params
 
-    load_cxx_runtime()  # before llama.cpp's libraries: its docstring says why
-    from llama_cpp import Llama
+    # localrun's own parameters for this machine (no weight repacking on a CPU with AMX);
+    # localrun.engine.native loads the C++ runtime before llama.cpp's libraries.
+    params = machine_params()
 
     job = json.loads(arg)
     if mode == "turn":
-        llm = Llama(model_path=job["model"], vocab_only=True, verbose=False)
+        llm = params.llama(job["model"], vocab_only=True, verbose=False)
         template = str(llm.metadata.get("tokenizer.chat_template", ""))
         if "<|im_start|>" in template:
             # ChatML: end of the previous answer, the user turn, and the assistant header.
@@ -47,8 +48,8 @@ def work(mode: str, arg: str) -> dict[str, Any]:
         return {"new_turn_tokens": len(tokens), "new_turn_basis": basis}
 
     if mode == "decode":
-        llm = Llama(
-            model_path=job["model"],
+        llm = params.llama(
+            job["model"],
             n_ctx=2048,
             n_threads=job["threads"],
             n_batch=512,
