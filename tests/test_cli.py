@@ -412,3 +412,39 @@ def test_word_wrap_breaks_at_spaces() -> None:
     lines = out.getvalue().split("\n")
     assert lines == ["The quick brown fox", "jumps over the lazy", "dog.", "    indented", "end"]
     assert all(len(line) <= 20 for line in lines)
+
+
+@pytest.mark.model
+def test_each_step_is_one_line_off_a_terminal(cli: CLI, project: Path) -> None:
+    """Piped, a step announced before its bar (quantizing) printed twice, once as the
+    announcement and once as the bar's line."""
+    mf = _modelfile(project, "FROM ./tiny.gguf\n")
+    made = cli("create", "small", "-f", str(mf), "--quantize", "q8_0")
+    assert made.code == 0, made.stderr
+    steps = [line for line in made.stderr.splitlines() if line.startswith("quantizing ")]
+    assert steps == ["quantizing F32 model to Q8_0"], made.stderr
+
+
+def test_progress_lines_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from localrun.cli.output import CreateProgress
+    from localrun.recipes.create import Event
+
+    progress = CreateProgress()
+    assert not progress.tty  # captured: not a terminal
+    for event in (
+        Event("converting model ./ckpt to GGUF"),
+        *(Event("converting model ./ckpt to GGUF", completed=n, total=4) for n in range(5)),
+        *(Event("hashing model data", completed=n, total=2000) for n in range(3)),
+        Event("creating new layer", digest="sha256:" + "a" * 64),
+        *(Event("hashing model data", completed=n, total=2000) for n in range(3)),  # a 2nd part
+        Event("success"),
+    ):
+        progress(event)
+    progress.close()
+    assert capsys.readouterr().err.splitlines() == [
+        "converting model ./ckpt to GGUF",
+        "hashing model data (2 KB)",
+        "creating new layer sha256:" + "a" * 64,
+        "hashing model data (2 KB)",
+        "success",
+    ]

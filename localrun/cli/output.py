@@ -104,7 +104,12 @@ class WordWrap:
 
 
 class CreateProgress:
-    """Shows create/import events on stderr: a progress bar on a terminal, plain lines otherwise."""
+    """Shows create/import events on stderr: a progress bar on a terminal, plain lines otherwise.
+
+    Off a terminal a step is one line: a bar's first event prints its label and size, the rest
+    nothing; a step announced as a line before its bar (quantizing, converting) is not printed
+    again when the bar starts.
+    """
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
@@ -122,6 +127,8 @@ class CreateProgress:
         self._close_bar()
         line = event.status if event.digest is None else f"{event.status} {event.digest}"
         print(line, file=sys.stderr, flush=True)
+        if not self.tty:
+            self._label = event.status  # said already: its bar, if one follows, adds no line
 
     def _bar(self, event: Event) -> None:
         assert event.total is not None and event.completed is not None
