@@ -231,3 +231,27 @@ def test_a_projector_and_an_adapter_come_with_the_model(
     done = cli("import", "hf", "hf.co/someorg/seer-gguf:q8_0", "-q", env=env)
     assert done.code == 0, done.stderr
     assert "PROJECTOR " in cli("show", "hf.co/someorg/seer-gguf:q8_0", "--modelfile").stdout
+
+
+def test_a_missing_folder_says_where_it_looked_and_what_moves_it(cli: CLI, tmp_path: Path) -> None:
+    nowhere = tmp_path / "no-ollama"
+    env = {"OLLAMA_MODELS": str(nowhere)}
+    assert_one_line_error(cli("import", "ollama", env=env), str(nowhere), "OLLAMA_MODELS")
+    named = cli("import", "ollama", "llama3.2", "--dry-run", env=env)
+    assert_one_line_error(named, str(nowhere), "OLLAMA_MODELS")
+    nowhere.mkdir()  # there, and empty: said where, and not an error
+    empty = cli("import", "ollama", env=env)
+    assert empty.code == 0, empty.stderr
+    assert empty.stdout.strip() == f"no ollama models in {nowhere}"
+    # `all` names each folder it looked in, and what moves the ones that are not there.
+    user = tmp_path / "user"
+    env = {"OLLAMA_MODELS": str(nowhere), "HF_HUB_CACHE": str(tmp_path / "no-hub"),
+           "LLAMA_CACHE": str(tmp_path / "no-llama"), "HOME": str(user)}  # fmt: skip
+    every = cli("import", "all", "--dry-run", env=env)
+    assert every.code == 0, every.stderr
+    lines = every.stdout.splitlines()
+    assert len(lines) == 4, every.stdout
+    assert lines[0] == f"no ollama models in {nowhere}"
+    assert str(tmp_path / "no-hub") in lines[1] and "HF_HUB_CACHE" in lines[1]
+    assert str(user / ".lmstudio" / "models") in lines[2] and ".lmstudio-home-pointer" in lines[2]
+    assert str(tmp_path / "no-llama") in lines[3] and "LLAMA_CACHE" in lines[3]

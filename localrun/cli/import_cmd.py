@@ -33,6 +33,9 @@ def import_(
             f"unknown source {source!r}", hint=f"use one of: {', '.join(runners.SOURCES)}"
         )
     found = runners.find(source)
+    absent = runners.absent(source) if source != "all" and not found else None
+    if absent is not None:
+        raise absent
     wanted = {m.lower() for m in models or []}
     chosen = [f for f in found if not wanted or f.name in wanted or _short(f.name) in wanted]
     missing = wanted - {f.name for f in chosen} - {_short(f.name) for f in chosen}
@@ -48,7 +51,7 @@ def import_(
         status = f"skipped: {problem}" if f.problem else "to import"
         rows.append([f.name, human_size(f.size), str(f.location), status])
     if not quiet or dry_run:
-        print(columns(rows) if chosen else f"no models found ({source})")
+        print(columns(rows) if chosen else _nothing(source))
     if dry_run:
         return
     store = open_store(cleanup=True)
@@ -73,6 +76,19 @@ def import_(
             hint=first.hint
             or "import the others by name, or pull this one again with the runner that made it",
         )
+
+
+def _nothing(source: str) -> str:
+    """What an import that found no model says: where it looked, and what moves each folder."""
+    from localrun.sources import runners
+
+    places = [s for s in runners.SOURCES if s != "all"] if source == "all" else [source]
+    lines = []
+    for place in places:
+        absent = runners.absent(place)
+        said = f"{absent}; {absent.hint}" if absent is not None else None
+        lines.append(said or f"no {place} models in {runners.folder(place)}")
+    return "\n".join(lines)
 
 
 def _short(name: str) -> str:

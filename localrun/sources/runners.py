@@ -9,7 +9,8 @@
 that cannot be imported says why in `problem`. `adopt` imports one through `create --link`: the
 files stay the other runner's, `rm` and `prune` remove only the store's names for them, and
 `verify` says when one changed or went away (store.links). Importing a model again after its
-runner updated it (a new blob, a new snapshot) points the model at the new files.
+runner updated it (a new blob, a new snapshot) points the model at the new files. `absent` says
+where a source's folder was looked for, and what moves it, when it is not there.
 
 With LOCALRUN_OTHER_RUNNERS, `serve` lists the models these sources hold that the store does
 not (`Index`, a scan kept for a few seconds), and a name among them is imported in place on
@@ -54,6 +55,14 @@ _ROOTS: dict[str, Callable[[], Path]] = {
     "lmstudio": lambda: lmstudio.models_folder(lmstudio.home()),
     "llama.cpp": llamacpp.root,
 }
+# How a user points localrun at another folder of each source (said when its folder is missing).
+_MOVED_BY = {
+    "ollama": "set OLLAMA_MODELS to the folder Ollama keeps its models in",
+    "hf": "set HF_HUB_CACHE (or HF_HOME) to the Hugging Face cache",
+    "lmstudio": f"LM Studio's home is the folder ~/{lmstudio.POINTER} names, else ~/.lmstudio "
+    "(its settings.json's downloadsFolder moves the models)",
+    "llama.cpp": "set LLAMA_CACHE to llama.cpp's cache folder",
+}
 
 
 def find(source: str) -> list[Found]:
@@ -72,6 +81,23 @@ def find(source: str) -> list[Found]:
         if held is None or (held.modelfile is None and item.modelfile is not None):
             unique[item.name] = item
     return list(unique.values())
+
+
+def folder(source: str) -> Path:
+    """The folder one source reads (not "all")."""
+    return _ROOTS[source]()
+
+
+def absent(source: str) -> ImportSourceError | None:
+    """The error that says where `source` was looked for and how to point localrun elsewhere,
+    when its folder is not there; None when it is."""
+    where = folder(source)
+    try:
+        if where.is_dir():
+            return None
+    except OSError:  # there but unreadable: find() lists the reason
+        return None
+    return ImportSourceError(f"no {source} models: {where} does not exist", hint=_MOVED_BY[source])
 
 
 def store_name(found: Found) -> str | None:
