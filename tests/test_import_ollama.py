@@ -233,6 +233,41 @@ def test_a_projector_and_an_adapter_come_with_the_model(
     assert "PROJECTOR " in cli("show", "hf.co/someorg/seer-gguf:q8_0", "--modelfile").stdout
 
 
+def test_what_the_store_holds_already_is_said_and_skipped(
+    cli: CLI, ollama_store: Path, tmp_path: Path, tiny_model: Path
+) -> None:
+    """A model imported before is listed as already in the store, by a dry run and by an
+    import, which skips it (it was "to import", and hashed again); one its runner changed
+    since (another system prompt, a new snapshot) is imported again."""
+    hub = tmp_path / "hub"
+    _hf_cache(hub, tiny_model.read_bytes())
+    env = {"OLLAMA_MODELS": str(ollama_store), "HF_HUB_CACHE": str(hub)}
+    hf = "hf.co/someorg/tiny-gguf:q8_0"
+    assert cli("import", "ollama", "keeper", "-q", env=env).code == 0
+    assert cli("import", "hf", hf, "-q", env=env).code == 0
+    listed = cli("import", "all", "--dry-run", env=env)
+    assert listed.code == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:] if line.strip()}
+    assert rows["keeper:latest"].endswith("skipped: already in the store")
+    assert rows[hf].endswith("skipped: already in the store")
+    assert rows["someone/keeper:v2"].endswith("to import")
+    again = cli("import", "ollama", "keeper", env=env)
+    assert again.code == 0, again.stderr
+    assert "skipped: already in the store" in again.stdout
+    assert again.stderr == ""  # nothing read, hashed or written
+
+    # `ollama create keeper` with another system prompt: the same blob, another manifest.
+    layers = [("model", _blob(ollama_store, tiny_model.read_bytes()), tiny_model.stat().st_size),
+              ("system", _blob(ollama_store, b"You are a ferryman."), 19)]  # fmt: skip
+    _manifest(ollama_store, "keeper:latest", layers)
+    listed = cli("import", "ollama", "keeper", "--dry-run", env=env)
+    assert listed.stdout.splitlines()[1].endswith("to import"), listed.stdout
+    assert cli("import", "ollama", "keeper", "-q", env=env).code == 0
+    assert "You are a ferryman." in cli("show", "keeper", "--modelfile").stdout
+    listed = cli("import", "ollama", "keeper", "--dry-run", env=env)
+    assert listed.stdout.splitlines()[1].endswith("skipped: already in the store")
+
+
 def test_a_missing_folder_says_where_it_looked_and_what_moves_it(cli: CLI, tmp_path: Path) -> None:
     nowhere = tmp_path / "no-ollama"
     env = {"OLLAMA_MODELS": str(nowhere)}

@@ -289,6 +289,10 @@ def test_lm_studio_where_it_is_with_its_settings(
     assert "<|im_start|>{{ m.role }}" in cli("show", TINY, "--template").stdout
     ran = cli("run", TINY, "Hello", "--param", "num_predict=3")
     assert ran.code == 0, ran.stderr
+    # Known as imported by the link records of the files (LM Studio names no digest).
+    rows = _listing(cli("import", "lmstudio", "--dry-run", env=env).stdout)
+    assert rows[TINY].endswith("skipped: already in the store")
+    assert rows["hf.co/linked/elsewhere-gguf:q8_0"].endswith("skipped: already in the store")
 
     # LM Studio downloads the model again (a new file renamed over the old) and the linked-in
     # file is deleted: verify says so and stays green, the store's copies being intact.
@@ -296,6 +300,9 @@ def test_lm_studio_where_it_is_with_its_settings(
     fresh = path.with_suffix(".part")
     shutil.copyfile(tiny_long_model, fresh)
     os.replace(fresh, path)
+    assert _listing(cli("import", "lmstudio", "--dry-run", env=env).stdout)[TINY].endswith(
+        "to import"
+    )
     studio["elsewhere"].unlink()
     checked = cli("verify")
     assert checked.code == 0, checked.stderr

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from localrun.cli.common import open_store
 from localrun.cli.output import CreateProgress, columns, human_size
 from localrun.errors import ImportSourceError, InvalidNameError, LocalrunError
+
+if TYPE_CHECKING:
+    from localrun.sources.found import Found
 
 
 def import_(
@@ -24,8 +29,9 @@ def import_(
 ) -> None:
     """Import another runner's models in place: linked into the store, never copied or moved.
 
-    A model imported before is imported again: after its runner updated it (a new blob, a new
-    snapshot) the model points at the new files."""
+    A model imported before is imported again after its runner updated it (a new blob, a new
+    snapshot, new settings): the model points at the new files. One the store holds as it is
+    is skipped."""
     from localrun.sources import runners
 
     if source not in runners.SOURCES:
@@ -44,22 +50,20 @@ def import_(
             f"{source} has no model {sorted(missing)[0]!r}",
             hint=f"localrun import {source} --dry-run lists what it has",
         )
-    rows = [["NAME", "SIZE", "FROM", "STATUS"]]
-    for f in chosen:
-        # The FROM column names the file already; "(skipped)" is what the status says.
-        problem = f.problem.removeprefix(f"{f.location}: ").removesuffix(" (skipped)")
-        status = f"skipped: {problem}" if f.problem else "to import"
-        rows.append([f.name, human_size(f.size), str(f.location), status])
+    store = open_store(cleanup=not dry_run)
+    # What the store holds as an import would leave it: said so, and not imported again.
+    held = {f.name for f in chosen if runners.held(store, f)}
     if not quiet or dry_run:
-        print(columns(rows) if chosen else _nothing(source))
+        print(_listing(chosen, held) if chosen else _nothing(source))
     if dry_run:
         return
-    store = open_store(cleanup=True)
     failed: list[tuple[str, LocalrunError]] = []
     for f in chosen:
         if f.modelfile is None:
             if wanted:  # asked for by name: not importing it is a failure, not a listing
                 failed.append((f.name, ImportSourceError(f.problem)))
+            continue
+        if f.name in held:
             continue
         progress = CreateProgress(quiet)
         try:
@@ -70,12 +74,26 @@ def import_(
             progress.close()
     if failed:
         name, first = failed[0]
-        tried = sum(1 for f in chosen if f.modelfile is not None or wanted)
+        tried = sum(1 for f in chosen if (f.modelfile is not None or wanted) and f.name not in held)
         raise ImportSourceError(
             f"{len(failed)} of {tried} not imported; {name}: {first}",
             hint=first.hint
             or "import the others by name, or pull this one again with the runner that made it",
         )
+
+
+def _listing(chosen: list[Found], held: set[str]) -> str:
+    """The table of what an import takes, and what it skips and why."""
+    rows = [["NAME", "SIZE", "FROM", "STATUS"]]
+    for f in chosen:
+        # The FROM column names the file already; "(skipped)" is what the status says.
+        problem = f.problem.removeprefix(f"{f.location}: ").removesuffix(" (skipped)")
+        if f.problem:
+            status = f"skipped: {problem}"
+        else:
+            status = "skipped: already in the store" if f.name in held else "to import"
+        rows.append([f.name, human_size(f.size), str(f.location), status])
+    return columns(rows)
 
 
 def _nothing(source: str) -> str:

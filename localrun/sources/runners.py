@@ -9,8 +9,9 @@
 that cannot be imported says why in `problem`. `adopt` imports one through `create --link`: the
 files stay the other runner's, `rm` and `prune` remove only the store's names for them, and
 `verify` says when one changed or went away (store.links). Importing a model again after its
-runner updated it (a new blob, a new snapshot) points the model at the new files. `absent` says
-where a source's folder was looked for, and what moves it, when it is not there.
+runner updated it (a new blob, a new snapshot) points the model at the new files; `held` tells
+one the store holds as it is, which `import` skips. `absent` says where a source's folder was
+looked for, and what moves it, when it is not there.
 
 With LOCALRUN_OTHER_RUNNERS, `serve` lists the models these sources hold that the store does
 not (`Index`, a scan kept for a few seconds), and a name among them is imported in place on
@@ -30,13 +31,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from localrun.errors import ConfigError, ImportSourceError, InvalidNameError
+from localrun import model
+from localrun.errors import ConfigError, ImportSourceError, InvalidNameError, LocalrunError
 from localrun.gguf import scan
-from localrun.recipes import create
+from localrun.recipes import create, params
 from localrun.settings import config
 from localrun.sources import folders, llamacpp, lmstudio, ollama_store
 from localrun.sources.found import Found, refused
-from localrun.store import names
+from localrun.store import links, names
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest
 from localrun.store.models import Store
 
@@ -142,6 +144,42 @@ def adopt(store: Store, found: Found, report: create.Reporter = lambda _: None) 
     with tempfile.TemporaryDirectory(prefix="localrun-import-") as empty:
         return create.create(store, name, modelfile, Path(empty), report=report,
                              resolve=resolve, expected=found.digests, link=True)  # fmt: skip
+
+
+def held(store: Store, found: Found) -> bool:
+    """Whether the store holds `found` as importing it would leave it, told without reading its
+    files: a model of its name made of the same files (by the digests its source names, else
+    by the link records of the blobs linked from them, unchanged since) with the same template,
+    system prompt, parameters, messages and licenses. A runner's update (a new blob, a new
+    snapshot, new settings) makes it not held, so importing again takes it."""
+    name = store_name(found)
+    if found.modelfile is None or name is None:
+        return False
+    try:
+        stored = model.load(store, names.parse(name))
+    except (LocalrunError, ValueError):  # not there, or damaged: importing again mends it
+        return False
+    mf = found.modelfile
+    kept = (stored.template, stored.system, stored.messages, stored.licenses, stored.parameters)
+    taken = (mf.template, mf.system, mf.messages, mf.licenses, params.merge({}, mf.parameters))
+    if kept != taken:
+        return False
+    named = [*(map(str, found.parts) if found.parts else [mf.from_]), *mf.adapters, mf.projector]
+    files = [Path(p) for p in named if p]
+    layers = [x for x in stored.manifest.layers if x.kind in ("model", "adapter", "projector")]
+    records = store.root / "links"
+    linked = {}  # the user's file (resolved) -> the blob linked from it, while it is that file
+    for layer in layers:
+        blob = store.blob_path(layer.digest)
+        record = links.recorded(records, blob.name)
+        if record is not None and links.drifted(records, blob) is None:
+            linked[record[1]] = layer.digest
+    wanted = [found.digests.get(str(f)) or linked.get(str(f.resolve())) for f in files]
+    if None in wanted:  # a file whose content is not known without hashing it
+        return False
+    return sorted(map(str, wanted)) == sorted(x.digest for x in layers) and all(
+        store.has_blob(d) for d in stored.manifest.digests()
+    )
 
 
 def _parts(store: Store, found: Found, report: create.Reporter) -> Manifest:
