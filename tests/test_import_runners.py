@@ -456,6 +456,62 @@ def test_serve_lists_other_runners_models_and_imports_them_on_first_use(
         oc.show("spare")
 
 
+@pytest.fixture
+def keeper(tmp_path: Path, tiny_model: Path) -> Path:
+    """An Ollama store holding keeper:latest, a model no localrun store has."""
+    root = tmp_path / "ollama"
+    gguf = tiny_model.read_bytes()
+    ollama_manifest(root, "keeper:latest", [("model", ollama_blob(root, gguf), len(gguf))])
+    return root
+
+
+@pytest.mark.server
+@pytest.mark.model
+def test_run_with_the_setting_imports_what_a_server_without_it_does_not_find(
+    cli: CLI, keeper: Path, home: Path
+) -> None:
+    """A server started without LOCALRUN_OTHER_RUNNERS, a `localrun run` with it: the model
+    is imported in place into the store the two share, then runs on the server (it was a
+    "not found; try `localrun pull keeper`", which could not work)."""
+    store = Store(home / "models")
+    server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
+    try:
+        env = {"LOCALRUN_HOST": f"127.0.0.1:{server.port}", "OLLAMA_MODELS": str(keeper),
+               "LOCALRUN_OTHER_RUNNERS": "ollama"}  # fmt: skip
+        ran = cli("run", "keeper", "Hi", "--param", "num_predict=3", env=env)
+        assert ran.code == 0, ran.stderr
+        assert ran.stdout.strip()
+        assert [str(n) for n in store.names()] == ["keeper:latest"]
+        assert "keeper:latest" in server.running()  # answered by the server, kept loaded
+    finally:
+        server.close()
+
+
+@pytest.mark.server
+def test_a_server_on_another_store_says_how_to_reach_the_model(
+    cli: CLI, keeper: Path, tmp_path: Path
+) -> None:
+    """The server keeps another store and was started without the setting: one line says
+    which runner has the model and how to start the server so that it finds it."""
+    store = Store(tmp_path / "server-store")
+    server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
+    try:
+        address = f"127.0.0.1:{server.port}"
+        env = {"LOCALRUN_HOST": address, "OLLAMA_MODELS": str(keeper)}
+        ran = cli("run", "keeper", "Hi", env={**env, "LOCALRUN_OTHER_RUNNERS": "ollama"})
+        assert_one_line_error(
+            ran, "ollama has it", address, "LOCALRUN_OTHER_RUNNERS=1 localrun serve"
+        )
+        assert "localrun pull" not in ran.stderr
+        assert store.names() == []
+        # Without the setting here, nothing of Ollama's is looked at: the server's answer.
+        plain = cli("run", "keeper", "Hi", env=env)
+        assert_one_line_error(plain, "keeper")
+        assert "ollama" not in plain.stderr
+    finally:
+        server.close()
+
+
 def test_the_listing_is_cached_and_survives_a_hostile_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -1,7 +1,9 @@
 """What `localrun run` talks to: the running server, or a model loaded in this process.
 
 `open_session()` probes LOCALRUN_HOST: when a server answers, the model is loaded (and stays
-warm between invocations) there; otherwise it is loaded here, as before the server existed. The
+warm between invocations) there; otherwise it is loaded here, as before the server existed. A
+model the server lacks that another runner here has (with LOCALRUN_OTHER_RUNNERS in this
+command's environment) is imported in place into this store first, as without a server. The
 one-shot answer, the chat REPL and --batch see only the `Session` and `Answer` protocols below.
 The remote path imports neither llama_cpp nor the runner.
 """
@@ -340,8 +342,9 @@ class RemoteSession:
         try:
             session._load(name)
         except ModelNotFoundError:
-            session._pull(name)
-            session._load(name)
+            if not session._import_here(name, session._load):
+                session._pull(name)
+                session._load(name)
         return session
 
     def _load(self, name: str) -> None:
@@ -349,6 +352,43 @@ class RemoteSession:
         loaded = self.client.load(name, options=self.overrides)
         self._load_s = time.perf_counter() - started
         self.name = loaded.get("model") or name
+
+    def _import_here(self, name: str, retry: Callable[[str], object]) -> bool:
+        """Import a model the server lacks (it was started without LOCALRUN_OTHER_RUNNERS)
+        that this command's LOCALRUN_OTHER_RUNNERS finds, in place into the store here, as
+        `localrun run` without a server and a server with the setting do; then `retry(name)`.
+        False when the setting is off here or no other runner has the model."""
+        from localrun.settings import config
+
+        if not config.other_runners():
+            return False
+        from localrun.cli.common import open_store
+        from localrun.cli.output import CreateProgress
+        from localrun.sources import runners
+        from localrun.store import reference
+
+        wanted = reference.resolve(name).name
+        found = runners.named(str(wanted))
+        if found is None:
+            return False
+        store = open_store()
+        if not store.exists(wanted):
+            progress = CreateProgress()
+            try:
+                runners.adopt(store, found, progress)
+            finally:
+                progress.close()
+        try:
+            retry(name)
+        except ModelNotFoundError as exc:  # the server keeps another store than this command
+            raise ModelNotFoundError(
+                name,
+                hint=f"{found.source} has it on this machine, but the server at "
+                f"{self.client.address} does not see it (it was started without "
+                "LOCALRUN_OTHER_RUNNERS, and keeps another store): restart it on this machine "
+                "as `LOCALRUN_OTHER_RUNNERS=1 localrun serve`",
+            ) from exc
+        return True
 
     def _pull(self, name: str) -> None:
         from localrun.cli.output import CreateProgress
@@ -398,7 +438,11 @@ class RemoteSession:
         self.overrides = dict(overrides)
 
     def switch(self, name: str, announce: Callable[[str], None]) -> None:
-        self.client.show(name)  # ModelNotFoundError before anything is said
+        try:
+            self.client.show(name)  # ModelNotFoundError before anything is said
+        except ModelNotFoundError:
+            if not self._import_here(name, self.client.show):
+                raise
         announce(name)
         self.overrides = {}
         self._load(name)
