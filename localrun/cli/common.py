@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from typing import TYPE_CHECKING
 
 from localrun.errors import LocalrunError
-from localrun.store.models import Store
+
+if TYPE_CHECKING:
+    from localrun.store.models import Store
 
 
 def open_store(*, cleanup: bool = False) -> Store:
     """The store of LOCALRUN_MODELS; with `cleanup`, clear leftovers of crashed writers if idle."""
+    # Imported here: `localrun --help` (and every command module importing this one) would
+    # otherwise load the store's modules at start.
+    from localrun.store.models import Store
+
     store = Store.default()
     if cleanup:
         store.prune(blocking=False)

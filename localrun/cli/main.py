@@ -7,15 +7,16 @@ never import this module; the names, help and settings of the commands are given
 order `--help` lists them.
 
 Heavy packages (llama_cpp, fastapi, uvicorn, huggingface_hub, modelscope, gguf/numpy) are imported
-inside the commands that use them, so `localrun --help` and `localrun list` start fast; a test
-checks it.
+inside the commands that use them, and typer is kept from importing pydantic and Markdown where
+they serve nothing (cli/typer_patches), so `localrun --help` and `localrun list` start fast;
+tests/test_startup.py checks what they import.
 """
 
 from __future__ import annotations
 
 import sys
 import traceback
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError
@@ -32,27 +33,14 @@ from localrun.cli import (
     serve_cmd,
     server_cmds,
     store_cmds,
+    typer_patches,
     upstream_cmd,
 )
 from localrun.cli.common import print_error
 from localrun.errors import LocalrunError
 from localrun.settings import config
 
-
-def _flags_without_a_type() -> None:
-    """Help lists an option's value type (`--param <list[str]>`); typer 0.29 lists one for
-    flags too (`--version <bool>`), which take no value: show none for them."""
-    from typer.core import TyperOption
-
-    shown = TyperOption.display_type_rich
-
-    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
-        return None if self.is_flag else shown(self, ctx)
-
-    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
-
-
-_flags_without_a_type()
+typer_patches.apply()  # before any command is parsed or its help shown
 
 app = typer.Typer(
     name="localrun",

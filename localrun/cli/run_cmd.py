@@ -10,17 +10,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from localrun.cli.batch import run_batch
 from localrun.cli.chat import chat_loop
 from localrun.cli.output import ThinkingView
-from localrun.cli.session import Session, open_session
 from localrun.cli.views import print_stats
 from localrun.errors import InvalidParameterError
-from localrun.recipes import params as params_mod
+
+if TYPE_CHECKING:
+    from localrun.cli.session import Session
 
 STDIN_LIMIT = 64 * 1024 * 1024
 
@@ -76,6 +77,8 @@ def run(
 
     With a server up at LOCALRUN_HOST the model runs there, and stays loaded; else in-process.
     """
+    from localrun.cli.session import open_session  # here: its imports cost every command's start
+
     started = time.perf_counter()
     overrides = _overrides(format, param, seed, batch, output)
     asked = Asked(system, format, verbose, think_option(think), hidethinking)
@@ -125,6 +128,8 @@ def _overrides(
     format: str | None, param: list[str], seed: int | None, batch: Path | None, output: Path | None
 ) -> dict[str, Any]:
     """The parameters --param and --seed set, once the options are checked."""
+    from localrun.recipes import params as params_mod
+
     if format not in (None, "json"):
         raise InvalidParameterError(
             f"unknown --format {format!r}", hint="the only format is json: --format json"

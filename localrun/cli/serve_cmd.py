@@ -1,16 +1,14 @@
 """`localrun serve`: the HTTP API on uvicorn (see localrun.server).
 
-fastapi, uvicorn and the scheduler are imported inside the command, so other commands never pay
-for them. The socket is bound (and listening) before the URL is printed: a client that reads the
-line can connect at once, and `--port 0` prints the port the system picked.
+fastapi, uvicorn and the scheduler are imported inside the command (and logging and socket, a
+few milliseconds of every other command's start), so other commands never pay for them. The
+socket is bound (and listening) before the URL is printed: a client that reads the line can
+connect at once, and `--port 0` prints the port the system picked.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import logging
-import socket
 import sys
 from pathlib import Path
 from types import FrameType
@@ -24,6 +22,8 @@ from localrun.errors import ConfigError, ServerError
 from localrun.settings import config
 
 if TYPE_CHECKING:
+    import socket
+
     from uvicorn import Server
 
     from localrun.scheduler import Scheduler
@@ -50,6 +50,9 @@ def _address(host: str | None, port: int | None) -> tuple[str, int]:
 
 
 def _bind(host: str, port: int, backlog: int) -> socket.socket:
+    import errno
+    import socket
+
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -155,6 +158,8 @@ def serve(
 
 def _configure_logging(debug: bool) -> None:
     """Log to stderr; uvicorn's and httpx's routine lines only with LOCALRUN_DEBUG."""
+    import logging
+
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
