@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Wall time of `localrun --help` and `localrun list` (20 models) against `python -c pass`.
+"""Wall time of `localrun --help`, `list` (20 models) and `--version` against `python -c pass`.
 
-Target (issue 2): each under 150 ms on the 2-core development machine. Prints the median and
-best of N runs, and the overhead over a bare interpreter start. Measure an installed localrun
-(`pip install .`): an editable install (`pip install -e .`) adds its import hook, about 15-20 ms.
+Target (issue 2): --help and list each under 150 ms on the 2-core development machine. Prints
+the median and best of N runs, the overhead over a bare interpreter start and the ratio to it
+(issue 55: a command that only prints pays for nothing it does not use). --version is timed
+after one run that records the llama.cpp build's facts (cli/version.py), as every later run
+finds them. Measure an installed localrun (`pip install .`): an editable install
+(`pip install -e .`) adds its import hook, about 15-20 ms.
 
 With --binary PATH (scripts/build_binary.py's dist/localrun) the same commands run from the
 binary too, beside `run`'s time to the first token (process start to the first byte of the
@@ -97,17 +100,22 @@ def main() -> int:
         rows.append(
             (f"localrun list ({args.models} models)", _time([*localrun, "list"], env, args.runs))
         )
+        _time([*localrun, "--version"], env, 1)  # records the llama.cpp build's facts
+        rows.append(("localrun --version", _time([*localrun, "--version"], env, args.runs)))
         if args.binary is not None:
             binary_rows(args, home, localrun, env, rows)
     base_med = statistics.median(base)
-    print(f"{'command':32} {'median ms':>10} {'best ms':>8} {'over python':>12}  target")
+    print(
+        f"{'command':32} {'median ms':>10} {'best ms':>8} {'over python':>12} "
+        f"{'x python':>9}  target"
+    )
     for label, times in rows:
         med = statistics.median(times)
         plain = label.startswith("localrun --help") or label.startswith("localrun list")
         verdict = ("ok" if med < 0.150 else "SLOW") if plain else ""
         print(
             f"{label:32} {med * 1000:10.1f} {min(times) * 1000:8.1f} "
-            f"{(med - base_med) * 1000:12.1f}  {verdict}"
+            f"{(med - base_med) * 1000:12.1f} {med / base_med:8.2f}x  {verdict}"
         )
     return 0
 

@@ -1,9 +1,9 @@
 """Commands that only print must not import what they do not use (speed budget).
 
-`localrun --help`, `list`, `env` and `ps` start without the heavy packages, without pydantic
-(typer converts option values through it; cli/typer_patches spares the values that need no
-converting) and, but for --help, without rich. No timings here: scripts/bench_startup.py measures
-them.
+`localrun --help`, `list`, `env`, `ps` and `--version` start without the heavy packages, without
+pydantic (typer converts option values through it; cli/typer_patches spares the values that need
+no converting) and, but for --help, without rich. No timings here: scripts/bench_startup.py
+measures them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 import typer
 from conftest import PATIENCE_S
 
-from localrun.cli import typer_patches
+from localrun.cli import typer_patches, version
 
 HEAVY = ("llama_cpp", "fastapi", "uvicorn", "huggingface_hub", "modelscope", "gguf", "numpy")
 # What the printing commands do without, besides HEAVY: typer's value conversion (pydantic),
@@ -72,9 +72,88 @@ def test_help_lists_the_commands_without_loading_them() -> None:
     assert not [m for m in loaded if m.startswith(NOT_FOR_HELP)]
 
 
+def test_version_reads_llama_cpp_once(home: Path) -> None:
+    """The first --version loads llama.cpp and records its facts; the next reads the record."""
+    first = _loaded(["--version"])
+    assert "llama_cpp" in first
+    assert (home / "cache" / "llama-build.json").exists()
+    again = _loaded(["--version"])
+    assert _packages(again, HEAVY + UNUSED + ("rich",)) == []
+
+
+def test_version_prints_the_same_from_the_record(home: Path) -> None:
+    def shown() -> str:
+        proc = subprocess.run([sys.executable, "-m", "localrun", "--version"],
+                              capture_output=True, text=True, timeout=PATIENCE_S)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    read = shown()
+    assert (home / "cache" / "llama-build.json").exists()
+    assert shown() == read
+    assert read.splitlines()[1].startswith("llama.cpp: llama-cpp-python ")
+
+
 def test_probe_detects_heavy_imports() -> None:
     """The probe itself works: a heavy module that is loaded is reported."""
     assert "gguf" in _packages(_loaded(["--help"], prelude="import gguf\n"), HEAVY)
+
+
+# --version's record -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_lib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A llama.cpp lib folder of our own (LLAMA_CPP_LIB_PATH), so its files can change."""
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    (folder / "libllama.so").write_bytes(b"x" * 10)
+    (folder / "libggml-cpu.so").write_bytes(b"y" * 10)
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(folder))
+    for name in [n for n in os.environ if n.startswith("GGML_")]:
+        monkeypatch.delenv(name)
+    return folder
+
+
+def test_record_is_read_back_under_the_same_key(fake_lib: Path) -> None:
+    key = version._key()
+    assert key is not None
+    version._record(key, "1.2.3", ["CPU"])
+    assert version._recorded(key) == ("1.2.3", ["CPU"])
+    assert version.llama_build() == "llama-cpp-python 1.2.3, backends CPU, runtime built-in"
+
+
+def test_record_is_not_read_once_the_library_changes(
+    fake_lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = version._key()
+    assert key is not None
+    version._record(key, "1.2.3", ["CPU"])
+    (fake_lib / "libllama.so").write_bytes(b"x" * 11)  # rebuilt
+    assert version._key() != key and version._recorded(version._key() or []) is None
+    (fake_lib / "libggml-cuda.so").write_bytes(b"z")  # a backend added beside it
+    monkeypatch.setenv("GGML_CUDA_ENABLE_UNIFIED_MEMORY", "1")
+    changed = version._key()
+    assert changed is not None and version._recorded(changed) is None
+
+
+def test_no_record_where_the_machine_decides(
+    fake_lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU runtime installed, or a GPU backend: read from llama.cpp every time."""
+    from localrun.runtimes import layout
+
+    key = version._key()
+    assert key is not None
+    version._record(key, "1.2.3", ["CUDA", "CPU"])
+    assert version._recorded(key) is None
+    monkeypatch.setattr(layout, "installed", lambda: ["a runtime"])
+    assert version._key() is None
+
+
+def test_no_record_without_libllama(fake_lib: Path) -> None:
+    (fake_lib / "libllama.so").unlink()
+    assert version._key() is None
 
 
 # typer, patched ---------------------------------------------------------------------------

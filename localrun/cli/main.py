@@ -7,9 +7,10 @@ never import this module; the names, help and settings of the commands are given
 order `--help` lists them.
 
 Heavy packages (llama_cpp, fastapi, uvicorn, huggingface_hub, modelscope, gguf/numpy) are imported
-inside the commands that use them, and typer is kept from importing pydantic and Markdown where
-they serve nothing (cli/typer_patches), so `localrun --help` and `localrun list` start fast;
-tests/test_startup.py checks what they import.
+inside the commands that use them, typer is kept from importing pydantic and Markdown where they
+serve nothing (cli/typer_patches) and --version reads llama.cpp's facts from a record
+(cli/version), so `localrun --help`, `list` and `--version` start fast; tests/test_startup.py
+checks what they import.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError
 from typer.exceptions import TyperException
 
-from localrun import __version__, selfexec
 from localrun.cli import (
     import_cmd,
     info_cmd,
@@ -35,6 +35,7 @@ from localrun.cli import (
     store_cmds,
     typer_patches,
     upstream_cmd,
+    version,
 )
 from localrun.cli.common import print_error
 from localrun.errors import LocalrunError
@@ -54,25 +55,8 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        print(f"localrun {__version__}{' (binary)' if selfexec.frozen() else ''}")
-        print(f"llama.cpp: {_llama_build()}")
+        print(version.text())
         raise typer.Exit()
-
-
-def _llama_build() -> str:
-    """The llama.cpp build this localrun runs: llama-cpp-python's version and its backends."""
-    from localrun.engine.buildinfo import build_info
-    from localrun.errors import LocalrunError
-
-    try:
-        info = build_info()
-    except LocalrunError as exc:
-        return f"not loadable ({exc})"
-    line = f"llama-cpp-python {info.version}, backends {', '.join(info.backends) or 'none'}"
-    line += f", runtime {info.runtime}"
-    if info.gpu_devices:
-        line += f" ({', '.join(str(d) for d in info.gpu_devices)})"
-    return line
 
 
 @app.callback()
