@@ -1,17 +1,5 @@
-"""The `localrun` command: the typer app, every command registered on it, and the one place
-errors are printed.
-
-The command modules (info_cmd, launch_cmd, pull_cmd, run_cmd, runtime_cmd, serve_cmd,
-server_cmds, store_cmds, upstream_cmd) define plain functions with their typer parameters and
-never import this module; the names, help and settings of the commands are given here, in the
-order `--help` lists them.
-
-Heavy packages (llama_cpp, fastapi, uvicorn, huggingface_hub, modelscope, gguf/numpy) are imported
-inside the commands that use them, typer is kept from importing pydantic and Markdown where they
-serve nothing (cli/typer_patches) and --version reads llama.cpp's facts from a record
-(cli/version), so `localrun --help`, `list` and `--version` start fast; tests/test_startup.py
-checks what they import.
-"""
+"""The `localrun` command's entry point: the typer app (cli/app) run, any error printed once,
+the exit code set."""
 
 from __future__ import annotations
 
@@ -23,91 +11,10 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError
 from typer.exceptions import TyperException
 
-from localrun.cli import (
-    import_cmd,
-    info_cmd,
-    launch_cmd,
-    pull_cmd,
-    run_cmd,
-    runtime_cmd,
-    serve_cmd,
-    server_cmds,
-    store_cmds,
-    typer_patches,
-    upstream_cmd,
-    version,
-)
+from localrun.cli.app import app
 from localrun.cli.common import print_error
 from localrun.errors import LocalrunError
 from localrun.settings import config
-
-typer_patches.apply()  # before any command is parsed or its help shown
-
-app = typer.Typer(
-    name="localrun",
-    help="Run language models locally: pull, create, run and serve GGUF models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        print(version.text())
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", "-v", callback=_version, is_eager=True, help="Print the version."
-    ),
-) -> None:
-    """Run language models locally: pull, create, run and serve GGUF models."""
-
-
-app.command()(info_cmd.info)
-app.command()(pull_cmd.pull)
-app.command()(pull_cmd.search)
-app.command(context_settings={"allow_interspersed_args": True})(run_cmd.run)
-app.command()(serve_cmd.serve)
-app.command()(launch_cmd.launch)
-app.command()(server_cmds.ps)
-app.command()(server_cmds.stop)
-app.command()(store_cmds.create)
-app.command("import")(import_cmd.import_)
-app.command("list")(store_cmds.list_)
-app.command("ls", hidden=True, help="List the models in the store.")(store_cmds.list_)
-app.command()(store_cmds.show)
-app.command()(store_cmds.cp)
-app.command()(store_cmds.rm)
-app.command()(store_cmds.prune)
-app.command()(store_cmds.verify)
-app.command()(store_cmds.env)
-
-upstream_app = typer.Typer(
-    help="Upstream servers (vLLM, SGLang, llama-server, Ollama, ...) that serve models for "
-    "`localrun serve`.",
-    no_args_is_help=True,
-)
-upstream_app.command("add")(upstream_cmd.add)
-upstream_app.command("list")(upstream_cmd.list_)
-upstream_app.command("rm")(upstream_cmd.rm)
-app.add_typer(upstream_app, name="upstream")
-
-runtime_app = typer.Typer(
-    help="GPU runtimes: llama.cpp's CUDA or Vulkan backend, built here from the installed "
-    "llama.cpp's source and loaded beside its CPU backend.",
-    no_args_is_help=True,
-)
-runtime_app.command("list")(runtime_cmd.list_)
-runtime_app.command("install")(runtime_cmd.install)
-runtime_app.command("select")(runtime_cmd.select)
-runtime_app.command("rm")(runtime_cmd.rm)
-app.add_typer(runtime_app, name="runtime")
-
 
 # Options whose value may be left out, as in Ollama (`--think` is `--think=true`); typer
 # cannot declare them, so a bare one is completed here.

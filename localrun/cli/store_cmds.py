@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
+from localrun.cli import listings
 from localrun.cli.common import open_store, print_error
-from localrun.cli.output import CreateProgress, ago, columns, human_size
+from localrun.cli.output import CreateProgress, human_size
 from localrun.cli.views import params_text, print_fit, show_text
 from localrun.errors import LocalrunError, ModelfileError, NotRegularFileError
-from localrun.settings import config, view
+from localrun.settings import config
 from localrun.store import names
 
 if TYPE_CHECKING:
@@ -107,49 +106,7 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the models in the store, and those upstream servers serve (marked remote)."""
-    entries = open_store().entries()
-    remote = _remote_models({str(e.name) for e in entries})
-    if as_json:
-        out = [
-            {
-                "name": str(e.name),
-                "model": e.name.full,
-                "digest": e.digest,
-                "size": e.size,
-                "modified_at": datetime.fromtimestamp(e.modified, timezone.utc).isoformat(),
-            }
-            for e in entries
-        ]
-        out += [{"name": name, "model": name, "remote_host": host} for name, host in remote]
-        print(json.dumps(out, indent=2))
-        return
-    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
-    for e in sorted(entries, key=lambda e: e.modified, reverse=True):
-        rows.append([str(e.name), e.digest[7:19], human_size(e.size), ago(e.modified)])
-    for name, host in remote:
-        rows.append([name, "", "remote", f"via {host}"])
-    print(columns(rows))
-
-
-def _remote_models(local: set[str]) -> list[tuple[str, str]]:
-    """(model, upstream) for the models upstreams serve: those upstreams.toml names, and,
-    from a running server, those it discovered. Nothing is read without an upstreams.toml."""
-    from localrun.settings import upstreams
-
-    if not upstreams.path().exists():
-        return []
-    served = {m: u.name for u in upstreams.load() for m in u.models}
-    from localrun.client import Client
-    from localrun.errors import ServerError
-
-    client = Client()
-    if client.is_up():
-        with contextlib.suppress(ServerError):
-            data = client.request("GET", "/api/tags")
-            for m in data.get("models") or [] if isinstance(data, dict) else []:
-                if isinstance(m, dict) and m.get("remote_host"):
-                    served[str(m.get("name"))] = str(m["remote_host"])  # the server knows all
-    return sorted((name, host) for name, host in served.items() if name not in local)
+    listings.models(as_json)
 
 
 def show(
@@ -392,10 +349,4 @@ class _VerifyBar:
 
 def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show every LOCALRUN_* setting, its value and where the value comes from."""
-    rows = view.describe()
-    if as_json:
-        print(json.dumps([r.__dict__ for r in rows], indent=2))
-        return
-    table = [["NAME", "VALUE", "SOURCE", "DESCRIPTION"]]
-    table += [[r.name, r.value, r.source, r.help] for r in rows]
-    print(columns(table, gap=2))
+    listings.settings(as_json)

@@ -1,4 +1,4 @@
-"""What localrun changes in typer, each with its reason; applied once, by cli/main.
+"""What localrun changes in typer, each with its reason; applied once, by cli/app.
 
 - Help shows no value type for flags (typer 0.29 writes `--version <bool>` for a flag).
 - A value that needs no conversion is not handed to pydantic. typer 0.29 converts every
