@@ -2,8 +2,9 @@
 
 `localrun --help`, `list`, `env`, `ps` and `--version` start without the heavy packages, without
 pydantic (typer converts option values through it; cli/typer_patches spares the values that need
-no converting) and, but for --help, without rich. No timings here: scripts/bench_startup.py
-measures them.
+no converting) and, but for --help, without rich; `list`, `env` and `--version` as they are
+mostly typed (cli/main's PLAIN) without typer, and print what typer's commands print. No timings
+here: scripts/bench_startup.py measures them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import typer
 from conftest import PATIENCE_S
 
-from localrun.cli import typer_patches, version
+from localrun.cli import main, typer_patches, version
 
 HEAVY = ("llama_cpp", "fastapi", "uvicorn", "huggingface_hub", "modelscope", "gguf", "numpy")
 # What the printing commands do without, besides HEAVY: typer's value conversion (pydantic),
@@ -28,6 +29,7 @@ HEAVY = ("llama_cpp", "fastapi", "uvicorn", "huggingface_hub", "modelscope", "gg
 UNUSED = ("pydantic", "httpx", "jinja2", "markdown_it", "pygments")
 # Our own modules that --help, which only lists the commands, never needs.
 NOT_FOR_HELP = ("localrun.store.models", "localrun.cli.session", "localrun.engine")
+VERSION = ("--version", "-v")
 
 _PROBE = """
 import json, sys
@@ -66,6 +68,50 @@ def test_light_commands_import_no_heavy_package(args: list[str]) -> None:
         assert "rich" not in {m.split(".")[0] for m in loaded}, f"`localrun {args}` imported rich"
 
 
+@pytest.mark.parametrize("args", [list(line) for line in main.PLAIN if line[0] not in VERSION])
+def test_plain_command_lines_run_without_typer(args: list[str]) -> None:
+    """(--version's, after its first run: test_version_reads_llama_cpp_once.)"""
+    assert _packages(_loaded(args), ("typer", "rich", *UNUSED)) == []
+
+
+_BOTH_WAYS = """
+import contextlib, io, json, sys
+from localrun.cli.app import app
+from localrun.cli.main import main
+out = {}
+for way in ("plain", "typer"):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            if way == "plain":
+                main(sys.argv[1:])
+            else:
+                app(args=sys.argv[1:], prog_name="localrun", standalone_mode=False)
+        except (SystemExit, Exception):
+            pass
+    out[way] = buf.getvalue()
+print(json.dumps(out))
+"""
+
+
+def test_plain_command_lines_print_what_typer_does(tiny_model: Path, home: Path) -> None:
+    """Each command line main runs without typer prints what its typer command prints."""
+    for name in ("first", "second"):
+        modelfile = home.parent / f"Modelfile.{name}"
+        modelfile.write_text(f"FROM {tiny_model}\nSYSTEM {name}\n")
+        made = subprocess.run([sys.executable, "-m", "localrun", "create", name, "-f",
+                               str(modelfile), "-q"], capture_output=True, text=True,
+                              timeout=PATIENCE_S)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    for line in main.PLAIN:
+        proc = subprocess.run([sys.executable, "-c", _BOTH_WAYS, *line], capture_output=True,
+                              text=True, timeout=PATIENCE_S)  # fmt: skip
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out["plain"] and out["plain"] == out["typer"], (line, out)
+        if line[0] in ("list", "ls"):
+            assert "first:latest" in out["plain"] and "second:latest" in out["plain"]
+
+
 def test_help_lists_the_commands_without_loading_them() -> None:
     loaded = _loaded(["--help"])
     assert "typer.rich_utils" in loaded  # the help is rich's, as before
@@ -78,7 +124,7 @@ def test_version_reads_llama_cpp_once(home: Path) -> None:
     assert "llama_cpp" in first
     assert (home / "cache" / "llama-build.json").exists()
     again = _loaded(["--version"])
-    assert _packages(again, HEAVY + UNUSED + ("rich",)) == []
+    assert _packages(again, HEAVY + UNUSED + ("rich", "typer")) == []
 
 
 def test_version_prints_the_same_from_the_record(home: Path) -> None:
