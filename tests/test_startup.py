@@ -118,6 +118,11 @@ def test_help_lists_the_commands_without_loading_them() -> None:
     assert not [m for m in loaded if m.startswith(NOT_FOR_HELP)]
 
 
+def test_plain_help_stays_without_rich() -> None:
+    """Help imports rich's modules only where typer would use them for it."""
+    assert "rich" not in _packages(_loaded(["--help"], env={"TYPER_USE_RICH": "0"}), ("rich",))
+
+
 def test_version_reads_llama_cpp_once(home: Path) -> None:
     """The first --version loads llama.cpp and records its facts; the next reads the record."""
     first = _loaded(["--version"])

@@ -139,8 +139,11 @@ def _help_without_markdown() -> None:
 
 
 def _importing_rich_help_first(format_help: Any) -> Any:
+    from typer import core
+
     def wrapped(self: Any, ctx: Any, formatter: Any) -> Any:
-        import_rich_help()
+        if core.HAS_RICH and self.rich_markup_mode is not None:  # typer's test for rich help
+            import_rich_help()
         return format_help(self, ctx, formatter)
 
     wrapped._localrun = True  # type: ignore[attr-defined]
