@@ -587,9 +587,13 @@ def test_clients_see_drafted_and_accepted_tokens(live: Any, ai: Any) -> None:
         timeout=PATIENCE_S,
     ).json()
     assert 0 < native["draft_accepted_count"] <= native["draft_count"], native
-    # A stop string inside what drafts bring in: the answer ends right before it.
+    # A stop string inside what drafts bring in (the class's first lines, copied from the
+    # prompt): the answer ends right before it. Taken from the start, which every answer
+    # shares: past it a greedy answer may still differ with how its drafts were verified
+    # (verification batches and one-token decodes differ in the last bits; issue 60).
     content = native["message"]["content"]
-    stop = content[len(content) // 2 : len(content) // 2 + 12]
+    assert content.startswith("```python\nclass Inventory:"), content
+    stop = content[40:52]
     cut = httpx.post(
         f"{live.url}/api/chat",
         json={
