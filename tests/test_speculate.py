@@ -758,7 +758,11 @@ def test_the_server_remembers_for_a_key_or_a_loopback_server_only() -> None:
 @pytest.mark.model
 def test_a_repeated_request_is_drafted_from_its_earlier_answer(smol: BatchEngine) -> None:
     """The same story asked twice under one memory: the second answer is the first (greedy),
-    drafted from it; without the memory, or under another, prose finds little to copy."""
+    drafted from it; without the memory, or under another, prose finds little to copy. How
+    long the two answers agree is measured, not assumed: on a busy machine the drafts'
+    lengths change, and a greedy answer can part from the first where a verification batch
+    and a one-token decode differ in the last bits (issue 60); the memory must draft at least
+    half of what they share."""
     prompt = smol.tokenize(
         "<|im_start|>user\nWrite a story about a lighthouse.<|im_end|>\n<|im_start|>assistant\n",
         add_special=True,
@@ -767,7 +771,10 @@ def test_a_repeated_request_is_drafted_from_its_earlier_answer(smol: BatchEngine
     first, t1 = run(smol, prompt, greedy(speculate="auto", memory="key:one"))
     again, t2 = run(smol, prompt, greedy(speculate="auto", memory="key:one"))
     _, t3 = run(smol, prompt, greedy(speculate="auto", memory="key:two"))
-    assert again[:40] == first[:40]
-    assert t2.draft_accepted > len(first) // 2 > t1.draft_accepted
+    pairs = enumerate(zip(first, again, strict=False))
+    shared = next((i for i, (a, b) in pairs if a != b), min(len(first), len(again)))
+    assert shared >= 40, (shared, first, again)
+    assert t2.draft_accepted > shared // 2, (t2, shared)
+    assert t2.draft_accepted > t1.draft_accepted, (t1, t2)
     assert t3.draft_accepted < len(first) // 4  # another memory drafts nothing of it
     assert kv_end(smol) == len(cached(smol))

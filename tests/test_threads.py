@@ -9,6 +9,7 @@ import time
 
 import pytest
 from benchlib.load import BUSY_LOOP
+from conftest import PATIENCE_S
 
 from localrun.engine.batch import BatchEngine
 from localrun.engine.threads import INTERVAL_S, Governor
@@ -120,18 +121,26 @@ def test_a_real_busy_loop_is_seen() -> None:
     if cores < 2:
         pytest.skip("one core: there is nothing to give up")
     gov = Governor(cores, adaptive=True, logical=cores)
-    busy = _loops(cores - 1, 30)
+    busy = _loops(cores - 1, PATIENCE_S)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + PATIENCE_S
         while gov.current() != 1:
             assert time.monotonic() < deadline, "the busy cores were not seen"
             time.sleep(INTERVAL_S / 2)
     finally:
         _stop(busy)
-    deadline = time.monotonic() + 10
+    # The cores come back once they are free: the wait counts only the time the machine was
+    # quiet (less than half a core used by anything), as on a shared machine other work may
+    # hold them for as long as it likes, and the governor is right to leave them then.
+    psutil.cpu_percent()
+    quiet_s, started = 0.0, time.monotonic()
     while gov.current() != cores:
-        assert time.monotonic() < deadline, "the cores were not taken back"
+        assert quiet_s < 10, "the cores were not taken back"
+        if quiet_s == 0 and time.monotonic() - started > 60:
+            pytest.skip("other work kept the cores busy for a minute: nothing to take back")
         time.sleep(INTERVAL_S / 2)
+        if psutil.cpu_percent() * cores / 100 < 0.5:
+            quiet_s += INTERVAL_S / 2
 
 
 @pytest.mark.model
