@@ -11,6 +11,9 @@ tests/test_startup.py checks what the commands import.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import typer
 
 from localrun.cli import (
@@ -74,23 +77,29 @@ app.command()(store_cmds.prune)
 app.command()(store_cmds.verify)
 app.command()(store_cmds.env)
 
-upstream_app = typer.Typer(
-    help="Upstream servers (vLLM, SGLang, llama-server, Ollama, ...) that serve models for "
-    "`localrun serve`.",
-    no_args_is_help=True,
-)
-upstream_app.command("add")(upstream_cmd.add)
-upstream_app.command("list")(upstream_cmd.list_)
-upstream_app.command("rm")(upstream_cmd.rm)
-app.add_typer(upstream_app, name="upstream")
 
-runtime_app = typer.Typer(
-    help="GPU runtimes: llama.cpp's CUDA or Vulkan backend, built here from the installed "
-    "llama.cpp's source and loaded beside its CPU backend.",
-    no_args_is_help=True,
+def _group(name: str, help: str, commands: dict[str, Callable[..., Any]]) -> None:
+    """A command group (`localrun NAME SUBCOMMAND`) with these subcommands."""
+    group = typer.Typer(help=help, no_args_is_help=True)
+    for sub, command in commands.items():
+        group.command(sub)(command)
+    app.add_typer(group, name=name)
+
+
+_group(
+    "upstream",
+    "Upstream servers (vLLM, SGLang, llama-server, Ollama, ...) that serve models for "
+    "`localrun serve`.",
+    {"add": upstream_cmd.add, "list": upstream_cmd.list_, "rm": upstream_cmd.rm},
 )
-runtime_app.command("list")(runtime_cmd.list_)
-runtime_app.command("install")(runtime_cmd.install)
-runtime_app.command("select")(runtime_cmd.select)
-runtime_app.command("rm")(runtime_cmd.rm)
-app.add_typer(runtime_app, name="runtime")
+_group(
+    "runtime",
+    "GPU runtimes: llama.cpp's CUDA or Vulkan backend, built here from the installed "
+    "llama.cpp's source and loaded beside its CPU backend.",
+    {
+        "list": runtime_cmd.list_,
+        "install": runtime_cmd.install,
+        "select": runtime_cmd.select,
+        "rm": runtime_cmd.rm,
+    },
+)
