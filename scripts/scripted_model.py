@@ -42,13 +42,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--vocab", metavar="GGUF", type=Path, help="take the vocabulary from this gpt2-BPE GGUF"
     )
+    parser.add_argument(
+        "--n-ctx",
+        metavar="N",
+        type=int,
+        default=8192,
+        help="the context the model says it was trained on (default 8192, at most 30030)",
+    )
     parser.add_argument("-o", "--output", metavar="OUT.gguf", type=Path, required=True)
     args = parser.parse_args(argv)
     text = args.says if args.says is not None else args.says_file.read_text(encoding="utf-8")
     template = args.template.read_text(encoding="utf-8") if args.template else None
     start = time.perf_counter()
     path = write_scripted_model(
-        args.output, text, template=template, special=args.special, end=args.end, vocab=args.vocab
+        args.output,
+        text,
+        template=template,
+        special=args.special,
+        end=args.end,
+        vocab=args.vocab,
+        n_ctx=args.n_ctx,
     )
     seconds = time.perf_counter() - start
     print(f"{path.stat().st_size:>12}  {path}  ({seconds:.2f} s)")

@@ -80,6 +80,9 @@ __all__ = [
 #: The logit of the scripted next token; every other token's is at most half of it.
 LOGIT = 40.0
 N_CTX = 8192
+#: The longest context a scripted model may declare: past the period of MODULI a distance looks
+#: like one the previous-token heads look for.
+MAX_N_CTX = 30030
 #: The longest answer, in UTF-8 bytes outside its markers: RM(2,5) has 2**16 code words, one for
 #: each token the answer holds, its end included.
 MAX_BYTES = (1 << 16) - 1
@@ -488,9 +491,9 @@ def _heads(plan: _Plan, embed: np.ndarray, n_head: int, reach: int) -> dict[str,
     }
 
 
-def _add_hparams(writer: GGUFWriter, net: _Network, n_vocab: int) -> None:
+def _add_hparams(writer: GGUFWriter, net: _Network, n_vocab: int, n_ctx: int) -> None:
     writer.add_file_type(LlamaFileType.MOSTLY_F16)
-    writer.add_context_length(N_CTX)
+    writer.add_context_length(n_ctx)
     writer.add_embedding_length(net.n_embd)
     writer.add_block_count(1)
     writer.add_feed_forward_length(FFN)
@@ -531,6 +534,7 @@ def write_scripted_model(
     special: Sequence[str] = (),
     end: str | None = None,
     vocab: str | os.PathLike[str] | None = None,
+    n_ctx: int = N_CTX,
 ) -> Path:
     """Write a llama GGUF whose greedy answer to any prompt is exactly `says`, then its EOS.
 
@@ -539,11 +543,14 @@ def write_scripted_model(
     (:func:`template_markers`); `special` adds more, as CONTROL tokens. The EOS (and EOT) is
     `end`, else the template's end-of-turn marker (``<|im_end|>``, ``<|eot_id|>``, ...), else
     the vocabulary's. `vocab` is a ``gpt2``-tokenizer GGUF to take the vocabulary from
-    (default: SmolLM2-135M's). The markers in `says` are answered as their tokens (so its
-    CONTROL ones are left out where special tokens are not rendered), and an end-of-generation
-    token among them ends the answer there; a prompt that ends with one of the markers `says`
-    starts with gets the rest of the answer after it.
+    (default: SmolLM2-135M's); `n_ctx` the context it says it was trained on (at most
+    MAX_N_CTX: an agent's prompt needs more than the default). The markers in `says` are
+    answered as their tokens (so its CONTROL ones are left out where special tokens are not
+    rendered), and an end-of-generation token among them ends the answer there; a prompt
+    that ends with one of the markers `says` starts with gets the rest of the answer after it.
     """
+    if not 1 <= n_ctx <= MAX_N_CTX:
+        raise ValueError(f"n_ctx must be from 1 to {MAX_N_CTX}, not {n_ctx}")
     base = read_base_vocab(vocab)
     chat_template = template if template is not None else base.template
     if chat_template is None:
@@ -554,7 +561,7 @@ def write_scripted_model(
     writer = GGUFWriter(path, "llama")
     writer.add_name("scripted")
     writer.add_description(f"answers every prompt with {says[:200]!r}")
-    _add_hparams(writer, net, len(script.tokens))
+    _add_hparams(writer, net, len(script.tokens), n_ctx)
     _add_tokenizer(writer, base, script, chat_template)
     for name, tensor in net.tensors.items():
         writer.add_tensor(name, tensor)
