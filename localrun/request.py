@@ -32,6 +32,9 @@ class GenRequest:
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     think: bool | str | None = None  # None: the model's default; True or low/medium/high
+    # Anthropic's adaptive thinking: `think` applies where the model can think; a model that
+    # cannot answers without (instead of the request being refused).
+    think_adaptive: bool = False
     suffix: str | None = None  # with `prompt`: fill in the middle (FIM) up to this text
     extra: list[dict[str, str]] | None = None  # FIM: other files, [{"filename", "text"}]
     logprobs: int | None = None  # log-probabilities with N alternatives per token (None: none)
@@ -163,6 +166,7 @@ _CHECKS = {
     "logprobs": _logprobs,
     "logit_bias": _logit_bias,
     "parallel_tool_calls": _kind(bool),
+    "think_adaptive": _kind(bool),
     "return_context": _kind(bool),
     "keep_alive": _kind(int, float),
     "media": _media,

@@ -21,6 +21,7 @@ EVERY_FIELD = GenRequest(
     tools=[{"type": "function", "function": {"name": "f"}}],
     tool_choice="required",
     think="low",
+    think_adaptive=True,
     suffix="after",
     extra=[{"filename": "a.py", "text": "x = 1"}],
     logprobs=3,

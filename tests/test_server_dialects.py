@@ -525,7 +525,8 @@ def test_responses_errors(ai: openai.OpenAI, live: LiveServer) -> None:
         {"model": SMOL, "input": [{"type": "mystery"}]},
         {"model": SMOL, "input": [{"role": "user", "content": [{"type": "input_image"}]}]},
         {"model": SMOL, "input": "hi", "text": {"format": {"type": "yaml"}}},
-        {"model": SMOL, "input": "hi", "tools": [{"type": "web_search"}]},
+        {"model": SMOL, "input": "hi", "tools": [{"type": "namespace", "name": "ns"}]},
+        {"model": SMOL, "input": "hi", "tools": [{"type": 7}]},
         {"model": SMOL, "input": "hi", "max_output_tokens": 0},
         {"model": SMOL, "input": "hi", "reasoning": {"effort": "extreme"}},
         {

@@ -123,3 +123,55 @@ def test_mistral_tool_ids_are_made_nine_characters_and_stay_paired() -> None:
     out = template.render(source, messages, tools=DATA["conversations"]["tools"]["tools"])
     short = adapt._short_id("call_abc_123")
     assert len(short) == 9 and short.isalnum() and out.count(short) == 2
+
+
+# Where Claude Code puts its mid-conversation system messages (Anthropic's rules): right after
+# a user turn (which may be tool results), last or before an assistant turn.
+CALL = {"id": "call00001", "type": "function", "function": {"name": "get_weather"}}
+LATER_SYSTEM: dict[str, list[dict[str, Any]]] = {
+    "last": [
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": "NOTE-ONE"},
+    ],
+    "before an answer": [
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": "NOTE-ONE"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Again"},
+        {"role": "system", "content": "NOTE-TWO"},
+    ],
+    "after tool results": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {**CALL, "function": {**CALL["function"], "arguments": {"city": "Oslo"}}}
+            ],
+        },
+        {"role": "tool", "content": "sunny", "tool_call_id": "call00001", "name": "get_weather"},
+        {"role": "system", "content": "NOTE-ONE"},
+    ],
+}
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_template_keeps_a_later_system_message(name: str) -> None:
+    """Shown as a system turn where the template shows one there, else folded into the turn
+    beside it; never refused, never lost."""
+    source = (CORPUS / name).read_text()
+    tools = DATA["conversations"]["tools"]["tools"]
+    for shape, messages in LATER_SYSTEM.items():
+        out = template.render(source, messages, tools=tools, bos_token="<s>", eos_token="</s>")
+        for note in ("NOTE-ONE", "NOTE-TWO"):
+            if any(m["content"] == note for m in messages):
+                assert out.count(note) == 1, (shape, note)
+
+
+def test_a_later_system_message_is_folded_where_the_template_refuses_it() -> None:
+    source = (CORPUS / "mistralai-Mistral-Nemo-Instruct-2407.jinja").read_text()
+    assert not adapt.probe(source).mid_system
+    out = template.render(source, LATER_SYSTEM["before an answer"])
+    assert "Hi\n\nNOTE-ONE[/INST]Hello" in out.replace(" ", "")  # into the user turn before it
+    assert "NOTE-TWO" in out

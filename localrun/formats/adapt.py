@@ -5,7 +5,11 @@ first (common/jinja/caps.cpp) and adapts what it passes (common/chat.cpp's worka
 we, from what the probes' output shows, once per template:
 
 - system role: a template that refuses a system message or drops it (Gemma) gets it folded
-  into the first user message, joined by a newline (llama.cpp's choice);
+  into the first user message, joined by a newline (llama.cpp's choice); one that refuses or
+  drops a system message later in the conversation (Anthropic's mid-conversation system
+  messages, which Claude Code sends; OpenAI's and Ollama's anywhere) gets it folded into the
+  turn before it (a user turn or a tool result), else into the user turn after it, else as a
+  user turn of its own: never lost;
 - content: a template that renders typed content only ([{"type": "text", ...}]) gets it typed;
 - tools: a template that does not show the `tools` it is given gets them as a system note
   (formats/calls.py), so the model still learns them; llama.cpp passes them to be dropped;
@@ -78,6 +82,7 @@ class Caps:
     """What one template renders, as its probes showed."""
 
     system_role: bool = True
+    mid_system: bool = True  # shows a system message after other turns
     typed_content: bool = False  # content as [{"type": "text", "text": ...}] only
     tools: bool = True  # shows the tool list it is given
     tool_calls: bool = True  # shows an assistant's tool calls
@@ -150,6 +155,7 @@ def probe(source: str) -> Caps:
         [{"role": "system", "content": turn(_SYSTEM)}, {"role": "user", "content": turn(_USER)}],
     )
     system_role = with_system is not None and _SYSTEM in with_system
+    mid_system = _shows_later_system(source, turn)
 
     listed = _try(source, [{"role": "user", "content": turn(_USER)}], _PROBE_TOOLS)
     tools = listed is not None and _TOOL in listed
@@ -188,6 +194,7 @@ def probe(source: str) -> Caps:
     return Caps(
         reasoning_as=_reasoning_as(source),
         system_role=system_role,
+        mid_system=mid_system,
         typed_content=typed,
         tools=tools,
         tool_calls=tool_calls,
@@ -197,6 +204,21 @@ def probe(source: str) -> Caps:
         functions="functions" in variables(source),
         xml_tools="xml_tools" in variables(source),
     )
+
+
+def _shows_later_system(source: str, turn: Any) -> bool:
+    """Whether the template shows a system message after other turns (`turn` makes content
+    as the template takes it)."""
+    later = _try(
+        source,
+        [
+            {"role": "user", "content": turn(_USER)},
+            {"role": "assistant", "content": turn(_ARG)},
+            {"role": "user", "content": turn(_USER)},
+            {"role": "system", "content": turn(_SYSTEM)},
+        ],
+    )
+    return later is not None and _SYSTEM in later
 
 
 def _reasoning_as(source: str) -> str:
@@ -244,10 +266,14 @@ def adapt(
     messages: list[Message],
     tools: list[dict[str, Any]] | None,
     family: parsers.Family | None = None,
+    *,
+    fold_system: bool = False,
 ) -> tuple[list[Message], list[dict[str, Any]] | None, dict[str, Any]]:
     """`messages` and `tools` as `source` can render them, and any variables it needs besides
     (new objects: the caller's are left as they were). `family` is the model's, whose call
-    syntax a tool note asks for (default: the one the template's markers tell)."""
+    syntax a tool note asks for (default: the one the template's markers tell);
+    `fold_system` folds the later system messages even where the probe saw them shown (a
+    template that refused them at another place: strict alternation)."""
     caps = probe(source)
     extra: dict[str, Any] = {}
     if caps.functions:
@@ -263,6 +289,10 @@ def adapt(
         first, out = out[0], out[1:]
         if out:
             out[0] = {**out[0], "content": _join(first["content"], out[0].get("content"))}
+        elif not caps.mid_system:
+            out = [{"role": "user", "content": first["content"]}]
+    if fold_system or not caps.mid_system:
+        out = _fold_later_system(out)
     if caps.reasoning_as == "thinking":
         for message in out:
             if "reasoning_content" in message:
@@ -283,9 +313,56 @@ def adapt(
     return out, tools, extra
 
 
-def _join(system: Any, user: Any) -> Any:
+def later_system(messages: list[Message]) -> bool:
+    """Whether a system message comes after the first turn."""
+    return any(m.get("role") == "system" for m in messages[1:])
+
+
+def lost_later_system(messages: list[Message], prompt: str) -> bool:
+    """Whether `prompt` lacks the text of a system message after the first turn (a template
+    that keeps one system prompt, the last it saw: DeepSeek-R1's)."""
+    texts = {m.get("content") for m in messages[1:] if m.get("role") == "system"}
+    for text in texts:
+        if isinstance(text, str) and text:
+            given = sum(
+                m["content"].count(text) for m in messages if isinstance(m.get("content"), str)
+            )
+            if prompt.count(text) < given:
+                return True
+    return False
+
+
+def _fold_later_system(messages: list[Message]) -> list[Message]:
+    """The system messages after the first turn, folded for a template that shows none there:
+    into the user turn or tool result before each (joined by a blank line), else into the user
+    turn after it, else as a user turn at its place."""
+    out: list[Message] = []
+    waiting: list[str] = []  # system texts for the next user turn
+    for index, message in enumerate(messages):
+        if message.get("role") != "system" or index == 0:
+            if waiting and message.get("role") == "user":
+                text = "\n\n".join(waiting)
+                message = {**message, "content": _join(text, message.get("content"), "\n\n")}
+                waiting = []
+            elif waiting:
+                out.append({"role": "user", "content": "\n\n".join(waiting)})
+                waiting = []
+            out.append(message)
+            continue
+        text = str(message.get("content") or "")
+        before = out[-1] if out else None
+        if before is not None and before.get("role") in ("user", "tool") and not waiting:
+            out[-1] = {**before, "content": _join(before.get("content"), text, "\n\n")}
+        elif text:
+            waiting.append(text)
+    if waiting:
+        out.append({"role": "user", "content": "\n\n".join(waiting)})
+    return out
+
+
+def _join(system: Any, user: Any, between: str = "\n") -> Any:
     if isinstance(system, str) and isinstance(user, str):
-        return f"{system}\n{user}"
+        return f"{system}{between}{user}"
     return user
 
 

@@ -24,7 +24,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from localrun.errors import LocalrunError
+from localrun.errors import LocalrunError, TemplateError, TemplateLimitError
 from localrun.formats import adapt as adapt_mod
 from localrun.formats import calls as calls_mod
 from localrun.formats import parsers
@@ -103,9 +103,11 @@ def render(
     the runner knows it better than the template's markers tell (formats/parsers)."""
     source = template or CHATML
     # The template gets objects of its own: it may change them (lists are mutable in it).
-    messages, tools = copy.deepcopy(messages), copy.deepcopy(tools)
     if is_go(source):
+        messages, tools = copy.deepcopy(messages), copy.deepcopy(tools)
         return _render_go(source, messages, tools, variables or {}, add_generation_prompt)
+    given, given_tools = messages, tools  # the retry's (untouched by the template)
+    messages, tools = copy.deepcopy(messages), copy.deepcopy(tools)
     messages, tools, extra = adapt_mod.adapt(source, messages, tools, family)
     now = datetime.now()
     context: dict[str, Any] = {
@@ -119,6 +121,25 @@ def render(
         "eos_token": eos_token,
     }
     context["add_generation_prompt"] = add_generation_prompt
+    if tools:
+        context["tools"] = tools
+    later = adapt_mod.later_system(given)
+    try:
+        prompt = render_jinja(source, context)
+        if not later or not adapt_mod.lost_later_system(given, prompt):
+            return prompt
+    except TemplateLimitError:
+        raise
+    except TemplateError:
+        if not later:
+            raise
+    # A template that refuses a later system message where this one is (strict alternation
+    # of user and assistant), or keeps only one: folded into the turns beside it, as adapt
+    # does where the probe saw them dropped.
+    messages, tools = copy.deepcopy(given), copy.deepcopy(given_tools)
+    messages, tools, extra = adapt_mod.adapt(source, messages, tools, family, fold_system=True)
+    context = {**context, **extra, "messages": messages}
+    context.pop("tools", None)
     if tools:
         context["tools"] = tools
     return render_jinja(source, context)

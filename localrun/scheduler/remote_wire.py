@@ -80,7 +80,9 @@ def body(dialect: str, model: str, request: GenRequest) -> Message:
             out["messages"] = _messages(request, openai=False)
             if request.tools:
                 out["tools"] = request.tools
-            if request.think is not None:
+            # Adaptive thinking is the model's default there: Ollama refuses `think` for a
+            # model that cannot think, and its thinking models think unless told not to.
+            if request.think is not None and not request.think_adaptive:
                 out["think"] = request.think
         else:
             out["prompt"] = request.prompt or ""

@@ -1,7 +1,9 @@
 """Anthropic's Messages API as a translation over the same generations (`generation`).
 
     POST /v1/messages                 system (a string or text blocks), messages with text,
-                                      tool_use and tool_result blocks, tools, tool_choice (auto,
+                                      tool_use and tool_result blocks (and system messages
+                                      among them), tools (custom; bash and text editor; server
+                                      tools left out), tool_choice (auto,
                                       any, tool, none), max_tokens (required), stop_sequences,
                                       temperature, top_p, top_k, metadata, thinking,
                                       output_config (format: a JSON schema; effort), stream
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,7 +38,10 @@ from localrun.server import core, image_urls
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
+from localrun.server.responses_tools import LEFT_OUT_HEADER
 from localrun.server.streaming import event_stream, sse
+
+log = logging.getLogger("localrun.server")
 
 # Anthropic's own bound on stop_sequences is far higher; this keeps the stop filter cheap.
 MAX_STOP_SEQUENCES = 16
@@ -90,7 +96,9 @@ def messages_of(value: Any) -> list[dict[str, Any]]:
 
     A user turn's tool_result blocks become tool messages (before the turn's text, which
     follows the results it comments on); an assistant turn's tool_use blocks become its
-    tool_calls. Earlier thinking blocks are dropped, as Anthropic's own models drop them.
+    tool_calls. Earlier thinking blocks are dropped, as Anthropic's own models drop them. A
+    `system` message (text only) stays a system message at its place: the template renders it
+    there, or the prompt folds it into the turn beside it (formats.adapt).
     """
     if not isinstance(value, list) or not value:
         raise BadRequestError("messages must be a non-empty list")
@@ -101,8 +109,11 @@ def messages_of(value: Any) -> list[dict[str, Any]]:
         if not isinstance(raw, dict):
             raise BadRequestError(f"{where} must be an object")
         role = raw.get("role")
+        if role == "system":  # a mid-conversation system message (Claude Code's)
+            out.append(_system(raw, where))
+            continue
         if role not in ("user", "assistant"):
-            raise BadRequestError(f"{where}.role must be user or assistant, not {role!r}")
+            raise BadRequestError(f"{where}.role must be user, assistant or system, not {role!r}")
         content = raw.get("content")
         if isinstance(content, str):
             media.count_markers(content, f"{where}.content")
@@ -152,6 +163,13 @@ def messages_of(value: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _system(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A system message among the turns: its text, kept at its place."""
+    text = _text_of(raw.get("content"), f"{where}.content")
+    media.count_markers(text, f"{where}.content")
+    return {"role": "system", "content": text}
+
+
 def _image(block: dict[str, Any], where: str) -> media.Media:
     """An image block: base64 data (a URL source is refused: the server fetches nothing)."""
     source = block.get("source")
@@ -164,24 +182,78 @@ def _image(block: dict[str, Any], where: str) -> media.Media:
     return media.decode(source.get("data"), f"{where}.source.data")
 
 
-def _tools(body: Body) -> list[dict[str, Any]] | None:
+# Anthropic-defined tools that the client runs: the model is given their schema.
+_EDITOR_INPUT = {
+    "type": "object",
+    "properties": {
+        "command": {
+            "type": "string",
+            "enum": ["view", "create", "str_replace", "insert", "undo_edit"],
+        },
+        "path": {"type": "string", "description": "Absolute path to a file or directory."},
+        "file_text": {"type": "string", "description": "With create: the file's content."},
+        "old_str": {"type": "string", "description": "With str_replace: the text to replace."},
+        "new_str": {"type": "string", "description": "With str_replace and insert: new text."},
+        "insert_line": {"type": "integer", "description": "With insert: the line after which."},
+        "view_range": {"type": "array", "items": {"type": "integer"}},
+    },
+    "required": ["command", "path"],
+}
+_CLIENT_TOOLS: dict[str, tuple[str, dict[str, Any]]] = {
+    "bash_": (
+        "Run a command in a bash shell; `restart` restarts the shell.",
+        {
+            "type": "object",
+            "properties": {
+                "command": {"type": "string", "description": "The command to run."},
+                "restart": {"type": "boolean"},
+            },
+        },
+    ),
+    "text_editor_": (
+        "View, create and edit files: view, create, str_replace, insert, undo_edit.",
+        _EDITOR_INPUT,
+    ),
+}
+
+
+def _tools(body: Body) -> tuple[list[dict[str, Any]] | None, list[str]]:
+    """The tools the model is offered, and the server tools left out: custom tools, and
+    Anthropic's client-run bash and text editor tools with their schema; the server tools
+    (web search, web fetch, code execution ...) run on Anthropic's side, which localrun has not,
+    so they are left out (logged, and named in X-Localrun-Tools-Left-Out)."""
     tools = body.get("tools", list)
     if tools is None:
-        return None
+        return None, []
     out = []
+    left_out = []
     for index, tool in enumerate(tools):
         if not isinstance(tool, dict):
             raise BadRequestError(f"tools[{index}] must be an object")
         kind = tool.get("type", "custom")
-        if kind not in ("custom", None):
-            raise BadRequestError(
-                f"tools[{index}] has type {kind!r}; localrun runs custom (client) tools only"
-            )
-        function = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
+        client = next(
+            (v for k, v in _CLIENT_TOOLS.items() if isinstance(kind, str) and kind.startswith(k)),
+            None,
+        )
+        if client is not None:
+            description, schema = client
+            function = {"name": tool.get("name"), "description": description, "parameters": schema}
+        elif kind in ("custom", None):
+            function = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
+            if isinstance(tool.get("description"), str):
+                function["description"] = tool["description"]
+        elif isinstance(kind, str):
+            left_out.append(kind)
+            continue
+        else:
+            raise BadRequestError(f"tools[{index}].type must be a string")
         out.append({"type": "function", "function": function})
-    return out
+    if left_out:
+        log.info(
+            "left out of the tools offered: %s (server tools, which localrun does not run)",
+            ", ".join(left_out),
+        )
+    return out, left_out
 
 
 def _tool_choice(body: Body) -> Any:
@@ -201,7 +273,8 @@ def _tool_choice(body: Body) -> Any:
 
 
 def _think(body: Body) -> bool | str | None:
-    """`thinking` (enabled, adaptive: the model's default, disabled) and output_config.effort."""
+    """`thinking` (enabled, adaptive: the model's default, disabled) and output_config.effort
+    (with adaptive thinking, a model that cannot think answers without: see _adaptive)."""
     thinking = body.get("thinking", dict)
     effort = (body.get("output_config", dict) or {}).get("effort")
     level = None if effort is None else thinking_mod.from_effort(effort, "output_config.effort")
@@ -217,6 +290,13 @@ def _think(body: Body) -> bool | str | None:
     return None if kind == "adaptive" else True
 
 
+def _adaptive(body: Body) -> bool:
+    """Whether the model decides whether to think (`adaptive`, or an effort alone): one that
+    cannot think then answers without, as Anthropic's do."""
+    thinking = body.get("thinking", dict)
+    return thinking is None or thinking.get("type") == "adaptive"
+
+
 def _format(body: Body) -> dict[str, Any] | None:
     """Structured output: output_config.format {"type": "json_schema", "schema": {...}}."""
     spec = (body.get("output_config", dict) or {}).get("format")
@@ -230,8 +310,9 @@ def _format(body: Body) -> dict[str, Any] | None:
     return schema
 
 
-def _request(body: Body) -> GenRequest:
-    """The core request of a Messages body (shared by create and count_tokens)."""
+def _request(body: Body) -> tuple[GenRequest, list[str]]:
+    """The core request of a Messages body (shared by create and count_tokens), and the
+    server tools it offered that were left out."""
     model = body.model()
     system = body.data.get("system")
     messages = messages_of(body.data.get("messages"))
@@ -245,18 +326,21 @@ def _request(body: Body) -> GenRequest:
     if stops:
         options["stop"] = stops
     body.get("metadata", dict)  # accepted (user_id); a wrong type is still refused
-    return GenRequest(
+    tools, left_out = _tools(body)
+    req = GenRequest(
         model,
         messages=messages,
         options=options,
-        tools=_tools(body),
+        tools=tools,
         tool_choice=_tool_choice(body),
         format=_format(body),
         think=_think(body),
+        think_adaptive=_adaptive(body),
         parallel_tool_calls=not (body.get("tool_choice", dict) or {}).get(
             "disable_parallel_tool_use", False
         ),
     )
+    return req, left_out
 
 
 def _id(prefix: str) -> str:
@@ -304,12 +388,15 @@ async def messages(request: Request) -> Response:
     if max_tokens < 1:
         raise BadRequestError("max_tokens must be at least 1")
     await image_urls.inline(body.data, "anthropic")
-    req = _request(body)
+    req, left_out = _request(body)
     req.options["num_predict"] = max_tokens
     generation = await start(request, req)
     head = {"id": _id("msg"), "type": "message", "role": "assistant", "model": req.model}
+    headers = {LEFT_OUT_HEADER: ", ".join(left_out)} if left_out else {}
     if body.flag("stream", False):
-        return event_stream(_events(generation, head))
+        stream = event_stream(_events(generation, head))
+        stream.headers.update(headers)
+        return stream
     await core.until_disconnect(request, generation.collect)
     content: list[dict[str, Any]] = []
     if generation.thinking:
@@ -325,7 +412,8 @@ async def messages(request: Request) -> Response:
             "stop_reason": reason,
             "stop_sequence": sequence,
             "usage": _usage(generation),
-        }
+        },
+        headers=headers,
     )
 
 
@@ -431,7 +519,7 @@ async def count_tokens(request: Request) -> Response:
     """The tokens the prompt of this Messages request takes, rendered by the model's template."""
     body = Body(await read_json(request))
     await image_urls.inline(body.data, "anthropic")
-    req = _request(body)
+    req, _ = _request(body)
     scheduler = core.context(request).scheduler
     tokens = await core.until_disconnect(
         request,

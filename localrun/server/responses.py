@@ -1,8 +1,10 @@
 """OpenAI's Responses API as a translation over the same generations (`generation`).
 
     POST   /v1/responses                    input (a string or items: messages with text
-                                            parts, function_call, function_call_output),
-                                            instructions, tools (function), tool_choice,
+                                            parts, function_call, function_call_output,
+                                            custom_tool_call, custom_tool_call_output),
+                                            instructions, tools (function, namespace, custom;
+                                            hosted ones left out: responses_tools), tool_choice,
                                             text.format (text, json_object, json_schema),
                                             max_output_tokens, temperature, top_p, stop,
                                             metadata, parallel_tool_calls, reasoning.effort,
@@ -12,7 +14,8 @@
     DELETE /v1/responses/{id}
 
 Output items: a `reasoning` item (a thinking model's reasoning), a `message` with one
-`output_text` part, and a `function_call` per tool call. A streamed answer is the event sequence
+`output_text` part, and a `function_call` (with its `namespace` for a namespaced tool) or a
+`custom_tool_call` per tool call. A streamed answer is the event sequence
 OpenAI's client parses: response.created, response.in_progress, then per item
 output_item.added, content_part.added, output_text.delta (or reasoning_text.delta) ... .done,
 content_part.done, output_item.done (function_call_arguments.delta / .done for calls), and
@@ -40,7 +43,7 @@ from starlette.responses import JSONResponse, Response
 from localrun import media
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
-from localrun.server import core, image_urls, response_store, responses_input
+from localrun.server import core, image_urls, response_store, responses_input, responses_tools
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
@@ -151,20 +154,6 @@ def _message_item(text: str | None, status: str = "completed", item_id: str = ""
     }
 
 
-def _call_items(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "function_call",
-            "id": "fc_" + call["id"].removeprefix("call_"),
-            "call_id": call["id"],
-            "name": call["name"],
-            "arguments": json.dumps(call["arguments"], ensure_ascii=False),
-            "status": "completed",
-        }
-        for call in calls or []
-    ]
-
-
 def _assistant_message(output: list[dict[str, Any]]) -> dict[str, Any]:
     """The answer as a turn of the stored conversation."""
     text = "".join(
@@ -175,10 +164,15 @@ def _assistant_message(output: list[dict[str, Any]]) -> dict[str, Any]:
         {
             "id": item["call_id"],
             "type": "function",
-            "function": {"name": item["name"], "arguments": json.loads(item["arguments"])},
+            "function": {
+                "name": responses_tools.model_name(item.get("namespace"), item["name"]),
+                "arguments": {"input": item["input"]}
+                if item["type"] == "custom_tool_call"
+                else json.loads(item["arguments"]),
+            },
         }
         for item in output
-        if item["type"] == "function_call"
+        if item["type"] in ("function_call", "custom_tool_call")
     ]
     if calls:
         message["tool_calls"] = calls
@@ -209,13 +203,14 @@ async def create(request: Request) -> Response:
     messages = ([{"role": "system", "content": instructions}] if instructions else []) + (
         conversation
     )
+    toolset = responses_tools.tools_of(body.data.get("tools"))
     req = GenRequest(
         model,
         messages=chat_messages(messages, translated=True),
         options=responses_input.options_of(body),
         format=responses_input.format_of(body),
-        tools=responses_input.tools_of(body),
-        tool_choice=responses_input.tool_choice_of(body),
+        tools=toolset.tools,
+        tool_choice=responses_tools.tool_choice_of(body.data.get("tool_choice")),
         think=responses_input.think_of(body),
         parallel_tool_calls=body.flag("parallel_tool_calls", True),
     )
@@ -236,22 +231,27 @@ async def create(request: Request) -> Response:
             await anyio.to_thread.run_sync(store.save, record)
 
     if body.flag("stream", False):
-        return event_stream(_events(generation, answer, save))
+        stream = event_stream(_events(generation, answer, save, toolset))
+        stream.headers.update(toolset.headers())
+        return stream
     await core.until_disconnect(request, generation.collect)
     output = []
     if generation.thinking:
         output.append(_reasoning_item(generation.thinking))
-    calls = _call_items(generation.tool_calls)
+    calls = [toolset.call_item(call) for call in generation.tool_calls or []]
     if generation.text or not calls:
         output.append(_message_item(generation.text))
     answer.obj["output"] = output + calls
     answer.finish(generation)
     await save()
-    return JSONResponse(answer.obj)
+    return JSONResponse(answer.obj, headers=toolset.headers())
 
 
 async def _events(
-    generation: Generation, answer: _Answer, save: Callable[[], Awaitable[None]]
+    generation: Generation,
+    answer: _Answer,
+    save: Callable[[], Awaitable[None]],
+    toolset: responses_tools.ToolSet,
 ) -> AsyncIterator[bytes]:
     """The Responses stream: an item per run of reasoning or text, then the function calls."""
     stream = _Stream(answer.obj)
@@ -265,10 +265,11 @@ async def _events(
                     if piece:
                         for event in stream.delta(kind, piece):
                             yield event
-                for event in stream.calls(_call_items(chunk.calls)):
+                for event in stream.calls([toolset.call_item(c) for c in chunk.calls or []]):
                     yield event
                 streamed += len(chunk.calls or [])
-        for event in stream.end(_call_items(generation.late_calls(streamed))):
+        late = generation.late_calls(streamed)
+        for event in stream.end([toolset.call_item(call) for call in late]):
             yield event
         answer.finish(generation)
         await save()
@@ -372,6 +373,15 @@ class _Stream:
     def call(self, call: dict[str, Any]) -> list[bytes]:
         self.output.append(call)
         index = len(self.output) - 1
+        if call["type"] == "custom_tool_call":
+            added = {**call, "input": "", "status": "in_progress"}
+            where = {"item_id": call["id"], "output_index": index}
+            return [
+                self.event("response.output_item.added", output_index=index, item=added),
+                self.event("response.custom_tool_call_input.delta", **where, delta=call["input"]),
+                self.event("response.custom_tool_call_input.done", **where, input=call["input"]),
+                self.event("response.output_item.done", output_index=index, item=call),
+            ]
         added = {**call, "arguments": "", "status": "in_progress"}
         return [
             self.event("response.output_item.added", output_index=index, item=added),

@@ -1,9 +1,10 @@
-"""A Responses request's input read into the core's chat messages, tools and options.
+"""A Responses request's input read into the core's chat messages and options (its tools:
+responses_tools).
 
 `input` is a string or a list of items (messages with input_text and input_image parts,
-function_call, function_call_output); with `previous_response_id` the stored conversation comes
-first. Every item and field is checked here with the path of what is wrong (`input[2].content`),
-as a 400 in OpenAI's shape.
+function_call, function_call_output, custom_tool_call, custom_tool_call_output); with
+`previous_response_id` the stored conversation comes first. Every item and field is checked
+here with the path of what is wrong (`input[2].content`), as a 400 in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from localrun import jsonlimits, media
 from localrun.errors import BadRequestError
 from localrun.formats import reasoning as reasoning_mod
+from localrun.server import responses_tools
 from localrun.server.body import Body
 
 # -- input -> the core's messages -------------------------------------------------------------
@@ -95,7 +97,7 @@ def messages_of(
         kind = item.get("type", "message" if "role" in item else None)
         if kind == "message":
             out.append(_message(item, where))
-        elif kind == "function_call":
+        elif kind in ("function_call", "custom_tool_call"):
             call = _function_call(item, where)
             names[call["id"]] = call["function"]["name"]
             last = out[-1] if out else None
@@ -103,14 +105,15 @@ def messages_of(
                 last.setdefault("tool_calls", []).append(call)
             else:
                 out.append({"role": "assistant", "content": "", "tool_calls": [call]})
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             out.append(_call_output(item, where, names))
         elif kind == "reasoning":
             continue
         else:
             raise BadRequestError(
                 f"{where} has type {kind!r}; localrun takes message, function_call, "
-                "function_call_output and reasoning items"
+                "function_call_output, custom_tool_call, custom_tool_call_output and reasoning "
+                "items"
             )
     return out
 
@@ -132,11 +135,20 @@ def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _function_call(item: dict[str, Any], where: str) -> dict[str, Any]:
-    """A function_call item as a tool call of the core's shape (its arguments parsed)."""
+    """A function_call item (or a custom tool's call, its text as the argument `input`) as a
+    tool call of the core's shape (its arguments parsed), named as the model knows the tool
+    (a namespaced one as `<namespace>.<name>`: responses_tools)."""
     call_id, name = item.get("call_id"), item.get("name")
-    arguments = item.get("arguments", "{}")
     if not isinstance(call_id, str) or not isinstance(name, str) or not name:
         raise BadRequestError(f"{where} needs a call_id and a name")
+    name = responses_tools.model_name(item.get("namespace"), name)
+    if item.get("type") == "custom_tool_call":
+        text = item.get("input", "")
+        if not isinstance(text, str):
+            raise BadRequestError(f"{where}.input must be a string")
+        function = {"name": name, "arguments": {"input": text}}
+        return {"id": call_id, "type": "function", "function": function}
+    arguments = item.get("arguments", "{}")
     if not isinstance(arguments, str):
         raise BadRequestError(f"{where}.arguments must be a JSON string")
     try:
@@ -164,34 +176,6 @@ def _call_output(item: dict[str, Any], where: str, names: dict[Any, Any]) -> dic
 
 
 # -- request fields ---------------------------------------------------------------------------
-
-
-def tools_of(body: Body) -> list[dict[str, Any]] | None:
-    tools = body.get("tools", list)
-    if not tools:
-        return None
-    out = []
-    for index, tool in enumerate(tools):
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
-            kind = tool.get("type") if isinstance(tool, dict) else type(tool).__name__
-            raise BadRequestError(
-                f"tools[{index}] has type {kind!r}; localrun runs function tools only"
-            )
-        function = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
-        out.append({"type": "function", "function": function})
-    return out
-
-
-def tool_choice_of(body: Body) -> Any:
-    choice = body.data.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "function", "function": {"name": choice.get("name")}}
-    if choice is None or choice in ("auto", "none", "required"):
-        return choice
-    raise BadRequestError(
-        f"tool_choice {choice!r} is not understood",
-        hint='use "auto", "none", "required" or {"type": "function", "name": ...}',
-    )
 
 
 def format_of(body: Body) -> str | dict[str, Any] | None:

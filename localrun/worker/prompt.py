@@ -280,6 +280,8 @@ class Prompter:
     ) -> tuple[Any, dict[str, Any], list[tools_mod.Tool] | None, list[Message]]:
         """A chat request's think, template variables, tools in force and whole conversation."""
         think = reasoning_mod.check(request.think)
+        if request.think_adaptive and not reasoning_mod.supports(self.template):
+            think = None  # the model decides, and this one cannot think
         variables = reasoning_mod.template_variables(think, self.template, str(self.model.name))
         in_force = tools_mod.in_force(request.tools, request.tool_choice)
         conversation = self.conversation(request.messages or [], request.system)

@@ -1,0 +1,176 @@
+"""A Responses request's tools as the model sees them, and the model's calls as output items.
+
+OpenAI's Responses API has more kinds of tool than the function tools the core runs:
+
+- `namespace`: a group of client-side tools (Codex puts its sub-agent tools in `collaboration`).
+  Each member is offered to the model as a function named `<namespace>.<name>` (the name the
+  model's own prompt uses, as in Codex's `functions.collaboration.spawn_agent`); a call to
+  one comes back as OpenAI's shape for it, a `function_call` item with `namespace` and the
+  member's bare `name` apart (Codex's registry keys them so), and a call of that shape in the
+  input is the dotted name again.
+- `custom`: a free-form tool whose input is text (optionally in a grammar) rather than JSON
+  arguments. The model gets a function with one string argument, `input`; its call comes back
+  as a `custom_tool_call` item with that text.
+- hosted tools the server would run itself (`web_search`, `file_search`, `code_interpreter`,
+  `image_generation`, `mcp`, `computer_use_preview` ...): localrun runs none, so they are left
+  out of what the model sees (a request that offers one is still answered), logged, and named
+  in the response header `X-Localrun-Tools-Left-Out`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from localrun.errors import BadRequestError
+
+log = logging.getLogger("localrun.server")
+
+LEFT_OUT_HEADER = "X-Localrun-Tools-Left-Out"
+
+
+@dataclass
+class ToolSet:
+    """The tools a request offered, as the core takes them."""
+
+    tools: list[dict[str, Any]] | None = None  # the functions the model sees
+    left_out: list[str] = field(default_factory=list)  # hosted tools' types, as given
+    # The model's name of each namespaced or custom tool -> (namespace or None, name, kind).
+    names: dict[str, tuple[str | None, str, str]] = field(default_factory=dict)
+
+    def headers(self) -> dict[str, str]:
+        return {LEFT_OUT_HEADER: ", ".join(self.left_out)} if self.left_out else {}
+
+    def call_item(self, call: dict[str, Any]) -> dict[str, Any]:
+        """A call of the model's (the core's {"id", "name", "arguments"}) as an output item."""
+        namespace, name, kind = self.names.get(call["name"], (None, call["name"], "function"))
+        base = call["id"].removeprefix("call_")
+        if kind == "custom":
+            arguments = call["arguments"]
+            text = arguments.get("input") if isinstance(arguments, dict) else None
+            item: dict[str, Any] = {
+                "type": "custom_tool_call",
+                "id": "ctc_" + base,
+                "call_id": call["id"],
+                "name": name,
+                "input": text if isinstance(text, str) else json.dumps(arguments),
+                "status": "completed",
+            }
+        else:
+            item = {
+                "type": "function_call",
+                "id": "fc_" + base,
+                "call_id": call["id"],
+                "name": name,
+                "arguments": json.dumps(call["arguments"], ensure_ascii=False),
+                "status": "completed",
+            }
+        if namespace is not None:
+            item["namespace"] = namespace
+        return item
+
+
+def model_name(namespace: Any, name: str) -> str:
+    """The name the model knows a tool by."""
+    return f"{namespace}.{name}" if isinstance(namespace, str) and namespace else name
+
+
+def _function(tool: dict[str, Any], where: str, namespace: str | None) -> dict[str, Any]:
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequestError(f"{where}.name must be a non-empty string")
+    function = {k: tool[k] for k in ("description", "parameters") if k in tool}
+    return {"type": "function", "function": {"name": model_name(namespace, name), **function}}
+
+
+def _custom(tool: dict[str, Any], where: str, namespace: str | None) -> dict[str, Any]:
+    """A free-form tool as a function of one string, `input` (its grammar, if any, told)."""
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequestError(f"{where}.name must be a non-empty string")
+    described = "The tool's input, as free text."
+    spec = tool.get("format")
+    if isinstance(spec, dict) and spec.get("type") == "grammar":
+        syntax, definition = spec.get("syntax", "lark"), spec.get("definition", "")
+        described = f"The tool's input, in this {syntax} grammar:\n{definition}"
+    parameters = {
+        "type": "object",
+        "properties": {"input": {"type": "string", "description": described}},
+        "required": ["input"],
+    }
+    function: dict[str, Any] = {"name": model_name(namespace, name), "parameters": parameters}
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    return {"type": "function", "function": function}
+
+
+def tools_of(value: Any) -> ToolSet:
+    """The request's `tools`: functions, namespaces of them and custom tools offered to the
+    model; hosted tools left out (and logged)."""
+    out = ToolSet()
+    if value is None:
+        return out
+    if not isinstance(value, list):
+        raise BadRequestError("tools must be a list")
+    tools: list[dict[str, Any]] = []
+    for index, tool in enumerate(value):
+        where = f"tools[{index}]"
+        if not isinstance(tool, dict):
+            raise BadRequestError(f"{where} must be an object")
+        kind = tool.get("type", "function")
+        if kind == "namespace":
+            namespace = tool.get("name")
+            members = tool.get("tools")
+            if not isinstance(namespace, str) or not namespace:
+                raise BadRequestError(f"{where}.name must be a non-empty string")
+            if not isinstance(members, list):
+                raise BadRequestError(f"{where}.tools must be a list of tools")
+            for number, member in enumerate(members):
+                at = f"{where}.tools[{number}]"
+                if not isinstance(member, dict):
+                    raise BadRequestError(f"{at} must be an object")
+                member_kind = member.get("type", "function")
+                if member_kind not in ("function", "custom"):
+                    raise BadRequestError(
+                        f"{at} has type {member_kind!r}; a namespace holds function and "
+                        "custom tools"
+                    )
+                made = (_function if member_kind == "function" else _custom)(member, at, namespace)
+                tools.append(made)
+                out.names[made["function"]["name"]] = (namespace, member["name"], member_kind)
+        elif kind == "function":
+            tools.append(_function(tool, where, None))
+        elif kind == "custom":
+            made = _custom(tool, where, None)
+            tools.append(made)
+            out.names[made["function"]["name"]] = (None, tool["name"], "custom")
+        elif isinstance(kind, str):
+            out.left_out.append(kind)
+        else:
+            raise BadRequestError(f"{where}.type must be a string")
+    if out.left_out:
+        log.info(
+            "left out of the tools offered: %s (hosted tools, which localrun does not run)",
+            ", ".join(out.left_out),
+        )
+    out.tools = tools or None
+    return out
+
+
+def tool_choice_of(value: Any) -> Any:
+    """`tool_choice` as the core takes it (a named function, custom or namespaced tool)."""
+    if isinstance(value, dict) and value.get("type") in ("function", "custom"):
+        name = value.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequestError("tool_choice needs the tool's name")
+        return {"type": "function", "function": {"name": model_name(value.get("namespace"), name)}}
+    if value is None or value in ("auto", "none", "required"):
+        return value
+    if isinstance(value, dict) and value.get("type") in ("auto", "none", "required"):
+        return value["type"]
+    raise BadRequestError(
+        f"tool_choice {value!r} is not understood",
+        hint='use "auto", "none", "required" or {"type": "function", "name": ...}',
+    )
