@@ -22,7 +22,18 @@ from localrun.store.models import Store
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
-CLAUDE = """
+# What the model was loaded with for the agent's request (/api/ps).
+PS = """
+import httpx
+def ps_context(url, key):
+    headers = {"Authorization": f"Bearer {key}"}
+    running = httpx.get(url.removesuffix("/v1") + "/api/ps", headers=headers).json()["models"]
+    return " ".join(f"{m['name']}@{m['context_length']}" for m in running)
+"""
+
+CLAUDE = (
+    PS
+    + """
 import os, sys, anthropic
 args = sys.argv[1:]
 model = args[args.index("--model") + 1]
@@ -37,11 +48,19 @@ for name in (model, os.environ["ANTHROPIC_DEFAULT_HAIKU_MODEL"]):
         model=name, max_tokens=3, messages=[{"role": "user", "content": "hi"}]
     )
     assert reply.usage.output_tokens > 0
-print("claude answered", model, *args)
+# It is told the window, and not to think with a model that cannot.
+assert os.environ["CLAUDE_CODE_MAX_CONTEXT_TOKENS"] == "65536"
+assert os.environ["CLAUDE_CODE_DISABLE_THINKING"] == "1"
+assert os.environ["CLAUDE_CODE_ATTRIBUTION_HEADER"] == "0"
+loaded = ps_context(os.environ["ANTHROPIC_BASE_URL"], os.environ["ANTHROPIC_AUTH_TOKEN"])
+print("claude answered", model, *args, loaded)
 sys.exit(3)
 """
+)
 
-CODEX = """
+CODEX = (
+    PS
+    + """
 import os, sys, tomllib, openai
 args = sys.argv[1:]
 config = {}
@@ -60,10 +79,14 @@ assert provider["wire_api"] == "responses"
 client = openai.OpenAI(base_url=provider["base_url"], api_key=os.environ[provider["env_key"]])
 reply = client.responses.create(model=model, input="hi", max_output_tokens=3)
 assert reply.usage.output_tokens > 0
-print("codex answered", model)
+assert config["model_context_window"] == 32768 and config["web_search"] == "disabled"
+print("codex answered", model, ps_context(provider["base_url"], os.environ[provider["env_key"]]))
 """
+)
 
-OPENCODE = """
+OPENCODE = (
+    PS
+    + """
 import json, os, openai
 config = json.loads(os.environ["OPENCODE_CONFIG_CONTENT"])
 provider_id, model = config["model"].split("/", 1)
@@ -75,8 +98,34 @@ reply = client.chat.completions.create(
     model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3
 )
 assert reply.usage.completion_tokens > 0
-print("opencode answered", model)
+assert provider["models"][model]["limit"] == {"context": 32768, "output": 4096}
+print("opencode answered", model, ps_context(options["baseURL"], options["apiKey"]))
 """
+)
+
+AIDER = (
+    PS
+    + """
+import json, os, sys, ollama
+args = sys.argv[1:]
+name = args[args.index("--model") + 1]
+assert name.startswith("ollama_chat/")
+model = name.removeprefix("ollama_chat/")
+settings = json.loads(open(args[args.index("--model-settings-file") + 1]).read())
+num_ctx = settings[0]["extra_params"]["num_ctx"]
+metadata = json.loads(open(args[args.index("--model-metadata-file") + 1]).read())
+assert metadata[name]["max_input_tokens"] + metadata[name]["max_output_tokens"] == num_ctx
+base = os.environ["OLLAMA_API_BASE"]
+key = os.environ["OLLAMA_API_KEY"]
+client = ollama.Client(host=base, headers={"Authorization": "Bearer " + key})
+# litellm reads the window from /api/show {"name": ...}, then chats with options.num_ctx.
+assert client._client.post("/api/show", json={"name": model}).status_code == 200
+options = {"num_ctx": num_ctx, "num_predict": 3}
+reply = client.chat(model, [{"role": "user", "content": "hi"}], options=options)
+assert reply.eval_count > 0
+print("aider answered", model, ps_context(base, key))
+"""
+)
 
 
 @pytest.fixture
@@ -84,7 +133,12 @@ def agents(tmp_path: Path) -> Path:
     """A folder of stand-in agents, to put first on PATH."""
     folder = tmp_path / "agents"
     folder.mkdir()
-    for name, body in (("claude", CLAUDE), ("codex", CODEX), ("opencode", OPENCODE)):
+    for name, body in (
+        ("claude", CLAUDE),
+        ("codex", CODEX),
+        ("opencode", OPENCODE),
+        ("aider", AIDER),
+    ):
         program = folder / name
         program.write_text(f"#!{sys.executable}\n{body}")
         program.chmod(0o755)
@@ -92,8 +146,11 @@ def agents(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_home(home: Path, tiny_model: Path) -> Path:
-    add_model(Store(home / "models"), "tiny", tiny_model)
+def tiny_home(home: Path, tiny_long_model: Path, tiny_model: Path) -> Path:
+    """`tiny`, trained (its header says) on more context than any agent wants; `small`,
+    trained on 256 tokens."""
+    add_model(Store(home / "models"), "tiny", tiny_long_model)
+    add_model(Store(home / "models"), "small", tiny_model)
     return home
 
 
@@ -132,20 +189,30 @@ def test_launch_starts_a_server_for_the_agent_and_stops_it_after(
     address = f"127.0.0.1:{_free_port()}"
     result = cli("launch", "claude", "--model", "tiny", "--", "--resume", env=_env(agents, address))
     assert result.code == 3, result.stderr  # the agent's own exit status
-    assert result.stdout.strip() == "claude answered tiny --model tiny --resume"
+    # A variant with the context Claude Code wants, which its request loaded.
+    variant = "tiny:latest-ctx64k"
+    assert result.stdout.strip() == (
+        f"claude answered {variant} --model {variant} --resume {variant}@65536"
+    )
+    assert "Claude Code works with tiny:latest-ctx64k: tiny with a context of 65536" in (
+        result.stderr
+    )
     assert f"started localrun serve at http://{address}" in result.stderr
     assert (tiny_home / "logs" / "launch-serve.log").is_file()
     assert not _answers(address)  # stopped with the agent
 
 
-@pytest.mark.parametrize("agent", ["codex", "opencode"])
+@pytest.mark.parametrize(
+    ("agent", "num_ctx"), [("codex", 32768), ("opencode", 32768), ("aider", 16384)]
+)
 def test_launch_uses_the_server_that_answers_and_leaves_it_running(
-    cli: CLI, running: Serve, agents: Path, agent: str
+    cli: CLI, running: Serve, agents: Path, agent: str, num_ctx: int
 ) -> None:
     address = running.url.removeprefix("http://")
     result = cli("launch", agent, "-m", "tiny", env=_env(agents, address))
     assert result.code == 0, result.stderr
-    assert result.stdout.strip() == f"{agent} answered tiny"
+    variant = f"tiny:latest-ctx{num_ctx // 1024}k"
+    assert result.stdout.strip() == f"{agent} answered {variant} {variant}@{num_ctx}"
     assert "started" not in result.stderr
     assert _answers(address)
 
@@ -176,15 +243,23 @@ def test_dry_run_prints_what_it_would_set_and_starts_nothing(cli: CLI, home: Pat
         == f"# no server answers at http://{address}: `localrun serve` would be started there"
     )
     assert f"ANTHROPIC_BASE_URL=http://{address}" in lines
-    assert "ANTHROPIC_DEFAULT_HAIKU_MODEL=qwen3:0.6b" in lines
-    assert lines[-1] == "claude --model qwen3:0.6b"
+    assert "ANTHROPIC_DEFAULT_HAIKU_MODEL=qwen3:0.6b-ctx64k" in lines
+    # Not in the store (nothing is pulled for a dry run): what the model holds is not known.
+    assert lines[1] == (
+        "# Claude Code works with qwen3:0.6b-ctx64k: qwen3:0.6b with a context of 65536 "
+        "tokens (PARAMETER num_ctx 65536)"
+    )
+    assert lines[-1] == "claude --model qwen3:0.6b-ctx64k"
     assert not _answers(address)
     assert not (home / "models" / "manifests").exists()  # nothing pulled either
     codex = cli("launch", "codex", "--dry-run", "-m", "qwen3:0.6b", env=_env(None, address))
     assert f'model_providers.localrun.base_url="http://{address}/v1"' in codex.stdout
     opencode = cli("launch", "opencode", "--dry-run", "-m", "x", env=_env(None, address))
-    content = opencode.stdout.splitlines()[1].split("=", 1)[1]
-    assert json.loads(content.strip("'"))["model"] == "localrun/x"
+    content = opencode.stdout.splitlines()[2].split("=", 1)[1]
+    assert json.loads(content.strip("'"))["model"] == "localrun/x:latest-ctx32k"
+    aider = cli("launch", "aider", "--dry-run", "-m", "x", env=_env(None, address))
+    assert '#       "name": "ollama_chat/x:latest-ctx16k",' in aider.stdout.splitlines()
+    assert aider.stdout.splitlines()[-1].startswith("aider --model ollama_chat/x:latest-ctx16k")
 
 
 def test_an_agent_that_is_not_installed_says_how_to_get_it(cli: CLI, tiny_home: Path) -> None:
@@ -199,3 +274,23 @@ def test_bad_names_are_one_line(cli: CLI, running: Serve, agents: Path) -> None:
     assert_one_line_error(cli("launch", "cursor", "-m", "tiny", env=env), "cannot launch 'cursor'")
     assert_one_line_error(cli("launch", "claude", env=env), "--model NAME", "tiny:latest")
     assert_one_line_error(cli("launch", "claude", "-m", "tinny", env=env), "tinny")
+
+
+def test_a_model_too_small_for_the_agent_is_refused_with_why(
+    cli: CLI, running: Serve, agents: Path
+) -> None:
+    env = _env(agents, running.url.removeprefix("http://"))
+    assert_one_line_error(
+        cli("launch", "claude", "-m", "small", env=env),
+        "small was trained on a context of 256 tokens, and Claude Code needs 40960",
+        "--context 256",
+    )
+    assert_one_line_error(
+        cli("launch", "codex", "-m", "small", "--context", "512", env=env),
+        "--context 512 is more",
+    )
+    # Asked for outright, less than the agent needs goes ahead, warned.
+    result = cli("launch", "aider", "-m", "small", "--context", "256", env=env)
+    assert result.code == 0, result.stderr
+    assert "warning: Aider needs a context of 4096 tokens" in result.stderr
+    assert result.stdout.strip() == "aider answered small:latest-ctx256 small:latest-ctx256@256"

@@ -1,12 +1,19 @@
-"""`localrun launch claude|codex|opencode`: a coding agent on a local model.
+"""`localrun launch claude|codex|opencode|aider`: a coding agent on a local model.
 
 The agent is pointed at the server at LOCALRUN_HOST (localrun.cli.launchers says how for each).
 When none answers there, `localrun serve` is started for the agent's session, in a session of
 its own (the agent's Ctrl-C interrupts the agent, not the server) with its log in a file (its
 lines would tear the agent's screen), and stopped when the agent exits. The model is checked
 first: with a running server, that it serves it; otherwise it is found in the store, imported
-or pulled as `localrun run` would. `--dry-run` prints the environment and the command line and
-starts nothing.
+or pulled as `localrun run` would.
+
+The agent gets the context its prompt needs: the agent's `want`, held to what the model was
+trained on (or `--context N`); a model trained on less than the agent `need`s is refused with
+the reason. Unless the model's own num_ctx is already that, the agent works with a variant of
+it, `NAME:TAG-ctx32k` (`PARAMETER num_ctx 32768` over the same weights, created through the
+server), so that every request of the agent's loads the model with that context, whatever
+the agent leaves out of its requests; the agent is told the same window. `--dry-run` prints the
+environment, the files and the command line and starts nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from localrun import private, selfexec
-from localrun.cli import launchers
+from localrun.cli import agent_context, launchers
 from localrun.cli.common import open_store
 from localrun.errors import ConfigError, LocalrunError, ServerError
 from localrun.settings import config
@@ -36,9 +43,16 @@ START_TIMEOUT_S = 60.0
 
 
 def launch(
-    tool: str = typer.Argument(..., help="The agent to start: claude, codex or opencode."),
+    tool: str = typer.Argument(..., help="The agent to start: claude, codex, opencode or aider."),
     model: str | None = typer.Option(
         None, "--model", "-m", help="The model it works with (a name `localrun list` shows)."
+    ),
+    context: int | None = typer.Option(
+        None,
+        "--context",
+        min=256,
+        help="The context the agent gets, in tokens (default: what the agent wants, up to what "
+        "the model was trained on).",
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the environment and the command, and start nothing."
@@ -47,7 +61,7 @@ def launch(
         None, help="Arguments for the agent itself (after --).", show_default=False
     ),
 ) -> None:
-    """Start a coding agent (Claude Code, Codex, OpenCode) on a local model."""
+    """Start a coding agent (Claude Code, Codex, OpenCode, Aider) on a local model."""
     from localrun.client import Client
 
     found = launchers.TOOLS.get(tool)
@@ -60,18 +74,35 @@ def launch(
     client = Client()
     up = client.is_up()
     name = _model(model, client if up else None, found, dry_run)
+    facts = agent_context.facts(name, client if up else None)
+    num_ctx = agent_context.choose(found, name, facts, context)
+    served = name if facts.num_ctx == num_ctx else agent_context.variant(name, num_ctx)
     key = client.api_key or "localrun"
-    spec = found.launch(client.url, key, name, list(args or []))
+    setup = launchers.Setup(num_ctx, facts.thinks, config.home() / "launch")
+    spec = found.launch(client.url, key, served, list(args or []), setup)
     if dry_run:
-        _print(spec, client, up)
+        _print(spec, client, up, agent_context.told(found, name, served, num_ctx))
         return
+    _write(spec)
     server = None if up else _serve(client, found)
     try:
+        if served != name:
+            agent_context.create_variant(client, served, name, num_ctx)
+        print(agent_context.told(found, name, served, num_ctx), file=sys.stderr, flush=True)
         code = _run([program, *spec.argv[1:]], spec.env)
     finally:
         if server is not None:
             _stop(server)
     raise typer.Exit(code)
+
+
+def _write(spec: launchers.Launch) -> None:
+    """The agent's files, in localrun's own folder (they name the server's key)."""
+    for path, text in spec.files.items():
+        private.private_dir(path.parent)
+        private.touch(path)
+        private.restrict(path)
+        path.write_text(text, encoding="utf-8")
 
 
 def _model(given: str | None, client: Client | None, tool: launchers.Tool, dry_run: bool) -> str:
@@ -117,9 +148,14 @@ def _find(tool: launchers.Tool) -> str:
     )
 
 
-def _print(spec: launchers.Launch, client: Client, up: bool) -> None:
+def _print(spec: launchers.Launch, client: Client, up: bool, told: str) -> None:
     if not up:
         print(f"# no server answers at {client.url}: `localrun serve` would be started there")
+    print(f"# {told}")
+    for path, text in spec.files.items():
+        print(f"# {path}:")
+        shown = text.replace(client.api_key, "$LOCALRUN_API_KEY") if client.api_key else text
+        print("\n".join(f"#   {line}" for line in shown.splitlines()))
     for name, value in spec.env.items():
         line = f"{name}={shlex.quote(value)}"
         if client.api_key:  # never printed: the variable that holds it is named instead

@@ -1,30 +1,56 @@
 """What each coding agent `localrun launch` starts needs to talk to the local server: its
-program, the environment and arguments that point it at localrun, and how to install it.
+program, the environment, arguments and files that point it at localrun, the context its
+prompt needs, and how to install it. Pure: no I/O (launch_cmd writes the files).
 
-Only the child's environment is set: no file of the user's is written (Ollama's launch edits
-OpenCode's config; here OpenCode gets its provider through OPENCODE_CONFIG_CONTENT, which it
-merges over the user's config). Pure: no I/O.
+Only the child's environment and files under localrun's own folder are written: no file of
+the user's (Ollama's launch edits OpenCode's config; here OpenCode gets its provider through
+OPENCODE_CONFIG_CONTENT, which it merges over the user's config).
 
 - Claude Code speaks Anthropic's API: ANTHROPIC_BASE_URL and a token, and every model it would
   pick by itself (the Opus/Sonnet/Haiku defaults, the small fast model, subagents) mapped to the
   chosen one, since localrun serves no model by those names; its non-essential traffic is off,
-  so it works offline.
-- Codex speaks the Responses API: a model provider of its own, given as `-c` overrides.
-- OpenCode speaks OpenAI's chat completions through the AI SDK's openai-compatible provider.
+  so it works offline; told the window (CLAUDE_CODE_MAX_CONTEXT_TOKENS) and an answer's room,
+  and not to think when the model cannot; its per-request attribution line is off (it changes
+  every request, so the prompt cache could never reuse the system prompt).
+- Codex speaks the Responses API: a model provider of its own, given as `-c` overrides, with
+  the window and when to compact; its hosted web search off (no search engine here).
+- OpenCode speaks OpenAI's chat completions through the AI SDK's openai-compatible provider,
+  with the model's window and output limit (OpenCode compacts by them).
+- Aider speaks Ollama's API through litellm (`ollama_chat/`): a model-settings file fixes
+  num_ctx (else Aider sends a different one with every request, and each would reload the
+  model) and a metadata file tells it the window.
+
+Each agent's prompt was measured with its current release and default tools (issue 56): Claude
+Code 18,764 tokens, Codex 6,482, OpenCode 7,679, Aider 674 (plus its repository map and an
+answer's room). `need` is the least context the agent works in, `want` what launch gives it
+when the model was trained on that much.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
 class Launch:
-    """The program to run, its arguments and the environment it gets on top of the user's."""
+    """The program to run, its arguments, the environment it gets on top of the user's, and
+    files (path -> text) to write before it starts."""
 
     argv: list[str]
     env: dict[str, str]
+    files: dict[Path, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the agent is told of the model: its context, whether it thinks, and where launch
+    keeps the agent's files."""
+
+    num_ctx: int
+    thinks: bool
+    folder: Path
 
 
 @dataclass(frozen=True)
@@ -33,45 +59,125 @@ class Tool:
     title: str
     program: str  # looked up on PATH
     install: str  # how to get it, for the one-line error
+    prompt: int  # tokens of the agent's own prompt (system prompt and tools), measured
+    need: int  # the least context it works in
+    want: int  # the context it gets where the model holds it
+    why: str  # why it needs `need`, for the error that says the model is too small
 
-    def launch(self, url: str, key: str, model: str, extra: list[str]) -> Launch:
-        """Arguments and environment that point the tool at the server at `url` (its root),
-        with API key `key`, on `model`; `extra` goes to the tool as given."""
+    def launch(self, url: str, key: str, model: str, extra: list[str], setup: Setup) -> Launch:
+        """Arguments, environment and files that point the tool at the server at `url` (its
+        root), with API key `key`, on `model`; `extra` goes to the tool as given."""
         if self.name == "claude":
-            env = {
-                "ANTHROPIC_BASE_URL": url,
-                "ANTHROPIC_AUTH_TOKEN": key,
-                "ANTHROPIC_API_KEY": "",  # a key of the user's would be sent instead
-                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            }
-            for name in _CLAUDE_MODELS:
-                env[name] = model
-            return Launch([self.program, "--model", model, *extra], env)
+            return _claude(self.program, url, key, model, extra, setup)
         if self.name == "codex":
-            provider = {
+            return _codex(self.program, url, key, model, extra, setup)
+        if self.name == "aider":
+            return _aider(self.program, url, key, model, extra, setup)
+        return _opencode(self.program, url, key, model, extra, setup)
+
+
+def output_room(num_ctx: int) -> int:
+    """The longest answer an agent is told to ask for in a window of `num_ctx`."""
+    return 8192 if num_ctx >= 65536 else 4096 if num_ctx >= 16384 else max(512, num_ctx // 8)
+
+
+def _claude(program: str, url: str, key: str, model: str, extra: list[str], s: Setup) -> Launch:
+    env = {
+        "ANTHROPIC_BASE_URL": url,
+        "ANTHROPIC_AUTH_TOKEN": key,
+        "ANTHROPIC_API_KEY": "",  # a key of the user's would be sent instead
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_ATTRIBUTION_HEADER": "0",
+        "CLAUDE_CODE_MAX_CONTEXT_TOKENS": str(s.num_ctx),
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(output_room(s.num_ctx)),
+    }
+    if not s.thinks:
+        env["CLAUDE_CODE_DISABLE_THINKING"] = "1"
+    for name in _CLAUDE_MODELS:
+        env[name] = model
+    return Launch([program, "--model", model, *extra], env)
+
+
+def _codex(program: str, url: str, key: str, model: str, extra: list[str], s: Setup) -> Launch:
+    provider = {
+        "name": "localrun",
+        "base_url": f"{url}/v1",
+        "env_key": "LOCALRUN_CODEX_KEY",
+        "wire_api": "responses",
+    }
+    overrides = ["-c", 'model_provider="localrun"']
+    for field_name, text in provider.items():
+        overrides += ["-c", f"model_providers.localrun.{field_name}={json.dumps(text)}"]
+    settings: dict[str, object] = {
+        "model_context_window": s.num_ctx,
+        "model_auto_compact_token_limit": s.num_ctx - output_room(s.num_ctx),
+        "web_search": "disabled",
+    }
+    for key_name, value in settings.items():
+        overrides += ["-c", f"{key_name}={json.dumps(value)}"]
+    argv = [program, *overrides, "-m", model, *extra]
+    return Launch(argv, {"LOCALRUN_CODEX_KEY": key})
+
+
+def _opencode(program: str, url: str, key: str, model: str, extra: list[str], s: Setup) -> Launch:
+    entry: dict[str, object] = {
+        "name": model,
+        "limit": {"context": s.num_ctx, "output": output_room(s.num_ctx)},
+        "reasoning": s.thinks,
+        "tool_call": True,
+    }
+    config = {
+        "$schema": "https://opencode.ai/config.json",
+        "provider": {
+            "localrun": {
+                "npm": "@ai-sdk/openai-compatible",
                 "name": "localrun",
-                "base_url": f"{url}/v1",
-                "env_key": "LOCALRUN_CODEX_KEY",
-                "wire_api": "responses",
+                "options": {"baseURL": f"{url}/v1", "apiKey": key},
+                "models": {model: entry},
             }
-            overrides = ["-c", 'model_provider="localrun"']
-            for field, value in provider.items():
-                overrides += ["-c", f"model_providers.localrun.{field}={json.dumps(value)}"]
-            argv = [self.program, *overrides, "-m", model, *extra]
-            return Launch(argv, {"LOCALRUN_CODEX_KEY": key})
-        config = {
-            "$schema": "https://opencode.ai/config.json",
-            "provider": {
-                "localrun": {
-                    "npm": "@ai-sdk/openai-compatible",
-                    "name": "localrun",
-                    "options": {"baseURL": f"{url}/v1", "apiKey": key},
-                    "models": {model: {"name": model}},
+        },
+        "model": f"localrun/{model}",
+    }
+    return Launch([program, *extra], {"OPENCODE_CONFIG_CONTENT": json.dumps(config)})
+
+
+def _aider(program: str, url: str, key: str, model: str, extra: list[str], s: Setup) -> Launch:
+    name = f"ollama_chat/{model}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+    settings = s.folder / f"aider-{safe}.model-settings.yml"
+    metadata = s.folder / f"aider-{safe}.model-metadata.json"
+    room = output_room(s.num_ctx)
+    files = {
+        # YAML is a superset of JSON: the settings are written as JSON, quoted whatever the name.
+        settings: json.dumps([{"name": name, "extra_params": {"num_ctx": s.num_ctx}}], indent=2),
+        metadata: json.dumps(
+            {
+                name: {
+                    "max_tokens": room,
+                    "max_input_tokens": s.num_ctx - room,
+                    "max_output_tokens": room,
+                    "litellm_provider": "ollama_chat",
+                    "mode": "chat",
+                    "supports_function_calling": True,
                 }
             },
-            "model": f"localrun/{model}",
-        }
-        return Launch([self.program, *extra], {"OPENCODE_CONFIG_CONTENT": json.dumps(config)})
+            indent=2,
+        ),
+    }
+    argv = [
+        program,
+        "--model",
+        name,
+        "--model-settings-file",
+        str(settings),
+        "--model-metadata-file",
+        str(metadata),
+        "--no-show-model-warnings",
+        "--no-check-update",
+        "--analytics-disable",
+        *extra,
+    ]
+    return Launch(argv, {"OLLAMA_API_BASE": url, "OLLAMA_API_KEY": key}, files)
 
 
 _CLAUDE_MODELS = (
@@ -91,13 +197,41 @@ TOOLS = {
             "Claude Code",
             "claude",
             "npm install -g @anthropic-ai/claude-code (see https://docs.claude.com/en/docs/claude-code)",
+            prompt=18_764,
+            need=40_960,
+            want=65_536,
+            why="its prompt is about 19,000 tokens, and it compacts the conversation once it is "
+            "within 13,000 tokens and an answer's room of the window's end",
         ),
-        Tool("codex", "Codex", "codex", "npm install -g @openai/codex"),
+        Tool(
+            "codex",
+            "Codex",
+            "codex",
+            "npm install -g @openai/codex",
+            prompt=6_482,
+            need=8_192,
+            want=32_768,
+            why="its prompt is about 6,500 tokens",
+        ),
         Tool(
             "opencode",
             "OpenCode",
             "opencode",
             "npm install -g opencode-ai (see https://opencode.ai)",
+            prompt=7_679,
+            need=12_288,
+            want=32_768,
+            why="its prompt is about 7,700 tokens, and it compacts once an answer's room is left",
+        ),
+        Tool(
+            "aider",
+            "Aider",
+            "aider",
+            "pip install aider-chat (or: pipx install aider-chat)",
+            prompt=674,
+            need=4_096,
+            want=16_384,
+            why="its prompt, repository map and an answer take about 4,000 tokens",
         ),
     )
 }
