@@ -48,7 +48,7 @@ it, so never match on message text) and an optional `hint`: the next command to 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class LocalrunError(Exception):
@@ -56,6 +56,9 @@ class LocalrunError(Exception):
 
     code: ClassVar[str] = "error"
     by_code: ClassVar[dict[str, type[LocalrunError]]] = {}
+    # Attributes (numbers) that travel with the error beside its message, for a surface that
+    # words it in its own way (ContextOverflowError's sizes).
+    facts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -75,10 +78,18 @@ class LocalrunError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def to_dict(self) -> dict[str, str]:
-        out = {"code": self.code, "type": type(self).__name__, "message": self.message}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "code": self.code,
+            "type": type(self).__name__,
+            "message": self.message,
+        }
         if self.hint:
             out["hint"] = self.hint
+        for name in self.facts:
+            value = getattr(self, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[name] = value
         return out
 
     def copy(self) -> LocalrunError:
@@ -89,11 +100,16 @@ class LocalrunError(Exception):
         return clone
 
     @staticmethod
-    def from_dict(data: dict[str, str]) -> LocalrunError:
+    def from_dict(data: dict[str, Any]) -> LocalrunError:
         """Rebuild the typed error from its wire form (unknown codes become LocalrunError)."""
-        cls = LocalrunError.by_code.get(data.get("code", ""), LocalrunError)
+        cls = LocalrunError.by_code.get(str(data.get("code", "")), LocalrunError)
         err = cls.__new__(cls)
-        LocalrunError.__init__(err, data.get("message", "unknown error"), hint=data.get("hint"))
+        LocalrunError.__init__(
+            err, str(data.get("message", "unknown error")), hint=data.get("hint") or None
+        )
+        for name in cls.facts:
+            value = data.get(name)
+            setattr(err, name, value if isinstance(value, int) else None)
         return err
 
 
@@ -212,9 +228,26 @@ class ModelLoadError(EngineError):
 
 
 class ContextOverflowError(EngineError):
+    """A prompt of `tokens` tokens that a context of `limit` cannot hold; the model was trained
+    on `trained` (each None where not known). Each API words it as its own server does
+    (server.overflow), since agents match the words to compact a conversation."""
+
     # OpenAI's code for it: OpenAI clients and agent frameworks catch it to compact a
     # conversation.
     code = "context_length_exceeded"
+    facts = ("tokens", "limit", "trained")
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        tokens: int | None = None,
+        limit: int | None = None,
+        trained: int | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.tokens, self.limit, self.trained = tokens, limit, trained
 
 
 class TemplateError(EngineError):

@@ -10,17 +10,22 @@ must be answered, never refused.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from conftest import PATIENCE_S
 from test_server import LiveServer, add_model
 from testmodels.scripted import write_scripted_model
 from testmodels.vocab import THINKING_TEMPLATE
 
+from localrun import overflow
+from localrun.errors import ContextOverflowError
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 
@@ -39,6 +44,7 @@ MODELS = {
     "agent-think": ("<think>plan</think>Done.", THINKING_TEMPLATE),
     "agent-ns": (call("collaboration.spawn_agent", {"message": "look"}), QWEN),
     "agent-custom": (call("apply_patch", {"input": "*** Begin Patch\n*** End Patch"}), QWEN),
+    "agent-ctx": ("Done.", QWEN),
 }
 
 
@@ -49,6 +55,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     for name, (says, template) in MODELS.items():
         gguf = write_scripted_model(folder / f"{name}.gguf", says, template=template, n_ctx=N_CTX)
         add_model(store, name, gguf, "")
+    short = write_scripted_model(folder / "short.gguf", "Done.", template=QWEN, n_ctx=8192)
+    add_model(store, "agent-short", short, "")
     server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=2, max_queue=8))
     yield server
     server.close()
@@ -245,3 +253,98 @@ def test_claude_codes_web_search_is_left_out_and_named(http: httpx.Client) -> No
     )
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-localrun-tools-left-out"] == "web_search_20250305"
+
+
+# -- a prompt past the context ---------------------------------------------------------------
+
+# What the agents match (their code, issue 56): Claude Code's, then OpenCode's and litellm's.
+CLAUDE_CODE = re.compile(r"prompt is too long[^0-9]*(\d+)\s*tokens?\s*>\s*(\d+)", re.I)
+OPENCODE = re.compile(r"maximum context length is \d+ tokens", re.I)
+LITELLM_OLLAMA = "is longer than the model's context length"
+LONG = "word " * 5000  # about 5000 tokens: past the default context of 4096
+
+
+def test_an_overflow_is_worded_as_each_api_words_it(
+    live: LiveServer, http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    ask = [{"role": "user", "content": LONG}]
+    with caplog.at_level(logging.INFO, logger="localrun.server"):
+        anthropic = messages(http, {"model": "agent-text", "messages": ask})
+    assert anthropic.status_code == 400
+    error = anthropic.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    found = CLAUDE_CODE.search(error["message"])
+    assert found and int(found.group(1)) > 4096 and int(found.group(2)) == 4096
+    # The hint names what raises it for a client of this API, within what the model holds.
+    assert (
+        "PARAMETER num_ctx 8192" in error["hint"]
+        and "LOCALRUN_CONTEXT_LENGTH=8192" in (error["hint"])
+    )
+    assert "options" not in error["hint"] and "--param" not in error["hint"]
+    # The server's log says why, without the prompt.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+    assert any(line.startswith("refused POST /v1/messages: 400 the prompt is") for line in lines)
+    assert not any("word word" in line for line in lines)
+
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="agent-text", messages=ask)  # type: ignore[arg-type]
+    body: Any = raised.value.body
+    assert body["code"] == "context_length_exceeded" and body["param"] == "messages"
+    assert OPENCODE.search(body["message"])
+
+    refused = http.post("/v1/responses", json={"model": "agent-text", "input": LONG})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    # Streamed, as Codex asks: the stream starts and fails with the code Codex compacts on.
+    streamed = http.post(
+        "/v1/responses", json={"model": "agent-text", "input": LONG, "stream": True}
+    )
+    assert streamed.status_code == 200
+    events = [json.loads(x[6:]) for x in streamed.text.splitlines() if x.startswith("data: ")]
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.failed",
+    ]
+    assert events[-1]["response"]["error"]["code"] == "context_length_exceeded"
+
+    native = http.post("/api/chat", json={"model": "agent-text", "messages": ask, "stream": False})
+    assert native.status_code == 400 and LITELLM_OLLAMA in native.json()["error"]
+    assert '"options": {"num_ctx": 8192}' in native.json()["hint"]
+
+
+def test_the_hint_never_passes_what_the_model_was_trained_on(http: httpx.Client) -> None:
+    near = messages(http, {"model": "agent-short", "messages": [{"role": "user", "content": LONG}]})
+    assert (
+        "raise the context to 8192 tokens (the model was trained on 8192)"
+        in (near.json()["error"]["hint"])
+    )
+    past = [{"role": "user", "content": "word " * 9000}]
+    too_long = messages(http, {"model": "agent-short", "messages": past})
+    hint = too_long.json()["error"]["hint"]
+    assert "trained on a context of 8192 tokens, fewer than the prompt's" in hint
+    assert "num_ctx" not in hint
+
+
+@pytest.mark.parametrize(
+    ("tokens", "trained", "size"),
+    [(5000, 30030, 8192), (3000, None, 4096), (7000, 8192, 8192), (8192, 8192, None)],
+)
+def test_the_suggested_context(tokens: int, trained: int | None, size: int | None) -> None:
+    assert overflow.suggested(tokens, trained) == size
+    error = overflow.error(tokens, 4096, trained)
+    assert isinstance(error, ContextOverflowError) and error.tokens == tokens
+    assert error.to_dict()["tokens"] == tokens  # the numbers travel with it
+
+
+def test_a_server_wide_default_context(
+    live: LiveServer, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LOCALRUN_CONTEXT_LENGTH, as Ollama's OLLAMA_CONTEXT_LENGTH: what a model loads with
+    unless its Modelfile or the request says otherwise, held to what it was trained on."""
+    monkeypatch.setenv("LOCALRUN_CONTEXT_LENGTH", "65536")
+    reply = messages(http, {"model": "agent-ctx", "messages": [{"role": "user", "content": LONG}]})
+    assert reply.status_code == 200, reply.text
+    running = {m["name"]: m for m in http.get("/api/ps").json()["models"]}
+    assert running["agent-ctx:latest"]["context_length"] == N_CTX

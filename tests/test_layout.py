@@ -24,6 +24,7 @@ WINGS = [
     "jsonlimits",
     "media",
     "request",
+    "overflow",
     "formats",
     "gguf",
     "store",

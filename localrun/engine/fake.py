@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from localrun import overflow
 from localrun.engine.types import (
     EmbedInput,
     FimTokens,
@@ -137,10 +138,7 @@ class FakeBatchEngine:
         if not prompt:
             raise EngineError("the prompt is empty")
         if len(prompt) >= self.n_ctx:
-            raise ContextOverflowError(
-                f"the prompt is {len(prompt)} tokens but the context holds {self.n_ctx}",
-                hint="raise num_ctx or shorten the prompt",
-            )
+            raise overflow.error(len(prompt), self.n_ctx, self.n_ctx_train)
         with self._cond:
             if self._closed:
                 raise EngineError("the engine is closed")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from localrun import overflow
 from localrun.engine.media import MediaPrompt
 from localrun.engine.native import lc
 from localrun.errors import ContextOverflowError, EngineError
@@ -49,18 +50,7 @@ def put(batch: Any, row: int, ids: Sequence[int], pos: int, seq: int, logits: bo
 
 def overflow_error(n_prompt: int, n_ctx: int, n_ctx_train: int) -> ContextOverflowError:
     """The error for a prompt of `n_prompt` tokens that does not fit a context of `n_ctx`."""
-    return ContextOverflowError(
-        f"the prompt is {n_prompt} tokens but the context holds {n_ctx}",
-        hint=f"raise num_ctx (e.g. --param num_ctx={_next_pow2(n_prompt + 256)}, up "
-        f"to the model's {n_ctx_train}) or shorten the prompt",
-    )
-
-
-def _next_pow2(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p
+    return overflow.error(n_prompt, n_ctx, n_ctx_train or None)
 
 
 def check_prompt(

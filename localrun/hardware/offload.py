@@ -19,7 +19,6 @@ from typing import Any
 from localrun.gguf.header import Header
 from localrun.hardware.system import GPU, MIB
 
-DEFAULT_NUM_CTX = 4096
 DEFAULT_NUM_BATCH = 512
 
 
@@ -322,10 +321,13 @@ def _where(gpu: GPU) -> str:
 
 
 def default_num_ctx(parameters: Mapping[str, Any], header: Header) -> int:
-    """num_ctx for a model: its num_ctx parameter, else 4096; never more than the context the
+    """num_ctx for a model: its num_ctx parameter (the request's, else the Modelfile's), else
+    the server-wide LOCALRUN_CONTEXT_LENGTH (4096 unless set); never more than the context the
     model was trained on (Ollama's rule: a larger one only costs memory, and past that point a
     model's answers degrade)."""
-    chosen = _int(parameters.get("num_ctx")) or DEFAULT_NUM_CTX
+    from localrun.settings import config
+
+    chosen = _int(parameters.get("num_ctx")) or config.context_length()
     trained = _int(header.arch_value("context_length"))
     return min(chosen, trained) if trained else chosen
 

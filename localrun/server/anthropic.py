@@ -36,7 +36,7 @@ from localrun.formats import reasoning as thinking_mod
 from localrun.request import GenRequest
 from localrun.server import core, image_urls
 from localrun.server.body import Body, read_json
-from localrun.server.errors import body_of, unexpected
+from localrun.server.errors import body_of, refused, unexpected
 from localrun.server.generation import Generation, start
 from localrun.server.responses_tools import LEFT_OUT_HEADER
 from localrun.server.streaming import event_stream, sse
@@ -446,6 +446,7 @@ async def _events(generation: Generation, head: dict[str, Any]) -> AsyncIterator
         )
         yield _event("message_stop")
     except LocalrunError as exc:
+        refused("POST", "/v1/messages (streamed)", exc)
         yield sse(body_of(exc, "anthropic"), event="error")
     except Exception as exc:
         yield sse(body_of(unexpected(exc, "a streamed answer"), "anthropic"), event="error")

@@ -35,7 +35,15 @@ from localrun.server import (
     responses,
     ui,
 )
-from localrun.server.errors import body_of, dialect_of, headers_of, plain_body, status_of
+from localrun.server.errors import (
+    body_of,
+    dialect_of,
+    headers_of,
+    log_refused,
+    plain_body,
+    refused,
+    status_of,
+)
 from localrun.server.response_store import ResponseStore
 from localrun.server.security import Guard, is_loopback
 from localrun.settings import config, limits
@@ -180,6 +188,7 @@ async def _on_localrun_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ModelNotFoundError) and exc.suggest:
         store = request.app.state.ctx.store
         await anyio.to_thread.run_sync(catalog.suggest, exc, store)
+    refused(request.method, request.url.path, exc)
     return JSONResponse(
         body_of(exc, dialect_of(request.url.path)),
         status_code=status_of(exc),
@@ -196,6 +205,7 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
         message, code = f"no route {request.url.path}", "not_found"
     else:
         message, code = str(exc.detail), "error"
+    log_refused(request.method, request.url.path, exc.status_code, message)
     body = plain_body(message[:300], exc.status_code, code, dialect_of(request.url.path))
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 

@@ -35,7 +35,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from localrun.errors import BusyError, LocalrunError, RequestTimeoutError
-from localrun.server.errors import body_of, dialect_of, headers_of, status_of
+from localrun.server.errors import body_of, dialect_of, headers_of, refused, status_of
 from localrun.settings import limits
 
 log = logging.getLogger("localrun.server")
@@ -301,6 +301,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def _answer_and_close(self, error: LocalrunError, path: str) -> None:
         """Answer `error` in the path's dialect outside h11's state machine, and close."""
+        refused("", path, error)
         body = json.dumps(body_of(error, dialect_of(path))).encode()
         status = status_of(error)
         head = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}"]

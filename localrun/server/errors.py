@@ -15,8 +15,10 @@ import logging
 from typing import Any, Literal
 
 from localrun import errors as e
+from localrun import overflow
 
-Dialect = Literal["ollama", "openai", "anthropic"]
+# "responses": OpenAI's shape, with the Responses API's own words where they differ.
+Dialect = Literal["ollama", "openai", "responses", "anthropic"]
 
 log = logging.getLogger("localrun.server")
 
@@ -84,11 +86,27 @@ def headers_of(exc: e.LocalrunError) -> dict[str, str]:
 
 def body_of(exc: e.LocalrunError, dialect: Dialect) -> dict[str, Any]:
     """The JSON body of an error response (also sent as the last line of a broken stream)."""
+    if isinstance(exc, e.ContextOverflowError):
+        param = {"openai": "messages", "responses": "input"}.get(dialect)
+        return plain_body(
+            overflow.message(exc, dialect),
+            status_of(exc),
+            exc.code,
+            dialect,
+            hint=overflow.hint(exc, dialect),
+            param=param,
+        )
     return plain_body(exc.message, status_of(exc), exc.code, dialect, hint=exc.hint)
 
 
 def plain_body(
-    message: str, status: int, code: str, dialect: Dialect, *, hint: str | None = None
+    message: str,
+    status: int,
+    code: str,
+    dialect: Dialect,
+    *,
+    hint: str | None = None,
+    param: str | None = None,
 ) -> dict[str, Any]:
     """An error body for a message that is not a LocalrunError (no route, wrong method)."""
     if dialect == "anthropic":
@@ -100,12 +118,12 @@ def plain_body(
         if hint:
             inner["hint"] = hint
         return {"type": "error", "error": inner}
-    if dialect == "openai":
+    if dialect in ("openai", "responses"):
         detail: dict[str, Any] = {
             "message": message,
             "type": _OPENAI_TYPES.get(status, "server_error"),
             "code": code,
-            "param": None,
+            "param": param,
         }
         if hint:
             detail["hint"] = hint
@@ -125,9 +143,24 @@ _OPENAI_SHAPED = frozenset(
 def dialect_of(path: str) -> Dialect:
     if path == "/v1/messages" or path.startswith("/v1/messages/"):
         return "anthropic"
+    if path == "/v1/responses" or path.startswith("/v1/responses/"):
+        return "responses"
     if path == "/v1" or path.startswith("/v1/") or path in _OPENAI_SHAPED:
         return "openai"
     return "ollama"
+
+
+def log_refused(method: str, path: str, status: int, message: str) -> None:
+    """One line for a request the server refused or failed, at the default log level: what
+    an agent shows only on its own screen is in the server's log too (the route, the status
+    and the reason; never the request's content)."""
+    level = logging.WARNING if status >= 500 else logging.INFO
+    log.log(level, "refused %s %s: %d %s", method, path, status, message[:300])
+
+
+def refused(method: str, path: str, exc: e.LocalrunError) -> None:
+    """log_refused for an error the server answers with."""
+    log_refused(method, path, status_of(exc), exc.message)
 
 
 def unexpected(exc: BaseException, where: str) -> e.LocalrunError:

@@ -41,11 +41,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from localrun import media
-from localrun.errors import BadRequestError, LocalrunError
+from localrun.errors import BadRequestError, ContextOverflowError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import core, image_urls, response_store, responses_input, responses_tools
 from localrun.server.body import Body, read_json
-from localrun.server.errors import body_of, unexpected
+from localrun.server.errors import body_of, refused, unexpected
 from localrun.server.generation import Generation, start
 from localrun.server.messages import chat_messages
 from localrun.server.response_store import ResponseStore, new_id
@@ -219,7 +219,14 @@ async def create(request: Request) -> Response:
         response_store.check_size(len(response_store.encode(
             {"response": answer.obj, "messages": conversation, "input_items": items}
         )))  # fmt: skip
-    generation = await start(request, req)
+    streamed = body.flag("stream", False)
+    try:
+        generation = await start(request, req)
+    except ContextOverflowError as exc:
+        if not streamed:
+            raise
+        # OpenAI's API reports it in the stream, and Codex compacts on that alone.
+        return event_stream(_failed_stream(answer, exc))
 
     async def save() -> None:
         if keep:
@@ -230,7 +237,7 @@ async def create(request: Request) -> Response:
             }
             await anyio.to_thread.run_sync(store.save, record)
 
-    if body.flag("stream", False):
+    if streamed:
         stream = event_stream(_events(generation, answer, save, toolset))
         stream.headers.update(toolset.headers())
         return stream
@@ -245,6 +252,14 @@ async def create(request: Request) -> Response:
     answer.finish(generation)
     await save()
     return JSONResponse(answer.obj, headers=toolset.headers())
+
+
+async def _failed_stream(answer: _Answer, exc: LocalrunError) -> AsyncIterator[bytes]:
+    """A stream that an error ended before any of the answer: created, then failed."""
+    stream = _Stream(answer.obj)
+    yield stream.event("response.created", response=stream.obj)
+    yield stream.event("response.in_progress", response=stream.obj)
+    yield stream.failed(exc)
 
 
 async def _events(
@@ -403,7 +418,8 @@ class _Stream:
 
     def failed(self, exc: LocalrunError) -> bytes:
         """The last event of a stream that an error ended."""
-        detail = body_of(exc, "openai")["error"]
+        refused("POST", "/v1/responses (streamed)", exc)
+        detail = body_of(exc, "responses")["error"]
         self.obj["status"] = "failed"
         self.obj["error"] = {"code": detail["code"], "message": detail["message"]}
         return self.event("response.failed", response=self.obj)

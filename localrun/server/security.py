@@ -37,7 +37,14 @@ from localrun.errors import (
     RequestTooLargeError,
     UnauthorizedError,
 )
-from localrun.server.errors import body_of, dialect_of, headers_of, status_of, unexpected
+from localrun.server.errors import (
+    body_of,
+    dialect_of,
+    headers_of,
+    refused,
+    status_of,
+    unexpected,
+)
 
 UPLOAD_PREFIX = "/api/blobs/"
 _OPEN = frozenset({"/", "/health"})  # health checks, open without the API key
@@ -161,11 +168,11 @@ class Guard:
             await self.app(scope, receive, tracked_send)
         except LocalrunError as exc:
             if not started:
-                await self._error(exc, path, cors)(scope, receive, send)
+                await self._error(exc, scope["method"], path, cors)(scope, receive, send)
         except Exception as exc:  # a bug: one 500, logged, and the server stays up
             error = unexpected(exc, path)  # logs it, also when the answer has started
             if not started:
-                await self._error(error, path, cors)(scope, receive, send)
+                await self._error(error, scope["method"], path, cors)(scope, receive, send)
 
     def _check_host(self, headers: Headers) -> None:
         """Refuse a Host that does not name this machine, when bound to loopback (rebinding)."""
@@ -235,7 +242,8 @@ class Guard:
             )
         return Response(status_code=204, headers=allow)
 
-    def _error(self, exc: LocalrunError, path: str, cors: dict[str, str]) -> Response:
+    def _error(self, exc: LocalrunError, method: str, path: str, cors: dict[str, str]) -> Response:
+        refused(method, path, exc)
         return JSONResponse(
             body_of(exc, dialect_of(path)),
             status_code=status_of(exc),

@@ -108,6 +108,13 @@ _GENERAL: dict[str, Setting] = {
             lambda: 3,
         ),
         Setting(
+            "LOCALRUN_CONTEXT_LENGTH",
+            "The context a model loads with unless its PARAMETER num_ctx or the request says "
+            "otherwise (Ollama's OLLAMA_CONTEXT_LENGTH); never more than it was trained on.",
+            parse.parse_positive_int,
+            lambda: 4096,
+        ),
+        Setting(
             "LOCALRUN_NUM_PARALLEL",
             "Requests one loaded model answers at once (slots decoded in one batch).",
             parse.parse_positive_int,
@@ -273,6 +280,10 @@ def keep_alive() -> float:
 
 def max_loaded_models() -> int:
     return SETTINGS["LOCALRUN_MAX_LOADED_MODELS"].value()  # type: ignore[no-any-return]
+
+
+def context_length() -> int:
+    return SETTINGS["LOCALRUN_CONTEXT_LENGTH"].value()  # type: ignore[no-any-return]
 
 
 def num_parallel() -> int:

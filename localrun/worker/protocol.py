@@ -135,7 +135,7 @@ def timings_from_dict(data: dict[str, Any] | None) -> Timings:
     return Timings(**{k: v for k, v in (data or {}).items() if k in names})
 
 
-def error_to_dict(exc: LocalrunError) -> dict[str, str]:
+def error_to_dict(exc: LocalrunError) -> dict[str, Any]:
     return exc.to_dict()
 
 
