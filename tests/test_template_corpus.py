@@ -175,3 +175,42 @@ def test_a_later_system_message_is_folded_where_the_template_refuses_it() -> Non
     out = template.render(source, LATER_SYSTEM["before an answer"])
     assert "Hi\n\nNOTE-ONE[/INST]Hello" in out.replace(" ", "")  # into the user turn before it
     assert "NOTE-TWO" in out
+
+
+def _call(call_id: str, city: str) -> dict[str, Any]:
+    function = {"name": "get_weather", "arguments": {"city": city}}
+    return {"id": call_id, "type": "function", "function": function}
+
+
+# What a coding agent's history holds: two calls in one turn (Claude Code makes them in
+# parallel), their results, then the user's next words right after the results.
+PARALLEL: list[dict[str, Any]] = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Oslo and Rome?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [_call("call00001", "OSLO-ARG"), _call("call00002", "ROME-ARG")],
+    },
+    {"role": "tool", "content": "RESULT-OSLO", "tool_call_id": "call00001", "name": "get_weather"},
+    {"role": "tool", "content": "RESULT-ROME", "tool_call_id": "call00002", "name": "get_weather"},
+    {"role": "user", "content": "NEXT-WORDS"},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_template_takes_an_agents_history(name: str) -> None:
+    """Parallel calls and a user turn right after tool results: split into one call a turn,
+    or joined to the result, where the template refuses them as they are; nothing lost."""
+    source = (CORPUS / name).read_text()
+    tools = DATA["conversations"]["tools"]["tools"]
+    out = template.render(source, PARALLEL, tools=tools, bos_token="<s>", eos_token="</s>")
+    for text in ("OSLO-ARG", "ROME-ARG", "RESULT-OSLO", "RESULT-ROME", "NEXT-WORDS"):
+        assert text in out, text
+    assert out.index("RESULT-OSLO") < out.index("RESULT-ROME") < out.index("NEXT-WORDS")
+
+
+def test_llama_3_gets_one_call_a_turn() -> None:
+    source = (CORPUS / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text()
+    out = template.render(source, PARALLEL, tools=DATA["conversations"]["tools"]["tools"])
+    assert out.index("OSLO-ARG") < out.index("RESULT-OSLO") < out.index("ROME-ARG")

@@ -31,6 +31,7 @@ as in Hugging Face's and llama.cpp's environments.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -89,6 +90,7 @@ class Caps:
     object_arguments: bool = True  # writes a call's arguments from an object (tojson)
     tool_role: bool = True  # shows a tool result given with role "tool"
     short_ids: bool = False  # requires tool call ids of 9 letters and digits (Mistral)
+    every_call: bool = True  # shows each of a turn's several calls (gpt-oss shows the first)
     functions: bool = False  # reads the tools as JSON text in `functions` (Firefunction)
     xml_tools: bool = False  # reads the tools in `xml_tools` (SmolLM3)
     reasoning_as: str = "reasoning_content"  # or "thinking", or "blocks" (see _reasoning_as)
@@ -191,7 +193,9 @@ def probe(source: str) -> Caps:
         break
     else:
         tool_role = False
+    every_call = not tool_calls or _shows_every_call(source, object_arguments, short_ids)
     return Caps(
+        every_call=every_call,
         reasoning_as=_reasoning_as(source),
         system_role=system_role,
         mid_system=mid_system,
@@ -204,6 +208,27 @@ def probe(source: str) -> Caps:
         functions="functions" in variables(source),
         xml_tools="xml_tools" in variables(source),
     )
+
+
+def _shows_every_call(source: str, object_arguments: bool, short_ids: bool) -> bool:
+    """Whether the template shows both calls of a turn that made two."""
+    second = "PROBE_ARG_SECOND"
+    calls = []
+    for number, value in enumerate((_ARG, second), 1):
+        arguments: Any = {"arg": value}
+        if not object_arguments:
+            arguments = json.dumps(arguments)
+        call_id = f"call0000{number}" if short_ids else f"call_probe_{number}"
+        function = {"name": _TOOL, "arguments": arguments}
+        calls.append({"id": call_id, "type": "function", "function": function})
+    turns: list[Message] = [
+        {"role": "user", "content": "User message"},
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        *({"role": "tool", "content": _RESULT, "tool_call_id": c["id"]} for c in calls),
+        {"role": "user", "content": "User message"},
+    ]
+    out = _try(source, turns, _PROBE_TOOLS)
+    return out is not None and _ARG in out and second in out
 
 
 def _shows_later_system(source: str, turn: Any) -> bool:
@@ -267,14 +292,19 @@ def adapt(
     tools: list[dict[str, Any]] | None,
     family: parsers.Family | None = None,
     *,
-    fold_system: bool = False,
+    repairs: frozenset[str] = frozenset(),
 ) -> tuple[list[Message], list[dict[str, Any]] | None, dict[str, Any]]:
     """`messages` and `tools` as `source` can render them, and any variables it needs besides
     (new objects: the caller's are left as they were). `family` is the model's, whose call
-    syntax a tool note asks for (default: the one the template's markers tell);
-    `fold_system` folds the later system messages even where the probe saw them shown (a
-    template that refused them at another place: strict alternation)."""
+    syntax a tool note asks for (default: the one the template's markers tell). `repairs`
+    (template.render's, after the template refused the conversation as it was): "fold_system"
+    folds the later system messages even where the probe saw them shown, "split_calls" gives
+    each of a turn's several tool calls a turn of its own followed by its result (Llama 3's
+    templates take one call a turn), "merge_turns" joins a user turn to the tool result or
+    user turn before it (templates that insist on alternating roles)."""
     caps = probe(source)
+    if "split_calls" in repairs or not caps.every_call:
+        messages = split_calls(messages)
     extra: dict[str, Any] = {}
     if caps.functions:
         specs = [tool.get("function", tool) for tool in tools or []]
@@ -291,8 +321,10 @@ def adapt(
             out[0] = {**out[0], "content": _join(first["content"], out[0].get("content"))}
         elif not caps.mid_system:
             out = [{"role": "user", "content": first["content"]}]
-    if fold_system or not caps.mid_system:
+    if "fold_system" in repairs or not caps.mid_system:
         out = _fold_later_system(out)
+    if "merge_turns" in repairs:
+        out = _merge_turns(out)
     if caps.reasoning_as == "thinking":
         for message in out:
             if "reasoning_content" in message:
@@ -311,6 +343,73 @@ def adapt(
             if isinstance(message.get("content"), str):
                 message["content"] = [{"type": "text", "text": message["content"]}]
     return out, tools, extra
+
+
+def repairs_for(messages: list[Message]) -> list[frozenset[str]]:
+    """The repairs to try, each adding one to the last, for a conversation its template
+    refused: only those that change something in it."""
+    steps = []
+    if later_system(messages):
+        steps.append("fold_system")
+    if any(len(m.get("tool_calls") or []) > 1 for m in messages):
+        steps.append("split_calls")
+    roles = [m.get("role") for m in messages]
+    if any(a in ("tool", "user") and b == "user" for a, b in itertools.pairwise(roles)):
+        steps.append("merge_turns")
+    return [frozenset(steps[: n + 1]) for n in range(len(steps))]
+
+
+def split_calls(messages: list[Message]) -> list[Message]:
+    """Each of an assistant turn's tool calls in a turn of its own, followed by its result
+    (by id, else the next result given)."""
+    out: list[Message] = []
+    index = 0
+    while index < len(messages):
+        message = messages[index]
+        calls = message.get("tool_calls") or []
+        if message.get("role") != "assistant" or len(calls) < 2:
+            out.append(message)
+            index += 1
+            continue
+        end = index + 1
+        while end < len(messages) and messages[end].get("role") == "tool":
+            end += 1
+        results = list(messages[index + 1 : end])
+        for n, call in enumerate(calls):
+            turn = {**message, "tool_calls": [call]}
+            if n:
+                turn = {"role": "assistant", "content": "", "tool_calls": [call]}
+            out.append(turn)
+            call_id = call.get("id") if isinstance(call, dict) else None
+            paired = [r for r in results if call_id and r.get("tool_call_id") == call_id]
+            if paired or results:
+                result = (paired or results)[0]
+                results.remove(result)
+                out.append(result)
+        out += results
+        index = end
+    return out
+
+
+def _merge_turns(messages: list[Message]) -> list[Message]:
+    """A user turn joined to the tool result or user turn just before it (a blank line
+    between): for a template that refuses two such turns in a row."""
+    out: list[Message] = []
+    for message in messages:
+        before = out[-1] if out else None
+        text = message.get("content")
+        if (
+            before is not None
+            and message.get("role") == "user"
+            and before.get("role") in ("user", "tool")
+            and isinstance(text, str)
+            and isinstance(before.get("content"), str)
+            and not message.get("media")
+        ):
+            out[-1] = {**before, "content": _join(before["content"], text, "\n\n")}
+            continue
+        out.append(message)
+    return out
 
 
 def later_system(messages: list[Message]) -> bool:

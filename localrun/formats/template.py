@@ -123,26 +123,36 @@ def render(
     context["add_generation_prompt"] = add_generation_prompt
     if tools:
         context["tools"] = tools
-    later = adapt_mod.later_system(given)
     try:
         prompt = render_jinja(source, context)
-        if not later or not adapt_mod.lost_later_system(given, prompt):
+        if not adapt_mod.lost_later_system(given, prompt):
             return prompt
+        failure: TemplateError | None = None
     except TemplateLimitError:
         raise
-    except TemplateError:
-        if not later:
+    except TemplateError as exc:
+        failure = exc
+    # The template refused the conversation (strict alternation of user and assistant, one
+    # tool call a turn) or kept only one of its system messages: repaired step by step as
+    # adapt.repairs_for says, the first rendering that takes wins.
+    for repairs in adapt_mod.repairs_for(given):
+        messages, tools = copy.deepcopy(given), copy.deepcopy(given_tools)
+        messages, tools, extra = adapt_mod.adapt(source, messages, tools, family, repairs=repairs)
+        context = {**context, **extra, "messages": messages}
+        context.pop("tools", None)
+        if tools:
+            context["tools"] = tools
+        try:
+            prompt = render_jinja(source, context)
+        except TemplateLimitError:
             raise
-    # A template that refuses a later system message where this one is (strict alternation
-    # of user and assistant), or keeps only one: folded into the turns beside it, as adapt
-    # does where the probe saw them dropped.
-    messages, tools = copy.deepcopy(given), copy.deepcopy(given_tools)
-    messages, tools, extra = adapt_mod.adapt(source, messages, tools, family, fold_system=True)
-    context = {**context, **extra, "messages": messages}
-    context.pop("tools", None)
-    if tools:
-        context["tools"] = tools
-    return render_jinja(source, context)
+        except TemplateError:
+            continue
+        if not adapt_mod.lost_later_system(given, prompt):
+            return prompt
+    if failure is not None:
+        raise failure
+    return prompt
 
 
 def _render_go(
