@@ -108,10 +108,11 @@ BLOCKS = [
         substitute={"127.0.0.1:11435": ("127.0.0.1:{port}", PORT_WHY)},
     ),
     Entry(
-        "localrun launch claude --model qwen2.5-coder:7b",
+        "localrun launch claude --model qwen3-coder:30b",
         "test_coding_agents",
         "as written against the module's server (LOCALRUN_HOST); the agents are stand-ins that "
-        "record their arguments and environment; qwen2.5-coder:7b is the tiny model",
+        "record their arguments and environment; qwen3-coder:30b and qwen2.5-coder:7b are the "
+        "tiny model trained (its header says) on 2**24 tokens",
     ),
     Entry(
         "vllm serve meta-llama/Llama-3.1-8B-Instruct --host 0.0.0.0 --port 8000 --api-key "
@@ -320,7 +321,7 @@ open(out + ".argv", "w").write("".join(arg + "\\0" for arg in sys.argv[1:]))
 open(out + ".env", "w").write("".join(f"{k}={v}\\0" for k, v in os.environ.items()))
 """
 
-STAND_INS = ("vllm", "claude", "codex", "opencode")
+STAND_INS = ("vllm", "claude", "codex", "opencode", "aider")
 # Where other runners and hubs are found, and proxies: only what a test sets.
 AMBIENT = ("LOCALRUN_", "OLLAMA_", "HF_", "HUGGING", "MODELSCOPE_", "LLAMA_", "XDG_", "PYTHON",
            "LMSTUDIO", "VIRTUAL_ENV")  # fmt: skip
@@ -522,15 +523,17 @@ ANSWER = "No: 9.9 is larger."
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, Path]:
-    """The tiny model, and qwen3: a scripted model with Qwen3's template that thinks, then
-    answers."""
+def models(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_long_model: Path
+) -> dict[str, Path]:
+    """The tiny model (also as trained on 2**24 tokens, for the agents), and qwen3: a scripted
+    model with Qwen3's template that thinks, then answers."""
     folder = tmp_path_factory.mktemp("readme-models")
     qwen3 = write_scripted_model(
         folder / "qwen3.gguf", f"<think>\n{THOUGHT}\n</think>\n\n{ANSWER}<|im_end|>",
         template=QWEN3, end="<|im_end|>",
     )  # fmt: skip
-    return {"tiny": tiny_model, "qwen3": qwen3}
+    return {"tiny": tiny_model, "qwen3": qwen3, "long": tiny_long_model}
 
 
 @pytest.fixture(scope="module")
@@ -540,7 +543,8 @@ def main_home(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path])
     store = Store(home / "models")
     add_model(store, "smollm2:135m", models["tiny"], "PARAMETER num_predict 16\n")
     add_model(store, "qwen3:8b", models["qwen3"])  # `qwen3` is the catalog's qwen3:8b
-    add_model(store, "qwen2.5-coder:7b", models["tiny"])
+    add_model(store, "qwen2.5-coder:7b", models["long"])
+    add_model(store, "qwen3-coder:30b", models["long"])
     add_model(store, "base", models["tiny"])  # F32: the client example quantizes it
     return home
 
@@ -625,26 +629,34 @@ def test_coding_agents(
 ) -> None:
     env = sandbox.env(tmp_path, main_home, LOCALRUN_HOST=server.url)
     ran = run_block(edited("test_coding_agents"), env, work)
-    model = "qwen2.5-coder:7b"
+    claude_model, model = "qwen3-coder:30b-ctx64k", "qwen2.5-coder:7b-ctx32k"
     (claude,) = sandbox.started("claude")  # the --dry-run started nothing
-    assert claude.argv == ["--model", model]
+    assert claude.argv == ["--model", claude_model]
     assert claude.env["ANTHROPIC_BASE_URL"] == server.url
     assert claude.env["ANTHROPIC_AUTH_TOKEN"] and claude.env["ANTHROPIC_API_KEY"] == ""
+    assert claude.env["CLAUDE_CODE_MAX_CONTEXT_TOKENS"] == "65536"
     for name in ("ANTHROPIC_DEFAULT_OPUS_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL",
                  "ANTHROPIC_SMALL_FAST_MODEL", "CLAUDE_CODE_SUBAGENT_MODEL"):  # fmt: skip
-        assert claude.env[name] == model, name
+        assert claude.env[name] == claude_model, name
     (codex,) = sandbox.started("codex")
     assert codex.argv[-2:] == ["-m", model]
     assert f'model_providers.localrun.base_url="{server.url}/v1"' in codex.argv
     assert 'model_providers.localrun.wire_api="responses"' in codex.argv
+    assert "model_context_window=32768" in codex.argv
     (opencode,) = sandbox.started("opencode")
     assert opencode.argv == []  # its provider and model come in its environment
     config = json.loads(opencode.env["OPENCODE_CONFIG_CONTENT"])
     assert config["model"] == f"localrun/{model}"
     assert config["provider"]["localrun"]["options"]["baseURL"] == f"{server.url}/v1"
+    (aider,) = sandbox.started("aider")
+    assert aider.argv[:2] == ["--model", "ollama_chat/qwen2.5-coder:7b-ctx16k"]
+    assert aider.env["OLLAMA_API_BASE"] == server.url
+    # The variants exist in the store the server answers from, with their context.
+    shown = httpx.post(f"{server.url}/api/show", json={"model": claude_model}, timeout=30)
+    assert "num_ctx                        65536" in shown.json()["parameters"]
     dry = ran.of("--dry-run")
     assert f"ANTHROPIC_BASE_URL={server.url}" in dry
-    assert dry.splitlines()[-1] == f"claude --model {model}"
+    assert dry.splitlines()[-1] == f"claude --model {claude_model}"
     assert refused(tmp_path) == []
 
 
