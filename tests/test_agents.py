@@ -348,3 +348,143 @@ def test_a_server_wide_default_context(
     assert reply.status_code == 200, reply.text
     running = {m["name"]: m for m in http.get("/api/ps").json()["models"]}
     assert running["agent-ctx:latest"]["context_length"] == N_CTX
+
+
+# -- the agents' own requests, replayed -------------------------------------------------------
+
+RECORDED = Path(__file__).parent / "data" / "agents"
+TEMPLATES = Path(__file__).parent / "data" / "templates"
+# What scripts/agents_e2e.py gave each case's model (see its TEMPLATES).
+CASE_TEMPLATES = {
+    "answer": "Qwen-Qwen2.5-7B-Instruct.jinja",
+    "tool": "Qwen-Qwen2.5-7B-Instruct.jinja",
+    "thinking": "Qwen-Qwen3-0.6B.jinja",
+}
+RECORDINGS = sorted(RECORDED.glob("*.json"))
+# The headers a replay sends again (the key is the server's own).
+KEPT = ("content-type", "anthropic-version", "anthropic-beta", "user-agent", "openai-beta")
+
+
+def _recording(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server with the model each recording's requests name, saying what it said then."""
+    folder = tmp_path_factory.mktemp("replay")
+    store = Store(folder / "models")
+    for path in RECORDINGS:
+        recording = _recording(path)
+        template = (TEMPLATES / CASE_TEMPLATES[recording["case"]]).read_text()
+        gguf = write_scripted_model(
+            folder / f"{path.stem}.gguf", recording["model_answer"], template=template, n_ctx=N_CTX
+        )
+        bodies = [r["body"] or {} for r in recording["requests"]]
+        names = {b.get("model") or b["name"] for b in bodies if "model" in b or "name" in b}
+        for name in names:
+            # The variant `localrun launch` made: its context in its name.
+            size = re.search(r"-ctx(\d+)(k?)$", name)
+            num_ctx = int(size.group(1)) * (1024 if size.group(2) else 1) if size else 0
+            add_model(store, name, gguf, f"PARAMETER num_ctx {num_ctx}\n" if num_ctx else "")
+    server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
+    yield server
+    server.close()
+
+
+def test_the_recordings_cover_every_agent_and_case() -> None:
+    cases = {(r["agent"], r["case"]) for r in map(_recording, RECORDINGS)}
+    for agent in ("claude", "codex", "opencode", "aider"):
+        assert {(agent, "answer"), (agent, "tool")} <= cases, agent
+    assert {("claude", "thinking"), ("codex", "thinking")} <= cases
+    versions = {r["agent"]: r["version"] for r in map(_recording, RECORDINGS)}
+    assert versions == {
+        "claude": "2.1.197",
+        "codex": "0.169.0",
+        "opencode": "1.18.33",
+        "aider": "0.86.2",
+    }
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=[p.stem for p in RECORDINGS])
+def test_an_agents_recorded_requests_are_answered_as_it_reads_them(
+    replay: LiveServer, path: Path
+) -> None:
+    """Every request the agent made (its first, the follow-up carrying the tool's result and
+    its thinking, the small side requests), as it made them: answered, and the answer in the
+    shape the agent reads, holding the text or the call in the agent's own tool."""
+    recording = _recording(path)
+    said = recording["model_answer"]
+    with httpx.Client(base_url=replay.url, timeout=PATIENCE_S * 4) as http:
+        for request in recording["requests"]:
+            if request["method"] != "POST":
+                continue
+            headers = {k: v for k, v in request["headers"].items() if k in KEPT}
+            reply = http.post(request["path"], json=request["body"], headers=headers)
+            assert reply.status_code == 200, (request["path"], reply.text[:500])
+            answer = _answer(request["path"], reply)
+            if request["path"] == "/api/show":
+                continue
+            if "<tool_call>" in said and request["body"].get("tools"):
+                name = json.loads(said.split("<tool_call>")[1].split("</tool_call>")[0])["name"]
+                assert answer["calls"] == [name], answer
+            else:  # a side request without tools (a title): the text as it was said
+                shown = said.split("</think>")[-1].strip().split("\n")[0]
+                assert shown in answer["text"], answer
+            if said.startswith("<think>"):
+                assert "The user wants hello.txt written" in answer["thinking"], answer
+
+
+def _answer(path: str, reply: httpx.Response) -> dict[str, Any]:
+    """The text, thinking and tool calls (by name) of an answer in any of the dialects,
+    streamed or not."""
+    text, thinking, calls = "", "", []
+    streamed = reply.headers["content-type"].split(";")[0]
+    if streamed == "application/x-ndjson":
+        items = [json.loads(line) for line in reply.text.splitlines() if line.strip()]
+    elif streamed == "text/event-stream":
+        items = [
+            json.loads(line[6:])
+            for line in reply.text.splitlines()
+            if line.startswith("data: ") and line[6:].strip() != "[DONE]"
+        ]
+    else:
+        items = [reply.json()]
+    for item in items:
+        if path == "/api/chat":
+            message = item.get("message") or {}
+            text += message.get("content") or ""
+            thinking += message.get("thinking") or ""
+            calls += [c["function"]["name"] for c in message.get("tool_calls") or []]
+        elif path == "/v1/messages":
+            blocks = item.get("content") or []
+            if item.get("type") == "content_block_start":
+                blocks = [item["content_block"]]
+            delta = item.get("delta") or {}
+            text += delta.get("text") or ""
+            thinking += delta.get("thinking") or ""
+            for block in blocks:
+                text += block.get("text") or ""
+                thinking += block.get("thinking") or ""
+                if block.get("type") == "tool_use":
+                    calls.append(block["name"])
+        elif path == "/v1/responses":
+            if item.get("type") in (None, "response.completed"):
+                output = item.get("output") or item.get("response", {}).get("output") or []
+                for entry in output:
+                    if entry["type"] == "message":
+                        text += "".join(part["text"] for part in entry["content"])
+                    elif entry["type"] == "reasoning":
+                        thinking += "".join(part["text"] for part in entry.get("content") or [])
+                    elif entry["type"] in ("function_call", "custom_tool_call"):
+                        calls.append(entry["name"])
+        elif path == "/v1/chat/completions":
+            for choice in item.get("choices") or []:
+                part = choice.get("delta") or choice.get("message") or {}
+                text += part.get("content") or ""
+                thinking += part.get("reasoning_content") or ""
+                for call in part.get("tool_calls") or []:
+                    name = (call.get("function") or {}).get("name")
+                    if name:
+                        calls.append(name)
+    return {"text": text, "thinking": thinking, "calls": calls}
