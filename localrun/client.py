@@ -84,7 +84,10 @@ def error_from_object(data: dict[str, Any]) -> LocalrunError | None:
         payload = {"message": raw.get("message"), "code": raw.get("code"), "hint": raw.get("hint")}
     else:
         return None
-    clean = {k: v for k, v in payload.items() if isinstance(v, str)}
+    clean: dict[str, Any] = {k: v for k, v in payload.items() if isinstance(v, str)}
+    for key in ("tokens", "limit", "trained"):  # a ContextOverflowError's numbers
+        if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
+            clean[key] = data[key]
     return LocalrunError.from_dict(clean)
 
 

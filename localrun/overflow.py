@@ -17,7 +17,8 @@ from typing import Literal
 
 from localrun.errors import ContextOverflowError
 
-Dialect = Literal["ollama", "openai", "responses", "anthropic"]
+# "cli": the localrun command's own words (its --param flag and the chat's /set).
+Dialect = Literal["ollama", "openai", "responses", "anthropic", "cli"]
 
 # The answer's room a suggested context leaves after the prompt.
 ROOM = 1024
@@ -51,6 +52,9 @@ def hint(exc: ContextOverflowError, dialect: Dialect) -> str | None:
     ]
     if dialect == "ollama":
         ways.insert(0, f'"options": {{"num_ctx": {size}}} in the request')
+    elif dialect == "cli":
+        ways[2:] = []
+        ways.insert(0, f"--param num_ctx={size} (in a chat: /set parameter num_ctx {size})")
     trained = f" (the model was trained on {exc.trained})" if exc.trained else ""
     return f"raise the context to {size} tokens{trained}: " + ", or ".join(ways)
 

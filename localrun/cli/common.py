@@ -7,7 +7,7 @@ import contextlib
 import sys
 from typing import TYPE_CHECKING
 
-from localrun.errors import LocalrunError
+from localrun.errors import ContextOverflowError, LocalrunError
 
 if TYPE_CHECKING:
     from localrun.store.models import Store
@@ -28,7 +28,12 @@ def open_store(*, cleanup: bool = False) -> Store:
 def error_line(err: LocalrunError) -> str:
     """The one line a user sees for an error: what went wrong, then what to do."""
     message = " ".join(err.message.split()) if "\n" in err.message else err.message
-    return f"Error: {message}; {err.hint}" if err.hint else f"Error: {message}"
+    hint = err.hint
+    if isinstance(err, ContextOverflowError) and err.tokens is not None:
+        from localrun import overflow
+
+        hint = overflow.hint(err, "cli")  # this command's own ways to raise the context
+    return f"Error: {message}; {hint}" if hint else f"Error: {message}"
 
 
 def print_error(err: LocalrunError) -> None:

@@ -88,7 +88,7 @@ def body_of(exc: e.LocalrunError, dialect: Dialect) -> dict[str, Any]:
     """The JSON body of an error response (also sent as the last line of a broken stream)."""
     if isinstance(exc, e.ContextOverflowError):
         param = {"openai": "messages", "responses": "input"}.get(dialect)
-        return plain_body(
+        body = plain_body(
             overflow.message(exc, dialect),
             status_of(exc),
             exc.code,
@@ -96,6 +96,9 @@ def body_of(exc: e.LocalrunError, dialect: Dialect) -> dict[str, Any]:
             hint=overflow.hint(exc, dialect),
             param=param,
         )
+        if dialect == "ollama":  # the numbers, for localrun's client to word its own hint
+            body.update((k, v) for k, v in exc.to_dict().items() if k in exc.facts)
+        return body
     return plain_body(exc.message, status_of(exc), exc.code, dialect, hint=exc.hint)
 
 
