@@ -42,7 +42,7 @@ from localrun.engine.media import MediaPrompt, Projector
 from localrun.engine.native import lc
 from localrun.engine.rows import StepBatch
 from localrun.engine.sampling import Sampler, logprob_entry
-from localrun.engine.sequence import answer_ends, check_prompt
+from localrun.engine.sequence import answer_ends, check_prompt, request_context
 from localrun.engine.slots import Job, Slot, Slots, Ticket, read_media, unbound
 from localrun.engine.threads import Governor
 from localrun.engine.types import (
@@ -169,14 +169,16 @@ class BatchEngine:
     ) -> Ticket:
         """Queue a generation; its output goes to `sink`. Thread-safe.
 
-        Raises at once for an empty prompt, one that does not fit a slot's context
-        (ContextOverflowError), a token the vocabulary lacks or a grammar that does not compile.
+        Raises at once for an empty prompt, one that does not fit the request's context (its
+        `sampling.context` within a slot's: ContextOverflowError, with the request's numbers),
+        a token the vocabulary lacks or a grammar that does not compile.
         The first `cache_prefix` tokens (the model's SYSTEM prompt and MESSAGE turns) are
         restored from the disk prompt cache when they are there, and saved there when evaluated.
         With `media` (from media_prompt, then the job's), `prompt` is its tokens.
         """
         try:
-            check_prompt(prompt, media, self.n_ctx, self.n_ctx_train, self.n_vocab)
+            n_ctx = request_context(sampling.context, self.n_ctx)
+            check_prompt(prompt, media, n_ctx, self.n_ctx_train, self.n_vocab)
             job = self._job(list(prompt), sampling, stop_tokens, sink, cache_prefix, media)
         except BaseException:
             if media is not None:
@@ -232,10 +234,12 @@ class BatchEngine:
     ) -> Job:
         """A job for the loop, its samplers made here, off the loop, so a bad grammar fails the
         caller."""
-        # The prompt and the answer fit the context (so a returned `context` can be continued).
-        room = self.n_ctx - len(prompt)
+        # The prompt and the answer fit the request's context (so a returned `context` can be
+        # continued), which may be less than the slot's: it ends where that context would end.
+        n_ctx = request_context(sampling.context, self.n_ctx)
+        room = n_ctx - len(prompt)
         budget = min(sampling.num_predict, room) if sampling.num_predict >= 0 else room
-        job = Job(prompt, stop_tokens, sink, budget)
+        job = Job(prompt, stop_tokens, sink, budget, n_ctx)
         job.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
         job.special = sampling.special
         job.spell = sampling.spell
@@ -264,7 +268,7 @@ class BatchEngine:
             # the loop decides).
             if not self._slots.holds(job.prefix):
                 job.state = disk.load(job.prefix, self._weights.state_bound(len(job.prefix)))
-        job.sampler = Sampler(sampling, self._weights.vocab, self.n_vocab, self.n_ctx)
+        job.sampler = Sampler(sampling, self._weights.vocab, self.n_vocab, n_ctx)
         return job
 
     def _cancel(self, job: Job) -> None:
@@ -437,13 +441,13 @@ class BatchEngine:
         if job.cancelled:  # its reader has what it wants (a stop string): no further decode
             self._finish(slot, "cancelled")
             return
-        if job.timings.eval_tokens >= job.budget or len(slot.cache) >= self.n_ctx:
+        if job.timings.eval_tokens >= job.budget or len(slot.cache) >= job.limit:
             # No next token is needed (or there is no room for one): skip its decode.
             self._finish(slot, "length")
             return
         slot.token = token
         if job.spec is not None:
-            room = min(job.budget - job.timings.eval_tokens, self.n_ctx - len(slot.cache) - 1)
+            room = min(job.budget - job.timings.eval_tokens, job.limit - len(slot.cache) - 1)
             slot.draft = job.spec.propose(token, room)
 
     def _verify(self, slot: Slot, job: Job, token: int, row: int) -> tuple[int, int]:

@@ -65,7 +65,9 @@ class FakeBatchEngine:
     FIFO. Prefix reuse per slot and the done/error contract (exactly one per request) are those
     of the real engine. `hang` wedges the engine after the first step that emits a piece: no
     more pieces, no cancels honoured, no final event until close(), like a stuck native call.
-    Embeddings have `dims` dimensions.
+    Embeddings have `dims` dimensions. A request is held to its own context (SamplingOptions'
+    `context`) within the slot's, as the real engine holds it; `trained` is the context the
+    model was trained on (0: the loaded one).
     """
 
     bos_text = ""
@@ -86,11 +88,12 @@ class FakeBatchEngine:
         hang: bool = False,
         deaf: float = 0.0,
         dims: int = 8,
+        trained: int = 0,
     ) -> None:
         self.path = path
         self.options = options
         self.n_ctx = options.num_ctx
-        self.n_ctx_train = options.num_ctx
+        self.n_ctx_train = trained or options.num_ctx
         self.n_slots = max(1, slots)
         self.replies = list(replies) or ["Hello!"]
         self.delay = delay
@@ -137,8 +140,9 @@ class FakeBatchEngine:
     ) -> FakeTicket:
         if not prompt:
             raise EngineError("the prompt is empty")
-        if len(prompt) >= self.n_ctx:
-            raise overflow.error(len(prompt), self.n_ctx, self.n_ctx_train)
+        limit = min(sampling.context or self.n_ctx, self.n_ctx)
+        if len(prompt) >= limit:
+            raise overflow.error(len(prompt), limit, self.n_ctx_train)
         with self._cond:
             if self._closed:
                 raise EngineError("the engine is closed")
@@ -207,7 +211,8 @@ class FakeBatchEngine:
         if job.position >= len(job.reply):
             return None, "stop"
         budget = s.num_predict if s.num_predict >= 0 else len(job.reply) + 1
-        if job.timings.eval_tokens >= budget or len(self._caches[job.slot]) >= self.n_ctx:
+        limit = min(s.context or self.n_ctx, self.n_ctx)
+        if job.timings.eval_tokens >= budget or len(self._caches[job.slot]) >= limit:
             return None, "length"
         ch = job.reply[job.position]
         job.position += 1

@@ -38,6 +38,7 @@ class Job:
         "cancelled",
         "decoder",
         "ends",
+        "limit",
         "logprobs",
         "media",
         "memory",
@@ -59,11 +60,12 @@ class Job:
     )
 
     def __init__(
-        self, prompt: list[int], stop_tokens: frozenset[int], sink: Sink, budget: int
+        self, prompt: list[int], stop_tokens: frozenset[int], sink: Sink, budget: int, limit: int
     ) -> None:
         self.prompt = prompt
         self.stop_tokens = stop_tokens
         self.sink = sink
+        self.limit = limit  # the request's context, where its answer ends (request_context)
         # Whether a token ends the answer (end of generation, or a stop token).
         self.ends: Callable[[int], bool] = lambda token: token in stop_tokens
         self.sampler: Sampler | None = None

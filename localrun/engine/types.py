@@ -69,6 +69,10 @@ class SamplingOptions:
     # Whom this answer is remembered for, and whose earlier answers to the same prompt drafts
     # may copy (engine.answers); None: neither. Set by the server per request, never a PARAMETER.
     memory: str | None = None
+    # The request's own context (its num_ctx; 0: the slot's whole context): a prompt past it is
+    # refused and the answer stops at its end, as in a slot of that context, whatever the slot's
+    # is. Set by the runner per request from the num_ctx the scheduler wrote, never a PARAMETER.
+    context: int = 0
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **extra: Any) -> SamplingOptions:

@@ -197,10 +197,20 @@ class Prompter:
     def sampling(
         self, options: dict[str, Any] | None, grammar: str | None, memory: str | None = None
     ) -> SamplingOptions:
-        merged = {**self.params, **params_mod.validate(options or {})}
+        """The request's sampling over the model's; the num_ctx its options name (the
+        scheduler writes the context it answers the request with) is the request's own context,
+        which the engine holds it to within the slot's (SamplingOptions.context)."""
+        asked = params_mod.validate(options or {})
+        merged = {**self.params, **asked}
         if "speculate" not in merged:
             merged["speculate"] = config.speculate()
-        return SamplingOptions.from_params(merged, grammar=grammar, memory=memory)
+        context = asked.get("num_ctx")
+        return SamplingOptions.from_params(
+            merged,
+            grammar=grammar,
+            memory=memory,
+            context=context if isinstance(context, int) and context > 0 else 0,
+        )
 
     def chat(self, request: GenRequest) -> Prepared:
         """A conversation (the model's own layers added) rendered by the template; `think`
@@ -359,6 +369,7 @@ class Prompter:
         before = before[len(before) - min(len(before), 3 * (n_batch // 4)) :]
         after = after[: max(0, n_batch // 4 - 2)]
         n_ctx = int(getattr(self.tokenizer, "n_ctx", 0) or 0)
+        n_ctx = min(sampling.context, n_ctx) if sampling.context and n_ctx else n_ctx
         budget = max(0, n_ctx - n_batch - 2 * max(sampling.num_predict, 0))
         extra_tokens = extra_tokens[len(extra_tokens) - min(budget, len(extra_tokens)) :]
         head = [fim.bos] if fim.bos >= 0 else []
