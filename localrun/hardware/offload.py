@@ -325,11 +325,30 @@ def default_num_ctx(parameters: Mapping[str, Any], header: Header) -> int:
     the server-wide LOCALRUN_CONTEXT_LENGTH (4096 unless set); never more than the context the
     model was trained on (Ollama's rule: a larger one only costs memory, and past that point a
     model's answers degrade)."""
+    return context_for(parameters.get("num_ctx"), header.arch_value("context_length"))
+
+
+def context_for(asked: Any, trained: Any) -> int:
+    """The context a num_ctx of `asked` gives (None: LOCALRUN_CONTEXT_LENGTH, read now) on a
+    model trained on `trained` tokens (None: unknown): default_num_ctx's rule, which the
+    scheduler applies to a request before any runner is loaded."""
     from localrun.settings import config
 
-    chosen = _int(parameters.get("num_ctx")) or config.context_length()
-    trained = _int(header.arch_value("context_length"))
-    return min(chosen, trained) if trained else chosen
+    chosen = _int(asked) or config.context_length()
+    limit = _int(trained)
+    return min(chosen, limit) if limit else chosen
+
+
+def rounded_context(num_ctx: int, trained: Any) -> int:
+    """`num_ctx` rounded up to a power of two, held to the context the model was trained on:
+    what the scheduler loads for a request that must load, so that a client whose num_ctx grows
+    a little on every request (Aider's, through litellm) finds the runner large enough for a
+    while instead of reloading it each time."""
+    size = 1 << max(0, num_ctx - 1).bit_length()
+    limit = _int(trained)
+    if limit:
+        size = min(size, limit)
+    return max(size, num_ctx)
 
 
 def _size(n: int) -> str:

@@ -17,7 +17,9 @@ What the memory check allows:
   before the runner is given up for it.
 
 num_ctx itself is held to the context the model was trained on (Target.trained), so a client
-cannot make a runner larger than the model can use.
+cannot make a runner larger than the model can use. A request's num_ctx rounded up to a power of
+two (local.LocalPool.start_runner) is planned like any other: it is loaded only where it fits
+as the num_ctx itself does, evicting no more.
 """
 
 from __future__ import annotations
@@ -57,11 +59,7 @@ class Budget:
     ) -> None:
         """Refuse a load of `estimate` bytes that would not fit even with every other model
         unloaded (free swap counted, as the runner's own check counts it)."""
-        budget = self.available(runners)
-        if self.limit is None:
-            import psutil
-
-            budget += int(psutil.swap_memory().free)
+        budget = self.room_alone(runners)
         if estimate > budget:
             raise too_large(
                 target.name,
@@ -71,6 +69,16 @@ class Budget:
                 slots=slots,
                 where=" with every other model unloaded",
             )
+
+    def room_alone(self, runners: Sequence[Runner]) -> int:
+        """The bytes one load may take with every other model unloaded (free swap counted
+        when the budget follows the available memory)."""
+        budget = self.available(runners)
+        if self.limit is None:
+            import psutil
+
+            budget += int(psutil.swap_memory().free)
+        return budget
 
     def measured(self, runner: Runner, size: int) -> None:
         """Remember the `size` a runner reported once loaded, for the next load of its model

@@ -15,6 +15,13 @@ once. For the local models the scheduler, on the server's event loop:
   request ends) and reloads it, once idle, when a request asks for other load-time options or
   the model changed (a request naming none gets the model's own, never those another request
   loaded it with; tokenizing takes any runner of the model as it is);
+- answers a request from a runner whose context is at least the request's (its num_ctx, else
+  the model's default), writing that context into the request's options: the runner holds the
+  request to it, so the answer is the one a runner loaded with exactly that context gives (a
+  client sending a num_ctx of its own, Zed's 16384 or Aider's that grows on every request,
+  does not reload the model for one that sends none, or for itself). A request that must load
+  loads its num_ctx rounded up to a power of two (runners.Runner, local.LocalPool.start_runner);
+  embeddings keep a runner of exactly their context;
 - refuses, without touching the loaded runner, a context size whose KV cache cannot fit in the
   memory budget (scaled from what the loaded runner measured);
 - unloads a model on request, cancelling its requests.
@@ -83,6 +90,7 @@ class _Waiter:
     load_options: dict[str, Any] | None  # None: any runner of the model
     keep_alive: float
     granted: asyncio.Future[Runner]
+    exact: bool = False  # a runner of exactly the request's context (runners.Runner.matches)
 
 
 class Scheduler:
@@ -190,7 +198,11 @@ class Scheduler:
             if self._local.closed:
                 raise ServerError("the server is shutting down", hint="retry once it is back")
             return await self.remote.generate(remote, request)
-        runner, load_s = await self._admit(request.model, request.options, request.keep_alive)
+        runner, load_s, context = await self._admit(
+            request.model, request.options, request.keep_alive
+        )
+        # The runner holds the request to its own context, whatever the runner's.
+        request = dataclasses.replace(request, options={**request.options, "num_ctx": context})
         rid, queue = await self._submit(runner, lambda rid: protocol.generate_request(rid, request))
         return Stream(
             queue,
@@ -221,7 +233,7 @@ class Scheduler:
                 remote, list(inputs), truncate=truncate, query=query
             )
             return Embeddings(found, tokens, 0.0, time.monotonic() - started, model=remote)
-        runner, load_s = await self._admit(name, opts, keep_alive)
+        runner, load_s, _ = await self._admit(name, opts, keep_alive, exact=True)
         rid, queue = await self._submit(
             runner,
             lambda rid: protocol.embed_request(rid, inputs, truncate=truncate, query=query),
@@ -297,7 +309,7 @@ class Scheduler:
 
     async def _ask(self, name: str, build: Callable[[int], Event]) -> Event:
         """A quick request answered by one event, on a slot of any runner of the model."""
-        runner, _ = await self._admit(name, None, None)
+        runner, _, _ = await self._admit(name, None, None)
         _, queue = await self._submit(runner, build)
         # A client gone meanwhile leaves the answer unread: its arrival frees the slot.
         item = await queue.get()
@@ -320,7 +332,7 @@ class Scheduler:
         remote = await self.remote_name(name)
         if remote is not None:
             return self.remote.describe(remote)
-        runner, _ = await self._admit(name, opts, keep_alive)
+        runner, _, _ = await self._admit(name, opts, keep_alive)
         self._release(runner)
         shown = runner.describe()
         if runner.state != "ready":  # keep_alive 0: unloaded as soon as it was loaded
@@ -357,10 +369,17 @@ class Scheduler:
         return None
 
     async def _admit(
-        self, name: str, options: dict[str, Any] | None, keep_alive: float | None
-    ) -> tuple[Runner, float]:
-        """A runner with a slot reserved for this request, ready; and the seconds it took to
-        get it (resolving the name, waiting in line, loading).
+        self,
+        name: str,
+        options: dict[str, Any] | None,
+        keep_alive: float | None,
+        *,
+        exact: bool = False,
+    ) -> tuple[Runner, float, int]:
+        """A runner with a slot reserved for this request, ready; the seconds it took to get
+        it (resolving the name, waiting in line, loading); and the context the request is
+        answered with (Target.context; 0 for `options` None, which takes any runner). `exact`:
+        a runner of exactly that context, else one of at least that context.
 
         Those seconds are Ollama's load_duration: small, but never 0, when the model was loaded
         already (Ollama's clients and tests take 0 for a missing field).
@@ -376,14 +395,15 @@ class Scheduler:
             if options is None
             else {k: v for k, v in options.items() if k in params_mod.LOAD_PARAMS}
         )
+        context = 0 if load_options is None else target.context(load_options)
         # Whatever came free since a request began waiting was handed to it then (_wake): what
         # is left for a newcomer is what no waiting request can use.
-        runner = self._try_admit(target, load_options, keep)
+        runner = self._try_admit(target, load_options, keep, exact)
         if runner is None:
             granted: asyncio.Future[Runner] = asyncio.get_running_loop().create_future()
-            runner = await self._wait_turn(_Waiter(target, load_options, keep, granted))
+            runner = await self._wait_turn(_Waiter(target, load_options, keep, granted, exact))
         if runner.ready.done() and not runner.ready.exception():
-            return runner, time.perf_counter() - started
+            return runner, time.perf_counter() - started, context
         try:
             # shield: cancelling one waiter (a client gone) must not cancel the shared load.
             await asyncio.shield(runner.ready)
@@ -393,7 +413,7 @@ class Scheduler:
         except BaseException:
             self._release(runner)
             raise
-        return runner, time.perf_counter() - started
+        return runner, time.perf_counter() - started, context
 
     async def _wait_turn(self, waiter: _Waiter) -> Runner:
         """Wait in line until `_wake` hands this request a runner with a slot reserved."""
@@ -412,21 +432,29 @@ class Scheduler:
                 self._waiting.remove(waiter)
 
     def _try_admit(
-        self, target: Target, load_options: dict[str, Any] | None, keep_alive: float
+        self,
+        target: Target,
+        load_options: dict[str, Any] | None,
+        keep_alive: float,
+        exact: bool = False,
     ) -> Runner | None:
         """Reserve a slot now (loading the model if needed), or None: the request waits.
 
         `load_options` None takes any runner of the model as it is (one loaded with the
-        model's own options if it must be loaded)."""
+        model's own options if it must be loaded). A runner still loading with a context that
+        may or may not hold the request's is waited for (runners.Runner.matches)."""
         if self._local.closed:
             raise ServerError("the server is shutting down", hint="retry once it is back")
         same = [r for r in self._local.runners if r.name == target.name]
         for runner in same:
             if runner.stale:
                 continue
-            if load_options is None and runner.digest == target.digest:
-                pass
-            elif not runner.matches(target, load_options or {}):
+            match: bool | None = True
+            if load_options is not None or runner.digest != target.digest:
+                match = runner.matches(target, load_options or {}, exact=exact)
+            if match is None:
+                return None  # its ready event says whether it holds this request's context
+            if not match:
                 self._local.check_fits(runner, target, load_options or {})
                 # Other load options or a changed model: reload once its requests end.
                 runner.stale = True
@@ -441,7 +469,7 @@ class Scheduler:
             return None
         if any(r.name == target.name for r in self._local.runners):
             return None  # a stale runner of this model is finishing its requests
-        return self._local.start_runner(target, load_options or {}, keep_alive)
+        return self._local.start_runner(target, load_options or {}, keep_alive, grow=not exact)
 
     def _busy(self) -> BusyError:
         slots = sum(r.slots for r in self._local.runners) or self.num_parallel
@@ -479,7 +507,7 @@ class Scheduler:
                         continue
                     try:
                         runner = self._try_admit(
-                            waiter.target, waiter.load_options, waiter.keep_alive
+                            waiter.target, waiter.load_options, waiter.keep_alive, waiter.exact
                         )
                     except LocalrunError as exc:  # shutting down, or a num_ctx that cannot fit
                         self._waiting.remove(waiter)

@@ -7,7 +7,10 @@ requests at once, decoded in one batch. The pool, on the server's event loop:
 - starts a runner within `max_loaded` models and the memory budget, first evicting idle models
   (least recently used first), and sends it the load once the memory of the models being
   unloaded is back; a model that takes more once loaded than its estimate evicts more idle
-  models;
+  models. A request's num_ctx is loaded rounded up to a power of two (held to the context the
+  model was trained on) where that fits as the num_ctx itself does, evicting no more; the
+  worker loads the num_ctx itself when the rounded one does not fit in the memory it finds
+  (or puts fewer layers on the GPU);
 - unloads a model `keep_alive` seconds after its last request ends (0: at once; inf: never),
   and a stale one (to be reloaded with other load options, or unloaded) as soon as it is idle;
 - fails every request on a runner that dies with RunnerDiedError (the next request for the model
@@ -98,24 +101,48 @@ class LocalPool:
             await asyncio.gather(*(r.exited.wait() for r in stopping))
 
     def start_runner(
-        self, target: Target, load_options: dict[str, Any], keep_alive: float
+        self, target: Target, load_options: dict[str, Any], keep_alive: float, *, grow: bool
     ) -> Runner | None:
         """Make room (evicting idle models LRU) and start loading; None if there is no room
-        yet. A load that cannot fit even with every other model unloaded is refused."""
+        yet. A load that cannot fit even with every other model unloaded is refused. With
+        `grow`, a num_ctx asked for loads rounded up where that fits as well (`_grown`)."""
         estimate = self.memory.estimate(target, load_options, self.num_parallel)
         self.memory.check_alone(target, estimate, load_options, self.num_parallel, self.runners)
         evict = self.memory.make_room(estimate, self.runners, self.max_loaded)
         if evict is None:
             return None  # every loaded model is busy: wait for one to become idle
+        least: int | None = None
+        grown = self._grown(target, load_options, evict) if grow else None
+        if grown is not None:
+            least = load_options["num_ctx"]
+            load_options, estimate, evict = grown
         for victim in evict:
             log.info("unloading %s to make room for %s", victim.name, target.name)
             self.stop(victim)
-        runner = Runner(target, load_options, self.num_parallel, keep_alive)
+        runner = Runner(target, load_options, self.num_parallel, keep_alive, least)
         runner.estimate = estimate
         runner.busy = 1
         self.runners.append(runner)
         self._spawn(self._load(runner))
         return runner
+
+    def _grown(
+        self, target: Target, load_options: dict[str, Any], evict: list[Runner]
+    ) -> tuple[dict[str, Any], int, list[Runner]] | None:
+        """The load options with num_ctx rounded up (Target.rounded), their estimate and the
+        runners to evict for them; None when the request names no num_ctx, or the rounded
+        one would not fit with every other model unloaded or would evict more than `evict`."""
+        num_ctx = load_options.get("num_ctx")
+        if not isinstance(num_ctx, int) or target.rounded(num_ctx) == num_ctx:
+            return None
+        grown = {**load_options, "num_ctx": target.rounded(num_ctx)}
+        estimate = self.memory.estimate(target, grown, self.num_parallel)
+        if estimate > self.memory.room_alone(self.runners):
+            return None
+        room = self.memory.make_room(estimate, self.runners, self.max_loaded)
+        if room is None or len(room) > len(evict):
+            return None
+        return grown, estimate, room
 
     def check_fits(self, runner: Runner, target: Target, load_options: dict[str, Any]) -> None:
         """Refuse a num_ctx whose KV cache cannot fit, before `runner` is given up for it."""
@@ -188,12 +215,14 @@ class LocalPool:
         if runner.state != "loading":  # stopped while it started: EOF before the load
             await process.stop()
             return
+        fallback = runner.least_ctx if runner.least_ctx < runner.planned_ctx else None
         request = protocol.load_request(
             str(self.store.root),
             runner.name,
             options=runner.load_options,
             slots=runner.slots,
             backend=self.backend,
+            fallback_ctx=fallback,
             **self.backend_options,
         )
         with contextlib.suppress(LocalrunError):  # a death is reported by the reader
@@ -221,6 +250,10 @@ class LocalPool:
             )
             runner.process.close_stdin()
             return
+        if "num_ctx" in runner.load_options and runner.info.n_ctx != runner.planned_ctx:
+            # The worker loaded the num_ctx asked for, the rounded one not fitting: the size
+            # measured is that one's, and so is the context /api/ps shows.
+            runner.load_options["num_ctx"] = runner.info.n_ctx
         self.memory.measured(runner, runner.info.size)
         if runner.state != "loading":
             return

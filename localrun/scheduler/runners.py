@@ -3,7 +3,10 @@
 A `Runner` holds the state the scheduler keeps per runner (loading, ready, stopping, dead; its
 reserved slots, keep-alive timer and measured size) around the `RunnerProcess` that talks to
 the subprocess. `matches` decides whether a runner may answer a request with given load-time
-options: a request naming none gets the model's own, never those another request loaded it with.
+options: a runner whose context is at least the request's answers it (the runner holds each
+request to its own context, so the answer is the one a runner loaded with exactly that context
+gives); the other load options must be the request's, or the model's own for those it does not
+name, never those another request loaded it with.
 """
 
 from __future__ import annotations
@@ -44,12 +47,23 @@ class Runner:
     """One runner subprocess and the requests admitted to it."""
 
     def __init__(
-        self, target: Target, load_options: dict[str, Any], slots: int, keep_alive: float
+        self,
+        target: Target,
+        load_options: dict[str, Any],
+        slots: int,
+        keep_alive: float,
+        least_ctx: int | None = None,
     ) -> None:
+        """`least_ctx`: a smaller context the worker loads instead of `load_options`' num_ctx
+        (rounded up by the pool) when that does not fit; None: that num_ctx, or the model's
+        own."""
         self.name = target.name
         self.digest = target.digest
         self.details = target.details
-        self.load_options = load_options
+        self.load_options = dict(load_options)
+        # The context it is loading with at most, and at least (known once it is ready).
+        self.planned_ctx = target.context(load_options)
+        self.least_ctx = self.planned_ctx if least_ctx is None else least_ctx
         self.slots = slots
         self.keep_alive = keep_alive
         self.weights = target.weights
@@ -82,18 +96,28 @@ class Runner:
             self.timer.cancel()
             self.timer = None
 
-    def matches(self, target: Target, load_options: dict[str, Any]) -> bool:
-        """Whether this runner can answer a request for `target` with these load options.
+    def matches(
+        self, target: Target, load_options: dict[str, Any], *, exact: bool = False
+    ) -> bool | None:
+        """Whether this runner can answer a request for `target` with these load options;
+        None while it loads with a context that may or may not hold the request's (its ready
+        event tells).
 
-        A request gets the model's own load-time values for the options it does not name:
-        a runner loaded with another client's num_ctx does not answer it, as one client's
-        options must never change another's answers. A named value is compared with what the
-        runner was loaded with (num_ctx and num_gpu also with what the worker resolved, so
-        asking for the value in force never reloads).
+        The request's context (Target.context: its num_ctx, else the model's default) must be
+        at most the runner's: the runner holds the request to it (engine SamplingOptions'
+        `context`), refusing a prompt past it and stopping the answer at its end, as a runner
+        loaded with that context would. `exact` (embeddings, whose truncation and batches
+        follow the context made for them) wants the runner's context to be the request's.
+
+        For the other options a request gets the model's own load-time values for those it
+        does not name: a runner loaded with another client's num_gpu or num_batch does not
+        answer it, as one client's options must never change another's answers. A named value
+        is compared with what the runner was loaded with (num_gpu also with what the worker
+        resolved, so asking for the value in force never reloads).
         """
         if target.digest != self.digest:
             return False
-        for key in {*load_options, *self.load_options}:
+        for key in {*load_options, *self.load_options} - {"num_ctx"}:
             value = load_options.get(key)
             if self.load_options.get(key) == value:
                 continue
@@ -102,12 +126,23 @@ class Runner:
                 if key == "num_gpu" and self.load_options.get(key) in (None, -1):
                     continue
                 return False
-            if self.info is not None and key == "num_ctx" and value == self.info.n_ctx:
-                continue
             if self.info is not None and key == "num_gpu" and value == self.info.gpu_layers:
                 continue
             return False
-        return True
+        return self._holds(target.context(load_options), exact)
+
+    def _holds(self, context: int, exact: bool) -> bool | None:
+        """Whether the runner's context holds a request's `context` (see `matches`)."""
+        least, most = self.least_ctx, self.planned_ctx
+        if self.info is not None:
+            # A llama.cpp that gave less than it was asked for gives no more on a reload.
+            loaded = max(self.info.n_ctx, least)
+            return context == loaded if exact else context <= loaded
+        if exact:
+            settled, unsure = context == least == most, context in (least, most)
+        else:
+            settled, unsure = context <= least, context <= most
+        return True if settled else None if unsure else False
 
     def describe(self) -> RunningModel:
         """This runner as /api/ps shows it; a busy or loading one expires keep_alive from now."""

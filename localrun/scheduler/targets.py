@@ -19,6 +19,7 @@ from typing import Any
 from localrun import selfexec
 from localrun.errors import LocalrunError, ModelLoadError, ModelNotFoundError
 from localrun.hardware.fit import Footprint, footprint
+from localrun.hardware.offload import context_for, rounded_context
 from localrun.sources.runners import Index
 from localrun.store import reference
 from localrun.store.models import Store
@@ -39,6 +40,7 @@ class Target:
     details: dict[str, Any]
     # What a load takes by its load options, from the headers (None: the weights alone).
     footprint: Footprint | None = field(default=None, compare=False, repr=False)
+    num_ctx: int | None = field(default=None, compare=False)  # its PARAMETER num_ctx
 
     def trained(self, load_options: dict[str, Any] | None) -> dict[str, Any] | None:
         """`load_options` with num_ctx held to the context the model was trained on, as the
@@ -50,6 +52,19 @@ class Target:
         if num_ctx <= limit:
             return load_options
         return {**(load_options or {}), "num_ctx": limit}
+
+    def context(self, load_options: dict[str, Any] | None) -> int:
+        """The context a request with these load options is answered with, whatever runner
+        answers it: its own num_ctx, else the model's default (its PARAMETER num_ctx, else
+        LOCALRUN_CONTEXT_LENGTH), held to the context it was trained on as a load holds it
+        (hardware.offload.default_num_ctx)."""
+        asked = (load_options or {}).get("num_ctx")
+        return context_for(asked or self.num_ctx, self.details.get("context_length"))
+
+    def rounded(self, num_ctx: int) -> int:
+        """The context a load for a request of `num_ctx` tries first: the next power of two,
+        held to the context the model was trained on (hardware.offload.rounded_context)."""
+        return rounded_context(num_ctx, self.details.get("context_length"))
 
 
 class Resolver:
@@ -126,7 +141,12 @@ def read_target(store: Store, ref: Reference, others: Index | None = None) -> Ta
         weights=weights,
         details=model.details,
         footprint=planned,
+        num_ctx=_positive(model.parameters.get("num_ctx")),
     )
+
+
+def _positive(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 async def import_model(store: Store, text: str) -> None:

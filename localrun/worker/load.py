@@ -68,8 +68,19 @@ def load(request: dict[str, Any], breach: Callable[[LocalrunError], None] | None
         raise BadRequestError(f"slots must be a whole number of at least 1, not {slots!r}")
     if backend not in BACKENDS:
         raise BadRequestError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    fallback = request.get("fallback_ctx")
+    if fallback is not None and (isinstance(fallback, bool) or not isinstance(fallback, int)):
+        raise BadRequestError(f"fallback_ctx must be a whole number, not {fallback!r}")
     model = load_stored(Store(Path(root)), names.parse(name))
-    return load_model(model, options, slots=slots, backend=backend, extra=request, breach=breach)
+    return load_model(
+        model,
+        options,
+        slots=slots,
+        backend=backend,
+        extra=request,
+        breach=breach,
+        fallback_ctx=fallback,
+    )
 
 
 def load_model(
@@ -82,11 +93,13 @@ def load_model(
     breach: Callable[[LocalrunError], None] | None = None,
     warn: Callable[[str], None] | None = None,
     before_build: Callable[[], None] | None = None,
+    fallback_ctx: int | None = None,
 ) -> Loaded:
     """Load `model` with its parameters overridden by `options` into an engine of `slots`
     slots. `extra` holds the fake backend's settings (replies, delay, hang, dims: tests);
     `warn` hears each load warning as it is found, and `before_build` runs once the load is
-    known to fit, before the engine is made."""
+    known to fit, before the engine is made. `fallback_ctx`: a smaller num_ctx to load instead
+    of the options' where that does not fit (`fitted`)."""
     started = time.perf_counter()
     try:
         parameters = {**model.parameters, **params_mod.validate(options)}
@@ -95,9 +108,8 @@ def load_model(
             from localrun.engine.buildinfo import build_info
 
             build = build_info()
-        plan = fit_mod.plan_fit(model, parameters, slots=slots, build=build)
         available = fit_mod.available_memory()
-        fit_mod.check_memory(model, plan, parameters, slots=slots, available=available)
+        parameters, plan = fitted(model, parameters, slots, build, available, fallback_ctx)
         notes: list[str] = []
         warnings: list[str] = []
 
@@ -117,9 +129,11 @@ def load_model(
                 timeout_s=limits.load_timeout(),
                 breach=breach,
             )
+        path = str(model.model_path)
+        trained = plan.header.arch_value("context_length")
         try:
             with watch:
-                engine = _build(backend, str(model.model_path), load_options, slots, extra or {})
+                engine = _build(backend, path, load_options, slots, extra or {}, trained)
         except InvalidGGUFError as exc:
             raise fit_mod.damaged(model, exc) from None
     except LocalrunError as exc:
@@ -135,6 +149,36 @@ def load_model(
         engine, plan, [*notes, *warnings], time.perf_counter() - started, native=backend != "fake"
     )
     return Loaded(engine, prompter, info, notes, warnings)
+
+
+def fitted(
+    model: Model,
+    parameters: dict[str, Any],
+    slots: int,
+    build: fit_mod.Build | None,
+    available: int,
+    fallback_ctx: int | None = None,
+) -> tuple[dict[str, Any], fit_mod.Fit]:
+    """The parameters a load goes ahead with and their plan, refused (check_memory) when it
+    cannot fit in `available` bytes.
+
+    With `fallback_ctx` (the num_ctx a request asked for, which the scheduler rounded up in
+    `parameters`), that smaller context is loaded instead where the rounded one does not fit in
+    memory or puts fewer layers on the GPU: rounding up saves reloads, never speed or a load.
+    """
+    plan = fit_mod.plan_fit(model, parameters, slots=slots, build=build)
+    if fallback_ctx is not None and 0 < fallback_ctx < plan.num_ctx:
+        smaller = {**parameters, "num_ctx": fallback_ctx}
+        least = fit_mod.plan_fit(model, smaller, slots=slots, build=build)
+        try:
+            fit_mod.check_memory(model, plan, parameters, slots=slots, available=available)
+        except LocalrunError:
+            parameters, plan = smaller, least
+        else:
+            if plan.plan.n_gpu_layers < least.plan.n_gpu_layers:
+                parameters, plan = smaller, least
+    fit_mod.check_memory(model, plan, parameters, slots=slots, available=available)
+    return parameters, plan
 
 
 def _ready_info(
@@ -177,8 +221,15 @@ def _engine_runtime() -> tuple[str, list[str]]:
 
 
 def _build(
-    backend: str, path: str, options: LoadOptions, slots: int, extra: dict[str, Any]
+    backend: str,
+    path: str,
+    options: LoadOptions,
+    slots: int,
+    extra: dict[str, Any],
+    trained: Any = None,
 ) -> Engine:
+    """The engine; the fake is told the context the model was trained on (`trained`, from the
+    header), which llama.cpp reads itself."""
     if backend == "fake":
         from localrun.engine.fake import FakeBatchEngine
 
@@ -198,6 +249,7 @@ def _build(
             path,
             options,
             slots,
+            trained=trained if isinstance(trained, int) and trained > 0 else 0,
             replies=replies,
             delay=float(delay),
             hang=bool(extra.get("hang")),

@@ -5,8 +5,10 @@ worker's private copy of stdout (native libraries print to fd 1, which the worke
 stderr so they cannot corrupt the stream).
 
     -> {"op": "load", "store": ROOT, "model": NAME, "options": {...}, "slots": N,
-        "line_limit": BYTES?, "backend": "llama" | "fake", "replies": [...]?, "delay": s?,
-        "hang": bool?, "dims": N?}                         (first line, once; fake: for tests)
+        "line_limit": BYTES?, "fallback_ctx": N?, "backend": "llama" | "fake",
+        "replies": [...]?, "delay": s?, "hang": bool?, "dims": N?}
+                         (first line, once; fallback_ctx: the smaller num_ctx to load when
+                          the options' does not fit, worker.load; fake: for tests)
     <- {"event": "ready", "info": {n_ctx, n_ctx_train, slots, size, size_vram, gpu_layers,
                                    layers, processor, load_s, notes}}
        or {"event": "error", "error": {...}} and exit 1
@@ -155,10 +157,13 @@ def load_request(
     options: dict[str, Any] | None = None,
     slots: int = 1,
     backend: str = "llama",
+    fallback_ctx: int | None = None,
     **extra: Any,
 ) -> Message:
-    """The first line a worker reads. `extra` passes fake-backend settings (replies, delay)."""
-    return {
+    """The first line a worker reads. `fallback_ctx` is the num_ctx to load instead of the
+    options' (rounded up by the scheduler) where that does not fit (worker.load); `extra`
+    passes fake-backend settings (replies, delay)."""
+    message: Message = {
         "op": LOAD,
         "store": store,
         "model": model,
@@ -168,6 +173,9 @@ def load_request(
         "backend": backend,
         **extra,
     }
+    if fallback_ctx is not None:
+        message["fallback_ctx"] = fallback_ctx
+    return message
 
 
 def line_limit(request: Message) -> int:
