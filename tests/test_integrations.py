@@ -528,9 +528,9 @@ def aider_chat(live: LiveServer, model: str, content: str) -> dict[str, Any]:
 def test_aider_num_ctx_on_every_request(live: LiveServer) -> None:
     """A num_ctx that differs on every request is answered every time, from a context that
     holds it. Where the model was trained on less, each is held to the trained context and
-    one runner answers them all. (Where it was trained on more, the scheduler loads the model
-    again for each new num_ctx, as Ollama does: measured and reported in issue 56, not
-    asserted here.)"""
+    one runner answers them all; where it was trained on more, the first loads a context
+    rounded up to a power of two, which answers the next ones (tests/test_context_reuse.py
+    counts the loads)."""
     pids = set()
     for n in range(3):
         aider_chat(live, "short:latest", "x" * (100 + 50 * n))
