@@ -16,6 +16,7 @@ from localrun.formats import ollama_template as ot
 from localrun.formats.gotemplate import looks_like_go, parse
 from localrun.formats.gotemplate_json import go_json
 from localrun.formats.ollama_template import collate, load, ollama_messages, render
+from localrun.formats.template import render as template_render
 
 DATA = Path(__file__).parent / "data" / "ollama_templates"
 RECORDED = json.loads((DATA / "go_recorded.json").read_text(encoding="utf-8"))
@@ -676,3 +677,81 @@ def test_render_is_bounded_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
     source = "{{ range .Messages }}{{ range $.Messages }}{{ .Content }}{{ end }}{{ end }}"
     with pytest.raises(TemplateError):
         render(source, messages)
+
+
+# -- numbers past Go's bounds (issue 57, item 3) ------------------------------------------------
+
+HUGE_LITERALS = [
+    ("{{ 0x" + "f" * 4000 + " }}", "integer overflow"),  # past Python's int digit limit
+    ("{{ " + "9" * 4000 + " }}", "integer overflow"),
+    ("{{ 0b" + "1" * 5000 + " }}", "integer overflow"),
+    ("{{ 0x" + "f" * 17 + " }}", "overflows int"),
+    ("{{ " + "9" * 4000 + ".5 }}", "illegal number syntax"),  # +Inf: ParseFloat refuses it
+    ("{{ 1e99999 }}", "illegal number syntax"),
+    ("{{ 0x" + "f" * 4000 + "p1 }}", "illegal number syntax"),
+    # parsed whole, as Go parses: a branch the conversation does not take still refuses
+    ("{{ if .Tools }}{{ 0x" + "f" * 4000 + " }}{{ end }}", "integer overflow"),
+]
+
+
+@pytest.mark.parametrize(("literal", "error"), HUGE_LITERALS)
+def test_number_literals_past_go_bounds_are_template_errors(literal: str, error: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(TemplateError, match=error) as caught:
+        template_render(literal + "{{ .Prompt }}", [{"role": "user", "content": "hi"}])
+    assert "\n" not in str(caught.value)
+    assert time.monotonic() - start < 2
+
+
+def test_number_literals_within_go_bounds() -> None:
+    assert run("{{ 0x" + "0" * 80 + "1 }} {{ 0b" + "1" * 63 + " }}") == f"1 {2**63 - 1}"
+    assert (
+        run("{{ -9223372036854775808 }} {{ 1e-99999 }} {{ 0x1p-2 }}")
+        == "-9223372036854775808 0 0.25"
+    )
+
+
+ARGUMENTS_PAST_FLOAT64 = [
+    '{"n": ' + "9" * 401 + "}",
+    '{"n": 1e999}',
+    '{"n": NaN}',
+    '{"n": -Infinity}',
+    '{"n": ' + "9" * 5000 + "}",
+    {"n": int("9" * 401)},
+    {"n": float("inf")},
+    {"a": [{"b": float("nan")}]},
+]
+
+
+@pytest.mark.parametrize("arguments", ARGUMENTS_PAST_FLOAT64)
+def test_arguments_a_float64_cannot_hold_are_template_errors(arguments: Any) -> None:
+    call = {
+        "role": "assistant",
+        "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": arguments}}],
+    }
+    source = (
+        "{{ range .Messages }}{{ range .ToolCalls }}{{ .Function.Arguments }}{{ end }}{{ end }}"
+    )
+    start = time.monotonic()
+    with pytest.raises(TemplateError, match=r"float64|not valid JSON") as caught:
+        template_render(source, [{"role": "user", "content": "hi"}, call])
+    assert "\n" not in str(caught.value)
+    assert time.monotonic() - start < 2
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"x": {"type": "number", "enum": [float("inf")]}},
+                },
+            },
+        }
+    ]
+    with pytest.raises(TemplateError, match="float64"):
+        template_render(
+            "{{ .Tools }}{{ range .Messages }}{{ end }}",
+            [{"role": "user", "content": "hi"}],
+            tools=tools,
+        )

@@ -11,6 +11,7 @@ TemplateError naming the line.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -293,16 +294,22 @@ def number(text: str, kind: str, line: int) -> int | float:
     try:
         if lower.endswith("i"):
             raise ValueError  # complex constants: no template needs them
-        if lower.startswith("0x"):
-            return float.fromhex(clean) if "p" in lower else int(clean, 16)
-        if any(ch in lower for ch in ".e"):
-            return float(clean)
+        hex_ = lower.startswith("0x")
+        if ("p" in lower) if hex_ else ("." in lower or "e" in lower):
+            value: int | float = float.fromhex(clean) if hex_ else float(clean)
+            if math.isinf(value):  # out of a float64's range: Go's ParseFloat refuses it
+                raise ValueError
+            return value
+        # More than 64 significant digits fit no 64-bit int in any base; they never reach
+        # int(), whose own digit limit would raise a ValueError of another kind.
+        if len(re.sub(r"^0[xob]?0*", "", lower)) > 64:
+            raise invalid(f"integer overflow: {text!r}", line)
         value = int(sign + body, 8) if re.fullmatch(r"0[0-7]+", body) else int(clean, 0)
-        if not -(2**63) <= value < 2**63:
-            raise invalid(f"{text} overflows int", line)
-        return value
     except (ValueError, OverflowError):
         raise invalid(f"illegal number syntax: {text!r}", line) from None
+    if not -(2**63) <= value < 2**63:
+        raise invalid(f"{text} overflows int", line)
+    return value
 
 
 _GO_ACTION = re.compile(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,12 +46,25 @@ class ApiMessage:
     tool_call_id: str = ""
 
 
+def _no_float64(number: Any) -> TemplateError:
+    """Go's json.Unmarshal into `any` refuses a number a float64 cannot hold, so does this."""
+    text = str(number) if isinstance(number, float) else f"an integer of {number.bit_length()} bits"
+    return TemplateError(f"a JSON number does not fit a float64, as Ollama reads numbers: {text}")
+
+
 def _go_any(value: Any) -> Any:
     """A JSON value as Go decodes it into `any`: numbers are float64."""
-    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _no_float64(value)
         return value
     if isinstance(value, int):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise _no_float64(value) from None
     if isinstance(value, dict):
         return {str(k): _go_any(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -58,10 +72,15 @@ def _go_any(value: Any) -> Any:
     return str(value)
 
 
+def _not_json(name: str) -> Any:
+    """NaN and Infinity, which Python's json reads and JSON (and Go) do not."""
+    raise ValueError(name)
+
+
 def _arguments(raw: Any) -> JSONMap:
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw) if raw.strip() else {}
+            raw = json.loads(raw, parse_constant=_not_json) if raw.strip() else {}
         except ValueError:
             raise TemplateError("a tool call's arguments are not valid JSON") from None
     if raw is None:
