@@ -16,6 +16,7 @@ from localrun.formats import ollama_template as ot
 from localrun.formats.gotemplate import looks_like_go, parse
 from localrun.formats.gotemplate_json import go_json
 from localrun.formats.ollama_template import collate, load, ollama_messages, render
+from localrun.formats.template import is_go as template_is_go
 from localrun.formats.template import render as template_render
 
 DATA = Path(__file__).parent / "data" / "ollama_templates"
@@ -500,10 +501,21 @@ def test_fields_and_references() -> None:
         ("{% for m in messages %}{{ m['content'] }}{% endfor %}", False),
         ("{{ bos_token }}{{ messages[0]['content'] }}", False),
         ("{#- comment #}{{ x }}", False),
+        # a template that begins with a function call (issue 57, item 12b)
+        ('{{ printf "%s" .Prompt }}', True),
+        ('{{- printf "<|user|>%s" .Prompt }}', True),
+        ("{{ index .Messages 0 }}", True),
+        ("{{ json .Tools }}{{ .Prompt }}", True),
+        ("{{ len .Messages }}", True),
+        ("{{ printf }}", False),
+        ("{{ index + 1 }}", False),
+        ("{{ messages|length }}", False),
+        ("{{ len(messages) }}", False),
     ],
 )
 def test_looks_like_go(source: str, is_go: bool) -> None:
     assert looks_like_go(source) is is_go
+    assert template_is_go(source) is is_go
 
 
 # -- Ollama's layer ---------------------------------------------------------------------------

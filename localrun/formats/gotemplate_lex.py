@@ -313,14 +313,19 @@ def number(text: str, kind: str, line: int) -> int | float:
 
 
 _GO_ACTION = re.compile(
-    r"\{\{-?\s*(?:\.|\$|/\*|(?:if|range|with|end|else|define|template|block)\b)"
+    r"\{\{-?\s*(?:\.|\$|/\*|(?:if|range|with|end|else|define|template|block)\b"
+    # a function called Go's way, its first argument after a space (Jinja would write
+    # `x|length` or `f(x)`): `{{ printf "%s" .X }}`, `{{ index .Messages 0 }}`, `{{ json .T }}`
+    r"|(?:print|printf|println|index|slice|len|not|and|or|eq|ne|lt|le|gt|ge|html|js|urlquery"
+    r"|call|json)[ \t]+[\"`.$(])"
 )
 
 
 def looks_like_go(source: str) -> bool:
     """Whether a TEMPLATE is Go (Ollama's) rather than Jinja (Hugging Face's): Jinja has
     `{% %}` blocks and bare names (`{{ messages }}`); Go has `{{ .Field }}`, `{{ $x }}`,
-    `{{ if }}`/`{{ range }}`/`{{ end }}`. Text with no action at all is Go, as Ollama reads it."""
+    `{{ if }}`/`{{ range }}`/`{{ end }}`, and functions called with a space before their first
+    argument (`{{ printf "%s" .X }}`). Text with no action at all is Go, as Ollama reads it."""
     if "{%" in source or "{#" in source:
         return False
     return bool(_GO_ACTION.search(source)) or "{{" not in source
