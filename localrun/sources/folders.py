@@ -50,6 +50,8 @@ def hub_models(root: Path | None = None, source: str = "hf") -> list[Found]:
             found += _repo_models(repo, parts[1], parts[2], source)
         except (OSError, RecursionError) as exc:  # unreadable, or nested past reason
             found.append(refused(name, repo, source, f"{repo}: cannot read it ({exc})"))
+        except ImportSourceError as exc:  # a snapshot far larger than a repository's
+            found.append(refused(name, repo, source, str(exc)))
     return found
 
 
@@ -57,12 +59,35 @@ def _repo_models(repo: Path, org: str, name: str, source: str) -> list[Found]:
     found = []
     snapshot = _snapshot(repo)
     if snapshot is not None:
-        files = [p for p in sorted(snapshot.rglob("*")) if p.name.lower().endswith(".gguf")]
+        files = snapshot_ggufs(snapshot)
         found += gguf_models(files, org, name, source, within=repo)
     for partial in sorted((repo / "blobs").glob("*.incomplete")):
         found.append(refused(f"hf.co/{org}/{name}".lower(), partial, source,
                              "still downloading (skipped)"))  # fmt: skip
     return found
+
+
+# A hub snapshot is a repository's tree: a few folders deep, of links to blobs. A walk goes no
+# deeper, reads no more entries, and follows no link to a folder (one to /usr would be walked on
+# every scan).
+MAX_DEPTH = 8
+MAX_ENTRIES = 20_000
+
+
+def snapshot_ggufs(snapshot: Path) -> list[Path]:
+    """The GGUF files (or links to them) of a snapshot, sorted; its folders walked without
+    following links, at most MAX_DEPTH deep and MAX_ENTRIES entries (ImportSourceError past it)."""
+    found: list[Path] = []
+    seen = 0
+    base = len(snapshot.parts)
+    for folder, subfolders, files in os.walk(snapshot, followlinks=False):
+        seen += len(subfolders) + len(files)
+        if seen > MAX_ENTRIES:
+            raise ImportSourceError(f"{snapshot}: more than {MAX_ENTRIES} files and folders")
+        if len(Path(folder).parts) - base >= MAX_DEPTH:
+            subfolders[:] = []
+        found += [Path(folder) / f for f in files if f.lower().endswith(".gguf")]
+    return sorted(found)
 
 
 def _snapshot(repo: Path) -> Path | None:

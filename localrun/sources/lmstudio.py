@@ -94,15 +94,46 @@ def models_folder(lm_home: Path) -> Path:
     return lm_home / "models"
 
 
+# Folders that hold a machine's own files, never a runner's models: a downloadsFolder that is
+# one of them (or the root, or a folder above the home) would make every GGUF two levels down
+# importable, and listed to the server's clients.
+_SYSTEM = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/run", "/sbin", "/sys",
+           "/usr", "/var")  # fmt: skip
+
+
+def unfit_folder(root: Path) -> str | None:
+    """Why `root` cannot be LM Studio's models folder (None: it can)."""
+    try:
+        real = root.resolve()
+    except (OSError, RuntimeError):
+        return None  # not there: nothing is listed from it anyway
+    if real == Path(real.anchor) or any(real == Path(s) for s in _SYSTEM):
+        return f"its downloadsFolder is {root}, a folder of the system's own files"
+    if Path.home().resolve().is_relative_to(real):
+        return f"its downloadsFolder is {root}, which holds the whole home folder"
+    return None
+
+
 def models(lm_home: Path | None = None) -> list[Found]:
-    """The GGUF models in LM Studio's models folder (ORG/REPO/*.gguf), with their settings."""
+    """The GGUF models in LM Studio's models folder (ORG/REPO/*.gguf), with their settings.
+    A folder of the system's (`/`, `/usr` ...) or one above the home is refused (one row says
+    why); an unreadable ORG folder is one row and the others are still listed."""
     lm_home = lm_home if lm_home is not None else home()
     root = models_folder(lm_home)
     if not root.is_dir():
         return []
+    unfit = unfit_folder(root)
+    if unfit is not None:
+        return [refused("lmstudio", root, "lmstudio", f"LM Studio's models are not read: {unfit}")]
     found: list[Found] = []
     for org in dirs(root):
-        for repo in dirs(org):
+        try:
+            repos = dirs(org)
+        except OSError as exc:
+            found.append(refused(f"hf.co/{org.name}".lower(), org, "lmstudio",
+                                 f"{org}: {exc.strerror}"))  # fmt: skip
+            continue
+        for repo in repos:
             try:
                 files = sorted(p for p in repo.iterdir() if p.name.lower().endswith(".gguf"))
             except OSError as exc:

@@ -235,7 +235,10 @@ class Listed:
 
 class Index:
     """The models of the sources LOCALRUN_OTHER_RUNNERS names (read at each call), by store
-    name; one scan at a time, kept TTL_S seconds. A folder that cannot be read lists nothing."""
+    name; one scan at a time, kept TTL_S seconds. A folder that cannot be read lists nothing.
+    The scan runs outside the lock: while one is under way, a caller gets the last listing of
+    the same sources at once (only the first scan of a setting is waited for), so a slow folder
+    never holds up the requests that list or name models."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -243,6 +246,7 @@ class Index:
         self._sources: tuple[str, ...] = ()
         self._at = -math.inf
         self._listed: dict[str, Listed] = {}
+        self._scanning: threading.Event | None = None  # set when the scan under way ends
 
     def models(self) -> list[Listed]:
         """Every importable model found (blocking: call it in a thread)."""
@@ -266,14 +270,29 @@ class Index:
         if not sources:
             return {}
         with self._lock:
-            if self._sources == sources and self._clock() - self._at < most_age:
+            same = self._sources == sources
+            if same and self._clock() - self._at < most_age:
                 return self._listed
-            listed: dict[str, Listed] = {}
+            running = self._scanning
+            if running is not None and same:
+                return self._listed  # a scan is under way: the last listing meanwhile
+            if running is None:
+                self._scanning = threading.Event()
+        if running is not None:  # another setting's scan is under way: wait for it, then scan
+            running.wait()
+            return self._scan(most_age)
+        listed: dict[str, Listed] = {}
+        try:
             for source in sources:
                 for item in _scanned(source):
                     listed.setdefault(item.name, item)
-            self._sources, self._at, self._listed = sources, self._clock(), listed
-            return listed
+        finally:
+            with self._lock:
+                done, self._scanning = self._scanning, None
+                self._sources, self._at, self._listed = sources, self._clock(), listed
+            assert done is not None
+            done.set()
+        return listed
 
 
 def _scanned(source: str) -> list[Listed]:
