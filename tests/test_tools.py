@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from localrun.engine.types import LoadOptions
 from localrun.errors import BadRequestError
 from localrun.formats import calls as calls_mod
 from localrun.formats import parsers, template
+from localrun.formats.parsers.base import partial_marker
 from localrun.formats.parsers.stream import CallStream
 from localrun.model import load as load_model
 from localrun.recipes import create, modelfile
@@ -287,3 +289,24 @@ def test_call_stream_passes_text_and_holds_calls() -> None:
 def test_tool_results_and_calls_round_trip_through_json() -> None:
     out, _, calls = _stream([f"<tool_call>{CALL}</tool_call>"])
     assert calls is not None and json.loads(json.dumps(calls)) == [PARIS] and out == []
+
+
+def test_held_marker_check_is_linear_in_the_marker() -> None:
+    """What a stream holds back (the end of a piece that may start a marker: a stop sequence
+    hundreds of thousands of characters long too) costs a pass, not a pass per length
+    (issue 57, item 11: 0.35 s at 100k characters and 4.4 s at 400k before)."""
+    assert partial_marker("text <tool", ("<tool_call>",)) == 5
+    assert partial_marker("text <tool_call>", ("<tool_call>", "</think>")) == 0
+    assert partial_marker("x</thi", ("</think>", "<think>")) == 5
+    assert partial_marker("ab" * 10, ("abababx",)) == 6
+
+    def took(n: int, last: str) -> float:
+        text, marker = "a" * (n - 2) + "b", "a" * (n // 2) + "b" + "a" * n + last
+        start = time.perf_counter()
+        assert partial_marker(text, (marker,)) == n // 2 + 1
+        return time.perf_counter() - start
+
+    small = min(took(100_000, str(i)) for i in range(3))
+    large = min(took(400_000, str(i)) for i in range(3))
+    assert large < 0.5, large
+    assert large < 6 * max(small, 0.005), (small, large)

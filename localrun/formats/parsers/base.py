@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import json
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 from localrun import jsonlimits
@@ -158,14 +159,50 @@ def json_at(text: str, index: int) -> tuple[Any, int]:
 
 
 def partial_marker(text: str, markers: tuple[str, ...] | list[str]) -> int:
-    """The length of the longest end of `text` that is the start of one of `markers` (what
-    a stream holds back: the rest of a marker may come with the next piece)."""
+    """The length of the longest end of `text`, shorter than the longest marker, that is the
+    start of one of `markers` (what a stream holds back: the rest of a marker may come with
+    the next piece). Linear in the longest marker's length (Knuth-Morris-Pratt over the last
+    of the text), however long a marker (a stop sequence) is."""
     longest = max((len(m) for m in markers), default=0)
-    for size in range(min(longest - 1, len(text)), 0, -1):
-        tail = text[-size:]
-        if any(m.startswith(tail) for m in markers):
-            return size
-    return 0
+    limit = min(longest - 1, len(text))
+    if limit <= 0:
+        return 0
+    tail = text[len(text) - limit :]
+    return max(_overlap(tail, m, limit) for m in markers)
+
+
+def _overlap(tail: str, marker: str, limit: int) -> int:
+    """The longest end of `tail`, at most `limit` long, that starts `marker`."""
+    if not marker:
+        return 0
+    if marker.startswith(tail):  # the usual case of a long one: the marker so far
+        return len(tail)
+    chars, borders = _borders(marker)
+    state = 0  # the longest end of what was read that starts the marker
+    for char in tail:
+        while state and chars[state] != char:
+            state = borders[state - 1]
+        if chars[state] == char:
+            state += 1
+    while state > limit:  # every end that starts the marker is on this chain of borders
+        state = borders[state - 1]
+    return state
+
+
+@lru_cache(maxsize=32)
+def _borders(marker: str) -> tuple[tuple[str | None, ...], tuple[int, ...]]:
+    """The marker's characters and a None (a whole marker read: read on), and
+    Knuth-Morris-Pratt's table: for each start of `marker`, its longest proper end that is
+    also a start of it."""
+    table = [0] * len(marker)
+    size = 0
+    for i in range(1, len(marker)):
+        while size and marker[i] != marker[size]:
+            size = table[size - 1]
+        if marker[i] == marker[size]:
+            size += 1
+        table[i] = size
+    return (*marker, None), tuple(table)
 
 
 def skip_blanks(text: str, index: int) -> int:
