@@ -53,6 +53,11 @@ _NUMBERS = (
     "rms_norm_eps", "rope_theta", "rope_local_base_freq", "partial_rotary_factor",
     "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar",
 )  # fmt: skip
+# rope_scaling's (or rope_parameters') numbers, each positive and no larger than this (real
+# factors are 1 to 64; past float32, the GGUF's type, one could not be written).
+_ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "attention_factor",
+                 "beta_fast", "beta_slow")  # fmt: skip
+MAX_ROPE_FACTOR = 1e6
 _REQUIRED = (
     "hidden_size",
     "intermediate_size",
@@ -78,6 +83,7 @@ def _validate(config: Config, where: str) -> None:
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
                                   or not math.isfinite(value) or value <= 0):  # fmt: skip
             raise CheckpointError(f"{where}/config.json: {key} is {value!r:.40}, not a number")
+    _validate_rope(config, where)
     heads = config["num_attention_heads"]
     kv = config.get("num_key_value_heads") or heads
     dim = config.get("head_dim") or config["hidden_size"] // heads
@@ -86,6 +92,42 @@ def _validate(config: Config, where: str) -> None:
             f"{where}/config.json: {heads} heads, {kv} key-value heads and a head of {dim} do "
             "not divide the model"
         )
+
+
+def _validate_rope(config: Config, where: str) -> None:
+    """rope_scaling's factors: each a positive finite number (a factor of 0 was converted into a
+    model whose positions all rotate alike, NaN into one of NaN frequencies)."""
+    for source in ("rope_scaling", "rope_parameters"):
+        rope = config.get(source)
+        if rope is not None and not isinstance(rope, dict):
+            raise CheckpointError(f"{where}/config.json: {source} is not an object")
+        rope = _rope({source: rope}) if rope else {}
+        for key in _ROPE_NUMBERS:
+            value = rope.get(key)
+            if value is not None and not _positive(value, MAX_ROPE_FACTOR):
+                raise CheckpointError(
+                    f"{where}/config.json: {source}.{key} is {value!r:.40}, not a number above 0 "
+                    f"and at most {MAX_ROPE_FACTOR:g}"
+                )
+        old = rope.get("original_max_position_embeddings")
+        if old is not None and (not isinstance(old, int) or isinstance(old, bool)
+                                or not 0 < old <= _COUNTS["max_position_embeddings"]):  # fmt: skip
+            raise CheckpointError(
+                f"{where}/config.json: {source}.original_max_position_embeddings is {old!r:.40}, "
+                "not a count"
+            )
+        for key in ("long_factor", "short_factor"):
+            values = rope.get(key)
+            listed = isinstance(values, list) and len(values) <= 1 << 16
+            if values is not None and not (listed and all(_positive(v, 1e6) for v in values)):
+                raise CheckpointError(
+                    f"{where}/config.json: {source}.{key} is not a list of positive numbers"
+                )
+
+
+def _positive(value: Any, most: float) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and 0 < value <= most)  # fmt: skip
 
 
 def need(config: Config, *keys: str) -> Any:

@@ -7,7 +7,8 @@ map, one at a time, so converting a 16 GB checkpoint holds one tensor's transfor
 never the model. bf16 (what most checkpoints hold) has no numpy type: it is read as uint16
 and widened by a shift, exactly.
 
-Hostile files are refused in one line (CheckpointError) before numpy sees them: a header over
+Hostile files are refused in one line (CheckpointError) before numpy sees them: a file that
+is not a regular one (a FIFO named model.safetensors blocked `create` for good), a header over
 MAX_HEADER bytes, a shape whose element count disagrees with its byte range (a header claiming
 10^12 elements), ranges outside the file or overlapping, dtypes a model does not use (FP8 and
 other quantized checkpoints need their own dequantizer).
@@ -18,11 +19,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -56,7 +59,12 @@ class Tensor:
         kind, _ = DTYPES[self.dtype]
         if self.nbytes == 0:
             return np.zeros(self.shape, dtype=kind)
-        data = np.memmap(self.file, dtype=np.uint8, mode="r", offset=self.start, shape=self.nbytes)
+        try:
+            with open_regular(self.file) as handle:  # the map outlives the handle
+                data = np.memmap(handle, dtype=np.uint8, mode="r", offset=self.start,
+                                 shape=self.nbytes)  # fmt: skip
+        except OSError as exc:
+            raise CheckpointError(f"{self.file}: cannot read it: {exc.strerror}") from None
         out: np.ndarray[Any, Any] = data.view(kind).reshape(self.shape)
         return out
 
@@ -72,10 +80,58 @@ def bf16_to_f32(bits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading, refused unless it is a regular file: a read of a FIFO (or a
+    terminal, a socket) waits for a writer that may never come. The type is checked before the
+    open, and again on what was opened, without blocking (O_NONBLOCK), in case the path was
+    swapped between the two."""
+    _regular(path, os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _regular(path, os.fstat(fd).st_mode)
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def _regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else (
+            "a device or socket")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: {kind}, not a regular file",
+            hint="a checkpoint's files are regular files (or links to them)",
+        )
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a file of a checkpoint or adapter folder that conversion would read (its JSON,
+    safetensors and tokenizer files) when it is not a regular file (a FIFO, a device)."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return  # the reads that follow name what is missing
+    for entry in entries:
+        if entry.suffix not in (".json", ".safetensors", ".model", ".txt"):
+            continue
+        try:
+            mode = os.stat(entry).st_mode
+        except OSError:
+            continue  # a dangling link: the read that needs it says so
+        if not stat.S_ISDIR(mode):
+            _regular(entry, mode)
+
+
 def read_json(path: Path, what: str, *, required: bool = True) -> Any:
     """A JSON file of the checkpoint, bounded; None when it is absent and not required."""
     try:
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             data = handle.read(MAX_JSON + 1)
     except FileNotFoundError:
         if not required:
@@ -132,8 +188,8 @@ def tensors(files: list[Path]) -> dict[str, Tensor]:
 
 def _header(path: Path) -> Iterator[Tensor]:
     try:
-        with path.open("rb") as handle:
-            size = path.stat().st_size
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
             head = handle.read(8)
             length = int.from_bytes(head, "little") if len(head) == 8 else -1
             if length < 2 or length > MAX_HEADER or length + 8 > size:

@@ -28,7 +28,7 @@ import numpy as np
 from localrun.errors import CheckpointError
 from localrun.recipes import architectures, tokenizer
 from localrun.recipes.architectures import Architecture, Config
-from localrun.recipes.checkpoint import Tensor, read_json, shard_files, tensors
+from localrun.recipes.checkpoint import Tensor, check_folder, read_json, shard_files, tensors
 
 Progress = Callable[[int, int], None]
 Make = Callable[[], Any]  # a tensor's data, made when it is written
@@ -42,6 +42,7 @@ _NOT_TEXT = ("vision_tower.", "multi_modal_projector.", "vision_model.", "audio_
 
 def checkpoint(folder: Path, target: Path, progress: Progress | None = None) -> None:
     """Write the GGUF of checkpoint `folder` to `target` (a new file)."""
+    check_folder(folder)
     row, config = architectures.of(read_json(folder / "config.json", "checkpoint"), str(folder))
     found = tensors(shard_files(folder, "model"))
     rows = _check_counts(config, found, folder)
