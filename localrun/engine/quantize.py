@@ -11,6 +11,7 @@ llama.cpp itself).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import threading
@@ -54,10 +55,11 @@ def check_type(kind: str) -> str:
     return key
 
 
-def for_create(kind: str) -> Quantize:
-    """What `create` needs to store a model quantized to `kind` (refused now if unknown)."""
+def for_create(kind: str, threads: int = 0) -> Quantize:
+    """What `create` needs to store a model quantized to `kind` (refused now if unknown), on
+    `threads` threads (0: every core)."""
     key = check_type(kind)
-    return Quantize(key, TYPES[key][1], quantize)
+    return Quantize(key, TYPES[key][1], functools.partial(quantize, threads=threads))
 
 
 def quantize(

@@ -16,6 +16,12 @@ reads JSON lines back:
 
 The modelfile of a create comes from the server, which only puts store blob paths and model
 names in it (never a path a client sent).
+
+Jobs take turns: at most LOCALRUN_MAX_JOBS run at once (`Turns`), the next wait in line (a
+streamed create says it is waiting), and past MAX_WAITING more a request is refused as busy
+(503). Each job is told its share of the cores (`threads`, which a quantization uses), so
+eight quantizations never run thirty-two threads on two cores. A job stopped before it ended
+(its client left) has the temporary files it was writing removed from the store.
 """
 
 from __future__ import annotations
@@ -26,22 +32,103 @@ import json
 import os
 import sys
 import tempfile
+import weakref
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import IO, Any
 
 from localrun import selfexec
-from localrun.errors import LocalrunError
+from localrun.errors import BusyError, LocalrunError
 
 Event = dict[str, Any]
 _KILL_TIMEOUT_S = 5.0
+MAX_WAITING = 64
+
+
+class Turns:
+    """The jobs of one event loop: how many run, and the line of those waiting."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting: list[asyncio.Future[None]] = []
+
+    def check(self) -> None:
+        """Refuse a job that could only wait past MAX_WAITING (before an answer starts)."""
+        if len(self.waiting) >= MAX_WAITING:
+            raise BusyError(
+                f"the server is busy: {len(self.waiting)} store jobs are already waiting",
+                hint="retry later, or raise LOCALRUN_MAX_JOBS on the server",
+                retry_after=10,
+            )
+
+    async def take(self) -> AsyncGenerator[Event, None]:
+        """Wait for a turn (yielding one progress event while waiting)."""
+        from localrun.settings import config
+
+        if self.running < config.max_jobs() and not self.waiting:
+            self.running += 1
+            return
+        self.check()
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append(turn)
+        try:
+            yield {"event": "progress", "status": f"waiting for {self.running} other jobs to end"}
+            await turn  # handed over by give(): `running` already counts this job
+        except BaseException:
+            if turn in self.waiting:
+                self.waiting.remove(turn)
+            elif turn.done() and not turn.cancelled():
+                self.give()  # handed a turn as it went away
+            raise
+
+    def give(self) -> None:
+        """End a job's turn: the next in line takes it."""
+        while self.waiting:
+            turn = self.waiting.pop(0)
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.running -= 1
+
+    def threads(self) -> int:
+        """A running job's share of the cores."""
+        from localrun.hardware import system
+
+        return max(1, system.default_threads() // max(1, self.running))
+
+
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Turns] = weakref.WeakKeyDictionary()
+
+
+def turns() -> Turns:
+    """The running loop's jobs (each server has its loop)."""
+    loop = asyncio.get_running_loop()
+    found = _TURNS.get(loop)
+    if found is None:
+        found = _TURNS[loop] = Turns()
+    return found
 
 
 async def run(request: dict[str, Any]) -> AsyncGenerator[Event, None]:
-    """Run a job; yields its progress events, returns on success, raises its LocalrunError.
+    """Run a job when its turn comes; yields its progress events, returns on success, raises
+    its LocalrunError.
 
-    Closing the iterator early (a client that went away) stops the job.
+    Closing the iterator early (a client that went away) stops the job (or its wait).
     """
+    line = turns()
+    async with contextlib.aclosing(line.take()) as waiting:
+        async for event in waiting:
+            yield event
+    try:
+        async for event in _run(request, line.threads()):
+            yield event
+    finally:
+        line.give()
+
+
+async def _run(request: dict[str, Any], threads: int) -> AsyncGenerator[Event, None]:
+    """Run a job in its process, with its share of the cores."""
+    request = {**request, "threads": threads}
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
         *selfexec.command("localrun.server.jobs"),
@@ -90,6 +177,16 @@ async def run(request: dict[str, Any]) -> AsyncGenerator[Event, None]:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+        if not finished and request.get("store"):
+            await asyncio.to_thread(_remove_temp_files, str(request["store"]), proc.pid)
+
+
+def _remove_temp_files(root: str, pid: int) -> None:
+    """The temporary files a stopped job left in the store."""
+    from localrun.store.models import Store
+
+    with contextlib.suppress(OSError, LocalrunError):
+        Store(Path(root)).remove_temp_files(pid)
 
 
 async def run_to_end(request: dict[str, Any]) -> None:
@@ -151,7 +248,7 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
                 Path(empty),
                 report=report,
                 resolve=obtain.resolver(store, report, hubs=False),
-                quantize=quantize.for_create(request["quantize"])
+                quantize=quantize.for_create(request["quantize"], int(request.get("threads", 0)))
                 if request.get("quantize")
                 else None,
             )

@@ -305,6 +305,7 @@ async def _run_job(
     def cleaned(exc: LocalrunError) -> LocalrunError:
         return clean(exc) if clean is not None else exc
 
+    jobs.turns().check()  # a line too long is a 503 before any answer starts
     if not stream:
         try:
             await core.until_disconnect(request, lambda: jobs.run_to_end(job))

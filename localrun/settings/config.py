@@ -108,6 +108,13 @@ _GENERAL: dict[str, Setting] = {
             lambda: 3,
         ),
         Setting(
+            "LOCALRUN_MAX_JOBS",
+            "Store jobs (create, quantize, pull, import) the server runs at once; the next wait "
+            "their turn, and the cores are shared out among those running.",
+            parse.parse_positive_int,
+            lambda: 2,
+        ),
+        Setting(
             "LOCALRUN_CONTEXT_LENGTH",
             "The context a model loads with unless its PARAMETER num_ctx or the request says "
             "otherwise (Ollama's OLLAMA_CONTEXT_LENGTH); never more than it was trained on.",
@@ -280,6 +287,10 @@ def keep_alive() -> float:
 
 def max_loaded_models() -> int:
     return SETTINGS["LOCALRUN_MAX_LOADED_MODELS"].value()  # type: ignore[no-any-return]
+
+
+def max_jobs() -> int:
+    return SETTINGS["LOCALRUN_MAX_JOBS"].value()  # type: ignore[no-any-return]
 
 
 def context_length() -> int:

@@ -471,6 +471,18 @@ class Store:
                     report.temp_files += 1
             return report
 
+    def remove_temp_files(self, pid: int) -> int:
+        """Remove the temporary files process `pid` left (a job stopped mid-write); how many.
+        Only that process's: another's may be being written."""
+        mine = f"{TMP_PREFIX}{pid}-"
+        removed = 0
+        for path in self._temp_files():
+            if path.name.startswith(mine):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def _temp_files(self) -> list[Path]:
         dirs = [self.blobs, *(p.parent for p in self.manifests.glob("*/*/*/*"))]
         return [p for d in dirs if d.is_dir() for p in d.glob(TMP_PREFIX + "*")]

@@ -1,0 +1,100 @@
+"""Store jobs (create, quantize, pull, import) take turns (issue 57): at most LOCALRUN_MAX_JOBS
+run at once, each with its share of the cores, the next wait in line (a 503 past the line's
+bound), and a job stopped mid-write leaves no temporary file in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import PATIENCE_S
+from test_server import LiveServer, add_model
+
+from localrun.errors import BusyError
+from localrun.scheduler import Scheduler
+from localrun.server import jobs
+from localrun.store.blobs import TMP_PREFIX
+from localrun.store.models import Store
+
+
+def test_jobs_take_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALRUN_MAX_JOBS", "1")
+    monkeypatch.setattr(jobs, "MAX_WAITING", 2)
+
+    async def main() -> None:
+        line = jobs.Turns()
+        first = [e async for e in line.take()]
+        assert first == [] and line.running == 1 and line.threads() >= 1
+        second = line.take()
+        waiting = await second.__anext__()
+        assert waiting["status"] == "waiting for 1 other jobs to end"
+        pending = asyncio.ensure_future(second.__anext__())
+        await asyncio.sleep(0)
+        # One that leaves while waiting gives up its place, and holds no turn.
+        third = line.take()
+        await third.__anext__()
+        gone = asyncio.ensure_future(third.__anext__())
+        await asyncio.sleep(0)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert len(line.waiting) == 1
+        # The line is bounded: past it, busy at once.
+        line.waiting.append(asyncio.get_running_loop().create_future())
+        with pytest.raises(BusyError):
+            line.check()
+        line.waiting.pop()
+        line.give()  # the first ends: the second runs
+        with pytest.raises(StopAsyncIteration):
+            await pending
+        assert line.running == 1 and line.waiting == []
+        line.give()
+        assert line.running == 0
+
+    asyncio.run(main())
+
+
+def test_a_stopped_jobs_temporary_files_are_removed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "models")
+    store.blobs.mkdir(parents=True)
+    mine = store.blobs / f"{TMP_PREFIX}4242-abcd"
+    other = store.blobs / f"{TMP_PREFIX}4243-abcd"
+    mine.write_bytes(b"x" * 1024)
+    other.write_bytes(b"y")
+    assert store.remove_temp_files(4242) == 1
+    assert not mine.exists() and other.exists()  # another's may be being written
+
+
+@pytest.mark.server
+@pytest.mark.model
+def test_concurrent_creates_wait_their_turn(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCALRUN_MAX_JOBS", "1")
+    store = Store(tmp_path / "models")
+    add_model(store, "base", tiny_model)
+    live = LiveServer(store, Scheduler(store, max_queue=8))
+    statuses: dict[int, list[str]] = {}
+
+    def create(n: int) -> None:
+        body: Any = {"model": f"q{n}", "from": "base", "quantize": "q4_0", "stream": True}
+        with httpx.stream("POST", f"{live.url}/api/create", json=body, timeout=PATIENCE_S) as r:
+            statuses[n] = [json.loads(x).get("status", x) for x in r.iter_lines() if x]
+
+    try:
+        threads = [threading.Thread(target=create, args=(n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(PATIENCE_S * 2)
+        assert all(s[-1] == "success" for s in statuses.values()), statuses
+        waited = [n for n, s in statuses.items() if any(x.startswith("waiting for") for x in s)]
+        assert len(waited) >= 1, statuses  # one ran at a time
+        assert not list(store.blobs.glob(TMP_PREFIX + "*"))
+    finally:
+        live.close()
