@@ -424,6 +424,25 @@ def test_embeddings_do_not_depend_on_batching(tiny_chunked: BatchEngine) -> None
         assert cosine(a, b) > 0.9999
 
 
+@pytest.mark.parametrize("num_batch", [1, 2, 8])
+def test_embeddings_with_a_small_num_batch_are_the_defaults(
+    tiny: BatchEngine, tiny_model: Path, num_batch: int
+) -> None:
+    """Issue 57: num_batch 1, 2 or 8 (fewer tokens a decode than the embedding context's 16
+    sequences) aborted the runner in GGML_ASSERT(n_outputs_max <= cparams.n_outputs_max)."""
+    texts = ["hello world hello", "the a b c d e f g h i j k l m n o p q r s"]
+    options = LoadOptions(num_ctx=256, num_batch=num_batch, num_thread=1)
+    engine = BatchEngine(str(tiny_model), options, 1)
+    try:
+        small, count = engine.embed(texts)
+    finally:
+        engine.close()
+    default, expected = tiny.embed(texts)
+    assert count == expected
+    for a, b in zip(small, default, strict=True):
+        assert cosine(a, b) > 0.9999
+
+
 def test_a_model_that_names_its_pooling_is_pooled_by_llama_cpp(
     tiny: BatchEngine, tiny_model: Path, tmp_path: Path
 ) -> None:

@@ -109,14 +109,16 @@ class Embedder:
         cparams = weights.context_params(options, options.num_ctx)
         cparams.embeddings = True
         cparams.kv_unified = True
-        # llama.cpp asserts a context of at least one token per sequence (num_ctx 1 to 15
-        # aborted the runner): fewer sequences for a tiny context.
-        cparams.n_seq_max = max(1, min(EMBED_SEQUENCES, options.num_ctx))
         if self.pooled:
             cparams.pooling_type = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
             cparams.n_batch = cparams.n_ubatch = options.num_ctx
         else:
             cparams.pooling_type = lc.LLAMA_POOLING_TYPE_NONE
+        # llama.cpp asserts a context of at least one token per sequence (num_ctx 1 to 15
+        # aborted the runner), and reserves outputs for a ubatch of at least a token per
+        # sequence: with more sequences than a ubatch has tokens (num_batch 1 to 15) its first
+        # decode failed GGML_ASSERT(n_outputs_max <= cparams.n_outputs_max). Fewer sequences.
+        cparams.n_seq_max = max(1, min(EMBED_SEQUENCES, options.num_ctx, cparams.n_ubatch))
         ctx = weights.context(cparams)
         self._n_ctx = int(lc.llama_n_ctx(ctx))  # cells for all sequences (padded by llama.cpp)
         # The longest text: the num_ctx asked for, not the padded context.
