@@ -66,7 +66,8 @@ def compile_jinja(source: str) -> Any:
 
     env = _environment()
     try:
-        return env.from_string(source)
+        # Guarded like a render: compiling evaluates what it can of the template (issue 57).
+        return guard.call(lambda: env.from_string(source))
     except TemplateSyntaxError as exc:
         raise TemplateError(
             f"the chat template is not valid Jinja: {exc.message} (line {exc.lineno})",
@@ -103,17 +104,62 @@ def _environment() -> Any:
             args = guard.check_method(obj, args, kwargs)
             return super().call(context, obj, *args, **kwargs)
 
+        def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+            wrapped = super().wrap_str_format(value)
+            return None if wrapped is None else _checked_format(self, value)
+
+    # Nothing of the template runs while it compiles: Jinja's optimizer folds constant
+    # expressions, and its code generator folds each constant `{{ }}` unless the finalize
+    # function needs the context (a pass-through here), so `{{ [1]|batch(300000000, 0)|list }}`
+    # was evaluated by the compiler, outside the watchdog (issue 57).
     env = _Env(
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
         extensions=["jinja2.ext.loopcontrols", _generation_tag()],
+        optimized=False,
+        finalize=_as_is,
     )
     env.globals["raise_exception"] = _raise
     env.globals["range"] = _budget_range
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     env.filters.update(_bounded_filters())
     return env
+
+
+def _as_is_value(context: Any, value: Any) -> Any:
+    return value
+
+
+def _pass_context() -> Any:
+    from jinja2 import pass_context
+
+    return pass_context(_as_is_value)
+
+
+_as_is = _pass_context()
+
+
+def _checked_format(env: Any, method: Any) -> Callable[..., str]:
+    """str.format and format_map through Jinja's sandboxed formatter, each field's spec checked
+    once its nested fields are filled in (`'{:{}}'.format(x, N)`) and before it is formatted."""
+    from jinja2.sandbox import SandboxedFormatter
+
+    class Checked(SandboxedFormatter):
+        def format_field(self, value: Any, format_spec: str) -> Any:
+            guard.check_format_field(format_spec)
+            return super().format_field(value, format_spec)
+
+    text, is_map = method.__self__, method.__name__ == "format_map"
+
+    def formatted(*args: Any, **kwargs: Any) -> str:
+        if is_map:
+            if kwargs or len(args) != 1:
+                raise TypeError("format_map() takes exactly one argument")
+            return str(Checked(env).vformat(text, (), args[0]))
+        return str(Checked(env).vformat(text, args, kwargs))
+
+    return formatted
 
 
 @lru_cache(maxsize=1)
@@ -142,8 +188,17 @@ def _bounded_filters() -> dict[str, Any]:
         return f.do_center(value, width)
 
     def format_(value: Any, *args: Any, **kwargs: Any) -> str:
-        guard.check_printf(value)
+        guard.check_printf(value, kwargs or args)
         return f.do_format(value, *args, **kwargs)
+
+    def batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
+        if fill_with is not None:  # the last batch is filled up to linecount
+            guard.check_count(linecount, "batch")
+        return f.do_batch(value, linecount, fill_with)
+
+    def slice_(value: Any, slices: int, fill_with: Any = None) -> Any:
+        guard.check_count(slices, "slice")
+        return f.sync_do_slice(value, slices, fill_with)
 
     @pass_eval_context
     def join(ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
@@ -170,6 +225,8 @@ def _bounded_filters() -> dict[str, Any]:
         "safe": _safe,
         "center": center,
         "format": format_,
+        "batch": batch,
+        "slice": slice_,
         "join": join,
         "replace": replace,
         "indent": indent,
@@ -228,8 +285,7 @@ def render_jinja(source: str, context: dict[str, Any]) -> str:
     compiled = compile_jinja(source)
     token = _steps.set([MAX_STEPS])
     try:
-        with guard.guarded():
-            out = compiled.render(**context)
+        out = guard.call(lambda: compiled.render(**context))
     except TemplateError:
         raise
     except SecurityError as exc:

@@ -22,17 +22,20 @@ from __future__ import annotations
 import operator
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from localrun.errors import TemplateError, TemplateLimitError
 from localrun.settings import limits
 
 GROWTH_FACTOR = 16  # resident growth allowed, in largest values (strings are copied as they grow)
 _RSS_EVERY_S = 0.005
-_WIDTH = re.compile(r"%[-+ #0]*(\d+|\*)?(?:\.(\d+|\*))?")
-_FORMAT_SPEC = re.compile(r"\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
+# A printf conversion: its width, its precision (digits, or `*` taken from the arguments), its kind.
+_CONVERSION = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\d+|\*)?(?:\.(\d+|\*)?)?[hlL]?(.?)", re.S)
+_NUMBER = re.compile(r"\d+")
+_WORD = 8  # bytes a list holds per item
+T = TypeVar("T")
 
 
 def limit() -> int:
@@ -51,31 +54,60 @@ def _size(value: Any) -> int:
 
 
 def check_width(width: Any, what: str) -> None:
-    if isinstance(width, int) and width > limit():
+    if isinstance(width, int) and abs(width) > limit():
         raise _too_big(f"{what} to width {width}")
 
 
-def check_printf(spec: Any) -> None:
-    """Refuse a printf-style format whose field widths or precisions exceed the bound."""
-    if isinstance(spec, str):
-        for width, precision in _WIDTH.findall(spec):
-            for number in (width, precision):
-                if number.isdigit() and int(number) > limit():
-                    raise _too_big(f"a format field of width {number}")
+def _check_number(number: Any) -> None:
+    if isinstance(number, str):
+        number = int(number) if len(number) < 12 else limit() + 1
+    check_width(number, "a format field")
 
 
-def check_format_spec(spec: Any) -> None:
-    """The same for str.format's `{:>N}` fields."""
-    if isinstance(spec, str):
-        for number in _FORMAT_SPEC.findall(spec):
-            if int(number) > limit():
-                raise _too_big(f"a format field of width {number}")
+def check_printf(spec: Any, args: Any = ()) -> None:
+    """Refuse a printf-style format (`%`, |format) whose field widths or precisions exceed the
+    bound, written in the format or taken from the arguments by `*` (`'%*d' % (N, x)`)."""
+    if isinstance(spec, bytes | bytearray):
+        spec = bytes(spec).decode("latin-1")
+    if not isinstance(spec, str) or "%" not in spec:
+        return
+    values = list(args) if isinstance(args, tuple) else [args]
+    taken = 0
+    for width, precision, kind in _CONVERSION.findall(spec):
+        if kind == "%":
+            continue
+        for number in (width, precision):
+            if number == "*":
+                _check_number(values[taken] if taken < len(values) else None)
+                taken += 1
+            elif number:
+                _check_number(number)
+        taken += 1
+
+
+def check_format_field(spec: str) -> None:
+    """Refuse a str.format field whose spec, nested fields filled in (`'{:{}}'.format(x, N)`),
+    has a width or precision past the bound: checked where the value is formatted."""
+    for number in _NUMBER.findall(spec):
+        _check_number(number)
+
+
+def check_count(count: Any, what: str) -> None:
+    """Refuse a filter that builds `count` items (batch's filler, slice's lists) past the bound."""
+    if isinstance(count, int) and count * _WORD > limit():
+        raise _too_big(f"{what} of {count} items")
+
+
+def _int_bits(a: Any, b: Any) -> bool:
+    return isinstance(a, int) and isinstance(b, int)
 
 
 def safe_mul(a: Any, b: Any) -> Any:
     for seq, n in ((a, b), (b, a)):
         if _size(seq) and isinstance(n, int) and _size(seq) * max(n, 0) > limit():
             raise _too_big("a repeated value")
+    if _int_bits(a, b) and a.bit_length() + b.bit_length() > 8 * limit():
+        raise _too_big("a product")
     return operator.mul(a, b)
 
 
@@ -86,13 +118,16 @@ def safe_add(a: Any, b: Any) -> Any:
 
 
 def safe_mod(a: Any, b: Any) -> Any:
-    check_printf(a)
+    check_printf(a, b)
     return operator.mod(a, b)
 
 
 def safe_pow(a: Any, b: Any) -> Any:
     if isinstance(b, int | float) and abs(b) > 64:
         raise TemplateError("the chat template tried to compute an oversized power")
+    # one C call that squares on: ((9**64)**64)**64... would reach gigabytes after a few steps
+    if _int_bits(a, b) and a.bit_length() * abs(b) > 8 * limit():
+        raise _too_big("a power")
     return operator.pow(a, b)
 
 
@@ -101,31 +136,55 @@ def joined_size(items: list[Any], separator: Any) -> int:
     return sum(len(str(x)) for x in items) + sep * max(0, len(items) - 1)
 
 
+def _replaced_size(text: str | bytes | bytearray, old: Any, new: Any) -> int:
+    try:
+        found = text.count(old) if old else len(text) + 1
+    except TypeError:  # the call itself refuses these arguments
+        return 0
+    return len(text) + found * len(str(new) if isinstance(text, str) else new)
+
+
+def _longest_replacement(table: Any) -> int:
+    """The longest string a str.translate table maps a character to."""
+    if isinstance(table, str):
+        return 1
+    if isinstance(table, dict):
+        values: Any = table.values()
+    elif isinstance(table, list | tuple):
+        values = table
+    else:
+        raise TemplateError("the chat template gave str.translate a table it cannot use")
+    return max((len(v) if isinstance(v, str) else 1 for v in values), default=1)
+
+
 def check_method(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """Before a str method the template calls: refuse one whose result would be oversized.
-    Returns the arguments to call it with (an iterable to join, read once, as a list)."""
+    """Before a str or bytes method the template calls: refuse one whose result would be
+    oversized (str.format is checked field by field as it formats: jinja_env). Returns the
+    arguments to call it with (an iterable to join, read once, as a list)."""
     owner = getattr(obj, "__self__", None)
     name = getattr(obj, "__name__", "")
-    if not isinstance(owner, str):
+    if not isinstance(owner, str | bytes | bytearray):
         return args
     first = args[0] if args else None
     if name in ("center", "ljust", "rjust", "zfill"):
-        check_width(first if first is not None else kwargs.get("width"), f"str.{name}")
-    elif name in ("format", "format_map"):
-        check_format_spec(owner)
+        check_width(first if first is not None else kwargs.get("width"), f"{name}")
     elif name == "expandtabs":
         size = kwargs.get("tabsize", first)
         if isinstance(size, int) and len(owner) * max(size, 1) > limit():
-            raise _too_big("str.expandtabs")
+            raise _too_big("expandtabs")
     elif name == "join" and first is not None:
         items = list(first)
         if joined_size(items, owner) > limit():
-            raise _too_big("str.join")
+            raise _too_big("join")
         args = (items, *args[1:])
     elif name == "replace" and len(args) >= 2:
-        count = owner.count(str(args[0])) if args[0] else len(owner) + 1
-        if len(owner) + count * len(str(args[1])) > limit():
-            raise _too_big("str.replace")
+        if _replaced_size(owner, args[0], args[1]) > limit():
+            raise _too_big("replace")
+    elif name == "translate" and isinstance(owner, str) and first is not None:
+        if len(owner) * _longest_replacement(first) > limit():
+            raise _too_big("translate")
+    elif name == "hex" and 3 * len(owner) > limit():
+        raise _too_big("hex")
     return args
 
 
@@ -139,15 +198,20 @@ def _rss() -> int:
         return int(psutil.Process().memory_info().rss)
 
 
-class _Timeout(Exception):
+class _Stop(BaseException):
+    """The watchdog's interruption: a BaseException, so that no `except Exception` on the way
+    (Jinja's compiler folding constants, a filter) swallows it."""
+
+
+class _Timeout(_Stop):
     """Raised inside a render that ran past LOCALRUN_TEMPLATE_TIMEOUT (then a TemplateError)."""
 
 
-class _Growth(Exception):
+class _Growth(_Stop):
     """Raised inside a render whose process grew past the bound (then a TemplateError)."""
 
 
-def _error(kind: type[Exception]) -> TemplateError:
+def _error(kind: type[BaseException]) -> TemplateError:
     if kind is _Timeout:
         return TemplateLimitError(
             f"the chat template ran for more than {limits.template_timeout():g} s and was stopped",
@@ -168,48 +232,87 @@ def _interrupt(thread_id: int, error: type[BaseException] | None) -> None:
     )
 
 
+class _Watchdog:
+    """A thread that raises _Timeout or _Growth, once, in the thread that started it
+    (PyThreadState_SetAsyncExc: delivered between bytecodes, so Jinja's loops stop even with
+    empty bodies). Nothing is traced: a render costs what it did, plus starting the thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.deadline = time.monotonic() + limits.template_timeout()
+        self.allowed = _rss() + GROWTH_FACTOR * limit()
+        self.target = threading.get_ident()
+        self.lock = threading.Lock()
+        self.done = False
+        self.fired: list[type[_Stop]] = []
+        self.thread = threading.Thread(target=self._watch, name="template-watch", daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(_RSS_EVERY_S)
+            error: type[_Stop] | None = None
+            if time.monotonic() > self.deadline:
+                error = _Timeout
+            elif _rss() > self.allowed:
+                error = _Growth
+            with self.lock:
+                if self.done:
+                    return
+                if error is not None:
+                    self.fired.append(error)
+                    _interrupt(self.target, error)
+                    return
+
+    def stop(self) -> None:
+        """Stand the watchdog down. Its one interruption, sent and not yet delivered, is
+        withdrawn; delivered here (it arrives at any bytecode), it is caught and the stop done
+        again: the caller reports it from `fired`."""
+        for _ in range(3):
+            try:
+                with self.lock:
+                    self.done = True
+                    if self.fired:
+                        _interrupt(self.target, None)
+                return
+            except _Stop:
+                continue
+
+
+def call(render: Callable[[], T]) -> T:
+    """`render()` bounded in time and memory growth; a breach is a TemplateLimitError however
+    the watchdog's interruption and the render's end interleave (never the watchdog's own
+    exception: issue 57, a 500 under concurrent renders)."""
+    watchdog: _Watchdog | None = None
+    try:
+        try:
+            watchdog = _Watchdog()
+            result = render()
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
+    except _Stop as exc:
+        if watchdog is not None:
+            watchdog.stop()
+        raise _error(type(exc)) from None
+    if watchdog is not None and watchdog.fired:  # the render ended as it fired: reported
+        raise _error(watchdog.fired[0])
+    return result
+
+
 @contextmanager
 def guarded() -> Iterator[None]:
-    """Bound the time and the memory growth of the (pure Python) rendering done inside.
-
-    A watchdog thread raises _Timeout or _Growth in the rendering thread
-    (PyThreadState_SetAsyncExc: delivered between bytecodes, so Jinja's loops stop even with
-    empty bodies). Nothing is traced: a render costs what it did, plus starting the thread.
-    """
-    import threading
-
-    deadline = time.monotonic() + limits.template_timeout()
-    allowed = _rss() + GROWTH_FACTOR * limit()
-    target = threading.get_ident()
-    lock = threading.Lock()
-    done = threading.Event()
-    fired: list[type[Exception]] = []
-
-    def watch() -> None:
-        while not done.wait(_RSS_EVERY_S):
-            error: type[Exception] | None = None
-            if time.monotonic() > deadline:
-                error = _Timeout
-            elif _rss() > allowed:
-                error = _Growth
-            if error is not None:
-                with lock:
-                    if not done.is_set():
-                        fired.append(error)
-                        _interrupt(target, error)
-                return
-
-    watcher = threading.Thread(target=watch, name="template-watch", daemon=True)
-    watcher.start()
+    """The same bound on the (pure Python) work done inside a `with` block. Prefer call(): an
+    interruption arriving in the context manager's own frames, as the block ends, escapes."""
+    watchdog = _Watchdog()
     try:
-        yield
-    except (_Timeout, _Growth) as exc:
+        try:
+            yield
+        finally:
+            watchdog.stop()
+    except _Stop as exc:
+        watchdog.stop()
         raise _error(type(exc)) from None
-    finally:
-        with lock:
-            done.set()
-            if fired:
-                _interrupt(target, None)  # not delivered yet: it must not fire elsewhere
-        watcher.join()
-    if fired:  # the render ended as it fired: report it all the same
-        raise _error(fired[0])
+    if watchdog.fired:
+        raise _error(watchdog.fired[0])
