@@ -37,6 +37,12 @@ def live(
     # Trained on 2**24 tokens: a num_ctx up to that is held to memory alone.
     add_model(store, "long", tiny_long_model)
     add_model(store, "fresh", tiny_long_model, "PARAMETER temperature 0.5")
+    # An Ollama (Go) template that prints tool calls' arguments (issue 57).
+    go = (
+        "{{ range .Messages }}{{ .Content }}{{ range .ToolCalls }}{{ .Function.Arguments }}"
+        "{{ end }}{{ end }}"
+    )
+    add_model(store, "go-args", tiny_model, f'TEMPLATE """{go}"""')
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=8))
     yield server
     server.close()
@@ -218,3 +224,47 @@ def test_a_continued_conversation_reuses_its_cached_prefix(live: LiveServer) -> 
     two = post(live, "/api/chat", chat(messages=follow)).json()
     assert two["prompt_cache_count"] > 10  # the first turn's tokens were not evaluated again
     assert two["prompt_eval_count"] > two["prompt_cache_count"]
+
+
+ARGUMENTS = ["1e999", "1" * 401, '"NaN"']
+
+
+@pytest.mark.parametrize("value", ARGUMENTS)
+def test_tool_arguments_no_float64_holds_are_400_in_every_dialect(
+    live: LiveServer, value: str
+) -> None:
+    """A Go template that prints arguments a float64 cannot hold (issue 57): one-line 400s."""
+    native = (
+        '{"model": "go-args", "stream": false, "messages": [{"role": "user", "content": "hi"}, '
+        '{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", '
+        f'"arguments": {{"n": {value}}}}}}}]}}]}}'
+    )
+    if value != '"NaN"':  # a string "NaN" in an object is just text; NaN is a JSON string's
+        answer = post(live, "/api/chat", native.encode())
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["code"] == "template_error" and "\n" not in answer.json()["error"]
+    arguments = json.dumps({"n": 0}).replace("0", value.strip('"') if value != '"NaN"' else "NaN")
+    messages = [
+        {"role": "user", "content": "hi"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c1", "type": "function",
+                            "function": {"name": "f", "arguments": arguments}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]  # fmt: skip
+    openai = post(live, "/v1/chat/completions", {"model": "go-args", "messages": messages})
+    assert openai.status_code == 400, openai.text
+    assert openai.json()["error"]["type"] == "invalid_request_error"
+    shown = post(live, "/apply-template", {"model": "go-args", "messages": messages})
+    assert shown.status_code == 400, shown.text
+
+
+def test_a_go_template_with_a_number_no_int64_holds_is_400(live: LiveServer) -> None:
+    """Refused where it is parsed (at create), even behind a condition no check takes."""
+    huge = "{{ if .Tools }}{{ 0x" + "f" * 4000 + " }}{{ end }}{{ .Prompt }}"
+    body = {"model": "go-huge", "from": "tiny", "template": huge, "stream": False}
+    answer = post(live, "/api/create", body)
+    assert answer.status_code == 400, answer.text
+    assert "integer overflow" in answer.json()["error"]
