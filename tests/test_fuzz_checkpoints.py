@@ -262,3 +262,27 @@ def test_create_refuses_a_rope_factor_of_zero_in_one_line(
     (tmp_path / "Modelfile").write_text("FROM ./bad\n")
     refused = cli("create", "x", "-f", str(tmp_path / "Modelfile"))
     assert_one_line_error(refused, "rope_scaling.factor is 0")
+
+
+# -- a full disk ---------------------------------------------------------------------------------
+
+
+def test_a_short_write_while_converting_is_a_full_disk(
+    tmp_path: Path, llama: tuple[Checkpoint, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numpy's tofile says a full disk as "N requested and M written", with no errno (issue
+    57): it is DiskFullError's one line, not the numbers."""
+    from localrun.errors import DiskFullError
+    from localrun.recipes import create, modelfile
+    from localrun.store.models import Store
+
+    def short(*_: Any, **__: Any) -> None:
+        raise OSError("37184 requested and 32784 written")
+
+    monkeypatch.setattr(convert, "checkpoint", short)
+    folder = _copy(llama[0].folder, tmp_path)
+    parsed = modelfile.parse(f"FROM {folder}\n")
+    store = Store(tmp_path / "models")
+    with pytest.raises(DiskFullError, match="no space left to convert"):
+        create.create(store, create.names.parse("x"), parsed, tmp_path)
+    assert store.names() == []

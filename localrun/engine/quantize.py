@@ -93,13 +93,15 @@ def quantize(
         worker.join(0.25)
         if progress is not None and target.exists():
             progress(target.stat().st_size)
+    # A source opened by descriptor (/proc/self/fd/5) has no name worth showing.
+    shown = "the model" if source.name.isdigit() else source.name
     if not result or result[0] != 0:
         if shutil.disk_usage(target.parent).free < _LOW_DISK:
             raise DiskFullError(
-                f"no space left to quantize {source.name} to {kind}",
+                f"no space left to quantize {shown} to {kind}",
                 hint="free some disk space (`localrun prune` removes unused blobs)",
             )
         raise ModelLoadError(
-            f"llama.cpp could not quantize {source.name} to {kind}: {weights_mod.last_log_error()}",
+            f"llama.cpp could not quantize {shown} to {kind}: {weights_mod.last_log_error()}",
             hint="check that the file is a complete F32, F16 or BF16 model, and the disk space",
         )

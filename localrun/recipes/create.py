@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -372,7 +373,9 @@ class _Builder:
             else:
                 lora.adapter(folder, self.base_file, target, progress)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            # numpy's tofile says a full disk as "N requested and M written", with no errno.
+            short = exc.errno is None and re.search(r"\d+ requested and \d+ written", str(exc))
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or short:
                 raise DiskFullError(
                     f"no space left to convert {value}",
                     hint="free some disk space (`localrun prune` removes unused blobs)",
