@@ -188,6 +188,9 @@ BAD_NUMBERS = {
     "r -1": ({"r": -1}, "r is -1"),
     "r inf": ({"r": float("inf")}, "r is inf"),
     "alpha_pattern a list": ({"alpha_pattern": ["q_proj"]}, "alpha_pattern is not an object"),
+    # An integer no float holds: compared, never converted (math.isfinite raised OverflowError).
+    "lora_alpha 10**400": ({"lora_alpha": 10**400}, "lora_alpha is 1000"),
+    "r 10**400": ({"r": 10**400}, "r is 1000"),
 }
 
 
@@ -220,7 +223,7 @@ def test_create_refuses_a_nan_alpha_in_one_line(
 
 
 ROPES = [("llama3", 0), ("linear", 0), ("yarn", -2.0), ("linear", float("nan")),
-         ("llama3", float("inf")), ("yarn", 1e300), ("yarn", "4")]  # fmt: skip
+         ("llama3", float("inf")), ("yarn", 1e300), ("yarn", "4"), ("yarn", 10**400)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("kind", "factor"), ROPES)
@@ -239,7 +242,8 @@ def test_an_invalid_rope_scaling_factor_is_refused(
 @pytest.mark.parametrize(
     "change",
     [{"low_freq_factor": 0}, {"original_max_position_embeddings": -1},
-     {"rope_type": "longrope", "long_factor": [1.0, float("nan")], "short_factor": [1.0]}],
+     {"rope_type": "longrope", "long_factor": [1.0, float("nan")], "short_factor": [1.0]},
+     {"rope_type": "longrope", "long_factor": [10**400], "short_factor": [1.0]}],
 )  # fmt: skip
 def test_the_other_rope_scaling_numbers_are_checked(
     change: dict[str, Any], tmp_path: Path, llama: tuple[Checkpoint, Path]
@@ -286,3 +290,14 @@ def test_a_short_write_while_converting_is_a_full_disk(
     with pytest.raises(DiskFullError, match="no space left to convert"):
         create.create(store, create.names.parse("x"), parsed, tmp_path)
     assert store.names() == []
+
+
+def test_a_config_number_no_float_holds_is_refused(
+    tmp_path: Path, llama: tuple[Checkpoint, Path]
+) -> None:
+    folder = _copy(llama[0].folder, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["rms_norm_eps"] = 10**400
+    (folder / "config.json").write_text(json.dumps(config))
+    with _quick(), pytest.raises(CheckpointError, match="rms_norm_eps is 1000"):
+        convert.checkpoint(folder, tmp_path / "out.gguf")

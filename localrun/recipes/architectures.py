@@ -15,6 +15,7 @@ as it is (GGUF stores dimensions reversed, which is ggml's order). Per architect
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,8 +81,7 @@ def _validate(config: Config, where: str) -> None:
             )
     for key in _NUMBERS:
         value = config.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                  or not math.isfinite(value) or value <= 0):  # fmt: skip
+        if value is not None and not positive(value):
             raise CheckpointError(f"{where}/config.json: {key} is {value!r:.40}, not a number")
     _validate_rope(config, where)
     heads = config["num_attention_heads"]
@@ -104,7 +104,7 @@ def _validate_rope(config: Config, where: str) -> None:
         rope = _rope({source: rope}) if rope else {}
         for key in _ROPE_NUMBERS:
             value = rope.get(key)
-            if value is not None and not _positive(value, MAX_ROPE_FACTOR):
+            if value is not None and not positive(value, MAX_ROPE_FACTOR):
                 raise CheckpointError(
                     f"{where}/config.json: {source}.{key} is {value!r:.40}, not a number above 0 "
                     f"and at most {MAX_ROPE_FACTOR:g}"
@@ -119,15 +119,16 @@ def _validate_rope(config: Config, where: str) -> None:
         for key in ("long_factor", "short_factor"):
             values = rope.get(key)
             listed = isinstance(values, list) and len(values) <= 1 << 16
-            if values is not None and not (listed and all(_positive(v, 1e6) for v in values)):
+            if values is not None and not (listed and all(positive(v, 1e6) for v in values)):
                 raise CheckpointError(
                     f"{where}/config.json: {source}.{key} is not a list of positive numbers"
                 )
 
 
-def _positive(value: Any, most: float) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and 0 < value <= most)  # fmt: skip
+def positive(value: Any, most: float = sys.float_info.max) -> bool:
+    """Whether `value` is a number above 0 and at most `most` (so finite: NaN and infinity fail
+    the comparison, and an integer too large for a float is never converted to one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= most
 
 
 def need(config: Config, *keys: str) -> Any:

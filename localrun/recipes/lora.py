@@ -153,9 +153,7 @@ MAX_RANK = 1 << 16
 
 
 def _number(folder: Path, what: str, value: Any, most: float, *, count: bool = False) -> float:
-    kinds = (int,) if count else (int, float)
-    if (not isinstance(value, kinds) or isinstance(value, bool) or not math.isfinite(value)
-            or not 0 < value <= most):  # fmt: skip
+    if not architectures.positive(value, most) or (count and not isinstance(value, int)):
         raise CheckpointError(
             f"{folder}/adapter_config.json: {what} is {value!r:.40}, not a "
             + (f"count from 1 to {most:.0f}" if count else f"number above 0 and at most {most:g}")
