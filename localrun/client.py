@@ -85,7 +85,8 @@ def error_from_object(data: dict[str, Any]) -> LocalrunError | None:
     else:
         return None
     clean: dict[str, Any] = {k: v for k, v in payload.items() if isinstance(v, str)}
-    for key in ("tokens", "limit", "trained"):  # a ContextOverflowError's numbers
+    cls = LocalrunError.by_code.get(str(clean.get("code")), LocalrunError)
+    for key in cls.facts:  # the numbers that travel beside the message (ContextOverflowError's)
         if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
             clean[key] = data[key]
     return LocalrunError.from_dict(clean)

@@ -25,6 +25,7 @@ import ollama
 import openai
 import pytest
 from conftest import PATIENCE_S
+from test_ollama_modelfile import WEATHER
 from test_server import LiveServer, add_model
 from testmodels.text import write_tiny_model
 
@@ -38,18 +39,6 @@ TEMPLATES = Path(__file__).parent / "data" / "templates"
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
 REPLY = "Sunny." + CALL  # text, then a call (read as one only when the request has tools)
 TINY = "tiny:latest"
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ def _model(given: str | None, client: Client | None, tool: launchers.Tool, dry_r
             hint=f"{yours}`localrun list` shows them, `localrun search` what can be pulled",
         )
     if client is not None:
-        client.show(given)  # a name the server does not know is its not-found error, with hints
+        # agent_context.facts shows it: a name the server does not know is its not-found error.
         return given
     if dry_run:
         return given

@@ -42,7 +42,7 @@ from localrun.engine.media import MediaPrompt, Projector
 from localrun.engine.native import lc
 from localrun.engine.rows import StepBatch
 from localrun.engine.sampling import Sampler, logprob_entry
-from localrun.engine.sequence import answer_ends, check_prompt, request_context
+from localrun.engine.sequence import answer_ends, check_prompt
 from localrun.engine.slots import Job, Slot, Slots, Ticket, read_media, unbound
 from localrun.engine.threads import Governor
 from localrun.engine.types import (
@@ -177,9 +177,9 @@ class BatchEngine:
         With `media` (from media_prompt, then the job's), `prompt` is its tokens.
         """
         try:
-            n_ctx = request_context(sampling.context, self.n_ctx)
+            n_ctx = sampling.within(self.n_ctx)
             check_prompt(prompt, media, n_ctx, self.n_ctx_train, self.n_vocab)
-            job = self._job(list(prompt), sampling, stop_tokens, sink, cache_prefix, media)
+            job = self._job(list(prompt), sampling, n_ctx, stop_tokens, sink, cache_prefix, media)
         except BaseException:
             if media is not None:
                 media.free()
@@ -227,6 +227,7 @@ class BatchEngine:
         self,
         prompt: list[int],
         sampling: SamplingOptions,
+        n_ctx: int,
         stop_tokens: frozenset[int],
         sink: Sink,
         cache_prefix: int,
@@ -234,9 +235,8 @@ class BatchEngine:
     ) -> Job:
         """A job for the loop, its samplers made here, off the loop, so a bad grammar fails the
         caller."""
-        # The prompt and the answer fit the request's context (so a returned `context` can be
-        # continued), which may be less than the slot's: it ends where that context would end.
-        n_ctx = request_context(sampling.context, self.n_ctx)
+        # The prompt and the answer fit the request's context `n_ctx` (so a returned `context`
+        # can be continued), which may be less than the slot's: it ends where that context would.
         room = n_ctx - len(prompt)
         budget = min(sampling.num_predict, room) if sampling.num_predict >= 0 else room
         job = Job(prompt, stop_tokens, sink, budget, n_ctx)

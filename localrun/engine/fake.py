@@ -54,6 +54,7 @@ class _Job:
     cancelled: bool = False
     cancel_at: float = 0.0  # when the cancel was asked for
     started: float = 0.0
+    limit: int = 0  # the request's context within the slot's: where its answer ends
 
 
 class FakeBatchEngine:
@@ -140,7 +141,7 @@ class FakeBatchEngine:
     ) -> FakeTicket:
         if not prompt:
             raise EngineError("the prompt is empty")
-        limit = min(sampling.context or self.n_ctx, self.n_ctx)
+        limit = sampling.within(self.n_ctx)
         if len(prompt) >= limit:
             raise overflow.error(len(prompt), limit, self.n_ctx_train)
         with self._cond:
@@ -149,7 +150,9 @@ class FakeBatchEngine:
             reply = self.replies[min(self._turn, len(self.replies) - 1)]
             self._turn += 1
             self.prompts.append(list(prompt))
-            job = _Job(list(prompt), reply, sampling, sink, started=time.perf_counter())
+            job = _Job(
+                list(prompt), reply, sampling, sink, started=time.perf_counter(), limit=limit
+            )
             self._waiting.append(job)
             self._cond.notify()
         return FakeTicket(self, job)
@@ -211,8 +214,7 @@ class FakeBatchEngine:
         if job.position >= len(job.reply):
             return None, "stop"
         budget = s.num_predict if s.num_predict >= 0 else len(job.reply) + 1
-        limit = min(s.context or self.n_ctx, self.n_ctx)
-        if job.timings.eval_tokens >= budget or len(self._caches[job.slot]) >= limit:
+        if job.timings.eval_tokens >= budget or len(self._caches[job.slot]) >= job.limit:
             return None, "length"
         ch = job.reply[job.position]
         job.position += 1

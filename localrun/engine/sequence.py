@@ -53,18 +53,11 @@ def overflow_error(n_prompt: int, n_ctx: int, n_ctx_train: int) -> ContextOverfl
     return overflow.error(n_prompt, n_ctx, n_ctx_train or None)
 
 
-def request_context(context: int, n_ctx: int) -> int:
-    """The context a request is held to: its own (`context`, 0: none named) within the slot's
-    `n_ctx`. A runner answers a request of a smaller context than it was loaded with exactly as
-    a runner loaded with that context would (scheduler.runners.Runner.matches)."""
-    return min(context, n_ctx) if context > 0 else n_ctx
-
-
 def check_prompt(
     prompt: Sequence[int], media: MediaPrompt | None, n_ctx: int, n_ctx_train: int, n_vocab: int
 ) -> None:
     """Refuse a prompt that cannot be decoded: empty, past the context (`n_ctx`, the request's:
-    `request_context`), or holding an id outside the vocabulary (llama.cpp would refuse the
+    SamplingOptions.within), or holding an id outside the vocabulary (llama.cpp would refuse the
     whole batch, failing the other slots' requests too)."""
     if not prompt:
         raise EngineError("the prompt is empty")

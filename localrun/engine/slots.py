@@ -65,7 +65,7 @@ class Job:
         self.prompt = prompt
         self.stop_tokens = stop_tokens
         self.sink = sink
-        self.limit = limit  # the request's context, where its answer ends (request_context)
+        self.limit = limit  # the request's context, where its answer ends (SamplingOptions.within)
         # Whether a token ends the answer (end of generation, or a stop token).
         self.ends: Callable[[int], bool] = lambda token: token in stop_tokens
         self.sampler: Sampler | None = None

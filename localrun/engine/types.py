@@ -74,6 +74,12 @@ class SamplingOptions:
     # is. Set by the runner per request from the num_ctx the scheduler wrote, never a PARAMETER.
     context: int = 0
 
+    def within(self, n_ctx: int) -> int:
+        """The context this request is held to: its own within the slot's `n_ctx`. A runner
+        answers a request of a smaller context than it was loaded with exactly as a runner
+        loaded with that context would (scheduler.runners.Runner.matches)."""
+        return min(self.context, n_ctx) if self.context > 0 else n_ctx
+
     @classmethod
     def from_params(cls, params: dict[str, Any], **extra: Any) -> SamplingOptions:
         names = {f.name for f in fields(cls)}

@@ -304,7 +304,7 @@ def adapt(
     user turn before it (templates that insist on alternating roles)."""
     caps = probe(source)
     if "split_calls" in repairs or not caps.every_call:
-        messages = split_calls(messages)
+        messages = _split_calls(messages)
     extra: dict[str, Any] = {}
     if caps.functions:
         specs = [tool.get("function", tool) for tool in tools or []]
@@ -349,7 +349,7 @@ def repairs_for(messages: list[Message]) -> list[frozenset[str]]:
     """The repairs to try, each adding one to the last, for a conversation its template
     refused: only those that change something in it."""
     steps = []
-    if later_system(messages):
+    if _later_system(messages):
         steps.append("fold_system")
     if any(len(m.get("tool_calls") or []) > 1 for m in messages):
         steps.append("split_calls")
@@ -359,7 +359,7 @@ def repairs_for(messages: list[Message]) -> list[frozenset[str]]:
     return [frozenset(steps[: n + 1]) for n in range(len(steps))]
 
 
-def split_calls(messages: list[Message]) -> list[Message]:
+def _split_calls(messages: list[Message]) -> list[Message]:
     """Each of an assistant turn's tool calls in a turn of its own, followed by its result
     (by id, else the next result given)."""
     out: list[Message] = []
@@ -412,7 +412,7 @@ def _merge_turns(messages: list[Message]) -> list[Message]:
     return out
 
 
-def later_system(messages: list[Message]) -> bool:
+def _later_system(messages: list[Message]) -> bool:
     """Whether a system message comes after the first turn."""
     return any(m.get("role") == "system" for m in messages[1:])
 

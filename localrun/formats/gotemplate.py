@@ -14,7 +14,7 @@ The template is hostile input: every action, function call and range iteration s
 MAX_STEPS; template calls nest at most MAX_CALLS deep and all control nesting at most
 MAX_NESTING; every value a function builds, and the output, stays under sandbox.limit()
 characters; printf widths and precisions too. A breach, and any failure, is a TemplateError
-naming the line. The time bound is the caller's (sandbox.guarded()).
+naming the line. The time bound is the caller's (sandbox.call()).
 """
 
 from __future__ import annotations

@@ -84,6 +84,7 @@ def compile_jinja(source: str) -> Any:
 
 @lru_cache(maxsize=1)
 def _environment() -> Any:
+    from jinja2 import pass_context
     from jinja2.sandbox import SandboxedEnvironment
 
     class _Env(SandboxedEnvironment):
@@ -118,7 +119,7 @@ def _environment() -> Any:
         autoescape=False,
         extensions=["jinja2.ext.loopcontrols", _generation_tag()],
         optimized=False,
-        finalize=_as_is,
+        finalize=pass_context(_as_is),
     )
     env.globals["raise_exception"] = _raise
     env.globals["range"] = _budget_range
@@ -127,17 +128,8 @@ def _environment() -> Any:
     return env
 
 
-def _as_is_value(context: Any, value: Any) -> Any:
+def _as_is(context: Any, value: Any) -> Any:
     return value
-
-
-def _pass_context() -> Any:
-    from jinja2 import pass_context
-
-    return pass_context(_as_is_value)
-
-
-_as_is = _pass_context()
 
 
 def _checked_format(env: Any, method: Any) -> Callable[..., str]:

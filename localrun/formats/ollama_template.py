@@ -211,11 +211,14 @@ def render(
     tools). With `suffix`, the fill-in-the-middle prompt: .Prompt is the last user message.
     With add_generation_prompt=False, the last turn of a template without .Messages is
     rendered whole (not cut after .Response). Raises TemplateError."""
-    with sandbox.guarded():
+
+    def bounded() -> str:
         try:
             return _render(source, messages, tools, think, suffix, add_generation_prompt)
         except RecursionError:
             raise TemplateError("the Go template's data nests too deeply") from None
+
+    return sandbox.call(bounded)
 
 
 def _render(

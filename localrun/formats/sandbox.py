@@ -22,8 +22,7 @@ from __future__ import annotations
 import operator
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from localrun.errors import TemplateError, TemplateLimitError
@@ -299,20 +298,3 @@ def call(render: Callable[[], T]) -> T:
     if watchdog is not None and watchdog.fired:  # the render ended as it fired: reported
         raise _error(watchdog.fired[0])
     return result
-
-
-@contextmanager
-def guarded() -> Iterator[None]:
-    """The same bound on the (pure Python) work done inside a `with` block. Prefer call(): an
-    interruption arriving in the context manager's own frames, as the block ends, escapes."""
-    watchdog = _Watchdog()
-    try:
-        try:
-            yield
-        finally:
-            watchdog.stop()
-    except _Stop as exc:
-        watchdog.stop()
-        raise _error(type(exc)) from None
-    if watchdog.fired:
-        raise _error(watchdog.fired[0])

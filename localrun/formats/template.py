@@ -20,6 +20,7 @@ past reasoning kept in the history
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -106,53 +107,48 @@ def render(
     if is_go(source):
         messages, tools = copy.deepcopy(messages), copy.deepcopy(tools)
         return _render_go(source, messages, tools, variables or {}, add_generation_prompt)
-    given, given_tools = messages, tools  # the retry's (untouched by the template)
-    messages, tools = copy.deepcopy(messages), copy.deepcopy(tools)
-    messages, tools, extra = adapt_mod.adapt(source, messages, tools, family)
+    given, given_tools = messages, tools  # each try's own copies are made from these
     now = datetime.now()
-    context: dict[str, Any] = {
-        "date_string": now.strftime("%d %b %Y"),
-        "datetime": now.strftime("%b %d %Y"),
-        **adapt_mod.DEFAULTS,
-        **extra,
-        **(variables or {}),
-        "messages": messages,
-        "bos_token": bos_token,
-        "eos_token": eos_token,
-    }
-    context["add_generation_prompt"] = add_generation_prompt
-    if tools:
-        context["tools"] = tools
-    try:
-        prompt = render_jinja(source, context)
-        if not adapt_mod.lost_later_system(given, prompt):
-            return prompt
-        failure: TemplateError | None = None
-    except TemplateLimitError:
-        raise
-    except TemplateError as exc:
-        failure = exc
-    # The template refused the conversation (strict alternation of user and assistant, one
-    # tool call a turn) or kept only one of its system messages: repaired step by step as
-    # adapt.repairs_for says, the first rendering that takes wins.
-    for repairs in adapt_mod.repairs_for(given):
+    failure: TemplateError | None = None
+    first = ""
+    # As it is; else, where the template refused it (strict alternation of user and assistant,
+    # one tool call a turn) or kept only one of its system messages, repaired step by step as
+    # adapt.repairs_for says: the first rendering that takes wins.
+    for repairs in _tries(given):
         messages, tools = copy.deepcopy(given), copy.deepcopy(given_tools)
         messages, tools, extra = adapt_mod.adapt(source, messages, tools, family, repairs=repairs)
-        context = {**context, **extra, "messages": messages}
-        context.pop("tools", None)
+        context: dict[str, Any] = {
+            "date_string": now.strftime("%d %b %Y"),
+            "datetime": now.strftime("%b %d %Y"),
+            **adapt_mod.DEFAULTS,
+            **extra,
+            **(variables or {}),
+            "messages": messages,
+            "bos_token": bos_token,
+            "eos_token": eos_token,
+        }
+        context["add_generation_prompt"] = add_generation_prompt
         if tools:
             context["tools"] = tools
         try:
             prompt = render_jinja(source, context)
         except TemplateLimitError:
             raise
-        except TemplateError:
+        except TemplateError as exc:
+            failure = failure if repairs else exc
             continue
         if not adapt_mod.lost_later_system(given, prompt):
             return prompt
+        first = first if repairs else prompt
     if failure is not None:
         raise failure
-    return prompt
+    return first
+
+
+def _tries(messages: list[dict[str, Any]]) -> Iterator[frozenset[str]]:
+    """The conversation as it is, then (only if asked for) each repair adapt suggests."""
+    yield frozenset()
+    yield from adapt_mod.repairs_for(messages)
 
 
 def _render_go(

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from localrun import overflow
 from localrun.gguf.header import Header
 from localrun.hardware.system import GPU, MIB
 
@@ -344,11 +345,7 @@ def rounded_context(num_ctx: int, trained: Any) -> int:
     what the scheduler loads for a request that must load, so that a client whose num_ctx grows
     a little on every request (Aider's, through litellm) finds the runner large enough for a
     while instead of reloading it each time."""
-    size = 1 << max(0, num_ctx - 1).bit_length()
-    limit = _int(trained)
-    if limit:
-        size = min(size, limit)
-    return max(size, num_ctx)
+    return max(overflow.rounded(num_ctx, _int(trained)), num_ctx)
 
 
 def _size(n: int) -> str:

@@ -133,9 +133,10 @@ class LocalPool:
         runners to evict for them; None when the request names no num_ctx, or the rounded
         one would not fit with every other model unloaded or would evict more than `evict`."""
         num_ctx = load_options.get("num_ctx")
-        if not isinstance(num_ctx, int) or target.rounded(num_ctx) == num_ctx:
+        rounded = target.rounded(num_ctx) if isinstance(num_ctx, int) else num_ctx
+        if rounded == num_ctx:
             return None
-        grown = {**load_options, "num_ctx": target.rounded(num_ctx)}
+        grown = {**load_options, "num_ctx": rounded}
         estimate = self.memory.estimate(target, grown, self.num_parallel)
         if estimate > self.memory.room_alone(self.runners):
             return None

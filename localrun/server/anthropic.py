@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,10 +37,7 @@ from localrun.server import core, image_urls
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, refused, unexpected
 from localrun.server.generation import Generation, start
-from localrun.server.responses_tools import LEFT_OUT_HEADER
 from localrun.server.streaming import event_stream, sse
-
-log = logging.getLogger("localrun.server")
 
 # Anthropic's own bound on stop_sequences is far higher; this keeps the stop filter cheap.
 MAX_STOP_SEQUENCES = 16
@@ -221,7 +217,7 @@ def _tools(body: Body) -> tuple[list[dict[str, Any]] | None, list[str]]:
     """The tools the model is offered, and the server tools left out: custom tools, and
     Anthropic's client-run bash and text editor tools with their schema; the server tools
     (web search, web fetch, code execution ...) run on Anthropic's side, which localrun has not,
-    so they are left out (logged, and named in X-Localrun-Tools-Left-Out)."""
+    so they are left out (core.tools_left_out names them)."""
     tools = body.get("tools", list)
     if tools is None:
         return None, []
@@ -248,11 +244,6 @@ def _tools(body: Body) -> tuple[list[dict[str, Any]] | None, list[str]]:
         else:
             raise BadRequestError(f"tools[{index}].type must be a string")
         out.append({"type": "function", "function": function})
-    if left_out:
-        log.info(
-            "left out of the tools offered: %s (server tools, which localrun does not run)",
-            ", ".join(left_out),
-        )
     return out, left_out
 
 
@@ -392,11 +383,9 @@ async def messages(request: Request) -> Response:
     req.options["num_predict"] = max_tokens
     generation = await start(request, req)
     head = {"id": _id("msg"), "type": "message", "role": "assistant", "model": req.model}
-    headers = {LEFT_OUT_HEADER: ", ".join(left_out)} if left_out else {}
+    headers = core.tools_left_out(left_out)
     if body.flag("stream", False):
-        stream = event_stream(_events(generation, head))
-        stream.headers.update(headers)
-        return stream
+        return event_stream(_events(generation, head), headers)
     await core.until_disconnect(request, generation.collect)
     content: list[dict[str, Any]] = []
     if generation.thinking:

@@ -9,6 +9,7 @@ freed, and the handler ends with `ClientGone` (app.py answers it with no body).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -23,6 +24,21 @@ if TYPE_CHECKING:
     from localrun.server.metrics import Metrics
 
 T = TypeVar("T")
+
+log = logging.getLogger("localrun.server")
+
+# Names the hosted tools a request offered that the server left out (it runs none of them).
+LEFT_OUT_HEADER = "X-Localrun-Tools-Left-Out"
+
+
+def tools_left_out(kinds: list[str]) -> dict[str, str]:
+    """The response headers for the hosted tools a request offered and the server left out
+    (their types as given), logged once; none for none."""
+    if not kinds:
+        return {}
+    shown = ", ".join(kinds)
+    log.info("left out of the tools offered: %s (hosted tools, which localrun does not run)", shown)
+    return {LEFT_OUT_HEADER: shown}
 
 
 class ClientGone(Exception):

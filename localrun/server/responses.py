@@ -237,10 +237,9 @@ async def create(request: Request) -> Response:
             }
             await anyio.to_thread.run_sync(store.save, record)
 
+    headers = core.tools_left_out(toolset.left_out)
     if streamed:
-        stream = event_stream(_events(generation, answer, save, toolset))
-        stream.headers.update(toolset.headers())
-        return stream
+        return event_stream(_events(generation, answer, save, toolset), headers)
     await core.until_disconnect(request, generation.collect)
     output = []
     if generation.thinking:
@@ -251,7 +250,7 @@ async def create(request: Request) -> Response:
     answer.obj["output"] = output + calls
     answer.finish(generation)
     await save()
-    return JSONResponse(answer.obj, headers=toolset.headers())
+    return JSONResponse(answer.obj, headers=headers)
 
 
 async def _failed_stream(answer: _Answer, exc: LocalrunError) -> AsyncIterator[bytes]:

@@ -14,21 +14,16 @@ OpenAI's Responses API has more kinds of tool than the function tools the core r
 - hosted tools the server would run itself (`web_search`, `file_search`, `code_interpreter`,
   `image_generation`, `mcp`, `computer_use_preview` ...): localrun runs none, so they are left
   out of what the model sees (a request that offers one is still answered), logged, and named
-  in the response header `X-Localrun-Tools-Left-Out`.
+  in the response header `X-Localrun-Tools-Left-Out` (core.tools_left_out).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from localrun.errors import BadRequestError
-
-log = logging.getLogger("localrun.server")
-
-LEFT_OUT_HEADER = "X-Localrun-Tools-Left-Out"
 
 
 @dataclass
@@ -39,9 +34,6 @@ class ToolSet:
     left_out: list[str] = field(default_factory=list)  # hosted tools' types, as given
     # The model's name of each namespaced or custom tool -> (namespace or None, name, kind).
     names: dict[str, tuple[str | None, str, str]] = field(default_factory=dict)
-
-    def headers(self) -> dict[str, str]:
-        return {LEFT_OUT_HEADER: ", ".join(self.left_out)} if self.left_out else {}
 
     def call_item(self, call: dict[str, Any]) -> dict[str, Any]:
         """A call of the model's (the core's {"id", "name", "arguments"}) as an output item."""
@@ -108,7 +100,7 @@ def _custom(tool: dict[str, Any], where: str, namespace: str | None) -> dict[str
 
 def tools_of(value: Any) -> ToolSet:
     """The request's `tools`: functions, namespaces of them and custom tools offered to the
-    model; hosted tools left out (and logged)."""
+    model; hosted tools left out (their types in `left_out`)."""
     out = ToolSet()
     if value is None:
         return out
@@ -150,11 +142,6 @@ def tools_of(value: Any) -> ToolSet:
             out.left_out.append(kind)
         else:
             raise BadRequestError(f"{where}.type must be a string")
-    if out.left_out:
-        log.info(
-            "left out of the tools offered: %s (hosted tools, which localrun does not run)",
-            ", ".join(out.left_out),
-        )
     out.tools = tools or None
     return out
 

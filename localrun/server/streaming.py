@@ -23,11 +23,13 @@ def sse(obj: dict[str, Any], event: str | None = None) -> bytes:
     return head + b"data: " + data + b"\n\n"
 
 
-def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+def event_stream(
+    events: AsyncIterator[bytes], headers: dict[str, str] | None = None
+) -> StreamingResponse:
     return StreamingResponse(
         events,
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
     )
 
 

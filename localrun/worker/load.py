@@ -170,13 +170,9 @@ def fitted(
     if fallback_ctx is not None and 0 < fallback_ctx < plan.num_ctx:
         smaller = {**parameters, "num_ctx": fallback_ctx}
         least = fit_mod.plan_fit(model, smaller, slots=slots, build=build)
-        try:
-            fit_mod.check_memory(model, plan, parameters, slots=slots, available=available)
-        except LocalrunError:
+        room = available or fit_mod.available_memory()  # as check_memory counts it
+        if plan.plan.ram_bytes > room or plan.plan.n_gpu_layers < least.plan.n_gpu_layers:
             parameters, plan = smaller, least
-        else:
-            if plan.plan.n_gpu_layers < least.plan.n_gpu_layers:
-                parameters, plan = smaller, least
     fit_mod.check_memory(model, plan, parameters, slots=slots, available=available)
     return parameters, plan
 

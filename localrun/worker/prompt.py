@@ -369,7 +369,7 @@ class Prompter:
         before = before[len(before) - min(len(before), 3 * (n_batch // 4)) :]
         after = after[: max(0, n_batch // 4 - 2)]
         n_ctx = int(getattr(self.tokenizer, "n_ctx", 0) or 0)
-        n_ctx = min(sampling.context, n_ctx) if sampling.context and n_ctx else n_ctx
+        n_ctx = sampling.within(n_ctx)
         budget = max(0, n_ctx - n_batch - 2 * max(sampling.num_predict, 0))
         extra_tokens = extra_tokens[len(extra_tokens) - min(budget, len(extra_tokens)) :]
         head = [fim.bos] if fim.bos >= 0 else []
