@@ -35,6 +35,16 @@ HOSTILE = {
     "batch-fill": "{{ [1]|batch(300000000, 0)|list|length }}",
     "batch-fill-runtime": "{{ messages|batch(300000000, 0)|list|length }}",
     "slice": "{{ [1]|slice(30000000)|list|length }}",
+    # many references to one large string, joined into the output (or a block's) in one call
+    "output-join": "{% set s = 'x' * 1000000 %}{% for i in range(3000) %}{{ s }}{% endfor %}",
+    "macro-output": "{% macro m() %}{% for i in range(3000) %}{{ s }}{% endfor %}{% endmacro %}"
+    "{% set s = 'x' * 1000000 %}{{ m()|length }}",
+    "block-output": "{% set s = 'x' * 1000000 %}{% set t %}{% for i in range(3000) %}{{ s }}"
+    "{% endfor %}{% endset %}{{ t|length }}",
+    # builtin sum adds lists in one C call each; the last as a constant folded while compiling
+    "sum-lists": "{% set a = [[0] * 400000] * 3000 %}{{ a|sum(start=[])|length }}",
+    "autoescape-sum": "{% autoescape ([[0] * 400000] * 300)|sum(start=[])|length %}x"
+    "{% endautoescape %}",
     # integers squared on in one C call
     "power": "{{ (((9 ** 64) ** 64) ** 64) ** 64 }}",
 }
@@ -94,6 +104,16 @@ def test_modest_widths_still_format() -> None:
     )
     out = template.render(source, [{"role": "user", "content": "hi"}])
     assert out == "    x|   7|a    |6|zzbc|[[1, 2], [3, 0]]|[[1, 2], [3]]|1024"
+
+
+def test_sum_adds_as_jinjas_does() -> None:
+    source = (
+        "{{ [1, 2, 3]|sum }}|{{ [1.5, 2]|sum(start=1) }}|{{ [[1], [2, 3]]|sum(start=[]) }}|"
+        "{{ messages|sum(attribute='content', start='') }}|{{ items|sum(attribute='n') }}"
+    )
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    out = template.render(source, messages, variables={"items": [{"n": 2}, {"n": 5}]})
+    assert out == "6|4.5|[1, 2, 3]|hiyo|7"
 
 
 def test_compiling_evaluates_nothing_of_the_template() -> None:

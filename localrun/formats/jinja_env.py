@@ -89,6 +89,7 @@ def _environment() -> Any:
 
     class _Env(SandboxedEnvironment):
         intercepted_binops = frozenset(["*", "**", "+", "%"])
+        concat = staticmethod(guard.concat)  # compiled code's joins of output, checked
         _binops: ClassVar[dict[str, Callable[[Any, Any], Any]]] = {
             "*": guard.safe_mul,
             "**": guard.safe_pow,
@@ -173,7 +174,7 @@ def _generation_tag() -> type:
 def _bounded_filters() -> dict[str, Any]:
     """Jinja's filters that size their result from an argument, checked before they run."""
     from jinja2 import filters as f
-    from jinja2.utils import pass_eval_context
+    from jinja2.utils import pass_environment, pass_eval_context
 
     def center(value: Any, width: int = 80) -> str:
         guard.check_width(width, "center")
@@ -187,6 +188,12 @@ def _bounded_filters() -> dict[str, Any]:
         if fill_with is not None:  # the last batch is filled up to linecount
             guard.check_count(linecount, "batch")
         return f.do_batch(value, linecount, fill_with)
+
+    @pass_environment
+    def sum_(env: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+        if attribute is not None:
+            iterable = map(f.make_attrgetter(env, attribute), iterable)
+        return guard.bounded_sum(iterable, start)
 
     def slice_(value: Any, slices: int, fill_with: Any = None) -> Any:
         guard.check_count(slices, "slice")
@@ -219,6 +226,7 @@ def _bounded_filters() -> dict[str, Any]:
         "format": format_,
         "batch": batch,
         "slice": slice_,
+        "sum": sum_,
         "join": join,
         "replace": replace,
         "indent": indent,

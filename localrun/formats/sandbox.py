@@ -22,7 +22,7 @@ from __future__ import annotations
 import operator
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from localrun.errors import TemplateError, TemplateLimitError
@@ -49,7 +49,10 @@ def _too_big(what: str) -> TemplateError:
 
 
 def _size(value: Any) -> int:
-    return len(value) if isinstance(value, str | bytes | list | tuple) else 0
+    """About the bytes `value` holds: a character or byte each, a pointer per list item."""
+    if isinstance(value, list | tuple):
+        return len(value) * _WORD
+    return len(value) if isinstance(value, str | bytes | bytearray) else 0
 
 
 def check_width(width: Any, what: str) -> None:
@@ -128,6 +131,28 @@ def safe_pow(a: Any, b: Any) -> Any:
     if _int_bits(a, b) and a.bit_length() * abs(b) > 8 * limit():
         raise _too_big("a power")
     return operator.pow(a, b)
+
+
+def concat(pieces: Iterable[Any]) -> str:
+    """Jinja's join of a render's (a block's, a macro's) pieces, refused before the join once
+    they pass the bound: a loop printing one large string N times holds N references to it,
+    cheap, until one C call joins them into gigabytes (issue 57)."""
+    parts, total = [], 0
+    for piece in pieces:
+        total += len(piece)
+        if total > limit():
+            raise _too_big("the template's output")
+        parts.append(piece)
+    return "".join(parts)
+
+
+def bounded_sum(items: Iterable[Any], start: Any = 0) -> Any:
+    """`sum`, one checked `+` at a time: builtin sum adds lists or strings in one C call the
+    watchdog cannot stop (`|sum(start=[])` over a list of large lists ran for minutes)."""
+    total = start
+    for item in items:
+        total = safe_add(total, item)
+    return total
 
 
 def joined_size(items: list[Any], separator: Any) -> int:
