@@ -7,22 +7,32 @@ never a hang, never an unexpected error."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import CLI, assert_one_line_error
-from testmodels.hf_checkpoints import Checkpoint, write_adapter, write_checkpoint
+from testmodels.hf_checkpoints import (
+    FAMILIES,
+    Checkpoint,
+    write_adapter,
+    write_checkpoint,
+    write_safetensors,
+)
 
 from localrun.errors import CheckpointError
 from localrun.recipes import checkpoint, convert, lora
-from localrun.recipes.lora import _Pattern
+from localrun.recipes.patterns import Pattern
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
 
@@ -98,7 +108,7 @@ def test_a_file_swapped_for_a_fifo_after_the_folder_was_checked_is_refused(
     found = checkpoint.tensors(checkpoint.shard_files(folder, "model"))
     _fifo(folder / "model.safetensors")
     with _quick(), pytest.raises(CheckpointError, match="a FIFO"):
-        next(iter(found.values())).array()
+        next(iter(found.values())).read()
     with _quick(), pytest.raises(CheckpointError, match="a FIFO"):
         checkpoint.read_json(folder / "model.safetensors", "checkpoint")
     (folder / "sub.json").mkdir()
@@ -162,14 +172,14 @@ KEYS = ["q_proj", "self_attn.q_proj", "layers.1.self_attn.k_proj", r"layers\.1\.
 def test_pattern_keys_match_as_peft_matches_them(key: str, tmp_path: Path) -> None:
     """The same answer as PEFT's re.match(rf"(.*\\.)?({key})$", name) for the keys adapters
     use: names, dotted paths, classes, groups, alternation, repeats."""
-    pattern = _Pattern(key, tmp_path)
+    pattern = Pattern(key, tmp_path)
     for name in NAMES:
         want = re.match(rf"(.*\.)?({key})$", name) is not None
         assert pattern.match(name, [1 << 30]) == want, (key, name)
 
 
 def test_the_first_matching_key_gives_the_alpha_as_in_peft(tmp_path: Path) -> None:
-    patterns = [(_Pattern("q_proj", tmp_path), 4.0), (_Pattern(".*proj", tmp_path), 32.0)]
+    patterns = [(Pattern("q_proj", tmp_path), 4.0), (Pattern(".*proj", tmp_path), 32.0)]
     assert lora._scale(patterns, 8.0, False, "model.layers.0.self_attn.q_proj", 4, [99]) == 1.0
     assert lora._scale(patterns, 8.0, False, "model.layers.0.mlp.up_proj", 4, [999]) == 8.0
     assert lora._scale(patterns, 8.0, True, "model.embed_tokens", 4, [999]) == 4.0
@@ -300,4 +310,137 @@ def test_a_config_number_no_float_holds_is_refused(
     config["rms_norm_eps"] = 10**400
     (folder / "config.json").write_text(json.dumps(config))
     with _quick(), pytest.raises(CheckpointError, match="rms_norm_eps is 1000"):
+        convert.checkpoint(folder, tmp_path / "out.gguf")
+
+
+# -- memory: a chunk of rows, never a tensor -------------------------------------------------------
+
+
+def _sparse(folder: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Rewrite the folder's model.safetensors with the tensors `shapes` names grown to those
+    shapes, their bytes a hole: gigabytes of zeros from 0 bytes on disk."""
+    path = folder / "model.safetensors"
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header, data = json.loads(raw[8 : 8 + size]), raw[8 + size :]
+    header.pop("__metadata__", None)
+    out: dict[str, Any] = {}
+    pieces: list[bytes | int] = []
+    offset = 0
+    for name, entry in header.items():
+        start, end = entry["data_offsets"]
+        piece: bytes | int = data[start:end]
+        if name in shapes:
+            entry = {**entry, "shape": list(shapes[name])}
+            piece = math.prod(shapes[name]) * checkpoint.DTYPES[entry["dtype"]][1]
+        length = piece if isinstance(piece, int) else len(piece)
+        out[name] = {**entry, "data_offsets": [offset, offset + length]}
+        pieces.append(piece)
+        offset += length
+    text = json.dumps(out).encode()
+    text += b" " * (-len(text) % 8)
+    with path.open("wb") as handle:
+        handle.write(len(text).to_bytes(8, "little") + text)
+        for piece in pieces:
+            handle.seek(piece, os.SEEK_CUR) if isinstance(piece, int) else handle.write(piece)
+        handle.truncate()
+
+
+PEAK = r"""
+import resource, sys
+from pathlib import Path
+from localrun.recipes import convert
+idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+convert.checkpoint(Path(sys.argv[1]), Path(sys.argv[2]))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - idle) // 1024)
+"""
+
+
+def test_a_sparse_checkpoint_converts_in_memory_of_a_chunk(tmp_path: Path) -> None:
+    """Six F32 matrices of 128 MiB each, 0 bytes on disk (what config.json's intermediate_size
+    of 2^19 allows): converted with the process grown by a few chunks, not by a tensor (2.75
+    tensors before: 2.9 GB for a 1 GiB embedding)."""
+    ck = write_checkpoint(tmp_path / "sparse", "llama", dtype="F32")
+    ffn, hidden = 1 << 19, ck.config["hidden_size"]
+    config = {**ck.config, "intermediate_size": ffn}
+    (ck.folder / "config.json").write_text(json.dumps(config))
+    grown = {
+        f"model.layers.{i}.mlp.{m}.weight": (hidden, ffn) if m == "down_proj" else (ffn, hidden)
+        for i in range(2)
+        for m in ("gate_proj", "up_proj", "down_proj")
+    }
+    _sparse(ck.folder, grown)
+    assert (ck.folder / "model.safetensors").stat().st_blocks * 512 < 1 << 20
+    target = tmp_path / "out.gguf"
+    done = subprocess.run([sys.executable, "-c", PEAK, str(ck.folder), str(target)],
+                          capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
+    grew_mb = int(done.stdout.strip())
+    assert grew_mb < 100, grew_mb  # a chunk is 16 MiB; one tensor was 128 MiB, its copies 320
+    assert target.stat().st_size > 6 * (64 << 20)  # every F16 matrix written
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_chunk_of_one_head_converts_to_the_same_file(
+    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of one row (of one head, where Llama's q and k rows are permuted within heads)
+    give the same GGUF as a tensor in one chunk."""
+    ck = write_checkpoint(tmp_path / family, family, dtype="F32" if family == "llama" else "BF16")
+    whole, rows = tmp_path / "whole.gguf", tmp_path / "rows.gguf"
+    convert.checkpoint(ck.folder, whole)
+    monkeypatch.setattr(checkpoint, "CHUNK", 1)
+    convert.checkpoint(ck.folder, rows)
+    assert rows.read_bytes() == whole.read_bytes()
+
+
+def test_an_adapter_in_chunks_of_one_row_converts_to_the_same_file(
+    tmp_path: Path, llama: tuple[Checkpoint, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for an adapter, an embedding's LoRA included (its A is written transposed,
+    read a block of columns at a time)."""
+    ck, base = llama
+    write_adapter(tmp_path / "adapter", ck)
+    path = tmp_path / "adapter" / "adapter_model.safetensors"
+    found = {t.name: t.read() for t in checkpoint.tensors([path]).values()}
+    rng = np.random.default_rng(3)
+    vocab, hidden = ck.config["vocab_size"], ck.config["hidden_size"]
+    embedding = "base_model.model.model.embed_tokens"
+    found[f"{embedding}.lora_embedding_A"] = rng.normal(0, 0.3, (4, vocab)).astype(np.float32)
+    found[f"{embedding}.lora_embedding_B"] = rng.normal(0, 0.3, (hidden, 4)).astype(np.float32)
+    write_safetensors(path, found, "F32")
+    whole, rows = tmp_path / "whole.gguf", tmp_path / "rows.gguf"
+    lora.adapter(tmp_path / "adapter", base, whole)
+    monkeypatch.setattr(checkpoint, "CHUNK", 1)
+    lora.adapter(tmp_path / "adapter", base, rows)
+    assert rows.read_bytes() == whole.read_bytes()
+    assert b"token_embd.weight.lora_a" in whole.read_bytes()
+
+
+def test_a_header_of_too_many_tensors_is_refused_while_parsing(tmp_path: Path) -> None:
+    """One million empty tensors (a 75 MB header) took 1 GB to parse before the refusal."""
+    path = tmp_path / "model.safetensors"
+    entry = '"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'
+    text = ("{" + ",".join(entry % i for i in range(checkpoint.MAX_TENSORS + 8)) + "}").encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text)
+    with _quick(), pytest.raises(CheckpointError, match="more than 65536 tensors"):
+        checkpoint.tensors([path])
+    big = tmp_path / "big.safetensors"
+    with big.open("wb") as handle:
+        handle.write((checkpoint.MAX_HEADER + 1).to_bytes(8, "little"))
+        handle.truncate(checkpoint.MAX_HEADER + 64)
+    with _quick(), pytest.raises(CheckpointError, match="not a safetensors file"):
+        checkpoint.tensors([big])
+
+
+def test_a_vocabulary_padded_far_past_its_tokenizer_is_refused(
+    tmp_path: Path, llama: tuple[Checkpoint, Path]
+) -> None:
+    """config.json's vocab_size of 2^21 over a tokenizer of a few hundred tokens wrote two
+    million pad tokens in Python (256 MB, 20 s) before any tensor."""
+    folder = _copy(llama[0].folder, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["vocab_size"] = 1 << 21
+    (folder / "config.json").write_text(json.dumps(config))
+    _sparse(folder, {"model.embed_tokens.weight": (1 << 21, config["hidden_size"])})
+    with _quick(), pytest.raises(CheckpointError, match=r"the tokenizer has \d+ tokens"):
         convert.checkpoint(folder, tmp_path / "out.gguf")

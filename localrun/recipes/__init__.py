@@ -10,6 +10,7 @@
     tokenizer.py   a Hugging Face tokenizer as llama.cpp's vocabulary
     convert.py     a safetensors checkpoint -> one GGUF file, streamed
     lora.py        a PEFT LoRA adapter folder -> a GGUF LoRA for its base model
+    patterns.py    PEFT's alpha_pattern keys, matched in time linear in the name
 
 Imports the store and gguf below it (numpy and the gguf package only where a conversion runs:
 the server imports create for its events); a FROM that names a model the store lacks is

@@ -344,12 +344,34 @@ def permute(rows: Array, heads: int) -> Array:
     return out
 
 
-def transform(row: Architecture, config: Config, name: str, data: Array) -> Array:
-    """A tensor as the GGUF holds it (in float32 when it changes)."""
-    if row.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
-        return permute(data, int(config["num_attention_heads"]))
-    if row.permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
-        return permute(data, kv_heads(config))
+def head_rows(row: Architecture, config: Config, name: str, rows: int) -> int:
+    """The rows of one attention head in tensor `name` (of `rows` rows) where its conversion
+    permutes rows within each head (Llama's q and k), else 1: the unit a tensor is converted
+    in chunks of."""
+    heads = _permuted_heads(row, config, name)
+    if heads is None:
+        return 1
+    if heads < 1 or rows % heads or (rows // heads) % 2:
+        raise CheckpointError(
+            f"tensor {name} has {rows} rows, which {heads} heads of rotary pairs do not divide",
+            hint="the checkpoint and its config.json must be the same model's",
+        )
+    return rows // heads
+
+
+def transform(row: Architecture, config: Config, name: str, data: Array, group: int = 1) -> Array:
+    """A tensor's rows as the GGUF holds them (in float32 when they change); `data` is whole
+    groups of `group` rows (head_rows) of the tensor."""
+    if _permuted_heads(row, config, name) is not None:
+        return permute(data, len(data) // group)
     if row.norm_plus_one and name.endswith("norm.weight"):
         return data.astype(np.float32) + 1.0
     return data
+
+
+def _permuted_heads(row: Architecture, config: Config, name: str) -> int | None:
+    if row.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
+        return int(config["num_attention_heads"])
+    if row.permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
+        return kv_heads(config)
+    return None

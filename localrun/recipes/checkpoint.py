@@ -2,36 +2,42 @@
 tensors, each checked against the file that holds it before a byte of data is read.
 
 A safetensors file is an 8-byte little-endian header length, a JSON header naming each tensor's
-dtype, shape and byte range, then the data. Tensors are handed out as numpy views of a memory
-map, one at a time, so converting a 16 GB checkpoint holds one tensor's transform in memory,
-never the model. bf16 (what most checkpoints hold) has no numpy type: it is read as uint16
-and widened by a shift, exactly.
+dtype, shape and byte range, then the data. A tensor is read in chunks of whole rows (about
+CHUNK bytes, never a memory map that stays resident), so converting a 16 GB checkpoint, or one
+2^22-row embedding, holds a chunk's transform in memory, never a tensor. bf16 (what most
+checkpoints hold) has no numpy type: it is read as uint16 and widened by a shift, exactly.
 
 Hostile files are refused in one line (CheckpointError) before numpy sees them: a file that
 is not a regular one (a FIFO named model.safetensors blocked `create` for good), a header over
-MAX_HEADER bytes, a shape whose element count disagrees with its byte range (a header claiming
-10^12 elements), ranges outside the file or overlapping, dtypes a model does not use (FP8 and
-other quantized checkpoints need their own dequantizer).
+MAX_HEADER bytes or MAX_TENSORS tensors (one million empty tensors took 1 GB to parse), a shape
+whose element count disagrees with its byte range (a header claiming 10^12 elements), ranges
+outside the file or overlapping, dtypes a model does not use (FP8 and other quantized
+checkpoints need their own dequantizer).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
 from localrun.errors import CheckpointError
 
-MAX_HEADER = 100 << 20  # bytes: safetensors' own reader refuses larger headers too
+# A header names each tensor in about 100 to 200 bytes: 32 MiB is 65,536 of the longest names
+# with room to spare (safetensors' own reader allows 100 MB, which parses to gigabytes).
+MAX_HEADER = 32 << 20
+MAX_TENSORS = 1 << 16  # in a whole checkpoint: 4,096 layers (config's bound) of 16 each
+CHUNK = 16 << 20  # bytes of a tensor read, converted and written at a time
 MAX_JSON = 64 << 20  # bytes: config.json, tokenizer.json (Gemma 3's is 33 MB), the index
 MAX_DIMS = 8
 
@@ -54,26 +60,75 @@ class Tensor:
     start: int  # absolute byte offset in the file
     nbytes: int
 
-    def array(self) -> np.ndarray[Any, Any]:
-        """The tensor as stored (bf16 as uint16), a read-only view of the file."""
+    @property
+    def rows(self) -> int:
+        """The length of the first axis (a scalar is one row)."""
+        return self.shape[0] if self.shape else 1
+
+    def _row_bytes(self) -> int:
+        return math.prod(self.shape[1:]) * DTYPES[self.dtype][1]
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray[Any, Any]:
+        """Rows [start, stop) as stored (bf16 as uint16), read into memory."""
+        stop = self.rows if stop is None else stop
         kind, _ = DTYPES[self.dtype]
-        if self.nbytes == 0:
-            return np.zeros(self.shape, dtype=kind)
-        try:
-            with open_regular(self.file) as handle:  # the map outlives the handle
-                data = np.memmap(handle, dtype=np.uint8, mode="r", offset=self.start,
-                                 shape=self.nbytes)  # fmt: skip
-        except OSError as exc:
-            raise CheckpointError(f"{self.file}: cannot read it: {exc.strerror}") from None
-        out: np.ndarray[Any, Any] = data.view(kind).reshape(self.shape)
+        out = np.empty((stop - start, *self.shape[1:]) if self.shape else (), dtype=kind)
+        size = self._row_bytes()
+        with self._opened() as handle:
+            _read_into(handle, self.start + start * size, out, self.file)
         return out
 
-    def f32(self) -> np.ndarray[Any, Any]:
-        """The tensor widened to float32."""
-        data = self.array()
-        if self.dtype == "BF16":
-            return bf16_to_f32(data)
-        return data.astype(np.float32)
+    def columns(self, start: int, stop: int) -> np.ndarray[Any, Any]:
+        """Columns [start, stop) of a matrix as stored, read one row's part at a time."""
+        kind, width = DTYPES[self.dtype]
+        out = np.empty((self.rows, stop - start), dtype=kind)
+        with self._opened() as handle:
+            for row in range(self.rows):
+                at = self.start + (row * self.shape[1] + start) * width
+                _read_into(handle, at, out[row], self.file)
+        return out
+
+    def chunks(self, group: int = 1) -> Iterator[np.ndarray[Any, Any]]:
+        """The tensor as stored, in chunks of whole groups of `group` rows (an attention head's,
+        where conversion permutes them) of about CHUNK bytes each."""
+        step = max(1, CHUNK // max(1, self._row_bytes() * group)) * group
+        for start in range(0, self.rows, step):
+            yield self.read(start, min(self.rows, start + step))
+
+    def column_chunks(self) -> Iterator[np.ndarray[Any, Any]]:
+        """A matrix as stored, in blocks of whole columns of about CHUNK bytes each (what its
+        transpose's chunks of rows are made from)."""
+        step = max(1, CHUNK // max(1, self.rows * DTYPES[self.dtype][1]))
+        for start in range(0, self.shape[1], step):
+            yield self.columns(start, min(self.shape[1], start + step))
+
+    def _opened(self) -> BinaryIO:
+        try:
+            return open_regular(self.file)
+        except OSError as exc:
+            raise CheckpointError(f"{self.file}: cannot read it: {exc.strerror}") from None
+
+
+def widen(dtype: str, data: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Data of a tensor of safetensors type `dtype`, as stored, widened to float32."""
+    if dtype == "BF16":
+        return bf16_to_f32(data)
+    return data.astype(np.float32, copy=False)
+
+
+def _read_into(handle: BinaryIO, offset: int, out: np.ndarray[Any, Any], path: Path) -> None:
+    view = out.reshape(-1).view(np.uint8).data
+    reader = cast(io.BufferedReader, handle)
+    reader.seek(offset)
+    done = 0
+    try:
+        while done < len(view):
+            count = reader.readinto(view[done:])
+            if not count:
+                raise CheckpointError(f"{path}: the file ends inside a tensor (it changed?)")
+            done += count
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it: {exc.strerror}") from None
 
 
 def bf16_to_f32(bits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -183,6 +238,11 @@ def tensors(files: list[Path]) -> dict[str, Tensor]:
             if tensor.name in found:
                 raise CheckpointError(f"{path}: tensor {tensor.name} is in two files")
             found[tensor.name] = tensor
+        if len(found) > MAX_TENSORS:
+            raise CheckpointError(
+                f"{path}: the checkpoint's files name more than {MAX_TENSORS} tensors; no model "
+                "localrun converts has that many"
+            )
     return found
 
 
@@ -197,13 +257,14 @@ def _header(path: Path) -> Iterator[Tensor]:
                     f"{path}: not a safetensors file (a header of {length} bytes in a file of "
                     f"{size})"
                 )
-            raw = handle.read(length)
+            text = handle.read(length).decode("utf-8", "replace")
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read it: {exc.strerror}") from None
     try:
-        header = json.loads(raw)
+        header = json.loads(text, object_pairs_hook=_counted(path))
     except (ValueError, RecursionError):
         raise CheckpointError(f"{path}: its safetensors header is not JSON") from None
+    del text
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: its safetensors header is not an object")
     header.pop("__metadata__", None)
@@ -217,6 +278,24 @@ def _header(path: Path) -> Iterator[Tensor]:
     for (_, end, first), (start, _, second) in itertools.pairwise(ranges):
         if start < end:
             raise CheckpointError(f"{path}: tensors {first} and {second} overlap")
+
+
+def _counted(path: Path) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """json.loads' hook for each object it parses, refusing a header past MAX_TENSORS objects
+    while it parses (a tensor's entry is one object), before the rest is built."""
+    count = 0
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal count
+        count += 1
+        if count > MAX_TENSORS + 2:  # with the header itself and its __metadata__
+            raise CheckpointError(
+                f"{path}: the header names more than {MAX_TENSORS} tensors; no model localrun "
+                "converts has that many"
+            )
+        return dict(pairs)
+
+    return hook
 
 
 def _entry(path: Path, name: str, entry: Any, base: int, data_size: int) -> Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,16 @@ import numpy as np
 from localrun.errors import CheckpointError
 from localrun.gguf import scan
 from localrun.recipes import architectures
-from localrun.recipes.checkpoint import Tensor, check_folder, read_json, shard_files, tensors
-from localrun.recipes.convert import F32, Progress, write_streamed
+from localrun.recipes.checkpoint import (
+    Tensor,
+    check_folder,
+    read_json,
+    shard_files,
+    tensors,
+    widen,
+)
+from localrun.recipes.convert import F32, Make, Progress, write_streamed
+from localrun.recipes.patterns import MAX_PATTERNS, MAX_STEPS, Pattern
 
 _LORA = re.compile(
     r"(?:base_model\.model\.)?(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?"
@@ -37,18 +45,7 @@ _LORA = re.compile(
 def adapter(folder: Path, base: Path, target: Path, progress: Progress | None = None) -> None:
     """Write the GGUF LoRA of adapter `folder`, made for the GGUF model `base`, to `target`."""
     check_folder(folder)
-    settings = read_json(folder / "adapter_config.json", "adapter")
-    if not isinstance(settings, dict):
-        raise CheckpointError(f"{folder}/adapter_config.json: not an object")
-    if str(settings.get("peft_type", "LORA")).upper() != "LORA":
-        raise CheckpointError(
-            f"{folder}: a {settings.get('peft_type')} adapter; llama.cpp applies LoRA adapters"
-        )
-    if settings.get("use_dora"):
-        raise CheckpointError(
-            f"{folder}: a DoRA adapter (its magnitude vectors are not a LoRA's)",
-            hint="merge it into the model (PEFT's merge_and_unload) and convert the merged model",
-        )
+    settings = _read_settings(folder)
     patterns = _settings(folder, settings)  # lora_alpha is there, and a number
     alpha, rslora, budget = float(settings["lora_alpha"]), bool(settings.get("use_rslora")), [
         MAX_STEPS]  # fmt: skip
@@ -67,6 +64,7 @@ def adapter(folder: Path, base: Path, target: Path, progress: Progress | None = 
     heads = int(header.arch_value("attention.head_count") or 0)
     kv = int(header.arch_value("attention.head_count_kv") or heads)
     shapes = {t.name: tuple(reversed(t.dims)) for t in header.tensors}
+    config = {"num_attention_heads": heads, "num_key_value_heads": kv}  # what B's rows need
     names = gguf.get_tensor_name_map(row.arch, blocks)
     pairs = _pairs(folder, tensors(shard_files(folder, "adapter_model")))
     writer = gguf.GGUFWriter(target, arch)
@@ -76,7 +74,7 @@ def adapter(folder: Path, base: Path, target: Path, progress: Progress | None = 
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_name(folder.resolve().name)
-        jobs: list[tuple[Callable[[], Any], gguf.GGMLQuantizationType]] = []
+        jobs: list[tuple[Make, gguf.GGMLQuantizationType]] = []
         for module, (a, b, embedding) in sorted(pairs.items()):
             mapped = names.get_name(module + ".weight", try_suffixes=(".weight",))
             if mapped is None or mapped not in shapes:
@@ -95,8 +93,8 @@ def adapter(folder: Path, base: Path, target: Path, progress: Progress | None = 
             scale = _scale(patterns, alpha, rslora, module, rank, budget) * rank / alpha
             a_shape = (a.shape[1], a.shape[0]) if embedding else a.shape
             for suffix, shape, make in (
-                ("lora_a", a_shape, lambda a=a, e=embedding: a.f32().T if e else a.f32()),
-                ("lora_b", b.shape, lambda b=b, m=module, s=scale: _b(row, m, b, s, heads, kv)),
+                ("lora_a", a_shape, functools.partial(_a, a, embedding)),
+                ("lora_b", b.shape, functools.partial(_b, row, config, module, b, scale)),
             ):
                 writer.add_tensor_info(f"{mapped}.{suffix}", shape, np.dtype(np.float32),
                                        math.prod(shape) * 4, raw_dtype=F32)  # fmt: skip
@@ -104,6 +102,23 @@ def adapter(folder: Path, base: Path, target: Path, progress: Progress | None = 
         write_streamed(writer, target, jobs, progress)
     finally:
         writer.close()
+
+
+def _read_settings(folder: Path) -> dict[str, Any]:
+    """adapter_config.json, refused unless it describes a LoRA (not DoRA, not another PEFT)."""
+    settings = read_json(folder / "adapter_config.json", "adapter")
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{folder}/adapter_config.json: not an object")
+    if str(settings.get("peft_type", "LORA")).upper() != "LORA":
+        raise CheckpointError(
+            f"{folder}: a {settings.get('peft_type')} adapter; llama.cpp applies LoRA adapters"
+        )
+    if settings.get("use_dora"):
+        raise CheckpointError(
+            f"{folder}: a DoRA adapter (its magnitude vectors are not a LoRA's)",
+            hint="merge it into the model (PEFT's merge_and_unload) and convert the merged model",
+        )
+    return settings
 
 
 def _pairs(folder: Path, found: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor, bool]]:
@@ -135,7 +150,7 @@ def _pairs(folder: Path, found: dict[str, Tensor]) -> dict[str, tuple[Tensor, Te
     return out
 
 
-def _scale(patterns: list[tuple[_Pattern, float]], alpha: float, rslora: bool, module: str,
+def _scale(patterns: list[tuple[Pattern, float]], alpha: float, rslora: bool, module: str,
            rank: int, budget: list[int]) -> float:  # fmt: skip
     """PEFT's scale for a module: alpha / r, or alpha / sqrt(r) with rsLoRA, the alpha that of
     the first alpha_pattern key matching the module's name (peft's get_pattern_key)."""
@@ -161,7 +176,7 @@ def _number(folder: Path, what: str, value: Any, most: float, *, count: bool = F
     return float(value)
 
 
-def _settings(folder: Path, settings: dict[str, Any]) -> list[tuple[_Pattern, float]]:
+def _settings(folder: Path, settings: dict[str, Any]) -> list[tuple[Pattern, float]]:
     """Check adapter_config.json's numbers (lora_alpha, r, the patterns' values) and compile
     alpha_pattern's keys, each refused in one line."""
     if settings.get("lora_alpha") is None:
@@ -183,265 +198,27 @@ def _settings(folder: Path, settings: dict[str, Any]) -> list[tuple[_Pattern, fl
         for key, value in patterns.items():
             value = _number(folder, f"{field}[{key!r:.60}]", value, most, count=count)
             if field == "alpha_pattern":  # a rank is read from each B, not matched
-                compiled.append((_Pattern(key, folder), value))
+                compiled.append((Pattern(key, folder), value))
     return compiled
 
 
-# -- PEFT's pattern keys, matched in time linear in the name ------------------------------------
-#
-# PEFT matches a key as a regular expression, re.match(rf"(.*\.)?({key})$", module). Python's
-# backtracking engine takes exponential time on a key such as `(.+)+X` (conversion held a core
-# for good), so keys are compiled here to a Thompson NFA and run as a Pike VM: every thread
-# advances in step, and one position is never visited twice by one instruction. The syntax is
-# what adapters use: literals, `.`, escapes (\d \w \s, their negations, escaped punctuation),
-# classes, groups (plain, (?:), (?P<name>)), alternation, `* + ? {m,n}` (lazy or greedy, the
-# same for a yes/no answer), ^ and $. Backreferences, lookarounds and flags are refused.
-
-MAX_PATTERNS = 4096  # keys per pattern table (one per layer and module of a large model fits)
-MAX_KEY = 1000  # characters
-MAX_PROGRAM = 4000  # instructions of one key, {m,n} expanded
-MAX_STEPS = 20_000_000  # thread steps for a whole adapter: seconds, not hours
-
-Op = tuple[Any, ...]
-_SPECIAL = set("\\.^$*+?{}[]()|")
-_CLASSES: dict[str, Callable[[str], bool]] = {
-    "d": str.isdecimal, "w": lambda c: c.isalnum() or c == "_", "s": str.isspace,
-}  # fmt: skip
-_COUNTED = re.compile(r"\{(\d{0,4})(?:(,)(\d{0,4}))?\}")
+def _a(a: Tensor, embedding: bool) -> Iterator[Any]:
+    """A in float32, in chunks of rows; an embedding's transposed ([in, r]), read a block of
+    its columns at a time."""
+    if not embedding:
+        for chunk in a.chunks():
+            yield widen(a.dtype, chunk)
+        return
+    for block in a.column_chunks():
+        yield widen(a.dtype, block).T
 
 
-class _Pattern:
-    r"""One pattern key, compiled; match() is PEFT's re.match(rf"(.*\.)?({key})$", name)."""
-
-    def __init__(self, key: Any, folder: Path) -> None:
-        self.key = key if isinstance(key, str) else ""
-        self._where = f"{folder}/adapter_config.json: alpha_pattern {key!r:.60}"
-        if not isinstance(key, str) or not key or len(key) > MAX_KEY:
-            raise CheckpointError(f"{self._where} is not a pattern of 1 to {MAX_KEY} characters")
-        # Most keys are a module's name or a dotted path (`.` any character, `\.` a dot): the
-        # name's end of the same length, at its start or after a dot, compared, no engine.
-        plain = re.fullmatch(r"(?:[^\\.^$*+?{}\[\]()|]|\\\.|\.)+", key)
-        self.fixed = re.findall(r"\\\.|.", key) if plain else None
-        self.code: list[Op] = []
-        if self.fixed is None:
-            self._pos = 0
-            tree = self._alternation()
-            if self._pos != len(key):
-                self._refuse("an unmatched )")
-            anything = ("rep", ("set", lambda c: c != "\n"), 0, None)
-            self._emit(("cat", [("rep", ("cat", [anything, ("set", ".".__eq__)]), 0, 1), tree]))
-            self.code.append(("match",))
-
-    def match(self, name: str, budget: list[int]) -> bool:
-        if self.fixed is not None:
-            start = len(name) - len(self.fixed)
-            return (start == 0 or (start > 0 and name[start - 1] == ".")) and all(
-                want == "." or char == want[-1]
-                for want, char in zip(self.fixed, name[start:], strict=True)
-            )
-        code, current = self.code, self._closure([0], 0, name)
-        for pos, char in enumerate(name):
-            budget[0] -= len(current)
-            if budget[0] < 0:
-                raise CheckpointError(
-                    f"{self._where}: the adapter's patterns take too long to match",
-                    hint="name the modules (or simple patterns of them) in alpha_pattern",
-                )
-            current = self._closure(
-                [pc + 1 for pc in current if code[pc][0] == "set" and code[pc][1](char)],
-                pos + 1, name,
-            )  # fmt: skip
-            if not current:
-                return False
-        return any(code[pc][0] == "match" for pc in current)
-
-    def _closure(self, starts: list[int], pos: int, name: str) -> list[int]:
-        """The instructions that read a character (or match) reached from `starts` at `pos`."""
-        out, seen, stack = [], set(), list(reversed(starts))
-        while stack:
-            pc = stack.pop()
-            if pc in seen:
-                continue
-            seen.add(pc)
-            op = self.code[pc]
-            if op[0] == "jmp":
-                stack.append(op[1])
-            elif op[0] == "split":
-                stack += [op[2], op[1]]
-            elif op[0] in ("bol", "eol"):
-                if pos == (0 if op[0] == "bol" else len(name)):
-                    stack.append(pc + 1)
-            else:
-                out.append(pc)
-        return out
-
-    def _refuse(self, what: str) -> None:
-        raise CheckpointError(
-            f"{self._where} uses {what}, which localrun does not match",
-            hint="PEFT's keys are module names or simple patterns of them (., \\d, [..], (a|b), "
-            "*, +, ?)",
-        )
-
-    def _peek(self) -> str:
-        return self.key[self._pos] if self._pos < len(self.key) else ""
-
-    def _alternation(self) -> Op:
-        branches = [self._sequence()]
-        while self._peek() == "|":
-            self._pos += 1
-            branches.append(self._sequence())
-        return branches[0] if len(branches) == 1 else ("alt", branches)
-
-    def _sequence(self) -> Op:
-        items: list[Op] = []
-        while self._peek() not in ("", "|", ")"):
-            atom = self._atom()
-            counted = _COUNTED.match(self.key, self._pos) if self._peek() == "{" else None
-            if self._peek() in ("*", "+", "?") or (counted and counted.group(0) not in
-                                                   ("{}", "{,}")):  # fmt: skip
-                atom = self._quantified(atom, counted)
-            items.append(atom)
-        return ("cat", items)
-
-    def _quantified(self, atom: Op, counted: re.Match[str] | None) -> Op:
-        if atom[0] in ("bol", "eol"):
-            self._refuse("a repeated anchor")
-        if counted is not None:
-            low, comma, high = counted.groups()
-            least = int(low or 0)
-            most = None if comma and not high else int(high) if comma else least
-            if most is not None and most < least:
-                self._refuse(f"the repeat {counted.group(0)}")
-            self._pos = counted.end()
-        else:
-            least, most = {"*": (0, None), "+": (1, None), "?": (0, 1)}[self._peek()]
-            self._pos += 1
-        if self._peek() == "?":
-            self._pos += 1  # lazy: the same yes or no
-        if self._peek() in ("*", "+", "?", "{"):
-            self._refuse("a repeated repeat")
-        return ("rep", atom, least, most)
-
-    def _atom(self) -> Op:
-        char = self._peek()
-        self._pos += 1
-        if char == "(":
-            return self._group()
-        if char == "[":
-            return ("set", self._class())
-        if char == "\\":
-            return self._escape()
-        if char in ("*", "+", "?"):
-            self._refuse(f"{char} with nothing to repeat")
-        if char in ("^", "$"):
-            return ("bol",) if char == "^" else ("eol",)
-        if char == ".":
-            return ("set", lambda c: c != "\n")
-        return ("set", char.__eq__)
-
-    def _group(self) -> Op:
-        if self.key.startswith("?:", self._pos):
-            self._pos += 2
-        elif self.key.startswith("?P<", self._pos) and ">" in self.key[self._pos :]:
-            self._pos = self.key.index(">", self._pos) + 1
-        elif self._peek() == "?":
-            self._refuse(f"the group ({self.key[self._pos : self._pos + 3]}")
-        inner = self._alternation()
-        if self._peek() != ")":
-            self._refuse("an unclosed (")
-        self._pos += 1
-        return inner
-
-    def _escape(self) -> Op:
-        char = self._peek()
-        self._pos += 1
-        if char.lower() in _CLASSES:
-            test = _CLASSES[char.lower()]
-            return ("set", test if char.islower() else lambda c: not test(c))
-        if char in ("A", "Z"):
-            return ("bol",) if char == "A" else ("eol",)
-        if not char or char.isalnum():
-            self._refuse(f"the escape \\{char}")
-        return ("set", char.__eq__)
-
-    def _class(self) -> Callable[[str], bool]:
-        negate = self._peek() == "^"
-        self._pos += negate
-        tests: list[Callable[[str], bool]] = []
-        first = True
-        while self._peek() != "]" or first:
-            char = self._peek()
-            if not char:
-                self._refuse("an unclosed [")
-            self._pos += 1
-            first = False
-            if char == "\\":
-                escaped = self._escape()
-                tests.append(escaped[1])
-                continue
-            if self._peek() == "-" and self.key[self._pos + 1 : self._pos + 2] not in ("", "]"):
-                high = self.key[self._pos + 1]
-                if high == "\\" or high < char:
-                    self._refuse(f"the range {char}-{high}")
-                self._pos += 2
-                tests.append(functools.partial(_between, char, high))
-            else:
-                tests.append(char.__eq__)
-        self._pos += 1
-        return lambda c: any(test(c) for test in tests) != negate
-
-    def _emit(self, node: Op) -> None:
-        code, kind = self.code, node[0]
-        if len(code) > MAX_PROGRAM:
-            self._refuse(f"more than {MAX_PROGRAM} steps (a large repeat count)")
-        if kind in ("set", "bol", "eol"):
-            code.append(node)
-        elif kind == "cat":
-            for item in node[1]:
-                self._emit(item)
-        elif kind == "alt":
-            ends = []
-            for branch in node[1][:-1]:
-                split = len(code)
-                code.append(())
-                self._emit(branch)
-                ends.append(len(code))
-                code.append(())
-                code[split] = ("split", split + 1, len(code))
-            self._emit(node[1][-1])
-            for end in ends:
-                code[end] = ("jmp", len(code))
-        else:
-            self._emit_repeat(node)
-
-    def _emit_repeat(self, node: Op) -> None:
-        _, item, least, most = node
-        code = self.code
-        for _ in range(least):
-            self._emit(item)
-        if most is None:
-            loop = len(code)
-            code.append(())
-            self._emit(item)
-            code.append(("jmp", loop))
-            code[loop] = ("split", loop + 1, len(code))
-            return
-        for _ in range(most - least):
-            split = len(code)
-            code.append(())
-            self._emit(item)
-            code[split] = ("split", split + 1, len(code))
-
-
-def _between(low: str, high: str, char: str) -> bool:
-    return low <= char <= high
-
-
-def _b(row: architectures.Architecture, module: str, b: Tensor, scale: float, heads: int,
-       kv: int) -> Any:  # fmt: skip
-    data = b.f32() * np.float32(scale)
-    if row.permute_qk and module.endswith("q_proj"):
-        return architectures.permute(data, heads)
-    if row.permute_qk and module.endswith("k_proj"):
-        return architectures.permute(data, kv)
-    return data
+def _b(row: architectures.Architecture, config: dict[str, Any], module: str, b: Tensor,
+       scale: float) -> Iterator[Any]:  # fmt: skip
+    """B scaled, its rows permuted as the base's conversion permuted W's, a chunk of whole
+    heads at a time."""
+    name = f"{module}.weight"
+    group = architectures.head_rows(row, config, name, b.rows)
+    for chunk in b.chunks(group):
+        data = widen(b.dtype, chunk) * np.float32(scale)
+        yield architectures.transform(row, config, name, data, group)
