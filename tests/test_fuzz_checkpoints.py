@@ -75,7 +75,7 @@ def test_a_fifo_in_a_checkpoint_is_refused_not_read(
 ) -> None:
     folder = _copy(llama[0].folder, tmp_path)
     _fifo(folder / name)
-    with _quick(), pytest.raises(CheckpointError, match=f"{name}: a FIFO, not a regular file"):
+    with _quick(), pytest.raises(CheckpointError, match=f"{name} is a FIFO"):
         convert.checkpoint(folder, tmp_path / "out.gguf")
 
 
@@ -88,7 +88,7 @@ def test_create_refuses_a_fifo_model_file_in_one_line(
     (tmp_path / "Modelfile").write_text("FROM ./bad\n")
     started = time.monotonic()
     refused = cli("create", "x", "-f", str(tmp_path / "Modelfile"), timeout=60)
-    assert_one_line_error(refused, "model.safetensors: a FIFO, not a regular file")
+    assert_one_line_error(refused, "model.safetensors is a FIFO (named pipe), not a checkpoint's file")
     assert time.monotonic() - started < 30  # the interpreter's start included; it hung before
 
 
@@ -112,7 +112,7 @@ def test_a_file_swapped_for_a_fifo_after_the_folder_was_checked_is_refused(
     with _quick(), pytest.raises(CheckpointError, match="a FIFO"):
         checkpoint.read_json(folder / "model.safetensors", "checkpoint")
     (folder / "sub.json").mkdir()
-    with pytest.raises(CheckpointError, match="a folder, not a regular file"):
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint's file"):
         checkpoint.read_json(folder / "sub.json", "checkpoint")
 
 

@@ -86,11 +86,17 @@ class GGUFInfo:
         }
 
 
-def open_regular(path: str | os.PathLike[str]) -> int:
-    """Open `path` read-only, refusing anything that is not a regular file; returns the fd.
+def open_regular(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "a GGUF file",
+    hint: str = "point to a .gguf model file",
+) -> int:
+    """Open `path` read-only, refusing anything that is not a regular file; returns the fd
+    (blocking again once open). `what` and `hint` word the refusal for the caller's kind of file.
 
     The check is made before opening (a FIFO blocks in open()) and again on the open descriptor,
-    so a file swapped for a FIFO or device in between is still refused.
+    opened without blocking, so a file swapped for a FIFO or device in between is still refused.
     """
     shown = str(path)
     try:
@@ -99,33 +105,40 @@ def open_regular(path: str | os.PathLike[str]) -> int:
         raise FileNotFoundError_(f"no such file: {shown}", hint="check the path") from None
     except OSError as exc:
         raise NotRegularFileError(f"cannot read {shown}: {exc.strerror}") from exc
-    _require_regular(st, shown)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    _require_regular(st.st_mode, shown, what, hint)
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise NotRegularFileError(f"cannot read {shown}: {exc.strerror}") from exc
     try:
-        _require_regular(os.fstat(fd), shown)
+        _require_regular(os.fstat(fd).st_mode, shown, what, hint)
+        if nonblocking:
+            os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def _require_regular(st: os.stat_result, shown: str) -> None:
-    if stat.S_ISREG(st.st_mode):
-        return
-    what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-    if stat.S_ISFIFO(st.st_mode):
-        what = "a FIFO (named pipe)"
-    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        what = "a device"
-    elif stat.S_ISSOCK(st.st_mode):
-        what = "a socket"
-    raise NotRegularFileError(
-        f"{shown} is {what}, not a GGUF file", hint="point to a .gguf model file"
-    )
+def not_regular(mode: int) -> str | None:
+    """What a file of `st_mode` is when it is not a regular file ("a FIFO (named pipe)"), else
+    None."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+
+
+def _require_regular(mode: int, shown: str, what: str, hint: str) -> None:
+    kind = not_regular(mode)
+    if kind is not None:
+        raise NotRegularFileError(f"{shown} is {kind}, not {what}", hint=hint)
 
 
 def inspect(path: str | os.PathLike[str]) -> GGUFInfo:

@@ -17,6 +17,7 @@ checkpoints need their own dequantizer).
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import json
@@ -31,7 +32,8 @@ from typing import Any, BinaryIO, cast
 
 import numpy as np
 
-from localrun.errors import CheckpointError
+from localrun.errors import CheckpointError, FileNotFoundError_, NotRegularFileError
+from localrun.gguf import scan
 
 # A header names each tensor in about 100 to 200 bytes: 32 MiB is 65,536 of the longest names
 # with room to spare (safetensors' own reader allows 100 MB, which parses to gigabytes).
@@ -135,34 +137,20 @@ def bf16_to_f32(bits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+_HINT = "a checkpoint's files are regular files (or links to them)"
+
+
 def open_regular(path: Path) -> BinaryIO:
-    """`path` opened for reading, refused unless it is a regular file: a read of a FIFO (or a
-    terminal, a socket) waits for a writer that may never come. The type is checked before the
-    open, and again on what was opened, without blocking (O_NONBLOCK), in case the path was
-    swapped between the two."""
-    _regular(path, os.stat(path).st_mode)
-    fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    """`path` opened for reading, refused in one line unless it is a regular file (a read of a
+    FIFO waits for a writer that may never come): gguf.scan's checks, worded for a checkpoint.
+    FileNotFoundError when it is absent."""
     try:
-        _regular(path, os.fstat(fd).st_mode)
-        if _NONBLOCK:
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-
-
-def _regular(path: Path, mode: int) -> None:
-    if not stat.S_ISREG(mode):
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else (
-            "a device or socket")  # fmt: skip
-        raise CheckpointError(
-            f"{path}: {kind}, not a regular file",
-            hint="a checkpoint's files are regular files (or links to them)",
-        )
+        fd = scan.open_regular(path, what="a checkpoint's file", hint=_HINT)
+    except FileNotFoundError_:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path)) from None
+    except NotRegularFileError as exc:
+        raise CheckpointError(str(exc), hint=_HINT) from None
+    return os.fdopen(fd, "rb")
 
 
 def check_folder(folder: Path) -> None:
@@ -179,8 +167,9 @@ def check_folder(folder: Path) -> None:
             mode = os.stat(entry).st_mode
         except OSError:
             continue  # a dangling link: the read that needs it says so
-        if not stat.S_ISDIR(mode):
-            _regular(entry, mode)
+        kind = scan.not_regular(mode)
+        if kind is not None and not stat.S_ISDIR(mode):
+            raise CheckpointError(f"{entry} is {kind}, not a checkpoint's file", hint=_HINT)
 
 
 def read_json(path: Path, what: str, *, required: bool = True) -> Any:
