@@ -175,8 +175,7 @@ def check_folder(folder: Path) -> None:
 def read_json(path: Path, what: str, *, required: bool = True) -> Any:
     """A JSON file of the checkpoint, bounded; None when it is absent and not required."""
     try:
-        with open_regular(path) as handle:
-            data = handle.read(MAX_JSON + 1)
+        data = read_bounded(path, MAX_JSON, f"a {what} file")
     except FileNotFoundError:
         if not required:
             return None
@@ -184,14 +183,25 @@ def read_json(path: Path, what: str, *, required: bool = True) -> Any:
             f"{path.parent}: no {path.name}",
             hint=f"a Hugging Face {what} folder has {path.name} beside its safetensors files",
         ) from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read it: {exc.strerror}") from None
-    if len(data) > MAX_JSON:
-        raise CheckpointError(f"{path}: larger than {MAX_JSON >> 20} MiB; not a {what} file")
     try:
         return json.loads(data)
     except (ValueError, RecursionError):
         raise CheckpointError(f"{path}: not valid JSON") from None
+
+
+def read_bounded(path: Path, most: int, what: str) -> bytes:
+    """A regular file's bytes, refused in one line past `most` bytes (more than `what` ever
+    has); FileNotFoundError when it is absent."""
+    try:
+        with open_regular(path) as handle:
+            data = handle.read(most + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it: {exc.strerror}") from None
+    if len(data) > most:
+        raise CheckpointError(f"{path}: larger than {most >> 20} MiB; not {what}")
+    return data
 
 
 def shard_files(folder: Path, prefix: str) -> list[Path]:

@@ -23,7 +23,7 @@ from typing import Any
 import gguf
 
 from localrun.errors import CheckpointError
-from localrun.recipes.checkpoint import open_regular, read_json
+from localrun.recipes.checkpoint import read_bounded, read_json
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -284,14 +284,9 @@ MAX_MODEL_PROTO = 64 * 1024 * 1024
 def _read_model_proto(path: Path) -> tuple[list[tuple[str, float, int]], bool]:
     """(piece, score, type) for each piece, and add_dummy_prefix, from a ModelProto."""
     try:
-        with open_regular(path) as handle:  # never a FIFO's endless wait
-            data = handle.read(MAX_MODEL_PROTO + 1)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read it: {exc.strerror}") from None
-    if len(data) > MAX_MODEL_PROTO:
-        raise CheckpointError(
-            f"{path}: larger than {MAX_MODEL_PROTO} bytes, more than any tokenizer's model"
-        )
+        data = read_bounded(path, MAX_MODEL_PROTO, "a tokenizer's model")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
     pieces: list[tuple[str, float, int]] = []
     add_dummy_prefix = True
     try:
