@@ -172,3 +172,54 @@ _CHECKS = {
     "media": _media,
     "memory": _kind(str),
 }
+
+
+def pair_tool_results(messages: list[Message]) -> list[Message]:
+    """`messages` with every tool call given an id, and every tool result the id of its call
+    (the messages given are changed; a call given an id is a new object).
+
+    Ollama's messages carry no ids: a call is {"function": {...}} and its result names the
+    tool (`tool_name`, Zed) or nothing (Continue, the `ollama` clients). Chat templates are
+    written for OpenAI's messages, where a result names its call by id, and some refuse a
+    result without one (Mistral's: "Tool call IDs should be alphanumeric strings with length
+    9!"). A result without an id answers the first call of the turn before it not answered
+    yet (the first of its tool's name, where it names one). Ids a request gives are kept; the
+    ones made here depend only on the message's place, so a growing conversation renders the
+    same prefix each time (the prompt cache reuses it).
+    """
+    waiting: list[tuple[str, Any]] = []  # the last turn's calls not answered yet: (id, name)
+    for index, message in enumerate(messages):
+        if message.get("role") == "assistant":
+            waiting = []
+            calls = message.get("tool_calls")
+            if calls:
+                message["tool_calls"] = [
+                    _with_id(c, f"call_{index}_{n}") for n, c in enumerate(calls)
+                ]
+                waiting = [
+                    (c["id"], _name(c)) for c in message["tool_calls"] if isinstance(c, dict)
+                ]
+        elif message.get("role") == "tool":
+            given = message.get("tool_call_id")
+            if given:
+                waiting = [w for w in waiting if w[0] != given]
+                continue
+            name = message.get("tool_name") or message.get("name")
+            match = next((w for w in waiting if name and w[1] == name), None)
+            match = match or (waiting[0] if waiting else None)
+            if match is not None:
+                message["tool_call_id"] = match[0]
+                waiting.remove(match)
+    return messages
+
+
+def _with_id(call: Any, made: str) -> Any:
+    """A tool call with an id: its own, else `made` (a new object; the request's is kept)."""
+    if not isinstance(call, dict) or (isinstance(call.get("id"), str) and call["id"]):
+        return call
+    return {**call, "id": made}
+
+
+def _name(call: dict[str, Any]) -> Any:
+    function = call.get("function")
+    return function.get("name") if isinstance(function, dict) else None

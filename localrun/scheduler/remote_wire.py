@@ -19,7 +19,7 @@ from typing import Any
 
 from localrun.engine.types import Timings
 from localrun.errors import BadRequestError
-from localrun.request import GenRequest
+from localrun.request import GenRequest, pair_tool_results
 from localrun.scheduler.remote_limit import AnswerLimit
 from localrun.settings.upstreams import Upstream
 from localrun.worker import protocol
@@ -133,28 +133,23 @@ def _messages(request: GenRequest, *, openai: bool) -> list[Message]:
     out: list[Message] = []
     if request.system:
         out.append({"role": "system", "content": request.system})
-    call_ids: list[str] = []  # the last assistant turn's calls, for the tool turns after it
-    answered = 0
-    for index, message in enumerate(request.messages or []):
+    given = request.messages or []
+    for index, message in enumerate(given):
         if not isinstance(message, dict):
             raise ValueError(f"message {index} is not an object")
+        if not isinstance(message.get("tool_calls") or [], list):
+            raise ValueError(f"message {index}: tool_calls is not a list")
+    # copies: the pairing gives ids in place, and the request is the caller's
+    for index, message in enumerate(pair_tool_results([dict(m) for m in given])):
         item: Message = {"role": message.get("role", "user"), "content": message.get("content")}
         if item["content"] is None:
             item["content"] = ""
-        calls = message.get("tool_calls")
-        if calls:
-            if not isinstance(calls, list):
-                raise ValueError(f"message {index}: tool_calls is not a list")
+        if message.get("tool_calls"):
+            calls = message["tool_calls"]
             item["tool_calls"] = [_call(call, index, n, openai) for n, call in enumerate(calls)]
-            call_ids = [c.get("id", "") for c in item["tool_calls"]] if openai else []
-            answered = 0
         if message.get("role") == "tool":
             if openai:
-                given = message.get("tool_call_id")
-                if not given and answered < len(call_ids):
-                    given = call_ids[answered]  # the n-th result answers the n-th call
-                item["tool_call_id"] = given or _call_id(index, 0)
-                answered += 1
+                item["tool_call_id"] = message.get("tool_call_id") or _call_id(index, 0)
             elif message.get("tool_name"):
                 item["tool_name"] = message["tool_name"]
         if message.get("images") and not openai:

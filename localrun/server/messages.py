@@ -2,7 +2,8 @@
 
 Ollama's and OpenAI's chat messages are read here (`chat_messages`); the Responses API and
 Anthropic's Messages turn their own input into these messages first (see their modules).
-Tool results come out paired with their calls by id, as OpenAI's are (`_paired`).
+Tool results come out paired with their calls by id, as OpenAI's are
+(`request.pair_tool_results`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from localrun import media as media_mod
 from localrun.errors import BadRequestError
+from localrun.request import pair_tool_results
 
 
 def chat_messages(
@@ -69,57 +71,7 @@ def chat_messages(
             message["reasoning_content"] = thought
         out.append(message)
     media_mod.check_count(sum(len(m.get("media", ())) for m in out))
-    return _paired(out)
-
-
-def _paired(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`messages` with every tool call given an id, and every tool result the id of its call.
-
-    Ollama's messages carry no ids: a call is {"function": {...}} and its result names the
-    tool (`tool_name`, Zed) or nothing (Continue, the `ollama` clients). Chat templates are
-    written for OpenAI's messages, where a result names its call by id, and some refuse a
-    result without one (Mistral's: "Tool call IDs should be alphanumeric strings with length
-    9!"). A result without an id answers the first call of the turn before it not answered
-    yet (the first of its tool's name, where it names one). Ids a request gives are kept; the
-    ones made here depend only on the message's place, so a growing conversation renders the
-    same prefix each time (the prompt cache reuses it).
-    """
-    waiting: list[tuple[str, Any]] = []  # the last turn's calls not answered yet: (id, name)
-    for index, message in enumerate(messages):
-        if message["role"] == "assistant":
-            waiting = []
-            calls = message.get("tool_calls")
-            if calls:
-                message["tool_calls"] = [
-                    _with_id(c, f"call_{index}_{n}") for n, c in enumerate(calls)
-                ]
-                waiting = [
-                    (c["id"], _name(c)) for c in message["tool_calls"] if isinstance(c, dict)
-                ]
-        elif message["role"] == "tool":
-            given = message.get("tool_call_id")
-            if given:
-                waiting = [w for w in waiting if w[0] != given]
-                continue
-            name = message.get("tool_name") or message.get("name")
-            match = next((w for w in waiting if name and w[1] == name), None)
-            match = match or (waiting[0] if waiting else None)
-            if match is not None:
-                message["tool_call_id"] = match[0]
-                waiting.remove(match)
-    return messages
-
-
-def _with_id(call: Any, made: str) -> Any:
-    """A tool call with an id: its own, else `made` (a new object; the request's is kept)."""
-    if not isinstance(call, dict) or (isinstance(call.get("id"), str) and call["id"]):
-        return call
-    return {**call, "id": made}
-
-
-def _name(call: dict[str, Any]) -> Any:
-    function = call.get("function")
-    return function.get("name") if isinstance(function, dict) else None
+    return pair_tool_results(out)
 
 
 def _parts(parts: list[Any], index: int) -> tuple[str, list[media_mod.Media]]:
