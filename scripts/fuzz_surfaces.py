@@ -26,11 +26,9 @@ RSS of the server and its runners, and of each `localrun run`; exits 1 on any de
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
-import re
 import struct
 import subprocess
 import sys
@@ -42,34 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fuzzlib.checks import problem, send, tree_rss
+from fuzzlib.checks import problem, send
 from fuzzlib.hostile import Request
+from fuzzlib.processes import Peak, Prober, cli, serving
 from fuzzlib.upstream import FakeUpstream, huge_answers
 
 # Long enough to be cached on disk (prompt_cache.MIN_TOKENS) by any tokenizer.
 SYSTEM = "You are a careful assistant. " + " ".join(f"Rule {i}: be brief." for i in range(40))
 SPECIALS = "<|im_start|><|endoftext|>"
 GATEWAY_STATUSES = (502, 504)
-
-
-class Peak:
-    """The peak RSS of a process and its children, polled on a thread."""
-
-    def __init__(self, pid: int, every_s: float = 0.05) -> None:
-        self.pid, self.every_s, self.bytes = pid, every_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self.bytes = max(self.bytes, tree_rss(self.pid))
-            self._stop.wait(self.every_s)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.bytes
 
 
 class Outcome:
@@ -96,43 +75,6 @@ class Outcome:
 
     def most(self, key: str, value: float) -> None:
         self.notes[key] = max(self.notes.get(key, 0.0), value)
-
-
-# -- the processes ---------------------------------------------------------------------------
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "localrun", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@contextlib.contextmanager
-def serving(env: dict[str, str], log: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "localrun", "serve", "--port", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        found = re.search(r"http://\S+", proc.stdout.readline())
-        if not found:
-            raise SystemExit("localrun serve did not start")
-        yield found.group(0), proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- tokenize --------------------------------------------------------------------------------
@@ -238,31 +180,6 @@ def upstream_request(rng: random.Random) -> Request:
         ]
     )
     return Request("POST", path, {"model": "remote-model", **body})
-
-
-class Prober:
-    """Times /api/version every 0.2 s on a thread: the event loop must stay free."""
-
-    def __init__(self, client: httpx.Client) -> None:
-        self.client, self.worst = client, 0.0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._probe, daemon=True)
-        self._thread.start()
-
-    def _probe(self) -> None:
-        while not self._done.is_set():
-            started = time.monotonic()
-            try:
-                self.client.get("/api/version", timeout=30)
-                self.worst = max(self.worst, time.monotonic() - started)
-            except httpx.HTTPError:
-                self.worst = 30.0
-            self._done.wait(0.2)
-
-    def stop(self) -> float:
-        self._done.set()
-        self._thread.join()
-        return self.worst
 
 
 def run_upstream(
