@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,5 +98,40 @@ def test_concurrent_creates_wait_their_turn(
         waited = [n for n, s in statuses.items() if any(x.startswith("waiting for") for x in s)]
         assert len(waited) >= 1, statuses  # one ran at a time
         assert not list(store.blobs.glob(TMP_PREFIX + "*"))
+    finally:
+        live.close()
+
+
+@pytest.mark.server
+@pytest.mark.model
+def test_a_client_that_leaves_a_quantization_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-streamed quantize whose client hangs up: the job is stopped and the file it was
+    writing removed (the cleanup ran under the request's cancellation, which its first await
+    re-raised, so the file stayed until `prune`)."""
+    from testmodels.text import write_tiny_model
+
+    store = Store(tmp_path / "models")
+    add_model(store, "f16", write_tiny_model(tmp_path / "f16.gguf", dtype="f16",
+                                             extra_bytes=48 << 20))  # fmt: skip
+    live = LiveServer(store, Scheduler(store, max_queue=8))
+    body = json.dumps({"model": "q", "from": "f16", "quantize": "q8_0", "stream": False})
+    try:
+        with socket.create_connection(("127.0.0.1", live.port)) as client:
+            client.sendall(
+                f"POST /api/create HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\n"
+                "Content-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+            )
+            deadline = time.monotonic() + 60
+            while not list(store.blobs.glob(TMP_PREFIX + "*")):
+                assert time.monotonic() < deadline, "the quantization never started writing"
+                time.sleep(0.01)
+        deadline = time.monotonic() + 20
+        while list(store.blobs.glob(TMP_PREFIX + "*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not list(store.blobs.glob(TMP_PREFIX + "*"))
+        assert [str(n) for n in store.names()] == ["f16:latest"]
     finally:
         live.close()

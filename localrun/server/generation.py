@@ -254,7 +254,8 @@ async def merged(generations: list[Generation]) -> AsyncGenerator[tuple[int, Chu
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for generation in generations:
-            if not generation.finished:
-                await generation.close()
+        with anyio.CancelScope(shield=True):  # runs while the request is being cancelled too
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for generation in generations:
+                if not generation.finished:
+                    await generation.close()

@@ -37,6 +37,8 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import IO, Any
 
+import anyio
+
 from localrun import selfexec
 from localrun.errors import BusyError, LocalrunError
 
@@ -168,17 +170,27 @@ async def _run(request: dict[str, Any], threads: int) -> AsyncGenerator[Event, N
             hint="see the server's log; LOCALRUN_DEBUG=1 shows the job's output",
         )
     finally:
-        if not finished and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), _KILL_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        if not finished and request.get("store"):
-            await asyncio.to_thread(_remove_temp_files, str(request["store"]), proc.pid)
+        # Shielded: a request whose client left is cancelled, and the cancellation is raised
+        # again at every await of its scope, which stopped this cleanup at its first one (the
+        # job's temporary file stayed in the store until `prune`).
+        with anyio.CancelScope(shield=True):
+            await _stop(proc, request, finished)
+
+
+async def _stop(proc: asyncio.subprocess.Process, request: dict[str, Any], finished: bool) -> None:
+    """Wait for the job's process to end (stopped, if it had not finished: killed if it will
+    not stop), then remove what a stopped job was writing."""
+    if not finished and proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), _KILL_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+    if not finished and request.get("store"):
+        await asyncio.to_thread(_remove_temp_files, str(request["store"]), proc.pid)
 
 
 def _remove_temp_files(root: str, pid: int) -> None:
