@@ -1,5 +1,5 @@
-"""What the fuzzers share (scripts/fuzz_requests.py, fuzz_surfaces.py, fuzz_gguf.py) and the
-scripted upstream the gateway's tests talk to.
+"""What the fuzzers share (scripts/fuzz_requests.py, fuzz_surfaces.py, fuzz_gguf.py,
+fuzz_jobs.py) and the scripted upstream the gateway's tests talk to.
 
 Modules (each imports only those listed before it):
 
@@ -8,6 +8,10 @@ Modules (each imports only those listed before it):
   the memory of the server's process tree;
 * ``upstream`` - FakeUpstream: a scripted OpenAI-only upstream that answers, or fails on cue
   (hostile modes included);
+* ``processes`` - a real `localrun serve` and `localrun` commands, and what is watched in them
+  (peak memory, job processes and threads, the slowest /api/version);
+* ``inputs`` - the hostile files of issue 57 (GGUFs with hostile templates, mutated checkpoints
+  and adapters, sparse and many-tensor shards, other runners' folders);
 * ``layout`` - a minimal GGUF layout: parse, edit, serialize;
 * ``mutants`` - mutants of a valid GGUF, semantic and structural.
 """
