@@ -235,6 +235,13 @@ CASES = (
         "LFM2.5-8B-A1B.jinja",
         '<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>',
     ),
+    Case(  # its template lists tools but writes no call: the markers live in the vocabulary
+        "lfm2-8b",
+        "lfm2",
+        "LFM2-8B-A1B.jinja",
+        '<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>',
+        special=("<|tool_call_start|>", "<|tool_call_end|>"),
+    ),
     Case(
         "gemma4",
         "gemma4",

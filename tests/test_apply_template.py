@@ -249,3 +249,76 @@ def test_a_gguf_without_a_template_gets_its_familys(
     ran = cli("run", "b", "Hi", "--param", "num_predict=4")
     assert ran.code == 0, ran.stderr
     assert ran.stderr.count("a base model") == 1
+
+
+# -- tool definitions as the client sent them (issue 58) ----------------------------------------
+
+# In a client's order, with keys localrun has no use for: each is shown to the model unchanged.
+CLIENT_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+    "x-vendor": {"cache": "ephemeral"},
+}
+
+
+@pytest.mark.server
+def test_a_tool_definition_reaches_the_template_as_the_client_sent_it(live: Any) -> None:
+    """Qwen's template prints each tool with tojson: the text is the client's own, key for key
+    and in its order (transformers' apply_chat_template and llama-server show the same)."""
+    body = {
+        "model": _name("Qwen-Qwen3-0.6B"),
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [CLIENT_TOOL],
+    }
+    answer = _apply(live, body)
+    assert answer.status_code == 200, answer.text
+    assert json.dumps(CLIENT_TOOL, ensure_ascii=False) in answer.json()["prompt"]
+
+
+def test_a_bare_function_is_wrapped_and_nothing_else_changes() -> None:
+    from localrun.formats import calls
+
+    bare = {"name": "f", "parameters": {"type": "object"}, "strict": True}
+    assert calls.normalize([bare]) == [{"type": "function", "function": bare}]
+    assert calls.normalize([CLIENT_TOOL])[0] is CLIENT_TOOL
+    assert calls.parameters({"function": {"name": "g"}}) == {"type": "object", "properties": {}}
+
+
+def test_no_tools_is_none_to_a_template() -> None:
+    """vLLM's Llama 3.1 tool template tests `tools is not none`: with no tools it must not take
+    its tools branch (transformers passes None)."""
+    from localrun.formats import template
+
+    source = "{% if tools is not none %}TOOLS{% else %}NONE{% endif %}"
+    assert template.render(source, [{"role": "user", "content": "hi"}]) == "NONE"
+
+
+def test_each_dialects_tool_keeps_the_clients_order() -> None:
+    """Anthropic's {name, description, input_schema} and a Responses function tool become a
+    function of name, description, parameters in that order (vLLM's translations), a Responses
+    tool keeping its other keys (strict)."""
+    from localrun.server import anthropic, responses_tools
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    body = {"tools": [{"name": "w", "description": "d", "input_schema": schema}]}
+    tools, _ = anthropic._tools(body)
+    assert tools is not None
+    assert list(tools[0]["function"].items()) == [("name", "w"), ("description", "d"),
+                                                  ("parameters", schema)]  # fmt: skip
+    flat = {"type": "function", "name": "w", "description": "d", "parameters": schema,
+            "strict": True}  # fmt: skip
+    offered = responses_tools.tools_of([flat]).tools
+    assert offered is not None
+    made = offered[0]["function"]
+    assert list(made.items()) == [("name", "w"), ("description", "d"), ("parameters", schema),
+                                  ("strict", True)]  # fmt: skip

@@ -24,8 +24,9 @@ we, from what the probes' output shows, once per template:
 - `functions`: Firefunction v2's template reads the tool list as JSON text in this variable;
   SmolLM3's reads it as `xml_tools`.
 
-A template is told nothing it did not ask for: `tools` is left undefined when there are none,
-as in Hugging Face's and llama.cpp's environments.
+A template is told what Hugging Face's apply_chat_template tells it: `tools` is None when there
+are none (vLLM's Llama 3.1 and xLAM templates test `tools is not none`), as llama-server too
+passes it.
 """
 
 from __future__ import annotations

@@ -34,10 +34,14 @@ ToolCall = dict[str, Any]
 
 
 def normalize(tools: Any) -> list[Tool]:
-    """Validate tool definitions into the OpenAI/Ollama shape templates expect.
+    """Check tool definitions, and give them back as the client wrote them.
 
-    Accepts {"type": "function", "function": {"name", "description"?, "parameters"?}} and, for
-    convenience, the bare function object. Raises BadRequestError naming what is wrong.
+    Accepts {"type": "function", "function": {"name", "description"?, "parameters"?, ...}} and,
+    for convenience, the bare function object (wrapped in that shape). Nothing is rebuilt,
+    reordered or dropped: a template that prints the tools (Qwen's, Llama 3's, Mistral's ...)
+    shows the model the definition as the client sent it, key for key and in its order, as
+    Hugging Face's apply_chat_template does (the model was trained on what clients send).
+    Raises BadRequestError naming what is wrong.
     """
     if not isinstance(tools, list):
         raise BadRequestError(f"tools must be a list, not {type(tools).__name__}")
@@ -49,7 +53,8 @@ def normalize(tools: Any) -> list[Tool]:
         kind = tool.get("type", "function")
         if kind != "function":
             raise BadRequestError(f"tools[{index}] has type {kind!r}; only 'function' is known")
-        function = tool.get("function", tool if "name" in tool else None)
+        bare = "function" not in tool and "name" in tool
+        function = tool if bare else tool.get("function")
         if not isinstance(function, dict):
             raise BadRequestError(f"tools[{index}] has no function object")
         name = function.get("name")
@@ -58,16 +63,16 @@ def normalize(tools: Any) -> list[Tool]:
         if name in seen:
             raise BadRequestError(f"the tool {name!r} is defined twice")
         seen.add(name)
-        parameters = function.get("parameters")
-        if parameters is None:
-            parameters = {"type": "object", "properties": {}}
-        if not isinstance(parameters, dict):
+        if not isinstance(function.get("parameters") or {}, dict):
             raise BadRequestError(f"the parameters of tool {name!r} must be a JSON schema object")
-        entry: dict[str, Any] = {"name": name, "parameters": parameters}
-        if isinstance(function.get("description"), str):
-            entry["description"] = function["description"]
-        out.append({"type": "function", "function": entry})
+        out.append({"type": "function", "function": function} if bare else tool)
     return out
+
+
+def parameters(tool: Tool) -> dict[str, Any]:
+    """A normalized tool's parameter schema (an object of no properties where it has none)."""
+    found = tool["function"].get("parameters")
+    return found if isinstance(found, dict) else {"type": "object", "properties": {}}
 
 
 def names(tools: list[Tool]) -> list[str]:

@@ -9,11 +9,11 @@ come here, and never look inside:
                    as Ollama renders them, on gotemplate*.py (Go's text/template)
 
 A Jinja template is given `messages`, `add_generation_prompt`, `bos_token`, `eos_token`,
-`tools` (left undefined when there are none), and what llama.cpp's server passes every
-template: `date_string` and `datetime` (today: "25 Nov 2026", "Nov 25 2026") and
-`enable_thinking` (true unless the request turns thinking off: a reasoning model thinks by
-default, where templates that test `enable_thinking is defined` would otherwise close it), and
-past reasoning kept in the history
+`tools` (as the client sent them; None when there are none, as Hugging Face passes it), and
+what llama.cpp's server passes every template: `date_string` and `datetime` (today:
+"25 Nov 2026", "Nov 25 2026") and `enable_thinking` (true unless the request turns thinking
+off: a reasoning model thinks by default, where templates that test `enable_thinking is
+defined` would otherwise close it), and past reasoning kept in the history
 (`preserve_thinking` true; `clear_thinking`, `truncate_history_thinking`, `drop_thinking` false).
 """
 
@@ -128,8 +128,7 @@ def render(
             "eos_token": eos_token,
         }
         context["add_generation_prompt"] = add_generation_prompt
-        if tools:
-            context["tools"] = tools
+        context["tools"] = tools or None  # as Hugging Face and llama-server pass no tools
         try:
             prompt = render_jinja(source, context)
         except TemplateLimitError:

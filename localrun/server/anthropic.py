@@ -235,9 +235,11 @@ def _tools(body: Body) -> tuple[list[dict[str, Any]] | None, list[str]]:
             description, schema = client
             function = {"name": tool.get("name"), "description": description, "parameters": schema}
         elif kind in ("custom", None):
-            function = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
+            # as vLLM's Messages route and every chat template's clients order a function
+            function = {"name": tool.get("name")}
             if isinstance(tool.get("description"), str):
                 function["description"] = tool["description"]
+            function["parameters"] = tool.get("input_schema")
         elif isinstance(kind, str):
             left_out.append(kind)
             continue

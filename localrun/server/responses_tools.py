@@ -73,8 +73,11 @@ def _function(tool: dict[str, Any], where: str, namespace: str | None) -> dict[s
     name = tool.get("name")
     if not isinstance(name, str) or not name:
         raise BadRequestError(f"{where}.name must be a non-empty string")
-    function = {k: tool[k] for k in ("description", "parameters") if k in tool}
-    return {"type": "function", "function": {"name": model_name(namespace, name), **function}}
+    # The definition as the client wrote it, key for key (strict included), less its type:
+    # what vLLM's Responses route hands the chat template.
+    function = {k: model_name(namespace, name) if k == "name" else v for k, v in tool.items()
+                if k != "type"}  # fmt: skip
+    return {"type": "function", "function": function}
 
 
 def _custom(tool: dict[str, Any], where: str, namespace: str | None) -> dict[str, Any]:

@@ -45,7 +45,8 @@ def grammar(
         if only is not None and function["name"] != only:
             continue
         rule = f"call{index}"
-        rules += _call_rules(syntax, rule, function["name"], function["parameters"], primed)
+        schema = tools_mod.parameters(tool)
+        rules += _call_rules(syntax, rule, function["name"], schema, primed)
         calls.append(rule)
     rules.append(f"root ::= {' | '.join(calls)}")
     return "\n".join(rules)

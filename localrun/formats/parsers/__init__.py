@@ -138,6 +138,7 @@ FAMILIES: tuple[Family, ...] = (
             close="<|tool_call_end|>",
             python=True,
         ),
+        token="<|tool_call_start|>",  # LFM2-8B-A1B's template writes no call: its vocabulary
     ),
     Family(
         "nemotron",

@@ -109,7 +109,7 @@ class Syntax:
         for entry in self.tools:
             function = entry["function"]
             if function["name"] == tool:
-                props = function.get("parameters", {}).get("properties", {})
+                props = (function.get("parameters") or {}).get("properties", {})
                 spec = props.get(parameter) if isinstance(props, dict) else None
                 kind = spec.get("type") if isinstance(spec, dict) else None
                 return kind if isinstance(kind, str) else None
