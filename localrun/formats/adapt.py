@@ -130,14 +130,27 @@ def _try(source: str, messages: list[Message], tools: Any = None) -> str | None:
         "bos_token": "",
         "eos_token": "",
     }
-    if tools is not None:
-        context["tools"] = tools
+    try:
+        return rendered(source, {**context, "tools": tools})
+    except TemplateLimitError:
+        raise
+    except TemplateError:
+        return None
+
+
+def rendered(source: str, context: dict[str, Any]) -> str:
+    """The Jinja template rendered with `context`; where it fails with `tools` None, again with
+    `tools` undefined: a template written for llama.cpp's engine, which loops over a null as
+    over nothing (Command R+'s tool_use template loops over the tools unasked), renders as it
+    does there."""
     try:
         return render_jinja(source, context)
     except TemplateLimitError:
         raise
     except TemplateError:
-        return None
+        if context.get("tools") is not None:
+            raise
+        return render_jinja(source, {k: v for k, v in context.items() if k != "tools"})
 
 
 @lru_cache(maxsize=32)

@@ -30,7 +30,7 @@ from localrun.formats import adapt as adapt_mod
 from localrun.formats import calls as calls_mod
 from localrun.formats import parsers
 from localrun.formats.gotemplate_lex import looks_like_go
-from localrun.formats.jinja_env import compile_jinja, render_jinja
+from localrun.formats.jinja_env import compile_jinja
 from localrun.formats.parsers import derive
 
 # llama.cpp falls back to ChatML when a model has no template.
@@ -130,7 +130,7 @@ def render(
         context["add_generation_prompt"] = add_generation_prompt
         context["tools"] = tools or None  # as Hugging Face and llama-server pass no tools
         try:
-            prompt = render_jinja(source, context)
+            prompt = adapt_mod.rendered(source, context)
         except TemplateLimitError:
             raise
         except TemplateError as exc:

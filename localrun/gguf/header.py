@@ -97,6 +97,7 @@ CHAT_TOKENS = frozenset(
         "<|tool_call|>",
         "[TOOL_CALLS]",
         "<|tool_calls_section_begin|>",
+        "<|tool_call_start|>",
     }
 )
 _CHAT_BYTES = {token.encode(): token for token in CHAT_TOKENS}
