@@ -242,6 +242,17 @@ CASES = (
         '<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>',
         special=("<|tool_call_start|>", "<|tool_call_end|>"),
     ),
+    # vLLM's pythonic templates (fetched by scripts/fetch_corpora.py): the whole answer a list
+    *(
+        Case(
+            name,
+            "pythonic",
+            f"corpora/vllm/examples/tool_chat_template_{name}.jinja",
+            '[get_weather(city="Paris"), get_time(tz="CET")]',
+            calls=(PARIS, CET),
+        )
+        for name in ("llama3.2_pythonic", "gemma3_pythonic", "llama4_pythonic", "toolace")
+    ),
     Case(
         "gemma4",
         "gemma4",

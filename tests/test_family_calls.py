@@ -564,3 +564,40 @@ def test_log_probabilities_stay_with_their_tokens_around_a_call(early_caller: Li
         if content:
             assert "".join(e.token for e in entries) == content
     assert count > 250  # every token's entry arrived
+
+
+LFM2 = parsers.by_name("lfm2").syntax.with_tools(TOOLS)
+PYTHONIC = parsers.by_name("pythonic").syntax.with_tools(TOOLS)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "text", "content", "calls"),
+    [
+        # Python literals JSON cannot hold: text, never a call the answer cannot encode (the
+        # request hung, or answered {"x": Infinity}, which is not JSON).
+        *(
+            (LFM2, f"<|tool_call_start|>[get_weather(city={v})]<|tool_call_end|>", None, [])
+            for v in ("{1, 2}", "b'Paris'", "1e999", "-1e999", "1j", "{1: 'a'}")
+        ),
+        (
+            LFM2,
+            '<|tool_call_start|>[get_weather(city=("Paris", 1.5))]<|tool_call_end|>',
+            "",
+            [{"name": "get_weather", "arguments": {"city": ["Paris", 1.5]}}],
+        ),
+        # Pythonic: only a list of calls that is the answer's start is read; a list that is
+        # not calls is text, as vLLM reads it.
+        (PYTHONIC, '[get_weather(city="Paris")]', "", [PARIS]),
+        (PYTHONIC, "[1] See the notes.", None, []),
+        (PYTHONIC, "[Paris] is sunny.", None, []),
+        (PYTHONIC, 'See [get_weather(city="Paris")]', None, []),
+        (PYTHONIC, '[get_weather(city="Pa', None, []),
+        (PYTHONIC, '[rm_rf(path="/")]', None, []),
+    ],
+)
+def test_python_calls_are_read_as_json_values_or_left_as_text(
+    syntax: Any, text: str, content: str | None, calls: list[Any]
+) -> None:
+    for step in (1, 4, len(text)):
+        got_content, got_calls = _stream(syntax, text, step)
+        assert (got_content, got_calls) == (text if content is None else content, calls)

@@ -88,7 +88,9 @@ def test_create_refuses_a_fifo_model_file_in_one_line(
     (tmp_path / "Modelfile").write_text("FROM ./bad\n")
     started = time.monotonic()
     refused = cli("create", "x", "-f", str(tmp_path / "Modelfile"), timeout=60)
-    assert_one_line_error(refused, "model.safetensors is a FIFO (named pipe), not a checkpoint's file")
+    assert_one_line_error(
+        refused, "model.safetensors is a FIFO (named pipe), not a checkpoint's file"
+    )
     assert time.monotonic() - started < 30  # the interpreter's start included; it hung before
 
 

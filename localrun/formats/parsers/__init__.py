@@ -14,7 +14,7 @@ asks for (formats/calls.py).
                     Command R, LFM2's Python calls)
     xml.py          values written as text (Qwen3-Coder, Seed-OSS, MiniMax, GLM)
     llama3.py mistral.py deepseek.py kimi.py functionary.py harmony.py gemma4.py
-                    one family each
+    pythonic.py     one family each
     derive.py       a syntax read from a template's own rendering of a call
 
 The dialects never look in here: the runner's sink turns an answer into text, reasoning and
@@ -35,6 +35,7 @@ from localrun.formats.parsers.harmony import Harmony
 from localrun.formats.parsers.kimi import Kimi
 from localrun.formats.parsers.llama3 import Llama3
 from localrun.formats.parsers.mistral import Mistral
+from localrun.formats.parsers.pythonic import Pythonic
 from localrun.formats.parsers.wrapped import Wrapped
 from localrun.formats.parsers.xml import ArgKeys, FunctionTags, Invoke
 
@@ -181,6 +182,9 @@ FAMILIES: tuple[Family, ...] = (
         drop=("<response>", "</response>"),
         token="<|tool_call|>",
     ),
+    # Asked for in the template's own words (vLLM's pythonic templates: Llama 3.2 / 4, Gemma 3,
+    # ToolACE): before Llama 3's row, whose markers Llama's pythonic templates also write.
+    Family("pythonic", ("[func_name1(",), Pythonic()),
     Family("llama3", ("<|start_header_id|>", "ipython"), Llama3()),
     Family("hermes", ("<tool_call>",), HERMES),
 )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -276,9 +277,25 @@ def _literal(node: ast.expr) -> Any:
     if isinstance(node, ast.Name) and node.id in _JSON_NAMES:
         return _JSON_NAMES[node.id]
     try:
-        return ast.literal_eval(node)
+        return _as_json(ast.literal_eval(node))
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
         raise Malformed("an argument is not a literal") from None
+
+
+def _as_json(value: Any) -> Any:
+    """A Python literal as the JSON value it is; Malformed for what JSON cannot hold (a set,
+    bytes, a complex number, 1e999 or NaN: such a call hung the answer's encoding)."""
+    if value is None or isinstance(value, bool | str | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Malformed("an argument JSON cannot hold")
+        return value
+    if isinstance(value, list | tuple):
+        return [_as_json(item) for item in value]
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return {key: _as_json(item) for key, item in value.items()}
+    raise Malformed("an argument JSON cannot hold")
 
 
 def _dotted(node: ast.expr) -> str:

@@ -1,0 +1,63 @@
+"""Calls written as a Python list for the whole answer, with no marker around them:
+`[get_weather(city="Paris"), get_time(tz="CET")]`. Llama 3.2 and Llama 4 pythonic, Gemma 3
+pythonic, ToolACE and OLMo 3 are asked for this by their templates (the ones vLLM ships for its
+pythonic parser: "[func_name1(params_name1=params_value1, ...), func_name2(params)]").
+
+As vLLM reads them: an answer that begins with `[` and a name followed by `(` is held until its
+list closes, then read as calls (values Python or JSON literals); one that does not begin so,
+or whose list is not calls of the offered tools, is text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from localrun.formats.parsers.base import Incomplete, Malformed, Syntax, Taken, pythonic
+
+# What the start of a list of calls looks like, as far as it has come: `[`, `[name`, `[name(`.
+_OPENING = re.compile(r"\[\s*(?:[A-Za-z_][\w.]*\s*(?:\(|$)|$)")
+
+
+@dataclass
+class Pythonic(Syntax):
+    name: str = "pythonic"
+    leading: str = "["
+
+    def take(self, text: str, final: bool) -> Taken:
+        if not _OPENING.match(text):
+            raise Malformed("not a list of calls")
+        end = _list_end(text)
+        if end < 0:
+            if final:
+                raise Malformed("the list of calls never closes")
+            raise Incomplete
+        return Taken(pythonic(text[:end], self), end)
+
+    def write(self, name: str, arguments: str) -> str:
+        values = json.loads(arguments)
+        return f"[{name}({', '.join(f'{k}={json.dumps(v)}' for k, v in values.items())})]"
+
+
+def _list_end(text: str) -> int:
+    """The index after the `]` that closes the list `text` begins with (brackets in strings
+    not counted), or -1 when it has not closed yet."""
+    depth, quote, escaped = 0, "", False
+    for index, char in enumerate(text):
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+    return -1
