@@ -129,7 +129,7 @@ REFUSED: dict[tuple[str, str], str] = {
     ),
 }
 
-# (template, conversation) -> why localrun's prompt differs from transformers' (49 of 151).
+# (template, conversation) -> why localrun's prompt differs from transformers' (48 of 151).
 EXPECTED: dict[tuple[str, str], str] = {
     **_pairs(
         "dse_qwen2_vl qwen3_reranker qwen3_vl_reranker template_alpaca template_chatglm "
@@ -142,10 +142,10 @@ EXPECTED: dict[tuple[str, str], str] = {
     ),
     **_pairs(
         "tool_chat_template_functiongemma",
-        TOOL_TURNS,
-        "the template shows tools only inside a system message: localrun's probe, without one, "
-        "finds them unshown and writes its own system note instead, also where a system "
-        "message would have shown the template's 'Available functions'",
+        "tool_call tool_follow_up",
+        "the template lists the tools only inside a system message: without one, transformers "
+        "shows the model no tools; localrun adds an empty system message so its tools are "
+        "listed where the template lists them (adapt.Caps.tools_in_system)",
     ),
     **_pairs(
         "tool_chat_template_apertus tool_chat_template_gemma4",

@@ -85,6 +85,7 @@ class Caps:
 
     system_role: bool = True
     mid_system: bool = True  # shows a system message after other turns
+    tools_in_system: bool = False  # lists the tools only within a system message
     typed_content: bool = False  # content as [{"type": "text", "text": ...}] only
     tools: bool = True  # shows the tool list it is given
     tool_calls: bool = True  # shows an assistant's tool calls
@@ -175,6 +176,8 @@ def probe(source: str) -> Caps:
 
     listed = _try(source, [{"role": "user", "content": turn(_USER)}], _PROBE_TOOLS)
     tools = listed is not None and _TOOL in listed
+    # FunctionGemma's lists the tools inside the system turn, and only there.
+    system_listed = not tools and _lists_tools_in_system(source, turn)
 
     # Tool calls: llama.cpp's probe ids are 9 characters ("call00001"), which Mistral's
     # templates require; an id of another shape tells whether the template does. A template
@@ -214,7 +217,8 @@ def probe(source: str) -> Caps:
         system_role=system_role,
         mid_system=mid_system,
         typed_content=typed,
-        tools=tools,
+        tools=tools or system_listed,
+        tools_in_system=system_listed,
         tool_calls=tool_calls,
         object_arguments=object_arguments,
         tool_role=tool_role,
@@ -243,6 +247,13 @@ def _shows_every_call(source: str, object_arguments: bool, short_ids: bool) -> b
     ]
     out = _try(source, turns, _PROBE_TOOLS)
     return out is not None and _ARG in out and second in out
+
+
+def _lists_tools_in_system(source: str, turn: Any) -> bool:
+    """Whether the tools are listed when the conversation has a system message."""
+    system = {"role": "system", "content": turn(_SYSTEM)}
+    out = _try(source, [system, {"role": "user", "content": turn(_USER)}], _PROBE_TOOLS)
+    return out is not None and _TOOL in out
 
 
 def _shows_later_system(source: str, turn: Any) -> bool:
@@ -326,6 +337,8 @@ def adapt(
     if caps.xml_tools and tools:
         extra["xml_tools"] = tools
     out = [_message(m, caps, index) for index, m in enumerate(messages)]
+    if tools and caps.tools_in_system and not any(m.get("role") == "system" for m in out):
+        out.insert(0, {"role": "system", "content": ""})  # where its tools are listed
     if tools and not (caps.tools or caps.functions or caps.xml_tools):
         family = family if family is not None else parsers.by_markers(source)
         out, tools = calls_mod.add_system_note(out, tools, _example(family, tools)), None
