@@ -293,3 +293,37 @@ def test_the_template_gets_enable_thinking(real: str) -> None:
     off = oc.chat("thinker", HI, think=False, options=options)
     assert on.prompt_eval_count and off.prompt_eval_count
     assert off.prompt_eval_count > on.prompt_eval_count
+
+
+# A template that opens a thought whatever it is asked (MiniMax-M2's, Nemotron Nano v2's).
+ALWAYS_THINKS = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}<|im_start|>assistant\n<think>\n"
+)
+
+
+def test_a_thought_never_closed_with_thinking_off_is_the_answer(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Asked not to think, a model whose template opened a thought may answer without ever
+    closing it: that text is its answer (it came back empty: no content, no reasoning)."""
+    store = Store(tmp_path / "models")
+    add_model(store, "opens", tiny_model, f'TEMPLATE """{ALWAYS_THINKS}"""')
+    scheduler = Scheduler(
+        store, num_parallel=1, max_loaded=1, backend="fake",
+        backend_options={"replies": ["Paris is sunny."]},
+    )  # fmt: skip
+    server = LiveServer(store, scheduler)
+    try:
+        oc = ollama.Client(host=server.url, timeout=PATIENCE_S)
+        hidden = oc.chat("opens", HI, think=False)
+        assert hidden.message.content == "Paris is sunny." and not hidden.message.thinking
+        parts = list(oc.chat("opens", HI, think=False, stream=True))
+        assert "".join(p.message.content or "" for p in parts) == "Paris is sunny."
+        shown = oc.chat("opens", HI, think=True)  # thinking on: an unfinished thought
+        assert shown.message.thinking == "Paris is sunny." and not shown.message.content
+        ai = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+        reply = ai.chat.completions.create(model="opens", messages=HI, reasoning_effort="none")
+        assert reply.choices[0].message.content == "Paris is sunny."
+    finally:
+        server.close()

@@ -120,6 +120,7 @@ class RequestSink:
         self._entries: list[dict[str, Any]] = []
         self._budget = 0
         self.reasoning = prepared.reasoning  # "split", "hide" or None
+        self._hidden = ""  # hidden reasoning of a thought not closed yet
         self.splitter = new_splitter(prepared) if prepared.reasoning or prepared.channels else None
         self._lock = threading.Lock()
         self._ticket: Ticket | None = None
@@ -226,6 +227,11 @@ class RequestSink:
         self._send_calls([], used)
 
     def _send_thinking(self, text: str) -> None:
+        if self.reasoning == "hide" and isinstance(self.splitter, reasoning_mod.Splitter):
+            # Held, not dropped, until the thought closes: a template that always opens one
+            # (MiniMax-M2's, Nemotron Nano v2's) asked not to think gets answers that never
+            # close it, which are the answer after all (released at the end).
+            self._hidden = self._hidden + text if self.splitter.inside else ""
         if text and self.reasoning == "split":
             entries = self._due(text)
             self.output.send(
@@ -260,6 +266,8 @@ class RequestSink:
                 reasoning, answer = self.splitter.finish()
                 self._harmony_calls()
                 self._send_thinking(reasoning)
+                if self._hidden:  # a thought never closed, with thinking off: the answer
+                    answer, self._hidden = self._hidden + answer, ""
                 out = self.stop.feed(answer)
             out += self.stop.flush()
             if self.calls is not None:
