@@ -174,10 +174,7 @@ def probe(source: str) -> Caps:
     system_role = with_system is not None and _SYSTEM in with_system
     mid_system = _shows_later_system(source, turn)
 
-    listed = _try(source, [{"role": "user", "content": turn(_USER)}], _PROBE_TOOLS)
-    tools = listed is not None and _TOOL in listed
-    # FunctionGemma's lists the tools inside the system turn, and only there.
-    system_listed = not tools and _lists_tools_in_system(source, turn)
+    tools, system_listed = _lists_tools(source, turn)
 
     # Tool calls: llama.cpp's probe ids are 9 characters ("call00001"), which Mistral's
     # templates require; an id of another shape tells whether the template does. A template
@@ -249,11 +246,16 @@ def _shows_every_call(source: str, object_arguments: bool, short_ids: bool) -> b
     return out is not None and _ARG in out and second in out
 
 
-def _lists_tools_in_system(source: str, turn: Any) -> bool:
-    """Whether the tools are listed when the conversation has a system message."""
+def _lists_tools(source: str, turn: Any) -> tuple[bool, bool]:
+    """Whether the template lists the tools it is given, and whether only where the
+    conversation has a system message (FunctionGemma's lists them inside the system turn)."""
+    user = {"role": "user", "content": turn(_USER)}
+    listed = _try(source, [user], _PROBE_TOOLS)
+    if listed is not None and _TOOL in listed:
+        return True, False
     system = {"role": "system", "content": turn(_SYSTEM)}
-    out = _try(source, [system, {"role": "user", "content": turn(_USER)}], _PROBE_TOOLS)
-    return out is not None and _TOOL in out
+    out = _try(source, [system, user], _PROBE_TOOLS)
+    return False, out is not None and _TOOL in out
 
 
 def _shows_later_system(source: str, turn: Any) -> bool:
