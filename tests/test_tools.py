@@ -63,10 +63,11 @@ def test_normalize_accepts_both_shapes_and_refuses_bad_ones() -> None:
     out = calls_mod.normalize([WEATHER, ADD])
     assert [t["function"]["name"] for t in out] == ["get_weather", "add"]
     assert out[1] == {"type": "function", "function": ADD}
-    assert calls_mod.normalize([{"name": "ping"}])[0]["function"]["parameters"] == {
-        "type": "object",
-        "properties": {},
-    }
+    # Nothing is added to what the client sent: a tool without parameters stays so, and the
+    # code that needs a schema takes an empty object's.
+    ping = calls_mod.normalize([{"name": "ping"}])[0]
+    assert ping == {"type": "function", "function": {"name": "ping"}}
+    assert calls_mod.parameters(ping) == {"type": "object", "properties": {}}
     bad_tools: list[Any] = [{"a": 1}, [1], [{"type": "retrieval"}], [{"function": {}}], [ADD, ADD]]
     for bad in bad_tools:
         with pytest.raises(BadRequestError):
