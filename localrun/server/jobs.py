@@ -37,8 +37,6 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import IO, Any
 
-import anyio
-
 from localrun import selfexec
 from localrun.errors import BusyError, LocalrunError
 
@@ -173,6 +171,8 @@ async def _run(request: dict[str, Any], threads: int) -> AsyncGenerator[Event, N
         # Shielded: a request whose client left is cancelled, and the cancellation is raised
         # again at every await of its scope, which stopped this cleanup at its first one (the
         # job's temporary file stayed in the store until `prune`).
+        import anyio  # the server's: a job's own process never needs it
+
         with anyio.CancelScope(shield=True):
             await _stop(proc, request, finished)
 

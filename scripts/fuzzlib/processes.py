@@ -25,26 +25,6 @@ __all__ = ["Done", "Most", "Peak", "Prober", "cli", "jobs", "serving", "threads"
 JOB_MODULE = "localrun.server.jobs"
 
 
-class Peak:
-    """The peak RSS of a process and its children, polled on a thread."""
-
-    def __init__(self, pid: int, every_s: float = 0.05) -> None:
-        self.pid, self.every_s, self.bytes = pid, every_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self.bytes = max(self.bytes, tree_rss(self.pid))
-            self._stop.wait(self.every_s)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.bytes
-
-
 class Most:
     """The largest value `measure` gave, polled on a thread."""
 
@@ -63,6 +43,16 @@ class Most:
         self._stop.set()
         self._thread.join()
         return self.value
+
+
+class Peak(Most):
+    """The peak RSS of a process and its children, polled on a thread."""
+
+    def __init__(self, pid: int, every_s: float = 0.05) -> None:
+        super().__init__(lambda: tree_rss(pid), every_s)
+
+    def stop(self) -> int:
+        return int(super().stop())
 
 
 class Prober:
