@@ -9,16 +9,14 @@ written. `write` gives a call as the family writes it, for the grammar of a forc
 
 The families' parsers are small because the work they share is here: JSON read where it
 starts (bounded in depth), a call's name checked against the tools, XML-style parameter values
-typed by the tool's JSON schema, Python-style calls read with `ast`.
+typed by the tool's JSON schema (Python-style calls: python.py).
 
 Pure: no I/O, no llama_cpp.
 """
 
 from __future__ import annotations
 
-import ast
 import json
-import math
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -245,67 +243,6 @@ def until(text: str, index: int, marker: str) -> tuple[str, int]:
     if found < 0:
         raise Incomplete
     return text[index:found], found + len(marker)
-
-
-def pythonic(text: str, syntax: Syntax) -> list[ToolCall]:
-    """Calls written as Python: `[get_weather(city="Paris"), ...]` or one bare call; values
-    are Python or JSON literals (true/false/null read as JSON writes them)."""
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        raise Malformed("not a Python call") from None
-    body = tree.body
-    items = body.elts if isinstance(body, (ast.List, ast.Tuple)) else [body]
-    calls = []
-    for item in items:
-        if not isinstance(item, ast.Call) or item.args:
-            raise Malformed("not a call with keyword arguments")
-        name = _dotted(item.func)
-        arguments = {}
-        for keyword in item.keywords:
-            if keyword.arg is None:
-                raise Malformed("** arguments")
-            arguments[keyword.arg] = _literal(keyword.value)
-        calls.append(syntax.call(name, arguments))
-    return calls
-
-
-_JSON_NAMES = {"true": True, "false": False, "null": None}
-
-
-def _literal(node: ast.expr) -> Any:
-    if isinstance(node, ast.Name) and node.id in _JSON_NAMES:
-        return _JSON_NAMES[node.id]
-    try:
-        return _as_json(ast.literal_eval(node))
-    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
-        raise Malformed("an argument is not a literal") from None
-
-
-def _as_json(value: Any) -> Any:
-    """A Python literal as the JSON value it is; Malformed for what JSON cannot hold (a set,
-    bytes, a complex number, 1e999 or NaN: such a call hung the answer's encoding)."""
-    if value is None or isinstance(value, bool | str | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise Malformed("an argument JSON cannot hold")
-        return value
-    if isinstance(value, list | tuple):
-        return [_as_json(item) for item in value]
-    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
-        return {key: _as_json(item) for key, item in value.items()}
-    raise Malformed("an argument JSON cannot hold")
-
-
-def _dotted(node: ast.expr) -> str:
-    """`name` or `a.b` (Llama's `brave_search.call`, whose tool llama3.py takes the `.call`
-    off)."""
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value)}.{node.attr}"
-    raise Malformed("not a name")
 
 
 THINK = ("<think>", "</think>")

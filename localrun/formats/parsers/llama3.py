@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from localrun.formats.parsers import python
 from localrun.formats.parsers.base import (
     Incomplete,
     Malformed,
@@ -15,7 +16,6 @@ from localrun.formats.parsers.base import (
     Taken,
     ToolCall,
     json_at,
-    pythonic,
     skip_blanks,
 )
 
@@ -39,7 +39,7 @@ class Llama3(Syntax):
             # The built-in tools' `brave_search.call(query=...)` calls the tool `brave_search`.
             calls = [
                 {**call, "name": call["name"].removesuffix(".call")}
-                for call in pythonic(body, _Builtin(tools=self.tools))
+                for call in python.calls(body, _Builtin(tools=self.tools))
             ]
             return Taken([self.call(c["name"], c["arguments"]) for c in calls], len(text))
         calls, end = self._objects(text, final)

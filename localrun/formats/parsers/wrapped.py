@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from localrun.formats.parsers import python
 from localrun.formats.parsers.base import (
     Incomplete,
     Malformed,
@@ -20,7 +21,6 @@ from localrun.formats.parsers.base import (
     closed,
     expect,
     json_at,
-    pythonic,
 )
 
 _FENCE = re.compile(r"```(?:json)?\s*")
@@ -43,7 +43,7 @@ class Wrapped(Syntax):
         index = expect(text, 0, self.open)
         if self.python:
             body, end = _python_body(text, index, self.close, final)
-            return Taken(pythonic(body, self), end)
+            return Taken(python.calls(body, self), end)
         value, end = json_at(text, index)
         calls = self._calls(value)
         return Taken(calls, closed(text, end, self.close, final, optional=self.close_optional))
