@@ -141,6 +141,14 @@ def test_what_is_not_a_call_comes_back_as_text(text: str, content: str, calls: l
             [PARIS, {"name": "get_time", "arguments": {"tz": "CET"}}],
             "",
         ),
+        # Llama 3: a call in a sentence, as vLLM reads it (the sentence stays text).
+        (
+            "llama3",
+            'Here it is: {"name": "get_weather", "parameters": {"city": "Paris"}} Anything else?',
+            "Here it is: Anything else?",
+            [PARIS],
+            "",
+        ),
         # A bare Qwen3-Coder call, then text: the call does not wait for the end.
         (
             "qwen3-coder",

@@ -8,7 +8,7 @@ the runner chooses it: the family of the chat template the models of that parser
 its call syntax reading the answer through localrun's call stream (the runner's own, in
 formats/parsers/stream.py). The protocol classes are pydantic models with vLLM's fields; the
 tokenizers (`get_tokenizer`, `AutoTokenizer.from_pretrained`, hub names nobody can fetch here)
-are one that cuts text into the families' markers, words, blanks and single characters.
+are one that cuts text into the families' markers, then as GPT-2's pre-tokenizer does.
 
 A test that reaches into a vLLM parser's internals, or imports vLLM pieces outside the
 tool-parser API, fails or errors for that reason; tests/test_corpus_vllm_parsers.py tells
@@ -193,13 +193,17 @@ def _markers() -> list[str]:
 
 
 class Tokenizer:
-    """Text cut into the families' markers, then words, runs of blanks and other characters;
-    each distinct piece an id (the vocabulary grows as text is cut)."""
+    """Text cut into the families' markers, then words and punctuation with the blank before
+    them; each distinct piece an id (the vocabulary grows as text is cut)."""
 
     def __init__(self, name: str = "") -> None:
         self.name_or_path = name
         markers = "|".join(re.escape(m) for m in _markers())
-        self._cut = re.compile(rf"(?:{markers})|\w+|\s+|.", re.DOTALL)
+        # GPT-2's pre-tokenizer: a word or number with the blank before it, punctuation runs,
+        # blanks (the last one left to the word after them).
+        self._cut = re.compile(
+            rf"(?:{markers})| ?[^\W\d_]+| ?\d+| ?[^\s\w]+|\s+(?!\S)|\s+|.", re.DOTALL
+        )
         self.vocab: dict[str, int] = {}
         self.pieces: list[str] = []
 

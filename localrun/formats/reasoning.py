@@ -87,7 +87,11 @@ def opens_thinking(prompt: str, open: str = OPEN, close: str = CLOSE) -> bool:
 class Splitter:
     """Parts streamed text into (thinking, answer) at a family's reasoning tags (`<think>`,
     `<seed:think>`, `[THINK]`, `<|START_THINKING|>` ...); `drop` are markers around the answer
-    that are nobody's text (Granite's `<response>`, Command R's `<|START_RESPONSE|>`)."""
+    that are nobody's text (Granite's `<response>`, Command R's `<|START_RESPONSE|>`).
+
+    `calls`, the markers that start a tool call: a thought the prompt opened ends at one of
+    them (Qwen3.5 may call before it writes `</think>`, and vLLM reads that call), the marker
+    starting the answer; a `</think>` after it is then nobody's text."""
 
     def __init__(
         self,
@@ -96,9 +100,11 @@ class Splitter:
         open: str = OPEN,
         close: str = CLOSE,
         drop: tuple[str, ...] = (),
+        calls: tuple[str, ...] = (),
     ) -> None:
         self.inside = inside
         self.open, self.close, self.drop = open, close, drop
+        self.calls = calls if inside else ()
         self.pending = ""
         # The blank lines templates put after a tag are not part of either text.
         self._trim = True
@@ -114,14 +120,20 @@ class Splitter:
                 if not pending:
                     break
                 self._trim = False
-            tags = (self.close,) if self.inside else (self.open, *self.drop)
+            tags = (self.close, *self.calls) if self.inside else (self.open, *self.drop)
             found = [(i, tag) for tag in tags if (i := pending.find(tag)) >= 0]
             if found:
                 index, tag = min(found)
                 (thinking if self.inside else answer).append(pending[:index])
+                if tag in self.calls:  # a call ends the thought: the answer starts with it
+                    self.inside, self.calls = False, ()
+                    self.drop = (*self.drop, self.close)
+                    pending = pending[index:]
+                    continue
                 pending = pending[index + len(tag) :]
-                if tag in (self.open, self.close):
+                if tag == self.open or (self.inside and tag == self.close):
                     self.inside = not self.inside
+                    self.calls = ()
                 self._trim = True
                 continue
             keep = partial_marker(pending, tags)

@@ -82,8 +82,13 @@ def new_splitter(prepared: Prepared) -> reasoning_mod.Splitter | HarmonyStream:
         return HarmonyStream(prepared.tool_syntax)
     family = prepared.family
     open_, close = family.think
+    syntax = prepared.tool_syntax
     return reasoning_mod.Splitter(
-        inside=prepared.thinking_open, open=open_, close=close, drop=family.drop
+        inside=prepared.thinking_open,
+        open=open_,
+        close=close,
+        drop=family.drop,
+        calls=syntax.starts if syntax is not None else (),
     )
 
 
@@ -109,8 +114,13 @@ class RequestSink:
         self.sent: list[str] = []  # the text passed on, kept when the context is returned
         self.stop = StopFilter(prepared.sampling.stop)
         syntax = prepared.tool_syntax
+        self.reasoning = prepared.reasoning  # "split", "hide" or None
+        # Without reasoning parted off, a thought the answer writes is text, calls in it too.
+        verbatim = prepared.family.think if self.reasoning is None else None
         self.calls = (
-            CallStream(syntax, forced=prepared.forced_tool, primed=prepared.primed)
+            CallStream(
+                syntax, forced=prepared.forced_tool, primed=prepared.primed, verbatim=verbatim
+            )
             if syntax is not None and not prepared.channels
             else None
         )
@@ -119,7 +129,6 @@ class RequestSink:
         # strings and tool calls hold text back); `_budget` counts the bytes sent ahead of them.
         self._entries: list[dict[str, Any]] = []
         self._budget = 0
-        self.reasoning = prepared.reasoning  # "split", "hide" or None
         self._hidden = ""  # hidden reasoning of a thought not closed yet
         self.splitter = new_splitter(prepared) if prepared.reasoning or prepared.channels else None
         self._lock = threading.Lock()

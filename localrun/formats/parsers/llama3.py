@@ -1,6 +1,10 @@
-"""Llama 3.1-3.3: a call is the whole answer as JSON, `{"name": ..., "parameters": {...}}`
-(several joined by `;`), or after `<|python_tag|>` (the built-in tools' `name.call(k=v)` or
-JSON), which runs to the end of the answer (`<|eom_id|>` ends it and is not seen)."""
+"""Llama 3.1-3.3: a call is JSON, `{"name": ..., "parameters": {...}}` (several joined by `;`),
+or after `<|python_tag|>` (the built-in tools' `name.call(k=v)` or JSON), which runs to the end
+of the answer (`<|eom_id|>` ends it and is not seen).
+
+The JSON is the whole answer as the template asks, but models write a sentence around it
+(`Here is the result: {"name": ...} Would you like more?`), and vLLM reads that call too: a
+block also starts at `{"name"` anywhere, and text after the calls stays text."""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from typing import Any
 from localrun.formats.parsers import python
 from localrun.formats.parsers.base import (
     Incomplete,
-    Malformed,
     Syntax,
     Taken,
     ToolCall,
@@ -25,7 +28,7 @@ PYTHON_TAG = "<|python_tag|>"
 @dataclass
 class Llama3(Syntax):
     name: str = "llama3"
-    starts: tuple[str, ...] = (PYTHON_TAG,)
+    starts: tuple[str, ...] = (PYTHON_TAG, '{"name"')
     leading: str = "{"
     special: tuple[str, ...] = (PYTHON_TAG,)
 
@@ -61,9 +64,7 @@ class Llama3(Syntax):
                 continue
             if after >= len(text) and not final:
                 raise Incomplete  # a `;` and another call may follow
-            if text[after:].strip():
-                raise Malformed("text after the calls")
-            return calls, len(text)
+            return calls, index if text[after:].strip() else len(text)
 
     def write(self, name: str, arguments: str) -> str:
         return f'{{"name": {json.dumps(name)}, "parameters": {arguments}}}'

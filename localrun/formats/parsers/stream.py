@@ -7,6 +7,10 @@ when it closes), with the text after them streaming on. Whatever turns out not t
 (malformed, a tool nobody offered, a block cut off by the token limit) is released as text
 after all, as it was written, blanks before it included.
 
+A thought the answer writes itself (`verbatim`, `<think>` ... `</think>` where the runner does
+not part reasoning off: a template that shows none, MiniMax-M1's) is text: a call in it is one
+the model considered, not one it made (as vLLM reads MiniMax's).
+
 Bounded: a block is tried once as soon as it says more than its marker, then only when an end
 marker arrives or its brackets balance, then spaced out as it grows; after 16 blocks that
 were text after all, the stream stops looking for more.
@@ -67,8 +71,17 @@ class CallStream:
     `events` gives what a piece released, in order: text to pass on, text that is nobody's
     (a call's block, blanks around it: the runner counts its tokens as gone), and calls."""
 
-    def __init__(self, syntax: Syntax, *, forced: bool = False, primed: str = "") -> None:
+    def __init__(
+        self,
+        syntax: Syntax,
+        *,
+        forced: bool = False,
+        primed: str = "",
+        verbatim: tuple[str, str] | None = None,
+    ) -> None:
         self.syntax = syntax
+        self.verbatim = verbatim  # a thought's tags: what is between them is text
+        self.in_thought = False
         # A forced answer is a call from its first character; a prompt that ends with a
         # start marker (Functionary's `>>>`) starts the answer inside a block.
         self.holding = forced or bool(primed)
@@ -127,6 +140,8 @@ class CallStream:
             return ""
         text = self.pending + text
         self.pending, self._blank_pending = "", False
+        if self.in_thought:
+            return self._thought(text, out)
         if self.releases >= _RELEASES:  # a model writing markers that are never calls
             out.append(("text", text))
             return ""
@@ -139,6 +154,11 @@ class CallStream:
                 self._start(text[: len(text) - len(stripped)], out)
                 return stripped
         index = self._first_start(text)
+        thought = text.find(self.verbatim[0]) if self.verbatim else -1
+        if thought >= 0 and (index < 0 or thought < index):
+            self._send(text[:thought], out)
+            self.in_thought = True
+            return self._thought(text[thought:], out)
         if index >= 0:
             before = text[:index]
             kept = before.rstrip()
@@ -168,7 +188,22 @@ class CallStream:
         return min(found) if found else -1
 
     def _partial(self, text: str) -> int:
-        return partial_marker(text, self.syntax.starts)
+        markers = (*self.syntax.starts, self.verbatim[0]) if self.verbatim else self.syntax.starts
+        return partial_marker(text, markers)
+
+    def _thought(self, text: str, out: list[Event]) -> str:
+        """Text in a thought goes out as text up to its close; returns what follows it."""
+        assert self.verbatim is not None
+        close = self.verbatim[1]
+        end = text.find(close)
+        if end >= 0:
+            self.in_thought = False
+            self._send(text[: end + len(close)], out)
+            return text[end + len(close) :]
+        keep = partial_marker(text, (close,))
+        self._send(text[: len(text) - keep], out)
+        self.pending = text[len(text) - keep :]
+        return ""
 
     def _start(self, blanks: str, out: list[Event]) -> None:
         self.holding = True

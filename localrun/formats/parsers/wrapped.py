@@ -1,6 +1,7 @@
 """The syntax most families share: a marker, JSON (one call or a list), a closing marker.
 
-One row a family, differing in the markers, the keys of a call's name and arguments, whether
+One block may hold several calls, each JSON value after the last (MiniMax-M1 writes one a
+line). One row a family, differing in the markers, the keys of a call's name and arguments, whether
 the closing marker may be missing (Granite's `<|tool_call|>` has none) and whether the body is
 JSON or Python (LFM2's `[get_weather(city="Paris")]`).
 """
@@ -21,6 +22,7 @@ from localrun.formats.parsers.base import (
     closed,
     expect,
     json_at,
+    skip_blanks,
 )
 
 _FENCE = re.compile(r"```(?:json)?\s*")
@@ -46,6 +48,10 @@ class Wrapped(Syntax):
             return Taken(python.calls(body, self), end)
         value, end = json_at(text, index)
         calls = self._calls(value)
+        # Several calls one a line in one block (MiniMax-M1's template writes them so).
+        while self.close and (after := skip_blanks(text, end)) < len(text) and text[after] in "{[":
+            value, end = json_at(text, after)
+            calls += self._calls(value)
         return Taken(calls, closed(text, end, self.close, final, optional=self.close_optional))
 
     def _calls(self, value: object) -> list[ToolCall]:
