@@ -5,8 +5,8 @@
     adapt.py            the conversation adapted to what a template renders (probed once)
     families.py         the template of a GGUF that has none, by its vocabulary's markers
     ollama_template.py  Ollama's Go templates as Ollama renders them (ollama_values,
-                        ollama_convert, ollama_funcs), on Go's text/template in gotemplate.py
-                        (gotemplate_lex, _parse, _funcs, _fmt, _json)
+                        ollama_convert, ollama_funcs), on gotemplate/
+    gotemplate/         Go's text/template as Go executes it (lex, parse, exec, funcs, fmt, json)
     sandbox.py          the bounds on rendering an untrusted template (time, size)
     calls.py            tool definitions in the prompt, the tool note, tool_choice
     parsers/            each family's call syntax and reasoning tags, chosen from the template

@@ -27,8 +27,8 @@ from typing import Any
 
 from localrun.errors import TemplateError
 from localrun.formats import sandbox
-from localrun.formats.gotemplate import Budget, GoTemplate, parse
-from localrun.formats.gotemplate_parse import (
+from localrun.formats.gotemplate.exec import Budget, GoTemplate, parse
+from localrun.formats.gotemplate.parse import (
     Action,
     Branch,
     Command,

@@ -6,7 +6,7 @@ come here, and never look inside:
     jinja_env.py   Hugging Face's environment (sandboxed Jinja with transformers' additions)
     adapt.py       the conversation adapted to what a Jinja template can render (probed)
     ollama_*.py    Ollama's Go templates (a Modelfile's TEMPLATE written for Ollama), rendered
-                   as Ollama renders them, on gotemplate*.py (Go's text/template)
+                   as Ollama renders them, on gotemplate/ (Go's text/template)
 
 A Jinja template is given `messages`, `add_generation_prompt`, `bos_token`, `eos_token`,
 `tools` (as the client sent them; None when there are none, as Hugging Face passes it), and
@@ -29,7 +29,7 @@ from localrun.errors import LocalrunError, TemplateError, TemplateLimitError
 from localrun.formats import adapt as adapt_mod
 from localrun.formats import calls as calls_mod
 from localrun.formats import parsers
-from localrun.formats.gotemplate_lex import looks_like_go
+from localrun.formats.gotemplate.lex import looks_like_go
 from localrun.formats.jinja_env import compile_jinja
 from localrun.formats.parsers import derive
 
