@@ -4,8 +4,8 @@
     jinja_env.py        Hugging Face's template environment, sandboxed
     adapt.py            the conversation adapted to what a template renders (probed once)
     families.py         the template of a GGUF that has none, by its vocabulary's markers
-    ollama_template.py  Ollama's Go templates as Ollama renders them (ollama_values,
-                        ollama_convert, ollama_funcs), on gotemplate/
+    ollama/             Ollama's Go templates as Ollama renders them (template, values,
+                        convert, funcs), on gotemplate/
     gotemplate/         Go's text/template as Go executes it (lex, parse, exec, funcs, fmt, json)
     sandbox.py          the bounds on rendering an untrusted template (time, size)
     calls.py            tool definitions in the prompt, the tool note, tool_choice

@@ -5,7 +5,7 @@ come here, and never look inside:
 
     jinja_env.py   Hugging Face's environment (sandboxed Jinja with transformers' additions)
     adapt.py       the conversation adapted to what a Jinja template can render (probed)
-    ollama_*.py    Ollama's Go templates (a Modelfile's TEMPLATE written for Ollama), rendered
+    ollama/        Ollama's Go templates (a Modelfile's TEMPLATE written for Ollama), rendered
                    as Ollama renders them, on gotemplate/ (Go's text/template)
 
 A Jinja template is given `messages`, `add_generation_prompt`, `bos_token`, `eos_token`,
@@ -63,7 +63,7 @@ def is_go(source: str | None) -> bool:
 def _ollama() -> Any:
     """Ollama's template layer, imported where a Go template is met: its modules take a
     third of a runner's import of this package, and most models are Jinja."""
-    from localrun.formats import ollama_template
+    from localrun.formats.ollama import template as ollama_template
 
     return ollama_template
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from localrun.formats.gotemplate.fmt import Fail, go_type
 from localrun.formats.gotemplate.json import JSONUnsupported, go_json
-from localrun.formats.ollama_values import ToolProperty
+from localrun.formats.ollama.values import ToolProperty
 
 
 def _json(value: Any) -> str:
