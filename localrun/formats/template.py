@@ -3,7 +3,7 @@
 The one door to the template machinery; the runner's prompt and the server's /apply-template
 come here, and never look inside:
 
-    jinja_env.py   Hugging Face's environment (sandboxed Jinja with transformers' additions)
+    jinja/         Hugging Face's environment (sandboxed Jinja with transformers' additions)
     adapt.py       the conversation adapted to what a Jinja template can render (probed)
     ollama/        Ollama's Go templates (a Modelfile's TEMPLATE written for Ollama), rendered
                    as Ollama renders them, on gotemplate/ (Go's text/template)
@@ -30,7 +30,7 @@ from localrun.formats import adapt as adapt_mod
 from localrun.formats import calls as calls_mod
 from localrun.formats import parsers
 from localrun.formats.gotemplate.lex import looks_like_go
-from localrun.formats.jinja_env import compile_jinja
+from localrun.formats.jinja.env import compile_jinja
 from localrun.formats.parsers import derive
 
 # llama.cpp falls back to ChatML when a model has no template.
