@@ -30,8 +30,8 @@ from typing import Any
 import fetch_corpora
 import pytest
 
-from localrun.formats import jinja_env
 from localrun.formats import template as template_mod
+from localrun.formats.jinja import env as jinja_env
 
 NOW = datetime(2026, 3, 14, 9, 26, 53)
 BOS, EOS = "<s>", "</s>"

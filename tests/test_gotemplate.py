@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from localrun.errors import TemplateError
-from localrun.formats import ollama_template as ot
-from localrun.formats.gotemplate import looks_like_go, parse
-from localrun.formats.gotemplate_json import go_json
-from localrun.formats.ollama_template import collate, load, ollama_messages, render
+from localrun.formats.gotemplate.exec import looks_like_go, parse
+from localrun.formats.gotemplate.json import go_json
+from localrun.formats.ollama import template as ot
+from localrun.formats.ollama.template import collate, load, ollama_messages, render
 from localrun.formats.template import is_go as template_is_go
 from localrun.formats.template import render as template_render
 

@@ -17,7 +17,7 @@ from conftest import PATIENCE_S, assert_one_line_error
 from test_server import LiveServer, add_model
 from testmodels.scripted import write_scripted_model
 
-from localrun.formats import ollama_template
+from localrun.formats.ollama import template as ollama_template
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 

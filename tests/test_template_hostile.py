@@ -13,7 +13,8 @@ import threading
 import pytest
 
 from localrun.errors import TemplateError, TemplateLimitError
-from localrun.formats import jinja_env, template
+from localrun.formats import template
+from localrun.formats.jinja import env as jinja_env
 
 N = 2_000_000_000
 HOSTILE = {

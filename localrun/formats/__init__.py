@@ -1,13 +1,14 @@
 """What a model family reads and writes: chat templates, tool calls, reasoning markers.
 
     template.py         a conversation -> prompt text: the one door to what follows
-    jinja_env.py        Hugging Face's template environment, sandboxed
+    jinja/              Hugging Face's template environment, sandboxed
     adapt.py            the conversation adapted to what a template renders (probed once)
     families.py         the template of a GGUF that has none, by its vocabulary's markers
-    ollama_template.py  Ollama's Go templates as Ollama renders them (ollama_values,
-                        ollama_convert, ollama_funcs), on Go's text/template in gotemplate.py
-                        (gotemplate_lex, _parse, _funcs, _fmt, _json)
-    sandbox.py          the bounds on rendering an untrusted template (time, size)
+    ollama/             Ollama's Go templates as Ollama renders them (template, values,
+                        convert, funcs), on gotemplate/
+    gotemplate/         Go's text/template as Go executes it (lex, parse, exec, funcs, fmt, json)
+    sandbox.py          the bounds on rendering an untrusted template (time, size), Jinja's
+                        and Go's alike
     calls.py            tool definitions in the prompt, the tool note, tool_choice
     parsers/            each family's call syntax and reasoning tags, chosen from the template
                         (one module a family behind one table; derive.py for the rest)

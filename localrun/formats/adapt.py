@@ -41,7 +41,7 @@ from typing import Any
 from localrun.errors import BadRequestError, TemplateError, TemplateLimitError
 from localrun.formats import calls as calls_mod
 from localrun.formats import parsers
-from localrun.formats.jinja_env import render_jinja, variables
+from localrun.formats.jinja.env import render_jinja, variables
 
 Message = dict[str, Any]
 

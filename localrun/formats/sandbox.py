@@ -183,7 +183,7 @@ def _longest_replacement(table: Any) -> int:
 
 def check_method(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """Before a str or bytes method the template calls: refuse one whose result would be
-    oversized (str.format is checked field by field as it formats: jinja_env). Returns the
+    oversized (str.format is checked field by field as it formats: jinja/env.py). Returns the
     arguments to call it with (an iterable to join, read once, as a list)."""
     owner = getattr(obj, "__self__", None)
     name = getattr(obj, "__name__", "")

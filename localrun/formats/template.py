@@ -3,10 +3,10 @@
 The one door to the template machinery; the runner's prompt and the server's /apply-template
 come here, and never look inside:
 
-    jinja_env.py   Hugging Face's environment (sandboxed Jinja with transformers' additions)
+    jinja/         Hugging Face's environment (sandboxed Jinja with transformers' additions)
     adapt.py       the conversation adapted to what a Jinja template can render (probed)
-    ollama_*.py    Ollama's Go templates (a Modelfile's TEMPLATE written for Ollama), rendered
-                   as Ollama renders them, on gotemplate*.py (Go's text/template)
+    ollama/        Ollama's Go templates (a Modelfile's TEMPLATE written for Ollama), rendered
+                   as Ollama renders them, on gotemplate/ (Go's text/template)
 
 A Jinja template is given `messages`, `add_generation_prompt`, `bos_token`, `eos_token`,
 `tools` (as the client sent them; None when there are none, as Hugging Face passes it), and
@@ -29,8 +29,8 @@ from localrun.errors import LocalrunError, TemplateError, TemplateLimitError
 from localrun.formats import adapt as adapt_mod
 from localrun.formats import calls as calls_mod
 from localrun.formats import parsers
-from localrun.formats.gotemplate_lex import looks_like_go
-from localrun.formats.jinja_env import compile_jinja
+from localrun.formats.gotemplate.lex import looks_like_go
+from localrun.formats.jinja.env import compile_jinja
 from localrun.formats.parsers import derive
 
 # llama.cpp falls back to ChatML when a model has no template.
@@ -63,7 +63,7 @@ def is_go(source: str | None) -> bool:
 def _ollama() -> Any:
     """Ollama's template layer, imported where a Go template is met: its modules take a
     third of a runner's import of this package, and most models are Jinja."""
-    from localrun.formats import ollama_template
+    from localrun.formats.ollama import template as ollama_template
 
     return ollama_template
 

@@ -14,9 +14,9 @@ for how a request's messages and tools reach it):
   cut, so the prompt ends where the model's answer begins; that last run has neither the
   template's functions nor its {{define}}s, as in Ollama.
 - Values: .System .Messages .Tools .Prompt .Suffix .Response, and .Think .ThinkLevel
-  .IsThinkSet. Their types are in ollama_values, how a request becomes them in
-  ollama_convert, the template functions (json, currentDate, ...) in ollama_funcs. JSON is
-  Go's encoding/json: compact, `<>&` escaped, maps in key order, numbers from JSON as float64.
+  .IsThinkSet. Their types are in values.py, how a request becomes them in convert.py, the
+  template functions (json, currentDate, ...) in funcs.py. JSON is Go's encoding/json:
+  compact, `<>&` escaped, maps in key order, numbers from JSON as float64.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 
 from localrun.errors import TemplateError
 from localrun.formats import sandbox
-from localrun.formats.gotemplate import Budget, GoTemplate, parse
-from localrun.formats.gotemplate_parse import (
+from localrun.formats.gotemplate.exec import Budget, GoTemplate, parse
+from localrun.formats.gotemplate.parse import (
     Action,
     Branch,
     Command,
@@ -39,7 +39,7 @@ from localrun.formats.gotemplate_parse import (
     TemplateCall,
     Variable,
 )
-from localrun.formats.ollama_convert import (
+from localrun.formats.ollama.convert import (
     ApiMessage,
     collate,
     ollama_messages,
@@ -47,8 +47,8 @@ from localrun.formats.ollama_convert import (
     template_tools,
     think_flags,
 )
-from localrun.formats.ollama_funcs import FUNCS
-from localrun.formats.ollama_values import (
+from localrun.formats.ollama.funcs import FUNCS
+from localrun.formats.ollama.values import (
     CallFunction,
     JSONMap,
     Message,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localrun.errors import TemplateError
-from localrun.formats.ollama_values import (
+from localrun.formats.ollama.values import (
     CallFunction,
     JSONMap,
     Message,

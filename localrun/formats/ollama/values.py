@@ -5,7 +5,7 @@ templateArgs, ...) and `api/types.go` (ToolProperty, PropertyType): .Messages ho
 Thinking Images ToolCalls ToolName ToolCallID; a tool call an ID and Function{Index Name
 Arguments}, Arguments printing as JSON; .Tools print as their JSON. A type's `go_type` is the
 name Go's %T and error messages give it, its `json_tags` the struct tags json.Marshal reads
-(gotemplate_json.go_json). Building them from a request is ollama_convert's job.
+(gotemplate.json.go_json). Building them from a request is convert.py's job.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from localrun.formats.gotemplate_json import encode_map, go_json
+from localrun.formats.gotemplate.json import encode_map, go_json
 
 
 class JSONMap(dict[str, Any]):

@@ -14,8 +14,7 @@
 Go checks at parse time that every function named exists and every variable is declared,
 that `break`/`continue` sit inside a `range`, and that `else`/`end` match; so do we. The
 template is hostile input: nesting is capped (MAX_DEPTH) so no input reaches Python's recursion
-limit, and every error is a TemplateError naming the line. The tokens come from
-gotemplate_lex.
+limit, and every error is a TemplateError naming the line. The tokens come from lex.py.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from localrun.errors import TemplateError
-from localrun.formats.gotemplate_lex import SPACE, Token, invalid, lex, number, unquote
+from localrun.formats.gotemplate.lex import SPACE, Token, invalid, lex, number, unquote
 
 MAX_DEPTH = 100  # nested if/range/with/define and parentheses, while parsing
 BUILTINS = frozenset(

@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from localrun.formats.gotemplate_fmt import Fail, go_type
-from localrun.formats.gotemplate_json import JSONUnsupported, go_json
-from localrun.formats.ollama_values import ToolProperty
+from localrun.formats.gotemplate.fmt import Fail, go_type
+from localrun.formats.gotemplate.json import JSONUnsupported, go_json
+from localrun.formats.ollama.values import ToolProperty
 
 
 def _json(value: Any) -> str:

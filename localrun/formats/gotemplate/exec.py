@@ -7,8 +7,8 @@ reachable by name; never methods, never dunders). An object with a `go_string()`
 through it, as a Go value with a String() method does; a dataclass with `go_pointer = True`
 stands for a pointer to a struct: print and printf show it as `&{...}`, an action as `{...}`.
 
-The builtin functions are in gotemplate_funcs, the parser in gotemplate_parse (its lexer in
-gotemplate_lex), Go's fmt in gotemplate_fmt and its encoding/json in gotemplate_json.
+The builtin functions are in funcs.py, the parser in parse.py (its lexer in lex.py), Go's fmt
+in fmt.py and its encoding/json in json.py.
 
 The template is hostile input: every action, function call and range iteration spends one of
 MAX_STEPS; template calls nest at most MAX_CALLS deep and all control nesting at most
@@ -25,7 +25,7 @@ from typing import Any
 
 from localrun.errors import TemplateError
 from localrun.formats import sandbox
-from localrun.formats.gotemplate_fmt import (
+from localrun.formats.gotemplate.fmt import (
     Fail,
     format_value,
     go_type,
@@ -33,10 +33,10 @@ from localrun.formats.gotemplate_fmt import (
     sorted_keys,
     struct_fields,
 )
-from localrun.formats.gotemplate_funcs import ARITY, builtin, func_arity, truth
-from localrun.formats.gotemplate_lex import looks_like_go as looks_like_go  # re-exported
-from localrun.formats.gotemplate_lex import one_line
-from localrun.formats.gotemplate_parse import (
+from localrun.formats.gotemplate.funcs import ARITY, builtin, func_arity, truth
+from localrun.formats.gotemplate.lex import looks_like_go as looks_like_go  # re-exported
+from localrun.formats.gotemplate.lex import one_line
+from localrun.formats.gotemplate.parse import (
     BUILTINS,
     Action,
     Branch,

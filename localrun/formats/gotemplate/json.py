@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from localrun.formats.gotemplate_fmt import format_float, sorted_keys
+from localrun.formats.gotemplate.fmt import format_float, sorted_keys
 
 
 class JSONUnsupported(Exception):

@@ -3,7 +3,7 @@ the comparisons, len, index, slice, the print family and the escapers (html, js,
 
 Strings are measured, indexed and sliced in UTF-8 bytes, as Go's `len`, `index` and `slice`
 do. `and` and `or` are not here: they evaluate their arguments lazily, so the executor runs
-them (gotemplate). `call` is refused: templates here have no function values to call. A
+them (exec.py). `call` is refused: templates here have no function values to call. A
 failure is a Fail, which the executor turns into a TemplateError naming the line.
 """
 
@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote_plus
 
-from localrun.formats.gotemplate_fmt import Fail, go_type, sprint, sprintf
+from localrun.formats.gotemplate.fmt import Fail, go_type, sprint, sprintf
 
 
 def truth(value: Any) -> bool:

@@ -4,7 +4,7 @@ A template is untrusted input (it comes inside downloaded GGUF files and Modelfi
 rendered with Jinja's SandboxedEnvironment, which blocks attribute access to Python internals
 (llama-cpp-python's CVE-2024-34359 was a template that reached os.popen), with limits on the
 size of what `*`, `**`, `+`, `%` and the sizing filters can build, a budget on `range`, and the
-watchdog of sandbox.py on time and memory.
+watchdog of formats/sandbox.py on time and memory.
 
 The environment is the one these templates are written for (transformers'): trim_blocks and
 lstrip_blocks, the loopcontrols extension (`{% break %}`, `{% continue %}`), the
