@@ -149,6 +149,49 @@ def test_what_is_not_a_call_comes_back_as_text(text: str, content: str, calls: l
             [PARIS],
             "",
         ),
+        # Gemma 4 quotes a key that is not a name.
+        (
+            "gemma4",
+            '<|tool_call>call:get_weather{city:{<|"|>3<|"|>:<|"|>Paris<|"|>}}<tool_call|>',
+            "",
+            [{"name": "get_weather", "arguments": {"city": {"3": "Paris"}}}],
+            "",
+        ),
+        # GLM: JSON in the block, as the GLM-4 template vLLM ships shows calls.
+        (
+            "glm-4.5",
+            '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',
+            "",
+            [PARIS],
+            "",
+        ),
+        # Apertus: a list of {name: arguments}.
+        (
+            "apertus",
+            '<|tools_prefix|>[{"get_weather": {"city": "Paris"}}, {"get_time": {"tz": "CET"}}]'
+            "<|tools_suffix|>",
+            "",
+            [PARIS, {"name": "get_time", "arguments": {"tz": "CET"}}],
+            "",
+        ),
+        # Muse Glimmer: MiniMax's invocations with `atem:` tags.
+        (
+            "muse-glimmer",
+            '<atem:function_calls>\n<atem:invoke name="get_weather">\n<atem:parameter name="city">'
+            "Paris</atem:parameter>\n</atem:invoke>\n</atem:function_calls>",
+            "",
+            [PARIS],
+            "",
+        ),
+        # MiniMax-M1: two calls one a line in one block.
+        (
+            "derived-minimax-m1",
+            '<tool_calls>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+            '{"name": "get_time", "arguments": {"tz": "CET"}}\n</tool_calls>',
+            "",
+            [PARIS, {"name": "get_time", "arguments": {"tz": "CET"}}],
+            "",
+        ),
         # A bare Qwen3-Coder call, then text: the call does not wait for the end.
         (
             "qwen3-coder",
@@ -162,7 +205,11 @@ def test_what_is_not_a_call_comes_back_as_text(text: str, content: str, calls: l
 def test_each_familys_edge_cases(
     family: str, text: str, content: str, calls: list[Any], primed: str
 ) -> None:
-    syntax = parsers.by_name(family).syntax.with_tools(TOOLS)
+    if family == "derived-minimax-m1":  # derived from its template
+        found = template.family((TEMPLATES / "MiniMax-M1.jinja").read_text(encoding="utf-8"))
+        syntax = found.syntax.with_tools(TOOLS)
+    else:
+        syntax = parsers.by_name(family).syntax.with_tools(TOOLS)
     for step in (1, 3, len(text)):
         assert _stream(syntax, text, step, primed) == (content, calls)
 

@@ -80,7 +80,35 @@ FAMILIES: tuple[Family, ...] = (
         ),
         think=("<seed:think>", "</seed:think>"),
     ),
+    Family(
+        "apertus",
+        ("<|tools_prefix|>",),
+        Wrapped(
+            name="apertus",
+            starts=("<|tools_prefix|>",),
+            ends=("<|tools_suffix|>",),
+            special=("<|tools_prefix|>", "<|tools_suffix|>"),
+            open="<|tools_prefix|>",
+            close="<|tools_suffix|>",
+            as_list=True,
+            keyed=True,
+        ),
+        think=("<|inner_prefix|>", "<|inner_suffix|>"),  # its deliberation
+        special=("<|inner_prefix|>", "<|inner_suffix|>"),
+    ),
     Family("minimax-m2", ("<minimax:tool_call>",), Invoke()),
+    Family(
+        "muse-glimmer",
+        ("<atem:function_calls>",),
+        Invoke(
+            name="muse-glimmer",
+            starts=("<atem:function_calls>",),
+            ends=("</atem:function_calls>",),
+            open="<atem:function_calls>",
+            close="</atem:function_calls>",
+            prefix="atem:",
+        ),
+    ),
     Family("glm-4.5", ("<arg_key>",), ArgKeys()),
     Family(
         "qwen3-coder",

@@ -223,7 +223,11 @@ def _added(longer: str, shorter: str) -> str:
     end = 0
     while end < len(shorter) - start and longer[-1 - end] == shorter[-1 - end]:
         end += 1
+    # (A header's colon before a blank ends a marker too: Granite 20B FC's `ASSISTANT:` is the
+    # turn's, whatever the turn holds, not the call's.)
     while start > 0 and longer[start - 1] not in _BOUNDARY:
+        if longer[start - 1] == ":" and longer[start].isspace():
+            break
         start -= 1
     added = longer[start : len(longer) - end].rstrip()
     last = max(added.rfind(c) for c in _BOUNDARY)

@@ -1,7 +1,7 @@
 """Gemma 4: `<|tool_call>call:NAME{city:<|"|>Paris<|"|>}<tool_call|>`, a block a call.
 
-The arguments are Gemma's own object syntax, not JSON: keys bare, strings between `<|"|>`
-marks, numbers, booleans and null as written, arrays in brackets, objects nested, no spaces.
+The arguments are Gemma's own object syntax, not JSON: keys bare (or quoted like strings,
+as Gemma writes keys that are not names: `{<|"|>3<|"|>:...}`), strings between `<|"|>` marks, numbers, booleans and null as written, arrays in brackets, objects nested, no spaces.
 Reasoning is the `<|channel>thought` ... `<channel|>` section.
 """
 
@@ -76,11 +76,15 @@ def _value(text: str, index: int, depth: int) -> tuple[Any, int]:
                 raise Incomplete
             if text[index] == "}":
                 return out, index + 1
-            match = _KEY.match(text, index)
-            if match is None:
-                raise Malformed("not a key")
-            index = expect(text, match.end(), ":")
-            out[match.group()], index = _value(text, index, depth + 1)
+            if text.startswith(QUOTE, index):  # a key quoted like a string (`<|"|>3<|"|>:`)
+                key, index = until(text, index + len(QUOTE), QUOTE)
+            else:
+                match = _KEY.match(text, index)
+                if match is None:
+                    raise Malformed("not a key")
+                key, index = match.group(), match.end()
+            index = expect(text, index, ":")
+            out[key], index = _value(text, index, depth + 1)
             index = _comma(text, index, "}")
     if char == "[":
         items: list[Any] = []

@@ -1,6 +1,6 @@
 """The syntax most families share: a marker, JSON (one call or a list), a closing marker.
 
-One block may hold several calls, each JSON value after the last (MiniMax-M1 writes one a
+Apertus writes each call as `{NAME: ARGUMENTS}` (`keyed`). One block may hold several calls, each JSON value after the last (MiniMax-M1 writes one a
 line). One row a family, differing in the markers, the keys of a call's name and arguments, whether
 the closing marker may be missing (Granite's `<|tool_call|>` has none) and whether the body is
 JSON or Python (LFM2's `[get_weather(city="Paris")]`).
@@ -38,6 +38,7 @@ class Wrapped(Syntax):
     as_list: bool = False  # the family writes a list even for one call
     python: bool = False  # the body is Python calls, not JSON
     bare: bool = False  # an answer that is nothing but JSON calls counts too (fallback)
+    keyed: bool = False  # a call is {NAME: ARGUMENTS} (Apertus)
 
     def take(self, text: str, final: bool) -> Taken:
         if self.bare and not text.startswith(self.open):
@@ -60,6 +61,12 @@ class Wrapped(Syntax):
             raise Malformed("no calls")
         calls = []
         for item in items:
+            if self.keyed:
+                if not isinstance(item, dict) or len(item) != 1:
+                    raise Malformed("a call is not {name: arguments}")
+                ((name, arguments),) = item.items()
+                calls.append(self.call(name, arguments))
+                continue
             if isinstance(item, dict) and self.name_key != "name" and self.name_key in item:
                 item = {"name": item[self.name_key], **item}
             calls.append(self.json_call(item, *self.argument_keys))
@@ -86,6 +93,8 @@ class Wrapped(Syntax):
         else:
             call = f'{{"{self.name_key}": {json.dumps(name)}, '
             call += f'"{self.argument_keys[0]}": {arguments}}}'
+            if self.keyed:
+                call = f"{{{json.dumps(name)}: {arguments}}}"
             body = f"[{call}]" if self.as_list else call
         return f"{self.open}{body}{self.close}"
 

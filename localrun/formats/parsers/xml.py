@@ -3,7 +3,7 @@
 - Qwen3-Coder, Nemotron 3, Seed-OSS: `<tool_call><function=NAME><parameter=KEY>VALUE
   </parameter></function></tool_call>` (Seed-OSS wraps in `<seed:tool_call>`);
 - MiniMax M2: `<minimax:tool_call><invoke name="NAME"><parameter name="KEY">VALUE</parameter>
-  </invoke></minimax:tool_call>`;
+  </invoke></minimax:tool_call>` (Muse Glimmer: `<atem:function_calls><atem:invoke ...`);
 - GLM 4.5-4.7: `<tool_call>NAME<arg_key>KEY</arg_key><arg_value>VALUE</arg_value></tool_call>`.
 
 A value is text where the tool's schema says string, else JSON where it parses (a number, an
@@ -12,6 +12,7 @@ object), as the families' own parsers type them. One newline around a value is t
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ from localrun.formats.parsers.base import (
     Syntax,
     Taken,
     ToolCall,
+    closed,
     expect,
+    json_at,
     skip_blanks,
     until,
 )
@@ -113,54 +116,68 @@ class FunctionTags(XmlBlocks):
         return f"{self.open}\n<function={name}>\n{params}</function>\n{self.close}"
 
 
-_INVOKE = re.compile(r'<invoke name="([^"\n]{1,200})">')
-_NAMED_PARAM = re.compile(r'<parameter name="([^"\n]{1,200})">')
+@functools.cache
+def _tags(prefix: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The opening tags of an invocation and of a parameter, with a namespace `prefix`."""
+    invoke = re.compile(rf'<{re.escape(prefix)}invoke name="([^"\n]{{1,200}})">')
+    param = re.compile(rf'<{re.escape(prefix)}parameter name="([^"\n]{{1,200}})">')
+    return invoke, param
 
 
 @dataclass
 class Invoke(XmlBlocks):
-    """MiniMax M2: `<invoke name="NAME"><parameter name="KEY">VALUE</parameter></invoke>`."""
+    """MiniMax M2: `<invoke name="NAME"><parameter name="KEY">VALUE</parameter></invoke>`;
+    Muse Glimmer's the same with `atem:` before each tag (`prefix`)."""
 
     name: str = "minimax"
     starts: tuple[str, ...] = ("<minimax:tool_call>",)
     ends: tuple[str, ...] = ("</minimax:tool_call>",)
     open: str = "<minimax:tool_call>"
     close: str = "</minimax:tool_call>"
+    prefix: str = ""
 
     def one(self, text: str, index: int) -> tuple[ToolCall, int]:
-        match = _INVOKE.match(text, index)
+        invoke, named = _tags(self.prefix)
+        head, end, param_end = (
+            f'<{self.prefix}invoke name="',
+            f"</{self.prefix}invoke>",
+            f"</{self.prefix}parameter>",
+        )
+        match = invoke.match(text, index)
         if match is None:
-            if '<invoke name="'.startswith(text[index : index + 14]) or '"' not in text[index:]:
+            if head.startswith(text[index : index + len(head)]) or '"' not in text[index:]:
                 raise Incomplete
             raise Malformed("expected <invoke name=...>")
         name, index = match.group(1), match.end()
         arguments: dict[str, object] = {}
         while True:
             index = skip_blanks(text, index)
-            if text.startswith("</invoke>", index):
-                return self.call(name, arguments), index + len("</invoke>")
+            if text.startswith(end, index):
+                return self.call(name, arguments), index + len(end)
             if index >= len(text):
                 raise Incomplete
-            param = _NAMED_PARAM.match(text, index)
+            param = named.match(text, index)
             if param is None:
-                if "</invoke>".startswith(text[index:]) or '">' not in text[index:]:
+                if end.startswith(text[index:]) or '">' not in text[index:]:
                     raise Incomplete
                 raise Malformed("expected <parameter name=...>")
-            raw, index = until(text, param.end(), "</parameter>")
+            raw, index = until(text, param.end(), param_end)
             arguments[param.group(1)] = self.typed(name, param.group(1), _value(raw))
 
     def write(self, name: str, arguments: str) -> str:
         values = json.loads(arguments)
-        params = "".join(
-            f'<parameter name="{k}">{_text(v)}</parameter>\n' for k, v in values.items()
-        )
-        return f'{self.open}\n<invoke name="{name}">\n{params}</invoke>\n{self.close}'
+        tag = f"{self.prefix}parameter"
+        params = "".join(f'<{tag} name="{k}">{_text(v)}</{tag}>\n' for k, v in values.items())
+        invoke = f"{self.prefix}invoke"
+        return f'{self.open}\n<{invoke} name="{name}">\n{params}</{invoke}>\n{self.close}'
 
 
 @dataclass
 class ArgKeys(Syntax):
     """GLM 4.5-4.7: `<tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value></tool_call>`,
-    a block a call."""
+    a block a call. A block holding JSON (`<tool_call>{"name": ..., "arguments": ...}`) is read
+    as Hermes writes it: the GLM-4 template vLLM ships asks for the tags but shows the
+    conversation's calls as JSON, and the model writes what it was shown."""
 
     name: str = "glm"
     starts: tuple[str, ...] = ("<tool_call>",)
@@ -168,6 +185,12 @@ class ArgKeys(Syntax):
 
     def take(self, text: str, final: bool) -> Taken:
         index = expect(text, 0, "<tool_call>")
+        start = skip_blanks(text, index)
+        if start >= len(text) and not final:
+            raise Incomplete
+        if text.startswith("{", start):
+            value, end = json_at(text, start)
+            return Taken([self.json_call(value)], closed(text, end, "</tool_call>", final))
         stop = [i for m in ("<arg_key>", "</tool_call>") if (i := text.find(m, index)) >= 0]
         if not stop:
             raise Incomplete
