@@ -1,7 +1,8 @@
 """Gemma 4: `<|tool_call>call:NAME{city:<|"|>Paris<|"|>}<tool_call|>`, a block a call.
 
 The arguments are Gemma's own object syntax, not JSON: keys bare (or quoted like strings,
-as Gemma writes keys that are not names: `{<|"|>3<|"|>:...}`), strings between `<|"|>` marks, numbers, booleans and null as written, arrays in brackets, objects nested, no spaces.
+as Gemma writes keys that are not names: `{<|"|>3<|"|>:...}`), strings between `<|"|>`
+marks, numbers, booleans and null as written, arrays in brackets, objects nested, no spaces.
 Reasoning is the `<|channel>thought` ... `<channel|>` section.
 """
 

@@ -1,9 +1,10 @@
 """The syntax most families share: a marker, JSON (one call or a list), a closing marker.
 
-Apertus writes each call as `{NAME: ARGUMENTS}` (`keyed`). One block may hold several calls, each JSON value after the last (MiniMax-M1 writes one a
-line). One row a family, differing in the markers, the keys of a call's name and arguments, whether
-the closing marker may be missing (Granite's `<|tool_call|>` has none) and whether the body is
-JSON or Python (LFM2's `[get_weather(city="Paris")]`).
+One block may hold several calls, each JSON value after the last (MiniMax-M1 writes one a
+line). One row a family, differing in the markers, the keys of a call's name and arguments
+(Apertus writes `{NAME: ARGUMENTS}`: `keyed`), whether the closing marker may be missing
+(Granite's `<|tool_call|>` has none) and whether the body is JSON or Python (LFM2's
+`[get_weather(city="Paris")]`).
 """
 
 from __future__ import annotations
