@@ -270,9 +270,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server.close()
 
 
-def _openai(live: LiveServer, case: Case, stream: bool) -> tuple[str, str, list[Any]]:
+Answer = tuple[str, str, list[Any]]  # content, reasoning, calls
+
+
+def _openai(live: LiveServer, model: str, tools: list[Any], stream: bool) -> Answer:
     client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
-    common: Any = {"model": f"fam-{case.id}", "messages": ASK, "tools": TOOLS, "temperature": 0}
+    common: Any = {"model": model, "messages": ASK, "tools": tools, "temperature": 0}
     if not stream:
         message = client.chat.completions.create(**common).choices[0].message
         calls = [
@@ -301,12 +304,12 @@ def _openai(live: LiveServer, case: Case, stream: bool) -> tuple[str, str, list[
     return content, reasoning, calls
 
 
-def _ollama(live: LiveServer, case: Case, stream: bool) -> tuple[str, str, list[Any]]:
+def _ollama(live: LiveServer, model: str, tools: list[Any], stream: bool) -> Answer:
     client = ollama.Client(host=live.url, timeout=PATIENCE_S)
     common: Any = {
-        "model": f"fam-{case.id}",
+        "model": model,
         "messages": ASK,
-        "tools": TOOLS,
+        "tools": tools,
         "options": {"temperature": 0},
     }
     parts = [client.chat(**common)] if not stream else list(client.chat(**common, stream=True))
@@ -320,17 +323,17 @@ def _ollama(live: LiveServer, case: Case, stream: bool) -> tuple[str, str, list[
     return content, reasoning, calls
 
 
-def _anthropic(live: LiveServer, case: Case, stream: bool) -> tuple[str, str, list[Any]]:
+def _anthropic(live: LiveServer, model: str, tools: list[Any], stream: bool) -> Answer:
     client = anthropic.Anthropic(base_url=live.url, api_key="x", max_retries=0)
-    tools: Any = [
+    tools = [
         {
             "name": t["function"]["name"],
-            "description": t["function"]["description"],
-            "input_schema": t["function"]["parameters"],
+            "description": t["function"].get("description", ""),
+            "input_schema": t["function"].get("parameters") or {"type": "object"},
         }
-        for t in TOOLS
+        for t in tools
     ]
-    common: Any = {"model": f"fam-{case.id}", "messages": ASK, "tools": tools, "max_tokens": 400}
+    common: Any = {"model": model, "messages": ASK, "tools": tools, "max_tokens": 400}
     if stream:
         with client.messages.stream(**common) as events:
             message = events.get_final_message()
@@ -346,10 +349,10 @@ def _anthropic(live: LiveServer, case: Case, stream: bool) -> tuple[str, str, li
     return content, reasoning, calls
 
 
-def _responses(live: LiveServer, case: Case, stream: bool) -> tuple[str, str, list[Any]]:
+def _responses(live: LiveServer, model: str, tools: list[Any], stream: bool) -> Answer:
     client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
-    tools: Any = [{"type": "function", **t["function"]} for t in TOOLS]
-    common: Any = {"model": f"fam-{case.id}", "input": ASK, "tools": tools, "temperature": 0}
+    tools = [{"type": "function", **t["function"]} for t in tools]
+    common: Any = {"model": model, "input": ASK, "tools": tools, "temperature": 0}
     if stream:
         with client.responses.stream(**common) as events:
             response = events.get_final_response()
@@ -379,7 +382,7 @@ DIALECTS = {
 def test_each_family_calls_through_every_dialect(live: LiveServer, case: Case) -> None:
     for dialect, ask in DIALECTS.items():
         for stream in (False, True):
-            content, reasoning, calls = ask(live, case, stream)
+            content, reasoning, calls = ask(live, f"fam-{case.id}", TOOLS, stream)
             where = f"{dialect} {'streamed' if stream else 'whole'}"
             assert calls == list(case.calls), where
             assert content.strip() == case.content, where

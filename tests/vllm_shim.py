@@ -275,10 +275,20 @@ def _tools(request: Any, own: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _record(parser: str, text: str, content: str | None, calls: list[dict[str, Any]]) -> None:
+def _record(
+    parser: str,
+    tools: list[dict[str, Any]],
+    text: str,
+    content: str | None,
+    calls: list[dict[str, Any]],
+) -> None:
+    """What localrun read from one output, with the test that asked (its verdict is in the
+    report) and the tools it offered."""
     path = os.environ.get("LOCALRUN_VLLM_RECORD")
     if path:
-        entry = {"parser": parser, "text": text, "content": content, "calls": calls}
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+        entry = {"test": test, "parser": parser, "tools": tools, "text": text}
+        entry.update(content=content, calls=calls)
         with open(path, "a", encoding="utf-8") as out:
             out.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
@@ -300,7 +310,6 @@ class ToolParser:
         self.family = family(self.parser)
         self._stream: CallStream | None = None
         self._index = 0
-        self._text = ""
 
     def adjust_request(self, request: Any) -> Any:
         return request
@@ -309,12 +318,13 @@ class ToolParser:
         return self.family.syntax.with_tools(_tools(request, self.tools))
 
     def extract_tool_calls(self, model_output: str, request: Any = None) -> Any:
-        stream = CallStream(self._syntax(request))
+        tools = _tools(request, self.tools)
+        stream = CallStream(self.family.syntax.with_tools(tools))
         text, calls = stream.feed(model_output)
         rest, more = stream.finish()
         text, calls = text + rest, calls + more
         content = text if text.strip() or not calls else None
-        _record(self.parser, model_output, content, calls)
+        _record(self.parser, tools, model_output, content, calls)
         return ExtractedToolCallInformation(
             tools_called=bool(calls), tool_calls=[_tool_call(c) for c in calls], content=content
         )
@@ -331,16 +341,13 @@ class ToolParser:
     ) -> DeltaMessage | None:
         if self._stream is None:
             self._stream = CallStream(self._syntax(request))
-        self._text += delta_text
         return self._delta(*self._stream.feed(delta_text))
 
     def finish_streaming(self) -> DeltaMessage | None:
         """The end of the answer (vLLM's parsers need none; localrun's sink is told `done`)."""
         if self._stream is None:
             return None
-        delta = self._delta(*self._stream.finish())
-        _record(self.parser + " (streamed)", self._text, None, [])
-        return delta
+        return self._delta(*self._stream.finish())
 
     def _delta(self, text: str, calls: list[dict[str, Any]]) -> DeltaMessage | None:
         if not text and not calls:
