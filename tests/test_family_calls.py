@@ -679,3 +679,60 @@ def test_python_calls_are_read_as_json_values_or_left_as_text(
     for step in (1, 4, len(text)):
         got_content, got_calls = _stream(syntax, text, step)
         assert (got_content, got_calls) == (text if content is None else content, calls)
+
+
+def test_a_python_call_that_cannot_be_repaired_is_text_in_bounded_time() -> None:
+    """Quotes that might each close their string (the repair tries later ones) are tried a
+    bounded number of times: an answer of thousands is text at once."""
+    import time
+
+    body = "get_weather(city='" + "a', " * 4000 + "')"
+    text = f"<|tool_call_start|>[{body}]<|tool_call_end|>"
+    start = time.perf_counter()
+    assert _stream(LFM2, text, len(text)) == (text, [])
+    assert time.perf_counter() - start < 5
+
+
+def test_a_call_in_a_thought_the_answer_writes_is_text() -> None:
+    """MiniMax-M1's template shows no reasoning, so its `<think>` is the answer's text: a call
+    in it is one the model considered (as vLLM's MiniMax parser reads it), the one after it is
+    made."""
+    syntax = template.family((TEMPLATES / "MiniMax-M1.jinja").read_text(encoding="utf-8"))
+    rome = '{"name": "get_weather", "arguments": {"city": "Rome"}}'
+    paris = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    thought = f"<think>Maybe <tool_calls>\n{rome}\n</tool_calls> no.</think>"
+    text = f"{thought}\n<tool_calls>\n{paris}\n</tool_calls>"
+    for step in (1, 3, len(text)):
+        stream = CallStream(syntax.syntax.with_tools(TOOLS), verbatim=syntax.think)
+        out, calls = [], []
+        for i in range(0, len(text), step):
+            piece, found = stream.feed(text[i : i + step])
+            out.append(piece)
+            calls += found
+        piece, found = stream.finish()
+        assert ("".join(out) + piece, calls + found) == (thought, [PARIS])
+
+
+@pytest.mark.parametrize(
+    ("text", "reasoning", "answer"),
+    [
+        # Qwen3.5 calls before it closes the thought the prompt opened: the call is the answer's.
+        (
+            "Let me check.\n<tool_call>\n<function=get_weather>\n</function>\n</tool_call>\n"
+            "</think>\n\nDone.",
+            "Let me check.\n",
+            "<tool_call>\n<function=get_weather>\n</function>\n</tool_call>\nDone.",
+        ),
+        # A thought closed before the call: as always.
+        ("Hmm.</think>\n\n<tool_call>x</tool_call>", "Hmm.", "<tool_call>x</tool_call>"),
+    ],
+)
+def test_a_call_ends_a_thought_the_prompt_opened(text: str, reasoning: str, answer: str) -> None:
+    from localrun.formats.reasoning import Splitter
+
+    for step in (1, 4, len(text)):
+        splitter = Splitter(inside=True, calls=("<tool_call>",))
+        parts = [splitter.feed(text[i : i + step]) for i in range(0, len(text), step)]
+        parts.append(splitter.finish())
+        assert "".join(p[0] for p in parts) == reasoning
+        assert "".join(p[1] for p in parts) == answer

@@ -6,7 +6,8 @@ list of its items in the order written (JSON has no sets). What JSON cannot hold
 complex number, 1e999, NaN) is not a call: such a call hung the answer's encoding.
 
 Models write Python that Python refuses, and vLLM reads it anyway; so does this, by repairing
-the text before giving up (REPAIRS candidates at most, each one pass over the text):
+the text before giving up (REPAIRS passes over the text at most, each a candidate or a
+dead end):
 
 - a raw newline, tab or NUL inside a string (a multi-line shell command) is escaped;
 - a zero-padded integer (`month=07`) is the integer;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from localrun.formats.parsers.base import Malformed, ToolCall
@@ -27,7 +29,7 @@ from localrun.formats.parsers.base import Malformed, ToolCall
 if TYPE_CHECKING:
     from localrun.formats.parsers.base import Syntax
 
-REPAIRS = 32  # repaired candidates tried at most, each parsed once
+REPAIRS = 32  # passes over the text at most: repaired candidates (each parsed once) or dead ends
 _PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError)
 
 
@@ -82,13 +84,14 @@ def _may_close(source: str, index: int) -> bool:
     return after >= len(source) or source[after] in ",)]}:"
 
 
-def _repaired(source: str) -> Any:
+def _repaired(source: str) -> Iterator[str]:
     """Repaired versions of `source` (see the module's docstring), most likely first: a scan
     that closes each string at its first possible quote, then, depth first, at later ones."""
-    yielded = 0
     # Each alternative: where to resume, the output so far, the brackets open, the quote.
     pending: list[tuple[int, list[str], list[str], str]] = [(0, [], [], "")]
-    while pending and yielded < REPAIRS:
+    for _ in range(REPAIRS):  # passes over the text, each one candidate or a dead end
+        if not pending:
+            return
         index, out, stack, quote = pending.pop()
         out, stack = list(out), list(stack)
         alive = True
@@ -122,7 +125,6 @@ def _repaired(source: str) -> Any:
                 out.append(char)
             index += 1
         if alive and not quote and not stack:
-            yielded += 1
             yield "".join(out)
 
 
