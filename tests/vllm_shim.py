@@ -236,7 +236,7 @@ class Tokenizer:
         return len(tokens)
 
     def get_vocab(self) -> dict[str, int]:
-        return self.vocab
+        return dict(self.vocab)  # a copy: tests add their own ids to it
 
     def __call__(self, text: str, **_: Any) -> dict[str, list[int]]:
         return {"input_ids": self.encode(text)}
@@ -347,7 +347,9 @@ class ToolParser:
         """The end of the answer (vLLM's parsers need none; localrun's sink is told `done`)."""
         if self._stream is None:
             return None
-        return self._delta(*self._stream.finish())
+        delta = self._delta(*self._stream.finish())
+        self._stream, self._index = None, 0  # the next answer starts afresh
+        return delta
 
     def _delta(self, text: str, calls: list[dict[str, Any]]) -> DeltaMessage | None:
         if not text and not calls:

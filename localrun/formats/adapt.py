@@ -14,9 +14,10 @@ we, from what the probes' output shows, once per template:
 - tools: a template that does not show the `tools` it is given gets them as a system note
   (formats/calls.py), so the model still learns them; llama.cpp passes them to be dropped;
 - tool calls: arguments as an object where the template writes them with tojson, as the JSON
-  text a client sent where it concatenates strings; calls written out as <tool_call> blocks
-  where the template shows none; ids made 9 letters and digits for templates that require it
-  (Mistral), which llama.cpp leaves to fail;
+  text a client sent where it concatenates strings (an object sent is written compact, as
+  llama-server writes it); calls written out as <tool_call> blocks where the template shows
+  none; ids made 9 letters and digits for templates that require it (Mistral), which
+  llama.cpp leaves to fail;
 - tool results: as user turns in <tool_response> blocks where the template has no tool role;
 - reasoning in the history: as `thinking` to a template that reads that name (LFM2.5), as a
   "thinking" content block to one that shows it only so (Ministral 3; llama.cpp decides by
@@ -538,7 +539,9 @@ def _call(call: Any, caps: Caps, index: int, n: int) -> dict[str, Any]:
     if caps.object_arguments:
         arguments = calls_mod.arguments_object(arguments)
     elif not isinstance(arguments, str):
-        arguments = json.dumps(arguments, ensure_ascii=False)
+        # Compact, as llama-server writes an object for a template that prints the text (and
+        # Ollama and OpenAI write arguments): the same prompt as theirs (Functionary v3.2).
+        arguments = json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
     made: dict[str, Any] = {"type": "function", "function": {"name": function["name"]}}
     made["function"]["arguments"] = arguments
     call_id = call.get("id") if isinstance(call, dict) else None

@@ -62,6 +62,19 @@ FAMILIES: tuple[Family, ...] = (
         special=("<|channel>", "<channel|>"),
     ),
     Family(
+        "functiongemma",
+        ("<start_function_call>",),
+        Gemma4(
+            name="functiongemma",
+            starts=("<start_function_call>",),
+            ends=("<end_function_call>",),
+            special=("<start_function_call>", "<end_function_call>", "<escape>"),
+            open="<start_function_call>",
+            close="<end_function_call>",
+            quote="<escape>",
+        ),
+    ),
+    Family(
         "deepseek-r1",
         ("tool▁calls▁begin", "```json"),
         DeepSeek(name="deepseek-r1", fenced=True),
@@ -95,6 +108,20 @@ FAMILIES: tuple[Family, ...] = (
         ),
         think=("<|inner_prefix|>", "<|inner_suffix|>"),  # its deliberation
         special=("<|inner_prefix|>", "<|inner_suffix|>"),
+    ),
+    Family(
+        "internlm2",
+        ("<|action_start|>", "<|plugin|>"),
+        Wrapped(
+            name="internlm2",
+            starts=("<|action_start|>",),
+            ends=("<|action_end|>",),
+            special=("<|action_start|>", "<|plugin|>", "<|action_end|>"),
+            open="<|action_start|><|plugin|>",
+            close="<|action_end|>",
+            close_optional=True,
+            argument_keys=("parameters", "arguments"),
+        ),
     ),
     Family("minimax-m2", ("<minimax:tool_call>",), Invoke()),
     Family(
@@ -199,13 +226,14 @@ FAMILIES: tuple[Family, ...] = (
         ("<|tool_call|>",),
         Wrapped(
             name="granite",
-            starts=("<|tool_call|>",),
+            starts=("<|tool_call|>", "functools["),
             ends=("<|/tool_call|>",),
             special=("<|tool_call|>", "<|/tool_call|>"),
             open="<|tool_call|>",
             close="<|/tool_call|>",
             close_optional=True,
             as_list=True,
+            also="functools",  # Phi-4-mini, which shares the vocabulary's `<|tool_call|>`
         ),
         drop=("<response>", "</response>"),
         token="<|tool_call|>",

@@ -40,8 +40,15 @@ class Wrapped(Syntax):
     python: bool = False  # the body is Python calls, not JSON
     bare: bool = False  # an answer that is nothing but JSON calls counts too (fallback)
     keyed: bool = False  # a call is {NAME: ARGUMENTS} (Apertus)
+    # Another opening, before a JSON list, with no closing marker (Phi-4-mini's `functools[`).
+    also: str = ""
 
     def take(self, text: str, final: bool) -> Taken:
+        if self.also and text.startswith(self.also):
+            value, end = json_at(text, len(self.also))
+            if not isinstance(value, list):
+                raise Malformed(f"no list after {self.also!r}")
+            return Taken(self._calls(value), end)
         if self.bare and not text.startswith(self.open):
             return self._bare(text, final)
         index = expect(text, 0, self.open)
