@@ -1,5 +1,6 @@
 """llama.cpp's 70 real chat templates: every one renders every conversation, and the prompts
-are llama-server's but for the differences listed here, each a choice with its reason."""
+are llama-server's but for the differences listed here, each a choice with its reason (and
+the conversations llama-server refuses, listed with what localrun renders instead)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,13 @@ FILES = sorted(p.name for p in CORPUS.glob("*.jinja"))
 # What localrun renders differently from llama-server, and why.
 NOTE = "tools the template does not show go in a system note, so the model learns them"
 WRITTEN = "a call the template does not show is written out in the answer, not dropped"
+# The conversations with tools and a call: "tools" ends on its result, "followup" goes on to
+# the user's next question.
+TOOL_CONVERSATIONS = ("tools", "followup")
 DIFFERENT = {
     **{
-        (name, "tools"): NOTE
+        (name, conv): NOTE
+        for conv in TOOL_CONVERSATIONS
         for name in (
             "HuggingFaceTB-SmolLM3-3B.jinja",
             "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
@@ -33,31 +38,58 @@ DIFFERENT = {
         )
     },
     **{
-        (name, "tools"): WRITTEN
+        (name, conv): WRITTEN
+        for conv in TOOL_CONVERSATIONS
         for name in (
             "LFM2-8B-A1B.jinja",
             "LFM2.5-Instruct.jinja",
             "ibm-granite-granite-3.3-2B-Instruct.jinja",
         )
     },
-    ("fireworks-ai-llama-3-firefunction-v2.jinja", "tools"): (
-        "the template reads the tools as JSON text in `functions`: llama-server leaves it empty"
-    ),
-    ("google-gemma-4-31B-it-interleaved.jinja", "tools"): (
-        "llama-server folds tool results into the model's turn for older Gemma 4 templates "
-        "(a family adaptation, with Gemma 4's tool calls)"
-    ),
+    **{
+        ("fireworks-ai-llama-3-firefunction-v2.jinja", conv): (
+            "the template reads the tools as JSON text in `functions`: llama-server leaves it empty"
+        )
+        for conv in TOOL_CONVERSATIONS
+    },
+    **{
+        ("google-gemma-4-31B-it-interleaved.jinja", conv): (
+            "llama-server folds tool results into the model's turn for older Gemma 4 templates "
+            "(a family adaptation, with Gemma 4's tool calls)"
+        )
+        for conv in TOOL_CONVERSATIONS
+    },
     **{
         ("Apertus-8B-Instruct.jinja", conv): (
             "enable_thinking is true for every template; llama-server turns it off where its "
             "parsers do not know the reasoning markers (Apertus deliberates)"
         )
-        for conv in ("plain", "tools", "reasoning")
+        for conv in DATA["conversations"]
     },
     ("unsloth-mistral-Devstral-Small-2507.jinja", "reasoning"): (
         "llama-server sends reasoning as content blocks by its Ministral markers, and "
         "Devstral's template then drops the answer; localrun probes the template"
     ),
+}
+
+# What llama-server refuses (its prompt recorded as None), and what localrun renders instead.
+ALTERNATE = "the template refuses a user turn right after a tool result (roles must alternate)"
+REFUSED = {
+    **{
+        (name, "followup"): ALTERNATE + "; localrun joins it to the result"
+        for name in (
+            "Mistral-Small-3.2-24B-Instruct-2506.jinja",
+            "mistralai-Ministral-3-14B-Reasoning-2512.jinja",
+            "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+        )
+    },
+    **{
+        ("google-gemma-2-2b-it.jinja", conv): (
+            "the template has no tool role and insists on alternating roles; localrun gives the "
+            "result as a user turn, joined to the user turn after it"
+        )
+        for conv in TOOL_CONVERSATIONS
+    },
 }
 
 
@@ -82,14 +114,16 @@ def test_the_corpus_is_whole() -> None:
 
 @pytest.mark.parametrize("name", FILES)
 def test_every_template_renders_every_conversation_as_llama_server(name: str) -> None:
-    differs = []
+    differs, refused = [], []
     for conv, conversation in DATA["conversations"].items():
         ours = _render(name, conversation)
         theirs = DATA["llama_server"][name][conv]
-        if theirs is not None and ours != theirs:
+        if theirs is None:
+            refused.append(conv)
+        elif ours != theirs:
             differs.append(conv)
-    expected = [conv for (file, conv) in DIFFERENT if file == name]
-    assert sorted(differs) == sorted(expected)
+    assert sorted(differs) == sorted(conv for (file, conv) in DIFFERENT if file == name)
+    assert sorted(refused) == sorted(conv for (file, conv) in REFUSED if file == name)
 
 
 def test_probes_find_what_each_family_needs() -> None:
@@ -123,6 +157,21 @@ def test_mistral_tool_ids_are_made_nine_characters_and_stay_paired() -> None:
     out = template.render(source, messages, tools=DATA["conversations"]["tools"]["tools"])
     short = adapt._short_id("call_abc_123")
     assert len(short) == 9 and short.isalnum() and out.count(short) == 2
+
+
+def test_object_arguments_are_written_compact_where_the_template_prints_text() -> None:
+    """Functionary v3.2 prints a call's arguments as they come: an object is written as
+    llama-server writes it (compact, unescaped), the JSON text a client sent is left alone."""
+    source = (CORPUS / "meetkai-functionary-medium-v3.2.jinja").read_text()
+    tools = DATA["conversations"]["tools"]["tools"]
+    for arguments, shown in (
+        ({"city": "Zürich", "days": [1, 2]}, '{"city":"Zürich","days":[1,2]}'),
+        ('{"city": "Zürich"}', '{"city": "Zürich"}'),
+    ):
+        messages = json.loads(json.dumps(DATA["conversations"]["followup"]["messages"]))
+        messages[1]["tool_calls"][0]["function"]["arguments"] = arguments
+        out = template.render(source, messages, tools=tools)
+        assert f">>>get_weather\n{shown}<|eot_id|>" in out
 
 
 # Where Claude Code puts its mid-conversation system messages (Anthropic's rules): right after
