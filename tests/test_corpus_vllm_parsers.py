@@ -15,7 +15,7 @@ test passes, or is one of:
   allows and its clients read), and NOT_RUN: modules that import vLLM pieces outside the
   tool-parser API (xgrammar's structural tags, the Responses protocol, its engine harness).
 
-Then, for each vLLM parser, the output with the most calls that a passing test had read is said
+Then, for each family, the output with the most calls that a passing test had read is said
 by a scripted model with that parser's template and asked through the real server with the
 official clients, in the four dialects, whole and streamed: the answer must be what the test
 accepted.
@@ -222,7 +222,8 @@ def test_vllm_parser_tests_read_as_vllm_reads(vllm_run: dict[str, Any]) -> None:
 
 
 def _chosen(vllm_run: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per vLLM parser, the output with the most calls that a passing test read."""
+    """Per family (vLLM's parsers that localrun reads alike count once), the output with the
+    most calls that a passing test read."""
     passed = {
         test.rsplit("/", 1)[-1]
         for test, outcome in vllm_run["outcomes"].items()
@@ -234,9 +235,10 @@ def _chosen(vllm_run: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         if vllm_shim.family(entry["parser"]).harmony:
             continue
-        held = best.get(entry["parser"])
+        family = vllm_shim.family(entry["parser"]).name
+        held = best.get(family)
         if held is None or len(entry["calls"]) > len(held["calls"]):
-            best[entry["parser"]] = entry
+            best[family] = entry
     return [best[name] for name in sorted(best)]
 
 
@@ -276,7 +278,8 @@ def test_what_vllm_read_comes_through_every_dialect(
     said: tuple[LiveServer, list[dict[str, Any]]],
 ) -> None:
     live, chosen = said
-    assert len(chosen) >= 15, [e["parser"] for e in chosen]
+    assert len(chosen) >= 14, [e["parser"] for e in chosen]
+    print(len(chosen), "families:", ", ".join(e["parser"] for e in chosen))
     for entry in chosen:
         want = [{"name": c["name"], "arguments": c["arguments"]} for c in entry["calls"]]
         for dialect, ask in DIALECTS.items():
