@@ -183,6 +183,47 @@ def test_what_is_not_a_call_comes_back_as_text(text: str, content: str, calls: l
             [PARIS],
             "",
         ),
+        # GigaChat 3: a message of its own after the text's; 3.1: its own token.
+        (
+            "gigachat3",
+            'Sure.<|message_sep|>\n\nfunction call<|role_sep|>\n{"name": "get_weather", '
+            '"arguments": {"city": "Paris"}}',
+            "Sure.",
+            [PARIS],
+            "",
+        ),
+        ("gigachat3", "Hello.<|message_sep|>\n\n", "Hello.", [], ""),
+        (
+            "gigachat3.1",
+            'Sure.<|function_call|>{"name": "get_weather", "arguments": {"city": "Paris"}}',
+            "Sure.",
+            [PARIS],
+            "",
+        ),
+        # FunctionGemma: Gemma 4's syntax between its own marks.
+        (
+            "functiongemma",
+            "<start_function_call>call:get_weather{city:<escape>Paris<escape>}<end_function_call>",
+            "",
+            [PARIS],
+            "",
+        ),
+        # InternLM2; Phi-4-mini's functools.
+        (
+            "internlm2",
+            '<|action_start|><|plugin|>{"name": "get_weather", "parameters": {"city": "Paris"}}'
+            "<|action_end|>",
+            "",
+            [PARIS],
+            "",
+        ),
+        (
+            "granite",
+            'Sure.\nfunctools[{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+            "Sure.",
+            [PARIS],
+            "",
+        ),
         # MiniMax-M1: two calls one a line in one block.
         (
             "derived-minimax-m1",

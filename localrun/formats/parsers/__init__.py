@@ -123,6 +123,27 @@ FAMILIES: tuple[Family, ...] = (
             argument_keys=("parameters", "arguments"),
         ),
     ),
+    Family(
+        "gigachat3.1",
+        ("<|function_call|>",),
+        Wrapped(
+            name="gigachat3.1",
+            starts=("<|function_call|>",),
+            special=("<|function_call|>",),
+            open="<|function_call|>",
+        ),
+    ),
+    Family(
+        "gigachat3",
+        ("<|message_sep|>", "<|role_sep|>", "function call"),
+        Wrapped(
+            name="gigachat3",
+            starts=("<|message_sep|>", "function call<|role_sep|>"),
+            special=("<|message_sep|>", "<|role_sep|>"),
+            lead="<|message_sep|>",
+            open="function call<|role_sep|>",
+        ),
+    ),
     Family("minimax-m2", ("<minimax:tool_call>",), Invoke()),
     Family(
         "muse-glimmer",

@@ -17,7 +17,8 @@ Pure: no I/O, no llama_cpp.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+import re
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Any
 
@@ -246,6 +247,9 @@ def until(text: str, index: int, marker: str) -> tuple[str, int]:
 
 
 THINK = ("<think>", "</think>")
+# What a special token inside a marker looks like: `<|role_sep|>`, `<｜DSML｜invoke`'s head,
+# `[TOOL_CALLS]` (only the ones the vocabulary has as special tokens are spelled out).
+_TOKEN = re.compile(r"<[^<>\s]{1,64}>|\[[A-Z_]{2,32}\]")
 
 
 @dataclass(frozen=True)
@@ -264,5 +268,14 @@ class Family:
     token: str = ""
 
     def spelled(self) -> tuple[str, ...]:
-        """The markers the engine must spell out for this family's parser to see them."""
-        return (*self.syntax.special, *self.special, *self.think, *self.drop)
+        """The markers the engine must spell out for this family's parser to see them: those
+        named, and the tokens inside its syntax's markers (a derived syntax's `function
+        call<|role_sep|>` holds one)."""
+        pieces: set[str] = set()
+        for entry in fields(self.syntax):
+            value = getattr(self.syntax, entry.name)
+            for text in value if isinstance(value, tuple) else (value,):
+                if isinstance(text, str) and entry.name != "name":
+                    pieces.update(_TOKEN.findall(text))
+        named = (*self.syntax.special, *self.special, *self.think, *self.drop)
+        return (*named, *sorted(pieces - set(named)))

@@ -42,6 +42,7 @@ class Wrapped(Syntax):
     keyed: bool = False  # a call is {NAME: ARGUMENTS} (Apertus)
     # Another opening, before a JSON list, with no closing marker (Phi-4-mini's `functools[`).
     also: str = ""
+    lead: str = ""  # a marker that may come before `open` (GigaChat 3's `<|message_sep|>`)
 
     def take(self, text: str, final: bool) -> Taken:
         if self.also and text.startswith(self.also):
@@ -51,7 +52,10 @@ class Wrapped(Syntax):
             return Taken(self._calls(value), end)
         if self.bare and not text.startswith(self.open):
             return self._bare(text, final)
-        index = expect(text, 0, self.open)
+        index = skip_blanks(text, len(self.lead)) if self.lead and text.startswith(self.lead) else 0
+        if index and index >= len(text) and final:
+            return Taken([], index)  # the separator ending the answer's message: nobody's
+        index = expect(text, index, self.open)
         if self.python:
             body, end = _python_body(text, index, self.close, final)
             return Taken(python.calls(body, self), end)
