@@ -224,6 +224,14 @@ def test_what_is_not_a_call_comes_back_as_text(text: str, content: str, calls: l
             [PARIS],
             "",
         ),
+        # xLAM: a JSON list, after text, bare or fenced.
+        (
+            "xlam",
+            'Sure.\n```json\n[{"name": "get_weather", "arguments": {"city": "Paris"}}]\n```',
+            "Sure.",
+            [PARIS],
+            "",
+        ),
         # MiniMax-M1: two calls one a line in one block.
         (
             "derived-minimax-m1",

@@ -36,7 +36,7 @@ from localrun.formats.parsers.kimi import Kimi
 from localrun.formats.parsers.llama3 import Llama3
 from localrun.formats.parsers.mistral import Mistral
 from localrun.formats.parsers.pythonic import Pythonic
-from localrun.formats.parsers.wrapped import Wrapped
+from localrun.formats.parsers.wrapped import JsonList, Wrapped
 from localrun.formats.parsers.xml import ArgKeys, FunctionTags, Invoke
 
 HERMES = Wrapped(
@@ -259,6 +259,9 @@ FAMILIES: tuple[Family, ...] = (
         drop=("<response>", "</response>"),
         token="<|tool_call|>",
     ),
+    # xLAM's templates ask for a JSON list in their own words (before Llama 3's and Hermes's
+    # rows, whose markers they also write).
+    Family("xlam", ('[{"name": "tool_call_name"',), JsonList()),
     # Asked for in the template's own words (vLLM's pythonic templates: Llama 3.2 / 4, Gemma 3,
     # ToolACE): before Llama 3's row, whose markers Llama's pythonic templates also write.
     Family("pythonic", ("[func_name1(",), Pythonic()),

@@ -118,3 +118,33 @@ def _python_body(text: str, index: int, close: str, final: bool) -> tuple[str, i
     if not final:
         raise Incomplete
     return text[index:], len(text)
+
+
+_WRAPPERS = {"```json": "```", "```": "```", "<tool_call>": "</tool_call>", "[TOOL_CALLS]": ""}
+
+
+@dataclass
+class JsonList(Syntax):
+    """xLAM: a JSON list of `{"name": ..., "arguments": {...}}`, as the answer or after text,
+    bare or in a ```json fence, `<tool_call>` tags or after `[TOOL_CALLS]` (vLLM's xLAM parser
+    reads all of these)."""
+
+    name: str = "xlam"
+    starts: tuple[str, ...] = ('[{"name"', "```json", "<tool_call>", "[TOOL_CALLS]")
+    leading: str = "["
+
+    def take(self, text: str, final: bool) -> Taken:
+        index, close = 0, ""
+        for opening, closing in _WRAPPERS.items():
+            if text.startswith(opening):
+                index, close = len(opening), closing
+                break
+        value, end = json_at(text, index)
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise Malformed("no calls")
+        calls = [self.json_call(item, "arguments", "parameters") for item in items]
+        return Taken(calls, closed(text, end, close, final, optional=True))
+
+    def write(self, name: str, arguments: str) -> str:
+        return f'[{{"name": {json.dumps(name)}, "arguments": {arguments}}}]'
