@@ -70,10 +70,6 @@ NOT_CLAIMED = {
         "the Hy3 template here writes `<tool_calls:opensource>` tags, which the syntax derived "
         "from it reads; vLLM's tests write another release's `<tool_calls>`"
     ),
-    "test_minicpm5xml_tool_parser.py": (
-        "MiniCPM 5's calls are derived from its template (`<function name=...><param name=...>`)"
-        "; vLLM's parser also unwraps CDATA, collapsed tags, aliases and checks the schema"
-    ),
     "test_minimax_m3_tool_parser.py": (
         "MiniMax-M3 gets Hermes: its nested `<tool_call>` blocks are not read"
     ),
@@ -145,6 +141,19 @@ DIFFERENT = {
     r"test_gigachat3.*with_eos": (
         "the end-of-sequence token ends the answer in the engine and never reaches its text"
     ),
+    r"test_minicpm5xml.*(space_marker|collapsed|sentencepiece)": (
+        "artifacts of a tokenizer's decoding (`Ġ` for a blank, blanks lost between tags) that "
+        "llama.cpp's detokenizer does not make"
+    ),
+    r"test_minicpm5xml.*(surrounding_text|interleaved_text)": KEPT,
+    r"test_minicpm5xml.*test_incomplete_missing_function_end": (
+        "a call whose closing tag the answer's end cut is read (the close a template shows may "
+        "hold its end-of-turn token, which ends the answer)"
+    ),
+    r"test_minicpm5xml.*(invalid|wrapped_arguments|extra_arguments|alias_)": (
+        "arguments are taken as written, not fitted to the tool's schema (vLLM's MiniCPM 5 "
+        "parser drops, renames and unwraps them, and refuses calls its schema does not allow)"
+    ),
     r"test_deepseekv32.*test_number_param$": "a number is kept as written (`5.0`, not `5`)",
     r"test_deepseekv32.*(test_arguments_wrapper_repaired|test_input_wrapper_repaired)": (
         "arguments wrapped in `arguments`/`input` are taken as written (vLLM unwraps them)"
@@ -192,8 +201,9 @@ def _verdict(test: str, outcome: dict[str, str]) -> str:
         return "ok" if "no template mapped" not in message else "unmapped"
     if kind == "not collected":
         return "not run" if file in NOT_RUN else "difference"
-    if "attribute" in message or "Localrun_" in message or "skip_special_tokens" in test:
-        return "internals"  # (skip_special_tokens: a vLLM request flag localrun has not)
+    flags = ("adjust_request", "skip_special_tokens")
+    if "attribute" in message or "Localrun_" in message or any(f in test.lower() for f in flags):
+        return "internals"  # (adjust_request: vLLM's request flags, which localrun has not)
     if "only one tool call per update" in message:
         return "harness"
     if file in NOT_CLAIMED:

@@ -38,6 +38,9 @@ NAME, KEY, VALUE = "probe_tool_name", "probe_arg", "PROBE_VALUE_7"
 KEY2, VALUE2 = "probe_second", "PROBE_VALUE_8"  # a second parameter shows what parts two
 
 
+_CDATA = "<![CDATA["
+
+
 @dataclass
 class Named(Syntax):
     """`OPEN NAME SEP {json} CLOSE`."""
@@ -106,7 +109,11 @@ class Tagged(Syntax):
             index = expect(text, index, self.p_open.strip())
             key, index = _through(text, index, self.p_mid)
             raw, index = until(text, index, p_close)
-            arguments[key.strip()] = self.typed(name.strip(), key.strip(), raw.strip("\n"))
+            raw = raw.strip("\n")
+            if raw.startswith(_CDATA) and raw.endswith("]]>"):  # text as it is (MiniCPM 5)
+                arguments[key.strip()] = raw[len(_CDATA) : -3]
+            else:
+                arguments[key.strip()] = self.typed(name.strip(), key.strip(), raw)
 
     def write(self, name: str, arguments: str) -> str:
         values = json.loads(arguments)
