@@ -232,6 +232,18 @@ def test_what_is_not_a_call_comes_back_as_text(text: str, content: str, calls: l
             [PARIS],
             "",
         ),
+        # Muse Glimmer's turns open with their recipient: nobody's text.
+        (
+            "muse-glimmer",
+            ' to=get_weather<|message|><atem:function_calls>\n<atem:invoke name="get_weather">'
+            '\n<atem:parameter name="city">Paris</atem:parameter>\n</atem:invoke>\n'
+            "</atem:function_calls>",
+            "",
+            [PARIS],
+            "",
+        ),
+        ("muse-glimmer", " to=user<|message|>Hello.", "Hello.", [], ""),
+        ("muse-glimmer", "Send it to=me please.", "Send it to=me please.", [], ""),
         # MiniMax-M1: two calls one a line in one block.
         (
             "derived-minimax-m1",

@@ -37,7 +37,7 @@ from localrun.formats.parsers.llama3 import Llama3
 from localrun.formats.parsers.mistral import Mistral
 from localrun.formats.parsers.pythonic import Pythonic
 from localrun.formats.parsers.wrapped import JsonList, Wrapped
-from localrun.formats.parsers.xml import ArgKeys, FunctionTags, Invoke
+from localrun.formats.parsers.xml import ArgKeys, FunctionTags, Invoke, Recipient
 
 HERMES = Wrapped(
     name="hermes",
@@ -148,10 +148,11 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "muse-glimmer",
         ("<atem:function_calls>",),
-        Invoke(
+        Recipient(
             name="muse-glimmer",
-            starts=("<atem:function_calls>",),
+            starts=("to=", "<atem:function_calls>"),
             ends=("</atem:function_calls>",),
+            special=("<|message|>",),
             open="<atem:function_calls>",
             close="</atem:function_calls>",
             prefix="atem:",

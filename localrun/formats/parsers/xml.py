@@ -172,6 +172,33 @@ class Invoke(XmlBlocks):
         return f'{self.open}\n<{invoke} name="{name}">\n{params}</{invoke}>\n{self.close}'
 
 
+_RECIPIENT = re.compile(r"to=([^\s<]{1,200})<\|message\|>")
+
+
+@dataclass
+class Recipient(Invoke):
+    """Muse Glimmer: its turns open with a recipient, ` to=NAME<|message|>` (the template's
+    generation prompt stops before it); one naming a tool is followed by the `atem:` block of
+    its call, `to=user` by the answer's text. The header is nobody's text."""
+
+    def take(self, text: str, final: bool) -> Taken:
+        if not text.startswith("to="):
+            return super().take(text, final)
+        match = _RECIPIENT.match(text)
+        if match is None:
+            head = text[3:]
+            mark = head.find("<")
+            waiting = len(head) < 200 and not any(c.isspace() for c in head)
+            if waiting and (mark < 0 or "<|message|>".startswith(head[mark:])) and not final:
+                raise Incomplete  # the recipient's name or its `<|message|>` is on its way
+            raise Malformed("not a recipient")
+        if match.group(1) in ("user", "all", "self"):
+            return Taken([], match.end())
+        rest = match.end() + len(text[match.end() :]) - len(text[match.end() :].lstrip())
+        taken = super().take(text[rest:], final)
+        return Taken(taken.calls, rest + taken.end)
+
+
 @dataclass
 class ArgKeys(Syntax):
     """GLM 4.5-4.7: `<tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value></tool_call>`,
