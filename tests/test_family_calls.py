@@ -38,8 +38,10 @@ def _calls_only(case: Case) -> str:
     return says
 
 
-def _stream(syntax: Syntax, text: str, step: int, primed: str = "") -> tuple[str, list[Any]]:
-    stream = CallStream(syntax, primed=primed)
+def _stream(
+    syntax: Syntax, text: str, step: int, primed: str = "", verbatim: Any = None
+) -> tuple[str, list[Any]]:
+    stream = CallStream(syntax, primed=primed, verbatim=verbatim)
     out, calls = [], []
     for i in range(0, len(text), step):
         piece, found = stream.feed(text[i : i + step])
@@ -758,20 +760,14 @@ def test_a_call_in_a_thought_the_answer_writes_is_text() -> None:
     """MiniMax-M1's template shows no reasoning, so its `<think>` is the answer's text: a call
     in it is one the model considered (as vLLM's MiniMax parser reads it), the one after it is
     made."""
-    syntax = template.family((TEMPLATES / "MiniMax-M1.jinja").read_text(encoding="utf-8"))
+    family = template.family((TEMPLATES / "MiniMax-M1.jinja").read_text(encoding="utf-8"))
     rome = '{"name": "get_weather", "arguments": {"city": "Rome"}}'
     paris = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
     thought = f"<think>Maybe <tool_calls>\n{rome}\n</tool_calls> no.</think>"
     text = f"{thought}\n<tool_calls>\n{paris}\n</tool_calls>"
+    syntax = family.syntax.with_tools(TOOLS)
     for step in (1, 3, len(text)):
-        stream = CallStream(syntax.syntax.with_tools(TOOLS), verbatim=syntax.think)
-        out, calls = [], []
-        for i in range(0, len(text), step):
-            piece, found = stream.feed(text[i : i + step])
-            out.append(piece)
-            calls += found
-        piece, found = stream.finish()
-        assert ("".join(out) + piece, calls + found) == (thought, [PARIS])
+        assert _stream(syntax, text, step, verbatim=family.think) == (thought, [PARIS])
 
 
 @pytest.mark.parametrize(
