@@ -246,6 +246,18 @@ def test_what_is_not_a_call_comes_back_as_text(text: str, content: str, calls: l
         ),
         ("muse-glimmer", " to=user<|message|>Hello.", "Hello.", [], ""),
         ("muse-glimmer", "Send it to=me please.", "Send it to=me please.", [], ""),
+        # MiniMax-M3: an XML tree behind its namespace token, lists as <item>s.
+        (
+            "minimax-m3",
+            ']<]minimax[>[<tool_call>\n]<]minimax[>[<invoke name="get_weather">'
+            "]<]minimax[>[<city>Paris]<]minimax[>[</city>]<]minimax[>[</invoke>\n"
+            ']<]minimax[>[<invoke name="get_time">]<]minimax[>[<tz>'
+            "]<]minimax[>[<item>CET]<]minimax[>[</item>]<]minimax[>[</tz>]<]minimax[>[</invoke>"
+            "\n]<]minimax[>[</tool_call>",
+            "",
+            [PARIS, {"name": "get_time", "arguments": {"tz": ["CET"]}}],
+            "",
+        ),
         # MiniMax-M1: two calls one a line in one block.
         (
             "derived-minimax-m1",
@@ -793,3 +805,11 @@ def test_a_call_ends_a_thought_the_prompt_opened(text: str, reasoning: str, answ
         parts.append(splitter.finish())
         assert "".join(p[0] for p in parts) == reasoning
         assert "".join(p[1] for p in parts) == answer
+
+
+@pytest.mark.parametrize("family", ["minimax-m3", "muse-glimmer", "functiongemma", "apertus"])
+def test_a_call_written_in_a_new_familys_syntax_reads_back(family: str) -> None:
+    """What a forced call's grammar is built from (`write`) is what the family reads."""
+    syntax = parsers.by_name(family).syntax.with_tools(TOOLS)
+    text = syntax.write("get_weather", '{"city": "Paris"}')
+    assert _stream(syntax, text, 3) == ("", [PARIS])

@@ -13,7 +13,7 @@ asks for (formats/calls.py).
     wrapped.py      JSON between markers (Hermes, Granite, Phi-4, Nemotron, Firefunction,
                     Command R, LFM2's Python calls)
     xml.py          values written as text (Qwen3-Coder, Seed-OSS, MiniMax, GLM)
-    llama3.py mistral.py deepseek.py kimi.py functionary.py harmony.py gemma4.py
+    llama3.py mistral.py deepseek.py kimi.py functionary.py harmony.py gemma4.py minimax.py
     pythonic.py     one family each
     derive.py       a syntax read from a template's own rendering of a call
 
@@ -34,6 +34,7 @@ from localrun.formats.parsers.gemma4 import Gemma4
 from localrun.formats.parsers.harmony import Harmony
 from localrun.formats.parsers.kimi import Kimi
 from localrun.formats.parsers.llama3 import Llama3
+from localrun.formats.parsers.minimax import Nested
 from localrun.formats.parsers.mistral import Mistral
 from localrun.formats.parsers.pythonic import Pythonic
 from localrun.formats.parsers.wrapped import JsonList, Wrapped
@@ -145,6 +146,13 @@ FAMILIES: tuple[Family, ...] = (
         ),
     ),
     Family("minimax-m2", ("<minimax:tool_call>",), Invoke()),
+    Family(
+        "minimax-m3",
+        ("]<]minimax[>[",),
+        Nested(),
+        think=("<mm:think>", "</mm:think>"),
+        special=("<mm:think>", "</mm:think>"),
+    ),
     Family(
         "muse-glimmer",
         ("<atem:function_calls>",),
