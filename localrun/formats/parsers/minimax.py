@@ -129,8 +129,8 @@ def _typed(value: Any, schema: dict[str, Any]) -> Any:
     """A value read from the tree, typed as the schema says (text where it says nothing)."""
     kind = schema.get("type")
     if isinstance(value, list):
-        items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
-        return [_typed(v, items) for v in value]
+        items = schema.get("items")
+        return [_typed(v, items if isinstance(items, dict) else {}) for v in value]
     if isinstance(value, dict):
         return {k: _typed(v, _property(schema, k)) for k, v in value.items()}
     if kind == "integer":
