@@ -17,13 +17,12 @@ from typing import Any
 from localrun.formats.parsers.base import (
     Incomplete,
     Malformed,
-    Syntax,
-    Taken,
     ToolCall,
     expect,
     skip_blanks,
     until,
 )
+from localrun.formats.parsers.xml import XmlBlocks
 
 NS = "]<]minimax[>["
 OPEN, CLOSE = f"{NS}<tool_call>", f"{NS}</tool_call>"
@@ -32,27 +31,16 @@ _DEPTH = 64
 
 
 @dataclass
-class Nested(Syntax):
+class Nested(XmlBlocks):
     name: str = "minimax-m3"
     starts: tuple[str, ...] = (OPEN,)
     ends: tuple[str, ...] = (CLOSE,)
     special: tuple[str, ...] = (NS,)
+    open: str = OPEN
+    close: str = CLOSE
 
-    def take(self, text: str, final: bool) -> Taken:
-        index = expect(text, 0, OPEN)
-        calls: list[ToolCall] = []
-        while True:
-            index = skip_blanks(text, index)
-            if text.startswith(CLOSE, index):
-                if not calls:
-                    raise Malformed("an empty block")
-                return Taken(calls, index + len(CLOSE))
-            if index >= len(text) or CLOSE.startswith(text[index:]):
-                if final and calls:
-                    return Taken(calls, index)
-                raise Incomplete
-            call, index = self._invoke(text, index)
-            calls.append(call)
+    def one(self, text: str, index: int) -> tuple[ToolCall, int]:
+        return self._invoke(text, index)
 
     def _invoke(self, text: str, index: int) -> tuple[ToolCall, int]:
         index = expect(text, index, INVOKE)
