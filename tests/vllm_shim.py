@@ -42,7 +42,9 @@ from localrun.formats.parsers.stream import CallStream
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "tests" / "data" / "templates"
-CORPUS = Path(os.environ.get("LOCALRUN_VLLM_CORPUS", ROOT / "tests/data/corpora/vllm"))
+# vLLM's corpus: where the test names it, else where scripts/fetch_corpora.py puts it.
+CORPORA = Path(os.environ.get("LOCALRUN_CORPORA") or ROOT / "tests" / "data" / "corpora")
+CORPUS = Path(os.environ.get("LOCALRUN_VLLM_CORPUS") or CORPORA / "vllm")
 EXAMPLES = CORPUS / "examples"
 
 # vLLM's parser (its registered name, or its module's name without `_tool_parser`) -> the chat
