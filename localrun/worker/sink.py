@@ -88,7 +88,7 @@ def new_splitter(prepared: Prepared) -> reasoning_mod.Splitter | HarmonyStream:
         open=open_,
         close=close,
         drop=family.drop,
-        calls=syntax.starts if syntax is not None else (),
+        calls=syntax.call_tags() if syntax is not None else (),
     )
 
 

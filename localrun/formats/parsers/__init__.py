@@ -37,7 +37,7 @@ from localrun.formats.parsers.llama3 import Llama3
 from localrun.formats.parsers.minimax import Nested
 from localrun.formats.parsers.mistral import Mistral
 from localrun.formats.parsers.pythonic import Pythonic
-from localrun.formats.parsers.wrapped import JsonList, Wrapped
+from localrun.formats.parsers.wrapped import Wrapped
 from localrun.formats.parsers.xml import ArgKeys, FunctionTags, Invoke, Recipient
 
 HERMES = Wrapped(
@@ -263,14 +263,24 @@ FAMILIES: tuple[Family, ...] = (
             close="<|/tool_call|>",
             close_optional=True,
             as_list=True,
-            also="functools",  # Phi-4-mini, which shares the vocabulary's `<|tool_call|>`
+            others=(("functools", ""),),  # Phi-4-mini, which shares the vocabulary's token
         ),
         drop=("<response>", "</response>"),
         token="<|tool_call|>",
     ),
     # xLAM's templates ask for a JSON list in their own words (before Llama 3's and Hermes's
     # rows, whose markers they also write).
-    Family("xlam", ('[{"name": "tool_call_name"',), JsonList()),
+    Family(
+        "xlam",
+        ('[{"name": "tool_call_name"',),
+        Wrapped(
+            name="xlam",
+            starts=('[{"name"', "```json", "<tool_call>", "[TOOL_CALLS]"),
+            leading="[",
+            as_list=True,
+            others=(("```json", "```"), ("<tool_call>", "</tool_call>"), ("[TOOL_CALLS]", "")),
+        ),
+    ),
     # Asked for in the template's own words (vLLM's pythonic templates: Llama 3.2 / 4, Gemma 3,
     # ToolACE): before Llama 3's row, whose markers Llama's pythonic templates also write.
     Family("pythonic", ("[func_name1(",), Pythonic()),

@@ -68,6 +68,11 @@ class Syntax:
     def take(self, text: str, final: bool) -> Taken:
         raise NotImplementedError
 
+    def call_tags(self) -> tuple[str, ...]:
+        """The start markers that are whole tags (`<tool_call>`, not `{"name"` or `to=`): what a
+        thought may end at (formats/reasoning.py's Splitter)."""
+        return tuple(m for m in self.starts if _TOKEN.fullmatch(m))
+
     def write(self, name: str, arguments: str) -> str:
         """One call as the family writes it, `arguments` being JSON text of an object."""
         raise NotImplementedError
@@ -104,16 +109,21 @@ class Syntax:
                 return self.call(value.get("name"), value[key])
         raise Malformed("a call without arguments")
 
-    def schema_type(self, tool: str, parameter: str) -> str | None:
-        """The JSON schema type of one parameter of a tool, if the tool says."""
+    def parameters(self, tool: str) -> dict[str, Any]:
+        """The parameter schema of a tool ({} where it has none or is not among the tools)."""
         for entry in self.tools:
             function = entry["function"]
             if function["name"] == tool:
-                props = (function.get("parameters") or {}).get("properties", {})
-                spec = props.get(parameter) if isinstance(props, dict) else None
-                kind = spec.get("type") if isinstance(spec, dict) else None
-                return kind if isinstance(kind, str) else None
-        return None
+                found = function.get("parameters")
+                return found if isinstance(found, dict) else {}
+        return {}
+
+    def schema_type(self, tool: str, parameter: str) -> str | None:
+        """The JSON schema type of one parameter of a tool, if the tool says."""
+        props = self.parameters(tool).get("properties", {})
+        spec = props.get(parameter) if isinstance(props, dict) else None
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        return kind if isinstance(kind, str) else None
 
     def typed(self, tool: str, parameter: str, raw: str) -> Any:
         """An XML-style parameter's text as the value its schema asks for: a string stays

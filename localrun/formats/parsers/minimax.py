@@ -48,16 +48,9 @@ class Nested(XmlBlocks):
         if not name or "\n" in name or len(name) > 200:
             raise Malformed("not a tool name")
         values, index = _children(text, index, INVOKE_END, 0)
-        schema = self._parameters(name)
+        schema = self.parameters(name)
         arguments = {key: _typed(value, _property(schema, key)) for key, value in values.items()}
         return self.call(name, arguments), index
-
-    def _parameters(self, name: str) -> dict[str, Any]:
-        for tool in self.tools:
-            function = tool["function"]
-            if function["name"] == name and isinstance(function.get("parameters"), dict):
-                return function["parameters"]  # type: ignore[no-any-return]
-        return {}
 
     def write(self, name: str, arguments: str) -> str:
         body = "".join(f"{NS}<{k}>{_xml(v)}{NS}</{k}>" for k, v in json.loads(arguments).items())

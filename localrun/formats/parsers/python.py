@@ -87,13 +87,15 @@ def _may_close(source: str, index: int) -> bool:
 def _repaired(source: str) -> Iterator[str]:
     """Repaired versions of `source` (see the module's docstring), most likely first: a scan
     that closes each string at its first possible quote, then, depth first, at later ones."""
-    # Each alternative: where to resume, the output so far, the brackets open, the quote.
-    pending: list[tuple[int, list[str], list[str], str]] = [(0, [], [], "")]
+    # Each alternative: where to resume, the pass it branched from and how much of that pass's
+    # output it keeps (a pass only appends to its output: the prefix stays as it was), the
+    # brackets open, the quote. The quote it keeps as text is appended when it resumes.
+    pending: list[tuple[int, list[str], int, list[str], str]] = [(0, [], 0, [], "")]
     for _ in range(REPAIRS):  # passes over the text, each one candidate or a dead end
         if not pending:
             return
-        index, out, stack, quote = pending.pop()
-        out, stack = list(out), list(stack)
+        index, base, kept, stack, quote = pending.pop()
+        out = base[:kept] + ([f"\\{quote}"] if quote else [])
         alive = True
         while index < len(source) and alive:
             char = source[index]
@@ -105,7 +107,7 @@ def _repaired(source: str) -> Iterator[str]:
                     continue
                 if char == quote and _may_close(source, index):
                     # Close here; the alternative keeps the quote as text.
-                    pending.append((index + 1, [*out, "\\" + char], list(stack), quote))
+                    pending.append((index + 1, out, len(out), list(stack), quote))
                     quote = ""
                     out.append(char)
                 elif char == quote:
@@ -115,7 +117,7 @@ def _repaired(source: str) -> Iterator[str]:
             elif char in "\"'":
                 quote = char
                 out.append(char)
-            elif char.isdigit() and char == "0" and _padded(source, index):
+            elif char == "0" and _padded(source, index):
                 pass  # a zero before more digits of an integer: dropped
             else:
                 if char in "([{":

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from localrun.formats.parsers import python
 from localrun.formats.parsers.base import Incomplete, Malformed, Syntax, Taken, closed
+from localrun.formats.parsers.stream import Balance
 
 TAG, END = "<|python_start|>", "<|python_end|>"
 
@@ -56,21 +57,4 @@ class Pythonic(Syntax):
 def _list_end(text: str) -> int:
     """The index after the `]` that closes the list `text` begins with (brackets in strings
     not counted), or -1 when it has not closed yet."""
-    depth, quote, escaped = 0, "", False
-    for index, char in enumerate(text):
-        if quote:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = ""
-        elif char in "\"'":
-            quote = char
-        elif char in "[{(":
-            depth += 1
-        elif char in "]})":
-            depth -= 1
-            if depth == 0:
-                return index + 1
-    return -1
+    return Balance().feed(text)

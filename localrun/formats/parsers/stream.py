@@ -43,8 +43,11 @@ class Balance:
         self.escaped = False
         self.closed = False  # the depth came back to zero since the last look
 
-    def feed(self, text: str) -> None:
-        for char in text:
+    def feed(self, text: str) -> int:
+        """Counts `text`; returns the index in it after the bracket that first brought the
+        depth back to zero, or -1."""
+        first = -1
+        for index, char in enumerate(text):
             if self.quote:
                 if self.escaped:
                     self.escaped = False
@@ -60,6 +63,8 @@ class Balance:
                 self.depth -= 1
                 if self.depth == 0:
                     self.closed = True
+                    first = index + 1 if first < 0 else first
+        return first
 
 
 Event = tuple[str, Any]  # ("text", str), ("skip", str) or ("calls", [ToolCall, ...])

@@ -3,7 +3,8 @@
 One block may hold several calls, each JSON value after the last (MiniMax-M1 writes one a
 line). One row a family, differing in the markers, the keys of a call's name and arguments
 (Apertus writes `{NAME: ARGUMENTS}`: `keyed`), whether the closing marker may be missing
-(Granite's `<|tool_call|>` has none) and whether the body is JSON or Python (LFM2's
+(Granite's `<|tool_call|>` has none), other markers the calls may come in (xLAM's: a bare list,
+a fence, `<tool_call>`, `[TOOL_CALLS]`) and whether the body is JSON or Python (LFM2's
 `[get_weather(city="Paris")]`).
 """
 
@@ -40,16 +41,16 @@ class Wrapped(Syntax):
     python: bool = False  # the body is Python calls, not JSON
     bare: bool = False  # an answer that is nothing but JSON calls counts too (fallback)
     keyed: bool = False  # a call is {NAME: ARGUMENTS} (Apertus)
-    # Another opening, before a JSON list, with no closing marker (Phi-4-mini's `functools[`).
-    also: str = ""
+    # Other (opening, closing) markers the calls come in, the closing one optional (Phi-4-mini's
+    # `functools[...]`, xLAM's fences and tags).
+    others: tuple[tuple[str, str], ...] = ()
     lead: str = ""  # a marker that may come before `open` (GigaChat 3's `<|message_sep|>`)
 
     def take(self, text: str, final: bool) -> Taken:
-        if self.also and text.startswith(self.also):
-            value, end = json_at(text, len(self.also))
-            if not isinstance(value, list):
-                raise Malformed(f"no list after {self.also!r}")
-            return Taken(self._calls(value), end)
+        for opening, closing in self.others:
+            if text.startswith(opening):
+                value, end = json_at(text, len(opening))
+                return Taken(self._calls(value), closed(text, end, closing, final, optional=True))
         if self.bare and not text.startswith(self.open):
             return self._bare(text, final)
         index = skip_blanks(text, len(self.lead)) if self.lead and text.startswith(self.lead) else 0
@@ -118,33 +119,3 @@ def _python_body(text: str, index: int, close: str, final: bool) -> tuple[str, i
     if not final:
         raise Incomplete
     return text[index:], len(text)
-
-
-_WRAPPERS = {"```json": "```", "```": "```", "<tool_call>": "</tool_call>", "[TOOL_CALLS]": ""}
-
-
-@dataclass
-class JsonList(Syntax):
-    """xLAM: a JSON list of `{"name": ..., "arguments": {...}}`, as the answer or after text,
-    bare or in a ```json fence, `<tool_call>` tags or after `[TOOL_CALLS]` (vLLM's xLAM parser
-    reads all of these)."""
-
-    name: str = "xlam"
-    starts: tuple[str, ...] = ('[{"name"', "```json", "<tool_call>", "[TOOL_CALLS]")
-    leading: str = "["
-
-    def take(self, text: str, final: bool) -> Taken:
-        index, close = 0, ""
-        for opening, closing in _WRAPPERS.items():
-            if text.startswith(opening):
-                index, close = len(opening), closing
-                break
-        value, end = json_at(text, index)
-        items = value if isinstance(value, list) else [value]
-        if not items:
-            raise Malformed("no calls")
-        calls = [self.json_call(item, "arguments", "parameters") for item in items]
-        return Taken(calls, closed(text, end, close, final, optional=True))
-
-    def write(self, name: str, arguments: str) -> str:
-        return f'[{{"name": {json.dumps(name)}, "arguments": {arguments}}}]'

@@ -194,7 +194,7 @@ class Recipient(Invoke):
             raise Malformed("not a recipient")
         if match.group(1) in ("user", "all", "self"):
             return Taken([], match.end())
-        rest = match.end() + len(text[match.end() :]) - len(text[match.end() :].lstrip())
+        rest = skip_blanks(text, match.end())
         taken = super().take(text[rest:], final)
         return Taken(taken.calls, rest + taken.end)
 
