@@ -235,6 +235,14 @@ CASES = (
         "LFM2.5-8B-A1B.jinja",
         '<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>',
     ),
+    Case(  # Python values JSON cannot hold: the text as written, never a hang or a 500
+        "lfm2.5-not-json",
+        "lfm2",
+        "LFM2.5-8B-A1B.jinja",
+        "<|tool_call_start|>[get_weather(city=b'Paris', tz=1e999)]<|tool_call_end|>",
+        calls=(),
+        content="<|tool_call_start|>[get_weather(city=b'Paris', tz=1e999)]<|tool_call_end|>",
+    ),
     Case(  # its template lists tools but writes no call: the markers live in the vocabulary
         "lfm2-8b",
         "lfm2",

@@ -408,7 +408,7 @@ def _anthropic(live: LiveServer, model: str, tools: list[Any], stream: bool) -> 
         }
         for t in tools
     ]
-    common: Any = {"model": model, "messages": ASK, "tools": tools, "max_tokens": 400}
+    common: Any = {"model": model, "messages": ASK, "tools": tools, "max_tokens": 4096}
     if stream:
         with client.messages.stream(**common) as events:
             message = events.get_final_message()
@@ -813,3 +813,61 @@ def test_a_call_written_in_a_new_familys_syntax_reads_back(family: str) -> None:
     syntax = parsers.by_name(family).syntax.with_tools(TOOLS)
     text = syntax.write("get_weather", '{"city": "Paris"}')
     assert _stream(syntax, text, 3) == ("", [PARIS])
+
+
+CALL_IN = {
+    # Qwen3.5 calls before it closes the thought its prompt opened: the call is made.
+    "qwen3.5": (
+        "Qwen3.5-4B.jinja",
+        "Let me check.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n"
+        "</parameter>\n</function>\n</tool_call>",
+        (),
+        ("", "Let me check.", [PARIS]),
+    ),
+    # MiniMax-M1's own <think> (its template shows none) is text: the call in it is not made.
+    "minimax-m1": (
+        "MiniMax-M1.jinja",
+        '<think>Maybe <tool_calls>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n'
+        '</tool_calls> no.</think>\n<tool_calls>\n{"name": "get_weather", "arguments": '
+        '{"city": "Paris"}}\n</tool_calls>',
+        (),
+        (
+            '<think>Maybe <tool_calls>\n{"name": "get_weather", "arguments": {"city": "Rome"}}'
+            "\n</tool_calls> no.</think>",
+            "",
+            [PARIS],
+        ),
+    ),
+    # Muse Glimmer's recipient header is nobody's text.
+    "muse-glimmer": (
+        "corpora/vllm/examples/tool_chat_template_muse_glimmer.jinja",
+        ' to=get_weather<|message|><atem:function_calls>\n<atem:invoke name="get_weather">\n'
+        '<atem:parameter name="city">Paris</atem:parameter>\n</atem:invoke>\n'
+        "</atem:function_calls>",
+        ("<|message|>",),
+        ("", "", [PARIS]),
+    ),
+}
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("name", sorted(CALL_IN))
+def test_thoughts_and_headers_around_calls_through_every_dialect(name: str, tmp_path: Any) -> None:
+    file, says, special, (content, reasoning, calls) = CALL_IN[name]
+    source = TEMPLATES / file if (TEMPLATES / file).exists() else TEMPLATES.parent / file
+    if not source.exists():
+        pytest.skip("vLLM's templates are not fetched: run scripts/fetch_corpora.py")
+    store = Store(tmp_path / "models")
+    gguf = write_scripted_model(
+        tmp_path / "m.gguf", says, template=source.read_text(encoding="utf-8"), special=special
+    )
+    add_model(store, name, gguf, "")
+    live = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
+    try:
+        for dialect, ask in DIALECTS.items():
+            for stream in (False, True):
+                text, thought, made = ask(live, name, TOOLS, stream)
+                where = f"{dialect} {'streamed' if stream else 'whole'}"
+                assert (text.strip(), thought.strip(), made) == (content, reasoning, calls), where
+    finally:
+        live.close()
