@@ -348,9 +348,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 Answer = tuple[str, str, list[Any]]  # content, reasoning, calls
 
 
-def _openai(live: LiveServer, model: str, tools: list[Any], stream: bool) -> Answer:
+def _openai(
+    live: LiveServer, model: str, tools: list[Any], stream: bool, think: bool = True
+) -> Answer:
     client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
     common: Any = {"model": model, "messages": ASK, "tools": tools, "temperature": 0}
+    if not think:
+        common["reasoning_effort"] = "none"
     if not stream:
         message = client.chat.completions.create(**common).choices[0].message
         calls = [
@@ -379,7 +383,9 @@ def _openai(live: LiveServer, model: str, tools: list[Any], stream: bool) -> Ans
     return content, reasoning, calls
 
 
-def _ollama(live: LiveServer, model: str, tools: list[Any], stream: bool) -> Answer:
+def _ollama(
+    live: LiveServer, model: str, tools: list[Any], stream: bool, think: bool = True
+) -> Answer:
     client = ollama.Client(host=live.url, timeout=PATIENCE_S)
     common: Any = {
         "model": model,
@@ -387,6 +393,8 @@ def _ollama(live: LiveServer, model: str, tools: list[Any], stream: bool) -> Ans
         "tools": tools,
         "options": {"temperature": 0},
     }
+    if not think:
+        common["think"] = False
     parts = [client.chat(**common)] if not stream else list(client.chat(**common, stream=True))
     content = "".join(p.message.content or "" for p in parts)
     reasoning = "".join(p.message.thinking or "" for p in parts)
@@ -398,7 +406,9 @@ def _ollama(live: LiveServer, model: str, tools: list[Any], stream: bool) -> Ans
     return content, reasoning, calls
 
 
-def _anthropic(live: LiveServer, model: str, tools: list[Any], stream: bool) -> Answer:
+def _anthropic(
+    live: LiveServer, model: str, tools: list[Any], stream: bool, think: bool = True
+) -> Answer:
     client = anthropic.Anthropic(base_url=live.url, api_key="x", max_retries=0)
     tools = [
         {
@@ -409,6 +419,8 @@ def _anthropic(live: LiveServer, model: str, tools: list[Any], stream: bool) -> 
         for t in tools
     ]
     common: Any = {"model": model, "messages": ASK, "tools": tools, "max_tokens": 4096}
+    if not think:
+        common["thinking"] = {"type": "disabled"}
     if stream:
         with client.messages.stream(**common) as events:
             message = events.get_final_message()
@@ -424,10 +436,14 @@ def _anthropic(live: LiveServer, model: str, tools: list[Any], stream: bool) -> 
     return content, reasoning, calls
 
 
-def _responses(live: LiveServer, model: str, tools: list[Any], stream: bool) -> Answer:
+def _responses(
+    live: LiveServer, model: str, tools: list[Any], stream: bool, think: bool = True
+) -> Answer:
     client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
     tools = [{"type": "function", **t["function"]} for t in tools]
     common: Any = {"model": model, "input": ASK, "tools": tools, "temperature": 0}
+    if not think:
+        common["reasoning"] = {"effort": "none"}
     if stream:
         with client.responses.stream(**common) as events:
             response = events.get_final_response()
