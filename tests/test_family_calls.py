@@ -863,6 +863,23 @@ CALL_IN = {
         ("<|message|>",),
         ("", "", [PARIS]),
     ),
+    # ... with tools or without: a thought to `self`, the answer to `user` (its messages'
+    # headers nobody's text), as llama.cpp's parser reads them.
+    "muse-glimmer-chat": (
+        "corpora/vllm/examples/tool_chat_template_muse_glimmer.jinja",
+        " to=self<|message|>The user greets.<|eom|><|start|>assistant to=user<|message|>Hello.",
+        ("<|message|>", "<|start|>", "<|eom|>"),
+        ("Hello.", "The user greets.", []),
+    ),
+    "muse-glimmer-thought": (
+        "corpora/vllm/examples/tool_chat_template_muse_glimmer.jinja",
+        " to=self<|message|>Weather: a tool.<|eom|><|start|>assistant to=get_weather<|message|>"
+        '<atem:function_calls>\n<atem:invoke name="get_weather">\n'
+        '<atem:parameter name="city">Paris</atem:parameter>\n</atem:invoke>\n'
+        "</atem:function_calls>",
+        ("<|message|>", "<|start|>", "<|eom|>"),
+        ("", "Weather: a tool.", [PARIS]),
+    ),
 }
 
 
@@ -882,7 +899,7 @@ def test_thoughts_and_headers_around_calls_through_every_dialect(name: str, tmp_
     try:
         for dialect, ask in DIALECTS.items():
             for stream in (False, True):
-                text, thought, made = ask(live, name, TOOLS, stream)
+                text, thought, made = ask(live, name, [] if calls == [] else TOOLS, stream)
                 where = f"{dialect} {'streamed' if stream else 'whole'}"
                 assert (text.strip(), thought.strip(), made) == (content, reasoning, calls), where
     finally:

@@ -165,6 +165,12 @@ FAMILIES: tuple[Family, ...] = (
             close="</atem:function_calls>",
             prefix="atem:",
         ),
+        # Its turns are messages, `<|start|>assistant to=RECIPIENT<|message|>...`: a thought to
+        # `self` ends with `<|eom|>`, the answer to `user` (the generation prompt stops before
+        # ` to=`); the headers are nobody's text, with tools or without (llama.cpp's parser).
+        think=("to=self<|message|>", "<|eom|>"),
+        drop=("<|start|>assistant", "to=user<|message|>", "<|eom|>"),
+        special=("<|start|>", "<|message|>", "<|eom|>"),
     ),
     Family("glm-4.5", ("<arg_key>",), ArgKeys()),
     Family(
