@@ -4,6 +4,9 @@
     vllm   vLLM 0.33.0's example chat templates (examples/**/*.jinja) and its tool-parser tests
            (tests/tool_parsers/, tests/entrypoints/tool_parsers/), with its LICENSE
            (Apache-2.0) beside them, from its source distribution on PyPI
+    bfcl   the Berkeley Function Calling Leaderboard's (bfcl-eval 2026.3.23, Apache-2.0 as its
+           PKG-INFO says, kept beside it) MiniCPM 3 handler: the chat template MiniCPM3-4B
+           ships, quoted in it, and its reading of the model's calls
 
 The folder is tests/data/corpora/, or LOCALRUN_CORPORA where set; each corpus lands in a
 subfolder of its name with a STAMP.json naming the version and the archive's sha256. A corpus
@@ -69,7 +72,16 @@ VLLM = Corpus(
         "tests/entrypoints/tool_parsers/*",
     ),
 )
-CORPORA = {corpus.name: corpus for corpus in (VLLM,)}
+# The Berkeley Function Calling Leaderboard's model handlers: MiniCPM 3's chat template (the one
+# its tokenizer_config.json ships, quoted in the handler) and the reading of its calls.
+BFCL = Corpus(
+    name="bfcl",
+    package="bfcl-eval",
+    filename="bfcl_eval-2026.3.23.tar.gz",
+    sha256="4a3869673721fa59be93d8f55ca92d69ab5797058aed792149c6adafda064bc1",
+    members=("PKG-INFO", "bfcl_eval/model_handler/local_inference/minicpm_fc.py"),
+)
+CORPORA = {corpus.name: corpus for corpus in (VLLM, BFCL)}
 
 
 def corpora_dir() -> Path:

@@ -5,11 +5,14 @@ tests and the end-to-end tests through the real engine and server."""
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
+CORPORA = Path(os.environ.get("LOCALRUN_CORPORA") or TEMPLATES.parent / "corpora")
 
 PARIS = {"name": "get_weather", "arguments": {"city": "Paris"}}
 CET = {"name": "get_time", "arguments": {"tz": "CET"}}
@@ -55,13 +58,44 @@ class Case:
         return found
 
     def source(self) -> str:
-        path = TEMPLATES / self.template
-        if not path.exists():  # a template the llama.cpp corpus lacks
-            path = TEMPLATES.parent / self.template
-        return path.read_text(encoding="utf-8")
+        return template_at(self.template)
 
 
-CASES = (
+def template_path(name: str) -> Path:
+    """A template of the llama.cpp corpus, or `corpora/...` of one scripts/fetch_corpora.py
+    fetches (where LOCALRUN_CORPORA puts them)."""
+    if name.startswith("corpora/"):
+        return CORPORA / name.removeprefix("corpora/")
+    if Path(name).is_absolute() or (TEMPLATES / name).exists():
+        return TEMPLATES / name  # (an absolute path joins as itself)
+    return TEMPLATES.parent / name  # tests/data's own (Phi-4-mini's)
+
+
+def template_at(name: str) -> str:
+    """The template at `name` (template_path): a Python file's is the `"chat_template": "..."`
+    it quotes (BFCL's handlers quote the tokenizer_config.json of their models)."""
+    path = template_path(name)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".py":
+        return text
+    start = text.index(":", text.index('"chat_template"')) + 1
+    quoted, _ = json.JSONDecoder().raw_decode(
+        text, start + len(text[start:]) - len(text[start:].lstrip())
+    )
+    return str(quoted)
+
+
+MINICPM3 = "corpora/bfcl/bfcl_eval/model_handler/local_inference/minicpm_fc.py"
+
+
+_MINICPM3_TOKENS = (
+    "<|thought_start|>",
+    "<|thought_end|>",
+    "<|tool_call_start|>",
+    "<|tool_call_end|>",
+)
+
+_CASES = (
     Case(
         "qwen2.5",
         "hermes",
@@ -276,6 +310,34 @@ CASES = (
         "google-gemma-4-31B-it.jinja",
         '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>',
     ),
+    # MiniCPM 3 (its template from BFCL's handler): a thought, then Python calls one a line.
+    Case(
+        "minicpm3",
+        "minicpm3",
+        MINICPM3,
+        "<|thought_start|>\nParis, then.\n<|thought_end|>\n<|tool_call_start|>\n```python\n"
+        'get_weather(city="Paris")\nget_time(tz="CET")\n```\n<|tool_call_end|>\n',
+        calls=(PARIS, CET),
+        reasoning="Paris, then.",
+        special=_MINICPM3_TOKENS,
+    ),
+    Case(
+        "minicpm3-answer",
+        "minicpm3",
+        MINICPM3,
+        "<|thought_start|>\nA call.\n<|thought_end|>\n<|tool_call_start|>\n```python\n"
+        'get_weather(city="Paris")\n```\n<|tool_call_end|>\nI am looking it up.',
+        reasoning="A call.",
+        content="I am looking it up.",
+        special=_MINICPM3_TOKENS,
+    ),
+    Case(  # no thought: a call a forced grammar writes too
+        "minicpm3-call",
+        "minicpm3",
+        MINICPM3,
+        '<|tool_call_start|>\n```python\nget_weather(city="Paris")\n```\n<|tool_call_end|>',
+        special=_MINICPM3_TOKENS,
+    ),
     Case(
         "minicpm5-derived",
         "derived:tagged",
@@ -291,3 +353,5 @@ CASES = (
         '<tool_calls>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</tool_calls>',
     ),
 )
+# Those whose template is here (the corpora's are fetched by scripts/fetch_corpora.py).
+CASES = tuple(case for case in _CASES if template_path(case.template).exists())

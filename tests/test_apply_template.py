@@ -203,7 +203,7 @@ def test_the_header_looks_for_every_familys_markers() -> None:
     assert {t for _name, tokens, _source in families.FAMILIES for t in tokens} <= CHAT_TOKENS
     from localrun.formats import parsers
 
-    assert {f.token for f in parsers.FAMILIES if f.token} <= CHAT_TOKENS
+    assert {t for f in parsers.FAMILIES for t in f.tokens} <= CHAT_TOKENS
 
 
 def test_family_templates_render_every_conversation() -> None:

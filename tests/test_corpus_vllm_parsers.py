@@ -232,6 +232,15 @@ def test_vllm_parser_tests_read_as_vllm_reads(vllm_run: dict[str, Any]) -> None:
 # -- end to end -------------------------------------------------------------------------------
 
 
+# What the server answers otherwise than vLLM's parser reads an output alone, by a choice.
+THROUGH_THE_SERVER = {
+    r"test_step3p5.*(single_tool_with_content|tool_with_typed_params|no_content_between)": (
+        "StepFun 3.5's template opens a thought in every prompt, thinking off or on: the text "
+        "before its call is that thought (reasoning), and the call ends it; vLLM's tool parser "
+        "reads the output alone, as if no thought were open"
+    ),
+}
+
 # LOCALRUN_VLLM_EVERY=1: every output a passing test accepted goes through the server, not one
 # a family (a measurement of some minutes; CI runs the sample).
 EVERY = os.environ.get("LOCALRUN_VLLM_EVERY") == "1"
@@ -260,10 +269,13 @@ def _chosen(vllm_run: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _offered(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """The tools the test offered, else each called name with any arguments."""
+    """The tools the test offered, else each called name with any arguments (a tool of its
+    own where it called none: vLLM's tests run the parser as if tools were offered, and
+    without tools a server reads no calls, vLLM's as localrun: LFM2's empty `[]` block is
+    then the text `[]`, its markers special tokens left out of the text)."""
     if entry["tools"]:
         return entry["tools"]
-    names = dict.fromkeys(call["name"] for call in entry["calls"])
+    names = dict.fromkeys(call["name"] for call in entry["calls"]) or {"lookup": None}
     return [
         {"type": "function", "function": {"name": n, "description": n, "parameters": {}}}
         for n in names
@@ -296,7 +308,7 @@ def test_what_vllm_read_comes_through_every_dialect(
 ) -> None:
     live, chosen = said
     assert len(chosen) >= 14, [e["parser"] for e in chosen]
-    wrong = []
+    wrong, documented = [], 0
     for number, entry in enumerate(chosen):
         want = [{"name": c["name"], "arguments": c["arguments"]} for c in entry["calls"]]
         for dialect, ask in DIALECTS.items():
@@ -308,10 +320,16 @@ def test_what_vllm_read_comes_through_every_dialect(
                 content, _, calls = ask(
                     live, f"vllm-{number}", _offered(entry), stream, think=False
                 )
-                if calls != want or content.strip() != (entry["content"] or "").strip():
-                    wrong.append(f"{where}: {content!r} {calls}")
+                if calls == want and content.strip() == (entry["content"] or "").strip():
+                    continue
+                if any(re.search(p, entry["test"]) for p in THROUGH_THE_SERVER):
+                    documented += 1
+                    continue
+                wrong.append(f"{where}: {content!r} {calls}")
     routes = len(chosen) * len(DIALECTS) * 2
     with_calls = sum(bool(e["calls"]) for e in chosen)
-    print(f"{len(chosen)} outputs ({with_calls} with calls): {routes - len(wrong)} of {routes}")
+    same = routes - len(wrong) - documented
+    print(f"{len(chosen)} outputs ({with_calls} with calls): {same} of {routes} the same,")
+    print(f"{documented} different by a choice in THROUGH_THE_SERVER")
     print("answers (4 dialects, whole and streamed) are what vLLM's tests accepted")
     assert not wrong, "\n".join(wrong)

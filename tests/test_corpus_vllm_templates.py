@@ -1,8 +1,9 @@
 """vLLM's example chat templates: localrun's prompt against Hugging Face transformers' rendering.
 
 The corpus is vLLM 0.33.0's examples/**/*.jinja (35 chat templates, 11 pooling ones; Apache-2.0,
-its LICENSE beside them), fetched by `scripts/fetch_corpora.py` (README's test command runs it
-first); without it these tests skip, saying so. Each template renders each of CONVERSATIONS
+its LICENSE beside them) and MiniCPM 3's template as BFCL's handler quotes it, fetched by
+`scripts/fetch_corpora.py` (README's test command runs it first); without it these tests skip,
+saying so. Each template renders each of CONVERSATIONS
 twice and the prompts must be equal:
 
     transformers  render_jinja_template (what apply_chat_template calls with the template, no
@@ -29,6 +30,7 @@ from typing import Any
 
 import fetch_corpora
 import pytest
+from family_cases import MINICPM3, template_at
 
 from localrun.formats import template as template_mod
 from localrun.formats.jinja import env as jinja_env
@@ -178,8 +180,11 @@ EXPECTED: dict[tuple[str, str], str] = {
 
 
 def _templates() -> list[Path]:
+    """vLLM's templates, and MiniCPM 3's (BFCL's handler quotes it: family_cases.template_at)."""
     folder = fetch_corpora.corpus_dir(fetch_corpora.VLLM)
-    return sorted((folder / "examples").rglob("*.jinja")) if folder else []
+    found = sorted((folder / "examples").rglob("*.jinja")) if folder else []
+    bfcl = fetch_corpora.corpus_dir(fetch_corpora.BFCL)
+    return found + ([bfcl.parent / MINICPM3.removeprefix("corpora/")] if bfcl and found else [])
 
 
 TEMPLATES = _templates()
@@ -250,7 +255,7 @@ def test_the_corpus_was_fetched() -> None:
 
 @pytest.mark.parametrize(("path", "conversation"), PAIRS)
 def test_prompt_matches_transformers(path: Path, conversation: str, frozen_now: None) -> None:
-    source = path.read_text()
+    source = template_at(str(path))
     pair = (path.stem, conversation)
     if pair in REFUSED:
         with pytest.raises(Exception):  # noqa: B017 - whatever transformers raises

@@ -17,7 +17,16 @@ import ollama
 import openai
 import pytest
 from conftest import PATIENCE_S
-from family_cases import CASES, PARIS, TEMPLATES, TOOLS, Case
+from family_cases import (
+    CASES,
+    MINICPM3,
+    PARIS,
+    TEMPLATES,
+    TOOLS,
+    Case,
+    template_at,
+    template_path,
+)
 from test_server import LiveServer, add_model
 from testmodels.scripted import write_scripted_model
 
@@ -246,6 +255,37 @@ def test_what_is_not_a_call_comes_back_as_text(text: str, content: str, calls: l
         ),
         ("muse-glimmer", " to=user<|message|>Hello.", "Hello.", [], ""),
         ("muse-glimmer", "Send it to=me please.", "Send it to=me please.", [], ""),
+        # MiniCPM 3: calls one a line, fenced or not; a parameter Python reserves the name of
+        # (read as its reader and Gorilla's read it), in a string as it is.
+        (
+            "minicpm3",
+            "<|tool_call_start|>\nget_weather(city='select x from t', from='2024', in=\"t\")\n"
+            'get_time(tz="CET")\n<|tool_call_end|>\nDone.',
+            "Done.",
+            [
+                {
+                    "name": "get_weather",
+                    "arguments": {"city": "select x from t", "from": "2024", "in": "t"},
+                },
+                {"name": "get_time", "arguments": {"tz": "CET"}},
+            ],
+            "",
+        ),
+        (
+            "minicpm3",
+            '<|tool_call_start|>```py\n[get_weather(city="Paris")]\n```<|tool_call_end|>',
+            "",
+            [PARIS],
+            "",
+        ),
+        # ... and text that is no call stays as it was written.
+        (
+            "minicpm3",
+            "<|tool_call_start|>\n```python\nprint('hi')\n```\n<|tool_call_end|>",
+            "<|tool_call_start|>\n```python\nprint('hi')\n```\n<|tool_call_end|>",
+            [],
+            "",
+        ),
         # MiniMax-M3: an XML tree behind its namespace token, lists as <item>s.
         (
             "minimax-m3",
@@ -863,6 +903,14 @@ CALL_IN = {
         ("<|message|>",),
         ("", "", [PARIS]),
     ),
+    # An empty block (LFM2's `[]`) calls nothing and is nobody's text, as vLLM reads it (the
+    # markers told by the vocabulary: this template writes no call).
+    "lfm2-empty": (
+        "LFM2-8B-A1B.jinja",
+        "<|tool_call_start|>[]<|tool_call_end|>",
+        ("<|tool_call_start|>", "<|tool_call_end|>"),
+        ("", "", []),
+    ),
     # ... with tools or without: a thought to `self`, the answer to `user` (its messages'
     # headers nobody's text), as llama.cpp's parser reads them.
     "muse-glimmer-chat": (
@@ -887,7 +935,7 @@ CALL_IN = {
 @pytest.mark.parametrize("name", sorted(CALL_IN))
 def test_thoughts_and_headers_around_calls_through_every_dialect(name: str, tmp_path: Any) -> None:
     file, says, special, (content, reasoning, calls) = CALL_IN[name]
-    source = TEMPLATES / file if (TEMPLATES / file).exists() else TEMPLATES.parent / file
+    source = template_path(file)
     if not source.exists():
         pytest.skip("vLLM's templates are not fetched: run scripts/fetch_corpora.py")
     store = Store(tmp_path / "models")
@@ -899,8 +947,38 @@ def test_thoughts_and_headers_around_calls_through_every_dialect(name: str, tmp_
     try:
         for dialect, ask in DIALECTS.items():
             for stream in (False, True):
-                text, thought, made = ask(live, name, [] if calls == [] else TOOLS, stream)
+                text, thought, made = ask(
+                    live, name, [] if name.endswith("-chat") else TOOLS, stream
+                )
                 where = f"{dialect} {'streamed' if stream else 'whole'}"
                 assert (text.strip(), thought.strip(), made) == (content, reasoning, calls), where
     finally:
         live.close()
+
+
+def test_minicpm3_is_told_from_lfm2_by_its_thought_token() -> None:
+    """The two share `<|tool_call_start|>`; a vocabulary that has MiniCPM's thought is its."""
+    minicpm = {"<|tool_call_start|>", "<|tool_call_end|>", "<|thought_start|>"}
+    assert parsers.by_token(minicpm.__contains__).name == "minicpm3"  # type: ignore[union-attr]
+    lfm2 = {"<|tool_call_start|>", "<|tool_call_end|>"}
+    assert parsers.by_token(lfm2.__contains__).name == "lfm2"  # type: ignore[union-attr]
+
+
+def test_minicpm3_sees_its_past_thought_and_calls_as_its_template_writes_them() -> None:
+    """An answer's reasoning goes back as the `thought` MiniCPM's template reads, before the
+    call it wrote (the prompt its tokenizer_config.json builds)."""
+    if not template_path(MINICPM3).exists():
+        pytest.skip("BFCL's handlers are not fetched: run scripts/fetch_corpora.py")
+    source = template_at(MINICPM3)
+    call = {"id": "c1", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "reasoning_content": "A call.", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "Sunny"},
+    ]
+    out = template.render(source, messages, tools=TOOLS)
+    assert (
+        "<|im_start|>assistant\n<|thought_start|>\nA call.\n<|thought_end|>\n<|tool_call_start|>"
+        '\n```python\nget_weather(city="Paris")\n```\n<|tool_call_end|>\n<|im_end|>'
+    ) in out
+    assert "def get_weather(city):" in out and "<|im_start|>tool\nSunny<|im_end|>" in out

@@ -190,7 +190,7 @@ def _markers() -> list[str]:
     for family in parsers.FAMILIES:
         syntax = family.syntax
         found.update(m for m in (*syntax.starts, *syntax.ends, *syntax.special) if m)
-        found.update(m for m in (*family.think, *family.special, family.token) if m)
+        found.update(m for m in (*family.think, *family.special, *family.tokens) if m)
     return sorted(found, key=len, reverse=True)
 
 

@@ -96,7 +96,7 @@ class Caps:
     every_call: bool = True  # shows each of a turn's several calls (gpt-oss shows the first)
     functions: bool = False  # reads the tools as JSON text in `functions` (Firefunction)
     xml_tools: bool = False  # reads the tools in `xml_tools` (SmolLM3)
-    reasoning_as: str = "reasoning_content"  # or "thinking", or "blocks" (see _reasoning_as)
+    reasoning_as: str = "reasoning_content"  # or "thinking", "thought", "blocks" (_reasoning_as)
 
 
 def _call_turns(
@@ -276,9 +276,9 @@ def _shows_later_system(source: str, turn: Any) -> bool:
 
 def _reasoning_as(source: str) -> str:
     """How the template shows an answer's past reasoning: as `reasoning_content` (most), as
-    `thinking` (Ollama's name, LFM2.5's templates), or as a typed content block
-    ({"type": "thinking"} then {"type": "text"}: Ministral 3, Magistral)."""
-    if "thinking" not in source:
+    `thinking` (Ollama's name, LFM2.5's templates), as `thought` (MiniCPM 3's), or as a typed
+    content block ({"type": "thinking"} then {"type": "text"}: Ministral 3, Magistral)."""
+    if "thinking" not in source and "thought" not in source:
         return "reasoning_content"
     reasoning = "PROBE_REASONING_TEXT"
 
@@ -291,8 +291,9 @@ def _reasoning_as(source: str) -> str:
 
     if shows({"role": "assistant", "content": _ARG, "reasoning_content": reasoning}):
         return "reasoning_content"
-    if shows({"role": "assistant", "content": _ARG, "thinking": reasoning}):
-        return "thinking"
+    for name in ("thinking", "thought"):
+        if shows({"role": "assistant", "content": _ARG, name: reasoning}):
+            return name
     blocks = [{"type": "thinking", "thinking": reasoning}, {"type": "text", "text": _ARG}]
     if shows({"role": "assistant", "content": blocks}):
         return "blocks"
@@ -355,10 +356,10 @@ def adapt(
         out = _fold_later_system(out)
     if "merge_turns" in repairs:
         out = _merge_turns(out)
-    if caps.reasoning_as == "thinking":
+    if caps.reasoning_as in ("thinking", "thought"):
         for message in out:
             if "reasoning_content" in message:
-                message["thinking"] = message.pop("reasoning_content")
+                message[caps.reasoning_as] = message.pop("reasoning_content")
     elif caps.reasoning_as == "blocks":
         for message in out:
             thought = message.pop("reasoning_content", None)

@@ -28,7 +28,7 @@ CHANNEL = "<|channel|>"
 # An Ollama (Go) template thinks when it reads `.Think` or writes `.Thinking`.
 _MARKERS = (
     OPEN, "enable_thinking", "reasoning_content", CHANNEL, ".Think",
-    "<seed:think>", "[THINK]", "<|START_THINKING|>", "<|channel>",
+    "<seed:think>", "[THINK]", "<|START_THINKING|>", "<|channel>", "<|thought_start|>",
 )  # fmt: skip
 
 Think = bool | str | None

@@ -98,6 +98,7 @@ CHAT_TOKENS = frozenset(
         "[TOOL_CALLS]",
         "<|tool_calls_section_begin|>",
         "<|tool_call_start|>",
+        "<|thought_start|>",
     }
 )
 _CHAT_BYTES = {token.encode(): token for token in CHAT_TOKENS}

@@ -53,7 +53,10 @@ HERMES = Wrapped(
 FAMILIES: tuple[Family, ...] = (
     Family("gpt-oss", ("<|channel|>",), Harmony(), harmony=True),
     Family(
-        "kimi-k2", ("<|tool_calls_section_begin|>",), Kimi(), token="<|tool_calls_section_begin|>"
+        "kimi-k2",
+        ("<|tool_calls_section_begin|>",),
+        Kimi(),
+        tokens=("<|tool_calls_section_begin|>",),
     ),
     Family(
         "gemma4",
@@ -218,6 +221,25 @@ FAMILIES: tuple[Family, ...] = (
         ),
     ),
     Family("functionary-v3.2", (">>>",), Functionary()),
+    # MiniCPM 3: its thought, then Python calls one a line in a ```python fence between LFM2's
+    # markers (the same tokens in its vocabulary: its thought's tell it apart).
+    Family(
+        "minicpm3",
+        ("<|tool_call_start|>", "<|thought_start|>"),
+        Wrapped(
+            name="minicpm3",
+            starts=("<|tool_call_start|>",),
+            ends=("<|tool_call_end|>",),
+            special=("<|tool_call_start|>", "<|tool_call_end|>"),
+            open="<|tool_call_start|>",
+            close="<|tool_call_end|>",
+            python=True,
+            lines=True,
+        ),
+        think=("<|thought_start|>", "<|thought_end|>"),
+        special=("<|thought_start|>", "<|thought_end|>"),
+        tokens=("<|tool_call_start|>", "<|thought_start|>"),
+    ),
     Family(
         "lfm2",
         ("<|tool_call_start|>",),
@@ -230,7 +252,7 @@ FAMILIES: tuple[Family, ...] = (
             close="<|tool_call_end|>",
             python=True,
         ),
-        token="<|tool_call_start|>",  # LFM2-8B-A1B's template writes no call: its vocabulary
+        tokens=("<|tool_call_start|>",),  # LFM2-8B-A1B's template writes no call: its vocabulary
     ),
     Family(
         "nemotron",
@@ -256,7 +278,7 @@ FAMILIES: tuple[Family, ...] = (
         Mistral(name="mistral-v11", named=True),
         think=("[THINK]", "[/THINK]"),
     ),
-    Family("mistral", ("[TOOL_CALLS]",), Mistral(), token="[TOOL_CALLS]"),
+    Family("mistral", ("[TOOL_CALLS]",), Mistral(), tokens=("[TOOL_CALLS]",)),
     Family(
         "granite",
         ("<|tool_call|>",),
@@ -272,7 +294,7 @@ FAMILIES: tuple[Family, ...] = (
             others=(("functools", ""),),  # Phi-4-mini, which shares the vocabulary's token
         ),
         drop=("<response>", "</response>"),
-        token="<|tool_call|>",
+        tokens=("<|tool_call|>",),
     ),
     # xLAM's templates ask for a JSON list in their own words (before Llama 3's and Hermes's
     # rows, whose markers they also write).
@@ -307,9 +329,9 @@ def by_markers(template: str) -> Family | None:
 
 
 def by_token(is_special: Callable[[str], bool]) -> Family | None:
-    """The first family whose call token the vocabulary has as a special token."""
+    """The first family whose call tokens the vocabulary has as special tokens."""
     for family in FAMILIES:
-        if family.token and is_special(family.token):
+        if family.tokens and all(is_special(token) for token in family.tokens):
             return family
     return None
 

@@ -273,9 +273,9 @@ class Family:
     drop: tuple[str, ...] = ()  # markers around the answer that are nobody's text
     harmony: bool = False  # gpt-oss: channels part reasoning, answer and calls
     special: tuple[str, ...] = field(default=())  # reasoning markers that are special tokens
-    # A special token that tells the family from the vocabulary when the template shows no
-    # calls (Phi-4-mini's template never writes its `<|tool_call|>`).
-    token: str = ""
+    # Special tokens that tell the family from the vocabulary when the template shows no
+    # calls (Phi-4-mini's template never writes its `<|tool_call|>`): all of them.
+    tokens: tuple[str, ...] = ()
 
     def spelled(self) -> tuple[str, ...]:
         """The markers the engine must spell out for this family's parser to see them: those

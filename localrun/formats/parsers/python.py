@@ -20,7 +20,11 @@ dead end):
 from __future__ import annotations
 
 import ast
+import io
+import keyword
 import math
+import re
+import tokenize
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -33,36 +37,90 @@ REPAIRS = 32  # passes over the text at most: repaired candidates (each parsed o
 _PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError)
 
 
-def calls(text: str, syntax: Syntax) -> list[ToolCall]:
-    """The calls `text` writes as Python, checked against the syntax's tools."""
-    body = _parse(text.strip()).body
-    items = body.elts if isinstance(body, (ast.List, ast.Tuple)) else [body]
+def calls(text: str, syntax: Syntax, *, lines: bool = False) -> list[ToolCall]:
+    """The calls `text` writes as Python, checked against the syntax's tools: a list of them
+    or one, or with `lines` one a line (MiniCPM 3's `f(a=1)\\ng(b=2)`)."""
+    source, renamed = _keyword_names(text.strip())
+    tree = _parse(source, "exec" if lines else "eval")
+    if isinstance(tree, ast.Module):
+        parts: list[ast.AST] = [s.value if isinstance(s, ast.Expr) else s for s in tree.body]
+    else:
+        parts = [tree.body] if isinstance(tree, ast.Expression) else []
+    if len(parts) == 1 and isinstance(parts[0], (ast.List, ast.Tuple)):
+        parts = list(parts[0].elts)
+    items = parts
+    if lines and not items:
+        raise Malformed("no calls")
     found = []
     for item in items:
         if not isinstance(item, ast.Call) or item.args:
             raise Malformed("not a call with keyword arguments")
         name = _dotted(item.func)
         arguments = {}
-        for keyword in item.keywords:
-            if keyword.arg is None:
+        for argument in item.keywords:
+            key = argument.arg
+            if key is None:
                 raise Malformed("** arguments")
-            arguments[keyword.arg] = _literal(keyword.value)
+            if renamed and key.endswith(_RENAMED):
+                key = key[: -len(_RENAMED)]
+            arguments[key] = _literal(argument.value)
         found.append(syntax.call(name, arguments))
     return found
 
 
-def _parse(source: str) -> ast.Expression:
+def _parse(source: str, mode: str) -> ast.AST:
     if "\\" not in source:  # (a backslash may be an escape Python warns about: repaired)
         try:
-            return ast.parse(source, mode="eval")
+            return ast.parse(source, mode=mode)
         except _PARSE_ERRORS:
             pass
     for candidate in _repaired(source):
         try:
-            return ast.parse(candidate, mode="eval")
+            return ast.parse(candidate, mode=mode)
         except _PARSE_ERRORS:
             continue
     raise Malformed("not a Python call")
+
+
+# A parameter Python reserves the name of (`from=`, `class=`) is renamed while the text is
+# parsed, and named back after: MiniCPM's and Gorilla's readers do the same.
+_RENAMED = "__localrun_keyword"
+_KEYWORD_ARG = re.compile(r"\b(?:" + "|".join(keyword.kwlist) + r")\s*=(?!=)")
+
+
+def _keyword_names(source: str) -> tuple[str, bool]:
+    """`source` with each keyword argument named by a Python keyword renamed, and whether one
+    was (tokens read by `tokenize`, so text in strings stays as it is)."""
+    if not _KEYWORD_ARG.search(source):
+        return source, False
+    starts = [0]  # where each line starts (tokenize counts lines at each \\n alone)
+    for line in source.split("\n"):
+        starts.append(starts[-1] + len(line) + 1)
+    spots = []
+    try:
+        tokens = [
+            t
+            for t in tokenize.generate_tokens(io.StringIO(source).readline)
+            if t.type not in _NOISE
+        ]
+    except (tokenize.TokenError, SyntaxError):
+        return source, False
+    for before, token, after in zip(tokens, tokens[1:], tokens[2:], strict=False):
+        if (
+            token.type == tokenize.NAME
+            and keyword.iskeyword(token.string)
+            and before.string in ("(", ",")
+            and after.string == "="
+        ):
+            spots.append(starts[token.end[0] - 1] + token.end[1])
+    for spot in reversed(spots):
+        source = source[:spot] + _RENAMED + source[spot:]
+    return source, bool(spots)
+
+
+_NOISE = frozenset(
+    {tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT}
+)
 
 
 _CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}

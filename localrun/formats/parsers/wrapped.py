@@ -5,7 +5,7 @@ line). One row a family, differing in the markers, the keys of a call's name and
 (Apertus writes `{NAME: ARGUMENTS}`: `keyed`), whether the closing marker may be missing
 (Granite's `<|tool_call|>` has none), other markers the calls may come in (xLAM's: a bare list,
 a fence, `<tool_call>`, `[TOOL_CALLS]`) and whether the body is JSON or Python (LFM2's
-`[get_weather(city="Paris")]`).
+`[get_weather(city="Paris")]`, MiniCPM 3's calls one a line in a ```python fence).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from localrun.formats.parsers.base import (
 )
 
 _FENCE = re.compile(r"```(?:json)?\s*")
+_PYTHON_FENCE = re.compile(r"\A```(?:python|py)?\s*")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Wrapped(Syntax):
     argument_keys: tuple[str, ...] = ("arguments", "parameters")
     as_list: bool = False  # the family writes a list even for one call
     python: bool = False  # the body is Python calls, not JSON
+    lines: bool = False  # ... one a line, fenced as ```python or not (MiniCPM 3)
     bare: bool = False  # an answer that is nothing but JSON calls counts too (fallback)
     keyed: bool = False  # a call is {NAME: ARGUMENTS} (Apertus)
     # Other (opening, closing) markers the calls come in, the closing one optional (Phi-4-mini's
@@ -59,7 +61,9 @@ class Wrapped(Syntax):
         index = expect(text, index, self.open)
         if self.python:
             body, end = _python_body(text, index, self.close, final)
-            return Taken(python.calls(body, self), end)
+            if self.lines:
+                body = _PYTHON_FENCE.sub("", body.strip()).removesuffix("```")
+            return Taken(python.calls(body, self, lines=self.lines), end)
         value, end = json_at(text, index)
         calls = self._calls(value)
         # Several calls one a line in one block (MiniMax-M1's template writes them so).
@@ -101,8 +105,10 @@ class Wrapped(Syntax):
     def write(self, name: str, arguments: str) -> str:
         if self.python:
             values = json.loads(arguments)
-            kwargs = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
-            body = f"[{name}({kwargs})]"
+            kwargs = ", ".join(
+                f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in values.items()
+            )
+            body = f"\n```python\n{name}({kwargs})\n```\n" if self.lines else f"[{name}({kwargs})]"
         else:
             call = f'{{"{self.name_key}": {json.dumps(name)}, '
             call += f'"{self.argument_keys[0]}": {arguments}}}'
