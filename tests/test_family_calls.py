@@ -367,6 +367,11 @@ def test_a_runaway_answer_is_read_a_bounded_number_of_times(runaway: str) -> Non
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
+# A scripted model answers in tokens of its own, one a byte, never in its tokenizer's
+# spelling: a forced call's text is left to it to spell (what a grammar allows is the same).
+SCRIPTED = "PARAMETER grammar_forcing false"
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder = tmp_path_factory.mktemp("families")
@@ -379,7 +384,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
             special=case.special,
             end=case.end,
         )
-        add_model(store, f"fam-{case.id}", gguf, "")
+        add_model(store, f"fam-{case.id}", gguf, SCRIPTED)
     server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
     yield server
     server.close()

@@ -36,7 +36,7 @@ OLLAMA_PARAMETERS = {
     "draft_num_predict",  # Ollama's name for the longest draft of speculative decoding
 }
 # localrun's own: how to speculate (engine.speculate.MODES).
-LOCALRUN_PARAMETERS = {"speculate"}
+LOCALRUN_PARAMETERS = {"speculate", "grammar_forcing"}
 
 
 def test_the_table_is_ollamas_set() -> None:

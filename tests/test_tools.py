@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from localrun.engine import constraint
 from localrun.engine.fake import FakeBatchEngine
 from localrun.engine.types import LoadOptions
 from localrun.errors import BadRequestError
@@ -97,14 +98,15 @@ def test_tool_choice() -> None:
 def test_forced_schemas_compile_to_grammars() -> None:
     normalized = calls_mod.normalize([WEATHER, ADD])
     grammar = forced.grammar(HERMES.syntax.with_tools(normalized), normalized, "required")
-    assert grammar is not None and "root ::=" in grammar
+    assert grammar is not None and grammar.count("%json") == 2  # each tool's schema
     assert "get_weather" in grammar and "add" in grammar
-    with pytest.raises(BadRequestError, match="cannot be turned into a grammar"):
-        grammar_mod.schema_grammar({"type": "no-such-type"})
+    constraint.check(grammar)  # llguidance takes it
+    with pytest.raises(BadRequestError, match="cannot be enforced"):
+        constraint.check(grammar_mod.constraint_for({"type": "no-such-type"}) or "")
     with pytest.raises(BadRequestError, match="unknown format"):
-        grammar_mod.grammar_for("xml")
-    assert grammar_mod.grammar_for(None) is None
-    assert "root" in (grammar_mod.grammar_for("json") or "")
+        grammar_mod.constraint_for("xml")
+    assert grammar_mod.constraint_for(None) is None
+    assert "%json" in (grammar_mod.constraint_for("json") or "")
 
 
 def test_system_note_for_templates_without_tools() -> None:
@@ -198,14 +200,16 @@ def test_prompter_renders_tools_through_the_template(tool_model: Store) -> None:
     prepared = aware.chat(GenRequest("m", messages=TURNS, tools=[WEATHER], tool_choice="auto"))
     assert _text(prepared.tokens).startswith("[tools:get_weather;][user:weather in Paris?]")
     assert prepared.tool_names == ["get_weather"] and not prepared.forced_tool
-    assert prepared.sampling.grammar is None
+    assert prepared.sampling.constraint is None
     ignored = aware.chat(GenRequest("m", messages=TURNS[:1], tools=[WEATHER], tool_choice="none"))
     assert ignored.tool_names is None and not _text(ignored.tokens).startswith("[tools:")
     forced = aware.chat(
         GenRequest("m", messages=TURNS[:1], tools=[WEATHER], tool_choice="required")
     )
     assert (
-        forced.forced_tool and forced.sampling.grammar and "get_weather" in forced.sampling.grammar
+        forced.forced_tool
+        and forced.sampling.constraint
+        and "get_weather" in forced.sampling.constraint
     )
 
     plain = _prompter(tool_model, "plain")

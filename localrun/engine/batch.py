@@ -268,7 +268,8 @@ class BatchEngine:
             # the loop decides).
             if not self._slots.holds(job.prefix):
                 job.state = disk.load(job.prefix, self._weights.state_bound(len(job.prefix)))
-        job.sampler = Sampler(sampling, self._weights.vocab, self.n_vocab, n_ctx)
+        weights = self._weights
+        job.sampler = Sampler(sampling, weights.vocab, self.n_vocab, n_ctx, weights.guide)
         return job
 
     def _cancel(self, job: Job) -> None:

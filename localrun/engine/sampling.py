@@ -1,6 +1,7 @@
 """Sampling: native sampler chains from the sampling PARAMETERs, run on the tokens that can win
-(Sampler), with grammar-constrained sampling the way llama.cpp's common sampler does it, and the
-log-probabilities OpenAI reports. The grammars' text is engine.grammars'."""
+(Sampler), with constrained sampling the way llama.cpp's common sampler does it (llguidance's
+masks, engine.constraint; llama.cpp's GBNF sampler for a GBNF grammar, engine.grammars'), and
+the log-probabilities OpenAI reports."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
+from localrun.engine.constraint import Constraint
 from localrun.engine.native import lc
 from localrun.engine.types import SamplingOptions
 from localrun.errors import BadRequestError, EngineError
@@ -119,15 +121,27 @@ class Sampler:
     grammar per vocabulary entry) only when that token is rejected.
     """
 
-    def __init__(self, s: SamplingOptions, vocab: Any, n_vocab: int, n_ctx: int) -> None:
+    def __init__(
+        self,
+        s: SamplingOptions,
+        vocab: Any,
+        n_vocab: int,
+        n_ctx: int,
+        guide: Callable[[], Any] | None = None,
+    ) -> None:
         import numpy as np
 
         self.np: Any = np
         self.n_vocab = n_vocab
         self.grammar: Any = None
+        self.constraint: Constraint | None = None
         self.chain: Any = sampler_chain(s, n_vocab, n_ctx)
         try:
-            if s.grammar:
+            if s.constraint:
+                if guide is None:
+                    raise EngineError("a constrained answer needs the vocabulary's tokenizer")
+                self.constraint = Constraint(guide(), s.constraint, n_vocab)
+            elif s.grammar:
                 self.grammar = grammar_sampler(vocab, s.grammar)
         except BaseException:
             self.free()
@@ -172,12 +186,19 @@ class Sampler:
 
     def sample(self, ctx: Any, row: int) -> int:
         """The token the chain (and grammar) choose at the batch's row `row`, accepted."""
-        if self.grammar is None and not self.greedy:
+        constraint = self.constraint
+        if self.grammar is None and constraint is None and not self.greedy:
             token = int(lc.llama_sampler_sample(self.chain, ctx, row))  # accepts it
         else:
             logits = self._row(ctx, row)
             token, alone = self._greedy(logits) if self.greedy else (self._apply(logits), False)
-            if self.grammar is not None:
+            if constraint is not None:
+                if not constraint.allows(token):
+                    self._fill(logits)
+                    constraint.restrict(self.logits)
+                    token, alone = self._apply(None), False
+                constraint.accept(token)
+            elif self.grammar is not None:
                 if not self._allowed(token):
                     self._fill(logits)
                     lc.llama_sampler_apply(self.grammar, self.cur_p)

@@ -131,6 +131,8 @@ class Weights:
         # Each token's bytes, spelled once: a lookup costs a fiftieth of llama_token_to_piece
         # after a decode has pushed the vocabulary out of the caches.
         self._pieces: list[bytes | None] = [None] * self.n_vocab
+        self._guide: Any = None
+        self._guide_lock = threading.Lock()
         self.identity = {
             "model": [prompt_cache.file_identity(p) for p in (path, *options.splits)],
             "adapters": [[prompt_cache.file_identity(a), s] for a, s in options.adapters],
@@ -392,6 +394,16 @@ class Weights:
         if 0 <= token < self.n_vocab:
             self._pieces[token] = piece
         return piece
+
+    def guide(self) -> Any:
+        """llguidance's tokenizer of this vocabulary, for constrained answers: built on the
+        first one's request (engine.constraint), kept while the weights are."""
+        with self._guide_lock:
+            if self._guide is None:
+                from localrun.engine import constraint
+
+                self._guide = constraint.tokenizer(self.vocab)
+            return self._guide
 
     def token_bytes(self, token: int) -> bytes:
         """The bytes of one token, special tokens spelled out (as llama-server's /detokenize

@@ -147,6 +147,13 @@ SPECS: dict[str, ParamSpec] = {
             choices=SPECULATE_MODES,
         ),
         ParamSpec(
+            "grammar_forcing",
+            bool,
+            "where a schema or grammar forces the text, write it as the tokenizer spells it "
+            "(true) or let the model spell it token by token (false: a model that does not "
+            "answer in its tokenizer's spelling)",
+        ),
+        ParamSpec(
             "draft_num_predict",
             int,
             "most tokens drafted ahead per step by speculation, 0 to 256; 0 = off",

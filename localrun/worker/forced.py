@@ -4,21 +4,21 @@
 written as the model's family writes it (formats/parsers), so the model writes what it was
 trained to write: `<tool_call>{"name": ..., "arguments": ...}</tool_call>` for Qwen,
 `[TOOL_CALLS]NAME[ARGS]{...}` for Mistral, `<function=NAME><parameter=KEY>...` for Qwen3-Coder.
-The syntax's `write` gives a call's text around a placeholder; JSON arguments get the grammar
-of the tool's schema, text values (the XML families) any text up to the next tag, Python
-calls (LFM2) their arguments as written.
+The syntax's `write` gives a call's text around a placeholder; JSON arguments are the tool's
+schema, enforced by llguidance's JSON compiler (worker/grammar.py's `%json`), text values (the
+XML families) any text up to the next tag, Python calls (LFM2) their arguments as written. The
+rules are written as GBNF and read into Lark (worker/grammar.to_lark).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from localrun.errors import BadRequestError
 from localrun.formats import calls as tools_mod
 from localrun.formats.parsers import Syntax
-from localrun.worker.grammar import schema_grammar
+from localrun.worker.grammar import json_placeholder, to_lark
 
 _ARGS = "\x01"  # where a call's JSON arguments go
 # An XML or Python parameter's name and value: plain text, which every family writes as is.
@@ -26,18 +26,54 @@ _KEY, _VALUE = "zqkeyqz", "zqvalueqz"
 # Markers that end the answer as tokens of their own: the grammar stops before them and the
 # end of generation is allowed once it is complete.
 _END_TOKENS = ("<|call|>", "<|eom_id|>")
-_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]')
-_NAME = re.compile(r"[a-zA-Z0-9-]+")
 
 
 def grammar(
-    syntax: Syntax, tools: list[tools_mod.Tool], tool_choice: Any, *, primed: str = ""
+    syntax: Syntax,
+    tools: list[tools_mod.Tool],
+    tool_choice: Any,
+    *,
+    primed: str = "",
+    special: dict[str, int] | None = None,
 ) -> str | None:
-    """The GBNF grammar of a forced call in `syntax`; None when the model may choose.
-    `primed` is a marker the prompt already ends with (Functionary's `>>>`): not repeated."""
+    """The grammar (Lark, engine.constraint's) of a forced call in `syntax`; None when the
+    model may choose. `primed` is a marker the prompt already ends with (Functionary's `>>>`):
+    not repeated. `special`: the family's markers the vocabulary has as special tokens (text:
+    id), which the call may write as those tokens."""
     if tool_choice in (None, "auto", "none"):
         return None
-    only = tools_mod.forced_name(tools, tool_choice)
+    schemas: list[dict[str, Any]] = []
+    rules = _calls(syntax, tools, tools_mod.forced_name(tools, tool_choice), primed, schemas)
+    rules.append("root ::= calls")
+    return to_lark("\n".join(rules), schemas, special or {})
+
+
+def call_or_format(
+    syntax: Syntax,
+    tools: list[tools_mod.Tool],
+    schema: dict[str, Any],
+    *,
+    primed: str = "",
+    special: dict[str, int] | None = None,
+) -> str:
+    """The grammar for Ollama's `format` with tools: a call in the family's syntax, or an
+    answer that is a value of the format's `schema`, so the model can still call what it is
+    offered."""
+    schemas: list[dict[str, Any]] = []
+    rules = _calls(syntax, tools, None, primed, schemas)
+    schemas.append(schema)
+    rules.append(f"root ::= calls | {json_placeholder(len(schemas) - 1)}")
+    return to_lark("\n".join(rules), schemas, special or {})
+
+
+def _calls(
+    syntax: Syntax,
+    tools: list[tools_mod.Tool],
+    only: str | None,
+    primed: str,
+    schemas: list[dict[str, Any]],
+) -> list[str]:
+    """GBNF rules `calls` (a call of any tool, or of `only`) and each call's own."""
     rules: list[str] = []
     calls: list[str] = []
     for index, tool in enumerate(tools):
@@ -46,27 +82,19 @@ def grammar(
             continue
         rule = f"call{index}"
         schema = tools_mod.parameters(tool)
-        rules += _call_rules(syntax, rule, function["name"], schema, primed)
+        rules += _call_rules(syntax, rule, function["name"], schema, primed, schemas)
         calls.append(rule)
-    rules.append(f"root ::= {' | '.join(calls)}")
-    return "\n".join(rules)
-
-
-def call_or_format(
-    syntax: Syntax, tools: list[tools_mod.Tool], format_grammar: str, *, primed: str = ""
-) -> str:
-    """A grammar for Ollama's `format` with tools: a call in the family's syntax, or an answer
-    in the format (`format_grammar`), so the model can still call what it is offered."""
-    calls = grammar(syntax, tools, "required", primed=primed) or ""
-    lines = [
-        line.replace("root ::=", "calls ::=", 1) if line.startswith("root ::=") else line
-        for line in calls.split("\n")
-    ]
-    return "\n".join([*lines, *_prefixed(format_grammar, "fmt-"), "root ::= calls | fmt-root"])
+    rules.append(f"calls ::= {' | '.join(calls)}")
+    return rules
 
 
 def _call_rules(
-    syntax: Syntax, rule: str, name: str, parameters: dict[str, Any], primed: str
+    syntax: Syntax,
+    rule: str,
+    name: str,
+    parameters: dict[str, Any],
+    primed: str,
+    schemas: list[dict[str, Any]],
 ) -> list[str]:
     own = syntax.value_rules(rule, name, parameters)
     if own is not None:
@@ -78,8 +106,8 @@ def _call_rules(
     for marker in _END_TOKENS:
         text = text.removesuffix(marker)
     head, _, tail = text.partition(_ARGS)
-    args = _prefixed(schema_grammar(parameters), f"{rule}-")
-    return [*args, f"{rule} ::= {_quote(head)} {rule}-root {_quote(tail)}"]
+    schemas.append(parameters)
+    return [f"{rule} ::= {_quote(head)} {json_placeholder(len(schemas) - 1)} {_quote(tail)}"]
 
 
 def _value_rules(syntax: Syntax, rule: str, name: str, parameters: dict[str, Any]) -> list[str]:
@@ -113,23 +141,3 @@ def _value_rules(syntax: Syntax, rule: str, name: str, parameters: dict[str, Any
 
 def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False) if text else '""'
-
-
-def _prefixed(grammar: str, prefix: str) -> list[str]:
-    """A grammar's rules with every rule name prefixed (several tools in one grammar)."""
-    lines = [line for line in grammar.split("\n") if line.strip()]
-    defined = {line.split("::=", 1)[0].strip() for line in lines if "::=" in line}
-
-    def rename(segment: str) -> str:
-        return _NAME.sub(lambda m: prefix + m[0] if m[0] in defined else m[0], segment)
-
-    out = []
-    for line in lines:
-        pieces, last = [], 0
-        for match in _LITERAL.finditer(line):
-            pieces.append(rename(line[last : match.start()]))
-            pieces.append(match[0])
-            last = match.end()
-        pieces.append(rename(line[last:]))
-        out.append("".join(pieces))
-    return out

@@ -1,11 +1,22 @@
-"""The grammar of a request's `format`: "json" (any JSON value) or a JSON schema, bounded.
+"""The constraint of a request's answer, as llguidance takes it (engine.constraint): Lark text.
 
-A forced tool call's grammar is worker/forced.py's; it takes the tools' schemas from here.
+- `format` "json" is a JSON object; a JSON schema is itself, as `%json {...}`: llguidance's
+  JSON compiler enforces it keyword by keyword, and refuses in one line a keyword it cannot
+  enforce (`uniqueItems`, `not`, `if`), as OpenAI's strict mode does.
+- A forced tool call (worker/forced.py) is GBNF with a placeholder where a tool's arguments
+  go (`json_placeholder`): `to_lark` turns it into Lark with llguidance's converter, then puts
+  each schema in as `%json`, and each of the family's markers the vocabulary has as a special
+  token as that token or its spelling.
+
+JSON is written as llama.cpp's grammars let a model write it: between tokens no blank or one
+space, or a newline and at most 20 spaces or tabs of indentation, so a model cannot fill its
+answer with blanks.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from localrun.errors import BadRequestError
@@ -13,30 +24,118 @@ from localrun.formats import grammar_bounds
 
 Format = str | dict[str, Any] | None
 
+# llama.cpp's `space` rule: nothing, a space, or a newline and some indentation.
+WHITESPACE = r"( |\n[ \t]{0,20})?"
+# What "json" asks for: an object, as llama.cpp's JSON grammar's root is.
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
-def grammar_for(format: Format) -> str | None:
-    """The GBNF grammar for a `format`: "json" (any JSON value) or a JSON schema."""
+_PLACEHOLDER = re.compile(r'"@@json-(\d+)@@"')
+# Lark's pieces a name is not renamed inside: strings and regular expressions.
+_LARK_TEXT = re.compile(r'"(?:[^"\\]|\\.)*"i?|/(?:[^/\\\n]|\\.)+/[imslux]*')
+_LARK_NAME = re.compile(r"\b[A-Z][A-Z0-9_]*\b")
+
+
+def constraint_for(format: Format) -> str | None:
+    """The Lark grammar of a `format`: "json" (a JSON object) or a JSON schema."""
     if format is None or format == "":
         return None
     if format == "json":
-        from localrun.engine.grammars import json_grammar
-
-        return json_grammar()
+        return f"{header()}\nstart: {schema_lark(ANY_OBJECT)}"
     if isinstance(format, dict):
-        return schema_grammar(format)
+        return f"{header()}\nstart: {schema_lark(format)}"
     raise BadRequestError(f"unknown format {format!r}", hint='use "json" or a JSON schema object')
 
 
-def schema_grammar(schema: dict[str, Any]) -> str:
-    """A GBNF grammar for the JSON values a JSON schema accepts (BadRequestError if none)."""
-    from localrun.engine.grammars import json_schema_grammar
+def header(forcing: bool = True) -> str:
+    """llguidance's options line. Forcing (the default): where the grammar forces the text,
+    it is written as the tokenizer spells it (which fast-forwards it); without, the model
+    spells it token by token (PARAMETER grammar_forcing false, for a model that does not
+    answer in its tokenizer's spelling)."""
+    return "%llguidance {}" if forcing else '%llguidance {"no_forcing": true}'
 
+
+def with_forcing(grammar: str, forcing: bool) -> str:
+    """A grammar of this module's with its forcing as asked."""
+    return grammar if forcing else grammar.replace(header(), header(False), 1)
+
+
+def format_schema(format: Format) -> dict[str, Any] | None:
+    """The JSON schema a `format` asks for (None: none)."""
+    if format == "json":
+        return ANY_OBJECT
+    return format if isinstance(format, dict) else None
+
+
+def schema_lark(schema: dict[str, Any]) -> str:
+    """A JSON schema as a Lark expression, checked against the bounds a schema may not pass."""
     grammar_bounds.check_schema(schema)
+    options = {"whitespace_pattern": WHITESPACE, "lenient": False}
     try:
-        grammar = json_schema_grammar(json.dumps(schema))
-    except Exception as exc:  # the converter raises anything from KeyError to assert
-        raise BadRequestError(
-            f"the JSON schema cannot be turned into a grammar: {type(exc).__name__}: {exc}",
-            hint="simplify the schema (types, properties, enums, arrays, required)",
-        ) from None
-    return grammar_bounds.check_grammar(grammar)
+        text = json.dumps({**schema, "x-guidance": options}, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise BadRequestError(f"the JSON schema is not JSON: {exc}") from None
+    return f"%json {text}"
+
+
+def json_placeholder(index: int) -> str:
+    """GBNF for where the JSON value of `schemas[index]` goes (to_lark puts it in)."""
+    return f'"@@json-{index}@@"'
+
+
+def to_lark(gbnf: str, schemas: list[dict[str, Any]], special: dict[str, int]) -> str:
+    """A GBNF grammar built around placeholders as Lark: each placeholder the schema's
+    `%json`, every marker of `special` (text: the id of its special token) inside a literal
+    the token or its text, and every rule a rule of the grammar (llguidance takes neither
+    `%json` nor a token inside a terminal)."""
+    from llguidance.gbnf_to_lark import GbnfToLarkError, gbnf_to_lark
+
+    try:
+        lark = gbnf_to_lark(gbnf)
+    except (GbnfToLarkError, ValueError, IndexError, KeyError) as exc:
+        raise BadRequestError(f"the grammar cannot be read: {exc}") from None
+    lark = _as_rules(lark, special)
+    return _PLACEHOLDER.sub(lambda m: schema_lark(schemas[int(m.group(1))]), lark)
+
+
+def _tokens_in(literal: str, special: dict[str, int]) -> str:
+    """A Lark string literal with each special marker in it as `("TEXT" | <[ID]>)`: the
+    model may write its token or spell it."""
+    if not special or literal.endswith("i") or _PLACEHOLDER.fullmatch(literal):
+        return literal
+    try:
+        text = json.loads(literal)
+    except ValueError:
+        return literal
+    found = re.compile("|".join(re.escape(m) for m in sorted(special, key=len, reverse=True)))
+    parts, last = [], 0
+    for match in found.finditer(text):
+        if match.start() > last:
+            parts.append(json.dumps(text[last : match.start()], ensure_ascii=False))
+        marker = match[0]
+        parts.append(f"({json.dumps(marker, ensure_ascii=False)} | <[{special[marker]}]>)")
+        last = match.end()
+    if not parts:
+        return literal
+    if last < len(text):
+        parts.append(json.dumps(text[last:], ensure_ascii=False))
+    return " ".join(parts)
+
+
+def _as_rules(lark: str, special: dict[str, int]) -> str:
+    """Lark with its terminals (upper-case names) renamed as rules (lower case), and the
+    special markers in its literals as tokens (_tokens_in)."""
+    out = []
+    for line in lark.split("\n"):
+        pieces, last = [], 0
+        for match in _LARK_TEXT.finditer(line):
+            pieces.append(_LARK_NAME.sub(lambda m: _rule_name(m[0]), line[last : match.start()]))
+            text = match[0]
+            pieces.append(_tokens_in(text, special) if text.startswith('"') else text)
+            last = match.end()
+        pieces.append(_LARK_NAME.sub(lambda m: _rule_name(m[0]), line[last:]))
+        out.append("".join(pieces))
+    return "\n".join(out)
+
+
+def _rule_name(name: str) -> str:
+    return "t_" + name.lower()

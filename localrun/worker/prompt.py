@@ -26,7 +26,7 @@ from localrun.recipes import params as params_mod
 from localrun.request import GenRequest
 from localrun.settings import config
 from localrun.worker import forced as forced_mod
-from localrun.worker.grammar import grammar_for
+from localrun.worker.grammar import constraint_for, format_schema, with_forcing
 
 Message = dict[str, Any]
 
@@ -100,6 +100,7 @@ class Prompter:
     # The fixed turns' rendered tokens by (turns, tools, variables): see `stable_prefix`.
     _prefixes: dict[str, list[int]] = field(default_factory=dict, repr=False)
     _spell: dict[str, frozenset[int]] = field(default_factory=dict, repr=False)
+    _special: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
     _family: parsers.Family | None = field(default=None, repr=False)
 
     def prepare(self, request: GenRequest) -> Prepared:
@@ -195,7 +196,7 @@ class Prompter:
         return prepared
 
     def sampling(
-        self, options: dict[str, Any] | None, grammar: str | None, memory: str | None = None
+        self, options: dict[str, Any] | None, constraint: str | None, memory: str | None = None
     ) -> SamplingOptions:
         """The request's sampling over the model's; the num_ctx its options name (the
         scheduler writes the context it answers the request with) is the request's own context,
@@ -207,7 +208,9 @@ class Prompter:
         context = asked.get("num_ctx")
         return SamplingOptions.from_params(
             merged,
-            grammar=grammar,
+            constraint=_checked(constraint, merged.get("grammar_forcing", True))
+            if constraint
+            else None,
             memory=memory,
             context=context if isinstance(context, int) and context > 0 else 0,
         )
@@ -221,17 +224,22 @@ class Prompter:
         syntax = family.syntax.with_tools(in_force) if in_force else None
         primed = next((m for m in family.syntax.starts if text.endswith(m)), "")
         # A forced call is written in the family's syntax; its grammar wins over `format`.
+        special = self._markers(family) if syntax is not None else {}
         forced = (
-            forced_mod.grammar(syntax, in_force, request.tool_choice, primed=primed)
+            forced_mod.grammar(
+                syntax, in_force, request.tool_choice, primed=primed, special=special
+            )
             if syntax is not None and in_force
             else None
         )
-        grammar = grammar_bounds.check_grammar(forced) if forced else grammar_for(request.format)
-        if grammar and not forced and syntax is not None and in_force:
+        constraint = forced or constraint_for(request.format)
+        schema = format_schema(request.format)
+        if schema is not None and not forced and syntax is not None and in_force:
             # `format` with tools (Ollama's): a call in the family's syntax, or the format.
-            either = forced_mod.call_or_format(syntax, in_force, grammar, primed=primed)
-            grammar = grammar_bounds.check_grammar(either)
-        sampling = self.sampling(request.options, grammar, request.memory)
+            constraint = forced_mod.call_or_format(
+                syntax, in_force, schema, primed=primed, special=special
+            )
+        sampling = self.sampling(request.options, constraint, request.memory)
         media = media_of(request.messages or [])
         prepared = self._prepared(text, media, sampling)
         prepared.tool_names = tools_mod.names(in_force) if in_force else None
@@ -266,6 +274,19 @@ class Prompter:
                 found = by_token or found
             self._family = found
         return self._family
+
+    def _markers(self, family: parsers.Family) -> dict[str, int]:
+        """The family's markers that are special tokens of this vocabulary, with their ids
+        (a forced call's grammar lets the model write the token)."""
+        found = self._special.get(family.name)
+        if found is None:
+            found = {}
+            for marker in family.spelled():
+                ids = self.tokenizer.token_ids(marker)
+                if len(ids) == 1:
+                    found[marker] = ids[0]
+            self._special[family.name] = found
+        return found
 
     def _spelled(self, family: parsers.Family) -> frozenset[int]:
         """The ids of the family's markers that are special tokens in this vocabulary (the
@@ -324,7 +345,7 @@ class Prompter:
 
     def complete(self, request: GenRequest) -> Prepared:
         """Raw prompt text, no template."""
-        sampling = self.sampling(request.options, grammar_for(request.format), request.memory)
+        sampling = self.sampling(request.options, constraint_for(request.format), request.memory)
         media = [
             media_mod.Media.from_wire(item, f"media[{i}]")
             for i, item in enumerate(request.media or [])
@@ -347,7 +368,7 @@ class Prompter:
                 "between a prefix and a suffix",
                 hint="use a code model with FIM tokens (Qwen2.5-Coder, StarCoder2, CodeLlama)",
             )
-        sampling = self.sampling(request.options, grammar_for(request.format), request.memory)
+        sampling = self.sampling(request.options, constraint_for(request.format), request.memory)
         prefix, suffix = request.prompt or "", request.suffix or ""
 
         def tokens(text: str) -> list[int]:
@@ -408,3 +429,14 @@ def token_ids(value: Any, n_vocab: int, key: str) -> list[int]:
                 f"(0 to {n_vocab - 1})"
             )
     return value
+
+
+def _checked(constraint: str, forcing: bool) -> str:
+    """A request's grammar within the bounds, and one llguidance takes (else a 400 naming
+    what it cannot enforce), checked here before a slot waits for it; forced text spelled as
+    the model's PARAMETER grammar_forcing says."""
+    from localrun.engine import constraint as constraint_mod
+
+    constraint = with_forcing(grammar_bounds.check_grammar(constraint), forcing)
+    constraint_mod.check(constraint)
+    return constraint
