@@ -35,13 +35,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from localrun.engine import calls, draft, prompt_cache, speculate
+from localrun.engine.answering import Answering
 from localrun.engine.answers import AnswerMemory
 from localrun.engine.costs import CostMeter, DecodeCost
 from localrun.engine.embed import Embedder
 from localrun.engine.media import MediaPrompt, Projector
 from localrun.engine.native import lc
 from localrun.engine.rows import StepBatch
-from localrun.engine.sampling import Sampler, logprob_entry
+from localrun.engine.sampling import Sampler
 from localrun.engine.sequence import answer_ends, check_prompt
 from localrun.engine.slots import Job, Slot, Slots, Ticket, read_media, unbound
 from localrun.engine.threads import Governor
@@ -60,7 +61,7 @@ from localrun.errors import BadRequestError, EngineError, InvalidParameterError,
 MAX_TOP_LOGPROBS = 20
 
 
-class BatchEngine:
+class BatchEngine(Answering):
     """One llama.cpp model and one context serving `slots` sequences, decoded in one batch."""
 
     def __init__(self, path: str, options: LoadOptions, slots: int) -> None:
@@ -424,86 +425,6 @@ class BatchEngine:
                 self._finish(slot, "length")
                 return False
         return True
-
-    def _sample(self, slot: Slot, job: Job) -> None:
-        """The slot's next token: checked against its draft, the answer's ends and budgets,
-        sent, and the next draft proposed."""
-        row = slot.row
-        assert job.sampler is not None
-        token = job.sampler.sample(self._ctx, row)
-        if slot.draft:
-            token, row = self._verify(slot, job, token, row)
-            if token < 0:
-                return
-        if job.ends(token):
-            self._finish(slot, "stop")
-            return
-        self._emit(job, token, row)
-        if job.cancelled:  # its reader has what it wants (a stop string): no further decode
-            self._finish(slot, "cancelled")
-            return
-        if job.timings.eval_tokens >= job.budget or len(slot.cache) >= job.limit:
-            # No next token is needed (or there is no room for one): skip its decode.
-            self._finish(slot, "length")
-            return
-        slot.token = token
-        if job.spec is not None:
-            room = min(job.budget - job.timings.eval_tokens, job.limit - len(slot.cache) - 1)
-            slot.draft = job.spec.propose(token, room)
-
-    def _verify(self, slot: Slot, job: Job, token: int, row: int) -> tuple[int, int]:
-        """Keep the draft up to the first token the sampler does not choose: that token
-        (sampled at the row after the last one kept) is the next one. Returns it and its row;
-        -1 when the budget or a cancel ended the answer inside the draft."""
-        draft = slot.draft
-        kept = 0
-        for guess in draft:
-            if token != guess or job.ends(token):
-                break
-            kept += 1
-            slot.cache.append(token)
-            self._emit(job, token, row)
-            if job.timings.eval_tokens >= job.budget or job.cancelled:
-                break
-            row += 1
-            assert job.sampler is not None
-            token = job.sampler.sample(self._ctx, row)
-        self._slots.drop_draft(slot)
-        assert job.spec is not None
-        job.spec.settle(draft, kept)
-        if job.cancelled:
-            self._finish(slot, "cancelled")
-            return -1, row
-        if job.timings.eval_tokens >= job.budget:
-            self._finish(slot, "length")
-            return -1, row
-        return token, row
-
-    def _emit(self, job: Job, token: int, row: int) -> None:
-        """A generated token: counted, its log-probabilities (from `row`) and text sent."""
-        job.timings.eval_tokens += 1
-        job.tokens.append(token)
-        weights = self._weights
-        spelled = job.special or token in job.spell
-        raw = weights.token_bytes(token) if spelled else weights.piece_bytes(token)
-        if job.logprobs >= 0:
-            row_logits = lc.llama_get_logits_ith(self._ctx, row)
-            job.pending.append(
-                logprob_entry(
-                    row_logits, self.n_vocab, token, raw, job.logprobs, weights.piece_bytes
-                )
-            )
-        text = job.decoder.decode(raw)
-        if text:
-            # Before the decode of this token: the reader sees it a decode sooner.
-            try:
-                if job.pending:
-                    job.sink.piece(text, job.pending)
-                    job.pending = []
-                else:
-                    job.sink.piece(text)
-            except Exception:
-                job.cancelled = True  # a sink that fails has no reader left
 
     def _finish(self, slot: Slot, reason: str) -> None:
         job = self._slots.release(slot)

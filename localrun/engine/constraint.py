@@ -95,6 +95,11 @@ class Constraint:
         """`token` was chosen: the grammar moves past it."""
         self.matcher.consume_token(token)
 
+    def forced(self) -> list[int]:
+        """The tokens the grammar forces next, as the tokenizer spells the forced text (none
+        where the grammar leaves the model the spelling)."""
+        return list(self.matcher.compute_ff_tokens())
+
     def failed(self) -> str | None:
         """Why the grammar can go no further (a step past its limits), if it cannot."""
         return self.matcher.get_error() if self.matcher.is_error() else None

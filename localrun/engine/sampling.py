@@ -213,6 +213,13 @@ class Sampler:
             self._remember(token)
         return token
 
+    def forced(self, limit: int) -> list[int]:
+        """The tokens the grammar forces next, at most `limit` (none without a grammar of
+        llguidance's, or where it forces nothing)."""
+        if self.constraint is None or limit <= 0:
+            return []
+        return self.constraint.forced()[:limit]
+
     def _row(self, ctx: Any, row: int) -> Any:
         """The logits at the batch's row `row`, in place."""
         address = _logits_address(ctx, row)

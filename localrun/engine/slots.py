@@ -38,6 +38,7 @@ class Job:
         "cancelled",
         "decoder",
         "ends",
+        "forcing",
         "limit",
         "logprobs",
         "media",
@@ -83,6 +84,7 @@ class Job:
         self.spell: frozenset[int] = frozenset()  # these special tokens spelled out
         self.pending: list[dict[str, Any]] = []  # entries whose text is not out yet
         self.spec: speculate.Speculator | None = None
+        self.forcing = False  # the slot's draft is the text its grammar forces, not a guess
         # The model's own turns at the start of the prompt (for the disk prompt cache), their
         # saved KV state read from disk, and whether to save it once they are evaluated.
         self.prefix: list[int] = []

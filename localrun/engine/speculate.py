@@ -434,6 +434,12 @@ class Speculator:
         # when its token was wrong and gained nothing when it was right).
         return best
 
+    def known(self, tokens: Sequence[int]) -> None:
+        """Tokens the answer took that no guess was made for (the text a grammar forced):
+        they join the history, and the next lookup starts afresh."""
+        self.drafter.extend(tokens)
+        self._cursor = -1
+
     def settle(self, draft: Sequence[int], accepted: int) -> None:
         """The first `accepted` tokens of `draft` were kept: they join the history, and the
         estimates follow how this draft did."""

@@ -1,0 +1,122 @@
+"""The engine's path from a sampled token to the text a request gets: the token checked
+against the slot's draft, its ends and budgets, its log-probabilities and text sent, and what
+the slot decodes next with it.
+
+What follows a token in the slot's batch row is a draft: a speculator's guess
+(engine.speculate), kept up to the first token the sampler does not choose; or the text the
+request's grammar forces next (engine.constraint's fast-forward: a key's name, `": "`, closing
+brackets), which the sampler then takes token by token, as its mask allows nothing else. Forced
+text costs no decode of its own: it is read in the batch with the token before it, as a prompt
+is, so a constrained answer takes fewer decodes than the same text unconstrained. Models whose
+memory cannot drop positions (recurrent ones) neither speculate nor fast-forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from localrun.engine.native import lc
+from localrun.engine.sampling import logprob_entry
+from localrun.engine.slots import Job, Slot, Slots
+from localrun.engine.weights import Weights
+
+
+class Answering:
+    """engine.batch.BatchEngine's token path (its loop calls `_sample` for each slot that
+    has logits to sample from)."""
+
+    _ctx: Any
+    _weights: Weights
+    _slots: Slots
+    n_vocab: int
+
+    def _finish(self, slot: Slot, reason: str) -> None:
+        raise NotImplementedError  # the engine's
+
+    def _sample(self, slot: Slot, job: Job) -> None:
+        """The slot's next token: checked against its draft, the answer's ends and budgets,
+        sent, and the next draft proposed."""
+        row = slot.row
+        assert job.sampler is not None
+        token = job.sampler.sample(self._ctx, row)
+        if slot.draft:
+            token, row = self._verify(slot, job, token, row)
+            if token < 0:
+                return
+        if job.ends(token):
+            self._finish(slot, "stop")
+            return
+        self._emit(job, token, row)
+        if job.cancelled:  # its reader has what it wants (a stop string): no further decode
+            self._finish(slot, "cancelled")
+            return
+        if job.timings.eval_tokens >= job.budget or len(slot.cache) >= job.limit:
+            # No next token is needed (or there is no room for one): skip its decode.
+            self._finish(slot, "length")
+            return
+        slot.token = token
+        room = min(job.budget - job.timings.eval_tokens, job.limit - len(slot.cache) - 1)
+        forced = job.sampler.forced(room) if self._weights.trims else []
+        job.forcing = bool(forced)
+        if forced:
+            slot.draft = forced  # the grammar's text: decoded at once, never a guess
+            if job.spec is not None:
+                job.spec.known([token])
+        elif job.spec is not None:
+            slot.draft = job.spec.propose(token, room)
+
+    def _verify(self, slot: Slot, job: Job, token: int, row: int) -> tuple[int, int]:
+        """Keep the draft up to the first token the sampler does not choose: that token
+        (sampled at the row after the last one kept) is the next one. Returns it and its row;
+        -1 when the budget or a cancel ended the answer inside the draft."""
+        draft = slot.draft
+        kept = 0
+        for guess in draft:
+            if token != guess or job.ends(token):
+                break
+            kept += 1
+            slot.cache.append(token)
+            self._emit(job, token, row)
+            if job.timings.eval_tokens >= job.budget or job.cancelled:
+                break
+            row += 1
+            assert job.sampler is not None
+            token = job.sampler.sample(self._ctx, row)
+        self._slots.drop_draft(slot)
+        if job.forcing and job.spec is not None:
+            job.spec.known(draft[:kept])
+        elif job.spec is not None:
+            job.spec.settle(draft, kept)
+        if job.cancelled:
+            self._finish(slot, "cancelled")
+            return -1, row
+        if job.timings.eval_tokens >= job.budget:
+            self._finish(slot, "length")
+            return -1, row
+        return token, row
+
+    def _emit(self, job: Job, token: int, row: int) -> None:
+        """A generated token: counted, its log-probabilities (from `row`) and text sent."""
+        job.timings.eval_tokens += 1
+        job.tokens.append(token)
+        weights = self._weights
+        spelled = job.special or token in job.spell
+        raw = weights.token_bytes(token) if spelled else weights.piece_bytes(token)
+        if job.logprobs >= 0:
+            row_logits = lc.llama_get_logits_ith(self._ctx, row)
+            job.pending.append(
+                logprob_entry(
+                    row_logits, self.n_vocab, token, raw, job.logprobs, weights.piece_bytes
+                )
+            )
+        text = job.decoder.decode(raw)
+        if text:
+            # Before the decode of this token: the reader sees it a decode sooner.
+            try:
+                if job.pending:
+                    job.sink.piece(text, job.pending)
+                    job.pending = []
+                else:
+                    job.sink.piece(text)
+            except Exception:
+                job.cancelled = True  # a sink that fails has no reader left
