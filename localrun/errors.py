@@ -314,6 +314,13 @@ class NotFoundError(ServerError):
     code = "not_found"
 
 
+class AnswerSchemaError(ServerError):
+    """An answer that does not validate against the schema its request gave (a keyword the
+    engine did not enforce: Ollama's lenient `format`)."""
+
+    code = "answer_schema"
+
+
 class UnauthorizedError(ServerError):
     code = "unauthorized"
 

@@ -29,6 +29,9 @@ class GenRequest:
     system: str | None = None  # replaces the model's SYSTEM (a system message wins over it)
     options: dict[str, Any] = field(default_factory=dict)  # PARAMETERs for this request
     format: str | dict[str, Any] | None = None  # "json" or a JSON schema
+    # Ollama's `format`: a keyword the engine cannot enforce is left out of the constraint
+    # (its clients send pydantic's `uniqueItems`), and the answer validated after (the server).
+    format_lenient: bool = False
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     think: bool | str | None = None  # None: the model's default; True or low/medium/high
@@ -167,6 +170,7 @@ _CHECKS = {
     "logit_bias": _logit_bias,
     "parallel_tool_calls": _kind(bool),
     "think_adaptive": _kind(bool),
+    "format_lenient": _kind(bool),
     "return_context": _kind(bool),
     "keep_alive": _kind(int, float),
     "media": _media,

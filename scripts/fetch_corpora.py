@@ -7,6 +7,9 @@
     bfcl   the Berkeley Function Calling Leaderboard's (bfcl-eval 2026.3.23, Apache-2.0 as its
            PKG-INFO says, kept beside it) MiniCPM 3 handler: the chat template MiniCPM3-4B
            ships, quoted in it, and its reading of the model's calls
+    json-schema-test-suite
+           the JSON Schema Test Suite's draft 2020-12 cases (MIT, its LICENSE kept), as the
+           jsonschema 4.26.0 source distribution vendors it
 
 The folder is tests/data/corpora/, or LOCALRUN_CORPORA where set; each corpus lands in a
 subfolder of its name with a STAMP.json naming the version and the archive's sha256. A corpus
@@ -81,7 +84,16 @@ BFCL = Corpus(
     sha256="4a3869673721fa59be93d8f55ca92d69ab5797058aed792149c6adafda064bc1",
     members=("PKG-INFO", "bfcl_eval/model_handler/local_inference/minicpm_fc.py"),
 )
-CORPORA = {corpus.name: corpus for corpus in (VLLM, BFCL)}
+# The JSON Schema Test Suite (draft 2020-12): schemas with the instances that must and must not
+# validate, as the jsonschema package's source distribution vendors it.
+JSON_SCHEMA_SUITE = Corpus(
+    name="json-schema-test-suite",
+    package="jsonschema",
+    filename="jsonschema-4.26.0.tar.gz",
+    sha256="0c26707e2efad8aa1bfc5b7ce170f3fccc2e4918ff85989ba9ffa9facb2be326",
+    members=("json/LICENSE", "json/README.md", "json/tests/draft2020-12/*.json"),
+)
+CORPORA = {corpus.name: corpus for corpus in (VLLM, BFCL, JSON_SCHEMA_SUITE)}
 
 
 def corpora_dir() -> Path:

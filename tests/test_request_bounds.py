@@ -61,13 +61,18 @@ def schema(**prop: Any) -> dict[str, Any]:
     ],
     ids=["repeat-30000", "nested-repeats", "deep-repeats", "enum-100000", "long-pattern"],
 )
-def test_grammars_past_the_bound_are_400_and_stall_nobody(
-    live: LiveServer, hostile: dict[str, Any]
+def test_hostile_schemas_are_answered_or_refused_and_stall_nobody(
+    live: LiveServer, hostile: dict[str, Any], request: pytest.FixtureRequest
 ) -> None:
+    """Counts and nested repetitions cost llguidance next to nothing: answered (llama.cpp's
+    grammars hung on them, or crashed); a grammar past its bytes or a pattern past its length
+    is refused in one line. Either way in bounded time, and the next request is answered."""
+    refused = request.node.callspec.id in ("enum-100000", "long-pattern")
     started = time.monotonic()
-    answer = post(live, "/api/chat", chat(format=hostile))
-    assert answer.status_code == 400, answer.text[:300]
-    assert "grammar" in answer.json()["error"] or "schema" in answer.json()["error"]
+    answer = post(live, "/api/chat", chat(format=hostile, options={"num_predict": 8}))
+    assert answer.status_code == (400 if refused else 200), answer.text[:300]
+    if refused:
+        assert "grammar" in answer.json()["error"] or "pattern" in answer.json()["error"]
     assert time.monotonic() - started < 10
     openai = post(
         live,
@@ -75,13 +80,16 @@ def test_grammars_past_the_bound_are_400_and_stall_nobody(
         {
             "model": "tiny",
             "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 8,
             "response_format": {
                 "type": "json_schema",
                 "json_schema": {"name": "x", "schema": hostile},
             },
         },
     )
-    assert openai.status_code == 400 and openai.json()["error"]["type"], openai.text[:300]
+    assert openai.status_code == (400 if refused else 200), openai.text[:300]
+    if refused:
+        assert openai.json()["error"]["type"], openai.text[:300]
     still_answers(live)
 
 

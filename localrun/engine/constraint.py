@@ -18,10 +18,11 @@ whole vocabulary (`restrict`), after which the chain chooses again among the all
 
 from __future__ import annotations
 
+import ctypes
+import re
 from typing import Any
 
 import llguidance
-import llguidance.llamacpp
 
 from localrun.engine.native import lc
 from localrun.errors import BadRequestError
@@ -40,11 +41,35 @@ LIMITS = llguidance.LLParserLimits(
 
 def tokenizer(vocab: Any) -> Any:
     """llguidance's tokenizer for a llama.cpp vocabulary (about a second for a 150k one: the
-    weights build it once, engine.weights.Weights.guide): its ends of generation end the
-    grammar's answer."""
+    weights build it once, engine.weights.Weights.guide), as llguidance's llama.cpp binding
+    builds it: each token's bytes, a control token's (or a user-defined `<...>` one's) marked
+    special with a 0xFF byte before them; the ends of generation end the grammar's answer."""
     n_vocab = int(lc.llama_vocab_n_tokens(vocab))
-    ends = [t for t in range(n_vocab) if lc.llama_vocab_is_eog(vocab, t)]
-    return llguidance.llamacpp.lltokenizer_from_vocab(vocab, eos_token=ends or None)
+    buffer = ctypes.create_string_buffer(_PIECE + 1)
+    tokens: list[bytes] = []
+    ends: list[int] = []
+    control, user = lc.LLAMA_TOKEN_ATTR_CONTROL, lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+    for token in range(n_vocab):
+        n = lc.llama_token_to_piece(vocab, token, buffer, _PIECE, 0, True)
+        if n < 0:
+            raise BadRequestError(f"token {token} of the vocabulary is longer than {_PIECE} bytes")
+        piece = buffer.raw[:n]
+        attr = lc.llama_vocab_get_attr(vocab, token)
+        if attr & control or (attr & user and piece.startswith(b"<") and piece.endswith(b">")):
+            piece = b"\xff" + piece
+        tokens.append(piece)
+        if lc.llama_vocab_is_eog(vocab, token):
+            ends.append(token)
+    address = ctypes.cast(lc.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+    return llguidance.LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+        tokens=tokens,
+        vocab_ptr=vocab,
+        tokenize_fptr=address,
+        eos_token=ends or [int(lc.llama_vocab_eos(vocab))],
+    )
+
+
+_PIECE = 16 * 1024  # the longest token's bytes
 
 
 def check(grammar: str) -> None:
@@ -59,7 +84,10 @@ _HINT = "simplify the schema or grammar; README: Structured outputs lists what i
 
 
 def _message(error: str) -> str:
-    text = " ".join(error.split())
+    """llguidance's error in one line: its first, without the place in the grammar (the
+    request's schema is not the grammar it was written into) and the grammar shown after."""
+    text = " ".join(error.strip().split("\n", 1)[0].split())
+    text = re.sub(r"^at \d+\(\d+\): ", "", text)
     if len(text) > 300:
         text = text[:297] + "..."
     return f"the output's schema or grammar cannot be enforced: {text}"

@@ -13,7 +13,7 @@
     parsers/            each family's call syntax and reasoning tags, chosen from the template
                         (one module a family behind one table; derive.py for the rest)
     reasoning.py        which templates think, how a request asks, the answer split in two
-    grammar_bounds.py   the bounds on the grammar a request's JSON schema may produce
+    grammar_bounds.py   the bounds on the schema a request constrains its answer with
 
 Text in, text out: imports only errors, settings and jsonlimits. The runner's prompt
 (worker/prompt.py) puts these together for one loaded model; dialects never look inside.

@@ -32,6 +32,7 @@ _STATUS: tuple[tuple[type[e.LocalrunError], int], ...] = (
     (e.RequestTooLargeError, 413),
     (e.RequestTimeoutError, 408),
     (e.BadRequestError, 400),
+    (e.AnswerSchemaError, 422),
     (e.InvalidNameError, 400),
     (e.InvalidParameterError, 400),
     (e.ModelfileError, 400),
@@ -53,6 +54,7 @@ _OPENAI_TYPES = {
     404: "not_found_error",
     408: "invalid_request_error",
     413: "invalid_request_error",
+    422: "invalid_request_error",
     503: "server_overloaded",
 }
 

@@ -31,7 +31,7 @@ from localrun import media
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.formats import reasoning
 from localrun.request import GenRequest
-from localrun.server import core, embedding
+from localrun.server import answer_schema, core, embedding
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
@@ -217,6 +217,9 @@ async def _answer(
     """
 
     def final(text: str = "", *, with_calls: bool = False) -> dict[str, Any]:
+        schema = answer_schema.to_check(body.data.get("format"))
+        if schema is not None and generation.done_reason == "stop" and not generation.calls:
+            answer_schema.check(generation.text, schema)
         shaped = calls(text, 0) if calls is not None and with_calls else None
         return {
             **(shaped or (last or shape)(text)),
@@ -282,6 +285,7 @@ async def generate(request: Request) -> Response:
             suffix=suffix,
             options=body.options(),
             format=body.format(),
+            format_lenient=True,
             keep_alive=body.keep_alive(),
             logprobs=_logprobs(body),
         )
@@ -301,6 +305,7 @@ async def generate(request: Request) -> Response:
         system=body.get("system", str),
         options=body.options(),
         format=body.format(),
+        format_lenient=True,
         keep_alive=body.keep_alive(),
         context=_context(body),
         return_context=True,
@@ -355,6 +360,7 @@ async def chat(request: Request) -> Response:
         messages=messages,
         options=body.options(),
         format=body.format(),
+        format_lenient=True,
         tools=body.get("tools", list),
         tool_choice=body.data.get("tool_choice"),
         keep_alive=body.keep_alive(),

@@ -92,9 +92,10 @@ LIMITS: dict[str, Setting] = {
         ),
         Setting(
             "LOCALRUN_MAX_GRAMMAR_BYTES",
-            "Largest grammar a request's JSON schema may build; bigger ones stall a runner.",
+            "Largest grammar a request's JSON schema or forced call may build (its schemas "
+            "included): compiling one costs a runner up to a second.",
             parse.parse_positive_int,
-            lambda: 64 * 1024,
+            lambda: 1024 * 1024,
         ),
         Setting(
             "LOCALRUN_MAX_TOKENIZE_BYTES",

@@ -55,15 +55,16 @@ def call_or_format(
     *,
     primed: str = "",
     special: dict[str, int] | None = None,
+    lenient: bool = False,
 ) -> str:
     """The grammar for Ollama's `format` with tools: a call in the family's syntax, or an
     answer that is a value of the format's `schema`, so the model can still call what it is
-    offered."""
+    offered (`lenient`: the keywords the engine cannot enforce left out)."""
     schemas: list[dict[str, Any]] = []
     rules = _calls(syntax, tools, None, primed, schemas)
     schemas.append(schema)
     rules.append(f"root ::= calls | {json_placeholder(len(schemas) - 1)}")
-    return to_lark("\n".join(rules), schemas, special or {})
+    return to_lark("\n".join(rules), schemas, special or {}, lenient=lenient)
 
 
 def _calls(

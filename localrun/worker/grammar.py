@@ -35,14 +35,15 @@ _LARK_TEXT = re.compile(r'"(?:[^"\\]|\\.)*"i?|/(?:[^/\\\n]|\\.)+/[imslux]*')
 _LARK_NAME = re.compile(r"\b[A-Z][A-Z0-9_]*\b")
 
 
-def constraint_for(format: Format) -> str | None:
-    """The Lark grammar of a `format`: "json" (a JSON object) or a JSON schema."""
+def constraint_for(format: Format, *, lenient: bool = False) -> str | None:
+    """The Lark grammar of a `format`: "json" (a JSON object) or a JSON schema; `lenient`
+    leaves out the keywords llguidance cannot enforce instead of refusing the schema."""
     if format is None or format == "":
         return None
     if format == "json":
         return f"{header()}\nstart: {schema_lark(ANY_OBJECT)}"
     if isinstance(format, dict):
-        return f"{header()}\nstart: {schema_lark(format)}"
+        return f"{header()}\nstart: {schema_lark(format, lenient=lenient)}"
     raise BadRequestError(f"unknown format {format!r}", hint='use "json" or a JSON schema object')
 
 
@@ -66,10 +67,10 @@ def format_schema(format: Format) -> dict[str, Any] | None:
     return format if isinstance(format, dict) else None
 
 
-def schema_lark(schema: dict[str, Any]) -> str:
+def schema_lark(schema: dict[str, Any], *, lenient: bool = False) -> str:
     """A JSON schema as a Lark expression, checked against the bounds a schema may not pass."""
     grammar_bounds.check_schema(schema)
-    options = {"whitespace_pattern": WHITESPACE, "lenient": False}
+    options = {"whitespace_pattern": WHITESPACE, "lenient": lenient}
     try:
         text = json.dumps({**schema, "x-guidance": options}, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
@@ -82,7 +83,9 @@ def json_placeholder(index: int) -> str:
     return f'"@@json-{index}@@"'
 
 
-def to_lark(gbnf: str, schemas: list[dict[str, Any]], special: dict[str, int]) -> str:
+def to_lark(
+    gbnf: str, schemas: list[dict[str, Any]], special: dict[str, int], *, lenient: bool = False
+) -> str:
     """A GBNF grammar built around placeholders as Lark: each placeholder the schema's
     `%json`, every marker of `special` (text: the id of its special token) inside a literal
     the token or its text, and every rule a rule of the grammar (llguidance takes neither
@@ -94,7 +97,7 @@ def to_lark(gbnf: str, schemas: list[dict[str, Any]], special: dict[str, int]) -
     except (GbnfToLarkError, ValueError, IndexError, KeyError) as exc:
         raise BadRequestError(f"the grammar cannot be read: {exc}") from None
     lark = _as_rules(lark, special)
-    return _PLACEHOLDER.sub(lambda m: schema_lark(schemas[int(m.group(1))]), lark)
+    return _PLACEHOLDER.sub(lambda m: schema_lark(schemas[int(m.group(1))], lenient=lenient), lark)
 
 
 def _tokens_in(literal: str, special: dict[str, int]) -> str:

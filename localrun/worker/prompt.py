@@ -232,12 +232,17 @@ class Prompter:
             if syntax is not None and in_force
             else None
         )
-        constraint = forced or constraint_for(request.format)
+        constraint = forced or constraint_for(request.format, lenient=request.format_lenient)
         schema = format_schema(request.format)
         if schema is not None and not forced and syntax is not None and in_force:
             # `format` with tools (Ollama's): a call in the family's syntax, or the format.
             constraint = forced_mod.call_or_format(
-                syntax, in_force, schema, primed=primed, special=special
+                syntax,
+                in_force,
+                schema,
+                primed=primed,
+                special=special,
+                lenient=request.format_lenient,
             )
         sampling = self.sampling(request.options, constraint, request.memory)
         media = media_of(request.messages or [])
@@ -345,7 +350,11 @@ class Prompter:
 
     def complete(self, request: GenRequest) -> Prepared:
         """Raw prompt text, no template."""
-        sampling = self.sampling(request.options, constraint_for(request.format), request.memory)
+        sampling = self.sampling(
+            request.options,
+            constraint_for(request.format, lenient=request.format_lenient),
+            request.memory,
+        )
         media = [
             media_mod.Media.from_wire(item, f"media[{i}]")
             for i, item in enumerate(request.media or [])
@@ -368,7 +377,11 @@ class Prompter:
                 "between a prefix and a suffix",
                 hint="use a code model with FIM tokens (Qwen2.5-Coder, StarCoder2, CodeLlama)",
             )
-        sampling = self.sampling(request.options, constraint_for(request.format), request.memory)
+        sampling = self.sampling(
+            request.options,
+            constraint_for(request.format, lenient=request.format_lenient),
+            request.memory,
+        )
         prefix, suffix = request.prompt or "", request.suffix or ""
 
         def tokens(text: str) -> list[int]:
@@ -432,11 +445,7 @@ def token_ids(value: Any, n_vocab: int, key: str) -> list[int]:
 
 
 def _checked(constraint: str, forcing: bool) -> str:
-    """A request's grammar within the bounds, and one llguidance takes (else a 400 naming
-    what it cannot enforce), checked here before a slot waits for it; forced text spelled as
-    the model's PARAMETER grammar_forcing says."""
-    from localrun.engine import constraint as constraint_mod
-
-    constraint = with_forcing(grammar_bounds.check_grammar(constraint), forcing)
-    constraint_mod.check(constraint)
-    return constraint
+    """A request's grammar within the bounds (the engine compiles it when the request is
+    submitted: a 400 naming what it cannot enforce), its forced text spelled as the model's
+    PARAMETER grammar_forcing says."""
+    return with_forcing(grammar_bounds.check_grammar(constraint), forcing)

