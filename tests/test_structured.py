@@ -275,3 +275,27 @@ def test_ollamas_format_leaves_out_what_it_cannot_enforce_and_checks_the_answer(
         if stream:
             list(parts)
     assert stream or refused.value.status_code == 422
+
+
+def test_one_of_is_enforced_where_no_value_matches_two_branches() -> None:
+    """oneOf read as anyOf is the same where each branch has its own type or its own value
+    of a required property; else only Ollama's lenient format takes it (validated after)."""
+    shapes = {
+        "oneOf": [
+            {"type": "object", "properties": {"kind": {"const": "circle"}}, "required": ["kind"]},
+            {"$ref": "#/$defs/square"},
+        ],
+        "$defs": {
+            "square": {
+                "type": "object",
+                "properties": {"kind": {"enum": ["square"]}, "side": {"type": "number"}},
+                "required": ["kind"],
+            }
+        },
+    }
+    assert "%json" in (constraint_for(shapes) or "")
+    assert "%json" in (constraint_for({"oneOf": [{"type": "string"}, {"type": "null"}]}) or "")
+    overlapping = {"oneOf": [{"type": "number"}, {"type": "integer", "minimum": 2}]}
+    with pytest.raises(BadRequestError, match="oneOf"):
+        constraint_for(overlapping)
+    assert constraint_for(overlapping, lenient=True) is not None

@@ -72,8 +72,9 @@ UNENFORCED = frozenset(
 
 
 def unenforced(schema: Any) -> list[str]:
-    """The keywords of UNENFORCED that `schema` uses (each once, in the order met); a
-    property's name is not a keyword (`"properties": {"not": ...}`)."""
+    """The keywords of UNENFORCED that `schema` uses (each once, in the order met), and
+    `oneOf` where its branches are not exclusive (one_of_exclusive); a property's name is
+    not a keyword (`"properties": {"not": ...}`)."""
     found: dict[str, None] = {}
     stack: list[tuple[Any, int, bool]] = [(schema, 0, False)]
     while stack:
@@ -84,10 +85,119 @@ def unenforced(schema: Any) -> list[str]:
             for key, value in node.items():
                 if not names and key in UNENFORCED:
                     found.setdefault(key, None)
+                if not names and key == "oneOf" and not _exclusive(value, schema):
+                    found.setdefault(key, None)
                 stack.append((value, depth + 1, not names and key in _NAME_MAPS))
         elif isinstance(node, list):
             stack.extend((item, depth + 1, False) for item in node)
     return list(found)
+
+
+def has_one_of(schema: Any) -> bool:
+    """Whether `oneOf` is one of the schema's keywords anywhere."""
+    stack: list[tuple[Any, int, bool]] = [(schema, 0, False)]
+    while stack:
+        node, depth, names = stack.pop()
+        if depth > MAX_DEPTH:
+            break
+        if isinstance(node, dict):
+            if not names and "oneOf" in node:
+                return True
+            stack.extend((v, depth + 1, not names and k in _NAME_MAPS) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1, False) for item in node)
+    return False
+
+
+# -- oneOf: enforced as anyOf where no value can match two of its branches ----------------------
+
+
+def _exclusive(branches: Any, root: Any) -> bool:
+    """Whether no value can match two of `branches` (so anyOf's grammar is oneOf's): each
+    pair differs in type, or both are objects whose common required property takes values
+    of disjoint sets (a discriminator: `"kind": {"const": "circle"}`)."""
+    if not isinstance(branches, list):
+        return False
+    seen = [_resolve(branch, root) for branch in branches]
+    return all(_apart(a, b) for i, a in enumerate(seen) for b in seen[i + 1 :])
+
+
+def _resolve(schema: Any, root: Any) -> Any:
+    """A branch with its local `$ref` followed (a few hops at most)."""
+    for _ in range(8):
+        ref = schema.get("$ref") if isinstance(schema, dict) else None
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            return schema
+        target = root
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            target = target.get(part) if isinstance(target, dict) else None
+        if target is None:
+            return schema
+        schema = target
+    return schema
+
+
+def _types(schema: Any) -> frozenset[str] | None:
+    """The JSON types a branch allows, where it says (None: any)."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return frozenset({_type_of(schema["const"])})
+    if isinstance(schema.get("enum"), list):
+        return frozenset(_type_of(v) for v in schema["enum"])
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        kinds = {kind}
+    elif isinstance(kind, list) and all(isinstance(k, str) for k in kind):
+        kinds = set(kind)
+    else:
+        return None
+    if "number" in kinds:
+        kinds.add("integer")
+    return frozenset(kinds)
+
+
+def _type_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "integer" if value.is_integer() else "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), "?")
+
+
+def _apart(a: Any, b: Any) -> bool:
+    if a is False or b is False:  # a branch no value matches
+        return True
+    ta, tb = _types(a), _types(b)
+    if ta is not None and tb is not None and not ta & tb:
+        return True
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return False
+    required = set(a.get("required") or []) & set(b.get("required") or [])
+    props_a, props_b = a.get("properties") or {}, b.get("properties") or {}
+    for name in required:
+        va, vb = _values(props_a.get(name)), _values(props_b.get(name))
+        if va is not None and vb is not None and not va & vb:
+            return True
+    return False
+
+
+def _values(schema: Any) -> frozenset[str] | None:
+    """The values a property allows, as JSON text, where it names them (const, enum)."""
+    if not isinstance(schema, dict):
+        return None
+    import json
+
+    if "const" in schema:
+        return frozenset({json.dumps(schema["const"], sort_keys=True)})
+    if isinstance(schema.get("enum"), list):
+        return frozenset(json.dumps(v, sort_keys=True) for v in schema["enum"])
+    return None
 
 
 # The keywords whose value is an object of names, each naming a schema.

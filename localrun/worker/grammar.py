@@ -70,7 +70,17 @@ def format_schema(format: Format) -> dict[str, Any] | None:
 def schema_lark(schema: dict[str, Any], *, lenient: bool = False) -> str:
     """A JSON schema as a Lark expression, checked against the bounds a schema may not pass."""
     grammar_bounds.check_schema(schema)
-    options = {"whitespace_pattern": WHITESPACE, "lenient": lenient}
+    options: dict[str, Any] = {"whitespace_pattern": WHITESPACE, "lenient": lenient}
+    if grammar_bounds.has_one_of(schema):
+        # oneOf is read as anyOf: the same values where no value matches two branches; where
+        # one could, only Ollama's lenient `format` takes it (its answer validated after).
+        if not lenient and "oneOf" in grammar_bounds.unenforced(schema):
+            raise BadRequestError(
+                "the output's schema cannot be enforced: a oneOf whose branches one value "
+                "could match both of (no type or required const property tells them apart)",
+                hint="use anyOf, or give each branch a distinct type or a const discriminator",
+            )
+        options["coerce_one_of"] = True
     try:
         text = json.dumps({**schema, "x-guidance": options}, ensure_ascii=False)
     except (TypeError, ValueError) as exc:

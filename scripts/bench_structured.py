@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""Structured outputs on JSONSchemaBench: localrun serve against llama-server, side by side.
+
+    scripts/bench_structured.py --data DIR [--per-dataset N] [--maskbench N] [--json OUT]
+
+DIR is a checkout of github.com/guidance-ai/jsonschemabench (its `data/` of ~10,000 real schemas
+in ten datasets, and `maskbench/data/` of schemas with valid and invalid instances); nothing
+of it is copied into this repository. Get it with `git clone` where GitHub is reachable.
+
+For N schemas a dataset (seeded sample), the same request goes to both servers with the
+SmolLM2 starter at its whole context (8192): `response_format` json_schema, greedy, a user turn
+asking for a value of the schema. Each answer is one of: refused (4xx: the schema is not
+taken), too long (the prompt, which holds the schema, is past the context: counted apart),
+valid (the answer ended and validates, with `jsonschema`), invalid (it ended and does not
+validate: a 200 breaking the client's schema), cut (it reached max_tokens), failed (5xx, a
+timeout, a server that died: restarted for the next). Reported per dataset and server: taken
+(not refused), empirical coverage (valid / all that fit, the JSONSchemaBench paper's measure),
+compliance (valid / ended: 100% is the promise) and decode speed, constrained against the same
+prompt unconstrained to the same number of tokens.
+
+Without a model: localrun's compile time for every sampled schema (median, max), and MaskBench
+(`--maskbench N` files): the share of valid instances the engine takes and of invalid ones it
+refuses, each instance fed as SmolLM2's tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+from benchlib.build import CUDA_HELP, DEFAULT_CACHE, build_for
+from benchlib.common import Unavailable, default_model, say
+from benchlib.serve import Server, llama_server_with, localrun_serve, localrun_store
+
+DATASETS = (
+    "Github_trivial", "Github_easy", "Github_medium", "Github_hard", "Github_ultra",
+    "Glaiveai2K", "JsonSchemaStore", "Kubernetes", "Snowplow", "WashingtonPost",
+)  # fmt: skip
+ASK = (
+    "Write one JSON value that follows this JSON schema, with realistic content. Reply with the "
+    "JSON only.\n\n{schema}"
+)
+TIMEOUT_S = 180.0
+CONTEXT = 8192
+
+
+@dataclass
+class Outcome:
+    kind: str  # refused, valid, invalid, cut, failed
+    tokens: int = 0
+    decode_tps: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class Tally:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    constrained_tps: list[float] = field(default_factory=list)
+    free_tps: list[float] = field(default_factory=list)
+
+
+def sample(data: Path, per_dataset: int, seed: int) -> dict[str, list[tuple[str, Any]]]:
+    out: dict[str, list[tuple[str, Any]]] = {}
+    rng = random.Random(seed)
+    for name in DATASETS:
+        files = sorted((data / "data" / name).glob("*.json"))
+        picked = rng.sample(files, min(per_dataset, len(files)))
+        schemas = []
+        for path in picked:
+            try:
+                schemas.append((path.name, json.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, ValueError):
+                continue
+        out[name] = schemas
+    return out
+
+
+def ask(server: Server, schema: Any, max_tokens: int, constrained: bool) -> Outcome:
+    """One greedy request, streamed: its outcome and decode rate (tokens after the first over
+    the time after the first)."""
+    body: dict[str, Any] = {
+        "model": server.model or "m",
+        "messages": [{"role": "user", "content": ASK.format(schema=json.dumps(schema))}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    if constrained:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema},
+        }
+    url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
+    text, stamps, finish = [], [], None
+    try:
+        with httpx.stream("POST", url, json=body, timeout=TIMEOUT_S) as response:
+            if 400 <= response.status_code < 500:
+                said = response.read().decode(errors="replace")
+                kind = "too long" if "context" in said.lower() else "refused"
+                return Outcome(kind, detail=said[:200])
+            if response.status_code != 200:
+                return Outcome("failed", detail=f"HTTP {response.status_code}")
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    return Outcome("failed", detail=str(chunk["error"])[:200])
+                for choice in chunk.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        text.append(piece)
+                        stamps.append(time.perf_counter())
+                    finish = choice.get("finish_reason") or finish
+    except (httpx.HTTPError, ValueError) as exc:
+        return Outcome("failed", detail=f"{type(exc).__name__}: {exc}"[:200])
+    tps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 else None
+    whole = "".join(text)
+    if finish == "length":
+        return Outcome("cut", len(stamps), tps)
+    if not constrained:
+        return Outcome("free", len(stamps), tps)
+    try:
+        jsonschema.validate(json.loads(whole), schema)
+    except (ValueError, jsonschema.ValidationError, jsonschema.SchemaError) as exc:
+        return Outcome("invalid", len(stamps), tps, str(exc)[:200])
+    return Outcome("valid", len(stamps), tps)
+
+
+def run_servers(
+    servers: list[Server], picked: dict[str, list[tuple[str, Any]]], max_tokens: int, logdir: Path
+) -> dict[str, dict[str, Tally]]:
+    results: dict[str, dict[str, Tally]] = {s.name: defaultdict(Tally) for s in servers}
+    for server in servers:
+        server.start(logdir)
+        server.wait_ready()
+        try:
+            for dataset, schemas in picked.items():
+                for file, schema in schemas:
+                    outcome = ask(server, schema, max_tokens, constrained=True)
+                    tally = results[server.name][dataset]
+                    tally.outcomes[outcome.kind] += 1
+                    say(f"{server.name} {dataset}/{file}: {outcome.kind} {outcome.detail[:120]}")
+                    if outcome.kind == "failed" and server.proc and server.proc.poll() is not None:
+                        say(f"{server.name} died: restarting it")
+                        server.start(logdir)
+                        server.wait_ready()
+                    if outcome.kind == "valid" and outcome.decode_tps and outcome.tokens > 8:
+                        free = ask(server, schema, outcome.tokens, constrained=False)
+                        if free.decode_tps:
+                            tally.constrained_tps.append(outcome.decode_tps)
+                            tally.free_tps.append(free.decode_tps)
+        finally:
+            server.stop()
+    return results
+
+
+def compile_times(model: Path, picked: dict[str, list[tuple[str, Any]]]) -> dict[str, Any]:
+    """localrun's compile of each sampled schema against SmolLM2's vocabulary, in ms."""
+    from localrun.engine import constraint
+    from localrun.engine.types import LoadOptions
+    from localrun.engine.weights import Weights
+    from localrun.errors import LocalrunError
+    from localrun.worker.grammar import constraint_for
+
+    weights = Weights(str(model), LoadOptions(num_ctx=256))
+    tokens = weights.guide()
+    times, refused = [], Counter[str]()
+    try:
+        for schemas in picked.values():
+            for _, schema in schemas:
+                started = time.perf_counter()
+                try:
+                    grammar = constraint_for(schema) if isinstance(schema, dict) else None
+                    if grammar is None:
+                        raise ValueError("not an object schema")
+                    constraint.Constraint(tokens, grammar, weights.n_vocab)
+                except (LocalrunError, ValueError) as exc:
+                    refused[str(exc).split(":", 2)[-1].strip()[:60]] += 1
+                times.append(1000 * (time.perf_counter() - started))
+    finally:
+        weights.close()
+    return {
+        "median_ms": statistics.median(times) if times else None,
+        "max_ms": max(times, default=None),
+        "refusals": refused.most_common(10),
+    }
+
+
+def maskbench(model: Path, data: Path, files: int, seed: int) -> dict[str, Any]:
+    """MaskBench's instances through localrun's engine: valid ones taken, invalid refused."""
+    from localrun.engine import constraint
+    from localrun.engine.types import LoadOptions
+    from localrun.engine.weights import Weights
+    from localrun.errors import LocalrunError
+    from localrun.worker.grammar import constraint_for
+
+    paths = sorted((data / "maskbench" / "data").glob("*.json"))
+    paths = random.Random(seed).sample(paths, min(files, len(paths)))
+    weights = Weights(str(model), LoadOptions(num_ctx=256))
+    tokens = weights.guide()
+    seen: Counter[str] = Counter()
+    try:
+        for path in paths:
+            case = json.loads(path.read_text(encoding="utf-8"))
+            schema = case.get("schema")
+            try:
+                grammar = constraint_for(schema) if isinstance(schema, dict) else None
+                if grammar is None:
+                    raise ValueError("not an object schema")
+                constraint.Constraint(tokens, grammar, weights.n_vocab)
+            except (LocalrunError, ValueError):
+                seen["schema refused"] += 1
+                continue
+            seen["schema taken"] += 1
+            for test in case.get("tests") or []:
+                matcher = constraint.Constraint(tokens, grammar, weights.n_vocab).matcher
+                text = json.dumps(test["data"], ensure_ascii=False)
+                ids = weights.tokenize(text, add_special=False, parse_special=False)
+                taken = matcher.consume_tokens(ids) and not matcher.is_error()
+                taken = bool(taken and matcher.is_accepting())
+                kind = "valid" if test["valid"] else "invalid"
+                seen[f"{kind} {'taken' if taken else 'refused'}"] += 1
+    finally:
+        weights.close()
+    return dict(seen)
+
+
+def share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
+def report(results: dict[str, dict[str, Tally]], picked: dict[str, list[Any]]) -> list[str]:
+    lines = [
+        "| dataset | server | schemas | prompt too long | taken | valid (coverage) | invalid | "
+        "cut | failed | compliance | decode tok/s constrained / free |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset in picked:
+        for server, per in results.items():
+            t = per[dataset]
+            long = t.outcomes["too long"]
+            n = sum(t.outcomes.values()) - long  # the schemas whose prompt fits
+            ended = t.outcomes["valid"] + t.outcomes["invalid"]
+            speed = "-"
+            if t.constrained_tps:
+                c, f = statistics.median(t.constrained_tps), statistics.median(t.free_tps)
+                speed = f"{c:.0f} / {f:.0f} ({c / f:.2f}x)"
+            lines.append(
+                f"| {dataset} | {server} | {n + long} | {long} | "
+                f"{share(n - t.outcomes['refused'], n)} | "
+                f"{share(t.outcomes['valid'], n)} | {t.outcomes['invalid']} | "
+                f"{t.outcomes['cut']} | {t.outcomes['failed']} | "
+                f"{share(t.outcomes['valid'], ended)} | {speed} |"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="a jsonschemabench checkout")
+    parser.add_argument("--per-dataset", type=int, default=10, help="schemas a dataset")
+    parser.add_argument("--maskbench", type=int, default=200, help="MaskBench files (0: none)")
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--model", type=Path, help="GGUF file (default: the SmolLM2 starter)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-llama-server", action="store_true")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--llama-cpp-build", type=Path, help="reuse (or build into) this folder")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="build jobs")
+    parser.add_argument("--cuda", action="store_true", help=CUDA_HELP)
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    model = args.model or default_model()
+    if model is None or not (args.data / "data").is_dir():
+        parser.error("needs --data (a jsonschemabench checkout) and the SmolLM2 starter")
+    picked = sample(args.data, args.per_dataset, args.seed)
+    out: dict[str, Any] = {"compile": compile_times(model, picked)}
+    say(f"compile: {out['compile']}")
+    if args.maskbench:
+        out["maskbench"] = maskbench(model, args.data, args.maskbench, args.seed)
+        say(f"maskbench: {out['maskbench']}")
+    with tempfile.TemporaryDirectory(prefix="bench-structured-") as tmp:
+        home = Path(tmp)
+        lr = localrun_store(home / "lr", model, None, args.threads)
+        servers = [localrun_serve(lr, args.threads)]
+        # The model's whole training context (SmolLM2's 8192): the prompt holds the schema.
+        servers[0].env = {**(servers[0].env or {}), "LOCALRUN_CONTEXT_LENGTH": str(CONTEXT)}
+        if not args.no_llama_server:
+            build = build_for(args, parser)
+            if build is not None:
+                llama = llama_server_with(build.dir, model, args.threads, [])
+                llama.cmd += ["-c", str(CONTEXT)]  # the last -c is the one it takes
+                servers.append(llama)
+        ready = []
+        for server in servers:
+            if server.failure:
+                say(f"{server.name}: {server.failure}")
+            else:
+                ready.append(server)
+        try:
+            results = run_servers(ready, picked, args.max_tokens, home)
+        except Unavailable as exc:
+            say(f"a server failed: {exc}")
+            return 1
+    lines = report(results, picked)
+    print("\n".join(lines))
+    print(f"\ncompile (localrun, SmolLM2's vocabulary): {out['compile']}")
+    if "maskbench" in out:
+        print(f"maskbench (localrun): {out['maskbench']}")
+    if args.json:
+        out["table"] = lines
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
