@@ -299,3 +299,47 @@ def test_one_of_is_enforced_where_no_value_matches_two_branches() -> None:
     with pytest.raises(BadRequestError, match="oneOf"):
         constraint_for(overlapping)
     assert constraint_for(overlapping, lenient=True) is not None
+
+
+def test_a_discriminator_tells_objects_apart_not_other_values() -> None:
+    """`{"k": "a"}` and `{"k": "b"}` tell two object branches apart, but a string matches
+    both branches of a oneOf that does not say objects: refused, never read as anyOf."""
+    branch = [{"required": ["k"], "properties": {"k": {"const": v}}} for v in ("a", "b")]
+    with pytest.raises(BadRequestError, match="oneOf"):
+        constraint_for({"oneOf": branch})
+    ones = [
+        {"type": "object", "required": ["k"], "properties": {"k": {"const": v}}} for v in (1, 1.0)
+    ]
+    with pytest.raises(BadRequestError, match="oneOf"):
+        constraint_for({"oneOf": ones})  # 1 and 1.0 are one value
+
+
+def test_a_tool_named_like_a_placeholder_is_its_name() -> None:
+    from localrun.formats import calls as calls_mod
+    from localrun.formats import parsers
+    from localrun.worker import forced
+
+    tools = calls_mod.normalize(
+        [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+         for name in ("@@json-0@@", "@@json-9@@")]
+    )  # fmt: skip
+    syntax = parsers.by_name("mistral").syntax.with_tools(tools)
+    grammar = forced.grammar(syntax, tools, "required", special={"[TOOL_CALLS]": 5})
+    assert grammar is not None and grammar.count("%json") == 2
+    constraint.check(grammar)
+
+
+@pytest.mark.model
+def test_ollamas_check_after_runs_in_bounded_time_or_is_refused_before(
+    smol_live: LiveServer,
+) -> None:
+    """The patterns an answer is checked with afterwards run on Python's backtracking
+    regular expressions: one that could take exponential time is a 400 before any token."""
+    schema = {"type": "array", "uniqueItems": True, "items": {"pattern": "^(a+)+$"}}
+    answer = httpx.post(
+        f"{smol_live.url}/api/chat",
+        json={"model": SMOL, "messages": [{"role": "user", "content": "hi"}], "stream": False,
+              "format": schema},
+        timeout=PATIENCE_S,
+    )  # fmt: skip
+    assert answer.status_code == 400 and "exponential" in answer.json()["error"]

@@ -19,6 +19,13 @@ from localrun.engine.native import lc
 from localrun.engine.sampling import logprob_entry
 from localrun.engine.slots import Job, Slot, Slots
 from localrun.engine.weights import Weights
+from localrun.errors import BadRequestError, LocalrunError
+
+# Forced text is drafted at most this many tokens at once: a long `const` or enum value takes
+# a few steps instead of a whole batch's rows (each with logits) ahead of the other slots.
+FORCED_MAX = 32
+_FAILED = "the answer could not follow its schema or grammar: "
+_HINT = "simplify the schema or grammar (README: Structured outputs)"
 
 
 class Answering:
@@ -33,6 +40,9 @@ class Answering:
     def _finish(self, slot: Slot, reason: str) -> None:
         raise NotImplementedError  # the engine's
 
+    def _fail(self, slots: list[Slot], exc: LocalrunError) -> None:
+        raise NotImplementedError  # the engine's
+
     def _sample(self, slot: Slot, job: Job) -> None:
         """The slot's next token: checked against its draft, the answer's ends and budgets,
         sent, and the next draft proposed."""
@@ -43,6 +53,10 @@ class Answering:
             token, row = self._verify(slot, job, token, row)
             if token < 0:
                 return
+        failure = job.sampler.failed()
+        if failure is not None:  # the grammar could go no further: never a cut-off "stop"
+            self._fail([slot], BadRequestError(_FAILED + failure, hint=_HINT))
+            return
         if job.ends(token):
             self._finish(slot, "stop")
             return
@@ -56,7 +70,7 @@ class Answering:
             return
         slot.token = token
         room = min(job.budget - job.timings.eval_tokens, job.limit - len(slot.cache) - 1)
-        forced = job.sampler.forced(room) if self._weights.trims else []
+        forced = job.sampler.forced(min(room, FORCED_MAX)) if self._weights.trims else []
         job.forcing = bool(forced)
         if forced:
             slot.draft = forced  # the grammar's text: decoded at once, never a guess

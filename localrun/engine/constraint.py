@@ -25,7 +25,7 @@ from typing import Any
 import llguidance
 
 from localrun.engine.native import lc
-from localrun.errors import BadRequestError
+from localrun.errors import BadRequestError, EngineError
 
 # What one grammar may cost: its size when compiled, and the work of one mask (llguidance's
 # fuel: the lexer's and the Earley parser's steps). A grammar past them is refused when it is
@@ -52,7 +52,7 @@ def tokenizer(vocab: Any) -> Any:
     for token in range(n_vocab):
         n = lc.llama_token_to_piece(vocab, token, buffer, _PIECE, 0, True)
         if n < 0:
-            raise BadRequestError(f"token {token} of the vocabulary is longer than {_PIECE} bytes")
+            raise EngineError(f"token {token} of the vocabulary is longer than {_PIECE} bytes")
         piece = buffer.raw[:n]
         attr = lc.llama_vocab_get_attr(vocab, token)
         if attr & control or (attr & user and piece.startswith(b"<") and piece.endswith(b">")):
@@ -73,8 +73,9 @@ _PIECE = 16 * 1024  # the longest token's bytes
 
 
 def check(grammar: str) -> None:
-    """Raise BadRequestError when llguidance will not take the grammar (without a vocabulary:
-    the server side checks a request's before it reaches a runner)."""
+    """Raise BadRequestError when llguidance will not take the grammar, compiled without a
+    vocabulary (the tests and scripts/bench_structured.py; a request's is compiled by the
+    engine, with its model's)."""
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, limits=LIMITS)
     if failed:
         raise BadRequestError(_message(messages[0]), hint=_HINT)

@@ -213,6 +213,10 @@ class Sampler:
             self._remember(token)
         return token
 
+    def failed(self) -> str | None:
+        """Why the answer's grammar can go no further (a step past its limits), if so."""
+        return self.constraint.failed() if self.constraint is not None else None
+
     def forced(self, limit: int) -> list[int]:
         """The tokens the grammar forces next, at most `limit` (none without a grammar of
         llguidance's, or where it forces nothing)."""

@@ -13,7 +13,7 @@ import functools
 import threading
 from typing import Any
 
-from localrun.engine import prompt_cache
+from localrun.engine import constraint, prompt_cache
 from localrun.engine.machine import machine_params
 from localrun.engine.native import lc
 from localrun.engine.types import FimTokens, LoadOptions
@@ -400,8 +400,6 @@ class Weights:
         first one's request (engine.constraint), kept while the weights are."""
         with self._guide_lock:
             if self._guide is None:
-                from localrun.engine import constraint
-
                 self._guide = constraint.tokenizer(self.vocab)
             return self._guide
 

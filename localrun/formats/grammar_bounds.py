@@ -18,6 +18,7 @@ Past any of them the request is a 400 naming the bound.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from localrun.errors import BadRequestError
@@ -112,11 +113,14 @@ def has_one_of(schema: Any) -> bool:
 # -- oneOf: enforced as anyOf where no value can match two of its branches ----------------------
 
 
+MAX_ONE_OF = 64  # branches a oneOf may have to be read as anyOf (each pair is compared)
+
+
 def _exclusive(branches: Any, root: Any) -> bool:
     """Whether no value can match two of `branches` (so anyOf's grammar is oneOf's): each
-    pair differs in type, or both are objects whose common required property takes values
-    of disjoint sets (a discriminator: `"kind": {"const": "circle"}`)."""
-    if not isinstance(branches, list):
+    pair differs in type, or both allow objects alone and a property both require takes
+    values of disjoint sets (a discriminator: `"kind": {"const": "circle"}`)."""
+    if not isinstance(branches, list) or len(branches) > MAX_ONE_OF:
         return False
     seen = [_resolve(branch, root) for branch in branches]
     return all(_apart(a, b) for i, a in enumerate(seen) for b in seen[i + 1 :])
@@ -167,7 +171,9 @@ def _type_of(value: Any) -> str:
         return "integer"
     if isinstance(value, float):
         return "integer" if value.is_integer() else "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), "?")
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 def _apart(a: Any, b: Any) -> bool:
@@ -176,10 +182,18 @@ def _apart(a: Any, b: Any) -> bool:
     ta, tb = _types(a), _types(b)
     if ta is not None and tb is not None and not ta & tb:
         return True
-    if not (isinstance(a, dict) and isinstance(b, dict)):
+    objects = frozenset({"object"})
+    if ta != objects or tb != objects or not (isinstance(a, dict) and isinstance(b, dict)):
+        return False  # a discriminator tells objects apart, not strings that match both
+    names_a, names_b = a.get("required"), b.get("required")
+    props_a, props_b = a.get("properties"), b.get("properties")
+    if not (isinstance(names_a, list) and isinstance(names_b, list)):
         return False
-    required = set(a.get("required") or []) & set(b.get("required") or [])
-    props_a, props_b = a.get("properties") or {}, b.get("properties") or {}
+    if not (isinstance(props_a, dict) and isinstance(props_b, dict)):
+        return False
+    required = {n for n in names_a if isinstance(n, str)} & {
+        n for n in names_b if isinstance(n, str)
+    }
     for name in required:
         va, vb = _values(props_a.get(name)), _values(props_b.get(name))
         if va is not None and vb is not None and not va & vb:
@@ -188,16 +202,21 @@ def _apart(a: Any, b: Any) -> bool:
 
 
 def _values(schema: Any) -> frozenset[str] | None:
-    """The values a property allows, as JSON text, where it names them (const, enum)."""
+    """The values a property allows, as JSON text, where it names them (const, enum); a
+    number as its value is (1 and 1.0 are one value to JSON Schema)."""
     if not isinstance(schema, dict):
         return None
-    import json
-
     if "const" in schema:
-        return frozenset({json.dumps(schema["const"], sort_keys=True)})
+        return frozenset({_text(schema["const"])})
     if isinstance(schema.get("enum"), list):
-        return frozenset(json.dumps(v, sort_keys=True) for v in schema["enum"])
+        return frozenset(_text(v) for v in schema["enum"])
     return None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value, sort_keys=True)
 
 
 # The keywords whose value is an object of names, each naming a schema.

@@ -6,29 +6,48 @@ enforce (formats.grammar_bounds.UNENFORCED: `uniqueItems`, `contains`, `not`, `i
 out of the constraint, and an answer that ended by itself is validated against the whole
 schema with `jsonschema`: one that does not validate is an error in Ollama's shape (422, or the
 last line of a stream), naming the keyword, never a 200 carrying a value the client's schema
-refuses. Every other route refuses such a schema with a 400 before any token is made.
+refuses. Every other route refuses such a schema with a 400 before any token is made. What
+the check runs is bounded before the answer is made: the schema must be one jsonschema takes,
+and each pattern one Python's backtracking regular expressions run in bounded time on.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
+from re import _constants as _c  # type: ignore[attr-defined]
+from re import _parser as _sre  # type: ignore[attr-defined]
 from typing import Any
 
-from localrun.errors import AnswerSchemaError
+from localrun.errors import AnswerSchemaError, BadRequestError
 from localrun.formats import grammar_bounds
 
 
 def to_check(format: Any) -> dict[str, Any] | None:
     """The schema an Ollama answer is validated against after: the format's, where it holds a
-    keyword the engine does not enforce (None: the constraint enforces all of it)."""
+    keyword the engine does not enforce (None: the constraint enforces all of it). Checked
+    here, before any token is made, that it can be: a schema jsonschema refuses, or a pattern
+    Python's regular expressions cannot run in bounded time, is a 400."""
     if not isinstance(format, dict) or not grammar_bounds.unenforced(format):
         return None
+    import jsonschema
+
+    try:
+        _validator(format).check_schema(format)
+    except (jsonschema.exceptions.SchemaError, RecursionError, ValueError, TypeError) as exc:
+        message = getattr(exc, "message", str(exc))
+        raise BadRequestError(f"the format's schema is not a JSON schema: {message}") from None
+    for pattern in _patterns(format):
+        _check_pattern(pattern)
     return format
 
 
 def check(text: str, schema: dict[str, Any]) -> None:
-    """Raise AnswerSchemaError unless `text` is JSON that validates against `schema`."""
+    """Raise AnswerSchemaError unless `text` is JSON that validates against `schema` (one
+    `to_check` gave)."""
     import jsonschema
+    import referencing.exceptions
 
     keywords = ", ".join(grammar_bounds.unenforced(schema))
     hint = f"{keywords} cannot be enforced while the answer is made (README: Structured outputs)"
@@ -36,11 +55,18 @@ def check(text: str, schema: dict[str, Any]) -> None:
         value = json.loads(text)
     except ValueError as exc:
         raise AnswerSchemaError(f"the answer is not JSON: {exc}", hint=hint) from None
-    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cannot = (
+        jsonschema.exceptions.SchemaError,
+        referencing.exceptions.Unresolvable,
+        re.error,
+        RecursionError,
+        TypeError,
+        ValueError,
+    )
     try:
-        error = jsonschema.exceptions.best_match(validator(schema).iter_errors(value))
-    except (jsonschema.exceptions.SchemaError, RecursionError, ValueError) as exc:
-        raise AnswerSchemaError(f"the format's schema cannot validate: {exc}", hint=hint) from None
+        error = jsonschema.exceptions.best_match(_validator(schema)(schema).iter_errors(value))
+    except cannot as exc:
+        raise AnswerSchemaError(f"the answer cannot be checked: {exc}", hint=hint) from None
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "the answer"
         raise AnswerSchemaError(
@@ -48,3 +74,71 @@ def check(text: str, schema: dict[str, Any]) -> None:
             f"{error.validator} {error.message[:200]}",
             hint=hint,
         )
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    import jsonschema
+
+    return jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+
+
+def _patterns(schema: Any) -> Iterator[str]:
+    """Every regular expression the schema holds (`pattern`s, `patternProperties`' names)."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "pattern" and isinstance(value, str):
+                    yield value
+                elif key == "patternProperties" and isinstance(value, dict):
+                    yield from (name for name in value if isinstance(name, str))
+                stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+# Python's regular expressions backtrack: a repetition of something of several lengths inside
+# another repetition (`(a+)+`, `(a|aa)*`, `(\w+\s?)*`) can take time exponential in the text.
+# Where an answer is checked with a pattern afterwards, it may hold none.
+_REPEATS = (_c.MAX_REPEAT, _c.MIN_REPEAT, getattr(_c, "POSSESSIVE_REPEAT", _c.MAX_REPEAT))
+
+
+def _check_pattern(pattern: str) -> None:
+    hint = "simplify the pattern, or leave the keywords Ollama cannot enforce out of the format"
+    try:
+        tree = _sre.parse(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise BadRequestError(
+            f"the format's pattern {pattern[:60]!r} cannot be checked: {exc}", hint=hint
+        ) from None
+    stack: list[tuple[Any, bool]] = [(tree, False)]  # (a part, inside a repetition)
+    while stack:
+        sub, inside = stack.pop()
+        for op, av in sub:
+            if op in _REPEATS:
+                low, high, body = av
+                width_low, width_high = body.getwidth()
+                if inside and (low != high or width_low != width_high):
+                    raise BadRequestError(
+                        f"the format's pattern {pattern[:60]!r} repeats parts of several "
+                        "lengths inside a repetition: checking an answer with it could take "
+                        "exponential time",
+                        hint=hint,
+                    )
+                stack.append((body, inside or high > 1))
+            elif op == _c.SUBPATTERN:
+                stack.append((av[-1], inside))
+            elif op == _c.BRANCH:
+                # Alternatives of several lengths repeated are as ambiguous (`(a|aa)*`).
+                widths = {alt.getwidth() for alt in av[1]}
+                if inside and len(widths) > 1:
+                    raise BadRequestError(
+                        f"the format's pattern {pattern[:60]!r} repeats alternatives of "
+                        "several lengths: checking an answer with it could take exponential "
+                        "time",
+                        hint=hint,
+                    )
+                stack.extend((alt, inside) for alt in av[1])
+            elif op in (_c.ASSERT, _c.ASSERT_NOT):
+                stack.append((av[1], inside))

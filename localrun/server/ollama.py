@@ -216,8 +216,9 @@ async def _answer(
     are in the final object.
     """
 
+    schema = answer_schema.to_check(body.data.get("format"))
+
     def final(text: str = "", *, with_calls: bool = False) -> dict[str, Any]:
-        schema = answer_schema.to_check(body.data.get("format"))
         if schema is not None and generation.done_reason == "stop" and not generation.calls:
             answer_schema.check(generation.text, schema)
         shaped = calls(text, 0) if calls is not None and with_calls else None
@@ -289,6 +290,7 @@ async def generate(request: Request) -> Response:
             keep_alive=body.keep_alive(),
             logprobs=_logprobs(body),
         )
+        answer_schema.to_check(body.data.get("format"))  # a 400 before any token
         generation = await start(request, req)
         return await _answer(request, body, generation, shape)
     images = media.ollama_media(body.data, "request")
@@ -312,6 +314,7 @@ async def generate(request: Request) -> Response:
         think=None if raw else _think(body),
         logprobs=_logprobs(body),
     )
+    answer_schema.to_check(body.data.get("format"))  # a 400 before any token
     generation = await start(request, req)
 
     def last(text: str) -> dict[str, Any]:
@@ -367,6 +370,7 @@ async def chat(request: Request) -> Response:
         think=_think(body),
         logprobs=_logprobs(body),
     )
+    answer_schema.to_check(body.data.get("format"))  # a 400 before any token
     generation = await start(request, req)
 
     def with_calls(text: str, streamed: int) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from typing import Any
 
 from localrun.errors import BadRequestError
@@ -29,7 +30,10 @@ WHITESPACE = r"( |\n[ \t]{0,20})?"
 # What "json" asks for: an object, as llama.cpp's JSON grammar's root is.
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
-_PLACEHOLDER = re.compile(r'"@@json-(\d+)@@"')
+# A schema's place in a forced call's GBNF: a literal no tool name or marker can spell (its
+# nonce is this process's own).
+_NONCE = secrets.token_hex(8)
+_PLACEHOLDER = re.compile(rf'"@@json-{_NONCE}-(\d+)@@"')
 # Lark's pieces a name is not renamed inside: strings and regular expressions.
 _LARK_TEXT = re.compile(r'"(?:[^"\\]|\\.)*"i?|/(?:[^/\\\n]|\\.)+/[imslux]*')
 _LARK_NAME = re.compile(r"\b[A-Z][A-Z0-9_]*\b")
@@ -90,7 +94,7 @@ def schema_lark(schema: dict[str, Any], *, lenient: bool = False) -> str:
 
 def json_placeholder(index: int) -> str:
     """GBNF for where the JSON value of `schemas[index]` goes (to_lark puts it in)."""
-    return f'"@@json-{index}@@"'
+    return f'"@@json-{_NONCE}-{index}@@"'
 
 
 def to_lark(
@@ -107,7 +111,12 @@ def to_lark(
     except (GbnfToLarkError, ValueError, IndexError, KeyError) as exc:
         raise BadRequestError(f"the grammar cannot be read: {exc}") from None
     lark = _as_rules(lark, special)
-    return _PLACEHOLDER.sub(lambda m: schema_lark(schemas[int(m.group(1))], lenient=lenient), lark)
+
+    def put(match: re.Match[str]) -> str:
+        index = int(match.group(1))
+        return schema_lark(schemas[index], lenient=lenient) if index < len(schemas) else match[0]
+
+    return _PLACEHOLDER.sub(put, lark)
 
 
 def _tokens_in(literal: str, special: dict[str, int]) -> str:
