@@ -144,6 +144,10 @@ def pyinstaller(workdir: Path, onefile: bool) -> Path:
         "--collect-binaries", "llama_cpp",
         # uvicorn picks its loop and protocol modules by name at run time.
         "--collect-submodules", "uvicorn",
+        # llguidance reads its own version from its metadata when imported; jsonschema's
+        # metaschemas are data files (Ollama's format checked after, server/answer_schema.py).
+        "--copy-metadata", "llguidance",
+        "--collect-data", "jsonschema_specifications",
     ]  # fmt: skip
     for module in EXCLUDES:
         cmd += ["--exclude-module", module]

@@ -13,11 +13,11 @@ import pytest
 from test_speculate import one_token_logits
 
 from localrun.engine.batch import BatchEngine
-from localrun.engine.grammars import json_grammar, json_schema_grammar
-from localrun.engine.sampling import grammar_sampler
+from localrun.engine.constraint import Constraint
 from localrun.engine.types import LoadOptions, SamplingOptions
 from localrun.errors import ContextOverflowError, InvalidGGUFError, ModelLoadError
 from localrun.formats import template
+from localrun.worker.grammar import constraint_for
 
 pytestmark = pytest.mark.model
 
@@ -80,10 +80,10 @@ def test_a_follow_up_turn_evaluates_only_new_tokens(smollm2: BatchEngine) -> Non
 
 def test_multibyte_characters_come_out_whole(smollm2: BatchEngine) -> None:
     target = "日本語 café ☕ naïve"
-    grammar = 'root ::= "' + target + '"'
+    grammar = f"start: {json.dumps(target, ensure_ascii=False)}"
     gen = smollm2.generate(
         smollm2.tokenize("Say it:", add_special=False, parse_special=False),
-        SamplingOptions(temperature=0, num_predict=64, grammar=grammar),
+        SamplingOptions(temperature=0, num_predict=64, constraint=grammar),
     )
     pieces = list(gen)
     assert "".join(pieces) == target
@@ -106,7 +106,8 @@ def test_json_grammar_output_parses(smollm2: BatchEngine) -> None:
     )
     text = "".join(
         smollm2.generate(
-            tokens, SamplingOptions(temperature=0, num_predict=200, grammar=json_grammar())
+            tokens,
+            SamplingOptions(temperature=0, num_predict=200, constraint=constraint_for("json")),
         )
     )
     json.loads(text)
@@ -114,42 +115,27 @@ def test_json_grammar_output_parses(smollm2: BatchEngine) -> None:
 
 def _allowed(model: BatchEngine, grammar: str, prefix: str, piece: str) -> bool:
     """Whether `grammar`, having read `prefix`, lets the single token `piece` come next."""
-    import ctypes
-
-    import llama_cpp as lc
-
-    sampler = grammar_sampler(model._weights.vocab, grammar)
-    try:
-        for token in model.tokenize(prefix, add_special=False, parse_special=False):
-            lc.llama_sampler_accept(sampler, token)
-        [token] = model.tokenize(piece, add_special=False, parse_special=False)
-        one = (lc.llama_token_data * 1)()
-        one[0].id, one[0].logit, one[0].p = token, 1.0, 0.0
-        array = lc.llama_token_data_array(
-            data=ctypes.cast(one, lc.llama_token_data_p), size=1, selected=-1, sorted=False
-        )
-        lc.llama_sampler_apply(sampler, ctypes.byref(array))
-        return bool(one[0].logit != float("-inf"))
-    finally:
-        lc.llama_sampler_free(sampler)
+    weights = model._weights
+    constraint = Constraint(weights.guide(), grammar, weights.n_vocab)
+    constraint.matcher.consume_tokens(
+        model.tokenize(prefix, add_special=False, parse_special=False)
+    )
+    [token] = model.tokenize(piece, add_special=False, parse_special=False)
+    return constraint.allows(token)
 
 
 @pytest.mark.parametrize(
-    "grammar",
+    "schema",
     [
-        pytest.param(json_grammar, id="json"),
-        pytest.param(
-            lambda: json_schema_grammar(
-                json.dumps({"type": "object", "properties": {"a": {"type": "string"}}})
-            ),
-            id="json_schema",
-        ),
+        pytest.param("json", id="json"),
+        pytest.param({"type": "object", "properties": {"a": {"type": "string"}}}, id="schema"),
     ],
 )
-def test_json_grammars_refuse_raw_control_characters_in_strings(
-    smollm2: BatchEngine, grammar: Any
+def test_json_constraints_refuse_raw_control_characters_in_strings(
+    smollm2: BatchEngine, schema: Any
 ) -> None:
-    text = grammar()
+    text = constraint_for(schema)
+    assert text is not None
     prefix = '{"a": "'
     assert _allowed(smollm2, text, prefix, "x")
     assert _allowed(smollm2, text, prefix, '"')

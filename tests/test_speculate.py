@@ -20,11 +20,11 @@ from conftest import PATIENCE_S
 from localrun.engine import speculate
 from localrun.engine.batch import BatchEngine
 from localrun.engine.costs import DecodeCost
-from localrun.engine.grammars import json_schema_grammar
 from localrun.engine.speculate import NgramDrafter, Speculator
 from localrun.engine.types import LoadOptions, SamplingOptions, Timings
 from localrun.sources import obtain
 from localrun.store import reference
+from localrun.worker.grammar import constraint_for
 
 # -- the drafter (pure) -----------------------------------------------------------------------
 
@@ -386,9 +386,9 @@ def test_a_grammar_holds_for_every_accepted_token(smol: BatchEngine) -> None:
         f"{json.dumps(record)}<|im_end|>\n<|im_start|>assistant\n"
     )
     prompt = smol.tokenize(text, add_special=True, parse_special=True)
-    grammar = json_schema_grammar(json.dumps(schema))
+    grammar = constraint_for(schema)
     for mode in ("off", "ngram"):
-        gen = smol.generate(prompt, greedy(speculate=mode, num_predict=120, grammar=grammar))
+        gen = smol.generate(prompt, greedy(speculate=mode, num_predict=120, constraint=grammar))
         answer = "".join(gen.pieces)
         value = json.loads(answer)
         assert set(value) == {"name", "born", "languages"}, answer
@@ -486,9 +486,9 @@ def test_slots_keep_grammars_and_stop_tokens_while_speculating(
     stop = plain[40]
     engine = BatchEngine(smollm2_path, LoadOptions(num_ctx=1024, num_thread=2), 3)
     try:
-        grammar = json_schema_grammar(json.dumps(schema))
+        grammar = constraint_for(schema)
         shaped, stopped, free = Sink(), Sink(), Sink()
-        engine.submit(json_prompt, greedy(speculate="ngram", grammar=grammar), sink=shaped)
+        engine.submit(json_prompt, greedy(speculate="ngram", constraint=grammar), sink=shaped)
         engine.submit(edit, greedy(speculate="ngram"), stop_tokens=frozenset([stop]), sink=stopped)
         engine.submit(edit, greedy(speculate="ngram"), sink=free)
         for sink in (shaped, stopped, free):

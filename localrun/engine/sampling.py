@@ -1,7 +1,6 @@
 """Sampling: native sampler chains from the sampling PARAMETERs, run on the tokens that can win
 (Sampler), with constrained sampling the way llama.cpp's common sampler does it (llguidance's
-masks, engine.constraint; llama.cpp's GBNF sampler for a GBNF grammar, engine.grammars'), and
-the log-probabilities OpenAI reports."""
+masks, engine.constraint), and the log-probabilities OpenAI reports."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from typing import Any
 from localrun.engine.constraint import Constraint
 from localrun.engine.native import lc
 from localrun.engine.types import SamplingOptions
-from localrun.errors import BadRequestError, EngineError
+from localrun.errors import EngineError
 
 
 def native_seed(seed: int) -> int:
@@ -91,18 +90,6 @@ def _penalty_window(s: SamplingOptions, n_ctx: int) -> int:
     return n_ctx if s.repeat_last_n < 0 else min(s.repeat_last_n, n_ctx)
 
 
-def grammar_sampler(vocab: Any, text: str) -> Any:
-    """A native GBNF grammar sampler (root rule `root`); the caller frees it."""
-    grammar = lc.llama_sampler_init_grammar(vocab, text.encode(), b"root")
-    if not grammar:
-        # The grammar comes from the request (format, response_format, tools): a client error.
-        raise BadRequestError(
-            "the output grammar could not be compiled",
-            hint="simplify the JSON schema or the grammar",
-        )
-    return grammar
-
-
 class Sampler:
     """One answer's sampling: its native chain (and grammar), with greedy decoding done on the
     few tokens that can win instead of the whole vocabulary, with the same result.
@@ -116,9 +103,9 @@ class Sampler:
     exactly equal logits, which neither path defines. Sampling with temperature stays
     llama_sampler_sample's: measured, numpy finds the top_k no faster than it does.
 
-    With a grammar, sampling is llama.cpp's common sampler's: sample freely, check only the
-    chosen token against the grammar, and apply the grammar to every candidate (a walk of the
-    grammar per vocabulary entry) only when that token is rejected.
+    With a grammar (engine.constraint), sampling is llama.cpp's common sampler's: sample
+    freely, check only the chosen token against the grammar, and mask every candidate with
+    the grammar's allowed tokens only when that token is refused.
     """
 
     def __init__(
@@ -133,7 +120,6 @@ class Sampler:
 
         self.np: Any = np
         self.n_vocab = n_vocab
-        self.grammar: Any = None
         self.constraint: Constraint | None = None
         self.chain: Any = sampler_chain(s, n_vocab, n_ctx)
         try:
@@ -141,8 +127,6 @@ class Sampler:
                 if guide is None:
                     raise EngineError("a constrained answer needs the vocabulary's tokenizer")
                 self.constraint = Constraint(guide(), s.constraint, n_vocab)
-            elif s.grammar:
-                self.grammar = grammar_sampler(vocab, s.grammar)
         except BaseException:
             self.free()
             raise
@@ -167,9 +151,6 @@ class Sampler:
         self.cur.data = ctypes.cast(self.data, lc.llama_token_data_p)  # type: ignore[assignment]
         self.cur_p = ctypes.byref(self.cur)
         self.every: Any = None  # 0..n_vocab-1, made on the first whole-vocabulary fill
-        self.one = (lc.llama_token_data * 1)()
-        self.one_array = lc.llama_token_data_array()
-        self.one_array.data = ctypes.cast(self.one, lc.llama_token_data_p)  # type: ignore[assignment]
         self.row_type = ctypes.c_float * n_vocab
         self.rows: dict[int, Any] = {}  # the logits' addresses, seen as numpy arrays
         # Tokens greedy chose from the best logit alone, not yet accepted by the chain: only
@@ -180,14 +161,11 @@ class Sampler:
         if self.chain is not None:
             lc.llama_sampler_free(self.chain)
             self.chain = None
-        if self.grammar is not None:
-            lc.llama_sampler_free(self.grammar)
-            self.grammar = None
 
     def sample(self, ctx: Any, row: int) -> int:
         """The token the chain (and grammar) choose at the batch's row `row`, accepted."""
         constraint = self.constraint
-        if self.grammar is None and constraint is None and not self.greedy:
+        if constraint is None and not self.greedy:
             token = int(lc.llama_sampler_sample(self.chain, ctx, row))  # accepts it
         else:
             logits = self._row(ctx, row)
@@ -198,12 +176,6 @@ class Sampler:
                     constraint.restrict(self.logits)
                     token, alone = self._apply(None), False
                 constraint.accept(token)
-            elif self.grammar is not None:
-                if not self._allowed(token):
-                    self._fill(logits)
-                    lc.llama_sampler_apply(self.grammar, self.cur_p)
-                    token, alone = self._apply(None), False
-                lc.llama_sampler_accept(self.grammar, token)
             if not alone:
                 lc.llama_sampler_accept(self.chain, token)
             elif self.last_n:
@@ -218,8 +190,8 @@ class Sampler:
         return self.constraint.failed() if self.constraint is not None else None
 
     def forced(self, limit: int) -> list[int]:
-        """The tokens the grammar forces next, at most `limit` (none without a grammar of
-        llguidance's, or where it forces nothing)."""
+        """The tokens the grammar forces next, at most `limit` (none without a grammar, or
+        where it forces nothing)."""
         if self.constraint is None or limit <= 0:
             return []
         return self.constraint.forced()[:limit]
@@ -297,15 +269,6 @@ class Sampler:
                 counts[gone] -= 1
         window.append(token)
         counts[token] = counts.get(token, 0) + 1
-
-    def _allowed(self, token: int) -> bool:
-        """Whether the grammar lets `token` come next."""
-        one = self.one[0]
-        one.id, one.logit, one.p = token, 1.0, 0.0  # type: ignore[assignment]
-        single = self.one_array
-        single.size, single.selected, single.sorted = 1, -1, False
-        lc.llama_sampler_apply(self.grammar, ctypes.byref(single))
-        return bool(one.logit != float("-inf"))
 
 
 def logprob_entry(

@@ -52,9 +52,8 @@ class SamplingOptions:
     seed: int = -1
     num_predict: int = -1
     stop: tuple[str, ...] = ()
-    grammar: str | None = None  # GBNF, llama.cpp's own grammar sampler (a Modelfile's)
-    # An llguidance grammar (engine.constraint: Lark, JSON schemas as %json): format,
-    # response_format, forced calls. Set by the runner per request, never a PARAMETER.
+    # The answer's grammar, llguidance's (engine.constraint: Lark, JSON schemas as %json):
+    # format, response_format, forced calls. Set by the runner per request, never a PARAMETER.
     constraint: str | None = None
     speculate: str = "auto"  # engine.speculate.MODES
     draft_num_predict: int = 64  # the longest draft (engine.speculate.DEFAULT_DRAFT_MAX)
