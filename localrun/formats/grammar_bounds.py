@@ -88,7 +88,7 @@ def unenforced(schema: Any) -> list[str]:
                     found.setdefault(key, None)
                 if not names and key == "oneOf" and not _exclusive(value, schema):
                     found.setdefault(key, None)
-                stack.append((value, depth + 1, not names and key in _NAME_MAPS))
+                stack.append((value, depth + 1, not names and key in NAME_MAPS))
         elif isinstance(node, list):
             stack.extend((item, depth + 1, False) for item in node)
     return list(found)
@@ -104,7 +104,7 @@ def has_one_of(schema: Any) -> bool:
         if isinstance(node, dict):
             if not names and "oneOf" in node:
                 return True
-            stack.extend((v, depth + 1, not names and k in _NAME_MAPS) for k, v in node.items())
+            stack.extend((v, depth + 1, not names and k in NAME_MAPS) for k, v in node.items())
         elif isinstance(node, list):
             stack.extend((item, depth + 1, False) for item in node)
     return False
@@ -119,7 +119,8 @@ MAX_ONE_OF = 64  # branches a oneOf may have to be read as anyOf (each pair is c
 def _exclusive(branches: Any, root: Any) -> bool:
     """Whether no value can match two of `branches` (so anyOf's grammar is oneOf's): each
     pair differs in type, or both allow objects alone and a property both require takes
-    values of disjoint sets (a discriminator: `"kind": {"const": "circle"}`)."""
+    values of disjoint sets (a discriminator: `"kind": {"const": "circle"}`), or one requires
+    a property the other, a closed object (`additionalProperties: false`), does not list."""
     if not isinstance(branches, list) or len(branches) > MAX_ONE_OF:
         return False
     seen = [_resolve(branch, root) for branch in branches]
@@ -191,14 +192,22 @@ def _apart(a: Any, b: Any) -> bool:
         return False
     if not (isinstance(props_a, dict) and isinstance(props_b, dict)):
         return False
-    required = {n for n in names_a if isinstance(n, str)} & {
-        n for n in names_b if isinstance(n, str)
-    }
-    for name in required:
+    needs_a = {n for n in names_a if isinstance(n, str)}
+    needs_b = {n for n in names_b if isinstance(n, str)}
+    if _forbids(b, needs_a - set(props_b)) or _forbids(a, needs_b - set(props_a)):
+        return True  # one requires a property the other's closed object cannot have
+    for name in needs_a & needs_b:
         va, vb = _values(props_a.get(name)), _values(props_b.get(name))
         if va is not None and vb is not None and not va & vb:
             return True
     return False
+
+
+def _forbids(schema: dict[str, Any], names: set[str]) -> bool:
+    """Whether an object of `schema` can have none of `names` (some given), as one that
+    lists its properties and allows no others."""
+    closed = schema.get("additionalProperties") is False and "patternProperties" not in schema
+    return bool(names) and closed
 
 
 def _values(schema: Any) -> frozenset[str] | None:
@@ -220,7 +229,7 @@ def _text(value: Any) -> str:
 
 
 # The keywords whose value is an object of names, each naming a schema.
-_NAME_MAPS = frozenset(
+NAME_MAPS = frozenset(
     {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
 )
 

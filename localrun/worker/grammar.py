@@ -74,6 +74,7 @@ def format_schema(format: Format) -> dict[str, Any] | None:
 def schema_lark(schema: dict[str, Any], *, lenient: bool = False) -> str:
     """A JSON schema as a Lark expression, checked against the bounds a schema may not pass."""
     grammar_bounds.check_schema(schema)
+    schema = _known_formats(schema)
     options: dict[str, Any] = {"whitespace_pattern": WHITESPACE, "lenient": lenient}
     if grammar_bounds.has_one_of(schema):
         # oneOf is read as anyOf: the same values where no value matches two branches; where
@@ -90,6 +91,27 @@ def schema_lark(schema: dict[str, Any], *, lenient: bool = False) -> str:
     except (TypeError, ValueError) as exc:
         raise BadRequestError(f"the JSON schema is not JSON: {exc}") from None
     return f"%json {text}"
+
+
+# The string formats llguidance enforces. Any other is an annotation, as JSON Schema has it
+# (a validator asserts none it does not know): left out of the grammar, not refused.
+FORMATS = frozenset(
+    {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid", "uri"}
+)
+
+
+def _known_formats(schema: Any, names: bool = False) -> Any:
+    """`schema` without the `format`s llguidance does not know (a copy where it has one)."""
+    if isinstance(schema, list):
+        return [_known_formats(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if not names and key == "format" and isinstance(value, str) and value not in FORMATS:
+            continue
+        out[key] = _known_formats(value, not names and key in grammar_bounds.NAME_MAPS)
+    return out
 
 
 def json_placeholder(index: int) -> str:
