@@ -343,3 +343,33 @@ def test_ollamas_check_after_runs_in_bounded_time_or_is_refused_before(
         timeout=PATIENCE_S,
     )  # fmt: skip
     assert answer.status_code == 400 and "exponential" in answer.json()["error"]
+
+
+def test_a_format_llguidance_does_not_know_is_an_annotation() -> None:
+    """JSON Schema's `format` asserts nothing a validator does not know: such a one is left
+    out of the grammar, not refused (a property named `format` stays)."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "format": {"type": "string", "format": "url"},
+            "day": {"type": "string", "format": "date"},
+        },
+    }
+    grammar = constraint_for(schema) or ""
+    assert '"format": {"type": "string"}' in grammar and '"format": "date"' in grammar
+    constraint.check(grammar)
+
+
+def test_closed_objects_requiring_what_the_other_cannot_have_are_apart() -> None:
+    def closed(name: str) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {name: {"type": "string"}},
+            "required": [name],
+            "additionalProperties": False,
+        }
+
+    constraint.check(constraint_for({"oneOf": [closed("email"), closed("phone")]}) or "")
+    email, phone = ({**closed(n), "additionalProperties": True} for n in ("email", "phone"))
+    with pytest.raises(BadRequestError, match="oneOf"):  # an object may have both
+        constraint_for({"oneOf": [email, phone]})
