@@ -18,6 +18,7 @@ EVERY_FIELD = GenRequest(
     system="s",
     options={"temperature": 0},
     format="json",
+    format_lenient=True,
     tools=[{"type": "function", "function": {"name": "f"}}],
     tool_choice="required",
     think="low",
