@@ -475,6 +475,7 @@ def test_slots_keep_grammars_and_stop_tokens_while_speculating(
         "type": "object",
         "properties": {"name": {"type": "string"}, "born": {"type": "integer"}},
         "required": ["name", "born"],
+        "additionalProperties": False,  # the record's "languages", which drafts copy, refused
     }
     text = (
         "<|im_start|>user\nRepeat this JSON exactly:\n"

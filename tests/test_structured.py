@@ -137,7 +137,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "tree": TREE,
     "allOf": {
         "allOf": [
-            {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 40}},
+                "required": ["city"],
+            },
             {
                 "properties": {"population": {"type": "integer", "minimum": 0, "maximum": 99}},
                 "required": ["population"],
