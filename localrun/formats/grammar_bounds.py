@@ -19,6 +19,7 @@ Past any of them the request is a 400 naming the bound.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from localrun.errors import BadRequestError
@@ -72,42 +73,36 @@ UNENFORCED = frozenset(
 )  # fmt: skip
 
 
-def unenforced(schema: Any) -> list[str]:
-    """The keywords of UNENFORCED that `schema` uses (each once, in the order met), and
-    `oneOf` where its branches are not exclusive (one_of_exclusive); a property's name is
-    not a keyword (`"properties": {"not": ...}`)."""
-    found: dict[str, None] = {}
+def keywords(schema: Any) -> Iterator[tuple[str, Any]]:
+    """Each keyword of `schema` with its value, at every depth (to MAX_DEPTH); a property's
+    name is not a keyword (`"properties": {"not": ...}`)."""
     stack: list[tuple[Any, int, bool]] = [(schema, 0, False)]
     while stack:
         node, depth, names = stack.pop()
         if depth > MAX_DEPTH:
-            break
+            continue
         if isinstance(node, dict):
             for key, value in node.items():
-                if not names and key in UNENFORCED:
-                    found.setdefault(key, None)
-                if not names and key == "oneOf" and not _exclusive(value, schema):
-                    found.setdefault(key, None)
+                if not names:
+                    yield key, value
                 stack.append((value, depth + 1, not names and key in NAME_MAPS))
         elif isinstance(node, list):
             stack.extend((item, depth + 1, False) for item in node)
+
+
+def unenforced(schema: Any) -> list[str]:
+    """The keywords of UNENFORCED that `schema` uses (each once, in the order met), and
+    `oneOf` where its branches are not exclusive."""
+    found: dict[str, None] = {}
+    for key, value in keywords(schema):
+        if key in UNENFORCED or (key == "oneOf" and not _exclusive(value, schema)):
+            found.setdefault(key, None)
     return list(found)
 
 
 def has_one_of(schema: Any) -> bool:
     """Whether `oneOf` is one of the schema's keywords anywhere."""
-    stack: list[tuple[Any, int, bool]] = [(schema, 0, False)]
-    while stack:
-        node, depth, names = stack.pop()
-        if depth > MAX_DEPTH:
-            break
-        if isinstance(node, dict):
-            if not names and "oneOf" in node:
-                return True
-            stack.extend((v, depth + 1, not names and k in NAME_MAPS) for k, v in node.items())
-        elif isinstance(node, list):
-            stack.extend((item, depth + 1, False) for item in node)
-    return False
+    return any(key == "oneOf" for key, _ in keywords(schema))
 
 
 # -- oneOf: enforced as anyOf where no value can match two of its branches ----------------------

@@ -84,18 +84,11 @@ def _validator(schema: dict[str, Any]) -> Any:
 
 def _patterns(schema: Any) -> Iterator[str]:
     """Every regular expression the schema holds (`pattern`s, `patternProperties`' names)."""
-    stack = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "pattern" and isinstance(value, str):
-                    yield value
-                elif key == "patternProperties" and isinstance(value, dict):
-                    yield from (name for name in value if isinstance(name, str))
-                stack.append(value)
-        elif isinstance(node, list):
-            stack.extend(node)
+    for key, value in grammar_bounds.keywords(schema):
+        if key == "pattern" and isinstance(value, str):
+            yield value
+        elif key == "patternProperties" and isinstance(value, dict):
+            yield from (name for name in value if isinstance(name, str))
 
 
 # Python's regular expressions backtrack: a repetition of something of several lengths inside
