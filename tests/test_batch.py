@@ -270,13 +270,13 @@ def test_a_full_slot_ends_with_length(tiny: BatchEngine) -> None:
 
 def test_a_bad_grammar_fails_at_submit(tiny: BatchEngine) -> None:
     with pytest.raises(BadRequestError):  # grammars come from requests: the client's error
-        tiny.submit([1, 5], SamplingOptions(grammar="root ::= nonsense("), sink=Collect())
+        tiny.submit([1, 5], SamplingOptions(constraint="start: nonsense("), sink=Collect())
 
 
 def test_grammar_constrains_each_slot(smol: BatchEngine) -> None:
     prompt = chat(smol, "Say something.")
-    yes = SamplingOptions(temperature=0, num_predict=16, grammar='root ::= "yes"')
-    no = SamplingOptions(temperature=0, num_predict=16, grammar='root ::= "no" | "nope"')
+    yes = SamplingOptions(temperature=0, num_predict=16, constraint='start: "yes"')
+    no = SamplingOptions(temperature=0, num_predict=16, constraint='start: "no" | "nope"')
     a, b = run(smol, prompt, yes, IM_END), run(smol, prompt, no, IM_END)
     assert a.wait().text == "yes" and b.wait().text in ("no", "nope")
 
