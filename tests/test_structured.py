@@ -210,7 +210,8 @@ def test_every_dialect_keeps_the_schema(smol_live: LiveServer) -> None:
     message = anthropic.Anthropic(base_url=smol_live.url, api_key="x", max_retries=0)
     reply = message.messages.create(
         model=SMOL, max_tokens=200, messages=[{"role": "user", "content": ASK}],
-        extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}},
+        extra_body={"temperature": 0,
+                    "output_config": {"format": {"type": "json_schema", "schema": schema}}},
     )  # fmt: skip
     _valid("".join(b.text for b in reply.content if b.type == "text"), schema)
     client = openai.OpenAI(base_url=f"{smol_live.url}/v1", api_key="x", max_retries=0)
