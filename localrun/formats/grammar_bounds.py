@@ -142,10 +142,9 @@ def _types(schema: Any) -> frozenset[str] | None:
     """The JSON types a branch allows, where it says (None: any)."""
     if not isinstance(schema, dict):
         return None
-    if "const" in schema:
-        return frozenset({_type_of(schema["const"])})
-    if isinstance(schema.get("enum"), list):
-        return frozenset(_type_of(v) for v in schema["enum"])
+    named = _named(schema)
+    if named is not None:
+        return frozenset(_type_of(v) for v in named)
     kind = schema.get("type")
     if isinstance(kind, str):
         kinds = {kind}
@@ -208,13 +207,16 @@ def _forbids(schema: dict[str, Any], names: set[str]) -> bool:
 def _values(schema: Any) -> frozenset[str] | None:
     """The values a property allows, as JSON text, where it names them (const, enum); a
     number as its value is (1 and 1.0 are one value to JSON Schema)."""
-    if not isinstance(schema, dict):
-        return None
+    named = _named(schema) if isinstance(schema, dict) else None
+    return None if named is None else frozenset(_text(v) for v in named)
+
+
+def _named(schema: dict[str, Any]) -> list[Any] | None:
+    """The values a schema names (its const, or its enum's), where it names them."""
     if "const" in schema:
-        return frozenset({_text(schema["const"])})
-    if isinstance(schema.get("enum"), list):
-        return frozenset(_text(v) for v in schema["enum"])
-    return None
+        return [schema["const"]]
+    enum = schema.get("enum")
+    return enum if isinstance(enum, list) else None
 
 
 def _text(value: Any) -> str:
