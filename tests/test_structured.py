@@ -378,3 +378,131 @@ def test_closed_objects_requiring_what_the_other_cannot_have_are_apart() -> None
     email, phone = ({**closed(n), "additionalProperties": True} for n in ("email", "phone"))
     with pytest.raises(BadRequestError, match="oneOf"):  # an object may have both
         constraint_for({"oneOf": [email, phone]})
+
+
+# -- strict tools under tool_choice "auto" ----------------------------------------------------
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Rome"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+WEATHER_ASK = "What's the weather in Paris for the next 3 days? Use the tool."
+
+
+def _weather(strict: bool) -> dict[str, Any]:
+    function = {"name": "get_weather", "description": "The weather in a city"}
+    return {"type": "function", "function": {**function, "parameters": WEATHER, "strict": strict}}
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_strict_tools_call_follows_its_schema_when_the_model_chooses_it(
+    smol_live: LiveServer, stream: bool
+) -> None:
+    """tool_choice "auto": SmolLM2 writes text and a call of its own accord. With `strict`
+    the call, once its marker is written, holds to the tool's schema; the same request
+    without `strict` gets the call the model writes (here no valid call at all)."""
+    client = openai.OpenAI(base_url=f"{smol_live.url}/v1", api_key="x", max_retries=0)
+    found: dict[bool, list[Any]] = {}
+    for strict in (False, True):
+        common: Any = {
+            "model": SMOL, "messages": [{"role": "user", "content": WEATHER_ASK}],
+            "tools": [_weather(strict)], "temperature": 0, "max_tokens": 120,
+        }  # fmt: skip
+        if stream:
+            calls: dict[int, list[str]] = {}
+            for chunk in client.chat.completions.create(**common, stream=True):
+                for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                    got = calls.setdefault(delta.index, ["", ""])
+                    got[0] += (delta.function and delta.function.name) or ""
+                    got[1] += (delta.function and delta.function.arguments) or ""
+            found[strict] = [tuple(c) for c in calls.values()]
+        else:
+            message = client.chat.completions.create(**common).choices[0].message
+            found[strict] = [
+                (c.function.name, c.function.arguments) for c in message.tool_calls or []
+            ]  # type: ignore[union-attr]  # noqa: E501
+    assert found[False] == []
+    [(name, arguments)] = found[True]
+    assert name == "get_weather"
+    _valid(arguments, WEATHER)
+
+
+@pytest.mark.model
+def test_each_dialects_strict_tool_is_held_to_its_schema(smol_live: LiveServer) -> None:
+    """Anthropic's `strict` tool and the Responses API's strict function, as each client
+    sends them."""
+    ask = [{"role": "user", "content": WEATHER_ASK}]
+    message = anthropic.Anthropic(base_url=smol_live.url, api_key="x", max_retries=0)
+    reply = message.messages.create(
+        model=SMOL, max_tokens=120, messages=ask,  # type: ignore[arg-type]
+        tools=[{"name": "get_weather", "description": "The weather in a city",
+                "input_schema": WEATHER, "strict": True}],  # type: ignore[typeddict-unknown-key]
+        extra_body={"temperature": 0},
+    )  # fmt: skip
+    [use] = [b for b in reply.content if b.type == "tool_use"]
+    jsonschema.validate(use.input, WEATHER)
+    client = openai.OpenAI(base_url=f"{smol_live.url}/v1", api_key="x", max_retries=0)
+    response = client.responses.create(
+        model=SMOL, input=WEATHER_ASK, max_output_tokens=120, temperature=0,
+        tools=[{"type": "function", "name": "get_weather", "parameters": WEATHER,
+                "strict": True, "description": "The weather in a city"}],
+    )  # fmt: skip
+    [call] = [item for item in response.output if item.type == "function_call"]
+    _valid(call.arguments, WEATHER)
+
+
+def _seen(lazy: constraint.Lazy, weights: Weights, pieces: list[str]) -> list[bool]:
+    """Feeds the pieces as the sampler does (each token's text, accepted while a call is
+    held); whether each began or was inside a call."""
+    held: list[bool] = []
+    active: constraint.Constraint | None = None
+    for piece in pieces:
+        if active is None:
+            active = lazy.see(piece.encode())
+        held.append(active is not None)
+        if active is not None:
+            for token in weights.tokenize(piece, add_special=False, parse_special=False):
+                assert active.allows(token), piece
+                active.accept(token)
+            if active.whole():
+                lazy.done()
+                active = None
+    return held
+
+
+def test_a_lazy_constraint_starts_at_a_marker_outside_reasoning(smol_vocab: Weights) -> None:
+    from localrun.formats.parsers import by_name
+    from localrun.worker import forced
+
+    syntax = by_name("hermes").syntax
+    tool = _weather(True)
+    made = forced.lazy(syntax.with_tools([tool]), [tool])
+    assert made is not None and made[1] == ("<tool_call>",)
+    call = ['{"name": "get_weather", "arguments": ', '{"city": "Rome", "days": 2}', "}</tool_call>"]
+
+    def lazy(opened: bool = False) -> constraint.Lazy:
+        held = constraint.Constraint(smol_vocab.guide(), made[0], smol_vocab.n_vocab)
+        return constraint.Lazy(held, made[1], ("<think>", "</think>", opened))
+
+    # The marker in pieces: the constraint begins at its first byte, and ends with the call.
+    pieces = ["Let me", " check.<to", "ol_c", "all>", *call, " Done.", "<tool_call>", *call]
+    assert _seen(lazy(), smol_vocab, pieces) == [False, False, False, True, True, True, True,
+                                                 False, True, True, True, True]  # fmt: skip
+    # A marker inside reasoning opens nothing; after it, one does.
+    pieces = ["<think>", "a <tool_call> here", "</think>", "<tool_call>", *call]
+    assert _seen(lazy(), smol_vocab, pieces) == [False, False, False, True, True, True, True]
+    assert _seen(lazy(opened=True), smol_vocab, pieces[1:3]) == [False, False]
+    # What the grammar refuses once the call is begun is refused.
+    held = lazy()
+    active = held.see(b"<tool_call>")
+    assert active is not None
+    for token in smol_vocab.tokenize("<tool_call>", add_special=False, parse_special=False):
+        active.accept(token)
+    wrong = smol_vocab.tokenize('{"name": "nope"', add_special=False, parse_special=False)
+    assert active.matcher.validate_tokens(wrong) < len(wrong)

@@ -270,7 +270,9 @@ class BatchEngine(Answering):
             if not self._slots.holds(job.prefix):
                 job.state = disk.load(job.prefix, self._weights.state_bound(len(job.prefix)))
         weights = self._weights
-        job.sampler = Sampler(sampling, weights.vocab, self.n_vocab, n_ctx, weights.guide)
+        job.sampler = Sampler(
+            sampling, weights.vocab, self.n_vocab, n_ctx, weights.guide, weights.token_bytes
+        )
         return job
 
     def _cancel(self, job: Job) -> None:

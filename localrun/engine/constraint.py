@@ -102,6 +102,7 @@ class Constraint:
 
         self.np: Any = np
         self.n_vocab = n_vocab
+        self.tokens = tokens
         self.matcher = llguidance.LLMatcher(tokens, grammar, log_level=0, limits=LIMITS)
         if self.matcher.is_error():
             raise BadRequestError(_message(self.matcher.get_error()), hint=_HINT)
@@ -132,3 +133,75 @@ class Constraint:
     def failed(self) -> str | None:
         """Why the grammar can go no further (a step past its limits), if it cannot."""
         return self.matcher.get_error() if self.matcher.is_error() else None
+
+    def whole(self) -> bool:
+        """Whether what the grammar was given so far is a whole answer of it."""
+        return bool(self.matcher.is_accepting())
+
+
+class Lazy:
+    """A constraint that waits for its trigger, as llama.cpp's lazy grammars do: the answer is
+    free until it writes a marker that opens a call (outside its reasoning); the call's grammar
+    then holds from the marker's first byte until the call is whole, and the answer is free
+    again until the next marker. What is watched is the answer's text, not its tokens: a marker
+    the model spells in pieces (`<tool` `_call>`) opens a call as its special token does."""
+
+    def __init__(
+        self,
+        constraint: Constraint,
+        triggers: tuple[str, ...],
+        reasoning: tuple[str, str, bool] | None,
+    ) -> None:
+        self.constraint = constraint
+        self.triggers = [t.encode() for t in triggers if t]
+        self.open, self.close, self.inside = (
+            (reasoning[0].encode(), reasoning[1].encode(), reasoning[2])
+            if reasoning
+            else (b"", b"", False)
+        )
+        self.markers = [m for m in (*self.triggers, self.open, self.close) if m]
+        self.keep = max(len(m) for m in self.markers) - 1
+        self.tail = b""  # the answer's last bytes, where a marker may have begun
+
+    def see(self, piece: bytes) -> Constraint | None:
+        """The chosen token's bytes: the call's constraint when they finish a trigger (given
+        the trigger's bytes the earlier tokens wrote; the token itself is the caller's to
+        check), else None."""
+        text = self.tail + piece
+        base = len(self.tail)
+        at = 0
+        while (found := self._next(text, at, base)) is not None:
+            index, marker = found
+            at = index + len(marker)
+            if marker == self.open:
+                self.inside = True
+            elif marker == self.close:
+                self.inside = False
+            elif not self.inside:
+                self.tail = b""
+                return self._start(text[index:base])
+        self.tail = text[max(at, len(text) - self.keep) :] if self.keep else b""
+        return None
+
+    def done(self) -> None:
+        """The call is whole: free text again, until the next trigger."""
+        self.constraint.matcher.reset()
+
+    def _next(self, text: bytes, at: int, base: int) -> tuple[int, bytes] | None:
+        """The first marker in `text` from `at` that ends in the new bytes (past `base`)."""
+        best: tuple[int, bytes] | None = None
+        for marker in self.markers:
+            index = text.find(marker, at)
+            while index >= 0 and index + len(marker) <= base:
+                index = text.find(marker, index + 1)
+            if index < 0:
+                continue
+            if best is None or index < best[0] or (index == best[0] and len(marker) > len(best[1])):
+                best = (index, marker)
+        return best
+
+    def _start(self, before: bytes) -> Constraint:
+        constraint = self.constraint
+        if before:
+            constraint.matcher.consume_tokens(constraint.tokens.tokenize_bytes(before))
+        return constraint

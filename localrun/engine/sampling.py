@@ -9,7 +9,7 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
-from localrun.engine.constraint import Constraint
+from localrun.engine.constraint import Constraint, Lazy
 from localrun.engine.native import lc
 from localrun.engine.types import SamplingOptions
 from localrun.errors import EngineError
@@ -115,18 +115,25 @@ class Sampler:
         n_vocab: int,
         n_ctx: int,
         guide: Callable[[], Any] | None = None,
+        spelled: Callable[[int], bytes] | None = None,
     ) -> None:
         import numpy as np
 
         self.np: Any = np
         self.n_vocab = n_vocab
         self.constraint: Constraint | None = None
+        self.lazy: Lazy | None = None
+        self.spelled = spelled
         self.chain: Any = sampler_chain(s, n_vocab, n_ctx)
         try:
             if s.constraint:
-                if guide is None:
+                if guide is None or (s.triggers and spelled is None):
                     raise EngineError("a constrained answer needs the vocabulary's tokenizer")
-                self.constraint = Constraint(guide(), s.constraint, n_vocab)
+                constraint = Constraint(guide(), s.constraint, n_vocab)
+                if s.triggers:
+                    self.lazy = Lazy(constraint, s.triggers, s.reasoning)
+                else:
+                    self.constraint = constraint
         except BaseException:
             self.free()
             raise
@@ -164,18 +171,24 @@ class Sampler:
 
     def sample(self, ctx: Any, row: int) -> int:
         """The token the chain (and grammar) choose at the batch's row `row`, accepted."""
-        constraint = self.constraint
-        if constraint is None and not self.greedy:
+        constraint, lazy = self.constraint, self.lazy
+        if constraint is None and lazy is None and not self.greedy:
             token = int(lc.llama_sampler_sample(self.chain, ctx, row))  # accepts it
         else:
             logits = self._row(ctx, row)
             token, alone = self._greedy(logits) if self.greedy else (self._apply(logits), False)
+            if constraint is None and lazy is not None:
+                assert self.spelled is not None
+                constraint = self.constraint = lazy.see(self.spelled(token))
             if constraint is not None:
                 if not constraint.allows(token):
                     self._fill(logits)
                     constraint.restrict(self.logits)
                     token, alone = self._apply(None), False
                 constraint.accept(token)
+                if lazy is not None and constraint.whole():
+                    lazy.done()  # the call is whole: free until the next one
+                    self.constraint = None
             if not alone:
                 lc.llama_sampler_accept(self.chain, token)
             elif self.last_n:

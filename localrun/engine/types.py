@@ -55,6 +55,13 @@ class SamplingOptions:
     # The answer's grammar, llguidance's (engine.constraint: Lark, JSON schemas as %json):
     # format, response_format, forced calls. Set by the runner per request, never a PARAMETER.
     constraint: str | None = None
+    # Where the constraint starts, when it is lazy (a strict tool's call under tool_choice
+    # "auto"): the markers that open a call. It applies from the first byte of one until its
+    # call is whole, then waits for the next. Empty: it applies from the answer's first token.
+    triggers: tuple[str, ...] = ()
+    # A reasoning section's open and close tags, and whether the answer starts inside one: a
+    # trigger written while the model reasons opens no call.
+    reasoning: tuple[str, str, bool] | None = None
     speculate: str = "auto"  # engine.speculate.MODES
     draft_num_predict: int = 64  # the longest draft (engine.speculate.DEFAULT_DRAFT_MAX)
     # Log-probabilities of each generated token and of its `logprobs` likeliest alternatives

@@ -240,6 +240,8 @@ def _tools(body: Body) -> tuple[list[dict[str, Any]] | None, list[str]]:
             if isinstance(tool.get("description"), str):
                 function["description"] = tool["description"]
             function["parameters"] = tool.get("input_schema")
+            if tool.get("strict") is True:  # its calls follow input_schema (worker/forced.lazy)
+                function["strict"] = True
         elif isinstance(kind, str):
             left_out.append(kind)
             continue

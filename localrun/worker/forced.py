@@ -48,6 +48,53 @@ def grammar(
     return to_lark("\n".join(rules), schemas, special or {})
 
 
+def lazy(
+    syntax: Syntax,
+    tools: list[tools_mod.Tool],
+    *,
+    primed: str = "",
+    special: dict[str, int] | None = None,
+) -> tuple[str, tuple[str, ...]] | None:
+    """The grammar of a call under tool_choice "auto" when a tool is `strict` (OpenAI's and
+    Anthropic's promise that its call's arguments follow its schema), with the markers that
+    open a call: the engine holds the answer to it from a marker until the call is whole
+    (engine.constraint.Lazy), and leaves the rest of the answer free. A strict tool's call
+    follows its schema; another tool's is any object of its parameters. None where no tool is
+    strict, or the family's calls open with no marker of their own (a bare JSON object, a
+    Python list, gpt-oss's channels): those calls are read as written."""
+    if primed or not any(strict(tool) for tool in tools):
+        return None
+    triggers: set[str] = set()
+    for tool in tools:
+        name = tool["function"]["name"]
+        try:
+            text = syntax.write(name, "{}")
+        except (ValueError, TypeError):
+            text = syntax.write(name, json.dumps({_KEY: _VALUE}))
+        found = [m for m in syntax.starts if m and text.startswith(m)]
+        if not found:
+            return None
+        triggers.add(max(found, key=len))
+    loose = [tool if strict(tool) else _loose(tool) for tool in tools]
+    schemas: list[dict[str, Any]] = []
+    rules = _calls(syntax, loose, None, "", schemas)
+    rules.append("root ::= calls")
+    return to_lark("\n".join(rules), schemas, special or {}), tuple(sorted(triggers))
+
+
+def strict(tool: tools_mod.Tool) -> bool:
+    """Whether a tool's calls must follow its parameters' schema (its `strict: true`)."""
+    return tool["function"].get("strict") is True
+
+
+def _loose(tool: tools_mod.Tool) -> tools_mod.Tool:
+    """A tool whose arguments may be any object of its parameters' names."""
+    properties = tools_mod.parameters(tool).get("properties")
+    names = properties.keys() if isinstance(properties, dict) else ()
+    parameters = {"type": "object", "properties": {name: {} for name in names}}
+    return {**tool, "function": {**tool["function"], "parameters": parameters}}
+
+
 def call_or_format(
     syntax: Syntax,
     tools: list[tools_mod.Tool],

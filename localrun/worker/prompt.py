@@ -244,7 +244,17 @@ class Prompter:
                 special=special,
                 lenient=request.format_lenient,
             )
+        lazy = None
+        if constraint is None and syntax is not None and in_force:
+            # A strict tool under tool_choice "auto": its call held to its schema once begun.
+            lazy = forced_mod.lazy(syntax, in_force, primed=primed, special=special)
+            constraint = lazy[0] if lazy else None
         sampling = self.sampling(request.options, constraint, request.memory)
+        if lazy is not None:
+            opened = reasoning_mod.opens_thinking(text, *family.think)
+            sampling = dataclasses.replace(
+                sampling, triggers=lazy[1], reasoning=(*family.think, opened)
+            )
         media = media_of(request.messages or [])
         prepared = self._prepared(text, media, sampling)
         prepared.tool_names = tools_mod.names(in_force) if in_force else None
