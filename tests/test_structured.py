@@ -32,8 +32,10 @@ from test_server import SMOL, LiveServer
 from localrun.engine import constraint
 from localrun.engine.types import LoadOptions
 from localrun.engine.weights import Weights
-from localrun.errors import BadRequestError
+from localrun.errors import AnswerSchemaError, BadRequestError
+from localrun.formats import grammar_bounds
 from localrun.scheduler import Scheduler
+from localrun.server import answer_schema
 from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store
@@ -90,6 +92,7 @@ def test_the_json_schema_test_suite_is_kept_or_refused(smol_vocab: Weights) -> N
             grammar = constraint_for(schema)
             assert grammar is not None
             constraint.Constraint(smol_vocab.guide(), grammar, smol_vocab.n_vocab)
+            after = answer_schema.to_check(schema)  # what the grammar lets through: oneOf
         except BadRequestError as exc:
             # One line saying what cannot be enforced.
             assert "\n" not in str(exc) and len(str(exc)) < 400, str(exc)
@@ -100,6 +103,12 @@ def test_the_json_schema_test_suite_is_kept_or_refused(smol_vocab: Weights) -> N
             text = json.dumps(case["data"], ensure_ascii=False)
             where = f"{name} | {case['description']}"
             taken = _takes(smol_vocab, grammar, text)
+            if taken and after is not None:
+                try:
+                    answer_schema.check(text, after)
+                except AnswerSchemaError:
+                    taken = False  # the answer's 422 (or a stream's error event)
+                    seen["instance refused by the check after"] += 1
             if taken == case["valid"]:
                 seen["instance judged as the suite does"] += 1
                 continue
@@ -300,23 +309,23 @@ def test_one_of_is_enforced_where_no_value_matches_two_branches() -> None:
     }
     assert "%json" in (constraint_for(shapes) or "")
     assert "%json" in (constraint_for({"oneOf": [{"type": "string"}, {"type": "null"}]}) or "")
+    assert "oneOf" not in grammar_bounds.unenforced(shapes)
     overlapping = {"oneOf": [{"type": "number"}, {"type": "integer", "minimum": 2}]}
-    with pytest.raises(BadRequestError, match="oneOf"):
-        constraint_for(overlapping)
-    assert constraint_for(overlapping, lenient=True) is not None
+    assert grammar_bounds.unenforced(overlapping) == ["oneOf"]  # validated after
+    assert constraint_for(overlapping) is not None
 
 
 def test_a_discriminator_tells_objects_apart_not_other_values() -> None:
     """`{"k": "a"}` and `{"k": "b"}` tell two object branches apart, but a string matches
     both branches of a oneOf that does not say objects: refused, never read as anyOf."""
     branch = [{"required": ["k"], "properties": {"k": {"const": v}}} for v in ("a", "b")]
-    with pytest.raises(BadRequestError, match="oneOf"):
-        constraint_for({"oneOf": branch})
+    assert grammar_bounds.unenforced({"oneOf": branch}) == ["oneOf"]
+    objects = [{**b, "type": "object"} for b in branch]
+    assert grammar_bounds.unenforced({"oneOf": objects}) == []
     ones = [
         {"type": "object", "required": ["k"], "properties": {"k": {"const": v}}} for v in (1, 1.0)
     ]
-    with pytest.raises(BadRequestError, match="oneOf"):
-        constraint_for({"oneOf": ones})  # 1 and 1.0 are one value
+    assert grammar_bounds.unenforced({"oneOf": ones}) == ["oneOf"]  # 1 and 1.0 are one value
 
 
 def test_a_tool_named_like_a_placeholder_is_its_name() -> None:
@@ -374,10 +383,9 @@ def test_closed_objects_requiring_what_the_other_cannot_have_are_apart() -> None
             "additionalProperties": False,
         }
 
-    constraint.check(constraint_for({"oneOf": [closed("email"), closed("phone")]}) or "")
+    assert grammar_bounds.unenforced({"oneOf": [closed("email"), closed("phone")]}) == []
     email, phone = ({**closed(n), "additionalProperties": True} for n in ("email", "phone"))
-    with pytest.raises(BadRequestError, match="oneOf"):  # an object may have both
-        constraint_for({"oneOf": [email, phone]})
+    assert grammar_bounds.unenforced({"oneOf": [email, phone]}) == ["oneOf"]  # it may have both
 
 
 # -- strict tools under tool_choice "auto" ----------------------------------------------------
@@ -401,60 +409,93 @@ def _weather(strict: bool) -> dict[str, Any]:
 
 @pytest.mark.model
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_strict_tools_call_follows_its_schema_when_the_model_chooses_it(
-    smol_live: LiveServer, stream: bool
-) -> None:
-    """tool_choice "auto": SmolLM2 writes text and a call of its own accord. With `strict`
-    the call, once its marker is written, holds to the tool's schema; the same request
-    without `strict` gets the call the model writes (here no valid call at all)."""
+def test_smollm2s_strict_calls_follow_the_schema(smol_live: LiveServer, stream: bool) -> None:
+    """tool_choice "auto": SmolLM2 writes text and, of its own accord, a call (here, on this
+    machine, a call that names its city as the tool's name without `strict`). Every call of
+    the strict tool holds to its schema."""
     client = openai.OpenAI(base_url=f"{smol_live.url}/v1", api_key="x", max_retries=0)
-    found: dict[bool, list[Any]] = {}
-    for strict in (False, True):
-        common: Any = {
-            "model": SMOL, "messages": [{"role": "user", "content": WEATHER_ASK}],
-            "tools": [_weather(strict)], "temperature": 0, "max_tokens": 120,
-        }  # fmt: skip
-        if stream:
-            calls: dict[int, list[str]] = {}
-            for chunk in client.chat.completions.create(**common, stream=True):
-                for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
-                    got = calls.setdefault(delta.index, ["", ""])
-                    got[0] += (delta.function and delta.function.name) or ""
-                    got[1] += (delta.function and delta.function.arguments) or ""
-            found[strict] = [tuple(c) for c in calls.values()]
-        else:
-            message = client.chat.completions.create(**common).choices[0].message
-            found[strict] = [
-                (c.function.name, c.function.arguments) for c in message.tool_calls or []
-            ]  # type: ignore[union-attr]  # noqa: E501
-    assert found[False] == []
-    [(name, arguments)] = found[True]
-    assert name == "get_weather"
-    _valid(arguments, WEATHER)
+    common: Any = {
+        "model": SMOL, "messages": [{"role": "user", "content": WEATHER_ASK}],
+        "tools": [_weather(True)], "temperature": 0, "max_tokens": 120,
+    }  # fmt: skip
+    if stream:
+        calls: dict[int, list[str]] = {}
+        for chunk in client.chat.completions.create(**common, stream=True):
+            for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                got = calls.setdefault(delta.index, ["", ""])
+                got[0] += (delta.function and delta.function.name) or ""
+                got[1] += (delta.function and delta.function.arguments) or ""
+        found = [tuple(c) for c in calls.values()]
+    else:
+        message = client.chat.completions.create(**common).choices[0].message
+        found = [(c.function.name, c.function.arguments) for c in message.tool_calls or []]  # type: ignore[union-attr]
+    for name, arguments in found:
+        assert name == "get_weather"
+        _valid(arguments, WEATHER)
+
+
+# A scripted model's call that breaks WEATHER twice (a city not in its enum, days past 7).
+LYON = (
+    'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lyon", '
+    '"days": 9}}\n</tool_call>'
+)
+
+
+@pytest.fixture(scope="module")
+def scripted_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    from family_cases import template_at
+    from test_family_calls import SCRIPTED
+    from test_server import add_model
+    from testmodels.scripted import write_scripted_model
+
+    folder = tmp_path_factory.mktemp("strict")
+    store = Store(folder / "models")
+    template = template_at("Qwen-Qwen2.5-7B-Instruct.jinja")
+    add_model(store, "lyon", write_scripted_model(folder / "lyon.gguf", LYON, template=template),
+              SCRIPTED)  # fmt: skip
+    server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
+    yield server
+    server.close()
+
+
+def _calls_of(url: str, dialect: str, strict: bool) -> list[dict[str, Any]]:
+    """The model's calls of get_weather, asked in `dialect` with the tool `strict` or not."""
+    ask = [{"role": "user", "content": WEATHER_ASK}]
+    if dialect == "anthropic":
+        tool: Any = {"name": "get_weather", "description": "The weather in a city",
+                     "input_schema": WEATHER, "strict": strict}  # fmt: skip
+        reply = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0).messages.create(
+            model="lyon", max_tokens=300, messages=ask, tools=[tool],  # type: ignore[arg-type]
+            extra_body={"temperature": 0},
+        )  # fmt: skip
+        return [b.input for b in reply.content if b.type == "tool_use"]  # type: ignore[misc]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    if dialect == "responses":
+        response = client.responses.create(
+            model="lyon", input=WEATHER_ASK, max_output_tokens=300, temperature=0,
+            tools=[{"type": "function", "name": "get_weather", "parameters": WEATHER,
+                    "strict": strict, "description": "The weather in a city"}],
+        )  # fmt: skip
+        return [json.loads(i.arguments) for i in response.output if i.type == "function_call"]
+    message = client.chat.completions.create(
+        model="lyon", messages=ask, tools=[_weather(strict)], temperature=0,  # type: ignore[arg-type]
+        max_tokens=300,
+    ).choices[0].message  # fmt: skip
+    return [json.loads(c.function.arguments) for c in message.tool_calls or []]  # type: ignore[union-attr]
 
 
 @pytest.mark.model
-def test_each_dialects_strict_tool_is_held_to_its_schema(smol_live: LiveServer) -> None:
-    """Anthropic's `strict` tool and the Responses API's strict function, as each client
-    sends them."""
-    ask = [{"role": "user", "content": WEATHER_ASK}]
-    message = anthropic.Anthropic(base_url=smol_live.url, api_key="x", max_retries=0)
-    reply = message.messages.create(
-        model=SMOL, max_tokens=120, messages=ask,  # type: ignore[arg-type]
-        tools=[{"name": "get_weather", "description": "The weather in a city",
-                "input_schema": WEATHER, "strict": True}],  # type: ignore[typeddict-unknown-key]
-        extra_body={"temperature": 0},
-    )  # fmt: skip
-    [use] = [b for b in reply.content if b.type == "tool_use"]
-    jsonschema.validate(use.input, WEATHER)
-    client = openai.OpenAI(base_url=f"{smol_live.url}/v1", api_key="x", max_retries=0)
-    response = client.responses.create(
-        model=SMOL, input=WEATHER_ASK, max_output_tokens=120, temperature=0,
-        tools=[{"type": "function", "name": "get_weather", "parameters": WEATHER,
-                "strict": True, "description": "The weather in a city"}],
-    )  # fmt: skip
-    [call] = [item for item in response.output if item.type == "function_call"]
-    _valid(call.arguments, WEATHER)
+@pytest.mark.parametrize("dialect", ["chat", "anthropic", "responses"])
+def test_a_strict_tools_call_is_held_to_its_schema_in_each_dialect(
+    scripted_live: LiveServer, dialect: str
+) -> None:
+    """A model that calls with arguments the schema refuses: without `strict` the call comes
+    back as written; with it, the call the constraint let through, which validates."""
+    assert _calls_of(scripted_live.url, dialect, False) == [{"city": "Lyon", "days": 9}]
+    held = _calls_of(scripted_live.url, dialect, True)
+    assert held  # (the scripted model, put off its script, calls again: each call is held)
+    for arguments in held:
+        jsonschema.validate(arguments, WEATHER)
 
 
 def _seen(lazy: constraint.Lazy, weights: Weights, pieces: list[str]) -> list[bool]:
@@ -506,3 +547,50 @@ def test_a_lazy_constraint_starts_at_a_marker_outside_reasoning(smol_vocab: Weig
         active.accept(token)
     wrong = smol_vocab.tokenize('{"name": "nope"', add_special=False, parse_special=False)
     assert active.matcher.validate_tokens(wrong) < len(wrong)
+
+
+@pytest.mark.model
+def test_an_answer_matching_two_branches_of_one_of_is_an_error_in_each_dialect(
+    smol_live: LiveServer,
+) -> None:
+    """oneOf is enforced as anyOf on every route; a value matching two branches (here every
+    value the grammar allows) is caught after, never a 200."""
+    schema = {"oneOf": [{"const": 3}, {"enum": [3]}]}
+    ask = [{"role": "user", "content": "Pick a number."}]
+    url = smol_live.url
+    chat = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": SMOL, "messages": ask, "temperature": 0, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}},
+        timeout=PATIENCE_S,
+    )  # fmt: skip
+    assert chat.status_code == 422 and "oneOf" in chat.json()["error"]["message"]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.APIError, match="oneOf"):
+        for _ in client.chat.completions.create(
+            model=SMOL, messages=ask, temperature=0, stream=True,  # type: ignore[arg-type]
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "x", "schema": schema}},
+        ):  # fmt: skip
+            pass
+    anth = httpx.post(
+        f"{url}/v1/messages",
+        json={"model": SMOL, "messages": ask, "max_tokens": 20, "temperature": 0,
+              "output_config": {"format": {"type": "json_schema", "schema": schema}}},
+        timeout=PATIENCE_S,
+    )  # fmt: skip
+    assert anth.status_code == 422 and anth.json()["type"] == "error"
+    responses = httpx.post(
+        f"{url}/v1/responses",
+        json={"model": SMOL, "input": "Pick a number.", "temperature": 0, "text": {
+            "format": {"type": "json_schema", "name": "x", "schema": schema}}},
+        timeout=PATIENCE_S,
+    )  # fmt: skip
+    assert responses.status_code == 422 and "oneOf" in responses.text
+    # One branch the value matches alone: a 200.
+    fine = {"oneOf": [{"const": 3}, {"type": "string"}]}
+    ok = client.chat.completions.create(
+        model=SMOL, messages=ask, temperature=0,  # type: ignore[arg-type]
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": fine}},
+    )  # fmt: skip
+    _valid(ok.choices[0].message.content or "", fine)

@@ -1,14 +1,19 @@
-"""Ollama's `format`, kept where the engine cannot enforce it: the answer validated after.
+"""Schemas kept where the engine cannot enforce all of them: the answer validated after.
 
 Ollama's clients send their pydantic models' schemas (`set[str]` is `"uniqueItems": true`),
 and Ollama takes any schema. So on Ollama's routes the keywords the constraint engine cannot
 enforce (formats.grammar_bounds.UNENFORCED: `uniqueItems`, `contains`, `not`, `if` ...) are left
-out of the constraint, and an answer that ended by itself is validated against the whole
-schema with `jsonschema`: one that does not validate is an error in Ollama's shape (422, or the
-last line of a stream), naming the keyword, never a 200 carrying a value the client's schema
-refuses. Every other route refuses such a schema with a 400 before any token is made. What
-the check runs is bounded before the answer is made: the schema must be one jsonschema takes,
-and each pattern one Python's backtracking regular expressions run in bounded time on.
+out of the constraint; every other route refuses them with a 400 before any token is made.
+A `oneOf` whose branches one value could match both of is enforced as `anyOf` on every route
+(a value of two branches is the one thing the grammar lets through).
+
+Where a schema holds such a keyword, the answer that ended by itself (or a call of a tool
+whose schema was enforced: `strict`, or forced by tool_choice) is validated against the whole
+schema with `jsonschema` (Generation, for every dialect): one that does not validate is an
+error in the dialect's shape (422, or the last event of a stream), naming the keyword, never
+a 200 carrying a value the client's schema refuses. What the check runs is bounded before the
+answer is made: the schema must be one jsonschema takes, and each pattern one Python's
+backtracking regular expressions run in bounded time on.
 """
 
 from __future__ import annotations
@@ -16,18 +21,60 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from re import _constants as _c  # type: ignore[attr-defined]
 from re import _parser as _sre  # type: ignore[attr-defined]
 from typing import Any
 
 from localrun.errors import AnswerSchemaError, BadRequestError
+from localrun.formats import calls as tools_mod
 from localrun.formats import grammar_bounds
+from localrun.request import GenRequest
 
 
-def to_check(format: Any) -> dict[str, Any] | None:
-    """The schema an Ollama answer is validated against after: the format's, where it holds a
-    keyword the engine does not enforce (None: the constraint enforces all of it). Checked
-    here, before any token is made, that it can be: a schema jsonschema refuses, or a pattern
+@dataclass
+class AfterCheck:
+    """What an answer is validated against once it is made: the format's schema (None: the
+    constraint enforced all of it), and each enforced tool's whose constraint did not."""
+
+    answer: dict[str, Any] | None = None
+    tools: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def check(self, text: str, calls: list[dict[str, Any]] | None) -> None:
+        """Raise AnswerSchemaError unless the answer (its text, or its calls) validates."""
+        if calls:
+            for call in calls:
+                schema = self.tools.get(str(call.get("name")))
+                if schema is not None:
+                    where = f"the call of {call.get('name')}"
+                    _validate(call.get("arguments") or {}, schema, where)
+        elif self.answer is not None:
+            check(text, self.answer)
+
+
+def after_check(req: GenRequest) -> AfterCheck | None:
+    """The check a request's answer needs (None: none), its schemas checked before any token
+    is made (`to_check`)."""
+    found = AfterCheck(answer=to_check(req.format))
+    in_force = tools_mod.in_force(req.tools, req.tool_choice) if req.tools else None
+    if in_force:
+        forced = req.tool_choice not in (None, "auto", "none")
+        only = tools_mod.forced_name(in_force, req.tool_choice) if forced else None
+        for tool in in_force:
+            function = tool["function"]
+            enforced = function.get("strict") is True or (
+                forced and only in (None, function["name"])
+            )
+            schema = tools_mod.parameters(tool)
+            if enforced and to_check(schema, f"the tool {function['name']!r}'s schema"):
+                found.tools[str(function["name"])] = schema
+    return found if found.answer is not None or found.tools else None
+
+
+def to_check(format: Any, what: str = "the format's schema") -> dict[str, Any] | None:
+    """The schema an answer is validated against after: `format`, where it holds a keyword
+    the engine does not enforce (None: the constraint enforces all of it). Checked here,
+    before any token is made, that it can be: a schema jsonschema refuses, or a pattern
     Python's regular expressions cannot run in bounded time, is a 400."""
     if not isinstance(format, dict) or not grammar_bounds.unenforced(format):
         return None
@@ -37,7 +84,7 @@ def to_check(format: Any) -> dict[str, Any] | None:
         _validator(format).check_schema(format)
     except (jsonschema.exceptions.SchemaError, RecursionError, ValueError, TypeError) as exc:
         message = getattr(exc, "message", str(exc))
-        raise BadRequestError(f"the format's schema is not a JSON schema: {message}") from None
+        raise BadRequestError(f"{what} is not a JSON schema: {message}") from None
     for pattern in _patterns(format):
         _check_pattern(pattern)
     return format
@@ -46,15 +93,23 @@ def to_check(format: Any) -> dict[str, Any] | None:
 def check(text: str, schema: dict[str, Any]) -> None:
     """Raise AnswerSchemaError unless `text` is JSON that validates against `schema` (one
     `to_check` gave)."""
-    import jsonschema
-    import referencing.exceptions
-
-    keywords = ", ".join(grammar_bounds.unenforced(schema))
-    hint = f"{keywords} cannot be enforced while the answer is made (README: Structured outputs)"
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise AnswerSchemaError(f"the answer is not JSON: {exc}", hint=hint) from None
+        raise AnswerSchemaError(f"the answer is not JSON: {exc}", hint=_hint(schema)) from None
+    _validate(value, schema, "the answer")
+
+
+def _hint(schema: dict[str, Any]) -> str:
+    keywords = ", ".join(grammar_bounds.unenforced(schema))
+    return f"{keywords} cannot be enforced while the answer is made (README: Structured outputs)"
+
+
+def _validate(value: Any, schema: dict[str, Any], what: str) -> None:
+    import jsonschema
+    import referencing.exceptions
+
+    hint = _hint(schema)
     cannot = (
         jsonschema.exceptions.SchemaError,
         referencing.exceptions.Unresolvable,
@@ -66,12 +121,11 @@ def check(text: str, schema: dict[str, Any]) -> None:
     try:
         error = jsonschema.exceptions.best_match(_validator(schema)(schema).iter_errors(value))
     except cannot as exc:
-        raise AnswerSchemaError(f"the answer cannot be checked: {exc}", hint=hint) from None
+        raise AnswerSchemaError(f"{what} cannot be checked: {exc}", hint=hint) from None
     if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "the answer"
+        where = "/".join(str(part) for part in error.absolute_path) or "its root"
         raise AnswerSchemaError(
-            f"the answer does not match the format's schema at {where}: "
-            f"{error.validator} {error.message[:200]}",
+            f"{what} does not match its schema at {where}: {error.validator} {error.message[:200]}",
             hint=hint,
         )
 
@@ -98,12 +152,12 @@ _REPEATS = (_c.MAX_REPEAT, _c.MIN_REPEAT, getattr(_c, "POSSESSIVE_REPEAT", _c.MA
 
 
 def _check_pattern(pattern: str) -> None:
-    hint = "simplify the pattern, or leave the keywords Ollama cannot enforce out of the format"
+    hint = "simplify the pattern, or leave the keywords the engine cannot enforce out of the schema"
     try:
         tree = _sre.parse(pattern)
     except (re.error, RecursionError, OverflowError) as exc:
         raise BadRequestError(
-            f"the format's pattern {pattern[:60]!r} cannot be checked: {exc}", hint=hint
+            f"the schema's pattern {pattern[:60]!r} cannot be checked: {exc}", hint=hint
         ) from None
     stack: list[tuple[Any, bool]] = [(tree, False)]  # (a part, inside a repetition)
     while stack:
@@ -114,7 +168,7 @@ def _check_pattern(pattern: str) -> None:
                 width_low, width_high = body.getwidth()
                 if inside and (low != high or width_low != width_high):
                     raise BadRequestError(
-                        f"the format's pattern {pattern[:60]!r} repeats parts of several "
+                        f"the schema's pattern {pattern[:60]!r} repeats parts of several "
                         "lengths inside a repetition: checking an answer with it could take "
                         "exponential time",
                         hint=hint,
@@ -127,7 +181,7 @@ def _check_pattern(pattern: str) -> None:
                 widths = {alt.getwidth() for alt in av[1]}
                 if inside and len(widths) > 1:
                     raise BadRequestError(
-                        f"the format's pattern {pattern[:60]!r} repeats alternatives of "
+                        f"the schema's pattern {pattern[:60]!r} repeats alternatives of "
                         "several lengths: checking an answer with it could take exponential "
                         "time",
                         hint=hint,

@@ -25,7 +25,8 @@ from starlette.requests import Request
 
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
-from localrun.server import core
+from localrun.server import answer_schema, core
+from localrun.server.answer_schema import AfterCheck
 from localrun.settings import limits
 from localrun.worker.protocol import Chunk
 
@@ -47,8 +48,10 @@ class Generation:
         metrics: Metrics | None = None,
         *,
         parallel_tool_calls: bool = True,
+        check: AfterCheck | None = None,
     ) -> None:
         self.stream = stream
+        self.check = check  # the schemas the finished answer is validated against
         self.parallel_tool_calls = parallel_tool_calls  # False: the first tool call alone
         self.started = started
         self.text = ""
@@ -73,6 +76,8 @@ class Generation:
             return await self.stream.__anext__()
         except StopAsyncIteration:
             self._ended()
+            if self.check is not None and self.done_reason == "stop":
+                self.check.check(self.text, self.tool_calls)  # AnswerSchemaError ends it
             return None
         except LocalrunError:
             self._ended()  # the request's own error ends it
@@ -177,9 +182,10 @@ async def start(request: Request, req: GenRequest) -> Generation:
 async def _begin(ctx: core.Context, req: GenRequest) -> Generation:
     started = time.perf_counter()
     req.memory = ctx.memory  # the server's, whatever the client sent
+    check = answer_schema.after_check(req)  # a 400 before any token
     stream = await ctx.scheduler.generate(req)
     generation = Generation(
-        stream, started, ctx.metrics, parallel_tool_calls=req.parallel_tool_calls
+        stream, started, ctx.metrics, parallel_tool_calls=req.parallel_tool_calls, check=check
     )
     try:
         await generation.prefetch()

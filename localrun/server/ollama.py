@@ -31,7 +31,7 @@ from localrun import media
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.formats import reasoning
 from localrun.request import GenRequest
-from localrun.server import answer_schema, core, embedding
+from localrun.server import core, embedding
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
@@ -216,11 +216,7 @@ async def _answer(
     are in the final object.
     """
 
-    schema = answer_schema.to_check(body.data.get("format"))
-
     def final(text: str = "", *, with_calls: bool = False) -> dict[str, Any]:
-        if schema is not None and generation.done_reason == "stop" and not generation.calls:
-            answer_schema.check(generation.text, schema)
         shaped = calls(text, 0) if calls is not None and with_calls else None
         return {
             **(shaped or (last or shape)(text)),
@@ -290,7 +286,6 @@ async def generate(request: Request) -> Response:
             keep_alive=body.keep_alive(),
             logprobs=_logprobs(body),
         )
-        answer_schema.to_check(body.data.get("format"))  # a 400 before any token
         generation = await start(request, req)
         return await _answer(request, body, generation, shape)
     images = media.ollama_media(body.data, "request")
@@ -314,7 +309,6 @@ async def generate(request: Request) -> Response:
         think=None if raw else _think(body),
         logprobs=_logprobs(body),
     )
-    answer_schema.to_check(body.data.get("format"))  # a 400 before any token
     generation = await start(request, req)
 
     def last(text: str) -> dict[str, Any]:
@@ -370,7 +364,6 @@ async def chat(request: Request) -> Response:
         think=_think(body),
         logprobs=_logprobs(body),
     )
-    answer_schema.to_check(body.data.get("format"))  # a 400 before any token
     generation = await start(request, req)
 
     def with_calls(text: str, streamed: int) -> dict[str, Any] | None:

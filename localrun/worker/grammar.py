@@ -78,13 +78,7 @@ def schema_lark(schema: dict[str, Any], *, lenient: bool = False) -> str:
     options: dict[str, Any] = {"whitespace_pattern": WHITESPACE, "lenient": lenient}
     if grammar_bounds.has_one_of(schema):
         # oneOf is read as anyOf: the same values where no value matches two branches; where
-        # one could, only Ollama's lenient `format` takes it (its answer validated after).
-        if not lenient and "oneOf" in grammar_bounds.unenforced(schema):
-            raise BadRequestError(
-                "the output's schema cannot be enforced: a oneOf whose branches one value "
-                "could match both of (no type or required const property tells them apart)",
-                hint="use anyOf, or give each branch a distinct type or a const discriminator",
-            )
+        # one could, the answer is validated after (server.answer_schema), on every route.
         options["coerce_one_of"] = True
     try:
         text = json.dumps({**schema, "x-guidance": options}, ensure_ascii=False)
