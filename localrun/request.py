@@ -34,6 +34,9 @@ class GenRequest:
     format_lenient: bool = False
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    # The Responses API's custom tools' grammars of their input, by the tool's name:
+    # {"syntax": "lark" | "regex", "definition": "..."}; a call of one is held to it.
+    tool_grammars: dict[str, dict[str, str]] | None = None
     think: bool | str | None = None  # None: the model's default; True or low/medium/high
     # Anthropic's adaptive thinking: `think` applies where the model can think; a model that
     # cannot answers without (instead of the request being refused).
@@ -120,6 +123,18 @@ def _media(name: str, value: Any) -> None:
         raise BadRequestError(f"{name} must be a list of {{type, data}} objects")
 
 
+def _tool_grammars(name: str, value: Any) -> None:
+    def grammar(spec: Any) -> bool:
+        return (
+            isinstance(spec, dict)
+            and spec.get("syntax") in ("lark", "regex")
+            and isinstance(spec.get("definition"), str)
+        )
+
+    if not isinstance(value, dict) or not all(grammar(spec) for spec in value.values()):
+        raise BadRequestError(f"{name} must map tool names to their grammars")
+
+
 def _format(name: str, value: Any) -> None:
     if value == "" or value == "json" or isinstance(value, dict):
         return
@@ -164,6 +179,7 @@ _CHECKS = {
     "system": _kind(str),
     "options": _kind(dict),
     "format": _format,
+    "tool_grammars": _tool_grammars,
     "suffix": _kind(str),
     "extra": _extra,
     "logprobs": _logprobs,

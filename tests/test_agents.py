@@ -39,11 +39,35 @@ def call(name: str, arguments: dict[str, Any]) -> str:
     return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
 
 
+# Codex's apply_patch tool grammar (openai/codex codex-rs/core/src/tool_apply_patch.lark).
+APPLY_PATCH = r"""
+start: begin_patch hunk+ end_patch
+begin_patch: "*** Begin Patch" LF
+end_patch: "*** End Patch" LF?
+
+hunk: add_hunk | delete_hunk | update_hunk
+add_hunk: "*** Add File: " filename LF add_line+
+delete_hunk: "*** Delete File: " filename LF
+update_hunk: "*** Update File: " filename LF change_move? change?
+
+filename: /(.+)/
+add_line: "+" /(.*)/ LF -> line
+
+change_move: "*** Move to: " filename LF
+change: (change_context | change_line)+ eof_line?
+change_context: ("@@" | "@@ " /(.+)/) LF
+change_line: ("+" | "-" | " ") /(.*)/ LF
+eof_line: "*** End of File" LF
+
+%import common.LF
+"""
+PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+Hello\n*** End Patch\n"
+
 MODELS = {
     "agent-text": ("Done.", QWEN),
     "agent-think": ("<think>plan</think>Done.", THINKING_TEMPLATE),
     "agent-ns": (call("collaboration.spawn_agent", {"message": "look"}), QWEN),
-    "agent-custom": (call("apply_patch", {"input": "*** Begin Patch\n*** End Patch"}), QWEN),
+    "agent-custom": (call("apply_patch", {"input": PATCH}), QWEN),
     "agent-ctx": ("Done.", QWEN),
 }
 
@@ -174,7 +198,7 @@ CODEX_TOOLS: list[dict[str, Any]] = [
         "type": "custom",
         "name": "apply_patch",
         "description": "Edit files.",
-        "format": {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch"'},
+        "format": {"type": "grammar", "syntax": "lark", "definition": APPLY_PATCH},
     },
     {"type": "web_search", "external_web_access": False},
 ]
@@ -221,7 +245,7 @@ def test_codex_namespaced_and_custom_tools_and_hosted_web_search(
     assert custom.status_code == 200, custom.text
     item = _output(custom, stream)[-1]
     assert item["type"] == "custom_tool_call" and item["name"] == "apply_patch"
-    assert item["input"] == "*** Begin Patch\n*** End Patch"
+    assert item["input"] == PATCH
     follow = [
         *body["input"],
         {k: item[k] for k in ("type", "name", "input", "call_id")},

@@ -19,6 +19,7 @@ EVERY_FIELD = GenRequest(
     options={"temperature": 0},
     format="json",
     format_lenient=True,
+    tool_grammars={"shout": {"syntax": "regex", "definition": "[A-Z]+!"}},
     tools=[{"type": "function", "function": {"name": "f"}}],
     tool_choice="required",
     think="low",

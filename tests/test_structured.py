@@ -441,6 +441,16 @@ LYON = (
 )
 
 
+# Scripted models that call a custom tool `shout` with an input its grammar refuses: in a JSON
+# family (its input a JSON string) and an XML one (its input the parameter's text).
+SHOUTERS = (
+    ("shout-json", 'Sure.\n<tool_call>\n{"name": "shout", "arguments": {"input": "hi \\"you\\""}}'
+     "\n</tool_call>", "Qwen-Qwen2.5-7B-Instruct.jinja"),
+    ("shout-xml", "<tool_call>\n<function=shout>\n<parameter=input>\nhi \"you\"\n</parameter>\n"
+     "</function>\n</tool_call>", "Qwen3-Coder.jinja"),
+)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def scripted_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     from family_cases import template_at
@@ -453,6 +463,9 @@ def scripted_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
     template = template_at("Qwen-Qwen2.5-7B-Instruct.jinja")
     add_model(store, "lyon", write_scripted_model(folder / "lyon.gguf", LYON, template=template),
               SCRIPTED)  # fmt: skip
+    for name, says, source in SHOUTERS:
+        gguf = write_scripted_model(folder / f"{name}.gguf", says, template=template_at(source))
+        add_model(store, name, gguf, SCRIPTED)
     server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
     yield server
     server.close()
@@ -594,3 +607,71 @@ def test_an_answer_matching_two_branches_of_one_of_is_an_error_in_each_dialect(
         response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": fine}},
     )  # fmt: skip
     _valid(ok.choices[0].message.content or "", fine)
+
+
+SHOUT = r'start: WORD ("-" WORD)* "!"' + "\nWORD: /[A-Z]{2,8}/"
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("model", [name for name, _, _ in SHOUTERS])
+@pytest.mark.parametrize("syntax", ["lark", "regex"])
+def test_a_custom_tools_input_is_held_to_its_grammar(
+    scripted_live: LiveServer, model: str, syntax: str
+) -> None:
+    """The Responses API's custom tool with a grammar: the model's call of it is held to the
+    grammar (JSON-escaped where its family writes the input as a JSON string); without one,
+    the input is what the model wrote."""
+    client = openai.OpenAI(base_url=f"{scripted_live.url}/v1", api_key="x", max_retries=0)
+    definition = SHOUT if syntax == "lark" else r"[A-Z]{2,8}(-[A-Z]{2,8})*!"
+
+    def inputs(format: dict[str, Any], choice: Any = "auto") -> list[str]:
+        response = client.responses.create(
+            model=model, input="Shout.", max_output_tokens=300, temperature=0,
+            tools=[{"type": "custom", "name": "shout", "format": format}],  # type: ignore[list-item]
+            tool_choice=choice,
+        )  # fmt: skip
+        return [i.input for i in response.output if i.type == "custom_tool_call"]
+
+    assert inputs({"type": "text"}) == ['hi "you"']
+    grammar = {"type": "grammar", "syntax": syntax, "definition": definition}
+    held = inputs(grammar) + inputs(grammar, {"type": "custom", "name": "shout"})
+    assert held, "the model calls again whatever its input"
+    for text in held:
+        assert re.fullmatch(r"[A-Z]{2,8}(-[A-Z]{2,8})*!", text), text
+
+
+def test_a_grammar_is_quoted_as_json_writes_it(smol_vocab: Weights) -> None:
+    """formats.quoted: a grammar's language inside a JSON string, judged on Codex's
+    apply_patch grammar and regular expressions, with and without what JSON escapes."""
+    from localrun.formats import quoted
+
+    def takes(grammar: str, text: str) -> bool:
+        main = '%llguidance {}\nstart: "{\\"input\\": \\"" @g "\\"}"'
+        whole = json.dumps({"grammars": [{"lark_grammar": main},
+                                         {"name": "g", "lark_grammar": grammar}]})  # fmt: skip
+        return _takes(smol_vocab, whole, json.dumps({"input": text}, ensure_ascii=False))
+
+    from test_agents import APPLY_PATCH
+
+    patch = quoted.json_string(APPLY_PATCH)
+    good = '*** Begin Patch\n*** Update File: a "b".py\n@@ def f():\n-    return "x\\ty"\n'
+    assert takes(patch, good + "+    return 1\n*** End Patch\n")
+    assert not takes(patch, good + "*** End Patch\njunk")
+    assert not takes(patch, good.replace("@@", "@!"))
+    cases = [
+        (r"^\d{3}-[a-z]+$", "123-abc", "12-abc"),
+        (r'[^"]+', "a\\b\n\t", 'a"b'),
+        (r"(?s).+", 'x\ny"', ""),
+        (r"a/b\.c", "a/b.c", "a/bxc"),
+        (r"(\w+ ?){1,3}", "hi there you", "a b c d"),
+        (r"[\t ]*x", "\t \tx", "\nx"),
+        (r"(yes|no)( please)?", "no please", "maybe"),
+    ]
+    for pattern, valid, invalid in cases:
+        grammar = quoted.json_string(quoted.regex_grammar(pattern))
+        assert takes(grammar, valid), pattern
+        assert not takes(grammar, invalid), pattern
+    for refused in ["start: /(?i)abc/", "start: /a\\1/", "%ignore /x/\nstart: \"a\"",
+                    "%import common.NOPE\nstart: NOPE"]:  # fmt: skip
+        with pytest.raises(BadRequestError):
+            quoted.json_string(refused)

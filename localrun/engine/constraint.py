@@ -41,21 +41,23 @@ LIMITS = llguidance.LLParserLimits(
 
 def tokenizer(vocab: Any) -> Any:
     """llguidance's tokenizer for a llama.cpp vocabulary (about a second for a 150k one: the
-    weights build it once, engine.weights.Weights.guide), as llguidance's llama.cpp binding
-    builds it: each token's bytes, a control token's (or a user-defined `<...>` one's) marked
-    special with a 0xFF byte before them; the ends of generation end the grammar's answer."""
+    weights build it once, engine.weights.Weights.guide): each token's bytes, a control
+    token's marked special with a 0xFF byte before them (a grammar names it `<[id]>`); the
+    ends of generation end the grammar's answer. A user-defined token (Qwen's `<tool_call>`,
+    `<think>`) is its text, as the worker's markers take it (Weights.token_ids): a grammar's
+    literal `<tool_call>` is that token or its spelling alike."""
     n_vocab = int(lc.llama_vocab_n_tokens(vocab))
     buffer = ctypes.create_string_buffer(_PIECE + 1)
     tokens: list[bytes] = []
     ends: list[int] = []
-    control, user = lc.LLAMA_TOKEN_ATTR_CONTROL, lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+    control = lc.LLAMA_TOKEN_ATTR_CONTROL
     for token in range(n_vocab):
         n = lc.llama_token_to_piece(vocab, token, buffer, _PIECE, 0, True)
         if n < 0:
             raise EngineError(f"token {token} of the vocabulary is longer than {_PIECE} bytes")
         piece = buffer.raw[:n]
         attr = lc.llama_vocab_get_attr(vocab, token)
-        if attr & control or (attr & user and piece.startswith(b"<") and piece.endswith(b">")):
+        if attr & control:
             piece = b"\xff" + piece
         tokens.append(piece)
         if lc.llama_vocab_is_eog(vocab, token):

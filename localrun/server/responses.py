@@ -211,6 +211,7 @@ async def create(request: Request) -> Response:
         format=responses_input.format_of(body),
         tools=toolset.tools,
         tool_choice=responses_tools.tool_choice_of(body.data.get("tool_choice")),
+        tool_grammars=toolset.grammars or None,
         think=responses_input.think_of(body),
         parallel_tool_calls=body.flag("parallel_tool_calls", True),
     )

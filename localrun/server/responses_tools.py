@@ -34,6 +34,8 @@ class ToolSet:
     left_out: list[str] = field(default_factory=list)  # hosted tools' types, as given
     # The model's name of each namespaced or custom tool -> (namespace or None, name, kind).
     names: dict[str, tuple[str | None, str, str]] = field(default_factory=dict)
+    # A custom tool's grammar of its input, by the model's name for it (GenRequest's).
+    grammars: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def call_item(self, call: dict[str, Any]) -> dict[str, Any]:
         """A call of the model's (the core's {"id", "name", "arguments"}) as an output item."""
@@ -80,8 +82,11 @@ def _function(tool: dict[str, Any], where: str, namespace: str | None) -> dict[s
     return {"type": "function", "function": function}
 
 
-def _custom(tool: dict[str, Any], where: str, namespace: str | None) -> dict[str, Any]:
-    """A free-form tool as a function of one string, `input` (its grammar, if any, told)."""
+def _custom(
+    tool: dict[str, Any], where: str, namespace: str | None, grammars: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """A free-form tool as a function of one string, `input` (its grammar, if any, told,
+    and put in `grammars`: a call of it is held to it)."""
     name = tool.get("name")
     if not isinstance(name, str) or not name:
         raise BadRequestError(f"{where}.name must be a non-empty string")
@@ -89,6 +94,12 @@ def _custom(tool: dict[str, Any], where: str, namespace: str | None) -> dict[str
     spec = tool.get("format")
     if isinstance(spec, dict) and spec.get("type") == "grammar":
         syntax, definition = spec.get("syntax", "lark"), spec.get("definition", "")
+        if syntax not in ("lark", "regex") or not isinstance(definition, str) or not definition:
+            raise BadRequestError(
+                f"{where}.format needs a syntax (lark or regex) and its definition",
+                hint='e.g. {"type": "grammar", "syntax": "regex", "definition": "\\d+"}',
+            )
+        grammars[model_name(namespace, name)] = {"syntax": syntax, "definition": definition}
         described = f"The tool's input, in this {syntax} grammar:\n{definition}"
     parameters = {
         "type": "object",
@@ -132,13 +143,16 @@ def tools_of(value: Any) -> ToolSet:
                         f"{at} has type {member_kind!r}; a namespace holds function and "
                         "custom tools"
                     )
-                made = (_function if member_kind == "function" else _custom)(member, at, namespace)
+                if member_kind == "function":
+                    made = _function(member, at, namespace)
+                else:
+                    made = _custom(member, at, namespace, out.grammars)
                 tools.append(made)
                 out.names[made["function"]["name"]] = (namespace, member["name"], member_kind)
         elif kind == "function":
             tools.append(_function(tool, where, None))
         elif kind == "custom":
-            made = _custom(tool, where, None)
+            made = _custom(tool, where, None, out.grammars)
             tools.append(made)
             out.names[made["function"]["name"]] = (None, tool["name"], "custom")
         elif isinstance(kind, str):

@@ -13,12 +13,17 @@ rules are written as GBNF and read into Lark (worker/grammar.to_lark).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from localrun.errors import BadRequestError
 from localrun.formats import calls as tools_mod
+from localrun.formats import quoted
 from localrun.formats.parsers import Syntax
-from localrun.worker.grammar import json_placeholder, to_lark
+from localrun.worker.grammar import grammar_placeholder, json_placeholder, to_lark
+
+# A custom tool's grammar of its input, by its name: {"syntax": "lark" | "regex", "definition"}.
+Grammars = dict[str, dict[str, str]]
 
 _ARGS = "\x01"  # where a call's JSON arguments go
 # An XML or Python parameter's name and value: plain text, which every family writes as is.
@@ -35,17 +40,19 @@ def grammar(
     *,
     primed: str = "",
     special: dict[str, int] | None = None,
+    grammars: Grammars | None = None,
 ) -> str | None:
     """The grammar (Lark, engine.constraint's) of a forced call in `syntax`; None when the
     model may choose. `primed` is a marker the prompt already ends with (Functionary's `>>>`):
     not repeated. `special`: the family's markers the vocabulary has as special tokens (text:
-    id), which the call may write as those tokens."""
+    id), which the call may write as those tokens. `grammars`: the custom tools' grammars of
+    their input, by tool name (the Responses API's)."""
     if tool_choice in (None, "auto", "none"):
         return None
-    schemas: list[dict[str, Any]] = []
-    rules = _calls(syntax, tools, tools_mod.forced_name(tools, tool_choice), primed, schemas)
+    made = _Made(grammars or {})
+    rules = made.calls(syntax, tools, tools_mod.forced_name(tools, tool_choice), primed)
     rules.append("root ::= calls")
-    return to_lark("\n".join(rules), schemas, special or {})
+    return made.lark(rules, special)
 
 
 def lazy(
@@ -54,6 +61,7 @@ def lazy(
     *,
     primed: str = "",
     special: dict[str, int] | None = None,
+    grammars: Grammars | None = None,
 ) -> tuple[str, tuple[str, ...]] | None:
     """The grammar of a call under tool_choice "auto" when a tool is `strict` (OpenAI's and
     Anthropic's promise that its call's arguments follow its schema), with the markers that
@@ -61,8 +69,11 @@ def lazy(
     (engine.constraint.Lazy), and leaves the rest of the answer free. A strict tool's call
     follows its schema; another tool's is any object of its parameters. None where no tool is
     strict, or the family's calls open with no marker of their own (a bare JSON object, a
-    Python list, gpt-oss's channels): those calls are read as written."""
-    if primed or not any(strict(tool) for tool in tools):
+    Python list, gpt-oss's channels): those calls are read as written. A custom tool with a
+    grammar (`grammars`) is held to it as a strict tool to its schema."""
+    grammars = grammars or {}
+    held = [t for t in tools if strict(t) or t["function"]["name"] in grammars]
+    if primed or not held:
         return None
     triggers: set[str] = set()
     for tool in tools:
@@ -75,11 +86,11 @@ def lazy(
         if not found:
             return None
         triggers.add(max(found, key=len))
-    loose = [tool if strict(tool) else _loose(tool) for tool in tools]
-    schemas: list[dict[str, Any]] = []
-    rules = _calls(syntax, loose, None, "", schemas)
+    loose = [tool if any(tool is h for h in held) else _loose(tool) for tool in tools]
+    made = _Made(grammars)
+    rules = made.calls(syntax, loose, None, "")
     rules.append("root ::= calls")
-    return to_lark("\n".join(rules), schemas, special or {}), tuple(sorted(triggers))
+    return made.lark(rules, special), tuple(sorted(triggers))
 
 
 def strict(tool: tools_mod.Tool) -> bool:
@@ -107,33 +118,81 @@ def call_or_format(
     """The grammar for Ollama's `format` with tools: a call in the family's syntax, or an
     answer that is a value of the format's `schema`, so the model can still call what it is
     offered (`lenient`: the keywords the engine cannot enforce left out)."""
-    schemas: list[dict[str, Any]] = []
-    rules = _calls(syntax, tools, None, primed, schemas)
-    schemas.append(schema)
-    rules.append(f"root ::= calls | {json_placeholder(len(schemas) - 1)}")
-    return to_lark("\n".join(rules), schemas, special or {}, lenient=lenient)
+    made = _Made({})
+    rules = made.calls(syntax, tools, None, primed)
+    made.schemas.append(schema)
+    rules.append(f"root ::= calls | {json_placeholder(len(made.schemas) - 1)}")
+    return made.lark(rules, special, lenient=lenient)
 
 
-def _calls(
-    syntax: Syntax,
-    tools: list[tools_mod.Tool],
-    only: str | None,
-    primed: str,
-    schemas: list[dict[str, Any]],
-) -> list[str]:
-    """GBNF rules `calls` (a call of any tool, or of `only`) and each call's own."""
-    rules: list[str] = []
-    calls: list[str] = []
-    for index, tool in enumerate(tools):
-        function = tool["function"]
-        if only is not None and function["name"] != only:
-            continue
-        rule = f"call{index}"
-        schema = tools_mod.parameters(tool)
-        rules += _call_rules(syntax, rule, function["name"], schema, primed, schemas)
-        calls.append(rule)
-    rules.append(f"calls ::= {' | '.join(calls)}")
-    return rules
+class _Made:
+    """A call grammar's GBNF rules in the making, with the schemas and grammars its
+    placeholders stand for."""
+
+    def __init__(self, grammars: Grammars) -> None:
+        self.grammars = grammars
+        self.schemas: list[dict[str, Any]] = []
+        self.texts: list[str] = []  # custom tools' input grammars, each once quoted or raw
+
+    def calls(
+        self, syntax: Syntax, tools: list[tools_mod.Tool], only: str | None, primed: str
+    ) -> list[str]:
+        """GBNF rules `calls` (a call of any tool, or of `only`) and each call's own."""
+        rules: list[str] = []
+        calls: list[str] = []
+        for index, tool in enumerate(tools):
+            function = tool["function"]
+            name = function["name"]
+            if only is not None and name != only:
+                continue
+            rule = f"call{index}"
+            spec = self.grammars.get(name)
+            own = _custom_rules(syntax, rule, name, spec, primed, self.texts) if spec else None
+            if own is None:
+                schema = tools_mod.parameters(tool)
+                own = _call_rules(syntax, rule, name, schema, primed, self.schemas)
+            rules += own
+            calls.append(rule)
+        rules.append(f"calls ::= {' | '.join(calls)}")
+        return rules
+
+    def lark(
+        self, rules: list[str], special: dict[str, int] | None, *, lenient: bool = False
+    ) -> str:
+        return to_lark(
+            "\n".join(rules), self.schemas, special or {}, lenient=lenient, grammars=self.texts
+        )
+
+
+def _custom_rules(
+    syntax: Syntax, rule: str, name: str, spec: dict[str, str], primed: str, texts: list[str]
+) -> list[str] | None:
+    """A custom tool's call whose `input` follows its grammar: raw where the family writes a
+    value as text (XML parameters), JSON-escaped inside a JSON or Python string (formats.
+    quoted). None where the family's call cannot hold it (its own value rules, a grammar
+    quoting cannot carry): the input is then any string, as the tool describes it."""
+    definition = spec["definition"]
+    raw = quoted.regex_grammar(definition) if spec["syntax"] == "regex" else definition
+    if syntax.value_rules(rule, name, {"type": "object"}) is not None:
+        return None
+    try:
+        text = syntax.write(name, _ARGS).removeprefix(primed)
+    except (ValueError, TypeError):  # values written as text: `input`'s own
+        text = syntax.write(name, json.dumps({"input": _VALUE})).removeprefix(primed)
+        head, _, tail = text.partition(_VALUE)
+        inside = head.endswith('"') and tail.startswith('"')  # a Python string
+    else:
+        for marker in _END_TOKENS:
+            text = text.removesuffix(marker)
+        head, _, tail = text.partition(_ARGS)
+        head, tail, inside = head + '{"input": "', '"}' + tail, True
+    if inside:
+        try:
+            raw = quoted.json_string(raw)
+        except BadRequestError:
+            return None
+    texts.append(raw)
+    return [f"{rule} ::= {_spaced(head)} {grammar_placeholder(len(texts) - 1)} {_spaced(tail)}"]
 
 
 def _call_rules(
@@ -155,7 +214,7 @@ def _call_rules(
         text = text.removesuffix(marker)
     head, _, tail = text.partition(_ARGS)
     schemas.append(parameters)
-    return [f"{rule} ::= {_quote(head)} {json_placeholder(len(schemas) - 1)} {_quote(tail)}"]
+    return [f"{rule} ::= {_spaced(head)} {json_placeholder(len(schemas) - 1)} {_spaced(tail)}"]
 
 
 def _value_rules(syntax: Syntax, rule: str, name: str, parameters: dict[str, Any]) -> list[str]:
@@ -185,6 +244,17 @@ def _value_rules(syntax: Syntax, rule: str, name: str, parameters: dict[str, Any
     # A newline between parameters, as the families write them (the first is in `tail`).
     body = f'({rule}-param "\\n"?)* {_quote(tail.removeprefix(chr(10)))}'
     return [f"{rule}-param ::= {param}", f"{rule} ::= {_quote(head)} {body}"]
+
+
+# Where a tag meets a call's JSON (`<tool_call>{`, `}</tool_call>`): the families' templates
+# and models put a newline there as often as not (Qwen's `<tool_call>\n{...}\n</tool_call>`).
+_TAG_MEETS_JSON = re.compile(r"(?<=>)(?=[{\[])|(?<=[}\]])(?=<)")
+
+
+def _spaced(text: str) -> str:
+    """A call's fixed text as GBNF, a newline allowed where a tag meets its JSON."""
+    pieces = _TAG_MEETS_JSON.split(text)
+    return ' "\\n"? '.join(_quote(piece) for piece in pieces)
 
 
 def _quote(text: str) -> str:

@@ -34,6 +34,7 @@ ANY_OBJECT: dict[str, Any] = {"type": "object"}
 # nonce is this process's own).
 _NONCE = secrets.token_hex(8)
 _PLACEHOLDER = re.compile(rf'"@@json-{_NONCE}-(\d+)@@"')
+_GRAMMAR_PLACEHOLDER = re.compile(rf'"@@lark-{_NONCE}-(\d+)@@"')
 # Lark's pieces a name is not renamed inside: strings and regular expressions.
 _LARK_TEXT = re.compile(r'"(?:[^"\\]|\\.)*"i?|/(?:[^/\\\n]|\\.)+/[imslux]*')
 _LARK_NAME = re.compile(r"\b[A-Z][A-Z0-9_]*\b")
@@ -61,7 +62,14 @@ def header(forcing: bool = True) -> str:
 
 def with_forcing(grammar: str, forcing: bool) -> str:
     """A grammar of this module's with its forcing as asked."""
-    return grammar if forcing else grammar.replace(header(), header(False), 1)
+    if forcing:
+        return grammar
+    if grammar.startswith("{"):  # several grammars (to_lark's): the first is the call's
+        whole = json.loads(grammar)
+        first = whole["grammars"][0]
+        first["lark_grammar"] = with_forcing(first["lark_grammar"], forcing)
+        return json.dumps(whole, ensure_ascii=False)
+    return grammar.replace(header(), header(False), 1)
 
 
 def format_schema(format: Format) -> dict[str, Any] | None:
@@ -113,13 +121,25 @@ def json_placeholder(index: int) -> str:
     return f'"@@json-{_NONCE}-{index}@@"'
 
 
+def grammar_placeholder(index: int) -> str:
+    """GBNF for where the text of `grammars[index]` goes (to_lark refers to it)."""
+    return f'"@@lark-{_NONCE}-{index}@@"'
+
+
 def to_lark(
-    gbnf: str, schemas: list[dict[str, Any]], special: dict[str, int], *, lenient: bool = False
+    gbnf: str,
+    schemas: list[dict[str, Any]],
+    special: dict[str, int],
+    *,
+    lenient: bool = False,
+    grammars: list[str] | None = None,
 ) -> str:
-    """A GBNF grammar built around placeholders as Lark: each placeholder the schema's
+    """A GBNF grammar built around placeholders as Lark: each JSON placeholder the schema's
     `%json`, every marker of `special` (text: the id of its special token) inside a literal
     the token or its text, and every rule a rule of the grammar (llguidance takes neither
-    `%json` nor a token inside a terminal)."""
+    `%json` nor a token inside a terminal). With `grammars` (Lark grammars of their own: a
+    custom tool's input), each grammar placeholder refers to its grammar, and the whole is
+    llguidance's list of grammars, the call's first."""
     from llguidance.gbnf_to_lark import GbnfToLarkError, gbnf_to_lark
 
     try:
@@ -132,13 +152,23 @@ def to_lark(
         index = int(match.group(1))
         return schema_lark(schemas[index], lenient=lenient) if index < len(schemas) else match[0]
 
-    return _PLACEHOLDER.sub(put, lark)
+    lark = _PLACEHOLDER.sub(put, lark)
+    if not grammars:
+        return lark
+    lark = _GRAMMAR_PLACEHOLDER.sub(lambda m: f"@custom{int(m.group(1))}", lark)
+    named = [{"name": f"custom{i}", "lark_grammar": g} for i, g in enumerate(grammars)]
+    return json.dumps({"grammars": [{"lark_grammar": lark}, *named]}, ensure_ascii=False)
 
 
 def _tokens_in(literal: str, special: dict[str, int]) -> str:
     """A Lark string literal with each special marker in it as `("TEXT" | <[ID]>)`: the
     model may write its token or spell it."""
-    if not special or literal.endswith("i") or _PLACEHOLDER.fullmatch(literal):
+    if (
+        not special
+        or literal.endswith("i")
+        or _PLACEHOLDER.fullmatch(literal)
+        or _GRAMMAR_PLACEHOLDER.fullmatch(literal)
+    ):
         return literal
     try:
         text = json.loads(literal)

@@ -223,42 +223,11 @@ class Prompter:
         family = self.family()
         syntax = family.syntax.with_tools(in_force) if in_force else None
         primed = next((m for m in family.syntax.starts if text.endswith(m)), "")
-        # A forced call is written in the family's syntax; its grammar wins over `format`.
-        special = self._markers(family) if syntax is not None else {}
-        forced = (
-            forced_mod.grammar(
-                syntax, in_force, request.tool_choice, primed=primed, special=special
-            )
-            if syntax is not None and in_force
-            else None
-        )
-        constraint = forced or constraint_for(request.format, lenient=request.format_lenient)
-        schema = format_schema(request.format)
-        if schema is not None and not forced and syntax is not None and in_force:
-            # `format` with tools (Ollama's): a call in the family's syntax, or the format.
-            constraint = forced_mod.call_or_format(
-                syntax,
-                in_force,
-                schema,
-                primed=primed,
-                special=special,
-                lenient=request.format_lenient,
-            )
-        lazy = None
-        if constraint is None and syntax is not None and in_force:
-            # A strict tool under tool_choice "auto": its call held to its schema once begun.
-            lazy = forced_mod.lazy(syntax, in_force, primed=primed, special=special)
-            constraint = lazy[0] if lazy else None
-        sampling = self.sampling(request.options, constraint, request.memory)
-        if lazy is not None:
-            opened = reasoning_mod.opens_thinking(text, *family.think)
-            sampling = dataclasses.replace(
-                sampling, triggers=lazy[1], reasoning=(*family.think, opened)
-            )
+        sampling, forced = self._answer_sampling(request, text, family, in_force, primed)
         media = media_of(request.messages or [])
         prepared = self._prepared(text, media, sampling)
         prepared.tool_names = tools_mod.names(in_force) if in_force else None
-        prepared.forced_tool = forced is not None
+        prepared.forced_tool = forced
         prepared.family = family
         if syntax is not None:
             prepared.tool_syntax, prepared.primed = syntax, primed
@@ -278,6 +247,48 @@ class Prompter:
             if spell:
                 prepared.sampling = dataclasses.replace(prepared.sampling, spell=spell)
         return prepared
+
+    def _answer_sampling(
+        self,
+        request: GenRequest,
+        text: str,
+        family: parsers.Family,
+        in_force: list[tools_mod.Tool] | None,
+        primed: str,
+    ) -> tuple[SamplingOptions, bool]:
+        """A chat's sampling with the constraint of its answer, and whether that constraint
+        forces a call: a forced call's grammar (in the family's syntax) wins over `format`;
+        `format` with tools is a call or the format (Ollama's); a strict tool (or a custom
+        tool's grammar) under tool_choice "auto" holds its call to its schema once begun."""
+        syntax = family.syntax.with_tools(in_force) if in_force else None
+        special = self._markers(family) if syntax is not None else {}
+        grammars = request.tool_grammars
+        forced = lazy = None
+        if syntax is not None and in_force:
+            forced = forced_mod.grammar(
+                syntax, in_force, request.tool_choice, primed=primed, special=special,
+                grammars=grammars,
+            )  # fmt: skip
+        constraint = forced or constraint_for(request.format, lenient=request.format_lenient)
+        schema = format_schema(request.format)
+        if syntax is not None and in_force and not forced:
+            if schema is not None:
+                constraint = forced_mod.call_or_format(
+                    syntax, in_force, schema, primed=primed, special=special,
+                    lenient=request.format_lenient,
+                )  # fmt: skip
+            else:
+                lazy = forced_mod.lazy(
+                    syntax, in_force, primed=primed, special=special, grammars=grammars
+                )
+                constraint = lazy[0] if lazy else constraint
+        sampling = self.sampling(request.options, constraint, request.memory)
+        if lazy is not None:
+            opened = reasoning_mod.opens_thinking(text, *family.think)
+            sampling = dataclasses.replace(
+                sampling, triggers=lazy[1], reasoning=(*family.think, opened)
+            )
+        return sampling, forced is not None
 
     def family(self) -> parsers.Family:
         """The model's family: by its template's markers (formats.template.family), else by a
