@@ -13,6 +13,7 @@ memory cannot drop positions (recurrent ones) neither speculate nor fast-forward
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from localrun.engine.native import lc
@@ -28,22 +29,27 @@ _FAILED = "the answer could not follow its schema or grammar: "
 _HINT = "simplify the schema or grammar (README: Structured outputs)"
 
 
-class Answering:
-    """engine.batch.BatchEngine's token path (its loop calls `_sample` for each slot that
-    has logits to sample from)."""
+class Answerer:
+    """engine.batch.BatchEngine's token path: its loop calls `sample` for each slot that has
+    logits to sample from; `finish(slot, reason)` and `fail(slots, error)` are the engine's
+    ends of a job."""
 
-    _ctx: Any
-    _weights: Weights
-    _slots: Slots
-    n_vocab: int
+    def __init__(
+        self,
+        ctx: Any,
+        weights: Weights,
+        slots: Slots,
+        finish: Callable[[Slot, str], None],
+        fail: Callable[[list[Slot], LocalrunError], None],
+    ) -> None:
+        self._ctx = ctx
+        self._weights = weights
+        self._slots = slots
+        self._finish = finish
+        self._fail = fail
+        self.n_vocab = weights.n_vocab
 
-    def _finish(self, slot: Slot, reason: str) -> None:
-        raise NotImplementedError  # the engine's
-
-    def _fail(self, slots: list[Slot], exc: LocalrunError) -> None:
-        raise NotImplementedError  # the engine's
-
-    def _sample(self, slot: Slot, job: Job) -> None:
+    def sample(self, slot: Slot, job: Job) -> None:
         """The slot's next token: checked against its draft, the answer's ends and budgets,
         sent, and the next draft proposed."""
         row = slot.row

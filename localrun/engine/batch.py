@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from localrun.engine import calls, draft, prompt_cache, speculate
-from localrun.engine.answering import Answering
+from localrun.engine.answering import Answerer
 from localrun.engine.answers import AnswerMemory
 from localrun.engine.costs import CostMeter, DecodeCost
 from localrun.engine.embed import Embedder
@@ -61,7 +61,7 @@ from localrun.errors import BadRequestError, EngineError, InvalidParameterError,
 MAX_TOP_LOGPROBS = 20
 
 
-class BatchEngine(Answering):
+class BatchEngine:
     """One llama.cpp model and one context serving `slots` sequences, decoded in one batch."""
 
     def __init__(self, path: str, options: LoadOptions, slots: int) -> None:
@@ -132,6 +132,7 @@ class BatchEngine(Answering):
         self._n_batch = int(lc.llama_n_batch(self._ctx))
         self._rows = StepBatch(self._n_batch)
         self._slots = Slots(lc.llama_get_memory(self._ctx), slots)
+        self._answerer = Answerer(self._ctx, self._weights, self._slots, self._finish, self._fail)
 
     # -- tokens -------------------------------------------------------------------------------
 
@@ -411,7 +412,7 @@ class BatchEngine(Answering):
         if job.cancelled:
             self._finish(slot, "cancelled")
             return
-        self._sample(slot, job)
+        self._answerer.sample(slot, job)
 
     def _read(self, slot: Slot, job: Job) -> bool:
         """A prompt chunk is in (the prefix saved once whole); False when that ended the job."""
