@@ -9,8 +9,8 @@ streams free text (greedy, N tokens) while a neighbour streams an answer of one 
 - free: no schema (the baseline: a second slot in the batch costs its share of each decode);
 - object: an ordinary schema (a country's name, capital and population);
 - wide: `anyOf` of 400 object branches, each its own required key;
-- words: a string whose `pattern` is an alternation of 3,000 words, repeated;
-- deep: arrays nested 100 levels;
+- words: a string whose `pattern` is an alternation of 2,000 words, repeated;
+- deep: arrays nested 45 levels (a request's JSON nests at most 100);
 - counts: a string of 1,000 to 30,000 characters of a class.
 
 Each neighbour's answer is built token by token with llguidance's mask, on the batch loop's
@@ -35,7 +35,7 @@ import httpx
 from benchlib.common import default_model, say
 from benchlib.serve import Server, localrun_serve, localrun_store
 
-WORDS = [f"w{i:04d}x" for i in range(3000)]
+WORDS = [f"w{i:04d}x" for i in range(2000)]
 NEIGHBOURS: dict[str, Any] = {
     "free": None,
     "object": {
@@ -58,11 +58,11 @@ NEIGHBOURS: dict[str, Any] = {
             for i in range(400)
         ]
     },
-    "words": {"type": "string", "pattern": "^((" + "|".join(WORDS) + ") )+$"},
+    "words": {"type": "string", "pattern": "^((" + "|".join(WORDS) + ") )+$"},  # 14 kB
     "deep": {"type": "array", "items": {}},
     "counts": {"type": "string", "pattern": "^[a-z ]{1000,30000}$"},
 }
-for _ in range(99):
+for _ in range(44):  # 45 levels: a request's JSON nests 2 a level, at most 100
     NEIGHBOURS["deep"] = {"type": "array", "items": NEIGHBOURS["deep"], "maxItems": 2}
 VICTIM = "Write a long story about a lighthouse keeper and the sea."
 ASK = "Write a JSON value for this schema."
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=200, help="the victim's answer, tokens")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--speculate", default="auto", help="LOCALRUN_SPECULATE of the server")
     args = parser.parse_args(argv)
     model = args.model or default_model()
     if model is None:

@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 from conftest import PATIENCE_S
+from test_family_calls import SCRIPTED
 from test_server import LiveServer, add_model
 from testmodels.scripted import write_scripted_model
 from testmodels.vocab import THINKING_TEMPLATE
@@ -78,7 +79,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     store = Store(folder / "models")
     for name, (says, template) in MODELS.items():
         gguf = write_scripted_model(folder / f"{name}.gguf", says, template=template, n_ctx=N_CTX)
-        add_model(store, name, gguf, "")
+        add_model(store, name, gguf, SCRIPTED)  # its own spelling of forced text
     short = write_scripted_model(folder / "short.gguf", "Done.", template=QWEN, n_ctx=8192)
     add_model(store, "agent-short", short, "")
     server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=2, max_queue=8))

@@ -54,6 +54,8 @@ class Answerer:
         sent, and the next draft proposed."""
         row = slot.row
         assert job.sampler is not None
+        if slot.draft and job.forcing and job.logprobs < 0 and not self._take_forced(slot, job):
+            return
         token = job.sampler.sample(self._ctx, row)
         if slot.draft:
             token, row = self._verify(slot, job, token, row)
@@ -84,6 +86,28 @@ class Answerer:
                 job.spec.known([token])
         elif job.spec is not None:
             slot.draft = job.spec.propose(token, room)
+
+    def _take_forced(self, slot: Slot, job: Job) -> bool:
+        """The forced draft is the answer's: taken without sampling (its rows had no logits:
+        engine.rows), sent, and kept in the slot's cache. False when a cancel or the budget
+        ended the answer inside it."""
+        forced = slot.draft
+        assert job.sampler is not None
+        for index, token in enumerate(forced):
+            job.sampler.take(token)
+            slot.cache.append(token)
+            self._emit(job, token, -1)
+            ended = "cancelled" if job.cancelled else None
+            if job.timings.eval_tokens >= job.budget:
+                ended = ended or "length"
+            if ended:
+                slot.draft = forced[index + 1 :]  # what the KV holds past the cache: dropped
+                self._finish(slot, ended)
+                return False
+        slot.draft = []
+        if job.spec is not None:
+            job.spec.known(forced)
+        return True
 
     def _verify(self, slot: Slot, job: Job, token: int, row: int) -> tuple[int, int]:
         """Keep the draft up to the first token the sampler does not choose: that token

@@ -1,6 +1,7 @@
 """The loop's llama_batch: the rows one step decodes, written for every active slot.
 
-A generating slot writes its sampled token and its draft (each with logits); a slot reading its
+A generating slot writes its sampled token and its draft (each with logits, but forced text);
+a slot reading its
 prompt writes the next chunk of it, up to the room the batch has, the end of its cached prefix
 (saved once it is in) or its next image or audio (which the engine evaluates on its own), with
 logits for the prompt's last token only. Each slot's `row` says where its logits are.
@@ -52,15 +53,21 @@ class StepBatch:
         return n
 
     def put_token(self, slot: Slot, n: int) -> int:
+        """A generating slot's rows: its token and its draft, each with logits; but a draft
+        its grammar forces (engine.answering) is taken without sampling, so only its last row
+        has logits (unless the request asked for each token's log-probabilities)."""
         tokens, pos, logits, seq_ids = self._tokens, self._pos, self._logits, self._seq_ids
         seq = slot.seq
-        slot.row = n
+        rows = (slot.token, *slot.draft) if slot.draft else (slot.token,)
+        job = slot.job
+        blind = len(rows) - 1 if job is not None and job.forcing and job.logprobs < 0 else 0
+        slot.row = n + blind
         at = len(slot.cache)
-        for t in (slot.token, *slot.draft) if slot.draft else (slot.token,):
+        for i, t in enumerate(rows):
             tokens[n] = t
             pos[n] = at
             seq_ids[n][0] = seq
-            logits[n] = 1
+            logits[n] = 0 if i < blind else 1
             n += 1
             at += 1
         return n

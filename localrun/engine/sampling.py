@@ -198,6 +198,23 @@ class Sampler:
             self._remember(token)
         return token
 
+    def take(self, token: int) -> None:
+        """A token the grammar forces, taken without sampling (its row has no logits): the
+        grammar and the chain's penalties move past it as if it had been sampled."""
+        constraint = self.constraint
+        if constraint is not None:
+            constraint.accept(token)
+            if self.lazy is not None and constraint.whole():
+                self.lazy.done()
+                self.constraint = None
+        if not self.greedy:
+            lc.llama_sampler_accept(self.chain, token)
+        elif self.last_n:
+            self.unaccepted.append(token)
+            del self.unaccepted[: -self.last_n]
+        if self.last_n:
+            self._remember(token)
+
     def failed(self) -> str | None:
         """Why the answer's grammar can go no further (a step past its limits), if so."""
         return self.constraint.failed() if self.constraint is not None else None
