@@ -6,7 +6,8 @@
 `localrun serve` with the SmolLM2 starter, several requests decoded in one batch. A victim
 streams free text (greedy, N tokens) while a neighbour streams an answer of one of these:
 
-- free: no schema (the baseline: a second slot in the batch costs its share of each decode);
+- free: no schema, a short answer; free-long: no schema, a long one (the baseline: a second
+  slot in the batch costs its share of each decode);
 - object: an ordinary schema (a country's name, capital and population);
 - wide: `anyOf` of 400 object branches, each its own required key;
 - words: a string whose `pattern` is an alternation of 2,000 words, repeated;
@@ -38,6 +39,7 @@ from benchlib.serve import Server, localrun_serve, localrun_store
 WORDS = [f"w{i:04d}x" for i in range(2000)]
 NEIGHBOURS: dict[str, Any] = {
     "free": None,
+    "free-long": None,
     "object": {
         "type": "object",
         "properties": {
@@ -66,16 +68,19 @@ for _ in range(44):  # 45 levels: a request's JSON nests 2 a level, at most 100
     NEIGHBOURS["deep"] = {"type": "array", "items": NEIGHBOURS["deep"], "maxItems": 2}
 VICTIM = "Write a long story about a lighthouse keeper and the sea."
 ASK = "Write a JSON value for this schema."
+LONG = "Write a very long story about a dragon who learns to sing."  # free-long's ask
 
 
 def stream(url: str, model: str, ask: str, tokens: int, schema: Any, out: dict[str, Any]) -> None:
-    """One streamed chat answer: its decode tok/s (first to last token) into `out`."""
+    """One streamed chat answer: its decode tok/s (its tokens, as the usage counts them,
+    from its first piece to its last) into `out`."""
     body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": ask}],
         "temperature": 0,
         "max_tokens": tokens,
         "stream": True,
+        "stream_options": {"include_usage": True},  # chunks may carry several tokens
     }
     if schema is not None:
         body["response_format"] = {
@@ -93,14 +98,15 @@ def stream(url: str, model: str, ask: str, tokens: int, schema: Any, out: dict[s
                     chunk = json.loads(line[6:])
                     if "error" in chunk:
                         out["error"] = str(chunk["error"])[:200]
+                    if chunk.get("usage"):
+                        out["tokens"] = chunk["usage"]["completion_tokens"]
                     for choice in chunk.get("choices") or []:
                         if (choice.get("delta") or {}).get("content"):
                             stamps.append(time.perf_counter())
     except httpx.HTTPError as exc:
         out["error"] = repr(exc)
-    if len(stamps) > 2:
-        out["tps"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-        out["tokens"] = len(stamps)
+    if len(stamps) > 2 and out.get("tokens", 0) > 2:
+        out["tps"] = (out["tokens"] - 1) / (stamps[-1] - stamps[0])
 
 
 def beside(server: Server, name: str, tokens: int) -> tuple[float | None, float | None]:
@@ -112,7 +118,15 @@ def beside(server: Server, name: str, tokens: int) -> tuple[float | None, float 
     threads = [
         threading.Thread(target=stream, args=(url, model, VICTIM, tokens, None, victim)),
         threading.Thread(
-            target=stream, args=(url, model, ASK, 4 * tokens, NEIGHBOURS[name], neighbour)
+            target=stream,
+            args=(
+                url,
+                model,
+                LONG if name == "free-long" else ASK,
+                4 * tokens,
+                NEIGHBOURS[name],
+                neighbour,
+            ),
         ),
     ]
     for thread in threads[::-1]:  # the neighbour first: its prompt read before the victim's
