@@ -71,6 +71,9 @@ ASK = "Write a JSON value for this schema."
 LONG = "Write a very long story about a dragon who learns to sing."  # free-long's ask
 
 
+SPECULATE = {"mode": "auto"}  # every request's `speculate` (localrun's field): --speculate
+
+
 def stream(url: str, model: str, ask: str, tokens: int, schema: Any, out: dict[str, Any]) -> None:
     """One streamed chat answer: its decode tok/s (its tokens, as the usage counts them,
     from its first piece to its last) into `out`."""
@@ -81,6 +84,7 @@ def stream(url: str, model: str, ask: str, tokens: int, schema: Any, out: dict[s
         "max_tokens": tokens,
         "stream": True,
         "stream_options": {"include_usage": True},  # chunks may carry several tokens
+        "speculate": SPECULATE["mode"],
     }
     if schema is not None:
         body["response_format"] = {
@@ -142,11 +146,12 @@ def beside(server: Server, name: str, tokens: int) -> tuple[float | None, float 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="GGUF file (default: the SmolLM2 starter)")
-    parser.add_argument("--tokens", type=int, default=200, help="the victim's answer, tokens")
+    parser.add_argument("--tokens", type=int, default=300, help="the victim's answer, tokens")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--speculate", default="auto", help="LOCALRUN_SPECULATE of the server")
+    parser.add_argument("--speculate", default="auto", help="every request's speculation mode")
     args = parser.parse_args(argv)
+    SPECULATE["mode"] = args.speculate
     model = args.model or default_model()
     if model is None:
         parser.error("needs --model or the SmolLM2 starter")
