@@ -98,8 +98,8 @@ class Answerer:
             slot.cache.append(token)
             self._emit(job, token, -1)
             ended = "cancelled" if job.cancelled else None
-            if job.timings.eval_tokens >= job.budget:
-                ended = ended or "length"
+            if ended is None and job.timings.eval_tokens >= job.budget:
+                ended = "length"
             if ended:
                 slot.draft = forced[index + 1 :]  # what the KV holds past the cache: dropped
                 self._finish(slot, ended)

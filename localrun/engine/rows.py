@@ -1,10 +1,10 @@
 """The loop's llama_batch: the rows one step decodes, written for every active slot.
 
-A generating slot writes its sampled token and its draft (each with logits, but forced text);
-a slot reading its
-prompt writes the next chunk of it, up to the room the batch has, the end of its cached prefix
-(saved once it is in) or its next image or audio (which the engine evaluates on its own), with
-logits for the prompt's last token only. Each slot's `row` says where its logits are.
+A generating slot writes its sampled token and its draft (each with logits, but for forced text,
+its last row alone); a slot reading its prompt writes the next chunk of it, up to the room the
+batch has, the end of its cached prefix (saved once it is in) or its next image or audio (which
+the engine evaluates on its own), with logits for the prompt's last token only. Each slot's
+`row` says where its logits are.
 """
 
 from __future__ import annotations

@@ -173,45 +173,40 @@ class Sampler:
         """The token the chain (and grammar) choose at the batch's row `row`, accepted."""
         constraint, lazy = self.constraint, self.lazy
         if constraint is None and lazy is None and not self.greedy:
-            token = int(lc.llama_sampler_sample(self.chain, ctx, row))  # accepts it
-        else:
-            logits = self._row(ctx, row)
-            token, alone = self._greedy(logits) if self.greedy else (self._apply(logits), False)
-            if constraint is None and lazy is not None:
-                assert self.spelled is not None
-                constraint = self.constraint = lazy.see(self.spelled(token))
-            if constraint is not None:
-                if not constraint.allows(token):
-                    self._fill(logits)
-                    constraint.restrict(self.logits)
-                    token, alone = self._apply(None), False
-                constraint.accept(token)
-                if lazy is not None and constraint.whole():
-                    lazy.done()  # the call is whole: free until the next one
-                    self.constraint = None
-            if not alone:
-                lc.llama_sampler_accept(self.chain, token)
-            elif self.last_n:
-                self.unaccepted.append(token)
-                del self.unaccepted[: -self.last_n]  # the window holds no more
-        if self.last_n:
-            self._remember(token)
+            # It accepts the token (the penalties' own window is greedy's alone: last_n 0).
+            return int(lc.llama_sampler_sample(self.chain, ctx, row))
+        logits = self._row(ctx, row)
+        token, alone = self._greedy(logits) if self.greedy else (self._apply(logits), False)
+        if constraint is None and lazy is not None:
+            assert self.spelled is not None
+            constraint = self.constraint = lazy.see(self.spelled(token))
+        if constraint is not None and not constraint.allows(token):
+            self._fill(logits)
+            constraint.restrict(self.logits)
+            token, alone = self._apply(None), False
+        self._took(token, alone)
         return token
 
     def take(self, token: int) -> None:
         """A token the grammar forces, taken without sampling (its row has no logits): the
         grammar and the chain's penalties move past it as if it had been sampled."""
+        self._took(token, alone=self.greedy)
+
+    def _took(self, token: int, alone: bool) -> None:
+        """`token` is the answer's: the grammar (a lazy one's call whole, free until the next
+        marker) and the chain move past it; `alone`: greedy chose it without the chain, which
+        catches up on its next run (engine.sampling's greedy path)."""
         constraint = self.constraint
         if constraint is not None:
             constraint.accept(token)
             if self.lazy is not None and constraint.whole():
                 self.lazy.done()
                 self.constraint = None
-        if not self.greedy:
+        if not alone:
             lc.llama_sampler_accept(self.chain, token)
         elif self.last_n:
             self.unaccepted.append(token)
-            del self.unaccepted[: -self.last_n]
+            del self.unaccepted[: -self.last_n]  # the window holds no more
         if self.last_n:
             self._remember(token)
 

@@ -96,6 +96,28 @@ def in_force(tools: Any, tool_choice: Any) -> list[Tool] | None:
     return found
 
 
+def forces(tool_choice: Any) -> bool:
+    """Whether tool_choice forces a call ("required", or a tool named)."""
+    return tool_choice not in (None, "auto", "none")
+
+
+def strict(tool: Tool) -> bool:
+    """Whether a tool's calls must follow its parameters' schema (its `strict: true`)."""
+    return tool["function"].get("strict") is True
+
+
+def enforced(tools: list[Tool], tool_choice: Any) -> list[Tool]:
+    """The tools whose calls the answer's constraint holds to their parameters' schemas:
+    those a forced call may call, and the strict ones."""
+    only = forced_name(tools, tool_choice) if forces(tool_choice) else None
+    called = forces(tool_choice)
+    return [
+        tool
+        for tool in tools
+        if strict(tool) or (called and only in (None, tool["function"]["name"]))
+    ]
+
+
 def forced_name(tools: list[Tool], tool_choice: Any) -> str | None:
     """The single tool tool_choice names; None unless it names one. Raises for unknown names."""
     if tool_choice in (None, "auto", "none", "required"):

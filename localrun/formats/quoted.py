@@ -124,7 +124,9 @@ def json_string(lark: str) -> str:
 
     if re.search(r"^\s*%ignore\b", lark, re.MULTILINE):
         raise BadRequestError("a grammar with %ignore cannot be held inside a JSON string")
-    _PIECES.sub(lambda m: imported(m) if m.lastgroup == "import" else m[0], lark)
+    for match in _PIECES.finditer(lark):
+        if match.lastgroup == "import":
+            imported(match)
     lines = [lark, *(f"{name}: {COMMON[name]}" for name in defined)]
     text = _RANGE.sub(_range, "\n".join(lines))
     out, last = [], 0
@@ -204,14 +206,8 @@ class _Writer:
         return " ".join(parts) if parts else '""'
 
     def item(self, op: Any, av: Any) -> str:
-        if op is _c.NOT_LITERAL:
-            return self.klass(f"[^{_class_char(chr(av))}]")
-        if op is _c.ANY:
-            return self.klass("(?s:.)" if self.dotall else ".")
-        if op is _c.IN:
-            return self.klass(_class_text(av))
-        if op is _c.CATEGORY:
-            return self.klass(_class_text([(op, av)]))
+        if op in _CLASSES:
+            return self.klass(self._class_of(op, av))
         if op is _c.BRANCH:
             return "(" + " | ".join(self.sequence(alt) for alt in av[1]) + ")"
         if op is _c.SUBPATTERN:
@@ -222,7 +218,7 @@ class _Writer:
             low, high, body = av
             unbounded = high is _c.MAXREPEAT
             [(inner_op, inner_av)] = list(body) if len(body) == 1 else [(None, None)]
-            if unbounded and low <= 1 and inner_op in (_c.IN, _c.ANY, _c.NOT_LITERAL, _c.CATEGORY):
+            if unbounded and low <= 1 and inner_op in _CLASSES:
                 # A class repeated: runs of its safe characters (one lexeme each) and escapes.
                 runs = self.klass(self._class_of(inner_op, inner_av), run=True)
                 return runs + ("*" if low == 0 else "+")
@@ -255,6 +251,8 @@ class _Writer:
         return "(" + " | ".join([f"/{safe}{'+' if run else ''}/", *escapes]) + ")"
 
 
+# What matches one character of a set: a class as Python's parser gives it.
+_CLASSES = (_c.IN, _c.ANY, _c.NOT_LITERAL, _c.CATEGORY)
 _ENDS = (_c.AT_BEGINNING, _c.AT_BEGINNING_STRING, _c.AT_END, _c.AT_END_STRING)
 _CATEGORIES = {
     _c.CATEGORY_DIGIT: r"\d",

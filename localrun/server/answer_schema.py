@@ -57,17 +57,11 @@ def after_check(req: GenRequest) -> AfterCheck | None:
     is made (`to_check`)."""
     found = AfterCheck(answer=to_check(req.format))
     in_force = tools_mod.in_force(req.tools, req.tool_choice) if req.tools else None
-    if in_force:
-        forced = req.tool_choice not in (None, "auto", "none")
-        only = tools_mod.forced_name(in_force, req.tool_choice) if forced else None
-        for tool in in_force:
-            function = tool["function"]
-            enforced = function.get("strict") is True or (
-                forced and only in (None, function["name"])
-            )
-            schema = tools_mod.parameters(tool)
-            if enforced and to_check(schema, f"the tool {function['name']!r}'s schema"):
-                found.tools[str(function["name"])] = schema
+    for tool in tools_mod.enforced(in_force or [], req.tool_choice):
+        name = str(tool["function"]["name"])
+        schema = tools_mod.parameters(tool)
+        if to_check(schema, f"the tool {name!r}'s schema"):
+            found.tools[name] = schema
     return found if found.answer is not None or found.tools else None
 
 

@@ -26,7 +26,6 @@ from starlette.requests import Request
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import answer_schema, core
-from localrun.server.answer_schema import AfterCheck
 from localrun.settings import limits
 from localrun.worker.protocol import Chunk
 
@@ -48,7 +47,7 @@ class Generation:
         metrics: Metrics | None = None,
         *,
         parallel_tool_calls: bool = True,
-        check: AfterCheck | None = None,
+        check: answer_schema.AfterCheck | None = None,
     ) -> None:
         self.stream = stream
         self.check = check  # the schemas the finished answer is validated against

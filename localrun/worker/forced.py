@@ -47,7 +47,7 @@ def grammar(
     not repeated. `special`: the family's markers the vocabulary has as special tokens (text:
     id), which the call may write as those tokens. `grammars`: the custom tools' grammars of
     their input, by tool name (the Responses API's)."""
-    if tool_choice in (None, "auto", "none"):
+    if not tools_mod.forces(tool_choice):
         return None
     made = _Made(grammars or {})
     rules = made.calls(syntax, tools, tools_mod.forced_name(tools, tool_choice), primed)
@@ -72,8 +72,11 @@ def lazy(
     Python list, gpt-oss's channels): those calls are read as written. A custom tool with a
     grammar (`grammars`) is held to it as a strict tool to its schema."""
     grammars = grammars or {}
-    held = [t for t in tools if strict(t) or t["function"]["name"] in grammars]
-    if primed or not held:
+
+    def held(tool: tools_mod.Tool) -> bool:
+        return tools_mod.strict(tool) or tool["function"]["name"] in grammars
+
+    if primed or not any(held(tool) for tool in tools):
         return None
     triggers: set[str] = set()
     for tool in tools:
@@ -86,16 +89,11 @@ def lazy(
         if not found:
             return None
         triggers.add(max(found, key=len))
-    loose = [tool if any(tool is h for h in held) else _loose(tool) for tool in tools]
+    loose = [tool if held(tool) else _loose(tool) for tool in tools]
     made = _Made(grammars)
     rules = made.calls(syntax, loose, None, "")
     rules.append("root ::= calls")
     return made.lark(rules, special), tuple(sorted(triggers))
-
-
-def strict(tool: tools_mod.Tool) -> bool:
-    """Whether a tool's calls must follow its parameters' schema (its `strict: true`)."""
-    return tool["function"].get("strict") is True
 
 
 def _loose(tool: tools_mod.Tool) -> tools_mod.Tool:
