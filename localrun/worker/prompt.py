@@ -223,7 +223,7 @@ class Prompter:
         family = self.family()
         syntax = family.syntax.with_tools(in_force) if in_force else None
         primed = next((m for m in family.syntax.starts if text.endswith(m)), "")
-        sampling, forced = self._answer_sampling(request, text, family, in_force, primed)
+        sampling, forced = self._answer_sampling(request, text, family, syntax, in_force, primed)
         media = media_of(request.messages or [])
         prepared = self._prepared(text, media, sampling)
         prepared.tool_names = tools_mod.names(in_force) if in_force else None
@@ -253,14 +253,15 @@ class Prompter:
         request: GenRequest,
         text: str,
         family: parsers.Family,
+        syntax: parsers.Syntax | None,
         in_force: list[tools_mod.Tool] | None,
         primed: str,
     ) -> tuple[SamplingOptions, bool]:
         """A chat's sampling with the constraint of its answer, and whether that constraint
         forces a call: a forced call's grammar (in the family's syntax) wins over `format`;
         `format` with tools is a call or the format (Ollama's); a strict tool (or a custom
-        tool's grammar) under tool_choice "auto" holds its call to its schema once begun."""
-        syntax = family.syntax.with_tools(in_force) if in_force else None
+        tool's grammar) under tool_choice "auto" holds its call to its schema once begun.
+        `syntax`: the family's, reading the tools in force (None without tools)."""
         special = self._markers(family) if syntax is not None else {}
         grammars = request.tool_grammars
         forced = lazy = None
