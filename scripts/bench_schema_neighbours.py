@@ -7,7 +7,8 @@
 streams free text (greedy, N tokens) while a neighbour streams an answer of one of these:
 
 - free: no schema, a short answer; free-long: no schema, a long one (the baseline: a second
-  slot in the batch costs its share of each decode);
+  slot in the batch costs its share of each decode); free-copy: no schema, a list copied from
+  the prompt (an answer speculation drafts as far as the repetitive answers below);
 - object: an ordinary schema (a country's name, capital and population);
 - wide: `anyOf` of 400 object branches, each its own required key;
 - words: a string whose `pattern` is an alternation of 2,000 words, repeated;
@@ -40,6 +41,7 @@ WORDS = [f"w{i:04d}x" for i in range(2000)]
 NEIGHBOURS: dict[str, Any] = {
     "free": None,
     "free-long": None,
+    "free-copy": None,
     "object": {
         "type": "object",
         "properties": {
@@ -69,6 +71,9 @@ for _ in range(44):  # 45 levels: a request's JSON nests 2 a level, at most 100
 VICTIM = "Write a long story about a lighthouse keeper and the sea."
 ASK = "Write a JSON value for this schema."
 LONG = "Write a very long story about a dragon who learns to sing."  # free-long's ask
+# free-copy's: a free answer as repetitive as a schema's, which speculation drafts as far.
+COPY = "Copy this list exactly, then copy it again:\n" + " ".join(WORDS[:300])
+ASKS = {"free-long": LONG, "free-copy": COPY}
 
 
 SPECULATE = {"mode": "auto"}  # every request's `speculate` (localrun's field): --speculate
@@ -126,7 +131,7 @@ def beside(server: Server, name: str, tokens: int) -> tuple[float | None, float 
             args=(
                 url,
                 model,
-                LONG if name == "free-long" else ASK,
+                ASKS.get(name, ASK),
                 4 * tokens,
                 NEIGHBOURS[name],
                 neighbour,

@@ -87,15 +87,19 @@ def sample(data: Path, per_dataset: int, seed: int) -> dict[str, list[tuple[str,
     return out
 
 
-def ask(server: Server, schema: Any, max_tokens: int, constrained: bool) -> Outcome:
-    """One greedy request, streamed: its outcome and decode rate (tokens after the first over
-    the time after the first)."""
+def ask(
+    server: Server, schema: Any, max_tokens: int, constrained: bool, timeout: float = TIMEOUT_S
+) -> Outcome:
+    """One greedy request, streamed: its outcome and decode rate (the answer's tokens after the
+    first over the time after the first). Tokens are counted by the server's `usage`, not by
+    chunks: a chunk may carry several tokens (forced text, a speculator's kept draft)."""
     body: dict[str, Any] = {
         "model": server.model or "m",
         "messages": [{"role": "user", "content": ASK.format(schema=json.dumps(schema))}],
         "temperature": 0,
         "max_tokens": max_tokens,
         "stream": True,
+        "stream_options": {"include_usage": True},
     }
     if constrained:
         body["response_format"] = {
@@ -103,21 +107,25 @@ def ask(server: Server, schema: Any, max_tokens: int, constrained: bool) -> Outc
             "json_schema": {"name": "answer", "schema": schema},
         }
     url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
-    text, stamps, finish = [], [], None
+    text, stamps, finish, counted = [], [], None, None
     try:
-        with httpx.stream("POST", url, json=body, timeout=TIMEOUT_S) as response:
+        with httpx.stream("POST", url, json=body, timeout=timeout) as response:
             if 400 <= response.status_code < 500:
                 said = response.read().decode(errors="replace")
                 kind = "too long" if "context" in said.lower() else "refused"
                 return Outcome(kind, detail=said[:200])
             if response.status_code != 200:
                 return Outcome("failed", detail=f"HTTP {response.status_code}")
+            deadline = time.perf_counter() + timeout  # httpx's timeout is a read's alone
             for line in response.iter_lines():
+                if time.perf_counter() > deadline:
+                    return Outcome("failed", detail=f"past {timeout:.0f} s")
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
                 if "error" in chunk:
                     return Outcome("failed", detail=str(chunk["error"])[:200])
+                counted = (chunk.get("usage") or {}).get("completion_tokens") or counted
                 for choice in chunk.get("choices") or []:
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
@@ -126,21 +134,26 @@ def ask(server: Server, schema: Any, max_tokens: int, constrained: bool) -> Outc
                     finish = choice.get("finish_reason") or finish
     except (httpx.HTTPError, ValueError) as exc:
         return Outcome("failed", detail=f"{type(exc).__name__}: {exc}"[:200])
-    tps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 else None
+    tokens = counted or len(stamps)  # a server without usage: one token a chunk
+    tps = (tokens - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 else None
     whole = "".join(text)
     if finish == "length":
-        return Outcome("cut", len(stamps), tps)
+        return Outcome("cut", tokens, tps)
     if not constrained:
-        return Outcome("free", len(stamps), tps)
+        return Outcome("free", tokens, tps)
     try:
         jsonschema.validate(json.loads(whole), schema)
     except (ValueError, jsonschema.ValidationError, jsonschema.SchemaError) as exc:
-        return Outcome("invalid", len(stamps), tps, str(exc)[:200])
-    return Outcome("valid", len(stamps), tps)
+        return Outcome("invalid", tokens, tps, str(exc)[:200])
+    return Outcome("valid", tokens, tps)
 
 
 def run_servers(
-    servers: list[Server], picked: dict[str, list[tuple[str, Any]]], max_tokens: int, logdir: Path
+    servers: list[Server],
+    picked: dict[str, list[tuple[str, Any]]],
+    max_tokens: int,
+    logdir: Path,
+    timeout: float,
 ) -> dict[str, dict[str, Tally]]:
     results: dict[str, dict[str, Tally]] = {s.name: defaultdict(Tally) for s in servers}
     for server in servers:
@@ -149,7 +162,7 @@ def run_servers(
         try:
             for dataset, schemas in picked.items():
                 for file, schema in schemas:
-                    outcome = ask(server, schema, max_tokens, constrained=True)
+                    outcome = ask(server, schema, max_tokens, True, timeout)
                     tally = results[server.name][dataset]
                     tally.outcomes[outcome.kind] += 1
                     say(f"{server.name} {dataset}/{file}: {outcome.kind} {outcome.detail[:120]}")
@@ -158,7 +171,7 @@ def run_servers(
                         server.start(logdir)
                         server.wait_ready()
                     if outcome.kind == "valid" and outcome.decode_tps and outcome.tokens > 8:
-                        free = ask(server, schema, outcome.tokens, constrained=False)
+                        free = ask(server, schema, outcome.tokens, False, timeout)
                         if free.decode_tps:
                             tally.constrained_tps.append(outcome.decode_tps)
                             tally.free_tps.append(free.decode_tps)
@@ -278,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="GGUF file (default: the SmolLM2 starter)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-llama-server", action="store_true")
+    parser.add_argument("--no-localrun", action="store_true", help="llama-server's side alone")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds a request")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--llama-cpp-build", type=Path, help="reuse (or build into) this folder")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="build jobs")
@@ -296,9 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-structured-") as tmp:
         home = Path(tmp)
         lr = localrun_store(home / "lr", model, None, args.threads)
-        servers = [localrun_serve(lr, args.threads)]
+        ours = localrun_serve(lr, args.threads)
         # The model's whole training context (SmolLM2's 8192): the prompt holds the schema.
-        servers[0].env = {**(servers[0].env or {}), "LOCALRUN_CONTEXT_LENGTH": str(CONTEXT)}
+        ours.env = {**(ours.env or {}), "LOCALRUN_CONTEXT_LENGTH": str(CONTEXT)}
+        servers = [] if args.no_localrun else [ours]
         if not args.no_llama_server:
             build = build_for(args, parser)
             if build is not None:
@@ -312,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 ready.append(server)
         try:
-            results = run_servers(ready, picked, args.max_tokens, home)
+            results = run_servers(ready, picked, args.max_tokens, home, args.timeout)
         except Unavailable as exc:
             say(f"a server failed: {exc}")
             return 1

@@ -113,6 +113,43 @@ def test_json_grammar_output_parses(smollm2: BatchEngine) -> None:
     json.loads(text)
 
 
+def test_masks_computed_while_the_batch_decodes_give_the_same_answers(
+    smollm2: BatchEngine,
+) -> None:
+    import jsonschema
+
+    schemas = [
+        {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 12},
+                "days": {"type": "integer", "minimum": 1, "maximum": 9},
+                "tags": {"type": "array", "items": {"enum": ["sun", "rain"]}, "maxItems": 3},
+            },
+            "required": ["city", "days", "tags"],
+        },
+        {"type": "array", "items": {"type": "number", "maximum": 5}, "minItems": 2, "maxItems": 6},
+    ]
+    asks = ["Plan a short trip as JSON.", "List some numbers as JSON."]
+    answers: dict[bool, list[str]] = {}
+    try:
+        for ahead in (False, True):
+            smollm2.masks_ahead = ahead
+            answers[ahead] = []
+            for schema, ask in zip(schemas, asks, strict=True):
+                smollm2.reset()  # both cold: the prompt read the same way
+                tokens = _chat_tokens(smollm2, [{"role": "user", "content": ask}])
+                grammar = constraint_for(schema)
+                options = SamplingOptions(temperature=0, num_predict=120, constraint=grammar)
+                text = "".join(smollm2.generate(tokens, options, stop_tokens=_stops(smollm2)))
+                jsonschema.validate(json.loads(text), schema)
+                answers[ahead].append(text)
+    finally:
+        smollm2.masks_ahead = None
+    assert smollm2._masks is not None  # the mask thread ran
+    assert answers[True] == answers[False]
+
+
 def _allowed(model: BatchEngine, grammar: str, prefix: str, piece: str) -> bool:
     """Whether `grammar`, having read `prefix`, lets the single token `piece` come next."""
     weights = model._weights

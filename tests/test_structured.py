@@ -562,6 +562,39 @@ def test_a_lazy_constraint_starts_at_a_marker_outside_reasoning(smol_vocab: Weig
     assert active.matcher.validate_tokens(wrong) < len(wrong)
 
 
+def test_a_mask_computed_ahead_says_what_the_grammar_says(smol_vocab: Weights) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 5}, "n": {"enum": [1, 22]}},
+        "required": ["name", "n"],
+    }
+    grammar = constraint_for(schema)
+    assert grammar is not None
+    text = '{"name": "Ada", "n": 22}'
+    ids = smol_vocab.tokenize(text, add_special=False, parse_special=False)
+    n_vocab = smol_vocab.n_vocab
+    inline = constraint.Constraint(smol_vocab.guide(), grammar, n_vocab)
+    ahead = constraint.Constraint(smol_vocab.guide(), grammar, n_vocab)
+    probes = [*ids, *range(0, n_vocab, 997)]
+    with ThreadPoolExecutor(1) as pool:
+        for token in ids:  # at each step of the answer, both say the same of every probe
+            ahead.ahead(pool)
+            assert [ahead.allows(t) for t in probes] == [inline.allows(t) for t in probes]
+            logits_a, logits_b = np.zeros(n_vocab, np.float32), np.zeros(n_vocab, np.float32)
+            ahead.restrict(logits_a)
+            inline.restrict(logits_b)
+            assert np.array_equal(logits_a, logits_b) and np.isinf(logits_a).any()
+            ahead.accept(token)
+            inline.accept(token)
+        ahead.ahead(pool)
+    assert ahead.whole() and inline.whole()
+    assert not ahead.allows(ids[0]) and not inline.allows(ids[0])  # the answer is whole
+
+
 @pytest.mark.model
 def test_an_answer_matching_two_branches_of_one_of_is_an_error_in_each_dialect(
     smol_live: LiveServer,

@@ -14,6 +14,7 @@ memory cannot drop positions (recurrent ones) neither speculate nor fast-forward
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from localrun.engine.native import lc
@@ -86,6 +87,15 @@ class Answerer:
                 job.spec.known([token])
         elif job.spec is not None:
             slot.draft = job.spec.propose(token, room)
+
+    def ahead(self, pool: Executor) -> None:
+        """Before the batch decodes: each constrained slot that samples from it (not one whose
+        forced draft it takes without sampling) has its next token's mask computed on `pool`'s
+        thread meanwhile (engine.constraint)."""
+        for slot in self._slots.active:
+            job = slot.job
+            if job is not None and job.sampler is not None and slot.row >= 0 and not job.forcing:
+                job.sampler.ahead(pool)
 
     def _take_forced(self, slot: Slot, job: Job) -> bool:
         """The forced draft is the answer's: taken without sampling (its rows had no logits:

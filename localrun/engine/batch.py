@@ -32,6 +32,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from localrun.engine import calls, draft, prompt_cache, speculate
@@ -56,6 +57,7 @@ from localrun.engine.types import (
 )
 from localrun.engine.weights import Weights
 from localrun.errors import BadRequestError, EngineError, InvalidParameterError, LocalrunError
+from localrun.settings import config
 
 # OpenAI's bound on top_logprobs; it also bounds the work per token.
 MAX_TOP_LOGPROBS = 20
@@ -112,6 +114,11 @@ class BatchEngine:
         # What a batch costs now, timed by the loop (engine.costs): speculation weighs it.
         self._costs = CostMeter(DecodeCost.for_device(options.num_gpu))
         self._answers = AnswerMemory()  # earlier answers, drafted from for the same memory
+        # Constrained slots' masks computed while the batch decodes (engine.constraint): None
+        # does so when a CPU is idle meanwhile (a GPU decodes, or fewer threads than CPUs).
+        ahead = config.masks_ahead()
+        self.masks_ahead: bool | None = None if ahead == "auto" else ahead == "on"
+        self._masks: ThreadPoolExecutor | None = None  # made on first use
         self.load_s = time.perf_counter() - start
         self._thread = threading.Thread(target=self._loop, name="localrun-batch", daemon=True)
         self._thread.start()
@@ -385,6 +392,9 @@ class BatchEngine:
             return
         rows.batch.n_tokens = n
         self._threads.apply(self._ctx, self._draft.ctx if self._draft is not None else None)
+        pool = self._mask_thread()
+        if pool is not None:
+            self._answerer.ahead(pool)
         start = time.perf_counter()
         rc = lc.llama_decode(self._ctx, rows.batch)
         if rc == 0 and rows.prompt_rows == 0:  # a verification's rows: all with logits
@@ -397,6 +407,15 @@ class BatchEngine:
             return
         for slot in list(self._slots.active):
             self._advance(slot)
+
+    def _mask_thread(self) -> ThreadPoolExecutor | None:
+        """The thread that computes masks while the batch decodes, when one may now."""
+        ahead = self.masks_ahead
+        if ahead is None:
+            ahead = self.options.num_gpu != 0 or self._threads.idle()
+        if ahead and self._masks is None:
+            self._masks = ThreadPoolExecutor(1, thread_name_prefix="localrun-masks")
+        return self._masks if ahead else None
 
     def _advance(self, slot: Slot) -> None:
         """After a decode: take in what the slot's rows held, then its next token if it has
@@ -508,6 +527,9 @@ class BatchEngine:
             if self._released:
                 return
             self._released = True
+            if self._masks is not None:
+                self._masks.shutdown()
+                self._masks = None
             if self._rows is not None:
                 self._rows.free()
                 self._rows = None

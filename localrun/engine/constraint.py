@@ -14,12 +14,19 @@ generation as the grammar's end.
 Sampling stays llama.cpp's common sampler's way (engine.sampling): the token the chain
 chooses is checked alone (`allows`, no mask), and only a rejected one costs the mask over the
 whole vocabulary (`restrict`), after which the chain chooses again among the allowed tokens.
+
+Where a CPU is left idle while the batch decodes (the model on a GPU, or fewer decode threads
+than CPUs), the whole mask is computed ahead instead (`ahead`): on the engine's mask thread,
+while llama_decode runs (llguidance lets go of the GIL, as llama_decode does), so the check and
+the mask are off the path from one token to the next. The matcher is then the mask thread's
+until the sampler next needs it (`_settled`: every use of the matcher waits for it first).
 """
 
 from __future__ import annotations
 
 import ctypes
 import re
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import llguidance
@@ -110,35 +117,81 @@ class Constraint:
             raise BadRequestError(_message(self.matcher.get_error()), hint=_HINT)
         words = (n_vocab + 31) // 32
         self.mask = np.zeros(words, dtype=np.int32)
+        self._pending: Future[None] | None = None  # the mask being computed ahead
+        self._fresh = False  # the mask is the one of the grammar's state now
+
+    def ahead(self, pool: Executor) -> None:
+        """Compute the mask of the next token on `pool`'s thread (the batch decodes meanwhile);
+        `allows` and `restrict` then read it."""
+        if self._pending is None and not self._fresh:
+            self._pending = pool.submit(self._compute)
 
     def allows(self, token: int) -> bool:
-        """Whether the grammar takes `token` next (its state unchanged)."""
+        """Whether the grammar takes `token` next (its state unchanged). A mask computed ahead
+        answers for the tokens it allows; one it leaves out is asked of the matcher, as where
+        text is forced the mask holds its canonical spelling alone and the matcher takes the
+        model's other spellings of it too."""
+        if self._settled() and (int(self.mask[token >> 5]) >> (token & 31)) & 1:
+            return True
         return bool(self.matcher.validate_tokens([token]) == 1)
 
     def restrict(self, logits: Any) -> None:
         """Set the logits of every token the grammar does not take next to -inf (`logits`:
         the candidates' array over the whole vocabulary, in vocabulary order)."""
         np = self.np
-        self.matcher.unsafe_compute_mask_ptr(self.mask.ctypes.data, self.mask.nbytes)
+        if not self._settled():
+            self._compute()
+            self._fresh = True
         allowed = np.unpackbits(self.mask.view(np.uint8), bitorder="little", count=self.n_vocab)
         logits[allowed == 0] = -np.inf
 
     def accept(self, token: int) -> None:
         """`token` was chosen: the grammar moves past it."""
+        self._moved()
         self.matcher.consume_token(token)
+
+    def feed(self, tokens: list[int]) -> None:
+        """Tokens the answer wrote before the grammar held it (a lazy call's trigger)."""
+        self._moved()
+        self.matcher.consume_tokens(tokens)
+
+    def reset(self) -> None:
+        """Back to the grammar's start."""
+        self._moved()
+        self.matcher.reset()
 
     def forced(self) -> list[int]:
         """The tokens the grammar forces next, as the tokenizer spells the forced text (none
         where the grammar leaves the model the spelling)."""
+        self._settled()
         return list(self.matcher.compute_ff_tokens())
 
     def failed(self) -> str | None:
         """Why the grammar can go no further (a step past its limits), if it cannot."""
+        self._settled()
         return self.matcher.get_error() if self.matcher.is_error() else None
 
     def whole(self) -> bool:
         """Whether what the grammar was given so far is a whole answer of it."""
+        self._settled()
         return bool(self.matcher.is_accepting())
+
+    def _compute(self) -> None:
+        self.matcher.unsafe_compute_mask_ptr(self.mask.ctypes.data, self.mask.nbytes)
+
+    def _settled(self) -> bool:
+        """The matcher back from the mask thread, if it was there; whether the mask is the
+        one of the grammar's state now."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+            self._fresh = True
+        return self._fresh
+
+    def _moved(self) -> None:
+        """The grammar's state is about to change: the mask is no longer its."""
+        self._settled()
+        self._fresh = False
 
 
 class Lazy:
@@ -187,7 +240,7 @@ class Lazy:
 
     def done(self) -> None:
         """The call is whole: free text again, until the next trigger."""
-        self.constraint.matcher.reset()
+        self.constraint.reset()
 
     def _next(self, text: bytes, at: int, base: int) -> tuple[int, bytes] | None:
         """The first marker in `text` from `at` that ends in the new bytes (past `base`)."""
@@ -205,5 +258,5 @@ class Lazy:
     def _start(self, before: bytes) -> Constraint:
         constraint = self.constraint
         if before:
-            constraint.matcher.consume_tokens(constraint.tokens.tokenize_bytes(before))
+            constraint.feed(constraint.tokens.tokenize_bytes(before))
         return constraint

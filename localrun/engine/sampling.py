@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import ctypes
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from localrun.engine.constraint import Constraint, Lazy
@@ -186,6 +187,12 @@ class Sampler:
             token, alone = self._apply(None), False
         self._took(token, alone)
         return token
+
+    def ahead(self, pool: Executor) -> None:
+        """Before the batch decodes: the grammar's mask of the next token, computed on `pool`'s
+        thread meanwhile (engine.constraint), if the answer is constrained now."""
+        if self.constraint is not None:
+            self.constraint.ahead(pool)
 
     def take(self, token: int) -> None:
         """A token the grammar forces, taken without sampling (its row has no logits): the

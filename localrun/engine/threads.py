@@ -80,6 +80,7 @@ class Governor:
         self._last: tuple[float, float, float] | None = None  # (when, system busy, ours)
         self._allowed_up = False
         self.threads = self.most  # what the contexts were made with, and run with now
+        self.others = 0.0  # logical CPUs the other processes kept busy in the last window
 
     def current(self) -> int:
         """Threads for the next decode (looked at again at most every INTERVAL_S, and at once
@@ -93,6 +94,7 @@ class Governor:
         if self._last is not None:
             when, busy_before, mine_before = self._last
             others = max(0.0, (busy - busy_before) - (mine - mine_before)) / (now - when)
+            self.others = others
             # Others' busy time is in logical CPUs; decode threads go one per physical core.
             free = self.most - others * self.most / self.logical
             fits = max(1, min(self.most, int(free + SLACK)))
@@ -107,6 +109,11 @@ class Governor:
                 self._allowed_up = False
         self._last = (now, busy, mine)
         return self.threads
+
+    def idle(self) -> bool:
+        """Whether a logical CPU is left idle while the batch decodes (by its threads and by
+        the other processes, as last looked at): work beside the decode is free there."""
+        return self.logical - self.threads - self.others >= 1 - SLACK
 
     def pause(self) -> None:
         """The engine stops decoding for now: the next look starts a new window."""

@@ -216,6 +216,14 @@ _GENERAL: dict[str, Setting] = {
             lambda: "auto",
         ),
         Setting(
+            "LOCALRUN_MASKS_AHEAD",
+            "Whether a constrained answer's next token mask is computed on a thread of its "
+            "own while the batch decodes: on, off, or auto (on where a CPU is left idle "
+            "meanwhile: the model on a GPU, or fewer decode threads than CPUs).",
+            parse.parse_repack,
+            lambda: "auto",
+        ),
+        Setting(
             "LOCALRUN_RUNTIME",
             "GPU runtime that runs models: a name from `localrun runtime list`, auto (the best "
             "installed one for this machine) or cpu (no runtime: llama.cpp as installed); "
@@ -352,6 +360,10 @@ def other_runners() -> tuple[str, ...]:
 
 def cpu_repack() -> str:
     return SETTINGS["LOCALRUN_CPU_REPACK"].value()  # type: ignore[no-any-return]
+
+
+def masks_ahead() -> str:
+    return SETTINGS["LOCALRUN_MASKS_AHEAD"].value()  # type: ignore[no-any-return]
 
 
 def runtime() -> str:

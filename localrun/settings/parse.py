@@ -197,6 +197,7 @@ REPACK_MODES = ("auto", "on", "off")
 
 
 def parse_repack(text: str) -> str:
+    """auto, on or off (LOCALRUN_CPU_REPACK, LOCALRUN_MASKS_AHEAD)."""
     mode = text.strip().lower()
     if mode not in REPACK_MODES:
         raise ValueError(f"expected one of {', '.join(REPACK_MODES)}, got {text!r}")
