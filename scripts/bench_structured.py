@@ -53,6 +53,7 @@ ASK = (
     "JSON only.\n\n{schema}"
 )
 TIMEOUT_S = 180.0
+EXTRA: dict[str, Any] = {}  # fields every request carries (--speculate: localrun's own)
 CONTEXT = 8192
 
 
@@ -100,6 +101,7 @@ def ask(
         "max_tokens": max_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **EXTRA,
     }
     if constrained:
         body["response_format"] = {
@@ -175,6 +177,10 @@ def run_servers(
                         if free.decode_tps:
                             tally.constrained_tps.append(outcome.decode_tps)
                             tally.free_tps.append(free.decode_tps)
+                            say(
+                                f"  {outcome.tokens} tokens at {outcome.decode_tps:.1f} tok/s; "
+                                f"free: {free.tokens} at {free.decode_tps:.1f}"
+                            )
         finally:
             server.stop()
     return results
@@ -298,11 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="build jobs")
     parser.add_argument("--cuda", action="store_true", help=CUDA_HELP)
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--speculate", help="localrun's speculate field on every request")
+    parser.add_argument("--datasets", help="comma-separated: only these datasets")
     args = parser.parse_args(argv)
+    if args.speculate:
+        EXTRA["speculate"] = args.speculate
     model = args.model or default_model()
     if model is None or not (args.data / "data").is_dir():
         parser.error("needs --data (a jsonschemabench checkout) and the SmolLM2 starter")
     picked = sample(args.data, args.per_dataset, args.seed)
+    if args.datasets:
+        picked = {k: v for k, v in picked.items() if k in args.datasets.split(",")}
     out: dict[str, Any] = {"compile": compile_times(model, picked)}
     say(f"compile: {out['compile']}")
     if args.maskbench:
