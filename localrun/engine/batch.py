@@ -118,6 +118,8 @@ class BatchEngine:
         # does so when a CPU is idle meanwhile (a GPU decodes, or fewer threads than CPUs).
         ahead = config.masks_ahead()
         self.masks_ahead: bool | None = None if ahead == "auto" else ahead == "on"
+        layers = int(lc.llama_model_n_layer(weights.model))
+        self._on_gpu = options.num_gpu < 0 or (options.num_gpu > 0 and options.num_gpu >= layers)
         self._masks: ThreadPoolExecutor | None = None  # made on first use
         self.load_s = time.perf_counter() - start
         self._thread = threading.Thread(target=self._loop, name="localrun-batch", daemon=True)
@@ -412,7 +414,7 @@ class BatchEngine:
         """The thread that computes masks while the batch decodes, when one may now."""
         ahead = self.masks_ahead
         if ahead is None:
-            ahead = self.options.num_gpu != 0 or self._threads.idle()
+            ahead = self._on_gpu or self._threads.idle()  # every layer there, or a CPU idle
         if ahead and self._masks is None:
             self._masks = ThreadPoolExecutor(1, thread_name_prefix="localrun-masks")
         return self._masks if ahead else None
