@@ -212,7 +212,7 @@ _GENERAL: dict[str, Setting] = {
             "LOCALRUN_CPU_REPACK",
             "Whether llama.cpp repacks weights for the CPU's fastest kernels: on, off, or auto "
             "(on, except on CPUs with AMX, whose llama.cpp kernels crash: llama.cpp#20824).",
-            parse.parse_repack,
+            parse.parse_auto,
             lambda: "auto",
         ),
         Setting(
@@ -220,7 +220,7 @@ _GENERAL: dict[str, Setting] = {
             "Whether a constrained answer's next token mask is computed on a thread of its "
             "own while the batch decodes: on, off, or auto (on where a CPU is left idle "
             "meanwhile: the model on a GPU, or fewer decode threads than CPUs).",
-            parse.parse_repack,
+            parse.parse_auto,
             lambda: "auto",
         ),
         Setting(

@@ -192,15 +192,15 @@ def parse_speculate(text: str) -> str:
     return mode
 
 
-# Whether llama.cpp may repack weights into its CPU "extra" buffers (LOCALRUN_CPU_REPACK).
-REPACK_MODES = ("auto", "on", "off")
+# A setting that is on, off, or decided by localrun (LOCALRUN_CPU_REPACK, LOCALRUN_MASKS_AHEAD).
+AUTO_MODES = ("auto", "on", "off")
 
 
-def parse_repack(text: str) -> str:
-    """auto, on or off (LOCALRUN_CPU_REPACK, LOCALRUN_MASKS_AHEAD)."""
+def parse_auto(text: str) -> str:
+    """auto, on or off."""
     mode = text.strip().lower()
-    if mode not in REPACK_MODES:
-        raise ValueError(f"expected one of {', '.join(REPACK_MODES)}, got {text!r}")
+    if mode not in AUTO_MODES:
+        raise ValueError(f"expected one of {', '.join(AUTO_MODES)}, got {text!r}")
     return mode
 
 
