@@ -35,6 +35,7 @@ CHILD_MODULES = frozenset(
         "localrun.server.jobs",
         "localrun.scheduler.importer",
         "localrun.engine.backend_check",
+        "localrun.runtimes.exact",
     }
 )
 

@@ -1,4 +1,5 @@
-"""`localrun runtime list / install / select / rm`: the GPU runtimes localrun builds itself."""
+"""`localrun runtime list / install / select / rm`: the GPU runtimes localrun builds itself, and
+the exact runtime (the CPU library whose answers do not depend on the batch)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ def _size(n: int) -> str:
 
 
 def _suits(runtime: Any, gpus: list[Any]) -> str:
+    from localrun.runtimes import exact
     from localrun.runtimes.activate import suiting_gpus
 
+    if runtime.backend == exact.BACKEND:
+        return "this CPU" if runtime.cpu == exact.cpu_identity() else "another CPU"
     ok = suiting_gpus(runtime, gpus)
     return ", ".join(g.name for g in ok) if ok else "no device here"
 
@@ -66,7 +70,9 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
 
 def install(
     backend: str = typer.Argument(
-        "auto", help="cuda, vulkan, or auto (what this machine's GPUs need)."
+        "auto",
+        help="cuda, vulkan, auto (what this machine's GPUs need), or exact (the CPU library "
+        "whose answers do not depend on the batch).",
     ),
     arch: str = typer.Option(
         None, "--arch", help="CUDA architectures to build for (89,90); default: the GPUs here."
@@ -75,13 +81,13 @@ def install(
         None, "--jobs", "-j", min=1, help="Compile jobs (default: every core)."
     ),
 ) -> None:
-    """Build a GPU runtime from the source of the installed llama.cpp, then install it."""
+    """Build a runtime from the source of the installed llama.cpp, then install it."""
     from localrun.hardware import system
     from localrun.runtimes import build
 
     backend = backend.lower()
-    if backend not in ("auto", "cuda", "vulkan"):
-        raise typer.BadParameter("expected cuda, vulkan or auto")
+    if backend not in ("auto", "cuda", "vulkan", "exact"):
+        raise typer.BadParameter("expected cuda, vulkan, auto or exact")
     if backend == "auto":
         backend = auto_backend(system.detect().gpus)
 
@@ -96,7 +102,9 @@ def install(
     finally:
         show.close()
     runtime = done.runtime
-    if done.devices:
+    if runtime.backend == "exact":
+        say("every localrun process on this machine loads it now (LOCALRUN_EXACT=off: none)")
+    elif done.devices:
         say(f"it found {', '.join(done.devices)}")
     else:
         say("it found no GPU on this machine: models run on the CPU until it has one")
@@ -107,7 +115,7 @@ def install(
     from localrun.runtimes import layout
 
     chosen = layout.saved_selection()
-    if chosen not in (layout.AUTO, runtime.name):
+    if runtime.backend != "exact" and chosen not in (layout.AUTO, runtime.name):
         print(f"selection stays {chosen}: `localrun runtime select {runtime.name}` to use it")
 
 

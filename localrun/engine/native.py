@@ -32,9 +32,18 @@ def load_cxx_runtime() -> None:
         ctypes.CDLL(CXX_RUNTIME, mode=ctypes.RTLD_GLOBAL)
 
 
-load_cxx_runtime()
+def _preload_exact() -> None:
+    # The exact runtime's CPU library must be in the process before llama_cpp loads the
+    # installed one (localrun/runtimes/exact.py). Never raises.
+    from localrun.runtimes import exact
 
-import llama_cpp as lc  # noqa: E402  (after the C++ runtime, on purpose)
+    exact.preload()
+
+
+load_cxx_runtime()
+_preload_exact()
+
+import llama_cpp as lc  # noqa: E402  (after the C++ runtime and the exact runtime, on purpose)
 
 
 def libllama_path() -> str | None:
@@ -45,8 +54,10 @@ def libllama_path() -> str | None:
 def _activate_runtime() -> None:
     # Before any model loads, so that llama.cpp plans and offloads with the selected runtime's
     # devices (localrun/runtimes/activate.py). Never raises.
+    from localrun.runtimes import exact
     from localrun.runtimes.activate import activate
 
+    exact.confirm()
     activate(libllama_path(), str(getattr(lc, "__version__", "")))
 
 

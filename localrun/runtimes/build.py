@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localrun.errors import RuntimeBuildError
-from localrun.runtimes import layout, source, toolchain
+from localrun.runtimes import exact, layout, source, toolchain
 from localrun.runtimes.layout import Runtime
 from localrun.settings import config
 from localrun.store.blobs import hash_file, os_error
@@ -34,7 +34,7 @@ Progress = Callable[[str, int, int], None]
 """Called with (stage, steps done, steps in all); 0 in all while a stage cannot count."""
 
 STAGES = ("source", "toolchain", "configure", "compile", "check", "install")
-MODULES = {"vulkan": "ggml-vulkan", "cuda": "ggml-cuda"}
+MODULES = {"vulkan": "ggml-vulkan", "cuda": "ggml-cuda", exact.BACKEND: exact.TARGET}
 
 BASE_ARGS = (
     "-DCMAKE_BUILD_TYPE=Release",
@@ -62,6 +62,10 @@ class Plan:
 def plan(backend: str, *, arch: str | None = None, say: Callable[[str], None]) -> Plan:
     """What `install BACKEND` would build: its name, targets and toolchain (checked)."""
     version = source.bindings_version()
+    if backend == exact.BACKEND:
+        return Plan(
+            exact.BACKEND, layout.runtime_name(exact.BACKEND, version), (), toolchain.cpu(), version
+        )
     if backend == "vulkan":
         return Plan(
             "vulkan", layout.runtime_name("vulkan", version), (), toolchain.vulkan(), version
@@ -120,7 +124,10 @@ def install(
                 shutil.copy2(module, staged / module.name)
             except OSError as exc:
                 raise os_error(exc, f"could not copy the runtime into {staged.parent}") from None
-            devices = check_loads(staged / module.name, p.tools.library_path, log)
+            if p.backend == exact.BACKEND:
+                devices = check_exact(staged / module.name, log)
+            else:
+                devices = check_loads(staged / module.name, p.tools.library_path, log)
             st = (staged / module.name).stat()
             runtime = Runtime(
                 name=p.name,
@@ -136,6 +143,7 @@ def install(
                 built_at=time.time(),
                 build_seconds=round(time.monotonic() - started, 1),
                 stamp=(st.st_size, st.st_mtime_ns),
+                cpu=exact.cpu_identity() if p.backend == exact.BACKEND else "",
             )
             progress("install", 0, 0)
             installed = layout.install_folder(staged, runtime)
@@ -159,6 +167,8 @@ def _configured(
     progress("source", 0, 0)
     src = source.prepare(p.version, work, say)
     patch_source(src.tree)
+    if p.backend == exact.BACKEND:
+        exact.patch_source(src.tree)
     log = work / "build.log"
     build = work / "build"
     progress("configure", 0, 0)
@@ -289,6 +299,17 @@ def check_loads(module: Path, library_path: tuple[str, ...], log: Path) -> list[
     from localrun import selfexec
 
     argv = selfexec.command("localrun.engine.backend_check", str(module), *library_path)
+    return _checked(argv, module, log)
+
+
+def check_exact(module: Path, log: Path) -> list[str]:
+    """check_loads for the exact runtime's CPU library: loaded in place of the installed one."""
+    from localrun import selfexec
+
+    return _checked(selfexec.command("localrun.runtimes.exact", str(module)), module, log)
+
+
+def _checked(argv: list[str], module: Path, log: Path) -> list[str]:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -6,6 +6,9 @@
         runtime.json                what it is (Runtime below)
         libggml-vulkan.so           the backend module
       cuda-0.3.36-sm90/
+      exact-0.3.36/                 the CPU library built for batch-invariant answers
+        runtime.json
+        libggml-cpu.so
       .tmp-<pid>-<hex>/             an install under way (or one that was interrupted)
       sources/                      kept llama-cpp-python source distributions
       toolchains/cuda-13/           a CUDA toolkit put together from PyPI wheels
@@ -30,7 +33,7 @@ from localrun.errors import RuntimeNotFoundError
 from localrun.settings import config
 from localrun.store.blobs import TMP_PREFIX, fsync_dir, os_error, temp_path, write_atomic
 
-BACKENDS = ("cuda", "vulkan")
+BACKENDS = ("cuda", "vulkan", "exact")
 AUTO, CPU = "auto", "cpu"
 RECORD = "runtime.json"
 
@@ -38,7 +41,7 @@ RECORD = "runtime.json"
 @dataclass(frozen=True)
 class Runtime:
     name: str  # "vulkan-0.3.36", "cuda-0.3.36-sm89-sm90"
-    backend: str  # "cuda" | "vulkan"
+    backend: str  # "cuda" | "vulkan" | "exact" (the CPU library: runtimes/exact.py)
     llama_cpp_version: str  # the llama-cpp-python version whose llama.cpp source it was built from
     ggml_version: str  # ggml's own version in that source ("0.25.3")
     toolchain: str  # what built it: "glslc 2023.2, Vulkan headers 1.3.239"
@@ -50,6 +53,7 @@ class Runtime:
     built_at: float = 0.0
     build_seconds: float = 0.0
     stamp: tuple[int, int] = (0, 0)  # (size, mtime_ns) of the module when its hash was checked
+    cpu: str = ""  # exact: the CPU its -march=native was for (exact.cpu_identity)
     path: Path = field(default=Path(), compare=False)
 
     @property
@@ -97,6 +101,7 @@ def _read(folder: Path) -> Runtime | None:
             built_at=float(raw.get("built_at", 0.0)),
             build_seconds=float(raw.get("build_seconds", 0.0)),
             stamp=(int(stamp[0]), int(stamp[1])),
+            cpu=str(raw.get("cpu", "")),
             path=folder,
         )
     except (OSError, ValueError, KeyError, TypeError, IndexError):
@@ -138,8 +143,11 @@ def selection() -> str:
 
 def select(name: str) -> None:
     """Save the selection: a runtime's name, "auto" or "cpu" (the name is checked first)."""
-    if name not in (AUTO, CPU):
-        get(name)
+    if name not in (AUTO, CPU) and get(name).backend == "exact":
+        raise RuntimeNotFoundError(
+            f"runtime '{name}' is the exact CPU library, not a GPU runtime to select",
+            hint="it loads whenever it is installed; LOCALRUN_EXACT=off leaves it out",
+        )
     base = root()
     try:
         base.mkdir(parents=True, exist_ok=True)

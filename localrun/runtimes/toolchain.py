@@ -1,6 +1,7 @@
 """What building a backend needs, found on this machine or put together from PyPI.
 
-Every backend: cmake and a C++ compiler (ninja when there is one). Vulkan: the Vulkan loader and
+Every backend: cmake and a C++ compiler (ninja when there is one); the exact runtime (the CPU
+library) needs nothing more. Vulkan: the Vulkan loader and
 headers, glslc (the shader compiler) and the SPIR-V headers, from the system's packages: a
 missing one is named with the packages that provide it. CUDA: nvcc with the CUDA runtime and
 cuBLAS, from a system toolkit (CUDA_HOME, CUDA_PATH, PATH, /usr/local/cuda) when there is one,
@@ -88,6 +89,23 @@ def _find_header(relative: str, extra: Sequence[str] = ()) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def cpu() -> Toolchain:
+    """The exact runtime's (localrun/runtimes/exact.py): ggml's CPU library for this CPU, linked
+    as the installed one is (not a loadable backend module)."""
+    cmake, generator = _common()
+    cxx = os.environ.get("CXX") or next(
+        (c for c in ("c++", "g++", "clang++") if shutil.which(c)), "c++"
+    )
+    version = _version([cxx, "--version"], r"(\d+\.\d+(?:\.\d+)?)")
+    return Toolchain(
+        backend="exact",
+        description=f"{Path(cxx).name} {version or '?'}, -march=native",
+        cmake=cmake,
+        cmake_args=("-DGGML_NATIVE=ON", "-DGGML_BACKEND_DL=OFF"),
+        generator=generator,
+    )
 
 
 def vulkan(which: Callable[[str], str | None] = shutil.which) -> Toolchain:

@@ -224,6 +224,14 @@ _GENERAL: dict[str, Setting] = {
             lambda: "auto",
         ),
         Setting(
+            "LOCALRUN_EXACT",
+            "Whether the exact runtime (`localrun runtime install exact`: llama.cpp's CPU "
+            "library built so that a token's logits do not depend on its batch) is loaded: "
+            "auto (when installed), on (a warning when it is missing) or off.",
+            parse.parse_auto,
+            lambda: "auto",
+        ),
+        Setting(
             "LOCALRUN_RUNTIME",
             "GPU runtime that runs models: a name from `localrun runtime list`, auto (the best "
             "installed one for this machine) or cpu (no runtime: llama.cpp as installed); "
@@ -364,6 +372,10 @@ def cpu_repack() -> str:
 
 def masks_ahead() -> str:
     return SETTINGS["LOCALRUN_MASKS_AHEAD"].value()  # type: ignore[no-any-return]
+
+
+def exact() -> str:
+    return SETTINGS["LOCALRUN_EXACT"].value()  # type: ignore[no-any-return]
 
 
 def runtime() -> str:

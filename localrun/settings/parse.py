@@ -192,7 +192,8 @@ def parse_speculate(text: str) -> str:
     return mode
 
 
-# A setting that is on, off, or decided by localrun (LOCALRUN_CPU_REPACK, LOCALRUN_MASKS_AHEAD).
+# A setting that is on, off, or decided by localrun (LOCALRUN_CPU_REPACK, LOCALRUN_MASKS_AHEAD,
+# LOCALRUN_EXACT).
 AUTO_MODES = ("auto", "on", "off")
 
 

@@ -1,0 +1,267 @@
+"""The exact runtime: llama.cpp's CPU library built so that a token's logits do not depend on
+the batch it is evaluated in.
+
+The installed libggml-cpu picks one of three flash-attention kernels by the batch's shape (a
+tiled one for 64 or more rows of a sequence, a split-KV one for a lone token once 512 cells are
+in use, whose chunks follow the thread count, and a row-by-row one otherwise), and the three
+sum in different orders and precisions. So the same token's logits differ in their last bits
+between a cold prompt and a cached one, alone and beside another stream, in a speculation's
+verification batch and in a decode of its own, and a greedy answer flips where two tokens are
+nearly tied (scripts/probe_batch_invariance.py finds the first graph node that differs).
+
+This runtime is that library built from the same source (the installed llama-cpp-python's
+sdist, as the GPU runtimes are: localrun/runtimes/build.py) with one change in
+ggml-cpu/ops.cpp: every row count takes the tiled kernel (fattn_exact.cpp beside this file),
+split-KV is off, the kernel's GEMMs run on the tile's rows only, and the rows of the q heads
+that read one KV head share a tile (a decode's heads then share the conversion of K and V).
+Each output element of those GEMMs is one fixed chain of FMAs over its inputs, whatever else
+the tile holds, so a row's arithmetic is the same in any batch. Other KV cache types
+(quantized, bf16) take the row-by-row kernel at every row count, which is the same for a row
+alone or in a batch. It is built for this CPU (-march=native) and loaded only on the CPU it was
+built for.
+
+It is loaded before llama_cpp (engine/native.py calls `preload`): the installed libggml-base
+by its path, then this library, both globally, so that libggml's need of libggml-cpu.so.0
+resolves to it by its soname and the installed one is never loaded. LOCALRUN_EXACT turns it
+off (`off`), or asks for it (`on`: a warning when it is missing); `auto` loads it when it is
+installed. `python -m localrun.runtimes.exact MODULE` is the install's check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from localrun.errors import RuntimeBuildError
+from localrun.runtimes import layout
+from localrun.runtimes.layout import Runtime
+
+BACKEND = "exact"
+TARGET = "ggml-cpu"
+KERNEL = Path(__file__).with_name("fattn_exact.cpp")
+MARK = "localrun (exact)"
+OPS = Path("ggml") / "src" / "ggml-cpu" / "ops.cpp"
+TILED = "static void ggml_compute_forward_flash_attn_ext_tiled("
+TILED_END = "// Reduction function: combines partial results across KV chunks"
+# (the installed source's text, the exact runtime's): split-KV off, the tiled kernel for every
+# row count, and a chunk of rows that holds whole groups of the rows reading one KV head.
+EDITS = (
+    (
+        "const bool use_split_kv_path = !use_ref &&",
+        "const bool use_split_kv_path = false && !use_ref &&",
+    ),
+    (" " * 32 + "neq1 >= Q_TILE_SZ);", " " * 32 + "neq1 >= 1);"),
+    (
+        "        const int64_t dr = (nr + nchunk - 1) / nchunk;\n",
+        "        int64_t dr = (nr + nchunk - 1) / nchunk;\n"
+        "        {\n"
+        f"            // {MARK}: a chunk holds whole groups of the rows that read one KV head\n"
+        "            const int64_t group = neq1 * (neq2 / nek2);\n"
+        "            if (group <= (int64_t) ggml_fa_tile_config::Q && dr % group != 0) {\n"
+        "                dr = ((dr + group - 1) / group) * group;\n"
+        "                nchunk = (nr + dr - 1) / dr;\n"
+        "            }\n"
+        "        }\n",
+    ),
+)
+
+
+def patch_source(tree: Path) -> None:
+    """Make `tree`'s ggml-cpu the exact runtime's (idempotent). RuntimeBuildError when the
+    source is not the one this change was written for."""
+    path = tree / OPS
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RuntimeBuildError(
+            f"the llama.cpp source has no readable {OPS} ({exc.strerror or exc})",
+            hint="run the install again: its source is unpacked afresh",
+        ) from None
+    if MARK in text:
+        return
+    start, end = text.find(TILED), text.find(TILED_END)
+    missing = [old for old, _ in EDITS if text.count(old) != 1]
+    if start < 0 or end < start or missing:
+        raise RuntimeBuildError(
+            "this llama.cpp's CPU flash attention is not the one the exact runtime changes",
+            hint="the exact runtime is made for llama-cpp-python 0.3.36; use the CPU as installed",
+        )
+    text = text[:start] + KERNEL.read_text(encoding="utf-8") + "\n" + text[end:]
+    for old, new in EDITS:
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+
+
+def cpu_identity() -> str:
+    """What the library's -march=native was for: this CPU's model and instruction sets."""
+    text = ""
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    keep = []
+    for line in text.splitlines():
+        key = line.split(":", 1)[0].strip()
+        if key in ("vendor_id", "model name", "flags", "Features", "CPU implementer", "CPU part"):
+            keep.append(line.strip())
+            if key in ("flags", "Features"):
+                break  # the first processor's: they are all alike
+    raw = "\n".join(keep) or f"{platform.machine()} {platform.processor()}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Loaded:
+    runtime: Runtime | None = None  # the exact library in this process, or None
+    warning: str | None = None  # why the asked-for exact runtime is not in use
+
+
+_state: Loaded | None = None
+
+
+def current() -> Loaded:
+    """The exact runtime of this process (what `preload` did; nothing before it ran)."""
+    return _state or Loaded()
+
+
+def installed(version: str) -> list[Runtime]:
+    """The exact runtimes built for `version` of llama-cpp-python and this CPU."""
+    here = cpu_identity()
+    return [
+        r
+        for r in layout.installed()
+        if r.backend == BACKEND and r.llama_cpp_version == version and r.cpu == here
+    ]
+
+
+def bindings_lib_folder() -> Path | None:
+    """Where llama_cpp loads its libraries from, found without importing it."""
+    given = os.environ.get("LLAMA_CPP_LIB_PATH")
+    if given:
+        return Path(given)
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "lib"
+
+
+def preload(module: Path | None = None) -> Loaded:
+    """Before llama_cpp is imported: load the exact library (the installed one for these
+    bindings and this CPU, or `module`), once per process. Never raises."""
+    global _state
+    if _state is not None:
+        return _state
+    try:
+        _state = _preload(module)
+    except Exception as exc:  # a damaged record, an unreadable file: never the process's end
+        _state = Loaded(warning=f"the exact runtime was not loaded ({type(exc).__name__}: {exc})")
+    return _state
+
+
+def _preload(module: Path | None) -> Loaded:
+    from localrun.runtimes import source
+    from localrun.settings import config
+
+    if not sys.platform.startswith("linux"):
+        return Loaded()
+    mode = "on" if module is not None else config.exact()
+    if mode == "off":
+        return Loaded()
+    runtime = None
+    if module is None:
+        version = source.bindings_version()
+        found = installed(version)
+        if not found:
+            why = None
+            if mode == "on":
+                why = (
+                    "no exact runtime is installed for this llama-cpp-python and CPU: answers "
+                    "may depend on the batch (localrun runtime install exact)"
+                )
+            return Loaded(warning=why)
+        runtime = found[-1]
+        from localrun.runtimes.activate import verify
+
+        problem = verify(runtime)
+        if problem is not None:
+            return Loaded(warning=f"{problem} (reinstall it: localrun runtime install exact)")
+        module = runtime.module_path
+    folder = bindings_lib_folder()
+    base = _library(folder, "libggml-base.so") if folder is not None else None
+    if base is None:
+        return Loaded(warning="the exact runtime was not loaded: llama_cpp's libraries are missing")
+    ctypes.CDLL(str(base), mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(str(module), mode=ctypes.RTLD_GLOBAL)
+    return Loaded(runtime=runtime)
+
+
+def _library(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, *sorted(folder.glob(name + ".*"))):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def in_use(module: Path) -> str | None:
+    """After llama_cpp is loaded: why `module` is not the process's libggml-cpu, or None."""
+    try:
+        maps = Path("/proc/self/maps").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    paths = {line.split(None, 5)[-1] for line in maps.splitlines() if "libggml-cpu" in line}
+    mine = {p for p in paths if Path(p).resolve() == module.resolve()}
+    others = paths - mine
+    if not mine:
+        return f"{module} is not mapped"
+    if others:
+        return f"the installed CPU library was loaded as well ({sorted(others)[0]})"
+    return None
+
+
+def confirm() -> None:
+    """After llama_cpp is imported: a loaded exact library that llama.cpp does not use (another
+    libggml-cpu came first) becomes a warning, and not in use."""
+    state = current()
+    if state.runtime is None:
+        return
+    problem = in_use(state.runtime.module_path)
+    if problem is not None:
+        state.warning = f"the exact runtime is not in use: {problem}"
+        state.runtime = None
+
+
+def main(argv: list[str]) -> int:
+    """The install's check, in a process of its own: the built library loads in place of the
+    installed one, and llama.cpp registers its CPU device from it."""
+    if len(argv) != 1:
+        print(json.dumps({"error": "usage: python -m localrun.runtimes.exact MODULE"}))
+        return 2
+    module = Path(argv[0])
+    os.environ["LOCALRUN_RUNTIME"] = "cpu"  # the installed GPU runtimes stay out of this check
+    state = preload(module)
+    if state.warning:
+        print(json.dumps({"error": state.warning}))
+        return 1
+    from localrun.engine.native import lc
+    from localrun.runtimes import ggml
+
+    problem = in_use(module)
+    if problem is not None:
+        print(json.dumps({"error": problem}))
+        return 1
+    lc.llama_backend_init()
+    lib = ggml.library(None)
+    found = [str(d) for d in ggml.devices(lib)] if lib is not None else []
+    print(json.dumps({"error": None, "devices": found}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
