@@ -1,0 +1,201 @@
+"""Same request, same answer (issue 60): the exact runtime, built for real and run on the
+starter model.
+
+llama.cpp's CPU library picks its flash-attention kernel by the batch's shape, so a token's
+logits differ in their last bits between a cold prompt and a cached one, alone and beside
+another stream, in a verification batch and alone; greedy answers then flip at near ties. The
+exact runtime (`localrun runtime install exact`: the same library built with one kernel for every
+row count) makes a row's arithmetic independent of its batch. Here it is built once for the
+session (in the runtime tests' builds folder, so a second run resumes), then:
+
+- scripts/probe_batch_invariance.py: a prompt's last token evaluated whole, cached, beside
+  another stream, in a draft batch and on one thread gives the same logits bit for bit; with
+  LOCALRUN_EXACT=off the installed library's kernels do differ on the same probe (the check
+  can fail);
+- `localrun serve`: one greedy request asked cold, cached, with each speculation mode (a draft
+  model included), and beside three other clients' streams gives one answer and the same
+  log-probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import PATIENCE_S, ROOT
+from test_runtimes import builds_folder
+from test_server_serve import Serve
+
+from localrun.errors import ToolchainError
+from localrun.runtimes import toolchain
+from localrun.runtimes.source import bindings_version
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+VERSION = bindings_version()
+CODE = """def total(items):
+    result = 0
+    for item in items:
+        if item.price > 10:
+            result += item.price * item.count
+    return result
+
+def names(items):
+    return [item.name for item in items if item.name]
+"""
+REWRITE = [{"role": "user", "content": f"Rewrite this code with type hints:\n```python\n{CODE}```"}]
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
+    env.update(LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder()), **extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def exact_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        toolchain.cpu()
+    except ToolchainError as exc:
+        pytest.skip(f"no C++ toolchain: {exc.message}")
+    home = tmp_path_factory.mktemp("exact-home")
+    done = subprocess.run(
+        [sys.executable, "-m", "localrun", "runtime", "install", "exact"],
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"installed runtime exact-{VERSION}" in done.stdout, done.stdout
+    return home
+
+
+def test_the_exact_runtime_is_listed_for_this_cpu_and_not_selectable(exact_home: Path) -> None:
+    env = _env(exact_home)
+    listed = subprocess.run(
+        [sys.executable, "-m", "localrun", "runtime", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("exact-"))
+    assert "exact" in row.split()[1] and row.rstrip().endswith("this CPU"), listed.stdout
+    refused = subprocess.run(
+        [sys.executable, "-m", "localrun", "runtime", "select", f"exact-{VERSION}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+    assert refused.returncode != 0 and "not a GPU runtime" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def probe(home: Path, **extra: str) -> list[str]:
+    """The probe's result lines for an F16 KV cache with flash attention (llama.cpp's CPU
+    default), at a prompt under the tiled kernel's 64 rows' bar and one past split-KV's 512."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "probe_batch_invariance.py"),
+            *("--kv", "f16", "--fa", "1", "--prompts", "30,700"),
+        ],
+        env=_env(home, **extra),
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [line for line in done.stdout.splitlines() if line.startswith("fa=")]
+
+
+def test_a_tokens_logits_are_the_same_in_every_batch(exact_home: Path) -> None:
+    lines = probe(exact_home)
+    assert len(lines) == 2, lines
+    for line in lines:
+        ways = dict(re.findall(r"(whole|again|beside|draft|1 thread) (\S+?),?(?= |$)", line))
+        assert set(ways) == {"whole", "again", "beside", "draft", "1 thread"}, line
+        assert set(ways.values()) == {"="}, line
+    # The installed library on the same probe: the cold prompt's row (tiled kernel) and the
+    # cached one (split-KV past 512 cells) differ, which is what the runtime removes.
+    stock = probe(exact_home, LOCALRUN_EXACT="off")
+    assert "whole =" not in stock[1], stock
+
+
+class Server:
+    def __init__(self, serve: Serve) -> None:
+        self.serve = serve
+
+    def ask(self, model: str = "smollm2:135m", **extra: Any) -> tuple[str, Any]:
+        body = {
+            "model": model,
+            "messages": REWRITE,
+            "temperature": 0,
+            "seed": 1,
+            "max_tokens": 160,
+            "logprobs": True,
+            "top_logprobs": 2,
+            **extra,
+        }
+        reply = httpx.post(f"{self.serve.url}/v1/chat/completions", json=body, timeout=PATIENCE_S)
+        assert reply.status_code == 200, reply.text
+        choice = reply.json()["choices"][0]
+        return choice["message"]["content"], choice["logprobs"]["content"]
+
+
+@pytest.fixture(scope="module")
+def exact_server(exact_home: Path) -> Iterator[Server]:
+    modelfile = exact_home / "Modelfile.draft"
+    modelfile.write_text("FROM smollm2:135m\nDRAFT smollm2:135m\n")
+    subprocess.run(
+        [sys.executable, "-m", "localrun", "create", "smol-draft", "-f", str(modelfile)],
+        env=_env(exact_home),
+        check=True,
+        capture_output=True,
+        timeout=PATIENCE_S,
+    )
+    serve = Serve(exact_home, env={**_env(exact_home), "LOCALRUN_NUM_PARALLEL": "4"})
+    yield Server(serve)
+    serve.kill()
+
+
+@pytest.mark.server
+def test_one_greedy_request_gets_one_answer_cold_cached_speculated_and_beside_others(
+    exact_server: Server,
+) -> None:
+    """The issue's case: three identical requests in a row gave three answers with the
+    defaults, and the first differed from the rest with speculation off."""
+    answers = {"cold": exact_server.ask(), "cached": exact_server.ask()}
+    answers["again"] = exact_server.ask()
+    for mode in ("off", "ngram", "auto"):
+        answers[f"speculate {mode}"] = exact_server.ask(speculate=mode)
+    answers["draft model"] = exact_server.ask("smol-draft", speculate="draft")
+    others: dict[int, tuple[str, Any]] = {}
+
+    def other(i: int) -> None:
+        story = [{"role": "user", "content": f"Tell story number {i} about a cat and a boat."}]
+        others[i] = exact_server.ask(messages=story, max_tokens=200, seed=i)
+
+    threads = [threading.Thread(target=other, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    answers["beside three streams"] = exact_server.ask()
+    for t in threads:
+        t.join(PATIENCE_S)
+    assert len(others) == 3
+    text, logprobs = answers["cold"]
+    assert len(logprobs) > 20 and "def total" in text, text
+    for way, (other_text, other_logprobs) in answers.items():
+        assert other_text == text, (way, other_text, text)
+        assert other_logprobs == logprobs, way
