@@ -46,29 +46,29 @@ from localrun.runtimes.layout import Runtime
 BACKEND = "exact"
 TARGET = "ggml-cpu"
 KERNEL = Path(__file__).with_name("fattn_exact.cpp")
-MARK = "localrun (exact)"
-OPS = Path("ggml") / "src" / "ggml-cpu" / "ops.cpp"
-TILED = "static void ggml_compute_forward_flash_attn_ext_tiled("
-TILED_END = "// Reduction function: combines partial results across KV chunks"
-# (the installed source's text, the exact runtime's): split-KV off, the tiled kernel for every
-# row count, and a chunk of rows that holds whole groups of the rows reading one KV head.
+GGML_CPU = Path("ggml") / "src" / "ggml-cpu"
+# ops.cpp: from the tiled kernel to the op's entry point (the tiled kernel, split-KV's reduction
+# and the kernel choice) becomes fattn_exact.cpp.
+KERNEL_FROM = "static void ggml_compute_forward_flash_attn_ext_tiled("
+KERNEL_TO = "void ggml_compute_forward_flash_attn_ext(\n"
+# (file, the installed source's text, the exact runtime's): the segment size and the partials'
+# buffer, and the op's planned scratch (a thread's, with the merged rows, then the partials).
 EDITS = (
     (
-        "const bool use_split_kv_path = !use_ref &&",
-        "const bool use_split_kv_path = false && !use_ref &&",
+        "common.h",
+        "#define GGML_FA_TILE_KV 64\n",
+        "#define GGML_FA_TILE_KV 64\n"
+        "// localrun (exact): the KV cells' segments, and the bytes of their partial results\n"
+        "#define LOCALRUN_FA_SEG 256\n"
+        "#define LOCALRUN_FA_PARTIALS (8*1024*1024)\n",
     ),
-    (" " * 32 + "neq1 >= Q_TILE_SZ);", " " * 32 + "neq1 >= 1);"),
     (
-        "        const int64_t dr = (nr + nchunk - 1) / nchunk;\n",
-        "        int64_t dr = (nr + nchunk - 1) / nchunk;\n"
-        "        {\n"
-        f"            // {MARK}: a chunk holds whole groups of the rows that read one KV head\n"
-        "            const int64_t group = neq1 * (neq2 / nek2);\n"
-        "            if (group <= (int64_t) ggml_fa_tile_config::Q && dr % group != 0) {\n"
-        "                dr = ((dr + group - 1) / group) * group;\n"
-        "                nchunk = (nr + dr - 1) / dr;\n"
-        "            }\n"
-        "        }\n",
+        "ggml-cpu.c",
+        "size_t prefill  = sizeof(float)*(GGML_FA_TILE_Q*DK + 2*GGML_FA_TILE_Q*GGML_FA_TILE_KV + "
+        "GGML_FA_TILE_Q*DV + GGML_FA_TILE_KV*DV + GGML_FA_TILE_KV*DK)*n_tasks;",
+        "size_t prefill  = sizeof(float)*(GGML_FA_TILE_Q*DK + 2*GGML_FA_TILE_Q*GGML_FA_TILE_KV + "
+        "2*GGML_FA_TILE_Q*DV + GGML_FA_TILE_KV*DV + GGML_FA_TILE_KV*DK + CACHE_LINE_SIZE_F32)"
+        "*n_tasks + LOCALRUN_FA_PARTIALS;",
     ),
 )
 
@@ -76,27 +76,42 @@ EDITS = (
 def patch_source(tree: Path) -> None:
     """Make `tree`'s ggml-cpu the exact runtime's (idempotent). RuntimeBuildError when the
     source is not the one this change was written for."""
-    path = tree / OPS
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RuntimeBuildError(
-            f"the llama.cpp source has no readable {OPS} ({exc.strerror or exc})",
-            hint="run the install again: its source is unpacked afresh",
-        ) from None
-    if MARK in text:
-        return
-    start, end = text.find(TILED), text.find(TILED_END)
-    missing = [old for old, _ in EDITS if text.count(old) != 1]
-    if start < 0 or end < start or missing:
-        raise RuntimeBuildError(
-            "this llama.cpp's CPU flash attention is not the one the exact runtime changes",
-            hint="the exact runtime is made for llama-cpp-python 0.3.36; use the CPU as installed",
-        )
-    text = text[:start] + KERNEL.read_text(encoding="utf-8") + "\n" + text[end:]
-    for old, new in EDITS:
-        text = text.replace(old, new)
-    path.write_text(text, encoding="utf-8")
+    folder = tree / GGML_CPU
+    texts: dict[str, str] = {}
+    for name in ("ops.cpp", *(edit[0] for edit in EDITS)):
+        try:
+            texts[name] = (folder / name).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RuntimeBuildError(
+                f"the llama.cpp source has no readable {GGML_CPU / name} ({exc.strerror or exc})",
+                hint="run the install again: its source is unpacked afresh",
+            ) from None
+    before = dict(texts)
+    kernel = KERNEL.read_text(encoding="utf-8")
+    ops = texts["ops.cpp"]
+    # An earlier install's kernel is replaced by this one (a newer localrun may change it).
+    start = ops.find(kernel.split("\n", 1)[0])
+    start = start if start >= 0 else ops.find(KERNEL_FROM)
+    end = ops.find(KERNEL_TO)
+    if start < 0 or end < start:
+        raise _not_this_source()
+    texts["ops.cpp"] = ops[:start] + kernel + "\n" + ops[end:]
+    for name, old, new in EDITS:
+        if new in texts[name]:
+            continue  # an earlier install's
+        if texts[name].count(old) != 1:
+            raise _not_this_source()
+        texts[name] = texts[name].replace(old, new)
+    for name, text in texts.items():
+        if text != before[name]:  # an unchanged file is not compiled again
+            (folder / name).write_text(text, encoding="utf-8")
+
+
+def _not_this_source() -> RuntimeBuildError:
+    return RuntimeBuildError(
+        "this llama.cpp's CPU flash attention is not the one the exact runtime changes",
+        hint="the exact runtime is made for llama-cpp-python 0.3.36; use the CPU as installed",
+    )
 
 
 def cpu_identity() -> str:
@@ -245,14 +260,17 @@ def main(argv: list[str]) -> int:
         return 2
     module = Path(argv[0])
     os.environ["LOCALRUN_RUNTIME"] = "cpu"  # the installed GPU runtimes stay out of this check
-    state = preload(module)
+    # As a program this file is __main__: the state engine/native reads is the module's.
+    from localrun.runtimes import exact
+
+    state = exact.preload(module)
     if state.warning:
         print(json.dumps({"error": state.warning}))
         return 1
     from localrun.engine.native import lc
     from localrun.runtimes import ggml
 
-    problem = in_use(module)
+    problem = exact.in_use(module)
     if problem is not None:
         print(json.dumps({"error": problem}))
         return 1
