@@ -148,11 +148,25 @@ BLOCKS = [
         "llama.cpp's folders, each with tiny models (the listing's wording is not checked)",
     ),
     Entry(
+        "localrun runtime install exact",
+        "test_same_request_same_answer",
+        "`localrun info` as written, on a fresh home: its `exact` row says whether the runtime "
+        "is in use and how to install it",
+        cut={
+            "localrun runtime install exact       # about a minute on two cores; every localrun "
+            "process loads it\n": (
+                "it builds for a minute from a downloaded source; tests/test_exact.py builds it "
+                "for real and holds it to its promise"
+            )
+        },
+    ),
+    Entry(
         "localrun runtime install auto",
         "test_gpu_runtimes",
         "list and select as written; `install --help` and `rm NAME` are run alone",
         cut={
-            "localrun runtime install auto        # or: cuda [--arch 89,90] | vulkan; --jobs N\n": (
+            "localrun runtime install auto        # or: cuda [--arch 89,90] | vulkan | exact (the "
+            "CPU library: below); --jobs N\n": (
                 "it builds a GPU backend for minutes from a downloaded source, or refuses on a "
                 "machine without a GPU: its --help is checked for the options the comment names"
             ),
@@ -809,6 +823,13 @@ def test_gpu_runtimes(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
     gone = localrun(env, work, "runtime", "rm", "NAME")
     errors = [line for line in gone.stderr.splitlines() if line.startswith("Error: ")]
     assert gone.returncode != 0 and len(errors) == 1 and "NAME" in errors[0], gone.stderr
+    assert refused(tmp_path) == []
+
+
+def test_same_request_same_answer(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
+    ran = run_block(edited("test_same_request_same_answer"), sandbox.env(tmp_path), work)
+    row = next(line for line in ran.stdout.splitlines() if line.startswith("exact "))
+    assert "localrun runtime install exact" in row or "do not depend on its batch" in row, row
     assert refused(tmp_path) == []
 
 

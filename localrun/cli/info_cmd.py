@@ -77,6 +77,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
             ["GPU offload", "yes" if build.gpu_offload else "no"],
             ["backends", ", ".join(build.backends) or "unknown"],
             ["runtime", build.runtime_text],
+            ["exact", build.exact_text],
         ]
         if build.devices:
             rows.append(["devices", ", ".join(build.devices)])

@@ -1,5 +1,5 @@
 """What the llama.cpp of this process can use: GPU offload, backends, devices, CPU features,
-and the GPU runtime loaded into it (localrun/runtimes).
+the GPU runtime loaded into it, and the exact runtime's CPU library (localrun/runtimes).
 
 The one place these facts are read from llama_cpp. The backend names and devices are those of
 the ggml that libllama uses (runtimes/ggml.py says why not llama_cpp._ggml's), read once by
@@ -29,6 +29,18 @@ class BuildInfo:
     runtime: str = "built-in"  # the GPU runtime loaded (localrun runtime), or the bindings' own
     runtime_warning: str | None = None  # why the selected runtime is not in use
     gpu_devices: list[Device] = field(default_factory=list)  # with the memory each reports
+    # The exact runtime's CPU library in use (localrun/runtimes/exact.py), or None; and why
+    # one that was asked for is not.
+    exact: str | None = None
+    exact_warning: str | None = None
+
+    @property
+    def exact_text(self) -> str:
+        """Whether answers are independent of the batch on the CPU: for info."""
+        if self.exact:
+            return f"{self.exact} (a token's logits do not depend on its batch)"
+        why = f" ({self.exact_warning})" if self.exact_warning else ""
+        return f"no{why}: greedy answers may depend on the batch (localrun runtime install exact)"
 
     @property
     def runtime_text(self) -> str:
@@ -48,8 +60,10 @@ def build_info() -> BuildInfo:
         ) from exc
     system_info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
     system_info = system_info.strip().removesuffix("|").strip()
+    from localrun.runtimes import exact
     from localrun.runtimes.activate import current
 
+    exact_state = exact.current()
     activation = current()  # engine/native ran it, and read the registry after it
     if activation is not None and activation.backends:
         backends, devices = activation.backends, activation.devices
@@ -64,6 +78,8 @@ def build_info() -> BuildInfo:
         runtime=activation.name if activation else "built-in",
         runtime_warning=activation.warning if activation else None,
         gpu_devices=activation.gpu_devices if activation else [],
+        exact=exact_state.runtime.name if exact_state.runtime else None,
+        exact_warning=exact_state.warning,
     )
 
 
