@@ -10,15 +10,13 @@ verification batch and in a decode of its own, and a greedy answer flips where t
 nearly tied (scripts/probe_batch_invariance.py finds the first graph node that differs).
 
 This runtime is that library built from the same source (the installed llama-cpp-python's
-sdist, as the GPU runtimes are: localrun/runtimes/build.py) with one change in
-ggml-cpu/ops.cpp: every row count takes the tiled kernel (fattn_exact.cpp beside this file),
-split-KV is off, the kernel's GEMMs run on the tile's rows only, and the rows of the q heads
-that read one KV head share a tile (a decode's heads then share the conversion of K and V).
-Each output element of those GEMMs is one fixed chain of FMAs over its inputs, whatever else
-the tile holds, so a row's arithmetic is the same in any batch. Other KV cache types
-(quantized, bf16) take the row-by-row kernel at every row count, which is the same for a row
-alone or in a batch. It is built for this CPU (-march=native) and loaded only on the CPU it was
-built for.
+sdist, as the GPU runtimes are: localrun/runtimes/build.py) with its CPU flash attention
+replaced (fattn_exact.cpp beside this file, which says how): one kernel at every row count for
+an F16/F32 KV cache, matrix products whose every element is one fixed chain of FMAs, the cells
+cut into segments at fixed positions and merged in order, run in turn for many rows and side by
+side by the threads for a few. So a row's arithmetic is the same in any batch and at any thread
+count. Other KV cache types (quantized, bf16) take the row-by-row kernel at every row count.
+It is built for this CPU (-march=native) and loaded only on the CPU it was built for.
 
 It is loaded before llama_cpp (engine/native.py calls `preload`): the installed libggml-base
 by its path, then this library, both globally, so that libggml's need of libggml-cpu.so.0

@@ -136,19 +136,32 @@ static void FA_EXACT_NOINLINE fa_exact_segment(
     for (int64_t ic = ic0; ic < ic1; ic += KV_TILE_SZ) {
         const int kv_tile = (int)std::min((int64_t)KV_TILE_SZ, ic1 - ic);
 
-        // skip the tile entirely if all the masks are -inf
+        // skip the tile entirely if all the masks are -inf (the mask's rows converted with the
+        // vector conversion: the same values as a lookup, and a row that rows share once)
         if (mask) {
             bool can_skip = true;
+            const ggml_fp16_t * last = nullptr;
             for (int tq = 0; tq < tile_rows; tq++) {
                 const ggml_fp16_t * mp_row = (const ggml_fp16_t *)((const char *) mask->data + t.row1[tq]*mask->nb[1] + (t.head[tq]%mask->ne[2])*mask->nb[2] + (t.iq3%mask->ne[3])*mask->nb[3]);
-                for (int tk = 0; tk < kv_tile; tk++) {
-                    mask32[tq * KV_TILE_SZ + tk] = t.slope[tq] * GGML_CPU_FP16_TO_FP32(mp_row[ic + tk]);
-                    if (mask32[tq * KV_TILE_SZ + tk] != -INFINITY) {
-                        can_skip = false;
+                float * m32 = mask32 + tq * KV_TILE_SZ;
+                if (mp_row == last && t.slope[tq] == t.slope[tq - 1]) {
+                    memcpy(m32, m32 - KV_TILE_SZ, KV_TILE_SZ * sizeof(float));
+                    continue;
+                }
+                last = mp_row;
+                ggml_cpu_fp16_to_fp32(mp_row + ic, m32, kv_tile);
+                if (t.slope[tq] != 1.0f) {
+                    for (int tk = 0; tk < kv_tile; tk++) {
+                        m32[tk] = t.slope[tq] * m32[tk];
                     }
                 }
+                bool all_inf = true;
+                for (int tk = 0; tk < kv_tile; tk++) {
+                    all_inf &= m32[tk] == -INFINITY;
+                }
+                can_skip &= all_inf;
                 for (int tk = kv_tile; tk < KV_TILE_SZ; tk++) {
-                    mask32[tq * KV_TILE_SZ + tk] = -INFINITY;
+                    m32[tk] = -INFINITY;
                 }
             }
             if (can_skip) {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchlib.common import DEFAULT_MODEL_NAME, Unavailable, default_model, run_command, say
 
-__all__ = ["Localrun", "localrun_cmd", "prepare_localrun", "served_env"]
+__all__ = ["Localrun", "localrun_cmd", "prepare_localrun", "served_env", "share_runtimes"]
 
 
 @dataclass
@@ -37,9 +37,22 @@ def localrun_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "localrun"]
 
 
+def share_runtimes(home: Path) -> None:
+    """The caller's installed runtimes (the GPU ones, the exact runtime) run the benchmark's own
+    home's models too, as they run the caller's: its `runtimes` folder is linked there."""
+    from localrun.settings import config
+
+    mine, theirs = config.home() / "runtimes", home / "runtimes"
+    if mine.is_dir() and not theirs.exists() and not theirs.is_symlink():
+        home.mkdir(parents=True, exist_ok=True)
+        theirs.symlink_to(mine.resolve(), target_is_directory=True)
+
+
 def served_env(home: Path, **settings: str) -> dict[str, str]:
-    """The environment of a `localrun serve` (or run) of a benchmark: its own home, models
-    kept loaded, and none of the caller's store, key or address (plus `settings`)."""
+    """The environment of a `localrun serve` (or run) of a benchmark: its own home (with the
+    caller's runtimes), models kept loaded, and none of the caller's store, key or address
+    (plus `settings`)."""
+    share_runtimes(home)
     env = {**os.environ, "LOCALRUN_HOME": str(home), "LOCALRUN_KEEP_ALIVE": "-1", **settings}
     for unset in ("LOCALRUN_MODELS", "LOCALRUN_API_KEY", "LOCALRUN_HOST"):
         if unset not in settings:
@@ -49,6 +62,7 @@ def served_env(home: Path, **settings: str) -> dict[str, str]:
 
 def prepare_localrun(home: Path, model: Path, name: str | None, threads: int) -> Localrun:
     """A Localrun with its own store; a --model other than the starter is created in it."""
+    share_runtimes(home)
     env = {**os.environ, "LOCALRUN_HOME": str(home)}
     env.pop("LOCALRUN_MODELS", None)  # the store must live in the temporary home
     lr = Localrun(localrun_cmd(), env, name or DEFAULT_MODEL_NAME, threads)
