@@ -35,7 +35,6 @@ CHILD_MODULES = frozenset(
         "localrun.server.jobs",
         "localrun.scheduler.importer",
         "localrun.engine.backend_check",
-        "localrun.runtimes.exact",
     }
 )
 

@@ -3,6 +3,10 @@ backend module into llama.cpp in a process of its own and print what it register
 line:
 {"error": null, "backend": "Vulkan", "devices": ["Vulkan0 (...)"]}.
 
+`--exact MODULE`: the exact runtime's CPU library (localrun/runtimes/exact.py) instead, loaded in
+place of the installed one before llama.cpp: it must be the process's only libggml-cpu, and
+llama.cpp must register its CPU device from it.
+
 The runtime install (localrun.runtimes.build) runs this before a runtime is moved into place: a
 module that does not load, or crashes the process that loads it, is never installed. A module
 that loads but finds no GPU (a machine without one, building ahead) is installed, and the
@@ -17,6 +21,8 @@ import sys
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--exact"]:
+        return check_exact(argv[1:])
     if not argv:
         print(json.dumps({"error": "usage: check MODULE [LIBRARY_FOLDER...]"}))
         return 2
@@ -33,6 +39,33 @@ def main(argv: list[str]) -> int:
     name = ggml.backends(lib)[-1] if ggml.backends(lib) else ""
     found = [str(d) for d in ggml.registered_devices(lib, reg)]
     print(json.dumps({"error": None, "backend": name, "devices": found}))
+    return 0
+
+
+def check_exact(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(json.dumps({"error": "usage: check --exact MODULE"}))
+        return 2
+    from pathlib import Path
+
+    from localrun.runtimes import exact
+
+    module = Path(argv[0])
+    os.environ["LOCALRUN_RUNTIME"] = "cpu"  # the installed GPU runtimes stay out of this check
+    state = exact.preload(module)  # before engine/native loads llama.cpp (and an installed one)
+    if state.warning:
+        print(json.dumps({"error": state.warning}))
+        return 1
+    from localrun.engine.native import lc
+    from localrun.runtimes import ggml
+
+    problem = exact.in_use(module)
+    if problem is not None:
+        print(json.dumps({"error": problem}))
+        return 1
+    lc.llama_backend_init()
+    lib = ggml.library(None)
+    print(json.dumps({"error": None, "devices": [str(d) for d in ggml.devices(lib)]}))
     return 0
 
 

@@ -306,7 +306,8 @@ def check_exact(module: Path, log: Path) -> list[str]:
     """check_loads for the exact runtime's CPU library: loaded in place of the installed one."""
     from localrun import selfexec
 
-    return _checked(selfexec.command("localrun.runtimes.exact", str(module)), module, log)
+    argv = selfexec.command("localrun.engine.backend_check", "--exact", str(module))
+    return _checked(argv, module, log)
 
 
 def _checked(argv: list[str], module: Path, log: Path) -> list[str]:

@@ -22,7 +22,7 @@ It is loaded before llama_cpp (engine/native.py calls `preload`): the installed 
 by its path, then this library, both globally, so that libggml's need of libggml-cpu.so.0
 resolves to it by its soname and the installed one is never loaded. LOCALRUN_EXACT turns it
 off (`off`), or asks for it (`on`: a warning when it is missing); `auto` loads it when it is
-installed. `python -m localrun.runtimes.exact MODULE` is the install's check.
+installed. `python -m localrun.engine.backend_check --exact MODULE` is the install's check.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import json
 import os
 import platform
 import sys
@@ -248,36 +247,3 @@ def confirm() -> None:
     if problem is not None:
         state.warning = f"the exact runtime is not in use: {problem}"
         state.runtime = None
-
-
-def main(argv: list[str]) -> int:
-    """The install's check, in a process of its own: the built library loads in place of the
-    installed one, and llama.cpp registers its CPU device from it."""
-    if len(argv) != 1:
-        print(json.dumps({"error": "usage: python -m localrun.runtimes.exact MODULE"}))
-        return 2
-    module = Path(argv[0])
-    os.environ["LOCALRUN_RUNTIME"] = "cpu"  # the installed GPU runtimes stay out of this check
-    # As a program this file is __main__: the state engine/native reads is the module's.
-    from localrun.runtimes import exact
-
-    state = exact.preload(module)
-    if state.warning:
-        print(json.dumps({"error": state.warning}))
-        return 1
-    from localrun.engine.native import lc
-    from localrun.runtimes import ggml
-
-    problem = exact.in_use(module)
-    if problem is not None:
-        print(json.dumps({"error": problem}))
-        return 1
-    lc.llama_backend_init()
-    lib = ggml.library(None)
-    found = [str(d) for d in ggml.devices(lib)] if lib is not None else []
-    print(json.dumps({"error": None, "devices": found}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
