@@ -83,6 +83,56 @@ def test_runtime_commands_without_runtimes(cli: CLI) -> None:
     assert_one_line_error(refused, "expected cuda, vulkan, auto or exact")
 
 
+def test_an_exact_runtime_of_another_cpu_or_a_damaged_one_is_not_loaded(
+    cli: CLI, home: Path
+) -> None:
+    """The exact runtime (runtimes/exact.py) is built with -march=native: on another CPU it
+    could stop the process at its first instruction, so it is listed but never loaded; one whose
+    bytes changed since its install is a warning in `info`, and the CPU as installed."""
+    from localrun.runtimes import exact
+
+    other = fake_runtime(home, f"exact-{VERSION}", b"\x7fELF not a library", backend="exact")
+    record = json.loads((other.parent / "runtime.json").read_text())
+    (other.parent / "runtime.json").write_text(json.dumps({**record, "cpu": "another-cpu"}))
+    assert exact.installed(VERSION) == []
+    listed = cli("runtime", "list")
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("exact-"))
+    assert row.rstrip().endswith("another CPU"), listed.stdout
+    assert info(cli)["exact"] is None
+    (other.parent / "runtime.json").write_text(
+        json.dumps({**record, "cpu": exact.cpu_identity(), "sha256": "0" * 64, "stamp": [0, 0]})
+    )
+    assert [r.name for r in exact.installed(VERSION)] == [f"exact-{VERSION}"]
+    built = info(cli)
+    assert built["exact"] is None and "damaged" in built["exact_warning"], built
+
+
+def test_the_exact_patch_refuses_another_source_and_replaces_its_own(tmp_path: Path) -> None:
+    from localrun.errors import RuntimeBuildError
+    from localrun.runtimes import exact
+
+    folder = tmp_path / exact.GGML_CPU
+    folder.mkdir(parents=True)
+    for name in ("ops.cpp", "common.h", "ggml-cpu.c"):
+        (folder / name).write_text("// another llama.cpp\n")
+    with pytest.raises(RuntimeBuildError, match="not the one the exact runtime changes"):
+        exact.patch_source(tmp_path)
+    ops = f"head\n{exact.KERNEL_FROM} old kernel }}\n{exact.KERNEL_TO}  entry }}\n"
+    (folder / "ops.cpp").write_text(ops)
+    (folder / "common.h").write_text(f"top\n{exact.EDITS[0][1]}bottom\n")
+    (folder / "ggml-cpu.c").write_text(f"top\n{exact.EDITS[1][1]}\nbottom\n")
+    exact.patch_source(tmp_path)
+    patched = {p.name: p.read_text() for p in folder.iterdir()}
+    kernel = exact.KERNEL.read_text()
+    assert (
+        patched["ops.cpp"].startswith("head\n" + kernel) and "old kernel" not in patched["ops.cpp"]
+    )
+    assert patched["ops.cpp"].endswith(f"{exact.KERNEL_TO}  entry }}\n")
+    assert exact.EDITS[0][2] in patched["common.h"] and exact.EDITS[1][2] in patched["ggml-cpu.c"]
+    exact.patch_source(tmp_path)  # again: nothing changes
+    assert {p.name: p.read_text() for p in folder.iterdir()} == patched
+
+
 @pytest.mark.parametrize(
     ("case", "fragment"),
     [
