@@ -69,6 +69,29 @@ static int64_t fa_exact_stride(int64_t DK, int64_t DV) {
          + FA_EXACT_SCRATCH_KV*DV + FA_EXACT_SCRATCH_KV*DK + CACHE_LINE_SIZE_F32;
 }
 
+// One thread's scratch, laid out as fa_exact_stride counts it.
+struct fa_exact_scratch {
+    float * Q;     // the tile's rows of Q
+    float * KQ;    // their scores against a KV tile
+    float * mask;  // the mask's values for them
+    float * VKQ;   // a segment's unnormalised output
+    float * V;     // a V tile as F32 (and, before it, each K row converted)
+    float * K;     // a K tile as F32, transposed
+    float * VKQF;  // the merged output of the segments so far
+};
+
+static fa_exact_scratch fa_exact_scratch_of(const ggml_compute_params * params, int64_t DK, int64_t DV) {
+    fa_exact_scratch s;
+    s.Q    = (float *) params->wdata + params->ith*fa_exact_stride(DK, DV);
+    s.KQ   = s.Q + FA_EXACT_SCRATCH_Q * DK;
+    s.mask = s.KQ + FA_EXACT_SCRATCH_Q * FA_EXACT_SCRATCH_KV;
+    s.VKQ  = s.mask + FA_EXACT_SCRATCH_Q * FA_EXACT_SCRATCH_KV;
+    s.V    = s.VKQ + FA_EXACT_SCRATCH_Q * DV;
+    s.K    = s.V + FA_EXACT_SCRATCH_KV * DV;
+    s.VKQF = s.K + FA_EXACT_SCRATCH_KV * DK;
+    return s;
+}
+
 static fa_exact_op fa_exact_op_of(ggml_tensor * dst) {
     fa_exact_op op;
     op.q = dst->src[0];
@@ -131,8 +154,7 @@ static void fa_exact_tile_at(const fa_exact_op & op, int64_t ir, int64_t ir1, fa
 // (tile.rows x DV), from nothing. `Q_f32` holds the tile's rows of Q.
 static void FA_EXACT_NOINLINE fa_exact_segment(
         const fa_exact_op & op, const fa_exact_tile & t, int64_t ic0, int64_t ic1,
-        const float * Q_f32, float * KQ, float * mask32, float * V32, float * K_f32,
-        float * M, float * S, float * VKQ32) {
+        const fa_exact_scratch & w, float * M, float * S) {
     static constexpr int KV_TILE_SZ = ggml_fa_tile_config::KV;
     const int64_t DK = op.DK, DV = op.DV;
     const ggml_tensor * k = op.k;
@@ -140,6 +162,12 @@ static void FA_EXACT_NOINLINE fa_exact_segment(
     const ggml_tensor * mask = op.mask;
     const ggml_type kv_type = k->type;
     const int tile_rows = t.rows;
+    const float * Q_f32 = w.Q;
+    float * KQ = w.KQ;
+    float * mask32 = w.mask;
+    float * V32 = w.V;
+    float * K_f32 = w.K;
+    float * VKQ32 = w.VKQ;
 
     for (int tq = 0; tq < tile_rows; ++tq) {
         S[tq] = 0.0f;
@@ -324,37 +352,29 @@ static void fa_exact_load_q(const fa_exact_op & op, const fa_exact_tile & t, flo
 static void ggml_compute_forward_flash_attn_ext_tiled(
         const ggml_compute_params * params, const fa_exact_op & op, int64_t ir0, int64_t ir1) {
     static constexpr int Q_TILE_SZ  = ggml_fa_tile_config::Q;
-    static constexpr int KV_TILE_SZ = ggml_fa_tile_config::KV;
-    const int64_t DK = op.DK, DV = op.DV;
-    float * base   = (float *) params->wdata + params->ith*fa_exact_stride(DK, DV);
-    float * Q_f32  = base;
-    float * KQ     = Q_f32 + Q_TILE_SZ * DK;
-    float * mask32 = KQ + Q_TILE_SZ * KV_TILE_SZ;
-    float * VKQ32  = mask32 + Q_TILE_SZ * KV_TILE_SZ;
-    float * V32    = VKQ32 + Q_TILE_SZ * DV;
-    float * K_f32  = V32 + KV_TILE_SZ * DV;
-    float * VKQF   = K_f32 + KV_TILE_SZ * DK;
+    const int64_t DV = op.DV;
+    const fa_exact_scratch w = fa_exact_scratch_of(params, op.DK, DV);
 
     fa_exact_tile t;
     float M[Q_TILE_SZ], S[Q_TILE_SZ], MF[Q_TILE_SZ], SF[Q_TILE_SZ];
     int64_t ir = ir0;
     while (ir < ir1) {
         fa_exact_tile_at(op, ir, ir1, t);
-        fa_exact_load_q(op, t, Q_f32);
+        fa_exact_load_q(op, t, w.Q);
         for (int tq = 0; tq < t.rows; tq++) {
             MF[tq] = -INFINITY;
             SF[tq] = 0.0f;
         }
-        memset(VKQF, 0, t.rows * DV * sizeof(float));
+        memset(w.VKQF, 0, t.rows * DV * sizeof(float));
         for (int64_t ic = 0; ic < op.nek1; ic += LOCALRUN_FA_SEG) {
             const int64_t ic1 = std::min(ic + (int64_t) LOCALRUN_FA_SEG, op.nek1);
-            fa_exact_segment(op, t, ic, ic1, Q_f32, KQ, mask32, V32, K_f32, M, S, VKQ32);
+            fa_exact_segment(op, t, ic, ic1, w, M, S);
             for (int tq = 0; tq < t.rows; tq++) {
-                fa_exact_merge(DV, &MF[tq], &SF[tq], VKQF + tq*DV, M[tq], S[tq], VKQ32 + tq*DV);
+                fa_exact_merge(DV, &MF[tq], &SF[tq], w.VKQF + tq*DV, M[tq], S[tq], w.VKQ + tq*DV);
             }
         }
         for (int tq = 0; tq < t.rows; tq++) {
-            fa_exact_finish(op, t.iq3, t.head[tq], t.row1[tq], MF[tq], SF[tq], VKQF + tq*DV);
+            fa_exact_finish(op, t.iq3, t.head[tq], t.row1[tq], MF[tq], SF[tq], w.VKQF + tq*DV);
         }
         ir += t.rows;
     }
@@ -377,15 +397,8 @@ static bool fa_exact_side_by_side(const ggml_compute_params * params, const fa_e
         return false;
     }
     static constexpr int Q_TILE_SZ  = ggml_fa_tile_config::Q;
-    static constexpr int KV_TILE_SZ = ggml_fa_tile_config::KV;
     const int ith = params->ith, nth = params->nth;
-    float * base   = (float *) params->wdata + ith*fa_exact_stride(DK, DV);
-    float * Q_f32  = base;
-    float * KQ     = Q_f32 + Q_TILE_SZ * DK;
-    float * mask32 = KQ + Q_TILE_SZ * KV_TILE_SZ;
-    float * VKQ32  = mask32 + Q_TILE_SZ * KV_TILE_SZ;
-    float * V32    = VKQ32 + Q_TILE_SZ * DV;
-    float * K_f32  = V32 + KV_TILE_SZ * DV;
+    const fa_exact_scratch w = fa_exact_scratch_of(params, DK, DV);
     float * partials = (float *) params->wdata + nth*fa_exact_stride(DK, DV);
 
     fa_exact_tile t;
@@ -397,17 +410,17 @@ static bool fa_exact_side_by_side(const ggml_compute_params * params, const fa_e
         fa_exact_tile_at(op, ir, ir + group, t);
         GGML_ASSERT(t.rows == group);
         if (loaded != g) {
-            fa_exact_load_q(op, t, Q_f32);
+            fa_exact_load_q(op, t, w.Q);
             loaded = g;
         }
         const int64_t ic0 = s*LOCALRUN_FA_SEG;
         const int64_t ic1 = std::min(ic0 + (int64_t) LOCALRUN_FA_SEG, op.nek1);
-        fa_exact_segment(op, t, ic0, ic1, Q_f32, KQ, mask32, V32, K_f32, M, S, VKQ32);
+        fa_exact_segment(op, t, ic0, ic1, w, M, S);
         for (int tq = 0; tq < t.rows; tq++) {
             float * p = partials + ((g*n_segs + s)*group + tq)*part;
             p[0] = M[tq];
             p[1] = S[tq];
-            memcpy(p + 2, VKQ32 + tq*DV, DV*sizeof(float));
+            memcpy(p + 2, w.VKQ + tq*DV, DV*sizeof(float));
         }
     }
     ggml_barrier(params->threadpool);
@@ -416,7 +429,7 @@ static bool fa_exact_side_by_side(const ggml_compute_params * params, const fa_e
         const int64_t g = r / group, tq = r % group;
         fa_exact_tile_at(op, g*group, g*group + group, t);
         float MF = -INFINITY, SF = 0.0f;
-        float * VKQF = VKQ32;
+        float * VKQF = w.VKQ;
         memset(VKQF, 0, DV*sizeof(float));
         for (int64_t s = 0; s < n_segs; s++) {
             const float * p = partials + ((g*n_segs + s)*group + tq)*part;
