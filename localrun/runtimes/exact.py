@@ -143,12 +143,13 @@ def current() -> Loaded:
 
 def installed(version: str) -> list[Runtime]:
     """The exact runtimes built for `version` of llama-cpp-python and this CPU."""
-    here = cpu_identity()
-    return [
-        r
-        for r in layout.installed()
-        if r.backend == BACKEND and r.llama_cpp_version == version and r.cpu == here
+    built = [
+        r for r in layout.installed() if r.backend == BACKEND and r.llama_cpp_version == version
     ]
+    if not built:  # the common case, at every process's start: /proc/cpuinfo is not read
+        return []
+    here = cpu_identity()
+    return [r for r in built if r.cpu == here]
 
 
 def bindings_lib_folder() -> Path | None:
