@@ -1,20 +1,22 @@
 #!/usr/bin/env python3
-"""What the exact runtime costs (issue 60): llama.cpp's prompt and decode speed with the CPU
-library as installed against the exact runtime's (`localrun runtime install exact`), and
-localrun's own decode with LOCALRUN_EXACT off and on, in one run.
+"""What the exact runtime costs (issue 60): llama.cpp's prompt and decode speed (llama-bench and
+llama-server) with the CPU library as installed against the exact runtime's (`localrun runtime
+install exact`), and localrun's own with LOCALRUN_EXACT off and on, in one run.
 
     scripts/bench_exact.py [--model GGUF] [--threads N] [--depths 0,1000,4000] [--rounds 5]
 
-llama-bench is built from the llama.cpp that llama-cpp-python vendors (benchlib.build, as
-scripts/bench.py does). The exact runtime is the one installed under LOCALRUN_HOME for these
-bindings and this CPU; `--install` builds it first. "exact" runs the same llama-bench binary with
-the exact runtime's libggml-cpu.so.0 in place of the build's (a folder of links with that one
-library swapped). Rounds are interleaved (each round runs every stack once, in a rotating order)
-so that a noisy machine slows all of them alike; medians are reported, with the exact/installed
-ratio (the issue's bar: at least 0.97x on prompt and decode).
+llama-bench and llama-server are built from the llama.cpp that llama-cpp-python vendors
+(benchlib.build, as scripts/bench.py does). The exact runtime is the one installed under
+LOCALRUN_HOME for these bindings and this CPU; `--install` builds it first. "exact" runs the same
+llama.cpp binaries with the exact runtime's libggml-cpu.so.0 in place of the build's (a folder of
+links with that one library swapped). Rounds are interleaved (each round runs every stack once,
+in a rotating order) so that a noisy machine slows all of them alike; medians are reported, with
+the exact/installed ratio (the issue's bar: at least 0.97x on prompt and decode).
 
 Stacks, each round:
   llama-bench installed / exact   pp512 and tg64 at each depth (`-d`), one repetition
+  llama-server installed / exact  one /completion of the rewrite prompt padded to about 500
+                                  tokens, 64 tokens decoded, after one unmeasured: its timings
   localrun off / on               `localrun run NAME PROMPT --verbose` with LOCALRUN_EXACT off
                                   and on: its `eval rate` and `prompt eval rate`
 """
@@ -31,8 +33,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import httpx
 from benchlib.build import DEFAULT_CACHE, bench_args, build_for
-from benchlib.common import default_model, say
+from benchlib.common import Unavailable, default_model, say
+from benchlib.serve import llama_server_with
 
 from localrun.runtimes import exact, source
 
@@ -41,6 +45,9 @@ PROMPT = (
     "    for item in items:\n        if item.price > 10:\n            result += item.price * "
     "item.count\n    return result\n```"
 )
+
+# About 500 tokens for llama-server's prompt: the rewrite prompt after numbered copies of its code.
+LONG_PROMPT = "".join(f"# copy {i}\n{PROMPT.split('```python', 1)[1]}" for i in range(9)) + PROMPT
 
 
 def swapped_libs(build_bin: Path, module: Path, into: Path) -> Path:
@@ -69,6 +76,30 @@ def llama_bench(
     return out
 
 
+def llama_server(
+    build_dir: Path, libs: Path, model: Path, threads: int, logdir: Path
+) -> dict[str, float]:
+    """llama-server with flash attention, one slot: a ~500-token prompt evaluated whole (no
+    prompt cache) and 64 tokens decoded, measured on the second request."""
+    server = llama_server_with(build_dir, model, threads, ["-fa", "on", "-b", "512"])
+    server.env = {**os.environ, "LD_LIBRARY_PATH": str(libs)}
+    body = {"prompt": LONG_PROMPT, "n_predict": 64, "temperature": 0, "cache_prompt": False,
+            "ignore_eos": True}  # fmt: skip
+    server.start(logdir)
+    try:
+        server.wait_ready()
+        for _ in range(2):
+            reply = httpx.post(f"http://127.0.0.1:{server.port}/completion", json=body, timeout=600)
+            reply.raise_for_status()
+        timings = reply.json()["timings"]
+    except (Unavailable, httpx.HTTPError) as exc:
+        raise SystemExit(f"llama-server failed: {exc}") from None
+    finally:
+        server.stop()
+    return {"prompt": float(timings["prompt_per_second"]),
+            "decode": float(timings["predicted_per_second"])}  # fmt: skip
+
+
 def localrun_run(name: str, threads: int, exact_mode: str) -> dict[str, float]:
     env = {**os.environ, "LOCALRUN_EXACT": exact_mode}
     params = ("temperature=0", f"num_thread={threads}", "num_predict=128", "speculate=off")
@@ -94,7 +125,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--llama-cpp-build", type=Path)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--cuda", action="store_true", help=argparse.SUPPRESS)
+    parser.set_defaults(cuda=False)  # the exact runtime is the CPU's: no --cuda here
     args = parser.parse_args()
     model = args.model or default_model()
     if model is None:
@@ -116,12 +147,15 @@ def main() -> None:
             "exact": swapped_libs(build.dir / "bin", found[-1].module_path, Path(tmp) / "exact"),
         }
         stacks = [("llama-bench", "installed"), ("llama-bench", "exact"),
+                  ("llama-server", "installed"), ("llama-server", "exact"),
                   ("localrun", "off"), ("localrun", "on")]  # fmt: skip
         for r in range(args.rounds):
             order = stacks[r % len(stacks) :] + stacks[: r % len(stacks)]
             for stack, variant in order:
                 if stack == "llama-bench":
                     got = llama_bench(build.llama_bench, libs[variant], model, args.threads, depths)
+                elif stack == "llama-server":
+                    got = llama_server(build.dir, libs[variant], model, args.threads, Path(tmp))
                 else:
                     got = localrun_run(args.name, args.threads, variant)
                 for test, value in got.items():

@@ -14,7 +14,8 @@ session (in the runtime tests' builds folder, so a second run resumes), then:
   can fail);
 - `localrun serve`: one greedy request asked cold, cached, with each speculation mode (a draft
   model included), and beside three other clients' streams gives one answer and the same
-  log-probabilities.
+  log-probabilities; so does one seeded request at temperature 0.8 (its sampler draws once a
+  token, drafts or not).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def names(items):
     return [item.name for item in items if item.name]
 """
 REWRITE = [{"role": "user", "content": f"Rewrite this code with type hints:\n```python\n{CODE}```"}]
+DOCUMENT = [{"role": "user", "content": f"Add a docstring to each function:\n```python\n{CODE}```"}]
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -176,26 +178,74 @@ def test_one_greedy_request_gets_one_answer_cold_cached_speculated_and_beside_ot
 ) -> None:
     """The issue's case: three identical requests in a row gave three answers with the
     defaults, and the first differed from the rest with speculation off."""
-    answers = {"cold": exact_server.ask(), "cached": exact_server.ask()}
-    answers["again"] = exact_server.ask()
+    text = _one_answer(_same_everywhere(exact_server))
+    assert "def " in text, text
+
+
+def _same_everywhere(server: Server, **request: Any) -> dict[str, tuple[str, Any]]:
+    """One request asked cold (its prompt new to the server), cached, again, with each
+    speculation mode (a draft model included) and beside three other clients' streams."""
+    answers = {"cold": server.ask(**request), "cached": server.ask(**request)}
+    answers["again"] = server.ask(**request)
     for mode in ("off", "ngram", "auto"):
-        answers[f"speculate {mode}"] = exact_server.ask(speculate=mode)
-    answers["draft model"] = exact_server.ask("smol-draft", speculate="draft")
+        answers[f"speculate {mode}"] = server.ask(speculate=mode, **request)
+    answers["draft model"] = server.ask("smol-draft", speculate="draft", **request)
     others: dict[int, tuple[str, Any]] = {}
 
     def other(i: int) -> None:
         story = [{"role": "user", "content": f"Tell story number {i} about a cat and a boat."}]
-        others[i] = exact_server.ask(messages=story, max_tokens=200, seed=i)
+        others[i] = server.ask(messages=story, max_tokens=200, seed=i, temperature=0.7)
 
     threads = [threading.Thread(target=other, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
-    answers["beside three streams"] = exact_server.ask()
+    answers["beside three streams"] = server.ask(**request)
     for t in threads:
         t.join(PATIENCE_S)
     assert len(others) == 3
+    return answers
+
+
+def _one_answer(answers: dict[str, tuple[str, Any]]) -> str:
     text, logprobs = answers["cold"]
-    assert len(logprobs) > 20 and "def " in text, text
+    assert len(logprobs) > 20, text
     for way, (other_text, other_logprobs) in answers.items():
         assert other_text == text, (way, other_text, text)
         assert other_logprobs == logprobs, way
+    return text
+
+
+@pytest.mark.server
+def test_one_seeded_request_gets_one_answer_cold_cached_speculated_and_beside_others(
+    exact_server: Server,
+) -> None:
+    """At temperature 0.8 with a seed: drafts are kept while the sampler's own draw picks them
+    (one draw a token, as without drafts), so with logits that do not depend on the batch the
+    seeded answer does not depend on speculation, the cache or the neighbours either."""
+    text = _one_answer(_same_everywhere(exact_server, messages=DOCUMENT, temperature=0.8, seed=7))
+    # The seed is what fixes it: another seed, another answer; and it is not the greedy one.
+    other_seed, _ = exact_server.ask(messages=DOCUMENT, temperature=0.8, seed=8)
+    greedy, _ = exact_server.ask(messages=DOCUMENT)
+    assert other_seed != text and greedy != text, (text, other_seed, greedy)
+
+
+@pytest.mark.server
+def test_serve_says_how_to_make_answers_exact_where_they_are_not(
+    exact_home: Path, tmp_path: Path
+) -> None:
+    """`serve` names the install at each start while no exact runtime is there, and is silent
+    once it is (or with LOCALRUN_EXACT=off)."""
+
+    def said(home: Path, **extra: str) -> str:
+        serve = Serve(home, env=_env(home, **extra))
+        assert serve.stop() == 0
+        out, err = serve.proc.communicate(timeout=PATIENCE_S)
+        assert "Traceback" not in err
+        return out
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    note = [line for line in said(bare).splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and "localrun runtime install exact" in note[0], note
+    assert "install exact" not in said(bare, LOCALRUN_EXACT="off")
+    assert "install exact" not in said(exact_home)

@@ -145,9 +145,12 @@ def serve(
     url = _url(sock, "https" if pair else "http")
     print(f"localrun {__version__} listening on {url}", flush=True)
     print(f"chat in a browser: {url}/ui/", flush=True)
-    from localrun.runtimes.advice import detected_gpus, say_once
+    from localrun.runtimes.advice import detected_gpus, exact_line, say_once
 
     say_once(detected_gpus, lambda line: print(line, flush=True))
+    note = exact_line()
+    if note is not None:
+        print(note, flush=True)
     try:
         server.run(sockets=[sock])
     finally:

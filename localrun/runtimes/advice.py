@@ -6,6 +6,9 @@ so that finding the GPUs (NVML, rocm-smi, vulkaninfo: 0.2 to 0.4 s) is not paid 
 the first `run` or `serve` after an install or an upgrade says it, the next ones do not look.
 Never when the user selected the CPU, and decided without loading llama.cpp: the GPU backends
 built into the installed bindings are read from the names of their libraries.
+
+And the line `serve` prints at every start while a greedy answer can depend on the batch on
+this CPU for want of the exact runtime (runtimes/exact.py), with the command that installs it.
 """
 
 from __future__ import annotations
@@ -86,3 +89,35 @@ def say_once(find_gpus: Callable[[], Sequence[Any]], say: Callable[[str], None])
             say(line)
     except Exception:  # advice must never stop a model from running
         return
+
+
+EXACT_FIX = "localrun runtime install exact"
+
+
+def exact_line() -> str | None:
+    """What `serve` says when a greedy or seeded answer can depend on the batch here: models
+    run on this CPU (no GPU backend built in or installed), LOCALRUN_EXACT is not off, and no
+    exact runtime is installed for these bindings and this CPU. Never raises."""
+    try:
+        import sys
+
+        from localrun.runtimes import exact
+        from localrun.runtimes.source import bindings_version
+        from localrun.settings import config
+
+        if not sys.platform.startswith("linux") or config.exact() == "off":
+            return None
+        if built_in_backends():
+            return None
+        version = bindings_version()
+        gpu = [r for r in layout.installed() if r.backend != exact.BACKEND]
+        if layout.selection() != layout.CPU and any(r.llama_cpp_version == version for r in gpu):
+            return None
+        if exact.installed(version):
+            return None
+    except Exception:  # advice must never stop the server
+        return None
+    return (
+        "note: a greedy or seeded answer can depend on the prompt cache and the batch on this "
+        f"CPU; to make it exact: {EXACT_FIX} (README: Same request, same answer)"
+    )

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localrun.errors import RuntimeNotFoundError
+from localrun.errors import GPURuntimeError, RuntimeNotFoundError
 from localrun.settings import config
 from localrun.store.blobs import TMP_PREFIX, fsync_dir, os_error, temp_path, write_atomic
 
@@ -144,7 +144,7 @@ def selection() -> str:
 def select(name: str) -> None:
     """Save the selection: a runtime's name, "auto" or "cpu" (the name is checked first)."""
     if name not in (AUTO, CPU) and get(name).backend == "exact":
-        raise RuntimeNotFoundError(
+        raise GPURuntimeError(
             f"runtime '{name}' is the exact CPU library, not a GPU runtime to select",
             hint="it loads whenever it is installed; LOCALRUN_EXACT=off leaves it out",
         )
