@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import pytest
 from conftest import PATIENCE_S, ROOT
 from test_runtimes import builds_folder
 from test_server_serve import Serve
+from testmodels.text import write_tiny_model
 
 from localrun.errors import ToolchainError
 from localrun.runtimes import toolchain
@@ -103,14 +105,16 @@ def test_the_exact_runtime_is_listed_for_this_cpu_and_not_selectable(exact_home:
     assert "Traceback" not in refused.stderr
 
 
-def probe(home: Path, **extra: str) -> list[str]:
+def probe(home: Path, *args: str, **extra: str) -> list[str]:
     """The probe's result lines for an F16 KV cache with flash attention (llama.cpp's CPU
-    default), at a prompt under the tiled kernel's 64 rows' bar and one past split-KV's 512."""
+    default); by default on the starter, at a prompt under the tiled kernel's 64 rows' bar and
+    one past split-KV's 512."""
     done = subprocess.run(
         [
             sys.executable,
             str(ROOT / "scripts" / "probe_batch_invariance.py"),
-            *("--kv", "f16", "--fa", "1", "--prompts", "30,700"),
+            *("--kv", "f16", "--fa", "1"),
+            *(args or ("--prompts", "30,700")),
         ],
         env=_env(home, **extra),
         capture_output=True,
@@ -122,17 +126,40 @@ def probe(home: Path, **extra: str) -> list[str]:
     return [line for line in done.stdout.splitlines() if line.startswith("fa=")]
 
 
+def _ways(line: str) -> dict[str, str]:
+    ways = dict(re.findall(r"(whole|again|beside|draft|1 thread) (\S+?),?(?= |$)", line))
+    assert set(ways) == {"whole", "again", "beside", "draft", "1 thread"}, line
+    return ways
+
+
 def test_a_tokens_logits_are_the_same_in_every_batch(exact_home: Path) -> None:
     lines = probe(exact_home)
     assert len(lines) == 2, lines
     for line in lines:
-        ways = dict(re.findall(r"(whole|again|beside|draft|1 thread) (\S+?),?(?= |$)", line))
-        assert set(ways) == {"whole", "again", "beside", "draft", "1 thread"}, line
-        assert set(ways.values()) == {"="}, line
+        assert set(_ways(line).values()) == {"="}, line
     # The installed library on the same probe: the cold prompt's row (tiled kernel) and the
     # cached one (split-KV past 512 cells) differ, which is what the runtime removes.
     stock = probe(exact_home, LOCALRUN_EXACT="off")
     assert "whole =" not in stock[1], stock
+
+
+def test_a_float_models_logits_are_the_same_in_every_batch(
+    exact_home: Path, tmp_path: Path
+) -> None:
+    """F16 weights: llamafile's sgemm serves a batch's rows and ggml's dot product a lone one,
+    summing in other orders; the exact runtime gives a lone row sgemm too."""
+    model = write_tiny_model(
+        tmp_path / "f16.gguf", dtype="f16", n_layer=2, n_embd=256, n_ff=512, n_ctx=1024
+    )
+    args = ("--model", str(model), "--prompts", "30,100")
+    lines = probe(exact_home, *args)
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert set(_ways(line).values()) == {"="}, line
+    # The installed library: at 30 rows (under the tiled attention's 64) only the weights'
+    # products part the draft batch's row from the lone one.
+    stock = probe(exact_home, *args, LOCALRUN_EXACT="off")
+    assert _ways(stock[0])["draft"] != "=", stock
 
 
 class Server:
@@ -238,6 +265,12 @@ def test_serve_says_how_to_make_answers_exact_where_they_are_not(
 
     def said(home: Path, **extra: str) -> str:
         serve = Serve(home, env=_env(home, **extra))
+        for _ in range(100):  # up: it prints its URL, then installs its signal handlers
+            try:
+                if httpx.get(serve.url + "/api/version", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
         assert serve.stop() == 0
         out, err = serve.proc.communicate(timeout=PATIENCE_S)
         assert "Traceback" not in err

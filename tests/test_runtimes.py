@@ -112,25 +112,32 @@ def test_the_exact_patch_refuses_another_source_and_replaces_its_own(tmp_path: P
     from localrun.runtimes import exact
 
     folder = tmp_path / exact.GGML_CPU
-    folder.mkdir(parents=True)
-    for name in ("ops.cpp", "common.h", "ggml-cpu.c"):
+    names = ("ops.cpp", *{edit[0] for edit in exact.EDITS})
+    assert "llamafile/sgemm.cpp" in names  # the weights' products, not only the attention
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text("// another llama.cpp\n")
     with pytest.raises(RuntimeBuildError, match="not the one the exact runtime changes"):
         exact.patch_source(tmp_path)
     ops = f"head\n{exact.KERNEL_FROM} old kernel }}\n{exact.KERNEL_TO}  entry }}\n"
     (folder / "ops.cpp").write_text(ops)
-    (folder / "common.h").write_text(f"top\n{exact.EDITS[0][1]}bottom\n")
-    (folder / "ggml-cpu.c").write_text(f"top\n{exact.EDITS[1][1]}\nbottom\n")
+    for name in names[1:]:
+        olds = [old for file, old, _ in exact.EDITS if file == name]
+        (folder / name).write_text("top\n" + "\nmiddle\n".join(olds) + "\nbottom\n")
     exact.patch_source(tmp_path)
-    patched = {p.name: p.read_text() for p in folder.iterdir()}
+
+    def files() -> dict[str, str]:
+        return {name: (folder / name).read_text() for name in names}
+
+    patched = files()
     kernel = exact.KERNEL.read_text()
     assert (
         patched["ops.cpp"].startswith("head\n" + kernel) and "old kernel" not in patched["ops.cpp"]
     )
     assert patched["ops.cpp"].endswith(f"{exact.KERNEL_TO}  entry }}\n")
-    assert exact.EDITS[0][2] in patched["common.h"] and exact.EDITS[1][2] in patched["ggml-cpu.c"]
+    assert all(new in patched[file] for file, _, new in exact.EDITS)
     exact.patch_source(tmp_path)  # again: nothing changes
-    assert {p.name: p.read_text() for p in folder.iterdir()} == patched
+    assert files() == patched
 
 
 @pytest.mark.parametrize(

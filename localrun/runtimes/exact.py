@@ -16,6 +16,13 @@ an F16/F32 KV cache, matrix products whose every element is one fixed chain of F
 cut into segments at fixed positions and merged in order, run in turn for many rows and side by
 side by the threads for a few. So a row's arithmetic is the same in any batch and at any thread
 count. Other KV cache types (quantized, bf16) take the row-by-row kernel at every row count.
+
+The weights' products were batch-invariant on the x86 CPUs measured for quantized weights, but
+not everywhere: llamafile's sgemm serves two rows or more and ggml's dot product a lone row, and
+for float weights (F32, F16, BF16) the two sum in different orders, so a lone row of a float
+model takes sgemm too here; on ARM (measured under qemu) the same split holds for quantized
+weights as well, so llamafile is left out of an ARM build; and ARM's int8 matrix multiplication
+(i8mm) takes two rows a dot product where the batch's shape allows, which is turned off.
 It is built for this CPU (-march=native) and loaded only on the CPU it was built for.
 
 It is loaded before llama_cpp (engine/native.py calls `preload`): the installed libggml-base
@@ -67,6 +74,25 @@ EDITS = (
         "2*GGML_FA_TILE_Q*DV + GGML_FA_TILE_KV*DV + GGML_FA_TILE_KV*DK + CACHE_LINE_SIZE_F32)"
         "*n_tasks + LOCALRUN_FA_PARTIALS;",
     ),
+    (
+        # The weights' products: one row a dot product in any batch. With int8 matrix
+        # multiplication (ARM's i8mm) Q4_0, Q4_1 and Q8_0 take two rows a dot product where the
+        # batch's shape allows, and sum them in another order.
+        "ggml-cpu.c",
+        "        int64_t num_rows_per_vec_dot = vec_dot_num_rows;\n",
+        "        int64_t num_rows_per_vec_dot = vec_dot_num_rows;\n"
+        "        num_rows_per_vec_dot = 1; // localrun (exact): one row a dot product\n",
+    ),
+    (
+        # llamafile's sgemm serves two rows or more, ggml's dot product a lone one, and for float
+        # weights (F32, F16, BF16) they sum in different orders: a lone row takes sgemm too (its
+        # sum for an element is one chain whatever the tile, as for the rows of a batch).
+        "llamafile/sgemm.cpp",
+        "#if !defined(__MMA__)\n    if (n < 2)\n        return false;\n#endif\n",
+        "#if !defined(__MMA__)\n    // localrun (exact): float weights take it for a lone row\n"
+        "    if (n < 2 && Atype != GGML_TYPE_F32 && Atype != GGML_TYPE_F16 && "
+        "Atype != GGML_TYPE_BF16)\n        return false;\n#endif\n",
+    ),
 )
 
 
@@ -106,7 +132,7 @@ def patch_source(tree: Path) -> None:
 
 def _not_this_source() -> RuntimeBuildError:
     return RuntimeBuildError(
-        "this llama.cpp's CPU flash attention is not the one the exact runtime changes",
+        "this llama.cpp's CPU library is not the one the exact runtime changes",
         hint="the exact runtime is made for llama-cpp-python 0.3.36; use the CPU as installed",
     )
 
