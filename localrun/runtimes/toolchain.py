@@ -100,7 +100,7 @@ def cpu() -> Toolchain:
         (c for c in ("c++", "g++", "clang++") if shutil.which(c)), "c++"
     )
     version = _version([cxx, "--version"], r"(\d+\.\d+(?:\.\d+)?)")
-    args = ("-DGGML_NATIVE=ON", "-DGGML_BACKEND_DL=OFF")
+    args: tuple[str, ...] = ("-DGGML_NATIVE=ON", "-DGGML_BACKEND_DL=OFF")
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
         # ARM (found under qemu): llamafile's sgemm serves a batch of 2 (F16: 8) rows or more
         # and ggml's dot product fewer, and the repacked Q8_0 kernels fuse their multiply-adds
