@@ -145,18 +145,24 @@ def serve(
     url = _url(sock, "https" if pair else "http")
     print(f"localrun {__version__} listening on {url}", flush=True)
     print(f"chat in a browser: {url}/ui/", flush=True)
-    from localrun.runtimes.advice import detected_gpus, exact_line, say_once
-
-    say_once(detected_gpus, lambda line: print(line, flush=True))
-    note = exact_line()
-    if note is not None:
-        print(note, flush=True)
+    _advise()
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
     if not server.started:
         raise ServerError("the server could not start", hint="see the messages above")
+
+
+def _advise() -> None:
+    """At each start: a GPU that nothing installed can use (said once), and how to make greedy
+    answers exact where they can depend on the batch."""
+    from localrun.runtimes.advice import detected_gpus, exact_line, say_once
+
+    say_once(detected_gpus, lambda line: print(line, flush=True))
+    note = exact_line()
+    if note is not None:
+        print(note, flush=True)
 
 
 def _configure_logging(debug: bool) -> None:
