@@ -558,6 +558,7 @@ def test_the_setting_names_the_runners_import_knows(monkeypatch: pytest.MonkeyPa
     [
         ("LOCALRUN_OTHER_RUNNERS", "ollama,vllm", "unknown runner 'vllm'"),
         ("LOCALRUN_ANSWER_MEMORY", "maybe", "expected a boolean"),
+        ("LOCALRUN_EXACT", "maybe", "expected one of auto, on, off"),
     ],
 )
 def test_serve_refuses_a_bad_setting(cli: CLI, setting: str, value: str, said: str) -> None:

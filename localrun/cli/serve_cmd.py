@@ -129,8 +129,10 @@ def serve(
         )
     limits = Limits.from_env()
     debug = config.debug()
-    # Read by the routes at each listing, where a bad value only logs: a typo fails here.
+    # Read by the routes at each listing, and by each runner before llama.cpp loads, where a
+    # bad value only logs or warns: a typo fails here.
     config.other_runners()
+    config.exact()
     _configure_logging(debug)
     # Every connection holds a file descriptor: allow as many as the system lets us, then keep
     # the connection cap below that.
