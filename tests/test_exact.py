@@ -156,10 +156,10 @@ def test_a_float_models_logits_are_the_same_in_every_batch(
     assert len(lines) == 2, lines
     for line in lines:
         assert set(_ways(line).values()) == {"="}, line
-    # The installed library: at 30 rows (under the tiled attention's 64) only the weights'
-    # products part the draft batch's row from the lone one.
+    # The installed library parts them (on an Intel Xeon already at 30 rows, under the tiled
+    # attention's 64: the weights' products; at 100 the attention as well): the check can fail.
     stock = probe(exact_home, *args, LOCALRUN_EXACT="off")
-    assert _ways(stock[0])["draft"] != "=", stock
+    assert any(set(_ways(line).values()) != {"="} for line in stock), stock
 
 
 class Server:
