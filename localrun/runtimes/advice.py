@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,6 @@ def exact_line() -> str | None:
     run on this CPU (no GPU backend built in or installed), LOCALRUN_EXACT is not off, and no
     exact runtime is installed for these bindings and this CPU. Never raises."""
     try:
-        import sys
-
         from localrun.runtimes import exact
         from localrun.runtimes.source import bindings_version
         from localrun.settings import config

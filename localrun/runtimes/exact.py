@@ -101,7 +101,7 @@ def patch_source(tree: Path) -> None:
     source is not the one this change was written for."""
     folder = tree / GGML_CPU
     texts: dict[str, str] = {}
-    for name in ("ops.cpp", *(edit[0] for edit in EDITS)):
+    for name in dict.fromkeys(("ops.cpp", *(edit[0] for edit in EDITS))):  # each file once
         try:
             texts[name] = (folder / name).read_text(encoding="utf-8")
         except OSError as exc:
