@@ -55,6 +55,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # A `localrun serve` a developer left running on the default port must not answer the
     # tests' `localrun run` commands (with its own store): point them at a closed port.
     monkeypatch.setenv("LOCALRUN_HOST", "127.0.0.1:9")
+    # A name in no store and no catalog is not looked for on registry.ollama.ai: the tests that
+    # pull from a registry start one (tests/registries.py) and name it.
+    monkeypatch.setenv("LOCALRUN_REGISTRY", "off")
     return path
 
 

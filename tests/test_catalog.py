@@ -263,3 +263,10 @@ def test_search_lists_names_with_sizes_and_capabilities(cli: CLI) -> None:
     everything = json.loads(cli("search", "--json").stdout)
     assert len(everything) == len(catalog.entries())
     assert "hf.co/ORG/REPO" in cli("search", "no-such-thing").stdout
+    # Where a name comes from, in the order run and pull look.
+    library = {"LOCALRUN_REGISTRY": "https://registry.example"}
+    said = cli("search", "someone/thing:v2", env=library).stdout
+    assert "from the registry https://registry.example (Ollama's library): someone/thing:v2" in said
+    said = cli("search", "hf.co/Org/Repo:Q8_0").stdout
+    assert "from Hugging Face (Org/Repo, tag Q8_0)" in said
+    assert "from localrun's catalog: " in cli("search", "qwen3:0.6b").stdout

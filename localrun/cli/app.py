@@ -60,6 +60,7 @@ def _root(
 
 app.command()(info_cmd.info)
 app.command()(pull_cmd.pull)
+app.command()(pull_cmd.push)
 app.command()(pull_cmd.search)
 app.command(context_settings={"allow_interspersed_args": True})(run_cmd.run)
 app.command()(serve_cmd.serve)

@@ -1,5 +1,6 @@
-"""`localrun pull MODEL`: fetch a model from Hugging Face, ModelScope or the catalog; `localrun
-search [WORD]`: the catalog's names."""
+"""`localrun pull MODEL`: fetch a model from a registry (Ollama's library, any OCI registry),
+Hugging Face, ModelScope or the catalog; `localrun push MODEL`: to a registry; `localrun search
+[WORD]`: the catalog's names, and where a name comes from."""
 
 from __future__ import annotations
 
@@ -9,16 +10,22 @@ import typer
 
 from localrun.cli.common import open_store
 from localrun.cli.output import CreateProgress, columns, human_size
+from localrun.errors import LocalrunError
 
 
 def pull(
     model: str = typer.Argument(
-        ..., help="hf.co/ORG/REPO[:TAG], modelscope.cn/ORG/REPO[:TAG], or a catalog name."
+        ...,
+        help="A name of Ollama's library (name[:tag], namespace/name[:tag]), of a registry "
+        "(host/namespace/name[:tag]), hf.co/ORG/REPO[:TAG], modelscope.cn/ORG/REPO[:TAG], or a "
+        "catalog name.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="Reach the registry over plain HTTP (a loopback one always is)."
+    ),
 ) -> None:
     """Download a model into the store (resumable, verified by sha256)."""
-    from localrun.errors import ModelNotFoundError
     from localrun.sources import obtain
     from localrun.sources import pull as pull_mod
     from localrun.store import reference
@@ -30,8 +37,9 @@ def pull(
         if ref.hub is not None:
             pull_mod.pull(store, ref.hub, report=progress)
             return
-        if ref.entry is None:
-            raise ModelNotFoundError(str(ref.name))  # the hint names the nearest known names
+        if ref.entry is None:  # a registry's: pulled again when it changed there
+            obtain.from_registry(store, ref, progress, insecure=insecure)
+            return
         if store.exists(ref.name):
             if not quiet:
                 print(f"'{ref.name}' is already in the store", flush=True)
@@ -43,16 +51,47 @@ def pull(
         progress.close()
 
 
+def push(
+    model: str = typer.Argument(
+        ...,
+        help="A model of the store, named as its registry has it: host/namespace/name[:tag], "
+        "or namespace/name[:tag] for Ollama's library.",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="Reach the registry over plain HTTP (a loopback one always is)."
+    ),
+) -> None:
+    """Upload a model to its registry in Ollama's format (`ollama pull` takes it back)."""
+    from localrun.sources import push as push_mod
+    from localrun.store import names
+
+    store = open_store(cleanup=True)
+    progress = CreateProgress(quiet)
+    try:
+        push_mod.push(store, names.parse(model), report=progress, insecure=insecure)
+    finally:
+        progress.close()
+
+
 def search(
     word: str = typer.Argument(
         "", help="A word of the name or description, or a capability (vision, tools, embedding)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List the model names localrun knows (`pull` and `run` take them), with their sizes."""
-    from localrun.store import catalog
+    """List the model names localrun knows (`pull` and `run` take them), with their sizes, and
+    say where a name comes from: the store, the catalog, a registry or a hub."""
+    from localrun.sources import obtain
+    from localrun.store import catalog, reference
 
     found = catalog.search(word)
+    where = None
+    if word.strip() and (not found or any(c in word for c in ":/")):  # a name, not a word
+        try:
+            where = obtain.origin(open_store(), reference.resolve(word))
+        except LocalrunError:  # a word that is no name: the catalog's matches alone
+            where = None
     if as_json:
         out = [
             {
@@ -66,11 +105,13 @@ def search(
             }
             for e in found
         ]
-        print(json.dumps(out, indent=2))
+        print(json.dumps({"models": out, "origin": where} if where else out, indent=2))
         return
+    if where:
+        print(f"{word.strip()}: from {where}")
     if not found:
-        print(f"no catalog name matches {word!r}; any GGUF on Hugging Face can be pulled as "
-              "hf.co/ORG/REPO[:QUANT]")  # fmt: skip
+        print(f"no catalog name matches {word!r}; any GGUF on Hugging Face can be pulled "
+              "as hf.co/ORG/REPO[:QUANT], and Ollama's library by its names")  # fmt: skip
         return
     rows = [["NAME", "PARAMS", "QUANT", "SIZE", "CAPABILITIES"]]
     for e in found:

@@ -219,20 +219,31 @@ def _show_json(m: Any, template: str | None, chosen: str | None = None) -> dict[
 
 
 def cp(
-    source: str = typer.Argument(..., help="The model to copy."),
+    source: str = typer.Argument(
+        ..., help="The model to copy: in the store, or pulled from its registry first."
+    ),
     destination: str = typer.Argument(..., help="The new name."),
+    push: bool = typer.Option(
+        False, "--push", help="Then push the copy to the registry its name says."
+    ),
 ) -> None:
-    """Copy a model under a new name (no data is duplicated)."""
+    """Copy a model under a new name (no data is duplicated), from or to a registry."""
     from localrun.sources import obtain
+    from localrun.sources import push as push_mod
     from localrun.store import reference
 
     dst = reference.resolve(destination).typed
     store = open_store(cleanup=True)
     ref = reference.resolve(source)
-    obtain.find(store, ref, CreateProgress(), pull_missing=False)
-    src = ref.name
-    store.copy(src, dst)
-    print(f"copied '{src}' to '{dst}'")
+    progress = CreateProgress()
+    try:
+        obtain.find(store, ref, progress)
+        store.copy(ref.name, dst)
+        print(f"copied '{ref.name}' to '{dst}'", flush=True)
+        if push:
+            push_mod.push(store, dst, report=progress)
+    finally:
+        progress.close()
 
 
 def rm(

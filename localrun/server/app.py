@@ -90,6 +90,7 @@ _ROUTES = (
     ("/api/embeddings", ollama.embeddings, ["POST"]),
     ("/api/show", models.show, ["POST"]),
     ("/api/pull", models.pull_, ["POST"]),
+    ("/api/push", models.push_, ["POST"]),
     ("/api/create", models.create, ["POST"]),
     ("/api/copy", models.copy, ["POST"]),
     ("/api/delete", models.delete, ["DELETE"]),

@@ -8,7 +8,8 @@ The server side (`run`) writes one JSON request line to `python -m localrun.serv
 reads JSON lines back:
 
     -> {"op": "create", "store": ROOT, "model": NAME, "modelfile": TEXT, "quantize"?: TYPE}
-    -> {"op": "pull", "store": ROOT, "model": TEXT}
+    -> {"op": "pull", "store": ROOT, "model": TEXT, "insecure": BOOL}
+    -> {"op": "push", "store": ROOT, "model": TEXT, "insecure": BOOL}
     -> {"op": "import", "store": ROOT, "model": NAME}          (a catalog model or another
                                                                 runner's, no hubs)
     <- {"event": "progress", "status": ..., "digest"?, "completed"?, "total"?}   (any number)
@@ -218,7 +219,7 @@ def _debug() -> bool:
 def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     from localrun.engine import quantize
     from localrun.recipes import create, modelfile
-    from localrun.sources import obtain, pull
+    from localrun.sources import obtain, pull, push
     from localrun.store import reference
     from localrun.store.models import Store
 
@@ -245,8 +246,12 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     if op == "pull":
         if ref.hub is not None:
             return pull.pull(store, ref.hub, report=report)
+        if ref.entry is None:  # a registry's: pulled again when it changed there
+            return obtain.from_registry(store, ref, report, insecure=bool(request.get("insecure")))
         obtain.find(store, ref, report, pull_missing=True, others=False)  # a pull downloads
         return ""
+    if op == "push":
+        return push.push(store, ref.typed, report, insecure=bool(request.get("insecure")))
     if op == "create":
         parsed = modelfile.parse(str(request["modelfile"]))
         target = ref.typed

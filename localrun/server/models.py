@@ -332,7 +332,19 @@ async def pull_(request: Request) -> Response:
     text = body.model()
     reference.resolve(text)  # an invalid name is a 400 before anything starts
     store = core.context(request).store
-    job = {"op": "pull", "store": str(store.root), "model": text}
+    job = {"op": "pull", "store": str(store.root), "model": text,
+           "insecure": body.flag("insecure", False)}  # fmt: skip
+    return await _run_job(request, job, body.flag("stream", True))
+
+
+async def push_(request: Request) -> Response:
+    """Ollama's /api/push: a model of the store to the registry its name says."""
+    body = Body(await read_json(request))
+    text = body.model()
+    reference.resolve(text)  # an invalid name is a 400 before anything starts
+    store = core.context(request).store
+    job = {"op": "push", "store": str(store.root), "model": text,
+           "insecure": body.flag("insecure", False)}  # fmt: skip
     return await _run_job(request, job, body.flag("stream", True))
 
 

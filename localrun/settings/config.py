@@ -209,6 +209,27 @@ _GENERAL: dict[str, Setting] = {
             lambda: (),
         ),
         Setting(
+            "LOCALRUN_REGISTRY",
+            "Ollama's library, where a name not in the store nor the catalog is pulled from "
+            "(`name:tag`, `namespace/name:tag`): its URL, or off to never reach it.",
+            parse.parse_registry,
+            lambda: parse.DEFAULT_REGISTRY,
+        ),
+        Setting(
+            "LOCALRUN_INSECURE_REGISTRIES",
+            "Registries (host[:port], comma-separated) reached over plain HTTP; a loopback "
+            "address always is.",
+            parse.parse_origins,
+            lambda: (),
+        ),
+        Setting(
+            "LOCALRUN_REGISTRY_AUTH",
+            "Logins for registries, space-separated: host=USER:PASSWORD or host=TOKEN (before "
+            "Docker's ~/.docker/config.json).",
+            parse.parse_registry_auth,
+            lambda: (),
+        ),
+        Setting(
             "LOCALRUN_CPU_REPACK",
             "Whether llama.cpp repacks weights for the CPU's fastest kernels: on, off, or auto "
             "(on, except on CPUs with AMX, whose llama.cpp kernels crash: llama.cpp#20824).",
@@ -364,6 +385,18 @@ def upstream_cooldown() -> float:
 
 def other_runners() -> tuple[str, ...]:
     return SETTINGS["LOCALRUN_OTHER_RUNNERS"].value()  # type: ignore[no-any-return]
+
+
+def registry() -> str:
+    return SETTINGS["LOCALRUN_REGISTRY"].value()  # type: ignore[no-any-return]
+
+
+def insecure_registries() -> tuple[str, ...]:
+    return tuple(h.lower() for h in SETTINGS["LOCALRUN_INSECURE_REGISTRIES"].value())
+
+
+def registry_auth() -> tuple[tuple[str, str], ...]:
+    return SETTINGS["LOCALRUN_REGISTRY_AUTH"].value()  # type: ignore[no-any-return]
 
 
 def cpu_repack() -> str:

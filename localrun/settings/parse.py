@@ -41,6 +41,32 @@ def parse_runners(text: str) -> tuple[str, ...]:
     return chosen
 
 
+DEFAULT_REGISTRY = "https://registry.ollama.ai"
+
+
+def parse_registry(text: str) -> str:
+    """Ollama's library: an http(s) URL without a path, or `off` ('')."""
+    value = text.strip().rstrip("/")
+    if value.lower() in ("off", "0", "none", ""):
+        return ""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest or "/" in rest:
+        raise ValueError(f"expected a URL such as {DEFAULT_REGISTRY}, or off; got {text!r}")
+    return f"{scheme.lower()}://{rest}"
+
+
+def parse_registry_auth(text: str) -> tuple[tuple[str, str], ...]:
+    """Logins for registries, separated by spaces: `host=user:password` or `host=token`."""
+    entries = []
+    for item in text.split():
+        host, sep, secret = item.partition("=")
+        host = host.strip().lower()
+        if not sep or not host or not secret or "/" in host:
+            raise ValueError("expected entries such as registry.example.com=USER:PASSWORD")
+        entries.append((host, secret))
+    return tuple(entries)
+
+
 def parse_path(text: str) -> Path:
     if not text.strip():
         raise ValueError("expected a path, got an empty value")

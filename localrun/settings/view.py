@@ -21,6 +21,8 @@ def format_value(name: str, value: Any) -> str:
         return f"[{host_}]:{port}" if ":" in host_ else f"{host_}:{port}"
     if name == "LOCALRUN_API_KEY":
         return "(set)" if value else ""
+    if name == "LOCALRUN_REGISTRY_AUTH":  # secrets: only the hosts they are for
+        return ",".join(f"{host}=(set)" for host, _ in value)
     if value is None:
         return ""
     if name in _DURATIONS:

@@ -3,8 +3,9 @@
     find(store, ref)   the manifest of what `ref` names; another runner's model of that name
                        (with LOCALRUN_OTHER_RUNNERS) or a catalog model an installed package
                        ships is imported on first use (verified by sha256, once), a hub
-                       reference or a catalog model with a hub source is pulled (with
-                       `pull_missing`, as `localrun run` does)
+                       reference or a catalog model with a hub source is pulled, and any other
+                       name from its registry (Ollama's library for a name without a host;
+                       with `pull_missing`, as `localrun run` does)
     resolver(store)    the same for `create`: FROM a catalog name imports it first
 
 After its first import or pull a catalog model is a model like any other.
@@ -19,6 +20,7 @@ from localrun import selfexec
 from localrun.errors import LocalrunError, ModelNotFoundError
 from localrun.recipes import create
 from localrun.recipes.modelfile import Modelfile
+from localrun.settings import config
 from localrun.sources import pull, runners
 from localrun.sources.found import Found
 from localrun.store import catalog, reference
@@ -40,8 +42,8 @@ def find(
 
     Another runner's model (sources.runners.named; not with `others` False, as `pull` asks) is
     imported in place, and a catalog model shipped in an installed package imported, whatever
-    `pull_missing` says; a hub reference, or a catalog model only a hub has, is pulled only
-    with it.
+    `pull_missing` says; a hub reference, a catalog model only a hub has, or a name of a
+    registry (sources.registry) is pulled only with it.
     """
     found: Found | None = None
     try:
@@ -49,7 +51,7 @@ def find(
     except ModelNotFoundError:
         # Another runner's copy on this machine (LOCALRUN_OTHER_RUNNERS) before any download.
         found = runners.named(str(ref.name)) if others else None
-        if found is None and ref.entry is None and (ref.hub is None or not pull_missing):
+        if found is None and ref.entry is None and not pull_missing:
             raise
     if found is not None:
         runners.adopt(store, found, report or (lambda _: None))
@@ -57,8 +59,47 @@ def find(
     if ref.hub is not None:
         pull.pull(store, ref.hub, report=report or (lambda _: None))
         return store.read_manifest(ref.name)
-    assert ref.entry is not None
+    if ref.entry is None:
+        from_registry(store, ref, report)
+        return store.read_manifest(ref.name)
     return _from_catalog(store, ref.name, ref.entry, report or (lambda _: None), pull_missing)
+
+
+def from_registry(
+    store: Store, ref: Reference, report: create.Reporter | None = None, *, insecure: bool = False
+) -> str:
+    """Pull `ref` from its registry (sources.registry; `insecure`: over plain HTTP); a name the
+    registry does not have is not found as the user typed it."""
+    from localrun.sources import registry
+
+    try:
+        return registry.pull(store, ref.name, report or (lambda _: None), insecure=insecure)
+    except ModelNotFoundError as exc:
+        missing = ModelNotFoundError(ref.text)
+        if not exc.suggest:  # the registry was asked: it says so, then the nearest names
+            catalog.suggest(missing, store)
+            missing.hint = f"{exc.hint}; {missing.hint}"
+        raise missing from None
+
+
+def origin(store: Store, ref: Reference) -> str:
+    """Where `ref` is taken from, in the order `find` looks (a line for `localrun search`)."""
+    if store.exists(ref.name):
+        return "the store"
+    if ref.hub is not None:
+        hub = "Hugging Face" if ref.hub.hub == "hf" else "ModelScope"
+        return f"{hub} ({ref.hub.repo_id}, tag {ref.hub.tag or 'latest'})"
+    if ref.entry is not None:
+        sources = [str(s.get("reference") or s.get("distribution")) for s in ref.entry.sources]
+        return "localrun's catalog: " + ", ".join(sources)
+    from localrun.sources import oci
+
+    try:
+        where = oci.target(ref.name)
+    except ModelNotFoundError:
+        return "nowhere: not in the store nor the catalog, and LOCALRUN_REGISTRY is off"
+    library = " (Ollama's library)" if where.url == config.registry() else ""
+    return f"the registry {where.url}{library}: {where.repository}:{where.tag}"
 
 
 def resolver(

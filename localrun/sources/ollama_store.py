@@ -131,9 +131,9 @@ def _read(folder: Path, path: Path, name: str) -> Found:
     for text_path in by_kind.get("system", [])[:1]:
         modelfile.system = _text(content[text_path])
     for params_path in by_kind.get("params", [])[:1]:
-        modelfile.parameters = _parameters(params_path, content[params_path])
+        modelfile.parameters = parameters(params_path, content[params_path])
     for messages_path in by_kind.get("messages", [])[:1]:
-        modelfile.messages = _messages(messages_path, content[messages_path])
+        modelfile.messages = messages(messages_path, content[messages_path])
     modelfile.licenses = [_text(content[p]) for p in by_kind.get("license", [])]
     modelfile.adapters = [str(p) for p in by_kind.get("adapter", [])]
     projectors = by_kind.get("projector", [])
@@ -162,7 +162,7 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _parameters(path: Path, data: bytes) -> list[tuple[str, params_mod.Value]]:
+def parameters(path: Path, data: bytes) -> list[tuple[str, params_mod.Value]]:
     """Ollama's parameters layer ({"stop": [...], "temperature": 0.6, ...}) as PARAMETER lines;
     one localrun does not know is left out (Ollama has a few more knobs)."""
     values = parse_json(data, path, "parameters layer")
@@ -177,7 +177,7 @@ def _parameters(path: Path, data: bytes) -> list[tuple[str, params_mod.Value]]:
     return out
 
 
-def _messages(path: Path, data: bytes) -> list[Message]:
+def messages(path: Path, data: bytes) -> list[Message]:
     values = parse_json(data, path, "messages layer")
     if not isinstance(values, list):
         return []

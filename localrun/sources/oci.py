@@ -1,0 +1,576 @@
+"""An OCI distribution client: what `pull`, `push` and `cp` say to a registry, and nothing more.
+
+    GET  /v2/<repository>/manifests/<tag>       a manifest (Ollama's: Docker's schema 2; Docker
+                                                Model Runner's: OCI's image manifest)
+    GET  /v2/<repository>/blobs/<digest>        a layer, often a redirect to object storage
+    HEAD /v2/<repository>/blobs/<digest>        whether the registry has it (push skips it)
+    POST /v2/<repository>/blobs/uploads/        an upload, then PUT <location>?digest=...
+    PUT  /v2/<repository>/manifests/<tag>       the manifest, last
+
+Where a name lives (`target`): the default host (a name with no host, `namespace/name:tag`
+included) and `registry.ollama.ai` / `ollama.com` are Ollama's library at LOCALRUN_REGISTRY;
+`docker.io` is Docker Hub's registry-1.docker.io; any other host is a registry there, over
+HTTPS, or plain HTTP for a loopback address or a host in LOCALRUN_INSECURE_REGISTRIES.
+
+The rules for a registry that cannot be trusted:
+- a manifest, an error body or a token answer is read up to a bound, never whole;
+- redirects are followed by hand, at most MAX_REDIRECTS, never to plain HTTP from HTTPS, never
+  from a public registry to a loopback or private address; credentials go to the registry's own
+  host and the token service it names, never with a redirect to another host;
+- a 429 waits as Retry-After says, up to a bound; 5xx and dropped connections are retried a few
+  times; every answer else is one line naming the host.
+
+Credentials (`Credentials.lookup`): LOCALRUN_REGISTRY_AUTH (`host=user:password` or
+`host=token`), then Docker's credential file (DOCKER_CONFIG, else ~/.docker/config.json): its
+`auths`, `credHelpers` and `credsStore`, as `docker login` leaves them. A registry's challenge
+(WWW-Authenticate) says how to use them: Basic, or a Bearer token from its token service,
+anonymous where there are none (Docker Hub gives those for public repositories).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import httpx
+
+from localrun.errors import (
+    DownloadError,
+    HubAuthError,
+    HubError,
+    HubUnreachableError,
+    LocalrunError,
+    ModelNotFoundError,
+)
+from localrun.settings import config
+from localrun.store.names import DEFAULT_HOST, ModelName
+
+OLLAMA_HOSTS = ("registry.ollama.ai", "ollama.com", "www.ollama.com")
+DOCKER_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io", "registry.docker.io")
+DOCKER_API = "https://registry-1.docker.io"
+DOCKER_AUTH_KEY = "https://index.docker.io/v1/"  # Docker Hub's key in config.json's auths
+
+MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+)
+INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+MAX_MANIFEST = 4 << 20  # bytes: what OCI's spec lets a registry refuse beyond
+MAX_SMALL = 64 << 10  # bytes of an error body or a token answer
+MAX_REDIRECTS = 5
+RETRIES = 3  # a GET after a dropped connection or a 5xx, with 0.5, 1, 2 s pauses
+MAX_RETRY_AFTER = 30.0  # seconds a 429 may ask us to wait, per try
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0  # seconds without a byte: a stalled transfer is dropped and retried
+CRED_HELPER_TIMEOUT = 20.0
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+_CHALLENGE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]*))')
+
+
+@dataclass(frozen=True)
+class Target:
+    """A name's place: the host as shown, the registry's URL, the repository and the tag."""
+
+    host: str  # registry.ollama.ai, docker.io, localhost:5000
+    url: str  # https://registry.ollama.ai (no trailing slash)
+    repository: str  # library/llama3.2
+    tag: str
+
+    @property
+    def shown(self) -> str:
+        return f"{self.host}/{self.repository}:{self.tag}"
+
+
+def target(name: ModelName, *, insecure: bool = False) -> Target:
+    """Where `name` is pulled from or pushed to (see the module docstring); `insecure`: over
+    plain HTTP whatever the host."""
+    repository = f"{name.namespace}/{name.name}"
+    if name.host == DEFAULT_HOST or name.host in OLLAMA_HOSTS:
+        url = config.registry()
+        if not url:  # LOCALRUN_REGISTRY=off: the name is simply not known here
+            raise ModelNotFoundError(str(name))
+        return Target(urlsplit(url).netloc or url, url, repository, name.tag)
+    if name.host in DOCKER_HOSTS:
+        return Target("docker.io", DOCKER_API, repository, name.tag)
+    scheme = "http" if insecure else _scheme(name.host)
+    return Target(name.host, f"{scheme}://{name.host}", repository, name.tag)
+
+
+def _scheme(host: str) -> str:
+    bare = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if (
+        is_loopback(bare)
+        or host in config.insecure_registries()
+        or bare in (config.insecure_registries())
+    ):
+        return "http"
+    return "https"
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_private(host: str) -> bool:
+    """Whether `host` is (or resolves to) a loopback, private or link-local address."""
+    host = host.strip("[]")
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None)
+        except OSError:
+            return False  # the request itself will say it cannot reach it
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    return any(a.is_loopback or a.is_private or a.is_link_local for a in addresses)
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A login for a host: a user and password, or a token alone (user None)."""
+
+    user: str | None
+    password: str
+
+    def basic(self) -> str:
+        raw = f"{self.user or ''}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+
+def credentials(host: str) -> Secret | None:
+    """The login LOCALRUN_REGISTRY_AUTH or Docker's credential file holds for `host`."""
+    for entry_host, secret in config.registry_auth():
+        if entry_host == host:
+            user, sep, password = secret.partition(":")
+            return Secret(user, password) if sep else Secret(None, secret)
+    return _docker_credentials(host)
+
+
+def _docker_config() -> dict[str, Any]:
+    folder = os.environ.get("DOCKER_CONFIG")
+    path = Path(folder) / "config.json" if folder else Path.home() / ".docker" / "config.json"
+    try:
+        with path.open("rb") as handle:
+            data = json.loads(handle.read(MAX_MANIFEST))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _docker_credentials(host: str) -> Secret | None:
+    data = _docker_config()
+    keys = [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/"]
+    if host == "docker.io":
+        keys.insert(0, DOCKER_AUTH_KEY)
+    helpers = data.get("credHelpers")
+    helper = helpers.get(host) if isinstance(helpers, dict) else None
+    helper = helper or data.get("credsStore")
+    if isinstance(helper, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", helper):
+        for key in keys:
+            found = _helper_get(helper, key)
+            if found is not None:
+                return found
+    auths = data.get("auths")
+    if not isinstance(auths, dict):
+        return None
+    for key in keys:
+        entry = auths.get(key)
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("identitytoken"), str):
+            return Secret("<token>", entry["identitytoken"])
+        try:
+            user, _, password = base64.b64decode(str(entry.get("auth", ""))).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if password:
+            return Secret(user, password)
+    return None
+
+
+def _helper_get(helper: str, key: str) -> Secret | None:
+    """`docker-credential-<helper> get` for `key`, as Docker's client calls it."""
+    try:
+        done = subprocess.run(
+            [f"docker-credential-{helper}", "get"],
+            input=key.encode(),
+            capture_output=True,
+            timeout=CRED_HELPER_TIMEOUT,
+            check=False,
+        )
+        data = json.loads(done.stdout[:MAX_SMALL]) if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("Secret"), str):
+        return None
+    user = data.get("Username")
+    return Secret(user if isinstance(user, str) else None, data["Secret"])
+
+
+# -- the client -------------------------------------------------------------------------------
+
+
+@dataclass
+class Manifest:
+    """A manifest as the registry sent it: its bytes, digest and media type, and the JSON."""
+
+    raw: bytes
+    digest: str
+    media_type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """One registry, for one repository: a session with its tokens (thread-safe)."""
+
+    def __init__(self, where: Target, *, push: bool = False) -> None:
+        self.target = where
+        self.push = push
+        self._secret = credentials(where.host)
+        self._auth: str | None = None
+        self._lock = threading.Lock()
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+        self.client = httpx.Client(
+            follow_redirects=False,
+            timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+            limits=limits,
+            headers={"User-Agent": "localrun", "Accept-Encoding": "identity"},
+            trust_env=True,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def url(self, path: str) -> str:
+        return f"{self.target.url}/v2/{self.target.repository}/{path}"
+
+    # -- manifests
+
+    def manifest(self, reference: str | None = None) -> Manifest:
+        """The manifest of the tag (or digest `reference`); an index is followed once."""
+        found = self._manifest(reference or self.target.tag)
+        if found.media_type in INDEX_TYPES or "manifests" in found.data:
+            entries = found.data.get("manifests")
+            chosen = next(
+                (
+                    m["digest"]
+                    for m in entries or []
+                    if isinstance(m, dict)
+                    and m.get("mediaType") in MANIFEST_TYPES
+                    and isinstance(m.get("digest"), str)
+                    and _DIGEST.match(m["digest"])
+                ),
+                None,
+            )
+            if chosen is None:
+                raise DownloadError(
+                    f"{self.target.shown}: the registry's index names no model manifest"
+                )
+            found = self._manifest(chosen)
+            if "manifests" in found.data:
+                raise DownloadError(f"{self.target.shown}: an index inside an index")
+        return found
+
+    def _manifest(self, reference: str) -> Manifest:
+        accept = ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))
+        with self.stream("GET", self.url(f"manifests/{reference}"), {"Accept": accept}) as resp:
+            raw = read_bounded(resp, MAX_MANIFEST, f"{self.target.shown}: the manifest")
+            media = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if reference.startswith("sha256:") and digest != reference:
+            raise DownloadError(
+                f"{self.target.shown}: the registry sent a manifest that is not {reference}"
+            )
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise DownloadError(f"{self.target.shown}: the manifest is not JSON") from None
+        if not isinstance(data, dict):
+            raise DownloadError(f"{self.target.shown}: the manifest is not a JSON object")
+        media = str(data.get("mediaType") or media)
+        return Manifest(raw, digest, media, data)
+
+    def put_manifest(self, raw: bytes, media_type: str) -> None:
+        with self.stream(
+            "PUT",
+            self.url(f"manifests/{self.target.tag}"),
+            {"Content-Type": media_type},
+            content=raw,
+        ):
+            pass
+
+    # -- blobs
+
+    def has_blob(self, digest: str) -> bool:
+        try:
+            with self.stream("HEAD", self.url(f"blobs/{digest}"), redirects=False):
+                return True  # a redirect to its storage says so too
+        except ModelNotFoundError:
+            return False
+
+    def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
+        """Where the blob's bytes are served (the end of the registry's redirects), and the
+        headers a request there takes: the registry's authorization on its own host only."""
+        url = self.url(f"blobs/{digest}")
+        for _ in range(MAX_REDIRECTS + 1):
+            with self.stream("GET", url, {"Range": "bytes=0-0"}, redirects=False) as resp:
+                if resp.status_code in (301, 302, 303, 307, 308):
+                    url = self._redirect(url, resp.headers.get("Location", ""))
+                    continue
+            return url, self._headers_for(url)
+        raise DownloadError(f"{self.target.host}: more than {MAX_REDIRECTS} redirects for a blob")
+
+    def _headers_for(self, url: str) -> dict[str, str]:
+        if self._auth and _origin(url) == _origin(self.target.url):
+            return {"Authorization": self._auth}
+        return {}
+
+    def _redirect(self, current: str, location: str) -> str:
+        """The next URL of a redirect, if the rules allow it (module docstring)."""
+        if not location:
+            raise DownloadError(f"{self.target.host}: a redirect without a Location")
+        url = urljoin(current, location)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise DownloadError(f"{self.target.host}: a redirect to {url[:120]!r}")
+        if urlsplit(current).scheme == "https" and parts.scheme == "http":
+            raise DownloadError(
+                f"{self.target.host}: a redirect from HTTPS to plain HTTP ({parts.netloc})",
+                hint="the registry or something between us is misbehaving; nothing was saved",
+            )
+        source = urlsplit(self.target.url).hostname or ""
+        if not _is_private(source) and _is_private(parts.hostname):
+            raise DownloadError(
+                f"{self.target.host}: a redirect to a private address ({parts.hostname})",
+                hint="a public registry never stores blobs on this machine's network; "
+                "nothing was saved",
+            )
+        return url
+
+    def upload_blob(self, digest: str, size: int, chunks: Callable[[], Iterator[bytes]]) -> None:
+        """Upload one blob: POST for a location, then one PUT of the bytes with the digest."""
+        with self.stream("POST", self.url("blobs/uploads/"), {"Content-Length": "0"}) as resp:
+            location = resp.headers.get("Location", "")
+        if not location:
+            raise HubError(f"{self.target.host}: the registry gave no upload location")
+        url = urljoin(self.url("blobs/uploads/"), location)
+        if _origin(url) != _origin(self.target.url):
+            raise HubError(f"{self.target.host}: an upload location on another host ({url[:80]})")
+        sep = "&" if "?" in url else "?"
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        with self.stream(
+            "PUT", f"{url}{sep}{urlencode({'digest': digest})}", headers, content=chunks()
+        ):
+            pass
+
+    # -- requests
+
+    @contextmanager
+    def stream(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None = None,
+        *,
+        content: Any = None,
+        redirects: bool = True,
+    ) -> Iterator[httpx.Response]:
+        """One request to the registry, authorized as its challenge asks, retried where that
+        is safe, its redirects followed by the rules (with `redirects` False, handed back): a
+        response of 2xx (or 3xx) or a LocalrunError."""
+        retryable = method in ("GET", "HEAD")
+        attempt = hops = 0
+        challenged = False
+        while True:
+            sent = {**(headers or {}), **self._headers_for(url)}
+            try:
+                request = self.client.build_request(method, url, headers=sent, content=content)
+                response = self.client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                if retryable and attempt < RETRIES:
+                    time.sleep(0.5 * 2**attempt)
+                    attempt += 1
+                    continue
+                raise unreachable(urlsplit(url).netloc or self.target.host, exc) from None
+            try:
+                status = response.status_code
+                if status == 401 and not challenged and _origin(url) == _origin(self.target.url):
+                    challenged = True
+                    self._authorize(response)
+                    continue
+                if status in (301, 302, 303, 307, 308) and redirects:
+                    hops += 1
+                    if hops > MAX_REDIRECTS:
+                        raise DownloadError(
+                            f"{self.target.host}: more than {MAX_REDIRECTS} redirects",
+                            hint="the registry is misconfigured or hostile; nothing was saved",
+                        )
+                    url = self._redirect(url, response.headers.get("Location", ""))
+                    continue
+                if retryable and attempt < RETRIES and (status == 429 or status >= 500):
+                    time.sleep(_retry_after(response, attempt))
+                    attempt += 1
+                    continue
+                if status >= 400:
+                    raise self._error(response)
+                yield response
+                return
+            finally:
+                response.close()
+
+    def _authorize(self, response: httpx.Response) -> None:
+        """Answer a 401's challenge: Basic with the login, or a token from the service."""
+        scheme, params = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        if scheme == "basic":
+            if self._secret is None:
+                raise self._login_error()
+            self._auth = self._secret.basic()
+            return
+        if scheme != "bearer" or not params.get("realm"):
+            raise self._login_error()
+        with self._lock:
+            self._auth = "Bearer " + self._token(params)
+
+    def _token(self, params: dict[str, str]) -> str:
+        realm = params["realm"]
+        parts = urlsplit(realm)
+        plain_ok = is_loopback(parts.hostname or "") or self.target.url.startswith("http://")
+        if not (parts.scheme == "https" or (parts.scheme == "http" and plain_ok)):
+            raise HubAuthError(
+                f"{self.target.host}: its token service {realm[:80]!r} is not HTTPS",
+                hint="credentials are only sent over HTTPS (or to this machine)",
+            )
+        actions = "pull,push" if self.push else "pull"
+        query = {"scope": params.get("scope") or f"repository:{self.target.repository}:{actions}"}
+        if params.get("service"):
+            query["service"] = params["service"]
+        headers = {"Authorization": self._secret.basic()} if self._secret else {}
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+        try:
+            resp = self.client.get(url, headers=headers)
+        except httpx.TransportError as exc:
+            raise unreachable(urlsplit(realm).netloc or self.target.host, exc) from None
+        with closing(resp):
+            if resp.status_code in (401, 403):
+                raise self._login_error(denied=True)
+            body = read_bounded(resp, MAX_SMALL, f"{self.target.host}: the token answer")
+        try:
+            data = json.loads(body)
+            token = data.get("token") or data.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise HubAuthError(f"{self.target.host}: its token service gave no token")
+        return token
+
+    def _login_error(self, *, denied: bool = False) -> HubAuthError:
+        what = "refused the login" if denied or self._secret else "asks for a login"
+        return HubAuthError(
+            f"{self.target.host} {what} for {self.target.repository}",
+            hint=f"set LOCALRUN_REGISTRY_AUTH='{self.target.host}=USER:PASSWORD' (or a token), "
+            f"or `docker login {self.target.host}`",
+        )
+
+    def _error(self, response: httpx.Response) -> LocalrunError:
+        """The registry's error (OCI's {"errors": [{"code", "message"}]}) as one line."""
+        status = response.status_code
+        try:
+            body = read_bounded(response, MAX_SMALL, "an error")
+            errors = json.loads(body).get("errors") or []
+            first = errors[0] if isinstance(errors, list) and errors else {}
+            code = str(first.get("code", ""))[:60]
+            message = str(first.get("message", ""))[:200]
+        except Exception:  # a body that is not OCI's: the status says enough
+            code, message = "", ""
+        said = f" ({code}: {message})" if code or message else ""
+        said = said.replace("\n", " ")
+        if status == 404 or code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"):
+            return ModelNotFoundError(
+                self.target.shown,
+                hint=f"{self.target.host} has no such model{said}",
+            )
+        if status in (401, 403):
+            return self._login_error(denied=True)
+        if status == 429:
+            return HubError(
+                f"{self.target.host} is limiting the rate of requests{said}",
+                hint="wait a minute and run it again; a pull resumes where it stopped",
+            )
+        return HubError(f"{self.target.host} answered {status}{said}")
+
+
+def read_bounded(response: httpx.Response, limit: int, what: str) -> bytes:
+    """A response's body, at most `limit` bytes (DownloadError past it)."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise DownloadError(f"{what} is {int(declared)} bytes; at most {limit} are read")
+    data = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) > limit:
+                raise DownloadError(f"{what} is over {limit} bytes; at most that is read")
+    except httpx.TransportError as exc:
+        raise DownloadError(f"{what}: the connection broke ({type(exc).__name__})") from None
+    return bytes(data)
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """WWW-Authenticate's scheme (lower case) and parameters."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m.group(1).lower(): m.group(2) or m.group(3) or "" for m in _CHALLENGE.finditer(rest)}
+    return scheme.lower(), params
+
+
+def _retry_after(response: httpx.Response, attempt: int) -> float:
+    value = response.headers.get("Retry-After", "")
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    return 0.5 * 2.0**attempt
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+def unreachable(host: str, exc: BaseException) -> HubUnreachableError:
+    """A registry that cannot be reached: the host, and why, in one line."""
+    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return HubUnreachableError(
+        f"cannot reach {host} ({reason})",
+        hint="check the network (models already in the store work offline)",
+    )
