@@ -134,6 +134,16 @@ BLOCKS = [
         "these repositories made of tiny models",
     ),
     Entry(
+        "localrun pull llama3.2:1b-instruct-q8_0",
+        "test_registries",
+        "as written, with LOCALRUN_REGISTRY at a local server that behaves as Ollama's registry "
+        "does (tests/registries.py) and registry.example.com the distribution project's "
+        "registry server on a loopback port, each holding tiny models",
+        substitute={
+            "registry.example.com": ("{registry}", "the test's registry is on a loopback port"),
+        },
+    ),
+    Entry(
         "localrun create qwen-small -f Modelfile --quantize q4_k_m",
         "test_create_quantizes",
         "as written, with ./Modelfile naming the tiny F32 model; the comment's types are the "
@@ -249,7 +259,7 @@ def test_the_table_knows_every_block() -> None:
     for entry in BLOCKS:
         assert callable(globals().get(entry.test)), entry.test
         assert entry.how
-        edited(entry.test, port="1")  # every cut and substitution is still in its block
+        edited(entry.test, port="1", registry="r:1")  # every cut and substitution is still there
 
 
 # -- the sandbox: stand-ins, the network guard, the environment --------------------------------
@@ -743,6 +753,42 @@ def test_pulling_models(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
         "hf.co/org/repo:latest",
     }
     assert refused(tmp_path) == []
+
+
+def test_registries(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
+    import registries
+    from registries import OLLAMA
+
+    if registries.docker_registry_binary() is None:
+        pytest.skip("no docker-registry (scripts/system-deps installs Debian's where it may)")
+    files = tmp_path / "models"
+    files.mkdir()
+    tiny = [write_tiny_model(files / f"tiny-{seed}.gguf", seed=seed).read_bytes()
+            for seed in range(3)]  # fmt: skip
+    config = ("application/vnd.docker.container.image.v1+json", b"{}")
+    ollama = registries.FakeOllamaRegistry()
+    distribution = registries.DockerRegistry(tmp_path / "registry")
+    try:
+        ollama.add("library/llama3.2", "1b-instruct-q8_0", config, [(OLLAMA + "model", tiny[0])])
+        ollama.add("someone/their-model", "v1", config, [(OLLAMA + "model", tiny[1])])
+        distribution.upload("team/model", "v2", config, [(OLLAMA + "model", tiny[2])],
+                            registries.DOCKER_MANIFEST)  # fmt: skip
+        env = sandbox.env(tmp_path, LOCALRUN_REGISTRY=ollama.url)
+        block = edited("test_registries", registry=distribution.host)
+        ran = run_block(block, env, work)
+        assert ran.code == 0
+        pushed = distribution.manifest("team/mine", "v1")
+        assert [layer["mediaType"] for layer in pushed["layers"]] == [OLLAMA + "model"]
+    finally:
+        ollama.close()
+        distribution.close()
+    listed = {m["name"] for m in json.loads(localrun(env, work, "list", "--json").stdout)}
+    assert listed == {
+        "llama3.2:1b-instruct-q8_0",
+        "someone/their-model:v1",
+        f"{distribution.host}/team/model:v2",
+        f"{distribution.host}/team/mine:v1",
+    }
 
 
 @pytest.mark.model
