@@ -16,6 +16,7 @@ import pytest
 import registries
 from conftest import CLI, assert_one_line_error
 from registries import DOCKER_MANIFEST, OLLAMA, DockerRegistry, FakeOllamaRegistry, digest_of
+from testmodels.files import write_split
 
 from localrun.errors import DownloadError, HubAuthError, LocalrunError, ModelNotFoundError
 from localrun.recipes import create, modelfile
@@ -167,6 +168,7 @@ def test_an_interrupted_pull_resumes_with_what_is_missing(
     assert not store.exists(names.parse("keeper"))
     state = next((store.root / "partial").glob("*/state.json"))
     assert json.loads(state.read_text())["done"] == [0, 1, 2]
+    assert ranges.kept(state.parent, digest_of(gguf), len(gguf)) == 3 * (64 << 10)
 
     monkeypatch.setattr(ranges._Job, "_piece", original)
     fake.cut_after, fake.ranges = None, []
@@ -362,6 +364,25 @@ def test_docker_model_runners_format_is_pulled_with_its_template_and_context(
     with pytest.raises(ModelNotFoundError) as missing:
         registry.pull(store, names.parse(f"{distribution.host}/ai/tiny:nope"))
     assert "has no such model (MANIFEST_UNKNOWN" in str(missing.value.hint)
+
+
+@needs_registry
+def test_a_split_model_in_dockers_format_comes_whole_and_answers(
+    distribution: DockerRegistry, tiny_model: Path, tmp_path: Path, cli: CLI, store: Store
+) -> None:
+    parts = write_split(tiny_model, tmp_path / "split", "tiny", parts=3)
+    gguf = [part.read_bytes() for part in parts]
+    distribution.upload(
+        "ai/split",
+        "latest",
+        ("application/vnd.docker.ai.model.config.v0.1+json", registries.docker_config(gguf[0], 0)),
+        [("application/vnd.docker.ai.gguf.v3", data) for data in gguf],
+    )
+    name = f"{distribution.host}/ai/split"
+    ran = cli("run", name, "-p", "num_predict=4", "Hello")
+    assert ran.code == 0, ran.stderr
+    manifest = store.read_manifest(names.parse(name))
+    assert [layer.digest for layer in manifest.of_kind("model")] == [digest_of(d) for d in gguf]
 
 
 @needs_registry

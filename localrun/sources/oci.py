@@ -420,7 +420,10 @@ class Registry:
                 request = self.client.build_request(method, url, headers=sent, content=content)
                 response = self.client.send(request, stream=True)
             except httpx.TransportError as exc:
-                if retryable and attempt < RETRIES:
+                # No connection at all (offline, a wrong host) is said at once; a dropped one
+                # is tried again.
+                connect = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if retryable and attempt < RETRIES and not connect:
                     time.sleep(0.5 * 2**attempt)
                     attempt += 1
                     continue

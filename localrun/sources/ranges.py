@@ -76,6 +76,10 @@ def download(
     download is deleted then)."""
     folder.mkdir(parents=True, exist_ok=True)
     streams, piece = max(1, streams or STREAMS), max(1, piece or PIECE)
+    if size == 0:
+        path = folder / "data"
+        path.write_bytes(b"")
+        return path, "sha256:" + hashlib.sha256(b"").hexdigest()
     job = _Job(opener, digest, size, folder, progress, what, streams, piece)
     try:
         found = job.run()
@@ -89,6 +93,19 @@ def download(
             hint="pull again; if it repeats, the registry (or a proxy between) is damaged",
         )
     return job.path, found
+
+
+def kept(folder: Path, digest: str, size: int) -> int:
+    """Bytes of the blob an earlier try left whole in `folder` (what a resumed pull skips)."""
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        if state.get("digest") != digest or state.get("size") != size:
+            return 0
+        piece = int(state["piece"])
+        done = {i for i in state.get("done") or [] if isinstance(i, int)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0
+    return sum(min(piece, size - i * piece) for i in done if 0 <= i * piece < size)
 
 
 class _Job:

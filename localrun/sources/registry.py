@@ -208,9 +208,7 @@ def _check_space(store: Store, plan: Plan) -> None:
     needed = 0
     for part in plan.parts:
         if part.kind in BLOBS and not store.has_blob(part.digest):
-            data = _partial(store, part.digest) / "data"
-            held = data.stat().st_size if data.is_file() else 0
-            needed += part.size - (held if held == part.size else 0)
+            needed += part.size - ranges.kept(_partial(store, part.digest), part.digest, part.size)
     if not needed:
         return
     free = shutil.disk_usage(store.root).free
@@ -305,7 +303,7 @@ def _opener(registry: oci.Registry, digest: str) -> ranges.Opener:
 
 def _chunks(response: httpx.Response) -> Iterator[bytes]:
     try:
-        yield from response.iter_raw(ranges.BLOCK)
+        yield from response.iter_raw()  # as the socket gives it: re-chunking cost 2x here
     except httpx.TransportError as exc:
         raise ConnectionError(str(exc) or type(exc).__name__) from None
 
