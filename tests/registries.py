@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 OLLAMA = "application/vnd.ollama.image."
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MILLION = b"a manifest of a million layers"  # FakeOllamaRegistry.models: streamed as such
 
 
 def digest_of(data: bytes) -> str:
@@ -301,6 +302,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(429, "TOOMANYREQUESTS", "slow down", **{"Retry-After": "1"})
                 return
             manifest = fake.models.get((repository, ref))
+            if manifest == MILLION:
+                self._million_layers()
+                return
             if manifest is None:
                 self._error(404, "MANIFEST_UNKNOWN", "manifest unknown")
                 return
@@ -322,6 +326,23 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(307, headers={"Location": signed})
         else:
             self._error(404, "NOT_FOUND", "no route")
+
+    def _million_layers(self) -> None:
+        """A manifest of a million layers (about 130 MB), streamed with no Content-Length."""
+        self.send_response(200)
+        self.send_header("Content-Type", DOCKER_MANIFEST)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        layer = {"mediaType": OLLAMA + "license", "digest": "sha256:" + "0" * 64, "size": 1}
+        head = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST})[:-1] + ', "layers": ['
+
+        with suppress_disconnect():
+            self.wfile.write(head.encode())
+            chunk = (",".join([json.dumps(layer)] * 1000) + ",").encode()
+            for _ in range(1000):
+                self.wfile.write(chunk)
+            self.wfile.write(b"{}]}")
 
     def _storage(self) -> None:
         fake = self.server.fake

@@ -9,6 +9,7 @@ line with nothing half-written in the store.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,11 +212,12 @@ def _hostile_cases(gguf: bytes) -> list[tuple[str, object, str]]:
         ("many layers", [model] + [(OLLAMA + "license", b"x")] * 300, "301 layers"),
         ("not json", b"<html>", "not JSON"),
         ("huge manifest", b"{" + b" " * (5 << 20) + b"}", "at most"),
+        ("a million layers", registries.MILLION, "at most"),
         ("not gguf", [(OLLAMA + "model", b"GGUF" + b"\0" * 64)], "not a valid GGUF"),
     ]
 
 
-@pytest.mark.parametrize("case", range(11), ids=lambda i: f"case{i}")
+@pytest.mark.parametrize("case", range(12), ids=lambda i: f"case{i}")
 def test_a_hostile_registry_is_refused_in_one_line_with_nothing_half_written(
     case: int, fake: FakeOllamaRegistry, store: Store, tiny_model: Path
 ) -> None:
@@ -260,6 +262,25 @@ def test_a_redirect_never_carries_the_token_and_never_leaves_https(
             client._redirect("https://r.example/v2/a/b/blobs/x", "https://127.0.0.1:9/x")
         with pytest.raises(DownloadError):
             client._redirect("https://r.example/v2/a/b/blobs/x", "file:///etc/passwd")
+
+
+def test_plain_http_only_for_loopback_or_where_the_user_allows_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def url(text: str, **kw: bool) -> str:
+        return oci.target(names.parse(text), **kw).url
+
+    assert url("registry.example.com/a/b") == "https://registry.example.com"
+    assert url("localhost:5000/a/b") == "http://localhost:5000"
+    assert url("127.0.0.1:5000/a/b") == "http://127.0.0.1:5000"
+    assert url("docker.io/ai/smollm2") == "https://registry-1.docker.io"
+    assert url("registry.example.com/a/b", insecure=True) == "http://registry.example.com"
+    monkeypatch.setenv("LOCALRUN_INSECURE_REGISTRIES", "registry.example.com")
+    assert url("registry.example.com/a/b") == "http://registry.example.com"
+    assert url("other.example.com:443/a/b") == "https://other.example.com:443"
+    monkeypatch.setenv("LOCALRUN_REGISTRY", "https://mirror.example")
+    assert url("llama3.3") == "https://mirror.example"
+    assert oci.target(names.parse("someone/model:v1")).repository == "someone/model"
 
 
 def test_offline_a_stored_name_answers_and_a_pull_names_the_host(
@@ -411,5 +432,20 @@ def test_a_registry_behind_a_login_takes_it_from_the_environment_or_dockers_file
         fresh = Store(tmp_path / "fresh")
         registry.pull(fresh, name)
         assert fresh.exists(name)
+        # A credential helper (`docker-credential-<name> get`), as Docker Desktop sets up.
+        helper = tmp_path / "bin" / "docker-credential-tests"
+        helper.parent.mkdir()
+        helper.write_text(
+            "#!/bin/sh\nread server\n"
+            f'[ "$server" = "{locked.host}" ] || exit 1\n'
+            'echo \'{"ServerURL": "x", "Username": "ann", "Secret": "s3cret"}\'\n'
+        )
+        helper.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
+        helpers = {"auths": {}, "credHelpers": {locked.host: "tests"}}
+        (tmp_path / "docker" / "config.json").write_text(json.dumps(helpers))
+        other = Store(tmp_path / "other")
+        registry.pull(other, name)
+        assert other.exists(name)
     finally:
         locked.close()
