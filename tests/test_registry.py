@@ -264,6 +264,20 @@ def test_a_redirect_never_carries_the_token_and_never_leaves_https(
             client._redirect("https://r.example/v2/a/b/blobs/x", "file:///etc/passwd")
 
 
+def test_a_token_from_the_environment_is_the_registrys_bearer_token(
+    fake: FakeOllamaRegistry, store: Store, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.token = "granted"
+    fake.add("library/keeper", "latest", CONFIG, _ollama_layers(tiny_model.read_bytes()))
+    host = fake.url.removeprefix("http://")
+    monkeypatch.setenv("LOCALRUN_REGISTRY_AUTH", f"{host}=revoked")
+    with pytest.raises(HubAuthError, match="refused the login"):
+        registry.pull(store, names.parse("keeper"))
+    monkeypatch.setenv("LOCALRUN_REGISTRY_AUTH", f"elsewhere.example=x {host}=granted")
+    registry.pull(store, names.parse("keeper"))
+    assert fake.storage_auth == []
+
+
 def test_plain_http_only_for_loopback_or_where_the_user_allows_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -254,7 +254,10 @@ class Registry:
         self.target = where
         self.push = push
         self._secret = credentials(where.host)
-        self._auth: str | None = None
+        # A token alone (LOCALRUN_REGISTRY_AUTH's host=TOKEN) is the registry's bearer token.
+        secret = self._secret
+        alone = secret is not None and secret.user is None
+        self._auth: str | None = f"Bearer {secret.password}" if secret and alone else None
         self._lock = threading.Lock()
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
         self.client = httpx.Client(
@@ -457,6 +460,8 @@ class Registry:
     def _authorize(self, response: httpx.Response) -> None:
         """Answer a 401's challenge: Basic with the login, or a token from the service."""
         scheme, params = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        if self._secret is not None and self._secret.user is None:  # the token was refused
+            raise self._login_error(denied=True)
         if scheme == "basic":
             if self._secret is None:
                 raise self._login_error()
@@ -480,10 +485,17 @@ class Registry:
         query = {"scope": params.get("scope") or f"repository:{self.target.repository}:{actions}"}
         if params.get("service"):
             query["service"] = params["service"]
-        headers = {"Authorization": self._secret.basic()} if self._secret else {}
-        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+        if self._secret is not None and self._secret.user == "<token>":
+            # Docker's identity token (`docker login` with a browser): OAuth2's refresh grant.
+            form = {"grant_type": "refresh_token", "refresh_token": self._secret.password,
+                    "client_id": "localrun", **query}  # fmt: skip
+            request = self.client.build_request("POST", realm, data=form)
+        else:
+            headers = {"Authorization": self._secret.basic()} if self._secret else {}
+            url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+            request = self.client.build_request("GET", url, headers=headers)
         try:
-            resp = self.client.get(url, headers=headers)
+            resp = self.client.send(request, stream=True)
         except httpx.TransportError as exc:
             raise unreachable(urlsplit(realm).netloc or self.target.host, exc) from None
         with closing(resp):
