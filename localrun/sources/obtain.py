@@ -75,7 +75,7 @@ def from_registry(
     try:
         return registry.pull(store, ref.name, report or (lambda _: None), insecure=insecure)
     except ModelNotFoundError as exc:
-        missing = ModelNotFoundError(ref.text)
+        missing = ModelNotFoundError(str(ref.name))
         if not exc.suggest:  # the registry was asked: it says so, then the nearest names
             catalog.suggest(missing, store)
             missing.hint = f"{exc.hint}; {missing.hint}"
