@@ -84,19 +84,19 @@ def test_write_back_drops_what_reached_the_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past a window, write-back starts and the window before is waited for and dropped."""
-    if partial._sync_file_range() is None:
+    if partial.sync_file_range() is None:
         pytest.skip("sync_file_range is Linux's")
     calls: list[tuple[str, int, int]] = []
-    real_sync = partial._sync_file_range()
+    real_sync = partial.sync_file_range()
     assert real_sync is not None
 
     def sync(fd: int, offset: int, length: int, flags: int) -> None:
         calls.append(("sync", offset, offset + length))
         real_sync(fd, offset, length, flags)
 
-    monkeypatch.setattr(partial, "_sync_file_range", lambda: sync)
+    monkeypatch.setattr(partial, "sync_file_range", lambda: sync)
     monkeypatch.setattr(
-        partial, "_drop", lambda fd, offset, length: calls.append(("drop", offset, offset + length))
+        partial, "drop", lambda fd, offset, length: calls.append(("drop", offset, offset + length))
     )
     data = os.urandom(3 * WINDOW)
     with PartialFile(tmp_path / "f.partial") as out:

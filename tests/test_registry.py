@@ -168,8 +168,8 @@ def test_an_interrupted_pull_resumes_with_what_is_missing(
         registry.pull(store, names.parse("keeper"))
     assert not store.exists(names.parse("keeper"))
     state = next((store.root / "partial").glob("*/state.json"))
-    assert json.loads(state.read_text())["done"] == [0, 1, 2]
-    assert ranges.kept(state.parent, digest_of(gguf), len(gguf)) == 3 * (64 << 10)
+    assert json.loads(state.read_text())["whole"] == 3  # hashed, on the disk, recorded
+    assert ranges.kept(ranges.Blob(digest_of(gguf), len(gguf), state.parent, "")) == 3 << 16
 
     monkeypatch.setattr(ranges._Job, "_piece", original)
     fake.cut_after, fake.ranges = None, []

@@ -14,35 +14,35 @@ HTTPS, or plain HTTP for a loopback address or a host in LOCALRUN_INSECURE_REGIS
 
 The rules for a registry that cannot be trusted:
 - a manifest, an error body or a token answer is read up to a bound, never whole;
+- a small body (a manifest, an error, a token answer) is read up to a bound in bytes and in
+  time (SMALL_DEADLINE), never whole;
 - redirects are followed by hand, at most MAX_REDIRECTS, never to plain HTTP from HTTPS, never
-  from a public registry to a loopback or private address; credentials go to the registry's own
-  host and the token service it names, never with a redirect to another host;
+  from a public registry to a loopback, private, shared (100.64/10) or link-local address;
+  the registry's authorization goes to its own origin only, never with a redirect;
+- a login goes to the token service the registry names only over HTTPS (or on this machine, or
+  the registry's own host when that is plain HTTP);
 - a 429 waits as Retry-After says, up to a bound; 5xx and dropped connections are retried a few
-  times; every answer else is one line naming the host.
+  times, a refused connection is said at once; every answer else is one line naming the host.
 
-Credentials (`Credentials.lookup`): LOCALRUN_REGISTRY_AUTH (`host=user:password` or
-`host=token`), then Docker's credential file (DOCKER_CONFIG, else ~/.docker/config.json): its
-`auths`, `credHelpers` and `credsStore`, as `docker login` leaves them. A registry's challenge
-(WWW-Authenticate) says how to use them: Basic, or a Bearer token from its token service,
-anonymous where there are none (Docker Hub gives those for public repositories).
+Logins come from sources/logins.py. A registry's challenge (WWW-Authenticate) says how to use
+them: Basic, or a Bearer token from its token service, anonymous where there is none (Docker
+Hub gives those for public repositories). The names this module does not guard: a host name
+that resolves to a public address when checked and to a private one when connected (DNS
+rebinding); a proxy in HTTPS_PROXY sees what the user sends through it.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
 import json
-import os
 import re
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -57,12 +57,13 @@ from localrun.errors import (
     ModelNotFoundError,
 )
 from localrun.settings import config
+from localrun.sources import ranges
+from localrun.sources.logins import Secret, credentials
 from localrun.store.names import DEFAULT_HOST, ModelName
 
 OLLAMA_HOSTS = ("registry.ollama.ai", "ollama.com", "www.ollama.com")
 DOCKER_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io", "registry.docker.io")
 DOCKER_API = "https://registry-1.docker.io"
-DOCKER_AUTH_KEY = "https://index.docker.io/v1/"  # Docker Hub's key in config.json's auths
 
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -79,9 +80,13 @@ RETRIES = 3  # a GET after a dropped connection or a 5xx, with 0.5, 1, 2 s pause
 MAX_RETRY_AFTER = 30.0  # seconds a 429 may ask us to wait, per try
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0  # seconds without a byte: a stalled transfer is dropped and retried
-CRED_HELPER_TIMEOUT = 20.0
+SMALL_DEADLINE = 120.0  # seconds a small body may take in all
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT, cloud metadata services
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_REDIRECTS = (301, 302, 303, 307, 308)
+Body = bytes | Callable[[], Iterator[bytes]] | None  # a request's content; a callable: per try
 _CHALLENGE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]*))')
 
 
@@ -116,13 +121,8 @@ def target(name: ModelName, *, insecure: bool = False) -> Target:
 
 def _scheme(host: str) -> str:
     bare = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    if (
-        is_loopback(bare)
-        or host in config.insecure_registries()
-        or bare in (config.insecure_registries())
-    ):
-        return "http"
-    return "https"
+    allowed = config.insecure_registries()
+    return "http" if is_loopback(bare) or host in allowed or bare in allowed else "https"
 
 
 def is_loopback(host: str) -> bool:
@@ -146,92 +146,26 @@ def _is_private(host: str) -> bool:
         except OSError:
             return False  # the request itself will say it cannot reach it
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    return any(a.is_loopback or a.is_private or a.is_link_local for a in addresses)
+    return any(_private(a) for a in addresses)
 
 
-# -- credentials ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A login for a host: a user and password, or a token alone (user None)."""
-
-    user: str | None
-    password: str
-
-    def basic(self) -> str:
-        raw = f"{self.user or ''}:{self.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
-
-
-def credentials(host: str) -> Secret | None:
-    """The login LOCALRUN_REGISTRY_AUTH or Docker's credential file holds for `host`."""
-    for entry_host, secret in config.registry_auth():
-        if entry_host == host:
-            user, sep, password = secret.partition(":")
-            return Secret(user, password) if sep else Secret(None, secret)
-    return _docker_credentials(host)
-
-
-def _docker_config() -> dict[str, Any]:
-    folder = os.environ.get("DOCKER_CONFIG")
-    path = Path(folder) / "config.json" if folder else Path.home() / ".docker" / "config.json"
-    try:
-        with path.open("rb") as handle:
-            data = json.loads(handle.read(MAX_MANIFEST))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _docker_credentials(host: str) -> Secret | None:
-    data = _docker_config()
-    keys = [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/"]
-    if host == "docker.io":
-        keys.insert(0, DOCKER_AUTH_KEY)
-    helpers = data.get("credHelpers")
-    helper = helpers.get(host) if isinstance(helpers, dict) else None
-    helper = helper or data.get("credsStore")
-    if isinstance(helper, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", helper):
-        for key in keys:
-            found = _helper_get(helper, key)
-            if found is not None:
-                return found
-    auths = data.get("auths")
-    if not isinstance(auths, dict):
-        return None
-    for key in keys:
-        entry = auths.get(key)
-        if not isinstance(entry, dict):
-            continue
-        if isinstance(entry.get("identitytoken"), str):
-            return Secret("<token>", entry["identitytoken"])
-        try:
-            user, _, password = base64.b64decode(str(entry.get("auth", ""))).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            continue
-        if password:
-            return Secret(user, password)
-    return None
-
-
-def _helper_get(helper: str, key: str) -> Secret | None:
-    """`docker-credential-<helper> get` for `key`, as Docker's client calls it."""
-    try:
-        done = subprocess.run(
-            [f"docker-credential-{helper}", "get"],
-            input=key.encode(),
-            capture_output=True,
-            timeout=CRED_HELPER_TIMEOUT,
-            check=False,
+def _private(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = address.ipv4_mapped or (
+            ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in _NAT64 else None
         )
-        data = json.loads(done.stdout[:MAX_SMALL]) if done.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("Secret"), str):
-        return None
-    user = data.get("Username")
-    return Secret(user if isinstance(user, str) else None, data["Secret"])
+        if inner is not None:
+            return _private(inner)
+    elif address in _SHARED:
+        return True
+    return (
+        address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_unspecified
+        or address.is_multicast
+    )
 
 
 # -- the client -------------------------------------------------------------------------------
@@ -253,7 +187,7 @@ class Registry:
     def __init__(self, where: Target, *, push: bool = False) -> None:
         self.target = where
         self.push = push
-        self._secret = credentials(where.host)
+        self._secret: Secret | None = credentials(where.host)
         # A token alone (LOCALRUN_REGISTRY_AUTH's host=TOKEN) is the registry's bearer token.
         secret = self._secret
         alone = secret is not None and secret.user is None
@@ -328,10 +262,7 @@ class Registry:
 
     def put_manifest(self, raw: bytes, media_type: str) -> None:
         with self.stream(
-            "PUT",
-            self.url(f"manifests/{self.target.tag}"),
-            {"Content-Type": media_type},
-            content=raw,
+            "PUT", self.url(f"manifests/{self.target.tag}"), {"Content-Type": media_type}, body=raw
         ):
             pass
 
@@ -350,11 +281,55 @@ class Registry:
         url = self.url(f"blobs/{digest}")
         for _ in range(MAX_REDIRECTS + 1):
             with self.stream("GET", url, {"Range": "bytes=0-0"}, redirects=False) as resp:
-                if resp.status_code in (301, 302, 303, 307, 308):
+                if resp.status_code in _REDIRECTS:
                     url = self._redirect(url, resp.headers.get("Location", ""))
                     continue
             return url, self._headers_for(url)
         raise DownloadError(f"{self.target.host}: more than {MAX_REDIRECTS} redirects for a blob")
+
+    def opener(self, digest: str) -> ranges.Opener:
+        """Opens a range of the blob where the registry serves it: resolved once, again when a
+        signed URL expired (401/403); 429 and 5xx are the download's to retry."""
+        where = [self.blob_location(digest)]
+
+        @contextmanager
+        def open_range(start: int, end: int) -> Iterator[ranges.Body]:
+            for attempt in range(2):
+                url, headers = where[0]
+                request = self.client.build_request(
+                    "GET", url, headers={**headers, "Range": f"bytes={start}-{end}"}
+                )
+                try:
+                    response = self.client.send(request, stream=True)
+                except httpx.TransportError as exc:
+                    raise ConnectionError(_reason(exc)) from None
+                try:
+                    status = response.status_code
+                    if status in (401, 403) and attempt == 0:
+                        where[0] = self.blob_location(digest)
+                        continue
+                    if status == 429 or status >= 500:
+                        after = _retry_after(response, 0)
+                        raise ranges.Retry(f"{urlsplit(url).netloc} answered {status}", after)
+                    ranged = status == 206 and response.headers.get("Content-Range", "").startswith(
+                        f"bytes {start}-"
+                    )
+                    if status not in (200, 206) or (status == 206 and not ranged):
+                        raise self._storage_error(url, status)
+                    yield ranges.Body(ranged, _chunks(response))
+                    return
+                finally:
+                    response.close()
+
+        return open_range
+
+    def _storage_error(self, url: str, status: int) -> DownloadError:
+        where = urlsplit(url).netloc
+        said = "another range than the one asked" if status == 206 else f"{status}"
+        return DownloadError(
+            f"{self.target.shown}: the blob's storage ({where}) answered {said}",
+            hint="run the pull again; if it repeats, the registry's storage is misbehaving",
+        )
 
     def _headers_for(self, url: str) -> dict[str, str]:
         if self._auth and _origin(url) == _origin(self.target.url):
@@ -365,19 +340,23 @@ class Registry:
         """The next URL of a redirect, if the rules allow it (module docstring)."""
         if not location:
             raise DownloadError(f"{self.target.host}: a redirect without a Location")
-        url = urljoin(current, location)
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise DownloadError(f"{self.target.host}: a redirect to {url[:120]!r}")
+        try:
+            url = urljoin(current, location)
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError:
+            hostname = None
+        if hostname is None or parts.scheme not in ("http", "https"):
+            raise DownloadError(f"{self.target.host}: a redirect to {location[:120]!r}")
         if urlsplit(current).scheme == "https" and parts.scheme == "http":
             raise DownloadError(
                 f"{self.target.host}: a redirect from HTTPS to plain HTTP ({parts.netloc})",
                 hint="the registry or something between us is misbehaving; nothing was saved",
             )
         source = urlsplit(self.target.url).hostname or ""
-        if not _is_private(source) and _is_private(parts.hostname):
+        if not _is_private(source) and _is_private(hostname):
             raise DownloadError(
-                f"{self.target.host}: a redirect to a private address ({parts.hostname})",
+                f"{self.target.host}: a redirect to a private address ({hostname})",
                 hint="a public registry never stores blobs on this machine's network; "
                 "nothing was saved",
             )
@@ -387,16 +366,19 @@ class Registry:
         """Upload one blob: POST for a location, then one PUT of the bytes with the digest."""
         with self.stream("POST", self.url("blobs/uploads/"), {"Content-Length": "0"}) as resp:
             location = resp.headers.get("Location", "")
-        if not location:
-            raise HubError(f"{self.target.host}: the registry gave no upload location")
-        url = urljoin(self.url("blobs/uploads/"), location)
-        if _origin(url) != _origin(self.target.url):
-            raise HubError(f"{self.target.host}: an upload location on another host ({url[:80]})")
+        try:
+            url = urljoin(self.url("blobs/uploads/"), location)
+        except ValueError:
+            url = ""
+        if not location or _origin(url) != _origin(self.target.url):
+            raise HubError(
+                f"{self.target.host}: the registry gave no upload location on its own host "
+                f"({location[:80]!r})"
+            )
         sep = "&" if "?" in url else "?"
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        with self.stream(
-            "PUT", f"{url}{sep}{urlencode({'digest': digest})}", headers, content=chunks()
-        ):
+        put = f"{url}{sep}{urlencode({'digest': digest})}"
+        with self.stream("PUT", put, headers, body=chunks, redirects=False):
             pass
 
     # -- requests
@@ -408,7 +390,7 @@ class Registry:
         url: str,
         headers: dict[str, str] | None = None,
         *,
-        content: Any = None,
+        body: Body = None,
         redirects: bool = True,
     ) -> Iterator[httpx.Response]:
         """One request to the registry, authorized as its challenge asks, retried where that
@@ -420,6 +402,7 @@ class Registry:
         while True:
             sent = {**(headers or {}), **self._headers_for(url)}
             try:
+                content = body() if callable(body) else body  # a body is sent whole each try
                 request = self.client.build_request(method, url, headers=sent, content=content)
                 response = self.client.send(request, stream=True)
             except httpx.TransportError as exc:
@@ -437,7 +420,7 @@ class Registry:
                     challenged = True
                     self._authorize(response)
                     continue
-                if status in (301, 302, 303, 307, 308) and redirects:
+                if status in _REDIRECTS and redirects:
                     hops += 1
                     if hops > MAX_REDIRECTS:
                         raise DownloadError(
@@ -474,8 +457,13 @@ class Registry:
 
     def _token(self, params: dict[str, str]) -> str:
         realm = params["realm"]
-        parts = urlsplit(realm)
-        plain_ok = is_loopback(parts.hostname or "") or self.target.url.startswith("http://")
+        try:
+            parts = urlsplit(realm)
+            same = parts.hostname == urlsplit(self.target.url).hostname
+            local = is_loopback(parts.hostname or "")
+        except ValueError:
+            parts, same, local = urlsplit(""), False, False
+        plain_ok = local or (same and self.target.url.startswith("http://"))
         if not (parts.scheme == "https" or (parts.scheme == "http" and plain_ok)):
             raise HubAuthError(
                 f"{self.target.host}: its token service {realm[:80]!r} is not HTTPS",
@@ -485,7 +473,7 @@ class Registry:
         query = {"scope": params.get("scope") or f"repository:{self.target.repository}:{actions}"}
         if params.get("service"):
             query["service"] = params["service"]
-        if self._secret is not None and self._secret.user == "<token>":
+        if self._secret is not None and self._secret.identity:
             # Docker's identity token (`docker login` with a browser): OAuth2's refresh grant.
             form = {"grant_type": "refresh_token", "refresh_token": self._secret.password,
                     "client_id": "localrun", **query}  # fmt: skip
@@ -502,11 +490,8 @@ class Registry:
             if resp.status_code in (401, 403):
                 raise self._login_error(denied=True)
             body = read_bounded(resp, MAX_SMALL, f"{self.target.host}: the token answer")
-        try:
-            data = json.loads(body)
-            token = data.get("token") or data.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
+        data = json_or_none(body)
+        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             raise HubAuthError(f"{self.target.host}: its token service gave no token")
         return token
@@ -523,13 +508,14 @@ class Registry:
         """The registry's error (OCI's {"errors": [{"code", "message"}]}) as one line."""
         status = response.status_code
         try:
-            body = read_bounded(response, MAX_SMALL, "an error")
-            errors = json.loads(body).get("errors") or []
-            first = errors[0] if isinstance(errors, list) and errors else {}
-            code = str(first.get("code", ""))[:60]
-            message = str(first.get("message", ""))[:200]
-        except Exception:  # a body that is not OCI's: the status says enough
-            code, message = "", ""
+            data = json_or_none(read_bounded(response, MAX_SMALL, "an error"))
+        except LocalrunError:  # a body too large or too slow: the status says enough
+            data = None
+        errors = data.get("errors") if isinstance(data, dict) else None
+        first = errors[0] if isinstance(errors, list) and errors else None
+        first = first if isinstance(first, dict) else {}
+        code = str(first.get("code", ""))[:60]
+        message = str(first.get("message", ""))[:200]
         said = f" ({code}: {message})" if code or message else ""
         said = said.replace("\n", " ")
         if status == 404 or code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"):
@@ -553,14 +539,38 @@ def read_bounded(response: httpx.Response, limit: int, what: str) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise DownloadError(f"{what} is {int(declared)} bytes; at most {limit} are read")
     data = bytearray()
+    deadline = time.monotonic() + SMALL_DEADLINE
     try:
         for chunk in response.iter_bytes():
             data += chunk
             if len(data) > limit:
                 raise DownloadError(f"{what} is over {limit} bytes; at most that is read")
-    except httpx.TransportError as exc:
-        raise DownloadError(f"{what}: the connection broke ({type(exc).__name__})") from None
+            if time.monotonic() > deadline:
+                raise DownloadError(f"{what} took over {SMALL_DEADLINE:.0f} s; it was dropped")
+    except httpx.HTTPError as exc:  # a broken connection, a body that does not decode
+        raise DownloadError(f"{what}: {_reason(exc)}") from None
     return bytes(data)
+
+
+def json_or_none(data: bytes) -> Any:
+    """JSON from a registry, or None where it is not JSON (or nested past the parser)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _chunks(response: httpx.Response) -> Iterator[bytes]:
+    """A blob's bytes as the socket gives them (re-chunking them cost half the rate)."""
+    try:
+        yield from response.iter_raw()
+    except httpx.HTTPError as exc:
+        raise ConnectionError(_reason(exc)) from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:160] if str(exc) else ""
+    return text or type(exc).__name__
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -584,8 +594,7 @@ def _origin(url: str) -> tuple[str, str]:
 
 def unreachable(host: str, exc: BaseException) -> HubUnreachableError:
     """A registry that cannot be reached: the host, and why, in one line."""
-    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
     return HubUnreachableError(
-        f"cannot reach {host} ({reason})",
+        f"cannot reach {host} ({_reason(exc)})",
         hint="check the network (models already in the store work offline)",
     )

@@ -27,10 +27,10 @@ BLOCK = 4 << 20  # bytes a buffer holds: one write, one hash update
 BUFFERS = 3  # one filling, one being written, one spare, so neither side waits on the other
 WINDOW = 32 << 20  # write-back starts every WINDOW bytes; the window before is then dropped
 
-_WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4  # sync_file_range(2) flags
+WAIT_BEFORE, WRITE, WAIT_AFTER = 1, 2, 4  # sync_file_range(2) flags
 
 
-def _sync_file_range() -> Callable[[int, int, int, int], None] | None:
+def sync_file_range() -> Callable[[int, int, int, int], None] | None:
     """Linux's sync_file_range(fd, offset, length, flags); None elsewhere."""
     import ctypes
     import ctypes.util
@@ -51,7 +51,7 @@ def _sync_file_range() -> Callable[[int, int, int, int], None] | None:
     return sync
 
 
-def _drop(fd: int, offset: int, length: int) -> None:
+def drop(fd: int, offset: int, length: int) -> None:
     """Drop a range that is on disk from the page cache (advisory)."""
     if hasattr(os, "posix_fadvise"):
         with contextlib.suppress(OSError):
@@ -73,7 +73,7 @@ class PartialFile:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
         self.size = self._on_disk = os.lseek(self._fd, 0, os.SEEK_END)
         self._hasher = hashlib.sha256()
-        self._sync = _sync_file_range()
+        self._sync = sync_file_range()
         self._started = self._dropped = 0
         self._error: OSError | None = None
         self._free: queue.Queue[bytearray] = queue.Queue()
@@ -193,7 +193,7 @@ class PartialFile:
                     break
                 self._hasher.update(view[:got])
                 done += got
-            _drop(fh.fileno(), 0, done)
+            drop(fh.fileno(), 0, done)
         self._started = self._dropped = self._on_disk
 
     def _write_out(self, view: memoryview) -> None:
@@ -204,10 +204,10 @@ class PartialFile:
         self._on_disk += len(view)
         if self._sync is None or self._on_disk - self._started < WINDOW:
             return
-        self._sync(self._fd, self._started, self._on_disk - self._started, _WRITE)
+        self._sync(self._fd, self._started, self._on_disk - self._started, WRITE)
         previous, self._started = self._started, self._on_disk
         if previous > self._dropped:
             length = previous - self._dropped
-            self._sync(self._fd, self._dropped, length, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
-            _drop(self._fd, self._dropped, length)
+            self._sync(self._fd, self._dropped, length, WAIT_BEFORE | WRITE | WAIT_AFTER)
+            drop(self._fd, self._dropped, length)
             self._dropped = previous

@@ -227,13 +227,19 @@ def _config(repo: Repo, choice: Choice, headers: list[Header]) -> dict[str, Any]
             "quantization": choice.quant,
         },
     }
-    template = headers[0].metadata.get("tokenizer.chat_template")
-    if isinstance(template, str):
-        config["gguf_chat_template"] = template
-    license_ = headers[0].metadata.get("general.license")
-    if isinstance(license_, str):
-        config["gguf_license"] = license_
+    config.update(gguf_texts(headers[0]))
     return config
+
+
+def gguf_texts(header: Header) -> dict[str, str]:
+    """What a model's config keeps of its GGUF's own texts: its chat template and license."""
+    texts = {}
+    for key, field in (("gguf_chat_template", "tokenizer.chat_template"),
+                       ("gguf_license", "general.license")):  # fmt: skip
+        value = header.metadata.get(field)
+        if isinstance(value, str):
+            texts[key] = value
+    return texts
 
 
 # generation_config.json keys -> localrun parameters

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from localrun.errors import LocalrunError
+from localrun.errors import LocalrunError, MissingBlobError
 from localrun.recipes.create import Event, Reporter
 from localrun.sources import oci
 from localrun.store.manifest import Layer
@@ -38,8 +38,12 @@ def push(
     """Push `name` to the registry its name says (`insecure`: over plain HTTP); the pushed
     manifest's digest."""
     manifest = store.read_manifest(name)
-    for digest in manifest.digests():
-        store.blob_path(digest).stat()  # a missing blob is said before anything is sent
+    missing = sorted(d for d in manifest.digests() if not store.has_blob(d))
+    if missing:  # said before anything is sent
+        raise MissingBlobError(
+            f"{name} lacks its blob {missing[0]}; nothing was pushed",
+            hint="`localrun verify` names what is damaged; pull or create the model again",
+        )
     config = json.loads(store.read_blob(manifest.config.digest))
     layers = [layer for layer in manifest.layers if layer.kind in PUSHED]
     left = sorted({layer.kind for layer in manifest.layers} - set(PUSHED))

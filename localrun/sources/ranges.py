@@ -2,24 +2,29 @@
 
 The blob is cut into pieces of PIECE bytes; STREAMS connections take the pieces in order, each
 with a Range request (as Ollama's downloader splits a blob into parts), and write them where
-they belong in one preallocated file (`data`). Beside them a hasher follows the pieces in
-order, reading each back from the page cache as soon as it is whole, so the digest is known
-moments after the last byte arrives rather than after a second pass over the file.
+they belong in one file (`data`). Beside them a hasher follows the pieces in order: it reads
+each back as soon as it is whole, hashes it, has it written to the disk (sync_file_range on
+Linux, else fdatasync) and dropped from the page cache, and only then records it in
+`state.json`. So the digest is known moments after the last byte arrives, a 40 GB pull neither
+fills memory with unwritten pages nor pushes everyone else's cache out, and what the state
+file says is whole is on the disk.
 
-Resuming: `state.json` beside the file lists the pieces that are whole (written atomically
-after each one). A new try keeps them, hashes them again from the disk and fetches the rest; a
-piece cut off midway is fetched again from its start. A state of another blob or size, or a
-file of another size, starts over.
+Resuming: a new try keeps the whole pieces the state names, hashes them again from the disk
+and fetches the rest (pieces that arrived out of order after the last recorded one come
+again). A state of another blob, size or piece size starts over.
 
 A server that ignores Range (a 200 for a piece past the first) is read in one stream from the
-start. Whatever the server does, no more than the blob's size is read (an endless body is cut
-and refused), every piece must come whole (a short one is retried, RETRIES times, the count
-starting again whenever a try gets further), and a digest that differs deletes the download.
+start and hashed as it comes (nothing of it is kept for a resume: without ranges there is
+none). Whatever the server does, no more than a piece is read for a piece (an endless body is
+refused), every piece must come whole (a short one is fetched again, RETRIES times, the count
+starting over whenever a try gets further), and a digest that differs deletes the download.
+A full disk stops at once; Ctrl-C stops every connection at its next chunk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -33,15 +38,24 @@ from pathlib import Path
 
 from localrun.errors import DownloadError, LocalrunError
 from localrun.sources.base import download_os_error
+from localrun.sources.partial import WAIT_AFTER, WAIT_BEFORE, WRITE, drop, sync_file_range
 
 PIECE = 64 << 20  # bytes a Range request asks for
 STREAMS = 4  # connections at once for a blob of several pieces
 RETRIES = 4  # tries of a piece that gets no further, with 0.5, 1, 2, 4 s pauses
-BLOCK = 1 << 20  # bytes a write takes at most
+BLOCK = 1 << 20  # bytes the hasher reads at a time
+MAX_WAIT = 30.0  # seconds a Retry-After may ask for
+_LOCAL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)  # never retried
 
-Opener = Callable[[int, int], AbstractContextManager["Body"]]
-"""Opens bytes [start, end] of the blob (inclusive, as Range says): a Body."""
-Progress = Callable[[int, int], None]
+
+@dataclass(frozen=True)
+class Blob:
+    """What is downloaded: its digest and size, where to, and how it is named in errors."""
+
+    digest: str
+    size: int
+    folder: Path
+    what: str
 
 
 @dataclass
@@ -52,7 +66,20 @@ class Body:
     chunks: Iterator[bytes]
 
 
-class _Cancelled(Exception):
+class Retry(ConnectionError):
+    """The server asks to try again later (a 429 or 5xx): after `after` seconds at least."""
+
+    def __init__(self, message: str, after: float = 0.0) -> None:
+        super().__init__(message)
+        self.after = after
+
+
+Opener = Callable[[int, int], AbstractContextManager[Body]]
+"""Opens bytes [start, end] of the blob (inclusive, as Range says): a Body."""
+Progress = Callable[[int, int], None]
+
+
+class _Halted(Exception):
     pass
 
 
@@ -61,72 +88,65 @@ class _NoRanges(Exception):
 
 
 def download(
+    blob: Blob,
     opener: Opener,
-    digest: str,
-    size: int,
-    folder: Path,
     progress: Progress,
     *,
-    what: str,
     streams: int | None = None,
     piece: int | None = None,
 ) -> tuple[Path, str]:
-    """Fetch the blob into `folder/data`, resuming what an earlier try left; returns the path
-    and its sha256 ('sha256:<hex>'). DownloadError when the digest is not `digest` (the
-    download is deleted then)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    streams, piece = max(1, streams or STREAMS), max(1, piece or PIECE)
-    if size == 0:
-        path = folder / "data"
-        path.write_bytes(b"")
-        return path, "sha256:" + hashlib.sha256(b"").hexdigest()
-    job = _Job(opener, digest, size, folder, progress, what, streams, piece)
+    """Fetch the blob into `blob.folder/data`, resuming what an earlier try left; returns the
+    path and its sha256 ('sha256:<hex>'). DownloadError when the digest is not `blob.digest`
+    (the download is deleted then)."""
+    blob.folder.mkdir(parents=True, exist_ok=True)
+    job = _Job(blob, opener, progress, max(1, streams or STREAMS), max(1, piece or PIECE))
     try:
         found = job.run()
     except OSError as exc:
-        raise download_os_error(what, exc) from exc
-    if found != digest:
+        raise download_os_error(blob.what, exc) from exc
+    if found != blob.digest:
         job.discard()
         raise DownloadError(
-            f"{what}: the registry sent bytes whose digest is {found}, not {digest}; the "
-            "download was deleted",
+            f"{blob.what}: the registry sent bytes whose digest is {found}, not {blob.digest}; "
+            "the download was deleted",
             hint="pull again; if it repeats, the registry (or a proxy between) is damaged",
         )
     return job.path, found
 
 
-def kept(folder: Path, digest: str, size: int) -> int:
-    """Bytes of the blob an earlier try left whole in `folder` (what a resumed pull skips)."""
-    try:
-        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        if state.get("digest") != digest or state.get("size") != size:
-            return 0
-        piece = int(state["piece"])
-        done = {i for i in state.get("done") or [] if isinstance(i, int)}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+def kept(blob: Blob) -> int:
+    """Bytes of the blob an earlier try left whole (what a resumed pull skips)."""
+    state = _state(blob.folder / "state.json", blob)
+    if state is None:
         return 0
-    return sum(min(piece, size - i * piece) for i in done if 0 <= i * piece < size)
+    piece, whole = state
+    return min(piece * whole, blob.size)
+
+
+def _state(path: Path, blob: Blob, piece: int | None = None) -> tuple[int, int] | None:
+    """(piece size, whole pieces) of a state file that is this blob's, else None."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        found = (int(state["piece"]), int(state["whole"]))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    if state.get("digest") != blob.digest or state.get("size") != blob.size:
+        return None
+    if found[0] <= 0 or found[1] < 0 or (piece is not None and found[0] != piece):
+        return None
+    return found
 
 
 class _Job:
     def __init__(
-        self,
-        opener: Opener,
-        digest: str,
-        size: int,
-        folder: Path,
-        progress: Progress,
-        what: str,
-        streams: int,
-        piece: int,
+        self, blob: Blob, opener: Opener, progress: Progress, streams: int, piece: int
     ) -> None:
-        self.opener, self.digest, self.size, self.what = opener, digest, size, what
-        self.path, self.state = folder / "data", folder / "state.json"
-        self.progress = progress
+        self.blob, self.opener, self.progress = blob, opener, progress
+        self.path, self.state = blob.folder / "data", blob.folder / "state.json"
         self.piece = piece
-        self.count = max(1, -(-size // piece))
+        self.count = max(1, -(-blob.size // piece))
         self.streams = min(streams, self.count)
-        self.done = [False] * self.count
+        self.done = [blob.size == 0] * self.count  # an empty blob has nothing to fetch
         self.got = [0] * self.count  # bytes of each piece written so far
         self.lock = threading.Condition()
         self.stop = False  # everything ends: the hasher too
@@ -134,28 +154,27 @@ class _Job:
         self.next = 0
         self.last_report = 0.0
         self.reporting = threading.Lock()  # one thread at a time tells the caller
-        self.saving = threading.Lock()
 
     # -- the plan
 
     def run(self) -> str:
-        self._resume()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        whole = self._resume()
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.path, flags, 0o644)
         try:
-            if os.fstat(fd).st_size != self.size:
-                os.ftruncate(fd, self.size)
+            if os.fstat(fd).st_size != self.blob.size:
+                os.ftruncate(fd, self.blob.size)
             hasher = ThreadPoolExecutor(1, thread_name_prefix="localrun-hash")
-            hashed = hasher.submit(self._hash, fd)
+            hashed = hasher.submit(self._hash, fd, whole)
+            streamed: str | None = None
             try:
-                self._fetch_all(fd)
-            except BaseException:
-                with self.lock:
+                streamed = self._fetch_all(fd)
+            finally:
+                with self.lock:  # the hasher finishes the whole pieces it has, then ends
                     self.stop = self.halt = True
                     self.lock.notify_all()
-                raise
-            finally:
                 hasher.shutdown(wait=True)
-            digest = hashed.result()
+            digest = streamed or hashed.result()
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -167,37 +186,31 @@ class _Job:
             with contextlib.suppress(OSError):
                 path.unlink()
 
-    def _resume(self) -> None:
+    def _resume(self) -> int:
+        """The whole pieces an earlier try left (marked done), or 0 after clearing its files."""
         try:
-            state = json.loads(self.state.read_text(encoding="utf-8"))
             on_disk = self.path.stat().st_size
-        except (OSError, ValueError):
-            return
-        if (
-            not isinstance(state, dict)
-            or state.get("digest") != self.digest
-            or state.get("size") != self.size
-            or state.get("piece") != self.piece
-            or on_disk != self.size
-        ):
+        except OSError:
+            on_disk = -1
+        found = _state(self.state, self.blob, self.piece)
+        if found is None or on_disk != self.blob.size:
             self.discard()
-            return
-        for index in state.get("done") or []:
-            if isinstance(index, int) and 0 <= index < self.count:
-                self.done[index] = True
-                self.got[index] = self._length(index)
+            return 0
+        whole = min(found[1], self.count)
+        for index in range(whole):
+            self.done[index] = True
+            self.got[index] = self._length(index)
+        return whole
 
-    def _save(self) -> None:
-        with self.saving:  # one writer of the state at a time
-            with self.lock:
-                done = [i for i, whole in enumerate(self.done) if whole]
-            data = {"digest": self.digest, "size": self.size, "piece": self.piece, "done": done}
-            tmp = self.state.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data), encoding="utf-8")
-            os.replace(tmp, self.state)
+    def _save(self, whole: int) -> None:
+        blob = self.blob
+        data = {"digest": blob.digest, "size": blob.size, "piece": self.piece, "whole": whole}
+        tmp = self.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, self.state)
 
     def _length(self, index: int) -> int:
-        return min(self.piece, self.size - index * self.piece) if self.size else 0
+        return max(0, min(self.piece, self.blob.size - index * self.piece))
 
     def _take(self) -> int | None:
         with self.lock:
@@ -210,23 +223,29 @@ class _Job:
 
     # -- fetching
 
-    def _fetch_all(self, fd: int) -> None:
-        if all(self.done):
-            return
+    def _fetch_all(self, fd: int) -> str | None:
+        """Every piece; the digest when the server sent the blob whole instead (None else)."""
+        if all(self.done) or self.blob.size == 0:
+            return None
+        pool = ThreadPoolExecutor(self.streams, thread_name_prefix="localrun-pull")
+        futures = [pool.submit(self._worker, fd) for _ in range(self.streams)]
         try:
-            with ThreadPoolExecutor(self.streams, thread_name_prefix="localrun-pull") as pool:
-                futures = [pool.submit(self._worker, fd) for _ in range(self.streams)]
-                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [f for f in finished if f.exception() is not None]
-                if failed:
-                    self.halt = True
-                    wait(futures)
-                    error = failed[0].exception()
-                    assert error is not None
-                    raise error
-        except _NoRanges:
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f.exception() for f in finished if f.exception() is not None]
+        except BaseException:  # Ctrl-C: every connection stops at its next chunk
+            self.halt = True
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        self.halt = bool(failed)
+        pool.shutdown(wait=True, cancel_futures=True)
+        if not failed:
+            return None
+        error = next((e for e in failed if not isinstance(e, _Halted)), failed[0])
+        if isinstance(error, _NoRanges):
             self.halt = False
-            self._whole(fd)
+            return self._whole(fd)
+        assert error is not None
+        raise error
 
     def _worker(self, fd: int) -> None:
         while (index := self._take()) is not None:
@@ -241,103 +260,105 @@ class _Job:
             try:
                 self._read_range(fd, index, start, length)
                 break
-            except (LocalrunError, _NoRanges, _Cancelled):
+            except (LocalrunError, _NoRanges, _Halted):
                 raise
-            except Exception as exc:
+            except OSError as exc:
+                if exc.errno in _LOCAL:  # this machine's disk: trying again changes nothing
+                    raise
                 if self.got[index] > best:
                     best, attempt = self.got[index], 0
-                if attempt >= RETRIES:
+                if attempt >= RETRIES or self.halt:
                     raise DownloadError(
-                        f"{self.what}: the download broke off ({_reason(exc)}); run the pull "
-                        "again to resume it"
+                        f"{self.blob.what}: the download broke off ({_reason(exc)}); run the "
+                        "pull again to resume it"
                     ) from None
-                time.sleep(0.5 * 2**attempt)
+                pause = max(0.5 * 2**attempt, getattr(exc, "after", 0.0))
+                time.sleep(min(pause, MAX_WAIT))
                 attempt += 1
         with self.lock:
             self.done[index] = True
             self.lock.notify_all()
-        self._save()
         self._report()
 
     def _read_range(self, fd: int, index: int, start: int, length: int) -> None:
         with self.opener(start, start + length - 1) as body:
             if not body.ranged and start > 0:
                 raise _NoRanges()
-            at = start
+            at, end = start, start + length
             for chunk in body.chunks:
                 if self.halt:
-                    raise _Cancelled()
-                if at + len(chunk) > start + length:
+                    raise _Halted()
+                if at + len(chunk) > end:
                     if body.ranged:
                         raise DownloadError(
-                            f"{self.what}: the registry sent more bytes than the range asked for",
+                            f"{self.blob.what}: the registry sent more bytes than the range "
+                            "asked for",
                             hint="the registry is misbehaving; nothing was saved",
                         )
-                    chunk = chunk[: start + length - at]  # a whole blob: the first piece only
+                    chunk = chunk[: end - at]  # a whole blob: this first piece of it only
                 _write_at(fd, chunk, at)
                 at += len(chunk)
                 self.got[index] = at - start
                 self._report()
-                if at == start + length and not body.ranged:
+                if at == end and not body.ranged:
                     break
-            if at != start + length:
+            if at != end:
                 raise ConnectionError(f"{at - start} of {length} bytes of a piece arrived")
 
-    def _whole(self, fd: int) -> None:
-        """A server without ranges: the blob in one stream from its start."""
+    def _whole(self, fd: int) -> str:
+        """A server without ranges: the blob in one stream from its start, hashed as it comes."""
+        hasher = hashlib.sha256()
         with self.lock:
-            self.done = [False] * self.count
             self.got = [0] * self.count
-            self.lock.notify_all()
-        with self.opener(0, self.size - 1) as body:
+        with self.opener(0, self.blob.size - 1) as body:
             at = 0
             for chunk in body.chunks:
-                if at + len(chunk) > self.size:
+                if at + len(chunk) > self.blob.size:
                     raise DownloadError(
-                        f"{self.what}: the registry sent more than the manifest's "
-                        f"{self.size} bytes",
+                        f"{self.blob.what}: the registry sent more than the manifest's "
+                        f"{self.blob.size} bytes",
                         hint="the registry is misbehaving; nothing was saved",
                     )
+                hasher.update(chunk)
                 _write_at(fd, chunk, at)
                 at += len(chunk)
-                with self.lock:
-                    while (index := at // self.piece) > 0 and not self.done[index - 1]:
-                        self.done[index - 1] = True
-                        self.got[index - 1] = self._length(index - 1)
-                    self.lock.notify_all()
+                self.got[0] = at
                 self._report()
-            if at != self.size:
-                raise DownloadError(
-                    f"{self.what}: {at} of {self.size} bytes arrived; run the pull again"
-                )
-        with self.lock:
-            self.done[-1] = True
-            self.got[-1] = self._length(self.count - 1)
-            self.lock.notify_all()
+        if at != self.blob.size:
+            raise DownloadError(
+                f"{self.blob.what}: {at} of {self.blob.size} bytes arrived; run the pull again"
+            )
+        return "sha256:" + hasher.hexdigest()
 
-    # -- hashing and progress
+    # -- hashing, the disk and progress
 
-    def _hash(self, fd: int) -> str:
+    def _hash(self, fd: int, recorded: int) -> str:
+        """The pieces in order, each hashed, on the disk and recorded as whole; '' when the
+        job ended first."""
         hasher = hashlib.sha256()
-        buffer = bytearray(BLOCK)
-        view = memoryview(buffer)
+        buffer = memoryview(bytearray(BLOCK))
+        sync = sync_file_range()
         for index in range(self.count):
             with self.lock:
                 while not self.done[index] and not self.stop:
                     self.lock.wait()
-                if self.stop and not self.done[index]:
+                if not self.done[index]:
                     return ""
             at, end = index * self.piece, index * self.piece + self._length(index)
             while at < end:
-                got = os.preadv(fd, [view[: min(BLOCK, end - at)]], at)
+                got = os.preadv(fd, [buffer[: min(BLOCK, end - at)]], at)
                 if got <= 0:
                     raise OSError(f"the download's file ended at {at}")
-                hasher.update(view[:got])
+                hasher.update(buffer[:got])
                 at += got
-            if hasattr(os, "posix_fadvise"):  # read once, kept out of everyone's cache
-                with contextlib.suppress(OSError):
-                    os.posix_fadvise(fd, index * self.piece, end - index * self.piece,
-                                     os.POSIX_FADV_DONTNEED)  # fmt: skip
+            if index >= recorded:  # on the disk before the state says so
+                start = index * self.piece
+                if sync is not None:
+                    sync(fd, start, end - start, WAIT_BEFORE | WRITE | WAIT_AFTER)
+                else:
+                    os.fdatasync(fd)
+                self._save(index + 1)
+            drop(fd, index * self.piece, self._length(index))  # read once: out of the cache
         return "sha256:" + hasher.hexdigest()
 
     def _report(self, *, force: bool = False) -> None:
@@ -346,7 +367,7 @@ class _Job:
             return
         with self.reporting:
             self.last_report = now
-            self.progress(min(sum(self.got), self.size), self.size)
+            self.progress(min(sum(self.got), self.blob.size), self.blob.size)
 
 
 def _write_at(fd: int, data: bytes, offset: int) -> None:

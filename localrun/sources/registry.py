@@ -30,13 +30,9 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from localrun.errors import (
     DiskFullError,
@@ -50,13 +46,16 @@ from localrun.recipes.create import Event, Reporter
 from localrun.recipes.modelfile import Modelfile
 from localrun.sources import oci, ollama_store, ranges
 from localrun.sources.found import MAX_TEXT
+from localrun.sources.pull import gguf_texts
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, check_digest
 from localrun.store.models import Store
 from localrun.store.names import ModelName
 
 OLLAMA = "application/vnd.ollama.image."
-OLLAMA_KINDS = ("model", "projector", "adapter", "template", "system", "params", "messages",
-                "license")  # fmt: skip
+OLLAMA_KINDS = {kind: kind for kind in ("model", "projector", "adapter", "template", "system",
+                                        "params", "messages", "license")}  # fmt: skip
+OLLAMA_KINDS["prompt"] = "template"  # the template's name in Ollama's first manifests
+OLLAMA_IGNORED = ("embed",)  # layers Ollama itself skips
 DOCKER = {
     "application/vnd.docker.ai.gguf.v3": "model",
     "application/vnd.docker.ai.mmproj": "projector",
@@ -115,18 +114,18 @@ def pull(
             for part in plan.parts:
                 if part.kind in BLOBS:
                     _fetch_blob(store, registry, part, report)
-            texts = _texts(store, registry, plan)
-            settings = _docker_config(registry, plan.config) if plan.config else {}
-            base = _base(store, where, plan, settings)
-        modelfile = _modelfile(texts, where, settings)
-        return create.create(
-            store,
-            name,
-            modelfile,
-            Path("/"),
-            report=lambda e: None if e.status.startswith("using model") else report(e),
-            resolve=lambda _: base,
-        )
+        texts = _texts(store, registry, plan)
+        settings = _docker_config(registry, plan.config) if plan.config else {}
+    # The blobs wait for their manifest as uploads do (prune leaves them be); the base of
+    # weights and config is made inside create, under the store's lock.
+    return create.create(
+        store,
+        name,
+        _modelfile(texts, where, settings),
+        Path("/"),
+        report=lambda e: None if e.status.startswith("using model") else report(e),
+        resolve=lambda _: _base(store, where, plan, settings),
+    )
 
 
 def read_plan(registry: oci.Registry) -> Plan:
@@ -145,8 +144,10 @@ def read_plan(registry: oci.Registry) -> Plan:
     parts = []
     for index, layer in enumerate(layers):
         media, digest, size = _descriptor(layer, shown, f"layer {index}")
+        if media.removeprefix(OLLAMA) in OLLAMA_IGNORED:
+            continue
         if media.startswith(OLLAMA) and media.removeprefix(OLLAMA) in OLLAMA_KINDS:
-            kind = media.removeprefix(OLLAMA)
+            kind = OLLAMA_KINDS[media.removeprefix(OLLAMA)]
         elif media in DOCKER:
             kind, packaging = DOCKER[media], "docker"
         elif media in NOT_GGUF or "safetensors" in media:
@@ -208,7 +209,7 @@ def _check_space(store: Store, plan: Plan) -> None:
     needed = 0
     for part in plan.parts:
         if part.kind in BLOBS and not store.has_blob(part.digest):
-            needed += part.size - ranges.kept(_partial(store, part.digest), part.digest, part.size)
+            needed += part.size - ranges.kept(_blob(store, part, ""))
     if not needed:
         return
     free = shutil.disk_usage(store.root).free
@@ -220,8 +221,9 @@ def _check_space(store: Store, plan: Plan) -> None:
         )
 
 
-def _partial(store: Store, digest: str) -> Path:
-    return store.root / "partial" / check_digest(digest).removeprefix("sha256:")
+def _blob(store: Store, part: Part, what: str) -> ranges.Blob:
+    folder = store.root / "partial" / check_digest(part.digest).removeprefix("sha256:")
+    return ranges.Blob(part.digest, part.size, folder, what)
 
 
 def _fetch_blob(store: Store, registry: oci.Registry, part: Part, report: Reporter) -> None:
@@ -232,21 +234,19 @@ def _fetch_blob(store: Store, registry: oci.Registry, part: Part, report: Report
     if store.has_blob(part.digest):
         report(Event(f"{label}: already present", digest=part.digest))
         return
-    folder = _partial(store, part.digest)
+    blob = _blob(store, part, f"{registry.target.shown}: {part.kind} layer {part.digest[:19]}")
+    folder = blob.folder
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):  # a second pull of the blob waits, then finds it
         if store.has_blob(part.digest):
             report(Event(f"{label}: already present", digest=part.digest))
             return
         path, digest = ranges.download(
-            _opener(registry, part.digest),
-            part.digest,
-            part.size,
-            folder,
+            blob,
+            registry.opener(part.digest),
             lambda done, total: report(
                 Event(label, digest=part.digest, completed=done, total=total)
             ),
-            what=f"{registry.target.shown}: {part.kind} layer {part.digest[:19]}",
         )
         try:
             header = scan.scan(path)
@@ -259,53 +259,10 @@ def _fetch_blob(store: Store, registry: oci.Registry, part: Part, report: Report
         if part.kind == "projector" and scan.header_details([header])["kind"] != "projector":
             shutil.rmtree(folder, ignore_errors=True)
             raise InvalidGGUFError(f"{registry.target.shown}: its projector layer is not one")
-        store.adopt(path, digest, synced=True)
+        store.adopt(path, digest, synced=True, uploaded=True)  # kept from prune till named
     shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):
         os.unlink(str(folder) + ".lock")
-
-
-def _opener(registry: oci.Registry, digest: str) -> ranges.Opener:
-    """Opens a range of the blob where the registry serves it (resolved once; a signed URL
-    that expired mid-pull is resolved again)."""
-    where: list[tuple[str, dict[str, str]]] = [registry.blob_location(digest)]
-
-    @contextmanager
-    def open_range(start: int, end: int) -> Iterator[ranges.Body]:
-        for attempt in range(2):
-            url, headers = where[0]
-            request = registry.client.build_request(
-                "GET", url, headers={**headers, "Range": f"bytes={start}-{end}"}
-            )
-            try:
-                response = registry.client.send(request, stream=True)
-            except httpx.TransportError as exc:
-                raise ConnectionError(str(exc) or type(exc).__name__) from None
-            try:
-                if response.status_code in (401, 403) and attempt == 0:
-                    where[0] = registry.blob_location(digest)
-                    continue
-                if response.status_code not in (200, 206):
-                    raise registry._error(response)
-                ranged = response.status_code == 206
-                if ranged and not response.headers.get("Content-Range", "").startswith(
-                    f"bytes {start}-"
-                ):
-                    raise ConnectionError("the server sent another range than the one asked")
-                yield ranges.Body(ranged, _chunks(response))
-                return
-            finally:
-                response.close()
-        raise DownloadError(f"{registry.target.host}: the blob's storage refused the download")
-
-    return open_range
-
-
-def _chunks(response: httpx.Response) -> Iterator[bytes]:
-    try:
-        yield from response.iter_raw()  # as the socket gives it: re-chunking cost 2x here
-    except httpx.TransportError as exc:
-        raise ConnectionError(str(exc) or type(exc).__name__) from None
 
 
 def _small(registry: oci.Registry, part: Part) -> bytes:
@@ -353,12 +310,7 @@ def _base(store: Store, where: oci.Target, plan: Plan, settings: dict[str, Any])
             "packaging": plan.packaging,
         },
     }
-    template = headers[0].metadata.get("tokenizer.chat_template")
-    if isinstance(template, str):
-        config["gguf_chat_template"] = template
-    license_ = headers[0].metadata.get("general.license")
-    if isinstance(license_, str):
-        config["gguf_license"] = license_
+    config.update(gguf_texts(headers[0]))
     for layer in layers:
         if layer.kind == "projector":
             header = scan.scan(store.blob_path(layer.digest))
@@ -374,10 +326,7 @@ def _base(store: Store, where: oci.Target, plan: Plan, settings: dict[str, Any])
 
 def _docker_config(registry: oci.Registry, part: Part) -> dict[str, Any]:
     """What Docker's model config says that localrun keeps (its `config` object's scalars)."""
-    try:
-        data = json.loads(_small(registry, part))
-    except ValueError:
-        return {}
+    data = oci.json_or_none(_small(registry, part))
     inner = data.get("config") if isinstance(data, dict) else None
     if not isinstance(inner, dict):
         return {}
@@ -391,7 +340,10 @@ def _docker_config(registry: oci.Registry, part: Part) -> dict[str, Any]:
 def _modelfile(texts: dict[Part, bytes], where: oci.Target, settings: dict[str, Any]) -> Modelfile:
     """The text layers as a Modelfile's lines (FROM the base, named as the registry names it)."""
     shown = Path(where.shown)
-    mf = Modelfile(from_=f"{where.host}/{where.repository}:{where.tag}")
+    # FROM the base, named as the registry names the model (a tag that ends in .gguf is left
+    # out: create would take the name for a file).
+    tag = "" if where.tag.lower().endswith(".gguf") else f":{where.tag}"
+    mf = Modelfile(from_=f"{where.host}/{where.repository}{tag}")
     for part, data in texts.items():
         text = data.decode("utf-8", "replace")
         if part.kind == "template" and mf.template is None:
