@@ -12,6 +12,11 @@ from localrun.cli.common import open_store
 from localrun.cli.output import CreateProgress, columns, human_size
 from localrun.errors import LocalrunError
 
+QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors.")
+INSECURE = typer.Option(
+    False, "--insecure", help="Reach the registry over plain HTTP (a loopback one always is)."
+)
+
 
 def pull(
     model: str = typer.Argument(
@@ -20,10 +25,8 @@ def pull(
         "(host/namespace/name[:tag]), hf.co/ORG/REPO[:TAG], modelscope.cn/ORG/REPO[:TAG], or a "
         "catalog name.",
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-    insecure: bool = typer.Option(
-        False, "--insecure", help="Reach the registry over plain HTTP (a loopback one always is)."
-    ),
+    quiet: bool = QUIET,
+    insecure: bool = INSECURE,
 ) -> None:
     """Download a model into the store (resumable, verified by sha256)."""
     from localrun.sources import obtain
@@ -57,10 +60,8 @@ def push(
         help="A model of the store, named as its registry has it: host/namespace/name[:tag], "
         "or namespace/name[:tag] for Ollama's library.",
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-    insecure: bool = typer.Option(
-        False, "--insecure", help="Reach the registry over plain HTTP (a loopback one always is)."
-    ),
+    quiet: bool = QUIET,
+    insecure: bool = INSECURE,
 ) -> None:
     """Upload a model to its registry in Ollama's format (`ollama pull` takes it back)."""
     from localrun.sources import push as push_mod

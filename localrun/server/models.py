@@ -328,22 +328,21 @@ async def _run_job(
 
 
 async def pull_(request: Request) -> Response:
-    body = Body(await read_json(request))
-    text = body.model()
-    reference.resolve(text)  # an invalid name is a 400 before anything starts
-    store = core.context(request).store
-    job = {"op": "pull", "store": str(store.root), "model": text,
-           "insecure": body.flag("insecure", False)}  # fmt: skip
-    return await _run_job(request, job, body.flag("stream", True))
+    """Ollama's /api/pull: a model from its registry or hub into the store."""
+    return await _registry_job(request, "pull")
 
 
 async def push_(request: Request) -> Response:
     """Ollama's /api/push: a model of the store to the registry its name says."""
+    return await _registry_job(request, "push")
+
+
+async def _registry_job(request: Request, op: str) -> Response:
     body = Body(await read_json(request))
     text = body.model()
     reference.resolve(text)  # an invalid name is a 400 before anything starts
     store = core.context(request).store
-    job = {"op": "push", "store": str(store.root), "model": text,
+    job = {"op": op, "store": str(store.root), "model": text,
            "insecure": body.flag("insecure", False)}  # fmt: skip
     return await _run_job(request, job, body.flag("stream", True))
 
