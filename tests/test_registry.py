@@ -57,14 +57,14 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOllamaRegistry]:
 
 
 @pytest.fixture
-def serve_url(tmp_path: Path) -> Iterator[str]:
+def served(tmp_path: Path) -> Iterator[tuple[str, Store]]:
     from test_server import LiveServer
 
     from localrun.scheduler import Scheduler
 
     store = Store(tmp_path / "served" / "models")
     server = LiveServer(store, Scheduler(store, backend="fake"))
-    yield server.url
+    yield server.url, store
     server.close()
 
 
@@ -180,12 +180,12 @@ def test_an_interrupted_pull_resumes_with_what_is_missing(
 
 
 def test_a_pull_through_the_server_streams_progress_to_ollamas_client(
-    fake: FakeOllamaRegistry, tiny_model: Path, serve_url: str
+    fake: FakeOllamaRegistry, tiny_model: Path, served: tuple[str, Store]
 ) -> None:
     import ollama
 
     fake.add("library/keeper", "v1", CONFIG, _ollama_layers(tiny_model.read_bytes()))
-    client = ollama.Client(host=serve_url)
+    client = ollama.Client(host=served[0])
     updates = list(client.pull("keeper:v1", stream=True))
     assert updates[-1].status == "success"
     assert any(u.total == tiny_model.stat().st_size for u in updates)
@@ -354,6 +354,25 @@ def test_push_then_pull_through_a_registry_in_ollamas_format(
     assert again.of_kind("model") == store.read_manifest(target).of_kind("model")
     ran = cli("run", str(target), "-p", "num_predict=4", "Hello", env={"LOCALRUN_HOME": str(other)})
     assert ran.code == 0, ran.stderr
+
+
+@needs_registry
+def test_ollamas_client_pushes_through_the_server(
+    distribution: DockerRegistry, tiny_model: Path, served: tuple[str, Store]
+) -> None:
+    import ollama
+    from test_server import add_model
+
+    url, store = served
+    name = f"{distribution.host}/client/pushed:v1"
+    add_model(store, name, tiny_model, 'SYSTEM "pushed by a client"')
+    updates = list(ollama.Client(host=url).push(name, insecure=True, stream=True))
+    assert updates[-1].status == "success"
+    raw = distribution.manifest("client/pushed", "v1")
+    system = next(x for x in raw["layers"] if x["mediaType"] == OLLAMA + "system")
+    assert distribution.blob("client/pushed", system["digest"]) == b"pushed by a client"
+    with pytest.raises(ollama.ResponseError):
+        ollama.Client(host=url).push(f"{distribution.host}/client/absent:v1")
 
 
 @needs_registry
