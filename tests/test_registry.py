@@ -147,6 +147,28 @@ def test_a_second_model_with_the_same_weights_downloads_only_its_own_layers(
     assert store.read_blob(two.of_kind("system")[0].digest) == b"Another keeper."
 
 
+def test_a_blob_ollama_has_on_this_machine_is_linked_not_downloaded(
+    fake: FakeOllamaRegistry, store: Store, tiny_model: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    gguf = tiny_model.read_bytes()
+    fake.add("library/keeper", "latest", CONFIG, _ollama_layers(gguf))
+    ollama = tmp_path / "ollama-models" / "blobs"
+    ollama.mkdir(parents=True)
+    mine = ollama / f"sha256-{digest_of(gguf).removeprefix('sha256:')}"
+    mine.write_bytes(gguf)
+    monkeypatch.setenv("OLLAMA_MODELS", str(ollama.parent))
+    registry.pull(store, names.parse("keeper"))
+    assert fake.sent(gguf) == []
+    assert store.blob_path(digest_of(gguf)).read_bytes() == gguf
+    # A blob there that is not what its name says is fetched instead.
+    other = tmp_path / "other"
+    mine.unlink()  # (the store's blob may be a hard link of it)
+    mine.write_bytes(gguf[:-1] + b"!")
+    registry.pull(Store(other), names.parse("keeper"))
+    assert fake.sent(gguf) and mine.read_bytes() == gguf[:-1] + b"!"  # left as it was
+
+
 def test_an_interrupted_pull_resumes_with_what_is_missing(
     fake: FakeOllamaRegistry, store: Store, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from localrun.errors import (
+    CorruptBlobError,
     DiskFullError,
     DownloadError,
     InvalidGGUFError,
@@ -241,6 +242,8 @@ def _fetch_blob(store: Store, registry: oci.Registry, part: Part, report: Report
         if store.has_blob(part.digest):
             report(Event(f"{label}: already present", digest=part.digest))
             return
+        if _from_ollama(store, part, label, report):
+            return
         path, digest = ranges.download(
             blob,
             registry.opener(part.digest),
@@ -263,6 +266,28 @@ def _fetch_blob(store: Store, registry: oci.Registry, part: Part, report: Report
     shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):
         os.unlink(str(folder) + ".lock")
+
+
+def _from_ollama(store: Store, part: Part, label: str, report: Reporter) -> bool:
+    """Ollama's own copy of the blob on this machine (its store has the same digests), linked
+    in as `create --link` does once it checks out: a valid GGUF of that size and digest."""
+    path = ollama_store.root() / "blobs" / f"sha256-{part.digest.removeprefix('sha256:')}"
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != part.size:
+            return False
+        scan.scan(path)
+        fd = os.open(path, os.O_RDONLY)
+    except (OSError, LocalrunError):
+        return False
+    try:
+        report(Event(f"{label}: from Ollama's store ({path})", digest=part.digest))
+        store.hold(part.digest)
+        store.add_file(fd, expected=part.digest, link_from=path)
+    except CorruptBlobError:
+        return False  # not what its name says: fetched instead
+    finally:
+        os.close(fd)
+    return True
 
 
 def _small(registry: oci.Registry, part: Part) -> bytes:

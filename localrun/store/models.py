@@ -301,14 +301,19 @@ class Store:
                 with open(path, "rb+") as fh:
                     os.fsync(fh.fileno())
             if uploaded:
-                marker = self.root / "uploads" / target.name
-                marker.parent.mkdir(exist_ok=True)
-                marker.touch()
+                self.hold(digest)
             os.replace(path, target)
             fsync_dir(self.blobs)
         except OSError as exc:
             raise os_error(exc, f"could not move {path.name} into the store") from exc
         return size
+
+    def hold(self, digest: str) -> None:
+        """Keep blob `digest` from prune for UPLOAD_GRACE_S though no manifest names it yet
+        (an upload, a pull's layers before the model is written)."""
+        marker = self.root / "uploads" / self.blob_path(digest).name
+        marker.parent.mkdir(exist_ok=True)
+        marker.touch()
 
     def _fresh_uploads(self) -> set[str]:
         """Digests of blobs uploaded within UPLOAD_GRACE_S; older markers are removed."""
