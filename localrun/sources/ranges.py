@@ -74,6 +74,7 @@ class Retry(ConnectionError):
         self.after = after
 
 
+Sync = Callable[[int, int, int, int], None]  # sync_file_range(fd, offset, length, flags)
 Opener = Callable[[int, int], AbstractContextManager[Body]]
 """Opens bytes [start, end] of the blob (inclusive, as Range says): a Body."""
 Progress = Callable[[int, int], None]
@@ -333,8 +334,8 @@ class _Job:
     # -- hashing, the disk and progress
 
     def _hash(self, fd: int, recorded: int) -> str:
-        """The pieces in order, each hashed, on the disk and recorded as whole; '' when the
-        job ended first."""
+        """The pieces in order, each hashed, then written out to the disk while the next is
+        hashed, and recorded as whole once it is there; '' when the job ended first."""
         hasher = hashlib.sha256()
         buffer = memoryview(bytearray(BLOCK))
         sync = sync_file_range()
@@ -351,15 +352,22 @@ class _Job:
                     raise OSError(f"the download's file ended at {at}")
                 hasher.update(buffer[:got])
                 at += got
-            if index >= recorded:  # on the disk before the state says so
-                start = index * self.piece
-                if sync is not None:
-                    sync(fd, start, end - start, WAIT_BEFORE | WRITE | WAIT_AFTER)
-                else:
-                    os.fdatasync(fd)
-                self._save(index + 1)
-            drop(fd, index * self.piece, self._length(index))  # read once: out of the cache
+            if sync is not None:
+                sync(fd, index * self.piece, self._length(index), WRITE)  # starts, no wait
+            if index > 0:
+                self._settle(fd, index - 1, recorded, sync)
         return "sha256:" + hasher.hexdigest()
+
+    def _settle(self, fd: int, index: int, recorded: int, sync: Sync | None) -> None:
+        """Piece `index` on the disk, out of the page cache (read once) and in the state."""
+        start, length = index * self.piece, self._length(index)
+        if index >= recorded:
+            if sync is not None:
+                sync(fd, start, length, WAIT_BEFORE | WRITE | WAIT_AFTER)
+            else:
+                os.fdatasync(fd)
+            self._save(index + 1)
+        drop(fd, start, length)
 
     def _report(self, *, force: bool = False) -> None:
         now = time.monotonic()
