@@ -49,6 +49,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOllamaRegistry]:
     server = FakeOllamaRegistry()
     monkeypatch.setenv("LOCALRUN_REGISTRY", server.url)
     monkeypatch.setattr(ranges, "PIECE", 64 << 10)  # the tiny model comes in 8 pieces
+    monkeypatch.setattr(registry, "LOCAL_STREAMS", 4)  # as from a registry elsewhere
     monkeypatch.setattr(ranges, "RETRIES", 1)
     monkeypatch.setattr(oci, "RETRIES", 1)
     yield server
@@ -174,7 +175,7 @@ def test_an_interrupted_pull_resumes_with_what_is_missing(
 ) -> None:
     gguf = tiny_model.read_bytes()
     fake.add("library/keeper", "latest", CONFIG, _ollama_layers(gguf))
-    monkeypatch.setattr(ranges, "STREAMS", 1)  # pieces in order: the first ones come whole
+    monkeypatch.setattr(registry, "LOCAL_STREAMS", 1)  # pieces in order: the first come whole
     fake.cut_after = 40 << 10  # every connection drops after 40 KB of a 64 KB piece ...
     original = ranges._Job._piece
     pieces = {"left": 3}

@@ -344,6 +344,8 @@ class _Job:
                 while not self.done[index] and not self.stop:
                     self.lock.wait()
                 if not self.done[index]:
+                    if index > 0:  # the last piece hashed is kept for the next try
+                        self._settle(fd, index - 1, recorded, sync)
                     return ""
             at, end = index * self.piece, index * self.piece + self._length(index)
             while at < end:
@@ -356,6 +358,7 @@ class _Job:
                 sync(fd, index * self.piece, self._length(index), WRITE)  # starts, no wait
             if index > 0:
                 self._settle(fd, index - 1, recorded, sync)
+        self._settle(fd, self.count - 1, recorded, sync)
         return "sha256:" + hasher.hexdigest()
 
     def _settle(self, fd: int, index: int, recorded: int, sync: Sync | None) -> None:

@@ -74,6 +74,9 @@ MAX_LAYERS = 256
 MAX_LAYER = 1 << 44  # bytes (16 TiB): past it a size is a lie
 MAX_TEXTS = 16 << 20  # bytes of every text layer together
 DISK_MARGIN = 256 << 20
+# A registry on this machine: no latency for parallel ranges to hide (4 connections cost a
+# third of the rate on 2 cores, scripts/bench_pull.py).
+LOCAL_STREAMS = 1
 
 
 @dataclass(frozen=True)
@@ -250,9 +253,9 @@ def _fetch_blob(store: Store, registry: oci.Registry, part: Part, report: Report
             lambda done, total: report(
                 Event(label, digest=part.digest, completed=done, total=total)
             ),
-            # On this machine there is no latency for parallel ranges to hide: one connection
-            # (4 here cost a third of the rate on 2 cores, bench_pull.py).
-            streams=1 if oci.is_loopback(registry.target.host.rsplit(":", 1)[0]) else None,
+            streams=LOCAL_STREAMS
+            if oci.is_loopback(registry.target.host.rsplit(":", 1)[0])
+            else None,
         )
         try:
             header = scan.scan(path)
