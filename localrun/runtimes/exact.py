@@ -17,12 +17,11 @@ cut into segments at fixed positions and merged in order, run in turn for many r
 side by the threads for a few. So a row's arithmetic is the same in any batch and at any thread
 count. Other KV cache types (quantized, bf16) take the row-by-row kernel at every row count.
 
-The weights' products were batch-invariant on the x86 CPUs measured for quantized weights, but
-not everywhere: llamafile's sgemm serves two rows or more and ggml's dot product a lone row, and
-for float weights (F32, F16, BF16) the two sum in different orders, so a lone row of a float
-model takes sgemm too here; on ARM (measured under qemu) the same split holds for quantized
-weights as well, so llamafile is left out of an ARM build; and ARM's int8 matrix multiplication
-(i8mm) takes two rows a dot product where the batch's shape allows, which is turned off.
+The weights' products must be batch-invariant too, and in the installed library they are not
+everywhere: a batch of some size takes another kernel than a lone row (llamafile's sgemm,
+ARM's repacked gemm against its gemv, x86's tiled K-quant matmul). runtimes/exact_edits.py
+holds the edits that make each row's sum the same in any batch, and says what each was found
+with.
 It is built for this CPU (-march=native) and loaded only on the CPU it was built for.
 
 It is loaded before llama_cpp (engine/native.py calls `preload`): the installed libggml-base
@@ -45,6 +44,7 @@ from pathlib import Path
 
 from localrun.errors import RuntimeBuildError
 from localrun.runtimes import layout
+from localrun.runtimes.exact_edits import EDITS, SUPERSEDED
 from localrun.runtimes.layout import Runtime
 
 BACKEND = "exact"
@@ -55,45 +55,6 @@ GGML_CPU = Path("ggml") / "src" / "ggml-cpu"
 # and the kernel choice) becomes fattn_exact.cpp.
 KERNEL_FROM = "static void ggml_compute_forward_flash_attn_ext_tiled("
 KERNEL_TO = "void ggml_compute_forward_flash_attn_ext(\n"
-# (file, the installed source's text, the exact runtime's): the segment size and the partials'
-# buffer, and the op's planned scratch (a thread's, with the merged rows, then the partials).
-EDITS = (
-    (
-        "common.h",
-        "#define GGML_FA_TILE_KV 64\n",
-        "#define GGML_FA_TILE_KV 64\n"
-        "// localrun (exact): the KV cells' segments, and the bytes of their partial results\n"
-        "#define LOCALRUN_FA_SEG 256\n"
-        "#define LOCALRUN_FA_PARTIALS (8*1024*1024)\n",
-    ),
-    (
-        "ggml-cpu.c",
-        "size_t prefill  = sizeof(float)*(GGML_FA_TILE_Q*DK + 2*GGML_FA_TILE_Q*GGML_FA_TILE_KV + "
-        "GGML_FA_TILE_Q*DV + GGML_FA_TILE_KV*DV + GGML_FA_TILE_KV*DK)*n_tasks;",
-        "size_t prefill  = sizeof(float)*(GGML_FA_TILE_Q*DK + 2*GGML_FA_TILE_Q*GGML_FA_TILE_KV + "
-        "2*GGML_FA_TILE_Q*DV + GGML_FA_TILE_KV*DV + GGML_FA_TILE_KV*DK + CACHE_LINE_SIZE_F32)"
-        "*n_tasks + LOCALRUN_FA_PARTIALS;",
-    ),
-    (
-        # The weights' products: one row a dot product in any batch. With int8 matrix
-        # multiplication (ARM's i8mm) Q4_0, Q4_1 and Q8_0 take two rows a dot product where the
-        # batch's shape allows, and sum them in another order.
-        "ggml-cpu.c",
-        "        int64_t num_rows_per_vec_dot = vec_dot_num_rows;\n",
-        "        int64_t num_rows_per_vec_dot = vec_dot_num_rows;\n"
-        "        num_rows_per_vec_dot = 1; // localrun (exact): one row a dot product\n",
-    ),
-    (
-        # llamafile's sgemm serves two rows or more, ggml's dot product a lone one, and for float
-        # weights (F32, F16, BF16) they sum in different orders: a lone row takes sgemm too (its
-        # sum for an element is one chain whatever the tile, as for the rows of a batch).
-        "llamafile/sgemm.cpp",
-        "#if !defined(__MMA__)\n    if (n < 2)\n        return false;\n#endif\n",
-        "#if !defined(__MMA__)\n    // localrun (exact): float weights take it for a lone row\n"
-        "    if (n < 2 && Atype != GGML_TYPE_F32 && Atype != GGML_TYPE_F16 && "
-        "Atype != GGML_TYPE_BF16)\n        return false;\n#endif\n",
-    ),
-)
 
 
 def patch_source(tree: Path) -> None:
@@ -122,6 +83,9 @@ def patch_source(tree: Path) -> None:
     for name, old, new in EDITS:
         if new in texts[name]:
             continue  # an earlier install's
+        for earlier in SUPERSEDED.get(new, ()):  # an earlier localrun's edit: this one instead
+            if texts[name].count(earlier) == 1:
+                texts[name] = texts[name].replace(earlier, old)
         if texts[name].count(old) != 1:
             raise _not_this_source()
         texts[name] = texts[name].replace(old, new)

@@ -14,7 +14,6 @@ added. (The CUDA 12 nvcc wheel holds no nvcc.)
 from __future__ import annotations
 
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -100,12 +99,9 @@ def cpu() -> Toolchain:
         (c for c in ("c++", "g++", "clang++") if shutil.which(c)), "c++"
     )
     version = _version([cxx, "--version"], r"(\d+\.\d+(?:\.\d+)?)")
+    # Every kernel the installed library has is kept (llamafile's sgemm, repacking): the source
+    # edits of runtimes/exact_edits.py make them batch-invariant, on ARM too.
     args: tuple[str, ...] = ("-DGGML_NATIVE=ON", "-DGGML_BACKEND_DL=OFF")
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
-        # ARM (found under qemu): llamafile's sgemm serves a batch of 2 (F16: 8) rows or more
-        # and ggml's dot product fewer, and the repacked Q8_0 kernels fuse their multiply-adds
-        # for a lone row only, each summing in another order: every product takes the dot product.
-        args += ("-DGGML_LLAMAFILE=OFF", "-DGGML_CPU_REPACK=OFF")
     return Toolchain(
         backend="exact",
         description=f"{Path(cxx).name} {version or '?'}, -march=native",
