@@ -44,6 +44,7 @@ PIECE = 64 << 20  # bytes a Range request asks for
 STREAMS = 4  # connections at once for a blob of several pieces
 RETRIES = 4  # tries of a piece that gets no further, with 0.5, 1, 2, 4 s pauses
 BLOCK = 1 << 20  # bytes the hasher reads at a time
+SETTLE_LAG = 2  # pieces whose write-back runs while the hasher goes on (then it waits for it)
 MAX_WAIT = 30.0  # seconds a Retry-After may ask for
 _LOCAL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)  # never retried
 
@@ -334,18 +335,20 @@ class _Job:
     # -- hashing, the disk and progress
 
     def _hash(self, fd: int, recorded: int) -> str:
-        """The pieces in order, each hashed, then written out to the disk while the next is
-        hashed, and recorded as whole once it is there; '' when the job ended first."""
+        """The pieces in order, each hashed, then written out to the disk while the next
+        SETTLE_LAG are hashed, and recorded as whole once it is there; '' when the job ended
+        first (what was hashed is settled for the next try)."""
         hasher = hashlib.sha256()
         buffer = memoryview(bytearray(BLOCK))
         sync = sync_file_range()
+        settled = 0  # pieces on the disk and in the state
         for index in range(self.count):
             with self.lock:
                 while not self.done[index] and not self.stop:
                     self.lock.wait()
                 if not self.done[index]:
-                    if index > 0:  # the last piece hashed is kept for the next try
-                        self._settle(fd, index - 1, recorded, sync)
+                    for earlier in range(settled, index):
+                        self._settle(fd, earlier, recorded, sync)
                     return ""
             at, end = index * self.piece, index * self.piece + self._length(index)
             while at < end:
@@ -356,9 +359,11 @@ class _Job:
                 at += got
             if sync is not None:
                 sync(fd, index * self.piece, self._length(index), WRITE)  # starts, no wait
-            if index > 0:
-                self._settle(fd, index - 1, recorded, sync)
-        self._settle(fd, self.count - 1, recorded, sync)
+            if index - settled >= SETTLE_LAG:
+                self._settle(fd, settled, recorded, sync)
+                settled += 1
+        for earlier in range(settled, self.count):
+            self._settle(fd, earlier, recorded, sync)
         return "sha256:" + hasher.hexdigest()
 
     def _settle(self, fd: int, index: int, recorded: int, sync: Sync | None) -> None:
