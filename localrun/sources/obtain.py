@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from localrun import selfexec
-from localrun.errors import LocalrunError, ModelNotFoundError
+from localrun.errors import HubUnreachableError, LocalrunError, ModelNotFoundError
 from localrun.recipes import create
 from localrun.recipes.modelfile import Modelfile
 from localrun.settings import config
@@ -74,6 +74,11 @@ def from_registry(
 
     try:
         return registry.pull(store, ref.name, report or (lambda _: None), insecure=insecure)
+    except HubUnreachableError as exc:  # offline: which model, and which host
+        raise HubUnreachableError(
+            f"model '{ref.name}' not found: not in the store, and {exc.message} to pull it",
+            hint=exc.hint,
+        ) from None
     except ModelNotFoundError as exc:
         missing = ModelNotFoundError(str(ref.name))
         if not exc.suggest:  # the registry was asked: it says so, then the nearest names
