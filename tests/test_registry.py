@@ -21,7 +21,7 @@ from testmodels.files import write_split
 
 from localrun.errors import DownloadError, HubAuthError, LocalrunError, ModelNotFoundError
 from localrun.recipes import create, modelfile
-from localrun.sources import obtain, oci, push, ranges, registry
+from localrun.sources import hosts, obtain, oci, push, ranges, registry
 from localrun.store import names, reference
 from localrun.store.models import Store
 
@@ -278,7 +278,7 @@ def test_a_redirect_never_carries_the_token_and_never_leaves_https(
     fake.add("library/keeper", "latest", CONFIG, _ollama_layers(tiny_model.read_bytes()))
     registry.pull(store, names.parse("keeper"))
     assert fake.storage_auth == []
-    with oci.Registry(oci.Target("r.example", "https://r.example", "a/b", "latest")) as client:
+    with oci.Registry(hosts.Target("r.example", "https://r.example", "a/b", "latest")) as client:
         with pytest.raises(DownloadError, match="HTTPS to plain HTTP"):
             client._redirect("https://r.example/v2/a/b/blobs/x", "http://cdn.example/x")
         with pytest.raises(DownloadError, match="private address"):
@@ -305,7 +305,7 @@ def test_plain_http_only_for_loopback_or_where_the_user_allows_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def url(text: str, **kw: bool) -> str:
-        return oci.target(names.parse(text), **kw).url
+        return hosts.target(names.parse(text), **kw).url
 
     assert url("registry.example.com/a/b") == "https://registry.example.com"
     assert url("localhost:5000/a/b") == "http://localhost:5000"
@@ -317,7 +317,7 @@ def test_plain_http_only_for_loopback_or_where_the_user_allows_it(
     assert url("other.example.com:443/a/b") == "https://other.example.com:443"
     monkeypatch.setenv("LOCALRUN_REGISTRY", "https://mirror.example")
     assert url("llama3.3") == "https://mirror.example"
-    assert oci.target(names.parse("someone/model:v1")).repository == "someone/model"
+    assert hosts.target(names.parse("someone/model:v1")).repository == "someone/model"
 
 
 def test_offline_a_stored_name_answers_and_a_pull_names_the_host(

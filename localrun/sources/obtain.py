@@ -97,10 +97,10 @@ def origin(store: Store, ref: Reference) -> str:
     if ref.entry is not None:
         sources = [str(s.get("reference") or s.get("distribution")) for s in ref.entry.sources]
         return "localrun's catalog: " + ", ".join(sources)
-    from localrun.sources import oci
+    from localrun.sources import hosts
 
     try:
-        where = oci.target(ref.name)
+        where = hosts.target(ref.name)
     except ModelNotFoundError:
         return "nowhere: not in the store nor the catalog, and LOCALRUN_REGISTRY is off"
     library = " (Ollama's library)" if where.url == config.registry() else ""

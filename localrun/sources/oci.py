@@ -7,17 +7,12 @@
     POST /v2/<repository>/blobs/uploads/        an upload, then PUT <location>?digest=...
     PUT  /v2/<repository>/manifests/<tag>       the manifest, last
 
-Where a name lives (`target`): the default host (a name with no host, `namespace/name:tag`
-included) and `registry.ollama.ai` / `ollama.com` are Ollama's library at LOCALRUN_REGISTRY;
-`docker.io` is Docker Hub's registry-1.docker.io; any other host is a registry there, over
-HTTPS, or plain HTTP for a loopback address or a host in LOCALRUN_INSECURE_REGISTRIES.
-
-The rules for a registry that cannot be trusted:
-- a manifest, an error body or a token answer is read up to a bound, never whole;
+Where a name lives is sources/hosts.py's `target`. The rules for a registry that cannot be
+trusted:
 - a small body (a manifest, an error, a token answer) is read up to a bound in bytes and in
   time (SMALL_DEADLINE), never whole;
 - redirects are followed by hand, at most MAX_REDIRECTS, never to plain HTTP from HTTPS, never
-  from a public registry to a loopback, private, shared (100.64/10) or link-local address;
+  from a public registry to a private address (hosts.is_private);
   the registry's authorization goes to its own origin only, never with a redirect;
 - a login goes to the token service the registry names only over HTTPS (or on this machine, or
   the registry's own host when that is plain HTTP);
@@ -34,10 +29,8 @@ rebinding); a proxy in HTTPS_PROXY sees what the user sends through it.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,14 +49,9 @@ from localrun.errors import (
     LocalrunError,
     ModelNotFoundError,
 )
-from localrun.settings import config
 from localrun.sources import ranges
+from localrun.sources.hosts import Target, is_loopback, is_private
 from localrun.sources.logins import Secret, credentials
-from localrun.store.names import DEFAULT_HOST, ModelName
-
-OLLAMA_HOSTS = ("registry.ollama.ai", "ollama.com", "www.ollama.com")
-DOCKER_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io", "registry.docker.io")
-DOCKER_API = "https://registry-1.docker.io"
 
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -83,92 +71,9 @@ READ_TIMEOUT = 60.0  # seconds without a byte: a stalled transfer is dropped and
 SMALL_DEADLINE = 120.0  # seconds a small body may take in all
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
-_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT, cloud metadata services
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _REDIRECTS = (301, 302, 303, 307, 308)
 Body = bytes | Callable[[], Iterator[bytes]] | None  # a request's content; a callable: per try
 _CHALLENGE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]*))')
-
-
-@dataclass(frozen=True)
-class Target:
-    """A name's place: the host as shown, the registry's URL, the repository and the tag."""
-
-    host: str  # registry.ollama.ai, docker.io, localhost:5000
-    url: str  # https://registry.ollama.ai (no trailing slash)
-    repository: str  # library/llama3.2
-    tag: str
-
-    @property
-    def shown(self) -> str:
-        return f"{self.host}/{self.repository}:{self.tag}"
-
-
-def target(name: ModelName, *, insecure: bool = False) -> Target:
-    """Where `name` is pulled from or pushed to (see the module docstring); `insecure`: over
-    plain HTTP whatever the host."""
-    repository = f"{name.namespace}/{name.name}"
-    if name.host == DEFAULT_HOST or name.host in OLLAMA_HOSTS:
-        url = config.registry()
-        if not url:  # LOCALRUN_REGISTRY=off: the name is simply not known here
-            raise ModelNotFoundError(str(name))
-        return Target(urlsplit(url).netloc or url, url, repository, name.tag)
-    if name.host in DOCKER_HOSTS:
-        return Target("docker.io", DOCKER_API, repository, name.tag)
-    scheme = "http" if insecure else _scheme(name.host)
-    return Target(name.host, f"{scheme}://{name.host}", repository, name.tag)
-
-
-def _scheme(host: str) -> str:
-    bare = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    allowed = config.insecure_registries()
-    return "http" if is_loopback(bare) or host in allowed or bare in allowed else "https"
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_private(host: str) -> bool:
-    """Whether `host` is (or resolves to) a loopback, private or link-local address."""
-    host = host.strip("[]")
-    try:
-        addresses = [ipaddress.ip_address(host)]
-    except ValueError:
-        try:
-            infos = socket.getaddrinfo(host, None)
-        except OSError:
-            return False  # the request itself will say it cannot reach it
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    return any(_private(a) for a in addresses)
-
-
-def _private(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address):
-        inner = address.ipv4_mapped or (
-            ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in _NAT64 else None
-        )
-        if inner is not None:
-            return _private(inner)
-    elif address in _SHARED:
-        return True
-    return (
-        address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_reserved
-        or address.is_unspecified
-        or address.is_multicast
-    )
-
-
-# -- the client -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -354,7 +259,7 @@ class Registry:
                 hint="the registry or something between us is misbehaving; nothing was saved",
             )
         source = urlsplit(self.target.url).hostname or ""
-        if not _is_private(source) and _is_private(hostname):
+        if not is_private(source) and is_private(hostname):
             raise DownloadError(
                 f"{self.target.host}: a redirect to a private address ({hostname})",
                 hint="a public registry never stores blobs on this machine's network; "

@@ -20,7 +20,7 @@ from typing import Any
 
 from localrun.errors import LocalrunError, MissingBlobError
 from localrun.recipes.create import Event, Reporter
-from localrun.sources import oci
+from localrun.sources import hosts, oci
 from localrun.store.manifest import Layer
 from localrun.store.models import Store
 from localrun.store.names import ModelName
@@ -51,7 +51,7 @@ def push(
         report(Event(f"not pushed: the {', '.join(left)} layer (Ollama's format has no place)"))
     ollama_config = _ollama_config(config, layers)
     config_digest, config_size = store.add_bytes(ollama_config)
-    where = oci.target(name, insecure=insecure)
+    where = hosts.target(name, insecure=insecure)
     with oci.Registry(where, push=True) as registry:
         report(Event(f"pushing to {where.shown}"))
         blobs = [Layer(CONFIG, config_digest, config_size)] + [

@@ -45,7 +45,7 @@ from localrun.gguf import scan
 from localrun.recipes import create
 from localrun.recipes.create import Event, Reporter
 from localrun.recipes.modelfile import Modelfile
-from localrun.sources import oci, ollama_store, ranges
+from localrun.sources import hosts, oci, ollama_store, ranges
 from localrun.sources.found import MAX_TEXT
 from localrun.sources.pull import gguf_texts
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, check_digest
@@ -104,7 +104,7 @@ def pull(
 ) -> str:
     """Pull `name` from its registry into the store under `name` (`insecure`: over plain
     HTTP, as `ollama pull --insecure`); the digest of the manifest written."""
-    where = oci.target(name, insecure=insecure)
+    where = hosts.target(name, insecure=insecure)
     report(Event("pulling manifest"))
     with oci.Registry(where) as registry:
         plan = read_plan(registry)
@@ -254,7 +254,7 @@ def _fetch_blob(store: Store, registry: oci.Registry, part: Part, report: Report
                 Event(label, digest=part.digest, completed=done, total=total)
             ),
             streams=LOCAL_STREAMS
-            if oci.is_loopback(registry.target.host.rsplit(":", 1)[0])
+            if hosts.is_loopback(registry.target.host.rsplit(":", 1)[0])
             else None,
         )
         try:
@@ -324,7 +324,7 @@ def _texts(store: Store, registry: oci.Registry, plan: Plan) -> dict[Part, bytes
     return texts
 
 
-def _base(store: Store, where: oci.Target, plan: Plan, settings: dict[str, Any]) -> Manifest:
+def _base(store: Store, where: hosts.Target, plan: Plan, settings: dict[str, Any]) -> Manifest:
     """The weights' layers and their config: the base `create` adds the text layers to."""
     layers = [Layer(MEDIA_TYPES[p.kind], p.digest, p.size) for p in plan.parts if p.kind in BLOBS]
     models = [store.blob_path(layer.digest) for layer in layers if layer.kind == "model"]
@@ -368,7 +368,9 @@ def _docker_config(registry: oci.Registry, part: Part) -> dict[str, Any]:
     }
 
 
-def _modelfile(texts: dict[Part, bytes], where: oci.Target, settings: dict[str, Any]) -> Modelfile:
+def _modelfile(
+    texts: dict[Part, bytes], where: hosts.Target, settings: dict[str, Any]
+) -> Modelfile:
     """The text layers as a Modelfile's lines (FROM the base, named as the registry names it)."""
     shown = Path(where.shown)
     # FROM the base, named as the registry names the model (a tag that ends in .gguf is left
