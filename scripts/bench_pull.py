@@ -109,12 +109,16 @@ def _hf_download(url: str, folder: Path, durable: bool = False) -> float:
     start = time.perf_counter()
     path = hf_hub_download(REPO, FILE, local_dir=folder, endpoint=url, token=False)
     if durable:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(Path(path))
     return time.perf_counter() - start
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _localrun_pull(url: str, home: Path) -> float:
@@ -248,11 +252,7 @@ def _cp_fsync(source: Path, target: Path, verify: bool = False) -> float:
     if verify:
         hasher = ["openssl", "dgst", "-sha256"] if shutil.which("openssl") else ["sha256sum"]
         subprocess.run([*hasher, str(target)], check=True, capture_output=True)
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(target)
     return time.perf_counter() - start
 
 
