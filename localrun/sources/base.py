@@ -49,6 +49,12 @@ def download_os_error(what: str, exc: OSError) -> LocalrunError:
     return DownloadError(f"{what}: {exc}")
 
 
+def reason(exc: BaseException) -> str:
+    """An exception's first line, bounded, for a one-line error (its type when it has none)."""
+    text = str(exc).splitlines()[0][:160] if str(exc) else ""
+    return text or type(exc).__name__
+
+
 @contextmanager
 def translated(translate: Callable[[Exception], LocalrunError | None]) -> Iterator[None]:
     """Raise what `translate` makes of an exception in the block (from it), where the hub's

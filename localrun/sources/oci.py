@@ -50,6 +50,7 @@ from localrun.errors import (
     ModelNotFoundError,
 )
 from localrun.sources import ranges
+from localrun.sources.base import reason
 from localrun.sources.hosts import Target, is_loopback, is_private
 from localrun.sources.logins import Secret, credentials
 
@@ -207,7 +208,7 @@ class Registry:
                 try:
                     response = self.client.send(request, stream=True)
                 except httpx.TransportError as exc:
-                    raise ConnectionError(_reason(exc)) from None
+                    raise ConnectionError(reason(exc)) from None
                 try:
                     status = response.status_code
                     if status in (401, 403) and attempt == 0:
@@ -453,7 +454,7 @@ def read_bounded(response: httpx.Response, limit: int, what: str) -> bytes:
             if time.monotonic() > deadline:
                 raise DownloadError(f"{what} took over {SMALL_DEADLINE:.0f} s; it was dropped")
     except httpx.HTTPError as exc:  # a broken connection, a body that does not decode
-        raise DownloadError(f"{what}: {_reason(exc)}") from None
+        raise DownloadError(f"{what}: {reason(exc)}") from None
     return bytes(data)
 
 
@@ -470,12 +471,7 @@ def _chunks(response: httpx.Response) -> Iterator[bytes]:
     try:
         yield from response.iter_raw()
     except httpx.HTTPError as exc:
-        raise ConnectionError(_reason(exc)) from None
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:160] if str(exc) else ""
-    return text or type(exc).__name__
+        raise ConnectionError(reason(exc)) from None
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -500,6 +496,6 @@ def _origin(url: str) -> tuple[str, str]:
 def unreachable(host: str, exc: BaseException) -> HubUnreachableError:
     """A registry that cannot be reached: the host, and why, in one line."""
     return HubUnreachableError(
-        f"cannot reach {host} ({_reason(exc)})",
+        f"cannot reach {host} ({reason(exc)})",
         hint="check the network (models already in the store work offline)",
     )

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localrun.errors import DownloadError, LocalrunError
-from localrun.sources.base import download_os_error
+from localrun.sources.base import download_os_error, reason
 from localrun.sources.partial import WAIT_AFTER, WAIT_BEFORE, WRITE, drop, sync_file_range
 
 PIECE = 64 << 20  # bytes a Range request asks for
@@ -271,7 +271,7 @@ class _Job:
                     best, attempt = self.got[index], 0
                 if attempt >= RETRIES or self.halt:
                     raise DownloadError(
-                        f"{self.blob.what}: the download broke off ({_reason(exc)}); run the "
+                        f"{self.blob.what}: the download broke off ({reason(exc)}); run the "
                         "pull again to resume it"
                     ) from None
                 pause = max(0.5 * 2**attempt, getattr(exc, "after", 0.0))
@@ -391,8 +391,3 @@ def _write_at(fd: int, data: bytes, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:120] if str(exc) else ""
-    return text or type(exc).__name__
