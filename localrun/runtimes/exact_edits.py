@@ -14,8 +14,8 @@ matrix multiplication, SVE; GCC and clang):
   sgemm too for float weights, and on ARM for Q8_0 and Q4_0 as well;
 - ARM's repacked kernels: each gemv sums a row as its gemm does (fused multiply-adds where the
   compiler left them unfused, K-quant scales applied once a block);
-- x86's tiled K-quant matmul (tiled/tiled.cpp: 8 rows or more of Q2_K..Q6_K and IQ weights that
-  are not repacked) is off: fewer rows took the dot product, which sums in another order.
+- x86's tiled K-quant matmul (tiled/: 8 rows or more of K-quant weights that are not repacked)
+  and the dot product (fewer rows) sum alike: exact_edits_x86.X86_EDITS.
 
 `SUPERSEDED` maps an edit's new text to what earlier versions of localrun wrote for it, so a
 source tree an earlier install patched is patched again rather than refused.
@@ -24,6 +24,8 @@ source tree an earlier install patched is patched again rather than refused.
 # ruff: noqa: E501 (the C source's own lines, quoted as they are)
 
 from __future__ import annotations
+
+from localrun.runtimes.exact_edits_x86 import X86_EDITS
 
 EDITS: tuple[tuple[str, str, str], ...] = (
     (
@@ -125,6 +127,7 @@ EDITS: tuple[tuple[str, str, str], ...] = (
         "                    // 0123 or 4567\n                    float32x4_t sumf_0 =\n                        vcvtq_f32_s32(vmulq_s32(vmovl_s16(group_scales_lo), vpaddq_s32(acc_lo[p], acc_lo[p + 1])));\n                    acc_f32[i] = vfmaq_f32(acc_f32[i], sb_scale, sumf_0);\n\n                    float32x4_t sumf_1 =\n                        vcvtq_f32_s32(vmulq_s32(vmovl_s16(group_scales_hi), vpaddq_s32(acc_hi[p], acc_hi[p + 1])));\n                    acc_f32[i] = vfmaq_f32(acc_f32[i], sb_scale, sumf_1);\n\n                    // FUSED BIAS: Compute and subtract bias immediately\n                    // bias = (bsums_lo * mins_lo + bsums_hi * mins_hi) * sb_min\n                    int32x4_t bias       = vmull_s16(bsums_vec_lo, group_mins_lo);\n                    bias                 = vmlal_s16(bias, bsums_vec_hi, group_mins_hi);\n                    float32x4_t bias_f32 = vcvtq_f32_s32(bias);\n                    acc_f32[i]           = vmlsq_f32(acc_f32[i], sb_min, bias_f32);\n                }\n            }  // for sb\n",
         "                    // localrun (exact): 0123 or 4567, in integers until the block's end\n                    acc_i32[i]  = vmlaq_s32(acc_i32[i], vmovl_s16(group_scales_lo), vpaddq_s32(acc_lo[p], acc_lo[p + 1]));\n                    acc_i32[i]  = vmlaq_s32(acc_i32[i], vmovl_s16(group_scales_hi), vpaddq_s32(acc_hi[p], acc_hi[p + 1]));\n                    bias_i32[i] = vmlal_s16(bias_i32[i], bsums_vec_lo, group_mins_lo);\n                    bias_i32[i] = vmlal_s16(bias_i32[i], bsums_vec_hi, group_mins_hi);\n                    (void) sb_scale;\n                    (void) sb_min;\n                }\n            }  // for sb\n            acc_f32[0] = vfmsq_f32(acc_f32[0], vcvtq_f32_s32(bias_i32[0]), sb_min_0);\n            acc_f32[1] = vfmsq_f32(acc_f32[1], vcvtq_f32_s32(bias_i32[1]), sb_min_1);\n            acc_f32[0] = vfmaq_f32(acc_f32[0], vcvtq_f32_s32(acc_i32[0]), sb_scale_0);\n            acc_f32[1] = vfmaq_f32(acc_f32[1], vcvtq_f32_s32(acc_i32[1]), sb_scale_1);\n",
     ),
+    *X86_EDITS,
 )
 
 SUPERSEDED: dict[str, tuple[str, ...]] = {
