@@ -3,6 +3,7 @@
 
     scripts/probe_batch_invariance.py [--model GGUF] [--kv f16,q8_0,bf16] [--fa 1,0]
                                       [--prompts 30,100,700] [--threads N] [--ops]
+                                      [--gpu-layers N]
 
 The context is made as localrun makes it (engine.weights.Weights.context_params: one KV stream a
 sequence, its batch sizes, repacking as the machine's), with flash attention and the KV cache's
@@ -19,7 +20,9 @@ type set by the options. A prompt's last token is evaluated five ways:
 Each row is compared with the reference bit for bit: `=` or the largest difference. With `--ops`,
 each node of the graph whose rows are the batch's tokens (a layer's norm, attention output,
 FFN output, the logits) is recorded for the token's row, and a difference names the first node
-where the bits part: the operation to make independent of the batch.
+where the bits part: the operation to make independent of the batch. `--gpu-layers N` puts N
+layers on the GPU runtime localrun loads (`localrun runtime select`; Vulkan on Mesa's lavapipe
+with GGML_VK_VISIBLE_DEVICES=0).
 """
 
 from __future__ import annotations
@@ -125,13 +128,14 @@ def decode(ctx: Any, rows: list[tuple[int, int, int, bool]], n_vocab: int) -> di
         batch.n_tokens = len(rows)
         if lc.llama_decode(ctx, batch) != 0:
             raise RuntimeError("llama_decode failed")
-        return {
-            (seq, pos): np.ctypeslib.as_array(
-                lc.llama_get_logits_ith(ctx, i), shape=(n_vocab,)
-            ).copy()
-            for i, (_, pos, seq, logits) in enumerate(rows)
-            if logits
-        }
+        out = {}
+        for i, (_, pos, seq, logits) in enumerate(rows):
+            if logits:
+                row = lc.llama_get_logits_ith(ctx, i)
+                if not row:
+                    raise RuntimeError(f"llama.cpp gave no logits for row {i}")
+                out[seq, pos] = np.ctypeslib.as_array(row, shape=(n_vocab,)).copy()
+        return out
     finally:
         lc.llama_batch_free(batch)
 
@@ -140,7 +144,9 @@ def probe(weights: Weights, args: argparse.Namespace, fa: int, kv: str, n: int) 
     n_vocab = weights.n_vocab
     prompt = [(i * 7919) % (n_vocab - 10) + 5 for i in range(n)]
     other = [(i * 104729) % (n_vocab - 10) + 5 for i in range(41)]
-    options = LoadOptions(num_ctx=4096, num_thread=args.threads, num_batch=2048)
+    options = LoadOptions(
+        num_ctx=4096, num_thread=args.threads, num_batch=2048, num_gpu=args.gpu_layers
+    )
     cparams = weights.context_params(options, 2 * 4096)
     cparams.n_seq_max, cparams.kv_unified = 2, False
     cparams.n_ubatch = 2048  # the whole prompt in one ubatch: its rows are recorded as one
@@ -200,11 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", default="30,100,700", help="prompt lengths, tokens")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ops", action="store_true", help="name the first node that differs")
+    parser.add_argument(
+        "--gpu-layers", type=int, default=0, help="layers on the GPU runtime localrun loads"
+    )
     args = parser.parse_args(argv)
+    if args.ops and args.gpu_layers:
+        parser.error("--ops reads the graph's tensors in host memory: not with --gpu-layers")
     model = args.model or default_model()
     if model is None:
         parser.error("needs --model or the SmolLM2 starter")
-    weights = Weights(str(model), LoadOptions(num_ctx=4096, num_thread=args.threads))
+    weights = Weights(
+        str(model),
+        LoadOptions(num_ctx=4096, num_thread=args.threads, num_gpu=args.gpu_layers),
+    )
     try:
         for fa in (int(x) for x in args.fa.split(",")):
             for kv in args.kv.split(","):
