@@ -38,6 +38,66 @@
 #define FA_EXACT_NOINLINE
 #endif
 
+// The largest of x[0..n): the hottest loop of a prompt's tiles as ggml_vec_max_f32's serial
+// scalar chain. A maximum does not depend on the order it is taken in (ties of +0 and -0 aside,
+// which subtract and exponentiate alike), so vectors give ggml_vec_max_f32's value.
+static inline float fa_exact_max(int n, const float * x) {
+    float m = -INFINITY;
+    int i = 0;
+#if defined(__AVX512F__)
+    __m512 v = _mm512_set1_ps(-INFINITY);
+    for (; i + 16 <= n; i += 16) {
+        v = _mm512_max_ps(v, _mm512_loadu_ps(x + i));
+    }
+    m = _mm512_reduce_max_ps(v);
+#elif defined(__AVX__)
+    __m256 v = _mm256_set1_ps(-INFINITY);
+    for (; i + 8 <= n; i += 8) {
+        v = _mm256_max_ps(v, _mm256_loadu_ps(x + i));
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    m = _mm_cvtss_f32(h);
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+    float32x4_t v = vdupq_n_f32(-INFINITY);
+    for (; i + 4 <= n; i += 4) {
+        v = vmaxq_f32(v, vld1q_f32(x + i));
+    }
+    m = vmaxvq_f32(v);
+#endif
+    for (; i < n; ++i) {
+        m = MAX(m, x[i]);
+    }
+    return m;
+}
+
+// Whether every one of x[0..n) is -inf (a mask tile that hides every cell from these rows).
+static inline bool fa_exact_all_hidden(int n, const float * x) {
+    int i = 0;
+#if defined(__AVX512F__)
+    const __m512 hidden = _mm512_set1_ps(-INFINITY);
+    for (; i + 16 <= n; i += 16) {
+        if (_mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), hidden, _CMP_NEQ_UQ)) {
+            return false;
+        }
+    }
+#elif defined(__AVX__)
+    const __m256 hidden = _mm256_set1_ps(-INFINITY);
+    for (; i + 8 <= n; i += 8) {
+        if (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), hidden, _CMP_NEQ_UQ))) {
+            return false;
+        }
+    }
+#endif
+    for (; i < n; ++i) {
+        if (x[i] != -INFINITY) {
+            return false;
+        }
+    }
+    return true;
+}
+
 struct fa_exact_op {
     const ggml_tensor * q;
     const ggml_tensor * k;
@@ -197,11 +257,7 @@ static void FA_EXACT_NOINLINE fa_exact_segment(
                         m32[tk] = t.slope[tq] * m32[tk];
                     }
                 }
-                bool all_inf = true;
-                for (int tk = 0; tk < kv_tile; tk++) {
-                    all_inf &= m32[tk] == -INFINITY;
-                }
-                can_skip &= all_inf;
+                can_skip = can_skip && fa_exact_all_hidden(kv_tile, m32);
                 for (int tk = kv_tile; tk < KV_TILE_SZ; tk++) {
                     m32[tk] = -INFINITY;
                 }
@@ -258,8 +314,7 @@ static void FA_EXACT_NOINLINE fa_exact_segment(
         for (int tq = 0; tq < tile_rows; tq++) {
             float * kq_row = KQ + tq * KV_TILE_SZ;
 
-            float tile_max;
-            ggml_vec_max_f32(KV_TILE_SZ, &tile_max, kq_row);
+            const float tile_max = fa_exact_max(KV_TILE_SZ, kq_row);
 
             if (tile_max == -INFINITY) {
                 skip[tq] = true;
