@@ -112,7 +112,7 @@ def test_the_exact_patch_refuses_another_source_and_replaces_its_own(tmp_path: P
     from localrun.runtimes import exact
 
     folder = tmp_path / exact.GGML_CPU
-    names = ("ops.cpp", *{edit[0] for edit in exact.EDITS})
+    names = ("ops.cpp", *{edit[0] for edit in (*exact.EDITS, *exact.BRANCH_EDITS)})
     assert "llamafile/sgemm.cpp" in names  # the weights' products, not only the attention
     for name in names:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +123,11 @@ def test_the_exact_patch_refuses_another_source_and_replaces_its_own(tmp_path: P
     (folder / "ops.cpp").write_text(ops)
     for name in names[1:]:
         olds = [old for file, old, _ in exact.EDITS if file == name]
+        for file, scope, pairs in exact.BRANCH_EDITS:  # a function whose AVX2 branch holds them
+            if file == name:
+                body = "\nmiddle\n".join(old for old, _ in pairs)
+                branch = f"#if defined __AVX2__\n{body}\n#elif defined __AVX__\n#endif\n"
+                olds.append(f"{scope})\n{branch}}}")
         (folder / name).write_text("top\n" + "\nmiddle\n".join(olds) + "\nbottom\n")
     exact.patch_source(tmp_path)
 
@@ -136,6 +141,7 @@ def test_the_exact_patch_refuses_another_source_and_replaces_its_own(tmp_path: P
     )
     assert patched["ops.cpp"].endswith(f"{exact.KERNEL_TO}  entry }}\n")
     assert all(new in patched[file] for file, _, new in exact.EDITS)
+    assert all(new in patched[file] for file, _, pairs in exact.BRANCH_EDITS for _, new in pairs)
     exact.patch_source(tmp_path)  # again: nothing changes
     assert files() == patched
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from localrun.errors import RuntimeBuildError
 from localrun.runtimes import layout
-from localrun.runtimes.exact_edits import EDITS, SUPERSEDED
+from localrun.runtimes.exact_edits import BRANCH_EDITS, EDITS, SUPERSEDED
 from localrun.runtimes.layout import Runtime
 
 BACKEND = "exact"
@@ -62,7 +62,8 @@ def patch_source(tree: Path) -> None:
     source is not the one this change was written for."""
     folder = tree / GGML_CPU
     texts: dict[str, str] = {}
-    for name in dict.fromkeys(("ops.cpp", *(edit[0] for edit in EDITS))):  # each file once
+    names = ("ops.cpp", *(edit[0] for edit in EDITS), *(edit[0] for edit in BRANCH_EDITS))
+    for name in dict.fromkeys(names):  # each file once
         try:
             texts[name] = (folder / name).read_text(encoding="utf-8")
         except OSError as exc:
@@ -89,9 +90,52 @@ def patch_source(tree: Path) -> None:
         if texts[name].count(old) != 1:
             raise _not_this_source()
         texts[name] = texts[name].replace(old, new)
+    for name, scope, pairs in BRANCH_EDITS:
+        texts[name] = _patch_branch(texts[name], scope, pairs)
     for name, text in texts.items():
         if text != before[name]:  # an unchanged file is not compiled again
             (folder / name).write_text(text, encoding="utf-8")
+
+
+def _patch_branch(text: str, scope: str, pairs: tuple[tuple[str, str], ...]) -> str:
+    """`text` with the (old, new) pairs made in the AVX2 branch of the function `scope` opens
+    (exact_edits_x86.X86_BRANCH_EDITS); unchanged where an earlier install made them."""
+    if text.count(scope) != 1:
+        raise _not_this_source()
+    opened = [text.find(mark, text.index(scope)) for mark in _AVX2_BRANCH]
+    start = min((at for at in opened if at >= 0), default=-1)
+    end = _branch_end(text, start) if start >= 0 else -1
+    if end < 0:
+        raise _not_this_source()
+    branch = text[start:end]
+    if "localrun (exact)" in branch:
+        return text  # an earlier install's
+    for old, new in pairs:
+        if branch.count(old) != 1:
+            raise _not_this_source()
+        branch = branch.replace(old, new)
+    return text[:start] + branch + text[end:]
+
+
+_AVX2_BRANCH = ("#if defined __AVX2__", "#if defined(__AVX2__)")
+
+
+def _branch_end(text: str, start: int) -> int:
+    """Where the #if branch opened at `start` ends: its #elif or #else (nested ones skipped)."""
+    depth, at = 0, start
+    while at >= 0:
+        line = text[at : text.find("\n", at)].lstrip()
+        if line.startswith("#if"):
+            depth += 1
+        elif line.startswith("#endif"):
+            depth -= 1
+        elif line.startswith(("#elif", "#else")) and depth == 1:
+            return at
+        if depth == 0:
+            return at
+        at = text.find("\n#", at + 1)
+        at = at + 1 if at >= 0 else -1
+    return -1
 
 
 def _not_this_source() -> RuntimeBuildError:

@@ -25,7 +25,7 @@ source tree an earlier install patched is patched again rather than refused.
 
 from __future__ import annotations
 
-from localrun.runtimes.exact_edits_x86 import X86_EDITS
+from localrun.runtimes.exact_edits_x86 import X86_BRANCH_EDITS, X86_EDITS
 
 EDITS: tuple[tuple[str, str, str], ...] = (
     (
@@ -129,6 +129,8 @@ EDITS: tuple[tuple[str, str, str], ...] = (
     ),
     *X86_EDITS,
 )
+
+BRANCH_EDITS = X86_BRANCH_EDITS
 
 SUPERSEDED: dict[str, tuple[str, ...]] = {
     EDITS[3][2]: (
