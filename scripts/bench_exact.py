@@ -18,7 +18,8 @@ Stacks, each round:
   llama-server installed / exact  one /completion of the rewrite prompt padded to about 500
                                   tokens, 64 tokens decoded, after one unmeasured: its timings
   localrun off / on               `localrun run NAME PROMPT --verbose` with LOCALRUN_EXACT off
-                                  and on: its `eval rate` and `prompt eval rate`
+                                  and on, the same ~500-token prompt: its `eval rate` and
+                                  `prompt eval rate`
 """
 
 from __future__ import annotations
@@ -103,7 +104,9 @@ def llama_server(
 def localrun_run(name: str, threads: int, exact_mode: str) -> dict[str, float]:
     env = {**os.environ, "LOCALRUN_EXACT": exact_mode}
     params = ("temperature=0", f"num_thread={threads}", "num_predict=128", "speculate=off")
-    cmd = [sys.executable, "-m", "localrun", "run", name, PROMPT, "--verbose"]
+    # The long prompt, as llama-server's: a 70-token prompt took 0.2-0.5 s and its rate moved by
+    # a third between identical runs.
+    cmd = [sys.executable, "-m", "localrun", "run", name, LONG_PROMPT, "--verbose"]
     cmd += [arg for p in params for arg in ("--param", p)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=True)
     out = {}

@@ -107,28 +107,41 @@ def test_an_exact_runtime_of_another_cpu_or_a_damaged_one_is_not_loaded(
     assert built["exact"] is None and "damaged" in built["exact_warning"], built
 
 
-def test_the_exact_patch_refuses_another_source_and_replaces_its_own(tmp_path: Path) -> None:
-    from localrun.errors import RuntimeBuildError
+def write_exact_source(tree: Path) -> tuple[str, ...]:
+    """A source whose ggml-cpu files hold exactly the texts the exact runtime changes (each
+    branch edit's in its function's AVX2 branch); the files' names, ops.cpp first."""
     from localrun.runtimes import exact
 
-    folder = tmp_path / exact.GGML_CPU
+    folder = tree / exact.GGML_CPU
     names = ("ops.cpp", *{edit[0] for edit in (*exact.EDITS, *exact.BRANCH_EDITS)})
-    assert "llamafile/sgemm.cpp" in names  # the weights' products, not only the attention
     for name in names:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text("// another llama.cpp\n")
-    with pytest.raises(RuntimeBuildError, match="not the one the exact runtime changes"):
-        exact.patch_source(tmp_path)
     ops = f"head\n{exact.KERNEL_FROM} old kernel }}\n{exact.KERNEL_TO}  entry }}\n"
     (folder / "ops.cpp").write_text(ops)
     for name in names[1:]:
         olds = [old for file, old, _ in exact.EDITS if file == name]
-        for file, scope, pairs in exact.BRANCH_EDITS:  # a function whose AVX2 branch holds them
+        for file, scope, pairs in exact.BRANCH_EDITS:
             if file == name:
                 body = "\nmiddle\n".join(old for old, _ in pairs)
                 branch = f"#if defined __AVX2__\n{body}\n#elif defined __AVX__\n#endif\n"
                 olds.append(f"{scope})\n{branch}}}")
         (folder / name).write_text("top\n" + "\nmiddle\n".join(olds) + "\nbottom\n")
+    return names
+
+
+def test_the_exact_patch_refuses_another_source_and_replaces_its_own(tmp_path: Path) -> None:
+    from localrun.errors import RuntimeBuildError
+    from localrun.runtimes import exact
+
+    folder = tmp_path / exact.GGML_CPU
+    names = write_exact_source(tmp_path)
+    assert "llamafile/sgemm.cpp" in names  # the weights' products, not only the attention
+    assert "arch/x86/quants.c" in names  # x86's K-quant dot products
+    for name in names:
+        (folder / name).write_text("// another llama.cpp\n")
+    with pytest.raises(RuntimeBuildError, match="not the one the exact runtime changes"):
+        exact.patch_source(tmp_path)
+    write_exact_source(tmp_path)
     exact.patch_source(tmp_path)
 
     def files() -> dict[str, str]:
@@ -141,9 +154,47 @@ def test_the_exact_patch_refuses_another_source_and_replaces_its_own(tmp_path: P
     )
     assert patched["ops.cpp"].endswith(f"{exact.KERNEL_TO}  entry }}\n")
     assert all(new in patched[file] for file, _, new in exact.EDITS)
-    assert all(new in patched[file] for file, _, pairs in exact.BRANCH_EDITS for _, new in pairs)
+    for file, _, pairs in exact.BRANCH_EDITS:
+        assert all(new in patched[file] and old not in patched[file] for old, new in pairs)
     exact.patch_source(tmp_path)  # again: nothing changes
     assert files() == patched
+
+
+def test_a_source_another_localrun_patched_is_unpacked_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exact runtime's build folder keeps its unpacked, patched source; a newer localrun
+    whose edits differ unpacks it again instead of refusing it."""
+    import tarfile
+
+    from localrun.runtimes import build, exact
+
+    top = tmp_path / "sdist" / f"llama_cpp_python-{VERSION}"
+    tree = top / "vendor" / "llama.cpp"
+    names = write_exact_source(tree)
+    (top / "PKG-INFO").write_text(f"Version: {VERSION}\n")
+    (tree / "ggml" / "CMakeLists.txt").write_text("project(ggml)\n")
+    archive = tmp_path / "llama_cpp_python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(top, arcname=top.name)
+    monkeypatch.setenv("LOCALRUN_RUNTIME_SOURCE", str(archive))
+    tools = toolchain.Toolchain(exact.BACKEND, "test", "cmake")
+    plan = build.Plan(exact.BACKEND, f"exact-{VERSION}", (), tools, VERSION)
+    work, said = tmp_path / "work", []
+    quants = build.prepared(plan, work, said.append).tree / exact.GGML_CPU / "arch/x86/quants.c"
+    fresh = quants.read_text()
+    assert said and all(name.endswith((".cpp", ".c", ".h")) for name in names)
+    # Another localrun's edit of one function: this version's text is not in its branch.
+    _, _, pairs = next(edit for edit in exact.BRANCH_EDITS if edit[0] == "arch/x86/quants.c")
+    new = next(new for _, new in pairs if new)
+    quants.write_text(fresh.replace(new, "    // an earlier localrun (exact) edit\n", 1))
+    said.clear()
+    build.prepared(plan, work, said.append)
+    assert quants.read_text() == fresh, "the tree was not unpacked and patched afresh"
+    assert any("unpacking" in line for line in said), said
+    said.clear()
+    build.prepared(plan, work, said.append)  # this version's tree: reused as it is
+    assert quants.read_text() == fresh and not said, said
 
 
 @pytest.mark.parametrize(

@@ -161,14 +161,28 @@ def configure(p: Plan, *, say: Callable[[str], None]) -> Path:
     return build
 
 
+def prepared(p: Plan, work: Path, say: Callable[[str], None]) -> source.Source:
+    """The source of `p`, patched for its backend. A tree unpacked before and patched otherwise
+    (the exact runtime of another localrun) is unpacked afresh once, and patched again."""
+    src = source.prepare(p.version, work, say)
+    patch_source(src.tree)
+    if p.backend != exact.BACKEND:
+        return src
+    try:
+        exact.patch_source(src.tree)
+    except RuntimeBuildError:
+        source.discard(work)
+        src = source.prepare(p.version, work, say)
+        patch_source(src.tree)
+        exact.patch_source(src.tree)
+    return src
+
+
 def _configured(
     p: Plan, work: Path, progress: Progress, say: Callable[[str], None]
 ) -> tuple[source.Source, Path, Path]:
     progress("source", 0, 0)
-    src = source.prepare(p.version, work, say)
-    patch_source(src.tree)
-    if p.backend == exact.BACKEND:
-        exact.patch_source(src.tree)
+    src = prepared(p, work, say)
     log = work / "build.log"
     build = work / "build"
     progress("configure", 0, 0)

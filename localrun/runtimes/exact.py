@@ -97,19 +97,24 @@ def patch_source(tree: Path) -> None:
             (folder / name).write_text(text, encoding="utf-8")
 
 
+_AVX2_BRANCH = ("#if defined __AVX2__", "#if defined(__AVX2__)")
+
+
 def _patch_branch(text: str, scope: str, pairs: tuple[tuple[str, str], ...]) -> str:
     """`text` with the (old, new) pairs made in the AVX2 branch of the function `scope` opens
-    (exact_edits_x86.X86_BRANCH_EDITS); unchanged where an earlier install made them."""
+    (exact_edits_x86.X86_BRANCH_EDITS); unchanged where this version made them already."""
     if text.count(scope) != 1:
         raise _not_this_source()
-    opened = [text.find(mark, text.index(scope)) for mark in _AVX2_BRANCH]
-    start = min((at for at in opened if at >= 0), default=-1)
-    end = _branch_end(text, start) if start >= 0 else -1
+    opens = text.index(scope)
+    closes = text.find("\n}\n", opens)  # the function's end: its branch lies before it
+    found = [text.find(mark, opens, closes) for mark in _AVX2_BRANCH]
+    start = min((at for at in found if at >= 0), default=-1)
+    end = _branch_end(text, start, closes) if start >= 0 else -1
     if end < 0:
         raise _not_this_source()
     branch = text[start:end]
-    if "localrun (exact)" in branch:
-        return text  # an earlier install's
+    if all(new in branch for _, new in pairs) and not any(old in branch for old, _ in pairs):
+        return text  # an earlier install of this version
     for old, new in pairs:
         if branch.count(old) != 1:
             raise _not_this_source()
@@ -117,24 +122,22 @@ def _patch_branch(text: str, scope: str, pairs: tuple[tuple[str, str], ...]) -> 
     return text[:start] + branch + text[end:]
 
 
-_AVX2_BRANCH = ("#if defined __AVX2__", "#if defined(__AVX2__)")
-
-
-def _branch_end(text: str, start: int) -> int:
-    """Where the #if branch opened at `start` ends: its #elif or #else (nested ones skipped)."""
+def _branch_end(text: str, start: int, limit: int) -> int:
+    """Where the #if branch opened at `start` ends, before `limit`: its #elif or #else (nested
+    ones skipped); -1 when it does not end there."""
+    lines = text[start:limit].split("\n")
     depth, at = 0, start
-    while at >= 0:
-        line = text[at : text.find("\n", at)].lstrip()
-        if line.startswith("#if"):
+    for line in lines:
+        directive = line.strip().replace(" ", "")  # `#  if` and indented ones too
+        if directive.startswith("#if"):
             depth += 1
-        elif line.startswith("#endif"):
+        elif directive.startswith("#endif"):
             depth -= 1
-        elif line.startswith(("#elif", "#else")) and depth == 1:
+        elif directive.startswith(("#elif", "#else")) and depth == 1:
             return at
         if depth == 0:
             return at
-        at = text.find("\n#", at + 1)
-        at = at + 1 if at >= 0 else -1
+        at += len(line) + 1
     return -1
 
 

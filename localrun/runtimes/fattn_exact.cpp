@@ -40,7 +40,8 @@
 
 // The largest of x[0..n): the hottest loop of a prompt's tiles as ggml_vec_max_f32's serial
 // scalar chain. A maximum does not depend on the order it is taken in (ties of +0 and -0 aside,
-// which subtract and exponentiate alike), so vectors give ggml_vec_max_f32's value.
+// which subtract and exponentiate alike), so vectors give ggml_vec_max_f32's value for any row
+// without NaN (with one, either is NaN or not by lane order: the same at every row count).
 static inline float fa_exact_max(int n, const float * x) {
     float m = -INFINITY;
     int i = 0;

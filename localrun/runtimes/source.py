@@ -105,6 +105,11 @@ def prepare(version: str, work: Path, say: Callable[[str], None]) -> Source:
     return _source(version, unpacked)
 
 
+def discard(work: Path) -> None:
+    """Forget the tree `prepare` unpacked under `work`: the next prepare unpacks it afresh."""
+    shutil.rmtree(work / "src", ignore_errors=True)
+
+
 def _source(version: str, folder: Path, *, check: bool = False) -> Source:
     marker = folder / DONE
     if marker.is_file():
