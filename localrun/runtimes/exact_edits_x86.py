@@ -41,6 +41,28 @@ X86_EDITS: tuple[tuple[str, str, str], ...] = (
     ),
 )
 
+# q3_K and q6_K: no mins, the block's d alone
+_ONE_SCALE_A_BLOCK: tuple[tuple[str, str], ...] = (
+    ("    __m256 acc = _mm256_setzero_ps();\n", "    float sumf = 0.0f; // localrun (exact)\n"),
+    ("        const float d = y[i].d * GGML_CPU_FP16_TO_FP32(x[i].d);\n", ""),
+    (
+        "        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), acc);\n",
+        "        sumf = localrun_kblock(sumf, hsum_i32_8(sumi), 0, GGML_CPU_FP16_TO_FP32(x[i].d), 0.0f, y[i].d);\n",
+    ),
+    ("    *s = hsum_float_8(acc);\n", "    *s = sumf;\n"),
+)
+
+# The IQ2 types: d an eighth of the block's, as the tiled kernel's
+_IQ2: tuple[tuple[str, str], ...] = (
+    ("    __m256 accumf = _mm256_setzero_ps();\n", "    float sumf = 0.0f; // localrun (exact)\n"),
+    ("        const float d = GGML_CPU_FP16_TO_FP32(x[i].d) * y[i].d;\n", ""),
+    (
+        "        accumf = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_add_epi32(sumi1, sumi2)), accumf);\n",
+        "        sumf = localrun_kblock(sumf, hsum_i32_8(_mm256_add_epi32(sumi1, sumi2)), 0, GGML_CPU_FP16_TO_FP32(x[i].d) * 0.125f, 0.0f, y[i].d);\n",
+    ),
+    ("    *s = 0.125f * hsum_float_8(accumf);\n", "    *s = sumf;\n"),
+)
+
 X86_BRANCH_EDITS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     (
         "arch/x86/quants.c",
@@ -65,22 +87,7 @@ X86_BRANCH_EDITS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
             ("    *s = hsum_float_8(acc);\n", "    *s = sumf;\n"),
         ),
     ),
-    (
-        "arch/x86/quants.c",
-        "void ggml_vec_dot_q3_K_q8_K(",
-        (
-            (
-                "    __m256 acc = _mm256_setzero_ps();\n",
-                "    float sumf = 0.0f; // localrun (exact)\n",
-            ),
-            ("        const float d = y[i].d * GGML_CPU_FP16_TO_FP32(x[i].d);\n", ""),
-            (
-                "        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), acc);\n",
-                "        sumf = localrun_kblock(sumf, hsum_i32_8(sumi), 0, GGML_CPU_FP16_TO_FP32(x[i].d), 0.0f, y[i].d);\n",
-            ),
-            ("    *s = hsum_float_8(acc);\n", "    *s = sumf;\n"),
-        ),
-    ),
+    ("arch/x86/quants.c", "void ggml_vec_dot_q3_K_q8_K(", _ONE_SCALE_A_BLOCK),
     (
         "arch/x86/quants.c",
         "void ggml_vec_dot_q4_K_q8_K(",
@@ -131,22 +138,7 @@ X86_BRANCH_EDITS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
             ("    *s = hsum_float_8(acc) + summs;\n", "    *s = sumf;\n"),
         ),
     ),
-    (
-        "arch/x86/quants.c",
-        "void ggml_vec_dot_q6_K_q8_K(",
-        (
-            (
-                "    __m256 acc = _mm256_setzero_ps();\n",
-                "    float sumf = 0.0f; // localrun (exact)\n",
-            ),
-            ("        const float d = y[i].d * GGML_CPU_FP16_TO_FP32(x[i].d);\n", ""),
-            (
-                "        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), acc);\n",
-                "        sumf = localrun_kblock(sumf, hsum_i32_8(sumi), 0, GGML_CPU_FP16_TO_FP32(x[i].d), 0.0f, y[i].d);\n",
-            ),
-            ("    *s = hsum_float_8(acc);\n", "    *s = sumf;\n"),
-        ),
-    ),
+    ("arch/x86/quants.c", "void ggml_vec_dot_q6_K_q8_K(", _ONE_SCALE_A_BLOCK),
     (
         "arch/x86/quants.c",
         "void ggml_vec_dot_iq4_xs_q8_K(",
@@ -162,54 +154,9 @@ X86_BRANCH_EDITS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
             ("    *s = hsum_float_8(accum);\n", "    *s = sumf;\n"),
         ),
     ),
-    (
-        "arch/x86/quants.c",
-        "void ggml_vec_dot_iq2_xxs_q8_K(",
-        (
-            (
-                "    __m256 accumf = _mm256_setzero_ps();\n",
-                "    float sumf = 0.0f; // localrun (exact)\n",
-            ),
-            ("        const float d = GGML_CPU_FP16_TO_FP32(x[i].d) * y[i].d;\n", ""),
-            (
-                "        accumf = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_add_epi32(sumi1, sumi2)), accumf);\n",
-                "        sumf = localrun_kblock(sumf, hsum_i32_8(_mm256_add_epi32(sumi1, sumi2)), 0, GGML_CPU_FP16_TO_FP32(x[i].d) * 0.125f, 0.0f, y[i].d);\n",
-            ),
-            ("    *s = 0.125f * hsum_float_8(accumf);\n", "    *s = sumf;\n"),
-        ),
-    ),
-    (
-        "arch/x86/quants.c",
-        "void ggml_vec_dot_iq2_xs_q8_K(",
-        (
-            (
-                "    __m256 accumf = _mm256_setzero_ps();\n",
-                "    float sumf = 0.0f; // localrun (exact)\n",
-            ),
-            ("        const float d = GGML_CPU_FP16_TO_FP32(x[i].d) * y[i].d;\n", ""),
-            (
-                "        accumf = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_add_epi32(sumi1, sumi2)), accumf);\n",
-                "        sumf = localrun_kblock(sumf, hsum_i32_8(_mm256_add_epi32(sumi1, sumi2)), 0, GGML_CPU_FP16_TO_FP32(x[i].d) * 0.125f, 0.0f, y[i].d);\n",
-            ),
-            ("    *s = 0.125f * hsum_float_8(accumf);\n", "    *s = sumf;\n"),
-        ),
-    ),
-    (
-        "arch/x86/quants.c",
-        "void ggml_vec_dot_iq2_s_q8_K(",
-        (
-            (
-                "    __m256 accumf = _mm256_setzero_ps();\n",
-                "    float sumf = 0.0f; // localrun (exact)\n",
-            ),
-            ("        const float d = GGML_CPU_FP16_TO_FP32(x[i].d) * y[i].d;\n", ""),
-            (
-                "        accumf = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_add_epi32(sumi1, sumi2)), accumf);\n",
-                "        sumf = localrun_kblock(sumf, hsum_i32_8(_mm256_add_epi32(sumi1, sumi2)), 0, GGML_CPU_FP16_TO_FP32(x[i].d) * 0.125f, 0.0f, y[i].d);\n",
-            ),
-            ("    *s = 0.125f * hsum_float_8(accumf);\n", "    *s = sumf;\n"),
-        ),
-    ),
+    ("arch/x86/quants.c", "void ggml_vec_dot_iq2_xxs_q8_K(", _IQ2),
+    ("arch/x86/quants.c", "void ggml_vec_dot_iq2_xs_q8_K(", _IQ2),
+    ("arch/x86/quants.c", "void ggml_vec_dot_iq2_s_q8_K(", _IQ2),
     (
         "arch/x86/quants.c",
         "void ggml_vec_dot_iq3_xxs_q8_K(",
