@@ -14,8 +14,9 @@ matrix multiplication, SVE; GCC and clang):
   sgemm too for float weights, and on ARM for Q8_0 and Q4_0 as well;
 - ARM's repacked kernels: each gemv sums a row as its gemm does (fused multiply-adds where the
   compiler left them unfused, K-quant scales applied once a block);
-- x86's tiled K-quant matmul (tiled/: 8 rows or more of K-quant weights that are not repacked)
-  and the dot product (fewer rows) sum alike: exact_edits_x86.X86_EDITS.
+- x86's tiled matmul (tiled/: 8 rows or more of K-quant and IQ weights that are not repacked)
+  and the dot product (fewer rows) sum alike, and so do x86's repacked Q4_K and Q2_K gemv and
+  gemm: exact_edits_x86 (X86_EDITS, and BRANCH_EDITS scoped to a function's AVX2 branch).
 
 `SUPERSEDED` maps an edit's new text to what earlier versions of localrun wrote for it, so a
 source tree an earlier install patched is patched again rather than refused.
