@@ -160,6 +160,32 @@ def test_the_exact_patch_refuses_another_source_and_replaces_its_own(tmp_path: P
     assert files() == patched
 
 
+def test_a_branch_edit_stays_in_its_functions_avx2_branch() -> None:
+    """Nested #if blocks are skipped; the same text in another function or branch is left; a
+    function without the branch, or with it past its end, is refused."""
+    from localrun.errors import RuntimeBuildError
+    from localrun.runtimes import exact
+
+    pairs = (("    acc = 1;\n", "    acc = 2; // localrun (exact)\n"),)
+    source = (
+        "void f(int n) {\n#if defined __AVX2__\n#ifdef __BMI2__\n    x();\n#else\n    y();\n"
+        "#endif\n    acc = 1;\n#elif defined __AVX__\n    acc = 1;\n#endif\n}\n"
+        "void g(int n) {\n#if defined(__AVX2__)\n    acc = 1;\n#else\n    acc = 1;\n#endif\n}\n"
+    )
+    once = exact._patch_branch(source, "void f(", pairs)
+    assert once.count("acc = 2;") == 1 and once.index("acc = 2;") < once.index("#elif")
+    assert exact._patch_branch(once, "void f(", pairs) == once  # this version's: unchanged
+    twice = exact._patch_branch(once, "void g(", pairs)
+    assert twice.count("acc = 2;") == 2 and twice.rindex("acc = 2;") < twice.rindex("#else")
+    for scope, text in (
+        ("void h(", source),  # no such function
+        ("void f(", "void f(int n) {\n    acc = 1;\n}\n#if defined __AVX2__\n    acc = 1;\n"),
+        ("void f(", source.replace("    acc = 1;\n#elif", "#elif", 1)),  # the text moved
+    ):
+        with pytest.raises(RuntimeBuildError, match="not the one the exact runtime changes"):
+            exact._patch_branch(text, scope, pairs)
+
+
 def test_a_source_another_localrun_patched_is_unpacked_afresh(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
