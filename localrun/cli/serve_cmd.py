@@ -113,8 +113,8 @@ def serve(
     from localrun.scheduler import Scheduler
     from localrun.server.app import Settings
     from localrun.server.connections import Limits, raise_fd_limit
-    from localrun.server.security import is_loopback
     from localrun.settings import tls
+    from localrun.sources.hosts import is_loopback
 
     bind_host, bind_port = _address(host, port)
     env_cert, env_key = config.tls_pair()

@@ -107,6 +107,8 @@ def _patch_branch(text: str, scope: str, pairs: tuple[tuple[str, str], ...]) -> 
         raise _not_this_source()
     opens = text.index(scope)
     closes = text.find("\n}\n", opens)  # the function's end: its branch lies before it
+    if closes < 0:
+        raise _not_this_source()
     found = [text.find(mark, opens, closes) for mark in _AVX2_BRANCH]
     start = min((at for at in found if at >= 0), default=-1)
     end = _branch_end(text, start, closes) if start >= 0 else -1

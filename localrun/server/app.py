@@ -45,8 +45,9 @@ from localrun.server.errors import (
     status_of,
 )
 from localrun.server.response_store import ResponseStore
-from localrun.server.security import Guard, is_loopback
+from localrun.server.security import Guard
 from localrun.settings import config, limits
+from localrun.sources.hosts import is_loopback
 from localrun.store import catalog
 from localrun.store.models import Store
 

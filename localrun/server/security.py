@@ -22,7 +22,6 @@ request's dialect, logged once, and the server carries on.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import re
 from collections.abc import Iterable
 
@@ -45,6 +44,7 @@ from localrun.server.errors import (
     status_of,
     unexpected,
 )
+from localrun.sources.hosts import is_loopback
 
 UPLOAD_PREFIX = "/api/blobs/"
 _OPEN = frozenset({"/", "/health"})  # health checks, open without the API key
@@ -53,17 +53,6 @@ _OPEN = frozenset({"/", "/health"})  # health checks, open without the API key
 _PREFLIGHT_MAX_AGE = "600"
 _METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 _PORT = re.compile(r"(:[0-9]*)?")  # what may follow the host in a Host header
-
-
-def is_loopback(host: str) -> bool:
-    """Whether an address to bind (or a Host name) means this machine only."""
-    name = host.strip().strip("[]").lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def host_name(header: str) -> str | None:
