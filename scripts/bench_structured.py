@@ -1,22 +1,28 @@
 #!/usr/bin/env python3
 """Structured outputs on JSONSchemaBench: localrun serve against llama-server, side by side.
 
-    scripts/bench_structured.py --data DIR [--per-dataset N] [--maskbench N] [--json OUT]
+    scripts/bench_structured.py --data DIR [--paper DIR] [--per-dataset N] [--maskbench N]
+                                [--max-tokens N] [--json OUT]
 
 DIR is a checkout of github.com/guidance-ai/jsonschemabench (its `data/` of ~10,000 real schemas
 in ten datasets, and `maskbench/data/` of schemas with valid and invalid instances); nothing
 of it is copied into this repository. Get it with `git clone` where GitHub is reachable.
 
 For N schemas a dataset (seeded sample), the same request goes to both servers with the
-SmolLM2 starter at its whole context (8192): `response_format` json_schema, greedy, a user turn
-asking for a value of the schema. Each answer is one of: refused (4xx: the schema is not
-taken), too long (the prompt, which holds the schema, is past the context: counted apart),
-valid (the answer ended and validates, with `jsonschema`), invalid (it ended and does not
-validate: a 200 breaking the client's schema), cut (it reached max_tokens), failed (5xx, a
-timeout, a server that died: restarted for the next). Reported per dataset and server: taken
-(not refused), empirical coverage (valid / all that fit, the JSONSchemaBench paper's measure),
-compliance (valid / ended: 100% is the promise) and decode speed, constrained against the same
-prompt unconstrained to the same number of tokens.
+SmolLM2 starter at its whole context (8192): `response_format` json_schema, greedy. The prompt
+is, with `--paper DIR` (a checkout of github.com/epfl-dlab/jsonschemabench, the paper's own
+harness), the paper's: its system turn and its two worked examples of the dataset (read from
+its `core/messages.py`, not copied here), then the schema; without, one user turn asking for a
+value of the schema. Each answer is one of: refused (4xx: the schema is not taken), too long
+(the prompt, which holds the schema, is past the context: counted apart), valid (the answer
+ended and validates as the paper's evaluator checks it: JSON Schema 2020-12 with its format
+checker), format (it validates, but a `format` the engine leaves as an annotation is not met:
+not coverage, not a broken promise), invalid (it ended and does not validate: a 200 breaking
+the client's schema), cut (it reached max_tokens), failed (5xx, a timeout, a server that died:
+restarted for the next). Reported per dataset and server: taken (not refused), empirical
+coverage (valid / all that fit, the paper's measure), compliance (valid or format / ended: 100%
+is the promise) and decode speed, constrained against the same prompt unconstrained to the same
+number of tokens. The paper ran with 2,048 tokens at most (`--max-tokens 2048`).
 
 Without a model: localrun's compile time for every sampled schema (median, max), and MaskBench
 (`--maskbench N` files): the share of valid instances the engine takes and of invalid ones it
@@ -26,6 +32,8 @@ refuses, each instance fed as SmolLM2's tokens.
 from __future__ import annotations
 
 import argparse
+import ast
+import ipaddress
 import json
 import os
 import random
@@ -33,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,17 +61,21 @@ ASK = (
     "Write one JSON value that follows this JSON schema, with realistic content. Reply with the "
     "JSON only.\n\n{schema}"
 )
+# The paper's system turn (epfl-dlab/jsonschemabench core/messages.py), before its examples.
+PAPER_SYSTEM = "You need to generate a JSON object that matches the schema below."
 TIMEOUT_S = 180.0
 EXTRA: dict[str, Any] = {}  # fields every request carries (--speculate: localrun's own)
+EXAMPLES: dict[str, list[tuple[str, str]]] = {}  # --paper: each dataset's worked examples
 CONTEXT = 8192
 
 
 @dataclass
 class Outcome:
-    kind: str  # refused, valid, invalid, cut, failed
+    kind: str  # refused, valid, format, invalid, cut, failed
     tokens: int = 0
     decode_tps: float | None = None
     detail: str = ""
+    text: str = ""
 
 
 @dataclass
@@ -70,6 +83,7 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
     constrained_tps: list[float] = field(default_factory=list)
     free_tps: list[float] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)  # each schema's, for --json
 
 
 def sample(data: Path, per_dataset: int, seed: int) -> dict[str, list[tuple[str, Any]]]:
@@ -88,15 +102,70 @@ def sample(data: Path, per_dataset: int, seed: int) -> dict[str, list[tuple[str,
     return out
 
 
+def paper_examples(checkout: Path) -> dict[str, list[tuple[str, str]]]:
+    """The paper's worked examples, each dataset's (schema, answer) pairs, read from its
+    harness's `core/messages.py` as data (never run)."""
+    tree = ast.parse((checkout / "core" / "messages.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        if isinstance(target, ast.Name) and target.id == "EXAMPLES_FOR_TASK" and node.value:
+            table = ast.literal_eval(node.value)
+            return {name: list(pairs) for names, pairs in table.items() for name in names}
+    raise ValueError(f"no EXAMPLES_FOR_TASK in {checkout / 'core' / 'messages.py'}")
+
+
+def messages(dataset: str, schema: Any) -> list[dict[str, str]]:
+    """The request's turns: the paper's (its system turn, at most five of the dataset's
+    examples, the schema) with --paper, else one user turn asking for a value."""
+    if not EXAMPLES:
+        return [{"role": "user", "content": ASK.format(schema=json.dumps(schema))}]
+    turns = [{"role": "system", "content": PAPER_SYSTEM}]
+    for shown, answer in EXAMPLES.get(dataset, [])[:5]:
+        turns += [{"role": "user", "content": shown}, {"role": "assistant", "content": answer}]
+    return [*turns, {"role": "user", "content": json.dumps(schema)}]
+
+
+FORMATS = jsonschema.FormatChecker()
+# The paper's evaluator adds these three to jsonschema's own format checks.
+FORMATS.checks("ipv4", ValueError)(ipaddress.IPv4Address)
+FORMATS.checks("ipv6", ValueError)(ipaddress.IPv6Address)
+FORMATS.checks("uuid", ValueError)(uuid.UUID)
+
+
+def judge(text: str, schema: Any) -> tuple[str, str]:
+    """An ended answer as the paper's evaluator judges it (2020-12, formats checked): valid;
+    format (valid but for a `format`, which JSON Schema makes an annotation unless asked); or
+    invalid (the value breaks the schema: a 200 the promise forbids)."""
+    try:
+        value = json.loads(text)
+        jsonschema.validate(value, schema)
+    except (ValueError, jsonschema.ValidationError, jsonschema.SchemaError) as exc:
+        return "invalid", str(exc)[:200]
+    try:
+        jsonschema.Draft202012Validator(schema, format_checker=FORMATS).validate(value)
+    except jsonschema.ValidationError as exc:
+        return ("format" if exc.validator == "format" else "invalid"), str(exc)[:200]
+    except Exception as exc:  # the paper's evaluator counts any failure as not valid
+        return "format", f"{type(exc).__name__}: {exc}"[:200]
+    return "valid", ""
+
+
 def ask(
-    server: Server, schema: Any, max_tokens: int, constrained: bool, timeout: float = TIMEOUT_S
+    server: Server,
+    dataset: str,
+    schema: Any,
+    max_tokens: int,
+    constrained: bool,
+    timeout: float = TIMEOUT_S,
 ) -> Outcome:
     """One greedy request, streamed: its outcome and decode rate (the answer's tokens after the
     first over the time after the first). Tokens are counted by the server's `usage`, not by
     chunks: a chunk may carry several tokens (forced text, a speculator's kept draft)."""
     body: dict[str, Any] = {
         "model": server.model or "m",
-        "messages": [{"role": "user", "content": ASK.format(schema=json.dumps(schema))}],
+        "messages": messages(dataset, schema),
         "temperature": 0,
         "max_tokens": max_tokens,
         "stream": True,
@@ -140,14 +209,11 @@ def ask(
     tps = (tokens - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 else None
     whole = "".join(text)
     if finish == "length":
-        return Outcome("cut", tokens, tps)
+        return Outcome("cut", tokens, tps, text=whole)
     if not constrained:
-        return Outcome("free", tokens, tps)
-    try:
-        jsonschema.validate(json.loads(whole), schema)
-    except (ValueError, jsonschema.ValidationError, jsonschema.SchemaError) as exc:
-        return Outcome("invalid", tokens, tps, str(exc)[:200])
-    return Outcome("valid", tokens, tps)
+        return Outcome("free", tokens, tps, text=whole)
+    kind, detail = judge(whole, schema)
+    return Outcome(kind, tokens, tps, detail, whole)
 
 
 def run_servers(
@@ -164,16 +230,21 @@ def run_servers(
         try:
             for dataset, schemas in picked.items():
                 for file, schema in schemas:
-                    outcome = ask(server, schema, max_tokens, True, timeout)
+                    outcome = ask(server, dataset, schema, max_tokens, True, timeout)
                     tally = results[server.name][dataset]
                     tally.outcomes[outcome.kind] += 1
+                    tally.answers.append(
+                        {"file": file, "kind": outcome.kind, "tokens": outcome.tokens,
+                         "detail": outcome.detail, "text": outcome.text}
+                    )  # fmt: skip
                     say(f"{server.name} {dataset}/{file}: {outcome.kind} {outcome.detail[:120]}")
                     if outcome.kind == "failed" and server.proc and server.proc.poll() is not None:
                         say(f"{server.name} died: restarting it")
                         server.start(logdir)
                         server.wait_ready()
-                    if outcome.kind == "valid" and outcome.decode_tps and outcome.tokens > 8:
-                        free = ask(server, schema, outcome.tokens, False, timeout)
+                    ended = outcome.kind in ("valid", "format")
+                    if ended and outcome.decode_tps and outcome.tokens > 8:
+                        free = ask(server, dataset, schema, outcome.tokens, False, timeout)
                         if free.decode_tps:
                             tally.constrained_tps.append(outcome.decode_tps)
                             tally.free_tps.append(free.decode_tps)
@@ -263,16 +334,17 @@ def share(part: int, whole: int) -> str:
 
 def report(results: dict[str, dict[str, Tally]], picked: dict[str, list[Any]]) -> list[str]:
     lines = [
-        "| dataset | server | schemas | prompt too long | taken | valid (coverage) | invalid | "
-        "cut | failed | compliance | decode tok/s constrained / free |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | server | schemas | prompt too long | taken | valid (coverage) | format | "
+        "invalid | cut | failed | compliance | decode tok/s constrained / free |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset in picked:
         for server, per in results.items():
             t = per[dataset]
             long = t.outcomes["too long"]
             n = sum(t.outcomes.values()) - long  # the schemas whose prompt fits
-            ended = t.outcomes["valid"] + t.outcomes["invalid"]
+            kept = t.outcomes["valid"] + t.outcomes["format"]
+            ended = kept + t.outcomes["invalid"]
             speed = "-"
             if t.constrained_tps:
                 c, f = statistics.median(t.constrained_tps), statistics.median(t.free_tps)
@@ -280,9 +352,9 @@ def report(results: dict[str, dict[str, Tally]], picked: dict[str, list[Any]]) -
             lines.append(
                 f"| {dataset} | {server} | {n + long} | {long} | "
                 f"{share(n - t.outcomes['refused'], n)} | "
-                f"{share(t.outcomes['valid'], n)} | {t.outcomes['invalid']} | "
-                f"{t.outcomes['cut']} | {t.outcomes['failed']} | "
-                f"{share(t.outcomes['valid'], ended)} | {speed} |"
+                f"{share(t.outcomes['valid'], n)} | {t.outcomes['format']} | "
+                f"{t.outcomes['invalid']} | {t.outcomes['cut']} | {t.outcomes['failed']} | "
+                f"{share(kept, ended)} | {speed} |"
             )
     return lines
 
@@ -290,6 +362,9 @@ def report(results: dict[str, dict[str, Tally]], picked: dict[str, list[Any]]) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="a jsonschemabench checkout")
+    parser.add_argument(
+        "--paper", type=Path, help="an epfl-dlab/jsonschemabench checkout: the paper's prompts"
+    )
     parser.add_argument("--per-dataset", type=int, default=10, help="schemas a dataset")
     parser.add_argument("--maskbench", type=int, default=200, help="MaskBench files (0: none)")
     parser.add_argument("--max-tokens", type=int, default=512)
@@ -309,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.speculate:
         EXTRA["speculate"] = args.speculate
+    if args.paper:
+        EXAMPLES.update(paper_examples(args.paper))
     model = args.model or default_model()
     if model is None or not (args.data / "data").is_dir():
         parser.error("needs --data (a jsonschemabench checkout) and the SmolLM2 starter")
@@ -351,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maskbench (localrun): {out['maskbench']}")
     if args.json:
         out["table"] = lines
+        out["answers"] = {
+            server: {dataset: tally.answers for dataset, tally in per.items()}
+            for server, per in results.items()
+        }
         args.json.write_text(json.dumps(out, indent=2))
     return 0
 

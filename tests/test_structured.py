@@ -708,3 +708,19 @@ def test_a_grammar_is_quoted_as_json_writes_it(smol_vocab: Weights) -> None:
                     "%import common.NOPE\nstart: NOPE"]:  # fmt: skip
         with pytest.raises(BadRequestError):
             quoted.json_string(refused)
+
+
+@pytest.mark.model
+def test_json_is_written_on_one_line_as_json_dumps_writes_it(smol_vocab: Weights) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "tags": {"type": "array"}, "at": {}},
+        "required": ["name"],
+    }
+    value = {"name": "Ada", "tags": ["x", 2, {"k": None}], "at": {"x": [1.5, True]}}
+    for grammar in (constraint_for(schema), constraint_for("json")):
+        assert grammar is not None
+        assert _takes(smol_vocab, grammar, json.dumps(value))
+        for blank in (json.dumps(value, indent=2), json.dumps(value, separators=(",", ":"))):
+            assert not _takes(smol_vocab, grammar, blank), blank
+        assert not _takes(smol_vocab, grammar, json.dumps(value).replace(", ", " , ", 1))
