@@ -76,6 +76,7 @@ class Outcome:
     decode_tps: float | None = None
     detail: str = ""
     text: str = ""
+    seconds: float = 0.0  # from the first piece of the answer to its last
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Tally:
     constrained_tps: list[float] = field(default_factory=list)
     free_tps: list[float] = field(default_factory=list)
     answers: list[dict[str, Any]] = field(default_factory=list)  # each schema's, for --json
+    echoed: list[tuple[float, float]] = field(default_factory=list)  # --echo: (constrained, free) s
 
 
 def sample(data: Path, per_dataset: int, seed: int) -> dict[str, list[tuple[str, Any]]]:
@@ -154,7 +156,7 @@ def judge(text: str, schema: Any) -> tuple[str, str]:
 
 def ask(
     server: Server,
-    dataset: str,
+    turns: list[dict[str, str]],
     schema: Any,
     max_tokens: int,
     constrained: bool,
@@ -165,7 +167,7 @@ def ask(
     chunks: a chunk may carry several tokens (forced text, a speculator's kept draft)."""
     body: dict[str, Any] = {
         "model": server.model or "m",
-        "messages": messages(dataset, schema),
+        "messages": turns,
         "temperature": 0,
         "max_tokens": max_tokens,
         "stream": True,
@@ -207,13 +209,30 @@ def ask(
         return Outcome("failed", detail=f"{type(exc).__name__}: {exc}"[:200])
     tokens = counted or len(stamps)  # a server without usage: one token a chunk
     tps = (tokens - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 else None
-    whole = "".join(text)
+    whole, seconds = "".join(text), stamps[-1] - stamps[0] if stamps else 0.0
     if finish == "length":
-        return Outcome("cut", tokens, tps, text=whole)
+        return Outcome("cut", tokens, tps, text=whole, seconds=seconds)
     if not constrained:
-        return Outcome("free", tokens, tps, text=whole)
+        return Outcome("free", tokens, tps, text=whole, seconds=seconds)
     kind, detail = judge(whole, schema)
-    return Outcome(kind, tokens, tps, detail, whole)
+    return Outcome(kind, tokens, tps, detail, whole, seconds)
+
+
+ECHO = "Repeat this JSON exactly as it is written, and write nothing else:\n\n{answer}"
+
+
+def echo(server: Server, schema: Any, answer: Outcome, first: bool, timeout: float) -> Any:
+    """The same answer both ways: the model asked to repeat a valid answer of the schema, with
+    the schema and without, greedy (`first`: the constrained request first, else the free one).
+    (constrained s, free s) from the answer's first piece to its last where both wrote exactly
+    that answer, else None."""
+    turns = [{"role": "user", "content": ECHO.format(answer=answer.text)}]
+    budget = answer.tokens + 16
+    order = (True, False) if first else (False, True)
+    got = {c: ask(server, turns, schema, budget, c, timeout) for c in order}
+    if any(o.text != answer.text or o.kind in ("cut", "failed") for o in got.values()):
+        return None
+    return got[True].seconds, got[False].seconds
 
 
 def run_servers(
@@ -222,6 +241,8 @@ def run_servers(
     max_tokens: int,
     logdir: Path,
     timeout: float,
+    with_free: bool = True,
+    echoes: bool = False,
 ) -> dict[str, dict[str, Tally]]:
     results: dict[str, dict[str, Tally]] = {s.name: defaultdict(Tally) for s in servers}
     for server in servers:
@@ -230,7 +251,8 @@ def run_servers(
         try:
             for dataset, schemas in picked.items():
                 for file, schema in schemas:
-                    outcome = ask(server, dataset, schema, max_tokens, True, timeout)
+                    turns = messages(dataset, schema)
+                    outcome = ask(server, turns, schema, max_tokens, True, timeout)
                     tally = results[server.name][dataset]
                     tally.outcomes[outcome.kind] += 1
                     tally.answers.append(
@@ -243,8 +265,8 @@ def run_servers(
                         server.start(logdir)
                         server.wait_ready()
                     ended = outcome.kind in ("valid", "format")
-                    if ended and outcome.decode_tps and outcome.tokens > 8:
-                        free = ask(server, dataset, schema, outcome.tokens, False, timeout)
+                    if with_free and ended and outcome.decode_tps and outcome.tokens > 8:
+                        free = ask(server, turns, schema, outcome.tokens, False, timeout)
                         if free.decode_tps:
                             tally.constrained_tps.append(outcome.decode_tps)
                             tally.free_tps.append(free.decode_tps)
@@ -252,6 +274,12 @@ def run_servers(
                                 f"  {outcome.tokens} tokens at {outcome.decode_tps:.1f} tok/s; "
                                 f"free: {free.tokens} at {free.decode_tps:.1f}"
                             )
+                    if echoes and ended and outcome.tokens > 8:
+                        pair = echo(server, schema, outcome, len(tally.answers) % 2 == 0, timeout)
+                        if pair:
+                            tally.echoed.append(pair)
+                            c, f = pair
+                            say(f"  the same answer: {c:.2f} s constrained, {f:.2f} s free")
         finally:
             server.stop()
     return results
@@ -335,8 +363,9 @@ def share(part: int, whole: int) -> str:
 def report(results: dict[str, dict[str, Tally]], picked: dict[str, list[Any]]) -> list[str]:
     lines = [
         "| dataset | server | schemas | prompt too long | taken | valid (coverage) | format | "
-        "invalid | cut | failed | compliance | decode tok/s constrained / free |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "invalid | cut | failed | compliance | decode tok/s constrained / free | "
+        "the same answers: free s / constrained s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset in picked:
         for server, per in results.items():
@@ -349,12 +378,16 @@ def report(results: dict[str, dict[str, Tally]], picked: dict[str, list[Any]]) -
             if t.constrained_tps:
                 c, f = statistics.median(t.constrained_tps), statistics.median(t.free_tps)
                 speed = f"{c:.0f} / {f:.0f} ({c / f:.2f}x)"
+            same = "-"
+            if t.echoed:
+                c, f = sum(p[0] for p in t.echoed), sum(p[1] for p in t.echoed)
+                same = f"{f:.1f} / {c:.1f} ({f / c:.2f}x, {len(t.echoed)} answers)"
             lines.append(
                 f"| {dataset} | {server} | {n + long} | {long} | "
                 f"{share(n - t.outcomes['refused'], n)} | "
                 f"{share(t.outcomes['valid'], n)} | {t.outcomes['format']} | "
                 f"{t.outcomes['invalid']} | {t.outcomes['cut']} | {t.outcomes['failed']} | "
-                f"{share(kept, ended)} | {speed} |"
+                f"{share(kept, ended)} | {speed} | {same} |"
             )
     return lines
 
@@ -381,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--speculate", help="localrun's speculate field on every request")
     parser.add_argument("--datasets", help="comma-separated: only these datasets")
+    parser.add_argument(
+        "--no-free", action="store_true", help="no unconstrained request (coverage alone)"
+    )
+    parser.add_argument(
+        "--echo", action="store_true", help="also time each valid answer repeated both ways"
+    )
     args = parser.parse_args(argv)
     if args.speculate:
         EXTRA["speculate"] = args.speculate
@@ -417,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 ready.append(server)
         try:
-            results = run_servers(ready, picked, args.max_tokens, home, args.timeout)
+            results = run_servers(
+                ready, picked, args.max_tokens, home, args.timeout, not args.no_free, args.echo
+            )
         except Unavailable as exc:
             say(f"a server failed: {exc}")
             return 1
