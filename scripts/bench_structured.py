@@ -22,7 +22,9 @@ the client's schema), cut (it reached max_tokens), failed (5xx, a timeout, a ser
 restarted for the next). Reported per dataset and server: taken (not refused), empirical
 coverage (valid / all that fit, the paper's measure), compliance (valid or format / ended: 100%
 is the promise) and decode speed, constrained against the same prompt unconstrained to the same
-number of tokens. The paper ran with 2,048 tokens at most (`--max-tokens 2048`).
+number of tokens; with `--echo`, also the same text both ways: the model asked to repeat each
+valid answer, with the schema and without, timed where both wrote exactly that answer. The
+paper's harness ran with 2,048 tokens at most (`--max-tokens 2048`).
 
 Without a model: localrun's compile time for every sampled schema (median, max), and MaskBench
 (`--maskbench N` files): the share of valid instances the engine takes and of invalid ones it
