@@ -111,11 +111,13 @@ def paper_examples(checkout: Path) -> dict[str, list[tuple[str, str]]]:
     harness's `core/messages.py` as data (never run)."""
     tree = ast.parse((checkout / "core" / "messages.py").read_text(encoding="utf-8"))
     for node in tree.body:
-        target = node.target if isinstance(node, ast.AnnAssign) else None
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-        if isinstance(target, ast.Name) and target.id == "EXAMPLES_FOR_TASK" and node.value:
-            table = ast.literal_eval(node.value)
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        named = any(isinstance(t, ast.Name) and t.id == "EXAMPLES_FOR_TASK" for t in targets)
+        value = getattr(node, "value", None)
+        if named and value is not None:
+            table = ast.literal_eval(value)
             return {name: list(pairs) for names, pairs in table.items() for name in names}
     raise ValueError(f"no EXAMPLES_FOR_TASK in {checkout / 'core' / 'messages.py'}")
 
@@ -133,9 +135,12 @@ def messages(dataset: str, schema: Any) -> list[dict[str, str]]:
 
 FORMATS = jsonschema.FormatChecker()
 # The paper's evaluator adds these three to jsonschema's own format checks.
-FORMATS.checks("ipv4", ValueError)(ipaddress.IPv4Address)
-FORMATS.checks("ipv6", ValueError)(ipaddress.IPv6Address)
-FORMATS.checks("uuid", ValueError)(uuid.UUID)
+for _name, _kind in (
+    ("ipv4", ipaddress.IPv4Address),
+    ("ipv6", ipaddress.IPv6Address),
+    ("uuid", uuid.UUID),
+):
+    FORMATS.checks(_name, ValueError)(lambda value, kind=_kind: bool(kind(value)))
 
 
 def judge(text: str, schema: Any) -> tuple[str, str]:
@@ -223,7 +228,9 @@ def ask(
 ECHO = "Repeat this JSON exactly as it is written, and write nothing else:\n\n{answer}"
 
 
-def echo(server: Server, schema: Any, answer: Outcome, first: bool, timeout: float) -> Any:
+def echo(
+    server: Server, schema: Any, answer: Outcome, first: bool, timeout: float
+) -> tuple[float, float] | None:
     """The same answer both ways: the model asked to repeat a valid answer of the schema, with
     the schema and without, greedy (`first`: the constrained request first, else the free one).
     (constrained s, free s) from the answer's first piece to its last where both wrote exactly
