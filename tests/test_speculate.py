@@ -370,7 +370,22 @@ def test_a_stop_token_ends_the_answer_inside_a_draft(smol: BatchEngine) -> None:
 
 
 @pytest.mark.model
-def test_a_grammar_holds_for_every_accepted_token(smol: BatchEngine) -> None:
+def test_a_grammar_holds_for_every_accepted_token(
+    smol: BatchEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value copied from the prompt after text the grammar forces (a key's name) is guessed
+    in the same batch as the forced text, and the answer is the one without guesses."""
+    from localrun.engine.answering import Answerer
+
+    guessed_after_forced: list[int] = []
+    take_forced = Answerer._take_forced
+
+    def watched(self: Answerer, slot: Any, job: Any) -> bool:
+        taken = take_forced(self, slot, job)
+        guessed_after_forced.append(len(slot.draft) if taken else 0)
+        return taken
+
+    monkeypatch.setattr(Answerer, "_take_forced", watched)
     record = {"name": "Ada Lovelace", "born": 1815, "languages": ["English", "French"]}
     schema = {
         "type": "object",
@@ -387,14 +402,22 @@ def test_a_grammar_holds_for_every_accepted_token(smol: BatchEngine) -> None:
     )
     prompt = smol.tokenize(text, add_special=True, parse_special=True)
     grammar = constraint_for(schema)
+    answers = []
     for mode in ("off", "ngram"):
+        guessed_after_forced.clear()
         gen = smol.generate(prompt, greedy(speculate=mode, num_predict=120, constraint=grammar))
         answer = "".join(gen.pieces)
+        answers.append(answer)
         value = json.loads(answer)
         assert set(value) == {"name", "born", "languages"}, answer
         assert isinstance(value["born"], int)
+        assert guessed_after_forced, "the grammar forced text"
         if mode == "ngram":
             assert gen.timings.draft_accepted > 0, gen.timings
+            assert max(guessed_after_forced) > 0, "no guess followed the forced text"
+        else:
+            assert max(guessed_after_forced) == 0
+    assert answers[0] == answers[1]
 
 
 @pytest.mark.model

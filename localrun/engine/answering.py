@@ -80,11 +80,18 @@ class Answerer:
         slot.token = token
         room = min(job.budget - job.timings.eval_tokens, job.limit - len(slot.cache) - 1)
         forced = job.sampler.forced(min(room, FORCED_MAX)) if self._weights.trims else []
-        job.forcing = bool(forced)
+        job.forcing = len(forced)
         if forced:
             slot.draft = forced  # the grammar's text: decoded at once, never a guess
-            if job.spec is not None:
-                job.spec.known([token])
+            spec = job.spec
+            if spec is not None and job.logprobs < 0:
+                # What follows the forced text (a value the model copies from its prompt) is
+                # guessed as any other text: verified in the same batch, after the forced
+                # rows, by the sampler under the grammar's mask.
+                spec.known([token, *forced[:-1]])
+                slot.draft = forced + spec.propose(forced[-1], room - len(forced))
+            elif spec is not None:
+                spec.known([token])  # the forced text is sampled (for its log-probabilities)
         elif job.spec is not None:
             slot.draft = job.spec.propose(token, room)
 
@@ -98,12 +105,16 @@ class Answerer:
                 job.sampler.ahead(pool)
 
     def _take_forced(self, slot: Slot, job: Job) -> bool:
-        """The forced draft is the answer's: taken without sampling (its rows had no logits:
-        engine.rows), sent, and kept in the slot's cache. False when a cancel or the budget
-        ended the answer inside it."""
-        forced = slot.draft
+        """The forced head of the draft is the answer's: taken without sampling (its rows had
+        no logits: engine.rows), sent, and kept in the slot's cache; what follows it in the
+        draft is a guess, left to verify. False when a cancel or the budget ended the answer
+        inside it."""
+        draft = slot.draft
+        count = min(job.forcing, len(draft))  # the batch may have had room for fewer
+        job.forcing = 0
         assert job.sampler is not None
-        for index, token in enumerate(forced):
+        for index in range(count):
+            token = draft[index]
             job.sampler.take(token)
             slot.cache.append(token)
             self._emit(job, token, -1)
@@ -111,12 +122,10 @@ class Answerer:
             if ended is None and job.timings.eval_tokens >= job.budget:
                 ended = "length"
             if ended:
-                slot.draft = forced[index + 1 :]  # what the KV holds past the cache: dropped
+                slot.draft = draft[index + 1 :]  # what the KV holds past the cache: dropped
                 self._finish(slot, ended)
                 return False
-        slot.draft = []
-        if job.spec is not None:
-            job.spec.known(forced)
+        slot.draft = draft[count:]
         return True
 
     def _verify(self, slot: Slot, job: Job, token: int, row: int) -> tuple[int, int]:

@@ -53,14 +53,16 @@ class StepBatch:
         return n
 
     def put_token(self, slot: Slot, n: int) -> int:
-        """A generating slot's rows: its token and its draft, each with logits; but a draft
+        """A generating slot's rows: its token and its draft, each with logits; but the text
         its grammar forces (engine.answering) is taken without sampling, so only its last row
-        has logits (unless the request asked for each token's log-probabilities)."""
+        has logits (unless the request asked for each token's log-probabilities), and the
+        guesses after it theirs."""
         tokens, pos, logits, seq_ids = self._tokens, self._pos, self._logits, self._seq_ids
         seq = slot.seq
         rows = (slot.token, *slot.draft) if slot.draft else (slot.token,)
         job = slot.job
-        blind = len(rows) - 1 if job is not None and job.forcing and job.logprobs < 0 else 0
+        forced = job.forcing if job is not None and job.logprobs < 0 else 0
+        blind = min(forced, len(rows) - 1)  # a guess after the forced text has its logits
         slot.row = n + blind
         at = len(slot.cache)
         for i, t in enumerate(rows):

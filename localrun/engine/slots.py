@@ -84,7 +84,7 @@ class Job:
         self.spell: frozenset[int] = frozenset()  # these special tokens spelled out
         self.pending: list[dict[str, Any]] = []  # entries whose text is not out yet
         self.spec: speculate.Speculator | None = None
-        self.forcing = False  # the slot's draft is the text its grammar forces, not a guess
+        self.forcing = 0  # the draft's first tokens that its grammar forces (not guesses)
         # The model's own turns at the start of the prompt (for the disk prompt cache), their
         # saved KV state read from disk, and whether to save it once they are evaluated.
         self.prefix: list[int] = []

@@ -291,11 +291,7 @@ class Speculator:
     def propose(self, token: int, limit: int) -> list[int]:
         """`token` (sampled, about to be decoded) joins the history; returns the draft to
         decode after it, at most `limit` tokens (room left in the budget and the context)."""
-        if self._shadow is not None:
-            size, guess = self._shadow
-            self._shadow = None
-            self._kept[size] = self._kept[size] * _DECAY + (token == guess)
-            self._lost[size] = self._lost[size] * _DECAY + (token != guess)
+        self._judge_shadow(token)
         self.drafter.add(token)
         cursor, self._cursor = self._cursor, -1
         if limit <= 0:
@@ -437,8 +433,18 @@ class Speculator:
     def known(self, tokens: Sequence[int]) -> None:
         """Tokens the answer took that no guess was made for (the text a grammar forced):
         they join the history, and the next lookup starts afresh."""
+        if tokens:
+            self._judge_shadow(tokens[0])
         self.drafter.extend(tokens)
         self._cursor = -1
+
+    def _judge_shadow(self, token: int) -> None:
+        """The lookup not drafted (_guess) judged by the token that came after all."""
+        if self._shadow is not None:
+            size, guess = self._shadow
+            self._shadow = None
+            self._kept[size] = self._kept[size] * _DECAY + (token == guess)
+            self._lost[size] = self._lost[size] * _DECAY + (token != guess)
 
     def settle(self, draft: Sequence[int], accepted: int) -> None:
         """The first `accepted` tokens of `draft` were kept: they join the history, and the
