@@ -370,6 +370,51 @@ def test_a_stop_token_ends_the_answer_inside_a_draft(smol: BatchEngine) -> None:
 
 
 @pytest.mark.model
+def test_forced_text_is_spelled_as_the_tokenizer_spells_it_on_every_path(smol: BatchEngine) -> None:
+    """Where the grammar forces text (a key, a long `const` past one forced draft), the answer
+    spells it as the tokenizer does, whether it came as a forced draft, a speculator's guess
+    verified or a row sampled for its log-probabilities. The model would spell `track` as
+    `tra` + `ck` here (its logit_bias), and did on those two paths: the same greedy request
+    then gave other tokens with speculation or log-probabilities than without."""
+    record = {"size": 12, "track_wPuncture": 3, "track_seedVoxelOffset_1": 789}
+    note = "a long note the grammar forces whole, " * 4 + "kept on-track"  # over 32 tokens
+    schema = {
+        "type": "object",
+        "properties": {
+            "size": {"type": "integer"},
+            "track_wPuncture": {"type": "integer"},
+            "track_seedVoxelOffset_1": {"type": "integer"},
+            "note": {"const": note},
+        },
+        "required": [*record, "note"],
+        "additionalProperties": False,
+    }
+    text = (
+        "<|im_start|>user\nRepeat this JSON exactly:\n"
+        f"{json.dumps({**record, 'note': note})}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    prompt = smol.tokenize(text, add_special=True, parse_special=True)
+    tra, track = (
+        smol.tokenize(t, add_special=False, parse_special=False) for t in ("tra", "track")
+    )
+    assert len(tra) == 1 and len(track) == 1
+    grammar = constraint_for(schema)
+    answers = {}
+    for mode, logprobs in (("off", -1), ("off", 1), ("ngram", -1), ("ngram", 1)):
+        options = greedy(
+            speculate=mode, logprobs=logprobs, constraint=grammar, logit_bias=((tra[0], 30.0),)
+        )
+        tokens, timings = run(smol, prompt, options)
+        answers[mode, logprobs] = tokens
+        if mode == "ngram":
+            assert timings.draft_accepted > 0, timings
+    plain = answers["off", -1]
+    assert json.loads(b"".join(map(smol.token_bytes, plain))) == {**record, "note": note}
+    assert plain.count(track[0]) == 3 and tra[0] not in plain
+    assert all(tokens == plain for tokens in answers.values()), answers
+
+
+@pytest.mark.model
 def test_a_grammar_holds_for_every_accepted_token(
     smol: BatchEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

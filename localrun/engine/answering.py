@@ -2,13 +2,15 @@
 against the slot's draft, its ends and budgets, its log-probabilities and text sent, and what
 the slot decodes next with it.
 
-What follows a token in the slot's batch row is a draft: a speculator's guess
-(engine.speculate), kept up to the first token the sampler does not choose; or the text the
-request's grammar forces next (engine.constraint's fast-forward: a key's name, `": "`, closing
-brackets), which the sampler then takes token by token, as its mask allows nothing else. Forced
-text costs no decode of its own: it is read in the batch with the token before it, as a prompt
-is, so a constrained answer takes fewer decodes than the same text unconstrained. Models whose
-memory cannot drop positions (recurrent ones) neither speculate nor fast-forward.
+What follows a token in the slot's batch row is a draft: the text the request's grammar forces
+next (engine.constraint's fast-forward: a key's name, `": "`, closing brackets), taken without
+sampling, then a speculator's guess (engine.speculate), kept up to the first token the sampler
+does not choose. Forced text costs no decode of its own: it is read in the batch with the token
+before it, as a prompt is, so a constrained answer takes fewer decodes than the same text
+unconstrained. Wherever the grammar forces text, the answer spells it as the tokenizer does, on
+every path (`Answerer._choose`), so a greedy answer is the same with speculation or without and
+with log-probabilities or without. Models whose memory cannot drop positions (recurrent ones)
+neither speculate nor fast-forward.
 """
 
 from __future__ import annotations
@@ -55,9 +57,12 @@ class Answerer:
         sent, and the next draft proposed."""
         row = slot.row
         assert job.sampler is not None
-        if slot.draft and job.forcing and job.logprobs < 0 and not self._take_forced(slot, job):
-            return
-        token = job.sampler.sample(self._ctx, row)
+        if slot.draft and job.forcing and job.logprobs < 0:
+            if not self._take_forced(slot, job):
+                return
+            token = self._choose(job, row, True)  # the grammar may force more past the draft
+        else:
+            token = self._choose(job, row, job.forcing > 0)
         if slot.draft:
             token, row = self._verify(slot, job, token, row)
             if token < 0:
@@ -104,6 +109,22 @@ class Answerer:
             if job is not None and job.sampler is not None and slot.row >= 0 and not job.forcing:
                 job.sampler.ahead(pool)
 
+    def _choose(self, job: Job, row: int, forcing: bool) -> int:
+        """The answer's token at the batch's row `row`: where the grammar forces text now
+        (`forcing`: it may), its first token as the tokenizer spells that text, taken without
+        sampling; else the sampler's choice. Every path spells forced text so, whether it
+        was a forced draft, a guess verified or a row sampled for its log-probabilities: the
+        model, sampled under the mask, may prefer another spelling of the same text (`tra` +
+        `ck` for `track`), and the answer would then depend on whether a speculator guessed
+        across the forced text or the request asked for log-probabilities."""
+        sampler = job.sampler
+        assert sampler is not None
+        forced = sampler.forced(1) if forcing else []
+        if forced:
+            sampler.take(forced[0])
+            return forced[0]
+        return sampler.sample(self._ctx, row)
+
     def _take_forced(self, slot: Slot, job: Job) -> bool:
         """The forced head of the draft is the answer's: taken without sampling (its rows had
         no logits: engine.rows), sent, and kept in the slot's cache; what follows it in the
@@ -143,8 +164,7 @@ class Answerer:
             if job.timings.eval_tokens >= job.budget or job.cancelled:
                 break
             row += 1
-            assert job.sampler is not None
-            token = job.sampler.sample(self._ctx, row)
+            token = self._choose(job, row, True)
         self._slots.drop_draft(slot)
         if job.forcing and job.spec is not None:
             job.spec.known(draft[:kept])
