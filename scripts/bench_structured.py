@@ -26,6 +26,15 @@ number of tokens; with `--echo`, also the same text both ways: the model asked t
 valid answer, with the schema and without, timed where both wrote exactly that answer. The
 paper's harness ran with 2,048 tokens at most (`--max-tokens 2048`).
 
+With `--guidance-python PY` (a Python environment with the `guidance` package, which pins its
+own llguidance, and llama-cpp-python), Guidance itself runs the same requests on the same model
+as the paper's harness runs it (benchlib/guidance_server.py): the anchor for the paper's
+coverage figures, which it measured with a model eight times larger. For instance:
+
+    python3 -m venv /tmp/gvenv && /tmp/gvenv/bin/pip install guidance
+    echo "$PWD/.venv/lib/python3.11/site-packages" \
+        > /tmp/gvenv/lib/python3.11/site-packages/localrun-venv.pth  # its llama_cpp
+
 Without a model: localrun's compile time for every sampled schema (median, max), and MaskBench
 (`--maskbench N` files): the share of valid instances the engine takes and of invalid ones it
 refuses, each instance fed as SmolLM2's tokens.
@@ -53,7 +62,13 @@ import httpx
 import jsonschema
 from benchlib.build import CUDA_HELP, DEFAULT_CACHE, build_for
 from benchlib.common import Unavailable, default_model, say
-from benchlib.serve import Server, llama_server_with, localrun_serve, localrun_store
+from benchlib.serve import (
+    Server,
+    guidance_server,
+    llama_server_with,
+    localrun_serve,
+    localrun_store,
+)
 
 DATASETS = (
     "Github_trivial", "Github_easy", "Github_medium", "Github_hard", "Github_ultra",
@@ -274,7 +289,8 @@ def run_servers(
                         server.start(logdir)
                         server.wait_ready()
                     ended = outcome.kind in ("valid", "format")
-                    if with_free and ended and outcome.decode_tps and outcome.tokens > 8:
+                    free_too = not server.details.get("constrained only")
+                    if with_free and free_too and ended and outcome.decode_tps and outcome.tokens > 8:
                         free = ask(server, turns, schema, outcome.tokens, False, timeout)
                         if free.decode_tps:
                             tally.constrained_tps.append(outcome.decode_tps)
@@ -283,7 +299,7 @@ def run_servers(
                                 f"  {outcome.tokens} tokens at {outcome.decode_tps:.1f} tok/s; "
                                 f"free: {free.tokens} at {free.decode_tps:.1f}"
                             )
-                    if echoes and ended and outcome.tokens > 8:
+                    if echoes and free_too and ended and outcome.tokens > 8:
                         pair = echo(server, schema, outcome, len(tally.answers) % 2 == 0, timeout)
                         if pair:
                             tally.echoed.append(pair)
@@ -429,6 +445,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--echo", action="store_true", help="also time each valid answer repeated both ways"
     )
+    parser.add_argument(
+        "--guidance-python",
+        type=Path,
+        help="a Python with `guidance` installed (and llama_cpp importable): Guidance's "
+        "side, as the paper's harness runs it",
+    )
     args = parser.parse_args(argv)
     if args.speculate:
         EXTRA["speculate"] = args.speculate
@@ -458,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
                 llama = llama_server_with(build.dir, model, args.threads, [])
                 llama.cmd += ["-c", str(CONTEXT)]  # the last -c is the one it takes
                 servers.append(llama)
+        if args.guidance_python:
+            servers.append(
+                guidance_server(args.guidance_python, model, args.threads, CONTEXT, args.timeout)
+            )
         ready = []
         for server in servers:
             if server.failure:

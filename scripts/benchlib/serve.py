@@ -206,6 +206,24 @@ def _llama_server(build_dir: Path, model: Path, threads: int, name: str, args: l
     return server
 
 
+def guidance_server(python: Path, model: Path, threads: int, ctx: int, timeout: float) -> Server:
+    """Guidance on llama-cpp-python (benchlib/guidance_server.py), run by `python`: an
+    environment with the `guidance` package (it pins its own llguidance)."""
+    port = free_port()
+    cmd = [
+        str(python), str(Path(__file__).with_name("guidance_server.py")), "--model", str(model),
+        "--port", str(port), "--threads", str(threads), "--ctx", str(ctx),
+        "--timeout", str(timeout),
+    ]  # fmt: skip
+    root = str(Path(__file__).resolve().parents[2])  # localrun's own checkout: its machine params
+    env = {**os.environ, "PYTHONPATH": root}
+    server = Server("Guidance", cmd, port, "/health", llama_server_stream, env=env)
+    server.details["constrained only"] = True  # it serves json_schema requests alone
+    if not Path(python).is_file():
+        server.failure = f"no Python at {python}"
+    return server
+
+
 def llama_cpp_python_server(model: Path, threads: int) -> Server:
     port = free_port()
     cmd = [
