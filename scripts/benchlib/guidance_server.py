@@ -13,7 +13,7 @@ llama_cpp and localrun. What the harness does, done here:
   request's, at most what the context has left;
 - a schema Guidance cannot compile is refused (a 400), as the harness counts it.
 Requests are served one at a time; each is answered as one stream chunk (the answer, whole),
-then its finish reason ("length" where the answer took every token it was allowed) and its
+then its finish reason ("length" where the text is not whole JSON: the budget cut it) and its
 usage. A request past `--timeout` seconds ends with an error chunk (the harness's generation
 timeout). The model is loaded with the llama.cpp parameters localrun uses on this machine
 (localrun.engine.machine: no AMX repacking, whose kernels crash).
@@ -101,10 +101,15 @@ class Guided:
             text = str(state["out"]) if state is not None else ""
         except KeyError:
             text = ""
-        # Guidance's own count (forward passes and forced tokens): the text, tokenized again,
-        # may take fewer tokens than were generated.
-        tokens = state._get_usage().output_tokens if state is not None else 0
-        return Answer(text, tokens, "length" if tokens >= budget else "stop")
+        # Guidance says nothing of why its stream ended: an answer its grammar ended is whole
+        # JSON, one the budget cut is not (Guidance's token count is not the streamed
+        # state's, and the text tokenized again may take fewer tokens than were generated).
+        try:
+            json.loads(text)
+            finish = "stop"
+        except ValueError:
+            finish = "length"
+        return Answer(text, self.count(text), finish)
 
 
 def handler(guided: Guided, timeout: float) -> type[BaseHTTPRequestHandler]:
