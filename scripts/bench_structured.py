@@ -44,11 +44,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import ipaddress
 import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -284,13 +286,17 @@ def run_servers(
                          "detail": outcome.detail, "text": outcome.text}
                     )  # fmt: skip
                     say(f"{server.name} {dataset}/{file}: {outcome.kind} {outcome.detail[:120]}")
+                    if outcome.kind == "failed" and server.details.get("exits after failing"):
+                        with contextlib.suppress(subprocess.TimeoutExpired, AttributeError):
+                            server.proc.wait(timeout=30)  # type: ignore[union-attr]
                     if outcome.kind == "failed" and server.proc and server.proc.poll() is not None:
                         say(f"{server.name} died: restarting it")
                         server.start(logdir)
                         server.wait_ready()
                     ended = outcome.kind in ("valid", "format")
                     free_too = not server.details.get("constrained only")
-                    if with_free and free_too and ended and outcome.decode_tps and outcome.tokens > 8:
+                    timed = outcome.tokens > 8
+                    if with_free and free_too and ended and timed and outcome.decode_tps:
                         free = ask(server, turns, schema, outcome.tokens, False, timeout)
                         if free.decode_tps:
                             tally.constrained_tps.append(outcome.decode_tps)

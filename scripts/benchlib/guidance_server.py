@@ -15,14 +15,16 @@ llama_cpp and localrun. What the harness does, done here:
 Requests are served one at a time; each is answered as one stream chunk (the answer, whole),
 then its finish reason ("length" where the text is not whole JSON: the budget cut it) and its
 usage. A request past `--timeout` seconds ends with an error chunk (the harness's generation
-timeout). The model is loaded with the llama.cpp parameters localrun uses on this machine
-(localrun.engine.machine: no AMX repacking, whose kernels crash).
+timeout), and the process with it (the benchmark starts another). The model is loaded with the
+llama.cpp parameters localrun uses on this machine (localrun.engine.machine: no AMX
+repacking, whose kernels crash).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -145,6 +147,12 @@ def handler(guided: Guided, timeout: float) -> type[BaseHTTPRequestHandler]:
             for chunk in chunks:
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.write(b"data: [DONE]\n\n")
+            if got.error:
+                # Guidance's stream left unfinished goes on decoding on the model's context in
+                # a thread of its own, and the next request on that context ended the process
+                # every time: end it now, answered; the benchmark starts it afresh.
+                self.wfile.flush()
+                os._exit(3)
 
         def _send(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()

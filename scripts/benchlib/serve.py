@@ -213,12 +213,13 @@ def guidance_server(python: Path, model: Path, threads: int, ctx: int, timeout: 
     cmd = [
         str(python), str(Path(__file__).with_name("guidance_server.py")), "--model", str(model),
         "--port", str(port), "--threads", str(threads), "--ctx", str(ctx),
-        "--timeout", str(timeout),
+        "--timeout", str(max(1.0, timeout - 5)),  # it answers before its client gives up
     ]  # fmt: skip
     root = str(Path(__file__).resolve().parents[2])  # localrun's own checkout: its machine params
     env = {**os.environ, "PYTHONPATH": root}
     server = Server("Guidance", cmd, port, "/health", llama_server_stream, env=env)
     server.details["constrained only"] = True  # it serves json_schema requests alone
+    server.details["exits after failing"] = True  # a stream left unfinished: started afresh
     if not Path(python).is_file():
         server.failure = f"no Python at {python}"
     return server
