@@ -57,9 +57,10 @@ class Answerer:
         sent, and the next draft proposed."""
         row = slot.row
         assert job.sampler is not None
-        if slot.draft and job.forcing and job.logprobs < 0:
+        if slot.draft and job.forcing:
             if not self._take_forced(slot, job):
                 return
+            row = slot.row
             token = self._choose(job, row, True)  # the grammar may force more past the draft
         else:
             token = self._choose(job, row, job.forcing > 0)
@@ -96,7 +97,7 @@ class Answerer:
                 spec.known([token, *forced[:-1]])
                 slot.draft = forced + spec.propose(forced[-1], room - len(forced))
             elif spec is not None:
-                spec.known([token])  # the forced text is sampled (for its log-probabilities)
+                spec.known([token, *forced])  # rows with logits (log-probabilities): no guess
         elif job.spec is not None:
             slot.draft = job.spec.propose(token, room)
 
@@ -134,11 +135,14 @@ class Answerer:
         count = min(job.forcing, len(draft))  # the batch may have had room for fewer
         job.forcing = 0
         assert job.sampler is not None
+        # With log-probabilities every forced row has logits (engine.rows): the row of the
+        # token before each forced token holds what the model made of it.
+        first = slot.row if job.logprobs >= 0 else -1
         for index in range(count):
             token = draft[index]
             job.sampler.take(token)
             slot.cache.append(token)
-            self._emit(job, token, -1)
+            self._emit(job, token, first + index if first >= 0 else -1)
             ended = "cancelled" if job.cancelled else None
             if ended is None and job.timings.eval_tokens >= job.budget:
                 ended = "length"
@@ -147,6 +151,8 @@ class Answerer:
                 self._finish(slot, ended)
                 return False
         slot.draft = draft[count:]
+        if first >= 0:
+            slot.row = first + count  # where the token after the forced text is sampled
         return True
 
     def _verify(self, slot: Slot, job: Job, token: int, row: int) -> tuple[int, int]:
@@ -166,9 +172,7 @@ class Answerer:
             row += 1
             token = self._choose(job, row, True)
         self._slots.drop_draft(slot)
-        if job.forcing and job.spec is not None:
-            job.spec.known(draft[:kept])
-        elif job.spec is not None:
+        if job.spec is not None:
             job.spec.settle(draft, kept)
         if job.cancelled:
             self._finish(slot, "cancelled")
