@@ -55,15 +55,12 @@ class Answerer:
     def sample(self, slot: Slot, job: Job) -> None:
         """The slot's next token: checked against its draft, the answer's ends and budgets,
         sent, and the next draft proposed."""
-        row = slot.row
         assert job.sampler is not None
-        if slot.draft and job.forcing:
-            if not self._take_forced(slot, job):
-                return
-            row = slot.row
-            token = self._choose(job, row, True)  # the grammar may force more past the draft
-        else:
-            token = self._choose(job, row, job.forcing > 0)
+        forcing = job.forcing > 0  # the grammar forced text last step (it may force more)
+        if slot.draft and forcing and not self._take_forced(slot, job):
+            return
+        row = slot.row  # past the forced draft, if one was taken
+        token = self._choose(job, row, forcing)
         if slot.draft:
             token, row = self._verify(slot, job, token, row)
             if token < 0:
@@ -114,10 +111,10 @@ class Answerer:
         """The answer's token at the batch's row `row`: where the grammar forces text now
         (`forcing`: it may), its first token as the tokenizer spells that text, taken without
         sampling; else the sampler's choice. Every path spells forced text so, whether it
-        was a forced draft, a guess verified or a row sampled for its log-probabilities: the
-        model, sampled under the mask, may prefer another spelling of the same text (`tra` +
-        `ck` for `track`), and the answer would then depend on whether a speculator guessed
-        across the forced text or the request asked for log-probabilities."""
+        came as a forced draft (whole, or cut short by the batch's room or its 32 tokens) or
+        inside a guess verified: the model, sampled under the mask, may prefer another
+        spelling of the same text (`tra` + `ck` for `track`), and the answer would then depend
+        on whether a speculator guessed across the forced text."""
         sampler = job.sampler
         assert sampler is not None
         forced = sampler.forced(1) if forcing else []
