@@ -48,16 +48,11 @@ class Guided:
 
     def __init__(self, model: str, threads: int, ctx: int) -> None:
         from guidance.models import LlamaCpp
-        from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         from localrun.engine.machine import machine_params
 
-        with machine_params().defaults():
-            self.llm = Llama(
-                model_path=model, n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
-                verbose=False,
-            )  # fmt: skip
+        self.llm = machine_params().llama(model, n_ctx=ctx, n_threads=threads, verbose=False)
         self.guided = LlamaCpp(self.llm, echo=False)
         meta = self.llm.metadata
         tokens = self.llm._model.token_get_text
