@@ -83,8 +83,6 @@ ASK = (
 # The paper's system turn (epfl-dlab/jsonschemabench core/messages.py), before its examples.
 PAPER_SYSTEM = "You need to generate a JSON object that matches the schema below."
 TIMEOUT_S = 180.0
-EXTRA: dict[str, Any] = {}  # fields every request carries (--speculate: localrun's own)
-EXAMPLES: dict[str, list[tuple[str, str]]] = {}  # --paper: each dataset's worked examples
 CONTEXT = 8192
 
 
@@ -139,15 +137,26 @@ def paper_examples(checkout: Path) -> dict[str, list[tuple[str, str]]]:
     raise ValueError(f"no EXAMPLES_FOR_TASK in {checkout / 'core' / 'messages.py'}")
 
 
-def messages(dataset: str, schema: Any) -> list[dict[str, str]]:
-    """The request's turns: the paper's (its system turn, at most five of the dataset's
-    examples, the schema) with --paper, else one user turn asking for a value."""
-    if not EXAMPLES:
-        return [{"role": "user", "content": ASK.format(schema=json.dumps(schema))}]
-    turns = [{"role": "system", "content": PAPER_SYSTEM}]
-    for shown, answer in EXAMPLES.get(dataset, [])[:5]:
-        turns += [{"role": "user", "content": shown}, {"role": "assistant", "content": answer}]
-    return [*turns, {"role": "user", "content": json.dumps(schema)}]
+@dataclass(frozen=True)
+class Asking:
+    """How every request of a run is asked: the paper's worked examples, each dataset's
+    (--paper; none: one user turn), the fields every request carries (--speculate: localrun's
+    own), its token budget and its bound in seconds."""
+
+    examples: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int = 512
+    timeout: float = TIMEOUT_S
+
+    def turns(self, dataset: str, schema: Any) -> list[dict[str, str]]:
+        """The request's turns: the paper's (its system turn, at most five of the dataset's
+        examples, the schema) with examples, else one user turn asking for a value."""
+        if not self.examples:
+            return [{"role": "user", "content": ASK.format(schema=json.dumps(schema))}]
+        turns = [{"role": "system", "content": PAPER_SYSTEM}]
+        for shown, answer in self.examples.get(dataset, [])[:5]:
+            turns += [{"role": "user", "content": shown}, {"role": "assistant", "content": answer}]
+        return [*turns, {"role": "user", "content": json.dumps(schema)}]
 
 
 FORMATS = jsonschema.FormatChecker()
@@ -178,25 +187,44 @@ def judge(text: str, schema: Any) -> tuple[str, str]:
     return "valid", ""
 
 
+def too_long(said: str) -> bool:
+    """Whether a refusal's body says the prompt is past the context: OpenAI's code
+    `context_length_exceeded` (localrun's, the Guidance server's) or llama-server's error
+    type `exceed_context_size_error`."""
+    try:
+        body = json.loads(said)
+    except ValueError:
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return False
+    return (
+        error.get("code") == "context_length_exceeded"
+        or error.get("type") == "exceed_context_size_error"
+    )
+
+
 def ask(
     server: Server,
     turns: list[dict[str, str]],
     schema: Any,
-    max_tokens: int,
+    asking: Asking,
     constrained: bool,
-    timeout: float = TIMEOUT_S,
+    max_tokens: int | None = None,
 ) -> Outcome:
     """One greedy request, streamed: its outcome and decode rate (the answer's tokens after the
     first over the time after the first). Tokens are counted by the server's `usage`, not by
-    chunks: a chunk may carry several tokens (forced text, a speculator's kept draft)."""
+    chunks: a chunk may carry several tokens (forced text, a speculator's kept draft).
+    `max_tokens`: this request's budget, where not the run's."""
+    timeout = asking.timeout
     body: dict[str, Any] = {
         "model": server.model or "m",
         "messages": turns,
         "temperature": 0,
-        "max_tokens": max_tokens,
+        "max_tokens": max_tokens or asking.max_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
-        **EXTRA,
+        **asking.extra,
     }
     if constrained:
         body["response_format"] = {
@@ -209,7 +237,7 @@ def ask(
         with httpx.stream("POST", url, json=body, timeout=timeout) as response:
             if 400 <= response.status_code < 500:
                 said = response.read().decode(errors="replace")
-                kind = "too long" if "context" in said.lower() else "refused"
+                kind = "too long" if too_long(said) else "refused"
                 return Outcome(kind, detail=said[:200])
             if response.status_code != 200:
                 return Outcome("failed", detail=f"HTTP {response.status_code}")
@@ -246,7 +274,7 @@ ECHO = "Repeat this JSON exactly as it is written, and write nothing else:\n\n{a
 
 
 def echo(
-    server: Server, schema: Any, answer: Outcome, first: bool, timeout: float
+    server: Server, schema: Any, answer: Outcome, first: bool, asking: Asking
 ) -> tuple[float, float] | None:
     """The same answer both ways: the model asked to repeat a valid answer of the schema, with
     the schema and without, greedy (`first`: the constrained request first, else the free one).
@@ -255,7 +283,7 @@ def echo(
     turns = [{"role": "user", "content": ECHO.format(answer=answer.text)}]
     budget = answer.tokens + 16
     order = (True, False) if first else (False, True)
-    got = {c: ask(server, turns, schema, budget, c, timeout) for c in order}
+    got = {c: ask(server, turns, schema, asking, c, budget) for c in order}
     if any(o.text != answer.text or o.kind in ("cut", "failed") for o in got.values()):
         return None
     return got[True].seconds, got[False].seconds
@@ -264,9 +292,8 @@ def echo(
 def run_servers(
     servers: list[Server],
     picked: dict[str, list[tuple[str, Any]]],
-    max_tokens: int,
+    asking: Asking,
     logdir: Path,
-    timeout: float,
     with_free: bool = True,
     echoes: bool = False,
 ) -> dict[str, dict[str, Tally]]:
@@ -277,8 +304,8 @@ def run_servers(
         try:
             for dataset, schemas in picked.items():
                 for file, schema in schemas:
-                    turns = messages(dataset, schema)
-                    outcome = ask(server, turns, schema, max_tokens, True, timeout)
+                    turns = asking.turns(dataset, schema)
+                    outcome = ask(server, turns, schema, asking, True)
                     tally = results[server.name][dataset]
                     tally.outcomes[outcome.kind] += 1
                     tally.answers.append(
@@ -297,7 +324,7 @@ def run_servers(
                     free_too = not server.details.get("constrained only")
                     timed = outcome.tokens > 8
                     if with_free and free_too and ended and timed and outcome.decode_tps:
-                        free = ask(server, turns, schema, outcome.tokens, False, timeout)
+                        free = ask(server, turns, schema, asking, False, outcome.tokens)
                         if free.decode_tps:
                             tally.constrained_tps.append(outcome.decode_tps)
                             tally.free_tps.append(free.decode_tps)
@@ -306,7 +333,7 @@ def run_servers(
                                 f"free: {free.tokens} at {free.decode_tps:.1f}"
                             )
                     if echoes and free_too and ended and outcome.tokens > 8:
-                        pair = echo(server, schema, outcome, len(tally.answers) % 2 == 0, timeout)
+                        pair = echo(server, schema, outcome, len(tally.answers) % 2 == 0, asking)
                         if pair:
                             tally.echoed.append(pair)
                             c, f = pair
@@ -458,10 +485,12 @@ def main(argv: list[str] | None = None) -> int:
         "side, as the paper's harness runs it",
     )
     args = parser.parse_args(argv)
-    if args.speculate:
-        EXTRA["speculate"] = args.speculate
-    if args.paper:
-        EXAMPLES.update(paper_examples(args.paper))
+    asking = Asking(
+        examples=paper_examples(args.paper) if args.paper else {},
+        extra={"speculate": args.speculate} if args.speculate else {},
+        max_tokens=args.max_tokens,
+        timeout=args.timeout,
+    )
     model = args.model or default_model()
     if model is None or not (args.data / "data").is_dir():
         parser.error("needs --data (a jsonschemabench checkout) and the SmolLM2 starter")
@@ -497,9 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 ready.append(server)
         try:
-            results = run_servers(
-                ready, picked, args.max_tokens, home, args.timeout, not args.no_free, args.echo
-            )
+            results = run_servers(ready, picked, asking, home, not args.no_free, args.echo)
         except Unavailable as exc:
             say(f"a server failed: {exc}")
             return 1

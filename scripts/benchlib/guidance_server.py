@@ -41,6 +41,7 @@ class Answer:
     finish: str = "stop"  # or "length": every token it was allowed
     error: str = ""
     refused: bool = True
+    code: str | None = None  # the refusal's OpenAI error code
 
 
 class Guided:
@@ -74,7 +75,10 @@ class Guided:
         prompt = self.formatter(messages=turns).prompt
         used = self.count(prompt)
         if used >= self.ctx:
-            return Answer(error=f"the prompt's {used} tokens are past the context of {self.ctx}")
+            return Answer(
+                error=f"the prompt's {used} tokens are past the context of {self.ctx}",
+                code="context_length_exceeded",
+            )
         if isinstance(schema, dict) and "type" not in schema:
             schema = {**schema, "type": "object"}
         budget = min(budget, self.ctx - used)
@@ -127,7 +131,7 @@ def handler(guided: Guided, timeout: float) -> type[BaseHTTPRequestHandler]:
                 body["messages"], schema, int(body.get("max_tokens") or 2048), timeout
             )
             if got.error and got.refused:
-                self._send(400, {"error": {"message": got.error}})
+                self._send(400, {"error": {"message": got.error, "code": got.code}})
                 return
             chunks: list[dict[str, Any]] = [{"error": {"message": got.error}}]  # ended mid-answer
             if not got.error:
