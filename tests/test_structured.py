@@ -315,6 +315,33 @@ def test_one_of_is_enforced_where_no_value_matches_two_branches() -> None:
     assert constraint_for(overlapping) is not None
 
 
+def test_the_check_after_names_the_one_of_two_branches_matched() -> None:
+    """Snowplow's Igluctl schema (JSONSchemaBench sp_209): items are anyOf a push and an s3cp
+    action, the push's apikey oneOf a uuid `format` and a pattern, neither saying "string".
+    A push with a number apikey matches both: the check after names that oneOf, not the s3cp
+    branch's `action` (what jsonschema's best_match names)."""
+    key = {"oneOf": [{"format": "uuid"}, {"pattern": "^\\$[A-Z0-9-_]+"}]}
+    push = {
+        "type": "object",
+        "properties": {"action": {"enum": ["push"]}, "apikey": key},
+        "required": ["action", "apikey"],
+    }
+    s3cp = {"type": "object", "properties": {"action": {"enum": ["s3cp"]}}, "required": ["action"]}
+    schema = {"type": "array", "items": {"anyOf": [push, s3cp]}}
+    errors = jsonschema.Draft202012Validator(schema).iter_errors([{"action": "push", "apikey": 7}])
+    assert jsonschema.exceptions.best_match(errors).validator == "enum"  # named before
+    with pytest.raises(AnswerSchemaError) as caught:
+        answer_schema.check('[{"action": "push", "apikey": 7}]', schema)
+    assert "at 0/apikey: oneOf 7 is valid under each of" in str(caught.value), caught.value
+    assert "oneOf" in (caught.value.hint or "")
+    # A value no branch matches: jsonschema's best match, as before.
+    with pytest.raises(AnswerSchemaError, match="at 0: anyOf"):
+        answer_schema.check('[{"action": "pull"}]', schema)
+    # A key the pattern does not match: the `format` branch alone (an annotation: any string).
+    key = "123e4567-e89b-12d3-a456-426614174000"
+    answer_schema.check(f'[{{"action": "push", "apikey": "{key}"}}, {{"action": "s3cp"}}]', schema)
+
+
 def test_a_discriminator_tells_objects_apart_not_other_values() -> None:
     """`{"k": "a"}` and `{"k": "b"}` tell two object branches apart, but a string matches
     both branches of a oneOf that does not say objects: refused, never read as anyOf."""

@@ -113,7 +113,7 @@ def _validate(value: Any, schema: dict[str, Any], what: str) -> None:
         ValueError,
     )
     try:
-        error = jsonschema.exceptions.best_match(_validator(schema)(schema).iter_errors(value))
+        error = _reason(list(_validator(schema)(schema).iter_errors(value)))
     except cannot as exc:
         raise AnswerSchemaError(f"{what} cannot be checked: {exc}", hint=hint) from None
     if error is not None:
@@ -122,6 +122,23 @@ def _validate(value: Any, schema: dict[str, Any], what: str) -> None:
             f"{what} does not match its schema at {where}: {error.validator} {error.message[:200]}",
             hint=hint,
         )
+
+
+def _reason(errors: list[Any]) -> Any:
+    """The error to name: a `oneOf` more than one branch of which the value matches, wherever
+    it is (inside an `anyOf` branch too: the grammar read that oneOf as anyOf, and the check
+    is there for it), else jsonschema's best match. best_match would name another branch's
+    failure (`enum 'push' is not one of ['s3cp']`) where the branch the answer took failed
+    only for its ambiguous oneOf."""
+    import jsonschema
+
+    stack = list(reversed(errors))
+    while stack:
+        error = stack.pop()
+        if error.validator == "oneOf" and not error.context:  # "valid under each of"
+            return error
+        stack.extend(reversed(error.context))
+    return jsonschema.exceptions.best_match(errors)
 
 
 def _validator(schema: dict[str, Any]) -> Any:
