@@ -339,7 +339,7 @@ def run_servers(
                                 f"  {outcome.tokens} tokens at {outcome.decode_tps:.1f} tok/s; "
                                 f"free: {free.tokens} at {free.decode_tps:.1f}"
                             )
-                    if echoes and free_too and ended and outcome.tokens > 8:
+                    if echoes and free_too and ended and timed:
                         pair = echo(server, schema, outcome, len(tally.answers) % 2 == 0, asking)
                         if pair:
                             tally.echoed.append(pair)
