@@ -273,6 +273,24 @@ def test_a_bad_grammar_fails_at_submit(tiny: BatchEngine) -> None:
         tiny.submit([1, 5], SamplingOptions(constraint="start: nonsense("), sink=Collect())
 
 
+def test_a_grammar_that_crashes_the_compiler_fails_at_submit_and_the_engine_lives(
+    smol: BatchEngine,
+) -> None:
+    # 5,000 Lark rules each naming the next: llguidance's compiler recurses through them past
+    # its stack and the process dies (issue 76). The engine compiles a grammar first in a
+    # child of its own (engine.grammar_guard): the child dies, the request is a 400, and this
+    # process, with a stream under way on the engine, goes on.
+    prompt = chat(smol, "Tell me a story.")
+    other = run(smol, prompt, greedy(48), IM_END)
+    rules = [f'r{i}: r{i + 1} "x"' for i in range(5_000)]
+    chain = "\n".join([*rules, 'r5000: "a"', "start: r0"])
+    with pytest.raises(BadRequestError, match="crashed the grammar compiler"):
+        smol.submit(prompt, SamplingOptions(constraint=chain), sink=Collect())
+    assert other.wait().reason in ("stop", "length")
+    yes = SamplingOptions(temperature=0, num_predict=16, constraint='start: "yes"')
+    assert run(smol, prompt, yes, IM_END).wait().text == "yes"  # a new child compiled it
+
+
 def test_grammar_constrains_each_slot(smol: BatchEngine) -> None:
     prompt = chat(smol, "Say something.")
     yes = SamplingOptions(temperature=0, num_predict=16, constraint='start: "yes"')

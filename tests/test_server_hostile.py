@@ -6,6 +6,7 @@ each gets its 4xx in the dialect's shape and the server and the runner answer th
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -172,3 +173,121 @@ def test_an_answer_too_large_for_the_channel_costs_that_answer_not_the_runner(
         assert generate(server).status_code == 200 and server.running()[SMOL].pid == pid
     finally:
         server.close()
+
+
+# -- schemas: checks off the event loop, grammars that crash the compiler ----------------------
+
+
+class VersionProbe:
+    """The slowest GET /api/version while a hostile request runs (the event loop must stay
+    free), polled every 50 ms on a thread."""
+
+    def __init__(self, live: LiveServer) -> None:
+        self.live, self.slowest, self.answers = live, 0.0, 0
+        self._pool = ThreadPoolExecutor(1)
+        self._stop = False
+        self._done = self._pool.submit(self._poll)
+
+    def _poll(self) -> None:
+        with httpx.Client(timeout=PATIENCE_S) as client:
+            while not self._stop:
+                started = time.monotonic()
+                assert client.get(self.live.url + "/api/version").status_code == 200
+                self.slowest = max(self.slowest, time.monotonic() - started)
+                self.answers += 1
+                time.sleep(0.05)
+
+    def stop(self) -> float:
+        self._stop = True
+        self._done.result()
+        self._pool.shutdown()
+        assert self.answers > 0
+        return self.slowest
+
+
+def ref_chain(n: int) -> dict[str, Any]:
+    """A schema whose definitions chain `n` deep: each object's property is the next."""
+    defs: dict[str, Any] = {
+        f"d{i}": {"type": "object", "properties": {"x": {"$ref": f"#/$defs/d{i + 1}"}}}
+        for i in range(n)
+    }
+    defs[f"d{n}"] = {"type": "string"}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+def test_a_backtracking_pattern_in_the_check_after_holds_that_request_alone(
+    live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `not` is checked after the answer; its pattern backtracks 2^n steps on n characters
+    # (^(a|.)*b$ passes a gate on widths), and the check ran on the event loop: every other
+    # client waited 32 s for a 27-character answer. Now it runs in a child that is stopped at
+    # LOCALRUN_CHECK_TIMEOUT, and the answer is a 422.
+    monkeypatch.setenv("LOCALRUN_CHECK_TIMEOUT", "1s")
+    assert generate(live).status_code == 200  # the model loaded: only the check is timed
+    schema = {"type": "string", "const": "a" * 40, "not": {"pattern": "^(a|.)*b$"}}
+    probe = VersionProbe(live)
+    started = time.monotonic()
+    body = {"model": SMOL, "prompt": "Say a", "format": schema, "stream": False,
+            "options": {"num_predict": 64}}  # fmt: skip
+    answer = post(live, "/api/generate", body)
+    took = time.monotonic() - started
+    assert probe.stop() < 0.5
+    assert answer.status_code == 422, answer.text[:300]
+    assert "took over 1 s" in answer.json()["error"]
+    assert took < 10
+    # The same pattern on a schema whose answer does not trigger it is checked as before.
+    fine = {"type": "string", "const": "ab", "not": {"pattern": "^(a|.)*c$"}}
+    kept = post(live, "/api/generate", {**body, "format": fine})
+    assert kept.status_code == 200 and kept.json()["response"] == '"ab"'
+
+
+def test_reading_a_huge_schema_never_holds_the_event_loop(
+    live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # jsonschema read a format of 20,000 properties for 17 s on the event loop.
+    monkeypatch.setenv("LOCALRUN_CHECK_TIMEOUT", "1s")
+    schema = {"type": "object", "uniqueItems": True,
+              "properties": {f"p{i}": {"type": "string"} for i in range(20_000)}}  # fmt: skip
+    probe = VersionProbe(live)
+    started = time.monotonic()
+    refused = post(live, "/api/generate", {"model": SMOL, "prompt": "Hi", "format": schema})
+    assert probe.stop() < 0.5
+    assert refused.status_code == 400, refused.text[:300]
+    assert "took over 1 s" in refused.json()["error"]
+    assert time.monotonic() - started < 10
+
+
+def test_a_ref_chain_is_refused_and_the_runner_and_its_streams_live(live: LiveServer) -> None:
+    # A chain of 2,500 definitions crashed llguidance (SIGSEGV, the runner and every stream on
+    # it); past formats.grammar_bounds.MAX_RESOLVED_DEPTH it is a 400 before the compiler.
+    assert generate(live).status_code == 200
+    pid = live.running()[SMOL].pid
+    long = {"model": SMOL, "prompt": "Tell me a long story.", "stream": True,
+            "options": {"num_predict": 120, "temperature": 0}}  # fmt: skip
+    with ThreadPoolExecutor(1) as pool, httpx.Client(timeout=PATIENCE_S) as client:
+
+        def stream() -> list[dict[str, Any]]:
+            with client.stream("POST", live.url + "/api/generate", json=long) as response:
+                assert response.status_code == 200
+                return [json.loads(line) for line in response.iter_lines() if line]
+
+        other = pool.submit(stream)
+        chain = ref_chain(2_500)
+        ollama_route = post(live, "/api/generate", {"model": SMOL, "prompt": "Hi", "format": chain})
+        assert ollama_route.status_code == 400, ollama_route.text[:300]
+        assert "$refs are followed" in ollama_route.json()["error"]
+        openai_route = post(live, "/v1/chat/completions", {
+            "model": SMOL, "messages": [{"role": "user", "content": "Hi"}],
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "chain", "schema": chain}}})  # fmt: skip
+        assert openai_route.status_code == 400, openai_route.text[:300]
+        assert openai_route.json()["error"]["type"] == "invalid_request_error"
+        events = other.result()
+    # The other stream ended as its answer did, not cut by a runner's death.
+    assert events[-1]["done"] is True and events[-1]["done_reason"] in ("stop", "length")
+    # A chain well inside the bound compiles and is answered; the runner is the same one.
+    inside = {"model": SMOL, "prompt": "Hi", "format": ref_chain(20), "stream": False,
+              "options": {"num_predict": 8}}  # fmt: skip
+    short = post(live, "/api/generate", inside)
+    assert short.status_code == 200
+    assert live.running()[SMOL].pid == pid

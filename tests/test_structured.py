@@ -36,6 +36,7 @@ from localrun.errors import AnswerSchemaError, BadRequestError
 from localrun.formats import grammar_bounds
 from localrun.scheduler import Scheduler
 from localrun.server import answer_schema
+from localrun.server.checker import Checker
 from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store
@@ -85,6 +86,7 @@ def test_the_json_schema_test_suite_is_kept_or_refused(smol_vocab: Weights) -> N
         pytest.skip("the JSON Schema Test Suite is not fetched: run scripts/fetch_corpora.py")
     seen: Counter[str] = Counter()
     wrong, stricter_held = [], set()
+    checker = Checker()  # the server's: each schema read in a child with a deadline
     for name, schema, tests in _cases():
         if not isinstance(schema, dict):
             continue  # `true` and `false` as a whole schema: no request sends them
@@ -92,7 +94,7 @@ def test_the_json_schema_test_suite_is_kept_or_refused(smol_vocab: Weights) -> N
             grammar = constraint_for(schema)
             assert grammar is not None
             constraint.Constraint(smol_vocab.guide(), grammar, smol_vocab.n_vocab)
-            after = answer_schema.to_check(schema)  # what the grammar lets through: oneOf
+            after = answer_schema.to_check(schema, checker)  # what the grammar lets through: oneOf
         except BadRequestError as exc:
             # One line saying what cannot be enforced.
             assert "\n" not in str(exc) and len(str(exc)) < 400, str(exc)
@@ -118,6 +120,7 @@ def test_the_json_schema_test_suite_is_kept_or_refused(smol_vocab: Weights) -> N
                 stricter_held.update(listed)
                 continue
             wrong.append(f"{where}: {'refused' if case['valid'] else 'TAKEN'} {text[:80]}")
+    checker.close()
     print(dict(seen))
     assert not wrong, "\n".join(wrong)
     assert stricter_held == set(STRICTER), f"no longer stricter: {set(STRICTER) - stricter_held}"
@@ -751,3 +754,75 @@ def test_json_is_written_on_one_line_as_json_dumps_writes_it(smol_vocab: Weights
         for blank in (json.dumps(value, indent=2), json.dumps(value, separators=(",", ":"))):
             assert not _takes(smol_vocab, grammar, blank), blank
         assert not _takes(smol_vocab, grammar, json.dumps(value).replace(", ", " , ", 1))
+
+
+def _chain(kind: str, n: int) -> dict[str, Any]:
+    """A schema whose definitions chain `n` deep, each holding the next as `kind` does."""
+
+    def hop(i: int) -> dict[str, Any]:
+        ref = {"$ref": f"#/$defs/d{i + 1}"}
+        return {
+            "ref": ref,
+            "properties": {"type": "object", "properties": {"x": ref}},
+            "items": {"type": "array", "items": ref},
+            "prefixItems": {"type": "array", "prefixItems": [ref]},
+            "patternProperties": {"type": "object", "patternProperties": {"^a": ref}},
+            "anyOf": {"anyOf": [ref, {"type": "null"}]},
+            "allOf": {"allOf": [ref]},
+        }[kind]
+
+    defs = {f"d{i}": hop(i) for i in range(n)}
+    defs[f"d{n}"] = {"type": "string"}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+CHAINS = ["ref", "properties", "items", "prefixItems", "patternProperties", "anyOf", "allOf"]
+
+
+@pytest.mark.parametrize("kind", CHAINS)
+def test_a_chain_of_definitions_is_bounded_below_where_the_compiler_crashes(kind: str) -> None:
+    """A chain of 2,500 definitions crashed llguidance (its recursion passed the runner's
+    stack). The longest chain within MAX_RESOLVED_DEPTH compiles in the guard's child, on half
+    the stack a runner compiles on (the keyword that costs most stack a level, `items`,
+    crashes an 8 MiB stack past 2,100 levels); one more hop is a 400 before the compiler."""
+    from localrun.engine.grammar_guard import Guard
+
+    def fits(n: int) -> bool:
+        try:
+            grammar_bounds.check_schema(_chain(kind, n))
+            return True
+        except BadRequestError:
+            return False
+
+    low, high = 1, 4_000  # the longest chain that fits, by bisection
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    assert 100 <= low < 2_500 // 2
+    with pytest.raises(BadRequestError, match=r"once its \$refs are followed"):
+        grammar_bounds.check_schema(_chain(kind, low + 1))
+    guard = Guard()
+    try:
+        guard.check(constraint_for(_chain(kind, low)) or "")
+    finally:
+        guard.close()
+
+
+def test_the_depth_of_a_schema_follows_its_refs_once_through_each_cycle() -> None:
+    from localrun.formats.schema_refs import resolved_depth
+
+    tree = {"$defs": {"node": {"type": "object", "properties": {
+        "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
+        "$ref": "#/$defs/node"}  # fmt: skip
+    assert resolved_depth(tree) <= 8  # recursion is compiled once, not unrolled
+    assert resolved_depth(_chain("properties", 1_000)) == 3 * 1_000 + 3  # three levels a hop
+    # Definitions that are never named add no depth, however many.
+    unused = {"$defs": {f"d{i}": {"type": "string"} for i in range(5_000)}, "type": "string"}
+    assert resolved_depth(unused) == 2
+    # A cycle through many definitions counts each of them once.
+    ring = _chain("properties", 300)
+    ring["$defs"]["d300"] = {"$ref": "#/$defs/d0"}
+    assert 900 <= resolved_depth(ring) <= 4 * 301 + 3  # each one once, to its leaves
+    grammar_bounds.check_schema(unused)
+    with pytest.raises(BadRequestError):
+        grammar_bounds.check_schema(ring)

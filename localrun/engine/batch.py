@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from localrun.engine import calls, draft, prompt_cache, speculate
+from localrun.engine import calls, draft, grammar_guard, prompt_cache, speculate
 from localrun.engine.answering import Answerer
 from localrun.engine.answers import AnswerMemory
 from localrun.engine.costs import CostMeter, DecodeCost
@@ -77,6 +77,8 @@ class BatchEngine:
         self._rows: StepBatch | None = None
         self._thread: threading.Thread | None = None
         self._released = False
+        # A client's grammar is compiled first in a child of its own (engine.grammar_guard).
+        self._guard = grammar_guard.Guard()
         self._cond = threading.Condition()
         self._closing = False
         self._wake = False  # cancel(), reset() or close() wants the loop to take the lock
@@ -281,7 +283,13 @@ class BatchEngine:
                 job.state = disk.load(job.prefix, self._weights.state_bound(len(job.prefix)))
         weights = self._weights
         job.sampler = Sampler(
-            sampling, weights.vocab, self.n_vocab, n_ctx, weights.guide, weights.token_bytes
+            sampling,
+            weights.vocab,
+            self.n_vocab,
+            n_ctx,
+            weights.guide,
+            weights.token_bytes,
+            self._guard.check,
         )
         return job
 
@@ -532,6 +540,7 @@ class BatchEngine:
             if self._masks is not None:
                 self._masks.shutdown()
                 self._masks = None
+            self._guard.close()
             if self._rows is not None:
                 self._rows.free()
                 self._rows = None

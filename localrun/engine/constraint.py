@@ -25,25 +25,14 @@ until the sampler next needs it (`_settled`: every use of the matcher waits for 
 from __future__ import annotations
 
 import ctypes
-import re
 from concurrent.futures import Executor, Future
 from typing import Any
 
 import llguidance
 
+from localrun.engine.grammar_guard import HINT, LIMITS, message
 from localrun.engine.native import lc
 from localrun.errors import BadRequestError, EngineError
-
-# What one grammar may cost: its size when compiled, and the work of one mask (llguidance's
-# fuel: the lexer's and the Earley parser's steps). A grammar past them is refused when it is
-# compiled, or stops the answer where a step runs out (an error the request is told of).
-LIMITS = llguidance.LLParserLimits(
-    max_grammar_size=500_000,
-    step_lexer_fuel=200_000,
-    step_max_items=50_000,
-    max_lexer_states=250_000,
-    verbose_errors=False,
-)
 
 
 def tokenizer(vocab: Any) -> Any:
@@ -87,20 +76,7 @@ def check(grammar: str) -> None:
     engine, with its model's)."""
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, limits=LIMITS)
     if failed:
-        raise BadRequestError(_message(messages[0]), hint=_HINT)
-
-
-_HINT = "simplify the schema or grammar; README: Structured outputs lists what is enforced"
-
-
-def _message(error: str) -> str:
-    """llguidance's error in one line: its first, without the place in the grammar (the
-    request's schema is not the grammar it was written into) and the grammar shown after."""
-    text = " ".join(error.strip().split("\n", 1)[0].split())
-    text = re.sub(r"^at \d+\(\d+\): ", "", text)
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"the output's schema or grammar cannot be enforced: {text}"
+        raise BadRequestError(message(messages[0]), hint=HINT)
 
 
 class Constraint:
@@ -114,7 +90,7 @@ class Constraint:
         self.tokens = tokens
         self.matcher = llguidance.LLMatcher(tokens, grammar, log_level=0, limits=LIMITS)
         if self.matcher.is_error():
-            raise BadRequestError(_message(self.matcher.get_error()), hint=_HINT)
+            raise BadRequestError(message(self.matcher.get_error()), hint=HINT)
         words = (n_vocab + 31) // 32
         self.mask = np.zeros(words, dtype=np.int32)
         self._pending: Future[None] | None = None  # the mask being computed ahead

@@ -117,7 +117,10 @@ class Sampler:
         n_ctx: int,
         guide: Callable[[], Any] | None = None,
         spelled: Callable[[int], bytes] | None = None,
+        guard: Callable[[str], None] | None = None,
     ) -> None:
+        """`guard` checks a grammar before it is compiled here (the engine's
+        grammar_guard.Guard: a grammar that would crash the compiler crashes its child)."""
         import numpy as np
 
         self.np: Any = np
@@ -130,6 +133,8 @@ class Sampler:
             if s.constraint:
                 if guide is None or (s.triggers and spelled is None):
                     raise EngineError("a constrained answer needs the vocabulary's tokenizer")
+                if guard is not None:
+                    guard(s.constraint)
                 constraint = Constraint(guide(), s.constraint, n_vocab)
                 if s.triggers:
                     self.lazy = Lazy(constraint, s.triggers, s.reasoning)

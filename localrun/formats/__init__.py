@@ -14,6 +14,7 @@
                         (one module a family behind one table; derive.py for the rest)
     reasoning.py        which templates think, how a request asks, the answer split in two
     grammar_bounds.py   the bounds on the schema a request constrains its answer with
+    schema_refs.py      how deep a schema nests once its $refs are followed
 
 Text in, text out: imports only errors, settings and jsonlimits. The runner's prompt
 (worker/prompt.py) puts these together for one loaded model; dialects never look inside.

@@ -10,6 +10,8 @@ reaches it:
 - a minimum (`minLength`, `minItems`, `minProperties`) is at most MAX_MINIMUM: no answer can
   hold more, so such a schema can only end cut off;
 - a pattern is at most MAX_PATTERN characters;
+- followed through its `$ref`s, it nests at most MAX_RESOLVED_DEPTH levels (formats.schema_refs:
+  llguidance recurses into each definition, and a chain of a few thousand crashed a runner);
 - the grammar text is at most LOCALRUN_MAX_GRAMMAR_BYTES (an enum of 100,000 strings costs
   llguidance a third of a second before it refuses it).
 
@@ -23,9 +25,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from localrun.errors import BadRequestError
+from localrun.formats import schema_refs
 from localrun.settings import limits
 
 MAX_DEPTH = 120
+# llguidance's recursion through a chain of definitions passes an 8 MiB stack past 2,100 of
+# these levels (`items` chains, the deepest per level measured), 2,500 for `$ref` alone.
+MAX_RESOLVED_DEPTH = 600
 MAX_MINIMUM = 1_000_000
 MAX_PATTERN = 16 * 1024
 
@@ -60,6 +66,16 @@ def check_schema(schema: Any) -> None:
                 stack.append((value, depth + 1))
         elif isinstance(node, list):
             stack.extend((item, depth + 1) for item in node)
+    try:
+        resolved = schema_refs.resolved_depth(schema)
+    except schema_refs.TooManyTargets as exc:
+        raise BadRequestError(str(exc), hint=_HINT) from None
+    if resolved > MAX_RESOLVED_DEPTH:
+        raise BadRequestError(
+            f"the JSON schema nests {resolved} levels once its $refs are followed "
+            f"(at most {MAX_RESOLVED_DEPTH})",
+            hint="shorten the chains of definitions that refer to one another",
+        )
 
 
 # The keywords llguidance cannot enforce (it refuses a schema with one, unless told to leave

@@ -14,6 +14,10 @@ error in the dialect's shape (422, or the last event of a stream), naming the ke
 a 200 carrying a value the client's schema refuses. What the check runs is bounded before the
 answer is made: the schema must be one jsonschema takes, and each pattern one Python's
 backtracking regular expressions run in bounded time on.
+
+Every check whose time the client chooses (jsonschema reading the schema, validating the
+answer) runs in a child process with a deadline (server.checker), handed to it from a worker
+thread: nothing here runs on the event loop.
 """
 
 from __future__ import annotations
@@ -24,54 +28,69 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from re import _constants as _c  # type: ignore[attr-defined]
 from re import _parser as _sre  # type: ignore[attr-defined]
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localrun.errors import AnswerSchemaError, BadRequestError
 from localrun.formats import calls as tools_mod
 from localrun.formats import grammar_bounds
 from localrun.request import GenRequest
 
+if TYPE_CHECKING:
+    from localrun.server.checker import Checker
+
 
 @dataclass
 class AfterCheck:
     """What an answer is validated against once it is made: the format's schema (None: the
-    constraint enforced all of it), and each enforced tool's whose constraint did not."""
+    constraint enforced all of it), and each enforced tool's whose constraint did not; by
+    `checker`'s children."""
 
+    checker: Checker
     answer: dict[str, Any] | None = None
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def check(self, text: str, calls: list[dict[str, Any]] | None) -> None:
-        """Raise AnswerSchemaError unless the answer (its text, or its calls) validates."""
+        """Raise AnswerSchemaError unless the answer (its text, or its calls) validates
+        (blocks: from a worker thread)."""
         if calls:
             for call in calls:
                 schema = self.tools.get(str(call.get("name")))
                 if schema is not None:
                     where = f"the call of {call.get('name')}"
-                    _validate(call.get("arguments") or {}, schema, where)
+                    self.checker.value(call.get("arguments") or {}, schema, where)
         elif self.answer is not None:
-            check(text, self.answer)
+            self.checker.answer(text, self.answer)
 
 
-def after_check(req: GenRequest) -> AfterCheck | None:
-    """The check a request's answer needs (None: none), its schemas checked before any token
-    is made (`to_check`)."""
-    found = AfterCheck(answer=to_check(req.format))
+def after_check(req: GenRequest, checker: Checker) -> AfterCheck | None:
+    """The check a request's answer needs (None: none), its schemas checked by `checker`
+    before any token is made (a 400 for one that cannot be); blocks: from a worker thread."""
+    found = AfterCheck(checker, answer=to_check(req.format, checker))
     in_force = tools_mod.in_force(req.tools, req.tool_choice) if req.tools else None
     for tool in tools_mod.enforced(in_force or [], req.tool_choice):
         name = str(tool["function"]["name"])
         schema = tools_mod.parameters(tool)
-        if to_check(schema, f"the tool {name!r}'s schema"):
+        if to_check(schema, checker, f"the tool {name!r}'s schema"):
             found.tools[name] = schema
     return found if found.answer is not None or found.tools else None
 
 
-def to_check(format: Any, what: str = "the format's schema") -> dict[str, Any] | None:
+def to_check(
+    format: Any, checker: Checker, what: str = "the format's schema"
+) -> dict[str, Any] | None:
     """The schema an answer is validated against after: `format`, where it holds a keyword
-    the engine does not enforce (None: the constraint enforces all of it). Checked here,
-    before any token is made, that it can be: a schema jsonschema refuses, or a pattern
-    Python's regular expressions cannot run in bounded time, is a 400."""
+    the engine does not enforce (None: the constraint enforces all of it), once `checker`
+    found it can be (`check_schema`)."""
     if not isinstance(format, dict) or not grammar_bounds.unenforced(format):
         return None
+    checker.schema(format, what)
+    return format
+
+
+def check_schema(format: dict[str, Any], what: str) -> None:
+    """Raise BadRequestError unless answers can be checked against `format`: a schema
+    jsonschema takes, each pattern one Python's regular expressions run in bounded time on
+    (server.checker's children run this)."""
     import jsonschema
 
     try:
@@ -81,7 +100,6 @@ def to_check(format: Any, what: str = "the format's schema") -> dict[str, Any] |
         raise BadRequestError(f"{what} is not a JSON schema: {message}") from None
     for pattern in _patterns(format):
         _check_pattern(pattern)
-    return format
 
 
 def check(text: str, schema: dict[str, Any]) -> None:
@@ -91,7 +109,7 @@ def check(text: str, schema: dict[str, Any]) -> None:
         value = json.loads(text)
     except ValueError as exc:
         raise AnswerSchemaError(f"the answer is not JSON: {exc}", hint=_hint(schema)) from None
-    _validate(value, schema, "the answer")
+    validate(value, schema, "the answer")
 
 
 def _hint(schema: dict[str, Any]) -> str:
@@ -99,7 +117,8 @@ def _hint(schema: dict[str, Any]) -> str:
     return f"{keywords} cannot be enforced while the answer is made (README: Structured outputs)"
 
 
-def _validate(value: Any, schema: dict[str, Any], what: str) -> None:
+def validate(value: Any, schema: dict[str, Any], what: str) -> None:
+    """Raise AnswerSchemaError unless `value` validates against `schema`."""
     import jsonschema
     import referencing.exceptions
 

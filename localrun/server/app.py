@@ -134,6 +134,7 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
             yield
         finally:
             await scheduler.close()
+            app.state.ctx.checker.close()
 
     app = FastAPI(
         title="localrun",

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 from starlette.requests import Request
 
+from localrun.server.checker import Checker
 from localrun.store.models import Store
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class Context:
     scheduler: Scheduler
     version: str
     metrics: Metrics | None = None  # counts every generation and embedding where it ends
+    # Where schemas and answers are checked, off the event loop (server.checker).
+    checker: Checker = field(default_factory=Checker)
     # Whom this server's answers are remembered for, so that speculation drafts a repeated
     # request from the answer it got before (engine.answers): the API key's holders, or with
     # none the one person of a loopback-only server; None where clients are not told apart.

@@ -165,6 +165,14 @@ LIMITS: dict[str, Setting] = {
             lambda: 2.0,
         ),
         Setting(
+            "LOCALRUN_CHECK_TIMEOUT",
+            "Longest the check of a request's JSON schema, or of an answer against it, may "
+            "take where the engine cannot enforce all of it (2s, 500ms); past it, the request "
+            "is refused.",
+            parse.parse_timeout,
+            lambda: 5.0,
+        ),
+        Setting(
             "LOCALRUN_TEMPLATE_MAX_BYTES",
             "Largest value (and prompt) a chat template may build.",
             parse.parse_positive_int,
@@ -302,6 +310,10 @@ def max_audio_seconds() -> int:
 
 def template_timeout() -> float:
     return LIMITS["LOCALRUN_TEMPLATE_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def check_timeout() -> float:
+    return LIMITS["LOCALRUN_CHECK_TIMEOUT"].value()  # type: ignore[no-any-return]
 
 
 def template_max_bytes() -> int:
