@@ -28,15 +28,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from re import _constants as _c  # type: ignore[attr-defined]
 from re import _parser as _sre  # type: ignore[attr-defined]
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from localrun.errors import AnswerSchemaError, BadRequestError
 from localrun.formats import calls as tools_mod
 from localrun.formats import grammar_bounds
 from localrun.request import GenRequest
 
-if TYPE_CHECKING:
-    from localrun.server.checker import Checker
+
+class Checker(Protocol):
+    """Where the checks below run (server.checker.Checker: child processes with a deadline)."""
+
+    def schema(self, schema: dict[str, Any], what: str) -> None: ...
+
+    def value(self, value: Any, schema: dict[str, Any], what: str) -> None: ...
+
+    def answer(self, text: str, schema: dict[str, Any]) -> None: ...
 
 
 @dataclass
