@@ -2,7 +2,9 @@
 
 Clients configured with HTTP_PROXY send absolute-form requests (`GET http://host:port/path`);
 the proxy forwards each one as is (redirects are passed back, not followed) and streams the
-answer, so a test can check that a client honours the proxy settings.
+answer, so a test can check that a client honours the proxy settings. `names` maps a host name
+to a loopback "host:port", as a DNS would: a client then reaches a test server by a name that,
+for the client's own lookups, is on no private network.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ _HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "
 
 
 class ForwardProxy:
-    def __init__(self) -> None:
+    def __init__(self, names: dict[str, str] | None = None) -> None:
         self.requests: list[str] = []  # "METHOD absolute-url"
+        self.names = names or {}
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,7 +40,11 @@ class ForwardProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-                conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=30)
+                host, port = url.hostname, url.port or 80
+                if host in owner.names:
+                    host, _, number = owner.names[host].rpartition(":")
+                    port = int(number)
+                conn = http.client.HTTPConnection(host, port, timeout=30)
                 try:
                     path = url.path + (f"?{url.query}" if url.query else "")
                     conn.request(self.command, path or "/", body=body, headers=headers)

@@ -8,10 +8,21 @@ temporary folder; with `users`, behind htpasswd's Basic auth.
 the distribution server (read from Ollama's server/download.go and images.go, whose client it
 must satisfy): a blob's GET is a 307 to object storage on another host (`localhost` here, the
 registry being `127.0.0.1`), whose signed URL carries no Authorization; manifests want a
-bearer token from the registry's token service when `token` is set; errors are OCI's
-`{"errors": [...]}`; a 429 with Retry-After when `rate_limited` is set. The storage serves
+bearer token from the registry's token service when `token` is set (which wants the Basic
+`login` when that is set); errors are OCI's `{"errors": [...]}`; a 429 with Retry-After when
+`rate_limited` is set; `requests` records each one the registry got. It takes pushes as the
+distribution server does (HEAD, POST for an upload's location, PUT of the blob with its
+digest, PUT of the manifest), into `blobs` and `models`. The storage serves
 Range requests (206), records every range it sent and how many connections were open at once,
 and does what a test asks to go wrong: `cut_after` bytes, an `endless` body, `loop` redirects.
+
+Hostile modes (issue 76): a `bomb` (an answer, the manifest, its 404 or the token, whose few KB
+inflate through `encoding`, say `gzip, gzip`, to that many bytes), a `realm` elsewhere than its
+own token service, what a 429 says in `retry_after` (the registry's and, `storage_limited`
+times, the storage's), and a `stall` that holds manifest requests until it is set.
+
+`Listener`: a TCP port that answers every connection with the same bytes (a service that is
+not HTTP) and records what each sent first.
 
 `artifact` builds the manifests both formats push: Ollama's (as `ollama push` writes) and
 Docker Model Runner's (`application/vnd.docker.ai.*`).
@@ -20,6 +31,7 @@ Docker Model Runner's (`application/vnd.docker.ai.*`).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import shutil
@@ -31,11 +43,12 @@ import time
 import traceback
 import urllib.request
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 OLLAMA = "application/vnd.ollama.image."
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -190,6 +203,7 @@ class FakeOllamaRegistry:
     """See the module docstring. `models[(repository, tag)]` = manifest bytes; `blobs`."""
 
     token: str | None = None
+    login: tuple[str, str] | None = None  # what the token service wants (Basic), if anything
     models: dict[tuple[str, str], bytes] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
     rate_limited: int = 0  # manifest requests answered 429 before one is served
@@ -200,9 +214,17 @@ class FakeOllamaRegistry:
     ranges: list[tuple[str, int, int]] = field(default_factory=list)  # what the storage sent
     storage_auth: list[str] = field(default_factory=list)  # Authorization headers it saw
     blob_bytes: int = 0
+    requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, auth
     open_now: int = 0
     most_open: int = 0
     errors: list[str] = field(default_factory=list)
+    bomb: int = 0  # the answer `bomb_in` names inflates to this many bytes ...
+    bomb_in: str = "manifest"  # "manifest", "error" (the manifest's 404) or "token"
+    encoding: str = "gzip, gzip"  # ... through these codings, applied in this order
+    realm: str | None = None  # the token service its challenge names (else its own /token)
+    retry_after: str = "1"  # what a 429 says (the registry's and the storage's)
+    storage_limited: int = 0  # blob requests the storage answers 429 before it serves one
+    stall: threading.Event | None = None  # manifest requests wait for it (60 s at most)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -264,13 +286,22 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._registry()
 
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        self._registry()
+
+    def do_PUT(self) -> None:
+        self._registry()
+
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _error(self, status: int, code: str, message: str, **headers: str) -> None:
         body = json.dumps({"errors": [{"code": code, "message": message}]}).encode()
@@ -278,8 +309,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _registry(self) -> None:
         fake = self.server.fake
-        path = urlsplit(self.path).path
+        split = urlsplit(self.path)
+        path = split.path
+        auth = self.headers.get("Authorization", "")
+        with fake.lock:
+            fake.requests.append((self.command, path, auth))
         if path == "/token":
+            if fake.login and auth != "Basic " + basic(*fake.login):
+                self._error(401, "UNAUTHORIZED", "wrong login")
+                return
+            if fake.bomb and fake.bomb_in == "token":
+                self._bomb(200)
+                return
             self._send(200, json.dumps({"token": fake.token}).encode())
             return
         parts = path.split("/")
@@ -287,19 +328,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "NOT_FOUND", "no route")
             return
         repository, kind, ref = "/".join(parts[2:-2]), parts[-2], parts[-1]
-        if fake.token and self.headers.get("Authorization") != f"Bearer {fake.token}":
-            realm = f"{fake.url}/token"
+        if fake.token and auth != f"Bearer {fake.token}":
+            realm = fake.realm or f"{fake.url}/token"
             challenge = (f'Bearer realm="{realm}",service="ollama.com",'
                          f'scope="repository:{repository}:pull"')  # fmt: skip
             self._error(401, "UNAUTHORIZED", "authentication required",
                         **{"WWW-Authenticate": challenge})  # fmt: skip
             return
+        if self.command in ("POST", "PUT"):
+            self._take_push(path, repository, kind, ref, split.query)
+            return
         if kind == "manifests":
+            if fake.stall is not None:
+                fake.stall.wait(60)
             with fake.lock:
                 limited = fake.rate_limited > 0
                 fake.rate_limited -= 1 if limited else 0
             if limited:
-                self._error(429, "TOOMANYREQUESTS", "slow down", **{"Retry-After": "1"})
+                self._error(429, "TOOMANYREQUESTS", "slow down",
+                            **{"Retry-After": fake.retry_after})  # fmt: skip
+                return
+            if fake.bomb and fake.bomb_in in ("manifest", "error"):
+                self._bomb(200 if fake.bomb_in == "manifest" else 404)
                 return
             manifest = fake.models.get((repository, ref))
             if manifest == MILLION:
@@ -327,6 +377,32 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, "NOT_FOUND", "no route")
 
+    def _take_push(self, path: str, repository: str, kind: str, ref: str, query: str) -> None:
+        """A push's requests, as the distribution server answers them."""
+        fake = self.server.fake
+        size = int(self.headers.get("Content-Length") or 0)
+        data = self.rfile.read(size) if size else b""
+        if self.command == "POST" and path.endswith("/blobs/uploads/"):
+            self._send(202, headers={"Location": f"{path}{len(fake.requests)}"})
+        elif self.command == "PUT" and "/blobs/uploads/" in path:
+            if [digest_of(data)] != parse_qs(query).get("digest"):
+                self._error(400, "DIGEST_INVALID", "digest did not match")
+                return
+            fake.blobs[digest_of(data)] = data
+            self._send(201)
+        elif self.command == "PUT" and kind == "manifests":
+            fake.models[(repository, ref)] = data
+            self._send(201)
+        else:
+            self._error(404, "NOT_FOUND", "no route")
+
+    def _bomb(self, status: int) -> None:
+        """The hostile answer: `fake.bomb` spaces, encoded as `fake.encoding` says."""
+        fake = self.server.fake
+        body = encoded(fake.bomb, tuple(c.strip() for c in fake.encoding.split(",")))
+        self._send(status, body, {"Content-Type": "application/json",
+                                  "Content-Encoding": fake.encoding})  # fmt: skip
+
     def _million_layers(self) -> None:
         """A manifest of a million layers (about 130 MB), streamed with no Content-Length."""
         self.send_response(200)
@@ -350,6 +426,12 @@ class _Handler(BaseHTTPRequestHandler):
         data = fake.blobs.get(digest)
         if data is None:
             self._send(404, b"<Error>NoSuchKey</Error>")
+            return
+        with fake.lock:
+            limited = fake.storage_limited > 0 and self.headers.get("Range") != "bytes=0-0"
+            fake.storage_limited -= 1 if limited else 0
+        if limited:
+            self._send(429, b"<Error>SlowDown</Error>", {"Retry-After": fake.retry_after})
             return
         with fake.lock:
             fake.open_now += 1
@@ -401,5 +483,63 @@ class suppress_disconnect:
         return kind is not None and issubclass(kind, ConnectionError | TimeoutError)
 
 
+@functools.lru_cache(maxsize=8)
+def encoded(size: int, codings: tuple[str, ...]) -> bytes:
+    """`size` spaces compressed by each of `codings` in turn (gzip or deflate), made a MB at a
+    time: 256 MB through `gzip, gzip` is 590 bytes."""
+    layers = [zlib.compressobj(9, zlib.DEFLATED, 31 if c in ("gzip", "x-gzip") else 15)
+              for c in codings]  # fmt: skip
+    out: list[bytes] = []
+
+    def feed(depth: int, data: bytes) -> None:
+        if depth == len(layers):
+            out.append(data)
+        elif data:
+            feed(depth + 1, layers[depth].compress(data))
+
+    block = b" " * (1 << 20)
+    for start in range(0, size, len(block)):
+        feed(0, block[: size - start])
+    for depth, layer in enumerate(layers):
+        feed(depth + 1, layer.flush())
+    return b"".join(out)
+
+
 def basic(user: str, password: str) -> str:
     return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class Listener:
+    """A TCP port on `host` that answers each connection with `reply` and closes it (a service
+    that is not HTTP); `received` holds what each connection sent first."""
+
+    def __init__(self, host: str = "127.0.0.1", reply: bytes = b"SSH-2.0-OpenSSH_9.6\r\n") -> None:
+        self.sock = socket.socket()
+        self.sock.bind((host, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.host = f"{host}:{self.sock.getsockname()[1]}"
+        self.reply = reply
+        self.received: list[bytes] = []
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # the timeout: look at `closed` again
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.received.append(conn.recv(65536))
+                    conn.sendall(self.reply)
+                except OSError:
+                    self.received.append(b"")
+
+    def close(self) -> None:
+        self.closed.set()
+        self.thread.join(5)
+        self.sock.close()

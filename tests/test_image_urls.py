@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from registries import encoded
 from test_vision import GREEDY, RED, _post, b64, data_url, live, tiny_vision
 
 from localrun.server import image_urls
@@ -26,7 +27,12 @@ PAGES: dict[str, tuple[int, dict[str, str], bytes]] = {
     "/hop.png": (302, {"Location": "/red.png"}, b""),
     "/away.png": (302, {"Location": "http://elsewhere.invalid/red.png"}, b""),
     "/loop.png": (302, {"Location": "/loop.png"}, b""),
-}
+    # A few hundred bytes that inflate to 256 MB (issue 76: httpx inflated a chunk whole).
+    "/chain.png": (200, {"Content-Type": "image/png", "Content-Encoding": "gzip, gzip"},
+                   encoded(256 << 20, ("gzip", "gzip"))),
+    "/bomb.png": (200, {"Content-Type": "image/png", "Content-Encoding": "gzip"},
+                  encoded(256 << 20, ("gzip",))),
+}  # fmt: skip
 
 
 class _Pages(BaseHTTPRequestHandler):
@@ -117,6 +123,8 @@ def test_an_allowed_url_is_the_same_image_inline_in_every_dialect(
         ("/loop.png", 400, "redirects more than 3 times"),
         ("/slow.png", 400, "did not send the image within"),
         ("/red.png", 413, "is larger than 100 bytes"),
+        ("/bomb.png", 413, "is larger than 100 bytes"),
+        ("/chain.png", 400, "an encoding that cannot be read"),
     ],
 )
 def test_a_failed_fetch_is_a_clear_error_naming_the_part(

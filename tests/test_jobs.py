@@ -135,3 +135,24 @@ def test_a_client_that_leaves_a_quantization_leaves_no_temporary_file(
         assert [str(n) for n in store.names()] == ["f16:latest"]
     finally:
         live.close()
+
+
+def test_network_and_local_jobs_take_turns_in_lines_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pull a registry holds never keeps a create waiting (issue 76: two stalled pulls held
+    both turns, and another client's create waited 45 s); the server's test of it is in
+    test_registry.py (test_a_stalled_registry_never_holds_another_clients_create)."""
+    monkeypatch.setenv("LOCALRUN_MAX_JOBS", "1")
+
+    async def main() -> None:
+        network, local = jobs.turns({"op": "pull"}), jobs.turns({"op": "create"})
+        assert jobs.turns({"op": "push"}) is network and jobs.turns({"op": "import"}) is local
+        assert network is not local
+        assert [e async for e in network.take()] == []  # the one network turn, held
+        assert [e async for e in local.take()] == []  # a create still runs at once
+        waiting = jobs.turns({"op": "push"}).take()
+        assert (await waiting.__anext__())["status"] == "waiting for 1 other jobs to end"
+        await waiting.aclose()
+
+    asyncio.run(main())

@@ -603,3 +603,30 @@ def test_a_vision_repository_brings_its_projector(
     )  # fmt: skip
     assert run.code == 0, run.stderr
     assert store.verify().ok
+
+
+def test_a_gzip_chain_from_the_hub_is_inflated_a_step_at_a_time(tmp_path: Path) -> None:
+    """The hub's (or a mirror's, or its CDN's) answer in `gzip, gzip`, 256 MB from a few hundred
+    bytes: read raw and decoded a step at a time, never past the file's size (all 256 MB went
+    into the partial file before; issue 76)."""
+    import tracemalloc
+
+    from registries import FakeOllamaRegistry
+
+    from localrun.errors import DownloadError
+    from localrun.sources import bodies, hf
+    from localrun.sources.partial import PartialFile
+
+    hostile = FakeOllamaRegistry(bomb=256 << 20, bomb_in="token")  # any GET of /token
+    path = tmp_path / "model.gguf.partial"
+    tracemalloc.start()
+    try:
+        with PartialFile(path) as out, pytest.raises(DownloadError, match="at most"):
+            hf._stream("hf.co/a/b/model.gguf", f"{hostile.url}/token", {}, out,
+                       lambda done, total: None, 1 << 20)  # fmt: skip
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        hostile.close()
+    assert peak < 32 << 20, f"{peak >> 20} MB allocated at the peak"
+    assert path.stat().st_size <= (1 << 20) + bodies.STEP

@@ -31,6 +31,7 @@ def pull(
     """Download a model into the store (resumable, verified by sha256)."""
     from localrun.sources import obtain
     from localrun.sources import pull as pull_mod
+    from localrun.sources.hosts import Reach
     from localrun.store import reference
 
     store = open_store(cleanup=True)
@@ -41,7 +42,7 @@ def pull(
             pull_mod.pull(store, ref.hub, report=progress)
             return
         if ref.entry is None:  # a registry's: pulled again when it changed there
-            obtain.from_registry(store, ref, progress, insecure=insecure)
+            obtain.from_registry(store, ref, progress, reach=Reach(insecure=insecure))
             return
         if store.exists(ref.name):
             if not quiet:
@@ -65,12 +66,13 @@ def push(
 ) -> None:
     """Upload a model to its registry in Ollama's format (`ollama pull` takes it back)."""
     from localrun.sources import push as push_mod
+    from localrun.sources.hosts import Reach
     from localrun.store import names
 
     store = open_store(cleanup=True)
     progress = CreateProgress(quiet)
     try:
-        push_mod.push(store, names.parse(model), report=progress, insecure=insecure)
+        push_mod.push(store, names.parse(model), report=progress, reach=Reach(insecure=insecure))
     finally:
         progress.close()
 

@@ -17,6 +17,7 @@ in 10 seconds in all. Any other failure is a 400 that names the part and the URL
 from __future__ import annotations
 
 import base64
+import zlib
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ import httpx
 
 from localrun import media
 from localrun.errors import BadRequestError, RequestTooLargeError
+from localrun.scheduler import remote_read
 from localrun.settings import limits
 
 TIMEOUT_S = 10.0
@@ -158,10 +160,19 @@ async def _get(client: httpx.AsyncClient, url: str, where: str) -> tuple[bytes, 
             if declared.isdigit() and int(declared) > limit:
                 raise _too_large(where, limit)
             data = bytearray()
-            async for piece in response.aiter_bytes():
-                data += piece
-                if len(data) > limit:
-                    raise _too_large(where, limit)
+            try:
+                # Raw, inflated here a step at a time (a chain of encodings refused): httpx
+                # inflates a whole chunk at once, and a few KB of `gzip, gzip` are GBs.
+                async for piece in remote_read.chunks(response, limit):
+                    data += piece
+            except remote_read.TooLarge:
+                raise _too_large(where, limit) from None
+            except (ValueError, zlib.error) as exc:  # an encoding not read, or not decoding
+                raise BadRequestError(
+                    f"{where}: {response.url.host} sent the image in an encoding that cannot be "
+                    f"read ({str(exc)[:100]})",
+                    hint="send the image inline: data:image/png;base64,...",
+                ) from None
             return bytes(data), response.headers.get("content-type", "").split(";")[0].strip()
     raise BadRequestError(
         f"{where} redirects more than {MAX_REDIRECTS} times", hint="send the image's final URL"

@@ -8,27 +8,38 @@ The server side (`run`) writes one JSON request line to `python -m localrun.serv
 reads JSON lines back:
 
     -> {"op": "create", "store": ROOT, "model": NAME, "modelfile": TEXT, "quantize"?: TYPE}
-    -> {"op": "pull", "store": ROOT, "model": TEXT, "insecure": BOOL}
-    -> {"op": "push", "store": ROOT, "model": TEXT, "insecure": BOOL}
+    -> {"op": "pull", "store": ROOT, "model": TEXT}
+    -> {"op": "push", "store": ROOT, "model": TEXT}
     -> {"op": "import", "store": ROOT, "model": NAME}          (a catalog model or another
                                                                 runner's, no hubs)
     <- {"event": "progress", "status": ..., "digest"?, "completed"?, "total"?}   (any number)
     <- {"event": "done", "digest": "sha256:..."}  or  {"event": "error", "error": {...}}
 
 The modelfile of a create comes from the server, which only puts store blob paths and model
-names in it (never a path a client sent).
+names in it (never a path a client sent). Every job is an API client's (the CLI pulls, pushes
+and creates in its own process), so every job reaches registries as one (hosts.CLIENT: what the
+server's owner allows, never a client's `insecure`).
 
 Jobs take turns: at most LOCALRUN_MAX_JOBS run at once (`Turns`), the next wait in line (a
 streamed create says it is waiting), and past MAX_WAITING more a request is refused as busy
-(503). Each job is told its share of the cores (`threads`, which a quantization uses), so
-eight quantizations never run thirty-two threads on two cores. A job stopped before it ended
-(its client left) has the temporary files it was writing removed from the store.
+(503). Network jobs (pull, push: a remote peer's pace) and local ones (create, import: this
+machine's cores and disk) wait in separate lines, so a registry that stalls never holds a
+create (two stalled pulls once held both turns: another client's create waited 45 s). Each
+job is told its share of the cores (`threads`, which a quantization uses), so eight
+quantizations never run thirty-two threads on two cores. A job stopped before it ended (its
+client left) has the temporary files it was writing removed from the store.
+
+A network job's memory is capped (`_cap_memory`: LOCALRUN_PULL_MAX_MEMORY above what it holds
+once started, 512 MiB by default); past it the job ends with one line, not the machine in swap.
+A local job has no cap: converting or quantizing a big model legitimately takes GBs, and what
+it reads is the store's and the uploads the server checked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -39,11 +50,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from localrun import selfexec
-from localrun.errors import BusyError, LocalrunError
+from localrun.errors import BusyError, HubError, LocalrunError
 
 Event = dict[str, Any]
 _KILL_TIMEOUT_S = 5.0
 MAX_WAITING = 64
+NETWORK = ("pull", "push")  # the jobs whose pace and input are a remote peer's
 
 
 class Turns:
@@ -98,16 +110,19 @@ class Turns:
         return max(1, system.default_threads() // max(1, self.running))
 
 
-_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Turns] = weakref.WeakKeyDictionary()
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, Turns]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def turns() -> Turns:
-    """The running loop's jobs (each server has its loop)."""
+def turns(request: dict[str, Any]) -> Turns:
+    """The line the job `request` waits in: the running loop's (each server has its loop)
+    network jobs, or its local ones (the module docstring)."""
     loop = asyncio.get_running_loop()
-    found = _TURNS.get(loop)
-    if found is None:
-        found = _TURNS[loop] = Turns()
-    return found
+    lines = _TURNS.get(loop)
+    if lines is None:
+        lines = _TURNS[loop] = {True: Turns(), False: Turns()}
+    return lines[request.get("op") in NETWORK]
 
 
 async def run(request: dict[str, Any]) -> AsyncGenerator[Event, None]:
@@ -116,7 +131,7 @@ async def run(request: dict[str, Any]) -> AsyncGenerator[Event, None]:
 
     Closing the iterator early (a client that went away) stops the job (or its wait).
     """
-    line = turns()
+    line = turns(request)
     async with contextlib.aclosing(line.take()) as waiting:
         async for event in waiting:
             yield event
@@ -220,6 +235,7 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     from localrun.engine import quantize
     from localrun.recipes import create, modelfile
     from localrun.sources import obtain, pull, push
+    from localrun.sources.hosts import CLIENT
     from localrun.store import reference
     from localrun.store.models import Store
 
@@ -241,17 +257,18 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     text = str(request.get("model", ""))
     ref = reference.resolve(text)
     if op == "import":
-        obtain.find(store, ref, report, pull_missing=False)
+        obtain.find(store, ref, report, pull_missing=False, reach=CLIENT)
         return ""
     if op == "pull":
         if ref.hub is not None:
             return pull.pull(store, ref.hub, report=report)
         if ref.entry is None:  # a registry's: pulled again when it changed there
-            return obtain.from_registry(store, ref, report, insecure=bool(request.get("insecure")))
-        obtain.find(store, ref, report, pull_missing=True, others=False)  # a pull downloads
+            return obtain.from_registry(store, ref, report, reach=CLIENT)
+        # A pull downloads, whatever another runner has.
+        obtain.find(store, ref, report, pull_missing=True, others=False, reach=CLIENT)
         return ""
     if op == "push":
-        return push.push(store, ref.typed, report, insecure=bool(request.get("insecure")))
+        return push.push(store, ref.typed, report, reach=CLIENT)
     if op == "create":
         parsed = modelfile.parse(str(request["modelfile"]))
         target = ref.typed
@@ -264,7 +281,7 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
                 parsed,
                 Path(empty),
                 report=report,
-                resolve=obtain.resolver(store, report, hubs=False),
+                resolve=obtain.resolver(store, report, hubs=False, reach=CLIENT),
                 quantize=quantize.for_create(request["quantize"], int(request.get("threads", 0)))
                 if request.get("quantize")
                 else None,
@@ -272,13 +289,67 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     raise LocalrunError(f"unknown job {op!r}")
 
 
+def _cap_memory(op: str) -> int | None:
+    """Cap a network job's memory (the module docstring): its data (RLIMIT_DATA: the heap and
+    private writable mappings) may grow LOCALRUN_PULL_MAX_MEMORY past what it holds once its
+    modules are in; returns the growth allowed (None: no cap, a local job or not Linux).
+
+    Why: a registry's 2.6 KB, inflated by httpx, took a pull job to 3.1 GB (issue 76). The
+    decoding is bounded now (sources/bodies.py); this bounds whatever else a remote peer may
+    find. Measured on 2 cores: a pull job holds 110 MB of data (52 MB resident) at its start,
+    numpy's share the larger (a stack per BLAS thread, so more on more cores, which is why
+    the cap is counted from the start and not from zero).
+    """
+    if op not in NETWORK or not sys.platform.startswith("linux"):
+        return None
+    import resource
+
+    import gguf  # noqa: F401  (numpy: in before the start is measured, as said above)
+
+    from localrun.settings import limits
+    from localrun.sources import hf, oci, registry  # noqa: F401
+
+    start = _data_bytes()
+    if start is None:
+        return None
+    allowed = limits.pull_max_memory()
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = start + allowed if hard == resource.RLIM_INFINITY else min(start + allowed, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    return allowed
+
+
+def _data_bytes() -> int | None:
+    """This process's data (VmData: what RLIMIT_DATA counts), None where /proc does not say."""
+    try:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _out_of_memory(op: str, cap: int | None) -> LocalrunError:
+    if cap is None:
+        return LocalrunError(f"the {op} job ran out of memory", hint="see the server's log")
+    return HubError(
+        f"the {op} job reached its memory cap ({cap >> 20} MiB above its start) and was stopped",
+        hint="what the registry or hub sent would have taken more; if a model really needs it, "
+        "raise LOCALRUN_PULL_MAX_MEMORY on the server",
+    )
+
+
 def main() -> int:
     # Events go to a private copy of stdout; anything else printing to fd 1 lands on stderr.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     request: dict[str, Any] = {}
+    cap: int | None = None
     try:
         request = json.loads(sys.stdin.readline())
+        cap = _cap_memory(str(request.get("op")))
         digest = _serve_one(request, out)
         out.write(json.dumps({"event": "done", "digest": digest}).encode() + b"\n")
         code = 0
@@ -287,6 +358,10 @@ def main() -> int:
         code = 1
     except Exception as exc:  # reported as one line: the server turns it into a 500
         err = LocalrunError(f"the {request.get('op', '')} job failed: {type(exc).__name__}: {exc}")
+        if isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM:
+            # Past the cap (what held the memory went with the stack): a malloc says
+            # MemoryError, an mmap or a socket's buffer ENOMEM.
+            err = _out_of_memory(str(request.get("op")), cap)
         out.write(json.dumps({"event": "error", "error": err.to_dict()}).encode() + b"\n")
         code = 1
     out.flush()

@@ -43,6 +43,7 @@ from localrun.server import core, jobs
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.streaming import line, ndjson
+from localrun.sources import hosts
 from localrun.store import reference
 from localrun.store.blobs import open_new, temp_path, write_all
 from localrun.store.manifest import check_digest
@@ -305,7 +306,7 @@ async def _run_job(
     def cleaned(exc: LocalrunError) -> LocalrunError:
         return clean(exc) if clean is not None else exc
 
-    jobs.turns().check()  # a line too long is a 503 before any answer starts
+    jobs.turns(job).check()  # a line too long is a 503 before any answer starts
     if not stream:
         try:
             await core.until_disconnect(request, lambda: jobs.run_to_end(job))
@@ -340,10 +341,13 @@ async def push_(request: Request) -> Response:
 async def _registry_job(request: Request, op: str) -> Response:
     body = Body(await read_json(request))
     text = body.model()
-    reference.resolve(text)  # an invalid name is a 400 before anything starts
+    ref = reference.resolve(text)  # an invalid name is a 400 before anything starts
+    body.flag("insecure", False)  # Ollama's clients send it: read, never obeyed (hosts.Reach)
+    push = op == "push"
+    if ref.hub is None and (push or ref.entry is None):  # a registry's: 403 before any answer
+        await anyio.to_thread.run_sync(hosts.CLIENT.check, ref.typed if push else ref.name, push)
     store = core.context(request).store
-    job = {"op": op, "store": str(store.root), "model": text,
-           "insecure": body.flag("insecure", False)}  # fmt: skip
+    job = {"op": op, "store": str(store.root), "model": text}
     return await _run_job(request, job, body.flag("stream", True))
 
 

@@ -230,6 +230,14 @@ _GENERAL: dict[str, Setting] = {
             lambda: (),
         ),
         Setting(
+            "LOCALRUN_API_REGISTRIES",
+            "Registries (host[:port], comma-separated) the server's API clients may pull from "
+            "and push to with the server's logins, loopback and private ones included; else "
+            "they pull from public registries and LOCALRUN_REGISTRY only, and push nowhere.",
+            parse.parse_origins,
+            lambda: (),
+        ),
+        Setting(
             "LOCALRUN_CPU_REPACK",
             "Whether llama.cpp repacks weights for the CPU's fastest kernels: on, off, or auto "
             "(on, except on CPUs with AMX, whose llama.cpp kernels crash: llama.cpp#20824).",
@@ -393,6 +401,10 @@ def registry() -> str:
 
 def insecure_registries() -> tuple[str, ...]:
     return tuple(h.lower() for h in SETTINGS["LOCALRUN_INSECURE_REGISTRIES"].value())
+
+
+def api_registries() -> tuple[str, ...]:
+    return tuple(h.lower() for h in SETTINGS["LOCALRUN_API_REGISTRIES"].value())
 
 
 def registry_auth() -> tuple[tuple[str, str], ...]:

@@ -198,6 +198,14 @@ LIMITS: dict[str, Setting] = {
             lambda: 64 * 1024 * 1024,
         ),
         Setting(
+            "LOCALRUN_PULL_MAX_MEMORY",
+            "Memory (bytes) a pull or push job of the server may take above what it holds at "
+            "its start; past it the job ends with an error (create and import jobs have no "
+            "cap: a big model's conversion takes GBs).",
+            parse.parse_positive_int,
+            lambda: 512 * 1024 * 1024,
+        ),
+        Setting(
             "LOCALRUN_UPSTREAM_MAX_TOKENS",
             "Most tokens of one upstream answer forwarded when the client sets no limit; past "
             "it (or the client's own) the answer ends as a length-limited one.",
@@ -326,3 +334,7 @@ def load_timeout() -> float:
 
 def prompt_cache_max_bytes() -> int:
     return LIMITS["LOCALRUN_PROMPT_CACHE_MAX_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def pull_max_memory() -> int:
+    return LIMITS["LOCALRUN_PULL_MAX_MEMORY"].value()  # type: ignore[no-any-return]

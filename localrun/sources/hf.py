@@ -27,11 +27,13 @@ from localrun.errors import (
     LocalrunError,
     ModelNotFoundError,
 )
+from localrun.sources import bodies
 from localrun.sources.base import Progress, RemoteFile, Repo, download_os_error, translated
 from localrun.sources.partial import PartialFile
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 RETRIES = 3  # with 0.5, 1, 2 s pauses; a download that gets further starts the count again
+MAX_FILE = 1 << 44  # bytes (16 TiB) of a file whose size the hub does not say
 
 
 def endpoint() -> str:
@@ -210,7 +212,7 @@ class HuggingFaceHub:
                 if expected is not None and out.size > expected:  # not the file we expect
                     out.restart()
                 if expected is None or out.size < expected:
-                    _stream(what, meta.location, headers, out, progress)
+                    _stream(what, meta.location, headers, out, progress, expected or MAX_FILE)
                 if expected is not None and out.size != expected:
                     raise _Incomplete(f"{what}: {out.size} bytes arrived, the hub lists {expected}")
                 progress(out.size, out.size)
@@ -264,9 +266,10 @@ class _Incomplete(Exception):
 
 
 def _stream(
-    what: str, url: str, headers: dict[str, str], out: PartialFile, progress: Progress
+    what: str, url: str, headers: dict[str, str], out: PartialFile, progress: Progress, limit: int
 ) -> None:
-    """GET `url` from `out.size` on into `out` through huggingface_hub's session."""
+    """GET `url` from `out.size` on into `out` through huggingface_hub's session (at most
+    `limit` bytes, the file's size)."""
     from huggingface_hub import constants
     from huggingface_hub.utils._http import hf_raise_for_status, http_stream_backoff
 
@@ -290,7 +293,11 @@ def _stream(
         total = _total(response, out.size)
         progress(out.size, total)
         last = 0.0
-        for chunk in response.iter_bytes():
+        # Raw, and decoded here within the file's size (sources/bodies.py): a few hundred bytes
+        # in `gzip, gzip` otherwise wrote 256 MB into the partial file before its size was
+        # looked at (httpx2 inflates a step at a time, but with no end).
+        applied = bodies.codings(response.headers, what)
+        for chunk in bodies.decoded(response.iter_raw(), applied, limit, what):
             out.write(chunk)
             now = time.monotonic()
             if now - last > 0.1:

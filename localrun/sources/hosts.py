@@ -9,16 +9,26 @@ loopback address, a host in LOCALRUN_INSECURE_REGISTRIES or with `insecure`.
 `is_private(host)`: a loopback, private, shared (100.64/10), link-local, reserved or multicast
 address, or a name that resolves to one (an IPv4 address inside IPv6, mapped or NAT64, is
 judged as itself): where a public registry's redirect may not lead.
+
+`Reach`: who asked for a pull or push, and so where it may go and with what. The user's own
+command (OWNER: `localrun pull`, `push`, `cp --push`, in the user's process) reaches any
+registry with the user's logins, over plain HTTP with `insecure`. An API client of `serve`
+(CLIENT) reaches what the server's owner allows (README: "Who may pull and push through the
+server"): the default registry and the hosts in LOCALRUN_API_REGISTRIES with the owner's
+logins, pushes only to those listed; any other public registry for a pull, anonymously; never
+a loopback or private address the owner did not list, refused before any connection in the
+same words whatever answers there; plain HTTP only where the owner's settings say so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from localrun.errors import ModelNotFoundError
+from localrun.errors import ForbiddenError, ModelNotFoundError
 from localrun.settings import config
 from localrun.store.names import DEFAULT_HOST, ModelName
 
@@ -78,16 +88,21 @@ def is_loopback(host: str) -> bool:
 
 def is_private(host: str) -> bool:
     """Whether `host` is (or resolves to) a loopback, private or link-local address."""
+    addresses = _addresses(host)
+    return addresses is not None and any(_private(a) for a in addresses)
+
+
+def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address] | None:
+    """The addresses `host` is or resolves to; None when it does not resolve."""
     host = host.strip("[]")
     try:
-        addresses = [ipaddress.ip_address(host)]
+        return [ipaddress.ip_address(host)]
     except ValueError:
         try:
             infos = socket.getaddrinfo(host, None)
-        except OSError:
-            return False  # the request itself will say it cannot reach it
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    return any(_private(a) for a in addresses)
+        except (OSError, UnicodeError):
+            return None  # the request itself will say it cannot reach it
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
 def _private(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -107,6 +122,67 @@ def _private(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         or address.is_unspecified
         or address.is_multicast
     )
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Who asked for a pull or push (the module docstring): the user's own command, or an API
+    client of the server; `insecure` (plain HTTP whatever the host) is the user's alone."""
+
+    client: bool = False
+    insecure: bool = False
+
+    @property
+    def others(self) -> bool:
+        """Whether a blob may be taken from another runner's store on this machine (Ollama's):
+        for an API client it would tell what the server's user keeps there."""
+        return not self.client
+
+    def where(self, name: ModelName, *, push: bool = False) -> tuple[Target, bool]:
+        """Where `name` is pulled from (or pushed to) for this asker, and whether the registry
+        is trusted: sent the logins, and quoted in errors. ForbiddenError where it may not go,
+        said before any connection."""
+        if not self.client:
+            return target(name, insecure=self.insecure), True
+        where = target(name)  # a client's `insecure` never reaches here: the owner's settings
+        if where.host.lower() in config.api_registries() or (
+            not push and where.url == config.registry()
+        ):
+            return where, True
+        if push:
+            raise ForbiddenError(
+                f"this server pushes to {where.host} only for its own user, not for API clients",
+                hint="its owner lists the registries API clients may push to in "
+                "LOCALRUN_API_REGISTRIES; or push with `localrun push` on the server's machine",
+            )
+        if where.url != DOCKER_API and not _public(urlsplit(where.url).hostname or ""):
+            # The same words for a closed port, a web server and a registry behind a login: a
+            # client learns nothing of what the server's network holds. (Docker Hub is public
+            # whatever this machine's DNS says: offline, its pull says it cannot reach it.)
+            raise ForbiddenError(
+                f"this server does not pull from {where.host} for API clients: only from public "
+                "registries and those its owner lists",
+                hint="its owner lists the private and loopback registries API clients may reach "
+                "in LOCALRUN_API_REGISTRIES; or pull with `localrun pull` on the server's machine",
+            )
+        return where, False
+
+    def check(self, name: ModelName, push: bool = False) -> None:
+        """`where`'s ForbiddenError alone, for a server to answer before a job starts (the job
+        asks `where` again as it connects, and says what else is wrong)."""
+        with contextlib.suppress(ModelNotFoundError):  # LOCALRUN_REGISTRY off: the job says so
+            self.where(name, push=push)
+
+
+OWNER = Reach()
+CLIENT = Reach(client=True)
+
+
+def _public(host: str) -> bool:
+    """Whether `host` resolves, and only to public addresses (a name that does not resolve is
+    refused as a private one is: which internal names exist is the server's to keep)."""
+    addresses = _addresses(host)
+    return bool(addresses) and not any(_private(a) for a in addresses or ())
 
 
 # -- the client -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from localrun.errors import HubUnreachableError, LocalrunError, ModelNotFoundErr
 from localrun.recipes import create
 from localrun.recipes.modelfile import Modelfile
 from localrun.settings import config
-from localrun.sources import pull, runners
+from localrun.sources import hosts, pull, runners
 from localrun.sources.found import Found
 from localrun.store import catalog, reference
 from localrun.store.manifest import Manifest
@@ -37,13 +37,14 @@ def find(
     *,
     pull_missing: bool = True,
     others: bool = True,
+    reach: hosts.Reach = hosts.OWNER,
 ) -> Manifest:
     """The manifest of the model `ref` names, fetched first where it must be.
 
     Another runner's model (sources.runners.named; not with `others` False, as `pull` asks) is
     imported in place, and a catalog model shipped in an installed package imported, whatever
     `pull_missing` says; a hub reference, a catalog model only a hub has, or a name of a
-    registry (sources.registry) is pulled only with it.
+    registry (sources.registry, as far as `reach` may go) is pulled only with it.
     """
     found: Found | None = None
     try:
@@ -60,20 +61,24 @@ def find(
         pull.pull(store, ref.hub, report=report or (lambda _: None))
         return store.read_manifest(ref.name)
     if ref.entry is None:
-        from_registry(store, ref, report)
+        from_registry(store, ref, report, reach=reach)
         return store.read_manifest(ref.name)
     return _from_catalog(store, ref.name, ref.entry, report or (lambda _: None), pull_missing)
 
 
 def from_registry(
-    store: Store, ref: Reference, report: create.Reporter | None = None, *, insecure: bool = False
+    store: Store,
+    ref: Reference,
+    report: create.Reporter | None = None,
+    *,
+    reach: hosts.Reach = hosts.OWNER,
 ) -> str:
-    """Pull `ref` from its registry (sources.registry; `insecure`: over plain HTTP); a name the
-    registry does not have is not found as the user typed it."""
+    """Pull `ref` from its registry (sources.registry, as far as `reach`, who asked, may go); a
+    name the registry does not have is not found as the user typed it."""
     from localrun.sources import registry
 
     try:
-        return registry.pull(store, ref.name, report or (lambda _: None), insecure=insecure)
+        return registry.pull(store, ref.name, report or (lambda _: None), reach=reach)
     except HubUnreachableError as exc:  # offline: which model, and which host
         raise HubUnreachableError(
             f"model '{ref.name}' not found: not in the store, and {exc.message} to pull it",
@@ -97,8 +102,6 @@ def origin(store: Store, ref: Reference) -> str:
     if ref.entry is not None:
         sources = [str(s.get("reference") or s.get("distribution")) for s in ref.entry.sources]
         return "localrun's catalog: " + ", ".join(sources)
-    from localrun.sources import hosts
-
     try:
         where = hosts.target(ref.name)
     except ModelNotFoundError:
@@ -108,10 +111,14 @@ def origin(store: Store, ref: Reference) -> str:
 
 
 def resolver(
-    store: Store, report: create.Reporter | None = None, *, hubs: bool = True
+    store: Store,
+    report: create.Reporter | None = None,
+    *,
+    hubs: bool = True,
+    reach: hosts.Reach = hosts.OWNER,
 ) -> create.Resolver:
     """A resolver for `create`: FROM a catalog name imports (or, with `hubs`, pulls) it first."""
-    return lambda name: find(store, reference.of(name), report, pull_missing=hubs)
+    return lambda name: find(store, reference.of(name), report, pull_missing=hubs, reach=reach)
 
 
 def _from_catalog(

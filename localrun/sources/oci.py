@@ -10,14 +10,21 @@
 Where a name lives is sources/hosts.py's `target`. The rules for a registry that cannot be
 trusted:
 - a small body (a manifest, an error, a token answer) is read up to a bound in bytes and in
-  time (SMALL_DEADLINE), never whole;
+  time, never whole, and raw: its encoding is undone within the bound (sources/bodies.py),
+  never by httpx, which inflates a whole chunk of a gzip chain at once;
 - redirects are followed by hand, at most MAX_REDIRECTS, never to plain HTTP from HTTPS, never
   from a public registry to a private address (hosts.is_private);
   the registry's authorization goes to its own origin only, never with a redirect;
-- a login goes to the token service the registry names only over HTTPS (or on this machine, or
-  the registry's own host when that is plain HTTP);
-- a 429 waits as Retry-After says, up to a bound; 5xx and dropped connections are retried a few
-  times, a refused connection is said at once; every answer else is one line naming the host.
+- the token service the registry names (its realm) is held to the rules of a redirect: HTTPS
+  (plain HTTP only from a plain HTTP registry, to its own host or this machine), never a
+  private address from a public registry, and the user's login goes there only on the
+  registry's own site; the token it gives must be a token (sources/challenge.py);
+- nothing a registry sends (a Location, a realm, a token) reaches httpx unchecked: what httpx
+  cannot send is one line (`_send`), never an exception of its own;
+- a 429 (or 503) waits as Retry-After says only up to MAX_RETRY_AFTER, RETRY_AFTER_BUDGET in
+  all for a request; asked for longer, it fails at once saying when to try again. 5xx and
+  dropped connections are retried a few times, a refused connection is said at once; every
+  answer else is one line naming the host.
 
 Logins come from sources/logins.py. A registry's challenge (WWW-Authenticate) says how to use
 them: Basic, or a Bearer token from its token service, anonymous where there is none (Docker
@@ -28,6 +35,7 @@ rebinding); a proxy in HTTPS_PROXY sees what the user sends through it.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 import re
@@ -36,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -51,7 +60,9 @@ from localrun.errors import (
 )
 from localrun.sources import ranges
 from localrun.sources.base import reason
-from localrun.sources.hosts import Target, is_loopback, is_private
+from localrun.sources.bodies import json_or_none, read_bounded
+from localrun.sources.challenge import check_token, parse_challenge, token_service
+from localrun.sources.hosts import Target, is_private
 from localrun.sources.logins import Secret, credentials
 
 MANIFEST_TYPES = (
@@ -66,15 +77,14 @@ MAX_MANIFEST = 4 << 20  # bytes: what OCI's spec lets a registry refuse beyond
 MAX_SMALL = 64 << 10  # bytes of an error body or a token answer
 MAX_REDIRECTS = 5
 RETRIES = 3  # a GET after a dropped connection or a 5xx, with 0.5, 1, 2 s pauses
-MAX_RETRY_AFTER = 30.0  # seconds a 429 may ask us to wait, per try
+MAX_RETRY_AFTER = ranges.MAX_RETRY_AFTER  # seconds a 429 may ask to wait (past it: fail, say when)
+RETRY_AFTER_BUDGET = ranges.RETRY_AFTER_BUDGET  # seconds a request waits on Retry-After in all
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0  # seconds without a byte: a stalled transfer is dropped and retried
-SMALL_DEADLINE = 120.0  # seconds a small body may take in all
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _REDIRECTS = (301, 302, 303, 307, 308)
 Body = bytes | Callable[[], Iterator[bytes]] | None  # a request's content; a callable: per try
-_CHALLENGE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]*))')
 
 
 @dataclass
@@ -88,12 +98,18 @@ class Manifest:
 
 
 class Registry:
-    """One registry, for one repository: a session with its tokens (thread-safe)."""
+    """One registry, for one repository: a session with its tokens (thread-safe).
 
-    def __init__(self, where: Target, *, push: bool = False) -> None:
+    `trusted` (hosts.Reach.where): the user's login is sent and the registry's own words are
+    quoted in errors; an API client's pull from a registry the server's owner did not list is
+    not, and its errors say only what failed (status, not found, a login, no connection).
+    """
+
+    def __init__(self, where: Target, *, push: bool = False, trusted: bool = True) -> None:
         self.target = where
         self.push = push
-        self._secret: Secret | None = credentials(where.host)
+        self.trusted = trusted
+        self._secret: Secret | None = credentials(where.host) if trusted else None
         # A token alone (LOCALRUN_REGISTRY_AUTH's host=TOKEN) is the registry's bearer token.
         secret = self._secret
         alone = secret is not None and secret.user is None
@@ -202,11 +218,10 @@ class Registry:
         def open_range(start: int, end: int) -> Iterator[ranges.Body]:
             for attempt in range(2):
                 url, headers = where[0]
-                request = self.client.build_request(
-                    "GET", url, headers={**headers, "Range": f"bytes={start}-{end}"}
-                )
                 try:
-                    response = self.client.send(request, stream=True)
+                    response = self._send(
+                        "GET", url, headers={**headers, "Range": f"bytes={start}-{end}"}
+                    )
                 except httpx.TransportError as exc:
                     raise ConnectionError(reason(exc)) from None
                 try:
@@ -215,7 +230,7 @@ class Registry:
                         where[0] = self.blob_location(digest)
                         continue
                     if status == 429 or status >= 500:
-                        after = _retry_after(response, 0)
+                        after = retry_after(response)  # ranges.py holds it to its bounds
                         raise ranges.Retry(f"{urlsplit(url).netloc} answered {status}", after)
                     ranged = status == 206 and response.headers.get("Content-Range", "").startswith(
                         f"bytes {start}-"
@@ -304,13 +319,13 @@ class Registry:
         response of 2xx (or 3xx) or a LocalrunError."""
         retryable = method in ("GET", "HEAD")
         attempt = hops = 0
+        waited = 0.0  # seconds spent as Retry-After asked
         challenged = False
         while True:
             sent = {**(headers or {}), **self._headers_for(url)}
             try:
                 content = body() if callable(body) else body  # a body is sent whole each try
-                request = self.client.build_request(method, url, headers=sent, content=content)
-                response = self.client.send(request, stream=True)
+                response = self._send(method, url, headers=sent, content=content)
             except httpx.TransportError as exc:
                 # No connection at all (offline, a wrong host) is said at once; a dropped one
                 # is tried again.
@@ -335,16 +350,39 @@ class Registry:
                         )
                     url = self._redirect(url, response.headers.get("Location", ""))
                     continue
-                if retryable and attempt < RETRIES and (status == 429 or status >= 500):
-                    time.sleep(_retry_after(response, attempt))
-                    attempt += 1
-                    continue
+                if status == 429 or status >= 500:
+                    after = retry_after(response)
+                    if after is not None and (
+                        after > MAX_RETRY_AFTER or waited + after > RETRY_AFTER_BUDGET
+                    ):  # never a turn held for as long as a registry likes: said at once
+                        raise ranges.wait_refused(
+                            f"{self.target.host} answered {status}", after, waited
+                        )
+                    if retryable and attempt < RETRIES:
+                        waited += after or 0.0
+                        time.sleep(0.5 * 2.0**attempt if after is None else after)
+                        attempt += 1
+                        continue
                 if status >= 400:
                     raise self._error(response)
                 yield response
                 return
             finally:
                 response.close()
+
+    def _send(self, method: str, url: str, **details: Any) -> httpx.Response:
+        """Send one request, its answer streamed. What httpx cannot send (a URL a registry gave
+        that IDNA refuses or with a control character, a header outside ASCII) is one line, never
+        httpx's exception (it ended a pull job as 'the pull job failed: UnicodeError'); an
+        httpx.TransportError is the caller's to judge."""
+        try:
+            request = self.client.build_request(method, url, **details)
+            return self.client.send(request, stream=True)
+        except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError and IDNAError among them
+            raise DownloadError(
+                f"{self.target.host}: a request it leads to cannot be sent ({type(exc).__name__})",
+                hint="the registry gave an address or a value that is not one; nothing was saved",
+            ) from None
 
     def _authorize(self, response: httpx.Response) -> None:
         """Answer a 401's challenge: Basic with the login, or a token from the service."""
@@ -362,34 +400,26 @@ class Registry:
             self._auth = "Bearer " + self._token(params)
 
     def _token(self, params: dict[str, str]) -> str:
+        """A token from the registry's token service (its challenge's realm), asked with the
+        login where sources/challenge.py allows it, anonymously elsewhere."""
         realm = params["realm"]
-        try:
-            parts = urlsplit(realm)
-            same = parts.hostname == urlsplit(self.target.url).hostname
-            local = is_loopback(parts.hostname or "")
-        except ValueError:
-            parts, same, local = urlsplit(""), False, False
-        plain_ok = local or (same and self.target.url.startswith("http://"))
-        if not (parts.scheme == "https" or (parts.scheme == "http" and plain_ok)):
-            raise HubAuthError(
-                f"{self.target.host}: its token service {realm[:80]!r} is not HTTPS",
-                hint="credentials are only sent over HTTPS (or to this machine)",
-            )
+        with_login = token_service(self.target, realm)
         actions = "pull,push" if self.push else "pull"
         query = {"scope": params.get("scope") or f"repository:{self.target.repository}:{actions}"}
         if params.get("service"):
             query["service"] = params["service"]
-        if self._secret is not None and self._secret.identity:
+        secret = self._secret if with_login else None
+        if secret is not None and secret.identity:
             # Docker's identity token (`docker login` with a browser): OAuth2's refresh grant.
-            form = {"grant_type": "refresh_token", "refresh_token": self._secret.password,
+            form = {"grant_type": "refresh_token", "refresh_token": secret.password,
                     "client_id": "localrun", **query}  # fmt: skip
-            request = self.client.build_request("POST", realm, data=form)
+            send: dict[str, Any] = {"data": form}
+            method, url = "POST", realm
         else:
-            headers = {"Authorization": self._secret.basic()} if self._secret else {}
-            url = realm + ("&" if "?" in realm else "?") + urlencode(query)
-            request = self.client.build_request("GET", url, headers=headers)
+            send = {"headers": {"Authorization": secret.basic()} if secret else {}}
+            method, url = "GET", realm + ("&" if "?" in realm else "?") + urlencode(query)
         try:
-            resp = self.client.send(request, stream=True)
+            resp = self._send(method, url, **send)
         except httpx.TransportError as exc:
             raise unreachable(urlsplit(realm).netloc or self.target.host, exc) from None
         with closing(resp):
@@ -398,11 +428,15 @@ class Registry:
             body = read_bounded(resp, MAX_SMALL, f"{self.target.host}: the token answer")
         data = json_or_none(body)
         token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
-        if not isinstance(token, str) or not token:
-            raise HubAuthError(f"{self.target.host}: its token service gave no token")
-        return token
+        return check_token(self.target, token)
 
     def _login_error(self, *, denied: bool = False) -> HubAuthError:
+        if not self.trusted:  # no login was sent: the server keeps its logins for its own
+            return HubAuthError(
+                f"{self.target.host} asks for a login for {self.target.repository}",
+                hint="the server sends its logins only to the registries its owner lists in "
+                "LOCALRUN_API_REGISTRIES",
+            )
         what = "refused the login" if denied or self._secret else "asks for a login"
         return HubAuthError(
             f"{self.target.host} {what} for {self.target.repository}",
@@ -411,7 +445,9 @@ class Registry:
         )
 
     def _error(self, response: httpx.Response) -> LocalrunError:
-        """The registry's error (OCI's {"errors": [{"code", "message"}]}) as one line."""
+        """The registry's error (OCI's {"errors": [{"code", "message"}]}) as one line; its own
+        code and message only from a trusted registry (anything at a port can answer in OCI's
+        shape)."""
         status = response.status_code
         try:
             data = json_or_none(read_bounded(response, MAX_SMALL, "an error"))
@@ -422,7 +458,7 @@ class Registry:
         first = first if isinstance(first, dict) else {}
         code = str(first.get("code", ""))[:60]
         message = str(first.get("message", ""))[:200]
-        said = f" ({code}: {message})" if code or message else ""
+        said = f" ({code}: {message})" if (code or message) and self.trusted else ""
         said = said.replace("\n", " ")
         if status == 404 or code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"):
             return ModelNotFoundError(
@@ -439,33 +475,6 @@ class Registry:
         return HubError(f"{self.target.host} answered {status}{said}")
 
 
-def read_bounded(response: httpx.Response, limit: int, what: str) -> bytes:
-    """A response's body, at most `limit` bytes (DownloadError past it)."""
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise DownloadError(f"{what} is {int(declared)} bytes; at most {limit} are read")
-    data = bytearray()
-    deadline = time.monotonic() + SMALL_DEADLINE
-    try:
-        for chunk in response.iter_bytes():
-            data += chunk
-            if len(data) > limit:
-                raise DownloadError(f"{what} is over {limit} bytes; at most that is read")
-            if time.monotonic() > deadline:
-                raise DownloadError(f"{what} took over {SMALL_DEADLINE:.0f} s; it was dropped")
-    except httpx.HTTPError as exc:  # a broken connection, a body that does not decode
-        raise DownloadError(f"{what}: {reason(exc)}") from None
-    return bytes(data)
-
-
-def json_or_none(data: bytes) -> Any:
-    """JSON from a registry, or None where it is not JSON (or nested past the parser)."""
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-
-
 def _chunks(response: httpx.Response) -> Iterator[bytes]:
     """A blob's bytes as the socket gives them (re-chunking them cost half the rate)."""
     try:
@@ -474,18 +483,21 @@ def _chunks(response: httpx.Response) -> Iterator[bytes]:
         raise ConnectionError(reason(exc)) from None
 
 
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """WWW-Authenticate's scheme (lower case) and parameters."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): m.group(2) or m.group(3) or "" for m in _CHALLENGE.finditer(rest)}
-    return scheme.lower(), params
-
-
-def _retry_after(response: httpx.Response, attempt: int) -> float:
-    value = response.headers.get("Retry-After", "")
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER)
-    return 0.5 * 2.0**attempt
+def retry_after(response: httpx.Response) -> float | None:
+    """The seconds an answer's Retry-After asks for (a number, or an HTTP date), None where it
+    says none that can be read."""
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isascii() and value.isdigit():
+        return float(value)  # float(), not int(): no limit on digits, inf past a double
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _origin(url: str) -> tuple[str, str]:

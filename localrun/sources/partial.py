@@ -19,7 +19,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -49,6 +49,51 @@ def sync_file_range() -> Callable[[int, int, int, int], None] | None:
         call(fd, offset, length, flags)  # advisory: the fsync at the end is what counts
 
     return sync
+
+
+@contextlib.contextmanager
+def claim(folder: Path) -> Iterator[None]:
+    """Hold the partial download `folder` alone: a second pull of the same file waits here, then
+    finds the blob in place. An empty `folder` goes on the way out (a failed download's pieces
+    stay for the resume), and so does the lock file beside it (`folder`.lock).
+
+    The lock file is removed while still held, and a waiter that finds, once it holds its
+    file, that the path is no longer that file takes the new one instead: removed after its
+    release (filelock's way), six pulls at once left a lock behind, and held two at once.
+    """
+    path = folder.parent / f"{folder.name}.lock"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if os.name == "nt":  # no flock: filelock's, its file left to `localrun prune`
+        from filelock import FileLock
+
+        with FileLock(str(path)):
+            yield
+        return
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                now: os.stat_result | None = os.stat(path)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)  # removed by the holder before us: the path is someone else's now
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
 
 
 def drop(fd: int, offset: int, length: int) -> None:

@@ -31,6 +31,7 @@ from localrun.gguf import scan
 from localrun.gguf.header import Header
 from localrun.recipes import params
 from localrun.recipes.create import Event, Reporter
+from localrun.sources import partial
 from localrun.sources.base import Choice, Hub, RemoteFile, Repo, pick
 from localrun.store.blobs import hash_file
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest
@@ -137,8 +138,7 @@ def _check_space(store: Store, choice: Choice) -> None:
     for f in choice.files:
         if f.sha256 and store.has_blob("sha256:" + f.sha256):
             continue
-        partial = _partial_bytes(store, f)
-        needed += max(f.size - partial, 0)
+        needed += max(f.size - _partial_bytes(store, f), 0)
     if not needed:
         return
     free = shutil.disk_usage(store.root).free
@@ -167,19 +167,17 @@ def _fetch(
     store: Store, hub: Hub, repo: Repo, f: RemoteFile, report: Reporter, *, kind: str = "model"
 ) -> Layer:
     """One file into the store (or found there); returns its layer (a model's, or `kind`)."""
-    from filelock import FileLock
-
     label = f.path.rsplit("/", 1)[-1]
     if f.sha256 and store.has_blob("sha256:" + f.sha256):
         report(Event(f"{label}: already present", digest="sha256:" + f.sha256))
         return Layer(MEDIA_TYPES[kind], "sha256:" + f.sha256, f.size)
     folder = _partial_dir(store, f)
-    folder.mkdir(parents=True, exist_ok=True)
     # Two pulls of the same file: the second waits, then finds the blob in place.
-    with FileLock(str(folder) + ".lock"):
+    with partial.claim(folder):
         if f.sha256 and store.has_blob("sha256:" + f.sha256):
             report(Event(f"{label}: already present", digest="sha256:" + f.sha256))
             return Layer(MEDIA_TYPES[kind], "sha256:" + f.sha256, f.size)
+        folder.mkdir(parents=True, exist_ok=True)
 
         def progress(done: int, total: int) -> None:
             report(Event(f"pulling {label}", completed=done, total=total or f.size))
@@ -207,9 +205,7 @@ def _fetch(
                 f"{label} from {repo.repo_id} is not a valid GGUF file ({exc.message})"
             ) from None
         size = store.adopt(path, digest, synced=synced)
-    shutil.rmtree(folder, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        os.unlink(str(folder) + ".lock")
+        shutil.rmtree(folder, ignore_errors=True)
     return Layer(MEDIA_TYPES[kind], digest, size)
 
 

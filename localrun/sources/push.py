@@ -33,10 +33,15 @@ READ = 4 << 20
 
 
 def push(
-    store: Store, name: ModelName, report: Reporter = lambda _: None, *, insecure: bool = False
+    store: Store,
+    name: ModelName,
+    report: Reporter = lambda _: None,
+    *,
+    reach: hosts.Reach = hosts.OWNER,
 ) -> str:
-    """Push `name` to the registry its name says (`insecure`: over plain HTTP); the pushed
-    manifest's digest."""
+    """Push `name` to the registry its name says, if `reach` (who asked) may push there; the
+    pushed manifest's digest."""
+    where, trusted = reach.where(name, push=True)  # refused before anything is read or sent
     manifest = store.read_manifest(name)
     missing = sorted(d for d in manifest.digests() if not store.has_blob(d))
     if missing:  # said before anything is sent
@@ -51,8 +56,7 @@ def push(
         report(Event(f"not pushed: the {', '.join(left)} layer (Ollama's format has no place)"))
     ollama_config = _ollama_config(config, layers)
     config_digest, config_size = store.add_bytes(ollama_config)
-    where = hosts.target(name, insecure=insecure)
-    with oci.Registry(where, push=True) as registry:
+    with oci.Registry(where, push=True, trusted=trusted) as registry:
         report(Event(f"pushing to {where.shown}"))
         blobs = [Layer(CONFIG, config_digest, config_size)] + [
             Layer(OLLAMA + layer.kind, layer.digest, layer.size) for layer in layers

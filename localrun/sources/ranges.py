@@ -18,7 +18,15 @@ start and hashed as it comes (nothing of it is kept for a resume: without ranges
 none). Whatever the server does, no more than a piece is read for a piece (an endless body is
 refused), every piece must come whole (a short one is fetched again, RETRIES times, the count
 starting over whenever a try gets further), and a digest that differs deletes the download.
-A full disk stops at once; Ctrl-C stops every connection at its next chunk.
+A 429 or 5xx waits as its Retry-After says only up to MAX_RETRY_AFTER, and RETRY_AFTER_BUDGET
+for the whole blob; asked for more, the download ends at once saying when to try again (a
+registry must not hold a job's turn for a day). A full disk stops at once; Ctrl-C stops every
+connection at its next chunk.
+
+A digest that differs after a resume may be this disk's fault, not the server's: the pieces an
+earlier try left are read back from the file, which something may have damaged since. So the
+download is then made again from nothing, once; only a fresh download that differs too blames
+the server.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from localrun.errors import DownloadError, LocalrunError
+from localrun.errors import DownloadError, HubError, LocalrunError
 from localrun.sources.base import download_os_error, reason
 from localrun.sources.partial import WAIT_AFTER, WAIT_BEFORE, WRITE, drop, sync_file_range
 
@@ -45,7 +53,8 @@ STREAMS = 4  # connections at once for a blob of several pieces
 RETRIES = 4  # tries of a piece that gets no further, with 0.5, 1, 2, 4 s pauses
 BLOCK = 1 << 20  # bytes the hasher reads at a time
 SETTLE_LAG = 2  # pieces whose write-back runs while the hasher goes on (then it waits for it)
-MAX_WAIT = 30.0  # seconds a Retry-After may ask for
+MAX_RETRY_AFTER = 5.0  # seconds a Retry-After may ask for (past it: fail at once, say when)
+RETRY_AFTER_BUDGET = 10.0  # seconds a download (or one registry request) waits on them in all
 _LOCAL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)  # never retried
 
 
@@ -68,11 +77,37 @@ class Body:
 
 
 class Retry(ConnectionError):
-    """The server asks to try again later (a 429 or 5xx): after `after` seconds at least."""
+    """The server asks to try again later (a 429 or 5xx): after `after` seconds at least (its
+    Retry-After; None where it said none)."""
 
-    def __init__(self, message: str, after: float = 0.0) -> None:
+    def __init__(self, message: str, after: float | None = None) -> None:
         super().__init__(message)
         self.after = after
+
+
+def wait_refused(answered: str, after: float, waited: float) -> HubError:
+    """A server that asks to wait longer than localrun waits (MAX_RETRY_AFTER, or past
+    RETRY_AFTER_BUDGET in all): one line that says when to try again. `answered`: 'HOST
+    answered 429'."""
+    already = f", after {waited:.0f} s of waiting already" if waited else ""
+    bound = (
+        f"{MAX_RETRY_AFTER:.0f} s at most"
+        if after > MAX_RETRY_AFTER
+        else f"{RETRY_AFTER_BUDGET:.0f} s in all"
+    )
+    return HubError(
+        f"{answered} and asks to wait {_duration(after)} before the next request{already}; "
+        f"localrun waits {bound}",
+        hint=f"try again in {_duration(after)}; a pull resumes where it stopped",
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = min(seconds, 1e9)  # inf, or a date centuries off
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{max(seconds, 1):.0f} s"
 
 
 Sync = Callable[[int, int, int, int], None]  # sync_file_range(fd, offset, length, flags)
@@ -102,18 +137,33 @@ def download(
     (the download is deleted then)."""
     blob.folder.mkdir(parents=True, exist_ok=True)
     job = _Job(blob, opener, progress, max(1, streams or STREAMS), max(1, piece or PIECE))
-    try:
-        found = job.run()
-    except OSError as exc:
-        raise download_os_error(blob.what, exc) from exc
+    found = _run(job)
+    again = ""
+    if found != blob.digest and job.resumed:
+        # Read back from this disk, the kept pieces may be what is damaged (module docstring):
+        # discarded, and the whole blob fetched again before the server is blamed.
+        job.discard()
+        job = _Job(blob, opener, progress, job.streams, job.piece)
+        found = _run(job)
+        again = (
+            " (also when fetched whole again: the partial download kept from an earlier try "
+            "was discarded first)"
+        )
     if found != blob.digest:
         job.discard()
         raise DownloadError(
-            f"{blob.what}: the registry sent bytes whose digest is {found}, not {blob.digest}; "
-            "the download was deleted",
+            f"{blob.what}: the registry sent bytes whose digest is {found}, not {blob.digest}"
+            f"{again}; the download was deleted",
             hint="pull again; if it repeats, the registry (or a proxy between) is damaged",
         )
     return job.path, found
+
+
+def _run(job: _Job) -> str:
+    try:
+        return job.run()
+    except OSError as exc:
+        raise download_os_error(job.blob.what, exc) from exc
 
 
 def kept(blob: Blob) -> int:
@@ -156,6 +206,8 @@ class _Job:
         self.next = 0
         self.last_report = 0.0
         self.reporting = threading.Lock()  # one thread at a time tells the caller
+        self.waited = 0.0  # seconds the connections waited as Retry-After asked
+        self.resumed = 0  # whole pieces an earlier try left, read back from the disk
 
     # -- the plan
 
@@ -202,6 +254,7 @@ class _Job:
         for index in range(whole):
             self.done[index] = True
             self.got[index] = self._length(index)
+        self.resumed = whole
         return whole
 
     def _save(self, whole: int) -> None:
@@ -274,8 +327,13 @@ class _Job:
                         f"{self.blob.what}: the download broke off ({reason(exc)}); run the "
                         "pull again to resume it"
                     ) from None
-                pause = max(0.5 * 2**attempt, getattr(exc, "after", 0.0))
-                time.sleep(min(pause, MAX_WAIT))
+                after = exc.after if isinstance(exc, Retry) else None
+                if after is not None:
+                    with self.lock:  # the pieces' connections share one budget
+                        if after > MAX_RETRY_AFTER or self.waited + after > RETRY_AFTER_BUDGET:
+                            raise wait_refused(str(exc), after, self.waited) from None
+                        self.waited += after
+                time.sleep(0.5 * 2**attempt if after is None else after)
                 attempt += 1
         with self.lock:
             self.done[index] = True
@@ -312,6 +370,7 @@ class _Job:
         hasher = hashlib.sha256()
         with self.lock:
             self.got = [0] * self.count
+            self.resumed = 0  # nothing kept is read back: the digest is the stream's
         with self.opener(0, self.blob.size - 1) as body:
             at = 0
             for chunk in body.chunks:

@@ -45,7 +45,7 @@ from localrun.gguf import scan
 from localrun.recipes import create
 from localrun.recipes.create import Event, Reporter
 from localrun.recipes.modelfile import Modelfile
-from localrun.sources import hosts, oci, ollama_store, ranges
+from localrun.sources import bodies, hosts, oci, ollama_store, partial, ranges
 from localrun.sources.found import MAX_TEXT
 from localrun.sources.pull import gguf_texts
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, check_digest
@@ -100,13 +100,17 @@ class Plan:
 
 
 def pull(
-    store: Store, name: ModelName, report: Reporter = lambda _: None, *, insecure: bool = False
+    store: Store,
+    name: ModelName,
+    report: Reporter = lambda _: None,
+    *,
+    reach: hosts.Reach = hosts.OWNER,
 ) -> str:
-    """Pull `name` from its registry into the store under `name` (`insecure`: over plain
-    HTTP, as `ollama pull --insecure`); the digest of the manifest written."""
-    where = hosts.target(name, insecure=insecure)
+    """Pull `name` from its registry into the store under `name`, as far as `reach` (who asked)
+    may go; the digest of the manifest written."""
+    where, trusted = reach.where(name)
     report(Event("pulling manifest"))
-    with oci.Registry(where) as registry:
+    with oci.Registry(where, trusted=trusted) as registry:
         plan = read_plan(registry)
         current = _up_to_date(store, name, plan)
         if current is not None:
@@ -117,7 +121,7 @@ def pull(
             _check_space(store, plan)
             for part in plan.parts:
                 if part.kind in BLOBS:
-                    _fetch_blob(store, registry, part, report)
+                    _fetch_blob(store, registry, part, report, others=reach.others)
         texts = _texts(store, registry, plan)
         settings = _docker_config(registry, plan.config) if plan.config else {}
     # The blobs wait for their manifest as uploads do (prune leaves them be); the base of
@@ -230,22 +234,22 @@ def _blob(store: Store, part: Part, what: str) -> ranges.Blob:
     return ranges.Blob(part.digest, part.size, folder, what)
 
 
-def _fetch_blob(store: Store, registry: oci.Registry, part: Part, report: Reporter) -> None:
-    """One large layer into the store (or found there), verified, as `part.kind`."""
-    from filelock import FileLock
-
+def _fetch_blob(
+    store: Store, registry: oci.Registry, part: Part, report: Reporter, *, others: bool = True
+) -> None:
+    """One large layer into the store (or found there, or with `others` in Ollama's store on
+    this machine), verified, as `part.kind`."""
     label = f"pulling {part.digest.removeprefix('sha256:')[:12]}"
     if store.has_blob(part.digest):
         report(Event(f"{label}: already present", digest=part.digest))
         return
     blob = _blob(store, part, f"{registry.target.shown}: {part.kind} layer {part.digest[:19]}")
     folder = blob.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):  # a second pull of the blob waits, then finds it
+    with partial.claim(folder):  # a second pull of the blob waits, then finds it
         if store.has_blob(part.digest):
             report(Event(f"{label}: already present", digest=part.digest))
             return
-        if _from_ollama(store, part, label, report):
+        if others and _from_ollama(store, part, label, report):
             return
         path, digest = ranges.download(
             blob,
@@ -269,9 +273,7 @@ def _fetch_blob(store: Store, registry: oci.Registry, part: Part, report: Report
             shutil.rmtree(folder, ignore_errors=True)
             raise InvalidGGUFError(f"{registry.target.shown}: its projector layer is not one")
         store.adopt(path, digest, synced=True, uploaded=True)  # kept from prune till named
-    shutil.rmtree(folder, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        os.unlink(str(folder) + ".lock")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _from_ollama(store: Store, part: Part, label: str, report: Reporter) -> bool:
@@ -300,7 +302,7 @@ def _small(registry: oci.Registry, part: Part) -> bytes:
     """A small layer (a template, parameters, the config), read whole and checked."""
     what = f"{registry.target.shown}: its {part.kind} layer"
     with registry.stream("GET", registry.url(f"blobs/{part.digest}")) as response:
-        data = oci.read_bounded(response, part.size, what)
+        data = bodies.read_bounded(response, part.size, what)
     if len(data) != part.size or "sha256:" + hashlib.sha256(data).hexdigest() != part.digest:
         raise DownloadError(
             f"{what} is not the {part.size} bytes of {part.digest[:19]}... the manifest names",
@@ -357,7 +359,7 @@ def _base(store: Store, where: hosts.Target, plan: Plan, settings: dict[str, Any
 
 def _docker_config(registry: oci.Registry, part: Part) -> dict[str, Any]:
     """What Docker's model config says that localrun keeps (its `config` object's scalars)."""
-    data = oci.json_or_none(_small(registry, part))
+    data = bodies.json_or_none(_small(registry, part))
     inner = data.get("config") if isinstance(data, dict) else None
     if not isinstance(inner, dict):
         return {}

@@ -456,6 +456,12 @@ class Store:
                 return None
             report = self._collect_orphans()
             partial = self.root / "partial"
+            # A download's lock file (partial/<key>.lock) is stale once the store is held
+            # alone (downloads run as its writers): it goes whatever `partials` says.
+            for lock in partial.glob("*.lock") if partial.is_dir() else ():
+                with contextlib.suppress(OSError):
+                    lock.unlink()
+                    report.temp_files += 1
             if partials and partial.is_dir():
                 for entry in partial.iterdir():
                     size = (
