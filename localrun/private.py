@@ -8,40 +8,78 @@ read. The model store's blobs are not private: they may stay readable.
 localrun makes the folders it owns 0700 whenever it writes into them, and creates LOCALRUN_HOME
 0700; a home folder that already exists is the person's to change, so `localrun info` says when
 one of these folders is open to others (`exposed`) rather than changing it silently.
+
+The files localrun keeps of its own under LOCALRUN_HOME (launch's settings files and server
+log, the chat history, upstreams.toml, markers) are written here, never through a link planted
+where the file or its folder should be (issue 76: `launch` overwrote, appended to and made 0600
+whatever a link in logs/ or launch/ named). A whole file is written beside its place and
+renamed over it (`write`: a link there is replaced, not followed); a log is opened to append
+with O_NOFOLLOW and only when it is a regular file of one name (`open_log`); a folder of
+localrun's own is entered without following a link. What is refused raises `Planted`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import secrets
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+class Planted(OSError):
+    """A link, or another kind of file, where localrun keeps a file or a folder of its own: not
+    followed, not written through. An OSError, so that what writes only when it can (the prompt
+    cache) goes on without; the CLI names the path and says to remove it."""
 
 
 def private_dir(path: Path, *, owned: bool = True) -> Path:
     """Make `path` (and its missing parents, 0700 too) a folder only its owner can enter.
 
     `owned`: the folder is localrun's alone (responses/, cache/prompts/, logs/), so an existing
-    one is made 0700 as well; else only a folder created here is."""
+    one is made 0700 as well, and one that is a link is refused (Planted); else only a folder
+    created here is (LOCALRUN_HOME may be a link to another disk)."""
     missing = []
     parent = path
-    while not parent.exists() and parent != parent.parent:
+    while not os.path.lexists(parent) and parent != parent.parent:
         missing.append(parent)
         parent = parent.parent
     for folder in reversed(missing):
         with contextlib.suppress(FileExistsError):
             folder.mkdir(mode=DIR_MODE)
-        with contextlib.suppress(OSError):  # mkdir's mode is masked by the umask
-            os.chmod(folder, DIR_MODE)
+        _close_dir(folder)  # mkdir's mode is masked by the umask
     if owned and not missing:
-        with contextlib.suppress(OSError):
-            if stat.S_IMODE(path.stat().st_mode) != DIR_MODE:
-                os.chmod(path, DIR_MODE)
+        _close_dir(path)
     return path
+
+
+def _close_dir(folder: Path) -> None:
+    """Make `folder` 0700, entered without following a link (Planted when it is a link or not
+    a folder)."""
+    if not _NOFOLLOW or not _DIRECTORY:  # Windows: no modes to set, no such flags
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR):
+            where = "a link or a file where localrun keeps a folder"
+            raise Planted(exc.errno, where, str(folder)) from None
+        raise
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != DIR_MODE:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, DIR_MODE)
+    finally:
+        os.close(fd)
 
 
 def create(path: Path) -> int:
@@ -54,10 +92,81 @@ def create(path: Path) -> int:
 
 
 def restrict(path: Path) -> None:
-    """Make an existing file 0600 (one another library wrote, such as readline's history)."""
+    """Make an existing file 0600 (one another library wrote, such as readline's history); a
+    link there is left alone, never its target changed."""
     with contextlib.suppress(OSError):
-        if stat.S_IMODE(path.stat().st_mode) != FILE_MODE:
-            os.chmod(path, FILE_MODE)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK | _CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != FILE_MODE:
+                os.fchmod(fd, FILE_MODE)
+        finally:
+            os.close(fd)
+
+
+def write(path: Path, data: bytes) -> None:
+    """Replace `path` with a 0600 file holding `data`: written beside it (fsynced) and renamed
+    over it, so that a link planted at `path` is replaced, never followed. OSError as raised."""
+    tmp = _beside(path)
+    fd = create(tmp)
+    try:
+        with open(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_with(path: Path, writer: Callable[[Path], None]) -> None:
+    """Replace `path` with what `writer` writes into the new, empty 0600 file it is given (one
+    beside `path`, renamed over it after): a link planted at `path` is replaced, never followed.
+    For a library that writes by name (readline's history)."""
+    tmp = _beside(path)
+    os.close(create(tmp))
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def open_log(path: Path) -> BinaryIO:
+    """`path` opened to append (created 0600 when missing, made 0600 when not): only a regular
+    file with no other name; a link, a FIFO or a hard link planted there is refused (Planted),
+    never followed or written through."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
+    try:
+        fd = os.open(path, flags, FILE_MODE)
+    except OSError as exc:
+        # ELOOP: a link (EMLINK on the BSDs); ENXIO: a FIFO no one reads; EISDIR: a folder.
+        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EISDIR):
+            raise _planted(path) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise _planted(path)
+        if stat.S_IMODE(st.st_mode) != FILE_MODE:
+            os.fchmod(fd, FILE_MODE)
+        return open(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _planted(path: Path) -> Planted:
+    where = "a link or another kind of file where localrun keeps a log"
+    return Planted(errno.ELOOP, where, str(path))
 
 
 def touch(path: Path) -> None:

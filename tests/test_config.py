@@ -96,3 +96,41 @@ def test_image_url_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("LOCALRUN_IMAGE_URL_HOSTS", bad)
         with pytest.raises(ConfigError, match=r"LOCALRUN_IMAGE_URL_HOSTS.*not a host name"):
             limits.image_url_hosts()
+
+
+def test_numbers_that_code_below_relies_on_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each was accepted, then failed every request that read it (issue 76).
+    bad_values = (
+        "-5",
+        "0",
+        "1.5",
+        "abc",
+        "1e6",
+        "0x1000",
+        "²",
+        "99999999999",
+        "16777217",
+        "9" * 5000,
+    )
+    for bad in bad_values:
+        monkeypatch.setenv("LOCALRUN_CONTEXT_LENGTH", bad)
+        with pytest.raises(ConfigError, match=r"LOCALRUN_CONTEXT_LENGTH: .* from 1 to 16777216"):
+            config.context_length()
+    monkeypatch.setenv("LOCALRUN_CONTEXT_LENGTH", " 16777216 ")  # a request's num_ctx bound
+    assert config.context_length() == 2**24
+    monkeypatch.setenv("LOCALRUN_NUM_PARALLEL", "257")  # llama.cpp's LLAMA_MAX_SEQ is 256
+    with pytest.raises(ConfigError, match="LOCALRUN_NUM_PARALLEL"):
+        config.num_parallel()
+    monkeypatch.setenv("LOCALRUN_MAX_JSON_DEPTH", "257")
+    with pytest.raises(ConfigError, match="LOCALRUN_MAX_JSON_DEPTH"):
+        limits.max_json_depth()
+    # A wait on a thread or a process overflows past about 292 years; -1 (forever) is inf.
+    for bad in ("-1", "0", "1e300", "999999h"):
+        monkeypatch.setenv("LOCALRUN_LOAD_TIMEOUT", bad)
+        with pytest.raises(ConfigError, match="LOCALRUN_LOAD_TIMEOUT"):
+            limits.load_timeout()
+        monkeypatch.setenv("LOCALRUN_IDLE_TIMEOUT", bad)
+        with pytest.raises(ConfigError, match="LOCALRUN_IDLE_TIMEOUT"):
+            limits.idle_timeout()
+    monkeypatch.setenv("LOCALRUN_LOAD_TIMEOUT", "720h")
+    assert limits.load_timeout() == 30 * 86400

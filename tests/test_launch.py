@@ -294,3 +294,56 @@ def test_a_model_too_small_for_the_agent_is_refused_with_why(
     assert result.code == 0, result.stderr
     assert "warning: Aider needs a context of 4096 tokens" in result.stderr
     assert result.stdout.strip() == "aider answered small:latest-ctx256 small:latest-ctx256@256"
+
+
+@pytest.mark.parametrize("agent", ["claude", "codex", "opencode", "aider"])
+def test_dry_run_never_prints_a_key_that_quoting_respells(cli: CLI, agent: str) -> None:
+    # The key was replaced in the printed text after shell or JSON quoting had changed how a
+    # key with ' " or \ is spelled: the replace missed it and the key was printed (issue 76).
+    address = f"127.0.0.1:{_free_port()}"
+    for key in ("sk-it's-SECRET1", 'sk-say-"SECRET2"', "sk-back\\slash-SECRET3", "SECRET4 $x`"):
+        env = _env(None, address, LOCALRUN_API_KEY=key)
+        shown = cli("launch", agent, "--dry-run", "-m", "x", env=env)
+        assert shown.code == 0, shown.stderr
+        assert "SECRET" not in shown.stdout + shown.stderr, (key, shown.stdout)
+        assert "$LOCALRUN_API_KEY" in shown.stdout, shown.stdout
+
+
+def test_launch_never_writes_through_a_link_planted_in_its_home(
+    cli: CLI, running: Serve, agents: Path, home: Path, tmp_path: Path
+) -> None:
+    # launch followed links planted in LOCALRUN_HOME: Aider's settings file overwrote the
+    # link's target and made it 0600, the server's log appended to it (issue 76).
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    victim.chmod(0o644)
+    settings = home / "launch" / "aider-tiny_latest-ctx16k.model-settings.yml"
+    settings.parent.mkdir(parents=True)
+    settings.symlink_to(victim)
+    env = _env(agents, running.url.removeprefix("http://"))
+    result = cli("launch", "aider", "-m", "tiny", env=env)
+    assert result.code == 0, result.stderr
+    assert victim.read_text() == "precious\n" and victim.stat().st_mode & 0o777 == 0o644
+    assert not settings.is_symlink() and "num_ctx" in settings.read_text()
+    assert settings.stat().st_mode & 0o777 == 0o600
+
+    # With no server answering, launch starts one with its log in logs/: a link there (or a
+    # hard link to the victim) is refused, and no server is started.
+    address = f"127.0.0.1:{_free_port()}"
+    log = home / "logs" / "launch-serve.log"
+    log.parent.mkdir()
+    for plant in (log.symlink_to, log.hardlink_to):
+        plant(victim)
+        refused = cli("launch", "claude", "-m", "tiny", env=_env(agents, address))
+        assert_one_line_error(refused, str(log), "rm ")
+        assert victim.read_text() == "precious\n" and victim.stat().st_mode & 0o777 == 0o644
+        assert not _answers(address)
+        log.unlink()
+    # A folder of launch's own that is a link elsewhere is refused too.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    (home / "launch").rename(tmp_path / "launch-was")
+    (home / "launch").symlink_to(elsewhere)
+    moved = cli("launch", "aider", "-m", "tiny", env=env)
+    assert_one_line_error(moved, str(home / "launch"))
+    assert not list(elsewhere.iterdir()) and elsewhere.stat().st_mode & 0o777 == 0o755

@@ -18,8 +18,8 @@ FUNCTION_LINES = 70
 # (README.md, "Layout"). A top-level module is a wing of its own here.
 WINGS = [
     "errors",
-    "settings",
     "private",
+    "settings",
     "selfexec",
     "jsonlimits",
     "media",

@@ -124,3 +124,57 @@ def test_a_home_that_cannot_be_made_does_not_stop_a_store_elsewhere(
     monkeypatch.setenv("LOCALRUN_MODELS", str(tmp_path / "models"))
     result = cli("list")
     assert result.code == 0, result.stderr
+
+
+def test_the_helpers_never_write_through_a_planted_link(tmp_path: Path) -> None:
+    """What localrun writes of its own under LOCALRUN_HOME (launch's files and log, the chat
+    history, upstreams.toml) goes through these: a link planted where a file or a folder of
+    localrun's should be is replaced or refused, its target never written or chmod-ed."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o644)
+    home = private.private_dir(tmp_path / "home")
+
+    def untouched() -> bool:
+        return victim.read_text() == "precious\n" and mode(victim) == 0o644
+
+    whole = home / "settings.yml"
+    whole.symlink_to(victim)
+    private.write(whole, b"mine\n")
+    assert untouched() and not whole.is_symlink() and whole.read_bytes() == b"mine\n"
+    assert mode(whole) == 0o600
+    history = home / "history"
+    history.symlink_to(victim)
+    private.restrict(history)
+    private.touch(history)
+    private.write_with(history, lambda new: new.write_text("ls\n"))
+    assert untouched() and not history.is_symlink() and history.read_text() == "ls\n"
+    assert not [p for p in home.iterdir() if p.name.endswith(".tmp")]
+
+    log = home / "serve.log"
+    os.mkfifo(home / "fifo")
+    for plant in (log.symlink_to, log.hardlink_to):
+        plant(victim)
+        with pytest.raises(private.Planted):
+            private.open_log(log)
+        log.unlink()
+    with pytest.raises(private.Planted):
+        private.open_log(home / "fifo")  # opened without O_NONBLOCK, this would never return
+    with private.open_log(log) as out:
+        out.write(b"line\n")
+    with private.open_log(log) as out:
+        out.write(b"more\n")
+    assert log.read_bytes() == b"line\nmore\n" and mode(log) == 0o600
+    assert untouched()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chmod(elsewhere, 0o755)
+    (home / "logs").symlink_to(elsewhere)
+    with pytest.raises(private.Planted):
+        private.private_dir(home / "logs")
+    assert mode(elsewhere) == 0o755
+    # LOCALRUN_HOME itself may be a link (to another disk): only folders of localrun's own
+    # are refused.
+    (tmp_path / "linked-home").symlink_to(home)
+    assert private.private_dir(tmp_path / "linked-home", owned=False) == tmp_path / "linked-home"

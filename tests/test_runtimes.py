@@ -223,6 +223,52 @@ def test_a_source_another_localrun_patched_is_unpacked_afresh(
     assert quants.read_text() == fresh and not said, said
 
 
+def test_a_source_folder_is_copied_and_the_copy_patched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LOCALRUN_RUNTIME_SOURCE naming a folder: `install exact` patched 8 of the person's own
+    files in place (issue 76). The build copies it into its folder and patches the copy; the
+    person's folder stays byte for byte as it was, a file that is a link out of it included."""
+    from localrun.runtimes import build, exact
+
+    top = tmp_path / "mine" / f"llama_cpp_python-{VERSION}"
+    tree = top / "vendor" / "llama.cpp"
+    names = write_exact_source(tree)
+    (top / "PKG-INFO").write_text(f"Version: {VERSION}\n")
+    (tree / "ggml" / "CMakeLists.txt").write_text("project(ggml)\n")
+    # One of the files to patch is a link to a file of the person's elsewhere.
+    ops = tree / exact.GGML_CPU / "ops.cpp"
+    elsewhere = tmp_path / "elsewhere-ops.cpp"
+    ops.rename(elsewhere)
+    ops.symlink_to(elsewhere)
+
+    def snapshot() -> dict[str, bytes | str]:
+        found: dict[str, bytes | str] = {str(elsewhere): elsewhere.read_bytes()}
+        for path in sorted(top.rglob("*")):
+            if path.is_symlink():
+                found[str(path)] = os.readlink(path)
+            elif path.is_file():
+                found[str(path)] = path.read_bytes()
+        return found
+
+    before = snapshot()
+    monkeypatch.setenv("LOCALRUN_RUNTIME_SOURCE", str(top))
+    tools = toolchain.Toolchain(exact.BACKEND, "test", "cmake")
+    plan = build.Plan(exact.BACKEND, f"exact-{VERSION}", (), tools, VERSION)
+    work, said = tmp_path / "work", []
+    src = build.prepared(plan, work, said.append)
+    assert snapshot() == before, "the person's source folder was changed"
+    assert src.tree.is_relative_to(work) and any("copying" in line for line in said), said
+    folder = src.tree / exact.GGML_CPU
+    patched = {name: (folder / name).read_text() for name in names}
+    assert not (folder / "ops.cpp").is_symlink()
+    assert patched["ops.cpp"].startswith("head\n" + exact.KERNEL.read_text())
+    assert all(new in patched[file] for file, _, new in exact.EDITS)
+    said.clear()
+    assert build.prepared(plan, work, said.append).tree == src.tree and not said  # reused
+    assert snapshot() == before
+
+
 @pytest.mark.parametrize(
     ("case", "fragment"),
     [
@@ -644,3 +690,45 @@ def test_cuda_toolchain_from_pypi_wheels_compiles_and_configures(
     assert re.search(rf"^CMAKE_CUDA_COMPILER:\w+={re.escape(str(toolkit))}/bin/nvcc$", cache, re.M)
     assert re.search(r"^CMAKE_CUDA_ARCHITECTURES:\w+=90$", cache, re.M)
     assert f"CUDA_cublas_LIBRARY:FILEPATH={toolkit / 'lib' / 'libcublas.so'}" in cache
+
+
+def test_a_runtime_loads_only_its_own_checked_module(cli: CLI, home: Path, tmp_path: Path) -> None:
+    """The exact runtime's library was loaded unhashed when its size and mtime matched the
+    record, and runtime.json's `module` could name a file outside runtimes/ (issue 76): it is
+    hashed at every load, and only a file inside the runtime's folder is loaded, links
+    resolved."""
+    from localrun.runtimes import exact
+
+    name = f"exact-{VERSION}"
+    module = fake_runtime(home, name, b"\x7fELF exact" * 100, backend="exact")
+    record_file = module.parent / "runtime.json"
+    record = {**json.loads(record_file.read_text()), "cpu": exact.cpu_identity()}
+    record_file.write_text(json.dumps(record))
+    # The same size and mtime as recorded, other bytes.
+    st = module.stat()
+    module.write_bytes(b"\x7fELF other" * 100)
+    os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert module.stat().st_mtime_ns == record["stamp"][1]
+    shown = info(cli)
+    assert shown["exact"] is None and "changed since install" in shown["exact_warning"], shown
+
+    outside = tmp_path / "outside" / "libggml-cpu.so"
+    outside.parent.mkdir()
+    outside.write_bytes(b"\x7fELF outside")
+    st = outside.stat()
+    for named in ("../../../outside/libggml-cpu.so", str(outside), "link.so"):
+        if named == "link.so":
+            (module.parent / named).symlink_to(outside)
+        record = {**record, "module": named, "sha256": hash_file(outside),
+                  "stamp": [st.st_size, st.st_mtime_ns]}  # fmt: skip
+        record_file.write_text(json.dumps(record))
+        shown = info(cli)
+        assert shown["exact"] is None and "outside its folder" in shown["exact_warning"], shown
+
+    # A GPU runtime's record is held to its folder the same way.
+    vulkan = fake_runtime(home, f"vulkan-{VERSION}", b"\x7fELF vulkan")
+    gpu_record = json.loads((vulkan.parent / "runtime.json").read_text())
+    gpu_record.update(module=str(outside), sha256=hash_file(outside), stamp=record["stamp"])
+    (vulkan.parent / "runtime.json").write_text(json.dumps(gpu_record))
+    shown = info(cli, {"LOCALRUN_RUNTIME": f"vulkan-{VERSION}"})
+    assert shown["runtime"] == "built-in" and "outside its folder" in shown["runtime_warning"]

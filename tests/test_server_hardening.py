@@ -273,3 +273,17 @@ def test_a_go_template_with_a_number_no_int64_holds_is_400(live: LiveServer) -> 
     answer = post(live, "/api/create", body)
     assert answer.status_code == 400, answer.text
     assert "integer overflow" in answer.json()["error"]
+
+
+def test_a_bad_setting_read_by_a_request_is_its_one_line_not_a_500(
+    live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `localrun serve` refuses it at the start (test_server_serve); an app made otherwise reads
+    # it when a request needs it, and answered every chat with a 500 (issue 76).
+    monkeypatch.setenv("LOCALRUN_CONTEXT_LENGTH", "1e6")
+    answer = post(live, "/api/chat", chat())
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["code"] == "config_error"
+    assert answer.json()["error"].startswith("LOCALRUN_CONTEXT_LENGTH: expected a whole number")
+    openai = post(live, "/v1/chat/completions", {**chat(), "max_tokens": 3})
+    assert openai.status_code == 503 and openai.json()["error"]["code"] == "config_error"

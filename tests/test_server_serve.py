@@ -193,3 +193,57 @@ def test_sigterm_ends_open_streams_with_their_error_line(
     assert last["openai"].startswith("data: "), last
     assert "shutting down" in json.loads(last["openai"][6:])["error"]["message"], last
     assert "shutting down" in last["anthropic"] and "error" in last["anthropic"], last
+
+
+def test_a_clients_text_reaches_headers_and_the_log_escaped(server: Serve) -> None:
+    # Hosted tools' types went into X-Localrun-Tools-Left-Out and the log as sent (issue 76):
+    # CR/LF or NUL dropped the connection with no answer, a character outside Latin-1 was a
+    # 500, and a line break forged a line of the log. So did a request's decoded path.
+    forged = "2030-01-01 00:00:00,000 WARNING localrun.server: FORGED"
+    kinds = [f"web_search\r\n{forged}", "a\x00b", "snow\u2603man\u202e", "x" * 5000, "c,d"]
+    say = {"role": "user", "content": "hi"}
+    for path, body in (
+        ("/v1/responses", {"input": "hi", "max_output_tokens": 2,
+                           "tools": [{"type": kind} for kind in kinds]}),
+        ("/v1/messages", {"messages": [say], "max_tokens": 2,
+                          "tools": [{"type": kind, "name": "n"} for kind in kinds]}),
+    ):  # fmt: skip
+        answer = httpx.post(server.url + path, json={"model": "tiny", **body}, timeout=PATIENCE_S)
+        assert answer.status_code == 200, answer.text
+        shown = answer.headers["x-localrun-tools-left-out"]
+        assert shown.isascii() and shown.isprintable() and len(shown) < 1000, shown
+        assert shown.startswith("web_search\\r\\n2030-01-01"), shown
+        assert "a\\x00b" in shown and "snow\\u2603man\\u202e" in shown and "c\\x2cd" in shown
+    # (starlette's URL drops CR and LF from a path; not an escape sequence or a line separator)
+    refused = httpx.get(server.url + "/api/nothing%1b[2K%e2%80%a8%0b" + forged.replace(" ", "%20"))
+    assert refused.status_code == 404
+    assert server.stop() == 0
+    _, err = server.proc.communicate(timeout=PATIENCE_S)
+    lines = err.splitlines()
+    assert not [line for line in lines if line.startswith(forged[:10])], err
+    assert sum("left out of the tools offered: web_search\\r\\n2030" in line for line in lines) == 2
+    assert any("refused GET /api/nothing\\x1b[2K\\u2028\\x0b2030" in line for line in lines)
+    assert not [c for c in err if not c.isprintable() and c != "\n"], err
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        *(("LOCALRUN_CONTEXT_LENGTH", v) for v in ("-5", "0", "1.5", "abc", "1e6", "0x1000")),
+        ("LOCALRUN_CONTEXT_LENGTH", "99999999999"),  # past a request's num_ctx bound, 2**24
+        ("LOCALRUN_NUM_PARALLEL", "100000"),  # past llama.cpp's 256 sequences: no load works
+        ("LOCALRUN_LOAD_TIMEOUT", "-1"),  # forever: an OverflowError where a process waits
+        ("LOCALRUN_MAX_JSON_DEPTH", "5000"),  # past what the code walking a value survives
+        ("LOCALRUN_UPSTREAM_CONNECT_TIMEOUT", "0"),
+        ("LOCALRUN_DEBUG", "maybe"),
+    ],
+)
+def test_serve_refuses_a_bad_setting_before_it_listens(
+    cli: CLI, serve_home: Path, name: str, value: str
+) -> None:
+    # Each was accepted at the start, then every chat that read it answered 500 (issue 76).
+    result = cli("serve", "--port", "0", env={name: value}, timeout=PATIENCE_S)
+    assert_one_line_error(result, name)
+    assert "listening" not in result.stdout
+    if name == "LOCALRUN_CONTEXT_LENGTH":  # what it takes
+        assert "expected a whole number from 1 to 16777216" in result.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -268,11 +269,17 @@ def _setup_history() -> Any:
     path = _history_file()
     with contextlib.suppress(OSError):
         private.private_dir(path.parent, owned=False)  # LOCALRUN_HOME: 0700 when made here
-        private.touch(path)  # what people typed: 0600 before readline writes it
+        private.touch(path)  # what people typed: 0600 (a link planted there is not followed)
         private.restrict(path)
-        readline.read_history_file(path)
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            readline.read_history_file(path)
     readline.set_history_length(2000)
     return readline
+
+
+def _write_history(readline: Any, path: Path) -> None:
+    readline.write_history_file(str(path))
+    private.restrict(path)  # readline may write a file of its own and rename it there
 
 
 def _read_message(first: str) -> str | None:
@@ -381,7 +388,6 @@ def chat_loop(
                 print_error(err)
     finally:
         if readline is not None:
-            with contextlib.suppress(OSError):
-                readline.write_history_file(_history_file())
-                private.restrict(_history_file())
+            with contextlib.suppress(OSError):  # a new file replaces a link, never its target
+                private.write_with(_history_file(), lambda new: _write_history(readline, new))
         session.session.close()

@@ -33,13 +33,16 @@ import typer
 from localrun import private, selfexec
 from localrun.cli import agent_context, launchers
 from localrun.cli.common import open_store
-from localrun.errors import ConfigError, LocalrunError, ServerError
+from localrun.errors import ConfigError, FileError, LocalrunError, ServerError
 from localrun.settings import config
 
 if TYPE_CHECKING:
     from localrun.client import Client
 
 START_TIMEOUT_S = 60.0
+# The key's stand-in in what --dry-run prints: letters and underscores, which neither shell
+# quoting nor JSON respells, so that every place the key goes shows the variable instead.
+SHOWN_KEY = "__LOCALRUN_API_KEY__"
 
 
 def launch(
@@ -77,12 +80,15 @@ def launch(
     facts = agent_context.facts(name, client if up else None)
     num_ctx = agent_context.choose(found, name, facts, context)
     served = name if facts.num_ctx == num_ctx else agent_context.variant(name, num_ctx)
-    key = client.api_key or "localrun"
     setup = launchers.Setup(num_ctx, facts.thinks, config.home() / "launch")
-    spec = found.launch(client.url, key, served, list(args or []), setup)
     if dry_run:
-        _print(spec, client, up, agent_context.told(found, name, served, num_ctx))
+        # What is shown is built with a stand-in for the key, never the key replaced after the
+        # fact: quoting (shell, JSON) changes how a key with ' " or \ is spelled, and the
+        # replace then missed it.
+        shown = found.launch(client.url, SHOWN_KEY, served, list(args or []), setup)
+        _print(shown, client, up, agent_context.told(found, name, served, num_ctx))
         return
+    spec = found.launch(client.url, client.api_key or "localrun", served, list(args or []), setup)
     _write(spec)
     server = None if up else _serve(client, found)
     try:
@@ -97,12 +103,24 @@ def launch(
 
 
 def _write(spec: launchers.Launch) -> None:
-    """The agent's files, in localrun's own folder (they name the server's key)."""
+    """The agent's files, in localrun's own folder (they name the server's key), each replaced
+    whole: a link planted there is replaced, never written through."""
     for path, text in spec.files.items():
-        private.private_dir(path.parent)
-        private.touch(path)
-        private.restrict(path)
-        path.write_text(text, encoding="utf-8")
+        try:
+            private.private_dir(path.parent)
+            private.write(path, text.encode("utf-8"))
+        except OSError as exc:
+            raise _unwritable(exc, path) from None
+
+
+def _unwritable(exc: OSError, path: Path) -> LocalrunError:
+    where = Path(exc.filename) if exc.filename else path
+    if isinstance(exc, private.Planted):
+        return FileError(
+            f"{where} is {exc.strerror}: localrun does not write through it",
+            hint=f"remove it, and localrun makes it again: rm {where}",
+        )
+    return FileError(f"cannot write {where}: {exc.strerror or exc}")
 
 
 def _model(given: str | None, client: Client | None, tool: launchers.Tool, dry_run: bool) -> str:
@@ -149,19 +167,18 @@ def _find(tool: launchers.Tool) -> str:
 
 
 def _print(spec: launchers.Launch, client: Client, up: bool, told: str) -> None:
+    """`spec` (made with SHOWN_KEY for the key) as --dry-run shows it: the key is never
+    printed, the variable that holds it is named instead ("localrun" where none is set)."""
+    key = "$LOCALRUN_API_KEY" if client.api_key else "localrun"
     if not up:
         print(f"# no server answers at {client.url}: `localrun serve` would be started there")
     print(f"# {told}")
     for path, text in spec.files.items():
         print(f"# {path}:")
-        shown = text.replace(client.api_key, "$LOCALRUN_API_KEY") if client.api_key else text
-        print("\n".join(f"#   {line}" for line in shown.splitlines()))
+        print("\n".join(f"#   {line}" for line in text.splitlines()).replace(SHOWN_KEY, key))
     for name, value in spec.env.items():
-        line = f"{name}={shlex.quote(value)}"
-        if client.api_key:  # never printed: the variable that holds it is named instead
-            line = line.replace(client.api_key, "$LOCALRUN_API_KEY")
-        print(line)
-    print(shlex.join(spec.argv))
+        print(f"{name}={shlex.quote(value)}".replace(SHOWN_KEY, key))
+    print(shlex.join(spec.argv).replace(SHOWN_KEY, key))
 
 
 def _serve(client: Client, tool: launchers.Tool) -> subprocess.Popen[bytes]:
@@ -172,10 +189,12 @@ def _serve(client: Client, tool: launchers.Tool) -> subprocess.Popen[bytes]:
             hint="set LOCALRUN_TLS_CERT and LOCALRUN_TLS_KEY, or start `localrun serve` yourself",
         )
     log = config.home() / "logs" / "launch-serve.log"
-    private.private_dir(log.parent)  # a server's log may quote what was asked of it
-    private.touch(log)
-    private.restrict(log)
-    with open(log, "ab") as out:
+    try:
+        private.private_dir(log.parent)  # a server's log may quote what was asked of it
+        out = private.open_log(log)
+    except OSError as exc:
+        raise _unwritable(exc, log) from None
+    with out:
         server = subprocess.Popen(
             selfexec.cli("serve"),
             stdin=subprocess.DEVNULL,

@@ -116,6 +116,7 @@ def serve(
     from localrun.settings import tls
     from localrun.sources.hosts import is_loopback
 
+    _check_settings()
     bind_host, bind_port = _address(host, port)
     env_cert, env_key = config.tls_pair()
     pair = tls.server_pair(tls_cert or env_cert, tls_key or env_key)
@@ -129,10 +130,6 @@ def serve(
         )
     limits = Limits.from_env()
     debug = config.debug()
-    # Read by the routes at each listing, and by each runner before llama.cpp loads, where a
-    # bad value only logs or warns: a typo fails here.
-    config.other_runners()
-    config.exact()
     _configure_logging(debug)
     # Every connection holds a file descriptor: allow as many as the system lets us, then keep
     # the connection cap below that.
@@ -156,6 +153,17 @@ def serve(
         raise ServerError("the server could not start", hint="see the messages above")
 
 
+def _check_settings() -> None:
+    """Read every setting once, before the socket is bound: a bad value ends the start with its
+    one-line ConfigError. Most are read again where they are used (a route, a runner before
+    llama.cpp loads), where a bad one would fail every request, or only log or warn."""
+    from localrun.settings import upstreams
+
+    for setting in config.SETTINGS.values():
+        setting.value()
+    upstreams.Settings.read()  # the LOCALRUN_UPSTREAM_* bounds, read when a request routes
+
+
 def _advise() -> None:
     """At each start: a GPU that nothing installed can use (said once), and how to make greedy
     answers exact where they can depend on the batch."""
@@ -168,14 +176,15 @@ def _advise() -> None:
 
 
 def _configure_logging(debug: bool) -> None:
-    """Log to stderr; uvicorn's and httpx's routine lines only with LOCALRUN_DEBUG."""
+    """Log to stderr, each message on one line (what a client sent is escaped); uvicorn's and
+    httpx's routine lines only with LOCALRUN_DEBUG."""
     import logging
 
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from localrun.server.escape import OneLineFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
     logging.getLogger("uvicorn.error").setLevel(logging.INFO if debug else logging.WARNING)
     # One line per upstream request and health check is noise (the failures are logged).
     logging.getLogger("httpx").setLevel(logging.INFO if debug else logging.WARNING)

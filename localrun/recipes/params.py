@@ -13,6 +13,7 @@ from typing import Any
 
 from localrun.errors import InvalidParameterError
 from localrun.settings.config import SPECULATE_MODES
+from localrun.settings.parse import MAX_CONTEXT_LENGTH
 
 Value = int | float | bool | str
 
@@ -104,7 +105,7 @@ _I32 = 2**31 - 1
 SPECS: dict[str, ParamSpec] = {
     p.name: p
     for p in (
-        ParamSpec("num_ctx", int, "context window in tokens (1 or more)", 1, 2**24),
+        ParamSpec("num_ctx", int, "context window in tokens (1 or more)", 1, MAX_CONTEXT_LENGTH),
         ParamSpec("num_batch", int, "prompt tokens processed per batch (1 or more)", 1, 2**20),
         ParamSpec(
             "num_gpu", int, "layers to offload to the GPU; -1 = decide automatically", -1, 10_000

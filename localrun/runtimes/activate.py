@@ -6,10 +6,11 @@ devices. Nothing here raises or crashes: a runtime that is missing, damaged, bui
 bindings, or finds no device gives one warning, and the CPU as installed.
 
 Before ggml_backend_load touches a module, its stat is compared with the one recorded when it
-was installed (and its sha256 when the stat changed): a file damaged or replaced since is not
-loaded. Libraries the module needs from its toolchain (the CUDA runtime and cuBLAS of a toolkit
-made from wheels) are loaded first, globally, so that the module's dependencies resolve by
-soname.
+was installed (and its sha256 when the stat changed; the exact runtime's small library is hashed
+every time): a file damaged or replaced since is not loaded, nor one outside the runtime's own
+folder. Libraries the module needs from its toolchain (the CUDA runtime and cuBLAS of a toolkit
+made from wheels, under runtimes/toolchains/) are loaded first, globally, so that the module's
+dependencies resolve by soname.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,38 +171,55 @@ def _cuda_gpus() -> list[Any]:
 
 
 def verify(runtime: Runtime) -> str | None:
-    """Why `runtime`'s module must not be loaded (damaged, missing), or None."""
-    path = runtime.module_path
+    """Why `runtime`'s module must not be loaded (outside its folder, damaged, missing), or None."""
+    return checked(runtime)[1]
+
+
+def checked(runtime: Runtime) -> tuple[Path, None] | tuple[None, str]:
+    """`runtime`'s module as it is to be loaded (its links resolved), or why it must not be.
+
+    Only a file inside the runtime's own folder is loaded: runtime.json's `module` is a name
+    there, and one that leads elsewhere (`../../x.so`, a link out) is refused. The exact
+    runtime's module (about 2 MB, hashed in a few milliseconds) is hashed at every load; a GPU
+    runtime's (hundreds of MB, a second or more) when its size or mtime changed since install."""
+    folder = runtime.path.resolve()
     try:
+        path = (runtime.path / runtime.module).resolve(strict=True)
         st = os.stat(path)
     except OSError:
-        return f"runtime {runtime.name} is damaged (its {runtime.module} is missing)"
-    if (st.st_size, st.st_mtime_ns) == tuple(runtime.stamp):
-        return None
+        return None, f"runtime {runtime.name} is damaged (its {runtime.module} is missing)"
+    if not path.is_relative_to(folder) or not stat.S_ISREG(st.st_mode):
+        return None, (
+            f"runtime {runtime.name} is damaged (its record names a module outside its folder: "
+            f"{runtime.module[:100]!r})"
+        )
+    if runtime.backend != "exact" and (st.st_size, st.st_mtime_ns) == tuple(runtime.stamp):
+        return path, None
     from localrun.store.blobs import hash_file
 
     try:
         digest = hash_file(path)
     except OSError as exc:
-        return f"runtime {runtime.name} cannot be read ({exc.strerror or exc})"
+        return None, f"runtime {runtime.name} cannot be read ({exc.strerror or exc})"
     if digest != runtime.sha256:
-        return f"runtime {runtime.name} is damaged (its {runtime.module} changed since install)"
-    return None
+        changed = f"runtime {runtime.name} is damaged (its {runtime.module} changed since install)"
+        return None, changed
+    return path, None
 
 
 def _load(lib: Any, runtime: Runtime) -> str | None:
     """Load `runtime` into `lib`'s registry; why not, or None once it has a GPU device."""
     hint = f"reinstall it: localrun runtime install {runtime.backend}"
-    problem = verify(runtime)
-    if problem is not None:
+    module, problem = checked(runtime)
+    if module is None:
         return f"{problem}: running on the CPU ({hint})"
-    return load_unverified(lib, runtime, hint)
+    return load_unverified(lib, runtime, module, hint)
 
 
-def load_unverified(lib: Any, runtime: Runtime, hint: str) -> str | None:
-    """_load after the check of the module's bytes."""
-    preload(runtime.library_path)
-    reg = lib.ggml_backend_load(str(runtime.module_path).encode())
+def load_unverified(lib: Any, runtime: Runtime, module: Path, hint: str) -> str | None:
+    """_load after the check of the module's bytes (`module`: the file checked)."""
+    preload(_inside(runtime.library_path))
+    reg = lib.ggml_backend_load(str(module).encode())
     if not reg:
         return f"runtime {runtime.name} did not load: running on the CPU ({hint})"
     devices = [d for d in ggml.registered_devices(lib, reg) if d.kind in GPU_KINDS]
@@ -208,6 +227,13 @@ def load_unverified(lib: Any, runtime: Runtime, hint: str) -> str | None:
         lib.ggml_backend_unload(reg)
         return f"runtime {runtime.name} found no GPU: running on the CPU"
     return None
+
+
+def _inside(library_path: tuple[str, ...]) -> tuple[str, ...]:
+    """The folders of `library_path` that lie under LOCALRUN_HOME/runtimes (a toolkit made from
+    wheels, runtimes/toolchains/): libraries are loaded from nowhere else a record names."""
+    base = layout.root().resolve()
+    return tuple(p for p in library_path if Path(p).resolve().is_relative_to(base))
 
 
 def preload(library_path: tuple[str, ...]) -> None:

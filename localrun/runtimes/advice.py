@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from localrun import private
 from localrun.runtimes import layout
 
 # ggml's library names -> the GPU kinds (system.GPU.backend) each can drive.
@@ -85,7 +86,7 @@ def say_once(find_gpus: Callable[[], Sequence[Any]], say: Callable[[str], None])
             return
         line = idle_gpu_line(find_gpus(), built_in_backends(), layout.installed(), version)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        private.touch(marker)  # never through a link planted there
         if line is not None:
             say(line)
     except Exception:  # advice must never stop a model from running

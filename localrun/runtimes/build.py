@@ -212,7 +212,7 @@ def patch_source(tree: Path) -> None:
         "layers, extensions);\n"
     )
     guarded = "#ifdef VK_EXT_layer_settings\n" + text[start:end] + "#else\n" + plain + "#endif\n"
-    path.write_text(text[:start] + guarded + text[end:], encoding="utf-8")
+    source.rewrite(path, text[:start] + guarded + text[end:])
 
 
 def _run_logged(

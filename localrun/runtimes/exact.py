@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localrun.errors import RuntimeBuildError
-from localrun.runtimes import layout
+from localrun.runtimes import layout, source
 from localrun.runtimes.exact_edits import BRANCH_EDITS, EDITS, SUPERSEDED
 from localrun.runtimes.layout import Runtime
 
@@ -94,7 +94,7 @@ def patch_source(tree: Path) -> None:
         texts[name] = _patch_branch(texts[name], scope, pairs)
     for name, text in texts.items():
         if text != before[name]:  # an unchanged file is not compiled again
-            (folder / name).write_text(text, encoding="utf-8")
+            source.rewrite(folder / name, text)
 
 
 _AVX2_BRANCH = ("#if defined __AVX2__", "#if defined(__AVX2__)")
@@ -218,7 +218,6 @@ def preload(module: Path | None = None) -> Loaded:
 
 
 def _preload(module: Path | None) -> Loaded:
-    from localrun.runtimes import source
     from localrun.settings import config
 
     if not sys.platform.startswith("linux"):
@@ -239,12 +238,13 @@ def _preload(module: Path | None) -> Loaded:
                 )
             return Loaded(warning=why)
         runtime = found[-1]
-        from localrun.runtimes.activate import verify
+        from localrun.runtimes.activate import checked
 
-        problem = verify(runtime)
-        if problem is not None:
+        # Hashed at every load (not only when its stat changed) and only from the runtime's
+        # folder: the library is loaded into every process that runs a model.
+        module, problem = checked(runtime)
+        if module is None:
             return Loaded(warning=f"{problem} (reinstall it: localrun runtime install exact)")
-        module = runtime.module_path
     folder = bindings_lib_folder()
     base = _library(folder, "libggml-base.so") if folder is not None else None
     if base is None:

@@ -46,7 +46,7 @@ class Runtime:
     ggml_version: str  # ggml's own version in that source ("0.25.3")
     toolchain: str  # what built it: "glslc 2023.2, Vulkan headers 1.3.239"
     module: str  # the backend library's file name in the runtime's folder
-    sha256: str  # of the module, checked before it is loaded (when its stat changed)
+    sha256: str  # of the module, checked before it is loaded (activate.checked says when)
     size: int  # bytes of the runtime's folder
     targets: tuple[str, ...] = ()  # CUDA architectures ("sm90"); Vulkan: any device
     library_path: tuple[str, ...] = ()  # folders the module's own dependencies load from

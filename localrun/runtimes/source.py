@@ -4,7 +4,8 @@ A runtime must be built from exactly the source of the bindings it loads into (g
 structures cross the module boundary), so the source is llama-cpp-python's own source
 distribution for the installed version, from, in order:
 
-1. LOCALRUN_RUNTIME_SOURCE: an sdist (.tar.gz) or its unpacked folder, for offline machines;
+1. LOCALRUN_RUNTIME_SOURCE: an sdist (.tar.gz) or its unpacked folder (copied: a build patches
+   its own copy), for offline machines;
 2. the sdist kept under LOCALRUN_HOME/runtimes/sources by an earlier install;
 3. the package index, through pip (so its index, proxy and certificate settings apply), then kept.
 
@@ -73,13 +74,55 @@ def prepare(version: str, work: Path, say: Callable[[str], None]) -> Source:
     if (unpacked / DONE).is_file():
         return _source(version, unpacked)
     given = config.runtime_source()
-    if given is not None and given.is_dir():
-        return _source(version, given, check=True)
-    archive = given if given is not None else _kept_or_downloaded(version, say)
-    say(f"unpacking {archive.name}")
     shutil.rmtree(unpacked, ignore_errors=True)
     staged = work / "src.partial"
     shutil.rmtree(staged, ignore_errors=True)
+    if given is not None and given.is_dir():
+        _copy(version, given, staged, say)
+    else:
+        _unpack(given if given is not None else _kept_or_downloaded(version, say), staged, say)
+    tops = [p for p in staged.iterdir() if p.is_dir()]
+    top = tops[0] if len(tops) == 1 else staged
+    _source(version, top, check=True)
+    os.replace(staged, unpacked)
+    (unpacked / DONE).write_text(str(top.relative_to(staged)) + "\n")
+    return _source(version, unpacked)
+
+
+def _copy(version: str, given: Path, staged: Path, say: Callable[[str], None]) -> None:
+    """The unpacked source a person named, copied whole into `staged`: a build patches its
+    copy, never the person's own files (issue 76: `install exact` patched 8 of them in place).
+    Links are copied as links (a patch replaces one, rewrite, never writes through it)."""
+    _source(version, given, check=True)  # before anything is copied
+    say(f"copying {given}")
+    staged.mkdir(parents=True)
+    try:
+        shutil.copytree(given, staged / (given.name or "source"), symlinks=True,
+                        ignore=shutil.ignore_patterns(".git"))  # fmt: skip
+    except (OSError, shutil.Error) as exc:
+        raise RuntimeBuildError(
+            f"could not copy {given} ({str(exc)[:300]})", hint="check LOCALRUN_RUNTIME_SOURCE"
+        ) from None
+
+
+def rewrite(path: Path, text: str) -> None:
+    """Replace a file of an unpacked tree with `text`: a new file renamed over it, so that a
+    link there (copied from the folder LOCALRUN_RUNTIME_SOURCE names) is replaced, never
+    written through."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeBuildError(
+            f"could not patch {path} ({exc.strerror or exc})",
+            hint="run the install again: its source is unpacked afresh",
+        ) from None
+
+
+def _unpack(archive: Path, staged: Path, say: Callable[[str], None]) -> None:
+    say(f"unpacking {archive.name}")
     staged.mkdir(parents=True)
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -97,12 +140,6 @@ def prepare(version: str, work: Path, say: Callable[[str], None]) -> Source:
             if config.runtime_source() is not None
             else "delete it and run the install again (it is downloaded anew)",
         ) from None
-    tops = [p for p in staged.iterdir() if p.is_dir()]
-    top = tops[0] if len(tops) == 1 else staged
-    _source(version, top, check=True)
-    os.replace(staged, unpacked)
-    (unpacked / DONE).write_text(str(top.relative_to(staged)) + "\n")
-    return _source(version, unpacked)
 
 
 def discard(work: Path) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 from starlette.requests import Request
 
+from localrun.server import escape
 from localrun.server.checker import Checker
 from localrun.store.models import Store
 
@@ -30,14 +31,19 @@ log = logging.getLogger("localrun.server")
 
 # Names the hosted tools a request offered that the server left out (it runs none of them).
 LEFT_OUT_HEADER = "X-Localrun-Tools-Left-Out"
+LEFT_OUT_NAMED = 16  # types the header names, each cut to escape.HEADER_LIMIT / 4 characters
 
 
 def tools_left_out(kinds: list[str]) -> dict[str, str]:
-    """The response headers for the hosted tools a request offered and the server left out
-    (their types as given), logged once; none for none."""
+    """The response headers for the hosted tools a request offered and the server left out,
+    logged once; none for none. Their types are the client's text: escaped to printable ASCII
+    and bounded (a CR or LF in a header cuts the connection, and in the log starts a line)."""
     if not kinds:
         return {}
-    shown = ", ".join(kinds)
+    named = list(dict.fromkeys(escape.for_header(k, escape.HEADER_LIMIT // 4) for k in kinds))
+    shown = ", ".join(named[:LEFT_OUT_NAMED])
+    if len(named) > LEFT_OUT_NAMED:
+        shown += f" and {len(named) - LEFT_OUT_NAMED} more"
     log.info("left out of the tools offered: %s (hosted tools, which localrun does not run)", shown)
     return {LEFT_OUT_HEADER: shown}
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from localrun import errors as e
 from localrun import overflow
+from localrun.server import escape
 
 # "responses": OpenAI's shape, with the Responses API's own words where they differ.
 Dialect = Literal["ollama", "openai", "responses", "anthropic"]
@@ -45,6 +46,10 @@ _STATUS: tuple[tuple[type[e.LocalrunError], int], ...] = (
     (e.DiskFullError, 507),
     (e.RunnerDiedError, 500),
     (e.UpstreamError, 502),
+    # A setting read when a request needs it has a bad value (`serve` checks each at its start;
+    # an app made otherwise, as the tests make theirs, reads them only then): no answer until
+    # the server's owner fixes it, and the one line says which.
+    (e.ConfigError, 503),
 )
 
 _OPENAI_TYPES = {
@@ -160,7 +165,9 @@ def log_refused(method: str, path: str, status: int, message: str) -> None:
     an agent shows only on its own screen is in the server's log too (the route, the status
     and the reason; never the request's content)."""
     level = logging.WARNING if status >= 500 else logging.INFO
-    log.log(level, "refused %s %s: %d %s", method, path, status, message[:300])
+    # The path is the client's (decoded: %0d%0a is a line break) and so may be the message.
+    shown = escape.for_log(path, 200), escape.for_log(message, 300)
+    log.log(level, "refused %s %s: %d %s", escape.for_log(method, 20), shown[0], status, shown[1])
 
 
 def refused(method: str, path: str, exc: e.LocalrunError) -> None:
@@ -172,7 +179,13 @@ def unexpected(exc: BaseException, where: str) -> e.LocalrunError:
     """A bug, reported to the client as a plain 500 and logged here; never a traceback."""
     from localrun.settings import config
 
-    log.error("unexpected %s in %s: %s", type(exc).__name__, where, exc, exc_info=config.debug())
+    log.error(
+        "unexpected %s in %s: %s",
+        type(exc).__name__,
+        escape.for_log(where, 200),
+        escape.for_log(str(exc), 300),
+        exc_info=config.debug(),
+    )
     return e.LocalrunError(
         f"internal error ({type(exc).__name__})",
         hint="see the server's log; LOCALRUN_DEBUG=1 logs the details",

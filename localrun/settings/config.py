@@ -117,14 +117,16 @@ _GENERAL: dict[str, Setting] = {
         Setting(
             "LOCALRUN_CONTEXT_LENGTH",
             "The context a model loads with unless its PARAMETER num_ctx or the request says "
-            "otherwise (Ollama's OLLAMA_CONTEXT_LENGTH); never more than it was trained on.",
-            parse.parse_positive_int,
+            "otherwise (Ollama's OLLAMA_CONTEXT_LENGTH); never more than it was trained on "
+            "(at most 16777216, as a request's num_ctx).",
+            parse.parse_context_length,
             lambda: 4096,
         ),
         Setting(
             "LOCALRUN_NUM_PARALLEL",
-            "Requests one loaded model answers at once (slots decoded in one batch).",
-            parse.parse_positive_int,
+            "Requests one loaded model answers at once (slots decoded in one batch; at most "
+            "256, llama.cpp's bound).",
+            parse.parse_num_parallel,
             lambda: 4,
         ),
         Setting(

@@ -56,8 +56,9 @@ LIMITS: dict[str, Setting] = {
         ),
         Setting(
             "LOCALRUN_MAX_JSON_DEPTH",
-            "Deepest nesting of JSON a request may send (in its body or in JSON strings in it).",
-            parse.parse_positive_int,
+            "Deepest nesting of JSON a request may send (in its body or in JSON strings in it; "
+            "at most 256).",
+            parse.parse_json_depth,
             lambda: 100,
         ),
         Setting(
@@ -181,7 +182,7 @@ LIMITS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_LOAD_TIMEOUT",
             "Longest a model may take to load before its runner is stopped (5m, 30s).",
-            parse_duration,
+            parse.parse_timeout,
             lambda: 300.0,
         ),
         Setting(

@@ -148,16 +148,61 @@ def parse_positive_int(text: str) -> int:
     return int(text)
 
 
+# The largest context a model may be loaded with: a request's num_ctx is held to it (the
+# num_ctx parameter's bound, recipes.params), and so is LOCALRUN_CONTEXT_LENGTH, which stands in
+# for num_ctx where neither the model nor the request sets one.
+MAX_CONTEXT_LENGTH = 2**24
+# llama.cpp refuses a context of more sequences (llama_max_parallel_sequences(), LLAMA_MAX_SEQ):
+# every load of a server with more slots would fail.
+MAX_PARALLEL = 256
+
+
+# The deepest JSON a request may be allowed: what is parsed is walked later by recursive code
+# (a chat template rendering a tool's parameters), which a value of 600 levels took past
+# Python's recursion limit (a RecursionError, a 500) where 400 still rendered.
+MAX_JSON_DEPTH = 256
+
+
+def parse_json_depth(text: str) -> int:
+    return _whole_number(text, 1, MAX_JSON_DEPTH)
+
+
+def parse_context_length(text: str) -> int:
+    return _whole_number(text, 1, MAX_CONTEXT_LENGTH)
+
+
+def parse_num_parallel(text: str) -> int:
+    return _whole_number(text, 1, MAX_PARALLEL)
+
+
+def _whole_number(text: str, least: int, most: int) -> int:
+    value = text.strip()
+    # ASCII digits only: str.isdigit() also takes "²" and other scripts' digits; and few of
+    # them (int() refuses past 4300 digits, in words of its own).
+    digits = value.isascii() and value.isdigit() and len(value) <= len(str(most))
+    if not digits or not least <= int(value) <= most:
+        raise ValueError(f"expected a whole number from {least} to {most}, got {text!r}")
+    return int(value)
+
+
 def parse_count(text: str) -> int:
     if not text.strip().isdigit():
         raise ValueError(f"expected a whole number (0 or more), got {text!r}")
     return int(text)
 
 
+# The longest timeout a setting may give. Python's waits on a thread or a process overflow past
+# about 292 years (OverflowError: timestamp out of range) and take no infinity: a timeout of
+# 1e300s or of forever failed every wait that used it.
+MAX_TIMEOUT_S = 30 * 86400.0
+
+
 def parse_timeout(text: str) -> float:
     seconds = parse_duration(text)
-    if seconds <= 0 or seconds == float("inf"):
-        raise ValueError(f"expected a duration above 0 such as 10s or 1m, got {text!r}")
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise ValueError(
+            f"expected a duration above 0 and at most 720h, such as 10s or 1m, got {text!r}"
+        )
     return seconds
 
 

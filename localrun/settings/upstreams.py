@@ -19,12 +19,12 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from localrun import private
 from localrun.errors import ConfigError
 from localrun.settings import config, limits
 
@@ -214,16 +214,7 @@ def remove(name: str) -> None:
 def _write(text: str) -> None:
     file = path()
     file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".upstreams.", suffix=".tmp", dir=file.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    private.write(file, text.encode("utf-8"))  # whole, 0600, and never through a link
 
 
 _HEALTH_TIMEOUT_S = 5.0  # a model list slower than this is a failed check

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from localrun import selfexec
+from localrun import private, selfexec
 from localrun.errors import LocalrunError, ModelLoadError
 from localrun.model import Model
 from localrun.settings import config, limits
@@ -58,7 +58,7 @@ def ensure_loads(model: Model, overrides: dict[str, Any]) -> None:
     _probe(model, overrides)
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        private.touch(marker)  # never through a link planted there
     except OSError:
         pass  # unrecorded: the next run probes again
 
