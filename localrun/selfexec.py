@@ -9,10 +9,6 @@ started as `localrun __localrun_module__ <module> ...`, which the program's entr
 (localrun/__main__.py) turns back into that module run as `__main__`, before the CLI (and its
 imports) is touched.
 
-`Asked` is a child that answers one JSON line for each it is sent, within a deadline: the
-runner's grammar guard (engine.grammar_guard) and the server's checks (server.checker) run
-what a client sent where a crash or a hang costs that child alone.
-
 The binary (scripts/build_binary.py) unpacks itself into LOCALRUN_BINARY_CACHE once per build
 and tells the program its build in LOCALRUN_BINARY_BUILD; `localrun prune` removes the other
 builds there (`prune_builds`).
@@ -23,17 +19,12 @@ them back.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
-import selectors
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 # argv[1] of a child started from the frozen binary; not a command a person types.
 MODULE_FLAG = "__localrun_module__"
@@ -70,70 +61,6 @@ def cli(*args: str) -> list[str]:
     if frozen():
         return [sys.executable, *args]
     return [sys.executable, "-m", "localrun", *args]
-
-
-LINE_LIMIT = 64 << 20  # bytes of one answer from an `Asked` child
-
-
-class Asked:
-    """A child process (`command(module, *args)`) asked one JSON line at a time; it answers
-    each with one line. Not thread-safe: its owner takes turns."""
-
-    def __init__(self, module: str, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            command(module, *args),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            close_fds=True,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def ask(self, question: dict[str, Any], deadline_s: float) -> Any:
-        """The child's answer to `question`: TimeoutError past `deadline_s` seconds, EOFError
-        when the child died or answered nonsense (either way the child is killed)."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        try:
-            self.proc.stdin.write(json.dumps(question).encode() + b"\n")
-            self.proc.stdin.flush()
-            line = _line(self.proc.stdout.fileno(), time.monotonic() + deadline_s)
-            return json.loads(line)
-        except TimeoutError:
-            self.kill()
-            raise
-        except (OSError, ValueError) as exc:  # a broken pipe, no line, no JSON
-            self.kill()
-            raise EOFError(str(exc)) from None
-
-    def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self.proc.kill()
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError):
-                if stream is not None:
-                    stream.close()
-
-
-def _line(fd: int, deadline: float) -> bytes:
-    """One line read from `fd` by `deadline` (TimeoutError past it; OSError at its end)."""
-    data = bytearray()
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while not data.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            if not selector.select(left):
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk or len(data) + len(chunk) > LINE_LIMIT:
-                raise OSError("the child ended" if not chunk else "the child's answer is too long")
-            data += chunk
-    return bytes(data)
 
 
 # An unpack of this build that nothing points to is an interrupted one once it is this old

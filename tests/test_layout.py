@@ -21,6 +21,7 @@ WINGS = [
     "private",
     "settings",
     "selfexec",
+    "asked",
     "jsonlimits",
     "media",
     "request",

@@ -231,7 +231,7 @@ def test_a_backtracking_pattern_in_the_check_after_holds_that_request_alone(
             "options": {"num_predict": 64}}  # fmt: skip
     answer = post(live, "/api/generate", body)
     took = time.monotonic() - started
-    assert probe.stop() < 0.5
+    assert probe.stop() < 2.0  # it was 32 s; 2 s leaves room for a busy machine
     assert answer.status_code == 422, answer.text[:300]
     assert "took over 1 s" in answer.json()["error"]
     assert took < 10
@@ -251,7 +251,7 @@ def test_reading_a_huge_schema_never_holds_the_event_loop(
     probe = VersionProbe(live)
     started = time.monotonic()
     refused = post(live, "/api/generate", {"model": SMOL, "prompt": "Hi", "format": schema})
-    assert probe.stop() < 0.5
+    assert probe.stop() < 2.0  # it was 32 s; 2 s leaves room for a busy machine
     assert refused.status_code == 400, refused.text[:300]
     assert "took over 1 s" in refused.json()["error"]
     assert time.monotonic() - started < 10

@@ -22,22 +22,20 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
-import os
 import re
-import resource
 import sys
 import threading
-from typing import IO
+from typing import Any
 
 import llguidance
 
-from localrun import selfexec
-from localrun.errors import BadRequestError
+from localrun import asked
+from localrun.errors import BadRequestError, BusyError
 
-# What one grammar may cost: its size when compiled, and the work of one mask (llguidance's
-# fuel: the lexer's and the Earley parser's steps). A grammar past them is refused when it is
-# compiled, or stops the answer where a step runs out (an error the request is told of).
+# What one grammar may cost (here, not in engine.constraint, which imports llama_cpp: the
+# guard's child imports this module and llguidance alone): its size when compiled, and the work
+# of one mask (llguidance's fuel: the lexer's and the Earley parser's steps). A grammar past
+# them is refused when it is compiled, or stops the answer where a step runs out.
 LIMITS = llguidance.LLParserLimits(
     max_grammar_size=500_000,
     step_lexer_fuel=200_000,
@@ -64,6 +62,10 @@ def guard_stack() -> int:
     """The stack of the child's compiling thread: half of what this process's threads get
     (RLIMIT_STACK, which glibc gives a thread by default and the main thread grows to), at
     most 4 MiB: a grammar that fits there fits the runner's twice over."""
+    if sys.platform == "win32":  # no rlimits; a thread's stack is 1 MiB unless asked
+        return 512 << 10
+    import resource
+
     soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
     if soft == resource.RLIM_INFINITY or soft <= 0:
         return 4 << 20
@@ -77,7 +79,7 @@ class Guard:
     def __init__(self, deadline_s: float = DEADLINE_S) -> None:
         self.deadline_s = deadline_s
         self._lock = threading.Lock()
-        self._child: selfexec.Asked | None = None
+        self._child: asked.Asked | None = None
         self._passed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     def check(self, grammar: str) -> None:
@@ -104,10 +106,17 @@ class Guard:
 
     def _ask(self, grammar: str) -> str | None:
         """The child's word on the grammar: None where it compiles, else why not."""
-        if self._child is None or not self._child.alive():
-            self._child = selfexec.Asked("localrun.engine.grammar_guard", str(guard_stack()))
         try:
+            if self._child is None or not self._child.alive():
+                self._child = asked.Asked("localrun.engine.grammar_guard", str(guard_stack()))
             answer = self._child.ask({"grammar": grammar}, self.deadline_s)
+        except asked.NotStarted as exc:
+            self._child = None
+            raise BusyError(
+                f"the grammar compiler's check cannot start ({exc}); the grammar was not compiled",
+                hint="retry in a few seconds; the server's log may say why",
+                retry_after=5,
+            ) from None
         except TimeoutError:
             self._child = None
             return f"compiling the output's schema or grammar took over {self.deadline_s:g} s"
@@ -125,26 +134,22 @@ class Guard:
 # -- the child ---------------------------------------------------------------------------------
 
 
-def _serve(out: IO[bytes]) -> None:
-    for raw in sys.stdin.buffer:
-        try:
-            grammar = json.loads(raw)["grammar"]
-            failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
-                grammar, limits=LIMITS
-            )
-            answer = {"ok": False, "error": message(messages[0])} if failed else {"ok": True}
-        except (ValueError, KeyError, TypeError) as exc:
-            answer = {"ok": False, "error": f"the grammar cannot be read: {exc}"}
-        out.write(json.dumps(answer).encode() + b"\n")
-        out.flush()
+def _compiles(question: Any) -> dict[str, Any]:
+    try:
+        grammar = question["grammar"]
+        failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+            grammar, limits=LIMITS
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        return {"ok": False, "error": f"the grammar cannot be read: {exc}"}
+    return {"ok": False, "error": message(messages[0])} if failed else {"ok": True}
 
 
 def main(argv: list[str]) -> int:
-    stack = int(argv[0]) if argv else 4 << 20
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything else printing goes to stderr
-    threading.stack_size(stack)
-    worker = threading.Thread(target=_serve, args=(out,), name="guard", daemon=True)
+    # The compiler's recursion runs on a thread whose stack is the one asked for (half the
+    # runner's): a grammar that fits here fits there twice over.
+    threading.stack_size(int(argv[0]) if argv else 4 << 20)
+    worker = threading.Thread(target=asked.serve, args=(_compiles,), name="guard", daemon=True)
     worker.start()
     worker.join()
     return 0

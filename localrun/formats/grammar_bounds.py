@@ -68,7 +68,7 @@ def check_schema(schema: Any) -> None:
             stack.extend((item, depth + 1) for item in node)
     try:
         resolved = schema_refs.resolved_depth(schema)
-    except schema_refs.TooManyTargets as exc:
+    except schema_refs.TooLarge as exc:
         raise BadRequestError(str(exc), hint=_HINT) from None
     if resolved > MAX_RESOLVED_DEPTH:
         raise BadRequestError(

@@ -6,96 +6,152 @@ subschema, and crashes the process when that recursion passes its thread's stack
 8 MiB stack: issue 76). A schema nests at most grammar_bounds.MAX_DEPTH levels as written, but
 a chain of definitions nests as deep as it is long; `resolved_depth` measures that.
 
-The schema is a graph: a node is the schema at the root or at a local `$ref`'s target (a JSON
-pointer, `#/$defs/a`); an edge, a `$ref` inside it, as deep as it is written there. A compiler
-never enters a definition it is already compiling (a recursive schema, a tree, is a cycle it
-compiles once), so within a cycle of definitions it recurses at most through each of them
-once: the depth is the longest path through the graph's strongly connected components, each
-counted as the depths of all its nodes together. That is never less than the compiler's own
-recursion, and is near it for the chains that matter.
+The schema is a graph: a node is the schema at the root or at a `$ref`'s target; an edge, a
+`$ref` inside it, as deep as it is written there. A compiler never enters a definition it is
+already compiling (a recursive schema, a tree, is a cycle it compiles once), so within a cycle
+of definitions it recurses at most through each of them once: the depth is the longest path
+through the graph's strongly connected components, each counted as the depths of all its
+nodes together.
 
-`$defs` and `definitions` are not entered where they are written (a definition is applied
-where a `$ref` names it), so a long list of definitions nests no deeper than one of them.
-A `$ref` that is not a local JSON pointer (`#anchor`, another document) is a leaf here.
+A target is the value a reference leads to, however the reference spells it: a JSON pointer
+(`#/$defs/a`, percent-encoded or not; an array index only as RFC 6901 writes one, so `00`
+and `٠` name nothing), the root (`#`), or an anchor (`#name`: `$anchor`, or an `$id` of that
+form). A reference to another document or by an `$id`'s URI is a leaf here: llguidance may
+follow it, and what it does there is left to the grammar guard (engine.grammar_guard), which
+compiles every grammar in a child of its own first. `$defs` and `definitions` are not entered
+where a schema holds them (a definition is applied where a `$ref` names it), so a long list of
+definitions nests no deeper than one of them; a property of that name is entered as any other.
+
+The walk is bounded too: a target is walked once, however many references spell it, and past
+MAX_VISITS subschemas visited in all the schema is refused (TooLarge).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
-MAX_TARGETS = 10_000  # distinct `$ref` targets followed; past it, the schema is refused
+MAX_VISITS = 1_000_000  # subschemas walked in all (a schema within the grammar bound has <200k)
 
 _NOT_APPLIED = frozenset({"$defs", "definitions"})
+# The keywords whose value is an object of names, each naming a schema (grammar_bounds').
+_NAME_MAPS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
+_INDEX = re.compile(r"0|[1-9][0-9]{0,8}")  # an array index as RFC 6901 spells it
 
 
 @dataclass
 class _Node:
     """A schema at the root or at a `$ref`'s target: its own depth, and the `$ref`s inside it
-    with the depth each is written at."""
+    with the depth each is written at (their targets by id)."""
 
     depth: int = 0
-    refs: list[tuple[int, str]] = field(default_factory=list)
+    refs: list[tuple[int, int]] = field(default_factory=list)
 
 
-class TooManyTargets(ValueError):
-    """The schema's `$ref`s name more than MAX_TARGETS places."""
+class TooLarge(ValueError):
+    """Following the schema's `$ref`s walks more than MAX_VISITS subschemas."""
 
 
 def resolved_depth(schema: Any) -> int:
-    """The deepest a compiler following `schema`'s local `$ref`s recurses, in JSON levels
-    (module docstring); TooManyTargets past MAX_TARGETS distinct targets."""
-    nodes: dict[str, _Node] = {}
-    pending = [""]
+    """The deepest a compiler following `schema`'s `$ref`s recurses, in JSON levels (module
+    docstring); TooLarge past MAX_VISITS subschemas walked."""
+    walk = _Walk(schema)
+    pending = [schema]
     while pending:
-        pointer = pending.pop()
-        if pointer in nodes:
-            continue
-        if len(nodes) >= MAX_TARGETS:
-            raise TooManyTargets(f"the schema's $refs name more than {MAX_TARGETS} places")
-        node = nodes[pointer] = _walk(_target(schema, pointer))
-        pending.extend(target for _, target in node.refs if target not in nodes)
-    return _longest(nodes)
+        value = pending.pop()
+        if id(value) not in walk.nodes:
+            pending.extend(walk.node(value))
+    return _longest(walk.nodes, id(schema))
 
 
-def _target(schema: Any, pointer: str) -> Any:
-    """The value at a JSON pointer (`/a/b`, `~1` and `~0` escaped), or None."""
+class _Walk:
+    """The nodes of a schema's graph as they are walked, and the visits they cost."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+        self.nodes: dict[int, _Node] = {}
+        self.visits = 0
+        self.anchors = _anchors(schema)
+        self.targets: dict[str, Any] = {}  # a reference's text: its target (None: a leaf)
+
+    def node(self, value: Any) -> list[Any]:
+        """Walk the schema `value`, a node of the graph; the targets of its references."""
+        found = self.nodes[id(value)] = _Node()
+        onward = []
+        stack: list[tuple[Any, int, bool]] = [(value, 1, False)]  # (value, depth, names)
+        while stack:
+            item, depth, names = stack.pop()
+            self.visits += 1
+            if self.visits > MAX_VISITS:
+                raise TooLarge(f"the schema's $refs lead to more than {MAX_VISITS:,} subschemas")
+            found.depth = max(found.depth, depth)
+            if isinstance(item, dict):
+                ref = None if names else item.get("$ref")
+                target = self.target(ref) if isinstance(ref, str) else None
+                if target is not None:
+                    found.refs.append((depth, id(target)))
+                    onward.append(target)
+                stack.extend(
+                    (child, depth + 1, not names and key in _NAME_MAPS)
+                    for key, child in item.items()
+                    if names or key not in _NOT_APPLIED
+                )
+            elif isinstance(item, list):
+                stack.extend((child, depth + 1, False) for child in item)
+        return onward
+
+    def target(self, ref: str) -> Any:
+        if ref not in self.targets:
+            self.targets[ref] = _resolve(self.schema, ref, self.anchors)
+        return self.targets[ref]
+
+
+def _resolve(schema: Any, ref: str, anchors: dict[str, Any]) -> Any:
+    """The value a local reference leads to: a JSON pointer, the root, or an anchor (None: a
+    reference this module does not follow, or one that leads nowhere)."""
+    if not ref.startswith("#"):
+        return None
+    fragment = unquote(ref[1:])
+    if not fragment.startswith("/"):
+        return schema if fragment == "" else anchors.get(fragment)
     node = schema
-    for part in pointer.split("/")[1:]:
+    for part in fragment.split("/")[1:]:
         part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict):
-            node = node.get(part)
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and _INDEX.fullmatch(part) and int(part) < len(node):
             node = node[int(part)]
         else:
             return None
-    return node
+    return node if isinstance(node, dict | list | bool) else None
 
 
-def _walk(schema: Any) -> _Node:
-    """A schema's depth as written (definitions left out) and its local `$ref`s."""
-    found = _Node()
-    stack: list[tuple[Any, int]] = [(schema, 1)]
+def _anchors(schema: Any) -> dict[str, Any]:
+    """Every anchor a schema defines (`$anchor`, or an `$id` of the form `#name`)."""
+    found: dict[str, Any] = {}
+    stack = [schema]
     while stack:
-        value, depth = stack.pop()
-        found.depth = max(found.depth, depth)
-        if isinstance(value, dict):
-            ref = value.get("$ref")
-            if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
-                found.refs.append((depth, ref[1:]))
-            stack.extend(
-                (item, depth + 1) for key, item in value.items() if key not in _NOT_APPLIED
-            )
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in ("$anchor", "$id"):
+                name = item.get(key)
+                if isinstance(name, str) and (key == "$anchor" or name.startswith("#")):
+                    found.setdefault(name.removeprefix("#"), item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return found
 
 
-def _longest(nodes: dict[str, _Node]) -> int:
+def _longest(nodes: dict[int, _Node], root: int) -> int:
     """The longest path from the root through the graph, a strongly connected component of
     several nodes (or one naming itself) counted as all of its nodes' depths together."""
     component = _components(nodes)
-    members: dict[int, list[str]] = {}
+    members: dict[int, list[int]] = {}
     for pointer, index in component.items():
         members.setdefault(index, []).append(pointer)
     # Tarjan's algorithm numbers a component after every component it reaches: in that order
@@ -113,22 +169,22 @@ def _longest(nodes: dict[str, _Node]) -> int:
             longest[index] = sum(nodes[p].depth for p in inside) + onward
         else:
             longest[index] = max(nodes[inside[0]].depth, onward)
-    return longest[component[""]]
+    return longest[component[root]]
 
 
-def _components(nodes: dict[str, _Node]) -> dict[str, int]:
+def _components(nodes: dict[int, _Node]) -> dict[int, int]:
     """Each node's strongly connected component, numbered in the order Tarjan's algorithm
     closes them (a component after all those it reaches); iterative, for long chains."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    component: dict[str, int] = {}
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    on_stack: set[int] = set()
+    stack: list[int] = []
+    component: dict[int, int] = {}
     counter = closed = 0
     for start in nodes:
         if start in index:
             continue
-        work: list[tuple[str, int]] = [(start, 0)]
+        work: list[tuple[int, int]] = [(start, 0)]
         while work:
             pointer, edge = work.pop()
             if edge == 0:

@@ -30,6 +30,8 @@ from re import _constants as _c  # type: ignore[attr-defined]
 from re import _parser as _sre  # type: ignore[attr-defined]
 from typing import Any, Protocol
 
+import anyio
+
 from localrun.errors import AnswerSchemaError, BadRequestError
 from localrun.formats import calls as tools_mod
 from localrun.formats import grammar_bounds
@@ -37,13 +39,14 @@ from localrun.request import GenRequest
 
 
 class Checker(Protocol):
-    """Where the checks below run (server.checker.Checker: child processes with a deadline)."""
+    """Where the checks below run (server.checker.Checker: child processes with a deadline,
+    awaited: a check waiting for its turn holds no thread)."""
 
-    def schema(self, schema: dict[str, Any], what: str) -> None: ...
+    async def schema(self, schema: dict[str, Any], what: str) -> None: ...
 
-    def value(self, value: Any, schema: dict[str, Any], what: str) -> None: ...
+    async def value(self, value: Any, schema: dict[str, Any], what: str) -> None: ...
 
-    def answer(self, text: str, schema: dict[str, Any]) -> None: ...
+    async def answer(self, text: str, schema: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -56,41 +59,49 @@ class AfterCheck:
     answer: dict[str, Any] | None = None
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def check(self, text: str, calls: list[dict[str, Any]] | None) -> None:
-        """Raise AnswerSchemaError unless the answer (its text, or its calls) validates
-        (blocks: from a worker thread)."""
+    async def check(self, text: str, calls: list[dict[str, Any]] | None) -> None:
+        """Raise AnswerSchemaError unless the answer (its text, or its calls) validates."""
         if calls:
             for call in calls:
                 schema = self.tools.get(str(call.get("name")))
                 if schema is not None:
                     where = f"the call of {call.get('name')}"
-                    self.checker.value(call.get("arguments") or {}, schema, where)
+                    await self.checker.value(call.get("arguments") or {}, schema, where)
         elif self.answer is not None:
-            self.checker.answer(text, self.answer)
+            await self.checker.answer(text, self.answer)
 
 
-def after_check(req: GenRequest, checker: Checker) -> AfterCheck | None:
+async def after_check(req: GenRequest, checker: Checker) -> AfterCheck | None:
     """The check a request's answer needs (None: none), its schemas checked by `checker`
-    before any token is made (a 400 for one that cannot be); blocks: from a worker thread."""
-    found = AfterCheck(checker, answer=to_check(req.format, checker))
+    before any token is made (a 400 for one that cannot be). Reading the request's schemas
+    takes time that grows with them: on a worker thread, for a request that has any."""
+    if req.format is None and not req.tools:
+        return None
+    answer, tools = await anyio.to_thread.run_sync(_schemas, req)
+    if answer is not None:
+        await checker.schema(answer, "the format's schema")
+    for name, schema in tools.items():
+        await checker.schema(schema, f"the tool {name!r}'s schema")
+    return AfterCheck(checker, answer, tools) if answer is not None or tools else None
+
+
+def _schemas(req: GenRequest) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """The format's schema and the enforced tools' whose answers are checked after."""
+    tools = {}
     in_force = tools_mod.in_force(req.tools, req.tool_choice) if req.tools else None
     for tool in tools_mod.enforced(in_force or [], req.tool_choice):
-        name = str(tool["function"]["name"])
         schema = tools_mod.parameters(tool)
-        if to_check(schema, checker, f"the tool {name!r}'s schema"):
-            found.tools[name] = schema
-    return found if found.answer is not None or found.tools else None
+        if to_check(schema) is not None:
+            tools[str(tool["function"]["name"])] = schema
+    return to_check(req.format), tools
 
 
-def to_check(
-    format: Any, checker: Checker, what: str = "the format's schema"
-) -> dict[str, Any] | None:
+def to_check(format: Any) -> dict[str, Any] | None:
     """The schema an answer is validated against after: `format`, where it holds a keyword
-    the engine does not enforce (None: the constraint enforces all of it), once `checker`
-    found it can be (`check_schema`)."""
+    the engine does not enforce (None: the constraint enforces all of it); a checker then
+    finds whether it can be (`check_schema`)."""
     if not isinstance(format, dict) or not grammar_bounds.unenforced(format):
         return None
-    checker.schema(format, what)
     return format
 
 

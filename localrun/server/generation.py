@@ -76,8 +76,8 @@ class Generation:
         except StopAsyncIteration:
             self._ended()
             if self.check is not None and self.done_reason == "stop":
-                # AnswerSchemaError ends it; checked off the event loop (server.checker)
-                await anyio.to_thread.run_sync(self.check.check, self.text, self.tool_calls)
+                # AnswerSchemaError ends it; checked in a child (server.checker)
+                await self.check.check(self.text, self.tool_calls)
             return None
         except LocalrunError:
             self._ended()  # the request's own error ends it
@@ -182,8 +182,7 @@ async def start(request: Request, req: GenRequest) -> Generation:
 async def _begin(ctx: core.Context, req: GenRequest) -> Generation:
     started = time.perf_counter()
     req.memory = ctx.memory  # the server's, whatever the client sent
-    # A 400 before any token; off the event loop, as the check's time is the client's.
-    check = await anyio.to_thread.run_sync(answer_schema.after_check, req, ctx.checker)
+    check = await answer_schema.after_check(req, ctx.checker)  # a 400 before any token
     stream = await ctx.scheduler.generate(req)
     generation = Generation(
         stream, started, ctx.metrics, parallel_tool_calls=req.parallel_tool_calls, check=check
