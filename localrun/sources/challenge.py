@@ -7,16 +7,17 @@ registry that named `http://127.0.0.1:P/admin/delete-all?confirm=yes` had localr
 GET with the login in clear (issue 76). So a realm is held to the rules of a redirect
 (sources/oci.py): HTTPS, or plain HTTP only from a plain HTTP registry to its own host or this
 machine; no private address from a public registry (hosts.is_private); and the login only to
-the registry's own site (`same_site`) on the registry's own port (another port of the same host
-is another service), else the token is asked for anonymously, which is what a public
-repository needs.
+the registry's own site (`same_site`) over HTTPS, or to the registry's own origin (its port
+too: another port is another service) over plain HTTP, else the token is asked for
+anonymously, which is what a public repository needs.
 
 The registries people use stay whole: Docker Hub (registry-1.docker.io -> auth.docker.io) and
 GitLab (registry.gitlab.com -> gitlab.com; a self-hosted registry.example.com ->
 gitlab.example.com) by the site; GHCR, Quay, ACR, Artifact Registry, Harbor and the
-distribution server's token service on their own host; a token service on another port of the
-registry's host (docker_auth's :5001 beside :5000) is asked anonymously; Ollama's
-(registry.ollama.ai -> ollama.com) anonymously, as its pulls are.
+distribution server's token service on their own host; a self-hosted GitLab's (:5050 -> 443)
+by the site; a plain HTTP token service on another port (docker_auth's :5001 beside :5000) is
+asked anonymously; Ollama's (registry.ollama.ai -> ollama.com) anonymously, as its pulls
+are.
 
 `check_token`: what the service gives back goes into an Authorization header, so it must be a
 token by RFC 6750 (letters, digits, -._~+/, = at the end), of a bounded length: one with a
@@ -72,9 +73,13 @@ def token_service(where: Target, realm: str) -> bool:
             hint="a public registry's token service is never on this machine's network; "
             "nothing was sent",
         )
-    # Another port of the same host is another service (an admin API beside the registry):
-    # the login stays with the registry's origin, its site's token service on the same port.
-    return (same or same_site(home, host)) and _port(registry) == _port(parts)
+    # Over HTTPS the registry's site is the registry's, whatever the port (GitLab serves its
+    # registry on :5050 and its token service on 443). Plain HTTP is allowed only on this
+    # machine or the registry's own host, where another port is another service (an admin API
+    # beside the registry, issue 76): there the login stays with the registry's origin.
+    if parts.scheme == "https":
+        return same or same_site(home, host)
+    return same and _port(registry) == _port(parts)
 
 
 def same_site(home: str, host: str) -> bool:

@@ -160,7 +160,7 @@ def read_plan(registry: oci.Registry) -> Plan:
             kind, packaging = DOCKER[media], "docker"
         elif media in NOT_GGUF or "safetensors" in media:
             raise DownloadError(
-                f"{shown}: the model is in safetensors ({media}); localrun runs GGUF",
+                f"{shown}: the model is in safetensors ({media[:100]}); localrun runs GGUF",
                 hint="pull a GGUF tag of it, or convert it with a Modelfile "
                 "(FROM a checkpoint folder)",
             )
