@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from conftest import CLI, PATIENCE_S, assert_one_line_error
 
-from localrun.errors import ToolchainError
+from localrun.errors import RuntimeBuildError, ToolchainError
 from localrun.runtimes import toolchain
 from localrun.runtimes.source import bindings_version
 from localrun.store.blobs import hash_file
@@ -267,6 +267,16 @@ def test_a_source_folder_is_copied_and_the_copy_patched(
     said.clear()
     assert build.prepared(plan, work, said.append).tree == src.tree and not said  # reused
     assert snapshot() == before
+    # A link to a folder of the person's outside the source: its files would be patched
+    # through it wherever it leads. Refused, before anything is built.
+    outside = tmp_path / "my-ggml-cpu"
+    (tree / exact.GGML_CPU).rename(outside)
+    (tree / exact.GGML_CPU).symlink_to(outside)
+    before = snapshot() | {str(p): p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    with pytest.raises(RuntimeBuildError, match="links a folder outside itself"):
+        build.prepared(plan, tmp_path / "work2", said.append)
+    after = snapshot() | {str(p): p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    assert after == before
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,13 @@ def test_a_lone_surrogate_is_400(live: LiveServer) -> None:
     raw = b'{"model": "tiny", "messages": [{"role": "user", "content": "\\ud800"}]}'
     assert post(live, "/api/chat", raw).status_code == 400
     assert post(live, "/v1/chat/completions", raw).status_code == 400
+    # Spelled as bytes, with no escape: CESU-8's three bytes, or a body in UTF-16 (which
+    # json.loads reads from bytes too).
+    cesu = raw.replace(b"\\ud800", b"\xed\xa0\x80")
+    utf16 = '{"model": "tiny", "prompt": "\ud800"}'.encode("utf-16-le", "surrogatepass")
+    for body in (cesu, utf16):
+        assert post(live, "/api/chat", body).status_code == 400
+        assert post(live, "/api/generate", body).status_code == 400
 
 
 @pytest.mark.parametrize(

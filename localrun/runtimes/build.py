@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import re
@@ -23,7 +24,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
+from localrun import private
 from localrun.errors import RuntimeBuildError
 from localrun.runtimes import exact, layout, source, toolchain
 from localrun.runtimes.layout import Runtime
@@ -215,10 +218,25 @@ def patch_source(tree: Path) -> None:
     source.rewrite(path, text[:start] + guarded + text[end:])
 
 
+@contextlib.contextmanager
+def _appending(log: Path) -> Iterator[TextIO]:
+    """The build's log, opened to append as localrun's private files are (private.open_log):
+    a link planted in its place is refused, never followed (issue 76)."""
+    try:
+        raw = private.open_log(log)
+    except OSError as exc:
+        raise RuntimeBuildError(
+            f"cannot write the build's log {log} ({exc.strerror or exc})",
+            hint=f"remove {log} (a link or another file is in its place) and install again",
+        ) from None
+    with io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as out:
+        yield out
+
+
 def _run_logged(
     argv: list[str], log: Path, env: dict[str, str], on_line: Callable[[str], None]
 ) -> int:
-    with open(log, "a", encoding="utf-8", errors="replace") as out:
+    with _appending(log) as out:
         out.write(f"\n$ {' '.join(argv)}\n")
         out.flush()
         try:
@@ -331,7 +349,7 @@ def _checked(argv: list[str], module: Path, log: Path) -> list[str]:
         raise RuntimeBuildError(
             f"the built runtime could not be checked ({exc})", hint=f"see {log}"
         ) from None
-    with open(log, "a", encoding="utf-8", errors="replace") as out:
+    with _appending(log) as out:
         out.write(f"\n$ check {module}\n{done.stdout}{done.stderr}")
     try:
         answer = json.loads(done.stdout.strip().splitlines()[-1])

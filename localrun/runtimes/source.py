@@ -103,6 +103,23 @@ def _copy(version: str, given: Path, staged: Path, say: Callable[[str], None]) -
         raise RuntimeBuildError(
             f"could not copy {given} ({str(exc)[:300]})", hint="check LOCALRUN_RUNTIME_SOURCE"
         ) from None
+    _no_folder_links_out(given, staged)
+
+
+def _no_folder_links_out(given: Path, staged: Path) -> None:
+    """Refuse a copy with a link to a folder outside it: a patch of a file in there (rewrite)
+    would replace that file in the person's own folder, wherever the link leads."""
+    root = staged.resolve()
+    for folder, names, files in os.walk(staged):
+        for name in [*names, *files]:
+            path = Path(folder) / name
+            if path.is_symlink() and path.is_dir() and not path.resolve().is_relative_to(root):
+                shown = path.relative_to(staged)
+                raise RuntimeBuildError(
+                    f"{given} links a folder outside itself ({shown} -> {os.readlink(path)}); "
+                    "a build patches files in there",
+                    hint="set LOCALRUN_RUNTIME_SOURCE to a copy of the source without such links",
+                )
 
 
 def rewrite(path: Path, text: str) -> None:
