@@ -1,5 +1,5 @@
 """What the fuzzers share (scripts/fuzz_requests.py, fuzz_surfaces.py, fuzz_gguf.py,
-fuzz_jobs.py) and the scripted upstream the gateway's tests talk to.
+fuzz_jobs.py, fuzz_round5.py) and the scripted upstream the gateway's tests talk to.
 
 Modules (each imports only those listed before it):
 
@@ -13,5 +13,11 @@ Modules (each imports only those listed before it):
 * ``inputs`` - the hostile files of issue 57 (GGUFs with hostile templates, mutated checkpoints
   and adapters, sparse and many-tensor shards, other runners' folders);
 * ``layout`` - a minimal GGUF layout: parse, edit, serialize;
-* ``mutants`` - mutants of a valid GGUF, semantic and structural.
+* ``mutants`` - mutants of a valid GGUF, semantic and structural;
+* ``watch`` - what a case does to a server: the peaks of its parts (the server, its runners,
+  its jobs), the slowest /api/version, the longest pause of another client's stream;
+* ``watched`` - issue 76's harness: cases run as requests or commands under ``watch``, and
+  their rows against the targets;
+* ``registry`` - issue 76's hostile registries on loopback (tests/registries.py's scripted one
+  in each mode, a port that speaks no HTTP, a closed one).
 """
