@@ -251,13 +251,24 @@ def item16(fz: Fuzz) -> None:
         tar.extractall(sdists, filter="data")
     folder = next(p for p in sdists.iterdir() if p.is_dir())
     before = _tree_digest(folder)
-    env = {**fz.env, "LOCALRUN_RUNTIME_SOURCE": str(folder)}
+    # Builds of its own: the copy (and the build) happen afresh, not reused from an earlier one.
+    env = {**fz.env, "LOCALRUN_RUNTIME_SOURCE": str(folder),
+           "LOCALRUN_RUNTIME_BUILDS": str(fz.work / "builds")}  # fmt: skip
 
     def untouched(_: str, __: str) -> list[str]:
         return [] if _tree_digest(folder) == before else ["the source folder was changed"]
 
-    fz.command("runtime install exact from a source folder", "runtime", "install", "exact",
-               env=env, want="exit 0", within=1200.0, check=untouched)  # fmt: skip
+    fz.command(
+        "runtime install exact from a source folder",
+        "runtime",
+        "install",
+        "exact",
+        env=env,
+        want="exit 0",
+        within=1200.0,
+        check=untouched,
+        capped=False,
+    )  # fmt: skip  (a compiler: not a job's 512 MB)
 
 
 def item15(fz: Fuzz) -> None:
@@ -277,19 +288,22 @@ def item15(fz: Fuzz) -> None:
     module.write_bytes(bytes(flipped))
     os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
 
-    def refused(_: str, err: str) -> list[str]:
-        return [] if "damaged" in err else ["the changed runtime was not refused"]
+    def refused(out: str, _: str) -> list[str]:  # `localrun info` says why it is not loaded
+        return [] if "damaged" in out else ["the changed runtime was not refused"]
 
     ask = ("run", "base", "Say hi", "--param", "num_predict=4")
-    fz.command("exact runtime: its library changed, same size and mtime", *ask, want="exit 0",
-               within=30.0, check=refused)  # fmt: skip
-    module.write_bytes(original)
-    outside = fz.work / "outside.so"
-    outside.write_bytes(original)
-    record.write_text(json.dumps({**data, "module": os.path.relpath(outside, record.parent)}))
-    fz.command("exact runtime: its record names a module outside", *ask, want="exit 0",
-               within=30.0, check=refused)  # fmt: skip
+    for label in ("its library changed, same size and mtime", "its record names one outside"):
+        fz.command(f"exact runtime: {label}: run", *ask, want="exit 0", within=30.0)
+        fz.command(f"exact runtime: {label}: info", "info", want="exit 0", within=30.0,
+                   check=refused)  # fmt: skip
+        module.write_bytes(original)
+        outside = fz.work / "outside.so"
+        outside.write_bytes(original)
+        record.write_text(json.dumps({**data, "module": os.path.relpath(outside, record.parent)}))
     record.write_text(json.dumps(data))
+    fz.command("exact runtime: as installed: info", "info", want="exit 0", within=30.0,
+               check=lambda out, _: [] if "exact-" in out and "damaged" not in out else
+               ["the runtime as installed is not loaded"])  # fmt: skip
 
 
 # -- items 3, 5-10, 17 and the locks: registries ---------------------------------------------

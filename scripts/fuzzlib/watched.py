@@ -45,6 +45,7 @@ class Row:
     defect: str = ""
     note: str = ""
     checks: list[str] = field(default_factory=list)  # what else failed (its MISS)
+    capped: bool = True  # whether a job's memory target applies (not to a compiler)
 
     def misses(self) -> list[str]:
         exited = self.status.startswith("exit ")
@@ -56,7 +57,7 @@ class Row:
         out += [f"version >{VERSION_S:g} s"] if self.seen.version_s > VERSION_S else []
         pause = self.seen.pause_s
         out += [f"pause >{PAUSE_S:g} s"] if pause is not None and pause > PAUSE_S else []
-        out += [f"job >{JOB_MB:g} MB"] if self.seen.job_mb > JOB_MB else []
+        out += [f"job >{JOB_MB:g} MB"] if self.capped and self.seen.job_mb > JOB_MB else []
         out += [f"{self.seen.cuts} other streams cut"] if self.seen.cuts else []
         return out + self.checks
 
@@ -154,6 +155,7 @@ class Fuzz:
         want: str = "exit!0",
         within: float = 5.0,
         check: Callable[[str, str], list[str]] | None = None,
+        capped: bool = True,
     ) -> Row:
         """`localrun ARGS`, timed, its tree's peak (in the job column: it does a job's work)."""
         done = timed_cli(env or self.env, *args, timeout=max(60.0, 4 * within))
@@ -164,6 +166,7 @@ class Fuzz:
         status = "hang" if done.code is None else f"exit {done.code}"
         note = lines[-1][:160] if lines and done.code else ""
         row = Row(case, self.item, status, done.seconds, seen, want, within, defect, note)
+        row.capped = capped
         row.checks = check(done.stdout, done.stderr) if check else []
         errors = [x for x in lines if x.startswith("Error") or "Traceback" in x]
         if done.code and len(errors) != 1:
