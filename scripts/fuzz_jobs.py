@@ -47,6 +47,7 @@ from fuzzlib import inputs
 from fuzzlib.checks import problem, send, tree_rss
 from fuzzlib.hostile import Request
 from fuzzlib.processes import Most, Peak, Prober, cli, jobs, serving, threads, timed_cli
+from fuzzlib.report import verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_S, TARGET_MB, TARGET_VERSION_S = 2.0, 300.0, 1.0
@@ -539,14 +540,7 @@ def summary(fz: Fuzz, alive: bool, seconds: float) -> int:
         f"\ntargets: a refusal within {TARGET_S:g} s, a peak under {TARGET_MB:g} MB above idle, "
         f"/api/version within {TARGET_VERSION_S:g} s meanwhile"
     )
-    defects = [r for r in fz.rows if r.defect]
-    misses = [r for r in fz.rows if r.misses() and not r.defect]
-    for label, rows in (("DEFECTS (exit 1)", defects), ("MISSES (recorded, not failed)", misses)):
-        print(f"\n{label}: {len(rows)}")
-        for r in rows:
-            print(f"  [{r.item}] {r.case}: {r.defect or ', '.join(r.misses())}")
-    print(f"\n{len(fz.rows)} cases in {seconds:.0f} s; server up afterwards: {alive}")
-    return 1 if defects or not alive else 0
+    return verdict(fz.rows, seconds, alive)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ import httpx
 from fuzzlib import inputs
 from fuzzlib.processes import serving, timed_cli
 from fuzzlib.registry import Registries, registries
+from fuzzlib.report import verdict
 from fuzzlib.watched import HEADER, JOB_MB, PAUSE_S, VERSION_S, Fuzz, Row, said
 
 ITEMS = [str(n) for n in range(1, 18)] + ["locks"]
@@ -524,14 +525,7 @@ def summary(fz: Fuzz, alive: bool, seconds: float) -> int:
     print(f"\ntargets: /api/version within {VERSION_S:g} s and the other stream never paused "
           f"{PAUSE_S:g} s while a case runs; a job under {JOB_MB:g} MB above idle; each case "
           "within its bound")  # fmt: skip
-    defects = [r for r in fz.rows if r.defect]
-    misses = [r for r in fz.rows if r.misses() and not r.defect]
-    for label, rows in (("DEFECTS (exit 1)", defects), ("MISSES (recorded, not failed)", misses)):
-        print(f"\n{label}: {len(rows)}")
-        for r in rows:
-            print(f"  [{r.item}] {r.case}: {r.defect or ', '.join(r.misses())}")
-    print(f"\n{len(fz.rows)} cases in {seconds:.0f} s; server up afterwards: {alive}")
-    return 1 if defects or not alive else 0
+    return verdict(fz.rows, seconds, alive)
 
 
 def main(argv: list[str] | None = None) -> int:

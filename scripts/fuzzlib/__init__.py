@@ -19,5 +19,6 @@ Modules (each imports only those listed before it):
 * ``watched`` - issue 76's harness: cases run as requests or commands under ``watch``, and
   their rows against the targets;
 * ``registry`` - issue 76's hostile registries on loopback (tests/registries.py's scripted one
-  in each mode, a port that speaks no HTTP, a closed one).
+  in each mode, a port that speaks no HTTP, a closed one);
+* ``report`` - the end of a fuzzer's report: its defects and misses, and its exit status.
 """
