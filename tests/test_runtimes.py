@@ -130,7 +130,6 @@ def write_exact_source(tree: Path) -> tuple[str, ...]:
 
 
 def test_the_exact_patch_refuses_another_source_and_replaces_its_own(tmp_path: Path) -> None:
-    from localrun.errors import RuntimeBuildError
     from localrun.runtimes import exact
 
     folder = tmp_path / exact.GGML_CPU

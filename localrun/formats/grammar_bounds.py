@@ -242,9 +242,7 @@ def _text(value: Any) -> str:
 
 
 # The keywords whose value is an object of names, each naming a schema.
-NAME_MAPS = frozenset(
-    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
-)
+NAME_MAPS = schema_refs.NAME_MAPS
 
 
 def check_grammar(grammar: str) -> str:

@@ -36,8 +36,8 @@ from urllib.parse import unquote
 MAX_VISITS = 1_000_000  # subschemas walked in all (a schema within the grammar bound has <200k)
 
 _NOT_APPLIED = frozenset({"$defs", "definitions"})
-# The keywords whose value is an object of names, each naming a schema (grammar_bounds').
-_NAME_MAPS = frozenset(
+# The keywords whose value is an object of names, each naming a schema (grammar_bounds' too).
+NAME_MAPS = frozenset(
     {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
 )
 _INDEX = re.compile(r"0|[1-9][0-9]{0,8}")  # an array index as RFC 6901 spells it
@@ -96,7 +96,7 @@ class _Walk:
                     found.refs.append((depth, id(target)))
                     onward.append(target)
                 stack.extend(
-                    (child, depth + 1, not names and key in _NAME_MAPS)
+                    (child, depth + 1, not names and key in NAME_MAPS)
                     for key, child in item.items()
                     if names or key not in _NOT_APPLIED
                 )
