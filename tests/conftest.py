@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from testmodels.malformed import write_malformed  # noqa: E402
+from testmodels.recurrent import write_tiny_lfm2, write_tiny_rwkv  # noqa: E402
 from testmodels.text import write_tiny_lora, write_tiny_mamba, write_tiny_model  # noqa: E402
 from testmodels.vocab import THINKING_TEMPLATE  # noqa: E402
 
@@ -88,6 +89,19 @@ def tiny_long_model(fixtures_dir: Path) -> Path:
 def tiny_mamba(fixtures_dir: Path) -> Path:
     """A tiny random-weight Mamba GGUF: a recurrent model, whose memory is a state per sequence."""
     return write_tiny_mamba(fixtures_dir / "tiny-mamba.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_rwkv(fixtures_dir: Path) -> Path:
+    """A tiny random-weight RWKV-7 GGUF: a recurrent model, whose memory is a state per sequence."""
+    return write_tiny_rwkv(fixtures_dir / "tiny-rwkv.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_lfm2(fixtures_dir: Path) -> Path:
+    """A tiny random-weight LFM2 GGUF: a hybrid model, short-convolution layers (a recurrent
+    state) beside an attention layer (a KV cache)."""
+    return write_tiny_lfm2(fixtures_dir / "tiny-lfm2.gguf")
 
 
 @pytest.fixture(scope="session")

@@ -264,7 +264,7 @@ def test_ps_table_and_stop_against_a_scripted_server(cli: CLI, scripted: Scripte
     proc, heavy = _probe_imports(["ps"], {"LOCALRUN_HOST": scripted.host})
     assert heavy == []  # ps starts fast
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert lines[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "CACHE"]
     assert lines[1].split() == [
         "smollm2:135m", "ab12ab12ab12", "180", "MB", "100%", "CPU", "2048", "4", "minutes",
         "from", "now",
@@ -399,8 +399,14 @@ def test_run_uses_the_server_and_the_model_stays_warm(cli: CLI, served: Served) 
     listed = cli("ps", env=served.env)
     assert listed.code == 0, listed.stderr
     rows = [line.split() for line in listed.stdout.splitlines()]
-    assert rows[0] == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
-    assert rows[1][0] == "tiny:latest" and rows[1][-3:] == ["minutes", "from", "now"]
+    assert rows[0] == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "CACHE"]
+    assert rows[1][0] == "tiny:latest" and rows[1][-5:] == [
+        "minutes",
+        "from",
+        "now",
+        "per",
+        "position",
+    ]
     # Warm: the second command waits for no load.
     again = cli("run", "tiny", "hello", "--verbose", "--param", "num_predict=8", env=served.env)
     assert again.code == 0, again.stderr

@@ -313,10 +313,14 @@ def test_localrun_run_and_a_server_keep_entries_of_their_own(
 
 
 @pytest.mark.model
-@pytest.mark.parametrize(("kind", "why"), [("swa", "sliding-window"), ("mamba", "recurrent")])
-def test_a_model_whose_state_cannot_be_restored_is_not_cached_and_verbose_says_why(
-    cli: CLI, tmp_path: Path, fixtures_dir: Path, kind: str, why: str
+@pytest.mark.parametrize(
+    ("kind", "says"), [("swa", "sliding window"), ("mamba", "checkpoints of the recurrent state")]
+)
+def test_a_sliding_window_or_recurrent_model_is_cached_on_disk_and_verbose_says_how(
+    cli: CLI, tmp_path: Path, fixtures_dir: Path, kind: str, says: str
 ) -> None:
+    """The state of the model's own turns is kept on disk whatever its memory: the full-size
+    window cache of a sliding-window model, a recurrent model's state at the prefix's end."""
     from testmodels.text import write_tiny_mamba, write_tiny_model
 
     if kind == "swa":
@@ -328,13 +332,17 @@ def test_a_model_whose_state_cannot_be_restored_is_not_cached_and_verbose_says_w
     modelfile.write_text(f'FROM {model}\nSYSTEM """{system}"""\nPARAMETER num_ctx 512\n')
     made = cli("create", kind, "-f", str(modelfile))
     assert made.code == 0, made.stderr
-    for _ in range(2):
-        result = cli("run", kind, "hello", "--verbose", "--param", "num_predict=4")
+    answers = []
+    for restored in (False, True):
+        args = ("--param", "num_predict=4", "--param", "temperature=0")
+        result = cli("run", kind, "hello", "--verbose", *args)
         assert result.code == 0, result.stderr
         shown = stats(result.stderr)
-        assert why in shown["prompt cache"], result.stderr
-        assert shown["prompt disk cache"] == "0 token(s)"
-    assert entries() == []
+        assert says in shown["prompt cache"], result.stderr
+        assert (int(shown["prompt disk cache"].split()[0]) > 150) is restored, result.stderr
+        answers.append(result.stdout)
+    assert answers[0] == answers[1]
+    assert len(entries()) == 1
 
 
 # -- entries that are not regular files, and states past what the model can have --------------

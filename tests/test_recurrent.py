@@ -1,10 +1,14 @@
-"""A recurrent model (a tiny random Mamba): its memory is one state per sequence, which cannot
-drop its last positions. A prompt that shares only a prefix with what a sequence holds is
-evaluated again from the start, and such a model does not speculate (a rejected draft could
-not be taken back), in the single engine and in every slot of the batch engine."""
+"""Models whose memory cannot drop its last positions keep their prompt cache: a tiny random
+Mamba and RWKV-7 (recurrent: one state per sequence) and LFM2 (hybrid: a short-convolution
+state beside attention KV). Checkpoints of the state (engine.checkpoints) let a prompt that
+shares only a prefix with what a slot holds continue from the latest one before it, a draft be
+taken back, and a prefix be copied to another slot. The oracle everywhere: the answer equals the
+cold one, token for token."""
 
 from __future__ import annotations
 
+import ctypes
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,71 +16,179 @@ from typing import Any
 import pytest
 from test_batch import greedy, run
 
+from localrun.engine import prompt_cache
 from localrun.engine.batch import BatchEngine
+from localrun.engine.checkpoints import Checkpoint
+from localrun.engine.costs import DecodeCost
 from localrun.engine.types import LoadOptions, SamplingOptions
 
-TEXT = "the cat and the dog " * 10
+TEXT = "the cat and the dog " * 30
 MORE = " and the cat"
+KINDS = {"tiny_mamba": "recurrent", "tiny_rwkv": "recurrent", "tiny_lfm2": "hybrid"}
 
 
-@pytest.fixture(scope="module")
-def single(tiny_mamba: Path) -> Iterator[BatchEngine]:
-    model = BatchEngine(str(tiny_mamba), LoadOptions(num_ctx=512, num_thread=1), 1)
-    yield model
-    model.close()
+@pytest.fixture(scope="module", params=sorted(KINDS))
+def model(request: pytest.FixtureRequest) -> Iterator[tuple[str, BatchEngine]]:
+    path: Path = request.getfixturevalue(request.param)
+    engine = BatchEngine(str(path), LoadOptions(num_ctx=1024, num_thread=1), 1)
+    yield request.param, engine
+    engine.close()
 
 
-def answer(model: BatchEngine, prompt: list[int], **options: Any) -> list[int]:
-    gen = model.generate(prompt, SamplingOptions(temperature=0, num_predict=200, **options))
+def answer(engine: BatchEngine, prompt: list[int], **options: Any) -> tuple[list[int], Any]:
+    options = {"temperature": 0, "num_predict": 120, **options}
+    gen = engine.generate(prompt, SamplingOptions(**options))
     for _ in gen.pieces:
         pass
-    assert gen.timings.draft_tokens == 0  # nothing drafted, whatever the mode asked
-    return list(gen.tokens)
+    return list(gen.tokens), gen.timings
 
 
-def tokens(model: BatchEngine, text: str) -> list[int]:
-    return model.tokenize(text, add_special=True, parse_special=True)
+def tokens(engine: BatchEngine, text: str) -> list[int]:
+    return engine.tokenize(text, add_special=True, parse_special=True)
 
 
-def test_the_model_is_recurrent_and_its_sequences_cannot_be_cut(single: BatchEngine) -> None:
-    assert single._weights.trims is False
-    assert "recurrent" in (single._weights.unrestorable() or "")
+def cold(engine: BatchEngine, prompt: list[int], **options: Any) -> list[int]:
+    engine.reset()
+    return answer(engine, prompt, speculate="off", **options)[0]
 
 
-def test_a_prompt_sharing_a_prefix_is_evaluated_again(single: BatchEngine) -> None:
-    prompt, longer = tokens(single, TEXT), tokens(single, TEXT + MORE)
-    single.reset()
-    fresh = answer(single, longer)
-    single.reset()
-    answer(single, prompt)  # the sequence now holds the prompt and its answer
-    assert answer(single, longer) == fresh
+def test_the_memory_is_known_and_said(model: tuple[str, BatchEngine]) -> None:
+    name, engine = model
+    assert engine._weights.memory == KINDS[name]
+    assert engine._slots.memory.checkpointed
 
 
-@pytest.mark.parametrize("mode", ["ngram", "auto"])
-def test_speculation_is_off_and_the_answer_is_the_plain_one(single: BatchEngine, mode: str) -> None:
-    prompt = tokens(single, TEXT)
-    single.reset()
-    plain = answer(single, prompt, speculate="off")
-    single.reset()
-    assert answer(single, prompt, speculate=mode) == plain
+def test_a_prompt_sharing_a_prefix_continues_from_a_checkpoint(
+    model: tuple[str, BatchEngine],
+) -> None:
+    _, engine = model
+    prompt, longer = tokens(engine, TEXT), tokens(engine, TEXT + MORE)
+    expected = cold(engine, longer)
+    cold(engine, prompt)  # the sequence holds the prompt and its answer: shares `prompt` only
+    marks = [m.n for m in engine._slots.all[0].marks]
+    assert marks == [len(prompt) - 1]  # a token before the prompt's end
+    got, timings = answer(engine, longer, speculate="off")
+    assert got == expected
+    assert timings.cached_tokens == len(prompt) - 1
+    again, timings = answer(engine, longer, speculate="off")  # the same prompt again
+    assert again == expected
+    assert timings.cached_tokens == len(longer) - 1 and timings.prompt_tokens == 1
 
 
-def test_every_slot_of_the_batch_engine_alike(tiny_mamba: Path, single: BatchEngine) -> None:
-    prompt, longer = tokens(single, TEXT), tokens(single, TEXT + MORE)
-    expected = {}
-    for p in (prompt, longer):
-        single.reset()
-        expected[len(p)] = answer(single, p)
-    engine = BatchEngine(str(tiny_mamba), LoadOptions(num_ctx=512, num_thread=1), 2)
+def test_a_long_prompt_keeps_checkpoints_at_a_spacing(
+    model: tuple[str, BatchEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, engine = model
+    memory = engine._slots.memory
+    monkeypatch.setattr(memory, "policy", type(memory.policy)(every=100, count=3))
+    prompt = tokens(engine, TEXT * 2)
+    edited = prompt[:320] + tokens(engine, " a bird")[1:] + prompt[320:360]
+    expected = cold(engine, edited)
+    cold(engine, prompt)
+    marks = [m.n for m in engine._slots.all[0].marks]
+    # Every 100 tokens and one before the end, at most 3: the one whose loss leaves the
+    # smallest gap goes first, never the newest.
+    assert marks == [100, 300, len(prompt) - 1]
+    got, timings = answer(engine, edited, speculate="off")
+    assert got == expected and timings.cached_tokens == 300
+
+
+def test_speculation_takes_rejected_drafts_back(model: tuple[str, BatchEngine]) -> None:
+    _, engine = model
+    prompt = tokens(engine, TEXT)
+    plain = cold(engine, prompt, num_predict=300)
+    engine.reset()
+    got, timings = answer(engine, prompt, speculate="ngram", num_predict=300)
+    assert got == plain
+    # The earlier answer, remembered for the same client, is drafted whole: every guess kept.
+    engine.reset()
+    answer(engine, prompt, speculate="off", memory="m")
+    engine.reset()
+    got, timings = answer(engine, prompt, speculate="ngram", memory="m")
+    assert got == plain[:120]
+    assert timings.draft_tokens > 0 and timings.draft_accepted > 0
+
+
+def test_drafts_rejected_are_rewound_to_the_same_answer(
+    model: tuple[str, BatchEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drafts from an earlier answer remembered for this client that parts from this one
+    (engine.answers): the guesses past the parting are wrong, each rewinds the state to the
+    checkpoint before its batch and the kept tokens are read again. (A batch is priced as a
+    GPU's, so that the drafts are made whatever this machine's load.)"""
+    _, engine = model
+    monkeypatch.setattr(engine, "_batch_cost", lambda: DecodeCost(base=0.9, extra=0.01))
+    prompt = tokens(engine, TEXT)
+    plain = cold(engine, prompt)
+    memory = engine._slots.memory
+    before, rejected = memory.rewound, 0
+    for cut in (10, 40, 70):
+        parted = plain[:cut] + plain[cut:][::-1]
+        engine._answers.remember(f"p{cut}", prompt, parted)
+        engine.reset()
+        got, timings = answer(engine, prompt, speculate="ngram", memory=f"p{cut}")
+        assert got == plain, cut
+        rejected += timings.draft_tokens - timings.draft_accepted
+    assert rejected > 0 and memory.rewound > before
+
+
+def test_a_refused_checkpoint_is_dropped_and_the_answer_stays(
+    model: tuple[str, BatchEngine], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, engine = model
+    prompt, longer = tokens(engine, TEXT), tokens(engine, TEXT + MORE)
+    expected = cold(engine, longer)
+    cold(engine, prompt)
+    slot = engine._slots.all[0]
+    (mark,) = slot.marks
+    half = bytes(mark.data)[: mark.size // 2]
+    slot.marks = [Checkpoint(mark.n, (ctypes.c_uint8 * len(half)).from_buffer_copy(half))]
+    with caplog.at_level(logging.WARNING, logger="localrun.engine"):
+        got, timings = answer(engine, longer, speculate="off")
+    assert got == expected
+    assert timings.cached_tokens == 0
+    assert "checkpoint" in caplog.text and "refused" in caplog.text
+
+
+def test_every_slot_of_the_batch_engine_alike(request: pytest.FixtureRequest) -> None:
+    """Slots copy a shared prefix through a checkpoint (n > 1 and clients sharing a prompt);
+    two slots answer at once."""
+    name = "tiny_lfm2"
+    engine = BatchEngine(str(request.getfixturevalue(name)), LoadOptions(num_ctx=512), 2)
     try:
+        prompt, longer = tokens(engine, TEXT), tokens(engine, TEXT + MORE)
+        expected = {}
+        for p in (prompt, longer):
+            engine.reset()
+            expected[len(p)] = run(engine, p, greedy(100)).wait(120).tokens
         for p in (prompt, longer, prompt, longer):  # later ones find their prefix in a slot
-            options = SamplingOptions(temperature=0, num_predict=200, speculate="ngram")
+            options = SamplingOptions(temperature=0, num_predict=100, speculate="ngram")
             sink = run(engine, p, options).wait(120)
             assert sink.exc is None, sink.exc
-            assert sink.timings.draft_tokens == 0
             assert sink.tokens == expected[len(p)]
-        both = [run(engine, p, greedy(200)) for p in (prompt, longer)]  # two slots at once
-        for p, sink in zip((prompt, longer), both, strict=True):
-            assert sink.wait(120).exc is None and sink.tokens == expected[len(p)]
+        both = [run(engine, p, greedy(100)) for p in (prompt, prompt)]  # one prompt, read once
+        for sink in both:
+            assert sink.wait(120).exc is None and sink.tokens == expected[len(prompt)]
     finally:
         engine.close()
+
+
+def test_the_disk_prompt_cache_holds_the_state(
+    tiny_rwkv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second process (here a second engine) restores the state of the model's own turns."""
+    monkeypatch.setattr(prompt_cache, "folder", lambda: tmp_path)
+    options = LoadOptions(num_ctx=512, num_thread=1)
+    results = []
+    for _ in range(2):
+        engine = BatchEngine(str(tiny_rwkv), options, 1)
+        try:
+            prompt = tokens(engine, TEXT + MORE)
+            gen = engine.generate(prompt, greedy(60), cache_prefix=len(prompt) - 4)
+            for _ in gen.pieces:
+                pass
+            results.append((list(gen.tokens), gen.timings.disk_tokens))
+        finally:
+            engine.close()
+    (first, none), (second, restored) = results
+    assert second == first and none == 0 and restored == len(prompt) - 4

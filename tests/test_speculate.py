@@ -326,7 +326,7 @@ def assert_same_or_near_tie(
 
 
 def kv_end(model: BatchEngine) -> int:
-    return int(lc.llama_memory_seq_pos_max(model._slots.memory, 0)) + 1
+    return int(lc.llama_memory_seq_pos_max(model._slots.memory.handle, 0)) + 1
 
 
 def cached(model: BatchEngine) -> list[int]:
@@ -518,7 +518,7 @@ def test_every_slot_speculates_at_once_with_the_same_answers(
         for sink in results["ngram"]:
             assert sink.timings.draft_accepted > 0, sink.timings
             assert len(sink.tokens) == sink.timings.eval_tokens
-        memory = engine._slots.memory
+        memory = engine._slots.memory.handle
         for slot in engine._slots.all:  # no rejected draft left in any KV sequence
             assert int(lc.llama_memory_seq_pos_max(memory, slot.seq)) + 1 == len(slot.cache)
         for prompt, plain, fast in zip(prompts, results["off"], results["ngram"], strict=True):

@@ -26,7 +26,7 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
         print(json.dumps(models, indent=2))
         return
     now = time.time()
-    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
+    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "CACHE"]]
     # Ollama's columns, and the GPU runtime's last when a model runs on one (localrun runtime).
     runtimes = any(_runtime(m) not in ("", "built-in") for m in models)
     if runtimes:
@@ -35,7 +35,7 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
         digest = str(m.get("digest") or "").removeprefix("sha256:")
         context = m.get("context_length")
         if m.get("remote_host"):  # served by an upstream: its name and health
-            rows.append([str(m.get("name")), "", "", str(m.get("processor") or ""), "", ""])
+            rows.append([str(m.get("name")), "", "", str(m.get("processor") or ""), "", "", ""])
             rows[-1] += [""] if runtimes else []
             continue
         rows.append(
@@ -46,6 +46,7 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
                 processor(m),
                 str(context) if context else "",
                 until(m.get("expires_at"), now),
+                str(m.get("prompt_cache") or ""),
                 *([_runtime(m)] if runtimes else []),
             ]
         )

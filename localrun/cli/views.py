@@ -29,6 +29,7 @@ def params_text(parameters: dict[str, Any]) -> str:
 
 def show_text(m: Any, template: str | None, chosen: str | None = None) -> str:
     """The sections `show` prints: model details, adapters, parameters, system, ... license."""
+    from localrun.gguf import memory
     from localrun.gguf.scan import format_count
 
     d = m.details
@@ -40,6 +41,7 @@ def show_text(m: Any, template: str | None, chosen: str | None = None) -> str:
         ["quantization", d.get("quantization")],
         ["draft", _draft_text(m.draft)],
         ["projector", _projector_text(m)],
+        ["prompt cache", memory.describe(memory.kind(d.get("architecture")))],
     ]
     sections = ["  Model\n" + _indent(columns([[k, str(v)] for k, v in info if v is not None]), 4)]
     if m.adapter_paths:

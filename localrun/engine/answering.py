@@ -9,8 +9,8 @@ does not choose. Forced text costs no decode of its own: it is read in the batch
 before it, as a prompt is, so a constrained answer takes fewer decodes than the same text
 unconstrained. Wherever the grammar forces text, the answer spells it as the tokenizer does, on
 every path (`Answerer._choose`), so a greedy answer is the same with speculation or without and
-with log-probabilities or without. Models whose memory cannot drop positions (recurrent ones)
-neither speculate nor fast-forward.
+with log-probabilities or without. A recurrent state takes a rejected draft back by going to the
+checkpoint taken before its batch (engine.checkpoints).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class Answerer:
             return
         slot.token = token
         room = min(job.budget - job.timings.eval_tokens, job.limit - len(slot.cache) - 1)
-        forced = job.sampler.forced(min(room, FORCED_MAX)) if self._weights.trims else []
+        forced = job.sampler.forced(min(room, FORCED_MAX))
         job.forcing = len(forced)
         if forced:
             slot.draft = forced  # the grammar's text: decoded at once, never a guess

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from localrun.engine import calls, draft, grammar_guard, prompt_cache, speculate
+from localrun.engine import calls, checkpoints, draft, grammar_guard, prompt_cache, speculate
 from localrun.engine.answering import Answerer
 from localrun.engine.answers import AnswerMemory
 from localrun.engine.costs import CostMeter, DecodeCost
@@ -56,11 +56,25 @@ from localrun.engine.types import (
     Sink,
 )
 from localrun.engine.weights import Weights
-from localrun.errors import BadRequestError, EngineError, InvalidParameterError, LocalrunError
-from localrun.settings import config
+from localrun.errors import (
+    BadRequestError,
+    ConfigError,
+    EngineError,
+    InvalidParameterError,
+    LocalrunError,
+)
+from localrun.settings import config, limits
 
 # OpenAI's bound on top_logprobs; it also bounds the work per token.
 MAX_TOP_LOGPROBS = 20
+
+
+def _checkpoint_policy() -> checkpoints.Policy:
+    """LOCALRUN_CHECKPOINT_*, or the defaults where one is bad (`localrun env` says so)."""
+    try:
+        return checkpoints.Policy(*limits.checkpoints())
+    except ConfigError:
+        return checkpoints.Policy()
 
 
 class BatchEngine:
@@ -95,7 +109,7 @@ class BatchEngine:
         self._threads = Governor(options.num_thread, adaptive=options.adapt_threads)
         try:
             self._open(slots)
-            self._prompt_cache, self.prompt_cache_note = weights.disk_cache(self._ctx)
+            self._prompt_cache = weights.disk_cache(self._ctx)
             self._draft = draft.load(options.draft, options, self.n_ctx, slots)
             if options.projector:
                 self.projector = Projector(
@@ -142,7 +156,10 @@ class BatchEngine:
         self.n_ctx = min(int(lc.llama_n_ctx_seq(self._ctx)), options.num_ctx)
         self._n_batch = int(lc.llama_n_batch(self._ctx))
         self._rows = StepBatch(self._n_batch)
-        self._slots = Slots(lc.llama_get_memory(self._ctx), slots)
+        policy = _checkpoint_policy()
+        memory = checkpoints.SeqMemory(self._ctx, self._weights.memory, policy)
+        self._slots = Slots(memory, slots)
+        self.prompt_cache_note = policy.describe(self._weights.memory, self._weights.window)
         self._answerer = Answerer(self._ctx, self._weights, self._slots, self._finish, self._fail)
 
     # -- tokens -------------------------------------------------------------------------------
@@ -265,7 +282,7 @@ class BatchEngine:
         # A draft model reads the history as its own context: earlier answers are for lookup.
         earlier = self._answers.history(sampling.memory if self._draft is None else None, prompt)
         job.spec = speculate.speculator(
-            sampling.speculate if self._weights.trims and media is None else "off",
+            sampling.speculate if media is None else "off",
             [*earlier, *prompt],
             sampling.draft_num_predict,
             self._batch_cost,
@@ -397,6 +414,7 @@ class BatchEngine:
             read_media(self._slots, self.projector, self._ctx, self._n_batch, self._fail)
         rows = self._rows
         assert rows is not None
+        saved = self._before_drafts() if self._slots.memory.checkpointed else 0.0
         n = rows.fill(self._slots)
         if n == 0:
             return
@@ -408,7 +426,9 @@ class BatchEngine:
         start = time.perf_counter()
         rc = lc.llama_decode(self._ctx, rows.batch)
         if rc == 0 and rows.prompt_rows == 0:  # a verification's rows: all with logits
-            self._costs.record(n, time.perf_counter() - start, self._threads.threads)
+            # With the checkpoints its drafts took: what speculation weighs is what it costs.
+            spent = time.perf_counter() - start + saved
+            self._costs.record(n, spent, self._threads.threads)
         if rc != 0:
             self._fail(
                 [s for s in self._slots.active if s.token >= 0 or s.added > 0],
@@ -417,6 +437,19 @@ class BatchEngine:
             return
         for slot in list(self._slots.active):
             self._advance(slot)
+
+    def _before_drafts(self) -> float:
+        """A recurrent state cannot drop a rejected guess: each slot about to decode a draft
+        keeps a checkpoint of its state before the batch, to go back to (engine.checkpoints).
+        Returns the seconds that took."""
+        memory = self._slots.memory
+        start = time.perf_counter()
+        for slot in self._slots.active:
+            if slot.token >= 0 and slot.draft:
+                slot.rewind = memory.snapshot(slot.seq, len(slot.cache))
+                if slot.rewind is None:  # no way back: the draft is not decoded
+                    slot.draft = []
+        return time.perf_counter() - start
 
     def _mask_thread(self) -> ThreadPoolExecutor | None:
         """The thread that computes masks while the batch decodes, when one may now."""
@@ -433,6 +466,9 @@ class BatchEngine:
         job = slot.job
         assert job is not None
         if slot.token >= 0:
+            if slot.replay:  # read again after a rewind (engine.checkpoints)
+                slot.cache.extend(slot.replay)
+                slot.replay = []
             slot.cache.append(slot.token)
         elif slot.added > 0 and not self._read(slot, job):
             return
@@ -447,6 +483,9 @@ class BatchEngine:
         """A prompt chunk is in (the prefix saved once whole); False when that ended the job."""
         done = len(slot.cache)
         slot.cache.extend(job.prompt[done : done + slot.added])
+        memory = self._slots.memory
+        if memory.wants(slot, len(slot.cache), len(job.prompt)):
+            memory.keep(slot)
         if job.save and len(slot.cache) == len(job.prefix):
             job.save = False
             assert self._prompt_cache is not None

@@ -1,13 +1,16 @@
 """The loop's llama_batch: the rows one step decodes, written for every active slot.
 
 A generating slot writes its sampled token and its draft (each with logits, but for forced text,
-its last row alone); a slot reading its prompt writes the next chunk of it, up to the room the
-batch has, the end of its cached prefix (saved once it is in) or its next image or audio (which
-the engine evaluates on its own), with logits for the prompt's last token only. Each slot's
-`row` says where its logits are.
+its last row alone), after the tokens a rewound recurrent state reads again (engine.checkpoints);
+a slot reading its prompt writes the next chunk of it, up to the room the batch has, the end of
+its cached prefix (saved once it is in), the next checkpoint of a recurrent state or its next
+image or audio (which the engine evaluates on its own), with logits for the prompt's last token
+only. Each slot's `row` says where its logits are.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from localrun.engine.native import lc
 from localrun.engine.slots import Slot, Slots
@@ -35,7 +38,7 @@ class StepBatch:
         """Write the batch: each generating slot's token (and its draft, as room allows), then
         prompt chunks of the slots reading theirs; returns the rows written."""
         active = slots.active
-        room = self.n_batch - sum(1 for slot in active if slot.token >= 0)
+        room = self.n_batch - sum(1 + len(slot.replay) for slot in active if slot.token >= 0)
         for slot in active:  # drafts take what room the batch has, first come
             if slot.token >= 0 and slot.draft:
                 del slot.draft[max(0, room) :]
@@ -49,7 +52,7 @@ class StepBatch:
             if slot.token >= 0:
                 n = self.put_token(slot, n)
             else:
-                n, room = self.put_prompt(slot, n, room)
+                n, room = self.put_prompt(slot, n, room, slots.memory.next_stop)
         return n
 
     def put_token(self, slot: Slot, n: int) -> int:
@@ -63,6 +66,9 @@ class StepBatch:
         job = slot.job
         forced = job.forcing if job is not None and job.logprobs < 0 else 0
         blind = min(forced, len(rows) - 1)  # a guess after the forced text has its logits
+        if slot.replay:  # read again, before the token, without logits
+            rows = (*slot.replay, *rows)
+            blind += len(slot.replay)
         slot.row = n + blind
         at = len(slot.cache)
         for i, t in enumerate(rows):
@@ -74,12 +80,14 @@ class StepBatch:
             at += 1
         return n
 
-    def put_prompt(self, slot: Slot, n: int, room: int) -> tuple[int, int]:
+    def put_prompt(
+        self, slot: Slot, n: int, room: int, stop: Callable[[Slot, int, int], int]
+    ) -> tuple[int, int]:
         job = slot.job
         assert job is not None
         prompt = job.prompt
         done = len(slot.cache)
-        take = min(len(prompt) - done, room)
+        take = min(stop(slot, done, len(prompt)) - done, room)
         if job.media is not None:  # up to the next medium (the engine evaluates it)
             take = min(take, job.media.next_span(done) - done)
         if job.save and done < len(job.prefix):

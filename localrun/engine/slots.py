@@ -16,10 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from localrun.engine import speculate
+from localrun.engine.checkpoints import Checkpoint, SeqMemory
 from localrun.engine.media import MediaPrompt, Projector
-from localrun.engine.native import lc
 from localrun.engine.sampling import Sampler
-from localrun.engine.sequence import trim
 from localrun.engine.types import Sink, Timings, reusable
 from localrun.errors import EngineError
 
@@ -102,7 +101,20 @@ class Job:
 
 
 class Slot:
-    __slots__ = ("added", "cache", "draft", "job", "leader", "row", "seq", "token", "used")
+    __slots__ = (
+        "added",
+        "cache",
+        "draft",
+        "job",
+        "leader",
+        "marks",
+        "replay",
+        "rewind",
+        "row",
+        "seq",
+        "token",
+        "used",
+    )
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -115,6 +127,11 @@ class Slot:
         self.used = 0  # when it last took a request, for least-recently-used reuse
         # A slot reading the same prompt right now: this one waits and copies its KV (n > 1).
         self.leader: Slot | None = None
+        # A recurrent state's checkpoints (engine.checkpoints), the one taken before the draft
+        # in the batch, and the answer's tokens to read again after a rejected draft rewound it.
+        self.marks: list[Checkpoint] = []
+        self.rewind: Checkpoint | None = None
+        self.replay: list[int] = []
 
 
 def _longest_then_lru(item: tuple[Slot, int]) -> tuple[int, int]:
@@ -131,7 +148,7 @@ class Slots:
     """The slots of one context; `active` holds those with a job, in sequence order (llama.cpp
     splits a batch by ascending sequence ids). Used on the engine's loop thread alone."""
 
-    def __init__(self, memory: Any, n: int) -> None:
+    def __init__(self, memory: SeqMemory, n: int) -> None:
         self.memory = memory
         self.all = [Slot(seq) for seq in range(n)]
         self.active: list[Slot] = []
@@ -152,8 +169,11 @@ class Slots:
         """
         prompt = job.prompt
         free = self.free()
+        usable = self.memory.usable
         # Ties go to the least recently used slot.
-        best, keep = max(((s, reusable(s.cache, prompt)) for s in free), key=_longest_then_lru)
+        best, keep = max(
+            ((s, usable(s, reusable(s.cache, prompt))) for s in free), key=_longest_then_lru
+        )
         shared = self._share(job, free, keep)
         if shared is not None:
             return shared
@@ -164,12 +184,11 @@ class Slots:
             if keep >= COPY_MIN:
                 # A whole KV stream is copied (at the next decode): cheaper than re-reading
                 # a long prefix.
-                lc.llama_memory_seq_cp(self.memory, best.seq, spare.seq, -1, -1)
-                spare.cache = list(best.cache)
+                self.memory.copy(best, spare, keep)
             else:
                 keep = reusable(spare.cache, prompt)
             slot = spare
-        trim(self.memory, slot.seq, slot.cache, keep)
+        self.memory.cut(slot, keep)
         return slot
 
     def _share(self, job: Job, free: list[Slot], keep: int) -> Slot | None:
@@ -188,11 +207,12 @@ class Slots:
             if other is None or busy.leader is not None or busy.token >= 0:
                 continue
             if other.prompt == prompt and len(busy.cache) < last and last >= 1:
-                trim(self.memory, spare.seq, spare.cache, 0)
+                self.memory.cut(spare, 0)
                 spare.leader = busy
                 return spare
+        usable = self.memory.usable
         donor, shared = max(
-            ((s, reusable(s.cache, prompt)) for s in self.active if s.leader is None),
+            ((s, usable(s, reusable(s.cache, prompt))) for s in self.active if s.leader is None),
             key=_longest_then_lru,
             default=(None, 0),
         )
@@ -204,9 +224,7 @@ class Slots:
     def copy(self, source: Slot, target: Slot, keep: int) -> None:
         """Copy the first `keep` tokens of `source`'s KV into `target` (a whole KV stream is
         copied at the next decode, then trimmed: cheaper than reading a long prefix again)."""
-        lc.llama_memory_seq_cp(self.memory, source.seq, target.seq, -1, -1)
-        target.cache = list(source.cache)
-        trim(self.memory, target.seq, target.cache, keep)
+        self.memory.copy(source, target, keep)
 
     def follow(self, slot: Slot) -> bool:
         """Whether a slot waiting for its leader's prompt can read on (the prompt is in, and
@@ -232,21 +250,37 @@ class Slots:
         self.active.sort(key=lambda s: s.seq)
 
     def drop_draft(self, slot: Slot) -> None:
-        """Forget the draft tokens the KV sequence holds past the slot's cache."""
-        if slot.draft:
-            slot.draft = []
-            lc.llama_memory_seq_rm(self.memory, slot.seq, len(slot.cache), -1)
+        """Forget the draft tokens the KV sequence holds past the slot's cache. A recurrent
+        state cannot drop them: it goes back to the checkpoint taken before the batch, and the
+        answer's tokens since are read again with the next one (`replay`)."""
+        mark, slot.rewind = slot.rewind, None
+        draft, slot.draft = slot.draft, []
+        if not draft:
+            return
+        if mark is None:
+            self.memory.drop_after(slot.seq, len(slot.cache))
+        elif len(slot.cache) < mark.n + 1 + len(draft):  # not every guess was kept
+            self._rewind(slot, mark)
+
+    def _rewind(self, slot: Slot, mark: Checkpoint) -> None:
+        if self.memory.rewind(slot, mark):
+            slot.replay = slot.cache[mark.n :]
+            del slot.cache[mark.n :]
+        else:
+            slot.replay = []
+            slot.cache.clear()
 
     def release(self, slot: Slot, *, forget: bool = False) -> Job:
         """Take the job off `slot`; with `forget`, its KV too (it may be half-written)."""
         job = slot.job
         assert job is not None
         if forget:
-            lc.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
-            slot.cache.clear()
+            self.memory.cut(slot, 0)
             slot.draft = []
+            slot.rewind = None
         else:
             self.drop_draft(slot)
+        slot.replay = []  # the state holds the cache: what was to be read again is not kept
         slot.job = None
         slot.token = -1
         slot.leader = None
@@ -257,7 +291,7 @@ class Slots:
         """Empty the KV of every slot without a job."""
         for slot in self.all:
             if slot.job is None and slot.cache:
-                trim(self.memory, slot.seq, slot.cache, 0)
+                self.memory.cut(slot, 0)
 
     def holds(self, prefix: Sequence[int]) -> bool:
         """Whether a slot holds `prefix` already (read off the loop thread: only a guess)."""

@@ -142,28 +142,24 @@ class Weights:
         }
 
     @functools.cached_property
-    def trims(self) -> bool:
-        """Whether a sequence can drop its last positions (a draft the model rejected): not
-        where the memory is a recurrent state, so those models do not speculate."""
-        m = self.model
-        return not (lc.llama_model_is_recurrent(m) or lc.llama_model_is_hybrid(m))
-
-    def unrestorable(self) -> str | None:
-        """Why llama.cpp cannot restore this model's KV state faithfully from a saved prefix
-        (its memory is not a plain KV cache of every position), or None."""
+    def memory(self) -> str:
+        """What the model's memory of a sequence is (engine.checkpoints): "positions" (a KV
+        entry per position, cut anywhere: sliding-window models too, whose window cache is
+        kept full-size), "recurrent" (one state, Mamba and RWKV) or "hybrid" (a recurrent
+        state beside attention KV: LFM2, Granite 4, Qwen3.5, Falcon-H1, Jamba)."""
         if lc.llama_model_is_recurrent(self.model):
-            return "a recurrent model keeps a state, not a KV cache per position"
+            return "recurrent"
         if lc.llama_model_is_hybrid(self.model):
-            return "a hybrid model keeps a recurrent state beside its KV cache"
-        if int(lc.llama_model_n_swa(self.model)) > 0:
-            return "sliding-window attention keeps only the last positions"
-        return None
+            return "hybrid"
+        return "positions"
 
-    def disk_cache(self, ctx: Any) -> tuple[prompt_cache.PromptCache | None, str | None]:
-        """The disk prompt cache for a context of these weights, or None and why not."""
-        reason = self.unrestorable()
-        if reason is not None:
-            return None, f"off for this model: {reason}"
+    @functools.cached_property
+    def window(self) -> int:
+        """The sliding window of the model's local attention layers, in tokens (0: none)."""
+        return max(0, int(lc.llama_model_n_swa(self.model)))
+
+    def disk_cache(self, ctx: Any) -> prompt_cache.PromptCache | None:
+        """The disk prompt cache for a context of these weights (None: turned off)."""
         identity = {
             **self.identity,
             "n_ctx": int(lc.llama_n_ctx_seq(ctx)),
@@ -173,14 +169,15 @@ class Weights:
             # each other's.
             "streams": int(lc.llama_n_seq_max(ctx)),
         }
-        return prompt_cache.PromptCache.from_config(identity), None
+        return prompt_cache.PromptCache.from_config(identity)
 
     def state_bound(self, n_tokens: int) -> int:
         """The most bytes a saved state of `n_tokens` can take: K and V of every layer at 8
         bytes an element of the model's width (llama.cpp keeps them at 2 by default; wider
         heads than the model's width stay within that), and 16 MiB for the rest. A cache entry
         past it is damaged or hostile (a sparse 1.9 GB file cost 2.16 GB to read)."""
-        return n_tokens * self._state_per_token + (16 << 20)
+        rest = 16 << 20 if self.memory == "positions" else 1 << 30  # and a recurrent state
+        return n_tokens * self._state_per_token + rest
 
     @functools.cached_property
     def _state_per_token(self) -> int:

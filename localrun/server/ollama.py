@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from localrun import media
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.formats import reasoning
+from localrun.gguf import memory
 from localrun.request import GenRequest
 from localrun.server import core, embedding
 from localrun.server.body import Body, read_json
@@ -145,6 +146,8 @@ async def ps(request: Request) -> Response:
                 "size_vram": m.size_vram,
                 "context_length": m.context_length,
                 "processor": m.processor,
+                # localrun's: what the prompt cache does for the model (gguf.memory)
+                "prompt_cache": memory.short(memory.kind(m.details.get("architecture"))),
                 **({"runtime": m.runtime, "devices": m.devices} if m.runtime else {}),
             }
         )

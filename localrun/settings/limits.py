@@ -193,6 +193,26 @@ LIMITS: dict[str, Setting] = {
             lambda: 2 * 1024**3,
         ),
         Setting(
+            "LOCALRUN_CHECKPOINT_EVERY",
+            "Tokens between two checkpoints of a recurrent or hybrid model's state while it reads "
+            "a long prompt (one is also kept a token before each prompt's end).",
+            parse.parse_positive_int,
+            lambda: 2048,
+        ),
+        Setting(
+            "LOCALRUN_CHECKPOINTS",
+            "Checkpoints of a recurrent or hybrid model's state kept per slot, at most; 0 keeps "
+            "none (a prompt sharing only part of what a slot holds is read again).",
+            parse.parse_count,
+            lambda: 16,
+        ),
+        Setting(
+            "LOCALRUN_CHECKPOINT_MAX_BYTES",
+            "Memory the checkpoints of one slot may take, at most (the oldest thinned first).",
+            parse.parse_count,
+            lambda: 256 * 1024 * 1024,
+        ),
+        Setting(
             "LOCALRUN_UPSTREAM_MAX_BYTES",
             "Largest answer read from an upstream, decompressed (a streamed one in all).",
             parse.parse_positive_int,
@@ -335,6 +355,15 @@ def load_timeout() -> float:
 
 def prompt_cache_max_bytes() -> int:
     return LIMITS["LOCALRUN_PROMPT_CACHE_MAX_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def checkpoints() -> tuple[int, int, int]:
+    """Checkpoints of a recurrent state: (tokens between two, most per slot, most bytes)."""
+    return (
+        LIMITS["LOCALRUN_CHECKPOINT_EVERY"].value(),
+        LIMITS["LOCALRUN_CHECKPOINTS"].value(),
+        LIMITS["LOCALRUN_CHECKPOINT_MAX_BYTES"].value(),
+    )
 
 
 def pull_max_memory() -> int:

@@ -1,0 +1,245 @@
+"""The sequences' memory of one context, and checkpoints of the part that cannot be cut.
+
+A per-position KV cache (most models, and the sliding-window ones: localrun keeps llama.cpp's
+full-size window cache, `swa_full`) cuts a sequence back to any prefix of it. A recurrent state
+(Mamba, RWKV), and the one a hybrid model keeps beside its attention layers' KV (LFM2, Granite 4,
+Qwen3.5 and Qwen3-Next, Falcon-H1, Nemotron-H, Jamba), holds the sequence's last position only:
+cut back, it would have to be read again from the start. For those a slot keeps checkpoints,
+copies of that state (`llama_state_seq_get_data_ext` with LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY:
+the recurrent part alone, a hybrid's attention KV is cut as usual) taken
+
+- one token before the end of each prompt: the same prompt again (a regenerated answer, OpenAI's
+  `n`, a client's retry) or a conversation whose last answer the template renders otherwise
+  (reasoning dropped, white space trimmed) reads one token, or that answer, not the whole;
+- every `every` tokens of a long prompt: an edit further back reads from the checkpoint before it;
+- before a draft is verified (engine.answering): a rejected guess is taken back by restoring it.
+
+A cut restores the latest checkpoint at or before the prefix it keeps, cuts the attention KV
+there and drops the checkpoints past it (they hold other tokens from then on). A slot's
+checkpoints are bounded by count and bytes (LOCALRUN_CHECKPOINTS, LOCALRUN_CHECKPOINT_MAX_BYTES):
+past either, the one whose loss leaves the smallest gap goes, never the newest. A checkpoint
+llama.cpp refuses (a size mismatch, a damaged copy) is dropped with a log line and the sequence
+is read from the start: the answer is the same, only later.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from localrun.engine.native import lc
+from localrun.gguf import memory
+
+log = logging.getLogger("localrun.engine")
+
+PARTIAL = 1  # LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: the recurrent (or window) part of the memory
+
+
+class Holder(Protocol):
+    """A slot, as far as its memory goes (engine.slots.Slot)."""
+
+    seq: int
+    cache: list[int]
+    marks: list[Checkpoint]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Where and how many checkpoints a slot keeps (settings/limits: LOCALRUN_CHECKPOINT_*)."""
+
+    every: int = memory.EVERY  # tokens between two checkpoints of one prompt
+    count: int = memory.COUNT  # at most this many a slot
+    max_bytes: int = memory.MAX_BYTES  # at most this many bytes a slot
+
+    def describe(self, kind: str, window: int = 0) -> str:
+        """What the prompt cache does for a model whose memory is `kind` (`run --verbose`)."""
+        return memory.describe(kind, window, self.every, self.count, self.max_bytes)
+
+
+class Checkpoint:
+    """The recurrent state of a sequence holding its first `n` tokens."""
+
+    __slots__ = ("data", "n")
+
+    def __init__(self, n: int, data: Any) -> None:
+        self.n = n
+        self.data = data  # a ctypes byte array, handed to llama.cpp as it is
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+class SeqMemory:
+    """The memory of a context's sequences: cut, copied and checkpointed as the model allows.
+    `kind` is "positions", "recurrent" or "hybrid" (engine.weights.Weights.memory)."""
+
+    def __init__(self, ctx: Any, kind: str, policy: Policy) -> None:
+        self.ctx = ctx
+        self.handle = lc.llama_get_memory(ctx)
+        self.kind = kind
+        self.policy = policy
+        self.checkpointed = kind != "positions"
+        # Checkpoints taken, restored (a prompt), rewound to (a draft) and refused.
+        self.taken = 0
+        self.restored = 0
+        self.refused = 0
+        self.rewound = 0
+
+    # -- what a slot can keep ------------------------------------------------------------------
+
+    def usable(self, slot: Holder, keep: int) -> int:
+        """How many of the `keep` leading tokens `slot` holds can stay without reading them."""
+        if not self.checkpointed or keep >= len(slot.cache):
+            return keep
+        return max((m.n for m in slot.marks if m.n <= keep), default=0)
+
+    def cut(self, slot: Holder, keep: int) -> None:
+        """Cut `slot`'s sequence to its first `keep` tokens, or to the latest checkpoint before
+        them (its cache says which): the rest is read again."""
+        cache = slot.cache
+        if keep >= len(cache):
+            return
+        if not self.checkpointed:
+            if lc.llama_memory_seq_rm(self.handle, slot.seq, keep, -1):
+                del cache[keep:]
+                return
+            keep = 0  # not expected of a per-position cache: read it all again
+        elif keep > 0:
+            keep = self._restore(slot, slot, keep)
+        if keep == 0:
+            lc.llama_memory_seq_rm(self.handle, slot.seq, -1, -1)
+            slot.marks.clear()
+        del cache[keep:]
+
+    def copy(self, source: Holder, target: Holder, keep: int) -> None:
+        """Copy the first `keep` tokens of `source`'s sequence into `target`'s (a whole KV stream
+        is copied at the next decode, then cut: cheaper than reading a long prefix again)."""
+        lc.llama_memory_seq_cp(self.handle, source.seq, target.seq, -1, -1)
+        target.cache = list(source.cache)
+        target.marks = list(source.marks)  # read only: restored, never changed
+        if keep >= len(source.cache) or not self.checkpointed:
+            self.cut(target, keep)
+            return
+        kept = self._restore(source, target, keep) if keep > 0 else 0
+        if kept == 0:
+            lc.llama_memory_seq_rm(self.handle, target.seq, -1, -1)
+            target.marks = []
+        del target.cache[kept:]
+
+    def _restore(self, source: Holder, target: Holder, keep: int) -> int:
+        """Put the latest of `source`'s checkpoints at or before `keep` into `target`'s sequence
+        and cut its attention KV there; returns the tokens it holds (0: none could be used)."""
+        while True:
+            mark = max((m for m in source.marks if m.n <= keep), key=_by_n, default=None)
+            if mark is None:
+                return 0
+            if self._load(target.seq, mark):
+                target.marks = [m for m in source.marks if m.n <= mark.n]
+                self.restored += 1
+                return mark.n
+            source.marks.remove(mark)
+
+    def _load(self, seq: int, mark: Checkpoint) -> bool:
+        n = int(lc.llama_state_seq_set_data_ext(self.ctx, mark.data, mark.size, seq, PARTIAL))
+        ok = n == mark.size
+        # A hybrid's attention KV is per position: cut to the checkpoint (a recurrent state at
+        # position n - 1 takes the cut from n on).
+        ok = ok and bool(lc.llama_memory_seq_rm(self.handle, seq, mark.n, -1))
+        ok = ok and int(lc.llama_memory_seq_pos_max(self.handle, seq)) == mark.n - 1
+        if not ok:
+            self.refused += 1
+            log.warning(
+                "a checkpoint of %d tokens (%d bytes) was refused; the prompt is read again",
+                mark.n,
+                mark.size,
+            )
+        return ok
+
+    # -- taking checkpoints --------------------------------------------------------------------
+
+    def snapshot(self, seq: int, n: int) -> Checkpoint | None:
+        """The recurrent state of sequence `seq`, which holds `n` tokens; None if llama.cpp
+        gives none."""
+        size = int(lc.llama_state_seq_get_size_ext(self.ctx, seq, PARTIAL))
+        if size <= 0:
+            return None
+        data = (ctypes.c_uint8 * size)()
+        if int(lc.llama_state_seq_get_data_ext(self.ctx, data, size, seq, PARTIAL)) != size:
+            return None
+        self.taken += 1
+        return Checkpoint(n, data)
+
+    def drop_after(self, seq: int, n: int) -> None:
+        """Drop the positions of a per-position sequence from `n` on (a draft's)."""
+        lc.llama_memory_seq_rm(self.handle, seq, n, -1)
+
+    def rewind(self, slot: Holder, mark: Checkpoint) -> bool:
+        """Put `slot`'s sequence back to `mark` (a draft rejected); False if that failed, and the
+        sequence is then empty."""
+        if self._load(slot.seq, mark):
+            self.rewound += 1
+            return True
+        lc.llama_memory_seq_rm(self.handle, slot.seq, -1, -1)
+        slot.marks.clear()
+        return False
+
+    def wants(self, slot: Holder, n: int, end: int) -> bool:
+        """Whether a sequence reading a prompt of `end` tokens, holding `n`, keeps a checkpoint
+        now: one token before the prompt's end, or `every` tokens past the last one."""
+        if not self.checkpointed or self.policy.count == 0 or n <= 0 or n >= end:
+            return False
+        if n == end - 1:
+            return True
+        last = max((m.n for m in slot.marks), default=0)
+        return n - last >= self.policy.every
+
+    def next_stop(self, slot: Holder, n: int, end: int) -> int:
+        """Where a prompt chunk from `n` must stop so that a checkpoint is taken there."""
+        if not self.checkpointed or self.policy.count == 0 or end - n <= 1:
+            return end
+        last = max((m.n for m in slot.marks if m.n <= n), default=0)
+        spaced = last + self.policy.every
+        return min(end - 1, spaced) if spaced > n else end - 1
+
+    def keep(self, slot: Holder) -> None:
+        """Take a checkpoint of `slot`'s sequence as it is now, within the slot's bounds."""
+        n = len(slot.cache)
+        mark = self.snapshot(slot.seq, n)
+        if mark is None:
+            return
+        marks = [m for m in slot.marks if m.n != n]
+        marks.append(mark)
+        marks.sort(key=_by_n)
+        policy = self.policy
+        while len(marks) > 1 and (
+            len(marks) > policy.count or sum(m.size for m in marks) > policy.max_bytes
+        ):
+            marks.remove(_least_missed(marks))
+        if sum(m.size for m in marks) > policy.max_bytes:
+            marks = []  # one state larger than the bound: none kept
+        slot.marks = marks
+
+    def held(self, slots: list[Any]) -> int:
+        """Bytes the slots' checkpoints take."""
+        seen: dict[int, int] = {}
+        for slot in slots:
+            for m in slot.marks:
+                seen[id(m)] = m.size
+        return sum(seen.values())
+
+
+def _by_n(mark: Checkpoint) -> int:
+    return mark.n
+
+
+def _least_missed(marks: list[Checkpoint]) -> Checkpoint:
+    """The checkpoint whose loss leaves the smallest gap between its neighbours (never the
+    newest: the next turn continues there)."""
+    if len(marks) < 3:
+        return marks[0]
+    inner = range(1, len(marks) - 1)
+    best = min(inner, key=lambda i: marks[i + 1].n - marks[i - 1].n)
+    return marks[best]
