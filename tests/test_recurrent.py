@@ -173,6 +173,41 @@ def test_every_slot_of_the_batch_engine_alike(request: pytest.FixtureRequest) ->
         engine.close()
 
 
+@pytest.mark.parametrize("name", [*sorted(KINDS), "tiny_model"])
+def test_a_conversation_continues_in_the_next_process(
+    request: pytest.FixtureRequest, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a slot that continued a conversation holds is kept on disk when its engine closes:
+    the next process reads only the new turn, and answers as a cold one does."""
+    monkeypatch.setattr(prompt_cache, "folder", lambda: tmp_path)
+    path = str(request.getfixturevalue(name))
+    options = LoadOptions(num_ctx=1024, num_thread=1)
+    engine = BatchEngine(path, options, 1)
+    try:
+        first = tokens(engine, TEXT)
+        second = first + answer(engine, first)[0] + tokens(engine, MORE)[1:]
+        third = second + answer(engine, second)[0] + tokens(engine, " and the bird")[1:]
+        expected = cold(engine, third)
+        cold(engine, first)  # a one-shot prompt last: not kept
+    finally:
+        engine.close()
+    assert list(tmp_path.iterdir()) == []
+    engine = BatchEngine(path, options, 1)
+    try:
+        answer(engine, first)
+        answer(engine, second)  # continues the first: kept at close
+    finally:
+        engine.close()
+    engine = BatchEngine(path, options, 1)
+    try:
+        got, timings = answer(engine, third)
+    finally:
+        engine.close()
+    assert got == expected
+    assert timings.disk_tokens == timings.cached_tokens > len(second)
+    assert timings.prompt_tokens == len(third) - timings.disk_tokens
+
+
 def test_the_disk_prompt_cache_holds_the_state(
     tiny_rwkv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

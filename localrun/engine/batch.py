@@ -35,10 +35,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from localrun.engine import calls, checkpoints, draft, grammar_guard, prompt_cache, speculate
+from localrun.engine import calls, checkpoints, draft, grammar_guard, speculate
 from localrun.engine.answering import Answerer
 from localrun.engine.answers import AnswerMemory
 from localrun.engine.costs import CostMeter, DecodeCost
+from localrun.engine.disk_prefix import DiskPrefixes
 from localrun.engine.embed import Embedder
 from localrun.engine.media import MediaPrompt, Projector
 from localrun.engine.native import lc
@@ -101,15 +102,15 @@ class BatchEngine:
         self._calls = calls.LoopCalls()  # for the loop's thread (embeddings' decodes)
         self._draft: draft.DraftModel | None = None
         self.projector: Projector | None = None
-        self._prompt_cache: prompt_cache.PromptCache | None = None
         self.prompt_cache_note: str | None = None
         self._queue: collections.deque[Job] = collections.deque()
         weights = self._weights = Weights(path, options)
+        self._disk = DiskPrefixes(weights, None)  # engine.disk_prefix
         self._embedder = Embedder(weights, options, self.on_loop)
         self._threads = Governor(options.num_thread, adaptive=options.adapt_threads)
         try:
             self._open(slots)
-            self._prompt_cache = weights.disk_cache(self._ctx)
+            self._disk.cache = weights.disk_cache(self._ctx)
             self._draft = draft.load(options.draft, options, self.n_ctx, slots)
             if options.projector:
                 self.projector = Projector(
@@ -289,15 +290,7 @@ class BatchEngine:
             unbound if self._draft is not None else None,
             job.ends,
         )
-        disk = self._prompt_cache
-        if media is not None and media.spans:  # a prefix with media is not kept on disk
-            cache_prefix = min(cache_prefix, min(media.spans))
-        if disk is not None and prompt_cache.MIN_TOKENS <= cache_prefix < len(prompt):
-            job.prefix = prompt[:cache_prefix]
-            # Read here, off the loop, unless a slot holds the prefix already (only a guess:
-            # the loop decides).
-            if not self._slots.holds(job.prefix):
-                job.state = disk.load(job.prefix, self._weights.state_bound(len(job.prefix)))
+        self._disk.prepare(job, self._slots, cache_prefix, media)
         weights = self._weights
         job.sampler = Sampler(
             sampling,
@@ -338,6 +331,7 @@ class BatchEngine:
                 self._finish(slot, "cancelled")
             for job in waiting:
                 self._end(job, "cancelled")
+            self._disk.keep_all(self._ctx, self._slots)
             self._release()
 
     def _next(self) -> bool:
@@ -380,29 +374,13 @@ class BatchEngine:
             job.spec.model = functools.partial(self._draft.draft, slot.seq)
         keep = len(slot.cache)
         if job.prefix and keep < len(job.prefix) and slot.leader is None:
-            keep = self._restore(slot, job, keep)
+            keep = self._disk.restore(self._ctx, slot, job, keep)
+        self._disk.mark(slot, job, keep)
         job.state = None
         job.timings.cached_tokens = keep
         job.timings.prompt_tokens = len(job.prompt) - keep
         job.start = time.perf_counter()
         self._slots.activate(slot, job)
-
-    def _restore(self, slot: Slot, job: Job, keep: int) -> int:
-        """Put the job's prefix into `slot` from the disk prompt cache when it was read there,
-        else mark it to be saved once evaluated; returns the tokens the slot now holds."""
-        disk = self._prompt_cache
-        assert disk is not None
-        if job.state is not None and self._weights.restore_state(
-            self._ctx, slot.seq, disk, job.prefix, job.state
-        ):
-            slot.cache = list(job.prefix)
-            job.timings.disk_tokens = len(job.prefix)
-            return len(job.prefix)
-        if job.state is not None:  # refused: the sequence was emptied
-            slot.cache = []
-            keep = 0
-        job.save = True
-        return keep
 
     def _batch_cost(self) -> DecodeCost:
         """What a batch costs now, at the thread count the loop decodes with."""
@@ -486,10 +464,7 @@ class BatchEngine:
         memory = self._slots.memory
         if memory.wants(slot, len(slot.cache), len(job.prompt)):
             memory.keep(slot)
-        if job.save and len(slot.cache) == len(job.prefix):
-            job.save = False
-            assert self._prompt_cache is not None
-            self._weights.save_state(self._ctx, slot.seq, self._prompt_cache, job.prefix)
+        self._disk.saved(self._ctx, slot, job)
         if slot.row >= 0:
             job.timings.prompt_s = time.perf_counter() - job.start
             if job.budget <= 0:  # num_predict 0: only read (and cache) the prompt
@@ -568,8 +543,7 @@ class BatchEngine:
             self._release()
         elif thread is not threading.current_thread():
             thread.join()  # the loop releases everything as it ends
-        if self._prompt_cache is not None:
-            self._prompt_cache.flush()
+        self._disk.flush()
 
     def _release(self) -> None:
         with self._embed_lock:

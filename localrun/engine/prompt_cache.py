@@ -1,10 +1,12 @@
-"""Prompt prefixes evaluated once, kept on disk: llama.cpp's KV state for a model's SYSTEM prompt
-and MESSAGE turns, restored by the next process instead of evaluated again.
+"""Prompt prefixes evaluated once, kept on disk: llama.cpp's state for a model's SYSTEM prompt
+and MESSAGE turns, and for the conversations a process's slots held when it closed, restored by
+the next process instead of evaluated again.
 
-An entry is one file, `<key>.kv`, named by a hash of everything its state depends on (the model
-and adapter identities and scales, the llama.cpp build, the context size, the KV cache's type
-and layout, and the exact prefix tokens) and holding that same description in its header, so a
-file is used only for exactly the prefix it was made for:
+An entry is one file, `<tokens>-<key>.kv`, named by the prefix's length and a hash of everything
+its state depends on (the model and adapter identities and scales, the llama.cpp build, the
+context size, the KV cache's type and layout, and the exact prefix tokens) and holding that same
+description in its header, so a file is used only for exactly the prefix it was made for (the
+length in the name lets a prompt find the longest entry it continues):
 
     b"LRKV2\\n" | header length (4 bytes, little-endian) | header JSON | state
 
@@ -32,7 +34,7 @@ import stat
 import struct
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -48,6 +50,8 @@ State = bytes | bytearray | memoryview  # a KV state as the engines hand it over
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # POSIX: never through a symlink
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO opens at once (and is then refused)
 _BLOB_NAME = re.compile(r"sha256[-:]([0-9a-f]{64})")
+_ENTRY_NAME = re.compile(r"([0-9]{1,9})-[0-9a-f]{40}" + re.escape(SUFFIX))
+MAX_TRIED = 32  # prefix lengths `longest` hashes a prompt at, at most
 
 
 def folder() -> Path:
@@ -99,8 +103,30 @@ class PromptCache:
             "prefix": prefix_digest(prefix),
         }
         text = json.dumps(material, sort_keys=True, separators=(",", ":"))
-        name = hashlib.sha256(text.encode()).hexdigest()[:40] + SUFFIX
+        # The prefix's length leads the name: `longest` finds what a prompt may continue.
+        name = f"{len(prefix)}-{hashlib.sha256(text.encode()).hexdigest()[:40]}{SUFFIX}"
         return material, self.root / name
+
+    def longest(
+        self, prompt: Sequence[int], most: Callable[[int], int]
+    ) -> tuple[int, bytearray] | None:
+        """The longest entry for a prefix of `prompt` (never the whole: its last token is
+        read for its logits) and its state, or None: a conversation saved by an earlier
+        process (`save` at its close) continues where it was. `most(n)`: the largest state
+        a prefix of n tokens can have. At most MAX_TRIED lengths are looked at, longest first."""
+        lengths: set[int] = set()
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.root):
+                found = _ENTRY_NAME.fullmatch(entry.name)
+                if found and MIN_TOKENS <= int(found.group(1)) < len(prompt):
+                    lengths.add(int(found.group(1)))
+        for n in sorted(lengths, reverse=True)[:MAX_TRIED]:
+            prefix = prompt[:n]
+            if self._key(prefix)[1].exists():
+                state = self.load(prefix, most(n))
+                if state is not None:
+                    return n, state
+        return None
 
     def load(self, prefix: Sequence[int], most: int | None = None) -> bytearray | None:
         """The state saved for exactly `prefix`, or None (a bad file is removed). Read straight

@@ -45,6 +45,7 @@ class Job:
         "pending",
         "prefix",
         "prompt",
+        "resumed",
         "sampler",
         "save",
         "sink",
@@ -89,6 +90,7 @@ class Job:
         self.prefix: list[int] = []
         self.state: bytearray | None = None
         self.save = False
+        self.resumed = False  # the prefix is a conversation an earlier process left on disk
 
     def free(self) -> None:
         if self.spec is not None:
@@ -104,6 +106,7 @@ class Slot:
     __slots__ = (
         "added",
         "cache",
+        "continued",
         "draft",
         "job",
         "leader",
@@ -130,6 +133,8 @@ class Slot:
         # A recurrent state's checkpoints (engine.checkpoints), the one taken before the draft
         # in the batch, and the answer's tokens to read again after a rejected draft rewound it.
         self.marks: list[Checkpoint] = []
+        # Its last request continued a conversation it held: kept on disk at close.
+        self.continued = False
         self.rewind: Checkpoint | None = None
         self.replay: list[int] = []
 
