@@ -38,6 +38,7 @@ __all__ = [
     "free_port",
     "llama_cpp_python_server",
     "llama_server",
+    "llama_server_custom",
     "localrun_serve",
     "localrun_server",
     "localrun_store",
@@ -191,6 +192,13 @@ def llama_server_with(build_dir: Path, model: Path, threads: int, spec: list[str
     plain decoding), named after its --spec-type."""
     name = "llama-server" + (f" {spec[1]}" if spec else "")
     return _llama_server(build_dir, model, threads, name, ["-np", "1", "-c", str(CTX), *spec])
+
+
+def llama_server_custom(
+    build_dir: Path, model: Path, threads: int, name: str, args: list[str]
+) -> Server:
+    """llama-server with `args` (its slots and context) and the machine's model parameters."""
+    return _llama_server(build_dir, model, threads, name, args)
 
 
 def _llama_server(build_dir: Path, model: Path, threads: int, name: str, args: list[str]) -> Server:
