@@ -105,6 +105,13 @@ def tiny_lfm2(fixtures_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_swa(fixtures_dir: Path) -> Path:
+    """The tiny model with sliding-window attention (granite_swa: every other layer attends to
+    the last 8 tokens), trained on 4096 tokens."""
+    return write_tiny_model(fixtures_dir / "tiny-swa.gguf", swa=8, n_ctx=4096)
+
+
+@pytest.fixture(scope="session")
 def tiny_fim_model(fixtures_dir: Path) -> Path:
     """The tiny model with fill-in-the-middle tokens in its vocabulary."""
     return write_tiny_model(fixtures_dir / "tiny-fim.gguf", fim=True, n_ctx=4096)

@@ -367,8 +367,8 @@ def _complete(server: Server, model: str, prompt: str, **extra: Any) -> tuple[st
 def test_every_memory_continues_its_cache_to_the_cold_answer(memories: Server, model: str) -> None:
     """The oracle of every checkpoint: a prompt asked cold (new to the server) and then again
     after the server has read its first part, its whole (a checkpoint a token before its end),
-    a neighbour of it (cut back past a sliding window, or to a recurrent checkpoint), and with
-    speculation, gets one answer and one set of log-probabilities."""
+    its whole and a long answer (600 tokens: more than Gemma's window cache holds), a neighbour
+    of it, and with speculation, gets one answer and one set of log-probabilities."""
     entries = 60 if model == "gemma3-270m" else 15  # past its window; the tiny ones spell bytes
     log = " ".join(f"Entry {i}: the ship passed the lighthouse at dawn." for i in range(entries))
     prompt = log + "\nThe keeper wrote that the last ship"
@@ -376,6 +376,8 @@ def test_every_memory_continues_its_cache_to_the_cold_answer(memories: Server, m
     _complete(memories, model, log)  # a slot holds the log, and its answer
     answers["after its first part"] = _complete(memories, model, prompt)
     answers["again"] = _complete(memories, model, prompt)
+    _complete(memories, model, prompt, max_tokens=600)  # past a window's cache: a checkpoint
+    answers["after a long answer"] = _complete(memories, model, prompt)
     _complete(memories, model, log + "\nThe keeper wrote that the first ship")
     answers["after a neighbour"] = _complete(memories, model, prompt)
     answers["speculated"] = _complete(memories, model, prompt, speculate="ngram")

@@ -77,7 +77,7 @@ def test_show_says_the_template_chosen_and_what_the_cache_does(gemma_home: Path,
     shown = cli("show", NAME, env={"LOCALRUN_HOME": str(gemma_home)})
     assert shown.code == 0, shown.stderr
     assert "gemma's format" in shown.stdout  # from its vocabulary's <start_of_turn>
-    assert "per position" in shown.stdout
+    assert "checkpoints of the 512-token sliding window" in shown.stdout
 
 
 def test_a_chat_reads_only_each_new_turn(gemma: Serve) -> None:
@@ -92,7 +92,7 @@ def test_a_chat_reads_only_each_new_turn(gemma: Serve) -> None:
         assert reply["prompt_eval_count"] - reply["prompt_cache_count"] < 40, reply
         held = reply["prompt_eval_count"] + reply["eval_count"]
     listed = httpx.get(f"{gemma.url}/api/ps").json()["models"]
-    assert [m["prompt_cache"] for m in listed] == ["per position"]
+    assert [m["prompt_cache"] for m in listed] == ["window checkpoints"]
 
 
 def test_a_restarted_server_continues_the_conversation(gemma_home: Path) -> None:

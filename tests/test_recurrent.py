@@ -208,6 +208,35 @@ def test_a_conversation_continues_in_the_next_process(
     assert timings.prompt_tokens == len(third) - timings.disk_tokens
 
 
+def test_a_sliding_window_cut_past_what_it_holds_restores_a_checkpoint(tiny_swa: Path) -> None:
+    """A window model's cache keeps its last positions only (about 768 cells here): a prompt
+    parting from what a slot holds further back than that continues from a checkpoint, one
+    parting within it from the cache itself; both answer as a cold prompt does."""
+    engine = BatchEngine(str(tiny_swa), LoadOptions(num_ctx=4096, num_thread=1), 1)
+    try:
+        memory = engine._slots.memory
+        assert engine._weights.memory == "window" and memory.window == 8
+        memory.policy = type(memory.policy)(every=400)
+        long = tokens(engine, TEXT * 6)  # about 1600 tokens
+        far = long[:700] + tokens(engine, " a bird")[1:]
+        near = long[:1500] + tokens(engine, " a bird")[1:]
+        expected = {len(far): cold(engine, far), len(near): cold(engine, near)}
+        cold(engine, long)
+        assert [m.n for m in engine._slots.all[0].marks] == [400, 800, 1200, 1600, len(long) - 1]
+        before = memory.restored
+        got, timings = answer(engine, near, speculate="off")  # within the window's cache
+        assert got == expected[len(near)] and timings.cached_tokens >= 1500
+        assert memory.restored == before
+        cold(engine, long)
+        got, timings = answer(engine, far, speculate="off")  # past it: the checkpoint at 400
+        assert got == expected[len(far)] and timings.cached_tokens == 400
+        assert memory.restored == before + 1
+        got, timings = answer(engine, far, speculate="ngram")  # drafts dropped as usual
+        assert got == expected[len(far)]
+    finally:
+        engine.close()
+
+
 def test_the_disk_prompt_cache_holds_the_state(
     tiny_rwkv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

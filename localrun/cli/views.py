@@ -27,9 +27,15 @@ def params_text(parameters: dict[str, Any]) -> str:
     return columns(rows)
 
 
+def _cache_text(details: dict[str, Any]) -> str:
+    from localrun.gguf import memory
+
+    window = details.get("sliding_window") or 0
+    return memory.describe(memory.kind(details.get("architecture"), window), window)
+
+
 def show_text(m: Any, template: str | None, chosen: str | None = None) -> str:
     """The sections `show` prints: model details, adapters, parameters, system, ... license."""
-    from localrun.gguf import memory
     from localrun.gguf.scan import format_count
 
     d = m.details
@@ -41,7 +47,7 @@ def show_text(m: Any, template: str | None, chosen: str | None = None) -> str:
         ["quantization", d.get("quantization")],
         ["draft", _draft_text(m.draft)],
         ["projector", _projector_text(m)],
-        ["prompt cache", memory.describe(memory.kind(d.get("architecture")))],
+        ["prompt cache", _cache_text(d)],
     ]
     sections = ["  Model\n" + _indent(columns([[k, str(v)] for k, v in info if v is not None]), 4)]
     if m.adapter_paths:

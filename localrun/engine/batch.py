@@ -158,7 +158,8 @@ class BatchEngine:
         self._n_batch = int(lc.llama_n_batch(self._ctx))
         self._rows = StepBatch(self._n_batch)
         policy = _checkpoint_policy()
-        memory = checkpoints.SeqMemory(self._ctx, self._weights.memory, policy)
+        weights = self._weights
+        memory = checkpoints.SeqMemory(self._ctx, weights.memory, policy, weights.window)
         self._slots = Slots(memory, slots)
         self.prompt_cache_note = policy.describe(self._weights.memory, self._weights.window)
         self._answerer = Answerer(self._ctx, self._weights, self._slots, self._finish, self._fail)
@@ -392,7 +393,7 @@ class BatchEngine:
             read_media(self._slots, self.projector, self._ctx, self._n_batch, self._fail)
         rows = self._rows
         assert rows is not None
-        saved = self._before_drafts() if self._slots.memory.checkpointed else 0.0
+        saved = self._before_drafts() if self._slots.memory.rewinds else 0.0
         n = rows.fill(self._slots)
         if n == 0:
             return

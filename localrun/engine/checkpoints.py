@@ -1,23 +1,28 @@
 """The sequences' memory of one context, and checkpoints of the part that cannot be cut.
 
-A per-position KV cache (most models, and the sliding-window ones: localrun keeps llama.cpp's
-full-size window cache, `swa_full`) cuts a sequence back to any prefix of it. A recurrent state
-(Mamba, RWKV), and the one a hybrid model keeps beside its attention layers' KV (LFM2, Granite 4,
-Qwen3.5 and Qwen3-Next, Falcon-H1, Nemotron-H, Jamba), holds the sequence's last position only:
-cut back, it would have to be read again from the start. For those a slot keeps checkpoints,
-copies of that state (`llama_state_seq_get_data_ext` with LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY:
-the recurrent part alone, a hybrid's attention KV is cut as usual) taken
+A per-position KV cache (most models) cuts a sequence back to any prefix of it. A recurrent
+state (Mamba, RWKV), and the one a hybrid model keeps beside its attention layers' KV (LFM2,
+Granite 4, Qwen3.5 and Qwen3-Next, Falcon-H1, Nemotron-H, Jamba), holds the sequence's last
+position only: cut back, it would have to be read again from the start. A sliding-window
+model's local layers (Gemma 2 and 3, gpt-oss, Cohere 2) keep the last window of positions only
+(llama.cpp's small window cache, as llama-server has it: a full-size one costs as much memory as
+the global layers, 13 GB more for Gemma 3 27B at 32k): cut back further than what it still
+holds, the window before the cut is gone. For those a slot keeps checkpoints, copies of that
+part (`llama_state_seq_get_data_ext` with LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: the recurrent
+state or the window's cache alone, the per-position rest is cut as usual) taken
 
 - one token before the end of each prompt: the same prompt again (a regenerated answer, OpenAI's
   `n`, a client's retry) or a conversation whose last answer the template renders otherwise
   (reasoning dropped, white space trimmed) reads one token, or that answer, not the whole;
 - every `every` tokens of a long prompt: an edit further back reads from the checkpoint before it;
-- before a draft is verified (engine.answering): a rejected guess is taken back by restoring it.
+- before a draft is verified (engine.answering), for a recurrent state: a rejected guess is
+  taken back by restoring it (a window's cache drops it as a per-position one does).
 
 A cut restores the latest checkpoint at or before the prefix it keeps, cuts the attention KV
 there and drops the checkpoints past it (they hold other tokens from then on). A slot's
 checkpoints are bounded by count and bytes (LOCALRUN_CHECKPOINTS, LOCALRUN_CHECKPOINT_MAX_BYTES):
-past either, the one whose loss leaves the smallest gap goes, never the newest. A checkpoint
+past either, the one whose loss leaves the smallest gap goes, never the newest (kept even alone
+past the bytes: a model's window or state may be larger than the bound). A checkpoint
 llama.cpp refuses (a size mismatch, a damaged copy) is dropped with a log line and the sequence
 is read from the start: the answer is the same, only later.
 """
@@ -76,12 +81,16 @@ class SeqMemory:
     """The memory of a context's sequences: cut, copied and checkpointed as the model allows.
     `kind` is "positions", "recurrent" or "hybrid" (engine.weights.Weights.memory)."""
 
-    def __init__(self, ctx: Any, kind: str, policy: Policy) -> None:
+    def __init__(self, ctx: Any, kind: str, policy: Policy, window: int = 0) -> None:
         self.ctx = ctx
         self.handle = lc.llama_get_memory(ctx)
         self.kind = kind
         self.policy = policy
+        self.window = window  # a sliding window's tokens ("window")
         self.checkpointed = kind != "positions"
+        # A recurrent state cannot drop a rejected draft: it rewinds to a checkpoint taken
+        # before the draft's batch. A window's cache drops it as a per-position one does.
+        self.rewinds = kind in ("recurrent", "hybrid")
         # Checkpoints taken, restored (a prompt), rewound to (a draft) and refused.
         self.taken = 0
         self.restored = 0
@@ -92,9 +101,16 @@ class SeqMemory:
 
     def usable(self, slot: Holder, keep: int) -> int:
         """How many of the `keep` leading tokens `slot` holds can stay without reading them."""
-        if not self.checkpointed or keep >= len(slot.cache):
+        if not self.checkpointed or keep >= len(slot.cache) or self._covers(slot.seq, keep):
             return keep
         return max((m.n for m in slot.marks if m.n <= keep), default=0)
+
+    def _covers(self, seq: int, keep: int) -> bool:
+        """Whether a sliding window's cache still holds the window before position `keep` (it
+        keeps the last positions only: cut further back, the tokens before are gone)."""
+        if self.kind != "window":
+            return False
+        return int(lc.llama_memory_seq_pos_min(self.handle, seq)) <= max(0, keep - self.window)
 
     def cut(self, slot: Holder, keep: int) -> None:
         """Cut `slot`'s sequence to its first `keep` tokens, or to the latest checkpoint before
@@ -102,9 +118,10 @@ class SeqMemory:
         cache = slot.cache
         if keep >= len(cache):
             return
-        if not self.checkpointed:
+        if not self.checkpointed or self._covers(slot.seq, keep):
             if lc.llama_memory_seq_rm(self.handle, slot.seq, keep, -1):
                 del cache[keep:]
+                slot.marks = [m for m in slot.marks if m.n <= keep]
                 return
             keep = 0  # not expected of a per-position cache: read it all again
         elif keep > 0:
@@ -120,8 +137,8 @@ class SeqMemory:
         lc.llama_memory_seq_cp(self.handle, source.seq, target.seq, -1, -1)
         target.cache = list(source.cache)
         target.marks = list(source.marks)  # read only: restored, never changed
-        if keep >= len(source.cache) or not self.checkpointed:
-            self.cut(target, keep)
+        if keep >= len(source.cache) or not self.rewinds:
+            self.cut(target, keep)  # a window's cache is copied whole: cut as the source's
             return
         kept = self._restore(source, target, keep) if keep > 0 else 0
         if kept == 0:
@@ -145,8 +162,9 @@ class SeqMemory:
     def _load(self, seq: int, mark: Checkpoint) -> bool:
         n = int(lc.llama_state_seq_set_data_ext(self.ctx, mark.data, mark.size, seq, PARTIAL))
         ok = n == mark.size
-        # A hybrid's attention KV is per position: cut to the checkpoint (a recurrent state at
-        # position n - 1 takes the cut from n on).
+        # The rest of the memory (a hybrid's attention KV, a window model's global layers) is
+        # per position: cut to the checkpoint (a recurrent state at position n - 1, and a
+        # window's cache restored up to it, take the cut from n on).
         ok = ok and bool(lc.llama_memory_seq_rm(self.handle, seq, mark.n, -1))
         ok = ok and int(lc.llama_memory_seq_pos_max(self.handle, seq)) == mark.n - 1
         if not ok:
@@ -218,9 +236,7 @@ class SeqMemory:
             len(marks) > policy.count or sum(m.size for m in marks) > policy.max_bytes
         ):
             marks.remove(_least_missed(marks))
-        if sum(m.size for m in marks) > policy.max_bytes:
-            marks = []  # one state larger than the bound: none kept
-        slot.marks = marks
+        slot.marks = marks  # the newest is kept whatever its size: the next turn starts there
 
     def held(self, slots: list[Any]) -> int:
         """Bytes the slots' checkpoints take."""

@@ -144,14 +144,28 @@ class Weights:
     @functools.cached_property
     def memory(self) -> str:
         """What the model's memory of a sequence is (engine.checkpoints): "positions" (a KV
-        entry per position, cut anywhere: sliding-window models too, whose window cache is
-        kept full-size), "recurrent" (one state, Mamba and RWKV) or "hybrid" (a recurrent
-        state beside attention KV: LFM2, Granite 4, Qwen3.5, Falcon-H1, Jamba)."""
+        entry per position, cut anywhere), "window" (a sliding window's last positions beside
+        global layers: Gemma 2 and 3, gpt-oss), "recurrent" (one state, Mamba and RWKV) or
+        "hybrid" (a recurrent state beside attention KV: LFM2, Granite 4, Qwen3.5, Jamba)."""
         if lc.llama_model_is_recurrent(self.model):
             return "recurrent"
         if lc.llama_model_is_hybrid(self.model):
             return "hybrid"
+        if self.window > 0 and not self.full_window:
+            return "window"
         return "positions"
+
+    @functools.cached_property
+    def full_window(self) -> bool:
+        """Whether a sliding window's cache is kept full-size, per position: on the exact runtime
+        alone. A window checkpoint restored puts its cells at other indices of the cache than a
+        cold read did, and the exact runtime's attention sums a row's cells in segments of the
+        cache's indices: the same tokens would differ in their last bits (seen on Gemma 3:
+        -0.01270 against -0.01489 for one log-probability). A full-size cache is cut, never
+        restored, and keeps the answer exact, for as much memory as the global layers take."""
+        from localrun.runtimes import exact
+
+        return self.window > 0 and exact.current().runtime is not None
 
     @functools.cached_property
     def window(self) -> int:
@@ -251,6 +265,10 @@ class Weights:
         cparams.n_threads = options.num_thread
         cparams.n_threads_batch = options.num_thread
         cparams.no_perf = True
+        # A sliding window's cache holds the window alone, as llama-server's does (checkpoints
+        # stand in for the positions it drops: engine.checkpoints); full-size on the exact
+        # runtime (`full_window`).
+        cparams.swa_full = self.full_window
         return cparams
 
     def context(self, cparams: Any) -> Any:

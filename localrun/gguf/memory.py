@@ -1,5 +1,6 @@
-"""What a model's memory of a sequence is, read from its architecture alone (no llama.cpp): a KV
-entry per position, a recurrent state (Mamba, RWKV), or both (hybrid). `show` and `ps` say from
+"""What a model's memory of a sequence is, read from its header alone (no llama.cpp): a KV entry
+per position, a sliding window's last positions beside global layers, a recurrent state (Mamba,
+RWKV), or a recurrent state beside attention (hybrid). `show` and `ps` say from
 it what the prompt cache does; the engine asks llama.cpp itself (engine.weights) and keeps
 checkpoints of the states that cannot be cut (engine.checkpoints)."""
 
@@ -28,13 +29,14 @@ HYBRID = frozenset(
 EVERY, COUNT, MAX_BYTES = 2048, 16, 256 << 20
 
 
-def kind(architecture: str | None) -> str:
-    """ "recurrent", "hybrid" or "positions" for a GGUF's general.architecture."""
+def kind(architecture: str | None, window: int | None = None) -> str:
+    """What the memory of a model of this general.architecture and attention.sliding_window is:
+    "recurrent", "hybrid", "window" or "positions"."""
     if architecture in RECURRENT:
         return "recurrent"
     if architecture in HYBRID:
         return "hybrid"
-    return "positions"
+    return "window" if window else "positions"
 
 
 def describe(
@@ -42,15 +44,15 @@ def describe(
 ) -> str:
     """What the prompt cache does for a model whose memory is `memory` (`kind`'s words)."""
     if memory == "positions":
-        text = "per position: any prefix a slot shares with a prompt is kept"
-        if window:
-            text += f" (the {window}-token sliding window's cache is kept whole)"
-        return text
+        return "per position: any prefix a slot shares with a prompt is kept"
+    part = f"{window}-token sliding window" if memory == "window" and window else f"{memory} state"
     if count == 0:
-        return f"off past the end of what a slot holds: the {memory} state keeps no checkpoints"
+        return (
+            f"no checkpoints of the {part}: a prompt parting from a slot further back is read again"
+        )
     return (
-        f"checkpoints of the {memory} state: a token before each prompt's end and every "
-        f"{every} tokens, at most {count} ({max_bytes >> 20} MiB) a slot"
+        f"checkpoints of the {part}: a token before each prompt's end and every "
+        f"{every} tokens, at most {count} ({max_bytes >> 20} MiB, the newest always) a slot"
     )
 
 

@@ -51,6 +51,7 @@ class GGUFInfo:
     adapter_type: str | None = None
     lora_alpha: float | None = None
     pooling_type: int | None = None  # set by models made for embeddings (llama_pooling_type)
+    sliding_window: int | None = None  # local attention layers' window (gguf.memory)
     fim: bool = False  # has fill-in-the-middle tokens
     modalities: list[str] | None = None  # a projector's: "vision", "audio"
     projection_dim: int | None = None  # a projector's: the text model's embedding width
@@ -77,6 +78,7 @@ class GGUFInfo:
             "adapter_type": self.adapter_type,
             "lora_alpha": self.lora_alpha,
             "pooling_type": self.pooling_type,
+            "sliding_window": self.sliding_window,
             "fim": self.fim,
             **(
                 {"modalities": self.modalities, "projection_dim": self.projection_dim}
@@ -250,6 +252,7 @@ def _info(size: int, shown: str, scan: Header, tokens: list[bytes]) -> GGUFInfo:
         adapter_type=d["adapter_type"],
         lora_alpha=d["lora_alpha"],
         pooling_type=d["pooling_type"],
+        sliding_window=d["sliding_window"],
         fim=d["fim"],
         modalities=d.get("modalities"),
         projection_dim=d.get("projection_dim"),
@@ -321,6 +324,7 @@ def header_details(headers: list[Header]) -> dict[str, Any]:
         "adapter_type": meta.get("adapter.type") if kind == "adapter" else None,
         "lora_alpha": float(alpha) if isinstance(alpha, int | float) else None,
         "pooling_type": arch_int("pooling_type"),
+        "sliding_window": arch_int("attention.sliding_window"),
         "fim": first.fim,
         "split_count": len(headers),
         # A projector's: what it takes in, and the width of what it hands the text model.

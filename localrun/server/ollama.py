@@ -147,7 +147,9 @@ async def ps(request: Request) -> Response:
                 "context_length": m.context_length,
                 "processor": m.processor,
                 # localrun's: what the prompt cache does for the model (gguf.memory)
-                "prompt_cache": memory.short(memory.kind(m.details.get("architecture"))),
+                "prompt_cache": memory.short(
+                    memory.kind(m.details.get("architecture"), m.details.get("sliding_window"))
+                ),
                 **({"runtime": m.runtime, "devices": m.devices} if m.runtime else {}),
             }
         )
