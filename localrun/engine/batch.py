@@ -475,6 +475,7 @@ class BatchEngine:
 
     def _finish(self, slot: Slot, reason: str) -> None:
         job = self._slots.release(slot)
+        job.timings.checkpoint_bytes = sum(m.size for m in slot.marks)
         self._answers.remember(job.memory, job.prompt, job.tokens)
         tail = job.decoder.decode(b"", final=True)
         if tail or job.pending:

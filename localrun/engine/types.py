@@ -132,6 +132,7 @@ class Timings:
     disk_tokens: int = 0  # of cached_tokens, those restored from the disk prompt cache
     draft_tokens: int = 0  # tokens proposed by speculative decoding
     draft_accepted: int = 0  # of those, kept (each one a decode saved)
+    checkpoint_bytes: int = 0  # what its slot's checkpoints take after it (engine.checkpoints)
 
     @property
     def prompt_rate(self) -> float:

@@ -80,6 +80,8 @@ def _timings(generation: Generation) -> dict[str, int]:
         # Not in Ollama's API either: tokens speculative decoding drafted, and kept.
         "draft_count": t.draft_tokens,
         "draft_accepted_count": t.draft_accepted,
+        # And the memory its slot's checkpoints take (a window or recurrent model's).
+        "checkpoint_bytes": t.checkpoint_bytes,
     }
 
 
