@@ -27,6 +27,7 @@ of each server process tree after the chat, and llama-server's checkpoint bytes 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -105,6 +106,7 @@ class Turn:
 class Chat:
     turns: list[Turn] = field(default_factory=list)
     resumed: Turn | None = None
+    history: str = ""  # the last prompt, resumed by a new process
     rss: int = 0
     checkpoint_bytes: int = 0
 
@@ -172,7 +174,21 @@ def run_chat(start: Any, ask: Any, args: argparse.Namespace, logdir: Path) -> Ch
         chat.resumed = ask(again, history, args.answer, args.threads)
     finally:
         again.stop()
+    chat.history = history
     return chat
+
+
+def cold_answer(lr: Any, history: str, args: argparse.Namespace, logdir: Path) -> Turn:
+    """The last prompt asked of a fresh localrun with no prompt cache: the cold answer the
+    cached ones must equal (bit for bit on the exact runtime)."""
+    env = {**lr.env, "LOCALRUN_PROMPT_CACHE_MAX_BYTES": "0"}
+    cold = localrun_serve(dataclasses.replace(lr, env=env), args.threads, "localrun cold")
+    cold.start(logdir)
+    try:
+        cold.wait_ready()
+        return ask_localrun(cold, history, args.answer, args.threads)
+    finally:
+        cold.stop()
 
 
 def checkpoint_bytes(server: Server) -> int:
@@ -280,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{name} failed: {exc}")
     results = {name: chats for name, chats in results.items() if chats}
     summary = report(results, args)
+    ours = [c for c in results.get("localrun", []) if c.resumed is not None]
+    if ours:
+        cold = cold_answer(lr, ours[0].history, args, work)
+        same = [c.resumed.text == cold.text for c in ours if c.resumed is not None]
+        print(f"resumed answers equal to a cold one (no prompt cache): {same}")
+        summary["resumed_equal_cold"] = same
     if args.json:
         args.json.write_text(json.dumps({"model": str(model), **summary}, indent=2))
     return 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -41,6 +42,8 @@ from typing import Any, BinaryIO
 from localrun import private
 from localrun.errors import ConfigError
 from localrun.settings import config, limits
+
+log = logging.getLogger("localrun.engine")
 
 MAGIC = b"LRKV2\n"  # LRKV1 (SHA-256) files have other names now: evicted as they age
 SUFFIX = ".kv"
@@ -145,6 +148,9 @@ class PromptCache:
         except (OSError, ValueError, struct.error, RecursionError, MemoryError):
             state = None  # RecursionError: a header of deeply nested JSON
         if state is None:
+            log.warning(
+                "a prompt cache entry was damaged or not this model's: %s removed", path.name
+            )
             with contextlib.suppress(OSError):
                 path.unlink()
             return None
@@ -154,6 +160,7 @@ class PromptCache:
 
     def discard(self, prefix: Sequence[int]) -> None:
         """Remove the entry for `prefix` (llama.cpp refused its state)."""
+        log.warning("llama.cpp refused a prompt cache entry of %d tokens; removed", len(prefix))
         with contextlib.suppress(OSError):
             self._key(prefix)[1].unlink()
 

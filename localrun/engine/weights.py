@@ -173,7 +173,12 @@ class Weights:
         return max(0, int(lc.llama_model_n_swa(self.model)))
 
     def disk_cache(self, ctx: Any) -> prompt_cache.PromptCache | None:
-        """The disk prompt cache for a context of these weights (None: turned off)."""
+        """The disk prompt cache for a context of these weights (None: turned off, or a sliding
+        window model on the exact runtime: a saved state leaves out the positions its window
+        no longer sees, and restored the rest lands on other cells of the cache, which the
+        exact attention would sum in another order)."""
+        if self.full_window:
+            return None
         identity = {
             **self.identity,
             "n_ctx": int(lc.llama_n_ctx_seq(ctx)),
