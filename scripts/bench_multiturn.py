@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import re
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.build import CUDA_HELP, DEFAULT_CACHE, build_for
+from benchlib.build import add_build_arguments, build_for
 from benchlib.common import Unavailable, say
 from benchlib.report import fmt, median, ratio
 from benchlib.serve import Server, llama_server_custom, localrun_serve
@@ -259,10 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ctx", type=int, default=16384)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--llama-cpp-build", type=Path, help="reuse (or build into) this folder")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="build jobs")
-    parser.add_argument("--cuda", action="store_true", help=CUDA_HELP)
+    add_build_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     model = args.model or default_model(args.cache_dir)

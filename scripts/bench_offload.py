@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import tempfile
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib.build import CUDA_HELP, DEFAULT_CACHE, Build, build_for, server_args
+from benchlib.build import Build, add_build_arguments, build_for, server_args
 from benchlib.common import Unavailable, default_model, say
 from benchlib.serve import Server, free_port, localrun_serve, localrun_store, tree_pids
 from benchlib.streams import llama_server_stream, request_json
@@ -137,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", type=Path, action="append", help="GGUF file (repeatable)")
     parser.add_argument("--ctx", default="2048,8192,32768", help="context sizes")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--llama-cpp-build", type=Path, help="reuse (or build into) this folder")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="build jobs")
-    parser.add_argument("--cuda", action="store_true", help=CUDA_HELP)
+    add_build_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     models = args.model or [default_model()]

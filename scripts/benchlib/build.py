@@ -170,6 +170,14 @@ def ensure_build(build_dir: Path | None, cache: Path, jobs: int, cuda: bool = Fa
     return Build(build_dir, {**info, **_describe(build_dir)})
 
 
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `build_for` reads: --cache-dir, --llama-cpp-build, --jobs and --cuda."""
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--llama-cpp-build", type=Path, help="reuse (or build into) this folder")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="build jobs")
+    parser.add_argument("--cuda", action="store_true", help=CUDA_HELP)
+
+
 def build_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Build | None:
     """The llama.cpp build a benchmark's arguments ask for (--llama-cpp-build, --cache-dir,
     --jobs, --cuda), or None if it failed (its stacks are then left out). With --cuda every
