@@ -187,28 +187,30 @@ LIMITS: dict[str, Setting] = {
         ),
         Setting(
             "LOCALRUN_PROMPT_CACHE_MAX_BYTES",
-            "Disk space for the KV state of models' SYSTEM prompts and MESSAGE turns, kept "
-            "between processes (least recently used removed first); 0 turns it off.",
+            "Disk space for the state of models' SYSTEM prompts and MESSAGE turns, and of the "
+            "conversations a closing runner held, kept between processes (least recently used "
+            "removed first); 0 turns it off.",
             parse.parse_count,
             lambda: 2 * 1024**3,
         ),
         Setting(
             "LOCALRUN_CHECKPOINT_EVERY",
-            "Tokens between two checkpoints of a recurrent or hybrid model's state while it reads "
-            "a long prompt (one is also kept a token before each prompt's end).",
+            "Tokens between two checkpoints of a sliding-window, recurrent or hybrid model's "
+            "memory while it reads a long prompt (one is also kept a token before its end).",
             parse.parse_positive_int,
             lambda: 2048,
         ),
         Setting(
             "LOCALRUN_CHECKPOINTS",
-            "Checkpoints of a recurrent or hybrid model's state kept per slot, at most; 0 keeps "
-            "none (a prompt sharing only part of what a slot holds is read again).",
+            "Checkpoints of that memory kept per slot, at most; 0 keeps none (a prompt parting "
+            "from what a slot holds further back than it can cut is read again).",
             parse.parse_count,
             lambda: 16,
         ),
         Setting(
             "LOCALRUN_CHECKPOINT_MAX_BYTES",
-            "Memory the checkpoints of one slot may take, at most (the oldest thinned first).",
+            "Memory the checkpoints of one slot may take, at most (thinned where they are closest; "
+            "the newest is kept whatever its size).",
             parse.parse_count,
             lambda: 256 * 1024 * 1024,
         ),
