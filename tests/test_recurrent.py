@@ -132,6 +132,29 @@ def test_drafts_rejected_are_rewound_to_the_same_answer(
     assert rejected > 0 and memory.rewound > before
 
 
+def test_forced_text_is_taken_and_a_budget_inside_it_rewinds(
+    model: tuple[str, BatchEngine],
+) -> None:
+    """A grammar's forced text is decoded as a draft (engine.answering): a budget that ends
+    inside it leaves the state rewound to what the answer holds, and the next request that
+    continues it answers as a cold one does."""
+    _, engine = model
+    grammar = 'start: "the lighthouse keeper wrote in the logbook every night " /[a-z ]{1,40}/'
+    prompt = tokens(engine, TEXT)
+    full = cold(engine, prompt, constraint=grammar, num_predict=60)
+    engine.reset()
+    cut, _ = answer(engine, prompt, constraint=grammar, num_predict=7)  # inside the forced text
+    assert cut == full[:7]
+    slot = engine._slots.all[0]
+    assert engine._slots.memory.length(slot.seq) == len(slot.cache)
+    longer = prompt + cut + tokens(engine, MORE)[1:]
+    expected = cold(engine, longer)
+    engine.reset()
+    answer(engine, prompt, constraint=grammar, num_predict=7)
+    got, timings = answer(engine, longer, speculate="off")
+    assert got == expected and timings.cached_tokens > len(prompt)
+
+
 def test_a_refused_checkpoint_is_dropped_and_the_answer_stays(
     model: tuple[str, BatchEngine], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -190,6 +190,10 @@ class SeqMemory:
         self.taken += 1
         return Checkpoint(n, data)
 
+    def length(self, seq: int) -> int:
+        """The positions sequence `seq` holds (a recurrent state: the tokens it has read)."""
+        return int(lc.llama_memory_seq_pos_max(self.handle, seq)) + 1
+
     def drop_after(self, seq: int, n: int) -> None:
         """Drop the positions of a per-position sequence from `n` on (a draft's)."""
         lc.llama_memory_seq_rm(self.handle, seq, n, -1)

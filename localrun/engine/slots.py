@@ -264,7 +264,7 @@ class Slots:
             return
         if mark is None:
             self.memory.drop_after(slot.seq, len(slot.cache))
-        elif len(slot.cache) < mark.n + 1 + len(draft):  # not every guess was kept
+        elif self.memory.length(slot.seq) > len(slot.cache):  # not every guess was kept
             self._rewind(slot, mark)
 
     def _rewind(self, slot: Slot, mark: Checkpoint) -> None:
