@@ -21,6 +21,7 @@ from localrun.engine.batch import BatchEngine
 from localrun.engine.checkpoints import Checkpoint
 from localrun.engine.costs import DecodeCost
 from localrun.engine.types import LoadOptions, SamplingOptions
+from localrun.errors import EngineError
 
 TEXT = "the cat and the dog " * 30
 MORE = " and the cat"
@@ -256,6 +257,79 @@ def test_a_sliding_window_cut_past_what_it_holds_restores_a_checkpoint(tiny_swa:
         assert memory.restored == before + 1
         got, timings = answer(engine, far, speculate="ngram")  # drafts dropped as usual
         assert got == expected[len(far)]
+    finally:
+        engine.close()
+
+
+def test_a_window_copied_further_back_than_it_holds_is_read_again(tiny_swa: Path) -> None:
+    """Another slot takes a prompt parting from a long one further back than its window's
+    cache holds: the checkpoint cannot be written into a stream whose copy is still to come
+    (it would be overwritten), so the prompt is read, and answers as a cold one does."""
+    engine = BatchEngine(str(tiny_swa), LoadOptions(num_ctx=4096, num_thread=1), 2)
+    try:
+        engine._slots.memory.policy = type(engine._slots.memory.policy)(every=400)
+        long = tokens(engine, TEXT * 6)
+        far = long[:700] + tokens(engine, " a bird")[1:]
+        expected = cold(engine, far)
+        cold(engine, long)
+        assert answer(engine, far, speculate="off")[0] == expected
+    finally:
+        engine.close()
+
+
+def test_a_resumed_conversation_is_not_overwritten_by_a_copy(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot shares the system prompt with a conversation the next process resumes from
+    disk: the state read from disk is not copied over by that slot's stream."""
+    monkeypatch.setattr(prompt_cache, "folder", lambda: tmp_path)
+    options = LoadOptions(num_ctx=1024, num_thread=1)
+    system = "the cat and the dog " * 10
+    engine = BatchEngine(str(tiny_model), options, 2)
+    try:
+        first = tokens(engine, system + " one two three four five six seven " * 6)
+        second = first + answer(engine, first)[0] + tokens(engine, " and the bird " * 5)[1:]
+        third = second + answer(engine, second)[0] + tokens(engine, " and the fish")[1:]
+        other = tokens(engine, system + " red green blue yellow " * 10)
+        expected = cold(engine, third)
+    finally:
+        engine.close()
+    engine = BatchEngine(str(tiny_model), options, 2)
+    try:
+        answer(engine, first)
+        answer(engine, second)  # kept at close
+    finally:
+        engine.close()
+    engine = BatchEngine(str(tiny_model), options, 2)
+    try:
+        answer(engine, other)  # a slot holds the same system prompt, then parts
+        got, timings = answer(engine, third)
+    finally:
+        engine.close()
+    assert got == expected and timings.disk_tokens > len(second)
+
+
+def test_a_slot_a_failed_step_left_half_read_is_emptied(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that fails after its decode leaves positions the slot's cache does not list:
+    forgetting the slot empties its sequence, and the next request is answered."""
+    read = BatchEngine._read
+    calls = iter(range(10**6))
+
+    def fails_once(self: BatchEngine, slot: Any, job: Any) -> bool:
+        if next(calls) == 0:
+            raise RuntimeError("a bug after the decode")
+        return read(self, slot, job)
+
+    monkeypatch.setattr(BatchEngine, "_read", fails_once)
+    engine = BatchEngine(str(tiny_model), LoadOptions(num_ctx=512, num_thread=1), 1)
+    try:
+        prompt = tokens(engine, TEXT[:100])
+        with pytest.raises(EngineError):
+            answer(engine, prompt)
+        got, _ = answer(engine, prompt)
+        assert got == cold(engine, prompt)
     finally:
         engine.close()
 

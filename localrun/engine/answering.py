@@ -87,7 +87,7 @@ class Answerer:
         if forced:
             slot.draft = forced  # the grammar's text: decoded at once, never a guess
             spec = job.spec
-            if spec is not None and job.logprobs < 0:
+            if spec is not None and job.logprobs < 0 and not slot.replay:
                 # What follows the forced text (a value the model copies from its prompt) is
                 # guessed as any other text: verified in the same batch, after the forced
                 # rows, by the sampler under the grammar's mask.
@@ -95,6 +95,10 @@ class Answerer:
                 slot.draft = forced + spec.propose(forced[-1], room - len(forced))
             elif spec is not None:
                 spec.known([token, *forced])  # rows with logits (log-probabilities): no guess
+        elif job.spec is not None and slot.replay:
+            # A state just rewound reads its kept tokens again first: no guess on top of them
+            # (the next rejection would rewind to the same place, with more to read again).
+            job.spec.known([token])
         elif job.spec is not None:
             slot.draft = job.spec.propose(token, room)
 
@@ -168,7 +172,11 @@ class Answerer:
                 break
             row += 1
             token = self._choose(job, row, True)
-        self._slots.drop_draft(slot)
+        try:
+            self._slots.drop_draft(slot)
+        except LocalrunError as exc:
+            self._fail([slot], exc)
+            return -1, row
         if job.spec is not None:
             job.spec.settle(draft, kept)
         if job.cancelled:

@@ -116,6 +116,12 @@ class SeqMemory:
         """Cut `slot`'s sequence to its first `keep` tokens, or to the latest checkpoint before
         them (its cache says which): the rest is read again."""
         cache = slot.cache
+        if keep <= 0:
+            # Always: a failed batch may have left positions that the cache does not list.
+            lc.llama_memory_seq_rm(self.handle, slot.seq, -1, -1)
+            cache.clear()
+            slot.marks = []
+            return
         if keep >= len(cache):
             return
         if not self.checkpointed or self._covers(slot.seq, keep):
@@ -124,27 +130,38 @@ class SeqMemory:
                 slot.marks = [m for m in slot.marks if m.n <= keep]
                 return
             keep = 0  # not expected of a per-position cache: read it all again
-        elif keep > 0:
+        else:
             keep = self._restore(slot, slot, keep)
         if keep == 0:
-            lc.llama_memory_seq_rm(self.handle, slot.seq, -1, -1)
-            slot.marks.clear()
+            self.cut(slot, 0)
         del cache[keep:]
 
-    def copy(self, source: Holder, target: Holder, keep: int) -> None:
+    def copy(self, source: Holder, target: Holder, keep: int) -> int:
         """Copy the first `keep` tokens of `source`'s sequence into `target`'s (a whole KV stream
-        is copied at the next decode, then cut: cheaper than reading a long prefix again)."""
+        is copied at the next decode, then cut: cheaper than reading a long prefix again), or
+        as many as a checkpoint holds; returns the tokens `target` holds then.
+
+        A window's cache cut further back than it holds would need a checkpoint written into
+        the target, and the stream copy still to come would overwrite it: that is read again."""
+        restores = (
+            self.checkpointed and keep < len(source.cache) and not self._covers(source.seq, keep)
+        )
+        if restores and self.window > 0:
+            self.cut(target, 0)
+            return 0
         lc.llama_memory_seq_cp(self.handle, source.seq, target.seq, -1, -1)
         target.cache = list(source.cache)
         target.marks = list(source.marks)  # read only: restored, never changed
-        if keep >= len(source.cache) or not self.rewinds:
-            self.cut(target, keep)  # a window's cache is copied whole: cut as the source's
-            return
-        kept = self._restore(source, target, keep) if keep > 0 else 0
+        if not restores:
+            self.cut(target, keep)
+            return len(target.cache)
+        # A recurrent state is copied at once, and a hybrid's pending attention copy is cut
+        # at the checkpoint: the state restored there stays.
+        kept = self._restore(source, target, keep)
         if kept == 0:
-            lc.llama_memory_seq_rm(self.handle, target.seq, -1, -1)
-            target.marks = []
+            self.cut(target, 0)
         del target.cache[kept:]
+        return kept
 
     def _restore(self, source: Holder, target: Holder, keep: int) -> int:
         """Put the latest of `source`'s checkpoints at or before `keep` into `target`'s sequence
@@ -204,8 +221,7 @@ class SeqMemory:
         if self._load(slot.seq, mark):
             self.rewound += 1
             return True
-        lc.llama_memory_seq_rm(self.handle, slot.seq, -1, -1)
-        slot.marks.clear()
+        self.cut(slot, 0)
         return False
 
     def wants(self, slot: Holder, n: int, end: int) -> bool:

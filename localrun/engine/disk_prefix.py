@@ -46,7 +46,8 @@ class DiskPrefixes:
             return
         # A conversation an earlier process held when it closed: worth a file when it holds
         # more than any slot does and more than the model's turns.
-        held = max((reusable(s.cache, prompt) for s in slots.all), default=0)
+        # Copies: the loop thread cuts the lists meanwhile.
+        held = max((reusable(s.cache[:], prompt) for s in slots.all), default=0)
         if job.state is not None:
             held = max(held, len(job.prefix))
         if len(prompt) - held <= prompt_cache.MIN_TOKENS:

@@ -144,6 +144,11 @@ def _longest_then_lru(item: tuple[Slot, int]) -> tuple[int, int]:
     return keep, -slot.used
 
 
+def _from_disk(job: Job) -> int:
+    """The prefix `job` restores from the disk prompt cache, read already (0: none)."""
+    return len(job.prefix) if job.state is not None else 0
+
+
 def _least_wanted(slot: Slot) -> tuple[bool, int]:
     """Free slots in the order their caches matter least: empty ones, then the oldest."""
     return bool(slot.cache), slot.used
@@ -186,7 +191,9 @@ class Slots:
         lost = len(best.cache) - keep
         if lost > LOSS_TOLERATED and keep < len(prompt) - 1 and len(free) > 1:
             spare = min((s for s in free if s is not best), key=_least_wanted)
-            if keep >= COPY_MIN:
+            # Not when a longer prefix comes from disk: the copy, made at the next decode,
+            # would overwrite the state restored before it.
+            if keep >= max(COPY_MIN, _from_disk(job)):
                 # A whole KV stream is copied (at the next decode): cheaper than re-reading
                 # a long prefix.
                 self.memory.copy(best, spare, keep)
@@ -221,15 +228,19 @@ class Slots:
             key=_longest_then_lru,
             default=(None, 0),
         )
-        if donor is None or shared <= keep or (shared < COPY_MIN and shared < last):
+        if donor is None or shared <= max(keep, _from_disk(job)):
+            return None
+        if shared < COPY_MIN and shared < last:
             return None
         self.copy(donor, spare, shared)
         return spare
 
-    def copy(self, source: Slot, target: Slot, keep: int) -> None:
+    def copy(self, source: Slot, target: Slot, keep: int) -> int:
         """Copy the first `keep` tokens of `source`'s KV into `target` (a whole KV stream is
-        copied at the next decode, then trimmed: cheaper than reading a long prefix again)."""
-        self.memory.copy(source, target, keep)
+        copied at the next decode, then trimmed: cheaper than reading a long prefix again);
+        returns the tokens `target` holds then (fewer where a window cannot be copied so far
+        back)."""
+        return self.memory.copy(source, target, keep)
 
     def follow(self, slot: Slot) -> bool:
         """Whether a slot waiting for its leader's prompt can read on (the prompt is in, and
@@ -242,9 +253,9 @@ class Slots:
             return False
         slot.leader = None
         if leader.cache[:last] == job.prompt[:last]:
-            self.copy(leader, slot, last)
-            job.timings.cached_tokens = last
-            job.timings.prompt_tokens = 1
+            kept = self.copy(leader, slot, last)
+            job.timings.cached_tokens = kept
+            job.timings.prompt_tokens = len(job.prompt) - kept
         return True
 
     def activate(self, slot: Slot, job: Job) -> None:
@@ -268,12 +279,13 @@ class Slots:
             self._rewind(slot, mark)
 
     def _rewind(self, slot: Slot, mark: Checkpoint) -> None:
-        if self.memory.rewind(slot, mark):
-            slot.replay = slot.cache[mark.n :]
-            del slot.cache[mark.n :]
-        else:
+        """Back to `mark`, the answer's tokens since to be read again; EngineError (the slot
+        emptied) if llama.cpp refused it."""
+        if not self.memory.rewind(slot, mark):
             slot.replay = []
-            slot.cache.clear()
+            raise EngineError("llama.cpp refused the state taken before a draft")
+        slot.replay = slot.cache[mark.n :]
+        del slot.cache[mark.n :]
 
     def release(self, slot: Slot, *, forget: bool = False) -> Job:
         """Take the job off `slot`; with `forget`, its KV too (it may be half-written)."""
@@ -284,7 +296,10 @@ class Slots:
             slot.draft = []
             slot.rewind = None
         else:
-            self.drop_draft(slot)
+            try:
+                self.drop_draft(slot)
+            except EngineError:  # the answer is whole: only the slot's state is lost
+                self.memory.cut(slot, 0)
         slot.replay = []  # the state holds the cache: what was to be read again is not kept
         slot.job = None
         slot.token = -1
@@ -295,7 +310,7 @@ class Slots:
     def forget_idle(self) -> None:
         """Empty the KV of every slot without a job."""
         for slot in self.all:
-            if slot.job is None and slot.cache:
+            if slot.job is None:
                 self.memory.cut(slot, 0)
 
     def holds(self, prefix: Sequence[int]) -> bool:
