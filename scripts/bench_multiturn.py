@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib.build import add_build_arguments, build_for
-from benchlib.common import Unavailable, say
+from benchlib.common import Unavailable, run_command, say
 from benchlib.report import fmt, median, ratio
 from benchlib.serve import Server, llama_server_custom, localrun_serve
 from benchlib.store import prepare_localrun, served_env
@@ -267,10 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     home = work / "home"
     lr = prepare_localrun(home, model, "chat", args.threads)
     Path(work / "Modelfile").write_text(f"FROM {model}\nPARAMETER num_ctx {args.ctx}\n")
-    from benchlib.common import run_command
-
-    env = {**lr.env}
-    run_command([*lr.cmd, "create", "chat", "-f", str(work / "Modelfile")], timeout=600, env=env)
+    run_command([*lr.cmd, "create", "chat", "-f", str(work / "Modelfile")], timeout=600, env=lr.env)
     lr.env = served_env(home, LOCALRUN_NUM_PARALLEL="1")
     lr.model = "chat"
     stacks: dict[str, tuple[Any, Any]] = {

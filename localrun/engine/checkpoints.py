@@ -258,14 +258,6 @@ class SeqMemory:
             marks.remove(_least_missed(marks))
         slot.marks = marks  # the newest is kept whatever its size: the next turn starts there
 
-    def held(self, slots: list[Any]) -> int:
-        """Bytes the slots' checkpoints take."""
-        seen: dict[int, int] = {}
-        for slot in slots:
-            for m in slot.marks:
-                seen[id(m)] = m.size
-        return sum(seen.values())
-
 
 def _by_n(mark: Checkpoint) -> int:
     return mark.n

@@ -38,10 +38,9 @@ class StepBatch:
         """Write the batch: each generating slot's token (and its draft, as room allows), then
         prompt chunks of the slots reading theirs; returns the rows written."""
         active = slots.active
-        generating = [slot for slot in active if slot.token >= 0]
-        room = self.n_batch - sum(1 + len(slot.replay) for slot in generating)
-        if slots.memory.rewinds:  # a row each for what a rewind may read again next step
-            room -= len(generating)
+        # A recurrent state keeps a row for what a rewind may read again next step.
+        extra = 2 if slots.memory.rewinds else 1
+        room = self.n_batch - sum(extra + len(s.replay) for s in active if s.token >= 0)
         for slot in active:  # drafts take what room the batch has, first come
             if slot.token >= 0 and slot.draft:
                 del slot.draft[max(0, room) :]
