@@ -58,6 +58,14 @@ EDITS: tuple[tuple[str, str, str], ...] = (
         "#if !defined(__MMA__)\n    // localrun (exact): float weights take it for a lone row, and on ARM Q8_0 and Q4_0 too\n    // (tinyBLAS_Q0_ARM serves them from two rows on, ggml's dot product sums in another order)\n    if (n < 2 && Atype != GGML_TYPE_F32 && Atype != GGML_TYPE_F16 && Atype != GGML_TYPE_BF16\n#if defined(__ARM_FEATURE_DOTPROD)\n        && Atype != GGML_TYPE_Q8_0 && Atype != GGML_TYPE_Q4_0\n#endif\n        )\n        return false;\n#endif\n",
     ),
     (
+        # tinyBLAS for a lone row (float weights take it: above): 8 rows of the weights at a time,
+        # 8 chains of FMAs in flight where its 4-row tile left the FMA units half idle (an F16
+        # model's decode lost 7% to ggml's dot product); an element's sum is the same in any tile.
+        "llamafile/sgemm.cpp",
+        "        // compute RM for only need tile with size RM&RM-1\n#if VECTOR_REGISTERS == 32\n",
+        "        // compute RM for only need tile with size RM&RM-1\n        if (n == 1 && m % 64 == 0) {  // localrun (exact): a lone row, 8 chains in flight\n            gemm<8, 1, 8>(m, n, 12);\n            return true;\n        }\n#if VECTOR_REGISTERS == 32\n",
+    ),
+    (
         # ARM, F32 weights: tinyBLAS from 4 rows only; a lone row and small batches took the dot
         # product, which sums in another order.
         "llamafile/sgemm.cpp",

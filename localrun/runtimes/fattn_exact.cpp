@@ -99,6 +99,194 @@ static inline bool fa_exact_all_hidden(int n, const float * x) {
     return true;
 }
 
+#if defined(__AVX__) && defined(__F16C__)
+#define FA_EXACT_VEC8 1
+// r[0..8) transposed in place (rows become columns): data moved, no value changed.
+static inline void fa_exact_transpose8(__m256 r[8]) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// 8 values of an F16 or F32 row from element d, as F32 (F16 to F32 is exact either way).
+static inline __m256 fa_exact_load8(const char * row, bool f16, int64_t d) {
+    return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const ggml_fp16_t *) row + d)))
+               : _mm256_loadu_ps((const float *) row + d);
+}
+#endif
+
+// A KV row of D values (F16 or F32) as F32, inline: a decode converts one a cell.
+static inline void fa_exact_row_f32(const char * row, bool f16, int64_t D, float * out) {
+    if (!f16) {
+        memcpy(out, row, D*sizeof(float));
+        return;
+    }
+    int64_t d = 0;
+#if defined(FA_EXACT_VEC8)
+    for (; d + 8 <= D; d += 8) {
+        _mm256_storeu_ps(out + d, fa_exact_load8(row, true, d));
+    }
+#endif
+    for (; d < D; ++d) {
+        out[d] = GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) row)[d]);
+    }
+}
+
+// `n` K rows from `k_data` (a row every `nb1` bytes) as F32, transposed: K_f32[dk*ld + tk].
+// `tmp` holds DK floats. Eight cells at a time are converted and transposed in registers.
+static void fa_exact_k_transposed(
+        const char * k_data, size_t nb1, bool f16, int n, int64_t DK, int ld, float * K_f32, float * tmp) {
+    int tk = 0;
+#if defined(FA_EXACT_VEC8)
+    if (DK % 8 == 0) {
+        for (; tk + 8 <= n; tk += 8) {
+            const char * rows = k_data + tk*nb1;
+            for (int64_t d = 0; d < DK; d += 8) {
+                __m256 r[8];
+                for (int j = 0; j < 8; ++j) {
+                    r[j] = fa_exact_load8(rows + j*nb1, f16, d);
+                }
+                fa_exact_transpose8(r);
+                for (int j = 0; j < 8; ++j) {
+                    _mm256_storeu_ps(K_f32 + (d + j)*ld + tk, r[j]);
+                }
+            }
+        }
+    }
+#endif
+    for (; tk < n; ++tk) {
+        fa_exact_row_f32(k_data + tk*nb1, f16, DK, tmp);
+        for (int64_t dk = 0; dk < DK; dk++) {
+            K_f32[dk*ld + tk] = tmp[dk];
+        }
+    }
+}
+
+#if defined(FA_EXACT_VEC8) && defined(__FMA__)
+#define FA_EXACT_DIRECT 1
+// The most rows that read K and V in place (fa_exact_kq_direct, fa_exact_vkq_direct): a decode's
+// and a short draft's; more rows convert a tile once and share it (simd_gemm).
+static constexpr int FA_EXACT_DIRECT_ROWS = 8;
+
+// KQ[r][tk] (r < R, row stride ld) for n cells read in place from k_data (a row every nb1 bytes),
+// each the chain of FMAs simd_gemm computes on the transposed tile: from +0, k*q added fused for
+// dk = 0, 1, ... in order. Eight cells at a time are converted and transposed in registers, so a
+// decode stores no F32 copy of K (a 256-wide head's is 64 KB a tile, past L1).
+template <int R>
+static void fa_exact_kq_direct(
+        float * KQ, int ld, const float * Q, const char * k_data, size_t nb1, bool f16, int n, int64_t DK) {
+    int tk = 0;
+    for (; tk + 8 <= n; tk += 8) {
+        __m256 acc[R];
+        for (int r = 0; r < R; ++r) {
+            acc[r] = _mm256_setzero_ps();
+        }
+        const char * rows = k_data + tk*nb1;
+        for (int64_t d = 0; d < DK; d += 8) {
+            __m256 kt[8];
+            for (int j = 0; j < 8; ++j) {
+                kt[j] = fa_exact_load8(rows + j*nb1, f16, d);
+            }
+            fa_exact_transpose8(kt);
+            for (int j = 0; j < 8; ++j) {
+                for (int r = 0; r < R; ++r) {
+                    acc[r] = _mm256_fmadd_ps(kt[j], _mm256_broadcast_ss(Q + r*DK + d + j), acc[r]);
+                }
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            _mm256_storeu_ps(KQ + r*ld + tk, acc[r]);
+        }
+    }
+    float row[1024];
+    for (; tk < n; ++tk) {
+        fa_exact_row_f32(k_data + tk*nb1, f16, DK, row);
+        for (int r = 0; r < R; ++r) {
+            float a = 0.0f;
+            for (int64_t d = 0; d < DK; ++d) {
+                a = fmaf(row[d], Q[r*DK + d], a);
+            }
+            KQ[r*ld + tk] = a;
+        }
+    }
+}
+
+// VKQ[r][d] (r < R, row stride DV) += the tile's cells' KQ[r][tk]*V[tk][d], V read in place for
+// the first n cells and zero for the rest of the tile's `cells`: each element the chain of FMAs
+// simd_gemm computes on the converted, zero-padded tile (v*kq added fused, cell after cell). A
+// cell's V row is read whole and in order (the accumulators stay in L1: R*DV floats), as the
+// hardware prefetches it.
+template <int R>
+static void fa_exact_vkq_direct(
+        float * VKQ, const float * KQ, int ld, const char * v_data, size_t nb1, bool f16, int n, int cells, int64_t DV) {
+    const int64_t DV8 = DV - DV % 8;
+    for (int tk = 0; tk < cells; ++tk) {
+        const char * row = v_data + tk*nb1;
+        __m256 p[R];
+        for (int r = 0; r < R; ++r) {
+            p[r] = _mm256_broadcast_ss(KQ + r*ld + tk);
+        }
+        for (int64_t d = 0; d < DV8; d += 8) {
+            const __m256 v = tk < n ? fa_exact_load8(row, f16, d) : _mm256_setzero_ps();
+            for (int r = 0; r < R; ++r) {
+                float * acc = VKQ + r*DV + d;
+                _mm256_storeu_ps(acc, _mm256_fmadd_ps(v, p[r], _mm256_loadu_ps(acc)));
+            }
+        }
+        for (int64_t d = DV8; d < DV; ++d) {
+            const float v = tk >= n ? 0.0f : f16 ? GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) row)[d]) : ((const float *) row)[d];
+            for (int r = 0; r < R; ++r) {
+                VKQ[r*DV + d] = fmaf(v, KQ[r*ld + tk], VKQ[r*DV + d]);
+            }
+        }
+    }
+}
+
+// The two above for R = rows (1 to FA_EXACT_DIRECT_ROWS), the accumulators in registers.
+static void fa_exact_kq_rows(int R, float * KQ, int ld, const float * Q, const char * k_data, size_t nb1, bool f16, int n, int64_t DK) {
+    switch (R) {
+        case 1: fa_exact_kq_direct<1>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
+        case 2: fa_exact_kq_direct<2>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
+        case 3: fa_exact_kq_direct<3>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
+        case 4: fa_exact_kq_direct<4>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
+        case 5: fa_exact_kq_direct<5>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
+        case 6: fa_exact_kq_direct<6>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
+        case 7: fa_exact_kq_direct<7>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
+        default: fa_exact_kq_direct<8>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
+    }
+}
+
+static void fa_exact_vkq_rows(int R, float * VKQ, const float * KQ, int ld, const char * v_data, size_t nb1, bool f16, int n, int cells, int64_t DV) {
+    switch (R) {
+        case 1: fa_exact_vkq_direct<1>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
+        case 2: fa_exact_vkq_direct<2>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
+        case 3: fa_exact_vkq_direct<3>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
+        case 4: fa_exact_vkq_direct<4>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
+        case 5: fa_exact_vkq_direct<5>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
+        case 6: fa_exact_vkq_direct<6>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
+        case 7: fa_exact_vkq_direct<7>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
+        default: fa_exact_vkq_direct<8>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
+    }
+}
+#endif
+
 struct fa_exact_op {
     const ggml_tensor * q;
     const ggml_tensor * k;
@@ -235,6 +423,10 @@ static void FA_EXACT_NOINLINE fa_exact_segment(
         M[tq] = -INFINITY;
     }
     memset(VKQ32, 0, tile_rows * DV * sizeof(float));
+#if defined(FA_EXACT_DIRECT)
+    // A few rows read K and V in place: the same sums as the shared tile's (below), no F32 copy
+    const bool direct = tile_rows <= FA_EXACT_DIRECT_ROWS && DK <= 1024;
+#endif
 
     for (int64_t ic = ic0; ic < ic1; ic += KV_TILE_SZ) {
         const int kv_tile = (int)std::min((int64_t)KV_TILE_SZ, ic1 - ic);
@@ -268,29 +460,26 @@ static void FA_EXACT_NOINLINE fa_exact_segment(
             }
         }
 
-        // K tile transposed: K_f32[dk][kv], zero-padded (V32 is free here: each K row converted)
-        for (int tk = 0; tk < kv_tile; tk++) {
-            const char * k_data = (const char *)k->data + (ic + tk)*k->nb[1] + t.ik2*k->nb[2] + t.ik3*k->nb[3];
-            const float * k_row;
-            if (kv_type == GGML_TYPE_F16) {
-                ggml_cpu_fp16_to_fp32((const ggml_fp16_t *)k_data, V32, DK);
-                k_row = V32;
-            } else {
-                k_row = (const float *)k_data;
-            }
-            for (int64_t dk = 0; dk < DK; dk++) {
-                K_f32[dk * KV_TILE_SZ + tk] = k_row[dk];
-            }
-        }
-        if (kv_tile < KV_TILE_SZ) {
-            for (int64_t dk = 0; dk < DK; dk++) {
-                for (int tk = kv_tile; tk < KV_TILE_SZ; tk++) {
-                    K_f32[dk * KV_TILE_SZ + tk] = 0.0f;
+        const bool f16 = kv_type == GGML_TYPE_F16;
+        const char * k_data = (const char *)k->data + ic*k->nb[1] + t.ik2*k->nb[2] + t.ik3*k->nb[3];
+#if defined(FA_EXACT_DIRECT)
+        if (direct) {
+            fa_exact_kq_rows(tile_rows, KQ, KV_TILE_SZ, Q_f32, k_data, k->nb[1], f16, kv_tile, DK);
+        } else
+#endif
+        {
+            // K tile transposed: K_f32[dk][kv], zero-padded (V32 is free here: each K row converted)
+            fa_exact_k_transposed(k_data, k->nb[1], f16, kv_tile, DK, KV_TILE_SZ, K_f32, V32);
+            if (kv_tile < KV_TILE_SZ) {
+                for (int64_t dk = 0; dk < DK; dk++) {
+                    for (int tk = kv_tile; tk < KV_TILE_SZ; tk++) {
+                        K_f32[dk * KV_TILE_SZ + tk] = 0.0f;
+                    }
                 }
             }
+            memset(KQ, 0, tile_rows * KV_TILE_SZ * sizeof(float));
+            simd_gemm(KQ, Q_f32, K_f32, tile_rows, DK, KV_TILE_SZ);
         }
-        memset(KQ, 0, tile_rows * KV_TILE_SZ * sizeof(float));
-        simd_gemm(KQ, Q_f32, K_f32, tile_rows, DK, KV_TILE_SZ);
         ggml_vec_scale_f32(tile_rows * KV_TILE_SZ, KQ, op.scale);
 
         if (op.logit_softcap != 0.0f) {
@@ -335,22 +524,24 @@ static void FA_EXACT_NOINLINE fa_exact_segment(
             S[tq] += ggml_vec_soft_max_f32(KV_TILE_SZ, kq_row, kq_row, Mnew);
         }
 
-        // VKQ32 += softmax(KQ) * V, the V tile as F32, zero-padded
-        for (int tk = 0; tk < kv_tile; tk++) {
-            const char * v_data = (const char *)v->data + (ic + tk)*v->nb[1] + t.iv2*v->nb[2] + t.iv3*v->nb[3];
-            if (kv_type == GGML_TYPE_F16) {
-                ggml_cpu_fp16_to_fp32((const ggml_fp16_t *)v_data, V32 + tk * DV, DV);
-            } else {
-                memcpy(V32 + tk * DV, v_data, DV * sizeof(float));
-            }
-        }
-        if (kv_tile < KV_TILE_SZ) {
-            memset(V32 + kv_tile * DV, 0, (KV_TILE_SZ - kv_tile) * DV * sizeof(float));
-        }
         for (int tq = 0; tq < tile_rows; tq++) {
             if (skip[tq]) {
                 memset(KQ + tq * KV_TILE_SZ, 0, KV_TILE_SZ * sizeof(float));
             }
+        }
+        // VKQ32 += softmax(KQ) * V, the V tile as F32, zero-padded
+        const char * v_data = (const char *)v->data + ic*v->nb[1] + t.iv2*v->nb[2] + t.iv3*v->nb[3];
+#if defined(FA_EXACT_DIRECT)
+        if (direct) {
+            fa_exact_vkq_rows(tile_rows, VKQ32, KQ, KV_TILE_SZ, v_data, v->nb[1], f16, kv_tile, KV_TILE_SZ, DV);
+            continue;
+        }
+#endif
+        for (int tk = 0; tk < kv_tile; tk++) {
+            fa_exact_row_f32(v_data + tk*v->nb[1], f16, DV, V32 + tk * DV);
+        }
+        if (kv_tile < KV_TILE_SZ) {
+            memset(V32 + kv_tile * DV, 0, (KV_TILE_SZ - kv_tile) * DV * sizeof(float));
         }
         simd_gemm(VKQ32, KQ, V32, tile_rows, KV_TILE_SZ, DV);
     }
@@ -457,23 +648,35 @@ static bool fa_exact_side_by_side(const ggml_compute_params * params, const fa_e
     const fa_exact_scratch w = fa_exact_scratch_of(params, DK, DV);
     float * partials = (float *) params->wdata + nth*fa_exact_stride(DK, DV);
 
+    // Fewer (group, segment) pairs than threads (a decode of a model with few KV heads at short
+    // depth: Gemma 3's one): a group's rows are parted among threads, each part its own tile (a
+    // row's sums do not depend on the tile's other rows), so no thread waits while one works.
+    const int64_t n_units = n_groups*n_segs;
+    const int64_t n_parts = n_units < nth ? std::min(group, (nth + n_units - 1)/n_units) : 1;
+    const int64_t part_rows = (group + n_parts - 1)/n_parts;
+
     fa_exact_tile t;
     float M[Q_TILE_SZ], S[Q_TILE_SZ];
     int64_t loaded = -1;
-    for (int64_t u = ith; u < n_groups*n_segs; u += nth) {
-        const int64_t g = u / n_segs, s = u % n_segs;
-        const int64_t ir = g*group;
-        fa_exact_tile_at(op, ir, ir + group, t);
-        GGML_ASSERT(t.rows == group);
-        if (loaded != g) {
+    for (int64_t u = ith; u < n_units*n_parts; u += nth) {
+        const int64_t gp = u / n_segs, s = u % n_segs;
+        const int64_t g = gp / n_parts, r0 = (gp % n_parts)*part_rows;
+        if (r0 >= group) {
+            continue;
+        }
+        const int64_t rows = std::min(part_rows, group - r0);
+        const int64_t ir = g*group + r0;
+        fa_exact_tile_at(op, ir, ir + rows, t);
+        GGML_ASSERT(t.rows == rows);
+        if (loaded != gp) {
             fa_exact_load_q(op, t, w.Q);
-            loaded = g;
+            loaded = gp;
         }
         const int64_t ic0 = s*LOCALRUN_FA_SEG;
         const int64_t ic1 = std::min(ic0 + (int64_t) LOCALRUN_FA_SEG, op.nek1);
         fa_exact_segment(op, t, ic0, ic1, w, M, S);
         for (int tq = 0; tq < t.rows; tq++) {
-            float * p = partials + ((g*n_segs + s)*group + tq)*part;
+            float * p = partials + ((g*n_segs + s)*group + r0 + tq)*part;
             p[0] = M[tq];
             p[1] = S[tq];
             memcpy(p + 2, w.VKQ + tq*DV, DV*sizeof(float));
