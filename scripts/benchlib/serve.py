@@ -82,7 +82,7 @@ class Server:
     cmd: list[str]
     port: int
     ready_path: str
-    streamer: Callable[[int, str, int, int], Stream]
+    streamer: Callable[..., Stream]  # (port, model, n, n_predict[, text=])
     env: dict[str, str] | None = None
     model: str = ""
     proc: subprocess.Popen[bytes] | None = None
@@ -130,11 +130,20 @@ class Server:
     def rss(self) -> int:
         return tree_rss(self.proc.pid) if self.proc is not None else 0
 
-    def stream(self, n: int, n_predict: int = N_PREDICT) -> Stream:
+    def stream(
+        self, n: int, n_predict: int = N_PREDICT, text: str = "", into: Stream | None = None
+    ) -> Stream:
+        """Request `n`: prompt(n), or `text` where given, timed in `into` as it arrives where
+        given (streamers that take them: localrun's and llama-server's)."""
+        extra: dict[str, Any] = {"text": text} if text else {}
+        if into is not None:
+            extra["into"] = into
         try:
-            return self.streamer(self.port, self.model, n, n_predict)
+            return self.streamer(self.port, self.model, n, n_predict, **extra)
         except (OSError, http.client.HTTPException, RuntimeError, ValueError) as exc:
-            return Stream(error=f"{type(exc).__name__}: {exc}")
+            failed = into or Stream()
+            failed.error = f"{type(exc).__name__}: {exc}"
+            return failed
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

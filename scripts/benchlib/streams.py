@@ -114,11 +114,19 @@ def sse_events(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
 
 
 def localrun_stream(
-    port: int, model: str, n: int, n_predict: int, threads: int = THREADS
+    port: int,
+    model: str,
+    n: int,
+    n_predict: int,
+    threads: int = THREADS,
+    text: str = "",
+    into: Stream | None = None,
 ) -> Stream:
+    """`text` (default: prompt(n)) as a raw, greedy /api/generate stream, timed in `into`
+    (default: a new Stream) as its pieces arrive."""
     body = {
         "model": model,
-        "prompt": prompt(n),
+        "prompt": text or prompt(n),
         "raw": True,
         "stream": True,
         "keep_alive": -1,
@@ -130,12 +138,12 @@ def localrun_stream(
             "num_ctx": CTX_PER_SLOT,
         },
     }
-    return ollama_stream(port, body)
+    return ollama_stream(port, body, into)
 
 
-def ollama_stream(port: int, body: dict[str, Any]) -> Stream:
-    """Stream /api/generate with `body`, timing each piece as it arrives."""
-    result = Stream()
+def ollama_stream(port: int, body: dict[str, Any], into: Stream | None = None) -> Stream:
+    """Stream /api/generate with `body`, timing each piece as it arrives (in `into`)."""
+    result = into or Stream()
     for line in response_lines(port, "/api/generate", body, result):
         obj = json.loads(line)
         if "error" in obj:
@@ -152,10 +160,12 @@ def ollama_stream(port: int, body: dict[str, Any]) -> Stream:
     return result
 
 
-def llama_server_stream(port: int, model: str, n: int, n_predict: int) -> Stream:
-    result = Stream()
+def llama_server_stream(
+    port: int, model: str, n: int, n_predict: int, text: str = "", into: Stream | None = None
+) -> Stream:
+    result = into or Stream()
     body = {
-        "prompt": prompt(n),
+        "prompt": text or prompt(n),
         "n_predict": n_predict,
         "temperature": 0,
         "repeat_penalty": 1.0,

