@@ -797,6 +797,22 @@ def test_a_draft_follows_what_a_batch_costs_now() -> None:
     assert quiet >= 8 and busy < quiet / 2
 
 
+def test_beside_other_streams_only_a_likely_guess_is_drafted() -> None:
+    """Alone, a guess kept 3 times in 4 is worth two tokens; beside 7 other generating
+    streams the batch is decoded for them anyway and each guessed row costs as much as a
+    token's share of it, so the same guess is not drafted, and one kept 19 times in 20 still
+    is, shorter."""
+    cost = [DecodeCost(base=1.0, extra=0.43)]
+    spec = Speculator([], 16, lambda: cost[0])
+    spec._kept[6], spec._lost[6] = 76.0, 24.0
+    spec._kept[12], spec._lost[12] = 95.0, 5.0
+    alone_likely, alone_sure = spec.length(6), spec.length(12)
+    cost[0] = DecodeCost(base=1.0, extra=0.43, streams=8)
+    busy_likely, busy_sure = spec.length(6), spec.length(12)
+    assert alone_likely >= 2 and busy_likely == 0, (alone_likely, busy_likely)
+    assert 0 < busy_sure <= alone_sure, (busy_sure, alone_sure)
+
+
 # -- earlier answers: a repeated request drafted from the answer it got before -----------------
 
 

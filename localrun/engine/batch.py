@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import threading
 import time
@@ -384,8 +385,11 @@ class BatchEngine:
         self._slots.activate(slot, job)
 
     def _batch_cost(self) -> DecodeCost:
-        """What a batch costs now, at the thread count the loop decodes with."""
-        return self._costs.cost(self._threads.threads)
+        """What a batch costs now, at the thread count the loop decodes with, and how many
+        slots generate in it."""
+        cost = self._costs.cost(self._threads.threads)
+        streams = sum(1 for s in self._slots.active if s.token >= 0)
+        return dataclasses.replace(cost, streams=streams) if streams > 1 else cost
 
     def _step(self) -> None:
         """One llama_decode for every active slot, then a token for each that needs one."""

@@ -56,6 +56,10 @@ class DecodeCost:
 
     base: float
     extra: float
+    # Slots generating in the batch a draft would join: with others there a step is taken
+    # anyway, so a guess costs its rows alone and a token it saves is worth the share of a step
+    # a token takes (engine.speculate's length).
+    streams: int = 1
 
     @classmethod
     def for_device(cls, gpu_layers: int) -> DecodeCost:

@@ -406,20 +406,29 @@ class Speculator:
 
     def length(self, size: int) -> int:
         """The draft length worth decoding after a match of `size` tokens: the k that
-        maximises the decodes expected to be saved, single * (p + p^2 + ... + p^k), less what
-        the batch costs beyond a one-token decode, base + extra * (k + 1) - single."""
+        maximises the decodes expected to be saved, worth * (p + p^2 + ... + p^k), less what
+        the guess adds to the batch. Alone, a saved token is worth a one-token decode and the
+        batch costs base + extra * (k + 1) - single beyond one. Beside other generating slots
+        (the batch is decoded for them anyway) the guess adds extra * k, and a saved token is
+        worth what a token costs in that batch, (base + extra * streams) / streams: on a CPU,
+        where each row costs about as much as a one-token decode's share, 8 streams draft only
+        where a guess is kept more than 3 times in 4 (a busy server's tokens are not spent on
+        one client's unlikely guesses)."""
         kept, lost = self._kept[size], self._lost[size]
         p = kept / (kept + lost)
         cost = self.cost()
         single, base, extra = 1.0, cost.base, cost.extra
+        streams = max(1, cost.streams)
+        worth = single if streams == 1 else (base + extra * streams) / streams
         best, gain, saved, chance = 0, 0.0, 0.0, 1.0
         for k in range(1, self.draft_max + 1):
             chance *= p
-            saved += chance * single
-            net = saved - (base + extra * (k + 1) - single)
+            saved += chance * worth
+            spent = base + extra * (k + 1) - single if streams == 1 else extra * k
+            net = saved - spent
             if net > gain:
                 best, gain = k, net
-            elif chance * single < extra:
+            elif chance * worth < extra:
                 break  # each further token costs more than it is expected to save
         if best == 0 and self.always:
             return 1
