@@ -27,12 +27,12 @@ Usage: .venv/bin/python scripts/bench_streams.py [--model GGUF] [--streams 4,8] 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from benchlib.common import default_model, say
 from benchlib.report import fmt, median, ratio
 from benchlib.serve import Server, llama_server_custom, localrun_serve
 from benchlib.store import Localrun, prepare_localrun, served_env
-from benchlib.streams import CTX_PER_SLOT, PROMPT, THREADS, Stream, ollama_stream, prompt
+from benchlib.streams import CTX_PER_SLOT, PROMPT, THREADS, Stream, localrun_stream
 
 from localrun.runtimes import exact, source
 
@@ -125,22 +125,11 @@ def servers_for(
             server.env = {**(server.env or {}), "LOCALRUN_EXACT": mode,
                           "LOCALRUN_NUM_PARALLEL": str(streams)}  # fmt: skip
             if spec:
-                server.streamer = _with_speculate(spec, threads)
+                server.streamer = functools.partial(
+                    localrun_stream, threads=threads, options={"speculate": spec}
+                )
             out.append(server)
     return out
-
-
-def _with_speculate(mode: str, threads: int) -> Callable[..., Stream]:
-    def stream(
-        port: int, model: str, n: int, n_predict: int, text: str = "", into: Stream | None = None
-    ) -> Stream:
-        options = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": n_predict,
-                   "num_thread": threads, "num_ctx": CTX_PER_SLOT, "speculate": mode}  # fmt: skip
-        body = {"model": model, "prompt": text or prompt(n), "raw": True, "stream": True,
-                "keep_alive": -1, "options": options}  # fmt: skip
-        return ollama_stream(port, body, into)
-
-    return stream
 
 
 def measure(

@@ -259,30 +259,19 @@ static void fa_exact_vkq_direct(
     }
 }
 
-// The two above for R = rows (1 to FA_EXACT_DIRECT_ROWS), the accumulators in registers.
-static void fa_exact_kq_rows(int R, float * KQ, int ld, const float * Q, const char * k_data, size_t nb1, bool f16, int n, int64_t DK) {
-    switch (R) {
-        case 1: fa_exact_kq_direct<1>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
-        case 2: fa_exact_kq_direct<2>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
-        case 3: fa_exact_kq_direct<3>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
-        case 4: fa_exact_kq_direct<4>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
-        case 5: fa_exact_kq_direct<5>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
-        case 6: fa_exact_kq_direct<6>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
-        case 7: fa_exact_kq_direct<7>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
-        default: fa_exact_kq_direct<8>(KQ, ld, Q, k_data, nb1, f16, n, DK); break;
-    }
-}
-
-static void fa_exact_vkq_rows(int R, float * VKQ, const float * KQ, int ld, const char * v_data, size_t nb1, bool f16, int n, int cells, int64_t DV) {
-    switch (R) {
-        case 1: fa_exact_vkq_direct<1>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
-        case 2: fa_exact_vkq_direct<2>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
-        case 3: fa_exact_vkq_direct<3>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
-        case 4: fa_exact_vkq_direct<4>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
-        case 5: fa_exact_vkq_direct<5>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
-        case 6: fa_exact_vkq_direct<6>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
-        case 7: fa_exact_vkq_direct<7>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
-        default: fa_exact_vkq_direct<8>(VKQ, KQ, ld, v_data, nb1, f16, n, cells, DV); break;
+// `f` called with R = rows (1 to FA_EXACT_DIRECT_ROWS) as a constant, so that the two above keep
+// their accumulators in registers.
+template <typename F>
+static void fa_exact_with_rows(int rows, F && f) {
+    switch (rows) {
+        case 1: f(std::integral_constant<int, 1>{}); break;
+        case 2: f(std::integral_constant<int, 2>{}); break;
+        case 3: f(std::integral_constant<int, 3>{}); break;
+        case 4: f(std::integral_constant<int, 4>{}); break;
+        case 5: f(std::integral_constant<int, 5>{}); break;
+        case 6: f(std::integral_constant<int, 6>{}); break;
+        case 7: f(std::integral_constant<int, 7>{}); break;
+        default: f(std::integral_constant<int, 8>{}); break;
     }
 }
 #endif
@@ -464,7 +453,9 @@ static void FA_EXACT_NOINLINE fa_exact_segment(
         const char * k_data = (const char *)k->data + ic*k->nb[1] + t.ik2*k->nb[2] + t.ik3*k->nb[3];
 #if defined(FA_EXACT_DIRECT)
         if (direct) {
-            fa_exact_kq_rows(tile_rows, KQ, KV_TILE_SZ, Q_f32, k_data, k->nb[1], f16, kv_tile, DK);
+            fa_exact_with_rows(tile_rows, [&](auto R) {
+                fa_exact_kq_direct<R.value>(KQ, KV_TILE_SZ, Q_f32, k_data, k->nb[1], f16, kv_tile, DK);
+            });
         } else
 #endif
         {
@@ -533,7 +524,9 @@ static void FA_EXACT_NOINLINE fa_exact_segment(
         const char * v_data = (const char *)v->data + ic*v->nb[1] + t.iv2*v->nb[2] + t.iv3*v->nb[3];
 #if defined(FA_EXACT_DIRECT)
         if (direct) {
-            fa_exact_vkq_rows(tile_rows, VKQ32, KQ, KV_TILE_SZ, v_data, v->nb[1], f16, kv_tile, KV_TILE_SZ, DV);
+            fa_exact_with_rows(tile_rows, [&](auto R) {
+                fa_exact_vkq_direct<R.value>(VKQ32, KQ, KV_TILE_SZ, v_data, v->nb[1], f16, kv_tile, KV_TILE_SZ, DV);
+            });
             continue;
         }
 #endif

@@ -121,9 +121,10 @@ def localrun_stream(
     threads: int = THREADS,
     text: str = "",
     into: Stream | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Stream:
     """`text` (default: prompt(n)) as a raw, greedy /api/generate stream, timed in `into`
-    (default: a new Stream) as its pieces arrive."""
+    (default: a new Stream) as its pieces arrive; `options` added to the request's."""
     body = {
         "model": model,
         "prompt": text or prompt(n),
@@ -136,6 +137,7 @@ def localrun_stream(
             "num_predict": n_predict,
             "num_thread": threads,
             "num_ctx": CTX_PER_SLOT,
+            **(options or {}),
         },
     }
     return ollama_stream(port, body, into)
