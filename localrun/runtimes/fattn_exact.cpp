@@ -132,6 +132,17 @@ static inline __m256 fa_exact_load8(const char * row, bool f16, int64_t d) {
 }
 #endif
 
+#if defined(FA_EXACT_VEC8)
+// K's values d..d+8 of the 8 cells from `rows` (a row every nb1 bytes), transposed: kt[j] holds
+// value d+j of each of the 8 cells.
+static inline void fa_exact_k_block8(const char * rows, size_t nb1, bool f16, int64_t d, __m256 kt[8]) {
+    for (int j = 0; j < 8; ++j) {
+        kt[j] = fa_exact_load8(rows + j*nb1, f16, d);
+    }
+    fa_exact_transpose8(kt);
+}
+#endif
+
 // A KV row of D values (F16 or F32) as F32, inline: a decode converts one a cell.
 static inline void fa_exact_row_f32(const char * row, bool f16, int64_t D, float * out) {
     if (!f16) {
@@ -160,10 +171,7 @@ static void fa_exact_k_transposed(
             const char * rows = k_data + tk*nb1;
             for (int64_t d = 0; d < DK; d += 8) {
                 __m256 r[8];
-                for (int j = 0; j < 8; ++j) {
-                    r[j] = fa_exact_load8(rows + j*nb1, f16, d);
-                }
-                fa_exact_transpose8(r);
+                fa_exact_k_block8(rows, nb1, f16, d, r);
                 for (int j = 0; j < 8; ++j) {
                     _mm256_storeu_ps(K_f32 + (d + j)*ld + tk, r[j]);
                 }
@@ -201,10 +209,7 @@ static void fa_exact_kq_direct(
         const char * rows = k_data + tk*nb1;
         for (int64_t d = 0; d < DK; d += 8) {
             __m256 kt[8];
-            for (int j = 0; j < 8; ++j) {
-                kt[j] = fa_exact_load8(rows + j*nb1, f16, d);
-            }
-            fa_exact_transpose8(kt);
+            fa_exact_k_block8(rows, nb1, f16, d, kt);
             for (int j = 0; j < 8; ++j) {
                 for (int r = 0; r < R; ++r) {
                     acc[r] = _mm256_fmadd_ps(kt[j], _mm256_broadcast_ss(Q + r*DK + d + j), acc[r]);
