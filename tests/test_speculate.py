@@ -148,9 +148,10 @@ def test_lookups_not_drafted_teach_the_estimate() -> None:
     spec = Speculator([*text, 1, 2], 64, cpu)
     drafts = [spec.propose(token, 100) for token in text[:3]]
     assert drafts == [[], [], []]  # no match yet, then short matches: guessed, not drafted
-    drafts = [spec.propose(token, 100) for token in text[3:8]]
+    drafts = [spec.propose(token, 100) for token in text[3:12]]
     first = next((at for at, draft in enumerate(drafts, start=3) if draft), None)
     assert first is not None, "right guesses made short matches worth drafting"
+    assert first < 12, "before the first 12-token match: the guesses taught it"
     draft = drafts[first - 3]
     assert draft == text[first + 1 : first + 1 + len(draft)]
     # The same short matches where the guesses were wrong: still no draft.
@@ -779,6 +780,36 @@ def test_a_batch_is_weighed_against_the_one_token_decodes_of_its_time() -> None:
     assert meter.table(1) == pytest.approx({1: 0.010, 9: 5.5, 17: 10.0}, rel=1e-3)
 
 
+def test_a_short_batch_costs_what_was_timed_not_the_line_through_long_ones() -> None:
+    """The exact runtime's one-token decode has kernels of its own: 2 to 5 rows cost more one-
+    token decodes than a line through batches of 2 to 65 can say. A one-token guess on prose is
+    weighed against what two rows were timed at."""
+    from localrun.engine.costs import CostMeter
+
+    meter = CostMeter(DecodeCost.for_device(0))
+    meter.record(1, 0.008, 2)
+    timed = {2: 1.79, 3: 2.29, 4: 2.79, 5: 3.54, 9: 5.44, 17: 8.0, 33: 13.5, 65: 24.5}
+    for n, c in timed.items():
+        meter.record(n, 0.008 * c, 2)
+    cost = meter.cost(2)
+    for n, c in timed.items():
+        assert cost.batch(n) == pytest.approx(c, rel=1e-6)
+    assert cost.batch(1) == 1.0 and 1.79 < cost.batch(2.5) < 2.29
+    assert cost.batch(129) == pytest.approx(24.5 + cost.extra * 64)
+    spec = Speculator([], 16, lambda: meter.cost(2))
+    spec._kept[3], spec._lost[3] = 70.0, 30.0
+    assert spec.length(3) == 0  # it does not: 0.7 saved for 0.79 spent
+    meter.record(2, 0.008 * 1.5, 2)  # a cheaper machine, or a quieter one: now it pays
+    meter.record(2, 0.008 * 1.1, 2)
+    meter.record(2, 0.008 * 1.1, 2)
+    assert meter.cost(2).batch(2) < 1.7 and spec.length(3) >= 1
+    later = CostMeter(DecodeCost.for_device(0))
+    later.record(1, 0.010, 1)
+    later.record(9, 0.030, 1)
+    later.record(5, 0.040, 1)  # timed deeper in an answer: never below a smaller batch
+    assert later.cost(1).batch(9) >= later.cost(1).batch(5) == pytest.approx(4.0)
+
+
 def test_a_draft_follows_what_a_batch_costs_now() -> None:
     """On two threads (a batch of 9 for about 5 decodes) a sure copy is drafted long; on one
     thread, where a batch costs as many decodes as it has tokens, the same copy is not worth a
@@ -804,7 +835,8 @@ def test_beside_other_streams_only_a_likely_guess_is_drafted() -> None:
     is, shorter."""
     cost = [DecodeCost(base=1.0, extra=0.43)]
     spec = Speculator([], 16, lambda: cost[0])
-    spec._kept[6], spec._lost[6] = 76.0, 24.0
+    # 0.78 on so much evidence that a hunch's margin leaves 0.76
+    spec._kept[6], spec._lost[6] = 312.0, 88.0
     spec._kept[12], spec._lost[12] = 95.0, 5.0
     alone_likely, alone_sure = spec.length(6), spec.length(12)
     cost[0] = DecodeCost(base=1.0, extra=0.43, streams=8)

@@ -12,6 +12,16 @@ of what a batch cost in those one-token decodes at the time it was timed. `cost(
 what a batch costs now; until both a one-token decode and a batch have been timed at this
 thread count, the device's prior stands.
 
+The cost of a batch is read off the measured means themselves, joined by straight lines, not
+off one straight line through them all: a one-token decode has kernels of its own (the exact
+runtime's lone-row matrix products and direct attention), so a batch of 2 to 5 rows costs more
+than the line through batches of 2 to 65 says. On SmolLM2 with the exact runtime, 2, 3, 4 and
+5 rows cost 1.79, 2.29, 2.79 and 3.54 one-token decodes in a server that had drafted long
+copies, where that line read 1.73, 2.14, 2.54 and 2.95, and prose drafted one- and two-token
+guesses that cost more than they saved (scripts/bench_spec.py: prose at 0.94-0.96x the speed
+without speculation; 0.98x since, with half the drafts, beside engine.speculate's margin for a
+hunch). The line stays for batches longer than any timed.
+
 A batch is measured against the one-token decodes of its time, not against their mean over
 the meter's life, because both grow with the context a decode attends to, and the two move
 apart: one-token decodes come every token and follow the answer now under way, while a batch
@@ -32,7 +42,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Batch sizes the means are kept for (a batch of n falls in the first bucket >= n).
 _BUCKETS = (1, 2, 3, 4, 6, 9, 17, 33, 65, 129)
@@ -60,10 +70,27 @@ class DecodeCost:
     # anyway, so a guess costs its rows alone and a token it saves is worth the share of a step
     # a token takes (engine.speculate's length).
     streams: int = 1
+    # Measured batches, (rows, cost) by rows, rising: between them a batch's cost is read off
+    # the lines that join them (and the one-token decode, (1, 1)); past the last, the line.
+    points: tuple[tuple[float, float], ...] = ()
 
     @classmethod
     def for_device(cls, gpu_layers: int) -> DecodeCost:
         return cls(base=0.9, extra=0.08) if gpu_layers > 0 else cls(base=1.0, extra=0.43)
+
+    def batch(self, rows: float) -> float:
+        """What a decode of `rows` rows costs, in one-token decodes."""
+        if rows <= 1:
+            return 1.0
+        points = self.points
+        if not points:
+            return self.base + self.extra * rows
+        if rows >= points[-1][0]:
+            last_n, last_c = points[-1]
+            return last_c + self.extra * (rows - last_n)
+        i = bisect.bisect_left(points, (rows, 0.0))
+        (n0, c0), (n1, c1) = points[i - 1] if i else (1.0, 1.0), points[i]
+        return c0 + (c1 - c0) * (rows - n0) / (n1 - n0)
 
 
 class CostMeter:
@@ -107,10 +134,10 @@ class CostMeter:
             known = self._cache.get(threads)
             if known is not None:
                 return known
-            batches = [v for (t, _), v in self._means.items() if t == threads]
+            batches = sorted(v for (t, _), v in self._means.items() if t == threads)
             if not batches:
                 return self.prior
-            found = _fit(batches)
+            found = replace(_fit(batches), points=_rising(batches))
             self._cache[threads] = found
             return found
 
@@ -126,6 +153,18 @@ class CostMeter:
 
 def _mean(held: float | None, value: float) -> float:
     return float(value) if held is None else held + _WEIGHT * (value - held)
+
+
+def _rising(batches: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    """The means, by rows, with no batch costing less than a smaller one (nor than a one-token
+    decode): two means timed at different depths may cross."""
+    out: list[tuple[float, float]] = []
+    most = 1.0
+    for n, c in batches:
+        if n > 1 and (not out or n > out[-1][0]):
+            most = max(most, c)
+            out.append((n, most))
+    return tuple(out)
 
 
 def _fit(batches: list[tuple[float, float]]) -> DecodeCost:
