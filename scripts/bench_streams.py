@@ -17,8 +17,15 @@ Workloads, each request a raw completion of 128 tokens whose prompt no other req
 
 Figures per workload: aggregate tokens/s (all tokens / last token of any - first request
 sent), the mean and the slowest stream's decode rate (tokens after its first / time from its
-first to its last), the median time to first token (the late request's, for `long`), and the
+first to its last), the slowest stream's whole answer (its tokens / time from its request to
+its last token), the median time to first token (the late request's, for `long`), and the
 ratio of each to llama-server's (for a time, llama-server's / this one's: above 1 is faster).
+
+A server that starts a stream as soon as its request is in (localrun) gives it its first token
+seconds before the requests sent with it, then reads their prompts between its tokens: its
+decode rate counts those reads, its whole answer ends sooner. llama-server reads the prompts of
+requests sent together in one batch, and all its streams start together. "slowest whole" is
+the starved stream a client sees: the longest wait for an answer of the same length.
 
 Usage: .venv/bin/python scripts/bench_streams.py [--model GGUF] [--streams 4,8] [--rounds 3]
        [--spec off] [--threads 2]
@@ -55,6 +62,7 @@ class Figures:
     aggregate: list[float] = field(default_factory=list)
     mean_rate: list[float] = field(default_factory=list)
     slowest: list[float] = field(default_factory=list)
+    whole: list[float] = field(default_factory=list)  # the slowest stream's whole answer
     ttft: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -106,6 +114,7 @@ def record(fig: Figures, results: list[Stream], late: int) -> None:
     if rates:
         fig.mean_rate.append(statistics.fmean(rates))
         fig.slowest.append(min(rates))
+    fig.whole.append(min(r.tokens / ((r.last or 0) - r.sent) for r in ok))
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     if late >= 0 and ok[late].ttft is not None:
         fig.ttft.append(float(ok[late].ttft or 0))
@@ -164,13 +173,13 @@ def report(streams: int, figures: dict[str, dict[str, Figures]]) -> None:
     ref = figures.get("llama-server", {})
     print(f"\n{streams} streams (medians; ratio to llama-server, above 1 is better)")
     print(f"  {'server':34} {'workload':10} {'aggregate':>15} {'mean stream':>15} "
-          f"{'slowest stream':>15} {'TTFT s':>14}")  # fmt: skip
+          f"{'slowest stream':>15} {'slowest whole':>15} {'TTFT s':>14}")  # fmt: skip
     for name, by_kind in figures.items():
         for kind, fig in by_kind.items():
             base = ref.get(kind, Figures())
             cells = []
             for mine, theirs in ((fig.aggregate, base.aggregate), (fig.mean_rate, base.mean_rate),
-                                 (fig.slowest, base.slowest)):  # fmt: skip
+                                 (fig.slowest, base.slowest), (fig.whole, base.whole)):  # fmt: skip
                 m, t = median(mine), median(theirs)
                 cells.append(f"{fmt(m):>7} {fmt(ratio(m, t), 2):>5}x")
             m, t = median(fig.ttft), median(fig.ttft and base.ttft)
