@@ -563,3 +563,50 @@ def test_stop_filter() -> None:
     held = StopFilter(["STOP"])
     assert held.feed("ST") == "" and held.flush() == "ST"
     assert StopFilter([]).feed("anything") == "anything"
+
+
+# -- the event stream's writer thread ----------------------------------------------------------
+
+
+def test_events_from_many_threads_are_written_whole_in_order_and_flushed_at_close() -> None:
+    """The loop hands each line to the writer thread (worker.writer): every thread's lines come
+    out whole and in the order it sent them, and close() writes all that was sent first."""
+    import io
+
+    from localrun.worker.writer import StreamOutput
+
+    stream = io.BytesIO()
+    output = StreamOutput(stream)
+
+    def send(thread: int) -> None:
+        for i in range(300):
+            output.send(protocol.piece_event(thread, f"{thread}:{i}"))
+
+    senders = [threading.Thread(target=send, args=(t,)) for t in range(4)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join()
+    output.flush()
+    written = stream.getvalue()
+    output.send(protocol.piece_event(9, "last"))
+    output.close()
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(written.splitlines()) == 1200 and len(events) == 1201
+    for thread in range(4):
+        texts = [e["text"] for e in events if e["id"] == thread]
+        assert texts == [f"{thread}:{i}" for i in range(300)]
+    assert events[-1]["text"] == "last"
+
+
+def test_a_reader_gone_marks_the_stream_broken_and_nothing_blocks() -> None:
+    from localrun.worker.writer import StreamOutput
+
+    read, write = os.pipe()
+    os.close(read)
+    output = StreamOutput(os.fdopen(write, "wb"))
+    output.send(protocol.piece_event(1, "x"))
+    output.flush(10.0)
+    assert output.broken
+    output.send(protocol.piece_event(1, "y"))  # dropped, as before: no reader left
+    output.close()

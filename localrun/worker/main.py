@@ -12,8 +12,9 @@ import sys
 
 from localrun.errors import LocalrunError, ModelLoadError
 from localrun.worker import protocol
-from localrun.worker.serve import StreamOutput, Worker
+from localrun.worker.serve import Worker
 from localrun.worker.sink import unexpected
+from localrun.worker.writer import StreamOutput
 
 
 def main() -> int:
@@ -26,6 +27,13 @@ def main() -> int:
     # runners itself (by closing their input), so the runner must not die with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     output = StreamOutput(events)
+    try:
+        return _serve(output)
+    finally:
+        output.close()  # every event sent is written before the process ends
+
+
+def _serve(output: StreamOutput) -> int:
     stdin = sys.stdin.buffer
     first = stdin.readline()
     if not first.strip():
@@ -35,6 +43,7 @@ def main() -> int:
     def breach(error: LocalrunError) -> None:
         # llama.cpp is inside a native call on the main thread: say why, then end at once.
         output.send(protocol.error_event(error))
+        output.flush(5.0)
         os._exit(1)
 
     try:

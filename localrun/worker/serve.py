@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import Any
 
 from localrun.engine.types import EmbedInput
 from localrun.errors import BadRequestError, LocalrunError
@@ -30,31 +30,6 @@ from localrun.worker.sink import Output, RequestSink, unexpected
 MAX_TOKENS_EVENT = 4_000_000
 
 RequestId = protocol.RequestId
-
-
-class StreamOutput:
-    """The event stream of a runner process: whole lines, written under a lock from any thread,
-    none longer than `limit` bytes (the scheduler kills a runner that sends a longer one: such
-    an event goes as its request's error instead)."""
-
-    def __init__(self, stream: BinaryIO, limit: int = protocol.LINE_LIMIT) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
-        self.limit = limit
-        self.broken = False  # the reader went away: nothing more can be delivered
-
-    def send(self, message: protocol.Message) -> None:
-        data = protocol.encode(message)
-        if len(data) > self.limit:
-            data = protocol.encode(protocol.oversized(message, len(data), self.limit))
-        with self._lock:
-            if self.broken:
-                return
-            try:
-                self._stream.write(data)
-                self._stream.flush()
-            except (BrokenPipeError, ValueError, OSError):
-                self.broken = True
 
 
 def _id(message: protocol.Message) -> RequestId:
