@@ -604,9 +604,12 @@ def test_a_reader_gone_marks_the_stream_broken_and_nothing_blocks() -> None:
 
     read, write = os.pipe()
     os.close(read)
-    output = StreamOutput(os.fdopen(write, "wb"))
+    stream = os.fdopen(write, "wb")
+    output = StreamOutput(stream)
     output.send(protocol.piece_event(1, "x"))
     output.flush(10.0)
     assert output.broken
     output.send(protocol.piece_event(1, "y"))  # dropped, as before: no reader left
     output.close()
+    with contextlib.suppress(OSError):
+        stream.close()

@@ -20,7 +20,7 @@ than the line through batches of 2 to 65 says. On SmolLM2 with the exact runtime
 copies, where that line read 1.73, 2.14, 2.54 and 2.95, and prose drafted one- and two-token
 guesses that cost more than they saved (scripts/bench_spec.py: prose at 0.94-0.96x the speed
 without speculation; 0.98x since, with half the drafts, beside engine.speculate's margin for a
-hunch). The line stays for batches longer than any timed.
+hunch). Past the longest batch timed, each further row costs the fitted line's slope.
 
 A batch is measured against the one-token decodes of its time, not against their mean over
 the meter's life, because both grow with the context a decode attends to, and the two move
@@ -71,7 +71,8 @@ class DecodeCost:
     # a token takes (engine.speculate's length).
     streams: int = 1
     # Measured batches, (rows, cost) by rows, rising: between them a batch's cost is read off
-    # the lines that join them (and the one-token decode, (1, 1)); past the last, the line.
+    # the lines that join them (and the one-token decode, (1, 1)); past the last, each further
+    # row costs `extra`. Without them (the prior) a batch of n costs base + extra * n.
     points: tuple[tuple[float, float], ...] = ()
 
     @classmethod
@@ -156,14 +157,15 @@ def _mean(held: float | None, value: float) -> float:
 
 
 def _rising(batches: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
-    """The means, by rows, with no batch costing less than a smaller one (nor than a one-token
-    decode): two means timed at different depths may cross."""
+    """The means, by rows, each row costing at least _MIN_EXTRA more than the one before (from
+    a one-token decode's 1): two means timed at different depths may cross, and a flat stretch
+    would make its rows look free."""
     out: list[tuple[float, float]] = []
-    most = 1.0
+    last_n, last_c = 1.0, 1.0
     for n, c in batches:
-        if n > 1 and (not out or n > out[-1][0]):
-            most = max(most, c)
-            out.append((n, most))
+        if n > last_n:
+            last_n, last_c = n, max(c, last_c + _MIN_EXTRA * (n - last_n))
+            out.append((last_n, last_c))
     return tuple(out)
 
 

@@ -426,7 +426,7 @@ class Speculator:
         kept, lost = self._kept[size], self._lost[size]
         p = kept / (kept + lost)
         if size < _SURE:
-            p -= math.sqrt(p * (1.0 - p) / (kept + lost))
+            p = max(0.0, p - math.sqrt(p * (1.0 - p) / (kept + lost)))
         cost = self.cost()
         streams = max(1, cost.streams)
         before = cost.batch(streams)
@@ -438,8 +438,8 @@ class Speculator:
             net = saved - (cost.batch(streams + k) - before)
             if net > gain:
                 best, gain = k, net
-            elif chance * worth < cost.extra:
-                break  # each further token costs more than it is expected to save
+            elif p < 1.0 and net + chance * worth * p / (1.0 - p) <= gain:
+                break  # a batch never costs less for more rows: no longer draft can gain more
         if best == 0 and self.always:
             return 1
         # Where no length gains, nothing is drafted, not even one token now and then to keep

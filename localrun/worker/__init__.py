@@ -9,6 +9,7 @@
                  log-probabilities with the text of their tokens
     protocol.py  the JSON-lines messages between the scheduler and a runner (a GenRequest
                  travels whole)
+    writer.py    the runner process's event lines to stdout, written by a thread of their own
     main.py      `python -m localrun.worker` (see __main__): the runner process of `localrun
                  serve`, reading requests on stdin
     watch.py     the watchdog over a load in that process (time limit, memory bound)

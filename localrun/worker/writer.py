@@ -5,18 +5,22 @@ vectors); one writer thread writes the lines in the order they were sent. Writte
 own thread, a line's write and flush woke the server's process, and on two cores that held the
 loop for about 180 µs between two decodes (cProfile of `localrun serve` on SmolLM2: 2% of a
 token's time, 8 writes a step with 8 streams). Now the loop hands the line over and goes on to
-the next decode; the writer takes every line waiting at once, so a step's tokens for 8 streams
-go in one write.
+the next decode; the writer takes every line waiting when it wakes, so a step's tokens for
+many streams mostly go in one write.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import BinaryIO
 
 from localrun.worker import protocol
 
 _CLOSE_S = 30.0  # how long closing waits for the lines still to write (a stuck reader)
+# Bytes waiting to be written beyond which a sender waits, as it waited on the pipe before: a
+# reader that falls behind (large embedding events) holds its writers back, not the memory.
+_MOST_WAITING = 8 << 20
 
 
 class StreamOutput:
@@ -31,6 +35,7 @@ class StreamOutput:
         self.broken = False  # the reader went away: nothing more can be delivered
         self._cond = threading.Condition()
         self._lines: list[bytes] = []
+        self._waiting = 0  # bytes in _lines
         self._writing = False
         self._closed = False
         self._writer = threading.Thread(target=self._write, name="localrun-events", daemon=True)
@@ -41,23 +46,27 @@ class StreamOutput:
         if len(data) > self.limit:
             data = protocol.encode(protocol.oversized(message, len(data), self.limit))
         with self._cond:
+            self._cond.wait_for(lambda: self.broken or self._waiting < _MOST_WAITING)
             if self.broken or self._closed:
                 return
             self._lines.append(data)
+            self._waiting += len(data)
             if len(self._lines) == 1:
                 self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every line sent so far is written, or the reader is gone."""
+        """Wait until nothing sent is left to write (while others still send, that may be
+        later than the lines sent so far), or the reader is gone, or `timeout` seconds."""
         with self._cond:
             self._cond.wait_for(lambda: self.broken or not (self._lines or self._writing), timeout)
 
     def close(self) -> None:
+        deadline = time.monotonic() + _CLOSE_S
         self.flush(_CLOSE_S)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._writer.join(_CLOSE_S)
+        self._writer.join(max(0.0, deadline - time.monotonic()))
 
     def _write(self) -> None:
         while True:
@@ -65,17 +74,22 @@ class StreamOutput:
                 self._cond.wait_for(lambda: self._lines or self._closed)
                 if not self._lines:
                     return
-                lines, self._lines = self._lines, []
+                lines, self._lines, self._waiting = self._lines, [], 0
                 self._writing = True
-            broken = False
+            broken = True
             try:
                 self._stream.write(b"".join(lines))
                 self._stream.flush()
+                broken = False
             except (BrokenPipeError, ValueError, OSError):
-                broken = True
-            with self._cond:
-                self._writing = False
-                if broken:
-                    self.broken = True
-                    self._lines.clear()
-                self._cond.notify_all()
+                pass  # the reader is gone
+            finally:  # whatever ends the write, no one waits on it for ever
+                with self._cond:
+                    self._writing = False
+                    if broken:
+                        self.broken = True
+                        self._lines.clear()
+                        self._waiting = 0
+                    self._cond.notify_all()
+            if broken:
+                return
