@@ -234,10 +234,11 @@ def test_every_dialect_keeps_the_schema(smol_live: LiveServer) -> None:
 
 
 @pytest.mark.model
-def test_a_keyword_that_cannot_be_enforced_is_refused_in_each_dialects_shape(
+def test_a_strict_schema_with_a_keyword_that_cannot_be_enforced_is_refused(
     smol_live: LiveServer,
 ) -> None:
-    """As OpenAI's strict mode does: a 400 naming the keyword, before any token is made."""
+    """`strict: true` is OpenAI's promise to enforce: a 400 naming the keyword, before any
+    token is made (response_format, the Responses API's text.format, a strict tool)."""
     schema = {"type": "array", "items": {"type": "string"}, "uniqueItems": True}
     ask = [{"role": "user", "content": ASK}]
     url = smol_live.url
@@ -245,26 +246,168 @@ def test_a_keyword_that_cannot_be_enforced_is_refused_in_each_dialects_shape(
     chat = httpx.post(
         f"{url}/v1/chat/completions",
         json={"model": SMOL, "messages": ask, "response_format": {
-            "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}},
+            "type": "json_schema",
+            "json_schema": {"name": "x", "schema": schema, "strict": True}}},
         timeout=PATIENCE_S,
     )  # fmt: skip
     assert chat.status_code == 400 and "uniqueItems" in chat.json()["error"]["message"]
-    anth = httpx.post(
-        f"{url}/v1/messages",
-        json={"model": SMOL, "messages": ask, "max_tokens": 20,
-              "output_config": {"format": {"type": "json_schema", "schema": schema}}},
-        timeout=PATIENCE_S,
-    )  # fmt: skip
-    assert anth.status_code == 400 and "uniqueItems" in anth.json()["error"]["message"]
-    assert anth.json()["type"] == "error"
     responses = httpx.post(
         f"{url}/v1/responses",
-        json={"model": SMOL, "input": ASK, "text": {
-            "format": {"type": "json_schema", "name": "x", "schema": schema}}},
+        json={"model": SMOL, "input": ASK, "text": {"format": {
+            "type": "json_schema", "name": "x", "schema": schema, "strict": True}}},
         timeout=PATIENCE_S,
     )  # fmt: skip
     assert responses.status_code == 400 and "uniqueItems" in responses.text
+    tags = {"type": "object", "properties": {"tags": schema}, "required": ["tags"]}
+    tool = {"type": "function", "function": {"name": "tag", "strict": True, "parameters": tags}}
+    called = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": SMOL, "messages": ask, "tools": [tool], "tool_choice": "required"},
+        timeout=PATIENCE_S,
+    )
+    assert called.status_code == 400 and "uniqueItems" in called.json()["error"]["message"]
     assert time.monotonic() - started < 60
+    # Not strict, a forced call's schema is taken as Ollama's format is: checked after.
+    tags["properties"]["tags"] = {**schema, "maxItems": 1}
+    tool["function"]["strict"] = False
+    taken = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": SMOL, "messages": ask, "tools": [tool], "tool_choice": "required",
+              "temperature": 0, "max_tokens": 60},
+        timeout=PATIENCE_S,
+    )  # fmt: skip
+    assert taken.status_code == 200, taken.text
+    call = taken.json()["choices"][0]["message"]["tool_calls"][0]["function"]
+    _valid(call["arguments"], tags)
+
+
+# Only ["a", "a"] keeps the rest of this schema: never unique, however it is drawn.
+BROKEN = {"type": "array", "items": {"enum": ["a"]}, "minItems": 2, "maxItems": 2,
+          "uniqueItems": True}  # fmt: skip
+# One letter at most: the part enforced keeps uniqueItems too.
+KEPT = {"type": "array", "items": {"type": "string", "maxLength": 3}, "maxItems": 1,
+        "uniqueItems": True}  # fmt: skip
+LETTERS = [{"role": "user", "content": "List some letters as JSON."}]
+
+
+def _openai_chat(url: str, schema: dict[str, Any], stream: bool, **extra: Any) -> str:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    answer = client.chat.completions.create(
+        model=SMOL, messages=LETTERS, max_tokens=60, stream=stream,  # type: ignore[call-overload]
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        **extra,
+    )  # fmt: skip
+    if not stream:
+        return answer.choices[0].message.content or ""
+    return "".join(c.choices[0].delta.content or "" for c in answer if c.choices)
+
+
+def _anthropic(url: str, schema: dict[str, Any], stream: bool) -> str:
+    client = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+    kwargs: dict[str, Any] = dict(
+        model=SMOL, max_tokens=60, messages=LETTERS,
+        extra_body={"temperature": 0,
+                    "output_config": {"format": {"type": "json_schema", "schema": schema}}},
+    )  # fmt: skip
+    if not stream:
+        reply = client.messages.create(**kwargs)
+        return "".join(b.text for b in reply.content if b.type == "text")
+    with client.messages.stream(**kwargs) as events:
+        return "".join(events.text_stream)
+
+
+def _responses(url: str, schema: dict[str, Any], stream: bool) -> str:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    text = {"format": {"type": "json_schema", "name": "x", "schema": schema}}
+    if not stream:
+        response = client.responses.create(
+            model=SMOL,
+            input=LETTERS,
+            max_output_tokens=60,
+            temperature=0,
+            text=text,  # type: ignore[arg-type]
+        )
+        return response.output_text
+    out = ""
+    for event in client.responses.create(
+        model=SMOL,
+        input=LETTERS,
+        max_output_tokens=60,
+        temperature=0,
+        text=text,
+        stream=True,  # type: ignore[arg-type]
+    ):
+        if event.type == "response.output_text.delta":
+            out += event.delta
+        elif event.type == "response.failed":
+            assert event.response.error is not None
+            raise RuntimeError(event.response.error.message)
+    return out
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("stream", [False, True])
+def test_without_strict_every_dialect_takes_any_schema_and_never_answers_outside_it(
+    smol_live: LiveServer, stream: bool
+) -> None:
+    """OpenAI's response_format and the Responses API's text.format without `strict`, and
+    Anthropic's output_config.format, take a schema as Ollama's `format` does: the rest
+    enforced, `uniqueItems` checked on the answer; one that breaks it is an error in the
+    dialect's shape naming the keyword (422; the last event of a stream), never a 200."""
+    url = smol_live.url
+    for ask in (
+        lambda schema: _openai_chat(url, schema, stream, temperature=0),
+        lambda schema: _anthropic(url, schema, stream),
+        lambda schema: _responses(url, schema, stream),
+    ):
+        _valid(ask(KEPT), KEPT)
+        with pytest.raises(Exception, match="uniqueItems") as refused:
+            ask(BROKEN)
+        status = getattr(refused.value, "status_code", None)
+        assert stream or status == 422, refused.value
+
+
+def _redraws(url: str) -> tuple[float, float]:
+    """The server's redraws, and the answers its checks refused, so far (GET /metrics)."""
+    seen = {"localrun_answer_redraws_total": 0.0, "localrun_answer_checks_total": 0.0}
+    for line in httpx.get(f"{url}/metrics", timeout=PATIENCE_S).text.splitlines():
+        name = line.split("{")[0]
+        if name in seen and ('result="refused"' in line or "redraws" in name):
+            seen[name] += float(line.split()[-1])
+    return seen["localrun_answer_redraws_total"], seen["localrun_answer_checks_total"]
+
+
+@pytest.mark.model
+def test_a_sampled_answer_its_check_refuses_is_drawn_again_a_bounded_number_of_times(
+    smol_live: LiveServer,
+) -> None:
+    """An answer sent whole that was drawn at random is drawn again (with a seed derived from
+    the request's: the same draws each time) until it validates, at most LOCALRUN_MAX_DRAWS
+    times (4); a greedy one would only repeat itself, so it is refused at once."""
+    url = smol_live.url
+    redraws, refused = _redraws(url)
+    with pytest.raises(openai.UnprocessableEntityError, match="uniqueItems"):
+        _openai_chat(url, BROKEN, False, temperature=0)
+    assert _redraws(url) == (redraws, refused + 1)  # greedy: one draw
+    with pytest.raises(openai.UnprocessableEntityError, match="uniqueItems"):
+        _openai_chat(url, BROKEN, False, temperature=1.0, seed=7)
+    assert _redraws(url) == (redraws + 3, refused + 5)  # four draws, each refused
+    # Two booleans, unique: about half of the random draws repeat one (the check refuses
+    # them), and ten seeds all drawing right the first time would be a 1-in-1,000 chance.
+    pair = {"type": "array", "items": {"type": "boolean"}, "minItems": 2, "maxItems": 2,
+            "uniqueItems": True}  # fmt: skip
+    redraws, _ = _redraws(url)
+    answers: dict[int, Any] = {}
+    for seed in range(10):
+        try:
+            answers[seed] = _valid(_openai_chat(url, pair, False, temperature=1.0, seed=seed), pair)
+        except openai.UnprocessableEntityError as exc:
+            assert "uniqueItems" in str(exc)  # four draws, each repeating a value
+    drawn, _ = _redraws(url)
+    assert drawn > redraws and len(answers) >= 5, (drawn - redraws, answers)
+    seed, answer = next(iter(answers.items()))
+    again = _openai_chat(url, pair, False, temperature=1.0, seed=seed)
+    assert json.loads(again) == answer  # the same draws for the same seed
 
 
 @pytest.mark.model

@@ -1,17 +1,22 @@
 """Schemas kept where the engine cannot enforce all of them: the answer validated after.
 
 Ollama's clients send their pydantic models' schemas (`set[str]` is `"uniqueItems": true`),
-and Ollama takes any schema. So on Ollama's routes the keywords the constraint engine cannot
-enforce (formats.grammar_bounds.UNENFORCED: `uniqueItems`, `contains`, `not`, `if` ...) are left
-out of the constraint; every other route refuses them with a 400 before any token is made.
-A `oneOf` whose branches one value could match both of is enforced as `anyOf` on every route
-(a value of two branches is the one thing the grammar lets through).
+and Ollama takes any schema. So wherever the client asked for no guarantee (Ollama's `format`,
+OpenAI's `response_format` and the Responses API's `text.format` without `strict: true`,
+Anthropic's `output_config.format`, a forced call of a tool that is not strict) the keywords
+the constraint engine cannot enforce (formats.grammar_bounds.UNENFORCED: `uniqueItems`,
+`contains`, `not`, `if` ...) are left out of the constraint; a strict schema is enforced whole
+or refused with a 400 before any token is made, as OpenAI's strict mode does. A `oneOf` whose
+branches one value could match both of is enforced as `anyOf` on every route (a value of two
+branches is the one thing the grammar lets through).
 
 Where a schema holds such a keyword, the answer that ended by itself (or a call of a tool
 whose schema was enforced: `strict`, or forced by tool_choice) is validated against the whole
 schema with `jsonschema` (Generation, for every dialect): one that does not validate is an
 error in the dialect's shape (422, or the last event of a stream), naming the keyword, never
-a 200 carrying a value the client's schema refuses. What the check runs is bounded before the
+a 200 carrying a value the client's schema refuses. An answer sent whole that was drawn at
+random is drawn again first (Generation: LOCALRUN_MAX_DRAWS times within LOCALRUN_DRAW_TIME);
+a greedy one would only repeat itself. What the check runs is bounded before the
 answer is made: the schema must be one jsonschema takes, and each pattern one Python's
 backtracking regular expressions run in bounded time on.
 

@@ -329,6 +329,9 @@ def _request(body: Body) -> tuple[GenRequest, list[str]]:
         tools=tools,
         tool_choice=_tool_choice(body),
         format=_format(body),
+        # Anthropic's output_config.format has no strict flag: the keywords the engine cannot
+        # enforce are checked on the finished answer (server.answer_schema), not refused.
+        format_lenient=True,
         think=_think(body),
         think_adaptive=_adaptive(body),
         parallel_tool_calls=not (body.get("tool_choice", dict) or {}).get(

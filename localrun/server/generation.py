@@ -17,13 +17,13 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.requests import Request
 
-from localrun.errors import BadRequestError, LocalrunError
+from localrun.errors import AnswerSchemaError, BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import answer_schema, core
 from localrun.settings import limits
@@ -48,6 +48,7 @@ class Generation:
         *,
         parallel_tool_calls: bool = True,
         check: answer_schema.AfterCheck | None = None,
+        again: Callable[[int], Awaitable[Stream]] | None = None,
     ) -> None:
         self.stream = stream
         self.check = check  # the schemas the finished answer is validated against
@@ -60,15 +61,22 @@ class Generation:
         # "arguments"}); calls that only the final event told (an upstream's) join at the end.
         self.calls: list[dict[str, Any]] = []
         self.finished = False
+        # Sent whole (collect(), or a handler that reads the answer once it is complete):
+        # nothing of it reached the client yet, so an answer its check refuses may be drawn
+        # again (`again(draw)` starts draw number `draw`, from 1) while the request samples.
+        self.whole = False
+        self.draws = 1  # the answers drawn
+        self._again = again
         self._first: Chunk | None = None
         self._metrics = metrics
+        self._counted = False
 
     def _ended(self) -> None:
-        """Count the answer's tokens, once, however it ended."""
+        """Count the answer's tokens, once a draw, however it ended."""
         self.finished = True
-        if self._metrics is not None:
+        if self._metrics is not None and not self._counted:
+            self._counted = True
             self._metrics.generated(self.stream.model, self.stream.timings)
-            self._metrics = None
 
     async def _next(self) -> Chunk | None:
         try:
@@ -76,12 +84,55 @@ class Generation:
         except StopAsyncIteration:
             self._ended()
             if self.check is not None and self.done_reason == "stop":
-                # AnswerSchemaError ends it; checked in a child (server.checker)
-                await self.check.check(self.text, self.tool_calls)
+                await self._check(self.check)  # AnswerSchemaError ends it
             return None
         except LocalrunError:
             self._ended()  # the request's own error ends it
             raise
+
+    async def _check(self, check: answer_schema.AfterCheck) -> None:
+        """The finished answer validated (in a child: server.checker), its time counted."""
+        began = time.perf_counter()
+        try:
+            await check.check(self.text, self.tool_calls)
+        except AnswerSchemaError:
+            self._checked(began, valid=False)
+            raise
+        self._checked(began, valid=True)
+
+    def _checked(self, began: float, *, valid: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.checked(self.stream.model, time.perf_counter() - began, valid=valid)
+
+    async def _following(self) -> Chunk | None:
+        """The next chunk. Past the end of an answer its check refused: the first chunk of a
+        new draw, where one may be drawn (`_may_redraw`); else the refusal."""
+        while True:
+            try:
+                return await self._next()
+            except AnswerSchemaError:
+                if not self._may_redraw():
+                    raise
+            self.draws += 1
+            assert self._again is not None
+            self.stream = await self._again(self.draws)
+            self.text = self.thinking = ""
+            self.logprobs, self.calls = [], []
+            self.finished = self._counted = False
+            if self._metrics is not None:
+                self._metrics.redrawn(self.stream.model)
+
+    def _may_redraw(self) -> bool:
+        """Whether an answer its check refused is drawn again: one sent whole (none of it
+        went out), drawn at random (greedy's would only repeat itself), fewer than
+        LOCALRUN_MAX_DRAWS times so far, within LOCALRUN_DRAW_TIME of the request's start."""
+        return (
+            self.whole
+            and self._again is not None
+            and self.stream.sampled
+            and self.draws < limits.max_draws()
+            and time.perf_counter() - self.started < limits.draw_time()
+        )
 
     async def prefetch(self) -> None:
         self._first = await self._next()
@@ -100,7 +151,7 @@ class Generation:
                     chunk.calls = self._take_calls(chunk.calls)
                 if chunk:
                     yield chunk
-                chunk = None if self.finished else await self._next()
+                chunk = None if self.finished else await self._following()
         finally:
             if not self.finished:
                 await self.close()
@@ -113,6 +164,9 @@ class Generation:
                     yield chunk.text
 
     async def collect(self) -> str:
+        """The whole answer, once it is complete (drawn again where its check refused it:
+        `_may_redraw`)."""
+        self.whole = True
         async with contextlib.aclosing(self.chunks()) as chunks:
             async for _ in chunks:
                 pass
@@ -184,8 +238,17 @@ async def _begin(ctx: core.Context, req: GenRequest) -> Generation:
     req.memory = ctx.memory  # the server's, whatever the client sent
     check = await answer_schema.after_check(req, ctx.checker)  # a 400 before any token
     stream = await ctx.scheduler.generate(req)
+
+    async def again(draw: int) -> Stream:
+        return await ctx.scheduler.generate(redrawn(req, draw))
+
     generation = Generation(
-        stream, started, ctx.metrics, parallel_tool_calls=req.parallel_tool_calls, check=check
+        stream,
+        started,
+        ctx.metrics,
+        parallel_tool_calls=req.parallel_tool_calls,
+        check=check,
+        again=again if check is not None else None,
     )
     try:
         await generation.prefetch()
@@ -194,6 +257,22 @@ async def _begin(ctx: core.Context, req: GenRequest) -> Generation:
             await generation.close()
         raise
     return generation
+
+
+_STRIDE = 0x9E3779B1  # 2**32 / the golden ratio: draws' seeds spread over the 32 bits
+
+
+def redrawn(req: GenRequest, draw: int) -> GenRequest:
+    """The request of an answer's draw number `draw` (from 2): with the request's seed, one
+    derived from it (the same draws each time; a stride far from n's seed + i, so that a
+    choice's redraw is not its neighbour's answer); without one, a new random seed (one the
+    model's own parameters set would repeat the answer)."""
+    seed = req.options.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed != -1:
+        again = (seed + _STRIDE * (draw - 1)) % 2**32
+    else:
+        again = secrets.randbelow(2**31)
+    return dataclasses.replace(req, options={**req.options, "seed": again})
 
 
 async def start_choices(request: Request, req: GenRequest, n: int) -> list[Generation]:

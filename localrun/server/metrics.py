@@ -7,6 +7,9 @@
     localrun_draft_tokens_total{model}                    tokens speculative decoding drafted
     localrun_draft_accepted_tokens_total{model}           of those, the tokens the model kept
     localrun_embedded_tokens_total{model}                 tokens read for embeddings
+    localrun_answer_checks_total{model, result}           answers validated after (valid, refused)
+    localrun_answer_check_seconds_total{model}            time those checks took
+    localrun_answer_redraws_total{model}                  sampled answers drawn again, refused
     localrun_queue_length                                 requests waiting for a slot
     localrun_slots_in_use{model} / localrun_slots{model}  busy and total slots of a loaded model
     localrun_models_loaded                                loaded models
@@ -79,6 +82,25 @@ class Metrics:
         self.embedded_tokens = Counter(
             "localrun_embedded_tokens", "Tokens read for embeddings", ["model"], registry=r
         )
+        self.checks = Counter(
+            "localrun_answer_checks",
+            "Answers validated after against the part of their schema not enforced "
+            "(uniqueItems, not ...), by result: valid or refused",
+            ["model", "result"],
+            registry=r,
+        )
+        self.check_seconds = Counter(
+            "localrun_answer_check_seconds",
+            "Seconds spent validating answers after",
+            ["model"],
+            registry=r,
+        )
+        self.redraws = Counter(
+            "localrun_answer_redraws",
+            "Sampled answers drawn again because their check refused them",
+            ["model"],
+            registry=r,
+        )
         r.register(_SchedulerCollector(scheduler))
 
     def generated(self, model: str, timings: Timings) -> None:
@@ -88,6 +110,14 @@ class Metrics:
         self.generated_tokens.labels(model).inc(timings.eval_tokens)
         self.draft_tokens.labels(model).inc(timings.draft_tokens)
         self.draft_accepted.labels(model).inc(timings.draft_accepted)
+
+    def checked(self, model: str, seconds: float, *, valid: bool) -> None:
+        """An answer was validated after (server.answer_schema)."""
+        self.checks.labels(model, "valid" if valid else "refused").inc()
+        self.check_seconds.labels(model).inc(seconds)
+
+    def redrawn(self, model: str) -> None:
+        self.redraws.labels(model).inc()
 
     def embedded(self, model: str, tokens: int) -> None:
         self.embedded_tokens.labels(model).inc(tokens)

@@ -93,6 +93,16 @@ def _format(body: Body) -> str | dict[str, Any] | None:
     raise BadRequestError(f"response_format type {spec.get('type')!r} is not supported")
 
 
+def _lenient(body: Body) -> bool:
+    """Whether a json_schema `response_format` is taken as Ollama's `format` is: without
+    `strict: true` the client asked for no guarantee, so the keywords the engine cannot
+    enforce are checked on the finished answer (server.answer_schema) rather than refused;
+    strict, the schema is enforced whole or refused, as OpenAI's strict mode does."""
+    spec = body.get("response_format", dict) or {}
+    inner = spec.get("json_schema")
+    return not (isinstance(inner, dict) and inner.get("strict") is True)
+
+
 def think_of(body: Body) -> bool | str | None:
     """`reasoning_effort`, or llama-server's `chat_template_kwargs.enable_thinking`."""
     effort = body.data.get("reasoning_effort")
@@ -300,6 +310,7 @@ def _chat_request(body: Body) -> GenRequest:
         messages=messages,
         options=_options(body),
         format=_format(body),
+        format_lenient=_lenient(body),
         tools=body.get("tools", list),
         tool_choice=body.data.get("tool_choice"),
         think=think_of(body),
@@ -356,7 +367,10 @@ def _chat_last(index: int, generation: Generation, streamed: int) -> list[dict[s
 
 
 async def _collect(request: Request, generations: list[Generation]) -> None:
-    """Every answer to its end (while the client is there)."""
+    """Every answer to its end (while the client is there); sent whole, each may be drawn
+    again where its check refuses it (Generation.whole)."""
+    for generation in generations:
+        generation.whole = True
 
     async def every() -> None:
         async with contextlib.aclosing(merged(generations)) as chunks:
@@ -385,6 +399,7 @@ async def completions(request: Request) -> Response:
         suffix=suffix,
         options=_options(body),
         format=_format(body),
+        format_lenient=_lenient(body),
         logprobs=_completion_logprobs(body),
         logit_bias=body.logit_bias(),
     )

@@ -182,6 +182,23 @@ def _assistant_message(output: list[dict[str, Any]]) -> dict[str, Any]:
 # -- routes -----------------------------------------------------------------------------------
 
 
+def _request(
+    body: Body, model: str, messages: list[dict[str, Any]], toolset: responses_tools.ToolSet
+) -> GenRequest:
+    return GenRequest(
+        model,
+        messages=chat_messages(messages, translated=True),
+        options=responses_input.options_of(body),
+        format=responses_input.format_of(body),
+        format_lenient=responses_input.lenient(body),
+        tools=toolset.tools,
+        tool_choice=responses_tools.tool_choice_of(body.data.get("tool_choice")),
+        tool_grammars=toolset.grammars or None,
+        think=responses_input.think_of(body),
+        parallel_tool_calls=body.flag("parallel_tool_calls", True),
+    )
+
+
 async def create(request: Request) -> Response:
     body = Body(await read_json(request))
     model = body.model()
@@ -204,17 +221,7 @@ async def create(request: Request) -> Response:
         conversation
     )
     toolset = responses_tools.tools_of(body.data.get("tools"))
-    req = GenRequest(
-        model,
-        messages=chat_messages(messages, translated=True),
-        options=responses_input.options_of(body),
-        format=responses_input.format_of(body),
-        tools=toolset.tools,
-        tool_choice=responses_tools.tool_choice_of(body.data.get("tool_choice")),
-        tool_grammars=toolset.grammars or None,
-        think=responses_input.think_of(body),
-        parallel_tool_calls=body.flag("parallel_tool_calls", True),
-    )
+    req = _request(body, model, messages, toolset)
     answer = _Answer(body, model, keep, previous)
     if keep:  # what the record holds before its answer: refused now rather than after it
         response_store.check_size(len(response_store.encode(

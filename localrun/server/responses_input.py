@@ -198,6 +198,14 @@ def format_of(body: Body) -> str | dict[str, Any] | None:
     raise BadRequestError(f"text.format type {kind!r} is not text, json_object or json_schema")
 
 
+def lenient(body: Body) -> bool:
+    """Whether `text.format`'s schema is taken as Ollama's `format` is (the keywords the
+    engine cannot enforce checked on the finished answer): unless it is `strict: true`,
+    which is enforced whole or refused."""
+    spec = (body.get("text", dict) or {}).get("format")
+    return not (isinstance(spec, dict) and spec.get("strict") is True)
+
+
 def think_of(body: Body) -> bool | str | None:
     reasoning = body.get("reasoning", dict)
     effort = (reasoning or {}).get("effort")

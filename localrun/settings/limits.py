@@ -68,6 +68,19 @@ LIMITS: dict[str, Setting] = {
             lambda: 8,
         ),
         Setting(
+            "LOCALRUN_MAX_DRAWS",
+            "Most times a sampled answer, sent whole, is drawn when it breaks the part of its "
+            "schema checked after (uniqueItems, not ...); then it is refused (422).",
+            parse.parse_positive_int,
+            lambda: 4,
+        ),
+        Setting(
+            "LOCALRUN_DRAW_TIME",
+            "No answer is drawn again once its request has run this long (then: refused).",
+            parse.parse_timeout,
+            lambda: 60.0,
+        ),
+        Setting(
             "LOCALRUN_RESPONSES_MAX",
             "Most stored Responses API answers (store: true) kept; the oldest go first.",
             parse.parse_count,
@@ -269,6 +282,14 @@ def max_json_depth() -> int:
 
 def max_choices() -> int:
     return LIMITS["LOCALRUN_MAX_CHOICES"].value()  # type: ignore[no-any-return]
+
+
+def max_draws() -> int:
+    return LIMITS["LOCALRUN_MAX_DRAWS"].value()  # type: ignore[no-any-return]
+
+
+def draw_time() -> float:
+    return LIMITS["LOCALRUN_DRAW_TIME"].value()  # type: ignore[no-any-return]
 
 
 def responses_max() -> int:

@@ -46,13 +46,15 @@ def grammar(
     model may choose. `primed` is a marker the prompt already ends with (Functionary's `>>>`):
     not repeated. `special`: the family's markers the vocabulary has as special tokens (text:
     id), which the call may write as those tokens. `grammars`: the custom tools' grammars of
-    their input, by tool name (the Responses API's)."""
+    their input, by tool name (the Responses API's). A strict tool's schema is enforced whole
+    or refused; another's as Ollama's `format` is: the keywords the engine cannot enforce
+    left out, its call validated after (server.answer_schema)."""
     if not tools_mod.forces(tool_choice):
         return None
     made = _Made(grammars or {})
     rules = made.calls(syntax, tools, tools_mod.forced_name(tools, tool_choice), primed)
     rules.append("root ::= calls")
-    return made.lark(rules, special)
+    return made.lark(rules, special, lenient=frozenset(made.loose))
 
 
 def lazy(
@@ -130,6 +132,7 @@ class _Made:
     def __init__(self, grammars: Grammars) -> None:
         self.grammars = grammars
         self.schemas: list[dict[str, Any]] = []
+        self.loose: set[int] = set()  # the schemas of tools not strict (by index)
         self.texts: list[str] = []  # custom tools' input grammars, each once quoted or raw
 
     def calls(
@@ -147,15 +150,21 @@ class _Made:
             spec = self.grammars.get(name)
             own = _custom_rules(syntax, rule, name, spec, primed, self.texts) if spec else None
             if own is None:
-                schema = tools_mod.parameters(tool)
+                schema, before = tools_mod.parameters(tool), len(self.schemas)
                 own = _call_rules(syntax, rule, name, schema, primed, self.schemas)
+                if not tools_mod.strict(tool):
+                    self.loose.update(range(before, len(self.schemas)))
             rules += own
             calls.append(rule)
         rules.append(f"calls ::= {' | '.join(calls)}")
         return rules
 
     def lark(
-        self, rules: list[str], special: dict[str, int] | None, *, lenient: bool = False
+        self,
+        rules: list[str],
+        special: dict[str, int] | None,
+        *,
+        lenient: bool | frozenset[int] = False,
     ) -> str:
         return to_lark(
             "\n".join(rules), self.schemas, special or {}, lenient=lenient, grammars=self.texts

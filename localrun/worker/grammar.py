@@ -132,7 +132,7 @@ def to_lark(
     schemas: list[dict[str, Any]],
     special: dict[str, int],
     *,
-    lenient: bool = False,
+    lenient: bool | frozenset[int] = False,
     grammars: list[str] | None = None,
 ) -> str:
     """A GBNF grammar built around placeholders as Lark: each JSON placeholder the schema's
@@ -140,7 +140,8 @@ def to_lark(
     the token or its text, and every rule a rule of the grammar (llguidance takes neither
     `%json` nor a token inside a terminal). With `grammars` (Lark grammars of their own: a
     custom tool's input), each grammar placeholder refers to its grammar, and the whole is
-    llguidance's list of grammars, the call's first."""
+    llguidance's list of grammars, the call's first. `lenient`: every schema's keywords the
+    engine cannot enforce left out, or those of the schemas at these indices alone."""
     from llguidance.gbnf_to_lark import GbnfToLarkError, gbnf_to_lark
 
     try:
@@ -151,7 +152,10 @@ def to_lark(
 
     def put(match: re.Match[str]) -> str:
         index = int(match.group(1))
-        return schema_lark(schemas[index], lenient=lenient) if index < len(schemas) else match[0]
+        if index >= len(schemas):
+            return match[0]
+        loose = lenient if isinstance(lenient, bool) else index in lenient
+        return schema_lark(schemas[index], lenient=loose)
 
     lark = _PLACEHOLDER.sub(put, lark)
     if not grammars:

@@ -290,6 +290,7 @@ class Stream:
         self.stop_sequence: str | None = None  # the stop string that ended the answer
         self.context: list[int] | None = None
         self.prompt_count: int | None = None  # the prompt's tokens, told with the first piece
+        self.sampled = False  # drawn at random (not greedy): drawn again, it may differ
         self.load_s = load_s
         self._queue = queue
         self._cancel = cancel
@@ -330,6 +331,7 @@ class Stream:
             self.stop_sequence = stop if isinstance(stop, str) else None
             context = item.get("context")
             self.context = context if isinstance(context, list) else None
+            self.sampled = item.get("sampled") is True
             return None
         if kind == protocol.ERROR:
             raise protocol.error_from_dict(item.get("error"))

@@ -338,6 +338,7 @@ def done_event(
     context: list[int] | None = None,
     *,
     stop_sequence: str | None = None,
+    sampled: bool = False,
 ) -> Message:
     event: Message = {
         "event": DONE,
@@ -350,6 +351,8 @@ def done_event(
         event["context"] = context
     if stop_sequence is not None:
         event["stop_sequence"] = stop_sequence
+    if sampled:  # drawn at random: drawn again, the answer may differ (greedy's would not)
+        event["sampled"] = True
     return event
 
 

@@ -113,6 +113,8 @@ class RequestSink:
         self._prompt_count: int | None = len(prepared.tokens)
         self.sent: list[str] = []  # the text passed on, kept when the context is returned
         self.stop = StopFilter(prepared.sampling.stop)
+        sampling = prepared.sampling
+        self.sampled = sampling.temperature > 0 and sampling.top_k != 1  # not greedy
         syntax = prepared.tool_syntax
         self.reasoning = prepared.reasoning  # "split", "hide" or None
         # Without reasoning parted off, a thought the answer writes is text, calls in it too.
@@ -292,7 +294,13 @@ class RequestSink:
                 reason = "stop"
             context = self._context(tokens)
             event = protocol.done_event(
-                self.id, reason, timings, tool_calls, context, stop_sequence=self.stop.matched
+                self.id,
+                reason,
+                timings,
+                tool_calls,
+                context,
+                stop_sequence=self.stop.matched,
+                sampled=self.sampled,
             )
         except Exception as exc:  # never leave a request without its final event
             event = protocol.error_event(unexpected(exc), self.id)
