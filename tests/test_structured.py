@@ -126,6 +126,40 @@ def test_the_json_schema_test_suite_is_kept_or_refused(smol_vocab: Weights) -> N
     assert seen["schema taken"] >= 150 and seen["instance judged as the suite does"] >= 500
 
 
+@pytest.mark.model
+def test_a_not_said_in_other_keywords_is_enforced_while_the_answer_is_made(
+    smol_vocab: Weights,
+) -> None:
+    """`not` of types, of a string's const or enum, of everything or nothing, and keywords
+    that exclude nothing as written (formats.enforceable) compile (strict routes take them)
+    and hold every value as JSON Schema does."""
+    cases: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
+        ({"type": "string", "not": {"enum": ["a", "ab", "x.y", "", "é", "[^]"]}},
+         ["abc", "b", "xzy", "ée", "a\nb", "aa", "[^]x"], ["a", "ab", "", "x.y", "é", "[^]"]),
+        ({"not": {"type": ["string", "number"]}},
+         [None, [1], {"a": 1}, True], ["a", 1, 1.5]),
+        ({"type": "object", "properties": {"foo": {"not": {}}}}, [{"bar": 1}, {}], [{"foo": 1}]),
+        ({"enum": [1, 2, "a"], "not": {"const": 2}}, [1, "a"], [2]),
+        ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True, "maxItems": 1},
+         [[], [1]], [[1, 1]]),
+        ({"type": "array", "items": {"type": "integer"}, "uniqueItems": False}, [[1, 1]], []),
+        ({"type": "integer", "if": {"minimum": 5}}, [1, 7], ["x"]),
+    ]  # fmt: skip
+    for schema, valid, invalid in cases:
+        grammar = constraint_for(schema)  # strict: refused before, if llguidance met `not`
+        assert grammar is not None
+        for values, kept in ((valid, True), (invalid, False)):
+            for value in values:
+                assert jsonschema.Draft202012Validator(schema).is_valid(value) == kept
+                text = json.dumps(value, ensure_ascii=False)
+                assert _takes(smol_vocab, grammar, text) == kept, (schema, value)
+    # A `not` nothing else can say is left as it is: refused where strict.
+    with pytest.raises(BadRequestError, match="not"):
+        constraint.Constraint(
+            smol_vocab.guide(), constraint_for({"not": {"type": "integer"}}) or "", 1
+        )
+
+
 # -- end to end, SmolLM2 through the server ----------------------------------------------------
 
 TREE = {

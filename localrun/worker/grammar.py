@@ -22,7 +22,7 @@ import secrets
 from typing import Any
 
 from localrun.errors import BadRequestError
-from localrun.formats import grammar_bounds
+from localrun.formats import enforceable, grammar_bounds
 
 Format = str | dict[str, Any] | None
 
@@ -83,7 +83,7 @@ def format_schema(format: Format) -> dict[str, Any] | None:
 def schema_lark(schema: dict[str, Any], *, lenient: bool = False) -> str:
     """A JSON schema as a Lark expression, checked against the bounds a schema may not pass."""
     grammar_bounds.check_schema(schema)
-    schema = _known_formats(schema)
+    schema = enforceable.enforceable(_known_formats(schema))  # `not` as other keywords
     options: dict[str, Any] = {**LAYOUT, "lenient": lenient}
     if grammar_bounds.has_one_of(schema):
         # oneOf is read as anyOf: the same values where no value matches two branches; where

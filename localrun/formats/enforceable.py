@@ -1,0 +1,195 @@
+"""Keywords the constraint engine does not take, rewritten into ones it does where both mean the
+same values, so that they are enforced while the answer is made rather than checked after it.
+
+Keywords that exclude no value as written (`uniqueItems: false`, or true where at most one
+item may be; `if` with neither `then` nor `else`, and those without `if`; a `contains` that
+`minContains: 0` leaves free) are left out.
+
+llguidance's JSON compiler has no `not`. Where a `not` says something the other keywords can
+say, it is said that way:
+
+- `not` of types: the node's other types (`{"not": {"type": "string"}}` is every type but
+  string). Not where an integer is excluded and numbers are not: "a number that is not an
+  integer" has no type of its own.
+- `not` of a `const` or an `enum`: a node with an enum of its own keeps the others of it; a
+  string's node (`"type": "string"`, no pattern of its own) gets the pattern of every string
+  but those (`{"type": "string", "not": {"enum": ["a", "ab"]}}`).
+- `not` of the schema that takes everything (`{}`, `true`) is the schema that takes nothing
+  (`false`: a property that may not be there), and `not` of one that takes nothing (`false`,
+  `{"not": {}}`) is no keyword at all.
+
+Every other `not` is left as it is: the route's leniency decides (checked after, or refused).
+The rewritten schema is only the grammar's: the answer is still checked against the client's
+own (server.answer_schema), which the rewrite never loosens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from localrun.formats import schema_refs
+
+# JSON's types; "integer" is a kind of "number".
+TYPES = ("null", "boolean", "object", "array", "number", "string")
+MAX_PATTERN = 4096  # the longest pattern written for a `not` of strings (else: left as it is)
+MAX_DEPTH = 120  # deeper nodes are left as they are (grammar_bounds refuses deeper schemas)
+
+# Keywords whose value is one subschema, and those whose value is a list of them.
+_ONE = ("items", "additionalProperties", "contains", "propertyNames", "if", "then", "else",
+        "not", "unevaluatedItems", "unevaluatedProperties", "additionalItems")  # fmt: skip
+_LIST = ("anyOf", "allOf", "oneOf", "prefixItems")
+
+
+def enforceable(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with each `not` the engine can enforce as other keywords rewritten (a copy;
+    the root itself is never made `false`)."""
+    rewritten = _node(schema, 0)
+    return rewritten if isinstance(rewritten, dict) else schema
+
+
+def _node(node: Any, depth: int) -> Any:
+    if not isinstance(node, dict) or depth > MAX_DEPTH:
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in schema_refs.NAME_MAPS and isinstance(value, dict):
+            out[key] = {name: _node(sub, depth + 1) for name, sub in value.items()}
+        elif key in _LIST and isinstance(value, list):
+            out[key] = [_node(sub, depth + 1) for sub in value]
+        elif key in _ONE:
+            out[key] = _node(value, depth + 1)
+        else:
+            out[key] = value
+    return _without_not(_without_no_ops(out), depth)
+
+
+def _without_no_ops(node: dict[str, Any]) -> dict[str, Any]:
+    """The node less the keywords that, as written, exclude no value: `uniqueItems: false`
+    (or true where at most one item may be), `if` with neither `then` nor `else` (and either
+    without `if`), a `contains` that at least no items may match (`minContains: 0`)."""
+    drop = set()
+    unique = node.get("uniqueItems")
+    most = node.get("maxItems")
+    if unique is False or (unique is True and isinstance(most, int) and most <= 1):
+        drop.add("uniqueItems")
+    if "if" in node and "then" not in node and "else" not in node:
+        drop.add("if")
+    if "if" not in node:
+        drop.update(key for key in ("then", "else") if key in node)
+    if node.get("minContains") == 0 and "maxContains" not in node:
+        drop.update(("contains", "minContains"))
+    return {key: value for key, value in node.items() if key not in drop} if drop else node
+
+
+def _without_not(node: dict[str, Any], depth: int) -> Any:
+    """The node with its `not` said in other keywords where it can be; else as it is."""
+    if "not" not in node:
+        return node
+    negated = node["not"]
+    rest = {key: value for key, value in node.items() if key != "not"}
+    if negated is False or negated == {"not": {}} or negated == {"not": True}:
+        return rest  # not nothing: everything
+    if negated is True or negated == {}:
+        return node if depth == 0 else False  # not everything: nothing
+    if not isinstance(negated, dict):
+        return node
+    if set(negated) == {"type"}:
+        types = _other_types(rest.get("type"), negated["type"])
+        if types is None:
+            return node
+        return {**rest, "type": types[0] if len(types) == 1 else types}
+    excluded = _values(negated)
+    if excluded is None:
+        return node
+    if isinstance(rest.get("enum"), list):
+        kept = [value for value in rest["enum"] if not _among(value, excluded)]
+        return {**rest, "enum": kept} if kept else node
+    if rest.get("type") == "string" and "pattern" not in rest and "format" not in rest:
+        strings = [value for value in excluded if isinstance(value, str)]
+        pattern = _other_strings(strings)
+        if pattern is not None:
+            return {**rest, "pattern": pattern}
+    return node
+
+
+def _other_types(own: Any, negated: Any) -> list[str] | None:
+    """The node's types less `negated`'s (None: not expressible as types)."""
+    excluded = {negated} if isinstance(negated, str) else negated
+    if not isinstance(excluded, (set, list)) or not all(isinstance(t, str) for t in excluded):
+        return None
+    excluded = set(excluded)
+    if "integer" in excluded and "number" not in excluded:
+        return None  # a number that is not an integer has no type of its own
+    if "number" in excluded:
+        excluded.add("integer")
+    allowed = {own} if isinstance(own, str) else set(own) if isinstance(own, list) else set(TYPES)
+    if not all(isinstance(t, str) for t in allowed):
+        return None
+    kept = [t for t in (*TYPES, "integer") if t in allowed and t not in excluded]
+    return kept or None
+
+
+def _values(negated: dict[str, Any]) -> list[Any] | None:
+    """The values a `not` of a `const` or an `enum` (and nothing else) excludes."""
+    if set(negated) == {"const"}:
+        return [negated["const"]]
+    if set(negated) == {"enum"} and isinstance(negated["enum"], list):
+        return list(negated["enum"])
+    return None
+
+
+def _among(value: Any, values: list[Any]) -> bool:
+    """Whether JSON Schema counts `value` equal to one of `values` (1 == 1.0, True != 1)."""
+    return any(_equal(value, other) for other in values)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def _other_strings(excluded: list[str]) -> str | None:
+    """An anchored pattern of every string but `excluded` (None: too long to write)."""
+    trie: dict[str, Any] = {}
+    for word in excluded:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}  # the end of an excluded word
+    pattern = f"^(?:{_besides(trie)})$"
+    return pattern if len(pattern) <= MAX_PATTERN else None
+
+
+_ANY = r"[\s\S]"
+
+
+def _besides(node: dict[str, Any]) -> str:
+    """A regular expression of the strings that, read from this trie node on, end on no
+    excluded word."""
+    children = sorted(char for char in node if char)
+    options = [] if "" in node else [""]  # the string may end here unless a word ends here
+    if children:
+        others = "".join(_in_class(char) for char in children)
+        options.append(f"[^{others}]{_ANY}*")
+    else:
+        options.append(f"{_ANY}+")
+    options += [_literal(char) + f"(?:{_besides(node[char])})" for char in children]
+    return "|".join(options)
+
+
+def _literal(char: str) -> str:
+    return "\\" + char if char in _META else char
+
+
+_META = set("\\.+*?()|[]{}^$")
+
+
+def _in_class(char: str) -> str:
+    return "\\" + char if char in "\\]^-[" else char
