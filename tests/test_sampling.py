@@ -42,9 +42,15 @@ def _whole_vocabulary(self: Sampler, logits: Any) -> tuple[int, bool]:
 
 
 def _biased(model: BatchEngine, options: SamplingOptions) -> SamplingOptions:
-    """`options` with the answer's first token banned and its third favoured."""
+    """`options` with the answer's first token banned and its third favoured, and its ends
+    banned (so that the answer runs to num_predict however the bias turns it)."""
+    import llama_cpp as lc
+
     plain = _tokens(model, options)
-    return replace(options, logit_bias=((plain[0], -100.0), (plain[2], 3.0)))
+    vocab = model._weights.vocab
+    ends = [t for t in range(lc.llama_vocab_n_tokens(vocab)) if lc.llama_vocab_is_eog(vocab, t)]
+    bias = ((plain[0], -100.0), (plain[2], 3.0), *((end, -100.0) for end in ends))
+    return replace(options, logit_bias=bias)
 
 
 GREEDY = SamplingOptions(temperature=0, num_predict=64)

@@ -1034,3 +1034,73 @@ def test_the_depth_follows_every_spelling_of_a_reference_and_none_that_names_not
     started = time.monotonic()
     grammar_bounds.check_schema(aliases)
     assert time.monotonic() - started < 5  # the enum walked twice, not 500 times
+
+
+def _strict(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The families' tools, strict, each value one of the cases' own (Paris, CET)."""
+    held = []
+    for tool in tools:
+        (key,) = tool["function"]["parameters"]["properties"]
+        value = {"city": "Paris", "tz": "CET"}[key]
+        parameters = {"type": "object", "properties": {key: {"enum": [value]}},
+                      "required": [key], "additionalProperties": False}  # fmt: skip
+        held.append({**tool, "function": {**tool["function"], "parameters": parameters,
+                                          "strict": True}})  # fmt: skip
+    return held
+
+
+def _held_tokens(weights: Weights, made: tuple[str, tuple[str, ...]], think: Any, text: str) -> int:
+    """Feeds `text` as the model's tokens through the lazy constraint (as the sampler does);
+    the tokens held to a call's grammar. Raises AssertionError at a token it refuses."""
+    held = constraint.Constraint(weights.guide(), made[0], weights.n_vocab)
+    lazy = constraint.Lazy(held, made[1], (*think, False) if think and think[0] else None)
+    active: constraint.Constraint | None = None
+    count = 0
+    for token in weights.tokenize(text, add_special=False, parse_special=False):
+        piece = weights.token_bytes(token)
+        fed = False
+        if active is None:
+            active = lazy.see(piece)
+            fed = lazy.fed  # the call began inside this token: its bytes are the grammar's
+        if active is not None:
+            if not fed:
+                assert active.allows(token), piece
+                active.accept(token)
+            count += 1
+            if active.whole():
+                lazy.done()
+                active = None
+    return count
+
+
+@pytest.mark.model
+def test_every_familys_strict_call_is_held_under_tool_choice_auto(smol_vocab: Weights) -> None:
+    """Each family of the format table opens a strict tool's call by its marker (or by the
+    marker inside its header: gpt-oss's `to=functions.`; or, without one, by the call's first
+    characters: a Python list's `[get_weather`): the call the family writes is held to its
+    grammar from there, the text before it free; a JSON value outside the schema is refused."""
+    from family_cases import CASES, TOOLS
+
+    from localrun.worker import forced
+
+    tools = _strict(TOOLS)
+    seen = set()
+    for case in CASES:
+        family = case.family_of()
+        if not case.calls or family.syntax is None or family.name in seen:
+            continue
+        seen.add(family.name)
+        syntax = family.syntax.with_tools(tools)
+        primed = ">>>" if family.name == "functionary-v3.2" else ""
+        made = forced.lazy(syntax, tools, primed=primed)
+        if primed:  # the prompt opened the call: forced from its first byte, not lazy
+            assert made is None
+            continue
+        assert made is not None, family.name
+        says = "Let me check. " + syntax.write("get_weather", '{"city": "Paris"}')
+        assert _held_tokens(smol_vocab, made, family.think, says) > 3, family.name
+        if "%json" in made[0]:  # JSON arguments: the schema holds them
+            with pytest.raises(AssertionError):
+                _held_tokens(smol_vocab, made, family.think, says.replace("Paris", "Lyon"))
+    assert {"gpt-oss", "pythonic", "llama3", "hermes", "qwen3-coder"} <= seen, seen
+    assert len(seen) >= 20

@@ -193,11 +193,15 @@ class Lazy:
         self.markers = [m for m in (*self.triggers, self.open, self.close) if m]
         self.keep = max(len(m) for m in self.markers) - 1
         self.tail = b""  # the answer's last bytes, where a marker may have begun
+        # The trigger began inside the token see() was last given (` functools` opening
+        # `functools[`): the grammar holds its bytes from the trigger on, and the token itself
+        # is free text, as llama.cpp's lazy grammars take it.
+        self.fed = False
 
     def see(self, piece: bytes) -> Constraint | None:
         """The chosen token's bytes: the call's constraint when they finish a trigger (given
         the trigger's bytes the earlier tokens wrote; the token itself is the caller's to
-        check), else None."""
+        check, unless `fed`), else None."""
         text = self.tail + piece
         base = len(self.tail)
         at = 0
@@ -210,7 +214,8 @@ class Lazy:
                 self.inside = False
             elif not self.inside:
                 self.tail = b""
-                return self._start(text[index:base])
+                self.fed = index > base
+                return self._start(text[index:] if self.fed else text[index:base])
         self.tail = text[max(at, len(text) - self.keep) :] if self.keep else b""
         return None
 
@@ -231,8 +236,11 @@ class Lazy:
                 best = (index, marker)
         return best
 
-    def _start(self, before: bytes) -> Constraint:
+    def _start(self, before: bytes) -> Constraint | None:
         constraint = self.constraint
         if before:
             constraint.feed(constraint.tokens.tokenize_bytes(before))
+            if constraint.matcher.is_error():  # the trigger's text goes on outside the grammar
+                constraint.reset()
+                return None
         return constraint

@@ -186,6 +186,9 @@ class Sampler:
         if constraint is None and lazy is not None:
             assert self.spelled is not None
             constraint = self.constraint = lazy.see(self.spelled(token))
+            if constraint is not None and lazy.fed:  # the call began inside this token
+                self._took(token, alone, held=False)
+                return token
         if constraint is not None and not constraint.allows(token):
             self._fill(logits)
             constraint.restrict(self.logits)
@@ -204,13 +207,15 @@ class Sampler:
         grammar and the chain's penalties move past it as if it had been sampled."""
         self._took(token, alone=self.greedy)
 
-    def _took(self, token: int, alone: bool) -> None:
+    def _took(self, token: int, alone: bool, *, held: bool = True) -> None:
         """`token` is the answer's: the grammar (a lazy one's call whole, free until the next
         marker) and the chain move past it; `alone`: greedy chose it without the chain, which
-        catches up on its next run (engine.sampling's greedy path)."""
+        catches up on its next run (engine.sampling's greedy path); not `held`: the grammar
+        was given its bytes already (a lazy call that began inside it)."""
         constraint = self.constraint
         if constraint is not None:
-            constraint.accept(token)
+            if held:
+                constraint.accept(token)
             if self.lazy is not None and constraint.whole():
                 self.lazy.done()
                 self.constraint = None

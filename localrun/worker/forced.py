@@ -70,9 +70,9 @@ def lazy(
     open a call: the engine holds the answer to it from a marker until the call is whole
     (engine.constraint.Lazy), and leaves the rest of the answer free. A strict tool's call
     follows its schema; another tool's is any object of its parameters. None where no tool is
-    strict, or the family's calls open with no marker of their own (a bare JSON object, a
-    Python list, gpt-oss's channels): those calls are read as written. A custom tool with a
-    grammar (`grammars`) is held to it as a strict tool to its schema."""
+    strict, or where a call of the family cannot be told by its first characters (_trigger).
+    A custom tool with a grammar (`grammars`) is held to it as a strict tool to its
+    schema."""
     grammars = grammars or {}
 
     def held(tool: tools_mod.Tool) -> bool:
@@ -81,21 +81,40 @@ def lazy(
     if primed or not any(held(tool) for tool in tools):
         return None
     triggers: set[str] = set()
+    before: set[str] = set()  # what a call's text holds ahead of its trigger (not held)
     for tool in tools:
-        name = tool["function"]["name"]
-        try:
-            text = syntax.write(name, "{}")
-        except (ValueError, TypeError):
-            text = syntax.write(name, json.dumps({_KEY: _VALUE}))
-        found = [m for m in syntax.starts if m and text.startswith(m)]
-        if not found:
+        found = _trigger(syntax, tool["function"]["name"])
+        if found is None:
             return None
-        triggers.add(max(found, key=len))
+        triggers.add(found[0])
+        before.add(found[1])
+    if len(before) > 1:
+        return None
     loose = [tool if held(tool) else _loose(tool) for tool in tools]
     made = _Made(grammars)
-    rules = made.calls(syntax, loose, None, "")
+    rules = made.calls(syntax, loose, None, before.pop())
     rules.append("root ::= calls")
     return made.lark(rules, special), tuple(sorted(triggers))
+
+
+def _trigger(syntax: Syntax, name: str) -> tuple[str, str] | None:
+    """What opens a call of `name` in the answer, and the call's text ahead of it: the
+    family's marker that starts it; else the marker inside it after a header of its own
+    (gpt-oss's `to=functions.`, after `<|channel|>commentary `); else, in a family whose
+    calls have no marker (a Python list), the call's first characters to the tool's name
+    (`[get_weather`), as llama.cpp's triggers for such families are."""
+    try:
+        text = syntax.write(name, "{}")
+    except (ValueError, TypeError):
+        text = syntax.write(name, json.dumps({_KEY: _VALUE}))
+    found = [m for m in syntax.starts if m and text.startswith(m)]
+    if found:
+        return max(found, key=len), ""
+    if syntax.opens and syntax.opens in text:
+        at = text.index(syntax.opens)
+        return syntax.opens, text[:at]
+    at = text.find(name)
+    return (text[: at + len(name)], "") if at >= 0 else None
 
 
 def _loose(tool: tools_mod.Tool) -> tools_mod.Tool:

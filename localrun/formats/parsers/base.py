@@ -59,6 +59,10 @@ class Syntax:
     ends: tuple[str, ...] = ()
     # Markers the model writes as special tokens: the engine spells them out for the parser.
     special: tuple[str, ...] = ()
+    # A marker inside a call, after a header of its own, from which a strict tool's call is
+    # held to its grammar under tool_choice "auto" (gpt-oss's `to=functions.`), where no
+    # marker of `starts` opens the call.
+    opens: str = ""
     tools: list[Tool] = field(default_factory=list)  # set per request (for typing values)
 
     def with_tools(self, tools: list[Tool]) -> Syntax:

@@ -41,6 +41,7 @@ class Harmony(Syntax):
 
     name: str = "harmony"
     special: tuple[str, ...] = (*_ALL, "<|constrain|>")
+    opens: str = "to=functions."  # a call's header names its recipient before or after its channel
 
     def take(self, text: str, final: bool) -> Taken:
         raise Malformed("harmony calls are read by HarmonyStream")
