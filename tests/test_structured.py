@@ -1036,6 +1036,37 @@ def test_the_depth_follows_every_spelling_of_a_reference_and_none_that_names_not
     assert time.monotonic() - started < 5  # the enum walked twice, not 500 times
 
 
+@pytest.mark.model
+def test_a_custom_tools_grammar_bomb_is_bounded_as_a_schema_is(smol_live: LiveServer) -> None:
+    """A custom tool's grammar meets a schema's bounds: too large a grammar is a 400 before any
+    token; one that forces a million bytes is cut at max tokens (or, its forced text past
+    llguidance's limits, a one-line 400); the runner serves the next request either way."""
+
+    def forced(syntax: str, definition: str) -> httpx.Response:
+        grammar = {"type": "grammar", "syntax": syntax, "definition": definition}
+        tool = {"type": "custom", "name": "edit", "description": "Edit.", "format": grammar}
+        return httpx.post(
+            f"{smol_live.url}/v1/responses",
+            json={"model": SMOL, "input": "Edit it.", "max_output_tokens": 30, "tools": [tool],
+                  "tool_choice": {"type": "custom", "name": "edit"}},
+            timeout=PATIENCE_S,
+        )  # fmt: skip
+
+    started = time.monotonic()
+    wide = forced("lark", "start: " + "|".join(f'"{i}"' for i in range(200_000)))
+    assert wide.status_code == 400 and "LOCALRUN_MAX_GRAMMAR_BYTES" in wide.text
+    deep = forced("regex", "(a{1000}){1000}")  # a million a's: cut at max tokens, or refused
+    if deep.status_code == 400:  # forced text past llguidance's limits: one line
+        assert "\n" not in deep.json()["error"]["message"]
+    else:
+        assert deep.json()["incomplete_details"]["reason"] == "max_output_tokens", deep.text
+    assert time.monotonic() - started < 60
+    fine = forced("regex", "[a-z]{1,8}")
+    assert fine.status_code == 200, fine.text[:300]
+    (call,) = [item for item in fine.json()["output"] if item["type"] == "custom_tool_call"]
+    assert re.fullmatch("[a-z]{1,8}", call["input"]), call
+
+
 def _strict(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The families' tools, strict, each value one of the cases' own (Paris, CET)."""
     held = []

@@ -143,9 +143,12 @@ class Constraint:
         return list(self.matcher.compute_ff_tokens())
 
     def failed(self) -> str | None:
-        """Why the grammar can go no further (a step past its limits), if it cannot."""
+        """Why the grammar can go no further (a step past its limits), if it cannot: the
+        first line of llguidance's reason (it may add lines of its own, `<non-verbose/>`)."""
         self._settled()
-        return self.matcher.get_error() if self.matcher.is_error() else None
+        if not self.matcher.is_error():
+            return None
+        return (self.matcher.get_error() or "an error").strip().splitlines()[0][:300]
 
     def whole(self) -> bool:
         """Whether what the grammar was given so far is a whole answer of it."""

@@ -251,9 +251,9 @@ def check_grammar(grammar: str) -> str:
     size = len(grammar.encode())
     if size > limit:
         raise BadRequestError(
-            f"the JSON schema makes a grammar of {size} bytes (at most {limit}), e.g. a very "
-            "long enum",
-            hint="shorten the schema's enums and alternatives, or raise "
+            f"the schema or grammar makes a grammar of {size} bytes (at most {limit}), e.g. a "
+            "very long enum or list of alternatives",
+            hint="shorten the schema's enums and the grammar's alternatives, or raise "
             "LOCALRUN_MAX_GRAMMAR_BYTES on the server",
         )
     return grammar
