@@ -677,41 +677,61 @@ def scripted_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
     server.close()
 
 
-def _calls_of(url: str, dialect: str, strict: bool) -> list[dict[str, Any]]:
-    """The model's calls of get_weather, asked in `dialect` with the tool `strict` or not."""
+def _calls_of(url: str, dialect: str, strict: bool, stream: bool = False) -> list[dict[str, Any]]:
+    """The model's calls of get_weather, asked in `dialect` with the tool `strict` or not
+    (`stream`: read from the official client's stream)."""
     ask = [{"role": "user", "content": WEATHER_ASK}]
     if dialect == "anthropic":
         tool: Any = {"name": "get_weather", "description": "The weather in a city",
                      "input_schema": WEATHER, "strict": strict}  # fmt: skip
-        reply = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0).messages.create(
-            model="lyon", max_tokens=300, messages=ask, tools=[tool],  # type: ignore[arg-type]
-            extra_body={"temperature": 0},
-        )  # fmt: skip
+        client = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+        kwargs: Any = dict(model="lyon", max_tokens=300, messages=ask, tools=[tool],
+                           extra_body={"temperature": 0})  # fmt: skip
+        if stream:
+            with client.messages.stream(**kwargs) as events:
+                reply = events.get_final_message()
+        else:
+            reply = client.messages.create(**kwargs)
         return [b.input for b in reply.content if b.type == "tool_use"]  # type: ignore[misc]
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    openai_client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
     if dialect == "responses":
-        response = client.responses.create(
+        asked: Any = dict(
             model="lyon", input=WEATHER_ASK, max_output_tokens=300, temperature=0,
             tools=[{"type": "function", "name": "get_weather", "parameters": WEATHER,
                     "strict": strict, "description": "The weather in a city"}],
         )  # fmt: skip
-        return [json.loads(i.arguments) for i in response.output if i.type == "function_call"]
-    message = client.chat.completions.create(
-        model="lyon", messages=ask, tools=[_weather(strict)], temperature=0,  # type: ignore[arg-type]
-        max_tokens=300,
-    ).choices[0].message  # fmt: skip
+        if stream:
+            done = [e for e in openai_client.responses.create(**asked, stream=True)
+                    if e.type == "response.completed"]  # fmt: skip
+            output = done[0].response.output
+        else:
+            output = openai_client.responses.create(**asked).output
+        return [json.loads(i.arguments) for i in output if i.type == "function_call"]
+    common: Any = dict(model="lyon", messages=ask, tools=[_weather(strict)], temperature=0,
+                       max_tokens=300)  # fmt: skip
+    if stream:
+        calls: dict[int, str] = {}
+        for chunk in openai_client.chat.completions.create(**common, stream=True):
+            for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                calls[delta.index] = calls.get(delta.index, "") + (
+                    (delta.function and delta.function.arguments) or ""
+                )
+        return [json.loads(arguments) for arguments in calls.values()]
+    message = openai_client.chat.completions.create(**common).choices[0].message
     return [json.loads(c.function.arguments) for c in message.tool_calls or []]  # type: ignore[union-attr]
 
 
 @pytest.mark.model
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("dialect", ["chat", "anthropic", "responses"])
 def test_a_strict_tools_call_is_held_to_its_schema_in_each_dialect(
-    scripted_live: LiveServer, dialect: str
+    scripted_live: LiveServer, dialect: str, stream: bool
 ) -> None:
     """A model that calls with arguments the schema refuses: without `strict` the call comes
-    back as written; with it, the call the constraint let through, which validates."""
-    assert _calls_of(scripted_live.url, dialect, False) == [{"city": "Lyon", "days": 9}]
-    held = _calls_of(scripted_live.url, dialect, True)
+    back as written; with it, the call the constraint let through, which validates; streamed
+    or not."""
+    assert _calls_of(scripted_live.url, dialect, False, stream) == [{"city": "Lyon", "days": 9}]
+    held = _calls_of(scripted_live.url, dialect, True, stream)
     assert held  # (the scripted model, put off its script, calls again: each call is held)
     for arguments in held:
         jsonschema.validate(arguments, WEATHER)
