@@ -148,13 +148,20 @@ def _growth(before: dict[str, float], after: dict[str, float]) -> Callable[[str]
 
 
 def run_model(
-    server: Server, picked: list[tuple[str, dict[str, Any]]], tokens: int, sampled: bool
+    server: Server,
+    picked: list[tuple[str, dict[str, Any]]],
+    tokens: int,
+    sampled: bool,
+    only: tuple[str, ...] = ROUTES,
 ) -> dict[str, Any]:
     """Every picked schema over every route on one server; with `sampled`, the openai route
     again at temperature 0.8 with the draws each answer needed."""
     tallies: dict[str, Counter[str]] = {route: Counter() for route in ROUTES}
     wrong: list[str] = []
-    routes: list[tuple[str, str, dict[str, Any]]] = [(r, r, {"temperature": 0}) for r in ROUTES]
+    notes: list[str] = []  # every answer not valid, with why (in the JSON only)
+    routes: list[tuple[str, str, dict[str, Any]]] = [
+        (r, r, {"temperature": 0}) for r in ROUTES if r in only
+    ]
     if sampled:
         routes.append(("openai sampled", "openai", {"temperature": 0.8, "seed": 11}))
         tallies["openai sampled"] = Counter()
@@ -175,6 +182,9 @@ def run_model(
                 tallies[label][outcome] += 1
                 if outcome in ("invalid", "failed"):
                     wrong.append(f"{label} | {name}: {outcome} {str(reply)[:160]}")
+                elif outcome != "valid":
+                    said = reply.get("error", reply) if isinstance(reply, dict) else reply
+                    notes.append(f"{label} | {name}: {outcome} {str(said)[:200]}")
                 grew = _growth(before, metrics(client))
                 if label == "openai sampled" and outcome in ("valid", "refused after"):
                     draws[1 + round(grew("localrun_answer_redraws_total"))] += 1
@@ -182,7 +192,8 @@ def run_model(
                 checked["checks"] += grew("localrun_answer_checks_total") + grew(
                     "localrun_answer_checks_total/refused"
                 )
-    return {"tallies": {k: dict(v) for k, v in tallies.items()}, "wrong": wrong,
+    return {"tallies": {k: dict(v) for k, v in tallies.items() if v}, "wrong": wrong,
+            "notes": notes,
             "draws": dict(sorted(draws.items())), "checked": checked}  # fmt: skip
 
 
@@ -212,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sampled", action="store_true")
+    parser.add_argument("--routes", default=",".join(ROUTES), help="of: " + ", ".join(ROUTES))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     picked = list(schemas(args.per_file))
@@ -231,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 server.wait_ready()
                 started = time.monotonic()
-                results[model] = run_model(server, picked, args.max_tokens, args.sampled)
+                only = tuple(args.routes.split(","))
+                results[model] = run_model(server, picked, args.max_tokens, args.sampled, only)
                 say(f"{model}: {time.monotonic() - started:.0f} s")
             except Unavailable as exc:
                 say(f"{model}: {exc}")

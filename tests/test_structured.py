@@ -130,9 +130,10 @@ def test_the_json_schema_test_suite_is_kept_or_refused(smol_vocab: Weights) -> N
 def test_a_not_said_in_other_keywords_is_enforced_while_the_answer_is_made(
     smol_vocab: Weights,
 ) -> None:
-    """`not` of types, of a string's const or enum, of everything or nothing, and keywords
-    that exclude nothing as written (formats.enforceable) compile (strict routes take them)
-    and hold every value as JSON Schema does."""
+    """`not` of types, of a string's const or enum, of everything or nothing; keywords that
+    exclude nothing as written; decimal counts; unevaluated* with nothing else evaluating;
+    propertyNames of a pattern or lengths (formats.enforceable): each compiles (strict routes
+    take them) and holds every value as JSON Schema does."""
     cases: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
         ({"type": "string", "not": {"enum": ["a", "ab", "x.y", "", "é", "[^]"]}},
          ["abc", "b", "xzy", "ée", "a\nb", "aa", "[^]x"], ["a", "ab", "", "x.y", "é", "[^]"]),
@@ -144,6 +145,13 @@ def test_a_not_said_in_other_keywords_is_enforced_while_the_answer_is_made(
          [[], [1]], [[1, 1]]),
         ({"type": "array", "items": {"type": "integer"}, "uniqueItems": False}, [[1, 1]], []),
         ({"type": "integer", "if": {"minimum": 5}}, [1, 7], ["x"]),
+        ({"type": "array", "maxItems": 2.0}, [[1, 2]], [[1, 2, 3]]),
+        ({"type": "object", "properties": {"foo": {"type": "string"}},
+          "unevaluatedProperties": False}, [{"foo": "a"}], [{"foo": "a", "bar": 1}]),
+        ({"type": "array", "prefixItems": [{"type": "string"}], "unevaluatedItems": False},
+         [["a"]], [["a", 1]]),
+        ({"type": "object", "propertyNames": {"maxLength": 3}}, [{"abc": 1}], [{"abcd": 1}]),
+        ({"type": "object", "propertyNames": {"pattern": "^x"}}, [{"xy": 1}], [{"yx": 1}]),
     ]  # fmt: skip
     for schema, valid, invalid in cases:
         grammar = constraint_for(schema)  # strict: refused before, if llguidance met `not`

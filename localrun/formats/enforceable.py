@@ -1,6 +1,12 @@
 """Keywords the constraint engine does not take, rewritten into ones it does where both mean the
 same values, so that they are enforced while the answer is made rather than checked after it.
 
+A count written as a decimal (`"maxItems": 2.0`) is written as the integer it is. Where nothing
+else in a node evaluates its properties or items (no `$ref`, `allOf`, `anyOf` ...),
+`unevaluatedProperties` is `additionalProperties` and `unevaluatedItems` is `items`; a
+`propertyNames` of a pattern or of lengths alone, on an object that lists no properties, is the
+one pattern its properties may have (`patternProperties`).
+
 Keywords that exclude no value as written (`uniqueItems: false`, or true where at most one
 item may be; `if` with neither `then` nor `else`, and those without `if`; a `contains` that
 `minContains: 0` leaves free) are left out.
@@ -60,7 +66,58 @@ def _node(node: Any, depth: int) -> Any:
             out[key] = _node(value, depth + 1)
         else:
             out[key] = value
-    return _without_not(_without_no_ops(out), depth)
+    return _without_not(_without_no_ops(_as_applied(_whole_counts(out))), depth)
+
+
+# Keywords whose value is a count: JSON Schema takes 2.0 for 2 (a number whose fraction is 0).
+_COUNTS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties",
+           "minContains", "maxContains")  # fmt: skip
+# Keywords that apply subschemas to the node's own value: where one is there, what is
+# "unevaluated" depends on what they evaluate, so unevaluated* is left as it is.
+_IN_PLACE = ("$ref", "$dynamicRef", "allOf", "anyOf", "oneOf", "not", "if", "then", "else",
+             "dependentSchemas")  # fmt: skip
+
+
+def _whole_counts(node: dict[str, Any]) -> dict[str, Any]:
+    """The node with each count written 2.0 written 2."""
+    fixed = {
+        key: int(value)
+        for key in _COUNTS
+        if isinstance(value := node.get(key), float) and value.is_integer() and value >= 0
+    }
+    return {**node, **fixed} if fixed else node
+
+
+def _as_applied(node: dict[str, Any]) -> dict[str, Any]:
+    """`unevaluatedProperties` as `additionalProperties`, `unevaluatedItems` as `items`, where
+    nothing else in the node evaluates its properties or items (then both say the same), and
+    `propertyNames` of a pattern or lengths alone as the only pattern properties may have."""
+    if any(key in node for key in _IN_PLACE):
+        return node
+    node = dict(node)
+    if "unevaluatedProperties" in node and "additionalProperties" not in node:
+        node["additionalProperties"] = node.pop("unevaluatedProperties")
+    if "unevaluatedItems" in node and "items" not in node and "contains" not in node:
+        node["items"] = node.pop("unevaluatedItems")
+    names = node.get("propertyNames")
+    if isinstance(names, dict) and not {"properties", "patternProperties"} & node.keys():
+        pattern = _names_pattern(names)
+        if pattern is not None:
+            del node["propertyNames"]
+            node["patternProperties"] = {pattern: node.get("additionalProperties", True)}
+            node["additionalProperties"] = False
+    return node
+
+
+def _names_pattern(names: dict[str, Any]) -> str | None:
+    """The pattern of a `propertyNames` of a pattern, or of lengths (None: anything else)."""
+    if set(names) == {"pattern"} and isinstance(names["pattern"], str):
+        return names["pattern"]
+    low, high = names.get("minLength", 0), names.get("maxLength")
+    lengths = isinstance(low, int) and (high is None or isinstance(high, int))
+    if names and set(names) <= {"minLength", "maxLength"} and lengths:
+        return f"^{_ANY}{{{low},{'' if high is None else high}}}$"
+    return None
 
 
 def _without_no_ops(node: dict[str, Any]) -> dict[str, Any]:
