@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -44,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib.common import Unavailable, default_model, gemma_model, say
 from benchlib.serve import Server, localrun_server
-from fetch_corpora import JSON_SCHEMA_SUITE, corpus_dir
 
+ROOT = Path(__file__).resolve().parent.parent
 ROUTES = ("ollama", "openai", "openai strict", "anthropic", "responses")
 OUTCOMES = ("valid", "refused", "refused after", "invalid", "cut", "failed")
 TIMEOUT_S = 300.0
@@ -53,10 +54,11 @@ TIMEOUT_S = 300.0
 
 def schemas(per_file: int) -> Iterator[tuple[str, dict[str, Any]]]:
     """The first `per_file` object schemas of each of the suite's keyword files."""
-    folder = corpus_dir(JSON_SCHEMA_SUITE)
-    if folder is None:
+    corpora = os.environ.get("LOCALRUN_CORPORA") or ROOT / "tests" / "data" / "corpora"
+    folder = Path(corpora) / "json-schema-test-suite" / "json" / "tests" / "draft2020-12"
+    if not folder.is_dir():
         raise SystemExit("the JSON Schema Test Suite is not fetched: run scripts/fetch_corpora.py")
-    for path in sorted((folder / "json" / "tests" / "draft2020-12").glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         groups = json.loads(path.read_text(encoding="utf-8"))
         taken = [g for g in groups if isinstance(g["schema"], dict)][:per_file]
         for group in taken:
