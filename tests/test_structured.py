@@ -132,8 +132,8 @@ def test_a_not_said_in_other_keywords_is_enforced_while_the_answer_is_made(
 ) -> None:
     """`not` of types, of a string's const or enum, of everything or nothing; keywords that
     exclude nothing as written; decimal counts; unevaluated* with nothing else evaluating;
-    propertyNames of a pattern or lengths (formats.enforceable): each compiles (strict routes
-    take them) and holds every value as JSON Schema does."""
+    propertyNames of a pattern or lengths; uniqueItems over a few values (formats.enforceable):
+    each compiles (strict routes take them) and holds every value as JSON Schema does."""
     cases: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
         ({"type": "string", "not": {"enum": ["a", "ab", "x.y", "", "é", "[^]"]}},
          ["abc", "b", "xzy", "ée", "a\nb", "aa", "[^]x"], ["a", "ab", "", "x.y", "é", "[^]"]),
@@ -152,6 +152,10 @@ def test_a_not_said_in_other_keywords_is_enforced_while_the_answer_is_made(
          [["a"]], [["a", 1]]),
         ({"type": "object", "propertyNames": {"maxLength": 3}}, [{"abc": 1}], [{"abcd": 1}]),
         ({"type": "object", "propertyNames": {"pattern": "^x"}}, [{"xy": 1}], [{"yx": 1}]),
+        ({"type": "array", "items": {"type": "boolean"}, "uniqueItems": True},
+         [[], [True], [False, True]], [[True, True], [False, True, False]]),
+        ({"type": "array", "items": {"enum": ["a", "b", "c"]}, "uniqueItems": True,
+          "minItems": 2}, [["a", "b"], ["c", "b", "a"]], [["a"], ["a", "a"], ["a", "b", "a"]]),
     ]  # fmt: skip
     for schema, valid, invalid in cases:
         grammar = constraint_for(schema)  # strict: refused before, if llguidance met `not`
@@ -434,10 +438,11 @@ def test_a_sampled_answer_its_check_refuses_is_drawn_again_a_bounded_number_of_t
     with pytest.raises(openai.UnprocessableEntityError, match="uniqueItems"):
         _openai_chat(url, BROKEN, False, temperature=1.0, seed=7)
     assert _redraws(url) == (redraws + 3, refused + 5)  # four draws, each refused
-    # Two booleans, unique: about half of the random draws repeat one (the check refuses
-    # them), and ten seeds all drawing right the first time would be a 1-in-1,000 chance.
-    pair = {"type": "array", "items": {"type": "boolean"}, "minItems": 2, "maxItems": 2,
-            "uniqueItems": True}  # fmt: skip
+    # Two bits, unique: about half of the random draws repeat one (the check refuses them),
+    # and ten seeds all drawing right the first time would be a 1-in-1,000 chance. (Booleans
+    # or an enum would be enforced while decoding: formats.enforceable.)
+    bit = {"type": "integer", "minimum": 0, "maximum": 1}
+    pair = {"type": "array", "items": bit, "minItems": 2, "maxItems": 2, "uniqueItems": True}
     redraws, _ = _redraws(url)
     answers: dict[int, Any] = {}
     for seed in range(10):

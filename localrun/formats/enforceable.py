@@ -7,6 +7,10 @@ else in a node evaluates its properties or items (no `$ref`, `allOf`, `anyOf` ..
 `propertyNames` of a pattern or of lengths alone, on an object that lists no properties, is the
 one pattern its properties may have (`patternProperties`).
 
+An array of unique items of a few values each (`"items": {"enum": ["a", "b", "c"]}` or a
+boolean, with `"uniqueItems": true`: pydantic's `set[Literal[...]]`) is written as the arrays it
+may be, each order of each choice of its values (at most MAX_ORDERS of them).
+
 Keywords that exclude no value as written (`uniqueItems: false`, or true where at most one
 item may be; `if` with neither `then` nor `else`, and those without `if`; a `contains` that
 `minContains: 0` leaves free) are left out.
@@ -66,7 +70,74 @@ def _node(node: Any, depth: int) -> Any:
             out[key] = _node(value, depth + 1)
         else:
             out[key] = value
-    return _without_not(_without_no_ops(_as_applied(_whole_counts(out))), depth)
+    return _unique_finite(_without_not(_without_no_ops(_as_applied(_whole_counts(out))), depth))
+
+
+MAX_ORDERS = 64  # the most arrays a uniqueItems of few values may be written as
+_ARRAY_COUNTED = ("uniqueItems", "items", "minItems", "maxItems")  # said by the orders instead
+_ANNOTATIONS = {"type", "description", "title"}
+
+
+def _unique_finite(node: Any) -> Any:
+    """An array of unique items that each take one of a few values (an enum, a const, a
+    boolean: pydantic's `set[Literal[...]]`) as the arrays it may be: an anyOf of each order
+    of each choice of its values (at most MAX_ORDERS), each item a const."""
+    if not isinstance(node, dict) or node.get("uniqueItems") is not True:
+        return node
+    if node.get("type") != "array":  # else any value but an array is one too
+        return node
+    if {"prefixItems", "contains", "anyOf", "oneOf", "allOf", "$ref"} & node.keys():
+        return node
+    values = _finite(node.get("items"))
+    low, high = node.get("minItems", 0), node.get("maxItems")
+    if values is None or not isinstance(low, int) or not isinstance(high, (int, type(None))):
+        return node
+    longest = len(values) if high is None else min(high, len(values))
+    orders = [list(o) for n in range(low, longest + 1) for o in _orders(values, n, MAX_ORDERS + 1)]
+    if not orders or len(orders) > MAX_ORDERS:
+        return node
+    rest = {k: v for k, v in node.items() if k not in _ARRAY_COUNTED}
+    arrays = [{"prefixItems": [{"const": v} for v in order], "items": False,
+               "minItems": len(order)} for order in orders]  # fmt: skip
+    return {**rest, "anyOf": arrays}
+
+
+def _finite(items: Any) -> list[Any] | None:
+    """The few values an item may take, each once (None: not a few, or not only those)."""
+    if not isinstance(items, dict):
+        return None
+    if set(items) == {"type"} and items["type"] in ("boolean", "null"):
+        return [True, False] if items["type"] == "boolean" else [None]
+    if set(items) <= {"enum", *_ANNOTATIONS} and isinstance(items.get("enum"), list):
+        chosen = items["enum"]
+    elif set(items) <= {"const", *_ANNOTATIONS} and "const" in items:
+        chosen = [items["const"]]
+    else:
+        return None
+    if "type" in items and not isinstance(items["type"], str):
+        return None
+    kept: list[Any] = []
+    for value in chosen:
+        if not _among(value, kept) and (items.get("type") is None or _is(value, items["type"])):
+            kept.append(value)
+    return kept if len(kept) <= 8 else None
+
+
+def _is(value: Any, kind: str) -> bool:
+    """Whether `value` is of JSON Schema's type `kind`."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return {
+        "string": isinstance(value, str), "boolean": isinstance(value, bool),
+        "null": value is None, "number": number, "array": isinstance(value, list),
+        "integer": number and float(value).is_integer(), "object": isinstance(value, dict),
+    }.get(kind, False)  # fmt: skip
+
+
+def _orders(values: list[Any], n: int, most: int) -> list[tuple[Any, ...]]:
+    """The orders of `n` of `values` (each once), at most `most` of them."""
+    import itertools
+
+    return list(itertools.islice(itertools.permutations(values, n), most))
 
 
 # Keywords whose value is a count: JSON Schema takes 2.0 for 2 (a number whose fraction is 0).
