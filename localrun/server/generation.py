@@ -56,6 +56,7 @@ class Generation:
         self.text = ""
         self.thinking = ""
         self.logprobs: list[dict[str, Any]] = []  # every token's entry, when asked for
+        self.scored: list[dict[str, Any]] = []  # the prompt's entries, when asked for
         # The tool calls streamed so far, each with its id and place ({"id", "index", "name",
         # "arguments"}); calls that only the final event told (an upstream's) join at the end.
         self.calls: list[dict[str, Any]] = []
@@ -96,6 +97,8 @@ class Generation:
                 self.thinking += chunk.thinking
                 if chunk.logprobs:
                     self.logprobs += chunk.logprobs
+                if chunk.scored:
+                    self.scored += chunk.scored
                 if chunk.calls:
                     chunk.calls = self._take_calls(chunk.calls)
                 if chunk:
