@@ -199,19 +199,16 @@ async def _begin(ctx: core.Context, req: GenRequest) -> Generation:
     return generation
 
 
-async def start_choices(request: Request, req: GenRequest, n: int) -> list[Generation]:
-    """`n` answers to one request (OpenAI's `n`), started together so that the runner reads
-    the prompt once and copies its KV to the other slots. With a seed, choice i uses seed + i,
-    so the choices differ as they would with random seeds, and repeat with the same seed."""
+def choices_of(req: GenRequest, n: int) -> list[GenRequest]:
+    """`n` answers to one request (OpenAI's `n`): with a seed, choice i uses seed + i, so the
+    choices differ as they would with random seeds, and repeat with the same seed."""
     most = limits.max_choices()
     if not 1 <= n <= most:
         raise BadRequestError(
             f"n must be from 1 to {most}, not {n}", hint="raise LOCALRUN_MAX_CHOICES for more"
         )
-    if n == 1:
-        return [await start(request, req)]
     seed = req.options.get("seed")
-    requests = [
+    return [
         dataclasses.replace(
             req,
             options={**req.options, "seed": seed + i}
@@ -220,6 +217,20 @@ async def start_choices(request: Request, req: GenRequest, n: int) -> list[Gener
         )
         for i in range(n)
     ]
+
+
+async def start_choices(request: Request, req: GenRequest, n: int) -> list[Generation]:
+    """`n` answers to one request (choices_of), started together so that the runner reads
+    the prompt once and copies its KV to the other slots."""
+    requests = choices_of(req, n)
+    if n == 1:
+        return [await start(request, req)]
+    return await start_all(request, requests)
+
+
+async def start_all(request: Request, requests: list[GenRequest]) -> list[Generation]:
+    """Several requests started at once, each answered on a slot of its own (or waiting for
+    one); the first to fail closes the others, and its error is raised."""
     ctx = core.context(request)
 
     async def begin_all() -> list[Generation]:

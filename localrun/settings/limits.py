@@ -68,6 +68,13 @@ LIMITS: dict[str, Setting] = {
             lambda: 8,
         ),
         Setting(
+            "LOCALRUN_MAX_PROMPTS",
+            "Most prompts one /v1/completions request may hold (a list: an answer each, all "
+            "queued at once; evaluation harnesses send a batch).",
+            parse.parse_positive_int,
+            lambda: 64,
+        ),
+        Setting(
             "LOCALRUN_RESPONSES_MAX",
             "Most stored Responses API answers (store: true) kept; the oldest go first.",
             parse.parse_count,
@@ -269,6 +276,10 @@ def max_json_depth() -> int:
 
 def max_choices() -> int:
     return LIMITS["LOCALRUN_MAX_CHOICES"].value()  # type: ignore[no-any-return]
+
+
+def max_prompts() -> int:
+    return LIMITS["LOCALRUN_MAX_PROMPTS"].value()  # type: ignore[no-any-return]
 
 
 def responses_max() -> int:

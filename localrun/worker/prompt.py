@@ -478,7 +478,8 @@ def token_ids(value: Any, n_vocab: int, key: str) -> list[int]:
         if not 0 <= token < n_vocab:
             raise BadRequestError(
                 f"{key} holds the token id {token}, which is not in the model's vocabulary "
-                f"(0 to {n_vocab - 1})"
+                f"(0 to {n_vocab - 1})",
+                hint="POST /tokenize gives a text's token ids for this model",
             )
     return value
 

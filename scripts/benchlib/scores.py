@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Reference", "continuation_logprob"]
+__all__ = ["Reference", "continuation_logprob", "in_child"]
 
 
 class Reference:
@@ -43,6 +43,16 @@ class Reference:
         norm = rows - (peak + np.log(np.exp(rows - peak).sum(axis=1, keepdims=True)))
         return [None] + [float(norm[i - 1, ids[i]]) for i in range(1, len(ids))]
 
+    def ranks(self, ids: Sequence[int]) -> list[int]:
+        """Of the prompt `logprobs` last read: each token's rank among the logits of the row
+        before it (1: the likeliest; 0 for the first token)."""
+        import numpy as np
+
+        rows = np.asarray(self.llm.scores[: len(ids)], dtype=np.float32)
+        return [0] + [
+            int((rows[i - 1] > rows[i - 1][ids[i]]).sum()) + 1 for i in range(1, len(ids))
+        ]
+
     def close(self) -> None:
         self.llm.close()
 
@@ -51,3 +61,38 @@ def continuation_logprob(scores: Sequence[float | None], ctxlen: int) -> float:
     """The log-likelihood of the tokens after the first `ctxlen` (an answer after its
     question), as evaluation harnesses sum it."""
     return math.fsum(float(s) for s in scores[ctxlen:] if s is not None)
+
+
+_CHILD = """
+import json, sys
+from benchlib.scores import Reference
+path, prompts = json.loads(sys.stdin.read())
+model = Reference(path, n_ctx=max(64, max(len(p) for p in prompts) + 1))
+print(json.dumps([[model.logprobs(p), model.ranks(p)] for p in prompts]))
+"""
+
+
+def in_child(path: str, prompts: list[list[int]]) -> list[tuple[list[float | None], list[int]]]:
+    """Each prompt's log-probabilities and ranks, computed in a child process with this one's
+    environment: as a runner started with it loads llama.cpp (the exact runtime of its
+    LOCALRUN_HOME, or the installed library), whatever this process loaded before."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    scripts = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([scripts, *sys.path])}
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD],
+        input=json.dumps([path, prompts]),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the reference failed: {done.stderr[-2000:]}")
+    return [(scores, ranks) for scores, ranks in json.loads(done.stdout.splitlines()[-1])]
