@@ -44,6 +44,12 @@ class GenRequest:
     suffix: str | None = None  # with `prompt`: fill in the middle (FIM) up to this text
     extra: list[dict[str, str]] | None = None  # FIM: other files, [{"filename", "text"}]
     logprobs: int | None = None  # log-probabilities with N alternatives per token (None: none)
+    # Log-probabilities of the prompt's own tokens, with N alternatives each (None: none):
+    # OpenAI's legacy `echo`, vLLM's `prompt_logprobs`; the first token has none.
+    prompt_logprobs: int | None = None
+    # A completion's prompt as token ids, read as they are (no BOS added): OpenAI's and vLLM's
+    # token prompts, which evaluation harnesses send; `prompt` is then empty.
+    tokens: list[int] | None = None
     logit_bias: list[list[Any]] | None = None  # [token id, bias or None: never that token]
     parallel_tool_calls: bool = True  # False: at most one tool call per answer
     context: list[int] | None = None  # token ids before the prompt (a previous answer's)
@@ -152,7 +158,15 @@ def _extra(name: str, value: Any) -> None:
 
 def _logprobs(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadRequestError("logprobs must be a count of alternatives (0 or more)")
+        raise BadRequestError(f"{name} must be a count of alternatives (0 or more)")
+
+
+def _token_list(name: str, value: Any) -> None:
+    """Token ids (whether the model has them is checked where the vocabulary is known)."""
+    if not isinstance(value, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    ):
+        raise BadRequestError(f"{name} must be a list of token ids")
 
 
 def _logit_bias(name: str, value: Any) -> None:
@@ -183,6 +197,8 @@ _CHECKS = {
     "suffix": _kind(str),
     "extra": _extra,
     "logprobs": _logprobs,
+    "prompt_logprobs": _logprobs,
+    "tokens": _token_list,
     "logit_bias": _logit_bias,
     "parallel_tool_calls": _kind(bool),
     "think_adaptive": _kind(bool),

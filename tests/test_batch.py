@@ -11,13 +11,16 @@ from typing import Any
 
 import llama_cpp
 import pytest
+from benchlib.scores import Reference
 
 from localrun.engine.batch import BatchEngine
 from localrun.engine.native import lc
+from localrun.engine.scoring import score_rows, scored_chunk
 from localrun.engine.slots import Ticket
 from localrun.engine.types import LoadOptions, SamplingOptions, Timings
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError, LocalrunError
 from localrun.formats import template
+from localrun.runtimes import exact
 
 pytestmark = pytest.mark.model
 
@@ -29,6 +32,7 @@ class Collect:
 
     def __init__(self, on_piece: Callable[[Collect], None] | None = None) -> None:
         self.pieces: list[str] = []
+        self.entries: list[dict[str, Any]] = []  # the prompt's, when it is scored
         self.reason: str | None = None
         self.timings = Timings()
         self.tokens: list[int] = []
@@ -45,6 +49,10 @@ class Collect:
         self.first_piece.set()
         if self.on_piece is not None:
             self.on_piece(self)
+
+    def scored(self, entries: list[dict[str, Any]]) -> None:
+        assert not self.pieces, "a prompt's entries come before the answer"
+        self.entries += entries
 
     def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
         self.calls += 1
@@ -373,6 +381,84 @@ def test_a_busy_slot_lends_its_prompt(smol: BatchEngine) -> None:
     b = started[0].wait()
     assert a.calls == 1 and b.tokens == b_alone.tokens
     assert b.timings.cached_tokens >= 64  # copied from A's slot while A was busy
+
+
+# -- prompt log-probabilities ---------------------------------------------------------------
+
+STORY = (
+    "The keeper of the lighthouse wrote down every ship that passed the rocks, and in the "
+    "winter of that year he counted more than forty of them. Paris is the capital of"
+)
+
+
+def check_scored(
+    engine: BatchEngine, reference: Reference, prompt: list[int], top: int, close: float = 1e-4
+) -> Collect:
+    """Score `prompt` (nothing generated) and hold each entry to llama.cpp's own computation of
+    the same ids (to `close`); its alternatives sorted, its rank where they place it."""
+    sink = run(engine, prompt, SamplingOptions(temperature=0, num_predict=0, prompt_logprobs=top))
+    sink.wait()
+    assert sink.exc is None and sink.reason == "length" and not sink.tokens
+    assert [e["id"] for e in sink.entries] == prompt
+    assert sink.entries[0]["logprob"] is None and sink.entries[0]["top"] == []
+    oracle = reference.logprobs(prompt)
+    for entry, expected in zip(sink.entries[1:], oracle[1:], strict=True):
+        assert expected is not None
+        assert math.isclose(entry["logprob"], expected, abs_tol=close), (entry, expected)
+        best = [t["logprob"] for t in entry["top"]]
+        assert len(best) == top and best == sorted(best, reverse=True)
+        assert best[0] >= entry["logprob"] - 1e-6
+        assert (entry["rank"] == 1) == (entry["top"][0]["id"] == entry["id"])
+        assert entry["rank"] > top or entry["id"] in [t["id"] for t in entry["top"]]
+    return sink
+
+
+def test_a_scored_prompt_is_llama_cpps_own_computation(
+    smol: BatchEngine, smollm2_path: str
+) -> None:
+    """Every prompt token's log-probability equals llama.cpp's with logits at every row; the
+    slots' caches and other answers are as they would be without it."""
+    reference = Reference(smollm2_path)
+    try:
+        prompt = words(smol, STORY)
+        check_scored(smol, reference, prompt, 3)
+        asked = chat(smol, "Name a colour.")
+        first = run(smol, asked, greedy(12), IM_END).wait()
+        # Scored beside a generation, and again with its prefix in a slot's cache: re-read
+        # whole each time, the same numbers.
+        beside = run(smol, chat(smol, "What is the tallest mountain?"), greedy(16), IM_END)
+        again = check_scored(smol, reference, prompt, 2)
+        assert again.timings.cached_tokens == 0 and again.timings.prompt_tokens == len(prompt)
+        check_scored(smol, reference, asked, 1)
+        alone = run(smol, chat(smol, "What is the tallest mountain?"), greedy(16), IM_END)
+        assert beside.wait().tokens == alone.wait().tokens
+        # The conversation's slot was left alone: its next turn reads only what is new.
+        follow = run(smol, chat(smol, "Name a colour.", first.text, "Another?"), greedy(4))
+        assert follow.wait().timings.cached_tokens >= len(asked) - 1
+    finally:
+        reference.close()
+
+
+def test_a_long_scored_prompt_on_gemma_is_read_in_bounded_chunks(gemma3_path: str) -> None:
+    """Gemma 3's 262k vocabulary: 64 rows of logits a step (and a last chunk of no fewer), so a
+    longer prompt is scored over several decodes, each chunk's first token by the row before
+    it, in the chunk before. A prompt read in one chunk is llama.cpp's own computation; one read
+    in several is too on the exact runtime, and to the second decimal on the installed one,
+    whose attention kernel depends on the batch's rows (localrun.runtimes.exact)."""
+    engine = BatchEngine(gemma3_path, LoadOptions(num_ctx=512, num_thread=2), 2)
+    reference = Reference(gemma3_path)
+    most = score_rows(512, engine.n_vocab)
+    try:
+        short = engine.tokenize(STORY * 3, add_special=True, parse_special=False)
+        assert most == 64 and scored_chunk(len(short), most, len(short)) == len(short) > most
+        check_scored(engine, reference, short, 2)
+        long = engine.tokenize(STORY * 5, add_special=True, parse_special=False)
+        assert scored_chunk(len(long), most, len(long)) == most
+        exact_here = exact.current().runtime is not None
+        check_scored(engine, reference, long, 2, 1e-4 if exact_here else 0.1)
+    finally:
+        reference.close()
+        engine.close()
 
 
 # -- embeddings -------------------------------------------------------------------------------

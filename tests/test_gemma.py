@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from benchlib.scores import in_child
 from conftest import PATIENCE_S
 from test_server import add_model
 from test_server_serve import Serve
@@ -139,3 +140,30 @@ def test_a_structured_answer_follows_its_schema(gemma: Serve) -> None:
     assert reply.status_code == 200, reply.text
     answer = json.loads(reply.json()["message"]["content"])
     assert set(answer) == {"days", "place"} and isinstance(answer["days"], int)
+
+
+def test_echo_scores_a_prompt_after_the_bos_it_does_not_echo(
+    gemma: Serve, gemma3_path: str
+) -> None:
+    """Gemma's tokenizer puts a BOS before a text prompt: echo returns the text's tokens alone,
+    the first scored given the BOS (not null), each as llama.cpp computes it; a token prompt
+    is echoed whole, its first token null."""
+    prompt = "The lighthouse keeper counted the ships that passed"
+    body = {"model": NAME, "prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 0}
+    reply = httpx.post(f"{gemma.url}/v1/completions", json=body, timeout=PATIENCE_S)
+    assert reply.status_code == 200, reply.text
+    shown = reply.json()["choices"][0]["logprobs"]
+    assert "".join(shown["tokens"]) == prompt and shown["text_offset"][0] == 0
+    ids = httpx.post(
+        f"{gemma.url}/tokenize",
+        json={"model": NAME, "content": prompt, "add_special": True},
+        timeout=PATIENCE_S,
+    ).json()["tokens"]
+    assert len(ids) == len(shown["tokens"]) + 1  # the BOS first
+    scores, _ = in_child(gemma3_path, [ids])[0]
+    for got, expected in zip(shown["token_logprobs"], scores[1:], strict=True):
+        assert got is not None and expected is not None and abs(got - expected) < 1e-4
+    body["prompt"] = ids
+    whole = httpx.post(f"{gemma.url}/v1/completions", json=body, timeout=PATIENCE_S).json()
+    echoed = whole["choices"][0]["logprobs"]["token_logprobs"]
+    assert echoed[0] is None and echoed[1:] == shown["token_logprobs"]

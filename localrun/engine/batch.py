@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from localrun.engine import calls, checkpoints, draft, grammar_guard, speculate
+from localrun.engine import calls, checkpoints, draft, grammar_guard, scoring, speculate
 from localrun.engine.answering import Answerer
 from localrun.engine.answers import AnswerMemory
 from localrun.engine.costs import CostMeter, DecodeCost
@@ -157,7 +157,7 @@ class BatchEngine:
         # 256 (a client that asks for 100 tokens gets a limit of 100, as Ollama gives it).
         self.n_ctx = min(int(lc.llama_n_ctx_seq(self._ctx)), options.num_ctx)
         self._n_batch = int(lc.llama_n_batch(self._ctx))
-        self._rows = StepBatch(self._n_batch)
+        self._rows = StepBatch(self._n_batch, self._weights.n_vocab)
         policy = _checkpoint_policy()
         weights = self._weights
         memory = checkpoints.SeqMemory(self._ctx, weights.memory, policy, weights.window)
@@ -177,6 +177,10 @@ class BatchEngine:
     def token_bytes(self, token: int) -> bytes:
         """One token's bytes, special tokens spelled out; the caller checks the id."""
         return self._weights.token_bytes(token)
+
+    def _spell(self, token: int) -> bytes:
+        """A token's bytes as a prompt holds it: special tokens spelled out."""
+        return self._weights.piece_bytes(token) or self._weights.token_bytes(token)
 
     def media_prompt(self, text: str, media: Sequence[Any], *, add_special: bool) -> MediaPrompt:
         """A prompt with images or audio (one localrun.media.MARKER in `text` for each)."""
@@ -274,6 +278,9 @@ class BatchEngine:
         budget = min(sampling.num_predict, room) if sampling.num_predict >= 0 else room
         job = Job(prompt, stop_tokens, sink, budget, n_ctx)
         job.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
+        job.scores = min(sampling.prompt_logprobs, MAX_TOP_LOGPROBS)
+        if job.scores >= 0 and media is not None:
+            raise BadRequestError("a prompt with images or audio cannot be scored")
         job.special = sampling.special
         job.spell = sampling.spell
         job.ends = answer_ends(self._weights.vocab, stop_tokens)
@@ -292,7 +299,8 @@ class BatchEngine:
             unbound if self._draft is not None else None,
             job.ends,
         )
-        self._disk.prepare(job, self._slots, cache_prefix, media)
+        if job.scores < 0:  # a scored prompt is read whole (engine.scoring)
+            self._disk.prepare(job, self._slots, cache_prefix, media)
         weights = self._weights
         job.sampler = Sampler(
             sampling,
@@ -466,6 +474,8 @@ class BatchEngine:
         """A prompt chunk is in (the prefix saved once whole); False when that ended the job."""
         done = len(slot.cache)
         slot.cache.extend(job.prompt[done : done + slot.added])
+        if job.scores >= 0:
+            scoring.send(self._ctx, job, slot.first, done, slot.added, self._spell)
         memory = self._slots.memory
         if memory.wants(slot, len(slot.cache), len(job.prompt)):
             memory.keep(slot)

@@ -5,7 +5,8 @@ its last row alone), after the tokens a rewound recurrent state reads again (eng
 a slot reading its prompt writes the next chunk of it, up to the room the batch has, the end of
 its cached prefix (saved once it is in), the next checkpoint of a recurrent state or its next
 image or audio (which the engine evaluates on its own), with logits for the prompt's last token
-only. Each slot's `row` says where its logits are.
+only; a prompt being scored (engine.scoring) has logits at every row, a bounded number of rows
+a step. Each slot's `row` says where its logits are, `first` where its prompt chunk starts.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from localrun.engine.native import lc
+from localrun.engine.scoring import score_rows, scored_chunk
 from localrun.engine.slots import Slot, Slots
 
 
 class StepBatch:
     """One llama_batch of `n_batch` rows, made once; each step rewrites it."""
 
-    def __init__(self, n_batch: int) -> None:
+    def __init__(self, n_batch: int, n_vocab: int) -> None:
         self.n_batch = n_batch
+        self.score_rows = score_rows(n_batch, n_vocab)  # a scored prompt's rows a step
         self.batch = batch = lc.llama_batch_init(n_batch, 0, 1)
         # Pointer objects made once: the loop only writes through them.
         self._tokens = batch.token
@@ -94,12 +97,19 @@ class StepBatch:
         assert job is not None
         prompt = job.prompt
         done = len(slot.cache)
-        take = min(stop(slot, done, len(prompt)) - done, room)
+        scored = int(job.scores >= 0)  # every row has logits: a bounded chunk
+        # A scored prompt is read in chunks as long as it may (no stop for a checkpoint): the
+        # installed llama.cpp computes a short batch unlike a long one (engine.scoring).
+        end = len(prompt) if scored else stop(slot, done, len(prompt))
+        take = min(end - done, room)
         if job.media is not None:  # up to the next medium (the engine evaluates it)
             take = min(take, job.media.next_span(done) - done)
         if job.save and done < len(job.prefix):
             take = min(take, len(job.prefix) - done)  # saved once it is in
+        if scored:
+            take = scored_chunk(take, self.score_rows, len(prompt) - done)
         slot.added = take
+        slot.first = n
         slot.row = -1
         if take <= 0:
             return n, room
@@ -110,7 +120,7 @@ class StepBatch:
             tokens[n] = prompt[p]
             pos[n] = p
             seq_ids[n][0] = seq
-            logits[n] = 0
+            logits[n] = scored
             n += 1
         if done + take == len(prompt):
             logits[n - 1] = 1

@@ -48,6 +48,7 @@ class Job:
         "resumed",
         "sampler",
         "save",
+        "scores",
         "sink",
         "spec",
         "special",
@@ -80,6 +81,7 @@ class Job:
         self.start = 0.0
         self.cancelled = False
         self.logprobs = -1  # alternatives per token asked for (-1: no log-probabilities)
+        self.scores = -1  # alternatives per prompt token (-1: the prompt is not scored)
         self.special = False  # special tokens are spelled out in the answer
         self.spell: frozenset[int] = frozenset()  # these special tokens spelled out
         self.pending: list[dict[str, Any]] = []  # entries whose text is not out yet
@@ -108,6 +110,7 @@ class Slot:
         "cache",
         "continued",
         "draft",
+        "first",
         "job",
         "leader",
         "marks",
@@ -127,6 +130,7 @@ class Slot:
         self.draft: list[int] = []  # tokens guessed to follow `token`, decoded with it
         self.row = -1  # the batch row whose logits this slot samples from (-1: none)
         self.added = 0  # prompt tokens put into the current batch
+        self.first = -1  # the batch row of the first of them
         self.used = 0  # when it last took a request, for least-recently-used reuse
         # A slot reading the same prompt right now: this one waits and copies its KV (n > 1).
         self.leader: Slot | None = None
@@ -179,6 +183,12 @@ class Slots:
         """
         prompt = job.prompt
         free = self.free()
+        if job.scores >= 0:
+            # Its prompt is read whole, for every row's logits (engine.scoring): on the slot
+            # whose cache matters least, emptied; no other slot's cache is touched.
+            slot = min(free, key=_least_wanted)
+            self.memory.cut(slot, 0)
+            return slot
         usable = self.memory.usable
         # Ties go to the least recently used slot.
         best, keep = max(

@@ -67,6 +67,10 @@ class SamplingOptions:
     # Log-probabilities of each generated token and of its `logprobs` likeliest alternatives
     # (-1: none asked for; 0: the chosen token's alone). Not a PARAMETER: set per request.
     logprobs: int = -1
+    # Log-probabilities of the prompt's own tokens, each with its `prompt_logprobs` likeliest
+    # alternatives (-1: none asked for): the whole prompt is read again, with logits at every
+    # row (engine.scoring). Not a PARAMETER: set per request.
+    prompt_logprobs: int = -1
     # Added to the logits of these tokens before sampling (-inf: never). Set per request.
     logit_bias: tuple[tuple[int, float], ...] = ()
     # Spell special tokens in the answer (gpt-oss's channel markers, which the answer is split
@@ -176,6 +180,12 @@ class Sink(Protocol):
         (protocol.Chunk's format; a token inside a character comes with the next text)."""
         ...
 
+    def scored(self, entries: list[dict[str, Any]]) -> None:
+        """Entries of the prompt's own tokens, in order, a chunk at a time (only when
+        SamplingOptions.prompt_logprobs asked): engine.scoring's, the first without a
+        log-probability. They all come before the answer's first piece."""
+        ...
+
     def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
         """The end: reason is "stop", "length" or "cancelled"."""
         ...
@@ -260,6 +270,9 @@ class QueueSink:
         self._items.put(text)
         if self._stop is not None and self._stop.is_set():
             raise EngineError("the reader stopped the answer")
+
+    def scored(self, entries: list[dict[str, Any]]) -> None:
+        """Prompt entries: a reader of text alone has no use for them."""
 
     def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
         self._items.put((reason, timings, tokens))

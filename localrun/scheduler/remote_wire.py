@@ -65,6 +65,7 @@ def body(dialect: str, model: str, request: GenRequest) -> Message:
     """The upstream's request body for a request (streaming)."""
     options = dict(request.options)
     fmt = request.format
+    _unscored(model, request)
     if dialect == "ollama":
         if request.logit_bias:
             raise BadRequestError(
@@ -127,6 +128,17 @@ def body(dialect: str, model: str, request: GenRequest) -> Message:
         if request.suffix is not None:
             out["suffix"] = request.suffix
     return out
+
+
+def _unscored(model: str, request: GenRequest) -> None:
+    """Refuse a token-id prompt or a scored one: an upstream's prompt log-probabilities would
+    come back in its own wire shape, which the streamed translation does not read."""
+    if request.tokens is not None or request.prompt_logprobs is not None:
+        raise BadRequestError(
+            f"{model} is served by an upstream: its prompt cannot be given as token ids or "
+            "scored here",
+            hint="send it a text prompt without echo and prompt_logprobs, or ask the upstream",
+        )
 
 
 def _messages(request: GenRequest, *, openai: bool) -> list[Message]:

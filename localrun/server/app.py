@@ -25,6 +25,7 @@ from localrun import __version__
 from localrun.errors import LocalrunError, ModelNotFoundError
 from localrun.server import (
     anthropic,
+    completions,
     core,
     llamacpp,
     metrics,
@@ -100,7 +101,7 @@ _ROUTES = (
     ("/v1/models", openai.models, ["GET"]),
     ("/v1/models/{model:path}", openai.model, ["GET"]),
     ("/v1/chat/completions", openai.chat_completions, ["POST"]),
-    ("/v1/completions", openai.completions, ["POST"]),
+    ("/v1/completions", completions.completions, ["POST"]),
     ("/v1/embeddings", openai.embeddings, ["POST"]),
     ("/v1/responses", responses.create, ["POST"]),
     ("/v1/responses/{response_id}", responses.retrieve, ["GET"]),
@@ -111,6 +112,7 @@ _ROUTES = (
     ("/health", llamacpp.health, ["GET"]),
     ("/tokenize", llamacpp.tokenize, ["POST"]),
     ("/detokenize", llamacpp.detokenize, ["POST"]),
+    ("/tokenizer_info", llamacpp.tokenizer_info, ["GET"]),
     ("/apply-template", llamacpp.apply_template, ["POST"]),
     ("/infill", llamacpp.infill, ["POST"]),
     ("/rerank", rerank.rerank, ["POST"]),

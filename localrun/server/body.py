@@ -155,13 +155,13 @@ class Body:
             raise BadRequestError(f"logit_bias holds more than {MAX_LOGIT_BIAS} tokens")
         return [[_token_id(token), _bias(bias)] for token, bias in pairs] or None
 
-    def limit(self, *keys: str) -> int | None:
-        """The first of `keys` given: a token budget, at least 1."""
+    def limit(self, *keys: str, least: int = 1, hint: str | None = None) -> int | None:
+        """The first of `keys` given: a token budget, at least `least`."""
         for key in keys:
             value = self.get(key, int)
             if value is not None:
-                if value < 1:
-                    raise BadRequestError(f"{key} must be at least 1")
+                if value < least:
+                    raise BadRequestError(f"{key} must be at least {least}", hint=hint)
                 return int(value)
         return None
 

@@ -57,6 +57,7 @@ class Generation:
         self.text = ""
         self.thinking = ""
         self.logprobs: list[dict[str, Any]] = []  # every token's entry, when asked for
+        self.scored: list[dict[str, Any]] = []  # the prompt's entries, when asked for
         # The tool calls streamed so far, each with its id and place ({"id", "index", "name",
         # "arguments"}); calls that only the final event told (an upstream's) join at the end.
         self.calls: list[dict[str, Any]] = []
@@ -147,6 +148,8 @@ class Generation:
                 self.thinking += chunk.thinking
                 if chunk.logprobs:
                     self.logprobs += chunk.logprobs
+                if chunk.scored:
+                    self.scored += chunk.scored
                 if chunk.calls:
                     chunk.calls = self._take_calls(chunk.calls)
                 if chunk:
@@ -275,19 +278,16 @@ def redrawn(req: GenRequest, draw: int) -> GenRequest:
     return dataclasses.replace(req, options={**req.options, "seed": again})
 
 
-async def start_choices(request: Request, req: GenRequest, n: int) -> list[Generation]:
-    """`n` answers to one request (OpenAI's `n`), started together so that the runner reads
-    the prompt once and copies its KV to the other slots. With a seed, choice i uses seed + i,
-    so the choices differ as they would with random seeds, and repeat with the same seed."""
+def choices_of(req: GenRequest, n: int) -> list[GenRequest]:
+    """`n` answers to one request (OpenAI's `n`): with a seed, choice i uses seed + i, so the
+    choices differ as they would with random seeds, and repeat with the same seed."""
     most = limits.max_choices()
     if not 1 <= n <= most:
         raise BadRequestError(
             f"n must be from 1 to {most}, not {n}", hint="raise LOCALRUN_MAX_CHOICES for more"
         )
-    if n == 1:
-        return [await start(request, req)]
     seed = req.options.get("seed")
-    requests = [
+    return [
         dataclasses.replace(
             req,
             options={**req.options, "seed": seed + i}
@@ -296,6 +296,20 @@ async def start_choices(request: Request, req: GenRequest, n: int) -> list[Gener
         )
         for i in range(n)
     ]
+
+
+async def start_choices(request: Request, req: GenRequest, n: int) -> list[Generation]:
+    """`n` answers to one request (choices_of), started together so that the runner reads
+    the prompt once and copies its KV to the other slots."""
+    requests = choices_of(req, n)
+    if n == 1:
+        return [await start(request, req)]
+    return await start_all(request, requests)
+
+
+async def start_all(request: Request, requests: list[GenRequest]) -> list[Generation]:
+    """Several requests started at once, each answered on a slot of its own (or waiting for
+    one); the first to fail closes the others, and its error is raised."""
     ctx = core.context(request)
 
     async def begin_all() -> list[Generation]:

@@ -1,9 +1,15 @@
-"""llama-server's small routes, for the editor plugins and scripts that call them.
+"""llama-server's small routes, for the editor plugins and scripts that call them, and vLLM's
+shapes of the tokenizer's (lm-evaluation-harness's remote tokenizer calls them).
 
     GET  /health       {"status": "ok"} (open without the API key, like GET /)
     POST /tokenize     {"content", "add_special"?, "parse_special"?, "with_pieces"?, "model"?}
-                       -> {"tokens": [ids]} or, with_pieces, {"tokens": [{"id", "piece"}]}
-    POST /detokenize   {"tokens", "model"?} -> {"content"}
+                       -> {"tokens": [ids]} or, with_pieces, {"tokens": [{"id", "piece"}]};
+                       or vLLM's {"prompt", "add_special_tokens"?: true, "model"?}
+                       -> {"count", "max_model_len", "tokens"}
+    GET  /tokenizer_info  (vLLM's) {"bos_token", "eos_token", "chat_template", ...} of the
+                       model `?model=` names (or the one loaded), from its GGUF header: what
+                       evaluation harnesses' remote tokenizer reads
+    POST /detokenize   {"tokens", "model"?} -> {"content", "prompt"} (vLLM's key too)
     POST /apply-template  {"messages", "tools"?, "tool_choice"?, "add_generation_prompt"?,
                        "reasoning_effort"?, "chat_template_kwargs"?, "model"?} -> {"prompt"}:
                        the text the model is sent for that chat, without the BOS its tokenizer
@@ -90,15 +96,12 @@ async def apply_template(request: Request) -> Response:
 
 async def tokenize(request: Request) -> Response:
     body = Body(await read_json(request))
+    if body.data.get("prompt") is not None and body.data.get("content") is None:
+        return await _vllm_tokenize(request, body)
     content = body.get("content", str)
     if content is None:
         return JSONResponse({"tokens": []})  # as llama-server answers a body without content
-    most = limits.max_tokenize_bytes()
-    if len(content.encode("utf-8", errors="replace")) > most:
-        raise BadRequestError(
-            f"content is longer than {most} bytes",
-            hint="tokenize it in parts, or raise LOCALRUN_MAX_TOKENIZE_BYTES",
-        )
+    _check_size(content, "content")
     with_pieces = body.flag("with_pieces", False)
     scheduler = core.context(request).scheduler
     model = default_model(request, body)
@@ -125,6 +128,55 @@ async def tokenize(request: Request) -> Response:
     )
 
 
+async def _vllm_tokenize(request: Request, body: Body) -> Response:
+    """vLLM's /tokenize: {"prompt", "add_special_tokens"?} -> {"count", "max_model_len",
+    "tokens"} (evaluation harnesses' remote tokenizer asks so); special tokens' texts are read
+    as the tokens, as Hugging Face tokenizers read them."""
+    text = body.get("prompt", str)
+    _check_size(text, "prompt")
+    scheduler = core.context(request).scheduler
+    model = default_model(request, body)
+    add = body.flag("add_special_tokens", True)
+    tokens = await core.until_disconnect(
+        request,
+        lambda: scheduler.tokenize(model, text=text, add_special=add, parse_special=True),
+    )
+    running = [m for m in scheduler.running() if m.name == model]
+    length = running[0].context_length if running else None
+    return JSONResponse({"count": len(tokens), "max_model_len": length, "tokens": tokens})
+
+
+def _check_size(text: str, key: str) -> None:
+    most = limits.max_tokenize_bytes()
+    if len(text.encode("utf-8", errors="replace")) > most:
+        raise BadRequestError(
+            f"{key} is longer than {most} bytes",
+            hint="tokenize it in parts, or raise LOCALRUN_MAX_TOKENIZE_BYTES",
+        )
+
+
+async def tokenizer_info(request: Request) -> Response:
+    """vLLM's GET /tokenizer_info: the model's special tokens and chat template, read from its
+    GGUF header (the model not loaded); the model named by `?model=`, else the one loaded."""
+    name = request.query_params.get("model")
+    body = Body({"model": name} if name else {})
+    model = await local_model(request, default_model(request, body))
+    store = core.context(request).store
+
+    def read() -> dict[str, Any]:
+        stored = model_mod.load(store, model)
+        header = view.header_of(stored)
+        return {
+            "tokenizer_class": "llama.cpp",
+            "bos_token": header.bos_text or None,
+            "eos_token": header.eos_text or None,
+            "chat_template": view.template_choice(stored, header).source,
+            "model_max_length": header.arch_value("context_length"),
+        }
+
+    return JSONResponse(await anyio.to_thread.run_sync(read))
+
+
 def _piece(data: bytes) -> str | list[int]:
     try:
         return data.decode("utf-8")
@@ -149,7 +201,7 @@ async def detokenize(request: Request) -> Response:
     body = Body(await read_json(request))
     tokens: Any = body.get("tokens", list)
     if tokens is None:
-        return JSONResponse({"content": ""})
+        return JSONResponse({"content": "", "prompt": ""})
     if len(tokens) > most:  # refused before any work: a long list costs a runner seconds
         raise BadRequestError(
             f"tokens holds {len(tokens):,} token ids; /detokenize reads at most {most:,}",
@@ -160,7 +212,7 @@ async def detokenize(request: Request) -> Response:
     scheduler = core.context(request).scheduler
     model = default_model(request, body)
     text = await core.until_disconnect(request, lambda: scheduler.detokenize(model, tokens))
-    return JSONResponse({"content": text})
+    return JSONResponse({"content": text, "prompt": text})  # llama-server's key, and vLLM's
 
 
 # llama-server's sampling fields (the same names as localrun's options).

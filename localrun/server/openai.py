@@ -6,9 +6,10 @@
                                 top_p, seed, stop, presence/frequency_penalty, response_format
                                 (json_object, json_schema), tools and tool_choice, n,
                                 reasoning_effort (or chat_template_kwargs.enable_thinking):
-                                a reasoning model's thinking in `reasoning_content`
-    POST /v1/completions        a raw prompt, no chat template (as OpenAI and llama-server);
-                                `suffix`: fill in the middle with the model's FIM tokens
+                                a reasoning model's thinking in `reasoning_content`;
+                                vLLM's prompt_logprobs (the rendered prompt's, top-level)
+    POST /v1/completions        server.completions: the legacy completions (a raw prompt, no
+                                chat template; echo; token-id prompts; prompt_logprobs)
     POST /v1/embeddings         a string or a list; encoding_format float or base64
 
 `n` choices (at most LOCALRUN_MAX_CHOICES) are answered together, on as many slots; the runner
@@ -42,7 +43,12 @@ from localrun.server import core, embedding, image_urls
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, merged, start_choices
-from localrun.server.logprobs import logprob_items, top_logprobs
+from localrun.server.logprobs import (
+    logprob_items,
+    prompt_logprobs_of,
+    top_logprobs,
+    vllm_prompt_logprobs,
+)
 from localrun.server.messages import chat_messages
 from localrun.server.streaming import event_stream, sse
 from localrun.worker.protocol import Chunk
@@ -62,23 +68,24 @@ _SAMPLING = {
 }
 
 
-def _options(body: Body) -> dict[str, Any]:
+def options_of(body: Body, *, echo: bool = False) -> dict[str, Any]:
+    """The request's sampling fields and budget as options; with `echo` (the legacy
+    completions' prompt returned before its answer) a budget of 0 asks for the prompt alone."""
     options = body.sampling(_SAMPLING)
     speculate = body.get("speculate", str)  # localrun's own, like llama-server's extra fields
     if speculate is not None:
         options["speculate"] = speculate
-    limit = body.limit("max_completion_tokens", "max_tokens")
+    hint = None if echo else "0 is for a prompt echoed alone (echo: true)"
+    limit = body.limit("max_completion_tokens", "max_tokens", least=0 if echo else 1, hint=hint)
     if limit is not None:
         options["num_predict"] = limit
     stops = body.stops()
     if stops:
         options["stop"] = stops
-    if body.data.get("echo"):
-        raise BadRequestError("echo is not supported", hint="the prompt is yours already")
     return options
 
 
-def _format(body: Body) -> str | dict[str, Any] | None:
+def format_of(body: Body) -> str | dict[str, Any] | None:
     spec = body.get("response_format", dict)
     if spec is None or spec.get("type") in (None, "text"):
         return None
@@ -93,7 +100,7 @@ def _format(body: Body) -> str | dict[str, Any] | None:
     raise BadRequestError(f"response_format type {spec.get('type')!r} is not supported")
 
 
-def _lenient(body: Body) -> bool:
+def lenient_of(body: Body) -> bool:
     """Whether a json_schema `response_format` is taken as Ollama's `format` is: without
     `strict: true` the client asked for no guarantee, so the keywords the engine cannot
     enforce are checked on the finished answer (server.answer_schema) rather than refused;
@@ -125,36 +132,19 @@ def _chat_logprobs(body: Body) -> int | None:
     return top
 
 
-def _completion_logprobs(body: Body) -> int | None:
-    """The legacy completions' `logprobs: N` (0 to 5 alternatives)."""
-    value = body.data.get("logprobs")
-    return None if value is None else top_logprobs(value, "logprobs", 5)
-
-
-def _legacy_logprobs(entries: list[dict[str, Any]], start: int) -> dict[str, Any]:
-    """Completions' logprobs: parallel lists, text offsets counted from `start`."""
-    offsets = []
-    for entry in entries:
-        offsets.append(start)
-        start += len(entry["token"])
-    return {
-        "tokens": [e["token"] for e in entries],
-        "token_logprobs": [e["logprob"] for e in entries],
-        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top"]} for e in entries],
-        "text_offset": offsets,
-    }
-
-
-def _finish_reason(generation: Generation) -> str:
+def finish_reason(generation: Generation) -> str:
     if generation.tool_calls:
         return "tool_calls"
     return "length" if generation.done_reason == "length" else "stop"
 
 
-def _usage(generations: list[Generation]) -> dict[str, Any]:
-    """The prompt counted once (as OpenAI counts it for `n` choices), every choice's tokens."""
+def usage_of(
+    generations: list[Generation], prompts: list[Generation] | None = None
+) -> dict[str, Any]:
+    """Each prompt counted once (as OpenAI counts it for `n` choices: `prompts` holds one
+    generation of each, the first alone when not given), every choice's tokens."""
     first = generations[0].stream.timings
-    prompt = generations[0].prompt_count
+    prompt = sum(g.prompt_count for g in prompts or generations[:1])
     completion = sum(g.stream.timings.eval_tokens for g in generations)
     drafted = sum(g.stream.timings.draft_tokens for g in generations)
     accepted = sum(g.stream.timings.draft_accepted for g in generations)
@@ -204,7 +194,7 @@ def _call_deltas(index: int, calls: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
-def _head(prefix: str, model: str) -> dict[str, Any]:
+def head_of(prefix: str, model: str) -> dict[str, Any]:
     """The fields that every object of one answer repeats."""
     return {
         "id": f"{prefix}-{secrets.token_hex(12)}",
@@ -214,7 +204,7 @@ def _head(prefix: str, model: str) -> dict[str, Any]:
     }
 
 
-def _stream(
+def stream_of(
     body: Body,
     generations: list[Generation],
     head: dict[str, Any],
@@ -264,7 +254,7 @@ async def _stream_events(
             for choice in last_choices(index, streamed[index]):
                 yield sse(chunk({"choices": [choice]}))
         if include_usage:
-            yield sse(chunk({"choices": [], "usage": _usage(generations)}))
+            yield sse(chunk({"choices": [], "usage": usage_of(generations)}))
         yield b"data: [DONE]\n\n"
     except LocalrunError as exc:
         yield sse(body_of(exc, "openai"))
@@ -282,15 +272,16 @@ async def chat_completions(request: Request) -> Response:
     await image_urls.inline(body.data, "openai")
     req = _chat_request(body)
     generations = await start_choices(request, req, body.get("n", int, 1))
-    base = _head("chatcmpl", req.model)
+    base = head_of("chatcmpl", req.model)
     with_logprobs = req.logprobs is not None
     if not body.flag("stream", False):
-        await _collect(request, generations)
+        await collect(request, generations)
         choices = [_chat_choice(i, g, with_logprobs) for i, g in enumerate(generations)]
-        return JSONResponse(
-            {**base, "object": "chat.completion", "choices": choices, "usage": _usage(generations)}
-        )
-    return _stream(
+        answer = {**base, "object": "chat.completion", "choices": choices}
+        if req.prompt_logprobs is not None:  # vLLM's, beside the choices
+            answer["prompt_logprobs"] = vllm_prompt_logprobs(generations[0].scored)
+        return JSONResponse({**answer, "usage": usage_of(generations)})
+    return stream_of(
         body,
         generations,
         base,
@@ -305,16 +296,21 @@ def _chat_request(body: Body) -> GenRequest:
     messages = chat_messages(body.data.get("messages"), openai=True)
     if not messages:
         raise BadRequestError("messages must not be empty")
+    if body.data.get("echo"):
+        raise BadRequestError(
+            "echo is not supported on chat completions", hint="the messages are yours already"
+        )
     return GenRequest(
         model,
         messages=messages,
-        options=_options(body),
-        format=_format(body),
-        format_lenient=_lenient(body),
+        options=options_of(body),
+        format=format_of(body),
+        format_lenient=lenient_of(body),
         tools=body.get("tools", list),
         tool_choice=body.data.get("tool_choice"),
         think=think_of(body),
         logprobs=_chat_logprobs(body),
+        prompt_logprobs=prompt_logprobs_of(body),
         logit_bias=body.logit_bias(),
         parallel_tool_calls=body.flag("parallel_tool_calls", True),
     )
@@ -334,7 +330,7 @@ def _chat_choice(index: int, generation: Generation, with_logprobs: bool) -> dic
         message["reasoning_content"] = generation.thinking
     if calls:
         message["tool_calls"] = calls
-    reason = _finish_reason(generation)
+    reason = finish_reason(generation)
     return {
         "index": index,
         "message": message,
@@ -361,12 +357,12 @@ def _chat_delta(index: int, piece: Chunk, first: bool, with_logprobs: bool) -> d
 def _chat_last(index: int, generation: Generation, streamed: int) -> list[dict[str, Any]]:
     """A streamed choice's last chunks: its calls not streamed yet, then its finish_reason."""
     out = _call_deltas(index, generation.late_calls(streamed))
-    reason = _finish_reason(generation)
+    reason = finish_reason(generation)
     out.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
     return out
 
 
-async def _collect(request: Request, generations: list[Generation]) -> None:
+async def collect(request: Request, generations: list[Generation]) -> None:
     """Every answer to its end (while the client is there); sent whole, each may be drawn
     again where its check refuses it (Generation.whole)."""
     for generation in generations:
@@ -378,66 +374,6 @@ async def _collect(request: Request, generations: list[Generation]) -> None:
                 pass
 
     await core.until_disconnect(request, every)
-
-
-async def completions(request: Request) -> Response:
-    body = Body(await read_json(request))
-    model = body.model()
-    prompt = body.data.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise BadRequestError("prompt must be a string (one prompt per request)")
-    suffix = body.get("suffix", str) or None  # fill in the middle (editors' autocomplete)
-    if not prompt and suffix is None:
-        # llama-server would decode the BOS token alone; a model without one has nothing to
-        # start from, so the same request would work on one model and fail on another.
-        raise BadRequestError("prompt is empty", hint="send some text to continue")
-    req = GenRequest(
-        model,
-        prompt=prompt,
-        suffix=suffix,
-        options=_options(body),
-        format=_format(body),
-        format_lenient=_lenient(body),
-        logprobs=_completion_logprobs(body),
-        logit_bias=body.logit_bias(),
-    )
-    generations = await start_choices(request, req, body.get("n", int, 1))
-    base = _head("cmpl", model)
-
-    offsets = [len(prompt)] * len(generations)  # where each choice's next token starts
-
-    def choice(
-        index: int, text: str, reason: str | None, entries: list[dict[str, Any]] | None = None
-    ) -> dict[str, Any]:
-        logprobs = None
-        if req.logprobs is not None:
-            logprobs = _legacy_logprobs(entries or [], offsets[index])
-            offsets[index] += sum(len(e["token"]) for e in entries or [])
-        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
-
-    if not body.flag("stream", False):
-        await _collect(request, generations)
-        return JSONResponse(
-            {
-                **base,
-                "object": "text_completion",
-                "choices": [
-                    choice(i, g.text, _finish_reason(g), g.logprobs)
-                    for i, g in enumerate(generations)
-                ],
-                "usage": _usage(generations),
-            }
-        )
-    return _stream(
-        body,
-        generations,
-        base,
-        "text_completion",
-        lambda index, piece, first: choice(index, piece.text, None, piece.logprobs),
-        lambda index, _: [choice(index, "", _finish_reason(generations[index]))],
-    )
 
 
 def _base64(vector: list[float]) -> str:

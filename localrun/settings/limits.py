@@ -81,6 +81,13 @@ LIMITS: dict[str, Setting] = {
             lambda: 60.0,
         ),
         Setting(
+            "LOCALRUN_MAX_PROMPTS",
+            "Most prompts one /v1/completions request may hold (a list: an answer each, all "
+            "queued at once; evaluation harnesses send a batch).",
+            parse.parse_positive_int,
+            lambda: 64,
+        ),
+        Setting(
             "LOCALRUN_RESPONSES_MAX",
             "Most stored Responses API answers (store: true) kept; the oldest go first.",
             parse.parse_count,
@@ -290,6 +297,10 @@ def max_draws() -> int:
 
 def draw_time() -> float:
     return LIMITS["LOCALRUN_DRAW_TIME"].value()  # type: ignore[no-any-return]
+
+
+def max_prompts() -> int:
+    return LIMITS["LOCALRUN_MAX_PROMPTS"].value()  # type: ignore[no-any-return]
 
 
 def responses_max() -> int:

@@ -78,6 +78,9 @@ class Prepared:
     cache_prefix: int = 0
     return_context: bool = False  # the answer's end carries the prompt's and answer's tokens
     media: Any = None  # the engine's prompt with images or audio (its tokens are `tokens`)
+    # Leading tokens the tokenizer put before the prompt's text (its BOS): a prompt echoed
+    # back with its log-probabilities leaves them out.
+    added: int = 0
 
 
 def stop_tokens_for(template: str | None, tokenizer: Tokenizer) -> frozenset[int]:
@@ -119,6 +122,10 @@ class Prompter:
             raise BadRequestError("the prompt is empty", hint="send a prompt of some text")
         if request.logprobs is not None:
             prepared.sampling = dataclasses.replace(prepared.sampling, logprobs=request.logprobs)
+        if request.prompt_logprobs is not None:
+            prepared.sampling = dataclasses.replace(
+                prepared.sampling, prompt_logprobs=request.prompt_logprobs
+            )
         if request.logit_bias:
             biases = logit_biases(request.logit_bias, self.tokenizer.n_vocab)
             prepared.sampling = dataclasses.replace(prepared.sampling, logit_bias=biases)
@@ -132,6 +139,7 @@ class Prompter:
         bos = self.tokenizer.token_ids(bos_text) if bos_text else []
         drop = int(bool(context and bos and tokens[:1] == bos[:1]))
         prepared.tokens = context + tokens[drop:]
+        prepared.added = 0  # the context comes first, as it is
         if prepared.media is not None:
             prepared.media.move(len(context) - drop, prepared.tokens)
         prepared.cache_prefix = 0  # the model's turns no longer come first
@@ -189,7 +197,12 @@ class Prompter:
     ) -> Prepared:
         """Prompt text (with a marker for each medium) and its media, ready for the engine."""
         if not media:
-            return Prepared(self.raw_tokens(text), sampling)
+            prepared = Prepared(self.raw_tokens(text), sampling)
+            bos_text = self.tokenizer.bos_text
+            if bos_text and self._adds_bos(text):
+                bos = self.tokenizer.token_ids(bos_text)
+                prepared.added = int(bool(bos) and prepared.tokens[:1] == bos[:1])
+            return prepared
         prompt = self.tokenizer.media_prompt(text, media, add_special=self._adds_bos(text))
         prepared = Prepared(prompt.tokens, sampling)
         prepared.media = prompt
@@ -377,6 +390,10 @@ class Prompter:
             constraint_for(request.format, lenient=request.format_lenient),
             request.memory,
         )
+        if request.tokens is not None:  # read as they are: no BOS added
+            if request.media:
+                raise BadRequestError("a prompt of token ids cannot hold images or audio")
+            return Prepared(token_ids(request.tokens, self.tokenizer.n_vocab, "prompt"), sampling)
         media = [
             media_mod.Media.from_wire(item, f"media[{i}]")
             for i, item in enumerate(request.media or [])
@@ -461,7 +478,8 @@ def token_ids(value: Any, n_vocab: int, key: str) -> list[int]:
         if not 0 <= token < n_vocab:
             raise BadRequestError(
                 f"{key} holds the token id {token}, which is not in the model's vocabulary "
-                f"(0 to {n_vocab - 1})"
+                f"(0 to {n_vocab - 1})",
+                hint="POST /tokenize gives a text's token ids for this model",
             )
     return value
 

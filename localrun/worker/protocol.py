@@ -19,9 +19,10 @@ stderr so they cannot corrupt the stream).
         "logprobs" (N alternatives per token; piece events carry them), "context" (token ids
         before the prompt), "return_context", ...; those left at their defaults are left out.
     <- {"event": "piece", "id": 7, "text": "...", "thinking": "..."?, "logprobs": [...]?,
-        "prompt": N?, "calls": [{"name", "arguments"}]?}
+        "prompt": N?, "calls": [{"name", "arguments"}]?, "scored": [...]?}
                               (zero or more; the first tells the prompt's length in tokens;
-                               a call goes out as soon as it is read)
+                               a call goes out as soon as it is read; with prompt_logprobs,
+                               the prompt's entries come first, a chunk at a time)
     <- {"event": "done", "id": 7, "reason": "stop" | "length" | "cancelled",
         "timings": {Timings fields}, "tool_calls": [{"name", "arguments"}] | null,
         "context": [ids]?,           (with return_context: the prompt's and answer's tokens)
@@ -293,20 +294,26 @@ class Chunk:
     logprobs: list[dict[str, Any]] | None = None
     # Tool calls read so far ({"name", "arguments"}), sent as soon as each is complete.
     calls: list[dict[str, Any]] | None = None
+    # Entries of the prompt's own tokens (GenRequest.prompt_logprobs), before any text:
+    # {"id", "token", "bytes", "logprob" (None for the first), "rank", "top": [{"id", "token",
+    # "bytes", "logprob"}], "added"?: true for a BOS the tokenizer put before the text}.
+    scored: list[dict[str, Any]] | None = None
 
     @classmethod
     def from_event(cls, event: Message) -> Chunk:
         logprobs = event.get("logprobs")
         calls = event.get("calls")
+        scored = event.get("scored")
         return cls(
             text=str(event.get("text") or ""),
             thinking=str(event.get("thinking") or ""),
             logprobs=logprobs if isinstance(logprobs, list) else None,
             calls=calls if isinstance(calls, list) and calls else None,
+            scored=scored if isinstance(scored, list) and scored else None,
         )
 
     def __bool__(self) -> bool:
-        return bool(self.text or self.thinking or self.logprobs or self.calls)
+        return bool(self.text or self.thinking or self.logprobs or self.calls or self.scored)
 
 
 def piece_event(
@@ -317,8 +324,11 @@ def piece_event(
     logprobs: list[dict[str, Any]] | None = None,
     prompt: int | None = None,
     calls: list[dict[str, Any]] | None = None,
+    scored: list[dict[str, Any]] | None = None,
 ) -> Message:
     event: Message = {"event": PIECE, "id": id, "text": text}
+    if scored:
+        event["scored"] = scored
     if thinking:
         event["thinking"] = thinking
     if calls:

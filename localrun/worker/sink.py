@@ -111,6 +111,8 @@ class RequestSink:
         self.prompt = prepared.tokens if prepared.return_context else None
         # The prompt's length goes with the first piece (Anthropic's message_start tells it).
         self._prompt_count: int | None = len(prepared.tokens)
+        self._added = prepared.added  # the prompt's leading tokens not in its text (a BOS)
+        self._scored = 0  # prompt entries sent
         self.sent: list[str] = []  # the text passed on, kept when the context is returned
         self.stop = StopFilter(prepared.sampling.stop)
         sampling = prepared.sampling
@@ -252,6 +254,13 @@ class RequestSink:
             )
         elif text:
             self._due(text)  # hidden reasoning: its entries go with it
+
+    def scored(self, entries: list[dict[str, Any]]) -> None:
+        """Prompt entries, sent as they come; those of tokens the tokenizer added marked."""
+        for entry in entries[: max(0, self._added - self._scored)]:
+            entry["added"] = True
+        self._scored += len(entries)
+        self.output.send(protocol.piece_event(self.id, "", scored=entries, prompt=self._first()))
 
     def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
         if self.stopped:

@@ -19,5 +19,7 @@ Modules (each imports only those listed before it):
 * ``promptcache`` - the disk prompt cache: two fresh `localrun run` in a row against a cold
   llama-server (part of scripts/bench_spec.py's run);
 * ``bound`` - the oracle bound of prompt-lookup speculation (scripts/spec_bound.py);
+* ``scores`` - llama.cpp's own log-probabilities of a prompt's tokens (llama-cpp-python with
+  logits at every row), the oracle of prompt scoring (tests, scripts/eval_harness.py);
 * ``worker`` - the jobs scripts/bench.py runs in a child process (llama_cpp imported there only).
 """
