@@ -201,6 +201,16 @@ def test_echo_gives_the_prompts_tokens_and_their_logprobs(
     assert extra.token_logprobs[0] is None and None not in extra.token_logprobs[1:]
     plain = ai.completions.create(model=SMOL, prompt=QUESTION, echo=True, max_tokens=2)
     assert plain.choices[0].text.startswith(QUESTION) and plain.choices[0].logprobs is None
+    # Streamed: the prompt and its entries come first, then the answer's, the same as whole.
+    chunks = list(ai.completions.create(
+        model=SMOL, prompt=prompt, echo=True, logprobs=1, max_tokens=3, temperature=0, stream=True
+    ))  # fmt: skip
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == answer
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs
+                for t in c.choices[0].logprobs.token_logprobs or []]  # fmt: skip
+    assert streamed[0] is None and len(streamed) == len(extra.token_logprobs)
+    for got, whole in zip(streamed[1:], extra.token_logprobs[1:], strict=True):
+        assert got is not None and whole is not None and math.isclose(got, whole, abs_tol=1e-4)
 
 
 def test_lm_eval_harness_loglikelihood_request(
