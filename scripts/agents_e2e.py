@@ -9,10 +9,10 @@ versions into --dir (default ~/.cache/localrun/agents), and runs each through `l
 AGENT --model M -- <headless arguments>` against a `localrun serve` of its own, on a scripted
 model (testmodels.scripted: any prompt gets one fixed answer) for each case: `answer` (a sentence
 the agent must print, then exit 0), `tool` (a call of its file-writing tool, Codex's shell or
-Aider's whole-file edit, writing hello.txt; the agent must run it and send the result back) and
-`thinking` (the same call after a <think> section). With the same call on every turn, Claude
-Code is held to two turns; Codex and OpenCode are stopped once the file is there and the
-request carrying the tool result has been answered.
+Aider's whole-file edit, writing hello.txt; the agent must run it and send the result back),
+`thinking` (the same call after a <think> section), Codex's `patch` (its free-form apply_patch
+adds hello.txt). With the same call on every turn, Claude Code is held to two turns; Codex and
+OpenCode are stopped once the file is there and the request with the tool's result answered.
 
 A reverse proxy between agent and server (streams pass through piece by piece) counts requests
 and statuses and, with --record DIR, writes DIR/<agent>-<case>.json: each distinct request
@@ -56,14 +56,14 @@ N_CTX = 30030  # the most a scripted model may declare; Claude Code's first prom
 ANSWER = "The answer is 42."
 CONTENT = "hello from localrun\n"
 THOUGHT = "The user wants hello.txt written; I will write it."
-CASES = ("answer", "tool", "thinking")
+CASES = ("answer", "tool", "thinking", "patch")
+PATCH = f"*** Begin Patch\n*** Add File: hello.txt\n+{CONTENT}*** End Patch\n"  # apply_patch's
 # Headers a replay needs; the others (host, lengths, connection) are the transport's.
 KEPT_HEADERS = ("content-type", "anthropic-version", "anthropic-beta", "user-agent", "openai-beta")
 SECRET_HEADERS = ("authorization", "x-api-key")
-HOP_HEADERS = frozenset(
-    ("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-     "transfer-encoding", "upgrade", "host", "content-length")
-)  # fmt: skip
+HOP_HEADERS = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                         "te", "trailer", "transfer-encoding", "upgrade", "host",
+                         "content-length"))  # fmt: skip
 LAUNCH_USER_AGENT = "localrun-cli"  # `localrun launch` asking the server before the agent runs
 TOOL_RESULT = re.compile(
     r'"type": "(function_call_output|custom_tool_call_output|tool_result)"|"role": "tool"'
@@ -95,7 +95,7 @@ AGENTS = {
     a.name: a
     for a in (
         Agent(
-            "claude", "Claude Code", "2.1.197", CASES,
+            "claude", "Claude Code", "2.1.197", CASES[:3],
             ("@anthropic-ai/claude-code@{v}", "@anthropic-ai/claude-code-linux-{a}@{v}"),
             "npm/node_modules/@anthropic-ai/claude-code-linux-{a}/claude",
             # acceptEdits: its Write runs unasked (bypassPermissions is refused to root).
@@ -309,6 +309,8 @@ class Case:
             return ANSWER
         if self.agent.name == "aider":  # --edit-format whole: the file's name, then all of it
             return f"hello.txt\n```\n{CONTENT}```\n"
+        if self.name == "patch":  # a free-form tool: a function of one string, `input`
+            return _hermes("apply_patch", {"input": PATCH})
         if self.agent.name == "claude":
             call = _hermes("Write", {"file_path": path, "content": CONTENT})
         elif self.agent.name == "codex":  # its shell: it has no file-writing tool of its own
@@ -354,7 +356,8 @@ class Case:
         template = THINKING_TEMPLATE if self.name == "thinking" else TOOL_TEMPLATE
         gguf = self.root / f"{self.id}.gguf"
         write_scripted_model(gguf, self.says(), template=template.read_text(), n_ctx=N_CTX)
-        (self.root / "Modelfile").write_text(f"FROM ./{gguf.name}\n")
+        forcing = "PARAMETER grammar_forcing false\n"  # forced text spelled as its script has it
+        (self.root / "Modelfile").write_text(f"FROM ./{gguf.name}\n{forcing}")
         create = _localrun("create", self.model, "-f", str(self.root / "Modelfile"))
         if (done := subprocess.run(create, env=env, capture_output=True)).returncode != 0:
             raise SystemExit(f"localrun create {self.model}: {done.stderr.decode().strip()}")

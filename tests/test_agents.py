@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import llguidance
 import openai
 import pytest
 from conftest import PATIENCE_S
@@ -63,6 +64,7 @@ eof_line: "*** End of File" LF
 %import common.LF
 """
 PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+Hello\n*** End Patch\n"
+BROKEN_PATCH = PATCH.replace("+Hello", "Hello")  # an added line without its "+"
 
 MODELS = {
     "agent-text": ("Done.", QWEN),
@@ -82,6 +84,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         add_model(store, name, gguf, SCRIPTED)  # its own spelling of forced text
     short = write_scripted_model(folder / "short.gguf", "Done.", template=QWEN, n_ctx=8192)
     add_model(store, "agent-short", short, "")
+    says = call("apply_patch", {"input": BROKEN_PATCH})
+    broken = write_scripted_model(folder / "broken.gguf", says, template=QWEN, n_ctx=N_CTX)
+    add_model(store, "agent-broken-patch", broken, f"{SCRIPTED}\nPARAMETER num_ctx 16384\n")
     server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=2, max_queue=8))
     yield server
     server.close()
@@ -384,6 +389,7 @@ CASE_TEMPLATES = {
     "answer": "Qwen-Qwen2.5-7B-Instruct.jinja",
     "tool": "Qwen-Qwen2.5-7B-Instruct.jinja",
     "thinking": "Qwen-Qwen3-0.6B.jinja",
+    "patch": "Qwen-Qwen2.5-7B-Instruct.jinja",
 }
 RECORDINGS = sorted(RECORDED.glob("*.json"))
 # The headers a replay sends again (the key is the server's own).
@@ -408,10 +414,12 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         bodies = [r["body"] or {} for r in recording["requests"]]
         names = {b.get("model") or b["name"] for b in bodies if "model" in b or "name" in b}
         for name in names:
-            # The variant `localrun launch` made: its context in its name.
+            # The variant `localrun launch` made: its context in its name; forced text spelled
+            # as the script has it, as scripts/agents_e2e.py gave it.
             size = re.search(r"-ctx(\d+)(k?)$", name)
             num_ctx = int(size.group(1)) * (1024 if size.group(2) else 1) if size else 0
-            add_model(store, name, gguf, f"PARAMETER num_ctx {num_ctx}\n" if num_ctx else "")
+            context = f"PARAMETER num_ctx {num_ctx}\n" if num_ctx else ""
+            add_model(store, name, gguf, f"{SCRIPTED}\n{context}")
     server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
     yield server
     server.close()
@@ -421,7 +429,7 @@ def test_the_recordings_cover_every_agent_and_case() -> None:
     cases = {(r["agent"], r["case"]) for r in map(_recording, RECORDINGS)}
     for agent in ("claude", "codex", "opencode", "aider"):
         assert {(agent, "answer"), (agent, "tool")} <= cases, agent
-    assert {("claude", "thinking"), ("codex", "thinking")} <= cases
+    assert {("claude", "thinking"), ("codex", "thinking"), ("codex", "patch")} <= cases
     versions = {r["agent"]: r["version"] for r in map(_recording, RECORDINGS)}
     assert versions == {
         "claude": "2.1.197",
@@ -453,6 +461,8 @@ def test_an_agents_recorded_requests_are_answered_as_it_reads_them(
             if "<tool_call>" in said and request["body"].get("tools"):
                 name = json.loads(said.split("<tool_call>")[1].split("</tool_call>")[0])["name"]
                 assert answer["calls"] == [name], answer
+                for tool, text in answer["inputs"]:  # a free-form tool's: in its grammar
+                    assert _in_grammar(text, _grammar_of(request["body"], tool)), text
             else:  # a side request without tools (a title): the text as it was said
                 shown = said.split("</think>")[-1].strip().split("\n")[0]
                 assert shown in answer["text"], answer
@@ -463,7 +473,7 @@ def test_an_agents_recorded_requests_are_answered_as_it_reads_them(
 def _answer(path: str, reply: httpx.Response) -> dict[str, Any]:
     """The text, thinking and tool calls (by name) of an answer in any of the dialects,
     streamed or not."""
-    text, thinking, calls = "", "", []
+    text, thinking, calls, inputs = "", "", [], []
     streamed = reply.headers["content-type"].split(";")[0]
     if streamed == "application/x-ndjson":
         items = [json.loads(line) for line in reply.text.splitlines() if line.strip()]
@@ -503,6 +513,8 @@ def _answer(path: str, reply: httpx.Response) -> dict[str, Any]:
                         thinking += "".join(part["text"] for part in entry.get("content") or [])
                     elif entry["type"] in ("function_call", "custom_tool_call"):
                         calls.append(entry["name"])
+                    if entry["type"] == "custom_tool_call":
+                        inputs.append((entry["name"], entry["input"]))
         elif path == "/v1/chat/completions":
             for choice in item.get("choices") or []:
                 part = choice.get("delta") or choice.get("message") or {}
@@ -512,4 +524,50 @@ def _answer(path: str, reply: httpx.Response) -> dict[str, Any]:
                     name = (call.get("function") or {}).get("name")
                     if name:
                         calls.append(name)
-    return {"text": text, "thinking": thinking, "calls": calls}
+    return {"text": text, "thinking": thinking, "calls": calls, "inputs": inputs}
+
+
+def test_codexs_apply_patch_is_held_to_its_grammar(http: httpx.Client) -> None:
+    """The request Codex made with its free-form apply_patch (recorded): a model whose patch
+    the tool's Lark grammar refuses is held to it; what comes back is a patch that parses."""
+    asked = _recording(RECORDED / "codex-patch.json")["requests"][0]["body"]
+    grammar = _grammar_of(asked, "apply_patch")
+    assert grammar["syntax"] == "lark" and _in_grammar(PATCH, grammar)
+    assert not _in_grammar(BROKEN_PATCH, grammar)
+    for stream in (False, True):
+        body = {**asked, "model": "agent-broken-patch", "stream": stream}
+        reply = http.post("/v1/responses", json=body)
+        assert reply.status_code == 200, reply.text[:500]
+        answer = _answer("/v1/responses", reply)
+        assert answer["calls"] and {name for name, _ in answer["inputs"]} == {"apply_patch"}
+        for _, text in answer["inputs"]:
+            assert text != BROKEN_PATCH and _in_grammar(text, grammar), text
+
+
+def _grammar_of(body: dict[str, Any], name: str) -> dict[str, str]:
+    """The format of the request's free-form tool `name`."""
+    (tool,) = [t for t in body["tools"] if t["type"] == "custom" and t["name"] == name]
+    return dict(tool["format"])
+
+
+class _Bytes:
+    """A tokenizer of one token a byte, for llguidance to match text as it is."""
+
+    eos_token_id, bos_token_id, special_token_ids = 256, None, [256]
+    tokens = [bytes([i]) for i in range(256)] + [b"<eos>"]
+
+    def __call__(self, text: bytes) -> list[int]:
+        return list(text)
+
+
+BYTES = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Bytes()))
+
+
+def _in_grammar(text: str, grammar: dict[str, str]) -> bool:
+    """Whether llguidance takes `text` whole in a custom tool's grammar (lark or regex)."""
+    compile = llguidance.LLMatcher.grammar_from_lark
+    if grammar["syntax"] == "regex":
+        compile = llguidance.LLMatcher.grammar_from_regex
+    matcher = llguidance.LLMatcher(BYTES, compile(grammar["definition"]), log_level=0)
+    taken = matcher.consume_tokens(list(text.encode()))
+    return bool(taken) and not matcher.is_error() and matcher.is_accepting()

@@ -61,7 +61,7 @@ sys.exit(3)
 CODEX = (
     PS
     + """
-import os, sys, tomllib, openai
+import json, os, sys, tomllib, openai
 args = sys.argv[1:]
 config = {}
 while "-c" in args:
@@ -80,6 +80,10 @@ client = openai.OpenAI(base_url=provider["base_url"], api_key=os.environ[provide
 reply = client.responses.create(model=model, input="hi", max_output_tokens=3)
 assert reply.usage.output_tokens > 0
 assert config["model_context_window"] == 32768 and config["web_search"] == "disabled"
+# Its catalog of the one model: apply_patch as the free-form tool, Codex's instructions.
+(entry,) = json.loads(open(config["model_catalog_json"]).read())["models"]
+assert entry["slug"] == model and entry["apply_patch_tool_type"] == "freeform"
+assert entry["base_instructions"].startswith("You are a coding agent running in the Codex CLI")
 print("codex answered", model, ps_context(provider["base_url"], os.environ[provider["env_key"]]))
 """
 )

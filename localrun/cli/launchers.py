@@ -1,6 +1,6 @@
 """What each coding agent `localrun launch` starts needs to talk to the local server: its
 program, the environment, arguments and files that point it at localrun, the context its
-prompt needs, and how to install it. Pure: no I/O (launch_cmd writes the files).
+prompt needs, and how to install it. Pure: writes nothing (launch_cmd writes the files).
 
 Only the child's environment and files under localrun's own folder are written: no file of
 the user's (Ollama's launch edits OpenCode's config; here OpenCode gets its provider through
@@ -13,7 +13,13 @@ OPENCODE_CONFIG_CONTENT, which it merges over the user's config).
   and not to think when the model cannot; its per-request attribution line is off (it changes
   every request, so the prompt cache could never reuse the system prompt).
 - Codex speaks the Responses API: a model provider of its own, given as `-c` overrides, with
-  the window and when to compact; its hosted web search off (no search engine here).
+  the window and when to compact; its hosted web search off (no search engine here). A model
+  Codex does not know gets no apply_patch tool: a one-model catalog (`model_catalog_json`,
+  read at start in place of its built-in one) describes the model as Codex's fallback for an
+  unknown model does (codex-rs/models-manager/src/model_info.rs, 0.169.0), its instructions
+  too (codex_prompt.md: Codex's prompt.md, Apache-2.0), with `apply_patch_tool_type:
+  freeform`, so that Codex offers apply_patch as a custom tool in its Lark grammar, which the
+  server holds the model's patch to.
 - OpenCode speaks OpenAI's chat completions through the AI SDK's openai-compatible provider,
   with the model's window and output limit (OpenCode compacts by them).
 - Aider speaks Ollama's API through litellm (`ollama_chat/`): a model-settings file fixes
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 
@@ -113,10 +120,42 @@ def _codex(program: str, url: str, key: str, model: str, extra: list[str], s: Se
         "model_auto_compact_token_limit": s.num_ctx - output_room(s.num_ctx),
         "web_search": "disabled",
     }
+    catalog = s.folder / f"codex-{_safe(model)}.models.json"
+    settings["model_catalog_json"] = str(catalog)
     for key_name, value in settings.items():
         overrides += ["-c", f"{key_name}={json.dumps(value)}"]
     argv = [program, *overrides, "-m", model, *extra]
-    return Launch(argv, {"LOCALRUN_CODEX_KEY": key})
+    return Launch(argv, {"LOCALRUN_CODEX_KEY": key}, {catalog: _codex_catalog(model)})
+
+
+def _codex_catalog(model: str) -> str:
+    """Codex's catalog of one model: the metadata Codex 0.169.0 falls back on for a model it
+    does not know (those of its fields a catalog must give), but for apply_patch as Codex's
+    free-form tool. The window and compaction come from the `-c` overrides."""
+    entry = {
+        "slug": model,
+        "display_name": model,
+        "base_instructions": _codex_prompt(),
+        "apply_patch_tool_type": "freeform",
+        "supported_reasoning_levels": [],
+        "shell_type": "default",
+        "visibility": "none",
+        "supported_in_api": True,
+        "priority": 99,
+        "support_verbosity": False,
+        "truncation_policy": {"mode": "bytes", "limit": 10_000},
+        "experimental_supported_tools": [],
+    }
+    return json.dumps({"models": [entry]})
+
+
+def _codex_prompt() -> str:
+    return resources.files("localrun.cli").joinpath("codex_prompt.md").read_text("utf-8")
+
+
+def _safe(model: str) -> str:
+    """`model` as part of a file's name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
 
 
 def _opencode(program: str, url: str, key: str, model: str, extra: list[str], s: Setup) -> Launch:
@@ -143,7 +182,7 @@ def _opencode(program: str, url: str, key: str, model: str, extra: list[str], s:
 
 def _aider(program: str, url: str, key: str, model: str, extra: list[str], s: Setup) -> Launch:
     name = f"ollama_chat/{model}"
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+    safe = _safe(model)
     settings = s.folder / f"aider-{safe}.model-settings.yml"
     metadata = s.folder / f"aider-{safe}.model-metadata.json"
     room = output_room(s.num_ctx)
