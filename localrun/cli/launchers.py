@@ -17,9 +17,9 @@ OPENCODE_CONFIG_CONTENT, which it merges over the user's config).
   Codex does not know gets no apply_patch tool: a one-model catalog (`model_catalog_json`,
   read at start in place of its built-in one) describes the model as Codex's fallback for an
   unknown model does (codex-rs/models-manager/src/model_info.rs, 0.169.0), its instructions
-  too (codex_prompt.md: Codex's prompt.md, Apache-2.0: codex_prompt.md.LICENSE), with `apply_patch_tool_type:
-  freeform`, so that Codex offers apply_patch as a custom tool in its Lark grammar, which the
-  server holds the model's patch to.
+  too (codex_prompt.md: Codex's prompt.md, Apache-2.0, codex_prompt.md.LICENSE), with
+  `apply_patch_tool_type: freeform`, so that Codex offers apply_patch as a custom tool in its
+  Lark grammar, which the server holds the model's patch to.
 - OpenCode speaks OpenAI's chat completions through the AI SDK's openai-compatible provider,
   with the model's window and output limit (OpenCode compacts by them).
 - Aider speaks Ollama's API through litellm (`ollama_chat/`): a model-settings file fixes
