@@ -1100,6 +1100,79 @@ def test_a_custom_tools_grammar_bomb_is_bounded_as_a_schema_is(smol_live: LiveSe
     assert re.fullmatch("[a-z]{1,8}", call["input"]), call
 
 
+def test_the_watch_refuses_the_byte_that_finishes_an_item_breaking_its_array() -> None:
+    """engine.watch reads a JSON answer byte by byte: the closing quote of a string equal to
+    an earlier item, the separator after a number equal to one, the bracket closing an object
+    equal to one, the `]` of an array short of its `contains`; wherever the schema of the
+    array is known from its place ($refs followed); not JSON, and it holds nothing."""
+    from localrun.engine.watch import ItemWatch
+
+    def refused(schema: dict[str, Any], text: str) -> list[int]:
+        watch, found = ItemWatch(schema), []
+        for at, char in enumerate(text):
+            if not watch.allows(char.encode()):
+                found.append(at)
+            watch.accept(char.encode())
+        return found
+
+    unique = {"type": "array", "items": {"type": "string"}, "uniqueItems": True}
+    assert refused(unique, '["a", "b", "a"]') == [13] and refused(unique, '["a", "ab"]') == []
+    nested = {"type": "object", "properties": {"tags": {"$ref": "#/$defs/ints"}},
+              "$defs": {"ints": {"type": "array", "items": {"type": "integer"},
+                                 "uniqueItems": True}}}  # fmt: skip
+    assert refused(nested, '{"tags": [1, 2, 1]}') == [17]
+    assert refused(nested, '{"tags": [1, 12]}') == []
+    objects = {"type": "array", "uniqueItems": True}
+    assert refused(objects, '[{"a": 1, "b": [2]}, {"b": [2], "a": 1.0}]') == [40]
+    some = {"type": "array", "items": {"type": "integer"}, "contains": {"minimum": 5},
+            "maxContains": 1}  # fmt: skip
+    assert refused(some, "[1, 2]") == [5] and refused(some, "[1, 7]") == []
+    assert refused(some, "[7, 8]") == [5]  # a second match, one past maxContains
+    assert refused(unique, '<think>x</think>["a", "a"]') == []  # not JSON: off
+
+
+@pytest.mark.model
+def test_unique_items_and_contains_are_held_while_the_answer_is_written(
+    smol_live: LiveServer,
+) -> None:
+    """Greedy SmolLM2 copies [5, 5, 5] and counts 1 to 5: with uniqueItems, or a `contains`
+    none of those match, the watch draws another token where one would break the array, so
+    the answer is valid as written (never a 422, never a draw again)."""
+    ints = {"type": "array", "items": {"type": "integer"}, "minItems": 3, "maxItems": 3}
+    nums = {"type": "array", "items": {"type": "integer"}, "maxItems": 5}
+    cases = [
+        (ints, {"uniqueItems": True}, "Copy this JSON exactly: [5, 5, 5]"),
+        ({"type": "object", "properties": {"nums": nums}, "required": ["nums"]},
+         {"contains": {"minimum": 100}}, "Give some small numbers in nums."),
+    ]  # fmt: skip
+    for plain, added, ask in cases:
+        redraws, refused = _redraws(smol_live.url)
+        free = json.loads(_chat(smol_live.url, plain, ask))
+        assert not jsonschema.Draft202012Validator(_with(plain, added)).is_valid(free)
+        held = _valid(_chat(smol_live.url, _with(plain, added), ask), _with(plain, added))
+        assert held != free and _redraws(smol_live.url) == (redraws, refused)
+
+
+def _with(schema: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with `added` on its array (the root, or its property nums)."""
+    if schema.get("type") == "array":
+        return {**schema, **added}
+    nums = {**schema["properties"]["nums"], **added}
+    return {**schema, "properties": {"nums": nums}}
+
+
+def _chat(url: str, schema: dict[str, Any], ask: str) -> str:
+    reply = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": SMOL, "messages": [{"role": "user", "content": ask}], "temperature": 0,
+              "max_tokens": 80, "response_format": {
+                  "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}},
+        timeout=PATIENCE_S,
+    )  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["choices"][0]["message"]["content"])
+
+
 def _strict(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The families' tools, strict, each value one of the cases' own (Paris, CET)."""
     held = []

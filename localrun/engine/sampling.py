@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import json
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -13,7 +14,10 @@ from typing import Any
 from localrun.engine.constraint import Constraint, Lazy
 from localrun.engine.native import lc
 from localrun.engine.types import SamplingOptions
+from localrun.engine.watch import ItemWatch
 from localrun.errors import EngineError
+
+MAX_VETOES = 16  # tokens the watch may refuse at one step before the first is taken
 
 
 def native_seed(seed: int) -> int:
@@ -143,6 +147,12 @@ class Sampler:
         except BaseException:
             self.free()
             raise
+        # Items that depend on each other, held beside the grammar (engine.watch).
+        self.watch = (
+            ItemWatch(json.loads(s.watch))
+            if s.watch and self.constraint is not None and spelled is not None
+            else None
+        )
         self.greedy = s.temperature <= 0
         # The tokens whose logits greedy's chain changes: the last accepted ones, counted (the
         # penalties' window), and the biased ones.
@@ -193,7 +203,32 @@ class Sampler:
             self._fill(logits)
             constraint.restrict(self.logits)
             token, alone = self._apply(None), False
+        if self.watch is not None and not self.watch.allows(self._spell(token)):
+            token, alone = self._veto(logits, token), False
         self._took(token, alone)
+        return token
+
+    def _spell(self, token: int) -> bytes:
+        assert self.spelled is not None
+        return self.spelled(token)
+
+    def _veto(self, logits: Any, token: int) -> int:
+        """Another token than `token`, which the watch refuses (it would finish an item that
+        breaks uniqueItems or contains): drawn as after the grammar's refusal, from every token
+        under the grammar's mask less each refused so far. Where every one is refused (or
+        MAX_VETOES were), `token` itself: the check on the finished answer stands behind it."""
+        assert self.watch is not None and self.constraint is not None
+        banned = [token]
+        for _ in range(MAX_VETOES):
+            self._fill(logits)
+            self.constraint.restrict(self.logits)
+            self.logits[banned] = -self.np.inf
+            if not self.np.isfinite(self.logits).any():
+                break
+            choice = self._apply(None)
+            if self.watch.allows(self._spell(choice)):
+                return choice
+            banned.append(choice)
         return token
 
     def ahead(self, pool: Executor) -> None:
@@ -213,6 +248,8 @@ class Sampler:
         catches up on its next run (engine.sampling's greedy path); not `held`: the grammar
         was given its bytes already (a lazy call that began inside it)."""
         constraint = self.constraint
+        if self.watch is not None:
+            self.watch.accept(self._spell(token))
         if constraint is not None:
             if held:
                 constraint.accept(token)

@@ -62,6 +62,9 @@ class SamplingOptions:
     # A reasoning section's open and close tags, and whether the answer starts inside one: a
     # trigger written while the model reasons opens no call.
     reasoning: tuple[str, str, bool] | None = None
+    # The answer's JSON schema (its text) where its items depend on each other (uniqueItems,
+    # contains), held while it is written (engine.watch). Set by the runner, never a PARAMETER.
+    watch: str | None = None
     speculate: str = "auto"  # engine.speculate.MODES
     draft_num_predict: int = 64  # the longest draft (engine.speculate.DEFAULT_DRAFT_MAX)
     # Log-probabilities of each generated token and of its `logprobs` likeliest alternatives

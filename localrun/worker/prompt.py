@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from localrun import media as media_mod
+from localrun.engine import watch
 from localrun.engine.types import FimTokens, SamplingOptions, reusable
 from localrun.errors import BadRequestError
 from localrun.formats import calls as tools_mod
@@ -297,6 +298,9 @@ class Prompter:
                 )
                 constraint = lazy[0] if lazy else constraint
         sampling = self.sampling(request.options, constraint, request.memory)
+        if schema is not None and not forced and not in_force and watch.watched(schema):
+            # Items that depend on each other (uniqueItems, contains): engine.watch holds them.
+            sampling = dataclasses.replace(sampling, watch=json.dumps(schema))
         if lazy is not None:
             opened = reasoning_mod.opens_thinking(text, *family.think)
             sampling = dataclasses.replace(
