@@ -152,6 +152,7 @@ def test_a_not_said_in_other_keywords_is_enforced_while_the_answer_is_made(
          [["a"]], [["a", 1]]),
         ({"type": "object", "propertyNames": {"maxLength": 3}}, [{"abc": 1}], [{"abcd": 1}]),
         ({"type": "object", "propertyNames": {"pattern": "^x"}}, [{"xy": 1}], [{"yx": 1}]),
+        ({"const": {"format": "pdf"}}, [{"format": "pdf"}], [{}]),  # a value's key, kept
         ({"type": "array", "items": {"type": "boolean"}, "uniqueItems": True},
          [[], [True], [False, True]], [[True, True], [False, True, False]]),
         ({"type": "array", "items": {"enum": ["a", "b", "c"]}, "uniqueItems": True,
@@ -170,6 +171,24 @@ def test_a_not_said_in_other_keywords_is_enforced_while_the_answer_is_made(
         constraint.Constraint(
             smol_vocab.guide(), constraint_for({"not": {"type": "integer"}}) or "", 1
         )
+    # What a rewrite would break is left as it is: taken where lenient, as before.
+    left = [
+        # zod's z.never() behind a $ref (llguidance refuses a $ref to `false`)
+        {"type": "object", "properties": {"a": {"$ref": "#/$defs/n"}}, "$defs": {"n": {"not": {}}}},
+        # a pointer into a node a rewrite would reshape
+        {"type": "object", "properties": {"y": {"$ref": "#/$defs/s/items"}},
+         "$defs": {"s": {"type": "array", "items": {"enum": ["a", "b"]}, "uniqueItems": True}}},
+        # patterns and lengths the grammar's regular expressions cannot say
+        {"type": "object", "propertyNames": {"pattern": "^(?!x)"}},
+        {"type": "object", "propertyNames": {"minLength": 3, "maxLength": 1}},
+    ]  # fmt: skip
+    for schema in left:
+        lenient = constraint_for(schema, lenient=True) or ""
+        constraint.Constraint(smol_vocab.guide(), lenient, smol_vocab.n_vocab)
+    # A string with a quote: JSON may write it escaped, so no pattern is claimed for it.
+    with pytest.raises(BadRequestError, match="not"):
+        quoted = {"type": "string", "not": {"const": '"'}}
+        constraint.Constraint(smol_vocab.guide(), constraint_for(quoted) or "", 1)
 
 
 # -- end to end, SmolLM2 through the server ----------------------------------------------------
@@ -1171,6 +1190,41 @@ def _chat(url: str, schema: dict[str, Any], ask: str) -> str:
     )  # fmt: skip
     assert reply.status_code == 200, reply.text
     return str(reply.json()["choices"][0]["message"]["content"])
+
+
+def test_a_format_beside_tools_keeps_each_schemas_own_promise(smol_vocab: Weights) -> None:
+    """A call or the format: a tool not strict is taken as Ollama's format is (its
+    uniqueItems checked after), a strict one enforced whole or refused, whatever the format's
+    own strictness."""
+    from localrun.formats.parsers import by_name
+    from localrun.worker import forced
+
+    unique = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
+    loose = {"type": "function", "function": {"name": "tag", "parameters": unique}}
+    held = {"type": "function", "function": {"name": "tag", "parameters": unique, "strict": True}}
+    syntax = by_name("hermes").syntax
+    answer = {"type": "object", "properties": {"city": {"type": "string"}}}
+    grammar = forced.call_or_format(syntax.with_tools([loose]), [loose], answer, lenient=False)
+    constraint.Constraint(smol_vocab.guide(), grammar, smol_vocab.n_vocab)
+    grammar = forced.call_or_format(syntax.with_tools([held]), [held], answer, lenient=True)
+    with pytest.raises(BadRequestError, match="uniqueItems"):
+        constraint.Constraint(smol_vocab.guide(), grammar, smol_vocab.n_vocab)
+
+
+def test_a_redraw_derives_its_seed_and_reads_the_prompt_once() -> None:
+    """Draw k of a seeded request has a seed of its own (the same each time, not a
+    neighbouring choice's seed + 1); no draw scores the prompt again (its entries came with
+    the first)."""
+    from localrun.request import GenRequest
+    from localrun.server.generation import redrawn
+
+    req = GenRequest("m", prompt="x", options={"seed": 5}, prompt_logprobs=2)
+    second, third = redrawn(req, 2), redrawn(req, 3)
+    assert second == redrawn(req, 2) and second.options["seed"] not in (5, 6, 7)
+    assert third.options["seed"] != second.options["seed"]
+    assert second.prompt_logprobs is None and req.prompt_logprobs == 2
+    free = GenRequest("m", prompt="x")
+    assert redrawn(free, 2).options["seed"] != redrawn(free, 2).options["seed"]
 
 
 def _strict(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -27,6 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_REFS = 32  # $refs followed to find a place's schema
+# The `]` of an array short of its `contains` matches is refused after at most this many
+# lengths of it: a model that writes no match would otherwise add items to its token limit
+# (then: the check after).
+MAX_PUSHES = 8
+_ANNOTATIONS = {"description", "title", "default", "examples", "$comment", "deprecated"}
 _SPACE = b" \t\r\n"
 _SCALAR = b"+-.0123456789eEtrufalsn"  # the bytes of a number or a literal
 
@@ -44,6 +49,7 @@ class _Frame:
     key_start: int = 0
     values: list[Any] = field(default_factory=list)  # an array's items, when unique
     matches: int = 0  # an array's items matching its `contains`
+    serial: int = 0  # which array of the answer it is (told apart once gone)
 
 
 class ItemWatch:
@@ -61,6 +67,9 @@ class ItemWatch:
         self.done = False  # the answer's value is whole
         self.broken = False  # the last bytes fed finished an item that breaks a keyword
         self._validators: dict[int, Any] = {}
+        # The items an array had each time its `]` was refused, by array (its serial).
+        self._pushed: dict[int, set[int]] = {}
+        self._serial = 0
 
     def allows(self, piece: bytes) -> bool:
         """Whether the answer may go on with `piece` (nothing changes)."""
@@ -104,7 +113,8 @@ class ItemWatch:
         if byte in b"{[":
             schema = self._child_schema()
             self._begin_value()
-            self.stack.append(_Frame(byte == ord("["), schema))
+            self._serial += 1
+            self.stack.append(_Frame(byte == ord("["), schema, serial=self._serial))
         elif byte in b"}]":
             if top is None or top.array != (byte == ord("]")) or top.reading_key:
                 self.off = True
@@ -183,8 +193,8 @@ class ItemWatch:
         contains = schema.get("contains")
         if contains is not None and self._matches(contains, value):
             frame.matches += 1
-            most = schema.get("maxContains")
-            if isinstance(most, int) and frame.matches > most:
+            most = _count(schema.get("maxContains"))
+            if most is not None and frame.matches > most:
                 self.broken = True
 
     def _check_contains_end(self, frame: _Frame) -> None:
@@ -192,8 +202,12 @@ class ItemWatch:
         assert schema is not None
         if "contains" not in schema:
             return
-        least = schema.get("minContains", 1)
-        if isinstance(least, int) and frame.matches < least:
+        least = _count(schema.get("minContains", 1))
+        if least is None or frame.matches >= least:
+            return
+        pushed = self._pushed.setdefault(frame.serial, set())
+        if frame.count in pushed or len(pushed) < MAX_PUSHES:
+            pushed.add(frame.count)
             self.broken = True
 
     def _matches(self, subschema: Any, value: Any) -> bool:
@@ -206,8 +220,9 @@ class ItemWatch:
             self._validators[id(subschema)] = validator
         try:
             return bool(validator.is_valid(value))
-        except Exception:  # a schema jsonschema cannot read: the check after says so
-            return True
+        except Exception:  # a schema jsonschema cannot read: the watch holds nothing more
+            self.off = True
+            return False
 
     # -- where an item's schema comes from ---------------------------------------------------
 
@@ -241,8 +256,8 @@ class ItemWatch:
             ref = schema.get("$ref")
             if not isinstance(ref, str):
                 return schema
-            if len(schema) > 1 or not ref.startswith("#"):
-                return None
+            if set(schema) - {"$ref", *_ANNOTATIONS} or not ref.startswith("#"):
+                return None  # beside other keywords (pydantic's description: followed)
             schema = _pointer(self.root, ref[1:])
         return None
 
@@ -271,6 +286,13 @@ def watched(schema: Any) -> bool:
         (key == "uniqueItems" and value is True) or key == "contains"
         for key, value in grammar_bounds.keywords(schema)
     )
+
+
+def _count(value: Any) -> int | None:
+    """A count as JSON Schema takes it (2.0 is 2); None: not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value) if float(value).is_integer() and value >= 0 else None
 
 
 def _pointer(root: Any, pointer: str) -> Any:

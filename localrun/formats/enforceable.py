@@ -35,6 +35,7 @@ own (server.answer_schema), which the rewrite never loosens.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from localrun.formats import schema_refs
@@ -53,24 +54,43 @@ _LIST = ("anyOf", "allOf", "oneOf", "prefixItems")
 def enforceable(schema: dict[str, Any]) -> dict[str, Any]:
     """`schema` with each `not` the engine can enforce as other keywords rewritten (a copy;
     the root itself is never made `false`)."""
-    rewritten = _node(schema, 0)
+    if _deep_pointers(schema):
+        return schema  # a $ref into a node's keywords: rewriting that node would break it
+    rewritten = _node(schema, 0, False)
     return rewritten if isinstance(rewritten, dict) else schema
 
 
-def _node(node: Any, depth: int) -> Any:
+def _deep_pointers(schema: Any) -> bool:
+    """Whether a `$ref` points inside a schema's keywords (`#/$defs/s/items`), past the
+    definitions and properties a rewrite keeps in place."""
+    from localrun.formats import grammar_bounds
+
+    for key, value in grammar_bounds.keywords(schema):
+        if key == "$ref" and isinstance(value, str) and value.startswith("#/"):
+            parts = value[2:].split("/")
+            if not (len(parts) == 2 and parts[0] in ("$defs", "definitions")):
+                return True
+    return False
+
+
+def _node(node: Any, depth: int, property: bool) -> Any:
+    """`node` rewritten (`property`: the schema of an object's property, which may become
+    `false`: the property may not be there)."""
     if not isinstance(node, dict) or depth > MAX_DEPTH:
         return node
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in schema_refs.NAME_MAPS and isinstance(value, dict):
-            out[key] = {name: _node(sub, depth + 1) for name, sub in value.items()}
+            named = key == "properties"
+            out[key] = {name: _node(sub, depth + 1, named) for name, sub in value.items()}
         elif key in _LIST and isinstance(value, list):
-            out[key] = [_node(sub, depth + 1) for sub in value]
+            out[key] = [_node(sub, depth + 1, False) for sub in value]
         elif key in _ONE:
-            out[key] = _node(value, depth + 1)
+            out[key] = _node(value, depth + 1, False)
         else:
             out[key] = value
-    return _unique_finite(_without_not(_without_no_ops(_as_applied(_whole_counts(out))), depth))
+    out = _without_no_ops(_as_applied(_whole_counts(out)))
+    return _unique_finite(_without_not(out, property))
 
 
 MAX_ORDERS = 64  # the most arrays a uniqueItems of few values may be written as
@@ -145,8 +165,8 @@ _COUNTS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "m
            "minContains", "maxContains")  # fmt: skip
 # Keywords that apply subschemas to the node's own value: where one is there, what is
 # "unevaluated" depends on what they evaluate, so unevaluated* is left as it is.
-_IN_PLACE = ("$ref", "$dynamicRef", "allOf", "anyOf", "oneOf", "not", "if", "then", "else",
-             "dependentSchemas")  # fmt: skip
+_IN_PLACE = ("$ref", "$dynamicRef", "$recursiveRef", "allOf", "anyOf", "oneOf", "not", "if",
+             "then", "else", "dependentSchemas")  # fmt: skip
 
 
 def _whole_counts(node: dict[str, Any]) -> dict[str, Any]:
@@ -180,12 +200,18 @@ def _as_applied(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+_NOT_REGULAR = re.compile(r"\(\?<?[=!]|\(\?P=|\\[1-9]|\\k<")
+
+
 def _names_pattern(names: dict[str, Any]) -> str | None:
     """The pattern of a `propertyNames` of a pattern, or of lengths (None: anything else)."""
     if set(names) == {"pattern"} and isinstance(names["pattern"], str):
-        return names["pattern"]
+        pattern = names["pattern"]
+        # Lookarounds and backreferences: Python's regular expressions have them, the
+        # grammar's do not (left to the check after).
+        return None if _NOT_REGULAR.search(pattern) else pattern
     low, high = names.get("minLength", 0), names.get("maxLength")
-    lengths = isinstance(low, int) and (high is None or isinstance(high, int))
+    lengths = isinstance(low, int) and (high is None or (isinstance(high, int) and high >= low))
     if names and set(names) <= {"minLength", "maxLength"} and lengths:
         return f"^{_ANY}{{{low},{'' if high is None else high}}}$"
     return None
@@ -209,7 +235,7 @@ def _without_no_ops(node: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in node.items() if key not in drop} if drop else node
 
 
-def _without_not(node: dict[str, Any], depth: int) -> Any:
+def _without_not(node: dict[str, Any], property: bool) -> Any:
     """The node with its `not` said in other keywords where it can be; else as it is."""
     if "not" not in node:
         return node
@@ -218,7 +244,9 @@ def _without_not(node: dict[str, Any], depth: int) -> Any:
     if negated is False or negated == {"not": {}} or negated == {"not": True}:
         return rest  # not nothing: everything
     if negated is True or negated == {}:
-        return node if depth == 0 else False  # not everything: nothing
+        # Not everything: nothing; said as `false` for a property alone (it may not be there):
+        # llguidance refuses a schema, or a $ref to one, that no value can match.
+        return False if property else node
     if not isinstance(negated, dict):
         return node
     if set(negated) == {"type"}:
@@ -284,7 +312,11 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def _other_strings(excluded: list[str]) -> str | None:
-    """An anchored pattern of every string but `excluded` (None: too long to write)."""
+    """An anchored pattern of every string but `excluded` (None: too long to write, or an
+    excluded string holds a quote or a backslash, which the grammar's JSON strings may also
+    write escaped: `\\"` would pass `[^"]`)."""
+    if any('"' in word or "\\" in word for word in excluded):
+        return None
     trie: dict[str, Any] = {}
     for word in excluded:
         node = trie

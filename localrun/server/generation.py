@@ -275,7 +275,8 @@ def redrawn(req: GenRequest, draw: int) -> GenRequest:
         again = (seed + _STRIDE * (draw - 1)) % 2**32
     else:
         again = secrets.randbelow(2**31)
-    return dataclasses.replace(req, options={**req.options, "seed": again})
+    # The prompt's log-probabilities came with the first draw: not read (and sent) again.
+    return dataclasses.replace(req, options={**req.options, "seed": again}, prompt_logprobs=None)
 
 
 def choices_of(req: GenRequest, n: int) -> list[GenRequest]:

@@ -140,8 +140,11 @@ def call_or_format(
     made = _Made({})
     rules = made.calls(syntax, tools, None, primed)
     made.schemas.append(schema)
-    rules.append(f"root ::= calls | {json_placeholder(len(made.schemas) - 1)}")
-    return made.lark(rules, special, lenient=lenient)
+    index = len(made.schemas) - 1
+    rules.append(f"root ::= calls | {json_placeholder(index)}")
+    # Each schema as its own route takes it: a strict tool's whole, the format's as asked.
+    loose = made.loose | ({index} if lenient else set())
+    return made.lark(rules, special, lenient=frozenset(loose))
 
 
 class _Made:

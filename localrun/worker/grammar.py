@@ -103,6 +103,9 @@ FORMATS = frozenset(
 )
 
 
+_VALUES = ("const", "enum", "default", "examples")  # keywords whose value is JSON data
+
+
 def _known_formats(schema: Any, names: bool = False) -> Any:
     """`schema` without the `format`s llguidance does not know (a copy where it has one)."""
     if isinstance(schema, list):
@@ -112,6 +115,9 @@ def _known_formats(schema: Any, names: bool = False) -> Any:
     out = {}
     for key, value in schema.items():
         if not names and key == "format" and isinstance(value, str) and value not in FORMATS:
+            continue
+        if not names and key in _VALUES:  # a value, not a schema: kept as it is
+            out[key] = value
             continue
         out[key] = _known_formats(value, not names and key in grammar_bounds.NAME_MAPS)
     return out
