@@ -26,6 +26,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from localrun.formats import grammar_bounds, schema_refs
+from localrun.formats.enforceable import equal
+
 MAX_REFS = 32  # $refs followed to find a place's schema
 # The `]` of an array short of its `contains` matches is refused after at most this many
 # lengths of it: a model that writes no match would otherwise add items to its token limit
@@ -58,6 +61,7 @@ class ItemWatch:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.root = schema
+        self._anchors = schema_refs.anchors(schema)  # what `#name` references lead to
         self.text = bytearray()
         self.stack: list[_Frame] = []
         self.in_string = False
@@ -187,7 +191,7 @@ class ItemWatch:
         schema = frame.schema
         assert schema is not None
         if schema.get("uniqueItems") is True:
-            if any(_equal(value, seen) for seen in frame.values):
+            if any(equal(value, seen) for seen in frame.values):
                 self.broken = True
             frame.values.append(value)
         contains = schema.get("contains")
@@ -258,7 +262,7 @@ class ItemWatch:
                 return schema
             if set(schema) - {"$ref", *_ANNOTATIONS} or not ref.startswith("#"):
                 return None  # beside other keywords (pydantic's description: followed)
-            schema = _pointer(self.root, ref[1:])
+            schema = schema_refs.resolve(self.root, ref, self._anchors)
         return None
 
     # -- a try that leaves nothing behind ---------------------------------------------------
@@ -280,8 +284,6 @@ class ItemWatch:
 
 def watched(schema: Any) -> bool:
     """Whether a schema holds a keyword this watch holds (uniqueItems, contains)."""
-    from localrun.formats import grammar_bounds
-
     return any(
         (key == "uniqueItems" and value is True) or key == "contains"
         for key, value in grammar_bounds.keywords(schema)
@@ -293,29 +295,3 @@ def _count(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return int(value) if float(value).is_integer() and value >= 0 else None
-
-
-def _pointer(root: Any, pointer: str) -> Any:
-    node = root
-    for part in pointer.split("/")[1:] if pointer else []:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict):
-            node = node.get(part)
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-    return node
-
-
-def _equal(a: Any, b: Any) -> bool:
-    """JSON Schema's equality: 1 == 1.0, True != 1, objects whatever their keys' order."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    return type(a) is type(b) and a == b

@@ -35,10 +35,11 @@ own (server.answer_schema), which the rewrite never loosens.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
-from localrun.formats import schema_refs
+from localrun.formats import grammar_bounds, schema_refs
 
 # JSON's types; "integer" is a kind of "number".
 TYPES = ("null", "boolean", "object", "array", "number", "string")
@@ -63,8 +64,6 @@ def enforceable(schema: dict[str, Any]) -> dict[str, Any]:
 def _deep_pointers(schema: Any) -> bool:
     """Whether a `$ref` points inside a schema's keywords (`#/$defs/s/items`), past the
     definitions and properties a rewrite keeps in place."""
-    from localrun.formats import grammar_bounds
-
     for key, value in grammar_bounds.keywords(schema):
         if key == "$ref" and isinstance(value, str) and value.startswith("#/"):
             parts = value[2:].split("/")
@@ -155,8 +154,6 @@ def _is(value: Any, kind: str) -> bool:
 
 def _orders(values: list[Any], n: int, most: int) -> list[tuple[Any, ...]]:
     """The orders of `n` of `values` (each once), at most `most` of them."""
-    import itertools
-
     return list(itertools.islice(itertools.permutations(values, n), most))
 
 
@@ -296,18 +293,18 @@ def _values(negated: dict[str, Any]) -> list[Any] | None:
 
 def _among(value: Any, values: list[Any]) -> bool:
     """Whether JSON Schema counts `value` equal to one of `values` (1 == 1.0, True != 1)."""
-    return any(_equal(value, other) for other in values)
+    return any(equal(value, other) for other in values)
 
 
-def _equal(a: Any, b: Any) -> bool:
+def equal(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return a == b
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
     return type(a) is type(b) and a == b
 
 

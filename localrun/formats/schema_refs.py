@@ -110,6 +110,17 @@ class _Walk:
         return self.targets[ref]
 
 
+def resolve(schema: Any, ref: str, anchors: dict[str, Any] | None = None) -> Any:
+    """The value a local reference leads to in `schema` (`anchors`: `anchors(schema)`, when
+    the caller resolves many); None where it leads nowhere this module follows."""
+    return _resolve(schema, ref, _anchors(schema) if anchors is None else anchors)
+
+
+def anchors(schema: Any) -> dict[str, Any]:
+    """The schema's `$anchor`s, by name (what `resolve` follows a `#name` reference to)."""
+    return _anchors(schema)
+
+
 def _resolve(schema: Any, ref: str, anchors: dict[str, Any]) -> Any:
     """The value a local reference leads to: a JSON pointer, the root, or an anchor (None: a
     reference this module does not follow, or one that leads nowhere)."""
