@@ -26,7 +26,7 @@ program in use; every later start finds it there and `exec`s it at once. Windows
 shell: there the script builds PyInstaller's one-file executable, which unpacks on each start.
 
 The starter model is not inside the binary: `localrun pull` it, or `localrun create` from a
-GGUF file (see README, "The single binary").
+GGUF file (see docs/single-binary.md).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import imports
 
-# Past these a module or a function is overdue for a split (STYLE.md: most modules 150-400
-# lines, about 600 at most; a function readable on one screen).
+# Past these a module or a function is overdue for a split (the style guide in docs/development.md:
+# most modules 150-400 lines, about 600 at most; a function readable on one screen).
 MODULE_LINES = 600
 FUNCTION_LINES = 70
 
@@ -68,22 +68,45 @@ def test_imports_run_down_the_wings() -> None:
     assert upward == [], "a lower wing imports a higher one"
 
 
-def test_readme_layout_lists_the_wings_in_order() -> None:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    layout = text.split("### Layout", 1)[1].split("\n## ", 1)[0]
+def test_the_architecture_page_lists_the_wings_in_order() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    layout = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^\| `([a-z_]+)/?` \|", layout, re.M)
     assert listed == WINGS
 
 
-def test_every_link_inside_the_readme_finds_its_heading() -> None:
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _anchors(page: Path) -> set[str]:
+    prose = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.M | re.S)
+    return {_slug(heading) for heading in re.findall(r"^#{1,6} (.+)$", prose, re.M)}
+
+
+def test_every_link_between_the_pages_finds_its_page_and_heading() -> None:
+    """README.md and docs/: a link to a file names one that exists; one to a heading, a heading
+    of that page (links outside the repository are not followed)."""
+    broken = []
+    for page in _pages():
+        prose = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.M | re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_every_page_of_docs_is_linked_from_the_readme() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
-    anchors = set()
-    for heading in re.findall(r"^#{1,6} (.+)$", prose, re.M):
-        anchors.add(_slug(heading))
-    links = re.findall(r"\]\(#([^)]+)\)", prose)
-    assert links, "README has a contents list"
-    assert sorted(set(links) - anchors) == []
+    linked = {(ROOT / target).resolve() for target in re.findall(r"\]\((docs/[^)#]+)", text)}
+    pages = set(_pages()[1:])
+    assert sorted(str(p.relative_to(ROOT)) for p in pages - linked) == []
 
 
 def _slug(heading: str) -> str:
@@ -113,7 +136,7 @@ def test_modules_and_functions_stay_readable() -> None:
 
 
 # scripts/ (imports.script_graph): what the scripts share lives in a package they import
-# (benchlib/, testmodels/, fuzzlib/), never in another script (STYLE.md).
+# (benchlib/, testmodels/, fuzzlib/), never in another script (docs/development.md).
 
 
 def _top_level_scripts(root: Path = ROOT) -> set[str]:

@@ -409,11 +409,11 @@ def test_unknown_parameter_message_escapes_control_characters() -> None:
     assert "\\x1b" in str(info.value)
 
 
-# -- README's table -----------------------------------------------------------------------------
+# -- docs/modelfile.md's table ---------------------------------------------------------------
 
 
 def _bound(text: str) -> float:
-    """A bound as README writes it: 256, -1, 0.5, 2^64-1, -2^63."""
+    """A bound as docs/modelfile.md writes it: 256, -1, 0.5, 2^64-1, -2^63."""
     sign = -1 if text.startswith("-") else 1
     text = text.lstrip("-")
     if "^" in text:
@@ -423,10 +423,10 @@ def _bound(text: str) -> float:
     return sign * float(text)
 
 
-def test_readmes_parameter_table_gives_each_parameters_range() -> None:
+def test_the_modelfile_pages_parameter_table_gives_each_parameters_range() -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "modelfile.md").read_text()
     rows = {}
     for line in readme.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]

@@ -1,4 +1,4 @@
-"""Every ```sh block of README.md, run the way a reader runs it.
+"""Every ```sh block of README.md and of every page of docs/, run the way a reader runs it.
 
 BLOCKS names each block by its first command line and says how it is run. A block runs as its
 own text through `bash -e`, in a folder of its own, against the `localrun` installed beside this
@@ -51,6 +51,7 @@ from testmodels.text import write_tiny_model
 from localrun.store.models import Store
 
 README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]  # README first, then docs/
 BIN = Path(sys.executable).parent  # the environment's bin: its `localrun`, `python`, `pip`
 PORT = "11435"  # the default port, in the blocks that name it
 
@@ -63,7 +64,7 @@ class Entry:
     """How one README block is run: by `test` (a function of this module), with `cut` left out
     of its text and `substitute` replaced in it (`{port}`: the test server's), each with why."""
 
-    first: str  # the block's first command line, as README has it
+    first: str  # the block's first command line, as its page has it
     test: str
     how: str  # in a sentence, and what is not run of it
     cut: dict[str, str] = field(default_factory=dict)  # text -> why it is not run
@@ -109,7 +110,8 @@ BLOCKS = [
         "localrun serve",
         "test_serving_the_api",
         "`localrun serve` started as written in the background (LOCALRUN_HOST names a free "
-        "port), then the curl line; the first line printed is the comment's",
+        "port), then the curl line and the official OpenAI client's line (the `openai` package "
+        "of the test extra); the first line printed is the comment's",
         substitute={"127.0.0.1:11435": ("127.0.0.1:{port}", PORT_WHY)},
     ),
     Entry(
@@ -226,10 +228,15 @@ BLOCKS = [
 
 
 def readme_blocks() -> dict[str, str]:
-    """The ```sh blocks of README.md by their first command line."""
-    text = README.read_text(encoding="utf-8")
-    blocks = re.findall(r"^```sh\n(.*?)^```", text, flags=re.M | re.S)
-    return {_first_line(block): block for block in blocks}
+    """The ```sh blocks of README.md and docs/ by their first command line (one block a line)."""
+    found: dict[str, str] = {}
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for block in re.findall(r"^```sh\n(.*?)^```", text, flags=re.M | re.S):
+            first = _first_line(block)
+            assert first not in found, f"two blocks start with {first!r}: make one of them differ"
+            found[first] = block
+    return found
 
 
 def _first_line(block: str) -> str:
@@ -252,10 +259,11 @@ def edited(test: str, **values: str) -> str:
 
 def test_the_table_knows_every_block() -> None:
     found = readme_blocks()
-    assert len(found) == len(re.findall(r"^```sh$", README.read_text(), flags=re.M))
+    fences = sum(len(re.findall(r"^```sh$", page.read_text(), flags=re.M)) for page in PAGES)
+    assert len(found) == fences
     known = {e.first for e in BLOCKS}
-    assert not set(found) - known, f"README blocks no entry of BLOCKS runs: {set(found) - known}"
-    assert not known - set(found), f"entries of BLOCKS with no README block: {known - set(found)}"
+    assert not set(found) - known, f"blocks no entry of BLOCKS runs: {set(found) - known}"
+    assert not known - set(found), f"entries of BLOCKS with no block: {known - set(found)}"
     for entry in BLOCKS:
         assert callable(globals().get(entry.test)), entry.test
         assert entry.how
@@ -640,7 +648,7 @@ def test_running_models(
 @pytest.mark.model
 def test_serving_the_api(sandbox: Sandbox, tmp_path: Path, work: Path, main_home: Path) -> None:
     port = str(free_port())
-    serve_line, curl = edited("test_serving_the_api", port=port).strip().split("\n")
+    serve_line, curl, client = edited("test_serving_the_api", port=port).strip().split("\n")
     env = sandbox.env(tmp_path, main_home, LOCALRUN_HOST=f"127.0.0.1:{port}")
     served = Server(serve_line, env, work)
     try:
@@ -648,6 +656,8 @@ def test_serving_the_api(sandbox: Sandbox, tmp_path: Path, work: Path, main_home
         ran = run_block(curl, sandbox.env(tmp_path), work)
         lines = [json.loads(line) for line in ran.stdout.splitlines()]
         assert lines[-1]["done"] and "".join(c["message"]["content"] for c in lines)
+        asked = run_block(client, sandbox.env(tmp_path), work)  # the official OpenAI client
+        assert asked.stdout.strip(), asked.stderr
     finally:
         err = served.stop()
     assert "Traceback" not in err
@@ -944,9 +954,9 @@ def test_development(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
 def test_the_ollama_client_example(
     sandbox: Sandbox, tmp_path: Path, work: Path, server: Server
 ) -> None:
-    """`ollama.Client(...).create(..., quantize=...)` as README writes it, run by the real
-    client against the module's server (its port in place of 11435)."""
-    text = README.read_text(encoding="utf-8")
+    """`ollama.Client(...).create(..., quantize=...)` as docs/modelfile.md writes it, run by the
+    real client against the module's server (its port in place of 11435)."""
+    text = (ROOT / "docs" / "modelfile.md").read_text(encoding="utf-8")
     (example,) = re.findall(r"`(ollama\.Client\([^`]*\)\.create\([^`]*\))`", text)
     assert f'"http://127.0.0.1:{PORT}"' in example
     code = f"import ollama\nprint({example.replace(PORT, server.port)}.status)"

@@ -238,7 +238,7 @@ def test_a_pull_through_the_server_streams_progress_to_ollamas_client(
     assert "no-such-model" in str(missing.value)
 
 
-# -- who may pull and push through the server (README: Who may pull and push through the server) -
+# -- who may pull and push through the server (docs/registries.md) --------------------------
 
 
 def _free_port() -> int:

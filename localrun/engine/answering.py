@@ -29,7 +29,7 @@ from localrun.errors import BadRequestError, LocalrunError
 # a few steps instead of a whole batch's rows (each with logits) ahead of the other slots.
 FORCED_MAX = 32
 _FAILED = "the answer could not follow its schema or grammar: "
-_HINT = "simplify the schema or grammar (README: Structured outputs)"
+_HINT = "simplify the schema or grammar (docs/structured-outputs.md)"
 
 
 class Answerer:

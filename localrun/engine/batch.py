@@ -188,7 +188,8 @@ class BatchEngine:
             kinds = sorted({m.kind for m in media})
             raise BadRequestError(
                 f"this model cannot take {' or '.join(kinds)}: it has no projector",
-                hint="use a vision model, or create one with a PROJECTOR line (README: Images)",
+                hint="use a vision model, or create one with a PROJECTOR line "
+                "(docs/images-and-audio.md)",
             )
         return self.projector.tokenize(text, media, add_special=add_special)
 

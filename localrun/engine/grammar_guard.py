@@ -43,7 +43,7 @@ LIMITS = llguidance.LLParserLimits(
     max_lexer_states=250_000,
     verbose_errors=False,
 )
-HINT = "simplify the schema or grammar; README: Structured outputs lists what is enforced"
+HINT = "simplify the schema or grammar; docs/structured-outputs.md lists what is enforced"
 DEADLINE_S = 10.0  # llguidance's own limits (LIMITS) end a compile well before
 REMEMBERED = 512  # digests of grammars that passed
 

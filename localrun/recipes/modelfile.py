@@ -166,7 +166,7 @@ class _Cursor:
         return ModelfileError(message, line=line or self.line, column=col or self.col, hint=_HINT)
 
 
-_HINT = "see the Modelfile reference in README.md"
+_HINT = "see the Modelfile reference, docs/modelfile.md"
 
 
 def parse(text: str) -> Modelfile:

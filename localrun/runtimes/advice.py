@@ -119,5 +119,5 @@ def exact_line() -> str | None:
         return None
     return (
         "note: a greedy or seeded answer can depend on the prompt cache and the batch on this "
-        f"CPU; to make it exact: {EXACT_FIX} (README: Same request, same answer)"
+        f"CPU; to make it exact: {EXACT_FIX} (docs/exact-runtime.md)"
     )

@@ -137,7 +137,7 @@ def check(text: str, schema: dict[str, Any]) -> None:
 
 def _hint(schema: dict[str, Any]) -> str:
     keywords = ", ".join(grammar_bounds.unenforced(schema))
-    return f"{keywords} cannot be enforced while the answer is made (README: Structured outputs)"
+    return f"{keywords} cannot be enforced while the answer is made (docs/structured-outputs.md)"
 
 
 def validate(value: Any, schema: dict[str, Any], what: str) -> None:

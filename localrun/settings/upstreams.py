@@ -127,7 +127,7 @@ def check_model(model: str) -> str:
 def _parse(name: str, table: Any) -> Upstream:
     where = f"upstream {name!r} in {path()}"
     if not isinstance(table, dict):
-        raise ConfigError(f"{where} is not a table", hint="see README, Upstreams")
+        raise ConfigError(f"{where} is not a table", hint="see docs/upstreams.md")
     url = table.get("url")
     if not isinstance(url, str):
         raise ConfigError(f"{where} has no url")

@@ -13,8 +13,8 @@ judged as itself): where a public registry's redirect may not lead.
 `Reach`: who asked for a pull or push, and so where it may go and with what. The user's own
 command (OWNER: `localrun pull`, `push`, `cp --push`, in the user's process) reaches any
 registry with the user's logins, over plain HTTP with `insecure`. An API client of `serve`
-(CLIENT) reaches what the server's owner allows (README: "Who may pull and push through the
-server"): the default registry and the hosts in LOCALRUN_API_REGISTRIES with the owner's
+(CLIENT) reaches what the server's owner allows (docs/registries.md, "Who may pull and push
+through the server"): the default registry and the hosts in LOCALRUN_API_REGISTRIES with the owner's
 logins, pushes only to those listed; any other public registry for a pull, anonymously; never
 a loopback or private address the owner did not list, refused before any connection in the
 same words whatever answers there; plain HTTP only where the owner's settings say so.

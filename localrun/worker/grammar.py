@@ -11,7 +11,7 @@
 JSON is written on one line as Python's `json.dumps` writes it (", " between items, ": " after
 a key, no other blank), as Guidance writes it by default: a model cannot fill its answer with
 blanks, every separator is forced text (read without decodes of its own), and a small model's
-answer takes fewer tokens (the JSONSchemaBench run in README).
+answer takes fewer tokens (the JSONSchemaBench run in docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The workloads of benchlib/workloads.py are few, chosen for their content; a change to how the
 drafter decides is tuned on them and could fit their answers alone. These prompts are the held
-out check (scripts/spec_bound.py --corpus): paragraphs of README.md and module docstrings to
+out check (scripts/spec_bound.py --corpus): paragraphs of README.md and docs/, module docstrings to
 quote, functions of localrun/ to rename an identifier in (code) or to rewrite in another shape
 (diverge), and more stories (prose). They follow the repository as it changes, so figures from
 two checkouts are comparable only on the same corpus; a fixed seed picks the same ones from the
@@ -69,7 +69,8 @@ def _functions(source: str) -> list[tuple[str, str]]:
 def corpus(root: Path = ROOT, seed: int = 7) -> dict[str, tuple[str, ...]]:
     """Workload name -> prompts: 16 to quote, 14 renames, 12 rewrites, 6 stories."""
     rng = random.Random(seed)
-    paragraphs = _paragraphs((root / "README.md").read_text(encoding="utf-8"))
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    paragraphs = [p for page in pages for p in _paragraphs(page.read_text(encoding="utf-8"))]
     docs: list[str] = []
     functions: list[tuple[str, str]] = []
     for path in sorted((root / "localrun").rglob("*.py")):
