@@ -20,6 +20,7 @@
     │   ├── ModelLoadError          llama.cpp could not load a model or adapter
     │   ├── ContextOverflowError    the prompt does not fit in the context window
     │   ├── TemplateError           the chat template failed to render
+    │   │   └── TemplateLimitError  it ran out of its time, output or step budget
     │   └── GPURuntimeError         a GPU runtime (`localrun runtime`)
     │       ├── RuntimeNotFoundError    no installed runtime of that name
     │       ├── ToolchainError          what a runtime's build needs is missing
@@ -32,6 +33,7 @@
     │   │   └── ServerTLSError      one answers, but TLS failed: an untrusted certificate, no TLS
     │   ├── BadRequestError         a request the API cannot accept (400)
     │   ├── NotFoundError           an API object (a stored response) that does not exist (404)
+    │   ├── AnswerSchemaError       an answer that breaks its request's schema (422)
     │   ├── UnauthorizedError       a missing or wrong API key (401)
     │   ├── ForbiddenError          a Host or Origin the server does not serve (403)
     │   ├── RequestTooLargeError    a request body over LOCALRUN_MAX_REQUEST_BYTES (413)
@@ -117,14 +119,20 @@ LocalrunError.by_code["error"] = LocalrunError
 
 
 class ConfigError(LocalrunError):
+    """A LOCALRUN_* setting (or upstreams.toml) has a bad value."""
+
     code = "config_error"
 
 
 class InvalidNameError(LocalrunError):
+    """A model reference breaks the name grammar."""
+
     code = "invalid_name"
 
 
 class ModelNotFoundError(LocalrunError):
+    """No such model in the store, the catalog or the registry."""
+
     code = "model_not_found"
     suggest = False  # whether the nearest known names may replace the hint (catalog.suggest)
 
@@ -138,6 +146,8 @@ class ModelNotFoundError(LocalrunError):
 
 
 class InvalidParameterError(LocalrunError):
+    """An unknown PARAMETER, or a value of the wrong type or range."""
+
     code = "invalid_parameter"
 
 
@@ -169,18 +179,26 @@ class ModelfileError(LocalrunError):
 
 
 class FileError(LocalrunError):
+    """A file the user named cannot be used."""
+
     code = "file_error"
 
 
 class FileNotFoundError_(FileError):
+    """A file the user named does not exist."""
+
     code = "file_not_found"
 
 
 class NotRegularFileError(FileError):
+    """A path that is a directory, FIFO, socket or device, not a file."""
+
     code = "not_regular_file"
 
 
 class InvalidGGUFError(FileError):
+    """Not a well-formed GGUF file (or the wrong kind of GGUF)."""
+
     code = "invalid_gguf"
     # Set by gguf.header.invalid: the file as it was named, and what is wrong with it.
     file: str = ""
@@ -188,10 +206,14 @@ class InvalidGGUFError(FileError):
 
 
 class ImportSourceError(FileError):
+    """Another runner's store holds what cannot be imported."""
+
     code = "import_source"
 
 
 class CheckpointError(FileError):
+    """A safetensors checkpoint or PEFT adapter that cannot be converted."""
+
     code = "invalid_checkpoint"
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
@@ -204,26 +226,38 @@ class CheckpointError(FileError):
 
 
 class HubError(LocalrunError):
+    """A model hub or registry (Hugging Face, ModelScope, an OCI registry) failed."""
+
     code = "hub_error"
 
 
 class HubAuthError(HubError):
+    """The repository is gated or private: a token or login is needed."""
+
     code = "hub_auth"
 
 
 class HubUnreachableError(HubError):
+    """No connection to the hub (or offline mode is on)."""
+
     code = "hub_unreachable"
 
 
 class DownloadError(HubError):
+    """A transfer failed, or delivered the wrong bytes."""
+
     code = "download_error"
 
 
 class EngineError(LocalrunError):
+    """The inference engine failed."""
+
     code = "engine_error"
 
 
 class ModelLoadError(EngineError):
+    """llama.cpp could not load a model or adapter."""
+
     code = "model_load_error"
 
 
@@ -251,6 +285,8 @@ class ContextOverflowError(EngineError):
 
 
 class TemplateError(EngineError):
+    """The chat template failed to parse or render."""
+
     code = "template_error"
 
 
@@ -263,26 +299,38 @@ class TemplateLimitError(TemplateError):
 
 
 class GPURuntimeError(EngineError):
+    """A GPU runtime (`localrun runtime`) failed."""
+
     code = "runtime_error"
 
 
 class RuntimeNotFoundError(GPURuntimeError):
+    """No installed runtime of that name."""
+
     code = "runtime_not_found"
 
 
 class ToolchainError(GPURuntimeError):
+    """What a runtime's build needs (a compiler, CUDA, Vulkan headers) is missing."""
+
     code = "toolchain_missing"
 
 
 class RuntimeBuildError(GPURuntimeError):
+    """A runtime's configure or compile failed (its log says why)."""
+
     code = "runtime_build_failed"
 
 
 class ServerError(LocalrunError):
+    """The localrun server or its runners failed."""
+
     code = "server_error"
 
 
 class BusyError(ServerError):
+    """The request queue is full: retry later (503 with Retry-After)."""
+
     code = "busy"
 
     def __init__(self, message: str, *, hint: str | None = None, retry_after: int = 1) -> None:
@@ -291,26 +339,38 @@ class BusyError(ServerError):
 
 
 class RunnerDiedError(ServerError):
+    """The runner process of a model exited mid-request."""
+
     code = "runner_died"
 
 
 class UpstreamError(ServerError):
+    """An upstream server failed a request routed to it."""
+
     code = "upstream_error"
 
 
 class ServerUnreachableError(ServerError):
+    """No localrun server answers at LOCALRUN_HOST (client side)."""
+
     code = "server_unreachable"
 
 
 class ServerTLSError(ServerUnreachableError):
+    """A server answers, but TLS failed: an untrusted certificate, or no TLS."""
+
     code = "server_tls"
 
 
 class BadRequestError(ServerError):
+    """A request the API cannot accept."""
+
     code = "bad_request"
 
 
 class NotFoundError(ServerError):
+    """An API object (a stored response, a route's object) that does not exist."""
+
     code = "not_found"
 
 
@@ -322,38 +382,56 @@ class AnswerSchemaError(ServerError):
 
 
 class UnauthorizedError(ServerError):
+    """A missing or wrong API key."""
+
     code = "unauthorized"
 
 
 class ForbiddenError(ServerError):
+    """A Host or Origin the server does not serve, or an action it does not allow."""
+
     code = "forbidden"
 
 
 class RequestTooLargeError(ServerError):
+    """A request body over LOCALRUN_MAX_REQUEST_BYTES."""
+
     code = "request_too_large"
 
 
 class RequestTimeoutError(ServerError):
+    """A request body that stalled past LOCALRUN_BODY_TIMEOUT."""
+
     code = "request_timeout"
 
 
 class StoreError(LocalrunError):
+    """The model store itself failed."""
+
     code = "store_error"
 
 
 class InvalidDigestError(StoreError):
+    """A digest that is not sha256:<64 hex>."""
+
     code = "invalid_digest"
 
 
 class CorruptBlobError(StoreError):
+    """A blob whose content no longer matches its digest."""
+
     code = "corrupt_blob"
 
 
 class MissingBlobError(StoreError):
+    """A manifest names a blob that is not there."""
+
     code = "missing_blob"
 
 
 class DiskFullError(StoreError):
+    """No space left while writing."""
+
     code = "disk_full"
 
 

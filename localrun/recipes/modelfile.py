@@ -29,17 +29,30 @@ from localrun.errors import InvalidParameterError, ModelfileError
 from localrun.recipes import params
 
 ROLES = ("system", "user", "assistant")
-INSTRUCTIONS = (
-    "FROM",
-    "PARAMETER",
-    "SYSTEM",
-    "TEMPLATE",
-    "ADAPTER",
-    "DRAFT",
-    "PROJECTOR",
-    "MESSAGE",
-    "LICENSE",
-)
+# Each instruction with what it does and how often it may be written (docs/reference lists them
+# from here).
+INSTRUCTION_HELP = {
+    "FROM": "Required, once: the base model, a model in the store (smollm2:135m), a GGUF file or "
+    "a Hugging Face safetensors checkpoint folder (converted to GGUF); a path is relative to the "
+    "Modelfile's folder. The model inherits every layer of its FROM model.",
+    "PARAMETER": "`PARAMETER name value`: a model parameter (see the parameter table); values "
+    "override inherited ones. `stop` may repeat, and its list replaces the inherited one.",
+    "SYSTEM": "The system prompt; replaces the inherited one (the last SYSTEM counts).",
+    "TEMPLATE": "The chat template, Jinja (as Hugging Face's models ship it) or Go's "
+    "text/template (as Ollama's Modelfiles write it); without one, the GGUF's own, else its "
+    "vocabulary's family's. Checked when the model is created, rendered in a sandbox.",
+    "ADAPTER": "A LoRA adapter for the same architecture: a GGUF LoRA or a PEFT adapter folder "
+    "(converted for the FROM model); may repeat.",
+    "DRAFT": "At most once: a draft model for speculative decoding, with the same vocabulary, "
+    "named like FROM (a model in the store or a GGUF file); inherited unless set here.",
+    "PROJECTOR": "At most once: the multimodal projector GGUF (mmproj) that lets the model take "
+    "images or audio; inherited unless set here.",
+    "MESSAGE": "`MESSAGE role text`: a conversation turn put before the user's (role: "
+    + ", ".join(ROLES)
+    + "); the model's MESSAGE turns replace the inherited ones.",
+    "LICENSE": "License text; may repeat, and adds to the inherited ones.",
+}
+INSTRUCTIONS = tuple(INSTRUCTION_HELP)
 _ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
 
 

@@ -20,7 +20,11 @@ Value = int | float | bool | str
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """A parameter: its type, inclusive bounds, whether it repeats, and what it does."""
+    """A parameter: its type, inclusive bounds, whether it repeats, and what it does.
+
+    `default` words what applies when no one sets it, for a parameter the engine's sampling
+    options (engine.types.SamplingOptions) do not hold, or hold other than what applies.
+    """
 
     name: str
     type: type
@@ -29,6 +33,7 @@ class ParamSpec:
     maximum: float | None = None
     repeated: bool = False
     choices: tuple[str, ...] = ()  # a str parameter's allowed values (empty: any)
+    default: str = ""
 
     def parse(self, text: str) -> Value:
         """Parse one textual value; raises InvalidParameterError naming the parameter."""
@@ -105,20 +110,63 @@ _I32 = 2**31 - 1
 SPECS: dict[str, ParamSpec] = {
     p.name: p
     for p in (
-        ParamSpec("num_ctx", int, "context window in tokens (1 or more)", 1, MAX_CONTEXT_LENGTH),
-        ParamSpec("num_batch", int, "prompt tokens processed per batch (1 or more)", 1, 2**20),
         ParamSpec(
-            "num_gpu", int, "layers to offload to the GPU; -1 = decide automatically", -1, 10_000
+            "num_ctx",
+            int,
+            "context window in tokens (1 or more)",
+            1,
+            MAX_CONTEXT_LENGTH,
+            default="LOCALRUN_CONTEXT_LENGTH (4096), held to the context the model was trained on",
         ),
-        ParamSpec("main_gpu", int, "index of the GPU for small tensors and scratch", 0, 255),
         ParamSpec(
-            "num_thread", int, "CPU threads for generation; 0 = decide automatically", 0, 4096
+            "num_batch",
+            int,
+            "prompt tokens processed per batch (1 or more)",
+            1,
+            2**20,
+            default="512",
         ),
-        ParamSpec("use_mmap", bool, "map the model file instead of reading it into memory"),
-        ParamSpec("num_keep", int, "tokens kept from the prompt when the context shifts", -1, _I32),
+        ParamSpec(
+            "num_gpu",
+            int,
+            "layers to offload to the GPU; -1 = decide automatically",
+            -1,
+            10_000,
+            default="-1 (as many as the GPU's memory holds)",
+        ),
+        ParamSpec(
+            "main_gpu", int, "index of the GPU for small tensors and scratch", 0, 255, default="0"
+        ),
+        ParamSpec(
+            "num_thread",
+            int,
+            "CPU threads for generation; 0 = decide automatically",
+            0,
+            4096,
+            default="0 (the physical cores this process may run on)",
+        ),
+        ParamSpec(
+            "use_mmap", bool, "map the model file instead of reading it into memory", default="true"
+        ),
+        ParamSpec(
+            "num_keep",
+            int,
+            "tokens kept from the prompt when the context shifts (taken for Ollama's clients; "
+            "localrun never shifts the context, a full one ends the answer)",
+            -1,
+            _I32,
+            default="(unused)",
+        ),
         # Ollama and OpenAI take any 64-bit seed; llama.cpp's sampler takes 32 bits, so the
         # engine reduces a seed as Go's uint32() does (engine.sampling.native_seed).
-        ParamSpec("seed", int, "random seed; -1 = random", -(2**63), 2**64 - 1),
+        ParamSpec(
+            "seed",
+            int,
+            "random seed; -1 = random; a 64-bit seed (Ollama's clients send such) is reduced to "
+            "32 bits as Ollama does",
+            -(2**63),
+            2**64 - 1,
+        ),
         ParamSpec(
             "num_predict", int, "tokens to generate; -1 = until done, -2 = fill context", -2, _I32
         ),
@@ -146,6 +194,7 @@ SPECS: dict[str, ParamSpec] = {
             "speculative decoding: auto (prompt lookup where it pays, the DRAFT model if any), "
             "ngram, draft or off",
             choices=SPECULATE_MODES,
+            default="LOCALRUN_SPECULATE (auto)",
         ),
         ParamSpec(
             "grammar_forcing",
@@ -153,6 +202,7 @@ SPECS: dict[str, ParamSpec] = {
             "where a schema or grammar forces the text, write it as the tokenizer spells it "
             "(true) or let the model spell it token by token (false: a model that does not "
             "answer in its tokenizer's spelling)",
+            default="true",
         ),
         ParamSpec(
             "draft_num_predict",

@@ -305,6 +305,21 @@ def _format(body: Body) -> dict[str, Any] | None:
     return schema
 
 
+def options_of(body: Body) -> dict[str, Any]:
+    """The request's sampling fields, stop sequences and max_tokens as options."""
+    options = body.sampling(("temperature", "top_p"))
+    top_k = body.get("top_k", int)
+    if top_k is not None:
+        options["top_k"] = top_k
+    stops = body.stops("stop_sequences", MAX_STOP_SEQUENCES)
+    if stops:
+        options["stop"] = stops
+    max_tokens = body.get("max_tokens", int)
+    if max_tokens is not None:
+        options["num_predict"] = max_tokens
+    return options
+
+
 def _request(body: Body) -> tuple[GenRequest, list[str]]:
     """The core request of a Messages body (shared by create and count_tokens), and the
     server tools it offered that were left out."""
@@ -313,13 +328,7 @@ def _request(body: Body) -> tuple[GenRequest, list[str]]:
     messages = messages_of(body.data.get("messages"))
     if system is not None:
         messages.insert(0, {"role": "system", "content": _text_of(system, "system")})
-    options = body.sampling(("temperature", "top_p"))
-    top_k = body.get("top_k", int)
-    if top_k is not None:
-        options["top_k"] = top_k
-    stops = body.stops("stop_sequences", MAX_STOP_SEQUENCES)
-    if stops:
-        options["stop"] = stops
+    options = options_of(body)
     body.get("metadata", dict)  # accepted (user_id); a wrong type is still refused
     tools, left_out = _tools(body)
     req = GenRequest(
@@ -387,7 +396,6 @@ async def messages(request: Request) -> Response:
         raise BadRequestError("max_tokens must be at least 1")
     await image_urls.inline(body.data, "anthropic")
     req, left_out = _request(body)
-    req.options["num_predict"] = max_tokens
     generation = await start(request, req)
     head = {"id": _id("msg"), "type": "message", "role": "assistant", "model": req.model}
     headers = core.tools_left_out(left_out)

@@ -222,6 +222,18 @@ _SAMPLING = (
 )  # fmt: skip
 
 
+def options_of(body: Body) -> dict[str, Any]:
+    """The request's sampling fields, n_predict and stop as options."""
+    options = body.sampling(_SAMPLING)
+    n_predict = body.get("n_predict", int)
+    if n_predict is not None:
+        options["num_predict"] = n_predict
+    stops = body.stops()
+    if stops:
+        options["stop"] = stops
+    return options
+
+
 def _infill_request(body: Body, model: str) -> GenRequest:
     prefix = body.get("input_prefix", str, "")
     suffix = body.get("input_suffix", str, "")
@@ -231,13 +243,7 @@ def _infill_request(body: Body, model: str) -> GenRequest:
             raise BadRequestError(f"input_extra[{index}] must be an object with a text string")
         if not isinstance(chunk.get("filename", ""), str):
             raise BadRequestError(f"input_extra[{index}].filename must be a string")
-    options = body.sampling(_SAMPLING)
-    n_predict = body.get("n_predict", int)
-    if n_predict is not None:
-        options["num_predict"] = n_predict
-    stops = body.stops()
-    if stops:
-        options["stop"] = stops
+    options = options_of(body)
     return GenRequest(
         model,
         # llama-server puts `prompt` right after the prefix: the start of the middle, typed.

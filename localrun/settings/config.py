@@ -61,12 +61,14 @@ _GENERAL: dict[str, Setting] = {
             "Folder for localrun's data: the model store, history and logs.",
             parse.parse_path,
             _default_home,
+            shown_default="the platform's data folder (~/.local/share/localrun on Linux)",
         ),
         Setting(
             "LOCALRUN_MODELS",
             "Folder of the model store (blobs and manifests).",
             parse.parse_path,
             _models_default,
+            shown_default="$LOCALRUN_HOME/models",
         ),
         Setting(
             "LOCALRUN_HOST",
@@ -109,8 +111,10 @@ _GENERAL: dict[str, Setting] = {
         ),
         Setting(
             "LOCALRUN_MAX_JOBS",
-            "Store jobs (create, quantize, pull, import) the server runs at once; the next wait "
-            "their turn, and the cores are shared out among those running.",
+            "Store jobs the server runs at once, in two lines: pulls and pushes in one; creates, "
+            "quantizations and imports in the other (a stalled registry never holds a create). "
+            "The next wait their turn (64 at most, then 503); the cores are shared out among "
+            "those running.",
             parse.parse_positive_int,
             lambda: 2,
         ),
@@ -227,7 +231,7 @@ _GENERAL: dict[str, Setting] = {
         Setting(
             "LOCALRUN_REGISTRY_AUTH",
             "Logins for registries, space-separated: host=USER:PASSWORD or host=TOKEN (before "
-            "Docker's ~/.docker/config.json).",
+            "Docker's ~/.docker/config.json); `localrun env` shows only the hosts.",
             parse.parse_registry_auth,
             lambda: (),
         ),
@@ -282,6 +286,7 @@ _GENERAL: dict[str, Setting] = {
             "Folder of runtime builds in progress: an interrupted install resumes from it.",
             parse.parse_path,
             _default_runtime_builds,
+            shown_default="~/.cache/localrun/runtime-builds on Linux (the platform's cache)",
         ),
         Setting(
             "LOCALRUN_BINARY_CACHE",
@@ -289,6 +294,7 @@ _GENERAL: dict[str, Setting] = {
             "`localrun prune` removes other builds from it.",
             parse.parse_path,
             _default_binary_cache,
+            shown_default="~/.cache/localrun/binary on Linux (the platform's cache folder)",
         ),
         Setting(
             "LOCALRUN_DEBUG",

@@ -89,7 +89,8 @@ LIMITS: dict[str, Setting] = {
         ),
         Setting(
             "LOCALRUN_RESPONSES_MAX",
-            "Most stored Responses API answers (store: true) kept; the oldest go first.",
+            "Most stored Responses API answers (store: true) kept; the oldest go first; 0 "
+            "stores none.",
             parse.parse_count,
             lambda: 1000,
         ),
@@ -107,7 +108,8 @@ LIMITS: dict[str, Setting] = {
         ),
         Setting(
             "LOCALRUN_RESPONSES_MAX_RECORD_BYTES",
-            "Largest one stored Responses API answer (its conversation included) may be.",
+            "Largest one stored Responses API answer (its conversation included) may be: a "
+            "request whose record would be larger is refused (400); store: false is not bounded.",
             parse.parse_positive_int,
             lambda: 16 * 1024 * 1024,
         ),
@@ -138,13 +140,16 @@ LIMITS: dict[str, Setting] = {
         ),
         Setting(
             "LOCALRUN_MAX_SPECIAL_TOKENS",
-            "Most special tokens (<|im_start|> ...) read as such in one text or prompt.",
+            "Most special tokens (<|im_start|> ...) read as such in one text or prompt: "
+            "llama.cpp reads them in time quadratic in their number.",
             parse.parse_positive_int,
             lambda: 8192,
         ),
         Setting(
             "LOCALRUN_MAX_BYTE_FALLBACK",
-            "Most characters of one text that a SentencePiece vocabulary spells byte by byte.",
+            "Most characters of one text that a SentencePiece vocabulary (Llama 2, Mistral, "
+            "Gemma) lacks and spells byte by byte: llama.cpp does that in time quadratic in their "
+            "number (200k took 7.8 s).",
             parse.parse_positive_int,
             lambda: 65536,
         ),
@@ -208,8 +213,8 @@ LIMITS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_PROMPT_CACHE_MAX_BYTES",
             "Disk space for the state of models' SYSTEM prompts and MESSAGE turns, and of the "
-            "conversations a closing runner held, kept between processes (least recently used "
-            "removed first); 0 turns it off.",
+            "conversations a closing runner held, kept between processes in "
+            "$LOCALRUN_HOME/cache/prompts (least recently used removed first); 0 turns it off.",
             parse.parse_count,
             lambda: 2 * 1024**3,
         ),
@@ -243,8 +248,8 @@ LIMITS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_PULL_MAX_MEMORY",
             "Memory (bytes) a pull or push job of the server may take above what it holds at "
-            "its start; past it the job ends with an error (create and import jobs have no "
-            "cap: a big model's conversion takes GBs).",
+            "its start (Linux: RLIMIT_DATA); past it the job ends with an error (create and "
+            "import jobs have no cap: a big model's conversion takes GBs).",
             parse.parse_positive_int,
             lambda: 512 * 1024 * 1024,
         ),

@@ -13,6 +13,7 @@ DEFAULT_PORT = 11435
 
 
 def parse_bool(text: str) -> bool:
+    """A boolean: 1/0, true/false, yes/no, on/off."""
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
@@ -26,7 +27,7 @@ RUNNERS = ("ollama", "hf", "lmstudio", "llama.cpp")
 
 
 def parse_runners(text: str) -> tuple[str, ...]:
-    """Which other runners' models to list: none (0, off, unset), all (1, on, all) or names."""
+    """Runners: none (0, off, unset), all (1, on, all) or names, comma-separated."""
     value = text.strip().lower()
     if value in ("", "0", "false", "no", "off"):
         return ()
@@ -45,7 +46,7 @@ DEFAULT_REGISTRY = "https://registry.ollama.ai"
 
 
 def parse_registry(text: str) -> str:
-    """Ollama's library: an http(s) URL without a path, or `off` ('')."""
+    """An http(s) URL without a path, or off (returned as '')."""
     value = text.strip().rstrip("/")
     if value.lower() in ("off", "0", "none", ""):
         return ""
@@ -56,7 +57,7 @@ def parse_registry(text: str) -> str:
 
 
 def parse_registry_auth(text: str) -> tuple[tuple[str, str], ...]:
-    """Logins for registries, separated by spaces: `host=user:password` or `host=token`."""
+    """Logins, space-separated: host=USER:PASSWORD or host=TOKEN."""
     entries = []
     for item in text.split():
         host, sep, secret = item.partition("=")
@@ -68,13 +69,14 @@ def parse_registry_auth(text: str) -> tuple[tuple[str, str], ...]:
 
 
 def parse_path(text: str) -> Path:
+    """A path (~ expanded); not empty."""
     if not text.strip():
         raise ValueError("expected a path, got an empty value")
     return Path(text).expanduser()
 
 
 def parse_host(text: str) -> tuple[str, int]:
-    """Parse `host[:port]`, `[v6]:port` or `http://host:port` into (host, port)."""
+    """host[:port], [v6]:port or http(s)://host[:port], as (host, port)."""
     value = text.strip()
     for scheme in ("http://", "https://"):
         if value.lower().startswith(scheme):
@@ -106,9 +108,10 @@ def parse_port(port_text: str, whole: str) -> int:
 
 
 def parse_duration(value: str | float | int | None) -> float:
-    """Ollama's keep_alive: seconds (a number), or a Go-style duration ("5m", "1h30m", "250ms").
+    """A duration: seconds, or Go's 5m, 1h30m, 250ms; a negative one is forever.
 
-    Returns seconds; a negative value means "forever" (math.inf); 0 means "now".
+    Ollama's keep_alive too. Returns seconds; a negative value means "forever" (math.inf); 0
+    means "now".
     """
     import math
     import re
@@ -143,6 +146,7 @@ def parse_duration(value: str | float | int | None) -> float:
 
 
 def parse_positive_int(text: str) -> int:
+    """A whole number, 1 or more."""
     if not text.strip().isdigit() or int(text) < 1:
         raise ValueError(f"expected a whole number of at least 1, got {text!r}")
     return int(text)
@@ -164,14 +168,17 @@ MAX_JSON_DEPTH = 256
 
 
 def parse_json_depth(text: str) -> int:
+    """A whole number from 1 to 256."""
     return _whole_number(text, 1, MAX_JSON_DEPTH)
 
 
 def parse_context_length(text: str) -> int:
+    """A whole number from 1 to 16777216."""
     return _whole_number(text, 1, MAX_CONTEXT_LENGTH)
 
 
 def parse_num_parallel(text: str) -> int:
+    """A whole number from 1 to 256."""
     return _whole_number(text, 1, MAX_PARALLEL)
 
 
@@ -186,6 +193,7 @@ def _whole_number(text: str, least: int, most: int) -> int:
 
 
 def parse_count(text: str) -> int:
+    """A whole number, 0 or more."""
     if not text.strip().isdigit():
         raise ValueError(f"expected a whole number (0 or more), got {text!r}")
     return int(text)
@@ -198,6 +206,7 @@ MAX_TIMEOUT_S = 30 * 86400.0
 
 
 def parse_timeout(text: str) -> float:
+    """A duration above 0 and at most 720h: 10s, 1m, 500ms."""
     seconds = parse_duration(text)
     if not 0 < seconds <= MAX_TIMEOUT_S:
         raise ValueError(
@@ -207,6 +216,7 @@ def parse_timeout(text: str) -> float:
 
 
 def parse_api_key(text: str) -> str:
+    """A key: text, surrounding blanks dropped; not only blanks."""
     # A key of spaces would look set (serve would listen beyond loopback) yet no client can
     # send it: Bearer tokens are read without surrounding whitespace.
     key = text.strip()
@@ -216,12 +226,14 @@ def parse_api_key(text: str) -> str:
 
 
 def parse_origins(text: str) -> tuple[str, ...]:
+    """A comma-separated list."""
     return tuple(o.strip() for o in text.split(",") if o.strip())
 
 
 def parse_hosts(text: str) -> tuple[str, ...]:
-    """Host names or addresses, comma-separated (`*` for any), lowercased; an IPv6 address
-    with or without its brackets."""
+    """Host names or addresses, comma-separated (* for any; no scheme, port or path).
+
+    Lowercased; an IPv6 address with or without its brackets."""
     hosts = []
     for item in text.split(","):
         host = item.strip().lower().rstrip(".")
@@ -257,6 +269,7 @@ SPECULATE_MODES = ("auto", "ngram", "draft", "off")
 
 
 def parse_speculate(text: str) -> str:
+    """One of auto, ngram, draft, off."""
     mode = text.strip().lower()
     if mode not in SPECULATE_MODES:
         raise ValueError(f"expected one of {', '.join(SPECULATE_MODES)}, got {text!r}")
@@ -269,7 +282,7 @@ AUTO_MODES = ("auto", "on", "off")
 
 
 def parse_auto(text: str) -> str:
-    """auto, on or off."""
+    """One of auto, on, off."""
     mode = text.strip().lower()
     if mode not in AUTO_MODES:
         raise ValueError(f"expected one of {', '.join(AUTO_MODES)}, got {text!r}")
@@ -277,6 +290,7 @@ def parse_auto(text: str) -> str:
 
 
 def parse_optional_path(text: str) -> Path | None:
+    """A path (~ expanded), or empty for none."""
     return Path(text).expanduser() if text.strip() else None
 
 
@@ -284,7 +298,7 @@ RUNTIME_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_+")
 
 
 def parse_runtime(text: str) -> str:
-    """A runtime's name (vulkan-0.3.36), auto or cpu; empty means the saved selection."""
+    """A runtime's name (vulkan-0.3.36), auto or cpu; empty for the saved selection."""
     value = text.strip().lower()
     if len(value) > 100 or not set(value) <= RUNTIME_NAME_CHARS or value.startswith("."):
         raise ValueError(f"expected a runtime's name, auto or cpu, got {text!r}")

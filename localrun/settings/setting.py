@@ -17,12 +17,14 @@ from localrun.errors import ConfigError
 
 @dataclass(frozen=True)
 class Setting:
-    """One environment setting: its name, default, parser and help text."""
+    """One environment setting: its name, default, parser and help text; `shown_default`
+    words a default that depends on the machine (a platform folder) for docs/reference."""
 
     name: str
     help: str
     parse: Callable[[str], Any]
     default: Callable[[], Any]
+    shown_default: str = ""
 
     def raw(self) -> str | None:
         return os.environ.get(self.name)

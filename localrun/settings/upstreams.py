@@ -33,6 +33,17 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MAX_MODEL_NAME = 256
 
+# The keys of an [upstreams.NAME] table, each with what it holds (docs/reference/settings.md
+# lists them from here); any other key is refused.
+KEYS = {
+    "url": "The server's root URL (http:// or https://, no user, query or fragment): /v1/... "
+    "or /api/... are added to it. Required.",
+    "dialect": f"The API it speaks: {' or '.join(DIALECTS)} (default openai).",
+    "api_key_env": "The environment variable holding its API key, read when a request is "
+    "sent; the key itself is never written here.",
+    "models": "The model names it serves; empty or left out: read from its model list.",
+}
+
 
 @dataclass(frozen=True)
 class Upstream:
@@ -142,7 +153,7 @@ def _parse(name: str, table: Any) -> Upstream:
     models = table.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError(f"{where}: models must be a list of names")
-    unknown = set(table) - {"url", "dialect", "api_key_env", "models"}
+    unknown = set(table) - set(KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     return Upstream(
