@@ -56,8 +56,9 @@ LIMITS: dict[str, Setting] = {
         ),
         Setting(
             "LOCALRUN_MAX_JSON_DEPTH",
-            "Deepest nesting of JSON a request may send (in its body or in JSON strings in it; "
-            "at most 256).",
+            "Deepest nesting of JSON a request may send (in its body or in JSON strings in it, "
+            "such as tool calls' arguments; at most 256, since what walks a value later "
+            "recurses).",
             parse.parse_json_depth,
             lambda: 100,
         ),
@@ -193,8 +194,8 @@ LIMITS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_CHECK_TIMEOUT",
             "Longest the check of a request's JSON schema, or of an answer against it, may "
-            "take where the engine cannot enforce all of it (2s, 500ms); past it, the request "
-            "is refused.",
+            "take where the engine cannot enforce all of it (2s, 500ms); it runs in a child "
+            "process of the server, stopped past this, and the request is refused.",
             parse.parse_timeout,
             lambda: 5.0,
         ),
@@ -241,7 +242,9 @@ LIMITS: dict[str, Setting] = {
         ),
         Setting(
             "LOCALRUN_UPSTREAM_MAX_BYTES",
-            "Largest answer read from an upstream, decompressed (a streamed one in all).",
+            "Largest answer read from an upstream, decompressed (a streamed one in all; a "
+            "streamed line and a model list at most 4 MiB each): past it the answer is an error, "
+            "and the gateway stays small.",
             parse.parse_positive_int,
             lambda: 64 * 1024 * 1024,
         ),
