@@ -229,6 +229,51 @@ def test_a_patch_is_written_again_against_a_source_that_moved(tmp_path: Path) ->
     assert clean.state == "applies" and clean.texts["x.c"] == fuzzy.texts["x.c"]
 
 
+def test_the_upgrade_script_re_diffs_the_patches_and_names_a_hunk_that_moved(
+    tmp_path: Path,
+) -> None:
+    """scripts/upgrade_llama_cpp.py on a release's sdist (here one holding only the lines the
+    patches change): each patch applied and written again against it; where upstream changed a
+    hunk's lines, that hunk named and the exit status 1."""
+    import tarfile
+
+    def sdist(name: str) -> Path:
+        top = tmp_path / name / "llama_cpp_python-9.9.9"
+        write_exact_source(top / "vendor" / "llama.cpp")
+        (top / "vendor/llama.cpp/ggml/CMakeLists.txt").write_text("set(GGML_VERSION_MAJOR 9)\n")
+        archive = tmp_path / f"{name}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(top, arcname=top.name)
+        return archive
+
+    def upgrade(archive: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(Path(__file__).parent.parent / "scripts/upgrade_llama_cpp.py"),
+             "9.9.9", "--sdist", str(archive), "--work", str(tmp_path / "work"), "--no-build"],
+            capture_output=True, text=True, timeout=PATIENCE_S,
+        )  # fmt: skip
+
+    done = upgrade(sdist("moved"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("re-diffed") >= 6 and "FAILED" not in done.stdout, done.stdout
+    out = tmp_path / "work" / "9.9.9" / "patches"
+    assert (out / "BASE").read_text() == "9.9.9\n"
+    assert len(list(out.glob("*.patch"))) == 6
+
+    archive = sdist("changed")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    top = next((tmp_path / "x").iterdir())
+    quants = top / "vendor/llama.cpp/ggml/src/ggml-cpu/arch/x86/quants.c"
+    quants.write_text(quants.read_text().replace("    *s = hsum_float_8(acc);\n", "    *s = 0;\n"))
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(top, arcname=top.name)
+    done = upgrade(archive)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED   0005-ggml-cpu-x86-k-quant-dot-products" in done.stdout, done.stdout
+    assert "hunk 4 of ggml/src/ggml-cpu/arch/x86/quants.c (patch line " in done.stdout
+
+
 def test_the_patches_and_kernel_are_package_data() -> None:
     """A wheel carries what `install exact` applies: every patch, BASE and the kernel's files
     match pyproject's package-data."""
