@@ -189,7 +189,8 @@ def probe(version: str, sdist: Path, work: Path) -> int:
     if done.returncode:
         print(f"FAILED   the install: {(done.stderr or done.stdout).strip()[-500:]}")
         return 1
-    print(f"built    {done.stdout.strip().splitlines()[-1]} ({time.monotonic() - started:.0f} s)")
+    last = done.stdout.strip().splitlines()[-1]
+    print(f"built    {last}; {time.monotonic() - started:.0f} s in all")
     ran = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "probe_batch_invariance.py"),
          "--kv", "f16", "--fa", "1", "--prompts", "30,700"],

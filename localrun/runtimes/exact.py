@@ -114,7 +114,7 @@ def does_not_apply(outcome: patching.Outcome) -> RuntimeBuildError:
     more = len(outcome.failed) - 1
     return RuntimeBuildError(
         f"patch {outcome.patch} does not apply to this llama.cpp: {where}"
-        + (f" ({more} more)" if more else ""),
+        + (f" (and hunks of {more} more file(s))" if more else ""),
         hint=f"the exact runtime is made for llama-cpp-python {base_version()} "
         "(scripts/upgrade_llama_cpp.py moves it to another); use the CPU as installed",
     )
