@@ -168,7 +168,7 @@ def compile_tree(tree: Path, out: Path) -> int:
                 print(f"FAILED   the build (log: {log})")
                 return 1
     print(f"built    lib{exact.TARGET}.so in {time.monotonic() - started:.0f} s (log: {log})")
-    print("probe:   needs the installed llama-cpp-python to be this release (--probe)")
+    print("probe:   --probe installs the runtime and probes it (the bindings must be this release)")
     return 0
 
 
