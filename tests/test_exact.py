@@ -111,6 +111,19 @@ def test_the_exact_runtime_is_listed_for_this_cpu_and_not_selectable(exact_home:
     assert "Traceback" not in refused.stderr
 
 
+def test_every_patch_is_in_the_source_the_runtime_was_built_from(exact_home: Path) -> None:
+    """The install applied each patch of runtimes/patches to the real llama.cpp source: in the
+    tree it built, every one is found applied (a second apply would write nothing)."""
+    from localrun.runtimes import exact, source
+
+    src = source.prepare(VERSION, builds_folder() / f"exact-{VERSION}", lambda _: None)
+    assert [o.state for o in exact.patch_source(src.tree)] == ["present"] * 6
+    ops = (src.tree / exact.GGML_CPU / "ops.cpp").read_text()
+    # upstream's kernels stay in ops.cpp; the op calls the exact one
+    assert "static void ggml_compute_forward_flash_attn_ext_tiled(" in ops
+    assert "ggml_compute_forward_flash_attn_ext_exact(params, dst," in ops
+
+
 def probe(home: Path, *args: str, **extra: str) -> list[str]:
     """The probe's result lines for an F16 KV cache with flash attention (llama.cpp's CPU
     default); by default on the starter, at a prompt under the tiled kernel's 64 rows' bar and

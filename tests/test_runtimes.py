@@ -108,81 +108,186 @@ def test_an_exact_runtime_of_another_cpu_or_a_damaged_one_is_not_loaded(
 
 
 def write_exact_source(tree: Path) -> tuple[str, ...]:
-    """A source whose ggml-cpu files hold exactly the texts the exact runtime changes (each
-    branch edit's in its function's AVX2 branch); the files' names, ops.cpp first."""
-    from localrun.runtimes import exact
+    """A source whose files hold exactly the lines the exact runtime's patches change (each
+    hunk's context and removed lines, hunk after hunk, a filler line between); their paths."""
+    from localrun.runtimes import exact, patching
 
-    folder = tree / exact.GGML_CPU
-    names = ("ops.cpp", *{edit[0] for edit in (*exact.EDITS, *exact.BRANCH_EDITS)})
-    for name in names:
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-    ops = f"head\n{exact.KERNEL_FROM} old kernel }}\n{exact.KERNEL_TO}  entry }}\n"
-    (folder / "ops.cpp").write_text(ops)
-    for name in names[1:]:
-        olds = [old for file, old, _ in exact.EDITS if file == name]
-        for file, scope, pairs in exact.BRANCH_EDITS:
-            if file == name:
-                body = "\nmiddle\n".join(old for old, _ in pairs)
-                branch = f"#if defined __AVX2__\n{body}\n#elif defined __AVX__\n#endif\n"
-                olds.append(f"{scope})\n{branch}}}")
-        (folder / name).write_text("top\n" + "\nmiddle\n".join(olds) + "\nbottom\n")
-    return names
+    blocks: dict[str, list[tuple[int, list[str]]]] = {}
+    for path in exact.patch_files():
+        for fp in patching.parse(path.read_text(), path.name).files:
+            for hunk in fp.hunks:
+                old = [line[1:] for line in hunk.lines if line[0] in " -"]
+                blocks.setdefault(fp.path, []).append((hunk.old_start, old))
+    for name, found in blocks.items():
+        lines = ["top"]
+        for _, old in sorted(found, key=lambda block: block[0]):
+            lines += [*old, "// filler"]
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("\n".join([*lines, "bottom", ""]))
+    return tuple(blocks)
 
 
-def test_the_exact_patch_refuses_another_source_and_replaces_its_own(tmp_path: Path) -> None:
-    from localrun.runtimes import exact
+def _tree(tree: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(tree)): p.read_bytes() for p in sorted(tree.rglob("*")) if p.is_file()
+    }
 
-    folder = tmp_path / exact.GGML_CPU
+
+def test_the_exact_patches_apply_once_and_name_the_hunk_that_does_not(tmp_path: Path) -> None:
+    """The patches (runtimes/patches/) applied to a source holding the lines they change: the
+    kernel's files copied beside ops.cpp, every hunk's new lines in; applied again, nothing
+    changes (each is found applied). A source where one hunk's lines moved on is refused with
+    one line naming the patch, the file and the hunk, and that patch writes nothing."""
+    from localrun.runtimes import exact, patching
+
     names = write_exact_source(tmp_path)
-    assert "llamafile/sgemm.cpp" in names  # the weights' products, not only the attention
-    assert "arch/x86/quants.c" in names  # x86's K-quant dot products
-    for name in names:
-        (folder / name).write_text("// another llama.cpp\n")
-    with pytest.raises(RuntimeBuildError, match="not the one the exact runtime changes"):
+    assert "ggml/src/ggml-cpu/llamafile/sgemm.cpp" in names  # the weights' products too
+    assert "ggml/src/ggml-cpu/arch/x86/quants.c" in names  # x86's K-quant dot products
+    pristine = _tree(tmp_path)
+    outcomes = exact.patch_source(tmp_path)
+    assert [o.state for o in outcomes] == ["applies"] * len(exact.patch_files())
+    once = _tree(tmp_path)
+    folder = tmp_path / exact.GGML_CPU
+    for kernel in exact.kernel_files():
+        assert (folder / kernel.name).read_bytes() == kernel.read_bytes()
+    ops = (folder / "ops.cpp").read_text()
+    assert "ggml_compute_forward_flash_attn_ext_exact(params, dst," in ops
+    for path in exact.patch_files():
+        for fp in patching.parse(path.read_text(), path.name).files:
+            added = [line[1:] for hunk in fp.hunks for line in hunk.lines if line[0] == "+"]
+            assert all(line in once[fp.path].decode() for line in added), (path.name, fp.path)
+    outcomes = exact.patch_source(tmp_path)  # again: every patch is there, nothing is written
+    assert [o.state for o in outcomes] == ["present"] * len(exact.patch_files())
+    assert _tree(tmp_path) == once
+
+    for name, body in pristine.items():
+        (tmp_path / name).write_bytes(body)
+    quants = tmp_path / exact.GGML_CPU / "arch/x86/quants.c"
+    text = quants.read_text()
+    moved = "        const float d = y[i].d * GGML_CPU_FP16_TO_FP32(x[i].d);\n"
+    quants.write_text(text.replace(moved, moved.replace("y[i].d", "y[i].dd"), 1))
+    before = quants.read_bytes()
+    with pytest.raises(RuntimeBuildError) as refused:
         exact.patch_source(tmp_path)
-    write_exact_source(tmp_path)
-    exact.patch_source(tmp_path)
+    message = refused.value.message
+    assert "\n" not in message and refused.value.hint and "0.3" in refused.value.hint
+    assert message.startswith(
+        "patch 0005-ggml-cpu-x86-k-quant-dot-products-sum-as-the-tiled-matmul.patch does not "
+        "apply to this llama.cpp: hunk 2 of ggml/src/ggml-cpu/arch/x86/quants.c (patch line "
+    ), message
+    assert quants.read_bytes() == before  # nothing of the refused patch written
+    sgemm = tmp_path / exact.GGML_CPU / "llamafile/sgemm.cpp"
+    assert sgemm.read_bytes() == once[str(sgemm.relative_to(tmp_path))]  # the earlier ones were
 
-    def files() -> dict[str, str]:
-        return {name: (folder / name).read_text() for name in names}
 
-    patched = files()
-    kernel = exact.KERNEL.read_text()
-    assert (
-        patched["ops.cpp"].startswith("head\n" + kernel) and "old kernel" not in patched["ops.cpp"]
+def test_a_hunk_goes_where_its_lines_are_nearest_its_line_and_never_twice() -> None:
+    """patching.apply_lines as `patch -p1` with no fuzz: the same lines in two functions take
+    the hunk where its header points, moved by the earlier hunks' offset; reversed, it is
+    undone; lines that are nowhere fail it, with fuzz only its outer context may differ."""
+    from localrun.runtimes import patching
+
+    text = "void f() {\n    acc = 1;\n}\nvoid g() {\n    acc = 1;\n}\n"
+    diff = patching.diff("x.c", text, text.replace("g() {\n    acc = 1;", "g() {\n    acc = 2;"))
+    assert "@@ -2,5 +2,5 @@ void f() {" in diff and diff.endswith("\n }\n")
+    hunks = patching.parse("header\n---\n" + diff).files[0].hunks
+    shifted = ("// a line upstream added\n" + text).split("\n")[:-1]
+    out, placed = patching.apply_lines(shifted, hunks)
+    assert "\n".join(out) + "\n" == "// a line upstream added\n" + text.replace(
+        "g() {\n    acc = 1;", "g() {\n    acc = 2;"
     )
-    assert patched["ops.cpp"].endswith(f"{exact.KERNEL_TO}  entry }}\n")
-    assert all(new in patched[file] for file, _, new in exact.EDITS)
-    for file, _, pairs in exact.BRANCH_EDITS:
-        assert all(new in patched[file] and old not in patched[file] for old, new in pairs)
-    exact.patch_source(tmp_path)  # again: nothing changes
-    assert files() == patched
+    assert [(p.line, p.offset, p.fuzz) for p in placed] == [(3, 1, 0)]
+    assert patching.apply_lines(out, hunks, reverse=True)[0] == shifted
+    with pytest.raises(patching.HunkFailed):
+        patching.apply_lines(out, hunks)  # applied: its old lines are gone
+    edited = "\n".join(shifted).replace("acc = 1;", "acc = 1; // f", 1).split("\n")
+    with pytest.raises(patching.HunkFailed):
+        patching.apply_lines(edited, hunks)  # a context line differs: no fuzz, no match
+    out, placed = patching.apply_lines(edited, hunks, fuzz=1)
+    assert "acc = 1; // f\n}\nvoid g() {\n    acc = 2;" in "\n".join(out)
+    assert placed[0].fuzz == 1
+    renamed = "\n".join(shifted).replace("void g()", "static void g()").split("\n")
+    with pytest.raises(patching.HunkFailed):  # the line beside the change: beyond any fuzz
+        patching.apply_lines(renamed, hunks, fuzz=2)
 
 
-def test_a_branch_edit_stays_in_its_functions_avx2_branch() -> None:
-    """Nested #if blocks are skipped; the same text in another function or branch is left; a
-    function without the branch, or with it past its end, is refused."""
-    from localrun.errors import RuntimeBuildError
+def test_a_patch_is_written_again_against_a_source_that_moved(tmp_path: Path) -> None:
+    """What scripts/upgrade_llama_cpp.py does with a patch that applies only with fuzz: the
+    same change, diffed again against the new source, applies there with none."""
+    from localrun.runtimes import patching
+
+    (tmp_path / "x.c").write_text("int a;\nvoid g() {\n    acc = 1;\n    done();\n}\n")
+    diff = patching.diff("x.c", "int a;\nvoid g() {\n    acc = 1;\n    done();\n}\n",
+                         "int a;\nvoid g() {\n    acc = 2;\n    done();\n}\n")  # fmt: skip
+    patch = patching.parse("Subject: acc\n---\n" + diff, "0001-acc.patch")
+    (tmp_path / "x.c").write_text("int b;\nvoid g() {\n    acc = 1;\n    done();\n}\n")
+    assert patching.status(tmp_path, patch).state == "failed"
+    fuzzy = patching.status(tmp_path, patch, fuzz=1)
+    assert fuzzy.state == "applies" and fuzzy.placed["x.c"][0].fuzz == 1
+    again = patching.parse(patching.regenerate(tmp_path, patch, fuzzy), patch.name)
+    assert again.header == patch.header and " int b;" in patching.regenerate(tmp_path, patch, fuzzy)
+    clean = patching.status(tmp_path, again)
+    assert clean.state == "applies" and clean.texts["x.c"] == fuzzy.texts["x.c"]
+
+
+def test_the_upgrade_script_re_diffs_the_patches_and_names_a_hunk_that_moved(
+    tmp_path: Path,
+) -> None:
+    """scripts/upgrade_llama_cpp.py on a release's sdist (here one holding only the lines the
+    patches change): each patch applied and written again against it; where upstream changed a
+    hunk's lines, that hunk named and the exit status 1."""
+    import tarfile
+
+    def sdist(name: str) -> Path:
+        top = tmp_path / name / "llama_cpp_python-9.9.9"
+        write_exact_source(top / "vendor" / "llama.cpp")
+        (top / "vendor/llama.cpp/ggml/CMakeLists.txt").write_text("set(GGML_VERSION_MAJOR 9)\n")
+        archive = tmp_path / f"{name}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(top, arcname=top.name)
+        return archive
+
+    def upgrade(archive: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(Path(__file__).parent.parent / "scripts/upgrade_llama_cpp.py"),
+             "9.9.9", "--sdist", str(archive), "--work", str(tmp_path / "work"), "--no-build"],
+            capture_output=True, text=True, timeout=PATIENCE_S,
+        )  # fmt: skip
+
+    done = upgrade(sdist("moved"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("re-diffed") >= 6 and "FAILED" not in done.stdout, done.stdout
+    out = tmp_path / "work" / "9.9.9" / "patches"
+    assert (out / "BASE").read_text() == "9.9.9\n"
+    assert len(list(out.glob("*.patch"))) == 6
+
+    archive = sdist("changed")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    top = next((tmp_path / "x").iterdir())
+    quants = top / "vendor/llama.cpp/ggml/src/ggml-cpu/arch/x86/quants.c"
+    quants.write_text(quants.read_text().replace("    *s = hsum_float_8(acc);\n", "    *s = 0;\n"))
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(top, arcname=top.name)
+    done = upgrade(archive)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED   0005-ggml-cpu-x86-k-quant-dot-products" in done.stdout, done.stdout
+    assert "hunk 4 of ggml/src/ggml-cpu/arch/x86/quants.c (patch line " in done.stdout
+
+
+def test_the_patches_and_kernel_are_package_data() -> None:
+    """A wheel carries what `install exact` applies: every patch, BASE and the kernel's files
+    match pyproject's package-data."""
+    import tomllib
+
     from localrun.runtimes import exact
 
-    pairs = (("    acc = 1;\n", "    acc = 2; // localrun (exact)\n"),)
-    source = (
-        "void f(int n) {\n#if defined __AVX2__\n#ifdef __BMI2__\n    x();\n#else\n    y();\n"
-        "#endif\n    acc = 1;\n#elif defined __AVX__\n    acc = 1;\n#endif\n}\n"
-        "void g(int n) {\n#if defined(__AVX2__)\n    acc = 1;\n#else\n    acc = 1;\n#endif\n}\n"
-    )
-    once = exact._patch_branch(source, "void f(", pairs)
-    assert once.count("acc = 2;") == 1 and once.index("acc = 2;") < once.index("#elif")
-    assert exact._patch_branch(once, "void f(", pairs) == once  # this version's: unchanged
-    twice = exact._patch_branch(once, "void g(", pairs)
-    assert twice.count("acc = 2;") == 2 and twice.rindex("acc = 2;") < twice.rindex("#else")
-    for scope, text in (
-        ("void h(", source),  # no such function
-        ("void f(", "void f(int n) {\n    acc = 1;\n}\n#if defined __AVX2__\n    acc = 1;\n"),
-        ("void f(", source.replace("    acc = 1;\n#elif", "#elif", 1)),  # the text moved
-    ):
-        with pytest.raises(RuntimeBuildError, match="not the one the exact runtime changes"):
-            exact._patch_branch(text, scope, pairs)
+    data = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    globs = data["tool"]["setuptools"]["package-data"]["localrun"]
+    package = Path(exact.__file__).parent.parent
+    shipped = {p for pattern in globs for p in package.glob(pattern)}
+    needed = [*exact.patch_files(), exact.PATCHES / "BASE", *exact.kernel_files()]
+    assert len(exact.patch_files()) >= 6 and len(exact.kernel_files()) == 3
+    assert [p for p in needed if p not in shipped] == []
 
 
 def test_a_source_another_localrun_patched_is_unpacked_afresh(
@@ -206,12 +311,14 @@ def test_a_source_another_localrun_patched_is_unpacked_afresh(
     tools = toolchain.Toolchain(exact.BACKEND, "test", "cmake")
     plan = build.Plan(exact.BACKEND, f"exact-{VERSION}", (), tools, VERSION)
     work, said = tmp_path / "work", []
-    quants = build.prepared(plan, work, said.append).tree / exact.GGML_CPU / "arch/x86/quants.c"
+    tree = build.prepared(plan, work, said.append).tree
+    quants = tree / "ggml/src/ggml-cpu/arch/x86/quants.c"
     fresh = quants.read_text()
-    assert said and all(name.endswith((".cpp", ".c", ".h")) for name in names)
-    # Another localrun's edit of one function: this version's text is not in its branch.
-    _, _, pairs = next(edit for edit in exact.BRANCH_EDITS if edit[0] == "arch/x86/quants.c")
-    new = next(new for _, new in pairs if new)
+    assert said and all(name.endswith((".cpp", ".c", ".h", ".txt")) for name in names)
+    # Another localrun's edit of one function: this version's patch is neither applicable nor
+    # applied there.
+    new = "    float sumf = 0.0f; // localrun (exact)\n"
+    assert new in fresh
     quants.write_text(fresh.replace(new, "    // an earlier localrun (exact) edit\n", 1))
     said.clear()
     build.prepared(plan, work, said.append)
@@ -237,6 +344,7 @@ def test_a_source_folder_is_copied_and_the_copy_patched(
     (tree / "ggml" / "CMakeLists.txt").write_text("project(ggml)\n")
     # One of the files to patch is a link to a file of the person's elsewhere.
     ops = tree / exact.GGML_CPU / "ops.cpp"
+    assert f"{exact.GGML_CPU}/ops.cpp" in names
     elsewhere = tmp_path / "elsewhere-ops.cpp"
     ops.rename(elsewhere)
     ops.symlink_to(elsewhere)
@@ -259,10 +367,10 @@ def test_a_source_folder_is_copied_and_the_copy_patched(
     assert snapshot() == before, "the person's source folder was changed"
     assert src.tree.is_relative_to(work) and any("copying" in line for line in said), said
     folder = src.tree / exact.GGML_CPU
-    patched = {name: (folder / name).read_text() for name in names}
     assert not (folder / "ops.cpp").is_symlink()
-    assert patched["ops.cpp"].startswith("head\n" + exact.KERNEL.read_text())
-    assert all(new in patched[file] for file, _, new in exact.EDITS)
+    assert "ggml_compute_forward_flash_attn_ext_exact(" in (folder / "ops.cpp").read_text()
+    assert all((folder / kernel.name).is_file() for kernel in exact.kernel_files())
+    assert {o.state for o in exact.patch_source(src.tree)} == {"present"}
     said.clear()
     assert build.prepared(plan, work, said.append).tree == src.tree and not said  # reused
     assert snapshot() == before

@@ -11,17 +11,24 @@ nearly tied (scripts/probe_batch_invariance.py finds the first graph node that d
 
 This runtime is that library built from the same source (the installed llama-cpp-python's
 sdist, as the GPU runtimes are: localrun/runtimes/build.py) with its CPU flash attention
-replaced (fattn_exact.cpp beside this file, which says how): one kernel at every row count for
-an F16/F32 KV cache, matrix products whose every element is one fixed chain of FMAs, the cells
-cut into segments at fixed positions and merged in order, run in turn for many rows and side by
-side by the threads for a few. So a row's arithmetic is the same in any batch and at any thread
-count. Other KV cache types (quantized, bf16) take the row-by-row kernel at every row count.
+replaced (kernels/fattn-exact.cpp, built beside ops.cpp, says how): one kernel at every row
+count for an F16/F32 KV cache, matrix products whose every element is one fixed chain of FMAs,
+the cells cut into segments at fixed positions and merged in order, run in turn for many rows
+and side by side by the threads for a few. So a row's arithmetic is the same in any batch and
+at any thread count. Other KV cache types (quantized, bf16) take the row-by-row kernel at every
+row count.
 
 The weights' products must be batch-invariant too, and in the installed library they are not
 everywhere: a batch of some size takes another kernel than a lone row (llamafile's sgemm,
-ARM's repacked gemm against its gemv, x86's tiled K-quant matmul). runtimes/exact_edits.py
-holds the edits that make each row's sum the same in any batch, and says what each was found
-with.
+ARM's repacked gemm against its gemv, x86's tiled K-quant matmul).
+
+Every change to llama.cpp's files is a unified diff in patches/ beside this module, one per
+concern, each with a header saying what it changes and why (as Ollama's llama/patches/), applied
+by runtimes/patching.py: a patch already in the tree is skipped, one that does not apply stops
+the build naming the patch, the file and the hunk. The first patch routes the op to the kernel
+and adds the kernel's files (copied from kernels/) to ggml-cpu's sources. The patches are made
+for the llama-cpp-python release in patches/BASE; scripts/upgrade_llama_cpp.py moves them to
+another (docs/upgrading-llama-cpp.md).
 It is built for this CPU (-march=native) and loaded only on the CPU it was built for.
 
 It is loaded before llama_cpp (engine/native.py calls `preload`): the installed libggml-base
@@ -43,110 +50,73 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localrun.errors import RuntimeBuildError
-from localrun.runtimes import layout, source
-from localrun.runtimes.exact_edits import BRANCH_EDITS, EDITS, SUPERSEDED
+from localrun.runtimes import layout, patching, source
 from localrun.runtimes.layout import Runtime
 
 BACKEND = "exact"
 TARGET = "ggml-cpu"
-KERNEL = Path(__file__).with_name("fattn_exact.cpp")
+HERE = Path(__file__).parent
+PATCHES = HERE / "patches"
+KERNELS = HERE / "kernels"  # copied into ggml-cpu/, where patch 0001 adds them to its sources
 GGML_CPU = Path("ggml") / "src" / "ggml-cpu"
-# ops.cpp: from the tiled kernel to the op's entry point (the tiled kernel, split-KV's reduction
-# and the kernel choice) becomes fattn_exact.cpp.
-KERNEL_FROM = "static void ggml_compute_forward_flash_attn_ext_tiled("
-KERNEL_TO = "void ggml_compute_forward_flash_attn_ext(\n"
 
 
-def patch_source(tree: Path) -> None:
-    """Make `tree`'s ggml-cpu the exact runtime's (idempotent). RuntimeBuildError when the
-    source is not the one this change was written for."""
+def patch_files() -> list[Path]:
+    """The patches, in the order they are applied."""
+    return sorted(PATCHES.glob("*.patch"))
+
+
+def kernel_files() -> list[Path]:
+    return sorted(p for p in KERNELS.iterdir() if p.suffix in (".cpp", ".h"))
+
+
+def base_version() -> str:
+    """The llama-cpp-python release the patches are made for."""
+    return (PATCHES / "BASE").read_text(encoding="utf-8").strip()
+
+
+def patch_source(tree: Path) -> list[patching.Outcome]:
+    """Make `tree`'s ggml-cpu the exact runtime's (idempotent): the kernel's files copied beside
+    ops.cpp, each patch applied unless it is there already. RuntimeBuildError, naming the patch,
+    the file and the hunk, when one neither applies nor is applied; then nothing of that patch
+    is written."""
     folder = tree / GGML_CPU
-    texts: dict[str, str] = {}
-    names = ("ops.cpp", *(edit[0] for edit in EDITS), *(edit[0] for edit in BRANCH_EDITS))
-    for name in dict.fromkeys(names):  # each file once
-        try:
-            texts[name] = (folder / name).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise RuntimeBuildError(
-                f"the llama.cpp source has no readable {GGML_CPU / name} ({exc.strerror or exc})",
-                hint="run the install again: its source is unpacked afresh",
-            ) from None
-    before = dict(texts)
-    kernel = KERNEL.read_text(encoding="utf-8")
-    ops = texts["ops.cpp"]
-    # An earlier install's kernel is replaced by this one (a newer localrun may change it).
-    start = ops.find(kernel.split("\n", 1)[0])
-    start = start if start >= 0 else ops.find(KERNEL_FROM)
-    end = ops.find(KERNEL_TO)
-    if start < 0 or end < start:
-        raise _not_this_source()
-    texts["ops.cpp"] = ops[:start] + kernel + "\n" + ops[end:]
-    for name, old, new in EDITS:
-        if new in texts[name]:
-            continue  # an earlier install's
-        for earlier in SUPERSEDED.get(new, ()):  # an earlier localrun's edit: this one instead
-            if texts[name].count(earlier) == 1:
-                texts[name] = texts[name].replace(earlier, old)
-        if texts[name].count(old) != 1:
-            raise _not_this_source()
-        texts[name] = texts[name].replace(old, new)
-    for name, scope, pairs in BRANCH_EDITS:
-        texts[name] = _patch_branch(texts[name], scope, pairs)
-    for name, text in texts.items():
-        if text != before[name]:  # an unchanged file is not compiled again
-            source.rewrite(folder / name, text)
+    if not folder.is_dir():
+        raise RuntimeBuildError(
+            f"the llama.cpp source has no {GGML_CPU}",
+            hint="run the install again: its source is unpacked afresh",
+        )
+    for kernel in kernel_files():
+        text = kernel.read_text(encoding="utf-8")
+        target = folder / kernel.name
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            source.rewrite(target, text)  # an unchanged file is not compiled again
+    outcomes = []
+    for path in patch_files():
+        patch = patching.parse(path.read_text(encoding="utf-8"), path.name)
+        outcome = patching.status(tree, patch)
+        if outcome.state == "failed":
+            raise does_not_apply(outcome)
+        for name, text in outcome.texts.items():
+            source.rewrite(tree / name, text)
+        outcomes.append(outcome)
+    return outcomes
 
 
-_AVX2_BRANCH = ("#if defined __AVX2__", "#if defined(__AVX2__)")
-
-
-def _patch_branch(text: str, scope: str, pairs: tuple[tuple[str, str], ...]) -> str:
-    """`text` with the (old, new) pairs made in the AVX2 branch of the function `scope` opens
-    (exact_edits_x86.X86_BRANCH_EDITS); unchanged where this version made them already."""
-    if text.count(scope) != 1:
-        raise _not_this_source()
-    opens = text.index(scope)
-    closes = text.find("\n}\n", opens)  # the function's end: its branch lies before it
-    if closes < 0:
-        raise _not_this_source()
-    found = [text.find(mark, opens, closes) for mark in _AVX2_BRANCH]
-    start = min((at for at in found if at >= 0), default=-1)
-    end = _branch_end(text, start, closes) if start >= 0 else -1
-    if end < 0:
-        raise _not_this_source()
-    branch = text[start:end]
-    if all(new in branch for _, new in pairs) and not any(old in branch for old, _ in pairs):
-        return text  # an earlier install of this version
-    for old, new in pairs:
-        if branch.count(old) != 1:
-            raise _not_this_source()
-        branch = branch.replace(old, new)
-    return text[:start] + branch + text[end:]
-
-
-def _branch_end(text: str, start: int, limit: int) -> int:
-    """Where the #if branch opened at `start` ends, before `limit`: its #elif or #else (nested
-    ones skipped); -1 when it does not end there."""
-    lines = text[start:limit].split("\n")
-    depth, at = 0, start
-    for line in lines:
-        directive = line.strip().replace(" ", "")  # `#  if` and indented ones too
-        if directive.startswith("#if"):
-            depth += 1
-        elif directive.startswith("#endif"):
-            depth -= 1
-        elif directive.startswith(("#elif", "#else")) and depth == 1:
-            return at
-        if depth == 0:
-            return at
-        at += len(line) + 1
-    return -1
-
-
-def _not_this_source() -> RuntimeBuildError:
+def does_not_apply(outcome: patching.Outcome) -> RuntimeBuildError:
+    """The error for a patch that does not apply: its first hunk that does not match."""
+    name, index, hunk = outcome.failed[0]
+    if hunk is None or index == 0:
+        where = f"{name} is missing"
+    else:
+        where = f"hunk {index} of {name} (patch line {hunk.line_no}: {hunk.first_change()[:60]!r})"
+        where += " does not match"
+    more = len(outcome.failed) - 1
     return RuntimeBuildError(
-        "this llama.cpp's CPU library is not the one the exact runtime changes",
-        hint="the exact runtime is made for llama-cpp-python 0.3.36; use the CPU as installed",
+        f"patch {outcome.patch} does not apply to this llama.cpp: {where}"
+        + (f" (and hunks of {more} more file(s))" if more else ""),
+        hint=f"the exact runtime is made for llama-cpp-python {base_version()} "
+        "(scripts/upgrade_llama_cpp.py moves it to another); use the CPU as installed",
     )
 
 

@@ -100,7 +100,7 @@ def cpu() -> Toolchain:
     )
     version = _version([cxx, "--version"], r"(\d+\.\d+(?:\.\d+)?)")
     # Every kernel the installed library has is kept (llamafile's sgemm, repacking): the source
-    # edits of runtimes/exact_edits.py make them batch-invariant, on ARM too.
+    # patches of runtimes/patches/ make them batch-invariant, on ARM too.
     args: tuple[str, ...] = ("-DGGML_NATIVE=ON", "-DGGML_BACKEND_DL=OFF")
     return Toolchain(
         backend="exact",
