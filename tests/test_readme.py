@@ -204,6 +204,21 @@ BLOCKS = [
         },
     ),
     Entry(
+        ".venv/bin/python scripts/upgrade_llama_cpp.py 0.3.37",
+        "test_upgrading_llama_cpp",
+        "parsed only (README_PARSE_ONLY): it downloads a release and builds for minutes; "
+        "tests/test_runtimes.py runs the script on a made-up release",
+    ),
+    Entry(
+        ".venv/bin/pip install llama-cpp-python==0.3.37",
+        "test_upgrading_llama_cpp_with_its_bindings",
+        "the script's line parsed only, as above",
+        cut={
+            ".venv/bin/pip install llama-cpp-python==0.3.37     # the bindings the runtime loads "
+            "into\n": "a release of the bindings from the package index, compiled for minutes",
+        },
+    ),
+    Entry(
         'localrun show qwen3 --prompt "What is 2+2?"',
         "test_what_a_model_is_sent",
         "as written against the module's server; qwen3 is the scripted model with Qwen3's template",
@@ -944,6 +959,25 @@ def test_development(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
     assert parsed["fuzz_gguf.py"][0]["count"] == 600
     assert parsed["slowloris.py"][0]["connections"] == 1100
     subprocess.run(["bash", "-n", str(ROOT / "scripts" / "check")], check=True)
+
+
+def test_upgrading_llama_cpp(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
+    _checkout(work)
+    ran = run_block(
+        edited("test_upgrading_llama_cpp"), sandbox.env(tmp_path, README_PARSE_ONLY="1"), work
+    )
+    (line,) = _parsed(ran)["upgrade_llama_cpp.py"]
+    assert line["version"] == "0.3.37" and not line["write"]
+
+
+def test_upgrading_llama_cpp_with_its_bindings(
+    sandbox: Sandbox, tmp_path: Path, work: Path
+) -> None:
+    _checkout(work)
+    text = edited("test_upgrading_llama_cpp_with_its_bindings")
+    ran = run_block(text, sandbox.env(tmp_path, README_PARSE_ONLY="1"), work)
+    (line,) = _parsed(ran)["upgrade_llama_cpp.py"]
+    assert line["version"] == "0.3.37" and line["write"] and line["probe"]
 
 
 # -- an example outside the blocks ------------------------------------------------------------
