@@ -1,4 +1,12 @@
-"""A stored model read back from its manifest: what `show` prints and what the engine loads."""
+"""A stored model read back from its manifest: what `show` prints and what the engine loads.
+
+A name is resolved once, where it enters (a route's scheduler admission, `localrun run`): `load`
+reads the manifest it names into a `Model` (the manifest's digest, its blobs' paths, its
+PARAMETERs, template and system), and `Model.resolved` adds a load's options and the context
+it is loaded with (`context_for`, the one rule for it) into a `Resolved`. Every layer below is
+handed that, over the runner's channel too (`to_wire`, `from_wire`): a `create` that points the
+name at other blobs meanwhile changes nothing that was admitted.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localrun.errors import StoreError
+from localrun.errors import BadRequestError, LocalrunError, StoreError
+from localrun.recipes import params as params_mod
 from localrun.recipes.modelfile import Message, Modelfile
+from localrun.settings import config as config_mod
 from localrun.store import links as links_mod
+from localrun.store import names
 from localrun.store.manifest import Manifest
 from localrun.store.models import Store
 from localrun.store.names import ModelName
 
 
-@dataclass
+@dataclass(frozen=True)
 class Model:
     """Everything a manifest says about a model, with its text layers read and verified."""
 
@@ -39,6 +50,23 @@ class Model:
     @property
     def details(self) -> dict[str, Any]:
         return dict(self.config.get("details") or {})
+
+    @property
+    def trained(self) -> int | None:
+        """The context the model was trained on, as its header says (None: not known)."""
+        return _positive(self.details.get("context_length"))
+
+    def context(self, asked: Any = None) -> int:
+        """The context a load (or a request) with num_ctx `asked` gets on this model
+        (`context_for`, with its PARAMETER num_ctx)."""
+        return context_for(asked, self.parameters.get("num_ctx"), self.trained)
+
+    def resolved(self, options: dict[str, Any], context: int | None = None) -> Resolved:
+        """This model for a load with `options` (PARAMETERs, checked here) over its own; `context`:
+        the context decided for it already (the scheduler's, rounded up), else decided now."""
+        checked = params_mod.validate(options)
+        chosen = self.context(checked.get("num_ctx")) if context is None else context
+        return Resolved(self, {**self.parameters, **checked}, chosen)
 
     @property
     def draft(self) -> dict[str, Any] | None:
@@ -90,6 +118,118 @@ class Model:
         links = self.store_root / "links" if self.store_root is not None else None
         linked = links_mod.original(links, blob.name) if links is not None else None
         return linked if linked is not None and Path(linked).is_file() else None
+
+    def to_wire(self) -> dict[str, Any]:
+        """This model as JSON: the runner rebuilds it with `from_wire`, reading no manifest."""
+        return {
+            "name": str(self.name),
+            "digest": self.digest,
+            "manifest": json.loads(self.manifest.to_bytes()),
+            "config": self.config,
+            "files": [str(p) for p in self.model_parts or [self.model_path]],
+            "adapters": [str(p) for p in self.adapter_paths],
+            "draft": str(self.draft_path) if self.draft_path is not None else None,
+            "projector": str(self.projector_path) if self.projector_path is not None else None,
+            "parameters": self.parameters,
+            "system": self.system,
+            "template": self.template,
+            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
+            "licenses": self.licenses,
+            "store": str(self.store_root) if self.store_root is not None else None,
+        }
+
+    @staticmethod
+    def from_wire(data: Any) -> Model:
+        """The model `to_wire` wrote; BadRequestError when it is malformed, or when its
+        manifest is not the one its digest names."""
+        try:
+            return _from_wire(data)
+        except (KeyError, TypeError, ValueError, LocalrunError) as exc:
+            reason = exc.message if isinstance(exc, LocalrunError) else repr(exc)
+            raise BadRequestError(f"the load request's model is malformed: {reason}") from None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A model resolved for one load: the manifest it was admitted by (its digest and blobs),
+    the parameters the load goes ahead with and the context it is loaded with, decided once."""
+
+    model: Model
+    parameters: dict[str, Any]  # its PARAMETERs, the caller's options over them
+    context: int  # num_ctx the runner loads (context_for; the scheduler's rounded up)
+
+    @property
+    def digest(self) -> str:
+        return self.model.digest
+
+    def to_wire(self) -> dict[str, Any]:
+        """The fields of a runner's load message that say what it loads."""
+        return {
+            "model": self.model.to_wire(),
+            "parameters": self.parameters,
+            "num_ctx": self.context,
+        }
+
+    @staticmethod
+    def from_wire(message: dict[str, Any]) -> Resolved:
+        """What a load message's `to_wire` fields say; BadRequestError when malformed."""
+        model = Model.from_wire(message.get("model"))
+        parameters, asked = message.get("parameters"), message.get("num_ctx")
+        if not isinstance(parameters, dict):
+            raise BadRequestError("the load request's parameters must be an object")
+        context = _positive(asked)
+        if context is None:
+            raise BadRequestError(f"num_ctx must be a whole number of at least 1, not {asked!r}")
+        return Resolved(model, parameters, context)
+
+
+def context_for(asked: Any, own: Any, trained: Any) -> int:
+    """The context a load or a request gets, decided here alone: num_ctx `asked` (a request's
+    or a caller's), else the model's own PARAMETER num_ctx (`own`), else LOCALRUN_CONTEXT_LENGTH
+    (read now); never more than the context the model was trained on (`trained`, None: not
+    known). Ollama's rule: a larger context only costs memory, and past the trained one a
+    model's answers degrade."""
+    chosen = _positive(asked) or _positive(own) or config_mod.context_length()
+    limit = _positive(trained)
+    return min(chosen, limit) if limit else chosen
+
+
+def _positive(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _from_wire(data: dict[str, Any]) -> Model:
+    manifest = Manifest.from_bytes(json.dumps(data["manifest"]).encode())
+    digest = "sha256:" + hashlib.sha256(manifest.to_bytes()).hexdigest()
+    if data["digest"] != digest:
+        raise ValueError(f"its manifest is {digest}, not {data['digest']}")
+    files = [Path(_text(p)) for p in data["files"]]
+    if not files:
+        raise ValueError("no model file")
+    draft, projector, store = data.get("draft"), data.get("projector"), data.get("store")
+    return Model(
+        name=names.parse(_text(data["name"])),
+        digest=digest,
+        manifest=manifest,
+        config=dict(data["config"]),
+        model_path=files[0],
+        model_parts=files,
+        adapter_paths=[Path(_text(p)) for p in data["adapters"]],
+        draft_path=Path(_text(draft)) if draft is not None else None,
+        projector_path=Path(_text(projector)) if projector is not None else None,
+        parameters=dict(data["parameters"]),
+        system=_text(data["system"]) if data["system"] is not None else None,
+        template=_text(data["template"]) if data["template"] is not None else None,
+        messages=[Message(_text(m["role"]), _text(m["content"])) for m in data["messages"]],
+        licenses=[_text(t) for t in data["licenses"]],
+        store_root=Path(_text(store)) if store is not None else None,
+    )
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, not {type(value).__name__}")
+    return value
 
 
 def load(store: Store, name: ModelName, manifest: Manifest | None = None) -> Model:

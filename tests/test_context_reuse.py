@@ -198,12 +198,12 @@ def test_the_worker_loads_the_asked_context_when_the_rounded_one_does_not_fit(
     small = fit.plan_fit(found, {"num_ctx": 9034}).plan.ram_bytes
     large = fit.plan_fit(found, {"num_ctx": 16384}).plan.ram_bytes
     grown = {**found.parameters, "num_ctx": 16384}
-    parameters, plan = fitted(found, grown, 1, None, (small + large) // 2, 9034)
+    parameters, plan = fitted(found, grown, 16384, 1, None, (small + large) // 2, 9034)
     assert plan.num_ctx == parameters["num_ctx"] == 9034
-    parameters, plan = fitted(found, grown, 1, None, large * 2, 9034)
+    parameters, plan = fitted(found, grown, 16384, 1, None, large * 2, 9034)
     assert plan.num_ctx == parameters["num_ctx"] == 16384
     with pytest.raises(InvalidParameterError):
-        fitted(found, grown, 1, None, small // 2, 9034)
+        fitted(found, grown, 16384, 1, None, small // 2, 9034)
 
 
 # -- the real engine: the answer is the one a runner of the request's context gives ----------

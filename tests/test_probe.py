@@ -9,6 +9,7 @@ Everything else (the CLI, the probe, the runner, the watchdog, the server) is th
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from conftest import CLI, PATIENCE_S, assert_one_line_error
 from test_server import add_model
 from test_server_serve import Serve
 
+from localrun.store import names
 from localrun.store.models import Store
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
@@ -45,6 +47,17 @@ if _mode:
         return _real(*args)
 
     llama_cpp.llama_model_load_from_file = _load
+
+# A pause point: a runner process (the probe's child) starts, says so, and waits to be let go
+# before it reads the load message.
+_pause = os.environ.get("LOCALRUN_TEST_PAUSE_DIR")
+if _pause and "localrun.worker" in getattr(sys, "orig_argv", []):
+    import pathlib, time
+    _folder = pathlib.Path(_pause)
+    (_folder / "paused").touch()
+    _deadline = time.monotonic() + 600
+    while not (_folder / "go").exists() and time.monotonic() < _deadline:
+        time.sleep(0.02)
 """
 
 
@@ -120,3 +133,45 @@ def test_run_refuses_a_context_that_cannot_fit(
     add_model(Store(home / "models"), "long", tiny_long_model)
     result = cli("run", "long", "Hello", "-p", "num_ctx=16777216", env=hooked)
     assert_one_line_error(result, "num_ctx 16777216 needs about", "available")
+
+
+def test_run_loads_the_model_it_resolved_though_the_name_changed_meanwhile(
+    cli: CLI,
+    hooked: dict[str, str],
+    home: Path,
+    tmp_path: Path,
+    tiny_long_model: Path,
+    smollm2_path: str,
+) -> None:
+    """`localrun run m` resolves `m` once: the probe's child is handed the model resolved (it
+    is paused as it starts, while `m` is created anew as a model whose context cannot fit, and
+    a prune runs), and so is the load in the command's own process; its lease keeps the blobs
+    until it ends."""
+    store = Store(home / "models")
+    add_model(store, "m", Path(smollm2_path))
+    manifest = store.read_manifest(names.parse("m"))
+    blob = store.blob_path(manifest.of_kind("model")[0].digest)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    env = {**hooked, "LOCALRUN_TEST_PAUSE_DIR": str(pause)}
+    question = "What is the capital of France? Answer with one word."
+    args = ("run", "m", question, "-p", "temperature=0", "-p", "num_predict=12")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(cli, *args, env=env)
+        try:
+            deadline = time.monotonic() + PATIENCE_S
+            while not (pause / "paused").exists():
+                assert not running.done(), running.result()
+                assert time.monotonic() < deadline, "the probe's runner never started"
+                time.sleep(0.02)
+            # `m` is now a model no runner loads: a probe that looked it up would fail.
+            add_model(store, "m", tiny_long_model, "PARAMETER num_ctx 16777216\n")
+            store.prune()
+            assert blob.is_file()  # held by the command for the model it resolved
+        finally:
+            (pause / "go").touch()
+        result = running.result()
+    assert result.code == 0, result.stderr
+    assert "Paris" in result.stdout  # SmolLM2's answer
+    store.prune()
+    assert not blob.exists()  # the command ended, and its lease with it

@@ -26,7 +26,7 @@ def _model(store: Store, folder: Path, text: str, name: str = "m") -> Model:
 def _fake(model: Model, replies: list[str] | None = None) -> LocalSession:
     """`model` loaded in this process on the scripted engine answering `replies`."""
     replies = replies or ["Hello!"]
-    return LocalSession(open_local(model, {}, backend="fake", extra={"replies": replies}))
+    return LocalSession(open_local(model.resolved({}), backend="fake", extra={"replies": replies}))
 
 
 @pytest.fixture

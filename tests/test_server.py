@@ -7,6 +7,7 @@ request. `LiveServer` is shared with the other test_server_* modules.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
 import json
@@ -463,3 +464,59 @@ def test_blob_upload_checks_digest(live: LiveServer) -> None:
         timeout=PATIENCE_S,
     )
     assert r.status_code == 400 and str(live.store.root) not in r.text
+
+
+# -- a model resolved once ---------------------------------------------------------------------
+
+
+def test_a_model_replaced_while_it_loads_is_served_as_admitted(
+    tmp_path: Path, tiny_model: Path, smollm2_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler admits a request by the manifest `m` names then, and its runner is handed
+    that model. A `create` that points `m` at another file while the runner starts, and a
+    prune that finds the first file used by no manifest, change nothing: the runner loads the
+    blobs it was handed (its lease keeps them), /api/ps shows the digest admitted and the
+    context decided for it, and the answer is that model's. Once it is unloaded the blob goes."""
+    from localrun.worker.process import RunnerProcess
+
+    store = Store(tmp_path / "models")
+    add_model(store, "m", Path(smollm2_path))
+    manifest = store.read_manifest(names.parse("m"))
+    admitted = hashlib.sha256(manifest.to_bytes()).hexdigest()
+    blob = store.blob_path(manifest.of_kind("model")[0].digest)
+    # The pause point: the runner process starts once the test has replaced the model.
+    paused, go = threading.Event(), threading.Event()
+    start = RunnerProcess.start
+
+    async def start_when_told(self: RunnerProcess, **kw: Any) -> None:
+        paused.set()
+        await asyncio.to_thread(go.wait, PATIENCE_S)
+        await start(self, **kw)
+
+    monkeypatch.setattr(RunnerProcess, "start", start_when_told)
+    server = LiveServer(store)
+    try:
+        body = {"model": "m", "prompt": QUESTION, "stream": False, "options": greedy(12)}
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(
+                httpx.post, f"{server.url}/api/generate", json=body, timeout=PATIENCE_S
+            )
+            try:
+                assert paused.wait(PATIENCE_S), answer.result()
+                add_model(store, "m", tiny_model)  # `m` is the tiny model now
+                store.prune()
+                assert blob.is_file()  # held for the runner of the manifest admitted
+            finally:
+                go.set()
+            reply = answer.result()
+        assert reply.status_code == 200, reply.text
+        assert "Paris" in reply.json()["response"]  # SmolLM2's answer, not the tiny model's
+        (shown,) = httpx.get(f"{server.url}/api/ps").json()["models"]
+        assert (shown["name"], shown["digest"]) == ("m:latest", admitted)
+        assert shown["context_length"] == 4096  # SmolLM2's default context; the tiny one's is 256
+        unload = {"model": "m", "prompt": "", "keep_alive": 0}
+        assert httpx.post(f"{server.url}/api/generate", json=unload, timeout=PATIENCE_S).is_success
+        store.prune()
+        assert not blob.exists()  # its runner gone, nothing holds it
+    finally:
+        server.close()

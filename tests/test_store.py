@@ -38,7 +38,7 @@ from localrun.errors import (
 )
 from localrun.recipes import create, modelfile
 from localrun.store import blobs as blobs_mod
-from localrun.store import names
+from localrun.store import leases, names
 from localrun.store.manifest import (
     MEDIA_CONFIG,
     MEDIA_MANIFEST,
@@ -861,6 +861,58 @@ def test_prune_counts_each_temporary_file_once(store: Store) -> None:
     assert (report.temp_files, report.bytes_freed, report.orphan_blobs) == (2, 8, 0)
     assert temp_files(store.root) == []
     assert store.names() == [name(f"model:{tag}") for tag in ("a", "b", "c")]
+
+
+def test_a_lease_keeps_a_replaced_models_blobs_until_it_is_released(store: Store) -> None:
+    """A runner holds the blobs of the manifest it was admitted by (store.leases): a `create`
+    that gives the name other blobs, then rm and prune, leave them until it lets go."""
+    first = build(store, b"first weights")
+    store.write_manifest(name("model"), first)
+    lease = leases.take(store, first.digests(), "model")
+    store.write_manifest(name("model"), build(store, b"second weights"))  # the name replaced
+    report = store.prune()
+    assert report is not None and report.orphan_blobs == 0
+    store.remove(name("model"))
+    assert all(store.blob_path(d).is_file() for d in first.digests())
+    lease.release()
+    lease.release()  # once is enough
+    report = store.prune()
+    assert report is not None and report.orphan_blobs == len(first.digests())
+    assert blob_files(store) == [] and list((store.root / leases.FOLDER).iterdir()) == []
+
+
+def test_a_lease_of_blobs_gone_already_is_refused(store: Store) -> None:
+    manifest = build(store, b"weights")
+    store.write_manifest(name("model"), manifest)
+    store.remove(name("model"))
+    with pytest.raises(MissingBlobError, match="model:latest were removed"):
+        leases.take(store, manifest.digests(), "model:latest")
+
+
+def test_a_lease_ends_with_the_process_that_held_it(store: Store) -> None:
+    """A runner that dies (SIGKILL) holds nothing: its lock went with it, and prune removes
+    its record and the blobs no manifest uses."""
+    manifest = build(store, b"weights")
+    code = (
+        "import sys; from pathlib import Path; from localrun.store import leases;"
+        "from localrun.store.models import Store;"
+        f"root, digests = Path({str(store.root)!r}), {sorted(manifest.digests())!r};"
+        "held = leases.take(Store(root), digests, 'm');"
+        "print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        report = store.prune()
+        assert report is not None and report.orphan_blobs == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    report = store.prune()
+    assert report is not None and report.orphan_blobs == len(manifest.digests())
+    assert list((store.root / leases.FOLDER).iterdir()) == []
 
 
 def test_prune_of_a_store_that_does_not_exist(store: Store) -> None:

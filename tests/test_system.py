@@ -15,6 +15,7 @@ from localrun.gguf import scan
 from localrun.gguf.header import Header, TensorInfo
 from localrun.hardware import offload, system
 from localrun.hardware.system import GPU, Probes
+from localrun.model import context_for
 from localrun.store import catalog, names
 
 GB = 10**9
@@ -601,10 +602,15 @@ def test_header_without_head_counts_falls_back_to_full_attention() -> None:
     assert plan.kv_bytes == 2 * 2 * 100 * 128 * 2
 
 
-def test_default_num_ctx(smollm2: Header, tiny: Header) -> None:
-    assert offload.default_num_ctx({}, smollm2) == 4096  # trained on 8192
-    assert offload.default_num_ctx({}, tiny) == 256  # trained on 256
+def test_the_context_rule(smollm2: Header, tiny: Header) -> None:
+    """model.context_for, the one place a context is decided (the edge applies it; runners
+    load what they are handed)."""
+    smol, small = smollm2.arch_value("context_length"), tiny.arch_value("context_length")
+    assert context_for(None, None, smol) == 4096  # trained on 8192
+    assert context_for(None, None, small) == 256  # trained on 256
     # Held to the trained context, as Ollama holds it (SmolLM2 at 65536 took a 6 GB runner).
-    assert offload.default_num_ctx({"num_ctx": 8192}, tiny) == 256
-    assert offload.default_num_ctx({"num_ctx": 65536}, smollm2) == 8192
-    assert offload.default_num_ctx({"num_ctx": 2048}, smollm2) == 2048
+    assert context_for(8192, None, small) == 256
+    assert context_for(65536, None, smol) == 8192
+    assert context_for(2048, None, smol) == 2048
+    assert context_for(None, 1024, smol) == 1024  # the model's PARAMETER num_ctx
+    assert context_for(2048, 1024, smol) == 2048  # the request's over it

@@ -20,13 +20,14 @@ from typing import Any
 
 import pytest
 
+from localrun import model as model_mod
 from localrun.errors import (
     BadRequestError,
     ContextOverflowError,
     CorruptBlobError,
     InvalidParameterError,
     LocalrunError,
-    ModelNotFoundError,
+    StoreError,
 )
 from localrun.recipes import create, modelfile
 from localrun.request import GenRequest
@@ -182,11 +183,20 @@ def root(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_long_m
     return path
 
 
+def load_message(
+    store: Path, model: str, options: dict[str, Any] | None = None, **load: Any
+) -> dict[str, Any]:
+    """The load message the scheduler sends for `model` in the store at `store`: the name
+    resolved here, once; the runner is handed what it resolved to."""
+    resolved = model_mod.load(Store(store), names.parse(model)).resolved(options or {})
+    return protocol.load_request(resolved.to_wire(), **load)
+
+
 @contextlib.contextmanager
 def spawn(root: Path, model: str, **load: Any) -> Iterator[Worker]:
     """A loaded worker; on exit its input is closed and it must exit 0 without a traceback."""
     worker = Worker(_env(root / "home"))
-    worker.send(protocol.load_request(str(root / "models"), model, **load))
+    worker.send(load_message(root / "models", model, **load))
     ready = worker.event()
     assert ready is not None and ready["event"] == protocol.READY, (ready, worker.stderr_text())
     worker.ready = protocol.ReadyInfo.from_dict(ready["info"])  # type: ignore[attr-defined]
@@ -356,9 +366,9 @@ def test_events_are_clean_json_lines(tiny: Worker) -> None:
 # -- load failures -------------------------------------------------------------------------------
 
 
-def _load_fails(root: Path, model: str, **env: str) -> tuple[LocalrunError, str]:
-    worker = Worker(_env(root / "home", **env))
-    worker.send(protocol.load_request(str(root / "models"), model))
+def _load_fails(root: Path, message: dict[str, Any]) -> tuple[LocalrunError, str]:
+    worker = Worker(_env(root / "home"))
+    worker.send(message)
     event = worker.event()
     assert worker.close() == 1
     assert event is not None and event["event"] == protocol.ERROR and "id" not in event
@@ -367,10 +377,30 @@ def _load_fails(root: Path, model: str, **env: str) -> tuple[LocalrunError, str]
 
 
 @pytest.mark.model
-def test_missing_model_is_an_error_and_exit_1(root: Path) -> None:
-    error, stderr = _load_fails(root, "nope:latest")
-    assert isinstance(error, ModelNotFoundError) and "nope" in error.message
-    assert "Traceback" not in stderr
+def test_the_runner_loads_what_it_was_handed_not_what_the_name_is_now(
+    root: Path, tmp_path: Path, tiny_model: Path, tiny_long_model: Path
+) -> None:
+    """The load message carries the model as it was resolved: `m` created anew from another
+    file after that changes nothing the runner loads. Its blobs collected (nothing held them
+    here: store.leases is the scheduler's to take), the load fails with a typed error."""
+    store = Store(tmp_path / "models")
+    for gguf in (tiny_model, tiny_long_model):
+        (tmp_path / gguf.name).write_bytes(gguf.read_bytes())
+    create.create(store, names.parse("m"), modelfile.parse(f"FROM {tiny_model.name}\n"), tmp_path)
+    message = load_message(tmp_path / "models", "m", backend="fake")
+    assert message["num_ctx"] == 256  # tiny's trained context, decided with the message
+    replaced = modelfile.parse(f"FROM {tiny_long_model.name}\n")
+    create.create(store, names.parse("m"), replaced, tmp_path)  # trained on 2**24
+    worker = Worker(_env(root / "home"))
+    worker.send(message)
+    ready = worker.event()
+    assert ready is not None and ready["event"] == protocol.READY, worker.stderr_text()
+    assert ready["info"]["n_ctx"] == ready["info"]["n_ctx_train"] == 256
+    assert worker.close() == 0
+    store.prune()  # the first file's blob: used by no manifest now, and held by nobody
+    error, stderr = _load_fails(root, message)
+    assert isinstance(error, StoreError) and "m:latest" in error.message, error
+    assert "Traceback" not in stderr and str(tmp_path) not in error.message
 
 
 @pytest.mark.model
@@ -387,7 +417,7 @@ def test_corrupt_model_file(root: Path, tiny_model: Path) -> None:
     blob.chmod(0o644)
     blob.write_bytes(data[: len(data) // 2])  # truncated: the tensor data is gone
     worker = Worker(_env(root / "home"))
-    worker.send(protocol.load_request(str(root / "corrupt"), "broken"))
+    worker.send(load_message(root / "corrupt", "broken"))
     event = worker.event()
     assert worker.close() == 1
     assert event is not None and event["event"] == protocol.ERROR
@@ -404,8 +434,10 @@ def test_eof_before_load_exits_0(root: Path) -> None:
 
 def test_bad_load_request(root: Path) -> None:
     for message in (
-        protocol.load_request(str(root / "models"), "tiny", slots=0),
-        protocol.load_request(str(root / "models"), "tiny", backend="gpu-magic"),
+        load_message(root / "models", "tiny", slots=0),
+        load_message(root / "models", "tiny", backend="gpu-magic"),
+        {**load_message(root / "models", "tiny"), "num_ctx": 0},
+        {**load_message(root / "models", "tiny"), "model": "tiny"},  # a name, to look up: no
         {"op": "chat", "id": 1, "messages": []},
     ):
         worker = Worker(_env(root / "home"))
@@ -436,9 +468,7 @@ def test_fake_chat_cancel_and_queue(fake: Worker) -> None:
 
 def test_fake_eof_cancels_running_requests(root: Path) -> None:
     worker = Worker(_env(root / "home"))
-    load = protocol.load_request(
-        str(root / "models"), "tiny", backend="fake", replies=["y" * 5000], delay=0.01
-    )
+    load = load_message(root / "models", "tiny", backend="fake", replies=["y" * 5000], delay=0.01)
     worker.send(load)
     assert (worker.event() or {})["event"] == protocol.READY
     id = worker.start_chat("hi")

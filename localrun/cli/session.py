@@ -229,16 +229,19 @@ class LocalSession:
 
 
 def _load_runner(store: Any, found: Any, manifest: Any, overrides: dict[str, Any]) -> LocalRunner:
+    """The model the manifest read for the name `found` says, loaded here: the name is
+    resolved once, now; what the runner (and the probe before it) loads is that."""
     from localrun import model as model_mod
 
     return _open(model_mod.load(store, found, manifest), overrides)
 
 
 def _open(model: Model, overrides: dict[str, Any]) -> LocalRunner:
-    """`model` loaded here, its load warnings said as they are found."""
+    """`model` loaded here with `overrides` (its context decided now), its load warnings said
+    as they are found."""
     from localrun.worker.local import open_local
 
-    return open_local(model, overrides, warn=warn)
+    return open_local(model.resolved(overrides), warn=warn)
 
 
 # -- on the server --------------------------------------------------------------------------------

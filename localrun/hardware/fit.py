@@ -16,6 +16,7 @@ from localrun.errors import (
     InvalidGGUFError,
     InvalidParameterError,
     LocalrunError,
+    MissingBlobError,
     ModelLoadError,
 )
 from localrun.model import Model
@@ -53,9 +54,30 @@ def damaged(model: Model, exc: InvalidGGUFError) -> CorruptBlobError:
     )
 
 
+def check_present(model: Model) -> None:
+    """MissingBlobError for the first stored file of `model` that is gone: removed since the
+    model was resolved (a runner's lease, store.leases, keeps them), or a damaged store."""
+    for path, what in _files(model):
+        if not path.is_file():
+            raise MissingBlobError(
+                f"{what} of {model.name} (blob sha256:{path.name[7:19]}) is missing from the store",
+                hint=f"retry; if it is still missing, run `localrun verify`, then pull or create "
+                f"{model.name} again",
+            )
+
+
 def _file_named(model: Model, name: str) -> tuple[Path, str]:
     """The stored file of `model` named `name` (the model file when none is), and what it is
     to the model."""
+    files = _files(model)
+    for path, what in files:
+        if str(path) == name:
+            return path, what
+    return files[0]
+
+
+def _files(model: Model) -> list[tuple[Path, str]]:
+    """Every file of `model` a load reads, with what it is to the model."""
     parts = model.model_parts or [model.model_path]
     files = [
         (p, "the model file" if len(parts) == 1 else f"part {i + 1} of the model file")
@@ -64,10 +86,7 @@ def _file_named(model: Model, name: str) -> tuple[Path, str]:
     files += [(p, "an adapter") for p in model.adapter_paths]
     files += [(model.draft_path, "the draft model")] if model.draft_path else []
     files += [(model.projector_path, "the projector")] if model.projector_path else []
-    for path, what in files:
-        if str(path) == name:
-            return path, what
-    return files[0]
+    return files
 
 
 @dataclass
@@ -95,16 +114,23 @@ class Build(Protocol):
 
 
 def plan_fit(
-    model: Model, parameters: dict[str, Any], *, slots: int = 1, build: Build | None = None
+    model: Model,
+    parameters: dict[str, Any],
+    *,
+    num_ctx: int | None = None,
+    slots: int = 1,
+    build: Build | None = None,
 ) -> Fit:
-    """Decide num_ctx and the GPU offload for `model` without loading it (`show --fit` too).
+    """Plan the GPU offload for `model` with a context of `num_ctx` without loading it (`show
+    --fit` too); None: the context `parameters` give (Model.context).
 
     num_ctx is per sequence; the KV cache is sized for `slots` of them (the server's runner).
     `build` is the llama.cpp build the model will run on (engine.buildinfo.build_info()); without
     one the plan is for the CPU alone, probing for no GPU: for an engine that never uses one (the
     scripted fake), whose runner then starts without importing llama_cpp.
     """
-    return _plan_fit(model, _model_header(model), _draft_header(model), parameters, slots, build)
+    header, draft = _model_header(model), _draft_header(model)
+    return _plan_fit(model, header, draft, parameters, num_ctx, slots, build)
 
 
 def _plan_fit(
@@ -112,17 +138,20 @@ def _plan_fit(
     header: Any,
     draft: Any,
     parameters: dict[str, Any],
+    num_ctx: int | None,
     slots: int,
     build: Build | None,
 ) -> Fit:
     """plan_fit on the headers of the model and of its draft model (None without one)."""
     from localrun.hardware import system
-    from localrun.hardware.offload import DEFAULT_NUM_BATCH, default_num_ctx, plan_offload
+    from localrun.hardware.offload import DEFAULT_NUM_BATCH, plan_offload
 
-    num_ctx = default_num_ctx(parameters, header)
-    warnings = []
     asked = parameters.get("num_ctx")
-    if isinstance(asked, int) and asked > num_ctx:
+    if num_ctx is None:
+        num_ctx = model.context(asked)
+    warnings = []
+    trained = model.trained
+    if isinstance(asked, int) and trained is not None and asked > trained == num_ctx:
         warnings.append(
             f"num_ctx {asked} is larger than the {num_ctx} tokens {model.name} was trained on; "
             f"using {num_ctx}"
@@ -229,10 +258,11 @@ class Footprint:
     header: Any
     draft: Any
 
-    def bytes(self, options: dict[str, Any], slots: int) -> int:
-        """The bytes a load with `options` (over the model's parameters) and `slots` takes."""
+    def bytes(self, options: dict[str, Any], slots: int, num_ctx: int | None = None) -> int:
+        """The bytes a load with `options` (over the model's parameters) and `slots` takes,
+        with a context of `num_ctx` (None: the one `options` give, Model.context)."""
         parameters = {**self.model.parameters, **options}
-        fit = _plan_fit(self.model, self.header, self.draft, parameters, slots, None)
+        fit = _plan_fit(self.model, self.header, self.draft, parameters, num_ctx, slots, None)
         return int(fit.plan.ram_bytes)
 
 

@@ -12,7 +12,7 @@ import here: the build's facts come in as arguments (see localrun.engine.buildin
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -319,25 +319,6 @@ def _plan_auto(s: _Sizes, gpu: GPU) -> OffloadPlan:
 
 def _where(gpu: GPU) -> str:
     return f"GPU {gpu.index} ({gpu.name})"
-
-
-def default_num_ctx(parameters: Mapping[str, Any], header: Header) -> int:
-    """num_ctx for a model: its num_ctx parameter (the request's, else the Modelfile's), else
-    the server-wide LOCALRUN_CONTEXT_LENGTH (4096 unless set); never more than the context the
-    model was trained on (Ollama's rule: a larger one only costs memory, and past that point a
-    model's answers degrade)."""
-    return context_for(parameters.get("num_ctx"), header.arch_value("context_length"))
-
-
-def context_for(asked: Any, trained: Any) -> int:
-    """The context a num_ctx of `asked` gives (None: LOCALRUN_CONTEXT_LENGTH, read now) on a
-    model trained on `trained` tokens (None: unknown): default_num_ctx's rule, which the
-    scheduler applies to a request before any runner is loaded."""
-    from localrun.settings import config
-
-    chosen = _int(asked) or config.context_length()
-    limit = _int(trained)
-    return min(chosen, limit) if limit else chosen
 
 
 def rounded_context(num_ctx: int, trained: Any) -> int:

@@ -92,7 +92,7 @@ class Budget:
         if measured is not None:
             return measured
         if target.footprint is not None:
-            return target.footprint.bytes(load_options, slots)
+            return target.footprint.bytes(load_options, slots, target.context(load_options))
         return target.weights
 
     def make_room(

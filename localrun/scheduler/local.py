@@ -11,6 +11,9 @@ requests at once, decoded in one batch. The pool, on the server's event loop:
   model was trained on) where that fits as the num_ctx itself does, evicting no more; the
   worker loads the num_ctx itself when the rounded one does not fit in the memory it finds
   (or puts fewer layers on the GPU);
+- hands a runner the model its first request was admitted with (model.Resolved: the blobs, the
+  parameters, the context) and holds those blobs (store.leases) until the runner ends, so that
+  a `create` reusing the name, and a prune after it, change nothing it loads;
 - unloads a model `keep_alive` seconds after its last request ends (0: at once; inf: never),
   and a stale one (to be reloaded with other load options, or unloaded) as soon as it is idle;
 - fails every request on a runner that dies with RunnerDiedError (the next request for the model
@@ -39,6 +42,7 @@ from localrun.errors import LocalrunError, ModelLoadError, RunnerDiedError, Serv
 from localrun.scheduler.budget import Budget
 from localrun.scheduler.runners import Runner
 from localrun.scheduler.targets import Target
+from localrun.store import leases
 from localrun.store.models import Store
 from localrun.worker import process as runner_process
 from localrun.worker import protocol
@@ -195,6 +199,16 @@ class LocalPool:
         await runner.exited.wait()
 
     async def _load(self, runner: Runner) -> None:
+        model = runner.model  # as the request it loads for was admitted: its name is not read again
+        try:  # its blobs stay in the store until it ends (store.leases), whatever uses the name
+            if model is None:
+                raise ModelLoadError(f"{runner.name} was admitted without its model")
+            digests = model.manifest.digests()
+            runner.lease = await asyncio.to_thread(leases.take, self.store, digests, runner.name)
+        except LocalrunError as exc:
+            runner.load_error = exc
+            self._finish(runner, None)
+            return
         # The memory of models being unloaded must be back before another one loads.
         while self.stopping - {runner}:
             await asyncio.gather(*(r.exited.wait() for r in self.stopping - {runner}))
@@ -217,10 +231,10 @@ class LocalPool:
             await process.stop()
             return
         fallback = runner.least_ctx if runner.least_ctx < runner.planned_ctx else None
+        # The model with its load options and the context decided here (Runner.planned_ctx).
+        resolved = model.resolved(runner.load_options, runner.planned_ctx)
         request = protocol.load_request(
-            str(self.store.root),
-            runner.name,
-            options=runner.load_options,
+            resolved.to_wire(),
             slots=runner.slots,
             backend=self.backend,
             fallback_ctx=fallback,
@@ -309,6 +323,8 @@ class LocalPool:
             )
         if not runner.ready.done():
             runner.ready.set_exception(self._load_failure(runner, status))
+        if runner.lease is not None:
+            runner.lease.release()
         runner.process.fail(runner.death)
         runner.exited.set()
         self._on_change()

@@ -19,6 +19,7 @@ from typing import Any
 
 from localrun.errors import LocalrunError
 from localrun.scheduler.targets import Target
+from localrun.store.leases import Lease
 from localrun.worker import protocol
 from localrun.worker.process import RunnerProcess
 
@@ -59,6 +60,8 @@ class Runner:
         own."""
         self.name = target.name
         self.digest = target.digest
+        self.model = target.model  # what it loads: the manifest its first request was admitted by
+        self.lease: Lease | None = None  # its blobs, kept from garbage collection while it lives
         self.details = target.details
         self.load_options = dict(load_options)
         # The context it is loading with at most, and at least (known once it is ready).

@@ -1,16 +1,18 @@
 """Which model a request names: its store name, manifest digest and what is known before loading.
 
-A name is resolved against the store. A catalog model not yet in the store (the packaged
-SmolLM2), and another runner's model that LOCALRUN_OTHER_RUNNERS lists (sources.runners.Index),
-is imported into it on first use, in a child process, so the server itself never imports gguf
-or numpy. Concurrent requests for one name share one lookup (and one import).
+A name is resolved against the store, once a request: the Target holds the Model read from the
+manifest it names (model.Model: its digest, its blobs' paths, its parameters), which is what a
+runner started for the request loads, whatever the name points at by then. A catalog model not
+yet in the store (the packaged SmolLM2), and another runner's model that LOCALRUN_OTHER_RUNNERS
+lists (sources.runners.Index), is imported into it on first use, in a child process, so the
+server itself never imports gguf or numpy. Concurrent requests for one name share one lookup
+(and one import).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -19,7 +21,9 @@ from typing import Any
 from localrun import selfexec
 from localrun.errors import LocalrunError, ModelLoadError, ModelNotFoundError
 from localrun.hardware.fit import Footprint, footprint
-from localrun.hardware.offload import context_for, rounded_context
+from localrun.hardware.offload import rounded_context
+from localrun.model import Model, context_for
+from localrun.model import load as load_model
 from localrun.sources.runners import Index
 from localrun.store import reference
 from localrun.store.models import Store
@@ -41,25 +45,25 @@ class Target:
     # What a load takes by its load options, from the headers (None: the weights alone).
     footprint: Footprint | None = field(default=None, compare=False, repr=False)
     num_ctx: int | None = field(default=None, compare=False)  # its PARAMETER num_ctx
+    # The model itself, as its manifest was read: what a runner loads (None: a test's target).
+    model: Model | None = field(default=None, compare=False, repr=False)
 
     def trained(self, load_options: dict[str, Any] | None) -> dict[str, Any] | None:
         """`load_options` with num_ctx held to the context the model was trained on, as the
-        runner loads it (Ollama's rule), so that asking for more matches a runner so loaded."""
-        limit = self.details.get("context_length")
+        runner loads it (context_for), so that asking for more matches a runner so loaded."""
         num_ctx = (load_options or {}).get("num_ctx")
-        if not isinstance(limit, int) or limit <= 0 or not isinstance(num_ctx, int):
+        if not isinstance(num_ctx, int) or isinstance(num_ctx, bool) or num_ctx <= 0:
             return load_options
-        if num_ctx <= limit:
-            return load_options
-        return {**(load_options or {}), "num_ctx": limit}
+        held = context_for(num_ctx, None, self.details.get("context_length"))
+        return load_options if held == num_ctx else {**(load_options or {}), "num_ctx": held}
 
     def context(self, load_options: dict[str, Any] | None) -> int:
         """The context a request with these load options is answered with, whatever runner
         answers it: its own num_ctx, else the model's default (its PARAMETER num_ctx, else
-        LOCALRUN_CONTEXT_LENGTH), held to the context it was trained on as a load holds it
-        (hardware.offload.default_num_ctx)."""
+        LOCALRUN_CONTEXT_LENGTH), held to the context it was trained on: model.context_for,
+        the one rule, which the runner is handed the outcome of."""
         asked = (load_options or {}).get("num_ctx")
-        return context_for(asked or self.num_ctx, self.details.get("context_length"))
+        return context_for(asked, self.num_ctx, self.details.get("context_length"))
 
     def rounded(self, num_ctx: int) -> int:
         """The context a load for a request of `num_ctx` tries first: the next power of two,
@@ -117,8 +121,6 @@ def canonical(text: str) -> str:
 def read_target(store: Store, ref: Reference, others: Index | None = None) -> Target | None:
     """The stored model `ref` names; None for a catalog model, or one of `others`, still to
     be imported."""
-    from localrun import model as model_mod
-
     name = ref.name
     try:
         manifest = store.read_manifest(name)
@@ -128,25 +130,23 @@ def read_target(store: Store, ref: Reference, others: Index | None = None) -> Ta
         if others is not None and others.named(str(name)) is not None:
             return None
         raise ModelNotFoundError(ref.text.strip()) from None
-    model = model_mod.load(store, name, manifest)
+    model = load_model(store, name, manifest)
     weights = sum(
         layer.size for layer in manifest.layers if layer.kind in ("model", "adapter", "draft")
     )
     planned: Footprint | None = None
     with contextlib.suppress(LocalrunError, OSError):  # a damaged file: its runner says so
         planned = footprint(model)
+    own = model.parameters.get("num_ctx")
     return Target(
         name=str(name),
-        digest="sha256:" + hashlib.sha256(manifest.to_bytes()).hexdigest(),
+        digest=model.digest,
         weights=weights,
         details=model.details,
         footprint=planned,
-        num_ctx=_positive(model.parameters.get("num_ctx")),
+        num_ctx=own if isinstance(own, int) and not isinstance(own, bool) and own > 0 else None,
+        model=model,
     )
-
-
-def _positive(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 async def import_model(store: Store, text: str) -> None:

@@ -7,6 +7,7 @@
     blobs.py      durable writes: a file in the store is complete or absent
     links.py      GGUF files kept in place (`create --link`)
     models.py     Store: manifests and blobs on disk, locks, garbage collection
+    leases.py     blobs a runner holds, kept from garbage collection while it lives
 
 Knows nothing of HTTP, hubs or llama.cpp; imports only errors, settings, private and gguf.
 Fetching what the store lacks is sources/'s; building a model from a Modelfile is recipes/'.

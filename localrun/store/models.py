@@ -6,6 +6,7 @@ Layout under the store root (LOCALRUN_MODELS):
     blobs/.tmp-<pid>-<random>              a blob being written (stale after a crash)
     links/sha256-<64 hex>                  a blob linked to a user's file: how, and its path
     manifests/<host>/<namespace>/<name>/<tag>   JSON: config + media-typed layers
+    leases/<id>.json (and .lock)           blobs a runner holds (store.leases)
     .lock                                  the store's reader/writer lock
 
 Rules that keep users' gigabytes safe:
@@ -15,8 +16,9 @@ Rules that keep users' gigabytes safe:
 - A blob is hashed while it is written to a process-unique temporary file in the blobs folder,
   fsynced and moved into place with os.replace: a blob file is complete or absent.
 - A manifest is written (atomically, the same way) only after all its blobs are in place.
-- Writers (create, cp) and verify hold the lock shared; rm, prune and the start-up cleanup hold
-  it exclusive, so garbage collection never sees a half-made model nor deletes what verify reads.
+- Writers (create, cp), verify and leases hold the lock shared; rm, prune and the start-up
+  cleanup hold it exclusive, so garbage collection never sees a half-made model nor deletes
+  what verify reads or what a runner holds (leases: blobs a replaced name no longer uses).
 
 The manifest format (digests, layers, media types) is localrun.store.manifest; the temporary files,
 fsyncs and hashing behind these rules are localrun.store.blobs. Knows nothing of HTTP, hubs or
@@ -41,7 +43,7 @@ from localrun.errors import (
     ModelNotFoundError,
     StoreError,
 )
-from localrun.store import links
+from localrun.store import leases, links
 from localrun.store.blobs import (
     TMP_PREFIX,
     Progress,
@@ -510,10 +512,10 @@ class Store:
 
     def _collect_orphans(self) -> PruneReport:
         report = PruneReport()
-        used = self._referenced()
-        if used is None or not self.blobs.is_dir():
-            return report  # never delete blobs while a damaged manifest might still need them
-        used |= self._fresh_uploads()
+        used, leased = self._referenced(), leases.held(self.root)
+        if used is None or leased is None or not self.blobs.is_dir():
+            return report  # never delete blobs while a damaged manifest (or lease) may need them
+        used |= self._fresh_uploads() | leased  # those a runner was admitted with, too
         for path in self.blobs.iterdir():
             if not DIGEST_RE.match(path.name):
                 continue

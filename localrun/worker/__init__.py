@@ -1,6 +1,7 @@
 """The runner: one loaded model answering requests, in a process of its own or in this one.
 
-    load.py      a stored model loaded for a runner: parameters, memory plan, engine, prompter
+    load.py      a resolved model (model.Resolved) loaded for a runner: memory plan, engine,
+                 prompter; the runner is handed what to load, never a name to look up
     prompt.py    a GenRequest made into prompt tokens and sampling for the loaded model
                  (template, SYSTEM and MESSAGE layers, tools, thinking, fill in the middle)
     probe.py     a model not yet seen to load is loaded first in a child runner (`run`)

@@ -1,7 +1,9 @@
-"""Load a stored model for a runner: parameters -> memory plan -> engine -> prompter.
+"""Load a resolved model for a runner: parameters -> memory plan -> engine -> prompter.
 
 `load_model` is how every runner loads, in the server's runner process (`load`, from the first
-line it reads) and in the process of `localrun run` (worker.local).
+line it reads) and in the process of `localrun run` (worker.local). Either way it is handed a
+model.Resolved, the model as the edge resolved it: the blobs it names are what it loads, with
+the parameters and the context decided there; no name is looked up here.
 """
 
 from __future__ import annotations
@@ -12,19 +14,14 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from localrun.engine.types import Engine, LoadOptions
 from localrun.errors import BadRequestError, InvalidGGUFError, LocalrunError
 from localrun.formats import template as template_mod
 from localrun.hardware import fit as fit_mod
-from localrun.model import Model
-from localrun.model import load as load_stored
-from localrun.recipes import params as params_mod
+from localrun.model import Model, Resolved
 from localrun.settings import limits
-from localrun.store import names
-from localrun.store.models import Store
 from localrun.worker import protocol, view
 from localrun.worker.prompt import Prompter, stop_tokens_for
 from localrun.worker.watch import LoadWatch, load_limit
@@ -43,13 +40,6 @@ class Loaded:
     warnings: list[str] = field(default_factory=list)  # said once, at the load
 
 
-def _text(request: dict[str, Any], key: str) -> str:
-    value = request.get(key)
-    if not isinstance(value, str) or not value:
-        raise BadRequestError(f"the load request needs {key!r} (a non-empty string)")
-    return value
-
-
 def load(request: dict[str, Any], breach: Callable[[LocalrunError], None] | None = None) -> Loaded:
     """Load what a `load` message asks for; raises a LocalrunError the worker reports.
 
@@ -58,12 +48,9 @@ def load(request: dict[str, Any], breach: Callable[[LocalrunError], None] | None
     """
     if request.get("op") != protocol.LOAD:
         raise BadRequestError(f"the first request must be {protocol.LOAD!r}")
-    root, name = _text(request, "store"), _text(request, "model")
-    options = request.get("options") or {}
+    resolved = Resolved.from_wire(request)
     slots = request.get("slots", 1)
     backend = request.get("backend", "llama")
-    if not isinstance(options, dict):
-        raise BadRequestError("options must be an object")
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise BadRequestError(f"slots must be a whole number of at least 1, not {slots!r}")
     if backend not in BACKENDS:
@@ -71,10 +58,8 @@ def load(request: dict[str, Any], breach: Callable[[LocalrunError], None] | None
     fallback = request.get("fallback_ctx")
     if fallback is not None and (isinstance(fallback, bool) or not isinstance(fallback, int)):
         raise BadRequestError(f"fallback_ctx must be a whole number, not {fallback!r}")
-    model = load_stored(Store(Path(root)), names.parse(name))
     return load_model(
-        model,
-        options,
+        resolved,
         slots=slots,
         backend=backend,
         extra=request,
@@ -84,8 +69,7 @@ def load(request: dict[str, Any], breach: Callable[[LocalrunError], None] | None
 
 
 def load_model(
-    model: Model,
-    options: dict[str, Any],
+    resolved: Resolved,
     *,
     slots: int = 1,
     backend: str = "llama",
@@ -95,21 +79,25 @@ def load_model(
     before_build: Callable[[], None] | None = None,
     fallback_ctx: int | None = None,
 ) -> Loaded:
-    """Load `model` with its parameters overridden by `options` into an engine of `slots`
+    """Load the resolved model, with its parameters and context, into an engine of `slots`
     slots. `extra` holds the fake backend's settings (replies, delay, hang, dims: tests);
     `warn` hears each load warning as it is found, and `before_build` runs once the load is
     known to fit, before the engine is made. `fallback_ctx`: a smaller num_ctx to load instead
-    of the options' where that does not fit (`fitted`)."""
+    of the resolved one where that does not fit (`fitted`)."""
     started = time.perf_counter()
+    model = resolved.model
     try:
-        parameters = {**model.parameters, **params_mod.validate(options)}
+        fit_mod.check_present(model)
+        parameters = dict(resolved.parameters)
         build = None
         if backend != "fake":  # the fake engine runs on the CPU, its runner without llama_cpp
             from localrun.engine.buildinfo import build_info
 
             build = build_info()
         available = fit_mod.available_memory()
-        parameters, plan = fitted(model, parameters, slots, build, available, fallback_ctx)
+        parameters, plan = fitted(
+            model, parameters, resolved.context, slots, build, available, fallback_ctx
+        )
         notes: list[str] = []
         warnings: list[str] = []
 
@@ -154,22 +142,23 @@ def load_model(
 def fitted(
     model: Model,
     parameters: dict[str, Any],
+    num_ctx: int,
     slots: int,
     build: fit_mod.Build | None,
     available: int,
     fallback_ctx: int | None = None,
 ) -> tuple[dict[str, Any], fit_mod.Fit]:
-    """The parameters a load goes ahead with and their plan, refused (check_memory) when it
-    cannot fit in `available` bytes.
+    """The parameters a load with a context of `num_ctx` goes ahead with and their plan,
+    refused (check_memory) when it cannot fit in `available` bytes.
 
-    With `fallback_ctx` (the num_ctx a request asked for, which the scheduler rounded up in
-    `parameters`), that smaller context is loaded instead where the rounded one does not fit in
+    With `fallback_ctx` (the num_ctx a request asked for, which the scheduler rounded up to
+    `num_ctx`), that smaller context is loaded instead where the rounded one does not fit in
     memory or puts fewer layers on the GPU: rounding up saves reloads, never speed or a load.
     """
-    plan = fit_mod.plan_fit(model, parameters, slots=slots, build=build)
+    plan = fit_mod.plan_fit(model, parameters, num_ctx=num_ctx, slots=slots, build=build)
     if fallback_ctx is not None and 0 < fallback_ctx < plan.num_ctx:
         smaller = {**parameters, "num_ctx": fallback_ctx}
-        least = fit_mod.plan_fit(model, smaller, slots=slots, build=build)
+        least = fit_mod.plan_fit(model, smaller, num_ctx=fallback_ctx, slots=slots, build=build)
         room = available or fit_mod.available_memory()  # as check_memory counts it
         if plan.plan.ram_bytes > room or plan.plan.n_gpu_layers < least.plan.n_gpu_layers:
             parameters, plan = smaller, least

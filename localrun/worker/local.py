@@ -17,8 +17,11 @@ from types import FrameType
 from typing import Any
 
 from localrun.engine.types import Timings
-from localrun.model import Model
+from localrun.model import Model, Resolved
 from localrun.request import GenRequest
+from localrun.store import leases
+from localrun.store.leases import Lease
+from localrun.store.models import Store
 from localrun.worker import probe, protocol
 from localrun.worker.load import Loaded, load_model
 from localrun.worker.serve import Worker
@@ -54,9 +57,10 @@ class Inbox:
 class LocalRunner:
     """A model loaded in this process, answering one request at a time or several."""
 
-    def __init__(self, model: Model, loaded: Loaded) -> None:
+    def __init__(self, model: Model, loaded: Loaded, lease: Lease | None = None) -> None:
         self.model = model
         self.loaded = loaded
+        self._lease = lease
         self._inbox = Inbox()
         self._worker = Worker(loaded, self._inbox)
         self._ids = itertools.count(1)
@@ -89,6 +93,8 @@ class LocalRunner:
 
     def close(self) -> None:
         self._worker.close()
+        if self._lease is not None:
+            self._lease.release()
 
 
 class LocalAnswer:
@@ -187,22 +193,29 @@ def _interrupt_after() -> Iterator[None]:
 
 
 def open_local(
-    model: Model,
-    overrides: dict[str, Any],
+    resolved: Resolved,
     *,
     backend: str = "llama",
     extra: dict[str, Any] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> LocalRunner:
-    """`model` loaded in this process with `overrides`, one slot. llama.cpp may abort or hang
-    on a model that passes every check: one not yet seen to load cleanly is loaded in a child
-    process first (localrun.worker.probe)."""
+    """The resolved model loaded in this process, one slot; its blobs are held in the store
+    (store.leases) until the runner closes. llama.cpp may abort or hang on a model that passes
+    every check: one not yet seen to load cleanly is loaded in a child process first
+    (localrun.worker.probe), handed the same resolved model."""
+    model = resolved.model
+    lease = None
+    if model.store_root is not None:  # not from a store (a test's model object): none to hold
+        lease = leases.take(Store(model.store_root), model.manifest.digests(), str(model.name))
 
     def probed() -> None:
         if backend == "llama":
-            probe.ensure_loads(model, overrides)
+            probe.ensure_loads(resolved)
 
-    loaded = load_model(
-        model, overrides, backend=backend, extra=extra, warn=warn, before_build=probed
-    )
-    return LocalRunner(model, loaded)
+    try:
+        loaded = load_model(resolved, backend=backend, extra=extra, warn=warn, before_build=probed)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    return LocalRunner(model, loaded, lease)

@@ -19,11 +19,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from localrun import private, selfexec
 from localrun.errors import LocalrunError, ModelLoadError
-from localrun.model import Model
+from localrun.model import Model, Resolved
 from localrun.settings import config, limits
 from localrun.worker import protocol
 from localrun.worker.process import exit_text
@@ -48,14 +47,16 @@ def _marker(model: Model) -> Path:
     return config.home() / "loaded" / _key(model)
 
 
-def ensure_loads(model: Model, overrides: dict[str, Any]) -> None:
-    """Return once `model` is known to load cleanly; raise a LocalrunError if it does not."""
+def ensure_loads(resolved: Resolved) -> None:
+    """Return once the resolved model is known to load cleanly; raise a LocalrunError if it
+    does not. The child is handed the model as resolved here, never its name to look up."""
+    model = resolved.model
     if model.store_root is None:
         return  # not from a store (a test's model object): nothing to probe with
     marker = _marker(model)
     if marker.exists():
         return
-    _probe(model, overrides)
+    _probe(resolved)
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         private.touch(marker)  # never through a link planted there
@@ -63,10 +64,9 @@ def ensure_loads(model: Model, overrides: dict[str, Any]) -> None:
         pass  # unrecorded: the next run probes again
 
 
-def _probe(model: Model, overrides: dict[str, Any]) -> None:
-    request = protocol.load_request(
-        str(model.store_root), str(model.name), options=overrides, slots=1
-    )
+def _probe(resolved: Resolved) -> None:
+    model = resolved.model
+    request = protocol.load_request(resolved.to_wire(), slots=1)
     timeout = limits.load_timeout() + _GRACE_S
     with tempfile.TemporaryFile() as stderr:
         try:

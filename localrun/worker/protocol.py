@@ -4,11 +4,16 @@ One UTF-8 JSON object per line. Requests go to the worker's stdin; events come b
 worker's private copy of stdout (native libraries print to fd 1, which the worker points at
 stderr so they cannot corrupt the stream).
 
-    -> {"op": "load", "store": ROOT, "model": NAME, "options": {...}, "slots": N,
+    -> {"op": "load", "model": {MODEL}, "parameters": {...}, "num_ctx": N, "slots": N,
         "line_limit": BYTES?, "fallback_ctx": N?, "backend": "llama" | "fake",
         "replies": [...]?, "delay": s?, "hang": bool?, "dims": N?}
-                         (first line, once; fallback_ctx: the smaller num_ctx to load when
-                          the options' does not fit, worker.load; fake: for tests)
+                         (first line, once: the model as the scheduler resolved and admitted
+                          it, model.Resolved's to_wire: its manifest and digest, the paths of
+                          its blobs, its PARAMETERs, template, system and messages; the
+                          parameters the load goes ahead with and the context it loads, decided
+                          there. The runner reads no manifest and looks up no name. fallback_ctx:
+                          the smaller num_ctx to load when num_ctx does not fit, worker.load;
+                          fake: for tests)
     <- {"event": "ready", "info": {n_ctx, n_ctx_train, slots, size, size_vram, gpu_layers,
                                    layers, processor, load_s, notes}}
        or {"event": "error", "error": {...}} and exit 1
@@ -152,23 +157,20 @@ def error_from_dict(data: Any) -> LocalrunError:
 
 
 def load_request(
-    store: str,
-    model: str,
+    resolved: Message,
     *,
-    options: dict[str, Any] | None = None,
     slots: int = 1,
     backend: str = "llama",
     fallback_ctx: int | None = None,
     **extra: Any,
 ) -> Message:
-    """The first line a worker reads. `fallback_ctx` is the num_ctx to load instead of the
-    options' (rounded up by the scheduler) where that does not fit (worker.load); `extra`
-    passes fake-backend settings (replies, delay)."""
+    """The first line a worker reads: what it loads (`resolved`, a model.Resolved's to_wire).
+    `fallback_ctx` is the num_ctx to load instead of its own (rounded up by the scheduler)
+    where that does not fit (worker.load); `extra` passes fake-backend settings (replies,
+    delay)."""
     message: Message = {
         "op": LOAD,
-        "store": store,
-        "model": model,
-        "options": options or {},
+        **resolved,
         "slots": slots,
         "line_limit": LINE_LIMIT,
         "backend": backend,
