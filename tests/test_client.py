@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error, localrun_env
 
 from localrun.cli import server_cmds
 from localrun.client import Client
@@ -336,8 +336,7 @@ class Served:
     """`localrun serve --port 0` in a subprocess with its own LOCALRUN_HOME."""
 
     def __init__(self, home: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
-        env["LOCALRUN_HOME"] = str(home)
+        env = localrun_env(LOCALRUN_HOME=str(home))
         self.home = home
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "localrun", "serve", "--port", "0"],
@@ -373,8 +372,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("served-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
-    env["LOCALRUN_HOME"] = str(home)
+    env = localrun_env(LOCALRUN_HOME=str(home))
     mf = home / "Modelfile"
     mf.write_text(f"FROM {tiny_model}\n")
     for args in (["create", "tiny", "-f", str(mf)], ["show", SMOL]):  # SmolLM2 imported once

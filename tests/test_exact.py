@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PATIENCE_S, ROOT
+from conftest import PATIENCE_S, ROOT, localrun_env
 from test_runtimes import builds_folder
 from test_server import add_model
 from test_server_serve import Serve
@@ -65,9 +65,9 @@ DOCUMENT = [{"role": "user", "content": f"Add a docstring to each function:\n```
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
-    env.update(LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder()), **extra)
-    return env
+    return localrun_env(
+        LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder()), **extra
+    )
 
 
 @pytest.fixture(scope="session")

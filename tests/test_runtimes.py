@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error, localrun_env
 
 from localrun.errors import RuntimeBuildError, ToolchainError
 from localrun.runtimes import toolchain
@@ -453,8 +453,9 @@ def vulkan(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
     if missing:
         pytest.skip(f"no Vulkan toolchain: {missing}")
     home = tmp_path_factory.mktemp("vulkan-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
-    env.update(LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder()), **LAVAPIPE)
+    env = localrun_env(
+        LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder()), **LAVAPIPE
+    )
     done = subprocess.run(
         [sys.executable, "-m", "localrun", "runtime", "install", "vulkan"],
         env=env,
@@ -532,8 +533,7 @@ class Serve:
     """`localrun serve --port 0` with the Vulkan test home, on a runtime (or the CPU)."""
 
     def __init__(self, built: Built, runtime: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
-        env.update(built.env, LOCALRUN_RUNTIME=runtime)
+        env = localrun_env(**built.env, LOCALRUN_RUNTIME=runtime)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "localrun", "serve", "--port", "0"],
             env=env,
@@ -612,9 +612,8 @@ def test_an_interrupted_install_leaves_the_selection_working(
     cli: CLI, vulkan: Built, tmp_path: Path
 ) -> None:
     cli("runtime", "select", vulkan.name, env=vulkan.env)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
     # A fresh build folder: the install has minutes of work ahead when it is stopped.
-    env.update(vulkan.env, LOCALRUN_RUNTIME_BUILDS=str(tmp_path / "builds"))
+    env = localrun_env(**vulkan.env, LOCALRUN_RUNTIME_BUILDS=str(tmp_path / "builds"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "localrun", "runtime", "install", "vulkan"],
         env=env,
