@@ -70,9 +70,10 @@ def runs_localrun(argv: Any) -> bool:
 
 def localrun_env(**settings: str) -> dict[str, str]:
     """This environment without its LOCALRUN_* settings, for a localrun started outside a test's
-    own (a session's fixture): no server (NO_SERVER) unless `settings` name one."""
+    own (a session's fixture): no server (NO_SERVER) and no registry (as `home` sets them)
+    unless `settings` name them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
-    return {**env, "LOCALRUN_HOST": NO_SERVER, **settings}
+    return {**env, "LOCALRUN_HOST": NO_SERVER, "LOCALRUN_REGISTRY": "off", **settings}
 
 
 class DefaultHost:

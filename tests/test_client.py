@@ -420,6 +420,31 @@ def test_run_uses_the_server_and_the_model_stays_warm(cli: CLI, served: Served) 
 
 @pytest.mark.server
 @pytest.mark.model
+def test_a_model_the_server_lacks_names_the_server_and_store_that_answered(
+    cli: CLI, served: Served, home: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A model in this command's store that the running server (another store) does not have:
+    the error says which server answered, from which store, and that this store has it."""
+    (tmp_path / "Modelfile").write_text(f"FROM {tiny_model}\n")
+    assert cli("create", "mine", "-f", str(tmp_path / "Modelfile")).code == 0
+    assert "localrun_store" in served.client().request("GET", "/api/version")
+    for args in (("run", "mine", "hi"), ("stop", "mine")):
+        told = cli(*args, env=served.env)
+        assert_one_line_error(
+            told,
+            "Error: model 'mine:latest' not found (answered by the server at "
+            f"{served.host}, store {served.home / 'models'}); the store of this command "
+            f"({home / 'models'}) has it, the server's does not",
+        )
+    ghost = cli("run", "ghost", "hi", env=served.env)
+    assert_one_line_error(
+        ghost, f"'ghost:latest' not found (answered by the server at {served.host}"
+    )
+    assert "the store of this command" not in ghost.stderr
+
+
+@pytest.mark.server
+@pytest.mark.model
 @pytest.mark.slow
 def test_remote_answers_match_in_process_ones(cli: CLI, served: Served) -> None:
     """Greedy SmolLM2 through the server and in this process: the same text, same options."""

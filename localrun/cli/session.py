@@ -18,7 +18,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Protocol
 
 from localrun.engine.types import Timings
-from localrun.errors import LocalrunError, ModelNotFoundError, ServerError
+from localrun.errors import HubUnreachableError, LocalrunError, ModelNotFoundError, ServerError
 
 if TYPE_CHECKING:
     from localrun.client import Client, Stream
@@ -320,6 +320,32 @@ def timings_from_final(obj: dict[str, Any]) -> Timings:
     )
 
 
+def answered_by(client: Client, name: str, exc: LocalrunError) -> LocalrunError:
+    """A model the server at LOCALRUN_HOST does not have (not in its store, nor to be pulled):
+    `exc`, naming the server that answered (and its store, where it says), and, where the store
+    of this command has the model, saying that the server keeps another."""
+    from localrun.cli.common import open_store
+    from localrun.store import reference
+
+    served = client.store()
+    err = exc.copy()
+    err.message = f"{exc.message} (answered by the server at {client.address}"
+    err.message += f", store {served})" if served else ")"
+    err.args = (err.message,)
+    try:
+        here = open_store()
+        has_it = str(here.root) != served and here.exists(reference.resolve(name).name)
+    except LocalrunError:
+        has_it = False
+    if has_it:
+        err.hint = (
+            f"the store of this command ({here.root}) has it, the server's does not: stop "
+            "that server, and `localrun run` loads the model in this process, or start the "
+            "server with this command's LOCALRUN_HOME (or LOCALRUN_MODELS)"
+        )
+    return err
+
+
 class RemoteSession:
     """A model on the running server: loaded there, it stays warm after this command ends."""
 
@@ -343,8 +369,11 @@ class RemoteSession:
             session._load(name)
         except ModelNotFoundError:
             if not session._import_here(name, session._load):
-                session._pull(name)
-                session._load(name)
+                try:
+                    session._pull(name)
+                    session._load(name)
+                except (ModelNotFoundError, HubUnreachableError) as exc:
+                    raise answered_by(client, name, exc) from None
         return session
 
     def _load(self, name: str) -> None:
@@ -440,9 +469,9 @@ class RemoteSession:
     def switch(self, name: str, announce: Callable[[str], None]) -> None:
         try:
             self.client.show(name)  # ModelNotFoundError before anything is said
-        except ModelNotFoundError:
+        except ModelNotFoundError as exc:
             if not self._import_here(name, self.client.show):
-                raise
+                raise answered_by(self.client, name, exc) from None
         announce(name)
         self.overrides = {}
         self._load(name)
