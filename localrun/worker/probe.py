@@ -57,7 +57,7 @@ def ensure_loads(model: Model, overrides: dict[str, Any]) -> None:
         return
     _probe(model, overrides)
     try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
+        config.make_dirs(marker.parent)
         private.touch(marker)  # never through a link planted there
     except OSError:
         pass  # unrecorded: the next run probes again
