@@ -315,6 +315,7 @@ def test_run_falls_back_to_in_process(cli: CLI, tmp_path: Path, tiny_model: Path
     assert result.code == 0, result.stderr
     assert "eval count:" in result.stderr
     assert "offload:" in result.stderr  # the in-process runner's offload note
+    assert re.search(r"^runtime:\s+built-in", result.stderr, re.M), result.stderr  # as info says
 
 
 def test_unknown_code_keeps_the_message() -> None:

@@ -23,6 +23,7 @@ session (in the runtime tests' builds folder, so a second run resumes), then:
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import subprocess
@@ -109,6 +110,31 @@ def test_the_exact_runtime_is_listed_for_this_cpu_and_not_selectable(exact_home:
     )
     assert refused.returncode != 0 and "not a GPU runtime" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_run_verbose_info_and_runtime_list_agree_on_the_exact_runtime(exact_home: Path) -> None:
+    """`run --verbose` said "no runtime loaded" where `info` showed the exact runtime loaded,
+    and `runtime list` showed it with an empty SELECTED column."""
+
+    def localrun(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "localrun", *args],
+            env=_env(exact_home),
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE_S,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    name = f"exact-{VERSION}"
+    said = localrun("run", "smollm2:135m", "Hi", "--verbose", "--param", "num_predict=2").stderr
+    assert "no runtime loaded" not in said
+    assert re.search(rf"^runtime:\s+built-in, exact CPU library {name}$", said, re.M), said
+    shown = json.loads(localrun("info", "--json").stdout)["llama_cpp"]
+    assert shown["exact"] == name and shown["runtime"] == "built-in"
+    listed = json.loads(localrun("runtime", "list", "--json").stdout)
+    assert [(r["name"], r["selected"]) for r in listed["runtimes"]] == [(name, True)]
 
 
 def probe(home: Path, *args: str, **extra: str) -> list[str]:

@@ -107,6 +107,31 @@ def test_an_exact_runtime_of_another_cpu_or_a_damaged_one_is_not_loaded(
     assert built["exact"] is None and "damaged" in built["exact_warning"], built
 
 
+def test_the_exact_runtime_is_listed_in_use_and_help_names_it(cli: CLI, home: Path) -> None:
+    """`runtime list` showed the exact runtime every process loads with an empty SELECTED
+    column, and `--help` called `runtime` GPU runtimes alone."""
+    from localrun.runtimes import exact
+
+    module = fake_runtime(home, f"exact-{VERSION}", b"\x7fELF exact" * 100, backend="exact")
+    record = json.loads((module.parent / "runtime.json").read_text())
+    (module.parent / "runtime.json").write_text(json.dumps({**record, "cpu": exact.cpu_identity()}))
+
+    def row(env: dict[str, str] | None = None) -> list[str]:
+        listed = cli("runtime", "list", env=env)
+        line = next(li for li in listed.stdout.splitlines() if li.startswith("exact-"))
+        return re.split(r"\s{2,}", line.strip())
+
+    header = cli("runtime", "list").stdout.splitlines()[0].split()
+    assert row()[header.index("SELECTED")] == "yes (exact)"
+    listed = json.loads(cli("runtime", "list", "--json").stdout)
+    assert [r["selected"] for r in listed["runtimes"]] == [True]
+    assert not any("yes" in c for c in row({"LOCALRUN_EXACT": "off"}))  # no process loads it
+    module.write_bytes(b"\x7fELF damaged" * 100)  # nor one whose library changed
+    assert not any("yes" in c for c in row())
+    helped = cli("--help").stdout
+    assert re.search(r"runtime\s.*GPU runtimes.*exact", " ".join(helped.split())), helped
+
+
 def write_exact_source(tree: Path) -> tuple[str, ...]:
     """A source whose ggml-cpu files hold exactly the texts the exact runtime changes (each
     branch edit's in its function's AVX2 branch); the files' names, ops.cpp first."""

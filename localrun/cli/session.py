@@ -66,6 +66,7 @@ class Session(Protocol):
 
     name: str  # the model's name, e.g. smollm2:135m
     notes: list[str]  # lines for --verbose (e.g. why everything runs on the CPU)
+    runtime: str | None  # what runs the model here (info's runtime and exact), for --verbose
     cache_note: str | None  # why the disk prompt cache is off for the model, for --verbose
 
     def chat(
@@ -116,6 +117,14 @@ def open_session(name: str, overrides: dict[str, Any]) -> Session:
 # -- in this process ------------------------------------------------------------------------------
 
 
+def _runs_on() -> str:
+    """What runs a model loaded in this process, as `info` says it (the GPU runtime or the
+    bindings' own, and the exact CPU library)."""
+    from localrun.engine.buildinfo import build_info
+
+    return build_info().runs_on
+
+
 class LocalSession:
     """A model loaded in this process (worker.local): one slot, so one conversation's KV cache."""
 
@@ -124,6 +133,7 @@ class LocalSession:
         self.name = str(runner.model.name)
         self.notes = runner.loaded.notes
         self.cache_note = runner.engine.prompt_cache_note
+        self.runtime: str | None = _runs_on()
         self._load_reported = False
 
     @classmethod
@@ -354,6 +364,7 @@ class RemoteSession:
         self.name = name
         self.notes: list[str] = []
         self.cache_note: str | None = None
+        self.runtime: str | None = None  # the server's: `localrun ps` shows it
         # --param/--seed: sent with every request, as the local runner keeps them in force.
         self.overrides = dict(overrides)
         self._load_s = 0.0  # the load this command waited for, reported with the first answer
