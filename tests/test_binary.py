@@ -322,7 +322,7 @@ def test_the_binary_installs_a_runtime_the_same_way_and_runs_on_it(lr: Bin, tiny
         "LOCALRUN_RUNTIME_BUILDS": str(builds_folder()),
         **LAVAPIPE,
     }
-    done = lr("runtime", "install", "vulkan", timeout=3600, **env)
+    done = lr("runtime", "install", "vulkan", "--keep-build", timeout=3600, **env)
     assert done.returncode == 0, done.stderr[-3000:]
     listed = json.loads(lr("runtime", "list", "--json", **env).stdout)
     assert [r["backend"] for r in listed["runtimes"]] == ["vulkan"]

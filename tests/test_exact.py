@@ -26,6 +26,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -79,7 +80,7 @@ def exact_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"no C++ toolchain: {exc.message}")
     home = tmp_path_factory.mktemp("exact-home")
     done = subprocess.run(
-        [sys.executable, "-m", "localrun", "runtime", "install", "exact"],
+        [sys.executable, "-m", "localrun", "runtime", "install", "exact", "--keep-build"],
         env=_env(home),
         capture_output=True,
         text=True,
@@ -135,6 +136,35 @@ def test_run_verbose_info_and_runtime_list_agree_on_the_exact_runtime(exact_home
     assert shown["exact"] == name and shown["runtime"] == "built-in"
     listed = json.loads(localrun("runtime", "list", "--json").stdout)
     assert [(r["name"], r["selected"]) for r in listed["runtimes"]] == [(name, True)]
+
+
+def test_a_finished_install_leaves_no_build_behind(exact_home: Path, tmp_path: Path) -> None:
+    """LOCALRUN_RUNTIME_BUILDS holds builds in progress: an install that succeeds removes its
+    build folder (and the builds folder it leaves empty). The session's install kept its build
+    (--keep-build); set aside (hard links) and put back after, it is installed again from it
+    without the flag, into a fresh home."""
+    kept = builds_folder() / f"exact-{VERSION}"
+    assert (kept / "build.log").is_file(), "the session's install keeps its build"
+    aside = builds_folder().parent / f"aside-exact-{VERSION}-{os.getpid()}"
+    shutil.copytree(kept, aside, symlinks=True, copy_function=os.link)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "localrun", "runtime", "install", "exact"],
+            env=_env(tmp_path / "home"),
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"installed runtime exact-{VERSION}" in done.stdout, done.stdout
+        assert (tmp_path / "home" / "runtimes" / f"exact-{VERSION}" / "runtime.json").is_file()
+        assert not kept.exists()
+        assert not builds_folder().exists() or any(builds_folder().iterdir())
+    finally:
+        if not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(aside, kept)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def probe(home: Path, *args: str, **extra: str) -> list[str]:

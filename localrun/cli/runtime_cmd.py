@@ -107,6 +107,13 @@ def install(
     jobs: int = typer.Option(
         None, "--jobs", "-j", min=1, help="Compile jobs (default: every core)."
     ),
+    keep_build: bool = typer.Option(
+        False,
+        "--keep-build",
+        help="Keep the build folder (LOCALRUN_RUNTIME_BUILDS) after the install, so that "
+        "installing the same runtime again compiles nothing; by default it is removed once "
+        "the runtime is installed (a failed install always keeps it, to resume).",
+    ),
 ) -> None:
     """Build a runtime from the source of the installed llama.cpp, then install it."""
     from localrun.hardware import system
@@ -125,7 +132,7 @@ def install(
     say(f"building {plan.name} with {plan.tools.description}")
     show = Stages(sys.stderr.isatty())
     try:
-        done = build.install(plan, jobs=jobs, progress=show.update, say=say)
+        done = build.install(plan, jobs=jobs, progress=show.update, say=say, keep=keep_build)
     finally:
         show.close()
     runtime = done.runtime
