@@ -141,12 +141,14 @@ def test_run_verbose_info_and_runtime_list_agree_on_the_exact_runtime(exact_home
 def test_a_finished_install_leaves_no_build_behind(exact_home: Path, tmp_path: Path) -> None:
     """LOCALRUN_RUNTIME_BUILDS holds builds in progress: an install that succeeds removes its
     build folder (and the builds folder it leaves empty). The session's install kept its build
-    (--keep-build); set aside (hard links) and put back after, it is installed again from it
-    without the flag, into a fresh home."""
+    (--keep-build); set aside (hard links, the log copied) and put back after, it is installed
+    again from it without the flag, into a fresh home."""
     kept = builds_folder() / f"exact-{VERSION}"
     assert (kept / "build.log").is_file(), "the session's install keeps its build"
     aside = builds_folder().parent / f"aside-exact-{VERSION}-{os.getpid()}"
     shutil.copytree(kept, aside, symlinks=True, copy_function=os.link)
+    (aside / "build.log").unlink()  # a log of two names is refused (private.open_log): copied
+    shutil.copy2(kept / "build.log", aside / "build.log")
     try:
         done = subprocess.run(
             [sys.executable, "-m", "localrun", "runtime", "install", "exact"],
