@@ -53,19 +53,24 @@ PATIENCE_S = 600.0
 NO_SERVER = "127.0.0.1:9"
 
 _COMMAND = re.compile(r"(?:^|[\s/;&|(])localrun(?:\s|$)")
+# What localrun runs without ever asking a server (the binary's build checks its --version).
+NEVER_ASKS = ("--version", "--help", "env")
 
 
-def runs_localrun(argv: Any) -> bool:
-    """Whether a command line starts the localrun command: `python -m localrun`, the binary (a
-    file named localrun), or a shell line with localrun as a command in it."""
+def localrun_args(argv: Any) -> list[str] | None:
+    """The arguments of the localrun command a command line starts (`python -m localrun`, the
+    binary: a file named localrun), [] for a shell line with localrun as a command in it, None
+    for any other program."""
     if isinstance(argv, (str, bytes, os.PathLike)):
-        return bool(_COMMAND.search(os.fsdecode(argv)))
+        return [] if _COMMAND.search(os.fsdecode(argv)) else None
     parts = [os.fsdecode(part) for part in argv]
-    if not parts:
-        return False
-    if parts[1:3] == ["-m", "localrun"] or Path(parts[0]).name == "localrun":
-        return True
-    return Path(parts[0]).name in ("sh", "bash") and any(_COMMAND.search(p) for p in parts[1:])
+    if parts[1:3] == ["-m", "localrun"]:
+        return parts[3:]
+    if parts and Path(parts[0]).name == "localrun":
+        return parts[1:]
+    if parts and Path(parts[0]).name in ("sh", "bash") and any(map(_COMMAND.search, parts[1:])):
+        return []
+    return None
 
 
 def localrun_env(**settings: str) -> dict[str, str]:
@@ -76,16 +81,11 @@ def localrun_env(**settings: str) -> dict[str, str]:
     return {**env, "LOCALRUN_HOST": NO_SERVER, "LOCALRUN_REGISTRY": "off", **settings}
 
 
-class DefaultHost:
-    """Whether the running test may start localrun without a LOCALRUN_HOST (`default_host`)."""
-
-    allowed = False
-
-
 def check_no_default_server(argv: Any, env: Any) -> None:
     """Refuses to start a localrun whose environment leaves LOCALRUN_HOST at the default port
     (unset, or naming it): only a server someone else started could answer there."""
-    if DefaultHost.allowed or not runs_localrun(argv):
+    args = localrun_args(argv)
+    if args is None or (args and args[0] in NEVER_ASKS):
         return
     seen = os.environ if env is None else env
     host = seen.get("LOCALRUN_HOST")
@@ -131,14 +131,6 @@ def no_default_server() -> Iterator[None]:
 
             patch.setattr(pexpect.spawn, "__init__", audited_spawn)
         yield
-
-
-@pytest.fixture
-def default_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    """For a test of LOCALRUN_HOST's default: no LOCALRUN_HOST, and the commands it runs are
-    let start without one (none of them may be one that asks a server)."""
-    monkeypatch.delenv("LOCALRUN_HOST")
-    monkeypatch.setattr(DefaultHost, "allowed", True)
 
 
 @pytest.fixture(autouse=True)

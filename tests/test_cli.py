@@ -349,8 +349,9 @@ def test_debug_shows_the_traceback(cli: CLI) -> None:
 
 
 def test_env_lists_every_setting_and_its_source(
-    cli: CLI, home: Path, tmp_path: Path, default_host: None
+    cli: CLI, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("LOCALRUN_HOST")  # conftest points it at a closed port
     models = tmp_path / "elsewhere"
     result = cli(
         "env", "--json", env={"LOCALRUN_MODELS": str(models), "LOCALRUN_HOST": "0.0.0.0:9"}
@@ -390,11 +391,14 @@ def test_no_test_starts_a_localrun_that_a_default_server_would_answer(tmp_path: 
         check_no_default_server(argv, None)  # this environment: conftest's NO_SERVER
     with pytest.raises(AssertionError, match="default port"):
         pexpect.spawn(binary, ["run", "tiny"], env=bare)
-    # Not the localrun command: a runner, a file named after it, other programs.
+    # Not the localrun command (a runner, a file named after it, other programs), or one that
+    # asks no server (the binary's build runs its --version with HOME alone).
     for argv in (
         [sys.executable, "-m", "localrun.worker"],
         ["bash", "-c", f"ls {tmp_path}/localrun-home"],
         ["true"],
+        [binary, "--version"],
+        [sys.executable, "-m", "localrun", "env"],
     ):
         check_no_default_server(argv, bare)
     assert localrun_env(LOCALRUN_HOME="x")["LOCALRUN_HOST"] == NO_SERVER
