@@ -331,6 +331,16 @@ class Client:
         data = self.request("GET", "/api/version")
         return str(data.get("localrun_version") or data["version"])
 
+    def store(self) -> str | None:
+        """The folder of the store the server answers from, where it says (a loopback-only
+        localrun does), else None; never raises."""
+        try:
+            data = self.request("GET", "/api/version")
+        except LocalrunError:
+            return None
+        store = data.get("localrun_store") if isinstance(data, dict) else None
+        return store if isinstance(store, str) else None
+
     def ps(self) -> list[dict[str, Any]]:
         """The loaded models, as /api/ps lists them."""
         data = self.request("GET", "/api/ps")

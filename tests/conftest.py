@@ -8,6 +8,8 @@ tests take seconds (large files, subprocess crash tests).
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from testmodels.recurrent import write_tiny_lfm2, write_tiny_rwkv  # noqa: E402
 from testmodels.text import write_tiny_lora, write_tiny_mamba, write_tiny_model  # noqa: E402
 from testmodels.vocab import THINKING_TEMPLATE  # noqa: E402
 
-from localrun.settings import config  # noqa: E402
+from localrun.settings import config, parse  # noqa: E402
 from localrun.store import catalog, names  # noqa: E402
 from localrun.store.models import Store  # noqa: E402
 
@@ -45,6 +47,91 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # itself; this bounds the wait.
 PATIENCE_S = 600.0
 
+# Where every localrun a test starts looks for a server, unless the test names one it started: a
+# closed port. A `localrun serve` a developer left running on the default port must not answer
+# the tests' commands (`run` would load the model there, from that server's store).
+NO_SERVER = "127.0.0.1:9"
+
+_COMMAND = re.compile(r"(?:^|[\s/;&|(])localrun(?:\s|$)")
+# What localrun runs without ever asking a server (the binary's build checks its --version).
+NEVER_ASKS = ("--version", "--help", "env")
+
+
+def localrun_args(argv: Any) -> list[str] | None:
+    """The arguments of the localrun command a command line starts (`python -m localrun`, the
+    binary: a file named localrun), [] for a shell line with localrun as a command in it, None
+    for any other program."""
+    if isinstance(argv, (str, bytes, os.PathLike)):
+        return [] if _COMMAND.search(os.fsdecode(argv)) else None
+    parts = [os.fsdecode(part) for part in argv]
+    if parts[1:3] == ["-m", "localrun"]:
+        return parts[3:]
+    if parts and Path(parts[0]).name == "localrun":
+        return parts[1:]
+    if parts and Path(parts[0]).name in ("sh", "bash") and any(map(_COMMAND.search, parts[1:])):
+        return []
+    return None
+
+
+def localrun_env(**settings: str) -> dict[str, str]:
+    """This environment without its LOCALRUN_* settings, for a localrun started outside a test's
+    own (a session's fixture): no server (NO_SERVER) and no registry (as `home` sets them)
+    unless `settings` name them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
+    return {**env, "LOCALRUN_HOST": NO_SERVER, "LOCALRUN_REGISTRY": "off", **settings}
+
+
+def check_no_default_server(argv: Any, env: Any) -> None:
+    """Refuses to start a localrun whose environment leaves LOCALRUN_HOST at the default port
+    (unset, or naming it): only a server someone else started could answer there."""
+    args = localrun_args(argv)
+    if args is None or (args and args[0] in NEVER_ASKS):
+        return
+    seen = os.environ if env is None else env
+    host = seen.get("LOCALRUN_HOST")
+    if host is not None:
+        try:
+            port = parse.parse_host(host)[1]
+        except ValueError:
+            return  # a test of a malformed value: refused before anything is reached
+        if port != parse.DEFAULT_PORT:
+            return
+    raise AssertionError(
+        f"{argv!r} would reach a server on the default port ({parse.DEFAULT_PORT}) that this "
+        f"test did not start: give its environment LOCALRUN_HOST (conftest.NO_SERVER, or the "
+        "test's own server)"
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_default_server() -> Iterator[None]:
+    """Every process the tests start that runs localrun names a server the test started, or the
+    closed port: the session's environment carries NO_SERVER (session fixtures' children
+    included), and an environment built without it is refused when the process is started."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LOCALRUN_HOST", NO_SERVER)
+        popen_init = subprocess.Popen.__init__
+
+        def audited_popen(self: Any, args: Any, *rest: Any, **kwargs: Any) -> None:
+            check_no_default_server(args, kwargs.get("env"))
+            popen_init(self, args, *rest, **kwargs)
+
+        patch.setattr(subprocess.Popen, "__init__", audited_popen)
+        try:
+            import pexpect
+        except ImportError:
+            pass
+        else:
+            spawn_init = pexpect.spawn.__init__
+
+            def audited_spawn(self: Any, command: Any, args: Any = (), **kwargs: Any) -> None:
+                argv = [command, *args] if args else shlex.split(command)
+                check_no_default_server(argv, kwargs.get("env"))
+                spawn_init(self, command, list(args), **kwargs)
+
+            patch.setattr(pexpect.spawn, "__init__", audited_spawn)
+        yield
+
 
 @pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -53,9 +140,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(name, raising=False)
     path = tmp_path / "localrun-home"
     monkeypatch.setenv("LOCALRUN_HOME", str(path))
-    # A `localrun serve` a developer left running on the default port must not answer the
-    # tests' `localrun run` commands (with its own store): point them at a closed port.
-    monkeypatch.setenv("LOCALRUN_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("LOCALRUN_HOST", NO_SERVER)  # never a server this test did not start
     # A name in no store and no catalog is not looked for on registry.ollama.ai: the tests that
     # pull from a registry start one (tests/registries.py) and name it.
     monkeypatch.setenv("LOCALRUN_REGISTRY", "off")

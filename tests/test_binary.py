@@ -1,5 +1,7 @@
 """The single binary (scripts/build_binary.py), built once per test run and checked where no
-Python is on PATH and HOME is a fresh folder, as `env -i HOME=... localrun ...` would run it.
+Python is on PATH and HOME is a fresh folder, as `env -i HOME=... localrun ...` would run it
+(with LOCALRUN_HOST at a closed port: a `localrun serve` on the default port would otherwise
+answer its `run`, from that server's store).
 
 Every command goes through the binary; so do the processes it starts itself (the server's
 runners, its create/pull jobs, and the probe `run` makes of a model not yet known to load).
@@ -23,7 +25,7 @@ import httpx
 import pexpect
 import psutil
 import pytest
-from conftest import PATIENCE_S
+from conftest import NO_SERVER, PATIENCE_S
 from hfhub import FakeHub
 from testmodels.text import write_tiny_model
 
@@ -49,12 +51,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Bin:
-    """Runs the binary with nothing of this environment: HOME alone (and what a test adds)."""
+    """Runs the binary with nothing of this environment: HOME alone, and no server (NO_SERVER)
+    unless a test names one (and what a test adds)."""
 
     def __init__(self, path: Path, home: Path) -> None:
         self.path = path
         self.home = home
-        self.env = {"HOME": str(home)}
+        self.env = {"HOME": str(home), "LOCALRUN_HOST": NO_SERVER}
 
     def __call__(
         self, *args: str, timeout: float = 180, **env: str
@@ -137,7 +140,7 @@ def test_store_commands_and_run_from_the_binary(lr: Bin, tiny: Path, tmp_path: P
     assert (store_home / "models").is_dir(), "the store lives in the fresh HOME"
     pip = subprocess.run(
         [sys.executable, "-m", "localrun", "run", "tiny", "the a", *GREEDY],
-        env={**os.environ, "LOCALRUN_HOME": str(store_home), "LOCALRUN_HOST": "127.0.0.1:9"},
+        env={**os.environ, "LOCALRUN_HOME": str(store_home), "LOCALRUN_HOST": NO_SERVER},
         capture_output=True,
         text=True,
         timeout=PATIENCE_S,
@@ -190,7 +193,7 @@ def test_images_and_audio_from_the_binary(lr: Bin, tmp_path: Path) -> None:
         assert answer.returncode == 0, answer.stderr
         pip = subprocess.run(
             [sys.executable, "-m", "localrun", *args],
-            env={**os.environ, "LOCALRUN_HOME": str(store_home), "LOCALRUN_HOST": "127.0.0.1:9"},
+            env={**os.environ, "LOCALRUN_HOME": str(store_home), "LOCALRUN_HOST": NO_SERVER},
             capture_output=True,
             text=True,
             timeout=PATIENCE_S,
@@ -319,7 +322,7 @@ def test_the_binary_installs_a_runtime_the_same_way_and_runs_on_it(lr: Bin, tiny
         "LOCALRUN_RUNTIME_BUILDS": str(builds_folder()),
         **LAVAPIPE,
     }
-    done = lr("runtime", "install", "vulkan", timeout=3600, **env)
+    done = lr("runtime", "install", "vulkan", "--keep-build", timeout=3600, **env)
     assert done.returncode == 0, done.stderr[-3000:]
     listed = json.loads(lr("runtime", "list", "--json", **env).stdout)
     assert [r["backend"] for r in listed["runtimes"]] == ["vulkan"]

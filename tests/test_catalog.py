@@ -13,9 +13,13 @@ import pytest
 from conftest import CLI, PATIENCE_S, assert_one_line_error
 
 from localrun.errors import CorruptBlobError, ModelNotFoundError
+from localrun.model import load as load_stored
+from localrun.recipes import params
+from localrun.request import GenRequest
 from localrun.sources import obtain
 from localrun.store import catalog, names, reference
 from localrun.store.models import Store
+from localrun.worker import load
 
 SMOLLM2 = names.parse("smollm2:135m")
 
@@ -51,6 +55,37 @@ def test_show_imports_the_starter_model_once(cli: CLI, home: Path) -> None:
     listed = json.loads(cli("list", "--json").stdout)
     assert [m["name"] for m in listed] == ["smollm2:135m"]
     assert Store(home / "models").verify().ok
+
+
+@pytest.mark.model
+def test_the_starter_samples_as_its_model_card_suggests(cli: CLI, store: Store) -> None:
+    """SmolLM2's card suggests temperature 0.2 and top_p 0.9 (at the default 0.8 its answers
+    wander off: "The King of the Fey is France"): the starter carries them as its parameters,
+    `show` lists them, a request without sampling options is sampled with them, and a
+    request's own options still win."""
+    shown = cli("show", "smollm2:135m")
+    assert shown.code == 0, shown.stderr
+    listed = shown.stdout.split("  Parameters\n", 1)[1].split("\n\n", 1)[0].split("\n")
+    assert [line.split() for line in listed] == [["temperature", "0.2"], ["top_p", "0.9"]]
+    as_json = json.loads(cli("show", "smollm2:135m", "--json").stdout)
+    assert as_json["parameters"] == {"temperature": 0.2, "top_p": 0.9}
+    modelfile = cli("show", "smollm2:135m", "--modelfile").stdout
+    assert "PARAMETER temperature 0.2" in modelfile and "PARAMETER top_p 0.9" in modelfile
+
+    loaded = load.load_model(load_stored(store, SMOLLM2), {})  # as `run` and a runner load it
+    try:
+        turns = [{"role": "user", "content": "What is the capital of France?"}]
+        plain = loaded.prompter.prepare(GenRequest("smollm2:135m", messages=turns)).sampling
+        assert (plain.temperature, plain.top_p) == (0.2, 0.9)
+        options = {"temperature": 0.7, "top_k": 5}
+        asked = loaded.prompter.prepare(GenRequest("smollm2:135m", messages=turns, options=options))
+        assert (asked.sampling.temperature, asked.sampling.top_p, asked.sampling.top_k) == (
+            0.7,
+            0.9,
+            5,
+        )
+    finally:
+        loaded.engine.close()
 
 
 # `localrun ARGS` with the name-resolving functions counted (printed to stderr at the end).
@@ -142,6 +177,31 @@ def test_import_with_the_right_digest(
     assert store.read_blob(manifest.of_kind("license")[0].digest) == b"MIT"
 
 
+def test_a_catalog_models_parameters_come_with_a_pull_too(
+    monkeypatch: pytest.MonkeyPatch, store: Store, tiny_model: Path
+) -> None:
+    """Pulled from its hub source (the binary has no pip for the starter's wheel), a catalog
+    model gets the catalog's parameters, over what the repository's generation_config says."""
+    from hfhub import FakeHub
+
+    source = {"type": "hub", "reference": "hf.co/Test/Fake-GGUF:Q8_0"}
+    entry = {"description": "", "license": "MIT", "sources": [source]}
+    entry["parameters"] = {"temperature": 0.2, "top_p": 0.9}
+    monkeypatch.setattr(catalog, "_load", lambda: {"models": {"fake:1b": entry}, "aliases": {}})
+    recommended = json.dumps({"temperature": 0.6, "top_k": 20}).encode()
+    with FakeHub() as hub:
+        hub.add_repo(
+            "Test/Fake-GGUF",
+            {"fake.Q8_0.gguf": tiny_model, "generation_config.json": recommended},
+        )
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", "")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        obtain.find(store, reference.resolve("fake:1b"))
+    model = load_stored(store, names.parse("fake:1b"))
+    assert model.parameters == {"temperature": 0.2, "top_p": 0.9, "top_k": 20}
+
+
 def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch, store: Store) -> None:
     _fake_catalog(
         monkeypatch,
@@ -187,6 +247,7 @@ def test_every_catalog_entry_is_well_formed() -> None:
             "completion" in entry.capabilities
         ), name
         assert isinstance(entry.size, int) and entry.size > 10_000_000, name
+        assert params.validate(entry.parameters) == entry.parameters, name
         quant = entry.details.get("quantization")
         assert isinstance(quant, str) and entry.details.get("parameter_size"), name
         hubs = [s for s in entry.sources if s.get("type") == "hub"]

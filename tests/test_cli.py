@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pexpect
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
+from conftest import (
+    CLI,
+    NO_SERVER,
+    PATIENCE_S,
+    assert_one_line_error,
+    check_no_default_server,
+    localrun_env,
+)
 
 from localrun.settings import config
 from localrun.store.models import Store
@@ -360,6 +370,39 @@ def test_env_lists_every_setting_and_its_source(
     assert rows["LOCALRUN_DEBUG"] == {**rows["LOCALRUN_DEBUG"], "value": "0", "source": "default"}
     text = cli("env").stdout
     assert "LOCALRUN_HOST" in text and "127.0.0.1:11435" in text and "default" in text
+
+
+def test_no_test_starts_a_localrun_that_a_default_server_would_answer(tmp_path: Path) -> None:
+    """The guard conftest puts on every process the tests start: a localrun whose environment
+    leaves LOCALRUN_HOST at the default port (an environment built from HOME alone, say) is
+    refused before it starts, since a `localrun serve` left running there would answer it."""
+    binary = str(tmp_path / "dist" / "localrun")
+    bare = {"HOME": str(tmp_path)}
+    for argv in (
+        [sys.executable, "-m", "localrun", "run", "tiny", "hi"],
+        [binary, "run", "tiny", "hi"],
+        ["bash", "-c", f"cd {tmp_path} && localrun run tiny hi"],
+    ):
+        with pytest.raises(AssertionError, match="default port"):
+            subprocess.run(argv, env=bare, check=False)
+        with pytest.raises(AssertionError, match="default port"):
+            check_no_default_server(argv, {**bare, "LOCALRUN_HOST": "localhost"})
+        check_no_default_server(argv, {**bare, "LOCALRUN_HOST": NO_SERVER})
+        check_no_default_server(argv, None)  # this environment: conftest's NO_SERVER
+    with pytest.raises(AssertionError, match="default port"):
+        pexpect.spawn(binary, ["run", "tiny"], env=bare)
+    # Not the localrun command (a runner, a file named after it, other programs), or one that
+    # asks no server (the binary's build runs its --version with HOME alone).
+    for argv in (
+        [sys.executable, "-m", "localrun.worker"],
+        ["bash", "-c", f"ls {tmp_path}/localrun-home"],
+        ["true"],
+        [binary, "--version"],
+        [sys.executable, "-m", "localrun", "env"],
+    ):
+        check_no_default_server(argv, bare)
+    assert localrun_env(LOCALRUN_HOME="x")["LOCALRUN_HOST"] == NO_SERVER
+    assert os.environ["LOCALRUN_HOST"] == NO_SERVER
 
 
 def test_models_setting_moves_the_store(cli: CLI, project: Path, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error, localrun_env
 
 from localrun.cli import server_cmds
 from localrun.client import Client
@@ -315,6 +315,7 @@ def test_run_falls_back_to_in_process(cli: CLI, tmp_path: Path, tiny_model: Path
     assert result.code == 0, result.stderr
     assert "eval count:" in result.stderr
     assert "offload:" in result.stderr  # the in-process runner's offload note
+    assert re.search(r"^runtime:\s+built-in", result.stderr, re.M), result.stderr  # as info says
 
 
 def test_unknown_code_keeps_the_message() -> None:
@@ -336,8 +337,7 @@ class Served:
     """`localrun serve --port 0` in a subprocess with its own LOCALRUN_HOME."""
 
     def __init__(self, home: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
-        env["LOCALRUN_HOME"] = str(home)
+        env = localrun_env(LOCALRUN_HOME=str(home))
         self.home = home
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "localrun", "serve", "--port", "0"],
@@ -373,8 +373,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("served-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
-    env["LOCALRUN_HOME"] = str(home)
+    env = localrun_env(LOCALRUN_HOME=str(home))
     mf = home / "Modelfile"
     mf.write_text(f"FROM {tiny_model}\n")
     for args in (["create", "tiny", "-f", str(mf)], ["show", SMOL]):  # SmolLM2 imported once
@@ -418,6 +417,31 @@ def test_run_uses_the_server_and_the_model_stays_warm(cli: CLI, served: Served) 
     assert_one_line_error(cli("stop", "tiny", env=served.env), "is not loaded")
     assert_one_line_error(cli("stop", "ghost", env=served.env), "model 'ghost", "not found")
     assert_one_line_error(cli("run", "ghost", "hi", env=served.env), "'ghost:latest' not found")
+
+
+@pytest.mark.server
+@pytest.mark.model
+def test_a_model_the_server_lacks_names_the_server_and_store_that_answered(
+    cli: CLI, served: Served, home: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A model in this command's store that the running server (another store) does not have:
+    the error says which server answered, from which store, and that this store has it."""
+    (tmp_path / "Modelfile").write_text(f"FROM {tiny_model}\n")
+    assert cli("create", "mine", "-f", str(tmp_path / "Modelfile")).code == 0
+    assert "localrun_store" in served.client().request("GET", "/api/version")
+    for args in (("run", "mine", "hi"), ("stop", "mine")):
+        told = cli(*args, env=served.env)
+        assert_one_line_error(
+            told,
+            "Error: model 'mine:latest' not found (answered by the server at "
+            f"{served.host}, store {served.home / 'models'}); the store of this command "
+            f"({home / 'models'}) has it, the server's does not",
+        )
+    ghost = cli("run", "ghost", "hi", env=served.env)
+    assert_one_line_error(
+        ghost, f"'ghost:latest' not found (answered by the server at {served.host}"
+    )
+    assert "the store of this command" not in ghost.stderr
 
 
 @pytest.mark.server

@@ -23,8 +23,10 @@ session (in the runtime tests' builds folder, so a second run resumes), then:
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -35,7 +37,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PATIENCE_S, ROOT
+from conftest import PATIENCE_S, ROOT, localrun_env
 from test_runtimes import builds_folder
 from test_server import add_model
 from test_server_serve import Serve
@@ -65,9 +67,9 @@ DOCUMENT = [{"role": "user", "content": f"Add a docstring to each function:\n```
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
-    env.update(LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder()), **extra)
-    return env
+    return localrun_env(
+        LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder()), **extra
+    )
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +80,7 @@ def exact_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"no C++ toolchain: {exc.message}")
     home = tmp_path_factory.mktemp("exact-home")
     done = subprocess.run(
-        [sys.executable, "-m", "localrun", "runtime", "install", "exact"],
+        [sys.executable, "-m", "localrun", "runtime", "install", "exact", "--keep-build"],
         env=_env(home),
         capture_output=True,
         text=True,
@@ -122,6 +124,62 @@ def test_every_patch_is_in_the_source_the_runtime_was_built_from(exact_home: Pat
     # upstream's kernels stay in ops.cpp; the op calls the exact one
     assert "static void ggml_compute_forward_flash_attn_ext_tiled(" in ops
     assert "ggml_compute_forward_flash_attn_ext_exact(params, dst," in ops
+
+
+def test_run_verbose_info_and_runtime_list_agree_on_the_exact_runtime(exact_home: Path) -> None:
+    """`run --verbose` said "no runtime loaded" where `info` showed the exact runtime loaded,
+    and `runtime list` showed it with an empty SELECTED column."""
+
+    def localrun(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "localrun", *args],
+            env=_env(exact_home),
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE_S,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    name = f"exact-{VERSION}"
+    said = localrun("run", "smollm2:135m", "Hi", "--verbose", "--param", "num_predict=2").stderr
+    assert "no runtime loaded" not in said
+    assert re.search(rf"^runtime:\s+built-in, exact CPU library {name}$", said, re.M), said
+    shown = json.loads(localrun("info", "--json").stdout)["llama_cpp"]
+    assert shown["exact"] == name and shown["runtime"] == "built-in"
+    listed = json.loads(localrun("runtime", "list", "--json").stdout)
+    assert [(r["name"], r["selected"]) for r in listed["runtimes"]] == [(name, True)]
+
+
+def test_a_finished_install_leaves_no_build_behind(exact_home: Path, tmp_path: Path) -> None:
+    """LOCALRUN_RUNTIME_BUILDS holds builds in progress: an install that succeeds removes its
+    build folder (and the builds folder it leaves empty). The session's install kept its build
+    (--keep-build); set aside (hard links, the log copied) and put back after, it is installed
+    again from it without the flag, into a fresh home."""
+    kept = builds_folder() / f"exact-{VERSION}"
+    assert (kept / "build.log").is_file(), "the session's install keeps its build"
+    aside = builds_folder().parent / f"aside-exact-{VERSION}-{os.getpid()}"
+    shutil.copytree(kept, aside, symlinks=True, copy_function=os.link)
+    (aside / "build.log").unlink()  # a log of two names is refused (private.open_log): copied
+    shutil.copy2(kept / "build.log", aside / "build.log")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "localrun", "runtime", "install", "exact"],
+            env=_env(tmp_path / "home"),
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"installed runtime exact-{VERSION}" in done.stdout, done.stdout
+        assert (tmp_path / "home" / "runtimes" / f"exact-{VERSION}" / "runtime.json").is_file()
+        assert not kept.exists()
+        assert not builds_folder().exists() or any(builds_folder().iterdir())
+    finally:
+        if not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(aside, kept)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def probe(home: Path, *args: str, **extra: str) -> list[str]:

@@ -115,6 +115,27 @@ def test_a_new_home_is_private_and_info_names_an_open_one(cli: CLI, home: Path) 
     assert "open to other users" not in cli("info").stdout
 
 
+def test_a_home_any_first_command_makes_is_private(cli: CLI, tmp_path: Path) -> None:
+    """README's first commands (`runtime install exact` makes LOCALRUN_HOME/runtimes; --version
+    records the build under cache/) and the others that write under LOCALRUN_HOME make the home
+    0700, as the store does: `info` then has nothing to tell the user to chmod."""
+    for i, args in enumerate(
+        (
+            ["runtime", "select", "cpu"],
+            ["--version"],
+            ["upstream", "add", "box", "http://127.0.0.1:9", "--model", "m"],
+        )
+    ):
+        home = tmp_path / f"fresh-{i}" / "share" / "localrun"
+        done = cli(*args, env={"LOCALRUN_HOME": str(home)})
+        assert done.code == 0, (args, done.stderr)
+        assert home.exists() or args == ["--version"], args  # (a build without libllama)
+        made = [p for p in (home, home.parent, home.parent.parent) if p.exists()]
+        assert [mode(p) for p in made] == [0o700] * len(made), (args, made)
+        told = cli("info", "--json", env={"LOCALRUN_HOME": str(home)})
+        assert not [n for n in json.loads(told.stdout)["notes"] if "chmod" in n], args
+
+
 def test_a_home_that_cannot_be_made_does_not_stop_a_store_elsewhere(
     cli: CLI, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ always runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
+from conftest import CLI, PATIENCE_S, assert_one_line_error, localrun_env
 
 from localrun.errors import RuntimeBuildError, ToolchainError
 from localrun.runtimes import toolchain
@@ -105,6 +106,31 @@ def test_an_exact_runtime_of_another_cpu_or_a_damaged_one_is_not_loaded(
     assert [r.name for r in exact.installed(VERSION)] == [f"exact-{VERSION}"]
     built = info(cli)
     assert built["exact"] is None and "damaged" in built["exact_warning"], built
+
+
+def test_the_exact_runtime_is_listed_in_use_and_help_names_it(cli: CLI, home: Path) -> None:
+    """`runtime list` showed the exact runtime every process loads with an empty SELECTED
+    column, and `--help` called `runtime` GPU runtimes alone."""
+    from localrun.runtimes import exact
+
+    module = fake_runtime(home, f"exact-{VERSION}", b"\x7fELF exact" * 100, backend="exact")
+    record = json.loads((module.parent / "runtime.json").read_text())
+    (module.parent / "runtime.json").write_text(json.dumps({**record, "cpu": exact.cpu_identity()}))
+
+    def row(env: dict[str, str] | None = None) -> list[str]:
+        listed = cli("runtime", "list", env=env)
+        line = next(li for li in listed.stdout.splitlines() if li.startswith("exact-"))
+        return re.split(r"\s{2,}", line.strip())
+
+    header = cli("runtime", "list").stdout.splitlines()[0].split()
+    assert row()[header.index("SELECTED")] == "yes (exact)"
+    listed = json.loads(cli("runtime", "list", "--json").stdout)
+    assert [r["selected"] for r in listed["runtimes"]] == [True]
+    assert not any("yes" in c for c in row({"LOCALRUN_EXACT": "off"}))  # no process loads it
+    module.write_bytes(b"\x7fELF damaged" * 100)  # nor one whose library changed
+    assert not any("yes" in c for c in row())
+    helped = cli("--help").stdout
+    assert re.search(r"runtime\s.*GPU runtimes.*exact", " ".join(helped.split())), helped
 
 
 def write_exact_source(tree: Path) -> tuple[str, ...]:
@@ -537,15 +563,27 @@ def _vulkan_ready() -> str | None:
     return None
 
 
+# The builds the tests keep between runs (installed with --keep-build), so that a second run
+# compiles nothing: some 225 MB for the exact runtime, 420 MB for Vulkan.
+KEPT_BUILDS = (f"exact-{VERSION}", f"vulkan-{VERSION}")
+
+
+@functools.cache
 def builds_folder() -> Path:
-    """Where the tests' runtime builds live: kept between runs, as a user's would be, so that a
-    second run resumes the build (LOCALRUN_TEST_RUNTIME_BUILDS moves it)."""
+    """Where the tests' runtime builds live between runs: KEPT_BUILDS and nothing else (a build
+    of an older llama-cpp-python, or of another runtime, is removed the first time it is asked
+    for). LOCALRUN_TEST_RUNTIME_BUILDS moves it, and is then left as it is."""
     given = os.environ.get("LOCALRUN_TEST_RUNTIME_BUILDS")
     if given:
         return Path(given)
     from platformdirs import user_cache_path
 
-    return user_cache_path("localrun-tests", appauthor=False) / "runtime-builds"
+    folder = user_cache_path("localrun-tests", appauthor=False) / "runtime-builds"
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.name not in KEPT_BUILDS:
+                shutil.rmtree(entry, ignore_errors=True)
+    return folder
 
 
 class Built:
@@ -561,10 +599,11 @@ def vulkan(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
     if missing:
         pytest.skip(f"no Vulkan toolchain: {missing}")
     home = tmp_path_factory.mktemp("vulkan-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
-    env.update(LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder()), **LAVAPIPE)
+    env = localrun_env(
+        LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder()), **LAVAPIPE
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "localrun", "runtime", "install", "vulkan"],
+        [sys.executable, "-m", "localrun", "runtime", "install", "vulkan", "--keep-build"],
         env=env,
         capture_output=True,
         text=True,
@@ -640,8 +679,7 @@ class Serve:
     """`localrun serve --port 0` with the Vulkan test home, on a runtime (or the CPU)."""
 
     def __init__(self, built: Built, runtime: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
-        env.update(built.env, LOCALRUN_RUNTIME=runtime)
+        env = localrun_env(**built.env, LOCALRUN_RUNTIME=runtime)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "localrun", "serve", "--port", "0"],
             env=env,
@@ -720,9 +758,8 @@ def test_an_interrupted_install_leaves_the_selection_working(
     cli: CLI, vulkan: Built, tmp_path: Path
 ) -> None:
     cli("runtime", "select", vulkan.name, env=vulkan.env)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
     # A fresh build folder: the install has minutes of work ahead when it is stopped.
-    env.update(vulkan.env, LOCALRUN_RUNTIME_BUILDS=str(tmp_path / "builds"))
+    env = localrun_env(**vulkan.env, LOCALRUN_RUNTIME_BUILDS=str(tmp_path / "builds"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "localrun", "runtime", "install", "vulkan"],
         env=env,
@@ -745,6 +782,8 @@ def test_an_interrupted_install_leaves_the_selection_working(
     assert info(cli, vulkan.env)["runtime"] == vulkan.name
     staging = [p.name for p in (vulkan.home / "runtimes").iterdir() if p.name.startswith(".tmp")]
     assert staging == []
+    # The interrupted build is kept, to resume (and its log to read).
+    assert (tmp_path / "builds" / vulkan.name / "build.log").is_file()
     shutil.rmtree(tmp_path / "builds", ignore_errors=True)
 
 
@@ -779,7 +818,8 @@ def test_cuda_toolchain_from_pypi_wheels_compiles_and_configures(
     from localrun.runtimes import build
 
     monkeypatch.setenv("LOCALRUN_HOME", str(cuda_home))
-    monkeypatch.setenv("LOCALRUN_RUNTIME_BUILDS", str(builds_folder()))
+    # Configured, never compiled: nothing of it is worth keeping between runs.
+    monkeypatch.setenv("LOCALRUN_RUNTIME_BUILDS", str(tmp_path / "builds"))
     tools = toolchain.cuda(["90"], use_system=False)
     assert "PyPI wheels" in tools.description and tools.description.startswith("nvcc 13.")
     toolkit = Path(tools.env["CUDA_HOME"])

@@ -101,6 +101,17 @@ def test_bound_beyond_loopback_skips_the_host_check(open_server: LiveServer) -> 
     assert r.status_code == 200
 
 
+def test_only_a_loopback_server_says_where_its_store_is(
+    locked: LiveServer, open_server: LiveServer, store: Store
+) -> None:
+    """/api/version names the store a loopback-only server answers from (a `localrun` told
+    "not found" says which store answered); one others can reach keeps its paths to itself."""
+    mine = httpx.get(locked.url + "/api/version", headers=AUTH).json()
+    assert mine["localrun_store"] == str(store.root)
+    theirs = httpx.get(open_server.url + "/api/version").json()
+    assert "localrun_store" not in theirs and theirs["localrun_version"]
+
+
 def test_cors(locked: LiveServer) -> None:
     page = {"Origin": "http://localhost:5173"}
     r = httpx.get(locked.url + "/api/tags", headers={**AUTH, **page})

@@ -537,7 +537,7 @@ def test_no_gpu_support_or_no_gpu(smollm2: Header) -> None:
         assert plan.n_gpu_layers == 0
         assert (
             plan.reason
-            == "llama.cpp has no GPU backend here (no runtime loaded): running on the CPU"
+            == "llama.cpp has no GPU backend here (no GPU runtime loaded): running on the CPU"
         )
         assert plan.warnings == []
         assert plan.ram_bytes > sum(t.n_bytes for t in smollm2.tensors) + plan.kv_bytes

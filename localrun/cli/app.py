@@ -95,8 +95,8 @@ _group(
 )
 _group(
     "runtime",
-    "GPU runtimes: llama.cpp's CUDA or Vulkan backend, built here from the installed "
-    "llama.cpp's source and loaded beside its CPU backend.",
+    "GPU runtimes (llama.cpp's CUDA or Vulkan backend) and the exact CPU runtime (answers "
+    "that do not depend on the batch), built here from the installed llama.cpp's source.",
     {
         "list": runtime_cmd.list_,
         "install": runtime_cmd.install,

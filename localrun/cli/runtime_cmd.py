@@ -28,8 +28,24 @@ def _suits(runtime: Any, gpus: list[Any]) -> str:
     return ", ".join(g.name for g in ok) if ok else "no device here"
 
 
+def _exact_in_use(version: str) -> str | None:
+    """The exact runtime every localrun process here loads (exact.preload's choice, its
+    library checked as a load checks it), if any."""
+    from localrun.runtimes import exact
+    from localrun.runtimes.activate import checked
+    from localrun.settings import config
+
+    if not sys.platform.startswith("linux") or config.exact() == "off":
+        return None
+    found = exact.installed(version)
+    if not found or checked(found[-1])[0] is None:
+        return None
+    return found[-1].name
+
+
 def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the installed runtimes: which is selected, and which suit this machine's GPUs."""
+    """List the installed runtimes: which is selected (the exact one is in use whenever it is
+    installed for this CPU), and which suit this machine's GPUs."""
     from localrun.hardware import system
     from localrun.runtimes import layout, source
     from localrun.runtimes.activate import auto_choice
@@ -39,12 +55,15 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     version = source.bindings_version()
     first = auto_choice(version) if chosen == layout.AUTO else None
     in_use = first.name if first is not None else chosen
+    exact_in_use = _exact_in_use(version)
     gpus = system.detect().gpus
     if as_json:
         out = []
         for r in runtimes:
             record = r.to_json()
-            record.update(selected=r.name == in_use, suits=_suits(r, gpus), path=str(r.path))
+            record.update(
+                selected=r.name in (in_use, exact_in_use), suits=_suits(r, gpus), path=str(r.path)
+            )
             out.append(record)
         print(json.dumps({"selected": chosen, "runtimes": out}, indent=2))
         return
@@ -58,7 +77,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
                 f"{r.llama_cpp_version} (ggml {r.ggml_version}){stale}",
                 r.toolchain,
                 _size(r.size),
-                ("yes (auto)" if chosen == layout.AUTO else "yes") if r.name == in_use else "",
+                _selected(r.name, in_use, exact_in_use, chosen == layout.AUTO),
                 _suits(r, gpus),
             ]
         )
@@ -66,6 +85,14 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     if not runtimes:
         print("no runtime installed: models run on the installed llama.cpp (`localrun info`)")
     print(f"selection: {chosen}")
+
+
+def _selected(name: str, in_use: str, exact_in_use: str | None, auto: bool) -> str:
+    if name == exact_in_use:
+        return "yes (exact)"
+    if name == in_use:
+        return "yes (auto)" if auto else "yes"
+    return ""
 
 
 def install(
@@ -79,6 +106,13 @@ def install(
     ),
     jobs: int = typer.Option(
         None, "--jobs", "-j", min=1, help="Compile jobs (default: every core)."
+    ),
+    keep_build: bool = typer.Option(
+        False,
+        "--keep-build",
+        help="Keep the build folder (LOCALRUN_RUNTIME_BUILDS) after the install, so that "
+        "installing the same runtime again compiles nothing; by default it is removed once "
+        "the runtime is installed (a failed install always keeps it, to resume).",
     ),
 ) -> None:
     """Build a runtime from the source of the installed llama.cpp, then install it."""
@@ -98,7 +132,7 @@ def install(
     say(f"building {plan.name} with {plan.tools.description}")
     show = Stages(sys.stderr.isatty())
     try:
-        done = build.install(plan, jobs=jobs, progress=show.update, say=say)
+        done = build.install(plan, jobs=jobs, progress=show.update, say=say, keep=keep_build)
     finally:
         show.close()
     runtime = done.runtime

@@ -11,7 +11,8 @@ from typing import Any
 import typer
 
 from localrun.cli.output import columns, human_size
-from localrun.errors import LocalrunError
+from localrun.cli.session import answered_by
+from localrun.errors import LocalrunError, ModelNotFoundError
 
 # Ollama writes "Forever" for an expiry more than 20 years away (keep_alive -1).
 FOREVER_S = 20 * 365 * 86_400
@@ -60,7 +61,10 @@ def stop(model: str = typer.Argument(..., help="The model to unload, e.g. smollm
     client = Client()
     loaded = client.ps()
     if not any(_same_model(model, m) for m in loaded):
-        client.show(model)  # an unknown model: the server's ModelNotFoundError says so
+        try:
+            client.show(model)  # an unknown model: the server's ModelNotFoundError says so
+        except ModelNotFoundError as exc:
+            raise answered_by(client, model, exc) from None
         raise LocalrunError(
             f"model '{model}' is not loaded", hint="`localrun ps` lists the loaded models"
         )

@@ -18,7 +18,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Protocol
 
 from localrun.engine.types import Timings
-from localrun.errors import LocalrunError, ModelNotFoundError, ServerError
+from localrun.errors import HubUnreachableError, LocalrunError, ModelNotFoundError, ServerError
 
 if TYPE_CHECKING:
     from localrun.client import Client, Stream
@@ -66,6 +66,7 @@ class Session(Protocol):
 
     name: str  # the model's name, e.g. smollm2:135m
     notes: list[str]  # lines for --verbose (e.g. why everything runs on the CPU)
+    runtime: str | None  # what runs the model here (info's runtime and exact), for --verbose
     cache_note: str | None  # why the disk prompt cache is off for the model, for --verbose
 
     def chat(
@@ -116,6 +117,14 @@ def open_session(name: str, overrides: dict[str, Any]) -> Session:
 # -- in this process ------------------------------------------------------------------------------
 
 
+def _runs_on() -> str:
+    """What runs a model loaded in this process, as `info` says it (the GPU runtime or the
+    bindings' own, and the exact CPU library)."""
+    from localrun.engine.buildinfo import build_info
+
+    return build_info().runs_on
+
+
 class LocalSession:
     """A model loaded in this process (worker.local): one slot, so one conversation's KV cache."""
 
@@ -124,6 +133,7 @@ class LocalSession:
         self.name = str(runner.model.name)
         self.notes = runner.loaded.notes
         self.cache_note = runner.engine.prompt_cache_note
+        self.runtime: str | None = _runs_on()
         self._load_reported = False
 
     @classmethod
@@ -323,6 +333,32 @@ def timings_from_final(obj: dict[str, Any]) -> Timings:
     )
 
 
+def answered_by(client: Client, name: str, exc: LocalrunError) -> LocalrunError:
+    """A model the server at LOCALRUN_HOST does not have (not in its store, nor to be pulled):
+    `exc`, naming the server that answered (and its store, where it says), and, where the store
+    of this command has the model, saying that the server keeps another."""
+    from localrun.cli.common import open_store
+    from localrun.store import reference
+
+    served = client.store()
+    err = exc.copy()
+    err.message = f"{exc.message} (answered by the server at {client.address}"
+    err.message += f", store {served})" if served else ")"
+    err.args = (err.message,)
+    try:
+        here = open_store()
+        has_it = str(here.root) != served and here.exists(reference.resolve(name).name)
+    except LocalrunError:
+        has_it = False
+    if has_it:
+        err.hint = (
+            f"the store of this command ({here.root}) has it, the server's does not: stop "
+            "that server, and `localrun run` loads the model in this process, or start the "
+            "server with this command's LOCALRUN_HOME (or LOCALRUN_MODELS)"
+        )
+    return err
+
+
 class RemoteSession:
     """A model on the running server: loaded there, it stays warm after this command ends."""
 
@@ -331,6 +367,7 @@ class RemoteSession:
         self.name = name
         self.notes: list[str] = []
         self.cache_note: str | None = None
+        self.runtime: str | None = None  # the server's: `localrun ps` shows it
         # --param/--seed: sent with every request, as the local runner keeps them in force.
         self.overrides = dict(overrides)
         self._load_s = 0.0  # the load this command waited for, reported with the first answer
@@ -346,8 +383,11 @@ class RemoteSession:
             session._load(name)
         except ModelNotFoundError:
             if not session._import_here(name, session._load):
-                session._pull(name)
-                session._load(name)
+                try:
+                    session._pull(name)
+                    session._load(name)
+                except (ModelNotFoundError, HubUnreachableError) as exc:
+                    raise answered_by(client, name, exc) from None
         return session
 
     def _load(self, name: str) -> None:
@@ -443,9 +483,9 @@ class RemoteSession:
     def switch(self, name: str, announce: Callable[[str], None]) -> None:
         try:
             self.client.show(name)  # ModelNotFoundError before anything is said
-        except ModelNotFoundError:
+        except ModelNotFoundError as exc:
             if not self._import_here(name, self.client.show):
-                raise
+                raise answered_by(self.client, name, exc) from None
         announce(name)
         self.overrides = {}
         self._load(name)

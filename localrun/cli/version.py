@@ -129,7 +129,7 @@ def _record(key: list[Any], version: str, backends: list[str]) -> None:
     data = json.dumps({"key": key, "version": version, "backends": backends}).encode()
     try:
         path = _path()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        config.make_dirs(path.parent)
         write_atomic(path, [data + b"\n"], sync_dir=False)
     except (OSError, LocalrunError):
         pass  # unrecorded: the next --version reads the build again

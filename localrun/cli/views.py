@@ -177,6 +177,8 @@ def print_stats(
     ]
     for note in opened.notes:
         lines.append(("offload", note))
+    if opened.runtime:
+        lines.append(("runtime", opened.runtime))
     if opened.cache_note:
         lines.append(("prompt cache", opened.cache_note))
     width = max(len(k) for k, _ in lines) + 2

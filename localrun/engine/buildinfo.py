@@ -47,6 +47,12 @@ class BuildInfo:
         """The runtime, and why the selected one is not in use: for info and show --fit."""
         return self.runtime + (f" ({self.runtime_warning})" if self.runtime_warning else "")
 
+    @property
+    def runs_on(self) -> str:
+        """What runs models, in one line: info's runtime and, where it is loaded, its exact
+        CPU library (for run --verbose)."""
+        return self.runtime_text + (f", exact CPU library {self.exact}" if self.exact else "")
+
 
 @functools.cache
 def build_info() -> BuildInfo:

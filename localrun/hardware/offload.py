@@ -246,9 +246,8 @@ def plan_offload(
     """
     s = _sizes(header, num_ctx, max(1, num_parallel), max(1, num_batch))
     if not gpu_offload_supported:
-        return _plan(
-            s, 0, None, "llama.cpp has no GPU backend here (no runtime loaded): running on the CPU"
-        )
+        why = "llama.cpp has no GPU backend here (no GPU runtime loaded): running on the CPU"
+        return _plan(s, 0, None, why)
     if requested == 0:
         return _plan(s, 0, None, "num_gpu is 0: running on the CPU")
     gpu = max(gpus, key=lambda g: g.free_bytes, default=None)

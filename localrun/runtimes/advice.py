@@ -22,6 +22,7 @@ from typing import Any
 
 from localrun import private
 from localrun.runtimes import layout
+from localrun.settings import config
 
 # ggml's library names -> the GPU kinds (system.GPU.backend) each can drive.
 BUILT_IN = {"cuda": ("cuda",), "hip": ("rocm",), "vulkan": ("cuda", "rocm", "vulkan"),
@@ -85,7 +86,7 @@ def say_once(find_gpus: Callable[[], Sequence[Any]], say: Callable[[str], None])
         if marker.exists():
             return
         line = idle_gpu_line(find_gpus(), built_in_backends(), layout.installed(), version)
-        marker.parent.mkdir(parents=True, exist_ok=True)
+        config.make_dirs(marker.parent)
         private.touch(marker)  # never through a link planted there
         if line is not None:
             say(line)
@@ -103,7 +104,6 @@ def exact_line() -> str | None:
     try:
         from localrun.runtimes import exact
         from localrun.runtimes.source import bindings_version
-        from localrun.settings import config
 
         if not sys.platform.startswith("linux") or config.exact() == "off":
             return None

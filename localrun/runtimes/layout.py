@@ -150,7 +150,7 @@ def select(name: str) -> None:
         )
     base = root()
     try:
-        base.mkdir(parents=True, exist_ok=True)
+        config.make_dirs(base)
     except OSError as exc:
         raise os_error(exc, f"could not write to {base}") from None
     write_atomic(base / "selected", [name.encode() + b"\n"], sync_dir=True)
@@ -192,7 +192,7 @@ def staging_folder() -> Path:
     """A new, empty, process-unique folder in which an install puts its files."""
     base = root()
     try:
-        base.mkdir(parents=True, exist_ok=True)
+        config.make_dirs(base)
         prune_staging()
         staged = temp_path(base)
         staged.mkdir()

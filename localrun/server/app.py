@@ -154,6 +154,7 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
         version=__version__,
         metrics=counters,
         memory=answer_memory(settings.api_key, settings.host),
+        shown_store=str(settings.store.root) if is_loopback(settings.host) else None,
     )
     app.state.responses = ResponseStore(settings.responses_dir or config.responses_dir())
     for path, handler, methods in _ROUTES:

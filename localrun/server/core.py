@@ -66,6 +66,9 @@ class Context:
     # request from the answer it got before (engine.answers): the API key's holders, or with
     # none the one person of a loopback-only server; None where clients are not told apart.
     memory: str | None = None
+    # The store's folder, which /api/version names so that a `localrun` told "not found" can
+    # say which store answered; only a loopback-only server says where its files are.
+    shown_store: str | None = None
 
 
 def context(request: Request) -> Context:

@@ -128,10 +128,13 @@ async def root(request: Request) -> Response:
 
 
 async def version(request: Request) -> Response:
-    """The Ollama API version served, and localrun's own beside it."""
-    return JSONResponse(
-        {"version": OLLAMA_API_VERSION, "localrun_version": core.context(request).version}
-    )
+    """The Ollama API version served, and localrun's own beside it (and, on a loopback-only
+    server, the store it answers from)."""
+    ctx = core.context(request)
+    body = {"version": OLLAMA_API_VERSION, "localrun_version": ctx.version}
+    if ctx.shown_store is not None:
+        body["localrun_store"] = ctx.shown_store
+    return JSONResponse(body)
 
 
 async def ps(request: Request) -> Response:

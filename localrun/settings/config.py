@@ -13,9 +13,11 @@ wing imports only errors.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
+from localrun import private
 from localrun.errors import ConfigError
 from localrun.settings import limits, parse
 from localrun.settings.setting import Setting
@@ -311,6 +313,23 @@ SETTINGS: dict[str, Setting] = {**_GENERAL, **limits.LIMITS}
 
 def home() -> Path:
     return SETTINGS["LOCALRUN_HOME"].value()  # type: ignore[no-any-return]
+
+
+def make_home() -> None:
+    """Create LOCALRUN_HOME, where it does not exist yet, as its owner's alone (0700, parents
+    too): it holds the chat history (localrun.private). One that exists is left as it is
+    (`localrun info` says when it is open to others); one that cannot be made is for the write
+    that follows to report."""
+    with contextlib.suppress(OSError):
+        private.private_dir(home(), owned=False)
+
+
+def make_dirs(path: Path) -> None:
+    """`path.mkdir(parents=True, exist_ok=True)`, with LOCALRUN_HOME made first (`make_home`)
+    where `path` is inside it: a folder of localrun's never makes the home open to others."""
+    if path.is_relative_to(home()):
+        make_home()
+    path.mkdir(parents=True, exist_ok=True)
 
 
 def models_dir() -> Path:

@@ -224,7 +224,7 @@ def remove(name: str) -> None:
 
 def _write(text: str) -> None:
     file = path()
-    file.parent.mkdir(parents=True, exist_ok=True)
+    config.make_dirs(file.parent)
     private.write(file, text.encode("utf-8"))  # whole, 0600, and never through a link
 
 

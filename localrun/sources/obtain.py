@@ -134,7 +134,14 @@ def _from_catalog(
                 continue
             expected = {source["file"]: source["sha256"]} if "file" in source else None
             try:
-                pull.pull(store, hub, report=report, target=name, expected=expected)
+                pull.pull(
+                    store,
+                    hub,
+                    report=report,
+                    target=name,
+                    expected=expected,
+                    parameters=entry.parameters,
+                )
             except LocalrunError as exc:
                 failures.append(exc)
                 continue

@@ -59,11 +59,14 @@ def pull(
     report: Reporter = lambda _: None,
     target: ModelName | None = None,
     expected: dict[str, str] | None = None,
+    parameters: dict[str, Any] | None = None,
     hubs: Callable[[str], Hub] = hub_for,
 ) -> str:
     """Pull `ref` into the store as `target` (default: its own name); returns the manifest digest.
 
-    `expected` maps a file name to the sha256 it must have (catalog sources pin their files).
+    `expected` maps a file name to the sha256 it must have (catalog sources pin their files);
+    `parameters` are the catalog's defaults for the model, over what the repository's
+    generation_config.json recommends.
     """
     name = target or ref.name
     hub = hubs(ref.hub)
@@ -104,7 +107,7 @@ def pull(
         if isinstance(license_text, str) and license_text:
             digest, size = store.add_bytes(license_text.encode())
             extra.append(Layer(MEDIA_TYPES["license"], digest, size))
-        defaults = _parameters(_generation_config(store, hub, repo))
+        defaults = {**_parameters(_generation_config(store, hub, repo)), **(parameters or {})}
         if defaults:
             data = json.dumps(defaults, sort_keys=True).encode()
             digest, size = store.add_bytes(data)

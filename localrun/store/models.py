@@ -121,16 +121,13 @@ class Store:
 
     @classmethod
     def default(cls) -> Store:
-        from localrun import private
         from localrun.settings import config
 
-        home, root = config.home(), config.models_dir()
-        if root.is_relative_to(home):
-            # The store's folders would make LOCALRUN_HOME, which holds the chat history too:
-            # made here, it is its owner's alone. One that cannot be made is _ensure_dirs' to
-            # report, as a store error (a store elsewhere never needed it).
-            with contextlib.suppress(OSError):
-                private.private_dir(home, owned=False)
+        root = config.models_dir()
+        if root.is_relative_to(config.home()):
+            # The store's folders would make LOCALRUN_HOME: made first, its owner's alone. One
+            # that cannot be made is _ensure_dirs' to report, as a store error.
+            config.make_home()
         return cls(root)
 
     # -- locking ------------------------------------------------------------------------------

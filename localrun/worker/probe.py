@@ -58,7 +58,7 @@ def ensure_loads(resolved: Resolved) -> None:
         return
     _probe(resolved)
     try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
+        config.make_dirs(marker.parent)
         private.touch(marker)  # never through a link planted there
     except OSError:
         pass  # unrecorded: the next run probes again
