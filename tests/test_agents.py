@@ -20,9 +20,6 @@ import httpx
 import llguidance
 import openai
 import pytest
-from conftest import PATIENCE_S
-from test_family_calls import SCRIPTED
-from test_server import LiveServer, add_model
 from testmodels.scripted import write_scripted_model
 from testmodels.vocab import THINKING_TEMPLATE
 
@@ -30,6 +27,10 @@ from localrun import overflow
 from localrun.errors import ContextOverflowError
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import SCRIPTED, LiveServer, add_model
+from support.tools import APPLY_PATCH
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -41,28 +42,6 @@ def call(name: str, arguments: dict[str, Any]) -> str:
     return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
 
 
-# Codex's apply_patch tool grammar (openai/codex codex-rs/core/src/tool_apply_patch.lark).
-APPLY_PATCH = r"""
-start: begin_patch hunk+ end_patch
-begin_patch: "*** Begin Patch" LF
-end_patch: "*** End Patch" LF?
-
-hunk: add_hunk | delete_hunk | update_hunk
-add_hunk: "*** Add File: " filename LF add_line+
-delete_hunk: "*** Delete File: " filename LF
-update_hunk: "*** Update File: " filename LF change_move? change?
-
-filename: /(.+)/
-add_line: "+" /(.*)/ LF -> line
-
-change_move: "*** Move to: " filename LF
-change: (change_context | change_line)+ eof_line?
-change_context: ("@@" | "@@ " /(.+)/) LF
-change_line: ("+" | "-" | " ") /(.*)/ LF
-eof_line: "*** End of File" LF
-
-%import common.LF
-"""
 PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+Hello\n*** End Patch\n"
 BROKEN_PATCH = PATCH.replace("+Hello", "Hello")  # an added line without its "+"
 

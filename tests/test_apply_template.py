@@ -47,7 +47,7 @@ def _name(template: str) -> str:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Any]:
-    from test_server import LiveServer
+    from support.server import LiveServer
 
     home = tmp_path_factory.mktemp("apply-template")
     store = Store(home / "models")

@@ -4,23 +4,20 @@ Whisper preprocessing) in the real server, with the official clients."""
 
 from __future__ import annotations
 
-import base64
-import io
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-import numpy as np
 import pytest
-from conftest import PATIENCE_S, assert_one_line_error
-from test_server import LiveServer, add_model
 from testmodels.projectors import write_tiny_audio
 
 from localrun import media
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
+
+from support.cli import assert_one_line_error
+from support.media import NOISE, TONE, b64, clip
+from support.server import LiveServer, add_model, post
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -29,29 +26,6 @@ MAX_SECONDS = 3
 # One 30-second window of Whisper's mel frames: 3000 frames, 1500 after the convolutions, 750
 # after the projector's average pool.
 CLIP_TOKENS = 750
-
-
-def clip(seconds: float, hz: float = 440.0, rate: int = 16000) -> bytes:
-    """A sine tone (hz > 0) or white noise (hz 0) as a 16-bit mono WAV."""
-    n = int(seconds * rate)
-    if hz:
-        samples = np.sin(2 * np.pi * hz * np.arange(n) / rate) * 12000
-    else:
-        samples = np.random.default_rng(3).standard_normal(n) * 6000
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.astype(np.int16).tobytes())
-    return out.getvalue()
-
-
-TONE, NOISE = clip(1.5), clip(1.5, hz=0)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="session")
@@ -71,18 +45,14 @@ def live(
     server.close()
 
 
-def _post(live: LiveServer, path: str, body: dict[str, Any]) -> httpx.Response:
-    return httpx.post(f"{live.url}{path}", json=body, timeout=PATIENCE_S)
-
-
 def _chat(live: LiveServer, audio: list[bytes], text: str = "the a", **extra: Any) -> Any:
     messages = [{"role": "user", "content": text, "audio": [b64(a) for a in audio]}]
     body = {"model": "aud", "messages": messages, "options": GREEDY, "stream": False, **extra}
-    return _post(live, "/api/chat", body)
+    return post(live, "/api/chat", body)
 
 
 def test_show_says_audio(live: LiveServer) -> None:
-    shown = _post(live, "/api/show", {"model": "aud"}).json()
+    shown = post(live, "/api/show", {"model": "aud"}).json()
     assert "audio" in shown["capabilities"] and "vision" not in shown["capabilities"]
     assert shown["projector_info"]["clip.modalities"] == ["audio"]
 
@@ -105,7 +75,7 @@ def test_the_clip_reaches_the_model_and_counts_as_prompt_tokens(live: LiveServer
 
 def test_openai_input_audio_is_ollamas_audio(live: LiveServer, ai: Any) -> None:
     # Both answers from a freshly loaded model: the clip is not in a slot's cache (see above).
-    assert _post(live, "/api/generate", {"model": "aud", "keep_alive": 0}).status_code == 200
+    assert post(live, "/api/generate", {"model": "aud", "keep_alive": 0}).status_code == 200
     ollama = _chat(live, [TONE], keep_alive=0).json()["message"]["content"]
     openai = (
         ai.chat.completions.create(
@@ -143,7 +113,7 @@ def test_a_continued_conversation_does_not_decode_the_clip_again(live: LiveServe
         {"role": "user", "content": "the a"},
     ]
     body = {"model": "aud", "messages": follow, "options": GREEDY, "stream": False}
-    again = _post(live, "/api/chat", body).json()
+    again = post(live, "/api/chat", body).json()
     assert again["prompt_cache_count"] >= first["prompt_eval_count"]
 
 
@@ -152,7 +122,7 @@ def test_audio_over_the_bounds_or_not_audio_is_a_400(
 ) -> None:
     monkeypatch.setenv("LOCALRUN_MAX_AUDIO_SECONDS", str(MAX_SECONDS))
     # A runner started now reads the bound too.
-    assert _post(live, "/api/generate", {"model": "aud", "keep_alive": 0}).status_code == 200
+    assert post(live, "/api/generate", {"model": "aud", "keep_alive": 0}).status_code == 200
     long = _chat(live, [clip(MAX_SECONDS + 1)])
     assert long.status_code == 400
     assert f"is {MAX_SECONDS + 1}.0 s of audio, more than the {MAX_SECONDS} s" in long.text

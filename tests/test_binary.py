@@ -23,9 +23,10 @@ import httpx
 import pexpect
 import psutil
 import pytest
-from conftest import PATIENCE_S
-from hfhub import FakeHub
 from testmodels.text import write_tiny_model
+
+from support import PATIENCE_S
+from support.hfhub import FakeHub
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
@@ -169,9 +170,9 @@ def test_store_commands_and_run_from_the_binary(lr: Bin, tiny: Path, tmp_path: P
 def test_images_and_audio_from_the_binary(lr: Bin, tmp_path: Path) -> None:
     """Pillow (image headers) and mutagen (audio headers) travel in the binary, and libmtmd
     with llama.cpp: the same answers as the pip-installed localrun."""
-    from test_audio import TONE
-    from test_vision import RED
     from testmodels.projectors import write_tiny_audio, write_tiny_vision
+
+    from support.media import RED, TONE
 
     (lr.home / "red.png").write_bytes(RED)
     (lr.home / "tone.wav").write_bytes(TONE)
@@ -297,9 +298,9 @@ def test_the_binary_installs_a_runtime_the_same_way_and_runs_on_it(lr: Bin, tiny
     """The binary carries the CPU backend only; `runtime install vulkan` builds the same module
     from llama-cpp-python's source (pip from the first python3 on PATH), and `run` loads it into
     the binary's own ggml: every layer on lavapipe."""
-    from test_runtimes import LAVAPIPE, _vulkan_ready, builds_folder
+    from support.runtimes import LAVAPIPE, builds_folder, vulkan_ready
 
-    missing = _vulkan_ready()
+    missing = vulkan_ready()
     if missing:
         pytest.skip(f"no Vulkan toolchain: {missing}")
     # The build's tools but no python3, and no source given: one line that says what to do.

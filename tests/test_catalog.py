@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
 
 from localrun.errors import CorruptBlobError, ModelNotFoundError
 from localrun.sources import obtain
 from localrun.store import catalog, names, reference
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.cli import CLI, assert_one_line_error
 
 SMOLLM2 = names.parse("smollm2:135m")
 
@@ -209,7 +211,7 @@ def _hub_repo(entry: catalog.Entry) -> tuple[str, str]:
 
 
 def test_a_catalog_name_is_pulled_from_its_repository(cli: CLI, tiny_model: Path) -> None:
-    from hfhub import FakeHub
+    from support.hfhub import FakeHub
 
     entry = catalog.lookup(names.parse("qwen3:0.6b"))
     assert entry is not None
@@ -239,7 +241,8 @@ def test_a_mistyped_name_suggests_the_nearest(cli: CLI) -> None:
 
 def test_the_server_suggests_the_nearest_names_too(tmp_path: Path) -> None:
     import httpx
-    from test_server import LiveServer
+
+    from support.server import LiveServer
 
     server = LiveServer(Store(tmp_path / "models"))
     try:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import CLI, PATIENCE_S
+
+from support import PATIENCE_S
+from support.cli import CLI
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 

@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
 
 from localrun.settings import config
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.cli import CLI, assert_one_line_error
 
 
 def _modelfile(folder: Path, text: str, name: str = "Modelfile") -> Path:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
 
 from localrun.cli import server_cmds
 from localrun.client import Client
@@ -35,6 +34,9 @@ from localrun.errors import (
     ServerUnreachableError,
     UnauthorizedError,
 )
+
+from support import PATIENCE_S
+from support.cli import CLI, assert_one_line_error
 
 HEAVY = ("llama_cpp", "fastapi", "uvicorn", "huggingface_hub", "modelscope", "gguf", "numpy")
 

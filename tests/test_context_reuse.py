@@ -20,8 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PATIENCE_S
-from test_server import LiveServer, add_model
 from testmodels.scripted import write_scripted_model
 from testmodels.text import write_tiny_model
 
@@ -31,6 +29,9 @@ from localrun.hardware import fit
 from localrun.scheduler import Scheduler
 from localrun.store import names
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import LiveServer, add_model
 
 pytestmark = pytest.mark.server
 

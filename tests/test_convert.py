@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CLI, assert_one_line_error
 from testmodels.hf_checkpoints import (
     FAMILIES,
     Checkpoint,
@@ -32,6 +31,8 @@ from localrun.errors import CheckpointError
 from localrun.recipes import convert, create, lora, modelfile
 from localrun.store import names
 from localrun.store.models import Store
+
+from support.cli import CLI, assert_one_line_error
 
 pytestmark = pytest.mark.model
 

@@ -2,10 +2,10 @@
 scripted model through the real server in every dialect (issue 58).
 
 vLLM 0.33.0's tests/tool_parsers/ (fetched by scripts/fetch_corpora.py; without them these
-tests skip, saying so) run in a pytest of their own with tests/vllm_shim.py, in which each of
-vLLM's parsers is localrun's for the family the runner chooses from the template those models
-ship. vLLM's assertions judge localrun's reading, whole and streamed a token at a time. Each
-test passes, or is one of:
+tests skip, saying so) run in a pytest of their own with tests/support/vllm_shim.py, in which each
+of vLLM's parsers is localrun's for the family the runner chooses from the template those models
+ship. vLLM's assertions judge localrun's reading, whole and streamed a token at a time. Each test
+passes, or is one of:
 
 - DIFFERENT: a reading that differs from vLLM's by choice, each with its reason;
 - NOT_CLAIMED: the tests of a family localrun does not claim, with what it does instead;
@@ -35,15 +35,15 @@ from typing import Any
 
 import fetch_corpora
 import pytest
-import vllm_shim
-from test_family_calls import DIALECTS
-from test_server import LiveServer, add_model
 from testmodels.scripted import write_scripted_model
 
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 
-TESTS = Path(__file__).resolve().parent
+from support import TESTS, vllm_shim
+from support.dialects import DIALECTS
+from support.server import LiveServer, add_model
+
 NOT_FETCHED = "vLLM's tests are not fetched: run scripts/fetch_corpora.py"
 
 # vLLM test files that cannot run here, and why.
@@ -178,7 +178,7 @@ def vllm_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "LOCALRUN_VLLM_REPORT": str(out / "report.json"),
         "LOCALRUN_VLLM_RECORD": str(out / "record.jsonl"),
     }
-    cmd = [sys.executable, "-m", "pytest", "-p", "vllm_shim", "-c", os.devnull]
+    cmd = [sys.executable, "-m", "pytest", "-p", "support.vllm_shim", "-c", os.devnull]
     cmd += ["--rootdir", str(folder), "-p", "no:cacheprovider", "-q"]
     cmd += ["--continue-on-collection-errors", "tests/tool_parsers"]
     done = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=600)

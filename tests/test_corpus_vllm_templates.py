@@ -30,10 +30,11 @@ from typing import Any
 
 import fetch_corpora
 import pytest
-from family_cases import MINICPM3, template_at
 
 from localrun.formats import template as template_mod
 from localrun.formats.jinja import env as jinja_env
+
+from support.family_cases import MINICPM3, template_at
 
 NOW = datetime(2026, 3, 14, 9, 26, 53)
 BOS, EOS = "<s>", "</s>"

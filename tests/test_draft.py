@@ -12,8 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PATIENCE_S
-from test_speculate import (
+
+from localrun.engine.batch import BatchEngine
+from localrun.engine.types import LoadOptions
+from localrun.errors import BadRequestError
+
+from support import PATIENCE_S
+from support.speculation import (
     CODE,
     CODE_INPUT,
     Sink,
@@ -26,10 +31,6 @@ from test_speculate import (
     run,
     verbose_drafts,
 )
-
-from localrun.engine.batch import BatchEngine
-from localrun.engine.types import LoadOptions
-from localrun.errors import BadRequestError
 
 pytestmark = [pytest.mark.model]
 
@@ -111,10 +112,10 @@ def test_a_drafted_model_speculates_in_run_and_in_the_server(cli: Any, tmp_path:
     drafted, accepted = verbose_drafts(result.stderr)
     assert drafted > 10 and accepted >= 0.9 * drafted, result.stderr
     # The server's runner loads the draft model too.
-    from test_server import LiveServer
-
     from localrun.scheduler import Scheduler
     from localrun.store.models import Store
+
+    from support.server import LiveServer
 
     store = Store(Path(os.environ["LOCALRUN_HOME"]) / "models")
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_queue=8))

@@ -14,8 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
-from test_server import LiveServer, add_model
 from testmodels.text import write_tiny_model
 
 from localrun import model as model_mod
@@ -26,6 +24,10 @@ from localrun.scheduler import Scheduler
 from localrun.store import names
 from localrun.store.manifest import Manifest
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.cli import CLI, assert_one_line_error
+from support.server import LiveServer, add_model
 
 
 @pytest.fixture(scope="module")

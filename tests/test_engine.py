@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_speculate import one_token_logits
 
 from localrun.engine.batch import BatchEngine
 from localrun.engine.constraint import Constraint
@@ -18,6 +17,8 @@ from localrun.engine.types import LoadOptions, SamplingOptions
 from localrun.errors import ContextOverflowError, InvalidGGUFError, ModelLoadError
 from localrun.formats import template
 from localrun.worker.grammar import constraint_for
+
+from support.speculation import one_token_logits
 
 pytestmark = pytest.mark.model
 

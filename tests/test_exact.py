@@ -35,10 +35,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PATIENCE_S, ROOT
-from test_runtimes import builds_folder
-from test_server import add_model
-from test_server_serve import Serve
 from testmodels.text import write_tiny_model
 
 from localrun.engine.native import lc
@@ -46,6 +42,11 @@ from localrun.errors import ToolchainError
 from localrun.runtimes import toolchain
 from localrun.runtimes.source import bindings_version
 from localrun.store.models import Store
+
+from support import PATIENCE_S, ROOT
+from support.runtimes import builds_folder
+from support.serve import Serve
+from support.server import add_model
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CLI, ROOT
+
+from support import ROOT
+from support.cli import CLI
 
 EXAMPLES = sorted((ROOT / "modelfiles").glob("*.Modelfile"))
 

@@ -16,8 +16,17 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import PATIENCE_S
-from family_cases import (
+from testmodels.scripted import write_scripted_model
+
+from localrun.formats import parsers, template
+from localrun.formats.parsers.base import Syntax, Taken
+from localrun.formats.parsers.stream import CallStream
+from localrun.scheduler import Scheduler
+from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.dialects import ASK, DIALECTS
+from support.family_cases import (
     CASES,
     MINICPM3,
     PARIS,
@@ -27,14 +36,7 @@ from family_cases import (
     template_at,
     template_path,
 )
-from test_server import LiveServer, add_model
-from testmodels.scripted import write_scripted_model
-
-from localrun.formats import parsers, template
-from localrun.formats.parsers.base import Syntax, Taken
-from localrun.formats.parsers.stream import CallStream
-from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from support.server import SCRIPTED, LiveServer, add_model
 
 
 def _calls_only(case: Case) -> str:
@@ -364,13 +366,6 @@ def test_a_runaway_answer_is_read_a_bounded_number_of_times(runaway: str) -> Non
 
 # -- end to end ----------------------------------------------------------------------------
 
-ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-# A scripted model answers in tokens of its own, one a byte, never in its tokenizer's
-# spelling: a forced call's text is left to it to spell (what a grammar allows is the same).
-SCRIPTED = "PARAMETER grammar_forcing false"
-
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
@@ -388,129 +383,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
     yield server
     server.close()
-
-
-Answer = tuple[str, str, list[Any]]  # content, reasoning, calls
-
-
-def _openai(
-    live: LiveServer, model: str, tools: list[Any], stream: bool, think: bool = True
-) -> Answer:
-    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
-    common: Any = {"model": model, "messages": ASK, "tools": tools, "temperature": 0}
-    if not think:
-        common["reasoning_effort"] = "none"
-    if not stream:
-        message = client.chat.completions.create(**common).choices[0].message
-        calls = [
-            {"name": c.function.name, "arguments": json.loads(c.function.arguments)}
-            for c in message.tool_calls or []
-        ]
-        reasoning = getattr(message, "reasoning_content", None) or ""
-        return message.content or "", reasoning, calls
-    content, reasoning, parts = "", "", {}  # type: ignore[var-annotated]
-    for chunk in client.chat.completions.create(**common, stream=True):
-        if not chunk.choices:
-            continue
-        delta = chunk.choices[0].delta
-        content += delta.content or ""
-        reasoning += getattr(delta, "reasoning_content", None) or ""
-        for call in delta.tool_calls or []:
-            entry = parts.setdefault(call.index, {"name": "", "arguments": ""})
-            if call.function and call.function.name:
-                entry["name"] += call.function.name
-            if call.function and call.function.arguments:
-                entry["arguments"] += call.function.arguments
-    calls = [
-        {"name": p["name"], "arguments": json.loads(p["arguments"])}
-        for _, p in sorted(parts.items())
-    ]
-    return content, reasoning, calls
-
-
-def _ollama(
-    live: LiveServer, model: str, tools: list[Any], stream: bool, think: bool = True
-) -> Answer:
-    client = ollama.Client(host=live.url, timeout=PATIENCE_S)
-    common: Any = {
-        "model": model,
-        "messages": ASK,
-        "tools": tools,
-        "options": {"temperature": 0},
-    }
-    if not think:
-        common["think"] = False
-    parts = [client.chat(**common)] if not stream else list(client.chat(**common, stream=True))
-    content = "".join(p.message.content or "" for p in parts)
-    reasoning = "".join(p.message.thinking or "" for p in parts)
-    calls = [
-        {"name": c.function.name, "arguments": dict(c.function.arguments)}
-        for p in parts
-        for c in p.message.tool_calls or []
-    ]
-    return content, reasoning, calls
-
-
-def _anthropic(
-    live: LiveServer, model: str, tools: list[Any], stream: bool, think: bool = True
-) -> Answer:
-    client = anthropic.Anthropic(base_url=live.url, api_key="x", max_retries=0)
-    tools = [
-        {
-            "name": t["function"]["name"],
-            "description": t["function"].get("description", ""),
-            "input_schema": t["function"].get("parameters") or {"type": "object"},
-        }
-        for t in tools
-    ]
-    common: Any = {"model": model, "messages": ASK, "tools": tools, "max_tokens": 4096}
-    if not think:
-        common["thinking"] = {"type": "disabled"}
-    if stream:
-        with client.messages.stream(**common) as events:
-            message = events.get_final_message()
-    else:
-        message = client.messages.create(**common)
-    content = "".join(b.text for b in message.content if b.type == "text")
-    reasoning = "".join(b.thinking for b in message.content if b.type == "thinking")
-    calls = [
-        {"name": b.name, "arguments": dict(b.input)}  # type: ignore[call-overload]
-        for b in message.content
-        if b.type == "tool_use"
-    ]
-    return content, reasoning, calls
-
-
-def _responses(
-    live: LiveServer, model: str, tools: list[Any], stream: bool, think: bool = True
-) -> Answer:
-    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
-    tools = [{"type": "function", **t["function"]} for t in tools]
-    common: Any = {"model": model, "input": ASK, "tools": tools, "temperature": 0}
-    if not think:
-        common["reasoning"] = {"effort": "none"}
-    if stream:
-        with client.responses.stream(**common) as events:
-            response = events.get_final_response()
-    else:
-        response = client.responses.create(**common)
-    content, reasoning, calls = "", "", []
-    for item in response.output:
-        if item.type == "message":
-            content += "".join(getattr(p, "text", "") for p in item.content)
-        elif item.type == "reasoning":
-            reasoning += "".join(getattr(p, "text", "") for p in item.content or [])
-        elif item.type == "function_call":
-            calls.append({"name": item.name, "arguments": json.loads(item.arguments)})
-    return content, reasoning, calls
-
-
-DIALECTS = {
-    "openai": _openai,
-    "ollama": _ollama,
-    "anthropic": _anthropic,
-    "responses": _responses,
-}
 
 
 @pytest.mark.model

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CLI, assert_one_line_error
 from testmodels.hf_checkpoints import (
     FAMILIES,
     Checkpoint,
@@ -33,6 +32,8 @@ from testmodels.hf_checkpoints import (
 from localrun.errors import CheckpointError
 from localrun.recipes import checkpoint, convert, lora
 from localrun.recipes.patterns import Pattern
+
+from support.cli import CLI, assert_one_line_error
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
 

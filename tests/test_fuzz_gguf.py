@@ -13,7 +13,8 @@ from pathlib import Path
 
 import fuzz_gguf
 import pytest
-from conftest import PATIENCE_S
+
+from support import PATIENCE_S
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 

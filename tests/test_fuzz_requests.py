@@ -15,14 +15,15 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import PATIENCE_S
 from fuzzlib import checks, hostile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_server import LiveServer, add_model
 
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import LiveServer, add_model
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

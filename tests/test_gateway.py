@@ -19,39 +19,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
 from fuzzlib.upstream import WORDS, FakeUpstream
-from test_server import add_model
-from test_server_serve import Serve
 from testmodels.text import write_tiny_model
 
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.cli import CLI, assert_one_line_error
+from support.serve import Serve, gateway
+from support.server import add_model
+from support.tools import WEATHER
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
 KEY = "sk-upstream-secret-123456"
 HI = {"model": "big-model", "messages": [{"role": "user", "content": "hi"}]}
-FAST = {  # health checks and ejection on a test's time scale
-    "LOCALRUN_UPSTREAM_HEALTH_INTERVAL": "0.3s",
-    "LOCALRUN_UPSTREAM_COOLDOWN": "1s",
-    "LOCALRUN_UPSTREAM_EJECT_AFTER": "2",
-    "LOCALRUN_UPSTREAM_READ_TIMEOUT": "3s",
-}
-
-
-def _toml(upstreams: dict[str, dict[str, object]]) -> str:
-    lines = []
-    for name, table in upstreams.items():
-        lines.append(f"[upstreams.{name}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def gateway(home: Path, upstreams: dict[str, dict[str, object]], **env: str) -> Serve:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "upstreams.toml").write_text(_toml(upstreams))
-    return Serve(home, env={**FAST, **env})
 
 
 def _metric(url: str, name: str, upstream: str) -> float:
@@ -251,8 +233,7 @@ def test_tool_calls_and_a_slow_first_byte_through_an_upstream(
 
     oc = ollama.Client(host=fake_gw.url, timeout=PATIENCE_S)
     fake.mode = "tool"
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+    tools = [WEATHER]
     reply = oc.chat(model="big-model", tools=tools, messages=[
         {"role": "user", "content": "Weather in Paris?"}])  # fmt: skip
     calls = reply.message.tool_calls or []

@@ -17,11 +17,12 @@ from typing import Any
 import httpx
 import pytest
 from benchlib.scores import in_child
-from conftest import PATIENCE_S
-from test_server import add_model
-from test_server_serve import Serve
 
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.serve import Serve
+from support.server import add_model
 
 pytestmark = [pytest.mark.model, pytest.mark.server]
 

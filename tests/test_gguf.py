@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_one_line_error
 from gguf import GGUFReader, Keys
 from testmodels.malformed import write_absurd_array_length
 from testmodels.text import DEFAULT_PARAMS, write_tiny_model
@@ -36,6 +35,8 @@ from localrun.errors import (
 )
 from localrun.gguf import scan
 from localrun.store import catalog, names
+
+from support.cli import assert_one_line_error
 
 FAST = 3.0  # seconds: an invalid header is refused long before this
 CHILD_TIMEOUT = 20

@@ -16,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import PATIENCE_S
 from fuzzlib import layout as gguf_layout
 
 from localrun.errors import InvalidGGUFError
 from localrun.gguf import scan
+
+from support import PATIENCE_S
 
 STRING, U32, F32, ARRAY = gguf_layout.STRING, gguf_layout.U32, gguf_layout.F32, gguf_layout.ARRAY
 Edit = Callable[[gguf_layout.Layout], object]

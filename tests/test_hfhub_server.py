@@ -30,7 +30,6 @@ from typing import Any
 
 import httpx2
 import pytest
-from hfhub import FakeHub
 from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -40,6 +39,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile, RepoFolder
+
+from support.hfhub import FakeHub
 
 pytestmark = pytest.mark.server
 

@@ -8,17 +8,28 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
-from registries import encoded
-from test_vision import GREEDY, RED, _post, b64, data_url, live, tiny_vision
 
 from localrun.server import image_urls
 
-__all__ = ["live", "tiny_vision"]  # the fixtures, shared with test_vision
+from support.media import GREEDY, RED, b64, data_url
+from support.registries import encoded
+from support.server import LiveServer, post, vision_server
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
+
+
+@pytest.fixture(scope="module")
+def live(
+    tmp_path_factory: pytest.TempPathFactory, tiny_vision: tuple[Path, Path], tiny_model: Path
+) -> Iterator[LiveServer]:
+    server = vision_server(tmp_path_factory.mktemp("vision"), tiny_vision, tiny_model)
+    yield server
+    server.close()
+
 
 PAGES: dict[str, tuple[int, dict[str, str], bytes]] = {
     "/red.png": (200, {"Content-Type": "image/png"}, RED),
@@ -66,20 +77,20 @@ def _openai(live: Any, url: str) -> Any:
     parts = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "the a"}]
     messages = [{"role": "user", "content": parts}]
     body = {"model": "vis", "max_tokens": 8, "seed": 1, "messages": messages}
-    return _post(live, "/v1/chat/completions", body)
+    return post(live, "/v1/chat/completions", body)
 
 
 def _anthropic(live: Any, source: dict[str, Any]) -> Any:
     blocks = [{"type": "image", "source": source}, {"type": "text", "text": "the a"}]
     body = {"model": "vis", "max_tokens": 8, "messages": [{"role": "user", "content": blocks}]}
-    return _post(live, "/v1/messages", body)
+    return post(live, "/v1/messages", body)
 
 
 def _responses(live: Any, url: str) -> Any:
     parts = [{"type": "input_image", "image_url": url}, {"type": "input_text", "text": "the a"}]
     body = {"model": "vis", "max_output_tokens": 8, "temperature": 0,
             "input": [{"role": "user", "content": parts}]}  # fmt: skip
-    return _post(live, "/v1/responses", body)
+    return post(live, "/v1/responses", body)
 
 
 def test_urls_are_refused_unless_the_host_is_named(
@@ -109,7 +120,7 @@ def test_an_allowed_url_is_the_same_image_inline_in_every_dialect(
     responses = _responses(live, f"{site}/red.png")
     assert responses.json()["output"][-1]["content"][0]["text"] == inline
     # Ollama's own dialect takes base64 only, as Ollama does.
-    generate = _post(live, "/api/generate", {"model": "vis", "prompt": "the a", "stream": False,
+    generate = post(live, "/api/generate", {"model": "vis", "prompt": "the a", "stream": False,
                      "images": [b64(RED)], "options": GREEDY})  # fmt: skip
     assert generate.status_code == 200
 
@@ -140,4 +151,4 @@ def test_a_failed_fetch_is_a_clear_error_naming_the_part(
     assert "messages[0].content[0].image_url" in message and fragment in message
     # The server goes on answering.
     text = {"model": "vis", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
-    assert _post(live, "/v1/chat/completions", text).status_code == 200
+    assert post(live, "/v1/chat/completions", text).status_code == 200

@@ -9,42 +9,14 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import CLI, assert_one_line_error
+
+from support.cli import CLI, assert_one_line_error
+from support.stores import hf_cache, ollama_blob, ollama_manifest
 
 DATA = Path(__file__).parent / "data" / "ollama_templates"
 CHATML = (DATA / "chatml.gotmpl").read_text(encoding="utf-8")
-
-
-def _blob(root: Path, data: bytes) -> str:
-    digest = hashlib.sha256(data).hexdigest()
-    (root / "blobs").mkdir(parents=True, exist_ok=True)
-    (root / "blobs" / f"sha256-{digest}").write_bytes(data)
-    return f"sha256:{digest}"
-
-
-def _manifest(root: Path, name: str, layers: list[tuple[str, str, int]], host: str = "") -> Path:
-    """manifests/registry.ollama.ai/library/NAME/TAG as Ollama writes it."""
-    model, _, tag = name.partition(":")
-    namespace, _, model = model.rpartition("/")
-    folder = root / "manifests" / (host or "registry.ollama.ai") / (namespace or "library") / model
-    folder.mkdir(parents=True, exist_ok=True)
-    config = _blob(root, b'{"model_format":"gguf","model_family":"llama"}')
-    body: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                   "digest": config, "size": 46},
-        "layers": [
-            {"mediaType": f"application/vnd.ollama.image.{kind}", "digest": digest, "size": size}
-            for kind, digest, size in layers
-        ],
-    }  # fmt: skip
-    path = folder / (tag or "latest")
-    path.write_text(json.dumps(body))
-    return path
 
 
 @pytest.fixture
@@ -53,12 +25,12 @@ def ollama_store(tmp_path: Path, tiny_model: Path) -> Path:
     root = tmp_path / "ollama-models"
     gguf = tiny_model.read_bytes()
     layers = [
-        ("model", _blob(root, gguf), len(gguf)),
-        ("template", _blob(root, CHATML.encode()), len(CHATML)),
-        ("system", _blob(root, b"You are a lighthouse keeper."), 28),
+        ("model", ollama_blob(root, gguf), len(gguf)),
+        ("template", ollama_blob(root, CHATML.encode()), len(CHATML)),
+        ("system", ollama_blob(root, b"You are a lighthouse keeper."), 28),
         (
             "params",
-            _blob(root, json.dumps({"stop": ["<|im_end|>"], "temperature": 0.2}).encode()),
+            ollama_blob(root, json.dumps({"stop": ["<|im_end|>"], "temperature": 0.2}).encode()),
             50,
         ),
     ]
@@ -69,11 +41,11 @@ def ollama_store(tmp_path: Path, tiny_model: Path) -> Path:
     ]
     messages = json.dumps(said).encode()
     layers += [
-        ("messages", _blob(root, messages), len(messages)),
-        ("license", _blob(root, b"The lighthouse license"), 22),
+        ("messages", ollama_blob(root, messages), len(messages)),
+        ("license", ollama_blob(root, b"The lighthouse license"), 22),
     ]
-    _manifest(root, "keeper:latest", layers)
-    _manifest(root, "someone/keeper:v2", layers[:1])
+    ollama_manifest(root, "keeper:latest", layers)
+    ollama_manifest(root, "someone/keeper:v2", layers[:1])
     return root
 
 
@@ -111,28 +83,30 @@ def test_a_hostile_or_half_downloaded_store_is_refused_in_one_line(
 ) -> None:
     root = tmp_path / "bad-store"
     gguf = tiny_model.read_bytes()
-    good = _blob(root, gguf)
+    good = ollama_blob(root, gguf)
     # A digest that would name a path outside the store.
-    _manifest(root, "escape:latest", [("model", "sha256:../../../etc/passwd", 10)])
+    ollama_manifest(root, "escape:latest", [("model", "sha256:../../../etc/passwd", 10)])
     # A blob still downloading.
     partial = "sha256:" + "ab" * 32
     (root / "blobs" / ("sha256-" + "ab" * 32 + "-partial")).write_bytes(b"half")
-    _manifest(root, "partial:latest", [("model", partial, 4)])
+    ollama_manifest(root, "partial:latest", [("model", partial, 4)])
     # A blob whose content is not what its name says.
     liar = "sha256:" + "cd" * 32
     shutil.copyfile(
         root / "blobs" / ("sha256-" + good[7:]), root / "blobs" / ("sha256-" + "cd" * 32)
     )
-    _manifest(root, "liar:latest", [("model", liar, len(gguf))])
+    ollama_manifest(root, "liar:latest", [("model", liar, len(gguf))])
     # A system prompt whose content is not its digest, and one that links to a user's file.
     fake_system = "sha256:" + "ee" * 32
     (root / "blobs" / ("sha256-" + "ee" * 32)).write_bytes(b"not what the digest says")
-    _manifest(root, "wrongtext:latest", [("model", good, len(gguf)), ("system", fake_system, 24)])
+    ollama_manifest(
+        root, "wrongtext:latest", [("model", good, len(gguf)), ("system", fake_system, 24)]
+    )
     secret = root.parent / "secret.txt"
     secret.write_text("a private key")
     linked = "sha256:" + "ff" * 32
     (root / "blobs" / ("sha256-" + "ff" * 32)).symlink_to(secret)
-    _manifest(root, "linked:latest", [("model", good, len(gguf)), ("system", linked, 13)])
+    ollama_manifest(root, "linked:latest", [("model", good, len(gguf)), ("system", linked, 13)])
     env = {"OLLAMA_MODELS": str(root)}
     listed = cli("import", "ollama", "--dry-run", env=env)
     assert listed.code == 0, listed.stderr
@@ -150,30 +124,12 @@ def test_a_hostile_or_half_downloaded_store_is_refused_in_one_line(
     assert_one_line_error(cli("import", "nosuch", env=env), "nosuch")
 
 
-def _hf_cache(root: Path, gguf: bytes) -> Path:
-    """The Hugging Face cache as huggingface_hub writes it: blobs named by sha256, a snapshot
-    of links into them, refs/main naming the snapshot."""
-    repo = root / "models--someorg--Tiny-GGUF"
-    digest = hashlib.sha256(gguf).hexdigest()
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "blobs" / digest).write_bytes(gguf)
-    (repo / "blobs" / ("ef" * 32 + ".incomplete")).write_bytes(b"half")
-    snapshot = repo / "snapshots" / ("12" * 20)
-    snapshot.mkdir(parents=True)
-    (snapshot / "tiny-Q8_0.gguf").symlink_to(f"../../blobs/{digest}")
-    (snapshot / "escape-Q4_0.gguf").symlink_to("/etc/hostname")
-    (snapshot / "loop-Q5_0.gguf").symlink_to("loop-Q5_0.gguf")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("12" * 20)
-    return repo
-
-
 def test_import_the_hugging_face_cache_and_lm_studio(
     cli: CLI, tmp_path: Path, tiny_model: Path
 ) -> None:
     gguf = tiny_model.read_bytes()
     hub = tmp_path / "hub"
-    repo = _hf_cache(hub, gguf)
+    repo = hf_cache(hub, gguf)
     home = tmp_path / "user"
     studio = home / ".lmstudio" / "models" / "lmstudio-community" / "Tiny-GGUF"
     studio.mkdir(parents=True)
@@ -218,7 +174,9 @@ def test_a_projector_and_an_adapter_come_with_the_model(
     root = tmp_path / "ollama-models"
     parts = {kind: path.read_bytes() for kind, path in
              (("model", model), ("projector", projector), ("adapter", tiny_lora))}  # fmt: skip
-    _manifest(root, "seer:latest", [(k, _blob(root, d), len(d)) for k, d in parts.items()])
+    ollama_manifest(
+        root, "seer:latest", [(k, ollama_blob(root, d), len(d)) for k, d in parts.items()]
+    )
     hub = tmp_path / "hub" / "models--someorg--Seer-GGUF"
     snapshot = hub / "snapshots" / ("34" * 20)
     snapshot.mkdir(parents=True)
@@ -240,7 +198,7 @@ def test_what_the_store_holds_already_is_said_and_skipped(
     import, which skips it (it was "to import", and hashed again); one its runner changed
     since (another system prompt, a new snapshot) is imported again."""
     hub = tmp_path / "hub"
-    _hf_cache(hub, tiny_model.read_bytes())
+    hf_cache(hub, tiny_model.read_bytes())
     env = {"OLLAMA_MODELS": str(ollama_store), "HF_HUB_CACHE": str(hub)}
     hf = "hf.co/someorg/tiny-gguf:q8_0"
     assert cli("import", "ollama", "keeper", "-q", env=env).code == 0
@@ -257,9 +215,10 @@ def test_what_the_store_holds_already_is_said_and_skipped(
     assert again.stderr == ""  # nothing read, hashed or written
 
     # `ollama create keeper` with another system prompt: the same blob, another manifest.
-    layers = [("model", _blob(ollama_store, tiny_model.read_bytes()), tiny_model.stat().st_size),
-              ("system", _blob(ollama_store, b"You are a ferryman."), 19)]  # fmt: skip
-    _manifest(ollama_store, "keeper:latest", layers)
+    weights = ollama_blob(ollama_store, tiny_model.read_bytes())
+    layers = [("model", weights, tiny_model.stat().st_size),
+              ("system", ollama_blob(ollama_store, b"You are a ferryman."), 19)]  # fmt: skip
+    ollama_manifest(ollama_store, "keeper:latest", layers)
     listed = cli("import", "ollama", "keeper", "--dry-run", env=env)
     assert listed.stdout.splitlines()[1].endswith("to import"), listed.stdout
     assert cli("import", "ollama", "keeper", "-q", env=env).code == 0

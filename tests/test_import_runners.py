@@ -9,7 +9,6 @@ clients), imported in place on first use, the listing cached and never broken by
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,11 +19,6 @@ from typing import Any
 import ollama
 import openai
 import pytest
-from conftest import CLI, assert_one_line_error
-from test_import_ollama import _blob as ollama_blob
-from test_import_ollama import _hf_cache
-from test_import_ollama import _manifest as ollama_manifest
-from test_server import LiveServer
 from testmodels.files import write_split
 from testmodels.projectors import write_tiny_vision
 
@@ -36,14 +30,22 @@ from localrun.sources import runners
 from localrun.sources.found import Found
 from localrun.store.models import Store
 
+from support.cli import CLI, assert_one_line_error
+from support.server import LiveServer
+from support.stores import (
+    cached,
+    hf_cache,
+    hub_file,
+    llama_manifest,
+    ollama_blob,
+    ollama_manifest,
+    sha256,
+)
+
 CHATML_JINJA = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _listing(stdout: str) -> dict[str, str]:
@@ -59,40 +61,11 @@ def _snapshot(folder: Path) -> dict[str, str]:
         if path.is_symlink():
             out[key] = "-> " + os.readlink(path)
         elif path.is_file():
-            out[key] = _sha(path.read_bytes())
+            out[key] = sha256(path.read_bytes())
     return out
 
 
 # -- llama.cpp's cache ------------------------------------------------------------------------
-
-
-def _cached(cache: Path, flat: str, data: bytes) -> Path:
-    """A file as llama.cpp's downloader leaves it: the file and its .etag sidecar."""
-    path = cache / flat
-    path.write_bytes(data)
-    (cache / f"{flat}.etag").write_text(f'"{_sha(data)[:20]}"')
-    return path
-
-
-def _hub_file(rfilename: str, data: bytes, sha: str | None = None) -> dict[str, Any]:
-    sha = sha or _sha(data)
-    return {"rfilename": rfilename, "blobId": f"sha256:{sha}", "size": len(data),
-            "lfs": {"sha256": sha, "size": len(data), "pointerSize": 134}}  # fmt: skip
-
-
-def _llama_manifest(cache: Path, name: str, gguf: dict[str, Any], **extra: Any) -> None:
-    """manifest=...json: the hub's registry manifest as llama.cpp stores it, with ggufFile."""
-    body = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"digest": "sha256:" + "0" * 64, "size": 551,
-                   "mediaType": "application/vnd.docker.container.image.v1+json"},
-        "layers": [{"digest": gguf["blobId"], "size": gguf["size"],
-                    "mediaType": "application/vnd.ollama.image.model"}],
-        "ggufFile": gguf,
-        **extra,
-    }  # fmt: skip
-    (cache / name).write_text(json.dumps(body))
 
 
 @pytest.fixture
@@ -104,30 +77,30 @@ def llama_cache(tmp_path: Path, tiny_model: Path) -> Path:
     cache.mkdir()
     gguf = tiny_model.read_bytes()
     vision, projector = write_tiny_vision(tmp_path / "vision")
-    model = _cached(cache, "visionorg_Tiny-GGUF_tiny-Q8_0.gguf", vision.read_bytes())
-    mmproj = _cached(cache, "visionorg_Tiny-GGUF_mmproj-tiny-F16.gguf", projector.read_bytes())
+    model = cached(cache, "visionorg_Tiny-GGUF_tiny-Q8_0.gguf", vision.read_bytes())
+    mmproj = cached(cache, "visionorg_Tiny-GGUF_mmproj-tiny-F16.gguf", projector.read_bytes())
     for tag in ("latest", "Q8_0"):
-        _llama_manifest(cache, f"manifest=visionorg=Tiny-GGUF={tag}.json",
-                        _hub_file("tiny-Q8_0.gguf", model.read_bytes()),
-                        mmprojFile=_hub_file("mmproj-tiny-F16.gguf",
+        llama_manifest(cache, f"manifest=visionorg=Tiny-GGUF={tag}.json",
+                        hub_file("tiny-Q8_0.gguf", model.read_bytes()),
+                        mmprojFile=hub_file("mmproj-tiny-F16.gguf",
                                              mmproj.read_bytes()))  # fmt: skip
     parts = write_split(tiny_model, tmp_path / "split", "Split-Q4_K_M", parts=3)
     for part in parts:  # a file in a folder of the repository: every / a _
-        _cached(cache, f"otherorg_Split-GGUF_Q4_K_M_{part.name}", part.read_bytes())
-    _llama_manifest(cache, "manifest=otherorg_Split-GGUF=Q4_K_M.json",
-                    _hub_file(f"Q4_K_M/{parts[0].name}", parts[0].read_bytes()))  # fmt: skip
+        cached(cache, f"otherorg_Split-GGUF_Q4_K_M_{part.name}", part.read_bytes())
+    llama_manifest(cache, "manifest=otherorg_Split-GGUF=Q4_K_M.json",
+                    hub_file(f"Q4_K_M/{parts[0].name}", parts[0].read_bytes()))  # fmt: skip
     (cache / "someorg_Half-GGUF_half-Q4_0.gguf.downloadInProgress").write_bytes(gguf[:1000])
-    _llama_manifest(cache, "manifest=someorg=Half-GGUF=latest.json",
-                    _hub_file("half-Q4_0.gguf", gguf))  # fmt: skip
-    _cached(cache, "gemma-tiny-Q4_0.gguf", gguf)  # `-mu URL`: no manifest
-    _llama_manifest(cache, "manifest=evil=Escape-GGUF=latest.json",
-                    _hub_file("../../../etc/passwd.gguf", gguf))  # fmt: skip
-    _cached(cache, "liar_Liar-GGUF_liar-Q4_0.gguf", gguf)
-    _llama_manifest(cache, "manifest=liar=Liar-GGUF=latest.json",
-                    _hub_file("liar-Q4_0.gguf", gguf, sha="ab" * 32))  # fmt: skip
+    llama_manifest(cache, "manifest=someorg=Half-GGUF=latest.json",
+                    hub_file("half-Q4_0.gguf", gguf))  # fmt: skip
+    cached(cache, "gemma-tiny-Q4_0.gguf", gguf)  # `-mu URL`: no manifest
+    llama_manifest(cache, "manifest=evil=Escape-GGUF=latest.json",
+                    hub_file("../../../etc/passwd.gguf", gguf))  # fmt: skip
+    cached(cache, "liar_Liar-GGUF_liar-Q4_0.gguf", gguf)
+    llama_manifest(cache, "manifest=liar=Liar-GGUF=latest.json",
+                    hub_file("liar-Q4_0.gguf", gguf, sha="ab" * 32))  # fmt: skip
     (cache / "loop-Q5_0.gguf").symlink_to("loop-Q5_0.gguf")
     (cache / "outside-Q4_0.gguf").symlink_to(tiny_model)
-    _hf_cache(cache, gguf)  # models--someorg--Tiny-GGUF, as llama.cpp keeps it since 2026-03
+    hf_cache(cache, gguf)  # models--someorg--Tiny-GGUF, as llama.cpp keeps it since 2026-03
     return cache
 
 
@@ -322,7 +295,7 @@ def test_lm_studio_where_it_is_with_its_settings(
     assert cli("prune").code == 0
     after = _snapshot(studio["models"])
     assert after.keys() == before.keys()
-    assert after[str(path.relative_to(studio["models"]))] == _sha(tiny_long_model.read_bytes())
+    assert after[str(path.relative_to(studio["models"]))] == sha256(tiny_long_model.read_bytes())
     assert path.stat().st_nlink == 1
 
 
@@ -346,15 +319,15 @@ def test_a_model_imported_again_follows_its_runners_update(
     # `ollama pull keeper` found a new version: the manifest names a new blob in place, and
     # the old one, which no other manifest uses, is deleted.
     ollama_manifest(root, "keeper:latest", [("model", ollama_blob(root, new), len(new))])
-    (root / "blobs" / f"sha256-{_sha(old)}").unlink()
+    (root / "blobs" / f"sha256-{sha256(old)}").unlink()
     checked = cli("verify")
     assert checked.code == 0, checked.stderr
-    assert f"source gone: {root / 'blobs' / ('sha256-' + _sha(old))} " in checked.stdout
+    assert f"source gone: {root / 'blobs' / ('sha256-' + sha256(old))} " in checked.stdout
     assert "keeper:latest" in checked.stdout and "notice:" in checked.stdout
     assert cli("run", "keeper", "Hi", "--param", "num_predict=2").code == 0  # the link holds it
     assert cli("import", "ollama", "keeper", "-q", env=env).code == 0
     assert (
-        f"FROM {root / 'blobs' / ('sha256-' + _sha(new))}"
+        f"FROM {root / 'blobs' / ('sha256-' + sha256(new))}"
         in cli("show", "keeper", "--modelfile").stdout
     )
     checked = cli("verify")
@@ -364,17 +337,17 @@ def test_a_model_imported_again_follows_its_runners_update(
     # the store holds already and would not link again).
     old, new = tiny_fim_model.read_bytes(), tiny_thinking_model.read_bytes()
     hub = tmp_path / "hub"
-    repo = _hf_cache(hub, old)
+    repo = hf_cache(hub, old)
     env = {"HF_HUB_CACHE": str(hub)}
     name = "hf.co/someorg/tiny-gguf:q8_0"
     assert cli("import", "hf", name, "-q", env=env).code == 0
-    (repo / "blobs" / _sha(new)).write_bytes(new)
+    (repo / "blobs" / sha256(new)).write_bytes(new)
     snapshot = repo / "snapshots" / ("34" * 20)
     snapshot.mkdir()
-    (snapshot / "tiny-Q8_0.gguf").symlink_to(f"../../blobs/{_sha(new)}")
+    (snapshot / "tiny-Q8_0.gguf").symlink_to(f"../../blobs/{sha256(new)}")
     (repo / "refs" / "main").write_text("34" * 20)
     assert cli("import", "hf", name, "-q", env=env).code == 0
-    assert f"FROM {repo / 'blobs' / _sha(new)}" in cli("show", name, "--modelfile").stdout
+    assert f"FROM {repo / 'blobs' / sha256(new)}" in cli("show", name, "--modelfile").stdout
 
 
 # -- serve: other runners' models by name -----------------------------------------------------

@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
 
 from localrun.engine.buildinfo import build_info
 from localrun.hardware import system
 from localrun.store import catalog, names
+
+from support import PATIENCE_S
+from support.cli import CLI, assert_one_line_error
 
 
 @pytest.fixture(scope="module")

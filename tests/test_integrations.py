@@ -24,14 +24,15 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import PATIENCE_S
-from test_ollama_modelfile import WEATHER
-from test_server import LiveServer, add_model
 from testmodels.text import write_tiny_model
 
 from localrun.scheduler import Scheduler
 from localrun.server.messages import chat_messages
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import LiveServer, add_model
+from support.tools import WEATHER
 
 pytestmark = pytest.mark.server
 

@@ -14,14 +14,15 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PATIENCE_S
-from test_server import LiveServer, add_model
 
 from localrun.errors import BusyError
 from localrun.scheduler import Scheduler
 from localrun.server import jobs
 from localrun.store.blobs import TMP_PREFIX
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import LiveServer, add_model
 
 
 def test_jobs_take_turns(monkeypatch: pytest.MonkeyPatch) -> None:

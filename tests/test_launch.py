@@ -14,11 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CLI, assert_one_line_error
-from test_server import add_model
-from test_server_serve import Serve
 
 from localrun.store.models import Store
+
+from support.cli import CLI, assert_one_line_error
+from support.serve import Serve
+from support.server import add_model
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 

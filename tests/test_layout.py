@@ -4,6 +4,7 @@ of a size a reader can hold."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -156,3 +157,40 @@ def test_the_script_graph_counts_imports_in_functions_and_packages(tmp_path: Pat
     assert edges["lib"] == {"lib.core"} and edges["lib.core"] == {"lib.extra"}
     assert imports.cycles(edges) == [["lib.core", "lib.extra"]]
     assert _top_level_scripts(tmp_path) == {"a", "b"}
+
+
+# tests/ (STYLE.md, "Tests mirror the package"): what the tests share lives in tests/support and
+# their fixtures in conftest.py; a test file never imports another test file, nor conftest.
+
+
+def _test_imports(root: Path) -> list[str]:
+    """`file -> module` for each import, anywhere in a file under `root`, of a test module
+    (test_*), of conftest, or of tests/ as a package."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if "data" in path.relative_to(root).parts:
+            continue  # other projects' files (tests/data/corpora)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top.startswith("test_") or top in ("conftest", "tests"):
+                    found.append(f"{path.relative_to(root)} -> {module}")
+    return found
+
+
+def test_no_test_file_imports_another() -> None:
+    assert _test_imports(ROOT / "tests") == [], "move what they share into tests/support"
+
+
+def test_the_test_import_check_sees_imports_in_functions(tmp_path: Path) -> None:
+    (tmp_path / "test_a.py").write_text("def f() -> None:\n    from test_b import x\n")
+    (tmp_path / "test_b.py").write_text("from conftest import PATIENCE_S\nimport support.cli\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "test_c.py").write_text("import test_d\n")
+    assert _test_imports(tmp_path) == ["test_a.py -> test_b", "test_b.py -> conftest"]

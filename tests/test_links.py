@@ -10,13 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CLI, assert_one_line_error
 
 from localrun import model as model_mod
 from localrun.errors import StoreError
 from localrun.store import links, names
 from localrun.store.blobs import temp_path
 from localrun.store.models import Store
+
+from support.cli import CLI, assert_one_line_error
 
 pytestmark = [pytest.mark.model]
 

@@ -20,10 +20,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import CLI, PATIENCE_S, ROOT
 
 from localrun.engine import buildinfo, machine
 from localrun.errors import ConfigError
+
+from support import PATIENCE_S, ROOT
+from support.cli import CLI
 
 # What llama.cpp logs while it loads a model whose weights it repacked for the CPU's kernels.
 REPACKED = "CPU_REPACK model buffer"

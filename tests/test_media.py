@@ -3,13 +3,9 @@ marked in the text; and the PROJECTOR line of a Modelfile."""
 
 from __future__ import annotations
 
-import base64
 import io
-import struct
 import time
 import tracemalloc
-import wave
-import zlib
 
 import pytest
 from PIL import Image
@@ -19,37 +15,12 @@ from localrun.errors import BadRequestError, ModelfileError, RequestTooLargeErro
 from localrun.recipes import modelfile
 from localrun.server.messages import chat_messages
 
+from support.media import b64, bomb, wav
+
 
 def png(width: int = 8, height: int = 6, color: tuple[int, int, int] = (200, 30, 40)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (width, height), color).save(out, "PNG")
-    return out.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def bomb(width: int = 30000, height: int = 30000) -> bytes:
-    """A PNG whose header claims width x height pixels, in a few hundred bytes."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = zlib.compress(b"\0" * 4096)
-    parts = chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + parts
-
-
-def wav(seconds: float, rate: int = 16000) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\0\0" * int(seconds * rate))
     return out.getvalue()
 
 

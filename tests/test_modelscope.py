@@ -1,7 +1,7 @@
 """ModelScopeHub with the real `modelscope` client against a local server that speaks its API.
 
-MODELSCOPE_ENDPOINT points the client at `FakeModelScope` (tests/mshub.py); MODELSCOPE_HOME and
-MODELSCOPE_CACHE point into the test's folder, so nothing touches ~/.modelscope or ~/.cache.
+MODELSCOPE_ENDPOINT points the client at `FakeModelScope` (tests/support/mshub.py); MODELSCOPE_HOME
+and MODELSCOPE_CACHE point into the test's folder, so nothing touches ~/.modelscope or ~/.cache.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mshub import FakeModelScope, free_port
 
 from localrun.errors import (
     DownloadError,
@@ -26,6 +25,8 @@ from localrun.errors import (
 from localrun.sources.base import RemoteFile, Repo, pick
 from localrun.sources.modelscope import ModelScopeHub
 from localrun.store.models import Store
+
+from support.mshub import FakeModelScope, free_port
 
 pytestmark = pytest.mark.server
 

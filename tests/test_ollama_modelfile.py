@@ -13,13 +13,16 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import PATIENCE_S, assert_one_line_error
-from test_server import LiveServer, add_model
 from testmodels.scripted import write_scripted_model
 
 from localrun.formats.ollama import template as ollama_template
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.cli import assert_one_line_error
+from support.server import LiveServer, add_model
+from support.tools import WEATHER
 
 DATA = Path(__file__).parent / "data" / "ollama_templates"
 RECORDED = json.loads((DATA / "go_recorded.json").read_text(encoding="utf-8"))
@@ -30,18 +33,6 @@ QWEN = next(
     if "<tool_call>" in source and "<|im_start|>" in source
 )
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 CONVERSATION = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Hello, how are you?"},

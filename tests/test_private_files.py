@@ -14,8 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CLI, PATIENCE_S
-from test_server import LiveServer, add_model
 
 from localrun import private
 from localrun.engine import prompt_cache
@@ -23,6 +21,10 @@ from localrun.engine.prompt_cache import PromptCache
 from localrun.scheduler import Scheduler
 from localrun.settings import config
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.cli import CLI
+from support.server import LiveServer, add_model
 
 
 def mode(path: Path) -> int:

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
-from test_server import add_model
-from test_server_serve import Serve
 
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.cli import CLI, assert_one_line_error
+from support.serve import Serve
+from support.server import add_model
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 

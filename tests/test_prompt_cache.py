@@ -15,12 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import CLI, PATIENCE_S
 
 from localrun.engine import prompt_cache
 from localrun.engine.prompt_cache import PromptCache
 from localrun.errors import ConfigError
 from localrun.settings import limits
+
+from support import PATIENCE_S
+from support.cli import CLI
 
 IDENTITY = {"model": ["sha256:" + "0" * 64], "adapters": [], "llama_cpp": "x", "n_ctx": 512}
 PREFIX = list(range(100, 200))
@@ -255,9 +257,9 @@ def test_a_second_process_restores_the_system_prompt_with_the_same_answer(
 @pytest.mark.server
 @pytest.mark.slow
 def test_a_restarted_server_restores_the_system_prompt(store: Any, sysmodel: str) -> None:
-    from test_server import LiveServer
-
     from localrun.scheduler import Scheduler
+
+    from support.server import LiveServer
 
     body = {
         "model": sysmodel,
@@ -287,9 +289,9 @@ def test_localrun_run_and_a_server_keep_entries_of_their_own(
 ) -> None:
     """llama.cpp restores a state only into a context of as many slots: `localrun run` (one)
     and a server (two) each keep an entry, and neither removes the other's."""
-    from test_server import LiveServer
-
     from localrun.scheduler import Scheduler
+
+    from support.server import LiveServer
 
     args = ("run", sysmodel, "What does the keeper find?", "--verbose", "--param", "num_predict=8")
     assert cli(*args).code == 0

@@ -1,7 +1,7 @@
 """`localrun pull` from a local server that speaks the Hugging Face Hub protocol.
 
 The real `localrun` CLI (and so the real huggingface_hub client) runs in a subprocess with
-HF_ENDPOINT pointing at `FakeHub`, a server on a loopback port (tests/hfhub.py).
+HF_ENDPOINT pointing at `FakeHub`, a server on a loopback port (tests/support/hfhub.py).
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, PATIENCE_S, Result, assert_one_line_error
-from hfhub import FakeHub
-from proxy import ForwardProxy
 from testmodels.files import write_split
 from testmodels.projectors import write_tiny_vision
 from testmodels.text import write_tiny_model
@@ -27,6 +24,11 @@ from testmodels.text import write_tiny_model
 from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.cli import CLI, Result, assert_one_line_error
+from support.hfhub import FakeHub
+from support.proxy import ForwardProxy
 
 TOKEN = "hf_test_token_123"
 
@@ -482,7 +484,7 @@ def test_unknown_plain_name_suggests_a_hub(pull_cli: CLI) -> None:
 
 
 def test_pull_from_modelscope(cli: CLI, home: Path, files: dict[str, Path]) -> None:
-    from mshub import FakeModelScope
+    from support.mshub import FakeModelScope
 
     with FakeModelScope() as ms:
         ms.add_repo("Test/Tiny-GGUF", {"tiny-Q4_K_M.gguf": files["tiny"], "README.md": b"hi"})
@@ -504,7 +506,7 @@ def test_pull_from_modelscope(cli: CLI, home: Path, files: dict[str, Path]) -> N
 def test_modelscope_pull_goes_through_the_proxy_settings(
     cli: CLI, home: Path, files: dict[str, Path]
 ) -> None:
-    from mshub import FakeModelScope
+    from support.mshub import FakeModelScope
 
     with FakeModelScope() as ms, ForwardProxy() as proxy:
         ms.add_repo("Test/Tiny-GGUF", {"tiny-Q4_K_M.gguf": files["tiny"]})
@@ -611,11 +613,11 @@ def test_a_gzip_chain_from_the_hub_is_inflated_a_step_at_a_time(tmp_path: Path) 
     into the partial file before; issue 76)."""
     import tracemalloc
 
-    from registries import FakeOllamaRegistry
-
     from localrun.errors import DownloadError
     from localrun.sources import bodies, hf
     from localrun.sources.partial import PartialFile
+
+    from support.registries import FakeOllamaRegistry
 
     hostile = FakeOllamaRegistry(bomb=256 << 20, bomb_in="token")  # any GET of /token
     path = tmp_path / "model.gguf.partial"

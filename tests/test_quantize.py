@@ -8,13 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
-from test_server import LiveServer, add_model
 
 from localrun.gguf import scan
 from localrun.scheduler import Scheduler
 from localrun.store import names
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.cli import CLI, assert_one_line_error
+from support.server import LiveServer, add_model
 
 
 def _model_blobs(store: Store) -> list[Path]:

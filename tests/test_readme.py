@@ -3,7 +3,7 @@
 BLOCKS names each block by its first command line and says how it is run. A block runs as its
 own text through `bash -e`, in a folder of its own, against the `localrun` installed beside this
 Python (first on PATH), with HOME and LOCALRUN_HOME in the test's folder and what the block needs
-made first: models in the store, the local hubs (tests/hfhub.py, tests/mshub.py), other runners'
+made first: models in the store, the local hubs (support/hfhub.py, support/mshub.py), other runners'
 stores, a safetensors checkpoint and its adapter. An entry says what the test must change and
 why: text it replaces (11435, the default port, by a test server's) and text it leaves out
 (installs CI has done, builds that take minutes). A block the table does not know fails, and so
@@ -37,18 +37,20 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PATIENCE_S, ROOT
-from hfhub import FakeHub
-from mshub import FakeModelScope
-from test_import_ollama import _blob as ollama_blob
-from test_import_ollama import _manifest as ollama_manifest
-from test_import_runners import _cached, _hub_file, _llama_manifest
-from test_server import add_model
 from testmodels.hf_checkpoints import write_adapter, write_checkpoint
 from testmodels.scripted import write_scripted_model
 from testmodels.text import write_tiny_model
 
 from localrun.store.models import Store
+
+from support import PATIENCE_S, ROOT
+from support.hfhub import FakeHub
+from support.mshub import FakeModelScope
+from support.server import add_model
+from support.stores import cached as _cached
+from support.stores import hub_file as _hub_file
+from support.stores import llama_manifest as _llama_manifest
+from support.stores import ollama_blob, ollama_manifest
 
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent  # the environment's bin: its `localrun`, `python`, `pip`
@@ -137,7 +139,7 @@ BLOCKS = [
         "localrun pull llama3.2:1b-instruct-q8_0",
         "test_registries",
         "as written, with LOCALRUN_REGISTRY at a local server that behaves as Ollama's registry "
-        "does (tests/registries.py) and registry.example.com the distribution project's "
+        "does (tests/support/registries.py) and registry.example.com the distribution project's "
         "registry server on a loopback port, each holding tiny models",
         substitute={
             "registry.example.com": ("{registry}", "the test's registry is on a loopback port"),
@@ -756,8 +758,8 @@ def test_pulling_models(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
 
 
 def test_registries(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
-    import registries
-    from registries import OLLAMA
+    from support import registries
+    from support.registries import OLLAMA
 
     if registries.docker_registry_binary() is None:
         pytest.skip("no docker-registry (scripts/system-deps installs Debian's where it may)")

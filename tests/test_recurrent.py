@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_batch import greedy, run
 
 from localrun.engine import prompt_cache
 from localrun.engine.batch import BatchEngine
@@ -22,6 +21,8 @@ from localrun.engine.checkpoints import Checkpoint
 from localrun.engine.costs import DecodeCost
 from localrun.engine.types import LoadOptions, SamplingOptions
 from localrun.errors import EngineError
+
+from support.batch import greedy, run
 
 TEXT = "the cat and the dog " * 30
 MORE = " and the cat"

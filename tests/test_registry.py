@@ -1,6 +1,6 @@
 """`pull`, `push` and `cp` against registries: the real distribution server (Debian's
 `docker-registry`, holding models pushed in Ollama's and Docker Model Runner's formats) and a
-server that behaves as registry.ollama.ai does where it differs (tests/registries.py): its
+server that behaves as registry.ollama.ai does where it differs (tests/support/registries.py): its
 redirect to object storage on another host, its token service, its rate limit. Blobs come in
 parallel ranges, resume, are verified and deduplicated; hostile registries are refused in one
 line with nothing half-written in the store.
@@ -26,10 +26,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import registries
-from conftest import CLI, assert_one_line_error
-from proxy import ForwardProxy
-from registries import DOCKER_MANIFEST, OLLAMA, DockerRegistry, FakeOllamaRegistry, digest_of
 from testmodels.files import write_split
 
 from localrun.errors import (
@@ -44,6 +40,17 @@ from localrun.recipes import create, modelfile
 from localrun.sources import bodies, challenge, hosts, obtain, oci, push, ranges, registry
 from localrun.store import names, reference
 from localrun.store.models import Store
+
+from support import registries
+from support.cli import CLI, assert_one_line_error
+from support.proxy import ForwardProxy
+from support.registries import (
+    DOCKER_MANIFEST,
+    OLLAMA,
+    DockerRegistry,
+    FakeOllamaRegistry,
+    digest_of,
+)
 
 TEMPLATE = "{{ if .System }}<|system|>{{ .System }}{{ end }}<|user|>{{ .Prompt }}<|assistant|>"
 JINJA = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>"
@@ -79,9 +86,9 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOllamaRegistry]:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Store]]:
-    from test_server import LiveServer
-
     from localrun.scheduler import Scheduler
+
+    from support.server import LiveServer
 
     store = Store(tmp_path / "served" / "models")
     server = LiveServer(store, Scheduler(store, backend="fake"))
@@ -335,7 +342,8 @@ def test_an_api_client_pushes_only_where_the_owner_lists_with_the_owners_login(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     import ollama
-    from test_server import add_model
+
+    from support.server import add_model
 
     url, store = served
     add_model(store, "keeper", tiny_model, 'SYSTEM "the team keeps it"')
@@ -881,7 +889,7 @@ def test_a_stalled_registry_never_holds_another_clients_create(
 ) -> None:  # fmt: skip
     """Pulls and pushes take turns in a line of their own: with one turn a line, a pull that
     a registry holds (as two held both turns for 45 s) leaves a create to run at once."""
-    from test_server import add_model
+    from support.server import add_model
 
     monkeypatch.setenv("LOCALRUN_MAX_JOBS", "1")
     url, store = served
@@ -1064,7 +1072,8 @@ def test_ollamas_client_pushes_through_the_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import ollama
-    from test_server import add_model
+
+    from support.server import add_model
 
     monkeypatch.setenv("LOCALRUN_API_REGISTRIES", distribution.host)  # the owner lists it
     url, store = served

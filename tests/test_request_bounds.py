@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_server import LiveServer, add_model
-from test_server_hardening import chat, post
 
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
+
+from support.server import LiveServer, add_model, chat, post
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 

@@ -14,13 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PATIENCE_S
-from test_server import LiveServer, add_model
 from testmodels.reranker import RERANK_TEMPLATE, write_tiny_reranker
 
 from localrun.engine.machine import machine_params
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import LiveServer, add_model
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -217,7 +218,7 @@ def test_a_pair_longer_than_the_context_is_refused(live: LiveServer) -> None:
 
 
 def test_a_gateway_reranks_on_an_openai_style_upstream(live: LiveServer, tmp_path: Path) -> None:
-    from test_gateway import gateway
+    from support.serve import gateway
 
     gw = gateway(
         tmp_path / "gw",

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CLI, assert_one_line_error
 
 from localrun.store.models import Store
+
+from support.cli import CLI, assert_one_line_error
 
 pytestmark = pytest.mark.model
 

@@ -24,15 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
 
 from localrun.errors import RuntimeBuildError, ToolchainError
 from localrun.runtimes import toolchain
 from localrun.runtimes.source import bindings_version
 from localrun.store.blobs import hash_file
 
+from support import PATIENCE_S
+from support.cli import CLI, assert_one_line_error
+from support.runtimes import LAVAPIPE, builds_folder, vulkan_ready
+
 VERSION = bindings_version()
-LAVAPIPE = {"GGML_VK_VISIBLE_DEVICES": "0"}
 
 
 def info(cli: CLI, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -421,25 +423,6 @@ def test_an_idle_gpu_is_said_once_with_the_fix(home: Path) -> None:
 # -- the Vulkan runtime, built for real ----------------------------------------------------------
 
 
-def _vulkan_ready() -> str | None:
-    try:
-        toolchain.vulkan()
-    except ToolchainError as exc:
-        return f"{exc.message} ({exc.hint})"
-    return None
-
-
-def builds_folder() -> Path:
-    """Where the tests' runtime builds live: kept between runs, as a user's would be, so that a
-    second run resumes the build (LOCALRUN_TEST_RUNTIME_BUILDS moves it)."""
-    given = os.environ.get("LOCALRUN_TEST_RUNTIME_BUILDS")
-    if given:
-        return Path(given)
-    from platformdirs import user_cache_path
-
-    return user_cache_path("localrun-tests", appauthor=False) / "runtime-builds"
-
-
 class Built:
     def __init__(self, home: Path, name: str) -> None:
         self.home = home
@@ -449,7 +432,7 @@ class Built:
 
 @pytest.fixture(scope="session")
 def vulkan(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Built]:
-    missing = _vulkan_ready()
+    missing = vulkan_ready()
     if missing:
         pytest.skip(f"no Vulkan toolchain: {missing}")
     home = tmp_path_factory.mktemp("vulkan-home")

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import psutil
 import pytest
-from conftest import PATIENCE_S
 
 from localrun.errors import (
     BadRequestError,
@@ -38,6 +37,8 @@ from localrun.store import names
 from localrun.store.models import Store
 from localrun.worker import process as runner_process
 from localrun.worker import protocol
+
+from support import PATIENCE_S
 
 pytestmark = pytest.mark.model
 

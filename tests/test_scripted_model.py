@@ -20,13 +20,15 @@ import llama_cpp
 import numpy as np
 import openai
 import pytest
-from conftest import PATIENCE_S, ROOT
-from test_server import LiveServer, add_model
 from testmodels.scripted import class_codes, split_markers, template_markers, write_scripted_model
 
 from localrun.engine.machine import machine_params
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
+
+from support import PATIENCE_S, ROOT
+from support.server import LiveServer, add_model
+from support.tools import WEATHER
 
 TEMPLATES = ROOT / "tests" / "data" / "templates"
 QWEN = TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja"
@@ -48,14 +50,6 @@ SCRIPTS: dict[str, tuple[str, Path | None, str | None]] = {
     "adjacent": (ADJACENT, QWEN, None),
     "harmony": (HARMONY, GPT_OSS, "<|return|>"),
     "empty": ("", None, None),
-}
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
 }
 _CONTROL = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
 _MARKER = _CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED

@@ -12,10 +12,9 @@ import hashlib
 import json
 import math
 import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,76 +23,24 @@ import ollama
 import openai
 import pydantic
 import pytest
-import uvicorn
-from conftest import PATIENCE_S
 
-from localrun.recipes import create, modelfile
-from localrun.scheduler import RunningModel, Scheduler
+from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import models as store_mod
-from localrun.store import names, reference
+from localrun.store import reference
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import SMOL, LiveServer, add_model
+from support.tools import WEATHER
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
-SMOL = "smollm2:135m"
 QUESTION = "What is the capital of France? Answer with one word."
 
 
 def greedy(n: int) -> dict[str, Any]:
     return {"temperature": 0, "seed": 0, "num_predict": n}
-
-
-class LiveServer:
-    """The real app on uvicorn in a thread, on a port the system picks (bound here first)."""
-
-    def __init__(
-        self, store: Store, scheduler: Scheduler | None = None, host: str = "127.0.0.1", **kw: Any
-    ) -> None:
-        from localrun.server import create_app
-        from localrun.server.app import Settings
-
-        self.store = store
-        self.scheduler = scheduler or Scheduler(store, max_queue=64)
-        app = create_app(Settings(store=store, host=host, **kw), self.scheduler)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=1
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self.thread.start()
-        self.wait_for(lambda: self.server.started, "the server to start")
-
-    def running(self) -> dict[str, RunningModel]:
-        return {m.name: m for m in self.scheduler.running()}
-
-    def wait_for(
-        self, condition: Callable[[], Any], what: str, timeout: float = PATIENCE_S
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            if not self.thread.is_alive():
-                raise AssertionError(f"the server thread died while waiting for {what}")
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "the server did not stop"
-
-
-def add_model(store: Store, name: str, gguf: Path, extra: str = "") -> None:
-    mf = modelfile.parse(f"FROM {gguf}\n{extra}")
-    create.create(store, names.parse(name), mf, gguf.parent)
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +131,9 @@ def test_ollama_create_copy_delete(oc: ollama.Client, live: LiveServer, tiny_mod
 def test_ollama_pull_from_local_hub(
     oc: ollama.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hfhub import FakeHub
     from testmodels.text import write_tiny_model
+
+    from support.hfhub import FakeHub
 
     fresh = write_tiny_model(tmp_path / "other.gguf", seed=7)  # not in the store
     with FakeHub() as hub:
@@ -284,20 +232,6 @@ def test_openai_json_schema(ai: openai.OpenAI) -> None:
     assert content.startswith("{")  # the JSON grammar held, even where SmolLM2 rambles on
     if plain.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(content), dict)
-
-
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 def test_tool_calls_in_both_dialects(ai: openai.OpenAI, live: LiveServer) -> None:

@@ -20,13 +20,15 @@ import jsonschema
 import ollama
 import openai
 import pytest
-from conftest import PATIENCE_S
-from test_server import SMOL, LiveServer, add_model
 
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import names, reference
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import SMOL, LiveServer, add_model
+from support.tools import WEATHER
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -335,19 +337,6 @@ def test_a_fresh_store_lists_the_packaged_starter_model(tmp_path: Path) -> None:
 
 
 # -- tool calls -------------------------------------------------------------------------------
-
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 def test_streamed_tool_calls_come_before_the_final_chunk(

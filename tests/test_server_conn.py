@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_server_serve import Serve
 
 from localrun.server.connections import Limits, client_key
+
+from support.serve import Serve
 
 pytestmark = pytest.mark.server
 

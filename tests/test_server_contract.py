@@ -18,13 +18,15 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import PATIENCE_S
-from test_server import SMOL, LiveServer, add_model
 
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import SMOL, LiveServer, add_model
+from support.tools import WEATHER
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -178,18 +180,10 @@ def test_capabilities_say_what_localrun_does(
     # Tool calls work with any chat model (SmolLM2's template renders none: a system note).
     for name in (SMOL, "tiny"):
         assert oc.show(name).capabilities == ["completion", "tools"]
-    tool: Any = {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                           "required": ["city"]},
-        },
-    }  # fmt: skip
     called = ai.chat.completions.create(
         model=SMOL,
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
-        tools=[tool],
+        tools=[WEATHER],
         tool_choice="required",
         temperature=0,
         max_tokens=60,

@@ -17,24 +17,21 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import PATIENCE_S
-from test_server import SMOL, LiveServer
 
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store
 
+from support import PATIENCE_S
+from support.server import SMOL, LiveServer
+from support.tools import CITY
+
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
 QUESTION = "What is the capital of France? Answer with one word."
 # The current anthropic client sends sampling settings only as extra fields.
 GREEDY = {"temperature": 0}
-WEATHER = {
-    "type": "object",
-    "properties": {"city": {"type": "string"}},
-    "required": ["city"],
-}
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +194,7 @@ def test_anthropic_create_and_stream(ant: anthropic.Anthropic) -> None:
 
 
 def test_anthropic_tools_and_results(ant: anthropic.Anthropic) -> None:
-    tools: Any = [
-        {"name": "get_weather", "description": "Weather in a city", "input_schema": WEATHER}
-    ]
+    tools: Any = [{"name": "get_weather", "description": "Weather in a city", "input_schema": CITY}]
     ask: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
     message = ant.messages.create(
         model=SMOL,
@@ -424,7 +419,7 @@ def test_responses_function_tools(ai: openai.OpenAI) -> None:
             "type": "function",
             "name": "get_weather",
             "description": "Weather in a city",
-            "parameters": WEATHER,
+            "parameters": CITY,
         }
     ]
     called = ai.responses.create(

@@ -21,11 +21,13 @@ import anthropic
 import httpx
 import openai
 import pytest
-from conftest import PATIENCE_S
-from test_server import LiveServer, add_model
 
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import LiveServer, add_model
+from support.tools import WEATHER
 
 pytestmark = pytest.mark.server
 
@@ -230,13 +232,6 @@ TWO_CALLS = (
     '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
     '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>'
 )
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 
 
 def test_parallel_tool_calls_off_keeps_the_first_call(
@@ -252,17 +247,17 @@ def test_parallel_tool_calls_off_keeps_the_first_call(
     server = LiveServer(store, scheduler)
     try:
         ai = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
-        both = ai.chat.completions.create(model="a", messages=HI, tools=[WEATHER_TOOL])  # type: ignore[arg-type,list-item]
+        both = ai.chat.completions.create(model="a", messages=HI, tools=[WEATHER])  # type: ignore[arg-type,list-item]
         assert len(both.choices[0].message.tool_calls or []) == 2
         one = ai.chat.completions.create(
             model="a",
             messages=HI,
-            tools=[WEATHER_TOOL],
+            tools=[WEATHER],
             parallel_tool_calls=False,  # type: ignore[arg-type,list-item]
         )
         calls = one.choices[0].message.tool_calls or []
         assert len(calls) == 1 and "Paris" in calls[0].function.arguments  # type: ignore[union-attr]
-        tool = {"type": "function", **WEATHER_TOOL["function"]}  # type: ignore[dict-item]
+        tool = {"type": "function", **WEATHER["function"]}  # type: ignore[dict-item]
         answer = ai.responses.create(
             model="a",
             input="hi",

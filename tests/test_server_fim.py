@@ -17,12 +17,13 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import PATIENCE_S
-from test_server import LiveServer, add_model
 from testmodels.text import write_tiny_model
 
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import LiveServer, add_model
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 

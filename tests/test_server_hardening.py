@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PATIENCE_S
-from test_server import LiveServer, add_model
 
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
+
+from support.server import LiveServer, add_model, chat, post
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -46,21 +46,6 @@ def live(
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=8))
     yield server
     server.close()
-
-
-def post(live: LiveServer, path: str, body: Any) -> httpx.Response:
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(live.url + path, content=content, timeout=PATIENCE_S)
-
-
-def chat(**extra: Any) -> dict[str, Any]:
-    return {
-        "model": "tiny",
-        "messages": [{"role": "user", "content": "the a"}],
-        "stream": False,
-        "options": {"num_predict": 3},
-        **extra,
-    }
 
 
 @pytest.mark.parametrize("keep_alive", [[1], {"a": 1}, "soon", True])

@@ -16,14 +16,15 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from conftest import PATIENCE_S
-from test_server import SMOL, LiveServer, add_model
 
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store
 from localrun.worker import protocol
+
+from support import PATIENCE_S
+from support.server import SMOL, LiveServer, add_model
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 

@@ -15,13 +15,14 @@ import ollama
 import openai
 import pytest
 from benchlib.scores import continuation_logprob, in_child
-from conftest import PATIENCE_S
-from test_server import SMOL, LiveServer
 
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import SMOL, LiveServer
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 

@@ -15,12 +15,13 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import CLI, assert_one_line_error
-from test_server import LiveServer, add_model
 
 from localrun.scheduler import RunningModel, Scheduler
 from localrun.server.security import host_allowed, origin_allowed
 from localrun.store.models import Store
+
+from support.cli import CLI, assert_one_line_error
+from support.server import LiveServer, add_model
 
 pytestmark = pytest.mark.server
 

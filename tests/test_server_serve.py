@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -14,42 +12,17 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
-from test_server import add_model
 
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.cli import CLI, assert_one_line_error
+from support.serve import Serve
+from support.server import add_model
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
 HEAVY = ("numpy", "llama_cpp", "libllama", "libggml", "/gguf/")
-
-
-class Serve:
-    """A `localrun serve --port 0` subprocess and the URL it printed (https:// with TLS)."""
-
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localrun", "serve", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "LOCALRUN_HOME": str(home), **(env or {})},
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # bounded: the process prints it or exits
-        found = re.search(r"https?://\S+", line)
-        assert found, (line, self.proc.communicate(timeout=PATIENCE_S))
-        self.url = found.group(0)
-        self.address = self.url.split("://", 1)[1]
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = PATIENCE_S) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 import typer
-from conftest import PATIENCE_S
 
 from localrun.cli import main, typer_patches, version
+
+from support import PATIENCE_S
 
 HEAVY = ("llama_cpp", "fastapi", "uvicorn", "huggingface_hub", "modelscope", "gguf", "numpy")
 # What the printing commands do without, besides HEAVY: typer's value conversion (pydantic),

@@ -19,13 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, PATIENCE_S, assert_one_line_error
 from testmodels.text import write_tiny_model
 
 from localrun.errors import (
@@ -49,6 +47,10 @@ from localrun.store.manifest import (
 )
 from localrun.store.models import Store
 from localrun.store.names import ModelName
+
+from support import PATIENCE_S
+from support.cli import CLI, assert_one_line_error
+from support.workers import create_model
 
 HEX = hashlib.sha256(b"localrun").hexdigest()
 
@@ -1031,16 +1033,6 @@ def test_verify_during_concurrent_removals(store: Store) -> None:
 # -- concurrent creates -----------------------------------------------------------------------
 
 
-def _create_worker(root: str, model: str, path: str, barrier: Any) -> None:
-    try:
-        store = Store(Path(root))
-        barrier.wait(60)
-        create.create(store, names.parse(model), modelfile.parse(f"FROM {path}"), Path(path).parent)
-    except BaseException:
-        traceback.print_exc()
-        raise SystemExit(1) from None
-
-
 def test_concurrent_creates(store: Store, tmp_path: Path) -> None:
     files = [
         write_tiny_model(tmp_path / f"m{seed}.gguf", seed=seed, n_layer=1, extra_bytes=1_000_000)
@@ -1059,7 +1051,7 @@ def test_concurrent_creates(store: Store, tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(len(jobs))
     procs = [
-        ctx.Process(target=_create_worker, args=(str(store.root), model, str(path), barrier))
+        ctx.Process(target=create_model, args=(str(store.root), model, str(path), barrier))
         for model, path in jobs
     ]
     for proc in procs:

@@ -25,9 +25,6 @@ import jsonschema
 import ollama
 import openai
 import pytest
-from conftest import PATIENCE_S
-from family_cases import CORPORA
-from test_server import SMOL, LiveServer
 
 from localrun.engine import constraint
 from localrun.engine.types import LoadOptions
@@ -40,6 +37,10 @@ from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store
 from localrun.worker.grammar import constraint_for
+
+from support import PATIENCE_S
+from support.family_cases import CORPORA
+from support.server import SMOL, LiveServer
 
 SUITE = CORPORA / "json-schema-test-suite" / "json" / "tests" / "draft2020-12"
 
@@ -691,10 +692,10 @@ SHOUTERS = (
 
 @pytest.fixture(scope="module")
 def scripted_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    from family_cases import template_at
-    from test_family_calls import SCRIPTED
-    from test_server import add_model
     from testmodels.scripted import write_scripted_model
+
+    from support.family_cases import template_at
+    from support.server import SCRIPTED, add_model
 
     folder = tmp_path_factory.mktemp("strict")
     store = Store(folder / "models")
@@ -942,7 +943,7 @@ def test_a_grammar_is_quoted_as_json_writes_it(smol_vocab: Weights) -> None:
                                          {"name": "g", "lark_grammar": grammar}]})  # fmt: skip
         return _takes(smol_vocab, whole, json.dumps({"input": text}, ensure_ascii=False))
 
-    from test_agents import APPLY_PATCH
+    from support.tools import APPLY_PATCH
 
     patch = quoted.json_string(APPLY_PATCH)
     good = '*** Begin Patch\n*** Update File: a "b".py\n@@ def f():\n-    return "x\\ty"\n'
@@ -1270,9 +1271,9 @@ def test_every_familys_strict_call_is_held_under_tool_choice_auto(smol_vocab: We
     marker inside its header: gpt-oss's `to=functions.`; or, without one, by the call's first
     characters: a Python list's `[get_weather`): the call the family writes is held to its
     grammar from there, the text before it free; a JSON value outside the schema is refused."""
-    from family_cases import CASES, TOOLS
-
     from localrun.worker import forced
+
+    from support.family_cases import CASES, TOOLS
 
     tools = _strict(TOOLS)
     seen = set()

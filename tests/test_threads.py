@@ -9,11 +9,12 @@ import time
 
 import pytest
 from benchlib.load import BUSY_LOOP
-from conftest import PATIENCE_S
 
 from localrun.engine.batch import BatchEngine
 from localrun.engine.threads import INTERVAL_S, Governor
 from localrun.engine.types import LoadOptions, SamplingOptions
+
+from support import PATIENCE_S
 
 
 class Clock:

@@ -14,12 +14,13 @@ import httpx
 import openai
 import pytest
 import trustme
-from conftest import CLI, PATIENCE_S, assert_one_line_error
-from test_gateway import gateway
-from test_server import add_model
-from test_server_serve import Serve
 
 from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.cli import CLI, assert_one_line_error
+from support.serve import Serve, gateway
+from support.server import add_model
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 

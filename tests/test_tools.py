@@ -25,20 +25,10 @@ from localrun.store.models import Store
 from localrun.worker import forced, prompt
 from localrun.worker import grammar as grammar_mod
 
+from support.tools import WEATHER
+
 HERMES = parsers.by_name("hermes")
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 ADD = {
     "name": "add",
     "parameters": {

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_server import LiveServer, add_model
 
 from localrun.server import ui
 from localrun.store.models import Store
+
+from support.server import LiveServer, add_model
 
 pytestmark = [pytest.mark.server]
 

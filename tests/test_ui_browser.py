@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_server import LiveServer, add_model
 
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store
+
+from support.server import LiveServer, add_model
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

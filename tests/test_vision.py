@@ -3,8 +3,6 @@ the real llama.cpp (libmtmd) in the real server, with the official clients."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import threading
 from collections.abc import Iterator
@@ -13,71 +11,36 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PATIENCE_S
-from PIL import Image
-from test_server import LiveServer, add_model
-from testmodels.projectors import write_tiny_vision
 from testmodels.text import write_tiny_model
 
 from localrun import media
 from localrun.errors import InvalidGGUFError
 from localrun.recipes import create, modelfile
-from localrun.scheduler import Scheduler
 from localrun.store import names
 from localrun.store.models import Store
 
+from support import PATIENCE_S
+from support.media import BLUE, GREEDY, RED, b64, data_url
+from support.server import LiveServer, post, vision_server
+
 pytestmark = [pytest.mark.server, pytest.mark.model]
-
-GREEDY = {"temperature": 0, "num_predict": 8, "seed": 1}
-
-
-def picture(color: tuple[int, int, int], size: tuple[int, int] = (48, 40)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, color).save(out, "PNG")
-    return out.getvalue()
-
-
-RED = picture((230, 20, 20))
-BLUE = picture((20, 20, 230))
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def data_url(data: bytes) -> str:
-    return f"data:image/png;base64,{b64(data)}"
-
-
-@pytest.fixture(scope="session")
-def tiny_vision(fixtures_dir: Path) -> tuple[Path, Path]:
-    return write_tiny_vision(fixtures_dir / "vision")
 
 
 @pytest.fixture(scope="module")
 def live(
     tmp_path_factory: pytest.TempPathFactory, tiny_vision: tuple[Path, Path], tiny_model: Path
 ) -> Iterator[LiveServer]:
-    model, projector = tiny_vision
-    store = Store(tmp_path_factory.mktemp("vision") / "models")
-    # Greedy by default, so that every dialect's answer is the model's one answer.
-    add_model(store, "vis", model, f"PROJECTOR {projector}\nPARAMETER temperature 0\n")
-    add_model(store, "tiny", tiny_model)
-    server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=16))
+    server = vision_server(tmp_path_factory.mktemp("vision"), tiny_vision, tiny_model)
     yield server
     server.close()
 
 
-def _post(live: LiveServer, path: str, body: dict[str, Any]) -> httpx.Response:
-    return httpx.post(f"{live.url}{path}", json=body, timeout=PATIENCE_S)
-
-
 def test_show_lists_the_projector_and_says_vision(live: LiveServer) -> None:
-    shown = _post(live, "/api/show", {"model": "vis"}).json()
+    shown = post(live, "/api/show", {"model": "vis"}).json()
     assert "vision" in shown["capabilities"] and "audio" not in shown["capabilities"]
     assert shown["projector_info"]["clip.projection_dim"] == 64
     assert "PROJECTOR " in shown["modelfile"]
-    plain = _post(live, "/api/show", {"model": "tiny"}).json()
+    plain = post(live, "/api/show", {"model": "tiny"}).json()
     assert "vision" not in plain["capabilities"]
 
 
@@ -180,7 +143,7 @@ def test_two_streams_with_different_images_at_once(live: LiveServer) -> None:
             )
 
     alone = {
-        name: _post(
+        name: post(
             live,
             "/api/generate",
             {"model": "vis", "prompt": "the a", "images": [b64(image)], "options": GREEDY,
@@ -200,10 +163,10 @@ def test_two_streams_with_different_images_at_once(live: LiveServer) -> None:
 def test_a_continued_conversation_does_not_encode_the_image_again(live: LiveServer) -> None:
     first = [{"role": "user", "content": "the a", "images": [b64(BLUE)]}]
     body = {"model": "vis", "options": GREEDY, "stream": False}
-    answer = _post(live, "/api/chat", {**body, "messages": first}).json()
+    answer = post(live, "/api/chat", {**body, "messages": first}).json()
     follow = [*first, {"role": "assistant", "content": answer["message"]["content"]},
               {"role": "user", "content": "hello"}]  # fmt: skip
-    again = _post(live, "/api/chat", {**body, "messages": follow}).json()
+    again = post(live, "/api/chat", {**body, "messages": follow}).json()
     # The image and the first turn stay in the slot: only what is new is evaluated.
     assert again["prompt_cache_count"] >= answer["prompt_eval_count"]
 
@@ -220,7 +183,7 @@ def test_a_continued_conversation_does_not_encode_the_image_again(live: LiveServ
 def test_bad_images_are_400s_that_say_why(
     live: LiveServer, body: dict[str, Any], status: int, fragment: str
 ) -> None:
-    answer = _post(live, "/api/generate", {**body, "stream": False})
+    answer = post(live, "/api/generate", {**body, "stream": False})
     assert answer.status_code == status, answer.text
     assert fragment in answer.json()["error"]
 
@@ -229,12 +192,12 @@ def test_an_image_url_and_a_bomb_are_refused_in_openais_shape(live: LiveServer) 
     def ask(url: str) -> httpx.Response:
         part = {"type": "image_url", "image_url": {"url": url}}
         body = {"model": "vis", "messages": [{"role": "user", "content": [part]}]}
-        return _post(live, "/v1/chat/completions", body)
+        return post(live, "/v1/chat/completions", body)
 
     fetched = ask("https://example.com/cat.png")
     assert fetched.status_code == 400
     assert "fetches nothing" in fetched.json()["error"]["message"]
-    from test_media import bomb
+    from support.media import bomb
 
     huge = ask(f"data:image/png;base64,{b64(bomb())}")
     assert huge.status_code == 400 and "pixels" in huge.json()["error"]["message"]
@@ -262,11 +225,11 @@ def test_create_refuses_a_projector_of_another_width(
 
 
 def test_audio_to_a_projector_without_an_audio_encoder_is_a_400(live: LiveServer) -> None:
-    from test_media import wav
+    from support.media import wav
 
     clip = b64(wav(0.5))
     part = {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}}
-    openai = _post(
+    openai = post(
         live,
         "/v1/chat/completions",
         {"model": "vis", "messages": [{"role": "user", "content": [part, "the a"]}]},
@@ -274,7 +237,7 @@ def test_audio_to_a_projector_without_an_audio_encoder_is_a_400(live: LiveServer
     assert openai.status_code == 400
     assert "takes images, not audio" in openai.json()["error"]["message"]
     # localrun's `audio` beside Ollama's `images`, as `localrun run --audio` sends it.
-    ollama = _post(
+    ollama = post(
         live,
         "/api/chat",
         {"model": "vis", "stream": False,
@@ -307,7 +270,8 @@ def test_run_chat_and_batch_take_images_from_files(
     import sys
 
     import pexpect
-    from conftest import assert_one_line_error
+
+    from support.cli import assert_one_line_error
 
     model, projector = tiny_vision
     (tmp_path / "Modelfile").write_text(

@@ -36,20 +36,10 @@ from localrun.store.models import Store
 from localrun.worker import protocol
 from localrun.worker.sink import StopFilter
 
+from support.tools import WEATHER
+
 GREEDY = {"temperature": 0, "seed": 1}
 DEADLINE = 120.0
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "description": "the city"}},
-            "required": ["city"],
-        },
-    },
-}
 ADD = {
     "type": "function",
     "function": {

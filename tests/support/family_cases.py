@@ -6,32 +6,17 @@ tests and the end-to-end tests through the real engine and server."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TEMPLATES = Path(__file__).parent / "data" / "templates"
-CORPORA = Path(os.environ.get("LOCALRUN_CORPORA") or TEMPLATES.parent / "corpora")
+from support import CORPORA, DATA, TEMPLATES
+from support.tools import TIME, WEATHER
 
 PARIS = {"name": "get_weather", "arguments": {"city": "Paris"}}
 CET = {"name": "get_time", "arguments": {"tz": "CET"}}
 
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": f"The {what} in a place",
-            "parameters": {
-                "type": "object",
-                "properties": {key: {"type": "string"}},
-                "required": [key],
-            },
-        },
-    }
-    for name, what, key in (("get_weather", "weather", "city"), ("get_time", "time", "tz"))
-]
+TOOLS: list[dict[str, Any]] = [WEATHER, TIME]
 
 
 @dataclass(frozen=True)
@@ -68,7 +53,7 @@ def template_path(name: str) -> Path:
         return CORPORA / name.removeprefix("corpora/")
     if Path(name).is_absolute() or (TEMPLATES / name).exists():
         return TEMPLATES / name  # (an absolute path joins as itself)
-    return TEMPLATES.parent / name  # tests/data's own (Phi-4-mini's)
+    return DATA / name  # tests/data's own (Phi-4-mini's)
 
 
 def template_at(name: str) -> str:

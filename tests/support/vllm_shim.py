@@ -40,10 +40,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from localrun.formats import parsers, template
 from localrun.formats.parsers.stream import CallStream
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "tests" / "data" / "templates"
+from support import CORPORA, DATA, TEMPLATES
+
 # vLLM's corpus: where the test names it, else where scripts/fetch_corpora.py puts it.
-CORPORA = Path(os.environ.get("LOCALRUN_CORPORA") or ROOT / "tests" / "data" / "corpora")
 CORPUS = Path(os.environ.get("LOCALRUN_VLLM_CORPUS") or CORPORA / "vllm")
 EXAMPLES = CORPUS / "examples"
 
@@ -76,7 +75,7 @@ PARSERS: dict[str, Path] = {
     "gemma4_engine": TEMPLATES / "google-gemma-4-31B-it.jinja",
     "functiongemma": EXAMPLES / "tool_chat_template_functiongemma.jinja",
     "gigachat3": TEMPLATES / "GigaChat3-10B-A1.8B.jinja",
-    "phi4_mini_json": ROOT / "tests" / "data" / "phi4-mini-instruct.jinja",
+    "phi4_mini_json": DATA / "phi4-mini-instruct.jinja",
     "mistral": TEMPLATES / "mistralai-Mistral-Nemo-Instruct-2407.jinja",
     "internlm": EXAMPLES / "tool_chat_template_internlm2_tool.jinja",
     "internlm2": EXAMPLES / "tool_chat_template_internlm2_tool.jinja",
