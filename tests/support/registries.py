@@ -1,4 +1,4 @@
-"""Registries for the tests of `pull`, `push` and `cp` (tests/test_registry.py).
+"""Registries for the tests of `pull`, `push` and `cp` (tests/integration/sources/test_registry.py).
 
 `DockerRegistry`: the real thing, the distribution project's registry server as Debian packages
 it (`docker-registry`; scripts/system-deps installs it), on a loopback port with its files in a

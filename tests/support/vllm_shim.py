@@ -10,11 +10,11 @@ formats/parsers/stream.py). The protocol classes are pydantic models with vLLM's
 tokenizers (`get_tokenizer`, `AutoTokenizer.from_pretrained`, hub names nobody can fetch here)
 are one that cuts text into the families' markers, then as GPT-2's pre-tokenizer does.
 
-A test that reaches into a vLLM parser's internals, or imports vLLM pieces outside the
-tool-parser API, fails or errors for that reason; tests/test_corpus_vllm_parsers.py tells
-those apart from a call read differently. Each output a parser reads is written, with what
-localrun read from it, to the file LOCALRUN_VLLM_RECORD names (JSON lines), for the
-end-to-end test through the server.
+A test that reaches into a vLLM parser's internals, or imports vLLM pieces outside the tool-parser
+API, fails or errors for that reason; tests/integration/formats/test_corpus_vllm_parsers.py tells
+those apart from a call read differently. Each output a parser reads is written, with what localrun
+read from it, to the file LOCALRUN_VLLM_RECORD names (JSON lines), for the end-to-end test through
+the server.
 
     python -m pytest -p vllm_shim <corpus>/tests/tool_parsers ...   (tests/ and the corpus
     root on PYTHONPATH)
@@ -490,7 +490,7 @@ def install() -> None:
 install()  # at import: `-p vllm_shim` loads this before the corpus's conftest imports vllm
 
 
-# -- the report: each test's outcome, for tests/test_corpus_vllm_parsers.py -------------------
+# -- the report: each test's outcome, for tests/integration/formats/test_corpus_vllm_parsers.py
 
 OUTCOMES: dict[str, dict[str, str]] = {}
 

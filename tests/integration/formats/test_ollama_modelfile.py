@@ -19,12 +19,12 @@ from localrun.formats.ollama import template as ollama_template
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 
-from support import PATIENCE_S
+from support import OLLAMA_TEMPLATES, PATIENCE_S
 from support.cli import assert_one_line_error
 from support.server import LiveServer, add_model
 from support.tools import WEATHER
 
-DATA = Path(__file__).parent / "data" / "ollama_templates"
+DATA = OLLAMA_TEMPLATES
 RECORDED = json.loads((DATA / "go_recorded.json").read_text(encoding="utf-8"))
 # Ollama's qwen2.5 template (tools, tool calls and results, .Prompt/.Response for generate).
 QWEN = next(

@@ -18,7 +18,9 @@ from localrun.recipes import create, modelfile
 from localrun.store import names
 from localrun.store.models import Store
 
-CORPUS = Path(__file__).parent / "data" / "templates"
+from support import TEMPLATES
+
+CORPUS = TEMPLATES
 TEMPLATES = (
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B",
     "Qwen-Qwen3-0.6B",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +13,9 @@ from template_prompts import placeholders
 
 from localrun.formats import adapt, template
 
-CORPUS = Path(__file__).parent / "data" / "templates"
+from support import TEMPLATES
+
+CORPUS = TEMPLATES
 DATA = json.loads((CORPUS / "prompts.json").read_text())
 FILES = sorted(p.name for p in CORPUS.glob("*.jinja"))
 

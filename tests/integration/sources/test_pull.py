@@ -392,8 +392,9 @@ def test_ctrl_c_keeps_what_arrived_and_the_next_pull_resumes(
     assert "Traceback" not in err and "interrupted" in err
     have = partial.stat().st_size
     assert seen <= have < files["big"].stat().st_size
-    # What arrived is kept, as it was sent (tests/test_partial.py checks that the buffered tail
-    # is flushed, exactly; here the kernel's socket buffers hold an unknown part in flight).
+    # What arrived is kept, as it was sent (tests/unit/sources/test_partial.py checks that the
+    # buffered tail is flushed, exactly; here the kernel's socket buffers hold an unknown part in
+    # flight).
     hub.wait_idle(PATIENCE_S)
     assert have <= hub.bytes_sent
     with partial.open("rb") as kept, files["big"].open("rb") as whole:

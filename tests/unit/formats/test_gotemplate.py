@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,9 @@ from localrun.formats.ollama.template import collate, load, ollama_messages, ren
 from localrun.formats.template import is_go as template_is_go
 from localrun.formats.template import render as template_render
 
-DATA = Path(__file__).parent / "data" / "ollama_templates"
+from support import OLLAMA_TEMPLATES
+
+DATA = OLLAMA_TEMPLATES
 RECORDED = json.loads((DATA / "go_recorded.json").read_text(encoding="utf-8"))
 
 

@@ -28,13 +28,13 @@ from localrun.errors import ContextOverflowError
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 
-from support import PATIENCE_S
+from support import DATA, PATIENCE_S, TEMPLATES
 from support.server import SCRIPTED, LiveServer, add_model
 from support.tools import APPLY_PATCH
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
-QWEN = (Path(__file__).parent / "data" / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
+QWEN = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
 N_CTX = 30030  # the longest a scripted model holds: Claude Code's prompt is ~19k tokens
 
 
@@ -361,8 +361,7 @@ def test_a_server_wide_default_context(
 
 # -- the agents' own requests, replayed -------------------------------------------------------
 
-RECORDED = Path(__file__).parent / "data" / "agents"
-TEMPLATES = Path(__file__).parent / "data" / "templates"
+RECORDED = DATA / "agents"
 # What scripts/agents_e2e.py gave each case's model (see its TEMPLATES).
 CASE_TEMPLATES = {
     "answer": "Qwen-Qwen2.5-7B-Instruct.jinja",

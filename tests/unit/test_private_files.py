@@ -1,7 +1,8 @@
 """Every file a conversation leaves behind is its owner's alone: 0600 in a 0700 folder, whatever
 the umask; `localrun info` names a folder of them that others can read.
 
-(The chat history's mode after a real terminal session is checked in tests/test_chat.py.)
+(The chat history's mode after a real terminal session is checked in
+tests/integration/cli/test_chat.py.)
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Hostile requests on every route of every dialect (scripts/fuzzlib/, via hypothesis).
 
-The runners use the scripted engine, so the bulk runs fast; the grammar and template paths of
-the real engine have their own tests (tests/test_request_bounds.py). Every answer is a 2xx or a
-4xx in its dialect's shape, never a 5xx; the server and its runners are up afterwards, and their
-memory stays bounded.
+The runners use the scripted engine, so the bulk runs fast; the grammar and template paths of the
+real engine have their own tests (tests/integration/server/test_request_bounds.py). Every answer is
+a 2xx or a 4xx in its dialect's shape, never a 5xx; the server and its runners are up afterwards,
+and their memory stays bounded.
 """
 
 from __future__ import annotations

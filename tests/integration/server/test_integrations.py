@@ -30,13 +30,12 @@ from localrun.scheduler import Scheduler
 from localrun.server.messages import chat_messages
 from localrun.store.models import Store
 
-from support import PATIENCE_S
+from support import PATIENCE_S, TEMPLATES
 from support.server import LiveServer, add_model
 from support.tools import WEATHER
 
 pytestmark = pytest.mark.server
 
-TEMPLATES = Path(__file__).parent / "data" / "templates"
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
 REPLY = "Sunny." + CALL  # text, then a call (read as one only when the request has tools)
 TINY = "tiny:latest"
@@ -518,8 +517,8 @@ def aider_chat(live: LiveServer, model: str, content: str) -> dict[str, Any]:
 def test_aider_num_ctx_on_every_request(live: LiveServer) -> None:
     """A num_ctx that differs on every request is answered every time, from a context that
     holds it. Where the model was trained on less, each is held to the trained context and
-    one runner answers them all; where it was trained on more, the first loads a context
-    rounded up to a power of two, which answers the next ones (tests/test_context_reuse.py
+    one runner answers them all; where it was trained on more, the first loads a context rounded up
+    to a power of two, which answers the next ones (tests/integration/engine/test_context_reuse.py
     counts the loads)."""
     pids = set()
     for n in range(3):

@@ -15,13 +15,15 @@ from pathlib import Path
 import fuzz_surfaces
 import pytest
 
+from support import ROOT
+
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 def test_the_surfaces_hold(
     tiny_long_model: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # `python -m localrun` from here
+    monkeypatch.chdir(ROOT)  # `python -m localrun` from here
     code = fuzz_surfaces.main(
         ["--from", str(tiny_long_model), "--cases", "16", "--scale", "0.25", "--seed", "3"]
     )

@@ -4,7 +4,7 @@ sliding-window model (512 tokens) with no chat template in its file, run through
 that reads only what is new at every turn, the conversation continued by a restarted server,
 speculation on an edit, structured outputs, and what `show` and `ps` say of its cache. (The
 bit-for-bit oracle, a cached answer equal to the cold one, runs on the exact runtime:
-tests/test_exact.py.)"""
+tests/system/test_exact.py.)"""
 
 from __future__ import annotations
 

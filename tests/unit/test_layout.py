@@ -10,6 +10,8 @@ from pathlib import Path
 
 import imports
 
+from support import ROOT
+
 # Past these a module or a function is overdue for a split (STYLE.md: most modules 150-400
 # lines, about 600 at most; a function readable on one screen).
 MODULE_LINES = 600
@@ -45,7 +47,6 @@ WINGS = [
     "cli",
     "__main__",
 ]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _wing(module: str) -> str:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from support import OLLAMA_TEMPLATES
 from support.cli import CLI, assert_one_line_error
 from support.stores import hf_cache, ollama_blob, ollama_manifest
 
-DATA = Path(__file__).parent / "data" / "ollama_templates"
+DATA = OLLAMA_TEMPLATES
 CHATML = (DATA / "chatml.gotmpl").read_text(encoding="utf-8")
 
 

@@ -1,8 +1,8 @@
 """Native failures while loading: `run` and the server fail with one line and stay up.
 
 Every file known to make llama.cpp abort, hang or grow is refused by the header checks first
-(tests/test_gguf_rules.py), so the defence behind them is exercised by making llama.cpp's load
-call itself abort, hang or grow: a `sitecustomize` on PYTHONPATH wraps
+(tests/unit/gguf/test_gguf_rules.py), so the defence behind them is exercised by making llama.cpp's
+load call itself abort, hang or grow: a `sitecustomize` on PYTHONPATH wraps
 `llama_cpp.llama_model_load_from_file` in runner processes (`python -m localrun.worker`) only.
 Everything else (the CLI, the probe, the runner, the watchdog, the server) is the real code.
 """

@@ -1,7 +1,7 @@
 """GET /ui/: the chat page and its bundled libraries, served by the real app on uvicorn.
 
 What a browser does with the page is tested in a real headless Chromium where one is
-installed (tests/test_ui_browser.py); here: what the server sends, and that nothing in it
+installed (tests/system/test_ui_browser.py); here: what the server sends, and that nothing in it
 points outside the server.
 """
 

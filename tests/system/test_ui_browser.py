@@ -23,6 +23,7 @@ from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store
 
+from support import ROOT
 from support.server import LiveServer, add_model
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -38,7 +39,7 @@ REPLY = (
     "code:\n\n```python\nprint('hi')\n```\n" + "and more " * 60
 )
 JSON_REPLY = '{"fruit": "apple", "count": 3}'
-SCREENSHOT = Path(__file__).resolve().parent.parent / "scripts" / "ui" / "chat-page.png"
+SCREENSHOT = ROOT / "scripts" / "ui" / "chat-page.png"
 
 
 def _server(

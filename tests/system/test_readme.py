@@ -87,8 +87,8 @@ BLOCKS = [
                 INSTALLED
             ),
             "localrun runtime install exact && ": (
-                "it builds for a minute from a downloaded source; tests/test_exact.py builds it "
-                "for real and holds it to its promise"
+                "it builds for a minute from a downloaded source; tests/system/test_exact.py "
+                "builds it for real and holds it to its promise"
             ),
         },
     ),
@@ -171,8 +171,8 @@ BLOCKS = [
         cut={
             "localrun runtime install exact       # about a minute on two cores; every localrun "
             "process loads it\n": (
-                "it builds for a minute from a downloaded source; tests/test_exact.py builds it "
-                "for real and holds it to its promise"
+                "it builds for a minute from a downloaded source; tests/system/test_exact.py "
+                "builds it for real and holds it to its promise"
             )
         },
     ),
@@ -195,7 +195,7 @@ BLOCKS = [
     Entry(
         "pip install -e '.[binary]' && python scripts/build_binary.py",
         "test_the_single_binary",
-        "the build_binary.py lines parsed only (tests/test_binary.py builds the binary)",
+        "the build_binary.py lines parsed only (tests/system/test_binary.py builds the binary)",
         cut={
             "pip install -e '.[binary]' && ": INSTALLED + " (the test extra has binary's)",
             'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '

@@ -13,6 +13,8 @@ from localrun.errors import InvalidParameterError
 from localrun.recipes import params
 from localrun.recipes.params import SPECS, ParamSpec, merge, parse_assignment, spec, validate
 
+from support import ROOT
+
 OLLAMA_PARAMETERS = {
     "num_ctx",
     "num_batch",
@@ -424,9 +426,8 @@ def _bound(text: str) -> float:
 
 
 def test_readmes_parameter_table_gives_each_parameters_range() -> None:
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     rows = {}
     for line in readme.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
