@@ -1,8 +1,12 @@
-"""Shared fixtures: an isolated LOCALRUN_HOME per test, generated GGUF files, a CLI runner.
+"""Fixtures for every tier: an isolated LOCALRUN_HOME per test, generated GGUF files, the CLI in
+a subprocess, the official clients pointed at a module's `live` server.
 
-Test tiers (pytest markers, declared in pyproject.toml): unmarked tests are pure and fast;
-`model` tests load a real GGUF; `server` tests start a real server on an ephemeral port; `slow`
-tests take seconds (large files, subprocess crash tests).
+The tiers are folders: tests/unit/<wing> (a wing's fast tests: no server, no model; held to it
+by tests/unit/conftest.py), tests/integration/<wing> (real servers, real runners, real models),
+tests/system (whole programs: the single binary, runtime builds, the browser, the fuzzers,
+README's blocks). What they share is in tests/support, never in another test file. The markers
+(pyproject.toml) say what a test needs: `model` loads a real GGUF, `server` starts a real server
+on an ephemeral port, `slow` takes seconds, `network` talks to a real hub.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class Header:
 
 
 # The turn markers of the chat formats localrun knows by their tokens: formats/families.py's (gguf
-# sits above formats; tests/integration/server/test_apply_template.py keeps the two lists together).
+# sits above formats; tests/unit/formats/test_apply_template.py keeps the two lists together).
 CHAT_TOKENS = frozenset(
     {
         "<|im_start|>",

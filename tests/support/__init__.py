@@ -26,6 +26,7 @@ there.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,3 +42,11 @@ CORPORA = Path(os.environ.get("LOCALRUN_CORPORA") or DATA / "corpora")
 # load of 12 on 2 cores a step that takes 2 seconds takes a minute. Tests wait on the event
 # itself; this bounds the wait.
 PATIENCE_S = 600.0
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then closed): for a closed port to be refused
+    by, or a port to give a program that takes no 0."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -197,13 +197,6 @@ def _same_file(path: str, filename: str) -> bool:
     return path == filename or path.rsplit("/", 1)[-1] == filename
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class _Handler(BaseHTTPRequestHandler):
     hub: FakeModelScope
     _request: Request

@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from support import free_port
+
 OLLAMA = "application/vnd.ollama.image."
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -67,12 +69,6 @@ def docker_registry_binary() -> str | None:
     return shutil.which("docker-registry") or shutil.which("registry")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class DockerRegistry:
     """`docker-registry serve` on 127.0.0.1 (see the module docstring)."""
 
@@ -80,7 +76,7 @@ class DockerRegistry:
         binary = docker_registry_binary()
         assert binary is not None
         folder.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
         auth = ""

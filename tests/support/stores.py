@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,74 @@ def llama_manifest(cache: Path, name: str, gguf: dict[str, Any], **extra: Any) -
         **extra,
     }  # fmt: skip
     (cache / name).write_text(json.dumps(body))
+
+
+CHATML_JINJA = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def listing(stdout: str) -> dict[str, str]:
+    """`import --dry-run`'s rows by model name."""
+    return {line.split()[0]: line for line in stdout.splitlines()[1:] if line.strip()}
+
+
+def lm_studio_settings(**extra: Any) -> dict[str, Any]:
+    """A model's settings as LM Studio's "My Models -> gear" saves them."""
+    prediction = [
+        ("llm.prediction.temperature", 0.7),
+        ("llm.prediction.temperature", 1.5),  # a repeated key: the first counts
+        ("llm.prediction.topKSampling", 20),
+        ("llm.prediction.topPSampling", {"checked": True, "value": 0.8}),
+        ("llm.prediction.minPSampling", {"checked": True, "value": 7}),  # out of range: left out
+        ("llm.prediction.repeatPenalty", {"checked": False, "value": 1.3}),  # unchecked: off
+        ("llm.prediction.maxPredictedTokens", {"checked": True, "value": 64}),
+        ("llm.prediction.seed", {"checked": True, "value": 42}),
+        ("llm.prediction.stopStrings", ["<|im_end|>", "</s>"]),
+        ("llm.prediction.systemPrompt", "You are terse."),
+        ("llm.prediction.promptTemplate", {"type": "jinja", "stopStrings": [],
+                                           "jinjaPromptTemplate": {"template": CHATML_JINJA}}),
+        ("llm.prediction.llama.cpuThreads", 4),  # no counterpart: ignored
+        ("ext.virtualModel.customField.x.enableThinking", True),
+    ]  # fmt: skip
+    load = [("llm.load.contextLength", 2048), ("llm.load.llama.flashAttention", True)]
+    return {
+        "preset": "",
+        "operation": {"fields": [{"key": k, "value": v} for k, v in prediction]},
+        "load": {"fields": [{"key": k, "value": v} for k, v in load]},
+        **extra,
+    }
+
+
+def lm_studio(tmp_path: Path, tiny_model: Path, tiny_fim_model: Path) -> dict[str, Path]:
+    """LM Studio moved: ~/.lmstudio-home-pointer names its home, whose settings.json names
+    another downloads folder; a model with saved settings, two whose settings are broken, and
+    one `lms import -l` linked in from elsewhere. The user's folder, the models', and the file
+    linked in."""
+    user = tmp_path / "user"
+    lm_home = tmp_path / "LM Studio home"
+    models = tmp_path / "big disk" / "lm-models"
+    user.mkdir()
+    (user / ".lmstudio-home-pointer").write_text(f"{lm_home}\n")
+    lm_home.mkdir()
+    (lm_home / "settings.json").write_text(json.dumps({"downloadsFolder": str(models)}))
+    decoy = user / ".lmstudio" / "models" / "decoy" / "Decoy-GGUF"  # not the home: not read
+    decoy.mkdir(parents=True)
+    shutil.copyfile(tiny_model, decoy / "Decoy-Q4_0.gguf")
+    configs = lm_home / ".internal" / "user-concrete-model-default-config"
+    for repo, file, settings in (
+        ("Tiny-GGUF", "Tiny-Q4_K_M.gguf", json.dumps(lm_studio_settings())),
+        ("Big-GGUF", "Big-Q4_0.gguf", json.dumps(lm_studio_settings(pad=" " * (2 << 20)))),
+        ("Bad-GGUF", "Bad-Q4_0.gguf", '{"operation": '),
+    ):
+        (models / "bartowski" / repo).mkdir(parents=True)
+        shutil.copyfile(tiny_model, models / "bartowski" / repo / file)
+        (configs / "bartowski" / repo).mkdir(parents=True)
+        (configs / "bartowski" / repo / f"{file}.json").write_text(settings)
+    elsewhere = tmp_path / "downloads" / "elsewhere.gguf"
+    elsewhere.parent.mkdir()
+    shutil.copyfile(tiny_fim_model, elsewhere)  # other weights: a blob of its own
+    (models / "linked" / "Elsewhere-GGUF").mkdir(parents=True)
+    (models / "linked" / "Elsewhere-GGUF" / "Elsewhere-Q8_0.gguf").symlink_to(elsewhere)
+    return {"user": user, "models": models, "elsewhere": elsewhere}

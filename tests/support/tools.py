@@ -54,3 +54,35 @@ eof_line: "*** End of File" LF
 
 %import common.LF
 """
+
+
+# In a client's order, with keys localrun has no use for: each is shown to the model unchanged.
+CLIENT_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+    "x-vendor": {"cache": "ephemeral"},
+}
+
+
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two numbers",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+            "required": ["a", "b"],
+        },
+    },
+}

@@ -160,8 +160,24 @@ def test_the_script_graph_counts_imports_in_functions_and_packages(tmp_path: Pat
     assert _top_level_scripts(tmp_path) == {"a", "b"}
 
 
-# tests/ (STYLE.md, "Tests mirror the package"): what the tests share lives in tests/support and
-# their fixtures in conftest.py; a test file never imports another test file, nor conftest.
+# tests/ (STYLE.md, "Tests mirror the package"): tiers as folders, each wing's tests in a folder
+# named for it; what the tests share lives in tests/support and their fixtures in conftest.py; a
+# test file never imports another test file, nor conftest.
+
+
+def _folders(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+
+
+def test_the_tests_mirror_the_package() -> None:
+    tests = ROOT / "tests"
+    assert _folders(tests) == {"data", "integration", "support", "system", "unit"}
+    assert sorted(p.name for p in tests.glob("*.py")) == ["conftest.py"], "tests live in a tier"
+    wings = {w for w in WINGS if (ROOT / "localrun" / w).is_dir()} | {"scripts"}
+    for tier in ("unit", "integration"):
+        assert _folders(tests / tier) <= wings, f"tests/{tier}/<wing>, as localrun/<wing>"
+    assert _folders(tests / "system") == set()
+    assert not list((tests / "support").glob("test_*.py")), "support holds no tests"
 
 
 def _test_imports(root: Path) -> list[str]:

@@ -13,19 +13,13 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from localrun import private
 from localrun.engine import prompt_cache
 from localrun.engine.prompt_cache import PromptCache
-from localrun.scheduler import Scheduler
-from localrun.settings import config
-from localrun.store.models import Store
 
-from support import PATIENCE_S
 from support.cli import CLI
-from support.server import LiveServer, add_model
 
 
 def mode(path: Path) -> int:
@@ -38,26 +32,6 @@ def open_umask() -> Iterator[None]:
     before = os.umask(0o022)
     yield
     os.umask(before)
-
-
-@pytest.mark.server
-def test_a_stored_response_is_private(home: Path, tiny_model: Path) -> None:
-    store = Store(home / "models")
-    add_model(store, "tiny", tiny_model)
-    server = LiveServer(store, Scheduler(store, backend="fake"))
-    try:
-        answer = httpx.post(
-            server.url + "/v1/responses",
-            json={"model": "tiny", "input": "my secret question", "store": True},
-            timeout=PATIENCE_S,
-        )
-        assert answer.status_code == 200, answer.text
-    finally:
-        server.close()
-    folder = config.responses_dir()
-    (record,) = folder.iterdir()
-    assert "my secret question" in record.read_text()
-    assert mode(record) == 0o600 and mode(folder) == 0o700
 
 
 def test_a_prompt_cache_entry_is_private(home: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from localrun.store.models import Store
 
+from support import free_port
 from support.cli import CLI, assert_one_line_error
 from support.serve import Serve
 from support.server import add_model
@@ -159,12 +159,6 @@ def tiny_home(home: Path, tiny_long_model: Path, tiny_model: Path) -> Path:
     return home
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers(address: str) -> bool:
     try:
         return httpx.get(f"http://{address}/api/version", timeout=2).status_code == 200
@@ -191,7 +185,7 @@ def _env(agents: Path | None, address: str, **extra: str) -> dict[str, str]:
 def test_launch_starts_a_server_for_the_agent_and_stops_it_after(
     cli: CLI, tiny_home: Path, agents: Path
 ) -> None:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     result = cli("launch", "claude", "--model", "tiny", "--", "--resume", env=_env(agents, address))
     assert result.code == 3, result.stderr  # the agent's own exit status
     # A variant with the context Claude Code wants, which its request loaded.
@@ -226,7 +220,7 @@ def test_an_api_key_reaches_the_agent_and_is_never_printed(
     cli: CLI, tiny_home: Path, agents: Path
 ) -> None:
     key = "sk-local-key-0123456789"
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     server = Serve(tiny_home, env={"LOCALRUN_API_KEY": key, "LOCALRUN_HOST": address})
     try:
         env = _env(agents, address, LOCALRUN_API_KEY=key)
@@ -239,7 +233,7 @@ def test_an_api_key_reaches_the_agent_and_is_never_printed(
 
 
 def test_dry_run_prints_what_it_would_set_and_starts_nothing(cli: CLI, home: Path) -> None:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     result = cli("launch", "claude", "--dry-run", "-m", "qwen3:0.6b", env=_env(None, address))
     assert result.code == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -268,7 +262,7 @@ def test_dry_run_prints_what_it_would_set_and_starts_nothing(cli: CLI, home: Pat
 
 
 def test_an_agent_that_is_not_installed_says_how_to_get_it(cli: CLI, tiny_home: Path) -> None:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     result = cli("launch", "codex", "-m", "tiny", env=_env(None, address))
     assert_one_line_error(result, "Codex is not installed", "npm install -g @openai/codex")
     assert not _answers(address)
@@ -305,7 +299,7 @@ def test_a_model_too_small_for_the_agent_is_refused_with_why(
 def test_dry_run_never_prints_a_key_that_quoting_respells(cli: CLI, agent: str) -> None:
     # The key was replaced in the printed text after shell or JSON quoting had changed how a
     # key with ' " or \ is spelled: the replace missed it and the key was printed (issue 76).
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     for key in ("sk-it's-SECRET1", 'sk-say-"SECRET2"', "sk-back\\slash-SECRET3", "SECRET4 $x`"):
         env = _env(None, address, LOCALRUN_API_KEY=key)
         shown = cli("launch", agent, "--dry-run", "-m", "x", env=env)
@@ -334,7 +328,7 @@ def test_launch_never_writes_through_a_link_planted_in_its_home(
 
     # With no server answering, launch starts one with its log in logs/: a link there (or a
     # hard link to the victim) is refused, and no server is started.
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     log = home / "logs" / "launch-serve.log"
     log.parent.mkdir()
     for plant in (log.symlink_to, log.hardlink_to):

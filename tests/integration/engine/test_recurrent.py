@@ -24,6 +24,8 @@ from localrun.errors import EngineError
 
 from support.batch import greedy, run
 
+pytestmark = pytest.mark.model
+
 TEXT = "the cat and the dog " * 30
 MORE = " and the cat"
 KINDS = {"tiny_mamba": "recurrent", "tiny_rwkv": "recurrent", "tiny_lfm2": "hybrid"}

