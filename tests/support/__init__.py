@@ -1,7 +1,7 @@
 """What the tests of every tier share; a test file imports from here, never from another test
 file (tests/unit/test_layout.py checks it). Fixtures stay in tests/conftest.py.
 
-    support            where things are (ROOT, DATA, TEMPLATES, ...) and PATIENCE_S
+    support            where things are (ROOT, DATA, TEMPLATES, ...), PATIENCE_S, free_port()
     support.cli        the `localrun` command in a subprocess, and its one-line errors
     support.server     the real app on uvicorn in a thread (LiveServer), models added to a store
     support.serve      `localrun serve` in a subprocess (Serve), and as a gateway to upstreams
@@ -10,8 +10,11 @@ file (tests/unit/test_layout.py checks it). Fixtures stay in tests/conftest.py.
     support.media      images and sounds as requests carry them
     support.batch      a request to the batch engine, and the sink that collects its answer
     support.speculation  the code-editing prompt, and comparing answers up to a near tie
-    support.stores     other runners' stores (Ollama's, the Hugging Face cache) as they lay them out
+    support.stores     other runners' stores (Ollama's, the Hugging Face cache, llama.cpp's, LM
+                       Studio's) as they lay them out
     support.runtimes   the GPU runtimes' build folder and the Vulkan software device
+    support.runner     a runner process (`python -m localrun.worker`) driven through its protocol
+    support.blobs      a store as the tests look into it: digests, blob and temporary files
     support.workers    what a test runs in a child process of its own (spawn imports it by name)
     support.hfhub, support.mshub, support.registries, support.proxy
                        the hubs, registries and the forward proxy, on loopback
@@ -19,8 +22,10 @@ file (tests/unit/test_layout.py checks it). Fixtures stay in tests/conftest.py.
     support.vllm_shim  the stand-in `vllm` package that runs vLLM's parser tests on localrun's
 
 scripts/ is on sys.path too (pyproject's pythonpath): scripts/testmodels writes the test models,
-and a test of a script's shared library (scripts/benchlib, scripts/fuzzlib) imports it from
-there.
+and the scripts' shared libraries serve the tests as they serve the scripts, one implementation
+for both: benchlib's reference scores (llama-cpp-python's own log-probabilities) and busy loop,
+fuzzlib's scripted upstream and hostile inputs; unit/scripts tests them. A test of a script
+(build_binary, fuzz_gguf, fetch_corpora, imports, ...) imports that script.
 """
 
 from __future__ import annotations

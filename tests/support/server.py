@@ -78,11 +78,13 @@ def add_model(store: Store, name: str, gguf: Path, extra: str = "") -> None:
 
 
 def post(live: LiveServer, path: str, body: Any) -> httpx.Response:
+    """POST `body` (bytes as they are, anything else as JSON) to the live server's `path`."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     return httpx.post(live.url + path, content=content, timeout=PATIENCE_S)
 
 
 def chat(**extra: Any) -> dict[str, Any]:
+    """A short /api/chat body for `tiny`, with `extra` fields."""
     return {
         "model": "tiny",
         "messages": [{"role": "user", "content": "the a"}],

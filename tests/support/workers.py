@@ -14,7 +14,7 @@ from localrun.store.models import Store
 
 def create_model(root: str, model: str, path: str, barrier: Any) -> None:
     """`create` of `model` from the GGUF at `path` into the store at `root`, once every child
-    has reached the barrier (the concurrent creates of tests/unit/store/test_store.py)."""
+    has reached the barrier (the concurrent creates of tests/integration/store/test_store.py)."""
     try:
         store = Store(Path(root))
         barrier.wait(60)

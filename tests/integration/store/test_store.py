@@ -28,6 +28,7 @@ from support.cli import CLI, assert_one_line_error
 from support.workers import create_model
 
 
+@pytest.mark.slow
 def test_concurrent_creates(store: Store, tmp_path: Path) -> None:
     files = [
         write_tiny_model(tmp_path / f"m{seed}.gguf", seed=seed, n_layer=1, extra_bytes=1_000_000)
