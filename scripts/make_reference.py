@@ -8,8 +8,8 @@ The pages (scripts/refpages/ renders each): cli.md (every command and option), s
 PARAMETERs and the API fields that set them) and errors.md (the error tree, codes, HTTP
 statuses). Nothing is written by hand twice: the text a page needs lives beside the code it
 describes, and rendering fails, naming what to write there, where it is missing.
-tests/test_reference_docs.py renders every page in memory and fails when a committed one
-differs (as llama.cpp's generated help and simonw/llm's cog do).
+tests/unit/scripts/test_reference_docs.py renders every page in memory and fails when a
+committed one differs (as llama.cpp's generated help and simonw/llm's cog do).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 For each template, llama-server (built from the llama.cpp that llama-cpp-python vendors, as the
 benchmarks build it, or --llama-server PATH) is started on a tiny model with
 `--jinja --chat-template-file`, and POST /apply-template renders the conversations of
-tests/data/templates/prompts.json; their prompts (None where llama-server refuses one) are
-written back there, today's date replaced by placeholders. tests/test_template_corpus.py holds
+tests/data/templates/prompts.json; their prompts (None where llama-server refuses one) are written
+back there, today's date replaced by placeholders. tests/unit/formats/test_template_corpus.py holds
 localrun's prompts to them.
 
     scripts/template_prompts.py [--llama-server PATH] [--model TINY.gguf]

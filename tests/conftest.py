@@ -1,38 +1,61 @@
-"""Shared fixtures: an isolated LOCALRUN_HOME per test, generated GGUF files, a CLI runner.
+"""Fixtures for every tier: an isolated LOCALRUN_HOME per test, generated GGUF files, the CLI in
+a subprocess, the official clients pointed at a module's `live` server.
 
-Test tiers (pytest markers, declared in pyproject.toml): unmarked tests are pure and fast;
-`model` tests load a real GGUF; `server` tests start a real server on an ephemeral port; `slow`
-tests take seconds (large files, subprocess crash tests).
+The tiers are folders: tests/unit/<wing> (a wing's fast tests: no server, no model; held to it
+by tests/unit/conftest.py), tests/integration/<wing> (real servers, real runners, real models),
+tests/system (whole programs: the single binary, runtime builds, the browser, the fuzzers,
+README's blocks). What they share is in tests/support, never in another test file. The markers
+(pyproject.toml) say what a test needs: `model` loads a real GGUF, `server` starts a real server
+on an ephemeral port, `slow` takes seconds, `network` talks to a real hub.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
-import re
 import shlex
+import shutil
 import signal
 import subprocess
-import sys
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+# support's asserts report their values, as a test module's do.
+pytest.register_assert_rewrite("support")
 
 from testmodels.malformed import write_malformed  # noqa: E402
+from testmodels.projectors import write_tiny_vision  # noqa: E402
 from testmodels.recurrent import write_tiny_lfm2, write_tiny_rwkv  # noqa: E402
 from testmodels.text import write_tiny_lora, write_tiny_mamba, write_tiny_model  # noqa: E402
 from testmodels.vocab import THINKING_TEMPLATE  # noqa: E402
 
-from localrun.settings import config, parse  # noqa: E402
+from localrun.settings import config  # noqa: E402
 from localrun.store import catalog, names  # noqa: E402
 from localrun.store.models import Store  # noqa: E402
 
+from support import PATIENCE_S  # noqa: E402
+from support.cli import CLI, NO_SERVER, check_no_default_server  # noqa: E402
+
 _SETTINGS = tuple(config.SETTINGS)
+
+
+def pytest_configure() -> None:
+    """Before any test module is imported: no LOCALRUN_* setting of the developer's reaches the
+    tests' process, and LOCALRUN_HOME is an empty folder of the session's. Some settings are
+    read when a module is imported (engine.native loads the exact runtime installed in the home
+    before llama_cpp), before the `home` fixture isolates each test: a runtime installed in a
+    developer's own home would otherwise change what llama.cpp does in some tests and not in
+    CI, depending on which test module imported the engine first."""
+    for name in _SETTINGS:
+        os.environ.pop(name, None)
+    folder = tempfile.mkdtemp(prefix="localrun-tests-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["LOCALRUN_HOME"] = os.path.join(folder, "localrun-home")
+
 
 # A suite started in the background of a non-interactive shell (`pytest &` in a script) inherits
 # SIGINT ignored, and passes that on to every process it starts: the tests of Ctrl-C (the chat,
@@ -40,67 +63,6 @@ _SETTINGS = tuple(config.SETTINGS)
 # default in each child, which Python turns into KeyboardInterrupt again.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-# How long a test waits for what it expects (an answer, a line, an exit, a file) before it calls
-# it a hang. A deadline is for hangs, never a measure of speed: CI machines are shared, and at a
-# load of 12 on 2 cores a step that takes 2 seconds takes a minute. Tests wait on the event
-# itself; this bounds the wait.
-PATIENCE_S = 600.0
-
-# Where every localrun a test starts looks for a server, unless the test names one it started: a
-# closed port. A `localrun serve` a developer left running on the default port must not answer
-# the tests' commands (`run` would load the model there, from that server's store).
-NO_SERVER = "127.0.0.1:9"
-
-_COMMAND = re.compile(r"(?:^|[\s/;&|(])localrun(?:\s|$)")
-# What localrun runs without ever asking a server (the binary's build checks its --version).
-NEVER_ASKS = ("--version", "--help", "env")
-
-
-def localrun_args(argv: Any) -> list[str] | None:
-    """The arguments of the localrun command a command line starts (`python -m localrun`, the
-    binary: a file named localrun), [] for a shell line with localrun as a command in it, None
-    for any other program."""
-    if isinstance(argv, (str, bytes, os.PathLike)):
-        return [] if _COMMAND.search(os.fsdecode(argv)) else None
-    parts = [os.fsdecode(part) for part in argv]
-    if parts[1:3] == ["-m", "localrun"]:
-        return parts[3:]
-    if parts and Path(parts[0]).name == "localrun":
-        return parts[1:]
-    if parts and Path(parts[0]).name in ("sh", "bash") and any(map(_COMMAND.search, parts[1:])):
-        return []
-    return None
-
-
-def localrun_env(**settings: str) -> dict[str, str]:
-    """This environment without its LOCALRUN_* settings, for a localrun started outside a test's
-    own (a session's fixture): no server (NO_SERVER) and no registry (as `home` sets them)
-    unless `settings` name them."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRUN_")}
-    return {**env, "LOCALRUN_HOST": NO_SERVER, "LOCALRUN_REGISTRY": "off", **settings}
-
-
-def check_no_default_server(argv: Any, env: Any) -> None:
-    """Refuses to start a localrun whose environment leaves LOCALRUN_HOST at the default port
-    (unset, or naming it): only a server someone else started could answer there."""
-    args = localrun_args(argv)
-    if args is None or (args and args[0] in NEVER_ASKS):
-        return
-    seen = os.environ if env is None else env
-    host = seen.get("LOCALRUN_HOST")
-    if host is not None:
-        try:
-            port = parse.parse_host(host)[1]
-        except ValueError:
-            return  # a test of a malformed value: refused before anything is reached
-        if port != parse.DEFAULT_PORT:
-            return
-    raise AssertionError(
-        f"{argv!r} would reach a server on the default port ({parse.DEFAULT_PORT}) that this "
-        f"test did not start: give its environment LOCALRUN_HOST (conftest.NO_SERVER, or the "
-        "test's own server)"
-    )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -142,7 +104,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LOCALRUN_HOME", str(path))
     monkeypatch.setenv("LOCALRUN_HOST", NO_SERVER)  # never a server this test did not start
     # A name in no store and no catalog is not looked for on registry.ollama.ai: the tests that
-    # pull from a registry start one (tests/registries.py) and name it.
+    # pull from a registry start one (tests/support/registries.py) and name it.
     monkeypatch.setenv("LOCALRUN_REGISTRY", "off")
     return path
 
@@ -215,6 +177,12 @@ def tiny_lora(fixtures_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_vision(fixtures_dir: Path) -> tuple[Path, Path]:
+    """A tiny random-weight vision model and its projector (model, projector)."""
+    return write_tiny_vision(fixtures_dir / "vision")
+
+
+@pytest.fixture(scope="session")
 def malformed(fixtures_dir: Path) -> dict[str, Path]:
     """Broken GGUF samples by name: truncated, bad_magic, absurd_array_length, ..."""
     return write_malformed(fixtures_dir / "malformed")
@@ -240,7 +208,7 @@ def gemma3_path(fixtures_dir: Path) -> str:
     return str(gemma.assemble(fixtures_dir / gemma.MODEL_NAME))
 
 
-# The official clients, pointed at the module's `live` server (tests/test_server.LiveServer).
+# The official clients, pointed at the module's `live` server (support.server.LiveServer).
 
 
 @pytest.fixture
@@ -268,53 +236,9 @@ def ant(live: Any) -> Any:
     )
 
 
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-
-class CLI:
-    """Runs the real `localrun` command in a subprocess with the test's environment."""
-
-    def __init__(self, cwd: Path) -> None:
-        self.cwd = cwd
-
-    def __call__(
-        self,
-        *args: str,
-        input: str | None = None,
-        env: dict[str, str] | None = None,
-        timeout: float = PATIENCE_S,
-    ) -> Result:
-        proc = subprocess.run(
-            [sys.executable, "-m", "localrun", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            cwd=self.cwd,
-            env={**os.environ, **(env or {})},
-            timeout=timeout,
-        )
-        return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
 @pytest.fixture
 def cli(tmp_path: Path) -> CLI:
     return CLI(tmp_path)
-
-
-def assert_one_line_error(result: Result, *fragments: str) -> None:
-    """A failed command: non-zero exit, one 'Error: ...' line on stderr, no traceback."""
-    assert result.code != 0, result
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("Error: "), result.stderr
-    errors = [line for line in lines if line.startswith("Error: ")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ server_cmds, store_cmds, upstream_cmd) define plain functions with their typer p
 never import this module. Heavy packages (llama_cpp, fastapi, uvicorn, huggingface_hub,
 modelscope, gguf/numpy) are imported inside the commands that use them, and typer is kept from
 importing pydantic and Markdown where they serve nothing (cli/typer_patches);
-tests/test_startup.py checks what the commands import.
+tests/unit/cli/test_startup.py checks what the commands import.
 """
 
 from __future__ import annotations

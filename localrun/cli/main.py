@@ -3,8 +3,8 @@ code set.
 
 The typer app and its commands are in cli/app. A command line that only prints and has nothing
 to parse (`localrun --version`, `list`, `env`, each bare or with --json) runs here without it:
-importing typer and building every command before running one is most of such a command's
-start (tests/test_startup.py checks that they print the same either way, and what each imports).
+importing typer and building every command before running one is most of such a command's start
+(tests/unit/cli/test_startup.py checks that they print the same either way, and what each imports).
 """
 
 from __future__ import annotations

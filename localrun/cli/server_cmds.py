@@ -11,7 +11,6 @@ from typing import Any
 import typer
 
 from localrun.cli.output import columns, human_size
-from localrun.cli.session import answered_by
 from localrun.errors import LocalrunError, ModelNotFoundError
 
 # Ollama writes "Forever" for an expiry more than 20 years away (keep_alive -1).
@@ -64,6 +63,8 @@ def stop(model: str = typer.Argument(..., help="The model to unload, e.g. smollm
         try:
             client.show(model)  # an unknown model: the server's ModelNotFoundError says so
         except ModelNotFoundError as exc:
+            from localrun.cli.session import answered_by  # the engine's types: not for --help
+
             raise answered_by(client, model, exc) from None
         raise LocalrunError(
             f"model '{model}' is not loaded", hint="`localrun ps` lists the loaded models"

@@ -12,9 +12,9 @@
   `rich_markup_mode="markdown"` and Traceback only for pretty exceptions, neither of which
   localrun uses. Each stands in as a class that imports the real one when it is used.
 
-Where a later typer lacks what a patch replaces, the patch is not applied: the command then
-works as typer has it, and tests/test_startup.py, which checks what `list` and `--help` import,
-says the start-up cost came back.
+Where a later typer lacks what a patch replaces, the patch is not applied: the command then works as
+typer has it, and tests/unit/cli/test_startup.py, which checks what `list` and `--help` import, says
+the start-up cost came back.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The llama.cpp parameters localrun loads every model with on this machine, decided from the
 build and the CPU: the engine's models, and every model a test, a script or a benchmark loads
-through llama-cpp-python or starts llama.cpp's own programs on (tests/test_machine.py holds
-every file under tests/ and scripts/ to it).
+through llama-cpp-python or starts llama.cpp's own programs on (tests/unit/engine/test_machine.py
+holds every file under tests/ and scripts/ to it).
 
 Why one place: llama-cpp-python's and llama.cpp's programs' defaults differ from localrun's
 where the machine matters. On a CPU with AMX, llama.cpp's default weight repacking puts Q4_0

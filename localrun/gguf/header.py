@@ -79,8 +79,8 @@ class Header:
         return self.metadata.get(f"{self.metadata.get('general.architecture')}.{suffix}")
 
 
-# The turn markers of the chat formats localrun knows by their tokens: formats/families.py's
-# (gguf sits above formats; tests/test_apply_template.py keeps the two lists together).
+# The turn markers of the chat formats localrun knows by their tokens: formats/families.py's (gguf
+# sits above formats; tests/unit/formats/test_apply_template.py keeps the two lists together).
 CHAT_TOKENS = frozenset(
     {
         "<|im_start|>",

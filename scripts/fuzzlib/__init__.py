@@ -18,7 +18,7 @@ Modules (each imports only those listed before it):
   its jobs), the slowest /api/version, the longest pause of another client's stream;
 * ``watched`` - issue 76's harness: cases run as requests or commands under ``watch``, and
   their rows against the targets;
-* ``registry`` - issue 76's hostile registries on loopback (tests/registries.py's scripted one
-  in each mode, a port that speaks no HTTP, a closed one);
+* ``registry`` - issue 76's hostile registries on loopback (tests/support/registries.py's scripted
+  one in each mode, a port that speaks no HTTP, a closed one);
 * ``report`` - the end of a fuzzer's report: its defects and misses, and its exit status.
 """

@@ -33,15 +33,17 @@ __all__ = [
 
 
 def hostile_templates(tests: Path) -> dict[str, str]:
-    """HOSTILE of tests/test_template_hostile.py, read without importing the test module."""
-    tree = ast.parse((tests / "test_template_hostile.py").read_text(encoding="utf-8"))
+    """HOSTILE of tests/unit/formats/test_template_hostile.py, read without importing the test
+    module."""
+    path = tests / "unit" / "formats" / "test_template_hostile.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "HOSTILE" for t in node.targets
         ):
             found: dict[str, str] = ast.literal_eval(node.value)
             return found
-    raise SystemExit(f"no HOSTILE in {tests / 'test_template_hostile.py'}")
+    raise SystemExit(f"no HOSTILE in {path}")
 
 
 def modelfile(folder: Path, text: str) -> Path:

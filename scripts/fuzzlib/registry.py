@@ -1,7 +1,7 @@
-"""The hostile registries of scripts/fuzz_round5.py, on loopback: tests/registries.py's scripted
-one (FakeOllamaRegistry) in each of issue 76's modes, a port that speaks no HTTP (Listener)
-and one that is closed; `env` names them in the server's settings (those listed for API
-clients, and the login the server holds for every one of them).
+"""The hostile registries of scripts/fuzz_round5.py, on loopback: tests/support/registries.py's
+scripted one (FakeOllamaRegistry) in each of issue 76's modes, a port that speaks no HTTP (Listener)
+and one that is closed; `env` names them in the server's settings (those listed for API clients, and
+the login the server holds for every one of them).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
-import registries  # type: ignore[import-not-found]
+from support import registries  # type: ignore[import-not-found]
 
 __all__ = ["LOGIN", "Registries", "registries"]
 

@@ -1,5 +1,5 @@
 """The pages of docs/reference/, each rendered from the code that declares what it lists
-(scripts/make_reference.py writes them; tests/test_reference_docs.py checks them).
+(scripts/make_reference.py writes them; tests/unit/scripts/test_reference_docs.py checks them).
 
 Modules (each imports only ``markdown`` of its siblings):
 

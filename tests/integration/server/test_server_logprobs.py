@@ -1,0 +1,308 @@
+"""Log-probabilities through the real server (llama.cpp on SmolLM2) and the official clients.
+
+Greedy decoding picks the likeliest token, so each token's logprob must equal the first of its
+alternatives; the tokens must spell the text the client got, also when a stop string cuts it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import ollama
+import openai
+import pytest
+from benchlib.scores import continuation_logprob, in_child
+
+from localrun.scheduler import Scheduler
+from localrun.sources import obtain
+from localrun.store import reference
+from localrun.store.models import Store
+
+from support import PATIENCE_S
+from support.server import SMOL, LiveServer
+
+pytestmark = [pytest.mark.server, pytest.mark.model]
+
+ASK: Any = [{"role": "user", "content": "Name three colours."}]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    store = Store(tmp_path_factory.mktemp("logprobs") / "models")
+    obtain.find(store, reference.resolve(SMOL))
+    server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=1, max_queue=16))
+    yield server
+    server.close()
+
+
+def check_greedy(entries: list[Any], text: str, top: int) -> None:
+    """The entries spell `text`; each is the likeliest of its alternatives (greedy)."""
+    assert entries and "".join(e.token for e in entries) == text
+    for e in entries:
+        assert e.logprob <= 0
+        raw = getattr(e, "bytes", None)  # Ollama's client does not keep the bytes
+        assert raw is None or bytes(raw).decode("utf-8", "replace") == e.token
+        assert len(e.top_logprobs) == top
+        probs = [t.logprob for t in e.top_logprobs]
+        assert probs == sorted(probs, reverse=True)
+        assert e.top_logprobs[0].token == e.token
+        assert math.isclose(e.top_logprobs[0].logprob, e.logprob, abs_tol=1e-4)
+
+
+def test_chat_logprobs(ai: openai.OpenAI) -> None:
+    reply = ai.chat.completions.create(
+        model=SMOL, messages=ASK, temperature=0, max_tokens=12, logprobs=True, top_logprobs=3
+    )
+    choice = reply.choices[0]
+    assert choice.logprobs and choice.logprobs.content
+    check_greedy(choice.logprobs.content, choice.message.content or "", 3)
+
+    chunks = list(
+        ai.chat.completions.create(
+            model=SMOL, messages=ASK, temperature=0, max_tokens=12, logprobs=True,
+            top_logprobs=2, stream=True,
+        )
+    )  # fmt: skip
+    entries = [e for c in chunks if c.choices for e in (c.choices[0].logprobs or _none()).content]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content
+    check_greedy(entries, text, 2)
+
+    plain = ai.chat.completions.create(model=SMOL, messages=ASK, temperature=0, max_tokens=4)
+    assert plain.choices[0].logprobs is None
+
+
+class _none:
+    content: tuple[Any, ...] = ()
+
+
+def test_a_stop_string_drops_the_entries_past_it(ai: openai.OpenAI) -> None:
+    full = ai.chat.completions.create(model=SMOL, messages=ASK, temperature=0, max_tokens=12)
+    words = (full.choices[0].message.content or "").split()
+    assert len(words) >= 3
+    cut = ai.chat.completions.create(
+        model=SMOL, messages=ASK, temperature=0, max_tokens=12, stop=[words[2]],
+        logprobs=True, top_logprobs=1,
+    )  # fmt: skip
+    text = cut.choices[0].message.content or ""
+    assert words[2] not in text
+    content = cut.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None
+    # The entries cover the text sent, the last one maybe only in part (where the stop began),
+    # and none lies past it.
+    spelled = "".join(e.token for e in content)
+    assert spelled.startswith(text) and len(spelled) - len(content[-1].token) < len(text)
+
+
+def test_completion_logprobs(ai: openai.OpenAI) -> None:
+    prompt = "The capital of France is"
+    done = ai.completions.create(model=SMOL, prompt=prompt, max_tokens=5, temperature=0, logprobs=2)
+    lp = done.choices[0].logprobs
+    assert lp and lp.tokens and "".join(lp.tokens) == done.choices[0].text
+    assert lp.token_logprobs and all(x <= 0 for x in lp.token_logprobs)
+    assert lp.top_logprobs and all(len(alts) == 2 for alts in lp.top_logprobs)
+    assert lp.text_offset and lp.text_offset[0] == len(prompt)
+    streamed = list(
+        ai.completions.create(
+            model=SMOL, prompt=prompt, max_tokens=5, temperature=0, logprobs=2, stream=True
+        )
+    )
+    tokens = [t for c in streamed for t in (c.choices[0].logprobs.tokens or [])]  # type: ignore[union-attr]
+    assert tokens == lp.tokens
+
+
+def test_ollama_logprobs(live: LiveServer) -> None:
+    oc = ollama.Client(host=live.url, timeout=PATIENCE_S)
+    options = {"temperature": 0, "num_predict": 8}
+    answer = oc.chat(SMOL, ASK, options=options, logprobs=True, top_logprobs=2)
+    assert answer.logprobs
+    check_greedy(answer.logprobs, answer.message.content or "", 2)
+    parts = list(oc.generate(SMOL, "Hello", options=options, logprobs=True, stream=True))
+    entries = [e for p in parts for e in p.logprobs or []]
+    assert "".join(e.token for e in entries) == "".join(p.response for p in parts)
+    assert all(not e.top_logprobs for e in entries)
+    plain = oc.chat(SMOL, ASK, options=options)
+    assert not plain.logprobs
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": ASK, "logprobs": True, "top_logprobs": 21}),
+        ("/v1/chat/completions", {"messages": ASK, "top_logprobs": 2}),
+        ("/v1/completions", {"prompt": "x", "logprobs": 6}),
+        ("/v1/completions", {"prompt": "x", "logprobs": True}),
+        ("/api/chat", {"messages": ASK, "logprobs": True, "top_logprobs": -1}),
+    ],
+)
+def test_bad_logprobs_are_400(live: LiveServer, path: str, body: dict[str, Any]) -> None:
+    answer = httpx.post(f"{live.url}{path}", json={"model": SMOL, **body}, timeout=PATIENCE_S)
+    assert answer.status_code == 400, answer.text
+
+
+# -- a prompt's own log-probabilities (echo, prompt_logprobs) and the tokenizer's routes ------
+
+QUESTION = "Question: which animal barks? Answer:"
+
+
+@pytest.fixture
+def oracle(smollm2_path: str) -> Callable[[list[list[int]]], list[Any]]:
+    """llama.cpp's own log-probabilities and ranks of prompts, read in a child with the test's
+    environment, as the server's runner reads them."""
+    return lambda prompts: in_child(smollm2_path, prompts)
+
+
+def ids_of(live: LiveServer, text: str) -> list[int]:
+    """The text's tokens, as lm-evaluation-harness's remote tokenizer asks for them."""
+    body = {"prompt": text, "add_special_tokens": False}
+    answer = httpx.post(f"{live.url}/tokenize", json=body, timeout=PATIENCE_S)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert data["count"] == len(data["tokens"])
+    return data["tokens"]  # type: ignore[no-any-return]
+
+
+def test_echo_gives_the_prompts_tokens_and_their_logprobs(
+    ai: openai.OpenAI, live: LiveServer, oracle: Callable[[list[list[int]]], list[Any]]
+) -> None:
+    """The openai client's echo with max_tokens 0: the prompt alone, each token with llama.cpp's
+    own log-probability of it and its alternatives (the token itself among them)."""
+    done = ai.completions.create(model=SMOL, prompt=QUESTION, echo=True, logprobs=2, max_tokens=0)
+    choice = done.choices[0]
+    lp = choice.logprobs
+    assert choice.text == QUESTION and choice.finish_reason == "length" and lp is not None
+    assert lp.tokens and "".join(lp.tokens) == QUESTION
+    assert lp.token_logprobs and lp.top_logprobs and lp.text_offset
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    expected_all = oracle([ids_of(live, QUESTION)])[0][0]
+    assert len(expected_all) == len(lp.tokens)
+    for token, got, alternatives, expected in zip(
+        lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:], expected_all[1:], strict=True
+    ):
+        assert expected is not None and math.isclose(got, expected, abs_tol=1e-4)
+        assert 2 <= len(alternatives) <= 3 and alternatives[token] == got
+        assert max(alternatives.values()) >= got
+    assert done.usage and done.usage.prompt_tokens == len(lp.tokens)
+
+    prompt = "The capital of France is"
+    more = ai.completions.create(
+        model=SMOL, prompt=prompt, echo=True, logprobs=1, max_tokens=3, temperature=0
+    )
+    extra = more.choices[0].logprobs
+    assert extra and extra.tokens and extra.text_offset and extra.token_logprobs
+    answer = more.choices[0].text
+    read = len(ids_of(live, prompt))
+    assert more.usage and more.usage.completion_tokens == 3
+    assert answer.startswith(prompt) and len(extra.tokens) == read + 3
+    assert "".join(extra.tokens) == answer and extra.text_offset[read] == len(prompt)
+    assert extra.token_logprobs[0] is None and None not in extra.token_logprobs[1:]
+    plain = ai.completions.create(model=SMOL, prompt=QUESTION, echo=True, max_tokens=2)
+    assert plain.choices[0].text.startswith(QUESTION) and plain.choices[0].logprobs is None
+    # Streamed: the prompt and its entries come first, then the answer's, the same as whole.
+    chunks = list(ai.completions.create(
+        model=SMOL, prompt=prompt, echo=True, logprobs=1, max_tokens=3, temperature=0, stream=True
+    ))  # fmt: skip
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == answer
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs
+                for t in c.choices[0].logprobs.token_logprobs or []]  # fmt: skip
+    assert streamed[0] is None and len(streamed) == len(extra.token_logprobs)
+    for got, whole in zip(streamed[1:], extra.token_logprobs[1:], strict=True):
+        assert got is not None and whole is not None and math.isclose(got, whole, abs_tol=1e-4)
+
+
+def test_lm_eval_harness_loglikelihood_request(
+    live: LiveServer, oracle: Callable[[list[list[int]]], list[Any]]
+) -> None:
+    """lm-evaluation-harness's local-completions loglikelihood request (a batch of token-id
+    prompts, max_tokens 1, echo) read as its parse_logprobs reads it: each continuation's
+    log-likelihood is llama.cpp's own, and greedy where llama.cpp's likeliest tokens are it."""
+    context = ids_of(live, QUESTION)
+    options = [ids_of(live, QUESTION + word)[len(context) :] for word in (" The dog", " A fish")]
+    prompts = [context + tail for tail in options]
+    body = {
+        "model": SMOL, "prompt": prompts, "temperature": 0, "max_tokens": 1, "logprobs": 1,
+        "seed": 1234, "echo": True,
+    }  # fmt: skip
+    answer = httpx.post(f"{live.url}/v1/completions", json=body, timeout=PATIENCE_S)
+    assert answer.status_code == 200, answer.text
+    choices = sorted(answer.json()["choices"], key=lambda c: c["index"])
+    assert [c["index"] for c in choices] == [0, 1]
+    for choice, ids, (scores_of, ranks) in zip(choices, prompts, oracle(prompts), strict=True):
+        logprobs = choice["logprobs"]
+        assert len(logprobs["token_logprobs"]) == len(ids) + 1  # the prompt, then one token
+        scores = logprobs["token_logprobs"][len(context) : -1]
+        tops = logprobs["top_logprobs"][len(context) : -1]
+        greedy = all(s == max(t.values()) for s, t in zip(scores, tops, strict=True))
+        expected = continuation_logprob(scores_of, len(context))
+        assert math.isclose(sum(scores), expected, abs_tol=1e-4)
+        assert greedy == all(rank == 1 for rank in ranks[len(context) :])
+        detokenized = httpx.post(f"{live.url}/detokenize", json={"tokens": ids}, timeout=PATIENCE_S)
+        assert choice["text"].startswith(detokenized.json()["prompt"])
+
+
+def test_prompt_logprobs_in_vllms_shape(live: LiveServer, ai: openai.OpenAI) -> None:
+    body = {"model": SMOL, "prompt": QUESTION, "max_tokens": 1, "prompt_logprobs": 2}
+    answer = httpx.post(f"{live.url}/v1/completions", json=body, timeout=PATIENCE_S).json()
+    scored = answer["choices"][0]["prompt_logprobs"]
+    ids = ids_of(live, QUESTION)
+    assert scored[0] is None and len(scored) == len(ids)
+    for entry, token in zip(scored[1:], ids[1:], strict=True):
+        mine = entry[str(token)]
+        assert set(mine) == {"logprob", "rank", "decoded_token"} and mine["rank"] >= 1
+        assert 2 <= len(entry) <= 3 and sorted(e["rank"] for e in entry.values())[0] == 1
+    assert answer["choices"][0]["logprobs"] is None  # not asked for
+    chat = httpx.post(
+        f"{live.url}/v1/chat/completions",
+        json={"model": SMOL, "messages": ASK, "max_tokens": 1, "prompt_logprobs": 0},
+        timeout=PATIENCE_S,
+    ).json()
+    assert chat["prompt_logprobs"][0] is None and len(chat["prompt_logprobs"]) > 5
+    assert all(len(entry) == 1 for entry in chat["prompt_logprobs"][1:])
+    with pytest.raises(openai.BadRequestError, match="not available when `stream=True`"):
+        ai.chat.completions.create(
+            model=SMOL, messages=ASK, stream=True, extra_body={"prompt_logprobs": 1}
+        )
+
+
+def test_the_tokenizers_routes_in_vllms_shapes(live: LiveServer) -> None:
+    """What lm-evaluation-harness's remote tokenizer reads: /tokenizer_info's eos_token,
+    /tokenize's tokens (special tokens' texts read as themselves), /detokenize's prompt;
+    llama-server's shapes alongside."""
+    info = httpx.get(f"{live.url}/tokenizer_info", params={"model": SMOL}, timeout=PATIENCE_S)
+    assert info.status_code == 200, info.text
+    eos = info.json()["eos_token"]
+    assert eos == "<|im_end|>" and "<|im_start|>" in info.json()["chat_template"]
+    assert len(ids_of(live, eos)) == 1
+    ids = ids_of(live, "Hello world")
+    back = httpx.post(f"{live.url}/detokenize", json={"tokens": ids}, timeout=PATIENCE_S).json()
+    assert back == {"prompt": "Hello world", "content": "Hello world"}
+    llama = httpx.post(f"{live.url}/tokenize", json={"content": "Hello world"}, timeout=PATIENCE_S)
+    assert llama.json() == {"tokens": ids}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"prompt": [49152]}, "not in the model's vocabulary"),
+        ({"prompt": [[1, 2], [10**9]]}, "not in the model's vocabulary"),
+        ({"prompt": []}, "prompt must be"),
+        ({"prompt": [[]]}, "is empty"),
+        ({"prompt": [1, "a"]}, "prompt must be"),
+        ({"prompt": [[1]] * 65}, "at most 64"),
+        ({"prompt": "x", "max_tokens": 0}, "at least 1"),
+        ({"prompt": "x", "echo": True, "suffix": "y"}, "echo and suffix"),
+        ({"prompt": "x", "prompt_logprobs": 21}, "prompt_logprobs"),
+        ({"prompt": "x", "prompt_logprobs": 1, "stream": True}, "stream=True"),
+        ({"messages": ASK, "echo": True}, "echo"),
+    ],
+)
+def test_prompt_scoring_refusals(live: LiveServer, body: dict[str, Any], fragment: str) -> None:
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    answer = httpx.post(f"{live.url}{path}", json={"model": SMOL, **body}, timeout=PATIENCE_S)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert fragment in error["message"] and "\n" not in error["message"]

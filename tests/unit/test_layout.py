@@ -1,0 +1,237 @@
+"""The package's shape (scripts/imports.py): imports run one way, counting those inside
+functions too, wing by wing in the order docs/architecture.md's Layout gives, and modules and
+functions stay of a size a reader can hold."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import imports
+
+from support import ROOT
+
+# Past these a module or a function is overdue for a split (the style guide in docs/development.md:
+# most modules 150-400 lines, about 600 at most; a function readable on one screen).
+MODULE_LINES = 600
+FUNCTION_LINES = 70
+
+# The wings and the modules every wing shares, lowest first: each imports only those before it
+# (docs/architecture.md, "Layout"). A top-level module is a wing of its own here.
+WINGS = [
+    "errors",
+    "private",
+    "settings",
+    "selfexec",
+    "asked",
+    "jsonlimits",
+    "media",
+    "request",
+    "overflow",
+    "formats",
+    "gguf",
+    "store",
+    "recipes",
+    "model",
+    "sources",
+    "capabilities",
+    "hardware",
+    "runtimes",
+    "engine",
+    "worker",
+    "scheduler",
+    "server",
+    "client",
+    "ui",
+    "cli",
+    "__main__",
+]
+
+
+def _wing(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    assert imports.cycles(imports.graph()) == []
+
+
+def test_imports_run_down_the_wings() -> None:
+    edges = imports.graph()
+    wings = {_wing(m) for m in edges if m != "localrun"}
+    unplaced = wings - set(WINGS)
+    assert not unplaced, f"place these in WINGS and docs/architecture.md's Layout: {unplaced}"
+    upward = sorted(
+        f"{a} -> {b}"
+        for a, targets in edges.items()
+        for b in targets
+        if a != "localrun" and WINGS.index(_wing(a)) < WINGS.index(_wing(b))
+    )
+    assert upward == [], "a lower wing imports a higher one"
+
+
+def test_the_architecture_page_lists_the_wings_in_order() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    layout = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([a-z_]+)/?` \|", layout, re.M)
+    assert listed == WINGS
+
+
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _anchors(page: Path) -> set[str]:
+    prose = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.M | re.S)
+    return {_slug(heading) for heading in re.findall(r"^#{1,6} (.+)$", prose, re.M)}
+
+
+def test_every_link_between_the_pages_finds_its_page_and_heading() -> None:
+    """README.md and docs/: a link to a file names one that exists; one to a heading, a heading
+    of that page (links outside the repository are not followed)."""
+    broken = []
+    for page in _pages():
+        prose = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.M | re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_every_page_of_docs_is_linked_from_the_readme() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    linked = {(ROOT / target).resolve() for target in re.findall(r"\]\((docs/[^)#]+)", text)}
+    pages = set(_pages()[1:])
+    assert sorted(str(p.relative_to(ROOT)) for p in pages - linked) == []
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"`", "", heading.strip().lower())
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def test_an_import_inside_a_function_counts(tmp_path: Path) -> None:
+    package = tmp_path / "localrun"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from localrun import b\n")
+    (package / "b.py").write_text("def f() -> None:\n    from localrun.a import x\n")
+    (package / "c.py").write_text("from localrun.b import f\n")
+    edges = imports.graph(tmp_path)
+    assert edges["localrun.b"] == {"localrun.a"} and edges["localrun.c"] == {"localrun.b"}
+    assert imports.cycles(edges) == [["localrun.a", "localrun.b"]]
+
+
+def test_modules_and_functions_stay_readable() -> None:
+    long_modules = {m: n for m, n in imports.lengths().items() if n > MODULE_LINES}
+    assert long_modules == {}, "split these modules by concern"
+    long_functions = [f for f in imports.functions() if f.lines > FUNCTION_LINES]
+    assert long_functions == [], "split these functions into helpers"
+
+
+# scripts/ (imports.script_graph): what the scripts share lives in a package they import
+# (benchlib/, testmodels/, fuzzlib/), never in another script (docs/development.md).
+
+
+def _top_level_scripts(root: Path = ROOT) -> set[str]:
+    """The scripts run as `python scripts/NAME.py`, by the name they are imported by."""
+    return {
+        m for m, path in imports.script_modules(root).items() if path.parent == root / "scripts"
+    }
+
+
+def test_scripts_have_no_import_cycle() -> None:
+    assert imports.cycles(imports.script_graph()) == []
+
+
+def test_no_script_imports_a_script() -> None:
+    scripts = _top_level_scripts()
+    found = sorted(
+        f"{a} -> {b}" for a, targets in imports.script_graph().items() for b in targets & scripts
+    )
+    assert found == [], "move what they share into a package under scripts/"
+
+
+def test_scripts_stay_readable() -> None:
+    long_modules = {m: n for m, n in imports.lengths(scripts=True).items() if n > MODULE_LINES}
+    assert long_modules == {}, "split these scripts/ modules by concern"
+
+
+def test_the_script_graph_counts_imports_in_functions_and_packages(tmp_path: Path) -> None:
+    scripts = tmp_path / "scripts"
+    (scripts / "lib").mkdir(parents=True)
+    (scripts / "ui").mkdir()  # no package: left out
+    (scripts / "ui" / "gyp.py").write_text("import a\n")
+    (scripts / "lib" / "__init__.py").write_text("from . import core\n")
+    (scripts / "lib" / "core.py").write_text("def f() -> None:\n    from lib.extra import g\n")
+    (scripts / "lib" / "extra.py").write_text("from .core import f\n")
+    (scripts / "a.py").write_text("import lib.core\n\n\ndef main() -> None:\n    import b\n")
+    (scripts / "b.py").write_text("from lib import extra\n")
+    edges = imports.script_graph(tmp_path)
+    assert set(edges) == {"a", "b", "lib", "lib.core", "lib.extra"}
+    assert edges["a"] == {"lib.core", "b"} and edges["b"] == {"lib.extra"}
+    assert edges["lib"] == {"lib.core"} and edges["lib.core"] == {"lib.extra"}
+    assert imports.cycles(edges) == [["lib.core", "lib.extra"]]
+    assert _top_level_scripts(tmp_path) == {"a", "b"}
+
+
+# tests/ (docs/development.md, "Tests"): tiers as folders, each wing's tests in a folder
+# named for it; what the tests share lives in tests/support and their fixtures in conftest.py; a
+# test file never imports another test file, nor conftest.
+
+
+def _folders(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+
+
+def test_the_tests_mirror_the_package() -> None:
+    tests = ROOT / "tests"
+    assert _folders(tests) == {"data", "integration", "support", "system", "unit"}
+    assert sorted(p.name for p in tests.glob("*.py")) == ["conftest.py"], "tests live in a tier"
+    wings = {w for w in WINGS if (ROOT / "localrun" / w).is_dir()} | {"scripts"}
+    for tier in ("unit", "integration"):
+        assert _folders(tests / tier) <= wings, f"tests/{tier}/<wing>, as localrun/<wing>"
+    assert _folders(tests / "system") == set()
+    assert not list((tests / "support").glob("test_*.py")), "support holds no tests"
+
+
+def _test_imports(root: Path) -> list[str]:
+    """`file -> module` for each import, anywhere in a file under `root`, of a test module
+    (test_*), of conftest, or of tests/ as a package."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if "data" in path.relative_to(root).parts:
+            continue  # other projects' files (tests/data/corpora)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top.startswith("test_") or top in ("conftest", "tests"):
+                    found.append(f"{path.relative_to(root)} -> {module}")
+    return found
+
+
+def test_no_test_file_imports_another() -> None:
+    assert _test_imports(ROOT / "tests") == [], "move what they share into tests/support"
+
+
+def test_the_test_import_check_sees_imports_in_functions(tmp_path: Path) -> None:
+    (tmp_path / "test_a.py").write_text("def f() -> None:\n    from test_b import x\n")
+    (tmp_path / "test_b.py").write_text("from conftest import PATIENCE_S\nimport support.cli\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "test_c.py").write_text("import test_d\n")
+    assert _test_imports(tmp_path) == ["test_a.py -> test_b", "test_b.py -> conftest"]
