@@ -173,7 +173,10 @@ def vllm_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("vllm")
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+        # tests/ and scripts/, as pyproject's pythonpath gives them (no ini is read here)
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(TESTS), str(TESTS.parent / "scripts"), os.environ.get("PYTHONPATH")])
+        ),
         "LOCALRUN_VLLM_CORPUS": str(folder),
         "LOCALRUN_VLLM_REPORT": str(out / "report.json"),
         "LOCALRUN_VLLM_RECORD": str(out / "record.jsonl"),

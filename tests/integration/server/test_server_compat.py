@@ -299,7 +299,9 @@ def test_version_is_the_ollama_api_served_with_localruns_beside_it(live: LiveSer
     from localrun.client import Client
 
     served = httpx.get(f"{live.url}/api/version").json()
-    assert served == {"version": "0.12.0", "localrun_version": __version__}
+    # on loopback the store it answers from too, so a CLI with another store can say so
+    shown = {"version": "0.12.0", "localrun_version": __version__}
+    assert served == {**shown, "localrun_store": str(live.store.root)}
     major, minor, _ = (int(x) for x in served["version"].split("."))
     assert (major, minor) >= (0, 9)  # clients gate tools, thinking, /api/show capabilities on it
     client = Client(("127.0.0.1", live.port))

@@ -57,7 +57,7 @@ def test_the_starter_samples_as_its_model_card_suggests(cli: CLI, store: Store) 
     assert "PARAMETER temperature 0.2" in modelfile and "PARAMETER top_p 0.9" in modelfile
 
     starter = names.parse("smollm2:135m")
-    loaded = load.load_model(load_stored(store, starter), {})  # as `run` and a runner load it
+    loaded = load.load_model(load_stored(store, starter).resolved({}))  # as a runner loads it
     try:
         turns = [{"role": "user", "content": "What is the capital of France?"}]
         plain = loaded.prompter.prepare(GenRequest("smollm2:135m", messages=turns)).sampling
