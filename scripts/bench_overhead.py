@@ -43,7 +43,7 @@ def main() -> int:
     os.environ["LOCALRUN_SPECULATE"] = "off"
     os.environ["LOCALRUN_HOST"] = "127.0.0.1:9"  # never a server: the runner in this process
 
-    from localrun.cli.session import open_session
+    from localrun.cli.connect import open_session
     from localrun.engine.native import lc
 
     decode_s: list[float] = []

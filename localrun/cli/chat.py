@@ -335,29 +335,10 @@ def attach_images(text: str) -> tuple[str, list[str]]:
     return (" ".join(kept.split()) if images else text), images
 
 
-def chat_loop(
-    opened: Session,
-    *,
-    system: str | None,
-    format: str | None,
-    verbose: bool,
-    overrides: dict[str, Any],
-    wordwrap: bool = True,
-    think: bool | str | None = None,
-    hide_thinking: bool = False,
-) -> None:
+def chat_loop(session: ChatSession) -> None:
+    """The terminal chat: lines read, commands run, turns answered, until /bye or Ctrl-D."""
     from localrun.cli.common import print_error
 
-    session = ChatSession(
-        opened,
-        system=system,
-        format=format,
-        verbose=verbose,
-        overrides=overrides,
-        wordwrap=wordwrap,
-        think=think,
-        hide_thinking=hide_thinking,
-    )
     readline = _setup_history()
     print("Type /? for help, /bye or Ctrl-D to leave.", file=sys.stderr, flush=True)
     try:

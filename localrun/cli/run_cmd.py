@@ -1,7 +1,7 @@
 """`localrun run MODEL [PROMPT]`: one-shot answers, batch prompts, or a terminal chat.
 
-The model is reached through a Session (cli/session.py): the running server's, or one loaded in
-this process when no server answers.
+The model is reached through a Session (cli/session.py, opened by cli/connect.py): the running
+server's, or one loaded in this process when no server answers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from localrun.cli.batch import run_batch
-from localrun.cli.chat import chat_loop
+from localrun.cli.chat import ChatSession, chat_loop
 from localrun.cli.output import ThinkingView
 from localrun.cli.views import print_stats
 from localrun.errors import InvalidParameterError
@@ -77,7 +77,7 @@ def run(
 
     With a server up at LOCALRUN_HOST the model runs there, and stays loaded; else in-process.
     """
-    from localrun.cli.session import open_session  # here: its imports cost every command's start
+    from localrun.cli.connect import open_session  # here: its imports cost every command's start
 
     started = time.perf_counter()
     overrides = _overrides(format, param, seed, batch, output)
@@ -96,16 +96,22 @@ def run(
             hint=f'localrun run {model} "Why is the sky blue?"',
         )
     else:
-        chat_loop(
-            opened,
-            system=asked.system,
-            format=asked.format,
-            verbose=asked.verbose,
-            overrides=overrides,
-            wordwrap=not nowordwrap,
-            think=asked.think,
-            hide_thinking=asked.hide_thinking,
-        )
+        chat_loop(_chat(opened, asked, overrides, wordwrap=not nowordwrap))
+
+
+def _chat(
+    opened: Session, asked: Asked, overrides: dict[str, Any], *, wordwrap: bool
+) -> ChatSession:
+    return ChatSession(
+        opened,
+        system=asked.system,
+        format=asked.format,
+        verbose=asked.verbose,
+        overrides=overrides,
+        wordwrap=wordwrap,
+        think=asked.think,
+        hide_thinking=asked.hide_thinking,
+    )
 
 
 def _media(

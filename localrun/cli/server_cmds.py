@@ -63,7 +63,9 @@ def stop(model: str = typer.Argument(..., help="The model to unload, e.g. smollm
         try:
             client.show(model)  # an unknown model: the server's ModelNotFoundError says so
         except ModelNotFoundError as exc:
-            from localrun.cli.session import answered_by  # the engine's types: not for --help
+            from localrun.cli.remote_session import (
+                answered_by,  # the engine's types: not for --help
+            )
 
             raise answered_by(client, model, exc) from None
         raise LocalrunError(

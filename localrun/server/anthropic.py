@@ -36,7 +36,7 @@ from localrun.request import GenRequest
 from localrun.server import core, image_urls
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, refused, unexpected
-from localrun.server.generation import Generation, start
+from localrun.server.generation import Generation, runs, start
 from localrun.server.streaming import event_stream, sse
 
 # Anthropic's own bound on stop_sequences is far higher; this keeps the stop filter cheap.
@@ -429,19 +429,17 @@ async def _events(generation: Generation, head: dict[str, Any]) -> AsyncIterator
     usage = {**_usage(generation), "output_tokens": 0}
     yield _event("message_start", message={**message, "usage": usage})
     blocks = _Blocks()
-    streamed = 0
     try:
-        async with contextlib.aclosing(generation.chunks()) as chunks:
-            async for chunk in chunks:
-                for kind, text in (("thinking", chunk.thinking), ("text", chunk.text)):
-                    if text:
-                        for event in blocks.delta(kind, text):
-                            yield event
-                for event in blocks.tools(_tool_blocks(chunk.calls)):
+        async with contextlib.aclosing(runs(generation)) as pieces:
+            async for run in pieces:
+                if run.kind == "calls":
+                    events = blocks.tools(_tool_blocks(run.calls))
+                elif run.kind == "late":
+                    events = blocks.end(_tool_blocks(run.calls))
+                else:
+                    events = blocks.delta(run.kind, run.text)
+                for event in events:
                     yield event
-                streamed += len(chunk.calls or [])
-        for event in blocks.end(_tool_blocks(generation.late_calls(streamed))):
-            yield event
         reason, sequence = _stop_reason(generation)
         yield _event(
             "message_delta",

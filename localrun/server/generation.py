@@ -359,3 +359,29 @@ async def merged(generations: list[Generation]) -> AsyncGenerator[tuple[int, Chu
             for generation in generations:
                 if not generation.finished:
                     await generation.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A piece of an answer as a stream shows it: `kind` is "thinking" or "text" (with `text`),
+    "calls" (tool calls read as they came) or "late" (those only the finished answer showed)."""
+
+    kind: str
+    text: str = ""
+    calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+async def runs(generation: Generation) -> AsyncGenerator[Run, None]:
+    """The answer in the order a stream of blocks or items shows it: each chunk's thinking, its
+    text, then its tool calls; last (always) the calls that only the finished answer showed."""
+    streamed = 0
+    async with contextlib.aclosing(generation.chunks()) as chunks:
+        async for chunk in chunks:
+            if chunk.thinking:
+                yield Run("thinking", text=chunk.thinking)
+            if chunk.text:
+                yield Run("text", text=chunk.text)
+            if chunk.calls:
+                streamed += len(chunk.calls)
+                yield Run("calls", calls=list(chunk.calls))
+    yield Run("late", calls=generation.late_calls(streamed))

@@ -46,7 +46,7 @@ from localrun.request import GenRequest
 from localrun.server import core, image_urls, response_store, responses_input, responses_tools
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, refused, unexpected
-from localrun.server.generation import Generation, start
+from localrun.server.generation import Generation, runs, start
 from localrun.server.messages import chat_messages
 from localrun.server.response_store import ResponseStore, new_id
 from localrun.server.streaming import event_stream, sse
@@ -279,20 +279,19 @@ async def _events(
     stream = _Stream(answer.obj)
     yield stream.event("response.created", response=stream.obj)
     yield stream.event("response.in_progress", response=stream.obj)
-    streamed = 0
     try:
-        async with contextlib.aclosing(generation.chunks()) as chunks:
-            async for chunk in chunks:
-                for kind, piece in (("reasoning", chunk.thinking), ("text", chunk.text)):
-                    if piece:
-                        for event in stream.delta(kind, piece):
-                            yield event
-                for event in stream.calls([toolset.call_item(c) for c in chunk.calls or []]):
+        async with contextlib.aclosing(runs(generation)) as pieces:
+            async for run in pieces:
+                items = [toolset.call_item(call) for call in run.calls]
+                if run.kind == "calls":
+                    events = stream.calls(items)
+                elif run.kind == "late":
+                    events = stream.end(items)
+                else:
+                    kind = "reasoning" if run.kind == "thinking" else "text"
+                    events = stream.delta(kind, run.text)
+                for event in events:
                     yield event
-                streamed += len(chunk.calls or [])
-        late = generation.late_calls(streamed)
-        for event in stream.end([toolset.call_item(call) for call in late]):
-            yield event
         answer.finish(generation)
         await save()
         yield stream.event("response.completed", response=stream.obj)

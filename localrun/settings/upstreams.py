@@ -83,13 +83,16 @@ def path() -> Path:
     return config.home() / "upstreams.toml"
 
 
+def _matching(pattern: re.Pattern[str], value: str, message: str, hint: str) -> str:
+    """`value` if the whole of it matches `pattern`, else a ConfigError saying `message`."""
+    if not pattern.fullmatch(value):
+        raise ConfigError(message, hint=hint)
+    return value
+
+
 def check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise ConfigError(
-            f"invalid upstream name {name!r}",
-            hint="use lower-case letters, digits, '.', '_' and '-' (at most 64)",
-        )
-    return name
+    hint = "use lower-case letters, digits, '.', '_' and '-' (at most 64)"
+    return _matching(_NAME, name, f"invalid upstream name {name!r}", hint)
 
 
 def check_url(url: str) -> str:
@@ -121,12 +124,8 @@ def check_url(url: str) -> str:
 
 
 def check_env_name(name: str) -> str:
-    if not _ENV_VAR.fullmatch(name):
-        raise ConfigError(
-            f"{name!r} is not an environment variable name",
-            hint="pass the variable's name (e.g. --api-key-env GPU_BOX_KEY), never the key",
-        )
-    return name
+    hint = "pass the variable's name (e.g. --api-key-env GPU_BOX_KEY), never the key"
+    return _matching(_ENV_VAR, name, f"{name!r} is not an environment variable name", hint)
 
 
 def check_model(model: str) -> str:

@@ -33,7 +33,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from localrun.store.blobs import (
 )
 from localrun.store.manifest import DIGEST_RE, Manifest, check_digest
 from localrun.store.names import ModelName
+from localrun.store.verify import VerifyReport, rehash
 
 SMALL_BLOB = 4 * 1024 * 1024  # small layers are re-hashed whenever they are read
 # A blob uploaded over HTTP is referenced by no manifest until the /api/create that names it;
@@ -76,23 +77,6 @@ class Entry:
     size: int
     modified: float
     manifest: Manifest
-
-
-@dataclass
-class VerifyReport:
-    checked: int = 0
-    corrupt: dict[str, list[str]] = field(default_factory=dict)  # digest -> models using it
-    missing: dict[str, list[str]] = field(default_factory=dict)
-    bad_manifests: list[str] = field(default_factory=list)
-    # digest -> the user's file it is hard-linked to (create --link), edited in place since
-    edited: dict[str, str] = field(default_factory=dict)
-    # digest -> ("gone" or "changed", the user's file it was linked from, models using it):
-    # the blob is intact, its original moved on (store.links.drifted); a notice, not damage
-    drifted: dict[str, tuple[str, str, list[str]]] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.corrupt or self.missing or self.bad_manifests)
 
 
 @dataclass
@@ -543,53 +527,4 @@ class Store:
         # Held shared, like a writer: a concurrent rm or prune would otherwise delete files
         # between the listing and the hashing (a crash, or blobs reported missing).
         with self.writing():
-            return self._verify(progress)
-
-    def _verify(self, progress: Callable[[str, int, int], None] | None) -> VerifyReport:
-        report = VerifyReport()
-        users: dict[str, list[str]] = {}
-        for name in self.names():
-            try:
-                manifest = self.read_manifest(name)
-            except StoreError:
-                report.bad_manifests.append(str(name))
-                continue
-            for digest in manifest.digests():
-                users.setdefault(digest, []).append(str(name))
-        blobs = (
-            sorted(p for p in self.blobs.iterdir() if DIGEST_RE.match(p.name))
-            if (self.blobs.is_dir())
-            else []
-        )
-        present = set()
-        for path in blobs:
-            digest = check_digest(path.name)
-            present.add(digest)
-            size = path.stat().st_size
-
-            def tick(done: int, total: int, digest: str = digest) -> None:
-                if progress:
-                    progress(digest, done, total)
-
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                report.corrupt[digest] = users.get(digest, [])
-                continue
-            try:
-                actual = hash_fd(fd, size, tick)
-            finally:
-                os.close(fd)
-            report.checked += 1
-            if actual != digest:
-                report.corrupt[digest] = users.get(digest, [])
-                found = links.recorded(self.root / "links", path.name)
-                if found is not None and found[0] == "hard link":
-                    report.edited[digest] = found[1]
-            elif digest in users and (drift := links.drifted(self.root / "links", path)):
-                # An unused blob is prune's: an old version left by a re-import says nothing.
-                report.drifted[digest] = (*drift, users[digest])
-        for digest, models in users.items():
-            if digest not in present:
-                report.missing[digest] = models
-        return report
+            return rehash(self, progress)

@@ -29,7 +29,14 @@ HEAVY = ("llama_cpp", "fastapi", "uvicorn", "huggingface_hub", "modelscope", "gg
 # the server's and the templates' packages, and the help's Markdown and syntax highlighting.
 UNUSED = ("pydantic", "httpx", "jinja2", "markdown_it", "pygments")
 # Our own modules that --help, which only lists the commands, never needs.
-NOT_FOR_HELP = ("localrun.store.models", "localrun.cli.session", "localrun.engine")
+NOT_FOR_HELP = (
+    "localrun.store.models",
+    "localrun.cli.session",
+    "localrun.cli.connect",
+    "localrun.cli.local_session",
+    "localrun.cli.remote_session",
+    "localrun.engine",
+)
 VERSION = ("--version", "-v")
 
 _PROBE = """
