@@ -125,6 +125,30 @@ def tiny_model(fixtures_dir: Path) -> Path:
     return write_tiny_model(fixtures_dir / "tiny-llama.gguf")
 
 
+@pytest.fixture
+def project(tmp_path: Path, tiny_model: Path, tiny_lora: Path) -> Path:
+    """A folder with the tiny model and adapter, as a user would have it."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.copy(tiny_model, folder / "tiny.gguf")
+    shutil.copy(tiny_lora, folder / "tiny-lora.gguf")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_other(fixtures_dir: Path) -> Path:
+    """Another tiny model of the same vocabulary (different weights, one layer fewer): a draft
+    model for the tiny one."""
+    return write_tiny_model(fixtures_dir / "tiny-other.gguf", seed=1, n_layer=1)
+
+
+@pytest.fixture
+def draft_project(project: Path, tiny_other: Path) -> Path:
+    """`project` with that other model beside it, as small.gguf."""
+    shutil.copy(tiny_other, project / "small.gguf")
+    return project
+
+
 @pytest.fixture(scope="session")
 def tiny_long_model(fixtures_dir: Path) -> Path:
     """The tiny llama GGUF trained (so its header says) on a context of 2**24 tokens: a

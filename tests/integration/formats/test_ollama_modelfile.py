@@ -20,6 +20,7 @@ from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 
 from support import OLLAMA_TEMPLATES, PATIENCE_S
+from support.modelfiles import template_modelfile
 from support.server import LiveServer, add_model
 from support.tools import WEATHER
 
@@ -38,11 +39,6 @@ CONVERSATION = [
     {"role": "assistant", "content": "I'm doing great. How can I help you today?"},
     {"role": "user", "content": "I'd like to show off how chat templating works!"},
 ]
-
-
-def _modelfile(path: Path, gguf: Path, template: str, extra: str = "") -> Path:
-    path.write_text(f'FROM {gguf}\nTEMPLATE """{template}"""\n{extra}')
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +66,7 @@ def live(
 def test_create_takes_an_ollama_modelfile_and_show_gives_it_back(
     cli: Any, tmp_path: Path, caller: Path
 ) -> None:
-    mf = _modelfile(tmp_path / "Modelfile", caller, QWEN, "PARAMETER temperature 0\n")
+    mf = template_modelfile(tmp_path / "Modelfile", caller, QWEN, "PARAMETER temperature 0\n")
     made = cli("create", "qwen-tools", "-f", str(mf))
     assert made.code == 0, made.stderr
     shown = cli("show", "qwen-tools", "--template")

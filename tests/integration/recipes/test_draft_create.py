@@ -3,14 +3,12 @@ path on the server."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from testmodels.text import write_tiny_model
 
 from localrun.scheduler import Scheduler
 from localrun.store import names
@@ -18,23 +16,6 @@ from localrun.store.models import Store
 
 from support import PATIENCE_S
 from support.server import LiveServer, add_model
-
-
-@pytest.fixture(scope="module")
-def other_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Another tiny model of the same vocabulary (different weights, one layer fewer)."""
-    folder = tmp_path_factory.mktemp("draft")
-    return write_tiny_model(folder / "tiny-other.gguf", seed=1, n_layer=1)
-
-
-@pytest.fixture
-def project(tmp_path: Path, tiny_model: Path, tiny_lora: Path, other_weights: Path) -> Path:
-    folder = tmp_path / "project"
-    folder.mkdir()
-    shutil.copy(tiny_model, folder / "tiny.gguf")
-    shutil.copy(tiny_lora, folder / "tiny-lora.gguf")
-    shutil.copy(other_weights, folder / "small.gguf")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +33,7 @@ def _post(live: LiveServer, path: str, body: dict[str, Any]) -> httpx.Response:
 
 @pytest.mark.server
 def test_api_create_takes_a_draft_by_name_or_blob_never_by_server_path(
-    live: LiveServer, project: Path
+    live: LiveServer, draft_project: Path
 ) -> None:
     body = {"model": "d", "stream": False, "modelfile": "FROM tiny\nDRAFT tiny\n"}
     created = _post(live, "/api/create", body)
@@ -72,7 +53,11 @@ def test_api_create_takes_a_draft_by_name_or_blob_never_by_server_path(
     assert "draft" not in _post(live, "/api/show", {"model": "tiny"}).json()
 
     answers = set()
-    for path in (str(project / "small.gguf"), "/etc/passwd", str(project / "missing.gguf")):
+    for path in (
+        str(draft_project / "small.gguf"),
+        "/etc/passwd",
+        str(draft_project / "missing.gguf"),
+    ):
         body = {"model": "x", "stream": False, "modelfile": f"FROM tiny\nDRAFT {path}\n"}
         refused = _post(live, "/api/create", body)
         answers.add((refused.status_code, refused.json()["error"].replace(path, "PATH")))

@@ -18,23 +18,7 @@ from localrun.store.models import Store
 
 from support import PATIENCE_S
 from support.cli import CLI, NO_SERVER, assert_one_line_error, check_no_default_server, localrun_env
-
-
-def _modelfile(folder: Path, text: str, name: str = "Modelfile") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture
-def project(tmp_path: Path, tiny_model: Path, tiny_lora: Path) -> Path:
-    """A folder with the tiny model and adapter, as a user would have it."""
-    folder = tmp_path / "project"
-    folder.mkdir()
-    shutil.copy(tiny_model, folder / "tiny.gguf")
-    shutil.copy(tiny_lora, folder / "tiny-lora.gguf")
-    return folder
+from support.modelfiles import write_modelfile
 
 
 def _store(home: Path) -> Store:
@@ -42,7 +26,7 @@ def _store(home: Path) -> Store:
 
 
 def test_create_list_show_from_relative_path(cli: CLI, project: Path, home: Path) -> None:
-    mf = _modelfile(project, "FROM ./tiny.gguf\n")
+    mf = write_modelfile(project, "FROM ./tiny.gguf\n")
     result = cli("create", "tiny", "-f", str(mf))
     assert result.code == 0, result.stderr
     assert "success" in result.stderr
@@ -62,7 +46,7 @@ def test_create_list_show_from_relative_path(cli: CLI, project: Path, home: Path
 def test_list_json_and_empty_store(cli: CLI, project: Path) -> None:
     assert cli("list").stdout.split() == ["NAME", "ID", "SIZE", "MODIFIED"]
     assert json.loads(cli("list", "--json").stdout) == []
-    cli("create", "a", "-f", str(_modelfile(project, "FROM tiny.gguf\n")))
+    cli("create", "a", "-f", str(write_modelfile(project, "FROM tiny.gguf\n")))
     (entry,) = json.loads(cli("list", "--json").stdout)
     assert entry["name"] == "a:latest"
     assert entry["model"] == "localrun/library/a:latest"
@@ -71,7 +55,7 @@ def test_list_json_and_empty_store(cli: CLI, project: Path) -> None:
 
 
 def test_full_modelfile_and_show_json(cli: CLI, project: Path) -> None:
-    mf = _modelfile(
+    mf = write_modelfile(
         project,
         '''# an assistant with every instruction
 FROM ./tiny.gguf
@@ -115,14 +99,14 @@ LICENSE MIT
 
 
 def test_show_modelfile_recreates_the_same_model(cli: CLI, project: Path, home: Path) -> None:
-    mf = _modelfile(
+    mf = write_modelfile(
         project,
         "FROM ./tiny.gguf\nADAPTER ./tiny-lora.gguf\nPARAMETER seed 42\nSYSTEM be kind\n",
     )
     cli("create", "orig", "-f", str(mf))
     printed = cli("show", "orig", "--modelfile").stdout
     assert "FROM " in printed and "ADAPTER " in printed
-    again = _modelfile(project / "other", printed)
+    again = write_modelfile(project / "other", printed)
     result = cli("create", "copy", "-f", str(again))
     assert result.code == 0, result.stderr
     assert "using existing layer" in result.stderr
@@ -134,8 +118,10 @@ def test_show_modelfile_recreates_the_same_model(cli: CLI, project: Path, home: 
 
 def test_identical_content_is_stored_once(cli: CLI, project: Path, home: Path) -> None:
     shutil.copy(project / "tiny.gguf", project / "same-bytes.gguf")
-    cli("create", "one", "-f", str(_modelfile(project, "FROM tiny.gguf\n", "M1")))
-    second = cli("create", "two", "-f", str(_modelfile(project, "FROM same-bytes.gguf\n", "M2")))
+    cli("create", "one", "-f", str(write_modelfile(project, "FROM tiny.gguf\n", "M1")))
+    second = cli(
+        "create", "two", "-f", str(write_modelfile(project, "FROM same-bytes.gguf\n", "M2"))
+    )
     assert second.code == 0
     assert "using existing layer" in second.stderr
     blobs = [p for p in (home / "models" / "blobs").iterdir() if p.stat().st_size > 100_000]
@@ -146,9 +132,9 @@ def test_from_store_model_inherits_and_overrides(cli: CLI, project: Path) -> Non
     base = (
         "FROM tiny.gguf\nPARAMETER temperature 0.5\nPARAMETER top_k 20\nSYSTEM base\nLICENSE L1\n"
     )
-    cli("create", "base", "-f", str(_modelfile(project, base, "Base")))
+    cli("create", "base", "-f", str(write_modelfile(project, base, "Base")))
     child = "FROM base\nPARAMETER temperature 0.9\nSYSTEM child\nLICENSE L2\n"
-    result = cli("create", "me/child:v1", "-f", str(_modelfile(project, child, "Child")))
+    result = cli("create", "me/child:v1", "-f", str(write_modelfile(project, child, "Child")))
     assert result.code == 0, result.stderr
     data = json.loads(cli("show", "me/child:v1", "--json").stdout)
     assert data["parameters"] == {"temperature": 0.9, "top_k": 20}
@@ -167,7 +153,7 @@ def test_modelfile_from_stdin(cli: CLI, tiny_model: Path) -> None:
 
 
 def test_cp_and_rm_keep_shared_blobs(cli: CLI, project: Path, home: Path) -> None:
-    cli("create", "a", "-f", str(_modelfile(project, "FROM tiny.gguf\n")))
+    cli("create", "a", "-f", str(write_modelfile(project, "FROM tiny.gguf\n")))
     copied = cli("cp", "a", "b")
     assert copied.code == 0 and "copied 'a:latest' to 'b:latest'" in copied.stdout
     store = _store(home)
@@ -183,7 +169,7 @@ def test_cp_and_rm_keep_shared_blobs(cli: CLI, project: Path, home: Path) -> Non
 
 
 def test_rm_several_with_one_unknown(cli: CLI, project: Path) -> None:
-    cli("create", "a", "-f", str(_modelfile(project, "FROM tiny.gguf\n")))
+    cli("create", "a", "-f", str(write_modelfile(project, "FROM tiny.gguf\n")))
     cli("cp", "a", "b")
     result = cli("rm", "a", "nope", "b")
     assert result.code == 1
@@ -193,7 +179,7 @@ def test_rm_several_with_one_unknown(cli: CLI, project: Path) -> None:
 
 
 def test_prune_and_verify(cli: CLI, project: Path, home: Path) -> None:
-    cli("create", "a", "-f", str(_modelfile(project, "FROM tiny.gguf\nSYSTEM hi\n")))
+    cli("create", "a", "-f", str(write_modelfile(project, "FROM tiny.gguf\nSYSTEM hi\n")))
     blobs = home / "models" / "blobs"
     (blobs / ("sha256-" + "0" * 64)).write_bytes(b"orphan")
     (blobs / ".tmp-999-dead").write_bytes(b"partial")
@@ -218,7 +204,7 @@ def test_prune_and_verify(cli: CLI, project: Path, home: Path) -> None:
 
 
 def test_corrupt_small_layer_points_to_verify(cli: CLI, project: Path, home: Path) -> None:
-    cli("create", "a", "-f", str(_modelfile(project, "FROM tiny.gguf\nSYSTEM be brief\n")))
+    cli("create", "a", "-f", str(write_modelfile(project, "FROM tiny.gguf\nSYSTEM be brief\n")))
     store = _store(home)
     system = store.read_manifest(store.names()[0]).of_kind("system")[0]
     store.blob_path(system.digest).write_text("be evil")
@@ -243,8 +229,8 @@ def test_corrupt_small_layer_points_to_verify(cli: CLI, project: Path, home: Pat
         ("FROM tiny.gguf\nMESSAGE robot hi\n", ["Modelfile:2:9", "unknown MESSAGE role 'robot'"]),
     ],
 )
-def test_malformed_modelfile(cli: CLI, project: Path, text: str, fragments: list[str]) -> None:
-    mf = _modelfile(project, text)
+def test_malformedwrite_modelfile(cli: CLI, project: Path, text: str, fragments: list[str]) -> None:
+    mf = write_modelfile(project, text)
     result = cli("create", "bad", "-f", str(mf))
     assert_one_line_error(result, *fragments)
     # a hint follows the error
@@ -253,7 +239,7 @@ def test_malformed_modelfile(cli: CLI, project: Path, text: str, fragments: list
 
 
 def test_bad_template_is_refused_with_its_line(cli: CLI, project: Path) -> None:
-    mf = _modelfile(project, "FROM tiny.gguf\n\nTEMPLATE {% for m in messages %}\n")
+    mf = write_modelfile(project, "FROM tiny.gguf\n\nTEMPLATE {% for m in messages %}\n")
     assert_one_line_error(cli("create", "t", "-f", str(mf)), "Modelfile:3:1", "Jinja")
 
 
@@ -263,7 +249,7 @@ def test_modelfile_not_utf8(cli: CLI, project: Path) -> None:
     assert_one_line_error(cli("create", "x", "-f", str(path)), "Modelfile:2:11", "UTF-8")
 
 
-def test_missing_and_irregular_modelfile(cli: CLI, project: Path) -> None:
+def test_missing_and_irregularwrite_modelfile(cli: CLI, project: Path) -> None:
     assert_one_line_error(cli("create", "x", "-f", str(project / "nope")), "no such file")
     assert_one_line_error(cli("create", "x", "-f", str(project)), "not a regular file")
 
@@ -273,7 +259,7 @@ def test_from_refuses_devices_dirs_and_fifos_at_once(cli: CLI, project: Path, ta
     fifo = project / "pipe.gguf"
     os.mkfifo(fifo)
     value = target.format(project=project, fifo=fifo)
-    mf = _modelfile(project, f"FROM {value}\n")
+    mf = write_modelfile(project, f"FROM {value}\n")
     start = time.monotonic()
     result = cli("create", "x", "-f", str(mf), timeout=30)
     assert time.monotonic() - start < 20
@@ -283,7 +269,7 @@ def test_from_refuses_devices_dirs_and_fifos_at_once(cli: CLI, project: Path, ta
 
 
 def test_from_missing_file(cli: CLI, project: Path) -> None:
-    mf = _modelfile(project, "FROM ./missing.gguf\n")
+    mf = write_modelfile(project, "FROM ./missing.gguf\n")
     assert_one_line_error(cli("create", "x", "-f", str(mf)), "FROM ./missing.gguf: no such file")
 
 
@@ -303,7 +289,7 @@ def test_from_missing_file(cli: CLI, project: Path) -> None:
 def test_from_malformed_gguf(
     cli: CLI, project: Path, malformed: dict[str, Path], sample: str
 ) -> None:
-    mf = _modelfile(project, f"FROM {malformed[sample]}\n")
+    mf = write_modelfile(project, f"FROM {malformed[sample]}\n")
     result = cli("create", "x", "-f", str(mf), timeout=PATIENCE_S)
     assert_one_line_error(result, "is not a valid GGUF file")
     blobs = project.parent / "localrun-home" / "models" / "blobs"
@@ -311,16 +297,16 @@ def test_from_malformed_gguf(
 
 
 def test_adapter_and_model_kinds_are_checked(cli: CLI, project: Path) -> None:
-    as_model = _modelfile(project, "FROM tiny-lora.gguf\n", "M1")
+    as_model = write_modelfile(project, "FROM tiny-lora.gguf\n", "M1")
     assert_one_line_error(cli("create", "x", "-f", str(as_model)), "is a LoRA adapter, not a model")
-    as_adapter = _modelfile(project, "FROM tiny.gguf\nADAPTER tiny.gguf\n", "M2")
+    as_adapter = write_modelfile(project, "FROM tiny.gguf\nADAPTER tiny.gguf\n", "M2")
     assert_one_line_error(cli("create", "x", "-f", str(as_adapter)), "is not a LoRA adapter")
 
 
 def test_from_unknown_model_and_bad_names(cli: CLI, project: Path) -> None:
-    mf = _modelfile(project, "FROM nothere:1b\n")
+    mf = write_modelfile(project, "FROM nothere:1b\n")
     assert_one_line_error(cli("create", "x", "-f", str(mf)), "model 'nothere:1b' not found")
-    good = _modelfile(project, "FROM tiny.gguf\n", "Good")
+    good = write_modelfile(project, "FROM tiny.gguf\n", "Good")
     for bad in ("../evil", "a/b/c/d", "name:", "UPPER CASE", "x" * 500):
         assert_one_line_error(cli("create", bad, "-f", str(good)), "model name")
     assert_one_line_error(cli("show", "..%2f"), "invalid model name")
@@ -404,7 +390,7 @@ def test_no_test_starts_a_localrun_that_a_default_server_would_answer(tmp_path: 
 def test_models_setting_moves_the_store(cli: CLI, project: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "big-disk"
     env = {"LOCALRUN_MODELS": str(elsewhere)}
-    cli("create", "moved", "-f", str(_modelfile(project, "FROM tiny.gguf\n")), env=env)
+    cli("create", "moved", "-f", str(write_modelfile(project, "FROM tiny.gguf\n")), env=env)
     assert (elsewhere / "manifests" / "localrun" / "library" / "moved" / "latest").is_file()
     assert "moved:latest" in cli("list", env=env).stdout
     assert "moved" not in cli("list").stdout

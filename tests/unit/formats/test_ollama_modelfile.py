@@ -8,11 +8,7 @@ from typing import Any
 import pytest
 
 from support.cli import assert_one_line_error
-
-
-def _modelfile(path: Path, gguf: Path, template: str, extra: str = "") -> Path:
-    path.write_text(f'FROM {gguf}\nTEMPLATE """{template}"""\n{extra}')
-    return path
+from support.modelfiles import template_modelfile
 
 
 @pytest.mark.parametrize(
@@ -27,7 +23,7 @@ def _modelfile(path: Path, gguf: Path, template: str, extra: str = "") -> Path:
 def test_a_broken_go_template_is_refused_in_one_line(
     cli: Any, tmp_path: Path, tiny_model: Path, template: str, why: str
 ) -> None:
-    mf = _modelfile(tmp_path / "Modelfile", tiny_model, template)
+    mf = template_modelfile(tmp_path / "Modelfile", tiny_model, template)
     refused = cli("create", "broken", "-f", str(mf))
     assert_one_line_error(refused, "TEMPLATE", why)
     assert "broken" not in cli("list").stdout

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from testmodels.text import write_tiny_model
 
 from localrun import model as model_mod
 from localrun.errors import FileNotFoundError_, InvalidGGUFError, ModelNotFoundError
@@ -22,23 +20,6 @@ from localrun.store.manifest import Manifest
 from localrun.store.models import Store
 
 from support.cli import CLI, assert_one_line_error
-
-
-@pytest.fixture(scope="module")
-def other_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Another tiny model of the same vocabulary (different weights, one layer fewer)."""
-    folder = tmp_path_factory.mktemp("draft")
-    return write_tiny_model(folder / "tiny-other.gguf", seed=1, n_layer=1)
-
-
-@pytest.fixture
-def project(tmp_path: Path, tiny_model: Path, tiny_lora: Path, other_weights: Path) -> Path:
-    folder = tmp_path / "project"
-    folder.mkdir()
-    shutil.copy(tiny_model, folder / "tiny.gguf")
-    shutil.copy(tiny_lora, folder / "tiny-lora.gguf")
-    shutil.copy(other_weights, folder / "small.gguf")
-    return folder
 
 
 def _create(store: Store, name: str, text: str, base_dir: Path) -> str:
@@ -62,8 +43,8 @@ def _blob_files(store: Store) -> list[Path]:
 # -- accepted --------------------------------------------------------------------------------
 
 
-def test_a_model_drafting_for_itself(store: Store, project: Path) -> None:
-    _create(store, "self", "FROM tiny.gguf\nDRAFT ./tiny.gguf\n", project)
+def test_a_model_drafting_for_itself(store: Store, draft_project: Path) -> None:
+    _create(store, "self", "FROM tiny.gguf\nDRAFT ./tiny.gguf\n", draft_project)
     manifest = store.read_manifest(names.parse("self"))
     (model_layer,) = manifest.of_kind("model")
     (draft_layer,) = manifest.of_kind("draft")
@@ -75,40 +56,42 @@ def test_a_model_drafting_for_itself(store: Store, project: Path) -> None:
     assert m.draft == {
         "digest": draft_layer.digest,
         "model": None,
-        "details": scan.inspect(project / "tiny.gguf").details(),
+        "details": scan.inspect(draft_project / "tiny.gguf").details(),
     }
     assert m.to_modelfile().draft == str(m.draft_path)
 
 
-def test_a_draft_of_other_weights_is_stored_as_its_own_blob(store: Store, project: Path) -> None:
-    _create(store, "m", "FROM tiny.gguf\nDRAFT small.gguf\n", project)
+def test_a_draft_of_other_weights_is_stored_as_its_own_blob(
+    store: Store, draft_project: Path
+) -> None:
+    _create(store, "m", "FROM tiny.gguf\nDRAFT small.gguf\n", draft_project)
     m = _load(store, "m")
     assert m.draft_path is not None and m.draft_path != m.model_path
-    assert m.draft_path.read_bytes() == (project / "small.gguf").read_bytes()
+    assert m.draft_path.read_bytes() == (draft_project / "small.gguf").read_bytes()
     assert m.draft is not None and m.draft["details"]["block_count"] == 1
 
 
-def test_no_draft(store: Store, project: Path) -> None:
-    _create(store, "plain", "FROM tiny.gguf\n", project)
+def test_no_draft(store: Store, draft_project: Path) -> None:
+    _create(store, "plain", "FROM tiny.gguf\n", draft_project)
     m = _load(store, "plain")
     assert (m.draft_path, m.draft, m.to_modelfile().draft) == (None, None, None)
     assert "draft" not in m.config
 
 
 def test_a_vocabulary_a_few_tokens_longer_is_accepted(
-    store: Store, project: Path, tiny_fim_model: Path
+    store: Store, draft_project: Path, tiny_fim_model: Path
 ) -> None:
     # llama.cpp allows up to 128 tokens more or fewer when the common ones are the same: the
     # FIM model has the tiny vocabulary and three tokens after it.
-    _create(store, "a", f"FROM tiny.gguf\nDRAFT {tiny_fim_model}\n", project)
-    _create(store, "b", f"FROM {tiny_fim_model}\nDRAFT tiny.gguf\n", project)
+    _create(store, "a", f"FROM tiny.gguf\nDRAFT {tiny_fim_model}\n", draft_project)
+    _create(store, "b", f"FROM {tiny_fim_model}\nDRAFT tiny.gguf\n", draft_project)
     assert _load(store, "a").draft_path and _load(store, "b").draft_path
 
 
-def test_draft_by_store_name_shares_the_blob(store: Store, project: Path) -> None:
-    _create(store, "small", "FROM small.gguf\nSYSTEM not used by a draft\n", project)
+def test_draft_by_store_name_shares_the_blob(store: Store, draft_project: Path) -> None:
+    _create(store, "small", "FROM small.gguf\nSYSTEM not used by a draft\n", draft_project)
     small_blob = store.read_manifest(names.parse("small")).of_kind("model")[0]
-    _create(store, "big", "FROM tiny.gguf\nDRAFT small\n", project)
+    _create(store, "big", "FROM tiny.gguf\nDRAFT small\n", draft_project)
     (draft_layer,) = store.read_manifest(names.parse("big")).of_kind("draft")
     assert (draft_layer.digest, draft_layer.size) == (small_blob.digest, small_blob.size)
     weights = [p for p in _blob_files(store) if p.stat().st_size > 100_000]
@@ -119,16 +102,18 @@ def test_draft_by_store_name_shares_the_blob(store: Store, project: Path) -> Non
     assert m.system is None  # a draft brings its weights only
 
 
-def test_draft_is_inherited_through_from_and_can_be_replaced(store: Store, project: Path) -> None:
-    _create(store, "base", "FROM tiny.gguf\nDRAFT small.gguf\nPARAMETER top_k 5\n", project)
+def test_draft_is_inherited_through_from_and_can_be_replaced(
+    store: Store, draft_project: Path
+) -> None:
+    _create(store, "base", "FROM tiny.gguf\nDRAFT small.gguf\nPARAMETER top_k 5\n", draft_project)
     base = store.read_manifest(names.parse("base"))
-    _create(store, "child", "FROM base\nSYSTEM child\n", project)
+    _create(store, "child", "FROM base\nSYSTEM child\n", draft_project)
     child = _load(store, "child")
     assert child.manifest.of_kind("draft") == base.of_kind("draft")
     assert child.draft == _load(store, "base").draft
     assert child.parameters == {"top_k": 5}
 
-    _create(store, "redrafted", "FROM child\nDRAFT tiny.gguf\n", project)
+    _create(store, "redrafted", "FROM child\nDRAFT tiny.gguf\n", draft_project)
     redrafted = _load(store, "redrafted")
     assert len(redrafted.manifest.of_kind("draft")) == 1
     assert redrafted.draft_path == redrafted.model_path
@@ -136,20 +121,20 @@ def test_draft_is_inherited_through_from_and_can_be_replaced(store: Store, proje
 
 
 def test_the_draft_is_checked_against_a_from_model_in_the_store(
-    store: Store, project: Path, smollm2_path: str
+    store: Store, draft_project: Path, smollm2_path: str
 ) -> None:
-    _create(store, "base", "FROM tiny.gguf\n", project)
+    _create(store, "base", "FROM tiny.gguf\n", draft_project)
     with pytest.raises(InvalidGGUFError) as info:
-        _create(store, "x", f"FROM base\nDRAFT {smollm2_path}\n", project)
+        _create(store, "x", f"FROM base\nDRAFT {smollm2_path}\n", draft_project)
     assert "a different vocabulary than base (375 tokens" in str(info.value)
-    _create(store, "y", "FROM base\nDRAFT small.gguf\n", project)
+    _create(store, "y", "FROM base\nDRAFT small.gguf\n", draft_project)
 
 
 # -- shown and recreated -----------------------------------------------------------------------
 
 
-def test_show_and_show_modelfile_recreate_the_same_model(cli: CLI, project: Path) -> None:
-    mf = _write(project, "FROM ./tiny.gguf\nDRAFT ./small.gguf\nPARAMETER speculate draft\n")
+def test_show_and_show_modelfile_recreate_the_same_model(cli: CLI, draft_project: Path) -> None:
+    mf = _write(draft_project, "FROM ./tiny.gguf\nDRAFT ./small.gguf\nPARAMETER speculate draft\n")
     assert cli("create", "orig", "-f", str(mf)).code == 0
     text = cli("show", "orig")
     assert text.code == 0, text.stderr
@@ -158,12 +143,12 @@ def test_show_and_show_modelfile_recreate_the_same_model(cli: CLI, project: Path
     data = json.loads(cli("show", "orig", "--json").stdout)
     assert data["draft"]["model"] is None
     assert data["draft"]["details"]["architecture"] == "llama"
-    assert Path(data["draft"]["file"]).read_bytes() == (project / "small.gguf").read_bytes()
+    assert Path(data["draft"]["file"]).read_bytes() == (draft_project / "small.gguf").read_bytes()
     assert data["parameters"] == {"speculate": "draft"}
 
     printed = cli("show", "orig", "--modelfile").stdout
     assert f"DRAFT {data['draft']['file']}\n" in printed
-    again = _write(project, printed, "Again")
+    again = _write(draft_project, printed, "Again")
     result = cli("create", "copy", "-f", str(again))
     assert result.code == 0, result.stderr
     listed = {e["name"]: e["digest"] for e in json.loads(cli("list", "--json").stdout)}
@@ -173,9 +158,11 @@ def test_show_and_show_modelfile_recreate_the_same_model(cli: CLI, project: Path
     assert copied["draft"] == data["draft"]
 
 
-def test_show_names_a_draft_given_by_store_name(cli: CLI, project: Path) -> None:
-    assert cli("create", "small", "-f", str(_write(project, "FROM small.gguf\n", "S"))).code == 0
-    mf = _write(project, "FROM tiny.gguf\nDRAFT small\n", "M")
+def test_show_names_a_draft_given_by_store_name(cli: CLI, draft_project: Path) -> None:
+    assert (
+        cli("create", "small", "-f", str(_write(draft_project, "FROM small.gguf\n", "S"))).code == 0
+    )
+    mf = _write(draft_project, "FROM tiny.gguf\nDRAFT small\n", "M")
     assert cli("create", "big", "-f", str(mf)).code == 0
     shown = cli("show", "big").stdout
     assert "draft               small:latest (llama, " in shown
@@ -187,9 +174,9 @@ def test_show_names_a_draft_given_by_store_name(cli: CLI, project: Path) -> None
 
 
 def test_a_different_vocabulary_is_refused_in_one_line_and_stores_nothing(
-    cli: CLI, project: Path, home: Path, smollm2_path: str
+    cli: CLI, draft_project: Path, home: Path, smollm2_path: str
 ) -> None:
-    mf = _write(project, f"FROM ./tiny.gguf\nDRAFT {smollm2_path}\n")
+    mf = _write(draft_project, f"FROM ./tiny.gguf\nDRAFT {smollm2_path}\n")
     result = cli("create", "x", "-f", str(mf))
     assert_one_line_error(
         result,
@@ -242,40 +229,40 @@ def test_vocabulary_differences_are_named(tiny_model: Path) -> None:
     checks.vocabulary(tiny, dataclasses.replace(tiny, metadata=unsaid), "big", "small")
 
 
-def test_a_lora_adapter_is_not_a_draft(cli: CLI, project: Path, home: Path) -> None:
-    mf = _write(project, "FROM tiny.gguf\nDRAFT tiny-lora.gguf\n")
+def test_a_lora_adapter_is_not_a_draft(cli: CLI, draft_project: Path, home: Path) -> None:
+    mf = _write(draft_project, "FROM tiny.gguf\nDRAFT tiny-lora.gguf\n")
     assert_one_line_error(
         cli("create", "x", "-f", str(mf)), "the draft model tiny-lora.gguf is a LoRA adapter"
     )
     assert _blob_files(Store(home / "models")) == []
 
 
-def test_a_missing_draft_file_or_model(store: Store, project: Path) -> None:
+def test_a_missing_draft_file_or_model(store: Store, draft_project: Path) -> None:
     with pytest.raises(FileNotFoundError_, match=r"^DRAFT ./nope.gguf: no such file"):
-        _create(store, "x", "FROM tiny.gguf\nDRAFT ./nope.gguf\n", project)
+        _create(store, "x", "FROM tiny.gguf\nDRAFT ./nope.gguf\n", draft_project)
     with pytest.raises(ModelNotFoundError, match="'nothere:latest' not found"):
-        _create(store, "x", "FROM tiny.gguf\nDRAFT nothere\n", project)
+        _create(store, "x", "FROM tiny.gguf\nDRAFT nothere\n", draft_project)
     assert _blob_files(store) == []
 
 
 def test_the_draft_file_is_validated_as_gguf(
-    store: Store, project: Path, malformed: dict[str, Path]
+    store: Store, draft_project: Path, malformed: dict[str, Path]
 ) -> None:
     with pytest.raises(InvalidGGUFError, match="is not a valid GGUF file"):
-        _create(store, "x", f"FROM tiny.gguf\nDRAFT {malformed['truncated']}\n", project)
+        _create(store, "x", f"FROM tiny.gguf\nDRAFT {malformed['truncated']}\n", draft_project)
     assert _blob_files(store) == []
 
 
-def test_a_split_model_is_not_a_draft(store: Store, project: Path) -> None:
-    _create(store, "one", "FROM tiny.gguf\n", project)
-    _create(store, "two", "FROM small.gguf\n", project)
+def test_a_split_model_is_not_a_draft(store: Store, draft_project: Path) -> None:
+    _create(store, "one", "FROM tiny.gguf\n", draft_project)
+    _create(store, "two", "FROM small.gguf\n", draft_project)
     parts = [store.read_manifest(names.parse(n)).of_kind("model")[0] for n in ("one", "two")]
     config = store.read_manifest(names.parse("one")).config
     store.write_manifest(names.parse("split"), Manifest(config, parts))
     with pytest.raises(
         InvalidGGUFError, match="the draft model split:latest is split into 2 files"
     ):
-        _create(store, "x", "FROM tiny.gguf\nDRAFT split\n", project)
+        _create(store, "x", "FROM tiny.gguf\nDRAFT split\n", draft_project)
 
 
 # -- over the API ------------------------------------------------------------------------------
