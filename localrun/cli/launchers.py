@@ -26,10 +26,14 @@ OPENCODE_CONFIG_CONTENT, which it merges over the user's config).
   num_ctx (else Aider sends a different one with every request, and each would reload the
   model) and a metadata file tells it the window.
 
-Each agent's prompt was measured with its current release and default tools (issue 56): Claude
-Code 18,764 tokens, Codex 6,482, OpenCode 7,679, Aider 674 (plus its repository map and an
-answer's room). `need` is the least context the agent works in, `want` what launch gives it
-when the model was trained on that much.
+Each agent's first prompt, with its recorded release and default tools, is the largest of what
+it takes on the tokenizers at hand (SmolLM2's and Gemma 3's; scripts/measure_agent_prompts.py):
+Claude Code 20,198 tokens, Codex 9,062 (with apply_patch), OpenCode 7,714, Aider 741. `need` is
+the least context the agent works in: its prompt, an answer's room and what it keeps free
+besides (`keeps`: Claude Code compacts 13,000 tokens before the end; Codex and OpenCode get a
+tool call and its result; Aider its repository map); tests/integration/cli/test_agent_prompts.py
+holds it to the measure. `want` is what launch gives it when the model was trained on that
+much.
 """
 
 from __future__ import annotations
@@ -70,6 +74,12 @@ class Tool:
     need: int  # the least context it works in
     want: int  # the context it gets where the model holds it
     why: str  # why it needs `need`, for the error that says the model is too small
+    keeps: int = 0  # tokens it keeps free besides its prompt and an answer's room
+
+    def fits(self, prompt: int, num_ctx: int) -> bool:
+        """Whether a first prompt of `prompt` tokens leaves the agent, in a window of
+        `num_ctx`, the room it keeps: an answer's (output_room) and its own `keeps`."""
+        return prompt + output_room(num_ctx) + self.keeps <= num_ctx
 
     def launch(self, url: str, key: str, model: str, extra: list[str], setup: Setup) -> Launch:
         """Arguments, environment and files that point the tool at the server at `url` (its
@@ -236,41 +246,45 @@ TOOLS = {
             "Claude Code",
             "claude",
             "npm install -g @anthropic-ai/claude-code (see https://docs.claude.com/en/docs/claude-code)",
-            prompt=18_764,
+            prompt=20_198,
             need=40_960,
             want=65_536,
-            why="its prompt is about 19,000 tokens, and it compacts the conversation once it is "
+            why="its prompt is about 20,200 tokens, and it compacts the conversation once it is "
             "within 13,000 tokens and an answer's room of the window's end",
+            keeps=13_000,
         ),
         Tool(
             "codex",
             "Codex",
             "codex",
             "npm install -g @openai/codex",
-            prompt=6_482,
-            need=8_192,
+            prompt=9_062,
+            need=16_384,
             want=32_768,
-            why="its prompt is about 6,500 tokens",
+            why="its prompt is about 9,100 tokens, and it compacts once an answer's room is left",
+            keeps=2_048,
         ),
         Tool(
             "opencode",
             "OpenCode",
             "opencode",
             "npm install -g opencode-ai (see https://opencode.ai)",
-            prompt=7_679,
+            prompt=7_714,
             need=12_288,
             want=32_768,
             why="its prompt is about 7,700 tokens, and it compacts once an answer's room is left",
+            keeps=2_048,
         ),
         Tool(
             "aider",
             "Aider",
             "aider",
             "pip install aider-chat (or: pipx install aider-chat)",
-            prompt=674,
+            prompt=741,
             need=4_096,
             want=16_384,
             why="its prompt, repository map and an answer take about 4,000 tokens",
+            keeps=1_024,
         ),
     )
 }

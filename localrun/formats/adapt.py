@@ -347,11 +347,7 @@ def adapt(
         family = family if family is not None else parsers.by_markers(source)
         out, tools = calls_mod.add_system_note(out, tools, _example(family, tools)), None
     if not caps.system_role and out and out[0].get("role") == "system":
-        first, out = out[0], out[1:]
-        if out:
-            out[0] = {**out[0], "content": _join(first["content"], out[0].get("content"))}
-        elif not caps.mid_system:
-            out = [{"role": "user", "content": first["content"]}]
+        out = _fold_first_system(out, caps)
     if "fold_system" in repairs or not caps.mid_system:
         out = _fold_later_system(out)
     if "merge_turns" in repairs:
@@ -443,15 +439,35 @@ def _merge_turns(messages: list[Message]) -> list[Message]:
     return out
 
 
+def _fold_first_system(out: list[Message], caps: Caps) -> list[Message]:
+    """The system messages that open the conversation (Codex sends two), joined and folded
+    into the turn after them, for a template with no system role."""
+    lead = next((i for i, m in enumerate(out) if m.get("role") != "system"), len(out))
+    first = out[0]["content"]
+    for message in out[1:lead]:
+        first = _join(first, message.get("content"), "\n\n")
+    out = out[lead:]
+    if out:
+        out[0] = {**out[0], "content": _join(first, out[0].get("content"))}
+    elif not caps.mid_system:
+        out = [{"role": "user", "content": first}]
+    else:
+        out = [{"role": "system", "content": first}]
+    return out
+
+
 def _later_system(messages: list[Message]) -> bool:
     """Whether a system message comes after the first turn."""
     return any(m.get("role") == "system" for m in messages[1:])
 
 
 def lost_later_system(messages: list[Message], prompt: str) -> bool:
-    """Whether `prompt` lacks the text of a system message after the first turn (a template
-    that keeps one system prompt, the last it saw: DeepSeek-R1's)."""
+    """Whether `prompt` lacks the text of a system message where the conversation has more
+    than one (a template that keeps one system prompt, the last it saw: DeepSeek-R1's, which
+    loses the first of Codex's two opening ones)."""
     texts = {m.get("content") for m in messages[1:] if m.get("role") == "system"}
+    if texts and messages[0].get("role") == "system":
+        texts.add(messages[0].get("content"))
     for text in texts:
         if isinstance(text, str) and text:
             given = sum(

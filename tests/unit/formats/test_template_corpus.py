@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from template_prompts import placeholders
 
-from localrun.formats import adapt, template
+from localrun.formats import adapt, families, template
 
 from support import TEMPLATES
 
@@ -179,6 +179,12 @@ def test_object_arguments_are_written_compact_where_the_template_prints_text() -
 # a user turn (which may be tool results), last or before an assistant turn.
 CALL = {"id": "call00001", "type": "function", "function": {"name": "get_weather"}}
 LATER_SYSTEM: dict[str, list[dict[str, Any]]] = {
+    "two to open": [  # Codex's: its instructions, then the sandbox's
+        {"role": "system", "content": "NOTE-ONE"},
+        {"role": "system", "content": "NOTE-TWO"},
+        {"role": "user", "content": "Hi"},
+        {"role": "user", "content": "Again"},
+    ],
     "last": [
         {"role": "user", "content": "Hi"},
         {"role": "system", "content": "NOTE-ONE"},
@@ -214,6 +220,18 @@ def test_every_template_keeps_a_later_system_message(name: str) -> None:
     tools = DATA["conversations"]["tools"]["tools"]
     for shape, messages in LATER_SYSTEM.items():
         out = template.render(source, messages, tools=tools, bos_token="<s>", eos_token="</s>")
+        for note in ("NOTE-ONE", "NOTE-TWO"):
+            if any(m["content"] == note for m in messages):
+                assert out.count(note) == 1, (shape, note)
+
+
+@pytest.mark.parametrize("family", [f[0] for f in families.FAMILIES])
+def test_every_family_template_keeps_a_later_system_message(family: str) -> None:
+    """The templates a GGUF without one gets (Gemma 3 270M's): Gemma's refuses every system
+    message, so Codex's two opening ones are joined and folded into its first turn."""
+    source = next(f[2] for f in families.FAMILIES if f[0] == family)
+    for shape, messages in LATER_SYSTEM.items():
+        out = template.render(source, messages, bos_token="<s>", eos_token="</s>")
         for note in ("NOTE-ONE", "NOTE-TWO"):
             if any(m["content"] == note for m in messages):
                 assert out.count(note) == 1, (shape, note)
