@@ -261,6 +261,7 @@ def _show_remote(ctx: core.Context, model: str) -> dict[str, Any]:
         "details": details_of({}),
         "model_info": {},
         "capabilities": ["completion", "tools"],
+        "modified_at": _iso(0),  # unknown; Go's ShowResponse always writes the field
         "remote_model": model,
         "remote_host": ", ".join(hosts),
     }

@@ -251,6 +251,10 @@ def test_tool_calls_in_both_dialects(ai: openai.OpenAI, live: LiveServer) -> Non
     assert call.type == "function" and call.id.startswith("call_")
     assert call.function.name == "get_weather"  # type: ignore[union-attr]
     assert "city" in json.loads(call.function.arguments)  # type: ignore[union-attr]
+    # OpenAI's message fields beside the calls: refusal (required, nullable) and annotations.
+    message = reply.model_dump(exclude_unset=True)["choices"][0]["message"]
+    assert message["refusal"] is None and message["annotations"] == []
+    assert message["content"] is None
 
     streamed = list(
         ai.chat.completions.create(
@@ -261,19 +265,43 @@ def test_tool_calls_in_both_dialects(ai: openai.OpenAI, live: LiveServer) -> Non
             temperature=0,
             max_tokens=60,
             stream=True,
+            stream_options={"include_usage": True},
         )
     )
+    # A role-only chunk opens the choice; the call's id and name, then its arguments follow.
+    opening = streamed[0].model_dump(exclude_unset=True)["choices"][0]
+    assert opening["delta"] == {"role": "assistant", "content": "", "refusal": None}
+    assert opening["logprobs"] is None and streamed[0].usage is None
     deltas = [c.choices[0].delta for c in streamed if c.choices and c.choices[0].delta.tool_calls]
     first_call = deltas[0].tool_calls[0] if deltas and deltas[0].tool_calls else None
     assert first_call and first_call.function and first_call.function.name == "get_weather"
-    assert streamed[-1].choices[0].finish_reason == "tool_calls"
+    assert first_call.id and first_call.index == 0
+    assert all(c.choices[0].delta.role is None for c in streamed[1:] if c.choices)
+    assert streamed[-2].choices[0].finish_reason == "tool_calls"
+    assert streamed[-1].choices == [] and streamed[-1].usage
+    # openai-python's stream helper gathers the same message the stream told.
+    with ai.chat.completions.stream(
+        model=SMOL, messages=ask, tools=[WEATHER], tool_choice="required",  # type: ignore[list-item]
+        temperature=0, max_tokens=60,
+    ) as helper:  # fmt: skip
+        final = helper.get_final_completion().choices[0].message
+    assert final.role == "assistant" and final.tool_calls
+    assert [c.function.name for c in final.tool_calls] == ["get_weather"]  # type: ignore[union-attr]
 
-    # The native dialect: tool_calls with arguments as an object.
+    # The native dialect: tool_calls with arguments as an object, each with Ollama's id and
+    # function.index (its place in the answer; types.go has no omitempty: 0 is sent).
     body = {"model": SMOL, "messages": ask, "tools": [WEATHER], "tool_choice": "required",
             "stream": False, "options": greedy(60)}  # fmt: skip
     native = httpx.post(f"{live.url}/api/chat", json=body, timeout=PATIENCE_S).json()
-    call_ = native["message"]["tool_calls"][0]["function"]
+    [whole] = native["message"]["tool_calls"]
+    call_ = whole["function"]
     assert call_["name"] == "get_weather" and isinstance(call_["arguments"], dict)
+    assert call_["index"] == 0 and whole["id"].startswith("call_")
+    lines = httpx.post(f"{live.url}/api/chat", json={**body, "stream": True}, timeout=PATIENCE_S)
+    [told] = [
+        c for x in lines.text.splitlines() for c in json.loads(x)["message"].get("tool_calls", [])
+    ]
+    assert told["function"] == call_ and told["id"].startswith("call_")
 
 
 def test_eight_simultaneous_streams(ai: openai.OpenAI) -> None:
