@@ -77,6 +77,19 @@ def add_model(store: Store, name: str, gguf: Path, extra: str = "") -> None:
     create.create(store, names.parse(name), mf, gguf.parent)
 
 
+def pulled_again(updates: list[Any], store: Store, name: str) -> None:
+    """`updates` (the `ollama` client's ProgressResponse objects) are what Ollama streams for a
+    pull of a model it has, told from the model's manifest in `store`: "pulling manifest", a
+    line a layer (the config last) with its digest and total = completed, "verifying sha256
+    digest", "writing manifest", "success"."""
+    manifest = store.read_manifest(names.parse(name))
+    layers = [(f"pulling {x.digest[7:19]}", x.digest, x.size, x.size)
+              for x in [*manifest.layers, manifest.config]]  # fmt: skip
+    lines = ["pulling manifest", *layers, "verifying sha256 digest", "writing manifest", "success"]
+    expected = [x if isinstance(x, tuple) else (x, None, None, None) for x in lines]
+    assert [(u.status, u.digest, u.total, u.completed) for u in updates] == expected
+
+
 def post(live: LiveServer, path: str, body: Any) -> httpx.Response:
     """POST `body` (bytes as they are, anything else as JSON) to the live server's `path`."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import io
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from localrun.store import names, reference
 from localrun.store.models import Store
 
 from support import PATIENCE_S
-from support.server import SMOL, LiveServer, add_model
+from support.server import SMOL, LiveServer, add_model, pulled_again
 from support.tools import WEATHER
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
@@ -129,8 +130,40 @@ def test_ollama_create_copy_delete(oc: ollama.Client, live: LiveServer, tiny_mod
     oc.delete("mario")
 
 
+def test_ollama_pull_of_a_model_the_store_has(oc: ollama.Client, live: LiveServer) -> None:
+    """The starter (a catalog model, in the store): Ollama's steps from its manifest, as
+    ollama-python's pull example draws them (a tqdm bar a digest, the other lines printed)."""
+    from tqdm import tqdm
+
+    modified = live.store.manifest_path(names.parse(SMOL)).stat().st_mtime_ns
+    updates = list(oc.pull(SMOL, stream=True))
+    pulled_again(updates, live.store, SMOL)
+    assert live.store.manifest_path(names.parse(SMOL)).stat().st_mtime_ns == modified
+    assert oc.pull(SMOL).status == "success"  # not streamed: the last line alone
+
+    shown, printed, bars = io.StringIO(), [], {}
+    current = ""
+    for progress in updates:  # examples/pull.py, its bars written to `shown`
+        digest = progress.get("digest", "")
+        if digest != current and current in bars:
+            bars[current].close()
+        if not digest:
+            printed.append(progress.get("status"))
+            continue
+        if digest not in bars and (total := progress.get("total")):
+            bars[digest] = tqdm(total=total, desc=f"pulling {digest[7:19]}", file=shown)
+        if completed := progress.get("completed"):
+            bars[digest].update(completed - bars[digest].n)
+        current = digest
+    manifest = live.store.read_manifest(names.parse(SMOL))
+    assert printed == ["pulling manifest", "verifying sha256 digest", "writing manifest", "success"]
+    assert {d: (b.n, b.total) for d, b in bars.items()} == {
+        x.digest: (x.size, x.size) for x in [*manifest.layers, manifest.config]
+    }
+
+
 def test_ollama_pull_from_local_hub(
-    oc: ollama.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    oc: ollama.Client, live: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from testmodels.text import write_tiny_model
 
@@ -147,6 +180,11 @@ def test_ollama_pull_from_local_hub(
         assert any(e.total and e.completed == e.total for e in events)
         assert events[-1].status == "success"
         assert "hf.co/test/tiny-gguf:latest" in {m.model for m in oc.list().models}
+        # Again, unchanged on the hub: Ollama's steps for a model it has, nothing downloaded.
+        sent = hub.bytes_sent
+        again = list(oc.pull("hf.co/Test/Tiny-GGUF", stream=True))
+        pulled_again(again, live.store, "hf.co/test/tiny-gguf:latest")
+        assert hub.bytes_sent == sent
         with pytest.raises(ollama.ResponseError, match=r"not found|no such|does not exist"):
             list(oc.pull("hf.co/Test/Missing", stream=True))
     oc.delete("hf.co/test/tiny-gguf:latest")
