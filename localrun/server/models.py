@@ -39,7 +39,7 @@ from localrun.recipes.modelfile import ROLES, Message, Modelfile
 from localrun.server import core, jobs
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
-from localrun.server.show import details_of, iso, local_model
+from localrun.server.show import details_of, iso, local_model, own_template
 from localrun.server.streaming import line, ndjson
 from localrun.sources import hosts
 from localrun.store import reference
@@ -310,7 +310,7 @@ async def create(request: Request) -> Response:
     if kind:
         kind = quantize.check_type(kind)  # an unknown type refused before the job starts
     store = core.context(request).store
-    mf = _modelfile(store, body)
+    mf = await anyio.to_thread.run_sync(own_template, store, _modelfile(store, body))
     job = {"op": "create", "store": str(store.root), "model": str(target), "modelfile": str(mf)}
     if kind:
         job["quantize"] = kind

@@ -33,7 +33,7 @@ from localrun.store import names, reference
 from localrun.store.models import Store
 
 from support import PATIENCE_S
-from support.server import SMOL, LiveServer, add_model, pulled_again
+from support.server import SMOL, LiveServer, add_model, pulled_again, show_round_trip
 from support.tools import WEATHER
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
@@ -128,6 +128,18 @@ def test_ollama_create_copy_delete(oc: ollama.Client, live: LiveServer, tiny_mod
     assert oc.show("uploaded").details.family == "llama"  # type: ignore[union-attr]
     oc.delete("uploaded")
     oc.delete("mario")
+
+
+def test_show_gives_a_go_template_that_comes_back_to_the_same_prompts(
+    oc: ollama.Client, live: LiveServer
+) -> None:
+    """SmolLM2's Jinja writes a default system turn where a conversation has none, which none
+    of Ollama's templates does: the Go template shown is written for its ChatML markers."""
+    shown = show_round_trip(live.url, SMOL, [WEATHER])
+    assert "You are a helpful AI assistant named SmolLM" in shown["template"]
+    assert "<|im_start|>{{ .Role }}" in shown["template"]
+    assert "{%" in shown["chat_template"]  # the GGUF's own, as it is
+    assert oc.show(SMOL).template == shown["template"]
 
 
 def test_ollama_pull_of_a_model_the_store_has(oc: ollama.Client, live: LiveServer) -> None:
