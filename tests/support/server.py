@@ -133,7 +133,7 @@ def show_round_trip(url: str, model: str, tools: list[Any]) -> dict[str, Any]:
     go = shown["template"]
     assert go and template.is_go(go) and go != shown["chat_template"]
     check(go)  # parses and renders as Ollama's text/template would
-    assert f'\nTEMPLATE """{go}"""\n' in shown["modelfile"]
+    assert modelfile.parse(shown["modelfile"]).template == go
     expected, with_tools = prompts(url, model), prompts(url, model, tools)
     copy = {"model": f"{model}-copy", "modelfile": shown["modelfile"], "stream": False}
     made = httpx.post(f"{url}/api/create", json=copy, timeout=PATIENCE_S)

@@ -30,6 +30,8 @@ from support.server import SMOL, LiveServer
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
 ASK: Any = [{"role": "user", "content": "Name three colours."}]
+# An answer that stops before its budget (the stream helpers refuse one cut by its length).
+SHORT: Any = [{"role": "user", "content": "What is the capital of France? One word."}]
 
 
 @pytest.fixture(scope="module")
@@ -108,28 +110,38 @@ def test_every_streamed_choice_opens_with_its_role(live: LiveServer, ai: openai.
         assert mine[-1]["finish_reason"] == "length"
     assert all(c["usage"] is None for c in chunks[:-1]) and chunks[-1]["usage"]
 
-    # The helpers refuse an answer cut by its length: one that stops.
-    short: Any = [{"role": "user", "content": "What is the capital of France? One word."}]
+    # openai-python's stream helper gathers the answer the stream told, each entry once.
     whole = ai.chat.completions.create(
-        model=SMOL, messages=short, temperature=0, max_tokens=40, logprobs=True, top_logprobs=1
+        model=SMOL, messages=SHORT, temperature=0, max_tokens=40, logprobs=True, top_logprobs=1
     ).choices[0]
     assert whole.finish_reason == "stop" and whole.logprobs and whole.logprobs.content
-    expected = [e.token for e in whole.logprobs.content]
     with ai.chat.completions.stream(
-        model=SMOL, messages=short, temperature=0, max_tokens=40, logprobs=True, top_logprobs=1
+        model=SMOL, messages=SHORT, temperature=0, max_tokens=40, logprobs=True, top_logprobs=1
     ) as stream:
         final = stream.get_final_completion().choices[0]
     assert final.message.content == whole.message.content
-    assert final.logprobs and [e.token for e in final.logprobs.content or []] == expected
+    assert final.logprobs and final.logprobs.content == whole.logprobs.content
 
+
+def test_openai_nodes_final_completion_lists_each_token_once(
+    live: LiveServer, ai: openai.OpenAI
+) -> None:
+    """openai-node's ChatCompletionStream takes a first chunk's logprobs object for its own
+    snapshot and appends the next chunks' to it: a first token carried in it was listed twice
+    in finalChatCompletion()."""
     node = openai_node()
     if node is None:
-        pytest.skip("openai-node's check needs node and the openai package (NODE_PATH)")
-    script = NODE_FINAL % json.dumps({"baseURL": f"{live.url}/v1", "model": SMOL, "ask": short})
+        pytest.skip("needs node and openai-node (NODE_PATH naming the node_modules holding it)")
+    whole = ai.chat.completions.create(
+        model=SMOL, messages=SHORT, temperature=0, max_tokens=40, logprobs=True, top_logprobs=1
+    ).choices[0]
+    assert whole.logprobs and whole.logprobs.content
+    script = NODE_FINAL % json.dumps({"baseURL": f"{live.url}/v1", "model": SMOL, "ask": SHORT})
     ran = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     told = json.loads(ran.stdout)
-    assert told["content"] == whole.message.content and told["tokens"] == expected
+    assert told["content"] == whole.message.content
+    assert told["tokens"] == [e.token for e in whole.logprobs.content]
 
 
 # openai-node's ChatCompletionStream, as its examples use it: finalChatCompletion() gathers the

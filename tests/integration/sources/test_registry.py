@@ -245,6 +245,10 @@ def test_a_pull_through_the_server_streams_progress_to_ollamas_client(
     sent = fake.blob_bytes
     pulled_again(list(client.pull("keeper:v1", stream=True)), served[1], "keeper:v1")
     assert fake.blob_bytes == sent
+    # Its template came from Ollama's packaging, a Go template: /api/show gives it as it is.
+    shown = client.show("keeper:v1")
+    assert shown.template == TEMPLATE
+    assert modelfile.parse(shown.modelfile or "").template == TEMPLATE
     with pytest.raises(ollama.ResponseError) as missing:
         client.pull("no-such-model")
     assert "no-such-model" in str(missing.value)
