@@ -140,6 +140,10 @@ def test_show_gives_a_go_template_that_comes_back_to_the_same_prompts(
     assert "<|im_start|>{{ .Role }}" in shown["template"]
     assert "{%" in shown["chat_template"]  # the GGUF's own, as it is
     assert oc.show(SMOL).template == shown["template"]
+    # `localrun run` on a server shows (/show template) the template the model is prompted with.
+    from localrun.cli.remote_session import view_from_show
+
+    assert view_from_show(shown).template == shown["chat_template"]
 
 
 def test_ollama_pull_of_a_model_the_store_has(oc: ollama.Client, live: LiveServer) -> None:
