@@ -5,12 +5,17 @@ Hugging Face, ModelScope or the catalog; `localrun push MODEL`: to a registry; `
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 
 from localrun.cli.common import open_store
 from localrun.cli.output import CreateProgress, columns, human_size
 from localrun.errors import LocalrunError
+
+if TYPE_CHECKING:
+    from localrun.store.models import Store
+    from localrun.store.names import ModelName
 
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors.")
 INSECURE = typer.Option(
@@ -29,30 +34,35 @@ def pull(
     insecure: bool = INSECURE,
 ) -> None:
     """Download a model into the store (resumable, verified by sha256)."""
+    import sys
+
     from localrun.sources import obtain
-    from localrun.sources import pull as pull_mod
     from localrun.sources.hosts import Reach
     from localrun.store import reference
 
     store = open_store(cleanup=True)
     ref = reference.resolve(model)
+    name = ref.name
+    before = _manifest(store, name)
     progress = CreateProgress(quiet)
     try:
-        if ref.hub is not None:
-            pull_mod.pull(store, ref.hub, report=progress)
-            return
-        if ref.entry is None:  # a registry's: pulled again when it changed there
-            obtain.from_registry(store, ref, progress, reach=Reach(insecure=insecure))
-            return
-        if store.exists(ref.name):
-            if not quiet:
-                print(f"'{ref.name}' is already in the store", flush=True)
-            return
-        obtain.find(store, ref, progress, others=False)  # a pull downloads, whatever is local
-        if not quiet:
-            print(f"success: '{ref.name}' is in the store", flush=True)
+        obtain.pull_ref(store, ref, progress, reach=Reach(insecure=insecure))
     finally:
         progress.close()
+    if quiet:
+        return
+    if before is not None and before == _manifest(store, name):
+        print(f"'{name}' is up to date", file=sys.stderr, flush=True)
+    elif ref.hub is None and ref.entry is not None:  # a catalog model: no success line
+        print(f"success: '{name}' is in the store", flush=True)
+
+
+def _manifest(store: Store, name: ModelName) -> bytes | None:
+    """The manifest `name` has in the store (None: none)."""
+    try:
+        return store.manifest_path(name).read_bytes()
+    except OSError:
+        return None
 
 
 def push(

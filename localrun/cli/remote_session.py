@@ -300,7 +300,9 @@ def view_from_show(data: dict[str, Any]) -> ModelView:
         parameters=_parse_parameters(data.get("parameters")),
         system=data.get("system") or None,
         messages=messages,
-        template=data.get("template") or None,
+        # localrun's chat_template: the one the model is prompted with (`template` is the Go
+        # template Ollama's clients read, "" where none renders the same prompts)
+        template=data.get("chat_template") or data.get("template") or None,
         licenses=[str(t) for t in licenses],
         draft=_draft_from_show(data.get("draft")),
     )

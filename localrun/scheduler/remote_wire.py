@@ -189,6 +189,7 @@ def _call(call: Any, index: int, n: int, openai: bool) -> Message:
                 arguments = {}
         return {
             "function": {
+                "index": n,  # api.ToolCallFunction's, always written by Ollama's own clients
                 "name": name,
                 "arguments": arguments if isinstance(arguments, dict) else {},
             }

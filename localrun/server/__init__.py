@@ -24,7 +24,9 @@
     llamacpp.py    llama-server's /health, /tokenize, /detokenize, /infill
 
   the store and the page:
-    models.py      /api tags, show, pull, create, copy, delete, blobs; details_of (also /api/ps)
+    models.py      /api tags, pull, create, copy, delete, blobs
+    show.py        /api/show (its template as Ollama's clients read one: a Go template);
+                   details_of (also /api/tags, /api/ps), local_model
     jobs.py        create, pull and catalog imports in a subprocess (keeps numpy out)
     ui.py          the chat page at /ui
 

@@ -34,6 +34,7 @@ from localrun.server import (
     openai,
     rerank,
     responses,
+    show,
     ui,
 )
 from localrun.server.errors import (
@@ -90,7 +91,7 @@ _ROUTES = (
     ("/api/chat", ollama.chat, ["POST"]),
     ("/api/embed", ollama.embed, ["POST"]),
     ("/api/embeddings", ollama.embeddings, ["POST"]),
-    ("/api/show", models.show, ["POST"]),
+    ("/api/show", show.show, ["POST"]),
     ("/api/pull", models.pull_, ["POST"]),
     ("/api/push", models.push_, ["POST"]),
     ("/api/create", models.create, ["POST"]),

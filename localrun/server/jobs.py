@@ -234,7 +234,7 @@ def _debug() -> bool:
 def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     from localrun.engine import quantize
     from localrun.recipes import create, modelfile
-    from localrun.sources import obtain, pull, push
+    from localrun.sources import obtain, push
     from localrun.sources.hosts import CLIENT
     from localrun.store import reference
     from localrun.store.models import Store
@@ -260,13 +260,7 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
         obtain.find(store, ref, report, pull_missing=False, reach=CLIENT)
         return ""
     if op == "pull":
-        if ref.hub is not None:
-            return pull.pull(store, ref.hub, report=report)
-        if ref.entry is None:  # a registry's: pulled again when it changed there
-            return obtain.from_registry(store, ref, report, reach=CLIENT)
-        # A pull downloads, whatever another runner has.
-        obtain.find(store, ref, report, pull_missing=True, others=False, reach=CLIENT)
-        return ""
+        return obtain.pull_ref(store, ref, report, reach=CLIENT)
     if op == "push":
         return push.push(store, ref.typed, report, reach=CLIENT)
     if op == "create":

@@ -1,5 +1,4 @@
-"""Ollama's store routes: tags, show, pull, create, copy, delete and blob uploads, and a model's
-`details` as they and /api/ps show them (`details_of`).
+"""Ollama's store routes: tags, pull, create, copy, delete and blob uploads (show is in `show`).
 
 Store work runs in threads (it blocks on disk), and pull and create in a job subprocess
 (`jobs`), so the server never imports the GGUF reader. /api/create reads no file a client names:
@@ -20,7 +19,6 @@ import re
 import shutil
 import threading
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,6 @@ from localrun.errors import (
     DiskFullError,
     InvalidNameError,
     LocalrunError,
-    ModelNotFoundError,
     StoreError,
 )
 from localrun.recipes import params
@@ -42,59 +39,20 @@ from localrun.recipes.modelfile import ROLES, Message, Modelfile
 from localrun.server import core, jobs
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
+from localrun.server.show import details_of, iso, local_model, own_template
 from localrun.server.streaming import line, ndjson
 from localrun.sources import hosts
 from localrun.store import reference
 from localrun.store.blobs import open_new, temp_path, write_all
 from localrun.store.manifest import check_digest
 from localrun.store.models import Store
-from localrun.store.names import ModelName
-from localrun.worker import view
 
 UPLOAD_CHUNK = 4 * 1024 * 1024
 DISK_MARGIN = 256 * 1024 * 1024
 DISK_CHECK_EVERY = 256 * 1024 * 1024
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-# -- listing and showing ----------------------------------------------------------------------
-
-
-def details_of(details: dict[str, Any], parent: str | None = None) -> dict[str, Any]:
-    """Ollama's `details` of a model from the GGUF summary in its manifest (no file is read)."""
-    from localrun.gguf.scan import format_count
-
-    arch = details.get("architecture") or ""
-    count = details.get("parameter_count")
-    return {
-        "parent_model": parent or "",
-        "format": details.get("format") or "gguf",
-        "family": arch,
-        "families": [arch] if arch else None,
-        "parameter_size": format_count(count) if isinstance(count, int) and count else "",
-        "quantization_level": details.get("quantization") or "",
-    }
-
-
-async def local_model(request: Request, text: str) -> ModelName:
-    """The store name of a model that must be local (a catalog model, or another runner's
-    that LOCALRUN_OTHER_RUNNERS lists, is imported first)."""
-    ctx = core.context(request)
-    ref = reference.resolve(text)
-    name = ref.name
-    if ctx.store.exists(name):
-        return name
-    packaged = ref.hub is None and ref.entry is not None
-    if (
-        packaged
-        or await anyio.to_thread.run_sync(ctx.scheduler.others.named, str(name)) is not None
-    ):
-        await jobs.run_to_end({"op": "import", "store": str(ctx.store.root), "model": str(name)})
-        return name
-    raise ModelNotFoundError(str(name))
+# -- listing ----------------------------------------------------------------------------------
 
 
 def _tags(store: Store) -> list[dict[str, Any]]:
@@ -112,7 +70,7 @@ def _tags(store: Store) -> list[dict[str, Any]]:
             {
                 "name": str(entry.name),
                 "model": str(entry.name),
-                "modified_at": _iso(entry.modified),
+                "modified_at": iso(entry.modified),
                 "size": entry.size,
                 "digest": entry.digest.removeprefix("sha256:"),
                 "details": details_of(config.get("details") or {}, config.get("parent")),
@@ -124,7 +82,7 @@ def _tags(store: Store) -> list[dict[str, Any]]:
             {
                 "name": name,
                 "model": name,
-                "modified_at": _iso(packaged.modified),
+                "modified_at": iso(packaged.modified),
                 "size": packaged.size,
                 "digest": packaged.sha256,
                 "details": details_of(packaged.entry.details),
@@ -140,13 +98,13 @@ async def tags(request: Request) -> Response:
     # Other runners' models (LOCALRUN_OTHER_RUNNERS), imported in place on first use.
     for other in await anyio.to_thread.run_sync(ctx.scheduler.others.beside, names):
         local.append({"name": other.name, "model": other.name, "size": other.size,
-                      "modified_at": _iso(other.modified), "digest": "",
+                      "modified_at": iso(other.modified), "digest": "",
                       "details": details_of({"quantization": other.quantization})})  # fmt: skip
     remote = [
         {
             "name": m.name,
             "model": m.name,
-            "modified_at": _iso(0),
+            "modified_at": iso(0),
             "size": 0,
             "digest": "",
             "details": {"format": "", "family": "", "families": None, "parameter_size": "",
@@ -157,113 +115,6 @@ async def tags(request: Request) -> Response:
         if m.name not in names
     ]  # fmt: skip
     return JSONResponse({"models": local + remote})
-
-
-def _params_text(parameters: dict[str, Any]) -> str:
-    from localrun.recipes.modelfile import format_param
-
-    rows = []
-    for key, value in parameters.items():
-        for item in value if isinstance(value, list) else [value]:
-            shown = json.dumps(item) if isinstance(item, str) else format_param(item)
-            rows.append(f"{key:<30} {shown}")
-    return "\n".join(rows)
-
-
-def _without_store_paths(text: str, store: Store) -> str:
-    """The Modelfile with blob paths written as digests (`FROM sha256:…`, which /api/create
-    accepts): a client learns nothing of where the store lives on the server."""
-    blobs = re.escape(str(store.blobs)) + r"[/\\]sha256-([0-9a-f]{64})"
-    return re.sub(blobs, r"sha256:\1", text)
-
-
-def _show(store: Store, name: ModelName) -> dict[str, Any]:
-    from localrun import capabilities as capabilities_mod
-    from localrun import model as model_mod
-
-    m = model_mod.load(store, name)
-    template = capabilities_mod.template_of(m)
-    if template is None:  # the family's template the runner chooses, as `show` says
-        with contextlib.suppress(LocalrunError):  # a damaged file is `verify`'s to report
-            template = view.template_choice(m).source
-    d = m.details
-    arch = d.get("architecture")
-    info: dict[str, Any] = {
-        "general.architecture": arch,
-        "general.name": d.get("name"),
-        "general.parameter_count": d.get("parameter_count"),
-        "general.quantization": d.get("quantization"),
-    }
-    for key, field in (
-        ("context_length", "context_length"),
-        ("embedding_length", "embedding_length"),
-        ("block_count", "block_count"),
-        ("attention.head_count", "head_count"),
-    ):
-        if arch and d.get(field) is not None:
-            info[f"{arch}.{key}"] = d[field]
-    out: dict[str, Any] = {
-        "modelfile": f'# Modelfile generated by "localrun show"\n# To build a new Modelfile '
-        f"based on this one, replace the FROM line with:\n# FROM {name}\n\n"
-        f"{_without_store_paths(str(m.to_modelfile()), store)}",
-        "parameters": _params_text(m.parameters),
-        "template": template or "",
-        "details": details_of(d, m.config.get("parent")),
-        "model_info": {k: v for k, v in info.items() if v is not None},
-        "capabilities": capabilities_mod.capabilities(m),
-        "modified_at": _iso(store.manifest_path(name).stat().st_mtime),
-    }
-    draft = m.draft
-    if draft:
-        out["draft"] = {
-            "model": draft["model"] or "",
-            "digest": draft["digest"],
-            "details": details_of(draft["details"]),
-        }
-    projector = m.config.get("projector")
-    if m.projector_path is not None:
-        details = projector.get("details") if isinstance(projector, dict) else None
-        details = details if isinstance(details, dict) else {}
-        # Ollama's field: the projector's own metadata.
-        out["projector_info"] = {
-            "general.architecture": details.get("architecture") or "clip",
-            "clip.modalities": capabilities_mod.projector_modalities(m),
-            "clip.projection_dim": details.get("projection_dim"),
-            "clip.parameter_count": details.get("parameter_count"),
-        }
-    if m.system:
-        out["system"] = m.system
-    if m.licenses:
-        out["license"] = "\n\n".join(m.licenses)
-    if m.messages:
-        out["messages"] = [{"role": x.role, "content": x.content} for x in m.messages]
-    return out
-
-
-async def show(request: Request) -> Response:
-    body = Body(await read_json(request))
-    ctx = core.context(request)
-    remote = await ctx.scheduler.remote_name(body.model())
-    if remote is not None:
-        return JSONResponse(_show_remote(ctx, remote))
-    name = await local_model(request, body.model())
-    return JSONResponse(await anyio.to_thread.run_sync(_show, ctx.store, name))
-
-
-def _show_remote(ctx: core.Context, model: str) -> dict[str, Any]:
-    """What localrun knows of a model an upstream serves: its name and where (Ollama's
-    remote_model and remote_host); its template and parameters are the upstream's own."""
-    hosts = [s.name for s in ctx.scheduler.remote.states if model in s.models()]
-    return {
-        "modelfile": "",
-        "parameters": "",
-        "template": "",
-        "details": details_of({}),
-        "model_info": {},
-        "capabilities": ["completion", "tools"],
-        "remote_model": model,
-        "remote_host": ", ".join(hosts),
-    }
 
 
 # -- copy and delete --------------------------------------------------------------------------
@@ -459,7 +310,7 @@ async def create(request: Request) -> Response:
     if kind:
         kind = quantize.check_type(kind)  # an unknown type refused before the job starts
     store = core.context(request).store
-    mf = _modelfile(store, body)
+    mf = await anyio.to_thread.run_sync(own_template, store, _modelfile(store, body))
     job = {"op": "create", "store": str(store.root), "model": str(target), "modelfile": str(mf)}
     if kind:
         job["quantize"] = kind

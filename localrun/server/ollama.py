@@ -6,7 +6,8 @@ object per piece, and a final object with `done: true`, `done_reason` and the ti
 (nanoseconds). An error after the first line arrives as a last line `{"error": "..."}`, which is
 what Ollama's clients look for. /api/generate's final object carries `context`, the token ids
 of prompt and answer, which a later request sends back to continue from them. A streamed
-/api/chat sends its tool calls in a line of their own just before the final one, as Ollama does.
+/api/chat sends its tool calls in a line of their own just before the final one, as Ollama does,
+each with its `id` and `function.index` (its place in the answer).
 /api/generate with a `suffix` fills in the middle between `prompt` and it (editors'
 autocomplete), from the model's FIM tokens; a model without them is a 400. `think` (true,
 false or low/medium/high) turns a reasoning model's thinking on or off; its reasoning comes in
@@ -38,7 +39,7 @@ from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
 from localrun.server.logprobs import logprob_items, top_logprobs
 from localrun.server.messages import chat_messages
-from localrun.server.models import details_of
+from localrun.server.show import details_of
 from localrun.server.streaming import NDJSON, line, ndjson
 
 # The Ollama release whose API localrun serves, reported by /api/version: clients (editor
@@ -339,10 +340,20 @@ def _context(body: Body) -> list[int] | None:
 
 
 def tool_calls_ollama(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Calls as Ollama's api.ToolCall writes them: its `id` ("call_..." as Ollama makes them)
+    and `function.index`, the call's place in the answer from 0 (no omitempty in types.go:
+    always sent, 0 included)."""
     if not calls:
         return None
     return [
-        {"function": {"name": c.get("name", ""), "arguments": c.get("arguments") or {}}}
+        {
+            "id": c["id"],
+            "function": {
+                "index": c["index"],
+                "name": c.get("name", ""),
+                "arguments": c.get("arguments") or {},
+            },
+        }
         for c in calls
     ]
 

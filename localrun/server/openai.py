@@ -13,7 +13,10 @@
     POST /v1/embeddings         a string or a list; encoding_format float or base64
 
 `n` choices (at most LOCALRUN_MAX_CHOICES) are answered together, on as many slots; the runner
-reads their prompt once. Streamed, their chunks interleave, each with its choice's index.
+reads their prompt once. Streamed, every choice opens with a role-only chunk, as OpenAI's does
+(`{"role": "assistant", "content": "", "refusal": null}`, logprobs null: openai-node's stream
+helper would list a first chunk's log-probability twice), then their chunks interleave, each
+with its choice's index. A message carries OpenAI's `refusal` (null) and `annotations` ([]).
 
 finish_reason: "tool_calls" when the answer is tool calls, "length" when num_predict or the
 context ran out, else "stop". Errors are {"error": {"message", "type", "code", "param"}}; one
@@ -211,9 +214,12 @@ def stream_of(
     kind: str,
     piece_choice: Callable[[int, Chunk, bool], dict[str, Any]],
     last_choices: Callable[[int, int], list[dict[str, Any]]],
+    opening: Callable[[int], dict[str, Any]] | None = None,
 ) -> StreamingResponse:
     """The answer as server-sent chunks of object `kind` (`stream_options.include_usage`: with
-    `"usage": null` in each and a last chunk holding the usage)."""
+    `"usage": null` in each and a last chunk holding the usage); `opening(index)`, where given,
+    is each choice's first chunk, before any of its pieces (else its first piece has
+    `first` set)."""
     include_usage = _include_usage(body)
 
     def chunk(fields: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +228,7 @@ def stream_of(
             out["usage"] = None
         return out
 
-    events = _stream_events(generations, chunk, piece_choice, last_choices, include_usage)
+    events = _stream_events(generations, chunk, piece_choice, last_choices, include_usage, opening)
     return event_stream(events)
 
 
@@ -232,11 +238,16 @@ async def _stream_events(
     piece_choice: Callable[[int, Chunk, bool], dict[str, Any]],
     last_choices: Callable[[int, int], list[dict[str, Any]]],
     include_usage: bool,
+    opening: Callable[[int], dict[str, Any]] | None,
 ) -> AsyncIterator[bytes]:
-    """SSE events of the answers (one per choice, interleaved as they come): pieces, the
-    finishing chunk(s) of each choice, usage, [DONE]."""
+    """SSE events of the answers (one per choice, interleaved as they come): each choice's
+    opening chunk, pieces, the finishing chunk(s) of each choice, usage, [DONE]."""
     try:
         started: set[int] = set()
+        if opening is not None:
+            for index in range(len(generations)):
+                yield sse(chunk({"choices": [opening(index)]}))
+                started.add(index)
         streamed = [0] * len(generations)  # each choice's tool calls streamed
         async with contextlib.aclosing(merged(generations)) as chunks:
             async for index, piece in chunks:
@@ -286,8 +297,9 @@ async def chat_completions(request: Request) -> Response:
         generations,
         base,
         "chat.completion.chunk",
-        lambda index, piece, first: _chat_delta(index, piece, first, with_logprobs),
+        lambda index, piece, first: _chat_delta(index, piece, with_logprobs),
         lambda index, streamed: _chat_last(index, generations[index], streamed),
+        opening=_chat_opening,
     )
 
 
@@ -325,7 +337,13 @@ def _chat_choice(index: int, generation: Generation, with_logprobs: bool) -> dic
     """One choice of a non-streamed chat answer: its whole message."""
     calls = _tool_calls(generation)
     content = generation.text or (None if calls else "")
-    message: dict[str, Any] = {"role": "assistant", "content": content}
+    # refusal and annotations as OpenAI writes them (the spec requires refusal, nullable)
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": content,
+        "refusal": None,
+        "annotations": [],
+    }
     if generation.thinking:  # as llama-server and DeepSeek send reasoning
         message["reasoning_content"] = generation.thinking
     if calls:
@@ -339,9 +357,15 @@ def _chat_choice(index: int, generation: Generation, with_logprobs: bool) -> dic
     }
 
 
-def _chat_delta(index: int, piece: Chunk, first: bool, with_logprobs: bool) -> dict[str, Any]:
-    """A streamed chunk's choice: a piece of reasoning or text (the role with the first)."""
-    delta: dict[str, Any] = {"role": "assistant"} if first else {}
+def _chat_opening(index: int) -> dict[str, Any]:
+    """A streamed choice's first chunk, before its first token, as OpenAI opens one."""
+    delta = {"role": "assistant", "content": "", "refusal": None}
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+
+
+def _chat_delta(index: int, piece: Chunk, with_logprobs: bool) -> dict[str, Any]:
+    """A streamed chunk's choice: a piece of reasoning or text."""
+    delta: dict[str, Any] = {}
     if piece.thinking:
         delta["reasoning_content"] = piece.thinking
     if piece.text or not piece.thinking:

@@ -7,6 +7,9 @@
                        name from its registry (Ollama's library for a name without a host;
                        with `pull_missing`, as `localrun run` does)
     resolver(store)    the same for `create`: FROM a catalog name imports it first
+    pull(store, ref)   `localrun pull` and /api/pull: fetched again where its source changed
+                       (a hub's or a registry's), a model the store holds told as Ollama tells
+                       one (sources.present)
 
 After its first import or pull a catalog model is a model like any other.
 """
@@ -21,7 +24,7 @@ from localrun.errors import HubUnreachableError, LocalrunError, ModelNotFoundErr
 from localrun.recipes import create
 from localrun.recipes.modelfile import Modelfile
 from localrun.settings import config
-from localrun.sources import hosts, pull, runners
+from localrun.sources import hosts, present, pull, runners
 from localrun.sources.found import Found
 from localrun.store import catalog, reference
 from localrun.store.manifest import Manifest
@@ -64,6 +67,27 @@ def find(
         from_registry(store, ref, report, reach=reach)
         return store.read_manifest(ref.name)
     return _from_catalog(store, ref.name, ref.entry, report or (lambda _: None), pull_missing)
+
+
+def pull_ref(
+    store: Store,
+    ref: Reference,
+    report: create.Reporter,
+    *,
+    reach: hosts.Reach = hosts.OWNER,
+) -> str:
+    """Pull what `ref` names: from its hub or registry (again where it changed there; else the
+    store's copy is told as sources.present tells it), or a catalog name from its sources
+    unless the store has it (whatever another runner has: a pull downloads); the digest of the
+    manifest (empty for a catalog model imported from a package)."""
+    if ref.hub is not None:
+        return pull.pull(store, ref.hub, report=report)
+    if ref.entry is None:
+        return from_registry(store, ref, report, reach=reach)
+    if store.exists(ref.name):
+        return present.tell(store, ref.name, report, pulling_manifest=True)
+    find(store, ref, report, pull_missing=True, others=False, reach=reach)
+    return ""
 
 
 def from_registry(

@@ -31,7 +31,7 @@ from localrun.gguf import scan
 from localrun.gguf.header import Header
 from localrun.recipes import params
 from localrun.recipes.create import Event, Reporter
-from localrun.sources import partial
+from localrun.sources import partial, present
 from localrun.sources.base import Choice, Hub, RemoteFile, Repo, pick
 from localrun.store.blobs import hash_file
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest
@@ -91,10 +91,7 @@ def pull(
             and (held == wanted_projector or projector is None)
             and all(store.has_blob(d) for d in current.digests())
         ):
-            report(Event(f"{name} is up to date"))
-            digest = "sha256:" + hashlib.sha256(current.to_bytes()).hexdigest()
-            report(Event("success", digest=digest))
-            return digest
+            return present.tell(store, name, report, pulling_manifest=False)
     with store.writing():
         _check_space(store, choice)
         layers = [_fetch(store, hub, repo, f, report) for f in choice.files]

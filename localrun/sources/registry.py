@@ -45,7 +45,7 @@ from localrun.gguf import scan
 from localrun.recipes import create
 from localrun.recipes.create import Event, Reporter
 from localrun.recipes.modelfile import Modelfile
-from localrun.sources import bodies, hosts, oci, ollama_store, partial, ranges
+from localrun.sources import bodies, hosts, oci, ollama_store, partial, present, ranges
 from localrun.sources.found import MAX_TEXT
 from localrun.sources.pull import gguf_texts
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, check_digest
@@ -112,11 +112,8 @@ def pull(
     report(Event("pulling manifest"))
     with oci.Registry(where, trusted=trusted) as registry:
         plan = read_plan(registry)
-        current = _up_to_date(store, name, plan)
-        if current is not None:
-            report(Event(f"{name} is up to date"))
-            report(Event("success", digest=current))
-            return current
+        if _up_to_date(store, name, plan):
+            return present.tell(store, name, report, pulling_manifest=False)
         with store.writing():
             _check_space(store, plan)
             for part in plan.parts:
@@ -200,17 +197,16 @@ def _descriptor(layer: Any, shown: str, what: str) -> tuple[str, str, int]:
     return media, digest, size
 
 
-def _up_to_date(store: Store, name: ModelName, plan: Plan) -> str | None:
-    """The stored manifest's digest when it was pulled from this very manifest, whole."""
+def _up_to_date(store: Store, name: ModelName, plan: Plan) -> bool:
+    """Whether the stored model was pulled from this very manifest, and is whole."""
     with contextlib.suppress(Exception):
         current = store.read_manifest(name)
         config = json.loads(store.read_blob(current.config.digest))
         source = config.get("source") or {}
-        if source.get("manifest") == plan.manifest.digest and all(
+        return source.get("manifest") == plan.manifest.digest and all(
             store.has_blob(d) for d in current.digests()
-        ):
-            return "sha256:" + hashlib.sha256(current.to_bytes()).hexdigest()
-    return None
+        )
+    return False
 
 
 def _check_space(store: Store, plan: Plan) -> None:

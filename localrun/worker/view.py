@@ -2,16 +2,19 @@
 
 The runner's own Prompter renders here too, with the vocabulary's BOS and EOS read from the
 GGUF header instead of llama.cpp, so `POST /apply-template` and `localrun show NAME --prompt`
-show the text a loaded model would be given.
+show the text a loaded model would be given. `go_template` is the template as Ollama's clients
+read one (a Go template: /api/show), found by rendering (formats.ollama.equivalent).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from localrun.engine.types import FimTokens
 from localrun.errors import InvalidGGUFError
 from localrun.formats import families
+from localrun.formats import template as template_mod
 from localrun.gguf import scan as scan_mod
 from localrun.gguf.header import Header
 from localrun.hardware import fit as fit_mod
@@ -76,9 +79,61 @@ def prompt_of(model: Model, request: GenRequest, *, add_generation_prompt: bool 
         model, dict(model.parameters), choice.source, _HeaderTokens(header), frozenset()
     )
     text = prompter.chat_text(request, add_generation_prompt=add_generation_prompt)
+    return _without_bos(header, text)
+
+
+def _adds_bos(header: Header) -> bool:
+    """Whether the tokenizer puts a BOS before a prompt."""
     # llama.cpp's default where the file does not say: BOS for SentencePiece vocabularies.
     default = header.metadata.get("tokenizer.ggml.model") == "llama"
-    adds_bos = header.metadata.get("tokenizer.ggml.add_bos_token", default) is True
-    if adds_bos and header.bos_text:
-        text = text.removeprefix(header.bos_text)
+    return header.metadata.get("tokenizer.ggml.add_bos_token", default) is True
+
+
+def _without_bos(header: Header, text: str) -> str:
+    """`text` without the leading BOS the tokenizer adds (where it adds one)."""
+    if _adds_bos(header) and header.bos_text:
+        return text.removeprefix(header.bos_text)
     return text
+
+
+@dataclass(frozen=True)
+class GoChoice:
+    """The Go template that stands for a model's chat template where Ollama's clients read
+    one, and where it came from: "own" (the model's template is one), "ollama:<name>" (one
+    of Ollama's that renders its prompts), "markers" (one written for its turn markers that
+    does) or "none" (`source` empty: no Go template renders them)."""
+
+    source: str
+    origin: str
+
+
+_GO_CHOICES: dict[tuple[Any, ...], GoChoice] = {}
+
+
+def go_template(choice: families.Choice, header: Header) -> GoChoice:
+    """The Go template for a model prompted with `choice` (template_choice) and the vocabulary
+    of `header`: its own if it is one, else one that renders the same prompts for
+    conversations of text turns (formats.ollama.equivalent; each answer kept, at most 64)."""
+    if template_mod.is_go(choice.source):
+        return GoChoice(choice.source or "", "own")
+    key = (choice.source, header.bos_text, header.eos_text, _adds_bos(header))
+    found = _GO_CHOICES.get(key)
+    if found is None:
+        from localrun.formats.ollama import equivalent
+
+        def render(source: str | None, messages: list[dict[str, str]]) -> str:
+            text = template_mod.render(
+                source if source is not None else choice.source,
+                list(messages),
+                bos_token=header.bos_text,
+                eos_token=header.eos_text,
+            )
+            return _without_bos(header, text)
+
+        ends = [*template_mod.end_of_turn_markers(choice.source), header.eos_text]
+        match = equivalent.find(render, ends)
+        found = GoChoice(match.source, match.origin) if match else GoChoice("", "none")
+        if len(_GO_CHOICES) >= 64:
+            _GO_CHOICES.clear()
+        _GO_CHOICES[key] = found
+    return found

@@ -77,6 +77,81 @@ def add_model(store: Store, name: str, gguf: Path, extra: str = "") -> None:
     create.create(store, names.parse(name), mf, gguf.parent)
 
 
+def pulled_again(updates: list[Any], store: Store, name: str) -> None:
+    """`updates` (the `ollama` client's ProgressResponse objects) are what Ollama streams for a
+    pull of a model it has, told from the model's manifest in `store`: "pulling manifest", a
+    line a layer (the config last) with its digest and total = completed, "verifying sha256
+    digest", "writing manifest", "success"."""
+    manifest = store.read_manifest(names.parse(name))
+    layers = [(f"pulling {x.digest[7:19]}", x.digest, x.size, x.size)
+              for x in [*manifest.layers, manifest.config]]  # fmt: skip
+    lines = ["pulling manifest", *layers, "verifying sha256 digest", "writing manifest", "success"]
+    expected = [x if isinstance(x, tuple) else (x, None, None, None) for x in lines]
+    assert [(u.status, u.digest, u.total, u.completed) for u in updates] == expected
+
+
+# Conversations of text turns, the same for every model the round trip checks.
+TURNS: list[list[dict[str, str]]] = [
+    [{"role": "user", "content": "Name a colour."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "And another?"},
+    ],
+]
+
+
+def prompts(url: str, model: str, tools: list[Any] | None = None) -> list[str]:
+    """The prompts `model` is given for TURNS (llama-server's /apply-template)."""
+    out = []
+    for messages in TURNS:
+        body = {"model": model, "messages": messages, "tools": tools}
+        answer = httpx.post(f"{url}/apply-template", json=body, timeout=PATIENCE_S)
+        assert answer.status_code == 200, answer.text
+        out.append(answer.json()["prompt"])
+    return out
+
+
+def show_round_trip(url: str, model: str, tools: list[Any]) -> dict[str, Any]:
+    """/api/show's template is a Go template and its modelfile's TEMPLATE is that one; the
+    model created again from that modelfile, and from the model with the Go template edited
+    (as Open WebUI's editor sends it: kept, a Go template), is given the prompts `model` is
+    given (with `tools` too, where the template is the model's own). Returns what show said."""
+    import ollama
+
+    from localrun.formats import template
+    from localrun.formats.ollama.template import check
+
+    def show(name: str) -> dict[str, Any]:
+        answer = httpx.post(f"{url}/api/show", json={"model": name}, timeout=PATIENCE_S)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    shown = show(model)
+    go = shown["template"]
+    assert go and template.is_go(go) and go != shown["chat_template"]
+    check(go)  # parses and renders as Ollama's text/template would
+    assert modelfile.parse(shown["modelfile"]).template == go
+    expected, with_tools = prompts(url, model), prompts(url, model, tools)
+    copy = {"model": f"{model}-copy", "modelfile": shown["modelfile"], "stream": False}
+    made = httpx.post(f"{url}/api/create", json=copy, timeout=PATIENCE_S)
+    assert made.status_code == 200, made.text
+    assert prompts(url, copy["model"]) == expected
+    assert prompts(url, copy["model"], tools) == with_tools  # the model's own template kept
+    again = show(copy["model"])
+    assert again["template"] == go and again["chat_template"] == shown["chat_template"]
+    edited = "{{/* edited */}}" + go
+    client = ollama.Client(host=url, timeout=PATIENCE_S)
+    assert client.create(f"{model}-go", from_=model, template=edited).status == "success"
+    assert prompts(url, f"{model}-go") == expected  # rendered by the Go template now
+    assert show(f"{model}-go")["template"] == edited == show(f"{model}-go")["chat_template"]
+    for name in (copy["model"], f"{model}-go"):
+        client.delete(name)
+    return shown
+
+
 def post(live: LiveServer, path: str, body: Any) -> httpx.Response:
     """POST `body` (bytes as they are, anything else as JSON) to the live server's `path`."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -219,7 +219,11 @@ def test_ollama_dialect_through_an_openai_only_upstream(tmp_path: Path, fake: Fa
         # The key goes to the upstream and nowhere else.
         for path in ("/api/tags", "/api/ps", "/v1/models", "/metrics"):
             assert KEY not in httpx.get(gw.url + path).text
-        assert KEY not in httpx.post(gw.url + "/api/show", json={"model": "big-model"}).text
+        shown_ = httpx.post(gw.url + "/api/show", json={"model": "big-model"})
+        assert KEY not in shown_.text
+        # ShowResponse's fields Go always writes (a struct is never omitted): the time unknown
+        assert shown_.json()["modified_at"] == "1970-01-01T00:00:00Z"
+        assert shown_.json()["remote_host"] == "fake"
     finally:
         gw.stop()
     _, err = gw.proc.communicate(timeout=PATIENCE_S)
@@ -660,6 +664,7 @@ def test_wire_translation_details() -> None:
     ollama_body = remote_wire.body("ollama", "m", chat)
     calls = ollama_body["messages"][1]["tool_calls"]
     assert [c["function"]["arguments"] for c in calls] == [{"city": "Paris"}, {"city": "Rome"}]
+    assert [c["function"]["index"] for c in calls] == [0, 1]  # as Ollama's clients write them
     assert "seed" not in ollama_body["options"]
     thinking = remote_wire.body("openai", "m", GenRequest("m", messages=history[:1], think="high"))
     assert thinking["chat_template_kwargs"] == {"enable_thinking": True}

@@ -20,9 +20,10 @@ from benchlib.scores import in_child
 
 from localrun.store.models import Store
 
-from support import PATIENCE_S
+from support import DATA, PATIENCE_S
 from support.serve import Serve
-from support.server import add_model
+from support.server import add_model, show_round_trip
+from support.tools import WEATHER
 
 pytestmark = [pytest.mark.model, pytest.mark.server]
 
@@ -80,6 +81,16 @@ def test_show_says_the_template_chosen_and_what_the_cache_does(gemma_home: Path,
     assert shown.code == 0, shown.stderr
     assert "gemma's format" in shown.stdout  # from its vocabulary's <start_of_turn>
     assert "checkpoints of the 512-token sliding window" in shown.stdout
+
+
+def test_show_gives_ollamas_gemma_template_and_it_comes_back_to_the_same_prompts(
+    gemma: Serve,
+) -> None:
+    """No template in the file: localrun prompts with Gemma's format (its vocabulary's), whose
+    prompts Ollama's gemma-instruct renders alike, a system message folded into the first
+    turn as both do."""
+    shown = show_round_trip(gemma.url, NAME, [WEATHER])
+    assert shown["template"] == (DATA / "ollama_templates" / "gemma-instruct.gotmpl").read_text()
 
 
 def test_a_chat_reads_only_each_new_turn(gemma: Serve) -> None:

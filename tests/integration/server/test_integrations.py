@@ -159,10 +159,12 @@ def test_zed_lists_shows_and_chats(live: LiveServer) -> None:
     assert answer.status_code == 200, answer.text
     message = answer.json()["message"]
     assert message["role"] == "assistant" and isinstance(message["content"], str)
-    # OllamaToolCall is an externally tagged enum: an object with "function" as its only key.
-    assert [list(c) for c in message["tool_calls"]] == [["function"]]
+    # OllamaToolCall: {id, function} since Zed's #42275 (Ollama 0.12.10 sends the calls' ids;
+    # before it, an externally tagged enum that took "function" alone); its function struct
+    # ignores the index Ollama sends beside name and arguments.
+    assert [sorted(c) for c in message["tool_calls"]] == [["function", "id"]]
     call = message["tool_calls"][0]["function"]
-    assert call == {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert call == {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}
 
     # keep_alive may also be a duration string (KeepAlive::Duration).
     request = {**request, "keep_alive": "10m", "tools": []}

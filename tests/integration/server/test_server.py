@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import io
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from localrun.store import names, reference
 from localrun.store.models import Store
 
 from support import PATIENCE_S
-from support.server import SMOL, LiveServer, add_model
+from support.server import SMOL, LiveServer, add_model, pulled_again, show_round_trip
 from support.tools import WEATHER
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
@@ -129,8 +130,56 @@ def test_ollama_create_copy_delete(oc: ollama.Client, live: LiveServer, tiny_mod
     oc.delete("mario")
 
 
+def test_show_gives_a_go_template_that_comes_back_to_the_same_prompts(
+    oc: ollama.Client, live: LiveServer
+) -> None:
+    """SmolLM2's Jinja writes a default system turn where a conversation has none, which none
+    of Ollama's templates does: the Go template shown is written for its ChatML markers."""
+    shown = show_round_trip(live.url, SMOL, [WEATHER])
+    assert "You are a helpful AI assistant named SmolLM" in shown["template"]
+    assert "<|im_start|>{{ .Role }}" in shown["template"]
+    assert "{%" in shown["chat_template"]  # the GGUF's own, as it is
+    assert oc.show(SMOL).template == shown["template"]
+    # `localrun run` on a server shows (/show template) the template the model is prompted with.
+    from localrun.cli.remote_session import view_from_show
+
+    assert view_from_show(shown).template == shown["chat_template"]
+
+
+def test_ollama_pull_of_a_model_the_store_has(oc: ollama.Client, live: LiveServer) -> None:
+    """The starter (a catalog model, in the store): Ollama's steps from its manifest, as
+    ollama-python's pull example draws them (a tqdm bar a digest, the other lines printed)."""
+    from tqdm import tqdm
+
+    modified = live.store.manifest_path(names.parse(SMOL)).stat().st_mtime_ns
+    updates = list(oc.pull(SMOL, stream=True))
+    pulled_again(updates, live.store, SMOL)
+    assert live.store.manifest_path(names.parse(SMOL)).stat().st_mtime_ns == modified
+    assert oc.pull(SMOL).status == "success"  # not streamed: the last line alone
+
+    shown, printed, bars = io.StringIO(), [], {}
+    current = ""
+    for progress in updates:  # examples/pull.py, its bars written to `shown`
+        digest = progress.get("digest", "")
+        if digest != current and current in bars:
+            bars[current].close()
+        if not digest:
+            printed.append(progress.get("status"))
+            continue
+        if digest not in bars and (total := progress.get("total")):
+            bars[digest] = tqdm(total=total, desc=f"pulling {digest[7:19]}", file=shown)
+        if completed := progress.get("completed"):
+            bars[digest].update(completed - bars[digest].n)
+        current = digest
+    manifest = live.store.read_manifest(names.parse(SMOL))
+    assert printed == ["pulling manifest", "verifying sha256 digest", "writing manifest", "success"]
+    assert {d: (b.n, b.total) for d, b in bars.items()} == {
+        x.digest: (x.size, x.size) for x in [*manifest.layers, manifest.config]
+    }
+
+
 def test_ollama_pull_from_local_hub(
-    oc: ollama.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    oc: ollama.Client, live: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from testmodels.text import write_tiny_model
 
@@ -147,6 +196,11 @@ def test_ollama_pull_from_local_hub(
         assert any(e.total and e.completed == e.total for e in events)
         assert events[-1].status == "success"
         assert "hf.co/test/tiny-gguf:latest" in {m.model for m in oc.list().models}
+        # Again, unchanged on the hub: Ollama's steps for a model it has, nothing downloaded.
+        sent = hub.bytes_sent
+        again = list(oc.pull("hf.co/Test/Tiny-GGUF", stream=True))
+        pulled_again(again, live.store, "hf.co/test/tiny-gguf:latest")
+        assert hub.bytes_sent == sent
         with pytest.raises(ollama.ResponseError, match=r"not found|no such|does not exist"):
             list(oc.pull("hf.co/Test/Missing", stream=True))
     oc.delete("hf.co/test/tiny-gguf:latest")
@@ -251,6 +305,10 @@ def test_tool_calls_in_both_dialects(ai: openai.OpenAI, live: LiveServer) -> Non
     assert call.type == "function" and call.id.startswith("call_")
     assert call.function.name == "get_weather"  # type: ignore[union-attr]
     assert "city" in json.loads(call.function.arguments)  # type: ignore[union-attr]
+    # OpenAI's message fields beside the calls: refusal (required, nullable) and annotations.
+    message = reply.model_dump(exclude_unset=True)["choices"][0]["message"]
+    assert message["refusal"] is None and message["annotations"] == []
+    assert message["content"] is None
 
     streamed = list(
         ai.chat.completions.create(
@@ -261,19 +319,43 @@ def test_tool_calls_in_both_dialects(ai: openai.OpenAI, live: LiveServer) -> Non
             temperature=0,
             max_tokens=60,
             stream=True,
+            stream_options={"include_usage": True},
         )
     )
+    # A role-only chunk opens the choice; the call's id and name, then its arguments follow.
+    opening = streamed[0].model_dump(exclude_unset=True)["choices"][0]
+    assert opening["delta"] == {"role": "assistant", "content": "", "refusal": None}
+    assert opening["logprobs"] is None and streamed[0].usage is None
     deltas = [c.choices[0].delta for c in streamed if c.choices and c.choices[0].delta.tool_calls]
     first_call = deltas[0].tool_calls[0] if deltas and deltas[0].tool_calls else None
     assert first_call and first_call.function and first_call.function.name == "get_weather"
-    assert streamed[-1].choices[0].finish_reason == "tool_calls"
+    assert first_call.id and first_call.index == 0
+    assert all(c.choices[0].delta.role is None for c in streamed[1:] if c.choices)
+    assert streamed[-2].choices[0].finish_reason == "tool_calls"
+    assert streamed[-1].choices == [] and streamed[-1].usage
+    # openai-python's stream helper gathers the same message the stream told.
+    with ai.chat.completions.stream(
+        model=SMOL, messages=ask, tools=[WEATHER], tool_choice="required",  # type: ignore[list-item]
+        temperature=0, max_tokens=60,
+    ) as helper:  # fmt: skip
+        final = helper.get_final_completion().choices[0].message
+    assert final.role == "assistant" and final.tool_calls
+    assert [c.function.name for c in final.tool_calls] == ["get_weather"]  # type: ignore[union-attr]
 
-    # The native dialect: tool_calls with arguments as an object.
+    # The native dialect: tool_calls with arguments as an object, each with Ollama's id and
+    # function.index (its place in the answer; types.go has no omitempty: 0 is sent).
     body = {"model": SMOL, "messages": ask, "tools": [WEATHER], "tool_choice": "required",
             "stream": False, "options": greedy(60)}  # fmt: skip
     native = httpx.post(f"{live.url}/api/chat", json=body, timeout=PATIENCE_S).json()
-    call_ = native["message"]["tool_calls"][0]["function"]
+    [whole] = native["message"]["tool_calls"]
+    call_ = whole["function"]
     assert call_["name"] == "get_weather" and isinstance(call_["arguments"], dict)
+    assert call_["index"] == 0 and whole["id"].startswith("call_")
+    lines = httpx.post(f"{live.url}/api/chat", json={**body, "stream": True}, timeout=PATIENCE_S)
+    [told] = [
+        c for x in lines.text.splitlines() for c in json.loads(x)["message"].get("tool_calls", [])
+    ]
+    assert told["function"] == call_ and told["id"].startswith("call_")
 
 
 def test_eight_simultaneous_streams(ai: openai.OpenAI) -> None:

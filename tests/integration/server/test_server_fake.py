@@ -79,7 +79,9 @@ def test_disconnect_frees_the_slot(live: LiveServer) -> None:
         else:
             ai = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x", max_retries=0)
             stream = ai.chat.completions.create(model="a", messages=HI, stream=True)  # type: ignore[arg-type]
-            assert next(iter(stream)).choices[0].delta.content == "a"
+            chunks = iter(stream)  # the role alone, as OpenAI opens a choice; then a token
+            assert next(chunks).choices[0].delta.role == "assistant"
+            assert next(chunks).choices[0].delta.content == "a"
             assert live.running()[A].busy == 1
             stream.close()
         gone = time.monotonic()
@@ -249,6 +251,15 @@ def test_parallel_tool_calls_off_keeps_the_first_call(
         ai = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
         both = ai.chat.completions.create(model="a", messages=HI, tools=[WEATHER])  # type: ignore[arg-type,list-item]
         assert len(both.choices[0].message.tool_calls or []) == 2
+        # Ollama's shape: each call's place in the answer (function.index) and its own id.
+        for stream in (False, True):
+            body = chat_body("a", tools=[WEATHER], stream=stream)
+            answer = httpx.post(f"{server.url}/api/chat", json=body, timeout=PATIENCE_S)
+            lines = [json.loads(x) for x in answer.text.splitlines()]
+            calls = [c for x in lines for c in x["message"].get("tool_calls", [])]
+            assert [c["function"]["index"] for c in calls] == [0, 1]
+            assert [c["function"]["arguments"]["city"] for c in calls] == ["Paris", "Rome"]
+            assert len({c["id"] for c in calls}) == 2
         one = ai.chat.completions.create(
             model="a",
             messages=HI,

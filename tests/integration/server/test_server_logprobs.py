@@ -6,7 +6,10 @@ alternatives; the tokens must spell the text the client got, also when a stop st
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +30,8 @@ from support.server import SMOL, LiveServer
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
 ASK: Any = [{"role": "user", "content": "Name three colours."}]
+# An answer that stops before its budget (the stream helpers refuse one cut by its length).
+SHORT: Any = [{"role": "user", "content": "What is the capital of France? One word."}]
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +82,92 @@ def test_chat_logprobs(ai: openai.OpenAI) -> None:
 
 class _none:
     content: tuple[Any, ...] = ()
+
+
+def sse_chunks(live: LiveServer, body: dict[str, Any]) -> list[dict[str, Any]]:
+    answer = httpx.post(f"{live.url}/v1/chat/completions", json=body, timeout=PATIENCE_S)
+    events = [x.removeprefix("data: ") for x in answer.text.split("\n\n") if x.strip()]
+    assert events[-1] == "[DONE]"
+    return [json.loads(x) for x in events[:-1]]
+
+
+def test_every_streamed_choice_opens_with_its_role(live: LiveServer, ai: openai.OpenAI) -> None:
+    """As OpenAI's stream opens a choice: a chunk of the role alone (logprobs null), then the
+    tokens, each token's entry once. The stream helpers gather what the answer whole says."""
+    body = {"model": SMOL, "messages": ASK, "temperature": 0, "max_tokens": 8, "n": 2,
+            "logprobs": True, "top_logprobs": 1, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    chunks = sse_chunks(live, body)
+    choices = [(c["choices"][0] if c["choices"] else None) for c in chunks]
+    opening = {"role": "assistant", "content": "", "refusal": None}
+    for index in (0, 1):
+        mine = [c for c in choices if c and c["index"] == index]
+        assert mine[0] == {"index": index, "delta": opening, "logprobs": None,
+                           "finish_reason": None}  # fmt: skip
+        assert all("role" not in c["delta"] for c in mine[1:])
+        tokens = [e["token"] for c in mine if c["logprobs"] for e in c["logprobs"]["content"]]
+        assert "".join(tokens) == "".join(c["delta"].get("content", "") for c in mine)
+        assert mine[-1]["finish_reason"] == "length"
+    assert all(c["usage"] is None for c in chunks[:-1]) and chunks[-1]["usage"]
+
+    # openai-python's stream helper gathers the answer the stream told, each entry once.
+    whole = ai.chat.completions.create(
+        model=SMOL, messages=SHORT, temperature=0, max_tokens=40, logprobs=True, top_logprobs=1
+    ).choices[0]
+    assert whole.finish_reason == "stop" and whole.logprobs and whole.logprobs.content
+    with ai.chat.completions.stream(
+        model=SMOL, messages=SHORT, temperature=0, max_tokens=40, logprobs=True, top_logprobs=1
+    ) as stream:
+        final = stream.get_final_completion().choices[0]
+    assert final.message.content == whole.message.content
+    assert final.logprobs and final.logprobs.content == whole.logprobs.content
+
+
+def test_openai_nodes_final_completion_lists_each_token_once(
+    live: LiveServer, ai: openai.OpenAI
+) -> None:
+    """openai-node's ChatCompletionStream takes a first chunk's logprobs object for its own
+    snapshot and appends the next chunks' to it: a first token carried in it was listed twice
+    in finalChatCompletion()."""
+    node = openai_node()
+    if node is None:
+        pytest.skip("needs node and openai-node (NODE_PATH naming the node_modules holding it)")
+    whole = ai.chat.completions.create(
+        model=SMOL, messages=SHORT, temperature=0, max_tokens=40, logprobs=True, top_logprobs=1
+    ).choices[0]
+    assert whole.logprobs and whole.logprobs.content
+    script = NODE_FINAL % json.dumps({"baseURL": f"{live.url}/v1", "model": SMOL, "ask": SHORT})
+    ran = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    told = json.loads(ran.stdout)
+    assert told["content"] == whole.message.content
+    assert told["tokens"] == [e.token for e in whole.logprobs.content]
+
+
+# openai-node's ChatCompletionStream, as its examples use it: finalChatCompletion() gathers the
+# chunks (a first chunk's logprobs object becomes the snapshot's, so its entries were listed
+# twice when the first token came in it).
+NODE_FINAL = """
+const OpenAI = require("openai");
+const p = %s;
+(async () => {
+  const client = new OpenAI({baseURL: p.baseURL, apiKey: "unused", maxRetries: 0});
+  const stream = client.chat.completions.stream({model: p.model, messages: p.ask,
+    temperature: 0, max_tokens: 40, logprobs: true, top_logprobs: 1});
+  const done = (await stream.finalChatCompletion()).choices[0];
+  console.log(JSON.stringify({content: done.message.content,
+    tokens: done.logprobs.content.map((e) => e.token)}));
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+def openai_node() -> str | None:
+    """node, where it can load openai-node (NODE_PATH names the node_modules that hold it)."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    found = subprocess.run([node, "-e", 'require.resolve("openai")'], capture_output=True)
+    return node if found.returncode == 0 else None
 
 
 def test_a_stop_string_drops_the_entries_past_it(ai: openai.OpenAI) -> None:

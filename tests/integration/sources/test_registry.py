@@ -51,6 +51,7 @@ from support.registries import (
     FakeOllamaRegistry,
     digest_of,
 )
+from support.server import pulled_again
 
 TEMPLATE = "{{ if .System }}<|system|>{{ .System }}{{ end }}<|user|>{{ .Prompt }}<|assistant|>"
 JINJA = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>"
@@ -240,6 +241,14 @@ def test_a_pull_through_the_server_streams_progress_to_ollamas_client(
     assert updates[-1].status == "success"
     assert any(u.total == tiny_model.stat().st_size for u in updates)
     assert "keeper:v1" in [m.model for m in client.list().models]
+    # Pulled again, unchanged there: Ollama's steps for a model it has, from the manifest.
+    sent = fake.blob_bytes
+    pulled_again(list(client.pull("keeper:v1", stream=True)), served[1], "keeper:v1")
+    assert fake.blob_bytes == sent
+    # Its template came from Ollama's packaging, a Go template: /api/show gives it as it is.
+    shown = client.show("keeper:v1")
+    assert shown.template == TEMPLATE
+    assert modelfile.parse(shown.modelfile or "").template == TEMPLATE
     with pytest.raises(ollama.ResponseError) as missing:
         client.pull("no-such-model")
     assert "no-such-model" in str(missing.value)

@@ -152,6 +152,14 @@ def test_a_catalog_name_is_pulled_from_its_repository(cli: CLI, tiny_model: Path
         hub.add_repo(repo, {f"{stem}-{quant}.gguf": tiny_model, f"{stem}-F16.gguf": tiny_model})
         pulled = cli("pull", "qwen3:0.6b", env={**env, "HF_ENDPOINT": hub.url})
         assert pulled.code == 0, pulled.stderr
+        # Again: the store has it; Ollama's steps, from its manifest, and nothing fetched.
+        sent = hub.bytes_sent
+        again = cli("pull", "qwen3:0.6b", env={**env, "HF_ENDPOINT": "http://127.0.0.1:9"})
+        assert again.code == 0, again.stderr
+        steps = [line.split(" (")[0] for line in again.stderr.splitlines()]
+        assert steps[0] == "pulling manifest" and steps[-1] == "'qwen3:0.6b' is up to date"
+        assert steps[-4:-1] == ["verifying sha256 digest", "writing manifest", steps[-2]]
+        assert steps[-2].startswith("success sha256:") and hub.bytes_sent == sent
     listed = json.loads(cli("list", "--json").stdout)
     assert [m["name"] for m in listed] == ["qwen3:0.6b"]
     # Offline now: `run` finds it in the store under the name the user typed.
