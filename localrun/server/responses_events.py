@@ -1,0 +1,205 @@
+"""The Responses API's stream: the numbered events OpenAI's clients parse, from a generation.
+
+A streamed answer is response.created, response.in_progress, then per item
+output_item.added, content_part.added, output_text.delta (or reasoning_text.delta) ... .done,
+content_part.done, output_item.done (function_call_arguments.delta / .done for calls), and
+response.completed with the usage; an error after the stream has begun is response.failed.
+
+Each event is made once, as its JSON (`Event`), and framed as a server-sent event where it is
+sent (`frame`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+from localrun.errors import LocalrunError
+from localrun.server import responses_tools
+from localrun.server.errors import body_of, refused, unexpected
+from localrun.server.generation import Generation, runs
+from localrun.server.responses_output import (
+    Answer,
+    message_item,
+    reasoning_item,
+    text_part,
+)
+
+# An event: its type and its JSON (made when it happens: the response it carries changes after).
+Event = tuple[str, bytes]
+
+
+def frame(event: Event) -> bytes:
+    """The server-sent event of `event` (named, as OpenAI's stream names each)."""
+    kind, data = event
+    return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+
+class EventStream:
+    """The numbered events of one Responses stream, and the output items they build in `obj`.
+
+    One item is open at a time (a message or a reasoning item) and grows by deltas; another
+    kind of piece closes it and opens the next. The methods return the events in order.
+    """
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.obj = obj
+        self.output: list[dict[str, Any]] = obj["output"]
+        self.sequence = 0
+        self.open_kind: str | None = None  # "text" or "reasoning": the item being streamed
+        self.text = ""  # the open item's text so far
+
+    def event(self, kind: str, **fields: Any) -> Event:
+        self.sequence += 1
+        obj = {"type": kind, "sequence_number": self.sequence - 1, **fields}
+        return kind, json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def opening(self) -> list[Event]:
+        return [
+            self.event("response.created", response=self.obj),
+            self.event("response.in_progress", response=self.obj),
+        ]
+
+    def _at(self, index: int) -> dict[str, Any]:
+        """The fields that place an event in the content of output item `index`."""
+        return {"item_id": self.output[index]["id"], "output_index": index, "content_index": 0}
+
+    def delta(self, kind: str, piece: str) -> list[Event]:
+        """A piece of `kind` ("text" or "reasoning"), opening an item of that kind if need be."""
+        out = self.begin(kind) if self.open_kind != kind else []
+        self.text += piece
+        name = "response.output_text.delta" if kind == "text" else "response.reasoning_text.delta"
+        extra: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
+        out.append(self.event(name, **self._at(len(self.output) - 1), delta=piece, **extra))
+        return out
+
+    def begin(self, kind: str) -> list[Event]:
+        """Close the open item and open an empty one of `kind`."""
+        out = self.close()
+        self.open_kind, self.text = kind, ""
+        if kind == "text":
+            item = message_item(None, status="in_progress")
+            part: dict[str, Any] = text_part("")
+        else:
+            item = {**reasoning_item("", status="in_progress"), "content": []}
+            part = {"type": "reasoning_text", "text": ""}
+        self.output.append(item)
+        index = len(self.output) - 1
+        out.append(self.event("response.output_item.added", output_index=index, item=item))
+        out.append(self.event("response.content_part.added", **self._at(index), part=part))
+        return out
+
+    def close(self) -> list[Event]:
+        """Finish the open item, if any: its whole text, its part, the item itself."""
+        if self.open_kind is None:
+            return []
+        index = len(self.output) - 1
+        item = self.output[index]
+        where = self._at(index)
+        text = self.text
+        if self.open_kind == "text":
+            part = text_part(text)
+            finished = self.event("response.output_text.done", **where, text=text, logprobs=[])
+            self.output[index] = message_item(text, item=item["id"])
+        else:
+            part = {"type": "reasoning_text", "text": text}
+            finished = self.event("response.reasoning_text.done", **where, text=text)
+            self.output[index] = reasoning_item(text, item=item["id"])
+        return [
+            finished,
+            self.event("response.content_part.done", **where, part=part),
+            self.event("response.output_item.done", output_index=index, item=self.output[index]),
+        ]
+
+    def end(self, calls: list[dict[str, Any]]) -> list[Event]:
+        """Close the last item (an empty answer is still one, empty, message), then add the
+        function calls not streamed yet."""
+        empty = not self.output and not calls
+        out = self.begin("text") if self.open_kind is None and empty else []
+        return out + self.calls(calls) + self._close_open()
+
+    def calls(self, calls: list[dict[str, Any]]) -> list[Event]:
+        """Function call items as soon as they are read (the open item closes first)."""
+        if not calls:
+            return []
+        out = self._close_open()
+        for call in calls:
+            out += self.call(call)
+        return out
+
+    def _close_open(self) -> list[Event]:
+        out = self.close() if self.open_kind is not None else []
+        self.open_kind = None
+        return out
+
+    def call(self, call: dict[str, Any]) -> list[Event]:
+        self.output.append(call)
+        index = len(self.output) - 1
+        if call["type"] == "custom_tool_call":
+            added = {**call, "input": "", "status": "in_progress"}
+            where = {"item_id": call["id"], "output_index": index}
+            return [
+                self.event("response.output_item.added", output_index=index, item=added),
+                self.event("response.custom_tool_call_input.delta", **where, delta=call["input"]),
+                self.event("response.custom_tool_call_input.done", **where, input=call["input"]),
+                self.event("response.output_item.done", output_index=index, item=call),
+            ]
+        added = {**call, "arguments": "", "status": "in_progress"}
+        return [
+            self.event("response.output_item.added", output_index=index, item=added),
+            self.event(
+                "response.function_call_arguments.delta",
+                item_id=call["id"],
+                output_index=index,
+                delta=call["arguments"],
+            ),
+            self.event(
+                "response.function_call_arguments.done",
+                item_id=call["id"],
+                output_index=index,
+                name=call["name"],
+                arguments=call["arguments"],
+            ),
+            self.event("response.output_item.done", output_index=index, item=call),
+        ]
+
+    def failed(self, exc: LocalrunError) -> Event:
+        """The last event of a stream that an error ended."""
+        refused("POST", "/v1/responses (streamed)", exc)
+        detail = body_of(exc, "responses")["error"]
+        self.obj["status"] = "failed"
+        self.obj["error"] = {"code": detail["code"], "message": detail["message"]}
+        return self.event("response.failed", response=self.obj)
+
+
+async def answer_events(
+    stream: EventStream,
+    generation: Generation,
+    answer: Answer,
+    toolset: responses_tools.ToolSet,
+    save: Callable[[], Awaitable[None]],
+) -> AsyncGenerator[Event, None]:
+    """The answer's events after the opening ones: an item per run of reasoning or text, then
+    the function calls, then the last event (the answer is saved just before it)."""
+    try:
+        async with contextlib.aclosing(runs(generation)) as pieces:
+            async for run in pieces:
+                items = [toolset.call_item(call) for call in run.calls]
+                if run.kind == "calls":
+                    events = stream.calls(items)
+                elif run.kind == "late":
+                    events = stream.end(items)
+                else:
+                    kind = "reasoning" if run.kind == "thinking" else "text"
+                    events = stream.delta(kind, run.text)
+                for event in events:
+                    yield event
+        answer.finish(generation)
+        await save()
+        yield stream.event("response.completed", response=stream.obj)
+    except LocalrunError as exc:
+        yield stream.failed(exc)
+    except Exception as exc:
+        yield stream.failed(unexpected(exc, "a streamed response"))
