@@ -364,11 +364,14 @@ async def merged(generations: list[Generation]) -> AsyncGenerator[tuple[int, Chu
 @dataclasses.dataclass(frozen=True)
 class Run:
     """A piece of an answer as a stream shows it: `kind` is "thinking" or "text" (with `text`),
-    "calls" (tool calls read as they came) or "late" (those only the finished answer showed)."""
+    "calls" (tool calls read as they came) or "late" (those only the finished answer showed).
+    A text run carries the log-probability entries of its tokens, when they were asked for
+    (one whose text a stop string held back comes with none)."""
 
     kind: str
     text: str = ""
     calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    logprobs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 async def runs(generation: Generation) -> AsyncGenerator[Run, None]:
@@ -379,8 +382,8 @@ async def runs(generation: Generation) -> AsyncGenerator[Run, None]:
         async for chunk in chunks:
             if chunk.thinking:
                 yield Run("thinking", text=chunk.thinking)
-            if chunk.text:
-                yield Run("text", text=chunk.text)
+            if chunk.text or (chunk.logprobs and not chunk.thinking and not chunk.calls):
+                yield Run("text", text=chunk.text, logprobs=chunk.logprobs or [])
             if chunk.calls:
                 streamed += len(chunk.calls)
                 yield Run("calls", calls=list(chunk.calls))

@@ -39,12 +39,14 @@ from localrun.request import GenRequest
 from localrun.server import core, image_urls, response_store, responses_input, responses_tools
 from localrun.server.body import Body, read_json
 from localrun.server.generation import Generation, start
+from localrun.server.logprobs import logprob_items
 from localrun.server.messages import chat_messages
 from localrun.server.response_store import ResponseStore
 from localrun.server.responses_events import Event, EventStream, answer_events, frame
 from localrun.server.responses_output import (
     Answer,
     assistant_message,
+    cut,
     message_item,
     reasoning_item,
 )
@@ -81,6 +83,7 @@ def _request(
         tool_grammars=toolset.grammars or None,
         think=responses_input.think_of(body),
         parallel_tool_calls=body.flag("parallel_tool_calls", True),
+        logprobs=responses_input.logprobs_of(body),
     )
 
 
@@ -154,13 +157,17 @@ async def create(request: Request) -> Response:
 
 
 def _output(generation: Generation, toolset: responses_tools.ToolSet) -> list[dict[str, Any]]:
-    """The output items of a whole answer: its reasoning, its text, its calls."""
+    """The output items of a whole answer: its reasoning, its text, its calls (the last item
+    `incomplete` where the token budget cut it)."""
     output = []
     if generation.thinking:
         output.append(reasoning_item(generation.thinking))
     calls = [toolset.call_item(call) for call in generation.tool_calls or []]
     if generation.text or not calls:
-        output.append(message_item(generation.text))
+        entries = logprob_items(generation.logprobs)
+        output.append(message_item(generation.text, logprobs=entries))
+    if output and cut(generation):
+        output[-1]["status"] = "incomplete"
     return output + calls
 
 

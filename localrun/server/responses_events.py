@@ -3,7 +3,11 @@
 A streamed answer is response.created, response.in_progress, then per item
 output_item.added, content_part.added, output_text.delta (or reasoning_text.delta) ... .done,
 content_part.done, output_item.done (function_call_arguments.delta / .done for calls), and
-response.completed with the usage; an error after the stream has begun is response.failed.
+response.completed with the usage, or response.incomplete where max_output_tokens cut the
+answer (its last item `incomplete` too); an error after the stream has begun is
+response.failed, the answer so far in its output. With `include:
+["message.output_text.logprobs"]` every output_text.delta carries its tokens' log-probabilities,
+and the message's part all of them.
 
 Each event is made once, as its JSON (`Event`), and framed as a server-sent event where it is
 sent (`frame`).
@@ -20,8 +24,10 @@ from localrun.errors import LocalrunError
 from localrun.server import responses_tools
 from localrun.server.errors import body_of, refused, unexpected
 from localrun.server.generation import Generation, runs
+from localrun.server.logprobs import logprob_items
 from localrun.server.responses_output import (
     Answer,
+    cut,
     message_item,
     reasoning_item,
     text_part,
@@ -50,6 +56,7 @@ class EventStream:
         self.sequence = 0
         self.open_kind: str | None = None  # "text" or "reasoning": the item being streamed
         self.text = ""  # the open item's text so far
+        self.logprobs: list[dict[str, Any]] = []  # the open message's entries (when asked for)
 
     def event(self, kind: str, **fields: Any) -> Event:
         self.sequence += 1
@@ -66,19 +73,31 @@ class EventStream:
         """The fields that place an event in the content of output item `index`."""
         return {"item_id": self.output[index]["id"], "output_index": index, "content_index": 0}
 
-    def delta(self, kind: str, piece: str) -> list[Event]:
-        """A piece of `kind` ("text" or "reasoning"), opening an item of that kind if need be."""
+    def delta(
+        self, kind: str, piece: str, logprobs: list[dict[str, Any]] | None = None
+    ) -> list[Event]:
+        """A piece of `kind` ("text" or "reasoning"), opening an item of that kind if need be;
+        a text piece with its tokens' log-probability entries (`logprobs.logprob_items`)."""
+        if not piece:  # entries of text a stop string held back: the item's, without a delta
+            if kind == "text" and self.open_kind == "text":
+                self.logprobs += logprobs or []
+            return []
         out = self.begin(kind) if self.open_kind != kind else []
         self.text += piece
-        name = "response.output_text.delta" if kind == "text" else "response.reasoning_text.delta"
-        extra: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
-        out.append(self.event(name, **self._at(len(self.output) - 1), delta=piece, **extra))
+        where = self._at(len(self.output) - 1)
+        if kind == "reasoning":
+            out.append(self.event("response.reasoning_text.delta", **where, delta=piece))
+            return out
+        self.logprobs += logprobs or []
+        out.append(
+            self.event("response.output_text.delta", **where, delta=piece, logprobs=logprobs or [])
+        )
         return out
 
     def begin(self, kind: str) -> list[Event]:
         """Close the open item and open an empty one of `kind`."""
         out = self.close()
-        self.open_kind, self.text = kind, ""
+        self.open_kind, self.text, self.logprobs = kind, "", []
         if kind == "text":
             item = message_item(None, status="in_progress")
             part: dict[str, Any] = text_part("")
@@ -91,34 +110,61 @@ class EventStream:
         out.append(self.event("response.content_part.added", **self._at(index), part=part))
         return out
 
-    def close(self) -> list[Event]:
-        """Finish the open item, if any: its whole text, its part, the item itself."""
+    def _filled(self, status: str) -> dict[str, Any]:
+        """The open item with its text so far, as `status`."""
+        item = self.output[-1]
+        if self.open_kind == "text":
+            return message_item(self.text, status, item["id"], self.logprobs)
+        return reasoning_item(self.text, status, item["id"])
+
+    def close(self, status: str = "completed") -> list[Event]:
+        """Finish the open item, if any: its whole text, its part, the item itself (`status`
+        "incomplete" where the token budget cut it)."""
         if self.open_kind is None:
             return []
         index = len(self.output) - 1
-        item = self.output[index]
         where = self._at(index)
         text = self.text
+        self.output[index] = self._filled(status)
         if self.open_kind == "text":
-            part = text_part(text)
-            finished = self.event("response.output_text.done", **where, text=text, logprobs=[])
-            self.output[index] = message_item(text, item=item["id"])
+            part = text_part(text, self.logprobs)
+            finished = self.event(
+                "response.output_text.done", **where, text=text, logprobs=self.logprobs
+            )
         else:
             part = {"type": "reasoning_text", "text": text}
             finished = self.event("response.reasoning_text.done", **where, text=text)
-            self.output[index] = reasoning_item(text, item=item["id"])
         return [
             finished,
             self.event("response.content_part.done", **where, part=part),
             self.event("response.output_item.done", output_index=index, item=self.output[index]),
         ]
 
-    def end(self, calls: list[dict[str, Any]]) -> list[Event]:
-        """Close the last item (an empty answer is still one, empty, message), then add the
-        function calls not streamed yet."""
+    def snapshot(self) -> dict[str, Any]:
+        """The response as it stands, the open item holding its text so far."""
+        shown = dict(self.obj)
+        if self.open_kind is not None:
+            shown["output"] = [*self.output[:-1], self._filled("in_progress")]
+        else:
+            shown["output"] = list(self.output)
+        return shown
+
+    def settle(self) -> None:
+        """Keep the open item's text in the response, without events: an answer that an
+        error or a cancel ended leaves it `incomplete`."""
+        if self.open_kind is not None:
+            self.output[-1] = self._filled("incomplete")
+            self.open_kind = None
+
+    def end(self, calls: list[dict[str, Any]], status: str = "completed") -> list[Event]:
+        """Close the last item (an empty answer is still one, empty, message) as `status`, then
+        add the function calls not streamed yet."""
         empty = not self.output and not calls
         out = self.begin("text") if self.open_kind is None and empty else []
-        return out + self.calls(calls) + self._close_open()
+        out += self.calls(calls)
+        out += self.close(status)
+        self.open_kind = None
+        return out
 
     def calls(self, calls: list[dict[str, Any]]) -> list[Event]:
         """Function call items as soon as they are read (the open item closes first)."""
@@ -166,9 +212,10 @@ class EventStream:
         ]
 
     def failed(self, exc: LocalrunError) -> Event:
-        """The last event of a stream that an error ended."""
+        """The last event of a stream that an error ended (the answer so far in its output)."""
         refused("POST", "/v1/responses (streamed)", exc)
         detail = body_of(exc, "responses")["error"]
+        self.settle()
         self.obj["status"] = "failed"
         self.obj["error"] = {"code": detail["code"], "message": detail["message"]}
         return self.event("response.failed", response=self.obj)
@@ -182,7 +229,8 @@ async def answer_events(
     save: Callable[[], Awaitable[None]],
 ) -> AsyncGenerator[Event, None]:
     """The answer's events after the opening ones: an item per run of reasoning or text, then
-    the function calls, then the last event (the answer is saved just before it)."""
+    the function calls, then the last event: response.completed, or response.incomplete where
+    the token budget cut the answer (the answer is saved just before it)."""
     try:
         async with contextlib.aclosing(runs(generation)) as pieces:
             async for run in pieces:
@@ -190,15 +238,16 @@ async def answer_events(
                 if run.kind == "calls":
                     events = stream.calls(items)
                 elif run.kind == "late":
-                    events = stream.end(items)
+                    events = stream.end(items, "incomplete" if cut(generation) else "completed")
+                elif run.kind == "thinking":
+                    events = stream.delta("reasoning", run.text)
                 else:
-                    kind = "reasoning" if run.kind == "thinking" else "text"
-                    events = stream.delta(kind, run.text)
+                    events = stream.delta("text", run.text, logprob_items(run.logprobs))
                 for event in events:
                     yield event
         answer.finish(generation)
         await save()
-        yield stream.event("response.completed", response=stream.obj)
+        yield stream.event(answer.terminal, response=stream.obj)
     except LocalrunError as exc:
         yield stream.failed(exc)
     except Exception as exc:

@@ -49,6 +49,7 @@ class Answer:
             "created_at": int(time.time()),
             "status": "in_progress",
             "background": False,
+            "completed_at": None,
             "error": None,
             "incomplete_details": None,
             "instructions": body.get("instructions", str),
@@ -67,6 +68,7 @@ class Answer:
             "text": {"format": text.get("format") or {"type": "text"}},
             "tool_choice": body.data.get("tool_choice") or "auto",
             "tools": body.get("tools", list) or [],
+            "top_logprobs": body.get("top_logprobs", int),
             "top_p": body.get("top_p", (int, float), 1.0),
             "truncation": "disabled",
             "usage": None,
@@ -74,20 +76,43 @@ class Answer:
         }
 
     def finish(self, generation: Generation) -> None:
-        t = generation.stream.timings
-        prompt = generation.prompt_count
-        self.obj["usage"] = {
-            "input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens": t.cached_tokens},
-            "output_tokens": t.eval_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": prompt + t.eval_tokens,
-        }
-        if generation.done_reason == "length" and not generation.tool_calls:
+        """The answer's usage and its status: `incomplete` where the token budget cut it."""
+        self.obj["usage"] = usage_of(generation)
+        if cut(generation):
             self.obj["status"] = "incomplete"
             self.obj["incomplete_details"] = {"reason": "max_output_tokens"}
         else:
             self.obj["status"] = "completed"
+            self.obj["completed_at"] = int(time.time())
+
+    @property
+    def terminal(self) -> str:
+        """The last event of the answer's stream, as its status says."""
+        return "response.incomplete" if self.obj["status"] == "incomplete" else "response.completed"
+
+
+def cut(generation: Generation) -> bool:
+    """Whether the token budget (max_output_tokens, or the context) ended the answer."""
+    return generation.done_reason == "length" and not generation.tool_calls
+
+
+def usage_of(generation: Generation) -> dict[str, Any]:
+    """OpenAI's usage of an answer. `cached_tokens` are the prompt's tokens read from the
+    runner's KV cache (or the disk prompt cache); `cache_write_tokens` those it read now,
+    which its KV cache keeps after the answer for the next request that starts with them
+    (a conversation's next turn): the prompt's other tokens, 0 where all were cached."""
+    t = generation.stream.timings
+    prompt = generation.prompt_count
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {
+            "cached_tokens": t.cached_tokens,
+            "cache_write_tokens": max(0, prompt - t.cached_tokens),
+        },
+        "output_tokens": t.eval_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + t.eval_tokens,
+    }
 
 
 def reasoning_item(text: str, status: str = "completed", item: str = "") -> dict[str, Any]:
@@ -100,17 +125,22 @@ def reasoning_item(text: str, status: str = "completed", item: str = "") -> dict
     }
 
 
-def text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def text_part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
-def message_item(text: str | None, status: str = "completed", item: str = "") -> dict[str, Any]:
+def message_item(
+    text: str | None,
+    status: str = "completed",
+    item: str = "",
+    logprobs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     return {
         "type": "message",
         "id": item or item_id("msg"),
         "status": status,
         "role": "assistant",
-        "content": [] if text is None else [text_part(text)],
+        "content": [] if text is None else [text_part(text, logprobs)],
     }
 
 
