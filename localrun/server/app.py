@@ -104,6 +104,7 @@ _ROUTES = (
     ("/v1/completions", completions.completions, ["POST"]),
     ("/v1/embeddings", openai.embeddings, ["POST"]),
     ("/v1/responses", responses.create, ["POST"]),
+    ("/v1/responses/input_tokens", responses.input_tokens, ["POST"]),
     ("/v1/responses/{response_id}", responses.retrieve, ["GET"]),
     ("/v1/responses/{response_id}", responses.delete, ["DELETE"]),
     ("/v1/responses/{response_id}/input_items", responses.input_items_list, ["GET"]),

@@ -236,6 +236,16 @@ async def start(request: Request, req: GenRequest) -> Generation:
     return await core.until_disconnect(request, lambda: _begin(core.context(request), req))
 
 
+async def count_prompt(request: Request, req: GenRequest) -> int:
+    """The tokens of the prompt `req` renders to (the model's template with its tools, SYSTEM
+    and MESSAGEs), as a runner of the model reads it: what every dialect's token count says."""
+    scheduler = core.context(request).scheduler
+    tokens = await core.until_disconnect(
+        request, lambda: scheduler.tokenize(req.model, request=req)
+    )
+    return len(tokens)
+
+
 async def _begin(ctx: core.Context, req: GenRequest) -> Generation:
     started = time.perf_counter()
     req.memory = ctx.memory  # the server's, whatever the client sent

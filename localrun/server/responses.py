@@ -9,6 +9,8 @@
                                             max_output_tokens, temperature, top_p, stop,
                                             metadata, parallel_tool_calls, reasoning.effort,
                                             store, previous_response_id, stream
+    POST   /v1/responses/input_tokens       {"object": "response.input_tokens", "input_tokens": N}
+                                            for the same body
     GET    /v1/responses/{id}               a stored response
     GET    /v1/responses/{id}/input_items   the input items it was given
     DELETE /v1/responses/{id}
@@ -38,7 +40,7 @@ from localrun.errors import BadRequestError, ContextOverflowError
 from localrun.request import GenRequest
 from localrun.server import core, image_urls, response_store, responses_input, responses_tools
 from localrun.server.body import Body, read_json
-from localrun.server.generation import Generation, start
+from localrun.server.generation import Generation, count_prompt, start
 from localrun.server.logprobs import logprob_items
 from localrun.server.messages import chat_messages
 from localrun.server.response_store import ResponseStore
@@ -92,6 +94,11 @@ async def _prepare(request: Request, body: Body) -> _Prepared:
     instructions and tools (every 400 here, before anything runs)."""
     model = body.model()
     previous = body.get("previous_response_id", str)
+    if body.data.get("conversation") is not None:
+        raise BadRequestError(
+            "conversation is not supported: localrun keeps no Conversations",
+            hint="continue a stored response with previous_response_id",
+        )
     history: list[dict[str, Any]] = []
     if previous:
         record = await anyio.to_thread.run_sync(_store(request).load, previous)
@@ -181,6 +188,14 @@ async def _framed(
         async with contextlib.aclosing(then) as events:  # a client that leaves closes it
             async for event in events:
                 yield frame(event)
+
+
+async def input_tokens(request: Request) -> Response:
+    """The tokens of the prompt this Responses request would read (its input, instructions,
+    tools and the conversation it continues), counted as Anthropic's count_tokens counts."""
+    prepared = await _prepare(request, Body(await read_json(request)))
+    count = await count_prompt(request, prepared.req)
+    return JSONResponse({"object": "response.input_tokens", "input_tokens": count})
 
 
 async def retrieve(request: Request) -> Response:

@@ -115,3 +115,51 @@ def test_an_answer_cut_by_max_output_tokens_ends_with_response_incomplete(
     )
     assert finished[-1].type == "response.completed"
     assert finished[-1].response.status == "completed" and finished[-1].response.completed_at
+
+
+# -- input token counts -----------------------------------------------------------------------
+
+WEATHER: Any = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    }
+]
+
+
+def test_input_tokens_counts_the_prompt_the_response_reads(ai: openai.OpenAI) -> None:
+    asked: Any = {"instructions": "Answer briefly.", "input": QUESTION, "tools": WEATHER}
+    counted = ai.responses.input_tokens.count(model=SMOL, **asked)
+    assert counted.object == "response.input_tokens"
+    answered = ai.responses.create(**GREEDY, **asked, max_output_tokens=4)
+    assert answered.usage and counted.input_tokens == answered.usage.input_tokens
+    # Instructions and tools are part of the prompt; a continued conversation brings its turns.
+    bare = ai.responses.input_tokens.count(model=SMOL, input=QUESTION)
+    assert bare.input_tokens < counted.input_tokens
+    follow: Any = {"previous_response_id": answered.id, "input": "And of Spain?"}
+    continued = ai.responses.input_tokens.count(model=SMOL, **follow)
+    again = ai.responses.create(**GREEDY, **follow, max_output_tokens=4)
+    assert again.usage and continued.input_tokens == again.usage.input_tokens
+    assert continued.input_tokens > bare.input_tokens
+
+
+def test_input_tokens_refusals_in_openais_shape(ai: openai.OpenAI, live: LiveServer) -> None:
+    with pytest.raises(openai.NotFoundError) as unknown:
+        ai.responses.input_tokens.count(model="no-such-model", input="hi")
+    assert unknown.value.body["type"] == "not_found_error"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError) as gone:
+        ai.responses.input_tokens.count(model=SMOL, input="hi", previous_response_id="resp_00")
+    assert "not found" in gone.value.message
+    for bad in ({"input": "hi"}, {"model": SMOL, "input": 5}, {"model": SMOL, "input": []}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            ai.post("/responses/input_tokens", body=bad, cast_to=object)
+        body: Any = refused.value.body
+        assert body["type"] == "invalid_request_error" and body["message"]
+    with pytest.raises(openai.BadRequestError, match="conversation is not supported"):
+        ai.responses.input_tokens.count(model=SMOL, input="hi", conversation="conv_1")
