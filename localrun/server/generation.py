@@ -236,6 +236,12 @@ async def start(request: Request, req: GenRequest) -> Generation:
     return await core.until_disconnect(request, lambda: _begin(core.context(request), req))
 
 
+async def start_detached(ctx: core.Context, req: GenRequest) -> Generation:
+    """Start `req` for no waiting client (a background response: the caller owns it, and
+    closes it when it is cancelled); it waits in the scheduler's queue as any request does."""
+    return await _begin(ctx, req)
+
+
 async def count_prompt(request: Request, req: GenRequest) -> int:
     """The tokens of the prompt `req` renders to (the model's template with its tools, SYSTEM
     and MESSAGEs), as a runner of the model reads it: what every dialect's token count says."""

@@ -8,15 +8,19 @@
                                             text.format (text, json_object, json_schema),
                                             max_output_tokens, temperature, top_p, stop,
                                             metadata, parallel_tool_calls, reasoning.effort,
-                                            store, previous_response_id, stream
+                                            include (message.output_text.logprobs),
+                                            top_logprobs, store, previous_response_id, stream,
+                                            background
     POST   /v1/responses/input_tokens       {"object": "response.input_tokens", "input_tokens": N}
                                             for the same body
-    GET    /v1/responses/{id}               a stored response
+    GET    /v1/responses/{id}               a response as it stands; ?stream=true: its events
+                                            (after ?starting_after=N), live ones to the end
     GET    /v1/responses/{id}/input_items   the input items it was given
+    POST   /v1/responses/{id}/cancel        a background response stopped
     DELETE /v1/responses/{id}
 
 The response object and its items are `responses_output`'s, a streamed answer's events
-`responses_events`'.
+`responses_events`', the runs of background responses `responses_background`'s.
 
 Stateful conversations (which Ollama and llama-server do not have): with `store` (the default)
 the answer and its whole conversation are kept (`response_store`), and `previous_response_id`
@@ -43,8 +47,9 @@ from localrun.server.body import Body, read_json
 from localrun.server.generation import Generation, count_prompt, start
 from localrun.server.logprobs import logprob_items
 from localrun.server.messages import chat_messages
-from localrun.server.response_store import ResponseStore
-from localrun.server.responses_events import Event, EventStream, answer_events, frame
+from localrun.server.response_store import ResponseStore, encode
+from localrun.server.responses_background import UNFINISHED, Runs, settled
+from localrun.server.responses_events import Event, EventStream, answer_events, frame, replayed
 from localrun.server.responses_output import (
     Answer,
     assistant_message,
@@ -53,11 +58,23 @@ from localrun.server.responses_output import (
     reasoning_item,
 )
 from localrun.server.streaming import event_stream
+from localrun.settings import limits
 
 
 def _store(request: Request) -> ResponseStore:
     store: ResponseStore = request.app.state.responses
     return store
+
+
+def _runs(request: Request) -> Runs:
+    runs: Runs = request.app.state.background
+    return runs
+
+
+async def _load(request: Request, response_id: str) -> dict[str, Any]:
+    """A stored record as it stands (`settled`); NotFoundError if there is none."""
+    record = await anyio.to_thread.run_sync(_store(request).load, response_id)
+    return settled(record)
 
 
 @dataclass
@@ -101,7 +118,13 @@ async def _prepare(request: Request, body: Body) -> _Prepared:
         )
     history: list[dict[str, Any]] = []
     if previous:
-        record = await anyio.to_thread.run_sync(_store(request).load, previous)
+        record = await _load(request, previous)
+        status = record["response"].get("status")
+        if status in UNFINISHED:
+            raise BadRequestError(
+                f"previous response {previous} is still {status}",
+                hint="wait until it has finished, or cancel it",
+            )
         history = record.get("messages") or []
     await image_urls.inline(body.data, "responses")
     items = responses_input.input_items(body.data.get("input", []))
@@ -132,12 +155,17 @@ def _record(prepared: _Prepared, obj: dict[str, Any], answered: bool = True) -> 
 async def create(request: Request) -> Response:
     body = Body(await read_json(request))
     keep = body.flag("store", True)
+    background = body.flag("background", False)
+    if background:
+        _may_run_in_background(keep)
     prepared = await _prepare(request, body)
     answer = Answer(body, prepared.req.model, keep, prepared.previous)
     if keep:  # what the record holds before its answer: refused now rather than after it
         record = _record(prepared, answer.obj, answered=False)
         response_store.check_size(len(response_store.encode(record)))
     streamed = body.flag("stream", False)
+    if background:
+        return await _launch(request, prepared, answer, streamed)
     try:
         generation = await start(request, prepared.req)
     except ContextOverflowError as exc:
@@ -161,6 +189,43 @@ async def create(request: Request) -> Response:
     answer.finish(generation)
     await save()
     return JSONResponse(answer.obj, headers=headers)
+
+
+def _may_run_in_background(keep: bool) -> None:
+    """Refuse what background mode cannot do: a response not stored cannot be fetched."""
+    if not keep:
+        raise BadRequestError("background mode requires store: true")
+    if limits.responses_max() == 0:
+        raise BadRequestError(
+            "background mode requires stored responses, and LOCALRUN_RESPONSES_MAX is 0",
+            hint="raise LOCALRUN_RESPONSES_MAX, or leave background out",
+        )
+
+
+async def _launch(
+    request: Request, prepared: _Prepared, answer: Answer, streamed: bool
+) -> Response:
+    """Start a background response: answered at once, `queued` (or its events streamed as
+    they come), while it runs on in the server (responses_background)."""
+    answer.obj["background"] = True
+    stream = EventStream(answer.obj)
+
+    async def saved_with_its_log() -> None:
+        return None  # the run saves the record, with its events, once it has ended
+
+    def events(generation: Generation) -> AsyncGenerator[Event, None]:
+        return answer_events(stream, generation, answer, prepared.toolset, saved_with_its_log)
+
+    def record() -> dict[str, Any]:
+        answered = answer.obj["status"] not in UNFINISHED
+        return _record(prepared, answer.obj, answered=answered)
+
+    ctx = core.context(request)
+    run = await _runs(request).launch(ctx, prepared.req, stream, record, events)
+    headers = core.tools_left_out(prepared.toolset.left_out)
+    if streamed:
+        return event_stream(_framed((), run.follow(-1)), headers)
+    return JSONResponse(run.snapshot(), headers=headers)
 
 
 def _output(generation: Generation, toolset: responses_tools.ToolSet) -> list[dict[str, Any]]:
@@ -199,9 +264,73 @@ async def input_tokens(request: Request) -> Response:
 
 
 async def retrieve(request: Request) -> Response:
-    store = _store(request)
-    record = await anyio.to_thread.run_sync(store.load, request.path_params["response_id"])
-    return JSONResponse(record["response"])
+    """A response as it stands; with ?stream=true its events after `starting_after`: those
+    logged, then (while it runs in the background) each as it comes, to its end."""
+    response_id = request.path_params["response_id"]
+    streamed = _query_flag(request, "stream")
+    after = _starting_after(request)
+    run = _runs(request).get(response_id)
+    if run is not None:
+        if streamed:
+            return event_stream(_framed((), run.follow(after)))
+        return JSONResponse(run.snapshot())
+    record = await _load(request, response_id)
+    if not streamed:
+        return JSONResponse(record["response"])
+    events = _stored_events(record)
+    if after >= len(events):
+        raise BadRequestError(
+            f"starting_after {after} is past this response's last event ({len(events) - 1})"
+        )
+    return event_stream(_framed(events[after + 1 :]))
+
+
+def _stored_events(record: dict[str, Any]) -> list[Event]:
+    """A stored response's events: its log (a background one's), else made from it."""
+    log = record.get("events")
+    if isinstance(log, list):
+        return [(str(e.get("type")), encode(e)) for e in log if isinstance(e, dict)]
+    return replayed(record["response"])
+
+
+def _query_flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise BadRequestError(f"{name} must be true or false")
+    return value in ("true", "1")
+
+
+def _starting_after(request: Request) -> int:
+    """The number of the last event the client has (-1: none)."""
+    value = request.query_params.get("starting_after")
+    if value is None:
+        return -1
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequestError("starting_after must be a whole number") from None
+    return max(number, -1)
+
+
+async def cancel(request: Request) -> Response:
+    """Cancel a background response: `cancelled` unless it had finished (then as it is, as
+    OpenAI answers a second cancel); a response not run in the background is refused."""
+    response_id = request.path_params["response_id"]
+    run = _runs(request).get(response_id)
+    if run is not None:
+        return JSONResponse(await run.cancel())
+    obj = (await _load(request, response_id))["response"]
+    if not obj.get("background"):
+        raise BadRequestError(
+            "Cannot cancel a synchronous response.",
+            hint="only a response created with background: true can be cancelled",
+        )
+    if obj.get("status") in UNFINISHED:
+        raise BadRequestError(
+            "this response runs on another localrun server sharing the folder of stored "
+            "responses; cancel it there"
+        )
+    return JSONResponse(obj)
 
 
 async def input_items_list(request: Request) -> Response:
@@ -233,5 +362,8 @@ async def input_items_list(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     store = _store(request)
     response_id = request.path_params["response_id"]
+    run = _runs(request).get(response_id)
+    if run is not None:  # one still running stops first (it saves itself as it ends)
+        await run.cancel()
     await anyio.to_thread.run_sync(store.delete, response_id)
     return JSONResponse({"id": response_id, "object": "response", "deleted": True})

@@ -63,6 +63,11 @@ class EventStream:
         obj = {"type": kind, "sequence_number": self.sequence - 1, **fields}
         return kind, json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
+    def renumber(self, count: int) -> None:
+        """Number the next event `count`: the events made after the first `count` were never
+        sent (a background response's log that had no room for them)."""
+        self.sequence = count
+
     def opening(self) -> list[Event]:
         return [
             self.event("response.created", response=self.obj),
@@ -252,3 +257,63 @@ async def answer_events(
         yield stream.failed(exc)
     except Exception as exc:
         yield stream.failed(unexpected(exc, "a streamed response"))
+
+
+_LAST = {
+    "completed": "response.completed",
+    "incomplete": "response.incomplete",
+    "failed": "response.failed",
+}
+
+
+def replayed(obj: dict[str, Any]) -> list[Event]:
+    """The events of a finished response that kept none (one not run in the background),
+    from its object: each item whole, in one delta, then the last event its status calls for
+    (none for a cancelled one, whose stream just ends)."""
+    opened = {**obj, "status": "in_progress", "output": [], "usage": None, "error": None}
+    opened.update(incomplete_details=None, completed_at=None)
+    stream = EventStream(opened)
+    events = stream.opening()
+    for item in obj.get("output") or []:
+        events += _whole(stream, item)
+    last = _LAST.get(obj.get("status", ""))
+    if last is not None:
+        events.append(stream.event(last, response=obj))
+    return events
+
+
+def _whole(stream: EventStream, item: dict[str, Any]) -> list[Event]:
+    """The events that stream output item `item` whole."""
+    kind = item.get("type")
+    if kind in ("function_call", "custom_tool_call"):
+        return stream.call(item)
+    stream.output.append(item)
+    index = len(stream.output) - 1
+    parts = item.get("content") or [] if kind in ("message", "reasoning") else []
+    added = {**item, "status": "in_progress"} if "status" in item else item
+    if kind in ("message", "reasoning"):
+        added["content"] = []
+    out = [stream.event("response.output_item.added", output_index=index, item=added)]
+    for number, part in enumerate(parts):
+        where = {"item_id": item["id"], "output_index": index, "content_index": number}
+        out += _part(stream, where, part)
+    out.append(stream.event("response.output_item.done", output_index=index, item=item))
+    return out
+
+
+def _part(stream: EventStream, where: dict[str, Any], part: dict[str, Any]) -> list[Event]:
+    """A content part's events: added empty, its text in one delta, done."""
+    text = part.get("text", "")
+    if part.get("type") == "output_text":
+        logprobs = part.get("logprobs") or []
+        empty: dict[str, Any] = text_part("")
+        added = stream.event("response.content_part.added", **where, part=empty)
+        delta = stream.event("response.output_text.delta", **where, delta=text, logprobs=logprobs)
+        finished = stream.event("response.output_text.done", **where, text=text, logprobs=logprobs)
+    else:
+        empty = {"type": part.get("type", "reasoning_text"), "text": ""}
+        added = stream.event("response.content_part.added", **where, part=empty)
+        delta = stream.event("response.reasoning_text.delta", **where, delta=text)
+        finished = stream.event("response.reasoning_text.done", **where, text=text)
+    done = stream.event("response.content_part.done", **where, part=part)
+    return [added, delta, finished, done]

@@ -139,7 +139,7 @@ def test_responses_logprobs(ai: openai.OpenAI) -> None:
         model=SMOL, messages=ASK, temperature=0, max_tokens=12, logprobs=True, top_logprobs=3
     )
     answer = ai.responses.create(**ask, include=LOGPROBS, top_logprobs=3)
-    part = answer.output[0].content[0]  # type: ignore[union-attr]
+    part = answer.output[0].content[0]
     assert part.type == "output_text" and part.logprobs
     check_greedy(part.logprobs, answer.output_text, 3)
     assert chat.choices[0].logprobs and chat.choices[0].logprobs.content
@@ -160,7 +160,7 @@ def test_responses_logprobs(ai: openai.OpenAI) -> None:
     assert done is not None and [e.token for e in done.logprobs] == [e.token for e in deltas]
 
     plain = ai.responses.create(**ask)
-    assert plain.output[0].content[0].logprobs == []  # type: ignore[union-attr]
+    assert plain.output[0].content[0].logprobs == []
     for event in ai.responses.create(**ask, stream=True):
         assert getattr(event, "logprobs", None) in (None, [])
 
