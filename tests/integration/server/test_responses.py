@@ -340,10 +340,16 @@ def test_background_runs_wait_in_the_queue_and_end_with_the_server(
     assert ai.responses.retrieve(second.id).status == "queued"
     third = wait_until_done(ai, ai.responses.create(**story))  # the queue is full
     assert third.status == "failed" and third.error and third.error.code == "busy"
-    assert ai.responses.cancel(first.id).status == "cancelled"
-    server.wait_for(lambda: ai.responses.retrieve(second.id).status == "in_progress", "its turn")
+    # Cancelled while it waits: it leaves the queue, its log ends after response.queued.
+    assert server.scheduler.waiting == 1
+    assert ai.responses.cancel(second.id).status == "cancelled"
+    assert server.scheduler.waiting == 0
+    events = list(ai.responses.retrieve(second.id, stream=True))
+    assert [e.type for e in events] == ["response.created", "response.queued"]
+    assert ai.responses.retrieve(first.id).status == "in_progress"
     server.close()  # the server stops: the run it still had ends failed, and is saved
-    record = ResponseStore(tmp_path / "stored").load(second.id)
+    record = ResponseStore(tmp_path / "stored").load(first.id)
     assert record["response"]["status"] == "failed"
     assert "server stopped" in record["response"]["error"]["message"]
     assert record["events"][-1]["type"] == "response.failed"
+    assert record["response"]["output"][0]["content"][0]["text"]  # what it had written
