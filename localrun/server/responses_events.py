@@ -20,9 +20,9 @@ import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
-from localrun.errors import LocalrunError
+from localrun.errors import BusyError, ContextOverflowError, LocalrunError
 from localrun.server import responses_tools
-from localrun.server.errors import body_of, refused, unexpected
+from localrun.server.errors import body_of, refused, status_of, unexpected
 from localrun.server.generation import Generation, runs
 from localrun.server.logprobs import logprob_items
 from localrun.server.responses_output import (
@@ -222,8 +222,20 @@ class EventStream:
         detail = body_of(exc, "responses")["error"]
         self.settle()
         self.obj["status"] = "failed"
-        self.obj["error"] = {"code": detail["code"], "message": detail["message"]}
+        self.obj["error"] = {"code": failure_code(exc), "message": detail["message"]}
         return self.event("response.failed", response=self.obj)
+
+
+def failure_code(exc: LocalrunError) -> str:
+    """A failed response's `error.code`, from the specification's ResponseErrorCode: what the
+    request asked for is `invalid_prompt`, a full queue `rate_limit_exceeded` (retry later),
+    anything else `server_error`; a prompt past the context keeps OpenAI's own
+    `context_length_exceeded`, which its API sends there and Codex compacts on."""
+    if isinstance(exc, ContextOverflowError):
+        return exc.code
+    if isinstance(exc, BusyError):
+        return "rate_limit_exceeded"
+    return "invalid_prompt" if 400 <= status_of(exc) < 500 else "server_error"
 
 
 async def answer_events(

@@ -307,7 +307,7 @@ def test_a_background_log_is_bounded(ai: openai.OpenAI, monkeypatch: pytest.Monk
     queued = ai.responses.create(**GREEDY, input=STORY, max_output_tokens=400, background=True)
     failed = wait_until_done(ai, queued)
     assert failed.status == "failed" and failed.error
-    assert failed.error.code == "bad_request"
+    assert failed.error.code == "invalid_prompt"
     assert "outgrew" in failed.error.message and failed.output_text
     events = list(ai.responses.retrieve(failed.id, stream=True))
     assert [e.sequence_number for e in events] == list(range(len(events)))
@@ -339,7 +339,7 @@ def test_background_runs_wait_in_the_queue_and_end_with_the_server(
     time.sleep(0.5)
     assert ai.responses.retrieve(second.id).status == "queued"
     third = wait_until_done(ai, ai.responses.create(**story))  # the queue is full
-    assert third.status == "failed" and third.error and third.error.code == "busy"
+    assert third.status == "failed" and third.error and third.error.code == "rate_limit_exceeded"
     # Cancelled while it waits: it leaves the queue, its log ends after response.queued.
     assert server.scheduler.waiting == 1
     assert ai.responses.cancel(second.id).status == "cancelled"
