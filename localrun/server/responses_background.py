@@ -59,6 +59,7 @@ class Run:
         self.events: list[Event] = []
         self.room = 0  # bytes the log may take
         self.size = 0
+        self.started = False  # its task has begun (a task cancelled before never runs)
         self.finished = False  # its last state decided (it may still be saving)
         self.cancelled = False  # a client cancelled it
         self.stopping = False  # the server is stopping
@@ -106,9 +107,14 @@ class Run:
         """Cancel the run unless its end is decided; its response once it has stopped."""
         if not self.finished and self.task is not None:
             self.cancelled = True
-            self.task.cancel()
+            self.stop()
         await self.wait()
         return self.snapshot()
+
+    def stop(self) -> None:
+        """Cancel the task; one not yet begun sees `cancelled` or `stopping` as it begins."""
+        if self.started and self.task is not None:
+            self.task.cancel()
 
     async def wait(self) -> None:
         if self.task is not None:
@@ -149,7 +155,7 @@ class Runs:
             ],
             bounded=False,
         )
-        # What its record holds besides the log (the answer's text twice, at most).
+        # The log's room: a share of what the record may take beyond what it holds now.
         base = len(encode(record(), run.log_json()))
         run.room = int(max(0, limits.responses_max_record_bytes() - base) * _LOG_SHARE)
         await anyio.to_thread.run_sync(self.store.save, _owned(record()), run.log_json())
@@ -164,7 +170,10 @@ class Runs:
         req: GenRequest,
         body: Callable[[Generation], AsyncGenerator[Event, None]],
     ) -> None:
+        run.started = True
         try:
+            if run.cancelled or run.stopping:
+                raise asyncio.CancelledError
             try:
                 generation = await start_detached(ctx, req)
             except LocalrunError as exc:
@@ -205,9 +214,9 @@ class Runs:
     async def close(self) -> None:
         """Stop every run (each ends failed: the server stopped) and save it."""
         for run in list(self.runs.values()):
-            if not run.finished and run.task is not None:
+            if not run.finished:
                 run.stopping = True
-                run.task.cancel()
+                run.stop()
         for run in list(self.runs.values()):
             await run.wait()
 
