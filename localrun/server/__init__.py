@@ -18,8 +18,9 @@
   the dialects, each a translation to a GenRequest and back (only app.py imports them):
     ollama.py      /api generate, chat, embed, ps, version
     openai.py      /v1 models, chat/completions, completions, embeddings
-    responses.py   /v1/responses (its input read by responses_input.py), with response_store.py
-                   keeping stored answers
+    responses.py   /v1/responses (its input read by responses_input.py; the response object
+                   responses_output.py's, its stream responses_events.py's, background runs
+                   responses_background.py's), with response_store.py keeping stored answers
     anthropic.py   /v1/messages, /v1/messages/count_tokens
     llamacpp.py    llama-server's /health, /tokenize, /detokenize, /infill
 

@@ -36,7 +36,7 @@ from localrun.request import GenRequest
 from localrun.server import core, image_urls
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, refused, unexpected
-from localrun.server.generation import Generation, runs, start
+from localrun.server.generation import Generation, count_prompt, runs, start
 from localrun.server.streaming import event_stream, sse
 
 # Anthropic's own bound on stop_sequences is far higher; this keeps the stop filter cheap.
@@ -523,9 +523,4 @@ async def count_tokens(request: Request) -> Response:
     body = Body(await read_json(request))
     await image_urls.inline(body.data, "anthropic")
     req, _ = _request(body)
-    scheduler = core.context(request).scheduler
-    tokens = await core.until_disconnect(
-        request,
-        lambda: scheduler.tokenize(req.model, request=req),
-    )
-    return JSONResponse({"input_tokens": len(tokens)})
+    return JSONResponse({"input_tokens": await count_prompt(request, req)})

@@ -47,6 +47,7 @@ from localrun.server.errors import (
     status_of,
 )
 from localrun.server.response_store import ResponseStore
+from localrun.server.responses_background import Runs
 from localrun.server.security import Guard
 from localrun.settings import config, limits
 from localrun.sources.hosts import is_loopback
@@ -105,8 +106,10 @@ _ROUTES = (
     ("/v1/completions", completions.completions, ["POST"]),
     ("/v1/embeddings", openai.embeddings, ["POST"]),
     ("/v1/responses", responses.create, ["POST"]),
+    ("/v1/responses/input_tokens", responses.input_tokens, ["POST"]),
     ("/v1/responses/{response_id}", responses.retrieve, ["GET"]),
     ("/v1/responses/{response_id}", responses.delete, ["DELETE"]),
+    ("/v1/responses/{response_id}/cancel", responses.cancel, ["POST"]),
     ("/v1/responses/{response_id}/input_items", responses.input_items_list, ["GET"]),
     ("/v1/messages", anthropic.messages, ["POST"]),
     ("/v1/messages/count_tokens", anthropic.count_tokens, ["POST"]),
@@ -136,6 +139,7 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.background.close()  # runs that outlived their clients end first
             await scheduler.close()
             app.state.ctx.checker.close()
 
@@ -158,6 +162,7 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
         shown_store=str(settings.store.root) if is_loopback(settings.host) else None,
     )
     app.state.responses = ResponseStore(settings.responses_dir or config.responses_dir())
+    app.state.background = Runs(app.state.responses)
     for path, handler, methods in _ROUTES:
         app.add_api_route(path, handler, methods=methods, include_in_schema=False)
 

@@ -236,6 +236,22 @@ async def start(request: Request, req: GenRequest) -> Generation:
     return await core.until_disconnect(request, lambda: _begin(core.context(request), req))
 
 
+async def start_detached(ctx: core.Context, req: GenRequest) -> Generation:
+    """Start `req` for no waiting client (a background response: the caller owns it, and
+    closes it when it is cancelled); it waits in the scheduler's queue as any request does."""
+    return await _begin(ctx, req)
+
+
+async def count_prompt(request: Request, req: GenRequest) -> int:
+    """The tokens of the prompt `req` renders to (the model's template with its tools, SYSTEM
+    and MESSAGEs), as a runner of the model reads it: what every dialect's token count says."""
+    scheduler = core.context(request).scheduler
+    tokens = await core.until_disconnect(
+        request, lambda: scheduler.tokenize(req.model, request=req)
+    )
+    return len(tokens)
+
+
 async def _begin(ctx: core.Context, req: GenRequest) -> Generation:
     started = time.perf_counter()
     req.memory = ctx.memory  # the server's, whatever the client sent
@@ -364,11 +380,14 @@ async def merged(generations: list[Generation]) -> AsyncGenerator[tuple[int, Chu
 @dataclasses.dataclass(frozen=True)
 class Run:
     """A piece of an answer as a stream shows it: `kind` is "thinking" or "text" (with `text`),
-    "calls" (tool calls read as they came) or "late" (those only the finished answer showed)."""
+    "calls" (tool calls read as they came) or "late" (those only the finished answer showed).
+    A text run carries the log-probability entries of its tokens, when they were asked for
+    (one whose text a stop string held back comes with none)."""
 
     kind: str
     text: str = ""
     calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    logprobs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 async def runs(generation: Generation) -> AsyncGenerator[Run, None]:
@@ -379,8 +398,8 @@ async def runs(generation: Generation) -> AsyncGenerator[Run, None]:
         async for chunk in chunks:
             if chunk.thinking:
                 yield Run("thinking", text=chunk.thinking)
-            if chunk.text:
-                yield Run("text", text=chunk.text)
+            if chunk.text or (chunk.logprobs and not chunk.thinking and not chunk.calls):
+                yield Run("text", text=chunk.text, logprobs=chunk.logprobs or [])
             if chunk.calls:
                 streamed += len(chunk.calls)
                 yield Run("calls", calls=list(chunk.calls))

@@ -2,6 +2,8 @@
 
     ResponseStore(root).save(record)        record = {"response": {...}, "messages": [...],
                                                        "input_items": [...]}
+    ResponseStore(root).save(record, events)   with the events of its stream, each as its JSON
+                                               (a background response's), kept as "events"
     ResponseStore(root).load(id)            the record; NotFoundError when unknown or expired
     ResponseStore(root).delete(id)
 
@@ -39,8 +41,12 @@ def new_id() -> str:
     return f"resp_{secrets.token_hex(24)}"
 
 
-def encode(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+def encode(record: dict[str, Any], events: list[bytes] | None = None) -> bytes:
+    """A record's JSON; `events`, each already JSON, joined in as its "events" unparsed."""
+    data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+    if events is None:
+        return data
+    return data[:-1] + b',"events":[' + b",".join(events) + b"]}"
 
 
 def check_size(size: int) -> None:
@@ -69,13 +75,14 @@ class ResponseStore:
     def _limits() -> tuple[int, float]:
         return limits.responses_max(), limits.responses_max_age()
 
-    def save(self, record: dict[str, Any]) -> None:
-        """Write a record (keyed by record["response"]["id"]) and drop what is over the limits."""
+    def save(self, record: dict[str, Any], events: list[bytes] | None = None) -> None:
+        """Write a record (keyed by record["response"]["id"]), with `events` if given, and drop
+        what is over the limits."""
         most, _ = self._limits()
         if most == 0:
             return  # storing is switched off
         path = self._path(record["response"]["id"])
-        data = encode(record)
+        data = encode(record, events)
         check_size(len(data))
         tmp = self.root / f".tmp-{os.getpid()}-{secrets.token_hex(8)}"
         try:

@@ -8,18 +8,19 @@
                                             text.format (text, json_object, json_schema),
                                             max_output_tokens, temperature, top_p, stop,
                                             metadata, parallel_tool_calls, reasoning.effort,
-                                            store, previous_response_id, stream
-    GET    /v1/responses/{id}               a stored response
+                                            include (message.output_text.logprobs),
+                                            top_logprobs, store, previous_response_id, stream,
+                                            background
+    POST   /v1/responses/input_tokens       {"object": "response.input_tokens", "input_tokens": N}
+                                            for the same body
+    GET    /v1/responses/{id}               a response as it stands; ?stream=true: its events
+                                            (after ?starting_after=N), live ones to the end
     GET    /v1/responses/{id}/input_items   the input items it was given
+    POST   /v1/responses/{id}/cancel        a background response stopped
     DELETE /v1/responses/{id}
 
-Output items: a `reasoning` item (a thinking model's reasoning), a `message` with one
-`output_text` part, and a `function_call` (with its `namespace` for a namespaced tool) or a
-`custom_tool_call` per tool call. A streamed answer is the event sequence
-OpenAI's client parses: response.created, response.in_progress, then per item
-output_item.added, content_part.added, output_text.delta (or reasoning_text.delta) ... .done,
-content_part.done, output_item.done (function_call_arguments.delta / .done for calls), and
-response.completed with the usage; an error after the stream has begun is response.failed.
+The response object and its items are `responses_output`'s, a streamed answer's events
+`responses_events`', the runs of background responses `responses_background`'s.
 
 Stateful conversations (which Ollama and llama-server do not have): with `store` (the default)
 the answer and its whole conversation are kept (`response_store`), and `previous_response_id`
@@ -30,10 +31,8 @@ is read.
 from __future__ import annotations
 
 import contextlib
-import json
-import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -41,15 +40,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from localrun import media
-from localrun.errors import BadRequestError, ContextOverflowError, LocalrunError
+from localrun.errors import BadRequestError, ContextOverflowError
 from localrun.request import GenRequest
 from localrun.server import core, image_urls, response_store, responses_input, responses_tools
 from localrun.server.body import Body, read_json
-from localrun.server.errors import body_of, refused, unexpected
-from localrun.server.generation import Generation, runs, start
+from localrun.server.generation import Generation, count_prompt, start
+from localrun.server.logprobs import logprob_items
 from localrun.server.messages import chat_messages
-from localrun.server.response_store import ResponseStore, new_id
-from localrun.server.streaming import event_stream, sse
+from localrun.server.response_store import ResponseStore, encode
+from localrun.server.responses_background import UNFINISHED, Runs, settled
+from localrun.server.responses_events import Event, EventStream, answer_events, frame, replayed
+from localrun.server.responses_output import (
+    Answer,
+    assistant_message,
+    cut,
+    message_item,
+    reasoning_item,
+)
+from localrun.server.streaming import event_stream
+from localrun.settings import limits
 
 
 def _store(request: Request) -> ResponseStore:
@@ -57,129 +66,26 @@ def _store(request: Request) -> ResponseStore:
     return store
 
 
-def _item_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(24)}"
+def _runs(request: Request) -> Runs:
+    runs: Runs = request.app.state.background
+    return runs
 
 
-# -- the response object ----------------------------------------------------------------------
+async def _load(request: Request, response_id: str) -> dict[str, Any]:
+    """A stored record as it stands (`settled`); NotFoundError if there is none."""
+    record = await anyio.to_thread.run_sync(_store(request).load, response_id)
+    return settled(record)
 
 
-def _metadata(body: Body) -> dict[str, str]:
-    """OpenAI's metadata: at most 16 pairs, keys of at most 64 characters, text values of at
-    most 512 (as OpenAI's API refuses more)."""
-    metadata = body.get("metadata", dict) or {}
-    if len(metadata) > 16:
-        raise BadRequestError("metadata holds more than 16 pairs")
-    for key, value in metadata.items():
-        if len(key) > 64:
-            raise BadRequestError(f"metadata key {key[:64]!r}... is longer than 64 characters")
-        if not isinstance(value, str) or len(value) > 512:
-            raise BadRequestError(f"metadata[{key!r}] must be text of at most 512 characters")
-    return metadata
+@dataclass
+class _Prepared:
+    """A Responses request read: the core request, and what its stored record keeps."""
 
-
-class _Answer:
-    """The response object of one request, built up as its answer arrives."""
-
-    def __init__(self, body: Body, model: str, store: bool, previous: str | None) -> None:
-        text = body.get("text", dict) or {}
-        self.obj: dict[str, Any] = {
-            "id": new_id(),
-            "object": "response",
-            "created_at": int(time.time()),
-            "status": "in_progress",
-            "background": False,
-            "error": None,
-            "incomplete_details": None,
-            "instructions": body.get("instructions", str),
-            "max_output_tokens": body.get("max_output_tokens", int),
-            "metadata": _metadata(body),
-            "model": model,
-            "output": [],
-            "parallel_tool_calls": body.flag("parallel_tool_calls", True),
-            "previous_response_id": previous,
-            "reasoning": {
-                "effort": (body.get("reasoning", dict) or {}).get("effort"),
-                "summary": None,
-            },
-            "store": store,
-            "temperature": body.get("temperature", (int, float), 1.0),
-            "text": {"format": text.get("format") or {"type": "text"}},
-            "tool_choice": body.data.get("tool_choice") or "auto",
-            "tools": body.get("tools", list) or [],
-            "top_p": body.get("top_p", (int, float), 1.0),
-            "truncation": "disabled",
-            "usage": None,
-            "user": body.get("user", str),
-        }
-
-    def finish(self, generation: Generation) -> None:
-        t = generation.stream.timings
-        prompt = generation.prompt_count
-        self.obj["usage"] = {
-            "input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens": t.cached_tokens},
-            "output_tokens": t.eval_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": prompt + t.eval_tokens,
-        }
-        if generation.done_reason == "length" and not generation.tool_calls:
-            self.obj["status"] = "incomplete"
-            self.obj["incomplete_details"] = {"reason": "max_output_tokens"}
-        else:
-            self.obj["status"] = "completed"
-
-
-def _reasoning_item(text: str, status: str = "completed", item_id: str = "") -> dict[str, Any]:
-    return {
-        "type": "reasoning",
-        "id": item_id or _item_id("rs"),
-        "summary": [],
-        "content": [{"type": "reasoning_text", "text": text}],
-        "status": status,
-    }
-
-
-def _text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def _message_item(text: str | None, status: str = "completed", item_id: str = "") -> dict[str, Any]:
-    return {
-        "type": "message",
-        "id": item_id or _item_id("msg"),
-        "status": status,
-        "role": "assistant",
-        "content": [] if text is None else [_text_part(text)],
-    }
-
-
-def _assistant_message(output: list[dict[str, Any]]) -> dict[str, Any]:
-    """The answer as a turn of the stored conversation."""
-    text = "".join(
-        part["text"] for item in output if item["type"] == "message" for part in item["content"]
-    )
-    message: dict[str, Any] = {"role": "assistant", "content": text}
-    calls = [
-        {
-            "id": item["call_id"],
-            "type": "function",
-            "function": {
-                "name": responses_tools.model_name(item.get("namespace"), item["name"]),
-                "arguments": {"input": item["input"]}
-                if item["type"] == "custom_tool_call"
-                else json.loads(item["arguments"]),
-            },
-        }
-        for item in output
-        if item["type"] in ("function_call", "custom_tool_call")
-    ]
-    if calls:
-        message["tool_calls"] = calls
-    return message
-
-
-# -- routes -----------------------------------------------------------------------------------
+    req: GenRequest
+    conversation: list[dict[str, Any]]  # without instructions, which are not carried over
+    items: list[dict[str, Any]]  # the input items as sent
+    toolset: responses_tools.ToolSet
+    previous: str | None
 
 
 def _request(
@@ -196,18 +102,29 @@ def _request(
         tool_grammars=toolset.grammars or None,
         think=responses_input.think_of(body),
         parallel_tool_calls=body.flag("parallel_tool_calls", True),
+        logprobs=responses_input.logprobs_of(body),
     )
 
 
-async def create(request: Request) -> Response:
-    body = Body(await read_json(request))
+async def _prepare(request: Request, body: Body) -> _Prepared:
+    """The body read into the core request: the stored conversation it continues, its input,
+    instructions and tools (every 400 here, before anything runs)."""
     model = body.model()
-    keep = body.flag("store", True)
     previous = body.get("previous_response_id", str)
-    store = _store(request)
+    if body.data.get("conversation") is not None:
+        raise BadRequestError(
+            "conversation is not supported: localrun keeps no Conversations",
+            hint="continue a stored response with previous_response_id",
+        )
     history: list[dict[str, Any]] = []
     if previous:
-        record = await anyio.to_thread.run_sync(store.load, previous)
+        record = await _load(request, previous)
+        status = record["response"].get("status")
+        if status in UNFINISHED:
+            raise BadRequestError(
+                f"previous response {previous} is still {status}",
+                hint="wait until it has finished, or cancel it",
+            )
         history = record.get("messages") or []
     await image_urls.inline(body.data, "responses")
     items = responses_input.input_items(body.data.get("input", []))
@@ -221,220 +138,199 @@ async def create(request: Request) -> Response:
         conversation
     )
     toolset = responses_tools.tools_of(body.data.get("tools"))
-    req = _request(body, model, messages, toolset)
-    answer = _Answer(body, model, keep, previous)
+    return _Prepared(
+        _request(body, model, messages, toolset), conversation, items, toolset, previous
+    )
+
+
+def _record(prepared: _Prepared, obj: dict[str, Any], answered: bool = True) -> dict[str, Any]:
+    """What the store keeps of a response: it, its conversation (with the answer, once there
+    is one) and its input items."""
+    conversation = prepared.conversation
+    if answered:
+        conversation = [*conversation, assistant_message(obj["output"])]
+    return {"response": obj, "messages": conversation, "input_items": prepared.items}
+
+
+async def create(request: Request) -> Response:
+    body = Body(await read_json(request))
+    keep = body.flag("store", True)
+    background = body.flag("background", False)
+    if background:
+        _may_run_in_background(keep)
+    prepared = await _prepare(request, body)
+    answer = Answer(body, prepared.req.model, keep, prepared.previous)
     if keep:  # what the record holds before its answer: refused now rather than after it
-        response_store.check_size(len(response_store.encode(
-            {"response": answer.obj, "messages": conversation, "input_items": items}
-        )))  # fmt: skip
+        record = _record(prepared, answer.obj, answered=False)
+        response_store.check_size(len(response_store.encode(record)))
     streamed = body.flag("stream", False)
+    if background:
+        return await _launch(request, prepared, answer, streamed)
     try:
-        generation = await start(request, req)
+        generation = await start(request, prepared.req)
     except ContextOverflowError as exc:
         if not streamed:
             raise
         # OpenAI's API reports it in the stream, and Codex compacts on that alone.
-        return event_stream(_failed_stream(answer, exc))
+        stream = EventStream(answer.obj)
+        return event_stream(_framed([*stream.opening(), stream.failed(exc)]))
 
     async def save() -> None:
         if keep:
-            record = {
-                "response": answer.obj,
-                "messages": [*conversation, _assistant_message(answer.obj["output"])],
-                "input_items": items,
-            }
-            await anyio.to_thread.run_sync(store.save, record)
+            await anyio.to_thread.run_sync(_store(request).save, _record(prepared, answer.obj))
 
-    headers = core.tools_left_out(toolset.left_out)
+    headers = core.tools_left_out(prepared.toolset.left_out)
     if streamed:
-        return event_stream(_events(generation, answer, save, toolset), headers)
+        stream = EventStream(answer.obj)
+        events = answer_events(stream, generation, answer, prepared.toolset, save)
+        return event_stream(_framed(stream.opening(), events), headers)
     await core.until_disconnect(request, generation.collect)
-    output = []
-    if generation.thinking:
-        output.append(_reasoning_item(generation.thinking))
-    calls = [toolset.call_item(call) for call in generation.tool_calls or []]
-    if generation.text or not calls:
-        output.append(_message_item(generation.text))
-    answer.obj["output"] = output + calls
+    answer.obj["output"] = _output(generation, prepared.toolset)
     answer.finish(generation)
     await save()
     return JSONResponse(answer.obj, headers=headers)
 
 
-async def _failed_stream(answer: _Answer, exc: LocalrunError) -> AsyncIterator[bytes]:
-    """A stream that an error ended before any of the answer: created, then failed."""
-    stream = _Stream(answer.obj)
-    yield stream.event("response.created", response=stream.obj)
-    yield stream.event("response.in_progress", response=stream.obj)
-    yield stream.failed(exc)
+def _may_run_in_background(keep: bool) -> None:
+    """Refuse what background mode cannot do: a response not stored cannot be fetched."""
+    if not keep:
+        raise BadRequestError("background mode requires store: true")
+    if limits.responses_max() == 0:
+        raise BadRequestError(
+            "background mode requires stored responses, and LOCALRUN_RESPONSES_MAX is 0",
+            hint="raise LOCALRUN_RESPONSES_MAX, or leave background out",
+        )
 
 
-async def _events(
-    generation: Generation,
-    answer: _Answer,
-    save: Callable[[], Awaitable[None]],
-    toolset: responses_tools.ToolSet,
+async def _launch(
+    request: Request, prepared: _Prepared, answer: Answer, streamed: bool
+) -> Response:
+    """Start a background response: answered at once, `queued` (or its events streamed as
+    they come), while it runs on in the server (responses_background)."""
+    answer.obj["background"] = True
+    stream = EventStream(answer.obj)
+
+    async def saved_with_its_log() -> None:
+        return None  # the run saves the record, with its events, once it has ended
+
+    def events(generation: Generation) -> AsyncGenerator[Event, None]:
+        return answer_events(stream, generation, answer, prepared.toolset, saved_with_its_log)
+
+    def record() -> dict[str, Any]:
+        answered = answer.obj["status"] not in UNFINISHED
+        return _record(prepared, answer.obj, answered=answered)
+
+    ctx = core.context(request)
+    run = await _runs(request).launch(ctx, prepared.req, stream, record, events)
+    headers = core.tools_left_out(prepared.toolset.left_out)
+    if streamed:
+        return event_stream(_framed((), run.follow(-1)), headers)
+    return JSONResponse(run.snapshot(), headers=headers)
+
+
+def _output(generation: Generation, toolset: responses_tools.ToolSet) -> list[dict[str, Any]]:
+    """The output items of a whole answer: its reasoning, its text, its calls (the last item
+    `incomplete` where the token budget cut it)."""
+    output = []
+    if generation.thinking:
+        output.append(reasoning_item(generation.thinking))
+    calls = [toolset.call_item(call) for call in generation.tool_calls or []]
+    if generation.text or not calls:
+        entries = logprob_items(generation.logprobs)
+        output.append(message_item(generation.text, logprobs=entries))
+    if output and cut(generation):
+        output[-1]["status"] = "incomplete"
+    return output + calls
+
+
+async def _framed(
+    first: Iterable[Event], then: AsyncGenerator[Event, None] | None = None
 ) -> AsyncIterator[bytes]:
-    """The Responses stream: an item per run of reasoning or text, then the function calls."""
-    stream = _Stream(answer.obj)
-    yield stream.event("response.created", response=stream.obj)
-    yield stream.event("response.in_progress", response=stream.obj)
-    try:
-        async with contextlib.aclosing(runs(generation)) as pieces:
-            async for run in pieces:
-                items = [toolset.call_item(call) for call in run.calls]
-                if run.kind == "calls":
-                    events = stream.calls(items)
-                elif run.kind == "late":
-                    events = stream.end(items)
-                else:
-                    kind = "reasoning" if run.kind == "thinking" else "text"
-                    events = stream.delta(kind, run.text)
-                for event in events:
-                    yield event
-        answer.finish(generation)
-        await save()
-        yield stream.event("response.completed", response=stream.obj)
-    except LocalrunError as exc:
-        yield stream.failed(exc)
-    except Exception as exc:
-        yield stream.failed(unexpected(exc, "a streamed response"))
+    """Events as server-sent events: `first`, then those `then` yields."""
+    for event in first:
+        yield frame(event)
+    if then is not None:
+        async with contextlib.aclosing(then) as events:  # a client that leaves closes it
+            async for event in events:
+                yield frame(event)
 
 
-class _Stream:
-    """The numbered events of one Responses stream, and the output items they build in `obj`.
-
-    One item is open at a time (a message or a reasoning item) and grows by deltas; another
-    kind of piece closes it and opens the next. The methods return the events in order.
-    """
-
-    def __init__(self, obj: dict[str, Any]) -> None:
-        self.obj = obj
-        self.output: list[dict[str, Any]] = obj["output"]
-        self.sequence = 0
-        self.open_kind: str | None = None  # "text" or "reasoning": the item being streamed
-        self.text = ""  # the open item's text so far
-
-    def event(self, kind: str, **fields: Any) -> bytes:
-        self.sequence += 1
-        return sse({"type": kind, "sequence_number": self.sequence - 1, **fields}, event=kind)
-
-    def _at(self, index: int) -> dict[str, Any]:
-        """The fields that place an event in the content of output item `index`."""
-        return {"item_id": self.output[index]["id"], "output_index": index, "content_index": 0}
-
-    def delta(self, kind: str, piece: str) -> list[bytes]:
-        """A piece of `kind` ("text" or "reasoning"), opening an item of that kind if need be."""
-        out = self.begin(kind) if self.open_kind != kind else []
-        self.text += piece
-        name = "response.output_text.delta" if kind == "text" else "response.reasoning_text.delta"
-        extra: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
-        out.append(self.event(name, **self._at(len(self.output) - 1), delta=piece, **extra))
-        return out
-
-    def begin(self, kind: str) -> list[bytes]:
-        """Close the open item and open an empty one of `kind`."""
-        out = self.close()
-        self.open_kind, self.text = kind, ""
-        if kind == "text":
-            item = _message_item(None, status="in_progress")
-            part: dict[str, Any] = _text_part("")
-        else:
-            item = {**_reasoning_item("", status="in_progress"), "content": []}
-            part = {"type": "reasoning_text", "text": ""}
-        self.output.append(item)
-        index = len(self.output) - 1
-        out.append(self.event("response.output_item.added", output_index=index, item=item))
-        out.append(self.event("response.content_part.added", **self._at(index), part=part))
-        return out
-
-    def close(self) -> list[bytes]:
-        """Finish the open item, if any: its whole text, its part, the item itself."""
-        if self.open_kind is None:
-            return []
-        index = len(self.output) - 1
-        item = self.output[index]
-        where = self._at(index)
-        text = self.text
-        if self.open_kind == "text":
-            part = _text_part(text)
-            finished = self.event("response.output_text.done", **where, text=text, logprobs=[])
-            self.output[index] = _message_item(text, item_id=item["id"])
-        else:
-            part = {"type": "reasoning_text", "text": text}
-            finished = self.event("response.reasoning_text.done", **where, text=text)
-            self.output[index] = _reasoning_item(text, item_id=item["id"])
-        return [
-            finished,
-            self.event("response.content_part.done", **where, part=part),
-            self.event("response.output_item.done", output_index=index, item=self.output[index]),
-        ]
-
-    def end(self, calls: list[dict[str, Any]]) -> list[bytes]:
-        """Close the last item (an empty answer is still one, empty, message), then add the
-        function calls not streamed yet."""
-        empty = not self.output and not calls
-        out = self.begin("text") if self.open_kind is None and empty else []
-        return out + self.calls(calls) + self._close_open()
-
-    def calls(self, calls: list[dict[str, Any]]) -> list[bytes]:
-        """Function call items as soon as they are read (the open item closes first)."""
-        if not calls:
-            return []
-        out = self._close_open()
-        for call in calls:
-            out += self.call(call)
-        return out
-
-    def _close_open(self) -> list[bytes]:
-        out = self.close() if self.open_kind is not None else []
-        self.open_kind = None
-        return out
-
-    def call(self, call: dict[str, Any]) -> list[bytes]:
-        self.output.append(call)
-        index = len(self.output) - 1
-        if call["type"] == "custom_tool_call":
-            added = {**call, "input": "", "status": "in_progress"}
-            where = {"item_id": call["id"], "output_index": index}
-            return [
-                self.event("response.output_item.added", output_index=index, item=added),
-                self.event("response.custom_tool_call_input.delta", **where, delta=call["input"]),
-                self.event("response.custom_tool_call_input.done", **where, input=call["input"]),
-                self.event("response.output_item.done", output_index=index, item=call),
-            ]
-        added = {**call, "arguments": "", "status": "in_progress"}
-        return [
-            self.event("response.output_item.added", output_index=index, item=added),
-            self.event(
-                "response.function_call_arguments.delta",
-                item_id=call["id"],
-                output_index=index,
-                delta=call["arguments"],
-            ),
-            self.event(
-                "response.function_call_arguments.done",
-                item_id=call["id"],
-                output_index=index,
-                name=call["name"],
-                arguments=call["arguments"],
-            ),
-            self.event("response.output_item.done", output_index=index, item=call),
-        ]
-
-    def failed(self, exc: LocalrunError) -> bytes:
-        """The last event of a stream that an error ended."""
-        refused("POST", "/v1/responses (streamed)", exc)
-        detail = body_of(exc, "responses")["error"]
-        self.obj["status"] = "failed"
-        self.obj["error"] = {"code": detail["code"], "message": detail["message"]}
-        return self.event("response.failed", response=self.obj)
+async def input_tokens(request: Request) -> Response:
+    """The tokens of the prompt this Responses request would read (its input, instructions,
+    tools and the conversation it continues), counted as Anthropic's count_tokens counts."""
+    prepared = await _prepare(request, Body(await read_json(request)))
+    count = await count_prompt(request, prepared.req)
+    return JSONResponse({"object": "response.input_tokens", "input_tokens": count})
 
 
 async def retrieve(request: Request) -> Response:
-    store = _store(request)
-    record = await anyio.to_thread.run_sync(store.load, request.path_params["response_id"])
-    return JSONResponse(record["response"])
+    """A response as it stands; with ?stream=true its events after `starting_after`: those
+    logged, then (while it runs in the background) each as it comes, to its end."""
+    response_id = request.path_params["response_id"]
+    streamed = _query_flag(request, "stream")
+    after = _starting_after(request)
+    run = _runs(request).get(response_id)
+    if run is not None:
+        if streamed:
+            return event_stream(_framed((), run.follow(after)))
+        return JSONResponse(run.snapshot())
+    record = await _load(request, response_id)
+    if not streamed:
+        return JSONResponse(record["response"])
+    events = _stored_events(record)
+    if after >= len(events):
+        raise BadRequestError(
+            f"starting_after {after} is past this response's last event ({len(events) - 1})"
+        )
+    return event_stream(_framed(events[after + 1 :]))
+
+
+def _stored_events(record: dict[str, Any]) -> list[Event]:
+    """A stored response's events: its log (a background one's), else made from it."""
+    log = record.get("events")
+    if isinstance(log, list):
+        return [(str(e.get("type")), encode(e)) for e in log if isinstance(e, dict)]
+    return replayed(record["response"])
+
+
+def _query_flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise BadRequestError(f"{name} must be true or false")
+    return value in ("true", "1")
+
+
+def _starting_after(request: Request) -> int:
+    """The number of the last event the client has (-1: none)."""
+    value = request.query_params.get("starting_after")
+    if value is None:
+        return -1
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequestError("starting_after must be a whole number") from None
+    return max(number, -1)
+
+
+async def cancel(request: Request) -> Response:
+    """Cancel a background response: `cancelled` unless it had finished (then as it is, as
+    OpenAI answers a second cancel); a response not run in the background is refused."""
+    response_id = request.path_params["response_id"]
+    run = _runs(request).get(response_id)
+    if run is not None:
+        return JSONResponse(await run.cancel())
+    obj = (await _load(request, response_id))["response"]
+    if not obj.get("background"):
+        raise BadRequestError(
+            "Cannot cancel a synchronous response.",
+            hint="only a response created with background: true can be cancelled",
+        )
+    if obj.get("status") in UNFINISHED:
+        raise BadRequestError(
+            "this response runs on another localrun server sharing the folder of stored "
+            "responses; cancel it there"
+        )
+    return JSONResponse(obj)
 
 
 async def input_items_list(request: Request) -> Response:
@@ -466,5 +362,8 @@ async def input_items_list(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     store = _store(request)
     response_id = request.path_params["response_id"]
+    run = _runs(request).get(response_id)
+    if run is not None:  # one still running stops first (it saves itself as it ends)
+        await run.cancel()
     await anyio.to_thread.run_sync(store.delete, response_id)
     return JSONResponse({"id": response_id, "object": "response", "deleted": True})

@@ -16,6 +16,11 @@ from localrun.errors import BadRequestError
 from localrun.formats import reasoning as reasoning_mod
 from localrun.server import responses_tools
 from localrun.server.body import Body
+from localrun.server.logprobs import top_logprobs
+
+# The `include` that asks for the answer's log-probabilities; the others name what hosted tools
+# or OpenAI's own storage hold (search results, encrypted reasoning), which have none here.
+LOGPROBS = "message.output_text.logprobs"
 
 # -- input -> the core's messages -------------------------------------------------------------
 
@@ -210,6 +215,17 @@ def think_of(body: Body) -> bool | str | None:
     reasoning = body.get("reasoning", dict)
     effort = (reasoning or {}).get("effort")
     return None if effort is None else reasoning_mod.from_effort(effort, "reasoning.effort")
+
+
+def logprobs_of(body: Body) -> int | None:
+    """The alternatives per token of the log-probabilities asked for (`include` naming
+    message.output_text.logprobs, `top_logprobs` from 0 to 20); None: none asked for."""
+    include = body.get("include", list) or []
+    for index, value in enumerate(include):
+        if not isinstance(value, str):
+            raise BadRequestError(f"include[{index}] must be a string")
+    top = top_logprobs(body.data.get("top_logprobs"))
+    return top if LOGPROBS in include else None
 
 
 def options_of(body: Body) -> dict[str, Any]:

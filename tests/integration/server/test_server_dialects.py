@@ -358,7 +358,7 @@ def test_responses_create_and_stream(ai: openai.OpenAI) -> None:
     raw = list(ai.responses.create(model=SMOL, input=QUESTION, max_output_tokens=2, stream=True))
     assert [e.sequence_number for e in raw] == list(range(len(raw)))
     last = raw[-1]
-    assert last.type == "response.completed"
+    assert last.type == "response.incomplete"  # OpenAI's last event of an answer cut short
     assert last.response.status == "incomplete"
     assert last.response.incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
 

@@ -219,6 +219,43 @@ def test_ollama_logprobs(live: LiveServer) -> None:
     assert not plain.logprobs
 
 
+LOGPROBS: Any = ["message.output_text.logprobs"]
+
+
+def test_responses_logprobs(ai: openai.OpenAI) -> None:
+    """The Responses API's: asked for with `include`, in the message's part and in every
+    output_text.delta (the same entries chat's give), and [] without the include."""
+    ask: Any = {"model": SMOL, "input": ASK, "temperature": 0, "max_output_tokens": 12}
+    chat = ai.chat.completions.create(
+        model=SMOL, messages=ASK, temperature=0, max_tokens=12, logprobs=True, top_logprobs=3
+    )
+    answer = ai.responses.create(**ask, include=LOGPROBS, top_logprobs=3)
+    part = answer.output[0].content[0]
+    assert part.type == "output_text" and part.logprobs
+    check_greedy(part.logprobs, answer.output_text, 3)
+    assert chat.choices[0].logprobs and chat.choices[0].logprobs.content
+    assert [(e.token, e.logprob) for e in part.logprobs] == [
+        (e.token, e.logprob) for e in chat.choices[0].logprobs.content
+    ]
+
+    deltas, done = [], None
+    with ai.responses.stream(**ask, include=LOGPROBS, top_logprobs=2) as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                assert event.logprobs and "".join(e.token for e in event.logprobs) == event.delta
+                deltas += event.logprobs
+            elif event.type == "response.output_text.done":
+                done = event
+    assert "".join(e.token for e in deltas) == answer.output_text
+    assert all(len(e.top_logprobs or []) == 2 for e in deltas)
+    assert done is not None and [e.token for e in done.logprobs] == [e.token for e in deltas]
+
+    plain = ai.responses.create(**ask)
+    assert plain.output[0].content[0].logprobs == []
+    for event in ai.responses.create(**ask, stream=True):
+        assert getattr(event, "logprobs", None) in (None, [])
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -227,6 +264,8 @@ def test_ollama_logprobs(live: LiveServer) -> None:
         ("/v1/completions", {"prompt": "x", "logprobs": 6}),
         ("/v1/completions", {"prompt": "x", "logprobs": True}),
         ("/api/chat", {"messages": ASK, "logprobs": True, "top_logprobs": -1}),
+        ("/v1/responses", {"input": "x", "include": LOGPROBS, "top_logprobs": 21}),
+        ("/v1/responses", {"input": "x", "include": [7]}),
     ],
 )
 def test_bad_logprobs_are_400(live: LiveServer, path: str, body: dict[str, Any]) -> None:
