@@ -32,6 +32,7 @@ from localrun.server import (
     models,
     ollama,
     openai,
+    request_ids,
     rerank,
     responses,
     ui,
@@ -171,8 +172,9 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
         origins=settings.origins,
         max_request_bytes=settings.max_request_bytes,
     )
-    # Outermost: the requests the Guard refuses are counted too.
+    # Outside the Guard: the requests it refuses are counted too, and their answers named.
     app.add_middleware(metrics.RequestCounter, metrics=counters)
+    app.add_middleware(request_ids.RequestIds)
     return app
 
 
@@ -196,7 +198,7 @@ async def _on_localrun_error(request: Request, exc: Exception) -> Response:
         await anyio.to_thread.run_sync(catalog.suggest, exc, store)
     refused(request.method, request.url.path, exc)
     return JSONResponse(
-        body_of(exc, dialect_of(request.url.path)),
+        body_of(exc, dialect_of(request.url.path, request.headers), request_ids.of(request)),
         status_code=status_of(exc),
         headers=headers_of(exc),
     )
@@ -212,7 +214,10 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     else:
         message, code = str(exc.detail), "error"
     log_refused(request.method, request.url.path, exc.status_code, message)
-    body = plain_body(message[:300], exc.status_code, code, dialect_of(request.url.path))
+    dialect = dialect_of(request.url.path, request.headers)
+    body = plain_body(
+        message[:300], exc.status_code, code, dialect, request_id=request_ids.of(request)
+    )
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 

@@ -253,6 +253,9 @@ def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
     with pytest.raises(anthropic.NotFoundError) as missing:
         ant.messages.create(model="no-such-model", messages=messages, max_tokens=5)
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    # The error's id is the request's, in its body as in the header the SDK reads.
+    assert missing.value.request_id and missing.value.request_id.startswith("req_")
+    assert missing.value.body["request_id"] == missing.value.request_id  # type: ignore[index]
     bad_bodies: list[dict[str, Any]] = [
         {"model": SMOL, "messages": messages},  # no max_tokens
         {"model": SMOL, "messages": [], "max_tokens": 5},
@@ -271,6 +274,7 @@ def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
         error = response.json()
         assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
         assert error["error"]["message"]
+        assert error["request_id"] == response.headers["request-id"]
     for body in bad_bodies[1:5]:  # count_tokens reads the same fields (no max_tokens needed)
         response = httpx.post(f"{live.url}/v1/messages/count_tokens", json=body, timeout=PATIENCE_S)
         assert response.status_code == 400, (body, response.text)
@@ -288,6 +292,55 @@ def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
         headers={"content-type": "application/json"},
     )
     assert broken.status_code == 400 and broken.json()["type"] == "error"
+
+
+ANTHROPIC = {"anthropic-version": "2023-06-01"}  # what every Anthropic client sends
+
+
+def test_every_answer_names_its_request(
+    live: LiveServer, ant: anthropic.Anthropic, ai: openai.OpenAI
+) -> None:
+    """One id per request, in `request-id` (the anthropic SDK's `_request_id`) and
+    `x-request-id` (openai's); the server's own, whatever id the client sent."""
+    messages: Any = [{"role": "user", "content": "Hi"}]
+    first = ant.messages.create(model=SMOL, messages=messages, max_tokens=1)
+    second = ant.messages.create(model=SMOL, messages=messages, max_tokens=1)
+    chat = ai.chat.completions.create(model=SMOL, messages=messages, max_tokens=1)
+    ids = [first._request_id, second._request_id, chat._request_id]
+    assert all(i and i.startswith("req_") and len(i) == 28 for i in ids), ids
+    assert len(set(ids)) == 3
+    native = httpx.post(
+        f"{live.url}/api/chat",
+        json={"model": SMOL, "messages": messages, "stream": False, "options": {"num_predict": 1}},
+        headers={"x-request-id": "mine"},
+        timeout=PATIENCE_S,
+    )
+    assert native.headers["x-request-id"] == native.headers["request-id"] != "mine"
+    refused = httpx.get(f"{live.url}/api/nothing-here")  # an error, and no route, still named
+    assert refused.status_code == 404 and refused.headers["request-id"].startswith("req_")
+
+
+def test_an_anthropic_clients_unknown_path_is_answered_in_its_shape(
+    live: LiveServer, ant: anthropic.Anthropic
+) -> None:
+    """A 404 an Anthropic client can read (its SDK raises NotFoundError with the body), on
+    any path, told by the anthropic-version header every Anthropic client sends; other
+    clients keep their API's shape."""
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        ant.get("/v1/messages/batches/msgbatch_01", cast_to=object)
+    body: Any = missing.value.body
+    assert body["type"] == "error" and body["error"]["type"] == "not_found_error"
+    assert body["request_id"] == missing.value.request_id
+    for path in ("/v1/files", "/v1/organizations/me", "/api/nothing-here"):
+        answer = httpx.get(f"{live.url}{path}", headers=ANTHROPIC)
+        assert answer.status_code == 404, path
+        assert answer.json()["error"]["type"] == "not_found_error", path
+        assert answer.json()["request_id"] == answer.headers["request-id"], path
+    assert set(httpx.get(f"{live.url}/v1/files").json()) == {"error"}  # OpenAI's shape
+    # x-api-key alone is no sign: OpenAI clients send it too (Continue's cn).
+    keyed = httpx.get(f"{live.url}/v1/files", headers={"x-api-key": "k"})
+    assert set(keyed.json()) == {"error"}
+    assert httpx.get(f"{live.url}/api/nothing-here").json()["code"] == "not_found"  # Ollama's
 
 
 def test_anthropic_api_key(store: Store, responses_dir: Path) -> None:
