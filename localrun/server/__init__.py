@@ -3,6 +3,7 @@
     app.py         create_app(settings, scheduler): routes, error mapping, lifespan
     security.py    Host check, CORS, API key, body size limit (one ASGI middleware)
     connections.py connection limits, header and body read timeouts
+    request_ids.py each answer's request-id and x-request-id (one ASGI middleware)
 
   what every dialect shares (none of these imports a dialect module):
     core.py        the app's Context; until_disconnect, which cancels work when the client leaves
@@ -20,7 +21,8 @@
     openai.py      /v1 models, chat/completions, completions, embeddings
     responses.py   /v1/responses (its input read by responses_input.py), with response_store.py
                    keeping stored answers
-    anthropic.py   /v1/messages, /v1/messages/count_tokens
+    anthropic.py   /v1/messages, /v1/messages/count_tokens (its tools in anthropic_tools.py,
+                   its answer's shapes and stream in anthropic_stream.py)
     llamacpp.py    llama-server's /health, /tokenize, /detokenize, /infill
 
   the store and the page:
