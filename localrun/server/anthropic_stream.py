@@ -1,5 +1,13 @@
 """A Messages answer in Anthropic's shapes: the Message, its usage and content blocks, and its
-stream of events."""
+stream of events.
+
+Usage counts the prompt in three parts that add up to it (count_tokens' figure), as Anthropic's
+do: `cache_read_input_tokens` what the KV cache already held (an earlier request's prefix, or
+the disk prompt cache's), `input_tokens` what was evaluated now, `cache_creation_input_tokens`
+0: localrun keeps every prompt it reads for the next request by itself, without a write a
+client asks for or pays for (`cache_control` changes nothing), so no part of the prompt is a
+cache write of its own.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,10 @@ from localrun.server.errors import body_of, refused, unexpected
 from localrun.server.generation import Generation, runs
 from localrun.server.streaming import sse
 
+# Where the inference ran (Anthropic's usage says "global" or "us"): on this machine, which is
+# neither; Anthropic's own records say "not_available" for a request without a geography.
+INFERENCE_GEO = "not_available"
+
 
 def stop_reason(generation: Generation) -> tuple[str, str | None]:
     """Anthropic's stop_reason and stop_sequence of a finished generation."""
@@ -25,14 +37,28 @@ def stop_reason(generation: Generation) -> tuple[str, str | None]:
     return "end_turn", None
 
 
-def usage(generation: Generation) -> dict[str, Any]:
+def _counts(generation: Generation) -> dict[str, Any]:
+    """The counts a Message's usage and a message_delta's share."""
     t = generation.stream.timings
+    cached = t.cached_tokens
     return {
-        "input_tokens": generation.prompt_count,
-        "output_tokens": t.eval_tokens,
-        # The KV cache reuse that Anthropic bills as cache reads.
-        "cache_read_input_tokens": t.cached_tokens,
+        "input_tokens": max(0, generation.prompt_count - cached),
         "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "output_tokens": t.eval_tokens,
+        "output_tokens_details": None,
+        "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
+    }
+
+
+def usage(generation: Generation) -> dict[str, Any]:
+    """A Message's usage (before the end: the prompt, every part of it counted as input, the
+    cached part being known only then)."""
+    return {
+        **_counts(generation),
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+        "service_tier": "standard",
+        "inference_geo": INFERENCE_GEO,
     }
 
 
@@ -44,11 +70,16 @@ def head(message_id: str, model: str) -> dict[str, Any]:
 def ending(generation: Generation) -> dict[str, Any]:
     """The fields that say how a Message ended (a message_delta's `delta`)."""
     reason, sequence = stop_reason(generation)
-    return {"stop_reason": reason, "stop_sequence": sequence}
+    return {
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "stop_details": None,  # a refusal's details: localrun's models have no classifier
+        "container": None,  # the code execution tool's container: localrun runs none
+    }
 
 
 def text_block(text: str) -> dict[str, Any]:
-    return {"type": "text", "text": text}
+    return {"type": "text", "text": text, "citations": None}
 
 
 def thinking_block(thinking: str) -> dict[str, Any]:
@@ -62,6 +93,7 @@ def tool_blocks(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
             "id": "toolu_" + call["id"].removeprefix("call_"),
             "name": call["name"],
             "input": call["arguments"],
+            "caller": {"type": "direct"},  # the model called it (not a code execution tool)
         }
         for call in calls or []
     ]
@@ -87,11 +119,17 @@ async def events(
     generation: Generation, message_head: dict[str, Any], request_id: str | None
 ) -> AsyncIterator[bytes]:
     """Anthropic's stream: a content block per run of thinking or text, then the tool calls."""
-    opening = {**message_head, "content": [], "stop_reason": None, "stop_sequence": None}
+    opening = {
+        **message_head,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "stop_details": None,
+        "container": None,
+    }
     # The prompt's count is known once its first piece came (start() awaits it), as
     # Anthropic's API and llama-server tell it here; the answer's count comes at the end.
-    started = {**usage(generation), "output_tokens": 0}
-    yield _event("message_start", message={**opening, "usage": started})
+    yield _event("message_start", message={**opening, "usage": usage(generation)})
     blocks = _Blocks()
     try:
         async with contextlib.aclosing(runs(generation)) as pieces:
@@ -104,7 +142,7 @@ async def events(
                     out = blocks.delta(run.kind, run.text)
                 for event in out:
                     yield event
-        yield _event("message_delta", delta=ending(generation), usage=usage(generation))
+        yield _event("message_delta", delta=ending(generation), usage=_counts(generation))
         yield _event("message_stop")
     except Exception as exc:
         yield failed(exc, "/v1/messages", request_id)

@@ -103,6 +103,12 @@ def blocks_of(reply: httpx.Response) -> list[dict[str, Any]]:
     return blocks
 
 
+def prompt_of(usage: dict[str, int]) -> int:
+    """The prompt's tokens, as Anthropic's usage counts them: in three parts."""
+    parts = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    return sum(usage[key] for key in parts)
+
+
 def test_a_system_message_among_the_turns_is_taken_at_its_place(http: httpx.Client) -> None:
     turns: list[dict[str, Any]] = [{"role": "user", "content": "Hi"}]
     note = {"role": "system", "content": "Answer briefly, in the user's language."}
@@ -112,12 +118,12 @@ def test_a_system_message_among_the_turns_is_taken_at_its_place(http: httpx.Clie
     for extra in (note, blocks):
         reply = messages(http, {"model": "agent-text", "messages": [*turns, extra]})
         assert reply.status_code == 200, reply.text
-        assert reply.json()["content"] == [{"type": "text", "text": "Done."}]
+        assert reply.json()["content"] == [{"type": "text", "text": "Done.", "citations": None}]
         counted = http.post(
             "/v1/messages/count_tokens", json={"model": "agent-text", "messages": [*turns, extra]}
         )
         # Rendered as a system turn of its own: more tokens than the conversation without it.
-        assert counted.json()["input_tokens"] > plain.json()["usage"]["input_tokens"] + 8
+        assert counted.json()["input_tokens"] > prompt_of(plain.json()["usage"]) + 8
     image = {"role": "system", "content": [{"type": "image", "source": {"type": "url"}}]}
     refused = messages(http, {"model": "agent-text", "messages": [*turns, image]})
     assert refused.status_code == 400 and "image" in refused.json()["error"]["message"]
@@ -136,7 +142,7 @@ def test_adaptive_thinking_with_an_effort_is_the_models_to_decide(
     }
     plain = messages(http, {**body, "model": "agent-text"})
     assert plain.status_code == 200, plain.text
-    assert blocks_of(plain) == [{"type": "text", "text": "Done."}]
+    assert blocks_of(plain) == [{"type": "text", "text": "Done.", "citations": None}]
     thinker = messages(http, {**body, "model": "agent-think"})
     assert thinker.status_code == 200, thinker.text
     assert [b["type"] for b in blocks_of(thinker)] == ["thinking", "text"]

@@ -174,7 +174,7 @@ def test_anthropic_create_and_stream(ant: anthropic.Anthropic) -> None:
     assert final.content[0].text == text  # type: ignore[union-attr]
     assert final.stop_reason == message.stop_reason
     assert final.usage.output_tokens == message.usage.output_tokens
-    assert final.usage.input_tokens == message.usage.input_tokens
+    assert prompt_of(final.usage) == prompt_of(message.usage)
 
     # The first few words, then a stop sequence taken from the answer itself.
     word = text.split()[-1].strip(".")
@@ -220,6 +220,9 @@ def test_anthropic_tools_and_results(ant: anthropic.Anthropic) -> None:
         final = stream.get_final_message()
     streamed = [b for b in final.content if b.type == "tool_use"]
     assert final.stop_reason == "tool_use" and streamed[0].input == use[0].input
+    # The model called it itself (not a code execution tool), in both.
+    assert use[0].caller is not None and use[0].caller.type == "direct"
+    assert streamed[0].caller is not None and streamed[0].caller.type == "direct"
 
     follow: Any = [
         *ask,
@@ -235,17 +238,45 @@ def test_anthropic_tools_and_results(ant: anthropic.Anthropic) -> None:
     answer = ant.messages.create(
         model=SMOL, messages=follow, tools=tools, extra_body=GREEDY, max_tokens=20
     )
-    assert answer.usage.input_tokens > message.usage.input_tokens
+    assert prompt_of(answer.usage) > prompt_of(message.usage)
     assert answer.content and answer.stop_reason in ("end_turn", "max_tokens", "tool_use")
 
 
-def test_anthropic_count_tokens(ant: anthropic.Anthropic) -> None:
-    messages: Any = [{"role": "user", "content": QUESTION}]
-    counted = ant.messages.count_tokens(model=SMOL, system="Be brief.", messages=messages)
-    used = ant.messages.create(
-        model=SMOL, system="Be brief.", messages=messages, extra_body=GREEDY, max_tokens=1
-    )
-    assert counted.input_tokens == used.usage.input_tokens > 5
+def prompt_of(usage: Any) -> int:
+    """The prompt's tokens, as Anthropic's usage counts them: in three parts."""
+    parts = (usage.cache_read_input_tokens, usage.cache_creation_input_tokens)
+    return int(usage.input_tokens or 0) + sum(part or 0 for part in parts)
+
+
+def test_anthropic_usage_adds_up_to_count_tokens(ant: anthropic.Anthropic) -> None:
+    """input_tokens, cache_read_input_tokens and cache_creation_input_tokens add up to the
+    prompt, as Anthropic's clients add them (the SDK's tool runner, Claude Code's meter); the
+    same prompt again is read from the KV cache but for its last token."""
+    ask: dict[str, Any] = {
+        "model": SMOL,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Which planet is the largest?"}],
+    }
+    counted = ant.messages.count_tokens(**ask).input_tokens
+    assert counted > 5
+    first = ant.messages.create(**ask, extra_body=GREEDY, max_tokens=2)
+    again = ant.messages.create(**ask, extra_body=GREEDY, max_tokens=2)
+    for usage in (first.usage, again.usage):
+        assert prompt_of(usage) == counted
+        assert usage.cache_creation_input_tokens == 0
+        assert usage.cache_creation is not None
+        assert usage.cache_creation.ephemeral_5m_input_tokens == 0
+        assert usage.cache_creation.ephemeral_1h_input_tokens == 0
+    assert again.usage.cache_read_input_tokens == counted - 1 and again.usage.input_tokens == 1
+    with ant.messages.stream(**ask, extra_body=GREEDY, max_tokens=2) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    start = next(e for e in events if e.type == "message_start")
+    delta = next(e for e in events if e.type == "message_delta")
+    # Before the answer the cached part is not known yet: the prompt counts as input whole.
+    assert prompt_of(start.message.usage) == counted
+    assert prompt_of(delta.usage) == counted and delta.usage.cache_read_input_tokens == counted - 1
+    assert prompt_of(final.usage) == counted and final.usage.input_tokens == 1
 
 
 def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
@@ -295,6 +326,35 @@ def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
 
 
 ANTHROPIC = {"anthropic-version": "2023-06-01"}  # what every Anthropic client sends
+
+
+def test_anthropic_shapes_have_every_field_of_the_spec(live: LiveServer) -> None:
+    """Message, its usage and blocks, and the stream's events, with the fields Anthropic's
+    OpenAPI document requires (null where localrun has nothing to say)."""
+    body = {"model": SMOL, "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]}
+    whole = httpx.post(f"{live.url}/v1/messages", json=body, timeout=PATIENCE_S).json()
+    assert set(whole) == {"id", "type", "role", "model", "content", "stop_reason",
+                          "stop_sequence", "stop_details", "container", "usage"}  # fmt: skip
+    assert whole["stop_details"] is None and whole["container"] is None
+    assert whole["content"][0]["citations"] is None
+    usage = whole["usage"]
+    assert usage["server_tool_use"] == {"web_search_requests": 0, "web_fetch_requests": 0}
+    assert usage["service_tier"] == "standard" and usage["inference_geo"] == "not_available"
+    assert usage["output_tokens_details"] is None and "cache_creation" in usage
+    streamed = httpx.post(
+        f"{live.url}/v1/messages", json={**body, "stream": True}, timeout=PATIENCE_S
+    )
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line[:6] == "data: "]
+    start = events[0]["message"]
+    assert set(start) == set(whole) and start["stop_details"] is None
+    assert start["container"] is None and start["stop_reason"] is None
+    opened = next(e for e in events if e["type"] == "content_block_start")
+    assert opened["content_block"] == {"type": "text", "text": "", "citations": None}
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert set(delta["delta"]) == {"stop_reason", "stop_sequence", "stop_details", "container"}
+    assert set(delta["usage"]) == {"input_tokens", "cache_creation_input_tokens",
+                                   "cache_read_input_tokens", "output_tokens",
+                                   "output_tokens_details", "server_tool_use"}  # fmt: skip
 
 
 def test_every_answer_names_its_request(
