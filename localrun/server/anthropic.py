@@ -2,8 +2,8 @@
 
     POST /v1/messages                 system (a string or text blocks), messages with text,
                                       tool_use and tool_result blocks (and system messages
-                                      among them), tools (custom; bash and text editor; server
-                                      tools left out: anthropic_tools), tool_choice
+                                      among them), tools (custom; bash, text editor and memory;
+                                      server tools left out: anthropic_tools), tool_choice
                                       (auto, any, tool, none), max_tokens (required),
                                       stop_sequences, temperature, top_p, top_k, metadata,
                                       thinking, output_config (format: a JSON schema; effort),

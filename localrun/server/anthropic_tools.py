@@ -1,5 +1,5 @@
 """The tools of a Messages request: custom tools, Anthropic's tools that the client runs (bash,
-text editor) given to the model as functions with their input's schema, and the server
+text editor, memory) given to the model as functions with their input's schema, and the server
 tools that run on Anthropic's side, which localrun has not, left out (core.tools_left_out names
 them); `tool_choice` as the core's.
 """
@@ -29,6 +29,46 @@ _EDITOR_INPUT = {
 }
 
 
+def _memory_command(command: str, *required: str) -> dict[str, Any]:
+    return {"properties": {"command": {"const": command}}, "required": ["command", *required]}
+
+
+# The memory tool's commands as the SDK's memory tools take them (BetaMemoryTool20250818Command:
+# each command's fields, required as there): every field listed once for the templates that
+# show a tool's properties, and each command's own in `anyOf`, so that a call made under a
+# grammar (tool_choice naming it) is one the client's tool accepts.
+_MEMORY_INPUT = {
+    "type": "object",
+    "properties": {
+        "command": {
+            "type": "string",
+            "enum": ["view", "create", "str_replace", "insert", "delete", "rename"],
+        },
+        "path": {"type": "string", "description": "A path under /memories."},
+        "view_range": {
+            "type": "array",
+            "items": {"type": "integer"},
+            "description": "With view: the first and last lines to show.",
+        },
+        "file_text": {"type": "string", "description": "With create: the file's content."},
+        "old_str": {"type": "string", "description": "With str_replace: the text to replace."},
+        "new_str": {"type": "string", "description": "With str_replace: the new text."},
+        "insert_line": {"type": "integer", "description": "With insert: the line after which."},
+        "insert_text": {"type": "string", "description": "With insert: the text."},
+        "old_path": {"type": "string", "description": "With rename: the current path."},
+        "new_path": {"type": "string", "description": "With rename: the new path."},
+    },
+    "required": ["command"],
+    "anyOf": [
+        _memory_command("view", "path"),
+        _memory_command("create", "path", "file_text"),
+        _memory_command("str_replace", "path", "old_str", "new_str"),
+        _memory_command("insert", "path", "insert_line", "insert_text"),
+        _memory_command("delete", "path"),
+        _memory_command("rename", "old_path", "new_path"),
+    ],
+}
+
 # Anthropic-defined tools that the client runs, by the prefix of their type: the model is
 # given their schema.
 _CLIENT_TOOLS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -45,6 +85,11 @@ _CLIENT_TOOLS: dict[str, tuple[str, dict[str, Any]]] = {
     "text_editor_": (
         "View, create and edit files: view, create, str_replace, insert, undo_edit.",
         _EDITOR_INPUT,
+    ),
+    "memory_": (
+        "Your memory, files under /memories that last from one conversation to the next: "
+        "view, create, str_replace, insert, delete, rename.",
+        _MEMORY_INPUT,
     ),
 }
 

@@ -42,6 +42,7 @@ def call(name: str, arguments: dict[str, Any]) -> str:
     return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
 
 
+MEMORY_CALL = {"command": "create", "path": "/memories/user.md", "file_text": "Name: Ann\n"}
 PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+Hello\n*** End Patch\n"
 BROKEN_PATCH = PATCH.replace("+Hello", "Hello")  # an added line without its "+"
 
@@ -51,6 +52,7 @@ MODELS = {
     "agent-ns": (call("collaboration.spawn_agent", {"message": "look"}), QWEN),
     "agent-custom": (call("apply_patch", {"input": PATCH}), QWEN),
     "agent-ctx": ("Done.", QWEN),
+    "agent-memory": (call("memory", MEMORY_CALL), QWEN),
 }
 
 
@@ -268,6 +270,33 @@ def test_claude_codes_web_search_is_left_out_and_named(http: httpx.Client) -> No
     )
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-localrun-tools-left-out"] == "web_search_20250305"
+
+
+def test_the_memory_tool_is_the_clients_to_run(live: LiveServer, tmp_path: Path) -> None:
+    """Anthropic's memory tool runs on the client (the SDK's local filesystem memory tool), as
+    its bash and text editor do: the model is given its commands, tool_choice may name it, and
+    the call comes back as a tool_use the SDK's tool runner carries out."""
+    import anthropic
+    from anthropic.tools import BetaLocalFilesystemMemoryTool
+
+    ant = anthropic.Anthropic(base_url=live.url, api_key="x", max_retries=0, timeout=PATIENCE_S)
+    memory = BetaLocalFilesystemMemoryTool(base_path=str(tmp_path))
+    runner = ant.beta.messages.tool_runner(
+        model="agent-memory",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Remember that my name is Ann."}],
+        tools=[memory],
+        tool_choice={"type": "tool", "name": "memory"},
+    )
+    message = next(iter(runner))
+    assert message.stop_reason == "tool_use"
+    (use,) = [b for b in message.content if b.type == "tool_use"]
+    assert use.name == "memory" and use.input == MEMORY_CALL
+    results = runner.generate_tool_call_response()
+    assert results is not None
+    (result,) = results["content"]
+    assert result["type"] == "tool_result" and not result.get("is_error"), result
+    assert (tmp_path / "memories" / "user.md").read_text() == "Name: Ann\n"
 
 
 # -- a prompt past the context ---------------------------------------------------------------

@@ -242,6 +242,25 @@ def test_anthropic_tools_and_results(ant: anthropic.Anthropic) -> None:
     assert answer.content and answer.stop_reason in ("end_turn", "max_tokens", "tool_use")
 
 
+def test_a_forced_memory_call_is_one_the_sdks_memory_tool_takes(ant: anthropic.Anthropic) -> None:
+    """The memory tool's schema holds a real model's forced call to one of its commands, with
+    that command's fields, as the SDK's memory tools read it."""
+    from anthropic.types.beta import BetaMemoryTool20250818Command
+    from pydantic import TypeAdapter
+
+    message = ant.messages.create(
+        model=SMOL,
+        messages=[{"role": "user", "content": "Remember that my name is Ann."}],
+        tools=[{"type": "memory_20250818", "name": "memory"}],
+        tool_choice={"type": "tool", "name": "memory"},
+        extra_body=GREEDY,
+        max_tokens=150,
+    )
+    (use,) = [b for b in message.content if b.type == "tool_use"]
+    command = TypeAdapter(BetaMemoryTool20250818Command).validate_python(use.input)
+    assert use.name == "memory" and use.input["command"] == command.command
+
+
 def prompt_of(usage: Any) -> int:
     """The prompt's tokens, as Anthropic's usage counts them: in three parts."""
     parts = (usage.cache_read_input_tokens, usage.cache_creation_input_tokens)
