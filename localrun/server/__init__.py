@@ -22,7 +22,8 @@
     responses.py   /v1/responses (its input read by responses_input.py), with response_store.py
                    keeping stored answers
     anthropic.py   /v1/messages, /v1/messages/count_tokens (its tools in anthropic_tools.py,
-                   its answer's shapes and stream in anthropic_stream.py)
+                   its answer's shapes and stream in anthropic_stream.py); /v1/complete in
+                   anthropic_complete.py
     llamacpp.py    llama-server's /health, /tokenize, /detokenize, /infill
 
   the store and the page:

@@ -9,6 +9,7 @@
                                       thinking, output_config (format: a JSON schema; effort),
                                       stream
     POST /v1/messages/count_tokens    {"input_tokens": N} for the same request body
+    POST /v1/complete                 the legacy Text Completions (anthropic_complete)
 
 The answer's shapes (the Message, its usage, the stream's events) are anthropic_stream's.
 stop_reason is "tool_use" when the answer is tool calls, "max_tokens" when the token budget or
@@ -214,8 +215,9 @@ def _format(body: Body) -> dict[str, Any] | None:
     return schema
 
 
-def options_of(body: Body) -> dict[str, Any]:
-    """The request's sampling fields, stop sequences and max_tokens as options."""
+def options_of(body: Body, most: str = "max_tokens") -> dict[str, Any]:
+    """The request's sampling fields, stop sequences and its bound on the answer's tokens
+    (`most`: max_tokens; /v1/complete's max_tokens_to_sample) as options."""
     options = body.sampling(("temperature", "top_p"))
     top_k = body.get("top_k", int)
     if top_k is not None:
@@ -223,7 +225,7 @@ def options_of(body: Body) -> dict[str, Any]:
     stops = body.stops("stop_sequences", MAX_STOP_SEQUENCES)
     if stops:
         options["stop"] = stops
-    max_tokens = body.get("max_tokens", int)
+    max_tokens = body.get(most, int)
     if max_tokens is not None:
         options["num_predict"] = max_tokens
     return options

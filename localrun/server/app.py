@@ -25,6 +25,7 @@ from localrun import __version__
 from localrun.errors import LocalrunError, ModelNotFoundError
 from localrun.server import (
     anthropic,
+    anthropic_complete,
     completions,
     core,
     llamacpp,
@@ -110,6 +111,7 @@ _ROUTES = (
     ("/v1/responses/{response_id}/input_items", responses.input_items_list, ["GET"]),
     ("/v1/messages", anthropic.messages, ["POST"]),
     ("/v1/messages/count_tokens", anthropic.count_tokens, ["POST"]),
+    ("/v1/complete", anthropic_complete.complete, ["POST"]),
     ("/health", llamacpp.health, ["GET"]),
     ("/tokenize", llamacpp.tokenize, ["POST"]),
     ("/detokenize", llamacpp.detokenize, ["POST"]),

@@ -345,6 +345,7 @@ def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
 
 
 ANTHROPIC = {"anthropic-version": "2023-06-01"}  # what every Anthropic client sends
+HUMAN = ["\n\nHuman:"]  # where Anthropic's text completions stop
 
 
 def test_anthropic_shapes_have_every_field_of_the_spec(live: LiveServer) -> None:
@@ -420,6 +421,47 @@ def test_an_anthropic_clients_unknown_path_is_answered_in_its_shape(
     keyed = httpx.get(f"{live.url}/v1/files", headers={"x-api-key": "k"})
     assert set(keyed.json()) == {"error"}
     assert httpx.get(f"{live.url}/api/nothing-here").json()["code"] == "not_found"  # Ollama's
+
+
+def test_anthropic_text_completions(live: LiveServer, ant: anthropic.Anthropic) -> None:
+    """/v1/complete continues the raw prompt as /v1/completions does (the same core, the same
+    greedy text), stops at "\n\nHuman:" and at stop_sequences, streamed or not."""
+    prompt = "\n\nHuman: What is the capital of France?\n\nAssistant:"
+    ask = {"model": SMOL, "prompt": prompt, "max_tokens_to_sample": 12, "temperature": 0}
+    completion: Any = ant.post("/v1/complete", cast_to=object, body=ask)
+    assert completion["type"] == "completion" and completion["id"].startswith("compl_")
+    assert completion["model"] == SMOL
+    assert completion["stop_reason"] in ("stop_sequence", "max_tokens")
+    same = httpx.post(
+        f"{live.url}/v1/completions",
+        json={**ask, "max_tokens": 12, "stop": HUMAN},
+        timeout=PATIENCE_S,
+    ).json()
+    assert completion["completion"] == same["choices"][0]["text"]
+    events: Any = list(
+        ant.post(
+            "/v1/complete",
+            cast_to=object,
+            body={**ask, "stream": True},
+            stream=True,
+            stream_cls=anthropic.Stream[object],
+        )
+    )
+    assert all(e["type"] == "completion" and e["id"] == events[0]["id"] for e in events)
+    assert "".join(e["completion"] for e in events) == completion["completion"]
+    assert [e["stop_reason"] for e in events[:-1]] == [None] * (len(events) - 1)
+    assert events[-1]["stop_reason"] == completion["stop_reason"]
+    short: Any = ant.post("/v1/complete", cast_to=object, body={**ask, "max_tokens_to_sample": 1})
+    assert short["stop_reason"] == "max_tokens"
+    word = completion["completion"].split()[0]
+    cut: Any = ant.post("/v1/complete", cast_to=object, body={**ask, "stop_sequences": [word]})
+    assert cut["stop_reason"] == "stop_sequence" and word not in cut["completion"]
+    for bad in ({"prompt": prompt}, {"max_tokens_to_sample": 5}, {**ask, "stop_sequences": 3}):
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            ant.post("/v1/complete", cast_to=object, body={"model": SMOL, **bad})
+        assert refused.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    with pytest.raises(anthropic.NotFoundError):
+        ant.post("/v1/complete", cast_to=object, body={**ask, "model": "no-such-model"})
 
 
 def test_anthropic_api_key(store: Store, responses_dir: Path) -> None:
