@@ -282,10 +282,12 @@ async def messages(request: Request) -> Response:
     generation = await start(request, req)
     head = answer.head(new_id("msg"), req.model)
     headers = core.tools_left_out(left_out)
+    beta = request.query_params.get("beta") == "true"  # the SDK's client.beta.messages
     if body.flag("stream", False):
-        return event_stream(answer.events(generation, head, request_ids.of(request)), headers)
+        named = request_ids.of(request)
+        return event_stream(answer.events(generation, head, named, beta), headers)
     await core.until_disconnect(request, generation.collect)
-    return JSONResponse(answer.message(generation, head), headers=headers)
+    return JSONResponse(answer.message(generation, head, beta), headers=headers)
 
 
 async def count_tokens(request: Request) -> Response:

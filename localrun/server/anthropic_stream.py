@@ -7,6 +7,11 @@ the disk prompt cache's), `input_tokens` what was evaluated now, `cache_creation
 0: localrun keeps every prompt it reads for the next request by itself, without a write a
 client asks for or pays for (`cache_control` changes nothing), so no part of the prompt is a
 cache write of its own.
+
+Requests of the beta API (`POST /v1/messages?beta=true`, the SDK's `client.beta.messages`, its
+tool runner's) get the fields its Message has besides: `diagnostics` and `context_management`
+null (localrun compares no earlier request and edits no context), usage's `iterations` null (one
+sampling pass) and `speed` "standard".
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from localrun.server.streaming import sse
 # Where the inference ran (Anthropic's usage says "global" or "us"): on this machine, which is
 # neither; Anthropic's own records say "not_available" for a request without a geography.
 INFERENCE_GEO = "not_available"
+_BETA_MESSAGE = {"diagnostics": None, "context_management": None}
 
 
 def stop_reason(generation: Generation) -> tuple[str, str | None]:
@@ -37,11 +43,11 @@ def stop_reason(generation: Generation) -> tuple[str, str | None]:
     return "end_turn", None
 
 
-def _counts(generation: Generation) -> dict[str, Any]:
+def _counts(generation: Generation, beta: bool) -> dict[str, Any]:
     """The counts a Message's usage and a message_delta's share."""
     t = generation.stream.timings
     cached = t.cached_tokens
-    return {
+    counts = {
         "input_tokens": max(0, generation.prompt_count - cached),
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
@@ -49,17 +55,19 @@ def _counts(generation: Generation) -> dict[str, Any]:
         "output_tokens_details": None,
         "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
     }
+    return {**counts, "iterations": None} if beta else counts
 
 
-def usage(generation: Generation) -> dict[str, Any]:
+def usage(generation: Generation, beta: bool = False) -> dict[str, Any]:
     """A Message's usage (before the end: the prompt, every part of it counted as input, the
     cached part being known only then)."""
-    return {
-        **_counts(generation),
+    out = {
+        **_counts(generation, beta),
         "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
         "service_tier": "standard",
         "inference_geo": INFERENCE_GEO,
     }
+    return {**out, "speed": "standard"} if beta else out
 
 
 def head(message_id: str, model: str) -> dict[str, Any]:
@@ -99,8 +107,8 @@ def tool_blocks(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     ]
 
 
-def message(generation: Generation, message_head: dict[str, Any]) -> dict[str, Any]:
-    """The whole Message of a collected generation."""
+def message(generation: Generation, message_head: dict[str, Any], beta: bool) -> dict[str, Any]:
+    """The whole Message of a collected generation (`beta`: the beta API's)."""
     content: list[dict[str, Any]] = []
     if generation.thinking:
         content.append(thinking_block(generation.thinking))
@@ -111,12 +119,13 @@ def message(generation: Generation, message_head: dict[str, Any]) -> dict[str, A
         **message_head,
         "content": content + tools,
         **ending(generation),
-        "usage": usage(generation),
+        **(_BETA_MESSAGE if beta else {}),
+        "usage": usage(generation, beta),
     }
 
 
 async def events(
-    generation: Generation, message_head: dict[str, Any], request_id: str | None
+    generation: Generation, message_head: dict[str, Any], request_id: str | None, beta: bool
 ) -> AsyncIterator[bytes]:
     """Anthropic's stream: a content block per run of thinking or text, then the tool calls."""
     opening = {
@@ -126,10 +135,11 @@ async def events(
         "stop_sequence": None,
         "stop_details": None,
         "container": None,
+        **(_BETA_MESSAGE if beta else {}),
     }
     # The prompt's count is known once its first piece came (start() awaits it), as
     # Anthropic's API and llama-server tell it here; the answer's count comes at the end.
-    yield _event("message_start", message={**opening, "usage": usage(generation)})
+    yield _event("message_start", message={**opening, "usage": usage(generation, beta)})
     blocks = _Blocks()
     try:
         async with contextlib.aclosing(runs(generation)) as pieces:
@@ -142,7 +152,9 @@ async def events(
                     out = blocks.delta(run.kind, run.text)
                 for event in out:
                     yield event
-        yield _event("message_delta", delta=ending(generation), usage=_counts(generation))
+        beta_fields = {"context_management": None} if beta else {}
+        counts = _counts(generation, beta)
+        yield _event("message_delta", delta=ending(generation), usage=counts, **beta_fields)
         yield _event("message_stop")
     except Exception as exc:
         yield failed(exc, "/v1/messages", request_id)

@@ -375,6 +375,18 @@ def test_anthropic_shapes_have_every_field_of_the_spec(live: LiveServer) -> None
     assert set(delta["usage"]) == {"input_tokens", "cache_creation_input_tokens",
                                    "cache_read_input_tokens", "output_tokens",
                                    "output_tokens_details", "server_tool_use"}  # fmt: skip
+    # The beta API's (the SDK's client.beta) Message has a few fields more.
+    beta = httpx.post(f"{live.url}/v1/messages?beta=true", json=body, timeout=PATIENCE_S).json()
+    assert set(beta) == set(whole) | {"diagnostics", "context_management"}
+    assert beta["diagnostics"] is None and beta["context_management"] is None
+    assert beta["usage"]["iterations"] is None and beta["usage"]["speed"] == "standard"
+    streamed = httpx.post(
+        f"{live.url}/v1/messages?beta=true", json={**body, "stream": True}, timeout=PATIENCE_S
+    )
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line[:6] == "data: "]
+    assert set(events[0]["message"]) == set(beta)
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert delta["context_management"] is None and delta["usage"]["iterations"] is None
 
 
 def test_every_answer_names_its_request(
