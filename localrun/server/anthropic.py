@@ -300,4 +300,7 @@ async def count_tokens(request: Request) -> Response:
         request,
         lambda: scheduler.tokenize(req.model, request=req),
     )
-    return JSONResponse({"input_tokens": len(tokens)})
+    counted: dict[str, Any] = {"input_tokens": len(tokens)}
+    if request.query_params.get("beta") == "true":  # the beta API's: no context was edited
+        counted["context_management"] = None
+    return JSONResponse(counted)

@@ -278,6 +278,8 @@ def test_anthropic_usage_adds_up_to_count_tokens(ant: anthropic.Anthropic) -> No
     }
     counted = ant.messages.count_tokens(**ask).input_tokens
     assert counted > 5
+    beta = ant.beta.messages.count_tokens(**ask)
+    assert beta.input_tokens == counted and beta.context_management is None
     first = ant.messages.create(**ask, extra_body=GREEDY, max_tokens=2)
     again = ant.messages.create(**ask, extra_body=GREEDY, max_tokens=2)
     for usage in (first.usage, again.usage):
