@@ -23,7 +23,7 @@
                    keeping stored answers
     anthropic.py   /v1/messages, /v1/messages/count_tokens (its tools in anthropic_tools.py,
                    its answer's shapes and stream in anthropic_stream.py); /v1/complete in
-                   anthropic_complete.py
+                   anthropic_complete.py; Anthropic's models list in anthropic_models.py
     llamacpp.py    llama-server's /health, /tokenize, /detokenize, /infill
 
   the store and the page:

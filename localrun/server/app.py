@@ -9,7 +9,7 @@ nothing lives at module level, so tests can run several apps side by side.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from localrun.errors import LocalrunError, ModelNotFoundError
 from localrun.server import (
     anthropic,
     anthropic_complete,
+    anthropic_models,
     completions,
     core,
     llamacpp,
@@ -41,6 +42,7 @@ from localrun.server import (
 from localrun.server.errors import (
     body_of,
     dialect_of,
+    from_anthropic_client,
     headers_of,
     log_refused,
     plain_body,
@@ -83,6 +85,20 @@ class Settings:
         )
 
 
+Route = Callable[[Request], Awaitable[Response]]
+
+
+def by_client(openai_route: Route, anthropic_route: Route) -> Route:
+    """A route both APIs have (/v1/models): an Anthropic client's request gets Anthropic's."""
+
+    async def route(request: Request) -> Response:
+        if from_anthropic_client(request.headers):
+            return await anthropic_route(request)
+        return await openai_route(request)
+
+    return route
+
+
 _ROUTES = (
     ("/", ollama.root, ["GET", "HEAD"]),
     ("/api/version", ollama.version, ["GET"]),
@@ -100,8 +116,8 @@ _ROUTES = (
     ("/api/delete", models.delete, ["DELETE"]),
     ("/api/blobs/{digest}", models.blob_head, ["HEAD"]),
     ("/api/blobs/{digest}", models.blob_upload, ["POST"]),
-    ("/v1/models", openai.models, ["GET"]),
-    ("/v1/models/{model:path}", openai.model, ["GET"]),
+    ("/v1/models", by_client(openai.models, anthropic_models.models), ["GET"]),
+    ("/v1/models/{model:path}", by_client(openai.model, anthropic_models.model), ["GET"]),
     ("/v1/chat/completions", openai.chat_completions, ["POST"]),
     ("/v1/completions", completions.completions, ["POST"]),
     ("/v1/embeddings", openai.embeddings, ["POST"]),

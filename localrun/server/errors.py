@@ -159,10 +159,11 @@ _OPENAI_SHAPED = frozenset(
 )
 
 
-# Every Anthropic client sends anthropic-version (the API requires it; the SDKs and Claude Code
-# add it to every request). Not x-api-key: OpenAI clients send that too (Continue's `cn` sends
-# both key headers).
-_ANTHROPIC_HEADER = "anthropic-version"
+def from_anthropic_client(headers: Mapping[str, str]) -> bool:
+    """Whether a request comes from an Anthropic client: every one sends anthropic-version (the
+    API requires it; the SDKs and Claude Code add it to every request). Not x-api-key: OpenAI
+    clients send that too (Continue's `cn` sends both key headers)."""
+    return "anthropic-version" in headers
 
 
 def dialect_of(path: str, headers: Mapping[str, str] | None = None) -> Dialect:
@@ -171,7 +172,7 @@ def dialect_of(path: str, headers: Mapping[str, str] | None = None) -> Dialect:
     included; otherwise the path's API decides."""
     if path in ("/v1/messages", "/v1/complete") or path.startswith("/v1/messages/"):
         return "anthropic"
-    if headers is not None and _ANTHROPIC_HEADER in headers:
+    if headers is not None and from_anthropic_client(headers):
         return "anthropic"
     if path == "/v1/responses" or path.startswith("/v1/responses/"):
         return "responses"

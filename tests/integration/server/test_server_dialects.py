@@ -437,6 +437,41 @@ def test_an_anthropic_clients_unknown_path_is_answered_in_its_shape(
     assert httpx.get(f"{live.url}/api/nothing-here").json()["code"] == "not_found"  # Ollama's
 
 
+def test_anthropic_clients_list_models_in_their_shape(
+    live: LiveServer, ant: anthropic.Anthropic, ai: openai.OpenAI
+) -> None:
+    """GET /v1/models answers an Anthropic client (anthropic-version) with Anthropic's
+    ModelInfo pages, an OpenAI client with OpenAI's list: the same models."""
+    copies = [f"smol-copy-{i}" for i in range(2)]  # three models to page through
+    for name in copies:
+        made = httpx.post(f"{live.url}/api/copy", json={"source": SMOL, "destination": name})
+        assert made.status_code == 200, made.text
+    try:
+        listed = [m.id for m in ai.models.list()]
+        assert len(listed) >= 3 and SMOL in listed
+        page = ant.models.list()
+        assert [m.id for m in page.data] == listed[:20]
+        assert all(m.type == "model" and m.display_name == m.id for m in page.data)
+        assert page.first_id == listed[0] and page.last_id == listed[min(20, len(listed)) - 1]
+        first = ant.models.list(limit=1)
+        assert [m.id for m in first.data] == listed[:1] and first.has_more is True
+        second = ant.models.list(limit=1, after_id=listed[0])
+        assert [m.id for m in second.data] == listed[1:2]
+        back = ant.models.list(limit=1, before_id=listed[1])
+        assert [m.id for m in back.data] == listed[:1] and back.has_more is False
+        last = ant.models.list(limit=1000, after_id=listed[0])
+        assert [m.id for m in last.data] == listed[1:] and last.has_more is False
+    finally:
+        for name in copies:
+            httpx.request("DELETE", f"{live.url}/api/delete", json={"model": name})
+    one = ant.models.retrieve(SMOL)
+    assert one.id == SMOL and one.type == "model" and one.created_at.year > 2000
+    with pytest.raises(anthropic.NotFoundError):
+        ant.models.retrieve("no-such-model")
+    with pytest.raises(anthropic.BadRequestError):
+        ant.models.list(limit=0)
+
+
 def test_anthropic_text_completions(live: LiveServer, ant: anthropic.Anthropic) -> None:
     """/v1/complete continues the raw prompt as /v1/completions does (the same core, the same
     greedy text), stops at "\n\nHuman:" and at stop_sequences, streamed or not."""
