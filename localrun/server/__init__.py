@@ -3,6 +3,7 @@
     app.py         create_app(settings, scheduler): routes, error mapping, lifespan
     security.py    Host check, CORS, API key, body size limit (one ASGI middleware)
     connections.py connection limits, header and body read timeouts
+    request_ids.py each answer's request-id and x-request-id (one ASGI middleware)
 
   what every dialect shares (none of these imports a dialect module):
     core.py        the app's Context; until_disconnect, which cancels work when the client leaves
@@ -21,7 +22,9 @@
     responses.py   /v1/responses (its input read by responses_input.py; the response object
                    responses_output.py's, its stream responses_events.py's, background runs
                    responses_background.py's), with response_store.py keeping stored answers
-    anthropic.py   /v1/messages, /v1/messages/count_tokens
+    anthropic.py   /v1/messages, /v1/messages/count_tokens (its tools in anthropic_tools.py,
+                   its answer's shapes and stream in anthropic_stream.py); /v1/complete in
+                   anthropic_complete.py; Anthropic's models list in anthropic_models.py
     llamacpp.py    llama-server's /health, /tokenize, /detokenize, /infill
 
   the store and the page:

@@ -9,7 +9,7 @@ nothing lives at module level, so tests can run several apps side by side.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,8 @@ from localrun import __version__
 from localrun.errors import LocalrunError, ModelNotFoundError
 from localrun.server import (
     anthropic,
+    anthropic_complete,
+    anthropic_models,
     completions,
     core,
     llamacpp,
@@ -32,6 +34,7 @@ from localrun.server import (
     models,
     ollama,
     openai,
+    request_ids,
     rerank,
     responses,
     show,
@@ -40,6 +43,7 @@ from localrun.server import (
 from localrun.server.errors import (
     body_of,
     dialect_of,
+    from_anthropic_client,
     headers_of,
     log_refused,
     plain_body,
@@ -83,6 +87,20 @@ class Settings:
         )
 
 
+Route = Callable[[Request], Awaitable[Response]]
+
+
+def by_client(openai_route: Route, anthropic_route: Route) -> Route:
+    """A route both APIs have (/v1/models): an Anthropic client's request gets Anthropic's."""
+
+    async def route(request: Request) -> Response:
+        if from_anthropic_client(request.headers):
+            return await anthropic_route(request)
+        return await openai_route(request)
+
+    return route
+
+
 _ROUTES = (
     ("/", ollama.root, ["GET", "HEAD"]),
     ("/api/version", ollama.version, ["GET"]),
@@ -100,8 +118,8 @@ _ROUTES = (
     ("/api/delete", models.delete, ["DELETE"]),
     ("/api/blobs/{digest}", models.blob_head, ["HEAD"]),
     ("/api/blobs/{digest}", models.blob_upload, ["POST"]),
-    ("/v1/models", openai.models, ["GET"]),
-    ("/v1/models/{model:path}", openai.model, ["GET"]),
+    ("/v1/models", by_client(openai.models, anthropic_models.models), ["GET"]),
+    ("/v1/models/{model:path}", by_client(openai.model, anthropic_models.model), ["GET"]),
     ("/v1/chat/completions", openai.chat_completions, ["POST"]),
     ("/v1/completions", completions.completions, ["POST"]),
     ("/v1/embeddings", openai.embeddings, ["POST"]),
@@ -113,6 +131,7 @@ _ROUTES = (
     ("/v1/responses/{response_id}/input_items", responses.input_items_list, ["GET"]),
     ("/v1/messages", anthropic.messages, ["POST"]),
     ("/v1/messages/count_tokens", anthropic.count_tokens, ["POST"]),
+    ("/v1/complete", anthropic_complete.complete, ["POST"]),
     ("/health", llamacpp.health, ["GET"]),
     ("/tokenize", llamacpp.tokenize, ["POST"]),
     ("/detokenize", llamacpp.detokenize, ["POST"]),
@@ -177,8 +196,9 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
         origins=settings.origins,
         max_request_bytes=settings.max_request_bytes,
     )
-    # Outermost: the requests the Guard refuses are counted too.
+    # Outside the Guard: the requests it refuses are counted too, and their answers named.
     app.add_middleware(metrics.RequestCounter, metrics=counters)
+    app.add_middleware(request_ids.RequestIds)
     return app
 
 
@@ -202,7 +222,7 @@ async def _on_localrun_error(request: Request, exc: Exception) -> Response:
         await anyio.to_thread.run_sync(catalog.suggest, exc, store)
     refused(request.method, request.url.path, exc)
     return JSONResponse(
-        body_of(exc, dialect_of(request.url.path)),
+        body_of(exc, dialect_of(request.url.path, request.headers), request_ids.of(request)),
         status_code=status_of(exc),
         headers=headers_of(exc),
     )
@@ -218,7 +238,10 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     else:
         message, code = str(exc.detail), "error"
     log_refused(request.method, request.url.path, exc.status_code, message)
-    body = plain_body(message[:300], exc.status_code, code, dialect_of(request.url.path))
+    dialect = dialect_of(request.url.path, request.headers)
+    body = plain_body(
+        message[:300], exc.status_code, code, dialect, request_id=request_ids.of(request)
+    )
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 

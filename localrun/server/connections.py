@@ -35,6 +35,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from localrun.errors import BusyError, LocalrunError, RequestTimeoutError
+from localrun.server import request_ids
 from localrun.server.errors import body_of, dialect_of, headers_of, refused, status_of
 from localrun.settings import limits
 
@@ -302,10 +303,12 @@ class GuardedH11Protocol(H11Protocol):
     def _answer_and_close(self, error: LocalrunError, path: str) -> None:
         """Answer `error` in the path's dialect outside h11's state machine, and close."""
         refused("", path, error)
-        body = json.dumps(body_of(error, dialect_of(path))).encode()
+        request_id = request_ids.new_id()  # named as the app's answers are
+        body = json.dumps(body_of(error, dialect_of(path), request_id)).encode()
         status = status_of(error)
         head = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}"]
         head += [f"{name}: {value}" for name, value in headers_of(error).items()]
+        head += [f"request-id: {request_id}", f"x-request-id: {request_id}"]
         head += [
             "content-type: application/json",
             f"content-length: {len(body)}",

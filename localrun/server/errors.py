@@ -4,14 +4,15 @@ Ollama's clients read `error` as a string, so the native dialect is
 `{"error": "message", "code": "model_not_found", "hint": "..."}` (localrun's client rebuilds the
 typed error from `code`). OpenAI's clients (and llama-server's routes) expect
 `{"error": {"message", "type", "code", "param"}}`, Anthropic's
-`{"type": "error", "error": {"type", "message"}}` (with localrun's `code` beside them). The
-status is chosen from the error's class alone, never from its text, and is the same in every
-dialect.
+`{"type": "error", "error": {"type", "message"}, "request_id": "req_..."}` (with localrun's
+`code` beside them; the id is the request's, as its `request-id` header has it). The status is
+chosen from the error's class alone, never from its text, and is the same in every dialect.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from localrun import errors as e
@@ -91,8 +92,11 @@ def headers_of(exc: e.LocalrunError) -> dict[str, str]:
     return {}
 
 
-def body_of(exc: e.LocalrunError, dialect: Dialect) -> dict[str, Any]:
-    """The JSON body of an error response (also sent as the last line of a broken stream)."""
+def body_of(
+    exc: e.LocalrunError, dialect: Dialect, request_id: str | None = None
+) -> dict[str, Any]:
+    """The JSON body of an error response (also sent as the last line of a broken stream);
+    `request_id` goes into Anthropic's."""
     if isinstance(exc, e.ContextOverflowError):
         param = {"openai": "messages", "responses": "input"}.get(dialect)
         body = plain_body(
@@ -102,11 +106,14 @@ def body_of(exc: e.LocalrunError, dialect: Dialect) -> dict[str, Any]:
             dialect,
             hint=overflow.hint(exc, dialect),
             param=param,
+            request_id=request_id,
         )
         if dialect == "ollama":  # the numbers, for localrun's client to word its own hint
             body.update((k, v) for k, v in exc.to_dict().items() if k in exc.facts)
         return body
-    return plain_body(exc.message, status_of(exc), exc.code, dialect, hint=exc.hint)
+    return plain_body(
+        exc.message, status_of(exc), exc.code, dialect, hint=exc.hint, request_id=request_id
+    )
 
 
 def plain_body(
@@ -117,6 +124,7 @@ def plain_body(
     *,
     hint: str | None = None,
     param: str | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """An error body for a message that is not a LocalrunError (no route, wrong method)."""
     if dialect == "anthropic":
@@ -127,7 +135,8 @@ def plain_body(
         }
         if hint:
             inner["hint"] = hint
-        return {"type": "error", "error": inner}
+        # Anthropic's ErrorResponse requires request_id (null where there is none).
+        return {"type": "error", "error": inner, "request_id": request_id}
     if dialect in ("openai", "responses"):
         detail: dict[str, Any] = {
             "message": message,
@@ -150,8 +159,20 @@ _OPENAI_SHAPED = frozenset(
 )
 
 
-def dialect_of(path: str) -> Dialect:
-    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+def from_anthropic_client(headers: Mapping[str, str]) -> bool:
+    """Whether a request comes from an Anthropic client: every one sends anthropic-version (the
+    API requires it; the SDKs and Claude Code add it to every request). Not x-api-key: OpenAI
+    clients send that too (Continue's `cn` sends both key headers)."""
+    return "anthropic-version" in headers
+
+
+def dialect_of(path: str, headers: Mapping[str, str] | None = None) -> Dialect:
+    """The dialect an error is answered in: an Anthropic client's (by its headers, or a path
+    of Anthropic's API) gets Anthropic's shape on any path, a route that does not exist
+    included; otherwise the path's API decides."""
+    if path in ("/v1/messages", "/v1/complete") or path.startswith("/v1/messages/"):
+        return "anthropic"
+    if headers is not None and from_anthropic_client(headers):
         return "anthropic"
     if path == "/v1/responses" or path.startswith("/v1/responses/"):
         return "responses"

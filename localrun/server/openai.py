@@ -471,21 +471,30 @@ async def _local(request: Request) -> list[dict[str, Any]]:
     return local
 
 
-async def models(request: Request) -> Response:
+async def listed(request: Request) -> list[dict[str, Any]]:
+    """What /v1/models lists: the store's models and other runners', then the upstreams'."""
     local = await _local(request)
-    return JSONResponse({"object": "list", "data": local + _remote_listed(request, local)})
+    return local + _remote_listed(request, local)
 
 
-async def model(request: Request) -> Response:
+async def models(request: Request) -> Response:
+    return JSONResponse({"object": "list", "data": await listed(request)})
+
+
+async def found(request: Request, text: str) -> dict[str, Any]:
+    """The model /v1/models/{model} shows for `text` (ModelNotFoundError: none)."""
     from localrun.store import reference
 
-    text = request.path_params["model"]
     local = await _local(request)
     for shown in _remote_listed(request, local):
         if shown["id"] == text:
-            return JSONResponse(shown)
+            return shown
     wanted = str(reference.resolve(text).name)
     for shown in local:
         if shown["id"] == wanted:
-            return JSONResponse(shown)
+            return shown
     raise ModelNotFoundError(text)
+
+
+async def model(request: Request) -> Response:
+    return JSONResponse(await found(request, request.path_params["model"]))

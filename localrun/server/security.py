@@ -36,6 +36,7 @@ from localrun.errors import (
     RequestTooLargeError,
     UnauthorizedError,
 )
+from localrun.server import request_ids
 from localrun.server.errors import (
     body_of,
     dialect_of,
@@ -157,11 +158,11 @@ class Guard:
             await self.app(scope, receive, tracked_send)
         except LocalrunError as exc:
             if not started:
-                await self._error(exc, scope["method"], path, cors)(scope, receive, send)
+                await self._error(exc, scope, headers, cors)(scope, receive, send)
         except Exception as exc:  # a bug: one 500, logged, and the server stays up
             error = unexpected(exc, path)  # logs it, also when the answer has started
             if not started:
-                await self._error(error, scope["method"], path, cors)(scope, receive, send)
+                await self._error(error, scope, headers, cors)(scope, receive, send)
 
     def _check_host(self, headers: Headers) -> None:
         """Refuse a Host that does not name this machine, when bound to loopback (rebinding)."""
@@ -231,10 +232,13 @@ class Guard:
             )
         return Response(status_code=204, headers=allow)
 
-    def _error(self, exc: LocalrunError, method: str, path: str, cors: dict[str, str]) -> Response:
-        refused(method, path, exc)
+    def _error(
+        self, exc: LocalrunError, scope: Scope, headers: Headers, cors: dict[str, str]
+    ) -> Response:
+        path = scope["path"]
+        refused(scope["method"], path, exc)
         return JSONResponse(
-            body_of(exc, dialect_of(path)),
+            body_of(exc, dialect_of(path, headers), request_ids.of(scope)),
             status_code=status_of(exc),
             headers={**headers_of(exc), **cors},
         )

@@ -107,7 +107,11 @@ def messages_stream(port: int, model: str, n: int, n_predict: int) -> Stream:
             _received(result)
         elif kind == "message_delta":
             result.tokens = int(obj["usage"]["output_tokens"])
-            result.prompt_tokens = obj["usage"]["input_tokens"]
+            usage = obj["usage"]  # the prompt in three parts, as Anthropic counts it
+            result.prompt_tokens = sum(
+                usage.get(k) or 0
+                for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+            )
             result.complete = obj["delta"].get("stop_reason") is not None
         elif kind == "error":
             raise RuntimeError(json.dumps(obj)[:300])

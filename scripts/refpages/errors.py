@@ -79,8 +79,10 @@ SURFACES = {
     "ollama": "Ollama's routes (`/api/...`)",
     "openai": "OpenAI's routes (`/v1/...`) and llama-server's (`/tokenize`, `/infill`, ...)",
     "responses": "The Responses API's routes (`/v1/responses`)",
-    "anthropic": "Anthropic's routes (`/v1/messages`)",
+    "anthropic": "Anthropic's routes (`/v1/messages`, `/v1/complete`) and any request an "
+    "Anthropic client sends (it carries `anthropic-version`)",
 }
+EXAMPLE_ID = "req_5f0c2a9d1e7b43a8c6d2f901"  # a request's id, as its `request-id` header has it
 
 
 def _bodies() -> list[str]:
@@ -90,7 +92,7 @@ def _bodies() -> list[str]:
     for dialect in get_args(wire.Dialect):
         if dialect not in SURFACES:
             raise MissingText(f"dialect {dialect!r}: name its routes in SURFACES")
-        body = json.dumps(wire.body_of(example, dialect), indent=2)
+        body = json.dumps(wire.body_of(example, dialect, EXAMPLE_ID), indent=2)
         out += [f"{SURFACES[dialect]} answer HTTP {wire.status_of(example)} with:", ""]
         out += ["```json", body, "```", ""]
     return out

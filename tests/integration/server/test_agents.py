@@ -42,6 +42,7 @@ def call(name: str, arguments: dict[str, Any]) -> str:
     return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
 
 
+MEMORY_CALL = {"command": "create", "path": "/memories/user.md", "file_text": "Name: Ann\n"}
 PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+Hello\n*** End Patch\n"
 BROKEN_PATCH = PATCH.replace("+Hello", "Hello")  # an added line without its "+"
 
@@ -51,6 +52,7 @@ MODELS = {
     "agent-ns": (call("collaboration.spawn_agent", {"message": "look"}), QWEN),
     "agent-custom": (call("apply_patch", {"input": PATCH}), QWEN),
     "agent-ctx": ("Done.", QWEN),
+    "agent-memory": (call("memory", MEMORY_CALL), QWEN),
 }
 
 
@@ -103,6 +105,12 @@ def blocks_of(reply: httpx.Response) -> list[dict[str, Any]]:
     return blocks
 
 
+def prompt_of(usage: dict[str, int]) -> int:
+    """The prompt's tokens, as Anthropic's usage counts them: in three parts."""
+    parts = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    return sum(usage[key] for key in parts)
+
+
 def test_a_system_message_among_the_turns_is_taken_at_its_place(http: httpx.Client) -> None:
     turns: list[dict[str, Any]] = [{"role": "user", "content": "Hi"}]
     note = {"role": "system", "content": "Answer briefly, in the user's language."}
@@ -112,12 +120,12 @@ def test_a_system_message_among_the_turns_is_taken_at_its_place(http: httpx.Clie
     for extra in (note, blocks):
         reply = messages(http, {"model": "agent-text", "messages": [*turns, extra]})
         assert reply.status_code == 200, reply.text
-        assert reply.json()["content"] == [{"type": "text", "text": "Done."}]
+        assert reply.json()["content"] == [{"type": "text", "text": "Done.", "citations": None}]
         counted = http.post(
             "/v1/messages/count_tokens", json={"model": "agent-text", "messages": [*turns, extra]}
         )
         # Rendered as a system turn of its own: more tokens than the conversation without it.
-        assert counted.json()["input_tokens"] > plain.json()["usage"]["input_tokens"] + 8
+        assert counted.json()["input_tokens"] > prompt_of(plain.json()["usage"]) + 8
     image = {"role": "system", "content": [{"type": "image", "source": {"type": "url"}}]}
     refused = messages(http, {"model": "agent-text", "messages": [*turns, image]})
     assert refused.status_code == 400 and "image" in refused.json()["error"]["message"]
@@ -136,7 +144,7 @@ def test_adaptive_thinking_with_an_effort_is_the_models_to_decide(
     }
     plain = messages(http, {**body, "model": "agent-text"})
     assert plain.status_code == 200, plain.text
-    assert blocks_of(plain) == [{"type": "text", "text": "Done."}]
+    assert blocks_of(plain) == [{"type": "text", "text": "Done.", "citations": None}]
     thinker = messages(http, {**body, "model": "agent-think"})
     assert thinker.status_code == 200, thinker.text
     assert [b["type"] for b in blocks_of(thinker)] == ["thinking", "text"]
@@ -262,6 +270,33 @@ def test_claude_codes_web_search_is_left_out_and_named(http: httpx.Client) -> No
     )
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-localrun-tools-left-out"] == "web_search_20250305"
+
+
+def test_the_memory_tool_is_the_clients_to_run(live: LiveServer, tmp_path: Path) -> None:
+    """Anthropic's memory tool runs on the client (the SDK's local filesystem memory tool), as
+    its bash and text editor do: the model is given its commands, tool_choice may name it, and
+    the call comes back as a tool_use the SDK's tool runner carries out."""
+    import anthropic
+    from anthropic.tools import BetaLocalFilesystemMemoryTool
+
+    ant = anthropic.Anthropic(base_url=live.url, api_key="x", max_retries=0, timeout=PATIENCE_S)
+    memory = BetaLocalFilesystemMemoryTool(base_path=str(tmp_path))
+    runner = ant.beta.messages.tool_runner(
+        model="agent-memory",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Remember that my name is Ann."}],
+        tools=[memory],
+        tool_choice={"type": "tool", "name": "memory"},
+    )
+    message = next(iter(runner))
+    assert message.stop_reason == "tool_use"
+    (use,) = [b for b in message.content if b.type == "tool_use"]
+    assert use.name == "memory" and use.input == MEMORY_CALL
+    results = runner.generate_tool_call_response()
+    assert results is not None
+    (result,) = results["content"]
+    assert result["type"] == "tool_result" and not result.get("is_error"), result
+    assert (tmp_path / "memories" / "user.md").read_text() == "Name: Ann\n"
 
 
 # -- a prompt past the context ---------------------------------------------------------------

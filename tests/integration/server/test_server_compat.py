@@ -419,7 +419,9 @@ def test_metrics_count_requests_tokens_and_the_scheduler(
     model = f"model={SMOL}"
     prompts = (answer.prompt_eval_count or 0) + (again.prompt_eval_count or 0)
     prompts += chat.usage.prompt_tokens if chat.usage else 0
-    prompts += message["usage"]["input_tokens"]  # the whole prompt, cached part included
+    usage = message["usage"]  # the prompt in three parts: evaluated now, cached, written
+    prompts += sum(usage[k] for k in ("input_tokens", "cache_read_input_tokens",
+                                      "cache_creation_input_tokens"))  # fmt: skip
     assert grew(f"localrun_prompt_tokens_total{{{model}}}") == prompts
     generated = (answer.eval_count or 0) + (again.eval_count or 0)
     generated += chat.usage.completion_tokens if chat.usage else 0

@@ -174,7 +174,7 @@ def test_anthropic_create_and_stream(ant: anthropic.Anthropic) -> None:
     assert final.content[0].text == text  # type: ignore[union-attr]
     assert final.stop_reason == message.stop_reason
     assert final.usage.output_tokens == message.usage.output_tokens
-    assert final.usage.input_tokens == message.usage.input_tokens
+    assert prompt_of(final.usage) == prompt_of(message.usage)
 
     # The first few words, then a stop sequence taken from the answer itself.
     word = text.split()[-1].strip(".")
@@ -220,6 +220,9 @@ def test_anthropic_tools_and_results(ant: anthropic.Anthropic) -> None:
         final = stream.get_final_message()
     streamed = [b for b in final.content if b.type == "tool_use"]
     assert final.stop_reason == "tool_use" and streamed[0].input == use[0].input
+    # The model called it itself (not a code execution tool), in both.
+    assert use[0].caller is not None and use[0].caller.type == "direct"
+    assert streamed[0].caller is not None and streamed[0].caller.type == "direct"
 
     follow: Any = [
         *ask,
@@ -235,17 +238,66 @@ def test_anthropic_tools_and_results(ant: anthropic.Anthropic) -> None:
     answer = ant.messages.create(
         model=SMOL, messages=follow, tools=tools, extra_body=GREEDY, max_tokens=20
     )
-    assert answer.usage.input_tokens > message.usage.input_tokens
+    assert prompt_of(answer.usage) > prompt_of(message.usage)
     assert answer.content and answer.stop_reason in ("end_turn", "max_tokens", "tool_use")
 
 
-def test_anthropic_count_tokens(ant: anthropic.Anthropic) -> None:
-    messages: Any = [{"role": "user", "content": QUESTION}]
-    counted = ant.messages.count_tokens(model=SMOL, system="Be brief.", messages=messages)
-    used = ant.messages.create(
-        model=SMOL, system="Be brief.", messages=messages, extra_body=GREEDY, max_tokens=1
+def test_a_forced_memory_call_is_one_the_sdks_memory_tool_takes(ant: anthropic.Anthropic) -> None:
+    """The memory tool's schema holds a real model's forced call to one of its commands, with
+    that command's fields, as the SDK's memory tools read it."""
+    from anthropic.types.beta import BetaMemoryTool20250818Command
+    from pydantic import TypeAdapter
+
+    message = ant.messages.create(
+        model=SMOL,
+        messages=[{"role": "user", "content": "Remember that my name is Ann."}],
+        tools=[{"type": "memory_20250818", "name": "memory"}],
+        tool_choice={"type": "tool", "name": "memory"},
+        extra_body=GREEDY,
+        max_tokens=150,
     )
-    assert counted.input_tokens == used.usage.input_tokens > 5
+    (use,) = [b for b in message.content if b.type == "tool_use"]
+    command = TypeAdapter(BetaMemoryTool20250818Command).validate_python(use.input)
+    assert use.name == "memory" and use.input["command"] == command.command
+
+
+def prompt_of(usage: Any) -> int:
+    """The prompt's tokens, as Anthropic's usage counts them: in three parts."""
+    parts = (usage.cache_read_input_tokens, usage.cache_creation_input_tokens)
+    return int(usage.input_tokens or 0) + sum(part or 0 for part in parts)
+
+
+def test_anthropic_usage_adds_up_to_count_tokens(ant: anthropic.Anthropic) -> None:
+    """input_tokens, cache_read_input_tokens and cache_creation_input_tokens add up to the
+    prompt, as Anthropic's clients add them (the SDK's tool runner, Claude Code's meter); the
+    same prompt again is read from the KV cache but for its last token."""
+    ask: dict[str, Any] = {
+        "model": SMOL,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Which planet is the largest?"}],
+    }
+    counted = ant.messages.count_tokens(**ask).input_tokens
+    assert counted > 5
+    beta = ant.beta.messages.count_tokens(**ask)
+    assert beta.input_tokens == counted and beta.context_management is None
+    first = ant.messages.create(**ask, extra_body=GREEDY, max_tokens=2)
+    again = ant.messages.create(**ask, extra_body=GREEDY, max_tokens=2)
+    for usage in (first.usage, again.usage):
+        assert prompt_of(usage) == counted
+        assert usage.cache_creation_input_tokens == 0
+        assert usage.cache_creation is not None
+        assert usage.cache_creation.ephemeral_5m_input_tokens == 0
+        assert usage.cache_creation.ephemeral_1h_input_tokens == 0
+    assert again.usage.cache_read_input_tokens == counted - 1 and again.usage.input_tokens == 1
+    with ant.messages.stream(**ask, extra_body=GREEDY, max_tokens=2) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    start = next(e for e in events if e.type == "message_start")
+    delta = next(e for e in events if e.type == "message_delta")
+    # Before the answer the cached part is not known yet: the prompt counts as input whole.
+    assert prompt_of(start.message.usage) == counted
+    assert prompt_of(delta.usage) == counted and delta.usage.cache_read_input_tokens == counted - 1
+    assert prompt_of(final.usage) == counted and final.usage.input_tokens == 1
 
 
 def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
@@ -253,6 +305,9 @@ def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
     with pytest.raises(anthropic.NotFoundError) as missing:
         ant.messages.create(model="no-such-model", messages=messages, max_tokens=5)
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    # The error's id is the request's, in its body as in the header the SDK reads.
+    assert missing.value.request_id and missing.value.request_id.startswith("req_")
+    assert missing.value.body["request_id"] == missing.value.request_id  # type: ignore[index]
     bad_bodies: list[dict[str, Any]] = [
         {"model": SMOL, "messages": messages},  # no max_tokens
         {"model": SMOL, "messages": [], "max_tokens": 5},
@@ -271,6 +326,7 @@ def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
         error = response.json()
         assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
         assert error["error"]["message"]
+        assert error["request_id"] == response.headers["request-id"]
     for body in bad_bodies[1:5]:  # count_tokens reads the same fields (no max_tokens needed)
         response = httpx.post(f"{live.url}/v1/messages/count_tokens", json=body, timeout=PATIENCE_S)
         assert response.status_code == 400, (body, response.text)
@@ -288,6 +344,173 @@ def test_anthropic_errors(ant: anthropic.Anthropic, live: LiveServer) -> None:
         headers={"content-type": "application/json"},
     )
     assert broken.status_code == 400 and broken.json()["type"] == "error"
+
+
+ANTHROPIC = {"anthropic-version": "2023-06-01"}  # what every Anthropic client sends
+HUMAN = ["\n\nHuman:"]  # where Anthropic's text completions stop
+
+
+def test_anthropic_shapes_have_every_field_of_the_spec(live: LiveServer) -> None:
+    """Message, its usage and blocks, and the stream's events, with the fields Anthropic's
+    OpenAPI document requires (null where localrun has nothing to say)."""
+    body = {"model": SMOL, "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]}
+    whole = httpx.post(f"{live.url}/v1/messages", json=body, timeout=PATIENCE_S).json()
+    assert set(whole) == {"id", "type", "role", "model", "content", "stop_reason",
+                          "stop_sequence", "stop_details", "container", "usage"}  # fmt: skip
+    assert whole["stop_details"] is None and whole["container"] is None
+    assert whole["content"][0]["citations"] is None
+    usage = whole["usage"]
+    assert usage["server_tool_use"] == {"web_search_requests": 0, "web_fetch_requests": 0}
+    assert usage["service_tier"] == "standard" and usage["inference_geo"] == "not_available"
+    assert usage["output_tokens_details"] is None and "cache_creation" in usage
+    streamed = httpx.post(
+        f"{live.url}/v1/messages", json={**body, "stream": True}, timeout=PATIENCE_S
+    )
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line[:6] == "data: "]
+    start = events[0]["message"]
+    assert set(start) == set(whole) and start["stop_details"] is None
+    assert start["container"] is None and start["stop_reason"] is None
+    opened = next(e for e in events if e["type"] == "content_block_start")
+    assert opened["content_block"] == {"type": "text", "text": "", "citations": None}
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert set(delta["delta"]) == {"stop_reason", "stop_sequence", "stop_details", "container"}
+    assert set(delta["usage"]) == {"input_tokens", "cache_creation_input_tokens",
+                                   "cache_read_input_tokens", "output_tokens",
+                                   "output_tokens_details", "server_tool_use"}  # fmt: skip
+    # The beta API's (the SDK's client.beta) Message has a few fields more.
+    beta = httpx.post(f"{live.url}/v1/messages?beta=true", json=body, timeout=PATIENCE_S).json()
+    assert set(beta) == set(whole) | {"diagnostics", "context_management"}
+    assert beta["diagnostics"] is None and beta["context_management"] is None
+    assert beta["usage"]["iterations"] is None and beta["usage"]["speed"] == "standard"
+    streamed = httpx.post(
+        f"{live.url}/v1/messages?beta=true", json={**body, "stream": True}, timeout=PATIENCE_S
+    )
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line[:6] == "data: "]
+    assert set(events[0]["message"]) == set(beta)
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert delta["context_management"] is None and delta["usage"]["iterations"] is None
+
+
+def test_every_answer_names_its_request(
+    live: LiveServer, ant: anthropic.Anthropic, ai: openai.OpenAI
+) -> None:
+    """One id per request, in `request-id` (the anthropic SDK's `_request_id`) and
+    `x-request-id` (openai's); the server's own, whatever id the client sent."""
+    messages: Any = [{"role": "user", "content": "Hi"}]
+    first = ant.messages.create(model=SMOL, messages=messages, max_tokens=1)
+    second = ant.messages.create(model=SMOL, messages=messages, max_tokens=1)
+    chat = ai.chat.completions.create(model=SMOL, messages=messages, max_tokens=1)
+    ids = [first._request_id, second._request_id, chat._request_id]
+    assert all(i and i.startswith("req_") and len(i) == 28 for i in ids), ids
+    assert len(set(ids)) == 3
+    native = httpx.post(
+        f"{live.url}/api/chat",
+        json={"model": SMOL, "messages": messages, "stream": False, "options": {"num_predict": 1}},
+        headers={"x-request-id": "mine"},
+        timeout=PATIENCE_S,
+    )
+    assert native.headers["x-request-id"] == native.headers["request-id"] != "mine"
+    refused = httpx.get(f"{live.url}/api/nothing-here")  # an error, and no route, still named
+    assert refused.status_code == 404 and refused.headers["request-id"].startswith("req_")
+
+
+def test_an_anthropic_clients_unknown_path_is_answered_in_its_shape(
+    live: LiveServer, ant: anthropic.Anthropic
+) -> None:
+    """A 404 an Anthropic client can read (its SDK raises NotFoundError with the body), on
+    any path, told by the anthropic-version header every Anthropic client sends; other
+    clients keep their API's shape."""
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        ant.get("/v1/messages/batches/msgbatch_01", cast_to=object)
+    body: Any = missing.value.body
+    assert body["type"] == "error" and body["error"]["type"] == "not_found_error"
+    assert body["request_id"] == missing.value.request_id
+    for path in ("/v1/files", "/v1/organizations/me", "/api/nothing-here"):
+        answer = httpx.get(f"{live.url}{path}", headers=ANTHROPIC)
+        assert answer.status_code == 404, path
+        assert answer.json()["error"]["type"] == "not_found_error", path
+        assert answer.json()["request_id"] == answer.headers["request-id"], path
+    assert set(httpx.get(f"{live.url}/v1/files").json()) == {"error"}  # OpenAI's shape
+    # x-api-key alone is no sign: OpenAI clients send it too (Continue's cn).
+    keyed = httpx.get(f"{live.url}/v1/files", headers={"x-api-key": "k"})
+    assert set(keyed.json()) == {"error"}
+    assert httpx.get(f"{live.url}/api/nothing-here").json()["code"] == "not_found"  # Ollama's
+
+
+def test_anthropic_clients_list_models_in_their_shape(
+    live: LiveServer, ant: anthropic.Anthropic, ai: openai.OpenAI
+) -> None:
+    """GET /v1/models answers an Anthropic client (anthropic-version) with Anthropic's
+    ModelInfo pages, an OpenAI client with OpenAI's list: the same models."""
+    copies = [f"smol-copy-{i}" for i in range(2)]  # three models to page through
+    for name in copies:
+        made = httpx.post(f"{live.url}/api/copy", json={"source": SMOL, "destination": name})
+        assert made.status_code == 200, made.text
+    try:
+        listed = [m.id for m in ai.models.list()]
+        assert len(listed) >= 3 and SMOL in listed
+        page = ant.models.list()
+        assert [m.id for m in page.data] == listed[:20]
+        assert all(m.type == "model" and m.display_name == m.id for m in page.data)
+        assert page.first_id == listed[0] and page.last_id == listed[min(20, len(listed)) - 1]
+        first = ant.models.list(limit=1)
+        assert [m.id for m in first.data] == listed[:1] and first.has_more is True
+        second = ant.models.list(limit=1, after_id=listed[0])
+        assert [m.id for m in second.data] == listed[1:2]
+        back = ant.models.list(limit=1, before_id=listed[1])
+        assert [m.id for m in back.data] == listed[:1] and back.has_more is False
+        last = ant.models.list(limit=1000, after_id=listed[0])
+        assert [m.id for m in last.data] == listed[1:] and last.has_more is False
+    finally:
+        for name in copies:
+            httpx.request("DELETE", f"{live.url}/api/delete", json={"model": name})
+    one = ant.models.retrieve(SMOL)
+    assert one.id == SMOL and one.type == "model" and one.created_at.year > 2000
+    with pytest.raises(anthropic.NotFoundError):
+        ant.models.retrieve("no-such-model")
+    with pytest.raises(anthropic.BadRequestError):
+        ant.models.list(limit=0)
+
+
+def test_anthropic_text_completions(live: LiveServer, ant: anthropic.Anthropic) -> None:
+    """/v1/complete continues the raw prompt as /v1/completions does (the same core, the same
+    greedy text), stops at "\n\nHuman:" and at stop_sequences, streamed or not."""
+    prompt = "\n\nHuman: What is the capital of France?\n\nAssistant:"
+    ask = {"model": SMOL, "prompt": prompt, "max_tokens_to_sample": 12, "temperature": 0}
+    completion: Any = ant.post("/v1/complete", cast_to=object, body=ask)
+    assert completion["type"] == "completion" and completion["id"].startswith("compl_")
+    assert completion["model"] == SMOL
+    assert completion["stop_reason"] in ("stop_sequence", "max_tokens")
+    same = httpx.post(
+        f"{live.url}/v1/completions",
+        json={**ask, "max_tokens": 12, "stop": HUMAN},
+        timeout=PATIENCE_S,
+    ).json()
+    assert completion["completion"] == same["choices"][0]["text"]
+    events: Any = list(
+        ant.post(
+            "/v1/complete",
+            cast_to=object,
+            body={**ask, "stream": True},
+            stream=True,
+            stream_cls=anthropic.Stream[object],
+        )
+    )
+    assert all(e["type"] == "completion" and e["id"] == events[0]["id"] for e in events)
+    assert "".join(e["completion"] for e in events) == completion["completion"]
+    assert [e["stop_reason"] for e in events[:-1]] == [None] * (len(events) - 1)
+    assert events[-1]["stop_reason"] == completion["stop_reason"]
+    short: Any = ant.post("/v1/complete", cast_to=object, body={**ask, "max_tokens_to_sample": 1})
+    assert short["stop_reason"] == "max_tokens"
+    word = completion["completion"].split()[0]
+    cut: Any = ant.post("/v1/complete", cast_to=object, body={**ask, "stop_sequences": [word]})
+    assert cut["stop_reason"] == "stop_sequence" and word not in cut["completion"]
+    for bad in ({"prompt": prompt}, {"max_tokens_to_sample": 5}, {**ask, "stop_sequences": 3}):
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            ant.post("/v1/complete", cast_to=object, body={"model": SMOL, **bad})
+        assert refused.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    with pytest.raises(anthropic.NotFoundError):
+        ant.post("/v1/complete", cast_to=object, body={**ask, "model": "no-such-model"})
 
 
 def test_anthropic_api_key(store: Store, responses_dir: Path) -> None:

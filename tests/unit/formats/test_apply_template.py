@@ -78,11 +78,12 @@ def test_each_dialects_tool_keeps_the_clients_order() -> None:
     """Anthropic's {name, description, input_schema} and a Responses function tool become a
     function of name, description, parameters in that order (vLLM's translations), a Responses
     tool keeping its other keys (strict)."""
-    from localrun.server import anthropic, responses_tools
+    from localrun.server import anthropic_tools, responses_tools
+    from localrun.server.body import Body
 
     schema = {"type": "object", "properties": {"city": {"type": "string"}}}
     body = {"tools": [{"name": "w", "description": "d", "input_schema": schema}]}
-    tools, _ = anthropic._tools(body)
+    tools, _ = anthropic_tools.tools_of(Body(body))
     assert tools is not None
     assert list(tools[0]["function"].items()) == [("name", "w"), ("description", "d"),
                                                   ("parameters", schema)]  # fmt: skip
