@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from speclib import readings, streams
 from speclib.asked import ASKED
@@ -34,6 +35,11 @@ NULLABLE = "nullable"
 STREAM_SCHEMAS = {
     ("openai", "/completions"): readings.COMPLETION_CHUNK,
     ("anthropic", "/v1/messages"): "MessageStreamEvent",
+    # Streams the documents give no event schema for: a stored response replayed
+    # (?stream=true) sends the events of a created one; a streamed legacy text completion
+    # sends Completions, as the SDK reads them (`Stream[Completion]`).
+    ("openai", "/responses/{response_id}"): "ResponseStreamEvent",
+    ("anthropic", "/v1/complete"): "CompletionResponse",
 }
 
 
@@ -230,10 +236,14 @@ def _stream(
 
 def _order(found: _Found, events: list[Any], template: str) -> None:
     case = found.case
-    if case.dialect == "anthropic":
+    query = parse_qs(urlsplit(case.path).query)
+    after = int(query["starting_after"][0]) if "starting_after" in query else None
+    if case.dialect == "anthropic" and template == "/v1/complete":
+        findings = streams.completions(events)
+    elif case.dialect == "anthropic":
         findings = streams.anthropic(events)
     elif case.dialect == "responses":
-        findings = streams.responses(events)
+        findings = streams.responses(events, after)
     else:  # chat completions and completions: the same chunks' rules
         usage = bool((case.body.get("stream_options") or {}).get("include_usage"))
         findings = streams.chat(events, usage)

@@ -67,13 +67,18 @@ def chat(events: list[Any], include_usage: bool) -> list[Finding]:
     return found
 
 
-def responses(events: list[Any]) -> list[Finding]:
-    """The order of the Responses events; `event N` counts every event sent."""
+def responses(events: list[Any], starting_after: int | None = None) -> list[Finding]:
+    """The order of the Responses events; `event N` counts every event sent. A stored
+    response replayed from `starting_after` opens with the event numbered one more (its
+    items were opened before it, so their order is not checked)."""
     sent = [(i, e) for i, e in enumerate(events) if isinstance(e, dict)]
     if not sent:
         return [("stream", "no events")]
     found: list[Finding] = []
-    if sent[0][1].get("type") != "response.created":
+    if starting_after is not None:
+        if sent[0][1].get("sequence_number") != starting_after + 1:
+            found.append((_at(*sent[0]), f"the first event is not number {starting_after + 1}"))
+    elif sent[0][1].get("type") != "response.created":
         found.append((_at(*sent[0]), "the first event is not response.created"))
     for (_, before), (i, event) in itertools.pairwise(sent):
         previous, number = before.get("sequence_number"), event.get("sequence_number")
@@ -89,7 +94,23 @@ def responses(events: list[Any]) -> list[Finding]:
         status = (event.get("response") or {}).get("status")
         if TERMINAL[event["type"]] != status:
             found.append((_at(i, event), f"carries a response whose status is {status!r}"))
-    return found + _items(sent)
+    return found + (_items(sent) if starting_after is None else [])
+
+
+def completions(events: list[Any]) -> list[Finding]:
+    """A legacy text completion's stream (Anthropic's /v1/complete): `completion` events, only
+    the last with a stop_reason."""
+    sent = [(i, e) for i, e in enumerate(events) if isinstance(e, dict) and e.get("type") != "ping"]
+    if not sent:
+        return [("stream", "no events")]
+    found: list[Finding] = []
+    for i, event in sent:
+        if event.get("type") != "completion":
+            found.append((_at(i, event), "not a completion event"))
+    stops = [i for i, e in sent if e.get("stop_reason") is not None]
+    if stops != [sent[-1][0]]:
+        found.append(("stream", "the stop_reason is not in the last event alone"))
+    return found
 
 
 def _items(sent: list[tuple[int, dict[str, Any]]]) -> list[Finding]:
