@@ -10,7 +10,7 @@ from pathlib import Path
 
 import fetch_corpora
 import pytest
-from examplelib import table
+from examplelib import node, table
 from examplelib.models import alias_of
 from examplelib.running import Outcome, _why, client_env, write_png
 from examplelib.session import fetched
@@ -136,3 +136,12 @@ def test_the_image_given_to_programs_is_a_png(tmp_path: Path) -> None:
     length = int.from_bytes(data[33:37], "big")
     rows = zlib.decompress(data[41 : 41 + length])
     assert len(rows) == 8 * (1 + 8 * 3)
+
+
+def test_without_node_a_javascript_corpus_is_skipped_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(node.NodeUnavailable, match="node and npm are not installed"):
+        node.install(("ollama@0.5.2",), tmp_path / "js")
+    assert not (tmp_path / "js").exists()
