@@ -51,6 +51,10 @@ class GenRequest:
     # token prompts, which evaluation harnesses send; `prompt` is then empty.
     tokens: list[int] | None = None
     logit_bias: list[list[Any]] | None = None  # [token id, bias or None: never that token]
+    # Texts the answer's first token is read over (Ollama's /v1/systemone): each one's first
+    # token's log-probability at that position comes in the first token's log-probability
+    # entry ("candidates"), and the token is chosen among them. None: no such reading.
+    candidates: list[str] | None = None
     parallel_tool_calls: bool = True  # False: at most one tool call per answer
     context: list[int] | None = None  # token ids before the prompt (a previous answer's)
     return_context: bool = False  # the answer's end carries the prompt's and answer's tokens
@@ -184,6 +188,11 @@ def _logit_bias(name: str, value: Any) -> None:
         raise BadRequestError("logit_bias must be a list of [token id, bias] pairs")
 
 
+def _candidates(name: str, value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(text, str) for text in value):
+        raise BadRequestError(f"{name} must be a list of texts")
+
+
 # The JSON type of a field, checked where a request arrives in a runner; a field without an
 # entry is checked where it is used.
 _CHECKS = {
@@ -200,6 +209,7 @@ _CHECKS = {
     "prompt_logprobs": _logprobs,
     "tokens": _token_list,
     "logit_bias": _logit_bias,
+    "candidates": _candidates,
     "parallel_tool_calls": _kind(bool),
     "think_adaptive": _kind(bool),
     "format_lenient": _kind(bool),

@@ -198,7 +198,13 @@ class Answerer:
             row_logits = lc.llama_get_logits_ith(self._ctx, row)
             job.pending.append(
                 logprob_entry(
-                    row_logits, self.n_vocab, token, raw, job.logprobs, weights.piece_bytes
+                    row_logits,
+                    self.n_vocab,
+                    token,
+                    raw,
+                    job.logprobs,
+                    weights.piece_bytes,
+                    job.candidates,
                 )
             )
         text = job.decoder.decode(raw)

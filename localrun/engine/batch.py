@@ -279,6 +279,7 @@ class BatchEngine:
         budget = min(sampling.num_predict, room) if sampling.num_predict >= 0 else room
         job = Job(prompt, stop_tokens, sink, budget, n_ctx)
         job.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
+        job.candidates = sampling.candidates
         job.scores = min(sampling.prompt_logprobs, MAX_TOP_LOGPROBS)
         if job.scores >= 0 and media is not None:
             raise BadRequestError("a prompt with images or audio cannot be scored")
@@ -300,7 +301,7 @@ class BatchEngine:
             unbound if self._draft is not None else None,
             job.ends,
         )
-        if job.scores < 0:  # a scored prompt is read whole (engine.scoring)
+        if job.scores < 0 and not job.candidates:  # those are read whole (Slots.place)
             self._disk.prepare(job, self._slots, cache_prefix, media)
         weights = self._weights
         job.sampler = Sampler(

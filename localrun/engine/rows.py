@@ -98,9 +98,11 @@ class StepBatch:
         prompt = job.prompt
         done = len(slot.cache)
         scored = int(job.scores >= 0)  # every row has logits: a bounded chunk
-        # A scored prompt is read in chunks as long as it may (no stop for a checkpoint): the
-        # installed llama.cpp computes a short batch unlike a long one (engine.scoring).
-        end = len(prompt) if scored else stop(slot, done, len(prompt))
+        # A scored prompt, or one read over candidates, is read in chunks as long as it may (no
+        # stop for a checkpoint): the installed llama.cpp computes a short batch unlike a long
+        # one (engine.scoring), and the numbers read must not depend on where it stopped.
+        whole = scored or bool(job.candidates)
+        end = len(prompt) if whole else stop(slot, done, len(prompt))
         take = min(end - done, room)
         if job.media is not None:  # up to the next medium (the engine evaluates it)
             take = min(take, job.media.next_span(done) - done)

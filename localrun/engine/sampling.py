@@ -357,9 +357,11 @@ def logprob_entry(
     raw: bytes,
     top: int,
     piece_bytes: Callable[[int], bytes],
+    candidates: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """The log-probability of `token` and of the `top` likeliest tokens at a row of logits:
-    the log-softmax of the model's raw logits (before any sampler), as OpenAI reports them."""
+    the log-softmax of the model's raw logits (before any sampler), as OpenAI reports them;
+    with `candidates`, theirs too, in their order (whatever their rank)."""
     import numpy as np
 
     logits = np.ctypeslib.as_array(logits_row, (n_vocab,))
@@ -382,4 +384,13 @@ def logprob_entry(
                     "bytes": list(piece),
                 }
             )
+    if candidates:
+        entry["candidates"] = [
+            {
+                "id": t,
+                "token": piece_bytes(t).decode("utf-8", errors="replace"),
+                "logprob": float(logits[t]) - total,
+            }
+            for t in candidates
+        ]
     return entry

@@ -35,6 +35,7 @@ class Job:
     __slots__ = (
         "budget",
         "cancelled",
+        "candidates",
         "decoder",
         "ends",
         "forcing",
@@ -81,6 +82,7 @@ class Job:
         self.start = 0.0
         self.cancelled = False
         self.logprobs = -1  # alternatives per token asked for (-1: no log-probabilities)
+        self.candidates: tuple[int, ...] = ()  # tokens each entry also carries (SamplingOptions)
         self.scores = -1  # alternatives per prompt token (-1: the prompt is not scored)
         self.special = False  # special tokens are spelled out in the answer
         self.spell: frozenset[int] = frozenset()  # these special tokens spelled out
@@ -183,9 +185,11 @@ class Slots:
         """
         prompt = job.prompt
         free = self.free()
-        if job.scores >= 0:
-            # Its prompt is read whole, for every row's logits (engine.scoring): on the slot
-            # whose cache matters least, emptied; no other slot's cache is touched.
+        if job.scores >= 0 or job.candidates:
+            # Its prompt is read whole, for every row's logits (engine.scoring), or read over
+            # candidates, whose numbers must not depend on what the cache held (the same rows
+            # read in other batches sum in another order): on the slot whose cache matters
+            # least, emptied; no other slot's cache is touched.
             slot = min(free, key=_least_wanted)
             self.memory.cut(slot, 0)
             return slot

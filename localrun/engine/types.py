@@ -76,6 +76,9 @@ class SamplingOptions:
     prompt_logprobs: int = -1
     # Added to the logits of these tokens before sampling (-inf: never). Set per request.
     logit_bias: tuple[tuple[int, float], ...] = ()
+    # Tokens whose log-probabilities (raw, as `logprobs`') each generated token's entry also
+    # carries, as "candidates" (GenRequest.candidates' first tokens). Set per request.
+    candidates: tuple[int, ...] = ()
     # Spell special tokens in the answer (gpt-oss's channel markers, which the answer is split
     # by); set by the runner from the template, never a PARAMETER.
     special: bool = False

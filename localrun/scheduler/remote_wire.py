@@ -132,12 +132,19 @@ def body(dialect: str, model: str, request: GenRequest) -> Message:
 
 def _unscored(model: str, request: GenRequest) -> None:
     """Refuse a token-id prompt or a scored one: an upstream's prompt log-probabilities would
-    come back in its own wire shape, which the streamed translation does not read."""
+    come back in its own wire shape, which the streamed translation does not read; and a
+    reading over candidates (/v1/systemone), which no upstream's wire carries."""
     if request.tokens is not None or request.prompt_logprobs is not None:
         raise BadRequestError(
             f"{model} is served by an upstream: its prompt cannot be given as token ids or "
             "scored here",
             hint="send it a text prompt without echo and prompt_logprobs, or ask the upstream",
+        )
+    if request.candidates is not None:
+        raise BadRequestError(
+            f"{model} is served by an upstream, whose next-token probabilities over given "
+            "texts are not read here",
+            hint="ask a model of this server's store",
         )
 
 

@@ -27,7 +27,7 @@ from localrun.recipes import params as params_mod
 from localrun.request import GenRequest
 from localrun.settings import config
 from localrun.worker import forced as forced_mod
-from localrun.worker.grammar import constraint_for, format_schema, with_forcing
+from localrun.worker.grammar import constraint_for, format_schema, header, with_forcing
 
 Message = dict[str, Any]
 
@@ -130,8 +130,42 @@ class Prompter:
         if request.logit_bias:
             biases = logit_biases(request.logit_bias, self.tokenizer.n_vocab)
             prepared.sampling = dataclasses.replace(prepared.sampling, logit_bias=biases)
+        if request.candidates is not None:
+            self._read_over(request, prepared)
         prepared.return_context = request.return_context
         return prepared
+
+    def _read_over(self, request: GenRequest, prepared: Prepared) -> None:
+        """The answer's first token read over the request's candidate texts: their first
+        tokens' log-probabilities in each entry, and the token chosen among the candidates
+        (a grammar of them), so the answer's first token is never one that ends it."""
+        texts = request.candidates or []
+        if request.format or request.tools:
+            raise BadRequestError("candidates cannot be read with a format or tools")
+        if prepared.thinking_open or prepared.channels:
+            raise BadRequestError(
+                f"{self.model.name} reasons before it answers, so its next token is no answer",
+                hint="ask a model that answers at once (or one whose thinking can be turned off)",
+            )
+        ids: list[int] = []
+        for text in texts:
+            tokens = self.tokenizer.tokenize(text, add_special=False, parse_special=False)
+            if not tokens:
+                raise BadRequestError("a candidate is empty")
+            if tokens[0] in ids:
+                other = texts[ids.index(tokens[0])]
+                raise BadRequestError(
+                    f"candidates {other!r} and {text!r} begin with the same token",
+                    hint="give candidates that differ in their first token",
+                )
+            ids.append(tokens[0])
+        choices = " | ".join(json.dumps(text, ensure_ascii=False) for text in texts)
+        prepared.sampling = dataclasses.replace(
+            prepared.sampling,
+            candidates=tuple(ids),
+            constraint=_checked(f"{header()}\nstart: {choices}", True),
+            logprobs=max(0, prepared.sampling.logprobs),
+        )
 
     def _after_context(self, context: list[int], prepared: Prepared) -> None:
         """The request's `context` tokens, then its prompt's (without a second BOS)."""
