@@ -38,6 +38,7 @@ from localrun.server import (
     rerank,
     responses,
     show,
+    systemone,
     ui,
 )
 from localrun.server.errors import (
@@ -118,6 +119,7 @@ _ROUTES = (
     ("/api/delete", models.delete, ["DELETE"]),
     ("/api/blobs/{digest}", models.blob_head, ["HEAD"]),
     ("/api/blobs/{digest}", models.blob_upload, ["POST"]),
+    ("/v1/systemone", systemone.systemone, ["POST"]),
     ("/v1/models", by_client(openai.models, anthropic_models.models), ["GET"]),
     ("/v1/models/{model:path}", by_client(openai.model, anthropic_models.model), ["GET"]),
     ("/v1/chat/completions", openai.chat_completions, ["POST"]),

@@ -153,6 +153,9 @@ def plain_body(
     return body
 
 
+# Ollama's own routes under /v1 (its System One API) answer in Ollama's shape, as Ollama does.
+_OLLAMA_UNDER_V1 = frozenset({"/v1/systemone"})
+
 # llama-server's routes answer errors in OpenAI's shape, as llama-server does.
 _OPENAI_SHAPED = frozenset(
     {"/health", "/tokenize", "/detokenize", "/apply-template", "/infill", "/rerank", "/reranking"}
@@ -176,6 +179,8 @@ def dialect_of(path: str, headers: Mapping[str, str] | None = None) -> Dialect:
         return "anthropic"
     if path == "/v1/responses" or path.startswith("/v1/responses/"):
         return "responses"
+    if path in _OLLAMA_UNDER_V1:
+        return "ollama"
     if path == "/v1" or path.startswith("/v1/") or path in _OPENAI_SHAPED:
         return "openai"
     return "ollama"

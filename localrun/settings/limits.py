@@ -69,6 +69,12 @@ LIMITS: dict[str, Setting] = {
             lambda: 8,
         ),
         Setting(
+            "LOCALRUN_MAX_QUESTIONS",
+            "Most questions one /v1/systemone request may ask; each reads its prompt once.",
+            parse.parse_positive_int,
+            lambda: 32,
+        ),
+        Setting(
             "LOCALRUN_MAX_DRAWS",
             "Most times a sampled answer, sent whole, is drawn when it breaks the part of its "
             "schema checked after (uniqueItems, not ...); then it is refused (422).",
@@ -297,6 +303,10 @@ def max_json_depth() -> int:
 
 def max_choices() -> int:
     return LIMITS["LOCALRUN_MAX_CHOICES"].value()  # type: ignore[no-any-return]
+
+
+def max_questions() -> int:
+    return LIMITS["LOCALRUN_MAX_QUESTIONS"].value()  # type: ignore[no-any-return]
 
 
 def max_draws() -> int:
