@@ -133,6 +133,7 @@ def _ask(**fields: Any) -> dict[str, Any]:
         (_ask(questions={f"q{i}": QUESTIONS["refund"] for i in range(33)}), "at most 32"),
         (_ask(images=["iVBORw0KGgo="]), "images are not read"),
         (_ask(keep_alive="soon"), "keep_alive"),
+        (_ask(state="word " * 20_000), "longer than the model's context length"),
     ],
 )
 def test_a_malformed_body_is_refused_in_ollamas_shape(
