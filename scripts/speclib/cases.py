@@ -415,6 +415,16 @@ def _ollama(
 OPTIONS = {"temperature": 0, "num_predict": 8}
 ASK = [{"role": "user", "content": SAY}]
 WEATHER = [{"role": "user", "content": WEATHER_ASK}]
+# ollama-python's examples/systemone.py's questions: one of each type.
+SYSTEM_ONE = {
+    "team": {
+        "type": "choice",
+        "instructions": "Which team should handle this?",
+        "criteria": {"billing": "Payments and refunds", "other": None},
+    },
+    "polite": {"type": "noul", "instructions": "Is it polite?"},
+    "urgency": {"type": "score", "instructions": "How urgent?", "criteria": ["Low", "High"]},
+}
 OLLAMA = [
     _ollama(
         "chat",
@@ -498,6 +508,19 @@ OLLAMA = [
     Case("version", "ollama", "GET", "/api/version"),
     _ollama("pull present model", "/api/pull", {"model": "{chat}"}),
     _ollama("pull present model, not streamed", "/api/pull", {"model": "{chat}", "stream": False}),
+    _ollama(
+        "systemone",
+        "/v1/systemone",
+        {"model": "{chat}", "state": {"ticket": SAY}, "questions": SYSTEM_ONE},
+        stream=False,
+    ),
+    _ollama(
+        "error: systemone question of no type",
+        "/v1/systemone",
+        {"model": "{chat}", "state": SAY, "questions": {"q": {"type": "maybe"}}},
+        stream=False,
+        ok=False,
+    ),
     _ollama(
         "error: unknown model",
         "/api/chat",

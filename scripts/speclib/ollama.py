@@ -35,6 +35,8 @@ ROUTES: dict[str, tuple[str | None, str]] = {
     "GET /api/ps": ("ProcessResponse", "ProcessResponse"),
     "POST /api/pull": ("ProgressResponse", "ProgressResponse"),
     "GET /api/version": (None, "VersionResponse"),  # server/routes.go: gin.H{"version": ...}
+    # Ollama 0.35's System One: its Go types are not in the api/types.go the schema was read from.
+    "POST /v1/systemone": ("SystemOneResponse", ""),
 }
 ERROR = "StatusError"
 

@@ -335,3 +335,27 @@ def test_an_ollama_call_without_its_index(specs: Specs) -> None:
     found = check(case, "/api/chat", case.body, answer, specs, {})
     assert {v.path for v in found} == {"$.message"}
     assert any(v.what.startswith("ollama-python: ") for v in found)
+
+
+def test_a_systemone_answer_is_held_to_the_client_s_model(specs: Specs) -> None:
+    case = _case("ollama", "systemone")
+    answer_body: dict[str, Any] = {
+        "model": "smollm2:135m",
+        "answers": {
+            "polite": {"type": "noul", "noul": 0.7},
+            "team": {
+                "type": "choice",
+                "choice": "billing",
+                "probabilities": {"billing": 0.6, "other": 0.4},
+                "confidence": 0.03,
+            },
+        },
+        "usage": {"input_tokens": 230, "output_tokens": 2},
+    }
+    answer = Answer(200, "application/json", json.dumps(answer_body).encode())
+    assert check(case, "/v1/systemone", case.body, answer, specs, {}) == []
+    del answer_body["answers"]["team"]["confidence"]
+    answer_body["usage"] = {"input_tokens": 230}
+    answer = Answer(200, "application/json", json.dumps(answer_body).encode())
+    found = check(case, "/v1/systemone", case.body, answer, specs, {})
+    assert {v.path for v in found} == {"$.answers.team.choice.confidence", "$.usage.output_tokens"}
