@@ -29,6 +29,8 @@ def problem(request: Request, status: int, text: str) -> str | None:
     error = data.get("error") if isinstance(data, dict) else None
     if request.path.startswith("/v1/messages"):
         ok = data.get("type") == "error" and isinstance(error, dict) and "message" in error
+    elif request.path == "/v1/systemone":  # Ollama's route under /v1: Ollama's shape
+        ok = isinstance(error, str)
     elif request.path.startswith("/v1/"):
         ok = isinstance(error, dict) and isinstance(error.get("message"), str)
     elif request.path.startswith("/api/"):

@@ -167,6 +167,13 @@ def _base(path: str, model: str) -> Body:
         "/tokenize": {"model": model, "content": "hi"},
         "/detokenize": {"model": model, "tokens": [1, 2]},
         "/infill": {"model": model, "input_prefix": "a", "input_suffix": "b", "n_predict": 4},
+        "/v1/systemone": {
+            "model": model,
+            "state": "hi",
+            "questions": {
+                "q": {"type": "choice", "instructions": "hi", "criteria": {"a": None, "b": "x"}}
+            },
+        },
     }[path]
 
 
@@ -189,6 +196,7 @@ POST_ROUTES = [
     "/tokenize",
     "/detokenize",
     "/infill",
+    "/v1/systemone",
 ]
 GET_ROUTES = [
     "/",
@@ -246,6 +254,8 @@ _FIELDS = [
     "files",
     "adapters",
     "quantize",
+    "state",
+    "questions",
 ]
 
 
