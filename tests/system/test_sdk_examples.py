@@ -5,12 +5,12 @@ by scripts/fetch_corpora.py; without them these tests skip).
 scripts/run_examples.py runs every in-scope program (about ten minutes on 2 cores); this runs the
 subset examples.toml marks `test`, chosen to cover each client and each route once: ollama-python
 (/api/chat streamed, with tools, format, images and think; /api/generate, with suffix; /api/embed,
-/api/create, /api/tags), ollama-js (/api/generate from the npm package, with tsx; skipped without
-node and npm or npm's registry), openai-python (chat completions plain, streamed and with tools;
-Responses parsed into a schema, in the background, and its input token count), and
-anthropic-sdk-python (messages streamed, with an image, parsed into a schema, through the tool
-runner and with the memory tool). Each must run; a program examples.toml marks as failing for the
-model's size is expected to fail, with that reason.
+/api/create, /api/tags, /v1/systemone), ollama-js (/api/generate from the npm package, with tsx;
+skipped without node and npm or npm's registry), openai-python (chat completions plain,
+streamed and with tools; Responses parsed into a schema, in the background, and its input token
+count), and anthropic-sdk-python (messages streamed, with an image, parsed into a schema,
+through the tool runner and with the memory tool). Each must run; a program examples.toml marks
+as failing for the model's size is expected to fail, with that reason.
 """
 
 from __future__ import annotations
