@@ -31,6 +31,9 @@ from localrun.worker.grammar import constraint_for, format_schema, header, with_
 
 Message = dict[str, Any]
 
+# The characters of a prompt's end a candidate's first token is read after (Prompter._first_token).
+_TAIL = 64
+
 
 class Tokenizer(Protocol):
     """What prompt preparation needs of an engine (BatchEngine and the fake)."""
@@ -147,18 +150,20 @@ class Prompter:
                 f"{self.model.name} reasons before it answers, so its next token is no answer",
                 hint="ask a model that answers at once (or one whose thinking can be turned off)",
             )
+        before = self.chat_text(request) if request.messages is not None else request.prompt
         ids: list[int] = []
         for text in texts:
-            tokens = self.tokenizer.tokenize(text, add_special=False, parse_special=False)
-            if not tokens:
+            token = self._first_token(before or "", text)
+            if token is None:
                 raise BadRequestError("a candidate is empty")
-            if tokens[0] in ids:
-                other = texts[ids.index(tokens[0])]
+            if token in ids:
+                other = texts[ids.index(token)]
                 raise BadRequestError(
-                    f"candidates {other!r} and {text!r} begin with the same token",
+                    f"candidates {other!r} and {text!r} begin with the same token for "
+                    f"{self.model.name}",
                     hint="give candidates that differ in their first token",
                 )
-            ids.append(tokens[0])
+            ids.append(token)
         choices = " | ".join(json.dumps(text, ensure_ascii=False) for text in texts)
         prepared.sampling = dataclasses.replace(
             prepared.sampling,
@@ -166,6 +171,19 @@ class Prompter:
             constraint=_checked(f"{header()}\nstart: {choices}", True),
             logprobs=max(0, prepared.sampling.logprobs),
         )
+
+    def _first_token(self, before: str, text: str) -> int | None:
+        """The first token of `text` written right after the prompt text `before`, as the
+        tokenizer spells it there (no SentencePiece space put before it, no merge with what
+        precedes it); alone where the two cannot be told apart. Its end is tokenized, not the
+        whole prompt: a token reaches back no further."""
+        tail = before[-_TAIL:]
+        head = self.tokenizer.tokenize(tail, add_special=False, parse_special=True)
+        whole = self.tokenizer.tokenize(tail + text, add_special=False, parse_special=True)
+        if len(whole) > len(head) and whole[: len(head)] == head:
+            return whole[len(head)]
+        alone = self.tokenizer.tokenize(text, add_special=False, parse_special=False)
+        return alone[0] if alone else None
 
     def _after_context(self, context: list[int], prepared: Prepared) -> None:
         """The request's `context` tokens, then its prompt's (without a second BOS)."""

@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import ollama
 import pytest
+from testmodels.text import write_tiny_model
+from testmodels.vocab import CHATML_TEMPLATE, THINKING_TEMPLATE
 
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
@@ -20,7 +22,7 @@ from localrun.store import reference
 from localrun.store.models import Store
 
 from support import PATIENCE_S
-from support.server import SMOL, LiveServer, post
+from support.server import SMOL, LiveServer, add_model, post
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -45,10 +47,21 @@ QUESTIONS: Any = {
 }
 
 
+# A template that opens the model's thinking in every prompt, told not to think or not
+# (DeepSeek-R1's does).
+ALWAYS_THINKS = CHATML_TEMPLATE.replace(
+    "'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'"
+)
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    store = Store(tmp_path_factory.mktemp("systemone") / "models")
+    folder = tmp_path_factory.mktemp("systemone")
+    store = Store(folder / "models")
     obtain.find(store, reference.resolve(SMOL))
+    for name, template in (("thinker", THINKING_TEMPLATE), ("reasoner", ALWAYS_THINKS)):
+        gguf = write_tiny_model(folder / f"{name}.gguf", chat_template=template, n_ctx=4096)
+        add_model(store, name, gguf)
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=1, max_queue=16))
     yield server
     server.close()
@@ -103,6 +116,19 @@ def test_keep_alive_zero_unloads_after_the_answer(live: LiveServer, oc: ollama.C
     live.wait_for(lambda: SMOL not in live.running(), "the model to unload")
     oc.systemone(model=SMOL, state="Refund me.", questions=two, keep_alive="10m")
     assert SMOL in live.running()
+
+
+def test_a_reasoning_model_is_asked_with_its_thinking_off(live: LiveServer) -> None:
+    # Its template closes the thinking it opens when told not to think: the next token answers.
+    ask = {"model": "thinker", "state": "A ticket.", "questions": QUESTIONS}
+    answered = post(live, "/v1/systemone", ask)
+    assert answered.status_code == 200, answered.text
+    for answer in answered.json()["answers"].values():
+        if answer["type"] != "noul":
+            assert math.isclose(sum(answer["probabilities"].values()), 1.0, abs_tol=1e-6)
+    # One that opens its thinking whatever it is told: its next token is no answer.
+    refused = post(live, "/v1/systemone", {**ask, "model": "reasoner"})
+    assert "reasons before it answers" in _refusal(refused, 400)
 
 
 def _refusal(response: httpx.Response, status: int) -> str:
