@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -99,6 +100,17 @@ def test_the_clients_systemone_reads_each_question(oc: ollama.Client) -> None:
     # Not sampled, and read whole each time (never from what the cache held): the same numbers.
     again = oc.systemone(model=SMOL, state=STATE, questions=QUESTIONS)
     assert again.model_dump() == response.model_dump()
+
+
+def test_the_same_numbers_beside_other_requests(oc: ollama.Client) -> None:
+    two = {k: QUESTIONS[k] for k in ("team", "refund")}
+
+    def ask(_: int) -> Any:
+        return oc.systemone(model=SMOL, state=STATE, questions=two).model_dump()
+
+    alone = ask(0)
+    with ThreadPoolExecutor(2) as pool:  # two at once, read in the same batches
+        assert list(pool.map(ask, range(2))) == [alone, alone]
 
 
 def test_a_noul_leans_the_way_the_state_says(oc: ollama.Client) -> None:
