@@ -17,11 +17,12 @@ question is one chat prompt (the state, the question's instructions and its opti
 under a label: A, B, C ... for choice and score, Yes and No for noul) rendered by the model's
 template, read once; the answer's first token is not sampled but read (GenRequest.candidates):
 the model's next-token log-probabilities of the labels' first tokens, normalised over the
-labels. So the answer does not depend on sampling and the same request gives the same numbers.
-A choice is the likeliest option (the first in the request's order on a tie); a score is the
-expected zero-based level; `confidence` is one minus the distribution's entropy over the most
-it can have (1: one option holds it all, 0: flat), as Ollama's docs define it. Questions are
-read one after another, so the state's tokens, which come first, are read once and reused.
+labels. Nothing is sampled, and the engine reads such a prompt whole on an emptied slot, never
+after what its cache held (the same rows read in other batches give other numbers): the same
+request gives the same numbers. A choice is the likeliest option (the first in the request's
+order on a tie); a score is the expected zero-based level; `confidence` is one minus the
+distribution's entropy over the most it can have (1: one option holds it all, 0: flat), as
+Ollama's docs define it. Questions are asked one after another, each costing its whole prompt.
 """
 
 from __future__ import annotations
