@@ -39,7 +39,7 @@ def _info(shown: dict[str, Any]) -> dict[str, Any]:
 
 def _limit(request: Request) -> int:
     text = request.query_params.get("limit", "20")
-    if not text.isdigit() or not 1 <= int(text) <= MOST:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MOST:
         raise BadRequestError(f"limit must be a whole number from 1 to {MOST}")
     return int(text)
 

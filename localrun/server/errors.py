@@ -169,13 +169,21 @@ def from_anthropic_client(headers: Mapping[str, str]) -> bool:
     return "anthropic-version" in headers
 
 
+# Routes of one other dialect alone: their errors keep its shape whoever asks.
+_OTHER_DIALECTS = ("/api/", "/v1/responses", "/v1/chat/", "/v1/completions", "/v1/embeddings")
+
+
 def dialect_of(path: str, headers: Mapping[str, str] | None = None) -> Dialect:
-    """The dialect an error is answered in: an Anthropic client's (by its headers, or a path
-    of Anthropic's API) gets Anthropic's shape on any path, a route that does not exist
-    included; otherwise the path's API decides."""
+    """The dialect an error is answered in: a path of Anthropic's API gets Anthropic's shape;
+    so does an Anthropic client's request (by its headers) on any path no other dialect alone
+    serves (/v1/models, a route that does not exist); otherwise the path's API decides."""
     if path in ("/v1/messages", "/v1/complete") or path.startswith("/v1/messages/"):
         return "anthropic"
-    if headers is not None and from_anthropic_client(headers):
+    if (
+        headers is not None
+        and from_anthropic_client(headers)
+        and not path.startswith(_OTHER_DIALECTS)
+    ):
         return "anthropic"
     if path == "/v1/responses" or path.startswith("/v1/responses/"):
         return "responses"

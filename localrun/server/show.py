@@ -121,10 +121,12 @@ def templates(model: Any) -> tuple[view.GoChoice, str | None]:
 
 
 def _modelfile_text(model: Any, go: view.GoChoice, store: Store) -> str:
-    """/api/show's `modelfile`: TEMPLATE the Go template shown, or where there is none the
-    model's own Jinja TEMPLATE (a GGUF's own template is not written: FROM brings it)."""
+    """/api/show's `modelfile`: TEMPLATE the model's own template where its Modelfile gave
+    one (a Jinja one kept as it is: /api/create of it keeps its tools and reasoning, which
+    the Go template shown may not render), else the Go template shown for what FROM brings
+    (none where there is none: FROM brings it)."""
     mf = model.to_modelfile()
-    mf.template = go.source or model.template
+    mf.template = model.template or go.source
     note = ""
     if not go.source:
         note = (

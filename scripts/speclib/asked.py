@@ -82,6 +82,15 @@ def _max_tokens(
     return [("$.stop_reason", f"{body.get('stop_reason')!r} for an answer cut by max_tokens")]
 
 
+def _cancelled(
+    body: Any, request: dict[str, Any], events: list[Any], names: dict[str, str]
+) -> list[Finding]:
+    """A background response cancelled while it runs (or waits) reads as cancelled."""
+    if body.get("status") == "cancelled":
+        return []
+    return [("$.status", f"{body.get('status')!r} for a response cancelled while it ran")]
+
+
 def _usage_adds_up(
     body: Any, request: dict[str, Any], events: list[Any], names: dict[str, str]
 ) -> list[Finding]:
@@ -93,7 +102,9 @@ def _usage_adds_up(
     parts = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     total = sum(usage.get(p) or 0 for p in parts)
     counted = int(names["counted"]) if names.get("counted", "").isdigit() else None
-    if counted is None or total == counted:
+    if counted is None:
+        return [("$.usage", "nothing to add up against: count_tokens gave no count before it")]
+    if total == counted:
         return []
     shown = " + ".join(str(usage.get(p) or 0) for p in parts)
     return [("$.usage", f"{shown} = {total} input tokens, where count_tokens counts {counted}")]
@@ -108,4 +119,5 @@ ASKED: dict[str, Callable[[Any, dict[str, Any], list[Any], dict[str, str]], list
     "stop sequence": _stop_sequence,
     "max_tokens": _max_tokens,
     "usage adds up": _usage_adds_up,
+    "cancelled": _cancelled,
 }

@@ -26,6 +26,7 @@ import openai
 import pydantic
 import pytest
 
+from localrun.recipes import modelfile
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import models as store_mod
@@ -33,7 +34,7 @@ from localrun.store import names, reference
 from localrun.store.models import Store
 
 from support import PATIENCE_S
-from support.server import SMOL, LiveServer, add_model, pulled_again, show_round_trip
+from support.server import SMOL, LiveServer, add_model, prompts, pulled_again, show_round_trip
 from support.tools import WEATHER
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
@@ -144,6 +145,28 @@ def test_show_gives_a_go_template_that_comes_back_to_the_same_prompts(
     from localrun.cli.remote_session import view_from_show
 
     assert view_from_show(shown).template == shown["chat_template"]
+
+
+def test_shows_modelfile_keeps_a_jinja_template_the_model_was_given(
+    oc: ollama.Client, live: LiveServer
+) -> None:
+    """A model whose Modelfile gave it a Jinja TEMPLATE: its modelfile keeps that Jinja (the Go
+    template shown renders its turns, not its tools), so /api/create of it prompts alike, tools
+    and all."""
+    jinja = httpx.post(f"{live.url}/api/show", json={"model": SMOL}).json()["chat_template"]
+    own = "{#- given -#}" + jinja
+    assert oc.create("smol-own", from_=SMOL, template=own).status == "success"
+    try:
+        shown = httpx.post(f"{live.url}/api/show", json={"model": "smol-own"}).json()
+        assert modelfile.parse(shown["modelfile"]).template == own
+        assert shown["chat_template"] == own and shown["template"]  # the Go one still shown
+        copy = {"model": "smol-own-copy", "modelfile": shown["modelfile"], "stream": False}
+        assert httpx.post(f"{live.url}/api/create", json=copy).status_code == 200
+        for tools in (None, [WEATHER]):
+            assert prompts(live.url, "smol-own-copy", tools) == prompts(live.url, "smol-own", tools)
+    finally:
+        for name in ("smol-own", "smol-own-copy"):
+            oc.delete(name)
 
 
 def test_ollama_pull_of_a_model_the_store_has(oc: ollama.Client, live: LiveServer) -> None:

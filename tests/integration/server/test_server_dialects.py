@@ -418,14 +418,15 @@ def test_an_anthropic_clients_unknown_path_is_answered_in_its_shape(
     live: LiveServer, ant: anthropic.Anthropic
 ) -> None:
     """A 404 an Anthropic client can read (its SDK raises NotFoundError with the body), on
-    any path, told by the anthropic-version header every Anthropic client sends; other
-    clients keep their API's shape."""
+    any path no other dialect alone serves, told by the anthropic-version header every
+    Anthropic client sends; other clients, and the other dialects' own routes, keep their
+    API's shape."""
     with pytest.raises(anthropic.NotFoundError) as missing:
         ant.get("/v1/messages/batches/msgbatch_01", cast_to=object)
     body: Any = missing.value.body
     assert body["type"] == "error" and body["error"]["type"] == "not_found_error"
     assert body["request_id"] == missing.value.request_id
-    for path in ("/v1/files", "/v1/organizations/me", "/api/nothing-here"):
+    for path in ("/v1/files", "/v1/organizations/me", "/nothing-here"):
         answer = httpx.get(f"{live.url}{path}", headers=ANTHROPIC)
         assert answer.status_code == 404, path
         assert answer.json()["error"]["type"] == "not_found_error", path
@@ -435,6 +436,11 @@ def test_an_anthropic_clients_unknown_path_is_answered_in_its_shape(
     keyed = httpx.get(f"{live.url}/v1/files", headers={"x-api-key": "k"})
     assert set(keyed.json()) == {"error"}
     assert httpx.get(f"{live.url}/api/nothing-here").json()["code"] == "not_found"  # Ollama's
+    # Ollama's and OpenAI's own routes keep their shape, whatever headers come with them.
+    ollama_own = httpx.get(f"{live.url}/api/nothing-here", headers=ANTHROPIC).json()
+    assert ollama_own["code"] == "not_found" and "type" not in ollama_own
+    chat = httpx.post(f"{live.url}/v1/chat/completions", json={"model": 5}, headers=ANTHROPIC)
+    assert chat.status_code == 400 and set(chat.json()) == {"error"}, chat.text
 
 
 def test_anthropic_clients_list_models_in_their_shape(
@@ -470,6 +476,9 @@ def test_anthropic_clients_list_models_in_their_shape(
         ant.models.retrieve("no-such-model")
     with pytest.raises(anthropic.BadRequestError):
         ant.models.list(limit=0)
+    for limit in ("²", "-1", "1e3", "9" * 40):  # a digit of another script was a 500
+        odd = httpx.get(f"{live.url}/v1/models", params={"limit": limit}, headers=ANTHROPIC)
+        assert odd.status_code == 400 and odd.json()["type"] == "error", (limit, odd.text)
 
 
 def test_anthropic_text_completions(live: LiveServer, ant: anthropic.Anthropic) -> None:

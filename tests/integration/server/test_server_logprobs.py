@@ -11,6 +11,7 @@ import math
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import ollama
 import openai
 import pytest
 from benchlib.scores import continuation_logprob, in_child
+from examplelib import node as node_packages
 
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
@@ -123,26 +125,45 @@ def test_every_streamed_choice_opens_with_its_role(live: LiveServer, ai: openai.
     assert final.logprobs and final.logprobs.content == whole.logprobs.content
 
 
+@pytest.fixture(scope="module")
+def openai_node(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with openai-node (OPENAI_NODE, pinned) installed from npm's registry; skipped
+    where node, npm or the registry is missing."""
+    folder = tmp_path_factory.mktemp("openai-node")
+    try:
+        node_packages.install((OPENAI_NODE,), folder)
+    except node_packages.NodeUnavailable as exc:
+        pytest.skip(f"openai-node: {exc}")
+    return folder
+
+
 def test_openai_nodes_final_completion_lists_each_token_once(
-    live: LiveServer, ai: openai.OpenAI
+    live: LiveServer, ai: openai.OpenAI, openai_node: Path
 ) -> None:
     """openai-node's ChatCompletionStream takes a first chunk's logprobs object for its own
     snapshot and appends the next chunks' to it: a first token carried in it was listed twice
     in finalChatCompletion()."""
-    node = openai_node()
-    if node is None:
-        pytest.skip("needs node and openai-node (NODE_PATH naming the node_modules holding it)")
+    node = shutil.which("node")
+    assert node is not None
     whole = ai.chat.completions.create(
         model=SMOL, messages=SHORT, temperature=0, max_tokens=40, logprobs=True, top_logprobs=1
     ).choices[0]
     assert whole.logprobs and whole.logprobs.content
     script = NODE_FINAL % json.dumps({"baseURL": f"{live.url}/v1", "model": SMOL, "ask": SHORT})
-    ran = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=120)
+    ran = subprocess.run(
+        [node, "--input-type=commonjs", "-e", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=openai_node,
+    )
     assert ran.returncode == 0, ran.stderr
     told = json.loads(ran.stdout)
     assert told["content"] == whole.message.content
     assert told["tokens"] == [e.token for e in whole.logprobs.content]
 
+
+OPENAI_NODE = "openai@6.49.0"  # the release whose stream helper listed the first token twice
 
 # openai-node's ChatCompletionStream, as its examples use it: finalChatCompletion() gathers the
 # chunks (a first chunk's logprobs object becomes the snapshot's, so its entries were listed
@@ -159,15 +180,6 @@ const p = %s;
     tokens: done.logprobs.content.map((e) => e.token)}));
 })().catch((e) => { console.error(e); process.exit(1); });
 """
-
-
-def openai_node() -> str | None:
-    """node, where it can load openai-node (NODE_PATH names the node_modules that hold it)."""
-    node = shutil.which("node")
-    if node is None:
-        return None
-    found = subprocess.run([node, "-e", 'require.resolve("openai")'], capture_output=True)
-    return node if found.returncode == 0 else None
 
 
 def test_a_stop_string_drops_the_entries_past_it(ai: openai.OpenAI) -> None:
