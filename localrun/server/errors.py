@@ -183,6 +183,7 @@ def dialect_of(path: str, headers: Mapping[str, str] | None = None) -> Dialect:
         headers is not None
         and from_anthropic_client(headers)
         and not path.startswith(_OTHER_DIALECTS)
+        and path not in _OLLAMA_UNDER_V1
     ):
         return "anthropic"
     if path == "/v1/responses" or path.startswith("/v1/responses/"):
