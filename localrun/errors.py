@@ -27,6 +27,7 @@
     │       └── RuntimeBuildError       its configure or compile failed (the log says why)
     ├── ServerError                 the localrun server and its runners
     │   ├── BusyError               the request queue is full: retry later (503, Retry-After)
+    │   │   └── TooManyRequestsError    one client's share is taken: retry later (429)
     │   ├── RunnerDiedError         the runner process of a model exited mid-request (500)
     │   ├── UpstreamError           an upstream server failed a request routed to it (502)
     │   ├── ServerUnreachableError  no localrun server answers at LOCALRUN_HOST (client side)
@@ -336,6 +337,13 @@ class BusyError(ServerError):
     def __init__(self, message: str, *, hint: str | None = None, retry_after: int = 1) -> None:
         super().__init__(message, hint=hint)
         self.retry_after = retry_after
+
+
+class TooManyRequestsError(BusyError):
+    """One client already has as many of something as it may at once (background responses):
+    retry once one has ended (429 with Retry-After)."""
+
+    code = "rate_limit_exceeded"
 
 
 class RunnerDiedError(ServerError):

@@ -28,6 +28,7 @@ log = logging.getLogger("localrun.server")
 _STATUS: tuple[tuple[type[e.LocalrunError], int], ...] = (
     (e.ModelNotFoundError, 404),
     (e.NotFoundError, 404),
+    (e.TooManyRequestsError, 429),
     (e.BusyError, 503),
     (e.UnauthorizedError, 401),
     (e.ForbiddenError, 403),
@@ -61,6 +62,7 @@ _OPENAI_TYPES = {
     408: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
+    429: "requests",  # OpenAI's type for a limit on requests (its other: "tokens")
     503: "server_overloaded",
 }
 

@@ -42,13 +42,20 @@ from starlette.responses import JSONResponse, Response
 from localrun import media
 from localrun.errors import BadRequestError, ContextOverflowError
 from localrun.request import GenRequest
-from localrun.server import core, image_urls, response_store, responses_input, responses_tools
+from localrun.server import (
+    connections,
+    core,
+    image_urls,
+    response_store,
+    responses_input,
+    responses_tools,
+)
 from localrun.server.body import Body, read_json
 from localrun.server.generation import Generation, count_prompt, start
 from localrun.server.logprobs import logprob_items
 from localrun.server.messages import chat_messages
 from localrun.server.response_store import ResponseStore, encode
-from localrun.server.responses_background import UNFINISHED, Runs, settled
+from localrun.server.responses_background import EVENTS_LOST, UNFINISHED, Runs
 from localrun.server.responses_events import Event, EventStream, answer_events, frame, replayed
 from localrun.server.responses_output import (
     Answer,
@@ -72,9 +79,9 @@ def _runs(request: Request) -> Runs:
 
 
 async def _load(request: Request, response_id: str) -> dict[str, Any]:
-    """A stored record as it stands (`settled`); NotFoundError if there is none."""
+    """A stored record as it stands (`Runs.settled`); NotFoundError if there is none."""
     record = await anyio.to_thread.run_sync(_store(request).load, response_id)
-    return settled(record)
+    return _runs(request).settled(record)
 
 
 @dataclass
@@ -221,7 +228,8 @@ async def _launch(
         return _record(prepared, answer.obj, answered=answered)
 
     ctx = core.context(request)
-    run = await _runs(request).launch(ctx, prepared.req, stream, record, events)
+    client = connections.client_key(request.client)  # whose share of runs it takes
+    run = await _runs(request).launch(ctx, prepared.req, stream, record, events, client)
     headers = core.tools_left_out(prepared.toolset.left_out)
     if streamed:
         return event_stream(_framed((), run.follow(-1)), headers)
@@ -277,6 +285,13 @@ async def retrieve(request: Request) -> Response:
     record = await _load(request, response_id)
     if not streamed:
         return JSONResponse(record["response"])
+    if after >= 0 and record.get(EVENTS_LOST):
+        raise BadRequestError(
+            f"this response's events were not kept (its record had no room for them), so its "
+            f"stream cannot resume after event {after}",
+            hint="fetch the response without stream, or its events from the start "
+            "(stream=true without starting_after), made again from the response",
+        )
     events = _stored_events(record)
     if after >= len(events):
         raise BadRequestError(
@@ -286,7 +301,8 @@ async def retrieve(request: Request) -> Response:
 
 
 def _stored_events(record: dict[str, Any]) -> list[Event]:
-    """A stored response's events: its log (a background one's), else made from it."""
+    """A stored response's events: its log (a background one's), else made from it (one not
+    run in the background, or one whose log was not kept)."""
     log = record.get("events")
     if isinstance(log, list):
         return [(str(e.get("type")), encode(e)) for e in log if isinstance(e, dict)]

@@ -2,24 +2,34 @@
 once its request is answered, whoever reads it, and the log of its events.
 
     runs = Runs(store)                    app.state.background: this server's runs
-    run = await runs.launch(ctx, req, stream, record)
+    run = await runs.launch(ctx, req, stream, record, body, client)
+                                          body(generation): the answer's events; client: whose
+                                          share it takes (TooManyRequestsError past it)
     runs.get(id)                          the run of a response still running here, or None
     run.follow(after)                     its events after number `after`, then the live ones,
                                           to its end
     await run.cancel()                    its response, `cancelled` unless it had finished
     await runs.close()                    at shutdown: every run ends failed, and is saved
-    settled(record)                       a stored record whose run is gone: failed
+    runs.settled(record)                  a stored record whose run is gone: failed
 
 A run's response goes queued (response.created, response.queued, saved at once) ->
 in_progress (once the scheduler gives it a slot: it waits in the same queue as every request,
 and a full queue fails it) -> completed, incomplete or failed (its last event, then saved with
-its log) or cancelled (its log just ends). A client that leaves a stream leaves the run.
+its log) or cancelled (its log just ends). Once its last event is logged nothing changes it: a
+cancel or a stop then leaves it as it is. A client that leaves a stream leaves the run.
 
 Bounded as stored responses are: the record, its log included, takes at most
-LOCALRUN_RESPONSES_MAX_RECORD_BYTES; a run whose events outgrow their share of it ends failed.
+LOCALRUN_RESPONSES_MAX_RECORD_BYTES; a run whose events outgrow their share of it ends failed
+(and a record that still does not fit is saved without its log, marked so: `EVENTS_LOST`).
 Runs live at most as long as their requests could wait and run (the scheduler's queue and
-slots), and a run leaves memory once saved. The record names the server's process, so that one
-whose process is gone reads as failed rather than queued forever.
+slots), a client has at most LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT queued or running (a
+run generates whether or not anyone listens, so the per-client cap on connections does not
+bound them), and a run leaves memory once saved.
+
+The record names its owner: the server's process (its pid and when it started: a pid alone is
+reused, and a container's server restarts as the same pid) and the `Runs` in it. An unfinished
+record whose owner is gone, or is this process under another `Runs`, or is this `Runs` with no
+such run left, reads as failed rather than queued forever.
 """
 
 from __future__ import annotations
@@ -28,12 +38,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Callable, Iterable
+import secrets
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
+import psutil
 
-from localrun.errors import BadRequestError, LocalrunError, ServerError
+from localrun.errors import LocalrunError, ServerError, TooManyRequestsError
 from localrun.request import GenRequest
 from localrun.server import core
 from localrun.server.errors import unexpected
@@ -45,6 +57,11 @@ from localrun.settings import limits
 log = logging.getLogger("localrun.server")
 
 UNFINISHED = ("queued", "in_progress")
+# The events that end a response's stream: logged, the run's end is decided.
+TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# A record's mark that its log was not kept (the two did not fit): its events made again from the
+# response would not be numbered as its stream was, so no client resumes from them.
+EVENTS_LOST = "events_lost"
 # The share of a record its log may take: the text of the answer is in it up to five times (its
 # deltas, done events and last event), and the record keeps it twice more (response, messages).
 _LOG_SHARE = 0.6
@@ -53,14 +70,19 @@ _LOG_SHARE = 0.6
 class Run:
     """One background response: its stream of events, their log, the task that runs it."""
 
-    def __init__(self, stream: EventStream, record: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, stream: EventStream, record: Callable[[], dict[str, Any]], client: str = ""
+    ) -> None:
         self.stream = stream
         self.record = record  # the record to store, as the response stands
+        self.client = client  # whose share of runs it takes
         self.events: list[Event] = []
         self.room = 0  # bytes the log may take
         self.size = 0
         self.started = False  # its task has begun (a task cancelled before never runs)
-        self.finished = False  # its last state decided (it may still be saving)
+        # Its last state decided: its last event logged, or its task ended (it may still be
+        # saving). Cancels and stops leave it alone from then on.
+        self.finished = False
         self.cancelled = False  # a client cancelled it
         self.stopping = False  # the server is stopping
         self.task: asyncio.Task[None] | None = None
@@ -72,20 +94,28 @@ class Run:
 
     def add(self, events: Iterable[Event], *, bounded: bool = True) -> None:
         """Log `events` (each numbered as its place in the log) and wake the followers;
-        a BadRequestError where they do not fit (then none is logged)."""
+        a ServerError where they do not fit (then none is logged)."""
         events = list(events)
         size = sum(len(data) for _, data in events)
         if bounded and self.size + size > self.room:
             self.stream.renumber(len(self.events))
-            raise BadRequestError(
-                f"this response's events outgrew the {self.room} bytes its record has room for",
+            raise ServerError(
+                f"this response's events outgrew the {self.room} bytes its stored record has "
+                "room for, so it was stopped",
                 hint="ask for fewer max_output_tokens, or raise "
                 "LOCALRUN_RESPONSES_MAX_RECORD_BYTES",
             )
         self.events += events
         self.size += size
+        if any(kind in TERMINAL for kind, _ in events):
+            self.finished = True
         self._wake.set()
         self._wake = asyncio.Event()
+
+    def fail(self, exc: LocalrunError) -> None:
+        """End the run failed with `exc`, unless its end is decided already."""
+        if not self.finished:
+            self.add([self.stream.failed(exc)], bounded=False)
 
     async def follow(self, after: int) -> AsyncGenerator[Event, None]:
         """The events numbered past `after`, those logged already and then each as it comes,
@@ -105,8 +135,8 @@ class Run:
 
     async def cancel(self) -> dict[str, Any]:
         """Cancel the run unless its end is decided; its response once it has stopped."""
-        if not self.finished and self.task is not None:
-            self.cancelled = True
+        if not self.finished:
+            self.cancelled = True  # a task not begun yet sees it as it begins
             self.stop()
         await self.wait()
         return self.snapshot()
@@ -131,6 +161,10 @@ class Runs:
     def __init__(self, store: ResponseStore) -> None:
         self.store = store
         self.runs: dict[str, Run] = {}
+        pid = os.getpid()
+        # What names this server's records: its process (a pid and its start, one process) and
+        # this Runs in it (an app made again in the same process has runs of its own).
+        self.owner = {"pid": pid, "started": _start_time(pid), "instance": secrets.token_hex(8)}
 
     def get(self, response_id: str) -> Run | None:
         return self.runs.get(response_id)
@@ -142,10 +176,14 @@ class Runs:
         stream: EventStream,
         record: Callable[[], dict[str, Any]],
         body: Callable[[Generation], AsyncGenerator[Event, None]],
+        client: str = "",
     ) -> Run:
         """Log the queued response's first events, store it, and start its run: `body`
-        makes the events of its answer once the scheduler has started it."""
-        run = Run(stream, record)
+        makes the events of its answer once the scheduler has started it. A `client` (the
+        connection limits' key) with LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT runs queued
+        or running is refused."""
+        self._check_share(client)
+        run = Run(stream, record, client)
         obj = stream.obj
         obj["status"] = "queued"
         run.add(
@@ -158,10 +196,25 @@ class Runs:
         # The log's room: a share of what the record may take beyond what it holds now.
         base = len(encode(record(), run.log_json()))
         run.room = int(max(0, limits.responses_max_record_bytes() - base) * _LOG_SHARE)
-        await anyio.to_thread.run_sync(self.store.save, _owned(record()), run.log_json())
-        self.runs[run.id] = run
+        self.runs[run.id] = run  # counted from now on (the save below lets others in)
+        try:
+            await anyio.to_thread.run_sync(self.store.save, self._owned(record()), run.log_json())
+        except BaseException:
+            del self.runs[run.id]
+            raise
         run.task = asyncio.create_task(self._run(run, ctx, req, body))
         return run
+
+    def _check_share(self, client: str) -> None:
+        most = limits.responses_background_max_per_client()
+        live = sum(1 for run in self.runs.values() if run.client == client and not run.finished)
+        if live >= most:
+            raise TooManyRequestsError(
+                f"this client already has {live} background responses queued or running, "
+                f"the most LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT allows",
+                hint="wait until one has finished, or cancel one",
+                retry_after=5,
+            )
 
     async def _run(
         self,
@@ -177,7 +230,7 @@ class Runs:
             try:
                 generation = await start_detached(ctx, req)
             except LocalrunError as exc:
-                run.add([run.stream.failed(exc)], bounded=False)
+                run.fail(exc)
                 return
             try:
                 run.stream.obj["status"] = "in_progress"
@@ -185,31 +238,35 @@ class Runs:
                 await _logged(run, body(generation))
             finally:
                 if not generation.finished:
-                    await generation.close()
+                    await _unstoppable(generation.close())
         except asyncio.CancelledError:
             _uncancel()
             _stopped(run)
         except LocalrunError as exc:
-            run.add([run.stream.failed(exc)], bounded=False)
+            run.fail(exc)
         except Exception as exc:
-            run.add([run.stream.failed(unexpected(exc, "a background response"))], bounded=False)
+            run.fail(unexpected(exc, "a background response"))
         finally:
             run.finished = True
             run.add([], bounded=False)  # wakes the followers, who see it end
-            with anyio.CancelScope(shield=True):
-                await self._save(run)
-            self.runs.pop(run.id, None)
+            try:
+                await _unstoppable(self._save(run))
+            finally:
+                self.runs.pop(run.id, None)
 
     async def _save(self, run: Run) -> None:
         """Store the run's response with its log (without the log where the two do not fit
-        together, so that the response at least is kept)."""
-        record = _owned(run.record())
-        for events in (run.log_json(), None):
-            try:
-                await anyio.to_thread.run_sync(self.store.save, record, events)
-                return
-            except LocalrunError as exc:
-                log.warning("could not store background response %s: %s", run.id, exc)
+        together, so that the response at least is kept, marked EVENTS_LOST)."""
+        record = self._owned(run.record())
+        try:
+            await anyio.to_thread.run_sync(self.store.save, record, run.log_json())
+            return
+        except LocalrunError as exc:
+            log.warning("could not store background response %s with its events: %s", run.id, exc)
+        try:
+            await anyio.to_thread.run_sync(self.store.save, {**record, EVENTS_LOST: True})
+        except LocalrunError as exc:
+            log.warning("could not store background response %s: %s", run.id, exc)
 
     async def close(self) -> None:
         """Stop every run (each ends failed: the server stopped) and save it."""
@@ -219,6 +276,72 @@ class Runs:
                 run.stop()
         for run in list(self.runs.values()):
             await run.wait()
+
+    def _owned(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record, naming this server as the one that runs it."""
+        return {**record, "owner": self.owner}
+
+    def settled(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A stored record as it stands: an unfinished background response whose run is gone
+        (see the module's docstring) is failed, with its last event."""
+        obj = record["response"]
+        if obj.get("status") not in UNFINISHED:
+            return record
+        reason = self._gone(record.get("owner"), str(obj.get("id")))
+        if reason is None:
+            return record
+        obj = {**obj, "status": "failed", "error": {"code": "server_error", "message": reason}}
+        events = list(record.get("events") or [])
+        events.append({"type": "response.failed", "sequence_number": len(events), "response": obj})
+        return {**record, "response": obj, "events": events}
+
+    def _gone(self, owner: Any, response_id: str) -> str | None:
+        """Why the run of an unfinished record is gone; None while it runs (here, or in
+        another server's process sharing the folder)."""
+        if not isinstance(owner, dict):
+            return _STOPPED
+        if owner.get("instance") == self.owner["instance"]:
+            if response_id in self.runs:
+                return None
+            return "this response's run ended, but its end could not be stored"
+        pid = owner.get("pid")
+        if pid == self.owner["pid"]:
+            return _STOPPED  # an earlier process of this pid, or another app in this one
+        started, recorded = _start_time(pid), owner.get("started")
+        if started is None or not isinstance(recorded, (int, float)):
+            return _STOPPED
+        return None if abs(started - recorded) < _SAME_START_S else _STOPPED
+
+
+_STOPPED = "the server stopped before this response finished"
+# Two start times of one process as read at different moments (psutil's, in seconds).
+_SAME_START_S = 0.01
+
+
+def _start_time(pid: Any) -> float | None:
+    """When process `pid` started (None: there is none, or it is not readable)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, OverflowError, ValueError):
+        return None
+
+
+async def _unstoppable(work: Awaitable[None]) -> None:
+    """Await `work` to its end even where this task is cancelled meanwhile, then pass the
+    cancel on. anyio's shielded scopes do not hold off asyncio's own task.cancel(), which is how
+    a run is stopped; asyncio.shield does, and the loop waits again after each cancel."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()
 
 
 async def _logged(run: Run, events: AsyncGenerator[Event, None]) -> None:
@@ -231,15 +354,14 @@ async def _logged(run: Run, events: AsyncGenerator[Event, None]) -> None:
 
 def _stopped(run: Run) -> None:
     """The end of a run that was cancelled: by a client (`cancelled`, its log ends as it is)
-    or by the server stopping (failed)."""
+    or by the server stopping (failed); nothing where its last event was logged already."""
+    if run.finished:
+        return
     run.stream.settle()
     if run.cancelled:
         run.stream.obj["status"] = "cancelled"
         return
-    stopped = ServerError(
-        "the server stopped before this response finished", hint="create it again"
-    )
-    run.add([run.stream.failed(stopped)], bounded=False)
+    run.fail(ServerError(_STOPPED, hint="create it again"))
 
 
 def _uncancel() -> None:
@@ -247,33 +369,3 @@ def _uncancel() -> None:
     uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11 and later
     if uncancel is not None:
         uncancel()
-
-
-def _owned(record: dict[str, Any]) -> dict[str, Any]:
-    """The record, naming the process that runs it."""
-    return {**record, "owner": {"pid": os.getpid()}}
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # someone else's process: alive
-    return True
-
-
-def settled(record: dict[str, Any]) -> dict[str, Any]:
-    """A stored record as it stands: an unfinished background response whose server process
-    is gone is failed (its run went with it), with its last event."""
-    obj = record["response"]
-    if obj.get("status") not in UNFINISHED or _alive((record.get("owner") or {}).get("pid")):
-        return record
-    error = {"code": "server_error", "message": "the server stopped before this response finished"}
-    obj = {**obj, "status": "failed", "error": error}
-    events = list(record.get("events") or [])
-    events.append({"type": "response.failed", "sequence_number": len(events), "response": obj})
-    return {**record, "response": obj, "events": events}

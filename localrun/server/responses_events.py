@@ -99,28 +99,40 @@ class EventStream:
         )
         return out
 
-    def begin(self, kind: str) -> list[Event]:
-        """Close the open item and open an empty one of `kind`."""
+    def begin(self, kind: str, item: dict[str, Any] | None = None) -> list[Event]:
+        """Close the open item and open one of `kind` ("text": a message, or "reasoning"): a
+        new one, or `item` (a stored response's, replayed), added empty and `in_progress`."""
         out = self.close()
         self.open_kind, self.text, self.logprobs = kind, "", []
-        if kind == "text":
+        if item is not None:
+            item = {**item, "content": []}  # a copy: the stored item stays as it is
+            if "status" in item:
+                item["status"] = "in_progress"
+        elif kind == "text":
             item = message_item(None, status="in_progress")
-            part: dict[str, Any] = text_part("")
         else:
             item = {**reasoning_item("", status="in_progress"), "content": []}
-            part = {"type": "reasoning_text", "text": ""}
+        part: dict[str, Any] = (
+            text_part("") if kind == "text" else {"type": "reasoning_text", "text": ""}
+        )
         self.output.append(item)
         index = len(self.output) - 1
         out.append(self.event("response.output_item.added", output_index=index, item=item))
         out.append(self.event("response.content_part.added", **self._at(index), part=part))
         return out
 
-    def _filled(self, status: str) -> dict[str, Any]:
-        """The open item with its text so far, as `status`."""
-        item = self.output[-1]
+    def _part(self) -> dict[str, Any]:
+        """The open item's content part, its text so far."""
         if self.open_kind == "text":
-            return message_item(self.text, status, item["id"], self.logprobs)
-        return reasoning_item(self.text, status, item["id"])
+            return text_part(self.text, self.logprobs)
+        return {"type": "reasoning_text", "text": self.text}
+
+    def _filled(self, status: str) -> dict[str, Any]:
+        """The open item (as `begin` added it) with its text so far, as `status`."""
+        item = {**self.output[-1], "content": [self._part()]}
+        if "status" in item:
+            item["status"] = status
+        return item
 
     def close(self, status: str = "completed") -> list[Event]:
         """Finish the open item, if any: its whole text, its part, the item itself (`status`
@@ -131,13 +143,12 @@ class EventStream:
         where = self._at(index)
         text = self.text
         self.output[index] = self._filled(status)
+        part = self._part()
         if self.open_kind == "text":
-            part = text_part(text, self.logprobs)
             finished = self.event(
                 "response.output_text.done", **where, text=text, logprobs=self.logprobs
             )
         else:
-            part = {"type": "reasoning_text", "text": text}
             finished = self.event("response.reasoning_text.done", **where, text=text)
         return [
             finished,
@@ -229,8 +240,9 @@ class EventStream:
 def failure_code(exc: LocalrunError) -> str:
     """A failed response's `error.code`, from the specification's ResponseErrorCode: what the
     request asked for is `invalid_prompt`, a full queue `rate_limit_exceeded` (retry later),
-    anything else `server_error`; a prompt past the context keeps OpenAI's own
-    `context_length_exceeded`, which its API sends there and Codex compacts on."""
+    anything else `server_error` (a background response's log that outgrew its room among
+    them); a prompt past the context keeps OpenAI's own `context_length_exceeded`, which its
+    API sends there and Codex compacts on."""
     if isinstance(exc, ContextOverflowError):
         return exc.code
     if isinstance(exc, BusyError):
@@ -278,54 +290,28 @@ _LAST = {
 }
 
 
+_KINDS = {"message": "text", "reasoning": "reasoning"}  # an item's type: EventStream's kind
+
+
 def replayed(obj: dict[str, Any]) -> list[Event]:
-    """The events of a finished response that kept none (one not run in the background),
-    from its object: each item whole, in one delta, then the last event its status calls for
-    (none for a cancelled one, whose stream just ends)."""
+    """The events of a finished response that kept none (one not run in the background, or
+    one whose log was not kept), from its object, as EventStream streams them: each item
+    whole, its text in one delta, then the last event its status calls for (none for a
+    cancelled one, whose stream just ends)."""
     opened = {**obj, "status": "in_progress", "output": [], "usage": None, "error": None}
     opened.update(incomplete_details=None, completed_at=None)
     stream = EventStream(opened)
     events = stream.opening()
     for item in obj.get("output") or []:
-        events += _whole(stream, item)
+        kind = _KINDS.get(item.get("type", ""))
+        if kind is None:  # a function or custom tool call
+            events += stream.call(item)
+            continue
+        part = (item.get("content") or [{}])[0]
+        events += stream.begin(kind, item)
+        events += stream.delta(kind, part.get("text", ""), part.get("logprobs") or [])
+        events += stream.end([], item.get("status", "completed"))
     last = _LAST.get(obj.get("status", ""))
     if last is not None:
         events.append(stream.event(last, response=obj))
     return events
-
-
-def _whole(stream: EventStream, item: dict[str, Any]) -> list[Event]:
-    """The events that stream output item `item` whole."""
-    kind = item.get("type")
-    if kind in ("function_call", "custom_tool_call"):
-        return stream.call(item)
-    stream.output.append(item)
-    index = len(stream.output) - 1
-    parts = item.get("content") or [] if kind in ("message", "reasoning") else []
-    added = {**item, "status": "in_progress"} if "status" in item else item
-    if kind in ("message", "reasoning"):
-        added["content"] = []
-    out = [stream.event("response.output_item.added", output_index=index, item=added)]
-    for number, part in enumerate(parts):
-        where = {"item_id": item["id"], "output_index": index, "content_index": number}
-        out += _part(stream, where, part)
-    out.append(stream.event("response.output_item.done", output_index=index, item=item))
-    return out
-
-
-def _part(stream: EventStream, where: dict[str, Any], part: dict[str, Any]) -> list[Event]:
-    """A content part's events: added empty, its text in one delta, done."""
-    text = part.get("text", "")
-    if part.get("type") == "output_text":
-        logprobs = part.get("logprobs") or []
-        empty: dict[str, Any] = text_part("")
-        added = stream.event("response.content_part.added", **where, part=empty)
-        delta = stream.event("response.output_text.delta", **where, delta=text, logprobs=logprobs)
-        finished = stream.event("response.output_text.done", **where, text=text, logprobs=logprobs)
-    else:
-        empty = {"type": part.get("type", "reasoning_text"), "text": ""}
-        added = stream.event("response.content_part.added", **where, part=empty)
-        delta = stream.event("response.reasoning_text.delta", **where, delta=text)
-        finished = stream.event("response.reasoning_text.done", **where, text=text)
-    done = stream.event("response.content_part.done", **where, part=part)
-    return [added, delta, finished, done]

@@ -121,6 +121,14 @@ LIMITS: dict[str, Setting] = {
             lambda: 16 * 1024 * 1024,
         ),
         Setting(
+            "LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT",
+            "Most background Responses API answers one client address (IPv6: one /64) may have "
+            "queued or running at once; past it a new one is refused (429): each generates "
+            "whether or not anyone listens.",
+            parse.parse_positive_int,
+            lambda: 32,
+        ),
+        Setting(
             "LOCALRUN_MAX_GRAMMAR_BYTES",
             "Largest grammar a request's JSON schema or forced call may build (its schemas "
             "included): compiling one costs a runner up to a second.",
@@ -335,6 +343,10 @@ def responses_max_bytes() -> int:
 
 def responses_max_record_bytes() -> int:
     return LIMITS["LOCALRUN_RESPONSES_MAX_RECORD_BYTES"].value()  # type: ignore[no-any-return]
+
+
+def responses_background_max_per_client() -> int:
+    return LIMITS["LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT"].value()  # type: ignore[no-any-return]
 
 
 def max_grammar_bytes() -> int:

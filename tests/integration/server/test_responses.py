@@ -1,12 +1,14 @@
 """OpenAI's Responses API as its specification and openai-python's own flows have it: usage
 with the prompt cache's reads and writes, an answer cut short ending in response.incomplete,
-input token counts, and background mode (polled, streamed, left and resumed, cancelled).
+input token counts, and background mode (polled, streamed, left and resumed, cancelled, bounded
+per client, read back after its server crashed or without its log).
 
 One server with real runners (llama.cpp on SmolLM2) and the official `openai` client.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import openai
 import pytest
 
 from localrun.scheduler import Scheduler
+from localrun.server import responses_background
 from localrun.server.response_store import ResponseStore
 from localrun.sources import obtain
 from localrun.store import reference
@@ -307,12 +310,83 @@ def test_a_background_log_is_bounded(ai: openai.OpenAI, monkeypatch: pytest.Monk
     queued = ai.responses.create(**GREEDY, input=STORY, max_output_tokens=400, background=True)
     failed = wait_until_done(ai, queued)
     assert failed.status == "failed" and failed.error
-    assert failed.error.code == "invalid_prompt"
+    assert failed.error.code == "server_error"
     assert "outgrew" in failed.error.message and failed.output_text
     events = list(ai.responses.retrieve(failed.id, stream=True))
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert events[-1].type == "response.failed"
     assert sum(len(e.model_dump_json()) for e in events) < 20000
+
+
+def test_background_runs_are_bounded_per_client(
+    ai: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One client cannot queue runs without end (each generates whether or not anyone
+    listens): past LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT it is refused with a 429."""
+    monkeypatch.setenv("LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT", "1")
+    story: Any = {**GREEDY, "input": STORY, "max_output_tokens": 1500, "background": True}
+    first = ai.responses.create(**story)
+    with pytest.raises(openai.RateLimitError) as refused:
+        ai.responses.create(**story)
+    assert refused.value.status_code == 429
+    assert refused.value.body["code"] == "rate_limit_exceeded"  # type: ignore[index]
+    assert "LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT" in refused.value.message
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    assert ai.responses.create(**GREEDY, input="hi", max_output_tokens=2).status  # not run so
+    assert ai.responses.cancel(first.id).status == "cancelled"
+    second = ai.responses.create(**{**story, "max_output_tokens": 4})  # room again
+    assert wait_until_done(ai, second).status in ("completed", "incomplete")
+
+
+def test_a_background_response_left_by_a_crashed_server_reads_as_failed(
+    ai: openai.OpenAI, responses_dir: Path
+) -> None:
+    """A server that crashed mid-run and came back as the same pid (a container's pid 1): its
+    record still says queued, under this pid, but it names another server. It reads as failed,
+    is cancelled as it is, and a conversation continues from it."""
+    asked: Any = {**GREEDY, "input": COUNT, "max_output_tokens": 8, "background": True}
+    done = wait_until_done(ai, ai.responses.create(**asked))
+    store = ResponseStore(responses_dir)
+    record = store.load(done.id)
+    assert record["owner"]["pid"] == os.getpid()  # this server, in this process
+    # The record as the crashed server saved it at launch: queued, its first two events.
+    record["response"].update(status="queued", output=[], usage=None, completed_at=None)
+    record.update(events=record["events"][:2], messages=record["messages"][:-1])
+    record["owner"] = {**record["owner"], "instance": "0" * 16}
+    store.save(record)
+    found = ai.responses.retrieve(done.id)
+    assert found.status == "failed" and found.error and found.error.code == "server_error"
+    assert "server stopped" in found.error.message
+    events = list(ai.responses.retrieve(done.id, stream=True))
+    assert [e.type for e in events] == ["response.created", "response.queued", "response.failed"]
+    assert ai.responses.cancel(done.id).status == "failed"
+    follow = ai.responses.create(
+        **GREEDY, input="Go on.", previous_response_id=done.id, max_output_tokens=2
+    )
+    assert follow.status in ("completed", "incomplete")
+    assert follow.previous_response_id == done.id
+
+
+def test_a_background_response_whose_log_was_not_kept(
+    ai: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log that fits its room but not the record with it: the response is stored without it.
+    Its events made again from the response are not numbered as its stream was, so resuming
+    after an event is a 400; its whole stream, made again, still reads from the start."""
+    # The log's room is a share of the record's room chosen so that this does not happen;
+    # a larger share makes it happen on a short answer.
+    monkeypatch.setattr(responses_background, "_LOG_SHARE", 10.0)
+    monkeypatch.setenv("LOCALRUN_RESPONSES_MAX_RECORD_BYTES", "8000")
+    asked: Any = {**GREEDY, "input": COUNT, "max_output_tokens": 48, "background": True}
+    done = wait_until_done(ai, ai.responses.create(**asked))
+    assert done.status in ("completed", "incomplete") and done.output_text
+    with pytest.raises(openai.BadRequestError, match="events were not kept"):
+        list(ai.responses.retrieve(done.id, stream=True, starting_after=3))
+    events = list(ai.responses.retrieve(done.id, stream=True))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].type == "response.created" and events[-1].type == f"response.{done.status}"
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == done.output_text
 
 
 @pytest.fixture
