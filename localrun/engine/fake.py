@@ -249,7 +249,7 @@ class FakeBatchEngine:
                         steps.append((job, piece))
             # Sinks are called outside the lock: they may call back (cancel) or submit.
             for job, piece in steps:
-                job.sink.piece(piece)
+                job.sink.piece(piece, self._entries(job, piece))
             for job, reason in finished:
                 self._finish(job, reason)
             if self.delay and steps:
@@ -258,6 +258,25 @@ class FakeBatchEngine:
                 self._closing.wait()
         for job in jobs:
             self._finish(job, "cancelled")
+
+    def _entries(self, job: _Job, piece: str) -> list[dict[str, Any]] | None:
+        """The log-probability entry of a scripted token, where the request asked for them:
+        the token certain (log 0), and the candidates it was to be read over even
+        (SamplingOptions.candidates; a real engine reads them from the logits)."""
+        s = job.sampling
+        if s.logprobs <= 0 and not s.candidates:
+            return None
+        raw = list(piece.encode("utf-8", "surrogatepass"))
+        entry: dict[str, Any] = {"token": piece, "logprob": 0.0, "bytes": raw, "top": []}
+        if s.logprobs > 0:
+            entry["top"] = [{"token": piece, "logprob": 0.0, "bytes": raw}]
+        if s.candidates:
+            even = -math.log(len(s.candidates))
+            entry["candidates"] = [
+                {"id": t, "token": self.token_bytes(t).decode("utf-8", "replace"), "logprob": even}
+                for t in s.candidates
+            ]
+        return [entry]
 
     def _finish(self, job: _Job, reason: str) -> None:
         now = time.perf_counter()
