@@ -18,6 +18,8 @@
 
   the dialects, each a translation to a GenRequest and back (only app.py imports them):
     ollama.py      /api generate, chat, embed, ps, version
+    systemone.py   Ollama's /v1/systemone: choice, yes-or-no and score questions, read from
+                   the model's next-token probabilities over the options' labels
     openai.py      /v1 models, chat/completions, completions, embeddings
     responses.py   /v1/responses (its input read by responses_input.py; the response object
                    responses_output.py's, its stream responses_events.py's, background runs
