@@ -61,7 +61,11 @@ class Asked:
         """The child's answer to `question`: TimeoutError past `deadline_s` seconds, EOFError
         when the child died or answered nonsense (either way the child is killed), ValueError
         for a question that is not JSON, NotStarted for a child that never got ready."""
-        data = json.dumps(question).encode() + b"\n"  # ValueError, TypeError: the caller's
+        return self.ask_line(json.dumps(question).encode(), deadline_s)  # ValueError: caller's
+
+    def ask_line(self, data: bytes, deadline_s: float) -> Any:
+        """`ask` with the question already encoded as one line of JSON (without its newline)."""
+        data += b"\n"
         if not self._ready:
             try:
                 ready = self._exchange(None, START_S)
@@ -107,6 +111,15 @@ class Asked:
             self.kill()
             raise EOFError("the child ended" if not line else "the child's answer is cut")
         return line
+
+    def rss(self) -> int:
+        """The child's resident memory in bytes (0 where it cannot be read)."""
+        import psutil
+
+        try:
+            return int(psutil.Process(self.proc.pid).memory_info().rss)
+        except psutil.Error:
+            return 0
 
     def kill(self) -> None:
         with contextlib.suppress(OSError):

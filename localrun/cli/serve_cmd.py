@@ -204,8 +204,13 @@ def _server(
     from localrun.server import create_app
     from localrun.server.connections import protocol
 
+    # uvicorn believes X-Forwarded-For from loopback by default, and every per-client bound
+    # (connections, background runs, checker turns) would count the address a client names.
+    proxies = config.trusted_proxies()
     uv_config = uvicorn.Config(
         create_app(settings, scheduler),
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=list(proxies) or None,
         http=protocol(limits),
         ws="none",  # no WebSocket routes; an upgraded connection would escape the limits
         backlog=limits.backlog,

@@ -41,28 +41,33 @@ from localrun.errors import AnswerSchemaError, BadRequestError
 from localrun.formats import calls as tools_mod
 from localrun.formats import grammar_bounds
 from localrun.request import GenRequest
+from localrun.server.turns import NOBODY, Whose
 
 
 class Checker(Protocol):
     """Where the checks below run (server.checker.Checker: child processes with a deadline,
-    awaited: a check waiting for its turn holds no thread)."""
+    awaited: a check waiting for its turn holds no thread; `whose` the client asking, whose
+    turns are shared fairly with other clients')."""
 
-    async def schema(self, schema: dict[str, Any], what: str) -> None: ...
+    async def schema(self, schema: dict[str, Any], what: str, whose: Whose = NOBODY) -> None: ...
 
-    async def value(self, value: Any, schema: dict[str, Any], what: str) -> None: ...
+    async def value(
+        self, value: Any, schema: dict[str, Any], what: str, whose: Whose = NOBODY
+    ) -> None: ...
 
-    async def answer(self, text: str, schema: dict[str, Any]) -> None: ...
+    async def answer(self, text: str, schema: dict[str, Any], whose: Whose = NOBODY) -> None: ...
 
 
 @dataclass
 class AfterCheck:
     """What an answer is validated against once it is made: the format's schema (None: the
     constraint enforced all of it), and each enforced tool's whose constraint did not; by
-    `checker`'s children."""
+    `checker`'s children, for the client `whose`."""
 
     checker: Checker
     answer: dict[str, Any] | None = None
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    whose: Whose = NOBODY
 
     async def check(self, text: str, calls: list[dict[str, Any]] | None) -> None:
         """Raise AnswerSchemaError unless the answer (its text, or its calls) validates."""
@@ -71,12 +76,15 @@ class AfterCheck:
                 schema = self.tools.get(str(call.get("name")))
                 if schema is not None:
                     where = f"the call of {call.get('name')}"
-                    await self.checker.value(call.get("arguments") or {}, schema, where)
+                    await self.checker.value(call.get("arguments") or {}, schema, where,
+                                             self.whose)  # fmt: skip
         elif self.answer is not None:
-            await self.checker.answer(text, self.answer)
+            await self.checker.answer(text, self.answer, self.whose)
 
 
-async def after_check(req: GenRequest, checker: Checker) -> AfterCheck | None:
+async def after_check(
+    req: GenRequest, checker: Checker, whose: Whose = NOBODY
+) -> AfterCheck | None:
     """The check a request's answer needs (None: none), its schemas checked by `checker`
     before any token is made (a 400 for one that cannot be). Reading the request's schemas
     takes time that grows with them: on a worker thread, for a request that has any."""
@@ -84,10 +92,12 @@ async def after_check(req: GenRequest, checker: Checker) -> AfterCheck | None:
         return None
     answer, tools = await anyio.to_thread.run_sync(_schemas, req)
     if answer is not None:
-        await checker.schema(answer, "the format's schema")
+        await checker.schema(answer, "the format's schema", whose)
     for name, schema in tools.items():
-        await checker.schema(schema, f"the tool {name!r}'s schema")
-    return AfterCheck(checker, answer, tools) if answer is not None or tools else None
+        await checker.schema(schema, f"the tool {name!r}'s schema", whose)
+    if answer is None and not tools:
+        return None
+    return AfterCheck(checker, answer, tools, whose)
 
 
 def _schemas(req: GenRequest) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
@@ -121,7 +131,7 @@ def check_schema(format: dict[str, Any], what: str) -> None:
     except (jsonschema.exceptions.SchemaError, RecursionError, ValueError, TypeError) as exc:
         message = getattr(exc, "message", str(exc))
         raise BadRequestError(f"{what} is not a JSON schema: {message}") from None
-    for pattern in _patterns(format):
+    for pattern in patterns(format):
         _check_pattern(pattern)
 
 
@@ -189,7 +199,7 @@ def _validator(schema: dict[str, Any]) -> Any:
     return jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
 
 
-def _patterns(schema: Any) -> Iterator[str]:
+def patterns(schema: Any) -> Iterator[str]:
     """Every regular expression the schema holds (`pattern`s, `patternProperties`' names)."""
     for key, value in grammar_bounds.keywords(schema):
         if key == "pattern" and isinstance(value, str):

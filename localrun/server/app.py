@@ -54,6 +54,7 @@ from localrun.server.errors import (
 from localrun.server.response_store import ResponseStore
 from localrun.server.responses_background import Runs
 from localrun.server.security import Guard
+from localrun.server.turns import Shares
 from localrun.settings import config, limits
 from localrun.sources.hosts import is_loopback
 from localrun.store import catalog
@@ -184,6 +185,11 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
     )
     app.state.responses = ResponseStore(settings.responses_dir or config.responses_dir())
     app.state.background = Runs(app.state.responses)
+    app.state.retrievals = Shares(
+        "stored responses being read",
+        limits.responses_retrievals_per_client,
+        "LOCALRUN_RESPONSES_RETRIEVALS_PER_CLIENT",
+    )
     for path, handler, methods in _ROUTES:
         app.add_api_route(path, handler, methods=methods, include_in_schema=False)
 

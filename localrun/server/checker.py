@@ -9,7 +9,10 @@ takes past LOCALRUN_CHECK_TIMEOUT, and the request is refused in its dialect's s
 for its schema, a 422 for its answer), naming the bound. The children are kept for the next
 checks (they remember the schemas they found sound: an agent sends the same ones at every
 turn); at most MOST_CHILDREN run at once, each talked to from a worker thread, and a check
-waits for its turn without holding one: past the deadline it is refused as busy (503).
+waits for its turn without holding one. Turns go fairly between clients (server.turns): a
+client that keeps both children busy with slow schemas delays another's check by at most one
+deadline; past WAIT_TURNS deadlines of waiting a check is refused as busy (503). A check that
+ran to its deadline is refused at once when it comes again (issue 90).
 
 The child reads one JSON line a check and answers one: {"ok": true} or {"error": {...}} (a
 LocalrunError as the wire carries it).
@@ -18,9 +21,12 @@ LocalrunError as the wire carries it).
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
+import re
 import sys
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -28,40 +34,51 @@ import anyio
 from localrun import asked
 from localrun.errors import AnswerSchemaError, BadRequestError, BusyError, LocalrunError
 from localrun.server import answer_schema
+from localrun.server.turns import NOBODY, FairTurns, Whose
 from localrun.settings import limits
 
 MOST_CHILDREN = 2
 MEMORY_BYTES = 1 << 30  # a child's data: a check past it fails as one that could not be done
+CHILD_RSS_BYTES = 256 << 20  # a child larger than this after a check is replaced
+WAIT_TURNS = 2  # a check waits this many check deadlines for its turn, then is refused (503)
+STOPPED_FOR_S = 600.0  # how long a check that ran to its deadline is refused at once
+STOPPED_REMEMBERED = 1024  # such checks remembered (digests)
 _MODULE = "localrun.server.checker"
 _HINT = "simplify the schema, or leave out the keywords the engine cannot enforce"
 
 
 class Checker:
-    """The checking children of one server. Its checks are awaited: one waits for a child
-    without holding a thread, and talks to it from a worker thread."""
+    """The checking children of one server. Its checks are awaited: one waits for its turn
+    without holding a thread (turns go fairly between clients: server.turns), and talks to a
+    child from a worker thread. A check that ran to its deadline is remembered by digest, and
+    the same check is refused at once for STOPPED_FOR_S after, without taking a turn."""
 
     def __init__(self, most: int = MOST_CHILDREN) -> None:
         self.most = most
-        self._turns: anyio.Semaphore | None = None  # made on the server's loop
+        self._turns = FairTurns(most)  # used on the server's loop alone
         self._lock = threading.Lock()
         self._idle: list[asked.Asked] = []
+        self._stopped: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._closed = False
 
-    async def schema(self, schema: dict[str, Any], what: str) -> None:
+    async def schema(self, schema: dict[str, Any], what: str, whose: Whose = NOBODY) -> None:
         """Raise BadRequestError unless `schema` can be checked answers against (a schema
-        jsonschema takes, patterns that run in bounded time)."""
-        await self._run({"op": "schema", "schema": schema, "what": what}, BadRequestError, what)
+        jsonschema takes, patterns that run in bounded time); `whose` the client asking."""
+        await self._run({"op": "schema", "schema": schema, "what": what}, BadRequestError, what,
+                        whose)  # fmt: skip
 
-    async def value(self, value: Any, schema: dict[str, Any], what: str) -> None:
+    async def value(
+        self, value: Any, schema: dict[str, Any], what: str, whose: Whose = NOBODY
+    ) -> None:
         """Raise AnswerSchemaError unless `value` validates against `schema` (one `schema`
         took); `what` names it ("the answer", "the call of f")."""
         await self._run({"op": "value", "value": value, "schema": schema, "what": what},
-                        AnswerSchemaError, what)  # fmt: skip
+                        AnswerSchemaError, what, whose)  # fmt: skip
 
-    async def answer(self, text: str, schema: dict[str, Any]) -> None:
+    async def answer(self, text: str, schema: dict[str, Any], whose: Whose = NOBODY) -> None:
         """Raise AnswerSchemaError unless `text` is JSON that validates against `schema`."""
         await self._run({"op": "answer", "text": text, "schema": schema}, AnswerSchemaError,
-                        "the answer")  # fmt: skip
+                        "the answer", whose)  # fmt: skip
 
     def close(self) -> None:
         with self._lock:
@@ -70,13 +87,22 @@ class Checker:
         for child in idle:
             child.kill()
 
-    async def _run(self, question: dict[str, Any], failure: type[LocalrunError], what: str) -> None:
+    async def _run(
+        self, question: dict[str, Any], failure: type[LocalrunError], what: str, whose: Whose
+    ) -> None:
         deadline = limits.check_timeout()
-        if self._turns is None:
-            self._turns = anyio.Semaphore(self.most)
+        try:  # a large schema takes a while to encode: off the loop
+            line, key = await anyio.to_thread.run_sync(_encoded, question)
+        except (ValueError, TypeError, RecursionError):
+            raise failure(f"{what} cannot be sent to be checked", hint=_HINT) from None
+        if self._was_stopped(key):
+            raise failure(
+                f"checking {what} against its schema ran past the deadline before; it is "
+                "refused without being checked again",
+                hint=f"{_HINT} (LOCALRUN_CHECK_TIMEOUT on the server)",
+            )
         try:
-            with anyio.fail_after(deadline):
-                await self._turns.acquire()
+            await self._turns.acquire(whose, WAIT_TURNS * deadline)
         except TimeoutError:
             raise BusyError(
                 f"the server is busy checking other schemas; {what} was not checked",
@@ -84,7 +110,7 @@ class Checker:
                 retry_after=int(deadline) + 1,
             ) from None
         try:
-            answer = await anyio.to_thread.run_sync(self._ask, question, deadline, failure, what)
+            answer = await anyio.to_thread.run_sync(self._ask, line, key, deadline, failure, what)
         finally:
             self._turns.release()
         if isinstance(answer, dict) and answer.get("ok") is True:
@@ -94,67 +120,112 @@ class Checker:
             raise failure(f"{what} could not be checked", hint=_HINT)
         raise LocalrunError.from_dict(error)
 
+    def _was_stopped(self, key: bytes) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            when = self._stopped.get(key)
+            if when is not None and now - when > STOPPED_FOR_S:
+                del self._stopped[key]
+                when = None
+            return when is not None
+
+    def _stop(self, key: bytes) -> None:
+        with self._lock:
+            self._stopped[key] = time.monotonic()
+            self._stopped.move_to_end(key)
+            while len(self._stopped) > STOPPED_REMEMBERED:
+                self._stopped.popitem(last=False)
+
     def _ask(
-        self, question: dict[str, Any], deadline: float, failure: type[LocalrunError], what: str
+        self, line: bytes, key: bytes, deadline: float, failure: type[LocalrunError], what: str
     ) -> Any:
         with self._lock:
             child = self._idle.pop() if self._idle else None
         try:
             if child is None or not child.alive():
                 child = asked.Asked(_MODULE)
-            answer = child.ask(question, deadline)
+            answer = child.ask_line(line, deadline)
         except asked.NotStarted as exc:
             raise BusyError(
                 f"the server cannot check {what} now ({exc})",
                 hint="retry in a few seconds; the server's log may say why",
                 retry_after=5,
             ) from None
-        except (ValueError, TypeError, RecursionError):
-            raise failure(f"{what} cannot be sent to be checked", hint=_HINT) from None
         except TimeoutError:
+            self._stop(key)
             raise failure(
                 f"checking {what} against its schema took over {deadline:g} s; it was stopped",
                 hint=f"{_HINT} (LOCALRUN_CHECK_TIMEOUT on the server)",
             ) from None
         except EOFError:
             raise failure(f"checking {what} against its schema failed", hint=_HINT) from None
+        # A child that grew (a large schema's parse, patterns compiled) is not kept for more.
+        keep = child.rss() <= CHILD_RSS_BYTES
         with self._lock:
-            if self._closed:
+            if self._closed or not keep:
                 child.kill()
             else:
                 self._idle.append(child)
         return answer
 
 
+def _encoded(question: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The question as one line of JSON, and the digest a check is remembered by: its
+    operation, schema and subject, keys sorted (the same schema however its keys are ordered;
+    a schema's `what` is how the route names it, not part of it)."""
+    line = json.dumps(question).encode()
+    kept = {k: v for k, v in question.items() if not (question["op"] == "schema" and k == "what")}
+    key = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).digest()
+    return line, key
+
+
 # -- the child ---------------------------------------------------------------------------------
 
 
-REMEMBERED = 256  # schemas found sound, by their JSON text
+REMEMBERED = 256  # schemas found sound, by the digest of their JSON text
+PURGE_PATTERNS = 64 << 10  # a check whose patterns pass this many characters empties re's cache
 
 
-def _check(question: Any, sound: collections.OrderedDict[str, None]) -> dict[str, Any]:
-    """One check's answer: {"ok": true}, or the LocalrunError it raised, as the wire has it."""
+def _check(question: Any, sound: collections.OrderedDict[bytes, None]) -> dict[str, Any]:
+    """One check's answer: {"ok": true}, or the LocalrunError it raised, as the wire has it.
+    Schemas found sound are remembered by digest (a key of their whole text grew a child by
+    123 MB with 40 schemas of 3 MB each); the patterns a check compiled leave re's cache when
+    they were large."""
     try:
         op = question["op"]
+        schema = question["schema"]
         if op == "schema":
-            key = json.dumps(question["schema"], sort_keys=True)
+            text = json.dumps(schema, sort_keys=True).encode()
+            key = hashlib.sha256(text).digest()
             if key not in sound:
-                answer_schema.check_schema(question["schema"], str(question["what"]))
+                answer_schema.check_schema(schema, str(question["what"]))
                 sound[key] = None
                 while len(sound) > REMEMBERED:
                     sound.popitem(last=False)
             sound.move_to_end(key)
         elif op == "value":
-            answer_schema.validate(question["value"], question["schema"], question["what"])
+            answer_schema.validate(question["value"], schema, question["what"])
         elif op == "answer":
-            answer_schema.check(str(question["text"]), question["schema"])
+            answer_schema.check(str(question["text"]), schema)
         else:
             raise BadRequestError(f"unknown check {op!r}")
     except LocalrunError as exc:
         return {"error": exc.to_dict()}
     except (ValueError, KeyError, TypeError, RecursionError, MemoryError) as exc:
         return {"error": BadRequestError(f"the check failed: {type(exc).__name__}").to_dict()}
+    finally:
+        _forget_patterns(question)
     return {"ok": True}
+
+
+def _forget_patterns(question: Any) -> None:
+    schema = question.get("schema") if isinstance(question, dict) else None
+    try:
+        size = sum(len(p) for p in answer_schema.patterns(schema))
+    except (RecursionError, TypeError):
+        size = PURGE_PATTERNS
+    if size >= PURGE_PATTERNS:
+        re.purge()
 
 
 def main() -> int:
@@ -166,7 +237,7 @@ def main() -> int:
             resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_BYTES, hard))
     import jsonschema  # noqa: F401  (before the child says it is ready: its start is not a check's)
 
-    sound: collections.OrderedDict[str, None] = collections.OrderedDict()
+    sound: collections.OrderedDict[bytes, None] = collections.OrderedDict()
     asked.serve(lambda question: _check(question, sound))
     return 0
 

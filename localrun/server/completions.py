@@ -15,6 +15,8 @@ vLLM's `prompt_logprobs: N` puts the prompt's entries in its own shape on each c
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from starlette.requests import Request
@@ -26,10 +28,11 @@ from localrun.server import core
 from localrun.server.body import Body, read_json
 from localrun.server.generation import Generation, choices_of, start_all
 from localrun.server.logprobs import (
+    legacy_lists,
     legacy_logprobs,
     prompt_logprobs_of,
     top_logprobs,
-    vllm_prompt_logprobs,
+    vllm_entries,
 )
 from localrun.server.openai import (
     collect,
@@ -41,6 +44,7 @@ from localrun.server.openai import (
     stream_of,
     usage_of,
 )
+from localrun.server.streaming import Lazy, made_as_sent
 from localrun.settings import limits
 from localrun.worker.protocol import Chunk
 
@@ -142,10 +146,10 @@ async def completions(request: Request) -> Response:
     texts = await _texts(request, model, prompts)
     generations = await start_all(request, requests)
     base = head_of("cmpl", model)
-    shown = _Shown(req, texts, n, echo, body.data.get("prompt_logprobs") is not None)
+    shown = _Shown(req, texts, n, echo, body.data.get("prompt_logprobs") is not None, generations)
 
     def choice(index: int, piece: Chunk, reason: str | None, first: bool) -> dict[str, Any]:
-        return shown.choice(index, generations[index], piece, reason, first)
+        return shown.choice(index, piece, reason, first)
 
     if not body.flag("stream", False):
         await collect(request, generations)
@@ -154,7 +158,10 @@ async def completions(request: Request) -> Response:
             for i, g in enumerate(generations)
         ]
         usage = usage_of(generations, generations[::n])
-        return JSONResponse({**base, "object": "text_completion", "choices": whole, "usage": usage})
+        answer = {**base, "object": "text_completion", "choices": whole, "usage": usage}
+        if req.prompt_logprobs is not None:  # its entries made as they are sent, off the loop
+            return made_as_sent(answer)
+        return JSONResponse(answer)
     return stream_of(
         body,
         generations,
@@ -162,36 +169,59 @@ async def completions(request: Request) -> Response:
         "text_completion",
         lambda index, piece, first: choice(index, piece, None, first),
         lambda index, _: [choice(index, Chunk(), finish_reason(generations[index]), False)],
+        held=shown.held if req.prompt_logprobs is not None and n > 1 else None,
+        off_loop_first=req.prompt_logprobs is not None,
     )
 
 
 class _Shown:
-    """How each choice is written: its echoed prompt (with the first piece), its text and
+    """How each choice is written: its echoed prompt (with the first piece: the entries its
+    prompt's first choice scored, each prompt being scored once), its text and
     log-probabilities, each token's text offset counted on from the last piece's."""
 
-    def __init__(self, req: GenRequest, texts: list[str], n: int, echo: bool, vllm: bool) -> None:
+    def __init__(
+        self,
+        req: GenRequest,
+        texts: list[str],
+        n: int,
+        echo: bool,
+        vllm: bool,
+        generations: list[Generation],
+    ) -> None:
         self.req, self.texts, self.n, self.echo, self.vllm = req, texts, n, echo, vllm
+        self.generations = generations
         # Where each choice's next token starts in the text returned.
         self.offsets = [0 if echo else len(t) for t in texts for _ in range(n)]
 
-    def choice(
-        self, index: int, generation: Generation, piece: Chunk, reason: str | None, first: bool
-    ) -> dict[str, Any]:
+    def scorer(self, index: int) -> Generation:
+        """The generation that scored choice `index`'s prompt (its prompt's first choice)."""
+        return self.generations[index - index % self.n]
+
+    def held(self, index: int) -> bool:
+        """Whether choice `index`'s pieces wait (streamed): its prompt's entries are not all in."""
+        return not self.scorer(index).scored_all
+
+    def choice(self, index: int, piece: Chunk, reason: str | None, first: bool) -> dict[str, Any]:
         text, entries = piece.text, piece.logprobs or []
-        echoed: list[dict[str, Any]] = []
-        if self.echo and first:
-            text = self.texts[index // self.n] + text
-            echoed = [e for e in generation.scored if not e.get("added")]
+        scored = self.scorer(index).scored
+        echoed = self.echo and first
         out: dict[str, Any] = {"index": index, "text": text, "logprobs": None}
+        if echoed:
+            out["text"] = self.texts[index // self.n] + text
         if self.req.logprobs is not None:
             start = self.offsets[index]
-            head = legacy_logprobs(echoed, start)
-            if self.echo and first:
+            head = legacy_lists(scored.shown, start) if echoed else None
+            if echoed:
                 start += len(self.texts[index // self.n])
             tail = legacy_logprobs(entries, start)
             self.offsets[index] = start + sum(len(e["token"]) for e in entries)
-            out["logprobs"] = {key: head[key] + tail[key] for key in head}
+            out["logprobs"] = tail if head is None else {k: _joined(head[k], tail[k]) for k in head}
         out["finish_reason"] = reason
         if self.vllm and first:
-            out["prompt_logprobs"] = vllm_prompt_logprobs(generation.scored)
+            out["prompt_logprobs"] = Lazy(lambda: vllm_entries(scored))
         return out
+
+
+def _joined(head: Callable[[], Iterator[Any]], tail: list[Any]) -> Any:
+    """The echoed prompt's list (made as it is written) followed by the answer's."""
+    return Lazy(lambda: itertools.chain(head(), tail))

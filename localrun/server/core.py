@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 from starlette.requests import Request
 
-from localrun.server import escape
+from localrun.server import connections, escape
 from localrun.server.checker import Checker
+from localrun.server.turns import Whose
 from localrun.store.models import Store
 
 if TYPE_CHECKING:
@@ -69,6 +70,13 @@ class Context:
     # The store's folder, which /api/version names so that a `localrun` told "not found" can
     # say which store answered; only a loopback-only server says where its files are.
     shown_store: str | None = None
+
+
+def whose(request: Request) -> Whose:
+    """The client a request comes from, as shared limits tell clients apart: the address a
+    per-client cap counts, and the connection."""
+    peer = tuple(request.client) if request.client is not None else None
+    return connections.client_key(request.client), peer
 
 
 def context(request: Request) -> Context:

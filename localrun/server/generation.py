@@ -26,6 +26,8 @@ from starlette.requests import Request
 from localrun.errors import AnswerSchemaError, BadRequestError, LocalrunError
 from localrun.request import GenRequest
 from localrun.server import answer_schema, core
+from localrun.server.logprobs import Budget, Scored
+from localrun.server.turns import NOBODY, Whose
 from localrun.settings import limits
 from localrun.worker.protocol import Chunk
 
@@ -57,7 +59,9 @@ class Generation:
         self.text = ""
         self.thinking = ""
         self.logprobs: list[dict[str, Any]] = []  # every token's entry, when asked for
-        self.scored: list[dict[str, Any]] = []  # the prompt's entries, when asked for
+        self.scored = Scored()  # the prompt's entries, when asked for
+        self.scored_all = False  # every entry of the prompt is in (its answer has begun)
+        self.budget: Budget | None = None  # the request's, shared by its generations
         # The tool calls streamed so far, each with its id and place ({"id", "index", "name",
         # "arguments"}); calls that only the final event told (an upstream's) join at the end.
         self.calls: list[dict[str, Any]] = []
@@ -74,7 +78,7 @@ class Generation:
 
     def _ended(self) -> None:
         """Count the answer's tokens, once a draw, however it ended."""
-        self.finished = True
+        self.finished = self.scored_all = True
         if self._metrics is not None and not self._counted:
             self._counted = True
             self._metrics.generated(self.stream.model, self.stream.timings)
@@ -149,7 +153,11 @@ class Generation:
                 if chunk.logprobs:
                     self.logprobs += chunk.logprobs
                 if chunk.scored:
-                    self.scored += chunk.scored
+                    spent = self.scored.extend(chunk.scored)
+                    if self.budget is not None:
+                        self.budget.spend(spent)  # BadRequestError past the request's bound
+                elif chunk.text or chunk.thinking or chunk.logprobs or chunk.calls:
+                    self.scored_all = True
                 if chunk.calls:
                     chunk.calls = self._take_calls(chunk.calls)
                 if chunk:
@@ -233,13 +241,17 @@ class Generation:
 
 async def start(request: Request, req: GenRequest) -> Generation:
     """Start `req` on the scheduler and wait for its first piece (or its error)."""
-    return await core.until_disconnect(request, lambda: _begin(core.context(request), req))
+    budget = Budget() if req.prompt_logprobs is not None else None
+    return await core.until_disconnect(
+        request, lambda: _begin(core.context(request), req, core.whose(request), budget)
+    )
 
 
-async def start_detached(ctx: core.Context, req: GenRequest) -> Generation:
-    """Start `req` for no waiting client (a background response: the caller owns it, and
-    closes it when it is cancelled); it waits in the scheduler's queue as any request does."""
-    return await _begin(ctx, req)
+async def start_detached(ctx: core.Context, req: GenRequest, whose: Whose = NOBODY) -> Generation:
+    """Start `req` for no waiting client (a background response of the client `whose`: the
+    caller owns it, and closes it when it is cancelled); it waits in the scheduler's queue as
+    any request does."""
+    return await _begin(ctx, req, whose)
 
 
 async def count_prompt(request: Request, req: GenRequest) -> int:
@@ -252,10 +264,12 @@ async def count_prompt(request: Request, req: GenRequest) -> int:
     return len(tokens)
 
 
-async def _begin(ctx: core.Context, req: GenRequest) -> Generation:
+async def _begin(
+    ctx: core.Context, req: GenRequest, whose: Whose = NOBODY, budget: Budget | None = None
+) -> Generation:
     started = time.perf_counter()
     req.memory = ctx.memory  # the server's, whatever the client sent
-    check = await answer_schema.after_check(req, ctx.checker)  # a 400 before any token
+    check = await answer_schema.after_check(req, ctx.checker, whose)  # a 400 before any token
     stream = await ctx.scheduler.generate(req)
 
     async def again(draw: int) -> Stream:
@@ -269,6 +283,7 @@ async def _begin(ctx: core.Context, req: GenRequest) -> Generation:
         check=check,
         again=again if check is not None else None,
     )
+    generation.budget = budget
     try:
         await generation.prefetch()
     except BaseException:
@@ -310,6 +325,8 @@ def choices_of(req: GenRequest, n: int) -> list[GenRequest]:
             options={**req.options, "seed": seed + i}
             if isinstance(seed, int) and seed != -1
             else req.options,
+            # The prompt is scored once, by the first choice; the others show its entries.
+            prompt_logprobs=req.prompt_logprobs if i == 0 else None,
         )
         for i in range(n)
     ]
@@ -327,10 +344,14 @@ async def start_choices(request: Request, req: GenRequest, n: int) -> list[Gener
 async def start_all(request: Request, requests: list[GenRequest]) -> list[Generation]:
     """Several requests started at once, each answered on a slot of its own (or waiting for
     one); the first to fail closes the others, and its error is raised."""
-    ctx = core.context(request)
+    ctx, whose = core.context(request), core.whose(request)
+    scored = any(r.prompt_logprobs is not None for r in requests)
+    budget = Budget() if scored else None  # the prompts' scoring, all of them together
 
     async def begin_all() -> list[Generation]:
-        started = await asyncio.gather(*(_begin(ctx, r) for r in requests), return_exceptions=True)
+        started = await asyncio.gather(
+            *(_begin(ctx, r, whose, budget) for r in requests), return_exceptions=True
+        )
         failed = [r for r in started if isinstance(r, BaseException)]
         if failed:
             for item in started:

@@ -1,14 +1,23 @@
 """Log-probabilities: the count of alternatives a request asks for, and the entries of an answer
 in the shapes OpenAI's chat and Ollama write them, the legacy completions' parallel lists, and
 vLLM's `prompt_logprobs` of a prompt's own tokens (engine.scoring's entries).
+
+A prompt's entries are kept compact (`Scored`: arrays, and each token's spelling once) and
+bounded per request (`Budget`, LOCALRUN_MAX_PROMPT_LOGPROBS): as dicts, 4,000 tokens with 20
+alternatives each held 57 MB of the server's memory (issue 90). Their shapes are written one
+entry at a time (`vllm_entries`, `legacy_lists`), for a body made as it is sent.
 """
 
 from __future__ import annotations
 
+import math
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from localrun.errors import BadRequestError
 from localrun.server.body import Body
+from localrun.settings import limits
 
 # The most alternatives per token a request may ask for (OpenAI's bound, and the engine's).
 MAX_TOP_LOGPROBS = 20
@@ -53,19 +62,21 @@ def prompt_logprobs_of(body: Body) -> int | None:
     return top_logprobs(value, "prompt_logprobs")
 
 
-def vllm_prompt_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+def vllm_entries(entries: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any] | None]:
     """The prompt's entries as vLLM writes `prompt_logprobs`: null for the first token, then
     for each the token itself (with its rank) and its likeliest alternatives, by token id."""
-    out: list[dict[str, Any] | None] = []
     for entry in entries:
         if entry["logprob"] is None:
-            out.append(None)
+            yield None
             continue
         shown = {str(entry["id"]): _vllm(entry["logprob"], entry["rank"], entry["token"])}
         for rank, alt in enumerate(entry.get("top") or [], start=1):
             shown.setdefault(str(alt["id"]), _vllm(alt["logprob"], rank, alt["token"]))
-        out.append(shown)
-    return out
+        yield shown
+
+
+def vllm_prompt_logprobs(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    return list(vllm_entries(entries))
 
 
 def _vllm(logprob: float, rank: int, token: str) -> dict[str, Any]:
@@ -89,9 +100,118 @@ def legacy_logprobs(entries: list[dict[str, Any]], start: int) -> dict[str, Any]
     }
 
 
+def legacy_lists(
+    entries: Callable[[], Iterable[dict[str, Any]]], start: int
+) -> dict[str, Callable[[], Iterator[Any]]]:
+    """`legacy_logprobs`'s four lists, each made as it is read (`entries()` each time)."""
+
+    def offsets() -> Iterator[int]:
+        at = start
+        for entry in entries():
+            yield at
+            at += len(entry["token"])
+
+    return {
+        "tokens": lambda: (e["token"] for e in entries()),
+        "token_logprobs": lambda: (e["logprob"] for e in entries()),
+        "top_logprobs": lambda: (_alternatives(e) for e in entries()),
+        "text_offset": offsets,
+    }
+
+
 def _alternatives(entry: dict[str, Any]) -> dict[str, float] | None:
     if entry["logprob"] is None:
         return None
     shown = {t["token"]: t["logprob"] for t in entry.get("top") or []}
     shown.setdefault(entry["token"], entry["logprob"])
     return shown
+
+
+class Scored:
+    """A prompt's scored entries (engine.scoring's), kept compact: numbers in arrays, each
+    token's spelling once; read back as the same dicts, one at a time."""
+
+    def __init__(self) -> None:
+        self.ids = array("q")
+        self.logprobs = array("d")  # NaN: none (the first token)
+        self.ranks = array("q")  # 0: none
+        self.added = bytearray()  # 1: a token the tokenizer added (BOS), not in the text
+        self.top_end = array("q")  # where each entry's alternatives end in the two below
+        self.top_ids = array("q")
+        self.top_logprobs = array("d")
+        self.spelled: dict[int, tuple[str, bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __bool__(self) -> bool:
+        return bool(self.ids)
+
+    def extend(self, entries: list[dict[str, Any]]) -> int:
+        """Take entries; the log-probabilities they hold (each token's and alternatives')."""
+        before = len(self.ids) + len(self.top_ids)
+        for entry in entries:
+            self.ids.append(self._spell(entry))
+            value = entry.get("logprob")
+            self.logprobs.append(math.nan if value is None else float(value))
+            self.ranks.append(int(entry.get("rank") or 0))
+            self.added.append(1 if entry.get("added") else 0)
+            for alt in entry.get("top") or []:
+                self.top_ids.append(self._spell(alt))
+                self.top_logprobs.append(float(alt["logprob"]))
+            self.top_end.append(len(self.top_ids))
+        return len(self.ids) + len(self.top_ids) - before
+
+    def _spell(self, item: dict[str, Any]) -> int:
+        token = int(item["id"])
+        if token not in self.spelled:
+            self.spelled[token] = (str(item["token"]), bytes(item.get("bytes") or b""))
+        return token
+
+    def entry(self, i: int) -> dict[str, Any]:
+        token, raw = self.spelled[self.ids[i]]
+        value = self.logprobs[i]
+        first = self.top_end[i - 1] if i else 0
+        top = []
+        for j in range(first, self.top_end[i]):
+            alt_token, alt_raw = self.spelled[self.top_ids[j]]
+            top.append({"id": self.top_ids[j], "token": alt_token, "bytes": list(alt_raw),
+                        "logprob": self.top_logprobs[j]})  # fmt: skip
+        out: dict[str, Any] = {
+            "id": self.ids[i],
+            "token": token,
+            "bytes": list(raw),
+            "logprob": None if math.isnan(value) else value,
+            "rank": self.ranks[i] or None,
+            "top": top,
+        }
+        if self.added[i]:
+            out["added"] = True
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self.entry(i) for i in range(len(self.ids)))
+
+    def shown(self) -> Iterator[dict[str, Any]]:
+        """The entries of the prompt's text (not those of tokens the tokenizer added)."""
+        return (self.entry(i) for i in range(len(self.ids)) if not self.added[i])
+
+
+class Budget:
+    """The log-probabilities one request's prompts may be scored with, all choices and
+    prompts together (LOCALRUN_MAX_PROMPT_LOGPROBS); `spend` refuses past it (400)."""
+
+    def __init__(self) -> None:
+        self.most = limits.max_prompt_logprobs()
+        self.spent = 0
+
+    def spend(self, count: int) -> None:
+        self.spent += count
+        if self.spent > self.most:
+            raise BadRequestError(
+                f"scoring this request's prompts takes over {self.most} log-probabilities "
+                "(each prompt token's and its alternatives'), the most "
+                "LOCALRUN_MAX_PROMPT_LOGPROBS allows",
+                hint="score shorter or fewer prompts, ask for fewer alternatives, or raise "
+                "LOCALRUN_MAX_PROMPT_LOGPROBS on the server",
+            )

@@ -33,6 +33,7 @@ import secrets
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -50,10 +51,10 @@ from localrun.server.logprobs import (
     logprob_items,
     prompt_logprobs_of,
     top_logprobs,
-    vllm_prompt_logprobs,
+    vllm_entries,
 )
 from localrun.server.messages import chat_messages
-from localrun.server.streaming import event_stream, sse
+from localrun.server.streaming import Lazy, event_stream, made_as_sent, sse, sse_made
 from localrun.worker.protocol import Chunk
 
 # OpenAI request fields -> localrun options (the extra ones are llama-server's extensions).
@@ -215,11 +216,15 @@ def stream_of(
     piece_choice: Callable[[int, Chunk, bool], dict[str, Any]],
     last_choices: Callable[[int, int], list[dict[str, Any]]],
     opening: Callable[[int], dict[str, Any]] | None = None,
+    *,
+    held: Callable[[int], bool] | None = None,
+    off_loop_first: bool = False,
 ) -> StreamingResponse:
     """The answer as server-sent chunks of object `kind` (`stream_options.include_usage`: with
     `"usage": null` in each and a last chunk holding the usage); `opening(index)`, where given,
     is each choice's first chunk, before any of its pieces (else its first piece has
-    `first` set)."""
+    `first` set). A choice's pieces wait while `held(index)`; `off_loop_first`: each choice's
+    first chunk (an echoed, scored prompt's: streaming.Lazy) is written on a worker thread."""
     include_usage = _include_usage(body)
 
     def chunk(fields: dict[str, Any]) -> dict[str, Any]:
@@ -228,41 +233,77 @@ def stream_of(
             out["usage"] = None
         return out
 
-    events = _stream_events(generations, chunk, piece_choice, last_choices, include_usage, opening)
-    return event_stream(events)
+    shape = _Shape(chunk, piece_choice, last_choices, opening, held, off_loop_first)
+    return event_stream(_stream_events(generations, shape, include_usage))
+
+
+@dataclass
+class _Shape:
+    """How a stream's chunks are made (stream_of's arguments)."""
+
+    chunk: Callable[[dict[str, Any]], dict[str, Any]]
+    piece_choice: Callable[[int, Chunk, bool], dict[str, Any]]
+    last_choices: Callable[[int, int], list[dict[str, Any]]]
+    opening: Callable[[int], dict[str, Any]] | None
+    held: Callable[[int], bool] | None
+    off_loop_first: bool
+
+    async def first(self, index: int, piece: Chunk) -> bytes:
+        obj = self.chunk({"choices": [self.piece_choice(index, piece, True)]})
+        if self.off_loop_first:
+            return await anyio.to_thread.run_sync(sse_made, obj)
+        return sse(obj)
 
 
 async def _stream_events(
-    generations: list[Generation],
-    chunk: Callable[[dict[str, Any]], dict[str, Any]],
-    piece_choice: Callable[[int, Chunk, bool], dict[str, Any]],
-    last_choices: Callable[[int, int], list[dict[str, Any]]],
-    include_usage: bool,
-    opening: Callable[[int], dict[str, Any]] | None,
+    generations: list[Generation], shape: _Shape, include_usage: bool
 ) -> AsyncIterator[bytes]:
     """SSE events of the answers (one per choice, interleaved as they come): each choice's
     opening chunk, pieces, the finishing chunk(s) of each choice, usage, [DONE]."""
-    try:
-        started: set[int] = set()
-        if opening is not None:
-            for index in range(len(generations)):
-                yield sse(chunk({"choices": [opening(index)]}))
+    chunk = shape.chunk
+    started: set[int] = set()
+    streamed = [0] * len(generations)  # each choice's tool calls streamed
+    waiting: dict[int, list[Chunk]] = {}  # pieces of choices held back
+
+    async def events_of(index: int, piece: Chunk) -> list[bytes]:
+        out = []
+        if piece.text or piece.thinking or piece.logprobs or piece.calls:
+            if index not in started:
                 started.add(index)
-        streamed = [0] * len(generations)  # each choice's tool calls streamed
+                out.append(await shape.first(index, piece))
+            elif piece.text or piece.thinking or piece.logprobs:
+                out.append(sse(chunk({"choices": [shape.piece_choice(index, piece, False)]})))
+        out += [sse(chunk({"choices": [c]})) for c in _call_deltas(index, piece.calls or [])]
+        streamed[index] += len(piece.calls or [])
+        return out
+
+    async def released(everyone: bool = False) -> list[bytes]:
+        out = []
+        for index in [i for i in waiting if everyone or not (shape.held and shape.held(i))]:
+            for piece in waiting.pop(index):
+                out += await events_of(index, piece)
+        return out
+
+    try:
+        if shape.opening is not None:
+            for index in range(len(generations)):
+                yield sse(chunk({"choices": [shape.opening(index)]}))
+                started.add(index)
         async with contextlib.aclosing(merged(generations)) as chunks:
             async for index, piece in chunks:
-                if piece.text or piece.thinking or piece.logprobs or piece.calls:
-                    first = index not in started
-                    started.add(index)
-                    if piece.text or piece.thinking or piece.logprobs or first:
-                        yield sse(chunk({"choices": [piece_choice(index, piece, first)]}))
-                for choice in _call_deltas(index, piece.calls or []):
-                    yield sse(chunk({"choices": [choice]}))
-                streamed[index] += len(piece.calls or [])
+                if shape.held is not None and (index in waiting or shape.held(index)):
+                    waiting.setdefault(index, []).append(piece)
+                else:
+                    for data in await events_of(index, piece):
+                        yield data
+                for data in await released():
+                    yield data
+        for data in await released(everyone=True):
+            yield data
         for index in range(len(generations)):
             if index not in started:
-                yield sse(chunk({"choices": [piece_choice(index, Chunk(), True)]}))
-            for choice in last_choices(index, streamed[index]):
+                yield await shape.first(index, Chunk())
+            for choice in shape.last_choices(index, streamed[index]):
                 yield sse(chunk({"choices": [choice]}))
         if include_usage:
             yield sse(chunk({"choices": [], "usage": usage_of(generations)}))
@@ -289,9 +330,12 @@ async def chat_completions(request: Request) -> Response:
         await collect(request, generations)
         choices = [_chat_choice(i, g, with_logprobs) for i, g in enumerate(generations)]
         answer = {**base, "object": "chat.completion", "choices": choices}
-        if req.prompt_logprobs is not None:  # vLLM's, beside the choices
-            answer["prompt_logprobs"] = vllm_prompt_logprobs(generations[0].scored)
-        return JSONResponse({**answer, "usage": usage_of(generations)})
+        answer["usage"] = usage_of(generations)
+        if req.prompt_logprobs is not None:  # vLLM's, beside the choices: made as sent
+            scored = generations[0].scored
+            answer["prompt_logprobs"] = Lazy(lambda: vllm_entries(scored))
+            return made_as_sent(answer)
+        return JSONResponse(answer)
     return stream_of(
         body,
         generations,

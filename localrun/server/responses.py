@@ -31,7 +31,9 @@ is read.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+import itertools
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +66,14 @@ from localrun.server.responses_output import (
     message_item,
     reasoning_item,
 )
-from localrun.server.streaming import event_stream
+from localrun.server.streaming import event_stream, off_loop, rendered, rendered_with
+from localrun.server.turns import Share, Shares
 from localrun.settings import limits
+
+
+def _retrievals(request: Request) -> Shares:
+    shares: Shares = request.app.state.retrievals
+    return shares
 
 
 def _store(request: Request) -> ResponseStore:
@@ -195,7 +203,7 @@ async def create(request: Request) -> Response:
     answer.obj["output"] = _output(generation, prepared.toolset)
     answer.finish(generation)
     await save()
-    return JSONResponse(answer.obj, headers=headers)
+    return await rendered(answer.obj, headers=headers)
 
 
 def _may_run_in_background(keep: bool) -> None:
@@ -233,7 +241,7 @@ async def _launch(
     headers = core.tools_left_out(prepared.toolset.left_out)
     if streamed:
         return event_stream(_framed((), run.follow(-1)), headers)
-    return JSONResponse(run.snapshot(), headers=headers)
+    return await rendered(run.snapshot(), headers=headers)
 
 
 def _output(generation: Generation, toolset: responses_tools.ToolSet) -> list[dict[str, Any]]:
@@ -273,39 +281,71 @@ async def input_tokens(request: Request) -> Response:
 
 async def retrieve(request: Request) -> Response:
     """A response as it stands; with ?stream=true its events after `starting_after`: those
-    logged, then (while it runs in the background) each as it comes, to its end."""
+    logged, then (while it runs in the background) each as it comes, to its end. A client
+    reads at most LOCALRUN_RESPONSES_RETRIEVALS_PER_CLIENT at once (429 past it); a stored
+    one's events are made one at a time off the event loop as the client reads them."""
     response_id = request.path_params["response_id"]
     streamed = _query_flag(request, "stream")
     after = _starting_after(request)
-    run = _runs(request).get(response_id)
-    if run is not None:
-        if streamed:
-            return event_stream(_framed((), run.follow(after)))
-        return JSONResponse(run.snapshot())
-    record = await _load(request, response_id)
-    if not streamed:
-        return JSONResponse(record["response"])
-    if after >= 0 and record.get(EVENTS_LOST):
-        raise BadRequestError(
-            f"this response's events were not kept (its record had no room for them), so its "
-            f"stream cannot resume after event {after}",
-            hint="fetch the response without stream, or its events from the start "
-            "(stream=true without starting_after), made again from the response",
-        )
-    events = _stored_events(record)
-    if after >= len(events):
-        raise BadRequestError(
-            f"starting_after {after} is past this response's last event ({len(events) - 1})"
-        )
-    return event_stream(_framed(events[after + 1 :]))
+    release = _retrievals(request).take(connections.client_key(request.client))  # or a 429
+    try:
+        run = _runs(request).get(response_id)
+        if run is not None:
+            if streamed:
+                return event_stream(_released(_framed((), run.follow(after)), release))
+            return await rendered(run.snapshot())
+        record = await _load(request, response_id)
+        if not streamed:
+            return await rendered(record["response"])
+        if after >= 0 and record.get(EVENTS_LOST):
+            raise BadRequestError(
+                f"this response's events were not kept (its record had no room for them), so "
+                f"its stream cannot resume after event {after}",
+                hint="fetch the response without stream, or its events from the start "
+                "(stream=true without starting_after), made again from the response",
+            )
+        if after >= 0:
+            count = await anyio.to_thread.run_sync(_count, _stored_events(record))
+            if after >= count:
+                raise BadRequestError(
+                    f"starting_after {after} is past this response's last event ({count - 1})"
+                )
+        events = itertools.islice(_stored_events(record), after + 1, None)
+        return event_stream(_released(off_loop(frame(e) for e in events), release))
+    except BaseException:
+        release()
+        raise
+    finally:
+        if not streamed:
+            release()
 
 
-def _stored_events(record: dict[str, Any]) -> list[Event]:
+def _count(events: Iterator[Event]) -> int:
+    return sum(1 for _ in events)
+
+
+def _released(frames: AsyncIterator[bytes], share: Share) -> AsyncIterator[bytes]:
+    """`frames`, then the client's retrieval share given back however the stream ends (a
+    stream never started, its client gone first, gives it back as it is collected)."""
+
+    async def framed() -> AsyncIterator[bytes]:
+        try:
+            async for data in frames:
+                yield data
+        finally:
+            share.release()
+
+    out = framed()
+    weakref.finalize(out, share.release)
+    return out
+
+
+def _stored_events(record: dict[str, Any]) -> Iterator[Event]:
     """A stored response's events: its log (a background one's), else made from it (one not
-    run in the background, or one whose log was not kept)."""
+    run in the background, or one whose log was not kept); each made as it is taken."""
     log = record.get("events")
     if isinstance(log, list):
-        return [(str(e.get("type")), encode(e)) for e in log if isinstance(e, dict)]
+        return ((str(e.get("type")), encode(e)) for e in log if isinstance(e, dict))
     return replayed(record["response"])
 
 
@@ -334,7 +374,7 @@ async def cancel(request: Request) -> Response:
     response_id = request.path_params["response_id"]
     run = _runs(request).get(response_id)
     if run is not None:
-        return JSONResponse(await run.cancel())
+        return await rendered(await run.cancel())
     obj = (await _load(request, response_id))["response"]
     if not obj.get("background"):
         raise BadRequestError(
@@ -346,12 +386,21 @@ async def cancel(request: Request) -> Response:
             "this response runs on another localrun server sharing the folder of stored "
             "responses; cancel it there"
         )
-    return JSONResponse(obj)
+    return await rendered(obj)
 
 
 async def input_items_list(request: Request) -> Response:
-    store = _store(request)
-    record = await anyio.to_thread.run_sync(store.load, request.path_params["response_id"])
+    """A stored response's input items (as a client's share of retrievals: made off the loop)."""
+    share = _retrievals(request).take(connections.client_key(request.client))
+    try:
+        record = await _load(request, request.path_params["response_id"])
+        desc = request.query_params.get("order", "desc") == "desc"
+        return await rendered_with(_input_items, record, desc)
+    finally:
+        share.release()
+
+
+def _input_items(record: dict[str, Any], desc: bool) -> dict[str, Any]:
     items = []
     for number, item in enumerate(record.get("input_items") or []):
         shown = dict(item)
@@ -362,17 +411,15 @@ async def input_items_list(request: Request) -> Response:
                 shown["content"] = [{"type": "input_text", "text": content}]
         shown.setdefault("id", f"{record['response']['id']}_in{number}")
         items.append(shown)
-    if request.query_params.get("order", "desc") == "desc":
+    if desc:
         items.reverse()
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": items,
-            "first_id": items[0]["id"] if items else None,
-            "last_id": items[-1]["id"] if items else None,
-            "has_more": False,
-        }
-    )
+    return {
+        "object": "list",
+        "data": items,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+        "has_more": False,
+    }
 
 
 async def delete(request: Request) -> Response:

@@ -228,7 +228,7 @@ class Runs:
             if run.cancelled or run.stopping:
                 raise asyncio.CancelledError
             try:
-                generation = await start_detached(ctx, req)
+                generation = await start_detached(ctx, req, (run.client, None))
             except LocalrunError as exc:
                 run.fail(exc)
                 return

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any
 
 from localrun.errors import BusyError, ContextOverflowError, LocalrunError
@@ -293,25 +293,26 @@ _LAST = {
 _KINDS = {"message": "text", "reasoning": "reasoning"}  # an item's type: EventStream's kind
 
 
-def replayed(obj: dict[str, Any]) -> list[Event]:
+def replayed(obj: dict[str, Any]) -> Iterator[Event]:
     """The events of a finished response that kept none (one not run in the background, or
     one whose log was not kept), from its object, as EventStream streams them: each item
     whole, its text in one delta, then the last event its status calls for (none for a
-    cancelled one, whose stream just ends)."""
+    cancelled one, whose stream just ends). Made one at a time, as they are sent: a large
+    response is never held several times over."""
     opened = {**obj, "status": "in_progress", "output": [], "usage": None, "error": None}
     opened.update(incomplete_details=None, completed_at=None)
     stream = EventStream(opened)
-    events = stream.opening()
+    yield stream.event("response.created", response=opened)  # one at a time (not opening())
+    yield stream.event("response.in_progress", response=opened)
     for item in obj.get("output") or []:
         kind = _KINDS.get(item.get("type", ""))
         if kind is None:  # a function or custom tool call
-            events += stream.call(item)
+            yield from stream.call(item)
             continue
         part = (item.get("content") or [{}])[0]
-        events += stream.begin(kind, item)
-        events += stream.delta(kind, part.get("text", ""), part.get("logprobs") or [])
-        events += stream.end([], item.get("status", "completed"))
+        yield from stream.begin(kind, item)
+        yield from stream.delta(kind, part.get("text", ""), part.get("logprobs") or [])
+        yield from stream.end([], item.get("status", "completed"))
     last = _LAST.get(obj.get("status", ""))
     if last is not None:
-        events.append(stream.event(last, response=obj))
-    return events
+        yield stream.event(last, response=obj)

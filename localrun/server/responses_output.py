@@ -67,7 +67,7 @@ class Answer:
             "temperature": body.get("temperature", (int, float), 1.0),
             "text": {"format": text.get("format") or {"type": "text"}},
             "tool_choice": body.data.get("tool_choice") or "auto",
-            "tools": body.get("tools", list) or [],
+            "tools": responses_tools.echoed(body.get("tools", list) or []),
             "top_logprobs": body.get("top_logprobs", int),
             "top_p": body.get("top_p", (int, float), 1.0),
             "truncation": "disabled",

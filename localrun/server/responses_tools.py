@@ -14,7 +14,9 @@ OpenAI's Responses API has more kinds of tool than the function tools the core r
 - hosted tools the server would run itself (`web_search`, `file_search`, `code_interpreter`,
   `image_generation`, `mcp`, `computer_use_preview` ...): localrun runs none, so they are left
   out of what the model sees (a request that offers one is still answered), logged, and named
-  in the response header `X-Localrun-Tools-Left-Out` (core.tools_left_out).
+  in the response header `X-Localrun-Tools-Left-Out` (core.tools_left_out). The response
+  object echoes such a tool whole up to ECHO_BYTES of JSON, a larger one by its type alone
+  (`echoed`): 15 MB of one was stored, and echoed three times by each replayed stream.
 """
 
 from __future__ import annotations
@@ -24,6 +26,44 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localrun.errors import BadRequestError
+
+ECHO_BYTES = 4096  # a hosted tool (which no one runs here) echoed whole up to this much JSON
+_RUN_HERE = ("function", "custom", "namespace")
+
+
+def echoed(tools: list[Any]) -> list[Any]:
+    """The request's tools as the response object echoes them: as given, but a hosted tool
+    whose JSON passes ECHO_BYTES as its type alone."""
+    out = []
+    for tool in tools:
+        kind = tool.get("type", "function") if isinstance(tool, dict) else None
+        if isinstance(tool, dict) and kind not in _RUN_HERE and _larger(tool, ECHO_BYTES):
+            tool = {"type": kind}
+        out.append(tool)
+    return out
+
+
+def _larger(value: Any, most: int) -> bool:
+    """Whether `value`'s JSON takes more than `most` bytes, found without writing it all (a
+    walk that stops once past)."""
+    stack, size = [value], 0
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            size += 2 + len(item)
+            for key, member in item.items():
+                size += len(str(key)) + 3
+                stack.append(member)
+        elif isinstance(item, list):
+            size += 2 + len(item)
+            stack.extend(item)
+        elif isinstance(item, str):
+            size += len(item) + 2
+        else:
+            size += 8
+        if size > most:
+            return True
+    return False
 
 
 @dataclass

@@ -153,6 +153,14 @@ _GENERAL: dict[str, Setting] = {
             parse.parse_origins,
             lambda: DEFAULT_ORIGINS,
         ),
+        Setting(
+            "LOCALRUN_TRUSTED_PROXIES",
+            "Comma-separated addresses or networks of reverse proxies in front of the server, "
+            "whose X-Forwarded-For and X-Forwarded-Proto it believes; none by default: a "
+            "client's address (which per-client limits count) is the connection's peer.",
+            parse.parse_networks,
+            lambda: (),
+        ),
         # Connection limits: a client that never finishes its request must not hold a socket
         # (and a file descriptor) forever; request heads arrive before the API key is checked.
         # A stored answer holds its whole conversation, input items and metadata: tens of MB
@@ -383,6 +391,11 @@ def api_key() -> str:
 
 def origins() -> tuple[str, ...]:
     return SETTINGS["LOCALRUN_ORIGINS"].value()  # type: ignore[no-any-return]
+
+
+def trusted_proxies() -> tuple[str, ...]:
+    """The proxies whose forwarding headers name the client (none: the peer is the client)."""
+    return SETTINGS["LOCALRUN_TRUSTED_PROXIES"].value()  # type: ignore[no-any-return]
 
 
 def responses_dir() -> Path:

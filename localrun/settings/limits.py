@@ -95,6 +95,15 @@ LIMITS: dict[str, Setting] = {
             lambda: 64,
         ),
         Setting(
+            "LOCALRUN_MAX_PROMPT_LOGPROBS",
+            "Most log-probabilities one request's prompts are scored with (echo with logprobs, "
+            "prompt_logprobs): each prompt token counts 1 plus the alternatives asked for it; "
+            "past it, 400. The default takes 64 prompts of 2,048 tokens with one alternative, "
+            "or 12,000 tokens with 20.",
+            parse.parse_positive_int,
+            lambda: 262_144,
+        ),
+        Setting(
             "LOCALRUN_RESPONSES_MAX",
             "Most stored Responses API answers (store: true) kept; the oldest go first; 0 "
             "stores none.",
@@ -119,6 +128,14 @@ LIMITS: dict[str, Setting] = {
             "request whose record would be larger is refused (400); store: false is not bounded.",
             parse.parse_positive_int,
             lambda: 16 * 1024 * 1024,
+        ),
+        Setting(
+            "LOCALRUN_RESPONSES_RETRIEVALS_PER_CLIENT",
+            "Most stored Responses API answers (or their input items) one client address reads "
+            "at once; past it, 429. A stored answer can be 16 MB, its replayed stream three "
+            "times that.",
+            parse.parse_positive_int,
+            lambda: 4,
         ),
         Setting(
             "LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT",
@@ -329,6 +346,10 @@ def max_prompts() -> int:
     return LIMITS["LOCALRUN_MAX_PROMPTS"].value()  # type: ignore[no-any-return]
 
 
+def max_prompt_logprobs() -> int:
+    return LIMITS["LOCALRUN_MAX_PROMPT_LOGPROBS"].value()  # type: ignore[no-any-return]
+
+
 def responses_max() -> int:
     return LIMITS["LOCALRUN_RESPONSES_MAX"].value()  # type: ignore[no-any-return]
 
@@ -347,6 +368,10 @@ def responses_max_record_bytes() -> int:
 
 def responses_background_max_per_client() -> int:
     return LIMITS["LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT"].value()  # type: ignore[no-any-return]
+
+
+def responses_retrievals_per_client() -> int:
+    return LIMITS["LOCALRUN_RESPONSES_RETRIEVALS_PER_CLIENT"].value()  # type: ignore[no-any-return]
 
 
 def max_grammar_bytes() -> int:

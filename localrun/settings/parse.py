@@ -246,6 +246,26 @@ def parse_hosts(text: str) -> tuple[str, ...]:
     return tuple(hosts)
 
 
+def parse_networks(text: str) -> tuple[str, ...]:
+    """IP addresses or networks (`10.0.0.0/8`), comma-separated; each checked, kept as written
+    in its normal form."""
+    import ipaddress
+
+    out = []
+    for item in text.split(","):
+        value = item.strip()
+        if not value:
+            continue
+        try:
+            network = ipaddress.ip_network(value.strip("[]"), strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an IP address or network (such as 10.0.0.2 or 10.0.0.0/8)"
+            ) from None
+        out.append(str(network) if "/" in value else str(network.network_address))
+    return tuple(out)
+
+
 DEFAULT_ORIGINS = (
     "http://localhost",
     "https://localhost",

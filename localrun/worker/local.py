@@ -62,7 +62,7 @@ class LocalRunner:
         self.loaded = loaded
         self._lease = lease
         self._inbox = Inbox()
-        self._worker = Worker(loaded, self._inbox)
+        self._worker = Worker(loaded, self._inbox, inline=True)
         self._ids = itertools.count(1)
 
     @property

@@ -3,8 +3,12 @@
 A runner serves one loaded model, in a process of its own for the server (worker.main reads
 request lines on stdin and writes events to stdout) or in the process of `localrun run`, which
 dispatches the same messages and reads the same events (worker.local). The caller's thread
-prepares each generation and submits it to the engine; the engine calls each request's sink on
-its own thread, where the answer is filtered and its events written (worker.sink). Embeddings
+reads each message; a generation is prepared (its template rendered, its prompt tokenized, its
+grammar checked in the guard's child and compiled) and submitted to the engine on a thread of
+the preparing pool, one a slot, so that a schema that takes seconds to compile holds neither
+the cancels that come meanwhile nor another client's request (issue 90); the engine calls each
+request's sink on its own thread, where the answer is filtered and its events written
+(worker.sink). Embeddings
 run on a thread of their own so that a long embedding does not hold up cancels (the engine's
 loop runs each of their decodes between two steps: engine.calls); they go EMBED_GROUP inputs at
 a time, sending each group's vectors and checking for a cancel between.
@@ -18,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from localrun.engine.types import EmbedInput
-from localrun.errors import BadRequestError, LocalrunError
+from localrun.errors import BadRequestError, EngineError, LocalrunError
 from localrun.request import GenRequest
 from localrun.worker import protocol
 from localrun.worker.load import Loaded
@@ -42,13 +46,21 @@ def _id(message: protocol.Message) -> RequestId:
 class Worker:
     """Serves requests for one loaded model until its input ends."""
 
-    def __init__(self, loaded: Loaded, output: Output) -> None:
+    def __init__(self, loaded: Loaded, output: Output, *, inline: bool = False) -> None:
+        """`inline`: prepare each generation on the thread that dispatches it (`localrun run`,
+        one user in this process, whose errors are then queued before dispatch returns)."""
+        self.inline = inline
         self.engine = loaded.engine
         self.prompter = loaded.prompter
         self.output = output
         self._active: dict[RequestId, RequestSink] = {}
         self._embeds: dict[RequestId, threading.Event] = {}  # set: cancel that embedding
+        self._preparing: dict[RequestId, threading.Event] = {}  # set: cancel it once prepared
         self._lock = threading.Lock()
+        # A request is prepared while others are: one thread a slot (the scheduler sends a
+        # runner no more requests at once than it has slots), and one for `localrun run`'s.
+        slots = int(getattr(self.engine, "n_slots", 1) or 1)
+        self._preparer = ThreadPoolExecutor(max_workers=slots + 1, thread_name_prefix="prepare")
         self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         # Tokenizing a long text takes a while: off the thread that takes the other requests.
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
@@ -64,6 +76,10 @@ class Worker:
             self.close()
 
     def close(self) -> None:
+        with self._lock:
+            for cancel in self._preparing.values():
+                cancel.set()
+        self._preparer.shutdown(wait=True)
         self._tokenizer.shutdown(wait=True)
         self._embedder.shutdown(wait=True)
         self.engine.close()  # pending generations end with done("cancelled")
@@ -91,7 +107,7 @@ class Worker:
                 return
             id = _id(message)
             if op in (protocol.CHAT, protocol.COMPLETE):
-                self._submit(id, protocol.request_of(message))
+                self._start(id, protocol.request_of(message))
             elif op == protocol.TOKENIZE:
                 self._tokenizer.submit(self._send_tokens, id, message)
             elif op == protocol.DETOKENIZE:
@@ -120,12 +136,44 @@ class Worker:
         with self._lock:
             sink = self._active.get(id)
             embedding = self._embeds.get(id)
+            preparing = self._preparing.get(id)
         if sink is not None:  # else it has finished already
             sink.cancel()
         if embedding is not None:
             embedding.set()
+        if preparing is not None:
+            preparing.set()
 
-    def _submit(self, id: RequestId, request: GenRequest) -> None:
+    def _start(self, id: RequestId, request: GenRequest) -> None:
+        """Hand a generation to the preparing pool (its id taken now, so that a cancel that
+        comes while it is prepared is kept for it)."""
+        cancel = threading.Event()
+        with self._lock:
+            if id in self._active or id in self._preparing or id in self._embeds:
+                raise BadRequestError(f"a request with id {id!r} is still running")
+            self._preparing[id] = cancel
+        if self.inline:
+            self._prepared(id, request, cancel)
+            return
+        try:
+            self._preparer.submit(self._prepared, id, request, cancel)
+        except RuntimeError:  # the pool is shut: the runner is closing
+            with self._lock:
+                self._preparing.pop(id, None)
+            raise EngineError("the model is being unloaded") from None
+
+    def _prepared(self, id: RequestId, request: GenRequest, cancel: threading.Event) -> None:
+        """Prepare and submit one generation, on a thread of the preparing pool; its failure
+        is its error event."""
+        try:
+            self._submit(id, request, cancel)
+        except Exception as exc:
+            self.output.send(_failure(exc, id))
+        finally:
+            with self._lock:
+                self._preparing.pop(id, None)
+
+    def _submit(self, id: RequestId, request: GenRequest, cancel: threading.Event) -> None:
         prepared = self.prompter.prepare(request)
         try:
             sink = RequestSink(self.output, id, prepared, self.finished, self._answer_tokens)
@@ -133,6 +181,9 @@ class Worker:
                 if id in self._active:
                     raise BadRequestError(f"a request with id {id!r} is still running")
                 self._active[id] = sink
+                self._preparing.pop(id, None)  # from here a cancel reaches the sink
+            if cancel.is_set():  # cancelled while it was prepared: ends before any decode
+                sink.cancel()
         except BaseException:
             if prepared.media is not None:
                 prepared.media.free()

@@ -125,7 +125,7 @@ class Harness:
         self.generations: list[Generation] = []
         self.held = True  # each generation's close waits for its gate
 
-        async def start(ctx: Any, req: Any) -> Generation:
+        async def start(ctx: Any, req: Any, whose: Any = None) -> Generation:
             self.generations.append(Generation(self.held))
             return self.generations[-1]
 
