@@ -283,6 +283,15 @@ class BatchEngine:
         job.scores = min(sampling.prompt_logprobs, MAX_TOP_LOGPROBS)
         if job.scores >= 0 and media is not None:
             raise BadRequestError("a prompt with images or audio cannot be scored")
+        most = limits.max_prompt_logprobs()
+        if job.scores >= 0 and len(prompt) * (1 + job.scores) > most:
+            raise BadRequestError(
+                f"scoring this prompt of {len(prompt)} tokens with {job.scores} alternatives "
+                f"each takes over {most} log-probabilities, the most "
+                "LOCALRUN_MAX_PROMPT_LOGPROBS allows",
+                hint="score a shorter prompt, ask for fewer alternatives, or raise "
+                "LOCALRUN_MAX_PROMPT_LOGPROBS on the server",
+            )
         job.special = sampling.special
         job.spell = sampling.spell
         job.ends = answer_ends(self._weights.vocab, stop_tokens)

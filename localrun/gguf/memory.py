@@ -56,6 +56,21 @@ def describe(
     )
 
 
+def checkpoint_bytes(
+    memory: str, window: int, num_ctx: int, slot_kv: int, count: int = COUNT, most: int = MAX_BYTES
+) -> int:
+    """The memory one slot's checkpoints may take (engine.checkpoints), at most: `count` of
+    them within `most` bytes, the newest kept whatever its size. A checkpoint of a window holds
+    its last `window` positions, counted here at the slot's KV per position (`slot_kv` for
+    `num_ctx`, every layer's: an over-estimate); a recurrent state is counted as the slot's KV."""
+    if memory == "positions" or count == 0 or slot_kv <= 0:
+        return 0
+    one = slot_kv
+    if memory == "window" and window and num_ctx > window:
+        one = slot_kv * window // num_ctx
+    return min(count * one, max(most, one))
+
+
 def short(memory: str) -> str:
     """`describe` in a few words, for `ps`'s column."""
     return "per position" if memory == "positions" else f"{memory} checkpoints"

@@ -19,7 +19,9 @@ from localrun.errors import (
     MissingBlobError,
     ModelLoadError,
 )
+from localrun.gguf import memory
 from localrun.model import Model
+from localrun.settings import limits
 from localrun.store import links as links_mod
 
 
@@ -251,7 +253,8 @@ class Footprint:
 
     It is the CPU plan's RAM (weights, the KV cache of every slot, compute buffers; the draft
     model's too): what a runner on the CPU reports once loaded, and the whole of a GPU plan
-    less the GPU runtime.
+    less the GPU runtime; and the checkpoints each slot may keep of a sliding window or a
+    recurrent state (engine.checkpoints), which grow after the load.
     """
 
     model: Model
@@ -263,7 +266,19 @@ class Footprint:
         with a context of `num_ctx` (None: the one `options` give, Model.context)."""
         parameters = {**self.model.parameters, **options}
         fit = _plan_fit(self.model, self.header, self.draft, parameters, num_ctx, slots, None)
-        return int(fit.plan.ram_bytes)
+        return int(fit.plan.ram_bytes) + checkpoint_bytes(fit, slots)
+
+
+def checkpoint_bytes(fit: Fit, slots: int) -> int:
+    """The memory `slots` slots' checkpoints of a window or recurrent state may take beside
+    the KV cache (engine.checkpoints: up to LOCALRUN_CHECKPOINT_MAX_BYTES, 256 MiB, a slot),
+    growing after the load: counted, so that LOCALRUN_NUM_PARALLEL slots of such a model
+    cannot pass the machine's memory."""
+    _, count, most = limits.checkpoints()
+    window = getattr(fit.header, "sliding_window", None) or 0
+    kind = memory.kind(getattr(fit.header, "architecture", None), window)
+    slot_kv = fit.plan.kv_bytes // max(1, slots)
+    return slots * memory.checkpoint_bytes(kind, window, fit.num_ctx, slot_kv, count, most)
 
 
 def footprint(model: Model) -> Footprint:
@@ -293,7 +308,7 @@ def check_memory(
     runner past every limit (or abort it) instead of answering. `available` defaults to
     `available_memory()`.
     """
-    needed = fit.plan.ram_bytes
+    needed = fit.plan.ram_bytes + checkpoint_bytes(fit, slots)
     available = available or available_memory()
     if needed > available:
         num_ctx = fit.num_ctx if "num_ctx" in parameters else None

@@ -40,7 +40,7 @@ from localrun.settings import limits
 MOST_CHILDREN = 2
 MEMORY_BYTES = 1 << 30  # a child's data: a check past it fails as one that could not be done
 CHILD_RSS_BYTES = 256 << 20  # a child larger than this after a check is replaced
-WAIT_TURNS = 2  # a check waits this many check deadlines for its turn, then is refused (503)
+WAIT_TURNS = 3  # a check waits this many check deadlines for its turn, then is refused (503)
 STOPPED_FOR_S = 600.0  # how long a check that ran to its deadline is refused at once
 STOPPED_REMEMBERED = 1024  # such checks remembered (digests)
 _MODULE = "localrun.server.checker"
@@ -170,13 +170,10 @@ class Checker:
 
 
 def _encoded(question: dict[str, Any]) -> tuple[bytes, bytes]:
-    """The question as one line of JSON, and the digest a check is remembered by: its
-    operation, schema and subject, keys sorted (the same schema however its keys are ordered;
-    a schema's `what` is how the route names it, not part of it)."""
+    """The question as one line of JSON, and the digest a check is remembered by (that
+    line's: the operation, the schema, its subject)."""
     line = json.dumps(question).encode()
-    kept = {k: v for k, v in question.items() if not (question["op"] == "schema" and k == "what")}
-    key = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).digest()
-    return line, key
+    return line, hashlib.sha256(line).digest()
 
 
 # -- the child ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from localrun.server import core
 from localrun.server.body import Body, read_json
 from localrun.server.generation import Generation, choices_of, start_all
 from localrun.server.logprobs import (
+    Budget,
     legacy_lists,
     legacy_logprobs,
     prompt_logprobs_of,
@@ -122,6 +123,25 @@ def _for_prompt(req: GenRequest, prompt: Prompt) -> GenRequest:
     return dataclasses.replace(req, prompt="", tokens=prompt)
 
 
+async def _check_scoring(
+    request: Request, model: str, prompts: list[Prompt], alternatives: int
+) -> None:
+    """Refuse prompts that together would be scored past LOCALRUN_MAX_PROMPT_LOGPROBS before
+    any is (each one alone is bounded by its runner; the request's sum is bounded here)."""
+    scheduler = core.context(request).scheduler
+    budget = Budget()
+    tokens = 0
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            counted = await core.until_disconnect(
+                request, lambda text=prompt: scheduler.tokenize(model, text=text)
+            )
+            tokens += len(counted)
+        else:
+            tokens += len(prompt)
+        budget.check(tokens, alternatives)
+
+
 async def _texts(request: Request, model: str, prompts: list[Prompt]) -> list[str]:
     """Each prompt's text: its own, or its token ids' (from the model's vocabulary; an id
     outside it is a 400)."""
@@ -143,6 +163,8 @@ async def completions(request: Request) -> Response:
     req = _request(body, model, echo)
     n = body.get("n", int, 1)
     requests = [c for p in prompts for c in choices_of(_for_prompt(req, p), n)]
+    if req.prompt_logprobs is not None and len(prompts) > 1:
+        await _check_scoring(request, model, prompts, req.prompt_logprobs)
     texts = await _texts(request, model, prompts)
     generations = await start_all(request, requests)
     base = head_of("cmpl", model)

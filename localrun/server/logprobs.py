@@ -199,19 +199,28 @@ class Scored:
 
 class Budget:
     """The log-probabilities one request's prompts may be scored with, all choices and
-    prompts together (LOCALRUN_MAX_PROMPT_LOGPROBS); `spend` refuses past it (400)."""
+    prompts together (LOCALRUN_MAX_PROMPT_LOGPROBS); `spend` refuses past it (400). A request
+    whose prompts' lengths are known first is refused before any is scored (`check`)."""
 
     def __init__(self) -> None:
         self.most = limits.max_prompt_logprobs()
         self.spent = 0
 
+    def check(self, tokens: int, alternatives: int) -> None:
+        """Refuse prompts of `tokens` tokens in all, each scored with `alternatives`."""
+        if tokens * (1 + alternatives) > self.most:
+            raise self._refusal()
+
     def spend(self, count: int) -> None:
         self.spent += count
         if self.spent > self.most:
-            raise BadRequestError(
-                f"scoring this request's prompts takes over {self.most} log-probabilities "
-                "(each prompt token's and its alternatives'), the most "
-                "LOCALRUN_MAX_PROMPT_LOGPROBS allows",
-                hint="score shorter or fewer prompts, ask for fewer alternatives, or raise "
-                "LOCALRUN_MAX_PROMPT_LOGPROBS on the server",
-            )
+            raise self._refusal()
+
+    def _refusal(self) -> BadRequestError:
+        return BadRequestError(
+            f"scoring this request's prompts takes over {self.most} log-probabilities "
+            "(each prompt token's and its alternatives'), the most "
+            "LOCALRUN_MAX_PROMPT_LOGPROBS allows",
+            hint="score shorter or fewer prompts, ask for fewer alternatives, or raise "
+            "LOCALRUN_MAX_PROMPT_LOGPROBS on the server",
+        )

@@ -170,7 +170,8 @@ def _ready_info(
     engine: Engine, plan: fit_mod.Fit, notes: list[str], load_s: float, *, native: bool
 ) -> protocol.ReadyInfo:
     offload = plan.plan
-    size = offload.vram_bytes + offload.ram_bytes
+    # The checkpoints its slots may keep grow after the load: counted from the start.
+    size = offload.vram_bytes + offload.ram_bytes + fit_mod.checkpoint_bytes(plan, engine.n_slots)
     runtime = offload.runtime_bytes  # where the model runs is told by its own memory alone
     engine_runtime, devices = _engine_runtime() if native else ("", [])
     return protocol.ReadyInfo(

@@ -37,6 +37,7 @@ class LiveServer:
         self.store = store
         self.scheduler = scheduler or Scheduler(store, max_queue=64)
         app = create_app(Settings(store=store, host=host, **kw), self.scheduler)
+        self.app = app  # its state, for a test that reads what the server holds
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)

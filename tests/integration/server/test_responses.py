@@ -427,3 +427,38 @@ def test_background_runs_wait_in_the_queue_and_end_with_the_server(
     assert "server stopped" in record["response"]["error"]["message"]
     assert record["events"][-1]["type"] == "response.failed"
     assert record["response"]["output"][0]["content"][0]["text"]  # what it had written
+
+
+def test_stored_responses_read_at_once_are_bounded_per_client(
+    ai: openai.OpenAI, live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored response replayed to clients that do not read (issue 90: 24 such sockets took
+    1.1-1.5 GB): past LOCALRUN_RESPONSES_RETRIEVALS_PER_CLIENT open at once, a 429; a stream
+    closed gives its share back; a large hosted tool is echoed by its type alone."""
+    monkeypatch.setenv("LOCALRUN_RESPONSES_RETRIEVALS_PER_CLIENT", "2")
+    junk = {"type": "web_search", "filters": {"allowed_domains": ["x" * 1000] * 200}}
+    done = ai.responses.create(**GREEDY, input=QUESTION, max_output_tokens=4,
+                               tools=[junk, {"type": "web_search"}])  # type: ignore[list-item]  # fmt: skip
+    assert [t.type for t in done.tools] == ["web_search", "web_search"]
+    assert len(done.model_dump_json()) < 20_000
+    # Its replay larger than the sockets hold: instructions past the context (the run fails).
+    large = ai.responses.create(**GREEDY, input="Hi", instructions="word " * 600_000,
+                                background=True, max_output_tokens=4)  # fmt: skip
+    assert wait_until_done(ai, large).status == "failed"
+    url = f"{live.url}/v1/responses/{large.id}?stream=true"
+    with httpx.Client(timeout=PATIENCE_S) as one, httpx.Client(timeout=PATIENCE_S) as two:
+        with one.stream("GET", url) as first, two.stream("GET", url) as second:
+            assert first.status_code == second.status_code == 200
+            refused = httpx.get(url, timeout=PATIENCE_S)
+            assert refused.status_code == 429, refused.text
+            assert "LOCALRUN_RESPONSES_RETRIEVALS_PER_CLIENT" in refused.json()["error"]["message"]
+            assert int(refused.headers["retry-after"]) >= 1
+            items = httpx.get(f"{live.url}/v1/responses/{done.id}/input_items", timeout=PATIENCE_S)
+            assert items.status_code == 429
+        live.wait_for(lambda: not live.app.state.retrievals.held, "the shares given back")
+    events = list(ai.responses.retrieve(done.id, stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.incomplete"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert ai.responses.input_items.list(done.id).data
+    replayed = list(ai.responses.retrieve(large.id, stream=True))
+    assert [e.type for e in replayed][-1] == "response.failed"

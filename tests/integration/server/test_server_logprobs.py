@@ -448,3 +448,60 @@ def test_prompt_scoring_refusals(live: LiveServer, body: dict[str, Any], fragmen
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert fragment in error["message"] and "\n" not in error["message"]
+
+
+def test_a_prompt_is_scored_once_for_all_its_choices(live: LiveServer) -> None:
+    """n choices of one prompt, echoed with logprobs (vLLM's rule: the prompt scored): every
+    choice shows the entries its prompt's first choice scored, whole and streamed (a choice
+    whose answer comes before those entries waits for them)."""
+    prompts = ["The capital of France is", "Once upon a time"]
+    body = {"model": SMOL, "prompt": prompts, "n": 3, "echo": True, "logprobs": 2,
+            "max_tokens": 2, "temperature": 0.8, "seed": 7}  # fmt: skip
+    whole = httpx.post(f"{live.url}/v1/completions", json=body, timeout=PATIENCE_S)
+    assert whole.status_code == 200, whole.text
+    choices = sorted(whole.json()["choices"], key=lambda c: c["index"])
+    streamed: dict[int, list[Any]] = {}
+    with httpx.stream("POST", f"{live.url}/v1/completions", json={**body, "stream": True},
+                      timeout=PATIENCE_S) as answer:  # fmt: skip
+        for line in answer.iter_lines():
+            if line.startswith("data: {"):
+                for choice in json.loads(line[6:])["choices"]:
+                    if choice.get("logprobs"):
+                        streamed.setdefault(choice["index"], []).append(choice["logprobs"])
+    for p, prompt in enumerate(prompts):
+        read = len(ids_of(live, prompt))
+        group = choices[p * 3 : p * 3 + 3]
+        first = group[0]["logprobs"]
+        for choice in group:
+            echoed = choice["logprobs"]
+            assert echoed["tokens"][:read] == first["tokens"][:read]
+            assert echoed["token_logprobs"][:read] == first["token_logprobs"][:read]
+            shown = streamed[choice["index"]][0]  # the first chunk carries the prompt's
+            assert shown["tokens"][:read] == first["tokens"][:read]
+            assert [round(x, 4) if x is not None else None for x in
+                    shown["token_logprobs"][:read]] == [
+                round(x, 4) if x is not None else None for x in first["token_logprobs"][:read]]
+            assert "".join(shown["tokens"][:read]) == prompt
+
+
+def test_a_requests_scoring_is_bounded(live: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LOCALRUN_MAX_PROMPT_LOGPROBS: a prompt, or a request's prompts together, scored past it
+    is a 400 before any is scored; within it, the answer as before."""
+    read = len(ids_of(live, QUESTION))
+    monkeypatch.setenv("LOCALRUN_MAX_PROMPT_LOGPROBS", str((read + 1) * 3))  # 2 alternatives
+
+    def ask(**fields: Any) -> httpx.Response:
+        return httpx.post(f"{live.url}/v1/completions", json={
+            "model": SMOL, "max_tokens": 1, **fields}, timeout=PATIENCE_S)  # fmt: skip
+
+    assert ask(prompt=QUESTION, prompt_logprobs=2).status_code == 200
+    for fields in ({"prompt": QUESTION, "prompt_logprobs": 4},
+                   {"prompt": [QUESTION] * 3, "prompt_logprobs": 2},
+                   {"prompt": [ids_of(live, QUESTION)] * 3, "echo": True, "logprobs": 2}):  # fmt: skip
+        refused = ask(**fields)
+        assert refused.status_code == 400, refused.text
+        assert "LOCALRUN_MAX_PROMPT_LOGPROBS" in refused.json()["error"]["message"]
+    chat = httpx.post(f"{live.url}/v1/chat/completions", json={
+        "model": SMOL, "messages": ASK, "max_tokens": 1, "prompt_logprobs": 20},
+        timeout=PATIENCE_S)  # fmt: skip
+    assert chat.status_code == 400 and "LOCALRUN_MAX_PROMPT_LOGPROBS" in chat.text

@@ -220,3 +220,27 @@ def test_serve_refuses_a_bad_setting_before_it_listens(
     assert "listening" not in result.stdout
     if name == "LOCALRUN_CONTEXT_LENGTH":  # what it takes
         assert "expected a whole number from 1 to 16777216" in result.stderr
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies(serve_home: Path) -> None:
+    """uvicorn believed X-Forwarded-For from loopback, and every per-client bound counted the
+    address a client named (issue 90: 120 of 120 background runs past a cap of 3). The peer is
+    the client unless LOCALRUN_TRUSTED_PROXIES names the proxy in front."""
+    run = {"model": "tiny", "input": "Hi", "background": True, "max_output_tokens": 200}
+
+    def launch(server: Serve, forwarded: str) -> int:
+        answer = httpx.post(f"{server.url}/v1/responses", json=run, timeout=PATIENCE_S,
+                            headers={"X-Forwarded-For": forwarded})  # fmt: skip
+        return answer.status_code
+
+    cap = {"LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT": "1"}
+    direct = Serve(serve_home, env=cap)
+    try:  # (the first run waits for its model's load: still unfinished when the next comes)
+        assert [launch(direct, f"10.9.0.{n}") for n in range(3)] == [200, 429, 429]
+    finally:
+        direct.kill()
+    behind = Serve(serve_home, env={**cap, "LOCALRUN_TRUSTED_PROXIES": "127.0.0.1"})
+    try:
+        assert [launch(behind, a) for a in ("10.0.0.1", "10.0.0.2", "10.0.0.1")] == [200, 200, 429]
+    finally:
+        behind.kill()

@@ -290,6 +290,24 @@ def test_smollm2_format_schema(smol: Worker) -> None:
 
 
 @pytest.mark.model
+def test_a_slow_grammar_holds_neither_a_cancel_nor_another_request(smol: Worker) -> None:
+    """A format whose grammar takes seconds to check and compile (6,000 properties) is prepared
+    off the thread that reads the runner's messages (issue 90: it held another client's plain
+    chat 6.88 s, and every cancel): the plain chat is answered while it is prepared, and a
+    cancel sent meanwhile ends it before any token."""
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(6000)}}
+    slow = smol.start_chat("Hi", format=schema, options={**GREEDY, "num_predict": 4})
+    plain = smol.start_chat("Say hi.", options={**GREEDY, "num_predict": 4})
+    smol.send(protocol.cancel_request(slow))
+    assert smol.chat("Say yes.", options={**GREEDY, "num_predict": 2}).reason == "length"
+    assert smol.collect(plain).reason == "length"
+    mine = smol.pending.get(slow, [])
+    assert not [e for e in mine if e["event"] in protocol.FINAL_EVENTS], mine  # still preparing
+    ended = smol.collect(slow)
+    assert ended.reason == "cancelled" and not ended.text
+
+
+@pytest.mark.model
 def test_smollm2_forced_tool_call(smol: Worker) -> None:
     options = {**GREEDY, "num_predict": 80}
     reply = smol.chat(

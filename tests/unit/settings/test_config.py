@@ -134,3 +134,13 @@ def test_numbers_that_code_below_relies_on_are_bounded(monkeypatch: pytest.Monke
             limits.idle_timeout()
     monkeypatch.setenv("LOCALRUN_LOAD_TIMEOUT", "720h")
     assert limits.load_timeout() == 30 * 86400
+
+
+def test_trusted_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config.trusted_proxies() == ()  # none: a client is the connection's peer
+    monkeypatch.setenv("LOCALRUN_TRUSTED_PROXIES", " 10.0.0.2, 10.1.0.0/16 ,[::1],fd00::/8")
+    assert config.trusted_proxies() == ("10.0.0.2", "10.1.0.0/16", "::1", "fd00::/8")
+    for bad in ("proxy.example", "10.0.0.0/33", "10.0.0.2:80"):
+        monkeypatch.setenv("LOCALRUN_TRUSTED_PROXIES", bad)
+        with pytest.raises(ConfigError, match="LOCALRUN_TRUSTED_PROXIES"):
+            config.trusted_proxies()
