@@ -15,6 +15,7 @@ vLLM's `prompt_logprobs: N` puts the prompt's entries in its own shape on each c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -131,12 +132,13 @@ async def _check_scoring(
     scheduler = core.context(request).scheduler
     budget = Budget()
     tokens = 0
+
+    async def count(text: str) -> int:
+        return len(await scheduler.tokenize(model, text=text))
+
     for prompt in prompts:
         if isinstance(prompt, str):
-            counted = await core.until_disconnect(
-                request, lambda text=prompt: scheduler.tokenize(model, text=text)
-            )
-            tokens += len(counted)
+            tokens += await core.until_disconnect(request, functools.partial(count, prompt))
         else:
             tokens += len(prompt)
         budget.check(tokens, alternatives)

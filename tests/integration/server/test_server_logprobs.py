@@ -478,9 +478,9 @@ def test_a_prompt_is_scored_once_for_all_its_choices(live: LiveServer) -> None:
             assert echoed["token_logprobs"][:read] == first["token_logprobs"][:read]
             shown = streamed[choice["index"]][0]  # the first chunk carries the prompt's
             assert shown["tokens"][:read] == first["tokens"][:read]
-            assert [round(x, 4) if x is not None else None for x in
-                    shown["token_logprobs"][:read]] == [
-                round(x, 4) if x is not None else None for x in first["token_logprobs"][:read]]
+            assert [
+                round(x, 4) if x is not None else None for x in shown["token_logprobs"][:read]
+            ] == [round(x, 4) if x is not None else None for x in first["token_logprobs"][:read]]
             assert "".join(shown["tokens"][:read]) == prompt
 
 
@@ -495,9 +495,10 @@ def test_a_requests_scoring_is_bounded(live: LiveServer, monkeypatch: pytest.Mon
             "model": SMOL, "max_tokens": 1, **fields}, timeout=PATIENCE_S)  # fmt: skip
 
     assert ask(prompt=QUESTION, prompt_logprobs=2).status_code == 200
+    ids = ids_of(live, QUESTION)
     for fields in ({"prompt": QUESTION, "prompt_logprobs": 4},
                    {"prompt": [QUESTION] * 3, "prompt_logprobs": 2},
-                   {"prompt": [ids_of(live, QUESTION)] * 3, "echo": True, "logprobs": 2}):  # fmt: skip
+                   {"prompt": [ids] * 3, "echo": True, "logprobs": 2}):  # fmt: skip
         refused = ask(**fields)
         assert refused.status_code == 400, refused.text
         assert "LOCALRUN_MAX_PROMPT_LOGPROBS" in refused.json()["error"]["message"]
