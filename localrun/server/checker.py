@@ -58,7 +58,10 @@ class Checker:
         self._turns = FairTurns(most)  # used on the server's loop alone
         self._lock = threading.Lock()
         self._idle: list[asked.Asked] = []
-        self._stopped: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        # Checks that ran to their deadline: digest -> (when, the deadline).
+        self._stopped: collections.OrderedDict[bytes, tuple[float, float]] = (
+            collections.OrderedDict()
+        )
         self._closed = False
 
     async def schema(self, schema: dict[str, Any], what: str, whose: Whose = NOBODY) -> None:
@@ -95,9 +98,10 @@ class Checker:
             line, key = await anyio.to_thread.run_sync(_encoded, question)
         except (ValueError, TypeError, RecursionError):
             raise failure(f"{what} cannot be sent to be checked", hint=_HINT) from None
-        if self._was_stopped(key):
+        stopped = self._stopped_at(key)
+        if stopped is not None:
             raise failure(
-                f"checking {what} against its schema ran past the deadline before; it is "
+                f"checking {what} against its schema took over {stopped:g} s before; it is "
                 "refused without being checked again",
                 hint=f"{_HINT} (LOCALRUN_CHECK_TIMEOUT on the server)",
             )
@@ -120,18 +124,19 @@ class Checker:
             raise failure(f"{what} could not be checked", hint=_HINT)
         raise LocalrunError.from_dict(error)
 
-    def _was_stopped(self, key: bytes) -> bool:
+    def _stopped_at(self, key: bytes) -> float | None:
+        """The deadline a check ran to within STOPPED_FOR_S (None: it did not)."""
         now = time.monotonic()
         with self._lock:
-            when = self._stopped.get(key)
-            if when is not None and now - when > STOPPED_FOR_S:
+            found = self._stopped.get(key)
+            if found is not None and now - found[0] > STOPPED_FOR_S:
                 del self._stopped[key]
-                when = None
-            return when is not None
+                found = None
+            return None if found is None else found[1]
 
-    def _stop(self, key: bytes) -> None:
+    def _stop(self, key: bytes, deadline: float) -> None:
         with self._lock:
-            self._stopped[key] = time.monotonic()
+            self._stopped[key] = (time.monotonic(), deadline)
             self._stopped.move_to_end(key)
             while len(self._stopped) > STOPPED_REMEMBERED:
                 self._stopped.popitem(last=False)
@@ -152,7 +157,7 @@ class Checker:
                 retry_after=5,
             ) from None
         except TimeoutError:
-            self._stop(key)
+            self._stop(key, deadline)
             raise failure(
                 f"checking {what} against its schema took over {deadline:g} s; it was stopped",
                 hint=f"{_HINT} (LOCALRUN_CHECK_TIMEOUT on the server)",
