@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+from localrun.host import files
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -77,7 +79,7 @@ def _close_dir(folder: Path) -> None:
     try:
         if stat.S_IMODE(os.fstat(fd).st_mode) != DIR_MODE:
             with contextlib.suppress(OSError):
-                os.fchmod(fd, DIR_MODE)
+                files.fchmod(fd, DIR_MODE)
     finally:
         os.close(fd)
 
@@ -87,7 +89,7 @@ def create(path: Path) -> int:
     byte (whatever the umask); its descriptor."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     with contextlib.suppress(OSError):
-        os.fchmod(fd, FILE_MODE)
+        files.fchmod(fd, FILE_MODE)
     return fd
 
 
@@ -95,11 +97,11 @@ def restrict(path: Path) -> None:
     """Make an existing file 0600 (one another library wrote, such as readline's history); a
     link there is left alone, never its target changed."""
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK | _CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | files.NONBLOCK | _CLOEXEC)
         try:
             st = os.fstat(fd)
             if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != FILE_MODE:
-                os.fchmod(fd, FILE_MODE)
+                files.fchmod(fd, FILE_MODE)
         finally:
             os.close(fd)
 
@@ -144,7 +146,7 @@ def open_log(path: Path) -> BinaryIO:
     """`path` opened to append (created 0600 when missing, made 0600 when not): only a regular
     file with no other name; a link, a FIFO or a hard link planted there is refused (Planted),
     never followed or written through."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | files.NONBLOCK | _CLOEXEC
     try:
         fd = os.open(path, flags, FILE_MODE)
     except OSError as exc:
@@ -157,7 +159,7 @@ def open_log(path: Path) -> BinaryIO:
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             raise _planted(path)
         if stat.S_IMODE(st.st_mode) != FILE_MODE:
-            os.fchmod(fd, FILE_MODE)
+            files.fchmod(fd, FILE_MODE)
         return open(fd, "ab")
     except BaseException:
         os.close(fd)

@@ -8,6 +8,7 @@ talks to a Session: the model on the running server, or one loaded in this proce
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import stat
@@ -34,11 +35,11 @@ HELP = """Available commands:
   /clear                      forget the conversation
   /save NAME                  save this session (system, parameters, conversation) as a model
   /load NAME                  switch to another model
-  /bye                        exit (or Ctrl-D)
+  /bye                        exit (or Ctrl-D; Ctrl-Z then Enter on Windows)
   /?                          this help
 
 Start and end a multi-line message with \"\"\".
-Ctrl-C stops an answer; Ctrl-D or /bye leaves."""
+Ctrl-C stops an answer; Ctrl-D (Windows: Ctrl-Z, Enter) or /bye leaves."""
 
 
 class ChatSession:
@@ -257,14 +258,18 @@ class ChatSession:
                 print_stats(reply, self.session, load_s=load_s)
 
 
+_EOF_KEY = "Ctrl-Z then Enter" if sys.platform == "win32" else "Ctrl-D"
+
+
 def _history_file() -> Path:
     return config.home() / "history"
 
 
 def _setup_history() -> Any:
     try:
-        import readline
-    except ImportError:  # Windows without pyreadline: plain input() still works
+        # pyreadline3's on Windows (a dependency there); the standard library's elsewhere.
+        readline: Any = importlib.import_module("readline")
+    except ImportError:  # no line editing: plain input() still works, without history
         return None
     path = _history_file()
     with contextlib.suppress(OSError):
@@ -340,7 +345,7 @@ def chat_loop(session: ChatSession) -> None:
     from localrun.cli.common import print_error
 
     readline = _setup_history()
-    print("Type /? for help, /bye or Ctrl-D to leave.", file=sys.stderr, flush=True)
+    print(f"Type /? for help, /bye or {_EOF_KEY} to leave.", file=sys.stderr, flush=True)
     try:
         while True:
             try:

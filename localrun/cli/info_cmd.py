@@ -11,6 +11,7 @@ import typer
 
 from localrun.cli.output import columns, human_size
 from localrun.errors import LocalrunError
+from localrun.host.features import features as host_features
 
 if TYPE_CHECKING:
     from localrun.engine.buildinfo import BuildInfo
@@ -54,6 +55,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
                 {"on": machine.repack, "why": machine.repack_reason} if machine else None
             ),
             "notes": notes,
+            "system": {f.name: {"had": f.had, "how": f.how} for f in host_features()},
         }
         print(json.dumps(out, indent=2))
         return
@@ -84,6 +86,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
         rows.append(["system info", build.system_info])
     if machine is not None:
         rows.append(["weight repacking", _repacking(machine)])
+    rows += [[f.name, f.how if f.had else f"not here: {f.how}"] for f in host_features()]
     rows += [["note", note] for note in notes]
     print(columns(rows))
 

@@ -34,6 +34,7 @@ from localrun import private, selfexec
 from localrun.cli import agent_context, launchers
 from localrun.cli.common import open_store
 from localrun.errors import ConfigError, FileError, LocalrunError, ServerError
+from localrun.host import processes
 from localrun.settings import config
 
 if TYPE_CHECKING:
@@ -200,7 +201,8 @@ def _serve(client: Client, tool: launchers.Tool) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
-            start_new_session=True,
+            start_new_session=processes.NEW_SESSION,
+            creationflags=processes.GROUP_FLAGS,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while not client.is_up():
@@ -246,7 +248,7 @@ def _run(argv: list[str], env: dict[str, str]) -> int:
 
 
 def _stop(server: subprocess.Popen[bytes]) -> None:
-    server.terminate()
+    processes.ask_to_stop(server)
     try:
         server.wait(timeout=15)
     except subprocess.TimeoutExpired:

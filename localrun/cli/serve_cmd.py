@@ -110,9 +110,10 @@ def serve(
     ),
 ) -> None:
     """Serve the Ollama- and OpenAI-compatible API."""
+    from localrun.host.limits import raise_open_files
     from localrun.scheduler import Scheduler
     from localrun.server.app import Settings
-    from localrun.server.connections import Limits, raise_fd_limit
+    from localrun.server.connections import Limits
     from localrun.settings import tls
     from localrun.sources.hosts import is_loopback
 
@@ -133,7 +134,7 @@ def serve(
     _configure_logging(debug)
     # Every connection holds a file descriptor: allow as many as the system lets us, then keep
     # the connection cap below that.
-    fd_limit = raise_fd_limit()
+    fd_limit = raise_open_files()
     if fd_limit is not None:
         limits = limits.within(fd_limit)
     sock = _bind(bind_host, bind_port, limits.backlog)

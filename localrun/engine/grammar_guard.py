@@ -31,6 +31,7 @@ import llguidance
 
 from localrun import asked
 from localrun.errors import BadRequestError, BusyError
+from localrun.host import limits as host_limits
 
 # What one grammar may cost (here, not in engine.constraint, which imports llama_cpp: the
 # guard's child imports this module and llguidance alone): its size when compiled, and the work
@@ -61,14 +62,11 @@ def message(error: str) -> str:
 def guard_stack() -> int:
     """The stack of the child's compiling thread: half of what this process's threads get
     (RLIMIT_STACK, which glibc gives a thread by default and the main thread grows to), at
-    most 4 MiB: a grammar that fits there fits the runner's twice over."""
-    if sys.platform == "win32":  # no rlimits; a thread's stack is 1 MiB unless asked
-        return 512 << 10
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        return 4 << 20
+    most 4 MiB: a grammar that fits there fits the runner's twice over. Windows gives a
+    thread 1 MiB unless it asks: half of that."""
+    soft = host_limits.stack_soft()
+    if soft is None:
+        return 512 << 10 if sys.platform == "win32" else 4 << 20
     return max(256 << 10, min(4 << 20, soft // 2))
 
 

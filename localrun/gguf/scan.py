@@ -27,6 +27,7 @@ from typing import Any
 from localrun.errors import FileNotFoundError_, NotRegularFileError
 from localrun.gguf import rules
 from localrun.gguf.header import Header, invalid, printable, walk
+from localrun.host import files
 
 
 @dataclass
@@ -116,7 +117,7 @@ def open_regular(
     try:
         _require_regular(os.fstat(fd).st_mode, shown, what, hint)
         if nonblocking:
-            os.set_blocking(fd, True)
+            files.blocking(fd)
     except BaseException:
         os.close(fd)
         raise

@@ -161,7 +161,7 @@ def probe_cpu(read_text: Callable[[str], str | None] = _read_text, run: Run = ru
     """The CPU's model, core counts and instruction sets."""
     model: str | None = None
     features: tuple[str, ...] = ()
-    if sys.platform.startswith("linux"):
+    if sys.platform == "linux":
         model, features = parse_cpuinfo(read_text("/proc/cpuinfo") or "")
     elif sys.platform == "darwin":
         model = (run(["sysctl", "-n", "machdep.cpu.brand_string"]) or "").strip() or None
@@ -190,9 +190,13 @@ def default_threads() -> int:
     token generation down; a CPU affinity mask (a container, taskset) lowers the count further.
     """
     cores = psutil.cpu_count(logical=False) or psutil.cpu_count(logical=True) or 1
-    # No affinity masks on macOS and Windows.
-    with contextlib.suppress(AttributeError, OSError):
-        cores = min(cores, len(os.sched_getaffinity(0)))
+    # macOS has no affinity masks; Windows has (start /affinity), read through psutil.
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            cores = min(cores, len(os.sched_getaffinity(0)))
+    elif sys.platform == "win32":
+        with contextlib.suppress(psutil.Error, AttributeError, TypeError):
+            cores = min(cores, len(psutil.Process().cpu_affinity() or []) or cores)
     return max(1, cores)
 
 
@@ -564,6 +568,7 @@ def from_devices(devices: Sequence[Any]) -> list[GPU]:
     reports is what it can allocate, which the offload plan must use."""
     out = []
     for i, d in enumerate(devices):
-        backend = _BUILD_BACKENDS.get(d.backend.lower(), d.backend.lower())
+        named = str(d.backend).lower()
+        backend = _BUILD_BACKENDS.get(named, named)
         out.append(GPU(i, d.description or d.name, backend, d.total_bytes, d.free_bytes))
     return out

@@ -28,6 +28,7 @@ from localrun.errors import (
     StoreError,
 )
 from localrun.gguf import scan
+from localrun.host import files
 from localrun.recipes import checks, params
 from localrun.recipes.modelfile import Modelfile
 from localrun.store import names
@@ -251,8 +252,8 @@ class _Builder:
             self.report(Event(status, completed=min(done, total), total=total))
 
         # llama.cpp opens by name: the descriptor that was validated, where the system names one.
-        source = Path(f"/proc/self/fd/{model.fd}")
-        quantize.run(source if source.exists() else model.path, target, quantize.kind, progress)
+        again = files.reopened(model.fd)
+        quantize.run(Path(again) if again else model.path, target, quantize.kind, progress)
         progress(total)
         before, after = model.info.size, target.stat().st_size
         self.report(Event(f"quantized {have} -> {kind}: {_size(before)} -> {_size(after)} "

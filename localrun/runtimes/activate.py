@@ -20,6 +20,7 @@ import ctypes
 import functools
 import os
 import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,13 @@ def _inside(library_path: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def preload(library_path: tuple[str, ...]) -> None:
-    """Load the toolchain's libraries a module needs, globally, before the module."""
+    """Load the toolchain's libraries a module needs, globally, before the module. Windows
+    finds a DLL's dependencies in the folders added to its search path instead."""
+    if sys.platform == "win32":
+        for folder in library_path:
+            with contextlib.suppress(OSError):
+                os.add_dll_directory(folder)
+        return
     for folder in library_path:
         for stem in PRELOAD:
             for candidate in sorted(Path(folder).glob(f"{stem}.*"), key=lambda p: len(p.name)):

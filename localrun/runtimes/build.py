@@ -16,13 +16,13 @@ has, whose libggml-base it shares by soname.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from typing import TextIO
 
 from localrun import private
 from localrun.errors import RuntimeBuildError
+from localrun.host import locks
 from localrun.runtimes import exact, layout, source, toolchain
 from localrun.runtimes.layout import Runtime
 from localrun.settings import config
@@ -69,6 +70,14 @@ def plan(backend: str, *, arch: str | None = None, say: Callable[[str], None]) -
     """What `install BACKEND` would build: its name, targets and toolchain (checked)."""
     version = source.bindings_version()
     if backend == exact.BACKEND:
+        if sys.platform != "linux":
+            # Loaded ahead of llama.cpp's own CPU library by Linux's dynamic linker
+            # (exact.preload); macOS' and Windows' loaders take another way, not built yet.
+            raise RuntimeBuildError(
+                "the exact runtime is built and loaded on Linux only; here answers are the "
+                "installed llama.cpp's",
+                hint="docs/platforms.md says what each system has",
+            )
         return Plan(
             exact.BACKEND, layout.runtime_name(exact.BACKEND, version), (), toolchain.cpu(), version
         )
@@ -93,13 +102,11 @@ def _locked(work: Path) -> Iterator[None]:
     except OSError as exc:
         raise os_error(exc, f"could not write to {work}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not locks.try_lock(fd):
             raise RuntimeBuildError(
                 f"another install of {work.name} is running",
                 hint="wait for it to finish (or stop it) and try again",
-            ) from None
+            )
         yield
     finally:
         os.close(fd)
@@ -328,13 +335,15 @@ def _compile(
 
 
 def _find_module(build: Path, target: str) -> Path:
-    for candidate in (build / "bin" / f"lib{target}.so", build / "lib" / f"lib{target}.so"):
+    file = layout.module_file(target)
+    # bin/ (make, ninja), bin/Release/ (Visual Studio's generators build a configuration each)
+    for candidate in (build / "bin" / file, build / "lib" / file, build / "bin" / "Release" / file):
         if candidate.is_file():
             return candidate
-    found = sorted(build.rglob(f"lib{target}.so"))
+    found = sorted(build.rglob(file))
     if not found:
         raise RuntimeBuildError(
-            f"the build made no lib{target}.so (log: {build.parent / 'build.log'})",
+            f"the build made no {file} (log: {build.parent / 'build.log'})",
             hint="run the install again; if it repeats, report it with the log",
         )
     return found[0]

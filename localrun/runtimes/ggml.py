@@ -37,7 +37,7 @@ class Device:
 def library(libllama: str | None) -> Any:
     """The libggml that `libllama` (a path) uses, with the registry's signatures declared."""
     lib = None
-    if sys.platform.startswith("linux"):
+    if sys.platform == "linux":
         try:
             lib = ctypes.CDLL(SONAME, mode=os.RTLD_NOLOAD | ctypes.RTLD_LOCAL)
         except OSError:

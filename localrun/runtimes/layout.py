@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +65,12 @@ class Runtime:
         out = asdict(self)
         out.pop("path")
         return out
+
+
+def module_file(target: str) -> str:
+    """The file a CMake target of ggml's builds to as a loadable module on this system:
+    lib<target>.so on Linux and macOS (CMake's MODULE suffix there), <target>.dll on Windows."""
+    return f"{target}.dll" if sys.platform == "win32" else f"lib{target}.so"
 
 
 def root() -> Path:

@@ -39,6 +39,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from localrun.errors import LocalrunError, ModelLoadError, RunnerDiedError, ServerError
+from localrun.host.processes import exit_text
 from localrun.scheduler.budget import Budget
 from localrun.scheduler.runners import Runner
 from localrun.scheduler.targets import Target
@@ -46,7 +47,7 @@ from localrun.store import leases
 from localrun.store.models import Store
 from localrun.worker import process as runner_process
 from localrun.worker import protocol
-from localrun.worker.process import Event, exit_text
+from localrun.worker.process import Event
 
 __all__ = ["LocalPool"]
 

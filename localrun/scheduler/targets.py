@@ -22,6 +22,7 @@ from localrun import selfexec
 from localrun.errors import LocalrunError, ModelLoadError, ModelNotFoundError
 from localrun.hardware.fit import Footprint, footprint
 from localrun.hardware.offload import rounded_context
+from localrun.host.processes import exit_text
 from localrun.model import Model, context_for
 from localrun.model import load as load_model
 from localrun.sources.runners import Index
@@ -29,7 +30,6 @@ from localrun.store import reference
 from localrun.store.models import Store
 from localrun.store.reference import Reference
 from localrun.worker import protocol
-from localrun.worker.process import exit_text
 
 runner_log = logging.getLogger("localrun.runner")
 

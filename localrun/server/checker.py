@@ -24,7 +24,6 @@ import collections
 import hashlib
 import json
 import re
-import sys
 import threading
 import time
 from typing import Any
@@ -33,6 +32,7 @@ import anyio
 
 from localrun import asked
 from localrun.errors import AnswerSchemaError, BadRequestError, BusyError, LocalrunError
+from localrun.host import limits as host_limits
 from localrun.server import answer_schema
 from localrun.server.turns import NOBODY, FairTurns, Whose
 from localrun.settings import limits
@@ -231,12 +231,8 @@ def _forget_patterns(question: Any) -> None:
 
 
 def main() -> int:
-    if sys.platform.startswith("linux"):  # a check past its memory fails, not the machine
-        import resource
-
-        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-        if hard == resource.RLIM_INFINITY or hard > MEMORY_BYTES:
-            resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_BYTES, hard))
+    # A check past its memory fails, not the machine (no cap on macOS: host.limits).
+    host_limits.cap_memory(MEMORY_BYTES)
     import jsonschema  # noqa: F401  (before the child says it is ready: its start is not a check's)
 
     sound: collections.OrderedDict[bytes, None] = collections.OrderedDict()

@@ -95,25 +95,6 @@ class Limits:
         return replace(self, max_connections=room, backlog=backlog)
 
 
-def raise_fd_limit() -> int | None:
-    """Raise the soft limit on open files to the hard one; the limit now in force (None: none
-    known, as on Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # An unlimited hard limit cannot be the soft one on macOS (OPEN_MAX); 64k is plenty.
-    target = 65536 if hard == resource.RLIM_INFINITY else hard
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return None if soft == resource.RLIM_INFINITY else soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        return soft
-    return target
-
-
 def client_key(client: tuple[str, int] | None) -> str:
     """The address a per-client cap counts: IPv4 as is, IPv6 by its /64 (one host's share)."""
     if client is None:

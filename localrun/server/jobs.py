@@ -51,6 +51,7 @@ from typing import IO, Any
 
 from localrun import selfexec
 from localrun.errors import BusyError, HubError, LocalrunError
+from localrun.host import limits as host_limits
 
 Event = dict[str, Any]
 _KILL_TIMEOUT_S = 5.0
@@ -284,9 +285,10 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
 
 
 def _cap_memory(op: str) -> int | None:
-    """Cap a network job's memory (the module docstring): its data (RLIMIT_DATA: the heap and
-    private writable mappings) may grow LOCALRUN_PULL_MAX_MEMORY past what it holds once its
-    modules are in; returns the growth allowed (None: no cap, a local job or not Linux).
+    """Cap a network job's memory (the module docstring): its private memory (Linux:
+    RLIMIT_DATA, the heap and private writable mappings; Windows: a Job Object) may grow
+    LOCALRUN_PULL_MAX_MEMORY past what it holds once its modules are in; returns the growth
+    allowed (None: no cap, a local job or a system without one, macOS: host.limits).
 
     Why: a registry's 2.6 KB, inflated by httpx, took a pull job to 3.1 GB (issue 76). The
     decoding is bounded now (sources/bodies.py); this bounds whatever else a remote peer may
@@ -294,35 +296,20 @@ def _cap_memory(op: str) -> int | None:
     numpy's share the larger (a stack per BLAS thread, so more on more cores, which is why
     the cap is counted from the start and not from zero).
     """
-    if op not in NETWORK or not sys.platform.startswith("linux"):
+    if op not in NETWORK:
         return None
-    import resource
-
     import gguf  # noqa: F401  (numpy: in before the start is measured, as said above)
 
     from localrun.settings import limits
     from localrun.sources import hf, oci, registry  # noqa: F401
 
-    start = _data_bytes()
+    start = host_limits.private_bytes()
     if start is None:
         return None
     allowed = limits.pull_max_memory()
-    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    cap = start + allowed if hard == resource.RLIM_INFINITY else min(start + allowed, hard)
-    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
-    return allowed
-
-
-def _data_bytes() -> int | None:
-    """This process's data (VmData: what RLIMIT_DATA counts), None where /proc does not say."""
-    try:
-        with open("/proc/self/status", encoding="utf-8", errors="replace") as status:
-            for line in status:
-                if line.startswith("VmData:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+    if host_limits.cap_memory(start + allowed) is not None:
         return None
-    return None
+    return allowed
 
 
 def _out_of_memory(op: str, cap: int | None) -> LocalrunError:

@@ -1,8 +1,8 @@
 """llama.cpp's download cache: what `llama-cli -hf ORG/REPO[:QUANT]` fetched, as `pull` names it.
 
 The cache is LLAMA_CACHE, else XDG_CACHE_HOME/llama.cpp, else ~/.cache/llama.cpp
-(~/Library/Caches/llama.cpp on macOS): common.cpp's `fs_get_cache_directory`. Until March 2026
-it was flat:
+(~/Library/Caches/llama.cpp on macOS, %LOCALAPPDATA%\\llama.cpp on Windows): common.cpp's
+`fs_get_cache_directory`. Until March 2026 it was flat:
 
     manifest=ORG=REPO=TAG.json       the hub's registry manifest for ORG/REPO:TAG (PR #17073 on;
                                      PR #13202 named it manifest=ORG_REPO=TAG.json): its
@@ -55,6 +55,9 @@ def root() -> Path:
         return Path(configured).expanduser()
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Caches" / "llama.cpp"
+    if sys.platform == "win32":  # common.cpp's fs_get_cache_directory: %LOCALAPPDATA%
+        local = os.environ.get("LOCALAPPDATA")
+        return (Path(local) if local else Path.home() / "AppData" / "Local") / "llama.cpp"
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "llama.cpp"
 

@@ -36,6 +36,7 @@ answer differently from LM Studio without saying so. A preset the file names is 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,13 +102,24 @@ _SYSTEM = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/run", "
            "/usr", "/var")  # fmt: skip
 
 
+def _system_folders() -> list[Path]:
+    """The system's own folders (Windows': its folder and the program folders)."""
+    folders = [Path(s) for s in _SYSTEM]
+    if sys.platform == "win32":
+        for variable in ("SystemRoot", "ProgramFiles", "ProgramFiles(x86)", "ProgramData"):
+            value = os.environ.get(variable)
+            if value:
+                folders.append(Path(value))
+    return folders
+
+
 def unfit_folder(root: Path) -> str | None:
     """Why `root` cannot be LM Studio's models folder (None: it can)."""
     try:
         real = root.resolve()
     except (OSError, RuntimeError):
         return None  # not there: nothing is listed from it anyway
-    if real == Path(real.anchor) or any(real == Path(s) for s in _SYSTEM):
+    if real == Path(real.anchor) or any(real == s for s in _system_folders()):
         return f"its downloadsFolder is {root}, a folder of the system's own files"
     if Path.home().resolve().is_relative_to(real):
         return f"its downloadsFolder is {root}, which holds the whole home folder"

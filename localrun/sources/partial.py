@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
+from localrun.host import files, locks
+
 BLOCK = 4 << 20  # bytes a buffer holds: one write, one hash update
 BUFFERS = 3  # one filling, one being written, one spare, so neither side waits on the other
 WINDOW = 32 << 20  # write-back starts every WINDOW bytes; the window before is then dropped
@@ -69,12 +71,10 @@ def claim(folder: Path) -> Iterator[None]:
         with FileLock(str(path)):
             yield
         return
-    import fcntl
-
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | files.CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            locks.lock(fd)
             held = os.fstat(fd)
             try:
                 now: os.stat_result | None = os.stat(path)
@@ -98,9 +98,7 @@ def claim(folder: Path) -> Iterator[None]:
 
 def drop(fd: int, offset: int, length: int) -> None:
     """Drop a range that is on disk from the page cache (advisory)."""
-    if hasattr(os, "posix_fadvise"):
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    files.drop_cache(fd, offset, length)
 
 
 class PartialFile:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localrun.errors import DownloadError, HubError, LocalrunError
+from localrun.host import files
 from localrun.sources.base import download_os_error, reason
 from localrun.sources.partial import WAIT_AFTER, WAIT_BEFORE, WRITE, drop, sync_file_range
 
@@ -411,7 +412,7 @@ class _Job:
                     return ""
             at, end = index * self.piece, index * self.piece + self._length(index)
             while at < end:
-                got = os.preadv(fd, [buffer[: min(BLOCK, end - at)]], at)
+                got = files.pread_into(fd, buffer[: min(BLOCK, end - at)], at)
                 if got <= 0:
                     raise OSError(f"the download's file ended at {at}")
                 hasher.update(buffer[:got])
@@ -432,7 +433,7 @@ class _Job:
             if sync is not None:
                 sync(fd, start, length, WAIT_BEFORE | WRITE | WAIT_AFTER)
             else:
-                os.fdatasync(fd)
+                files.fdatasync(fd)
             self._save(index + 1)
         drop(fd, start, length)
 
@@ -448,5 +449,5 @@ class _Job:
 def _write_at(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        written = os.pwrite(fd, view, offset)
+        written = files.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written

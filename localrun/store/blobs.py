@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -142,4 +143,26 @@ def os_error(exc: OSError, what: str) -> StoreError:
             f"{what}: permission denied ({exc.filename or ''})".replace(" ()", ""),
             hint="check the permissions of the store folder or set LOCALRUN_MODELS",
         )
+    if _too_long(exc):
+        return StoreError(
+            f"{what}: the path is longer than Windows allows ({exc.filename})",
+            hint="turn on Windows' long paths (LongPathsEnabled, in Group Policy or the "
+            "registry) or move the store to a shorter folder with LOCALRUN_MODELS",
+        )
     return StoreError(f"{what}: {exc.strerror or exc}")
+
+
+_FILENAME_EXCED_RANGE = 206  # Windows' error for a path past MAX_PATH (260)
+
+
+def _too_long(exc: OSError) -> bool:
+    """Whether `exc` is Windows refusing a path past MAX_PATH (long paths not turned on)."""
+    if getattr(exc, "winerror", None) == _FILENAME_EXCED_RANGE:
+        return True
+    name = exc.filename
+    return (
+        sys.platform == "win32"
+        and exc.errno in (errno.ENOENT, errno.EINVAL)
+        and isinstance(name, str)
+        and len(name) >= 260
+    )

@@ -48,9 +48,11 @@ _CHANGED = "the file changed while it was being added; nothing was stored"
 def clone(fd: int, source: Path, target: Path) -> bool:
     """Make `target` (which must not exist) a reflink of the open file `fd` (`source`);
     False where the file system or the platform has none."""
-    if sys.platform.startswith("linux"):
-        import fcntl
-
+    if sys.platform == "linux":
+        try:
+            import fcntl
+        except ImportError:
+            return False
         out = open_new(target)
         try:
             fcntl.ioctl(out, FICLONE, fd)

@@ -22,6 +22,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 
 from localrun.errors import InvalidNameError
@@ -167,6 +168,23 @@ def _check_part(kind: str, value: str, raw: str) -> None:
             f"invalid model name '{_shown(raw)}': the {kind} '{_shown(value)}' must be {rule}",
             hint=_HINT,
         )
+    if sys.platform == "win32" and reserved_on_windows(value):
+        raise InvalidNameError(
+            f"invalid model name '{_shown(raw)}': Windows reserves '{_shown(value)}' for a "
+            "device, so no file or folder of the store can have it",
+            hint="choose another name (or add a letter to this one)",
+        )
+
+
+# Names Windows gives to devices in every folder, with or without an extension ("nul.txt").
+_RESERVED = re.compile(
+    r"^(con|prn|aux|nul|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3])(\..*)?$"
+)
+
+
+def reserved_on_windows(part: str) -> bool:
+    """Whether Windows refuses `part` as a file or folder name (CON, NUL, COM1, aux.v2 ...)."""
+    return bool(_RESERVED.fullmatch(part.lower()))
 
 
 def _check_host(value: str, raw: str) -> None:

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from localrun import private, selfexec
 from localrun.errors import LocalrunError, ModelLoadError
+from localrun.host import processes
+from localrun.host.processes import exit_text
 from localrun.model import Model, Resolved
 from localrun.settings import config, limits
 from localrun.worker import protocol
-from localrun.worker.process import exit_text
 
 # Past the load timeout the runner stops itself; this covers one that cannot.
 _GRACE_S = 30.0
@@ -76,7 +77,8 @@ def _probe(resolved: Resolved) -> None:
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 timeout=timeout,
-                start_new_session=True,
+                start_new_session=processes.NEW_SESSION,
+                creationflags=processes.GROUP_FLAGS,
             )
         except subprocess.TimeoutExpired:
             raise ModelLoadError(

@@ -20,7 +20,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from localrun import selfexec
 from localrun.engine.types import Timings
 from localrun.errors import LocalrunError, ModelLoadError, RunnerDiedError, ServerError
+from localrun.host import processes
 from localrun.worker import protocol
 
 # The names the server has always logged these under: the scheduler's view of its runners, and
@@ -90,9 +90,10 @@ class RunnerProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 limit=protocol.LINE_LIMIT,
-                # Its own session: Ctrl-C in the server's terminal reaches only the server,
-                # which then stops the runners in order (stdin EOF also ends an orphan).
-                start_new_session=True,
+                # Its own process group: Ctrl-C in the server's terminal reaches only the
+                # server, which then stops the runners in order (stdin EOF also ends an orphan).
+                start_new_session=processes.NEW_SESSION,
+                creationflags=processes.GROUP_FLAGS,
             )
         except OSError as exc:
             raise ModelLoadError(
@@ -378,18 +379,3 @@ class Stream:
         if not self._finished:
             with contextlib.suppress(Exception):
                 self._cancel()
-
-
-def exit_text(code: int | None) -> str:
-    """A process's exit status in words ("killed by SIGKILL; ..." for an OOM kill)."""
-    if code is None:
-        return "it never started"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        if -code == signal.SIGKILL:
-            return f"killed by {name}; the system may have run out of memory"
-        return f"killed by {name}"
-    return f"exit status {code}"

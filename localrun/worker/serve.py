@@ -34,6 +34,8 @@ from localrun.worker.sink import Output, RequestSink, unexpected
 MAX_TOKENS_EVENT = 4_000_000
 
 RequestId = protocol.RequestId
+# How long a prepared request waits for those that came before it to be submitted first.
+ORDER_WAIT_S = 0.05
 
 
 def _id(message: protocol.Message) -> RequestId:
@@ -61,6 +63,9 @@ class Worker:
         # runner no more requests at once than it has slots), and one for `localrun run`'s.
         slots = int(getattr(self.engine, "n_slots", 1) or 1)
         self._preparer = ThreadPoolExecutor(max_workers=slots + 1, thread_name_prefix="prepare")
+        self._order = threading.Condition()  # requests submitted in the order they came
+        self._arrived = 0
+        self._unsubmitted: set[int] = set()
         self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         # Tokenizing a long text takes a while: off the thread that takes the other requests.
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
@@ -146,35 +151,58 @@ class Worker:
 
     def _start(self, id: RequestId, request: GenRequest) -> None:
         """Hand a generation to the preparing pool (its id taken now, so that a cancel that
-        comes while it is prepared is kept for it)."""
+        comes while it is prepared is kept for it, and its place in the line)."""
         cancel = threading.Event()
         with self._lock:
             if id in self._active or id in self._preparing or id in self._embeds:
                 raise BadRequestError(f"a request with id {id!r} is still running")
             self._preparing[id] = cancel
+        with self._order:
+            self._arrived += 1
+            place = self._arrived
+            self._unsubmitted.add(place)
         if self.inline:
-            self._prepared(id, request, cancel)
+            self._prepared(id, request, cancel, place)
             return
         try:
-            self._preparer.submit(self._prepared, id, request, cancel)
+            self._preparer.submit(self._prepared, id, request, cancel, place)
         except RuntimeError:  # the pool is shut: the runner is closing
             with self._lock:
                 self._preparing.pop(id, None)
+            self._submitted(place)
             raise EngineError("the model is being unloaded") from None
 
-    def _prepared(self, id: RequestId, request: GenRequest, cancel: threading.Event) -> None:
+    def _prepared(
+        self, id: RequestId, request: GenRequest, cancel: threading.Event, place: int
+    ) -> None:
         """Prepare and submit one generation, on a thread of the preparing pool; its failure
         is its error event."""
         try:
-            self._submit(id, request, cancel)
+            self._submit(id, request, cancel, place)
         except Exception as exc:
             self.output.send(_failure(exc, id))
         finally:
             with self._lock:
                 self._preparing.pop(id, None)
+            self._submitted(place)
 
-    def _submit(self, id: RequestId, request: GenRequest, cancel: threading.Event) -> None:
+    def _in_turn(self, place: int) -> None:
+        """Wait until the requests that came before this one are submitted, at most
+        ORDER_WAIT_S: quick preparations keep the order they came in (the engine's line is
+        FIFO), a slow one (a schema compiled for seconds) lets the later ones by."""
+        with self._order:
+            self._order.wait_for(lambda: min(self._unsubmitted) >= place, timeout=ORDER_WAIT_S)
+
+    def _submitted(self, place: int) -> None:
+        with self._order:
+            self._unsubmitted.discard(place)
+            self._order.notify_all()
+
+    def _submit(
+        self, id: RequestId, request: GenRequest, cancel: threading.Event, place: int
+    ) -> None:
         prepared = self.prompter.prepare(request)
+        self._in_turn(place)
         try:
             sink = RequestSink(self.output, id, prepared, self.finished, self._answer_tokens)
             with self._lock:

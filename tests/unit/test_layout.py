@@ -21,6 +21,7 @@ FUNCTION_LINES = 70
 # (docs/architecture.md, "Layout"). A top-level module is a wing of its own here.
 WINGS = [
     "errors",
+    "host",
     "private",
     "settings",
     "selfexec",
