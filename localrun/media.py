@@ -145,6 +145,7 @@ def image_size(data: bytes, where: str) -> tuple[int, int]:
         f"{where} has more than the {limit} pixels allowed",
         hint="send a smaller image, or raise LOCALRUN_MAX_IMAGE_PIXELS",
     )
+    width = height = 0  # read only where the header was one Pillow knows
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -110,7 +110,7 @@ def answered_by(client: Client, name: str, exc: LocalrunError) -> LocalrunError:
         here = open_store()
         has_it = str(here.root) != served and here.exists(reference.resolve(name).name)
     except LocalrunError:
-        has_it = False
+        return err
     if has_it:
         err.hint = (
             f"the store of this command ({here.root}) has it, the server's does not: stop "

@@ -148,6 +148,7 @@ def show(
         template, chosen = choice.source, choice.reason
     if prompt is not None:
         from localrun.request import GenRequest
+        from localrun.worker import view  # bound above too; repeated for the type checker
 
         chat = GenRequest(str(m.name), messages=[{"role": "user", "content": prompt}])
         print(view.prompt_of(m, chat), end="")

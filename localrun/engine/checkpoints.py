@@ -34,12 +34,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from localrun.engine import native
 from localrun.engine.native import lc
 from localrun.gguf import memory
 
 log = logging.getLogger("localrun.engine")
 
 PARTIAL = 1  # LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: the recurrent (or window) part of the memory
+# PARTIAL as llama_cpp types the flags argument (ctypes passes either alike).
+_PARTIAL = lc.llama_state_seq_flags(PARTIAL)
 
 
 class Holder(Protocol):
@@ -83,7 +86,7 @@ class SeqMemory:
 
     def __init__(self, ctx: Any, kind: str, policy: Policy, window: int = 0) -> None:
         self.ctx = ctx
-        self.handle = lc.llama_get_memory(ctx)
+        self.handle = native.memory(ctx)
         self.kind = kind
         self.policy = policy
         self.window = window  # a sliding window's tokens ("window")
@@ -177,7 +180,8 @@ class SeqMemory:
             source.marks.remove(mark)
 
     def _load(self, seq: int, mark: Checkpoint) -> bool:
-        n = int(lc.llama_state_seq_set_data_ext(self.ctx, mark.data, mark.size, seq, PARTIAL))
+        seq_id = lc.llama_seq_id(seq)
+        n = int(lc.llama_state_seq_set_data_ext(self.ctx, mark.data, mark.size, seq_id, _PARTIAL))
         ok = n == mark.size
         # The rest of the memory (a hybrid's attention KV, a window model's global layers) is
         # per position: cut to the checkpoint (a recurrent state at position n - 1, and a
@@ -198,11 +202,12 @@ class SeqMemory:
     def snapshot(self, seq: int, n: int) -> Checkpoint | None:
         """The recurrent state of sequence `seq`, which holds `n` tokens; None if llama.cpp
         gives none."""
-        size = int(lc.llama_state_seq_get_size_ext(self.ctx, seq, PARTIAL))
+        seq_id = lc.llama_seq_id(seq)
+        size = int(lc.llama_state_seq_get_size_ext(self.ctx, seq_id, _PARTIAL))
         if size <= 0:
             return None
         data = (ctypes.c_uint8 * size)()
-        if int(lc.llama_state_seq_get_data_ext(self.ctx, data, size, seq, PARTIAL)) != size:
+        if int(lc.llama_state_seq_get_data_ext(self.ctx, data, size, seq_id, _PARTIAL)) != size:
             return None
         self.taken += 1
         return Checkpoint(n, data)

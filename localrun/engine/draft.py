@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from localrun.engine import native
 from localrun.engine.native import lc
 from localrun.engine.sequence import put, trim
 from localrun.engine.types import LoadOptions, reusable
@@ -43,7 +44,7 @@ class DraftModel:
             cparams.n_seq_max = n_seq
             cparams.kv_unified = False
             self.ctx = weights.context(cparams)
-            self._memory = lc.llama_get_memory(self.ctx)
+            self._memory = native.memory(self.ctx)
             self._n_batch = int(lc.llama_n_batch(self.ctx))
             self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
         except BaseException:

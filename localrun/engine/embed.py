@@ -19,6 +19,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from localrun.engine import native
 from localrun.engine.native import lc
 from localrun.engine.sequence import overflow_error, put
 from localrun.engine.types import EmbedInput, LoadOptions, rank_mismatch
@@ -81,7 +82,7 @@ class Embedder:
                     raise overflow_error(len(ids), n_ctx, weights.n_ctx_train)
                 ids = ids[:n_ctx]
             if not ids:  # an empty text with no BOS: embed the end-of-text token
-                ids = [lc.llama_vocab_eos(weights.vocab)]
+                ids = [int(lc.llama_vocab_eos(weights.vocab))]
             inputs.append(ids)
         if self.rank:
             n_embd = max(1, int(lc.llama_model_n_cls_out(weights.model)))
@@ -139,14 +140,14 @@ class Embedder:
             text = template.replace("{query}", query).replace("{document}", document)
             return weights.tokenize(text, add_special=False, parse_special=True)
         vocab = weights.vocab
-        eos = lc.llama_vocab_eos(vocab)
+        eos = int(lc.llama_vocab_eos(vocab))
         if eos == lc.LLAMA_TOKEN_NULL:
-            eos = lc.llama_vocab_sep(vocab)
+            eos = int(lc.llama_vocab_sep(vocab))
         add_eos = lc.llama_vocab_get_add_eos(vocab)
-        ids = [lc.llama_vocab_bos(vocab)] if lc.llama_vocab_get_add_bos(vocab) else []
+        ids = [int(lc.llama_vocab_bos(vocab))] if lc.llama_vocab_get_add_bos(vocab) else []
         ids += weights.tokenize(query, add_special=False, parse_special=False)
         ids += [eos] if add_eos else []
-        ids += [lc.llama_vocab_sep(vocab)] if lc.llama_vocab_get_add_sep(vocab) else []
+        ids += [int(lc.llama_vocab_sep(vocab))] if lc.llama_vocab_get_add_sep(vocab) else []
         ids += weights.tokenize(document, add_special=False, parse_special=False)
         ids += [eos] if add_eos else []
         return ids
@@ -231,7 +232,7 @@ class _EmbedBatch:
         self.compute = compute
         self.size = int(lc.llama_n_batch(ctx))
         self.n_seq = int(lc.llama_n_seq_max(ctx))
-        self.memory = lc.llama_get_memory(ctx)
+        self.memory = native.memory(ctx)
         self.n = 0  # tokens added since the last decode
         self._batch = lc.llama_batch_init(self.size, 0, 1)
 

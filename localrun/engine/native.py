@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import sys
+from typing import Any, cast
 
 CXX_RUNTIME = "libstdc++.so.6"
 
@@ -46,6 +47,15 @@ _preload_exact()
 import llama_cpp as lc  # noqa: E402  (after the C++ runtime and the exact runtime, on purpose)
 
 
+def memory(ctx: Any) -> lc.llama_memory_t:
+    """A context's memory (llama_get_memory), the handle the llama_memory_* calls take. NULL
+    (None) for a model that keeps none (an encoder: BERT, nomic-bert): llama.cpp's
+    llama_memory_* functions take NULL and do nothing (seq_rm answers true, seq_pos_max -1),
+    though llama_cpp annotates them as needing a handle. Typed as one: callers pass it on
+    as it is, NULL included."""
+    return cast("lc.llama_memory_t", lc.llama_get_memory(ctx))
+
+
 def libllama_path() -> str | None:
     """The file llama_cpp loaded libllama from (LLAMA_CPP_LIB_PATH's, or the package's)."""
     return getattr(getattr(lc.llama_cpp, "_lib", None), "_name", None)
@@ -63,4 +73,4 @@ def _activate_runtime() -> None:
 
 _activate_runtime()
 
-__all__ = ["CXX_RUNTIME", "lc", "libllama_path", "load_cxx_runtime"]
+__all__ = ["CXX_RUNTIME", "lc", "libllama_path", "load_cxx_runtime", "memory"]

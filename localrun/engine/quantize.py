@@ -82,10 +82,11 @@ def quantize(
     params.nthread = threads or max(1, os.cpu_count() or 1)
     result: list[int] = []
 
+    # A pointer, as llama_cpp annotates the argument: the address byref would pass.
+    params_p = ctypes.pointer(params)
+
     def run() -> None:
-        result.append(
-            lc.llama_model_quantize(os.fsencode(source), os.fsencode(target), ctypes.byref(params))
-        )
+        result.append(lc.llama_model_quantize(os.fsencode(source), os.fsencode(target), params_p))
 
     worker = threading.Thread(target=run, name="quantize", daemon=True)
     worker.start()

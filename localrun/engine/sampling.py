@@ -306,7 +306,8 @@ class Sampler:
         self.unaccepted.clear()
         if logits is not None:
             self._fill(logits)
-        lc.llama_sampler_apply(self.chain, self.cur_p)
+        # The C function takes a pointer (its argtypes say so); llama_cpp annotates an array.
+        lc.llama_sampler_apply(self.chain, self.cur_p)  # pyright: ignore[reportArgumentType]
         return int(self.ids[self.cur.selected])
 
     def _best_untouched(self, logits: Any) -> int:

@@ -218,6 +218,7 @@ class ItemWatch:
         validator = self._validators.get(id(subschema))
         if validator is None:
             import jsonschema
+            import jsonschema.validators
 
             kind = jsonschema.validators.validator_for(self.root, jsonschema.Draft202012Validator)
             validator = kind(self.root).evolve(schema=subschema)

@@ -13,7 +13,7 @@ import functools
 import threading
 from typing import Any
 
-from localrun.engine import constraint, prompt_cache
+from localrun.engine import constraint, native, prompt_cache
 from localrun.engine.machine import machine_params
 from localrun.engine.native import lc
 from localrun.engine.types import FimTokens, LoadOptions
@@ -119,11 +119,13 @@ class Weights:
         except BaseException:
             self.close()
             raise
-        self.vocab = lc.llama_model_get_vocab(self.model)
+        vocab = lc.llama_model_get_vocab(self.model)
+        assert vocab is not None  # the loaded model's own vocabulary: never NULL
+        self.vocab = vocab
         self.n_ctx_train = int(lc.llama_model_n_ctx_train(self.model))
-        self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
-        self.bos_text = self._special_text(lc.llama_vocab_bos(self.vocab))
-        self.eos_text = self._special_text(lc.llama_vocab_eos(self.vocab))
+        self.n_vocab = int(lc.llama_vocab_n_tokens(vocab))
+        self.bos_text = self._special_text(int(lc.llama_vocab_bos(vocab)))
+        self.eos_text = self._special_text(int(lc.llama_vocab_eos(vocab)))
         template = header.metadata.get("tokenizer.chat_template")
         self.chat_template: str | None = template if isinstance(template, str) else None
         self.fim = self._fim_tokens()
@@ -208,11 +210,12 @@ class Weights:
         self, ctx: Any, seq: int, cache: prompt_cache.PromptCache, prefix: list[int]
     ) -> None:
         """Hand the KV state of sequence `seq` (holding exactly `prefix`) to the cache."""
-        size = int(lc.llama_state_seq_get_size(ctx, seq))
+        seq_id = lc.llama_seq_id(seq)
+        size = int(lc.llama_state_seq_get_size(ctx, seq_id))
         if size <= 0:
             return
         buf = (ctypes.c_uint8 * size)()
-        written = int(lc.llama_state_seq_get_data(ctx, buf, size, seq))
+        written = int(lc.llama_state_seq_get_data(ctx, buf, size, seq_id))
         if written > 0:
             cache.save(prefix, memoryview(buf)[:written])  # the cache's from now on
 
@@ -226,10 +229,10 @@ class Weights:
     ) -> bool:
         """Put a saved state into sequence `seq` (emptied first); False (and the entry gone)
         when llama.cpp refuses it."""
-        memory = lc.llama_get_memory(ctx)
+        memory = native.memory(ctx)
         lc.llama_memory_seq_rm(memory, seq, -1, -1)
         buf = (ctypes.c_uint8 * len(state)).from_buffer(state)  # no copy
-        restored = int(lc.llama_state_seq_set_data(ctx, buf, len(state), seq)) > 0
+        restored = int(lc.llama_state_seq_set_data(ctx, buf, len(state), lc.llama_seq_id(seq))) > 0
         if restored and int(lc.llama_memory_seq_pos_max(memory, seq)) + 1 == len(prefix):
             return True
         lc.llama_memory_seq_rm(memory, seq, -1, -1)
@@ -238,18 +241,18 @@ class Weights:
 
     def _fim_tokens(self) -> FimTokens | None:
         v = self.vocab
-        pre, suf = lc.llama_vocab_fim_pre(v), lc.llama_vocab_fim_suf(v)
-        mid = lc.llama_vocab_fim_mid(v)
+        pre, suf = int(lc.llama_vocab_fim_pre(v)), int(lc.llama_vocab_fim_suf(v))
+        mid = int(lc.llama_vocab_fim_mid(v))
         if min(pre, suf, mid) < 0:
             return None
-        bos = lc.llama_vocab_bos(v) if lc.llama_vocab_get_add_bos(v) else -1
+        bos = int(lc.llama_vocab_bos(v)) if lc.llama_vocab_get_add_bos(v) else -1
         return FimTokens(
             pre=pre,
             suf=suf,
             mid=mid,
-            pad=lc.llama_vocab_fim_pad(v),
-            rep=lc.llama_vocab_fim_rep(v),
-            sep=lc.llama_vocab_fim_sep(v),
+            pad=int(lc.llama_vocab_fim_pad(v)),
+            rep=int(lc.llama_vocab_fim_rep(v)),
+            sep=int(lc.llama_vocab_fim_sep(v)),
             bos=bos,
         )
 

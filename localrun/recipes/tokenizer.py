@@ -100,6 +100,7 @@ def read(folder: Path, size: int | None) -> Vocabulary:
             f"{folder}/tokenizer.json: a {kind or 'unknown'} tokenizer; localrun converts BPE "
             "and SentencePiece tokenizers"
         )
+    assert isinstance(described, dict)  # `model` was read from it
     if model.get("byte_fallback"):
         if spm.is_file():  # the original, with SentencePiece's own scores
             return _sentencepiece(folder, spm, described, size)

@@ -124,7 +124,7 @@ def check_schema(format: dict[str, Any], what: str) -> None:
     """Raise BadRequestError unless answers can be checked against `format`: a schema
     jsonschema takes, each pattern one Python's regular expressions run in bounded time on
     (server.checker's children run this)."""
-    import jsonschema
+    import jsonschema.exceptions
 
     try:
         _validator(format).check_schema(format)
@@ -152,7 +152,7 @@ def _hint(schema: dict[str, Any]) -> str:
 
 def validate(value: Any, schema: dict[str, Any], what: str) -> None:
     """Raise AnswerSchemaError unless `value` validates against `schema`."""
-    import jsonschema
+    import jsonschema.exceptions
     import referencing.exceptions
 
     hint = _hint(schema)
@@ -182,7 +182,7 @@ def _reason(errors: list[Any]) -> Any:
     is there for it), else jsonschema's best match. best_match would name another branch's
     failure (`enum 'push' is not one of ['s3cp']`) where the branch the answer took failed
     only for its ambiguous oneOf."""
-    import jsonschema
+    import jsonschema.exceptions
 
     stack = list(reversed(errors))
     while stack:
@@ -195,6 +195,7 @@ def _reason(errors: list[Any]) -> Any:
 
 def _validator(schema: dict[str, Any]) -> Any:
     import jsonschema
+    import jsonschema.validators
 
     return jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
 

@@ -261,14 +261,15 @@ class Registry:
         """The next URL of a redirect, if the rules allow it (module docstring)."""
         if not location:
             raise DownloadError(f"{self.target.host}: a redirect without a Location")
+        refused = f"{self.target.host}: a redirect to {location[:120]!r}"
         try:
             url = urljoin(current, location)
             parts = urlsplit(url)
             hostname = parts.hostname
         except ValueError:
-            hostname = None
+            raise DownloadError(refused) from None
         if hostname is None or parts.scheme not in ("http", "https"):
-            raise DownloadError(f"{self.target.host}: a redirect to {location[:120]!r}")
+            raise DownloadError(refused)
         if urlsplit(current).scheme == "https" and parts.scheme == "http":
             raise DownloadError(
                 f"{self.target.host}: a redirect from HTTPS to plain HTTP ({parts.netloc})",

@@ -97,10 +97,10 @@ def _environment() -> Any:
             "%": guard.safe_mod,
         }
 
-        def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
-            if operator_ in self._binops:
-                return self._binops[operator_](left, right)
-            return super().call_binop(context, operator_, left, right)
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator in self._binops:
+                return self._binops[operator](left, right)
+            return super().call_binop(context, operator, left, right)
 
         def call(self, context: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
             args = guard.check_method(obj, args, kwargs)
