@@ -44,6 +44,10 @@ class GenRequest:
     suffix: str | None = None  # with `prompt`: fill in the middle (FIM) up to this text
     extra: list[dict[str, str]] | None = None  # FIM: other files, [{"filename", "text"}]
     logprobs: int | None = None  # log-probabilities with N alternatives per token (None: none)
+    # With `logprobs`: the entry of the token that ends the answer (its end-of-generation
+    # token) too, its text empty, as OpenAI's legacy completions and vLLM give it (an
+    # evaluation harness counts on one entry past the prompt).
+    logprobs_end: bool = False
     # Log-probabilities of the prompt's own tokens, with N alternatives each (None: none):
     # OpenAI's legacy `echo`, vLLM's `prompt_logprobs`; the first token has none.
     prompt_logprobs: int | None = None
@@ -207,6 +211,7 @@ _CHECKS = {
     "extra": _extra,
     "logprobs": _logprobs,
     "prompt_logprobs": _logprobs,
+    "logprobs_end": _kind(bool),
     "tokens": _token_list,
     "logit_bias": _logit_bias,
     "candidates": _candidates,

@@ -70,6 +70,8 @@ class Answerer:
             self._fail([slot], BadRequestError(_FAILED + failure, hint=_HINT))
             return
         if job.ends(token):
+            if job.logprobs_end and job.logprobs >= 0:
+                self._emit_end(job, token, row)
             self._finish(slot, "stop")
             return
         self._emit(job, token, row)
@@ -186,6 +188,19 @@ class Answerer:
             self._finish(slot, "length")
             return -1, row
         return token, row
+
+    def _emit_end(self, job: Job, token: int, row: int) -> None:
+        """The token that ends the answer, where its entry is asked for: counted, and its
+        entry sent with no text (the answer's text does not hold it)."""
+        job.timings.eval_tokens += 1
+        row_logits = lc.llama_get_logits_ith(self._ctx, row)
+        entry = logprob_entry(row_logits, self.n_vocab, token, b"", job.logprobs,
+                              self._weights.piece_bytes, job.candidates)  # fmt: skip
+        try:
+            job.sink.piece("", [*job.pending, entry])
+            job.pending = []
+        except Exception:
+            job.cancelled = True
 
     def _emit(self, job: Job, token: int, row: int) -> None:
         """A generated token: counted, its log-probabilities (from `row`) and text sent."""

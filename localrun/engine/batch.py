@@ -279,6 +279,7 @@ class BatchEngine:
         budget = min(sampling.num_predict, room) if sampling.num_predict >= 0 else room
         job = Job(prompt, stop_tokens, sink, budget, n_ctx)
         job.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
+        job.logprobs_end = sampling.logprobs_end
         job.candidates = sampling.candidates
         job.scores = min(sampling.prompt_logprobs, MAX_TOP_LOGPROBS)
         if job.scores >= 0 and media is not None:

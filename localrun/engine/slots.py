@@ -41,6 +41,7 @@ class Job:
         "forcing",
         "limit",
         "logprobs",
+        "logprobs_end",
         "media",
         "memory",
         "pending",
@@ -82,6 +83,7 @@ class Job:
         self.start = 0.0
         self.cancelled = False
         self.logprobs = -1  # alternatives per token asked for (-1: no log-probabilities)
+        self.logprobs_end = False  # the entry of the token that ends the answer, too
         self.candidates: tuple[int, ...] = ()  # tokens each entry also carries (SamplingOptions)
         self.scores = -1  # alternatives per prompt token (-1: the prompt is not scored)
         self.special = False  # special tokens are spelled out in the answer

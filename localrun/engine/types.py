@@ -70,6 +70,8 @@ class SamplingOptions:
     # Log-probabilities of each generated token and of its `logprobs` likeliest alternatives
     # (-1: none asked for; 0: the chosen token's alone). Not a PARAMETER: set per request.
     logprobs: int = -1
+    # With `logprobs`: the entry of the token that ends the answer too (GenRequest's).
+    logprobs_end: bool = False
     # Log-probabilities of the prompt's own tokens, each with its `prompt_logprobs` likeliest
     # alternatives (-1: none asked for): the whole prompt is read again, with logits at every
     # row (engine.scoring). Not a PARAMETER: set per request.

@@ -104,6 +104,7 @@ def _request(body: Body, model: str, echo: bool) -> GenRequest:
         format=format_of(body),
         format_lenient=lenient_of(body),
         logprobs=logprobs,
+        logprobs_end=logprobs is not None,  # the end-of-generation token's entry, as OpenAI's
         # vLLM's rule: echo with logprobs scores the prompt with as many alternatives.
         prompt_logprobs=scored if scored is not None or not echo else logprobs,
         logit_bias=body.logit_bias(),

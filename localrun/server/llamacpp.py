@@ -21,7 +21,8 @@ shapes of the tokenizer's (lm-evaluation-harness's remote tokenizer calls them).
                        SSE `data: {"content", "stop": false}` ... and the final object
 
 llama-server serves one model; localrun serves many, so a request may name its `model`. Without
-one, the model loaded now is used when exactly one is (default_model). Defaults follow
+one, the model loaded now is used when exactly one is, else the store's only model
+(default_model). Defaults follow
 llama-server: no BOS added, special tokens parsed. A piece that is not whole UTF-8 (part of a
 character) is a list of its byte values, as llama-server sends it. Errors have OpenAI's shape,
 which is llama-server's.
@@ -56,24 +57,35 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def default_model(request: Request, body: Body) -> str:
-    """The model a request names, or the one loaded now when it names none (llama-server's
-    clients know of one model); a 400 when none or several are loaded."""
+async def default_model(request: Request, body: Body) -> str:
+    """The model a request names (in its body, or `?model=` as vLLM's routes take it); else the
+    one loaded now when exactly one is (llama-server's clients know of one model); else the
+    store's only model, loaded when it is used (an evaluation harness asks /tokenizer_info
+    before its first completion, naming none). A 400 when none of these says which."""
     if body.data.get("model") is not None or body.data.get("name") is not None:
         return body.model()
-    loaded = {m.name for m in core.context(request).scheduler.running()}
+    asked = request.query_params.get("model")
+    if asked:
+        return Body({"model": asked}).model()
+    ctx = core.context(request)
+    loaded = {m.name for m in ctx.scheduler.running()}
     if len(loaded) == 1:
         return loaded.pop()
+    if not loaded:
+        stored = await anyio.to_thread.run_sync(ctx.store.names)
+        if len(stored) == 1:
+            return str(stored[0])
     raise BadRequestError(
         "name the model: "
-        + (f"{len(loaded)} models are loaded" if loaded else "no model is loaded"),
-        hint='send {"model": "NAME", ...}',
-    )
+        + (f"{len(loaded)} models are loaded" if loaded else "no model is loaded, and the "
+           "store holds several"),
+        hint='send {"model": "NAME", ...} (or ?model=NAME), or load the model first',
+    )  # fmt: skip
 
 
 async def apply_template(request: Request) -> Response:
     body = Body(await read_json(request))
-    name = await local_model(request, default_model(request, body))
+    name = await local_model(request, await default_model(request, body))
     messages = chat_messages(body.data.get("messages"), openai=True)
     tools = body.data.get("tools") or None
     chat = GenRequest(
@@ -104,7 +116,7 @@ async def tokenize(request: Request) -> Response:
     _check_size(content, "content")
     with_pieces = body.flag("with_pieces", False)
     scheduler = core.context(request).scheduler
-    model = default_model(request, body)
+    model = await default_model(request, body)
     tokens = await core.until_disconnect(
         request,
         lambda: scheduler.tokenize(
@@ -135,7 +147,7 @@ async def _vllm_tokenize(request: Request, body: Body) -> Response:
     text = body.get("prompt", str)
     _check_size(text, "prompt")
     scheduler = core.context(request).scheduler
-    model = default_model(request, body)
+    model = await default_model(request, body)
     add = body.flag("add_special_tokens", True)
     tokens = await core.until_disconnect(
         request,
@@ -160,7 +172,7 @@ async def tokenizer_info(request: Request) -> Response:
     GGUF header (the model not loaded); the model named by `?model=`, else the one loaded."""
     name = request.query_params.get("model")
     body = Body({"model": name} if name else {})
-    model = await local_model(request, default_model(request, body))
+    model = await local_model(request, await default_model(request, body))
     store = core.context(request).store
 
     def read() -> dict[str, Any]:
@@ -210,7 +222,7 @@ async def detokenize(request: Request) -> Response:
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
         raise BadRequestError("tokens must be a list of token ids (integers)")
     scheduler = core.context(request).scheduler
-    model = default_model(request, body)
+    model = await default_model(request, body)
     text = await core.until_disconnect(request, lambda: scheduler.detokenize(model, tokens))
     return JSONResponse({"content": text, "prompt": text})  # llama-server's key, and vLLM's
 
@@ -299,7 +311,7 @@ def _final(generation: Generation, model: str, content: str) -> dict[str, Any]:
 async def infill(request: Request) -> Response:
     """llama-server's /infill for editors' autocomplete (llama.vscode, llama.vim)."""
     body = Body(await read_json(request))
-    model = default_model(request, body)
+    model = await default_model(request, body)
     generation = await start(request, _infill_request(body, model))
     if not body.flag("stream", False):
         text = await core.until_disconnect(request, generation.collect)

@@ -60,7 +60,7 @@ async def rerank(request: Request) -> Response:
     top_n = body.get("top_n", int, len(documents))
     if top_n < 1:
         raise BadRequestError("top_n must be at least 1")
-    model = default_model(request, body)
+    model = await default_model(request, body)
     found = await embedding.embed(request, model, documents, options=body.options(), query=query)
     ranked = sorted(
         ((i, vector[0] if vector else 0.0) for i, vector in enumerate(found.vectors)),

@@ -42,14 +42,17 @@ _LARK_NAME = re.compile(r"\b[A-Z][A-Z0-9_]*\b")
 
 
 def constraint_for(format: Format, *, lenient: bool = False) -> str | None:
-    """The Lark grammar of a `format`: "json" (a JSON object) or a JSON schema; `lenient`
-    leaves out the keywords llguidance cannot enforce instead of refusing the schema."""
+    """The Lark grammar of a `format`: "json" (a JSON object) or a JSON schema. `lenient` (a
+    schema that is not OpenAI's strict one: Ollama's `format`, a json_schema without `strict`)
+    leaves out the keywords llguidance cannot enforce instead of refusing the schema, and
+    closes the objects that say nothing of other keys (`closed`), as Ollama's grammar does."""
     if format is None or format == "":
         return None
     if format == "json":
         return f"{header()}\nstart: {schema_lark(ANY_OBJECT)}"
     if isinstance(format, dict):
-        return f"{header()}\nstart: {schema_lark(format, lenient=lenient)}"
+        schema = closed(format) if lenient else format
+        return f"{header()}\nstart: {schema_lark(schema, lenient=lenient)}"
     raise BadRequestError(f"unknown format {format!r}", hint='use "json" or a JSON schema object')
 
 
@@ -120,6 +123,36 @@ def _known_formats(schema: Any, names: bool = False) -> Any:
             out[key] = value
             continue
         out[key] = _known_formats(value, not names and key in grammar_bounds.NAME_MAPS)
+    return out
+
+
+_OTHER_KEYS = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+
+
+def closed(schema: Any, names: bool = False, merged: bool = False) -> Any:
+    """`schema` with each object that lists its `properties` and says nothing of other keys
+    closed to them (`additionalProperties: false`), as llama.cpp's JSON-schema converter,
+    which Ollama's `format` goes through, closes them: JSON Schema leaves such an object open,
+    and a model then adds keys of its own (`skills`, `description`) that clients' parsers
+    refuse and that cut answers short. An object with no `properties` stays any object, and
+    the branches of an `allOf` stay open (closing each would refuse the others' keys)."""
+    if isinstance(schema, list):
+        return [closed(item, merged=merged) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if names:  # a map of names to schemas: each value a schema
+            out[key] = closed(value)
+        elif key in _VALUES:
+            out[key] = value
+        else:
+            out[key] = closed(value, key in grammar_bounds.NAME_MAPS, key == "allOf")
+    object_like = isinstance(schema.get("properties"), dict) and schema.get("type") in (
+        None, "object", ["object"])  # fmt: skip
+    if (not names and object_like and not merged and "allOf" not in schema
+            and not any(k in schema for k in _OTHER_KEYS)):  # fmt: skip
+        out["additionalProperties"] = False
     return out
 
 

@@ -125,7 +125,9 @@ class Prompter:
         if not prepared.tokens:  # the engine needs at least one token to start from
             raise BadRequestError("the prompt is empty", hint="send a prompt of some text")
         if request.logprobs is not None:
-            prepared.sampling = dataclasses.replace(prepared.sampling, logprobs=request.logprobs)
+            prepared.sampling = dataclasses.replace(
+                prepared.sampling, logprobs=request.logprobs, logprobs_end=request.logprobs_end
+            )
         if request.prompt_logprobs is not None:
             prepared.sampling = dataclasses.replace(
                 prepared.sampling, prompt_logprobs=request.prompt_logprobs

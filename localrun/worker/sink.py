@@ -295,6 +295,11 @@ class RequestSink:
             else:
                 self._send_text(out)
             tool_calls = self.found or None
+            if not self.stopped and self._entries and not any(e["bytes"] for e in self._entries):
+                # The entry of the token that ended the answer (GenRequest.logprobs_end): no
+                # text of its own to go out with.
+                self.output.send(protocol.piece_event(self.id, "", logprobs=self._entries))
+                self._entries = []
             if self.stopped and self._budget > 0 and self._entries:
                 # A stop string began inside this token: part of its text went out.
                 partial = self._entries[:1]

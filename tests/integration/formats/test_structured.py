@@ -298,6 +298,48 @@ def test_every_dialect_keeps_the_schema(smol_live: LiveServer) -> None:
     _valid(response.output_text, schema)
 
 
+PERSON: Any = {"type": "object", "properties": {"name": {"type": "string"},
+                                               "age": {"type": "integer"}},
+               "required": ["name", "age"]}  # fmt: skip
+PERSON_ASK = ("Describe a software engineer named Ada, aged 36, as JSON with her skills, a "
+              "description and her favourite languages.")  # fmt: skip
+
+
+@pytest.mark.model
+def test_an_open_object_answers_only_its_keys_on_every_route(smol_live: LiveServer) -> None:
+    """An object schema that says nothing of other keys is closed as Ollama's converter closes
+    it (issue 92: SmolLM2 added `skills` and `description`, which litellm's, llm's and
+    Haystack's parsers refused): Ollama's format, a json_schema without `strict`, the
+    Responses API's text.format and Anthropic's output format."""
+    ask = [{"role": "user", "content": PERSON_ASK}]
+    options = {"temperature": 0, "num_predict": 120}
+    answers = []
+    oc = ollama.Client(host=smol_live.url, timeout=PATIENCE_S)
+    answers.append(oc.chat(SMOL, messages=ask, format=PERSON, options=options).message.content)
+    answers.append(oc.generate(SMOL, PERSON_ASK, format=PERSON, options=options).response)
+    client = openai.OpenAI(base_url=f"{smol_live.url}/v1", api_key="x", max_retries=0)
+    chat = client.chat.completions.create(
+        model=SMOL, messages=ask, temperature=0, max_tokens=120,
+        response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}},
+    )  # fmt: skip
+    answers.append(chat.choices[0].message.content)
+    response = client.responses.create(
+        model=SMOL, input=PERSON_ASK, max_output_tokens=120, temperature=0,
+        text={"format": {"type": "json_schema", "name": "p", "schema": PERSON}},
+    )  # fmt: skip
+    answers.append(response.output_text)
+    message = anthropic.Anthropic(base_url=smol_live.url, api_key="x", max_retries=0)
+    reply = message.messages.create(
+        model=SMOL, max_tokens=120, messages=ask,
+        extra_body={"temperature": 0,
+                    "output_config": {"format": {"type": "json_schema", "schema": PERSON}}},
+    )  # fmt: skip
+    answers.append("".join(b.text for b in reply.content if b.type == "text"))
+    for text in answers:
+        value = _valid(text or "", PERSON)
+        assert set(value) == {"name", "age"}, text
+
+
 @pytest.mark.model
 def test_a_strict_schema_with_a_keyword_that_cannot_be_enforced_is_refused(
     smol_live: LiveServer,

@@ -506,3 +506,50 @@ def test_a_requests_scoring_is_bounded(live: LiveServer, monkeypatch: pytest.Mon
         "model": SMOL, "messages": ASK, "max_tokens": 1, "prompt_logprobs": 20},
         timeout=PATIENCE_S)  # fmt: skip
     assert chat.status_code == 400 and "LOCALRUN_MAX_PROMPT_LOGPROBS" in chat.text
+
+
+def test_the_token_that_ends_the_answer_has_its_entry(live: LiveServer) -> None:
+    """lm-evaluation-harness sums token_logprobs[ctxlen:-1], the echo being the prompt and one
+    token (issue 92: where the next token ended the answer, localrun sent the prompt's entries
+    alone and the harness cut the continuation's last token). As OpenAI's legacy completions
+    and vLLM: the end's entry is there, its text empty, counted as a completion token."""
+    ids = ids_of(live, QUESTION)
+    end = httpx.get(f"{live.url}/tokenizer_info", params={"model": SMOL}, timeout=PATIENCE_S)
+    eos = ids_of(live, end.json()["eos_token"])
+    assert len(eos) == 1
+    body = {"model": SMOL, "prompt": [ids], "echo": True, "logprobs": 1, "max_tokens": 1,
+            "temperature": 0, "logit_bias": {str(eos[0]): 100}}  # fmt: skip
+    answer = httpx.post(f"{live.url}/v1/completions", json=body, timeout=PATIENCE_S).json()
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "stop" and answer["usage"]["completion_tokens"] == 1
+    logprobs = choice["logprobs"]
+    assert len(logprobs["token_logprobs"]) == len(ids) + 1  # the prompt, then the end
+    assert logprobs["tokens"][-1] == "" and choice["text"] == QUESTION
+    assert logprobs["token_logprobs"][-1] < 0  # the model's own (raw: before the bias)
+    # Without logprobs (nothing to say of it) the answer is as before: no token, no text.
+    plain = httpx.post(f"{live.url}/v1/completions", timeout=PATIENCE_S, json={
+        **body, "logprobs": None, "echo": False}).json()  # fmt: skip
+    assert plain["choices"][0]["text"] == "" and plain["usage"]["completion_tokens"] == 0
+
+
+def test_the_tokenizer_routes_need_no_model_named_or_loaded(tmp_path: Path) -> None:
+    """lm-evaluation-harness's remote tokenizer asks /tokenizer_info and /tokenize before any
+    completion, naming no model (issue 92: a 400, and the harness fell back to the hub): the
+    store's only model answers, loaded on demand; a model named by ?model= too."""
+    store = Store(tmp_path / "models")
+    obtain.find(store, reference.resolve(SMOL))
+    server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=4))
+    try:
+        info = httpx.get(f"{server.url}/tokenizer_info", timeout=PATIENCE_S)
+        assert info.status_code == 200 and info.json()["eos_token"] == "<|im_end|>", info.text
+        tokens = httpx.post(f"{server.url}/tokenize", timeout=PATIENCE_S,
+                            json={"prompt": "test", "add_special_tokens": False})  # fmt: skip
+        assert tokens.status_code == 200 and tokens.json()["tokens"], tokens.text
+        back = httpx.post(f"{server.url}/detokenize", json={"tokens": tokens.json()["tokens"]},
+                          timeout=PATIENCE_S)  # fmt: skip
+        assert back.json()["prompt"] == "test"
+        named = httpx.get(f"{server.url}/tokenizer_info", params={"model": SMOL},
+                          timeout=PATIENCE_S)  # fmt: skip
+        assert named.json() == info.json()
+    finally:
+        server.close()

@@ -259,3 +259,30 @@ def test_a_redraw_derives_its_seed_and_reads_the_prompt_once() -> None:
     assert second.prompt_logprobs is None and req.prompt_logprobs == 2
     free = GenRequest("m", prompt="x")
     assert redrawn(free, 2).options["seed"] != redrawn(free, 2).options["seed"]
+
+
+def test_an_object_that_says_nothing_of_other_keys_is_closed_where_the_schema_is_lenient() -> None:
+    """As llama.cpp's JSON-schema converter (Ollama's `format`) closes such objects: only the
+    lenient (not strict) schema, every object listing its properties, not one with no
+    properties, one that speaks of other keys, or an allOf's branches."""
+    from localrun.worker.grammar import closed
+
+    person = {"type": "object", "properties": {"name": {"type": "string"},
+              "pet": {"type": "object", "properties": {"kind": {"enum": ["cat"]}}},
+              "notes": {"type": "object"}, "tags": {"type": "array", "items": {
+                  "properties": {"t": {}}}}}, "required": ["name"]}  # fmt: skip
+    shut = closed(person)
+    assert shut["additionalProperties"] is False
+    assert shut["properties"]["pet"]["additionalProperties"] is False
+    assert "additionalProperties" not in shut["properties"]["notes"]
+    assert shut["properties"]["tags"]["items"]["additionalProperties"] is False
+    assert "additionalProperties" not in person  # a copy: the request's schema as it was
+    said = {"properties": {"a": {}}, "additionalProperties": {"type": "integer"}}
+    assert closed(said) == said
+    assert closed({"properties": {"a": {}}, "patternProperties": {"^x": {}}})["patternProperties"]
+    merged = {"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]}
+    assert closed(merged) == merged
+    assert closed({"const": {"properties": {}}}) == {"const": {"properties": {}}}  # a value
+    grammar = constraint_for(person, lenient=True) or ""
+    assert '"additionalProperties": false' in grammar
+    assert '"additionalProperties"' not in (constraint_for(person) or "")  # strict: as written
