@@ -39,8 +39,12 @@ _CHILD = r"""
 import json, sys
 import numpy as np
 path, windows, kind = json.loads(sys.stdin.read())
+import localrun.engine.native  # the exact runtime (where asked for) before llama_cpp loads
 from localrun.engine.machine import machine_params
+from localrun.runtimes import exact
 import llama_cpp
+if kind == "exact runtime" and exact.current().runtime is None:
+    sys.exit("the exact runtime is not installed here: localrun runtime install exact")
 n = max(len(w) for w in windows) + 1
 extra = {}
 if kind == "reference":

@@ -4,8 +4,10 @@ llama.cpp's own.
 
 Issue 79: evaluation harnesses score a local model with `echo: true, logprobs: N, max_tokens: 1`
 on /v1/completions. This installs lm-eval into a virtual environment of its own (without torch:
-its `api` extra is all `local-completions` needs), writes a small multiple-choice task (a task
-YAML and a local JSON-lines file of ten "which word completes the sentence" questions), starts
+its `api` extra is all `local-completions` needs), writes two small multiple-choice tasks (task
+YAMLs and local JSON-lines files: ten "which word completes the sentence" questions, and
+lm-eval's `piqa` task on sixty questions of PIQA's shape, benchlib.physical's, or on PIQA's own
+validation file with --piqa), starts
 `localrun serve` on a free loopback port with the starter model (its own home; the caller's
 installed runtimes linked in), and runs
 
@@ -39,11 +41,13 @@ from typing import Any
 
 import httpx
 from benchlib.common import DEFAULT_MODEL_NAME, default_model, say
+from benchlib.physical import PHYSICAL
 from benchlib.scores import continuation_logprob, in_child
 from benchlib.serve import Server, localrun_serve, localrun_store
 
 LM_EVAL = "lm-eval[api]==0.4.13"
 TASK = "localrun_words"
+PIQA_TASK = "localrun_piqa"  # lm-eval's piqa task, on benchlib.physical's questions or PIQA's
 
 # Which word completes the sentence: the answer is the index of the right choice.
 QUESTIONS = [
@@ -76,6 +80,24 @@ metric_list:
     higher_is_better: true
 """
 
+# lm-evaluation-harness's own piqa.yaml, its dataset a local file.
+PIQA_YAML = """task: {task}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{goal}}}}\\nAnswer:"
+doc_to_target: label
+doc_to_choice: "{{{{[sol1, sol2]}}}}"
+target_delimiter: " "
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
 SCORED_TEXT = (
     "The keeper of the lighthouse wrote down every ship that passed the rocks, and in the "
     "winter of that year he counted more than forty of them, each with its flag and its cargo. "
@@ -93,7 +115,7 @@ def install(venv: Path) -> Path:
     return lm_eval
 
 
-def write_task(folder: Path) -> None:
+def write_task(folder: Path, piqa: Path | None = None) -> None:
     data = folder / "words.jsonl"
     lines = [
         json.dumps({"question": q, "choices": choices, "answer": answer})
@@ -101,6 +123,17 @@ def write_task(folder: Path) -> None:
     ]
     data.write_text("\n".join(lines) + "\n")
     (folder / f"{TASK}.yaml").write_text(TASK_YAML.format(task=TASK, data=data))
+    physical = folder / "physical.jsonl"
+    if piqa is not None:  # PIQA's own valid.jsonl, its labels beside it (valid-labels.lst)
+        goals = [json.loads(x) for x in piqa.read_text().splitlines() if x.strip()]
+        labels = piqa.with_name(piqa.stem + "-labels.lst").read_text().split()
+        rows = [{**g, "label": int(label)} for g, label in zip(goals, labels, strict=False)]
+    else:  # the right solution alternately first and second
+        rows = [{"goal": goal, "sol1": right if i % 2 == 0 else wrong,
+                 "sol2": wrong if i % 2 == 0 else right, "label": i % 2}
+                for i, (goal, right, wrong) in enumerate(PHYSICAL)]  # fmt: skip
+    physical.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (folder / f"{PIQA_TASK}.yaml").write_text(PIQA_YAML.format(task=PIQA_TASK, data=physical))
 
 
 def post(url: str, body: dict[str, Any]) -> Any:
@@ -134,14 +167,19 @@ def run_lm_eval(lm_eval: Path, base: str, model: str, folder: Path, env: dict[st
         "tokenized_requests=True,num_concurrent=1,max_retries=1"
     )
     cmd = [
-        str(lm_eval), "--model", "local-completions", "--model_args", args, "--tasks", TASK,
+        str(lm_eval), "--model", "local-completions", "--model_args", args, "--tasks",
+        f"{TASK},{PIQA_TASK}",
         "--include_path", str(folder), "--log_samples", "--output_path", str(out),
     ]  # fmt: skip
     say("running " + " ".join(cmd))
     subprocess.run(cmd, check=True, env=env, timeout=3600)
-    found = sorted(out.rglob(f"samples_{TASK}_*.jsonl"))
+    return out
+
+
+def samples_of(out: Path, task: str) -> Path:
+    found = sorted(out.rglob(f"samples_{task}_*.jsonl"))
     if not found:
-        raise RuntimeError(f"lm_eval wrote no samples under {out}")
+        raise RuntimeError(f"lm_eval wrote no samples of {task} under {out}")
     return found[-1]
 
 
@@ -150,6 +188,12 @@ def compare(base: str, model_path: str, samples: Path, tolerance: float) -> bool
     are within `tolerance`."""
     rows = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
     rows.sort(key=lambda r: r["doc_id"])
+    for row in rows:  # PIQA's shape read as the words' (lm-eval's piqa.yaml prompt)
+        doc = row["doc"]
+        if "goal" in doc:
+            question = f"Question: {doc['goal']}\nAnswer:"
+            row["doc"] = {"question": question, "choices": [doc["sol1"], doc["sol2"]],
+                          "answer": doc["label"]}  # fmt: skip
     pairs = []
     for row in rows:
         question, choices = row["doc"]["question"], row["doc"]["choices"]
@@ -212,6 +256,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=256, help="the scored prompt's length")
     parser.add_argument("--tolerance", type=float, default=1e-3)
     parser.add_argument("--keep", type=Path, help="a folder for the task, logs and results")
+    parser.add_argument("--piqa", type=Path, help="PIQA's valid.jsonl (valid-labels.lst beside)")
     args = parser.parse_args()
     path = default_model()
     if path is None:
@@ -220,7 +265,7 @@ def main() -> int:
     lm_eval = install(args.venv)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="eval-harness-"))
     folder.mkdir(parents=True, exist_ok=True)
-    write_task(folder)
+    write_task(folder, args.piqa)
     lr = localrun_store(folder / "home", path, None, args.threads)
     server: Server = localrun_serve(lr, args.threads)
     server.start(folder)
@@ -228,11 +273,12 @@ def main() -> int:
         server.wait_ready()
         base = f"http://127.0.0.1:{server.port}"
         model = lr.model or DEFAULT_MODEL_NAME
-        # lm-eval's remote tokenizer names no model: the one loaded answers it.
-        post(f"{base}/api/generate", {"model": model, "keep_alive": -1})
+        # lm-eval's remote tokenizer names no model: the store's only one answers it, loaded
+        # on its first question.
         offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OPENAI_API_KEY": "none"}
-        samples = run_lm_eval(lm_eval, base, model, folder, {**lr.env, **offline})
-        same = compare(base, str(path), samples, args.tolerance)
+        out = run_lm_eval(lm_eval, base, model, folder, {**lr.env, **offline})
+        same = all([compare(base, str(path), samples_of(out, task), args.tolerance)
+                    for task in (TASK, PIQA_TASK)])  # fmt: skip
         scoring_cost(base, model, args.tokens)
     finally:
         server.stop()

@@ -314,8 +314,14 @@ def test_an_open_object_answers_only_its_keys_on_every_route(smol_live: LiveServ
     ask = [{"role": "user", "content": PERSON_ASK}]
     options = {"temperature": 0, "num_predict": 120}
     answers = []
+    # llm-ollama and Haystack's OllamaChatGenerator send it through the ollama client.
     oc = ollama.Client(host=smol_live.url, timeout=PATIENCE_S)
     answers.append(oc.chat(SMOL, messages=ask, format=PERSON, options=options).message.content)
+    # litellm's ollama_chat provider (its response_format's schema as `format`), as it posts it.
+    litellm = {"model": SMOL, "messages": ask, "options": options, "stream": False,
+               "format": PERSON}  # fmt: skip
+    posted = httpx.post(f"{smol_live.url}/api/chat", json=litellm, timeout=PATIENCE_S)
+    answers.append(posted.json()["message"]["content"])
     answers.append(oc.generate(SMOL, PERSON_ASK, format=PERSON, options=options).response)
     client = openai.OpenAI(base_url=f"{smol_live.url}/v1", api_key="x", max_retries=0)
     chat = client.chat.completions.create(
