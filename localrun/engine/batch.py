@@ -93,6 +93,8 @@ class BatchEngine:
         self._rows: StepBatch | None = None
         self._thread: threading.Thread | None = None
         self._released = False
+        # The n-gram indexes of recent prompts, which the next request of a chat starts with.
+        self._histories = speculate.Snapshots()
         # A client's grammar is compiled first in a child of its own (engine.grammar_guard).
         self._guard = grammar_guard.Guard()
         self._cond = threading.Condition()
@@ -310,6 +312,7 @@ class BatchEngine:
             self._batch_cost,
             unbound if self._draft is not None else None,
             job.ends,
+            self._histories,
         )
         if job.scores < 0 and not job.candidates:  # those are read whole (Slots.place)
             self._disk.prepare(job, self._slots, cache_prefix, media)

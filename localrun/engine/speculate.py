@@ -28,7 +28,9 @@ prose that rarely repeats itself pays almost nothing. This module is pure Python
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from localrun.engine.costs import DecodeCost
 from localrun.errors import BadRequestError
@@ -58,6 +60,47 @@ _DECAY = 0.9  # weight of the past in the running estimates
 _SURE = 12  # with a draft model too, a match this long is drafted by lookup (it costs nothing)
 _RESYNC = 3  # tokens that find where a copy resumes after an edit, near where it broke off
 _RESYNC_TOKENS = 16  # how long after the break to look
+SNAPSHOTS = 4  # histories whose n-gram indexes are kept for the next request (Snapshots)
+SNAPSHOT_LEAST = 256  # the shortest history worth keeping one of
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    tokens: tuple[int, ...]
+    index: dict[tuple[int, ...], int]
+
+
+class Snapshots:
+    """The n-gram indexes of the last few histories drafters were made from. A chat's next
+    request (a new turn, a regenerate, an edit of the last message) starts with one of them:
+    its index is copied and only the rest indexed, instead of the whole history a request
+    (thousands of tokens in a long chat: milliseconds of every request). Thread-safe."""
+
+    def __init__(self, most: int = SNAPSHOTS, least: int = SNAPSHOT_LEAST) -> None:
+        self.most, self.least = most, least
+        self._kept: list[_Snapshot] = []
+        self._lock = threading.Lock()
+
+    def longest(self, history: Sequence[int]) -> _Snapshot | None:
+        """The kept history that `history` starts with, the longest (None: none)."""
+        with self._lock:
+            kept = list(self._kept)
+        best = None
+        for snap in kept:
+            n = len(snap.tokens)
+            longer = best is None or n > len(best.tokens)
+            if n <= len(history) and longer and tuple(history[:n]) == snap.tokens:
+                best = snap
+        return best
+
+    def keep(self, tokens: list[int], index: dict[tuple[int, ...], int]) -> None:
+        """Keep a copy of a drafter's index over `tokens` (a short history is not worth it)."""
+        if len(tokens) < self.least:
+            return
+        snap = _Snapshot(tuple(tokens), dict(index))
+        with self._lock:
+            self._kept = [k for k in self._kept if k.tokens != snap.tokens][-(self.most - 1) :]
+            self._kept.append(snap)
 
 
 class NgramDrafter:
@@ -68,11 +111,19 @@ class NgramDrafter:
     the length of the history.
     """
 
-    def __init__(self, history: Iterable[int] = ()) -> None:
+    def __init__(self, history: Iterable[int] = (), known: Snapshots | None = None) -> None:
         self.tokens: list[int] = []
         self._index: dict[tuple[int, ...], int] = {}
         self.origins: list[tuple[int, Edit | None]] = []  # the last draft's (see draft)
+        if known is not None:
+            history = list(history)
+            start = known.longest(history)
+            if start is not None:
+                self.tokens, self._index = list(start.tokens), dict(start.index)
+                history = history[len(start.tokens) :]
         self.extend(history)
+        if known is not None:
+            known.keep(self.tokens, self._index)
 
     def extend(self, tokens: Iterable[int]) -> None:
         for token in tokens:
@@ -251,8 +302,9 @@ class Speculator:
         lookup: bool = True,
         model: ModelDrafter | None = None,
         ends: Callable[[int], bool] | None = None,
+        known: Snapshots | None = None,
     ) -> None:
-        self.drafter = NgramDrafter(history)
+        self.drafter = NgramDrafter(history, known)
         # Tokens that end the answer (end of generation, stop tokens): a draft stops before
         # one, as the answer would; the row before it samples the end itself.
         self.ends = ends
@@ -507,10 +559,12 @@ def speculator(
     cost: Cost,
     model: ModelDrafter | None = None,
     ends: Callable[[int], bool] | None = None,
+    known: Snapshots | None = None,
 ) -> Speculator | None:
     """The speculator a generation with these settings uses, or None (speculation off).
     `model` drafts with the model's DRAFT model (modes auto and draft); `ends` tells the
-    tokens that end the answer (drafts stop before them)."""
+    tokens that end the answer (drafts stop before them); `known`, the engine's recent
+    histories, spares indexing again what a history shares with one of them."""
     if mode == "off" or draft_max <= 0:
         return None
     if mode == "draft" and model is None:
@@ -526,4 +580,5 @@ def speculator(
         lookup=mode != "draft",
         model=model if mode in ("auto", "draft") else None,
         ends=ends,
+        known=known,
     )

@@ -13,7 +13,7 @@ import functools
 import threading
 from typing import Any
 
-from localrun.engine import constraint, native, prompt_cache
+from localrun.engine import constraint, native, prefix_tokens, prompt_cache
 from localrun.engine.machine import machine_params
 from localrun.engine.native import lc
 from localrun.engine.types import FimTokens, LoadOptions
@@ -312,6 +312,35 @@ class Weights:
         return text.decode("utf-8", errors="replace") if text else ""
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """A text's tokens (`add_special`: the BOS and EOS the vocabulary adds; `parse_special`:
+        special tokens' texts read as them). A long prompt with special tokens parsed is
+        tokenized again only past what a recent one shared with it (engine.prefix_tokens)."""
+        prefix = self._prefix if parse_special else None
+        if prefix is None or len(text) < prefix_tokens.LEAST:
+            return self._tokenize(text, add_special=add_special, parse_special=parse_special)
+        middle = prefix.tokens(text)
+        if not add_special:
+            return middle
+        v = self.vocab  # what llama_tokenize adds with add_special (SentencePiece, BPE)
+        lead = [int(lc.llama_vocab_bos(v))] if lc.llama_vocab_get_add_bos(v) else []
+        trail = [int(lc.llama_vocab_eos(v))] if lc.llama_vocab_get_add_eos(v) else []
+        return lead + middle + trail
+
+    @functools.cached_property
+    def _prefix(self) -> prefix_tokens.PrefixTokens | None:
+        """The cache of recent prompts' tokens: for the vocabularies whose special tokens part
+        a text as engine.prefix_tokens needs (SentencePiece's and BPE's), else None."""
+        kind = int(lc.llama_vocab_type(self.vocab))
+        if kind not in (lc.LLAMA_VOCAB_TYPE_SPM, lc.LLAMA_VOCAB_TYPE_BPE):
+            return None
+        specials = dict(zip(self._special_ids, self._special_texts, strict=True))
+
+        def whole(text: str) -> list[int]:
+            return self._tokenize(text, add_special=False, parse_special=True)
+
+        return prefix_tokens.PrefixTokens(whole, specials)
+
+    def _tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
         if len(data) > _SPECIALS_CHECKED_PAST:
             if parse_special:
@@ -378,20 +407,30 @@ class Weights:
         return table
 
     @functools.cached_property
-    def _special_texts(self) -> tuple[str, ...]:
-        """The texts llama.cpp reads as special tokens (control, user-defined, unknown)."""
+    def _specials(self) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """The tokens llama.cpp reads as special (control, user-defined, unknown), and their
+        texts."""
         wanted = (
             lc.LLAMA_TOKEN_ATTR_CONTROL
             | lc.LLAMA_TOKEN_ATTR_USER_DEFINED
             | lc.LLAMA_TOKEN_ATTR_UNKNOWN
         )
-        texts = []
+        ids, texts = [], []
         for token in range(self.n_vocab):
             if int(lc.llama_vocab_get_attr(self.vocab, token)) & wanted:
                 piece = lc.llama_vocab_get_text(self.vocab, token)
                 if piece:
+                    ids.append(token)
                     texts.append(piece.decode("utf-8", errors="replace"))
-        return tuple(texts)
+        return tuple(ids), tuple(texts)
+
+    @property
+    def _special_texts(self) -> tuple[str, ...]:
+        return self._specials[1]
+
+    @property
+    def _special_ids(self) -> tuple[int, ...]:
+        return self._specials[0]
 
     def token_ids(self, text: str) -> list[int]:
         """The ids of `text` when it is one special token (e.g. '<|im_end|>'), else []."""
