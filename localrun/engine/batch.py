@@ -67,9 +67,6 @@ from localrun.errors import (
 )
 from localrun.settings import config, limits
 
-# OpenAI's bound on top_logprobs; it also bounds the work per token.
-MAX_TOP_LOGPROBS = 20
-
 
 def _checkpoint_policy() -> checkpoints.Policy:
     """LOCALRUN_CHECKPOINT_*, or the defaults where one is bad (`localrun env` says so)."""
@@ -280,21 +277,7 @@ class BatchEngine:
         room = n_ctx - len(prompt)
         budget = min(sampling.num_predict, room) if sampling.num_predict >= 0 else room
         job = Job(prompt, stop_tokens, sink, budget, n_ctx)
-        job.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
-        job.logprobs_end = sampling.logprobs_end
-        job.candidates = sampling.candidates
-        job.scores = min(sampling.prompt_logprobs, MAX_TOP_LOGPROBS)
-        if job.scores >= 0 and media is not None:
-            raise BadRequestError("a prompt with images or audio cannot be scored")
-        most = limits.max_prompt_logprobs()
-        if job.scores >= 0 and len(prompt) * (1 + job.scores) > most:
-            raise BadRequestError(
-                f"scoring this prompt of {len(prompt)} tokens with {job.scores} alternatives "
-                f"each takes over {most} log-probabilities, the most "
-                "LOCALRUN_MAX_PROMPT_LOGPROBS allows",
-                hint="score a shorter prompt, ask for fewer alternatives, or raise "
-                "LOCALRUN_MAX_PROMPT_LOGPROBS on the server",
-            )
+        scoring.ask(job, sampling, media)
         job.special = sampling.special
         job.spell = sampling.spell
         job.ends = answer_ends(self._weights.vocab, stop_tokens)

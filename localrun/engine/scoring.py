@@ -20,6 +20,9 @@ from typing import Any
 
 from localrun.engine.native import lc
 from localrun.engine.slots import Job
+from localrun.engine.types import SamplingOptions
+from localrun.errors import BadRequestError
+from localrun.settings import limits
 
 Spell = Callable[[int], bytes]  # a token's bytes, special tokens spelled out
 
@@ -29,8 +32,31 @@ SCORE_BYTES = 64 * 1024 * 1024
 TILE = 64
 # Rows turned into entries at once: bounds the temporary arrays to a few vocabularies each.
 _BLOCK = 16
+# OpenAI's bound on top_logprobs; it also bounds the work per token.
+MAX_TOP_LOGPROBS = 20
 # vLLM's floor for a log-probability JSON cannot carry (minus infinity).
 FLOOR = -9999.0
+
+
+def ask(job: Job, sampling: SamplingOptions, media: object | None) -> None:
+    """The log-probabilities `job` answers with and scores its prompt with, within bounds."""
+    job.logprobs = min(sampling.logprobs, MAX_TOP_LOGPROBS)
+    job.logprobs_end = sampling.logprobs_end
+    job.candidates = sampling.candidates
+    job.scores = min(sampling.prompt_logprobs, MAX_TOP_LOGPROBS)
+    if job.scores < 0:
+        return
+    if media is not None:
+        raise BadRequestError("a prompt with images or audio cannot be scored")
+    most = limits.max_prompt_logprobs()
+    if len(job.prompt) * (1 + job.scores) > most:
+        raise BadRequestError(
+            f"scoring this prompt of {len(job.prompt)} tokens with {job.scores} alternatives "
+            f"each takes over {most} log-probabilities, the most "
+            "LOCALRUN_MAX_PROMPT_LOGPROBS allows",
+            hint="score a shorter prompt, ask for fewer alternatives, or raise "
+            "LOCALRUN_MAX_PROMPT_LOGPROBS on the server",
+        )
 
 
 def score_rows(n_batch: int, n_vocab: int) -> int:

@@ -27,6 +27,7 @@ EVERY_FIELD = GenRequest(
     suffix="after",
     extra=[{"filename": "a.py", "text": "x = 1"}],
     logprobs=3,
+    logprobs_end=True,
     prompt_logprobs=2,
     tokens=[9707, 11],
     logit_bias=[[15, -100.0], [7, None]],
