@@ -12,8 +12,11 @@ stacks have one slot of --ctx tokens, the same threads, and their defaults other
 interleaved: each round runs the whole chat on one stack, then on the other, with a fresh
 server each time.
 
-Per turn it prints each stack's median TTFT, their ratio (localrun / llama-server: at or below
-1 is the target), and the prompt tokens each read (localrun: prompt_eval_count minus its cache
+After the last turn come what a chat page sends besides a new turn: the last answer
+regenerated, the last question edited, and the third question edited with the turns after it
+as they were (each from the whole chat held again). Per turn and per edit it prints each
+stack's median TTFT, their ratio (localrun / llama-server: at or below 1 is the target), and
+the prompt tokens each read (localrun: prompt_eval_count minus its cache
 hit; llama-server: timings.prompt_n). Then the conversation is resumed in a new process: the
 localrun server is stopped (its runner keeps the slot on disk) and started again, and one more
 turn is asked; the same for llama-server (it keeps no cache across processes). Last, the memory
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import re
 import sys
@@ -104,6 +108,9 @@ class Turn:
 @dataclass
 class Chat:
     turns: list[Turn] = field(default_factory=list)
+    # The requests a chat page sends besides a new turn, after the last: the last answer
+    # regenerated, the last question edited, the third question edited (the rest as it was).
+    edits: dict[str, Turn] = field(default_factory=dict)
     resumed: Turn | None = None
     history: str = ""  # the last prompt, resumed by a new process
     rss: int = 0
@@ -155,12 +162,19 @@ def run_chat(start: Any, ask: Any, args: argparse.Namespace, logdir: Path) -> Ch
     try:
         server.wait_ready()
         ask(server, TURN.format("Say hello."), 1, args.threads)  # loaded before the first turn
+        asked: list[tuple[str, str]] = []  # each turn's question and answer
         for turn in range(args.turns):
             history += TURN.format(message(turn, args.grow))
             done = ask(server, history, args.answer, args.threads)
             chat.turns.append(done)
+            asked.append((message(turn, args.grow), done.text))
             history += done.text + END
             say(f"  {server.name} turn {turn + 1}: ttft {fmt(done.ttft, 3)} s, read {done.read}")
+        for kind, prompt in edits(asked).items():
+            done = ask(server, prompt, args.answer, args.threads)
+            chat.edits[kind] = done
+            say(f"  {server.name} {kind}: ttft {fmt(done.ttft, 3)} s, read {done.read}")
+            ask(server, history, 1, args.threads)  # the chat as it was, for the next edit
         chat.rss = server.rss()
         chat.checkpoint_bytes = checkpoint_bytes(server) or chat.turns[-1].checkpoint_bytes
     finally:
@@ -175,6 +189,26 @@ def run_chat(start: Any, ask: Any, args: argparse.Namespace, logdir: Path) -> Ch
         again.stop()
     chat.history = history
     return chat
+
+
+EDITS = ("regenerate", "edit last", "edit early")
+
+
+def edits(asked: list[tuple[str, str]]) -> dict[str, str]:
+    """The prompts of a regenerate (the last question again, its answer dropped), of the last
+    question edited, and of the third one edited with the turns after it as they were."""
+
+    def prompt(turns: list[tuple[str, str]], last: str) -> str:
+        return "".join(TURN.format(q) + a + END for q, a in turns) + TURN.format(last)
+
+    *before, (last, _) = asked
+    early = [(q + " (edited: answer in one sentence)", a) if i == 2 else (q, a)
+             for i, (q, a) in enumerate(before)]  # fmt: skip
+    return {
+        "regenerate": prompt(before, last),
+        "edit last": prompt(before, last.replace("two sentences", "three short sentences")),
+        "edit early": prompt(early, last),
+    }
 
 
 def cold_answer(lr: Any, history: str, args: argparse.Namespace, logdir: Path) -> Turn:
@@ -206,18 +240,33 @@ def checkpoint_bytes(server: Server) -> int:
 
 
 def report(results: dict[str, list[Chat]], args: argparse.Namespace) -> dict[str, Any]:
-    lr, ls = results.get("localrun", []), results.get("llama-server", [])
+    ls = results.get("llama-server", [])
     rows: list[dict[str, Any]] = []
-    say("turn  localrun ttft  llama-server ttft  ratio  localrun read  llama-server read")
-    for t in range(args.turns):
-        a = median([c.turns[t].ttft for c in lr])
-        b = median([c.turns[t].ttft for c in ls])
-        ra = [c.turns[t].read for c in lr]
-        rb = [c.turns[t].read for c in ls]
-        r = ratio(a, b)
-        rows.append({"turn": t + 1, "localrun_s": a, "llama_server_s": b, "ratio": r,
-                     "localrun_read": ra, "llama_server_read": rb})  # fmt: skip
-        print(f"{t + 1:>4}  {fmt(a, 3):>13}  {fmt(b, 3):>16}  {fmt(r, 2):>5}  {ra}  {rb}")
+    edited: dict[str, Any] = {}
+    for name, lr in results.items():
+        if name == "llama-server":
+            continue
+        say(f"{name}: turn  ttft  llama-server ttft  ratio  read  llama-server read")
+        for t in range(args.turns):
+            a = median([c.turns[t].ttft for c in lr])
+            b = median([c.turns[t].ttft for c in ls])
+            ra = [c.turns[t].read for c in lr]
+            rb = [c.turns[t].read for c in ls]
+            r = ratio(a, b)
+            rows.append({"stack": name, "turn": t + 1, "localrun_s": a, "llama_server_s": b,
+                         "ratio": r, "localrun_read": ra, "llama_server_read": rb})  # fmt: skip
+            print(f"{t + 1:>4}  {fmt(a, 3):>13}  {fmt(b, 3):>16}  {fmt(r, 2):>5}  {ra}  {rb}")
+        for kind in EDITS:
+            mine = [c.edits[kind].ttft for c in lr if kind in c.edits]
+            theirs = [c.edits[kind].ttft for c in ls if kind in c.edits]
+            a, b = median(mine), median(theirs)
+            r = ratio(a, b)
+            edited[f"{name}: {kind}"] = {"localrun_s": a, "llama_server_s": b, "ratio": r,
+                                         "localrun_all": mine,
+                                         "llama_server_all": theirs}  # fmt: skip
+            print(f"{name} {kind:>10}: {fmt(a, 3)} s, llama-server {fmt(b, 3)} s, ratio "
+                  f"{fmt(r, 2)} (rounds: {[fmt(x, 3) for x in mine]} vs "
+                  f"{[fmt(x, 3) for x in theirs]})")  # fmt: skip
     resumed = {
         name: {
             "ttft_s": median([c.resumed.ttft if c.resumed else None for c in chats]),
@@ -238,7 +287,7 @@ def report(results: dict[str, list[Chat]], args: argparse.Namespace) -> dict[str
     for name, m in memory.items():
         print(f"memory after the chat, {name}: {fmt(m['rss_mib'])} MiB in all, "
               f"{fmt(m['checkpoints_mib'])} MiB of checkpoints")  # fmt: skip
-    return {"turns": rows, "resumed": resumed, "memory": memory}
+    return {"turns": rows, "edits": edited, "resumed": resumed, "memory": memory}
 
 
 def default_model(cache: Path) -> Path:
@@ -257,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ctx", type=int, default=16384)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--exact", default="on,off", help="localrun with LOCALRUN_EXACT on, off")
     add_build_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -269,9 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     run_command([*lr.cmd, "create", "chat", "-f", str(work / "Modelfile")], timeout=600, env=lr.env)
     lr.env = served_env(home, LOCALRUN_NUM_PARALLEL="1")
     lr.model = "chat"
-    stacks: dict[str, tuple[Any, Any]] = {
-        "localrun": (lambda: localrun_serve(lr, args.threads), ask_localrun),
-    }
+    stacks: dict[str, tuple[Any, Any]] = {}
+    for mode in args.exact.split(","):
+        each = dataclasses.replace(lr, env={**lr.env, "LOCALRUN_EXACT": mode})
+        stacks[f"localrun exact {mode}"] = (
+            functools.partial(localrun_serve, each, args.threads), ask_localrun)  # fmt: skip
     if build is not None:
         slot = ["-np", "1", "-c", str(args.ctx), "-lv", "4"]  # -lv 4: its checkpoints logged
         stacks["llama-server"] = (
@@ -288,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{name} failed: {exc}")
     results = {name: chats for name, chats in results.items() if chats}
     summary = report(results, args)
-    ours = [c for c in results.get("localrun", []) if c.resumed is not None]
+    ours = [c for name, chats in results.items() if name.startswith("localrun")
+            for c in chats if c.resumed is not None][:1]  # fmt: skip
     if ours:
         cold = cold_answer(lr, ours[0].history, args, work)
         same = [c.resumed.text == cold.text for c in ours if c.resumed is not None]
