@@ -290,12 +290,13 @@ class BatchEngine:
         earlier = self._answers.history(sampling.memory if self._draft is None else None, prompt)
         job.spec = speculate.speculator(
             sampling.speculate if media is None else "off",
-            [*earlier, *prompt],
+            prompt,
             sampling.draft_num_predict,
             self._batch_cost,
             unbound if self._draft is not None else None,
             job.ends,
             self._histories,
+            earlier,
         )
         if job.scores < 0 and not job.candidates:  # those are read whole (Slots.place)
             self._disk.prepare(job, self._slots, cache_prefix, media)

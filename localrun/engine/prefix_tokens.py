@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Tokenize = Callable[[str], list[int]]  # the whole text, special tokens parsed
 
@@ -30,7 +30,7 @@ LEAST = 2048  # a text shorter than this is tokenized whole (it costs less than 
 class _Entry:
     text: str
     tokens: list[int]
-    places: dict[int, list[int]] = field(default_factory=dict)  # a special token's indexes
+    places: dict[int, list[int]]  # each special token the tokens hold: its indexes
 
 
 class PrefixTokens:
@@ -41,22 +41,33 @@ class PrefixTokens:
         self._tokenize = tokenize
         self._specials = specials  # special token id -> its text
         self._texts = tuple(t for t in specials.values() if t)
-        self._longest = max((len(t) for t in self._texts), default=1)
+        self._text_set = frozenset(self._texts)
+        self._lengths = sorted({len(t) for t in self._texts})
+        self._longest = max(self._lengths, default=1)
         self._clean_ids: dict[int, bool] = {}
         self._kept: list[_Entry] = []
         self._lock = threading.Lock()
 
     def tokens(self, text: str) -> list[int]:
-        tokens = None
-        if len(text) >= LEAST:
-            tokens = self._from_kept(text)
-        if tokens is None:
+        if len(text) < LEAST:
+            return self._tokenize(text)
+        entry = self._from_kept(text)
+        if entry is None:
             tokens = self._tokenize(text)
-        if len(text) >= LEAST:
-            self._keep(_Entry(text, tokens))
-        return tokens
+            entry = _Entry(text, tokens, self._places(tokens))
+        self._keep(entry)
+        return entry.tokens
 
-    def _from_kept(self, text: str) -> list[int] | None:
+    def _places(self, tokens: list[int], offset: int = 0) -> dict[int, list[int]]:
+        """Each special token in `tokens`: its indexes, plus `offset`."""
+        places: dict[int, list[int]] = {}
+        specials = self._specials
+        for i, token in enumerate(tokens):
+            if token in specials:
+                places.setdefault(token, []).append(i + offset)
+        return places
+
+    def _from_kept(self, text: str) -> _Entry | None:
         with self._lock:
             kept = list(self._kept)
         best, shared = None, 0
@@ -70,7 +81,11 @@ class PrefixTokens:
         if cut is None:
             return None
         at, index = cut
-        return best.tokens[:index] + self._tokenize(text[at:])
+        rest = self._tokenize(text[at:])
+        places = {t: [p for p in ps if p < index] for t, ps in best.places.items() if ps[0] < index}
+        for token, more in self._places(rest, index).items():
+            places.setdefault(token, []).extend(more)
+        return _Entry(text, best.tokens[:index] + rest, places)
 
     def _cut(self, text: str, entry: _Entry, shared: int) -> tuple[int, int] | None:
         """(where in `text`, where in the entry's tokens) the last clean special token within
@@ -82,7 +97,7 @@ class PrefixTokens:
         texts in the text is that token), with no special token's text running across the cut,
         and whose count in the cached text is its count in the cached tokens."""
         best = (-1, -1)
-        for token in {t for t in entry.tokens if t in self._specials}:
+        for token in entry.places:
             if not self._clean(token):
                 continue
             at = text.rfind(self._specials[token], 0, shared - len(self._specials[token]) + 1)
@@ -92,10 +107,7 @@ class PrefixTokens:
         if at <= 0 or self._crossed(text, at):
             return None
         special = self._specials[token]
-        places = entry.places.get(token)
-        if places is None:
-            places = [i for i, t in enumerate(entry.tokens) if t == token]
-            entry.places[token] = places
+        places = entry.places[token]
         if len(places) != entry.text.count(special):
             return None  # some text of it was not that token: not the partition assumed
         before = text.count(special, 0, at)
@@ -116,17 +128,11 @@ class PrefixTokens:
 
     def _crossed(self, text: str, at: int) -> bool:
         """Whether a special token's text starts before `at` and runs past it."""
-        low = max(0, at - self._longest + 1)
-        window = text[low : at + self._longest]
-        for other in self._texts:
-            found = window.find(other)
-            while found != -1:
-                start = low + found
-                if start < at < start + len(other):
+        texts = self._text_set
+        for length in self._lengths:
+            for start in range(max(0, at - length + 1), at):
+                if text[start : start + length] in texts:
                     return True
-                if start >= at:
-                    break
-                found = window.find(other, found + 1)
         return False
 
     def _keep(self, entry: _Entry) -> None:

@@ -73,8 +73,9 @@ class _Snapshot:
 class Snapshots:
     """The n-gram indexes of the last few histories drafters were made from. A chat's next
     request (a new turn, a regenerate, an edit of the last message) starts with one of them:
-    its index is copied and only the rest indexed, instead of the whole history a request
-    (thousands of tokens in a long chat: milliseconds of every request). Thread-safe."""
+    only the rest is indexed, instead of the whole history a request (thousands of tokens in a
+    long chat: milliseconds of every request). A kept index is never changed: a drafter that
+    holds one copies it before its first change. Thread-safe."""
 
     def __init__(self, most: int = SNAPSHOTS, least: int = SNAPSHOT_LEAST) -> None:
         self.most, self.least = most, least
@@ -93,14 +94,18 @@ class Snapshots:
                 best = snap
         return best
 
-    def keep(self, tokens: list[int], index: dict[tuple[int, ...], int]) -> None:
-        """Keep a copy of a drafter's index over `tokens` (a short history is not worth it)."""
+    def keep(self, tokens: Sequence[int], index: dict[tuple[int, ...], int]) -> bool:
+        """Keep `index`, a drafter's over `tokens`, which the drafter then leaves as it is
+        (True); a short history is not worth it (False). The same history kept already is
+        used again."""
         if len(tokens) < self.least:
-            return
-        snap = _Snapshot(tuple(tokens), dict(index))
+            return False
+        snap = _Snapshot(tuple(tokens), index)
         with self._lock:
-            self._kept = [k for k in self._kept if k.tokens != snap.tokens][-(self.most - 1) :]
-            self._kept.append(snap)
+            same = [k for k in self._kept if k.tokens == snap.tokens]
+            others = [k for k in self._kept if k.tokens != snap.tokens]
+            self._kept = [*others[-(self.most - 1) :], *(same or [snap])]
+        return True
 
 
 class NgramDrafter:
@@ -111,19 +116,48 @@ class NgramDrafter:
     the length of the history.
     """
 
-    def __init__(self, history: Iterable[int] = (), known: Snapshots | None = None) -> None:
+    def __init__(
+        self,
+        history: Iterable[int] = (),
+        known: Snapshots | None = None,
+        before: Sequence[int] = (),
+    ) -> None:
+        """The index over `before` followed by `history`; `known` spares indexing what
+        `history` shares with a recent one (`before`, an earlier answer, is not kept there)."""
         self.tokens: list[int] = []
+        # n-gram -> the position after its latest occurrence, less _shift: positions count from
+        # the start of `history`, so a kept index serves whatever comes before it. A kept one
+        # (_shared) is copied before it changes: a request that adds nothing to its history
+        # (a regenerate) copies nothing before its first token.
         self._index: dict[tuple[int, ...], int] = {}
+        self._shared = False
+        # `before`'s n-grams, read where the history has none (the history's are the later).
+        self._earlier: dict[tuple[int, ...], int] = {}
+        self._shift = 0
         self.origins: list[tuple[int, Edit | None]] = []  # the last draft's (see draft)
         if known is not None:
             history = list(history)
             start = known.longest(history)
             if start is not None:
-                self.tokens, self._index = list(start.tokens), dict(start.index)
+                self.tokens, self._index = list(start.tokens), start.index
+                self._shared = True
                 history = history[len(start.tokens) :]
         self.extend(history)
         if known is not None:
-            known.keep(self.tokens, self._index)
+            self._shared = known.keep(self.tokens, self._index) or self._shared
+        if before:
+            self._put_before(before)
+
+    def _put_before(self, before: Sequence[int]) -> None:
+        """Index `before` ahead of the history: its n-grams, those that run into the history
+        too, each where it occurs last."""
+        whole = [*before, *self.tokens]
+        shift = len(before)
+        earlier = self._earlier
+        for n in NGRAM_SIZES:
+            for start in range(min(shift, len(whole) - 1 - n + 1)):
+                earlier[tuple(whole[start : start + n])] = start + n - shift
+        self.tokens, self._shift = whole, shift
 
     def extend(self, tokens: Iterable[int]) -> None:
         for token in tokens:
@@ -134,10 +168,13 @@ class NgramDrafter:
         tokens.append(token)
         end = len(tokens)
         # The n-grams ending just before `token` now point at it.
+        if self._shared:
+            self._index, self._shared = dict(self._index), False
         index = self._index
+        at = end - 1 - self._shift
         for n in NGRAM_SIZES:
             if end > n:
-                index[tuple(tokens[end - 1 - n : end - 1])] = end - 1
+                index[tuple(tokens[end - 1 - n : end - 1])] = at
 
     def match(self) -> tuple[int, int]:
         """(n, position): the longest suffix of the history seen before (n tokens), and where
@@ -146,9 +183,12 @@ class NgramDrafter:
         end = len(tokens)
         for n in NGRAM_SIZES:
             if end >= n:
-                at = self._index.get(tuple(tokens[end - n :]))
+                key = tuple(tokens[end - n :])
+                at = self._index.get(key)
+                if at is None and self._earlier:
+                    at = self._earlier.get(key)
                 if at is not None:
-                    return n, at
+                    return n, at + self._shift
         return 0, -1
 
     def near(self, source: int, n: int, before: int = 8, after: int = 24) -> int:
@@ -303,8 +343,9 @@ class Speculator:
         model: ModelDrafter | None = None,
         ends: Callable[[int], bool] | None = None,
         known: Snapshots | None = None,
+        before: Sequence[int] = (),
     ) -> None:
-        self.drafter = NgramDrafter(history, known)
+        self.drafter = NgramDrafter(history, known, before)
         # Tokens that end the answer (end of generation, stop tokens): a draft stops before
         # one, as the answer would; the row before it samples the end itself.
         self.ends = ends
@@ -560,11 +601,13 @@ def speculator(
     model: ModelDrafter | None = None,
     ends: Callable[[int], bool] | None = None,
     known: Snapshots | None = None,
+    before: Sequence[int] = (),
 ) -> Speculator | None:
     """The speculator a generation with these settings uses, or None (speculation off).
     `model` drafts with the model's DRAFT model (modes auto and draft); `ends` tells the
     tokens that end the answer (drafts stop before them); `known`, the engine's recent
-    histories, spares indexing again what a history shares with one of them."""
+    histories, spares indexing again what a history shares with one of them; `before` goes
+    ahead of the history (an earlier answer to look up)."""
     if mode == "off" or draft_max <= 0:
         return None
     if mode == "draft" and model is None:
@@ -581,4 +624,5 @@ def speculator(
         model=model if mode in ("auto", "draft") else None,
         ends=ends,
         known=known,
+        before=before,
     )

@@ -207,10 +207,19 @@ def reusable(cache: Sequence[int], prompt: Sequence[int]) -> int:
     """How many leading tokens of `prompt` a KV cache holding `cache` can keep: their common
     prefix, never the last prompt token (it is always run, for its logits)."""
     n = min(len(cache), len(prompt) - 1)
-    keep = 0
-    while keep < n and cache[keep] == prompt[keep]:
-        keep += 1
-    return keep
+    if n <= 0:
+        return 0
+    a, b = list(cache[:n]), list(prompt[:n])
+    if a == b:  # a chat's next request holds the whole cache: one comparison in C
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]: halved with slices compared in C
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class Ticket(Protocol):

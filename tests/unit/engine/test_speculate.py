@@ -354,3 +354,35 @@ def test_the_server_remembers_for_a_key_or_a_loopback_server_only() -> None:
     assert answer_memory("secret", "x") != answer_memory("other", "x")
     assert answer_memory("", "127.0.0.1") == "local"
     assert answer_memory("", "0.0.0.0") is None  # clients that cannot be told apart
+
+
+def _positions(d: NgramDrafter) -> dict[tuple[int, ...], int]:
+    """Every indexed n-gram with the position it leads to, as match() would give it."""
+    return {key: at + d._shift for key, at in {**d._earlier, **d._index}.items()}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_an_index_made_from_kept_ones_and_an_earlier_answer_is_the_whole_ones(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    vocab = rng.choice([3, 5, 40])  # few tokens: n-grams repeat, across the joins too
+    turns = [[rng.randrange(vocab) for _ in range(rng.randrange(200, 400))] for _ in range(3)]
+    answer = [rng.randrange(vocab) for _ in range(rng.randrange(0, 60))]
+    known = speculate.Snapshots(least=50)
+    history: list[int] = []
+    for turn in turns:
+        history += turn
+        before = [*history[-24:], *answer] if answer else []
+        made = NgramDrafter(history, known, before)
+        whole = NgramDrafter([*before, *history])
+        assert made.tokens == whole.tokens
+        assert _positions(made) == _positions(whole)
+        assert made.match() == whole.match()
+        for token in answer[:30]:  # generation goes on the same way
+            made.add(token)
+            whole.add(token)
+        assert _positions(made) == _positions(whole) and made.match() == whole.match()
+    kept = known.longest(history)
+    assert kept is not None and kept.tokens == tuple(history)  # kept without `before`
+    assert kept.index == NgramDrafter(history)._index  # and as it was: the drafter copied it
