@@ -14,7 +14,9 @@ server each time.
 
 After the last turn come what a chat page sends besides a new turn: the last answer
 regenerated, the last question edited, and the third question edited with the turns after it
-as they were (each from the whole chat held again). Per turn and per edit it prints each
+as they were (each from the whole chat held again). Before the first turn, a short prompt is
+asked again REPEAT times for one token, all of it cached: the fastest is what a stack costs a
+request besides the decode (the same one token on both). Per turn and per edit it prints each
 stack's median TTFT, their ratio (localrun / llama-server: at or below 1 is the target), and
 the prompt tokens each read (localrun: prompt_eval_count minus its cache
 hit; llama-server: timings.prompt_n). Then the conversation is resumed in a new process: the
@@ -162,6 +164,9 @@ def run_chat(start: Any, ask: Any, args: argparse.Namespace, logdir: Path) -> Ch
     try:
         server.wait_ready()
         ask(server, TURN.format("Say hello."), 1, args.threads)  # loaded before the first turn
+        # A stack's own cost a request: the same short prompt again, all of it cached, one token.
+        again = [ask(server, TURN.format("Say hello."), 1, args.threads) for _ in range(REPEAT)]
+        chat.edits[CACHED] = min(again, key=lambda t: t.ttft or 0.0)
         asked: list[tuple[str, str]] = []  # each turn's question and answer
         for turn in range(args.turns):
             history += TURN.format(message(turn, args.grow))
@@ -192,6 +197,8 @@ def run_chat(start: Any, ask: Any, args: argparse.Namespace, logdir: Path) -> Ch
 
 
 EDITS = ("regenerate", "edit last", "edit early")
+CACHED = "cached, 1 token"  # a short prompt asked again: what a stack costs a request
+REPEAT = 12  # times it is asked, the fastest kept
 
 
 def edits(asked: list[tuple[str, str]]) -> dict[str, str]:
@@ -256,17 +263,20 @@ def report(results: dict[str, list[Chat]], args: argparse.Namespace) -> dict[str
             rows.append({"stack": name, "turn": t + 1, "localrun_s": a, "llama_server_s": b,
                          "ratio": r, "localrun_read": ra, "llama_server_read": rb})  # fmt: skip
             print(f"{t + 1:>4}  {fmt(a, 3):>13}  {fmt(b, 3):>16}  {fmt(r, 2):>5}  {ra}  {rb}")
-        for kind in EDITS:
+        for kind in (*EDITS, CACHED):
             mine = [c.edits[kind].ttft for c in lr if kind in c.edits]
             theirs = [c.edits[kind].ttft for c in ls if kind in c.edits]
             a, b = median(mine), median(theirs)
             r = ratio(a, b)
+            ra = [f"{c.edits[kind].read}/{c.edits[kind].prompt}" for c in lr if kind in c.edits]
+            rb = [f"{c.edits[kind].read}/{c.edits[kind].prompt}" for c in ls if kind in c.edits]
             edited[f"{name}: {kind}"] = {"localrun_s": a, "llama_server_s": b, "ratio": r,
-                                         "localrun_all": mine,
-                                         "llama_server_all": theirs}  # fmt: skip
+                                         "localrun_all": mine, "llama_server_all": theirs,
+                                         "localrun_read": ra,
+                                         "llama_server_read": rb}  # fmt: skip
             print(f"{name} {kind:>10}: {fmt(a, 3)} s, llama-server {fmt(b, 3)} s, ratio "
                   f"{fmt(r, 2)} (rounds: {[fmt(x, 3) for x in mine]} vs "
-                  f"{[fmt(x, 3) for x in theirs]})")  # fmt: skip
+                  f"{[fmt(x, 3) for x in theirs]}; read/prompt {ra} vs {rb})")  # fmt: skip
     resumed = {
         name: {
             "ttft_s": median([c.resumed.ttft if c.resumed else None for c in chats]),

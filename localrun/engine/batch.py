@@ -281,6 +281,7 @@ class BatchEngine:
         job.special = sampling.special
         job.spell = sampling.spell
         job.ends = answer_ends(self._weights.vocab, stop_tokens)
+        job.closing = self._slots.memory.closing(prompt, self._weights.is_control)
         # The draft model's sequence is the slot's: bound when the job takes one (_take).
         job.media = media
         # Drafts come from the text before (or a draft model without the projector): a prompt
@@ -476,7 +477,7 @@ class BatchEngine:
         if job.scores >= 0:
             scoring.send(self._ctx, job, slot.first, done, slot.added, self._spell)
         memory = self._slots.memory
-        if memory.wants(slot, len(slot.cache), len(job.prompt)):
+        if memory.wants(slot, len(slot.cache), len(job.prompt), job.closing):
             memory.keep(slot)
         self._disk.saved(self._ctx, slot, job)
         if slot.row >= 0:

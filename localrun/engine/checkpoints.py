@@ -11,15 +11,23 @@ holds, the window before the cut is gone. For those a slot keeps checkpoints, co
 part (`llama_state_seq_get_data_ext` with LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: the recurrent
 state or the window's cache alone, the per-position rest is cut as usual) taken
 
-- one token before the end of each prompt: the same prompt again (a regenerated answer, OpenAI's
-  `n`, a client's retry) or a conversation whose last answer the template renders otherwise
-  (reasoning dropped, white space trimmed) reads one token, or that answer, not the whole;
+- before the chat template's tail at the end of each prompt (SeqMemory.closing: the end of the
+  last message and the opening of the answer), or at its end for a prompt without one: the same
+  prompt again (a regenerated answer, OpenAI's `n`, a client's retry), the last message edited
+  near its end, a conversation whose last answer the template renders otherwise (reasoning
+  dropped, white space trimmed), or a message further back edited at its end, reads from there,
+  not from the checkpoint before;
 - every `every` tokens of a long prompt: an edit further back reads from the checkpoint before it;
 - before a draft is verified (engine.answering), for a recurrent state: a rejected guess is
   taken back by restoring it (a window's cache drops it as a per-position one does).
 
-A cut restores the latest checkpoint at or before the prefix it keeps, cuts the attention KV
-there and drops the checkpoints past it (they hold other tokens from then on). A slot's
+A recurrent state restores its own length only. A window's checkpoint holds the cells within
+the window of its last position (what llama.cpp writes of it): it restores its length, or one
+token less, whose window it holds too (Checkpoint.low), as a prompt without a template's tail
+wants it (its checkpoint taken after its last token, read in one piece).
+
+A cut restores the checkpoint that keeps the most of the prefix, cuts the attention KV there
+and trims the checkpoints past it (they hold other tokens from then on). A slot's
 checkpoints are bounded by count and bytes (LOCALRUN_CHECKPOINTS, LOCALRUN_CHECKPOINT_MAX_BYTES):
 past either, the one whose loss leaves the smallest gap goes, never the newest (kept even alone
 past the bytes: a model's window or state may be larger than the bound). A checkpoint
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,6 +52,9 @@ log = logging.getLogger("localrun.engine")
 PARTIAL = 1  # LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: the recurrent (or window) part of the memory
 # PARTIAL as llama_cpp types the flags argument (ctypes passes either alike).
 _PARTIAL = lc.llama_state_seq_flags(PARTIAL)
+# The prompt's last tokens where a chat template's tail (the end of the last message and the
+# opening of the answer) is looked for.
+TAIL = 16
 
 
 class Holder(Protocol):
@@ -67,17 +79,49 @@ class Policy:
 
 
 class Checkpoint:
-    """The recurrent state of a sequence holding its first `n` tokens."""
+    """The recurrent state (or window cache) of a sequence holding its first `n` tokens.
 
-    __slots__ = ("data", "n")
+    It restores the sequence to any length from `low` to `upto`: a recurrent state to `n`
+    alone, a window's cache to n - 1 too (its window before that is there: the last token is
+    cut). `upto` is less than `n` once the sequence it was taken from was cut and went on with
+    other tokens: those past `upto` are not the slot's any more."""
 
-    def __init__(self, n: int, data: Any) -> None:
+    __slots__ = ("data", "last", "low", "n", "upto")
+
+    def __init__(
+        self,
+        n: int,
+        data: Any,
+        low: int | None = None,
+        upto: int | None = None,
+        last: int = -1,
+    ) -> None:
         self.n = n
         self.data = data  # a ctypes byte array, handed to llama.cpp as it is
+        self.low = n if low is None else low
+        self.upto = n if upto is None else upto
+        self.last = last  # the token at n - 1 when it was taken (-1: not known)
 
     @property
     def size(self) -> int:
         return len(self.data)
+
+    def serves(self, keep: int) -> int:
+        """The most of the first `keep` tokens it restores (0: none)."""
+        at = min(keep, self.upto)
+        return at if at >= self.low else 0
+
+
+def trimmed(marks: list[Checkpoint], keep: int) -> list[Checkpoint]:
+    """`marks` once their sequence holds its first `keep` tokens and goes on with others: each
+    restores no further than `keep`, and one that cannot restore that far back is dropped."""
+    kept = []
+    for mark in marks:
+        if mark.upto <= keep:
+            kept.append(mark)
+        elif mark.low <= keep:
+            kept.append(Checkpoint(mark.n, mark.data, mark.low, keep, mark.last))
+    return kept
 
 
 class SeqMemory:
@@ -106,7 +150,7 @@ class SeqMemory:
         """How many of the `keep` leading tokens `slot` holds can stay without reading them."""
         if not self.checkpointed or keep >= len(slot.cache) or self._covers(slot.seq, keep):
             return keep
-        return max((m.n for m in slot.marks if m.n <= keep), default=0)
+        return max((m.serves(keep) for m in slot.marks), default=0)
 
     def _covers(self, seq: int, keep: int) -> bool:
         """Whether a sliding window's cache still holds the window before position `keep` (it
@@ -130,7 +174,7 @@ class SeqMemory:
         if not self.checkpointed or self._covers(slot.seq, keep):
             if lc.llama_memory_seq_rm(self.handle, slot.seq, keep, -1):
                 del cache[keep:]
-                slot.marks = [m for m in slot.marks if m.n <= keep]
+                slot.marks = trimmed(slot.marks, keep)
                 return
             keep = 0  # not expected of a per-position cache: read it all again
         else:
@@ -167,27 +211,31 @@ class SeqMemory:
         return kept
 
     def _restore(self, source: Holder, target: Holder, keep: int) -> int:
-        """Put the latest of `source`'s checkpoints at or before `keep` into `target`'s sequence
-        and cut its attention KV there; returns the tokens it holds (0: none could be used)."""
+        """Put the one of `source`'s checkpoints that restores the most of the first `keep`
+        tokens into `target`'s sequence, cut there; returns the tokens it holds (0: none could
+        be used)."""
         while True:
-            mark = max((m for m in source.marks if m.n <= keep), key=_by_n, default=None)
-            if mark is None:
+            mark = max(source.marks, key=lambda m: m.serves(keep), default=None)
+            at = mark.serves(keep) if mark is not None else 0
+            if mark is None or at == 0:
                 return 0
-            if self._load(target.seq, mark):
-                target.marks = [m for m in source.marks if m.n <= mark.n]
+            if self._load(target.seq, mark, at):
+                target.marks = trimmed(source.marks, at)
                 self.restored += 1
-                return mark.n
+                return at
             source.marks.remove(mark)
 
-    def _load(self, seq: int, mark: Checkpoint) -> bool:
+    def _load(self, seq: int, mark: Checkpoint, at: int | None = None) -> bool:
+        """Put `mark` into sequence `seq`, holding its first `at` tokens then (`mark.n`)."""
+        at = mark.n if at is None else at
         seq_id = lc.llama_seq_id(seq)
         n = int(lc.llama_state_seq_set_data_ext(self.ctx, mark.data, mark.size, seq_id, _PARTIAL))
         ok = n == mark.size
         # The rest of the memory (a hybrid's attention KV, a window model's global layers) is
-        # per position: cut to the checkpoint (a recurrent state at position n - 1, and a
-        # window's cache restored up to it, take the cut from n on).
-        ok = ok and bool(lc.llama_memory_seq_rm(self.handle, seq, mark.n, -1))
-        ok = ok and int(lc.llama_memory_seq_pos_max(self.handle, seq)) == mark.n - 1
+        # per position: cut there (a recurrent state at position n - 1, and a window's cache
+        # restored up to it, take the cut from `at` on: a window's, before n too).
+        ok = ok and bool(lc.llama_memory_seq_rm(self.handle, seq, at, -1))
+        ok = ok and int(lc.llama_memory_seq_pos_max(self.handle, seq)) == at - 1
         if not ok:
             self.refused += 1
             log.warning(
@@ -199,7 +247,7 @@ class SeqMemory:
 
     # -- taking checkpoints --------------------------------------------------------------------
 
-    def snapshot(self, seq: int, n: int) -> Checkpoint | None:
+    def snapshot(self, seq: int, n: int, last: int = -1) -> Checkpoint | None:
         """The recurrent state of sequence `seq`, which holds `n` tokens; None if llama.cpp
         gives none."""
         seq_id = lc.llama_seq_id(seq)
@@ -210,7 +258,10 @@ class SeqMemory:
         if int(lc.llama_state_seq_get_data_ext(self.ctx, data, size, seq_id, _PARTIAL)) != size:
             return None
         self.taken += 1
-        return Checkpoint(n, data)
+        # A recurrent state holds n tokens and no other number. llama.cpp writes a window's
+        # cells within the window of the last position only (a standard window's last
+        # `window`, a chunked one's chunk): enough to read the last token again, no more.
+        return Checkpoint(n, data, n - 1 if self.kind == "window" else n, last=last)
 
     def length(self, seq: int) -> int:
         """The positions sequence `seq` holds (a recurrent state: the tokens it has read)."""
@@ -229,28 +280,48 @@ class SeqMemory:
         self.cut(slot, 0)
         return False
 
-    def wants(self, slot: Holder, n: int, end: int) -> bool:
-        """Whether a sequence reading a prompt of `end` tokens, holding `n`, keeps a checkpoint
-        now: one token before the prompt's end, or `every` tokens past the last one."""
-        if not self.checkpointed or self.policy.count == 0 or n <= 0 or n >= end:
-            return False
-        if n == end - 1:
-            return True
-        last = max((m.n for m in slot.marks), default=0)
-        return n - last >= self.policy.every
+    def closing(self, prompt: Sequence[int], control: Callable[[int], bool]) -> int:
+        """Where the checkpoint a prompt ends with is taken: before the chat template's tail
+        (the first control token among its last TAIL tokens: `<|im_end|>\n<|im_start|>
+        assistant\n`), so that the last message edited, or a turn before edited at its end,
+        reads from there, as llama-server's checkpoints a few tokens before the end do; else
+        one token before the end, for a recurrent state (the last token, read again for its
+        logits, must not be in it), or at the end for a window's cache (which reads its last
+        token again: the prompt read in one piece)."""
+        end = len(prompt)
+        for at in range(max(1, end - TAIL), end):
+            if control(prompt[at]):
+                return at
+        return end if self.kind == "window" else end - 1
 
-    def next_stop(self, slot: Holder, n: int, end: int) -> int:
+    def wants(self, slot: Holder, n: int, end: int, closing: int) -> bool:
+        """Whether a sequence reading a prompt of `end` tokens, holding `n`, keeps a checkpoint
+        now: at `closing` (see `closing`), unless one already restores there (the same prompt
+        again), or `every` tokens past the last one."""
+        if not self.checkpointed or self.policy.count == 0 or n <= 0 or n > end:
+            return False
+        if n == closing:
+            marks = slot.marks
+            for i, m in enumerate(marks):  # cut one token back, and the same token read again
+                if m.n == n and m.upto == n - 1 and m.last == slot.cache[n - 1]:
+                    marks[i] = Checkpoint(m.n, m.data, m.low, n, m.last)
+            return all(m.serves(n) < n for m in marks)
+        last = max((m.n for m in slot.marks), default=0)
+        return n < end and n - last >= self.policy.every
+
+    def next_stop(self, slot: Holder, n: int, end: int, closing: int) -> int:
         """Where a prompt chunk from `n` must stop so that a checkpoint is taken there."""
         if not self.checkpointed or self.policy.count == 0 or end - n <= 1:
             return end
+        stop = closing if closing > n else end
         last = max((m.n for m in slot.marks if m.n <= n), default=0)
         spaced = last + self.policy.every
-        return min(end - 1, spaced) if spaced > n else end - 1
+        return min(stop, spaced) if spaced > n else stop
 
     def keep(self, slot: Holder) -> None:
         """Take a checkpoint of `slot`'s sequence as it is now, within the slot's bounds."""
         n = len(slot.cache)
-        mark = self.snapshot(slot.seq, n)
+        mark = self.snapshot(slot.seq, n, slot.cache[-1] if n else -1)
         if mark is None:
             return
         marks = [m for m in slot.marks if m.n != n]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from localrun.engine import prompt_cache
+from localrun.engine import checkpoints, prompt_cache
 from localrun.engine.media import MediaPrompt
 from localrun.engine.slots import Job, Slot, Slots
 from localrun.engine.types import reusable
@@ -67,7 +67,7 @@ class DiskPrefixes:
             ctx, slot.seq, disk, job.prefix, job.state
         ):
             slot.cache = list(job.prefix)
-            slot.marks = [m for m in slot.marks if m.n <= keep]  # the same tokens before
+            slot.marks = checkpoints.trimmed(slot.marks, keep)  # the same tokens before
             job.timings.disk_tokens = len(job.prefix)
             return len(job.prefix)
         if job.state is not None:  # refused: the sequence was emptied

@@ -91,7 +91,7 @@ class StepBatch:
         return n
 
     def put_prompt(
-        self, slot: Slot, n: int, room: int, stop: Callable[[Slot, int, int], int]
+        self, slot: Slot, n: int, room: int, stop: Callable[[Slot, int, int, int], int]
     ) -> tuple[int, int]:
         job = slot.job
         assert job is not None
@@ -102,7 +102,7 @@ class StepBatch:
         # stop for a checkpoint): the installed llama.cpp computes a short batch unlike a long
         # one (engine.scoring), and the numbers read must not depend on where it stopped.
         whole = scored or bool(job.candidates)
-        end = len(prompt) if whole else stop(slot, done, len(prompt))
+        end = len(prompt) if whole else stop(slot, done, len(prompt), job.closing)
         take = min(end - done, room)
         if job.media is not None:  # up to the next medium (the engine evaluates it)
             take = min(take, job.media.next_span(done) - done)

@@ -36,6 +36,7 @@ class Job:
         "budget",
         "cancelled",
         "candidates",
+        "closing",
         "decoder",
         "ends",
         "forcing",
@@ -72,6 +73,8 @@ class Job:
         self.limit = limit  # the request's context, where its answer ends (SamplingOptions.within)
         # Whether a token ends the answer (end of generation, or a stop token).
         self.ends: Callable[[int], bool] = lambda token: token in stop_tokens
+        # Where the prompt's last checkpoint is taken (checkpoints.SeqMemory.closing).
+        self.closing = len(prompt)
         self.sampler: Sampler | None = None
         self.media: MediaPrompt | None = None  # the prompt's images and audio
         self.budget = budget

@@ -432,6 +432,10 @@ class Weights:
     def _special_ids(self) -> tuple[int, ...]:
         return self._specials[0]
 
+    def is_control(self, token: int) -> bool:
+        """Whether `token` is a control token (a chat template's `<|im_end|>`)."""
+        return bool(lc.llama_vocab_is_control(self.vocab, token))
+
     def token_ids(self, text: str) -> list[int]:
         """The ids of `text` when it is one special token (e.g. '<|im_end|>'), else []."""
         ids = self.tokenize(text, add_special=False, parse_special=True)

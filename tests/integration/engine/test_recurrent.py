@@ -17,7 +17,7 @@ import pytest
 
 from localrun.engine import prompt_cache
 from localrun.engine.batch import BatchEngine
-from localrun.engine.checkpoints import Checkpoint
+from localrun.engine.checkpoints import TAIL, Checkpoint
 from localrun.engine.costs import DecodeCost
 from localrun.engine.types import LoadOptions, SamplingOptions
 from localrun.errors import EngineError
@@ -95,6 +95,44 @@ def test_a_long_prompt_keeps_checkpoints_at_a_spacing(
     assert marks == [100, 300, len(prompt) - 1]
     got, timings = answer(engine, edited, speculate="off")
     assert got == expected and timings.cached_tokens == 300
+
+
+def _tail_case(engine: BatchEngine, **long: Any) -> None:
+    """A chat's prompt keeps its last checkpoint before the template's tail (`<|im_end|>` and
+    the assistant's opening), so its last message edited at the end, and the same prompt again,
+    read from there; each answers as a cold prompt does."""
+
+    def chat(text: str) -> list[int]:
+        return tokens(engine, f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+
+    prompt, edited = chat(TEXT.strip()), chat(TEXT.strip() + " and a bird")
+    (end,) = engine.token_ids("<|im_end|>")
+    closing = max(i for i, t in enumerate(prompt) if t == end)
+    assert closing >= len(prompt) - TAIL
+    assert prompt[:closing] == edited[:closing] and prompt[closing] != edited[closing]
+    memory = engine._slots.memory
+    expected = {"edited": cold(engine, edited), "again": cold(engine, prompt)}
+    answer(engine, prompt, speculate="off", **long)
+    assert [m.n for m in engine._slots.all[0].marks] == [closing]
+    got, timings = answer(engine, edited, speculate="off")  # the last message edited
+    assert got == expected["edited"] and timings.cached_tokens == closing
+    answer(engine, prompt, speculate="off", **long)
+    taken = memory.taken
+    got, timings = answer(engine, prompt, speculate="off")  # the same prompt again
+    assert got == expected["again"] and timings.cached_tokens == closing
+    assert memory.taken == taken  # its checkpoint restored, none taken
+
+
+def test_the_last_checkpoint_is_before_the_templates_tail(model: tuple[str, BatchEngine]) -> None:
+    _tail_case(model[1])
+
+
+def test_a_windows_last_checkpoint_is_before_the_templates_tail(tiny_swa: Path) -> None:
+    engine = BatchEngine(str(tiny_swa), LoadOptions(num_ctx=4096, num_thread=1), 1)
+    try:
+        _tail_case(engine, num_predict=900)  # past what the window's cache holds
+    finally:
+        engine.close()
 
 
 def test_speculation_takes_rejected_drafts_back(model: tuple[str, BatchEngine]) -> None:
@@ -238,7 +276,9 @@ def test_a_conversation_continues_in_the_next_process(
 def test_a_sliding_window_cut_past_what_it_holds_restores_a_checkpoint(tiny_swa: Path) -> None:
     """A window model's cache keeps its last positions only (about 768 cells here): a prompt
     parting from what a slot holds further back than that continues from a checkpoint, one
-    parting within it from the cache itself; both answer as a cold prompt does."""
+    parting within it from the cache itself; both answer as a cold prompt does. A prompt
+    without a chat template's tail is read in one piece, its checkpoint taken after its last
+    token; the same prompt again restores it, cut one token back, and takes none."""
     engine = BatchEngine(str(tiny_swa), LoadOptions(num_ctx=4096, num_thread=1), 1)
     try:
         memory = engine._slots.memory
@@ -249,7 +289,8 @@ def test_a_sliding_window_cut_past_what_it_holds_restores_a_checkpoint(tiny_swa:
         near = long[:1500] + tokens(engine, " a bird")[1:]
         expected = {len(far): cold(engine, far), len(near): cold(engine, near)}
         cold(engine, long)
-        assert [m.n for m in engine._slots.all[0].marks] == [400, 800, 1200, 1600, len(long) - 1]
+        # The prompt's last checkpoint is taken with its last token: no piece of one token.
+        assert [m.n for m in engine._slots.all[0].marks] == [400, 800, 1200, 1600, len(long)]
         before = memory.restored
         got, timings = answer(engine, near, speculate="off")  # within the window's cache
         assert got == expected[len(near)] and timings.cached_tokens >= 1500
@@ -260,6 +301,13 @@ def test_a_sliding_window_cut_past_what_it_holds_restores_a_checkpoint(tiny_swa:
         assert memory.restored == before + 1
         got, timings = answer(engine, far, speculate="ngram")  # drafts dropped as usual
         assert got == expected[len(far)]
+        # The same long prompt after a long answer: its end restored, one token read again.
+        whole = cold(engine, long)
+        taken = memory.taken
+        got, timings = answer(engine, long, speculate="off", num_predict=900)
+        got, timings = answer(engine, long, speculate="off")
+        assert got == whole and timings.cached_tokens == len(long) - 1
+        assert memory.taken == taken
     finally:
         engine.close()
 
