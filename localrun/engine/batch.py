@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from localrun.engine import calls, checkpoints, draft, grammar_guard, scoring, speculate
+from localrun.engine import calls, checkpoints, draft, grammar_guard, lookup, scoring, speculate
 from localrun.engine.answering import Answerer
 from localrun.engine.answers import AnswerMemory
 from localrun.engine.costs import CostMeter, DecodeCost
@@ -91,7 +91,7 @@ class BatchEngine:
         self._thread: threading.Thread | None = None
         self._released = False
         # The n-gram indexes of recent prompts, which the next request of a chat starts with.
-        self._histories = speculate.Snapshots()
+        self._histories = lookup.Snapshots()
         # A client's grammar is compiled first in a child of its own (engine.grammar_guard).
         self._guard = grammar_guard.Guard()
         self._cond = threading.Condition()

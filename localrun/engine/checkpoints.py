@@ -289,6 +289,8 @@ class SeqMemory:
         logits, must not be in it), or at the end for a window's cache (which reads its last
         token again: the prompt read in one piece)."""
         end = len(prompt)
+        if not self.checkpointed:
+            return end
         for at in range(max(1, end - TAIL), end):
             if control(prompt[at]):
                 return at

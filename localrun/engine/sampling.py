@@ -185,7 +185,7 @@ class Sampler:
         )
         # llama_token_data[n_vocab], left unfilled: a ctypes array is zeroed as it is made
         # (some 2 ms for a 262k vocabulary, in every request's way).
-        self.data = np.empty(n_vocab, dtype=_token_data_dtype())
+        self.data: Any = np.empty(n_vocab, dtype=_token_data_dtype())
         self.ids, self.logits, self.ps = self.data["id"], self.data["logit"], self.data["p"]
         self.cur = lc.llama_token_data_array()
         self.cur.data = self.data.ctypes.data_as(lc.llama_token_data_p)  # type: ignore[assignment]

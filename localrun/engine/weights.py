@@ -433,8 +433,9 @@ class Weights:
         return self._specials[0]
 
     def is_control(self, token: int) -> bool:
-        """Whether `token` is a control token (a chat template's `<|im_end|>`)."""
-        return bool(lc.llama_vocab_is_control(self.vocab, token))
+        """Whether `token` is a control token (a chat template's `<|im_end|>`); an id outside
+        the vocabulary (a medium's placeholder) is not."""
+        return 0 <= token < self.n_vocab and bool(lc.llama_vocab_is_control(self.vocab, token))
 
     def token_ids(self, text: str) -> list[int]:
         """The ids of `text` when it is one special token (e.g. '<|im_end|>'), else []."""

@@ -106,6 +106,7 @@ def _tail_case(engine: BatchEngine, **long: Any) -> None:
         return tokens(engine, f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
 
     prompt, edited = chat(TEXT.strip()), chat(TEXT.strip() + " and a bird")
+    assert not engine._weights.is_control(-1)  # a medium's placeholder: no vocabulary id
     (end,) = engine.token_ids("<|im_end|>")
     closing = max(i for i, t in enumerate(prompt) if t == end)
     assert closing >= len(prompt) - TAIL

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from localrun.engine import speculate
+from localrun.engine import lookup, speculate
 from localrun.engine.costs import DecodeCost
-from localrun.engine.speculate import NgramDrafter, Speculator
+from localrun.engine.lookup import NgramDrafter
+from localrun.engine.speculate import Speculator
 
 # -- the drafter (pure) -----------------------------------------------------------------------
 
@@ -99,7 +100,7 @@ def test_a_rename_made_once_stops_drafts_until_it_is_made_again() -> None:
     assert len(missed) == 1, decodes  # a one-off edit costs no draft past the first
     assert not spec.edits, "copied as it was: the edit is forgotten"
     # Made again wrongly where it was taken as sure: it stops being made.
-    edits = speculate.Edits()
+    edits = lookup.Edits()
     edits.learn([7], [8, 9])
     edits.judge(((7,), (8, 9)), True)
     assert edits.sure(((7,), (8, 9)))
@@ -369,7 +370,7 @@ def test_an_index_made_from_kept_ones_and_an_earlier_answer_is_the_whole_ones(se
     vocab = rng.choice([3, 5, 40])  # few tokens: n-grams repeat, across the joins too
     turns = [[rng.randrange(vocab) for _ in range(rng.randrange(200, 400))] for _ in range(3)]
     answer = [rng.randrange(vocab) for _ in range(rng.randrange(0, 60))]
-    known = speculate.Snapshots(least=50)
+    known = lookup.Snapshots(least=50)
     history: list[int] = []
     for turn in turns:
         history += turn
