@@ -63,14 +63,19 @@ QUESTIONS = [
     ("At night the sky is", ["dark", "green", "square", "hot"], 0),
 ]
 
-TASK_YAML = """task: {task}
+# A task whose dataset is a local JSON file; the rest is each task's own.
+_LOCAL_TASK = """task: {task}
 dataset_path: json
 dataset_kwargs:
   data_files:
     test: {data}
 test_split: test
 output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
+"""
+
+TASK_YAML = (
+    _LOCAL_TASK
+    + """doc_to_text: "{{{{question}}}}"
 doc_to_choice: "{{{{choices}}}}"
 doc_to_target: answer
 target_delimiter: " "
@@ -79,16 +84,12 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
+)
 
 # lm-evaluation-harness's own piqa.yaml, its dataset a local file.
-PIQA_YAML = """task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{goal}}}}\\nAnswer:"
+PIQA_YAML = (
+    _LOCAL_TASK
+    + """doc_to_text: "Question: {{{{goal}}}}\\nAnswer:"
 doc_to_target: label
 doc_to_choice: "{{{{[sol1, sol2]}}}}"
 target_delimiter: " "
@@ -97,6 +98,7 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
+)
 
 SCORED_TEXT = (
     "The keeper of the lighthouse wrote down every ship that passed the rocks, and in the "
