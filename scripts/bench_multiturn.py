@@ -16,7 +16,8 @@ After the last turn come what a chat page sends besides a new turn: the last ans
 regenerated, the last question edited, and the third question edited with the turns after it
 as they were (each from the whole chat held again). Before the first turn, a short prompt is
 asked again REPEAT times for one token, all of it cached: the fastest is what a stack costs a
-request besides the decode (the same one token on both). Per turn and per edit it prints each
+request (llama-server reads the prompt's last token again for its logits; localrun samples from
+the logits it kept of it, and decodes nothing). Per turn and per edit it prints each
 stack's median TTFT, their ratio (localrun / llama-server: at or below 1 is the target), and
 the prompt tokens each read (localrun: prompt_eval_count minus its cache
 hit; llama-server: timings.prompt_n). Then the conversation is resumed in a new process: the

@@ -15,13 +15,15 @@ checkpoint taken before its batch (engine.checkpoints).
 
 from __future__ import annotations
 
+import ctypes
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
 from localrun.engine.native import lc
-from localrun.engine.sampling import logprob_entry
-from localrun.engine.slots import Job, Slot, Slots
+from localrun.engine.sampling import logits_address, logprob_entry
+from localrun.engine.slots import HELD, Job, Slot, Slots
 from localrun.engine.weights import Weights
 from localrun.errors import BadRequestError, LocalrunError
 
@@ -51,6 +53,43 @@ class Answerer:
         self._finish = finish
         self._fail = fail
         self.n_vocab = weights.n_vocab
+        self._held: Any = None  # the kept logits a slot samples from now (row HELD)
+
+    def keep(self, slot: Slot, job: Job) -> None:
+        """The logits at the slot's row, its prompt's last token's, kept for a request with
+        the same prompt again (engine.slots `_held`): a copy of the vocabulary's floats."""
+        if job.media is not None or job.scores >= 0 or job.candidates:
+            return
+        address = logits_address(self._ctx, slot.row)
+        if not address:
+            return
+        if slot.logits is None:
+            import numpy as np
+
+            slot.logits = np.empty(self.n_vocab, dtype=np.float32)
+        ctypes.memmove(slot.logits.ctypes.data, address, 4 * self.n_vocab)
+        slot.logits_of = job.prompt
+
+    def start_held(self, slot: Slot, job: Job) -> None:
+        """The first token of a job whose whole prompt the slot holds, with the logits of its
+        last token (engine.slots `_held`): sampled from those, nothing read."""
+        slot.held = False
+        slot.row = HELD
+        job.timings.prompt_s = time.perf_counter() - job.start
+        if job.budget <= 0:  # num_predict 0: the prompt is in already
+            self._finish(slot, "length")
+        elif job.cancelled:
+            self._finish(slot, "cancelled")
+        else:
+            self._held = slot.logits
+            try:
+                self.sample(slot, job)
+            finally:
+                self._held = None
+
+    def _logits(self, row: int) -> Any:
+        """The logits at the batch's row `row` (HELD: the slot's kept ones)."""
+        return self._held if row == HELD else lc.llama_get_logits_ith(self._ctx, row)
 
     def sample(self, slot: Slot, job: Job) -> None:
         """The slot's next token: checked against its draft, the answer's ends and budgets,
@@ -127,7 +166,7 @@ class Answerer:
         if forced:
             sampler.take(forced[0])
             return forced[0]
-        return sampler.sample(self._ctx, row)
+        return sampler.sample(self._ctx, row, self._held if row == HELD else None)
 
     def _take_forced(self, slot: Slot, job: Job) -> bool:
         """The forced head of the draft is the answer's: taken without sampling (its rows had
@@ -193,7 +232,7 @@ class Answerer:
         """The token that ends the answer, where its entry is asked for: counted, and its
         entry sent with no text (the answer's text does not hold it)."""
         job.timings.eval_tokens += 1
-        row_logits = lc.llama_get_logits_ith(self._ctx, row)
+        row_logits = self._logits(row)
         entry = logprob_entry(row_logits, self.n_vocab, token, b"", job.logprobs,
                               self._weights.piece_bytes, job.candidates)  # fmt: skip
         try:
@@ -210,7 +249,7 @@ class Answerer:
         spelled = job.special or token in job.spell
         raw = weights.token_bytes(token) if spelled else weights.piece_bytes(token)
         if job.logprobs >= 0:
-            row_logits = lc.llama_get_logits_ith(self._ctx, row)
+            row_logits = self._logits(row)
             job.pending.append(
                 logprob_entry(
                     row_logits,

@@ -405,6 +405,8 @@ class BatchEngine:
             read_media(self._slots, self.projector, self._ctx, self._n_batch, self._fail)
         rows = self._rows
         assert rows is not None
+        for slot in [s for s in self._slots.active if s.held]:  # its prompt read already
+            self._answerer.start_held(slot, slot.job)  # type: ignore[arg-type]
         saved = self._before_drafts() if self._slots.memory.rewinds else 0.0
         n = rows.fill(self._slots)
         if n == 0:
@@ -482,6 +484,7 @@ class BatchEngine:
         self._disk.saved(self._ctx, slot, job)
         if slot.row >= 0:
             job.timings.prompt_s = time.perf_counter() - job.start
+            self._answerer.keep(slot, job)
             if job.budget <= 0:  # num_predict 0: only read (and cache) the prompt
                 self._finish(slot, "length")
                 return False

@@ -101,7 +101,7 @@ def _logits_function() -> Any:
     return function
 
 
-_logits_address = _logits_function()
+logits_address = _logits_function()
 
 
 def _penalty_window(s: SamplingOptions, n_ctx: int) -> int:
@@ -202,13 +202,17 @@ class Sampler:
             lc.llama_sampler_free(self.chain)
             self.chain = None
 
-    def sample(self, ctx: Any, row: int) -> int:
-        """The token the chain (and grammar) choose at the batch's row `row`, accepted."""
+    def sample(self, ctx: Any, row: int, held: Any = None) -> int:
+        """The token the chain (and grammar) choose at the batch's row `row` (or from `held`,
+        logits kept of an earlier batch: a float32 array), accepted."""
         constraint, lazy = self.constraint, self.lazy
-        if constraint is None and lazy is None and not self.greedy:
+        if held is not None:
+            logits = held
+        elif constraint is None and lazy is None and not self.greedy:
             # It accepts the token (the penalties' own window is greedy's alone: last_n 0).
             return int(lc.llama_sampler_sample(self.chain, ctx, row))
-        logits = self._row(ctx, row)
+        else:
+            logits = self._row(ctx, row)
         token, alone = self._greedy(logits) if self.greedy else (self._apply(logits), False)
         if constraint is None and lazy is not None:
             assert self.spelled is not None
@@ -294,7 +298,7 @@ class Sampler:
 
     def _row(self, ctx: Any, row: int) -> Any:
         """The logits at the batch's row `row`, in place."""
-        address = _logits_address(ctx, row)
+        address = logits_address(ctx, row)
         logits = self.rows.get(address)
         if logits is None:
             if not address:

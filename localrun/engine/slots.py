@@ -27,6 +27,8 @@ from localrun.errors import EngineError
 LOSS_TOLERATED = 16
 # A shared prefix at least this long is copied into another slot rather than re-read.
 COPY_MIN = 64
+# A slot's `row` when it samples from the logits it kept of its prompt's last token (`held`).
+HELD = -2
 
 
 class Job:
@@ -118,8 +120,11 @@ class Slot:
         "continued",
         "draft",
         "first",
+        "held",
         "job",
         "leader",
+        "logits",
+        "logits_of",
         "marks",
         "replay",
         "rewind",
@@ -135,7 +140,8 @@ class Slot:
         self.job: Job | None = None
         self.token = -1  # the sampled token still to be decoded (-1: reading the prompt)
         self.draft: list[int] = []  # tokens guessed to follow `token`, decoded with it
-        self.row = -1  # the batch row whose logits this slot samples from (-1: none)
+        # The batch row whose logits this slot samples from (-1: none; HELD: `logits`).
+        self.row = -1
         self.added = 0  # prompt tokens put into the current batch
         self.first = -1  # the batch row of the first of them
         self.used = 0  # when it last took a request, for least-recently-used reuse
@@ -148,6 +154,12 @@ class Slot:
         self.continued = False
         self.rewind: Checkpoint | None = None
         self.replay: list[int] = []
+        # The logits of the last token of the last prompt it read whole (`logits_of`): a
+        # request for the same prompt again (a regenerate, a retry) samples its first token
+        # from them and reads nothing (`held`, until it has; engine.batch).
+        self.logits: Any = None
+        self.logits_of: list[int] | None = None
+        self.held = False
 
 
 def _longest_then_lru(item: tuple[Slot, int]) -> tuple[int, int]:
@@ -198,6 +210,9 @@ class Slots:
             slot = min(free, key=_least_wanted)
             self.memory.cut(slot, 0)
             return slot
+        held = self._held(job, free)
+        if held is not None:
+            return held
         usable = self.memory.usable
         # Ties go to the least recently used slot.
         best, keep = max(
@@ -221,6 +236,28 @@ class Slots:
             slot = spare
         self.memory.cut(slot, keep)
         return slot
+
+    def _held(self, job: Job, free: list[Slot]) -> Slot | None:
+        """A free slot holding `job`'s whole prompt and the logits of its last token, cut to
+        the prompt (its answer dropped), or None. llama-server reads a prompt's last token
+        again for its logits; a kept copy of them spares that decode. They are the logits the
+        slot's last answer began from: the same first token as that answer where the sampling
+        is the same (with the installed library, a one-token decode's logits may differ from
+        a prompt batch's in their last bits)."""
+        prompt = job.prompt
+        n = len(prompt)
+        if job.media is not None or n == 0:
+            return None
+        for slot in free:
+            if slot.logits_of != prompt or len(slot.cache) < n or slot.cache[:n] != prompt:
+                continue
+            if self.memory.usable(slot, n) != n:
+                continue  # the memory cannot go back to exactly the prompt's end
+            self.memory.cut(slot, n)
+            if len(slot.cache) == n:
+                slot.held = True
+                return slot
+        return None
 
     def _share(self, job: Job, free: list[Slot], keep: int) -> Slot | None:
         """A free slot reusing the prompt KV of a busy slot, or None: requests with one prompt
@@ -320,6 +357,7 @@ class Slots:
             except EngineError:  # the answer is whole: only the slot's state is lost
                 self.memory.cut(slot, 0)
         slot.replay = []  # the state holds the cache: what was to be read again is not kept
+        slot.held = False
         slot.job = None
         slot.token = -1
         slot.leader = None

@@ -53,7 +53,9 @@ TOOL_CMAKE_FLAGS = [
     "-DGGML_CCACHE=OFF",
     "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
 ]
-BUILD_TARGETS = ["llama-bench", "llama-server", "llama-mtmd-cli", "llama-quantize"]
+BUILD_TARGETS = [
+    "llama-bench", "llama-batched-bench", "llama-server", "llama-mtmd-cli", "llama-quantize"
+]  # fmt: skip
 # --cuda: the same build with the CUDA backend, for the card of the machine it is built on
 # (GGML_NATIVE=ON makes ggml compile for the detected architecture only). Every stack then runs
 # on the GPU: llama-bench and llama-server get OFFLOAD, localrun and llama-cpp-python load the

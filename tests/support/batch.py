@@ -20,6 +20,7 @@ class Collect:
     def __init__(self, on_piece: Callable[[Collect], None] | None = None) -> None:
         self.pieces: list[str] = []
         self.entries: list[dict[str, Any]] = []  # the prompt's, when it is scored
+        self.logprobs: list[dict[str, Any]] = []  # the answer's tokens', when asked for
         self.reason: str | None = None
         self.timings = Timings()
         self.tokens: list[int] = []
@@ -31,8 +32,9 @@ class Collect:
         self.first_piece = threading.Event()
         self.finished = threading.Event()
 
-    def piece(self, text: str) -> None:
+    def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
         self.pieces.append(text)
+        self.logprobs += logprobs or []
         self.first_piece.set()
         if self.on_piece is not None:
             self.on_piece(self)

@@ -277,6 +277,38 @@ def test_a_follow_up_turn_reuses_its_slot(smol: BatchEngine) -> None:
     assert second.timings.prompt_tokens < 20
 
 
+def test_a_prompt_sent_again_reads_nothing_and_answers_as_before(smol: BatchEngine) -> None:
+    """A regenerate: the slot kept the logits of the prompt's last token, so the same prompt
+    again samples its first token from them (llama-server reads that token again). The answer,
+    its log-probabilities and a seeded sample are the first request's, bit for bit."""
+    prompt = chat(smol, "Name three fruits.")
+    options = SamplingOptions(temperature=0, num_predict=10, logprobs=2)
+    first = run(smol, prompt, options, IM_END).wait()
+    again = run(smol, prompt, options, IM_END).wait()
+    assert (again.timings.prompt_tokens, again.timings.cached_tokens) == (0, len(prompt))
+    assert again.tokens == first.tokens and again.text == first.text
+    assert again.logprobs[0] == first.logprobs[0] and len(again.logprobs) == len(first.tokens)
+    seeded = SamplingOptions(temperature=1.5, seed=7, num_predict=10)
+    cold = run(smol, chat(smol, "Name three fruits!"), seeded, IM_END).wait()
+    warm = run(smol, chat(smol, "Name three fruits!"), seeded, IM_END).wait()
+    assert warm.timings.prompt_tokens == 0 and warm.tokens == cold.tokens
+    nothing = run(smol, prompt, greedy(0)).wait()  # num_predict 0 on a prompt held whole
+    assert nothing.reason == "length" and nothing.tokens == []
+
+
+def test_kept_logits_follow_what_the_slot_read_last(tiny1: BatchEngine) -> None:
+    """One slot: a prompt that differs in its last token reads that token, and the first
+    prompt again reads it once more (the logits kept are the other prompt's)."""
+    prompt = words(tiny1, "the quick brown fox jumps over")
+    first = run(tiny1, prompt, greedy(6)).wait()
+    other = run(tiny1, [*prompt[:-1], prompt[-1] + 1], greedy(6)).wait()
+    assert (other.timings.prompt_tokens, other.timings.cached_tokens) == (1, len(prompt) - 1)
+    back = run(tiny1, prompt, greedy(6)).wait()
+    assert back.timings.prompt_tokens == 1 and back.tokens == first.tokens
+    again = run(tiny1, prompt, greedy(6)).wait()
+    assert again.timings.prompt_tokens == 0 and again.tokens == first.tokens
+
+
 def test_a_long_shared_system_prompt_is_copied_not_evicted(smol: BatchEngine) -> None:
     system = "You answer questions about the solar system. " * 12  # well over 64 tokens
     a_prompt = chat(smol, "How many planets are there?", system=system)

@@ -279,7 +279,7 @@ def test_a_sliding_window_cut_past_what_it_holds_restores_a_checkpoint(tiny_swa:
     parting from what a slot holds further back than that continues from a checkpoint, one
     parting within it from the cache itself; both answer as a cold prompt does. A prompt
     without a chat template's tail is read in one piece, its checkpoint taken after its last
-    token; the same prompt again restores it, cut one token back, and takes none."""
+    token; the same prompt again restores it and takes none."""
     engine = BatchEngine(str(tiny_swa), LoadOptions(num_ctx=4096, num_thread=1), 1)
     try:
         memory = engine._slots.memory
@@ -302,12 +302,15 @@ def test_a_sliding_window_cut_past_what_it_holds_restores_a_checkpoint(tiny_swa:
         assert memory.restored == before + 1
         got, timings = answer(engine, far, speculate="ngram")  # drafts dropped as usual
         assert got == expected[len(far)]
-        # The same long prompt after a long answer: its end restored, one token read again.
+        # The same long prompt after a long answer: its end restored, and nothing read (the
+        # slot kept the logits of its last token: engine.slots `_held`).
         whole = cold(engine, long)
         taken = memory.taken
         got, timings = answer(engine, long, speculate="off", num_predict=900)
+        restored = memory.restored
         got, timings = answer(engine, long, speculate="off")
-        assert got == whole and timings.cached_tokens == len(long) - 1
+        assert got == whole and timings.cached_tokens == len(long)
+        assert timings.prompt_tokens == 0 and memory.restored == restored + 1
         assert memory.taken == taken
     finally:
         engine.close()
