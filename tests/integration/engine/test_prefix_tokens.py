@@ -5,6 +5,7 @@ special tokens' texts and their parts inside messages, and text that is no chat 
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator
 
@@ -38,6 +39,25 @@ def message(rng: random.Random, length: int) -> str:
     return "".join(rng.choice(PIECES) + rng.choice([" ", "", "\n"]) for _ in range(length))
 
 
+@contextlib.contextmanager
+def reads(weights: Weights) -> Iterator[list[int]]:
+    """The lengths of the texts the prefix tokenizer hands llama.cpp while inside."""
+    prefix = weights._prefix
+    assert prefix is not None
+    read: list[int] = []
+    whole = prefix._tokenize
+
+    def counted(text: str) -> list[int]:
+        read.append(len(text))
+        return whole(text)
+
+    prefix._tokenize = counted
+    try:
+        yield read
+    finally:
+        prefix._tokenize = whole
+
+
 def render(kind: str, turns: list[tuple[str, str]]) -> str:
     turn, opening = FORMATS[kind]
     bos = "<bos>" if kind == "gemma3" else ""
@@ -49,35 +69,25 @@ def test_the_tokens_are_llama_cpps_for_the_whole_text(model: tuple[str, Weights]
     rng = random.Random(93)
     turns: list[tuple[str, str]] = [("system", "You answer briefly. " * 20)]
     checked = 0
-    prefix = weights._prefix
-    assert prefix is not None
-    read: list[int] = []
-    whole_of = prefix._tokenize
-
-    def counted(text: str) -> list[int]:
-        read.append(len(text))
-        return whole_of(text)
-
-    prefix._tokenize = counted
-    for step in range(24):
-        turns.append(("user", message(rng, rng.randint(5, 60))))
-        texts = [render(kind, turns)]
-        turns.append(("assistant", message(rng, rng.randint(5, 80))))
-        texts.append(render(kind, turns[:-1]))  # regenerate: the same prompt again
-        edited = list(turns[:-1])
-        edited[-1] = ("user", edited[-1][1] + " (edited)")
-        texts.append(render(kind, edited))  # edit the last question
-        early = list(turns)
-        early[min(2, len(early) - 1)] = ("user", message(rng, 10))
-        texts.append(render(kind, early[:-1]))  # edit further back
-        texts.append(render(kind, turns)[:-7] + message(rng, 3))  # cut inside a marker
-        for text in texts:
-            for add in (False, True):
-                whole = weights._tokenize(text, add_special=add, parse_special=True)
-                assert weights.tokenize(text, add_special=add, parse_special=True) == whole, (
-                    kind, step, text[-200:])  # fmt: skip
-                checked += 1
-    prefix._tokenize = whole_of
+    with reads(weights) as read:
+        for step in range(24):
+            turns.append(("user", message(rng, rng.randint(5, 60))))
+            texts = [render(kind, turns)]
+            turns.append(("assistant", message(rng, rng.randint(5, 80))))
+            texts.append(render(kind, turns[:-1]))  # regenerate: the same prompt again
+            edited = list(turns[:-1])
+            edited[-1] = ("user", edited[-1][1] + " (edited)")
+            texts.append(render(kind, edited))  # edit the last question
+            early = list(turns)
+            early[min(2, len(early) - 1)] = ("user", message(rng, 10))
+            texts.append(render(kind, early[:-1]))  # edit further back
+            texts.append(render(kind, turns)[:-7] + message(rng, 3))  # cut inside a marker
+            for text in texts:
+                for add in (False, True):
+                    whole = weights._tokenize(text, add_special=add, parse_special=True)
+                    assert weights.tokenize(text, add_special=add, parse_special=True) == whole, (
+                        kind, step, text[-200:])  # fmt: skip
+                    checked += 1
     assert checked == 24 * 5 * 2
     assert sum(n < 2000 for n in read) > checked // 4  # most read again only in part
     plain = "no special tokens at all, " * 400
@@ -93,20 +103,8 @@ def test_a_long_chat_is_tokenized_again_only_past_its_shared_beginning(
     turns = [("user", message(rng, 400)), ("assistant", message(rng, 400))] * 4
     weights.tokenize(render(kind, [*turns, ("user", "one more")]), add_special=False,
                      parse_special=True)  # fmt: skip
-    prefix = weights._prefix
-    assert prefix is not None
-    read: list[int] = []
-    whole = prefix._tokenize
-
-    def counted(text: str) -> list[int]:
-        read.append(len(text))
-        return whole(text)
-
-    prefix._tokenize = counted
-    try:
+    with reads(weights) as read:
         again = render(kind, [*turns, ("user", "another question")])
         tokens = weights.tokenize(again, add_special=False, parse_special=True)
-    finally:
-        prefix._tokenize = whole
     assert tokens == weights._tokenize(again, add_special=False, parse_special=True)
     assert len(again) > 5000 and read and max(read) < 100  # the new turn alone
