@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     add_build_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    model = args.model or default_model(args.cache_dir)
+    model = args.model.resolve() if args.model else default_model(args.cache_dir)
     build = build_for(args, parser)
     work = Path(tempfile.mkdtemp(prefix="bench-multiturn-"))
     home = work / "home"
