@@ -3,7 +3,7 @@
 Agents match these words to compact a conversation and retry: Claude Code reads Anthropic's
 `prompt is too long: N tokens > M maximum` (with the numbers), OpenCode and litellm (Aider) read
 OpenAI's `This model's maximum context length is M tokens` and its `context_length_exceeded`
-code, Codex reads that code in a streamed `response.failed` (server.responses), and litellm's
+code, Codex reads that code in a streamed `response.failed` (server.responses.routes), and litellm's
 Ollama route reads `is longer than the model's context length`. The hint names how a client of
 that API raises the context: a Modelfile's `PARAMETER num_ctx`, the server-wide default
 (LOCALRUN_CONTEXT_LENGTH, as Ollama's OLLAMA_CONTEXT_LENGTH), `localrun launch` for an agent,

@@ -32,11 +32,11 @@ MODULE_FLAG = "__localrun_module__"
 CHILD_MODULES = frozenset(
     {
         "localrun.worker",
-        "localrun.server.jobs",
+        "localrun.server.ollama.jobs",
         "localrun.scheduler.importer",
         "localrun.engine.backend_check",
         "localrun.engine.grammar_guard",
-        "localrun.server.checker",
+        "localrun.server.schema.checker",
     }
 )
 

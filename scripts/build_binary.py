@@ -145,7 +145,7 @@ def pyinstaller(workdir: Path, onefile: bool) -> Path:
         # uvicorn picks its loop and protocol modules by name at run time.
         "--collect-submodules", "uvicorn",
         # llguidance reads its own version from its metadata when imported; jsonschema's
-        # metaschemas are data files (Ollama's format checked after, server/answer_schema.py).
+        # metaschemas are data files (Ollama's format checked after, server/schema/answer.py).
         "--copy-metadata", "llguidance",
         "--collect-data", "jsonschema_specifications",
     ]  # fmt: skip

@@ -381,7 +381,7 @@ def _checker_mb(pid: int) -> float:
     total = 0
     for child in psutil.Process(pid).children():
         with contextlib.suppress(psutil.Error):
-            if "localrun.server.checker" in " ".join(child.cmdline()):
+            if "localrun.server.schema.checker" in " ".join(child.cmdline()):
                 total += child.memory_info().rss
     return total / MB
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from localrun.scheduler import Scheduler
     from localrun.server.app import Settings
-    from localrun.server.connections import Limits
+    from localrun.server.http.connections import Limits
 
 GRACEFUL_SHUTDOWN_S = 3  # streams still open after Ctrl-C / SIGTERM get this long
 
@@ -113,7 +113,7 @@ def serve(
     from localrun.host.limits import raise_open_files
     from localrun.scheduler import Scheduler
     from localrun.server.app import Settings
-    from localrun.server.connections import Limits
+    from localrun.server.http.connections import Limits
     from localrun.settings import tls
     from localrun.sources.hosts import is_loopback
 
@@ -181,7 +181,7 @@ def _configure_logging(debug: bool) -> None:
     httpx's routine lines only with LOCALRUN_DEBUG."""
     import logging
 
-    from localrun.server.escape import OneLineFormatter
+    from localrun.server.http.escape import OneLineFormatter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -203,7 +203,7 @@ def _server(
     import uvicorn
 
     from localrun.server import create_app
-    from localrun.server.connections import protocol
+    from localrun.server.http.connections import protocol
 
     # uvicorn believes X-Forwarded-For from loopback by default, and every per-client bound
     # (connections, background runs, checker turns) would count the address a client names.

@@ -14,7 +14,7 @@ they are chosen and says whether a token would finish an item that breaks one of
 
 The sampler (engine.sampling) draws again without a token the watch refuses, as it does without
 one the grammar refuses; a token the grammar forces, or one every alternative of which is
-refused, is taken, and the check on the finished answer (server.answer_schema) still stands
+refused, is taken, and the check on the finished answer (server.schema.answer) still stands
 behind it. Only items whose schema is known from their place are watched (properties, items,
 prefixItems, local $refs): under an anyOf the watch does not guess the branch. Anything it does
 not read as JSON (a thought before the value, text after it) turns it off for the answer.

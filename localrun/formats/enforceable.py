@@ -30,7 +30,7 @@ say, it is said that way:
 
 Every other `not` is left as it is: the route's leniency decides (checked after, or refused).
 The rewritten schema is only the grammar's: the answer is still checked against the client's
-own (server.answer_schema), which the rewrite never loosens.
+own (server.schema.answer), which the rewrite never loosens.
 """
 
 from __future__ import annotations

@@ -15,12 +15,12 @@ Each loaded model lives in its own `python -m localrun.worker` process and answe
                 /api/ps shows it
     targets.py  which model a name resolves to; catalog models imported into the store on
                 first use, in a child process (importer.py is that child)
-    remote.py   the remote runners: upstreams.toml's servers, routing among them (affinity,
-                fewest in flight), health checks, ejection, retries, cancellation
-    remote_wire.py  a GenRequest as an upstream's OpenAI or Ollama API call, and its
-                streamed answer back as runner events
-    remote_read.py  an upstream's answer read within bounds (bytes, lines, JSON objects)
-    remote_limit.py an upstream's answer held to the client's limit
+    remote/     the remote runners: upstreams.py (upstreams.toml's servers, routing among
+                them: affinity, fewest in flight; health checks, ejection, retries,
+                cancellation), wire.py (a GenRequest as an upstream's OpenAI or Ollama API
+                call, its streamed answer back as runner events), read.py (an upstream's
+                answer read within bounds: bytes, lines, JSON objects), limit.py (an
+                upstream's answer held to the client's limit)
 
 The runner processes themselves (pipes, events, stderr, stopping and reaping) are handled by
 localrun.worker.process. A runner also exits when the server dies: its stdin reaches EOF.

@@ -57,7 +57,7 @@ from localrun.errors import (
 from localrun.recipes import params as params_mod
 from localrun.request import GenRequest
 from localrun.scheduler.local import LocalPool
-from localrun.scheduler.remote import RemotePool
+from localrun.scheduler.remote.upstreams import RemotePool
 from localrun.scheduler.runners import Runner, RunningModel
 from localrun.scheduler.targets import Resolver, Target, canonical
 from localrun.settings import config

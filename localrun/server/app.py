@@ -23,24 +23,10 @@ from starlette.responses import JSONResponse, Response
 
 from localrun import __version__
 from localrun.errors import LocalrunError, ModelNotFoundError
-from localrun.server import (
-    anthropic,
-    anthropic_complete,
-    anthropic_models,
-    completions,
-    core,
-    llamacpp,
-    metrics,
-    models,
-    ollama,
-    openai,
-    request_ids,
-    rerank,
-    responses,
-    show,
-    systemone,
-    ui,
-)
+from localrun.server import core, metrics, ui
+from localrun.server.anthropic import complete as anthropic_complete
+from localrun.server.anthropic import models as anthropic_models
+from localrun.server.anthropic import routes as anthropic
 from localrun.server.errors import (
     body_of,
     dialect_of,
@@ -51,9 +37,18 @@ from localrun.server.errors import (
     refused,
     status_of,
 )
-from localrun.server.response_store import ResponseStore
-from localrun.server.responses_background import Runs
-from localrun.server.security import Guard
+from localrun.server.http import request_ids
+from localrun.server.http.security import Guard
+from localrun.server.llamacpp import rerank
+from localrun.server.llamacpp import routes as llamacpp
+from localrun.server.ollama import routes as ollama
+from localrun.server.ollama import show, systemone
+from localrun.server.ollama import store as ollama_store
+from localrun.server.openai import completions
+from localrun.server.openai import routes as openai
+from localrun.server.responses import routes as responses
+from localrun.server.responses.background import Runs
+from localrun.server.responses.store import ResponseStore
 from localrun.server.turns import Shares
 from localrun.settings import config, limits
 from localrun.sources.hosts import is_loopback
@@ -106,20 +101,20 @@ def by_client(openai_route: Route, anthropic_route: Route) -> Route:
 _ROUTES = (
     ("/", ollama.root, ["GET", "HEAD"]),
     ("/api/version", ollama.version, ["GET"]),
-    ("/api/tags", models.tags, ["GET"]),
+    ("/api/tags", ollama_store.tags, ["GET"]),
     ("/api/ps", ollama.ps, ["GET"]),
     ("/api/generate", ollama.generate, ["POST"]),
     ("/api/chat", ollama.chat, ["POST"]),
     ("/api/embed", ollama.embed, ["POST"]),
     ("/api/embeddings", ollama.embeddings, ["POST"]),
     ("/api/show", show.show, ["POST"]),
-    ("/api/pull", models.pull_, ["POST"]),
-    ("/api/push", models.push_, ["POST"]),
-    ("/api/create", models.create, ["POST"]),
-    ("/api/copy", models.copy, ["POST"]),
-    ("/api/delete", models.delete, ["DELETE"]),
-    ("/api/blobs/{digest}", models.blob_head, ["HEAD"]),
-    ("/api/blobs/{digest}", models.blob_upload, ["POST"]),
+    ("/api/pull", ollama_store.pull_, ["POST"]),
+    ("/api/push", ollama_store.push_, ["POST"]),
+    ("/api/create", ollama_store.create, ["POST"]),
+    ("/api/copy", ollama_store.copy, ["POST"]),
+    ("/api/delete", ollama_store.delete, ["DELETE"]),
+    ("/api/blobs/{digest}", ollama_store.blob_head, ["HEAD"]),
+    ("/api/blobs/{digest}", ollama_store.blob_upload, ["POST"]),
     ("/v1/systemone", systemone.systemone, ["POST"]),
     ("/v1/models", by_client(openai.models, anthropic_models.models), ["GET"]),
     ("/v1/models/{model:path}", by_client(openai.model, anthropic_models.model), ["GET"]),

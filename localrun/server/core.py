@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 from starlette.requests import Request
 
-from localrun.server import connections, escape
-from localrun.server.checker import Checker
+from localrun.server.http import connections, escape
+from localrun.server.schema.checker import Checker
 from localrun.server.turns import Whose
 from localrun.store.models import Store
 
@@ -61,7 +61,7 @@ class Context:
     scheduler: Scheduler
     version: str
     metrics: Metrics | None = None  # counts every generation and embedding where it ends
-    # Where schemas and answers are checked, off the event loop (server.checker).
+    # Where schemas and answers are checked, off the event loop (server.schema.checker).
     checker: Checker = field(default_factory=Checker)
     # Whom this server's answers are remembered for, so that speculation drafts a repeated
     # request from the answer it got before (engine.answers): the API key's holders, or with

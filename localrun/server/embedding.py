@@ -1,6 +1,6 @@
 """Embeddings: what Ollama's /api/embed and /api/embeddings and OpenAI's /v1/embeddings share.
 
-Rerank (server.rerank) comes here too: a reranker's scores are its "embeddings" of each
+Rerank (server.llamacpp.rerank) comes here too: a reranker's scores are its "embeddings" of each
 query-document pair, as in llama.cpp. `inputs_of` reads what to embed (strings, or OpenAI's
 token ids), `embed` bounds the inputs, runs them on the scheduler while the client is there and
 counts them in the metrics; with `dimensions` the vectors are shortened Matryoshka-style.

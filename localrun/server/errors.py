@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from localrun import errors as e
 from localrun import overflow
-from localrun.server import escape
+from localrun.server.http import escape
 
 # "responses": OpenAI's shape, with the Responses API's own words where they differ.
 Dialect = Literal["ollama", "openai", "responses", "anthropic"]

@@ -25,8 +25,9 @@ from starlette.requests import Request
 
 from localrun.errors import AnswerSchemaError, BadRequestError, LocalrunError
 from localrun.request import GenRequest
-from localrun.server import answer_schema, core
+from localrun.server import core
 from localrun.server.logprobs import Budget, Scored
+from localrun.server.schema import answer as answer_schema
 from localrun.server.turns import NOBODY, Whose
 from localrun.settings import limits
 from localrun.worker.protocol import Chunk
@@ -96,7 +97,7 @@ class Generation:
             raise
 
     async def _check(self, check: answer_schema.AfterCheck) -> None:
-        """The finished answer validated (in a child: server.checker), its time counted."""
+        """The finished answer validated (in a child: server.schema.checker), its time counted."""
         began = time.perf_counter()
         try:
             await check.check(self.text, self.tool_calls)

@@ -27,7 +27,7 @@ import httpx
 
 from localrun import media
 from localrun.errors import BadRequestError, RequestTooLargeError
-from localrun.scheduler import remote_read
+from localrun.scheduler.remote import read as remote_read
 from localrun.settings import limits
 
 TIMEOUT_S = 10.0

@@ -112,7 +112,7 @@ class Metrics:
         self.draft_accepted.labels(model).inc(timings.draft_accepted)
 
     def checked(self, model: str, seconds: float, *, valid: bool) -> None:
-        """An answer was validated after (server.answer_schema)."""
+        """An answer was validated after (server.schema.answer)."""
         self.checks.labels(model, "valid" if valid else "refused").inc()
         self.check_seconds.labels(model).inc(seconds)
 

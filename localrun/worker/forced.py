@@ -48,7 +48,7 @@ def grammar(
     id), which the call may write as those tokens. `grammars`: the custom tools' grammars of
     their input, by tool name (the Responses API's). A strict tool's schema is enforced whole
     or refused; another's as Ollama's `format` is: the keywords the engine cannot enforce
-    left out, its call validated after (server.answer_schema)."""
+    left out, its call validated after (server.schema.answer)."""
     if not tools_mod.forces(tool_choice):
         return None
     made = _Made(grammars or {})

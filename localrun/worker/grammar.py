@@ -90,7 +90,7 @@ def schema_lark(schema: dict[str, Any], *, lenient: bool = False) -> str:
     options: dict[str, Any] = {**LAYOUT, "lenient": lenient}
     if grammar_bounds.has_one_of(schema):
         # oneOf is read as anyOf: the same values where no value matches two branches; where
-        # one could, the answer is validated after (server.answer_schema), on every route.
+        # one could, the answer is validated after (server.schema.answer), on every route.
         options["coerce_one_of"] = True
     try:
         text = json.dumps({**schema, "x-guidance": options}, ensure_ascii=False)

@@ -22,7 +22,7 @@ from fuzzlib.checks import tree_rss
 
 __all__ = ["Done", "Most", "Peak", "Prober", "cli", "jobs", "serving", "threads", "timed_cli"]
 
-JOB_MODULE = "localrun.server.jobs"
+JOB_MODULE = "localrun.server.ollama.jobs"
 
 
 class Most:
@@ -92,7 +92,7 @@ def _children(pid: int) -> list[Any]:
 
 
 def jobs(pid: int) -> float:
-    """How many store job processes (localrun.server.jobs) server `pid` runs now."""
+    """How many store job processes (localrun.server.ollama.jobs) server `pid` runs now."""
     import psutil
 
     count = 0

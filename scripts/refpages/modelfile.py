@@ -12,8 +12,11 @@ from localrun.engine.types import SamplingOptions
 from localrun.errors import LocalrunError
 from localrun.recipes import modelfile, params
 from localrun.recipes.params import ParamSpec
-from localrun.server import anthropic, llamacpp, openai, responses_input
+from localrun.server.anthropic import routes as anthropic
 from localrun.server.body import Body
+from localrun.server.llamacpp import routes as llamacpp
+from localrun.server.openai import routes as openai
+from localrun.server.responses import input as responses_input
 from refpages.markdown import MissingText, code, header, prose, table
 
 

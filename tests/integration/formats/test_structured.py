@@ -31,7 +31,7 @@ from localrun.engine.types import LoadOptions
 from localrun.engine.weights import Weights
 from localrun.errors import AnswerSchemaError, BadRequestError
 from localrun.scheduler import Scheduler
-from localrun.server import answer_schema
+from localrun.server.schema import answer as answer_schema
 from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store

@@ -606,8 +606,8 @@ def test_a_long_shared_system_prompt_does_not_pin_conversations(
 
 
 def test_an_answers_limit_counts_pieces_reported_tokens_and_characters() -> None:
-    from localrun.scheduler import remote_wire
-    from localrun.scheduler.remote_limit import AnswerLimit
+    from localrun.scheduler.remote import wire as remote_wire
+    from localrun.scheduler.remote.limit import AnswerLimit
 
     def chunk(content: str = "", usage: int | None = None, **delta: object) -> dict[str, object]:
         out: dict[str, object] = {"choices": [{"index": 0, "delta": {"content": content, **delta}}]}
@@ -647,7 +647,7 @@ def test_an_answers_limit_counts_pieces_reported_tokens_and_characters() -> None
 
 def test_wire_translation_details() -> None:
     from localrun.request import GenRequest
-    from localrun.scheduler import remote_wire
+    from localrun.scheduler.remote import wire as remote_wire
 
     history = [
         {"role": "user", "content": "weather in Paris and Rome?"},

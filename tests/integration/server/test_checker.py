@@ -1,4 +1,4 @@
-"""The schema checker's children (server.checker) held to issue 90: a check that ran to its
+"""The schema checker's children (server.schema.checker) held to issue 90: a check that ran to its
 deadline is refused at once when it comes again (four clients looping such a schema starved
 everyone's checks), and a child grown past its bound is not kept for the next check."""
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from localrun.errors import BadRequestError
-from localrun.server import checker
-from localrun.server.checker import Checker
+from localrun.server.schema import checker
+from localrun.server.schema.checker import Checker
 
 pytestmark = [pytest.mark.slow]
 

@@ -19,8 +19,8 @@ import openai
 import pytest
 
 from localrun.scheduler import Scheduler
-from localrun.server import responses_background
-from localrun.server.response_store import ResponseStore
+from localrun.server.responses import background as responses_background
+from localrun.server.responses.store import ResponseStore
 from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store

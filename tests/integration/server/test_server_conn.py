@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localrun.server.connections import Limits, client_key
+from localrun.server.http.connections import Limits, client_key
 
 from support.serve import Serve
 

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from localrun.scheduler import RunningModel, Scheduler
-from localrun.server.security import host_allowed, origin_allowed
+from localrun.server.http.security import host_allowed, origin_allowed
 from localrun.store.models import Store
 
 from support.cli import CLI, assert_one_line_error

@@ -615,7 +615,10 @@ class _JobPeaks:
                     fields = dict(line.split(":", 1) for line in status.splitlines())
                     if fields["PPid"].strip() != me:
                         continue
-                    if b"localrun.server.jobs" not in Path(entry.path, "cmdline").read_bytes():
+                    if (
+                        b"localrun.server.ollama.jobs"
+                        not in Path(entry.path, "cmdline").read_bytes()
+                    ):
                         continue
                     peak = int(fields["VmHWM"].split()[0]) << 10
                 except (OSError, KeyError, ValueError):

@@ -78,8 +78,9 @@ def test_each_dialects_tool_keeps_the_clients_order() -> None:
     """Anthropic's {name, description, input_schema} and a Responses function tool become a
     function of name, description, parameters in that order (vLLM's translations), a Responses
     tool keeping its other keys (strict)."""
-    from localrun.server import anthropic_tools, responses_tools
+    from localrun.server.anthropic import tools as anthropic_tools
     from localrun.server.body import Body
+    from localrun.server.responses import tools as responses_tools
 
     schema = {"type": "object", "properties": {"city": {"type": "string"}}}
     body = {"tools": [{"name": "w", "description": "d", "input_schema": schema}]}

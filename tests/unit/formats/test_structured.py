@@ -13,7 +13,7 @@ import pytest
 from localrun.engine import constraint
 from localrun.errors import AnswerSchemaError, BadRequestError
 from localrun.formats import grammar_bounds
-from localrun.server import answer_schema
+from localrun.server.schema import answer as answer_schema
 from localrun.worker.grammar import constraint_for
 
 

@@ -16,7 +16,10 @@ from refpages import settings as settings_page
 from localrun.engine.types import SamplingOptions
 from localrun.hardware.offload import DEFAULT_NUM_BATCH
 from localrun.recipes import params
-from localrun.server import anthropic, llamacpp, openai, responses_input
+from localrun.server.anthropic import routes as anthropic
+from localrun.server.llamacpp import routes as llamacpp
+from localrun.server.openai import routes as openai
+from localrun.server.responses import input as responses_input
 from localrun.settings import config, parse
 from localrun.settings.setting import Setting
 

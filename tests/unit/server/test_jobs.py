@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from localrun.errors import BusyError
-from localrun.server import jobs
+from localrun.server.ollama import jobs
 from localrun.store.blobs import TMP_PREFIX
 from localrun.store.models import Store
 

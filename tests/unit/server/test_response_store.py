@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from localrun.errors import NotFoundError
-from localrun.server.response_store import ResponseStore, new_id
+from localrun.server.responses.store import ResponseStore, new_id
 
 
 def record(response_id: str) -> dict[str, object]:

@@ -25,10 +25,10 @@ import psutil
 import pytest
 
 from localrun.errors import ServerError, TooManyRequestsError
-from localrun.server import responses_background
-from localrun.server.response_store import ResponseStore, new_id
-from localrun.server.responses_background import TERMINAL, Run, Runs
-from localrun.server.responses_events import Event, EventStream
+from localrun.server.responses import background as responses_background
+from localrun.server.responses.background import TERMINAL, Run, Runs
+from localrun.server.responses.events import Event, EventStream
+from localrun.server.responses.store import ResponseStore, new_id
 
 
 def record(status: str, owner: dict[str, Any] | None) -> dict[str, Any]:

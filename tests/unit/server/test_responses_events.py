@@ -7,8 +7,8 @@ import copy
 import json
 from typing import Any
 
-from localrun.server.response_store import new_id
-from localrun.server.responses_events import EventStream, replayed
+from localrun.server.responses.events import EventStream, replayed
+from localrun.server.responses.store import new_id
 
 CALL = {
     "type": "function_call",

@@ -15,9 +15,11 @@ import pytest
 
 from localrun.errors import BadRequestError, TooManyRequestsError
 from localrun.request import GenRequest
-from localrun.server import checker, responses_tools, streaming
+from localrun.server import streaming
 from localrun.server.generation import choices_of
 from localrun.server.logprobs import Budget, Scored, legacy_logprobs, vllm_prompt_logprobs
+from localrun.server.responses import tools as responses_tools
+from localrun.server.schema import checker
 from localrun.server.turns import FairTurns, Shares
 
 

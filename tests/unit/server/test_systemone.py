@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from localrun.errors import BadRequestError
-from localrun.server import systemone
-from localrun.server.systemone import answer_of, confidence, prompt_of, questions_of
+from localrun.server.ollama import systemone
+from localrun.server.ollama.systemone import answer_of, confidence, prompt_of, questions_of
 
 TICKET = {
     "team": {

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from localrun.errors import BadRequestError
 from localrun.server import embedding
 from localrun.server.body import Body, read_json
-from localrun.server.llamacpp import default_model
+from localrun.server.llamacpp.routes import default_model
 
 
 def _documents(value: Any, key: str) -> list[str]:

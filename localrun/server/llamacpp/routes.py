@@ -46,8 +46,8 @@ from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
 from localrun.server.messages import chat_messages
-from localrun.server.openai import think_of
-from localrun.server.show import local_model
+from localrun.server.ollama.show import local_model
+from localrun.server.openai.routes import think_of
 from localrun.server.streaming import event_stream, sse
 from localrun.settings import limits
 from localrun.worker import view

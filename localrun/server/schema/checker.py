@@ -1,10 +1,10 @@
 """The checks of a schema and of an answer against it, run in child processes with a deadline.
 
-What server.answer_schema checks takes time that the client chooses: jsonschema reads a
+What server.schema.answer checks takes time that the client chooses: jsonschema reads a
 schema of 20,000 properties in 17 s, and a pattern such as `^(a|.)*b$` backtracks through a
 27-character answer for 32 s (issue 76). On the event loop that froze every other client,
 `/api/version` included. So a route awaits those checks of `Checker`: each runs in a child
-process (`python -m localrun.server.checker`), which is killed when it
+process (`python -m localrun.server.schema.checker`), which is killed when it
 takes past LOCALRUN_CHECK_TIMEOUT, and the request is refused in its dialect's shape (a 400
 for its schema, a 422 for its answer), naming the bound. The children are kept for the next
 checks (they remember the schemas they found sound: an agent sends the same ones at every
@@ -33,7 +33,7 @@ import anyio
 from localrun import asked
 from localrun.errors import AnswerSchemaError, BadRequestError, BusyError, LocalrunError
 from localrun.host import limits as host_limits
-from localrun.server import answer_schema
+from localrun.server.schema import answer as answer_schema
 from localrun.server.turns import NOBODY, FairTurns, Whose
 from localrun.settings import limits
 
@@ -43,7 +43,7 @@ CHILD_RSS_BYTES = 256 << 20  # a child larger than this after a check is replace
 WAIT_TURNS = 3  # a check waits this many check deadlines for its turn, then is refused (503)
 STOPPED_FOR_S = 600.0  # how long a check that ran to its deadline is refused at once
 STOPPED_REMEMBERED = 1024  # such checks remembered (digests)
-_MODULE = "localrun.server.checker"
+_MODULE = "localrun.server.schema.checker"
 _HINT = "simplify the schema, or leave out the keywords the engine cannot enforce"
 
 

@@ -35,8 +35,8 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from localrun.errors import BusyError, LocalrunError, RequestTimeoutError
-from localrun.server import request_ids
 from localrun.server.errors import body_of, dialect_of, headers_of, refused, status_of
+from localrun.server.http import request_ids
 from localrun.settings import limits
 
 log = logging.getLogger("localrun.server")

@@ -50,8 +50,8 @@ from localrun.request import GenRequest
 from localrun.server import core
 from localrun.server.errors import unexpected
 from localrun.server.generation import Generation, start_detached
-from localrun.server.response_store import ResponseStore, encode
-from localrun.server.responses_events import Event, EventStream
+from localrun.server.responses.events import Event, EventStream
+from localrun.server.responses.store import ResponseStore, encode
 from localrun.settings import limits
 
 log = logging.getLogger("localrun.server")

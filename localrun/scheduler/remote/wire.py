@@ -1,6 +1,7 @@
 """What goes over the wire to an upstream: a runner request (worker.protocol's chat and
 complete messages) as an OpenAI or Ollama API call, and the upstream's streamed answer back
-as the runner's piece and done events. Pure: no network (scheduler.remote sends and reads).
+as the runner's piece and done events. Pure: no network (scheduler.remote.upstreams sends
+and reads).
 
     chat      -> POST /v1/chat/completions  (openai)   POST /api/chat      (ollama)
     complete  -> POST /v1/completions       (openai)   POST /api/generate  (ollama, raw)
@@ -20,7 +21,7 @@ from typing import Any
 from localrun.engine.types import Timings
 from localrun.errors import BadRequestError
 from localrun.request import GenRequest, pair_tool_results
-from localrun.scheduler.remote_limit import AnswerLimit
+from localrun.scheduler.remote.limit import AnswerLimit
 from localrun.settings.upstreams import Upstream
 from localrun.worker import protocol
 
@@ -441,7 +442,7 @@ def headers(upstream: Upstream) -> dict[str, str]:
     """The headers of every request to `upstream`: the answers it may stream, and its key."""
     headers = {
         "Accept": "text/event-stream, application/x-ndjson, application/json",
-        # Read raw and decompressed within bounds (scheduler.remote_read): gzip, or none.
+        # Read raw and decompressed within bounds (scheduler.remote.read): gzip, or none.
         "Accept-Encoding": "gzip",
     }
     key = upstream.api_key()

@@ -21,7 +21,7 @@ answer is made: the schema must be one jsonschema takes, and each pattern one Py
 backtracking regular expressions run in bounded time on.
 
 Every check whose time the client chooses (jsonschema reading the schema, validating the
-answer) runs in a child process with a deadline (server.checker), handed to it from a worker
+answer) runs in a child process with a deadline (server.schema.checker), handed to it from a worker
 thread: nothing here runs on the event loop.
 """
 
@@ -45,7 +45,7 @@ from localrun.server.turns import NOBODY, Whose
 
 
 class Checker(Protocol):
-    """Where the checks below run (server.checker.Checker: child processes with a deadline,
+    """Where the checks below run (server.schema.checker.Checker: child processes with a deadline,
     awaited: a check waiting for its turn holds no thread; `whose` the client asking, whose
     turns are shared fairly with other clients')."""
 
@@ -123,7 +123,7 @@ def to_check(format: Any) -> dict[str, Any] | None:
 def check_schema(format: dict[str, Any], what: str) -> None:
     """Raise BadRequestError unless answers can be checked against `format`: a schema
     jsonschema takes, each pattern one Python's regular expressions run in bounded time on
-    (server.checker's children run this)."""
+    (server.schema.checker's children run this)."""
     import jsonschema.exceptions
 
     try:

@@ -14,9 +14,9 @@ from typing import Any
 from localrun import jsonlimits, media
 from localrun.errors import BadRequestError
 from localrun.formats import reasoning as reasoning_mod
-from localrun.server import responses_tools
 from localrun.server.body import Body
 from localrun.server.logprobs import top_logprobs
+from localrun.server.responses import tools as responses_tools
 
 # The `include` that asks for the answer's log-probabilities; the others name what hosted tools
 # or OpenAI's own storage hold (search results, encrypted reasoning), which have none here.

@@ -14,10 +14,10 @@ import time
 from typing import Any
 
 from localrun.errors import BadRequestError
-from localrun.server import responses_tools
 from localrun.server.body import Body
 from localrun.server.generation import Generation
-from localrun.server.response_store import new_id
+from localrun.server.responses import tools as responses_tools
+from localrun.server.responses.store import new_id
 
 
 def item_id(prefix: str) -> str:

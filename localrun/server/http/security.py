@@ -36,7 +36,6 @@ from localrun.errors import (
     RequestTooLargeError,
     UnauthorizedError,
 )
-from localrun.server import request_ids
 from localrun.server.errors import (
     body_of,
     dialect_of,
@@ -45,6 +44,7 @@ from localrun.server.errors import (
     status_of,
     unexpected,
 )
+from localrun.server.http import request_ids
 from localrun.sources.hosts import is_loopback
 
 UPLOAD_PREFIX = "/api/blobs/"

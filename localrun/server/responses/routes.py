@@ -44,28 +44,25 @@ from starlette.responses import JSONResponse, Response
 from localrun import media
 from localrun.errors import BadRequestError, ContextOverflowError
 from localrun.request import GenRequest
-from localrun.server import (
-    connections,
-    core,
-    image_urls,
-    response_store,
-    responses_input,
-    responses_tools,
-)
+from localrun.server import core, image_urls
 from localrun.server.body import Body, read_json
 from localrun.server.generation import Generation, count_prompt, start
+from localrun.server.http import connections
 from localrun.server.logprobs import logprob_items
 from localrun.server.messages import chat_messages
-from localrun.server.response_store import ResponseStore, encode
-from localrun.server.responses_background import EVENTS_LOST, UNFINISHED, Runs
-from localrun.server.responses_events import Event, EventStream, answer_events, frame, replayed
-from localrun.server.responses_output import (
+from localrun.server.responses import input as responses_input
+from localrun.server.responses import store as response_store
+from localrun.server.responses import tools as responses_tools
+from localrun.server.responses.background import EVENTS_LOST, UNFINISHED, Runs
+from localrun.server.responses.events import Event, EventStream, answer_events, frame, replayed
+from localrun.server.responses.output import (
     Answer,
     assistant_message,
     cut,
     message_item,
     reasoning_item,
 )
+from localrun.server.responses.store import ResponseStore, encode
 from localrun.server.streaming import event_stream, off_loop, rendered, rendered_with
 from localrun.server.turns import Share, Shares
 from localrun.settings import limits

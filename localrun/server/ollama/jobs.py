@@ -4,7 +4,7 @@ Why a subprocess: these read GGUF headers with the `gguf` package, which imports
 server process must stay small (no numpy, gguf or llama_cpp in it). It also keeps a hostile
 uploaded file away from the server's memory: a parser blow-up ends the job, not the server.
 
-The server side (`run`) writes one JSON request line to `python -m localrun.server.jobs` and
+The server side (`run`) writes one JSON request line to `python -m localrun.server.ollama.jobs` and
 reads JSON lines back:
 
     -> {"op": "create", "store": ROOT, "model": NAME, "modelfile": TEXT, "quantize"?: TYPE}
@@ -148,7 +148,7 @@ async def _run(request: dict[str, Any], threads: int) -> AsyncGenerator[Event, N
     request = {**request, "threads": threads}
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
-        *selfexec.command("localrun.server.jobs"),
+        *selfexec.command("localrun.server.ollama.jobs"),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=None if _debug() else asyncio.subprocess.DEVNULL,

@@ -8,7 +8,7 @@
                                 reasoning_effort (or chat_template_kwargs.enable_thinking):
                                 a reasoning model's thinking in `reasoning_content`;
                                 vLLM's prompt_logprobs (the rendered prompt's, top-level)
-    POST /v1/completions        server.completions: the legacy completions (a raw prompt, no
+    POST /v1/completions        server.openai.completions: the legacy completions (a raw prompt, no
                                 chat template; echo; token-id prompts; prompt_logprobs)
     POST /v1/embeddings         a string or a list; encoding_format float or base64
 
@@ -107,7 +107,7 @@ def format_of(body: Body) -> str | dict[str, Any] | None:
 def lenient_of(body: Body) -> bool:
     """Whether a json_schema `response_format` is taken as Ollama's `format` is: without
     `strict: true` the client asked for no guarantee, so the keywords the engine cannot
-    enforce are checked on the finished answer (server.answer_schema) rather than refused;
+    enforce are checked on the finished answer (server.schema.answer) rather than refused;
     strict, the schema is enforced whole or refused, as OpenAI's strict mode does."""
     spec = body.get("response_format", dict) or {}
     inner = spec.get("json_schema")

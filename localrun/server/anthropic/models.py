@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from localrun.errors import BadRequestError
-from localrun.server import openai
+from localrun.server.openai import routes as openai
 
 MOST = 1000  # Anthropic's bound on a page
 

@@ -31,8 +31,9 @@ from starlette.responses import JSONResponse, Response
 from localrun.errors import LocalrunError, ModelNotFoundError
 from localrun.formats import template as template_mod
 from localrun.recipes.modelfile import Modelfile
-from localrun.server import core, jobs
+from localrun.server import core
 from localrun.server.body import Body, read_json
+from localrun.server.ollama import jobs
 from localrun.store import reference
 from localrun.store.models import Store
 from localrun.store.names import ModelName

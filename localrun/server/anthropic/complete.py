@@ -23,12 +23,13 @@ from starlette.responses import JSONResponse, Response
 
 from localrun.errors import BadRequestError
 from localrun.request import GenRequest
-from localrun.server import core, request_ids
-from localrun.server.anthropic import check_most, new_id
-from localrun.server.anthropic import options_of as messages_options
-from localrun.server.anthropic_stream import failed
+from localrun.server import core
+from localrun.server.anthropic.routes import check_most, new_id
+from localrun.server.anthropic.routes import options_of as messages_options
+from localrun.server.anthropic.stream import failed
 from localrun.server.body import Body, read_json
 from localrun.server.generation import Generation, start
+from localrun.server.http import request_ids
 from localrun.server.streaming import event_stream, sse
 
 HUMAN = "\n\nHuman:"

@@ -36,7 +36,7 @@ from localrun.server.logprobs import (
     top_logprobs,
     vllm_entries,
 )
-from localrun.server.openai import (
+from localrun.server.openai.routes import (
     collect,
     finish_reason,
     format_of,

@@ -36,10 +36,11 @@ from localrun.errors import (
 )
 from localrun.recipes import params
 from localrun.recipes.modelfile import ROLES, Message, Modelfile
-from localrun.server import core, jobs
+from localrun.server import core
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected
-from localrun.server.show import details_of, iso, local_model, own_template
+from localrun.server.ollama import jobs
+from localrun.server.ollama.show import details_of, iso, local_model, own_template
 from localrun.server.streaming import line, ndjson
 from localrun.sources import hosts
 from localrun.store import reference

@@ -39,7 +39,7 @@ from localrun.server.errors import body_of, unexpected
 from localrun.server.generation import Generation, start
 from localrun.server.logprobs import logprob_items, top_logprobs
 from localrun.server.messages import chat_messages
-from localrun.server.show import details_of
+from localrun.server.ollama.show import details_of
 from localrun.server.streaming import NDJSON, line, ndjson
 
 # The Ollama release whose API localrun serves, reported by /api/version: clients (editor

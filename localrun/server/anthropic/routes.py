@@ -31,11 +31,12 @@ from localrun import media
 from localrun.errors import BadRequestError
 from localrun.formats import reasoning as thinking_mod
 from localrun.request import GenRequest
-from localrun.server import anthropic_stream as answer
-from localrun.server import core, image_urls, request_ids
-from localrun.server.anthropic_tools import tool_choice_of, tools_of
+from localrun.server import core, image_urls
+from localrun.server.anthropic import stream as answer
+from localrun.server.anthropic.tools import tool_choice_of, tools_of
 from localrun.server.body import Body, read_json
 from localrun.server.generation import count_prompt, start
+from localrun.server.http import request_ids
 from localrun.server.streaming import event_stream
 
 # Anthropic's own bound on stop_sequences is far higher; this keeps the stop filter cheap.
@@ -250,7 +251,7 @@ def _request(body: Body) -> tuple[GenRequest, list[str]]:
         tool_choice=tool_choice_of(body),
         format=_format(body),
         # Anthropic's output_config.format has no strict flag: the keywords the engine cannot
-        # enforce are checked on the finished answer (server.answer_schema), not refused.
+        # enforce are checked on the finished answer (server.schema.answer), not refused.
         format_lenient=True,
         think=_think(body),
         think_adaptive=_adaptive(body),

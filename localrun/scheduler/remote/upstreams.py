@@ -40,8 +40,9 @@ from localrun.errors import (
     UpstreamError,
 )
 from localrun.request import GenRequest
-from localrun.scheduler import remote_read, remote_wire
-from localrun.scheduler.remote_limit import AnswerLimit
+from localrun.scheduler.remote import read as remote_read
+from localrun.scheduler.remote import wire as remote_wire
+from localrun.scheduler.remote.limit import AnswerLimit
 from localrun.scheduler.runners import RunningModel
 from localrun.settings import config, tls
 from localrun.settings.upstreams import Settings, Upstream

@@ -21,11 +21,11 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any
 
 from localrun.errors import BusyError, ContextOverflowError, LocalrunError
-from localrun.server import responses_tools
 from localrun.server.errors import body_of, refused, status_of, unexpected
 from localrun.server.generation import Generation, runs
 from localrun.server.logprobs import logprob_items
-from localrun.server.responses_output import (
+from localrun.server.responses import tools as responses_tools
+from localrun.server.responses.output import (
     Answer,
     cut,
     message_item,

@@ -1,0 +1,3 @@
+"""OpenAI's chat completions, embeddings and models, and its legacy completions, over the server's
+one core.
+"""
