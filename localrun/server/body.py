@@ -165,6 +165,18 @@ class Body:
                 return int(value)
         return None
 
+    def bounds(self, *keys: str, least: int = 1, hint: str | None = None) -> dict[str, Any]:
+        """The answer's bounds as options: `num_predict` from the first of `keys` given (a
+        token budget, at least `least`) and `stop` from the stop strings, each if given."""
+        options: dict[str, Any] = {}
+        limit = self.limit(*keys, least=least, hint=hint)
+        if limit is not None:
+            options["num_predict"] = limit
+        stops = self.stops()
+        if stops:
+            options["stop"] = stops
+        return options
+
     def stops(self, key: str = "stop", most: int | None = None) -> list[str] | None:
         """Stop strings: a string or a list of strings (None when none are given)."""
         value = self.data.get(key)
@@ -220,3 +232,13 @@ def _kind_text(kinds: type | tuple[type, ...]) -> str:
 def _json_type(value: Any) -> str:
     return {str: "a string", int: "a number", float: "a number", dict: "an object",
             list: "a list"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def at_most(count: int, most: int, field: str, what: str, setting: str) -> None:
+    """A request's list of `what` within its bound; past it, one line naming the setting that
+    raises it."""
+    if count > most:
+        raise BadRequestError(
+            f"{field} holds {count} {what}; one request takes at most {most}",
+            hint=f"send them in several requests, or raise {setting}",
+        )

@@ -106,32 +106,56 @@ def decoded(raw: Iterable[bytes], applied: list[str], limit: int, what: str) -> 
     return iter(stream)
 
 
-def _layer(chunks: Iterable[bytes], coding: str, limit: int, what: str) -> Iterator[bytes]:
-    """One coding undone, at most `limit` bytes of it (DownloadError past them)."""
-    gzip = coding in ("gzip", "x-gzip")
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS)
-    started = False
-    made = 0
-    for data in chunks:
-        while not inflater.eof:  # what follows the end is left, as httpx does
+class Inflater:
+    """One layer of gzip or deflate undone a step at a time: no call makes more than STEP bytes,
+    whatever the input holds (a bomb inflates as slowly as its reader reads). Deflate is read
+    with zlib's header or, as many servers send it, without (httpx's habit)."""
+
+    def __init__(self, coding: str) -> None:
+        self.gzip = coding in ("gzip", "x-gzip")
+        self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if self.gzip else zlib.MAX_WBITS)
+        self.started = False  # some input was taken
+
+    @property
+    def ended(self) -> bool:
+        """The compressed stream's end was read (what follows it is left, as httpx does)."""
+        return bool(self._inflater.eof)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """What `data` inflates to, a step at a time (zlib.error where it does not decode)."""
+        inflater = self._inflater
+        while not inflater.eof:
             try:
                 out = inflater.decompress(data, STEP)
             except zlib.error:
-                if gzip or started:
-                    raise DownloadError(f"{what}: its {coding} encoding does not decode") from None
-                # deflate as many servers send it: raw, without zlib's header (httpx's habit)
-                inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-                started = True
+                if self.gzip or self.started:
+                    raise
+                self._inflater = inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate
+                self.started = True
                 continue
-            started = started or bool(data)
+            self.started = self.started or bool(data)
             data = inflater.unconsumed_tail
-            made += len(out)
-            if made > limit:
-                raise DownloadError(f"{what} is over {limit} bytes decoded; at most that is read")
             if out:
                 yield out
             # A step that came out full may leave output inside with no input left: go on.
             if not data and len(out) < STEP:
                 break
-    if started and not inflater.eof:
+
+
+def _layer(chunks: Iterable[bytes], coding: str, limit: int, what: str) -> Iterator[bytes]:
+    """One coding undone, at most `limit` bytes of it (DownloadError past them)."""
+    inflater = Inflater(coding)
+    made = 0
+    for data in chunks:
+        try:
+            for out in inflater.feed(data):
+                made += len(out)
+                if made > limit:
+                    raise DownloadError(
+                        f"{what} is over {limit} bytes decoded; at most that is read"
+                    )
+                yield out
+        except zlib.error:
+            raise DownloadError(f"{what}: its {coding} encoding does not decode") from None
+    if inflater.started and not inflater.ended:
         raise DownloadError(f"{what}: its {coding} encoding ends before its stream does")

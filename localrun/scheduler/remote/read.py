@@ -17,7 +17,8 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-STEP = 64 * 1024  # decompressed bytes per step, the event loop free between steps
+from localrun.sources.bodies import KNOWN, Inflater
+
 MAX_LINE = 4 * 1024 * 1024  # one streamed line (an SSE event or a JSON line)
 MAX_ERROR_BODY = 4096  # of an error answer, what is read
 _THREAD_PAST = 1024 * 1024  # JSON bodies larger than this are parsed on a thread
@@ -27,41 +28,32 @@ class TooLarge(ValueError):
     """An answer past its bound (a ValueError: a malformed answer, as far as callers go)."""
 
 
-def _decompressor(encoding: str) -> Any:
-    """A zlib decompressor for the answer's Content-Encoding, None for none."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return None
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompressobj()
-    raise ValueError(f"an answer in the {encoding[:40]!r} encoding, which is not read here")
-
-
 async def chunks(response: Any, limit: int) -> AsyncIterator[bytes]:
-    """The answer's bytes, decompressed, at most `limit` of them (TooLarge past it)."""
-    decompressor = _decompressor(response.headers.get("content-encoding", ""))
+    """The answer's bytes, decompressed (sources.bodies.Inflater: a step at a time), at most
+    `limit` of them (TooLarge past it); ValueError for an encoding not read or not decoding."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    inflater = None
+    if encoding not in ("", "identity"):
+        if encoding not in KNOWN:
+            raise ValueError(f"an answer in the {encoding[:40]!r} encoding, which is not read here")
+        inflater = Inflater(encoding)
     total = 0
     async for raw in response.aiter_raw():
-        if decompressor is None:
+        if inflater is None:
             total += len(raw)
             if total > limit:
                 raise TooLarge(f"an answer of more than {limit} bytes")
             yield raw
             continue
-        data = raw
-        while True:
-            out = decompressor.decompress(data, STEP)
-            data = decompressor.unconsumed_tail
-            total += len(out)
-            if total > limit:
-                raise TooLarge(f"an answer of more than {limit} bytes once decompressed")
-            if out:
+        try:
+            for out in inflater.feed(raw):
+                total += len(out)
+                if total > limit:
+                    raise TooLarge(f"an answer of more than {limit} bytes once decompressed")
                 yield out
                 await asyncio.sleep(0)  # a bomb decompresses a step at a time, others go on
-            if not data and len(out) < STEP:
-                break
+        except zlib.error:
+            raise ValueError(f"an answer whose {encoding} encoding does not decode") from None
 
 
 async def read(response: Any, limit: int) -> bytes:

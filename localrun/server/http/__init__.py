@@ -1,1 +1,1 @@
-"""What every connection and request passes before a route: limits, checks, request ids, escaping."""
+"""What every request passes before a route: limits, checks, request ids, escaping."""

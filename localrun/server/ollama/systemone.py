@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from localrun.errors import BadRequestError, EngineError
 from localrun.request import GenRequest
 from localrun.server import core
-from localrun.server.body import Body, read_json
+from localrun.server.body import Body, at_most, read_json
 from localrun.server.generation import start
 from localrun.settings import limits
 
@@ -87,12 +87,7 @@ def questions_of(value: Any) -> list[Question]:
             "questions must be an object of named questions",
             hint='send {"questions": {"name": {"type": "noul", "instructions": "..."}}}',
         )
-    most = limits.max_questions()
-    if len(value) > most:
-        raise BadRequestError(
-            f"questions holds {len(value)} questions; one request may ask at most {most}",
-            hint="ask in several requests, or raise LOCALRUN_MAX_QUESTIONS",
-        )
+    at_most(len(value), limits.max_questions(), "questions", "questions", "LOCALRUN_MAX_QUESTIONS")
     return [question_of(str(name), item) for name, item in value.items()]
 
 

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from localrun.errors import BadRequestError
 from localrun.request import GenRequest
 from localrun.server import core
-from localrun.server.body import Body, read_json
+from localrun.server.body import Body, at_most, read_json
 from localrun.server.generation import Generation, choices_of, start_all
 from localrun.server.logprobs import (
     Budget,
@@ -75,12 +75,7 @@ def prompts_of(value: Any) -> list[Prompt]:
             "such lists",
             hint='send {"prompt": "Once upon a time"} or {"prompt": [[9707, 11]]}',
         )
-    most = limits.max_prompts()
-    if len(out) > most:
-        raise BadRequestError(
-            f"prompt holds {len(out)} prompts; one request takes at most {most}",
-            hint="send them in several requests, or raise LOCALRUN_MAX_PROMPTS",
-        )
+    at_most(len(out), limits.max_prompts(), "prompt", "prompts", "LOCALRUN_MAX_PROMPTS")
     return out
 
 

@@ -80,13 +80,8 @@ def options_of(body: Body, *, echo: bool = False) -> dict[str, Any]:
     if speculate is not None:
         options["speculate"] = speculate
     hint = None if echo else "0 is for a prompt echoed alone (echo: true)"
-    limit = body.limit("max_completion_tokens", "max_tokens", least=0 if echo else 1, hint=hint)
-    if limit is not None:
-        options["num_predict"] = limit
-    stops = body.stops()
-    if stops:
-        options["stop"] = stops
-    return options
+    keys = ("max_completion_tokens", "max_tokens")
+    return options | body.bounds(*keys, least=0 if echo else 1, hint=hint)
 
 
 def format_of(body: Body) -> str | dict[str, Any] | None:

@@ -229,11 +229,4 @@ def logprobs_of(body: Body) -> int | None:
 
 
 def options_of(body: Body) -> dict[str, Any]:
-    options = body.sampling(("temperature", "top_p", "seed"))
-    limit = body.limit("max_output_tokens")
-    if limit is not None:
-        options["num_predict"] = limit
-    stops = body.stops()
-    if stops:
-        options["stop"] = stops
-    return options
+    return body.sampling(("temperature", "top_p", "seed")) | body.bounds("max_output_tokens")

@@ -96,7 +96,7 @@ def test_a_malformed_question_is_refused_in_one_line(questions: Any, says: str) 
 
 def test_questions_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCALRUN_MAX_QUESTIONS", "2")
-    with pytest.raises(BadRequestError, match="holds 3 questions; one request may ask at most 2"):
+    with pytest.raises(BadRequestError, match="holds 3 questions; one request takes at most 2"):
         questions_of(TICKET)
     assert len(questions_of(dict(list(TICKET.items())[:2]))) == 2
 
