@@ -236,14 +236,7 @@ _SAMPLING = (
 
 def options_of(body: Body) -> dict[str, Any]:
     """The request's sampling fields, n_predict and stop as options."""
-    options = body.sampling(_SAMPLING)
-    n_predict = body.get("n_predict", int)
-    if n_predict is not None:
-        options["num_predict"] = n_predict
-    stops = body.stops()
-    if stops:
-        options["stop"] = stops
-    return options
+    return body.sampling(_SAMPLING) | body.bounds("n_predict", least=-1, hint="-1: no limit")
 
 
 def _infill_request(body: Body, model: str) -> GenRequest:
