@@ -1,6 +1,6 @@
 """A child process asked one JSON line at a time, each answered with one line, within a deadline.
 
-The runner's grammar guard (engine.grammar_guard) and the server's schema checks
+The runner's grammar guard (engine.sampling.grammar_guard) and the server's schema checks
 (server.schema.checker) run what a client sent in such a child: a crash or a hang there costs that
 child, which is killed and replaced, never the process that asked. The child first says it is
 ready (`serve` writes `{"ready": true}` once its imports are done), within START_S: a child that

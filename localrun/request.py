@@ -67,8 +67,8 @@ class GenRequest:
     # `prompt`; a chat's are each message's "media".
     media: list[dict[str, str]] | None = None
     # Whom the answer is remembered for, and whose earlier answers to the same prompt
-    # speculation may draft from (engine.answers): set by the server from the API key, or
-    # "local" on a loopback-only server without one; None: neither.
+    # speculation may draft from (engine.speculation.answers): set by the server from the API key,
+    # or "local" on a loopback-only server without one; None: neither.
     memory: str | None = None
 
     @property

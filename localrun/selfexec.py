@@ -34,8 +34,8 @@ CHILD_MODULES = frozenset(
         "localrun.worker",
         "localrun.server.ollama.jobs",
         "localrun.scheduler.importer",
-        "localrun.engine.backend_check",
-        "localrun.engine.grammar_guard",
+        "localrun.engine.library.backend_check",
+        "localrun.engine.sampling.grammar_guard",
         "localrun.server.schema.checker",
     }
 )

@@ -8,7 +8,7 @@ same run.
              against llama.cpp's convert_hf_to_gguf.py (from the llama-cpp-python sdist, run
              by --reference-python, which needs torch and transformers) and against `cp` of
              the safetensors files (the disk's speed)
-  quantize   the converted GGUF to Q8_0 and Q4_K_M: localrun's quantizer (engine.quantize,
+  quantize   the converted GGUF to Q8_0 and Q4_K_M: localrun's quantizer (engine.library.quantize,
              what `create --quantize` runs) against llama.cpp's llama-quantize, built from the
              same vendored source (benchlib.build)
   import     an Ollama store holding that GGUF as its model blob: `localrun import ollama`
@@ -150,7 +150,7 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from localrun.engine import quantize
+    from localrun.engine.library import quantize
     from localrun.recipes import convert
 
     results: dict[str, Any] = {}

@@ -43,8 +43,8 @@ def main() -> int:
     os.environ["LOCALRUN_SPECULATE"] = "off"
     os.environ["LOCALRUN_HOST"] = "127.0.0.1:9"  # never a server: the runner in this process
 
-    from localrun.cli.connect import open_session
-    from localrun.engine.native import lc
+    from localrun.cli.run.connect import open_session
+    from localrun.engine.library.native import lc
 
     decode_s: list[float] = []
     gaps: list[float] = []  # from one decode's end to the next one's start, on the loop thread

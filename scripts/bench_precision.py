@@ -39,8 +39,8 @@ _CHILD = r"""
 import json, sys
 import numpy as np
 path, windows, kind = json.loads(sys.stdin.read())
-import localrun.engine.native  # the exact runtime (where asked for) before llama_cpp loads
-from localrun.engine.machine import machine_params
+import localrun.engine.library.native  # the exact runtime (where asked for) before llama_cpp loads
+from localrun.engine.library.machine import machine_params
 from localrun.runtimes import exact
 import llama_cpp
 if kind == "exact runtime" and exact.current().runtime is None:
@@ -88,7 +88,7 @@ def read(path: str, windows: list[list[int]], kind: str) -> list[Any] | None:
 
 def text_tokens(path: str, count: int) -> list[int]:
     """`count` tokens of English prose (this project's docs) as the model tokenizes them."""
-    from localrun.engine.machine import machine_params
+    from localrun.engine.library.machine import machine_params
 
     text = "\n\n".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md")))
     llm = machine_params().llama(path, n_ctx=64, vocab_only=True, verbose=False)

@@ -16,9 +16,9 @@ streams free text (greedy, N tokens) while a neighbour streams an answer of one 
 - counts: a string of 1,000 to 30,000 characters of a class.
 
 Each neighbour's answer is built token by token with llguidance's mask, on the batch loop's
-thread; a step's work is bounded by llguidance's fuel (engine.constraint.LIMITS). The victim's
-decode tok/s beside each neighbour is reported against beside `free` (the ratio a schema costs
-the others) and alone; the neighbour's own tok/s beside it.
+thread; a step's work is bounded by llguidance's fuel (engine.sampling.constraint.LIMITS). The
+victim's decode tok/s beside each neighbour is reported against beside `free` (the ratio a schema
+costs the others) and alone; the neighbour's own tok/s beside it.
 """
 
 from __future__ import annotations

@@ -370,7 +370,8 @@ def decode_report(stacks: list[Stack]) -> tuple[str, dict[str, Any]]:
     # ngram-mod keeps its n-gram table across requests: from the second round on it drafts
     # this prompt's answer from the answer it gave before, whoever asked. Its first request is
     # the same request without that memory; `localrun repeat` drafts from earlier answers too,
-    # but only the same party's (engine.answers), here the one user of a loopback server.
+    # but only the same party's (engine.speculation.answers), here the one user of a loopback
+    # server.
     lines += ["", "A repeated request (rounds 2 on: each prompt asked before), median tok/s:"]
     for workload in WORKLOADS:
         later = {

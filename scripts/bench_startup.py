@@ -4,7 +4,7 @@
 Target (issue 2): --help and list each under 150 ms on the 2-core development machine. Prints
 the median and best of N runs, the overhead over a bare interpreter start and the ratio to it
 (issue 55: a command that only prints pays for nothing it does not use). --version is timed
-after one run that records the llama.cpp build's facts (cli/version.py), as every later run
+after one run that records the llama.cpp build's facts (cli/commands/version.py), as every later run
 finds them. Measure an installed localrun (`pip install .`): an editable install
 (`pip install -e .`) adds its import hook, about 15-20 ms.
 

@@ -352,11 +352,11 @@ def run_servers(
 
 def compile_times(model: Path, picked: dict[str, list[tuple[str, Any]]]) -> dict[str, Any]:
     """localrun's compile of each sampled schema against SmolLM2's vocabulary, in ms."""
-    from localrun.engine import constraint
+    from localrun.engine.sampling import constraint
     from localrun.engine.types import LoadOptions
     from localrun.engine.weights import Weights
     from localrun.errors import LocalrunError
-    from localrun.worker.grammar import constraint_for
+    from localrun.worker.grammars.format import constraint_for
 
     weights = Weights(str(model), LoadOptions(num_ctx=256))
     tokens = weights.guide()
@@ -384,11 +384,11 @@ def compile_times(model: Path, picked: dict[str, list[tuple[str, Any]]]) -> dict
 
 def maskbench(model: Path, data: Path, files: int, seed: int) -> dict[str, Any]:
     """MaskBench's instances through localrun's engine: valid ones taken, invalid refused."""
-    from localrun.engine import constraint
+    from localrun.engine.sampling import constraint
     from localrun.engine.types import LoadOptions
     from localrun.engine.weights import Weights
     from localrun.errors import LocalrunError
-    from localrun.worker.grammar import constraint_for
+    from localrun.worker.grammars.format import constraint_for
 
     paths = sorted((data / "maskbench" / "data").glob("*.json"))
     paths = random.Random(seed).sample(paths, min(files, len(paths)))

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """How many tokens each coding agent's first prompt takes on every tokenizer at hand, against
-the context `localrun launch` holds it to (localrun.cli.launchers.TOOLS).
+the context `localrun launch` holds it to (localrun.cli.launch.agents.TOOLS).
 
     python scripts/measure_agent_prompts.py [--model GGUF ...]
 
@@ -23,7 +23,7 @@ from benchlib.agent_prompts import count, first_prompts
 from benchlib.common import Unavailable, default_model, gemma_model, say
 from benchlib.serve import localrun_serve, localrun_store
 
-from localrun.cli.launchers import TOOLS
+from localrun.cli.launch.agents import TOOLS
 
 
 def _models(extra: list[Path], cache: Path) -> list[Path]:

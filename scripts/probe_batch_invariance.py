@@ -42,7 +42,7 @@ from benchlib.common import default_model
 if "--ops" in sys.argv:  # a fused node's own output is never written: each node alone
     os.environ["GGML_CPU_DISABLE_FUSION"] = "1"  # read once, when llama.cpp loads
 
-from localrun.engine.native import lc
+from localrun.engine.library.native import lc
 from localrun.engine.types import LoadOptions
 from localrun.engine.weights import Weights
 

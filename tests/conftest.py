@@ -46,8 +46,8 @@ _SETTINGS = tuple(config.SETTINGS)
 def pytest_configure() -> None:
     """Before any test module is imported: no LOCALRUN_* setting of the developer's reaches the
     tests' process, and LOCALRUN_HOME is an empty folder of the session's. Some settings are
-    read when a module is imported (engine.native loads the exact runtime installed in the home
-    before llama_cpp), before the `home` fixture isolates each test: a runtime installed in a
+    read when a module is imported (engine.library.native loads the exact runtime installed in the
+    home before llama_cpp), before the `home` fixture isolates each test: a runtime installed in a
     developer's own home would otherwise change what llama.cpp does in some tests and not in
     CI, depending on which test module imported the engine first."""
     for name in _SETTINGS:

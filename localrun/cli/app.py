@@ -16,20 +16,18 @@ from typing import Any
 
 import typer
 
-from localrun.cli import (
-    import_cmd,
-    info_cmd,
-    launch_cmd,
-    pull_cmd,
-    run_cmd,
-    runtime_cmd,
-    serve_cmd,
-    server_cmds,
-    store_cmds,
-    typer_patches,
-    upstream_cmd,
-    version,
-)
+from localrun.cli import typer_patches
+from localrun.cli.commands import import_models as import_cmd
+from localrun.cli.commands import info as info_cmd
+from localrun.cli.commands import pull as pull_cmd
+from localrun.cli.commands import runtime as runtime_cmd
+from localrun.cli.commands import serve as serve_cmd
+from localrun.cli.commands import server as server_cmds
+from localrun.cli.commands import store as store_cmds
+from localrun.cli.commands import upstream as upstream_cmd
+from localrun.cli.commands import version
+from localrun.cli.launch import command as launch_cmd
+from localrun.cli.run import command as run_cmd
 
 typer_patches.apply()  # before any command is parsed or its help shown
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, NoReturn
 
-from localrun.cli import listings, version
+from localrun.cli import listings
+from localrun.cli.commands import version
 from localrun.cli.common import print_error
 from localrun.errors import LocalrunError
 from localrun.settings import config

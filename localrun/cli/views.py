@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from localrun.cli.output import columns, human_size
 
 if TYPE_CHECKING:
-    from localrun.cli.session import Answer, Session
+    from localrun.cli.run.session import Answer, Session
     from localrun.model import Model
 
 
@@ -114,7 +114,7 @@ def _indent(text: str, n: int) -> str:
 
 def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
     """Print how `model` would be split between GPU and CPU, without loading it."""
-    from localrun.engine.buildinfo import build_info
+    from localrun.engine.library.buildinfo import build_info
     from localrun.hardware.fit import plan_fit
 
     build = build_info()

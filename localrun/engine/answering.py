@@ -3,11 +3,11 @@ against the slot's draft, its ends and budgets, its log-probabilities and text s
 the slot decodes next with it.
 
 What follows a token in the slot's batch row is a draft: the text the request's grammar forces
-next (engine.constraint's fast-forward: a key's name, `": "`, closing brackets), taken without
-sampling, then a speculator's guess (engine.speculate), kept up to the first token the sampler
-does not choose. Forced text costs no decode of its own: it is read in the batch with the token
-before it, as a prompt is, so a constrained answer takes fewer decodes than the same text
-unconstrained. Wherever the grammar forces text, the answer spells it as the tokenizer does, on
+next (engine.sampling.constraint's fast-forward: a key's name, `": "`, closing brackets), taken
+without sampling, then a speculator's guess (engine.speculation.speculator), kept up to the first
+token the sampler does not choose. Forced text costs no decode of its own: it is read in the batch
+with the token before it, as a prompt is, so a constrained answer takes fewer decodes than the same
+text unconstrained. Wherever the grammar forces text, the answer spells it as the tokenizer does, on
 every path (`Answerer._choose`), so a greedy answer is the same with speculation or without and
 with log-probabilities or without. A recurrent state takes a rejected draft back by going to the
 checkpoint taken before its batch (engine.checkpoints).
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from localrun.engine.native import lc
-from localrun.engine.sampling import logits_address, logprob_entry
+from localrun.engine.library.native import lc
+from localrun.engine.sampling.sampler import logits_address, logprob_entry
 from localrun.engine.slots import HELD, Job, Slot, Slots
 from localrun.engine.weights import Weights
 from localrun.errors import BadRequestError, LocalrunError
@@ -146,7 +146,7 @@ class Answerer:
     def ahead(self, pool: Executor) -> None:
         """Before the batch decodes: each constrained slot that samples from it (not one whose
         forced draft it takes without sampling) has its next token's mask computed on `pool`'s
-        thread meanwhile (engine.constraint)."""
+        thread meanwhile (engine.sampling.constraint)."""
         for slot in self._slots.active:
             job = slot.job
             if job is not None and job.sampler is not None and slot.row >= 0 and not job.forcing:

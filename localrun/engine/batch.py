@@ -8,15 +8,15 @@ llama_decode, and samples each slot that needs a token with that slot's own samp
 slot's row of the batch's logits). Requests beyond the slots wait FIFO; which slot a request
 takes, and how much of its KV it reuses, is engine.slots'.
 
-Per token, one active slot costs one decode, one sample (engine.sampling's Sampler: greedy reads
-the best logit in place) and the token's text (spelled once per model) plus a few writes into a
-preallocated batch: single-stream decode keeps llama.cpp's speed.
+Per token, one active slot costs one decode, one sample (engine.sampling.sampler's Sampler: greedy
+reads the best logit in place) and the token's text (spelled once per model) plus a few writes into
+a preallocated batch: single-stream decode keeps llama.cpp's speed.
 
-A generating slot may carry a draft (engine.speculate, or the DRAFT model of engine.draft): the
-guessed tokens go into the batch after its sampled token, each with logits, and are kept up to
-the first one the slot's sampler does not choose; the rest leave its KV sequence. The model's
-own turns at the start of a prompt (SYSTEM, MESSAGEs) are restored from the disk prompt cache
-when they are there, and saved there once evaluated.
+A generating slot may carry a draft (engine.speculation.speculator, or the DRAFT model of
+engine.speculation.draft): the guessed tokens go into the batch after its sampled token, each with
+logits, and are kept up to the first one the slot's sampler does not choose; the rest leave its KV
+sequence. The model's own turns at the start of a prompt (SYSTEM, MESSAGEs) are restored from the
+disk prompt cache when they are there, and saved there once evaluated.
 
 Results go to a Sink, called on the loop thread; each request gets exactly one done() or
 error(). `generate` reads one answer as an iterator instead. Embeddings (engine.embed) use a
@@ -36,18 +36,21 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from localrun.engine import calls, checkpoints, draft, grammar_guard, lookup, scoring, speculate
+from localrun.engine import calls, checkpoints, scoring
 from localrun.engine.answering import Answerer
-from localrun.engine.answers import AnswerMemory
-from localrun.engine.costs import CostMeter, DecodeCost
-from localrun.engine.disk_prefix import DiskPrefixes
 from localrun.engine.embed import Embedder
+from localrun.engine.library.native import lc
 from localrun.engine.media import MediaPrompt, Projector
-from localrun.engine.native import lc
+from localrun.engine.prompts.disk_prefix import DiskPrefixes
 from localrun.engine.rows import StepBatch
-from localrun.engine.sampling import Sampler
+from localrun.engine.sampling import grammar_guard
+from localrun.engine.sampling.sampler import Sampler
 from localrun.engine.sequence import answer_ends, check_prompt
 from localrun.engine.slots import Job, Slot, Slots, Ticket, read_media, unbound
+from localrun.engine.speculation import draft, lookup
+from localrun.engine.speculation import speculator as speculate
+from localrun.engine.speculation.answers import AnswerMemory
+from localrun.engine.speculation.costs import CostMeter, DecodeCost
 from localrun.engine.threads import Governor
 from localrun.engine.types import (
     EmbedInput,
@@ -92,7 +95,8 @@ class BatchEngine:
         self._released = False
         # The n-gram indexes of recent prompts, which the next request of a chat starts with.
         self._histories = lookup.Snapshots()
-        # A client's grammar is compiled first in a child of its own (engine.grammar_guard).
+        # A client's grammar is compiled first in a child of its own
+        # (engine.sampling.grammar_guard).
         self._guard = grammar_guard.Guard()
         self._cond = threading.Condition()
         self._closing = False
@@ -105,7 +109,7 @@ class BatchEngine:
         self.prompt_cache_note: str | None = None
         self._queue: collections.deque[Job] = collections.deque()
         weights = self._weights = Weights(path, options)
-        self._disk = DiskPrefixes(weights, None)  # engine.disk_prefix
+        self._disk = DiskPrefixes(weights, None)  # engine.prompts.disk_prefix
         self._embedder = Embedder(weights, options, self.on_loop)
         self._threads = Governor(options.num_thread, adaptive=options.adapt_threads)
         try:
@@ -128,11 +132,12 @@ class BatchEngine:
         self.eos_text = weights.eos_text
         self.chat_template = weights.chat_template
         self.fim = weights.fim
-        # What a batch costs now, timed by the loop (engine.costs): speculation weighs it.
+        # What a batch costs now, timed by the loop (engine.speculation.costs): speculation weighs
+        # it.
         self._costs = CostMeter(DecodeCost.for_device(options.num_gpu))
         self._answers = AnswerMemory()  # earlier answers, drafted from for the same memory
-        # Constrained slots' masks computed while the batch decodes (engine.constraint): None
-        # does so when a CPU is idle meanwhile (a GPU decodes, or fewer threads than CPUs).
+        # Constrained slots' masks computed while the batch decodes (engine.sampling.constraint):
+        # None does so when a CPU is idle meanwhile (a GPU decodes, or fewer threads than CPUs).
         ahead = config.masks_ahead()
         self.masks_ahead: bool | None = None if ahead == "auto" else ahead == "on"
         layers = int(lc.llama_model_n_layer(weights.model))

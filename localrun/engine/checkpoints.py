@@ -43,8 +43,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from localrun.engine import native
-from localrun.engine.native import lc
+from localrun.engine.library import native
+from localrun.engine.library.native import lc
 from localrun.gguf import memory
 
 log = logging.getLogger("localrun.engine")

@@ -19,8 +19,8 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from localrun.engine import native
-from localrun.engine.native import lc
+from localrun.engine.library import native
+from localrun.engine.library.native import lc
 from localrun.engine.sequence import overflow_error, put
 from localrun.engine.types import EmbedInput, LoadOptions, rank_mismatch
 from localrun.engine.weights import Weights

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localrun import media as media_mod
-from localrun.engine.native import lc
+from localrun.engine.library.native import lc
 from localrun.engine.weights import native_log
 from localrun.errors import BadRequestError, EngineError, ModelLoadError
 from localrun.settings import limits

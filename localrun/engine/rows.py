@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from localrun.engine.native import lc
+from localrun.engine.library.native import lc
 from localrun.engine.scoring import score_rows, scored_chunk
 from localrun.engine.slots import Slot, Slots
 

@@ -18,7 +18,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from localrun.engine.native import lc
+from localrun.engine.library.native import lc
 from localrun.engine.slots import Job
 from localrun.engine.types import SamplingOptions
 from localrun.errors import BadRequestError

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from localrun import overflow
+from localrun.engine.library.native import lc
 from localrun.engine.media import MediaPrompt
-from localrun.engine.native import lc
 from localrun.errors import ContextOverflowError, EngineError
 
 

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from localrun.engine import speculate
 from localrun.engine.checkpoints import Checkpoint, SeqMemory
 from localrun.engine.media import MediaPrompt, Projector
-from localrun.engine.sampling import Sampler
+from localrun.engine.sampling.sampler import Sampler
+from localrun.engine.speculation import speculator as speculate
 from localrun.engine.types import Sink, Timings, reusable
 from localrun.errors import EngineError
 
@@ -83,7 +83,9 @@ class Job:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.timings = Timings()
         self.tokens: list[int] = []
-        self.memory: str | None = None  # whom the answer is remembered for (engine.answers)
+        self.memory: str | None = (
+            None  # whom the answer is remembered for (engine.speculation.answers)
+        )
         self.submitted = time.perf_counter()
         self.start = 0.0
         self.cancelled = False

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from localrun.engine.native import lc
+from localrun.engine.library.native import lc
 
 INTERVAL_S = 0.25
 # A core counts as taken by others once they use more than this much of it (in cores).

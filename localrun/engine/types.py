@@ -52,7 +52,7 @@ class SamplingOptions:
     seed: int = -1
     num_predict: int = -1
     stop: tuple[str, ...] = ()
-    # The answer's grammar, llguidance's (engine.constraint: Lark, JSON schemas as %json):
+    # The answer's grammar, llguidance's (engine.sampling.constraint: Lark, JSON schemas as %json):
     # format, response_format, forced calls. Set by the runner per request, never a PARAMETER.
     constraint: str | None = None
     # Where the constraint starts, when it is lazy (a strict tool's call under tool_choice
@@ -63,10 +63,13 @@ class SamplingOptions:
     # trigger written while the model reasons opens no call.
     reasoning: tuple[str, str, bool] | None = None
     # The answer's JSON schema (its text) where its items depend on each other (uniqueItems,
-    # contains), held while it is written (engine.watch). Set by the runner, never a PARAMETER.
+    # contains), held while it is written (engine.sampling.schema_items). Set by the runner, never
+    # a PARAMETER.
     watch: str | None = None
-    speculate: str = "auto"  # engine.speculate.MODES
-    draft_num_predict: int = 64  # the longest draft (engine.speculate.DEFAULT_DRAFT_MAX)
+    speculate: str = "auto"  # engine.speculation.speculator.MODES
+    draft_num_predict: int = (
+        64  # the longest draft (engine.speculation.speculator.DEFAULT_DRAFT_MAX)
+    )
     # Log-probabilities of each generated token and of its `logprobs` likeliest alternatives
     # (-1: none asked for; 0: the chosen token's alone). Not a PARAMETER: set per request.
     logprobs: int = -1
@@ -88,7 +91,8 @@ class SamplingOptions:
     # llama-server's preserved tokens); set by the runner, never a PARAMETER.
     spell: frozenset[int] = frozenset()
     # Whom this answer is remembered for, and whose earlier answers to the same prompt drafts
-    # may copy (engine.answers); None: neither. Set by the server per request, never a PARAMETER.
+    # may copy (engine.speculation.answers); None: neither. Set by the server per request, never a
+    # PARAMETER.
     memory: str | None = None
     # The request's own context (its num_ctx; 0: the slot's whole context): a prompt past it is
     # refused and the answer stops at its end, as in a slot of that context, whatever the slot's

@@ -13,9 +13,12 @@ import functools
 import threading
 from typing import Any
 
-from localrun.engine import constraint, native, prefix_tokens, prompt_cache
-from localrun.engine.machine import machine_params
-from localrun.engine.native import lc
+from localrun.engine.library import native
+from localrun.engine.library.machine import machine_params
+from localrun.engine.library.native import lc
+from localrun.engine.prompts import disk_cache as prompt_cache
+from localrun.engine.prompts import prefix_tokens
+from localrun.engine.sampling import constraint
 from localrun.engine.types import FimTokens, LoadOptions
 from localrun.errors import BadRequestError, EngineError, ModelLoadError
 from localrun.gguf import scan
@@ -72,10 +75,10 @@ def last_log_error() -> str:
 class Weights:
     """A llama.cpp model in memory (weights, vocabulary, LoRA adapters) that contexts are made from.
 
-    The engine (engine.batch), its draft model (engine.draft) and its embedder (engine.embed)
-    each call `context` for theirs, and the adapters are applied to every context made. The
-    contexts belong to the weights: `close` frees them before the model, the order llama.cpp
-    needs.
+    The engine (engine.batch), its draft model (engine.speculation.draft) and its embedder
+    (engine.embed) each call `context` for theirs, and the adapters are applied to every context
+    made. The contexts belong to the weights: `close` frees them before the model, the order
+    llama.cpp needs.
     """
 
     def __init__(self, path: str, options: LoadOptions) -> None:
@@ -314,7 +317,8 @@ class Weights:
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """A text's tokens (`add_special`: the BOS and EOS the vocabulary adds; `parse_special`:
         special tokens' texts read as them). A long prompt with special tokens parsed is
-        tokenized again only past what a recent one shared with it (engine.prefix_tokens)."""
+        tokenized again only past what a recent one shared with it
+        (engine.prompts.prefix_tokens)."""
         prefix = self._prefix if parse_special else None
         if prefix is None or len(text) < prefix_tokens.LEAST:
             return self._tokenize(text, add_special=add_special, parse_special=parse_special)
@@ -329,7 +333,7 @@ class Weights:
     @functools.cached_property
     def _prefix(self) -> prefix_tokens.PrefixTokens | None:
         """The cache of recent prompts' tokens: for the vocabularies whose special tokens part
-        a text as engine.prefix_tokens needs (SentencePiece's and BPE's), else None."""
+        a text as engine.prompts.prefix_tokens needs (SentencePiece's and BPE's), else None."""
         kind = int(lc.llama_vocab_type(self.vocab))
         if kind not in (lc.LLAMA_VOCAB_TYPE_SPM, lc.LLAMA_VOCAB_TYPE_BPE):
             return None
@@ -464,7 +468,7 @@ class Weights:
 
     def guide(self) -> Any:
         """llguidance's tokenizer of this vocabulary, for constrained answers: built on the
-        first one's request (engine.constraint), kept while the weights are."""
+        first one's request (engine.sampling.constraint), kept while the weights are."""
         with self._guide_lock:
             if self._guide is None:
                 self._guide = constraint.tokenizer(self.vocab)

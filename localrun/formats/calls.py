@@ -8,7 +8,7 @@ instead, asking for the reply shape most open models are trained on (Hermes/Qwen
 
 tool_choice "auto" (or None) lets the model choose; "none" hides the tools; "required" or
 {"type": "function", "function": {"name": ...}} forces a call, which the worker enforces with a
-grammar in the model's own call syntax (worker/forced.py). The answer is read back into
+grammar in the model's own call syntax (worker/grammars/forced.py). The answer is read back into
 [{"name": ..., "arguments": {...}}] by the model family's parser (formats/parsers).
 
 Pure: no llama_cpp and no I/O, so the server side can import it too.

@@ -1,7 +1,7 @@
 """Bounds on the schema a request constrains its answer with, checked before it is compiled.
 
-llguidance (engine.constraint) compiles a JSON schema lazily and bounds its own work: a grammar
-past its size or its lexer's fuel is refused when compiled, and no mask step may spend more
+llguidance (engine.sampling.constraint) compiles a JSON schema lazily and bounds its own work: a
+grammar past its size or its lexer's fuel is refused when compiled, and no mask step may spend more
 than its step fuel. Counts (`maxLength` of a million, `a{0,30000}`) and nested repetitions in
 patterns cost it next to nothing, so they are taken as written. What is bounded here is what
 reaches it:

@@ -17,8 +17,8 @@ A target is the value a reference leads to, however the reference spells it: a J
 (`#/$defs/a`, percent-encoded or not; an array index only as RFC 6901 writes one, so `00`
 and `٠` name nothing), the root (`#`), or an anchor (`#name`: `$anchor`, or an `$id` of that
 form). A reference to another document or by an `$id`'s URI is a leaf here: llguidance may
-follow it, and what it does there is left to the grammar guard (engine.grammar_guard), which
-compiles every grammar in a child of its own first. `$defs` and `definitions` are not entered
+follow it, and what it does there is left to the grammar guard (engine.sampling.grammar_guard),
+which compiles every grammar in a child of its own first. `$defs` and `definitions` are not entered
 where a schema holds them (a definition is applied where a `$ref` names it), so a long list of
 definitions nests no deeper than one of them; a property of that name is entered as any other.
 

@@ -127,9 +127,9 @@ def plan_fit(
     --fit` too); None: the context `parameters` give (Model.context).
 
     num_ctx is per sequence; the KV cache is sized for `slots` of them (the server's runner).
-    `build` is the llama.cpp build the model will run on (engine.buildinfo.build_info()); without
-    one the plan is for the CPU alone, probing for no GPU: for an engine that never uses one (the
-    scripted fake), whose runner then starts without importing llama_cpp.
+    `build` is the llama.cpp build the model will run on (engine.library.buildinfo.build_info());
+    without one the plan is for the CPU alone, probing for no GPU: for an engine that never uses
+    one (the scripted fake), whose runner then starts without importing llama_cpp.
     """
     header, draft = _model_header(model), _draft_header(model)
     return _plan_fit(model, header, draft, parameters, num_ctx, slots, build)

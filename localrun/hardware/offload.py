@@ -6,7 +6,7 @@ the CPU; n layers offload the last n blocks, each with its share of the f16 KV c
 adds the output layer (with a copy of token_embd when the output is tied to it). The GPU also
 holds a compute buffer, estimated as Ollama does, and on CUDA the runtime's own memory
 (RUNTIME_BYTES, measured). The GPUs come from localrun.hardware.system's detection; no llama_cpp
-import here: the build's facts come in as arguments (see localrun.engine.buildinfo).
+import here: the build's facts come in as arguments (see localrun.engine.library.buildinfo).
 """
 
 from __future__ import annotations

@@ -96,8 +96,8 @@ def create(
 
 @dataclass(frozen=True)
 class Quantize:
-    """What `create --quantize` asks: the type (as engine.quantize spells it), the bits a weight
-    takes in it (for the progress estimate), and llama.cpp's quantizer, which lives in the
+    """What `create --quantize` asks: the type (as engine.library.quantize spells it), the bits a
+    weight takes in it (for the progress estimate), and llama.cpp's quantizer, which lives in the
     engine: `run(source, target, type, progress)` writes `target`, telling bytes written."""
 
     kind: str

@@ -158,7 +158,7 @@ SPECS: dict[str, ParamSpec] = {
             default="(unused)",
         ),
         # Ollama and OpenAI take any 64-bit seed; llama.cpp's sampler takes 32 bits, so the
-        # engine reduces a seed as Go's uint32() does (engine.sampling.native_seed).
+        # engine reduces a seed as Go's uint32() does (engine.sampling.sampler.native_seed).
         ParamSpec(
             "seed",
             int,

@@ -16,5 +16,5 @@ leaves the CPU exactly as installed.
     activate.py   in a process that runs models: load the selected runtime, or say why not
 
 Imports flow: layout <- source, toolchain <- build; activate reads layout only. The engine
-(engine/native.py) calls activate once, right after importing llama_cpp.
+(engine/library/native.py) calls activate once, right after importing llama_cpp.
 """

@@ -354,7 +354,7 @@ def check_loads(module: Path, library_path: tuple[str, ...], log: Path) -> list[
     and return the devices it registered; RuntimeBuildError when it does not load."""
     from localrun import selfexec
 
-    argv = selfexec.command("localrun.engine.backend_check", str(module), *library_path)
+    argv = selfexec.command("localrun.engine.library.backend_check", str(module), *library_path)
     return _checked(argv, module, log)
 
 
@@ -362,7 +362,7 @@ def check_exact(module: Path, log: Path) -> list[str]:
     """check_loads for the exact runtime's CPU library: loaded in place of the installed one."""
     from localrun import selfexec
 
-    argv = selfexec.command("localrun.engine.backend_check", "--exact", str(module))
+    argv = selfexec.command("localrun.engine.library.backend_check", "--exact", str(module))
     return _checked(argv, module, log)
 
 

@@ -31,11 +31,11 @@ for the llama-cpp-python release in patches/BASE; scripts/upgrade_llama_cpp.py m
 another (docs/upgrading-llama-cpp.md).
 It is built for this CPU (-march=native) and loaded only on the CPU it was built for.
 
-It is loaded before llama_cpp (engine/native.py calls `preload`): the installed libggml-base
+It is loaded before llama_cpp (engine/library/native.py calls `preload`): the installed libggml-base
 by its path, then this library, both globally, so that libggml's need of libggml-cpu.so.0
 resolves to it by its soname and the installed one is never loaded. LOCALRUN_EXACT turns it
 off (`off`), or asks for it (`on`: a warning when it is missing); `auto` loads it when it is
-installed. `python -m localrun.engine.backend_check --exact MODULE` is the install's check.
+installed. `python -m localrun.engine.library.backend_check --exact MODULE` is the install's check.
 """
 
 from __future__ import annotations

@@ -206,8 +206,8 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
 
 
 def answer_memory(api_key: str | None, host: str) -> str | None:
-    """Who may be drafted for from earlier answers (engine.answers): the holders of the API
-    key (named by a digest of it, never the key), or the one user of a loopback-only server
+    """Who may be drafted for from earlier answers (engine.speculation.answers): the holders of the
+    API key (named by a digest of it, never the key), or the one user of a loopback-only server
     without a key; None on a server open to others without a key, where clients cannot be told
     apart."""
     if not config.answer_memory():

@@ -64,8 +64,8 @@ class Context:
     # Where schemas and answers are checked, off the event loop (server.schema.checker).
     checker: Checker = field(default_factory=Checker)
     # Whom this server's answers are remembered for, so that speculation drafts a repeated
-    # request from the answer it got before (engine.answers): the API key's holders, or with
-    # none the one person of a loopback-only server; None where clients are not told apart.
+    # request from the answer it got before (engine.speculation.answers): the API key's holders, or
+    # with none the one person of a loopback-only server; None where clients are not told apart.
     memory: str | None = None
     # The store's folder, which /api/version names so that a `localrun` told "not found" can
     # say which store answered; only a loopback-only server says where its files are.

@@ -22,7 +22,8 @@ from localrun.errors import ConfigError
 from localrun.settings import limits, parse
 from localrun.settings.setting import Setting
 
-# Read elsewhere as config's (server.app, cli.serve_cmd, params, engine.speculate, server.body).
+# Read elsewhere as config's (server.app, cli.commands.serve, params,
+# engine.speculation.speculator, server.body).
 DEFAULT_HOST = parse.DEFAULT_HOST
 DEFAULT_PORT = parse.DEFAULT_PORT
 DEFAULT_ORIGINS = parse.DEFAULT_ORIGINS

@@ -23,8 +23,8 @@ from localrun.hardware import fit as fit_mod
 from localrun.model import Model, Resolved
 from localrun.settings import limits
 from localrun.worker import protocol, view
+from localrun.worker.load_watch import LoadWatch, load_limit
 from localrun.worker.prompt import Prompter, stop_tokens_for
-from localrun.worker.watch import LoadWatch, load_limit
 
 BACKENDS = ("llama", "fake")
 
@@ -91,7 +91,7 @@ def load_model(
         parameters = dict(resolved.parameters)
         build = None
         if backend != "fake":  # the fake engine runs on the CPU, its runner without llama_cpp
-            from localrun.engine.buildinfo import build_info
+            from localrun.engine.library.buildinfo import build_info
 
             build = build_info()
         available = fit_mod.available_memory()
@@ -200,7 +200,7 @@ def _ready_info(
 def _engine_runtime() -> tuple[str, list[str]]:
     """The GPU runtime and devices of this runner's llama.cpp (not for the fake engine, which
     never imports llama_cpp)."""
-    from localrun.engine.buildinfo import build_info
+    from localrun.engine.library.buildinfo import build_info
 
     build = build_info()
     return build.runtime, [str(d) for d in build.gpu_devices]

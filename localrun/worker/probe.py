@@ -4,7 +4,7 @@ llama.cpp aborts (SIGABRT on a GGML_ASSERT), hangs or allocates without end on s
 that pass every header check; in-process, that kills or freezes the command a person is typing
 into, with a native backtrace. So a model not yet seen to load cleanly with this llama.cpp is
 first loaded by a runner process (`python -m localrun.worker`, the server's runner, which loads
-under the watchdog of localrun.worker.watch). A crash, a hang past LOCALRUN_LOAD_TIMEOUT or a
+under the watchdog of localrun.worker.load_watch). A crash, a hang past LOCALRUN_LOAD_TIMEOUT or a
 memory blow-up then costs the child, and the command fails with one line naming the model.
 
 A clean load is remembered by the digests of the model's files and the llama.cpp version
@@ -33,7 +33,7 @@ _GRACE_S = 30.0
 
 
 def _key(model: Model) -> str:
-    from localrun.engine.buildinfo import build_info
+    from localrun.engine.library.buildinfo import build_info
 
     kinds = ("model", "adapter", "draft")
     layers = [layer.digest for layer in model.manifest.layers if layer.kind in kinds]

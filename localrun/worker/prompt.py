@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from localrun import media as media_mod
-from localrun.engine import watch
+from localrun.engine.sampling import schema_items as watch
 from localrun.engine.types import FimTokens, SamplingOptions, reusable
 from localrun.errors import BadRequestError
 from localrun.formats import calls as tools_mod
@@ -26,8 +26,8 @@ from localrun.model import Model
 from localrun.recipes import params as params_mod
 from localrun.request import GenRequest
 from localrun.settings import config
-from localrun.worker import forced as forced_mod
-from localrun.worker.grammar import constraint_for, format_schema, header, with_forcing
+from localrun.worker.grammars import forced as forced_mod
+from localrun.worker.grammars.format import constraint_for, format_schema, header, with_forcing
 
 Message = dict[str, Any]
 
@@ -353,7 +353,8 @@ class Prompter:
                 constraint = lazy[0] if lazy else constraint
         sampling = self.sampling(request.options, constraint, request.memory)
         if schema is not None and not forced and not in_force and watch.watched(schema):
-            # Items that depend on each other (uniqueItems, contains): engine.watch holds them.
+            # Items that depend on each other (uniqueItems, contains): engine.sampling.schema_items
+            # holds them.
             sampling = dataclasses.replace(sampling, watch=json.dumps(schema))
         if lazy is not None:
             opened = reasoning_mod.opens_thinking(text, *family.think)

@@ -9,7 +9,7 @@ running localrun server the way that request's own route renders it.
 
 The model's name in a recording is replaced by the one measured. Used by
 scripts/measure_agent_prompts.py (a table over the models at hand) and by the test that holds
-each agent's `need` (localrun.cli.launchers) to what its prompt takes.
+each agent's `need` (localrun.cli.launch.agents) to what its prompt takes.
 """
 
 from __future__ import annotations

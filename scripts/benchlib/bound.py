@@ -89,12 +89,12 @@ def replay(
     budget: int,
     gpu_layers: int = 0,
 ) -> float:
-    """Seconds localrun's drafter (engine.speculate, speculate auto, as on this CPU) would
-    take to produce `answer` after `prompt`, each draft kept up to its first token that is not
+    """Seconds localrun's drafter (engine.speculation.speculator, speculate auto, as on this CPU)
+    would take to produce `answer` after `prompt`, each draft kept up to its first token that is not
     the answer's (nothing past its end): the drafter on exactly the answer one-token decoding
     gives, with no near tie flipped by a batch."""
-    from localrun.engine import speculate
-    from localrun.engine.costs import CostMeter, DecodeCost
+    from localrun.engine.speculation import speculator as speculate
+    from localrun.engine.speculation.costs import CostMeter, DecodeCost
 
     # The engine's drafter sees what batches cost as its loop measures them: these costs.
     meter = CostMeter(DecodeCost.for_device(gpu_layers))

@@ -64,7 +64,7 @@ BUILD_TARGETS = [
 CUDA_CMAKE_FLAGS = ["-DGGML_CUDA=ON"]
 OFFLOAD: list[str] = []  # llama.cpp tool arguments; ["-ngl", "99"] once offload_to() ran
 # A Python process that opens a CUDA build's libraries with nothing before them crashes loading a
-# BPE model (localrun.engine.native.load_cxx_runtime says why); localrun preloads libstdc++
+# BPE model (localrun.engine.library.native.load_cxx_runtime says why); localrun preloads libstdc++
 # itself, and llama-cpp-python's own server gets it this way.
 CXX_FIRST = {"LD_PRELOAD": "libstdc++.so.6"}
 CUDA_HELP = (
@@ -270,10 +270,10 @@ def wheel_line(libdir: Path | None) -> str:
     return f"{libdir}: scikit-build-core, llama.cpp defaults ({flags}) with {built_by}"
 
 
-# localrun's llama.cpp parameters for this machine (localrun.engine.machine), printed by a child
-# process so that llama_cpp is never loaded into a benchmark's own.
+# localrun's llama.cpp parameters for this machine (localrun.engine.library.machine), printed by a
+# child process so that llama_cpp is never loaded into a benchmark's own.
 _MACHINE = (
-    "import json; from localrun.engine.machine import machine_params as m; p = m(); "
+    "import json; from localrun.engine.library.machine import machine_params as m; p = m(); "
     "print(json.dumps({'server': p.server_args(), 'bench': p.bench_args()}))"
 )
 

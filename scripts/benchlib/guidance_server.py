@@ -16,7 +16,7 @@ Requests are served one at a time; each is answered as one stream chunk (the ans
 then its finish reason ("length" where the text is not whole JSON: the budget cut it) and its
 usage. A request past `--timeout` seconds ends with an error chunk (the harness's generation
 timeout), and the process with it (the benchmark starts another). The model is loaded with the
-llama.cpp parameters localrun uses on this machine (localrun.engine.machine: no AMX
+llama.cpp parameters localrun uses on this machine (localrun.engine.library.machine: no AMX
 repacking, whose kernels crash).
 """
 
@@ -51,7 +51,7 @@ class Guided:
         from guidance.models import LlamaCpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        from localrun.engine.machine import machine_params
+        from localrun.engine.library.machine import machine_params
 
         self.llm = machine_params().llama(model, n_ctx=ctx, n_threads=threads, verbose=False)
         self.guided = LlamaCpp(self.llm, echo=False)

@@ -1,5 +1,5 @@
 """llama-cpp-python's own server (`python -m llama_cpp.server`) with the llama.cpp model
-parameters localrun uses on this machine (localrun.engine.machine).
+parameters localrun uses on this machine (localrun.engine.library.machine).
 
 llama_cpp.server builds its Llama with llama-cpp-python's defaults, which repack weights into
 AMX buffers on a CPU with AMX, whose matrix multiplication crashes (llama.cpp#20824); the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-from localrun.engine.machine import machine_params
+from localrun.engine.library.machine import machine_params
 
 if __name__ == "__main__":
     sys.argv[0] = "llama_cpp.server"

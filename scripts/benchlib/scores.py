@@ -2,8 +2,8 @@
 `logits_all` (every row's logits kept): the oracle prompt scoring (engine.scoring, OpenAI's
 `echo`, vLLM's `prompt_logprobs`) is held to, by tests and by scripts/eval_harness.py.
 
-The model is loaded as the engine loads it (localrun.engine.machine) with flash attention on,
-which is what llama.cpp's default (auto) chooses on a CPU and which the engine keeps: with it
+The model is loaded as the engine loads it (localrun.engine.library.machine) with flash attention
+on, which is what llama.cpp's default (auto) chooses on a CPU and which the engine keeps: with it
 off, SmolLM2's log-probabilities move by up to 0.3 (a different attention kernel), so the two
 would not be the same computation. The installed llama.cpp also picks its attention kernel by
 a batch's rows, so a long prompt the engine reads in several chunks (engine.scoring) may differ
@@ -24,7 +24,7 @@ class Reference:
     """One model loaded with logits at every row; `logprobs(ids)` scores a prompt from cold."""
 
     def __init__(self, path: str, n_ctx: int = 512) -> None:
-        from localrun.engine.machine import machine_params
+        from localrun.engine.library.machine import machine_params
 
         self.llm: Any = machine_params().llama(
             path, n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, flash_attn=True, verbose=False

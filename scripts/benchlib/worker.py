@@ -27,10 +27,10 @@ def work(mode: str, arg: str) -> dict[str, Any]:
         lib.llama_print_system_info.restype = ctypes.c_char_p
         return {"system_info": lib.llama_print_system_info().decode()}
 
-    from localrun.engine.machine import machine_params
+    from localrun.engine.library.machine import machine_params
 
     # localrun's own parameters for this machine (no weight repacking on a CPU with AMX);
-    # localrun.engine.native loads the C++ runtime before llama.cpp's libraries.
+    # localrun.engine.library.native loads the C++ runtime before llama.cpp's libraries.
     params = machine_params()
 
     job = json.loads(arg)

@@ -8,8 +8,8 @@ from typing import Any
 import typer._click as click
 import typer.main
 
-from localrun.cli import chat
 from localrun.cli.app import app
+from localrun.cli.run import chat
 from refpages.markdown import MissingText, code, header, prose, table
 
 

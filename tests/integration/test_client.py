@@ -169,7 +169,7 @@ def test_wire_errors_come_back_typed(scripted: Scripted) -> None:
 
 @pytest.mark.server
 def test_stream_errors_and_early_end(scripted: Scripted) -> None:
-    from localrun.cli.remote_session import RemoteAnswer
+    from localrun.cli.run.remote import RemoteAnswer
 
     client = _client(scripted)
     scripted.ndjson(

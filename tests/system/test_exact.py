@@ -39,7 +39,7 @@ import httpx
 import pytest
 from testmodels.text import write_tiny_model
 
-from localrun.engine.native import lc
+from localrun.engine.library.native import lc
 from localrun.errors import ToolchainError
 from localrun.runtimes import toolchain
 from localrun.runtimes.source import bindings_version

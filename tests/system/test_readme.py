@@ -822,7 +822,7 @@ def test_registries(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
 def test_create_quantizes(
     sandbox: Sandbox, tmp_path: Path, work: Path, models: dict[str, Path]
 ) -> None:
-    from localrun.engine.quantize import TYPES
+    from localrun.engine.library.quantize import TYPES
 
     shutil.copy(models["tiny"], work / "model-f32.gguf")
     (work / "Modelfile").write_text("FROM ./model-f32.gguf\n")

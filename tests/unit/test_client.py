@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from localrun.cli import server_cmds
+from localrun.cli.commands import server as server_cmds
 from localrun.client import Client
 from localrun.errors import (
     BadRequestError,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from localrun.engine import grammar_guard
+from localrun.engine.sampling import grammar_guard
 from localrun.errors import InvalidNameError
 from localrun.host import features, files, limits, locks, processes
 from localrun.store import blobs, names

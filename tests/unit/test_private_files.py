@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from localrun import private
-from localrun.engine import prompt_cache
-from localrun.engine.prompt_cache import PromptCache
+from localrun.engine.prompts import disk_cache as prompt_cache
+from localrun.engine.prompts.disk_cache import PromptCache
 
 from support.cli import CLI
 

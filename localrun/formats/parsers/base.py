@@ -83,7 +83,8 @@ class Syntax:
 
     def value_rules(self, rule: str, name: str, parameters: dict[str, Any]) -> list[str] | None:
         """GBNF rules for a forced call (rule `rule`), for a family whose arguments neither
-        JSON nor tags can give (Gemma 4); None: worker/forced.py builds them from `write`."""
+        JSON nor tags can give (Gemma 4); None: worker/grammars/forced.py builds them from
+        `write`."""
         return None
 
     # -- helpers the families share -------------------------------------------------------

@@ -233,7 +233,7 @@ def _debug() -> bool:
 
 
 def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
-    from localrun.engine import quantize
+    from localrun.engine.library import quantize
     from localrun.recipes import create, modelfile
     from localrun.sources import obtain, push
     from localrun.sources.hosts import CLIENT

@@ -26,7 +26,7 @@ import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from localrun.engine import quantize
+from localrun.engine.library import quantize
 from localrun.errors import (
     BadRequestError,
     DiskFullError,

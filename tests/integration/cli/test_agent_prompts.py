@@ -1,6 +1,6 @@
 """Each coding agent's recorded first prompt, counted by the real server on every real tokenizer
 the tests have (SmolLM2's and Gemma 3's), leaves the agent the room `localrun launch` promises
-it at the context it `need`s (localrun.cli.launchers): Codex's first prompt on the starter was
+it at the context it `need`s (localrun.cli.launch.agents): Codex's first prompt on the starter was
 8,736 tokens against a need of 8,192, so launch went ahead and Codex stopped, out of room."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from benchlib.agent_prompts import FirstPrompt, count, first_prompts
 
-from localrun.cli.launchers import TOOLS
+from localrun.cli.launch.agents import TOOLS
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 

@@ -13,7 +13,7 @@ import pytest
 from benchlib.scores import Reference
 
 from localrun.engine.batch import BatchEngine
-from localrun.engine.native import lc
+from localrun.engine.library.native import lc
 from localrun.engine.scoring import score_rows, scored_chunk
 from localrun.engine.types import LoadOptions, SamplingOptions
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError
@@ -223,8 +223,8 @@ def test_a_grammar_that_crashes_the_compiler_fails_at_submit_and_the_engine_live
 ) -> None:
     # 5,000 Lark rules each naming the next: llguidance's compiler recurses through them past
     # its stack and the process dies (issue 76). The engine compiles a grammar first in a
-    # child of its own (engine.grammar_guard): the child dies, the request is a 400, and this
-    # process, with a stream under way on the engine, goes on.
+    # child of its own (engine.sampling.grammar_guard): the child dies, the request is a 400, and
+    # this process, with a stream under way on the engine, goes on.
     prompt = chat(smol, "Tell me a story.")
     other = run(smol, prompt, greedy(48), IM_END)
     rules = [f'r{i}: r{i + 1} "x"' for i in range(5_000)]

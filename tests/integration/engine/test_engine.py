@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from localrun.engine.batch import BatchEngine
-from localrun.engine.constraint import Constraint
+from localrun.engine.sampling.constraint import Constraint
 from localrun.engine.types import LoadOptions, SamplingOptions
 from localrun.errors import ContextOverflowError, InvalidGGUFError, ModelLoadError
 from localrun.formats import template
-from localrun.worker.grammar import constraint_for
+from localrun.worker.grammars.format import constraint_for
 
 from support.speculation import one_token_logits
 

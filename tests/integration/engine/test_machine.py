@@ -1,4 +1,4 @@
-"""What llama.cpp really loads under the machine's parameters (localrun.engine.machine): the
+"""What llama.cpp really loads under the machine's parameters (localrun.engine.library.machine): the
 engine's runner and llama-cpp-python's Llama alike, read from llama.cpp's own log (a repacked
 model has a "CPU_REPACK model buffer", one loaded without repacking has none)."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from localrun.engine import buildinfo, machine
+from localrun.engine.library import buildinfo, machine
 
 from support import PATIENCE_S
 from support.cli import CLI
@@ -24,7 +24,7 @@ REPACKED = "CPU_REPACK model buffer"
 @pytest.fixture(scope="module")
 def q4_model(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     """The tiny model in Q4_0, whose weights llama.cpp repacks on x86 and ARM CPUs."""
-    from localrun.engine import quantize
+    from localrun.engine.library import quantize
 
     out = tmp_path_factory.mktemp("machine") / "tiny-q4_0.gguf"
     quantize.quantize(tiny_model, out, "q4_0")
@@ -53,7 +53,7 @@ def test_the_engine_loads_with_the_machines_parameters(cli: CLI, q4_model: Path)
 
 _LOAD = """
 import json, os, sys
-from localrun.engine.machine import machine_params
+from localrun.engine.library.machine import machine_params
 llm = machine_params().llama(sys.argv[1], n_ctx=64, verbose=True)
 assert llm.create_completion("Hello", max_tokens=2)["choices"]
 print(json.dumps([bool(llm.model_params.use_extra_bufts), llm.n_threads]))

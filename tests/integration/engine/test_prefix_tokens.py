@@ -1,4 +1,4 @@
-"""A long prompt tokenized again only past what a recent one shared (engine.prefix_tokens):
+"""A long prompt tokenized again only past what a recent one shared (engine.prompts.prefix_tokens):
 the tokens are llama.cpp's own for the whole text, on a BPE vocabulary (SmolLM2) and a
 SentencePiece one (Gemma 3), through a chat's new turns, regenerates, edits early and late,
 special tokens' texts and their parts inside messages, and text that is no chat at all."""

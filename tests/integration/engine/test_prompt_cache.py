@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from localrun.engine import prompt_cache
+from localrun.engine.prompts import disk_cache as prompt_cache
 
 from support import PATIENCE_S
 from support.cli import CLI

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from localrun.engine import prompt_cache
 from localrun.engine.batch import BatchEngine
 from localrun.engine.checkpoints import TAIL, Checkpoint
-from localrun.engine.costs import DecodeCost
+from localrun.engine.prompts import disk_cache as prompt_cache
+from localrun.engine.speculation.costs import DecodeCost
 from localrun.engine.types import LoadOptions, SamplingOptions
 from localrun.errors import EngineError
 
@@ -156,8 +156,8 @@ def test_drafts_rejected_are_rewound_to_the_same_answer(
     model: tuple[str, BatchEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Drafts from an earlier answer remembered for this client that parts from this one
-    (engine.answers): the guesses past the parting are wrong, each rewinds the state to the
-    checkpoint before its batch and the kept tokens are read again. (A batch is priced as a
+    (engine.speculation.answers): the guesses past the parting are wrong, each rewinds the state to
+    the checkpoint before its batch and the kept tokens are read again. (A batch is priced as a
     GPU's, so that the drafts are made whatever this machine's load.)"""
     _, engine = model
     monkeypatch.setattr(engine, "_batch_cost", lambda: DecodeCost(base=0.9, extra=0.01))

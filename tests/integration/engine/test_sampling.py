@@ -1,5 +1,5 @@
-"""Greedy decoding on the tokens that can win (engine.sampling.Sampler) chooses what the native
-chain chooses on the whole vocabulary, on SmolLM2 with every kind of logit change."""
+"""Greedy decoding on the tokens that can win (engine.sampling.sampler.Sampler) chooses what the
+native chain chooses on the whole vocabulary, on SmolLM2 with every kind of logit change."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from localrun.engine.batch import BatchEngine
-from localrun.engine.sampling import Sampler
+from localrun.engine.sampling.sampler import Sampler
 from localrun.engine.types import LoadOptions, SamplingOptions
 
 pytestmark = pytest.mark.model

@@ -17,7 +17,7 @@ from localrun.engine.batch import BatchEngine
 from localrun.engine.types import LoadOptions
 from localrun.sources import obtain
 from localrun.store import reference
-from localrun.worker.grammar import constraint_for
+from localrun.worker.grammars.format import constraint_for
 
 from support import PATIENCE_S
 from support.speculation import (
@@ -352,8 +352,8 @@ def test_clients_see_drafted_and_accepted_tokens(live: Any, ai: Any) -> None:
     assert cut["done_reason"] == "stop", cut
     assert cut["message"]["content"] == content[: content.index(stop)]
     # The OpenAI route after: each request for this prompt drafts from the answer before it
-    # (engine.answers), whose verification batches the first answer never read (without the
-    # exact runtime a near tie may then fall the other way): `native` comes first.
+    # (engine.speculation.answers), whose verification batches the first answer never read (without
+    # the exact runtime a near tie may then fall the other way): `native` comes first.
     answer = ai.chat.completions.create(
         model="smollm2:135m",
         messages=_messages(),

@@ -26,7 +26,7 @@ import ollama
 import openai
 import pytest
 
-from localrun.engine import constraint
+from localrun.engine.sampling import constraint
 from localrun.engine.types import LoadOptions
 from localrun.engine.weights import Weights
 from localrun.errors import AnswerSchemaError, BadRequestError
@@ -35,7 +35,7 @@ from localrun.server.schema import answer as answer_schema
 from localrun.sources import obtain
 from localrun.store import reference
 from localrun.store.models import Store
-from localrun.worker.grammar import constraint_for
+from localrun.worker.grammars.format import constraint_for
 
 from support import PATIENCE_S
 from support.family_cases import CORPORA
@@ -554,7 +554,7 @@ def test_ollamas_format_leaves_out_what_it_cannot_enforce_and_checks_the_answer(
 def test_a_tool_named_like_a_placeholder_is_its_name() -> None:
     from localrun.formats import calls as calls_mod
     from localrun.formats import parsers
-    from localrun.worker import forced
+    from localrun.worker.grammars import forced
 
     tools = calls_mod.normalize(
         [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
@@ -747,7 +747,7 @@ def _seen(lazy: constraint.Lazy, weights: Weights, pieces: list[str]) -> list[bo
 @pytest.mark.model
 def test_a_lazy_constraint_starts_at_a_marker_outside_reasoning(smol_vocab: Weights) -> None:
     from localrun.formats.parsers import by_name
-    from localrun.worker import forced
+    from localrun.worker.grammars import forced
 
     syntax = by_name("hermes").syntax
     tool = _weather(True)
@@ -1023,7 +1023,7 @@ def test_a_format_beside_tools_keeps_each_schemas_own_promise(smol_vocab: Weight
     uniqueItems checked after), a strict one enforced whole or refused, whatever the format's
     own strictness."""
     from localrun.formats.parsers import by_name
-    from localrun.worker import forced
+    from localrun.worker.grammars import forced
 
     unique = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
     loose = {"type": "function", "function": {"name": "tag", "parameters": unique}}
@@ -1080,7 +1080,7 @@ def test_every_familys_strict_call_is_held_under_tool_choice_auto(smol_vocab: We
     marker inside its header: gpt-oss's `to=functions.`; or, without one, by the call's first
     characters: a Python list's `[get_weather`): the call the family writes is held to its
     grammar from there, the text before it free; a JSON value outside the schema is refused."""
-    from localrun.worker import forced
+    from localrun.worker.grammars import forced
 
     from support.family_cases import CASES, TOOLS
 

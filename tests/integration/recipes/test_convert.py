@@ -26,7 +26,7 @@ from testmodels.hf_checkpoints import (
 )
 from testmodels.hf_tokenizers import SAMPLES, hf_ids
 
-from localrun.engine.machine import machine_params
+from localrun.engine.library.machine import machine_params
 from localrun.errors import CheckpointError
 from localrun.recipes import convert, create, lora, modelfile
 from localrun.store import names
@@ -141,7 +141,7 @@ def test_the_safetensors_package_writes_what_the_converter_reads(
 def test_a_quantized_conversion_stays_close(
     tmp_path: Path, checkpoints: dict[str, Checkpoint], converted: dict[str, Path]
 ) -> None:
-    from localrun.engine import quantize
+    from localrun.engine.library import quantize
 
     ck = checkpoints["llama"]
     small = tmp_path / "q8.gguf"

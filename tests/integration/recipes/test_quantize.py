@@ -55,8 +55,8 @@ def test_every_type_the_issue_names_quantizes_and_loads(
 ) -> None:
     """Each type from F32 and from F16 (k-quants on rows narrower than 256 take llama.cpp's
     fallback, as llama-quantize does); the result loads and answers."""
-    from localrun.engine import quantize
-    from localrun.engine.machine import machine_params
+    from localrun.engine.library import quantize
+    from localrun.engine.library.machine import machine_params
 
     half = tmp_path / "f16.gguf"
     quantize.quantize(tiny_model, half, "f16")

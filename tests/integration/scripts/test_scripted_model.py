@@ -18,7 +18,7 @@ import openai
 import pytest
 from testmodels.scripted import write_scripted_model
 
-from localrun.engine.machine import machine_params
+from localrun.engine.library.machine import machine_params
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 

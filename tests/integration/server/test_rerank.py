@@ -16,7 +16,7 @@ import httpx
 import pytest
 from testmodels.reranker import RERANK_TEMPLATE, write_tiny_reranker
 
-from localrun.engine.machine import machine_params
+from localrun.engine.library.machine import machine_params
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 

@@ -142,7 +142,7 @@ def test_show_gives_a_go_template_that_comes_back_to_the_same_prompts(
     assert "{%" in shown["chat_template"]  # the GGUF's own, as it is
     assert oc.show(SMOL).template == shown["template"]
     # `localrun run` on a server shows (/show template) the template the model is prompted with.
-    from localrun.cli.remote_session import view_from_show
+    from localrun.cli.run.remote import view_from_show
 
     assert view_from_show(shown).template == shown["chat_template"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from localrun.engine.buildinfo import build_info
+from localrun.engine.library.buildinfo import build_info
 from localrun.hardware import system
 from localrun.store import catalog, names
 
@@ -144,8 +144,8 @@ def test_show_fit_bad_param_is_one_line(cli: CLI, args: list[str], fragments: li
 
 
 def test_info_notes_a_gpu_this_build_cannot_use() -> None:
-    from localrun.cli.info_cmd import _notes
-    from localrun.engine.buildinfo import BuildInfo
+    from localrun.cli.commands.info import _notes
+    from localrun.engine.library.buildinfo import BuildInfo
 
     cpu = system.CPU("Test CPU", "x86_64", 8, 16, ())
     found = system.SystemInfo(cpu, 10**10, 10**10, [system.GPU(0, "L4", "cuda", 10**10, 10**10)])

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import typer
 
-from localrun.cli import main, typer_patches, version
+from localrun.cli import main, typer_patches
+from localrun.cli.commands import version
 
 from support import PATIENCE_S
 
@@ -31,10 +32,10 @@ UNUSED = ("pydantic", "httpx", "jinja2", "markdown_it", "pygments")
 # Our own modules that --help, which only lists the commands, never needs.
 NOT_FOR_HELP = (
     "localrun.store.models",
-    "localrun.cli.session",
-    "localrun.cli.connect",
-    "localrun.cli.local_session",
-    "localrun.cli.remote_session",
+    "localrun.cli.run.session",
+    "localrun.cli.run.connect",
+    "localrun.cli.run.local",
+    "localrun.cli.run.remote",
     "localrun.engine",
 )
 VERSION = ("--version", "-v")

@@ -1,4 +1,4 @@
-"""The llama.cpp parameters localrun uses on this machine (localrun.engine.machine): the
+"""The llama.cpp parameters localrun uses on this machine (localrun.engine.library.machine): the
 setting and the rule for CPUs with AMX, `localrun info`'s row, and a check that every test,
 script and benchmark anchor loads its models through them. What llama.cpp really loads under
 them: tests/integration/engine/test_machine.py."""
@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from localrun.engine import buildinfo, machine
+from localrun.engine.library import buildinfo, machine
 from localrun.errors import ConfigError
 
 from support import ROOT
@@ -40,7 +40,7 @@ def _with_system_info(monkeypatch: pytest.MonkeyPatch, system_info: str) -> None
 
 
 def test_auto_turns_repacking_off_on_a_cpu_with_amx(monkeypatch: pytest.MonkeyPatch) -> None:
-    from localrun.cli.info_cmd import _repacking
+    from localrun.cli.commands.info import _repacking
 
     amx = "CPU : SSE3 = 1 | AVX512 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1"
     _with_system_info(monkeypatch, amx)
@@ -158,7 +158,7 @@ def test_the_check_finds_every_default_load() -> None:
     assert len(violations(bad, "bad.py")) == 7, violations(bad, "bad.py")
     good = textwrap.dedent(
         """
-        from localrun.engine.machine import machine_params
+        from localrun.engine.library.machine import machine_params
         a = machine_params().llama("m.gguf", n_ctx=64)
         mp = machine_params().apply(lc.llama_model_default_params())
         c = lc.llama_model_load_from_file(b"m.gguf", mp)
@@ -182,7 +182,12 @@ def test_every_model_load_uses_the_machines_parameters() -> None:
     found = [
         v
         for p in files
-        if p != ROOT / "localrun" / "engine" / "machine.py"  # where the parameters are applied
+        if p
+        != ROOT
+        / "localrun"
+        / "engine"
+        / "library"
+        / "machine.py"  # where the parameters are applied
         for v in violations(p.read_text(), str(p.relative_to(ROOT)))
     ]
     assert found == []

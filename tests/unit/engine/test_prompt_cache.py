@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from localrun.engine import prompt_cache
-from localrun.engine.prompt_cache import PromptCache
+from localrun.engine.prompts import disk_cache as prompt_cache
+from localrun.engine.prompts.disk_cache import PromptCache
 from localrun.errors import ConfigError
 from localrun.settings import limits
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from localrun.engine import lookup, speculate
-from localrun.engine.costs import DecodeCost
-from localrun.engine.lookup import NgramDrafter
-from localrun.engine.speculate import Speculator
+from localrun.engine.speculation import lookup
+from localrun.engine.speculation import speculator as speculate
+from localrun.engine.speculation.costs import DecodeCost
+from localrun.engine.speculation.lookup import NgramDrafter
+from localrun.engine.speculation.speculator import Speculator
 
 # -- the drafter (pure) -----------------------------------------------------------------------
 
@@ -231,7 +232,7 @@ def test_the_limit_bounds_every_draft() -> None:
 
 
 def test_the_cost_meter_keeps_the_prior_until_it_has_timed_a_batch() -> None:
-    from localrun.engine.costs import CostMeter
+    from localrun.engine.speculation.costs import CostMeter
 
     prior = DecodeCost.for_device(0)
     meter = CostMeter(prior)
@@ -248,7 +249,7 @@ def test_a_batch_is_weighed_against_the_one_token_decodes_of_its_time() -> None:
     """Both grow with the context a decode attends to. A long answer's batches, set in seconds
     against the one-token decodes of a short answer after it, read twice their cost (and no
     draft would be made to correct it)."""
-    from localrun.engine.costs import CostMeter
+    from localrun.engine.speculation.costs import CostMeter
 
     meter = CostMeter(DecodeCost.for_device(0))
     for _ in range(20):
@@ -266,7 +267,7 @@ def test_a_short_batch_costs_what_was_timed_not_the_line_through_long_ones() -> 
     """The exact runtime's one-token decode has kernels of its own: 2 to 5 rows cost more one-
     token decodes than a line through batches of 2 to 65 can say. A one-token guess on prose is
     weighed against what two rows were timed at."""
-    from localrun.engine.costs import CostMeter
+    from localrun.engine.speculation.costs import CostMeter
 
     meter = CostMeter(DecodeCost.for_device(0))
     meter.record(1, 0.008, 2)
@@ -296,7 +297,7 @@ def test_a_draft_follows_what_a_batch_costs_now() -> None:
     """On two threads (a batch of 9 for about 5 decodes) a sure copy is drafted long; on one
     thread, where a batch costs as many decodes as it has tokens, the same copy is not worth a
     long draft: the speculator asks the meter each time."""
-    from localrun.engine.costs import CostMeter
+    from localrun.engine.speculation.costs import CostMeter
 
     meter = CostMeter(DecodeCost.for_device(0))
     threads = [2]
@@ -331,7 +332,7 @@ def test_beside_other_streams_only_a_likely_guess_is_drafted() -> None:
 
 
 def test_an_answer_is_remembered_for_its_memory_alone_and_bounded() -> None:
-    from localrun.engine.answers import LEAD, AnswerMemory
+    from localrun.engine.speculation.answers import LEAD, AnswerMemory
 
     memory = AnswerMemory(most_answers=2, most_tokens=100)
     prompt = list(range(40))

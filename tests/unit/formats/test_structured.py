@@ -10,11 +10,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from localrun.engine import constraint
+from localrun.engine.sampling import constraint
 from localrun.errors import AnswerSchemaError, BadRequestError
 from localrun.formats import grammar_bounds
 from localrun.server.schema import answer as answer_schema
-from localrun.worker.grammar import constraint_for
+from localrun.worker.grammars.format import constraint_for
 
 
 def test_one_of_is_enforced_where_no_value_matches_two_branches() -> None:
@@ -139,7 +139,7 @@ def test_a_chain_of_definitions_is_bounded_below_where_the_compiler_crashes(kind
     stack). The longest chain within MAX_RESOLVED_DEPTH compiles in the guard's child, on half
     the stack a runner compiles on (the keyword that costs most stack a level, `items`,
     crashes an 8 MiB stack past 2,100 levels); one more hop is a 400 before the compiler."""
-    from localrun.engine.grammar_guard import Guard
+    from localrun.engine.sampling.grammar_guard import Guard
 
     def fits(n: int) -> bool:
         try:
@@ -215,11 +215,11 @@ def test_the_depth_follows_every_spelling_of_a_reference_and_none_that_names_not
 
 
 def test_the_watch_refuses_the_byte_that_finishes_an_item_breaking_its_array() -> None:
-    """engine.watch reads a JSON answer byte by byte: the closing quote of a string equal to
-    an earlier item, the separator after a number equal to one, the bracket closing an object
-    equal to one, the `]` of an array short of its `contains`; wherever the schema of the
+    """engine.sampling.schema_items reads a JSON answer byte by byte: the closing quote of a string
+    equal to an earlier item, the separator after a number equal to one, the bracket closing an
+    object equal to one, the `]` of an array short of its `contains`; wherever the schema of the
     array is known from its place ($refs followed); not JSON, and it holds nothing."""
-    from localrun.engine.watch import ItemWatch
+    from localrun.engine.sampling.schema_items import ItemWatch
 
     def refused(schema: dict[str, Any], text: str) -> list[int]:
         watch, found = ItemWatch(schema), []
@@ -265,7 +265,7 @@ def test_an_object_that_says_nothing_of_other_keys_is_closed_where_the_schema_is
     """As llama.cpp's JSON-schema converter (Ollama's `format`) closes such objects: only the
     lenient (not strict) schema, every object listing its properties, not one with no
     properties, one that speaks of other keys, or an allOf's branches."""
-    from localrun.worker.grammar import closed
+    from localrun.worker.grammars.format import closed
 
     person = {"type": "object", "properties": {"name": {"type": "string"},
               "pet": {"type": "object", "properties": {"kind": {"enum": ["cat"]}}},

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from localrun.engine import constraint
 from localrun.engine.fake import FakeBatchEngine
+from localrun.engine.sampling import constraint
 from localrun.engine.types import LoadOptions
 from localrun.errors import BadRequestError
 from localrun.formats import calls as calls_mod
@@ -22,8 +22,9 @@ from localrun.recipes import create, modelfile
 from localrun.request import GenRequest
 from localrun.store import names
 from localrun.store.models import Store
-from localrun.worker import forced, prompt
-from localrun.worker import grammar as grammar_mod
+from localrun.worker import prompt
+from localrun.worker.grammars import forced
+from localrun.worker.grammars import format as grammar_mod
 
 from support.tools import WEATHER
 

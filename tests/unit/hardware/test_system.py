@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from localrun.engine.buildinfo import parse_backends
+from localrun.engine.library.buildinfo import parse_backends
 from localrun.gguf import scan
 from localrun.gguf.header import Header, TensorInfo
 from localrun.hardware import offload, system

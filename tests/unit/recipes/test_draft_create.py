@@ -269,7 +269,7 @@ def test_a_split_model_is_not_a_draft(store: Store, draft_project: Path) -> None
 
 
 def test_the_chat_shows_the_draft_of_a_model_on_the_server() -> None:
-    from localrun.cli.remote_session import view_from_show
+    from localrun.cli.run.remote import view_from_show
     from localrun.cli.views import show_text
 
     digest = "sha256:" + "ab" * 32

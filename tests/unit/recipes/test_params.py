@@ -35,7 +35,7 @@ OLLAMA_PARAMETERS = {
     "stop",
     "draft_num_predict",  # Ollama's name for the longest draft of speculative decoding
 }
-# localrun's own: how to speculate (engine.speculate.MODES).
+# localrun's own: how to speculate (engine.speculation.speculator.MODES).
 LOCALRUN_PARAMETERS = {"speculate", "grammar_forcing"}
 
 
@@ -188,7 +188,7 @@ def test_out_of_range_values(assignment: str, fragment: str) -> None:
     ],
 )
 def test_any_64_bit_seed_is_reduced_to_32_bits(given: int, reduced: int) -> None:
-    from localrun.engine.sampling import native_seed
+    from localrun.engine.sampling.sampler import native_seed
 
     assert validate({"seed": given}) == {"seed": given}  # kept as written (Modelfiles too)
     assert parse_assignment(f"seed={given}") == ("seed", given)

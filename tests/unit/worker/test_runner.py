@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from localrun.cli.local_session import LocalSession
+from localrun.cli.run.local import LocalSession
 from localrun.errors import InvalidParameterError, TemplateError
 from localrun.formats import template
 from localrun.model import Model

@@ -1,0 +1,28 @@
+"""Which model `localrun run` talks to: the running server's, or one loaded in this process.
+
+`open_session()` probes LOCALRUN_HOST: when a server answers, the model is loaded (and stays warm
+between invocations) there; otherwise it is loaded here, as before the server existed. A model
+the server lacks that another runner here has (with LOCALRUN_OTHER_RUNNERS in this command's
+environment) is imported in place into this store first, as without a server. The remote path
+imports neither llama_cpp nor the runner.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from localrun.cli.run.session import Session
+
+
+def open_session(name: str, overrides: dict[str, Any]) -> Session:
+    """The server's model when LOCALRUN_HOST answers, else the model loaded in this process."""
+    from localrun.client import Client
+
+    client = Client()
+    if client.is_up():
+        from localrun.cli.run.remote import RemoteSession
+
+        return RemoteSession.open(client, name, overrides)
+    from localrun.cli.run.local import LocalSession
+
+    return LocalSession.open(name, overrides)
