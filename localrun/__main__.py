@@ -1,13 +1,13 @@
 """`python -m localrun` is the `localrun` command, and the frozen binary's entry point.
 
 A child started from the binary (`localrun __localrun_module__ <module> ...`, see
-localrun.selfexec) runs here as that module, before the CLI is imported: a runner starts as fast
-from the binary as from pip. Anything else is the CLI.
+localrun.host.selfexec) runs here as that module, before the CLI is imported: a runner starts as
+fast from the binary as from pip. Anything else is the CLI.
 """
 
 import sys
 
-from localrun.selfexec import CHILD_MODULES, MODULE_FLAG
+from localrun.host.selfexec import CHILD_MODULES, MODULE_FLAG
 
 
 def main() -> None:

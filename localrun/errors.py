@@ -265,7 +265,7 @@ class ModelLoadError(EngineError):
 class ContextOverflowError(EngineError):
     """A prompt of `tokens` tokens that a context of `limit` cannot hold; the model was trained
     on `trained` (each None where not known). Each API words it as its own server does
-    (localrun.overflow), since agents match the words to compact a conversation."""
+    (localrun.request.overflow), since agents match the words to compact a conversation."""
 
     # OpenAI's code for it: OpenAI clients and agent frameworks catch it to compact a
     # conversation.

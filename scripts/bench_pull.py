@@ -20,7 +20,7 @@ rounds alternate between
 
   cp + fsync        coreutils `cp` of the file, then an fsync of the copy: the disk's own copy
   cp + sha256       the same with the copy's sha256 (`openssl dgst`): the copy, verified
-  localrun pull     localrun.sources.registry.pull() into a fresh store: manifest, the blob in
+  localrun pull     localrun.sources.registry.pull.pull() into a fresh store: manifest, the blob in
                     Range pieces over 4 connections, sha256 as it lands, fsync, the model written
 
 and both ratios are printed against the target (within 1.2x): the pull verifies what it
@@ -225,7 +225,7 @@ fake.close()
 
 _KILLED_PULL = """
 import os, sys
-from localrun.sources import registry
+from localrun.sources.registry import pull as registry
 from localrun.store.models import Store
 from localrun.store import names
 registry.pull(Store(__import__("pathlib").Path(sys.argv[1])), names.parse(sys.argv[2]))
@@ -233,7 +233,7 @@ registry.pull(Store(__import__("pathlib").Path(sys.argv[1])), names.parse(sys.ar
 
 
 def _registry_pull(home: Path, name: str) -> float:
-    from localrun.sources import registry
+    from localrun.sources.registry import pull as registry
     from localrun.store import names
     from localrun.store.models import Store
 

@@ -138,7 +138,7 @@ def pyinstaller(workdir: Path, onefile: bool) -> Path:
         # invisible to PyInstaller's import analysis).
         "--paths", str(ROOT),
         "--onefile" if onefile else "--onedir",
-        # localrun's children are its own modules, started by name (localrun.selfexec); its
+        # localrun's children are its own modules, started by name (localrun.host.selfexec); its
         # catalog.json is data; llama-cpp-python's libllama/libggml sit in llama_cpp/lib.
         "--collect-submodules", "localrun", "--collect-data", "localrun",
         "--collect-binaries", "llama_cpp",

@@ -30,7 +30,7 @@ def error_line(err: LocalrunError) -> str:
     message = " ".join(err.message.split()) if "\n" in err.message else err.message
     hint = err.hint
     if isinstance(err, ContextOverflowError) and err.tokens is not None:
-        from localrun import overflow
+        from localrun.request import overflow
 
         hint = overflow.hint(err, "cli")  # this command's own ways to raise the context
     return f"Error: {message}; {hint}" if hint else f"Error: {message}"

@@ -50,7 +50,7 @@ def _remote_models(local: set[str]) -> list[tuple[str, str]]:
     if not upstreams.path().exists():
         return []
     served = {m: u.name for u in upstreams.load() for m in u.models}
-    from localrun.client import Client
+    from localrun.cli.client import Client
     from localrun.errors import ServerError
 
     client = Client()

@@ -13,7 +13,7 @@ from localrun.cli.output import columns, human_size
 
 if TYPE_CHECKING:
     from localrun.cli.run.session import Answer, Session
-    from localrun.model import Model
+    from localrun.model.stored import Model
 
 
 def params_text(parameters: dict[str, Any]) -> str:
@@ -87,8 +87,8 @@ def _draft_text(draft: dict[str, Any] | None) -> str | None:
 
 def _projector_text(m: Any) -> str | None:
     """The projector in one line: what it takes in, its size."""
-    from localrun.capabilities import projector_modalities
     from localrun.gguf.scan import format_count
+    from localrun.model.capabilities import projector_modalities
 
     if getattr(m, "projector_path", None) is None:
         return None

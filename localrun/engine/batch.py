@@ -187,7 +187,7 @@ class BatchEngine:
         return self._weights.piece_bytes(token) or self._weights.token_bytes(token)
 
     def media_prompt(self, text: str, media: Sequence[Any], *, add_special: bool) -> MediaPrompt:
-        """A prompt with images or audio (one localrun.media.MARKER in `text` for each)."""
+        """A prompt with images or audio (one localrun.request.media.MARKER in `text` for each)."""
         if self.projector is None:
             kinds = sorted({m.kind for m in media})
             raise BadRequestError(

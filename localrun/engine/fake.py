@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun import overflow
 from localrun.engine.types import (
     EmbedInput,
     FimTokens,
@@ -26,6 +25,7 @@ from localrun.engine.types import (
     rank_mismatch,
 )
 from localrun.errors import BadRequestError, ContextOverflowError, EngineError
+from localrun.request import overflow
 
 END = 0  # the end-of-turn token
 

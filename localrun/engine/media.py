@@ -1,10 +1,10 @@
 """Images and audio for the engine: the model's projector (llama.cpp's libmtmd), a prompt's text
 and media turned into tokens, and a medium evaluated into a slot's sequence.
 
-libmtmd splits a prompt at its markers (localrun.media.MARKER) into text chunks and one chunk per
-image or audio file, wrapped in the model's own tokens. In a prompt the engine sees, each medium
-stands as as many placeholder ids as it takes positions: negative (never a vocabulary id), and
-derived from the medium's sha256, so the same image at the same place is the same run of ids.
+libmtmd splits a prompt at its markers (localrun.request.media.MARKER) into text chunks and one
+chunk per image or audio file, wrapped in the model's own tokens. In a prompt the engine sees, each
+medium stands as as many placeholder ids as it takes positions: negative (never a vocabulary id),
+and derived from the medium's sha256, so the same image at the same place is the same run of ids.
 A slot that already holds a conversation's image therefore keeps it, and the image is not
 encoded again when the conversation continues, by the same prefix match that keeps text; a
 different image, or the same one elsewhere, matches nothing.
@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun import media as media_mod
 from localrun.engine.library.native import lc
 from localrun.engine.weights import native_log
 from localrun.errors import BadRequestError, EngineError, ModelLoadError
+from localrun.request import media as media_mod
 from localrun.settings import limits
 
 CHUNK_TEXT = 0

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from localrun import overflow
 from localrun.engine.library.native import lc
 from localrun.engine.media import MediaPrompt
 from localrun.errors import ContextOverflowError, EngineError
+from localrun.request import overflow
 
 
 def answer_ends(vocab: Any, stop_tokens: frozenset[int]) -> Callable[[int], bool]:

@@ -257,7 +257,7 @@ class Engine(Protocol):
     def token_bytes(self, token: int) -> bytes: ...
 
     def media_prompt(self, text: str, media: Sequence[Any], *, add_special: bool) -> Any:
-        """Text with images or audio (localrun.media) as a prompt for submit's `media`."""
+        """Text with images or audio (localrun.request.media) as a prompt for submit's `media`."""
         ...
 
     def submit(

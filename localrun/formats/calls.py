@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from localrun import jsonlimits
 from localrun.errors import BadRequestError
+from localrun.request import jsonlimits
 
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"

@@ -20,7 +20,7 @@ from localrun.errors import (
     ModelLoadError,
 )
 from localrun.gguf import memory
-from localrun.model import Model
+from localrun.model.stored import Model
 from localrun.settings import limits
 from localrun.store import links as links_mod
 

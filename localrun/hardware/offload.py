@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun import overflow
 from localrun.gguf.header import Header
 from localrun.hardware.system import GPU, MIB
+from localrun.request import overflow
 
 DEFAULT_NUM_BATCH = 512
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from localrun import private
+from localrun.host import private
 from localrun.runtimes import layout
 from localrun.settings import config
 

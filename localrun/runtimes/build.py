@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from localrun import private
 from localrun.errors import RuntimeBuildError
-from localrun.host import locks
+from localrun.host import locks, private
 from localrun.runtimes import exact, layout, source, toolchain
 from localrun.runtimes.layout import Runtime
 from localrun.settings import config
@@ -352,7 +351,7 @@ def _find_module(build: Path, target: str) -> Path:
 def check_loads(module: Path, library_path: tuple[str, ...], log: Path) -> list[str]:
     """Load `module` into a fresh process's llama.cpp (a crash there cannot touch this one)
     and return the devices it registered; RuntimeBuildError when it does not load."""
-    from localrun import selfexec
+    from localrun.host import selfexec
 
     argv = selfexec.command("localrun.engine.library.backend_check", str(module), *library_path)
     return _checked(argv, module, log)
@@ -360,7 +359,7 @@ def check_loads(module: Path, library_path: tuple[str, ...], log: Path) -> list[
 
 def check_exact(module: Path, log: Path) -> list[str]:
     """check_loads for the exact runtime's CPU library: loaded in place of the installed one."""
-    from localrun import selfexec
+    from localrun.host import selfexec
 
     argv = selfexec.command("localrun.engine.library.backend_check", "--exact", str(module))
     return _checked(argv, module, log)

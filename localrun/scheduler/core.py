@@ -55,7 +55,7 @@ from localrun.errors import (
     ServerError,
 )
 from localrun.recipes import params as params_mod
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.scheduler.local import LocalPool
 from localrun.scheduler.remote.upstreams import RemotePool
 from localrun.scheduler.runners import Runner, RunningModel

@@ -4,8 +4,8 @@ A name is resolved against the store, once a request: the Target holds the Model
 manifest it names (model.Model: its digest, its blobs' paths, its parameters), which is what a
 runner started for the request loads, whatever the name points at by then. A catalog model not
 yet in the store (the packaged SmolLM2), and another runner's model that LOCALRUN_OTHER_RUNNERS
-lists (sources.runners.Index), is imported into it on first use, in a child process, so the
-server itself never imports gguf or numpy. Concurrent requests for one name share one lookup
+lists (sources.runners.importing.Index), is imported into it on first use, in a child process, so
+the server itself never imports gguf or numpy. Concurrent requests for one name share one lookup
 (and one import).
 """
 
@@ -18,14 +18,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from localrun import selfexec
 from localrun.errors import LocalrunError, ModelLoadError, ModelNotFoundError
 from localrun.hardware.fit import Footprint, footprint
 from localrun.hardware.offload import rounded_context
+from localrun.host import selfexec
 from localrun.host.processes import exit_text
-from localrun.model import Model, context_for
-from localrun.model import load as load_model
-from localrun.sources.runners import Index
+from localrun.model.stored import Model, context_for
+from localrun.model.stored import load as load_model
+from localrun.sources.runners.importing import Index
 from localrun.store import reference
 from localrun.store.models import Store
 from localrun.store.reference import Reference

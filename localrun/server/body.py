@@ -14,9 +14,9 @@ from typing import Any
 
 from starlette.requests import Request
 
-from localrun import jsonlimits
 from localrun.errors import BadRequestError
 from localrun.recipes import params
+from localrun.request import jsonlimits
 from localrun.settings import config
 
 log = logging.getLogger("localrun.server")

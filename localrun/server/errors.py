@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from localrun import errors as e
-from localrun import overflow
+from localrun.request import overflow
 from localrun.server.http import escape
 
 # "responses": OpenAI's shape, with the Responses API's own words where they differ.

@@ -1,7 +1,7 @@
 """Generations: a request started on the scheduler, and its answer as it comes.
 
-The /api and /v1 handlers translate their request into a `localrun.request.GenRequest`, call
-`start()` (or `start_choices()` for several answers) and format what the `Generation` yields;
+The /api and /v1 handlers translate their request into a `localrun.request.genrequest.GenRequest`,
+call `start()` (or `start_choices()` for several answers) and format what the `Generation` yields;
 none talks to the scheduler in its own way.
 
 A generation is started before any response byte is sent, and its first piece is awaited too,
@@ -24,7 +24,7 @@ import anyio
 from starlette.requests import Request
 
 from localrun.errors import AnswerSchemaError, BadRequestError, LocalrunError
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.server import core
 from localrun.server.logprobs import Budget, Scored
 from localrun.server.schema import answer as answer_schema

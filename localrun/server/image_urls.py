@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from localrun import media
 from localrun.errors import BadRequestError, RequestTooLargeError
+from localrun.request import media
 from localrun.scheduler.remote import read as remote_read
 from localrun.settings import limits
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from localrun import media as media_mod
 from localrun.errors import BadRequestError
-from localrun.request import pair_tool_results
+from localrun.request import media as media_mod
+from localrun.request.genrequest import pair_tool_results
 
 
 def chat_messages(

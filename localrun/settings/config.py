@@ -17,8 +17,8 @@ import contextlib
 import os
 from pathlib import Path
 
-from localrun import private
 from localrun.errors import ConfigError
+from localrun.host import private
 from localrun.settings import limits, parse
 from localrun.settings.setting import Setting
 
@@ -169,7 +169,7 @@ _GENERAL: dict[str, Setting] = {
         # Tokenizing answers with every token: a large text makes a large answer, and llama.cpp
         # reads special tokens in time quadratic in their number (100k took minutes).
         # 15 million token ids (a 29 MB body) took a runner 50 s and 3 GB to spell out.
-        # Images and audio in requests (localrun.media): each bounded before it is decoded.
+        # Images and audio in requests (localrun.request.media): each bounded before it is decoded.
         Setting(
             "LOCALRUN_SPECULATE",
             "Speculative decoding where neither the model nor the request sets the speculate "
@@ -326,7 +326,7 @@ def home() -> Path:
 
 def make_home() -> None:
     """Create LOCALRUN_HOME, where it does not exist yet, as its owner's alone (0700, parents
-    too): it holds the chat history (localrun.private). One that exists is left as it is
+    too): it holds the chat history (localrun.host.private). One that exists is left as it is
     (`localrun info` says when it is open to others); one that cannot be made is for the write
     that follows to report."""
     with contextlib.suppress(OSError):

@@ -22,7 +22,7 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected a boolean (1/0, true/false), got {text!r}")
 
 
-# The other runners whose models `serve` may list (sources.runners.SOURCES, less "all").
+# The other runners whose models `serve` may list (sources.runners.importing.SOURCES, less "all").
 RUNNERS = ("ollama", "hf", "lmstudio", "llama.cpp")
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from localrun import private
 from localrun.errors import ConfigError
+from localrun.host import private
 from localrun.settings import config, limits
 
 DIALECTS = ("openai", "ollama")

@@ -19,13 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from localrun import selfexec
 from localrun.errors import HubUnreachableError, LocalrunError, ModelNotFoundError
+from localrun.host import selfexec
 from localrun.recipes import create
 from localrun.recipes.modelfile import Modelfile
 from localrun.settings import config
-from localrun.sources import hosts, present, pull, runners
-from localrun.sources.found import Found
+from localrun.sources import hosts, present, pull
+from localrun.sources.runners import importing as runners
+from localrun.sources.runners.found import Found
 from localrun.store import catalog, reference
 from localrun.store.manifest import Manifest
 from localrun.store.models import Store
@@ -44,10 +45,10 @@ def find(
 ) -> Manifest:
     """The manifest of the model `ref` names, fetched first where it must be.
 
-    Another runner's model (sources.runners.named; not with `others` False, as `pull` asks) is
-    imported in place, and a catalog model shipped in an installed package imported, whatever
-    `pull_missing` says; a hub reference, a catalog model only a hub has, or a name of a
-    registry (sources.registry, as far as `reach` may go) is pulled only with it.
+    Another runner's model (sources.runners.importing.named; not with `others` False, as `pull`
+    asks) is imported in place, and a catalog model shipped in an installed package imported,
+    whatever `pull_missing` says; a hub reference, a catalog model only a hub has, or a name of a
+    registry (sources.registry.pull, as far as `reach` may go) is pulled only with it.
     """
     found: Found | None = None
     try:
@@ -97,9 +98,9 @@ def from_registry(
     *,
     reach: hosts.Reach = hosts.OWNER,
 ) -> str:
-    """Pull `ref` from its registry (sources.registry, as far as `reach`, who asked, may go); a
+    """Pull `ref` from its registry (sources.registry.pull, as far as `reach`, who asked, may go); a
     name the registry does not have is not found as the user typed it."""
-    from localrun.sources import registry
+    from localrun.sources.registry import pull as registry
 
     try:
         return registry.pull(store, ref.name, report or (lambda _: None), reach=reach)

@@ -20,7 +20,7 @@ from localrun.engine.types import Engine, LoadOptions
 from localrun.errors import BadRequestError, InvalidGGUFError, LocalrunError
 from localrun.formats import template as template_mod
 from localrun.hardware import fit as fit_mod
-from localrun.model import Model, Resolved
+from localrun.model.stored import Model, Resolved
 from localrun.settings import limits
 from localrun.worker import protocol, view
 from localrun.worker.load_watch import LoadWatch, load_limit

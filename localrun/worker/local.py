@@ -17,8 +17,8 @@ from types import FrameType
 from typing import Any
 
 from localrun.engine.types import Timings
-from localrun.model import Model, Resolved
-from localrun.request import GenRequest
+from localrun.model.stored import Model, Resolved
+from localrun.request.genrequest import GenRequest
 from localrun.store import leases
 from localrun.store.leases import Lease
 from localrun.store.models import Store

@@ -20,11 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from localrun import private, selfexec
 from localrun.errors import LocalrunError, ModelLoadError
-from localrun.host import processes
+from localrun.host import private, processes, selfexec
 from localrun.host.processes import exit_text
-from localrun.model import Model, Resolved
+from localrun.model.stored import Model, Resolved
 from localrun.settings import config, limits
 from localrun.worker import protocol
 

@@ -24,10 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from localrun import selfexec
 from localrun.engine.types import Timings
 from localrun.errors import LocalrunError, ModelLoadError, RunnerDiedError, ServerError
-from localrun.host import processes
+from localrun.host import processes, selfexec
 from localrun.worker import protocol
 
 # The names the server has always logged these under: the scheduler's view of its runners, and

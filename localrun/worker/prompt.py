@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from localrun import media as media_mod
 from localrun.engine.sampling import schema_items as watch
 from localrun.engine.types import FimTokens, SamplingOptions, reusable
 from localrun.errors import BadRequestError
@@ -22,9 +21,10 @@ from localrun.formats import calls as tools_mod
 from localrun.formats import grammar_bounds, parsers
 from localrun.formats import reasoning as reasoning_mod
 from localrun.formats import template as template_mod
-from localrun.model import Model
+from localrun.model.stored import Model
 from localrun.recipes import params as params_mod
-from localrun.request import GenRequest
+from localrun.request import media as media_mod
+from localrun.request.genrequest import GenRequest
 from localrun.settings import config
 from localrun.worker.grammars import forced as forced_mod
 from localrun.worker.grammars.format import constraint_for, format_schema, header, with_forcing

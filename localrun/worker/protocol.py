@@ -19,10 +19,10 @@ stderr so they cannot corrupt the stream).
        or {"event": "error", "error": {...}} and exit 1
     -> {"op": "chat", "id": 7, "messages": [...], ...}    (a GenRequest's fields, to_wire's)
     -> {"op": "complete", "id": 8, "prompt": "raw text", ...}      (the same, without messages)
-        Every field of localrun.request.GenRequest travels by its name: "system", "options",
-        "format", "tools", "tool_choice", "think", "suffix" and "extra" (fill in the middle),
-        "logprobs" (N alternatives per token; piece events carry them), "context" (token ids
-        before the prompt), "return_context", ...; those left at their defaults are left out.
+        Every field of localrun.request.genrequest.GenRequest travels by its name: "system",
+        "options", "format", "tools", "tool_choice", "think", "suffix" and "extra" (fill in the
+        middle), "logprobs" (N alternatives per token; piece events carry them), "context" (token
+        ids before the prompt), "return_context", ...; those left at their defaults are left out.
     <- {"event": "piece", "id": 7, "text": "...", "thinking": "..."?, "logprobs": [...]?,
         "prompt": N?, "calls": [{"name", "arguments"}]?, "scored": [...]?}
                               (zero or more; the first tells the prompt's length in tokens;
@@ -62,7 +62,7 @@ the scheduler reads, past which it cannot trust the stream and kills the runner.
 sends an event that would be longer as an error event of its request instead (`oversized`), so
 an answer too large for the channel costs that answer, never the runner.
 
-Pure: only json, localrun.errors, localrun.request and engine.types are imported.
+Pure: only json, localrun.errors, localrun.request.genrequest and engine.types are imported.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ from typing import Any
 
 from localrun.engine.types import EmbedInput, Timings
 from localrun.errors import BadRequestError, LocalrunError
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 
 # -- operations (requests) -------------------------------------------------------------------
 LOAD = "load"

@@ -23,7 +23,7 @@ from typing import Any
 
 from localrun.engine.types import EmbedInput
 from localrun.errors import BadRequestError, EngineError, LocalrunError
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.worker import protocol
 from localrun.worker.load import Loaded
 from localrun.worker.prompt import token_ids

@@ -18,8 +18,8 @@ from localrun.formats import template as template_mod
 from localrun.gguf import scan as scan_mod
 from localrun.gguf.header import Header
 from localrun.hardware import fit as fit_mod
-from localrun.model import Model
-from localrun.request import GenRequest
+from localrun.model.stored import Model
+from localrun.request.genrequest import GenRequest
 from localrun.worker.prompt import Prompter
 
 

@@ -1,4 +1,4 @@
-"""localrun.client and the CLI over the server: `localrun ps`, `stop` and `run`.
+"""localrun.cli.client and the CLI over the server: `localrun ps`, `stop` and `run`.
 
 The error paths run against a tiny stdlib HTTP server that answers what each test scripts; the
 real commands run against a real `localrun serve` subprocess on an ephemeral port.
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from localrun.client import Client
+from localrun.cli.client import Client
 from localrun.errors import (
     BadRequestError,
     BusyError,

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from localrun import model as model_mod
 from localrun.errors import (
     LocalrunError,
 )
+from localrun.model import stored as model_mod
 from localrun.recipes import create, modelfile
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.sources import obtain
 from localrun.store import names, reference
 from localrun.store.models import Store

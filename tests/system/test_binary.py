@@ -363,7 +363,7 @@ def test_prune_removes_other_builds_only(lr: Bin) -> None:
 
 
 def test_children_are_started_as_modules_outside_a_binary() -> None:
-    from localrun import selfexec
+    from localrun.host import selfexec
 
     assert not selfexec.frozen()
     assert selfexec.command("localrun.worker") == [sys.executable, "-m", "localrun.worker"]

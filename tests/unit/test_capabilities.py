@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from localrun.capabilities import capabilities, template_of
-from localrun.model import Model
+from localrun.model.capabilities import capabilities, template_of
+from localrun.model.stored import Model
 from localrun.store import names
 
 TOOLS_TEMPLATE = "{% for t in tools %}{{ t }}{% endfor %}{{ messages }}"

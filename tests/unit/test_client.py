@@ -1,4 +1,4 @@
-"""localrun.client without a server: a wire error whose code it does not know keeps its message,
+"""localrun.cli.client without a server: a wire error whose code it does not know keeps its message,
 `ps`'s columns, and nothing listening is one line with a hint."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from localrun.cli.client import Client
 from localrun.cli.commands import server as server_cmds
-from localrun.client import Client
 from localrun.errors import (
     BadRequestError,
     LocalrunError,
@@ -46,7 +46,7 @@ def test_until_and_processor_columns() -> None:
 
 
 def test_unknown_code_keeps_the_message() -> None:
-    from localrun.client import error_from_wire
+    from localrun.cli.client import error_from_wire
 
     err = error_from_wire(500, b'{"error": "boom", "code": "from_the_future"}')
     assert type(err) is LocalrunError and err.message == "boom"

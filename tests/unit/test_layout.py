@@ -22,28 +22,20 @@ FUNCTION_LINES = 70
 WINGS = [
     "errors",
     "host",
-    "private",
     "settings",
-    "selfexec",
-    "asked",
-    "jsonlimits",
-    "media",
     "request",
-    "overflow",
     "formats",
     "gguf",
     "store",
     "recipes",
     "model",
     "sources",
-    "capabilities",
     "hardware",
     "runtimes",
     "engine",
     "worker",
     "scheduler",
     "server",
-    "client",
     "ui",
     "cli",
     "__main__",
@@ -77,6 +69,37 @@ def test_the_architecture_page_lists_the_wings_in_order() -> None:
     layout = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^\| `([a-z_]+)/?` \|", layout, re.M)
     assert listed == WINGS
+
+
+def test_the_architecture_page_names_every_module_of_each_wing() -> None:
+    """The Layout is the one map of the package: each wing's row names every module and every
+    folder in it (`name` or `name/`), so a module added or moved without its line fails here."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    layout = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([a-z_]+)/` \| (.*)$", layout, re.M))
+    package = ROOT / "localrun"
+    missing = []
+    for wing, row in rows.items():
+        named = set(re.findall(r"`([a-z_0-9]+)/?`", row))
+        for path in sorted((package / wing).iterdir()):
+            if path.name.startswith(("_", ".")):
+                continue
+            module = path.suffix == ".py" or (path / "__init__.py").is_file()
+            if module and path.stem not in named:
+                missing.append(f"{wing}/{path.name}")
+    assert missing == [], "name these in docs/architecture.md's Layout, in their wing's row"
+
+
+def test_each_packages_own_map_names_its_modules() -> None:
+    """A package's docstring that lists its modules (`name.py` or `name/` opening an indented
+    line) lists ones that are there, in it or in one of its folders."""
+    stale = []
+    for init in sorted((ROOT / "localrun").rglob("__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
+        for name in re.findall(r"^\s{2,}([a-z_0-9]+(?:\.py|/))\s", doc, re.M):
+            if not any(init.parent.rglob(name.rstrip("/"))):
+                stale.append(f"{init.parent.relative_to(ROOT)}: {name}")
+    assert stale == []
 
 
 def _pages() -> list[Path]:

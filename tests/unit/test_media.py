@@ -1,5 +1,5 @@
-"""Images and audio as requests send them (localrun.media): read, bounded before decoding, and
-marked in the text; and the PROJECTOR line of a Modelfile."""
+"""Images and audio as requests send them (localrun.request.media): read, bounded before decoding,
+and marked in the text; and the PROJECTOR line of a Modelfile."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import tracemalloc
 import pytest
 from PIL import Image
 
-from localrun import media
 from localrun.errors import BadRequestError, ModelfileError, RequestTooLargeError
 from localrun.recipes import modelfile
+from localrun.request import media
 from localrun.server.messages import chat_messages
 
 from support.media import b64, bomb, wav

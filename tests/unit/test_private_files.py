@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from localrun import private
 from localrun.engine.prompts import disk_cache as prompt_cache
 from localrun.engine.prompts.disk_cache import PromptCache
+from localrun.host import private
 
 from support.cli import CLI
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from localrun.errors import BadRequestError
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 
 EVERY_FIELD = GenRequest(
     "m",

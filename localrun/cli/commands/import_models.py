@@ -11,7 +11,7 @@ from localrun.cli.output import CreateProgress, columns, human_size
 from localrun.errors import ImportSourceError, InvalidNameError, LocalrunError
 
 if TYPE_CHECKING:
-    from localrun.sources.found import Found
+    from localrun.sources.runners.found import Found
 
 
 def import_(
@@ -32,7 +32,7 @@ def import_(
     A model imported before is imported again after its runner updated it (a new blob, a new
     snapshot, new settings): the model points at the new files. One the store holds as it is
     is skipped."""
-    from localrun.sources import runners
+    from localrun.sources.runners import importing as runners
 
     if source not in runners.SOURCES:
         raise InvalidNameError(
@@ -98,7 +98,7 @@ def _listing(chosen: list[Found], held: set[str]) -> str:
 
 def _nothing(source: str) -> str:
     """What an import that found no model says: where it looked, and what moves each folder."""
-    from localrun.sources import runners
+    from localrun.sources.runners import importing as runners
 
     places = [s for s in runners.SOURCES if s != "all"] if source == "all" else [source]
     lines = []

@@ -109,8 +109,8 @@ def _gpu_line(gpu: GPU) -> str:
 
 def _privacy_notes() -> list[str]:
     """One line for each folder of conversations that other users may read or enter."""
-    from localrun import private
     from localrun.engine.prompts import disk_cache as prompt_cache
+    from localrun.host import private
     from localrun.settings import config
 
     home = config.home()

@@ -75,8 +75,8 @@ def push(
     insecure: bool = INSECURE,
 ) -> None:
     """Upload a model to its registry in Ollama's format (`ollama pull` takes it back)."""
-    from localrun.sources import push as push_mod
     from localrun.sources.hosts import Reach
+    from localrun.sources.registry import push as push_mod
     from localrun.store import names
 
     store = open_store(cleanup=True)

@@ -1,4 +1,5 @@
-"""`localrun ps` and `localrun stop`: the running server's loaded models (see localrun.client)."""
+"""`localrun ps` and `localrun stop`: the running server's loaded models (see
+localrun.cli.client)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ FOREVER_S = 20 * 365 * 86_400
 
 def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the models the server has loaded: size, CPU/GPU split, until when."""
-    from localrun.client import Client
+    from localrun.cli.client import Client
 
     models = Client().ps()
     if as_json:
@@ -55,7 +56,7 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
 
 def stop(model: str = typer.Argument(..., help="The model to unload, e.g. smollm2:135m.")) -> None:
     """Unload a model from the server now."""
-    from localrun.client import Client
+    from localrun.cli.client import Client
 
     client = Client()
     loaded = client.ps()

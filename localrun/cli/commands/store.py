@@ -19,7 +19,7 @@ from localrun.settings import config
 from localrun.store import names
 
 if TYPE_CHECKING:
-    from localrun.model import Model
+    from localrun.model.stored import Model
 
 MAX_MODELFILE = 16 * 1024 * 1024
 
@@ -147,7 +147,7 @@ def show(
         choice = view.template_choice(m)
         template, chosen = choice.source, choice.reason
     if prompt is not None:
-        from localrun.request import GenRequest
+        from localrun.request.genrequest import GenRequest
         from localrun.worker import view  # bound above too; repeated for the type checker
 
         chat = GenRequest(str(m.name), messages=[{"role": "user", "content": prompt}])
@@ -177,7 +177,7 @@ def show(
 
 def _stored_model(name: str) -> Model:
     """The model `name` refers to, from the store (found through an alias; never pulled)."""
-    from localrun import model as model_mod
+    from localrun.model import stored as model_mod
     from localrun.sources import obtain
     from localrun.store import reference
 
@@ -230,7 +230,7 @@ def cp(
 ) -> None:
     """Copy a model under a new name (no data is duplicated), from or to a registry."""
     from localrun.sources import obtain
-    from localrun.sources import push as push_mod
+    from localrun.sources.registry import push as push_mod
     from localrun.store import reference
 
     dst = reference.resolve(destination).typed
@@ -272,8 +272,8 @@ def rm(
 def prune() -> None:
     """Remove unused blobs, leftovers of interrupted writes, the disk prompt cache and (from the
     single binary) its other unpacked builds."""
-    from localrun import selfexec
     from localrun.engine.prompts import disk_cache as prompt_cache
+    from localrun.host import selfexec
 
     report = open_store().prune(partials=True)
     assert report is not None

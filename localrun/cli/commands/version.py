@@ -19,8 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from localrun import __version__, selfexec
+from localrun import __version__
 from localrun.errors import LocalrunError
+from localrun.host import selfexec
 from localrun.settings import config
 
 # Backends whose answer needs no device of the machine: a build of these alone is recorded.

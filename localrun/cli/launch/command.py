@@ -30,16 +30,15 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from localrun import private, selfexec
 from localrun.cli.common import open_store
 from localrun.cli.launch import agents as launchers
 from localrun.cli.launch import context as agent_context
 from localrun.errors import ConfigError, FileError, LocalrunError, ServerError
-from localrun.host import processes
+from localrun.host import private, processes, selfexec
 from localrun.settings import config
 
 if TYPE_CHECKING:
-    from localrun.client import Client
+    from localrun.cli.client import Client
 
 START_TIMEOUT_S = 60.0
 # The key's stand-in in what --dry-run prints: letters and underscores, which neither shell
@@ -67,7 +66,7 @@ def launch(
     ),
 ) -> None:
     """Start a coding agent (Claude Code, Codex, OpenCode, Aider) on a local model."""
-    from localrun.client import Client
+    from localrun.cli.client import Client
 
     found = launchers.TOOLS.get(tool)
     if found is None:

@@ -23,7 +23,7 @@ from localrun.errors import ConfigError, LocalrunError
 from localrun.store import names
 
 if TYPE_CHECKING:
-    from localrun.client import Client
+    from localrun.cli.client import Client
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ def facts(name: str, client: Client | None) -> Facts:
     for a model that is not there yet: a dry run's)."""
     if client is not None:
         return _from_show(client.show(name))
-    from localrun import capabilities
-    from localrun import model as model_mod
+    from localrun.model import capabilities
+    from localrun.model import stored as model_mod
 
     try:
         m = model_mod.load(open_store(), names.parse(name))

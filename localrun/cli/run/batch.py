@@ -45,7 +45,7 @@ def _with_images(message: dict[str, Any], item: dict[str, Any]) -> dict[str, Any
         return message
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise InvalidParameterError("'images' must be a list of file paths or base64 strings")
-    from localrun import media
+    from localrun.request import media
 
     media.check_count(len(images))
     message["images"] = [

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localrun import private
 from localrun.errors import LocalrunError
+from localrun.host import private
 from localrun.settings import config
 
 if TYPE_CHECKING:
@@ -325,7 +325,7 @@ def _starts_with_image(line: str) -> bool:
 def attach_images(text: str) -> tuple[str, list[str]]:
     """The message without the paths of the image files it names, and those images (base64),
     said on stderr as they are added; a path that is no file stays text."""
-    from localrun import media
+    from localrun.request import media
 
     images: list[str] = []
     kept = text

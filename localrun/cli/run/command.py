@@ -120,7 +120,7 @@ def _media(
     image: list[Path], audio: list[Path], text: str, model: str
 ) -> tuple[list[str], list[str]]:
     """The --image and --audio files, read and checked (base64), for a prompt that has text."""
-    from localrun import media
+    from localrun.request import media
 
     images = [media.read_file(str(path)) for path in image]
     sounds = [media.read_file(str(path), "audio") for path in audio]

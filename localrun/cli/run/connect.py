@@ -16,7 +16,7 @@ from localrun.cli.run.session import Session
 
 def open_session(name: str, overrides: dict[str, Any]) -> Session:
     """The server's model when LOCALRUN_HOST answers, else the model loaded in this process."""
-    from localrun.client import Client
+    from localrun.cli.client import Client
 
     client = Client()
     if client.is_up():

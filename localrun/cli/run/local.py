@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from localrun.cli.run.session import Answer, Message, ModelView, warn
 
 if TYPE_CHECKING:
-    from localrun.model import Model
+    from localrun.model.stored import Model
     from localrun.recipes.modelfile import Modelfile
     from localrun.worker.local import LocalRunner
 
@@ -59,8 +59,8 @@ class LocalSession:
         format: str | None = None,
         think: bool | str | None = None,
     ) -> Answer:
-        from localrun import media
-        from localrun.request import GenRequest
+        from localrun.request import media
+        from localrun.request.genrequest import GenRequest
 
         # The messages are Ollama's (what the server path sends): images become media here.
         core = [
@@ -138,7 +138,7 @@ class LocalSession:
 def _load_runner(store: Any, found: Any, manifest: Any, overrides: dict[str, Any]) -> LocalRunner:
     """The model the manifest read for the name `found` says, loaded here: the name is
     resolved once, now; what the runner (and the probe before it) loads is that."""
-    from localrun import model as model_mod
+    from localrun.model import stored as model_mod
 
     return _open(model_mod.load(store, found, manifest), overrides)
 

@@ -14,7 +14,7 @@ from localrun.engine.types import Timings
 from localrun.errors import HubUnreachableError, LocalrunError, ModelNotFoundError, ServerError
 
 if TYPE_CHECKING:
-    from localrun.client import Client, Stream
+    from localrun.cli.client import Client, Stream
     from localrun.recipes.modelfile import Modelfile
 
 
@@ -168,7 +168,7 @@ class RemoteSession:
             return False
         from localrun.cli.common import open_store
         from localrun.cli.output import CreateProgress
-        from localrun.sources import runners
+        from localrun.sources.runners import importing as runners
         from localrun.store import reference
 
         wanted = reference.resolve(name).name

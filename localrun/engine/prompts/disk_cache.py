@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from localrun import private
 from localrun.errors import ConfigError
+from localrun.host import private
 from localrun.settings import config, limits
 
 log = logging.getLogger("localrun.engine")

@@ -29,8 +29,8 @@ from typing import Any
 
 import llguidance
 
-from localrun import asked
 from localrun.errors import BadRequestError, BusyError
+from localrun.host import asked
 from localrun.host import limits as host_limits
 
 # What one grammar may cost (here, not in engine.sampling.constraint, which imports llama_cpp: the

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Any
 
-from localrun import jsonlimits
 from localrun.errors import BadRequestError
+from localrun.request import jsonlimits
 
 Tool = dict[str, Any]
 ToolCall = dict[str, Any]

@@ -39,7 +39,7 @@ from localrun.errors import (
     ServerError,
     UpstreamError,
 )
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.scheduler.remote import read as remote_read
 from localrun.scheduler.remote import wire as remote_wire
 from localrun.scheduler.remote.limit import AnswerLimit

@@ -20,7 +20,7 @@ from typing import Any
 
 from localrun.engine.types import Timings
 from localrun.errors import BadRequestError
-from localrun.request import GenRequest, pair_tool_results
+from localrun.request.genrequest import GenRequest, pair_tool_results
 from localrun.scheduler.remote.limit import AnswerLimit
 from localrun.settings.upstreams import Upstream
 from localrun.worker import protocol

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from localrun.errors import BadRequestError
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.server import core
 from localrun.server.anthropic.routes import check_most, new_id
 from localrun.server.anthropic.routes import options_of as messages_options

@@ -27,10 +27,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from localrun import media
 from localrun.errors import BadRequestError
 from localrun.formats import reasoning as thinking_mod
-from localrun.request import GenRequest
+from localrun.request import media
+from localrun.request.genrequest import GenRequest
 from localrun.server import core, image_urls
 from localrun.server.anthropic import stream as answer
 from localrun.server.anthropic.tools import tool_choice_of, tools_of

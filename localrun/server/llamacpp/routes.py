@@ -38,9 +38,9 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from localrun import model as model_mod
 from localrun.errors import BadRequestError, LocalrunError
-from localrun.request import GenRequest
+from localrun.model import stored as model_mod
+from localrun.request.genrequest import GenRequest
 from localrun.server import core
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected

@@ -49,9 +49,9 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import IO, Any
 
-from localrun import selfexec
 from localrun.errors import BusyError, HubError, LocalrunError
 from localrun.host import limits as host_limits
+from localrun.host import selfexec
 
 Event = dict[str, Any]
 _KILL_TIMEOUT_S = 5.0
@@ -235,8 +235,9 @@ def _debug() -> bool:
 def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     from localrun.engine.library import quantize
     from localrun.recipes import create, modelfile
-    from localrun.sources import obtain, push
+    from localrun.sources import obtain
     from localrun.sources.hosts import CLIENT
+    from localrun.sources.registry import push
     from localrun.store import reference
     from localrun.store.models import Store
 
@@ -301,7 +302,7 @@ def _cap_memory(op: str) -> int | None:
     import gguf  # noqa: F401  (numpy: in before the start is measured, as said above)
 
     from localrun.settings import limits
-    from localrun.sources import hf, oci, registry  # noqa: F401
+    from localrun.sources import hf  # noqa: F401
 
     start = host_limits.private_bytes()
     if start is None:

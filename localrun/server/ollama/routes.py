@@ -28,11 +28,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from localrun import media
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.formats import reasoning
 from localrun.gguf import memory
-from localrun.request import GenRequest
+from localrun.request import media
+from localrun.request.genrequest import GenRequest
 from localrun.server import core, embedding
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected

@@ -109,7 +109,7 @@ def _without_store_paths(text: str, store: Store) -> str:
 
 def templates(model: Any) -> tuple[view.GoChoice, str | None]:
     """The Go template shown for `model`, and the template localrun prompts it with."""
-    from localrun import capabilities
+    from localrun.model import capabilities
 
     try:
         header = view.header_of(model)
@@ -142,8 +142,8 @@ def _modelfile_text(model: Any, go: view.GoChoice, store: Store) -> str:
 
 
 def _show(store: Store, name: ModelName) -> dict[str, Any]:
-    from localrun import capabilities as capabilities_mod
-    from localrun import model as model_mod
+    from localrun.model import capabilities as capabilities_mod
+    from localrun.model import stored as model_mod
 
     m = model_mod.load(store, name)
     go, chat_template = templates(m)
@@ -179,7 +179,7 @@ def _show(store: Store, name: ModelName) -> dict[str, Any]:
 
 def _parts(m: Any) -> dict[str, Any]:
     """The fields of a model's other parts: draft, projector, system, license, messages."""
-    from localrun import capabilities as capabilities_mod
+    from localrun.model import capabilities as capabilities_mod
 
     out: dict[str, Any] = {}
     draft = m.draft
@@ -241,9 +241,9 @@ def own_template(store: Store, mf: Modelfile) -> Modelfile:
 def _from_go_template(store: Store, from_: str) -> str:
     """The Go template /api/show gives for what `from_` (a blob's path, a model's name)
     would be prompted with."""
-    from localrun import model as model_mod
     from localrun.formats import families
     from localrun.gguf import scan
+    from localrun.model import stored as model_mod
 
     path = Path(from_)
     if path.parent == store.blobs:

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from localrun.errors import BadRequestError
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.server import core
 from localrun.server.body import Body, at_most, read_json
 from localrun.server.generation import Generation, choices_of, start_all

@@ -42,7 +42,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from localrun.errors import BadRequestError, LocalrunError, ModelNotFoundError
 from localrun.formats import reasoning
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.server import core, embedding, image_urls
 from localrun.server.body import Body, read_json
 from localrun.server.errors import body_of, unexpected

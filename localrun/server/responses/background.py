@@ -46,7 +46,7 @@ import anyio
 import psutil
 
 from localrun.errors import LocalrunError, ServerError, TooManyRequestsError
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.server import core
 from localrun.server.errors import unexpected
 from localrun.server.generation import Generation, start_detached

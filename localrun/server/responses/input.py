@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from localrun import jsonlimits, media
 from localrun.errors import BadRequestError
 from localrun.formats import reasoning as reasoning_mod
+from localrun.request import jsonlimits, media
 from localrun.server.body import Body
 from localrun.server.logprobs import top_logprobs
 from localrun.server.responses import tools as responses_tools

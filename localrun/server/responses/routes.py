@@ -41,9 +41,9 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from localrun import media
 from localrun.errors import BadRequestError, ContextOverflowError
-from localrun.request import GenRequest
+from localrun.request import media
+from localrun.request.genrequest import GenRequest
 from localrun.server import core, image_urls
 from localrun.server.body import Body, read_json
 from localrun.server.generation import Generation, count_prompt, start

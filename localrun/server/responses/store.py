@@ -15,7 +15,7 @@ LOCALRUN_RESPONSES_MAX_BYTES, none older than LOCALRUN_RESPONSES_MAX_AGE: the ol
 new one is saved, and an expired one is gone when asked for. One record takes at most
 LOCALRUN_RESPONSES_MAX_RECORD_BYTES (`check_size` refuses a larger one before it is made).
 Ids are checked against their pattern before any path is built from them. A record holds a
-conversation: it is 0600 in a 0700 folder (localrun.private).
+conversation: it is 0600 in a 0700 folder (localrun.host.private).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from localrun import private
 from localrun.errors import BadRequestError, NotFoundError, StoreError
+from localrun.host import private
 from localrun.settings import limits
 
 ID_PATTERN = re.compile(r"resp_[0-9a-f]{24,64}")

@@ -40,7 +40,7 @@ import anyio
 from localrun.errors import AnswerSchemaError, BadRequestError
 from localrun.formats import calls as tools_mod
 from localrun.formats import grammar_bounds
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.server.turns import NOBODY, Whose
 
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import anyio
 
-from localrun import asked
 from localrun.errors import AnswerSchemaError, BadRequestError, BusyError, LocalrunError
+from localrun.host import asked
 from localrun.host import limits as host_limits
 from localrun.server.schema import answer as answer_schema
 from localrun.server.turns import NOBODY, FairTurns, Whose

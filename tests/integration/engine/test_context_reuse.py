@@ -23,9 +23,9 @@ import pytest
 from testmodels.scripted import write_scripted_model
 from testmodels.text import write_tiny_model
 
-from localrun import model as model_mod
 from localrun.errors import ContextOverflowError, InvalidParameterError
 from localrun.hardware import fit
+from localrun.model import stored as model_mod
 from localrun.scheduler import Scheduler
 from localrun.store import names
 from localrun.store.models import Store

@@ -140,8 +140,8 @@ def test_a_drafted_model_speculates_in_run_and_in_the_server(cli: Any, tmp_path:
 
 
 def test_the_draft_model_counts_in_the_memory_plan(cli: Any, tmp_path: Path) -> None:
-    from localrun import model as model_mod
     from localrun.hardware import fit
+    from localrun.model import stored as model_mod
     from localrun.store import names
     from localrun.store.models import Store
     from localrun.worker import load

@@ -646,7 +646,7 @@ def test_an_answers_limit_counts_pieces_reported_tokens_and_characters() -> None
 
 
 def test_wire_translation_details() -> None:
-    from localrun.request import GenRequest
+    from localrun.request.genrequest import GenRequest
     from localrun.scheduler.remote import wire as remote_wire
 
     history = [

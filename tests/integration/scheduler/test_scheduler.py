@@ -31,7 +31,7 @@ from localrun.errors import (
     RunnerDiedError,
 )
 from localrun.recipes import create, modelfile
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.scheduler import Scheduler, Stream
 from localrun.store import names
 from localrun.store.models import Store
@@ -641,8 +641,8 @@ def test_num_ctx_is_held_to_the_context_the_model_was_trained_on(models: Store) 
 
 
 def _planned(store: Store, name: str, num_ctx: int, slots: int) -> int:
-    from localrun import model as model_mod
     from localrun.hardware import fit
+    from localrun.model import stored as model_mod
 
     parsed = names.parse(name)
     found = model_mod.load(store, parsed, store.read_manifest(parsed))

@@ -23,8 +23,8 @@ import pytest
 from testmodels.scripted import write_scripted_model
 from testmodels.vocab import THINKING_TEMPLATE
 
-from localrun import overflow
 from localrun.errors import ContextOverflowError
+from localrun.request import overflow
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 

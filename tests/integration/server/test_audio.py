@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from testmodels.projectors import write_tiny_audio
 
-from localrun import media
+from localrun.request import media
 from localrun.scheduler import Scheduler
 from localrun.store.models import Store
 

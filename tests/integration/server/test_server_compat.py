@@ -296,7 +296,7 @@ def test_health_is_open_without_the_api_key(tmp_path: Path) -> None:
 
 def test_version_is_the_ollama_api_served_with_localruns_beside_it(live: LiveServer) -> None:
     from localrun import __version__
-    from localrun.client import Client
+    from localrun.cli.client import Client
 
     served = httpx.get(f"{live.url}/api/version").json()
     # on loopback the store it answers from too, so a CLI with another store can say so

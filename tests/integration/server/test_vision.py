@@ -13,9 +13,9 @@ import httpx
 import pytest
 from testmodels.text import write_tiny_model
 
-from localrun import media
 from localrun.errors import InvalidGGUFError
 from localrun.recipes import create, modelfile
+from localrun.request import media
 from localrun.store import names
 from localrun.store.models import Store
 
@@ -249,8 +249,8 @@ def test_audio_to_a_projector_without_an_audio_encoder_is_a_400(live: LiveServer
 def test_the_memory_plan_counts_the_projector(
     live: LiveServer, tiny_vision: tuple[Path, Path]
 ) -> None:
-    from localrun import model as model_mod
     from localrun.hardware import fit
+    from localrun.model import stored as model_mod
 
     vis = model_mod.load(live.store, names.parse("vis"))
     plain = model_mod.load(live.store, names.parse("tiny"))

@@ -37,7 +37,9 @@ from localrun.errors import (
     ModelNotFoundError,
 )
 from localrun.recipes import create, modelfile
-from localrun.sources import bodies, challenge, hosts, obtain, oci, push, ranges, registry
+from localrun.sources import bodies, hosts, obtain, ranges
+from localrun.sources.registry import challenge, oci, push
+from localrun.sources.registry import pull as registry
 from localrun.store import names, reference
 from localrun.store.models import Store
 

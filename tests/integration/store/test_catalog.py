@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from localrun.model import load as load_stored
-from localrun.request import GenRequest
+from localrun.model.stored import load as load_stored
+from localrun.request.genrequest import GenRequest
 from localrun.sources import obtain
 from localrun.store import catalog, names, reference
 from localrun.store.models import Store

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from localrun import model as model_mod
 from localrun.errors import StoreError
+from localrun.model import stored as model_mod
 from localrun.store import links, names
 from localrun.store.blobs import temp_path
 from localrun.store.models import Store

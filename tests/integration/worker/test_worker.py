@@ -20,7 +20,7 @@ from localrun.errors import (
     StoreError,
 )
 from localrun.recipes import create, modelfile
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.store import names
 from localrun.store.models import Store
 from localrun.worker import protocol

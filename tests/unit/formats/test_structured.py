@@ -249,7 +249,7 @@ def test_a_redraw_derives_its_seed_and_reads_the_prompt_once() -> None:
     """Draw k of a seeded request has a seed of its own (the same each time, not a
     neighbouring choice's seed + 1); no draw scores the prompt again (its entries came with
     the first)."""
-    from localrun.request import GenRequest
+    from localrun.request.genrequest import GenRequest
     from localrun.server.generation import redrawn
 
     req = GenRequest("m", prompt="x", options={"seed": 5}, prompt_logprobs=2)

@@ -17,9 +17,9 @@ from localrun.formats import calls as calls_mod
 from localrun.formats import parsers, template
 from localrun.formats.parsers.base import partial_marker
 from localrun.formats.parsers.stream import CallStream
-from localrun.model import load as load_model
+from localrun.model.stored import load as load_model
 from localrun.recipes import create, modelfile
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.store import names
 from localrun.store.models import Store
 from localrun.worker import prompt

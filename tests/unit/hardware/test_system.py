@@ -15,7 +15,7 @@ from localrun.gguf import scan
 from localrun.gguf.header import Header, TensorInfo
 from localrun.hardware import offload, system
 from localrun.hardware.system import GPU, Probes
-from localrun.model import context_for
+from localrun.model.stored import context_for
 from localrun.store import catalog, names
 
 GB = 10**9

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from localrun import model as model_mod
 from localrun.errors import FileNotFoundError_, InvalidGGUFError, ModelNotFoundError
 from localrun.gguf import scan
+from localrun.model import stored as model_mod
 from localrun.recipes import checks, create, modelfile
 from localrun.store import names
 from localrun.store.manifest import Manifest

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from localrun.errors import BadRequestError, TooManyRequestsError
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.server import streaming
 from localrun.server.generation import choices_of
 from localrun.server.logprobs import Budget, Scored, legacy_logprobs, vllm_prompt_logprobs

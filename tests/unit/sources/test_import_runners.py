@@ -14,8 +14,8 @@ import pytest
 from localrun.errors import ConfigError
 from localrun.recipes.modelfile import Modelfile
 from localrun.settings import config, parse
-from localrun.sources import runners
-from localrun.sources.found import Found
+from localrun.sources.runners import importing as runners
+from localrun.sources.runners.found import Found
 
 from support.cli import CLI, assert_one_line_error
 from support.stores import (
@@ -122,7 +122,7 @@ def test_lm_studio_is_read_only_where_it_keeps_models(
 ) -> None:
     """A downloadsFolder of the system's files, or one above the home, would make every GGUF
     two levels down importable (and listed to the server's clients): one row says why."""
-    from localrun.sources import lmstudio
+    from localrun.sources.runners import lmstudio
 
     user = studio["user"]
     folder = str(user.parent) if downloads == "HOME_PARENT" else downloads
@@ -139,7 +139,7 @@ def test_lm_studio_is_read_only_where_it_keeps_models(
 def test_an_unreadable_lm_studio_folder_hides_only_itself(
     studio: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from localrun.sources import lmstudio
+    from localrun.sources.runners import lmstudio
 
     monkeypatch.setenv("HOME", str(studio["user"]))
     real = lmstudio.dirs
@@ -160,7 +160,7 @@ def test_a_hub_snapshot_is_walked_without_following_links(tmp_path: Path) -> Non
     repository's depth; one of too many entries is one row."""
     import time
 
-    from localrun.sources import folders
+    from localrun.sources.runners import folders
 
     repo = tmp_path / "hub" / "models--org--repo"
     snapshot = repo / "snapshots" / "abc"

@@ -9,8 +9,8 @@ import pytest
 from localrun.cli.run.local import LocalSession
 from localrun.errors import InvalidParameterError, TemplateError
 from localrun.formats import template
-from localrun.model import Model
-from localrun.model import load as load_model
+from localrun.model.stored import Model
+from localrun.model.stored import load as load_model
 from localrun.recipes import create, modelfile
 from localrun.store import names
 from localrun.store.models import Store

@@ -16,7 +16,7 @@ import pytest
 from localrun.errors import (
     BadRequestError,
 )
-from localrun.request import GenRequest
+from localrun.request.genrequest import GenRequest
 from localrun.worker import protocol
 from localrun.worker.sink import StopFilter
 

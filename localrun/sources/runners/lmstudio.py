@@ -5,7 +5,8 @@ LM Studio's home is what `~/.lmstudio-home-pointer` names (a path, the whole fil
 `findLMStudioHome`). Its models are in the folder `<home>/settings.json` names as
 `downloadsFolder`, else `<home>/models` (lms `resolveModelsFolderPath`), laid out
 `ORG/REPO/FILE.gguf`, two levels exactly; a file there may be a link `lms import -l` made to a
-file anywhere. Each model is named as `pull` names it (`hf.co/ORG/REPO:QUANT`, sources.folders).
+file anywhere. Each model is named as `pull` names it (`hf.co/ORG/REPO:QUANT`,
+sources.runners.folders).
 
 What "My Models -> gear" saved for a model is in
 `<home>/.internal/user-concrete-model-default-config/ORG/REPO/FILE.gguf.json` (a split model's
@@ -42,8 +43,16 @@ from typing import Any
 
 from localrun.errors import ImportSourceError
 from localrun.recipes.modelfile import Modelfile
-from localrun.sources.folders import gguf_models
-from localrun.sources.found import MAX_JSON, Found, dirs, parameter, read_json, read_text, refused
+from localrun.sources.runners.folders import gguf_models
+from localrun.sources.runners.found import (
+    MAX_JSON,
+    Found,
+    dirs,
+    parameter,
+    read_json,
+    read_text,
+    refused,
+)
 
 POINTER = ".lmstudio-home-pointer"
 SETTINGS = Path(".internal") / "user-concrete-model-default-config"

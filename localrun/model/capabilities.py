@@ -28,7 +28,7 @@ Pure: reads only the model's manifest fields and template.
 from __future__ import annotations
 
 from localrun.formats import reasoning
-from localrun.model import Model
+from localrun.model.stored import Model
 
 # llama.cpp's LLAMA_POOLING_TYPE_RANK: a reranker scores text pairs and makes no embeddings.
 POOLING_RANK = 4

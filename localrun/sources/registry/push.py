@@ -20,7 +20,8 @@ from typing import Any
 
 from localrun.errors import LocalrunError, MissingBlobError
 from localrun.recipes.create import Event, Reporter
-from localrun.sources import hosts, oci
+from localrun.sources import hosts
+from localrun.sources.registry import oci
 from localrun.store.manifest import Layer
 from localrun.store.models import Store
 from localrun.store.names import ModelName

@@ -5,8 +5,8 @@ token service a Bearer challenge names (its realm) may be asked at all, and whet
 login may go with the asking. The realm is where a registry sends the user's login: a public
 registry that named `http://127.0.0.1:P/admin/delete-all?confirm=yes` had localrun send it a
 GET with the login in clear (issue 76). So a realm is held to the rules of a redirect
-(sources/oci.py): HTTPS, or plain HTTP only from a plain HTTP registry to its own host or this
-machine; no private address from a public registry (hosts.is_private); and the login only to
+(sources/registry/oci.py): HTTPS, or plain HTTP only from a plain HTTP registry to its own host or
+this machine; no private address from a public registry (hosts.is_private); and the login only to
 the registry's own site (`same_site`) over HTTPS, or to the registry's own origin (its port
 too: another port is another service) over plain HTTP, else the token is asked for
 anonymously, which is what a public repository needs.

@@ -21,7 +21,7 @@ from pathlib import Path
 from localrun.errors import ImportSourceError
 from localrun.recipes.modelfile import Modelfile
 from localrun.sources.base import SPLIT, RemoteFile, projector_of, quant_of
-from localrun.sources.found import HEX, PART, Found, inside, read_text, refused
+from localrun.sources.runners.found import HEX, PART, Found, inside, read_text, refused
 
 # gguf-split writes at most a few hundred parts; a name claiming more is not one of its.
 MAX_PARTS = 1000

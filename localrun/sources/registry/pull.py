@@ -19,7 +19,7 @@ Then, as `pull` from Hugging Face does (sources/pull.py):
    parameters validated) from a base of its weights, the manifest last.
 
 Ollama's parameters and messages layers are read as `localrun import ollama` reads them
-(sources/ollama_store.py). `source` in the model's config records the registry, repository,
+(sources/runners/ollama.py). `source` in the model's config records the registry, repository,
 tag and manifest digest: pulling again with nothing changed upstream transfers nothing.
 """
 
@@ -45,9 +45,11 @@ from localrun.gguf import scan
 from localrun.recipes import create
 from localrun.recipes.create import Event, Reporter
 from localrun.recipes.modelfile import Modelfile
-from localrun.sources import bodies, hosts, oci, ollama_store, partial, present, ranges
-from localrun.sources.found import MAX_TEXT
+from localrun.sources import bodies, hosts, partial, present, ranges
 from localrun.sources.pull import gguf_texts
+from localrun.sources.registry import oci
+from localrun.sources.runners import ollama as ollama_store
+from localrun.sources.runners.found import MAX_TEXT
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, check_digest
 from localrun.store.models import Store
 from localrun.store.names import ModelName

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from localrun import selfexec
+from localrun.host import selfexec
 
 START_S = (
     30.0  # a child's start: Python, and llguidance's or jsonschema's import, on a busy machine

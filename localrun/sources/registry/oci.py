@@ -18,7 +18,7 @@ trusted:
 - the token service the registry names (its realm) is held to the rules of a redirect: HTTPS
   (plain HTTP only from a plain HTTP registry, to its own host or this machine), never a
   private address from a public registry, and the user's login goes there only on the
-  registry's own site; the token it gives must be a token (sources/challenge.py);
+  registry's own site; the token it gives must be a token (sources/registry/challenge.py);
 - nothing a registry sends (a Location, a realm, a token) reaches httpx unchecked: what httpx
   cannot send is one line (`_send`), never an exception of its own;
 - a 429 (or 503) waits as Retry-After says only up to MAX_RETRY_AFTER, RETRY_AFTER_BUDGET in
@@ -26,8 +26,8 @@ trusted:
   dropped connections are retried a few times, a refused connection is said at once; every
   answer else is one line naming the host.
 
-Logins come from sources/logins.py. A registry's challenge (WWW-Authenticate) says how to use
-them: Basic, or a Bearer token from its token service, anonymous where there is none (Docker
+Logins come from sources/registry/logins.py. A registry's challenge (WWW-Authenticate) says how to
+use them: Basic, or a Bearer token from its token service, anonymous where there is none (Docker
 Hub gives those for public repositories). The names this module does not guard: a host name
 that resolves to a public address when checked and to a private one when connected (DNS
 rebinding); a proxy in HTTPS_PROXY sees what the user sends through it.
@@ -61,9 +61,9 @@ from localrun.errors import (
 from localrun.sources import ranges
 from localrun.sources.base import reason
 from localrun.sources.bodies import json_or_none, read_bounded
-from localrun.sources.challenge import check_token, parse_challenge, token_service
 from localrun.sources.hosts import Target, is_private
-from localrun.sources.logins import Secret, credentials
+from localrun.sources.registry.challenge import check_token, parse_challenge, token_service
+from localrun.sources.registry.logins import Secret, credentials
 
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -402,7 +402,7 @@ class Registry:
 
     def _token(self, params: dict[str, str]) -> str:
         """A token from the registry's token service (its challenge's realm), asked with the
-        login where sources/challenge.py allows it, anonymously elsewhere."""
+        login where sources/registry/challenge.py allows it, anonymously elsewhere."""
         realm = params["realm"]
         with_login = token_service(self.target, realm)
         actions = "pull,push" if self.push else "pull"

@@ -1,11 +1,12 @@
 """Models other runners already keep on this machine, found, and imported in place (linked).
 
-    ollama      Ollama's store, each model under Ollama's name (sources.ollama_store)
-    hf          the Hugging Face cache (sources.folders)
-    lmstudio    LM Studio's models folder, with the settings it keeps per model (sources.lmstudio)
-    llama.cpp   llama.cpp's download cache, flat or in the hub's layout (sources.llamacpp)
+    ollama      Ollama's store, each model under Ollama's name (sources.runners.ollama)
+    hf          the Hugging Face cache (sources.runners.folders)
+    lmstudio    LM Studio's models folder, with the settings it keeps per model
+    (sources.runners.lmstudio) llama.cpp   llama.cpp's download cache, flat or in the hub's layout
+    (sources.runners.llamacpp)
 
-`find(source)` lists what one source (or "all") holds, as `Found` items (sources.found); one
+`find(source)` lists what one source (or "all") holds, as `Found` items (sources.runners.found); one
 that cannot be imported says why in `problem`. `adopt` imports one through `create --link`: the
 files stay the other runner's, `rm` and `prune` remove only the store's names for them, and
 `verify` says when one changed or went away (store.links). Importing a model again after its
@@ -31,13 +32,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from localrun import model
 from localrun.errors import ConfigError, ImportSourceError, InvalidNameError, LocalrunError
 from localrun.gguf import scan
+from localrun.model import stored as model
 from localrun.recipes import create, params
 from localrun.settings import config
-from localrun.sources import folders, llamacpp, lmstudio, ollama_store
-from localrun.sources.found import Found, refused
+from localrun.sources.runners import folders, llamacpp, lmstudio
+from localrun.sources.runners import ollama as ollama_store
+from localrun.sources.runners.found import Found, refused
 from localrun.store import links, names
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest
 from localrun.store.models import Store

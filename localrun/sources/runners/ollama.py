@@ -32,7 +32,7 @@ from typing import Any
 from localrun.errors import ImportSourceError
 from localrun.recipes import params as params_mod
 from localrun.recipes.modelfile import Message, Modelfile
-from localrun.sources.found import (
+from localrun.sources.runners.found import (
     MAX_JSON,
     MAX_TEXT,
     PART,

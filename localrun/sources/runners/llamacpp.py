@@ -13,7 +13,7 @@ The cache is LLAMA_CACHE, else XDG_CACHE_HOME/llama.cpp, else ~/.cache/llama.cpp
     NAME.gguf.downloadInProgress     a download under way: skipped and said so
     NAME.gguf                        a file `-mu URL` fetched, with no manifest
 
-A manifest's model is named `hf.co/ORG/REPO:QUANT` with its projector (sources.folders), a
+A manifest's model is named `hf.co/ORG/REPO:QUANT` with its projector (sources.runners.folders), a
 split model by its first part with every part; a file no manifest names is listed under its own
 name (`gemma-3-270m-it-qat-q4_0`). An older manifest's ORG_REPO is split at its first `_`:
 Hugging Face account names have none. Since PR #20775 llama.cpp keeps the Hugging Face cache's
@@ -34,14 +34,14 @@ from typing import Any
 
 from localrun.errors import ImportSourceError
 from localrun.sources.base import SPLIT
-from localrun.sources.folders import (
+from localrun.sources.runners.folders import (
     MAX_PARTS,
     hub_models,
     is_later_part,
     model_of,
     tag_of,
 )
-from localrun.sources.found import HEX, MAX_JSON, PART, Found, inside, read_json, refused
+from localrun.sources.runners.found import HEX, MAX_JSON, PART, Found, inside, read_json, refused
 
 SOURCE = "llama.cpp"
 DOWNLOADING = ".downloadInProgress"
