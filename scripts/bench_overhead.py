@@ -185,7 +185,7 @@ def parse_cost(token_us: float) -> dict[str, float]:
     import json as json_mod
 
     from localrun.formats import parsers, reasoning
-    from localrun.formats.parsers.harmony import HarmonyStream
+    from localrun.formats.parsers.families.harmony import HarmonyStream
     from localrun.formats.parsers.stream import CallStream
 
     prose = "The keeper lit the lamp as the storm came in over the rocks. " * 4

@@ -11,7 +11,7 @@ Hugging Face templates expect. Asking a model that cannot think is a BadRequestE
 (`<think>` ... `</think>` unless formats/parsers says otherwise) from the rest, holding back only
 what could be the start of a tag; a prompt that already opened the section (templates that
 start the answer thinking) starts it inside. gpt-oss's channels are parted by
-formats/parsers/harmony.py.
+formats/parsers/families/harmony.py.
 
 Pure: no I/O, no llama_cpp (the server side and the runner both import it).
 """

@@ -17,7 +17,7 @@ from localrun.engine.types import Ticket, Timings
 from localrun.errors import EngineError, LocalrunError
 from localrun.formats import reasoning as reasoning_mod
 from localrun.formats.parsers.base import partial_marker
-from localrun.formats.parsers.harmony import HarmonyStream
+from localrun.formats.parsers.families.harmony import HarmonyStream
 from localrun.formats.parsers.stream import CallStream
 from localrun.settings import config
 from localrun.worker import protocol

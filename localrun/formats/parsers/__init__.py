@@ -13,8 +13,9 @@ asks for (formats/calls.py).
     wrapped.py      JSON between markers (Hermes, Granite, Phi-4, Nemotron, Firefunction,
                     Command R, LFM2's Python calls)
     xml.py          values written as text (Qwen3-Coder, Seed-OSS, MiniMax, GLM)
-    llama3.py mistral.py deepseek.py kimi.py functionary.py harmony.py gemma4.py minimax.py
-    pythonic.py     one family each
+    python.py       calls written as Python, read with `ast` (LFM2, pythonic, Llama's tools)
+    families/       one family each: llama3.py mistral.py deepseek.py kimi.py functionary.py
+                    harmony.py gemma4.py minimax.py pythonic.py
     derive.py       a syntax read from a template's own rendering of a call
 
 The dialects never look in here: the runner's sink turns an answer into text, reasoning and
@@ -27,16 +28,16 @@ from collections.abc import Callable
 
 from localrun.formats.parsers.base import Family as Family
 from localrun.formats.parsers.base import Syntax as Syntax
-from localrun.formats.parsers.deepseek import DeepSeek
 from localrun.formats.parsers.derive import Named
-from localrun.formats.parsers.functionary import Functionary
-from localrun.formats.parsers.gemma4 import Gemma4
-from localrun.formats.parsers.harmony import Harmony
-from localrun.formats.parsers.kimi import Kimi
-from localrun.formats.parsers.llama3 import Llama3
-from localrun.formats.parsers.minimax import Nested
-from localrun.formats.parsers.mistral import Mistral
-from localrun.formats.parsers.pythonic import Pythonic
+from localrun.formats.parsers.families.deepseek import DeepSeek
+from localrun.formats.parsers.families.functionary import Functionary
+from localrun.formats.parsers.families.gemma4 import Gemma4
+from localrun.formats.parsers.families.harmony import Harmony
+from localrun.formats.parsers.families.kimi import Kimi
+from localrun.formats.parsers.families.llama3 import Llama3
+from localrun.formats.parsers.families.minimax import Nested
+from localrun.formats.parsers.families.mistral import Mistral
+from localrun.formats.parsers.families.pythonic import Pythonic
 from localrun.formats.parsers.wrapped import Wrapped
 from localrun.formats.parsers.xml import ArgKeys, FunctionTags, Invoke, Recipient
 

@@ -63,7 +63,7 @@ def test_the_splitter(pieces: list[str], inside: bool, expected: tuple[str, str]
 
 
 def test_the_channel_splitter() -> None:
-    from localrun.formats.parsers.harmony import HarmonyStream
+    from localrun.formats.parsers.families.harmony import HarmonyStream
 
     reply = HARMONY_REPLY
     for size in (len(reply), 3, 1):
