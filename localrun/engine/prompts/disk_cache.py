@@ -171,8 +171,14 @@ class PromptCache:
         if memoryview(state).nbytes + 4096 > self.max_bytes:  # with room for its header
             return
         material, path = self._key(prefix)
+        # Not a daemon, said outright: a thread inherits the flag of the one starting it, and
+        # the engine's loop, which saves, is a daemon. A daemon writer died with a one-shot
+        # `localrun run` that exited before it wrote (seen on a loaded CI machine).
         thread = threading.Thread(
-            target=self._write, args=(path, material, state), name="prompt-cache-write"
+            target=self._write,
+            args=(path, material, state),
+            name="prompt-cache-write",
+            daemon=False,
         )
         self._writers = [t for t in self._writers if t.is_alive()]
         self._writers.append(thread)

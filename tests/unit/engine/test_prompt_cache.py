@@ -226,3 +226,29 @@ def test_an_entry_past_the_models_state_size_is_not_read(tmp_path: Path) -> None
     assert c.load(PREFIX, most=64 << 20) is None
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB on Linux
     assert grown < 100 * 1024, f"reading it grew the process by {grown} KiB"
+
+
+def test_a_process_ending_right_after_a_save_from_its_loop_leaves_the_entry(
+    tmp_path: Path,
+) -> None:
+    """The engine's loop, a daemon thread, saves; a one-shot `localrun run` then exits without
+    closing the engine. The write must still land (a writer inheriting the loop's daemon flag
+    died with the process: the next run read the whole prompt again)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import threading, time
+from localrun.engine.prompts.disk_cache import PromptCache
+c = PromptCache({IDENTITY!r}, __import__("pathlib").Path({str(tmp_path)!r}), 10**9)
+slow = c._write
+def write(*args):
+    time.sleep(0.5)  # a loaded machine: the writer is not done when the main thread ends
+    slow(*args)
+c._write = write
+loop = threading.Thread(target=c.save, args=({PREFIX!r}, bytearray(b"state" * 100)), daemon=True)
+loop.start()
+loop.join()
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=PATIENCE_S)
+    assert cache(tmp_path).load(PREFIX) == b"state" * 100
