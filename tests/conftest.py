@@ -104,7 +104,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LOCALRUN_HOME", str(path))
     monkeypatch.setenv("LOCALRUN_HOST", NO_SERVER)  # never a server this test did not start
     # A name in no store and no catalog is not looked for on registry.ollama.ai: the tests that
-    # pull from a registry start one (tests/support/registries.py) and name it.
+    # pull from a registry start one (scripts/hubs/registries.py) and name it.
     monkeypatch.setenv("LOCALRUN_REGISTRY", "off")
     return path
 

@@ -4,7 +4,7 @@ llama.cpp's CPU threads meet at a barrier after every operation of the graph (hu
 token) and wait there spinning. When another process keeps a core busy, a thread that lost its
 core holds the others up for a scheduler slice at each barrier, and the spinners burn the time
 the late one needs: on 2 cores with one kept busy, 2 threads decoded SmolLM2 at 1 to 24 tok/s
-where 1 thread did 57, and llama-server and llama-bench fell as far (scripts/bench_busy.py).
+where 1 thread did 57, and llama-server and llama-bench fell as far (scripts/bench/busy.py).
 Fewer threads than cores costs little on a quiet machine only when nothing else runs; so,
 unless num_thread is set, the engine looks every quarter of a second at how much CPU the other
 processes used since its last look (the system's busy time less this process's) and decodes
@@ -17,7 +17,7 @@ the first look after the pause starts a new window and keeps the count: a window
 time this runner was idle shows what others did then (another runner answering the client's
 previous request, the client's own work between two calls), which says little about now.
 Judged on such windows, a server beside another began each answer on one thread for its first
-half second, over a tenth of a 256-token answer (traced through scripts/bench_spec.py: the
+half second, over a tenth of a 256-token answer (traced through scripts/bench/speculative.py: the
 first look of a request read 1.6 to 1.9 cores used by others, the next ones 0 to 0.1). A load
 still there is seen INTERVAL_S into the answer.
 """

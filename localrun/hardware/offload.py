@@ -210,7 +210,7 @@ def _ram(s: _Sizes, k: int) -> int:
 
 # What a process holds on a GPU beside llama.cpp's own buffers (weights, KV cache, compute):
 # the CUDA context, ggml-cuda's kernels and cuBLAS's workspace. Measured with
-# scripts/bench_offload.py on an H100 (CUDA 13, a build for sm_90 alone): 587-590 MiB for
+# scripts/bench/offload.py on an H100 (CUDA 13, a build for sm_90 alone): 587-590 MiB for
 # llama-server, the same at every context size; 590 MiB for localrun's runner with SmolLM2 and
 # 687 MiB with an f16 model. Backends not measured count nothing here and rely on the reserve
 # (safety_margin) alone.

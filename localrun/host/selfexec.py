@@ -3,14 +3,14 @@ binary, and the binary's unpacked builds.
 
 The server runs each model in a runner process, create and pull jobs in a child, and catalog
 imports in a child; `run` probes a model no runner has loaded yet in one. Installed with pip
-these are `python -m <module>`. A frozen program (PyInstaller, scripts/build_binary.py) has no
-`python` to run and no `-m`: `sys.executable` is the localrun binary itself, so children are
+these are `python -m <module>`. A frozen program (PyInstaller, scripts/maintenance/build_binary.py)
+has no `python` to run and no `-m`: `sys.executable` is the localrun binary itself, so children are
 started as `localrun __localrun_module__ <module> ...`, which the program's entry point
 (localrun/__main__.py) turns back into that module run as `__main__`, before the CLI (and its
 imports) is touched.
 
-The binary (scripts/build_binary.py) unpacks itself into LOCALRUN_BINARY_CACHE once per build
-and tells the program its build in LOCALRUN_BINARY_BUILD; `localrun prune` removes the other
+The binary (scripts/maintenance/build_binary.py) unpacks itself into LOCALRUN_BINARY_CACHE once per
+build and tells the program its build in LOCALRUN_BINARY_BUILD; `localrun prune` removes the other
 builds there (`prune_builds`).
 
 Imports nothing of localrun: the modules that start children import it, and it imports none of
@@ -68,8 +68,9 @@ def cli(*args: str) -> list[str]:
 _STALE_S = 3600.0
 
 
-# What scripts/build_binary.py's header writes there, and nothing else is touched: a published
-# build `<version>-<16 hex>` (a symlink) and its unpack `.<version>-<16 hex>.<pid>` (a folder).
+# What scripts/maintenance/build_binary.py's header writes there, and nothing else is touched: a
+# published build `<version>-<16 hex>` (a symlink) and its unpack `.<version>-<16 hex>.<pid>` (a
+# folder).
 _BUILD = re.compile(r"[0-9A-Za-z.+!_-]{1,64}-[0-9a-f]{16}")
 _UNPACK = re.compile(r"\.(" + _BUILD.pattern + r")\.[0-9]{1,10}")
 

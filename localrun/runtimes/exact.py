@@ -7,7 +7,7 @@ in use, whose chunks follow the thread count, and a row-by-row one otherwise), a
 sum in different orders and precisions. So the same token's logits differ in their last bits
 between a cold prompt and a cached one, alone and beside another stream, in a speculation's
 verification batch and in a decode of its own, and a greedy answer flips where two tokens are
-nearly tied (scripts/probe_batch_invariance.py finds the first graph node that differs).
+nearly tied (scripts/measure/batch_invariance.py finds the first graph node that differs).
 
 This runtime is that library built from the same source (the installed llama-cpp-python's
 sdist, as the GPU runtimes are: localrun/runtimes/build.py) with its CPU flash attention
@@ -27,8 +27,8 @@ concern, each with a header saying what it changes and why (as Ollama's llama/pa
 by runtimes/patching.py: a patch already in the tree is skipped, one that does not apply stops
 the build naming the patch, the file and the hunk. The first patch routes the op to the kernel
 and adds the kernel's files (copied from kernels/) to ggml-cpu's sources. The patches are made
-for the llama-cpp-python release in patches/BASE; scripts/upgrade_llama_cpp.py moves them to
-another (docs/upgrading-llama-cpp.md).
+for the llama-cpp-python release in patches/BASE; scripts/maintenance/upgrade_llama_cpp.py moves
+them to another (docs/upgrading-llama-cpp.md).
 It is built for this CPU (-march=native) and loaded only on the CPU it was built for.
 
 It is loaded before llama_cpp (engine/library/native.py calls `preload`): the installed libggml-base
@@ -116,7 +116,7 @@ def does_not_apply(outcome: patching.Outcome) -> RuntimeBuildError:
         f"patch {outcome.patch} does not apply to this llama.cpp: {where}"
         + (f" (and hunks of {more} more file(s))" if more else ""),
         hint=f"the exact runtime is made for llama-cpp-python {base_version()} "
-        "(scripts/upgrade_llama_cpp.py moves it to another); use the CPU as installed",
+        "(scripts/maintenance/upgrade_llama_cpp.py moves it to another); use the CPU as installed",
     )
 
 

@@ -11,8 +11,8 @@ file exactly, at the line its header gives or the nearest line from there (moved
 hunks or by upstream's edits elsewhere in the file). A patch whose every hunk is found reversed
 was applied before and is skipped; one that neither applies nor is applied is refused whole,
 naming the patch, the file and the hunk, before any file is written. The upgrade script
-(scripts/upgrade_llama_cpp.py) also asks for fuzz: a hunk then matches with up to that many
-context lines at each end ignored, as GNU patch's --fuzz, and `diff` writes the patch again
+(scripts/maintenance/upgrade_llama_cpp.py) also asks for fuzz: a hunk then matches with up to that
+many context lines at each end ignored, as GNU patch's --fuzz, and `diff` writes the patch again
 against the new source.
 """
 

@@ -40,7 +40,8 @@ def _default_home() -> Path:
 
 
 def _default_binary_cache() -> Path:
-    # Where the binary's shell header unpacks it (scripts/build_binary.py): the same folder.
+    # Where the binary's shell header unpacks it (scripts/maintenance/build_binary.py): the same
+    # folder.
     from platformdirs import user_cache_path
 
     return user_cache_path("localrun", appauthor=False) / "binary"

@@ -10,16 +10,17 @@ Modules (each imports only those listed before it):
   llama-cpp-python vendors, with CUDA on --cuda;
 * ``load`` - a busy machine made on purpose: bounded busy loops beside a measurement;
 * ``workloads`` - the prompts speculative decoding is measured on;
-* ``corpus`` - held-out prompts made from this repository (scripts/spec_bound.py --corpus);
+* ``corpus`` - held-out prompts made from this repository (scripts/bench/lookup_bound.py --corpus);
 * ``store`` - a localrun of a benchmark's own: its CLI against a store in a temporary home;
 * ``streams`` - the prompt, one measured request (Stream) and how to stream it from each server;
 * ``serve`` - the servers a benchmark starts: localrun serve, llama-server, llama_cpp.server;
 * ``dialects`` - localrun's API dialects against each other, and fill-in-the-middle against
-  llama-server's (part of scripts/bench_serve.py's run);
+  llama-server's (part of scripts/bench/serve.py's run);
 * ``promptcache`` - the disk prompt cache: two fresh `localrun run` in a row against a cold
-  llama-server (part of scripts/bench_spec.py's run);
-* ``bound`` - the oracle bound of prompt-lookup speculation (scripts/spec_bound.py);
+  llama-server (part of scripts/bench/speculative.py's run);
+* ``bound`` - the oracle bound of prompt-lookup speculation (scripts/bench/lookup_bound.py);
 * ``scores`` - llama.cpp's own log-probabilities of a prompt's tokens (llama-cpp-python with
-  logits at every row), the oracle of prompt scoring (tests, scripts/eval_harness.py);
-* ``worker`` - the jobs scripts/bench.py runs in a child process (llama_cpp imported there only).
+  logits at every row), the oracle of prompt scoring (tests, scripts/measure/eval_harness.py);
+* ``worker`` - the jobs scripts/bench/decode.py runs in a child process (llama_cpp imported there
+only).
 """

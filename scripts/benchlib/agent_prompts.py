@@ -1,6 +1,6 @@
 """How many tokens each coding agent's first prompt takes on a model: the largest generation
-request of each recording in tests/data/agents/ (scripts/agents_e2e.py --record), counted by a
-running localrun server the way that request's own route renders it.
+request of each recording in tests/data/agents/ (scripts/measure/agents_e2e.py --record), counted
+by a running localrun server the way that request's own route renders it.
 
 - Anthropic's /v1/messages: POST /v1/messages/count_tokens with the same body;
 - the Responses API: POST /v1/responses/input_tokens with the same body;
@@ -8,7 +8,7 @@ running localrun server the way that request's own route renders it.
   then POST /tokenize of that prompt with the tokenizer's special tokens added.
 
 The model's name in a recording is replaced by the one measured. Used by
-scripts/measure_agent_prompts.py (a table over the models at hand) and by the test that holds
+scripts/measure/agent_prompts.py (a table over the models at hand) and by the test that holds
 each agent's `need` (localrun.cli.launch.agents) to what its prompt takes.
 """
 

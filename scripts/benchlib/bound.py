@@ -1,5 +1,5 @@
-"""How fast prompt lookup could possibly be here: an oracle bound (scripts/spec_bound.py prints
-it; scripts/bench_spec.py reports it beside its measurements).
+"""How fast prompt lookup could possibly be here: an oracle bound (scripts/bench/lookup_bound.py
+prints it; scripts/bench/speculative.py reports it beside its measurements).
 
 Draftless speculation can only draft tokens that occur, in that order, earlier in the prompt or
 the answer; and verifying a draft of k tokens costs one llama_decode of k + 1 tokens. `bounds`

@@ -1,6 +1,6 @@
 """The API dialects of `localrun serve` measured against each other, and editor autocomplete.
 
-Part of scripts/bench_serve.py's run (it calls `measure` while its servers are up):
+Part of scripts/bench/serve.py's run (it calls `measure` while its servers are up):
 
   dialects   the same chat request, streamed through /v1/chat/completions, /v1/responses and
              /v1/messages of the same localrun server (greedy, 128 tokens, a prompt of its own
@@ -31,7 +31,7 @@ from testmodels.text import write_tiny_model
 
 from benchlib.common import Unavailable, run_command, say
 from benchlib.report import fmt, median
-from benchlib.serve import Server, llama_server
+from benchlib.stacks.serve import Server, llama_server
 from benchlib.streams import N_PREDICT, Stream, prompt, response_lines, sse_events
 
 TARGET_DIALECT = 0.95

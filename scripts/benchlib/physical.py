@@ -1,6 +1,6 @@
 """Sixty questions in the shape of PIQA (Bisk et al., 2020: a goal and two solutions, one
 right), written for this project: PIQA itself comes from the Hugging Face hub, which these
-machines cannot reach. scripts/eval_harness.py scores them as lm-evaluation-harness's `piqa`
+machines cannot reach. scripts/measure/eval_harness.py scores them as lm-evaluation-harness's `piqa`
 task does ("Question: {goal}\\nAnswer:", each solution after a space), or PIQA's own file where
 one is given (`--piqa valid.jsonl` with its labels)."""
 

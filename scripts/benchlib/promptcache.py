@@ -1,7 +1,7 @@
-"""The disk prompt cache measured for scripts/bench_spec.py: a model with a ~1,500-token SYSTEM
-prompt; two fresh `localrun run` processes in a row (the first evaluates and saves the prefix,
-the second restores it), the time to the first token as each reports it (load excluded: prompt
-eval duration) and as a person waits for it (process start to the first byte on stdout);
+"""The disk prompt cache measured for scripts/bench/speculative.py: a model with a ~1,500-token
+SYSTEM prompt; two fresh `localrun run` processes in a row (the first evaluates and saves the
+prefix, the second restores it), the time to the first token as each reports it (load excluded:
+prompt eval duration) and as a person waits for it (process start to the first byte on stdout);
 against a cold llama-server's time to the first token for the same rendered prompt."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.common import run_command
-from benchlib.serve import llama_server_with
-from benchlib.store import prepare_localrun
+from benchlib.stacks.serve import llama_server_with
+from benchlib.stacks.store import prepare_localrun
 from benchlib.streams import request_json
 from benchlib.workloads import CTX, SAMPLING
 

@@ -1,6 +1,6 @@
 """llama.cpp's own log-probabilities of a prompt's tokens, read through llama-cpp-python with
 `logits_all` (every row's logits kept): the oracle prompt scoring (engine.scoring, OpenAI's
-`echo`, vLLM's `prompt_logprobs`) is held to, by tests and by scripts/eval_harness.py.
+`echo`, vLLM's `prompt_logprobs`) is held to, by tests and by scripts/measure/eval_harness.py.
 
 The model is loaded as the engine loads it (localrun.engine.library.machine) with flash attention
 on, which is what llama.cpp's default (auto) chooses on a CPU and which the engine keeps: with it

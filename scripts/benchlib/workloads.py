@@ -1,4 +1,5 @@
-"""The prompts scripts/bench_spec.py and scripts/spec_bound.py measure speculation on.
+"""The prompts scripts/bench/speculative.py and scripts/bench/lookup_bound.py measure speculation
+on.
 
 Each workload has several prompts, so that one near tie (where a batch's logits, differing from
 one token's in the last bits, pick the other of two almost equal tokens and the answer goes its

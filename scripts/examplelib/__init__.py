@@ -1,7 +1,7 @@
-"""The official clients' example programs run against `localrun serve` (scripts/run_examples.py,
+"""The official clients' example programs run against `localrun serve` (scripts/corpora/examples.py,
 tests/system/test_sdk_examples.py).
 
-The programs come from the clients' own packages (scripts/fetch_corpora.py: openai-python,
+The programs come from the clients' own packages (scripts/corpora/fetch.py: openai-python,
 anthropic-sdk-python, ollama-python from PyPI, ollama-js from npm) and run as their users run
 them, through those clients, with the clients' environment pointed at localrun and the model
 names they use made aliases of a small model.

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def corpora_dir() -> Path:
-    """Where scripts/fetch_corpora.py puts the corpora (LOCALRUN_CORPORA, else tests/data/)."""
+    """Where scripts/corpora/fetch.py puts the corpora (LOCALRUN_CORPORA, else tests/data/)."""
     return Path(os.environ.get("LOCALRUN_CORPORA") or ROOT / "tests" / "data" / "corpora")
 
 
@@ -75,7 +75,7 @@ class Session:
     def _prepare(self, corpus: Corpus) -> Path | str:
         source = fetched(corpus, self.folder)
         if source is None:
-            return f"{corpus.name} {corpus.version} is not fetched: run scripts/fetch_corpora.py"
+            return f"{corpus.name} {corpus.version} is not fetched: run scripts/corpora/fetch.py"
         too_old = client_too_old(corpus)
         if too_old:
             return too_old

@@ -50,7 +50,7 @@ class Example:
 
 @dataclass(frozen=True)
 class Corpus:
-    """A fetched corpus (scripts/fetch_corpora.py's name), and how its programs run."""
+    """A fetched corpus (scripts/corpora/fetch.py's name), and how its programs run."""
 
     name: str
     runner: str  # "python" (the venv's interpreter) or "tsx" (node, with the npm packages)

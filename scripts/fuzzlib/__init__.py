@@ -1,5 +1,6 @@
-"""What the fuzzers share (scripts/fuzz_requests.py, fuzz_surfaces.py, fuzz_gguf.py,
-fuzz_jobs.py, fuzz_round5.py) and the scripted upstream the gateway's tests talk to.
+"""What the fuzzers share (scripts/fuzz/routes.py, fuzz/tokens_gateway_cache.py, fuzz/gguf_files.py,
+fuzz/model_building.py, fuzz/registries_schemas_launch.py) and the scripted upstream the gateway's
+tests talk to.
 
 Modules (each imports only those listed before it):
 
@@ -18,7 +19,7 @@ Modules (each imports only those listed before it):
   its jobs), the slowest /api/version, the longest pause of another client's stream;
 * ``watched`` - issue 76's harness: cases run as requests or commands under ``watch``, and
   their rows against the targets;
-* ``registry`` - issue 76's hostile registries on loopback (tests/support/registries.py's scripted
+* ``registry`` - issue 76's hostile registries on loopback (scripts/hubs/registries.py's scripted
   one in each mode, a port that speaks no HTTP, a closed one);
 * ``report`` - the end of a fuzzer's report: its defects and misses, and its exit status.
 """

@@ -1,5 +1,5 @@
-"""The hostile files of issue 57 that scripts/fuzz_jobs.py hands to `localrun create` and the
-server: GGUFs whose own chat template is hostile, an F16 model to quantize, tiny Hugging Face
+"""The hostile files of issue 57 that scripts/fuzz/model_building.py hands to `localrun create` and
+the server: GGUFs whose own chat template is hostile, an F16 model to quantize, tiny Hugging Face
 checkpoints and PEFT adapters mutated (a FIFO, a backtracking pattern key, NaN and 1e308 alphas,
 a rope factor of 0), a sparse checkpoint with a 2^22-row embedding, a shard of a million empty
 tensors, and other runners' folders that point at the whole machine.

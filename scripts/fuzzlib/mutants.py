@@ -1,4 +1,4 @@
-"""Mutants of a valid GGUF for scripts/fuzz_gguf.py, in two families:
+"""Mutants of a valid GGUF for scripts/fuzz/gguf_files.py, in two families:
 
 - semantic (`semantic`): every numeric hyper-parameter at 0, -1, NaN, inf and 2^32-1, alignments,
   block counts that disagree with the tensors, foreign tokenizers, invalid UTF-8 vocabularies,

@@ -1,20 +1,16 @@
-"""The hostile registries of scripts/fuzz_round5.py, on loopback: tests/support/registries.py's
-scripted one (FakeOllamaRegistry) in each of issue 76's modes, a port that speaks no HTTP (Listener)
-and one that is closed; `env` names them in the server's settings (those listed for API clients, and
-the login the server holds for every one of them).
+"""The hostile registries of scripts/fuzz/registries_schemas_launch.py, on loopback:
+scripts/hubs/registries.py's scripted one (FakeOllamaRegistry) in each of issue 76's modes, a port
+that speaks no HTTP (Listener) and one that is closed; `env` names them in the server's settings
+(those listed for API clients, and the login the server holds for every one of them).
 """
 
 from __future__ import annotations
 
 import socket
-import sys
 import threading
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-
-from support import registries  # type: ignore[import-not-found]
+from hubs import registries
 
 __all__ = ["LOGIN", "Registries", "registries"]
 

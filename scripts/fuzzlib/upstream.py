@@ -1,4 +1,4 @@
-"""A scripted OpenAI-only upstream for the gateway tests and scripts/fuzz_surfaces.py:
+"""A scripted OpenAI-only upstream for the gateway tests and scripts/fuzz/tokens_gateway_cache.py:
 /v1/models and a streaming /v1/chat/completions (and /v1/completions) that answer, or fail on
 cue.
 

@@ -1,5 +1,6 @@
 """The pages of docs/reference/, each rendered from the code that declares what it lists
-(scripts/make_reference.py writes them; tests/unit/scripts/test_reference_docs.py checks them).
+(scripts/maintenance/make_reference.py writes them; tests/unit/scripts/test_reference_docs.py
+checks them).
 
 Modules (each imports only ``markdown`` of its siblings):
 

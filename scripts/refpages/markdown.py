@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-COMMAND = ".venv/bin/python scripts/make_reference.py"
+COMMAND = ".venv/bin/python scripts/maintenance/make_reference.py"
 
 
 class MissingText(Exception):

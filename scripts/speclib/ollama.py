@@ -1,7 +1,7 @@
 """What an Ollama answer is held to: Ollama publishes no OpenAPI document, so
 
 - ollama-python's own response types (ollama/_types.py of its sdist, fetched by
-  scripts/fetch_corpora.py as `ollama-types`): each answer parsed into the pydantic model its
+  scripts/corpora/fetch.py as `ollama-types`): each answer parsed into the pydantic model its
   client parses it into (`ChatResponse`, `GenerateResponse`, ...), as strictly as those models
   are (their required fields and types; they ignore fields they do not know);
 - the fields Ollama's server always sends (its api/types.go declares them without

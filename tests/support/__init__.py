@@ -16,30 +16,34 @@ file (tests/unit/test_layout.py checks it). Fixtures stay in tests/conftest.py.
     support.runner     a runner process (`python -m localrun.worker`) driven through its protocol
     support.blobs      a store as the tests look into it: digests, blob and temporary files
     support.workers    what a test runs in a child process of its own (spawn imports it by name)
-    support.hfhub, support.mshub, support.registries, support.proxy
-                       the hubs, registries and the forward proxy, on loopback
+    support.mshub, support.proxy
+                       ModelScope's hub and the forward proxy, on loopback (Hugging Face's hub
+                       and the registries: scripts/hubs, which the scripts use too)
     support.family_cases   each model family's canonical tool call, with its template
     support.vllm_shim  the stand-in `vllm` package that runs vLLM's parser tests on localrun's
 
-scripts/ is on sys.path too (pyproject's pythonpath): scripts/testmodels writes the test models,
-and the scripts' shared libraries serve the tests as they serve the scripts, one implementation
-for both: benchlib's reference scores (llama-cpp-python's own log-probabilities) and busy loop,
-fuzzlib's scripted upstream and hostile inputs; unit/scripts tests them. A test of a script
-(build_binary, fuzz_gguf, fetch_corpora, imports, ...) imports that script.
+scripts/ is on sys.path too (pyproject's pythonpath), and the imports go one way: the tests import
+scripts/, never the reverse (tests/unit/test_layout.py checks it). scripts/testmodels writes the
+test models, scripts/hubs serves the hubs, and the scripts' other shared libraries serve the tests
+as they serve the scripts, one implementation for both: benchlib's reference scores
+(llama-cpp-python's own log-probabilities) and busy loop, fuzzlib's scripted upstream and hostile
+inputs; unit/scripts tests them. A test of a script imports it from its folder
+(`from maintenance import build_binary`, `from fuzz import gguf_files`).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
+
+from hubs import free_port as free_port  # where the tests have always found it
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
 DATA = TESTS / "data"
 TEMPLATES = DATA / "templates"  # llama.cpp's chat templates (models/templates)
 OLLAMA_TEMPLATES = DATA / "ollama_templates"
-# Other projects' test files, fetched by scripts/fetch_corpora.py (or where LOCALRUN_CORPORA says).
+# Other projects' test files, fetched by scripts/corpora/fetch.py (or where LOCALRUN_CORPORA says).
 CORPORA = Path(os.environ.get("LOCALRUN_CORPORA") or DATA / "corpora")
 
 # How long a test waits for what it expects (an answer, a line, an exit, a file) before it calls
@@ -47,11 +51,3 @@ CORPORA = Path(os.environ.get("LOCALRUN_CORPORA") or DATA / "corpora")
 # load of 12 on 2 cores a step that takes 2 seconds takes a minute. Tests wait on the event
 # itself; this bounds the wait.
 PATIENCE_S = 600.0
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed): for a closed port to be refused
-    by, or a port to give a program that takes no 0."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

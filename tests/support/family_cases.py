@@ -47,7 +47,7 @@ class Case:
 
 
 def template_path(name: str) -> Path:
-    """A template of the llama.cpp corpus, or `corpora/...` of one scripts/fetch_corpora.py
+    """A template of the llama.cpp corpus, or `corpora/...` of one scripts/corpora/fetch.py
     fetches (where LOCALRUN_CORPORA puts them)."""
     if name.startswith("corpora/"):
         return CORPORA / name.removeprefix("corpora/")
@@ -269,7 +269,7 @@ _CASES = (
         '<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>',
         special=("<|tool_call_start|>", "<|tool_call_end|>"),
     ),
-    # vLLM's pythonic templates (fetched by scripts/fetch_corpora.py): the whole answer a list
+    # vLLM's pythonic templates (fetched by scripts/corpora/fetch.py): the whole answer a list
     *(
         Case(
             name,
@@ -338,5 +338,5 @@ _CASES = (
         '<tool_calls>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</tool_calls>',
     ),
 )
-# Those whose template is here (the corpora's are fetched by scripts/fetch_corpora.py).
+# Those whose template is here (the corpora's are fetched by scripts/corpora/fetch.py).
 CASES = tuple(case for case in _CASES if template_path(case.template).exists())

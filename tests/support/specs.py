@@ -4,8 +4,8 @@ command that fetches them."""
 
 from __future__ import annotations
 
-import fetch_corpora
 import pytest
+from corpora import fetch as fetch_corpora
 from speclib.check import FETCH, Specs
 
 

@@ -1,6 +1,6 @@
 """A pytest plugin that runs vLLM's own tool-parser tests against localrun's parsers.
 
-vLLM's tests (tests/tool_parsers/ of its source, fetched by scripts/fetch_corpora.py) ask a
+vLLM's tests (tests/tool_parsers/ of its source, fetched by scripts/corpora/fetch.py) ask a
 parser, by vLLM's name for it, to read model outputs, whole (`extract_tool_calls`) and streamed
 (`extract_tool_calls_streaming`, a token at a time), and assert the calls and text vLLM reads.
 This plugin installs a stand-in `vllm` package in which every tool parser is localrun's, as
@@ -42,7 +42,7 @@ from localrun.formats.parsers.stream import CallStream
 
 from support import CORPORA, DATA, TEMPLATES
 
-# vLLM's corpus: where the test names it, else where scripts/fetch_corpora.py puts it.
+# vLLM's corpus: where the test names it, else where scripts/corpora/fetch.py puts it.
 CORPUS = Path(os.environ.get("LOCALRUN_VLLM_CORPUS") or CORPORA / "vllm")
 EXAMPLES = CORPUS / "examples"
 

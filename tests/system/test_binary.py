@@ -1,6 +1,6 @@
-"""The single binary (scripts/build_binary.py), built once per test run and checked where no
-Python is on PATH and HOME is a fresh folder, as `env -i HOME=... localrun ...` would run it
-(with LOCALRUN_HOST at a closed port: a `localrun serve` on the default port would otherwise
+"""The single binary (scripts/maintenance/build_binary.py), built once per test run and checked
+where no Python is on PATH and HOME is a fresh folder, as `env -i HOME=... localrun ...` would run
+it (with LOCALRUN_HOST at a closed port: a `localrun serve` on the default port would otherwise
 answer its `run`, from that server's store).
 
 Every command goes through the binary; so do the processes it starts itself (the server's
@@ -20,16 +20,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import build_binary
 import httpx
 import pexpect
 import psutil
 import pytest
+from hubs.hfhub import FakeHub
+from maintenance import build_binary
 from testmodels.text import write_tiny_model
 
 from support import PATIENCE_S
 from support.cli import NO_SERVER
-from support.hfhub import FakeHub
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 

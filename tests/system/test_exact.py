@@ -8,7 +8,7 @@ exact runtime (`localrun runtime install exact`: the same library built with one
 row count) makes a row's arithmetic independent of its batch. Here it is built once for the
 session (in the runtime tests' builds folder, so a second run resumes), then:
 
-- scripts/probe_batch_invariance.py: a prompt's last token evaluated whole, cached, beside
+- scripts/measure/batch_invariance.py: a prompt's last token evaluated whole, cached, beside
   another stream, in a draft batch and on one thread gives the same logits bit for bit; with
   LOCALRUN_EXACT=off the installed library's kernels do differ on the same probe (the check
   can fail);
@@ -191,7 +191,7 @@ def probe(home: Path, *args: str, **extra: str) -> list[str]:
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "probe_batch_invariance.py"),
+            str(ROOT / "scripts" / "measure" / "batch_invariance.py"),
             *("--kv", "f16", "--fa", "1"),
             *(args or ("--prompts", "30,700")),
         ],

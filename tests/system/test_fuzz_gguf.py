@@ -1,9 +1,9 @@
-"""A seeded sample of GGUF mutants through the real `create` and `run` (scripts/fuzz_gguf.py).
+"""A seeded sample of GGUF mutants through the real `create` and `run` (scripts/fuzz/gguf_files.py).
 
 Each mutant ends as a one-line refusal by `create`, a one-line error from `run`, or an answer:
 never a signal, a traceback, a hang past the timeout or memory past the bound. CI runs
 LOCALRUN_FUZZ_COUNT mutants (default 200: every named trigger and a sample of structural ones);
-`python scripts/fuzz_gguf.py --count 600 --seed N` runs more.
+`python scripts/fuzz/gguf_files.py --count 600 --seed N` runs more.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import fuzz_gguf
 import pytest
+from fuzz import gguf_files as fuzz_gguf
 
 from support import PATIENCE_S
 

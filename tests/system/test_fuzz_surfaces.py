@@ -1,5 +1,5 @@
-"""The second audit's surfaces under scripts/fuzz_surfaces.py, at a small scale: tokenizing
-(megabytes of CJK text, thousands of special tokens, million-token lists) with a generate
+"""The second audit's surfaces under scripts/fuzz/tokens_gateway_cache.py, at a small scale:
+tokenizing (megabytes of CJK text, thousands of special tokens, million-token lists) with a generate
 beside it, upstreams that send an endless line, a gzip bomb, a 96 MB embedding or a 16 MB
 model list, and prompt cache entries replaced by FIFOs, links, sparse and damaged files.
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fuzz_surfaces
 import pytest
+from fuzz import tokens_gateway_cache as fuzz_surfaces
 
 from support import ROOT
 

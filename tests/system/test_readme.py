@@ -3,9 +3,9 @@
 BLOCKS names each block by its first command line and says how it is run. A block runs as its
 own text through `bash -e`, in a folder of its own, against the `localrun` installed beside this
 Python (first on PATH), with HOME and LOCALRUN_HOME in the test's folder and what the block needs
-made first: models in the store, the local hubs (support/hfhub.py, support/mshub.py), other runners'
-stores, a safetensors checkpoint and its adapter. An entry says what the test must change and
-why: text it replaces (11435, the default port, by a test server's) and text it leaves out
+made first: models in the store, the local hubs (scripts/hubs/hfhub.py, support/mshub.py), other
+runners' stores, a safetensors checkpoint and its adapter. An entry says what the test must change
+and why: text it replaces (11435, the default port, by a test server's) and text it leaves out
 (installs CI has done, builds that take minutes). A block the table does not know fails, and so
 does an entry whose block is gone: a new example comes with the way it is checked.
 
@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 import pytest
+from hubs.hfhub import FakeHub
 from testmodels.hf_checkpoints import write_adapter, write_checkpoint
 from testmodels.scripted import write_scripted_model
 from testmodels.text import write_tiny_model
@@ -44,7 +45,6 @@ from testmodels.text import write_tiny_model
 from localrun.store.models import Store
 
 from support import PATIENCE_S, ROOT
-from support.hfhub import FakeHub
 from support.mshub import FakeModelScope
 from support.server import add_model
 from support.stores import cached as _cached
@@ -95,11 +95,11 @@ BLOCKS = [
     ),
     Entry(
         "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && scripts/system-deps && "
-        ".venv/bin/python scripts/fetch_corpora.py && .venv/bin/python -m pytest",
+        ".venv/bin/python scripts/corpora/fetch.py && .venv/bin/python -m pytest",
         "test_the_test_suite_block",
         "not run: it is this test suite, scripts/system-deps installs Debian packages as root "
-        "and scripts/fetch_corpora.py downloads from PyPI; the shell scripts are only checked to "
-        "parse (`bash -n`), fetch_corpora.py to compile",
+        "and scripts/corpora/fetch.py downloads from PyPI; the shell scripts are only checked to "
+        "parse (`bash -n`), corpora/fetch.py to compile",
     ),
     Entry(
         'localrun run smollm2:135m "What is the capital of France?"',
@@ -141,7 +141,7 @@ BLOCKS = [
         "localrun pull llama3.2:1b-instruct-q8_0",
         "test_registries",
         "as written, with LOCALRUN_REGISTRY at a local server that behaves as Ollama's registry "
-        "does (tests/support/registries.py) and registry.example.com the distribution project's "
+        "does (scripts/hubs/registries.py) and registry.example.com the distribution project's "
         "registry server on a loopback port, each holding tiny models",
         substitute={
             "registry.example.com": ("{registry}", "the test's registry is on a loopback port"),
@@ -195,9 +195,10 @@ BLOCKS = [
         },
     ),
     Entry(
-        "pip install -e '.[binary]' && python scripts/build_binary.py",
+        "pip install -e '.[binary]' && python scripts/maintenance/build_binary.py",
         "test_the_single_binary",
-        "the build_binary.py lines parsed only (tests/system/test_binary.py builds the binary)",
+        "the maintenance/build_binary.py lines parsed only "
+        "(tests/system/test_binary.py builds the binary)",
         cut={
             "pip install -e '.[binary]' && ": INSTALLED + " (the test extra has binary's)",
             'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
@@ -206,7 +207,7 @@ BLOCKS = [
         },
     ),
     Entry(
-        ".venv/bin/python scripts/upgrade_llama_cpp.py 0.3.37",
+        ".venv/bin/python scripts/maintenance/upgrade_llama_cpp.py 0.3.37",
         "test_upgrading_llama_cpp",
         "parsed only (README_PARSE_ONLY): it downloads a release and builds for minutes; "
         "tests/unit/runtimes/test_runtimes.py runs the script on a made-up release",
@@ -356,7 +357,8 @@ if os.environ.get("README_PARSE_ONLY") == "1":
 
     def parse_args(self, args=None, namespace=None):
         parsed = _parse_args(self, args, namespace)
-        print("README_PARSED", os.path.basename(sys.argv[0]), json.dumps(vars(parsed), default=str))
+        script = sys.argv[0].replace(os.sep, "/").rpartition("scripts/")[2]  # bench/decode.py
+        print("README_PARSED", script, json.dumps(vars(parsed), default=str))
         raise SystemExit(0)
 
     argparse.ArgumentParser.parse_args = parse_args
@@ -640,7 +642,7 @@ def test_the_test_suite_block() -> None:
     for script in ("scripts/system-deps", "scripts/check"):
         assert os.access(ROOT / script, os.X_OK), script
         subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
-    fetch = ROOT / "scripts" / "fetch_corpora.py"
+    fetch = ROOT / "scripts" / "corpora" / "fetch.py"
     compile(fetch.read_text(), str(fetch), "exec")
 
 
@@ -783,8 +785,8 @@ def test_pulling_models(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
 
 
 def test_registries(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
-    from support import registries
-    from support.registries import OLLAMA
+    from hubs import registries
+    from hubs.registries import OLLAMA
 
     if registries.docker_registry_binary() is None:
         pytest.skip("no docker-registry (scripts/system-deps installs Debian's where it may)")
@@ -933,7 +935,11 @@ def test_the_single_binary(sandbox: Sandbox, tmp_path: Path, work: Path) -> None
     _checkout(work)
     text = edited("test_the_single_binary")
     ran = run_block(text, sandbox.env(tmp_path, README_PARSE_ONLY="1"), work)
-    assert len(_parsed(ran)["build_binary.py"]) == text.count("scripts/build_binary.py") == 2
+    assert (
+        len(_parsed(ran)["maintenance/build_binary.py"])
+        == text.count("scripts/maintenance/build_binary.py")
+        == 2
+    )
 
 
 @pytest.mark.server
@@ -954,12 +960,12 @@ def test_development(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
     text = edited("test_development")
     ran = run_block(text, sandbox.env(tmp_path, README_PARSE_ONLY="1"), work)
     parsed = _parsed(ran)
-    named = re.findall(r"scripts/(\w+\.py)", text)
+    named = re.findall(r"scripts/([\w/]+\.py)", text)
     assert sorted(s for s, runs in parsed.items() for _ in runs) == sorted(named)
     assert parsed["make_test_models.py"][0]["out_dir"] == "/tmp/models"  # nothing written
-    assert {"spec", "gateway", "serve"} <= {run.get("suite") for run in parsed["bench.py"]}
-    assert parsed["fuzz_gguf.py"][0]["count"] == 600
-    assert parsed["slowloris.py"][0]["connections"] == 1100
+    assert {"spec", "gateway", "serve"} <= {run.get("suite") for run in parsed["bench/decode.py"]}
+    assert parsed["fuzz/gguf_files.py"][0]["count"] == 600
+    assert parsed["fuzz/slow_connections.py"][0]["connections"] == 1100
     subprocess.run(["bash", "-n", str(ROOT / "scripts" / "check")], check=True)
 
 
@@ -968,7 +974,7 @@ def test_upgrading_llama_cpp(sandbox: Sandbox, tmp_path: Path, work: Path) -> No
     ran = run_block(
         edited("test_upgrading_llama_cpp"), sandbox.env(tmp_path, README_PARSE_ONLY="1"), work
     )
-    (line,) = _parsed(ran)["upgrade_llama_cpp.py"]
+    (line,) = _parsed(ran)["maintenance/upgrade_llama_cpp.py"]
     assert line["version"] == "0.3.37" and not line["write"]
 
 
@@ -978,7 +984,7 @@ def test_upgrading_llama_cpp_with_its_bindings(
     _checkout(work)
     text = edited("test_upgrading_llama_cpp_with_its_bindings")
     ran = run_block(text, sandbox.env(tmp_path, README_PARSE_ONLY="1"), work)
-    (line,) = _parsed(ran)["upgrade_llama_cpp.py"]
+    (line,) = _parsed(ran)["maintenance/upgrade_llama_cpp.py"]
     assert line["version"] == "0.3.37" and line["write"] and line["probe"]
 
 

@@ -1,14 +1,14 @@
 """The official clients' example programs, run against a real `localrun serve` through the
 clients' own packages (scripts/examplelib: the programs from their PyPI and npm packages, fetched
-by scripts/fetch_corpora.py; without them these tests skip).
+by scripts/corpora/fetch.py; without them these tests skip).
 
-scripts/run_examples.py runs every in-scope program (about ten minutes on 2 cores); this runs the
-subset examples.toml marks `test`, chosen to cover each client and each route once: ollama-python
-(/api/chat streamed, with tools, format, images and think; /api/generate, with suffix; /api/embed,
-/api/create, /api/tags, /v1/systemone), ollama-js (/api/generate from the npm package, with tsx;
-skipped without node and npm or npm's registry), openai-python (chat completions plain,
-streamed and with tools; Responses parsed into a schema, in the background, and its input token
-count), and anthropic-sdk-python (messages streamed, with an image, parsed into a schema,
+scripts/corpora/examples.py runs every in-scope program (about ten minutes on 2 cores); this runs
+the subset examples.toml marks `test`, chosen to cover each client and each route once:
+ollama-python (/api/chat streamed, with tools, format, images and think; /api/generate, with
+suffix; /api/embed, /api/create, /api/tags, /v1/systemone), ollama-js (/api/generate from the npm
+package, with tsx; skipped without node and npm or npm's registry), openai-python (chat completions
+plain, streamed and with tools; Responses parsed into a schema, in the background, and its input
+token count), and anthropic-sdk-python (messages streamed, with an image, parsed into a schema,
 through the tool runner and with the memory tool). Each must run; a program examples.toml marks
 as failing for the model's size is expected to fail, with that reason.
 """
@@ -46,7 +46,7 @@ def _marks(example: table.Example) -> list[pytest.MarkDecorator]:
 @pytest.mark.parametrize("example", [pytest.param(e, id=e.key, marks=_marks(e)) for e in SUBSET])
 def test_the_example_runs(session: Session, example: table.Example) -> None:
     if fetched(TABLE[example.corpus], CORPORA) is None:
-        pytest.skip(f"{example.corpus} is not fetched: run scripts/fetch_corpora.py")
+        pytest.skip(f"{example.corpus} is not fetched: run scripts/corpora/fetch.py")
     outcome = session.outcome(example)
     if outcome.result == "skipped":
         pytest.skip(outcome.why)

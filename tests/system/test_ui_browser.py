@@ -39,7 +39,7 @@ REPLY = (
     "code:\n\n```python\nprint('hi')\n```\n" + "and more " * 60
 )
 JSON_REPLY = '{"fruit": "apple", "count": 3}'
-SCREENSHOT = ROOT / "scripts" / "ui" / "chat-page.png"
+SCREENSHOT = ROOT / "scripts" / "maintenance" / "ui" / "chat-page.png"
 
 
 def _server(

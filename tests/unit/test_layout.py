@@ -1,4 +1,4 @@
-"""The package's shape (scripts/imports.py): imports run one way, counting those inside
+"""The package's shape (scripts/maintenance/imports.py): imports run one way, counting those inside
 functions too, wing by wing in the order docs/architecture.md's Layout gives, and modules and
 functions stay of a size a reader can hold."""
 
@@ -8,7 +8,7 @@ import ast
 import re
 from pathlib import Path
 
-import imports
+from maintenance import imports
 
 from support import ROOT
 
@@ -162,15 +162,11 @@ def test_modules_and_functions_stay_readable() -> None:
     assert long_functions == [], "split these functions into helpers"
 
 
-# scripts/ (imports.script_graph): what the scripts share lives in a package they import
-# (benchlib/, testmodels/, fuzzlib/), never in another script (docs/development.md).
+# scripts/ (imports.script_graph): scripts in folders by purpose (imports.SCRIPT_FOLDERS); what
+# they share lives in a package they import (benchlib/, testmodels/, hubs/, ...), never in another
+# script (docs/development.md). The tests import scripts/, never the reverse.
 
-
-def _top_level_scripts(root: Path = ROOT) -> set[str]:
-    """The scripts run as `python scripts/NAME.py`, by the name they are imported by."""
-    return {
-        m for m, path in imports.script_modules(root).items() if path.parent == root / "scripts"
-    }
+MOST_MODULES = 15  # in one folder of localrun/ or scripts/: past it, a folder by concern
 
 
 def test_scripts_have_no_import_cycle() -> None:
@@ -178,11 +174,46 @@ def test_scripts_have_no_import_cycle() -> None:
 
 
 def test_no_script_imports_a_script() -> None:
-    scripts = _top_level_scripts()
+    scripts = imports.scripts()
     found = sorted(
         f"{a} -> {b}" for a, targets in imports.script_graph().items() for b in targets & scripts
     )
     assert found == [], "move what they share into a package under scripts/"
+
+
+def test_scripts_never_import_the_tests() -> None:
+    """tests/ and scripts/ lean one way: a test imports what scripts/ holds (the test models,
+    the hubs, a script it checks), and nothing under scripts/ imports tests/support."""
+    found = []
+    for path in sorted((ROOT / "scripts").rglob("*.py")):
+        if "node_modules" in path.parts:
+            continue
+        text = path.read_text(encoding="utf-8")
+        # Nor by the path: a sys.path that reaches into tests/ (a child's code included).
+        found += [
+            f"{path.relative_to(ROOT)}: {line.strip()}"
+            for line in text.splitlines()
+            if "sys.path" in line and "tests" in line
+        ]
+        for node in ast.walk(ast.parse(text)):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            found += [
+                f"{path.relative_to(ROOT)}: {n}"
+                for n in names
+                if n.split(".")[0] in ("support", "tests", "conftest")
+            ]
+    assert found == [], "what a script needs from the tests goes into a package under scripts/"
+
+
+def test_no_folder_holds_more_than_fifteen_modules() -> None:
+    crowded = {f: n for f, n in imports.folder_sizes().items() if n > MOST_MODULES}
+    assert crowded == {}, "give these folders subfolders by concern"
 
 
 def test_scripts_stay_readable() -> None:
@@ -205,7 +236,10 @@ def test_the_script_graph_counts_imports_in_functions_and_packages(tmp_path: Pat
     assert edges["a"] == {"lib.core", "b"} and edges["b"] == {"lib.extra"}
     assert edges["lib"] == {"lib.core"} and edges["lib.core"] == {"lib.extra"}
     assert imports.cycles(edges) == [["lib.core", "lib.extra"]]
-    assert _top_level_scripts(tmp_path) == {"a", "b"}
+    (scripts / "bench").mkdir()
+    (scripts / "bench" / "__init__.py").write_text("")
+    (scripts / "bench" / "decode.py").write_text("from lib import core\n")
+    assert imports.scripts(tmp_path) == {"a", "b", "bench.decode"}
 
 
 # tests/ (docs/development.md, "Tests"): tiers as folders, each wing's tests in a folder

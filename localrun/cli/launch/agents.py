@@ -27,7 +27,7 @@ OPENCODE_CONFIG_CONTENT, which it merges over the user's config).
   model) and a metadata file tells it the window.
 
 Each agent's first prompt, with its recorded release and default tools, is the largest of what
-it takes on the tokenizers at hand (SmolLM2's and Gemma 3's; scripts/measure_agent_prompts.py):
+it takes on the tokenizers at hand (SmolLM2's and Gemma 3's; scripts/measure/agent_prompts.py):
 Claude Code 20,198 tokens, Codex 9,062 (with apply_patch), OpenCode 7,714, Aider 741. `need` is
 the least context the agent works in: its prompt, an answer's room and what it keeps free
 besides (`keeps`: Claude Code compacts 13,000 tokens before the end; Codex and OpenCode get a

@@ -72,7 +72,7 @@ _PIECE = 16 * 1024  # the longest token's bytes
 
 def check(grammar: str) -> None:
     """Raise BadRequestError when llguidance will not take the grammar, compiled without a
-    vocabulary (the tests and scripts/bench_structured.py; a request's is compiled by the
+    vocabulary (the tests and scripts/measure/structured.py; a request's is compiled by the
     engine, with its model's)."""
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, limits=LIMITS)
     if failed:

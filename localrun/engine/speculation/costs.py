@@ -18,7 +18,7 @@ runtime's lone-row matrix products and direct attention), so a batch of 2 to 5 r
 than the line through batches of 2 to 65 says. On SmolLM2 with the exact runtime, 2, 3, 4 and
 5 rows cost 1.79, 2.29, 2.79 and 3.54 one-token decodes in a server that had drafted long
 copies, where that line read 1.73, 2.14, 2.54 and 2.95, and prose drafted one- and two-token
-guesses that cost more than they saved (scripts/bench_spec.py: prose at 0.94-0.96x the speed
+guesses that cost more than they saved (scripts/bench/speculative.py: prose at 0.94-0.96x the speed
 without speculation; 0.98x since, with half the drafts, beside engine.speculation.speculator's
 margin for a hunch). Past the longest batch timed, each further row costs the fitted line's slope.
 
@@ -29,7 +29,7 @@ of a given size is timed only when a draft that long is made. Kept as seconds, t
 of a long answer (an edited file) were set against the one-token decodes of the shorter answers
 after it: on one thread of a busy CPU, 35 rows read 31 one-token decodes where, weighed against
 the decodes of their time, batches of 21 and 58 rows cost 16 and 35; no draft paid any more,
-and none was made that could have corrected it (scripts/bench_spec.py with a core kept busy:
+and none was made that could have corrected it (scripts/bench/speculative.py with a core kept busy:
 quote 0.96x the speed without speculation, 1.11x since).
 
 A draft's length then depends on the machine's state, not on the request alone: a batch's
@@ -56,8 +56,8 @@ class DecodeCost:
     `base + extra * n`.
 
     The prior, before anything is timed: measured with llama.cpp on SmolLM2 135M (Q4_1) on two
-    CPU cores, every row with logits as a verification has them (scripts/spec_bound.py prints
-    the table): 2, 3, 5, 9, 17, 33 and 65 tokens cost 1.9, 2.4, 3.4, 5.2, 8.8, 15.8 and 28.6
+    CPU cores, every row with logits as a verification has them (scripts/bench/lookup_bound.py
+    prints the table): 2, 3, 5, 9, 17, 33 and 65 tokens cost 1.9, 2.4, 3.4, 5.2, 8.8, 15.8 and 28.6
     one-token decodes, about 1 + 0.43 n (a small model is compute bound there). On an H100
     (CUDA) they cost 1.15, 1.35, 1.43, 2.83, 3.4 to 4.1, 4.0 to 4.2 and 5.7 to 5.8: the GPU's
     0.9 + 0.08 n is close for up to 5 tokens and for 33 and more, low between, where ggml-cuda

@@ -45,8 +45,9 @@ ModelDrafter = Callable[[Sequence[int], int], list[int]]
 # Before any draft of a size is judged: the chance a drafted token is kept, as kept : rejected
 # counts. A 24-token match is a copy under way; three tokens are a hunch. A copy that has just
 # reached 24 tokens breaks soon as often as not (a median of 19 more tokens over 61 answers of
-# scripts/bench_spec.py's workloads and spec_bound.py's corpus): 19 : 1 drafts it some 16 tokens
-# at first on two cores, and the answer's own evidence lengthens the drafts as the copy goes on.
+# scripts/bench/speculative.py's workloads and bench/lookup_bound.py's corpus): 19 : 1 drafts it
+# some 16 tokens at first on two cores, and the answer's own evidence lengthens the drafts as the
+# copy goes on.
 _PRIOR = {24: (19.0, 1.0), 12: (9.0, 1.0), 6: (4.0, 1.0), 3: (2.0, 1.0)}
 MODES = config.SPECULATE_MODES  # the speculate PARAMETER's values
 DEFAULT_DRAFT_MAX = 64  # the draft_num_predict PARAMETER's default
@@ -252,7 +253,7 @@ class Speculator:
         its estimate: the estimate rests on some ten recent guesses, and a length chosen when
         it happens to read high drafts where guesses are not that good. On prose, 3-token
         matches were right 2 times in 3 and drafts were made when the estimate read 0.72 or
-        more; two guessed rows kept 1.07 tokens and cost 1.29 decodes (scripts/bench_spec.py,
+        more; two guessed rows kept 1.07 tokens and cost 1.29 decodes (scripts/bench/speculative.py,
         prose at 0.94x the speed without speculation). Long matches are copies under way,
         right 97 times in 100 at the estimates they are drafted at: they keep it."""
         kept, lost = self._kept[size], self._lost[size]

@@ -77,7 +77,7 @@ MAX_LAYER = 1 << 44  # bytes (16 TiB): past it a size is a lie
 MAX_TEXTS = 16 << 20  # bytes of every text layer together
 DISK_MARGIN = 256 << 20
 # A registry on this machine: no latency for parallel ranges to hide (4 connections cost a
-# third of the rate on 2 cores, scripts/bench_pull.py).
+# third of the rate on 2 cores, scripts/bench/pull.py).
 LOCAL_STREAMS = 1
 
 

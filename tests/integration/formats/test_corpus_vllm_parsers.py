@@ -1,7 +1,7 @@
 """vLLM's own tool-parser tests judging localrun's parsers, and the outputs they read said by a
 scripted model through the real server in every dialect (issue 58).
 
-vLLM 0.33.0's tests/tool_parsers/ (fetched by scripts/fetch_corpora.py; without them these
+vLLM 0.33.0's tests/tool_parsers/ (fetched by scripts/corpora/fetch.py; without them these
 tests skip, saying so) run in a pytest of their own with tests/support/vllm_shim.py, in which each
 of vLLM's parsers is localrun's for the family the runner chooses from the template those models
 ship. vLLM's assertions judge localrun's reading, whole and streamed a token at a time. Each test
@@ -33,8 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fetch_corpora
 import pytest
+from corpora import fetch as fetch_corpora
 from testmodels.scripted import write_scripted_model
 
 from localrun.scheduler import Scheduler
@@ -44,7 +44,7 @@ from support import TESTS, vllm_shim
 from support.dialects import DIALECTS
 from support.server import LiveServer, add_model
 
-NOT_FETCHED = "vLLM's tests are not fetched: run scripts/fetch_corpora.py"
+NOT_FETCHED = "vLLM's tests are not fetched: run scripts/corpora/fetch.py"
 
 # vLLM test files that cannot run here, and why.
 NOT_RUN = {

@@ -278,7 +278,7 @@ def test_thoughts_and_headers_around_calls_through_every_dialect(name: str, tmp_
     file, says, special, (content, reasoning, calls) = CALL_IN[name]
     source = template_path(file)
     if not source.exists():
-        pytest.skip("vLLM's templates are not fetched: run scripts/fetch_corpora.py")
+        pytest.skip("vLLM's templates are not fetched: run scripts/corpora/fetch.py")
     store = Store(tmp_path / "models")
     gguf = write_scripted_model(
         tmp_path / "m.gguf", says, template=source.read_text(encoding="utf-8"), special=special

@@ -1,7 +1,7 @@
 """Structured outputs: every answer a schema constrains validates against it (jsonschema), or
 the request is refused in one line naming what cannot be enforced.
 
-- The JSON Schema Test Suite (draft 2020-12, fetched by scripts/fetch_corpora.py) judges the
+- The JSON Schema Test Suite (draft 2020-12, fetched by scripts/corpora/fetch.py) judges the
   constraint engine without a model: each case's schema compiled as a request's would be, each
   instance fed to it as SmolLM2's tokens. An invalid instance the compiled grammar takes would
   be a 200 carrying a value that breaks the client's schema: there must be none.
@@ -82,7 +82,7 @@ def _takes(weights: Weights, grammar: str, text: str) -> bool:
 @pytest.mark.model
 def test_the_json_schema_test_suite_is_kept_or_refused(smol_vocab: Weights) -> None:
     if not SUITE.is_dir():
-        pytest.skip("the JSON Schema Test Suite is not fetched: run scripts/fetch_corpora.py")
+        pytest.skip("the JSON Schema Test Suite is not fetched: run scripts/corpora/fetch.py")
     seen: Counter[str] = Counter()
     wrong, stricter_held = [], set()
     for name, schema, tests in _cases():

@@ -397,7 +397,7 @@ def test_a_server_wide_default_context(
 # -- the agents' own requests, replayed -------------------------------------------------------
 
 RECORDED = DATA / "agents"
-# What scripts/agents_e2e.py gave each case's model (see its TEMPLATES).
+# What scripts/measure/agents_e2e.py gave each case's model (see its TEMPLATES).
 CASE_TEMPLATES = {
     "answer": "Qwen-Qwen2.5-7B-Instruct.jinja",
     "tool": "Qwen-Qwen2.5-7B-Instruct.jinja",
@@ -428,7 +428,7 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         names = {b.get("model") or b["name"] for b in bodies if "model" in b or "name" in b}
         for name in names:
             # The variant `localrun launch` made: its context in its name; forced text spelled
-            # as the script has it, as scripts/agents_e2e.py gave it.
+            # as the script has it, as scripts/measure/agents_e2e.py gave it.
             size = re.search(r"-ctx(\d+)(k?)$", name)
             num_ctx = int(size.group(1)) * (1024 if size.group(2) else 1) if size else 0
             context = f"PARAMETER num_ctx {num_ctx}\n" if num_ctx else ""

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hubs.registries import encoded
 
 from localrun.server import image_urls
 
 from support.media import GREEDY, RED, b64, data_url
-from support.registries import encoded
 from support.server import LiveServer, post, vision_server
 
 pytestmark = [pytest.mark.server, pytest.mark.model]

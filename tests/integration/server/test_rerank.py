@@ -245,8 +245,8 @@ def test_a_gateway_reranks_on_an_openai_style_upstream(live: LiveServer, tmp_pat
 
 
 def _llama_server() -> Path | None:
-    """llama-server built from the llama.cpp llama-cpp-python vendors (scripts/bench.py builds
-    it into its cache), or LOCALRUN_LLAMA_SERVER."""
+    """llama-server built from the llama.cpp llama-cpp-python vendors (scripts/bench/decode.py
+    builds it into its cache), or LOCALRUN_LLAMA_SERVER."""
     named = os.environ.get("LOCALRUN_LLAMA_SERVER")
     if named:
         return Path(named)
@@ -271,7 +271,7 @@ def test_scores_equal_llama_servers(
 ) -> None:
     binary = _llama_server()
     if binary is None:
-        pytest.skip("no llama-server build (scripts/bench.py --suite vision builds one)")
+        pytest.skip("no llama-server build (scripts/bench/decode.py --suite vision builds one)")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

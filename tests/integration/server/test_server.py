@@ -204,9 +204,8 @@ def test_ollama_pull_of_a_model_the_store_has(oc: ollama.Client, live: LiveServe
 def test_ollama_pull_from_local_hub(
     oc: ollama.Client, live: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from hubs.hfhub import FakeHub
     from testmodels.text import write_tiny_model
-
-    from support.hfhub import FakeHub
 
     fresh = write_tiny_model(tmp_path / "other.gguf", seed=7)  # not in the store
     with FakeHub() as hub:

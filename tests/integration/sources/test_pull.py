@@ -1,7 +1,7 @@
 """`localrun pull` from a local server that speaks the Hugging Face Hub protocol.
 
 The real `localrun` CLI (and so the real huggingface_hub client) runs in a subprocess with
-HF_ENDPOINT pointing at `FakeHub`, a server on a loopback port (tests/support/hfhub.py).
+HF_ENDPOINT pointing at `FakeHub`, a server on a loopback port (scripts/hubs/hfhub.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hubs.hfhub import FakeHub
 from testmodels.files import write_split
 from testmodels.projectors import write_tiny_vision
 from testmodels.text import write_tiny_model
@@ -27,7 +28,6 @@ from localrun.store.models import Store
 
 from support import PATIENCE_S
 from support.cli import CLI, Result, assert_one_line_error
-from support.hfhub import FakeHub
 from support.proxy import ForwardProxy
 
 TOKEN = "hf_test_token_123"
@@ -614,11 +614,11 @@ def test_a_gzip_chain_from_the_hub_is_inflated_a_step_at_a_time(tmp_path: Path) 
     into the partial file before; issue 76)."""
     import tracemalloc
 
+    from hubs.registries import FakeOllamaRegistry
+
     from localrun.errors import DownloadError
     from localrun.sources import bodies, hf
     from localrun.sources.partial import PartialFile
-
-    from support.registries import FakeOllamaRegistry
 
     hostile = FakeOllamaRegistry(bomb=256 << 20, bomb_in="token")  # any GET of /token
     path = tmp_path / "model.gguf.partial"

@@ -1,6 +1,6 @@
 """`pull`, `push` and `cp` against registries: the real distribution server (Debian's
 `docker-registry`, holding models pushed in Ollama's and Docker Model Runner's formats) and a
-server that behaves as registry.ollama.ai does where it differs (tests/support/registries.py): its
+server that behaves as registry.ollama.ai does where it differs (scripts/hubs/registries.py): its
 redirect to object storage on another host, its token service, its rate limit. Blobs come in
 parallel ranges, resume, are verified and deduplicated; hostile registries are refused in one
 line with nothing half-written in the store.
@@ -26,6 +26,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from hubs import registries
+from hubs.registries import (
+    DOCKER_MANIFEST,
+    OLLAMA,
+    DockerRegistry,
+    FakeOllamaRegistry,
+    digest_of,
+)
 from testmodels.files import write_split
 
 from localrun.errors import (
@@ -43,16 +51,9 @@ from localrun.sources.registry import pull as registry
 from localrun.store import names, reference
 from localrun.store.models import Store
 
-from support import free_port, registries
+from support import free_port
 from support.cli import CLI, assert_one_line_error
 from support.proxy import ForwardProxy
-from support.registries import (
-    DOCKER_MANIFEST,
-    OLLAMA,
-    DockerRegistry,
-    FakeOllamaRegistry,
-    digest_of,
-)
 from support.server import pulled_again
 
 TEMPLATE = "{{ if .System }}<|system|>{{ .System }}{{ end }}<|user|>{{ .Prompt }}<|assistant|>"

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hubs.hfhub import FakeHub
 
 from localrun.model.stored import load as load_stored
 from localrun.request.genrequest import GenRequest
@@ -21,7 +22,6 @@ from localrun.worker import load
 
 from support import PATIENCE_S
 from support.cli import CLI, assert_one_line_error
-from support.hfhub import FakeHub
 
 
 @pytest.mark.model
@@ -138,7 +138,7 @@ def _hub_repo(entry: catalog.Entry) -> tuple[str, str]:
 
 
 def test_a_catalog_name_is_pulled_from_its_repository(cli: CLI, tiny_model: Path) -> None:
-    from support.hfhub import FakeHub
+    from hubs.hfhub import FakeHub
 
     entry = catalog.lookup(names.parse("qwen3:0.6b"))
     assert entry is not None

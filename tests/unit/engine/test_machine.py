@@ -98,7 +98,8 @@ def violations(source: str, where: str) -> list[str]:
     """The places in a module's source that load a model with llama.cpp's defaults."""
     tree = ast.parse(source)
     found: list[str] = []
-    # A property that names a program's path (benchlib.build.Build.llama_bench) starts nothing.
+    # A property that names a program's path (benchlib.stacks.build.Build.llama_bench) starts
+    # nothing.
     for prop in ast.walk(tree):
         if isinstance(prop, ast.FunctionDef) and "property" in map(_name, prop.decorator_list):
             prop.body = []
@@ -134,7 +135,9 @@ def violations(source: str, where: str) -> list[str]:
         if isinstance(node, ast.List):  # [python, "-m", "llama_cpp.server", ...]
             items = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
             if any(a == "-m" and b == "llama_cpp.server" for a, b in itertools.pairwise(items)):
-                found.append(f"{at}: python -m llama_cpp.server (use benchlib/llama_cpp_server.py)")
+                found.append(
+                    f"{at}: python -m llama_cpp.server (use benchlib/stacks/llama_cpp_server.py)"
+                )
     return found
 
 

@@ -2,7 +2,7 @@
 
 The corpus is vLLM 0.33.0's examples/**/*.jinja (35 chat templates, 11 pooling ones; Apache-2.0,
 its LICENSE beside them) and MiniCPM 3's template as BFCL's handler quotes it, fetched by
-`scripts/fetch_corpora.py` (README's test command runs it first); without it these tests skip,
+`scripts/corpora/fetch.py` (README's test command runs it first); without it these tests skip,
 saying so. Each template renders each of CONVERSATIONS
 twice and the prompts must be equal:
 
@@ -28,8 +28,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import fetch_corpora
 import pytest
+from corpora import fetch as fetch_corpora
 
 from localrun.formats import template as template_mod
 from localrun.formats.jinja import env as jinja_env
@@ -190,7 +190,7 @@ def _templates() -> list[Path]:
 
 TEMPLATES = _templates()
 NOT_FETCHED = (
-    "vLLM's templates are not fetched: run `python scripts/fetch_corpora.py` "
+    "vLLM's templates are not fetched: run `python scripts/corpora/fetch.py` "
     f"(they go to {fetch_corpora.corpora_dir()})"
 )
 PAIRS = [pytest.param(t, c, id=f"{t.stem}-{c}") for t in TEMPLATES for c in CONVERSATIONS] or [

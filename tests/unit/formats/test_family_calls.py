@@ -566,7 +566,7 @@ def test_minicpm3_sees_its_past_thought_and_calls_as_its_template_writes_them() 
     """An answer's reasoning goes back as the `thought` MiniCPM's template reads, before the
     call it wrote (the prompt its tokenizer_config.json builds)."""
     if not template_path(MINICPM3).exists():
-        pytest.skip("BFCL's handlers are not fetched: run scripts/fetch_corpora.py")
+        pytest.skip("BFCL's handlers are not fetched: run scripts/corpora/fetch.py")
     source = template_at(MINICPM3)
     call = {"id": "c1", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
     messages = [

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from template_prompts import placeholders
+from corpora.template_prompts import placeholders
 
 from localrun.formats import adapt, families, template
 

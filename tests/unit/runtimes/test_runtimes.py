@@ -223,8 +223,8 @@ def test_a_hunk_goes_where_its_lines_are_nearest_its_line_and_never_twice() -> N
 
 
 def test_a_patch_is_written_again_against_a_source_that_moved(tmp_path: Path) -> None:
-    """What scripts/upgrade_llama_cpp.py does with a patch that applies only with fuzz: the
-    same change, diffed again against the new source, applies there with none."""
+    """What scripts/maintenance/upgrade_llama_cpp.py does with a patch that applies only with fuzz:
+    the same change, diffed again against the new source, applies there with none."""
     from localrun.runtimes import patching
 
     (tmp_path / "x.c").write_text("int a;\nvoid g() {\n    acc = 1;\n    done();\n}\n")
@@ -244,9 +244,9 @@ def test_a_patch_is_written_again_against_a_source_that_moved(tmp_path: Path) ->
 def test_the_upgrade_script_re_diffs_the_patches_and_names_a_hunk_that_moved(
     tmp_path: Path,
 ) -> None:
-    """scripts/upgrade_llama_cpp.py on a release's sdist (here one holding only the lines the
-    patches change): each patch applied and written again against it; where upstream changed a
-    hunk's lines, that hunk named and the exit status 1."""
+    """scripts/maintenance/upgrade_llama_cpp.py on a release's sdist (here one holding only the
+    lines the patches change): each patch applied and written again against it; where upstream
+    changed a hunk's lines, that hunk named and the exit status 1."""
     import tarfile
 
     def sdist(name: str) -> Path:
@@ -260,7 +260,7 @@ def test_the_upgrade_script_re_diffs_the_patches_and_names_a_hunk_that_moved(
 
     def upgrade(archive: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, str(ROOT / "scripts/upgrade_llama_cpp.py"),
+            [sys.executable, str(ROOT / "scripts/maintenance/upgrade_llama_cpp.py"),
              "9.9.9", "--sdist", str(archive), "--work", str(tmp_path / "work"), "--no-build"],
             capture_output=True, text=True, timeout=PATIENCE_S,
         )  # fmt: skip

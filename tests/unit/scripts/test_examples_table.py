@@ -8,8 +8,8 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
-import fetch_corpora
 import pytest
+from corpora import fetch as fetch_corpora
 from examplelib import node, table
 from examplelib.models import alias_of
 from examplelib.running import Outcome, _why, client_env, write_png
@@ -32,7 +32,7 @@ def test_each_corpus_is_one_fetch_corpora_fetches_at_its_version() -> None:
 def test_every_program_of_a_fetched_corpus_has_its_row(name: str) -> None:
     folder = fetched(TABLE[name], CORPORA)
     if folder is None:
-        pytest.skip(f"{name} is not fetched: run scripts/fetch_corpora.py")
+        pytest.skip(f"{name} is not fetched: run scripts/corpora/fetch.py")
     rows = [example.path for example in TABLE[name].examples]
     assert len(rows) == len(set(rows))
     assert sorted(rows) == table.programs(folder)

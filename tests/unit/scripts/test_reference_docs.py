@@ -1,13 +1,13 @@
-"""docs/reference/ is generated from the code by scripts/make_reference.py: each committed page
-must be what the code renders now, and the generator must refuse to render what the code does
-not describe."""
+"""docs/reference/ is generated from the code by scripts/maintenance/make_reference.py: each
+committed page must be what the code renders now, and the generator must refuse to render what the
+code does not describe."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import make_reference
 import pytest
+from maintenance import make_reference
 from refpages import errors as errors_page
 from refpages import markdown
 from refpages import modelfile as modelfile_page

@@ -1,4 +1,4 @@
-"""scripts/spec_bound.py's oracle (scripts/benchlib/bound.py), on token lists: what a prompt
+"""scripts/bench/lookup_bound.py's oracle (scripts/benchlib/bound.py), on token lists: what a prompt
 lookup could draft, and the cheapest split of an answer into verification batches."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """scripts/speclib, the instrument tests/integration/server/test_spec_conformance.py measures
 with: an OpenAPI document's schemas applied as the SDKs read them, server-sent events parsed,
 the streams' order, and whole answers checked, on small documents written here and, where
-scripts/fetch_corpora.py fetched them, on the published ones."""
+scripts/corpora/fetch.py fetched them, on the published ones."""
 
 from __future__ import annotations
 
