@@ -35,7 +35,7 @@ from testmodels.vocab import THINKING_TEMPLATE  # noqa: E402
 
 from localrun.settings import config  # noqa: E402
 from localrun.store import catalog, names  # noqa: E402
-from localrun.store.models import Store  # noqa: E402
+from localrun.store.local import Store  # noqa: E402
 
 from support import PATIENCE_S  # noqa: E402
 from support.cli import CLI, NO_SERVER, check_no_default_server  # noqa: E402

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 from localrun.errors import ContextOverflowError, LocalrunError
 
 if TYPE_CHECKING:
-    from localrun.store.models import Store
+    from localrun.store.local import Store
 
 
 def open_store(*, cleanup: bool = False) -> Store:
     """The store of LOCALRUN_MODELS; with `cleanup`, clear leftovers of crashed writers if idle."""
     # Imported here: `localrun --help` (and every command module importing this one) would
     # otherwise load the store's modules at start.
-    from localrun.store.models import Store
+    from localrun.store.local import Store
 
     store = Store.default()
     if cleanup:

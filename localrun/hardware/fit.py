@@ -31,8 +31,7 @@ def damaged(model: Model, exc: InvalidGGUFError) -> CorruptBlobError:
     path, what = _file_named(model, exc.file)
     reason = exc.reason or _BLOB_PATH.sub("the file", exc.message)
     name = model.name
-    links = model.store_root / "links" if model.store_root is not None else None
-    linked = links_mod.original(links, path.name) if links is not None else None
+    linked = links_mod.original_in(model.store_root, path.name)
     if linked is None:
         return CorruptBlobError(
             f"{what} of {name} (blob sha256:{path.name[7:19]}) is damaged: {reason}",

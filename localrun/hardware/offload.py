@@ -14,11 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from localrun.gguf.header import Header
 from localrun.hardware.system import GPU, MIB
-from localrun.request import overflow
+from localrun.request.context import positive
 
 DEFAULT_NUM_BATCH = 512
 
@@ -85,10 +84,6 @@ class _Attention:
     kv_row: int  # K and V values one token keeps in one layer
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
 def _weights(header: Header) -> _Weights:
     blocks: dict[int, int] = {}
     input_bytes = output_bytes = embd_bytes = 0
@@ -112,14 +107,14 @@ def _weights(header: Header) -> _Weights:
 
 
 def _attention(header: Header) -> _Attention:
-    n_embd = _int(header.arch_value("embedding_length")) or 0
-    n_head = _int(header.arch_value("attention.head_count"))
+    n_embd = positive(header.arch_value("embedding_length")) or 0
+    n_head = positive(header.arch_value("attention.head_count"))
     # A per-layer array of head counts (read as ("array", ...)) falls back to full MHA: an
     # over-estimate rather than a failed load.
-    n_head_kv = _int(header.arch_value("attention.head_count_kv")) or n_head
+    n_head_kv = positive(header.arch_value("attention.head_count_kv")) or n_head
     head_dim = n_embd // n_head if n_head else 0
-    k_len = _int(header.arch_value("attention.key_length")) or head_dim
-    v_len = _int(header.arch_value("attention.value_length")) or head_dim
+    k_len = positive(header.arch_value("attention.key_length")) or head_dim
+    v_len = positive(header.arch_value("attention.value_length")) or head_dim
     if n_head and n_head_kv:
         kv_row = (k_len + v_len) * n_head_kv
     else:
@@ -131,7 +126,7 @@ def _vocab(header: Header, embd_vocab: int | None) -> int:
     tokens = header.metadata.get("tokenizer.ggml.tokens")
     return (
         (tokens[2] if isinstance(tokens, tuple) and len(tokens) == 3 else None)
-        or _int(header.arch_value("vocab_size"))
+        or positive(header.arch_value("vocab_size"))
         or embd_vocab
         or 0
     )
@@ -155,7 +150,9 @@ def _graphs(a: _Attention, vocab: int, ctx: int, num_batch: int) -> tuple[int, i
 
 def _sizes(header: Header, num_ctx: int, num_parallel: int, num_batch: int) -> _Sizes:
     weights = _weights(header)
-    n_layer = max(_int(header.arch_value("block_count")) or 0, max(weights.blocks, default=-1) + 1)
+    n_layer = max(
+        positive(header.arch_value("block_count")) or 0, max(weights.blocks, default=-1) + 1
+    )
     attention = _attention(header)
     ctx = num_ctx * num_parallel
     vocab = _vocab(header, weights.embd_vocab)
@@ -318,14 +315,6 @@ def _plan_auto(s: _Sizes, gpu: GPU) -> OffloadPlan:
 
 def _where(gpu: GPU) -> str:
     return f"GPU {gpu.index} ({gpu.name})"
-
-
-def rounded_context(num_ctx: int, trained: Any) -> int:
-    """`num_ctx` rounded up to a power of two, held to the context the model was trained on:
-    what the scheduler loads for a request that must load, so that a client whose num_ctx grows
-    a little on every request (Aider's, through litellm) finds the runner large enough for a
-    while instead of reloading it each time."""
-    return max(overflow.rounded(num_ctx, _int(trained)), num_ctx)
 
 
 def _size(n: int) -> str:

@@ -1,1 +1,1 @@
-"""A stored model read back: `Model` and `Resolved` (stored), and what it can do (capabilities)."""
+"""A stored model read back: `Model` and `LoadSpec` (stored), and what it can do (capabilities)."""

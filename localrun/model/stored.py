@@ -1,9 +1,9 @@
 """A stored model read back from its manifest: what `show` prints and what the engine loads.
 
-A name is resolved once, where it enters (a route's scheduler admission, `localrun run`): `load`
+A name is found once, where it enters (a route's scheduler admission, `localrun run`): `load`
 reads the manifest it names into a `Model` (the manifest's digest, its blobs' paths, its
-PARAMETERs, template and system), and `Model.resolved` adds a load's options and the context
-it is loaded with (`context_for`, the one rule for it) into a `Resolved`. Every layer below is
+PARAMETERs, template and system), and `Model.load_spec` adds a load's options and the context
+it is loaded with (request.context, the one rule for it) into a `LoadSpec`. Every layer below is
 handed that, over the runner's channel too (`to_wire`, `from_wire`): a `create` that points the
 name at other blobs meanwhile changes nothing that was admitted.
 """
@@ -19,11 +19,11 @@ from typing import Any
 from localrun.errors import BadRequestError, LocalrunError, StoreError
 from localrun.recipes import params as params_mod
 from localrun.recipes.modelfile import Message, Modelfile
-from localrun.settings import config as config_mod
+from localrun.request.context import context_for, positive
 from localrun.store import links as links_mod
 from localrun.store import names
+from localrun.store.local import Store
 from localrun.store.manifest import Manifest
-from localrun.store.models import Store
 from localrun.store.names import ModelName
 
 
@@ -54,19 +54,19 @@ class Model:
     @property
     def trained(self) -> int | None:
         """The context the model was trained on, as its header says (None: not known)."""
-        return _positive(self.details.get("context_length"))
+        return positive(self.details.get("context_length"))
 
     def context(self, asked: Any = None) -> int:
         """The context a load (or a request) with num_ctx `asked` gets on this model
         (`context_for`, with its PARAMETER num_ctx)."""
         return context_for(asked, self.parameters.get("num_ctx"), self.trained)
 
-    def resolved(self, options: dict[str, Any], context: int | None = None) -> Resolved:
+    def load_spec(self, options: dict[str, Any], context: int | None = None) -> LoadSpec:
         """This model for a load with `options` (PARAMETERs, checked here) over its own; `context`:
         the context decided for it already (the scheduler's, rounded up), else decided now."""
         checked = params_mod.validate(options)
         chosen = self.context(checked.get("num_ctx")) if context is None else context
-        return Resolved(self, {**self.parameters, **checked}, chosen)
+        return LoadSpec(self, {**self.parameters, **checked}, chosen)
 
     @property
     def draft(self) -> dict[str, Any] | None:
@@ -115,8 +115,7 @@ class Model:
     def _original(self, blob: Path) -> str | None:
         """The user's file a blob is a hard link of, while a file is there (a new version
         renamed over it included: the model is that file of theirs), else None."""
-        links = self.store_root / "links" if self.store_root is not None else None
-        linked = links_mod.original(links, blob.name) if links is not None else None
+        linked = links_mod.original_in(self.store_root, blob.name)
         return linked if linked is not None and Path(linked).is_file() else None
 
     def to_wire(self) -> dict[str, Any]:
@@ -150,7 +149,7 @@ class Model:
 
 
 @dataclass(frozen=True)
-class Resolved:
+class LoadSpec:
     """A model resolved for one load: the manifest it was admitted by (its digest and blobs),
     the parameters the load goes ahead with and the context it is loaded with, decided once."""
 
@@ -171,31 +170,16 @@ class Resolved:
         }
 
     @staticmethod
-    def from_wire(message: dict[str, Any]) -> Resolved:
+    def from_wire(message: dict[str, Any]) -> LoadSpec:
         """What a load message's `to_wire` fields say; BadRequestError when malformed."""
         model = Model.from_wire(message.get("model"))
         parameters, asked = message.get("parameters"), message.get("num_ctx")
         if not isinstance(parameters, dict):
             raise BadRequestError("the load request's parameters must be an object")
-        context = _positive(asked)
+        context = positive(asked)
         if context is None:
             raise BadRequestError(f"num_ctx must be a whole number of at least 1, not {asked!r}")
-        return Resolved(model, parameters, context)
-
-
-def context_for(asked: Any, own: Any, trained: Any) -> int:
-    """The context a load or a request gets, decided here alone: num_ctx `asked` (a request's
-    or a caller's), else the model's own PARAMETER num_ctx (`own`), else LOCALRUN_CONTEXT_LENGTH
-    (read now); never more than the context the model was trained on (`trained`, None: not
-    known). Ollama's rule: a larger context only costs memory, and past the trained one a
-    model's answers degrade."""
-    chosen = _positive(asked) or _positive(own) or config_mod.context_length()
-    limit = _positive(trained)
-    return min(chosen, limit) if limit else chosen
-
-
-def _positive(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+        return LoadSpec(model, parameters, context)
 
 
 def _from_wire(data: dict[str, Any]) -> Model:

@@ -14,6 +14,6 @@
 
 Imports the store and gguf below it (numpy and the gguf package only where a conversion runs:
 the server imports create for its events); a FROM that names a model the store lacks is
-resolved by the caller's resolver (sources.obtain), never fetched from here. Quantizing needs
+found by the caller's finder (sources.obtain.base_finder), never fetched from here. Quantizing needs
 llama.cpp, which lives in the engine above: the caller hands create the engine's quantizer.
 """

@@ -33,8 +33,8 @@ from localrun.recipes import checks, params
 from localrun.recipes.modelfile import Modelfile
 from localrun.store import names
 from localrun.store.blobs import hash_fd, temp_path, unlink_quietly
+from localrun.store.local import Store
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest
-from localrun.store.models import Store
 from localrun.store.names import ModelName
 
 
@@ -49,7 +49,7 @@ class Event:
 
 
 Reporter = Callable[[Event], None]
-Resolver = Callable[[ModelName], Manifest]
+BaseFinder = Callable[[ModelName], Manifest]
 
 
 def _quiet(_: Event) -> None:
@@ -77,21 +77,21 @@ def create(
     base_dir: Path,
     *,
     report: Reporter = _quiet,
-    resolve: Resolver | None = None,
+    find_base: BaseFinder | None = None,
     expected: dict[str, str] | None = None,
     link: bool = False,
     quantize: Quantize | None = None,
 ) -> str:
     """Create (or replace) model `name`; returns the manifest digest.
 
-    `resolve` finds the manifest of a FROM model name (default: the store alone); `expected`
+    `find_base` finds the manifest of a FROM model name (default: the store alone); `expected`
     maps file paths to the digest their content must have (for catalog imports). With `link`
     the files are linked into the store where the file system allows, not copied
     (store.links). With `quantize`, FROM's model (an F32, F16 or BF16 one) is stored quantized.
     """
     builder = _Builder(store, report, expected or {}, link, quantize)
     with store.writing():
-        return builder.build(name, modelfile, base_dir, resolve or store.read_manifest)
+        return builder.build(name, modelfile, base_dir, find_base or store.read_manifest)
 
 
 @dataclass(frozen=True)
@@ -145,19 +145,19 @@ class _Builder:
         self.temporary: list[Path] = []  # files this create wrote, gone when it ends
         self.base_file: Path | None = None  # FROM's model file, which adapters are made for
 
-    def build(self, name: ModelName, mf: Modelfile, base_dir: Path, resolve: Resolver) -> str:
+    def build(self, name: ModelName, mf: Modelfile, base_dir: Path, find_base: BaseFinder) -> str:
         # The files stay open from their validation to their copy (see the module docstring).
         try:
-            return self._build(name, mf, base_dir, resolve)
+            return self._build(name, mf, base_dir, find_base)
         finally:
             for item in self.opened:
                 os.close(item.fd)
             for path in self.temporary:
                 unlink_quietly(path)
 
-    def _build(self, name: ModelName, mf: Modelfile, base_dir: Path, resolve: Resolver) -> str:
+    def _build(self, name: ModelName, mf: Modelfile, base_dir: Path, find_base: BaseFinder) -> str:
         # Every file opened and every check made first: a refused create copies nothing.
-        model, layers, config = self._base(mf, base_dir, resolve)
+        model, layers, config = self._base(mf, base_dir, find_base)
         if self.quantize is not None:
             model = self._quantized(model or self._stored_model(layers, mf.from_), self.quantize)
             config["details"] = model.info.details()
@@ -167,7 +167,7 @@ class _Builder:
         checks.adapters([(a.value, a.info) for a in adapter_files], architecture)
         draft = None
         if mf.draft is not None:
-            draft = self._draft(mf.draft, base_dir, resolve)
+            draft = self._draft(mf.draft, base_dir, find_base)
             target = model.info if model else self._stored_info(layers, mf.from_)
             checks.vocabulary(target, draft.info, mf.from_, mf.draft)
         projector = None
@@ -197,7 +197,7 @@ class _Builder:
         return digest
 
     def _base(
-        self, mf: Modelfile, base_dir: Path, resolve: Resolver
+        self, mf: Modelfile, base_dir: Path, find_base: BaseFinder
     ) -> tuple[_Opened | None, list[Layer], dict[str, Any]]:
         """What FROM names: a GGUF file (opened, not yet stored) with a new config, or a stored
         model's layers and config."""
@@ -213,7 +213,7 @@ class _Builder:
             return model, [], config
         base_name = names.parse(mf.from_)
         self.report(Event(f"using model {base_name}"))
-        base = resolve(base_name)
+        base = find_base(base_name)
         config = json.loads(self.store.read_blob(base.config.digest))
         config["parent"] = str(base_name)
         return None, list(base.layers), config
@@ -412,7 +412,7 @@ class _Builder:
         )
         return Layer(MEDIA_TYPES[item.kind], digest, size)
 
-    def _draft(self, value: str, base_dir: Path, resolve: Resolver) -> _Draft:
+    def _draft(self, value: str, base_dir: Path, find_base: BaseFinder) -> _Draft:
         """The draft model DRAFT names: a file still to copy, or a stored model's model layer
         (shared, not copied)."""
         if looks_like_path(value, base_dir):
@@ -420,7 +420,7 @@ class _Builder:
             return _Draft(item, item.info, None)
         draft_name = names.parse(value)
         self.report(Event(f"using draft model {draft_name}"))
-        parts = resolve(draft_name).of_kind("model")
+        parts = find_base(draft_name).of_kind("model")
         if len(parts) > 1:
             raise InvalidGGUFError(
                 f"the draft model {draft_name} is split into {len(parts)} files; a draft model "

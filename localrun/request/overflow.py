@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Literal
 
 from localrun.errors import ContextOverflowError
+from localrun.request import context
 
 # "cli": the localrun command's own words (its --param flag and the chat's /set).
 Dialect = Literal["ollama", "openai", "responses", "anthropic", "cli"]
@@ -24,17 +25,10 @@ Dialect = Literal["ollama", "openai", "responses", "anthropic", "cli"]
 ROOM = 1024
 
 
-def rounded(size: int, trained: int | None) -> int:
-    """`size` rounded up to a power of two, held to the context the model was trained on
-    (when known): the contexts localrun suggests here and loads (hardware.offload)."""
-    power = 1 << max(0, size - 1).bit_length()
-    return min(power, trained) if trained is not None and trained > 0 else power
-
-
 def suggested(tokens: int, trained: int | None) -> int | None:
     """A context that holds `tokens` and an answer, a power of two held to what the model was
     trained on; None when even that cannot hold the prompt."""
-    size = rounded(tokens + ROOM, trained)
+    size = context.rounded(tokens + ROOM, trained)
     return size if size > tokens else None
 
 

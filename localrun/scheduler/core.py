@@ -59,10 +59,10 @@ from localrun.request.genrequest import GenRequest
 from localrun.scheduler.local import LocalPool
 from localrun.scheduler.remote.upstreams import RemotePool
 from localrun.scheduler.runners import Runner, RunningModel
-from localrun.scheduler.targets import Resolver, Target, canonical
+from localrun.scheduler.targets import Finder, Target, canonical
 from localrun.settings import config
 from localrun.settings.upstreams import Upstream
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.worker import protocol
 from localrun.worker.process import Event, Item, Stream
 
@@ -133,7 +133,7 @@ class Scheduler:
         self._hand_out_again = False
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._names = Resolver(store, self._spawn)
+        self._names = Finder(store, self._spawn)
         # Other runners' models (LOCALRUN_OTHER_RUNNERS), for /api/tags and /v1/models too.
         self.others = self._names.others
         self.remote = RemotePool(upstreams or [])
@@ -363,7 +363,7 @@ class Scheduler:
         if model is None:
             return None
         try:
-            await self._names.resolve(name)
+            await self._names.find(name)
         except (ModelNotFoundError, InvalidNameError):
             return model
         return None
@@ -388,7 +388,7 @@ class Scheduler:
             raise ServerError("the server is shutting down", hint="retry once it is back")
         started = time.perf_counter()
         keep = self._keep_alive(keep_alive)
-        target = await self._names.resolve(name)
+        target = await self._names.find(name)
         # None: any runner of the model will do (tokenizing does not depend on load options).
         load_options = target.trained(
             None

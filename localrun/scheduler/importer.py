@@ -16,13 +16,13 @@ from pathlib import Path
 from localrun.errors import LocalrunError
 from localrun.sources import hosts, obtain
 from localrun.store import reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 
 def main(argv: list[str]) -> int:
     try:
         # A request naming a model never pulls it; were it to, it would as an API client.
-        ref = reference.resolve(argv[1])
+        ref = reference.parse(argv[1])
         obtain.find(Store(Path(argv[0])), ref, pull_missing=False, reach=hosts.CLIENT)
     except LocalrunError as exc:
         print(json.dumps(exc.to_dict()))

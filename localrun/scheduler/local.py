@@ -11,7 +11,7 @@ requests at once, decoded in one batch. The pool, on the server's event loop:
   model was trained on) where that fits as the num_ctx itself does, evicting no more; the
   worker loads the num_ctx itself when the rounded one does not fit in the memory it finds
   (or puts fewer layers on the GPU);
-- hands a runner the model its first request was admitted with (model.Resolved: the blobs, the
+- hands a runner the model its first request was admitted with (model.LoadSpec: the blobs, the
   parameters, the context) and holds those blobs (store.leases) until the runner ends, so that
   a `create` reusing the name, and a prune after it, change nothing it loads;
 - unloads a model `keep_alive` seconds after its last request ends (0: at once; inf: never),
@@ -44,7 +44,7 @@ from localrun.scheduler.budget import Budget
 from localrun.scheduler.runners import Runner
 from localrun.scheduler.targets import Target
 from localrun.store import leases
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.worker import process as runner_process
 from localrun.worker import protocol
 from localrun.worker.process import Event
@@ -202,8 +202,6 @@ class LocalPool:
     async def _load(self, runner: Runner) -> None:
         model = runner.model  # as the request it loads for was admitted: its name is not read again
         try:  # its blobs stay in the store until it ends (store.leases), whatever uses the name
-            if model is None:
-                raise ModelLoadError(f"{runner.name} was admitted without its model")
             digests = model.manifest.digests()
             runner.lease = await asyncio.to_thread(leases.take, self.store, digests, runner.name)
         except LocalrunError as exc:
@@ -233,9 +231,9 @@ class LocalPool:
             return
         fallback = runner.least_ctx if runner.least_ctx < runner.planned_ctx else None
         # The model with its load options and the context decided here (Runner.planned_ctx).
-        resolved = model.resolved(runner.load_options, runner.planned_ctx)
+        spec = model.load_spec(runner.load_options, runner.planned_ctx)
         request = protocol.load_request(
-            resolved.to_wire(),
+            spec.to_wire(),
             slots=runner.slots,
             backend=self.backend,
             fallback_ctx=fallback,

@@ -20,14 +20,14 @@ from typing import Any
 
 from localrun.errors import LocalrunError, ModelLoadError, ModelNotFoundError
 from localrun.hardware.fit import Footprint, footprint
-from localrun.hardware.offload import rounded_context
 from localrun.host import selfexec
 from localrun.host.processes import exit_text
-from localrun.model.stored import Model, context_for
+from localrun.model.stored import Model
 from localrun.model.stored import load as load_model
+from localrun.request import context
 from localrun.sources.runners.importing import Index
 from localrun.store import reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.store.reference import Reference
 from localrun.worker import protocol
 
@@ -36,43 +36,44 @@ runner_log = logging.getLogger("localrun.runner")
 
 @dataclass(frozen=True)
 class Target:
-    """A resolved model: its store name, manifest digest and what is known before loading."""
+    """A model found by name: its store name, the model as its manifest was read (what a runner
+    loads) and what is known of it before loading."""
 
     name: str
-    digest: str
+    model: Model
     weights: int  # bytes of model and adapter layers
-    details: dict[str, Any]
     # What a load takes by its load options, from the headers (None: the weights alone).
     footprint: Footprint | None = field(default=None, compare=False, repr=False)
-    num_ctx: int | None = field(default=None, compare=False)  # its PARAMETER num_ctx
-    # The model itself, as its manifest was read: what a runner loads (None: a test's target).
-    model: Model | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def digest(self) -> str:
+        return self.model.digest
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return self.model.details
 
     def trained(self, load_options: dict[str, Any] | None) -> dict[str, Any] | None:
         """`load_options` with num_ctx held to the context the model was trained on, as the
-        runner loads it (context_for), so that asking for more matches a runner so loaded."""
-        num_ctx = (load_options or {}).get("num_ctx")
-        if not isinstance(num_ctx, int) or isinstance(num_ctx, bool) or num_ctx <= 0:
+        runner loads it (request.context), so that asking for more matches a runner so loaded."""
+        num_ctx = context.positive((load_options or {}).get("num_ctx"))
+        if num_ctx is None:
             return load_options
-        held = context_for(num_ctx, None, self.details.get("context_length"))
+        held = context.context_for(num_ctx, None, self.model.trained)
         return load_options if held == num_ctx else {**(load_options or {}), "num_ctx": held}
 
     def context(self, load_options: dict[str, Any] | None) -> int:
         """The context a request with these load options is answered with, whatever runner
-        answers it: its own num_ctx, else the model's default (its PARAMETER num_ctx, else
-        LOCALRUN_CONTEXT_LENGTH), held to the context it was trained on: model.context_for,
-        the one rule, which the runner is handed the outcome of."""
-        asked = (load_options or {}).get("num_ctx")
-        return context_for(asked, self.num_ctx, self.details.get("context_length"))
+        answers it: its own num_ctx, else the model's default (Model.context)."""
+        return self.model.context((load_options or {}).get("num_ctx"))
 
     def rounded(self, num_ctx: int) -> int:
-        """The context a load for a request of `num_ctx` tries first: the next power of two,
-        held to the context the model was trained on (hardware.offload.rounded_context)."""
-        return rounded_context(num_ctx, self.details.get("context_length"))
+        """The context a load for a request of `num_ctx` tries first (request.context.loaded)."""
+        return context.loaded(num_ctx, self.model.trained)
 
 
-class Resolver:
-    """Resolves the names requests give; concurrent requests for one name share the lookup."""
+class Finder:
+    """Finds the models requests name; concurrent requests for one name share the lookup."""
 
     def __init__(
         self,
@@ -86,7 +87,7 @@ class Resolver:
         self._spawn = spawn
         self._pending: dict[str, asyncio.Future[Target]] = {}
 
-    async def resolve(self, text: str) -> Target:
+    async def find(self, text: str) -> Target:
         """The model `text` names; ModelNotFoundError if there is none."""
         pending = self._pending.get(text)
         if pending is None:
@@ -100,7 +101,7 @@ class Resolver:
             raise exc.copy() from None
 
     async def _lookup(self, text: str) -> Target:
-        ref = reference.resolve(text)
+        ref = reference.parse(text)
         found = await asyncio.to_thread(read_target, self.store, ref, self.others)
         if found is not None:
             return found
@@ -115,7 +116,7 @@ class Resolver:
 
 def canonical(text: str) -> str:
     """The store name `text` refers to, a catalog alias followed (`smollm2` -> `smollm2:135m`)."""
-    return str(reference.resolve(text).name)
+    return str(reference.parse(text).name)
 
 
 def read_target(store: Store, ref: Reference, others: Index | None = None) -> Target | None:
@@ -137,16 +138,7 @@ def read_target(store: Store, ref: Reference, others: Index | None = None) -> Ta
     planned: Footprint | None = None
     with contextlib.suppress(LocalrunError, OSError):  # a damaged file: its runner says so
         planned = footprint(model)
-    own = model.parameters.get("num_ctx")
-    return Target(
-        name=str(name),
-        digest=model.digest,
-        weights=weights,
-        details=model.details,
-        footprint=planned,
-        num_ctx=own if isinstance(own, int) and not isinstance(own, bool) and own > 0 else None,
-        model=model,
-    )
+    return Target(name=str(name), model=model, weights=weights, footprint=planned)
 
 
 async def import_model(store: Store, text: str) -> None:

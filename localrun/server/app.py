@@ -53,7 +53,7 @@ from localrun.server.turns import Shares
 from localrun.settings import config, limits
 from localrun.sources.hosts import is_loopback
 from localrun.store import catalog
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 if TYPE_CHECKING:
     from localrun.scheduler import Scheduler

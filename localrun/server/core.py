@@ -20,7 +20,7 @@ from starlette.requests import Request
 from localrun.server.http import connections, escape
 from localrun.server.schema.checker import Checker
 from localrun.server.turns import Whose
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 if TYPE_CHECKING:
     from localrun.scheduler import Scheduler

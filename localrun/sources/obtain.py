@@ -6,7 +6,7 @@
                        reference or a catalog model with a hub source is pulled, and any other
                        name from its registry (Ollama's library for a name without a host;
                        with `pull_missing`, as `localrun run` does)
-    resolver(store)    the same for `create`: FROM a catalog name imports it first
+    base_finder(store)  the same for `create`: FROM a catalog name imports it first
     pull(store, ref)   `localrun pull` and /api/pull: fetched again where its source changed
                        (a hub's or a registry's), a model the store holds told as Ollama tells
                        one (sources.present)
@@ -28,8 +28,8 @@ from localrun.sources import hosts, present, pull
 from localrun.sources.runners import importing as runners
 from localrun.sources.runners.found import Found
 from localrun.store import catalog, reference
+from localrun.store.local import Store
 from localrun.store.manifest import Manifest
-from localrun.store.models import Store
 from localrun.store.names import ModelName
 from localrun.store.reference import Reference
 
@@ -135,14 +135,15 @@ def origin(store: Store, ref: Reference) -> str:
     return f"the registry {where.url}{library}: {where.repository}:{where.tag}"
 
 
-def resolver(
+def base_finder(
     store: Store,
     report: create.Reporter | None = None,
     *,
     hubs: bool = True,
     reach: hosts.Reach = hosts.OWNER,
-) -> create.Resolver:
-    """A resolver for `create`: FROM a catalog name imports (or, with `hubs`, pulls) it first."""
+) -> create.BaseFinder:
+    """How `create` finds a FROM model: a catalog name is imported (or, with `hubs`, pulled)
+    first."""
     return lambda name: find(store, reference.of(name), report, pull_missing=hubs, reach=reach)
 
 

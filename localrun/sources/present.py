@@ -19,7 +19,7 @@ import hashlib
 
 from localrun.errors import CorruptBlobError, MissingBlobError
 from localrun.recipes.create import Event, Reporter
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.store.names import ModelName
 
 

@@ -34,8 +34,8 @@ from localrun.recipes.create import Event, Reporter
 from localrun.sources import partial, present
 from localrun.sources.base import Choice, Hub, RemoteFile, Repo, pick
 from localrun.store.blobs import hash_file
+from localrun.store.local import Store
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest
-from localrun.store.models import Store
 from localrun.store.names import ModelName
 from localrun.store.reference import HubReference
 

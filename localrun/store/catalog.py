@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from localrun.errors import LocalrunError, ModelNotFoundError
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.store.names import ModelName, parse
 
 

@@ -31,7 +31,7 @@ FOLDER = "leases"
 
 
 class Holder(Protocol):
-    """The store a lease is taken in (store.models.Store, which imports this module)."""
+    """The store a lease is taken in (store.local.Store, which imports this module)."""
 
     @property
     def root(self) -> Path: ...

@@ -45,6 +45,11 @@ _NO_LINK = frozenset(
 _CHANGED = "the file changed while it was being added; nothing was stored"
 
 
+def folder(store_root: Path) -> Path:
+    """Where a store keeps its link records (one file a linked blob)."""
+    return store_root / "links"
+
+
 def clone(fd: int, source: Path, target: Path) -> bool:
     """Make `target` (which must not exist) a reflink of the open file `fd` (`source`);
     False where the file system or the platform has none."""
@@ -128,6 +133,11 @@ def original(links: Path, blob_name: str) -> str | None:
     edit of the other), or None for a blob of the store's own (copied, or a reflink)."""
     found = recorded(links, blob_name)
     return found[1] if found is not None and found[0] == "hard link" else None
+
+
+def original_in(store_root: Path | None, blob_name: str) -> str | None:
+    """`original` for a blob of the store at `store_root` (None: a model read from no store)."""
+    return original(folder(store_root), blob_name) if store_root is not None else None
 
 
 def drifted(links: Path, blob: Path) -> tuple[str, str] | None:

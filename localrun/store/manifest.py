@@ -9,7 +9,7 @@ blob and its layers by sha256 digest, each with a media type that says what the 
      "layers": [{"mediaType": "application/vnd.localrun.model", ...}, ...]}
 
 A digest is validated (`check_digest`) as it is read, before anything can build a path from it.
-Pure data: no I/O; localrun.store.models keeps the blobs and manifests on disk.
+Pure data: no I/O; localrun.store.local keeps the blobs and manifests on disk.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a user types for a model, resolved once into a Reference.
+"""What a user types for a model, parsed once into a Reference.
 
     smollm2                      a catalog alias: the store name smollm2:135m, its catalog entry
     me/mario:v1                  a store name (names.py's grammar)
@@ -6,7 +6,7 @@
     huggingface.co/..., hf://ORG/REPO[:TAG]
     modelscope.cn/ORG/REPO[:TAG], ms://ORG/REPO[:TAG]   a ModelScope reference
 
-`resolve(text)` reads the text once: the hub reference if it is one, else the name, the catalog
+`parse(text)` reads the text once: the hub reference if it is one, else the name, the catalog
 alias followed, and the catalog's entry for it. Everything below takes the Reference: the store
 answers for `name`, or a source fetches it (sources.obtain), one way down and never back up to
 parse the text again. A hub reference's TAG picks the GGUF (sources.base.pick).
@@ -55,7 +55,7 @@ class HubReference:
 
 @dataclass(frozen=True)
 class Reference:
-    """A model as a user named it, resolved: the one object the layers below are handed."""
+    """A model as a user named it, parsed: the one object the layers below are handed."""
 
     text: str  # as typed
     typed: ModelName  # the name as typed (a destination: `create`, `cp`'s target, `rm`)
@@ -96,8 +96,9 @@ def parse_hub(text: str) -> HubReference | None:
     return HubReference(hub, "/".join(parts), tag, raw)
 
 
-def resolve(text: str) -> Reference:
-    """`text` resolved: InvalidNameError (a 400, a one-line error) if it names nothing valid."""
+def parse(text: str) -> Reference:
+    """`text` parsed into a Reference; InvalidNameError (a 400, a one-line error) if it names
+    nothing valid."""
     hub = parse_hub(text)
     if hub is not None:
         return Reference(text, hub.name, hub.name, hub=hub)

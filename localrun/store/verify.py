@@ -18,7 +18,7 @@ from localrun.store.names import ModelName
 
 
 class Store(Protocol):
-    """What verifying reads of the store (store.models.Store, which calls it)."""
+    """What verifying reads of the store (store.local.Store, which calls it)."""
 
     root: Path
     blobs: Path
@@ -85,10 +85,10 @@ def rehash(store: Store, progress: Callable[[str, int, int], None] | None) -> Ve
         report.checked += 1
         if actual != digest:
             report.corrupt[digest] = users.get(digest, [])
-            found = links.recorded(store.root / "links", path.name)
+            found = links.recorded(links.folder(store.root), path.name)
             if found is not None and found[0] == "hard link":
                 report.edited[digest] = found[1]
-        elif digest in users and (drift := links.drifted(store.root / "links", path)):
+        elif digest in users and (drift := links.drifted(links.folder(store.root), path)):
             # An unused blob is prune's: an old version left by a re-import says nothing.
             report.drifted[digest] = (*drift, users[digest])
     for digest, models in users.items():

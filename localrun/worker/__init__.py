@@ -1,6 +1,6 @@
 """The runner: one loaded model answering requests, in a process of its own or in this one.
 
-    load.py      a resolved model (model.Resolved) loaded for a runner: memory plan, engine,
+    load.py      a model's LoadSpec loaded for a runner: memory plan, engine,
                  prompter; the runner is handed what to load, never a name to look up
     prompt.py    a GenRequest made into prompt tokens and sampling for the loaded model
                  (template, SYSTEM and MESSAGE layers, tools, thinking, fill in the middle)

@@ -1,8 +1,8 @@
-"""Load a resolved model for a runner: parameters -> memory plan -> engine -> prompter.
+"""Load a model for a runner from its LoadSpec: parameters -> memory plan -> engine -> prompter.
 
 `load_model` is how every runner loads, in the server's runner process (`load`, from the first
 line it reads) and in the process of `localrun run` (worker.local). Either way it is handed a
-model.Resolved, the model as the edge resolved it: the blobs it names are what it loads, with
+model.LoadSpec, the model as the edge settled it: the blobs it names are what it loads, with
 the parameters and the context decided there; no name is looked up here.
 """
 
@@ -20,7 +20,7 @@ from localrun.engine.types import Engine, LoadOptions
 from localrun.errors import BadRequestError, InvalidGGUFError, LocalrunError
 from localrun.formats import template as template_mod
 from localrun.hardware import fit as fit_mod
-from localrun.model.stored import Model, Resolved
+from localrun.model.stored import LoadSpec, Model
 from localrun.settings import limits
 from localrun.worker import protocol, view
 from localrun.worker.load_watch import LoadWatch, load_limit
@@ -48,7 +48,7 @@ def load(request: dict[str, Any], breach: Callable[[LocalrunError], None] | None
     """
     if request.get("op") != protocol.LOAD:
         raise BadRequestError(f"the first request must be {protocol.LOAD!r}")
-    resolved = Resolved.from_wire(request)
+    spec = LoadSpec.from_wire(request)
     slots = request.get("slots", 1)
     backend = request.get("backend", "llama")
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
@@ -59,7 +59,7 @@ def load(request: dict[str, Any], breach: Callable[[LocalrunError], None] | None
     if fallback is not None and (isinstance(fallback, bool) or not isinstance(fallback, int)):
         raise BadRequestError(f"fallback_ctx must be a whole number, not {fallback!r}")
     return load_model(
-        resolved,
+        spec,
         slots=slots,
         backend=backend,
         extra=request,
@@ -69,7 +69,7 @@ def load(request: dict[str, Any], breach: Callable[[LocalrunError], None] | None
 
 
 def load_model(
-    resolved: Resolved,
+    spec: LoadSpec,
     *,
     slots: int = 1,
     backend: str = "llama",
@@ -79,16 +79,16 @@ def load_model(
     before_build: Callable[[], None] | None = None,
     fallback_ctx: int | None = None,
 ) -> Loaded:
-    """Load the resolved model, with its parameters and context, into an engine of `slots`
+    """Load the spec's model, with its parameters and context, into an engine of `slots`
     slots. `extra` holds the fake backend's settings (replies, delay, hang, dims: tests);
     `warn` hears each load warning as it is found, and `before_build` runs once the load is
     known to fit, before the engine is made. `fallback_ctx`: a smaller num_ctx to load instead
-    of the resolved one where that does not fit (`fitted`)."""
+    of the spec's where that does not fit (`fitted`)."""
     started = time.perf_counter()
-    model = resolved.model
+    model = spec.model
     try:
         fit_mod.check_present(model)
-        parameters = dict(resolved.parameters)
+        parameters = dict(spec.parameters)
         build = None
         if backend != "fake":  # the fake engine runs on the CPU, its runner without llama_cpp
             from localrun.engine.library.buildinfo import build_info
@@ -96,7 +96,7 @@ def load_model(
             build = build_info()
         available = fit_mod.available_memory()
         parameters, plan = fitted(
-            model, parameters, resolved.context, slots, build, available, fallback_ctx
+            model, parameters, spec.context, slots, build, available, fallback_ctx
         )
         notes: list[str] = []
         warnings: list[str] = []
@@ -106,7 +106,7 @@ def load_model(
             if warn is not None:
                 warn(message)
 
-        load_options = resolve_load_options(model, parameters, notes, warned, plan)
+        load_options = options_for(model, parameters, notes, warned, plan)
         if before_build is not None:
             before_build()
         watch: AbstractContextManager[Any] = contextlib.nullcontext()
@@ -247,7 +247,7 @@ def _build(
     return BatchEngine(path, options, slots)
 
 
-def resolve_load_options(
+def options_for(
     model: Model,
     parameters: dict[str, Any],
     notes: list[str],

@@ -17,11 +17,11 @@ from types import FrameType
 from typing import Any
 
 from localrun.engine.types import Timings
-from localrun.model.stored import Model, Resolved
+from localrun.model.stored import LoadSpec, Model
 from localrun.request.genrequest import GenRequest
 from localrun.store import leases
 from localrun.store.leases import Lease
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.worker import probe, protocol
 from localrun.worker.load import Loaded, load_model
 from localrun.worker.serve import Worker
@@ -193,27 +193,27 @@ def _interrupt_after() -> Iterator[None]:
 
 
 def open_local(
-    resolved: Resolved,
+    spec: LoadSpec,
     *,
     backend: str = "llama",
     extra: dict[str, Any] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> LocalRunner:
-    """The resolved model loaded in this process, one slot; its blobs are held in the store
+    """The spec's model loaded in this process, one slot; its blobs are held in the store
     (store.leases) until the runner closes. llama.cpp may abort or hang on a model that passes
     every check: one not yet seen to load cleanly is loaded in a child process first
-    (localrun.worker.probe), handed the same resolved model."""
-    model = resolved.model
+    (localrun.worker.probe), handed the same spec."""
+    model = spec.model
     lease = None
     if model.store_root is not None:  # not from a store (a test's model object): none to hold
         lease = leases.take(Store(model.store_root), model.manifest.digests(), str(model.name))
 
     def probed() -> None:
         if backend == "llama":
-            probe.ensure_loads(resolved)
+            probe.ensure_loads(spec)
 
     try:
-        loaded = load_model(resolved, backend=backend, extra=extra, warn=warn, before_build=probed)
+        loaded = load_model(spec, backend=backend, extra=extra, warn=warn, before_build=probed)
     except BaseException:
         if lease is not None:
             lease.release()

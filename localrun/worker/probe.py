@@ -23,7 +23,7 @@ from pathlib import Path
 from localrun.errors import LocalrunError, ModelLoadError
 from localrun.host import private, processes, selfexec
 from localrun.host.processes import exit_text
-from localrun.model.stored import Model, Resolved
+from localrun.model.stored import LoadSpec, Model
 from localrun.settings import config, limits
 from localrun.worker import protocol
 
@@ -47,16 +47,16 @@ def _marker(model: Model) -> Path:
     return config.home() / "loaded" / _key(model)
 
 
-def ensure_loads(resolved: Resolved) -> None:
-    """Return once the resolved model is known to load cleanly; raise a LocalrunError if it
-    does not. The child is handed the model as resolved here, never its name to look up."""
-    model = resolved.model
+def ensure_loads(spec: LoadSpec) -> None:
+    """Return once the spec's model is known to load cleanly; raise a LocalrunError if it
+    does not. The child is handed the spec made here, never its name to look up."""
+    model = spec.model
     if model.store_root is None:
         return  # not from a store (a test's model object): nothing to probe with
     marker = _marker(model)
     if marker.exists():
         return
-    _probe(resolved)
+    _probe(spec)
     try:
         config.make_dirs(marker.parent)
         private.touch(marker)  # never through a link planted there
@@ -64,9 +64,9 @@ def ensure_loads(resolved: Resolved) -> None:
         pass  # unrecorded: the next run probes again
 
 
-def _probe(resolved: Resolved) -> None:
-    model = resolved.model
-    request = protocol.load_request(resolved.to_wire(), slots=1)
+def _probe(spec: LoadSpec) -> None:
+    model = spec.model
+    request = protocol.load_request(spec.to_wire(), slots=1)
     timeout = limits.load_timeout() + _GRACE_S
     with tempfile.TemporaryFile() as stderr:
         try:

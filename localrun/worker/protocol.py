@@ -8,7 +8,7 @@ stderr so they cannot corrupt the stream).
         "line_limit": BYTES?, "fallback_ctx": N?, "backend": "llama" | "fake",
         "replies": [...]?, "delay": s?, "hang": bool?, "dims": N?}
                          (first line, once: the model as the scheduler resolved and admitted
-                          it, model.Resolved's to_wire: its manifest and digest, the paths of
+                          it, model.LoadSpec's to_wire: its manifest and digest, the paths of
                           its blobs, its PARAMETERs, template, system and messages; the
                           parameters the load goes ahead with and the context it loads, decided
                           there. The runner reads no manifest and looks up no name. fallback_ctx:
@@ -164,7 +164,7 @@ def load_request(
     fallback_ctx: int | None = None,
     **extra: Any,
 ) -> Message:
-    """The first line a worker reads: what it loads (`resolved`, a model.Resolved's to_wire).
+    """The first line a worker reads: what it loads (`resolved`, a model.LoadSpec's to_wire).
     `fallback_ctx` is the num_ctx to load instead of its own (rounded up by the scheduler)
     where that does not fit (worker.load); `extra` passes fake-backend settings (replies,
     delay)."""

@@ -125,7 +125,7 @@ def _fsync(path: Path) -> None:
 def _localrun_pull(url: str, home: Path) -> float:
     from localrun.sources import pull
     from localrun.store import reference
-    from localrun.store.models import Store
+    from localrun.store.local import Store
 
     os.environ["HF_ENDPOINT"] = url  # read at call time by localrun.sources.hf
     ref = reference.parse_hub(f"hf.co/{REPO}")
@@ -227,7 +227,7 @@ fake.close()
 _KILLED_PULL = """
 import os, sys
 from localrun.sources.registry import pull as registry
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.store import names
 registry.pull(Store(__import__("pathlib").Path(sys.argv[1])), names.parse(sys.argv[2]))
 """
@@ -236,7 +236,7 @@ registry.pull(Store(__import__("pathlib").Path(sys.argv[1])), names.parse(sys.ar
 def _registry_pull(home: Path, name: str) -> float:
     from localrun.sources.registry import pull as registry
     from localrun.store import names
-    from localrun.store.models import Store
+    from localrun.store.local import Store
 
     store = Store(home / "models")
     start = time.perf_counter()

@@ -46,7 +46,7 @@ class SetupError(RuntimeError):
 def alias_of(name: str) -> str:
     """The stored name a program's `name` is looked up under: a catalog alias followed
     (`llama3.2` is looked up as `llama3.2:3b`, so a copy named `llama3.2` would never answer)."""
-    return str(reference.resolve(name).name)
+    return str(reference.parse(name).name)
 
 
 def _fixture(kind: str, folder: Path) -> list[Path]:

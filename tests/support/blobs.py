@@ -8,13 +8,13 @@ from pathlib import Path
 
 from localrun.store import blobs as blobs_mod
 from localrun.store import names
+from localrun.store.local import Store
 from localrun.store.manifest import (
     MEDIA_CONFIG,
     MEDIA_TYPES,
     Layer,
     Manifest,
 )
-from localrun.store.models import Store
 from localrun.store.names import ModelName
 
 

@@ -22,7 +22,7 @@ from localrun.recipes import create, modelfile
 from localrun.request.genrequest import GenRequest
 from localrun.sources import obtain
 from localrun.store import names, reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.worker import protocol
 
 DEADLINE = 120.0
@@ -140,7 +140,7 @@ def runner_root(path: Path, tiny_model: Path, tiny_long_model: Path) -> Path:
     for name, gguf in (("tiny", tiny_model), ("long", tiny_long_model)):
         (folder / f"{name}.gguf").write_bytes(gguf.read_bytes())
         create.create(store, names.parse(name), modelfile.parse(f"FROM {name}.gguf\n"), folder)
-    obtain.find(store, reference.resolve("smollm2:135m"))
+    obtain.find(store, reference.parse("smollm2:135m"))
     return path
 
 
@@ -148,9 +148,9 @@ def load_message(
     store: Path, model: str, options: dict[str, Any] | None = None, **load: Any
 ) -> dict[str, Any]:
     """The load message the scheduler sends for `model` in the store at `store`: the name
-    resolved here, once; the runner is handed what it resolved to."""
-    resolved = model_mod.load(Store(store), names.parse(model)).resolved(options or {})
-    return protocol.load_request(resolved.to_wire(), **load)
+    found here, once; the runner is handed its LoadSpec."""
+    spec = model_mod.load(Store(store), names.parse(model)).load_spec(options or {})
+    return protocol.load_request(spec.to_wire(), **load)
 
 
 @contextlib.contextmanager

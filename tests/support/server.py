@@ -18,7 +18,7 @@ import uvicorn
 from localrun.recipes import create, modelfile
 from localrun.scheduler import RunningModel, Scheduler
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from localrun.recipes import create, modelfile
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 
 def create_model(root: str, model: str, path: str, barrier: Any) -> None:

@@ -43,7 +43,7 @@ from localrun.engine.library.native import lc
 from localrun.errors import ToolchainError
 from localrun.runtimes import toolchain
 from localrun.runtimes.source import bindings_version
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S, ROOT
 from support.cli import localrun_env

@@ -291,7 +291,7 @@ def test_a_short_write_while_converting_is_a_full_disk(
     57): it is DiskFullError's one line, not the numbers."""
     from localrun.errors import DiskFullError
     from localrun.recipes import create, modelfile
-    from localrun.store.models import Store
+    from localrun.store.local import Store
 
     def short(*_: Any, **__: Any) -> None:
         raise OSError("37184 requested and 32784 written")

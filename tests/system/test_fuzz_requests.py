@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.server import LiveServer, add_model

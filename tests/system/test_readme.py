@@ -42,7 +42,7 @@ from testmodels.hf_checkpoints import write_adapter, write_checkpoint
 from testmodels.scripted import write_scripted_model
 from testmodels.text import write_tiny_model
 
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S, ROOT
 from support.mshub import FakeModelScope

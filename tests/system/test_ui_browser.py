@@ -21,7 +21,7 @@ import pytest
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import ROOT
 from support.server import LiveServer, add_model
@@ -205,7 +205,7 @@ def test_smollm2_on_a_phone_sized_screen(
     """The real model, streamed into a 390-pixel-wide page; the screenshot in the README."""
 
     store = Store(tmp_path / "models")
-    obtain.find(store, reference.resolve("smollm2:135m"))
+    obtain.find(store, reference.parse("smollm2:135m"))
     server = LiveServer(store, Scheduler(store, num_parallel=1))
     try:
         page = browser.new_page(viewport={"width": 390, "height": 800})

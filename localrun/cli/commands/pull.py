@@ -14,7 +14,7 @@ from localrun.cli.output import CreateProgress, columns, human_size
 from localrun.errors import LocalrunError
 
 if TYPE_CHECKING:
-    from localrun.store.models import Store
+    from localrun.store.local import Store
     from localrun.store.names import ModelName
 
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors.")
@@ -41,7 +41,7 @@ def pull(
     from localrun.store import reference
 
     store = open_store(cleanup=True)
-    ref = reference.resolve(model)
+    ref = reference.parse(model)
     name = ref.name
     before = _manifest(store, name)
     progress = CreateProgress(quiet)
@@ -102,7 +102,7 @@ def search(
     where = None
     if word.strip() and (not found or any(c in word for c in ":/")):  # a name, not a word
         try:
-            where = obtain.origin(open_store(), reference.resolve(word))
+            where = obtain.origin(open_store(), reference.parse(word))
         except LocalrunError:  # a word that is no name: the catalog's matches alone
             where = None
     if as_json:

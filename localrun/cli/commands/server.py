@@ -80,7 +80,7 @@ def _same_model(text: str, entry: dict[str, Any]) -> bool:
     from localrun.store import names, reference
 
     try:
-        wanted = reference.resolve(text).name
+        wanted = reference.parse(text).name
     except LocalrunError:
         return text in (entry.get("name"), entry.get("model"))
     for key in ("name", "model"):

@@ -92,7 +92,7 @@ def create(
             parsed,
             base,
             report=progress,
-            resolve=obtain.resolver(store, progress),
+            find_base=obtain.base_finder(store, progress),
             link=link,
             quantize=quantize_mod.for_create(quantize) if quantize is not None else None,
         )
@@ -182,7 +182,7 @@ def _stored_model(name: str) -> Model:
     from localrun.store import reference
 
     store = open_store()
-    ref = reference.resolve(name)
+    ref = reference.parse(name)
     progress = CreateProgress()
     try:
         manifest = obtain.find(store, ref, progress, pull_missing=False)
@@ -233,9 +233,9 @@ def cp(
     from localrun.sources.registry import push as push_mod
     from localrun.store import reference
 
-    dst = reference.resolve(destination).typed
+    dst = reference.parse(destination).typed
     store = open_store(cleanup=True)
-    ref = reference.resolve(source)
+    ref = reference.parse(source)
     progress = CreateProgress()
     try:
         obtain.find(store, ref, progress)
@@ -257,7 +257,7 @@ def rm(
     failed = False
     for text in models:
         try:
-            name = reference.resolve(text).typed
+            name = reference.parse(text).typed
             freed = store.remove(name)
         except LocalrunError as err:
             print_error(err)

@@ -144,7 +144,7 @@ def _model(given: str | None, client: Client | None, tool: launchers.Tool, dry_r
     from localrun.sources import obtain
     from localrun.store import reference
 
-    ref = reference.resolve(given)
+    ref = reference.parse(given)
     progress = CreateProgress()
     try:
         obtain.find(open_store(), ref, progress)  # imported or pulled now, not mid-session

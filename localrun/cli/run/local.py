@@ -42,7 +42,7 @@ class LocalSession:
         from localrun.store import reference
 
         store = open_store()
-        ref = reference.resolve(name)
+        ref = reference.parse(name)
         progress = CreateProgress()
         try:
             manifest = obtain.find(store, ref, progress)
@@ -105,7 +105,7 @@ class LocalSession:
         from localrun.store import reference
 
         store = open_store()
-        ref = reference.resolve(name)
+        ref = reference.parse(name)
         manifest = obtain.find(store, ref, pull_missing=False)
         announce(str(ref.name))
         self._replace(_load_runner(store, ref.name, manifest, {}))
@@ -128,7 +128,7 @@ class LocalSession:
 
         store = open_store()
         create.create(
-            store, names.parse(name), modelfile, Path.cwd(), resolve=obtain.resolver(store)
+            store, names.parse(name), modelfile, Path.cwd(), find_base=obtain.base_finder(store)
         )
 
     def close(self) -> None:
@@ -148,4 +148,4 @@ def _open(model: Model, overrides: dict[str, Any]) -> LocalRunner:
     as they are found."""
     from localrun.worker.local import open_local
 
-    return open_local(model.resolved(overrides), warn=warn)
+    return open_local(model.load_spec(overrides), warn=warn)

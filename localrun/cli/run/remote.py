@@ -108,7 +108,7 @@ def answered_by(client: Client, name: str, exc: LocalrunError) -> LocalrunError:
     err.args = (err.message,)
     try:
         here = open_store()
-        has_it = str(here.root) != served and here.exists(reference.resolve(name).name)
+        has_it = str(here.root) != served and here.exists(reference.parse(name).name)
     except LocalrunError:
         return err
     if has_it:
@@ -171,7 +171,7 @@ class RemoteSession:
         from localrun.sources.runners import importing as runners
         from localrun.store import reference
 
-        wanted = reference.resolve(name).name
+        wanted = reference.parse(name).name
         found = runners.named(str(wanted))
         if found is None:
             return False

@@ -212,7 +212,7 @@ async def _stop(proc: asyncio.subprocess.Process, request: dict[str, Any], finis
 
 def _remove_temp_files(root: str, pid: int) -> None:
     """The temporary files a stopped job left in the store."""
-    from localrun.store.models import Store
+    from localrun.store.local import Store
 
     with contextlib.suppress(OSError, LocalrunError):
         Store(Path(root)).remove_temp_files(pid)
@@ -239,7 +239,7 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     from localrun.sources.hosts import CLIENT
     from localrun.sources.registry import push
     from localrun.store import reference
-    from localrun.store.models import Store
+    from localrun.store.local import Store
 
     def emit(event: Event) -> None:
         out.write(json.dumps(event).encode() + b"\n")
@@ -257,7 +257,7 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     store = Store(Path(request["store"]))
     op = request.get("op")
     text = str(request.get("model", ""))
-    ref = reference.resolve(text)
+    ref = reference.parse(text)
     if op == "import":
         obtain.find(store, ref, report, pull_missing=False, reach=CLIENT)
         return ""
@@ -277,7 +277,7 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
                 parsed,
                 Path(empty),
                 report=report,
-                resolve=obtain.resolver(store, report, hubs=False, reach=CLIENT),
+                find_base=obtain.base_finder(store, report, hubs=False, reach=CLIENT),
                 quantize=quantize.for_create(request["quantize"], int(request.get("threads", 0)))
                 if request.get("quantize")
                 else None,

@@ -35,7 +35,7 @@ from localrun.server import core
 from localrun.server.body import Body, read_json
 from localrun.server.ollama import jobs
 from localrun.store import reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.store.names import ModelName
 from localrun.worker import view
 
@@ -65,7 +65,7 @@ async def local_model(request: Request, text: str) -> ModelName:
     """The store name of a model that must be local (a catalog model, or another runner's
     that LOCALRUN_OTHER_RUNNERS lists, is imported first)."""
     ctx = core.context(request)
-    ref = reference.resolve(text)
+    ref = reference.parse(text)
     name = ref.name
     if ctx.store.exists(name):
         return name
@@ -251,5 +251,5 @@ def _from_go_template(store: Store, from_: str) -> str:
         own = header.metadata.get("tokenizer.chat_template")
         choice = families.choose(None, own if isinstance(own, str) else None, header.chat_tokens)
         return view.go_template(choice, header).source
-    model = model_mod.load(store, reference.resolve(from_).name)
+    model = model_mod.load(store, reference.parse(from_).name)
     return templates(model)[0].source

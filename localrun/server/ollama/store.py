@@ -45,8 +45,8 @@ from localrun.server.streaming import line, ndjson
 from localrun.sources import hosts
 from localrun.store import reference
 from localrun.store.blobs import open_new, temp_path, write_all
+from localrun.store.local import Store
 from localrun.store.manifest import check_digest
-from localrun.store.models import Store
 
 UPLOAD_CHUNK = 4 * 1024 * 1024
 DISK_MARGIN = 256 * 1024 * 1024
@@ -128,14 +128,14 @@ async def copy(request: Request) -> Response:
     if not source or not destination:
         raise BadRequestError("source and destination are required")
     src = await local_model(request, source)
-    dst = reference.resolve(destination).typed
+    dst = reference.parse(destination).typed
     await anyio.to_thread.run_sync(core.context(request).store.copy, src, dst)
     return Response(status_code=200)
 
 
 async def delete(request: Request) -> Response:
     body = Body(await read_json(request))
-    name = reference.resolve(body.model()).typed
+    name = reference.parse(body.model()).typed
     ctx = core.context(request)
     # A loaded copy would keep answering for a model that is gone.
     await ctx.scheduler.unload(str(name))
@@ -193,7 +193,7 @@ async def push_(request: Request) -> Response:
 async def _registry_job(request: Request, op: str) -> Response:
     body = Body(await read_json(request))
     text = body.model()
-    ref = reference.resolve(text)  # an invalid name is a 400 before anything starts
+    ref = reference.parse(text)  # an invalid name is a 400 before anything starts
     body.flag("insecure", False)  # Ollama's clients send it: read, never obeyed (hosts.Reach)
     push = op == "push"
     if ref.hub is None and (push or ref.entry is None):  # a registry's: 403 before any answer
@@ -223,7 +223,7 @@ def _model_ref(value: str) -> str:
     ):
         raise _not_a_model(value)
     try:
-        reference.resolve(text)
+        reference.parse(text)
     except InvalidNameError:
         raise _not_a_model(value) from None
     return text
@@ -306,7 +306,7 @@ def _modelfile(store: Store, body: Body) -> Modelfile:
 
 async def create(request: Request) -> Response:
     body = Body(await read_json(request))
-    target = reference.resolve(body.model()).typed
+    target = reference.parse(body.model()).typed
     kind = body.get("quantize", str)
     if kind:
         kind = quantize.check_type(kind)  # an unknown type refused before the job starts

@@ -528,7 +528,7 @@ async def found(request: Request, text: str) -> dict[str, Any]:
     for shown in _remote_listed(request, local):
         if shown["id"] == text:
             return shown
-    wanted = str(reference.resolve(text).name)
+    wanted = str(reference.parse(text).name)
     for shown in local:
         if shown["id"] == wanted:
             return shown

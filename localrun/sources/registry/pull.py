@@ -50,8 +50,8 @@ from localrun.sources.pull import gguf_texts
 from localrun.sources.registry import oci
 from localrun.sources.runners import ollama as ollama_store
 from localrun.sources.runners.found import MAX_TEXT
+from localrun.store.local import Store
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest, check_digest
-from localrun.store.models import Store
 from localrun.store.names import ModelName
 
 OLLAMA = "application/vnd.ollama.image."
@@ -131,7 +131,7 @@ def pull(
         _modelfile(texts, where, settings),
         Path("/"),
         report=lambda e: None if e.status.startswith("using model") else report(e),
-        resolve=lambda _: _base(store, where, plan, settings),
+        find_base=lambda _: _base(store, where, plan, settings),
     )
 
 

@@ -22,8 +22,8 @@ from localrun.errors import LocalrunError, MissingBlobError
 from localrun.recipes.create import Event, Reporter
 from localrun.sources import hosts
 from localrun.sources.registry import oci
+from localrun.store.local import Store
 from localrun.store.manifest import Layer
-from localrun.store.models import Store
 from localrun.store.names import ModelName
 
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"

@@ -41,8 +41,8 @@ from localrun.sources.runners import folders, llamacpp, lmstudio
 from localrun.sources.runners import ollama as ollama_store
 from localrun.sources.runners.found import Found, refused
 from localrun.store import links, names
+from localrun.store.local import Store
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest
-from localrun.store.models import Store
 
 log = logging.getLogger("localrun.sources")
 
@@ -136,16 +136,16 @@ def adopt(store: Store, found: Found, report: create.Reporter = lambda _: None) 
                              report=report, expected=found.digests, link=True)  # fmt: skip
     modelfile = dataclasses.replace(found.modelfile, from_=str(name))
 
-    def resolve(wanted: names.ModelName) -> Manifest:
+    def find_base(wanted: names.ModelName) -> Manifest:
         # Called by create with the store held: the parts are linked in under its lock.
         if wanted != name:
             return store.read_manifest(wanted)
         return _parts(store, found, report)
 
-    # FROM is a name: nothing may be taken for a relative path, so resolve from an empty folder.
+    # FROM is a name: nothing may be taken for a relative path, so build from an empty folder.
     with tempfile.TemporaryDirectory(prefix="localrun-import-") as empty:
         return create.create(store, name, modelfile, Path(empty), report=report,
-                             resolve=resolve, expected=found.digests, link=True)  # fmt: skip
+                             find_base=find_base, expected=found.digests, link=True)  # fmt: skip
 
 
 def held(store: Store, found: Found) -> bool:
@@ -169,7 +169,7 @@ def held(store: Store, found: Found) -> bool:
     named = [*(map(str, found.parts) if found.parts else [mf.from_]), *mf.adapters, mf.projector]
     files = [Path(p) for p in named if p]
     layers = [x for x in stored.manifest.layers if x.kind in ("model", "adapter", "projector")]
-    records = store.root / "links"
+    records = links.folder(store.root)
     linked = {}  # the user's file (resolved) -> the blob linked from it, while it is that file
     for layer in layers:
         blob = store.blob_path(layer.digest)

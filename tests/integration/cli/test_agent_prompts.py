@@ -13,7 +13,7 @@ from benchlib.agent_prompts import FirstPrompt, count, first_prompts
 
 from localrun.cli.launch.agents import TOOLS
 from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support.server import LiveServer, add_model
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import free_port
 from support.cli import CLI, assert_one_line_error

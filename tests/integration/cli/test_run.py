@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support.cli import CLI, assert_one_line_error
 

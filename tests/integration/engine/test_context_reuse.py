@@ -28,7 +28,7 @@ from localrun.hardware import fit
 from localrun.model import stored as model_mod
 from localrun.scheduler import Scheduler
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.server import LiveServer, add_model

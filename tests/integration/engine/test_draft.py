@@ -113,7 +113,7 @@ def test_a_drafted_model_speculates_in_run_and_in_the_server(cli: Any, tmp_path:
     assert drafted > 10 and accepted >= 0.9 * drafted, result.stderr
     # The server's runner loads the draft model too.
     from localrun.scheduler import Scheduler
-    from localrun.store.models import Store
+    from localrun.store.local import Store
 
     from support.server import LiveServer
 
@@ -143,7 +143,7 @@ def test_the_draft_model_counts_in_the_memory_plan(cli: Any, tmp_path: Path) -> 
     from localrun.hardware import fit
     from localrun.model import stored as model_mod
     from localrun.store import names
-    from localrun.store.models import Store
+    from localrun.store.local import Store
     from localrun.worker import load
 
     modelfile = tmp_path / "Modelfile"
@@ -160,5 +160,5 @@ def test_the_draft_model_counts_in_the_memory_plan(cli: Any, tmp_path: Path) -> 
     weights = drafted.draft_path.stat().st_size
     assert with_draft.ram_bytes - without.ram_bytes > weights
     assert with_draft.kv_bytes == 2 * without.kv_bytes
-    options = load.resolve_load_options(drafted, params, [], lambda _: None, planned)
+    options = load.options_for(drafted, params, [], lambda _: None, planned)
     assert options.draft == str(drafted.draft_path) and options.draft_num_gpu == 0

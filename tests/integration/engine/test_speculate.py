@@ -282,12 +282,12 @@ def test_the_tiny_model_speculates_the_same_answer(tiny_model: Path) -> None:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from localrun.scheduler import Scheduler
-    from localrun.store.models import Store
+    from localrun.store.local import Store
 
     from support.server import SMOL, LiveServer
 
     store = Store(tmp_path_factory.mktemp("speculate") / "models")
-    obtain.find(store, reference.resolve(SMOL))
+    obtain.find(store, reference.parse(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=1, max_queue=8))
     yield server
     server.close()

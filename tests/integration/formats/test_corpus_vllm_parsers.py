@@ -38,7 +38,7 @@ from corpora import fetch as fetch_corpora
 from testmodels.scripted import write_scripted_model
 
 from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import TESTS, vllm_shim
 from support.dialects import DIALECTS

@@ -17,7 +17,7 @@ import pytest
 from testmodels.scripted import write_scripted_model
 
 from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.dialects import ASK, DIALECTS

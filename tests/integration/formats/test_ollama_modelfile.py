@@ -17,7 +17,7 @@ from testmodels.scripted import write_scripted_model
 
 from localrun.formats.ollama import template as ollama_template
 from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import OLLAMA_TEMPLATES, PATIENCE_S
 from support.modelfiles import template_modelfile

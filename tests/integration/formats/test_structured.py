@@ -34,7 +34,7 @@ from localrun.scheduler import Scheduler
 from localrun.server.schema import answer as answer_schema
 from localrun.sources import obtain
 from localrun.store import reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.worker.grammars.format import constraint_for
 
 from support import PATIENCE_S
@@ -242,7 +242,7 @@ TREE_ASK = 'The tree: "France" has one child, "Paris", which has no children. Wr
 @pytest.fixture(scope="module")
 def smol_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     store = Store(tmp_path_factory.mktemp("structured") / "models")
-    obtain.find(store, reference.resolve(SMOL))
+    obtain.find(store, reference.parse(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=8))
     yield server
     server.close()

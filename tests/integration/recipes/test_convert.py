@@ -30,7 +30,7 @@ from localrun.engine.library.machine import machine_params
 from localrun.errors import CheckpointError
 from localrun.recipes import convert, create, lora, modelfile
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support.cli import CLI, assert_one_line_error
 

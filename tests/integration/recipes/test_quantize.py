@@ -12,7 +12,7 @@ import pytest
 from localrun.gguf import scan
 from localrun.scheduler import Scheduler
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.cli import CLI, assert_one_line_error

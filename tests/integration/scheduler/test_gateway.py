@@ -22,7 +22,7 @@ import pytest
 from fuzzlib.upstream import WORDS, FakeUpstream
 from testmodels.text import write_tiny_model
 
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.cli import CLI, assert_one_line_error

@@ -34,7 +34,7 @@ from localrun.recipes import create, modelfile
 from localrun.request.genrequest import GenRequest
 from localrun.scheduler import Scheduler, Stream
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.worker import process as runner_process
 from localrun.worker import protocol
 
@@ -677,18 +677,29 @@ def test_a_load_counts_what_the_busy_models_hold(models: Store) -> None:
     run(main())
 
 
+def _unstored_target(weights: int) -> Any:
+    """A Target for a budget's sums: a model whose files are never read (no runner starts)."""
+    from localrun.model.stored import Model
+    from localrun.scheduler.targets import Target
+    from localrun.store.manifest import MEDIA_CONFIG, Layer, Manifest
+
+    digest = "sha256:" + "0" * 64
+    manifest = Manifest(Layer(MEDIA_CONFIG, digest, 2))
+    model = Model(names.parse("m:latest"), digest, manifest, {}, Path("/nonexistent.gguf"))
+    return Target("m:latest", model, weights)
+
+
 def test_unloading_gives_back_what_a_runner_holds_but_its_mapped_weights() -> None:
     """The weights a runner maps are page cache, which the kernel already counts as available:
     counting them again as what unloading frees would let a model load over another's."""
     from localrun.scheduler.budget import Budget
     from localrun.scheduler.runners import Runner
-    from localrun.scheduler.targets import Target
     from localrun.worker.protocol import ReadyInfo
 
     gib = 1024**3
 
     async def main() -> None:
-        target = Target("m:latest", "sha256:" + "0" * 64, 8 * gib, {})
+        target = _unstored_target(8 * gib)
         runner = Runner(target, {}, 1, 60.0)
         runner.info = ReadyInfo(
             n_ctx=2048, n_ctx_train=32768, slots=1, size=9 * gib, size_vram=0, gpu_layers=0,
@@ -710,13 +721,12 @@ def test_the_gpu_runtime_is_not_scaled_with_the_context() -> None:
     num_ctx: a four times larger context costs four times the KV cache, not the runtime."""
     from localrun.scheduler.budget import Budget
     from localrun.scheduler.runners import Runner
-    from localrun.scheduler.targets import Target
     from localrun.worker.protocol import ReadyInfo
 
     mib = 1024**2
 
     async def main() -> None:
-        target = Target("m:latest", "sha256:" + "0" * 64, 100 * mib, {})
+        target = _unstored_target(100 * mib)
         runner = Runner(target, {}, 1, 60.0)
         runner.info = ReadyInfo(
             n_ctx=2048, n_ctx_train=32768, slots=1, size=(100 + 50 + 600) * mib,

@@ -20,7 +20,7 @@ from testmodels.scripted import write_scripted_model
 
 from localrun.engine.library.machine import machine_params
 from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S, TEMPLATES
 from support.server import LiveServer, add_model

@@ -26,7 +26,7 @@ from testmodels.vocab import THINKING_TEMPLATE
 from localrun.errors import ContextOverflowError
 from localrun.request import overflow
 from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import DATA, PATIENCE_S, TEMPLATES
 from support.server import SCRIPTED, LiveServer, add_model

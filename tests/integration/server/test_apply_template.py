@@ -15,7 +15,7 @@ import pytest
 
 from localrun.recipes import create, modelfile
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import DATA
 from support.tools import CLIENT_TOOL

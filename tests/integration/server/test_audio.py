@@ -13,7 +13,7 @@ from testmodels.projectors import write_tiny_audio
 
 from localrun.request import media
 from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support.cli import assert_one_line_error
 from support.media import NOISE, TONE, b64, clip

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from benchlib.scores import in_child
 
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import DATA, PATIENCE_S
 from support.serve import Serve

@@ -28,7 +28,7 @@ from testmodels.text import write_tiny_model
 
 from localrun.scheduler import Scheduler
 from localrun.server.messages import chat_messages
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S, TEMPLATES
 from support.server import LiveServer, add_model

@@ -15,7 +15,7 @@ import pytest
 
 from localrun.scheduler import Scheduler
 from localrun.store.blobs import TMP_PREFIX
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.server import LiveServer, add_model

@@ -18,7 +18,7 @@ from testmodels.reranker import RERANK_TEMPLATE, write_tiny_reranker
 
 from localrun.engine.library.machine import machine_params
 from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.server import LiveServer, add_model

@@ -23,7 +23,7 @@ from localrun.server.responses import background as responses_background
 from localrun.server.responses.store import ResponseStore
 from localrun.sources import obtain
 from localrun.store import reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.server import SMOL, LiveServer
@@ -37,7 +37,7 @@ GREEDY: Any = {"model": SMOL, "temperature": 0}
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     store = Store(tmp_path_factory.mktemp("responses") / "models")
-    obtain.find(store, reference.resolve(SMOL))
+    obtain.find(store, reference.parse(SMOL))
     return store
 
 

@@ -29,9 +29,9 @@ import pytest
 from localrun.recipes import modelfile
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
-from localrun.store import models as store_mod
+from localrun.store import local as store_mod
 from localrun.store import names, reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.server import SMOL, LiveServer, add_model, prompts, pulled_again, show_round_trip
@@ -50,7 +50,7 @@ def greedy(n: int) -> dict[str, Any]:
 def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
     store = Store(tmp_path_factory.mktemp("server") / "models")
     add_model(store, "tiny", tiny_model)
-    obtain.find(store, reference.resolve(SMOL))
+    obtain.find(store, reference.parse(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=4, max_loaded=3, max_queue=64))
     yield server
     server.close()

@@ -24,7 +24,7 @@ import pytest
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import names, reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.server import SMOL, LiveServer, add_model
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.server, pytest.mark.model]
 def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
     store = Store(tmp_path_factory.mktemp("compat") / "models")
     add_model(store, "tiny", tiny_model)
-    obtain.find(store, reference.resolve(SMOL))
+    obtain.find(store, reference.parse(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=64))
     yield server
     server.close()

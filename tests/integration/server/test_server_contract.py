@@ -22,7 +22,7 @@ import pytest
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.server import SMOL, LiveServer, add_model
@@ -51,7 +51,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator
     store = Store(root / "models")
     add_model(store, "tiny", tiny_model)
     add_model(store, "embedder", mean_pooled(tiny_model, root / "pooled.gguf"))
-    obtain.find(store, reference.resolve(SMOL))
+    obtain.find(store, reference.parse(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=3, max_queue=64))
     yield server
     server.close()

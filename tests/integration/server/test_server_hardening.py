@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support.server import LiveServer, add_model, chat, post
 

@@ -20,7 +20,7 @@ import pytest
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.worker import protocol
 
 from support import PATIENCE_S
@@ -35,7 +35,7 @@ PAIR = "<|im_start|><|endoftext|>"  # two of SmolLM2's special tokens
 def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
     store = Store(tmp_path_factory.mktemp("hostile") / "models")
     add_model(store, "tiny", tiny_model)
-    obtain.find(store, reference.resolve(SMOL))
+    obtain.find(store, reference.parse(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=2, max_queue=16))
     yield server
     server.close()
@@ -161,7 +161,7 @@ def test_an_answer_too_large_for_the_channel_costs_that_answer_not_the_runner(
     # 400; the runner answers the next request and is the same process.
     monkeypatch.setattr(protocol, "LINE_LIMIT", 256 * 1024)
     store = Store(tmp_path / "models")
-    obtain.find(store, reference.resolve(SMOL))
+    obtain.find(store, reference.parse(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=1, max_queue=8))
     try:
         assert generate(server).status_code == 200

@@ -24,7 +24,7 @@ from examplelib import node as node_packages
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.server import SMOL, LiveServer
@@ -39,7 +39,7 @@ SHORT: Any = [{"role": "user", "content": "What is the capital of France? One wo
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     store = Store(tmp_path_factory.mktemp("logprobs") / "models")
-    obtain.find(store, reference.resolve(SMOL))
+    obtain.find(store, reference.parse(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=1, max_queue=16))
     yield server
     server.close()
@@ -537,7 +537,7 @@ def test_the_tokenizer_routes_need_no_model_named_or_loaded(tmp_path: Path) -> N
     completion, naming no model (issue 92: a 400, and the harness fell back to the hub): the
     store's only model answers, loaded on demand; a model named by ?model= too."""
     store = Store(tmp_path / "models")
-    obtain.find(store, reference.resolve(SMOL))
+    obtain.find(store, reference.parse(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=1, max_loaded=1, max_queue=4))
     try:
         info = httpx.get(f"{server.url}/tokenizer_info", timeout=PATIENCE_S)

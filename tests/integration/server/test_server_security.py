@@ -18,7 +18,7 @@ import pytest
 
 from localrun.scheduler import RunningModel, Scheduler
 from localrun.server.http.security import host_allowed, origin_allowed
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support.cli import CLI, assert_one_line_error
 from support.server import LiveServer, add_model

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.cli import CLI, assert_one_line_error

@@ -20,7 +20,7 @@ import pytest
 
 from localrun.formats.reasoning import Splitter, opens_thinking, supports, template_variables
 from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.server import LiveServer, add_model

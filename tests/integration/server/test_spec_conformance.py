@@ -29,7 +29,7 @@ from testmodels.vocab import THINKING_TEMPLATE
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import TEMPLATES
 from support.server import SCRIPTED, SMOL, LiveServer, add_model
@@ -62,7 +62,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     for name, (says, template) in SCRIPTS.items():
         gguf = write_scripted_model(folder / f"{name}.gguf", says, template=template)
         add_model(store, name, gguf, SCRIPTED)  # its own spelling of forced text
-    obtain.find(store, reference.resolve(SMOL))
+    obtain.find(store, reference.parse(SMOL))
     server = LiveServer(store, Scheduler(store, num_parallel=2, max_loaded=4, max_queue=64))
     yield server
     server.close()

@@ -20,7 +20,7 @@ from testmodels.vocab import CHATML_TEMPLATE, THINKING_TEMPLATE
 from localrun.scheduler import Scheduler
 from localrun.sources import obtain
 from localrun.store import reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.server import SMOL, LiveServer, add_model, post
@@ -59,7 +59,7 @@ ALWAYS_THINKS = CHATML_TEMPLATE.replace(
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder = tmp_path_factory.mktemp("systemone")
     store = Store(folder / "models")
-    obtain.find(store, reference.resolve(SMOL))
+    obtain.find(store, reference.parse(SMOL))
     for name, template in (("thinker", THINKING_TEMPLATE), ("reasoner", ALWAYS_THINKS)):
         gguf = write_tiny_model(folder / f"{name}.gguf", chat_template=template, n_ctx=4096)
         add_model(store, name, gguf)

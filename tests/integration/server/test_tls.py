@@ -15,7 +15,7 @@ import openai
 import pytest
 import trustme
 
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.cli import CLI, assert_one_line_error

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from localrun.server import ui
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support.server import LiveServer, add_model
 

@@ -17,7 +17,7 @@ from localrun.errors import InvalidGGUFError
 from localrun.recipes import create, modelfile
 from localrun.request import media
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.media import BLUE, GREEDY, RED, b64, data_url

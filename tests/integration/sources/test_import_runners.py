@@ -18,7 +18,7 @@ from testmodels.files import write_split
 from testmodels.projectors import write_tiny_vision
 
 from localrun.scheduler import Scheduler
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support.cli import CLI, assert_one_line_error
 from support.server import LiveServer

@@ -24,7 +24,7 @@ from localrun.errors import (
 )
 from localrun.sources.base import RemoteFile, Repo, pick
 from localrun.sources.modelscope import ModelScopeHub
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import free_port
 from support.mshub import FakeModelScope

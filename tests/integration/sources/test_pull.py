@@ -24,7 +24,7 @@ from testmodels.text import write_tiny_model
 
 from localrun.sources import obtain
 from localrun.store import reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.cli import CLI, Result, assert_one_line_error
@@ -553,7 +553,7 @@ def test_catalog_name_with_a_hub_source(
     monkeypatch.setattr(catalog, "_load", lambda: data)
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     store = _store(home)
-    ref = reference.resolve("tiny:1m")
+    ref = reference.parse("tiny:1m")
     manifest = obtain.find(store, ref)
     assert str(ref.name) == "tiny:1m"
     assert manifest.of_kind("model")[0].digest == "sha256:" + _sha(files["tiny"])
@@ -561,10 +561,10 @@ def test_catalog_name_with_a_hub_source(
     from localrun.errors import DownloadError, ModelNotFoundError
 
     with pytest.raises(ModelNotFoundError):
-        obtain.find(store, reference.resolve("pinned:1m"), pull_missing=False)
+        obtain.find(store, reference.parse("pinned:1m"), pull_missing=False)
 
     with pytest.raises(DownloadError, match="catalog expects"):
-        obtain.find(store, reference.resolve("pinned:1m"))
+        obtain.find(store, reference.parse("pinned:1m"))
     assert [str(n) for n in store.names()] == ["tiny:1m"]
 
 

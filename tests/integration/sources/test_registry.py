@@ -49,7 +49,7 @@ from localrun.sources import bodies, hosts, obtain, ranges
 from localrun.sources.registry import challenge, oci, push
 from localrun.sources.registry import pull as registry
 from localrun.store import names, reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import free_port
 from support.cli import CLI, assert_one_line_error
@@ -133,7 +133,7 @@ def test_a_library_name_comes_from_ollamas_registry_in_ranges_through_its_storag
     fake.rate_limited = 1
     fake.add("library/keeper", "latest", CONFIG, _ollama_layers(gguf))
     events: list[create.Event] = []
-    digest = obtain.from_registry(store, reference.resolve("keeper"), events.append)
+    digest = obtain.from_registry(store, reference.parse("keeper"), events.append)
 
     manifest = store.read_manifest(names.parse("keeper"))
     assert digest.startswith("sha256:")
@@ -160,7 +160,7 @@ def test_a_library_name_comes_from_ollamas_registry_in_ranges_through_its_storag
 
     # Pulled again with nothing changed there: no byte of a blob is sent again.
     sent = fake.blob_bytes
-    assert obtain.from_registry(store, reference.resolve("keeper")) == digest
+    assert obtain.from_registry(store, reference.parse("keeper")) == digest
     assert fake.blob_bytes == sent
 
 

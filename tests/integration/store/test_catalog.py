@@ -17,7 +17,7 @@ from localrun.model.stored import load as load_stored
 from localrun.request.genrequest import GenRequest
 from localrun.sources import obtain
 from localrun.store import catalog, names, reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.worker import load
 
 from support import PATIENCE_S
@@ -57,7 +57,7 @@ def test_the_starter_samples_as_its_model_card_suggests(cli: CLI, store: Store) 
     assert "PARAMETER temperature 0.2" in modelfile and "PARAMETER top_p 0.9" in modelfile
 
     starter = names.parse("smollm2:135m")
-    loaded = load.load_model(load_stored(store, starter).resolved({}))  # as a runner loads it
+    loaded = load.load_model(load_stored(store, starter).load_spec({}))  # as a runner loads it
     try:
         turns = [{"role": "user", "content": "What is the capital of France?"}]
         plain = loaded.prompter.prepare(GenRequest("smollm2:135m", messages=turns)).sampling
@@ -77,7 +77,7 @@ def test_the_starter_samples_as_its_model_card_suggests(cli: CLI, store: Store) 
 _COUNTED = """
 import sys
 from localrun.store import catalog, reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 calls = {}
 def counting(owner, name):
     real = getattr(owner, name)
@@ -85,7 +85,7 @@ def counting(owner, name):
         calls[name] = calls.get(name, 0) + 1
         return real(*args, **kwargs)
     setattr(owner, name, wrapper)
-for owner, name in ((reference, "resolve"), (reference, "parse_hub"), (catalog, "canonical"),
+for owner, name in ((reference, "parse"), (reference, "parse_hub"), (catalog, "canonical"),
                     (catalog, "lookup"), (Store, "read_manifest")):
     counting(owner, name)
 sys.argv = ["localrun", *sys.argv[1:]]
@@ -111,7 +111,7 @@ def test_a_name_is_resolved_once(cli: CLI, tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         calls = dict(ast.literal_eval(done.stderr.rsplit("CALLS ", 1)[1]))
         assert calls == {
-            "resolve": 1, "parse_hub": 1, "canonical": 1, "read_manifest": expected_reads
+            "parse": 1, "parse_hub": 1, "canonical": 1, "read_manifest": expected_reads
         }, calls  # fmt: skip
 
 
@@ -201,6 +201,6 @@ def test_a_catalog_models_parameters_come_with_a_pull_too(
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("HF_TOKEN", "")
         monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        obtain.find(store, reference.resolve("fake:1b"))
+        obtain.find(store, reference.parse("fake:1b"))
     model = load_stored(store, names.parse("fake:1b"))
     assert model.parameters == {"temperature": 0.2, "top_p": 0.9, "top_k": 20}

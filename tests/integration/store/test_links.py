@@ -15,7 +15,7 @@ from localrun.errors import StoreError
 from localrun.model import stored as model_mod
 from localrun.store import links, names
 from localrun.store.blobs import temp_path
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support.cli import CLI, assert_one_line_error
 

@@ -18,10 +18,10 @@ import pytest
 from testmodels.text import write_tiny_model
 
 from localrun.store import blobs as blobs_mod
+from localrun.store.local import Store
 from localrun.store.manifest import (
     check_digest,
 )
-from localrun.store.models import Store
 
 from support.blobs import blob_files, build, file_digest, name, temp_files
 from support.cli import CLI, assert_one_line_error

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.cli import CLI, assert_one_line_error

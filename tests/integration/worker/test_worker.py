@@ -22,7 +22,7 @@ from localrun.errors import (
 from localrun.recipes import create, modelfile
 from localrun.request.genrequest import GenRequest
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.worker import protocol
 
 from support.runner import Worker, load_message, runner_env, runner_root, spawn

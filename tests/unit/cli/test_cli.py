@@ -14,7 +14,7 @@ import pexpect
 import pytest
 
 from localrun.settings import config
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.cli import CLI, NO_SERVER, assert_one_line_error, check_no_default_server, localrun_env

@@ -31,7 +31,7 @@ HEAVY = ("llama_cpp", "fastapi", "uvicorn", "huggingface_hub", "modelscope", "gg
 UNUSED = ("pydantic", "httpx", "jinja2", "markdown_it", "pygments")
 # Our own modules that --help, which only lists the commands, never needs.
 NOT_FOR_HELP = (
-    "localrun.store.models",
+    "localrun.store.local",
     "localrun.cli.run.session",
     "localrun.cli.run.connect",
     "localrun.cli.run.local",

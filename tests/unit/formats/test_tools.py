@@ -21,7 +21,7 @@ from localrun.model.stored import load as load_model
 from localrun.recipes import create, modelfile
 from localrun.request.genrequest import GenRequest
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.worker import prompt
 from localrun.worker.grammars import forced
 from localrun.worker.grammars import format as grammar_mod

@@ -15,7 +15,7 @@ from localrun.gguf import scan
 from localrun.gguf.header import Header, TensorInfo
 from localrun.hardware import offload, system
 from localrun.hardware.system import GPU, Probes
-from localrun.model.stored import context_for
+from localrun.request.context import context_for
 from localrun.store import catalog, names
 
 GB = 10**9
@@ -603,7 +603,7 @@ def test_header_without_head_counts_falls_back_to_full_attention() -> None:
 
 
 def test_the_context_rule(smollm2: Header, tiny: Header) -> None:
-    """model.context_for, the one place a context is decided (the edge applies it; runners
+    """request.context.context_for, the one place a context is decided (the edge applies it; runners
     load what they are handed)."""
     smol, small = smollm2.arch_value("context_length"), tiny.arch_value("context_length")
     assert context_for(None, None, smol) == 4096  # trained on 8192

@@ -16,8 +16,8 @@ from localrun.gguf import scan
 from localrun.model import stored as model_mod
 from localrun.recipes import checks, create, modelfile
 from localrun.store import names
+from localrun.store.local import Store
 from localrun.store.manifest import Manifest
-from localrun.store.models import Store
 
 from support.cli import CLI, assert_one_line_error
 

@@ -12,7 +12,7 @@ import pytest
 from localrun.errors import BusyError
 from localrun.server.ollama import jobs
 from localrun.store.blobs import TMP_PREFIX
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 
 def test_jobs_take_turns(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from localrun.errors import InvalidNameError, ModelNotFoundError
 from localrun.sources.base import RemoteFile, Repo, pick, quant_of
-from localrun.store.reference import parse_hub, resolve
+from localrun.store.reference import parse, parse_hub
 
 
 def _repo(*paths: str) -> Repo:
@@ -37,21 +37,21 @@ def test_references(text: str, hub: str, repo_id: str, tag: str | None) -> None:
 def test_plain_names_are_not_hub_references() -> None:
     assert parse_hub("smollm2:135m") is None
     assert parse_hub("me/mario:v1") is None
-    ref = resolve("hf://Org/Repo:Q8_0")
+    ref = parse("hf://Org/Repo:Q8_0")
     assert ref.hub is not None and str(ref.name) == "hf.co/org/repo:q8_0"
     assert ref.typed == ref.name and ref.entry is None
     # The store name of a hub reference is also what `localrun list` shows and accepts back.
-    assert resolve("hf.co/org/repo:q8_0").name == ref.name
+    assert parse("hf.co/org/repo:q8_0").name == ref.name
 
 
-def test_a_name_resolves_into_one_reference() -> None:
-    alias = resolve("smollm2")  # a catalog alias: the name as typed, the model it stands for
+def test_a_name_is_parsed_into_one_reference() -> None:
+    alias = parse("smollm2")  # a catalog alias: the name as typed, the model it stands for
     assert str(alias.typed) == "smollm2:latest" and str(alias.name) == "smollm2:135m"
     assert alias.entry is not None and alias.entry.name == alias.name and alias.hub is None
-    mine = resolve("me/mario:v1")  # a store name nothing else knows
+    mine = parse("me/mario:v1")  # a store name nothing else knows
     assert mine.typed == mine.name and mine.entry is None and mine.hub is None
     with pytest.raises(InvalidNameError):
-        resolve("../etc/passwd")
+        parse("../etc/passwd")
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import pytest
 from localrun.errors import CorruptBlobError, MissingBlobError
 from localrun.recipes.create import Event
 from localrun.sources import present
+from localrun.store.local import Store
 from localrun.store.manifest import MEDIA_CONFIG, MEDIA_TYPES, Layer, Manifest
-from localrun.store.models import Store
 from localrun.store.names import ModelName
 from localrun.store.names import parse as parse_name
 

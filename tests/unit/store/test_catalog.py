@@ -12,7 +12,7 @@ from localrun.errors import CorruptBlobError, ModelNotFoundError
 from localrun.recipes import params
 from localrun.sources import obtain
 from localrun.store import catalog, names, reference
-from localrun.store.models import Store
+from localrun.store.local import Store
 
 from support.cli import CLI, assert_one_line_error
 
@@ -44,7 +44,7 @@ def test_import_is_verified_by_sha256(
     )
     monkeypatch.setattr(catalog, "package_file", lambda source: tiny_model)
     with pytest.raises(CorruptBlobError):
-        obtain.find(store, reference.resolve("fake:1b"))
+        obtain.find(store, reference.parse("fake:1b"))
     assert store.names() == []
     assert not any(p.name.startswith("sha256-") for p in store.blobs.iterdir())
 
@@ -60,7 +60,7 @@ def test_import_with_the_right_digest(
         {"type": "package", "distribution": "pytest", "file": str(tiny_model), "sha256": digest},
     )
     monkeypatch.setattr(catalog, "package_file", lambda source: tiny_model)
-    manifest = obtain.find(store, reference.resolve("fake"))
+    manifest = obtain.find(store, reference.parse("fake"))
     assert manifest.of_kind("model")[0].digest == "sha256:" + digest
     assert [str(n) for n in store.names()] == ["fake:1b"]
     assert store.read_blob(manifest.of_kind("license")[0].digest) == b"MIT"
@@ -78,7 +78,7 @@ def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch, st
         },
     )
     with pytest.raises(ModelNotFoundError) as info:
-        obtain.find(store, reference.resolve("fake:1b"))
+        obtain.find(store, reference.parse("fake:1b"))
     assert info.value.hint is not None and "pip install no-such-dist-xyz" in info.value.hint
 
 

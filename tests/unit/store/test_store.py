@@ -1,4 +1,4 @@
-"""localrun.store.models: digests, blobs, manifests, locking, garbage collection, crashes, full
+"""localrun.store.local: digests, blobs, manifests, locking, garbage collection, crashes, full
 disks.
 
 Everything runs against a real store in the test's LOCALRUN_HOME; the concurrency, crash and
@@ -35,6 +35,7 @@ from localrun.errors import (
 from localrun.recipes import create, modelfile
 from localrun.store import blobs as blobs_mod
 from localrun.store import leases
+from localrun.store.local import Store
 from localrun.store.manifest import (
     MEDIA_CONFIG,
     MEDIA_MANIFEST,
@@ -43,7 +44,6 @@ from localrun.store.manifest import (
     Manifest,
     check_digest,
 )
-from localrun.store.models import Store
 from localrun.store.names import ModelName
 
 from support import PATIENCE_S
@@ -862,7 +862,7 @@ def test_a_lease_ends_with_the_process_that_held_it(store: Store) -> None:
     manifest = build(store, b"weights")
     code = (
         "import sys; from pathlib import Path; from localrun.store import leases;"
-        "from localrun.store.models import Store;"
+        "from localrun.store.local import Store;"
         f"root, digests = Path({str(store.root)!r}), {sorted(manifest.digests())!r};"
         "held = leases.take(Store(root), digests, 'm');"
         "print('held', flush=True); sys.stdin.read()"
@@ -891,7 +891,7 @@ def test_prune_of_a_store_that_does_not_exist(store: Store) -> None:
 _HOLD = """
 import sys
 from pathlib import Path
-from localrun.store.models import Store
+from localrun.store.local import Store
 store = Store(Path(sys.argv[1]))
 with {how}:
     print("held", flush=True)
@@ -1019,7 +1019,7 @@ _REMOVER = """
 import sys
 from pathlib import Path
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 store = Store(Path(sys.argv[1]))
 for i in range(int(sys.argv[2])):
     store.remove(names.parse(f"m{i}"))

@@ -13,7 +13,7 @@ from localrun.model.stored import Model
 from localrun.model.stored import load as load_model
 from localrun.recipes import create, modelfile
 from localrun.store import names
-from localrun.store.models import Store
+from localrun.store.local import Store
 from localrun.worker.local import open_local
 
 
@@ -26,7 +26,7 @@ def _model(store: Store, folder: Path, text: str, name: str = "m") -> Model:
 def _fake(model: Model, replies: list[str] | None = None) -> LocalSession:
     """`model` loaded in this process on the scripted engine answering `replies`."""
     replies = replies or ["Hello!"]
-    return LocalSession(open_local(model.resolved({}), backend="fake", extra={"replies": replies}))
+    return LocalSession(open_local(model.load_spec({}), backend="fake", extra={"replies": replies}))
 
 
 @pytest.fixture

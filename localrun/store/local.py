@@ -211,7 +211,7 @@ class Store:
         being added, the same content put back, takes its place rather than being taken for
         it. A blob that is the very file being added was just hashed."""
         path = self.blob_path(digest)
-        if links.original(self.root / "links", path.name) is None:
+        if links.original(links.folder(self.root), path.name) is None:
             return False
         try:
             st = path.stat()
@@ -226,7 +226,7 @@ class Store:
             os.close(fd)
         if edited:
             unlink_quietly(path)  # the store's name for it: the user's file is not touched
-            unlink_quietly(self.root / "links" / path.name)
+            unlink_quietly(links.folder(self.root) / path.name)
         return edited
 
     def _link_in(self, fd: int, source: Path, digest: str, before: os.stat_result) -> str | None:
@@ -235,7 +235,7 @@ class Store:
         with self._new_blob("could not link the file into the model store") as tmp:
             how = links.link(fd, source, tmp, digest, before)
             if how is not None:
-                links.record(self.root / "links", self.blob_path(digest).name, source, how)
+                links.record(links.folder(self.root), self.blob_path(digest).name, source, how)
                 self._place(tmp, digest)
             return how
 
@@ -508,7 +508,7 @@ class Store:
                     path.unlink()
                     report.orphan_blobs += 1
                     report.bytes_freed += info.st_size if info.st_nlink <= 1 else 0
-        links.forget_missing(self.root / "links", self.blobs)
+        links.forget_missing(links.folder(self.root), self.blobs)
         return report
 
     def _remove_empty_dirs(self, start: Path) -> None:
