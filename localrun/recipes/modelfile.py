@@ -32,21 +32,31 @@ ROLES = ("system", "user", "assistant")
 # Each instruction with what it does and how often it may be written (docs/reference lists them
 # from here).
 INSTRUCTION_HELP = {
-    "FROM": "Required, once: the base model, a model in the store (smollm2:135m), a GGUF file or "
-    "a Hugging Face safetensors checkpoint folder (converted to GGUF); a path is relative to the "
-    "Modelfile's folder. The model inherits every layer of its FROM model.",
-    "PARAMETER": "`PARAMETER name value`: a model parameter (see the parameter table); values "
-    "override inherited ones. `stop` may repeat, and its list replaces the inherited one.",
+    "FROM": "Required, once: the base model, a model in the store (`smollm2:135m`, "
+    "`me/base:v1`), a GGUF file or a Hugging Face safetensors checkpoint folder (converted to "
+    "GGUF); a path is relative to the Modelfile's folder (`./model.gguf`, `~/models/x.gguf`, "
+    "`/abs/x.gguf`, `./my-finetune`). The model inherits every layer of its FROM model.",
+    "PARAMETER": "`PARAMETER name value`: a model parameter (the table below); values override "
+    "inherited ones. `stop` may repeat, and its list replaces the inherited one.",
     "SYSTEM": "The system prompt; replaces the inherited one (the last SYSTEM counts).",
     "TEMPLATE": "The chat template, Jinja (as Hugging Face's models ship it) or Go's "
-    "text/template (as Ollama's Modelfiles write it); without one, the GGUF's own, else its "
-    "vocabulary's family's. Checked when the model is created, rendered in a sandbox.",
-    "ADAPTER": "A LoRA adapter for the same architecture: a GGUF LoRA or a PEFT adapter folder "
-    "(converted for the FROM model); may repeat.",
-    "DRAFT": "At most once: a draft model for speculative decoding, with the same vocabulary, "
-    "named like FROM (a model in the store or a GGUF file); inherited unless set here.",
-    "PROJECTOR": "At most once: the multimodal projector GGUF (mmproj) that lets the model take "
-    "images or audio; inherited unless set here.",
+    "text/template (as Ollama's Modelfiles write it); without one, the GGUF's own "
+    "`tokenizer.chat_template`, else its vocabulary's family's. Checked when the model is "
+    "created, always rendered in a sandbox (no Python internals, bounded time and output): a "
+    "template is untrusted input.",
+    "ADAPTER": "A LoRA adapter for the same architecture: a GGUF (as llama.cpp's "
+    "`convert_lora_to_gguf.py` writes it) or a PEFT adapter folder (`adapter_config.json`, "
+    "`adapter_model.safetensors`), converted for the FROM model; may repeat.",
+    "DRAFT": "At most once: a draft model for speculative decoding, a smaller model with the "
+    "same vocabulary (`DRAFT smollm2:135m` for a larger SmolLM2), named like FROM: a model in "
+    "the store (its weights only, shared rather than copied) or a GGUF file; refused when the "
+    "vocabularies differ. `PARAMETER speculate draft` guesses with it alone, `speculate auto` "
+    "uses it when set. Inherited unless set here.",
+    "PROJECTOR": "At most once: the multimodal projector, the `mmproj` GGUF published beside a "
+    "vision (or audio) model, which lets it take images (or audio); refused unless it is a "
+    "projector that hands the model embeddings of its width. Inherited unless set here; `show "
+    "--modelfile` writes it back. (Ollama's Modelfiles name it with a second FROM; here FROM "
+    "stays one model and the error for a second one points to PROJECTOR.)",
     "MESSAGE": "`MESSAGE role text`: a conversation turn put before the user's (role: "
     + ", ".join(ROLES)
     + "); the model's MESSAGE turns replace the inherited ones.",
