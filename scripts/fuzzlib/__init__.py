@@ -1,6 +1,5 @@
-"""What the fuzzers share (scripts/fuzz/routes.py, fuzz/tokens_gateway_cache.py, fuzz/gguf_files.py,
-fuzz/model_building.py, fuzz/registries_schemas_launch.py) and the scripted upstream the gateway's
-tests talk to.
+"""What the fuzzers of scripts/fuzz/ share, and the scripted upstream the gateway's tests talk
+to.
 
 Modules (each imports only those listed before it):
 
@@ -21,5 +20,8 @@ Modules (each imports only those listed before it):
   their rows against the targets;
 * ``registry`` - issue 76's hostile registries on loopback (scripts/hubs/registries.py's scripted
   one in each mode, a port that speaks no HTTP, a closed one);
+* ``replay`` - issue 76's runs (scripts/fuzz/registries.py, schemas.py, launch_and_runtime.py):
+  the home, the base model pushed to a registry, the commands' and the server's cases, the
+  summary against the targets;
 * ``report`` - the end of a fuzzer's report: its defects and misses, and its exit status.
 """

@@ -1,4 +1,4 @@
-"""The hostile registries of scripts/fuzz/registries_schemas_launch.py, on loopback:
+"""The hostile registries of fuzzlib.replay's runs (scripts/fuzz/registries.py), on loopback:
 scripts/hubs/registries.py's scripted one (FakeOllamaRegistry) in each of issue 76's modes, a port
 that speaks no HTTP (Listener) and one that is closed; `env` names them in the server's settings
 (those listed for API clients, and the login the server holds for every one of them).

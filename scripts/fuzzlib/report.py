@@ -1,6 +1,6 @@
-"""The end of a fuzzer's report (scripts/fuzz/model_building.py,
-fuzz/registries_schemas_launch.py): the cases that failed the run (defects) and those that missed a
-target (misses, recorded), and its exit status.
+"""The end of a fuzzer's report (scripts/fuzz/model_building.py and the replays of
+fuzzlib.replay): the cases that failed the run (defects) and those that missed a target (misses,
+recorded), and its exit status.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Cases watched while they run against a real server or as commands, and their rows: the
-harness of scripts/fuzz/registries_schemas_launch.py. A case is one request (`Fuzz.request`) or one
-`localrun` command (`Fuzz.command`); its row holds its status, its time, the peaks of the server's
-parts (fuzzlib.watch), the slowest /api/version and the other stream's longest pause, and what it
+harness of fuzzlib.replay. A case is one request (`Fuzz.request`) or one `localrun` command
+(`Fuzz.command`); its row holds its status, its time, the peaks of the server's parts
+(fuzzlib.watch), the slowest /api/version and the other stream's longest pause, and what it
 was meant to answer (`want`, `within`); `Row.misses` says where it fell short.
 """
 
