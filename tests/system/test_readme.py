@@ -234,7 +234,8 @@ BLOCKS = [
         "minutes, and their work is tested elsewhere",
         cut={
             "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]'\n": INSTALLED,
-            "scripts/check                       # ruff, mypy and the tests, as CI runs them\n": (
+            "scripts/check                                             "
+            "# ruff, mypy and the tests, as CI runs them\n": (
                 "it runs this whole suite: checked to parse (`bash -n`)"
             ),
             ".venv/bin/pip install -e '.[bench]' && ": (
