@@ -105,9 +105,13 @@ def from_registry(
     try:
         return registry.pull(store, ref.name, report or (lambda _: None), reach=reach)
     except HubUnreachableError as exc:  # offline: which model, and which host
+        # A typo of a name the store or the catalog knows is more likely than a model of the
+        # registry's: the nearest names come first, the network's hint after them.
+        near = catalog.suggestions(str(ref.name), _local_names(store))
+        named = " or ".join(f"`{n}`" for n in near)
         raise HubUnreachableError(
             f"model '{ref.name}' not found: not in the store, and {exc.message} to pull it",
-            hint=exc.hint,
+            hint=f"did you mean {named}? (else {exc.hint})" if near else exc.hint,
         ) from None
     except ModelNotFoundError as exc:
         missing = ModelNotFoundError(str(ref.name))
@@ -115,6 +119,13 @@ def from_registry(
             catalog.suggest(missing, store)
             missing.hint = f"{exc.hint}; {missing.hint}"
         raise missing from None
+
+
+def _local_names(store: Store) -> list[str]:
+    try:
+        return [str(e.name) for e in store.entries()]
+    except LocalrunError:
+        return []
 
 
 def origin(store: Store, ref: Reference) -> str:

@@ -133,6 +133,19 @@ def test_a_mistyped_name_suggests_the_nearest(cli: CLI) -> None:
     assert_one_line_error(cli("pull", "nothing-like-it:1b"), "localrun search", "hf.co/")
 
 
+def test_a_mistyped_name_suggests_the_nearest_when_the_registry_is_out_of_reach(
+    cli: CLI,
+) -> None:
+    """A newcomer's typo (`smolm2:135m`) on a machine that cannot reach registry.ollama.ai: the
+    nearest names first, then why the registry was not asked (not only "check the network")."""
+    offline = {"LOCALRUN_REGISTRY": "http://127.0.0.1:9"}  # a closed port
+    assert_one_line_error(
+        cli("run", "smolm2:135m", "hi", env=offline),
+        "did you mean `smollm2:135m`",
+        "not in the store",
+    )
+
+
 def test_search_lists_names_with_sizes_and_capabilities(cli: CLI) -> None:
     table = cli("search", "vision")
     assert table.code == 0, table.stderr
