@@ -70,5 +70,18 @@ def settings(as_json: bool) -> None:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
         return
     table = [["NAME", "VALUE", "SOURCE", "DESCRIPTION"]]
-    table += [[r.name, r.value, r.source, r.help] for r in rows]
+    cut = [r.name for r in rows if len(r.value) > VALUE_WIDTH]
+    table += [[r.name, _cut(r.value), r.source, r.help] for r in rows]
     print(columns(table, gap=2))
+    if cut:
+        print(f"\n{', '.join(cut)}: cut at {VALUE_WIDTH} characters here; `localrun env --json` "
+              "has every value whole")  # fmt: skip
+
+
+# A value past it (a long LOCALRUN_ORIGINS) is cut in `env`'s table: one value made every row
+# 500 characters wide, and the column saying where each value came from wrapped off the screen.
+VALUE_WIDTH = 48
+
+
+def _cut(value: str) -> str:
+    return value if len(value) <= VALUE_WIDTH else value[: VALUE_WIDTH - 3] + "..."

@@ -352,6 +352,20 @@ def test_env_lists_every_setting_and_its_source(
     assert rows["LOCALRUN_DEBUG"] == {**rows["LOCALRUN_DEBUG"], "value": "0", "source": "default"}
     text = cli("env").stdout
     assert "LOCALRUN_HOST" in text and "127.0.0.1:11435" in text and "default" in text
+    # One long value cuts itself short rather than widening every row.
+    origins = ",".join(f"https://app{i}.example.com" for i in range(20))
+    text = cli("env", env={"LOCALRUN_ORIGINS": origins}).stdout
+    row = next(line for line in text.splitlines() if line.startswith("LOCALRUN_HOST "))
+    assert row.index("default") < 100, row
+    assert "LOCALRUN_ORIGINS: cut at" in text and "--json" in text
+    whole = json.loads(cli("env", "--json", env={"LOCALRUN_ORIGINS": origins}).stdout)
+    assert {r["name"]: r["value"] for r in whole}["LOCALRUN_ORIGINS"].count("example.com") == 20
+
+
+def test_ps_says_what_its_size_and_context_count(cli: CLI) -> None:
+    """A newcomer saw 814 MB for a 98 MB model and context 4096 where `show` said 8192."""
+    shown = " ".join(cli("ps", "--help").stdout.split())
+    assert "KV cache" in shown and "LOCALRUN_CONTEXT_LENGTH" in shown, shown
 
 
 def test_no_test_starts_a_localrun_that_a_default_server_would_answer(tmp_path: Path) -> None:
