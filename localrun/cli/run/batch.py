@@ -184,8 +184,10 @@ def _answer(
         model=opened.name,
         response=reply.text,
         done_reason=reply.done_reason,
-        prompt_eval_count=t.prompt_tokens,
-        prompt_cached=t.cached_tokens,
+        # As the API counts them (server/ollama/routes.py): every token of the prompt, and of
+        # those how many the KV cache held already.
+        prompt_eval_count=t.prompt_tokens + t.cached_tokens,
+        prompt_cache_count=t.cached_tokens,
         eval_count=t.eval_tokens,
         prompt_eval_duration=_ns(t.prompt_s),
         eval_duration=_ns(t.eval_s),

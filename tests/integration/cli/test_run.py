@@ -170,8 +170,11 @@ def test_batch_all_good_to_stdout(cli: CLI, tmp_path: Path) -> None:
     assert result.code == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 2 and all("response" in r for r in lines)
-    # The shared system prompt of the second line came from the KV cache.
-    assert lines[1]["prompt_cached"] > 0
+    # The shared system prompt of the second line came from the KV cache; the prompt is counted
+    # whole, as the API counts it.
+    assert lines[1]["prompt_cache_count"] > 0
+    assert lines[1]["prompt_eval_count"] > lines[1]["prompt_cache_count"]
+    assert lines[0]["prompt_eval_count"] >= lines[1]["prompt_cache_count"]
 
 
 def test_missing_batch_file(cli: CLI, tmp_path: Path) -> None:
