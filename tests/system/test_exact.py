@@ -104,6 +104,14 @@ def test_the_exact_runtime_is_listed_for_this_cpu_and_not_selectable(exact_home:
     )
     row = next(line for line in listed.stdout.splitlines() if line.startswith("exact-"))
     assert "exact" in row.split()[1] and row.rstrip().endswith("this CPU"), listed.stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "localrun", "--version"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+    assert f"exact runtime exact-{VERSION}" in shown.stdout, shown.stdout  # not "built-in" alone
     refused = subprocess.run(
         [sys.executable, "-m", "localrun", "runtime", "select", f"exact-{VERSION}"],
         env=env,

@@ -43,7 +43,7 @@ def llama_build() -> str:
         recorded = _recorded(key) if key is not None else None
     except LocalrunError:  # a LOCALRUN_HOME that cannot be used: nothing recorded there
         key = recorded = None
-    if recorded is not None:
+    if recorded is not None:  # recorded only with no runtime installed, the exact one included
         return _line(*recorded, "built-in", [])
     from localrun.engine.library.buildinfo import build_info
 
@@ -54,16 +54,18 @@ def llama_build() -> str:
     devices = [str(d) for d in info.gpu_devices]
     if key is not None and _host_only(info.backends) and info.runtime == "built-in" and not devices:
         _record(key, info.version, info.backends)
-    return _line(info.version, info.backends, info.runtime, devices)
+    return _line(info.version, info.backends, info.runtime, devices, info.exact)
 
 
 def _host_only(backends: list[str]) -> bool:
     return bool(backends) and set(backends) <= HOST_BACKENDS
 
 
-def _line(version: str, backends: list[str], runtime: str, devices: list[str]) -> str:
+def _line(
+    version: str, backends: list[str], runtime: str, devices: list[str], exact: str | None = None
+) -> str:
     line = f"llama-cpp-python {version}, backends {', '.join(backends) or 'none'}"
-    line += f", runtime {runtime}"
+    line += f", runtime {runtime}" + (f", exact runtime {exact}" if exact else "")
     if devices:
         line += f" ({', '.join(devices)})"
     return line
