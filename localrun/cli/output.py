@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import sys
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from localrun.recipes.create import Event
@@ -101,6 +105,35 @@ class WordWrap:
     def finish(self) -> None:
         self._flush_word()
         self.out.flush()
+
+
+@contextlib.contextmanager
+def loading(name: str, out: TextIO | None = None) -> Iterator[None]:
+    """A spinner on a terminal's stderr while `name` loads, gone once it has: the wait before a
+    chat's first answer shows life, as Ollama's does. Nothing off a terminal."""
+    out = out if out is not None else sys.stderr
+    if not out.isatty():
+        yield
+        return
+    text = f"loading {name}"
+    done = threading.Event()
+
+    def spin() -> None:
+        for frame in itertools.cycle("|/-\\"):  # ASCII: every console's code page has it
+            out.write(f"\r{frame} {text}")
+            out.flush()
+            if done.wait(0.1):
+                break
+        out.write("\r" + " " * (len(text) + 2) + "\r")
+        out.flush()
+
+    spinner = threading.Thread(target=spin, name="loading", daemon=True)
+    spinner.start()
+    try:
+        yield
+    finally:
+        done.set()
+        spinner.join()
 
 
 class CreateProgress:

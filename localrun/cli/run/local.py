@@ -37,7 +37,7 @@ class LocalSession:
     def open(cls, name: str, overrides: dict[str, Any]) -> LocalSession:
         """Find (importing from the catalog or pulling if needed) and load a model."""
         from localrun.cli.common import open_store
-        from localrun.cli.output import CreateProgress
+        from localrun.cli.output import CreateProgress, loading
         from localrun.sources import obtain
         from localrun.store import reference
 
@@ -48,7 +48,8 @@ class LocalSession:
             manifest = obtain.find(store, ref, progress)
         finally:
             progress.close()
-        return cls(_load_runner(store, ref.name, manifest, overrides))
+        with loading(str(ref.name)):
+            return cls(_load_runner(store, ref.name, manifest, overrides))
 
     def chat(
         self,

@@ -152,8 +152,11 @@ class RemoteSession:
         return session
 
     def _load(self, name: str) -> None:
+        from localrun.cli.output import loading
+
         started = time.perf_counter()
-        loaded = self.client.load(name, options=self.overrides)
+        with loading(name):  # the server loads it now: the first answer waits for no load
+            loaded = self.client.load(name, options=self.overrides)
         self._load_s = time.perf_counter() - started
         self.name = loaded.get("model") or name
 

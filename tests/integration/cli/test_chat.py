@@ -89,6 +89,16 @@ def test_turns_reuse_the_cache_and_save_the_session(cli: CLI, home: Path) -> Non
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
 
 
+def test_the_wait_for_a_load_shows_life(cli: CLI, home: Path) -> None:
+    """The model loads before the prompt shows: a spinner says so (a newcomer waited 4.7 s for
+    the first answer with no sign of life), and is gone once the model is in."""
+    assert cli("show", "smollm2:135m").code == 0  # imported: what is left is the load
+    child = _spawn(home)
+    assert "loading smollm2:135m" in child.before, child.before
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+
+
 def test_ctrl_c_stops_the_answer_and_keeps_the_session(cli: CLI, home: Path) -> None:
     assert cli("show", "smollm2:135m").code == 0
     child = _spawn(home, "--param", "num_predict=2000", "--param", "temperature=0.8")
