@@ -96,7 +96,7 @@ def plan(backend: str, *, arch: str | None = None, say: Callable[[str], None]) -
 @contextlib.contextmanager
 def _locked(work: Path) -> Iterator[None]:
     try:
-        work.mkdir(parents=True, exist_ok=True)
+        config.make_dirs(work)
         fd = os.open(work / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise os_error(exc, f"could not write to {work}") from None

@@ -67,6 +67,28 @@ def sources_folder() -> Path:
     return root() / "sources"
 
 
+def kept() -> list[Path]:
+    """The source distributions an install kept for the next build (runtimes/sources)."""
+    try:
+        return sorted(p for p in sources_folder().glob(SDIST.format(version="*")) if p.is_file())
+    except OSError:
+        return []
+
+
+def clear_kept() -> tuple[int, int]:
+    """Remove the kept source distributions (`localrun prune`): how many, and their bytes. The
+    next install downloads its source again."""
+    count = size = 0
+    for path in kept():
+        try:
+            bytes_ = path.stat().st_size
+            path.unlink()
+        except OSError:
+            continue
+        count, size = count + 1, size + bytes_
+    return count, size
+
+
 def prepare(version: str, work: Path, say: Callable[[str], None]) -> Source:
     """The unpacked llama.cpp tree of llama-cpp-python `version`, under `work` (reused when an
     earlier, interrupted install already unpacked it)."""
@@ -211,7 +233,7 @@ def _kept_or_downloaded(version: str, say: Callable[[str], None]) -> Path:
     kept = folder / SDIST.format(version=version)
     if kept.is_file():
         return kept
-    folder.mkdir(parents=True, exist_ok=True)
+    config.make_dirs(folder)  # a home made here is its owner's alone, as any of localrun's
     say(f"downloading llama-cpp-python {version} source")
     partial = folder / f".download-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)

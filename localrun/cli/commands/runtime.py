@@ -146,8 +146,13 @@ def install(
         f"installed runtime {runtime.name} ({_size(runtime.size)}, built in "
         f"{runtime.build_seconds:.0f} s)"
     )
-    from localrun.runtimes import layout
+    from localrun.runtimes import layout, source
 
+    sources = source.kept()
+    if sources:  # 74 MB a newcomer found and nothing had said
+        size = _size(sum(p.stat().st_size for p in sources))
+        say(f"llama-cpp-python's source stays in {sources[0].parent} ({size}) for the next "
+            "build: `localrun prune` removes it")  # fmt: skip
     chosen = layout.saved_selection()
     if runtime.backend != "exact" and chosen not in (layout.AUTO, runtime.name):
         print(f"selection stays {chosen}: `localrun runtime select {runtime.name}` to use it")

@@ -109,7 +109,7 @@ def serve(
         "LOCALRUN_TLS_KEY).",
     ),
 ) -> None:
-    """Serve the Ollama- and OpenAI-compatible API."""
+    """Serve the Ollama-, OpenAI- and Anthropic-compatible APIs."""
     from localrun.host.limits import raise_open_files
     from localrun.scheduler import Scheduler
     from localrun.server.app import Settings

@@ -19,7 +19,12 @@ FOREVER_S = 20 * 365 * 86_400
 
 
 def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the models the server has loaded: size, CPU/GPU split, until when."""
+    """List the models the server has loaded: size, CPU/GPU split, context, until when.
+
+    SIZE is what the model takes loaded: its weights with each slot's KV cache and llama.cpp's
+    buffers, so more than its file. CONTEXT is what a request may hold (num_ctx, else
+    LOCALRUN_CONTEXT_LENGTH), at most the context the model was trained on, which `show`
+    prints as its context length."""
     from localrun.cli.client import Client
 
     models = Client().ps()

@@ -270,15 +270,17 @@ def rm(
 
 
 def prune() -> None:
-    """Remove unused blobs, leftovers of interrupted writes, the disk prompt cache and (from the
-    single binary) its other unpacked builds."""
+    """Remove unused blobs, leftovers of interrupted writes, the disk prompt cache, the llama.cpp
+    source a runtime install kept and (from the single binary) its other unpacked builds."""
     from localrun.engine.prompts import disk_cache as prompt_cache
     from localrun.host import selfexec
+    from localrun.runtimes import source
 
     report = open_store().prune(partials=True)
     assert report is not None
     states, state_bytes = prompt_cache.clear()
     builds, build_bytes = selfexec.prune_builds(config.binary_cache())
+    sources, source_bytes = source.clear_kept()
     partial = (
         f", {report.partial_downloads} interrupted download"
         f"{'s' if report.partial_downloads != 1 else ''}"
@@ -290,7 +292,8 @@ def prune() -> None:
         f"{partial} and {report.orphan_blobs} unused blob{'s' if report.orphan_blobs != 1 else ''}"
         + (f", cleared {states} cached prompt{'s' if states != 1 else ''}" if states else "")
         + (f", {builds} older unpacked build{'s' if builds != 1 else ''}" if builds else "")
-        + f", freed {human_size(report.bytes_freed + state_bytes + build_bytes)}"
+        + (f", {sources} kept llama.cpp source{'s' if sources != 1 else ''}" if sources else "")
+        + f", freed {human_size(report.bytes_freed + state_bytes + build_bytes + source_bytes)}"
     )
 
 

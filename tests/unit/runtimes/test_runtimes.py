@@ -222,6 +222,40 @@ def test_a_hunk_goes_where_its_lines_are_nearest_its_line_and_never_twice() -> N
         patching.apply_lines(renamed, hunks, fuzz=2)
 
 
+def test_a_source_downloaded_into_a_new_home_leaves_the_home_private(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`runtime install exact` as a newcomer's first command: the home it makes to keep the
+    source in is 0700, as every folder of localrun's makes it (`localrun info` then found its
+    own folder open to other users)."""
+    import stat
+
+    from localrun.errors import ToolchainError
+    from localrun.runtimes import source
+
+    def offline(*_: object, **__: object) -> None:
+        raise ToolchainError("no index here")
+
+    monkeypatch.setattr(source, "run_pip", offline)
+    assert not home.exists()
+    with pytest.raises(ToolchainError):
+        source._kept_or_downloaded("0.3.36", lambda _: None)
+    assert source.sources_folder().is_dir()
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
+def test_prune_removes_the_source_an_install_kept(cli: CLI) -> None:
+    from localrun.runtimes import source
+
+    kept = source.sources_folder() / source.SDIST.format(version="0.3.36")
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"x" * 4096)
+    assert source.kept() == [kept]
+    pruned = cli("prune")
+    assert pruned.code == 0, pruned.stderr
+    assert "1 kept llama.cpp source" in pruned.stdout and not kept.exists(), pruned.stdout
+
+
 def test_a_patch_is_written_again_against_a_source_that_moved(tmp_path: Path) -> None:
     """What scripts/maintenance/upgrade_llama_cpp.py does with a patch that applies only with fuzz:
     the same change, diffed again against the new source, applies there with none."""
