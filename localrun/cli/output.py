@@ -111,21 +111,22 @@ class WordWrap:
 def loading(name: str, out: TextIO | None = None) -> Iterator[None]:
     """A spinner on a terminal's stderr while `name` loads, gone once it has: the wait before a
     chat's first answer shows life, as Ollama's does. Nothing off a terminal."""
-    out = out if out is not None else sys.stderr
-    if not out.isatty():
+    found = out if out is not None else sys.stderr  # None under pythonw (no console)
+    if found is None or not found.isatty():
         yield
         return
+    stream: TextIO = found
     text = f"loading {name}"
     done = threading.Event()
 
     def spin() -> None:
         for frame in itertools.cycle("|/-\\"):  # ASCII: every console's code page has it
-            out.write(f"\r{frame} {text}")
-            out.flush()
+            stream.write(f"\r{frame} {text}")
+            stream.flush()
             if done.wait(0.1):
                 break
-        out.write("\r" + " " * (len(text) + 2) + "\r")
-        out.flush()
+        stream.write("\r" + " " * (len(text) + 2) + "\r")
+        stream.flush()
 
     spinner = threading.Thread(target=spin, name="loading", daemon=True)
     spinner.start()
