@@ -15,6 +15,10 @@ from localrun.cli.common import open_store
 from localrun.cli.output import ago, columns, human_size
 from localrun.settings import view
 
+# A value past it (a long LOCALRUN_ORIGINS) is cut in `env`'s table: one value made every row
+# 500 characters wide, and the column saying where each value came from wrapped off the screen.
+VALUE_WIDTH = 48
+
 
 def models(as_json: bool) -> None:
     """The models in the store, and those upstream servers serve (marked remote)."""
@@ -76,11 +80,6 @@ def settings(as_json: bool) -> None:
     if cut:
         print(f"\n{', '.join(cut)}: cut at {VALUE_WIDTH} characters here; `localrun env --json` "
               "has every value whole")  # fmt: skip
-
-
-# A value past it (a long LOCALRUN_ORIGINS) is cut in `env`'s table: one value made every row
-# 500 characters wide, and the column saying where each value came from wrapped off the screen.
-VALUE_WIDTH = 48
 
 
 def _cut(value: str) -> str:

@@ -107,7 +107,7 @@ def from_registry(
     except HubUnreachableError as exc:  # offline: which model, and which host
         # A typo of a name the store or the catalog knows is more likely than a model of the
         # registry's: the nearest names come first, the network's hint after them.
-        near = catalog.suggestions(str(ref.name), _local_names(store))
+        near = catalog.suggestions(str(ref.name), catalog.local_names(store))
         named = " or ".join(f"`{n}`" for n in near)
         raise HubUnreachableError(
             f"model '{ref.name}' not found: not in the store, and {exc.message} to pull it",
@@ -119,13 +119,6 @@ def from_registry(
             catalog.suggest(missing, store)
             missing.hint = f"{exc.hint}; {missing.hint}"
         raise missing from None
-
-
-def _local_names(store: Store) -> list[str]:
-    try:
-        return [str(e.name) for e in store.entries()]
-    except LocalrunError:
-        return []
 
 
 def origin(store: Store, ref: Reference) -> str:

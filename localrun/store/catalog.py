@@ -126,15 +126,19 @@ def suggestions(text: str, local: Iterable[str] = ()) -> list[str]:
     return [n for n in near if n != typed][:3]
 
 
+def local_names(store: Store) -> list[str]:
+    """The store's model names, for the nearest-name hints (none from a store it cannot read)."""
+    try:
+        return [str(e.name) for e in store.entries()]
+    except LocalrunError:
+        return []
+
+
 def suggest(err: LocalrunError, store: Store) -> LocalrunError:
     """`err` with the nearest known names as its hint, when it is a model name nothing knows
     and carries no hint of its own."""
     if isinstance(err, ModelNotFoundError) and err.suggest:
-        try:
-            local = [str(e.name) for e in store.entries()]
-        except LocalrunError:
-            local = []
-        err.hint = not_found_hint(err.name, local)
+        err.hint = not_found_hint(err.name, local_names(store))
         err.suggest = False
     return err
 

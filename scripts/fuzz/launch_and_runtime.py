@@ -13,7 +13,6 @@ traceback, or the server died.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -199,12 +198,7 @@ SERVER: replay.Steps = {"13": item13}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--only", choices=ITEMS, action="append", help="an item of issue 76")
-    parser.add_argument("--runtime", action="store_true", help="items 15 and 16 (minutes)")
-    args = parser.parse_args(argv)
-    wanted: list[str] = args.only or [i for i in ITEMS if args.runtime or i not in ("15", "16")]
-    return replay.run(wanted, COMMANDS, SERVER, ITEMS)
+    return replay.main(__doc__, ITEMS, COMMANDS, SERVER, slow=("15", "16"), argv=argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ traceback, or the server died.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import time
@@ -210,11 +209,7 @@ SERVER: replay.Steps = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--only", choices=ITEMS, action="append", help="an item of issue 76")
-    args = parser.parse_args(argv)
-    wanted: list[str] = args.only or ITEMS
-    return replay.run(wanted, COMMANDS, SERVER, ITEMS)
+    return replay.main(__doc__, ITEMS, COMMANDS, SERVER, argv=argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ traceback, or the server died.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from pathlib import Path
@@ -134,11 +133,7 @@ SERVER: replay.Steps = {"1": item1, "2": item2, "4": item4, "11": item11}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--only", choices=ITEMS, action="append", help="an item of issue 76")
-    args = parser.parse_args(argv)
-    wanted: list[str] = args.only or ITEMS
-    return replay.run(wanted, COMMANDS, SERVER, ITEMS)
+    return replay.main(__doc__, ITEMS, COMMANDS, SERVER, argv=argv)
 
 
 if __name__ == "__main__":

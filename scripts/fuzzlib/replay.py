@@ -17,6 +17,7 @@ server died.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -83,6 +84,27 @@ def summary(fz: Fuzz, items: list[str], alive: bool, seconds: float) -> int:
           f"{PAUSE_S:g} s while a case runs; a job under {JOB_MB:g} MB above idle; each case "
           "within its bound")  # fmt: skip
     return verdict(fz.rows, seconds, alive)
+
+
+def main(
+    doc: str | None,
+    items: list[str],
+    commands: Steps,
+    server: Steps,
+    slow: tuple[str, ...] = (),
+    argv: list[str] | None = None,
+) -> int:
+    """A replay script's command line: `--only ITEM` (repeatable), and `--runtime` for the
+    `slow` items (left out unless asked); the run's exit status."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--only", choices=items, action="append", help="an item of issue 76")
+    if slow:
+        parser.add_argument(
+            "--runtime", action="store_true", help=f"items {', '.join(slow)} (minutes)"
+        )
+    args = parser.parse_args(argv)
+    wanted = args.only or [i for i in items if i not in slow or args.runtime]
+    return run(wanted, commands, server, items)
 
 
 def run(wanted: list[str], commands: Steps, server: Steps, items: list[str]) -> int:
