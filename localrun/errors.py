@@ -1,57 +1,59 @@
 """One exception tree for everything localrun reports to a user.
 
-    LocalrunError                   code "error"
-    ├── ConfigError                 a LOCALRUN_* setting has a bad value
-    ├── InvalidNameError            a model reference breaks the name grammar
-    ├── ModelNotFoundError          no such model in the store or the catalog
-    ├── InvalidParameterError       an unknown PARAMETER, or a value of the wrong type or range
-    ├── ModelfileError              a Modelfile that does not parse; carries line and column
-    ├── FileError                   a file the user named cannot be used
-    │   ├── FileNotFoundError_      it does not exist
-    │   ├── NotRegularFileError     a directory, FIFO, socket or device
-    │   ├── InvalidGGUFError        not a well-formed GGUF file (or the wrong kind of GGUF)
-    │   ├── ImportSourceError       another runner's store holds what cannot be imported
-    │   └── CheckpointError         a safetensors checkpoint or adapter that cannot be converted
-    ├── HubError                    a model hub (Hugging Face, ModelScope)
-    │   ├── HubAuthError            the repository is gated or private: a token is needed
-    │   ├── HubUnreachableError     no connection to the hub (or offline mode is on)
-    │   └── DownloadError           a transfer failed, or delivered the wrong bytes
-    ├── EngineError                 the inference engine
-    │   ├── ModelLoadError          llama.cpp could not load a model or adapter
-    │   ├── ContextOverflowError    the prompt does not fit in the context window
-    │   ├── TemplateError           the chat template failed to render
-    │   │   └── TemplateLimitError  it ran out of its time, output or step budget
-    │   └── GPURuntimeError         a GPU runtime (`localrun runtime`)
-    │       ├── RuntimeNotFoundError    no installed runtime of that name
-    │       ├── ToolchainError          what a runtime's build needs is missing
-    │       └── RuntimeBuildError       its configure or compile failed (the log says why)
-    ├── ServerError                 the localrun server and its runners
-    │   ├── BusyError               the request queue is full: retry later (503, Retry-After)
-    │   │   └── TooManyRequestsError    one client's share is taken: retry later (429)
-    │   ├── RunnerDiedError         the runner process of a model exited mid-request (500)
-    │   ├── UpstreamError           an upstream server failed a request routed to it (502)
-    │   ├── ServerUnreachableError  no localrun server answers at LOCALRUN_HOST (client side)
-    │   │   └── ServerTLSError      one answers, but TLS failed: an untrusted certificate, no TLS
-    │   ├── BadRequestError         a request the API cannot accept (400)
-    │   ├── NotFoundError           an API object (a stored response) that does not exist (404)
-    │   ├── AnswerSchemaError       an answer that breaks its request's schema (422)
-    │   ├── UnauthorizedError       a missing or wrong API key (401)
-    │   ├── ForbiddenError          a Host or Origin the server does not serve (403)
-    │   ├── RequestTooLargeError    a request body over LOCALRUN_MAX_REQUEST_BYTES (413)
-    │   └── RequestTimeoutError     a request body that stalled past LOCALRUN_BODY_TIMEOUT (408)
-    └── StoreError                  the model store itself
-        ├── InvalidDigestError      a digest that is not sha256:<64 hex>
-        ├── CorruptBlobError        a blob whose content no longer matches its digest
-        ├── MissingBlobError        a manifest names a blob that is not there
-        └── DiskFullError           no space left while writing
-
-Every class has a stable `code` (it travels over the wire and the client rebuilds the class from
-it, so never match on message text) and an optional `hint`: the next command to run.
+Every class has a stable `code` and an optional `hint`, the next command to run. The code
+travels over the wire and the client rebuilds the class from it, so never match on message text.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+# The class tree: what each class means and, for the server's errors, the HTTP status.
+#
+# LocalrunError                   code "error"
+# ├── ConfigError                 a LOCALRUN_* setting has a bad value
+# ├── InvalidNameError            a model reference breaks the name grammar
+# ├── ModelNotFoundError          no such model in the store or the catalog
+# ├── InvalidParameterError       an unknown PARAMETER, or a value of the wrong type or range
+# ├── ModelfileError              a Modelfile that does not parse; carries line and column
+# ├── FileError                   a file the user named cannot be used
+# │   ├── FileNotFoundError_      it does not exist
+# │   ├── NotRegularFileError     a directory, FIFO, socket or device
+# │   ├── InvalidGGUFError        not a well-formed GGUF file (or the wrong kind of GGUF)
+# │   ├── ImportSourceError       another runner's store holds what cannot be imported
+# │   └── CheckpointError         a safetensors checkpoint or adapter that cannot be converted
+# ├── HubError                    a model hub (Hugging Face, ModelScope)
+# │   ├── HubAuthError            the repository is gated or private: a token is needed
+# │   ├── HubUnreachableError     no connection to the hub (or offline mode is on)
+# │   └── DownloadError           a transfer failed, or delivered the wrong bytes
+# ├── EngineError                 the inference engine
+# │   ├── ModelLoadError          llama.cpp could not load a model or adapter
+# │   ├── ContextOverflowError    the prompt does not fit in the context window
+# │   ├── TemplateError           the chat template failed to render
+# │   │   └── TemplateLimitError  it ran out of its time, output or step budget
+# │   └── GPURuntimeError         a GPU runtime (`localrun runtime`)
+# │       ├── RuntimeNotFoundError    no installed runtime of that name
+# │       ├── ToolchainError          what a runtime's build needs is missing
+# │       └── RuntimeBuildError       its configure or compile failed (the log says why)
+# ├── ServerError                 the localrun server and its runners
+# │   ├── BusyError               the request queue is full: retry later (503, Retry-After)
+# │   │   └── TooManyRequestsError    one client's share is taken: retry later (429)
+# │   ├── RunnerDiedError         the runner process of a model exited mid-request (500)
+# │   ├── UpstreamError           an upstream server failed a request routed to it (502)
+# │   ├── ServerUnreachableError  no localrun server answers at LOCALRUN_HOST (client side)
+# │   │   └── ServerTLSError      one answers, but TLS failed: an untrusted certificate, no TLS
+# │   ├── BadRequestError         a request the API cannot accept (400)
+# │   ├── NotFoundError           an API object (a stored response) that does not exist (404)
+# │   ├── AnswerSchemaError       an answer that breaks its request's schema (422)
+# │   ├── UnauthorizedError       a missing or wrong API key (401)
+# │   ├── ForbiddenError          a Host or Origin the server does not serve (403)
+# │   ├── RequestTooLargeError    a request body over LOCALRUN_MAX_REQUEST_BYTES (413)
+# │   └── RequestTimeoutError     a request body that stalled past LOCALRUN_BODY_TIMEOUT (408)
+# └── StoreError                  the model store itself
+#     ├── InvalidDigestError      a digest that is not sha256:<64 hex>
+#     ├── CorruptBlobError        a blob whose content no longer matches its digest
+#     ├── MissingBlobError        a manifest names a blob that is not there
+#     └── DiskFullError           no space left while writing
 
 
 class LocalrunError(Exception):
@@ -263,9 +265,12 @@ class ModelLoadError(EngineError):
 
 
 class ContextOverflowError(EngineError):
-    """A prompt of `tokens` tokens that a context of `limit` cannot hold; the model was trained
-    on `trained` (each None where not known). Each API words it as its own server does
-    (localrun.request.overflow), since agents match the words to compact a conversation."""
+    """The prompt does not fit in the context window.
+
+    `tokens` is the prompt's length, `limit` the context's and `trained` the context the model
+    was trained on; each is None where not known. Each API words it as its own server does
+    (localrun.request.overflow), since agents match the words to compact a conversation.
+    """
 
     # OpenAI's code for it: OpenAI clients and agent frameworks catch it to compact a
     # conversation.
@@ -292,8 +297,10 @@ class TemplateError(EngineError):
 
 
 class TemplateLimitError(TemplateError):
-    """A template stopped for its time, memory or loop budget (not for what it was given);
-    on the wire it is a template_error, as it always was."""
+    """A template stopped for its time, memory or loop budget, not for what it was given.
+
+    On the wire it is a template_error, so a client rebuilds a TemplateError.
+    """
 
     code = "template_error"
     wire_as_parent = True
@@ -340,8 +347,10 @@ class BusyError(ServerError):
 
 
 class TooManyRequestsError(BusyError):
-    """One client already has as many of something as it may at once (background responses):
-    retry once one has ended (429 with Retry-After)."""
+    """One client already holds as many of something as it may at once: retry when one ends.
+
+    Background responses are one such thing. The server answers 429 with Retry-After.
+    """
 
     code = "rate_limit_exceeded"
 
@@ -383,8 +392,10 @@ class NotFoundError(ServerError):
 
 
 class AnswerSchemaError(ServerError):
-    """An answer that does not validate against the schema its request gave (a keyword the
-    engine did not enforce: Ollama's lenient `format`)."""
+    """An answer that does not validate against the schema its request gave.
+
+    It happens where the engine did not enforce a keyword, as with Ollama's lenient `format`.
+    """
 
     code = "answer_schema"
 

@@ -108,8 +108,10 @@ def _seconds(text: str | None) -> int:
 
 
 class Stream:
-    """The NDJSON objects of one streamed response. close() ends the request early: the server
-    sees the connection go and stops the generation."""
+    """Yield the NDJSON objects of one streamed response.
+
+    close() ends the request early: the server sees the connection go and stops the generation.
+    """
 
     def __init__(
         self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, where: str
@@ -176,9 +178,11 @@ class Stream:
 
 
 class Client:
-    """The server at LOCALRUN_HOST (or `host`), with LOCALRUN_API_KEY as a Bearer token; over
-    TLS when LOCALRUN_HOST says https:// (or `https`), trusting the system's certificates or
-    LOCALRUN_CA_FILE's."""
+    """Talk to the server at LOCALRUN_HOST (or `host`), with LOCALRUN_API_KEY as a Bearer token.
+
+    It uses TLS when LOCALRUN_HOST says https:// (or `https` is true). It then trusts the
+    system's certificates, or LOCALRUN_CA_FILE's.
+    """
 
     def __init__(
         self,
@@ -332,8 +336,10 @@ class Client:
         return str(data.get("localrun_version") or data["version"])
 
     def store(self) -> str | None:
-        """The folder of the store the server answers from, where it says (a loopback-only
-        localrun does), else None; never raises."""
+        """Return the folder of the store the server answers from, or None; never raise.
+
+        Only a localrun server listening on loopback says where its store is.
+        """
         try:
             data = self.request("GET", "/api/version")
         except LocalrunError:
@@ -360,8 +366,10 @@ class Client:
         keep_alive: float | str | None = None,
         think: bool | str | None = None,
     ) -> Stream:
-        """POST /api/chat, streamed: objects with `message.content` (and `message.thinking`),
-        the last with `done`."""
+        """POST /api/chat, streamed: objects with `message.content`, the last with `done`.
+
+        Objects may also carry `message.thinking`.
+        """
         body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
         _put(body, options=options, format=format, keep_alive=keep_alive, think=think)
         return self.stream("POST", "/api/chat", body)

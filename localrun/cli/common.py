@@ -1,5 +1,7 @@
-"""What the commands share below any output: the store they open and the one line an error is
-printed as (the chat prints errors and goes on; `main` prints one and exits)."""
+"""Share what the commands need below any output: the store they open, and an error's one line.
+
+The chat prints errors and goes on; `main` prints one and exits.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """What `localrun list` and `localrun env` print.
 
-Kept apart from their typer commands (store_cmds) so that cli/main can run their plain forms
-without importing typer: typer and the building of every command it does before running one
-cost most of such a command's start, for a command line with nothing to parse.
+They are kept apart from their typer commands (store_cmds), so that cli/main can run their plain
+forms without importing typer. Importing typer and building every command cost most of such a
+command's start, for a command line with nothing to parse.
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ def models(as_json: bool) -> None:
 
 
 def _remote_models(local: set[str]) -> list[tuple[str, str]]:
-    """(model, upstream) for the models upstreams serve: those upstreams.toml names, and,
-    from a running server, those it discovered. Nothing is read without an upstreams.toml."""
+    """Return (model, upstream) for each model an upstream serves and the store does not hold.
+
+    The models are those upstreams.toml names, and those a running server discovered. Nothing
+    is read without an upstreams.toml.
+    """
     from localrun.settings import upstreams
 
     if not upstreams.path().exists():

@@ -1,10 +1,9 @@
-"""The `localrun` command's entry point: the command line run, any error printed once, the exit
-code set.
+"""Run the `localrun` command line, print any error once, and set the exit code.
 
 The typer app and its commands are in cli/app. A command line that only prints and has nothing
-to parse (`localrun --version`, `list`, `env`, each bare or with --json) runs here without it:
-importing typer and building every command before running one is most of such a command's start
-(tests/unit/cli/test_startup.py checks that they print the same either way, and what each imports).
+to parse (`localrun --version`, `list`, `env`, each bare or with --json) runs here without it.
+Importing typer and building every command is most of such a command's start.
+tests/unit/cli/test_startup.py checks that they print the same either way, and what each imports.
 """
 
 from __future__ import annotations
@@ -56,8 +55,11 @@ def _optional_values(argv: list[str]) -> list[str]:
 
 
 def _usage_message(err: TyperException) -> str:
-    """click's message as one clause of our line: "No such command 'pul'. Did you mean
-    'pull'?" becomes "no such command 'pul'; did you mean 'pull'?"."""
+    """Return click's message as one clause of our error line.
+
+    "No such command 'pul'. Did you mean 'pull'?" becomes "no such command 'pul'; did you mean
+    'pull'?".
+    """
     parts = [p.strip().rstrip(".") for p in err.format_message().replace("\n", ". ").split(". ")]
     parts = [p[:1].lower() + p[1:] for p in parts if p]
     return "; ".join(parts) or "the command line is not complete"
@@ -112,8 +114,11 @@ def _run_app(args: list[str]) -> int:
 
 
 def _typer_outcome(err: Exception) -> int | None:
-    """The exit code of an exception typer raises for a command line (an exit, the help of a
-    bare command, a usage error, an abort), said once; None for any other."""
+    """Return the exit code of an exception typer raises for a command line, or None.
+
+    Such an exception is an exit, the help of a bare command, a usage error or an abort; any
+    message is printed once here. Any other exception gives None.
+    """
     import typer
     from typer._click.exceptions import NoArgsIsHelpError
     from typer.exceptions import TyperException

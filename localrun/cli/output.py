@@ -109,8 +109,11 @@ class WordWrap:
 
 @contextlib.contextmanager
 def loading(name: str, out: TextIO | None = None) -> Iterator[None]:
-    """A spinner on a terminal's stderr while `name` loads, gone once it has: the wait before a
-    chat's first answer shows life, as Ollama's does. Nothing off a terminal."""
+    """Show a spinner on a terminal's stderr while `name` loads, and clear it once it has.
+
+    The wait before a chat's first answer then shows life, as Ollama's does. Off a terminal
+    nothing is shown.
+    """
     found = out if out is not None else sys.stderr  # None under pythonw (no console)
     if found is None or not found.isatty():
         yield
@@ -206,8 +209,11 @@ class CreateProgress:
 
 
 class ThinkingView:
-    """A reasoning model's thinking before its answer, as `ollama run` shows it: between
-    "Thinking..." and "...done thinking.", dimmed on a terminal, plain text otherwise."""
+    """Show a reasoning model's thinking before its answer, as `ollama run` shows it.
+
+    The thinking goes between "Thinking..." and "...done thinking.", dimmed on a terminal and
+    plain text otherwise.
+    """
 
     DIM, RESET = "\x1b[2m", "\x1b[0m"
 

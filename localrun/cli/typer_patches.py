@@ -1,20 +1,14 @@
-"""What localrun changes in typer, each with its reason; applied once, by cli/app.
+"""Patch typer to start faster and show flags without a type; cli/app applies the patches once.
 
 - Help shows no value type for flags (typer 0.29 writes `--version <bool>` for a flag).
-- A value that needs no conversion is not handed to pydantic. typer 0.29 converts every
-  parameter's value through a pydantic TypeAdapter, built on first use, and builds it even for a
-  value it then returns untouched (an option left out, None): so `localrun list` imported
-  pydantic, about 100 ms of its start-up, to read no option at all. None, a `str` that is a str
-  and a `list[str]` of strs are taken as they are, exactly as the adapter would return them;
-  anything else (numbers, paths, choices) still goes through typer's own conversion.
+- A value that needs no conversion is not handed to pydantic. So `localrun list` does not
+  import pydantic (about 100 ms of its start-up) to read no option at all (see _Plain).
 - Help imports typer.rich_utils without rich.markdown and rich.traceback (markdown-it and
-  Pygments, about 60 ms): rich_utils imports them at the top, but needs Markdown only for
-  `rich_markup_mode="markdown"` and Traceback only for pretty exceptions, neither of which
-  localrun uses. Each stands in as a class that imports the real one when it is used.
+  Pygments, about 60 ms), which localrun's help never uses (see import_rich_help).
 
-Where a later typer lacks what a patch replaces, the patch is not applied: the command then works as
-typer has it, and tests/unit/cli/test_startup.py, which checks what `list` and `--help` import, says
-the start-up cost came back.
+Where a later typer lacks what a patch replaces, the patch is not applied. The command then works
+as typer has it, and tests/unit/cli/test_startup.py, which checks what `list` and `--help`
+import, says the start-up cost came back.
 """
 
 from __future__ import annotations
@@ -45,9 +39,13 @@ def _flags_without_a_type() -> None:
     TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
 
 
+# typer 0.29 converts every parameter's value through a pydantic TypeAdapter, built on first use.
+# It builds one even for a value it then returns untouched (an option left out, None). None, a
+# `str` that is a str and a `list[str]` of strs are taken here as they are, exactly as the adapter
+# would return them. Anything else (numbers, paths, choices) still goes through typer's own
+# conversion.
 class _Plain:
-    """A parameter's conversion that builds typer's own (a pydantic TypeAdapter) only for a
-    value that needs converting."""
+    """Convert a parameter's value, building typer's pydantic TypeAdapter only when needed."""
 
     def __init__(self, param: Any, build: Any) -> None:
         self.param = param
@@ -87,8 +85,10 @@ def _no_conversion_needed() -> None:
 
 
 class _Deferred(type):
-    """The metaclass of a stand-in for a rich class: calling it or reading an attribute of it
-    imports the real class and hands over to it."""
+    """The metaclass of a stand-in for a rich class, which hands over to the real class.
+
+    Calling the stand-in or reading an attribute of it imports the real class.
+    """
 
     _module: str
     _name: str
@@ -104,6 +104,9 @@ class _Deferred(type):
 
 
 # The modules typer.rich_utils imports and help never uses, and the class it takes from each.
+# rich_utils imports them at the top, but needs Markdown only for rich_markup_mode="markdown"
+# and Traceback only for pretty exceptions; localrun uses neither. Each stands in as a class
+# that imports the real one when it is used.
 _UNUSED_BY_HELP = {"rich.markdown": "Markdown", "rich.traceback": "Traceback"}
 
 

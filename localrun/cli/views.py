@@ -1,6 +1,8 @@
-"""What several commands print about a model or an answer: `show`'s sections and parameters
-(also the chat's /show), the GPU/CPU plan of `show --fit`, and the timings of `--verbose` (also
-the chat's /set verbose)."""
+"""Format what several commands print about a model or an answer.
+
+That is `show`'s sections and parameters (also the chat's /show), the GPU/CPU plan of
+`show --fit`, and the timings of `--verbose` (also the chat's /set verbose).
+"""
 
 from __future__ import annotations
 

@@ -25,8 +25,10 @@ Pending = list[tuple[Callable[[], Any], Future[Any]]]
 
 
 class LoopCalls:
-    """Callables waiting for the loop's thread, each answered through a Future. `add` and
-    `take` are called under the engine's lock; `run` and `fail` outside it."""
+    """Callables waiting for the loop's thread, each answered through a Future.
+
+    `add` and `take` are called under the engine's lock; `run` and `fail` outside it.
+    """
 
     def __init__(self) -> None:
         self._pending: collections.deque[tuple[Callable[[], Any], Future[Any]]] = (

@@ -1,38 +1,17 @@
 """The sequences' memory of one context, and checkpoints of the part that cannot be cut.
 
-A per-position KV cache (most models) cuts a sequence back to any prefix of it. A recurrent
-state (Mamba, RWKV), and the one a hybrid model keeps beside its attention layers' KV (LFM2,
-Granite 4, Qwen3.5 and Qwen3-Next, Falcon-H1, Nemotron-H, Jamba), holds the sequence's last
-position only: cut back, it would have to be read again from the start. A sliding-window
-model's local layers (Gemma 2 and 3, gpt-oss, Cohere 2) keep the last window of positions only
-(llama.cpp's small window cache, as llama-server has it: a full-size one costs as much memory as
-the global layers, 13 GB more for Gemma 3 27B at 32k): cut back further than what it still
-holds, the window before the cut is gone. For those a slot keeps checkpoints, copies of that
-part (`llama_state_seq_get_data_ext` with LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY: the recurrent
-state or the window's cache alone, the per-position rest is cut as usual) taken
-
-- before the chat template's tail at the end of each prompt (SeqMemory.closing: the end of the
-  last message and the opening of the answer), or at its end for a prompt without one: the same
-  prompt again (a regenerated answer, OpenAI's `n`, a client's retry), the last message edited
-  near its end, a conversation whose last answer the template renders otherwise (reasoning
-  dropped, white space trimmed), or a message further back edited at its end, reads from there,
-  not from the checkpoint before;
-- every `every` tokens of a long prompt: an edit further back reads from the checkpoint before it;
-- before a draft is verified (engine.answering), for a recurrent state: a rejected guess is
-  taken back by restoring it (a window's cache drops it as a per-position one does).
-
-A recurrent state restores its own length only. A window's checkpoint holds the cells within
-the window of its last position (what llama.cpp writes of it): it restores its length, or one
-token less, whose window it holds too (Checkpoint.low), as a prompt without a template's tail
-wants it (its checkpoint taken after its last token, read in one piece).
-
-A cut restores the checkpoint that keeps the most of the prefix, cuts the attention KV there
-and trims the checkpoints past it (they hold other tokens from then on). A slot's
-checkpoints are bounded by count and bytes (LOCALRUN_CHECKPOINTS, LOCALRUN_CHECKPOINT_MAX_BYTES):
-past either, the one whose loss leaves the smallest gap goes, never the newest (kept even alone
-past the bytes: a model's window or state may be larger than the bound). A checkpoint
-llama.cpp refuses (a size mismatch, a damaged copy) is dropped with a log line and the sequence
-is read from the start: the answer is the same, only later.
+A per-position KV cache (most models) cuts a sequence back to any prefix of it. A recurrent state
+holds the last position only: Mamba, RWKV, and the one a hybrid model keeps beside its attention KV
+(LFM2, Granite 4, Qwen3.5, Qwen3-Next, Falcon-H1, Nemotron-H, Jamba). A sliding-window model's local
+layers (Gemma 2 and 3, gpt-oss, Cohere 2) keep the last window of positions only. Cut back past what
+they hold, those would read the sequence again from the start. So a slot keeps checkpoints of that
+part alone (LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY); the per-position rest is cut as usual. They are
+taken before the chat template's tail at a prompt's end (SeqMemory.closing), every `every` tokens of
+a long prompt, and before a recurrent state's draft is verified (engine.answering). A cut restores
+the checkpoint that keeps the most of the prefix. A slot's checkpoints are bounded by
+LOCALRUN_CHECKPOINTS and LOCALRUN_CHECKPOINT_MAX_BYTES. A checkpoint llama.cpp refuses (a size
+mismatch, a damaged copy) is dropped with a log line. The sequence is then read from the start: the
+answer is the same, only later.
 """
 
 from __future__ import annotations
@@ -113,8 +92,10 @@ class Checkpoint:
 
 
 def trimmed(marks: list[Checkpoint], keep: int) -> list[Checkpoint]:
-    """`marks` once their sequence holds its first `keep` tokens and goes on with others: each
-    restores no further than `keep`, and one that cannot restore that far back is dropped."""
+    """Return `marks` for a sequence that keeps its first `keep` tokens and goes on with others.
+
+    Each restores no further than `keep`; one that cannot restore that far back is dropped.
+    """
     kept = []
     for mark in marks:
         if mark.upto <= keep:
@@ -126,7 +107,9 @@ def trimmed(marks: list[Checkpoint], keep: int) -> list[Checkpoint]:
 
 class SeqMemory:
     """The memory of a context's sequences: cut, copied and checkpointed as the model allows.
-    `kind` is "positions", "recurrent" or "hybrid" (engine.weights.Weights.memory)."""
+
+    `kind` is "positions", "window", "recurrent" or "hybrid" (engine.weights.Weights.memory).
+    """
 
     def __init__(self, ctx: Any, kind: str, policy: Policy, window: int = 0) -> None:
         self.ctx = ctx
@@ -153,15 +136,19 @@ class SeqMemory:
         return max((m.serves(keep) for m in slot.marks), default=0)
 
     def _covers(self, seq: int, keep: int) -> bool:
-        """Whether a sliding window's cache still holds the window before position `keep` (it
-        keeps the last positions only: cut further back, the tokens before are gone)."""
+        """Whether a sliding window's cache still holds the window before position `keep`.
+
+        It keeps the last positions only: cut further back, the tokens before are gone.
+        """
         if self.kind != "window":
             return False
         return int(lc.llama_memory_seq_pos_min(self.handle, seq)) <= max(0, keep - self.window)
 
     def cut(self, slot: Holder, keep: int) -> None:
-        """Cut `slot`'s sequence to its first `keep` tokens, or to the latest checkpoint before
-        them (its cache says which): the rest is read again."""
+        """Cut `slot`'s sequence to its first `keep` tokens, or to the latest checkpoint before.
+
+        The slot's cache says which; the rest is read again.
+        """
         cache = slot.cache
         if keep <= 0:
             # Always: a failed batch may have left positions that the cache does not list.
@@ -184,12 +171,14 @@ class SeqMemory:
         del cache[keep:]
 
     def copy(self, source: Holder, target: Holder, keep: int) -> int:
-        """Copy the first `keep` tokens of `source`'s sequence into `target`'s (a whole KV stream
-        is copied at the next decode, then cut: cheaper than reading a long prefix again), or
-        as many as a checkpoint holds; returns the tokens `target` holds then.
+        """Copy the first `keep` tokens of `source`'s sequence into `target`'s; return its count.
 
-        A window's cache cut further back than it holds would need a checkpoint written into
-        the target, and the stream copy still to come would overwrite it: that is read again."""
+        The whole KV stream is copied at the next decode, then cut: cheaper than reading a long
+        prefix again. Where that needs a checkpoint, `target` keeps as many tokens as one holds.
+
+        A window's cache cut further back than it holds would need a checkpoint written into the
+        target, and the stream copy still to come would overwrite it: that prefix is read again.
+        """
         restores = (
             self.checkpointed and keep < len(source.cache) and not self._covers(source.seq, keep)
         )
@@ -211,9 +200,11 @@ class SeqMemory:
         return kept
 
     def _restore(self, source: Holder, target: Holder, keep: int) -> int:
-        """Put the one of `source`'s checkpoints that restores the most of the first `keep`
-        tokens into `target`'s sequence, cut there; returns the tokens it holds (0: none could
-        be used)."""
+        """Restore into `target` the `source` checkpoint that keeps most of the first `keep` tokens.
+
+        `target`'s sequence is cut there, and checkpoints past it are trimmed: from then on they
+        hold other tokens. Returns the tokens it holds (0: none could be used).
+        """
         while True:
             mark = max(source.marks, key=lambda m: m.serves(keep), default=None)
             at = mark.serves(keep) if mark is not None else 0
@@ -248,8 +239,7 @@ class SeqMemory:
     # -- taking checkpoints --------------------------------------------------------------------
 
     def snapshot(self, seq: int, n: int, last: int = -1) -> Checkpoint | None:
-        """The recurrent state of sequence `seq`, which holds `n` tokens; None if llama.cpp
-        gives none."""
+        """A checkpoint of sequence `seq`, which holds `n` tokens; None if llama.cpp gives none."""
         seq_id = lc.llama_seq_id(seq)
         size = int(lc.llama_state_seq_get_size_ext(self.ctx, seq_id, _PARTIAL))
         if size <= 0:
@@ -272,8 +262,10 @@ class SeqMemory:
         lc.llama_memory_seq_rm(self.handle, seq, n, -1)
 
     def rewind(self, slot: Holder, mark: Checkpoint) -> bool:
-        """Put `slot`'s sequence back to `mark` (a draft rejected); False if that failed, and the
-        sequence is then empty."""
+        """Put `slot`'s sequence back to `mark`, for a rejected draft.
+
+        False when that failed; the sequence is then empty.
+        """
         if self._load(slot.seq, mark):
             self.rewound += 1
             return True
@@ -281,13 +273,18 @@ class SeqMemory:
         return False
 
     def closing(self, prompt: Sequence[int], control: Callable[[int], bool]) -> int:
-        """Where the checkpoint a prompt ends with is taken: before the chat template's tail
-        (the first control token among its last TAIL tokens: `<|im_end|>\n<|im_start|>
-        assistant\n`), so that the last message edited, or a turn before edited at its end,
-        reads from there, as llama-server's checkpoints a few tokens before the end do; else
-        one token before the end, for a recurrent state (the last token, read again for its
-        logits, must not be in it), or at the end for a window's cache (which reads its last
-        token again: the prompt read in one piece)."""
+        r"""Return where the checkpoint a prompt ends with is taken.
+
+        It goes before the chat template's tail: the first control token among the prompt's last
+        TAIL tokens (`<|im_end|>\n<|im_start|>assistant\n`). Without a tail, a recurrent state takes
+        it one token before the end: the last token is read again for its logits. A window's cache
+        takes it at the end and restores one token less (Checkpoint.low).
+        """
+        # Before the tail, as llama-server's checkpoints a few tokens before the end: the same
+        # prompt again (a regenerated answer, OpenAI's `n`, a client's retry) reads from there.
+        # So do the last message edited near its end, a last answer the template renders
+        # otherwise (reasoning dropped, white space trimmed), and an earlier message edited at
+        # its end.
         end = len(prompt)
         if not self.checkpointed:
             return end
@@ -297,9 +294,12 @@ class SeqMemory:
         return end if self.kind == "window" else end - 1
 
     def wants(self, slot: Holder, n: int, end: int, closing: int) -> bool:
-        """Whether a sequence reading a prompt of `end` tokens, holding `n`, keeps a checkpoint
-        now: at `closing` (see `closing`), unless one already restores there (the same prompt
-        again), or `every` tokens past the last one."""
+        """Whether a sequence holding `n` of a prompt's `end` tokens keeps a checkpoint now.
+
+        It does at `closing` (see `closing`), unless one already restores there (the same prompt
+        again). It does too `every` tokens past the last one, so an edit further back reads from the
+        checkpoint before it.
+        """
         if not self.checkpointed or self.policy.count == 0 or n <= 0 or n > end:
             return False
         if n == closing:
@@ -334,7 +334,9 @@ class SeqMemory:
             len(marks) > policy.count or sum(m.size for m in marks) > policy.max_bytes
         ):
             marks.remove(_least_missed(marks))
-        slot.marks = marks  # the newest is kept whatever its size: the next turn starts there
+        # The newest is kept whatever its size, even alone past max_bytes: the next turn starts
+        # there, and a model's window or state may be larger than the bound.
+        slot.marks = marks
 
 
 def _by_n(mark: Checkpoint) -> int:
@@ -342,8 +344,10 @@ def _by_n(mark: Checkpoint) -> int:
 
 
 def _least_missed(marks: list[Checkpoint]) -> Checkpoint:
-    """The checkpoint whose loss leaves the smallest gap between its neighbours (never the
-    newest: the next turn continues there)."""
+    """The checkpoint whose loss leaves its neighbours the smallest gap, never the newest.
+
+    The next turn continues from the newest.
+    """
     if len(marks) < 3:
         return marks[0]
     inner = range(1, len(marks) - 1)

@@ -1,15 +1,16 @@
-"""Embeddings from a model the batch engine serves: a second llama.cpp context of the same
-weights, made on first use, its decodes run by the engine's loop thread between two steps of
-generation (engine.calls: why one thread of a process computes).
+"""Embeddings from a model the batch engine serves, in a second context of the same weights.
 
-A model made for embeddings names its pooling, and llama.cpp pools each text its way (whole
-texts per decode); for a generative model the hidden states of a text's tokens are averaged,
-read per token so a text may span several decodes. Vectors are L2-normalized.
+The context is made on first use. The engine's loop thread runs its decodes between two steps of
+generation (engine.calls says why).
 
-A reranker (rank pooling) scores a query against each document instead: the pair is one text,
-laid out by the model's `rerank` template or, without one, as llama-server joins it (BOS, query,
-EOS/SEP, document, EOS), and its "vector" is the classifier's raw outputs, the first of which is
-the score llama-server reports.
+A model made for embeddings names its pooling, and llama.cpp pools each text its way, whole texts
+per decode. For a generative model the hidden states of a text's tokens are averaged. They are read
+per token, so a text may span several decodes. Vectors are L2-normalized.
+
+A reranker (rank pooling) scores a query against each document instead. The pair is one text, laid
+out by the model's `rerank` template, or else as llama-server joins it (BOS, query, EOS/SEP,
+document, EOS). Its "vector" is the classifier's raw outputs; the first is the score llama-server
+reports.
 """
 
 from __future__ import annotations
@@ -51,12 +52,13 @@ class Embedder:
     def embed(
         self, texts: Sequence[EmbedInput], *, truncate: bool = True, query: str | None = None
     ) -> tuple[list[list[float]], int]:
-        """L2-normalized embeddings of `texts` (texts or token ids, checked by the caller to be
-        in the vocabulary) and the number of tokens read. One thread at a time (the engine
-        holds a lock); each decode runs through `compute`. A text longer than the context is
-        cut to fit, or with truncate=False raises ContextOverflowError. With `query` (a
-        reranker only), each text is a document and its vector the classifier's outputs for the
-        pair; a pair never is cut (the end of it is what a causal reranker reads).
+        """Return L2-normalized embeddings of `texts` and the number of tokens read.
+
+        `texts` are texts or token ids, which the caller checked against the vocabulary. One thread
+        at a time calls this (the engine holds a lock); each decode runs through `compute`. A text
+        longer than the context is cut to fit, or with truncate=False raises ContextOverflowError.
+        With `query` (a reranker only), each text is a document, and its vector is the classifier's
+        outputs for the pair. A pair is never cut: its end is what a causal reranker reads.
         """
         import numpy as np
 

@@ -60,15 +60,13 @@ class _Job:
 class FakeBatchEngine:
     """A scripted stand-in for engine.batch.BatchEngine: `slots` sequences served by one thread.
 
-    Replies come from `replies` in order (repeating the last), one character per token; every
-    step of the loop emits one character for each active slot, then sleeps `delay` seconds, so a
-    test can hold slots busy (an embedding sleeps `delay` per text). Requests past the slots wait
-    FIFO. Prefix reuse per slot and the done/error contract (exactly one per request) are those
-    of the real engine. `hang` wedges the engine after the first step that emits a piece: no
-    more pieces, no cancels honoured, no final event until close(), like a stuck native call.
-    Embeddings have `dims` dimensions. A request is held to its own context (SamplingOptions'
-    `context`) within the slot's, as the real engine holds it; `trained` is the context the
-    model was trained on (0: the loaded one).
+    Replies come from `replies` in order (repeating the last), one character per token. Each loop
+    step emits one character per active slot, then sleeps `delay` seconds, so a test can hold slots
+    busy; an embedding sleeps `delay` per text. Requests past the slots wait FIFO. Prefix reuse per
+    slot, the done/error contract and a request's own `context` are the real engine's. `hang` wedges
+    the engine after the first step that emits a piece, like a stuck native call: no more pieces, no
+    cancels honoured, no final event until close(). Embeddings have `dims` dimensions; `trained` is
+    the context the model was trained on (0: the loaded one).
     """
 
     bos_text = ""
@@ -167,8 +165,10 @@ class FakeBatchEngine:
     def embed(
         self, texts: Sequence[EmbedInput], *, truncate: bool = True, query: str | None = None
     ) -> tuple[list[list[float]], int]:
-        """Deterministic unit vectors (`dims` dimensions) derived from each text; the fake is
-        no reranker, so a `query` is refused as the real engine refuses it."""
+        """Deterministic unit vectors (`dims` dimensions) derived from each text.
+
+        The fake is no reranker, so it refuses a `query` as the real engine does.
+        """
         if query is not None:
             raise rank_mismatch(False)
         vectors = []
@@ -260,9 +260,11 @@ class FakeBatchEngine:
             self._finish(job, "cancelled")
 
     def _entries(self, job: _Job, piece: str) -> list[dict[str, Any]] | None:
-        """The log-probability entry of a scripted token, where the request asked for them:
-        the token certain (log 0), and the candidates it was to be read over even
-        (SamplingOptions.candidates; a real engine reads them from the logits)."""
+        """A scripted token's log-probability entry, where the request asked for them.
+
+        The token is certain (log 0), and the candidates it was to be read over are even
+        (SamplingOptions.candidates; a real engine reads them from the logits).
+        """
         s = job.sampling
         if s.logprobs <= 0 and not s.candidates:
             return None

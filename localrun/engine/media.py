@@ -1,13 +1,13 @@
-"""Images and audio for the engine: the model's projector (llama.cpp's libmtmd), a prompt's text
-and media turned into tokens, and a medium evaluated into a slot's sequence.
+"""Images and audio for the engine: the model's projector, media prompts and their evaluation.
 
-libmtmd splits a prompt at its markers (localrun.request.media.MARKER) into text chunks and one
-chunk per image or audio file, wrapped in the model's own tokens. In a prompt the engine sees, each
-medium stands as as many placeholder ids as it takes positions: negative (never a vocabulary id),
-and derived from the medium's sha256, so the same image at the same place is the same run of ids.
-A slot that already holds a conversation's image therefore keeps it, and the image is not
-encoded again when the conversation continues, by the same prefix match that keeps text; a
-different image, or the same one elsewhere, matches nothing.
+The projector is llama.cpp's libmtmd. It splits a prompt at its markers
+(localrun.request.media.MARKER) into text chunks and one chunk per image or audio file, wrapped in
+the model's own tokens. In a prompt the engine sees, each medium stands as as many placeholder ids
+as it takes positions. They are negative (never a vocabulary id) and derived from the medium's
+sha256, so the same image at the same place is the same run of ids. A slot that already holds a
+conversation's image therefore keeps it by the same prefix match that keeps text: the image is not
+encoded again when the conversation continues. A different image, or the same one elsewhere, matches
+nothing.
 
 A medium is encoded and decoded into its slot's sequence on the engine's loop, alone (its
 embeddings are a llama_batch of their own), before the step's token batch.

@@ -1,12 +1,13 @@
 """The loop's llama_batch: the rows one step decodes, written for every active slot.
 
-A generating slot writes its sampled token and its draft (each with logits, but for forced text,
-its last row alone), after the tokens a rewound recurrent state reads again (engine.checkpoints);
-a slot reading its prompt writes the next chunk of it, up to the room the batch has, the end of
-its cached prefix (saved once it is in), the next checkpoint of a recurrent state or its next
-image or audio (which the engine evaluates on its own), with logits for the prompt's last token
-only; a prompt being scored (engine.scoring) has logits at every row, a bounded number of rows
-a step. Each slot's `row` says where its logits are, `first` where its prompt chunk starts.
+A generating slot writes its sampled token and its draft, each with logits; forced text has
+logits at its last row alone. Before them come the tokens a rewound recurrent state reads again
+(engine.checkpoints). A slot reading its prompt writes the next chunk of it, with logits for the
+prompt's last token only. The chunk stops at the room the batch has, the end of the cached prefix
+(saved once it is in), a recurrent state's next checkpoint, or the next image or audio (which the
+engine evaluates on its own). A prompt being scored (engine.scoring) has logits at every row, a
+bounded number of rows a step. Each slot's `row` says where its logits are, `first` where its prompt
+chunk starts.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ class StepBatch:
         lc.llama_batch_free(self.batch)
 
     def fill(self, slots: Slots) -> int:
-        """Write the batch: each generating slot's token (and its draft, as room allows), then
-        prompt chunks of the slots reading theirs; returns the rows written."""
+        """Write the batch for every active slot and return the rows written.
+
+        Each generating slot writes its token (and its draft, as room allows); then the slots
+        reading their prompt write chunks of it.
+        """
         active = slots.active
         # A recurrent state keeps a row for what a rewind may read again next step.
         extra = 2 if slots.memory.rewinds else 1
@@ -66,10 +70,12 @@ class StepBatch:
         return n
 
     def put_token(self, slot: Slot, n: int) -> int:
-        """A generating slot's rows: its token and its draft, each with logits; but the text
-        its grammar forces (engine.answering) is taken without sampling, so only its last row
-        has logits (unless the request asked for each token's log-probabilities), and the
-        guesses after it theirs."""
+        """Write a generating slot's rows: its token and its draft, each with logits.
+
+        The text its grammar forces (engine.answering) is taken without sampling, so only its last
+        row has logits, unless the request asked for each token's log-probabilities. The guesses
+        after it have theirs.
+        """
         tokens, pos, logits, seq_ids = self._tokens, self._pos, self._logits, self._seq_ids
         seq = slot.seq
         rows = (slot.token, *slot.draft) if slot.draft else (slot.token,)

@@ -1,14 +1,15 @@
-"""Log-probabilities of a prompt's own tokens: what the model made of each token of the prompt,
-given the ones before it (evaluation harnesses score a text so; OpenAI's legacy `echo`, vLLM's
-`prompt_logprobs`).
+"""Log-probabilities of a prompt's own tokens: what the model made of each, given those before.
 
-The logits a prompt row leaves score the prompt's next token, so a request that asks reads its
-whole prompt with logits at every row (engine.rows) and from position 0: a cached prefix has no
-logits left to read (engine.slots places it on a slot of its own, emptied). Each chunk's rows
-are turned into entries right after its decode and sent at once (the rows are gone by the next
-one): no request holds a vocabulary of floats per prompt token. The rows one chunk may have are
-bounded by what their logits take (SCORE_BYTES): llama.cpp keeps an output buffer as large as
-the most rows with logits one batch had.
+Evaluation harnesses score a text so; OpenAI's legacy `echo` and vLLM's `prompt_logprobs` ask for
+it.
+
+The logits a prompt row leaves score the prompt's next token. So a request that asks reads its whole
+prompt with logits at every row (engine.rows), from position 0: a cached prefix has no logits left
+to read (engine.slots places it on a slot of its own, emptied). Each chunk's rows are turned into
+entries right after its decode and sent at once, since the rows are gone by the next one. So no
+request holds a vocabulary of floats per prompt token. The rows one chunk may have are bounded by
+what their logits take (SCORE_BYTES): llama.cpp keeps an output buffer as large as the most rows
+with logits one batch had.
 """
 
 from __future__ import annotations
@@ -65,14 +66,15 @@ def score_rows(n_batch: int, n_vocab: int) -> int:
 
 
 def scored_chunk(take: int, most: int, rest: int) -> int:
-    """The rows of a scored prompt one step reads, of the `take` it has room for: at most
-    `most`, but never leaving a last chunk of fewer than TILE rows (up to TILE - 1 past `most`).
+    """The rows of a scored prompt one step reads, of the `take` it has room for.
 
-    The installed llama.cpp's CPU flash attention computes 64 or more rows of a sequence with
-    another kernel than fewer (runtimes/exact.py), which sums in another order: a prompt read
-    in one batch, as llama.cpp's own programs read it, and the same prompt read in chunks with
-    a short last one differ in the log-probabilities' third decimal on Gemma 3 270M. Chunks of
-    TILE rows or more are computed as the whole batch is (the exact runtime needs none of it).
+    It reads at most `most`, but never leaves a last chunk of fewer than TILE rows (so up to
+    TILE - 1 past `most`). The installed llama.cpp's CPU flash attention computes 64 or more rows
+    of a sequence with another kernel than fewer (runtimes/exact.py), which sums in another order.
+    A prompt read in one batch, as llama.cpp's own programs read it, and the same prompt read in
+    chunks with a short last one differ in the log-probabilities' third decimal on Gemma 3 270M.
+    Chunks of TILE rows or more are computed as the whole batch is (the exact runtime needs none
+    of it).
     """
     if take < rest:
         return min(take, most)  # the batch's room, or the next checkpoint, ends it anyway
@@ -87,9 +89,11 @@ def _address(ctx: Any, row: int) -> int:
 
 
 def _rows(ctx: Any, first: int, count: int, n_vocab: int) -> Any:
-    """The logits of `count` batch rows from `first` as one (count, n_vocab) float32 array:
-    read in place where llama.cpp holds them one after another (as it does for one slot's
-    rows), else copied."""
+    """The logits of `count` batch rows from `first`, as one (count, n_vocab) float32 array.
+
+    They are read in place where llama.cpp holds them one after another (as it does for one
+    slot's rows), else copied.
+    """
     import numpy as np
 
     addresses = [_address(ctx, first + i) for i in range(count)]
@@ -105,8 +109,10 @@ def _rows(ctx: Any, first: int, count: int, n_vocab: int) -> Any:
 
 
 def first_entry(token: int, spell: Spell) -> dict[str, Any]:
-    """The entry of a prompt's first token: nothing comes before it, so it has no
-    log-probability and no alternatives."""
+    """The entry of a prompt's first token, with no log-probability and no alternatives.
+
+    Nothing comes before it to score it.
+    """
     raw = spell(token)
     return {
         "id": token,
@@ -126,9 +132,11 @@ def entries(
     top: int,
     spell: Spell,
 ) -> list[dict[str, Any]]:
-    """The entries of `tokens`, the i-th scored by the logits at batch row `first + i`: its
-    log-probability (log-softmax of the raw logits, as llama.cpp computes it), its rank among
-    the vocabulary (1: the likeliest) and the `top` likeliest tokens, each with its id."""
+    """The entries of `tokens`, the i-th scored by the logits at batch row `first + i`.
+
+    Each has its log-probability (log-softmax of the raw logits, as llama.cpp computes it), its rank
+    among the vocabulary (1: the likeliest) and the `top` likeliest tokens, each with its id.
+    """
     import numpy as np
 
     out: list[dict[str, Any]] = []
@@ -170,9 +178,11 @@ def entries(
 
 
 def send(ctx: Any, job: Job, first: int, done: int, added: int, spell: Spell) -> None:
-    """After a decode: the entries of the prompt tokens that the `added` rows from batch row
-    `first` (prompt positions from `done` on) score, to the job's sink; each row scores the
-    token after its own, and the prompt's first token comes with the first chunk."""
+    """After a decode, send the job's sink the entries of the prompt tokens its rows score.
+
+    The `added` rows from batch row `first` hold prompt positions from `done` on. Each row scores
+    the token after its own, and the prompt's first token comes with the first chunk.
+    """
     prompt = job.prompt
     out = [first_entry(prompt[0], spell)] if done == 0 else []
     scored = prompt[done + 1 : done + added + 1]

@@ -1,5 +1,7 @@
-"""Sequences of a llama.cpp context: writing tokens into a batch, cutting a sequence back to a
-prefix, and what ends an answer. Shared by the engine, its draft model and its embedder."""
+"""Sequences of a llama.cpp context: tokens into a batch, cuts to a prefix, what ends an answer.
+
+The engine, its draft model and its embedder share them.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ def answer_ends(vocab: Any, stop_tokens: frozenset[int]) -> Callable[[int], bool
 
 
 def trim(memory: Any, seq: int, cache: list[int], keep: int) -> None:
-    """Cut sequence `seq` (holding `cache`) to its first `keep` tokens. A recurrent state
-    (recurrent and hybrid models) cannot drop its last positions: it is emptied instead, and
-    the tokens are evaluated again."""
+    """Cut sequence `seq` (holding `cache`) to its first `keep` tokens.
+
+    A recurrent state (recurrent and hybrid models) cannot drop its last positions: it is emptied
+    instead, and the tokens are evaluated again.
+    """
     if keep < len(cache) and not lc.llama_memory_seq_rm(memory, seq, keep, -1):
         lc.llama_memory_seq_rm(memory, seq, -1, -1)
         keep = 0
@@ -29,8 +33,11 @@ def trim(memory: Any, seq: int, cache: list[int], keep: int) -> None:
 
 
 def put(batch: Any, row: int, ids: Sequence[int], pos: int, seq: int, logits: bool) -> int:
-    """Write `ids` into a llama_batch from `row` on, at positions `pos`.. of sequence `seq`,
-    each with logits or none; returns the next free row (the caller sets n_tokens)."""
+    """Write `ids` into a llama_batch from `row` on, at positions `pos`.. of sequence `seq`.
+
+    Each has logits or none, as `logits` says. Returns the next free row; the caller sets
+    n_tokens.
+    """
     tokens, positions, seq_ids, n_seq, wanted = (
         batch.token,
         batch.pos,
@@ -56,9 +63,11 @@ def overflow_error(n_prompt: int, n_ctx: int, n_ctx_train: int) -> ContextOverfl
 def check_prompt(
     prompt: Sequence[int], media: MediaPrompt | None, n_ctx: int, n_ctx_train: int, n_vocab: int
 ) -> None:
-    """Refuse a prompt that cannot be decoded: empty, past the context (`n_ctx`, the request's:
-    SamplingOptions.within), or holding an id outside the vocabulary (llama.cpp would refuse the
-    whole batch, failing the other slots' requests too)."""
+    """Refuse a prompt that cannot be decoded: empty, past the context, or with unknown ids.
+
+    The context `n_ctx` is the request's (SamplingOptions.within). An id outside the vocabulary
+    would make llama.cpp refuse the whole batch, failing the other slots' requests too.
+    """
     if not prompt:
         raise EngineError("the prompt is empty")
     if len(prompt) >= n_ctx:

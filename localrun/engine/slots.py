@@ -1,10 +1,10 @@
 """The engine's slots and the requests they serve, and which slot a new request takes.
 
-A slot is one KV sequence of the context, with the tokens it holds. A new request goes to the
-free slot sharing the longest prefix with its prompt, so the turns of one conversation re-read
-only what is new; a long prefix another slot holds is copied rather than read again, and a
-request whose prompt another slot is reading right now waits for it and copies its KV (OpenAI's
-`n`, or clients sharing a long system prompt at once).
+A slot is one KV sequence of the context, with the tokens it holds. A new request goes to the free
+slot sharing the longest prefix with its prompt, so the turns of one conversation re-read only what
+is new. A long prefix another slot holds is copied rather than read again. A request whose prompt
+another slot is reading right now waits for it and copies its KV (OpenAI's `n`, or clients sharing a
+long system prompt at once).
 """
 
 from __future__ import annotations
@@ -180,8 +180,11 @@ def _least_wanted(slot: Slot) -> tuple[bool, int]:
 
 
 class Slots:
-    """The slots of one context; `active` holds those with a job, in sequence order (llama.cpp
-    splits a batch by ascending sequence ids). Used on the engine's loop thread alone."""
+    """The slots of one context, used on the engine's loop thread alone.
+
+    `active` holds those with a job, in sequence order: llama.cpp splits a batch by ascending
+    sequence ids.
+    """
 
     def __init__(self, memory: SeqMemory, n: int) -> None:
         self.memory = memory
@@ -240,12 +243,14 @@ class Slots:
         return slot
 
     def _held(self, job: Job, free: list[Slot]) -> Slot | None:
-        """A free slot holding `job`'s whole prompt and the logits of its last token, cut to
-        the prompt (its answer dropped), or None. llama-server reads a prompt's last token
-        again for its logits; a kept copy of them spares that decode. They are the logits the
-        slot's last answer began from: the same first token as that answer where the sampling
-        is the same (with the installed library, a one-token decode's logits may differ from
-        a prompt batch's in their last bits)."""
+        """A free slot holding `job`'s whole prompt and its last token's logits, or None.
+
+        The slot is cut to the prompt, its answer dropped. llama-server reads a prompt's last token
+        again for its logits; a kept copy of them spares that decode. They are the logits the slot's
+        last answer began from, so the first token is that answer's where the sampling is the same.
+        (With the installed library, a one-token decode's logits may differ from a prompt batch's in
+        their last bits.)
+        """
         prompt = job.prompt
         n = len(prompt)
         if job.media is not None or n == 0:
@@ -262,8 +267,7 @@ class Slots:
         return None
 
     def _share(self, job: Job, free: list[Slot], keep: int) -> Slot | None:
-        """A free slot reusing the prompt KV of a busy slot, or None: requests with one prompt
-        at once read it once.
+        """A free slot reusing the prompt KV of a busy slot, or None: one prompt is read once.
 
         A busy slot that holds more of the prompt than any free one is copied into the free
         slot whose cache matters least; one that is reading the same prompt now is waited for
@@ -294,15 +298,19 @@ class Slots:
         return spare
 
     def copy(self, source: Slot, target: Slot, keep: int) -> int:
-        """Copy the first `keep` tokens of `source`'s KV into `target` (a whole KV stream is
-        copied at the next decode, then trimmed: cheaper than reading a long prefix again);
-        returns the tokens `target` holds then (fewer where a window cannot be copied so far
-        back)."""
+        """Copy the first `keep` tokens of `source`'s KV into `target`; return what it holds.
+
+        A whole KV stream is copied at the next decode, then trimmed: cheaper than reading a long
+        prefix again. `target` holds fewer where a window cannot be copied so far back.
+        """
         return self.memory.copy(source, target, keep)
 
     def follow(self, slot: Slot) -> bool:
-        """Whether a slot waiting for its leader's prompt can read on (the prompt is in, and
-        copied; or the leader gave up on it, and this slot reads it alone)."""
+        """Whether a slot waiting for its leader's prompt can read on.
+
+        It can once the prompt is in and copied, or once the leader gave up on it: this slot then
+        reads it alone.
+        """
         leader, job = slot.leader, slot.job
         assert leader is not None and job is not None
         last = len(job.prompt) - 1
@@ -324,9 +332,11 @@ class Slots:
         self.active.sort(key=lambda s: s.seq)
 
     def drop_draft(self, slot: Slot) -> None:
-        """Forget the draft tokens the KV sequence holds past the slot's cache. A recurrent
-        state cannot drop them: it goes back to the checkpoint taken before the batch, and the
-        answer's tokens since are read again with the next one (`replay`)."""
+        """Forget the draft tokens the KV sequence holds past the slot's cache.
+
+        A recurrent state cannot drop them: it goes back to the checkpoint taken before the batch.
+        The answer's tokens since are read again with the next one (`replay`).
+        """
         mark, slot.rewind = slot.rewind, None
         draft, slot.draft = slot.draft, []
         if not draft:
@@ -337,8 +347,10 @@ class Slots:
             self._rewind(slot, mark)
 
     def _rewind(self, slot: Slot, mark: Checkpoint) -> None:
-        """Back to `mark`, the answer's tokens since to be read again; EngineError (the slot
-        emptied) if llama.cpp refused it."""
+        """Go back to `mark`; the answer's tokens since are to be read again.
+
+        It raises EngineError, with the slot emptied, if llama.cpp refused it.
+        """
         if not self.memory.rewind(slot, mark):
             slot.replay = []
             raise EngineError("llama.cpp refused the state taken before a draft")
@@ -385,8 +397,11 @@ def read_media(
     n_batch: int,
     fail: Callable[[list[Slot], EngineError], None],
 ) -> None:
-    """Each slot whose prompt has come to an image or audio: its medium, into its sequence
-    (a llama_decode of its own: embeddings, not tokens); `fail` ends a slot it failed for."""
+    """Evaluate the medium of each slot whose prompt has come to an image or audio.
+
+    It goes into the slot's sequence in a llama_decode of its own (embeddings, not tokens).
+    `fail` ends a slot it failed for.
+    """
     for slot in list(slots.active):
         job = slot.job
         if job is None or job.media is None or slot.token >= 0 or slot.leader is not None:

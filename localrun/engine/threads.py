@@ -1,25 +1,15 @@
 """How many threads llama.cpp decodes with: the cores that other processes leave idle.
 
-llama.cpp's CPU threads meet at a barrier after every operation of the graph (hundreds per
-token) and wait there spinning. When another process keeps a core busy, a thread that lost its
-core holds the others up for a scheduler slice at each barrier, and the spinners burn the time
-the late one needs: on 2 cores with one kept busy, 2 threads decoded SmolLM2 at 1 to 24 tok/s
-where 1 thread did 57, and llama-server and llama-bench fell as far (scripts/bench/busy.py).
-Fewer threads than cores costs little on a quiet machine only when nothing else runs; so,
-unless num_thread is set, the engine looks every quarter of a second at how much CPU the other
-processes used since its last look (the system's busy time less this process's) and decodes
-with the cores they left: at least one, at most the cores it was given. It drops a thread at
-once and takes one back only when two looks in a row allow it, so a load that comes and goes
-does not make it flap.
-
-Looks are made as the engine decodes. When its loop has nothing to do it says so (`pause`), and
-the first look after the pause starts a new window and keeps the count: a window spanning the
-time this runner was idle shows what others did then (another runner answering the client's
-previous request, the client's own work between two calls), which says little about now.
-Judged on such windows, a server beside another began each answer on one thread for its first
-half second, over a tenth of a 256-token answer (traced through scripts/bench/speculative.py: the
-first look of a request read 1.6 to 1.9 cores used by others, the next ones 0 to 0.1). A load
-still there is seen INTERVAL_S into the answer.
+llama.cpp's CPU threads meet at a barrier after every operation of the graph (hundreds per token)
+and wait there spinning. When another process keeps a core busy, a thread that lost its core holds
+the others up for a scheduler slice at each barrier, and the spinners burn the time the late one
+needs. On 2 cores with one kept busy, 2 threads decoded SmolLM2 at 1 to 24 tok/s where 1 thread did
+57, and llama-server and llama-bench fell as far (scripts/bench/busy.py). So, unless num_thread is
+set, the engine looks every INTERVAL_S at how much CPU the other processes used since its last look
+(the system's busy time less this process's). It decodes with the cores they left: at least one, at
+most the cores it was given. It drops a thread at once and takes one back only when two looks in a
+row allow it, so a load that comes and goes does not make it flap. Looks are made as the engine
+decodes; `Governor.pause` says why a look after idle time starts afresh.
 """
 
 from __future__ import annotations
@@ -37,8 +27,10 @@ SLACK = 0.35
 
 
 def _busy_seconds() -> tuple[float, float]:
-    """CPU seconds spent so far by the whole system (busy, not idle or waiting on I/O) and
-    by this process (all its threads)."""
+    """CPU seconds spent so far by the whole system and by this process.
+
+    The system's are busy time, not idle or waiting on I/O; this process's are all its threads'.
+    """
     import psutil
 
     times = psutil.cpu_times()
@@ -83,8 +75,10 @@ class Governor:
         self.others = 0.0  # logical CPUs the other processes kept busy in the last window
 
     def current(self) -> int:
-        """Threads for the next decode (looked at again at most every INTERVAL_S, and at once
-        after a pause)."""
+        """Threads for the next decode, looked at again at most every INTERVAL_S.
+
+        After a pause the first look comes at once.
+        """
         if not self.adaptive:
             return self.most
         now = self._clock()
@@ -111,12 +105,22 @@ class Governor:
         return self.threads
 
     def idle(self) -> bool:
-        """Whether a logical CPU is left idle while the batch decodes (by its threads and by
-        the other processes, as last looked at): work beside the decode is free there."""
+        """Whether a logical CPU is left idle while the batch decodes: work beside it is free.
+
+        It counts the decode's threads and the other processes, as last looked at.
+        """
         return self.logical - self.threads - self.others >= 1 - SLACK
 
     def pause(self) -> None:
-        """The engine stops decoding for now: the next look starts a new window."""
+        """The engine stops decoding for now: the next look starts a new window, keeping the count.
+
+        A window spanning the time this runner was idle shows what others did then, which says
+        little about now: another runner answering the client's previous request, or the client's
+        own work between two calls. Judged on such windows, a server beside another began each
+        answer on one thread for its first half second, over a tenth of a 256-token answer. (Traced
+        through scripts/bench/speculative.py: the first look of a request read 1.6 to 1.9 cores used
+        by others, the next ones 0 to 0.1.) A load still there is seen INTERVAL_S into the answer.
+        """
         self._last, self._allowed_up = None, False
 
     def apply(self, *contexts: Any) -> None:

@@ -1,5 +1,6 @@
-"""What the layers above see of an inference engine: options, timings, the Engine and Sink
-protocols, and a Sink read as an iterator.
+"""What the layers above see of an inference engine: options, timings, Engine and Sink protocols.
+
+QueueSink reads a Sink as an iterator.
 
 No llama_cpp here: the runner, the scheduler and the server import this module, and tests of
 those layers swap in `engine.fake`.
@@ -100,9 +101,11 @@ class SamplingOptions:
     context: int = 0
 
     def within(self, n_ctx: int) -> int:
-        """The context this request is held to: its own within the slot's `n_ctx`. A runner
-        answers a request of a smaller context than it was loaded with exactly as a runner
-        loaded with that context would (scheduler.runners.Runner.matches)."""
+        """The context this request is held to: its own within the slot's `n_ctx`.
+
+        A runner answers a request of a smaller context than it was loaded with exactly as a runner
+        loaded with that context would (scheduler.runners.Runner.matches).
+        """
         return min(self.context, n_ctx) if self.context > 0 else n_ctx
 
     @classmethod
@@ -122,8 +125,11 @@ EmbedInput = str | list[int]
 
 @dataclass(frozen=True)
 class FimTokens:
-    """A model's fill-in-the-middle tokens (llama.cpp finds them from the GGUF's
-    tokenizer.ggml.fim_*_token_id keys or the well-known FIM token texts); -1 where absent."""
+    """A model's fill-in-the-middle tokens; -1 where absent.
+
+    llama.cpp finds them from the GGUF's tokenizer.ggml.fim_*_token_id keys, or from the
+    well-known FIM token texts.
+    """
 
     pre: int
     suf: int
@@ -188,14 +194,19 @@ class Sink(Protocol):
     """
 
     def piece(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
-        """Text of the answer; with logprobs asked for, the entries of the tokens it ends
-        (protocol.Chunk's format; a token inside a character comes with the next text)."""
+        """Text of the answer, with the entries of the tokens it ends where logprobs are asked.
+
+        Entries are in protocol.Chunk's format; a token inside a character comes with the next
+        text.
+        """
         ...
 
     def scored(self, entries: list[dict[str, Any]]) -> None:
-        """Entries of the prompt's own tokens, in order, a chunk at a time (only when
-        SamplingOptions.prompt_logprobs asked): engine.scoring's, the first without a
-        log-probability. They all come before the answer's first piece."""
+        """Entries of the prompt's own tokens, in order, a chunk at a time (engine.scoring).
+
+        They come only when SamplingOptions.prompt_logprobs asked, the first without a
+        log-probability. They all come before the answer's first piece.
+        """
         ...
 
     def done(self, reason: str, timings: Timings, tokens: list[int]) -> None:
@@ -208,8 +219,10 @@ class Sink(Protocol):
 
 
 def reusable(cache: Sequence[int], prompt: Sequence[int]) -> int:
-    """How many leading tokens of `prompt` a KV cache holding `cache` can keep: their common
-    prefix, never the last prompt token (it is always run, for its logits)."""
+    """How many leading tokens of `prompt` a KV cache holding `cache` can keep.
+
+    That is their common prefix, never the last prompt token: it is always run, for its logits.
+    """
     n = min(len(cache), len(prompt) - 1)
     if n <= 0:
         return 0
@@ -233,8 +246,10 @@ class Ticket(Protocol):
 
 
 class Engine(Protocol):
-    """A loaded model serving `n_slots` sequences (engine.batch.BatchEngine; engine.fake's
-    FakeBatchEngine in tests of the layers above)."""
+    """A loaded model serving `n_slots` sequences (engine.batch.BatchEngine).
+
+    engine.fake's FakeBatchEngine stands in for it in tests of the layers above.
+    """
 
     n_ctx: int  # per slot
     n_ctx_train: int
@@ -279,9 +294,11 @@ class Engine(Protocol):
 
 
 class QueueSink:
-    """A Sink whose output another thread reads as a Generation (BatchEngine.generate). Once
-    `stop` is set the engine is told at its next piece (a sink that raises has no reader
-    left), so the request ends within a token however far behind the reader is."""
+    """A Sink whose output another thread reads as a Generation (BatchEngine.generate).
+
+    Once `stop` is set, the engine is told at its next piece: a sink that raises has no reader left.
+    So the request ends within a token, however far behind the reader is.
+    """
 
     def __init__(self, stop: threading.Event | None = None) -> None:
         self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -338,8 +355,10 @@ class QueueSink:
 
 
 def rank_mismatch(rank: bool) -> BadRequestError:
-    """The error for a reranker asked to embed (or generate), or for rerank asked of a model
-    that is not one; the real engine and the fake word it alike."""
+    """The error for a reranker asked to embed or generate, or a non-reranker asked to rerank.
+
+    The real engine and the fake word it alike.
+    """
     if rank:
         return BadRequestError(
             "this model is a reranker: it scores documents against a query and makes no "

@@ -1,8 +1,8 @@
-"""A llama.cpp model in memory: its weights, vocabulary and LoRA adapters, and the contexts made
-from them; llama.cpp's log, kept for the errors it explains.
+"""A llama.cpp model in memory: its weights, vocabulary and LoRA adapters, and its contexts.
 
-Every file is structure-checked by `localrun.gguf.scan.scan` before llama.cpp opens it, and every
-failure is translated into a typed error here, where llama_cpp is called.
+llama.cpp's log is kept for the errors it explains. Every file is structure-checked by
+`localrun.gguf.scan.scan` before llama.cpp opens it. Every failure is translated into a typed
+error here, where llama_cpp is called.
 """
 
 from __future__ import annotations
@@ -148,10 +148,12 @@ class Weights:
 
     @functools.cached_property
     def memory(self) -> str:
-        """What the model's memory of a sequence is (engine.checkpoints): "positions" (a KV
-        entry per position, cut anywhere), "window" (a sliding window's last positions beside
-        global layers: Gemma 2 and 3, gpt-oss), "recurrent" (one state, Mamba and RWKV) or
-        "hybrid" (a recurrent state beside attention KV: LFM2, Granite 4, Qwen3.5, Jamba)."""
+        """What the model's memory of a sequence is (engine.checkpoints).
+
+        "positions" is a KV entry per position, cut anywhere. "window" is a sliding window's last
+        positions beside global layers (Gemma 2 and 3, gpt-oss). "recurrent" is one state (Mamba and
+        RWKV). "hybrid" is a recurrent state beside attention KV (LFM2, Granite 4, Qwen3.5, Jamba).
+        """
         if lc.llama_model_is_recurrent(self.model):
             return "recurrent"
         if lc.llama_model_is_hybrid(self.model):
@@ -162,12 +164,14 @@ class Weights:
 
     @functools.cached_property
     def full_window(self) -> bool:
-        """Whether a sliding window's cache is kept full-size, per position: on the exact runtime
-        alone. A window checkpoint restored puts its cells at other indices of the cache than a
-        cold read did, and the exact runtime's attention sums a row's cells in segments of the
-        cache's indices: the same tokens would differ in their last bits (seen on Gemma 3:
-        -0.01270 against -0.01489 for one log-probability). A full-size cache is cut, never
-        restored, and keeps the answer exact, for as much memory as the global layers take."""
+        """Whether a sliding window's cache is kept full-size: on the exact runtime alone.
+
+        A window checkpoint restored puts its cells at other indices of the cache than a cold read
+        did. The exact runtime's attention sums a row's cells in segments of the cache's indices, so
+        the same tokens would differ in their last bits (seen on Gemma 3: -0.01270 against -0.01489
+        for one log-probability). A full-size cache, per position, is cut and never restored. It
+        keeps the answer exact, for as much memory as the global layers take.
+        """
         from localrun.runtimes import exact
 
         return self.window > 0 and exact.current().runtime is not None
@@ -178,10 +182,12 @@ class Weights:
         return max(0, int(lc.llama_model_n_swa(self.model)))
 
     def disk_cache(self, ctx: Any) -> prompt_cache.PromptCache | None:
-        """The disk prompt cache for a context of these weights (None: turned off, or a sliding
-        window model on the exact runtime: a saved state leaves out the positions its window
-        no longer sees, and restored the rest lands on other cells of the cache, which the
-        exact attention would sum in another order)."""
+        """The disk prompt cache for a context of these weights, or None.
+
+        None means it is turned off, or the model has a sliding window on the exact runtime. A saved
+        state there leaves out the positions its window no longer sees. Restored, the rest lands on
+        other cells of the cache, which the exact attention would sum in another order.
+        """
         if self.full_window:
             return None
         identity = {
@@ -196,10 +202,13 @@ class Weights:
         return prompt_cache.PromptCache.from_config(identity)
 
     def state_bound(self, n_tokens: int) -> int:
-        """The most bytes a saved state of `n_tokens` can take: K and V of every layer at 8
-        bytes an element of the model's width (llama.cpp keeps them at 2 by default; wider
-        heads than the model's width stay within that), and 16 MiB for the rest. A cache entry
-        past it is damaged or hostile (a sparse 1.9 GB file cost 2.16 GB to read)."""
+        """The most bytes a saved state of `n_tokens` can take.
+
+        That is K and V of every layer at 8 bytes an element of the model's width, and 16 MiB for
+        the rest (1 GiB where the memory is not per position). llama.cpp keeps K and V at 2 bytes by
+        default, and heads wider than the model's width stay within that. A cache entry past the
+        bound is damaged or hostile (a sparse 1.9 GB file cost 2.16 GB to read).
+        """
         rest = 16 << 20 if self.memory == "positions" else 1 << 30  # and a recurrent state
         return n_tokens * self._state_per_token + rest
 
@@ -230,8 +239,10 @@ class Weights:
         prefix: list[int],
         state: bytearray,
     ) -> bool:
-        """Put a saved state into sequence `seq` (emptied first); False (and the entry gone)
-        when llama.cpp refuses it."""
+        """Put a saved state into sequence `seq`, emptied first.
+
+        False when llama.cpp refuses it; the cache entry is then removed.
+        """
         memory = native.memory(ctx)
         lc.llama_memory_seq_rm(memory, seq, -1, -1)
         buf = (ctypes.c_uint8 * len(state)).from_buffer(state)  # no copy
@@ -278,7 +289,8 @@ class Weights:
         cparams.no_perf = True
         # A sliding window's cache holds the window alone, as llama-server's does (checkpoints
         # stand in for the positions it drops: engine.checkpoints); full-size on the exact
-        # runtime (`full_window`).
+        # runtime (`full_window`). A full-size one costs as much memory as the global layers:
+        # 13 GB more for Gemma 3 27B at 32k.
         cparams.swa_full = self.full_window
         return cparams
 
@@ -315,10 +327,12 @@ class Weights:
         return text.decode("utf-8", errors="replace") if text else ""
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        """A text's tokens (`add_special`: the BOS and EOS the vocabulary adds; `parse_special`:
-        special tokens' texts read as them). A long prompt with special tokens parsed is
-        tokenized again only past what a recent one shared with it
-        (engine.prompts.prefix_tokens)."""
+        """The tokens of `text`.
+
+        `add_special` adds the BOS and EOS the vocabulary adds. With `parse_special`, special
+        tokens' texts are read as them. A long prompt with special tokens parsed is tokenized again
+        only past what a recent one shared with it (engine.prompts.prefix_tokens).
+        """
         prefix = self._prefix if parse_special else None
         if prefix is None or len(text) < prefix_tokens.LEAST:
             return self._tokenize(text, add_special=add_special, parse_special=parse_special)
@@ -332,8 +346,11 @@ class Weights:
 
     @functools.cached_property
     def _prefix(self) -> prefix_tokens.PrefixTokens | None:
-        """The cache of recent prompts' tokens: for the vocabularies whose special tokens part
-        a text as engine.prompts.prefix_tokens needs (SentencePiece's and BPE's), else None."""
+        """The cache of recent prompts' tokens, or None for a vocabulary it cannot serve.
+
+        It serves the vocabularies whose special tokens part a text as engine.prompts.prefix_tokens
+        needs: SentencePiece's and BPE's.
+        """
         kind = int(lc.llama_vocab_type(self.vocab))
         if kind not in (lc.LLAMA_VOCAB_TYPE_SPM, lc.LLAMA_VOCAB_TYPE_BPE):
             return None
@@ -366,8 +383,11 @@ class Weights:
         return list(buf[:n])
 
     def _check_specials(self, text: str) -> None:
-        """Refuse a text with more special tokens than LOCALRUN_MAX_SPECIAL_TOKENS: llama.cpp
-        reads them in time quadratic in their number (100k took minutes, holding the runner)."""
+        """Refuse a text with more special tokens than LOCALRUN_MAX_SPECIAL_TOKENS.
+
+        llama.cpp reads them in time quadratic in their number: 100k took minutes, holding the
+        runner.
+        """
         most = limits.max_special_tokens()
         found = 0
         for special in self._special_texts:
@@ -380,9 +400,12 @@ class Weights:
                 )
 
     def _check_fallback(self, text: str) -> None:
-        """Refuse a text with more than LOCALRUN_MAX_BYTE_FALLBACK characters a SentencePiece
-        vocabulary lacks: llama.cpp spells each byte by byte in time quadratic in their number
-        (on the tiny test vocabulary: 100k of them 2 s, 200k 7.8 s, 2 MB of CJK minutes)."""
+        """Refuse a text with more unknown characters than LOCALRUN_MAX_BYTE_FALLBACK.
+
+        They are the characters a SentencePiece vocabulary lacks. llama.cpp spells each byte by
+        byte, in time quadratic in their number (on the tiny test vocabulary: 100k of them 2 s, 200k
+        7.8 s, 2 MB of CJK minutes).
+        """
         known = self._single_chars
         if known is None:
             return
@@ -397,9 +420,11 @@ class Weights:
 
     @functools.cached_property
     def _single_chars(self) -> dict[int, None] | None:
-        """A str.translate table deleting the characters the vocabulary has as tokens of
-        their own (SentencePiece's "▁" as the space it stands for); None unless the vocabulary
-        is SentencePiece's, whose byte fallback is quadratic."""
+        """A str.translate table deleting the characters the vocabulary has as tokens of their own.
+
+        SentencePiece's "▁" counts as the space it stands for. None unless the vocabulary is
+        SentencePiece's, whose byte fallback is quadratic.
+        """
         if int(lc.llama_vocab_type(self.vocab)) != lc.LLAMA_VOCAB_TYPE_SPM:
             return None
         table: dict[int, None] = {}
@@ -412,8 +437,7 @@ class Weights:
 
     @functools.cached_property
     def _specials(self) -> tuple[tuple[int, ...], tuple[str, ...]]:
-        """The tokens llama.cpp reads as special (control, user-defined, unknown), and their
-        texts."""
+        """The tokens llama.cpp reads as special (control, user-defined, unknown), with texts."""
         wanted = (
             lc.LLAMA_TOKEN_ATTR_CONTROL
             | lc.LLAMA_TOKEN_ATTR_USER_DEFINED
@@ -437,8 +461,10 @@ class Weights:
         return self._specials[0]
 
     def is_control(self, token: int) -> bool:
-        """Whether `token` is a control token (a chat template's `<|im_end|>`); an id outside
-        the vocabulary (a medium's placeholder) is not."""
+        """Whether `token` is a control token (a chat template's `<|im_end|>`).
+
+        An id outside the vocabulary (a medium's placeholder) is not.
+        """
         return 0 <= token < self.n_vocab and bool(lc.llama_vocab_is_control(self.vocab, token))
 
     def token_ids(self, text: str) -> list[int]:
@@ -467,16 +493,22 @@ class Weights:
         return piece
 
     def guide(self) -> Any:
-        """llguidance's tokenizer of this vocabulary, for constrained answers: built on the
-        first one's request (engine.sampling.constraint), kept while the weights are."""
+        """llguidance's tokenizer of this vocabulary, for constrained answers.
+
+        It is built on the first constrained request (engine.sampling.constraint) and kept while
+        the weights are.
+        """
         with self._guide_lock:
             if self._guide is None:
                 self._guide = constraint.tokenizer(self.vocab)
             return self._guide
 
     def token_bytes(self, token: int) -> bytes:
-        """The bytes of one token, special tokens spelled out (as llama-server's /detokenize
-        and /tokenize's pieces show them). Safe from any thread: its buffer is its own."""
+        """The bytes of one token, special tokens spelled out. Safe from any thread.
+
+        They are as llama-server's /detokenize and /tokenize's pieces show them. Its buffer is
+        its own.
+        """
         buf = ctypes.create_string_buffer(64)
         n = lc.llama_token_to_piece(self.vocab, token, buf, 64, 0, True)
         if n < 0:

@@ -1,33 +1,14 @@
 """A conversation made renderable by one Jinja template, decided by probing the template.
 
-llama.cpp does not trust a template to take every conversation: it renders a few small ones
-first (common/jinja/caps.cpp) and adapts what it passes (common/chat.cpp's workarounds). So do
-we, from what the probes' output shows, once per template:
-
-- system role: a template that refuses a system message or drops it (Gemma) gets it folded
-  into the first user message, joined by a newline (llama.cpp's choice); one that refuses or
-  drops a system message later in the conversation (Anthropic's mid-conversation system
-  messages, which Claude Code sends; OpenAI's and Ollama's anywhere) gets it folded into the
-  turn before it (a user turn or a tool result), else into the user turn after it, else as a
-  user turn of its own: never lost;
-- content: a template that renders typed content only ([{"type": "text", ...}]) gets it typed;
-- tools: a template that does not show the `tools` it is given gets them as a system note
-  (formats/calls.py), so the model still learns them; llama.cpp passes them to be dropped;
-- tool calls: arguments as an object where the template writes them with tojson, as the JSON
-  text a client sent where it concatenates strings (an object sent is written compact, as
-  llama-server writes it); calls written out as <tool_call> blocks where the template shows
-  none; ids made 9 letters and digits for templates that require it (Mistral), which
-  llama.cpp leaves to fail;
-- tool results: as user turns in <tool_response> blocks where the template has no tool role;
-- reasoning in the history: as `thinking` to a template that reads that name (LFM2.5), as a
-  "thinking" content block to one that shows it only so (Ministral 3; llama.cpp decides by
-  markers and so also sends Devstral blocks it drops);
-- `functions`: Firefunction v2's template reads the tool list as JSON text in this variable;
-  SmolLM3's reads it as `xml_tools`.
+llama.cpp does not trust a template to take every conversation. It renders a few small ones first
+(common/jinja/caps.cpp) and adapts what it passes (common/chat.cpp's workarounds). So do we, once
+per template, from what the probes' output shows. A system message the template refuses or drops is
+folded into a turn beside it, never lost. Tools it does not show become a system note
+(formats/calls.py). Typed content, tool calls, tool results and past reasoning take the shape it
+reads. Caps holds what the probes found; adapt() applies it.
 
 A template is told what Hugging Face's apply_chat_template tells it: `tools` is None when there
-are none (vLLM's Llama 3.1 and xLAM templates test `tools is not none`), as llama-server too
-passes it.
+are none, as llama-server passes it (vLLM's Llama 3.1 and xLAM templates test for it).
 """
 
 from __future__ import annotations
@@ -102,8 +83,10 @@ class Caps:
 def _call_turns(
     arguments: Any, call_id: str, *, tool_role: bool = True, calls: bool = True
 ) -> list[Message]:
-    """llama.cpp's tool probe: a call, its result, an answer and a new question; `tool_role`
-    and `calls` False give them as adapt() would for a template without them."""
+    """llama.cpp's tool probe: a call, its result, an answer and a new question.
+
+    `tool_role` and `calls` False give them as adapt() would for a template without them.
+    """
     call = {"id": call_id, "type": "function", "function": {"name": _TOOL, "arguments": arguments}}
     assistant: Message = {"role": "assistant", "content": ""}
     if calls:
@@ -123,8 +106,10 @@ def _call_turns(
 
 
 def _try(source: str, messages: list[Message], tools: Any = None) -> str | None:
-    """The template's output for a probe, or None if it refuses it (a breach of the bounds
-    is not a refusal: it ends the probing with that error)."""
+    """The template's output for a probe, or None if it refuses it.
+
+    A breach of the bounds is not a refusal: it ends the probing with that error.
+    """
     context = {
         **DEFAULTS,
         "messages": messages,
@@ -141,10 +126,11 @@ def _try(source: str, messages: list[Message], tools: Any = None) -> str | None:
 
 
 def rendered(source: str, context: dict[str, Any]) -> str:
-    """The Jinja template rendered with `context`; where it fails with `tools` None, again with
-    `tools` undefined: a template written for llama.cpp's engine, which loops over a null as
-    over nothing (Command R+'s tool_use template loops over the tools unasked), renders as it
-    does there."""
+    """The Jinja template rendered with `context`, again with `tools` undefined if None fails.
+
+    So a template written for llama.cpp's engine, which loops over a null as over nothing, renders
+    as it does there. Command R+'s tool_use template loops over the tools unasked.
+    """
     try:
         return render_jinja(source, context)
     except TemplateLimitError:
@@ -248,8 +234,10 @@ def _shows_every_call(source: str, object_arguments: bool, short_ids: bool) -> b
 
 
 def _lists_tools(source: str, turn: Any) -> tuple[bool, bool]:
-    """Whether the template lists the tools it is given, and whether only where the
-    conversation has a system message (FunctionGemma's lists them inside the system turn)."""
+    """Whether the template lists the tools it is given, and whether only beside a system message.
+
+    FunctionGemma's template lists them inside the system turn.
+    """
     user = {"role": "user", "content": turn(_USER)}
     listed = _try(source, [user], _PROBE_TOOLS)
     if listed is not None and _TOOL in listed:
@@ -260,8 +248,10 @@ def _lists_tools(source: str, turn: Any) -> tuple[bool, bool]:
 
 
 def _shows_later_system(source: str, turn: Any) -> bool:
-    """Whether the template shows a system message after other turns (`turn` makes content
-    as the template takes it)."""
+    """Whether the template shows a system message after other turns.
+
+    `turn` makes content as the template takes it.
+    """
     later = _try(
         source,
         [
@@ -275,9 +265,12 @@ def _shows_later_system(source: str, turn: Any) -> bool:
 
 
 def _reasoning_as(source: str) -> str:
-    """How the template shows an answer's past reasoning: as `reasoning_content` (most), as
-    `thinking` (Ollama's name, LFM2.5's templates), as `thought` (MiniCPM 3's), or as a typed
-    content block ({"type": "thinking"} then {"type": "text"}: Ministral 3, Magistral)."""
+    """How the template shows an answer's past reasoning: the name it reads, or "blocks".
+
+    Most read `reasoning_content`. `thinking` is Ollama's name, read by LFM2.5's templates;
+    `thought` is MiniCPM 3's. "blocks" means a typed content block, {"type": "thinking"} then
+    {"type": "text"}, as Ministral 3 and Magistral read it.
+    """
     if "thinking" not in source and "thought" not in source:
         return "reasoning_content"
     reasoning = "PROBE_REASONING_TEXT"
@@ -301,9 +294,11 @@ def _reasoning_as(source: str) -> str:
 
 
 def _example(family: parsers.Family | None, tools: list[dict[str, Any]]) -> str | None:
-    """A call in the family's syntax, for the tool note (None: Hermes's, the note's own).
-    A family's call text is its parser's (formats/parsers): what the note asks for is what
-    the runner reads back."""
+    """A call in the family's syntax for the tool note, or None for Hermes's, the note's own.
+
+    A family's call text is its parser's (formats/parsers), so what the note asks for is what the
+    runner reads back.
+    """
     if family is None or family.syntax.name == "hermes":
         return None
     syntax = family.syntax
@@ -323,14 +318,16 @@ def adapt(
     *,
     repairs: frozenset[str] = frozenset(),
 ) -> tuple[list[Message], list[dict[str, Any]] | None, dict[str, Any]]:
-    """`messages` and `tools` as `source` can render them, and any variables it needs besides
-    (new objects: the caller's are left as they were). `family` is the model's, whose call
-    syntax a tool note asks for (default: the one the template's markers tell). `repairs`
-    (template.render's, after the template refused the conversation as it was): "fold_system"
-    folds the later system messages even where the probe saw them shown, "split_calls" gives
-    each of a turn's several tool calls a turn of its own followed by its result (Llama 3's
-    templates take one call a turn), "merge_turns" joins a user turn to the tool result or
-    user turn before it (templates that insist on alternating roles)."""
+    """`messages` and `tools` as `source` can render them, and any variables it needs besides.
+
+    It returns new objects and leaves the caller's as they were. `family` is the model's, whose call
+    syntax a tool note asks for; None means the one the template's markers tell. `repairs` come from
+    template.render, after the template refused the conversation as it was. "fold_system" folds the
+    later system messages even where the probe saw them shown. "split_calls" gives each of a turn's
+    tool calls a turn of its own, followed by its result: Llama 3's templates take one call a turn.
+    "merge_turns" joins a user turn to the tool result or user turn before it, for templates that
+    insist on alternating roles.
+    """
     caps = probe(source)
     if "split_calls" in repairs or not caps.every_call:
         messages = _split_calls(messages)
@@ -343,9 +340,12 @@ def adapt(
     out = [_message(m, caps, index) for index, m in enumerate(messages)]
     if tools and caps.tools_in_system and not any(m.get("role") == "system" for m in out):
         out.insert(0, {"role": "system", "content": ""})  # where its tools are listed
+    # A note, so the model still learns the tools; llama.cpp passes them to be dropped.
     if tools and not (caps.tools or caps.functions or caps.xml_tools):
         family = family if family is not None else parsers.by_markers(source)
         out, tools = calls_mod.add_system_note(out, tools, _example(family, tools)), None
+    # A refused or dropped system message (Gemma) joins the first user turn after a newline, as
+    # llama.cpp does. Later ones come from Claude Code, OpenAI's and Ollama's clients.
     if not caps.system_role and out and out[0].get("role") == "system":
         out = _fold_first_system(out, caps)
     if "fold_system" in repairs or not caps.mid_system:
@@ -357,6 +357,8 @@ def adapt(
             if "reasoning_content" in message:
                 message[caps.reasoning_as] = message.pop("reasoning_content")
     elif caps.reasoning_as == "blocks":
+        # Decided by probing: llama.cpp decides by markers, so it also sends blocks to Devstral,
+        # whose template drops them.
         for message in out:
             thought = message.pop("reasoning_content", None)
             if message.get("role") in ("system", "assistant") and isinstance(thought, str):
@@ -373,8 +375,10 @@ def adapt(
 
 
 def repairs_for(messages: list[Message]) -> list[frozenset[str]]:
-    """The repairs to try, each adding one to the last, for a conversation its template
-    refused: only those that change something in it."""
+    """The repairs to try for a conversation its template refused, each adding one to the last.
+
+    Only those that change something in the conversation are tried.
+    """
     steps = []
     if _later_system(messages):
         steps.append("fold_system")
@@ -387,8 +391,10 @@ def repairs_for(messages: list[Message]) -> list[frozenset[str]]:
 
 
 def _split_calls(messages: list[Message]) -> list[Message]:
-    """Each of an assistant turn's tool calls in a turn of its own, followed by its result
-    (by id, else the next result given)."""
+    """Each of an assistant turn's tool calls in a turn of its own, followed by its result.
+
+    A call's result is found by id, else it is the next result given.
+    """
     out: list[Message] = []
     index = 0
     while index < len(messages):
@@ -419,8 +425,10 @@ def _split_calls(messages: list[Message]) -> list[Message]:
 
 
 def _merge_turns(messages: list[Message]) -> list[Message]:
-    """A user turn joined to the tool result or user turn just before it (a blank line
-    between): for a template that refuses two such turns in a row."""
+    """A user turn joined to the tool result or user turn just before it, a blank line between.
+
+    This serves a template that refuses two such turns in a row.
+    """
     out: list[Message] = []
     for message in messages:
         before = out[-1] if out else None
@@ -440,8 +448,10 @@ def _merge_turns(messages: list[Message]) -> list[Message]:
 
 
 def _fold_first_system(out: list[Message], caps: Caps) -> list[Message]:
-    """The system messages that open the conversation (Codex sends two), joined and folded
-    into the turn after them, for a template with no system role."""
+    """The system messages that open the conversation, joined and folded into the turn after them.
+
+    This serves a template with no system role. Codex opens with two system messages.
+    """
     lead = next((i for i, m in enumerate(out) if m.get("role") != "system"), len(out))
     first = out[0]["content"]
     for message in out[1:lead]:
@@ -462,9 +472,11 @@ def _later_system(messages: list[Message]) -> bool:
 
 
 def lost_later_system(messages: list[Message], prompt: str) -> bool:
-    """Whether `prompt` lacks the text of a system message where the conversation has more
-    than one (a template that keeps one system prompt, the last it saw: DeepSeek-R1's, which
-    loses the first of Codex's two opening ones)."""
+    """Whether `prompt` lacks the text of a system message, where the conversation has several.
+
+    Some templates keep one system prompt, the last they saw. DeepSeek-R1's does, and so loses the
+    first of Codex's two opening ones.
+    """
     texts = {m.get("content") for m in messages[1:] if m.get("role") == "system"}
     if texts and messages[0].get("role") == "system":
         texts.add(messages[0].get("content"))
@@ -479,9 +491,11 @@ def lost_later_system(messages: list[Message], prompt: str) -> bool:
 
 
 def _fold_later_system(messages: list[Message]) -> list[Message]:
-    """The system messages after the first turn, folded for a template that shows none there:
-    into the user turn or tool result before each (joined by a blank line), else into the user
-    turn after it, else as a user turn at its place."""
+    """The system messages after the first turn, folded for a template that shows none there.
+
+    Each goes into the user turn or tool result before it, joined by a blank line. Failing that, it
+    goes into the user turn after it, else it becomes a user turn at its place.
+    """
     out: list[Message] = []
     waiting: list[str] = []  # system texts for the next user turn
     for index, message in enumerate(messages):
@@ -574,8 +588,11 @@ def _as_object(call: dict[str, Any]) -> Any:
 
 
 def _short_id(call_id: str) -> str:
-    """A 9-character id of letters and digits, the same for the same id (a call and its
-    result stay paired)."""
+    """A 9-character id of letters and digits, the same for the same id.
+
+    A call and its result stay paired. Mistral's templates require such ids; llama.cpp leaves them
+    to fail.
+    """
     if len(call_id) == 9 and call_id.isalnum() and call_id.isascii():
         return call_id
     digest = hashlib.sha256(call_id.encode()).digest()

@@ -36,12 +36,12 @@ ToolCall = dict[str, Any]
 def normalize(tools: Any) -> list[Tool]:
     """Check tool definitions, and give them back as the client wrote them.
 
-    Accepts {"type": "function", "function": {"name", "description"?, "parameters"?, ...}} and,
-    for convenience, the bare function object (wrapped in that shape). Nothing is rebuilt,
-    reordered or dropped: a template that prints the tools (Qwen's, Llama 3's, Mistral's ...)
-    shows the model the definition as the client sent it, key for key and in its order, as
-    Hugging Face's apply_chat_template does (the model was trained on what clients send).
-    Raises BadRequestError naming what is wrong.
+    Accepts {"type": "function", "function": {"name", "description"?, "parameters"?, ...}} and, for
+    convenience, the bare function object, wrapped in that shape. Nothing is rebuilt, reordered or
+    dropped. So a template that prints the tools (Qwen's, Llama 3's, Mistral's ...) shows the model
+    the definition as the client sent it, key for key and in its order. Hugging Face's
+    apply_chat_template does the same, and the model was trained on what clients send. Raises
+    BadRequestError naming what is wrong.
     """
     if not isinstance(tools, list):
         raise BadRequestError(f"tools must be a list, not {type(tools).__name__}")
@@ -107,8 +107,10 @@ def strict(tool: Tool) -> bool:
 
 
 def enforced(tools: list[Tool], tool_choice: Any) -> list[Tool]:
-    """The tools whose calls the answer's constraint holds to their parameters' schemas:
-    those a forced call may call, and the strict ones."""
+    """The tools whose calls the answer's constraint holds to their parameters' schemas.
+
+    Those are the tools a forced call may call, and the strict ones.
+    """
     only = forced_name(tools, tool_choice) if forces(tool_choice) else None
     called = forces(tool_choice)
     return [
@@ -170,8 +172,10 @@ def arguments_object(value: Any) -> Any:
 def add_system_note(
     conversation: list[Message], tools: list[Tool], example: str | None = None
 ) -> list[Message]:
-    """The conversation with the tool note appended to (or placed as) its system message;
-    `example` is a call in the model's own syntax (default: the Hermes block)."""
+    """The conversation with the tool note appended to its system message, or placed as one.
+
+    `example` is a call in the model's own syntax; None means the Hermes block.
+    """
     note = system_note(tools, example)
     if conversation and conversation[0].get("role") == "system":
         first = dict(conversation[0])

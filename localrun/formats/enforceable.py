@@ -1,36 +1,15 @@
-"""Keywords the constraint engine does not take, rewritten into ones it does where both mean the
-same values, so that they are enforced while the answer is made rather than checked after it.
+"""Keywords the constraint engine does not take, rewritten into ones it does that mean the same.
 
-A count written as a decimal (`"maxItems": 2.0`) is written as the integer it is. Where nothing
-else in a node evaluates its properties or items (no `$ref`, `allOf`, `anyOf` ...),
-`unevaluatedProperties` is `additionalProperties` and `unevaluatedItems` is `items`; a
-`propertyNames` of a pattern or of lengths alone, on an object that lists no properties, is the
-one pattern its properties may have (`patternProperties`).
+So they are enforced while the answer is made, rather than checked after it. A count written as a
+decimal (`"maxItems": 2.0`) becomes the integer it is. `unevaluated*` and `propertyNames` become
+keywords the engine takes where they say the same (_as_applied). An array of unique items of a few
+values is written as the arrays it may be (_unique_finite). Keywords that exclude no value as
+written are left out (_without_no_ops).
 
-An array of unique items of a few values each (`"items": {"enum": ["a", "b", "c"]}` or a
-boolean, with `"uniqueItems": true`: pydantic's `set[Literal[...]]`) is written as the arrays it
-may be, each order of each choice of its values (at most MAX_ORDERS of them).
-
-Keywords that exclude no value as written (`uniqueItems: false`, or true where at most one
-item may be; `if` with neither `then` nor `else`, and those without `if`; a `contains` that
-`minContains: 0` leaves free) are left out.
-
-llguidance's JSON compiler has no `not`. Where a `not` says something the other keywords can
-say, it is said that way:
-
-- `not` of types: the node's other types (`{"not": {"type": "string"}}` is every type but
-  string). Not where an integer is excluded and numbers are not: "a number that is not an
-  integer" has no type of its own.
-- `not` of a `const` or an `enum`: a node with an enum of its own keeps the others of it; a
-  string's node (`"type": "string"`, no pattern of its own) gets the pattern of every string
-  but those (`{"type": "string", "not": {"enum": ["a", "ab"]}}`).
-- `not` of the schema that takes everything (`{}`, `true`) is the schema that takes nothing
-  (`false`: a property that may not be there), and `not` of one that takes nothing (`false`,
-  `{"not": {}}`) is no keyword at all.
-
-Every other `not` is left as it is: the route's leniency decides (checked after, or refused).
-The rewritten schema is only the grammar's: the answer is still checked against the client's
-own (server.schema.answer), which the rewrite never loosens.
+llguidance's JSON compiler has no `not`. Where a `not` says something the other keywords can say, it
+is said that way (_without_not). Every other `not` is left as it is: the route's leniency decides,
+checking after or refusing. The rewritten schema is only the grammar's: the answer is still checked
+against the client's own (server.schema.answer), which the rewrite never loosens.
 """
 
 from __future__ import annotations
@@ -53,8 +32,10 @@ _LIST = ("anyOf", "allOf", "oneOf", "prefixItems")
 
 
 def enforceable(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` with each `not` the engine can enforce as other keywords rewritten (a copy;
-    the root itself is never made `false`)."""
+    """A copy of `schema` rewritten into keywords the engine enforces.
+
+    The root itself is never made `false`.
+    """
     if _deep_pointers(schema):
         return schema  # a $ref into a node's keywords: rewriting that node would break it
     rewritten = _node(schema, 0, False)
@@ -62,8 +43,10 @@ def enforceable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _deep_pointers(schema: Any) -> bool:
-    """Whether a `$ref` points inside a schema's keywords (`#/$defs/s/items`), past the
-    definitions and properties a rewrite keeps in place."""
+    """Whether a `$ref` points inside a schema's keywords, as `#/$defs/s/items` does.
+
+    Such a pointer reaches past the definitions and properties a rewrite keeps in place.
+    """
     for key, value in grammar_bounds.keywords(schema):
         if key == "$ref" and isinstance(value, str) and value.startswith("#/"):
             parts = value[2:].split("/")
@@ -73,8 +56,11 @@ def _deep_pointers(schema: Any) -> bool:
 
 
 def _node(node: Any, depth: int, property: bool) -> Any:
-    """`node` rewritten (`property`: the schema of an object's property, which may become
-    `false`: the property may not be there)."""
+    """`node` rewritten, its subschemas first.
+
+    `property` says it is the schema of an object's property, which may become `false`: the property
+    may not be there.
+    """
     if not isinstance(node, dict) or depth > MAX_DEPTH:
         return node
     out: dict[str, Any] = {}
@@ -98,9 +84,12 @@ _ANNOTATIONS = {"type", "description", "title"}
 
 
 def _unique_finite(node: Any) -> Any:
-    """An array of unique items that each take one of a few values (an enum, a const, a
-    boolean: pydantic's `set[Literal[...]]`) as the arrays it may be: an anyOf of each order
-    of each choice of its values (at most MAX_ORDERS), each item a const."""
+    """An array of unique items of a few values each, as an anyOf of the arrays it may be.
+
+    Each item takes one of a few values: an enum, a const or a boolean, as in pydantic's
+    `set[Literal[...]]`. The anyOf holds each order of each choice of its values, at most
+    MAX_ORDERS, each item a const.
+    """
     if not isinstance(node, dict) or node.get("uniqueItems") is not True:
         return node
     if node.get("type") != "array":  # else any value but an array is one too
@@ -177,9 +166,13 @@ def _whole_counts(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _as_applied(node: dict[str, Any]) -> dict[str, Any]:
-    """`unevaluatedProperties` as `additionalProperties`, `unevaluatedItems` as `items`, where
-    nothing else in the node evaluates its properties or items (then both say the same), and
-    `propertyNames` of a pattern or lengths alone as the only pattern properties may have."""
+    """The node's unevaluated* and `propertyNames` keywords, said as keywords the engine takes.
+
+    `unevaluatedProperties` becomes `additionalProperties` and `unevaluatedItems` becomes `items`,
+    where nothing else in the node evaluates its properties or items: then both say the same. A
+    `propertyNames` of a pattern or of lengths alone, on an object that lists no properties, becomes
+    the only pattern its properties may have (`patternProperties`).
+    """
     if any(key in node for key in _IN_PLACE):
         return node
     node = dict(node)
@@ -215,9 +208,11 @@ def _names_pattern(names: dict[str, Any]) -> str | None:
 
 
 def _without_no_ops(node: dict[str, Any]) -> dict[str, Any]:
-    """The node less the keywords that, as written, exclude no value: `uniqueItems: false`
-    (or true where at most one item may be), `if` with neither `then` nor `else` (and either
-    without `if`), a `contains` that at least no items may match (`minContains: 0`)."""
+    """The node less the keywords that, as written, exclude no value.
+
+    Those are `uniqueItems: false`, or true where at most one item may be; `if` with neither `then`
+    nor `else`, and either without `if`; a `contains` that `minContains: 0` leaves free.
+    """
     drop = set()
     unique = node.get("uniqueItems")
     most = node.get("maxItems")
@@ -233,7 +228,14 @@ def _without_no_ops(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _without_not(node: dict[str, Any], property: bool) -> Any:
-    """The node with its `not` said in other keywords where it can be; else as it is."""
+    """The node with its `not` said in other keywords where it can be; else as it is.
+
+    A `not` of types becomes the node's other types, but not where an integer is excluded and
+    numbers are not. A `not` of a `const` or an `enum` shrinks the node's own enum, or gives a
+    string's node the pattern of every string but those. A `not` of the schema that takes everything
+    is `false` for a property, which then may not be there. A `not` of one that takes nothing is no
+    keyword at all.
+    """
     if "not" not in node:
         return node
     negated = node["not"]
@@ -309,9 +311,11 @@ def equal(a: Any, b: Any) -> bool:
 
 
 def _other_strings(excluded: list[str]) -> str | None:
-    """An anchored pattern of every string but `excluded` (None: too long to write, or an
-    excluded string holds a quote or a backslash, which the grammar's JSON strings may also
-    write escaped: `\\"` would pass `[^"]`)."""
+    """An anchored pattern of every string but `excluded`, or None where it cannot be written.
+
+    None means the pattern is too long, or an excluded string holds a quote or a backslash. The
+    grammar's JSON strings may also write those escaped: `\\"` would pass `[^"]`.
+    """
     if any('"' in word or "\\" in word for word in excluded):
         return None
     trie: dict[str, Any] = {}
@@ -328,8 +332,7 @@ _ANY = r"[\s\S]"
 
 
 def _besides(node: dict[str, Any]) -> str:
-    """A regular expression of the strings that, read from this trie node on, end on no
-    excluded word."""
+    """A regular expression of the strings that, from this trie node on, end on no excluded word."""
     children = sorted(char for char in node if char)
     options = [] if "" in node else [""]  # the string may end here unless a word ends here
     if children:

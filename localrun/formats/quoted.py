@@ -1,18 +1,18 @@
-"""A Lark grammar's language as the inside of a JSON string: what a custom tool's grammar
-(the Responses API's `format: {"type": "grammar", "syntax": "lark" | "regex"}`) becomes where
-the model writes a call's input as a JSON string value (`{"input": "..."}`).
+"""A Lark grammar's language as the inside of a JSON string, for a custom tool's input.
 
-JSON escaping maps each character to a fixed text (`"` to `\\"`, a newline to `\\n`, ...), so
-the quoted language is the grammar with each terminal quoted: a literal escaped as `json.dumps`
-escapes it, a regular expression rewritten so each character it matches is matched as its
-escape. What a model writes is JSON's canonical spelling (json.dumps': the short escapes, and
-`\\u00XX` for other control characters), which a JSON reader turns back into the text the
-grammar describes.
+A custom tool's grammar (the Responses API's
+`format: {"type": "grammar", "syntax": "lark" | "regex"}`) becomes this where the model writes a
+call's input as a JSON string value (`{"input": "..."}`). JSON escaping maps each character to a
+fixed text (`"` to `\\"`, a newline to `\\n`, ...), so the quoted language is the grammar with each
+terminal quoted. A literal is escaped as `json.dumps` escapes it; a regular expression is rewritten
+so each character it matches is matched as its escape. A model writes JSON's canonical spelling, as
+json.dumps writes it: the short escapes, and `\\u00XX` for other control characters. A JSON reader
+turns that back into the text the grammar describes.
 
-Regular expressions are read with Python's parser (`re._parser`): the syntax shared by
-Python's and Rust's (llguidance's) engines. One it cannot read, or a feature a Lark terminal
-cannot hold (anchors, back-references, look-arounds, case-insensitive flags), is refused with
-a BadRequestError naming it.
+Regular expressions are read with Python's parser (`re._parser`): the syntax shared by Python's and
+Rust's (llguidance's) engines. One it cannot read, or a feature a Lark terminal cannot hold
+(anchors, back-references, look-arounds, case-insensitive flags), is refused with a BadRequestError
+naming it.
 """
 
 from __future__ import annotations
@@ -80,8 +80,10 @@ _NEEDS = {
 
 
 def regex_grammar(pattern: str) -> str:
-    """A regular expression (a custom tool's `syntax: "regex"`) as a Lark grammar: the whole
-    input matches it (so `^` before it and `$` after it are dropped)."""
+    """A regular expression (a custom tool's `syntax: "regex"`) as a Lark grammar.
+
+    The whole input matches it, so `^` before it and `$` after it are dropped.
+    """
     pattern = pattern.removeprefix("^")
     if pattern.endswith("$") and not pattern.endswith("\\$"):
         pattern = pattern[:-1]
@@ -96,12 +98,12 @@ _RANGE = re.compile(r'"((?:[^"\\]|\\.)+)"\s*\.\.\s*"((?:[^"\\]|\\.)+)"')
 def json_string(lark: str) -> str:
     """`lark` (a grammar of text) as the grammar of that text JSON-escaped.
 
-    Each terminal becomes a rule (a lexeme of llguidance's reads greedily: a terminal that
-    could go on with the `\\` of an escape would swallow the next terminal's escape, as
-    `/.+/` would the `\\n` of a newline after it), each literal its escape, each regular
-    expression a rule of its runs of safe characters and its escapes, `%import common.NAME`
-    its definition. `%ignore` cannot be quoted (what it skips would be skipped inside the
-    call's JSON around it too)."""
+    Each terminal becomes a rule, since a lexeme of llguidance's reads greedily. A terminal that
+    could go on with the `\\` of an escape would swallow the next terminal's escape, as `/.+/` would
+    the `\\n` of a newline after it. Each literal becomes its escape, each regular expression a rule
+    of its runs of safe characters and its escapes, and `%import common.NAME` its definition.
+    `%ignore` cannot be quoted: what it skips would be skipped inside the call's JSON around it too.
+    """
     defined: dict[str, None] = {}
 
     def imported(match: re.Match[str]) -> str:
@@ -161,8 +163,7 @@ def _literal(text: str) -> str:
 
 
 def _regex(text: str) -> str:
-    """A Lark regular expression (`/.../flags`) as a rule expression matching its matches
-    JSON-escaped."""
+    """A Lark regular expression (`/.../flags`) as a rule expression, its matches JSON-escaped."""
     end = text.rindex("/")
     pattern, flags = text[1:end].replace("\\/", "/"), text[end + 1 :]
     if "i" in flags:
@@ -182,8 +183,10 @@ def _escape(char: str) -> str:
 
 
 class _Writer:
-    """Writes a parsed regular expression as a Lark rule expression, each character matched
-    as its JSON escape."""
+    """Writes a parsed regular expression as a Lark rule expression.
+
+    Each character it matches is matched as its JSON escape.
+    """
 
     def __init__(self, dotall: bool) -> None:
         self.dotall = dotall
@@ -241,9 +244,10 @@ class _Writer:
         return _class_text(av if op is _c.IN else [(op, av)])
 
     def klass(self, text: str, run: bool = False) -> str:
-        """A character class (as Python writes it) matching each of its characters JSON's
-        way: the safe ones as themselves (a run of them, with `run`), the others as their
-        escapes."""
+        """A character class, as Python writes it, matching each of its characters JSON's way.
+
+        The safe ones match as themselves (a run of them, with `run`), the others as their escapes.
+        """
         compiled = re.compile(text)
         escapes = [_escape(c) for c in _UNSAFE if compiled.fullmatch(c)]
         # `.` matches every safe character; a class, those of its own that are safe.

@@ -1,19 +1,15 @@
 """Reasoning models: which templates think, how a request asks, and the answer split in two.
 
-A model thinks when its chat template says so: it writes a `<think>` section (DeepSeek-R1,
-QwQ, Qwen3), takes Qwen3's `enable_thinking` variable, renders `reasoning_content`, or speaks
-in gpt-oss's channels (`<|channel|>analysis` for reasoning, `final` for the answer).
-A request asks with `think`: None (the model's default), False (off), True or a level
-("low", "medium", "high"); the template gets `enable_thinking` and `reasoning_effort`, as
-Hugging Face templates expect. Asking a model that cannot think is a BadRequestError.
+A model thinks when its chat template says so: it writes a `<think>` section (DeepSeek-R1, QwQ,
+Qwen3), takes Qwen3's `enable_thinking` variable, renders `reasoning_content`, or speaks in
+gpt-oss's channels (`<|channel|>analysis` for reasoning, `final` for the answer). A request asks
+with `think`: None (the model's default), False (off), True or a level ("low", "medium", "high").
+The template gets `enable_thinking` and `reasoning_effort`, as Hugging Face templates expect. Asking
+a model that cannot think is a BadRequestError.
 
-`Splitter` takes the streamed answer and parts the text inside a family's reasoning tags
-(`<think>` ... `</think>` unless formats/parsers says otherwise) from the rest, holding back only
-what could be the start of a tag; a prompt that already opened the section (templates that
-start the answer thinking) starts it inside. gpt-oss's channels are parted by
-formats/parsers/families/harmony.py.
-
-Pure: no I/O, no llama_cpp (the server side and the runner both import it).
+`Splitter` parts the streamed answer's reasoning from the rest; gpt-oss's channels are parted by
+formats/parsers/families/harmony.py. Pure: no I/O, no llama_cpp, since the server side and the
+runner both import it.
 """
 
 from __future__ import annotations
@@ -85,13 +81,15 @@ def opens_thinking(prompt: str, open: str = OPEN, close: str = CLOSE) -> bool:
 
 
 class Splitter:
-    """Parts streamed text into (thinking, answer) at a family's reasoning tags (`<think>`,
-    `<seed:think>`, `[THINK]`, `<|START_THINKING|>` ...); `drop` are markers around the answer
-    that are nobody's text (Granite's `<response>`, Command R's `<|START_RESPONSE|>`).
+    """Parts streamed text into (thinking, answer) at a family's reasoning tags.
 
-    `calls`, the markers that start a tool call: a thought the prompt opened ends at one of
-    them (Qwen3.5 may call before it writes `</think>`, and vLLM reads that call), the marker
-    starting the answer; a `</think>` after it is then nobody's text."""
+    The tags are `<think>`, `<seed:think>`, `[THINK]`, `<|START_THINKING|>` ... It holds back only
+    what could be the start of a tag. `inside` starts it in a thought the prompt opened. `drop` are
+    markers around the answer that are nobody's text (Granite's `<response>`, Command R's
+    `<|START_RESPONSE|>`). `calls` are the markers that start a tool call: a thought the prompt
+    opened ends at one of them, which starts the answer. Qwen3.5 may call before it writes
+    `</think>`, and vLLM reads that call; a `</think>` after it is then nobody's text.
+    """
 
     def __init__(
         self,

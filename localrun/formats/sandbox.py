@@ -1,20 +1,16 @@
 """Bounds on rendering an untrusted chat template: time, and the size of what it builds.
 
-A template comes inside a downloaded GGUF or a Modelfile, and Jinja's sandbox stops it reaching
-Python internals but not spending the machine: `'x'|center(2147483647)` or
-`'%2147483647d'|format(1)` allocate gigabytes in one call, a `~` doubling a string in a loop
-grows past 4 GB before the output is checked, and nested loops over `messages * 999999` run for
-minutes. So:
+A template comes inside a downloaded GGUF or a Modelfile. Jinja's sandbox stops it reaching Python
+internals but not spending the machine: `'x'|center(2147483647)` or `'%2147483647d'|format(1)`
+allocate gigabytes in one call. A `~` doubling a string in a loop grows past 4 GB before the output
+is checked, and nested loops over `messages * 999999` run for minutes.
 
-- calls that size their result from an argument (center, ljust, rjust, zfill, format widths,
-  join, replace, indent, `*`, `+`, `%`) are checked before they run, against
-  LOCALRUN_TEMPLATE_MAX_BYTES;
-- while a template renders, a watchdog thread checks the deadline (LOCALRUN_TEMPLATE_TIMEOUT)
-  and, every few milliseconds, that the process has not grown by more than
-  LOCALRUN_TEMPLATE_MAX_BYTES times GROWTH_FACTOR since the render began (values that grow step
-  by step, like `~`), and stops the render from inside on a breach.
-
-A breach raises TemplateError inside the template, which the caller turns into a 400.
+So calls that size their result from an argument (center, ljust, rjust, zfill, format widths, join,
+replace, indent, `*`, `+`, `%`) are checked before they run, against LOCALRUN_TEMPLATE_MAX_BYTES.
+While a template renders, a watchdog thread checks the deadline (LOCALRUN_TEMPLATE_TIMEOUT). Every
+few milliseconds it also checks the process's growth since the render began, against
+LOCALRUN_TEMPLATE_MAX_BYTES times GROWTH_FACTOR, for values that grow step by step, like `~`. A
+breach stops the render from inside with a TemplateError, which the caller turns into a 400.
 """
 
 from __future__ import annotations
@@ -67,8 +63,11 @@ def _check_number(number: Any) -> None:
 
 
 def check_printf(spec: Any, args: Any = ()) -> None:
-    """Refuse a printf-style format (`%`, |format) whose field widths or precisions exceed the
-    bound, written in the format or taken from the arguments by `*` (`'%*d' % (N, x)`)."""
+    """Refuse a printf-style format (`%`, |format) with a width or precision past the bound.
+
+    Widths and precisions are written in the format or taken from the arguments by `*`
+    (`'%*d' % (N, x)`).
+    """
     if isinstance(spec, bytes | bytearray):
         spec = bytes(spec).decode("latin-1")
     if not isinstance(spec, str) or "%" not in spec:
@@ -88,8 +87,11 @@ def check_printf(spec: Any, args: Any = ()) -> None:
 
 
 def check_format_field(spec: str) -> None:
-    """Refuse a str.format field whose spec, nested fields filled in (`'{:{}}'.format(x, N)`),
-    has a width or precision past the bound: checked where the value is formatted."""
+    """Refuse a str.format field whose spec has a width or precision past the bound.
+
+    The spec is checked where the value is formatted, with its nested fields filled in
+    (`'{:{}}'.format(x, N)`).
+    """
     for number in _NUMBER.findall(spec):
         _check_number(number)
 
@@ -134,9 +136,11 @@ def safe_pow(a: Any, b: Any) -> Any:
 
 
 def concat(pieces: Iterable[Any]) -> str:
-    """Jinja's join of a render's (a block's, a macro's) pieces, refused before the join once
-    they pass the bound: a loop printing one large string N times holds N references to it,
-    cheap, until one C call joins them into gigabytes (issue 57)."""
+    """Jinja's join of a render's pieces, a block's or a macro's, refused once they pass the bound.
+
+    It refuses before the join. A loop printing one large string N times holds N references to it,
+    cheap, until one C call joins them into gigabytes (issue 57).
+    """
     parts, total = [], 0
     for piece in pieces:
         total += len(piece)
@@ -147,8 +151,11 @@ def concat(pieces: Iterable[Any]) -> str:
 
 
 def bounded_sum(items: Iterable[Any], start: Any = 0) -> Any:
-    """`sum`, one checked `+` at a time: builtin sum adds lists or strings in one C call the
-    watchdog cannot stop (`|sum(start=[])` over a list of large lists ran for minutes)."""
+    """`sum`, one checked `+` at a time.
+
+    Builtin sum adds lists or strings in one C call the watchdog cannot stop: `|sum(start=[])` over
+    a list of large lists ran for minutes.
+    """
     total = start
     for item in items:
         total = safe_add(total, item)
@@ -182,9 +189,11 @@ def _longest_replacement(table: Any) -> int:
 
 
 def check_method(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """Before a str or bytes method the template calls: refuse one whose result would be
-    oversized (str.format is checked field by field as it formats: jinja/env.py). Returns the
-    arguments to call it with (an iterable to join, read once, as a list)."""
+    """Check a str or bytes method the template calls, and return the arguments to call it with.
+
+    It refuses one whose result would be oversized. str.format is checked field by field as it
+    formats (jinja/env.py). An iterable to join is read once, as a list.
+    """
     owner = getattr(obj, "__self__", None)
     name = getattr(obj, "__name__", "")
     if not isinstance(owner, str | bytes | bytearray):
@@ -223,8 +232,10 @@ def _rss() -> int:
 
 
 class _Stop(BaseException):
-    """The watchdog's interruption: a BaseException, so that no `except Exception` on the way
-    (Jinja's compiler folding constants, a filter) swallows it."""
+    """The watchdog's interruption, a BaseException so that no `except Exception` swallows it.
+
+    Jinja's compiler folding constants, or a filter, may catch Exception on the way.
+    """
 
 
 class _Timeout(_Stop):
@@ -257,9 +268,11 @@ def _interrupt(thread_id: int, error: type[BaseException] | None) -> None:
 
 
 class _Watchdog:
-    """A thread that raises _Timeout or _Growth, once, in the thread that started it
-    (PyThreadState_SetAsyncExc: delivered between bytecodes, so Jinja's loops stop even with
-    empty bodies). Nothing is traced: a render costs what it did, plus starting the thread."""
+    """A thread that raises _Timeout or _Growth, once, in the thread that started it.
+
+    It uses PyThreadState_SetAsyncExc, delivered between bytecodes, so Jinja's loops stop even with
+    empty bodies. Nothing is traced: a render costs what it did, plus starting the thread.
+    """
 
     def __init__(self) -> None:
         import threading
@@ -290,9 +303,12 @@ class _Watchdog:
                     return
 
     def stop(self) -> None:
-        """Stand the watchdog down. Its one interruption, sent and not yet delivered, is
-        withdrawn; delivered here (it arrives at any bytecode), it is caught and the stop done
-        again: the caller reports it from `fired`."""
+        """Stand the watchdog down.
+
+        Its one interruption, sent and not yet delivered, is withdrawn. If it is delivered here (it
+        arrives at any bytecode), it is caught and the stop done again; the caller reports it from
+        `fired`.
+        """
         for _ in range(3):
             try:
                 with self.lock:
@@ -305,9 +321,11 @@ class _Watchdog:
 
 
 def call(render: Callable[[], T]) -> T:
-    """`render()` bounded in time and memory growth; a breach is a TemplateLimitError however
-    the watchdog's interruption and the render's end interleave (never the watchdog's own
-    exception: issue 57, a 500 under concurrent renders)."""
+    """`render()` bounded in time and memory growth.
+
+    A breach is a TemplateLimitError however the watchdog's interruption and the render's end
+    interleave. It is never the watchdog's own exception (issue 57, a 500 under concurrent renders).
+    """
     watchdog: _Watchdog | None = None
     try:
         try:

@@ -1,29 +1,16 @@
 """How deep a schema nests once its `$ref`s are followed: what a JSON schema compiler recurses.
 
-llguidance compiles a schema by recursion, a `$ref` into its target as into any other
-subschema, and crashes the process when that recursion passes its thread's stack (a chain of
-2,500 `{"$ref": next}` definitions, or 925 objects each holding the next as a property, on an
-8 MiB stack: issue 76). A schema nests at most grammar_bounds.MAX_DEPTH levels as written, but
-a chain of definitions nests as deep as it is long; `resolved_depth` measures that.
+llguidance compiles a schema by recursion, a `$ref` into its target as into any other subschema. It
+crashes the process when that recursion passes its thread's stack: a chain of 2,500 `{"$ref": next}`
+definitions, or 925 objects each holding the next as a property, on an 8 MiB stack (issue 76). A
+schema nests at most grammar_bounds.MAX_DEPTH levels as written, but a chain of definitions nests as
+deep as it is long; `resolved_depth` measures that.
 
-The schema is a graph: a node is the schema at the root or at a `$ref`'s target; an edge, a
-`$ref` inside it, as deep as it is written there. A compiler never enters a definition it is
-already compiling (a recursive schema, a tree, is a cycle it compiles once), so within a cycle
-of definitions it recurses at most through each of them once: the depth is the longest path
-through the graph's strongly connected components, each counted as the depths of all its
-nodes together.
-
-A target is the value a reference leads to, however the reference spells it: a JSON pointer
-(`#/$defs/a`, percent-encoded or not; an array index only as RFC 6901 writes one, so `00`
-and `٠` name nothing), the root (`#`), or an anchor (`#name`: `$anchor`, or an `$id` of that
-form). A reference to another document or by an `$id`'s URI is a leaf here: llguidance may
-follow it, and what it does there is left to the grammar guard (engine.sampling.grammar_guard),
-which compiles every grammar in a child of its own first. `$defs` and `definitions` are not entered
-where a schema holds them (a definition is applied where a `$ref` names it), so a long list of
-definitions nests no deeper than one of them; a property of that name is entered as any other.
-
-The walk is bounded too: a target is walked once, however many references spell it, and past
-MAX_VISITS subschemas visited in all the schema is refused (TooLarge).
+The schema is a graph: a node is the schema at the root or at a `$ref`'s target; an edge, a `$ref`
+inside it, as deep as it is written there. A compiler never enters a definition it is already
+compiling: a recursive schema, a tree, is a cycle it compiles once. So within a cycle of definitions
+it recurses at most through each of them once. The depth is the longest path through the graph's
+strongly connected components, each counted as the depths of all its nodes together.
 """
 
 from __future__ import annotations
@@ -33,8 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+# Each target is walked once, however many references spell it; past MAX_VISITS the schema is
+# refused (TooLarge).
 MAX_VISITS = 1_000_000  # subschemas walked in all (a schema within the grammar bound has <200k)
 
+# Not entered where a schema holds them: a definition is applied where a `$ref` names it, so a
+# long list of definitions nests no deeper than one of them. A property of that name is entered.
 _NOT_APPLIED = frozenset({"$defs", "definitions"})
 # The keywords whose value is an object of names, each naming a schema (grammar_bounds' too).
 NAME_MAPS = frozenset(
@@ -45,8 +36,10 @@ _INDEX = re.compile(r"0|[1-9][0-9]{0,8}")  # an array index as RFC 6901 spells i
 
 @dataclass
 class _Node:
-    """A schema at the root or at a `$ref`'s target: its own depth, and the `$ref`s inside it
-    with the depth each is written at (their targets by id)."""
+    """A schema at the root or at a `$ref`'s target: its own depth, and the `$ref`s inside it.
+
+    Each `$ref` is kept with the depth it is written at, and its target by id.
+    """
 
     depth: int = 0
     refs: list[tuple[int, int]] = field(default_factory=list)
@@ -57,8 +50,10 @@ class TooLarge(ValueError):
 
 
 def resolved_depth(schema: Any) -> int:
-    """The deepest a compiler following `schema`'s `$ref`s recurses, in JSON levels (module
-    docstring); TooLarge past MAX_VISITS subschemas walked."""
+    """The deepest a compiler following `schema`'s `$ref`s recurses, in JSON levels.
+
+    The module's docstring says how. Raises TooLarge past MAX_VISITS subschemas walked.
+    """
     walk = _Walk(schema)
     pending = [schema]
     while pending:
@@ -111,8 +106,10 @@ class _Walk:
 
 
 def resolve(schema: Any, ref: str, anchors: dict[str, Any] | None = None) -> Any:
-    """The value a local reference leads to in `schema` (`anchors`: `anchors(schema)`, when
-    the caller resolves many); None where it leads nowhere this module follows."""
+    """The value a local reference leads to in `schema`; None where it leads nowhere followed here.
+
+    `anchors` is `anchors(schema)`, passed by a caller that resolves many.
+    """
     return _resolve(schema, ref, _anchors(schema) if anchors is None else anchors)
 
 
@@ -122,8 +119,15 @@ def anchors(schema: Any) -> dict[str, Any]:
 
 
 def _resolve(schema: Any, ref: str, anchors: dict[str, Any]) -> Any:
-    """The value a local reference leads to: a JSON pointer, the root, or an anchor (None: a
-    reference this module does not follow, or one that leads nowhere)."""
+    """The value a local reference leads to: a JSON pointer, the root, or an anchor; else None.
+
+    A reference may spell its target in any way: a JSON pointer (`#/$defs/a`, percent-encoded or
+    not), the root (`#`), or an anchor (`#name`: `$anchor`, or an `$id` of that form). A pointer
+    takes an array index only as RFC 6901 writes one, so `00` and `٠` name nothing. A reference to
+    another document or by an `$id`'s URI is a leaf here. llguidance may follow it; what it does
+    there is left to the grammar guard (engine.sampling.grammar_guard), which compiles every grammar
+    in a child of its own first.
+    """
     if not ref.startswith("#"):
         return None
     fragment = unquote(ref[1:])
@@ -159,8 +163,11 @@ def _anchors(schema: Any) -> dict[str, Any]:
 
 
 def _longest(nodes: dict[int, _Node], root: int) -> int:
-    """The longest path from the root through the graph, a strongly connected component of
-    several nodes (or one naming itself) counted as all of its nodes' depths together."""
+    """The longest path from the root through the graph.
+
+    A strongly connected component of several nodes, or of one naming itself, counts as all of its
+    nodes' depths together.
+    """
     component = _components(nodes)
     members: dict[int, list[int]] = {}
     for pointer, index in component.items():
@@ -184,8 +191,10 @@ def _longest(nodes: dict[int, _Node], root: int) -> int:
 
 
 def _components(nodes: dict[int, _Node]) -> dict[int, int]:
-    """Each node's strongly connected component, numbered in the order Tarjan's algorithm
-    closes them (a component after all those it reaches); iterative, for long chains."""
+    """Each node's strongly connected component, numbered as Tarjan's algorithm closes them.
+
+    A component comes after all those it reaches. The walk is iterative, for long chains.
+    """
     index: dict[int, int] = {}
     low: dict[int, int] = {}
     on_stack: set[int] = set()

@@ -1,20 +1,15 @@
 """Chat templates: a conversation -> the prompt text its model was trained on.
 
-The one door to the template machinery; the runner's prompt and the server's /apply-template
-come here, and never look inside:
+The one door to the template machinery. The runner's prompt and the server's /apply-template come
+here, and never look inside:
 
     jinja/         Hugging Face's environment (sandboxed Jinja with transformers' additions)
     adapt.py       the conversation adapted to what a Jinja template can render (probed)
     ollama/        Ollama's Go templates (a Modelfile's TEMPLATE written for Ollama), rendered
                    as Ollama renders them, on gotemplate/ (Go's text/template)
 
-A Jinja template is given `messages`, `add_generation_prompt`, `bos_token`, `eos_token`,
-`tools` (as the client sent them; None when there are none, as Hugging Face passes it), and
-what llama.cpp's server passes every template: `date_string` and `datetime` (today:
-"25 Nov 2026", "Nov 25 2026") and `enable_thinking` (true unless the request turns thinking
-off: a reasoning model thinks by default, where templates that test `enable_thinking is
-defined` would otherwise close it), and past reasoning kept in the history
-(`preserve_thinking` true; `clear_thinking`, `truncate_history_thinking`, `drop_thinking` false).
+A Jinja template is given `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `tools`,
+and what llama.cpp's server passes every template (render).
 """
 
 from __future__ import annotations
@@ -61,16 +56,20 @@ def is_go(source: str | None) -> bool:
 
 
 def _ollama() -> Any:
-    """Ollama's template layer, imported where a Go template is met: its modules take a
-    third of a runner's import of this package, and most models are Jinja."""
+    """Ollama's template layer, imported only where a Go template is met.
+
+    Its modules take a third of a runner's import of this package, and most models are Jinja.
+    """
     from localrun.formats.ollama import template as ollama_template
 
     return ollama_template
 
 
 def check(source: str) -> None:
-    """Refuse a template that cannot be used (TemplateError saying why and where): Jinja must
-    compile; a Go template must parse and render a short conversation, as Ollama checks."""
+    """Refuse a template that cannot be used, with a TemplateError saying why and where.
+
+    Jinja must compile; a Go template must parse and render a short conversation, as Ollama checks.
+    """
     if is_go(source):
         _ollama().check(source)
     else:
@@ -78,8 +77,10 @@ def check(source: str) -> None:
 
 
 def prepare(source: str | None) -> None:
-    """Compile and probe a template ahead of its first request (a runner does it at load:
-    the probes take tens of milliseconds, once). A template that fails says so then."""
+    """Compile and probe a template ahead of its first request, so a failing one says so then.
+
+    A runner does it at load: the probes take tens of milliseconds, once.
+    """
     if is_go(source):
         _ollama().load(source or "")
     else:
@@ -117,6 +118,9 @@ def render(
     for repairs in _tries(given):
         messages, tools = copy.deepcopy(given), copy.deepcopy(given_tools)
         messages, tools, extra = adapt_mod.adapt(source, messages, tools, family, repairs=repairs)
+        # What llama.cpp's server passes every template too: `date_string` and `datetime` (today:
+        # "25 Nov 2026", "Nov 25 2026"), `enable_thinking` true unless the request turns thinking
+        # off, and past reasoning kept in the history (adapt.DEFAULTS says why).
         context: dict[str, Any] = {
             "date_string": now.strftime("%d %b %Y"),
             "datetime": now.strftime("%b %d %Y"),
@@ -157,8 +161,10 @@ def _render_go(
     variables: dict[str, Any],
     add_generation_prompt: bool,
 ) -> str:
-    """An Ollama template's prompt: `think` from the request's thinking variables, tools in
-    a system note where the template has no `.Tools` (Ollama refuses them there)."""
+    """An Ollama template's prompt, `think` taken from the request's thinking variables.
+
+    Tools go in a system note where the template has no `.Tools`, since Ollama refuses them there.
+    """
     if tools and not shows_tools(source):
         messages, tools = calls_mod.add_system_note(messages, tools), None
     think = variables.get("reasoning_effort", variables.get("enable_thinking"))
@@ -176,8 +182,11 @@ def _render_go(
 
 @lru_cache(maxsize=64)
 def family(template: str | None) -> parsers.Family:
-    """The model family a template writes for (formats/parsers): the row whose markers it
-    writes, else one derived from its own rendering of a call, else Hermes."""
+    """The model family a template writes for (formats/parsers).
+
+    It is the row whose markers it writes, else one derived from its own rendering of a call, else
+    Hermes.
+    """
     if not template:
         return parsers.DEFAULT
     found = parsers.by_markers(template)

@@ -2,16 +2,15 @@
 
 `walk` reads the header of a mapped file with `struct`, once:
 
-1. every length, count and offset is checked against the file size, and every count against
-   limits real files are far below (MAX_KEYS, MAX_TENSORS, MAX_ARRAY), so the walk's time and
-   memory are bounded by the file, not by what it claims. (The `gguf` package's reader is not
-   used: it loops once per array element in Python, builds numpy objects for each, and reads
-   past the end as empty arrays; a million empty strings took it past 4 GB.)
+1. every length, count and offset is checked against the file size, and every count against limits
+   real files are far below (MAX_KEYS, MAX_TENSORS, MAX_ARRAY). So the walk's time and memory are
+   bounded by the file, not by what it claims. The `gguf` package's reader is not used: it loops
+   once per array element in Python, builds numpy objects for each, and reads past the end as empty
+   arrays. A million empty strings took it past 4 GB.
 2. every tensor's offset + size lies within the file.
 
-What it returns (`Header`, `TensorInfo`) is the structure alone; whether a model's values are
-ones llama.cpp can be trusted with is `localrun.gguf.rules`' question, and `localrun.gguf.scan`
-asks both.
+What it returns (`Header`, `TensorInfo`) is the structure alone. Whether a model's values are ones
+llama.cpp can be trusted with is `localrun.gguf.rules`' question; `localrun.gguf.scan` asks both.
 """
 
 from __future__ import annotations
@@ -318,8 +317,11 @@ _FIM_KEYS = (
 
 
 def _has_fim(data: mmap.mmap, span: tuple[int, int], metadata: dict[str, Any]) -> bool:
-    """Whether the vocabulary has a prefix, a suffix and a middle FIM token: named by id in the
-    metadata, or found as whole entries (length-prefixed) of the token list."""
+    """Whether the vocabulary has a prefix, a suffix and a middle FIM token.
+
+    Each is named by id in the metadata, or found as a whole entry (length-prefixed) of the token
+    list.
+    """
     start, end = span
 
     def listed(text: str) -> bool:
@@ -334,10 +336,11 @@ def _has_fim(data: mmap.mmap, span: tuple[int, int], metadata: dict[str, Any]) -
 
 @functools.cache
 def quant_sizes() -> dict[int, tuple[str, int, int]]:
-    """(name, block size, bytes per block) of each ggml tensor type: the gguf package's
-    GGML_QUANT_SIZES, from its constants module loaded alone. The package's __init__ imports
-    numpy with its reader and writer (20 MB), which the server process, planning a load from
-    a header, must not carry; the frozen binary, whose modules are no files, imports it whole.
+    """(name, block size, bytes per block) of each ggml tensor type, from the gguf package.
+
+    It is GGML_QUANT_SIZES, from the package's constants module loaded alone. The package's __init__
+    imports numpy with its reader and writer (20 MB), which the server process, planning a load from
+    a header, must not carry. The frozen binary, whose modules are no files, imports it whole.
     """
     loaded = sys.modules.get("gguf")
     if loaded is None:

@@ -1,8 +1,10 @@
-"""What a model's memory of a sequence is, read from its header alone (no llama.cpp): a KV entry
-per position, a sliding window's last positions beside global layers, a recurrent state (Mamba,
-RWKV), or a recurrent state beside attention (hybrid). `show` and `ps` say from
-it what the prompt cache does; the engine asks llama.cpp itself (engine.weights) and keeps
-checkpoints of the states that cannot be cut (engine.checkpoints)."""
+"""What a model's memory of a sequence is, read from its header alone, without llama.cpp.
+
+It is a KV entry per position, a sliding window's last positions beside global layers, a recurrent
+state (Mamba, RWKV), or a recurrent state beside attention (hybrid). `show` and `ps` say from it
+what the prompt cache does. The engine asks llama.cpp itself (engine.weights) and keeps checkpoints
+of the states that cannot be cut (engine.checkpoints).
+"""
 
 from __future__ import annotations
 
@@ -30,8 +32,10 @@ EVERY, COUNT, MAX_BYTES = 2048, 16, 256 << 20
 
 
 def kind(architecture: str | None, window: int | None = None) -> str:
-    """What the memory of a model of this general.architecture and attention.sliding_window is:
-    "recurrent", "hybrid", "window" or "positions"."""
+    """The memory of a model of this general.architecture and attention.sliding_window.
+
+    It is "recurrent", "hybrid", "window" or "positions".
+    """
     if architecture in RECURRENT:
         return "recurrent"
     if architecture in HYBRID:
@@ -59,10 +63,13 @@ def describe(
 def checkpoint_bytes(
     memory: str, window: int, num_ctx: int, slot_kv: int, count: int = COUNT, most: int = MAX_BYTES
 ) -> int:
-    """The memory one slot's checkpoints may take (engine.checkpoints), at most: `count` of
-    them within `most` bytes, the newest kept whatever its size. A checkpoint of a window holds
-    its last `window` positions, counted here at the slot's KV per position (`slot_kv` for
-    `num_ctx`, every layer's: an over-estimate); a recurrent state is counted as the slot's KV."""
+    """The most memory one slot's checkpoints may take (engine.checkpoints).
+
+    That is `count` of them within `most` bytes, the newest kept whatever its size. A checkpoint of
+    a window holds its last `window` positions, counted here at the slot's KV per position.
+    `slot_kv` is for `num_ctx` and every layer, so this over-estimates. A recurrent state is counted
+    as the slot's KV.
+    """
     if memory == "positions" or count == 0 or slot_kv <= 0:
         return 0
     one = slot_kv

@@ -1,19 +1,18 @@
 """What a model GGUF must satisfy before llama.cpp is given it: the values llama.cpp trusts.
 
-llama.cpp checks a file's structure, then trusts its hyper-parameters: a block count of 2^32-1
-sizes per-layer arrays (a runner grew to 6 GB from a 498 KB file), a block count of 0, a NaN
-epsilon, a head count that does not divide, a BERT tokenizer on a llama model or a vocabulary of
-invalid UTF-8 abort it (SIGABRT) or make it hang. `check_model` refuses such files with the key
-and what is wrong, from the header alone (`localrun.gguf.header.Header`): hyper-parameters
-finite and in range, the block count against the `blk.N.*` tensors present, tensor shapes
+llama.cpp checks a file's structure, then trusts its hyper-parameters. A block count of 2^32-1 sizes
+per-layer arrays (a runner grew to 6 GB from a 498 KB file). A block count of 0, a NaN epsilon, a
+head count that does not divide, a BERT tokenizer on a llama model or a vocabulary of invalid UTF-8
+abort it (SIGABRT) or make it hang. `check_model` refuses such files with the key and what is wrong,
+from the header alone (`localrun.gguf.header.Header`). It checks that hyper-parameters are finite
+and in range, and the block count against the `blk.N.*` tensors present. It checks tensor shapes
 against the hyper-parameters they must match, the tokenizer against the architecture and the
-vocabulary, and the chat template within the size the store accepts.
+vocabulary, and the chat template against the size the store accepts.
 
-The bounds are far beyond any released model (the largest have ~200 blocks, 16k-wide embeddings,
-256k-token vocabularies, templates of tens of KB); they exist to refuse what llama.cpp would
-turn into an allocation of gigabytes or an abort. This module reads nothing itself and imports
-nothing of localrun but the Header it checks: `localrun.gguf.scan` calls it after the walk and words
-the refusal.
+The bounds are far beyond any released model: the largest have ~200 blocks, 16k-wide embeddings,
+256k-token vocabularies, templates of tens of KB. They refuse what llama.cpp would turn into an
+allocation of gigabytes or an abort. This module reads nothing itself: `localrun.gguf.scan` calls it
+after the walk and words the refusal.
 """
 
 from __future__ import annotations
@@ -122,8 +121,11 @@ def _check_projector(header: Header) -> None:
 
 
 def _check_numbers(meta: dict[str, Any], arch: str, *, attention: bool) -> None:
-    """Every hyper-parameter of the architecture finite, and counts in range. A model without
-    attention tensors (a recurrent one: Mamba, RWKV) has no heads: its converters write 0."""
+    """Every hyper-parameter of the architecture finite, and counts in range.
+
+    A model without attention tensors (a recurrent one: Mamba, RWKV) has no heads: its converters
+    write 0.
+    """
     prefix = arch + "."
     for key, value in meta.items():
         if not key.startswith(prefix) or isinstance(value, bool):
@@ -182,8 +184,10 @@ def _check_template(meta: dict[str, Any]) -> None:
 
 
 def _check_tokenizer(header: Header, arch: str, tokens: list[bytes]) -> int:
-    """The tokenizer model fits the architecture; the vocabulary is sized and valid. Returns
-    the vocabulary size."""
+    """The tokenizer model fits the architecture; the vocabulary is sized and valid.
+
+    Returns the vocabulary size.
+    """
     meta = header.metadata
     model = meta.get("tokenizer.ggml.model")
     if model in (None, "none", "no_vocab"):

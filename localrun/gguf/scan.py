@@ -95,11 +95,14 @@ def open_regular(
     what: str = "a GGUF file",
     hint: str = "point to a .gguf model file",
 ) -> int:
-    """Open `path` read-only, refusing anything that is not a regular file; returns the fd
-    (blocking again once open). `what` and `hint` word the refusal for the caller's kind of file.
+    """Open `path` read-only, refusing anything that is not a regular file; return the fd.
 
-    The check is made before opening (a FIFO blocks in open()) and again on the open descriptor,
-    opened without blocking, so a file swapped for a FIFO or device in between is still refused.
+    The fd is blocking again once open. `what` and `hint` word the refusal for the caller's kind of
+    file.
+
+    The check is made before opening, since a FIFO blocks in open(). It is made again on the open
+    descriptor, opened without blocking, so a file swapped for a FIFO or device in between is still
+    refused.
     """
     shown = str(path)
     try:
@@ -125,8 +128,7 @@ def open_regular(
 
 
 def not_regular(mode: int) -> str | None:
-    """What a file of `st_mode` is when it is not a regular file ("a FIFO (named pipe)"), else
-    None."""
+    """What a file of `st_mode` is, as "a FIFO (named pipe)", or None for a regular file."""
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISDIR(mode):
@@ -222,8 +224,11 @@ def _mapped(fd: int, shown: str) -> mmap.mmap:
 
 
 def _info(size: int, shown: str, scan: Header, tokens: list[bytes]) -> GGUFInfo:
-    """What the store records, from the bounds-checked walk (no second parser: the `gguf`
-    package's reader builds numpy objects per element, and took gigabytes on hostile headers)."""
+    """What the store records, from the bounds-checked walk.
+
+    There is no second parser: the `gguf` package's reader builds numpy objects per element, and
+    took gigabytes on hostile headers.
+    """
     metadata: dict[str, Any] = {}
     for key, item in scan.metadata.items():
         if isinstance(item, tuple):  # arrays are not part of the summary

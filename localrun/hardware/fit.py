@@ -1,6 +1,9 @@
-"""Memory fitting: how a stored model would be loaded (context size, GPU offload, the draft
-model), refusing a load that cannot fit before anything is allocated, and the load options that
-follow from the plan; the errors of a model's stored files."""
+"""Memory fitting: plan how a stored model loads, and refuse a load that cannot fit.
+
+The plan covers the context size, the GPU offload and the draft model. A load that cannot fit is
+refused before anything is allocated. The errors for a model's missing or damaged stored files
+are built here too.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +29,11 @@ from localrun.store import links as links_mod
 
 
 def damaged(model: Model, exc: InvalidGGUFError) -> CorruptBlobError:
-    """The error for a stored file of `model` that is no longer valid GGUF: for one linked in
-    place (`create --link`), the user's original, changed since; else the damaged blob."""
+    """Return the error for a stored file of `model` that is no longer valid GGUF.
+
+    For a file linked in place (`create --link`), it names the user's original, changed since.
+    Otherwise it names the damaged blob.
+    """
     path, what = _file_named(model, exc.file)
     reason = exc.reason or _BLOB_PATH.sub("the file", exc.message)
     name = model.name
@@ -56,8 +62,11 @@ def damaged(model: Model, exc: InvalidGGUFError) -> CorruptBlobError:
 
 
 def check_present(model: Model) -> None:
-    """MissingBlobError for the first stored file of `model` that is gone: removed since the
-    model was resolved (a runner's lease, store.leases, keeps them), or a damaged store."""
+    """Raise MissingBlobError for the first stored file of `model` that is gone.
+
+    A file is gone when it was removed after the model was resolved, or the store is damaged.
+    A runner's lease (store.leases) keeps its files.
+    """
     for path, what in _files(model):
         if not path.is_file():
             raise MissingBlobError(
@@ -68,8 +77,7 @@ def check_present(model: Model) -> None:
 
 
 def _file_named(model: Model, name: str) -> tuple[Path, str]:
-    """The stored file of `model` named `name` (the model file when none is), and what it is
-    to the model."""
+    """Return `model`'s file named `name` (else the model file), and what it is to the model."""
     files = _files(model)
     for path, what in files:
         if str(path) == name:
@@ -101,8 +109,10 @@ class Fit:
 
 
 class Build(Protocol):
-    """What the llama.cpp build can offload: the engine's BuildInfo is one. The engine sits
-    above this wing, so it hands its build in rather than being asked."""
+    """What the llama.cpp build can offload; the engine's BuildInfo is one.
+
+    The engine sits above this wing, so it hands its build in rather than being asked.
+    """
 
     @property
     def gpu_offload(self) -> bool: ...  # a GPU backend with a device
@@ -122,13 +132,13 @@ def plan_fit(
     slots: int = 1,
     build: Build | None = None,
 ) -> Fit:
-    """Plan the GPU offload for `model` with a context of `num_ctx` without loading it (`show
-    --fit` too); None: the context `parameters` give (Model.context).
+    """Plan the GPU offload for `model` with a context of `num_ctx`, without loading it.
 
-    num_ctx is per sequence; the KV cache is sized for `slots` of them (the server's runner).
-    `build` is the llama.cpp build the model will run on (engine.library.buildinfo.build_info());
-    without one the plan is for the CPU alone, probing for no GPU: for an engine that never uses
-    one (the scripted fake), whose runner then starts without importing llama_cpp.
+    `show --fit` uses it too. With num_ctx None, the context is the one `parameters` give
+    (Model.context). num_ctx is per sequence; the KV cache is sized for `slots` of them.
+    `build` is the llama.cpp build the model will run on (engine.library.buildinfo.build_info()).
+    Without one, the plan is for the CPU alone and probes for no GPU. That serves an engine that
+    never uses one (the scripted fake), whose runner then starts without importing llama_cpp.
     """
     header, draft = _model_header(model), _draft_header(model)
     return _plan_fit(model, header, draft, parameters, num_ctx, slots, build)
@@ -186,8 +196,11 @@ def _plan_fit(
 
 
 def _plan_projector(path: Path, plan: Any) -> None:
-    """Add the projector to the plan: its weights and, for its compute buffers, a quarter more
-    (an image's encode); on the GPU when any layer is (libmtmd follows the model there)."""
+    """Add the projector's weights to the plan, and a quarter more for its compute buffers.
+
+    The quarter covers an image's encode. The projector goes on the GPU when any layer does,
+    since libmtmd follows the model there.
+    """
     try:
         size = path.stat().st_size
     except OSError:
@@ -201,8 +214,10 @@ def _plan_projector(path: Path, plan: Any) -> None:
 def _plan_draft(
     header: Any, plan: Any, num_ctx: int, slots: int, parameters: dict[str, Any]
 ) -> None:
-    """Add the draft model (weights, KV cache, compute buffer) to the plan: on the GPU with the
-    model when the model is there whole, on the CPU otherwise (draft_offloaded says which)."""
+    """Add the draft model's weights, KV cache and compute buffer to the plan.
+
+    They go on the GPU when the whole model is there, on the CPU otherwise (see draft_offloaded).
+    """
     from localrun.hardware.offload import DEFAULT_NUM_BATCH, plan_offload
 
     draft = plan_offload(
@@ -247,13 +262,13 @@ def _draft_header(model: Model) -> Any:
 
 @dataclass(frozen=True)
 class Footprint:
-    """The memory a model takes, planned from its headers alone (read once): what the
-    scheduler counts for a model its runner has not measured yet.
+    """The memory a model takes, planned from its headers alone, which are read once.
 
-    It is the CPU plan's RAM (weights, the KV cache of every slot, compute buffers; the draft
-    model's too): what a runner on the CPU reports once loaded, and the whole of a GPU plan
-    less the GPU runtime; and the checkpoints each slot may keep of a sliding window or a
-    recurrent state (engine.checkpoints), which grow after the load.
+    The scheduler counts it for a model whose runner has not measured it yet. It is the CPU
+    plan's RAM: weights, the KV cache of every slot and compute buffers, the draft model's too.
+    That is what a runner on the CPU reports once loaded, and a GPU plan's whole less the GPU
+    runtime. It adds the checkpoints each slot may keep of a sliding window or a recurrent state
+    (engine.checkpoints), which grow after the load.
     """
 
     model: Model
@@ -261,18 +276,23 @@ class Footprint:
     draft: Any
 
     def bytes(self, options: dict[str, Any], slots: int, num_ctx: int | None = None) -> int:
-        """The bytes a load with `options` (over the model's parameters) and `slots` takes,
-        with a context of `num_ctx` (None: the one `options` give, Model.context)."""
+        """Return the bytes a load with `options` and `slots` takes.
+
+        `options` go over the model's parameters. The context is `num_ctx`, or when it is None,
+        the one `options` give (Model.context).
+        """
         parameters = {**self.model.parameters, **options}
         fit = _plan_fit(self.model, self.header, self.draft, parameters, num_ctx, slots, None)
         return int(fit.plan.ram_bytes) + checkpoint_bytes(fit, slots)
 
 
 def checkpoint_bytes(fit: Fit, slots: int) -> int:
-    """The memory `slots` slots' checkpoints of a window or recurrent state may take beside
-    the KV cache (engine.checkpoints: up to LOCALRUN_CHECKPOINT_MAX_BYTES, 256 MiB, a slot),
-    growing after the load: counted, so that LOCALRUN_NUM_PARALLEL slots of such a model
-    cannot pass the machine's memory."""
+    """Return the memory the checkpoints of `slots` slots may take beside the KV cache.
+
+    The checkpoints (engine.checkpoints) keep a sliding window or a recurrent state, up to
+    LOCALRUN_CHECKPOINT_MAX_BYTES (256 MiB) a slot, and grow after the load. They are counted so
+    that LOCALRUN_NUM_PARALLEL slots of such a model cannot pass the machine's memory.
+    """
     _, count, most = limits.checkpoints()
     window = getattr(fit.header, "sliding_window", None) or 0
     kind = memory.kind(getattr(fit.header, "architecture", None), window)
@@ -281,8 +301,10 @@ def checkpoint_bytes(fit: Fit, slots: int) -> int:
 
 
 def footprint(model: Model) -> Footprint:
-    """`model`'s Footprint (its headers are read and checked); CorruptBlobError if a file is
-    damaged."""
+    """Return `model`'s Footprint, reading and checking its headers.
+
+    Raises CorruptBlobError if a file is damaged.
+    """
     return Footprint(model, _model_header(model), _draft_header(model))
 
 
@@ -324,9 +346,11 @@ def too_large(
     where: str = "",
     hint: str = "use a smaller num_ctx, or set LOCALRUN_NUM_PARALLEL lower",
 ) -> LocalrunError:
-    """The refusal of a load of `name` that needs more memory than is `available` (`where`
-    says with what unloaded): naming num_ctx when the request set it (a 400, with `hint`), else
-    ModelLoadError."""
+    """Return the refusal of a load of `name` that needs more memory than is `available`.
+
+    `where` says with what unloaded. When the request set num_ctx, the error names it and is
+    a 400 with `hint`; otherwise it is a ModelLoadError.
+    """
     have = f"about {_gb(available)} is available{where}"
     if num_ctx is not None:
         per = f" ({slots} slots)" if slots > 1 else ""

@@ -133,8 +133,10 @@ def _vocab(header: Header, embd_vocab: int | None) -> int:
 
 
 def _graphs(a: _Attention, vocab: int, ctx: int, num_batch: int) -> tuple[int, int, int]:
-    """(full, partial, output) compute buffers: Ollama's estimate of llama.cpp's for llama-like
-    graphs (llm/ggml.go)."""
+    """Return the (full, partial, output) compute buffers of a llama-like graph.
+
+    It is Ollama's estimate of llama.cpp's buffers (llm/ggml.go).
+    """
     batch = min(num_batch, ctx)
     n_embd, n_head = a.n_embd, a.n_head
     graph_output = 4 * batch * (n_embd + vocab)
@@ -215,9 +217,11 @@ RUNTIME_BYTES = {"cuda": 600 * MIB}
 
 
 def safety_margin(free_bytes: int, backend: str | None = None) -> int:
-    """VRAM left unplanned: fragmentation, other programs, what the estimates miss, and on a
-    backend whose runtime is not counted (RUNTIME_BYTES) the runtime itself; so the floor is
-    lower where it is counted."""
+    """Return the VRAM left unplanned, for fragmentation, other programs and what estimates miss.
+
+    On a backend whose runtime is not counted (RUNTIME_BYTES), it covers the runtime itself too,
+    so the floor is lower where the runtime is counted.
+    """
     floor = 256 * MIB if backend in RUNTIME_BYTES else 512 * MIB
     return max(floor, free_bytes // 10)
 
@@ -265,8 +269,10 @@ def _plan(
 
 
 def _plan_requested(s: _Sizes, requested: int, gpu: GPU | None) -> OffloadPlan:
-    """`requested` layers (capped at the layer count), warning when they may not fit on `gpu`
-    or cannot be checked (no GPU detected)."""
+    """Plan `requested` layers on the GPU, capped at the layer count.
+
+    It warns when they may not fit on `gpu`, or cannot be checked because no GPU was detected.
+    """
     total = s.total_layers
     k = min(requested, total)
     if gpu is None:

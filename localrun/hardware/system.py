@@ -1,24 +1,18 @@
 """What this machine offers a model: CPU, memory and GPUs.
 
-Ollama's `discover`. Detection never raises: every probe is a small function that returns what it
-parsed, and any failure (missing library or tool, timeout, odd output) means "not found". Probes
-are injectable (`detect(Probes(cuda=...))`) and every parser is a pure function over text.
+Like Ollama's `discover`, detection never raises. Every probe is a small function that returns
+what it parsed, and any failure (missing library or tool, timeout, odd output) means "not found".
+Probes are injectable (`detect(Probes(cuda=...))`) and every parser is a pure function over text.
 
 GPU probes, one per llama.cpp backend:
 - cuda: NVML through ctypes (no CUDA toolkit needed), else `nvidia-smi --query-gpu`.
 - rocm: `rocm-smi --showmeminfo vram --showproductname --json`.
-- vulkan: `vulkaninfo --summary` for the devices; the full `vulkaninfo` report for memory heaps,
-  which the summary does not print.
-- metal: Apple Silicon only. Metal reports no free figure; the GPU may wire a "recommended working
-  set" of the unified memory, which macOS sets to about 2/3 of RAM on machines with 32 GiB or
-  less and about 3/4 above that (a raised `iogpu.wired_limit_mb` sysctl wins). Free = that total,
-  as Ollama does.
+- vulkan: `vulkaninfo --summary` for the devices, the full report for the memory heaps.
+- metal: Apple Silicon only, the share of unified memory the GPU may wire (see probe_metal).
 
 A card can show up twice (as cuda and as vulkan): each entry is one way llama.cpp can reach it,
-and `usable_gpus` keeps the ones the installed build can use.
-
-How many layers fit on those GPUs is localrun.hardware.offload's business: it imports this module,
-never the reverse.
+and `usable_gpus` keeps the ones the installed build can use. localrun.hardware.offload plans
+the layers on these GPUs; it imports this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -479,9 +473,13 @@ def probe_vulkan(run: Run = run_tool) -> list[GPU]:
 
 # --- Metal --------------------------------------------------------------------------------------
 
+# Metal reports no free figure. The GPU may wire a "recommended working set" of the unified
+# memory: macOS sets it to about 2/3 of RAM on machines with 32 GiB or less, about 3/4 above.
+# A raised `iogpu.wired_limit_mb` sysctl wins. Free = that total, as Ollama does.
+
 
 def metal_working_set(ram_total: int) -> int:
-    """The GPU's share of unified memory that macOS allows by default (see the module doc)."""
+    """The GPU's share of unified memory that macOS allows by default (see the comment above)."""
     return ram_total * 3 // 4 if ram_total > 32 * GIB else ram_total * 2 // 3
 
 
@@ -564,8 +562,10 @@ def usable_gpus(gpus: Sequence[GPU], backends: Sequence[str]) -> list[GPU]:
 
 
 def from_devices(devices: Sequence[Any]) -> list[GPU]:
-    """GPUs from the devices ggml registered (runtimes.ggml.Device): the memory a backend
-    reports is what it can allocate, which the offload plan must use."""
+    """Return GPUs from the devices ggml registered (runtimes.ggml.Device).
+
+    The memory a backend reports is what it can allocate, which the offload plan must use.
+    """
     out = []
     for i, d in enumerate(devices):
         named = str(d.backend).lower()

@@ -37,8 +37,10 @@ class NotStarted(OSError):
 
 
 class Asked:
-    """A child process (`python -m MODULE ARGS`, selfexec) asked one question at a time. Not
-    thread-safe: its owner takes turns."""
+    """A child process (`python -m MODULE ARGS`, selfexec) asked one question at a time.
+
+    It is not thread-safe: its owner takes turns.
+    """
 
     def __init__(self, module: str, *args: str) -> None:
         try:
@@ -58,9 +60,12 @@ class Asked:
         return self.proc.poll() is None
 
     def ask(self, question: dict[str, Any], deadline_s: float) -> Any:
-        """The child's answer to `question`: TimeoutError past `deadline_s` seconds, EOFError
-        when the child died or answered nonsense (either way the child is killed), ValueError
-        for a question that is not JSON, NotStarted for a child that never got ready."""
+        """Return the child's answer to `question`.
+
+        Raises TimeoutError past `deadline_s` seconds, and EOFError when the child died or
+        answered nonsense; either way the child is killed. Raises ValueError for a question
+        that is not JSON, and NotStarted for a child that never got ready.
+        """
         return self.ask_line(json.dumps(question).encode(), deadline_s)  # ValueError: caller's
 
     def ask_line(self, data: bytes, deadline_s: float) -> Any:
@@ -83,9 +88,11 @@ class Asked:
             raise EOFError("the child's answer is not JSON") from None
 
     def _exchange(self, data: bytes | None, deadline_s: float) -> bytes:
-        """Write `data` (if any) and read one line, on a thread of their own so that a child
-        that neither reads nor answers is given up on at the deadline (and killed, which ends
-        the thread); pipes cannot be waited on alike everywhere, threads can."""
+        """Write `data` (if any) and read one line, on a thread of their own.
+
+        A child that neither reads nor answers is given up on at the deadline and killed,
+        which ends the thread. Pipes cannot be waited on alike everywhere; threads can.
+        """
         stdin, stdout = self.proc.stdin, self.proc.stdout
         assert stdin is not None and stdout is not None
         got: list[bytes | BaseException] = []
@@ -136,9 +143,11 @@ class Asked:
 
 
 def serve(answer: Callable[[Any], Any]) -> None:
-    """The child's loop: say it is ready, then answer each question line with one line (a
-    question that is not JSON is answered {"error": ...}). Anything else the child prints goes
-    to stderr: the answers have a copy of stdout of their own."""
+    """Run the child's loop: say it is ready, then answer each question line with one line.
+
+    A question that is not JSON is answered {"error": ...}. Anything else the child prints goes
+    to stderr, since the answers have a copy of stdout of their own.
+    """
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     out.write(_READY)

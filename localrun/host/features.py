@@ -1,5 +1,7 @@
-"""What this system gives of what localrun asks of it, as `localrun info` lists it: one line a
-feature, saying how it is had here, or that it is not and what is done instead."""
+"""What this system gives of what localrun asks of it, as `localrun info` lists it.
+
+One line a feature says how it is had here, or that it is not and what is done instead.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ class Feature:
 
 
 def features() -> list[Feature]:
-    """Each feature of the host's: memory caps, locks, process groups, file clones, the
-    terminal's line editing, the exact runtime."""
+    """List the host's features, each with how this system gives it.
+
+    They are memory caps, locks, process groups, file clones, the terminal's line editing and
+    the exact runtime.
+    """
     windows, macos = sys.platform == "win32", sys.platform == "darwin"
     if windows:
         children = "a process group each (CREATE_NEW_PROCESS_GROUP); stopped with Ctrl-Break"

@@ -37,8 +37,10 @@ def blocking(fd: int) -> None:
 
 
 def pread_into(fd: int, buffer: memoryview, offset: int) -> int:
-    """Read into `buffer` from `offset` of `fd` (its position untouched on POSIX); the bytes
-    read, 0 at the end."""
+    """Read into `buffer` from `offset` of `fd`, and return the bytes read (0 at the end).
+
+    On POSIX the descriptor's position stays untouched.
+    """
     preadv = getattr(os, "preadv", None)
     if preadv is not None:
         return int(preadv(fd, [buffer], offset))
@@ -65,8 +67,10 @@ def fdatasync(fd: int) -> None:
 
 
 def drop_cache(fd: int, offset: int, length: int) -> None:
-    """Drop a range of `fd` that is on disk from the page cache (advisory; nothing on Windows
-    and macOS)."""
+    """Drop a range of `fd` that is on disk from the page cache.
+
+    It is advice the kernel may ignore, and does nothing on Windows and macOS.
+    """
     advise = getattr(os, "posix_fadvise", None)
     if advise is not None:
         with contextlib.suppress(OSError):
@@ -74,8 +78,10 @@ def drop_cache(fd: int, offset: int, length: int) -> None:
 
 
 def reopened(fd: int) -> str | None:
-    """A path that opens the file `fd` is open on anew (its own offset): Linux's
-    /proc/self/fd/N; None elsewhere (macOS's /dev/fd/N shares the descriptor's offset, and
-    Windows has no such path): the caller opens the file by its name then."""
+    """Return a path that opens the file of `fd` anew, with its own offset, or None.
+
+    Linux has /proc/self/fd/N. Elsewhere it is None and the caller opens the file by its name:
+    macOS's /dev/fd/N shares the descriptor's offset, and Windows has no such path.
+    """
     path = f"/proc/self/fd/{fd}"
     return path if sys.platform != "win32" and os.path.exists(path) else None

@@ -25,8 +25,11 @@ NOT_ON_MACOS = "macOS does not enforce a cap on a process's data (RLIMIT_DATA)"
 
 
 def cap_memory(most: int) -> str | None:
-    """Cap this process's private memory at `most` bytes (or less: a lower cap in force stays);
-    None once the cap is in force, else why this system has none."""
+    """Cap this process's private memory at `most` bytes, and return why not, or None.
+
+    A lower cap already in force stays. It returns None once the cap is in force, else the
+    reason this system has none.
+    """
     if sys.platform == "linux":
         try:
             import resource
@@ -47,8 +50,10 @@ def cap_memory(most: int) -> str | None:
 
 
 def private_bytes() -> int | None:
-    """This process's memory as `cap_memory` counts it (Linux: VmData; Windows: its private
-    committed bytes); None where the system does not say."""
+    """Return this process's memory as `cap_memory` counts it, or None where none is known.
+
+    Linux counts VmData; Windows, the private committed bytes.
+    """
     if sys.platform == "linux":
         try:
             with open("/proc/self/status", encoding="utf-8", errors="replace") as status:
@@ -67,8 +72,10 @@ def private_bytes() -> int | None:
 
 
 def raise_open_files() -> int | None:
-    """Raise the soft limit on open files to the hard one; the limit now in force (None: none
-    known, as on Windows)."""
+    """Raise the soft limit on open files to the hard one, and return the limit now in force.
+
+    It returns None when no limit is known, as on Windows.
+    """
     if sys.platform == "win32":
         return None
     try:
@@ -88,8 +95,11 @@ def raise_open_files() -> int | None:
 
 
 def stack_soft() -> int | None:
-    """The stack a new thread gets by default on POSIX (RLIMIT_STACK's soft limit), None where
-    it is unlimited or the system has no such limit (Windows: 1 MiB unless a thread asks)."""
+    """Return the stack a new thread gets by default on POSIX (RLIMIT_STACK's soft limit).
+
+    It is None where the stack is unlimited or the system has no such limit. On Windows a
+    thread gets 1 MiB unless it asks for more.
+    """
     if sys.platform == "win32":
         return None
     try:
@@ -159,9 +169,11 @@ class _ExtendedLimits(ctypes.Structure):
 
 
 def _job_memory_limit(most: int) -> str | None:
-    """Put this process in a new Job Object whose processes may commit at most `most` bytes
-    each (nested jobs: Windows 8 and later). The job's handle is kept open for the process's
-    life (closing it would end the limit with the job)."""
+    """Put this process in a new Job Object whose processes may commit at most `most` bytes each.
+
+    Nested jobs need Windows 8 or later. The job's handle is kept open for the process's life,
+    since closing it would end the limit with the job.
+    """
     loader: Any = getattr(ctypes, "WinDLL", None)  # Windows' alone
     try:
         if loader is None:

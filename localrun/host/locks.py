@@ -1,6 +1,7 @@
-"""An exclusive lock on an open file, held by this process until it is unlocked or the file is
-closed: flock(2) on POSIX, msvcrt.locking (a lock on its first byte) on Windows, and POSIX
-lockf (os.lockf: between processes, not threads) where `fcntl` is missing.
+"""An exclusive lock on an open file, held by this process until unlocked or the file is closed.
+
+It is flock(2) on POSIX and msvcrt.locking (a lock on the first byte) on Windows. Where `fcntl`
+is missing it is POSIX lockf (os.lockf), which locks between processes, not threads.
 
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
     if not locks.try_lock(fd): ...    # another process holds it

@@ -1,21 +1,16 @@
 """Files that hold what people said, kept to their owner: 0600 files in 0700 folders.
 
 Stored Responses, the terminal chat's history, the disk prompt cache (its entries hold the
-prompt's tokens) and the logs of servers started for an agent hold conversations; on a shared
-machine (a lab server, a family laptop) files written with the default umask are anyone's to
+prompt's tokens) and the logs of servers started for an agent hold conversations. On a shared
+machine (a lab server, a family laptop), files written with the default umask are anyone's to
 read. The model store's blobs are not private: they may stay readable.
 
 localrun makes the folders it owns 0700 whenever it writes into them, and creates LOCALRUN_HOME
-0700; a home folder that already exists is the person's to change, so `localrun info` says when
+0700. A home folder that already exists is the person's to change, so `localrun info` says when
 one of these folders is open to others (`exposed`) rather than changing it silently.
 
-The files localrun keeps of its own under LOCALRUN_HOME (launch's settings files and server
-log, the chat history, upstreams.toml, markers) are written here, never through a link planted
-where the file or its folder should be (issue 76: `launch` overwrote, appended to and made 0600
-whatever a link in logs/ or launch/ named). A whole file is written beside its place and
-renamed over it (`write`: a link there is replaced, not followed); a log is opened to append
-with O_NOFOLLOW and only when it is a regular file of one name (`open_log`); a folder of
-localrun's own is entered without following a link. What is refused raises `Planted`.
+The files localrun keeps of its own under LOCALRUN_HOME are written here, never through a link
+planted where the file or its folder should be (issue 76). What is refused raises `Planted`.
 """
 
 from __future__ import annotations
@@ -38,10 +33,20 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
+# Issue 76: `launch` overwrote, appended to and made 0600 whatever a link in logs/ or launch/
+# named. So localrun's own files (launch's settings files and server log, the chat history,
+# upstreams.toml, markers) go through here. A whole file is written beside its place and renamed
+# over it (`write`), so a link there is replaced, not followed. A log is opened to append with
+# O_NOFOLLOW, and only when it is a regular file of one name (`open_log`). A folder of
+# localrun's own is entered without following a link (`_close_dir`).
+
+
 class Planted(OSError):
-    """A link, or another kind of file, where localrun keeps a file or a folder of its own: not
-    followed, not written through. An OSError, so that what writes only when it can (the prompt
-    cache) goes on without; the CLI names the path and says to remove it."""
+    """A link, or another kind of file, where localrun keeps a file or a folder of its own.
+
+    It is not followed, and not written through. It is an OSError, so that what writes only
+    when it can (the prompt cache) goes on without. The CLI names the path and says to remove it.
+    """
 
 
 def private_dir(path: Path, *, owned: bool = True) -> Path:
@@ -65,8 +70,10 @@ def private_dir(path: Path, *, owned: bool = True) -> Path:
 
 
 def _close_dir(folder: Path) -> None:
-    """Make `folder` 0700, entered without following a link (Planted when it is a link or not
-    a folder)."""
+    """Make `folder` 0700, entered without following a link.
+
+    Raises Planted when it is a link or not a folder.
+    """
     if not _NOFOLLOW or not _DIRECTORY:  # Windows: no modes to set, no such flags
         return
     try:
@@ -85,8 +92,10 @@ def _close_dir(folder: Path) -> None:
 
 
 def create(path: Path) -> int:
-    """A new file at `path`, which must not exist, open for writing and 0600 from its first
-    byte (whatever the umask); its descriptor."""
+    """Create a new file at `path`, which must not exist, and return its descriptor.
+
+    The file is open for writing, and 0600 from its first byte whatever the umask.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     with contextlib.suppress(OSError):
         files.fchmod(fd, FILE_MODE)
@@ -94,8 +103,10 @@ def create(path: Path) -> int:
 
 
 def restrict(path: Path) -> None:
-    """Make an existing file 0600 (one another library wrote, such as readline's history); a
-    link there is left alone, never its target changed."""
+    """Make an existing file 0600, such as one another library wrote (readline's history).
+
+    A link there is left alone, and its target never changed.
+    """
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | files.NONBLOCK | _CLOEXEC)
         try:
@@ -107,8 +118,11 @@ def restrict(path: Path) -> None:
 
 
 def write(path: Path, data: bytes) -> None:
-    """Replace `path` with a 0600 file holding `data`: written beside it (fsynced) and renamed
-    over it, so that a link planted at `path` is replaced, never followed. OSError as raised."""
+    """Replace `path` with a 0600 file holding `data`, never writing through a link there.
+
+    The file is written beside `path`, fsynced and renamed over it, so that a link planted at
+    `path` is replaced, never followed. OSError is raised as it comes.
+    """
     tmp = _beside(path)
     fd = create(tmp)
     try:
@@ -124,9 +138,11 @@ def write(path: Path, data: bytes) -> None:
 
 
 def write_with(path: Path, writer: Callable[[Path], None]) -> None:
-    """Replace `path` with what `writer` writes into the new, empty 0600 file it is given (one
-    beside `path`, renamed over it after): a link planted at `path` is replaced, never followed.
-    For a library that writes by name (readline's history)."""
+    """Replace `path` with what `writer` writes into the new, empty 0600 file it is given.
+
+    That file lies beside `path` and is renamed over it after, so a link planted at `path` is
+    replaced, never followed. It serves a library that writes by name (readline's history).
+    """
     tmp = _beside(path)
     os.close(create(tmp))
     try:
@@ -143,9 +159,11 @@ def _beside(path: Path) -> Path:
 
 
 def open_log(path: Path) -> BinaryIO:
-    """`path` opened to append (created 0600 when missing, made 0600 when not): only a regular
-    file with no other name; a link, a FIFO or a hard link planted there is refused (Planted),
-    never followed or written through."""
+    """Open `path` to append, creating it 0600 when missing and making it 0600 when not.
+
+    Only a regular file with no other name is opened. A link, a FIFO or a hard link planted
+    there is refused (Planted), never followed or written through.
+    """
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | files.NONBLOCK | _CLOEXEC
     try:
         fd = os.open(path, flags, FILE_MODE)
@@ -172,17 +190,21 @@ def _planted(path: Path) -> Planted:
 
 
 def touch(path: Path) -> None:
-    """Create `path` empty and 0600 if it does not exist, so that a library writing it later
-    never makes it readable to others, even for a moment."""
+    """Create `path` empty and 0600 if it does not exist.
+
+    A library writing it later then never makes it readable to others, even for a moment.
+    """
     with contextlib.suppress(FileExistsError, OSError):
         os.close(create(path))
 
 
 def exposed(folders: Iterable[Path]) -> list[tuple[Path, str]]:
-    """The folders among `folders` that exist and that others may enter or read, with their
-    mode as `ls -l` writes it. One inside another of `folders` that others cannot enter is out
-    of their reach whatever its mode, so it is not named (after `chmod 700` on LOCALRUN_HOME,
-    the subfolders an older version made are not worth a warning of their own)."""
+    """List the folders among `folders` that exist and that others may enter or read.
+
+    Each comes with its mode as `ls -l` writes it. A folder inside another of `folders` that
+    others cannot enter is out of their reach whatever its mode, so it is not named. After
+    `chmod 700` on LOCALRUN_HOME, the subfolders an older version made need no warning.
+    """
     modes: dict[Path, int] = {}
     for folder in folders:
         with contextlib.suppress(OSError):

@@ -35,9 +35,11 @@ GROUP_FLAGS: int = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200) if not
 
 
 def ask_to_stop(proc: subprocess.Popen[bytes]) -> None:
-    """Ask a child started in its own group to stop as Ctrl-C would: SIGTERM on POSIX;
-    CTRL_BREAK_EVENT on Windows (uvicorn's server reads it as SIGBREAK and shuts down in
-    order; terminate() there would kill it outright)."""
+    """Ask a child started in its own group to stop, as Ctrl-C would.
+
+    On POSIX it sends SIGTERM. On Windows it sends CTRL_BREAK_EVENT, which uvicorn's server
+    reads as SIGBREAK and shuts down in order; terminate() there would kill it outright.
+    """
     if sys.platform == "win32":
         try:
             proc.send_signal(signal.CTRL_BREAK_EVENT)

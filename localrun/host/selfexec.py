@@ -1,20 +1,16 @@
-"""localrun as a program: how it starts its own children, installed with pip or frozen into one
-binary, and the binary's unpacked builds.
+"""localrun as a program: how it starts its own children, and the binary's unpacked builds.
 
-The server runs each model in a runner process, create and pull jobs in a child, and catalog
-imports in a child; `run` probes a model no runner has loaded yet in one. Installed with pip
-these are `python -m <module>`. A frozen program (PyInstaller, scripts/maintenance/build_binary.py)
-has no `python` to run and no `-m`: `sys.executable` is the localrun binary itself, so children are
-started as `localrun __localrun_module__ <module> ...`, which the program's entry point
-(localrun/__main__.py) turns back into that module run as `__main__`, before the CLI (and its
-imports) is touched.
+The server runs each model in a runner process, and create and pull jobs and catalog imports in
+a child; `run` probes a model no runner has loaded yet in one. Installed with pip, these are
+`python -m <module>`. A frozen program (PyInstaller, scripts/maintenance/build_binary.py) has
+no `python` to run and no `-m`: `sys.executable` is the localrun binary itself. So children are
+started as `localrun __localrun_module__ <module> ...`. The entry point (localrun/__main__.py)
+turns that back into the module run as `__main__`, before the CLI and its imports are touched.
 
-The binary (scripts/maintenance/build_binary.py) unpacks itself into LOCALRUN_BINARY_CACHE once per
-build and tells the program its build in LOCALRUN_BINARY_BUILD; `localrun prune` removes the other
-builds there (`prune_builds`).
+The binary unpacks itself into LOCALRUN_BINARY_CACHE once per build and tells the program its
+build in LOCALRUN_BINARY_BUILD; `localrun prune` removes the other builds there (`prune_builds`).
 
-Imports nothing of localrun: the modules that start children import it, and it imports none of
-them back.
+It imports nothing of localrun: the modules that start children import it, never the reverse.
 """
 
 from __future__ import annotations
@@ -56,8 +52,10 @@ def command(module: str, *args: str) -> list[str]:
 
 
 def cli(*args: str) -> list[str]:
-    """The argv that runs the localrun command itself with `args` (`localrun launch` starting
-    `localrun serve`)."""
+    """Return the argv that runs the localrun command itself with `args`.
+
+    `localrun launch` uses it to start `localrun serve`.
+    """
     if frozen():
         return [sys.executable, *args]
     return [sys.executable, "-m", "localrun", *args]
@@ -76,9 +74,11 @@ _UNPACK = re.compile(r"\.(" + _BUILD.pattern + r")\.[0-9]{1,10}")
 
 
 def prune_builds(cache: Path) -> tuple[int, int]:
-    """Remove from the binary's unpack folder the other builds (none a process still runs
-    from) and interrupted unpacks of this one; returns (builds removed, bytes freed). Only
-    names the binary's header makes are looked at; nothing happens outside a binary."""
+    """Remove the other builds and this build's interrupted unpacks from the binary's folder.
+
+    A build a process still runs from is kept. It returns (builds removed, bytes freed). Only
+    names the binary's header makes are looked at, and nothing happens outside a binary.
+    """
     build = os.environ.get("LOCALRUN_BINARY_BUILD", "")
     if not frozen() or not build or not cache.is_dir():
         return 0, 0

@@ -1,26 +1,8 @@
 """What a stored model can do, as /api/show's `capabilities` tells clients: one decision.
 
-Clients act on the list (llm-ollama embeds only with a model that says `embedding`, tool-using
-agents refuse a model without `tools`), so it says what localrun will actually do with the
-model, not what the model was trained for:
-
-- `completion`: a generative model. Encoders made for embeddings (a GGUF that names its
-  pooling, or a BERT-like architecture in manifests older than the pooling field) do not
-  generate.
-- `embedding`: a model made for embeddings (its GGUF names a pooling type other than rank, or
-  an encoder architecture), as Ollama lists it: clients offer the models that say it as
-  embedding models (Open WebUI's and llm-ollama's lists), and a chat model's averaged token
-  states are poor vectors for retrieval. /api/embed still embeds a chat model when asked
-  (engine.embed), as Ollama does.
-- `rerank`: a reranker (its GGUF names rank pooling): /v1/rerank scores documents with it.
-- `tools`: every generative model. A template that renders tools gets them; any other gets
-  them in a system note (localrun.formats.calls), and a forced call is held to its schema by a
-  grammar, so tool calls work with any chat model.
-- `thinking`: the chat template renders or expects reasoning (localrun.formats.reasoning.supports).
-- `insert`: the vocabulary has fill-in-the-middle tokens (recorded when the model was created or
-  pulled; a manifest older than that field says nothing).
-- `vision`, `audio`: the model has a projector (Modelfile PROJECTOR, or pulled with its mmproj)
-  with an image or an audio encoder; Ollama lists `vision` the same way.
+Clients act on the list: llm-ollama embeds only with a model that says `embedding`, and tool-using
+agents refuse a model without `tools`. So it says what localrun will actually do with the model, not
+what the model was trained for; `capabilities` says why each one is listed.
 
 Pure: reads only the model's manifest fields and template.
 """
@@ -54,26 +36,38 @@ def capabilities(model: Model) -> list[str]:
     pooling = details.get("pooling_type")
     encoder = pooling is not None or details.get("architecture") in ENCODERS
     out = []
+    # Encoders made for embeddings do not generate: a GGUF that names its pooling, or a BERT-like
+    # architecture in manifests older than the pooling field.
     if not encoder:
         out.append("completion")
+    # As Ollama lists it: clients offer the models that say it as embedding models (Open WebUI's
+    # and llm-ollama's lists), and a chat model's averaged token states are poor vectors for
+    # retrieval. /api/embed still embeds a chat model when asked (engine.embed), as Ollama does.
     if encoder and pooling != POOLING_RANK:
         out.append("embedding")
-    if pooling == POOLING_RANK:
+    if pooling == POOLING_RANK:  # /v1/rerank scores documents with it
         out.append("rerank")
+    # Every generative model: a template that renders tools gets them, any other gets them in a
+    # system note (formats.calls), and a forced call is held to its schema by a grammar.
     if not encoder:
         out.append("tools")
     if not encoder and reasoning.supports(template_of(model)):
         out.append("thinking")
+    # Recorded when the model was created or pulled; a manifest older than that says nothing.
     if not encoder and details.get("fim"):
         out.append("insert")
+    # A projector (Modelfile PROJECTOR, or pulled with its mmproj) with an image or an audio
+    # encoder; Ollama lists `vision` the same way.
     if not encoder:
         out += [m for m in ("vision", "audio") if m in projector_modalities(model)]
     return out
 
 
 def projector_modalities(model: Model) -> list[str]:
-    """What the model's projector takes ("vision", "audio"), as recorded when it was stored;
-    a projector layer without the record (a manifest made elsewhere) is taken for vision."""
+    """What the model's projector takes ("vision", "audio"), as recorded when it was stored.
+
+    A projector layer without the record, from a manifest made elsewhere, is taken for vision.
+    """
     if model.projector_path is None:
         return []
     recorded = model.config.get("projector")

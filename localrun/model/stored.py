@@ -1,11 +1,11 @@
 """A stored model read back from its manifest: what `show` prints and what the engine loads.
 
-A name is found once, where it enters (a route's scheduler admission, `localrun run`): `load`
-reads the manifest it names into a `Model` (the manifest's digest, its blobs' paths, its
-PARAMETERs, template and system), and `Model.load_spec` adds a load's options and the context
-it is loaded with (request.context, the one rule for it) into a `LoadSpec`. Every layer below is
-handed that, over the runner's channel too (`to_wire`, `from_wire`): a `create` that points the
-name at other blobs meanwhile changes nothing that was admitted.
+A name is found once, where it enters (a route's scheduler admission, `localrun run`). `load` reads
+the manifest it names into a `Model`: the manifest's digest, its blobs' paths, its PARAMETERs,
+template and system. `Model.load_spec` adds a load's options and the context it is loaded with
+(request.context, the one rule for it) into a `LoadSpec`. Every layer below is handed that, over the
+runner's channel too (`to_wire`, `from_wire`). So a `create` that points the name at other blobs
+meanwhile changes nothing that was admitted.
 """
 
 from __future__ import annotations
@@ -57,21 +57,29 @@ class Model:
         return positive(self.details.get("context_length"))
 
     def context(self, asked: Any = None) -> int:
-        """The context a load (or a request) with num_ctx `asked` gets on this model
-        (`context_for`, with its PARAMETER num_ctx)."""
+        """The context a load or a request with num_ctx `asked` gets on this model.
+
+        It is `context_for`, with the model's PARAMETER num_ctx.
+        """
         return context_for(asked, self.parameters.get("num_ctx"), self.trained)
 
     def load_spec(self, options: dict[str, Any], context: int | None = None) -> LoadSpec:
-        """This model for a load with `options` (PARAMETERs, checked here) over its own; `context`:
-        the context decided for it already (the scheduler's, rounded up), else decided now."""
+        """This model for a load with `options` (PARAMETERs, checked here) over its own.
+
+        `context` is the context decided for it already (the scheduler's, rounded up); None decides
+        it now.
+        """
         checked = params_mod.validate(options)
         chosen = self.context(checked.get("num_ctx")) if context is None else context
         return LoadSpec(self, {**self.parameters, **checked}, chosen)
 
     @property
     def draft(self) -> dict[str, Any] | None:
-        """The draft model as the config records it: digest, model (the name DRAFT gave, or
-        None for a file) and details (its GGUF summary); None when there is no draft."""
+        """The draft model as the config records it, or None when there is no draft.
+
+        It holds digest, model (the name DRAFT gave, or None for a file) and details (its GGUF
+        summary).
+        """
         layers = self.manifest.of_kind("draft")
         if not layers:
             return None
@@ -87,10 +95,12 @@ class Model:
         }
 
     def to_modelfile(self, *, originals: bool = False) -> Modelfile:
-        """A Modelfile that recreates this model from the blobs in the store; with
-        `originals`, from the user's files it was linked to in place (`create --link`) while
-        they exist (`localrun show --modelfile`: the command a changed original is taken in
-        again with; the server never names a user's file)."""
+        """A Modelfile that recreates this model from the blobs in the store.
+
+        With `originals`, it names the user's files the blobs were linked to in place
+        (`create --link`), while they exist. That is `localrun show --modelfile`: the command a
+        changed original is taken in again with. The server never names a user's file.
+        """
 
         def source(blob: Path) -> str:
             found = self._original(blob) if originals else None
@@ -113,8 +123,10 @@ class Model:
         return mf
 
     def _original(self, blob: Path) -> str | None:
-        """The user's file a blob is a hard link of, while a file is there (a new version
-        renamed over it included: the model is that file of theirs), else None."""
+        """The user's file a blob is a hard link of, while a file is there, else None.
+
+        A new version renamed over it counts: the model is that file of theirs.
+        """
         linked = links_mod.original_in(self.store_root, blob.name)
         return linked if linked is not None and Path(linked).is_file() else None
 
@@ -139,8 +151,11 @@ class Model:
 
     @staticmethod
     def from_wire(data: Any) -> Model:
-        """The model `to_wire` wrote; BadRequestError when it is malformed, or when its
-        manifest is not the one its digest names."""
+        """The model `to_wire` wrote.
+
+        Raises BadRequestError when it is malformed, or when its manifest is not the one its digest
+        names.
+        """
         try:
             return _from_wire(data)
         except (KeyError, TypeError, ValueError, LocalrunError) as exc:
@@ -150,8 +165,11 @@ class Model:
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """A model resolved for one load: the manifest it was admitted by (its digest and blobs),
-    the parameters the load goes ahead with and the context it is loaded with, decided once."""
+    """A model resolved for one load, decided once.
+
+    It holds the manifest it was admitted by (its digest and blobs), the parameters the load goes
+    ahead with, and the context it is loaded with.
+    """
 
     model: Model
     parameters: dict[str, Any]  # its PARAMETERs, the caller's options over them

@@ -1,9 +1,11 @@
-"""The architectures a safetensors checkpoint converts from, one row each: llama.cpp's name for
-it, the header keys its loader reads (from config.json), and what each tensor needs on the way
-(the rules of llama.cpp's convert_hf_to_gguf.py, conversion/{llama,qwen,gemma,phi}.py).
+"""The architectures a safetensors checkpoint converts from, one row each.
 
-A tensor's GGUF name comes from gguf's own HF-name table; the numpy shape [out, in] is written
-as it is (GGUF stores dimensions reversed, which is ggml's order). Per architecture:
+A row gives llama.cpp's name for the architecture, the header keys its loader reads (from
+config.json), and what each tensor needs on the way. The rules are those of llama.cpp's
+convert_hf_to_gguf.py (conversion/{llama,qwen,gemma,phi}.py).
+
+A tensor's GGUF name comes from gguf's own HF-name table. The numpy shape [out, in] is written
+as it is, since GGUF stores dimensions reversed, which is ggml's order. Per architecture:
 - Llama and Mistral: q and k rows permuted from Hugging Face's rotate-half to ggml's
   interleaved rotary order (weights, biases, and a LoRA's B); Llama 3's rope scaling written
   as a rope_freqs tensor;
@@ -95,8 +97,11 @@ def _validate(config: Config, where: str) -> None:
 
 
 def _validate_rope(config: Config, where: str) -> None:
-    """rope_scaling's factors: each a positive finite number (a factor of 0 was converted into a
-    model whose positions all rotate alike, NaN into one of NaN frequencies)."""
+    """Check that each of rope_scaling's factors is a positive finite number.
+
+    A factor of 0 was converted into a model whose positions all rotate alike, and NaN into one
+    of NaN frequencies.
+    """
     for source in ("rope_scaling", "rope_parameters"):
         rope = config.get(source)
         if rope is not None and not isinstance(rope, dict):
@@ -126,8 +131,11 @@ def _validate_rope(config: Config, where: str) -> None:
 
 
 def positive(value: Any, most: float = sys.float_info.max) -> bool:
-    """Whether `value` is a number above 0 and at most `most` (so finite: NaN and infinity fail
-    the comparison, and an integer too large for a float is never converted to one)."""
+    """Return whether `value` is a number above 0 and at most `most`, and so finite.
+
+    NaN and infinity fail the comparison, and an integer too large for a float is never
+    converted to one.
+    """
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= most
 
 
@@ -312,8 +320,11 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 def of(config: Config, where: str) -> tuple[Architecture, Config]:
-    """The row for a config.json, and the config as the row reads it (a multimodal model's
-    text_config merged over it, the architecture's defaults under it)."""
+    """Return the row for a config.json, and the config as the row reads it.
+
+    That config has a multimodal model's text_config merged over it, and the architecture's
+    defaults under it.
+    """
     names = config.get("architectures")
     name = names[0] if isinstance(names, list) and names and isinstance(names[0], str) else None
     if name not in ARCHITECTURES:
@@ -345,9 +356,11 @@ def permute(rows: Array, heads: int) -> Array:
 
 
 def head_rows(row: Architecture, config: Config, name: str, rows: int) -> int:
-    """The rows of one attention head in tensor `name` (of `rows` rows) where its conversion
-    permutes rows within each head (Llama's q and k), else 1: the unit a tensor is converted
-    in chunks of."""
+    """Return the number of rows tensor `name`, of `rows` rows, is converted in chunks of.
+
+    It is the rows of one attention head where the conversion permutes rows within each head
+    (Llama's q and k), else 1.
+    """
     heads = _permuted_heads(row, config, name)
     if heads is None:
         return 1
@@ -360,8 +373,10 @@ def head_rows(row: Architecture, config: Config, name: str, rows: int) -> int:
 
 
 def transform(row: Architecture, config: Config, name: str, data: Array, group: int = 1) -> Array:
-    """A tensor's rows as the GGUF holds them (in float32 when they change); `data` is whole
-    groups of `group` rows (head_rows) of the tensor."""
+    """Return a tensor's rows as the GGUF holds them, in float32 when they change.
+
+    `data` is whole groups of `group` rows (head_rows) of the tensor.
+    """
     if _permuted_heads(row, config, name) is not None:
         return permute(data, len(data) // group)
     if row.norm_plus_one and name.endswith("norm.weight"):

@@ -1,18 +1,18 @@
-"""A Hugging Face checkpoint folder read for conversion: its JSON files and its safetensors
-tensors, each checked against the file that holds it before a byte of data is read.
+"""A Hugging Face checkpoint folder read for conversion: its JSON files and safetensors tensors.
 
-A safetensors file is an 8-byte little-endian header length, a JSON header naming each tensor's
-dtype, shape and byte range, then the data. A tensor is read in chunks of whole rows (about
-CHUNK bytes, never a memory map that stays resident), so converting a 16 GB checkpoint, or one
-2^22-row embedding, holds a chunk's transform in memory, never a tensor. bf16 (what most
-checkpoints hold) has no numpy type: it is read as uint16 and widened by a shift, exactly.
+Each is checked against the file that holds it before a byte of data is read. A safetensors file
+is an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape and
+byte range, then the data. A tensor is read in chunks of whole rows of about CHUNK bytes, never
+a memory map that stays resident. So converting a 16 GB checkpoint, or one 2^22-row embedding,
+holds a chunk's transform in memory, never a tensor. bf16 (what most checkpoints hold) has no
+numpy type: it is read as uint16 and widened by a shift, exactly.
 
-Hostile files are refused in one line (CheckpointError) before numpy sees them: a file that
-is not a regular one (a FIFO named model.safetensors blocked `create` for good), a header over
-MAX_HEADER bytes or MAX_TENSORS tensors (one million empty tensors took 1 GB to parse), a shape
-whose element count disagrees with its byte range (a header claiming 10^12 elements), ranges
-outside the file or overlapping, dtypes a model does not use (FP8 and other quantized
-checkpoints need their own dequantizer).
+Hostile files are refused in one line (CheckpointError) before numpy sees them. One is a file
+that is not a regular one: a FIFO named model.safetensors blocked `create` for good. Another is
+a header over MAX_HEADER bytes or MAX_TENSORS tensors: one million empty tensors took 1 GB to
+parse. So is a shape whose element count disagrees with its byte range (a header claiming 10^12
+elements), and so are ranges outside the file or overlapping. So are dtypes a model does not
+use: FP8 and other quantized checkpoints need their own dequantizer.
 """
 
 from __future__ import annotations
@@ -91,15 +91,20 @@ class Tensor:
         return out
 
     def chunks(self, group: int = 1) -> Iterator[np.ndarray[Any, Any]]:
-        """The tensor as stored, in chunks of whole groups of `group` rows (an attention head's,
-        where conversion permutes them) of about CHUNK bytes each."""
+        """Yield the tensor as stored, in chunks of about CHUNK bytes each.
+
+        A chunk holds whole groups of `group` rows: an attention head's, where conversion
+        permutes them.
+        """
         step = max(1, CHUNK // max(1, self._row_bytes() * group)) * group
         for start in range(0, self.rows, step):
             yield self.read(start, min(self.rows, start + step))
 
     def column_chunks(self) -> Iterator[np.ndarray[Any, Any]]:
-        """A matrix as stored, in blocks of whole columns of about CHUNK bytes each (what its
-        transpose's chunks of rows are made from)."""
+        """Yield a matrix as stored, in blocks of whole columns of about CHUNK bytes each.
+
+        Its transpose's chunks of rows are made from these blocks.
+        """
         step = max(1, CHUNK // max(1, self.rows * DTYPES[self.dtype][1]))
         for start in range(0, self.shape[1], step):
             yield self.columns(start, min(self.shape[1], start + step))
@@ -141,9 +146,11 @@ _HINT = "a checkpoint's files are regular files (or links to them)"
 
 
 def open_regular(path: Path) -> BinaryIO:
-    """`path` opened for reading, refused in one line unless it is a regular file (a read of a
-    FIFO waits for a writer that may never come): gguf.scan's checks, worded for a checkpoint.
-    FileNotFoundError when it is absent."""
+    """Open `path` for reading, refused in one line unless it is a regular file.
+
+    A read of a FIFO waits for a writer that may never come. The checks are gguf.scan's, worded
+    for a checkpoint. Raises FileNotFoundError when the file is absent.
+    """
     try:
         fd = scan.open_regular(path, what="a checkpoint's file", hint=_HINT)
     except FileNotFoundError_:
@@ -154,8 +161,10 @@ def open_regular(path: Path) -> BinaryIO:
 
 
 def check_folder(folder: Path) -> None:
-    """Refuse a file of a checkpoint or adapter folder that conversion would read (its JSON,
-    safetensors and tokenizer files) when it is not a regular file (a FIFO, a device)."""
+    """Refuse a checkpoint or adapter folder where a file to convert is not a regular file.
+
+    The files are its JSON, safetensors and tokenizer files; a FIFO or a device is refused.
+    """
     try:
         entries = sorted(folder.iterdir())
     except OSError:
@@ -190,8 +199,10 @@ def read_json(path: Path, what: str, *, required: bool = True) -> Any:
 
 
 def read_bounded(path: Path, most: int, what: str) -> bytes:
-    """A regular file's bytes, refused in one line past `most` bytes (more than `what` ever
-    has); FileNotFoundError when it is absent."""
+    """Return a regular file's bytes, refused in one line past `most` bytes.
+
+    `most` is more than `what` ever has. Raises FileNotFoundError when the file is absent.
+    """
     try:
         with open_regular(path) as handle:
             data = handle.read(most + 1)
@@ -205,8 +216,10 @@ def read_bounded(path: Path, most: int, what: str) -> bytes:
 
 
 def shard_files(folder: Path, prefix: str) -> list[Path]:
-    """The safetensors files of a checkpoint: those its index names, else `prefix*.safetensors`
-    (a Mistral folder's consolidated.safetensors is the other format of the same weights)."""
+    """Return a checkpoint's safetensors files: those its index names, else the `prefix*` ones.
+
+    A Mistral folder's consolidated.safetensors is the other format of the same weights.
+    """
     index = folder / f"{prefix}.safetensors.index.json"
     if index.is_file():
         mapping = read_json(index, "checkpoint")
@@ -280,8 +293,10 @@ def _header(path: Path) -> Iterator[Tensor]:
 
 
 def _counted(path: Path) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
-    """json.loads' hook for each object it parses, refusing a header past MAX_TENSORS objects
-    while it parses (a tensor's entry is one object), before the rest is built."""
+    """Return json.loads' object hook, which refuses a header past MAX_TENSORS objects.
+
+    It counts while json.loads parses, before the rest is built; a tensor's entry is one object.
+    """
     count = 0
 
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

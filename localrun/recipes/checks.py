@@ -1,6 +1,8 @@
-"""What `create` checks before it stores anything: each file is the kind its instruction takes
-(FROM, ADAPTER, DRAFT, PROJECTOR), an adapter and a projector belong to the base model, a draft
-model shares its vocabulary, a TEMPLATE renders."""
+"""What `create` checks before it stores anything.
+
+Each file is the kind its instruction takes (FROM, ADAPTER, DRAFT, PROJECTOR). An adapter and a
+projector belong to the base model, a draft model shares its vocabulary, and a TEMPLATE renders.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +36,7 @@ def projector(model: scan.GGUFInfo, value: str, found: scan.GGUFInfo, shown: str
 
 
 def fits(info: scan.GGUFInfo, value: str, kind: str) -> None:
-    """Refuse a GGUF of the wrong kind for its instruction (FROM, ADAPTER, DRAFT or
-    PROJECTOR)."""
+    """Refuse a GGUF of the wrong kind for its instruction (FROM, ADAPTER, DRAFT, PROJECTOR)."""
     if kind == "projector" and info.kind != "projector":
         raise InvalidGGUFError(
             f"{value} is not a projector (its general.architecture is not clip)",

@@ -3,8 +3,8 @@
 What a fine-tune (PEFT merged, Unsloth, Axolotl) or a hub download holds: config.json, the
 tokenizer files and one or many `model*.safetensors`. The header (architecture keys, the
 vocabulary, the chat template from tokenizer_config.json or chat_template.jinja) is written
-first, then each tensor read, transformed and written a chunk of rows at a time
-(checkpoint.CHUNK), so memory holds one chunk, never a tensor: a sparse checkpoint of 0 bytes
+first. Then each tensor is read, transformed and written a chunk of rows at a time
+(checkpoint.CHUNK), so memory holds one chunk, never a tensor. A sparse checkpoint of 0 bytes
 on disk whose config allows a 2^22 x 64 embedding took 2.9 GB when a tensor was made whole.
 The caller gives a temporary file of the store's and removes it if this fails or is
 interrupted: nothing half-written is ever a model.
@@ -91,8 +91,10 @@ def write_streamed(
     jobs: list[tuple[Make, gguf.GGMLQuantizationType]],
     progress: Progress | None,
 ) -> None:
-    """The header, then each tensor's chunks made and written in turn (one in memory at a time),
-    each tensor aligned as gguf's writer aligns it."""
+    """Write the header, then each tensor's chunks, made and written one at a time.
+
+    Only one chunk is in memory at a time. Each tensor is aligned as gguf's writer aligns it.
+    """
     writer.write_header_to_file(target)
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -124,8 +126,11 @@ def _whole(data: Any) -> Iterator[Any]:
 
 
 def _check_counts(config: Config, found: dict[str, Tensor], folder: Path) -> int:
-    """The embedding's rows (the vocabulary's size), config.json's layer and token counts held
-    against the tensors the files hold before anything is sized by them."""
+    """Return the embedding's rows, the vocabulary's size, once config.json's counts hold.
+
+    config.json's layer and token counts are held against the tensors the files hold before
+    anything is sized by them.
+    """
     text = {n.replace("language_model.", ""): t for n, t in found.items()}
     text = {n: t for n, t in text.items() if not n.startswith(_NOT_TEXT)}
     layers = {int(m.group(1)) for n in text if (m := re.search(r"\.layers\.(\d+)\.", n))}
@@ -217,9 +222,11 @@ def _type_of(name: str, tensor: Tensor, matrices: Kind) -> Kind:
 
 
 def _data(row: Architecture, config: Config, tensor: Tensor, kind: Kind) -> Iterator[Any]:
-    """A tensor's data as the GGUF stores it, a chunk of whole heads at a time: the
-    checkpoint's BF16 or F16 values copied (permuted where they must be), else through float32
-    (a Gemma norm's +1, F32 weights)."""
+    """Yield a tensor's data as the GGUF stores it, a chunk of whole heads at a time.
+
+    The checkpoint's BF16 or F16 values are copied, permuted where they must be. Others go
+    through float32 (a Gemma norm's +1, F32 weights).
+    """
     group = architectures.head_rows(row, config, tensor.name, tensor.rows)
     copied = (kind, tensor.dtype) in ((BF16, "BF16"), (F16, "F16"))
     for chunk in tensor.chunks(group):

@@ -96,9 +96,12 @@ def create(
 
 @dataclass(frozen=True)
 class Quantize:
-    """What `create --quantize` asks: the type (as engine.library.quantize spells it), the bits a
-    weight takes in it (for the progress estimate), and llama.cpp's quantizer, which lives in the
-    engine: `run(source, target, type, progress)` writes `target`, telling bytes written."""
+    """What `create --quantize` asks for, and llama.cpp's quantizer to do it.
+
+    `kind` is the type as engine.library.quantize spells it. `bits_per_weight` is the bits a
+    weight takes in it, for the progress estimate. `run(source, target, type, progress)` is the
+    engine's quantizer: it writes `target`, telling bytes written.
+    """
 
     kind: str
     bits_per_weight: float
@@ -199,8 +202,11 @@ class _Builder:
     def _base(
         self, mf: Modelfile, base_dir: Path, find_base: BaseFinder
     ) -> tuple[_Opened | None, list[Layer], dict[str, Any]]:
-        """What FROM names: a GGUF file (opened, not yet stored) with a new config, or a stored
-        model's layers and config."""
+        """Return what FROM names, with its layers and config.
+
+        It is a GGUF file, opened and not yet stored, with a new config; or a stored model's
+        layers and config.
+        """
         if looks_like_path(mf.from_, base_dir):
             model = self._open(mf.from_, base_dir, "model")
             info = model.info
@@ -261,8 +267,11 @@ class _Builder:
         return self._open(str(target), Path("/"), "model", model.value, own=True)
 
     def _temp(self) -> Path:
-        """A new temporary file name in the store's blobs folder (its cleanup removes one a
-        dead process left), removed when this create ends unless it was moved in."""
+        """Return a new temporary file name in the store's blobs folder.
+
+        The file is removed when this create ends unless it was moved in. The store's cleanup
+        removes one a dead process left.
+        """
         self.store.blobs.mkdir(parents=True, exist_ok=True)
         path = temp_path(self.store.blobs)
         self.temporary.append(path)
@@ -292,8 +301,11 @@ class _Builder:
         return layer
 
     def _text_layers(self, mf: Modelfile, layers: list[Layer]) -> list[Layer]:
-        """`layers` with the Modelfile's parameters, template, system prompt, messages and
-        licenses stored and put in place of the inherited ones."""
+        """Store the Modelfile's text layers and return `layers` with them in place.
+
+        The parameters, template, system prompt, messages and licenses replace the inherited
+        ones.
+        """
         if mf.parameters:
             inherited = self._inherited_json(layers, "params", {})
             merged = params.merge(params.validate(inherited), mf.parameters)
@@ -315,8 +327,10 @@ class _Builder:
     def _open(
         self, value: str, base_dir: Path, kind: str, shown: str | None = None, own: bool = False
     ) -> _Opened:
-        """Open and validate a file the Modelfile names (`shown` as, if not as written); it is
-        closed when the build ends."""
+        """Open and validate a file the Modelfile names; it is closed when the build ends.
+
+        Messages show it as `shown`, if given, else as written.
+        """
         path = resolve_path(value, base_dir)
         value = shown or value
         keyword = checks.KEYWORDS[kind]
@@ -340,8 +354,10 @@ class _Builder:
         return item
 
     def _converted(self, folder: Path, value: str, kind: str) -> Path:
-        """A safetensors checkpoint (FROM) or PEFT adapter (ADAPTER) folder converted to a GGUF
-        file of the store's, which the build moves in or removes."""
+        """Convert a safetensors checkpoint (FROM) or PEFT adapter (ADAPTER) folder to GGUF.
+
+        The GGUF is a file in the store's folder, which the build moves in or removes.
+        """
         # numpy and gguf's writer are loaded for a conversion only: the server imports this
         # module and stays without them.
         from localrun.recipes import convert, lora
@@ -413,8 +429,10 @@ class _Builder:
         return Layer(MEDIA_TYPES[item.kind], digest, size)
 
     def _draft(self, value: str, base_dir: Path, find_base: BaseFinder) -> _Draft:
-        """The draft model DRAFT names: a file still to copy, or a stored model's model layer
-        (shared, not copied)."""
+        """Return the draft model DRAFT names.
+
+        It is a file still to copy, or a stored model's model layer, shared rather than copied.
+        """
         if looks_like_path(value, base_dir):
             item = self._open(value, base_dir, "draft")
             return _Draft(item, item.info, None)

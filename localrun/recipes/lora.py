@@ -1,13 +1,14 @@
-"""A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors: what PEFT,
-Unsloth and Axolotl save) converted to a GGUF LoRA for its base model, as llama.cpp's
-convert_lora_to_gguf.py writes one.
+"""A PEFT LoRA adapter folder converted to a GGUF LoRA for its base model.
 
-The base is the GGUF the Modelfile's FROM names: its architecture, layer and head counts come
-from its header and every adapted tensor must exist there with a matching shape, so an adapter
+The folder (adapter_config.json, adapter_model.safetensors) is what PEFT, Unsloth and Axolotl
+save; the GGUF is what llama.cpp's convert_lora_to_gguf.py writes.
+
+The base is the GGUF the Modelfile's FROM names. Its architecture, layer and head counts come
+from its header, and every adapted tensor must exist there with a matching shape. So an adapter
 for another model is refused at create, not at load. A tensor `W` adapted by `B @ A` keeps A
 and B as PEFT stores them ([r, in] and [out, r], which GGUF's reversed dimensions make ggml's
-order); what the base's conversion does to W's rows (Llama's q/k permutation) is done to B's.
-llama.cpp scales B @ A by alpha / r with r read from each B; PEFT's own scale (rsLoRA's
+order). What the base's conversion does to W's rows (Llama's q/k permutation) is done to B's.
+llama.cpp scales B @ A by alpha / r, with r read from each B. PEFT's own scale (rsLoRA's
 alpha / sqrt(r), per-module rank and alpha patterns) is folded into B so both agree.
 """
 
@@ -152,8 +153,11 @@ def _pairs(folder: Path, found: dict[str, Tensor]) -> dict[str, tuple[Tensor, Te
 
 def _scale(patterns: list[tuple[Pattern, float]], alpha: float, rslora: bool, module: str,
            rank: int, budget: list[int]) -> float:  # fmt: skip
-    """PEFT's scale for a module: alpha / r, or alpha / sqrt(r) with rsLoRA, the alpha that of
-    the first alpha_pattern key matching the module's name (peft's get_pattern_key)."""
+    """Return PEFT's scale for a module: alpha / r, or alpha / sqrt(r) with rsLoRA.
+
+    The alpha is that of the first alpha_pattern key matching the module's name, as peft's
+    get_pattern_key picks it.
+    """
     for pattern, value in patterns:
         if pattern.match(module, budget):
             alpha = value
@@ -177,8 +181,10 @@ def _number(folder: Path, what: str, value: Any, most: float, *, count: bool = F
 
 
 def _settings(folder: Path, settings: dict[str, Any]) -> list[tuple[Pattern, float]]:
-    """Check adapter_config.json's numbers (lora_alpha, r, the patterns' values) and compile
-    alpha_pattern's keys, each refused in one line."""
+    """Check adapter_config.json's numbers and compile alpha_pattern's keys.
+
+    The numbers are lora_alpha, r and the patterns' values. Each problem is refused in one line.
+    """
     if settings.get("lora_alpha") is None:
         raise CheckpointError(f"{folder}/adapter_config.json: no lora_alpha")
     _number(folder, "lora_alpha", settings["lora_alpha"], MAX_ALPHA)
@@ -203,8 +209,10 @@ def _settings(folder: Path, settings: dict[str, Any]) -> list[tuple[Pattern, flo
 
 
 def _a(a: Tensor, embedding: bool) -> Iterator[Any]:
-    """A in float32, in chunks of rows; an embedding's transposed ([in, r]), read a block of
-    its columns at a time."""
+    """Yield A in float32, in chunks of rows.
+
+    An embedding's A is transposed ([in, r]) and read a block of its columns at a time.
+    """
     if not embedding:
         for chunk in a.chunks():
             yield widen(a.dtype, chunk)
@@ -215,8 +223,10 @@ def _a(a: Tensor, embedding: bool) -> Iterator[Any]:
 
 def _b(row: architectures.Architecture, config: dict[str, Any], module: str, b: Tensor,
        scale: float) -> Iterator[Any]:  # fmt: skip
-    """B scaled, its rows permuted as the base's conversion permuted W's, a chunk of whole
-    heads at a time."""
+    """Yield B scaled, a chunk of whole heads at a time.
+
+    Its rows are permuted as the base's conversion permuted W's.
+    """
     name = f"{module}.weight"
     group = architectures.head_rows(row, config, name, b.rows)
     for chunk in b.chunks(group):

@@ -1,5 +1,4 @@
-r"""PEFT's pattern keys (an adapter's alpha_pattern, rank_pattern), matched in time linear in
-the name.
+r"""PEFT's pattern keys (an adapter's alpha_pattern, rank_pattern), matched in linear time.
 
 PEFT matches a key as a regular expression, re.match(rf"(.*\.)?({key})$", module). Python's
 backtracking engine takes exponential time on a key such as `(.+)+X` (conversion held a core

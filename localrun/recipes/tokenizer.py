@@ -82,8 +82,11 @@ class Vocabulary:
 
 
 def read(folder: Path, size: int | None) -> Vocabulary:
-    """The vocabulary of a checkpoint folder, padded to `size` tokens (config.json's
-    vocab_size: the embedding's rows) where the tokenizer has fewer."""
+    """Return the vocabulary of a checkpoint folder, padded to `size` tokens.
+
+    `size` is config.json's vocab_size, the embedding's rows. Padding fills in where the
+    tokenizer has fewer tokens.
+    """
     described = read_json(folder / "tokenizer.json", "tokenizer", required=False)
     spm = folder / "tokenizer.model"
     if described is None and not spm.is_file():
@@ -162,8 +165,11 @@ def _added(described: dict[str, Any]) -> dict[int, dict[str, Any]]:
 
 def _layout(vocab: dict[int, str], added: dict[int, dict[str, Any]], size: int | None,
             folder: Path) -> tuple[list[str], list[int]]:  # fmt: skip
-    """Tokens and types in id order, added tokens typed as llama.cpp types them, gaps and the
-    tail up to `size` filled with unique [PADn] tokens."""
+    """Return the tokens and their types in id order.
+
+    Added tokens are typed as llama.cpp types them. Gaps and the tail up to `size` are filled
+    with unique [PADn] tokens.
+    """
     highest = max([*vocab, *added], default=-1)
     count = size if size is not None else highest + 1
     if highest >= count:

@@ -1,4 +1,6 @@
-"""A generation's request as every wing sees it: `GenRequest`, the images and audio it carries,
-the JSON it came in (bounded), the context it gets (`context`, the one rule) and the words for a
-prompt past the context.
+"""A generation's request as every wing sees it: `GenRequest`, and what comes with it.
+
+With it come the images and audio it carries (media) and the JSON it came in, bounded (jsonlimits).
+So do the context it gets (`context`, the one rule) and the words for a prompt past the context
+(overflow).
 """

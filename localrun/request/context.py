@@ -21,26 +21,33 @@ def positive(value: Any) -> int | None:
 
 
 def context_for(asked: Any, own: Any, trained: Any) -> int:
-    """The context a load or a request gets: num_ctx `asked`, else the model's own PARAMETER
-    num_ctx (`own`), else LOCALRUN_CONTEXT_LENGTH (read now); never more than the context the
-    model was trained on (`trained`, None: not known). Ollama's rule: a larger context only
-    costs memory, and past the trained one a model's answers degrade."""
+    """The context a load or a request gets, never more than the model was trained on.
+
+    It is num_ctx `asked`, else the model's own PARAMETER num_ctx (`own`), else
+    LOCALRUN_CONTEXT_LENGTH, read now. `trained` is the context the model was trained on, None where
+    not known. This is Ollama's rule: a larger context only costs memory, and past the trained one a
+    model's answers degrade.
+    """
     chosen = positive(asked) or positive(own) or config.context_length()
     limit = positive(trained)
     return min(chosen, limit) if limit else chosen
 
 
 def rounded(size: int, trained: Any) -> int:
-    """`size` rounded up to a power of two, held to the context the model was trained on (when
-    known): the contexts localrun suggests and loads."""
+    """`size` rounded up to a power of two, held to the context the model was trained on.
+
+    `trained` is None where that is not known. These are the contexts localrun suggests and loads.
+    """
     power = 1 << max(0, size - 1).bit_length()
     limit = positive(trained)
     return min(power, limit) if limit else power
 
 
 def loaded(num_ctx: int, trained: Any) -> int:
-    """The context the scheduler loads for a request of `num_ctx` that must load: `rounded`,
-    never less than asked, so that a client whose num_ctx grows a little on every request
-    (Aider's, through litellm) finds the runner large enough for a while instead of reloading
-    it each time."""
+    """The context the scheduler loads for a request of `num_ctx` that must load.
+
+    It is `rounded`, never less than asked. So a client whose num_ctx grows a little on every
+    request (Aider's, through litellm) finds the runner large enough for a while, instead of
+    reloading it each time.
+    """
     return max(rounded(num_ctx, trained), num_ctx)

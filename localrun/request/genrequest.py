@@ -1,11 +1,13 @@
-"""The one request of a generation: a dialect builds it from its wire shape, the scheduler routes
-it, the runner protocol carries it whole, and the runner prepares it.
+"""The one request of a generation, from the dialect that builds it to the runner.
 
-A chat has `messages`, rendered with the model's template; anything else is a completion of
-`prompt` as it is (with `suffix`: fill in the middle). A field is added here, in the dialect that
-speaks it and in the code that uses it, and nowhere between: `to_wire` and `from_wire` carry
-every field by name, and `from_wire` checks each one's JSON type where a request arrives in a
-runner (what a value means is checked where it is used). Pure: only localrun.errors is imported.
+A dialect builds it from its wire shape, the scheduler routes it, the runner protocol carries it
+whole, and the runner prepares it. A chat has `messages`, rendered with the model's template;
+anything else is a completion of `prompt` as it is (with `suffix`: fill in the middle).
+
+A field is added here, in the dialect that speaks it and in the code that uses it, and nowhere
+between. `to_wire` and `from_wire` carry every field by name, and `from_wire` checks each one's JSON
+type where a request arrives in a runner; what a value means is checked where it is used. Pure: only
+localrun.errors is imported.
 """
 
 from __future__ import annotations
@@ -88,8 +90,11 @@ class GenRequest:
 
     @classmethod
     def from_wire(cls, data: Any) -> GenRequest:
-        """A request from `to_wire`'s JSON; a field of the wrong type is a BadRequestError
-        naming it. Fields this version does not know are ignored (a newer sender's)."""
+        """A request from `to_wire`'s JSON, each field's type checked.
+
+        A field of the wrong type is a BadRequestError naming it. Fields this version does not know,
+        a newer sender's, are ignored.
+        """
         if not isinstance(data, dict):
             raise BadRequestError("request must be an object")
         names = [f.name for f in dataclasses.fields(cls)]
@@ -226,18 +231,17 @@ _CHECKS = {
 
 
 def pair_tool_results(messages: list[Message]) -> list[Message]:
-    """`messages` with every tool call given an id, and every tool result the id of its call
-    (the messages given are changed; a call given an id is a new object).
+    """`messages` with every tool call given an id, and every tool result its call's id.
 
-    Ollama's messages carry no ids: a call is {"function": {...}} and its result names the
-    tool (`tool_name`, Zed) or nothing (Continue, the `ollama` clients). Chat templates are
-    written for OpenAI's messages, where a result names its call by id, and some refuse a
-    result without one (Mistral's: "Tool call IDs should be alphanumeric strings with length
-    9!"). A result without an id answers the first call of the turn before it not answered
-    yet (the first of its tool's name, where it names one). Ids a request gives are kept; the
-    ones made here depend only on the message's place, so a growing conversation renders the
-    same prefix each time (the prompt cache reuses it).
+    The messages given are changed; a call given an id is a new object. A result without an id
+    answers the first call of the turn before it not answered yet, or the first of its tool's name
+    where it names one. Ids a request gives are kept. Ids made here depend only on the message's
+    place, so a growing conversation renders the same prefix each time, for the prompt cache.
     """
+    # Ollama's messages carry no ids: a call is {"function": {...}} and its result names the tool
+    # (`tool_name`, Zed) or nothing (Continue, the `ollama` clients). Chat templates are written
+    # for OpenAI's messages, where a result names its call by id, and some refuse a result without
+    # one (Mistral's: "Tool call IDs should be alphanumeric strings with length 9!").
     waiting: list[tuple[str, Any]] = []  # the last turn's calls not answered yet: (id, name)
     for index, message in enumerate(messages):
         if message.get("role") == "assistant":

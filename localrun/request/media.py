@@ -1,17 +1,15 @@
-"""Images and audio in requests: read from what a client sends, bounded before anything decodes
-them, and marked in the prompt text where they go.
+"""Images and audio in requests: read, bounded before decoding, and marked in the prompt text.
 
 Every dialect turns its media parts (Ollama's `images`, OpenAI's `image_url` data URLs and
-`input_audio`, Anthropic's `image` blocks, the Responses API's `input_image`) into `Media` and puts
-MARKER in the message's text where each one goes, in order; the runner hands the text and the
-media to libmtmd, which replaces each marker with the model's own image or audio tokens. A
-marker the client wrote itself is refused (`count_markers`), so text cannot claim a picture.
+`input_audio`, Anthropic's `image` blocks, the Responses API's `input_image`) into `Media`. It puts
+MARKER in the message's text where each one goes, in order. The runner hands the text and the media
+to libmtmd, which replaces each marker with the model's own image or audio tokens. A marker the
+client wrote itself is refused (`count_markers`), so text cannot claim a picture.
 
-The bounds (config's LOCALRUN_MAX_MEDIA_BYTES, _MAX_MEDIA, _MAX_IMAGE_PIXELS,
-_MAX_AUDIO_SECONDS) are checked here, where the bytes enter: an image's size is read from its
-header (Pillow opens lazily), so a 30000x30000 PNG of a few kilobytes is refused without being
-decoded. Audio is bounded by its bytes and its header's length here, and by its decoded length
-in the runner.
+The bounds (config's LOCALRUN_MAX_MEDIA_BYTES, _MAX_MEDIA, _MAX_IMAGE_PIXELS, _MAX_AUDIO_SECONDS)
+are checked here, where the bytes enter. An image's size is read from its header (Pillow opens
+lazily), so a 30000x30000 PNG of a few kilobytes is refused without being decoded. Audio is bounded
+by its bytes and its header's length here, and by its decoded length in the runner.
 """
 
 from __future__ import annotations
@@ -87,8 +85,10 @@ def decode(value: Any, where: str, kind: str = "image") -> Media:
 
 
 def from_url(url: Any, where: str) -> Media:
-    """An OpenAI-style image URL: a data URL (server.image_urls has inlined the http(s) URLs
-    that LOCALRUN_IMAGE_URL_HOSTS allows); the server fetches nothing for a client."""
+    """An OpenAI-style image URL: a data URL, since the server fetches nothing for a client.
+
+    server.image_urls has already inlined the http(s) URLs that LOCALRUN_IMAGE_URL_HOSTS allows.
+    """
     if not isinstance(url, str) or not url:
         raise BadRequestError(f"{where} must be a URL")
     if url.startswith("data:"):
@@ -117,8 +117,10 @@ def check(media: Media, where: str) -> None:
 
 
 def audio_seconds(data: bytes) -> float | None:
-    """An audio file's length as its header tells it (mutagen reads WAV, FLAC and MP3 headers),
-    or None where it tells none; the runner measures the decoded length again."""
+    """An audio file's length as its header tells it, or None where it tells none.
+
+    mutagen reads WAV, FLAC and MP3 headers. The runner measures the decoded length again.
+    """
     import mutagen
 
     try:
@@ -249,8 +251,10 @@ def ollama_media(message: dict[str, Any], where: str) -> list[Media]:
 
 
 def with_images(message: dict[str, Any], images: list[Media]) -> dict[str, Any]:
-    """`message` with `images` (or audio) before its text, as Ollama puts images (a marker
-    each), and without Ollama's own fields for them."""
+    """`message` with `images` (or audio) before its text, as Ollama puts images.
+
+    Each gets a marker, and Ollama's own fields for them are dropped.
+    """
     out = {k: v for k, v in message.items() if k not in ("images", "audio")}
     if not images:
         return out

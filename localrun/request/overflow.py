@@ -1,14 +1,16 @@
 """A prompt that does not fit the context, worded as each API's own server words it.
 
-Agents match these words to compact a conversation and retry: Claude Code reads Anthropic's
-`prompt is too long: N tokens > M maximum` (with the numbers), OpenCode and litellm (Aider) read
-OpenAI's `This model's maximum context length is M tokens` and its `context_length_exceeded`
-code, Codex reads that code in a streamed `response.failed` (server.responses.routes), and litellm's
-Ollama route reads `is longer than the model's context length`. The hint names how a client of
-that API raises the context: a Modelfile's `PARAMETER num_ctx`, the server-wide default
-(LOCALRUN_CONTEXT_LENGTH, as Ollama's OLLAMA_CONTEXT_LENGTH), `localrun launch` for an agent,
-and in Ollama's API the request's own options.num_ctx; never more than the model was trained on.
-The engine raises the error with the numbers (`error`); the server words it per dialect. Pure.
+Agents match these words to compact a conversation and retry. Claude Code reads Anthropic's
+`prompt is too long: N tokens > M maximum`, with the numbers. OpenCode and litellm (Aider) read
+OpenAI's `This model's maximum context length is M tokens` and its `context_length_exceeded` code.
+Codex reads that code in a streamed `response.failed` (server.responses.routes). litellm's Ollama
+route reads `is longer than the model's context length`.
+
+The hint names how a client of that API raises the context: a Modelfile's `PARAMETER num_ctx`, the
+server-wide default (LOCALRUN_CONTEXT_LENGTH, as Ollama's OLLAMA_CONTEXT_LENGTH), `localrun launch`
+for an agent, and in Ollama's API the request's own options.num_ctx. It never suggests more than the
+model was trained on. The engine raises the error with the numbers (`error`); the server words it
+per dialect. Pure.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ ROOM = 1024
 
 
 def suggested(tokens: int, trained: int | None) -> int | None:
-    """A context that holds `tokens` and an answer, a power of two held to what the model was
-    trained on; None when even that cannot hold the prompt."""
+    """A context that holds `tokens` and an answer: a power of two, held to the trained context.
+
+    None when even that cannot hold the prompt.
+    """
     size = context.rounded(tokens + ROOM, trained)
     return size if size > tokens else None
 
@@ -80,8 +84,10 @@ def message(exc: ContextOverflowError, dialect: Dialect) -> str:
 
 
 def error(tokens: int, limit: int, trained: int | None) -> ContextOverflowError:
-    """The error for a prompt of `tokens` tokens that a context of `limit` cannot hold, in
-    Ollama's words (what `localrun run` and Ollama's clients show)."""
+    """The error for a prompt of `tokens` tokens that a context of `limit` cannot hold.
+
+    It is in Ollama's words, as `localrun run` and Ollama's clients show it.
+    """
     exc = ContextOverflowError("", tokens=tokens, limit=limit, trained=trained)
     exc.message = message(exc, "ollama")
     exc.args = (exc.message,)

@@ -149,8 +149,11 @@ def _suits_cuda(runtime: Runtime) -> bool:
 
 
 def suiting_gpus(runtime: Runtime, gpus: list[Any]) -> list[Any]:
-    """The GPUs that can run `runtime`'s code: a CUDA one of a targeted architecture or newer
-    (through the PTX each architecture's build carries); any GPU for Vulkan."""
+    """The GPUs that can run `runtime`'s code.
+
+    For CUDA, a GPU of a targeted architecture or newer (through the PTX each architecture's
+    build carries); for Vulkan, any GPU.
+    """
     if runtime.backend != "cuda":
         return [g for g in gpus if g.backend in ("cuda", "rocm", "vulkan")]
     lowest = min((layout.architecture(t) for t in runtime.targets), default=0)
@@ -231,15 +234,20 @@ def load_unverified(lib: Any, runtime: Runtime, module: Path, hint: str) -> str 
 
 
 def _inside(library_path: tuple[str, ...]) -> tuple[str, ...]:
-    """The folders of `library_path` that lie under LOCALRUN_HOME/runtimes (a toolkit made from
-    wheels, runtimes/toolchains/): libraries are loaded from nowhere else a record names."""
+    """The folders of `library_path` that lie under LOCALRUN_HOME/runtimes.
+
+    A toolkit made from wheels lives in runtimes/toolchains/. Libraries are loaded from nowhere
+    else a record names.
+    """
     base = layout.root().resolve()
     return tuple(p for p in library_path if Path(p).resolve().is_relative_to(base))
 
 
 def preload(library_path: tuple[str, ...]) -> None:
-    """Load the toolchain's libraries a module needs, globally, before the module. Windows
-    finds a DLL's dependencies in the folders added to its search path instead."""
+    """Load the toolchain's libraries a module needs, globally, before the module.
+
+    Windows finds a DLL's dependencies in the folders added to its search path instead.
+    """
     if sys.platform == "win32":
         for folder in library_path:
             with contextlib.suppress(OSError):

@@ -5,7 +5,6 @@
       vulkan-0.3.36/                one runtime: a folder moved into place whole
         runtime.json                what it is (Runtime below)
         libggml-vulkan.so           the backend module
-      cuda-0.3.36-sm90/
       exact-0.3.36/                 the CPU library built for batch-invariant answers
         runtime.json
         libggml-cpu.so
@@ -13,8 +12,7 @@
       sources/                      kept llama-cpp-python source distributions
       toolchains/cuda-13/           a CUDA toolkit put together from PyPI wheels
 
-A runtime's folder is written as a temporary folder and renamed into place, so a listed runtime
-is complete; the selection is one small file replaced atomically. Nothing here loads a library.
+A runtime's folder is written elsewhere and renamed into place, so a listed runtime is whole.
 """
 
 from __future__ import annotations
@@ -54,7 +52,7 @@ class Runtime:
     built_at: float = 0.0
     build_seconds: float = 0.0
     stamp: tuple[int, int] = (0, 0)  # (size, mtime_ns) of the module when its hash was checked
-    cpu: str = ""  # exact: the CPU its -march=native was for (exact.cpu_identity)
+    cpu: str = ""  # exact: the CPU its -march=native was for (patchset.cpu_identity)
     path: Path = field(default=Path(), compare=False)
 
     @property
@@ -68,8 +66,10 @@ class Runtime:
 
 
 def module_file(target: str) -> str:
-    """The file a CMake target of ggml's builds to as a loadable module on this system:
-    lib<target>.so on Linux and macOS (CMake's MODULE suffix there), <target>.dll on Windows."""
+    """The file a ggml CMake target builds to as a loadable module on this system.
+
+    lib<target>.so on Linux and macOS (CMake's MODULE suffix there), <target>.dll on Windows.
+    """
     return f"{target}.dll" if sys.platform == "win32" else f"lib{target}.so"
 
 

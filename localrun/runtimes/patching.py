@@ -1,19 +1,16 @@
 """Unified diffs: read, apply to a source tree idempotently, and write.
 
-The exact runtime keeps its changes to llama.cpp as .patch files (runtimes/patches/), the way
-Ollama keeps its own (llama/patches/): a header saying what and why, then `diff --git` sections
-that `git apply` and `patch -p1` also take. A build applies them here rather than through git
-or patch, which a machine that builds the runtime may not have (cmake and a C++ compiler are all
-it needs).
+The exact runtime keeps its changes to llama.cpp as .patch files (runtimes/patches/), as Ollama
+keeps its own (llama/patches/): a header saying what and why, then `diff --git` sections that
+`git apply` and `patch -p1` also take. A build applies them here: a machine that builds the
+runtime needs cmake and a C++ compiler, not git or patch.
 
-Applying is `patch -p1` with no fuzz: a hunk's old lines (context and removed) must match the
-file exactly, at the line its header gives or the nearest line from there (moved by earlier
-hunks or by upstream's edits elsewhere in the file). A patch whose every hunk is found reversed
-was applied before and is skipped; one that neither applies nor is applied is refused whole,
+Applying is `patch -p1` with no fuzz: a hunk's old lines must match the file exactly, at the
+line its header gives or the nearest line from there. A patch whose every hunk is found reversed
+was applied before and is skipped. One that neither applies nor is applied is refused whole,
 naming the patch, the file and the hunk, before any file is written. The upgrade script
-(scripts/maintenance/upgrade_llama_cpp.py) also asks for fuzz: a hunk then matches with up to that
-many context lines at each end ignored, as GNU patch's --fuzz, and `diff` writes the patch again
-against the new source.
+(scripts/maintenance/upgrade_llama_cpp.py) also asks for fuzz, as GNU patch's --fuzz, and
+`diff` writes the patch again against the new source.
 """
 
 from __future__ import annotations
@@ -55,8 +52,11 @@ class Patch:
 
 @dataclass
 class Placed:
-    """Where a hunk went: its 1-based line in the file it was applied to, how far that is from
-    the line its header gives, and how many context lines at each end fuzz ignored."""
+    """Where a hunk went.
+
+    Its 1-based line in the file it was applied to, how far that is from the line its header
+    gives, and how many context lines at each end fuzz ignored.
+    """
 
     hunk: int
     line: int
@@ -140,10 +140,13 @@ def _hunk(lines: list[str], i: int, m: re.Match[str], name: str) -> tuple[Hunk, 
 def apply_lines(
     lines: list[str], hunks: tuple[Hunk, ...], *, reverse: bool = False, fuzz: int = 0
 ) -> tuple[list[str], list[Placed]]:
-    """`lines` with `hunks` applied (or reversed); HunkFailed names the first that does not
-    match. A hunk is looked for at its line, moved by the earlier hunks' offset, then ever
-    farther from it, never before the end of the previous one; with `fuzz`, up to that many
-    context lines at each end may differ (they are left as the file has them)."""
+    """Return `lines` with `hunks` applied (or reversed).
+
+    A hunk is looked for at its line, moved by the earlier hunks' offset, then ever farther from
+    it, never before the end of the previous one. With `fuzz`, up to that many context lines at
+    each end may differ; they are left as the file has them. HunkFailed names the first hunk
+    that does not match.
+    """
     out: list[str] = []
     done = 0  # lines of `lines` consumed
     offset = 0
@@ -193,10 +196,13 @@ def _context_run(body: tuple[str, ...]) -> int:
 
 
 def status(tree: Path, patch: Patch, *, fuzz: int = 0) -> Outcome:
-    """What `patch` would do to `tree`; nothing is written. "present": every hunk is found
-    reversed (applied before); "applies": Outcome.texts holds each file as the patch makes it
-    and Outcome.placed where each hunk went; "failed": Outcome.failed names the hunks that do
-    not match."""
+    """What `patch` would do to `tree`; nothing is written.
+
+    - "present": every hunk is found reversed (applied before).
+    - "applies": Outcome.texts holds each file as the patch makes it, Outcome.placed where
+      each hunk went.
+    - "failed": Outcome.failed names the hunks that do not match.
+    """
     if _check(tree, patch, reverse=True).state == "applies":
         return Outcome(patch.name, "present")
     return _check(tree, patch, reverse=False, fuzz=fuzz)
@@ -224,8 +230,10 @@ def _check(tree: Path, patch: Patch, *, reverse: bool, fuzz: int = 0) -> Outcome
 
 
 def diff(path: str, old: str, new: str, context: int = 3) -> str:
-    """The `diff --git` section that turns `old` into `new` (the file at `path`), as the patch
-    files hold it; "" when they are the same."""
+    """The `diff --git` section that turns `old` into `new`, or "" when they are the same.
+
+    `path` is the file's path, as the patch files write it.
+    """
     a, b = _lines(old), _lines(new)
     if a == b:
         return ""
@@ -246,8 +254,11 @@ def diff(path: str, old: str, new: str, context: int = 3) -> str:
 
 
 def _lines(text: str) -> list[str]:
-    """A file's lines, without their newlines: a last newline ends the last line, as in a
-    diff (a file without one is read as if it had it: llama.cpp's sources all do)."""
+    """A file's lines, without their newlines.
+
+    A last newline ends the last line, as in a diff. A file without one is read as if it had
+    it: llama.cpp's sources all do.
+    """
     lines = text.split("\n")
     return lines[:-1] if lines[-1] == "" else lines
 
@@ -262,8 +273,11 @@ def _range(start: int, end: int) -> str:
 
 
 def regenerate(tree: Path, patch: Patch, outcome: Outcome) -> str:
-    """`patch` written again against `tree` as it is before the patch: its header, then each
-    file's diff to the text `outcome` (a status of it, fuzz allowed) gives."""
+    """Write `patch` again against `tree` as it is before the patch.
+
+    Its header, then each file's diff to the text that `outcome` (a status of it, fuzz
+    allowed) gives.
+    """
     parts = [patch.header + "\n"]
     for fp in patch.files:
         old = (tree / fp.path).read_text(encoding="utf-8")

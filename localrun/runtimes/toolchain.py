@@ -92,8 +92,10 @@ def _find_header(relative: str, extra: Sequence[str] = ()) -> Path | None:
 
 
 def cpu() -> Toolchain:
-    """The exact runtime's (localrun/runtimes/exact.py): ggml's CPU library for this CPU, linked
-    as the installed one is (not a loadable backend module)."""
+    """The exact runtime's toolchain: ggml's CPU library for this CPU.
+
+    It is linked as the installed one is, not as a loadable backend module (runtimes/exact.py).
+    """
     cmake, generator = _common()
     cxx = os.environ.get("CXX") or next(
         (c for c in ("c++", "g++", "clang++") if shutil.which(c)), "c++"
@@ -162,8 +164,10 @@ def cuda(
     use_system: bool = True,
     say: Callable[[str], None] = lambda _: None,
 ) -> Toolchain:
-    """nvcc and the CUDA libraries: the system's toolkit, else the PyPI wheels' (installed on
-    first use). `architectures` are CUDA's numbers ("90", "89")."""
+    """nvcc and the CUDA libraries: the system's toolkit, else the PyPI wheels'.
+
+    The wheels are installed on first use. `architectures` are CUDA's numbers ("90", "89").
+    """
     cmake, generator = _common()
     nvcc = _system_nvcc() if use_system else None
     libs: tuple[str, ...] = ()

@@ -1,25 +1,18 @@
 """The memory side of the scheduler: what the loaded models take, and which idle ones make room.
 
-What the memory check allows:
+- The budget is a fixed number of bytes, or by default the memory available at each load plus the
+  loaded models' KV caches and compute buffers. Their mapped weights already count as available.
+- Before its first load, a model's size is planned from its headers at the load options asked
+  for. Once a runner reports what it took, that measure is the estimate for the next such load.
+- A load larger than the whole budget (every other model unloaded, free swap counted) is refused
+  before any runner starts: a 400 naming num_ctx when the request set it.
+- Otherwise idle models are unloaded, least recently used first, within `max_loaded` and the
+  budget. A load that fits only once busy models finish waits.
+- A context size that cannot fit is refused before the runner is given up for it.
 
-- The budget is a fixed number of bytes, or (by default) the memory available at each load
-  plus what the loaded models hold that unloading them gives back: their KV caches and compute
-  buffers, not their weights, which the kernel maps from the model file and already counts as
-  available (reclaimable page cache) while another model's runner is using them.
-- A model's size before its first load is planned from its headers at the load options asked
-  for (weights, the KV cache of every slot at num_ctx, compute buffers); once a runner reports
-  what it took, that measure is the estimate for the next load with the same options.
-- A load larger than the whole budget (with every other model unloaded, and free swap) is
-  refused before any runner starts: a 400 naming num_ctx when the request set it.
-- Otherwise room is made by unloading idle models, least recently used first, within
-  `max_loaded` models and the budget; a load that fits only once busy models finish waits.
-- A context size that cannot fit (scaled from what the loaded runner measured) is refused
-  before the runner is given up for it.
-
-num_ctx itself is held to the context the model was trained on (Target.trained), so a client
-cannot make a runner larger than the model can use. A request's num_ctx rounded up to a power of
-two (local.LocalPool.start_runner) is planned like any other: it is loaded only where it fits
-as the num_ctx itself does, evicting no more.
+num_ctx is held to the trained context (Target.trained), so a client cannot make a runner larger
+than the model can use. A num_ctx rounded up to a power of two (local.LocalPool.start_runner)
+loads only where the num_ctx itself fits, evicting no more.
 """
 
 from __future__ import annotations
@@ -57,8 +50,10 @@ class Budget:
         slots: int,
         runners: Sequence[Runner],
     ) -> None:
-        """Refuse a load of `estimate` bytes that would not fit even with every other model
-        unloaded (free swap counted, as the runner's own check counts it)."""
+        """Refuse a load of `estimate` bytes that would not fit with every other model unloaded.
+
+        Free swap is counted, as the runner's own check counts it.
+        """
         budget = self.room_alone(runners)
         if estimate > budget:
             raise too_large(
@@ -71,8 +66,10 @@ class Budget:
             )
 
     def room_alone(self, runners: Sequence[Runner]) -> int:
-        """The bytes one load may take with every other model unloaded (free swap counted
-        when the budget follows the available memory)."""
+        """Return the bytes one load may take with every other model unloaded.
+
+        Free swap is counted when the budget follows the available memory.
+        """
         budget = self.available(runners)
         if self.limit is None:
             import psutil
@@ -81,8 +78,7 @@ class Budget:
         return budget
 
     def measured(self, runner: Runner, size: int) -> None:
-        """Remember the `size` a runner reported once loaded, for the next load of its model
-        with its load options."""
+        """Remember the `size` a loaded runner reported, for the next load with the same options."""
         self._sizes[_size_key(runner.name, runner.digest, runner.load_options)] = size
 
     def estimate(self, target: Target, load_options: dict[str, Any], slots: int) -> int:
@@ -98,9 +94,11 @@ class Budget:
     def make_room(
         self, estimate: int, runners: Sequence[Runner], max_loaded: int
     ) -> list[Runner] | None:
-        """The idle runners to stop (least recently used first) so that a model taking
-        `estimate` bytes loads beside the others within `max_loaded` models and the budget;
-        None if stopping every idle one is not enough."""
+        """Return the idle runners to stop so that a model of `estimate` bytes fits beside the rest.
+
+        Runners are stopped least recently used first, within `max_loaded` models and the budget.
+        None if stopping every idle one is not enough.
+        """
         keep = list(runners)
         idle = _idle_lru(keep)
         budget = self.available(runners)
@@ -121,13 +119,12 @@ class Budget:
         return evict
 
     def excess(self, loaded: Runner, runners: Sequence[Runner]) -> Iterator[Runner]:
-        """The idle runners other than `loaded` to stop (least recently used first) while the
-        measured sizes of `runners` exceed the budget.
+        """Yield idle runners other than `loaded` to stop while `runners` exceed the budget.
 
-        Before its first load a model's size is estimated from its weights alone; the runner
-        then reports weights + KV cache, which may not fit beside the models kept for it.
-        Lazy: the caller stops each victim (taking it out of `runners`) before the sizes are
-        summed again for the next.
+        Runners go least recently used first, judged by their measured sizes. Before its first
+        load a model's size is estimated from its weights alone. The runner then reports weights
+        + KV cache, which may not fit beside the models kept for it. Lazy: the caller stops each
+        victim (taking it out of `runners`) before the sizes are summed again for the next.
         """
         budget = self.available(runners)
         idle = _idle_lru(r for r in runners if r is not loaded)
@@ -171,8 +168,10 @@ class Budget:
 
 
 def _given_back(runner: Runner) -> int:
-    """The memory unloading `runner` gives back beyond what the kernel counts as available:
-    all it holds less its mapped weights (page cache, reclaimable while mapped)."""
+    """Return the memory unloading `runner` gives back beyond what the kernel counts as available.
+
+    That is all it holds less its mapped weights, which are page cache, reclaimable while mapped.
+    """
     mapped = 0 if runner.load_options.get("use_mmap") is False else runner.weights
     return max(0, runner.size - mapped)
 

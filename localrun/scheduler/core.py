@@ -1,35 +1,18 @@
 """The Scheduler: routes requests, admits them to runners, and queues the rest.
 
 A name the store (or the catalog) resolves goes to a local runner; one only an upstream serves
-goes to the remote pool (`remote`). Each loaded model answers up to `num_parallel` requests at
-once. For the local models the scheduler, on the server's event loop:
+goes to the remote pool (`remote`). For the local models the scheduler, on the server's loop:
 
 - loads a model on its first request; concurrent first requests share that load;
-- admits a request when its model has a free slot, loading (and first evicting idle models,
-  least recently used first) when the model is not loaded, within `max_loaded` models and the
-  memory budget; otherwise the request waits, and past `max_queue` waiting requests it is
-  refused at once with BusyError. What comes free (a slot, room for a load) goes to the waiting
-  requests oldest first, at once, so a request arriving later gets only what none of them can
-  use;
-- gives a model each request's `keep_alive` (the pool unloads it that long after its last
-  request ends) and reloads it, once idle, when a request asks for other load-time options or
-  the model changed (a request naming none gets the model's own, never those another request
-  loaded it with; tokenizing takes any runner of the model as it is);
-- answers a request from a runner whose context is at least the request's (its num_ctx, else
-  the model's default), writing that context into the request's options: the runner holds the
-  request to it, so the answer is the one a runner loaded with exactly that context gives (a
-  client sending a num_ctx of its own, Zed's 16384 or Aider's that grows on every request,
-  does not reload the model for one that sends none, or for itself). A request that must load
-  loads its num_ctx rounded up to a power of two (runners.Runner, local.LocalPool.start_runner);
-  embeddings keep a runner of exactly their context;
-- refuses, without touching the loaded runner, a context size whose KV cache cannot fit in the
-  memory budget (scaled from what the loaded runner measured);
+- admits a request when its model has a free slot, loading it within `max_loaded` models and the
+  memory budget; otherwise the request waits, and past `max_queue` it gets BusyError at once;
+- hands what comes free to the waiting requests, oldest first (`_wake`);
+- gives a model each request's `keep_alive`, and reloads it once idle for other load options;
+- answers a request from a runner whose context is at least the request's (`_admit`);
+- refuses a context size whose KV cache cannot fit, without touching the loaded runner;
 - unloads a model on request, cancelling its requests.
 
-Names are resolved by `targets`; the runner processes (starting and loading them, keep-alive
-timers, evictions, deaths and stopping) are `local`'s LocalPool, which tells the scheduler of
-every change so that what came free goes to the waiting requests; a runner's own state is a
-`runners.Runner`.
+`targets` resolves names; `local`'s LocalPool runs the runner processes and reports each change.
 """
 
 from __future__ import annotations
@@ -110,9 +93,11 @@ class Scheduler:
         backend_options: dict[str, Any] | None = None,
         upstreams: list[Upstream] | None = None,
     ) -> None:
-        """Settings left None are read from LOCALRUN_* now; `memory_budget` None follows the
-        available memory at each load. `backend_options` go into the load message (the fake
-        backend's replies and per-token delay, for tests)."""
+        """Build the scheduler; settings left None are read from LOCALRUN_* now.
+
+        `memory_budget` None follows the available memory at each load. `backend_options` go
+        into the load message (the fake backend's replies and per-token delay, for tests).
+        """
         parallel = num_parallel or config.num_parallel()
         loaded = max_loaded or config.max_loaded_models()
         self.max_queue = config.max_queue() if max_queue is None else max_queue
@@ -170,10 +155,12 @@ class Scheduler:
         await self.remote.start()
 
     def interrupt(self) -> None:
-        """The server is stopping (SIGTERM): every request in flight or waiting ends now with
-        ServerError, so each stream sends its dialect's error line before its connection
-        closes; new requests are refused. `close` then stops the runners. Answers coming
-        from upstreams end the same way, their upstream requests cancelled."""
+        """End every request in flight or waiting with ServerError, as the server stops (SIGTERM).
+
+        Each stream then sends its dialect's error line before its connection closes. New
+        requests are refused, and `close` then stops the runners. Answers coming from upstreams
+        end the same way, their upstream requests cancelled.
+        """
         self._local.interrupt()
         self.remote.interrupt()
 
@@ -189,9 +176,10 @@ class Scheduler:
     # -- requests -----------------------------------------------------------------------------
 
     async def generate(self, request: GenRequest) -> Stream:
-        """Answer `request` (a chat with the model's template, or a completion); the stream
-        yields its chunks. Its options are checked here, before it is routed; its load-time
-        ones choose the runner."""
+        """Answer `request`, a chat with the model's template or a completion, as a chunk stream.
+
+        Its options are checked here, before it is routed; its load-time ones choose the runner.
+        """
         request = dataclasses.replace(request, options=params_mod.validate(request.options))
         remote = await self.remote_name(request.model)
         if remote is not None:
@@ -223,8 +211,11 @@ class Scheduler:
         keep_alive: float | None = None,
         query: str | None = None,
     ) -> Embeddings:
-        """L2-normalized embeddings of `inputs`, in order; with `query`, a reranker's scores
-        of each input against it (each vector is the classifier's outputs, the score first)."""
+        """Return the L2-normalized embeddings of `inputs`, in order, or a reranker's scores.
+
+        With `query`, each input is scored against it: its vector is the classifier's outputs,
+        the score first.
+        """
         started = time.monotonic()
         opts = params_mod.validate(options or {})
         remote = await self.remote_name(name)
@@ -277,10 +268,10 @@ class Scheduler:
         add_special: bool = True,
         parse_special: bool = False,
     ) -> list[int]:
-        """The model's tokens for `text`, or for the prompt the chat `request` renders to (what
-        it would evaluate: the model's template, SYSTEM and MESSAGEs).
+        """Return the model's tokens for `text`, or for the prompt the chat `request` renders to.
 
-        Runs on a loaded runner of the model whatever its load options (loading it if none).
+        That prompt is what the model would evaluate: its template, SYSTEM and MESSAGEs. Runs on
+        a loaded runner of the model whatever its load options (loading it if none).
         """
         event = await self._ask(
             name,
@@ -295,8 +286,10 @@ class Scheduler:
         return [int(t) for t in event.get("tokens") or []]
 
     async def detokenize(self, name: str, tokens: list[int]) -> str:
-        """The text of `tokens`, special tokens spelled out; an id outside the vocabulary is a
-        BadRequestError."""
+        """Return the text of `tokens`, special tokens spelled out.
+
+        An id outside the vocabulary is a BadRequestError.
+        """
         event = await self._ask(name, lambda rid: protocol.detokenize_request(rid, tokens))
         return str(event.get("text") or "")
 
@@ -326,8 +319,10 @@ class Scheduler:
         options: dict[str, Any] | None = None,
         keep_alive: float | None = None,
     ) -> RunningModel:
-        """Load a model (if it is not loaded) and keep it for `keep_alive` seconds. A model an
-        upstream serves is its to load: nothing happens here."""
+        """Load a model if it is not loaded, and keep it for `keep_alive` seconds.
+
+        A model an upstream serves is its to load: nothing happens here.
+        """
         opts = params_mod.validate(options or {})
         remote = await self.remote_name(name)
         if remote is not None:
@@ -376,13 +371,13 @@ class Scheduler:
         *,
         exact: bool = False,
     ) -> tuple[Runner, float, int]:
-        """A runner with a slot reserved for this request, ready; the seconds it took to get
-        it (resolving the name, waiting in line, loading); and the context the request is
-        answered with (Target.context; 0 for `options` None, which takes any runner). `exact`:
-        a runner of exactly that context, else one of at least that context.
+        """Return a ready runner with a slot reserved, the seconds taken, and the request's context.
 
-        Those seconds are Ollama's load_duration: small, but never 0, when the model was loaded
-        already (Ollama's clients and tests take 0 for a missing field).
+        The seconds cover resolving the name, waiting in line and loading. They are Ollama's
+        load_duration: small, but never 0, when the model was loaded already (Ollama's clients
+        and tests take 0 for a missing field). The context is Target.context, or 0 for `options`
+        None, which takes any runner. `exact` asks for a runner of exactly that context, else one
+        of at least that context.
         """
         if self._local.closed:
             raise ServerError("the server is shutting down", hint="retry once it is back")
@@ -390,11 +385,20 @@ class Scheduler:
         keep = self._keep_alive(keep_alive)
         target = await self._names.find(name)
         # None: any runner of the model will do (tokenizing does not depend on load options).
+        # A request naming no load option gets the model's own, never those another request
+        # loaded it with.
         load_options = target.trained(
             None
             if options is None
             else {k: v for k, v in options.items() if k in params_mod.LOAD_PARAMS}
         )
+        # The request is answered with this context, written into its options (`generate`). The
+        # runner holds the request to it, so the answer is the one a runner loaded with exactly
+        # that context gives. Any runner of at least that context serves it: a client sending a
+        # num_ctx of its own (Zed's 16384, or Aider's that grows on every request) reloads the
+        # model neither for one that sends none nor for itself. A load rounds num_ctx up to a
+        # power of two (runners.Runner, local.LocalPool.start_runner); embeddings keep a runner
+        # of exactly their context.
         context = 0 if load_options is None else target.context(load_options)
         # Whatever came free since a request began waiting was handed to it then (_wake): what
         # is left for a newcomer is what no waiting request can use.

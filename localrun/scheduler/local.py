@@ -1,30 +1,18 @@
 """The local runner pool: the runner processes of loaded models, started, loaded and stopped.
 
-Each loaded model lives in its own `python -m localrun.worker` process (a crash, an OOM kill or
-a native abort then costs only the requests on that model) and answers up to `num_parallel`
+Each loaded model lives in its own `python -m localrun.worker` process, so a crash, an OOM kill
+or a native abort costs only the requests on that model. It answers up to `num_parallel`
 requests at once, decoded in one batch. The pool, on the server's event loop:
 
-- starts a runner within `max_loaded` models and the memory budget, first evicting idle models
-  (least recently used first), and sends it the load once the memory of the models being
-  unloaded is back; a model that takes more once loaded than its estimate evicts more idle
-  models. A request's num_ctx is loaded rounded up to a power of two (held to the context the
-  model was trained on) where that fits as the num_ctx itself does, evicting no more; the
-  worker loads the num_ctx itself when the rounded one does not fit in the memory it finds
-  (or puts fewer layers on the GPU);
-- hands a runner the model its first request was admitted with (model.LoadSpec: the blobs, the
-  parameters, the context) and holds those blobs (store.leases) until the runner ends, so that
-  a `create` reusing the name, and a prune after it, change nothing it loads;
-- unloads a model `keep_alive` seconds after its last request ends (0: at once; inf: never),
-  and a stale one (to be reloaded with other load options, or unloaded) as soon as it is idle;
-- fails every request on a runner that dies with RunnerDiedError (the next request for the model
-  starts a fresh runner), and a load with the runner's error or ModelLoadError; a runner that
-  ignores a cancel (a stream's or an unload's) past CANCEL_WAIT_S is wedged, and is killed so.
+- starts a runner within `max_loaded` models and the memory budget, evicting idle models (LRU);
+- hands it the model its first request was admitted with, its blobs held until it ends;
+- unloads a model `keep_alive` seconds after its last request (0: at once; inf: never), and a
+  stale one, to be reloaded with other options or unloaded, as soon as it is idle;
+- fails the requests of a runner that dies with RunnerDiedError, and kills one that ignores a
+  cancel (a stream's or an unload's) past CANCEL_WAIT_S.
 
-Which request gets a slot, and when, is the Scheduler's (`core`): the pool calls `on_change` on
-every change that may free a slot or room for a load (a runner ready, idle, stopping or gone),
-and `on_final` when a request's final event frees its slot. The memory budget and the choice of
-models to evict are `budget`'s, a runner's own state is a `runners.Runner`, and its process
-(pipes, events, stderr, stopping and reaping) is localrun.worker.process's.
+Which request gets a slot, and when, is the Scheduler's (`core`). The memory budget is
+`budget`'s, a runner's state a `runners.Runner`, its process localrun.worker.process's.
 """
 
 from __future__ import annotations
@@ -72,8 +60,12 @@ class LocalPool:
         on_change: Callable[[], None],
         on_final: Callable[[Runner], None],
     ) -> None:
-        """`spawn` runs a coroutine as a task its owner cancels on close; `on_change` and
-        `on_final` (see the module docstring) hand what came free to the waiting requests."""
+        """Set up the pool; `spawn` runs a coroutine as a task its owner cancels on close.
+
+        `on_change` is called on every change that may free a slot or room for a load: a runner
+        ready, idle, stopping or gone. `on_final` is called when a request's final event frees
+        its slot. Both hand what came free to the waiting requests.
+        """
         self.store = store
         self.num_parallel = num_parallel
         self.max_loaded = max_loaded
@@ -108,9 +100,12 @@ class LocalPool:
     def start_runner(
         self, target: Target, load_options: dict[str, Any], keep_alive: float, *, grow: bool
     ) -> Runner | None:
-        """Make room (evicting idle models LRU) and start loading; None if there is no room
-        yet. A load that cannot fit even with every other model unloaded is refused. With
-        `grow`, a num_ctx asked for loads rounded up where that fits as well (`_grown`)."""
+        """Make room, evicting idle models LRU, and start loading; None if there is no room yet.
+
+        A load that cannot fit even with every other model unloaded is refused. With `grow`, a
+        num_ctx asked for loads rounded up to a power of two where that fits as well (`_grown`).
+        A model that takes more once loaded than its estimate evicts more idle models (`_trim`).
+        """
         estimate = self.memory.estimate(target, load_options, self.num_parallel)
         self.memory.check_alone(target, estimate, load_options, self.num_parallel, self.runners)
         evict = self.memory.make_room(estimate, self.runners, self.max_loaded)
@@ -134,9 +129,11 @@ class LocalPool:
     def _grown(
         self, target: Target, load_options: dict[str, Any], evict: list[Runner]
     ) -> tuple[dict[str, Any], int, list[Runner]] | None:
-        """The load options with num_ctx rounded up (Target.rounded), their estimate and the
-        runners to evict for them; None when the request names no num_ctx, or the rounded
-        one would not fit with every other model unloaded or would evict more than `evict`."""
+        """Return the options with num_ctx rounded up (Target.rounded), their estimate, evictions.
+
+        None when the request names no num_ctx, or when the rounded one would not fit with every
+        other model unloaded or would evict more than `evict`.
+        """
         num_ctx = load_options.get("num_ctx")
         rounded = target.rounded(num_ctx) if isinstance(num_ctx, int) else num_ctx
         if rounded == num_ctx:
@@ -176,8 +173,10 @@ class LocalPool:
             self.stop(runner)
 
     async def unload(self, key: str) -> bool:
-        """Unload the model `key` (a canonical name), cancelling its requests; False if it was
-        not loaded. Returns once its runners have exited (see Scheduler.unload)."""
+        """Unload the model `key` (a canonical name), cancelling its requests; False if not loaded.
+
+        Returns once its runners have exited (see Scheduler.unload).
+        """
         found = [r for r in self.runners if r.name == key]
         for runner in found:
             runner.stale = True
@@ -201,7 +200,9 @@ class LocalPool:
 
     async def _load(self, runner: Runner) -> None:
         model = runner.model  # as the request it loads for was admitted: its name is not read again
-        try:  # its blobs stay in the store until it ends (store.leases), whatever uses the name
+        # Its blobs stay in the store until it ends (store.leases), whatever uses the name: a
+        # `create` reusing the name, and a prune after it, change nothing it loads.
+        try:
             digests = model.manifest.digests()
             runner.lease = await asyncio.to_thread(leases.take, self.store, digests, runner.name)
         except LocalrunError as exc:
@@ -229,6 +230,8 @@ class LocalPool:
         if runner.state != "loading":  # stopped while it started: EOF before the load
             await process.stop()
             return
+        # The worker loads the num_ctx asked for instead of the rounded one where that does not
+        # fit in the memory it finds, or puts fewer layers on the GPU (worker.load.fitted).
         fallback = runner.least_ctx if runner.least_ctx < runner.planned_ctx else None
         # The model with its load options and the context decided here (Runner.planned_ctx).
         spec = model.load_spec(runner.load_options, runner.planned_ctx)
@@ -288,8 +291,10 @@ class LocalPool:
         self._on_change()
 
     def _trim(self, loaded: Runner) -> None:
-        """Evict idle models (LRU) while the measured sizes exceed the budget: a model may
-        take more once loaded than its estimate."""
+        """Evict idle models (LRU) while the measured sizes exceed the budget.
+
+        A model may take more once loaded than its estimate.
+        """
         for victim in self.memory.excess(loaded, self.runners):
             log.info("unloading %s: %s needs its memory", victim.name, loaded.name)
             self.stop(victim)

@@ -3,9 +3,9 @@
 A `Runner` holds the state the scheduler keeps per runner (loading, ready, stopping, dead; its
 reserved slots, keep-alive timer and measured size) around the `RunnerProcess` that talks to
 the subprocess. `matches` decides whether a runner may answer a request with given load-time
-options: a runner whose context is at least the request's answers it (the runner holds each
+options. A runner whose context is at least the request's answers it: the runner holds each
 request to its own context, so the answer is the one a runner loaded with exactly that context
-gives); the other load options must be the request's, or the model's own for those it does not
+gives. The other load options must be the request's, or the model's own for those it does not
 name, never those another request loaded it with.
 """
 
@@ -55,9 +55,11 @@ class Runner:
         keep_alive: float,
         least_ctx: int | None = None,
     ) -> None:
-        """`least_ctx`: a smaller context the worker loads instead of `load_options`' num_ctx
-        (rounded up by the pool) when that does not fit; None: that num_ctx, or the model's
-        own."""
+        """Track a runner of `target`, to be loaded with `load_options`.
+
+        `least_ctx` is a smaller context the worker loads instead of `load_options`' num_ctx
+        (rounded up by the pool) when that does not fit. None: that num_ctx, or the model's own.
+        """
         self.name = target.name
         self.digest = target.digest
         self.model = target.model  # what it loads: the manifest its first request was admitted by
@@ -102,24 +104,21 @@ class Runner:
     def matches(
         self, target: Target, load_options: dict[str, Any], *, exact: bool = False
     ) -> bool | None:
-        """Whether this runner can answer a request for `target` with these load options;
+        """Whether this runner can answer a request for `target` with these load options.
+
         None while it loads with a context that may or may not hold the request's (its ready
-        event tells).
-
-        The request's context (Target.context: its num_ctx, else the model's default) must be
-        at most the runner's: the runner holds the request to it (engine SamplingOptions'
-        `context`), refusing a prompt past it and stopping the answer at its end, as a runner
-        loaded with that context would. `exact` (embeddings, whose truncation and batches
-        follow the context made for them) wants the runner's context to be the request's.
-
-        For the other options a request gets the model's own load-time values for those it
-        does not name: a runner loaded with another client's num_gpu or num_batch does not
-        answer it, as one client's options must never change another's answers. A named value
-        is compared with what the runner was loaded with (num_gpu also with what the worker
-        resolved, so asking for the value in force never reloads).
+        event tells). The request's context (Target.context) must be at most the runner's. The
+        runner holds the request to it (engine SamplingOptions' `context`): it refuses a prompt
+        past it and stops the answer at its end, as a runner loaded with that context would.
+        `exact` (embeddings, whose truncation and batches follow the context made for them)
+        wants the runner's context to be the request's.
         """
         if target.digest != self.digest:
             return False
+        # A request gets the model's own load-time values for the options it does not name: a
+        # runner loaded with another client's num_gpu or num_batch does not answer it, as one
+        # client's options must never change another's answers. A named value is compared with
+        # what the runner was loaded with.
         for key in {*load_options, *self.load_options} - {"num_ctx"}:
             value = load_options.get(key)
             if self.load_options.get(key) == value:
@@ -129,6 +128,8 @@ class Runner:
                 if key == "num_gpu" and self.load_options.get(key) in (None, -1):
                     continue
                 return False
+            # num_gpu is also compared with what the worker resolved, so that asking for the
+            # value in force never reloads.
             if self.info is not None and key == "num_gpu" and value == self.info.gpu_layers:
                 continue
             return False

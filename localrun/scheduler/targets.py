@@ -1,12 +1,12 @@
 """Which model a request names: its store name, manifest digest and what is known before loading.
 
-A name is resolved against the store, once a request: the Target holds the Model read from the
-manifest it names (model.Model: its digest, its blobs' paths, its parameters), which is what a
-runner started for the request loads, whatever the name points at by then. A catalog model not
-yet in the store (the packaged SmolLM2), and another runner's model that LOCALRUN_OTHER_RUNNERS
-lists (sources.runners.importing.Index), is imported into it on first use, in a child process, so
-the server itself never imports gguf or numpy. Concurrent requests for one name share one lookup
-(and one import).
+A name is resolved against the store, once a request. The Target holds the Model read from the
+manifest it names (model.Model: its digest, its blobs' paths, its parameters). A runner started
+for the request loads that, whatever the name points at by then. A catalog model not yet in the
+store (the packaged SmolLM2) is imported into it on first use, and so is another runner's model
+that LOCALRUN_OTHER_RUNNERS lists (sources.runners.importing.Index). The import runs in a child
+process, so the server itself never imports gguf or numpy. Concurrent requests for one name
+share one lookup (and one import).
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ runner_log = logging.getLogger("localrun.runner")
 
 @dataclass(frozen=True)
 class Target:
-    """A model found by name: its store name, the model as its manifest was read (what a runner
-    loads) and what is known of it before loading."""
+    """A model found by name: its store name, the model a runner loads, what is known before.
+
+    The model is as its manifest was read when the name was looked up.
+    """
 
     name: str
     model: Model
@@ -54,8 +56,10 @@ class Target:
         return self.model.details
 
     def trained(self, load_options: dict[str, Any] | None) -> dict[str, Any] | None:
-        """`load_options` with num_ctx held to the context the model was trained on, as the
-        runner loads it (request.context), so that asking for more matches a runner so loaded."""
+        """Return `load_options` with num_ctx held to the context the model was trained on.
+
+        The runner loads it so (request.context), so asking for more matches a runner so loaded.
+        """
         num_ctx = context.positive((load_options or {}).get("num_ctx"))
         if num_ctx is None:
             return load_options
@@ -63,8 +67,10 @@ class Target:
         return load_options if held == num_ctx else {**(load_options or {}), "num_ctx": held}
 
     def context(self, load_options: dict[str, Any] | None) -> int:
-        """The context a request with these load options is answered with, whatever runner
-        answers it: its own num_ctx, else the model's default (Model.context)."""
+        """Return the context a request with these load options is answered with, by any runner.
+
+        That is its own num_ctx, else the model's default (Model.context).
+        """
         return self.model.context((load_options or {}).get("num_ctx"))
 
     def rounded(self, num_ctx: int) -> int:
@@ -80,8 +86,10 @@ class Finder:
         store: Store,
         spawn: Callable[[Coroutine[Any, Any, Target]], asyncio.Task[Target]],
     ) -> None:
-        """`spawn` runs a lookup as a task its owner cancels on close (an import in progress
-        then kills its child process)."""
+        """Set up the finder; `spawn` runs a lookup as a task its owner cancels on close.
+
+        An import in progress then kills its child process.
+        """
         self.store = store
         self.others = Index()  # other runners' models (LOCALRUN_OTHER_RUNNERS)
         self._spawn = spawn
@@ -120,8 +128,10 @@ def canonical(text: str) -> str:
 
 
 def read_target(store: Store, ref: Reference, others: Index | None = None) -> Target | None:
-    """The stored model `ref` names; None for a catalog model, or one of `others`, still to
-    be imported."""
+    """Return the stored model `ref` names, or None for one still to be imported.
+
+    One still to be imported is a catalog model, or one of `others`.
+    """
     name = ref.name
     try:
         manifest = store.read_manifest(name)
@@ -142,9 +152,11 @@ def read_target(store: Store, ref: Reference, others: Index | None = None) -> Ta
 
 
 async def import_model(store: Store, text: str) -> None:
-    """Import the catalog model (or another runner's) `text` into `store` in a child process
-    (scheduler.importer, through sources.obtain); its typed error, if it reported one, else
-    ModelLoadError (its stderr goes to the server log)."""
+    """Import the catalog model (or another runner's) `text` into `store` in a child process.
+
+    The child is scheduler.importer, through sources.obtain. A failure raises the typed error
+    it reported, else ModelLoadError; its stderr goes to the server log.
+    """
     proc = await asyncio.create_subprocess_exec(
         *selfexec.command("localrun.scheduler.importer", str(store.root), text),
         stdin=asyncio.subprocess.DEVNULL,

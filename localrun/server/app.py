@@ -206,10 +206,12 @@ def create_app(settings: Settings, scheduler: Scheduler) -> FastAPI:
 
 
 def answer_memory(api_key: str | None, host: str) -> str | None:
-    """Who may be drafted for from earlier answers (engine.speculation.answers): the holders of the
-    API key (named by a digest of it, never the key), or the one user of a loopback-only server
-    without a key; None on a server open to others without a key, where clients cannot be told
-    apart."""
+    """Who may be drafted for from earlier answers (engine.speculation.answers), or None.
+
+    The holders of the API key share a memory, named by a digest of the key, never the key. Without
+    a key, a loopback-only server's one user has it. A server open to others without a key gets
+    None, since its clients cannot be told apart.
+    """
     if not config.answer_memory():
         return None
     if api_key:

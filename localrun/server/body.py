@@ -1,8 +1,9 @@
 """Reading a request: its body as a JSON object, and typed access to its fields.
 
-Every dialect reads its body with `read_json` and its fields through `Body`, so a field of the
-wrong type is a 400 that names it, in the words of every route alike. Model options are checked
-against localrun's parameters here: unknown ones are dropped with a warning, as Ollama does.
+Every dialect reads its body with `read_json` and its fields through `Body`. A field of the
+wrong type is then a 400 that names it, in the words of every route alike. Model options are
+checked against localrun's parameters here: unknown ones are dropped with a warning, as Ollama
+does.
 """
 
 from __future__ import annotations
@@ -112,8 +113,10 @@ class Body:
             raise BadRequestError(f"keep_alive: {exc}") from None
 
     def options(self, key: str = "options") -> dict[str, Any]:
-        """The request's model options; unknown keys are dropped with a warning in the log
-        (as Ollama does), the values of known ones are validated later (a bad one is a 400)."""
+        """The request's model options; unknown keys are dropped with a warning in the log.
+
+        Ollama drops them too. The values of known ones are validated later, and a bad one is a 400.
+        """
         value = self.get(key, dict, {})
         out = {}
         for name, option in value.items():
@@ -126,8 +129,11 @@ class Body:
         return out
 
     def sampling(self, names: dict[str, str] | tuple[str, ...]) -> dict[str, Any]:
-        """The numeric sampling fields present, as options: {request field: option name}
-        (or fields named as the options are)."""
+        """The numeric sampling fields present, as options.
+
+        `names` maps a request field to its option name; a tuple names fields named as the options
+        are.
+        """
         pairs = names.items() if isinstance(names, dict) else ((n, n) for n in names)
         out: dict[str, Any] = {}
         for key, name in pairs:
@@ -137,8 +143,11 @@ class Body:
         return out
 
     def logit_bias(self) -> list[list[Any]] | None:
-        """`logit_bias` as [token id, bias] pairs: OpenAI's {"15043": -100, ...} (-100 to 100),
-        or llama-server's [[15043, -0.5], [15043, false]] (false: never that token)."""
+        """`logit_bias` as [token id, bias] pairs.
+
+        It takes OpenAI's {"15043": -100, ...} (-100 to 100), or llama-server's
+        [[15043, -0.5], [15043, false]], where false means never that token.
+        """
         value = self.data.get("logit_bias")
         if value is None:
             return None
@@ -166,8 +175,11 @@ class Body:
         return None
 
     def bounds(self, *keys: str, least: int = 1, hint: str | None = None) -> dict[str, Any]:
-        """The answer's bounds as options: `num_predict` from the first of `keys` given (a
-        token budget, at least `least`) and `stop` from the stop strings, each if given."""
+        """The answer's bounds as options: `num_predict` and `stop`, each if given.
+
+        `num_predict` comes from the first of `keys` given, a token budget of at least `least`;
+        `stop` from the stop strings.
+        """
         options: dict[str, Any] = {}
         limit = self.limit(*keys, least=least, hint=hint)
         if limit is not None:
@@ -235,8 +247,7 @@ def _json_type(value: Any) -> str:
 
 
 def at_most(count: int, most: int, field: str, what: str, setting: str) -> None:
-    """A request's list of `what` within its bound; past it, one line naming the setting that
-    raises it."""
+    """Refuse a request's list of `what` past its bound, naming the setting that raises it."""
     if count > most:
         raise BadRequestError(
             f"{field} holds {count} {what}; one request takes at most {most}",

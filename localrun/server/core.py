@@ -36,9 +36,12 @@ LEFT_OUT_NAMED = 16  # types the header names, each cut to escape.HEADER_LIMIT /
 
 
 def tools_left_out(kinds: list[str]) -> dict[str, str]:
-    """The response headers for the hosted tools a request offered and the server left out,
-    logged once; none for none. Their types are the client's text: escaped to printable ASCII
-    and bounded (a CR or LF in a header cuts the connection, and in the log starts a line)."""
+    """The response headers naming the hosted tools a request offered and the server left out.
+
+    They are logged once; no tools, no headers. Their types are the client's text, so they are
+    escaped to printable ASCII and bounded: a CR or LF in a header cuts the connection, and in the
+    log starts a line.
+    """
     if not kinds:
         return {}
     named = list(dict.fromkeys(escape.for_header(k, escape.HEADER_LIMIT // 4) for k in kinds))
@@ -73,8 +76,10 @@ class Context:
 
 
 def whose(request: Request) -> Whose:
-    """The client a request comes from, as shared limits tell clients apart: the address a
-    per-client cap counts, and the connection."""
+    """The client a request comes from, as shared limits tell clients apart.
+
+    It is the address a per-client cap counts, and the connection.
+    """
     peer = tuple(request.client) if request.client is not None else None
     return connections.client_key(request.client), peer
 

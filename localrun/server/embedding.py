@@ -79,8 +79,11 @@ def _shorten(vector: list[float], size: int) -> list[float]:
 
 
 def inputs_of(value: Any, key: str = "input", *, tokens: bool = False) -> list[EmbedInput]:
-    """What to embed: a string or a list of them; with `tokens` (OpenAI's dialect) also token
-    ids, a list of ints or a list of such lists, which langchain's OpenAIEmbeddings sends."""
+    """What to embed: a string or a list of them, or token ids with `tokens`.
+
+    With `tokens` (OpenAI's dialect), token ids come as a list of ints or a list of such lists, as
+    langchain's OpenAIEmbeddings sends them.
+    """
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and all(isinstance(x, str) for x in value):

@@ -97,8 +97,10 @@ def headers_of(exc: e.LocalrunError) -> dict[str, str]:
 def body_of(
     exc: e.LocalrunError, dialect: Dialect, request_id: str | None = None
 ) -> dict[str, Any]:
-    """The JSON body of an error response (also sent as the last line of a broken stream);
-    `request_id` goes into Anthropic's."""
+    """The JSON body of an error response, also sent as the last line of a broken stream.
+
+    `request_id` goes into Anthropic's.
+    """
     if isinstance(exc, e.ContextOverflowError):
         param = {"openai": "messages", "responses": "input"}.get(dialect)
         body = plain_body(
@@ -165,9 +167,11 @@ _OPENAI_SHAPED = frozenset(
 
 
 def from_anthropic_client(headers: Mapping[str, str]) -> bool:
-    """Whether a request comes from an Anthropic client: every one sends anthropic-version (the
-    API requires it; the SDKs and Claude Code add it to every request). Not x-api-key: OpenAI
-    clients send that too (Continue's `cn` sends both key headers)."""
+    """Whether a request comes from an Anthropic client, by its anthropic-version header.
+
+    Every one sends it: the API requires it, and the SDKs and Claude Code add it to every request.
+    x-api-key does not tell: OpenAI clients send that too (Continue's `cn` sends both key headers).
+    """
     return "anthropic-version" in headers
 
 
@@ -176,9 +180,12 @@ _OTHER_DIALECTS = ("/api/", "/v1/responses", "/v1/chat/", "/v1/completions", "/v
 
 
 def dialect_of(path: str, headers: Mapping[str, str] | None = None) -> Dialect:
-    """The dialect an error is answered in: a path of Anthropic's API gets Anthropic's shape;
-    so does an Anthropic client's request (by its headers) on any path no other dialect alone
-    serves (/v1/models, a route that does not exist); otherwise the path's API decides."""
+    """The dialect an error is answered in.
+
+    A path of Anthropic's API gets Anthropic's shape. So does an Anthropic client's request (by its
+    headers) on any path that no other dialect alone serves, such as /v1/models or a route that does
+    not exist. Otherwise the path's API decides.
+    """
     if path in ("/v1/messages", "/v1/complete") or path.startswith("/v1/messages/"):
         return "anthropic"
     if (
@@ -198,9 +205,11 @@ def dialect_of(path: str, headers: Mapping[str, str] | None = None) -> Dialect:
 
 
 def log_refused(method: str, path: str, status: int, message: str) -> None:
-    """One line for a request the server refused or failed, at the default log level: what
-    an agent shows only on its own screen is in the server's log too (the route, the status
-    and the reason; never the request's content)."""
+    """Log one line for a request the server refused or failed, at the default log level.
+
+    What an agent shows only on its own screen is then in the server's log too. The line holds the
+    route, the status and the reason, never the request's content.
+    """
     level = logging.WARNING if status >= 500 else logging.INFO
     # The path is the client's (decoded: %0d%0a is a line break) and so may be the message.
     shown = escape.for_log(path, 200), escape.for_log(message, 300)

@@ -1,11 +1,11 @@
 """Generations: a request started on the scheduler, and its answer as it comes.
 
-The /api and /v1 handlers translate their request into a `localrun.request.genrequest.GenRequest`,
-call `start()` (or `start_choices()` for several answers) and format what the `Generation` yields;
-none talks to the scheduler in its own way.
+The /api and /v1 handlers translate their request into a `localrun.request.genrequest.GenRequest`
+and call `start()`, or `start_choices()` for several answers. They format what the `Generation`
+yields; none talks to the scheduler in its own way.
 
-A generation is started before any response byte is sent, and its first piece is awaited too,
-so an unknown model, a full queue or a prompt that does not fit still gets its own HTTP status.
+A generation is started before any response byte is sent, and its first piece is awaited too.
+So an unknown model, a full queue or a prompt that does not fit still gets its own HTTP status.
 While a handler waits for it the client is watched (`core.until_disconnect`): when it
 disconnects the generation is cancelled and its slot freed.
 """
@@ -111,8 +111,11 @@ class Generation:
             self._metrics.checked(self.stream.model, time.perf_counter() - began, valid=valid)
 
     async def _following(self) -> Chunk | None:
-        """The next chunk. Past the end of an answer its check refused: the first chunk of a
-        new draw, where one may be drawn (`_may_redraw`); else the refusal."""
+        """The next chunk, or past a refused answer the first chunk of a new draw.
+
+        Past the end of an answer its check refused, a new draw starts where one may be drawn
+        (`_may_redraw`); else the refusal is raised.
+        """
         while True:
             try:
                 return await self._next()
@@ -129,9 +132,12 @@ class Generation:
                 self._metrics.redrawn(self.stream.model)
 
     def _may_redraw(self) -> bool:
-        """Whether an answer its check refused is drawn again: one sent whole (none of it
-        went out), drawn at random (greedy's would only repeat itself), fewer than
-        LOCALRUN_MAX_DRAWS times so far, within LOCALRUN_DRAW_TIME of the request's start."""
+        """Whether an answer its check refused is drawn again.
+
+        It is when the answer was sent whole, so none of it went out, and drawn at random, since a
+        greedy answer would only repeat itself. It must also have been drawn fewer than
+        LOCALRUN_MAX_DRAWS times so far, within LOCALRUN_DRAW_TIME of the request's start.
+        """
         return (
             self.whole
             and self._again is not None
@@ -144,8 +150,11 @@ class Generation:
         self._first = await self._next()
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
-        """The answer's chunks (text, reasoning, log-probabilities, tool calls as each is
-        read: with their ids and places), empty ones skipped."""
+        """The answer's chunks, empty ones skipped.
+
+        A chunk holds text, reasoning, log-probabilities, and tool calls as each is read, with their
+        ids and places.
+        """
         try:
             chunk, self._first = self._first, None
             while chunk is not None:
@@ -176,8 +185,10 @@ class Generation:
                     yield chunk.text
 
     async def collect(self) -> str:
-        """The whole answer, once it is complete (drawn again where its check refused it:
-        `_may_redraw`)."""
+        """The whole answer, once it is complete.
+
+        An answer its check refused is drawn again where it may be (`_may_redraw`).
+        """
         self.whole = True
         async with contextlib.aclosing(self.chunks()) as chunks:
             async for _ in chunks:
@@ -196,8 +207,11 @@ class Generation:
         return self.stream.done_reason or "stop"
 
     def _take_calls(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        """Streamed calls given their ids and places; past the first when the client takes
-        one call per turn (parallel_tool_calls false), none."""
+        """Streamed calls given their ids and places.
+
+        When the client takes one call per turn (parallel_tool_calls false), calls past the first
+        are dropped.
+        """
         taken = []
         for call in calls:
             if self.calls and not self.parallel_tool_calls:
@@ -249,15 +263,20 @@ async def start(request: Request, req: GenRequest) -> Generation:
 
 
 async def start_detached(ctx: core.Context, req: GenRequest, whose: Whose = NOBODY) -> Generation:
-    """Start `req` for no waiting client (a background response of the client `whose`: the
-    caller owns it, and closes it when it is cancelled); it waits in the scheduler's queue as
-    any request does."""
+    """Start `req` for no waiting client, waiting in the scheduler's queue as any request does.
+
+    It serves a background response of the client `whose`: the caller owns the generation, and
+    closes it when it is cancelled.
+    """
     return await _begin(ctx, req, whose)
 
 
 async def count_prompt(request: Request, req: GenRequest) -> int:
-    """The tokens of the prompt `req` renders to (the model's template with its tools, SYSTEM
-    and MESSAGEs), as a runner of the model reads it: what every dialect's token count says."""
+    """The tokens of the prompt `req` renders to, as a runner of the model reads it.
+
+    The prompt is the model's template with its tools, SYSTEM and MESSAGEs. Every dialect's token
+    count says this figure.
+    """
     scheduler = core.context(request).scheduler
     tokens = await core.until_disconnect(
         request, lambda: scheduler.tokenize(req.model, request=req)
@@ -298,10 +317,13 @@ _STRIDE = 0x9E3779B1  # 2**32 / the golden ratio: draws' seeds spread over the 3
 
 
 def redrawn(req: GenRequest, draw: int) -> GenRequest:
-    """The request of an answer's draw number `draw` (from 2): with the request's seed, one
-    derived from it (the same draws each time; a stride far from n's seed + i, so that a
-    choice's redraw is not its neighbour's answer); without one, a new random seed (one the
-    model's own parameters set would repeat the answer)."""
+    """The request of an answer's draw number `draw`, from 2, with a seed of its own.
+
+    With the request's seed, the draw's seed derives from it, so the draws are the same each time.
+    The stride keeps it far from n's seed + i, so a choice's redraw is not its neighbour's answer.
+    Without a seed, it gets a new random one: the model's own parameters' seed would repeat the
+    answer.
+    """
     seed = req.options.get("seed")
     if isinstance(seed, int) and not isinstance(seed, bool) and seed != -1:
         again = (seed + _STRIDE * (draw - 1)) % 2**32
@@ -312,8 +334,11 @@ def redrawn(req: GenRequest, draw: int) -> GenRequest:
 
 
 def choices_of(req: GenRequest, n: int) -> list[GenRequest]:
-    """`n` answers to one request (OpenAI's `n`): with a seed, choice i uses seed + i, so the
-    choices differ as they would with random seeds, and repeat with the same seed."""
+    """`n` answers to one request (OpenAI's `n`).
+
+    With a seed, choice i uses seed + i: the choices differ as they would with random seeds, and
+    repeat with the same seed.
+    """
     most = limits.max_choices()
     if not 1 <= n <= most:
         raise BadRequestError(
@@ -334,8 +359,10 @@ def choices_of(req: GenRequest, n: int) -> list[GenRequest]:
 
 
 async def start_choices(request: Request, req: GenRequest, n: int) -> list[Generation]:
-    """`n` answers to one request (choices_of), started together so that the runner reads
-    the prompt once and copies its KV to the other slots."""
+    """Start `n` answers to one request (choices_of) together.
+
+    Together, the runner reads the prompt once and copies its KV to the other slots.
+    """
     requests = choices_of(req, n)
     if n == 1:
         return [await start(request, req)]
@@ -343,8 +370,10 @@ async def start_choices(request: Request, req: GenRequest, n: int) -> list[Gener
 
 
 async def start_all(request: Request, requests: list[GenRequest]) -> list[Generation]:
-    """Several requests started at once, each answered on a slot of its own (or waiting for
-    one); the first to fail closes the others, and its error is raised."""
+    """Start several requests at once, each answered on a slot of its own or waiting for one.
+
+    The first to fail closes the others, and its error is raised.
+    """
     ctx, whose = core.context(request), core.whose(request)
     scored = any(r.prompt_logprobs is not None for r in requests)
     budget = Budget() if scored else None  # the prompts' scoring, all of them together
@@ -365,8 +394,10 @@ async def start_all(request: Request, requests: list[GenRequest]) -> list[Genera
 
 
 async def merged(generations: list[Generation]) -> AsyncGenerator[tuple[int, Chunk], None]:
-    """The chunks of several answers as they come, each with its answer's index; ends when all
-    have ended (the first error ends it, and closing it early closes every answer)."""
+    """The chunks of several answers as they come, each with its answer's index.
+
+    It ends when all have ended. The first error ends it, and closing it early closes every answer.
+    """
     queue: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()
 
     async def pump(index: int, generation: Generation) -> None:
@@ -401,10 +432,12 @@ async def merged(generations: list[Generation]) -> AsyncGenerator[tuple[int, Chu
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """A piece of an answer as a stream shows it: `kind` is "thinking" or "text" (with `text`),
-    "calls" (tool calls read as they came) or "late" (those only the finished answer showed).
-    A text run carries the log-probability entries of its tokens, when they were asked for
-    (one whose text a stop string held back comes with none)."""
+    """A piece of an answer as a stream shows it.
+
+    `kind` is "thinking" or "text" (with `text`), "calls" (tool calls read as they came) or "late"
+    (those only the finished answer showed). A text run carries the log-probability entries of its
+    tokens, when they were asked for. One whose text a stop string held back comes with none.
+    """
 
     kind: str
     text: str = ""
@@ -413,8 +446,11 @@ class Run:
 
 
 async def runs(generation: Generation) -> AsyncGenerator[Run, None]:
-    """The answer in the order a stream of blocks or items shows it: each chunk's thinking, its
-    text, then its tool calls; last (always) the calls that only the finished answer showed."""
+    """The answer in the order a stream of blocks or items shows it.
+
+    Each chunk gives its thinking, its text, then its tool calls. Last, always, come the calls that
+    only the finished answer showed.
+    """
     streamed = 0
     async with contextlib.aclosing(generation.chunks()) as chunks:
         async for chunk in chunks:

@@ -1,17 +1,18 @@
-"""http(s) image URLs in a request, fetched by the server only from the hosts that
-LOCALRUN_IMAGE_URL_HOSTS names (none by default: the server fetches nothing for a client).
+"""http(s) image URLs in a request, fetched only from the hosts LOCALRUN_IMAGE_URL_HOSTS names.
 
-Before a dialect parses its body, `inline` finds the image URLs where that dialect puts them
-(OpenAI chat's `image_url` parts, the Responses API's `input_image`, Anthropic's `image` blocks
-with a `url` source), fetches those on an allowed host, all at once and asynchronously (the
-server goes on answering others meanwhile), and writes each back as the inline form the client
-could have sent (a data URL; Anthropic: a base64 source). The parsers then check the bytes as
-they check any inline image (an image, under the pixel bound). A URL on another host is left as
-it is, for the parser to refuse with its 400.
+It names none by default: the server then fetches nothing for a client.
 
-Each fetch is a GET of at most LOCALRUN_MAX_MEDIA_BYTES, read as it streams and refused past
-the bound (a 413, as an inline file over it), with at most 3 redirects, each to an allowed host,
-in 10 seconds in all. Any other failure is a 400 that names the part and the URL's host.
+Before a dialect parses its body, `inline` finds the image URLs where that dialect puts them:
+OpenAI chat's `image_url` parts, the Responses API's `input_image`, Anthropic's `image` blocks
+with a `url` source. It fetches those on an allowed host, all at once and asynchronously, so the
+server goes on answering others meanwhile. It writes each back as the inline form the client
+could have sent: a data URL, or for Anthropic a base64 source. The parsers then check the bytes
+as they check any inline image (an image, under the pixel bound). A URL on another host is left
+as it is, for the parser to refuse with its 400.
+
+Each fetch is a GET of at most LOCALRUN_MAX_MEDIA_BYTES, read as it streams. Past the bound it
+is refused with a 413, as an inline file over it is. It follows at most 3 redirects, each to an
+allowed host, in 10 seconds in all. Any other failure is a 400 naming the part and the URL's host.
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ def allowed(url: str) -> bool:
 
 
 async def inline(body: Any, dialect: str) -> None:
-    """Fetch the allowed image URLs of `body` (a request of `dialect`: "openai", "responses"
-    or "anthropic") and write them back inline."""
+    """Fetch the allowed image URLs of `body` and write them back inline.
+
+    `dialect` names the request's dialect: "openai", "responses" or "anthropic".
+    """
     if not limits.image_url_hosts() or not isinstance(body, dict):
         return
     found = [f for f in _find(body, dialect) if allowed(f.url)]

@@ -1,6 +1,7 @@
-"""Log-probabilities: the count of alternatives a request asks for, and the entries of an answer
-in the shapes OpenAI's chat and Ollama write them, the legacy completions' parallel lists, and
-vLLM's `prompt_logprobs` of a prompt's own tokens (engine.scoring's entries).
+"""Log-probabilities: how many alternatives a request asks for, and the entries in each shape.
+
+The shapes are OpenAI's chat and Ollama's, the legacy completions' parallel lists, and vLLM's
+`prompt_logprobs` of a prompt's own tokens (engine.scoring's entries).
 
 A prompt's entries are kept compact (`Scored`: arrays, and each token's spelling once) and
 bounded per request (`Budget`, LOCALRUN_MAX_PROMPT_LOGPROBS): as dicts, 4,000 tokens with 20
@@ -49,8 +50,10 @@ def logprob_items(entries: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
 
 
 def prompt_logprobs_of(body: Body) -> int | None:
-    """vLLM's `prompt_logprobs`: alternatives per prompt token (None: not asked for); refused
-    with `stream`, as vLLM refuses it."""
+    """vLLM's `prompt_logprobs`: alternatives per prompt token, or None when not asked for.
+
+    It is refused with `stream`, as vLLM refuses it.
+    """
     value = body.data.get("prompt_logprobs")
     if value is None:
         return None
@@ -63,8 +66,11 @@ def prompt_logprobs_of(body: Body) -> int | None:
 
 
 def vllm_entries(entries: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any] | None]:
-    """The prompt's entries as vLLM writes `prompt_logprobs`: null for the first token, then
-    for each the token itself (with its rank) and its likeliest alternatives, by token id."""
+    """The prompt's entries as vLLM writes `prompt_logprobs`, keyed by token id.
+
+    The first token gets null. Each other holds the token itself, with its rank, and its likeliest
+    alternatives.
+    """
     for entry in entries:
         if entry["logprob"] is None:
             yield None
@@ -84,10 +90,12 @@ def _vllm(logprob: float, rank: int, token: str) -> dict[str, Any]:
 
 
 def legacy_logprobs(entries: list[dict[str, Any]], start: int) -> dict[str, Any]:
-    """Entries in the legacy completions' shape: parallel lists, text offsets counted from
-    `start`. Each token's alternatives hold the token itself too, as OpenAI's and vLLM's do
-    (so `logprobs: N` gives up to N + 1); a token with nothing before it (a prompt's first)
-    has null for both."""
+    """Entries in the legacy completions' shape: parallel lists, text offsets from `start`.
+
+    Each token's alternatives hold the token itself too, as OpenAI's and vLLM's do, so
+    `logprobs: N` gives up to N + 1. A token with nothing before it (a prompt's first) has null for
+    both.
+    """
     offsets = []
     for entry in entries:
         offsets.append(start)
@@ -128,8 +136,10 @@ def _alternatives(entry: dict[str, Any]) -> dict[str, float] | None:
 
 
 class Scored:
-    """A prompt's scored entries (engine.scoring's), kept compact: numbers in arrays, each
-    token's spelling once; read back as the same dicts, one at a time."""
+    """A prompt's scored entries (engine.scoring's), kept compact and read back one at a time.
+
+    Numbers sit in arrays and each token's spelling is kept once; they read back as the same dicts.
+    """
 
     def __init__(self) -> None:
         self.ids = array("q")
@@ -198,9 +208,11 @@ class Scored:
 
 
 class Budget:
-    """The log-probabilities one request's prompts may be scored with, all choices and
-    prompts together (LOCALRUN_MAX_PROMPT_LOGPROBS); `spend` refuses past it (400). A request
-    whose prompts' lengths are known first is refused before any is scored (`check`)."""
+    """The log-probabilities a request's prompts may be scored with (LOCALRUN_MAX_PROMPT_LOGPROBS).
+
+    The bound holds for all choices and prompts together; `spend` refuses past it (400). A request
+    whose prompts' lengths are known first is refused before any is scored (`check`).
+    """
 
     def __init__(self) -> None:
         self.most = limits.max_prompt_logprobs()

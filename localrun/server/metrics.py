@@ -1,31 +1,37 @@
 """GET /metrics: the server's counters in Prometheus's text format, one registry per app.
 
-    localrun_requests_total{route, method, status}        every answered request
-    localrun_prompt_tokens_total{model}                   prompt tokens read (evaluated + cached)
-    localrun_prompt_cached_tokens_total{model}            prompt tokens the KV cache already held
-    localrun_generated_tokens_total{model}                tokens generated
-    localrun_draft_tokens_total{model}                    tokens speculative decoding drafted
-    localrun_draft_accepted_tokens_total{model}           of those, the tokens the model kept
-    localrun_embedded_tokens_total{model}                 tokens read for embeddings
-    localrun_answer_checks_total{model, result}           answers validated after (valid, refused)
-    localrun_answer_check_seconds_total{model}            time those checks took
-    localrun_answer_redraws_total{model}                  sampled answers drawn again, refused
-    localrun_queue_length                                 requests waiting for a slot
-    localrun_slots_in_use{model} / localrun_slots{model}  busy and total slots of a loaded model
-    localrun_models_loaded                                loaded models
-    localrun_model_load_seconds{model}                    how long a loaded model took to load
-    localrun_upstream_requests_total{upstream}            requests sent to an upstream server
-    localrun_upstream_errors_total{upstream}              of those and of its health checks, failed
-    localrun_upstream_in_flight{upstream}                 requests it is answering now
-    localrun_upstream_first_piece_seconds_total{upstream} summed time to the first piece
-    localrun_upstream_ejections_total{upstream}           times it was taken out of routing
-    localrun_upstream_healthy{upstream}                   1 while it is routed to, else 0
+The series are named localrun_*: requests by route, method and status; tokens per model (prompt,
+cached, generated, drafted and kept, embedded); answer checks and redraws; the scheduler's queue,
+slots and loaded models; and each upstream's requests, errors, latency and health. The comment
+below lists them.
 
-Requests are counted by one ASGI middleware (the route template, never the raw path, so a
-client cannot grow the label set), tokens where every generation and embedding ends (core), and
-the scheduler's state is read at each scrape. Nothing is module-level: apps run side by side in
-the tests, each with its own registry. The route is behind the API key like any other.
+Requests are counted by one ASGI middleware, under the route template, never the raw path, so a
+client cannot grow the label set. Tokens are counted where every generation and embedding ends
+(core), and the scheduler's state is read at each scrape. Nothing is module-level: apps run side
+by side in the tests, each with its own registry. The route is behind the API key like any other.
 """
+
+# The series:
+# localrun_requests_total{route, method, status}        every answered request
+# localrun_prompt_tokens_total{model}                   prompt tokens read (evaluated + cached)
+# localrun_prompt_cached_tokens_total{model}            prompt tokens the KV cache already held
+# localrun_generated_tokens_total{model}                tokens generated
+# localrun_draft_tokens_total{model}                    tokens speculative decoding drafted
+# localrun_draft_accepted_tokens_total{model}           of those, the tokens the model kept
+# localrun_embedded_tokens_total{model}                 tokens read for embeddings
+# localrun_answer_checks_total{model, result}           answers validated after (valid, refused)
+# localrun_answer_check_seconds_total{model}            time those checks took
+# localrun_answer_redraws_total{model}                  sampled answers drawn again, refused
+# localrun_queue_length                                 requests waiting for a slot
+# localrun_slots_in_use{model} / localrun_slots{model}  busy and total slots of a loaded model
+# localrun_models_loaded                                loaded models
+# localrun_model_load_seconds{model}                    how long a loaded model took to load
+# localrun_upstream_requests_total{upstream}            requests sent to an upstream server
+# localrun_upstream_errors_total{upstream}              of those and of its health checks, failed
+# localrun_upstream_in_flight{upstream}                 requests it is answering now
+# localrun_upstream_first_piece_seconds_total{upstream} summed time to the first piece
+# localrun_upstream_ejections_total{upstream}           times it was taken out of routing
+# localrun_upstream_healthy{upstream}                   1 while it is routed to, else 0
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The framings of a streamed answer: server-sent events and NDJSON lines; and large bodies
-made off the event loop.
+"""Framings of a streamed answer, server-sent events and NDJSON lines; large bodies off the loop.
 
 OpenAI's, Anthropic's, the Responses API's and llama-server's streams are server-sent events
 (`sse`, sent by `event_stream`); Ollama's are JSON objects a line each (`line`, sent by
@@ -31,8 +30,10 @@ def sse(obj: dict[str, Any], event: str | None = None) -> bytes:
 
 
 def sse_made(obj: dict[str, Any], event: str | None = None) -> bytes:
-    """`sse`, its `Lazy` arrays written out (pieces_of): slow for a large one, so the caller
-    runs it off the loop."""
+    """`sse`, its `Lazy` arrays written out (pieces_of).
+
+    It is slow for a large one, so the caller runs it off the loop.
+    """
     head = f"event: {event}\n".encode() if event else b""
     return head + b"data: " + b"".join(pieces_of(obj)) + b"\n\n"
 
@@ -75,16 +76,21 @@ async def rendered_with(
 
 
 class Lazy:
-    """A JSON array in a body written by `made_as_sent`: its items made as they are written
-    (`items()`), never all held at once."""
+    """A JSON array in a body written by `made_as_sent`, its items made as they are written.
+
+    `items()` makes them; they are never all held at once.
+    """
 
     def __init__(self, items: Callable[[], Iterable[Any]]) -> None:
         self.items = items
 
 
 def pieces_of(obj: Any) -> Iterator[bytes]:
-    """`obj`'s JSON in pieces, each `Lazy` in it written an item at a time. Its place is
-    marked in the rest's JSON by a string no client can have sent (a random nonce)."""
+    """`obj`'s JSON in pieces, each `Lazy` in it written an item at a time.
+
+    A Lazy's place is marked in the rest's JSON by a string no client can have sent (a random
+    nonce).
+    """
     nonce = secrets.token_hex(8)
     lazies: list[Lazy] = []
 
@@ -109,16 +115,20 @@ def pieces_of(obj: Any) -> Iterator[bytes]:
 
 
 def made_as_sent(obj: Any, headers: dict[str, str] | None = None) -> StreamingResponse:
-    """A JSON answer written as the client reads it, off the event loop (its `Lazy` arrays,
-    such as a scored prompt's entries, made an item at a time)."""
+    """A JSON answer written as the client reads it, off the event loop.
+
+    Its `Lazy` arrays, such as a scored prompt's entries, are made an item at a time.
+    """
     return StreamingResponse(
         off_loop(pieces_of(obj)), media_type="application/json", headers=headers
     )
 
 
 async def off_loop(pieces: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """The pieces of a body, each made (`next`) on a worker thread, gathered up to PIECE_BYTES
-    a trip; only as fast as the client reads (the next is made once the last is sent)."""
+    """The pieces of a body, each made (`next`) on a worker thread, up to PIECE_BYTES a trip.
+
+    It goes only as fast as the client reads: the next is made once the last is sent.
+    """
 
     def gather() -> bytes:
         out = bytearray()

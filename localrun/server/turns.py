@@ -1,13 +1,12 @@
-"""What clients share: turns at a scarce worker (the schema checker's children) given fairly
-(`FairTurns`), and each client's share of something it may hold at once (`Shares`).
+"""What clients share: turns at a scarce worker given fairly, and each client's share of a thing.
 
-A plain semaphore serves whoever asked first: four connections looping a schema that runs to
-its deadline held both of the checker's children, and another client's check waited past its
-own deadline and was refused as busy (issue 90). Here a turn that frees goes to the waiting
-client served least recently: first by address (so many connections from one address count as
-one client), then by connection within it (so one connection among many from the same address
-still gets its share), then in the order they came. A newcomer waits for at most the next turn
-that frees, however many requests others keep in line.
+`FairTurns` gives turns at the schema checker's children. A plain semaphore serves whoever asked
+first: four connections looping a schema that runs to its deadline held both children, and
+another client's check waited past its own deadline and was refused as busy (issue 90). Here a
+turn that frees goes to the waiting client served least recently: first by address (many
+connections from one address count as one client), then by connection within it, then in the
+order they came. A newcomer waits for at most the next turn that frees, however many requests
+others keep in line. `Shares` bounds how many of a thing each client holds at once.
 
     turns = FairTurns(2)
     async with turns.turn(("10.0.0.2", ("10.0.0.2", 51234)), timeout=10.0): ...
@@ -43,8 +42,10 @@ class _Waiter:
 
 
 class FairTurns:
-    """`most` turns, each given to the waiting client served least recently. Used on one
-    event loop (not thread-safe)."""
+    """`most` turns, each given to the waiting client served least recently.
+
+    Used on one event loop; it is not thread-safe.
+    """
 
     def __init__(self, most: int) -> None:
         self.most = most
@@ -121,8 +122,10 @@ class Share:
 
 
 class Shares:
-    """How many of something (`what`) each client holds at once, at most `most()` (a setting,
-    read at each take, named `setting` in the refusal); one event loop's."""
+    """How many of something (`what`) each client holds at once, at most `most()`; one loop's.
+
+    `most` reads a setting at each take, and the refusal names it as `setting`.
+    """
 
     def __init__(self, what: str, most: Callable[[], int], setting: str) -> None:
         self.what, self.most, self.setting = what, most, setting

@@ -326,17 +326,21 @@ def home() -> Path:
 
 
 def make_home() -> None:
-    """Create LOCALRUN_HOME, where it does not exist yet, as its owner's alone (0700, parents
-    too): it holds the chat history (localrun.host.private). One that exists is left as it is
-    (`localrun info` says when it is open to others); one that cannot be made is for the write
-    that follows to report."""
+    """Create LOCALRUN_HOME where it does not exist yet, as its owner's alone (0700, parents too).
+
+    It holds the chat history (localrun.host.private). One that exists is left as it is;
+    `localrun info` says when it is open to others. One that cannot be made is for the write that
+    follows to report.
+    """
     with contextlib.suppress(OSError):
         private.private_dir(home(), owned=False)
 
 
 def make_dirs(path: Path) -> None:
-    """`path.mkdir(parents=True, exist_ok=True)`, with LOCALRUN_HOME made first (`make_home`)
-    where `path` is inside it: a folder of localrun's never makes the home open to others."""
+    """Make `path` and its parents, with LOCALRUN_HOME made first (`make_home`) where it is inside.
+
+    So a folder of localrun's never makes the home open to others.
+    """
     if path.is_relative_to(home()):
         make_home()
     path.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,11 @@
 """The bounds that protect the machine, each a LOCALRUN_* setting declared once with its default.
 
-Every bound a request, a model file or an upstream meets (body size, nesting depth, grammar
-size, template time and output, tokens and media per request, stored Responses, connections and
-their timeouts, a runner's load time, the disk prompt cache, an upstream's answer) is declared
-here, checked at the edge where the input enters, and its violation is a typed error (400, 413,
-503): never a RecursionError or a MemoryError that escapes as a 500. config.SETTINGS lists these
-with every other setting (`localrun env`).
+Every bound a request, a model file or an upstream meets is declared here: body size, nesting depth,
+grammar size, template time and output, tokens and media per request, stored Responses, connections
+and their timeouts, a runner's load time, the disk prompt cache, an upstream's answer. Each is
+checked at the edge where the input enters, and its violation is a typed error (400, 413, 503),
+never a RecursionError or a MemoryError that escapes as a 500. config.SETTINGS lists these with
+every other setting (`localrun env`).
 """
 
 from __future__ import annotations

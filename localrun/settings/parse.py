@@ -1,6 +1,7 @@
-"""How LOCALRUN_* settings are read: each parser takes the variable's text and returns its
-value or raises ValueError saying what was expected (localrun.settings.config words it as a
-ConfigError naming the variable). `parse_duration` and `parse_host` are also used for requests and
+"""How LOCALRUN_* settings are read: each parser takes the variable's text and returns its value.
+
+A parser raises ValueError saying what was expected, and localrun.settings.config words it as a
+ConfigError naming the variable. `parse_duration` and `parse_host` are also used for requests and
 `serve --host`. Pure: imports nothing of localrun.
 """
 
@@ -247,8 +248,10 @@ def parse_hosts(text: str) -> tuple[str, ...]:
 
 
 def parse_networks(text: str) -> tuple[str, ...]:
-    """IP addresses or networks (`10.0.0.0/8`), comma-separated; each checked, kept as written
-    in its normal form."""
+    """IP addresses or networks (`10.0.0.0/8`), comma-separated.
+
+    Each is checked, and kept in its normal form.
+    """
     import ipaddress
 
     out = []

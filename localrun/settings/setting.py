@@ -17,8 +17,11 @@ from localrun.errors import ConfigError
 
 @dataclass(frozen=True)
 class Setting:
-    """One environment setting: its name, default, parser and help text; `shown_default`
-    words a default that depends on the machine (a platform folder) for docs/reference."""
+    """One environment setting: its name, default, parser and help text.
+
+    `shown_default` words a default that depends on the machine (a platform folder) for
+    docs/reference.
+    """
 
     name: str
     help: str

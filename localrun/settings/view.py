@@ -1,5 +1,7 @@
-"""How `localrun env` shows the settings: each one's value as a user would write it, and
-whether it came from the environment or the default. A key is never shown."""
+"""How `localrun env` shows the settings: each one's value as a user would write it.
+
+It also says whether a value came from the environment or the default. A key is never shown.
+"""
 
 from __future__ import annotations
 

@@ -57,8 +57,11 @@ def reason(exc: BaseException) -> str:
 
 @contextmanager
 def translated(translate: Callable[[Exception], LocalrunError | None]) -> Iterator[None]:
-    """Raise what `translate` makes of an exception in the block (from it), where the hub's
-    library is called; LocalrunErrors, and exceptions it returns None for, pass unchanged."""
+    """Raise what `translate` makes of an exception in the block, where the hub's library is called.
+
+    The new error is raised from the exception. LocalrunErrors, and exceptions `translate`
+    returns None for, pass unchanged.
+    """
     try:
         yield
     except LocalrunError:
@@ -115,9 +118,12 @@ class Hub(Protocol):
     def download(
         self, repo: Repo, file: RemoteFile, folder: Path, progress: Progress
     ) -> tuple[Path, str | None]:
-        """Fetch `file` into `folder` (resuming what an earlier try left there); return its
-        path and, when the hub computed it on the way, its sha256 ('sha256:<hex>', else None).
-        The caller verifies the sha256 and moves the file into the store."""
+        """Fetch `file` into `folder`, resuming what an earlier try left there.
+
+        It returns the file's path and, when the hub computed it on the way, its sha256
+        ('sha256:<hex>', else None). The caller verifies the sha256 and moves the file into
+        the store.
+        """
         ...
 
 

@@ -1,14 +1,15 @@
-"""A body from a peer that cannot be trusted (a registry, a hub), read raw and decoded within a
-bound: `read_bounded` for a small one (a manifest, an error, a token answer), `codings` and
-`decoded` for a file's bytes.
+"""A body from a peer that cannot be trusted (a registry, a hub), read raw and decoded in bounds.
+
+`read_bounded` reads a small one (a manifest, an error, a token answer); `codings` and `decoded`
+serve a file's bytes.
 
 httpx decodes what Content-Encoding names, chains included (`gzip, gzip`), one whole socket
-chunk at a time: 2.6 KB of a doubly gzipped manifest became a 3 GB `bytes` before any bound
-could look at it (issue 76). So the raw bytes are read here and each layer of the encoding is
-undone a step (STEP bytes) at a time, each layer's output bounded as it inflates: at most one
-step more than the caller accepts is ever made. gzip, deflate and identity are read (what
-servers send, though localrun asks for identity); any other coding, or a chain of more than
-MAX_CODINGS, is refused in one line, as is raw input past what the bound can need.
+chunk at a time. 2.6 KB of a doubly gzipped manifest became a 3 GB `bytes` before any bound
+could look at it (issue 76). So the raw bytes are read here, and each layer of the encoding is
+undone a step (STEP bytes) at a time, its output bounded as it inflates. At most one step more
+than the caller accepts is ever made. gzip, deflate and identity are read (what servers send,
+though localrun asks for identity). Any other coding, or a chain of more than MAX_CODINGS, is
+refused in one line, as is raw input past what the bound can need.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ _NUMBER = re.compile(r"[0-9]{1,18}\Z")  # a header's count (str.isdigit takes 'Â
 
 
 def read_bounded(response: httpx.Response, limit: int, what: str) -> bytes:
-    """A response's body, at most `limit` bytes (DownloadError past it), in SMALL_DEADLINE at
-    most: read raw and decoded here, within the bound as it inflates, never by httpx."""
+    """Return a response's body of at most `limit` bytes, read within SMALL_DEADLINE.
+
+    Past either bound it raises DownloadError. The body is read raw and decoded here, within the
+    bound as it inflates, never by httpx.
+    """
     declared = response.headers.get("Content-Length", "")
     if _NUMBER.match(declared) and int(declared) > limit:
         raise DownloadError(f"{what} is {int(declared)} bytes; at most {limit} are read")
@@ -73,8 +77,10 @@ def json_or_none(data: bytes) -> Any:
 
 
 def codings(headers: Any, what: str) -> list[str]:
-    """The codings of a response's Content-Encoding, in the order they were applied
-    (identity left out); DownloadError for one not read here or a chain too long."""
+    """Return the codings of a response's Content-Encoding, in the order they were applied.
+
+    Identity is left out. Raises DownloadError for a coding not read here, or a chain too long.
+    """
     found = [
         value.strip().lower()
         for value in headers.get_list("content-encoding", split_commas=True)
@@ -96,9 +102,11 @@ def codings(headers: Any, what: str) -> list[str]:
 
 
 def decoded(raw: Iterable[bytes], applied: list[str], limit: int, what: str) -> Iterator[bytes]:
-    """The bytes of `raw` with the codings `applied` undone, last first; each layer stops
-    (DownloadError) past `limit` bytes (an inner one past `limit` and some slack), so no more
-    than `limit` plus a step is ever made."""
+    """Yield the bytes of `raw` with the codings `applied` undone, last first.
+
+    Each layer stops with DownloadError past `limit` bytes; an inner one, past `limit` and some
+    slack. So no more than `limit` plus a step is ever made.
+    """
     stream: Iterable[bytes] = raw
     for depth, coding in enumerate(reversed(applied)):
         inner = depth < len(applied) - 1  # its output is the next layer's compressed input
@@ -107,9 +115,12 @@ def decoded(raw: Iterable[bytes], applied: list[str], limit: int, what: str) -> 
 
 
 class Inflater:
-    """One layer of gzip or deflate undone a step at a time: no call makes more than STEP bytes,
-    whatever the input holds (a bomb inflates as slowly as its reader reads). Deflate is read
-    with zlib's header or, as many servers send it, without (httpx's habit)."""
+    """One layer of gzip or deflate, undone a step at a time.
+
+    No call makes more than STEP bytes, whatever the input holds, so a bomb inflates as slowly
+    as its reader reads. Deflate is read with zlib's header or, as many servers send it,
+    without (httpx's habit).
+    """
 
     def __init__(self, coding: str) -> None:
         self.gzip = coding in ("gzip", "x-gzip")

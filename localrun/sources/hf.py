@@ -1,8 +1,8 @@
 """Hugging Face Hub: list a repository's files (with their LFS sha256) and fetch one, resumably.
 
 All transfer goes through huggingface_hub: `HfApi.model_info(files_metadata=True)` for the file
-list (with each LFS file's sha256), its file metadata and its HTTP session for the bytes, into
-a `.partial` file inside the store that a later pull resumes with a Range request (see
+list (with each LFS file's sha256), its file metadata, and its HTTP session for the bytes. They
+go into a `.partial` file inside the store that a later pull resumes with a Range request (see
 `download`). Nothing goes through the hub cache, so moving a finished file into the blob folder
 is a rename: the bytes are stored once.
 
@@ -88,8 +88,10 @@ def _repo_error(exc: Exception, reference: str, what: str) -> LocalrunError | No
 
 
 def _transfer_error(exc: Exception, reference: str, what: str) -> LocalrunError | None:
-    """What went wrong on the way: a short body, offline mode, an HTTP status, the disk, the
-    network."""
+    """Translate what went wrong on the way: a short body, offline mode, an HTTP status, the disk.
+
+    The network's errors are translated too.
+    """
     from huggingface_hub import errors as hf
 
     if isinstance(exc, _Incomplete):
@@ -268,8 +270,10 @@ class _Incomplete(Exception):
 def _stream(
     what: str, url: str, headers: dict[str, str], out: PartialFile, progress: Progress, limit: int
 ) -> None:
-    """GET `url` from `out.size` on into `out` through huggingface_hub's session (at most
-    `limit` bytes, the file's size)."""
+    """GET `url` from `out.size` on into `out`, through huggingface_hub's session.
+
+    At most `limit` bytes, the file's size, are read.
+    """
     from huggingface_hub import constants
     from huggingface_hub.utils._http import hf_raise_for_status, http_stream_backoff
 

@@ -1,23 +1,9 @@
 """Where a model name lives, and which addresses a registry may send us to.
 
-`target(name)`: the default host (a name with no host, `namespace/name:tag` included) and
-`registry.ollama.ai` / `ollama.com` are Ollama's library at LOCALRUN_REGISTRY (ModelNotFoundError
-when it is off: the name is simply not known here); `docker.io` is Docker Hub's
-registry-1.docker.io; any other host is a registry there, over HTTPS, or plain HTTP for a
-loopback address, a host in LOCALRUN_INSECURE_REGISTRIES or with `insecure`.
-
-`is_private(host)`: a loopback, private, shared (100.64/10), link-local, reserved or multicast
-address, or a name that resolves to one (an IPv4 address inside IPv6, mapped or NAT64, is
-judged as itself): where a public registry's redirect may not lead.
-
-`Reach`: who asked for a pull or push, and so where it may go and with what. The user's own
-command (OWNER: `localrun pull`, `push`, `cp --push`, in the user's process) reaches any
-registry with the user's logins, over plain HTTP with `insecure`. An API client of `serve`
-(CLIENT) reaches what the server's owner allows (docs/registries.md, "Who may pull and push
-through the server"): the default registry and the hosts in LOCALRUN_API_REGISTRIES with the owner's
-logins, pushes only to those listed; any other public registry for a pull, anonymously; never
-a loopback or private address the owner did not list, refused before any connection in the
-same words whatever answers there; plain HTTP only where the owner's settings say so.
+`target(name)` says which registry a name is pulled from or pushed to. `is_private(host)` says
+where a public registry's redirect may not lead. `Reach` says who asked for a pull or push, and
+so where it may go and with what (docs/registries.md, "Who may pull and push through the
+server").
 """
 
 from __future__ import annotations
@@ -54,8 +40,14 @@ class Target:
 
 
 def target(name: ModelName, *, insecure: bool = False) -> Target:
-    """Where `name` is pulled from or pushed to (see the module docstring); `insecure`: over
-    plain HTTP whatever the host."""
+    """Return where `name` is pulled from or pushed to; `insecure` means plain HTTP for any host.
+
+    The default host (a name with no host, `namespace/name:tag` included), `registry.ollama.ai`
+    and `ollama.com` are Ollama's library at LOCALRUN_REGISTRY. When that is off, it raises
+    ModelNotFoundError: the name is simply not known here. `docker.io` is Docker Hub's
+    registry-1.docker.io. Any other host is a registry there, over HTTPS, or plain HTTP for a
+    loopback address or a host in LOCALRUN_INSECURE_REGISTRIES.
+    """
     repository = f"{name.namespace}/{name.name}"
     if name.host == DEFAULT_HOST or name.host in OLLAMA_HOSTS:
         url = config.registry()
@@ -75,8 +67,10 @@ def _scheme(host: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether a host (an address to bind, a Host header's name, a registry's) means this
-    machine only: localhost, a name under it, or a loopback address."""
+    """Whether a host means this machine only: localhost, a name under it, or a loopback address.
+
+    The host may be an address to bind, a Host header's name or a registry's.
+    """
     name = host.strip().strip("[]").lower().rstrip(".")
     if name == "localhost" or name.endswith(".localhost"):
         return True
@@ -87,7 +81,11 @@ def is_loopback(host: str) -> bool:
 
 
 def is_private(host: str) -> bool:
-    """Whether `host` is (or resolves to) a loopback, private or link-local address."""
+    """Whether `host` is (or resolves to) a loopback, private or link-local address.
+
+    Shared (100.64/10), reserved, unspecified and multicast addresses count too. An IPv4
+    address inside IPv6, mapped or NAT64, is judged as itself.
+    """
     addresses = _addresses(host)
     return addresses is not None and any(_private(a) for a in addresses)
 
@@ -126,22 +124,34 @@ def _private(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 @dataclass(frozen=True)
 class Reach:
-    """Who asked for a pull or push (the module docstring): the user's own command, or an API
-    client of the server; `insecure` (plain HTTP whatever the host) is the user's alone."""
+    """Who asked for a pull or push, and so where it may go and with what.
+
+    The user's own command (OWNER: `localrun pull`, `push`, `cp --push`) reaches any registry
+    with the user's logins, over plain HTTP with `insecure`. An API client of `serve` (CLIENT)
+    reaches the default registry and the hosts in LOCALRUN_API_REGISTRIES with the owner's
+    logins, and pushes only to those listed. It may pull anonymously from any other public
+    registry. A loopback or private address the owner did not list is refused before any
+    connection, in the same words whatever answers there. Plain HTTP is used for a client only
+    where the owner's settings say so.
+    """
 
     client: bool = False
     insecure: bool = False
 
     @property
     def others(self) -> bool:
-        """Whether a blob may be taken from another runner's store on this machine (Ollama's):
-        for an API client it would tell what the server's user keeps there."""
+        """Whether a blob may be taken from another runner's store on this machine (Ollama's).
+
+        For an API client it would tell what the server's user keeps there.
+        """
         return not self.client
 
     def where(self, name: ModelName, *, push: bool = False) -> tuple[Target, bool]:
-        """Where `name` is pulled from (or pushed to) for this asker, and whether the registry
-        is trusted: sent the logins, and quoted in errors. ForbiddenError where it may not go,
-        said before any connection."""
+        """Return where `name` is pulled from or pushed to for this asker, and if it is trusted.
+
+        A trusted registry is sent the logins and quoted in errors. Raises ForbiddenError where
+        the asker may not go, before any connection.
+        """
         if not self.client:
             return target(name, insecure=self.insecure), True
         where = target(name)  # a client's `insecure` never reaches here: the owner's settings
@@ -168,8 +178,10 @@ class Reach:
         return where, False
 
     def check(self, name: ModelName, push: bool = False) -> None:
-        """`where`'s ForbiddenError alone, for a server to answer before a job starts (the job
-        asks `where` again as it connects, and says what else is wrong)."""
+        """Raise `where`'s ForbiddenError alone, for a server to answer before a job starts.
+
+        The job asks `where` again as it connects, and says what else is wrong.
+        """
         with contextlib.suppress(ModelNotFoundError):  # LOCALRUN_REGISTRY off: the job says so
             self.where(name, push=push)
 
@@ -179,8 +191,11 @@ CLIENT = Reach(client=True)
 
 
 def _public(host: str) -> bool:
-    """Whether `host` resolves, and only to public addresses (a name that does not resolve is
-    refused as a private one is: which internal names exist is the server's to keep)."""
+    """Whether `host` resolves, and only to public addresses.
+
+    A name that does not resolve is refused as a private one is: which internal names exist is
+    the server's to keep.
+    """
     addresses = _addresses(host)
     return bool(addresses) and not any(_private(a) for a in addresses or ())
 

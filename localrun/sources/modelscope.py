@@ -1,36 +1,16 @@
 """ModelScope: list a repository's files (with their sha256) and fetch one, resumably.
 
-Everything goes through the `modelscope` client. Since 1.38 `modelscope.hub` is a compatibility
-layer over `modelscope_hub`, which the `modelscope` package installs: `modelscope.hub.api.HubApi`
-is the facade (its `max_retries` bounds the first request, see `_client`), and the settings
-reader (`HubConfig`), the exceptions and `ProgressCallback` are the typed originals that
-`modelscope.hub.*` re-exports. The requests, all on the legacy `/api/v1` surface:
-
-    GET /api/v1/models/{id}/revisions                branches and tags; fails fast if unreachable
-    GET /api/v1/models/{id}/repo/files?Revision=..   Path, Size and Sha256 of every file
-    GET /openapi/v1/models/{id}                      the license (falls back to /api/v1/models/{id})
-    GET /api/v1/repos/internalAccelerationInfo       the downloader's Alibaba Cloud probe (0.2 s)
-    GET /api/v1/models/{id}/repo?FilePath=..         the bytes; `Range: bytes=N-` resumes
-
-The token travels as `Authorization: Bearer` and as the `m_session_id` cookie.
-
-A download is written to `<folder>/<path>.incomplete` and renamed when complete; an interrupted
-one is resumed from there with a Range request, both by the library's own retries (a dropped
-connection) and by the next `download()` (a killed pull). The library checks the size and the
-sha256 as the bytes stream, and retries a mismatch itself. Its lock files go to
-`<folder>/.modelscope/` and are removed afterwards, so the folder ends up holding the file
-alone: nothing is copied into ~/.cache/modelscope.
-
-Settings, read by the library's own `HubConfig` when a pull starts:
+Everything goes through the `modelscope` client; the comment above ModelScopeHub lists the
+requests it makes. Settings, read by the library's own `HubConfig` when a pull starts:
 
     MODELSCOPE_ENDPOINT   the hub, default https://modelscope.cn (https://www.modelscope.ai is
                           the international site); MODELSCOPE_DOMAIN is its deprecated old name
     MODELSCOPE_API_TOKEN  an access token, for private repositories; without it the token that
                           `modelscope login` saved (under MODELSCOPE_HOME, ~/.modelscope) is used
 
-A branch or tag may be named; the default is `master`, the newest files (the library's own
-`model_file_download` would instead pick the newest tag older than its release). modelscope's
-exceptions are translated into localrun's where the library is called (`_translated`).
+The token travels as `Authorization: Bearer` and as the `m_session_id` cookie. A branch or tag
+may be named; the default is `master`, the newest files. modelscope's exceptions are translated
+into localrun's where the library is called (`_translated`).
 """
 
 from __future__ import annotations
@@ -57,12 +37,25 @@ if TYPE_CHECKING:
     from modelscope_hub import ProgressCallback
 
 HOST = "modelscope.cn"
+# The newest files; the library's own `model_file_download` would instead pick the newest tag
+# older than its release.
 DEFAULT_REVISION = "master"
 SCRATCH = ".modelscope"  # the library's lock files, inside the download folder
 TOKEN_PAGE = "https://modelscope.cn/my/myaccesstoken"
 PROGRESS_INTERVAL = 0.1  # seconds between progress reports (the library reports every read)
 
 
+# Since modelscope 1.38, `modelscope.hub` is a compatibility layer over `modelscope_hub`, which
+# the `modelscope` package installs. `modelscope.hub.api.HubApi` is the facade (its
+# `max_retries` bounds the first request, see `_client`). The settings reader (`HubConfig`), the
+# exceptions and `ProgressCallback` are the typed originals that `modelscope.hub.*` re-exports.
+# The requests, all on the legacy `/api/v1` surface:
+#
+#   GET /api/v1/models/{id}/revisions                branches and tags; fails fast if unreachable
+#   GET /api/v1/models/{id}/repo/files?Revision=..   Path, Size and Sha256 of every file
+#   GET /openapi/v1/models/{id}                      the license (falls back to /api/v1/models/{id})
+#   GET /api/v1/repos/internalAccelerationInfo       the downloader's Alibaba Cloud probe (0.2 s)
+#   GET /api/v1/models/{id}/repo?FilePath=..         the bytes; `Range: bytes=N-` resumes
 class ModelScopeHub:
     """ModelScope (modelscope.cn, or the hub at MODELSCOPE_ENDPOINT)."""
 
@@ -100,8 +93,15 @@ class ModelScopeHub:
     def download(
         self, repo: Repo, file: RemoteFile, folder: Path, progress: Progress
     ) -> tuple[Path, str | None]:
-        """Fetch `file` to `folder/<its path>`; return the path and, when the listing gave one,
-        the sha256 the library checked the bytes against as they arrived."""
+        """Fetch `file` to `folder/<its path>`; return the path and the sha256 it was checked by.
+
+        The sha256 is the listing's (None without one); the library checks the size and the
+        sha256 as the bytes stream, and retries a mismatch itself. The file is written to
+        `<path>.incomplete` and renamed when complete. An interrupted one is resumed with a
+        Range request, by the library's own retries (a dropped connection) and by the next
+        `download()` (a killed pull). The library's lock files go to `<folder>/.modelscope/` and
+        are removed afterwards, so nothing is copied into ~/.cache/modelscope.
+        """
         what = f"{HOST}/{repo.repo_id}/{file.path}"
         parts = PurePosixPath(file.path).parts
         if not parts or file.path.startswith("/") or ".." in parts or "\\" in file.path:
@@ -157,8 +157,10 @@ class _Settings:
 
 
 def _quiet_library() -> None:
-    """localrun draws its own progress; the library's tqdm bars and retry warnings would
-    interleave with it on stderr (TQDM_DISABLE is read when tqdm bars are created)."""
+    """Silence the library's tqdm bars and retry warnings; localrun draws its own progress.
+
+    They would interleave with it on stderr. TQDM_DISABLE is read when tqdm bars are created.
+    """
     import logging
 
     os.environ.setdefault("TQDM_DISABLE", "1")

@@ -77,10 +77,13 @@ def pull_ref(
     *,
     reach: hosts.Reach = hosts.OWNER,
 ) -> str:
-    """Pull what `ref` names: from its hub or registry (again where it changed there; else the
-    store's copy is told as sources.present tells it), or a catalog name from its sources
-    unless the store has it (whatever another runner has: a pull downloads); the digest of the
-    manifest (empty for a catalog model imported from a package)."""
+    """Pull what `ref` names, and return the manifest's digest.
+
+    A hub or registry model is pulled again where it changed there; else the store's copy is
+    told as sources.present tells it. A catalog name is pulled from its sources unless the store
+    has it; what another runner has does not count, since a pull downloads. The digest is empty
+    for a catalog model imported from a package.
+    """
     if ref.hub is not None:
         return pull.pull(store, ref.hub, report=report)
     if ref.entry is None:
@@ -98,8 +101,10 @@ def from_registry(
     *,
     reach: hosts.Reach = hosts.OWNER,
 ) -> str:
-    """Pull `ref` from its registry (sources.registry.pull, as far as `reach`, who asked, may go); a
-    name the registry does not have is not found as the user typed it."""
+    """Pull `ref` from its registry (sources.registry.pull), as far as `reach`, who asked, may go.
+
+    A name the registry does not have is reported not found, as the user typed it.
+    """
     from localrun.sources.registry import pull as registry
 
     try:
@@ -146,8 +151,10 @@ def base_finder(
     hubs: bool = True,
     reach: hosts.Reach = hosts.OWNER,
 ) -> create.BaseFinder:
-    """How `create` finds a FROM model: a catalog name is imported (or, with `hubs`, pulled)
-    first."""
+    """Return how `create` finds a FROM model.
+
+    A catalog name is imported first, or with `hubs`, pulled.
+    """
     return lambda name: find(store, reference.of(name), report, pull_missing=hubs, reach=reach)
 
 

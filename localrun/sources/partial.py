@@ -1,15 +1,14 @@
-"""The `.partial` file a download streams into: hashed on the way, written in large blocks,
-and on disk by the time the last byte arrives.
+"""The `.partial` file a download streams into: hashed on the way, written in large blocks.
 
-Why not hand huggingface_hub's `http_get` a file object: it re-chunks the body into a fresh
-10 MB buffer (io.BytesIO) at a time, and every fresh buffer and every new page-cache page is
-memory the kernel must fault in. That cost more than the transfer itself here (bench_pull).
-This file takes the body through a few reused buffers instead. A helper thread hashes and
-writes each full buffer (hashlib and os.write release the GIL, so that runs beside the socket
-reads). It also starts write-back of what it wrote, then waits for the window before and drops
-it from the page cache (Linux; `dd oflag=nocache` does the same). So a 40 GB pull neither
-fills memory with dirty pages nor evicts everyone else's cache, and the fsync before the
-manifest has almost nothing left to do.
+It is on disk by the time the last byte arrives. Why not hand huggingface_hub's `http_get` a
+file object: it re-chunks the body into a fresh 10 MB buffer (io.BytesIO) at a time. Every fresh
+buffer and every new page-cache page is memory the kernel must fault in, which cost more than
+the transfer itself here (bench_pull). PartialFile takes the body through a few reused buffers
+instead. A helper thread hashes and writes each full buffer (hashlib and os.write release the
+GIL, so that runs beside the socket reads). It also starts write-back of what it wrote, then
+waits for the window before and drops it from the page cache (Linux; `dd oflag=nocache` does
+the same). So a 40 GB pull neither fills memory with dirty pages nor evicts everyone else's
+cache, and the fsync before the manifest has almost nothing left to do.
 """
 
 from __future__ import annotations
@@ -55,13 +54,14 @@ def sync_file_range() -> Callable[[int, int, int, int], None] | None:
 
 @contextlib.contextmanager
 def claim(folder: Path) -> Iterator[None]:
-    """Hold the partial download `folder` alone: a second pull of the same file waits here, then
-    finds the blob in place. An empty `folder` goes on the way out (a failed download's pieces
-    stay for the resume), and so does the lock file beside it (`folder`.lock).
+    """Hold the partial download `folder` alone; a second pull of the same file waits here.
 
-    The lock file is removed while still held, and a waiter that finds, once it holds its
-    file, that the path is no longer that file takes the new one instead: removed after its
-    release (filelock's way), six pulls at once left a lock behind, and held two at once.
+    The waiter then finds the blob in place. An empty `folder` goes on the way out, and so does
+    the lock file beside it (`folder`.lock); a failed download's pieces stay for the resume.
+    The lock file is removed while still held. A waiter that finds, once it holds its file,
+    that the path is no longer that file takes the new one instead. When the lock file was
+    removed after its release (filelock's way), six pulls at once left a lock behind, and held
+    two at once.
     """
     path = folder.parent / f"{folder.name}.lock"
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,11 @@ from localrun.store.names import ModelName
 
 
 def tell(store: Store, name: ModelName, report: Reporter, *, pulling_manifest: bool) -> str:
-    """Report `name`, which the store holds, as Ollama reports the pull of a model it has (the
-    first step too with `pulling_manifest`, where the caller has not said it); returns the
-    manifest's digest."""
+    """Report `name`, which the store holds, as Ollama reports the pull of a model it has.
+
+    With `pulling_manifest` it reports the first step too, where the caller has not said it.
+    Returns the manifest's digest.
+    """
     if pulling_manifest:
         report(Event("pulling manifest"))
     manifest = store.read_manifest(name)

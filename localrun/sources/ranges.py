@@ -1,32 +1,18 @@
 """One blob downloaded in parallel ranges, resumable, and verified by its digest as it lands.
 
-The blob is cut into pieces of PIECE bytes; STREAMS connections take the pieces in order, each
+The blob is cut into pieces of PIECE bytes. STREAMS connections take the pieces in order, each
 with a Range request (as Ollama's downloader splits a blob into parts), and write them where
-they belong in one file (`data`). Beside them a hasher follows the pieces in order: it reads
-each back as soon as it is whole, hashes it, has it written to the disk (sync_file_range on
-Linux, else fdatasync) and dropped from the page cache, and only then records it in
-`state.json`. So the digest is known moments after the last byte arrives, a 40 GB pull neither
-fills memory with unwritten pages nor pushes everyone else's cache out, and what the state
-file says is whole is on the disk.
+they belong in one file (`data`). A hasher follows the pieces in order. Once a piece is whole,
+it reads it back and hashes it. It has it written to the disk (sync_file_range on Linux, else
+fdatasync) and dropped from the page cache, and only then records it in `state.json`. So the
+digest is known moments after the last byte arrives, and a 40 GB pull neither fills memory nor
+evicts everyone else's cache. What the state file says is whole is on the disk.
 
-Resuming: a new try keeps the whole pieces the state names, hashes them again from the disk
-and fetches the rest (pieces that arrived out of order after the last recorded one come
-again). A state of another blob, size or piece size starts over.
-
-A server that ignores Range (a 200 for a piece past the first) is read in one stream from the
-start and hashed as it comes (nothing of it is kept for a resume: without ranges there is
-none). Whatever the server does, no more than a piece is read for a piece (an endless body is
-refused), every piece must come whole (a short one is fetched again, RETRIES times, the count
-starting over whenever a try gets further), and a digest that differs deletes the download.
-A 429 or 5xx waits as its Retry-After says only up to MAX_RETRY_AFTER, and RETRY_AFTER_BUDGET
-for the whole blob; asked for more, the download ends at once saying when to try again (a
-registry must not hold a job's turn for a day). A full disk stops at once; Ctrl-C stops every
-connection at its next chunk.
-
-A digest that differs after a resume may be this disk's fault, not the server's: the pieces an
-earlier try left are read back from the file, which something may have damaged since. So the
-download is then made again from nothing, once; only a fresh download that differs too blames
-the server.
+Whatever the server does, no more than a piece is read for a piece, so an endless body is
+refused. A short piece is fetched again, up to RETRIES times, the count starting over whenever
+a try gets further. A digest that differs deletes the download. A full disk stops at once;
+Ctrl-C stops every connection at its next chunk. Comments beside the code explain resuming,
+Retry-After, a server that ignores Range, and a digest that differs after a resume.
 """
 
 from __future__ import annotations
@@ -77,9 +63,14 @@ class Body:
     chunks: Iterator[bytes]
 
 
+# A 429 or 5xx waits as its Retry-After says only up to MAX_RETRY_AFTER, and RETRY_AFTER_BUDGET
+# for the whole blob. Asked for more, the download ends at once saying when to try again: a
+# registry must not hold a job's turn for a day.
 class Retry(ConnectionError):
-    """The server asks to try again later (a 429 or 5xx): after `after` seconds at least (its
-    Retry-After; None where it said none)."""
+    """The server asks to try again later (a 429 or 5xx), after `after` seconds at least.
+
+    `after` is its Retry-After, None where it said none.
+    """
 
     def __init__(self, message: str, after: float | None = None) -> None:
         super().__init__(message)
@@ -87,9 +78,11 @@ class Retry(ConnectionError):
 
 
 def wait_refused(answered: str, after: float, waited: float) -> HubError:
-    """A server that asks to wait longer than localrun waits (MAX_RETRY_AFTER, or past
-    RETRY_AFTER_BUDGET in all): one line that says when to try again. `answered`: 'HOST
-    answered 429'."""
+    """Return the error for a server that asks to wait longer than localrun waits.
+
+    localrun waits MAX_RETRY_AFTER at most, and RETRY_AFTER_BUDGET in all. The error is one
+    line that says when to try again. `answered` reads like 'HOST answered 429'.
+    """
     already = f", after {waited:.0f} s of waiting already" if waited else ""
     bound = (
         f"{MAX_RETRY_AFTER:.0f} s at most"
@@ -121,6 +114,8 @@ class _Halted(Exception):
     pass
 
 
+# A server that ignores Range (a 200 for a piece past the first) is read in one stream from the
+# start and hashed as it comes. Nothing of it is kept for a resume: without ranges there is none.
 class _NoRanges(Exception):
     """The server sent the whole blob for a piece past the first."""
 
@@ -133,16 +128,20 @@ def download(
     streams: int | None = None,
     piece: int | None = None,
 ) -> tuple[Path, str]:
-    """Fetch the blob into `blob.folder/data`, resuming what an earlier try left; returns the
-    path and its sha256 ('sha256:<hex>'). DownloadError when the digest is not `blob.digest`
-    (the download is deleted then)."""
+    """Fetch the blob into `blob.folder/data`, resuming what an earlier try left.
+
+    It returns the path and its sha256 ('sha256:<hex>'). Raises DownloadError when the digest
+    is not `blob.digest`, and deletes the download then.
+    """
     blob.folder.mkdir(parents=True, exist_ok=True)
     job = _Job(blob, opener, progress, max(1, streams or STREAMS), max(1, piece or PIECE))
     found = _run(job)
     again = ""
     if found != blob.digest and job.resumed:
-        # Read back from this disk, the kept pieces may be what is damaged (module docstring):
-        # discarded, and the whole blob fetched again before the server is blamed.
+        # A digest that differs after a resume may be this disk's fault, not the server's: the
+        # pieces an earlier try left were read back from the file, which something may have
+        # damaged since. So they are discarded and the blob fetched again from nothing, once;
+        # only a fresh download that differs too blames the server.
         job.discard()
         job = _Job(blob, opener, progress, job.streams, job.piece)
         found = _run(job)
@@ -241,6 +240,9 @@ class _Job:
             with contextlib.suppress(OSError):
                 path.unlink()
 
+    # A new try keeps the whole pieces the state names, hashes them again from the disk and
+    # fetches the rest. Pieces that arrived out of order after the last recorded one come again.
+    # A state of another blob, size or piece size starts over.
     def _resume(self) -> int:
         """The whole pieces an earlier try left (marked done), or 0 after clearing its files."""
         try:
@@ -395,9 +397,12 @@ class _Job:
     # -- hashing, the disk and progress
 
     def _hash(self, fd: int, recorded: int) -> str:
-        """The pieces in order, each hashed, then written out to the disk while the next
-        SETTLE_LAG are hashed, and recorded as whole once it is there; '' when the job ended
-        first (what was hashed is settled for the next try)."""
+        """Hash the pieces in order and return the digest, or '' when the job ended first.
+
+        Each piece is written out to the disk while the next SETTLE_LAG are hashed, and recorded
+        as whole once it is there. When the job ends first, what was hashed is settled for the
+        next try.
+        """
         hasher = hashlib.sha256()
         buffer = memoryview(bytearray(BLOCK))
         sync = sync_file_range()

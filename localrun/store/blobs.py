@@ -57,8 +57,10 @@ def write_atomic(path: Path, chunks: list[bytes], *, sync_dir: bool) -> None:
 
 
 def copy_hashed(fd: int, target: Path, size: int, progress: Progress | None) -> str:
-    """Copy an open file, from its start, into the new file `target` (fsynced); returns the
-    digest of the bytes copied."""
+    """Copy an open file, from its start, into the new file `target`, and return its digest.
+
+    `target` is fsynced; the digest is that of the bytes copied.
+    """
     hasher = hashlib.sha256()
     done = 0
     last = 0.0

@@ -115,8 +115,11 @@ def search(word: str = "") -> list[Entry]:
 
 
 def suggestions(text: str, local: Iterable[str] = ()) -> list[str]:
-    """The known names nearest to `text`, a name that is neither in the store nor the catalog:
-    the store's own names and the catalog's, nearest first."""
+    """Return the known names nearest to `text`, nearest first.
+
+    `text` is a name that is neither in the store nor the catalog. The known names are the
+    store's own and the catalog's.
+    """
     typed = text.strip().lower().removesuffix(":latest")
     known = {n.removesuffix(":latest") for n in local} | {str(e.name) for e in entries()}
     known |= {a.removesuffix(":latest") for a in aliases()}
@@ -135,8 +138,10 @@ def local_names(store: Store) -> list[str]:
 
 
 def suggest(err: LocalrunError, store: Store) -> LocalrunError:
-    """`err` with the nearest known names as its hint, when it is a model name nothing knows
-    and carries no hint of its own."""
+    """Return `err` with the nearest known names as its hint, for a name nothing knows.
+
+    Only an error for a model name that carries no hint of its own gets one.
+    """
     if isinstance(err, ModelNotFoundError) and err.suggest:
         err.hint = not_found_hint(err.name, local_names(store))
         err.suggest = False
@@ -163,8 +168,10 @@ def package_file(source: dict[str, Any]) -> Path | None:
 
 
 def not_imported(store: Store) -> list[Packaged]:
-    """Catalog models that an installed package ships and the store lacks (imported on first
-    use, as any catalog model)."""
+    """List the catalog models that an installed package ships and the store lacks.
+
+    They are imported on first use, as any catalog model.
+    """
     out = []
     for entry in entries():
         if store.exists(entry.name):

@@ -67,8 +67,10 @@ class Lease:
 
 
 def take(store: Holder, digests: Collection[str], what: str) -> Lease:
-    """Hold the blobs `digests` of `what` (a model's name, for the error) until released;
-    MissingBlobError if one of them is gone already."""
+    """Hold the blobs `digests` of `what` until the lease is released.
+
+    `what` is a model's name, for the error. Raises MissingBlobError if a blob is gone already.
+    """
     from filelock import FileLock
 
     wanted = frozenset(check_digest(d) for d in digests)
@@ -95,9 +97,12 @@ def take(store: Holder, digests: Collection[str], what: str) -> Lease:
 
 
 def held(root: Path) -> set[str] | None:
-    """Digests held by a live lease in the store at `root`, or None when a live lease cannot
-    be read (then collection removes nothing); the records of leases whose holder has gone are
-    removed. Called by garbage collection, which holds the store alone."""
+    """Return the digests held by a live lease in the store at `root`.
+
+    It returns None when a live lease cannot be read, and then collection removes nothing. The
+    records of leases whose holder has gone are removed. Garbage collection calls it while it
+    holds the store alone.
+    """
     from filelock import FileLock, Timeout
 
     folder = root / FOLDER

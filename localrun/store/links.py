@@ -6,22 +6,13 @@ cache should not need 40 GB more). In order of preference:
 - a reflink (Linux FICLONE on btrfs, XFS, bcachefs; clonefile on APFS): a copy-on-write clone,
   a file of its own from then on, so an edit of the original never reaches the store;
 - a hard link: the same file under a second name, so an edit of the original in place *is* an
-  edit of the blob. `verify` re-hashes every blob and names the original it was linked from
-  (the link record); a rename over the original (what downloaders and editors that save a new
-  file do) leaves the blob as it was;
+  edit of the blob. `verify` finds it by hashing, and names the original (the link record);
 - where neither works (another file system, a file system without links), a copy, said so.
 
 Removing a model unlinks the store's name for the file only: the user's original is never
 deleted. A link record (links/sha256-<hex>: how, the original's path, and the original's
-identity then: device, inode, size, mtime) lives as long as its blob.
-
-`drifted` tells `verify` when the original moved on while the blob did not: gone from its path
-(another runner deleted it: `ollama rm`, a pull that replaced it and pruned the old blob), or a
-different file or different content there now (a re-download renamed over it; a reflink's
-original edited). The store's content is intact either way, so this is a notice, not damage:
-a hard link keeps the data (and its space) until no model uses the blob, and importing or
-creating the model again takes the new file. A hard-linked original edited in place is the
-blob edited: that is damage, which hashing finds.
+identity then: device, inode, size, mtime) lives as long as its blob. `drifted` tells `verify`
+when the original moved on while the blob did not.
 """
 
 from __future__ import annotations
@@ -51,8 +42,10 @@ def folder(store_root: Path) -> Path:
 
 
 def clone(fd: int, source: Path, target: Path) -> bool:
-    """Make `target` (which must not exist) a reflink of the open file `fd` (`source`);
-    False where the file system or the platform has none."""
+    """Make `target`, which must not exist, a reflink of the open file `fd` (`source`).
+
+    Returns False where the file system or the platform has none.
+    """
     if sys.platform == "linux":
         try:
             import fcntl
@@ -76,9 +69,12 @@ def clone(fd: int, source: Path, target: Path) -> bool:
 
 
 def link(fd: int, source: Path, target: Path, digest: str, before: os.stat_result) -> str | None:
-    """Put the open file `fd` (`source`, hashed to `digest` and seen as `before` when its
-    hashing began) at `target` without copying it: "reflink" or "hard link", or None where
-    neither can be made. Raises StoreError when the file changed since it was hashed."""
+    """Put the open file `fd` (`source`) at `target` without copying it, and say how.
+
+    `fd` was hashed to `digest` and seen as `before` when its hashing began. It returns
+    "reflink" or "hard link", or None where neither can be made. Raises StoreError when the
+    file changed since it was hashed.
+    """
     if clone(fd, source, target):
         if hash_file(target) != digest:  # the clone is a snapshot: its hash is the truth
             unlink_quietly(target)
@@ -113,8 +109,11 @@ def record(links: Path, blob_name: str, source: Path, how: str) -> None:
 
 
 def _record(links: Path, blob_name: str) -> list[str] | None:
-    """The lines of a linked blob's record (how, original path, then what the original was
-    when linked), or None where there is none or it is unreadable or short."""
+    """Return the lines of a linked blob's record, or None where none can be read.
+
+    The lines are how, the original's path, then what the original was when linked. A record
+    that is missing, unreadable or short gives None.
+    """
     try:
         lines = (links / blob_name).read_text().splitlines()
     except (OSError, UnicodeDecodeError):
@@ -129,8 +128,11 @@ def recorded(links: Path, blob_name: str) -> tuple[str, str] | None:
 
 
 def original(links: Path, blob_name: str) -> str | None:
-    """The user's file a blob is a hard link of (the same file: an edit of one in place is an
-    edit of the other), or None for a blob of the store's own (copied, or a reflink)."""
+    """Return the user's file a blob is a hard link of, or None for a blob of the store's own.
+
+    A hard link is the same file: an edit of one in place is an edit of the other. The store's
+    own blobs are copies or reflinks.
+    """
     found = recorded(links, blob_name)
     return found[1] if found is not None and found[0] == "hard link" else None
 
@@ -140,10 +142,21 @@ def original_in(store_root: Path | None, blob_name: str) -> str | None:
     return original(folder(store_root), blob_name) if store_root is not None else None
 
 
+# The original can move on while the blob does not. A rename over it (what downloaders and
+# editors that save a new file do) leaves the blob as it was. It can be gone from its path
+# (another runner deleted it: `ollama rm`, a pull that replaced it and pruned the old blob), or a
+# different file or content can be there now (a re-download renamed over it; a reflink's original
+# edited). The store's content is intact either way, so this is a notice, not damage. A hard link
+# keeps the data (and its space) until no model uses the blob, and importing or creating the model
+# again takes the new file. A hard-linked original edited in place is the blob edited: that is
+# damage, which hashing finds.
 def drifted(links: Path, blob: Path) -> tuple[str, str] | None:
-    """("gone", path) when the user's file `blob` was linked from is no longer at its path,
-    ("changed", path) when another file or other content is; None while it is the file that
-    was linked, or where no record says (a blob of the store's own)."""
+    """Tell whether the user's file that `blob` was linked from has moved on since.
+
+    It returns ("gone", path) when the file is no longer at its path, and ("changed", path)
+    when another file or other content is there. It returns None while it is the file that
+    was linked, or where no record says (a blob of the store's own).
+    """
     lines = _record(links, blob.name)
     if lines is None:
         return None

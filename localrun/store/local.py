@@ -9,20 +9,9 @@ Layout under the store root (LOCALRUN_MODELS):
     leases/<id>.json (and .lock)           blobs a runner holds (store.leases)
     .lock                                  the store's reader/writer lock
 
-Rules that keep users' gigabytes safe:
-- A digest is checked against `^sha256[:-][0-9a-f]{64}$` before any path is built from it, and
-  names are validated by `localrun.store.names`, so neither can point outside the store (the class
-  of Ollama's CVE-2024-37032).
-- A blob is hashed while it is written to a process-unique temporary file in the blobs folder,
-  fsynced and moved into place with os.replace: a blob file is complete or absent.
-- A manifest is written (atomically, the same way) only after all its blobs are in place.
-- Writers (create, cp), verify and leases hold the lock shared; rm, prune and the start-up
-  cleanup hold it exclusive, so garbage collection never sees a half-made model nor deletes
-  what verify reads or what a runner holds (leases: blobs a replaced name no longer uses).
-
-The manifest format (digests, layers, media types) is localrun.store.manifest; the temporary files,
-fsyncs and hashing behind these rules are localrun.store.blobs. Knows nothing of HTTP, hubs or
-llama.cpp.
+The rules that keep users' gigabytes safe are in the comment above Store. The manifest format
+is localrun.store.manifest; the temporary files, fsyncs and hashing are localrun.store.blobs.
+The store knows nothing of HTTP, hubs or llama.cpp.
 """
 
 from __future__ import annotations
@@ -95,6 +84,16 @@ def _linked_status(source: Path, how: str | None) -> str:
     return f"copying {source}: it cannot be linked from here (another file system?)"
 
 
+# Rules that keep users' gigabytes safe:
+# - A digest is checked against `^sha256[:-][0-9a-f]{64}$` before any path is built from it, and
+#   names are validated by `localrun.store.names`, so neither can point outside the store (the
+#   class of Ollama's CVE-2024-37032).
+# - A blob is hashed while it is written to a process-unique temporary file in the blobs folder,
+#   fsynced and moved into place with os.replace: a blob file is complete or absent.
+# - A manifest is written (atomically, the same way) only after all its blobs are in place.
+# - Writers (create, cp), verify and leases hold the lock shared; rm, prune and the start-up
+#   cleanup hold it exclusive. So garbage collection never sees a half-made model, nor deletes
+#   what verify reads or what a runner holds (leases: blobs a replaced name no longer uses).
 class Store:
     """A model store rooted at a folder; every method is safe against concurrent processes."""
 
@@ -206,10 +205,12 @@ class Store:
         return digest, size, present
 
     def _edited_link(self, digest: str, source: os.stat_result) -> bool:
-        """Whether blob `digest` is a hard link of a user's file that was edited in place since
-        (its content is not its digest any more); such a blob is dropped, so that the file
-        being added, the same content put back, takes its place rather than being taken for
-        it. A blob that is the very file being added was just hashed."""
+        """Return whether blob `digest` is a hard link of a user's file, edited in place since.
+
+        Such a blob's content is no longer its digest, so it is dropped. The file being added,
+        the same content put back, then takes its place rather than being taken for it. A blob
+        that is the very file being added was just hashed, so it is not counted as edited.
+        """
         path = self.blob_path(digest)
         if links.original(links.folder(self.root), path.name) is None:
             return False
@@ -230,8 +231,11 @@ class Store:
         return edited
 
     def _link_in(self, fd: int, source: Path, digest: str, before: os.stat_result) -> str | None:
-        """Link the open file `source` in as blob `digest`: "reflink", "hard link", or None
-        where neither can be made (the caller copies)."""
+        """Link the open file `source` in as blob `digest`, and say how.
+
+        It returns "reflink" or "hard link", or None where neither can be made (the caller
+        copies).
+        """
         with self._new_blob("could not link the file into the model store") as tmp:
             how = links.link(fd, source, tmp, digest, before)
             if how is not None:
@@ -240,8 +244,10 @@ class Store:
             return how
 
     def _copy_in(self, fd: int, size: int, digest: str, progress: Progress | None) -> None:
-        """Copy an open file into place as blob `digest`, hashing it again on the way: a file
-        that changed since it was hashed stores nothing."""
+        """Copy an open file into place as blob `digest`, hashing it again on the way.
+
+        A file that changed since it was hashed stores nothing.
+        """
         with self._new_blob("could not write to the model store") as tmp:
             if copy_hashed(fd, tmp, size, progress) != digest:
                 raise StoreError(
@@ -252,9 +258,11 @@ class Store:
 
     @contextlib.contextmanager
     def _new_blob(self, what: str) -> Iterator[Path]:
-        """A temporary name in the blobs folder for the block to fill and _place; whatever the
-        block leaves there (it failed, or placed nothing) is removed, and an OSError is
-        worded as `what`."""
+        """Yield a temporary name in the blobs folder for the block to fill and _place.
+
+        Whatever the block leaves there (it failed, or placed nothing) is removed. An OSError
+        is worded as `what`.
+        """
         self._ensure_dirs()
         tmp = temp_path(self.blobs)
         try:
@@ -292,8 +300,10 @@ class Store:
         return size
 
     def hold(self, digest: str) -> None:
-        """Keep blob `digest` from prune for UPLOAD_GRACE_S though no manifest names it yet
-        (an upload, a pull's layers before the model is written)."""
+        """Keep blob `digest` from prune for UPLOAD_GRACE_S, though no manifest names it yet.
+
+        It serves an upload, and a pull's layers before the model is written.
+        """
         marker = self.root / "uploads" / self.blob_path(digest).name
         marker.parent.mkdir(exist_ok=True)
         marker.touch()
@@ -466,8 +476,11 @@ class Store:
             return report
 
     def remove_temp_files(self, pid: int) -> int:
-        """Remove the temporary files process `pid` left (a job stopped mid-write); how many.
-        Only that process's: another's may be being written."""
+        """Remove the temporary files process `pid` left, and return how many.
+
+        `pid` was a job stopped mid-write. Only that process's files go: another's may be being
+        written.
+        """
         mine = f"{TMP_PREFIX}{pid}-"
         removed = 0
         for path in self._temp_files():

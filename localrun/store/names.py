@@ -1,4 +1,4 @@
-"""Model references: parse, validate and format `[host/][namespace/]name[:tag]`.
+"""Model references: parse, validate and format `[host/][namespace/]name[:tag]`, with no I/O.
 
 Grammar (the whole reference is at most 400 characters):
 
@@ -11,12 +11,8 @@ Grammar (the whole reference is at most 400 characters):
     tag        = ( alnum / "_" ) *( alnum / "." / "_" / "-" )   ; 1-128 characters
 
 With three parts the first is the host, with two it is the namespace. No part may contain "..",
-a path separator or start with "."; together with the anchored patterns above that keeps a
-reference from ever naming a path outside the store. Names are case-insensitive: the canonical
-form is lower case. The defaults are host `localrun`, namespace `library`, tag `latest`, and the
-short form omits the defaults except the tag: `smollm2:135m`, `me/assistant:latest`.
-
-Pure: no I/O.
+a path separator or start with ".", so a reference never names a path outside the store. Names
+are case-insensitive, lower case when canonical, and default to `localrun/library/NAME:latest`.
 """
 
 from __future__ import annotations
@@ -27,6 +23,8 @@ from dataclasses import dataclass
 
 from localrun.errors import InvalidNameError
 
+# The short form of a name omits these defaults except the tag: `smollm2:135m`,
+# `me/assistant:latest`.
 DEFAULT_HOST = "localrun"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"

@@ -97,8 +97,10 @@ def parse_hub(text: str) -> HubReference | None:
 
 
 def parse(text: str) -> Reference:
-    """`text` parsed into a Reference; InvalidNameError (a 400, a one-line error) if it names
-    nothing valid."""
+    """Parse `text` into a Reference.
+
+    Raises InvalidNameError (a 400, a one-line error) if it names nothing valid.
+    """
     hub = parse_hub(text)
     if hub is not None:
         return Reference(text, hub.name, hub.name, hub=hub)

@@ -1,6 +1,8 @@
-"""`localrun verify`: every blob of the store hashed again, and what that says of the models
-that use it: corrupt, missing, a hard-linked original edited in place, or an original that moved
-on since it was linked in (a notice, not damage)."""
+"""`localrun verify`: hash every blob of the store again, and say what that means for models.
+
+A model's blob may be corrupt or missing, or a hard-linked original edited in place. An original
+that moved on since it was linked in is a notice, not damage.
+"""
 
 from __future__ import annotations
 
@@ -46,8 +48,11 @@ class VerifyReport:
 
 
 def rehash(store: Store, progress: Callable[[str, int, int], None] | None) -> VerifyReport:
-    """Every blob hashed again, and what that says of the models using it (the caller holds the
-    store shared: a concurrent rm or prune would delete files between listing and hashing)."""
+    """Hash every blob again, and report what that says of the models using it.
+
+    The caller holds the store shared: a concurrent rm or prune would delete files between
+    listing and hashing.
+    """
     report = VerifyReport()
     users: dict[str, list[str]] = {}
     for name in store.names():

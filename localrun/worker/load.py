@@ -79,11 +79,12 @@ def load_model(
     before_build: Callable[[], None] | None = None,
     fallback_ctx: int | None = None,
 ) -> Loaded:
-    """Load the spec's model, with its parameters and context, into an engine of `slots`
-    slots. `extra` holds the fake backend's settings (replies, delay, hang, dims: tests);
-    `warn` hears each load warning as it is found, and `before_build` runs once the load is
-    known to fit, before the engine is made. `fallback_ctx`: a smaller num_ctx to load instead
-    of the spec's where that does not fit (`fitted`)."""
+    """Load the spec's model, with its parameters and context, into an engine of `slots` slots.
+
+    `extra` holds the fake backend's settings for tests. `warn` hears each load warning.
+    `before_build` runs once the load is known to fit, before the engine is made.
+    `fallback_ctx` is a smaller num_ctx to load where the spec's does not fit (`fitted`).
+    """
     started = time.perf_counter()
     model = spec.model
     try:
@@ -148,12 +149,12 @@ def fitted(
     available: int,
     fallback_ctx: int | None = None,
 ) -> tuple[dict[str, Any], fit_mod.Fit]:
-    """The parameters a load with a context of `num_ctx` goes ahead with and their plan,
-    refused (check_memory) when it cannot fit in `available` bytes.
+    """Return the parameters a load with a context of `num_ctx` goes ahead with, and their plan.
 
-    With `fallback_ctx` (the num_ctx a request asked for, which the scheduler rounded up to
-    `num_ctx`), that smaller context is loaded instead where the rounded one does not fit in
-    memory or puts fewer layers on the GPU: rounding up saves reloads, never speed or a load.
+    The load is refused (check_memory) when it cannot fit in `available` bytes. `fallback_ctx`
+    is the num_ctx a request asked for, which the scheduler rounded up to `num_ctx`. That
+    smaller context is loaded instead where the rounded one does not fit in memory or puts
+    fewer layers on the GPU: rounding up saves reloads, never speed or a load.
     """
     plan = fit_mod.plan_fit(model, parameters, num_ctx=num_ctx, slots=slots, build=build)
     if fallback_ctx is not None and 0 < fallback_ctx < plan.num_ctx:
@@ -198,8 +199,10 @@ def _ready_info(
 
 
 def _engine_runtime() -> tuple[str, list[str]]:
-    """The GPU runtime and devices of this runner's llama.cpp (not for the fake engine, which
-    never imports llama_cpp)."""
+    """Return the GPU runtime and devices of this runner's llama.cpp.
+
+    Not for the fake engine, which never imports llama_cpp.
+    """
     from localrun.engine.library.buildinfo import build_info
 
     build = build_info()
@@ -214,8 +217,11 @@ def _build(
     extra: dict[str, Any],
     trained: Any = None,
 ) -> Engine:
-    """The engine; the fake is told the context the model was trained on (`trained`, from the
-    header), which llama.cpp reads itself."""
+    """Make the engine of `backend` for the model at `path`.
+
+    The fake is told the context the model was trained on (`trained`, from the header), which
+    llama.cpp reads itself.
+    """
     if backend == "fake":
         from localrun.engine.fake import FakeBatchEngine
 
@@ -254,8 +260,11 @@ def options_for(
     warn: Callable[[str], None],
     fit: fit_mod.Fit,
 ) -> LoadOptions:
-    """Turn the model's parameters and its fit (planned for the slots it loads with) into
-    concrete load options (threads, context, GPU layers)."""
+    """Turn the model's parameters and its fit into concrete load options.
+
+    The fit is planned for the slots it loads with. The options include threads, context and
+    GPU layers.
+    """
     from localrun.hardware import system
     from localrun.hardware.offload import DEFAULT_NUM_BATCH
 

@@ -1,10 +1,10 @@
 """A watchdog over llama.cpp while it loads a model: a time limit and a memory bound.
 
 llama.cpp trusts what a model file says; a file that passes every header check can still make it
-spin or allocate without end while loading. The runner loads inside `LoadWatch`: a thread polls
-the process's resident memory and the clock, and on a breach reports one error naming the model
-and ends the process at once (a native call cannot be interrupted any other way). ctypes drops
-the GIL while llama.cpp runs, so the thread keeps running during the load.
+spin or allocate without end while loading. The runner loads inside `LoadWatch`. A thread polls
+the process's resident memory and the clock. On a breach it reports one error naming the model
+and ends the process at once, since a native call cannot be interrupted any other way. ctypes
+drops the GIL while llama.cpp runs, so the thread keeps running during the load.
 """
 
 from __future__ import annotations

@@ -74,9 +74,11 @@ class LocalRunner:
         return self.loaded.prompter.template
 
     def generate(self, request: GenRequest) -> LocalAnswer:
-        """Start `request`. What is wrong with it before the engine starts (a bad option, a
-        template that fails, a prompt that does not fit) is raised here; the answer, and the
-        errors of evaluating it, come as it is read."""
+        """Start `request`, raising here what is wrong with it before the engine starts.
+
+        Such errors are a bad option, a template that fails, or a prompt that does not fit. The
+        answer, and the errors of evaluating it, come as it is read.
+        """
         id = next(self._ids)
         answer = LocalAnswer(self._inbox.open(id), lambda: self._end(id))
         with _interrupt_after():  # Ctrl-C here would leave a job nothing can cancel
@@ -112,8 +114,11 @@ class LocalAnswer:
         self.timings = Timings()
 
     def check(self) -> None:
-        """Raise the error the worker answered with already (it prepares and submits on the
-        caller's thread, so one found there is queued before dispatch returns)."""
+        """Raise the error the worker answered with already.
+
+        The worker prepares and submits on the caller's thread, so an error found there is
+        queued before dispatch returns.
+        """
         with contextlib.suppress(queue.Empty):
             event = self._events.get_nowait()
             self._first = event
@@ -157,8 +162,10 @@ class LocalAnswer:
             yield text
 
     def cancel(self) -> None:
-        """Stop now (e.g. on Ctrl-C): the answer so far stays, marked cancelled; returns once
-        the engine has let go of it (within a token)."""
+        """Stop now (e.g. on Ctrl-C): the answer so far stays, marked cancelled.
+
+        Returns once the engine has let go of it, within a token.
+        """
         self.done_reason = "cancelled"
         if self._final is not None:
             return
@@ -173,8 +180,10 @@ class LocalAnswer:
 
 @contextlib.contextmanager
 def _interrupt_after() -> Iterator[None]:
-    """Hold a Ctrl-C that comes during the block and raise it once the block is done. On the
-    main thread only (where Python runs signal handlers); elsewhere nothing changes."""
+    """Hold a Ctrl-C that comes during the block and raise it once the block is done.
+
+    On the main thread only, where Python runs signal handlers; elsewhere nothing changes.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -199,10 +208,12 @@ def open_local(
     extra: dict[str, Any] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> LocalRunner:
-    """The spec's model loaded in this process, one slot; its blobs are held in the store
-    (store.leases) until the runner closes. llama.cpp may abort or hang on a model that passes
-    every check: one not yet seen to load cleanly is loaded in a child process first
-    (localrun.worker.probe), handed the same spec."""
+    """Load the spec's model in this process, with one slot.
+
+    Its blobs are held in the store (store.leases) until the runner closes. llama.cpp may abort
+    or hang on a model that passes every check. So one not yet seen to load cleanly is loaded in
+    a child process first (localrun.worker.probe), handed the same spec.
+    """
     model = spec.model
     lease = None
     if model.store_root is not None:  # not from a store (a test's model object): none to hold

@@ -1,11 +1,11 @@
 """Load a model in a child process before `localrun run` loads it in its own.
 
 llama.cpp aborts (SIGABRT on a GGML_ASSERT), hangs or allocates without end on some model files
-that pass every header check; in-process, that kills or freezes the command a person is typing
+that pass every header check. In-process, that kills or freezes the command a person is typing
 into, with a native backtrace. So a model not yet seen to load cleanly with this llama.cpp is
-first loaded by a runner process (`python -m localrun.worker`, the server's runner, which loads
-under the watchdog of localrun.worker.load_watch). A crash, a hang past LOCALRUN_LOAD_TIMEOUT or a
-memory blow-up then costs the child, and the command fails with one line naming the model.
+first loaded by a runner process: `python -m localrun.worker`, the server's runner, which loads
+under the watchdog of localrun.worker.load_watch. A crash, a hang past LOCALRUN_LOAD_TIMEOUT or
+a memory blow-up then costs the child, and the command fails with one line naming the model.
 
 A clean load is remembered by the digests of the model's files and the llama.cpp version
 (`$LOCALRUN_HOME/loaded/<key>`), so later runs load at once.
@@ -48,8 +48,10 @@ def _marker(model: Model) -> Path:
 
 
 def ensure_loads(spec: LoadSpec) -> None:
-    """Return once the spec's model is known to load cleanly; raise a LocalrunError if it
-    does not. The child is handed the spec made here, never its name to look up."""
+    """Return once the spec's model is known to load cleanly; raise a LocalrunError if not.
+
+    The child is handed the spec made here, never its name to look up.
+    """
     model = spec.model
     if model.store_root is None:
         return  # not from a store (a test's model object): nothing to probe with

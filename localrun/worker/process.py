@@ -1,14 +1,13 @@
 """The server's side of one runner subprocess: start it, talk to it, stop it, reap it.
 
 `RunnerProcess` starts `python -m localrun.worker`, writes requests to its stdin and dispatches
-the events it sends back: those of a request (by id) to that request's queue, the others (ready,
-a load error) to a callback. The runner's stderr goes to the "localrun.runner" logger, its last
-lines kept for error messages. When its stdout ends the process is reaped and a callback gets
-the exit status. Stopping escalates from stdin EOF to SIGTERM and SIGKILL; `kill` is for a
-runner that can no longer be trusted (it ignored a cancel, or sent a line past the protocol's
-LINE_LIMIT, which a runner never does) and
-keeps the reason for the error its requests get. `Stream` reads one generation's events from
-its queue.
+the events it sends back. Those of a request (by id) go to that request's queue, the others
+(ready, a load error) to a callback. The runner's stderr goes to the "localrun.runner" logger,
+its last lines kept for error messages. When its stdout ends the process is reaped and a
+callback gets the exit status. Stopping escalates from stdin EOF to SIGTERM and SIGKILL. `kill`
+is for a runner that can no longer be trusted: it ignored a cancel, or sent a line past the
+protocol's LINE_LIMIT, which a runner never does. The reason goes into the error its requests
+get. `Stream` reads one generation's events from its queue.
 
 Which model to load, when to stop a runner and how its slots are counted is the scheduler's
 business (localrun.scheduler). Like the whole package, this module is cheap to import.
@@ -113,9 +112,11 @@ class RunnerProcess:
         stdin.write(protocol.encode(message))
 
     def request(self, message: Event) -> asyncio.Queue[Item]:
-        """Write a request (its "id" set); its events, ending with a final one, come on the
-        queue returned, or else what ended the runner. Raises at once, having sent nothing,
-        when the runner is gone."""
+        """Write a request (its "id" set) and return the queue its events come on.
+
+        The events end with a final one, or else with what ended the runner. Raises at once,
+        having sent nothing, when the runner is gone.
+        """
         self.write(message)
         queue: asyncio.Queue[Item] = asyncio.Queue()
         self.pending[message["id"]] = queue
@@ -144,8 +145,11 @@ class RunnerProcess:
         self._loop.call_soon_threadsafe(send)
 
     def interrupt(self, error: LocalrunError) -> None:
-        """End every open request now with `error` (the server is stopping): the runner is
-        told to cancel them, and their streams get the error to send as their last line."""
+        """End every open request now with `error`, as the server is stopping.
+
+        The runner is told to cancel them, and their streams get the error to send as their last
+        line.
+        """
         stdin = self.proc.stdin if self.proc is not None else None
         for rid, queue in list(self.pending.items()):
             if stdin is not None and not stdin.is_closing():
@@ -264,13 +268,13 @@ class RunnerProcess:
 
 
 class Stream:
-    """The chunks of one answer; after exhaustion `done_reason`, `timings`, `tool_calls` and
-    `context` (the prompt's and answer's tokens, when asked for).
+    """The chunks of one answer, then its `done_reason`, `timings`, `tool_calls` and `context`.
 
-    Iterating raises the runner's typed error (ContextOverflowError, TemplateError ...), or
-    RunnerDiedError when the runner exits. Call `aclose()` when the client goes away: the
-    generation is cancelled and its slot freed; a runner that does not confirm the cancel
-    within CANCEL_WAIT_S is wedged, and `kill` (given the reason) ends it.
+    `context` holds the prompt's and answer's tokens, when asked for. Iterating raises the
+    runner's typed error (ContextOverflowError, TemplateError ...), or RunnerDiedError when the
+    runner exits. Call `aclose()` when the client goes away: the generation is cancelled and its
+    slot freed. A runner that does not confirm the cancel within CANCEL_WAIT_S is wedged, and
+    `kill` (given the reason) ends it.
     """
 
     def __init__(

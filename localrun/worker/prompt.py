@@ -111,8 +111,11 @@ class Prompter:
     _family: parsers.Family | None = field(default=None, repr=False)
 
     def prepare(self, request: GenRequest) -> Prepared:
-        """A request ready for the engine: a chat, a completion or a fill in the middle, after
-        the request's `context` tokens, with the log-probabilities it asks for."""
+        """Return a request ready for the engine: a chat, a completion or a fill in the middle.
+
+        Its prompt comes after the request's `context` tokens, with the log-probabilities it asks
+        for.
+        """
         if request.messages is not None:
             prepared = self.chat(request)
         elif request.suffix is None:
@@ -141,9 +144,12 @@ class Prompter:
         return prepared
 
     def _read_over(self, request: GenRequest, prepared: Prepared) -> None:
-        """The answer's first token read over the request's candidate texts: their first
-        tokens' log-probabilities in each entry, and the token chosen among the candidates
-        (a grammar of them), so the answer's first token is never one that ends it."""
+        """Read the answer's first token over the request's candidate texts.
+
+        Each entry holds the log-probabilities of their first tokens. The token is chosen among
+        the candidates (a grammar of them), so the answer's first token is never one that ends
+        it.
+        """
         texts = request.candidates or []
         if request.format or request.tools:
             raise BadRequestError("candidates cannot be read with a format or tools")
@@ -175,10 +181,12 @@ class Prompter:
         )
 
     def _first_token(self, before: str, text: str) -> int | None:
-        """The first token of `text` written right after the prompt text `before`, as the
-        tokenizer spells it there (no SentencePiece space put before it, no merge with what
-        precedes it); alone where the two cannot be told apart. Its end is tokenized, not the
-        whole prompt: a token reaches back no further."""
+        """Return the first token of `text` right after the prompt text `before`, as spelled there.
+
+        There it has no SentencePiece space put before it, and no merge with what precedes it.
+        Where the two cannot be told apart, it is the first token of `text` alone. Only the
+        prompt's end is tokenized, not the whole prompt: a token reaches back no further.
+        """
         tail = before[-_TAIL:]
         head = self.tokenizer.tokenize(tail, add_special=False, parse_special=True)
         whole = self.tokenizer.tokenize(tail + text, add_special=False, parse_special=True)
@@ -200,8 +208,10 @@ class Prompter:
         prepared.cache_prefix = 0  # the model's turns no longer come first
 
     def conversation(self, messages: list[Message], system: str | None = None) -> list[Message]:
-        """The model's SYSTEM and MESSAGE layers, then `messages` (a system message given
-        there, or `system`, replaces the model's)."""
+        """Return the model's SYSTEM and MESSAGE layers, then `messages`.
+
+        A system message given in `messages`, or `system`, replaces the model's.
+        """
         out: list[Message] = []
         chosen = system if system is not None else self.model.system
         if messages and messages[0].get("role") == "system":
@@ -266,9 +276,12 @@ class Prompter:
     def sampling(
         self, options: dict[str, Any] | None, constraint: str | None, memory: str | None = None
     ) -> SamplingOptions:
-        """The request's sampling over the model's; the num_ctx its options name (the
-        scheduler writes the context it answers the request with) is the request's own context,
-        which the engine holds it to within the slot's (SamplingOptions.context)."""
+        """Return the request's sampling options over the model's.
+
+        The num_ctx its options name is the request's own context: the scheduler writes there
+        the context it answers the request with. The engine holds the request to it within the
+        slot's (SamplingOptions.context).
+        """
         asked = params_mod.validate(options or {})
         merged = {**self.params, **asked}
         if "speculate" not in merged:
@@ -284,8 +297,10 @@ class Prompter:
         )
 
     def chat(self, request: GenRequest) -> Prepared:
-        """A conversation (the model's own layers added) rendered by the template; `think`
-        turns a reasoning model's thinking on or off (None: the model's default)."""
+        """Render a conversation, the model's own layers added, by the template.
+
+        `think` turns a reasoning model's thinking on or off (None: the model's default).
+        """
         think, variables, in_force, conversation = self._chat_parts(request)
         text = self.prompt_text(conversation, in_force, variables)
         family = self.family()
@@ -325,11 +340,13 @@ class Prompter:
         in_force: list[tools_mod.Tool] | None,
         primed: str,
     ) -> tuple[SamplingOptions, bool]:
-        """A chat's sampling with the constraint of its answer, and whether that constraint
-        forces a call: a forced call's grammar (in the family's syntax) wins over `format`;
-        `format` with tools is a call or the format (Ollama's); a strict tool (or a custom
-        tool's grammar) under tool_choice "auto" holds its call to its schema once begun.
-        `syntax`: the family's, reading the tools in force (None without tools)."""
+        """Return a chat's sampling with its answer's constraint, and whether that forces a call.
+
+        A forced call's grammar, in the family's syntax, wins over `format`. `format` with tools
+        is a call or the format (Ollama's). Under tool_choice "auto", a strict tool (or a custom
+        tool's grammar) holds its call to its schema once begun. `syntax` is the family's,
+        reading the tools in force (None without tools).
+        """
         special = self._markers(family) if syntax is not None else {}
         grammars = request.tool_grammars
         forced = lazy = None
@@ -364,8 +381,11 @@ class Prompter:
         return sampling, forced is not None
 
     def family(self) -> parsers.Family:
-        """The model's family: by its template's markers (formats.template.family), else by a
-        call token its vocabulary has as a special token (Phi-4-mini's `<|tool_call|>`)."""
+        """Return the model's family, found by its template's markers (formats.template.family).
+
+        Else it is found by a call token its vocabulary has as a special token (Phi-4-mini's
+        `<|tool_call|>`).
+        """
         if self._family is None:
             found = template_mod.family(self.template)
             if found is parsers.DEFAULT:
@@ -375,8 +395,10 @@ class Prompter:
         return self._family
 
     def _markers(self, family: parsers.Family) -> dict[str, int]:
-        """The family's markers that are special tokens of this vocabulary, with their ids
-        (a forced call's grammar lets the model write the token)."""
+        """Return the family's markers that are special tokens of this vocabulary, with their ids.
+
+        A forced call's grammar lets the model write the token.
+        """
         found = self._special.get(family.name)
         if found is None:
             found = {}
@@ -388,8 +410,10 @@ class Prompter:
         return found
 
     def _spelled(self, family: parsers.Family) -> frozenset[int]:
-        """The ids of the family's markers that are special tokens in this vocabulary (the
-        engine spells them out, as llama-server does its chat format's preserved tokens)."""
+        """Return the ids of the family's markers that are special tokens in this vocabulary.
+
+        The engine spells them out, as llama-server does its chat format's preserved tokens.
+        """
         found = self._spell.get(family.name)
         if found is None:
             ids: set[int] = set()
@@ -424,9 +448,11 @@ class Prompter:
         variables: dict[str, Any] | None,
         tokens: list[int],
     ) -> int:
-        """How many leading `tokens` the turns `fixed` (system prompt, MESSAGEs) render to
-        whatever follows them: the common prefix of two renderings with different user
-        messages, found once per (turns, tools, variables)."""
+        """Return how many leading `tokens` the turns `fixed` render to, whatever follows them.
+
+        The turns are the system prompt and MESSAGEs. Their tokens are the common prefix of two
+        renderings with different user messages, found once per (turns, tools, variables).
+        """
         if not fixed:
             return 0
         key = json.dumps([fixed, repr(tools), variables], sort_keys=True, default=repr)
@@ -463,10 +489,10 @@ class Prompter:
         """Fill in the middle between the prompt and its suffix, from the model's FIM tokens.
 
         The layout is llama-server's (format_infill), so an editor plugin written for it gets
-        the same prompt: [extra files] [BOS] <PRE> prefix <SUF> suffix <MID>, the prefix cut
-        to 3/4 of a batch from its start and the suffix to the rest from its end, so the
-        prompt is read in about one batch (fast to the first token, as typing wants). `extra`
-        chunks ({"filename", "text"}: other open files) fill what the context has left.
+        the same prompt: [extra files] [BOS] <PRE> prefix <SUF> suffix <MID>. The prefix is cut
+        to 3/4 of a batch from its start and the suffix to the rest from its end. So the prompt
+        is read in about one batch, fast to the first token, as typing wants. `extra` chunks
+        ({"filename", "text"}: other open files) fill what the context has left.
         """
         fim = self.tokenizer.fim
         if fim is None:
@@ -520,8 +546,10 @@ def media_of(messages: list[Message]) -> list[media_mod.Media]:
 
 
 def logit_biases(pairs: list[list[Any]], n_vocab: int) -> tuple[tuple[int, float], ...]:
-    """A request's [token id, bias] pairs for the sampler, each token in the vocabulary; a bias
-    of None is minus infinity (never that token). A token named twice keeps its last bias."""
+    """Return a request's [token id, bias] pairs for the sampler, each token in the vocabulary.
+
+    A bias of None is minus infinity: never that token. A token named twice keeps its last bias.
+    """
     token_ids([token for token, _ in pairs], n_vocab, "logit_bias")
     biases = {int(token): -math.inf if bias is None else float(bias) for token, bias in pairs}
     return tuple(biases.items())
@@ -544,7 +572,9 @@ def token_ids(value: Any, n_vocab: int, key: str) -> list[int]:
 
 
 def _checked(constraint: str, forcing: bool) -> str:
-    """A request's grammar within the bounds (the engine compiles it when the request is
-    submitted: a 400 naming what it cannot enforce), its forced text spelled as the model's
-    PARAMETER grammar_forcing says."""
+    """Return a request's grammar checked against the bounds, its forcing as the model's says.
+
+    The engine compiles it when the request is submitted: a 400 names what it cannot enforce.
+    Its forced text is spelled as the model's PARAMETER grammar_forcing says.
+    """
     return with_forcing(grammar_bounds.check_grammar(constraint), forcing)

@@ -1,66 +1,16 @@
 """The JSON-lines protocol between the scheduler and a runner subprocess.
 
 One UTF-8 JSON object per line. Requests go to the worker's stdin; events come back on the
-worker's private copy of stdout (native libraries print to fd 1, which the worker points at
-stderr so they cannot corrupt the stream).
+worker's private copy of stdout. Native libraries print to fd 1, which the worker points at
+stderr so they cannot corrupt the stream. The comment above LOAD lists every message.
 
-    -> {"op": "load", "model": {MODEL}, "parameters": {...}, "num_ctx": N, "slots": N,
-        "line_limit": BYTES?, "fallback_ctx": N?, "backend": "llama" | "fake",
-        "replies": [...]?, "delay": s?, "hang": bool?, "dims": N?}
-                         (first line, once: the model as the scheduler resolved and admitted
-                          it, model.LoadSpec's to_wire: its manifest and digest, the paths of
-                          its blobs, its PARAMETERs, template, system and messages; the
-                          parameters the load goes ahead with and the context it loads, decided
-                          there. The runner reads no manifest and looks up no name. fallback_ctx:
-                          the smaller num_ctx to load when num_ctx does not fit, worker.load;
-                          fake: for tests)
-    <- {"event": "ready", "info": {n_ctx, n_ctx_train, slots, size, size_vram, gpu_layers,
-                                   layers, processor, load_s, notes}}
-       or {"event": "error", "error": {...}} and exit 1
-    -> {"op": "chat", "id": 7, "messages": [...], ...}    (a GenRequest's fields, to_wire's)
-    -> {"op": "complete", "id": 8, "prompt": "raw text", ...}      (the same, without messages)
-        Every field of localrun.request.genrequest.GenRequest travels by its name: "system",
-        "options", "format", "tools", "tool_choice", "think", "suffix" and "extra" (fill in the
-        middle), "logprobs" (N alternatives per token; piece events carry them), "context" (token
-        ids before the prompt), "return_context", ...; those left at their defaults are left out.
-    <- {"event": "piece", "id": 7, "text": "...", "thinking": "..."?, "logprobs": [...]?,
-        "prompt": N?, "calls": [{"name", "arguments"}]?, "scored": [...]?}
-                              (zero or more; the first tells the prompt's length in tokens;
-                               a call goes out as soon as it is read; with prompt_logprobs,
-                               the prompt's entries come first, a chunk at a time)
-    <- {"event": "done", "id": 7, "reason": "stop" | "length" | "cancelled",
-        "timings": {Timings fields}, "tool_calls": [{"name", "arguments"}] | null,
-        "context": [ids]?,           (with return_context: the prompt's and answer's tokens)
-        "stop_sequence": "the stop string that ended it"?}
-    <- {"event": "error", "id": 7, "error": {"code", "type", "message", "hint"?}}
-    -> {"op": "embed", "id": 9, "input": ["a", "b", [15, 7]], "truncate": true}
-       (with "query": "...", a reranker scores each input against it: its vectors are the
-       classifier's outputs, the score first)
-                                                (texts, or token ids)
-    <- {"event": "vectors", "id": 9, "embeddings": [[...], ...]}    (zero or more, in order)
-    <- {"event": "embeddings", "id": 9, "embeddings": [[...]], "prompt_tokens": N,
-        "cancelled": false}
-       or an error event
-    -> {"op": "tokenize", "id": 10, "text": "...", "add_special": true, "parse_special": false}
-       or {"op": "tokenize", "id": 10, "messages": [...], ...}        (a chat request's fields)
-    <- {"event": "tokens", "id": 10, "tokens": [ids]}       (messages: the chat prompt's tokens)
-    -> {"op": "detokenize", "id": 11, "tokens": [ids], "pieces": false}
-    <- {"event": "text", "id": 11, "text": "...", "pieces": ["hex", ...]?}  (or an error event)
-    -> {"op": "cancel", "id": 7}            (no reply of its own: the request ends "cancelled")
-    EOF on stdin -> the worker closes the engine and exits 0.
-
-Every chat/complete/embed/tokenize/detokenize request ends with exactly one done, embeddings,
-tokens, text or error event. The
-vectors of an embedding come in "vectors" events of a few at a time (EMBED_GROUP inputs) and
-any left in the final event: one line holding every vector of a long input list could outgrow
-what the scheduler reads in one line, and the worker checks for a cancel between groups. An
-error event without an "id" is about the worker itself (a load failure, or a line that is not
-a request at all).
-
-No event line is longer than the load request's "line_limit" (LINE_LIMIT): the longest line
-the scheduler reads, past which it cannot trust the stream and kills the runner. The runner
-sends an event that would be longer as an error event of its request instead (`oversized`), so
-an answer too large for the channel costs that answer, never the runner.
+Every chat, complete, embed, tokenize and detokenize request ends with exactly one done,
+embeddings, tokens, text or error event. An error event without an "id" is about the worker
+itself: a load failure, or a line that is not a request at all. No event line is longer than
+the load request's "line_limit" (LINE_LIMIT), past which the scheduler cannot trust the stream
+and kills the runner. The runner sends an event that would be longer as an error event of its
+request instead (`oversized`), so an answer too large for the channel costs that answer, never
+the runner.
 
 Pure: only json, localrun.errors, localrun.request.genrequest and engine.types are imported.
 """
@@ -75,6 +25,51 @@ from typing import Any
 from localrun.engine.types import EmbedInput, Timings
 from localrun.errors import BadRequestError, LocalrunError
 from localrun.request.genrequest import GenRequest
+
+# The messages (-> to the worker's stdin, <- from it):
+#
+#   -> {"op": "load", "model": {MODEL}, "parameters": {...}, "num_ctx": N, "slots": N,
+#       "line_limit": BYTES?, "fallback_ctx": N?, "backend": "llama" | "fake",
+#       "replies": [...]?, "delay": s?, "hang": bool?, "dims": N?}
+#      The first line, once: the model as the scheduler resolved and admitted it
+#      (model.LoadSpec's to_wire: its manifest and digest, the paths of its blobs, its
+#      PARAMETERs, template, system and messages), and the parameters and context the load goes
+#      ahead with, decided there. The runner reads no manifest and looks up no name.
+#      fallback_ctx: the smaller num_ctx to load when num_ctx does not fit (worker.load).
+#      fake: for tests.
+#   <- {"event": "ready", "info": {n_ctx, n_ctx_train, slots, size, size_vram, gpu_layers,
+#                                  layers, processor, load_s, notes}}
+#      or {"event": "error", "error": {...}} and exit 1
+#   -> {"op": "chat", "id": 7, "messages": [...], ...}    (a GenRequest's fields, to_wire's)
+#   -> {"op": "complete", "id": 8, "prompt": "raw text", ...}      (the same, without messages)
+#      Every field of localrun.request.genrequest.GenRequest travels by its name: "system",
+#      "options", "format", "tools", "tool_choice", "think", "suffix" and "extra" (fill in the
+#      middle), "logprobs" (N alternatives per token; piece events carry them), "context"
+#      (token ids before the prompt), "return_context", ...; those left at their defaults are
+#      left out.
+#   <- {"event": "piece", "id": 7, "text": "...", "thinking": "..."?, "logprobs": [...]?,
+#       "prompt": N?, "calls": [{"name", "arguments"}]?, "scored": [...]?}
+#      Zero or more; the first tells the prompt's length in tokens. A call goes out as soon as
+#      it is read. With prompt_logprobs, the prompt's entries come first, a chunk at a time.
+#   <- {"event": "done", "id": 7, "reason": "stop" | "length" | "cancelled",
+#       "timings": {Timings fields}, "tool_calls": [{"name", "arguments"}] | null,
+#       "context": [ids]?,           (with return_context: the prompt's and answer's tokens)
+#       "stop_sequence": "the stop string that ended it"?}
+#   <- {"event": "error", "id": 7, "error": {"code", "type", "message", "hint"?}}
+#   -> {"op": "embed", "id": 9, "input": ["a", "b", [15, 7]], "truncate": true}
+#      The inputs are texts or token ids. With "query": "...", a reranker scores each input
+#      against it: its vectors are the classifier's outputs, the score first.
+#   <- {"event": "vectors", "id": 9, "embeddings": [[...], ...]}    (zero or more, in order)
+#   <- {"event": "embeddings", "id": 9, "embeddings": [[...]], "prompt_tokens": N,
+#       "cancelled": false}
+#      or an error event
+#   -> {"op": "tokenize", "id": 10, "text": "...", "add_special": true, "parse_special": false}
+#      or {"op": "tokenize", "id": 10, "messages": [...], ...}        (a chat request's fields)
+#   <- {"event": "tokens", "id": 10, "tokens": [ids]}       (messages: the chat prompt's tokens)
+#   -> {"op": "detokenize", "id": 11, "tokens": [ids], "pieces": false}
+#   <- {"event": "text", "id": 11, "text": "...", "pieces": ["hex", ...]?}  (or an error event)
+#   -> {"op": "cancel", "id": 7}            (no reply of its own: the request ends "cancelled")
+#   EOF on stdin -> the worker closes the engine and exits 0.
 
 # -- operations (requests) -------------------------------------------------------------------
 LOAD = "load"
@@ -106,7 +101,9 @@ DONE_REASONS = ("stop", "length", "cancelled")
 LINE_LIMIT = 64 * 1024 * 1024
 
 # Inputs embedded (and their vectors sent) per "vectors" event: 16 vectors of 8192 floats make
-# a line of about 3 MB, far below the scheduler's line limit.
+# a line of about 3 MB, far below the scheduler's line limit. Any vectors left come in the final
+# event. One line holding every vector of a long input list could outgrow what the scheduler
+# reads in one line, and the worker checks for a cancel between groups.
 EMBED_GROUP = 16
 
 Message = dict[str, Any]
@@ -164,10 +161,11 @@ def load_request(
     fallback_ctx: int | None = None,
     **extra: Any,
 ) -> Message:
-    """The first line a worker reads: what it loads (`resolved`, a model.LoadSpec's to_wire).
-    `fallback_ctx` is the num_ctx to load instead of its own (rounded up by the scheduler)
-    where that does not fit (worker.load); `extra` passes fake-backend settings (replies,
-    delay)."""
+    """Return the first line a worker reads: what it loads (`resolved`, a LoadSpec's to_wire).
+
+    `fallback_ctx` is the num_ctx to load instead of its own (rounded up by the scheduler) where
+    that does not fit (worker.load). `extra` passes fake-backend settings (replies, delay).
+    """
     message: Message = {
         "op": LOAD,
         **resolved,
@@ -197,8 +195,10 @@ def generate_request(id: RequestId, request: GenRequest) -> Message:
 
 
 def request_of(message: Message) -> GenRequest:
-    """The GenRequest a chat or complete message carries (BadRequestError for a field that is
-    not of its type)."""
+    """Return the GenRequest a chat or complete message carries.
+
+    BadRequestError for a field that is not of its type.
+    """
     request = GenRequest.from_wire(message)
     if message.get("op") == CHAT:
         if request.messages is None:
@@ -387,8 +387,11 @@ def error_event(exc: LocalrunError, id: RequestId | None = None) -> Message:
 
 
 def oversized(message: Message, size: int, limit: int) -> Message:
-    """The error event sent in place of `message`, whose line of `size` bytes is longer than
-    the channel's `limit`: its request fails and the runner goes on."""
+    """Return the error event sent in place of `message`, a line too long for the channel.
+
+    Its line of `size` bytes is longer than the channel's `limit`. Its request fails and the
+    runner goes on.
+    """
     error = BadRequestError(
         f"the answer is {size:,} bytes, more than a runner sends in one event ({limit:,})",
         hint="ask for less in one request",

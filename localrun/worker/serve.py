@@ -1,17 +1,18 @@
 """The request loop of a runner: requests in, events out, one engine in between.
 
-A runner serves one loaded model, in a process of its own for the server (worker.main reads
-request lines on stdin and writes events to stdout) or in the process of `localrun run`, which
-dispatches the same messages and reads the same events (worker.local). The caller's thread
-reads each message; a generation is prepared (its template rendered, its prompt tokenized, its
-grammar checked in the guard's child and compiled) and submitted to the engine on a thread of
-the preparing pool, one a slot, so that a schema that takes seconds to compile holds neither
-the cancels that come meanwhile nor another client's request (issue 90); the engine calls each
-request's sink on its own thread, where the answer is filtered and its events written
-(worker.sink). Embeddings
-run on a thread of their own so that a long embedding does not hold up cancels (the engine's
-loop runs each of their decodes between two steps: engine.calls); they go EMBED_GROUP inputs at
-a time, sending each group's vectors and checking for a cancel between.
+A runner serves one loaded model. For the server it runs in a process of its own: worker.main
+reads request lines on stdin and writes events to stdout. For `localrun run` it runs in that
+process, which dispatches the same messages and reads the same events (worker.local).
+
+The caller's thread reads each message. A generation is prepared (its template rendered, its
+prompt tokenized, its grammar checked in the guard's child and compiled) on a thread of the
+preparing pool, one a slot, then submitted to the engine. So a schema that takes seconds to
+compile holds neither the cancels that come meanwhile nor another client's request (issue 90).
+The engine calls each request's sink on its own thread, where the answer is filtered and its
+events written (worker.sink). Embeddings run on a thread of their own so that a long one does
+not hold up cancels; the engine's loop runs each of their decodes between two steps
+(engine.calls). They go EMBED_GROUP inputs at a time, each group's vectors sent, a cancel
+checked between groups.
 """
 
 from __future__ import annotations
@@ -49,8 +50,12 @@ class Worker:
     """Serves requests for one loaded model until its input ends."""
 
     def __init__(self, loaded: Loaded, output: Output, *, inline: bool = False) -> None:
-        """`inline`: prepare each generation on the thread that dispatches it (`localrun run`,
-        one user in this process, whose errors are then queued before dispatch returns)."""
+        """Serve `loaded`, its events sent to `output`.
+
+        With `inline`, each generation is prepared on the thread that dispatches it. That is for
+        `localrun run`, one user in this process, whose errors are then queued before dispatch
+        returns.
+        """
         self.inline = inline
         self.engine = loaded.engine
         self.prompter = loaded.prompter
@@ -150,8 +155,10 @@ class Worker:
             preparing.set()
 
     def _start(self, id: RequestId, request: GenRequest) -> None:
-        """Hand a generation to the preparing pool (its id taken now, so that a cancel that
-        comes while it is prepared is kept for it, and its place in the line)."""
+        """Hand a generation to the preparing pool, its id and place in the line taken now.
+
+        Taking the id now keeps a cancel that comes while the generation is prepared.
+        """
         cancel = threading.Event()
         with self._lock:
             if id in self._active or id in self._preparing or id in self._embeds:
@@ -175,8 +182,10 @@ class Worker:
     def _prepared(
         self, id: RequestId, request: GenRequest, cancel: threading.Event, place: int
     ) -> None:
-        """Prepare and submit one generation, on a thread of the preparing pool; its failure
-        is its error event."""
+        """Prepare and submit one generation, on a thread of the preparing pool.
+
+        Its failure is its error event.
+        """
         try:
             self._submit(id, request, cancel, place)
         except Exception as exc:
@@ -187,9 +196,11 @@ class Worker:
             self._submitted(place)
 
     def _in_turn(self, place: int) -> None:
-        """Wait until the requests that came before this one are submitted, at most
-        ORDER_WAIT_S: quick preparations keep the order they came in (the engine's line is
-        FIFO), a slow one (a schema compiled for seconds) lets the later ones by."""
+        """Wait, at most ORDER_WAIT_S, until the requests that came before this one are submitted.
+
+        Quick preparations keep the order they came in, as the engine's line is FIFO. A slow one
+        (a schema compiled for seconds) lets the later ones by.
+        """
         with self._order:
             self._order.wait_for(lambda: min(self._unsubmitted) >= place, timeout=ORDER_WAIT_S)
 
@@ -257,8 +268,10 @@ class Worker:
         )
 
     def _send_text(self, id: RequestId, message: protocol.Message) -> None:
-        """A detokenize request's one event, on the tokenizer's thread (a long list takes a
-        while; the server bounds its length)."""
+        """Send a detokenize request's one event, on the tokenizer's thread.
+
+        A long list takes a while; the server bounds its length.
+        """
         try:
             tokens = token_ids(message.get("tokens"), self.engine.n_vocab, "tokens")
             pieces = [self.engine.token_bytes(t) for t in tokens]
@@ -322,6 +335,9 @@ class Worker:
 
 
 def _failure(exc: Exception, id: RequestId | None) -> protocol.Message:
-    """The error event of a request that raised `exc`: its own error, or a bug or a native
-    failure worded as the runner's (the worker goes on either way)."""
+    """Return the error event of a request that raised `exc`.
+
+    That is its own error, or a bug or a native failure worded as the runner's. The worker goes
+    on either way.
+    """
     return protocol.error_event(exc if isinstance(exc, LocalrunError) else unexpected(exc), id)

@@ -1,6 +1,7 @@
-"""What a runner does to an answer on its way out: a reasoning model's thinking split off, stop
-strings and tool calls held back and applied, log-probabilities sent with the text of their
-tokens, and the events written.
+"""What a runner does to an answer on its way out, up to the events it writes.
+
+A reasoning model's thinking is split off. Stop strings and tool calls are held back and
+applied. Log-probabilities are sent with the text of their tokens.
 
 The engine calls a RequestSink on its own thread for each piece of text; the sink writes piece
 events and, once, the final done or error event.
@@ -93,8 +94,7 @@ def new_splitter(prepared: Prepared) -> reasoning_mod.Splitter | HarmonyStream:
 
 
 class RequestSink:
-    """One generation's output: reasoning split off, stop strings and tool-call hold-back on
-    the answer, then events."""
+    """One generation's output: reasoning split off, stop strings and calls read, events sent."""
 
     def __init__(
         self,
@@ -211,9 +211,11 @@ class RequestSink:
             self.splitter.calls = []
 
     def _send_calls(self, calls: list[dict[str, Any]], used: int = 0) -> None:
-        """Calls as soon as they are read (the dialects stream them as they come; the final
-        event repeats them all), with the log-probability entries of the `used` bytes of
-        answer their blocks took."""
+        """Send calls as soon as they are read, with the entries of the `used` bytes they took.
+
+        The dialects stream calls as they come; the final event repeats them all. The entries
+        are the log-probabilities of the answer's bytes the calls' blocks took.
+        """
         entries = self._due("", used) if used > 0 else None
         if calls or entries:
             self.found += calls
@@ -223,9 +225,11 @@ class RequestSink:
             self.output.send(event)
 
     def _read_calls(self, stream: CallStream, text: str, *, final: bool = False) -> None:
-        """The answer's text through the call stream, what it releases sent in order: text,
-        and calls with the entries of the tokens their blocks (and the blanks around them)
-        took."""
+        """Pass the answer's text through the call stream, sending what it releases in order.
+
+        It releases text, and calls with the entries of the tokens their blocks (and the blanks
+        around them) took.
+        """
         used = 0
         for kind, value in stream.events(text, final=final):
             if kind == "text":

@@ -1,7 +1,7 @@
 """What a model is sent, without loading it: its chat template and the prompt a request renders.
 
 The runner's own Prompter renders here too, with the vocabulary's BOS and EOS read from the
-GGUF header instead of llama.cpp, so `POST /apply-template` and `localrun show NAME --prompt`
+GGUF header instead of llama.cpp. So `POST /apply-template` and `localrun show NAME --prompt`
 show the text a loaded model would be given. `go_template` is the template as Ollama's clients
 read one (a Go template: /api/show), found by rendering (formats.ollama.equivalent).
 """
@@ -46,8 +46,11 @@ class _HeaderTokens:
         raise NotImplementedError("rendering only")
 
     def token_ids(self, text: str) -> list[int]:
-        """A stand-in id for a marker the header found in the vocabulary: rendering asks only
-        whether it is there (the family a template without calls gets, formats/parsers)."""
+        """Return a stand-in id for a marker the header found in the vocabulary.
+
+        Rendering asks only whether it is there (the family a template without calls gets,
+        formats/parsers).
+        """
         return [-1] if text in self.header.chat_tokens else []
 
     def media_prompt(self, text: str, media: list[Any], *, add_special: bool) -> Any:
@@ -71,8 +74,10 @@ def template_choice(model: Model, header: Header | None = None) -> families.Choi
 
 
 def prompt_of(model: Model, request: GenRequest, *, add_generation_prompt: bool = True) -> str:
-    """The prompt text `request` (a chat) renders to for `model`, llama-server's way: without
-    the leading BOS the tokenizer adds."""
+    """Return the prompt text a chat `request` renders to for `model`, llama-server's way.
+
+    That is without the leading BOS the tokenizer adds.
+    """
     header = header_of(model)
     choice = template_choice(model, header)
     prompter = Prompter(
@@ -98,10 +103,12 @@ def _without_bos(header: Header, text: str) -> str:
 
 @dataclass(frozen=True)
 class GoChoice:
-    """The Go template that stands for a model's chat template where Ollama's clients read
-    one, and where it came from: "own" (the model's template is one), "ollama:<name>" (one
+    """The Go template that stands for a model's chat template where Ollama's clients read one.
+
+    `origin` says where it came from: "own" (the model's template is one), "ollama:<name>" (one
     of Ollama's that renders its prompts), "markers" (one written for its turn markers that
-    does) or "none" (`source` empty: no Go template renders them)."""
+    does), or "none" (`source` empty: no Go template renders them).
+    """
 
     source: str
     origin: str
@@ -111,9 +118,12 @@ _GO_CHOICES: dict[tuple[Any, ...], GoChoice] = {}
 
 
 def go_template(choice: families.Choice, header: Header) -> GoChoice:
-    """The Go template for a model prompted with `choice` (template_choice) and the vocabulary
-    of `header`: its own if it is one, else one that renders the same prompts for
-    conversations of text turns (formats.ollama.equivalent; each answer kept, at most 64)."""
+    """Return the Go template for a model prompted with `choice`, with `header`'s vocabulary.
+
+    `choice` is template_choice's. The model's own template is used if it is a Go one. Else it is
+    one that renders the same prompts for conversations of text turns (formats.ollama.equivalent).
+    Each answer is kept, at most 64.
+    """
     if template_mod.is_go(choice.source):
         return GoChoice(choice.source or "", "own")
     key = (choice.source, header.bos_text, header.eos_text, _adds_bos(header))

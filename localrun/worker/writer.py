@@ -1,12 +1,12 @@
 """The runner process's event stream: whole lines to stdout, written by a thread of their own.
 
-Any thread sends (the engine's loop a token's text, the request thread an error, the embedder its
-vectors); one writer thread writes the lines in the order they were sent. Written on the loop's
-own thread, a line's write and flush woke the server's process, and on two cores that held the
-loop for about 180 µs between two decodes (cProfile of `localrun serve` on SmolLM2: 2% of a
-token's time, 8 writes a step with 8 streams). Now the loop hands the line over and goes on to
-the next decode; the writer takes every line waiting when it wakes, so a step's tokens for
-many streams mostly go in one write.
+Any thread sends: the engine's loop a token's text, the request thread an error, the embedder
+its vectors. One writer thread writes the lines in the order they were sent. A write and flush
+on the loop's own thread would wake the server's process. On two cores that held the loop for
+about 180 µs between two decodes (cProfile of `localrun serve` on SmolLM2: 2% of a token's time,
+8 writes a step with 8 streams). So the loop hands the line over and goes on to the next decode.
+The writer takes every line waiting when it wakes, so a step's tokens for many streams mostly go
+in one write.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ _MOST_WAITING = 8 << 20
 
 
 class StreamOutput:
-    """The event stream of a runner process: whole lines, sent from any thread, none longer than
-    `limit` bytes (the scheduler kills a runner that sends a longer one: such an event goes as
-    its request's error instead). `flush` waits until what was sent is written; `close` also
-    ends the writer (the process must call it before it exits)."""
+    """The event stream of a runner process: whole lines, sent from any thread.
+
+    No line is longer than `limit` bytes: the scheduler kills a runner that sends a longer one,
+    so such an event goes as its request's error instead. `flush` waits until what was sent is
+    written. `close` also ends the writer; the process must call it before it exits.
+    """
 
     def __init__(self, stream: BinaryIO, limit: int = protocol.LINE_LIMIT) -> None:
         self._stream = stream
@@ -55,8 +57,10 @@ class StreamOutput:
                 self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until nothing sent is left to write (while others still send, that may be
-        later than the lines sent so far), or the reader is gone, or `timeout` seconds."""
+        """Wait until nothing sent is left to write, or the reader is gone, or `timeout` seconds.
+
+        While others still send, that may be later than the lines sent so far.
+        """
         with self._cond:
             self._cond.wait_for(lambda: self.broken or not (self._lines or self._writing), timeout)
 

@@ -5,7 +5,9 @@ The rule (docs/development.md): a docstring opens with one line that says what t
 and stays short. Here that means:
 
 - the summary (everything before the first blank line) is a single line;
-- a module's docstring has at most MODULE_LINES lines, a class's or function's FUNCTION_LINES.
+- a module's docstring has at most MODULE_LINES lines, a class's or function's FUNCTION_LINES;
+  a package's __init__ may be longer, for the map of its modules (tests/unit/test_layout.py
+  checks that the map names modules that are there).
 
 With --same-code REV it checks instead that the working tree differs from REV in docstrings only:
 each changed module's syntax tree, docstrings removed, must equal REV's.
@@ -59,6 +61,8 @@ class Docstring:
     def problem(self) -> str | None:
         if self.summary_lines > 1:
             return f"the summary takes {self.summary_lines} lines; make it one"
+        if self.module and self.path.endswith("__init__.py"):
+            return None  # the package's map of its modules
         limit = MODULE_LINES if self.module else FUNCTION_LINES
         if self.lines > limit:
             return f"{self.lines} lines, over {limit}"
@@ -96,7 +100,9 @@ def stats(package: Path = PACKAGE) -> dict[str, float]:
         "docstrings": len(docs),
         "median words": statistics.median(len(d.text.split()) for d in docs),
         "summaries over one line": sum(d.summary_lines > 1 for d in docs),
-        "over the length limit": sum(d.problem() is not None and d.summary_lines == 1 for d in docs),
+        "over the length limit": sum(
+            d.problem() is not None and d.summary_lines == 1 for d in docs
+        ),
         "sentences over 30 words": sum(d.longest_sentence > 30 for d in docs),
         "module docstrings over 15 lines": sum(d.module and d.lines > 15 for d in docs),
     }

@@ -8,7 +8,7 @@ import ast
 import re
 from pathlib import Path
 
-from maintenance import imports
+from maintenance import docstrings, imports
 
 from support import ROOT
 
@@ -153,6 +153,28 @@ def test_an_import_inside_a_function_counts(tmp_path: Path) -> None:
     edges = imports.graph(tmp_path)
     assert edges["localrun.b"] == {"localrun.a"} and edges["localrun.c"] == {"localrun.b"}
     assert imports.cycles(edges) == [["localrun.a", "localrun.b"]]
+
+
+def test_docstrings_open_with_one_line_and_stay_short() -> None:
+    """docs/development.md's rule, as scripts/maintenance/docstrings.py reads it: a one-line
+    summary, then at most 15 lines for a module (a package's map aside) and 10 for the rest."""
+    assert docstrings.problems() == []
+
+
+def test_the_docstring_rule_reads_a_summary_and_a_length(tmp_path: Path) -> None:
+    package = tmp_path / "localrun"
+    package.mkdir()
+    (package / "a.py").write_text(
+        '"""One line.\n\nA body."""\n\n\ndef f() -> None:\n    """Two\n    lines."""\n'
+    )
+    (package / "__init__.py").write_text('"""The map.\n\n' + "    x.py  a line\n" * 20 + '"""\n')
+    long_body = "\n".join(["x"] * 11)
+    (package / "b.py").write_text(f'def g() -> None:\n    """Fine.\n\n{long_body}\n    """\n')
+    found = docstrings.problems(package)
+    assert found == [
+        "localrun/a.py:7: f: the summary takes 2 lines; make it one",
+        "localrun/b.py:2: g: 14 lines, over 10",
+    ]
 
 
 def test_modules_and_functions_stay_readable() -> None:

@@ -1,3 +1,1 @@
-"""The commands of one module each: store, pull, import, serve, ps and stop, info, runtime,
-upstream and --version.
-"""
+"""The CLI's commands, one module per command or group of related commands."""

@@ -1,6 +1,9 @@
-"""`localrun pull MODEL`: fetch a model from a registry (Ollama's library, any OCI registry),
-Hugging Face, ModelScope or the catalog; `localrun push MODEL`: to a registry; `localrun search
-[WORD]`: the catalog's names, and where a name comes from."""
+"""`localrun pull`, `push` and `search`: move models between the store and where they come from.
+
+`pull MODEL` fetches a model from a registry (Ollama's library, any OCI registry), Hugging Face,
+ModelScope or the catalog. `push MODEL` uploads one to a registry. `search [WORD]` lists the
+catalog's names and says where a name comes from.
+"""
 
 from __future__ import annotations
 
@@ -93,8 +96,10 @@ def search(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List the model names localrun knows (`pull` and `run` take them), with their sizes, and
-    say where a name comes from: the store, the catalog, a registry or a hub."""
+    """List the model names localrun knows, with their sizes, and where a name comes from.
+
+    `pull` and `run` take these names. A name comes from the store, the catalog, a registry or hub.
+    """
     from localrun.sources import obtain
     from localrun.store import catalog, reference
 

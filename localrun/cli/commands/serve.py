@@ -1,8 +1,8 @@
 """`localrun serve`: the HTTP API on uvicorn (see localrun.server).
 
-fastapi, uvicorn and the scheduler are imported inside the command (and logging and socket, a
-few milliseconds of every other command's start), so other commands never pay for them. The
-socket is bound (and listening) before the URL is printed: a client that reads the line can
+fastapi, uvicorn and the scheduler are imported inside the command, so other commands never pay
+for them. So are logging and socket, a few milliseconds of every other command's start. The
+socket is bound and listening before the URL is printed: a client that reads the line can
 connect at once, and `--port 0` prints the port the system picked.
 """
 
@@ -155,9 +155,12 @@ def serve(
 
 
 def _check_settings() -> None:
-    """Read every setting once, before the socket is bound: a bad value ends the start with its
-    one-line ConfigError. Most are read again where they are used (a route, a runner before
-    llama.cpp loads), where a bad one would fail every request, or only log or warn."""
+    """Read every setting once, before the socket is bound, so a bad value stops the start.
+
+    The start then ends with the value's one-line ConfigError. Most settings are read again where
+    they are used (a route, a runner before llama.cpp loads). There a bad value would fail every
+    request, or only log or warn.
+    """
     from localrun.settings import upstreams
 
     for setting in config.SETTINGS.values():
@@ -166,8 +169,11 @@ def _check_settings() -> None:
 
 
 def _advise() -> None:
-    """At each start: a GPU that nothing installed can use (said once), and how to make greedy
-    answers exact where they can depend on the batch."""
+    """Print the advice of each start: a GPU nothing installed can use, and exact answers.
+
+    The GPU is named once. The other line says how to make greedy answers exact where they can
+    depend on the batch.
+    """
     from localrun.runtimes.advice import detected_gpus, exact_line, say_once
 
     say_once(detected_gpus, lambda line: print(line, flush=True))
@@ -177,8 +183,10 @@ def _advise() -> None:
 
 
 def _configure_logging(debug: bool) -> None:
-    """Log to stderr, each message on one line (what a client sent is escaped); uvicorn's and
-    httpx's routine lines only with LOCALRUN_DEBUG."""
+    """Log to stderr, each message on one line, with what a client sent escaped.
+
+    uvicorn's and httpx's routine lines show only with LOCALRUN_DEBUG.
+    """
     import logging
 
     from localrun.server.http.escape import OneLineFormatter
@@ -198,8 +206,10 @@ def _server(
     debug: bool,
     tls_pair: tuple[Path, Path] | None,
 ) -> Server:
-    """uvicorn's server for the app, its HTTP protocol held to `limits`; HTTPS with
-    `tls_pair` (certificate, key)."""
+    """Return uvicorn's server for the app, its HTTP protocol held to `limits`.
+
+    It serves HTTPS when `tls_pair` (certificate, key) is given.
+    """
     import uvicorn
 
     from localrun.server import create_app
@@ -225,8 +235,10 @@ def _server(
     )
 
     class CleanExit(uvicorn.Server):
-        """uvicorn's server, minus re-raising Ctrl-C / SIGTERM after its clean shutdown (the
-        process would then die of the signal instead of exiting 0)."""
+        """Run uvicorn's server without re-raising Ctrl-C / SIGTERM after its clean shutdown.
+
+        Re-raised, the signal would kill the process instead of letting it exit 0.
+        """
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if self.should_exit:

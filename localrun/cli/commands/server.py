@@ -1,5 +1,7 @@
-"""`localrun ps` and `localrun stop`: the running server's loaded models (see
-localrun.cli.client)."""
+"""`localrun ps` and `localrun stop`: list and unload the running server's models.
+
+Both talk to the server through localrun.cli.client.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
     """List the models the server has loaded: size, CPU/GPU split, context, until when.
 
     SIZE is what the model takes loaded: its weights with each slot's KV cache and llama.cpp's
-    buffers, so more than its file. CONTEXT is what a request may hold (num_ctx, else
-    LOCALRUN_CONTEXT_LENGTH), at most the context the model was trained on, which `show`
-    prints as its context length."""
+    buffers, so more than its file. CONTEXT is what a request may hold: num_ctx, else
+    LOCALRUN_CONTEXT_LENGTH. It is at most the context the model was trained on, which `show`
+    prints as its context length.
+    """
     from localrun.cli.client import Client
 
     models = Client().ps()

@@ -270,8 +270,11 @@ def rm(
 
 
 def prune() -> None:
-    """Remove unused blobs, leftovers of interrupted writes, the disk prompt cache, the llama.cpp
-    source a runtime install kept and (from the single binary) its other unpacked builds."""
+    """Free disk space: remove unused blobs, leftovers of interrupted writes, and caches.
+
+    The caches are the disk prompt cache, the llama.cpp source a runtime install kept, and the
+    single binary's other unpacked builds.
+    """
     from localrun.engine.prompts import disk_cache as prompt_cache
     from localrun.host import selfexec
     from localrun.runtimes import source

@@ -1,39 +1,15 @@
-"""What each coding agent `localrun launch` starts needs to talk to the local server: its
-program, the environment, arguments and files that point it at localrun, the context its
-prompt needs, and how to install it. Pure: writes nothing (launch_cmd writes the files).
+"""Build what each coding agent that `localrun launch` starts needs to talk to the local server.
 
-Only the child's environment and files under localrun's own folder are written: no file of
-the user's (Ollama's launch edits OpenCode's config; here OpenCode gets its provider through
-OPENCODE_CONFIG_CONTENT, which it merges over the user's config).
+For each agent: its program, the environment, arguments and files that point it at localrun,
+the context its prompt needs, and how to install it. Pure: launch_cmd writes the files.
 
-- Claude Code speaks Anthropic's API: ANTHROPIC_BASE_URL and a token, and every model it would
-  pick by itself (the Opus/Sonnet/Haiku defaults, the small fast model, subagents) mapped to the
-  chosen one, since localrun serves no model by those names; its non-essential traffic is off,
-  so it works offline; told the window (CLAUDE_CODE_MAX_CONTEXT_TOKENS) and an answer's room,
-  and not to think when the model cannot; its per-request attribution line is off (it changes
-  every request, so the prompt cache could never reuse the system prompt).
-- Codex speaks the Responses API: a model provider of its own, given as `-c` overrides, with
-  the window and when to compact; its hosted web search off (no search engine here). A model
-  Codex does not know gets no apply_patch tool: a one-model catalog (`model_catalog_json`,
-  read at start in place of its built-in one) describes the model as Codex's fallback for an
-  unknown model does (codex-rs/models-manager/src/model_info.rs, 0.169.0), its instructions
-  too (codex_prompt.md: Codex's prompt.md, Apache-2.0, codex_prompt.md.LICENSE), with
-  `apply_patch_tool_type: freeform`, so that Codex offers apply_patch as a custom tool in its
-  Lark grammar, which the server holds the model's patch to.
-- OpenCode speaks OpenAI's chat completions through the AI SDK's openai-compatible provider,
-  with the model's window and output limit (OpenCode compacts by them).
-- Aider speaks Ollama's API through litellm (`ollama_chat/`): a model-settings file fixes
-  num_ctx (else Aider sends a different one with every request, and each would reload the
-  model) and a metadata file tells it the window.
+Only the child's environment and files under localrun's own folder are written, never a file of
+the user's. Ollama's launch edits OpenCode's config; here OpenCode gets its provider through
+OPENCODE_CONFIG_CONTENT, which it merges over the user's config.
 
-Each agent's first prompt, with its recorded release and default tools, is the largest of what
-it takes on the tokenizers at hand (SmolLM2's and Gemma 3's; scripts/measure/agent_prompts.py):
-Claude Code 20,198 tokens, Codex 9,062 (with apply_patch), OpenCode 7,714, Aider 741. `need` is
-the least context the agent works in: its prompt, an answer's room and what it keeps free
-besides (`keeps`: Claude Code compacts 13,000 tokens before the end; Codex and OpenCode get a
-tool call and its result; Aider its repository map); tests/integration/cli/test_agent_prompts.py
-holds it to the measure. `want` is what launch gives it when the model was trained on that
-much.
+Claude Code speaks Anthropic's API, Codex the Responses API, OpenCode OpenAI's chat completions
+and Aider Ollama's API. Comments at _claude, _codex, _opencode and _aider say why each is set up
+as it is; the comment above TOOLS says how the context each agent needs was measured.
 """
 
 from __future__ import annotations
@@ -46,8 +22,10 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Launch:
-    """The program to run, its arguments, the environment it gets on top of the user's, and
-    files (path -> text) to write before it starts."""
+    """A program to run: its arguments, its environment, and files to write before it starts.
+
+    The environment goes on top of the user's. `files` maps a path to its text.
+    """
 
     argv: list[str]
     env: dict[str, str]
@@ -56,8 +34,7 @@ class Launch:
 
 @dataclass(frozen=True)
 class Setup:
-    """What the agent is told of the model: its context, whether it thinks, and where launch
-    keeps the agent's files."""
+    """What the agent is told of the model (context, thinking), and where its files are kept."""
 
     num_ctx: int
     thinks: bool
@@ -77,13 +54,17 @@ class Tool:
     keeps: int = 0  # tokens it keeps free besides its prompt and an answer's room
 
     def fits(self, prompt: int, num_ctx: int) -> bool:
-        """Whether a first prompt of `prompt` tokens leaves the agent, in a window of
-        `num_ctx`, the room it keeps: an answer's (output_room) and its own `keeps`."""
+        """Whether a first prompt of `prompt` tokens leaves the agent the room it keeps.
+
+        In a window of `num_ctx`, that room is an answer's (output_room) and its own `keeps`.
+        """
         return prompt + output_room(num_ctx) + self.keeps <= num_ctx
 
     def launch(self, url: str, key: str, model: str, extra: list[str], setup: Setup) -> Launch:
-        """Arguments, environment and files that point the tool at the server at `url` (its
-        root), with API key `key`, on `model`; `extra` goes to the tool as given."""
+        """Return the Launch that points the tool at the server at `url`, on `model`.
+
+        `url` is the server's root and `key` its API key. `extra` goes to the tool as given.
+        """
         if self.name == "claude":
             return _claude(self.program, url, key, model, extra, setup)
         if self.name == "codex":
@@ -98,6 +79,12 @@ def output_room(num_ctx: int) -> int:
     return 8192 if num_ctx >= 65536 else 4096 if num_ctx >= 16384 else max(512, num_ctx // 8)
 
 
+# Claude Code speaks Anthropic's API: ANTHROPIC_BASE_URL and a token. Every model it would pick
+# by itself (the Opus/Sonnet/Haiku defaults, the small fast model, subagents) maps to the chosen
+# one, since localrun serves no model by those names. Its non-essential traffic is off, so it
+# works offline. It is told the window and an answer's room, and not to think when the model
+# cannot. Its per-request attribution line is off: it changes every request, so the prompt cache
+# could never reuse the system prompt.
 def _claude(program: str, url: str, key: str, model: str, extra: list[str], s: Setup) -> Launch:
     env = {
         "ANTHROPIC_BASE_URL": url,
@@ -115,6 +102,8 @@ def _claude(program: str, url: str, key: str, model: str, extra: list[str], s: S
     return Launch([program, "--model", model, *extra], env)
 
 
+# Codex speaks the Responses API: a model provider of its own, given as `-c` overrides, with the
+# window and when to compact. Its hosted web search is off: there is no search engine here.
 def _codex(program: str, url: str, key: str, model: str, extra: list[str], s: Setup) -> Launch:
     provider = {
         "name": "localrun",
@@ -138,10 +127,18 @@ def _codex(program: str, url: str, key: str, model: str, extra: list[str], s: Se
     return Launch(argv, {"LOCALRUN_CODEX_KEY": key}, {catalog: _codex_catalog(model)})
 
 
+# A model Codex does not know gets no apply_patch tool. So a one-model catalog
+# (`model_catalog_json`, read at start in place of the built-in one) describes the model as
+# Codex's fallback for an unknown model does (codex-rs/models-manager/src/model_info.rs, 0.169.0).
+# Its instructions are Codex's too: codex_prompt.md is Codex's prompt.md (Apache-2.0,
+# codex_prompt.md.LICENSE). With `apply_patch_tool_type: freeform`, Codex offers apply_patch as a
+# custom tool in its Lark grammar, which the server holds the model's patch to.
 def _codex_catalog(model: str) -> str:
-    """Codex's catalog of one model: the metadata Codex 0.169.0 falls back on for a model it
-    does not know (those of its fields a catalog must give), but for apply_patch as Codex's
-    free-form tool. The window and compaction come from the `-c` overrides."""
+    """Return Codex's catalog of one model, with apply_patch as Codex's free-form tool.
+
+    The other fields are the metadata Codex 0.169.0 falls back on for a model it does not know
+    (those a catalog must give). The window and compaction come from the `-c` overrides.
+    """
     entry = {
         "slug": model,
         "display_name": model,
@@ -168,6 +165,8 @@ def _safe(model: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
 
 
+# OpenCode speaks OpenAI's chat completions through the AI SDK's openai-compatible provider. It
+# gets the model's window and output limit, by which it compacts.
 def _opencode(program: str, url: str, key: str, model: str, extra: list[str], s: Setup) -> Launch:
     entry: dict[str, object] = {
         "name": model,
@@ -190,6 +189,9 @@ def _opencode(program: str, url: str, key: str, model: str, extra: list[str], s:
     return Launch([program, *extra], {"OPENCODE_CONFIG_CONTENT": json.dumps(config)})
 
 
+# Aider speaks Ollama's API through litellm (`ollama_chat/`). A model-settings file fixes num_ctx:
+# else Aider sends a different one with every request, and each would reload the model. A
+# metadata file tells it the window.
 def _aider(program: str, url: str, key: str, model: str, extra: list[str], s: Setup) -> Launch:
     name = f"ollama_chat/{model}"
     safe = _safe(model)
@@ -238,6 +240,13 @@ _CLAUDE_MODELS = (
     "CLAUDE_CODE_SUBAGENT_MODEL",
 )
 
+# `prompt` is the agent's first prompt, with its recorded release and default tools, counted on
+# the tokenizers at hand (SmolLM2's and Gemma 3's; scripts/measure/agent_prompts.py); the larger
+# count is kept. `need` is the least context the agent works in: its prompt, an answer's room and
+# what it keeps free besides (`keeps`). Claude Code compacts 13,000 tokens before the end; Codex
+# and OpenCode keep a tool call and its result; Aider its repository map.
+# tests/integration/cli/test_agent_prompts.py holds `need` to the measure. `want` is what launch
+# gives the agent when the model was trained on that much.
 TOOLS = {
     tool.name: tool
     for tool in (

@@ -1,19 +1,16 @@
-"""`localrun launch claude|codex|opencode|aider`: a coding agent on a local model.
+"""`localrun launch claude|codex|opencode|aider`: start a coding agent on a local model.
 
-The agent is pointed at the server at LOCALRUN_HOST (localrun.cli.launch.agents says how for each).
-When none answers there, `localrun serve` is started for the agent's session, in a session of
-its own (the agent's Ctrl-C interrupts the agent, not the server) with its log in a file (its
-lines would tear the agent's screen), and stopped when the agent exits. The model is checked
-first: with a running server, that it serves it; otherwise it is found in the store, imported
-or pulled as `localrun run` would.
+The agent is pointed at the server at LOCALRUN_HOST (localrun.cli.launch.agents says how for
+each). When none answers there, `localrun serve` is started for the agent's session and stopped
+when the agent exits (see _serve). The model is checked first: with a running server, that it
+serves it; otherwise it is found in the store, imported or pulled as `localrun run` would.
 
 The agent gets the context its prompt needs: the agent's `want`, held to what the model was
-trained on (or `--context N`); a model trained on less than the agent `need`s is refused with
-the reason. Unless the model's own num_ctx is already that, the agent works with a variant of
-it, `NAME:TAG-ctx32k` (`PARAMETER num_ctx 32768` over the same weights, created through the
-server), so that every request of the agent's loads the model with that context, whatever
-the agent leaves out of its requests; the agent is told the same window. `--dry-run` prints the
-environment, the files and the command line and starts nothing.
+trained on (or `--context N`). A model trained on less than the agent `need`s is refused with
+the reason. Unless the model's own num_ctx is already that, the agent works with a variant such
+as `NAME:TAG-ctx32k`, which loads with that context whatever the agent's requests leave out
+(localrun.cli.launch.context). The agent is told the same window. `--dry-run` prints the
+environment, the files and the command line, and starts nothing.
 """
 
 from __future__ import annotations
@@ -104,8 +101,10 @@ def launch(
 
 
 def _write(spec: launchers.Launch) -> None:
-    """The agent's files, in localrun's own folder (they name the server's key), each replaced
-    whole: a link planted there is replaced, never written through."""
+    """Write the agent's files in localrun's own folder, each replaced whole.
+
+    They name the server's key. A link planted there is replaced, never written through.
+    """
     for path, text in spec.files.items():
         try:
             private.private_dir(path.parent)
@@ -125,8 +124,10 @@ def _unwritable(exc: OSError, path: Path) -> LocalrunError:
 
 
 def _model(given: str | None, client: Client | None, tool: launchers.Tool, dry_run: bool) -> str:
-    """The model to launch on: served by the running server, or found (imported, pulled)
-    in the store."""
+    """Return the model to launch on, served by the running server or found in the store.
+
+    Without a server, a model not in the store is imported or pulled now.
+    """
     if not given:
         store = open_store()
         mine = [str(e.name) for e in sorted(store.entries(), key=lambda e: -e.modified)][:3]
@@ -168,8 +169,11 @@ def _find(tool: launchers.Tool) -> str:
 
 
 def _print(spec: launchers.Launch, client: Client, up: bool, told: str) -> None:
-    """`spec` (made with SHOWN_KEY for the key) as --dry-run shows it: the key is never
-    printed, the variable that holds it is named instead ("localrun" where none is set)."""
+    """Print `spec` as --dry-run shows it, naming the variable that holds the key.
+
+    `spec` is made with SHOWN_KEY for the key, so the key itself is never printed. Where no key
+    is set, "localrun" is shown.
+    """
     key = "$LOCALRUN_API_KEY" if client.api_key else "localrun"
     if not up:
         print(f"# no server answers at {client.url}: `localrun serve` would be started there")
@@ -183,7 +187,11 @@ def _print(spec: launchers.Launch, client: Client, up: bool, told: str) -> None:
 
 
 def _serve(client: Client, tool: launchers.Tool) -> subprocess.Popen[bytes]:
-    """Start `localrun serve` at LOCALRUN_HOST and wait until it answers."""
+    """Start `localrun serve` at LOCALRUN_HOST and wait until it answers.
+
+    It runs in a session of its own, so the agent's Ctrl-C interrupts the agent, not the server.
+    Its log goes to a file, since its lines would tear the agent's screen.
+    """
     if client.https and config.tls_pair() == (None, None):
         raise ConfigError(
             f"no server answers at {client.url}, and one started here would not serve HTTPS",

@@ -1,12 +1,12 @@
-"""The context a launched agent gets: what the model holds, what the agent needs, and the
-model variant that loads with it (`localrun launch`).
+"""Choose the context a launched agent gets, and the model variant that loads with it.
 
-An agent's requests say nothing of the context (only Aider's do), so the server would load the
-model with its default (4096 tokens, or the model's PARAMETER num_ctx), too small for an agent's
-prompt. launch gives the agent a variant of the model instead, `NAME:TAG-ctx32k`: the same
-weights with `PARAMETER num_ctx 32768`, created through the server (a manifest and a small
-parameters layer; creating it again changes nothing), which is what an Ollama user does by hand
-with a Modelfile.
+The choice weighs what the model holds against what the agent needs (`localrun launch`).
+An agent's requests say nothing of the context (only Aider's do). So the server would load the
+model with its default: 4096 tokens, or the model's PARAMETER num_ctx. That is too small for an
+agent's prompt. launch gives the agent a variant of the model instead, `NAME:TAG-ctx32k`: the
+same weights with `PARAMETER num_ctx 32768`, created through the server. The variant is a
+manifest and a small parameters layer, and creating it again changes nothing. An Ollama user
+does the same by hand with a Modelfile.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Facts:
-    """What launch knows of a model: the context it was trained on and its own num_ctx (None:
-    not known) and whether it can think."""
+    """What launch knows of a model: its trained context, its own num_ctx, whether it thinks.
+
+    Either number is None when it is not known.
+    """
 
     trained: int | None = None
     num_ctx: int | None = None
@@ -37,8 +39,10 @@ class Facts:
 
 
 def facts(name: str, client: Client | None) -> Facts:
-    """The model's facts, from the running server's /api/show, else from the store (none
-    for a model that is not there yet: a dry run's)."""
+    """Return the model's facts from the running server's /api/show, else from the store.
+
+    A model not in the store yet (a dry run's) gets empty Facts.
+    """
     if client is not None:
         return _from_show(client.show(name))
     from localrun.model import capabilities
@@ -70,9 +74,12 @@ def _from_show(shown: dict[str, Any]) -> Facts:
 
 
 def choose(tool: launchers.Tool, name: str, known: Facts, asked: int | None) -> int:
-    """The context `tool` gets on model `name`: `asked`, else the model's own num_ctx when it
-    is enough, else the tool's `want`; never more than the model was trained on. A model that
-    cannot hold what the tool needs is a ConfigError saying why (`asked` goes ahead, warned)."""
+    """Return the context `tool` gets on model `name`, never more than the model was trained on.
+
+    That is `asked`, else the model's own num_ctx when it is enough, else the tool's `want`. A
+    model that cannot hold what the tool needs is a ConfigError saying why. An `asked` context
+    below the need goes ahead, with a warning.
+    """
     ceiling = known.trained
     if asked is not None:
         if ceiling is not None and asked > ceiling:

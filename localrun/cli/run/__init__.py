@@ -1,3 +1,4 @@
-"""`localrun run`: the one-shot answer, the terminal chat and --batch, over a session with a
-running server or a model loaded in this process.
+"""`localrun run`: answer once, chat in the terminal or run --batch, with a server or in-process.
+
+The session talks to a running server, or to a model loaded in this process.
 """

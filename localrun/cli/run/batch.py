@@ -1,11 +1,10 @@
-"""`localrun run MODEL --batch prompts.jsonl [--output out.jsonl]`.
+"""Answer a file of prompts: `localrun run MODEL --batch prompts.jsonl [--output out.jsonl]`.
 
-Each input line is a JSON string (the prompt) or an object with `prompt` or `messages`, and
-optionally `id`, `system`, `options`, `format` and `images` (file paths or base64, on the line
-or on a message). Each output line answers the input line of
-the same position, in order, keeping its `id`; durations are in nanoseconds, with the field names
-of Ollama's API. A bad line gives an error record and the batch goes on; the exit status is 1 if
-any line failed.
+Each input line is a JSON string (the prompt) or an object with `prompt` or `messages`. An object
+may also hold `id`, `system`, `options`, `format` and `images` (file paths or base64, on the line
+or on a message). Each output line answers the input line of the same position, in order, and
+keeps its `id`. Durations are in nanoseconds, with the field names of Ollama's API. A bad line
+gives an error record and the batch goes on; the exit status is 1 if any line failed.
 """
 
 from __future__ import annotations
@@ -56,8 +55,10 @@ def _with_images(message: dict[str, Any], item: dict[str, Any]) -> dict[str, Any
 
 
 def parse_line(item: Any) -> dict[str, Any]:
-    """One input line's JSON -> {messages, id, system, options, format}; raises
-    InvalidParameterError."""
+    """Turn one input line's JSON into {messages, id, system, options, format}.
+
+    A line that is neither a string nor a valid object raises InvalidParameterError.
+    """
     if isinstance(item, str):
         item = {"prompt": item}
     if not isinstance(item, dict):

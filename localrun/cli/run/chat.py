@@ -1,7 +1,7 @@
 """The terminal chat of `localrun run MODEL`: streaming answers, slash commands, history.
 
-Each turn re-renders the whole conversation, and the engine reuses the KV cache of the part it
-has already seen, so a turn costs only its new tokens (`--verbose` shows the counts). The chat
+Each turn re-renders the whole conversation. The engine reuses the KV cache of the part it has
+already seen, so a turn costs only its new tokens (`--verbose` shows the counts). The chat
 talks to a Session: the model on the running server, or one loaded in this process.
 """
 
@@ -314,8 +314,10 @@ _IMAGE_PATH = re.compile(
 
 
 def _starts_with_image(line: str) -> bool:
-    """Whether a line that starts with "/" starts with an image's path (a message, not a
-    command), as Ollama's chat tells them apart."""
+    """Whether a line that starts with "/" starts with an image's path, as Ollama's chat checks.
+
+    Such a line is a message, not a command.
+    """
     match = _IMAGE_PATH.match(line)
     return match is not None and os.path.isfile(
         os.path.expanduser(next(g for g in match.groups() if g).replace("\\ ", " "))
@@ -323,8 +325,10 @@ def _starts_with_image(line: str) -> bool:
 
 
 def attach_images(text: str) -> tuple[str, list[str]]:
-    """The message without the paths of the image files it names, and those images (base64),
-    said on stderr as they are added; a path that is no file stays text."""
+    """Split a message into its text without the image paths it names, and those images (base64).
+
+    Each image is announced on stderr as it is added. A path that is no file stays text.
+    """
     from localrun.request import media
 
     images: list[str] = []

@@ -157,8 +157,10 @@ def _overrides(
 
 
 def _prompt(prompt: list[str] | None, batch: Path | None) -> tuple[str, str | None]:
-    """The prompt's text, with what was piped to stdin (none is read with --batch) after it;
-    and what was piped (None when stdin is a terminal)."""
+    """Return the prompt's text, with what was piped to stdin after it, and what was piped.
+
+    What was piped is None when stdin is a terminal. With --batch, stdin is not read.
+    """
     text = " ".join(prompt or [])
     piped = None
     if batch is None and not sys.stdin.isatty():
@@ -194,8 +196,10 @@ def one_shot(
     images: list[str] | None = None,
     sounds: list[str] | None = None,
 ) -> None:
-    """Stream the answer to `text` (with `images` and `sounds`, base64) to stdout (its thinking
-    before it), then any timings."""
+    """Stream the answer to `text` to stdout, its thinking before it, then any timings.
+
+    `images` and `sounds` go with the text, base64.
+    """
     message: dict[str, Any] = {"role": "user", "content": text}
     if images:
         message["images"] = images

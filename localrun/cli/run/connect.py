@@ -1,10 +1,10 @@
-"""Which model `localrun run` talks to: the running server's, or one loaded in this process.
+"""Choose the model `localrun run` talks to: the running server's, or one loaded in this process.
 
-`open_session()` probes LOCALRUN_HOST: when a server answers, the model is loaded (and stays warm
-between invocations) there; otherwise it is loaded here, as before the server existed. A model
-the server lacks that another runner here has (with LOCALRUN_OTHER_RUNNERS in this command's
-environment) is imported in place into this store first, as without a server. The remote path
-imports neither llama_cpp nor the runner.
+`open_session()` probes LOCALRUN_HOST. When a server answers, the model is loaded there and stays
+warm between invocations; otherwise it is loaded here. A model the server lacks that another
+runner here has is first imported in place into this store, as without a server. That needs
+LOCALRUN_OTHER_RUNNERS in this command's environment. The remote path imports neither llama_cpp
+nor the runner.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""A model loaded in this process (worker.local), for `localrun run` when no server answers:
-one slot, so one conversation's KV cache, the same runner and engine as a server's."""
+"""Load a model in this process (worker.local) for `localrun run` when no server answers.
+
+It has one slot, so one conversation's KV cache, and the same runner and engine as a server's.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ if TYPE_CHECKING:
 
 
 def _runs_on() -> str:
-    """What runs a model loaded in this process, as `info` says it (the GPU runtime or the
-    bindings' own, and the exact CPU library)."""
+    """Say what runs a model loaded in this process, as `info` says it.
+
+    That is the GPU runtime or the bindings' own library, and the exact CPU library.
+    """
     from localrun.engine.library.buildinfo import build_info
 
     return build_info().runs_on
@@ -137,16 +141,20 @@ class LocalSession:
 
 
 def _load_runner(store: Any, found: Any, manifest: Any, overrides: dict[str, Any]) -> LocalRunner:
-    """The model the manifest read for the name `found` says, loaded here: the name is
-    resolved once, now; what the runner (and the probe before it) loads is that."""
+    """Load here the model that the manifest read for the name `found` describes.
+
+    The name is resolved once, now: the runner, and the probe before it, load that model.
+    """
     from localrun.model import stored as model_mod
 
     return _open(model_mod.load(store, found, manifest), overrides)
 
 
 def _open(model: Model, overrides: dict[str, Any]) -> LocalRunner:
-    """`model` loaded here with `overrides` (its context decided now), its load warnings said
-    as they are found."""
+    """Load `model` here with `overrides`, deciding its context now.
+
+    Its load warnings are printed as they are found.
+    """
     from localrun.worker.local import open_local
 
     return open_local(model.load_spec(overrides), warn=warn)

@@ -1,6 +1,8 @@
-"""The CLI's session with the model of a running server (LOCALRUN_HOST): the chat streamed from
-/api/chat, the model's view read from /api/show, a model the server lacks pulled or imported, and
-a not-found that names the server and store that answered."""
+"""Hold the CLI's session with the model of a running server (LOCALRUN_HOST).
+
+The chat streams from /api/chat, and the model's view is read from /api/show. A model the server
+lacks is pulled or imported. A not-found error names the server and store that answered.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +21,11 @@ if TYPE_CHECKING:
 
 
 class RemoteAnswer:
-    """An answer streamed from /api/chat; cancel() closes the connection, which the server
-    takes as the end of the request (the slot is freed within a token)."""
+    """An answer streamed from /api/chat, which cancel() ends.
+
+    cancel() closes the connection, which the server takes as the end of the request. The slot is
+    freed within a token.
+    """
 
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
@@ -95,9 +100,12 @@ def timings_from_final(obj: dict[str, Any]) -> Timings:
 
 
 def answered_by(client: Client, name: str, exc: LocalrunError) -> LocalrunError:
-    """A model the server at LOCALRUN_HOST does not have (not in its store, nor to be pulled):
-    `exc`, naming the server that answered (and its store, where it says), and, where the store
-    of this command has the model, saying that the server keeps another."""
+    """Return `exc` for a model the server at LOCALRUN_HOST lacks, naming the server that answered.
+
+    The model is not in the server's store, nor to be pulled. The error names the server's store
+    too, where the server says it. Where this command's store has the model, the hint says that
+    the server keeps another store.
+    """
     from localrun.cli.common import open_store
     from localrun.store import reference
 
@@ -161,10 +169,13 @@ class RemoteSession:
         self.name = loaded.get("model") or name
 
     def _import_here(self, name: str, retry: Callable[[str], object]) -> bool:
-        """Import a model the server lacks (it was started without LOCALRUN_OTHER_RUNNERS)
-        that this command's LOCALRUN_OTHER_RUNNERS finds, in place into the store here, as
-        `localrun run` without a server and a server with the setting do; then `retry(name)`.
-        False when the setting is off here or no other runner has the model."""
+        """Import a model the server lacks from another runner into the store here, then retry.
+
+        The server was started without LOCALRUN_OTHER_RUNNERS, but this command's setting finds
+        the model. It is imported in place, as `localrun run` without a server does, and as a
+        server with the setting does. Then `retry(name)` runs. Return False when the setting is
+        off here or no other runner has the model.
+        """
         from localrun.settings import config
 
         if not config.other_runners():

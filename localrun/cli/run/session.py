@@ -1,6 +1,8 @@
-"""What `localrun run` talks to, as the one-shot answer, the chat REPL and --batch see it: the
-`Session` and `Answer` protocols. cli/run/connect.py opens one: the running server's model
-(cli/run/remote.py) or one loaded in this process (cli/run/local.py).
+"""Define what `localrun run` talks to: the `Session` and `Answer` protocols.
+
+The one-shot answer, the chat REPL and --batch all see a session this way. cli/run/connect.py
+opens one: the running server's model (cli/run/remote.py) or one loaded in this process
+(cli/run/local.py).
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
-"""`python -m localrun.engine.library.backend_check MODULE [LIBRARY_FOLDER...]`: load a freshly
-built backend module into llama.cpp in a process of its own and print what it registered as one JSON
-line:
+"""Load a freshly built backend module into llama.cpp in a process of its own, and report it.
+
+`python -m localrun.engine.library.backend_check MODULE [LIBRARY_FOLDER...]` prints what the
+module registered as one JSON line:
 {"error": null, "backend": "Vulkan", "devices": ["Vulkan0 (...)"]}.
 
-`--exact MODULE`: the exact runtime's CPU library (localrun/runtimes/exact.py) instead, loaded in
-place of the installed one before llama.cpp: it must be the process's only libggml-cpu, and
-llama.cpp must register its CPU device from it.
+`--exact MODULE` checks the exact runtime's CPU library (localrun/runtimes/exact.py) instead. It is
+loaded in place of the installed one, before llama.cpp: it must be the process's only
+libggml-cpu, and llama.cpp must register its CPU device from it.
 
-The runtime install (localrun.runtimes.build) runs this before a runtime is moved into place: a
+The runtime install (localrun.runtimes.build) runs this before a runtime is moved into place. A
 module that does not load, or crashes the process that loads it, is never installed. A module
 that loads but finds no GPU (a machine without one, building ahead) is installed, and the
 install says so.

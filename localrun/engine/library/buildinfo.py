@@ -1,10 +1,12 @@
-"""What the llama.cpp of this process can use: GPU offload, backends, devices, CPU features,
-the GPU runtime loaded into it, and the exact runtime's CPU library (localrun/runtimes).
+"""What the llama.cpp of this process can use: GPU offload, backends, devices and CPU features.
 
-The one place these facts are read from llama_cpp. The backend names and devices are those of
-the ggml that libllama uses (runtimes/ggml.py says why not llama_cpp._ggml's), read once by
-runtimes/activate after it loaded the runtime; where that registry cannot be reached, the names
-come from `llama_print_system_info()`, which lists only the backends that report features.
+It also names the GPU runtime loaded into it, and the exact runtime's CPU library
+(localrun/runtimes). This is the one place these facts are read from llama_cpp.
+
+The backend names and devices are those of the ggml that libllama uses (runtimes/ggml.py says why
+not llama_cpp._ggml's). runtimes/activate reads them once, after it loaded the runtime. Where that
+registry cannot be reached, the names come from `llama_print_system_info()`, which lists only the
+backends that report features.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ class BuildInfo:
 
     @property
     def runs_on(self) -> str:
-        """What runs models, in one line: info's runtime and, where it is loaded, its exact
-        CPU library (for run --verbose)."""
+        """What runs models, in one line: info's runtime and, where loaded, its exact CPU library.
+
+        It is for run --verbose.
+        """
         return self.runtime_text + (f", exact CPU library {self.exact}" if self.exact else "")
 
 

@@ -1,13 +1,14 @@
-"""The llama.cpp parameters localrun loads every model with on this machine, decided from the
-build and the CPU: the engine's models, and every model a test, a script or a benchmark loads
-through llama-cpp-python or starts llama.cpp's own programs on (tests/unit/engine/test_machine.py
-holds every file under tests/ and scripts/ to it).
+"""The llama.cpp parameters every model loads with on this machine, from the build and the CPU.
 
-Why one place: llama-cpp-python's and llama.cpp's programs' defaults differ from localrun's
-where the machine matters. On a CPU with AMX, llama.cpp's default weight repacking puts Q4_0
-and Q8_0 weights into AMX buffers whose matrix multiplication segfaults (llama.cpp#20824): a
-test or a benchmark anchor that loaded a model with the defaults crashed on such a machine
-while `localrun run` worked.
+They hold for the engine's models, and for every model a test, a script or a benchmark loads through
+llama-cpp-python or starts llama.cpp's own programs on. tests/unit/engine/test_machine.py holds
+every file under tests/ and scripts/ to it.
+
+Why one place: llama-cpp-python's and llama.cpp's programs' defaults differ from localrun's where
+the machine matters. On a CPU with AMX, llama.cpp's default weight repacking puts Q4_0 and Q8_0
+weights into AMX buffers whose matrix multiplication segfaults (llama.cpp#20824). A test or a
+benchmark anchor that loaded a model with the defaults crashed on such a machine, while
+`localrun run` worked.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ class MachineParams:
         return mparams
 
     def server_args(self) -> list[str]:
-        """The same, as arguments of llama.cpp's programs built on its common arguments
-        (llama-server, llama-cli, llama-mtmd-cli)."""
+        """The same, as arguments of llama.cpp's programs built on its common arguments.
+
+        Those are llama-server, llama-cli and llama-mtmd-cli.
+        """
         return [] if self.repack else ["--no-repack"]
 
     def bench_args(self) -> list[str]:
@@ -55,10 +58,12 @@ class MachineParams:
 
     @contextlib.contextmanager
     def defaults(self) -> Iterator[None]:
-        """llama-cpp-python's default model parameters carry these while inside: for a
-        `llama_cpp.Llama` built by code that is not ours (llama_cpp.server), since Llama takes
-        no argument for repacking. Not thread-safe against other code that reads the defaults
-        meanwhile; `llama` below holds it for one construction."""
+        """Make llama-cpp-python's default model parameters carry these while inside.
+
+        It is for a `llama_cpp.Llama` built by code that is not ours (llama_cpp.server), since Llama
+        takes no argument for repacking. It is not thread-safe against other code that reads the
+        defaults meanwhile; `llama` below holds it for one construction.
+        """
         from localrun.engine.library.native import lc
 
         module = lc.llama_cpp  # llama.py calls llama_cpp.llama_cpp.llama_model_default_params
@@ -71,8 +76,11 @@ class MachineParams:
                 module.llama_model_default_params = real
 
     def llama(self, model_path: str, **kwargs: Any) -> Any:
-        """A `llama_cpp.Llama` of `model_path` loaded with these parameters; `kwargs` are
-        Llama's own (n_threads and n_threads_batch default to `threads`, as the engine's)."""
+        """A `llama_cpp.Llama` of `model_path` loaded with these parameters.
+
+        `kwargs` are Llama's own; n_threads and n_threads_batch default to `threads`, as the
+        engine's do.
+        """
         from localrun.engine.library.native import lc
 
         kwargs.setdefault("n_threads", self.threads)
@@ -85,8 +93,10 @@ class MachineParams:
 
 
 def machine_params() -> MachineParams:
-    """The parameters for this machine, under the settings in force now (LOCALRUN_CPU_REPACK
-    is read at each call, so a test may set it)."""
+    """The parameters for this machine, under the settings in force now.
+
+    LOCALRUN_CPU_REPACK is read at each call, so a test may set it.
+    """
     system_info = build_info().system_info
     amx = AMX in system_info
     mode = config.cpu_repack()

@@ -14,19 +14,17 @@ CXX_RUNTIME = "libstdc++.so.6"
 
 
 def load_cxx_runtime() -> None:
-    """Load the system's C++ runtime into the process's global symbols, before llama.cpp's
-    libraries. Linux only (elsewhere there is nothing to do).
+    """Load the system's C++ runtime globally, before llama.cpp's libraries (Linux only).
 
-    Python links no C++ runtime, and llama_cpp opens its libraries with ctypes (RTLD_LOCAL),
-    each with its dependencies in its own lookup scope. A CUDA build of ggml's libggml-cuda.so
-    exports weak copies of standard-library symbols (1,764 in a CUDA 13 build for an H100).
-    Seen there: every load of a model with a BPE tokenizer crashed (SIGSEGV) in libllama's
-    std::regex, compiling the pre-tokenizer's regex inside llama_model_load_from_file, in code
-    that resolved into libggml-cuda.so; with libstdc++ preloaded (LD_PRELOAD) it never did.
-    llama-server links libstdc++ itself, so its symbols come first there. Loading it here,
-    globally, puts the one runtime ahead of every library llama_cpp opens; a build without
-    CUDA is unaffected.
+    Python links no C++ runtime, and llama_cpp opens its libraries with ctypes (RTLD_LOCAL), each
+    with its dependencies in its own lookup scope. A CUDA build's libggml-cuda.so exports weak
+    copies of standard-library symbols (1,764 in a CUDA 13 build for an H100). There, every load of
+    a model with a BPE tokenizer crashed (SIGSEGV) in libllama's std::regex, in code that resolved
+    into libggml-cuda.so. With libstdc++ preloaded (LD_PRELOAD) it never did, and llama-server links
+    libstdc++ itself. Loading it here puts the one runtime ahead of every library llama_cpp opens; a
+    build without CUDA is unaffected.
     """
+    # The crash was in compiling the pre-tokenizer's regex, inside llama_model_load_from_file.
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError):  # a system on another C++ runtime (libc++): nothing to do
@@ -48,11 +46,13 @@ import llama_cpp as lc  # noqa: E402  (after the C++ runtime and the exact runti
 
 
 def memory(ctx: Any) -> lc.llama_memory_t:
-    """A context's memory (llama_get_memory), the handle the llama_memory_* calls take. NULL
-    (None) for a model that keeps none (an encoder: BERT, nomic-bert): llama.cpp's
-    llama_memory_* functions take NULL and do nothing (seq_rm answers true, seq_pos_max -1),
-    though llama_cpp annotates them as needing a handle. Typed as one: callers pass it on
-    as it is, NULL included."""
+    """A context's memory (llama_get_memory), the handle the llama_memory_* calls take.
+
+    It is NULL (None) for a model that keeps none (an encoder: BERT, nomic-bert). llama.cpp's
+    llama_memory_* functions take NULL and do nothing (seq_rm answers true, seq_pos_max -1), though
+    llama_cpp annotates them as needing a handle. It is typed as one: callers pass it on as it is,
+    NULL included.
+    """
     return cast("lc.llama_memory_t", lc.llama_get_memory(ctx))
 
 

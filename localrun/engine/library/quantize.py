@@ -56,8 +56,10 @@ def check_type(kind: str) -> str:
 
 
 def for_create(kind: str, threads: int = 0) -> Quantize:
-    """What `create` needs to store a model quantized to `kind` (refused now if unknown), on
-    `threads` threads (0: every core)."""
+    """What `create` needs to quantize a model to `kind` on `threads` threads (0: every core).
+
+    An unknown `kind` is refused now, with InvalidParameterError.
+    """
     key = check_type(kind)
     return Quantize(key, TYPES[key][1], functools.partial(quantize, threads=threads))
 
@@ -70,8 +72,10 @@ def quantize(
     *,
     threads: int = 0,
 ) -> None:
-    """Write `source` quantized to `kind` at `target` (which the caller removes on failure);
-    `progress` is told the bytes written so far, about four times a second."""
+    """Write `source` quantized to `kind` at `target`; the caller removes `target` on failure.
+
+    `progress` is told the bytes written so far, about four times a second.
+    """
     # llama.cpp is loaded here, not at import: the server checks a type's name without it.
     from localrun.engine import weights as weights_mod
     from localrun.engine.library.native import lc

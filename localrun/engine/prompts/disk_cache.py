@@ -1,25 +1,17 @@
-"""Prompt prefixes evaluated once, kept on disk: llama.cpp's state for a model's SYSTEM prompt
-and MESSAGE turns, and for the conversations a process's slots held when it closed, restored by
-the next process instead of evaluated again.
+"""Prompt prefixes evaluated once and kept on disk, so that the next process restores them.
 
-An entry is one file, `<tokens>-<key>.kv`, named by the prefix's length and a hash of everything
-its state depends on (the model and adapter identities and scales, the llama.cpp build, the
-context size, the KV cache's type and layout, and the exact prefix tokens) and holding that same
-description in its header, so a file is used only for exactly the prefix it was made for (the
-length in the name lets a prompt find the longest entry it continues):
+An entry is llama.cpp's state for a model's SYSTEM prompt and MESSAGE turns, or for a conversation a
+process's slots held when it closed. It is one file, `<tokens>-<key>.kv`: the prefix's length and a
+hash of everything its state depends on (the model and adapter identities and scales, the llama.cpp
+build, the context size, the KV cache's type and layout, the exact prefix tokens). Its header holds
+the same description, so a file serves exactly its own prefix:
 
     b"LRKV2\\n" | header length (4 bytes, little-endian) | header JSON | state
 
-The header holds the key material (with the format's version, so that another version's files
-have other names), the state's length and its CRC-32: a check against damage, not tampering
-(the folder is the user's own). The state is read in the time to first token, and on the machine
-where that was measured CRC-32 read 35 MB in 6 ms, SHA-256 in 20. A file that is truncated,
-damaged or made for something else is removed and ignored: the prefix is then evaluated as if
-there were no cache. Writes go to a temporary file in the same folder and are
-renamed into place, so a reader never sees half a file; the folder is kept under
-LOCALRUN_PROMPT_CACHE_MAX_BYTES by removing the least recently used entries (a read touches its
-file). `localrun prune` empties it. No llama.cpp here: the engines hand over a buffer and take
-a bytearray.
+A file that is truncated, damaged or made for something else is removed and ignored: the prefix is
+then evaluated as if there were no cache. LOCALRUN_PROMPT_CACHE_MAX_BYTES bounds the folder, the
+least recently used entries going first; `localrun prune` empties it. No llama.cpp here: the engines
+hand over a buffer and take a bytearray.
 """
 
 from __future__ import annotations
@@ -62,8 +54,11 @@ def folder() -> Path:
 
 
 def file_identity(path: str) -> str:
-    """What identifies a model file's content: its digest for a blob of the store (named by
-    it), else its real path, size and modification time."""
+    """What identifies a model file's content.
+
+    That is its digest for a blob of the store (named by it), else its real path, size and
+    modification time.
+    """
     name = os.path.basename(path)
     found = _BLOB_NAME.fullmatch(name)
     if found:
@@ -78,8 +73,11 @@ def prefix_digest(tokens: Sequence[int]) -> str:
 
 
 class PromptCache:
-    """The entries of one loaded model's contexts: `identity` holds what every entry shares
-    (model, adapters, build, context), each entry adds its prefix."""
+    """The entries of one loaded model's contexts.
+
+    `identity` holds what every entry shares (model, adapters, build, context); each entry adds
+    its prefix.
+    """
 
     def __init__(self, identity: dict[str, Any], root: Path, max_bytes: int) -> None:
         self.identity = identity
@@ -101,7 +99,7 @@ class PromptCache:
     def _key(self, prefix: Sequence[int]) -> tuple[dict[str, Any], Path]:
         material = {
             **self.identity,
-            "format": MAGIC.decode().strip(),
+            "format": MAGIC.decode().strip(),  # another version's files have other names
             "tokens": len(prefix),
             "prefix": prefix_digest(prefix),
         }
@@ -113,10 +111,12 @@ class PromptCache:
     def longest(
         self, prompt: Sequence[int], most: Callable[[int], int]
     ) -> tuple[int, bytearray] | None:
-        """The longest entry for a prefix of `prompt` (never the whole: its last token is
-        read for its logits) and its state, or None: a conversation saved by an earlier
-        process (`save` at its close) continues where it was. `most(n)`: the largest state
-        a prefix of n tokens can have. At most MAX_TRIED lengths are looked at, longest first."""
+        """The longest entry for a prefix of `prompt` and its state, or None.
+
+        It is never the whole prompt: its last token is read for its logits. So a conversation saved
+        by an earlier process (`save` at its close) continues where it was. `most(n)` is the largest
+        state a prefix of n tokens can have. At most MAX_TRIED lengths are looked at, longest first.
+        """
         lengths: set[int] = set()
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.root):
@@ -132,12 +132,14 @@ class PromptCache:
         return None
 
     def load(self, prefix: Sequence[int], most: int | None = None) -> bytearray | None:
-        """The state saved for exactly `prefix`, or None (a bad file is removed). Read straight
-        into a buffer the engine hands to llama.cpp as it is (no copy). `most`: the largest
-        state the model can have for the prefix; a larger entry is not read.
+        """The state saved for exactly `prefix`, or None; a bad file is removed.
+
+        It is read straight into a buffer the engine hands to llama.cpp as it is (no copy). `most`
+        is the largest state the model can have for the prefix; a larger entry is not read.
 
         Only a regular file is an entry: a symlink is not followed and a FIFO is not waited on
-        (seen: a FIFO in the folder held `localrun run` forever)."""
+        (seen: a FIFO in the folder held `localrun run` forever).
+        """
         material, path = self._key(prefix)
         bound = self.max_bytes if most is None else min(self.max_bytes, most)
         try:
@@ -165,9 +167,11 @@ class PromptCache:
             self._key(prefix)[1].unlink()
 
     def save(self, prefix: Sequence[int], state: State) -> None:
-        """Write the state of `prefix` in a background thread (the process waits for it at
-        exit: a one-shot `localrun run` still leaves its entry behind). `state` is the
-        cache's from then on: the caller must not change it."""
+        """Write the state of `prefix` in a background thread.
+
+        The process waits for it at exit, so a one-shot `localrun run` still leaves its entry
+        behind. `state` is the cache's from then on: the caller must not change it.
+        """
         if memoryview(state).nbytes + 4096 > self.max_bytes:  # with room for its header
             return
         material, path = self._key(prefix)
@@ -191,10 +195,14 @@ class PromptCache:
         self._writers = []
 
     def _write(self, path: Path, material: dict[str, Any], state: State) -> None:
+        # CRC-32 checks against damage, not tampering (the folder is the user's own). The state
+        # is read in the time to first token: where that was measured, CRC-32 read 35 MB in 6 ms,
+        # SHA-256 in 20.
         header = json.dumps(
             {**material, "size": memoryview(state).nbytes, "crc32": zlib.crc32(state)},
             sort_keys=True,
         ).encode()
+        # Written beside the entry, then renamed into place: a reader never sees half a file.
         tmp = path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}")
         try:
             private.private_dir(path.parent)  # entries hold prompts' tokens: 0600 in 0700
@@ -211,8 +219,10 @@ class PromptCache:
 
 @contextlib.contextmanager
 def _open_entry(path: Path) -> Iterator[BinaryIO | None]:
-    """An entry opened for reading, or None when it is not a regular file (a symlink, a FIFO,
-    a device); FileNotFoundError when there is none."""
+    """An entry opened for reading, or None when it is not a regular file.
+
+    None stands for a symlink, a FIFO or a device. FileNotFoundError means there is none.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
     except FileNotFoundError:

@@ -1,12 +1,13 @@
-"""The engine's side of the disk prompt cache (engine.prompts.disk_cache): which prefix of a request
-is read from disk, put into its slot, saved once evaluated, and what a closing engine leaves
-there for the next process.
+"""The engine's side of the disk prompt cache (engine.prompts.disk_cache).
 
-Two kinds of prefix go to disk. The model's own turns (SYSTEM, MESSAGEs, a client's system
-prompt) are saved once evaluated and restored by the next process. And when an engine closes (a
-server stopped or restarted, a `localrun run` chat ended, a model unloaded), what each slot
-holds is saved: the next process finds the longest entry a prompt continues and reads only what
-is new, for every memory (a recurrent state is saved at the prefix's end, engine.checkpoints).
+It picks which prefix of a request is read from disk, puts it into the slot, and saves it once
+evaluated. A closing engine leaves its slots' conversations there for the next process.
+
+Two kinds of prefix go to disk. The model's own turns (SYSTEM, MESSAGEs, a client's system prompt)
+are saved once evaluated and restored by the next process. And when an engine closes (a server
+stopped or restarted, a `localrun run` chat ended, a model unloaded), what each slot holds is saved.
+The next process finds the longest entry a prompt continues and reads only what is new. This holds
+for every memory: a recurrent state is saved at the prefix's end (engine.checkpoints).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ class DiskPrefixes:
         self.cache = cache
 
     def prepare(self, job: Job, slots: Slots, cache_prefix: int, media: MediaPrompt | None) -> None:
-        """Off the loop: the prefix `job` may restore, read now (the loop decides whether to use
-        it: a slot may hold it by then)."""
+        """Read the prefix `job` may restore now, off the loop.
+
+        The loop decides whether to use it: a slot may hold it by then.
+        """
         disk = self.cache
         if disk is None:
             return
@@ -60,8 +63,10 @@ class DiskPrefixes:
             job.resumed = True
 
     def restore(self, ctx: Any, slot: Slot, job: Job, keep: int) -> int:
-        """Put the job's prefix into `slot` from disk when it was read there, else mark it to
-        be saved once evaluated; returns the tokens the slot now holds."""
+        """Put the job's prefix into `slot` from disk, or mark it to be saved once evaluated.
+
+        Returns the tokens the slot now holds.
+        """
         disk = self.cache
         assert disk is not None
         if job.state is not None and self.weights.restore_state(
@@ -87,15 +92,16 @@ class DiskPrefixes:
 
     @staticmethod
     def mark(slot: Slot, job: Job, keep: int) -> None:
-        """Whether `slot`, taking `job` with `keep` tokens of it in place, continues a
-        conversation (more than the model's turns of what it held, or one resumed from disk):
-        what such a slot holds is kept on disk at close. A one-shot prompt is not."""
+        """Mark whether `slot`, taking `job` with `keep` tokens in place, continues a conversation.
+
+        It does when it holds more of the job than the model's turns, or resumed from disk. What
+        such a slot holds is kept on disk at close; a one-shot prompt is not.
+        """
         turns = 0 if job.resumed else len(job.prefix)
         slot.continued = job.resumed or keep >= max(turns + 1, prompt_cache.MIN_TOKENS)
 
     def keep_all(self, ctx: Any, slots: Slots) -> None:
-        """At close: what each idle slot that continued a conversation holds, saved for the
-        next process."""
+        """At close, save each idle slot that continued a conversation, for the next process."""
         if self.cache is None or ctx is None:
             return
         for slot in slots.all:

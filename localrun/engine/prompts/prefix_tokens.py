@@ -1,16 +1,15 @@
 """A chat's prompt tokenized again only past what an earlier prompt shared with it.
 
-A chat's next request (a new turn, a regenerate, an edit of the last message) renders to a
-prompt that starts as an earlier one did; tokenizing the whole of it again took a runner 10 ms
-of every request on a 2,000-token Gemma 3 chat, as long as the decode (issue 93). llama.cpp
-parts a text at its special tokens first and tokenizes each piece between them on its own
-(llama_tokenize's special-token partition: a SentencePiece piece gets its space prefix from the
-special token before it, which is there either way), so the tokens of a text cut right before
-a special token are the tokens of the part before, then those of the part from there. The
-cache keeps a few recent prompts' tokens, finds the one sharing the longest beginning with a
-new text, cuts both at the last special token inside that beginning, checks that the cached
-tokens hold that special token where the count before it says, and tokenizes only the rest.
-Anything it is not sure of (a cut it cannot place for certain) is tokenized whole.
+A chat's next request (a new turn, a regenerate, an edit of the last message) renders to a prompt
+that starts as an earlier one did. Tokenizing the whole of it again took a runner 10 ms of every
+request on a 2,000-token Gemma 3 chat, as long as the decode (issue 93). llama_tokenize parts a text
+at its special tokens first and tokenizes each piece between them on its own. (A SentencePiece piece
+gets its space prefix from the special token before it, there either way.) So the tokens of a text
+cut right before a special token are those of the part before, then those of the part from there.
+The cache keeps a few recent prompts' tokens and finds the one sharing the longest beginning with a
+new text. It cuts both at the last special token inside that beginning, checks that the cached
+tokens hold that token where the count before it says, and tokenizes only the rest. Anything it is
+not sure of (a cut it cannot place for certain) is tokenized whole.
 """
 
 from __future__ import annotations
@@ -34,8 +33,10 @@ class _Entry:
 
 
 class PrefixTokens:
-    """The tokens of texts (special tokens parsed, nothing added at either end), from a
-    cache of recent ones where a text starts as one of them did. Thread-safe."""
+    """The tokens of texts, from a cache of recent ones where a text starts as one of them did.
+
+    Special tokens are parsed, and nothing is added at either end. Thread-safe.
+    """
 
     def __init__(self, tokenize: Tokenize, specials: Mapping[int, str]) -> None:
         self._tokenize = tokenize
@@ -88,14 +89,15 @@ class PrefixTokens:
         return _Entry(text, best.tokens[:index] + rest, places)
 
     def _cut(self, text: str, entry: _Entry, shared: int) -> tuple[int, int] | None:
-        """(where in `text`, where in the entry's tokens) the last clean special token within
-        the shared beginning starts; None where it cannot be placed for certain.
+        r"""Where the last clean special token in the shared beginning starts, or None.
 
-        llama.cpp parts a text at special tokens longest first, user-defined ones (SentencePiece
-        vocabularies have "\n", "\n\n", two spaces ...) whatever `parse_special` says. A cut
-        is placed at a special token no other special token's text holds (so each of its
-        texts in the text is that token), with no special token's text running across the cut,
-        and whose count in the cached text is its count in the cached tokens."""
+        It returns (where in `text`, where in the entry's tokens), or None where it cannot be placed
+        for certain. llama.cpp parts a text at special tokens longest first, user-defined ones
+        (SentencePiece vocabularies have "\n", "\n\n", two spaces ...) whatever `parse_special`
+        says. A cut goes at a special token no other special token's text holds, so each of its
+        texts in the text is that token. No special token's text may run across the cut, and the
+        token's count in the cached text must be its count in the cached tokens.
+        """
         best = (-1, -1)
         for token in entry.places:
             if not self._clean(token):
@@ -145,8 +147,10 @@ class PrefixTokens:
 
 
 def _common(a: str, b: str) -> int:
-    """The length of the longest beginning `a` and `b` share (a binary search of slices: each
-    comparison is C's)."""
+    """The length of the longest beginning `a` and `b` share.
+
+    It is a binary search of slices: each comparison is C's.
+    """
     if a.startswith(b):
         return len(b)
     lo, hi = 0, min(len(a), len(b))

@@ -1,25 +1,16 @@
 """Constrained sampling with llguidance: the tokens a grammar allows next, as a mask.
 
-A request that constrains its answer (a JSON schema's `format`, `response_format`,
-`text.format`, a forced tool call) carries an llguidance grammar (`SamplingOptions.constraint`:
-Lark text, JSON schemas inside it as `%json {...}`), compiled here against the model's
-vocabulary as the GGUF gives it, special tokens included. llguidance walks the grammar with
-a lazy lexer and an Earley parser over the token trie: a mask costs tens of microseconds, and
-recursive schemas (trees, JSON itself) are grammars like any other.
+A request that constrains its answer (a JSON schema's `format`, `response_format`, `text.format`,
+a forced tool call) carries an llguidance grammar (`SamplingOptions.constraint`). It is Lark text,
+with JSON schemas inside it as `%json {...}`. It is compiled here against the model's vocabulary as
+the GGUF gives it, special tokens included. llguidance walks the grammar with a lazy lexer and an
+Earley parser over the token trie. A mask costs tens of microseconds, and recursive schemas (trees,
+JSON itself) are grammars like any other.
 
-The vocabulary's tokenizer (`tokenizer`) is built once a model, on its first constrained
-request: every token's bytes (control tokens marked as llguidance wants them), its ends of
-generation as the grammar's end.
-
-Sampling stays llama.cpp's common sampler's way (engine.sampling.sampler): the token the chain
-chooses is checked alone (`allows`, no mask), and only a rejected one costs the mask over the
-whole vocabulary (`restrict`), after which the chain chooses again among the allowed tokens.
-
-Where a CPU is left idle while the batch decodes (the model on a GPU, or fewer decode threads
-than CPUs), the whole mask is computed ahead instead (`ahead`): on the engine's mask thread,
-while llama_decode runs (llguidance lets go of the GIL, as llama_decode does), so the check and
-the mask are off the path from one token to the next. The matcher is then the mask thread's
-until the sampler next needs it (`_settled`: every use of the matcher waits for it first).
+Sampling stays llama.cpp's common sampler's way (engine.sampling.sampler). The token the chain
+chooses is checked alone (`allows`, no mask). Only a rejected one costs the mask over the whole
+vocabulary (`restrict`); the chain then chooses again among the allowed tokens. Where a CPU is idle
+while the batch decodes, the whole mask is computed ahead instead (`Constraint.ahead`).
 """
 
 from __future__ import annotations
@@ -36,12 +27,15 @@ from localrun.errors import BadRequestError, EngineError
 
 
 def tokenizer(vocab: Any) -> Any:
-    """llguidance's tokenizer for a llama.cpp vocabulary (about a second for a 150k one: the
-    weights build it once, engine.weights.Weights.guide): each token's bytes, a control
-    token's marked special with a 0xFF byte before them (a grammar names it `<[id]>`); the
-    ends of generation end the grammar's answer. A user-defined token (Qwen's `<tool_call>`,
-    `<think>`) is its text, as the worker's markers take it (Weights.token_ids): a grammar's
-    literal `<tool_call>` is that token or its spelling alike."""
+    """llguidance's tokenizer for a llama.cpp vocabulary: each token's bytes, and its ends.
+
+    It takes about a second for a 150k vocabulary, so the weights build it once, on the first
+    constrained request (engine.weights.Weights.guide). A control token's bytes are marked special
+    with a 0xFF byte before them (a grammar names it `<[id]>`). The ends of generation end the
+    grammar's answer. A user-defined token (Qwen's `<tool_call>`, `<think>`) is its text, as the
+    worker's markers take it (Weights.token_ids). So a grammar's literal `<tool_call>` is that token
+    or its spelling alike.
+    """
     n_vocab = int(lc.llama_vocab_n_tokens(vocab))
     buffer = ctypes.create_string_buffer(_PIECE + 1)
     tokens: list[bytes] = []
@@ -71,9 +65,11 @@ _PIECE = 16 * 1024  # the longest token's bytes
 
 
 def check(grammar: str) -> None:
-    """Raise BadRequestError when llguidance will not take the grammar, compiled without a
-    vocabulary (the tests and scripts/measure/structured.py; a request's is compiled by the
-    engine, with its model's)."""
+    """Raise BadRequestError when llguidance will not take `grammar`, without a vocabulary.
+
+    It serves the tests and scripts/measure/structured.py. The engine compiles a request's grammar
+    with its model's vocabulary.
+    """
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, limits=LIMITS)
     if failed:
         raise BadRequestError(message(messages[0]), hint=HINT)
@@ -97,23 +93,33 @@ class Constraint:
         self._fresh = False  # the mask is the one of the grammar's state now
 
     def ahead(self, pool: Executor) -> None:
-        """Compute the mask of the next token on `pool`'s thread (the batch decodes meanwhile);
-        `allows` and `restrict` then read it."""
+        """Compute the next token's mask on `pool`'s thread while the batch decodes.
+
+        `allows` and `restrict` then read it. The engine asks for it where a CPU is left idle (the
+        model on a GPU, or fewer decode threads than CPUs; LOCALRUN_MASKS_AHEAD). llguidance lets go
+        of the GIL, as llama_decode does, so the check and the mask are off the path from one token
+        to the next. The matcher is the mask thread's until the sampler next needs it (`_settled`:
+        every use of the matcher waits for it first).
+        """
         if self._pending is None and not self._fresh:
             self._pending = pool.submit(self._compute)
 
     def allows(self, token: int) -> bool:
-        """Whether the grammar takes `token` next (its state unchanged). A mask computed ahead
-        answers for the tokens it allows; one it leaves out is asked of the matcher, as where
-        text is forced the mask holds its canonical spelling alone and the matcher takes the
-        model's other spellings of it too."""
+        """Whether the grammar takes `token` next, its state unchanged.
+
+        A mask computed ahead answers for the tokens it allows. One it leaves out is asked of the
+        matcher: where text is forced, the mask holds its canonical spelling alone, and the matcher
+        takes the model's other spellings of it too.
+        """
         if self._settled() and (int(self.mask[token >> 5]) >> (token & 31)) & 1:
             return True
         return bool(self.matcher.validate_tokens([token]) == 1)
 
     def restrict(self, logits: Any) -> None:
-        """Set the logits of every token the grammar does not take next to -inf (`logits`:
-        the candidates' array over the whole vocabulary, in vocabulary order)."""
+        """Set the logits of every token the grammar does not take next to -inf.
+
+        `logits` is the candidates' array over the whole vocabulary, in vocabulary order.
+        """
         np = self.np
         if not self._settled():
             self._compute()
@@ -137,14 +143,19 @@ class Constraint:
         self.matcher.reset()
 
     def forced(self) -> list[int]:
-        """The tokens the grammar forces next, as the tokenizer spells the forced text (none
-        where the grammar leaves the model the spelling)."""
+        """The tokens the grammar forces next, as the tokenizer spells the forced text.
+
+        There are none where the grammar leaves the model the spelling.
+        """
         self._settled()
         return list(self.matcher.compute_ff_tokens())
 
     def failed(self) -> str | None:
-        """Why the grammar can go no further (a step past its limits), if it cannot: the
-        first line of llguidance's reason (it may add lines of its own, `<non-verbose/>`)."""
+        """Why the grammar can go no further (a step past its limits), or None if it can.
+
+        It is the first line of llguidance's reason, which may add lines of its own
+        (`<non-verbose/>`).
+        """
         self._settled()
         if not self.matcher.is_error():
             return None
@@ -159,8 +170,10 @@ class Constraint:
         self.matcher.unsafe_compute_mask_ptr(self.mask.ctypes.data, self.mask.nbytes)
 
     def _settled(self) -> bool:
-        """The matcher back from the mask thread, if it was there; whether the mask is the
-        one of the grammar's state now."""
+        """Take the matcher back from the mask thread, if it was there.
+
+        Returns whether the mask is the one of the grammar's state now.
+        """
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
@@ -174,11 +187,13 @@ class Constraint:
 
 
 class Lazy:
-    """A constraint that waits for its trigger, as llama.cpp's lazy grammars do: the answer is
-    free until it writes a marker that opens a call (outside its reasoning); the call's grammar
-    then holds from the marker's first byte until the call is whole, and the answer is free
-    again until the next marker. What is watched is the answer's text, not its tokens: a marker
-    the model spells in pieces (`<tool` `_call>`) opens a call as its special token does."""
+    """A constraint that waits for its trigger, as llama.cpp's lazy grammars do.
+
+    The answer is free until it writes a marker that opens a call (outside its reasoning). The
+    call's grammar then holds from the marker's first byte until the call is whole. The answer is
+    then free again until the next marker. What is watched is the answer's text, not its tokens: a
+    marker the model spells in pieces (`<tool` `_call>`) opens a call as its special token does.
+    """
 
     def __init__(
         self,
@@ -202,9 +217,11 @@ class Lazy:
         self.fed = False
 
     def see(self, piece: bytes) -> Constraint | None:
-        """The chosen token's bytes: the call's constraint when they finish a trigger (given
-        the trigger's bytes the earlier tokens wrote; the token itself is the caller's to
-        check, unless `fed`), else None."""
+        """Watch a chosen token's bytes; return the call's constraint if they finish a trigger.
+
+        The constraint is given the trigger's bytes the earlier tokens wrote. The token itself is
+        the caller's to check, unless `fed`. Returns None when no trigger is finished.
+        """
         text = self.tail + piece
         base = len(self.tail)
         at = 0

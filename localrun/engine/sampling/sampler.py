@@ -1,6 +1,8 @@
-"""Sampling: native sampler chains from the sampling PARAMETERs, run on the tokens that can win
-(Sampler), with constrained sampling the way llama.cpp's common sampler does it (llguidance's
-masks, engine.sampling.constraint), and the log-probabilities OpenAI reports."""
+"""Native sampler chains from the sampling PARAMETERs, run on the tokens that can win (Sampler).
+
+Constrained sampling goes the way llama.cpp's common sampler does it, with llguidance's masks
+(engine.sampling.constraint). `logprob_entry` gives the log-probabilities OpenAI reports.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ MAX_VETOES = 16  # tokens the watch may refuse at one step before the first is t
 
 
 def native_seed(seed: int) -> int:
-    """A seed as llama.cpp's sampler takes it: any 64-bit seed (Ollama's clients send such) is
-    reduced to 32 bits as Go's uint32() does; -1 is llama.cpp's random seed."""
+    """A seed as llama.cpp's sampler takes it; -1 is llama.cpp's random seed.
+
+    Any 64-bit seed (Ollama's clients send such) is reduced to 32 bits, as Go's uint32() does.
+    """
     return int(lc.LLAMA_DEFAULT_SEED) if seed == -1 else seed % 2**32
 
 
@@ -93,8 +97,10 @@ def _token_data_dtype() -> Any:
 
 
 def _logits_function() -> Any:
-    """llama_get_logits_ith returning the address as a number: no pointer object to convert
-    (a new function object: the bindings' own keeps its types)."""
+    """llama_get_logits_ith, returning the address as a number: no pointer object to convert.
+
+    It is a new function object, so the bindings' own keeps its types.
+    """
     function = lc.llama_cpp._lib["llama_get_logits_ith"]
     function.argtypes = [ctypes.c_void_p, ctypes.c_int32]
     function.restype = ctypes.c_void_p
@@ -113,21 +119,15 @@ def _penalty_window(s: SamplingOptions, n_ctx: int) -> int:
 
 
 class Sampler:
-    """One answer's sampling: its native chain (and grammar), with greedy decoding done on the
-    few tokens that can win instead of the whole vocabulary, with the same result.
+    """One answer's sampling: its native chain and grammar, greedy run on the tokens that can win.
 
-    llama_sampler_sample copies every logit into a candidate array and walks it: 60 us a token
-    for a 49k vocabulary with warm caches, 170 us after a CPU decode has streamed the weights
-    through them. Greedy's winner is the best logit, unless the chain changes that token's logit
-    (the penalties' window, logit_bias): then it is among the changed tokens and the best of the
-    others, and the chain runs on those alone, in vocabulary order. The chain accepts the token
-    as llama_sampler_sample would: the same token for the same logits, up to the order of
-    exactly equal logits, which neither path defines. Sampling with temperature stays
-    llama_sampler_sample's: measured, numpy finds the top_k no faster than it does.
-
-    With a grammar (engine.sampling.constraint), sampling is llama.cpp's common sampler's: sample
-    freely, check only the chosen token against the grammar, and mask every candidate with
-    the grammar's allowed tokens only when that token is refused.
+    Greedy's winner is the best logit, unless the chain changes that token's logit (the penalties'
+    window, logit_bias). Then it is among the changed tokens and the best of the others, and the
+    chain runs on those alone, in vocabulary order. The chain takes the token llama_sampler_sample
+    would, up to the order of exactly equal logits, which neither defines. Sampling with temperature
+    stays llama_sampler_sample's: measured, numpy finds the top_k no faster. With a grammar
+    (engine.sampling.constraint), sampling is llama.cpp's common sampler's: only the chosen token is
+    checked, and every candidate is masked only when it is refused.
     """
 
     def __init__(
@@ -140,8 +140,11 @@ class Sampler:
         spelled: Callable[[int], bytes] | None = None,
         guard: Callable[[str], None] | None = None,
     ) -> None:
-        """`guard` checks a grammar before it is compiled here (the engine's
-        grammar_guard.Guard: a grammar that would crash the compiler crashes its child)."""
+        """Make the chain, the grammar if there is one, and greedy's bookkeeping.
+
+        `guard` checks a grammar before it is compiled here (the engine's grammar_guard.Guard): a
+        grammar that would crash the compiler crashes its child.
+        """
         import numpy as np
 
         self.np: Any = np
@@ -203,8 +206,10 @@ class Sampler:
             self.chain = None
 
     def sample(self, ctx: Any, row: int, held: Any = None) -> int:
-        """The token the chain (and grammar) choose at the batch's row `row` (or from `held`,
-        logits kept of an earlier batch: a float32 array), accepted."""
+        """Choose and accept the token at the batch's row `row`, under the chain and grammar.
+
+        `held` stands for the row: logits kept of an earlier batch, as a float32 array.
+        """
         constraint, lazy = self.constraint, self.lazy
         if held is not None:
             logits = held
@@ -234,10 +239,13 @@ class Sampler:
         return self.spelled(token)
 
     def _veto(self, logits: Any, token: int) -> int:
-        """Another token than `token`, which the watch refuses (it would finish an item that
-        breaks uniqueItems or contains): drawn as after the grammar's refusal, from every token
-        under the grammar's mask less each refused so far. Where every one is refused (or
-        MAX_VETOES were), `token` itself: the check on the finished answer stands behind it."""
+        """Draw another token than `token`, which the watch refuses.
+
+        `token` would finish an item that breaks uniqueItems or contains. The other is drawn as
+        after the grammar's refusal: from every token under the grammar's mask, less each refused so
+        far. Where every one is refused (or MAX_VETOES were), it returns `token` itself: the check
+        on the finished answer stands behind it.
+        """
         assert self.watch is not None and self.constraint is not None
         banned = [token]
         for _ in range(MAX_VETOES):
@@ -253,21 +261,27 @@ class Sampler:
         return token
 
     def ahead(self, pool: Executor) -> None:
-        """Before the batch decodes: the grammar's mask of the next token, computed on `pool`'s
-        thread meanwhile (engine.sampling.constraint), if the answer is constrained now."""
+        """Compute the grammar's next mask on `pool`'s thread while the batch decodes.
+
+        It does so only if the answer is constrained now (engine.sampling.constraint).
+        """
         if self.constraint is not None:
             self.constraint.ahead(pool)
 
     def take(self, token: int) -> None:
-        """A token the grammar forces, taken without sampling (its row has no logits): the
-        grammar and the chain's penalties move past it as if it had been sampled."""
+        """Take a token the grammar forces, without sampling it.
+
+        The grammar and the chain's penalties move past it as if it had been sampled.
+        """
         self._took(token, alone=self.greedy)
 
     def _took(self, token: int, alone: bool, *, held: bool = True) -> None:
-        """`token` is the answer's: the grammar (a lazy one's call whole, free until the next
-        marker) and the chain move past it; `alone`: greedy chose it without the chain, which
-        catches up on its next run (engine.sampling.sampler's greedy path); not `held`: the grammar
-        was given its bytes already (a lazy call that began inside it)."""
+        """Move the grammar and the chain past `token`, which is the answer's.
+
+        A lazy grammar's call, once whole, leaves the answer free until the next marker. `alone`
+        means greedy chose it without the chain, which catches up on its next run. With `held` False
+        the grammar was given its bytes already (a lazy call that began inside it).
+        """
         constraint = self.constraint
         if self.watch is not None:
             self.watch.accept(self._spell(token))
@@ -290,8 +304,10 @@ class Sampler:
         return self.constraint.failed() if self.constraint is not None else None
 
     def forced(self, limit: int) -> list[int]:
-        """The tokens the grammar forces next, at most `limit` (none without a grammar, or
-        where it forces nothing)."""
+        """The tokens the grammar forces next, at most `limit`.
+
+        There are none without a grammar, or where it forces nothing.
+        """
         if self.constraint is None or limit <= 0:
             return []
         return self.constraint.forced()[:limit]
@@ -311,6 +327,9 @@ class Sampler:
 
     def _greedy(self, logits: Any) -> tuple[int, bool]:
         """Greedy's choice, from the tokens that can win; True: the best logit alone chose."""
+        # llama_sampler_sample copies every logit into a candidate array and walks it: 60 us a
+        # token for a 49k vocabulary with warm caches, 170 us after a CPU decode has streamed
+        # the weights through them.
         best = int(logits.argmax())
         touched = best in self.counts or best in self.biased
         if not touched and self.lowers_only:
@@ -332,8 +351,10 @@ class Sampler:
         return int(self.ids[self.cur.selected])
 
     def _best_untouched(self, logits: Any) -> int:
-        """The best logit the chain leaves alone, with the others set aside for a moment (the
-        logits are the loop's own)."""
+        """The best logit the chain leaves alone.
+
+        The others are set aside for a moment, then put back: the logits are the loop's own.
+        """
         touched = [*self.counts, *self.biased]
         kept = logits[touched]
         logits[touched] = -self.np.inf
@@ -381,9 +402,11 @@ def logprob_entry(
     piece_bytes: Callable[[int], bytes],
     candidates: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """The log-probability of `token` and of the `top` likeliest tokens at a row of logits:
-    the log-softmax of the model's raw logits (before any sampler), as OpenAI reports them;
-    with `candidates`, theirs too, in their order (whatever their rank)."""
+    """The log-probability of `token` and of the `top` likeliest tokens at a row of logits.
+
+    They are the log-softmax of the model's raw logits (before any sampler), as OpenAI reports them.
+    With `candidates`, theirs come too, in their order, whatever their rank.
+    """
     import numpy as np
 
     logits = np.ctypeslib.as_array(logits_row, (n_vocab,))

@@ -1,23 +1,17 @@
 """The keywords of an answer's schema that hold between its items, held while it is written.
 
-llguidance's grammar holds a JSON answer to its schema, except where one item depends on
-another: `uniqueItems` (an item equal to an earlier one) and `contains` (`minContains`,
-`maxContains`: how many items match a schema). The schema's items of a few values each are
-grammar already (formats.enforceable); for the others, `ItemWatch` reads the answer's bytes as
-they are chosen and says whether a token would finish an item that breaks one of them:
-
-- the closing quote of a string equal to an earlier item, the bracket that closes an object or
-  an array equal to one, the separator after a number or a literal equal to one (refused: the
-  model writes the item on, `"a"` becoming `"ab"`, `1` becoming `12`);
-- the `]` of an array with fewer items matching `contains` than it needs (refused: the model
-  writes another item), an item that would be one match past `maxContains`.
+llguidance's grammar holds a JSON answer to its schema, except where one item depends on another:
+`uniqueItems` (an item equal to an earlier one) and `contains` (`minContains`, `maxContains`: how
+many items match a schema). Items of a few values each are grammar already (formats.enforceable).
+For the others, `ItemWatch` reads the answer's bytes as they are chosen and says whether a token
+would finish an item that breaks one of them (`ItemWatch.allows`).
 
 The sampler (engine.sampling.sampler) draws again without a token the watch refuses, as it does
-without one the grammar refuses; a token the grammar forces, or one every alternative of which is
-refused, is taken, and the check on the finished answer (server.schema.answer) still stands
-behind it. Only items whose schema is known from their place are watched (properties, items,
-prefixItems, local $refs): under an anyOf the watch does not guess the branch. Anything it does
-not read as JSON (a thought before the value, text after it) turns it off for the answer.
+without one the grammar refuses. A token the grammar forces, or one whose every alternative is
+refused, is taken; the check on the finished answer (server.schema.answer) still stands behind it.
+Only items whose schema is known from their place are watched (properties, items, prefixItems, local
+$refs): under an anyOf the watch does not guess the branch. Anything it does not read as JSON (a
+thought before the value, text after it) turns it off for the answer.
 """
 
 from __future__ import annotations
@@ -56,8 +50,10 @@ class _Frame:
 
 
 class ItemWatch:
-    """uniqueItems and contains, held over the answer's bytes (`allows` before a token is
-    taken, `accept` once it is)."""
+    """uniqueItems and contains, held over the answer's bytes.
+
+    `allows` is asked before a token is taken, and `accept` once it is.
+    """
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.root = schema
@@ -76,7 +72,15 @@ class ItemWatch:
         self._serial = 0
 
     def allows(self, piece: bytes) -> bool:
-        """Whether the answer may go on with `piece` (nothing changes)."""
+        """Whether the answer may go on with `piece` (nothing changes).
+
+        It refuses what would finish an item that breaks a keyword. For uniqueItems that is the
+        closing quote of a string equal to an earlier item, the bracket that closes an equal object
+        or array, or the separator after an equal number or literal. The model then writes the item
+        on: `"a"` becoming `"ab"`, `1` becoming `12`. For contains it is the `]` of an array with
+        fewer matches than it needs (the model writes another item), or an item one match past
+        `maxContains`.
+        """
         if self.off or self.done or not piece:
             return True
         saved = self._save()
@@ -169,8 +173,10 @@ class ItemWatch:
             top.start = len(self.text)
 
     def _value_done(self, last: bytes) -> None:
-        """The value being written ends with the byte being read (`last`: that byte, where it
-        is the value's own: a closing quote or bracket)."""
+        """End the value being written with the byte being read.
+
+        `last` is that byte where it is the value's own: a closing quote or bracket.
+        """
         if not self.stack:
             self.done = True
             return

@@ -1,19 +1,18 @@
 """Earlier answers to the same prompt, for speculation to draft a repeated request from.
 
-Regenerating an answer, or an agent asking the same thing again, is common; the answer then
-often repeats the one before, and prompt lookup finds nothing of it in the prompt.
-llama-server's ngram-mod keeps one n-gram table for every client and drafts from whatever
-anyone was answered. Here an answer is remembered under the `memory` its request carries and
-drafted from only for a request that carries the same one: the server sets it from the API key
-the request was made with, or, with no key, to "local" when the server listens on loopback
-alone (one person's machine), and leaves it unset otherwise. A client can learn from timing
-whether a request like its own was answered before, and how; with this rule only from answers
-it could have asked for itself.
+Regenerating an answer, or an agent asking the same thing again, is common. The answer then often
+repeats the one before, and prompt lookup finds nothing of it in the prompt. llama-server's
+ngram-mod keeps one n-gram table for every client and drafts from whatever anyone was answered. Here
+an answer is remembered under the `memory` its request carries, and drafted from only for a request
+that carries the same one. The server sets it from the request's API key. With no key it is "local"
+when the server listens on loopback alone (one person's machine), else unset. A client can learn
+from timing whether a request like its own was answered before, and how; with this rule only from
+answers it could have asked for itself.
 
-Bounded: MOST_ANSWERS answers and MOST_TOKENS tokens in all, the least recently used go first.
-Drafts from a memory are checked like any other (every kept token is one the sampler chose):
-an earlier answer that the new one does not repeat costs one rejected draft, and the
-expected-gain rule then stops drafting from it.
+It keeps MOST_ANSWERS answers and MOST_TOKENS tokens in all, the least recently used going first.
+Drafts from a memory are checked like any other (every kept token is one the sampler chose). An
+earlier answer that the new one does not repeat costs one rejected draft, and the expected-gain rule
+then stops drafting from it.
 """
 
 from __future__ import annotations
@@ -49,8 +48,10 @@ class AnswerMemory:
         return memory, digest.digest()
 
     def history(self, memory: str | None, prompt: Sequence[int]) -> list[int]:
-        """What a draft may look up before the prompt: the prompt's end followed by the last
-        answer remembered for it under `memory` ([] if none, or no memory)."""
+        """What a draft may look up before the prompt: its end, then its last answer remembered.
+
+        The answer is the one remembered under `memory`; [] if there is none, or no memory.
+        """
         if not memory:
             return []
         key = self._key(memory, prompt)

@@ -1,41 +1,18 @@
 """What a decode of n tokens costs here now, measured by the loop, for speculation to weigh.
 
-A draft of k tokens is decoded in one batch of k + 1 rows; whether it pays depends on what that
-batch costs against one token's decode. A fixed table cannot know it: on two quiet cores a
-batch of 8 costs about 4.4 one-token decodes (SmolLM2), but when another process takes a core
-the thread governor (engine.threads) decodes with one thread and the same batch costs about
-6; on a GPU it costs about 1.5. So the loop times every llama_decode whose rows are all
-generation rows (tokens and drafts, each with logits: what a verification is) and keeps, per
-thread count, a running mean of a one-token decode's seconds and, by batch size, a running mean
-of what a batch cost in those one-token decodes at the time it was timed. `cost(threads)` fits
-`cost = base + extra * n` through them, so the expected-gain rule in engine.speculation.speculator
-follows what a batch costs now; until both a one-token decode and a batch have been timed at this
-thread count, the device's prior stands.
+A draft of k tokens is decoded in one batch of k + 1 rows. Whether it pays depends on what that
+batch costs against one token's decode, and a fixed table cannot know it. On two quiet cores a batch
+of 8 costs about 4.4 one-token decodes (SmolLM2). When another process takes a core, the thread
+governor (engine.threads) decodes with one thread and the same batch costs about 6. On a GPU it
+costs about 1.5. So the loop times every llama_decode whose rows are all generation rows (a
+verification's), and CostMeter keeps running means per thread count. Its `cost(threads)` is what the
+expected-gain rule in engine.speculation.speculator weighs. Until both a one-token decode and a
+batch have been timed at a thread count, the device's prior stands.
 
-The cost of a batch is read off the measured means themselves, joined by straight lines, not
-off one straight line through them all: a one-token decode has kernels of its own (the exact
-runtime's lone-row matrix products and direct attention), so a batch of 2 to 5 rows costs more
-than the line through batches of 2 to 65 says. On SmolLM2 with the exact runtime, 2, 3, 4 and
-5 rows cost 1.79, 2.29, 2.79 and 3.54 one-token decodes in a server that had drafted long
-copies, where that line read 1.73, 2.14, 2.54 and 2.95, and prose drafted one- and two-token
-guesses that cost more than they saved (scripts/bench/speculative.py: prose at 0.94-0.96x the speed
-without speculation; 0.98x since, with half the drafts, beside engine.speculation.speculator's
-margin for a hunch). Past the longest batch timed, each further row costs the fitted line's slope.
-
-A batch is measured against the one-token decodes of its time, not against their mean over
-the meter's life, because both grow with the context a decode attends to, and the two move
-apart: one-token decodes come every token and follow the answer now under way, while a batch
-of a given size is timed only when a draft that long is made. Kept as seconds, the long batches
-of a long answer (an edited file) were set against the one-token decodes of the shorter answers
-after it: on one thread of a busy CPU, 35 rows read 31 one-token decodes where, weighed against
-the decodes of their time, batches of 21 and 58 rows cost 16 and 35; no draft paid any more,
-and none was made that could have corrected it (scripts/bench/speculative.py with a core kept busy:
-quote 0.96x the speed without speculation, 1.11x since).
-
-A draft's length then depends on the machine's state, not on the request alone: a batch's
-logits may differ from one token's in the last bits (llama.cpp on a CPU), so a near tie may
-fall the other way on a busy machine, as it already may when the governor changes the thread
-count. The answers stay the model's own (every kept token is one the sampler chose).
+A draft's length then depends on the machine's state, not on the request alone. A batch's logits may
+differ from one token's in the last bits (llama.cpp on a CPU), so a near tie may fall the other way
+on a busy machine, as it already may when the governor changes the thread count. The answers stay
+the model's own: every kept token is one the sampler chose.
 """
 
 from __future__ import annotations
@@ -52,16 +29,9 @@ _MIN_EXTRA = 0.02  # a batch row never costs nothing
 
 @dataclass(frozen=True)
 class DecodeCost:
-    """What decodes cost, in decodes of one token: a batch of n > 1 tokens costs about
-    `base + extra * n`.
+    """What decodes cost in one-token decodes: a batch of n > 1 costs about `base + extra * n`.
 
-    The prior, before anything is timed: measured with llama.cpp on SmolLM2 135M (Q4_1) on two
-    CPU cores, every row with logits as a verification has them (scripts/bench/lookup_bound.py
-    prints the table): 2, 3, 5, 9, 17, 33 and 65 tokens cost 1.9, 2.4, 3.4, 5.2, 8.8, 15.8 and 28.6
-    one-token decodes, about 1 + 0.43 n (a small model is compute bound there). On an H100
-    (CUDA) they cost 1.15, 1.35, 1.43, 2.83, 3.4 to 4.1, 4.0 to 4.2 and 5.7 to 5.8: the GPU's
-    0.9 + 0.08 n is close for up to 5 tokens and for 33 and more, low between, where ggml-cuda
-    leaves its matrix-vector kernels (above 8 tokens).
+    Before anything is timed, the prior of `for_device` stands; measured batches add `points`.
     """
 
     base: float
@@ -77,12 +47,29 @@ class DecodeCost:
 
     @classmethod
     def for_device(cls, gpu_layers: int) -> DecodeCost:
+        # The prior was measured with llama.cpp on SmolLM2 135M (Q4_1) on two CPU cores, every
+        # row with logits as a verification has them (scripts/measure/lookup_bound.py prints the
+        # table). 2, 3, 5, 9, 17, 33 and 65 tokens cost 1.9, 2.4, 3.4, 5.2, 8.8, 15.8 and 28.6
+        # one-token decodes: about 1 + 0.43 n (a small model is compute bound there). On an H100
+        # (CUDA) they cost 1.15, 1.35, 1.43, 2.83, 3.4 to 4.1, 4.0 to 4.2 and 5.7 to 5.8. The
+        # GPU's 0.9 + 0.08 n is close up to 5 tokens and from 33 on, low between, where
+        # ggml-cuda leaves its matrix-vector kernels (above 8 tokens).
         return cls(base=0.9, extra=0.08) if gpu_layers > 0 else cls(base=1.0, extra=0.43)
 
     def batch(self, rows: float) -> float:
         """What a decode of `rows` rows costs, in one-token decodes."""
         if rows <= 1:
             return 1.0
+        # Read off the measured means joined by straight lines, not one line through them all:
+        # a one-token decode has kernels of its own (the exact runtime's lone-row matrix
+        # products and direct attention). So a batch of 2 to 5 rows costs more than the line
+        # through batches of 2 to 65 says. On SmolLM2 with the exact runtime, in a server that
+        # had drafted long copies, 2, 3, 4 and 5 rows cost 1.79, 2.29, 2.79 and 3.54 one-token
+        # decodes, where that line read 1.73, 2.14, 2.54 and 2.95. Prose then drafted one- and
+        # two-token guesses that cost more than they saved (scripts/bench/speculative.py: prose
+        # at 0.94-0.96x the speed without speculation; 0.98x since, with half the drafts, beside
+        # engine.speculation.speculator's margin for a hunch). Past the longest batch timed,
+        # each further row costs the fitted line's slope.
         points = self.points
         if not points:
             return self.base + self.extra * rows
@@ -95,12 +82,11 @@ class DecodeCost:
 
 
 class CostMeter:
-    """Running means, by thread count, of a one-token decode's seconds and of what batches
-    cost in one-token decodes; the cost they make.
+    """Running means, by thread count, of a one-token decode's seconds and of batches' costs.
 
-    Written by the loop's thread (`record`), read by the same thread when a speculator picks a
-    draft's length (`cost`); a lock keeps a reader on another thread (a test, a report)
-    consistent.
+    `cost` turns them into a DecodeCost. The loop's thread writes them (`record`) and reads them
+    when a speculator picks a draft's length (`cost`). A lock keeps a reader on another thread (a
+    test, a report) consistent.
     """
 
     def __init__(self, prior: DecodeCost) -> None:
@@ -112,9 +98,21 @@ class CostMeter:
         self._cache: dict[int, DecodeCost] = {}
 
     def record(self, rows: int, seconds: float, threads: int) -> None:
-        """A decode of `rows` generation rows (all with logits) took `seconds`. A batch timed
-        before any one-token decode at this thread count has nothing to be weighed against
-        and is left out."""
+        """Record that a decode of `rows` generation rows, all with logits, took `seconds`.
+
+        A batch timed before any one-token decode at this thread count has nothing to be weighed
+        against, and is left out.
+        """
+        # A batch is weighed against the one-token decodes of its time, not their mean over the
+        # meter's life. Both grow with the context a decode attends to, and they move apart:
+        # one-token decodes come every token and follow the answer under way, while a batch of
+        # a given size is timed only when a draft that long is made. Kept as seconds, the long
+        # batches of a long answer (an edited file) were set against the one-token decodes of
+        # the shorter answers after it. On one thread of a busy CPU, 35 rows read 31 one-token
+        # decodes, where weighed against the decodes of their time, batches of 21 and 58 rows
+        # cost 16 and 35. No draft paid any more, and none was made that could have corrected
+        # it (scripts/bench/speculative.py with a core kept busy: quote 0.96x the speed without
+        # speculation, 1.11x since).
         if rows <= 0 or seconds <= 0:
             return
         with self._lock:
@@ -143,8 +141,10 @@ class CostMeter:
             return found
 
     def table(self, threads: int) -> dict[int, float]:
-        """What batches cost at `threads` threads, in one-token decodes, by size (for reports);
-        1 is a one-token decode's mean seconds."""
+        """What batches cost at `threads` threads, in one-token decodes, by size, for reports.
+
+        Entry 1 is a one-token decode's mean seconds.
+        """
         with self._lock:
             table = {int(n): c for (t, _), (n, c) in sorted(self._means.items()) if t == threads}
             if threads in self._single:
@@ -157,9 +157,11 @@ def _mean(held: float | None, value: float) -> float:
 
 
 def _rising(batches: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
-    """The means, by rows, each row costing at least _MIN_EXTRA more than the one before (from
-    a one-token decode's 1): two means timed at different depths may cross, and a flat stretch
-    would make its rows look free."""
+    """The means by rows, each row costing at least _MIN_EXTRA more than the one before.
+
+    It starts from a one-token decode's 1. Two means timed at different depths may cross, and a flat
+    stretch would make its rows look free.
+    """
     out: list[tuple[float, float]] = []
     last_n, last_c = 1.0, 1.0
     for n, c in batches:

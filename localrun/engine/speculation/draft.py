@@ -1,12 +1,12 @@
-"""A draft model: a small model of the same vocabulary that guesses the next tokens for
-speculative decoding (llama.cpp's `-md`), greedily, one KV sequence per slot of the engine.
+"""A draft model: a small model of the same vocabulary that guesses the next tokens greedily.
 
-The engine asks `draft(seq, history, limit)` before it decodes a token: the draft model catches
-its sequence up with the history (keeping what its KV cache shares with it, so only the new
-tokens are read), then proposes tokens one decode at a time while its own confidence in each
-stays at or above P_MIN. The engine verifies the proposal with the main model exactly as it
-verifies a prompt-lookup draft (engine.speculation.speculator), so the answer is the main model's
-alone.
+It is llama.cpp's `-md` for speculative decoding, with one KV sequence per slot of the engine.
+
+The engine asks `draft(seq, history, limit)` before it decodes a token. The draft model catches its
+sequence up with the history, keeping what its KV cache shares with it, so only the new tokens are
+read. Then it proposes tokens one decode at a time while its own confidence in each stays at or
+above P_MIN. The engine verifies the proposal with the main model exactly as it verifies a
+prompt-lookup draft (engine.speculation.speculator), so the answer is the main model's alone.
 """
 
 from __future__ import annotations
@@ -56,9 +56,11 @@ class DraftModel:
         self._caches: list[list[int]] = [[] for _ in range(n_seq)]
 
     def draft(self, seq: int, history: Sequence[int], limit: int) -> list[int]:
-        """Up to `limit` tokens the draft model expects after `history` (greedy), stopping
-        at the first it is less than P_MIN sure of; [] if anything goes wrong (the main model
-        then decodes without a draft)."""
+        """Up to `limit` tokens the draft model expects after `history`, greedily.
+
+        It stops at the first token it is less than P_MIN sure of. It returns [] if anything goes
+        wrong; the main model then decodes without a draft.
+        """
         limit = min(limit, self.n_ctx - len(history) - 1)
         if limit <= 0 or not history:
             return []

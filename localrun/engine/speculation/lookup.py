@@ -1,7 +1,9 @@
-"""Prompt lookup's memory of a sequence: the n-gram index a draft is looked up in
-(NgramDrafter), the indexes of recent histories a chat's next request starts from (Snapshots),
-and the edits an answer makes to the text it copies (Edits). engine.speculation.speculator decides
-when and how much to draft from them."""
+"""Prompt lookup's memory of a sequence: its n-gram index, recent histories' indexes, its edits.
+
+NgramDrafter is the n-gram index a draft is looked up in. Snapshots keeps the indexes of recent
+histories a chat's next request starts from. Edits holds the edits an answer makes to the text it
+copies. engine.speculation.speculator decides when and how much to draft from them.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +26,13 @@ class _Snapshot:
 
 
 class Snapshots:
-    """The n-gram indexes of the last few histories drafters were made from. A chat's next
-    request (a new turn, a regenerate, an edit of the last message) starts with one of them:
-    only the rest is indexed, instead of the whole history a request (thousands of tokens in a
-    long chat: milliseconds of every request). A kept index is never changed: a drafter that
-    holds one copies it before its first change. Thread-safe."""
+    """The n-gram indexes of the last few histories drafters were made from. Thread-safe.
+
+    A chat's next request (a new turn, a regenerate, an edit of the last message) starts with one of
+    them. Only the rest is indexed, instead of the whole history each request: thousands of tokens
+    in a long chat, milliseconds of every request. A kept index is never changed: a drafter that
+    holds one copies it before its first change.
+    """
 
     def __init__(self, most: int = SNAPSHOTS, least: int = SNAPSHOT_LEAST) -> None:
         self.most, self.least = most, least
@@ -48,9 +52,11 @@ class Snapshots:
         return best
 
     def keep(self, tokens: Sequence[int], index: dict[tuple[int, ...], int]) -> bool:
-        """Keep `index`, a drafter's over `tokens`, which the drafter then leaves as it is
-        (True); a short history is not worth it (False). The same history kept already is
-        used again."""
+        """Keep `index`, a drafter's over `tokens`, which the drafter then leaves as it is.
+
+        Returns True when it is kept; a short history is not worth it (False). The same history kept
+        already is used again.
+        """
         if len(tokens) < self.least:
             return False
         snap = _Snapshot(tuple(tokens), index)
@@ -75,8 +81,11 @@ class NgramDrafter:
         known: Snapshots | None = None,
         before: Sequence[int] = (),
     ) -> None:
-        """The index over `before` followed by `history`; `known` spares indexing what
-        `history` shares with a recent one (`before`, an earlier answer, is not kept there)."""
+        """Build the index over `before` followed by `history`.
+
+        `known` spares indexing what `history` shares with a recent one. `before` (an earlier
+        answer) is not kept there.
+        """
         self.tokens: list[int] = []
         # n-gram -> the position after its latest occurrence, less _shift: positions count from
         # the start of `history`, so a kept index serves whatever comes before it. A kept one
@@ -102,8 +111,10 @@ class NgramDrafter:
             self._put_before(before)
 
     def _put_before(self, before: Sequence[int]) -> None:
-        """Index `before` ahead of the history: its n-grams, those that run into the history
-        too, each where it occurs last."""
+        """Index `before` ahead of the history, each n-gram where it occurs last.
+
+        Its n-grams include those that run into the history.
+        """
         whole = [*before, *self.tokens]
         shift = len(before)
         earlier = self._earlier
@@ -130,8 +141,11 @@ class NgramDrafter:
                 index[tuple(tokens[end - 1 - n : end - 1])] = at
 
     def match(self) -> tuple[int, int]:
-        """(n, position): the longest suffix of the history seen before (n tokens), and where
-        the tokens that followed its latest earlier occurrence begin; (0, -1) for none."""
+        """The longest suffix of the history seen before, as (n, position); (0, -1) for none.
+
+        n is its length in tokens. position is where the tokens that followed its latest earlier
+        occurrence begin.
+        """
         tokens = self.tokens
         end = len(tokens)
         for n in NGRAM_SIZES:
@@ -145,9 +159,11 @@ class NgramDrafter:
         return 0, -1
 
     def near(self, source: int, n: int, before: int = 8, after: int = 24) -> int:
-        """Where the text resumes around `source` after an edit: the position right after an
-        occurrence of the last `n` tokens within [source - before, source + after], the one
-        closest to `source`; -1 if none."""
+        """Where the text resumes around `source` after an edit; -1 if nowhere.
+
+        It is the position right after an occurrence of the last `n` tokens within
+        [source - before, source + after], the one closest to `source`.
+        """
         tokens = self.tokens
         end = len(tokens)
         if end <= n:
@@ -167,14 +183,16 @@ class NgramDrafter:
         prefix: Sequence[int] = (),
         prefix_edit: Edit | None = None,
     ) -> list[int]:
-        """`prefix` (the rest of `prefix_edit`, under way), then tokens from position `at` on,
-        `limit` in all, with the `edits` the answer made before made again; past the end of
-        the history the text is taken to repeat with the period it showed (a loop goes on as
-        it went).
+        """Draft `limit` tokens: `prefix`, then the history from position `at` on, edits made.
 
-        An edit not made twice yet ends the draft: whether the answer makes it again is seen
-        from the token sampled next. Sets `origins`: per drafted token, the position of the
-        history that follows it and the edit that wrote it (None for a copied token)."""
+        `prefix` is the rest of `prefix_edit`, under way. The `edits` the answer made before are
+        made again. Past the end of the history the text is taken to repeat with the period it
+        showed: a loop goes on as it went.
+
+        An edit not made twice yet ends the draft: the token sampled next shows whether the answer
+        makes it again. Sets `origins`: per drafted token, the position of the history that follows
+        it, and the edit that wrote it (None for a copied token).
+        """
         tokens = self.tokens
         end = len(tokens)
         out = list(prefix[:limit])
@@ -215,11 +233,13 @@ Edit = tuple[tuple[int, ...], tuple[int, ...]]  # tokens of the source, what the
 
 
 class Edits:
-    """The edits an answer made to the text it copies (a renamed identifier, a word spelled
-    with other tokens), learnt where a copy broke off and resumed. An edit the answer made
-    twice is made again inside drafts; one made once stops a draft before it, and if the
-    answer goes on making it the next draft finishes it, so a rename costs one missed draft,
-    not one per occurrence, and a one-off change costs little."""
+    """The edits an answer made to the text it copies, learnt where a copy broke off and resumed.
+
+    An edit is a renamed identifier, or a word spelled with other tokens. One the answer made twice
+    is made again inside drafts. One made once stops a draft before it; if the answer goes on making
+    it, the next draft finishes it. So a rename costs one missed draft, not one per occurrence, and
+    a one-off change costs little.
+    """
 
     LONGEST = 8  # tokens on either side of an edit, at most
     MOST = 32  # edits remembered

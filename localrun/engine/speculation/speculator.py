@@ -1,28 +1,18 @@
 """Draftless speculative decoding (prompt lookup): guess the next tokens from what came before.
 
-Answers that edit code or quote text repeat long runs of their input. When the last few tokens
-generated also occur earlier in the prompt or the answer, the tokens that followed them there
-are a cheap guess of what comes next. The engine evaluates the sampled token and the guessed
-ones in one llama_decode (on a CPU or a GPU a batch of a few tokens costs little more than one),
-samples at each row in turn and keeps the guesses up to the first one the model's own sampler
-does not pick; that sampled token is the next token, as without speculation.
+Answers that edit code or quote text repeat long runs of their input. Where the last few tokens
+occurred before, in the prompt or the answer, what followed them there is a cheap guess. The engine
+(engine.batch) decodes the sampled token and the guesses in one batch, which costs little more than
+one token. It keeps the guesses up to the first one its sampler does not pick, and that pick is the
+next token. Where a copy breaks off and resumes, the change between is learnt (Edits). Draft lengths
+follow expected gain and misses back off (Speculator), so prose that rarely repeats itself pays
+almost nothing.
 
-Lossless: every kept token is one the sampler chain chose, from logits computed after exactly
-the tokens before it. With temperature > 0 this is speculative sampling's acceptance rule for a
-draft that proposes one token with certainty (accept with probability p(draft), else sample
-from p without the draft): the output distribution is unchanged. Grammars and penalties see
-the same accepted tokens in the same order. (llama.cpp's logits for a batch of tokens may
-differ from one-token decoding, on a CPU by up to about 1, which can flip a near tie.)
-
-Edits: an answer that copies a text with changes (a renamed identifier, a word spelled with
-other tokens, a dropped annotation) breaks the copy at every change. Where a copy breaks off
-and resumes, the change between is learnt (Edits); a change made twice is made again inside
-drafts, so a rename costs one missed draft rather than one per occurrence.
-
-Adaptive: the draft length grows while whole drafts are accepted and shrinks on a rejection,
-and a run of drafts rejected at their first token backs off for a growing number of tokens, so
-prose that rarely repeats itself pays almost nothing. This module is pure Python: the engine
-(engine.batch) calls it for every slot.
+Lossless: every kept token is one the sampler chain chose, from logits computed after exactly the
+tokens before it. With temperature > 0 this is speculative sampling's rule for a draft sure of one
+token: accept with probability p(draft), else sample from p without it. Grammars and penalties see
+the same tokens in the same order. (llama.cpp's logits for a batch may differ from one-token
+decoding, on a CPU by up to about 1, which can flip a near tie.)
 """
 
 from __future__ import annotations
@@ -45,7 +35,7 @@ ModelDrafter = Callable[[Sequence[int], int], list[int]]
 # Before any draft of a size is judged: the chance a drafted token is kept, as kept : rejected
 # counts. A 24-token match is a copy under way; three tokens are a hunch. A copy that has just
 # reached 24 tokens breaks soon as often as not (a median of 19 more tokens over 61 answers of
-# scripts/bench/speculative.py's workloads and bench/lookup_bound.py's corpus): 19 : 1 drafts it
+# scripts/bench/speculative.py's workloads and measure/lookup_bound.py's corpus): 19 : 1 drafts it
 # some 16 tokens at first on two cores, and the answer's own evidence lengthens the drafts as the
 # copy goes on.
 _PRIOR = {24: (19.0, 1.0), 12: (9.0, 1.0), 6: (4.0, 1.0), 3: (2.0, 1.0)}
@@ -59,17 +49,14 @@ _RESYNC_TOKENS = 16  # how long after the break to look
 
 
 class Speculator:
-    """Draft proposals for one generation, their length chosen by expected gain, and the
-    counts reported.
+    """Draft proposals for one generation, their length chosen by expected gain, with counts.
 
     The engine calls `propose(token, limit)` with the token it is about to decode, then
-    `settle(draft, accepted)` once it knows how many draft tokens the sampler kept. A draft's
-    length is the one with the largest expected gain, from p, the estimated chance that a
-    drafted token is kept (tracked per n-gram size), and what batches cost here now (measured by
-    the engine's CostMeter, engine.speculation.costs).
-    Where no length gains, nothing is drafted (the lookup is still judged by the next token), and
-    rejected drafts back off for a growing number of tokens, so prose that rarely repeats
-    itself pays almost nothing.
+    `settle(draft, accepted)` once it knows how many draft tokens the sampler kept. A draft's length
+    has the largest expected gain (`length`). That weighs p, the estimated chance that a drafted
+    token is kept (per n-gram size), against what batches cost here now (engine.speculation.costs).
+    Where no length gains, nothing is drafted, and rejected drafts back off for a growing number of
+    tokens.
     """
 
     def __init__(
@@ -123,8 +110,10 @@ class Speculator:
         self._shadow: tuple[int, int] | None = None
 
     def propose(self, token: int, limit: int) -> list[int]:
-        """`token` (sampled, about to be decoded) joins the history; returns the draft to
-        decode after it, at most `limit` tokens (room left in the budget and the context)."""
+        """Add `token` (sampled, about to be decoded) to the history; return the draft after it.
+
+        The draft has at most `limit` tokens: the room left in the budget and the context.
+        """
         self._judge_shadow(token)
         self.drafter.add(token)
         cursor, self._cursor = self._cursor, -1
@@ -171,8 +160,10 @@ class Speculator:
         prefix: Sequence[int] = (),
         edit: Edit | None = None,
     ) -> list[int]:
-        """A draft of `length` tokens copied from position `at` on (after `prefix`, the rest
-        of `edit` under way)."""
+        """A draft of `length` tokens copied from position `at` on.
+
+        It comes after `prefix`, the rest of `edit` under way.
+        """
         self._size, self._at = size, at
         drafter = self.drafter
         draft = self._until_end(drafter.draft(at, length, self.edits, prefix, edit))
@@ -182,10 +173,12 @@ class Speculator:
         return draft
 
     def _follow(self, cursor: int, token: int, limit: int) -> list[int]:
-        """The last draft, all kept, copied the history up to `cursor`: if `token` makes an
-        edit the answer made there before, draft the rest of it and what follows; if the draft
-        ended in an edit and `token` goes on with the copy, go on drafting it. Else []: the
-        lookup decides."""
+        """Go on from the last draft, which was all kept and copied the history up to `cursor`.
+
+        If `token` makes an edit the answer made there before, draft the rest of it and what
+        follows. If the draft ended in an edit and `token` goes on with the copy, go on drafting it.
+        Else return []: the lookup decides.
+        """
         tokens = self.drafter.tokens
         size = self._size
         edit = self.edits.at(tokens, cursor) if self.edits else None
@@ -212,8 +205,7 @@ class Speculator:
         return []
 
     def _learn(self, resumed: int) -> None:
-        """The copy resumed at `resumed` after breaking off at self._break: remember the
-        edit between."""
+        """Remember the edit between self._break, where the copy broke off, and `resumed`."""
         if self._break is None:
             return
         source, answer = self._break
@@ -224,8 +216,10 @@ class Speculator:
             self.edits.learn(tokens[source:old_end], tokens[answer:new_end])
 
     def _until_end(self, draft: list[int]) -> list[int]:
-        """`draft` up to the first token that would end the answer: the row before it samples
-        that end as well, and tokens after it could never be kept."""
+        """`draft` up to the first token that would end the answer.
+
+        The row before it samples that end as well, and tokens after it could never be kept.
+        """
         ends = self.ends
         if ends is not None:
             for i, token in enumerate(draft):
@@ -239,28 +233,30 @@ class Speculator:
             self._shadow = (size, self.drafter.tokens[at])
 
     def length(self, size: int) -> int:
-        """The draft length worth decoding after a match of `size` tokens: the k that
-        maximises the decodes expected to be saved, worth * (p + p^2 + ... + p^k), less what
-        the guess adds to the batch. Alone, a saved token is worth a one-token decode and a
-        guess of k adds batch(k + 1) - 1. Beside other generating slots (the batch is decoded
-        for them anyway) a guess adds batch(streams + k) - batch(streams), and a saved token is
-        worth what a token costs in that batch, batch(streams) / streams: on a CPU, where each
-        row costs about as much as a one-token decode's share, 8 streams draft only where a
-        guess is kept more than 3 times in 4 (a busy server's tokens are not spent on one
-        client's unlikely guesses).
+        """The draft length worth decoding after a match of `size` tokens.
 
-        After a short match (a hunch, under _SURE tokens) p is taken one standard error below
-        its estimate: the estimate rests on some ten recent guesses, and a length chosen when
-        it happens to read high drafts where guesses are not that good. On prose, 3-token
-        matches were right 2 times in 3 and drafts were made when the estimate read 0.72 or
-        more; two guessed rows kept 1.07 tokens and cost 1.29 decodes (scripts/bench/speculative.py,
-        prose at 0.94x the speed without speculation). Long matches are copies under way,
-        right 97 times in 100 at the estimates they are drafted at: they keep it."""
+        It is the k that maximises the decodes expected to be saved,
+        worth * (p + p^2 + ... + p^k), less what the guess adds to the batch. Alone, a saved token
+        is worth a one-token decode, and a guess of k adds batch(k + 1) - 1. Beside other
+        generating slots, a guess adds batch(streams + k) - batch(streams), and a saved token is
+        worth what a token costs in that batch, batch(streams) / streams. After a short match (a
+        hunch, under _SURE tokens) p is taken one standard error below its estimate.
+        """
+        # A hunch's estimate rests on some ten recent guesses, and a length chosen when it
+        # happens to read high drafts where guesses are not that good. On prose, 3-token matches
+        # were right 2 times in 3, and drafts were made when the estimate read 0.72 or more; two
+        # guessed rows kept 1.07 tokens and cost 1.29 decodes (scripts/bench/speculative.py,
+        # prose at 0.94x the speed without speculation). Long matches are copies under way,
+        # right 97 times in 100 at the estimates they are drafted at: they keep it.
         kept, lost = self._kept[size], self._lost[size]
         p = kept / (kept + lost)
         if size < _SURE:
             p = max(0.0, p - math.sqrt(p * (1.0 - p) / (kept + lost)))
         cost = self.cost()
+        # Beside other slots the batch is decoded for them anyway. On a CPU, where each row
+        # costs about as much as a one-token decode's share, 8 streams draft only where a guess
+        # is kept more than 3 times in 4: a busy server's tokens are not spent on one client's
+        # unlikely guesses.
         streams = max(1, cost.streams)
         before = cost.batch(streams)
         worth = before / streams
@@ -283,8 +279,10 @@ class Speculator:
         return best
 
     def known(self, tokens: Sequence[int]) -> None:
-        """Tokens the answer took that no guess was made for (the text a grammar forced):
-        they join the history, and the next lookup starts afresh."""
+        """Add tokens the answer took without a guess (text a grammar forced) to the history.
+
+        The next lookup starts afresh.
+        """
         if tokens:
             self._judge_shadow(tokens[0])
         self.drafter.extend(tokens)
@@ -299,8 +297,7 @@ class Speculator:
             self._lost[size] = self._lost[size] * _DECAY + (token != guess)
 
     def settle(self, draft: Sequence[int], accepted: int) -> None:
-        """The first `accepted` tokens of `draft` were kept: they join the history, and the
-        estimates follow how this draft did."""
+        """Add the first `accepted` tokens of `draft` to the history; the estimates follow it."""
         if not draft:
             return
         self.drafted += len(draft)
@@ -343,11 +340,13 @@ def speculator(
     known: Snapshots | None = None,
     before: Sequence[int] = (),
 ) -> Speculator | None:
-    """The speculator a generation with these settings uses, or None (speculation off).
-    `model` drafts with the model's DRAFT model (modes auto and draft); `ends` tells the
-    tokens that end the answer (drafts stop before them); `known`, the engine's recent
-    histories, spares indexing again what a history shares with one of them; `before` goes
-    ahead of the history (an earlier answer to look up)."""
+    """The speculator a generation with these settings uses, or None when speculation is off.
+
+    `model` drafts with the model's DRAFT model (modes auto and draft). `ends` tells the tokens that
+    end the answer; drafts stop before them. `known`, the engine's recent histories, spares indexing
+    again what a history shares with one of them. `before` goes ahead of the history (an earlier
+    answer to look up).
+    """
     if mode == "off" or draft_max <= 0:
         return None
     if mode == "draft" and model is None:

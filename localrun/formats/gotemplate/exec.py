@@ -1,20 +1,17 @@
 """Go text/template, executed as Go executes it: the parsed set, its budget, the executor.
 
-Data is plain Python standing for Go values: None is nil (what a missing map key gives), bool,
-int, float (float64), str, bytes, list or tuple (a slice), dict (a map; ranged over in sorted
-key order, as Go does), and dataclass instances (structs: their fields, and nothing else, are
-reachable by name; never methods, never dunders). An object with a `go_string()` method prints
-through it, as a Go value with a String() method does; a dataclass with `go_pointer = True`
-stands for a pointer to a struct: print and printf show it as `&{...}`, an action as `{...}`.
+Data is plain Python standing for Go values: None is nil (what a missing map key gives), bool, int,
+float (float64), str, bytes, list or tuple (a slice), dict (a map, ranged over in sorted key order
+as Go does), and dataclass instances (structs). A struct's fields, and nothing else, are reachable
+by name; never methods, never dunders. An object with a `go_string()` method prints through it, as a
+Go value with a String() method does. A dataclass with `go_pointer = True` stands for a pointer to a
+struct: print and printf show it as `&{...}`, an action as `{...}`.
 
-The builtin functions are in funcs.py, the parser in parse.py (its lexer in lex.py), Go's fmt
-in fmt.py and its encoding/json in json.py.
-
-The template is hostile input: every action, function call and range iteration spends one of
-MAX_STEPS; template calls nest at most MAX_CALLS deep and all control nesting at most
-MAX_NESTING; every value a function builds, and the output, stays under sandbox.limit()
-characters; printf widths and precisions too. A breach, and any failure, is a TemplateError
-naming the line. The time bound is the caller's (sandbox.call()).
+The template is hostile input. Every action, function call and range iteration spends one of
+MAX_STEPS. Template calls nest at most MAX_CALLS deep and all control nesting at most MAX_NESTING.
+Every value a function builds, the output, and printf widths and precisions stay under
+sandbox.limit() characters. A breach, and any failure, is a TemplateError naming the line. The time
+bound is the caller's (sandbox.call()).
 """
 
 from __future__ import annotations
@@ -106,7 +103,9 @@ class GoTemplate:
         budget: Budget | None = None,
     ) -> str:
         """Render with `data` as dot and `$`; `funcs` are the functions beyond Go's builtins.
-        Executions that build one prompt share a `budget` (steps and output size)."""
+
+        Executions that build one prompt share a `budget` of steps and output size.
+        """
         run = _Exec(self.trees, funcs or {}, budget or Budget())
         try:
             run.vars = [["$", data]]

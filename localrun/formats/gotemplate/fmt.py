@@ -107,8 +107,10 @@ def sprint(args: list[Any], limit: int, line: bool = False) -> str:
 
 
 def _digits(f: float) -> tuple[str, int]:
-    """The shortest decimal digits of abs(f) that read back as f, and the decimal point's
-    position (f = 0.DIGITS x 10^dp), as Go's strconv computes them."""
+    """The shortest digits of abs(f) that read back as f, and the decimal point's position.
+
+    So f = 0.DIGITS x 10^dp, as Go's strconv computes them.
+    """
     if f == 0:
         return "0", 1
     _, digits, exponent = Decimal(repr(abs(f))).as_tuple()
@@ -172,8 +174,10 @@ def go_quote(text: str, quote: str = '"') -> str:
 
 def _bad(verb: str, arg: Any, flags: str = "", width: int | None = None,
          prec: int | None = None) -> str:  # fmt: skip
-    """Go's complaint for a verb that does not fit the value: the value as %v, with the
-    same flags and width."""
+    """Go's complaint for a verb that does not fit the value.
+
+    It shows the value as %v, with the same flags and width.
+    """
     if arg is None:
         return f"%!{verb}(<nil>)"
     shown = format_value(arg) if verb == "v" else _format_arg(arg, "v", flags, width, prec)
@@ -317,8 +321,10 @@ def _parsenum(form: str, i: int, end: int) -> tuple[int, bool, int]:
 
 
 def sprintf(form: str, args: list[Any], limit: int) -> str:
-    """fmt.Sprintf as Go runs it (flags, widths, precisions, * and [n] arguments, the %!
-    complaints); widths and the result stay under `limit` characters."""
+    """fmt.Sprintf as Go runs it; widths and the result stay under `limit` characters.
+
+    It takes flags, widths, precisions, * and [n] arguments, and writes Go's %! complaints.
+    """
     return _Printf(form, args, limit).run()
 
 
@@ -361,8 +367,10 @@ class _Printf:
         self.out.append(text)
 
     def directive(self) -> bool:
-        """The directive after a %: flags, [n], width, precision, verb. False when the format
-        ends before its verb."""
+        """The directive after a %: flags, [n], width, precision, verb.
+
+        False when the format ends before its verb.
+        """
         form, start = self.form, self.i
         while self.i < len(form) and form[self.i] in "#0+- ":
             self.i += 1

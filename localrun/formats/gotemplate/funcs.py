@@ -1,10 +1,10 @@
-"""Go text/template's builtin functions, as Go's text/template/funcs.go defines them: truth,
-the comparisons, len, index, slice, the print family and the escapers (html, js, urlquery).
+"""Go text/template's builtin functions, as Go's text/template/funcs.go defines them.
 
-Strings are measured, indexed and sliced in UTF-8 bytes, as Go's `len`, `index` and `slice`
-do. `and` and `or` are not here: they evaluate their arguments lazily, so the executor runs
-them (exec.py). `call` is refused: templates here have no function values to call. A
-failure is a Fail, which the executor turns into a TemplateError naming the line.
+They are truth, the comparisons, len, index, slice, the print family and the escapers (html, js,
+urlquery). Strings are measured, indexed and sliced in UTF-8 bytes, as Go's `len`, `index` and
+`slice` do. `and` and `or` are not here: they evaluate their arguments lazily, so the executor runs
+them (exec.py). `call` is refused: templates here have no function values to call. A failure is a
+Fail, which the executor turns into a TemplateError naming the line.
 """
 
 from __future__ import annotations

@@ -22,8 +22,11 @@ class JSONUnsupported(Exception):
 
 
 def go_json(value: Any) -> str:
-    """json.Marshal: compact, `<>&` escaped, maps in key order, struct fields in their order
-    under their `json_tags` (`name,omitempty`); a value with go_json() encodes through it."""
+    """json.Marshal: compact, `<>&` escaped, maps in key order, struct fields in their order.
+
+    Struct fields go under their `json_tags` (`name,omitempty`). A value with go_json() encodes
+    through it.
+    """
     out: list[str] = []
     _encode(value, out)
     return "".join(out)

@@ -1,12 +1,12 @@
-"""Go text/template source -> tokens, as Go's text/template/parse lexer reads it; and the
-values of the literals it finds (strings, raw strings, numbers, character constants).
+"""Go text/template source -> tokens, as Go's text/template/parse lexer reads it.
 
-Outside actions everything is text. `{{- ` trims the white space before the action and ` -}}`
-the white space after it (the dash must touch the braces and have a space on its inner side:
-`{{-3}}` is the number -3); `{{/* */}}` is a comment. Inside an action the lexer keeps the
-white space as tokens of its own, since the parser needs it to tell `.A .B` from `.A.B`.
-Literals decode as Go's strconv.Unquote and its untyped constants do. Every error is a
-TemplateError naming the line.
+It also gives the values of the literals it finds: strings, raw strings, numbers, character
+constants. Outside actions everything is text. `{{- ` trims the white space before the action and
+` -}}` the white space after it. The dash must touch the braces and have a space on its inner side:
+`{{-3}}` is the number -3. `{{/* */}}` is a comment. Inside an action the lexer keeps the white
+space as tokens of its own, since the parser needs it to tell `.A .B` from `.A.B`. Literals decode
+as Go's strconv.Unquote and its untyped constants do. Every error is a TemplateError naming the
+line.
 """
 
 from __future__ import annotations
@@ -276,8 +276,10 @@ def _escape(body: str, i: int, quote: str, line: int) -> tuple[int, int]:
 
 
 def number(text: str, kind: str, line: int) -> int | float:
-    """A number or character constant: an int unless written as a float (as Go's
-    idealConstant decides what an untyped constant is)."""
+    """A number or character constant: an int unless written as a float.
+
+    This is how Go's idealConstant decides what an untyped constant is.
+    """
     if kind == "char":
         body = text[1:-1]
         if body.startswith("\\"):
@@ -322,10 +324,12 @@ _GO_ACTION = re.compile(
 
 
 def looks_like_go(source: str) -> bool:
-    """Whether a TEMPLATE is Go (Ollama's) rather than Jinja (Hugging Face's): Jinja has
-    `{% %}` blocks and bare names (`{{ messages }}`); Go has `{{ .Field }}`, `{{ $x }}`,
+    """Whether a TEMPLATE is Go (Ollama's) rather than Jinja (Hugging Face's).
+
+    Jinja has `{% %}` blocks and bare names (`{{ messages }}`). Go has `{{ .Field }}`, `{{ $x }}`,
     `{{ if }}`/`{{ range }}`/`{{ end }}`, and functions called with a space before their first
-    argument (`{{ printf "%s" .X }}`). Text with no action at all is Go, as Ollama reads it."""
+    argument (`{{ printf "%s" .X }}`). Text with no action at all is Go, as Ollama reads it.
+    """
     if "{%" in source or "{#" in source:
         return False
     return bool(_GO_ACTION.search(source)) or "{{" not in source

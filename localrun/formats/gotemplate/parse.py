@@ -2,19 +2,17 @@
 
     template := (text | '{{' action '}}' | '{{/*' comment '*/}}')*
     action   := 'if' pipeline | 'else' ['if' pipeline | 'with' pipeline] | 'end'
-              | 'range' pipeline | 'with' pipeline | 'break' | 'continue'
+              | 'range' pipeline | 'with' pipeline | 'break' | 'continue' | pipeline
               | 'define' string | 'block' string pipeline | 'template' string [pipeline]
-              | pipeline
     pipeline := [$var [',' $var] (':=' | '=')] command ('|' command)*
     command  := operand (space operand)*
     operand  := term ('.' Field)*
     term     := function | '.' | '.Field' | '$var' | 'nil' | true | false | number | string
               | '(' pipeline ')'
 
-Go checks at parse time that every function named exists and every variable is declared,
-that `break`/`continue` sit inside a `range`, and that `else`/`end` match; so do we. The
-template is hostile input: nesting is capped (MAX_DEPTH) so no input reaches Python's recursion
-limit, and every error is a TemplateError naming the line. The tokens come from lex.py.
+Go checks at parse time that every function named exists, every variable is declared, `break` and
+`continue` sit inside a `range`, and `else` and `end` match; so do we. Nesting is capped (MAX_DEPTH)
+below Python's recursion limit. Every error is a TemplateError naming the line.
 """
 
 from __future__ import annotations

@@ -1,17 +1,17 @@
 """Hugging Face's chat template environment: Jinja, sandboxed, with transformers' additions.
 
-A template is untrusted input (it comes inside downloaded GGUF files and Modelfiles): it is
-rendered with Jinja's SandboxedEnvironment, which blocks attribute access to Python internals
-(llama-cpp-python's CVE-2024-34359 was a template that reached os.popen), with limits on the
-size of what `*`, `**`, `+`, `%` and the sizing filters can build, a budget on `range`, and the
-watchdog of formats/sandbox.py on time and memory.
+A template is untrusted input: it comes inside downloaded GGUF files and Modelfiles. It is rendered
+with Jinja's SandboxedEnvironment, which blocks attribute access to Python internals
+(llama-cpp-python's CVE-2024-34359 was a template that reached os.popen). Limits hold the size of
+what `*`, `**`, `+`, `%` and the sizing filters can build; `range` has a budget; the watchdog of
+formats/sandbox.py bounds time and memory.
 
-The environment is the one these templates are written for (transformers'): trim_blocks and
-lstrip_blocks, the loopcontrols extension (`{% break %}`, `{% continue %}`), the
-`{% generation %}` tag (its body rendered as it is), `tojson` with its keyword arguments
-(ensure_ascii, indent, separators, sort_keys), `raise_exception(msg)` and `strftime_now(fmt)`.
-Lists and dicts are mutable, as llama.cpp's engine has them (Kimi K2's template appends to a
-list it made): the caller passes data of its own, rebuilt for each render.
+The environment is the one these templates are written for, transformers'. It has trim_blocks and
+lstrip_blocks, the loopcontrols extension (`{% break %}`, `{% continue %}`), the `{% generation %}`
+tag (its body rendered as it is), `tojson` with its keyword arguments (ensure_ascii, indent,
+separators, sort_keys), `raise_exception(msg)` and `strftime_now(fmt)`. Lists and dicts are mutable,
+as llama.cpp's engine has them (Kimi K2's template appends to a list it made). So the caller passes
+data of its own, rebuilt for each render.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ def _budget_range(*args: int) -> range:
 
 
 def _add(left: Any, right: Any) -> Any:
-    """`+`, where a string and an undefined or None value concatenate as if it were "" (as
-    llama.cpp's engine has it: Command R's tool template adds a parameter's missing
-    description)."""
+    """`+`, where a string and an undefined or None value concatenate as if it were "".
+
+    llama.cpp's engine has it so: Command R's tool template adds a parameter's missing description.
+    """
     from jinja2 import Undefined
 
     if isinstance(left, str) and (right is None or isinstance(right, Undefined)):
@@ -134,8 +135,11 @@ def _as_is(context: Any, value: Any) -> Any:
 
 
 def _checked_format(env: Any, method: Any) -> Callable[..., str]:
-    """str.format and format_map through Jinja's sandboxed formatter, each field's spec checked
-    once its nested fields are filled in (`'{:{}}'.format(x, N)`) and before it is formatted."""
+    """str.format and format_map through Jinja's sandboxed formatter, each field's spec checked.
+
+    A spec is checked once its nested fields are filled in (`'{:{}}'.format(x, N)`), before it is
+    formatted.
+    """
     from jinja2.sandbox import SandboxedFormatter
 
     class Checked(SandboxedFormatter):
@@ -157,8 +161,10 @@ def _checked_format(env: Any, method: Any) -> Callable[..., str]:
 
 @lru_cache(maxsize=1)
 def _generation_tag() -> type:
-    """Hugging Face's `{% generation %}...{% endgeneration %}`: it marks the assistant's part
-    for training masks; rendering a prompt, its body renders as it is."""
+    """Hugging Face's `{% generation %}...{% endgeneration %}`: its body renders as it is.
+
+    The tag marks the assistant's part for training masks, which a prompt has no use for.
+    """
     from jinja2.ext import Extension
 
     class Generation(Extension):

@@ -1,10 +1,10 @@
 """A chat request's OpenAI-shaped messages and tools -> the values Ollama's templates see.
 
-This follows how a request reaches ollama/ollama's template (`openai/openai.go` reading the
-OpenAI shape, `server/prompt.go` and `template/template.go` collating it): a content list
-becomes one message per part, consecutive messages of one role are joined by a blank line
-(except tool results), every system message is also joined into .System, and JSON numbers
-become float64 as Go decodes them into `any`.
+This follows how a request reaches ollama/ollama's template: `openai/openai.go` reads the OpenAI
+shape, and `server/prompt.go` and `template/template.go` collate it. A content list becomes one
+message per part. Consecutive messages of one role are joined by a blank line, except tool results,
+and every system message is also joined into .System. JSON numbers become float64, as Go decodes
+them into `any`.
 """
 
 from __future__ import annotations
@@ -118,8 +118,11 @@ def _image(item: Any) -> bytes:
 
 
 def ollama_messages(messages: list[dict[str, Any]]) -> list[ApiMessage]:
-    """As Ollama's OpenAI layer reads a chat request: a content list becomes one message per
-    part; a tool result without a name takes its call's function name."""
+    """The messages as Ollama's OpenAI layer reads a chat request.
+
+    A content list becomes one message per part. A tool result without a name takes its call's
+    function name.
+    """
     names = {
         str(call.get("id")): str((call.get("function") or {}).get("name") or "")
         for m in messages
@@ -156,8 +159,10 @@ def ollama_messages(messages: list[dict[str, Any]]) -> list[ApiMessage]:
 
 
 def collate(messages: list[ApiMessage]) -> tuple[str, list[ApiMessage]]:
-    """Ollama's collate: system messages joined, consecutive same-role messages merged
-    (except tool results)."""
+    """Ollama's collate: system messages joined, consecutive same-role messages merged.
+
+    Tool results are never merged.
+    """
     system: list[str] = []
     collated: list[ApiMessage] = []
     for m in messages:

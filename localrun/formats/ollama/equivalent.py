@@ -1,22 +1,18 @@
 """The Go template that renders the prompts a model's own (Jinja) template renders.
 
-Ollama's clients read a model's template as a Go template (`ollama show --modelfile` fed back
-to `ollama create`, Open WebUI's editor), where most GGUFs carry a Jinja one. Ollama itself
-replaces a GGUF's Jinja with the nearest of its built-in templates (template.Named: the edit
-distance to the Jinja texts of its index.json). localrun answers by what the templates do:
+Ollama's clients read a model's template as a Go template (`ollama show --modelfile` fed back to
+`ollama create`, Open WebUI's editor), where most GGUFs carry a Jinja one. Ollama itself replaces a
+GGUF's Jinja with the nearest of its built-in templates: template.Named, by edit distance to the
+Jinja texts of its index.json. localrun answers by what the templates do (find):
 
-1. Ollama's built-in templates (templates/*.gotmpl, MIT, in its index's order): the first that
+1. the first of Ollama's built-in templates (templates/*.gotmpl, MIT, in its index's order) that
    renders every probe conversation exactly as the model's template does;
-2. else one written for the model's own markers (`markers`): each message wrapped in its
-   role's opening and a closing the roles share, a default system turn where the template
-   writes one for a conversation without a system message, and the answer's cue; kept only
-   if it renders every probe alike too;
+2. else one written for the model's own markers (`markers`), if it renders every probe alike;
 3. else none: no Go template localrun can vouch for.
 
-The probes are conversations of text turns (system, user, assistant, as Ollama's template
-tests have them); `render(source, messages)` is the prompt the runner would give the model
-with template `source` (None: the model's own). Tools and reasoning are beyond them: a Go
-template without `.Tools` gets tools in a system note, where the model's own may list them.
+The probes are conversations of text turns: system, user, assistant, as Ollama's template tests have
+them. Tools and reasoning are beyond them: a Go template without `.Tools` gets tools in a system
+note, where the model's own may list them.
 """
 
 from __future__ import annotations
@@ -30,6 +26,8 @@ from importlib import resources
 
 from localrun.errors import LocalrunError
 
+# render(source, messages): the prompt the runner would give the model with template `source`,
+# the model's own where `source` is None.
 Render = Callable[[str | None, list[dict[str, str]]], str]
 
 # Ollama's template/index.json names, in its order (duplicates dropped).
@@ -85,9 +83,12 @@ def named(name: str) -> str:
 
 
 def find(render: Render, end_markers: list[str]) -> Found | None:
-    """The Go template that renders every probe as the model's own template does (`render`
-    with None); `end_markers` are the markers that may close a turn (the model's end-of-turn
-    tokens). None where neither one of Ollama's nor one written for the markers does."""
+    """The Go template that renders every probe as the model's own template does, or None.
+
+    `render` with None renders with the model's own template. `end_markers` are the markers that may
+    close a turn: the model's end-of-turn tokens. None where neither one of Ollama's templates nor
+    one written for the markers does.
+    """
     try:
         wanted = [render(None, probe) for probe in PROBES]
     except LocalrunError:  # the model's template refuses these turns: nothing to match
@@ -109,8 +110,13 @@ def _renders(render: Render, source: str, wanted: list[str]) -> bool:
 
 
 def markers(render: Render, end_markers: list[str]) -> str | None:
-    """A Go template for the model's own turn markers, read off its renderings of sentinel
-    conversations; None where they do not take that shape (the caller checks the result)."""
+    """A Go template for the model's own turn markers, read off its renderings of sentinel turns.
+
+    Each message is wrapped in its role's opening and a closing the roles share. A default system
+    turn comes first where the template writes one for a conversation without a system message, and
+    the answer's cue last. None where the renderings do not take that shape; the caller checks the
+    result.
+    """
     try:
         alone = _cut(render(None, [_U]), USER)
         after_system = _cut(render(None, [_S, _U]), SYSTEM, USER)
@@ -152,8 +158,11 @@ def _cut(text: str, *sentinels: str) -> list[str] | None:
 
 
 def _closing(between: list[str], end_markers: list[str]) -> str:
-    """What every turn ends with: the text all the spans between turns begin with, up to
-    the last end-of-turn marker in it and the line breaks after it ("" where none is)."""
+    """What every turn ends with, or "" where nothing does.
+
+    It is the text all the spans between turns begin with, up to the last end-of-turn marker in it
+    and the line breaks after it.
+    """
     common = between[0]
     for text in between[1:]:
         while not text.startswith(common):
@@ -170,17 +179,21 @@ def _closing(between: list[str], end_markers: list[str]) -> str:
 
 
 def _dated(pieces: list[str]) -> bool:
-    """Whether a piece holds today's date, however written (a template that writes the date,
-    as Llama 3.1's and Granite 3.3's do, cannot be written down as text): this year beside
-    this month's name or number."""
+    """Whether a piece holds today's date, however written: this year beside this month.
+
+    The month may be its name or its number. A template that writes the date, as Llama 3.1's and
+    Granite 3.3's do, cannot be written down as text.
+    """
     today = date.today()
     months = (today.strftime("%B"), today.strftime("%b"), today.strftime("-%m-"))
     return any(str(today.year) in p and any(m in p for m in months) for p in pieces)
 
 
 def _written(default: str, openings: dict[str, str], closing: str, cue: str) -> str:
-    """The Go template of those pieces, in Ollama's .Messages style: `{{ .Role }}` where the
-    roles' openings differ by the role's name alone."""
+    """The Go template of those pieces, in Ollama's .Messages style.
+
+    It writes `{{ .Role }}` where the roles' openings differ by the role's name alone.
+    """
     head = ""
     if default:
         head = f'{{{{ if and (eq $i 0) (ne .Role "system") }}}}{default}{{{{ end }}}}'

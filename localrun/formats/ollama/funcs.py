@@ -1,5 +1,7 @@
-"""The functions Ollama gives its templates (ollama/ollama `template/template.go` funcs):
-json, currentDate, yesterdayDate and toTypeScriptType."""
+"""The functions Ollama gives its templates: json, currentDate, yesterdayDate, toTypeScriptType.
+
+They follow the funcs of ollama/ollama `template/template.go`.
+"""
 
 from __future__ import annotations
 

@@ -1,22 +1,10 @@
 """Ollama's layer over Go templates: how it parses a template and renders a conversation.
 
-This follows ollama/ollama `template/template.go` (and `server/prompt.go`, `openai/openai.go`
-for how a request's messages and tools reach it):
-
-- Parse: a template that names neither `.Messages` nor `.Response` (in any letter case, in
-  any of its trees) gets `{{ .Response }}` appended; `{{ template "x" }}` without an argument
-  is refused ("undefined template specified").
-- Execute: messages are collated (consecutive messages of one role joined by a blank line,
-  except tool results; every system message also joined into .System). With a prompt and a
-  suffix (fill-in-the-middle), the template runs once on .Prompt/.Suffix. A template that
-  names `.Messages` runs once on .System/.Messages/.Tools. Any other template runs once per
-  prompt/response pair, and for the last pair everything after its first `.Response` field is
-  cut, so the prompt ends where the model's answer begins; that last run has neither the
-  template's functions nor its {{define}}s, as in Ollama.
-- Values: .System .Messages .Tools .Prompt .Suffix .Response, and .Think .ThinkLevel
-  .IsThinkSet. Their types are in values.py, how a request becomes them in convert.py, the
-  template functions (json, currentDate, ...) in funcs.py. JSON is Go's encoding/json:
-  compact, `<>&` escaped, maps in key order, numbers from JSON as float64.
+This follows ollama/ollama `template/template.go`, with `server/prompt.go` and `openai/openai.go`
+for how a request's messages and tools reach it. A template sees .System .Messages .Tools .Prompt
+.Suffix .Response, and .Think .ThinkLevel .IsThinkSet. Their types are in values.py, how a request
+becomes them in convert.py, and the template functions (json, currentDate, ...) in funcs.py. JSON is
+Go's encoding/json: compact, `<>&` escaped, maps in key order, numbers from JSON as float64.
 """
 
 from __future__ import annotations
@@ -101,8 +89,10 @@ class OllamaTemplate:
 
 
 def _identifiers(root: Node) -> list[str]:
-    """Ollama's Identifiers(): fields and variables in actions, branches and template calls
-    (not inside a chain's operand)."""
+    """Ollama's Identifiers(): fields and variables in actions, branches and template calls.
+
+    Those inside a chain's operand do not count.
+    """
     names: list[str] = []
     stack: list[Node] = [root]
     while stack:
@@ -129,7 +119,12 @@ def _identifiers(root: Node) -> list[str]:
 
 @lru_cache(maxsize=32)
 def load(source: str) -> OllamaTemplate:
-    """Parse as Ollama's template.Parse does; raises TemplateError."""
+    """Parse as Ollama's template.Parse does; raises TemplateError.
+
+    A template that names neither `.Messages` nor `.Response`, in any letter case and in any of its
+    trees, gets `{{ .Response }}` appended. `{{ template "x" }}` without an argument is refused
+    ("undefined template specified").
+    """
     tmpl = parse(source, frozenset(FUNCS))
     names = frozenset(name.lower() for tree in tmpl.trees.values() for name in _identifiers(tree))
     trees = dict(tmpl.trees)
@@ -207,10 +202,12 @@ def render(
     suffix: str | None = None,
     add_generation_prompt: bool = True,
 ) -> str:
-    """The prompt Ollama gives its model for this conversation (OpenAI-shaped messages and
-    tools). With `suffix`, the fill-in-the-middle prompt: .Prompt is the last user message.
-    With add_generation_prompt=False, the last turn of a template without .Messages is
-    rendered whole (not cut after .Response). Raises TemplateError."""
+    """The prompt Ollama gives its model for this conversation (OpenAI-shaped messages and tools).
+
+    With `suffix`, it is the fill-in-the-middle prompt, and .Prompt is the last user message. With
+    add_generation_prompt=False, the last turn of a template without .Messages is rendered whole,
+    not cut after .Response. Raises TemplateError.
+    """
 
     def bounded() -> str:
         try:
@@ -229,6 +226,10 @@ def _render(
     suffix: str | None,
     add_generation_prompt: bool,
 ) -> str:
+    # Messages are collated: consecutive messages of one role joined by a blank line, except tool
+    # results, and every system message also joined into .System. With a prompt and a suffix
+    # (fill-in-the-middle) the template runs once on .Prompt/.Suffix. One that names .Messages
+    # runs once on .System/.Messages/.Tools; any other once per prompt/response pair (_legacy).
     tmpl = load(source)
     flags = think_flags(think)
     budget = Budget()
@@ -259,7 +260,11 @@ def _legacy(
     budget: Budget,
     add_generation_prompt: bool,
 ) -> str:
-    """One run per prompt/response pair; the last one cut after .Response."""
+    """One run per prompt/response pair; the last one cut after .Response.
+
+    The cut is at the first `.Response` field, so the prompt ends where the model's answer begins.
+    As in Ollama, that last run has neither the template's functions nor its {{define}}s.
+    """
     out: list[str] = []
     turn = {"System": "", "Prompt": "", "Response": ""}
 
@@ -309,7 +314,9 @@ _TRIAL_TOOLS = [
 
 
 def check(source: str) -> None:
-    """Refuse a template Ollama could not use: it must parse and render a short conversation
-    (system, user, assistant, user, with a tool); raises TemplateError saying why."""
+    """Refuse a template Ollama could not use, with a TemplateError that says why.
+
+    It must parse and render a short conversation: system, user, assistant, user, with a tool.
+    """
     load(source)
     render(source, _TRIAL, tools=_TRIAL_TOOLS)

@@ -17,8 +17,10 @@ from localrun.formats.gotemplate.json import encode_map, go_json
 
 
 class JSONMap(dict[str, Any]):
-    """A Go map that prints as its JSON (Ollama's templateArgs, templateProperties); a nil
-    one prints `{}` and encodes as null."""
+    """A Go map that prints as its JSON (Ollama's templateArgs, templateProperties).
+
+    A nil one prints `{}` and encodes as null.
+    """
 
     go_type: ClassVar[str] = "template.templateArgs"
 

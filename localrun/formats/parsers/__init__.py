@@ -1,25 +1,17 @@
 """Each model family's tool-call and reasoning format, chosen from the model's chat template.
 
-A family is one row below: the markers its template writes (all must appear, as llama.cpp's
-chat.cpp and Ollama's parsers choose), its call syntax (one parser a module: markers, how the
-arguments are written, how it streams) and its reasoning tags. The first row that matches wins,
-so the specific rows come first. A template that matches no row but renders an assistant's tool
-calls gets a syntax derived from that rendering (derive.py; formats/template.py's `family`
-renders the probe); one that renders none gets the Hermes `<tool_call>` syntax the tool note
-asks for (formats/calls.py).
-
     base.py         what a syntax is, and the helpers the families share
     stream.py       an answer streamed with its calls taken out, in any syntax
     wrapped.py      JSON between markers (Hermes, Granite, Phi-4, Nemotron, Firefunction,
                     Command R, LFM2's Python calls)
     xml.py          values written as text (Qwen3-Coder, Seed-OSS, MiniMax, GLM)
     python.py       calls written as Python, read with `ast` (LFM2, pythonic, Llama's tools)
-    families/       one family each: llama3.py mistral.py deepseek.py kimi.py functionary.py
-                    harmony.py gemma4.py minimax.py pythonic.py
+    families/       one family a module (llama3.py, mistral.py, deepseek.py, kimi.py, ...)
     derive.py       a syntax read from a template's own rendering of a call
 
-The dialects never look in here: the runner's sink turns an answer into text, reasoning and
-calls, and each dialect writes those in its own shape.
+FAMILIES holds a row for each family; the first whose markers the template writes wins. The dialects
+never look in here: the runner's sink turns an answer into text, reasoning and calls, and each
+dialect writes those in its own shape.
 """
 
 from __future__ import annotations
@@ -51,6 +43,13 @@ HERMES = Wrapped(
     bare=True,
 )
 
+# A family is one row: the markers its template writes, its call syntax (one parser a module:
+# markers, how the arguments are written, how it streams) and its reasoning tags. All its markers
+# must appear, as llama.cpp's chat.cpp and Ollama's parsers choose. The first row that matches
+# wins, so the specific rows come first. A template that matches no row but renders an
+# assistant's tool calls gets a syntax derived from that rendering (derive.py; formats/template.py's
+# `family` renders the probe). One that renders none gets the Hermes `<tool_call>` syntax the tool
+# note asks for (formats/calls.py).
 FAMILIES: tuple[Family, ...] = (
     Family("gpt-oss", ("<|channel|>",), Harmony(), harmony=True),
     Family(
@@ -321,8 +320,10 @@ DEFAULT = Family("hermes", (), HERMES)
 
 
 def by_markers(template: str) -> Family | None:
-    """The first row whose markers the template writes (no derivation: the tool note asks
-    for this family's syntax while the template is being rendered)."""
+    """The first row whose markers the template writes, with no derivation.
+
+    The tool note asks for this family's syntax while the template is being rendered.
+    """
     for family in FAMILIES:
         if all(marker in template for marker in family.markers):
             return family

@@ -1,15 +1,15 @@
 """What every family's tool-call syntax is made of, and the pieces its parser is built from.
 
-A syntax reads one block of an answer that starts at one of its `starts` markers (or, for the
-families that answer with bare JSON, at one of its `leading` characters at the very start) and
-returns the calls in it and where the block ended. It raises `Incomplete` when the text stops
-before the block does (more may come; at the end of the answer the block was cut off) and
-`Malformed` when the text is not a call after all: then it is the answer's text, as it was
-written. `write` gives a call as the family writes it, for the grammar of a forced call.
+A syntax reads one block of an answer, and returns the calls in it and where the block ended. A
+block starts at one of its `starts` markers or, for the families that answer with bare JSON, at one
+of its `leading` characters at the very start. It raises `Incomplete` when the text stops before the
+block does: more may come, or at the end of the answer the block was cut off. It raises `Malformed`
+when the text is not a call after all: then it is the answer's text, as it was written. `write`
+gives a call as the family writes it, for the grammar of a forced call.
 
-The families' parsers are small because the work they share is here: JSON read where it
-starts (bounded in depth), a call's name checked against the tools, XML-style parameter values
-typed by the tool's JSON schema (Python-style calls: python.py).
+The families' parsers are small because the work they share is here: JSON read where it starts
+(bounded in depth), a call's name checked against the tools, XML-style parameter values typed by the
+tool's JSON schema (Python-style calls: python.py).
 
 Pure: no I/O, no llama_cpp.
 """
@@ -73,8 +73,10 @@ class Syntax:
         raise NotImplementedError
 
     def call_tags(self) -> tuple[str, ...]:
-        """The start markers that are whole tags (`<tool_call>`, not `{"name"` or `to=`): what a
-        thought may end at (formats/reasoning.py's Splitter)."""
+        """The start markers that are whole tags (`<tool_call>`, not `{"name"` or `to=`).
+
+        A thought may end at one of them (formats/reasoning.py's Splitter).
+        """
         return tuple(m for m in self.starts if _TOKEN.fullmatch(m))
 
     def write(self, name: str, arguments: str) -> str:
@@ -82,9 +84,11 @@ class Syntax:
         raise NotImplementedError
 
     def value_rules(self, rule: str, name: str, parameters: dict[str, Any]) -> list[str] | None:
-        """GBNF rules for a forced call (rule `rule`), for a family whose arguments neither
-        JSON nor tags can give (Gemma 4); None: worker/grammars/forced.py builds them from
-        `write`."""
+        """GBNF rules for a forced call, for a family whose arguments JSON and tags cannot give.
+
+        `rule` names the call's rule; Gemma 4 needs these rules. None means
+        worker/grammars/forced.py builds them from `write`.
+        """
         return None
 
     # -- helpers the families share -------------------------------------------------------
@@ -103,8 +107,10 @@ class Syntax:
         return {"name": name, "arguments": arguments}
 
     def json_call(self, value: Any, *keys: str) -> ToolCall:
-        """A call from a JSON object {"name": ..., <one of keys>: {...}} (or OpenAI's
-        {"function": {...}} wrapping of it)."""
+        """A call from a JSON object {"name": ..., <one of keys>: {...}}.
+
+        OpenAI's {"function": {...}} wrapping of it is read too.
+        """
         if isinstance(value, dict) and isinstance(value.get("function"), dict):
             value = value["function"]
         if not isinstance(value, dict):
@@ -131,8 +137,11 @@ class Syntax:
         return kind if isinstance(kind, str) else None
 
     def typed(self, tool: str, parameter: str, raw: str) -> Any:
-        """An XML-style parameter's text as the value its schema asks for: a string stays
-        text; numbers, booleans, objects and arrays are read as JSON where they parse."""
+        """An XML-style parameter's text as the value its schema asks for.
+
+        A string stays text; numbers, booleans, objects and arrays are read as JSON where they
+        parse.
+        """
         kind = self.schema_type(tool, parameter)
         if kind == "string":
             return raw
@@ -151,8 +160,10 @@ def loads(text: str) -> Any:
 
 
 def json_at(text: str, index: int) -> tuple[Any, int]:
-    """The JSON value starting at `index` (after blanks) and where it ends. Incomplete if the
-    text stops inside it, Malformed if it is not JSON."""
+    """The JSON value starting at `index`, after blanks, and where it ends.
+
+    Raises Incomplete if the text stops inside it, Malformed if it is not JSON.
+    """
     start = skip_blanks(text, index)
     if start >= len(text):
         raise Incomplete
@@ -174,10 +185,12 @@ def json_at(text: str, index: int) -> tuple[Any, int]:
 
 
 def partial_marker(text: str, markers: tuple[str, ...] | list[str]) -> int:
-    """The length of the longest end of `text`, shorter than the longest marker, that is the
-    start of one of `markers` (what a stream holds back: the rest of a marker may come with
-    the next piece). Linear in the longest marker's length (Knuth-Morris-Pratt over the last
-    of the text), however long a marker (a stop sequence) is."""
+    """The length of the longest end of `text` that is the start of one of `markers`.
+
+    Only ends shorter than the longest marker count. It is what a stream holds back: the rest of a
+    marker may come with the next piece. It runs in time linear in the longest marker's length,
+    however long a marker (a stop sequence) is: Knuth-Morris-Pratt over the last of the text.
+    """
     longest = max((len(m) for m in markers), default=0)
     limit = min(longest - 1, len(text))
     if limit <= 0:
@@ -206,9 +219,11 @@ def _overlap(tail: str, marker: str, limit: int) -> int:
 
 @lru_cache(maxsize=32)
 def _borders(marker: str) -> tuple[tuple[str | None, ...], tuple[int, ...]]:
-    """The marker's characters and a None (a whole marker read: read on), and
-    Knuth-Morris-Pratt's table: for each start of `marker`, its longest proper end that is
-    also a start of it."""
+    """The marker's characters and a None, and Knuth-Morris-Pratt's table for it.
+
+    The None stands for a whole marker read: read on. The table holds, for each start of `marker`,
+    its longest proper end that is also a start of it.
+    """
     table = [0] * len(marker)
     size = 0
     for i in range(1, len(marker)):
@@ -237,9 +252,11 @@ def expect(text: str, index: int, marker: str) -> int:
 
 
 def closed(text: str, end: int, close: str, final: bool, *, optional: bool = False) -> int:
-    """Where a block whose body ends at `end` ends: after `close` (blanks before it allowed).
-    Incomplete while `close` may still come; at the answer's end (or when `optional`) a
-    missing one is forgiven, else Malformed."""
+    """Where a block whose body ends at `end` ends: after `close`, blanks before it allowed.
+
+    Raises Incomplete while `close` may still come. At the answer's end, or when `optional`, a
+    missing one is forgiven; else it raises Malformed.
+    """
     if not close:
         return end
     after = skip_blanks(text, end)
@@ -283,9 +300,11 @@ class Family:
     tokens: tuple[str, ...] = ()
 
     def spelled(self) -> tuple[str, ...]:
-        """The markers the engine must spell out for this family's parser to see them: those
-        named, and the tokens inside its syntax's markers (a derived syntax's `function
-        call<|role_sep|>` holds one)."""
+        """The markers the engine must spell out for this family's parser to see them.
+
+        Those are the markers named, and the tokens inside its syntax's markers: a derived syntax's
+        `function call<|role_sep|>` holds one.
+        """
         pieces: set[str] = set()
         for entry in fields(self.syntax):
             value = getattr(self.syntax, entry.name)

@@ -63,8 +63,10 @@ class Named(Syntax):
 
 @dataclass
 class Tagged(Syntax):
-    """`OPEN (CALL_OPEN NAME HEAD (P_OPEN KEY P_MID VALUE P_CLOSE)* CALL_CLOSE)+ CLOSE`: the
-    calls in a wrapper (OPEN ... CLOSE) where the template writes one, else a block a call."""
+    """`OPEN (CALL_OPEN NAME HEAD (P_OPEN KEY P_MID VALUE P_CLOSE)* CALL_CLOSE)+ CLOSE`.
+
+    The calls sit in a wrapper (OPEN ... CLOSE) where the template writes one, else a block a call.
+    """
 
     open: str = ""  # the wrapper's, or ""
     call_open: str = ""
@@ -127,9 +129,12 @@ class Tagged(Syntax):
 
 
 def _through(text: str, index: int, glue: str) -> tuple[str, int]:
-    """The text up to `glue`, and the index after it. Where the text there is not the glue
-    the probe showed, what lies between its first and last characters may vary with the
-    value's type or the call's place (`" string="false">`, `" index="2"<|sep|>`)."""
+    """The text up to `glue`, and the index after it.
+
+    The text there may differ from the glue the probe showed. What lies between the glue's first and
+    last characters may vary with the value's type or the call's place (`" string="false">`,
+    `" index="2"<|sep|>`).
+    """
     found, start = until(text, index, glue[0])
     start -= 1  # at the glue's first character
     if text.startswith(glue, start):
@@ -181,8 +186,10 @@ PROBE_TURNS = (
 
 
 def family(with_call: str, without: str, with_two: str = "") -> Family | None:
-    """The family that the renderings of the probe (formats/template.py makes them: one call,
-    none, two) show; None if the call's text fits no shape."""
+    """The family that the probe's renderings show, or None if the call's text fits no shape.
+
+    formats/template.py makes the renderings: with one call, with none, with two.
+    """
     added = _added(with_call, without)
     # An id the template writes into the call's markers is not a model's to repeat.
     if NAME not in added or VALUE not in added or "call0001A" in added:
@@ -194,9 +201,11 @@ def family(with_call: str, without: str, with_two: str = "") -> Family | None:
 
 
 def _wrapped_calls(syntax: Tagged, second: str) -> Tagged:
-    """Tags whose calls share a wrapper (DeepSeek's DSML `function_calls`): what a second call
-    adds is one call, so the first call's opening and closing split into the wrapper's and the
-    call's. Without a wrapper the syntax stays a block a call."""
+    """Tags whose calls share a wrapper, as DeepSeek's DSML `function_calls` does.
+
+    What a second call adds is one call, so the first call's opening and closing split into the
+    wrapper's and the call's. Without a wrapper the syntax stays a block a call.
+    """
     name_at = second.find(NAME)
     if name_at < 0:
         return syntax
@@ -222,8 +231,11 @@ def _wrapped_calls(syntax: Tagged, second: str) -> Tagged:
 
 
 def _added(longer: str, shorter: str) -> str:
-    """What `longer` adds to `shorter`, widened to whole markers: the common prefix and suffix
-    may end inside one (`<` of `<tool_call>` shared with `<|im_end|>`)."""
+    """What `longer` adds to `shorter`, widened to whole markers.
+
+    The common prefix and suffix may end inside one: `<` of `<tool_call>` is shared with
+    `<|im_end|>`.
+    """
     start = 0
     while start < min(len(longer), len(shorter)) and longer[start] == shorter[start]:
         start += 1
@@ -295,8 +307,11 @@ def _json_shape(added: str, start: int, end: int, value: dict[str, Any]) -> Synt
 
 
 def _tagged_shape(added: str, name_end: int, value_at: int) -> Syntax | None:
-    """One tag per parameter: the second parameter's opening ends the first's closing, and
-    what follows the second value past the same closing is the call's."""
+    """One tag per parameter, read from what a call adds.
+
+    The second parameter's opening ends the first's closing, and what follows the second value past
+    the same closing is the call's.
+    """
     key_at = added.find(KEY, name_end)
     if key_at < 0 or key_at > value_at:
         return None

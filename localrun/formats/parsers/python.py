@@ -1,20 +1,14 @@
-"""Calls written as Python: `[get_weather(city="Paris"), ...]` or one bare call, read with
-`ast` (LFM2, the pythonic family, Llama's built-in tools).
+"""Calls written as Python, read with `ast`: `[get_weather(city="Paris"), ...]` or one bare call.
 
-Values are Python or JSON literals (true/false/null read as JSON writes them); a set is the
-list of its items in the order written (JSON has no sets). What JSON cannot hold (bytes, a
-complex number, 1e999, NaN) is not a call: such a call hung the answer's encoding.
+LFM2, the pythonic family and Llama's built-in tools write them. Values are Python or JSON literals
+(true/false/null read as JSON writes them). A set is the list of its items in the order written,
+since JSON has no sets. What JSON cannot hold (bytes, a complex number, 1e999, NaN) is not a call:
+such a call hung the answer's encoding.
 
-Models write Python that Python refuses, and vLLM reads it anyway; so does this, by repairing
-the text before giving up (REPAIRS passes over the text at most, each a candidate or a
-dead end):
-
-- a raw newline, tab or NUL inside a string (a multi-line shell command) is escaped;
-- a zero-padded integer (`month=07`) is the integer;
-- a quote inside a string that cannot close it (`command='sed -n '1,5p' f'`) is part of it.
-  A quote can close a string where blanks and then `,` `)` `]` `}` `:` or the end follow;
-  the candidates take the earliest such quote first and try later ones when the rest does not
-  read (brackets unbalanced, a string never closed, `ast` refusing it).
+Models write Python that Python refuses, and vLLM reads it anyway. So does this, by repairing the
+text before giving up (_repaired). A raw newline, tab or NUL inside a string (a multi-line shell
+command) is escaped. A zero-padded integer (`month=07`) is the integer. A quote inside a string that
+cannot close it (`command='sed -n '1,5p' f'`) is part of it.
 """
 
 from __future__ import annotations
@@ -38,8 +32,11 @@ _PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError)
 
 
 def calls(text: str, syntax: Syntax, *, lines: bool = False) -> list[ToolCall]:
-    """The calls `text` writes as Python, checked against the syntax's tools: a list of them
-    or one, or with `lines` one a line (MiniCPM 3's `f(a=1)\\ng(b=2)`)."""
+    """The calls `text` writes as Python, checked against the syntax's tools.
+
+    The text holds a list of them or one, or with `lines` one a line (MiniCPM 3's
+    `f(a=1)\\ng(b=2)`).
+    """
     source, renamed = _keyword_names(text.strip())
     tree = _parse(source, "exec" if lines else "eval")
     if isinstance(tree, ast.Module):
@@ -89,8 +86,10 @@ _KEYWORD_ARG = re.compile(r"\b(?:" + "|".join(keyword.kwlist) + r")\s*=(?!=)")
 
 
 def _keyword_names(source: str) -> tuple[str, bool]:
-    """`source` with each keyword argument named by a Python keyword renamed, and whether one
-    was (tokens read by `tokenize`, so text in strings stays as it is)."""
+    """`source` with each keyword argument named by a Python keyword renamed, and whether one was.
+
+    Tokens are read by `tokenize`, so text in strings stays as it is.
+    """
     if not _KEYWORD_ARG.search(source):
         return source, False
     starts = [0]  # where each line starts (tokenize counts lines at each \\n alone)
@@ -143,8 +142,13 @@ def _may_close(source: str, index: int) -> bool:
 
 
 def _repaired(source: str) -> Iterator[str]:
-    """Repaired versions of `source` (see the module's docstring), most likely first: a scan
-    that closes each string at its first possible quote, then, depth first, at later ones."""
+    """Repaired versions of `source`, most likely first, in at most REPAIRS passes.
+
+    The first pass closes each string at its first possible quote; later ones, depth first, close it
+    at later quotes. A quote can close a string where blanks and then `,` `)` `]` `}` `:` or the end
+    follow. A later quote is tried when the rest does not read: brackets unbalanced, a string never
+    closed, `ast` refusing it.
+    """
     # Each alternative: where to resume, the pass it branched from and how much of that pass's
     # output it keeps (a pass only appends to its output: the prefix stays as it was), the
     # brackets open, the quote. The quote it keeps as text is appended when it resumes.
@@ -189,8 +193,11 @@ def _repaired(source: str) -> Iterator[str]:
 
 
 def _padded(source: str, index: int) -> bool:
-    """Whether the `0` at `index` pads an integer: it starts a number (no letter, digit or
-    dot before it) and more digits follow, then no `.`, `e`, `x` or `j` of another literal."""
+    """Whether the `0` at `index` pads an integer.
+
+    It does where it starts a number, with no letter, digit or dot before it, and more digits
+    follow, then no `.`, `e`, `x` or `j` of another literal.
+    """
     before = source[index - 1] if index else ""
     if before.isalnum() or before in "._":
         return False
@@ -235,8 +242,10 @@ def _as_json(value: Any) -> Any:
 
 
 def _dotted(node: ast.expr) -> str:
-    """`name` or `a.b` (Llama's `brave_search.call`, whose tool llama3.py takes the `.call`
-    off; `grocery.orderIngredients`)."""
+    """`name` or `a.b`, as in `grocery.orderIngredients`.
+
+    Llama writes `brave_search.call`, whose tool llama3.py takes the `.call` off.
+    """
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Attribute):

@@ -1,19 +1,16 @@
 """An answer streamed with its tool calls taken out, in any family's syntax.
 
-Text goes out as it comes until a block may begin (one of the syntax's `starts` markers, or a
-`leading` character as the answer's first); from there it is held, and the calls of a block
-are passed on as soon as it is complete (a Hermes block a call; a DeepSeek or Kimi section
-when it closes), with the text after them streaming on. Whatever turns out not to be a call
-(malformed, a tool nobody offered, a block cut off by the token limit) is released as text
-after all, as it was written, blanks before it included.
+Text goes out as it comes until a block may begin: one of the syntax's `starts` markers, or a
+`leading` character as the answer's first. From there it is held, and the calls of a block are
+passed on as soon as it is complete: a Hermes block a call, a DeepSeek or Kimi section when it
+closes. The text after them streams on. Whatever turns out not to be a call is released as text
+after all, as it was written, blanks before it included. That is a malformed block, a tool nobody
+offered, or a block cut off by the token limit.
 
-A thought the answer writes itself (`verbatim`, `<think>` ... `</think>` where the runner does
-not part reasoning off: a template that shows none, MiniMax-M1's) is text: a call in it is one
-the model considered, not one it made (as vLLM reads MiniMax's).
-
-Bounded: a block is tried once as soon as it says more than its marker, then only when an end
-marker arrives or its brackets balance, then spaced out as it grows; after 16 blocks that
-were text after all, the stream stops looking for more.
+A thought the answer writes itself is text: `verbatim`, `<think>` ... `</think>` where the runner
+does not part reasoning off (a template that shows none, MiniMax-M1's). A call in it is one the
+model considered, not one it made, as vLLM reads MiniMax's. The work is bounded (_ready), and after
+_RELEASES blocks that were text after all, the stream stops looking for more.
 """
 
 from __future__ import annotations
@@ -44,8 +41,10 @@ class Balance:
         self.closed = False  # the depth came back to zero since the last look
 
     def feed(self, text: str) -> int:
-        """Counts `text`; returns the index in it after the bracket that first brought the
-        depth back to zero, or -1."""
+        """Count `text`, and return where the depth first came back to zero, or -1.
+
+        The index is the one in `text` just after that bracket.
+        """
         first = -1
         for index, char in enumerate(text):
             if self.quote:
@@ -223,19 +222,24 @@ class CallStream:
     # -- holding ------------------------------------------------------------------------------
 
     def _hold(self, text: str, out: list[Event]) -> str:
-        """Adds text to the held block and tries it when it may be complete. Returns the
-        text after the block, to pass on, once the block is done."""
+        """Add text to the held block, and try the block when it may be complete.
+
+        It returns the text after the block, to pass on, once the block is done.
+        """
         self.held += text
         if not self._ready(text):
             return ""
         return self._take(out, final=False)
 
     def _ready(self, text: str) -> bool:
-        """Whether to try the block now: once as soon as it says more than its marker (a
-        block that is no call is let go at once), then when an end marker arrives or its
-        brackets balance again. After a few tries that came to nothing, a block is tried
-        again only once it has grown by a quarter, so a runaway block is read a bounded
-        number of times; a sign that came in between is kept for then."""
+        """Whether to try the block now.
+
+        It is tried once as soon as it says more than its marker, so a block that is no call is let
+        go at once. Then it is tried when an end marker arrives or its brackets balance again. After
+        a few tries that came to nothing, it is tried again only once it has grown by a quarter. So
+        a runaway block is read a bounded number of times; a sign that came in between is kept for
+        then.
+        """
         ends = self.syntax.ends
         hit = self._waiting or (self._tries == 0 and len(self.held.strip()) > self.longest)
         if ends:
@@ -254,8 +258,10 @@ class CallStream:
         return not self._waiting
 
     def _take(self, out: list[Event], *, final: bool) -> str:
-        """Reads calls from the held text. Returns what follows them, to pass on; while the
-        block is open, "" (it stays held)."""
+        """Read calls from the held text, and return what follows them, to pass on.
+
+        While the block is open it returns "", and the block stays held.
+        """
         held = self.held
         block = held.lstrip()
         if not block:
@@ -284,8 +290,11 @@ class CallStream:
         return stripped
 
     def _release(self, out: list[Event]) -> str:
-        """A block that is no call goes out as text, as written (its blanks before it, not a
-        marker the prompt wrote), up to the next marker: a later block may still be a call."""
+        """Let a block that is no call go out as text, up to the next marker.
+
+        It goes as written, with its blanks before it but not a marker the prompt wrote. A later
+        block may still be a call.
+        """
         held = self.held.removeprefix(self.primed)
         text = self.blanks + held
         self.holding, self.held, self.blanks, self.primed = False, "", "", ""

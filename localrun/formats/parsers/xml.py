@@ -126,8 +126,10 @@ def _tags(prefix: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
 
 @dataclass
 class Invoke(XmlBlocks):
-    """MiniMax M2: `<invoke name="NAME"><parameter name="KEY">VALUE</parameter></invoke>`;
-    Muse Glimmer's the same with `atem:` before each tag (`prefix`)."""
+    """MiniMax M2: `<invoke name="NAME"><parameter name="KEY">VALUE</parameter></invoke>`.
+
+    Muse Glimmer's is the same with `atem:` before each tag (`prefix`).
+    """
 
     name: str = "minimax"
     starts: tuple[str, ...] = ("<minimax:tool_call>",)
@@ -177,9 +179,11 @@ _RECIPIENT = re.compile(r"to=([^\s<]{1,200})<\|message\|>")
 
 @dataclass
 class Recipient(Invoke):
-    """Muse Glimmer: its turns open with a recipient, ` to=NAME<|message|>` (the template's
-    generation prompt stops before it); one naming a tool is followed by the `atem:` block of
-    its call, `to=user` by the answer's text. The header is nobody's text."""
+    """Muse Glimmer: its turns open with a recipient, ` to=NAME<|message|>`.
+
+    The template's generation prompt stops before it. One naming a tool is followed by the `atem:`
+    block of its call, `to=user` by the answer's text. The header is nobody's text.
+    """
 
     def take(self, text: str, final: bool) -> Taken:
         if not text.startswith("to="):
@@ -201,10 +205,12 @@ class Recipient(Invoke):
 
 @dataclass
 class ArgKeys(Syntax):
-    """GLM 4.5-4.7: `<tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value></tool_call>`,
-    a block a call. A block holding JSON (`<tool_call>{"name": ..., "arguments": ...}`) is read
-    as Hermes writes it: the GLM-4 template vLLM ships asks for the tags but shows the
-    conversation's calls as JSON, and the model writes what it was shown."""
+    """GLM 4.5-4.7: `<tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value></tool_call>`.
+
+    A block a call. A block holding JSON (`<tool_call>{"name": ..., "arguments": ...}`) is read as
+    Hermes writes it. The GLM-4 template vLLM ships asks for the tags but shows the conversation's
+    calls as JSON, and the model writes what it was shown.
+    """
 
     name: str = "glm"
     starts: tuple[str, ...] = ("<tool_call>",)

@@ -1,3 +1,1 @@
-"""Remote runners: the upstream servers of upstreams.toml, what goes over the wire to them and how
-their answers are read.
-"""
+"""Remote runners: upstreams.toml's servers, what goes over the wire, how answers are read."""

@@ -1,20 +1,11 @@
 """How much of an upstream's answer is forwarded: no more than the client asked for.
 
 An upstream is sent the client's limit (num_predict, max_tokens, max_output_tokens ...), but
-nothing makes it keep to it: one that ignores it, or streams forever, had 51 MB forwarded to a
+nothing makes it keep to it. One that ignored it, or streamed forever, had 51 MB forwarded to a
 client that asked for a short answer. `AnswerLimit` counts what comes back and says when to
-stop; the reader then ends the answer as a length-limited one (done reason "length", which
-each dialect words as its own: done_reason "length", finish_reason "length", stop_reason
-"max_tokens", status "incomplete") and the upstream's request is closed.
-
-What is counted, since an upstream may report nothing as it goes:
-- tokens: the larger of the pieces forwarded (an honest server sends at least one token in
-  each) and the completion tokens the upstream reports mid-answer (vLLM's continuous usage);
-- characters of the text, the reasoning and the tool calls' arguments together, against
-  CHARS_PER_TOKEN a token: an answer of many characters in a few pieces passes no honest
-  answer's length (tokens average three to five characters; the longest in common
-  vocabularies, runs of spaces or dashes, are a few dozen, and SLACK covers a short answer
-  made of them).
+stop. The reader then ends the answer as a length-limited one and closes the upstream's
+request. Each dialect words that as its own: done_reason "length", finish_reason "length",
+stop_reason "max_tokens", status "incomplete".
 
 The limit is the client's num_predict when it set one, else LOCALRUN_UPSTREAM_MAX_TOKENS.
 """
@@ -24,6 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# What is counted, since an upstream may report nothing as it goes:
+# - tokens: the larger of the pieces forwarded (an honest server sends at least one token in
+#   each) and the completion tokens the upstream reports mid-answer (vLLM's continuous usage);
+# - characters of the text, the reasoning and the tool calls' arguments together, against
+#   CHARS_PER_TOKEN a token. An answer of many characters in a few pieces passes no honest
+#   answer's length: tokens average three to five characters, and the longest in common
+#   vocabularies (runs of spaces or dashes) are a few dozen. SLACK covers a short answer of them.
 CHARS_PER_TOKEN = 32
 SLACK = 256  # characters: a short answer of the longest tokens
 
@@ -52,8 +50,10 @@ class AnswerLimit:
         return self.tokens * CHARS_PER_TOKEN + SLACK
 
     def piece(self, chars: int) -> bool:
-        """Count a piece of `chars` characters; False (and reached from then on) when it would
-        take the answer past the limit: it is not forwarded."""
+        """Count a piece of `chars` characters; False when it would take the answer past the limit.
+
+        Such a piece is not forwarded, and `reached` stays set from then on.
+        """
         if self.reached or self.pieces + 1 > self.tokens or self.chars + chars > self.most_chars:
             self.reached = True
             return False

@@ -1,12 +1,13 @@
-"""Reading an upstream's answer within bounds: an upstream is another machine, and a hostile or
-broken one must not take the gateway down.
+"""Read upstream answers within bounds: a hostile or broken upstream must not take the gateway down.
 
-Seen before these bounds: one endless line grew the server to 4 GB in 36 s; a 3 MB gzip bomb
-did the same in 25 s and, decompressed in one call, held the event loop (SIGTERM waited 20 s);
-a 400 MB embedding answer and a 1.5 GB model list were read whole. So the bytes are read raw and
-decompressed here, a bounded step at a time with the loop free between steps; every answer has a
-ceiling on its decompressed bytes (LOCALRUN_UPSTREAM_MAX_BYTES, or a smaller one for a model
-list) and a streamed line a ceiling of its own; a large JSON body is parsed off the loop.
+An upstream is another machine. Without these bounds, one endless line grew the server to 4 GB in
+36 s. A 3 MB gzip bomb did the same in 25 s and, decompressed in one call, held the event loop
+(SIGTERM waited 20 s). A 400 MB embedding answer and a 1.5 GB model list were read whole.
+
+So the bytes are read raw and decompressed here, a bounded step at a time, with the loop free
+between steps. Every answer has a ceiling on its decompressed bytes (LOCALRUN_UPSTREAM_MAX_BYTES,
+or a smaller one for a model list), and a streamed line a ceiling of its own. A large JSON body
+is parsed off the loop.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ class TooLarge(ValueError):
 
 
 async def chunks(response: Any, limit: int) -> AsyncIterator[bytes]:
-    """The answer's bytes, decompressed (sources.bodies.Inflater: a step at a time), at most
-    `limit` of them (TooLarge past it); ValueError for an encoding not read or not decoding."""
+    """Yield the answer's bytes, decompressed a step at a time, at most `limit` of them.
+
+    sources.bodies.Inflater decompresses. TooLarge past `limit`; ValueError for an encoding not
+    read here or not decoding.
+    """
     encoding = response.headers.get("content-encoding", "").strip().lower()
     inflater = None
     if encoding not in ("", "identity"):
@@ -100,17 +104,21 @@ async def lines(response: Any, limit: int) -> AsyncIterator[str]:
 
 
 async def failure(response: Any) -> tuple[str, bool]:
-    """An upstream's answer other than 200: its status and start, and whether the request is
-    at fault (a 4xx other than 408 and 429) rather than the upstream."""
+    """Return a non-200 answer's status and start, and whether the request is at fault.
+
+    The request, rather than the upstream, is at fault for a 4xx other than 408 and 429.
+    """
     status = response.status_code
     text = f"HTTP {status}: {one_line(await read_some(response))}"
     return text, 400 <= status < 500 and status not in (408, 429)
 
 
 async def objects(response: Any, limit: int) -> AsyncGenerator[Any, None]:
-    """The JSON objects of a streamed answer (`limit` bytes in all): SSE `data:` lines, JSON
-    lines, and the `error: {...}` line llama-server ends a failed stream with, as
-    {"error": ...}."""
+    """Yield the JSON objects of a streamed answer, `limit` bytes in all.
+
+    They come from SSE `data:` lines and JSON lines. The `error: {...}` line llama-server ends a
+    failed stream with comes as {"error": ...}.
+    """
     async for line in lines(response, limit):
         line = line.strip()
         if not line:

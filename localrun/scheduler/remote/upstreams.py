@@ -1,21 +1,18 @@
-"""Remote runners: the upstream servers of upstreams.toml, a second kind of runner beside the
-local runner processes. A request for a model an upstream serves becomes that upstream's OpenAI
-or Ollama API call (remote_wire), and its streamed answer the same `Stream` of pieces a local
-runner gives, so every dialect localrun serves works in front of every upstream dialect.
+"""Remote runners: upstreams.toml's servers, a second kind of runner beside the local processes.
 
-Routing. Among the healthy upstreams serving a model: the one a conversation went to before
-(prefix affinity: it holds that prefix in its KV cache) while it stays healthy, else the one
-with the fewest requests in flight. A request that fails before its first piece (no connection,
-an HTTP error, no answer within the read timeout) is tried once more on another upstream; one
-that fails after pieces were sent ends with UpstreamError, which each dialect turns into its
-error event, never a silently truncated answer. Closing the stream (a client that went away)
-cancels the upstream request. An answer is forwarded up to the client's limit (or the server's
-ceiling) and no further, whatever the upstream sends (remote_limit).
+A request for a model an upstream serves becomes that upstream's OpenAI or Ollama API call
+(remote_wire). Its streamed answer becomes the same `Stream` of pieces a local runner gives, so
+every dialect localrun serves works in front of every upstream dialect.
 
-Health. Every LOCALRUN_UPSTREAM_HEALTH_INTERVAL each upstream's model list is read (which also
-discovers the models of an upstream that lists none); LOCALRUN_UPSTREAM_EJECT_AFTER failures in
-a row, of checks or requests, eject it for LOCALRUN_UPSTREAM_COOLDOWN, after which it is checked
-again. API keys are read from their variables when a request is sent and go nowhere else.
+Routing. A request goes to a healthy upstream serving its model: by prefix affinity, else the
+one with the fewest in flight (`_choose`). One that fails before its first piece is tried once
+more on another upstream. One that fails after pieces were sent ends with UpstreamError, never a
+silently truncated answer. Closing the stream cancels the upstream request. An answer is
+forwarded up to the client's limit or the server's ceiling, and no further (remote_limit).
+
+Health. Every LOCALRUN_UPSTREAM_HEALTH_INTERVAL each upstream's model list is read, which also
+discovers the models of one that lists none. LOCALRUN_UPSTREAM_EJECT_AFTER failures in a row
+eject it for LOCALRUN_UPSTREAM_COOLDOWN. API keys are read at each request and go nowhere else.
 """
 
 from __future__ import annotations
@@ -51,6 +48,8 @@ from localrun.worker.process import Item, Stream
 
 log = logging.getLogger("localrun.upstreams")
 
+# Prefix affinity: a conversation goes back to the upstream it went to before, which holds its
+# prefix in its KV cache, while that one stays healthy.
 _AFFINITY_MAX = 4096  # conversations remembered for prefix affinity
 # A conversation stays with its upstream while that one has at most this many requests in
 # flight more than the least busy: affinity saves a prompt's evaluation, not a queue's wait.
@@ -60,8 +59,11 @@ _HINT = "the server log has more; `localrun ps` shows the upstreams' health"
 
 
 class _Refused(Exception):
-    """The upstream refused the request itself (a 4xx, an error about the request): the
-    client's to fix, so neither retried elsewhere nor counted against the upstream."""
+    """The upstream refused the request itself (a 4xx, an error about the request).
+
+    That is the client's to fix, so it is neither retried elsewhere nor counted against the
+    upstream.
+    """
 
 
 @dataclass
@@ -92,8 +94,10 @@ class UpstreamState:
 
 @dataclass
 class _Delivery:
-    """Where an upstream's answer goes: the first piece (or a failure) settles `first`, which the
-    request waits on; the rest goes into `queue`."""
+    """Where an upstream's answer goes: `first` settles at the first piece or a failure.
+
+    The request waits on `first`; the rest goes into `queue`.
+    """
 
     queue: asyncio.Queue[Item]
     first: asyncio.Future[None]
@@ -145,8 +149,10 @@ class RemotePool:
         self._health = asyncio.get_running_loop().create_task(self._health_loop())
 
     def interrupt(self) -> None:
-        """The server is stopping: every answer in flight ends now with ServerError (each
-        stream sends its dialect's error line), its upstream request cancelled."""
+        """End every answer in flight with ServerError and cancel its upstream request.
+
+        The server is stopping; each stream sends its dialect's error line.
+        """
         self._closing = True
         error = ServerError("the server is shutting down", hint="retry once it is back")
         for task, queue in list(self._pumps.items()):
@@ -177,8 +183,11 @@ class RemotePool:
         return [RemoteModel(name, tuple(ups)) for name, ups in sorted(served.items())]
 
     def serves(self, name: str) -> str | None:
-        """The upstream model `name` refers to, or None: exact, or with or without
-        ':latest' (an Ollama upstream lists "tiny:latest", a client asks for "tiny")."""
+        """Return the upstream model `name` refers to, or None.
+
+        The match is exact, or with or without ':latest' (an Ollama upstream lists
+        "tiny:latest", a client asks for "tiny"). Failing that, case is ignored.
+        """
         candidates = {name, name.removesuffix(":latest")}
         if ":" not in name.rsplit("/", 1)[-1]:
             candidates.add(name + ":latest")
@@ -212,9 +221,13 @@ class RemotePool:
     # -- requests -------------------------------------------------------------------------------
 
     async def generate(self, model: str, request: GenRequest) -> Stream:
-        """Send a request (chat or completion) for `model` upstream; the answer's stream
-        once its first piece (or its end) arrived. UpstreamError when no upstream answered,
-        BadRequestError when one refused the request itself (not tried elsewhere)."""
+        """Send a chat or completion request for `model` upstream; return its stream once it starts.
+
+        The stream comes once its first piece, or its end, arrived. A request that fails before
+        then (no connection, an HTTP error, no answer within the read timeout) is tried once
+        more on another upstream. UpstreamError when no upstream answered; BadRequestError when
+        one refused the request itself, which is not tried elsewhere.
+        """
         if self._closing:
             raise ServerError("the server is shutting down", hint="retry once it is back")
         key = _affinity_key(model, request)
@@ -234,9 +247,12 @@ class RemotePool:
         raise UpstreamError(f"no healthy upstream serves {model} now", hint=_HINT)
 
     def _choose(self, model: str, key: str, tried: set[str]) -> UpstreamState | None:
-        """A healthy upstream serving `model`: the conversation's own (affinity) unless it is
-        busier than the least busy by more than _AFFINITY_SLACK, else the least busy. An
-        ejected upstream comes back through its health check, not through a request."""
+        """Return a healthy upstream serving `model`: the conversation's own, else the least busy.
+
+        The conversation's own (affinity) is passed over when it is busier than the least busy
+        by more than _AFFINITY_SLACK. An ejected upstream comes back through its health check,
+        not through a request.
+        """
         candidates = [
             s for s in self.states if s.healthy and s.name not in tried and model in s.models()
         ]
@@ -300,9 +316,11 @@ class RemotePool:
         first: asyncio.Future[None],
         key: str,
     ) -> None:
-        """Read the upstream's answer through `reader` into `queue`; `first` is settled at the
-        first piece, the end or the failure, whatever happens (nothing a request sends can
-        leave it open)."""
+        """Read the upstream's answer through `reader` into `queue`, settling `first` always.
+
+        `first` is settled at the first piece, the end or the failure: nothing a request sends
+        can leave it open.
+        """
         upstream = state.upstream
         rid, started = reader.id, reader.started
         out = _Delivery(queue, first)
@@ -353,9 +371,11 @@ class RemotePool:
         fail: Callable[[str], None],
         started: float,
     ) -> bool:
-        """Send the request and feed its answer through `reader` into `out`; True when the
-        answer ended whole, False after `fail` was told why not. A client error (4xx) raises
-        _Refused: the request, not the upstream, is at fault."""
+        """Send the request and feed its answer through `reader` into `out`; True if it ended whole.
+
+        False after `fail` was told why not. A client error (4xx) raises _Refused: the request,
+        not the upstream, is at fault.
+        """
         async with self._client.stream(
             "POST",
             url,
@@ -390,10 +410,12 @@ class RemotePool:
     async def embed(
         self, model: str, inputs: list[Any], *, truncate: bool = True, query: str | None = None
     ) -> tuple[list[list[float]], int]:
-        """Embeddings of `inputs` from an upstream serving `model`, L2-normalized as local
-        ones are, and the prompt tokens it counted; with `query`, its rerank scores of the
-        inputs (one-value vectors). Tried once more elsewhere on a failure (an embedding
-        request has no partial answer to lose)."""
+        """Return embeddings of `inputs` from an upstream serving `model`, and its prompt tokens.
+
+        They are L2-normalized as local ones are. With `query`, they are its rerank scores of
+        the inputs, as one-value vectors. A failure is tried once more elsewhere: an embedding
+        request has no partial answer to lose.
+        """
         tried: set[str] = set()
         last: UpstreamError | None = None
         for _ in range(2):
@@ -435,9 +457,12 @@ class RemotePool:
     # -- health ---------------------------------------------------------------------------------
 
     def _failed(self, state: UpstreamState, why: str, *, check: bool = False) -> None:
-        """A request (or a health check) failed: past LOCALRUN_UPSTREAM_EJECT_AFTER in a row of
-        either kind, the upstream is ejected (a model list that answers does not make up for
-        answers that fail)."""
+        """Count a failed request or health check; too many in a row eject the upstream.
+
+        After LOCALRUN_UPSTREAM_EJECT_AFTER failures in a row of either kind, the upstream is
+        ejected for LOCALRUN_UPSTREAM_COOLDOWN. A model list that answers does not make up for
+        answers that fail.
+        """
         state.errors += 1
         if check:
             state.check_failures += 1
@@ -506,8 +531,10 @@ class RemotePool:
             await self.check_all()
 
     async def _post_json(self, url: str, payload: Any, upstream: Upstream) -> Any:
-        """An upstream's JSON answer to a request that is not streamed, read within bounds; a
-        client error (4xx) is the request's: BadRequestError."""
+        """Return an upstream's JSON answer to a request that is not streamed, read within bounds.
+
+        A client error (4xx) is the request's: BadRequestError.
+        """
         async with self._client.stream(
             "POST", url, json=payload, headers=remote_wire.headers(upstream),
             timeout=self._timeout(),
@@ -532,9 +559,11 @@ class RemotePool:
 
 
 def _affinity_key(model: str, request: GenRequest) -> str:
-    """What identifies a conversation: the model, its system prompt and its first two
-    messages, whole (a long system prompt shared by many conversations must not make them
-    one), whatever came after; a raw prompt is its own."""
+    """Return what identifies a conversation: the model, its system prompt, its first two messages.
+
+    Those are taken whole, whatever came after: a long system prompt shared by many conversations
+    must not make them one. A raw prompt is its own.
+    """
     if request.messages is not None:
         start = json.dumps([request.system, request.messages[:2]], default=str)
     else:

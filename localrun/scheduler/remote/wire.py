@@ -1,7 +1,8 @@
-"""What goes over the wire to an upstream: a runner request (worker.protocol's chat and
-complete messages) as an OpenAI or Ollama API call, and the upstream's streamed answer back
-as the runner's piece and done events. Pure: no network (scheduler.remote.upstreams sends
-and reads).
+"""What goes over the wire to an upstream: a runner request as an API call, the answer as events.
+
+A runner request (worker.protocol's chat and complete messages) becomes an OpenAI or Ollama API
+call. The upstream's streamed answer comes back as the runner's piece and done events. Pure: no
+network (scheduler.remote.upstreams sends and reads).
 
     chat      -> POST /v1/chat/completions  (openai)   POST /api/chat      (ollama)
     complete  -> POST /v1/completions       (openai)   POST /api/generate  (ollama, raw)
@@ -45,8 +46,10 @@ _OPENAI_OPTIONS: dict[str, str | tuple[str, ...]] = {
 
 
 class RequestRefused(ValueError):
-    """An error the upstream reported about the request itself (too long a prompt, a bad
-    parameter): the client's to fix, not a fault of the upstream."""
+    """An error the upstream reported about the request itself: the client's to fix.
+
+    Too long a prompt or a bad parameter is such an error, not a fault of the upstream.
+    """
 
 
 # What an upstream's error object says of a request it refused (OpenAI's, vLLM's, SGLang's and
@@ -132,9 +135,12 @@ def body(dialect: str, model: str, request: GenRequest) -> Message:
 
 
 def _unscored(model: str, request: GenRequest) -> None:
-    """Refuse a token-id prompt or a scored one: an upstream's prompt log-probabilities would
-    come back in its own wire shape, which the streamed translation does not read; and a
-    reading over candidates (/v1/systemone), which no upstream's wire carries."""
+    """Refuse a token-id prompt, a scored one, or a reading over candidates.
+
+    An upstream's prompt log-probabilities would come back in its own wire shape, which the
+    streamed translation does not read. No upstream's wire carries a reading over candidates
+    (/v1/systemone).
+    """
     if request.tokens is not None or request.prompt_logprobs is not None:
         raise BadRequestError(
             f"{model} is served by an upstream: its prompt cannot be given as token ids or "
@@ -221,8 +227,10 @@ def embed_body(dialect: str, model: str, inputs: list[Any], truncate: bool) -> t
 def rerank_body(
     upstream: Upstream, model: str, query: str, documents: list[Any]
 ) -> tuple[str, Message]:
-    """The route and body of a rerank request (llama-server's and vLLM's /v1/rerank); Ollama's
-    API has none."""
+    """Return the route and body of a rerank request (llama-server's and vLLM's /v1/rerank).
+
+    Ollama's API has none: BadRequestError.
+    """
     if upstream.dialect == "ollama":
         raise BadRequestError(
             f"upstream {upstream.name} speaks Ollama's API, which has no rerank",
@@ -233,8 +241,10 @@ def rerank_body(
 
 
 def rerank_scores(data: Any, n: int) -> tuple[list[list[float]], int]:
-    """The scores of a rerank answer as one-value vectors in document order, and the prompt
-    tokens counted; ValueError for anything else."""
+    """Return a rerank answer's scores as one-value vectors in document order, and its tokens.
+
+    The tokens are the prompt tokens counted. ValueError for anything else.
+    """
     results = data.get("results") if isinstance(data, dict) else None
     if not isinstance(results, list):
         raise ValueError("no results in the rerank answer")
@@ -253,8 +263,10 @@ def rerank_scores(data: Any, n: int) -> tuple[list[list[float]], int]:
 
 
 def embeddings(dialect: str, data: Any) -> tuple[list[list[float]], int]:
-    """The vectors of an embedding answer, in input order and L2-normalized, and the prompt
-    tokens counted; ValueError for anything else."""
+    """Return an embedding answer's vectors, in input order and L2-normalized, and its tokens.
+
+    The tokens are the prompt tokens counted. ValueError for anything else.
+    """
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     if dialect == "ollama":
@@ -464,8 +476,11 @@ def model_names(data: Any, dialect: str) -> list[str]:
 
 
 def _reason(reason: str) -> str:
-    """A finish reason as the runner's: stop or length; anything else (vLLM's "abort", an
-    "error") is an answer the upstream broke off, reported as such, never a quiet stop."""
+    """Return a finish reason as the runner's: stop or length.
+
+    Anything else (vLLM's "abort", an "error") is an answer the upstream broke off. It raises
+    ValueError, never a quiet stop.
+    """
     if reason == "length":
         return "length"
     if reason in _STOPS:
@@ -474,8 +489,11 @@ def _reason(reason: str) -> str:
 
 
 def _reported(error: Any) -> ValueError:
-    """The exception for an error object in a stream: RequestRefused when it is about the
-    request, else ValueError (the upstream failed)."""
+    """Return the exception for an error object in a stream.
+
+    That is RequestRefused when the error is about the request, else ValueError: the upstream
+    failed.
+    """
     if isinstance(error, dict):
         message = str(error.get("message") or error.get("msg") or error)[:300]
         kinds = {error.get("type"), error.get("code")}

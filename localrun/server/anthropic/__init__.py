@@ -1,3 +1,1 @@
-"""Anthropic's API: Messages, the legacy Text Completions and its Models listing, over the server's
-one core.
-"""
+"""Anthropic's API: Messages, the legacy Text Completions and the Models list, over one core."""

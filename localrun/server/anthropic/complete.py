@@ -1,15 +1,15 @@
-"""Anthropic's legacy Text Completions, POST /v1/complete: a raw prompt continued, as the
-OpenAI completions route continues one (no chat template), over the same generations.
+"""Anthropic's legacy Text Completions, POST /v1/complete: a raw prompt continued as it is.
 
     {"model", "prompt": "\\n\\nHuman: ...\\n\\nAssistant:", "max_tokens_to_sample",
      "stop_sequences", "temperature", "top_p", "top_k", "metadata", "stream"}
 
-The prompt goes to the model as it is; the answer ends at a stop sequence, at "\\n\\nHuman:"
-(where Anthropic's models stop, whatever stop_sequences says) or at the model's own end
-(`stop_reason: "stop_sequence"`), or after max_tokens_to_sample tokens (`"max_tokens"`). It
-comes as one Completion ({"type": "completion", "id", "completion", "stop_reason", "model"}), or
-streamed as `completion` events of the same shape, each with a piece of the text, the last one
-with the stop_reason (and no text).
+As on the OpenAI completions route, no chat template applies, and the generations are the same.
+The answer ends at a stop sequence, at "\\n\\nHuman:" or at the model's own end
+(`stop_reason: "stop_sequence"`), or after max_tokens_to_sample tokens (`"max_tokens"`).
+"\\n\\nHuman:" stops it whatever stop_sequences says, as it stops Anthropic's models.
+The answer is one Completion ({"type": "completion", "id", "completion", "stop_reason",
+"model"}), or a stream of `completion` events of the same shape. Each event holds a piece of the
+text; the last one holds the stop_reason and no text.
 """
 
 from __future__ import annotations

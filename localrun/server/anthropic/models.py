@@ -1,12 +1,13 @@
-"""Anthropic's Models API on the routes OpenAI's clients list models on (`GET /v1/models`,
-`GET /v1/models/{model_id}`), for the requests of Anthropic's clients (their anthropic-version
-header): the same models as `openai.listed` finds them, in Anthropic's ModelInfo shape, paged
-as Anthropic pages them (`limit` 1 to 1000, 20 by default; `after_id`, `before_id`).
+"""Anthropic's Models API on `GET /v1/models` and `GET /v1/models/{model_id}`.
+
+A request from Anthropic's clients (their anthropic-version header) gets the models
+`openai.listed` finds, in Anthropic's ModelInfo shape. Pages follow Anthropic's rules: `limit`
+1 to 1000, 20 by default; `after_id`, `before_id`.
 
 A model's `created_at` is when its manifest was written (the epoch for one only an upstream
-serves), its `display_name` its name; `max_input_tokens`, `max_tokens` and `capabilities` are
-null (what a model can do depends on the options a request loads it with, and /api/show says
-what its template and weights do).
+serves), its `display_name` its name. `max_input_tokens`, `max_tokens` and `capabilities` are
+null: what a model can do depends on the options a request loads it with, and /api/show says
+what its template and weights do.
 """
 
 from __future__ import annotations

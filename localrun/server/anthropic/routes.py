@@ -1,22 +1,18 @@
 """Anthropic's Messages API as a translation over the same generations (`generation`).
 
-    POST /v1/messages                 system (a string or text blocks), messages with text,
-                                      tool_use and tool_result blocks (and system messages
-                                      among them), tools (custom; bash, text editor and memory;
-                                      server tools left out: anthropic_tools), tool_choice
-                                      (auto, any, tool, none), max_tokens (required),
-                                      stop_sequences, temperature, top_p, top_k, metadata,
-                                      thinking, output_config (format: a JSON schema; effort),
-                                      stream
-    POST /v1/messages/count_tokens    {"input_tokens": N} for the same request body
-    POST /v1/complete                 the legacy Text Completions (anthropic_complete)
+    POST /v1/messages               system, messages (text, image, tool_use, tool_result blocks),
+                                    tools (custom; bash, text editor, memory), tool_choice
+                                    (auto, any, tool, none), max_tokens (required),
+                                    stop_sequences, temperature, top_p, top_k, metadata,
+                                    thinking, output_config (format: a JSON schema; effort), stream
+    POST /v1/messages/count_tokens  {"input_tokens": N} for the same request body
+    POST /v1/complete               the legacy Text Completions (complete.py)
 
-The answer's shapes (the Message, its usage, the stream's events) are anthropic_stream's.
-stop_reason is "tool_use" when the answer is tool calls, "max_tokens" when the token budget or
-the context ran out, "stop_sequence" (with `stop_sequence`) when a stop string ended it, else
-"end_turn". Errors are {"type": "error", "error": {"type", "message"}, "request_id"}; one after
-the stream has begun arrives as an `error` event. The API key may come as `x-api-key` (see
-security.Guard).
+stream.py shapes the Message, its usage and the stream's events. stop_reason is "tool_use" for
+tool calls, "max_tokens" when the token budget or the context ran out, "stop_sequence" when a
+stop string ended it, else "end_turn". Server tools are left out (tools.py). Errors are
+{"type": "error", "error": {"type", "message"}, "request_id"}; one after the stream has begun
+arrives as an `error` event. The API key may come as `x-api-key` (see security.Guard).
 """
 
 from __future__ import annotations
@@ -179,8 +175,10 @@ def _image(block: dict[str, Any], where: str) -> media.Media:
 
 
 def _think(body: Body) -> bool | str | None:
-    """`thinking` (enabled, adaptive: the model's default, disabled) and output_config.effort
-    (with adaptive thinking, a model that cannot think answers without: see _adaptive)."""
+    """The think option from `thinking` (enabled, adaptive, disabled) and output_config.effort.
+
+    Adaptive leaves it to the model: one that cannot think answers without (see _adaptive).
+    """
     thinking = body.get("thinking", dict)
     effort = (body.get("output_config", dict) or {}).get("effort")
     level = None if effort is None else thinking_mod.from_effort(effort, "output_config.effort")
@@ -197,8 +195,10 @@ def _think(body: Body) -> bool | str | None:
 
 
 def _adaptive(body: Body) -> bool:
-    """Whether the model decides whether to think (`adaptive`, or an effort alone): one that
-    cannot think then answers without, as Anthropic's do."""
+    """Whether the model decides whether to think: `adaptive`, or an effort alone.
+
+    A model that cannot think then answers without, as Anthropic's do.
+    """
     thinking = body.get("thinking", dict)
     return thinking is None or thinking.get("type") == "adaptive"
 
@@ -217,8 +217,10 @@ def _format(body: Body) -> dict[str, Any] | None:
 
 
 def options_of(body: Body, most: str = "max_tokens") -> dict[str, Any]:
-    """The request's sampling fields, stop sequences and its bound on the answer's tokens
-    (`most`: max_tokens; /v1/complete's max_tokens_to_sample) as options."""
+    """The request's sampling fields, stop sequences and bound on the answer's tokens, as options.
+
+    `most` names the bound: max_tokens, or /v1/complete's max_tokens_to_sample.
+    """
     options = body.sampling(("temperature", "top_p"))
     top_k = body.get("top_k", int)
     if top_k is not None:
@@ -233,8 +235,10 @@ def options_of(body: Body, most: str = "max_tokens") -> dict[str, Any]:
 
 
 def _request(body: Body) -> tuple[GenRequest, list[str]]:
-    """The core request of a Messages body (shared by create and count_tokens), and the
-    server tools it offered that were left out."""
+    """A Messages body's core request, and the server tools it offered that were left out.
+
+    create and count_tokens share it.
+    """
     model = body.model()
     system = body.data.get("system")
     messages = messages_of(body.data.get("messages"))

@@ -1,15 +1,13 @@
-"""A Messages answer in Anthropic's shapes: the Message, its usage and content blocks, and its
-stream of events.
+"""A Messages answer in Anthropic's shapes: the Message, its usage and blocks, and its events.
 
-Usage counts the prompt in three parts that add up to it (count_tokens' figure), as Anthropic's
-do: `cache_read_input_tokens` what the KV cache already held (an earlier request's prefix, or
-the disk prompt cache's), `input_tokens` what was evaluated now, `cache_creation_input_tokens`
-0: localrun keeps every prompt it reads for the next request by itself, without a write a
-client asks for or pays for (`cache_control` changes nothing), so no part of the prompt is a
-cache write of its own.
+Usage counts the prompt in three parts that add up to count_tokens' figure, as Anthropic's do.
+`cache_read_input_tokens` is what the KV cache already held (an earlier request's prefix, or the
+disk prompt cache's), and `input_tokens` what was evaluated now. `cache_creation_input_tokens`
+is 0: localrun keeps every prompt it reads for the next request by itself. No client asks or
+pays for a cache write (`cache_control` changes nothing), so no part of the prompt is one.
 
 Requests of the beta API (`POST /v1/messages?beta=true`, the SDK's `client.beta.messages`, its
-tool runner's) get the fields its Message has besides: `diagnostics` and `context_management`
+tool runner's) get the beta Message's extra fields. `diagnostics` and `context_management` are
 null (localrun compares no earlier request and edits no context), usage's `iterations` null (one
 sampling pass) and `speed` "standard".
 """
@@ -59,8 +57,11 @@ def _counts(generation: Generation, beta: bool) -> dict[str, Any]:
 
 
 def usage(generation: Generation, beta: bool = False) -> dict[str, Any]:
-    """A Message's usage (before the end: the prompt, every part of it counted as input, the
-    cached part being known only then)."""
+    """A Message's usage.
+
+    Before the end it holds the prompt, every part counted as input: the cached part is known only
+    at the end.
+    """
     out = {
         **_counts(generation, beta),
         "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
@@ -175,8 +176,10 @@ def _event(kind: str, **fields: Any) -> bytes:
 
 
 class _Blocks:
-    """The content blocks of one stream, numbered as they open; one is open at a time (a text
-    or a thinking block), and another kind of piece closes it. Methods return the events."""
+    """The content blocks of one stream, numbered as they open; methods return the events.
+
+    One block is open at a time (text or thinking), and a piece of another kind closes it.
+    """
 
     def __init__(self) -> None:
         self.index = -1
@@ -206,15 +209,19 @@ class _Blocks:
         return out
 
     def end(self, tools: list[dict[str, Any]]) -> list[bytes]:
-        """Close the last block (an empty answer is still one, empty, text block), then add
-        the tool_use blocks not streamed yet."""
+        """Close the last block, then add the tool_use blocks not streamed yet.
+
+        An empty answer is still one empty text block.
+        """
         empty = self.index < 0 and not tools
         out = self.switch("text") if self.open_kind is None and empty else []
         return out + self.tools(tools) + self.switch(None)
 
     def tools(self, tools: list[dict[str, Any]]) -> list[bytes]:
-        """A tool_use block per call, as soon as it is read: the open block closes first,
-        then the call's input comes as an input_json_delta."""
+        """A tool_use block per call, as soon as it is read.
+
+        The open block closes first, then the call's input comes as an input_json_delta.
+        """
         if not tools:
             return []
         out = self.switch(None)

@@ -1,7 +1,9 @@
-"""The tools of a Messages request: custom tools, Anthropic's tools that the client runs (bash,
-text editor, memory) given to the model as functions with their input's schema, and the server
-tools that run on Anthropic's side, which localrun has not, left out (core.tools_left_out names
-them); `tool_choice` as the core's.
+"""The tools of a Messages request, given to the model as functions, and its `tool_choice`.
+
+Custom tools and Anthropic's tools that the client runs (bash, text editor, memory) reach the
+model as functions with their input's schema. Server tools run on Anthropic's side, which
+localrun has not, so they are left out (core.tools_left_out names them). `tool_choice` becomes
+the core's.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 A request head arrives before the API key can be checked, so anyone who reaches the port can
 open sockets and trickle a byte now and then (slowloris). uvicorn's h11 protocol waits for a
-head for as long as bytes keep coming and keeps every socket it accepts; once the process runs
-out of file descriptors it answers nobody. The protocol built here bounds all of that:
+head as long as bytes keep coming, and keeps every socket it accepts; out of file descriptors,
+the process answers nobody. The protocol built here bounds all of that:
 
 - a request head must arrive whole within LOCALRUN_HEADER_TIMEOUT of the connection opening
   (on a kept-alive connection, of the request's first byte): a total, not a per-byte, timeout;
@@ -11,15 +11,8 @@ out of file descriptors it answers nobody. The protocol built here bounds all of
   it is answered 408 and dropped (idle, not total time: blob uploads are large);
 - a kept-alive connection idle for LOCALRUN_IDLE_TIMEOUT between requests is closed;
 - at most LOCALRUN_MAX_CONNECTIONS connections are open (kept below the file-descriptor limit),
-  at most LOCALRUN_MAX_CONNECTIONS_PER_CLIENT from one address (for IPv6, one /64). A new
-  connection past a cap evicts the oldest connection that is still waiting for a request head
-  (from that address, for its cap), never one mid-request; with none to evict it gets a 503.
-
-Evicting rather than refusing is what keeps a flood from locking clients out: a real client sends
-its head at once and leaves the evictable set within a round trip, while the flood's own new
-sockets push out its oldest ones. The limit of that: a client that shares its address with a
-flood reopening sockets faster than the server reads heads (thousands a second) can have its own
-connection evicted before its head is read; it is then reset and must retry.
+  at most LOCALRUN_MAX_CONNECTIONS_PER_CLIENT from one address (for IPv6, one /64). Past a cap,
+  a new connection evicts the oldest one still waiting for a request head (Registry.admit).
 """
 
 from __future__ import annotations
@@ -124,6 +117,14 @@ class Registry:
 
     def admit(self, conn: GuardedH11Protocol) -> bool:
         """Count a new connection in, evicting to make room; False when there is no room."""
+        # Past a cap, the oldest connection still waiting for a request head goes (from the same
+        # address, for the per-client cap), never one mid-request; with none, the caller answers
+        # 503. Evicting rather than refusing keeps a flood from locking clients out: a real client
+        # sends its head at once and leaves the evictable set within a round trip, while the
+        # flood's own new sockets push out its oldest ones. The limit of that: a client sharing
+        # its address with a flood that reopens sockets faster than the server reads heads
+        # (thousands a second) can lose its connection before its head is read. It is then reset
+        # and must retry.
         key = conn.key
         if self.per_client.get(key, 0) >= self.limits.max_per_client:
             own = self.waiting_by_client.get(key)

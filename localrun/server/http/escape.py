@@ -1,16 +1,16 @@
 """What a client sent, made safe to put in a response header or a line of the server's log.
 
-A client's text is anything JSON can carry: CR and LF in a header value make h11 drop the
-connection without an answer (and, anywhere that does not check, split the answer), a character
-outside Latin-1 cannot be encoded in a header at all (a 500), and a newline in a log line starts
-a line the client wrote (a forged "refused ..." or "loading ..." line, issue 76). So a header gets
-printable ASCII only, a log line no control or format character (a terminal's escape sequences
-and the bidirectional overrides that reorder what is shown included), each escaped as Python
-writes it (`\\r`, `\\x00`, `\\u202e`) so that what was sent can still be read, and both a bounded
-length.
+A client's text is anything JSON can carry. CR and LF in a header value make h11 drop the
+connection without an answer, and anywhere that does not check, they split the answer. A
+character outside Latin-1 cannot be encoded in a header at all (a 500). A newline in a log line
+starts a line the client wrote: a forged "refused ..." or "loading ..." line (issue 76). So a
+header gets printable ASCII only. A log line gets no control or format character, such as a
+terminal's escape sequences and the bidirectional overrides that reorder what is shown. Each is
+escaped as Python writes it (`\\r`, `\\x00`, `\\u202e`), so what was sent can still be read, and
+both get a bounded length.
 
 `OneLineFormatter` applies the log's rule to every line `localrun serve` logs, whoever logs it
-(uvicorn's access log quotes the request's decoded path): the helpers here are for what is known
+(uvicorn's access log quotes the request's decoded path). The helpers here are for what is known
 at the call site to come from a client.
 """
 
@@ -23,8 +23,10 @@ LOG_LIMIT = 4000  # characters of one log line's message (a runner's stderr line
 
 
 def for_log(text: str, limit: int = LOG_LIMIT) -> str:
-    """`text` on one line: control and format characters escaped, at most `limit` characters
-    (then how long it was)."""
+    """`text` on one line: control and format characters escaped, at most `limit` characters.
+
+    Past `limit`, it says how long the text was.
+    """
     shown = text[:limit]
     if not shown.isprintable():
         shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
@@ -32,8 +34,10 @@ def for_log(text: str, limit: int = LOG_LIMIT) -> str:
 
 
 def for_header(text: str, limit: int = HEADER_LIMIT) -> str:
-    """`text` as printable ASCII for a header value: anything else escaped, and a comma, which
-    would split the value of a list header; at most `limit` characters."""
+    """`text` as printable ASCII for a header value, at most `limit` characters.
+
+    Anything else is escaped, and so is a comma, which would split the value of a list header.
+    """
     shown = "".join(c if " " <= c <= "~" and c != "," else _ascii(c) for c in text[:limit])
     return _bounded(shown.strip(), limit, len(text))
 
@@ -50,9 +54,11 @@ def _bounded(shown: str, limit: int, length: int) -> str:
 
 
 class OneLineFormatter(logging.Formatter):
-    """A formatter whose every record's message is one line (for_log): what a request carried
-    can neither start a line of its own nor send escape sequences to the terminal. A traceback
-    (LOCALRUN_DEBUG) keeps its lines."""
+    """A log formatter whose every record's message is one line (for_log).
+
+    What a request carried can neither start a line of its own nor send escape sequences to the
+    terminal. A traceback (LOCALRUN_DEBUG) keeps its lines.
+    """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = for_log(record.message)

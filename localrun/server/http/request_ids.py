@@ -1,10 +1,11 @@
-"""One id per request, in every answer's headers: `request-id` (Anthropic's, which its SDK reads
-into `_request_id`) and `x-request-id` (OpenAI's, which openai-python and openai-node read);
-Anthropic's error bodies carry it too (`request_id`).
+"""One id per request, in every answer's `request-id` and `x-request-id` headers.
+
+`request-id` is Anthropic's, which its SDK reads into `_request_id`; `x-request-id` is OpenAI's,
+which openai-python and openai-node read. Anthropic's error bodies carry it too (`request_id`).
 
 The id is the server's own, `req_` and 24 random hex digits, as OpenAI and Anthropic make
-theirs: a client's `x-request-id` is not echoed, so that an id names one request whoever sent
-it, both headers and the error body name the same one, and no client picks what the server's
+theirs. A client's `x-request-id` is not echoed: an id then names one request whoever sent it,
+both headers and the error body name the same one, and no client picks what the server's
 headers say.
 """
 

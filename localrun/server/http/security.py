@@ -1,17 +1,13 @@
-"""The checks every request passes before a route sees it, as one ASGI middleware.
+"""The checks every request passes before a route sees it, as one ASGI middleware, in order:
 
-In order:
-
-1. Host: when the server is bound to loopback, the Host header must name loopback
-   (localhost, *.localhost, 127.0.0.0/8, ::1) or the bound address itself, with any port. A web
-   page whose DNS name is re-pointed at 127.0.0.1 (DNS rebinding, Ollama's CVE-2024-28224) sends
-   its own name as Host and is refused.
-2. Origin (CORS): a request that carries an Origin header must come from one of
-   LOCALRUN_ORIGINS (`http://localhost:*` wildcards the port); preflights are answered here.
-   Requests without Origin (curl, SDKs) are not browsers' and pass.
+1. Host: on a server bound to loopback, the Host header must name loopback (localhost,
+   *.localhost, 127.0.0.0/8, ::1) or the bound address, with any port. This refuses DNS
+   rebinding (Ollama's CVE-2024-28224): a re-pointed web page sends its own name as Host.
+2. Origin (CORS): a request with an Origin header must come from one of LOCALRUN_ORIGINS
+   (`http://localhost:*` wildcards the port); preflights are answered here. Requests without
+   Origin (curl, SDKs) are not browsers' and pass.
 3. API key: with LOCALRUN_API_KEY set, `Authorization: Bearer <key>` (or Anthropic's
-   `x-api-key: <key>`), compared in constant time.
-   `GET /` and `GET /health` stay open as health checks; they reveal nothing.
+   `x-api-key`), compared in constant time. GET /, /health and the chat page (/ui) stay open.
 4. Body size: Content-Length over LOCALRUN_MAX_REQUEST_BYTES is refused at once, and a body
    without one is counted as it arrives. Blob uploads are exempt (they stream to disk).
 
@@ -57,9 +53,11 @@ _PORT = re.compile(r"(:[0-9]*)?")  # what may follow the host in a Host header
 
 
 def host_name(header: str) -> str | None:
-    """The host part of a Host header (`[::1]:8080` -> `::1`, `localhost:80` -> `localhost`), or
-    None when the header is malformed: anything but `:port` after the host, such as
-    `[::1]evil.example`, must not be read as the host before it."""
+    """The host part of a Host header, or None when the header is malformed.
+
+    `[::1]:8080` gives `::1`, `localhost:80` gives `localhost`. Anything but `:port` after the host,
+    such as `[::1]evil.example`, is malformed: it must not be read as the host before it.
+    """
     value = header.strip().lower()
     if value.startswith("["):
         end = value.find("]")
@@ -184,8 +182,7 @@ class Guard:
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
     def _check_key(self, path: str, method: str, headers: Headers) -> None:
-        """With an API key set, refuse a request without it (health checks and the chat page's
-        files excepted)."""
+        """With an API key set, refuse requests without it; health checks and /ui pass."""
         public = path in _OPEN or path == "/ui" or path.startswith("/ui/")
         if self.api_key and not (public and method in ("GET", "HEAD")):
             # Anthropic's clients send the key as x-api-key.

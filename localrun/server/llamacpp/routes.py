@@ -1,31 +1,17 @@
-"""llama-server's small routes, for the editor plugins and scripts that call them, and vLLM's
-shapes of the tokenizer's (lm-evaluation-harness's remote tokenizer calls them).
+"""llama-server's small routes and vLLM's tokenizer routes, for editor plugins and scripts.
 
-    GET  /health       {"status": "ok"} (open without the API key, like GET /)
-    POST /tokenize     {"content", "add_special"?, "parse_special"?, "with_pieces"?, "model"?}
-                       -> {"tokens": [ids]} or, with_pieces, {"tokens": [{"id", "piece"}]};
-                       or vLLM's {"prompt", "add_special_tokens"?: true, "model"?}
-                       -> {"count", "max_model_len", "tokens"}
-    GET  /tokenizer_info  (vLLM's) {"bos_token", "eos_token", "chat_template", ...} of the
-                       model `?model=` names (or the one loaded), from its GGUF header: what
-                       evaluation harnesses' remote tokenizer reads
-    POST /detokenize   {"tokens", "model"?} -> {"content", "prompt"} (vLLM's key too)
-    POST /apply-template  {"messages", "tools"?, "tool_choice"?, "add_generation_prompt"?,
-                       "reasoning_effort"?, "chat_template_kwargs"?, "model"?} -> {"prompt"}:
-                       the text the model is sent for that chat, without the BOS its tokenizer
-                       adds, whatever its template's kind; rendered from the store, the model
-                       not loaded
-    POST /infill       {"input_prefix", "input_suffix", "input_extra"?: [{"filename", "text"}],
-                       "prompt"?, "n_predict"?, sampling fields, "stream"?, "model"?}
-                       -> {"content", "stop", "tokens_predicted", "timings", ...}; streamed as
-                       SSE `data: {"content", "stop": false}` ... and the final object
+    GET  /health          {"status": "ok"}, open without the API key like GET /
+    POST /tokenize        llama-server's {"content"} -> {"tokens"}, or vLLM's {"prompt"} shape
+    GET  /tokenizer_info  vLLM's: the special tokens and chat template from a model's GGUF header
+    POST /detokenize      {"tokens", "model"?} -> {"content", "prompt"} (vLLM's key too)
+    POST /apply-template  {"messages", ...} -> {"prompt"}: the text the model is sent for a chat
+    POST /infill          fill-in-the-middle for editors' autocomplete, whole or streamed
 
-llama-server serves one model; localrun serves many, so a request may name its `model`. Without
-one, the model loaded now is used when exactly one is, else the store's only model
-(default_model). Defaults follow
-llama-server: no BOS added, special tokens parsed. A piece that is not whole UTF-8 (part of a
-character) is a list of its byte values, as llama-server sends it. Errors have OpenAI's shape,
-which is llama-server's.
+Each route's body is spelt out above its function. lm-evaluation-harness's remote tokenizer calls
+vLLM's shapes. llama-server serves one model; localrun serves many, so a request may name its
+`model` (default_model picks one otherwise). Defaults follow llama-server: no BOS added, special
+tokens parsed. A piece that is not whole UTF-8 (part of a character) is a list of its byte
+values, as llama-server sends it. Errors have OpenAI's shape, which is llama-server's.
 """
 
 from __future__ import annotations
@@ -58,10 +44,13 @@ async def health(request: Request) -> Response:
 
 
 async def default_model(request: Request, body: Body) -> str:
-    """The model a request names (in its body, or `?model=` as vLLM's routes take it); else the
-    one loaded now when exactly one is (llama-server's clients know of one model); else the
-    store's only model, loaded when it is used (an evaluation harness asks /tokenizer_info
-    before its first completion, naming none). A 400 when none of these says which."""
+    """The model a request names, else the one loaded, else the store's only model.
+
+    A request names it in its body, or as `?model=` as vLLM's routes take it. The one loaded now is
+    used when exactly one is: llama-server's clients know of one model. The store's only model is
+    loaded when it is used: an evaluation harness asks /tokenizer_info before its first completion,
+    naming none. A 400 when none of these says which.
+    """
     if body.data.get("model") is not None or body.data.get("name") is not None:
         return body.model()
     asked = request.query_params.get("model")
@@ -83,6 +72,10 @@ async def default_model(request: Request, body: Body) -> str:
     )  # fmt: skip
 
 
+# POST /apply-template {"messages", "tools"?, "tool_choice"?, "add_generation_prompt"?,
+# "reasoning_effort"?, "chat_template_kwargs"?, "model"?} -> {"prompt"}: the text the model is
+# sent for that chat, without the BOS its tokenizer adds, whatever its template's kind. It is
+# rendered from the store; the model is not loaded.
 async def apply_template(request: Request) -> Response:
     body = Body(await read_json(request))
     name = await local_model(request, await default_model(request, body))
@@ -106,6 +99,10 @@ async def apply_template(request: Request) -> Response:
     return JSONResponse({"prompt": await anyio.to_thread.run_sync(render)})
 
 
+# POST /tokenize {"content", "add_special"?, "parse_special"?, "with_pieces"?, "model"?}
+# -> {"tokens": [ids]}, or with with_pieces {"tokens": [{"id", "piece"}]}. vLLM's shape,
+# {"prompt", "add_special_tokens"?: true, "model"?} -> {"count", "max_model_len", "tokens"},
+# goes to _vllm_tokenize.
 async def tokenize(request: Request) -> Response:
     body = Body(await read_json(request))
     if body.data.get("prompt") is not None and body.data.get("content") is None:
@@ -141,9 +138,11 @@ async def tokenize(request: Request) -> Response:
 
 
 async def _vllm_tokenize(request: Request, body: Body) -> Response:
-    """vLLM's /tokenize: {"prompt", "add_special_tokens"?} -> {"count", "max_model_len",
-    "tokens"} (evaluation harnesses' remote tokenizer asks so); special tokens' texts are read
-    as the tokens, as Hugging Face tokenizers read them."""
+    """vLLM's /tokenize: {"prompt", "add_special_tokens"?} -> {"count", "max_model_len", "tokens"}.
+
+    Evaluation harnesses' remote tokenizer asks so. Special tokens' texts are read as the tokens, as
+    Hugging Face tokenizers read them.
+    """
     text = body.get("prompt", str)
     _check_size(text, "prompt")
     scheduler = core.context(request).scheduler
@@ -168,8 +167,12 @@ def _check_size(text: str, key: str) -> None:
 
 
 async def tokenizer_info(request: Request) -> Response:
-    """vLLM's GET /tokenizer_info: the model's special tokens and chat template, read from its
-    GGUF header (the model not loaded); the model named by `?model=`, else the one loaded."""
+    """vLLM's GET /tokenizer_info: a model's special tokens and chat template, from its GGUF header.
+
+    The model is the one `?model=` names, else the one loaded; it is not loaded for this. The answer
+    is {"bos_token", "eos_token", "chat_template", ...}, what evaluation harnesses' remote tokenizer
+    reads.
+    """
     name = request.query_params.get("model")
     body = Body({"model": name} if name else {})
     model = await local_model(request, await default_model(request, body))
@@ -301,6 +304,10 @@ def _final(generation: Generation, model: str, content: str) -> dict[str, Any]:
     }
 
 
+# POST /infill {"input_prefix", "input_suffix", "input_extra"?: [{"filename", "text"}],
+# "prompt"?, "n_predict"?, sampling fields, "stream"?, "model"?}
+# -> {"content", "stop", "tokens_predicted", "timings", ...}; streamed, SSE
+# `data: {"content", "stop": false}` ... and the final object.
 async def infill(request: Request) -> Response:
     """llama-server's /infill for editors' autocomplete (llama.vscode, llama.vim)."""
     body = Body(await read_json(request))

@@ -1,38 +1,16 @@
-"""Store jobs (create, pull, catalog import) run in a short-lived subprocess.
+"""Store jobs (create, pull, push, catalog import) run in a short-lived subprocess.
 
 Why a subprocess: these read GGUF headers with the `gguf` package, which imports numpy, and the
 server process must stay small (no numpy, gguf or llama_cpp in it). It also keeps a hostile
 uploaded file away from the server's memory: a parser blow-up ends the job, not the server.
 
-The server side (`run`) writes one JSON request line to `python -m localrun.server.ollama.jobs` and
-reads JSON lines back:
+The server side (`run`) writes one JSON request line to `python -m localrun.server.ollama.jobs`
+and reads JSON event lines back (the lines are spelt out above `_run`). The job process serves
+it in `_serve_one`.
 
-    -> {"op": "create", "store": ROOT, "model": NAME, "modelfile": TEXT, "quantize"?: TYPE}
-    -> {"op": "pull", "store": ROOT, "model": TEXT}
-    -> {"op": "push", "store": ROOT, "model": TEXT}
-    -> {"op": "import", "store": ROOT, "model": NAME}          (a catalog model or another
-                                                                runner's, no hubs)
-    <- {"event": "progress", "status": ..., "digest"?, "completed"?, "total"?}   (any number)
-    <- {"event": "done", "digest": "sha256:..."}  or  {"event": "error", "error": {...}}
-
-The modelfile of a create comes from the server, which only puts store blob paths and model
-names in it (never a path a client sent). Every job is an API client's (the CLI pulls, pushes
-and creates in its own process), so every job reaches registries as one (hosts.CLIENT: what the
-server's owner allows, never a client's `insecure`).
-
-Jobs take turns: at most LOCALRUN_MAX_JOBS run at once (`Turns`), the next wait in line (a
-streamed create says it is waiting), and past MAX_WAITING more a request is refused as busy
-(503). Network jobs (pull, push: a remote peer's pace) and local ones (create, import: this
-machine's cores and disk) wait in separate lines, so a registry that stalls never holds a
-create (two stalled pulls once held both turns: another client's create waited 45 s). Each
-job is told its share of the cores (`threads`, which a quantization uses), so eight
-quantizations never run thirty-two threads on two cores. A job stopped before it ended (its
-client left) has the temporary files it was writing removed from the store.
-
-A network job's memory is capped (`_cap_memory`: LOCALRUN_PULL_MAX_MEMORY above what it holds
-once started, 512 MiB by default); past it the job ends with one line, not the machine in swap.
-A local job has no cap: converting or quantizing a big model legitimately takes GBs, and what
-it reads is the store's and the uploads the server checked.
+Jobs take turns (`Turns`, LOCALRUN_MAX_JOBS), network jobs and local ones in separate lines. A
+network job's memory is capped (`_cap_memory`, LOCALRUN_PULL_MAX_MEMORY). A job stopped before
+it ended (its client left) has the temporary files it was writing removed from the store.
 """
 
 from __future__ import annotations
@@ -59,6 +37,13 @@ MAX_WAITING = 64
 NETWORK = ("pull", "push")  # the jobs whose pace and input are a remote peer's
 
 
+# Jobs take turns: at most LOCALRUN_MAX_JOBS run at once, the next wait in line (a streamed
+# create says it is waiting), and past MAX_WAITING more a request is refused as busy (503).
+# Network jobs (pull, push: a remote peer's pace) and local ones (create, import: this machine's
+# cores and disk) wait in separate lines, so a registry that stalls never holds a create. Two
+# stalled pulls once held both turns, and another client's create waited 45 s. Each job is told
+# its share of the cores (`threads`, which a quantization uses), so eight quantizations never
+# run thirty-two threads on two cores.
 class Turns:
     """The jobs of one event loop: how many run, and the line of those waiting."""
 
@@ -117,8 +102,10 @@ _TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, Turns]] 
 
 
 def turns(request: dict[str, Any]) -> Turns:
-    """The line the job `request` waits in: the running loop's (each server has its loop)
-    network jobs, or its local ones (the module docstring)."""
+    """The line the job `request` waits in: the running loop's network jobs, or its local ones.
+
+    Each server has its own loop.
+    """
     loop = asyncio.get_running_loop()
     lines = _TURNS.get(loop)
     if lines is None:
@@ -127,10 +114,9 @@ def turns(request: dict[str, Any]) -> Turns:
 
 
 async def run(request: dict[str, Any]) -> AsyncGenerator[Event, None]:
-    """Run a job when its turn comes; yields its progress events, returns on success, raises
-    its LocalrunError.
+    """Run a job when its turn comes, yielding its progress events; raise its LocalrunError.
 
-    Closing the iterator early (a client that went away) stops the job (or its wait).
+    Closing the iterator early (a client that went away) stops the job, or its wait.
     """
     line = turns(request)
     async with contextlib.aclosing(line.take()) as waiting:
@@ -143,6 +129,14 @@ async def run(request: dict[str, Any]) -> AsyncGenerator[Event, None]:
         line.give()
 
 
+# The lines between the server and a job's process:
+#   -> {"op": "create", "store": ROOT, "model": NAME, "modelfile": TEXT, "quantize"?: TYPE}
+#   -> {"op": "pull", "store": ROOT, "model": TEXT}
+#   -> {"op": "push", "store": ROOT, "model": TEXT}
+#   -> {"op": "import", "store": ROOT, "model": NAME}  (a catalog model or another runner's,
+#                                                       no hubs)
+#   <- {"event": "progress", "status": ..., "digest"?, "completed"?, "total"?}  (any number)
+#   <- {"event": "done", "digest": "sha256:..."}  or  {"event": "error", "error": {...}}
 async def _run(request: dict[str, Any], threads: int) -> AsyncGenerator[Event, None]:
     """Run a job in its process, with its share of the cores."""
     request = {**request, "threads": threads}
@@ -195,8 +189,10 @@ async def _run(request: dict[str, Any], threads: int) -> AsyncGenerator[Event, N
 
 
 async def _stop(proc: asyncio.subprocess.Process, request: dict[str, Any], finished: bool) -> None:
-    """Wait for the job's process to end (stopped, if it had not finished: killed if it will
-    not stop), then remove what a stopped job was writing."""
+    """Wait for the job's process to end, then remove what a stopped job was writing.
+
+    A job that had not finished is stopped, and killed if it will not stop.
+    """
     if not finished and proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
@@ -232,6 +228,10 @@ def _debug() -> bool:
 # -- the job process ------------------------------------------------------------------------
 
 
+# The modelfile of a create comes from the server, which only puts store blob paths and model
+# names in it, never a path a client sent. Every job is an API client's (the CLI pulls, pushes
+# and creates in its own process), so every job reaches registries as one: hosts.CLIENT, what
+# the server's owner allows, never a client's `insecure`.
 def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     from localrun.engine.library import quantize
     from localrun.recipes import create, modelfile
@@ -285,17 +285,19 @@ def _serve_one(request: dict[str, Any], out: IO[bytes]) -> str:
     raise LocalrunError(f"unknown job {op!r}")
 
 
+# Why the cap: a registry's 2.6 KB, inflated by httpx, took a pull job to 3.1 GB (issue 76).
+# The decoding is bounded now (sources/bodies.py); the cap bounds whatever else a remote peer
+# may find. Measured on 2 cores, a pull job holds 110 MB of data (52 MB resident) at its start,
+# numpy's share the larger: a stack per BLAS thread, so more on more cores. That is why the cap
+# is counted from the start and not from zero.
 def _cap_memory(op: str) -> int | None:
-    """Cap a network job's memory (the module docstring): its private memory (Linux:
-    RLIMIT_DATA, the heap and private writable mappings; Windows: a Job Object) may grow
-    LOCALRUN_PULL_MAX_MEMORY past what it holds once its modules are in; returns the growth
-    allowed (None: no cap, a local job or a system without one, macOS: host.limits).
+    """Cap a network job's memory growth at LOCALRUN_PULL_MAX_MEMORY; return the growth allowed.
 
-    Why: a registry's 2.6 KB, inflated by httpx, took a pull job to 3.1 GB (issue 76). The
-    decoding is bounded now (sources/bodies.py); this bounds whatever else a remote peer may
-    find. Measured on 2 cores: a pull job holds 110 MB of data (52 MB resident) at its start,
-    numpy's share the larger (a stack per BLAS thread, so more on more cores, which is why
-    the cap is counted from the start and not from zero).
+    The cap is on private memory (Linux: RLIMIT_DATA, the heap and private writable mappings;
+    Windows: a Job Object), counted from what the job holds once its modules are in. It is 512 MiB
+    by default. Past it the job ends with one line, not the machine in swap. None means no cap: a
+    local job, or a system without one (macOS: host.limits). A local job has no cap because
+    converting or quantizing a big model takes GBs, and it reads the store and checked uploads.
     """
     if op not in NETWORK:
         return None

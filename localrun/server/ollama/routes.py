@@ -1,20 +1,18 @@
 """Ollama's native API: generate, chat, embeddings, the running models, version.
 
 Field names and streaming follow Ollama's docs/api.md, so the official `ollama` client and the
-tools built on it work unchanged: NDJSON by default (`"stream": false` gives one object), one
-object per piece, and a final object with `done: true`, `done_reason` and the timing fields
-(nanoseconds). An error after the first line arrives as a last line `{"error": "..."}`, which is
-what Ollama's clients look for. /api/generate's final object carries `context`, the token ids
-of prompt and answer, which a later request sends back to continue from them. A streamed
-/api/chat sends its tool calls in a line of their own just before the final one, as Ollama does,
-each with its `id` and `function.index` (its place in the answer).
-/api/generate with a `suffix` fills in the middle between `prompt` and it (editors'
-autocomplete), from the model's FIM tokens; a model without them is a 400. `think` (true,
-false or low/medium/high) turns a reasoning model's thinking on or off; its reasoning comes in
-`thinking` (generate) or `message.thinking` (chat), streamed as it is generated. `logprobs`
-(with `top_logprobs` alternatives) adds each token's log-probability to the object holding it.
+tools built on it work unchanged. Answers stream as NDJSON, one object per piece, then a final
+object with `done: true`, `done_reason` and the timings in nanoseconds; `"stream": false` gives
+one object. An error after the first line comes as a last line `{"error": "..."}`, which
+Ollama's clients look for. /api/generate's final object carries `context`, the token ids of
+prompt and answer, which a later request sends back to continue from them. A chat's tool calls
+carry their `id` and `function.index` (see `_answer` for where they stream).
 
-The store routes (show, pull, create, copy, delete, blobs) are in `models`.
+/api/generate with a `suffix` fills in the middle between `prompt` and it, from the model's FIM
+tokens; a model without them is a 400. `think` (true, false or low/medium/high) turns thinking
+on or off; the reasoning comes in `thinking` or `message.thinking`. `logprobs` (with
+`top_logprobs`) adds each token's log-probability to the object holding it. The store's routes
+are in store.py, /api/show in show.py.
 """
 
 from __future__ import annotations
@@ -94,10 +92,12 @@ async def stream_lines(
     place_thinking: Placer | None = None,
     streamed: list[int] | None = None,
 ) -> AsyncIterator[bytes]:
-    """The NDJSON lines of an answer; an error mid-way becomes the last line. `before_final`
-    gives a line to send after the pieces, before the final one (or None); `place_thinking`
-    puts a chunk's reasoning into its line; a chat's tool calls go in the line of the chunk
-    that carries them (`streamed` counts them, for `before_final`)."""
+    """The NDJSON lines of an answer; an error mid-way becomes the last line.
+
+    `before_final` gives a line to send after the pieces, before the final one, or None.
+    `place_thinking` puts a chunk's reasoning into its line. A chat's tool calls go in the line of
+    the chunk that carries them, and `streamed` counts them for `before_final`.
+    """
     streamed = streamed if streamed is not None else []
     try:
         async with contextlib.aclosing(generation.chunks()) as chunks:
@@ -129,8 +129,10 @@ async def root(request: Request) -> Response:
 
 
 async def version(request: Request) -> Response:
-    """The Ollama API version served, and localrun's own beside it (and, on a loopback-only
-    server, the store it answers from)."""
+    """The Ollama API version served, and localrun's own beside it.
+
+    A loopback-only server also names the store it answers from.
+    """
     ctx = core.context(request)
     body = {"version": OLLAMA_API_VERSION, "localrun_version": ctx.version}
     if ctx.shown_store is not None:
@@ -218,13 +220,13 @@ async def _answer(
     calls: Callable[[str, int], dict[str, Any] | None] | None = None,
     place_thinking: Placer | None = None,
 ) -> Response:
-    """NDJSON lines, `shape(piece)` each, then the final object (`last` shapes it, once the
-    answer is complete); with "stream": false only the final object, holding the whole text.
+    """NDJSON lines, `shape(piece)` each, then the final object, shaped by `last`.
 
-    `calls(text, streamed)` shapes the answer's tool calls after the first `streamed` (None
-    without any): streamed, each comes in the line of the piece that completed it, as Ollama
-    sends them, and any the final event alone told in a line before the final one; else all
-    are in the final object.
+    With "stream": false only the final object comes, holding the whole text. `calls(text,
+    streamed)` shapes the answer's tool calls after the first `streamed` (None without any).
+    Streamed, each call comes in the line of the piece that completed it, as Ollama sends them. Any
+    that the final event alone told come in a line before the final one. Unstreamed, all are in the
+    final object.
     """
 
     def final(text: str = "", *, with_calls: bool = False) -> dict[str, Any]:
@@ -340,9 +342,11 @@ def _context(body: Body) -> list[int] | None:
 
 
 def tool_calls_ollama(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-    """Calls as Ollama's api.ToolCall writes them: its `id` ("call_..." as Ollama makes them)
-    and `function.index`, the call's place in the answer from 0 (no omitempty in types.go:
-    always sent, 0 included)."""
+    """Calls as Ollama's api.ToolCall writes them, with `id` and `function.index`.
+
+    The id is "call_..." as Ollama makes them. `function.index` is the call's place in the answer
+    from 0; types.go has no omitempty on it, so it is always sent, 0 included.
+    """
     if not calls:
         return None
     return [

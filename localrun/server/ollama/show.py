@@ -1,18 +1,17 @@
-"""/api/show: a model as Ollama's clients read it, and a model's `details` as /api/tags and
-/api/ps show them (`details_of`).
+"""/api/show: a model as Ollama's clients read it, and the `details` /api/tags and /api/ps show.
 
-`template` is a Go template, as Ollama's clients read it (`ollama show --modelfile` fed back to
-`ollama create`, Open WebUI's editor): the model's own where it is one (an Ollama import, a
-Modelfile TEMPLATE in Go), else the one that renders the same prompts as the template localrun
-prompts the model with, a GGUF's Jinja mostly (worker.view.go_template: one of Ollama's
-built-in templates, or one written for the model's turn markers); else "" where no Go template
-renders them. `chat_template` (localrun's) is the template localrun prompts with, as it is.
+`template` is a Go template, as Ollama's clients read it: `ollama show --modelfile` fed back to
+`ollama create`, or Open WebUI's editor. It is the model's own where that is Go (an Ollama
+import, a Modelfile TEMPLATE in Go). Else it renders the same prompts as the template localrun
+prompts the model with, a GGUF's Jinja mostly: worker.view.go_template picks one of Ollama's
+built-in templates, or writes one for the model's turn markers. Where no Go template renders
+them, it is "". `chat_template` (localrun's) is the template localrun prompts with.
 `modelfile` agrees with `template`: its TEMPLATE is the Go one, or the model's own Jinja
-TEMPLATE where there is no Go one; a GGUF's own template is left out then (FROM keeps it).
+TEMPLATE where there is no Go one; a GGUF's own template is then left out, since FROM keeps it.
 
-A Modelfile from /api/show comes back through /api/create to the same prompts: a TEMPLATE that
-is the Go template shown for FROM's own template stands for that template (`own_template`
-drops it), so the model keeps the one it was made with, tools and reasoning included.
+A Modelfile from /api/show comes back through /api/create to the same prompts. A TEMPLATE that
+is the Go template shown for FROM's own template stands for that template, and `own_template`
+drops it: the model keeps the one it was made with, tools and reasoning included.
 """
 
 from __future__ import annotations
@@ -62,8 +61,10 @@ def details_of(details: dict[str, Any], parent: str | None = None) -> dict[str, 
 
 
 async def local_model(request: Request, text: str) -> ModelName:
-    """The store name of a model that must be local (a catalog model, or another runner's
-    that LOCALRUN_OTHER_RUNNERS lists, is imported first)."""
+    """The store name of a model that must be local, imported first where need be.
+
+    A catalog model, or another runner's that LOCALRUN_OTHER_RUNNERS lists, is imported.
+    """
     ctx = core.context(request)
     ref = reference.parse(text)
     name = ref.name
@@ -101,8 +102,10 @@ def _params_text(parameters: dict[str, Any]) -> str:
 
 
 def _without_store_paths(text: str, store: Store) -> str:
-    """The Modelfile with blob paths written as digests (`FROM sha256:…`, which /api/create
-    accepts): a client learns nothing of where the store lives on the server."""
+    """The Modelfile with blob paths written as digests (`FROM sha256:…`).
+
+    /api/create accepts them, and a client learns nothing of where the store lives on the server.
+    """
     blobs = re.escape(str(store.blobs)) + r"[/\\]sha256-([0-9a-f]{64})"
     return re.sub(blobs, r"sha256:\1", text)
 
@@ -122,10 +125,13 @@ def templates(model: Any) -> tuple[view.GoChoice, str | None]:
 
 
 def _modelfile_text(model: Any, go: view.GoChoice, store: Store) -> str:
-    """/api/show's `modelfile`: TEMPLATE the model's own template where its Modelfile gave
-    one (a Jinja one kept as it is: /api/create of it keeps its tools and reasoning, which
-    the Go template shown may not render), else the Go template shown for what FROM brings
-    (none where there is none: FROM brings it)."""
+    """/api/show's `modelfile`, its TEMPLATE the model's own or else the Go template shown.
+
+    The model's own template is the one its Modelfile gave. A Jinja one is kept as it is:
+    /api/create of it keeps its tools and reasoning, which the Go template shown may not render.
+    Else TEMPLATE is the Go template shown for what FROM brings, or none where there is none, since
+    FROM brings it.
+    """
     mf = model.to_modelfile()
     mf.template = model.template or go.source
     note = ""
@@ -210,8 +216,11 @@ def _parts(m: Any) -> dict[str, Any]:
 
 
 def _show_remote(ctx: core.Context, model: str) -> dict[str, Any]:
-    """What localrun knows of a model an upstream serves: its name and where (Ollama's
-    remote_model and remote_host); its template and parameters are the upstream's own."""
+    """What localrun knows of a model an upstream serves: its name and where it is served.
+
+    These are Ollama's remote_model and remote_host. Its template and parameters are the
+    upstream's own.
+    """
     hosts = [s.name for s in ctx.scheduler.remote.states if model in s.models()]
     return {
         "modelfile": "",
@@ -227,9 +236,11 @@ def _show_remote(ctx: core.Context, model: str) -> dict[str, Any]:
 
 
 def own_template(store: Store, mf: Modelfile) -> Modelfile:
-    """`mf` without a TEMPLATE that is the Go template /api/show gives for the template FROM
-    brings (a blob's GGUF template, a model's own): it stands for that template, which the
-    new model keeps. Runs in a thread (it reads a GGUF header)."""
+    """`mf` without a TEMPLATE that is the Go template /api/show gives for FROM's template.
+
+    FROM's template is a blob's GGUF template or a model's own. The Go one stands for it, and the
+    new model keeps it. This runs in a thread, since it reads a GGUF header.
+    """
     if not mf.template or not template_mod.is_go(mf.template):
         return mf
     with contextlib.suppress(LocalrunError, OSError):
@@ -239,8 +250,7 @@ def own_template(store: Store, mf: Modelfile) -> Modelfile:
 
 
 def _from_go_template(store: Store, from_: str) -> str:
-    """The Go template /api/show gives for what `from_` (a blob's path, a model's name)
-    would be prompted with."""
+    """The Go template /api/show gives for `from_`, a blob's path or a model's name."""
     from localrun.formats import families
     from localrun.gguf import scan
     from localrun.model import stored as model_mod

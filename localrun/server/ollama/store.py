@@ -1,10 +1,10 @@
 """Ollama's store routes: tags, pull, create, copy, delete and blob uploads (show is in `show`).
 
-Store work runs in threads (it blocks on disk), and pull and create in a job subprocess
-(`jobs`), so the server never imports the GGUF reader. /api/create reads no file a client names:
-a model is built from a model in the store or from blobs uploaded with POST /api/blobs/<digest>,
-and a value that looks like a path is refused with the same words whether or not something is
-there (Ollama's CVE-2024-39719 told attackers which files exist).
+Store work runs in threads, since it blocks on disk, and pull and create in a job subprocess
+(`jobs`), so the server never imports the GGUF reader. /api/create reads no file a client names.
+A model is built from a model in the store or from blobs uploaded with POST /api/blobs/<digest>.
+A value that looks like a path is refused with the same words whether or not something is there:
+Ollama's CVE-2024-39719 told attackers which files exist.
 """
 
 from __future__ import annotations
@@ -57,8 +57,11 @@ DISK_CHECK_EVERY = 256 * 1024 * 1024
 
 
 def _tags(store: Store) -> list[dict[str, Any]]:
-    """The store's models, newest first, then the packaged ones not imported yet (a fresh
-    store is not empty to a chat UI; the first use imports them)."""
+    """The store's models, newest first, then the packaged ones not imported yet.
+
+    The packaged ones keep a fresh store from looking empty to a chat UI; the first use imports
+    them.
+    """
     from localrun.store import catalog
 
     out = []
@@ -242,8 +245,10 @@ def _blob(store: Store, digest: Any, what: str) -> str:
 
 
 def _source(store: Store, value: str, what: str) -> str:
-    """A FROM, ADAPTER or DRAFT value of a Modelfile sent over the API: a blob or a model
-    name (not for ADAPTER)."""
+    """A FROM, ADAPTER or DRAFT value of a Modelfile sent over the API: a blob or a model name.
+
+    ADAPTER takes a blob only.
+    """
     text = value.strip().removeprefix("@")
     if text.startswith(("sha256:", "sha256-")):
         return _blob(store, text, what)
@@ -370,8 +375,10 @@ async def blob_upload(request: Request) -> Response:
 
 @contextlib.asynccontextmanager
 async def _writing(store: Store) -> AsyncIterator[None]:
-    """Hold store.writing() across awaits: the lock is held (and released) by one thread of
-    its own, as filelock requires, while the upload streams on the event loop."""
+    """Hold store.writing() across awaits, while the upload streams on the event loop.
+
+    A thread of its own takes and releases the lock, as filelock requires.
+    """
     acquired, done = threading.Event(), threading.Event()
     failed: list[BaseException] = []
 

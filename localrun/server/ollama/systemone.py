@@ -1,5 +1,4 @@
-"""Ollama's System One API: choice, yes/no ("noul") and score questions about a state, answered
-with a probability per option, over the same core as every other route.
+"""Ollama's System One API: choice, yes/no ("noul") and score questions about a state.
 
     POST /v1/systemone {"model", "state", "questions": {name: question}, "keep_alive"?}
       question: {"type": "choice", "instructions", "criteria": {key: description | null}}
@@ -11,18 +10,9 @@ with a probability per option, over the same core as every other route.
             | {"type": "score", "score", "legend": {"0": text, ...}, "probabilities": {"0": p,
                ...}, "confidence"}
 
-Ollama answers it with a model trained for it (nimble), whose prompt format it does not
-publish. localrun reads any chat model of the store instead, in a layout of its own: each
-question is one chat prompt (the state, the question's instructions and its options, each
-under a label: A, B, C ... for choice and score, Yes and No for noul) rendered by the model's
-template, read once; the answer's first token is not sampled but read (GenRequest.candidates):
-the model's next-token log-probabilities of the labels' first tokens, normalised over the
-labels. Nothing is sampled, and the engine reads such a prompt whole on an emptied slot, never
-after what its cache held (the same rows read in other batches give other numbers): the same
-request gives the same numbers. A choice is the likeliest option (the first in the request's
-order on a tie); a score is the expected zero-based level; `confidence` is one minus the
-distribution's entropy over the most it can have (1: one option holds it all, 0: flat), as
-Ollama's docs define it. Questions are asked one after another, each costing its whole prompt.
+Ollama answers with a model trained for it (nimble), whose prompt format it does not publish.
+localrun reads any chat model of the store instead, over the same core as every other route: a
+probability per option, from the model's next token (the comment above `read` says how).
 """
 
 from __future__ import annotations
@@ -55,8 +45,10 @@ READ_OPTIONS = {"temperature": 0.0, "num_predict": 1}
 
 @dataclass(frozen=True)
 class Question:
-    """One question, checked: its kind, instructions (as text) and options, in order, each
-    with its key (what the answer names it by) and its text (what the prompt shows)."""
+    """One question, checked: its kind, instructions (as text) and options, in order.
+
+    Each option has its key, which the answer names it by, and its text, which the prompt shows.
+    """
 
     name: str
     kind: str
@@ -157,8 +149,11 @@ def _noul(criteria: Any, where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def prompt_of(state: str, question: Question) -> str:
-    """The user message a question is asked in: the state first (the questions' shared
-    prefix), then the question, its options under their labels, and the labels to answer."""
+    """The user message a question is asked in.
+
+    The state comes first, as the questions' shared prefix. Then come the question, its options
+    under their labels, and the labels to answer with.
+    """
     labels = question.labels
     pairs = zip(labels, question.texts, strict=True)
     if question.kind == "noul":
@@ -190,6 +185,9 @@ def confidence(probabilities: list[float]) -> float:
     return min(1.0, max(0.0, 1.0 - entropy / math.log(len(probabilities))))
 
 
+# A choice is the likeliest option, the first in the request's order on a tie. A score is the
+# expected zero-based level. `confidence` is one minus the distribution's entropy over the most
+# it can have (1: one option holds it all, 0: flat), as Ollama's docs define it.
 def answer_of(question: Question, probabilities: list[float]) -> dict[str, Any]:
     """A question's answer from its options' probabilities (in the question's order)."""
     if question.kind == "noul":
@@ -221,6 +219,14 @@ class Reading:
     output_tokens: int
 
 
+# Each question is one chat prompt in a layout of localrun's own (prompt_of): the state, the
+# question's instructions, and its options, each under a label (A, B, C ... for choice and
+# score, Yes and No for noul). The model's template renders it, and it is read once. The
+# answer's first token is not sampled but read (GenRequest.candidates): the model's next-token
+# log-probabilities of the labels' first tokens, normalised over the labels. Nothing is
+# sampled, and the engine reads such a prompt whole on an emptied slot, never after what its
+# cache held: the same rows read in other batches give other numbers. So the same request gives
+# the same numbers. Questions are asked one after another, each costing its whole prompt.
 async def read(
     request: Request, model: str, state: str, question: Question, keep_alive: float | None
 ) -> Reading:

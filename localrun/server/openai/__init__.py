@@ -1,3 +1,1 @@
-"""OpenAI's chat completions, embeddings and models, and its legacy completions, over the server's
-one core.
-"""
+"""OpenAI's chat completions, embeddings, models and legacy completions, over one core."""

@@ -1,15 +1,17 @@
-"""OpenAI's legacy completions, POST /v1/completions: a raw prompt continued, no chat template
-(as OpenAI and llama-server); `suffix`: fill in the middle with the model's FIM tokens.
+"""OpenAI's legacy completions, POST /v1/completions: a raw prompt continued, no chat template.
 
-`prompt` is a string, a list of strings, a list of token ids, or a list of such lists (OpenAI
-takes all four; evaluation harnesses send token ids, which are read as they are, no BOS
-added). Each prompt gets `n` choices, in order: prompt i's are indexes i*n to i*n + n - 1.
-`echo` returns each prompt before its answer (`max_tokens: 0` with it: the prompt alone), and
-with `logprobs: N` the prompt's tokens first, each with its log-probability given those before
-it (the first has none: null) and its N likeliest alternatives (engine.scoring), then the
-answer's; `text_offset` counts from the start of the text returned. A BOS the tokenizer put
-before a text prompt is not echoed (it is not in the text); a token prompt is echoed whole.
-vLLM's `prompt_logprobs: N` puts the prompt's entries in its own shape on each choice.
+OpenAI and llama-server apply none either. `suffix` fills in the middle with the model's FIM
+tokens.
+
+`prompt` is a string, a list of strings, a list of token ids, or a list of such lists. OpenAI
+takes all four; evaluation harnesses send token ids, which are read as they are, no BOS added.
+Each prompt gets `n` choices, in order: prompt i's are indexes i*n to i*n + n - 1. `echo`
+returns each prompt before its answer, and with `max_tokens: 0` the prompt alone. With `echo`
+and `logprobs: N`, the prompt's tokens come first, then the answer's. Each prompt token has its
+log-probability given those before it (null for the first) and its N likeliest alternatives
+(engine.scoring). `text_offset` counts from the start of the text returned. A BOS the tokenizer
+put before a text prompt is not echoed, since it is not in the text; a token prompt is echoed
+whole. vLLM's `prompt_logprobs: N` puts the prompt's entries in its own shape on each choice.
 """
 
 from __future__ import annotations
@@ -123,8 +125,11 @@ def _for_prompt(req: GenRequest, prompt: Prompt) -> GenRequest:
 async def _check_scoring(
     request: Request, model: str, prompts: list[Prompt], alternatives: int
 ) -> None:
-    """Refuse prompts that together would be scored past LOCALRUN_MAX_PROMPT_LOGPROBS before
-    any is (each one alone is bounded by its runner; the request's sum is bounded here)."""
+    """Refuse prompts that together would be scored past LOCALRUN_MAX_PROMPT_LOGPROBS.
+
+    It refuses before any is scored. Each one alone is bounded by its runner; the request's sum is
+    bounded here.
+    """
     scheduler = core.context(request).scheduler
     budget = Budget()
     tokens = 0
@@ -141,8 +146,10 @@ async def _check_scoring(
 
 
 async def _texts(request: Request, model: str, prompts: list[Prompt]) -> list[str]:
-    """Each prompt's text: its own, or its token ids' (from the model's vocabulary; an id
-    outside it is a 400)."""
+    """Each prompt's text: its own, or its token ids' from the model's vocabulary.
+
+    An id outside the vocabulary is a 400.
+    """
     scheduler = core.context(request).scheduler
 
     async def text(prompt: Prompt) -> str:
@@ -195,9 +202,11 @@ async def completions(request: Request) -> Response:
 
 
 class _Shown:
-    """How each choice is written: its echoed prompt (with the first piece: the entries its
-    prompt's first choice scored, each prompt being scored once), its text and
-    log-probabilities, each token's text offset counted on from the last piece's."""
+    """How each choice is written: its echoed prompt, its text and log-probabilities.
+
+    The first piece carries the echoed prompt, with the entries its prompt's first choice scored:
+    each prompt is scored once. Each token's text offset counts on from the last piece's.
+    """
 
     def __init__(
         self,

@@ -1,27 +1,18 @@
 """OpenAI's API as a translation over the same generations as /api (`generation`).
 
     GET  /v1/models, /v1/models/{id}
-    POST /v1/chat/completions   messages, stream (SSE, `data: [DONE]`), stream_options.
-                                include_usage, max_tokens / max_completion_tokens, temperature,
-                                top_p, seed, stop, presence/frequency_penalty, response_format
-                                (json_object, json_schema), tools and tool_choice, n,
-                                reasoning_effort (or chat_template_kwargs.enable_thinking):
-                                a reasoning model's thinking in `reasoning_content`;
-                                vLLM's prompt_logprobs (the rendered prompt's, top-level)
-    POST /v1/completions        server.openai.completions: the legacy completions (a raw prompt, no
-                                chat template; echo; token-id prompts; prompt_logprobs)
+    POST /v1/chat/completions   messages, stream (SSE, `data: [DONE]`), stream_options,
+                                max_tokens / max_completion_tokens, temperature, top_p, seed,
+                                stop, penalties, response_format (json_object, json_schema),
+                                tools, tool_choice, n, reasoning_effort, vLLM's prompt_logprobs
+    POST /v1/completions        the legacy completions (completions.py)
     POST /v1/embeddings         a string or a list; encoding_format float or base64
 
-`n` choices (at most LOCALRUN_MAX_CHOICES) are answered together, on as many slots; the runner
-reads their prompt once. Streamed, every choice opens with a role-only chunk, as OpenAI's does
-(`{"role": "assistant", "content": "", "refusal": null}`, logprobs null: openai-node's stream
-helper would list a first chunk's log-probability twice), then their chunks interleave, each
-with its choice's index. A message carries OpenAI's `refusal` (null) and `annotations` ([]).
-
-finish_reason: "tool_calls" when the answer is tool calls, "length" when num_predict or the
-context ran out, else "stop". Errors are {"error": {"message", "type", "code", "param"}}; one
-after the stream has started arrives as a last `data: {"error": ...}` event, which OpenAI's
-client raises.
+`n` choices (at most LOCALRUN_MAX_CHOICES) are answered together on as many slots; the runner
+reads their prompt once. Thinking comes in `reasoning_content`. finish_reason is "tool_calls"
+for tool calls, "length" when num_predict or the context ran out, else "stop". Errors are
+{"error": {"message", "type", "code", "param"}}; one after the stream has started arrives as a
+last `data: {"error": ...}` event, which OpenAI's client raises.
 """
 
 from __future__ import annotations
@@ -73,8 +64,11 @@ _SAMPLING = {
 
 
 def options_of(body: Body, *, echo: bool = False) -> dict[str, Any]:
-    """The request's sampling fields and budget as options; with `echo` (the legacy
-    completions' prompt returned before its answer) a budget of 0 asks for the prompt alone."""
+    """The request's sampling fields and budget as options.
+
+    With `echo` (the legacy completions' prompt returned before its answer), a budget of 0 asks for
+    the prompt alone.
+    """
     options = body.sampling(_SAMPLING)
     speculate = body.get("speculate", str)  # localrun's own, like llama-server's extra fields
     if speculate is not None:
@@ -100,10 +94,12 @@ def format_of(body: Body) -> str | dict[str, Any] | None:
 
 
 def lenient_of(body: Body) -> bool:
-    """Whether a json_schema `response_format` is taken as Ollama's `format` is: without
-    `strict: true` the client asked for no guarantee, so the keywords the engine cannot
-    enforce are checked on the finished answer (server.schema.answer) rather than refused;
-    strict, the schema is enforced whole or refused, as OpenAI's strict mode does."""
+    """Whether a json_schema `response_format` is taken as Ollama's `format` is.
+
+    Without `strict: true` the client asked for no guarantee. The keywords the engine cannot enforce
+    are then checked on the finished answer (server.schema.answer) rather than refused. With it, the
+    schema is enforced whole or refused, as in OpenAI's strict mode.
+    """
     spec = body.get("response_format", dict) or {}
     inner = spec.get("json_schema")
     return not (isinstance(inner, dict) and inner.get("strict") is True)
@@ -140,8 +136,11 @@ def finish_reason(generation: Generation) -> str:
 def usage_of(
     generations: list[Generation], prompts: list[Generation] | None = None
 ) -> dict[str, Any]:
-    """Each prompt counted once (as OpenAI counts it for `n` choices: `prompts` holds one
-    generation of each, the first alone when not given), every choice's tokens."""
+    """The usage: each prompt counted once, as OpenAI counts it for `n` choices, and all tokens.
+
+    `prompts` holds one generation of each prompt; without it, the first generation alone counts.
+    Every choice's tokens count.
+    """
     first = generations[0].stream.timings
     prompt = sum(g.prompt_count for g in prompts or generations[:1])
     completion = sum(g.stream.timings.eval_tokens for g in generations)
@@ -178,8 +177,10 @@ def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
 
 
 def _call_deltas(index: int, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A choice's chunks for tool calls, as OpenAI streams them: the id and name with empty
-    arguments, then the arguments as a delta of their own."""
+    """A choice's chunks for tool calls, as OpenAI streams them.
+
+    Each call's id and name come with empty arguments, then the arguments as a delta of their own.
+    """
     out = []
     for call in calls:
         whole = _tool_call(call)
@@ -215,11 +216,14 @@ def stream_of(
     held: Callable[[int], bool] | None = None,
     off_loop_first: bool = False,
 ) -> StreamingResponse:
-    """The answer as server-sent chunks of object `kind` (`stream_options.include_usage`: with
-    `"usage": null` in each and a last chunk holding the usage); `opening(index)`, where given,
-    is each choice's first chunk, before any of its pieces (else its first piece has
-    `first` set). A choice's pieces wait while `held(index)`; `off_loop_first`: each choice's
-    first chunk (an echoed, scored prompt's: streaming.Lazy) is written on a worker thread."""
+    """The answer as server-sent chunks of object `kind`.
+
+    With `stream_options.include_usage`, each chunk has `"usage": null` and a last chunk holds the
+    usage. `opening(index)`, where given, is each choice's first chunk, before any of its pieces;
+    else its first piece has `first` set. A choice's pieces wait while `held(index)`. With
+    `off_loop_first`, each choice's first chunk (an echoed, scored prompt's: streaming.Lazy) is
+    written on a worker thread.
+    """
     include_usage = _include_usage(body)
 
     def chunk(fields: dict[str, Any]) -> dict[str, Any]:
@@ -253,8 +257,10 @@ class _Shape:
 async def _stream_events(
     generations: list[Generation], shape: _Shape, include_usage: bool
 ) -> AsyncIterator[bytes]:
-    """SSE events of the answers (one per choice, interleaved as they come): each choice's
-    opening chunk, pieces, the finishing chunk(s) of each choice, usage, [DONE]."""
+    """SSE events of the answers, one per choice, interleaved as they come.
+
+    Each choice's opening chunk, pieces and finishing chunks come, then the usage and [DONE].
+    """
     chunk = shape.chunk
     started: set[int] = set()
     streamed = [0] * len(generations)  # each choice's tool calls streamed
@@ -396,6 +402,10 @@ def _chat_choice(index: int, generation: Generation, with_logprobs: bool) -> dic
     }
 
 
+# Streamed, every choice opens with a role-only chunk, as OpenAI's does, with logprobs null:
+# openai-node's stream helper would list a first chunk's log-probability twice. Then the
+# choices' chunks interleave, each with its choice's index. A message carries OpenAI's
+# `refusal` (null) and `annotations` ([]).
 def _chat_opening(index: int) -> dict[str, Any]:
     """A streamed choice's first chunk, before its first token, as OpenAI opens one."""
     delta = {"role": "assistant", "content": "", "refusal": None}
@@ -426,8 +436,10 @@ def _chat_last(index: int, generation: Generation, streamed: int) -> list[dict[s
 
 
 async def collect(request: Request, generations: list[Generation]) -> None:
-    """Every answer to its end (while the client is there); sent whole, each may be drawn
-    again where its check refuses it (Generation.whole)."""
+    """Run every answer to its end while the client is there.
+
+    Sent whole, each may be drawn again where its check refuses it (Generation.whole).
+    """
     for generation in generations:
         generation.whole = True
 
@@ -497,8 +509,10 @@ def _remote_listed(request: Request, local: list[dict[str, Any]]) -> list[dict[s
 
 
 async def _local(request: Request) -> list[dict[str, Any]]:
-    """The store's models, then other runners' it does not hold (LOCALRUN_OTHER_RUNNERS),
-    owned by their runner."""
+    """The store's models, then the other runners' it does not hold (LOCALRUN_OTHER_RUNNERS).
+
+    Each of those is owned by its runner.
+    """
     ctx = core.context(request)
     local = await anyio.to_thread.run_sync(_listed, ctx.store)
     names = {m["id"] for m in local}

@@ -1,3 +1,1 @@
-"""OpenAI's Responses API: its routes, input, output items, stream of events, tools, background
-runs and stored answers.
-"""
+"""OpenAI's Responses API: routes, input, output items, events, tools, background runs, storage."""

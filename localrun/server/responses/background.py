@@ -1,35 +1,15 @@
-"""Background responses (OpenAI's `background: true`): a generation that runs on in the server
-once its request is answered, whoever reads it, and the log of its events.
+"""Background responses (OpenAI's `background: true`): runs that outlive their request.
 
-    runs = Runs(store)                    app.state.background: this server's runs
-    run = await runs.launch(ctx, req, stream, record, body, client)
-                                          body(generation): the answer's events; client: whose
-                                          share it takes (TooManyRequestsError past it)
-    runs.get(id)                          the run of a response still running here, or None
-    run.follow(after)                     its events after number `after`, then the live ones,
-                                          to its end
-    await run.cancel()                    its response, `cancelled` unless it had finished
-    await runs.close()                    at shutdown: every run ends failed, and is saved
-    runs.settled(record)                  a stored record whose run is gone: failed
+A run is a generation that goes on in the server once its request is answered, whoever reads
+it, with the log of its events. `Runs` (app.state.background) holds this server's runs:
+`launch` starts one, `get` finds one still running here, and `close` ends every one at
+shutdown, failed and saved. `Run.follow` gives a run's events after a number, then the live
+ones; `Run.cancel` cancels it. `Runs.settled` reads a stored record whose run is gone as failed.
 
-A run's response goes queued (response.created, response.queued, saved at once) ->
-in_progress (once the scheduler gives it a slot: it waits in the same queue as every request,
-and a full queue fails it) -> completed, incomplete or failed (its last event, then saved with
-its log) or cancelled (its log just ends). Once its last event is logged nothing changes it: a
-cancel or a stop then leaves it as it is. A client that leaves a stream leaves the run.
-
-Bounded as stored responses are: the record, its log included, takes at most
-LOCALRUN_RESPONSES_MAX_RECORD_BYTES; a run whose events outgrow their share of it ends failed
-(and a record that still does not fit is saved without its log, marked so: `EVENTS_LOST`).
-Runs live at most as long as their requests could wait and run (the scheduler's queue and
-slots), a client has at most LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT queued or running (a
-run generates whether or not anyone listens, so the per-client cap on connections does not
-bound them), and a run leaves memory once saved.
-
-The record names its owner: the server's process (its pid and when it started: a pid alone is
-reused, and a container's server restarts as the same pid) and the `Runs` in it. An unfinished
-record whose owner is gone, or is this process under another `Runs`, or is this `Runs` with no
-such run left, reads as failed rather than queued forever.
+A run's response goes queued -> in_progress -> completed, incomplete, failed or cancelled (the
+comment above `Run` says when). Its record is bounded by LOCALRUN_RESPONSES_MAX_RECORD_BYTES,
+and a client has at most LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT runs queued or running
+(the comment above `Runs` says why).
 """
 
 from __future__ import annotations
@@ -67,6 +47,12 @@ EVENTS_LOST = "events_lost"
 _LOG_SHARE = 0.6
 
 
+# A run's response goes queued (response.created, response.queued, saved at once) ->
+# in_progress (once the scheduler gives it a slot: it waits in the same queue as every
+# request, and a full queue fails it) -> completed, incomplete or failed (its last event, then
+# saved with its log) or cancelled (its log just ends). Once its last event is logged nothing
+# changes it: a cancel or a stop then leaves it as it is. A client that leaves a stream leaves
+# the run.
 class Run:
     """One background response: its stream of events, their log, the task that runs it."""
 
@@ -93,8 +79,10 @@ class Run:
         return str(self.stream.obj["id"])
 
     def add(self, events: Iterable[Event], *, bounded: bool = True) -> None:
-        """Log `events` (each numbered as its place in the log) and wake the followers;
-        a ServerError where they do not fit (then none is logged)."""
+        """Log `events`, each numbered as its place in the log, and wake the followers.
+
+        A ServerError where they do not fit; then none is logged.
+        """
         events = list(events)
         size = sum(len(data) for _, data in events)
         if bounded and self.size + size > self.room:
@@ -118,8 +106,10 @@ class Run:
             self.add([self.stream.failed(exc)], bounded=False)
 
     async def follow(self, after: int) -> AsyncGenerator[Event, None]:
-        """The events numbered past `after`, those logged already and then each as it comes,
-        until the run ends."""
+        """The events numbered past `after`, until the run ends.
+
+        Those logged already come first, then each as it comes.
+        """
         index = max(after + 1, 0)
         while True:
             wake = self._wake  # set by any event logged from now on
@@ -155,6 +145,18 @@ class Run:
         return [data for _, data in self.events]
 
 
+# Runs are bounded as stored responses are: the record, its log included, takes at most
+# LOCALRUN_RESPONSES_MAX_RECORD_BYTES. A run whose events outgrow their share of it ends failed;
+# a record that still does not fit is saved without its log, marked EVENTS_LOST. Runs live at
+# most as long as their requests could wait and run (the scheduler's queue and slots). A client
+# has at most LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT queued or running: a run generates
+# whether or not anyone listens, so the per-client cap on connections does not bound them. A
+# run leaves memory once saved.
+#
+# The record names its owner: the server's process (its pid and when it started: a pid alone
+# is reused, and a container's server restarts as the same pid) and the `Runs` in it. An
+# unfinished record whose owner is gone, or is this process under another `Runs`, or is this
+# `Runs` with no such run left, reads as failed rather than queued forever (`settled`).
 class Runs:
     """The background responses running in this server, by id."""
 
@@ -178,10 +180,12 @@ class Runs:
         body: Callable[[Generation], AsyncGenerator[Event, None]],
         client: str = "",
     ) -> Run:
-        """Log the queued response's first events, store it, and start its run: `body`
-        makes the events of its answer once the scheduler has started it. A `client` (the
-        connection limits' key) with LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT runs queued
-        or running is refused."""
+        """Log the queued response's first events, store it, and start its run.
+
+        `body` makes the events of its answer once the scheduler has started it. A `client` (the
+        connection limits' key) with LOCALRUN_RESPONSES_BACKGROUND_MAX_PER_CLIENT runs queued or
+        running is refused.
+        """
         self._check_share(client)
         run = Run(stream, record, client)
         obj = stream.obj
@@ -255,8 +259,10 @@ class Runs:
                 self.runs.pop(run.id, None)
 
     async def _save(self, run: Run) -> None:
-        """Store the run's response with its log (without the log where the two do not fit
-        together, so that the response at least is kept, marked EVENTS_LOST)."""
+        """Store the run's response with its log, or without the log where the two do not fit.
+
+        Without the log, the response at least is kept, marked EVENTS_LOST.
+        """
         record = self._owned(run.record())
         try:
             await anyio.to_thread.run_sync(self.store.save, record, run.log_json())
@@ -282,8 +288,11 @@ class Runs:
         return {**record, "owner": self.owner}
 
     def settled(self, record: dict[str, Any]) -> dict[str, Any]:
-        """A stored record as it stands: an unfinished background response whose run is gone
-        (see the module's docstring) is failed, with its last event."""
+        """A stored record as it stands: an unfinished one whose run is gone reads as failed.
+
+        A failed one gets a last response.failed event. The comment above `Runs` says when a run is
+        gone.
+        """
         obj = record["response"]
         if obj.get("status") not in UNFINISHED:
             return record
@@ -296,8 +305,10 @@ class Runs:
         return {**record, "response": obj, "events": events}
 
     def _gone(self, owner: Any, response_id: str) -> str | None:
-        """Why the run of an unfinished record is gone; None while it runs (here, or in
-        another server's process sharing the folder)."""
+        """Why the run of an unfinished record is gone; None while it runs.
+
+        It may run here, or in another server's process sharing the folder.
+        """
         if not isinstance(owner, dict):
             return _STOPPED
         if owner.get("instance") == self.owner["instance"]:
@@ -329,9 +340,11 @@ def _start_time(pid: Any) -> float | None:
 
 
 async def _unstoppable(work: Awaitable[None]) -> None:
-    """Await `work` to its end even where this task is cancelled meanwhile, then pass the
-    cancel on. anyio's shielded scopes do not hold off asyncio's own task.cancel(), which is how
-    a run is stopped; asyncio.shield does, and the loop waits again after each cancel."""
+    """Await `work` to its end, even through cancels, then pass the cancel on.
+
+    anyio's shielded scopes do not hold off asyncio's own task.cancel(), which is how a run is
+    stopped. asyncio.shield does, and the loop waits again after each cancel.
+    """
     task = asyncio.ensure_future(work)
     cancelled = False
     while not task.done():
@@ -345,16 +358,22 @@ async def _unstoppable(work: Awaitable[None]) -> None:
 
 
 async def _logged(run: Run, events: AsyncGenerator[Event, None]) -> None:
-    """Log the answer's events as they come; a log that outgrows its room ends the answer
-    (the generation closes with the events) and the run fails."""
+    """Log the answer's events as they come.
+
+    A log that outgrows its room ends the answer (the generation closes with the events), and the
+    run fails.
+    """
     async with contextlib.aclosing(events) as answer:
         async for event in answer:
             run.add([event])
 
 
 def _stopped(run: Run) -> None:
-    """The end of a run that was cancelled: by a client (`cancelled`, its log ends as it is)
-    or by the server stopping (failed); nothing where its last event was logged already."""
+    """End a run that was cancelled, by a client or by the server stopping.
+
+    A client's cancel leaves it `cancelled`, its log ending as it is; the server stopping fails it.
+    Nothing changes where its last event was logged already.
+    """
     if run.finished:
         return
     run.stream.settle()

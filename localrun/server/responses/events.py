@@ -64,8 +64,11 @@ class EventStream:
         return kind, json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
     def renumber(self, count: int) -> None:
-        """Number the next event `count`: the events made after the first `count` were never
-        sent (a background response's log that had no room for them)."""
+        """Number the next event `count`.
+
+        The events made after the first `count` were never sent: a background response's log had no
+        room for them.
+        """
         self.sequence = count
 
     def opening(self) -> list[Event]:
@@ -81,8 +84,10 @@ class EventStream:
     def delta(
         self, kind: str, piece: str, logprobs: list[dict[str, Any]] | None = None
     ) -> list[Event]:
-        """A piece of `kind` ("text" or "reasoning"), opening an item of that kind if need be;
-        a text piece with its tokens' log-probability entries (`logprobs.logprob_items`)."""
+        """A piece of `kind` ("text" or "reasoning"), opening an item of that kind if need be.
+
+        A text piece comes with its tokens' log-probability entries (`logprobs.logprob_items`).
+        """
         if not piece:  # entries of text a stop string held back: the item's, without a delta
             if kind == "text" and self.open_kind == "text":
                 self.logprobs += logprobs or []
@@ -100,8 +105,11 @@ class EventStream:
         return out
 
     def begin(self, kind: str, item: dict[str, Any] | None = None) -> list[Event]:
-        """Close the open item and open one of `kind` ("text": a message, or "reasoning"): a
-        new one, or `item` (a stored response's, replayed), added empty and `in_progress`."""
+        """Close the open item and open one of `kind`: "text" (a message) or "reasoning".
+
+        The new item is a fresh one, or `item` (a stored response's, replayed), added empty and
+        `in_progress`.
+        """
         out = self.close()
         self.open_kind, self.text, self.logprobs = kind, "", []
         if item is not None:
@@ -135,8 +143,10 @@ class EventStream:
         return item
 
     def close(self, status: str = "completed") -> list[Event]:
-        """Finish the open item, if any: its whole text, its part, the item itself (`status`
-        "incomplete" where the token budget cut it)."""
+        """Finish the open item, if any: its whole text, its part, the item itself.
+
+        The item's `status` is "incomplete" where the token budget cut it.
+        """
         if self.open_kind is None:
             return []
         index = len(self.output) - 1
@@ -166,15 +176,19 @@ class EventStream:
         return shown
 
     def settle(self) -> None:
-        """Keep the open item's text in the response, without events: an answer that an
-        error or a cancel ended leaves it `incomplete`."""
+        """Keep the open item's text in the response, without events.
+
+        An answer that an error or a cancel ended leaves the item `incomplete`.
+        """
         if self.open_kind is not None:
             self.output[-1] = self._filled("incomplete")
             self.open_kind = None
 
     def end(self, calls: list[dict[str, Any]], status: str = "completed") -> list[Event]:
-        """Close the last item (an empty answer is still one, empty, message) as `status`, then
-        add the function calls not streamed yet."""
+        """Close the last item as `status`, then add the function calls not streamed yet.
+
+        An empty answer is still one empty message.
+        """
         empty = not self.output and not calls
         out = self.begin("text") if self.open_kind is None and empty else []
         out += self.calls(calls)
@@ -238,11 +252,13 @@ class EventStream:
 
 
 def failure_code(exc: LocalrunError) -> str:
-    """A failed response's `error.code`, from the specification's ResponseErrorCode: what the
-    request asked for is `invalid_prompt`, a full queue `rate_limit_exceeded` (retry later),
-    anything else `server_error` (a background response's log that outgrew its room among
-    them); a prompt past the context keeps OpenAI's own `context_length_exceeded`, which its
-    API sends there and Codex compacts on."""
+    """A failed response's `error.code`, from the specification's ResponseErrorCode.
+
+    What the request asked for is `invalid_prompt`, and a full queue `rate_limit_exceeded` (retry
+    later). Anything else is `server_error`, a background response's log that outgrew its room
+    among them. A prompt past the context keeps OpenAI's own `context_length_exceeded`, which its
+    API sends there and Codex compacts on.
+    """
     if isinstance(exc, ContextOverflowError):
         return exc.code
     if isinstance(exc, BusyError):
@@ -257,9 +273,12 @@ async def answer_events(
     toolset: responses_tools.ToolSet,
     save: Callable[[], Awaitable[None]],
 ) -> AsyncGenerator[Event, None]:
-    """The answer's events after the opening ones: an item per run of reasoning or text, then
-    the function calls, then the last event: response.completed, or response.incomplete where
-    the token budget cut the answer (the answer is saved just before it)."""
+    """The answer's events after the opening ones, up to the last event.
+
+    An item comes per run of reasoning or text, then the function calls. The last event is
+    response.completed, or response.incomplete where the token budget cut the answer. The answer is
+    saved just before it.
+    """
     try:
         async with contextlib.aclosing(runs(generation)) as pieces:
             async for run in pieces:
@@ -294,11 +313,13 @@ _KINDS = {"message": "text", "reasoning": "reasoning"}  # an item's type: EventS
 
 
 def replayed(obj: dict[str, Any]) -> Iterator[Event]:
-    """The events of a finished response that kept none (one not run in the background, or
-    one whose log was not kept), from its object, as EventStream streams them: each item
-    whole, its text in one delta, then the last event its status calls for (none for a
-    cancelled one, whose stream just ends). Made one at a time, as they are sent: a large
-    response is never held several times over."""
+    """The events of a finished response that kept none, made from its object.
+
+    Such a response was not run in the background, or its log was not kept. The events come as
+    EventStream streams them: each item whole, its text in one delta, then the last event its status
+    calls for. A cancelled one has none, its stream just ending. They are made one at a time, as
+    they are sent, so a large response is never held several times over.
+    """
     opened = {**obj, "status": "in_progress", "output": [], "usage": None, "error": None}
     opened.update(incomplete_details=None, completed_at=None)
     stream = EventStream(opened)

@@ -1,10 +1,10 @@
-"""A Responses request's input read into the core's chat messages and options (its tools:
-responses_tools).
+"""A Responses request's input read into the core's chat messages and options.
 
-`input` is a string or a list of items (messages with input_text and input_image parts,
-function_call, function_call_output, custom_tool_call, custom_tool_call_output); with
+`input` is a string or a list of items: messages with input_text and input_image parts,
+function_call, function_call_output, custom_tool_call, custom_tool_call_output. With
 `previous_response_id` the stored conversation comes first. Every item and field is checked
-here with the path of what is wrong (`input[2].content`), as a 400 in OpenAI's shape.
+here with the path of what is wrong (`input[2].content`), as a 400 in OpenAI's shape. The
+request's tools are read in tools.py.
 """
 
 from __future__ import annotations
@@ -140,9 +140,11 @@ def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _function_call(item: dict[str, Any], where: str) -> dict[str, Any]:
-    """A function_call item (or a custom tool's call, its text as the argument `input`) as a
-    tool call of the core's shape (its arguments parsed), named as the model knows the tool
-    (a namespaced one as `<namespace>.<name>`: responses_tools)."""
+    """A function_call item, or a custom tool's call, as a tool call of the core's shape.
+
+    Its arguments are parsed; a custom tool call's text becomes the argument `input`. The call is
+    named as the model knows the tool: a namespaced one as `<namespace>.<name>` (tools.py).
+    """
     call_id, name = item.get("call_id"), item.get("name")
     if not isinstance(call_id, str) or not isinstance(name, str) or not name:
         raise BadRequestError(f"{where} needs a call_id and a name")
@@ -204,9 +206,11 @@ def format_of(body: Body) -> str | dict[str, Any] | None:
 
 
 def lenient(body: Body) -> bool:
-    """Whether `text.format`'s schema is taken as Ollama's `format` is (the keywords the
-    engine cannot enforce checked on the finished answer): unless it is `strict: true`,
-    which is enforced whole or refused."""
+    """Whether `text.format`'s schema is taken as Ollama's `format` is.
+
+    It is unless the schema is `strict: true`, which is enforced whole or refused. Otherwise the
+    keywords the engine cannot enforce are checked on the finished answer.
+    """
     spec = (body.get("text", dict) or {}).get("format")
     return not (isinstance(spec, dict) and spec.get("strict") is True)
 
@@ -218,8 +222,11 @@ def think_of(body: Body) -> bool | str | None:
 
 
 def logprobs_of(body: Body) -> int | None:
-    """The alternatives per token of the log-probabilities asked for (`include` naming
-    message.output_text.logprobs, `top_logprobs` from 0 to 20); None: none asked for."""
+    """The alternatives per token of the log-probabilities asked for, or None when none are.
+
+    `include` names message.output_text.logprobs to ask, and `top_logprobs` (0 to 20) gives the
+    count.
+    """
     include = body.get("include", list) or []
     for index, value in enumerate(include):
         if not isinstance(value, str):

@@ -25,8 +25,10 @@ def item_id(prefix: str) -> str:
 
 
 def _metadata(body: Body) -> dict[str, str]:
-    """OpenAI's metadata: at most 16 pairs, keys of at most 64 characters, text values of at
-    most 512 (as OpenAI's API refuses more)."""
+    """OpenAI's metadata, bounded as OpenAI's API bounds it.
+
+    It holds at most 16 pairs, keys of at most 64 characters, and text values of at most 512.
+    """
     metadata = body.get("metadata", dict) or {}
     if len(metadata) > 16:
         raise BadRequestError("metadata holds more than 16 pairs")
@@ -97,10 +99,13 @@ def cut(generation: Generation) -> bool:
 
 
 def usage_of(generation: Generation) -> dict[str, Any]:
-    """OpenAI's usage of an answer. `cached_tokens` are the prompt's tokens read from the
-    runner's KV cache (or the disk prompt cache); `cache_write_tokens` those it read now,
-    which its KV cache keeps after the answer for the next request that starts with them
-    (a conversation's next turn): the prompt's other tokens, 0 where all were cached."""
+    """OpenAI's usage of an answer.
+
+    `cached_tokens` are the prompt's tokens read from the runner's KV cache or the disk prompt
+    cache. `cache_write_tokens` are the prompt's other tokens, read now, which the KV cache keeps
+    after the answer for the next request that starts with them (a conversation's next turn). It
+    is 0 where all were cached.
+    """
     t = generation.stream.timings
     prompt = generation.prompt_count
     return {

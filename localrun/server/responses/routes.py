@@ -1,31 +1,17 @@
 """OpenAI's Responses API as a translation over the same generations (`generation`).
 
-    POST   /v1/responses                    input (a string or items: messages with text
-                                            parts, function_call, function_call_output,
-                                            custom_tool_call, custom_tool_call_output),
-                                            instructions, tools (function, namespace, custom;
-                                            hosted ones left out: responses_tools), tool_choice,
-                                            text.format (text, json_object, json_schema),
-                                            max_output_tokens, temperature, top_p, stop,
-                                            metadata, parallel_tool_calls, reasoning.effort,
-                                            include (message.output_text.logprobs),
-                                            top_logprobs, store, previous_response_id, stream,
-                                            background
-    POST   /v1/responses/input_tokens       {"object": "response.input_tokens", "input_tokens": N}
-                                            for the same body
-    GET    /v1/responses/{id}               a response as it stands; ?stream=true: its events
-                                            (after ?starting_after=N), live ones to the end
-    GET    /v1/responses/{id}/input_items   the input items it was given
-    POST   /v1/responses/{id}/cancel        a background response stopped
+    POST   /v1/responses                   a response (its fields: the comment above `create`)
+    POST   /v1/responses/input_tokens      {"object": "response.input_tokens", "input_tokens": N}
+    GET    /v1/responses/{id}              a response as it stands, or ?stream=true its events
+    GET    /v1/responses/{id}/input_items  the input items it was given
+    POST   /v1/responses/{id}/cancel       a background response stopped
     DELETE /v1/responses/{id}
 
-The response object and its items are `responses_output`'s, a streamed answer's events
-`responses_events`', the runs of background responses `responses_background`'s.
-
-Stateful conversations (which Ollama and llama-server do not have): with `store` (the default)
-the answer and its whole conversation are kept (`response_store`), and `previous_response_id`
-continues it; its prompt then extends the one the runner's KV cache holds, so only the new turn
-is read.
+output.py shapes the response object and its items, events.py a streamed answer's events, and
+background.py runs background responses. Ollama and llama-server keep no conversations; here,
+with `store` (the default), the answer and its whole conversation are kept (store.py).
+`previous_response_id` continues it: its prompt extends the one the runner's KV cache holds, so
+only the new turn is read.
 """
 
 from __future__ import annotations
@@ -119,8 +105,10 @@ def _request(
 
 
 async def _prepare(request: Request, body: Body) -> _Prepared:
-    """The body read into the core request: the stored conversation it continues, its input,
-    instructions and tools (every 400 here, before anything runs)."""
+    """The body read into the core request, every 400 raised before anything runs.
+
+    It reads the stored conversation the body continues, its input, instructions and tools.
+    """
     model = body.model()
     previous = body.get("previous_response_id", str)
     if body.data.get("conversation") is not None:
@@ -156,14 +144,23 @@ async def _prepare(request: Request, body: Body) -> _Prepared:
 
 
 def _record(prepared: _Prepared, obj: dict[str, Any], answered: bool = True) -> dict[str, Any]:
-    """What the store keeps of a response: it, its conversation (with the answer, once there
-    is one) and its input items."""
+    """What the store keeps of a response: it, its conversation and its input items.
+
+    The conversation holds the answer once there is one.
+    """
     conversation = prepared.conversation
     if answered:
         conversation = [*conversation, assistant_message(obj["output"])]
     return {"response": obj, "messages": conversation, "input_items": prepared.items}
 
 
+# POST /v1/responses takes input (a string or items: messages with text parts, function_call,
+# function_call_output, custom_tool_call, custom_tool_call_output), instructions, tools
+# (function, namespace, custom; hosted ones are left out, see tools.py), tool_choice,
+# text.format (text, json_object, json_schema), max_output_tokens, temperature, top_p, seed,
+# stop, metadata, parallel_tool_calls, reasoning.effort, include
+# (message.output_text.logprobs), top_logprobs, store, previous_response_id, stream and
+# background.
 async def create(request: Request) -> Response:
     body = Body(await read_json(request))
     keep = body.flag("store", True)
@@ -217,8 +214,10 @@ def _may_run_in_background(keep: bool) -> None:
 async def _launch(
     request: Request, prepared: _Prepared, answer: Answer, streamed: bool
 ) -> Response:
-    """Start a background response: answered at once, `queued` (or its events streamed as
-    they come), while it runs on in the server (responses_background)."""
+    """Start a background response, which runs on in the server (background.py).
+
+    It is answered at once as `queued`, or its events are streamed as they come.
+    """
     answer.obj["background"] = True
     stream = EventStream(answer.obj)
 
@@ -242,8 +241,10 @@ async def _launch(
 
 
 def _output(generation: Generation, toolset: responses_tools.ToolSet) -> list[dict[str, Any]]:
-    """The output items of a whole answer: its reasoning, its text, its calls (the last item
-    `incomplete` where the token budget cut it)."""
+    """The output items of a whole answer: its reasoning, its text, its calls.
+
+    The last item is `incomplete` where the token budget cut it.
+    """
     output = []
     if generation.thinking:
         output.append(reasoning_item(generation.thinking))
@@ -269,18 +270,23 @@ async def _framed(
 
 
 async def input_tokens(request: Request) -> Response:
-    """The tokens of the prompt this Responses request would read (its input, instructions,
-    tools and the conversation it continues), counted as Anthropic's count_tokens counts."""
+    """The tokens of the prompt this Responses request would read.
+
+    The prompt holds its input, instructions, tools and the conversation it continues. They are
+    counted as Anthropic's count_tokens counts.
+    """
     prepared = await _prepare(request, Body(await read_json(request)))
     count = await count_prompt(request, prepared.req)
     return JSONResponse({"object": "response.input_tokens", "input_tokens": count})
 
 
 async def retrieve(request: Request) -> Response:
-    """A response as it stands; with ?stream=true its events after `starting_after`: those
-    logged, then (while it runs in the background) each as it comes, to its end. A client
-    reads at most LOCALRUN_RESPONSES_RETRIEVALS_PER_CLIENT at once (429 past it); a stored
-    one's events are made one at a time off the event loop as the client reads them."""
+    """A response as it stands, or with ?stream=true its events after `starting_after`.
+
+    The events logged come first, then each as it comes while it runs in the background, to its
+    end. A client reads at most LOCALRUN_RESPONSES_RETRIEVALS_PER_CLIENT at once (429 past it). A
+    stored response's events are made one at a time off the event loop as the client reads them.
+    """
     response_id = request.path_params["response_id"]
     streamed = _query_flag(request, "stream")
     after = _starting_after(request)
@@ -322,8 +328,10 @@ def _count(events: Iterator[Event]) -> int:
 
 
 def _released(frames: AsyncIterator[bytes], share: Share) -> AsyncIterator[bytes]:
-    """`frames`, then the client's retrieval share given back however the stream ends (a
-    stream never started, its client gone first, gives it back as it is collected)."""
+    """`frames`, then the client's retrieval share given back however the stream ends.
+
+    A stream never started, its client gone first, gives it back as it is collected.
+    """
 
     async def framed() -> AsyncIterator[bytes]:
         try:
@@ -338,8 +346,11 @@ def _released(frames: AsyncIterator[bytes], share: Share) -> AsyncIterator[bytes
 
 
 def _stored_events(record: dict[str, Any]) -> Iterator[Event]:
-    """A stored response's events: its log (a background one's), else made from it (one not
-    run in the background, or one whose log was not kept); each made as it is taken."""
+    """A stored response's events, each made as it is taken.
+
+    A background response's log holds them. Else they are made from the response, for one not run
+    in the background or one whose log was not kept.
+    """
     log = record.get("events")
     if isinstance(log, list):
         return ((str(e.get("type")), encode(e)) for e in log if isinstance(e, dict))
@@ -366,8 +377,11 @@ def _starting_after(request: Request) -> int:
 
 
 async def cancel(request: Request) -> Response:
-    """Cancel a background response: `cancelled` unless it had finished (then as it is, as
-    OpenAI answers a second cancel); a response not run in the background is refused."""
+    """Cancel a background response: `cancelled` unless it had finished.
+
+    A finished one comes as it is, as OpenAI answers a second cancel. A response not run in the
+    background is refused.
+    """
     response_id = request.path_params["response_id"]
     run = _runs(request).get(response_id)
     if run is not None:

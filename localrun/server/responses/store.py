@@ -1,21 +1,16 @@
 """Stored answers of the Responses API (`store: true`), one JSON file each under LOCALRUN_HOME.
 
-    ResponseStore(root).save(record)        record = {"response": {...}, "messages": [...],
-                                                       "input_items": [...]}
-    ResponseStore(root).save(record, events)   with the events of its stream, each as its JSON
-                                               (a background response's), kept as "events"
-    ResponseStore(root).load(id)            the record; NotFoundError when unknown or expired
+    ResponseStore(root).save(record, events?)  record = {"response", "messages", "input_items"};
+                                               events: a background response's stream, as JSON
+    ResponseStore(root).load(id)               the record; NotFoundError when unknown or expired
     ResponseStore(root).delete(id)
 
-`messages` is the whole conversation up to and including the answer (in the core's chat shape,
-without `instructions`, which OpenAI does not carry over), so `previous_response_id` continues
-it without walking a chain. A record is written to a temporary file and renamed into place, so a
-crash leaves it whole or absent. At most LOCALRUN_RESPONSES_MAX records are kept, in at most
-LOCALRUN_RESPONSES_MAX_BYTES, none older than LOCALRUN_RESPONSES_MAX_AGE: the oldest go when a
-new one is saved, and an expired one is gone when asked for. One record takes at most
-LOCALRUN_RESPONSES_MAX_RECORD_BYTES (`check_size` refuses a larger one before it is made).
-Ids are checked against their pattern before any path is built from them. A record holds a
-conversation: it is 0600 in a 0700 folder (localrun.host.private).
+`messages` is the whole conversation up to and including the answer, in the core's chat shape.
+It leaves out `instructions`, which OpenAI does not carry over. `previous_response_id` then
+continues it without walking a chain. At most LOCALRUN_RESPONSES_MAX records are kept, in at
+most LOCALRUN_RESPONSES_MAX_BYTES, none older than LOCALRUN_RESPONSES_MAX_AGE (`prune`). One
+record takes at most LOCALRUN_RESPONSES_MAX_RECORD_BYTES: `check_size` refuses a larger one
+before it is made. Ids are checked against their pattern before any path is built from them.
 """
 
 from __future__ import annotations
@@ -76,8 +71,11 @@ class ResponseStore:
         return limits.responses_max(), limits.responses_max_age()
 
     def save(self, record: dict[str, Any], events: list[bytes] | None = None) -> None:
-        """Write a record (keyed by record["response"]["id"]), with `events` if given, and drop
-        what is over the limits."""
+        """Write a record, keyed by record["response"]["id"], with `events` if given, then prune.
+
+        It is written to a temporary file and renamed into place, so a crash leaves it whole or
+        absent. A record holds a conversation: it is 0600 in a 0700 folder (localrun.host.private).
+        """
         most, _ = self._limits()
         if most == 0:
             return  # storing is switched off
@@ -125,8 +123,10 @@ class ResponseStore:
             raise StoreError(f"could not delete the response: {exc.strerror or exc}") from exc
 
     def prune(self) -> int:
-        """Remove expired records and the oldest past the count or the bytes; returns how many
-        went."""
+        """Remove expired records and the oldest past the count or the bytes; return how many went.
+
+        It runs when a new record is saved; `load` also drops an expired one when asked for it.
+        """
         most, max_age = self._limits()
         room = limits.responses_max_bytes()
         try:

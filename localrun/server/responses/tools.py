@@ -2,21 +2,16 @@
 
 OpenAI's Responses API has more kinds of tool than the function tools the core runs:
 
-- `namespace`: a group of client-side tools (Codex puts its sub-agent tools in `collaboration`).
-  Each member is offered to the model as a function named `<namespace>.<name>` (the name the
-  model's own prompt uses, as in Codex's `functions.collaboration.spawn_agent`); a call to
-  one comes back as OpenAI's shape for it, a `function_call` item with `namespace` and the
-  member's bare `name` apart (Codex's registry keys them so), and a call of that shape in the
-  input is the dotted name again.
-- `custom`: a free-form tool whose input is text (optionally in a grammar) rather than JSON
+- `namespace`: a group of client-side tools (Codex puts its sub-agent tools in `collaboration`),
+  each offered to the model as a function named `<namespace>.<name>` (see `model_name`).
+- `custom`: a free-form tool whose input is text, optionally in a grammar, rather than JSON
   arguments. The model gets a function with one string argument, `input`; its call comes back
   as a `custom_tool_call` item with that text.
 - hosted tools the server would run itself (`web_search`, `file_search`, `code_interpreter`,
-  `image_generation`, `mcp`, `computer_use_preview` ...): localrun runs none, so they are left
-  out of what the model sees (a request that offers one is still answered), logged, and named
-  in the response header `X-Localrun-Tools-Left-Out` (core.tools_left_out). The response
-  object echoes such a tool whole up to ECHO_BYTES of JSON, a larger one by its type alone
-  (`echoed`): 15 MB of one was stored, and echoed three times by each replayed stream.
+  `image_generation`, `mcp`, `computer_use_preview` ...). localrun runs none, so they are left
+  out of what the model sees, logged, and named in the response header
+  `X-Localrun-Tools-Left-Out` (core.tools_left_out). A request that offers one is still
+  answered. The response object echoes them within a bound (`echoed`).
 """
 
 from __future__ import annotations
@@ -32,8 +27,11 @@ _RUN_HERE = ("function", "custom", "namespace")
 
 
 def echoed(tools: list[Any]) -> list[Any]:
-    """The request's tools as the response object echoes them: as given, but a hosted tool
-    whose JSON passes ECHO_BYTES as its type alone."""
+    """The request's tools as the response object echoes them: as given, within a bound.
+
+    A hosted tool whose JSON passes ECHO_BYTES is echoed as its type alone: 15 MB of one was stored,
+    and echoed three times by each replayed stream.
+    """
     out = []
     for tool in tools:
         kind = tool.get("type", "function") if isinstance(tool, dict) else None
@@ -44,8 +42,10 @@ def echoed(tools: list[Any]) -> list[Any]:
 
 
 def _larger(value: Any, most: int) -> bool:
-    """Whether `value`'s JSON takes more than `most` bytes, found without writing it all (a
-    walk that stops once past)."""
+    """Whether `value`'s JSON takes more than `most` bytes.
+
+    It walks the value and stops once past, without writing the JSON.
+    """
     stack, size = [value], 0
     while stack:
         item = stack.pop()
@@ -106,6 +106,10 @@ class ToolSet:
         return item
 
 
+# A namespaced tool is offered as `<namespace>.<name>`, the name the model's own prompt uses, as
+# in Codex's `functions.collaboration.spawn_agent`. A call to one comes back in OpenAI's shape
+# for it: a `function_call` item with `namespace` and the member's bare `name` apart, since
+# Codex's registry keys them so. A call of that shape in the input is the dotted name again.
 def model_name(namespace: Any, name: str) -> str:
     """The name the model knows a tool by."""
     return f"{namespace}.{name}" if isinstance(namespace, str) and namespace else name
@@ -125,8 +129,11 @@ def _function(tool: dict[str, Any], where: str, namespace: str | None) -> dict[s
 def _custom(
     tool: dict[str, Any], where: str, namespace: str | None, grammars: dict[str, dict[str, str]]
 ) -> dict[str, Any]:
-    """A free-form tool as a function of one string, `input` (its grammar, if any, told,
-    and put in `grammars`: a call of it is held to it)."""
+    """A free-form tool as a function of one string, `input`.
+
+    Its grammar, if any, is told to the model and put in `grammars`, so that a call of it is held
+    to it.
+    """
     name = tool.get("name")
     if not isinstance(name, str) or not name:
         raise BadRequestError(f"{where}.name must be a non-empty string")
@@ -153,8 +160,10 @@ def _custom(
 
 
 def tools_of(value: Any) -> ToolSet:
-    """The request's `tools`: functions, namespaces of them and custom tools offered to the
-    model; hosted tools left out (their types in `left_out`)."""
+    """The request's `tools`: functions, namespaces of them and custom tools offered to the model.
+
+    Hosted tools are left out, their types in `left_out`.
+    """
     out = ToolSet()
     if value is None:
         return out

@@ -1,3 +1,1 @@
-"""Schemas kept where the engine cannot enforce all of them: the answer checked after, in child
-processes.
-"""
+"""Schemas the engine cannot enforce whole: the answer checked after, in child processes."""

@@ -1,18 +1,14 @@
 """The checks of a schema and of an answer against it, run in child processes with a deadline.
 
-What server.schema.answer checks takes time that the client chooses: jsonschema reads a
-schema of 20,000 properties in 17 s, and a pattern such as `^(a|.)*b$` backtracks through a
+What server.schema.answer checks takes time that the client chooses: jsonschema reads a schema
+of 20,000 properties in 17 s, and a pattern such as `^(a|.)*b$` backtracks through a
 27-character answer for 32 s (issue 76). On the event loop that froze every other client,
 `/api/version` included. So a route awaits those checks of `Checker`: each runs in a child
-process (`python -m localrun.server.schema.checker`), which is killed when it
-takes past LOCALRUN_CHECK_TIMEOUT, and the request is refused in its dialect's shape (a 400
-for its schema, a 422 for its answer), naming the bound. The children are kept for the next
-checks (they remember the schemas they found sound: an agent sends the same ones at every
-turn); at most MOST_CHILDREN run at once, each talked to from a worker thread, and a check
-waits for its turn without holding one. Turns go fairly between clients (server.turns): a
-client that keeps both children busy with slow schemas delays another's check by at most one
-deadline; past WAIT_TURNS deadlines of waiting a check is refused as busy (503). A check that
-ran to its deadline is refused at once when it comes again (issue 90).
+process (`python -m localrun.server.schema.checker`), killed past LOCALRUN_CHECK_TIMEOUT. The
+request is then refused in its dialect's shape (a 400 for its schema, a 422 for its answer),
+naming the bound. The children are kept for the next checks: they remember the schemas they
+found sound, since an agent sends the same ones at every turn. `Checker` holds the turns, the
+bounds and the memory of checks that ran to their deadline.
 
 The child reads one JSON line a check and answers one: {"ok": true} or {"error": {...}} (a
 LocalrunError as the wire carries it).
@@ -48,10 +44,14 @@ _HINT = "simplify the schema, or leave out the keywords the engine cannot enforc
 
 
 class Checker:
-    """The checking children of one server. Its checks are awaited: one waits for its turn
-    without holding a thread (turns go fairly between clients: server.turns), and talks to a
-    child from a worker thread. A check that ran to its deadline is remembered by digest, and
-    the same check is refused at once for STOPPED_FOR_S after, without taking a turn."""
+    """The checking children of one server, at most MOST_CHILDREN, used from worker threads.
+
+    A check waits for its turn without holding a thread. Turns go fairly between clients
+    (server.turns): a client that keeps both children busy with slow schemas delays another's check
+    by at most one deadline. Past WAIT_TURNS deadlines of waiting, a check is refused as busy (503).
+    A check that ran to its deadline is remembered by digest (issue 90). The same check is then
+    refused at once for STOPPED_FOR_S, without taking a turn.
+    """
 
     def __init__(self, most: int = MOST_CHILDREN) -> None:
         self.most = most
@@ -65,16 +65,21 @@ class Checker:
         self._closed = False
 
     async def schema(self, schema: dict[str, Any], what: str, whose: Whose = NOBODY) -> None:
-        """Raise BadRequestError unless `schema` can be checked answers against (a schema
-        jsonschema takes, patterns that run in bounded time); `whose` the client asking."""
+        """Raise BadRequestError unless answers can be checked against `schema`.
+
+        It must be a schema jsonschema takes, with patterns that run in bounded time. `whose` is the
+        client asking.
+        """
         await self._run({"op": "schema", "schema": schema, "what": what}, BadRequestError, what,
                         whose)  # fmt: skip
 
     async def value(
         self, value: Any, schema: dict[str, Any], what: str, whose: Whose = NOBODY
     ) -> None:
-        """Raise AnswerSchemaError unless `value` validates against `schema` (one `schema`
-        took); `what` names it ("the answer", "the call of f")."""
+        """Raise AnswerSchemaError unless `value` validates against `schema`, one `schema` took.
+
+        `what` names the value: "the answer", "the call of f".
+        """
         await self._run({"op": "value", "value": value, "schema": schema, "what": what},
                         AnswerSchemaError, what, whose)  # fmt: skip
 
@@ -175,8 +180,10 @@ class Checker:
 
 
 def _encoded(question: dict[str, Any]) -> tuple[bytes, bytes]:
-    """The question as one line of JSON, and the digest a check is remembered by (that
-    line's: the operation, the schema, its subject)."""
+    """The question as one line of JSON, and the digest a check is remembered by.
+
+    The digest is that line's: the operation, the schema, its subject.
+    """
     line = json.dumps(question).encode()
     return line, hashlib.sha256(line).digest()
 
@@ -190,9 +197,11 @@ PURGE_PATTERNS = 64 << 10  # a check whose patterns pass this many characters em
 
 def _check(question: Any, sound: collections.OrderedDict[bytes, None]) -> dict[str, Any]:
     """One check's answer: {"ok": true}, or the LocalrunError it raised, as the wire has it.
-    Schemas found sound are remembered by digest (a key of their whole text grew a child by
-    123 MB with 40 schemas of 3 MB each); the patterns a check compiled leave re's cache when
-    they were large."""
+
+    Schemas found sound are remembered by digest: a key of their whole text grew a child by 123 MB
+    with 40 schemas of 3 MB each. The patterns a check compiled leave re's cache when they were
+    large.
+    """
     try:
         op = question["op"]
         schema = question["schema"]

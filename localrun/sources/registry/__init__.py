@@ -1,3 +1,6 @@
-"""Registries: `pull` and `push` over an OCI distribution client (Ollama's library, any OCI
-registry), the challenge a registry sends and the logins it takes.
+"""Registries: `pull` and `push` for Ollama's library and any OCI registry.
+
+pull.py and push.py speak to a registry through oci.py, an OCI distribution client.
+challenge.py reads the challenge a registry sends (WWW-Authenticate), and logins.py finds the
+logins it takes.
 """

@@ -1,27 +1,11 @@
 """A registry's challenge (WWW-Authenticate), and what localrun will do with what it names.
 
-`parse_challenge`: the scheme and its parameters. `token_service(where, realm)`: whether the
-token service a Bearer challenge names (its realm) may be asked at all, and whether the user's
-login may go with the asking. The realm is where a registry sends the user's login: a public
-registry that named `http://127.0.0.1:P/admin/delete-all?confirm=yes` had localrun send it a
-GET with the login in clear (issue 76). So a realm is held to the rules of a redirect
-(sources/registry/oci.py): HTTPS, or plain HTTP only from a plain HTTP registry to its own host or
-this machine; no private address from a public registry (hosts.is_private); and the login only to
-the registry's own site (`same_site`) over HTTPS, or to the registry's own origin (its port
-too: another port is another service) over plain HTTP, else the token is asked for
-anonymously, which is what a public repository needs.
-
-The registries people use stay whole: Docker Hub (registry-1.docker.io -> auth.docker.io) and
-GitLab (registry.gitlab.com -> gitlab.com; a self-hosted registry.example.com ->
-gitlab.example.com) by the site; GHCR, Quay, ACR, Artifact Registry, Harbor and the
-distribution server's token service on their own host; a self-hosted GitLab's (:5050 -> 443)
-by the site; a plain HTTP token service on another port (docker_auth's :5001 beside :5000) is
-asked anonymously; Ollama's (registry.ollama.ai -> ollama.com) anonymously, as its pulls
-are.
-
-`check_token`: what the service gives back goes into an Authorization header, so it must be a
-token by RFC 6750 (letters, digits, -._~+/, = at the end), of a bounded length: one with a
-character outside ASCII ended a pull job as 'the pull job failed: UnicodeEncodeError'.
+`parse_challenge` reads the scheme and its parameters. The realm of a Bearer challenge is where
+a registry sends the user's login. A public registry that named
+`http://127.0.0.1:P/admin/delete-all?confirm=yes` had localrun send it a GET with the login in
+clear (issue 76). So `token_service` holds a realm to the rules of a redirect
+(sources/registry/oci.py). `check_token` checks what the service gives back, which goes into an
+Authorization header.
 """
 
 from __future__ import annotations
@@ -45,9 +29,22 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+# The registries people use stay whole. Docker Hub (registry-1.docker.io -> auth.docker.io) and
+# GitLab (registry.gitlab.com -> gitlab.com; a self-hosted registry.example.com ->
+# gitlab.example.com) pass by the site, and so does a self-hosted GitLab's (:5050 -> 443). GHCR,
+# Quay, ACR, Artifact Registry, Harbor and the distribution server's token service are on their
+# own host. A plain HTTP token service on another port (docker_auth's :5001 beside :5000) is
+# asked anonymously, and so is Ollama's (registry.ollama.ai -> ollama.com), as its pulls are.
 def token_service(where: Target, realm: str) -> bool:
-    """Whether the login may go to the token service `realm` of the registry `where` (the
-    module docstring); HubAuthError where the service may not be asked at all."""
+    """Whether the login may go to the token service `realm` of the registry `where`.
+
+    Raises HubAuthError where the service may not be asked at all. A realm must be HTTPS, or
+    plain HTTP only from a plain HTTP registry to its own host or this machine. A public
+    registry may not name a private address (hosts.is_private). The login goes only to the
+    registry's own site (`same_site`) over HTTPS, or to its own origin, port included, over
+    plain HTTP: another port is another service. Otherwise the token is asked for anonymously,
+    which is what a public repository needs.
+    """
     registry = urlsplit(where.url)
     home = (registry.hostname or "").lower()
     try:
@@ -83,11 +80,13 @@ def token_service(where: Target, realm: str) -> bool:
 
 
 def same_site(home: str, host: str) -> bool:
-    """Whether `host` is on the site of the registry host `home`: both under `home`'s parent
-    domain, when that parent has two labels at least (registry-1.docker.io and auth.docker.io;
-    registry.gitlab.com and gitlab.com); never for an address. There is no public-suffix list
-    here: under a suffix of two labels (co.uk, azurecr.io) another tenant's host counts too,
-    which the realm, the registry's own choice, would have to name."""
+    """Whether `host` is on the site of the registry host `home`; never for an address.
+
+    Both must be under `home`'s parent domain, when that parent has two labels at least
+    (registry-1.docker.io and auth.docker.io; registry.gitlab.com and gitlab.com). There is no
+    public-suffix list here. Under a suffix of two labels (co.uk, azurecr.io) another tenant's
+    host counts too, which the realm, the registry's own choice, would have to name.
+    """
     if _address(home) or _address(host) or "." not in home:
         return False
     parent = home.split(".", 1)[1]
@@ -95,7 +94,12 @@ def same_site(home: str, host: str) -> bool:
 
 
 def check_token(where: Target, token: object) -> str:
-    """The token a token service answered with, if it is one (the module docstring)."""
+    """Return the token a token service answered with, if it is one.
+
+    It goes into an Authorization header, so it must be a token by RFC 6750 (letters, digits,
+    -._~+/, = at the end) of at most MAX_TOKEN characters. One with a character outside ASCII
+    ended a pull job as 'the pull job failed: UnicodeEncodeError'.
+    """
     if not isinstance(token, str) or not token:
         raise HubAuthError(f"{where.host}: its token service gave no token")
     if len(token) > MAX_TOKEN or not _TOKEN68.match(token):

@@ -8,8 +8,7 @@
    reads it: `credHelpers[host]`, else `credsStore` (`docker-credential-<helper> get`, the host
    on its stdin, `{"Username", "Secret"}` on its stdout; a Username of `<token>` means the
    Secret is an identity token), then `auths[host]` (`auth` as base64 of USER:PASSWORD, else
-   `username` and `password`, else `identitytoken`). Docker Hub's key is
-   `https://index.docker.io/v1/`.
+   `username` and `password`, else `identitytoken`). Docker Hub's is `https://index.docker.io/v1/`.
 
 A file or helper that is missing, unreadable or says nothing is no login, never an error: the
 registry's challenge then says whether one was needed. Files are read with a bound; a helper

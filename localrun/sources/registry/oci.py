@@ -7,30 +7,10 @@
     POST /v2/<repository>/blobs/uploads/        an upload, then PUT <location>?digest=...
     PUT  /v2/<repository>/manifests/<tag>       the manifest, last
 
-Where a name lives is sources/hosts.py's `target`. The rules for a registry that cannot be
-trusted:
-- a small body (a manifest, an error, a token answer) is read up to a bound in bytes and in
-  time, never whole, and raw: its encoding is undone within the bound (sources/bodies.py),
-  never by httpx, which inflates a whole chunk of a gzip chain at once;
-- redirects are followed by hand, at most MAX_REDIRECTS, never to plain HTTP from HTTPS, never
-  from a public registry to a private address (hosts.is_private);
-  the registry's authorization goes to its own origin only, never with a redirect;
-- the token service the registry names (its realm) is held to the rules of a redirect: HTTPS
-  (plain HTTP only from a plain HTTP registry, to its own host or this machine), never a
-  private address from a public registry, and the user's login goes there only on the
-  registry's own site; the token it gives must be a token (sources/registry/challenge.py);
-- nothing a registry sends (a Location, a realm, a token) reaches httpx unchecked: what httpx
-  cannot send is one line (`_send`), never an exception of its own;
-- a 429 (or 503) waits as Retry-After says only up to MAX_RETRY_AFTER, RETRY_AFTER_BUDGET in
-  all for a request; asked for longer, it fails at once saying when to try again. 5xx and
-  dropped connections are retried a few times, a refused connection is said at once; every
-  answer else is one line naming the host.
-
-Logins come from sources/registry/logins.py. A registry's challenge (WWW-Authenticate) says how to
-use them: Basic, or a Bearer token from its token service, anonymous where there is none (Docker
-Hub gives those for public repositories). The names this module does not guard: a host name
-that resolves to a public address when checked and to a private one when connected (DNS
-rebinding); a proxy in HTTPS_PROXY sees what the user sends through it.
+Where a name lives is sources/hosts.py's `target`; logins come from sources/registry/logins.py.
+A registry cannot be trusted: the rules that follow are in the comment above Registry. Not
+guarded here: a host name that resolves to a public address when checked and to a private one
+when connected (DNS rebinding); a proxy in HTTPS_PROXY sees what the user sends through it.
 """
 
 from __future__ import annotations
@@ -97,6 +77,24 @@ class Manifest:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+# The rules for a registry that cannot be trusted:
+# - a small body (a manifest, an error, a token answer) is read up to a bound in bytes and in
+#   time, never whole, and raw: its encoding is undone within the bound (sources/bodies.py),
+#   never by httpx, which inflates a whole chunk of a gzip chain at once;
+# - redirects are followed by hand, at most MAX_REDIRECTS, never to plain HTTP from HTTPS, never
+#   from a public registry to a private address (hosts.is_private); the registry's
+#   authorization goes to its own origin only, never with a redirect;
+# - the token service the registry names (its realm) is held to the rules of a redirect, and
+#   the token it gives must be a token (sources/registry/challenge.py);
+# - nothing a registry sends (a Location, a realm, a token) reaches httpx unchecked: what httpx
+#   cannot send is one line (`_send`), never an exception of its own;
+# - a 429 (or 503) waits as Retry-After says only up to MAX_RETRY_AFTER, RETRY_AFTER_BUDGET in
+#   all for a request; asked for longer, it fails at once saying when to try again. 5xx and
+#   dropped connections are retried a few times, a refused connection is said at once; every
+#   other answer is one line naming the host.
+# A registry's challenge (WWW-Authenticate) says how to use the logins: Basic, or a Bearer token
+# from its token service, anonymous where there is none (Docker Hub gives those for public
+# repositories).
 class Registry:
     """One registry, for one repository: a session with its tokens (thread-safe).
 
@@ -198,8 +196,11 @@ class Registry:
             return False
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
-        """Where the blob's bytes are served (the end of the registry's redirects), and the
-        headers a request there takes: the registry's authorization on its own host only."""
+        """Return where the blob's bytes are served, and the headers a request there takes.
+
+        The place is the end of the registry's redirects. The headers carry the registry's
+        authorization on its own host only.
+        """
         url = self.url(f"blobs/{digest}")
         for _ in range(MAX_REDIRECTS + 1):
             with self.stream("GET", url, {"Range": "bytes=0-0"}, redirects=False) as resp:
@@ -210,8 +211,11 @@ class Registry:
         raise DownloadError(f"{self.target.host}: more than {MAX_REDIRECTS} redirects for a blob")
 
     def opener(self, digest: str) -> ranges.Opener:
-        """Opens a range of the blob where the registry serves it: resolved once, again when a
-        signed URL expired (401/403); 429 and 5xx are the download's to retry."""
+        """Return an opener of ranges of the blob, where the registry serves it.
+
+        The place is resolved once, and again when a signed URL expired (401/403). 429 and 5xx
+        are the download's to retry.
+        """
         where = [self.blob_location(digest)]
 
         @contextmanager
@@ -258,7 +262,7 @@ class Registry:
         return {}
 
     def _redirect(self, current: str, location: str) -> str:
-        """The next URL of a redirect, if the rules allow it (module docstring)."""
+        """The next URL of a redirect, if the rules allow it (the comment above Registry)."""
         if not location:
             raise DownloadError(f"{self.target.host}: a redirect without a Location")
         refused = f"{self.target.host}: a redirect to {location[:120]!r}"
@@ -315,9 +319,12 @@ class Registry:
         body: Body = None,
         redirects: bool = True,
     ) -> Iterator[httpx.Response]:
-        """One request to the registry, authorized as its challenge asks, retried where that
-        is safe, its redirects followed by the rules (with `redirects` False, handed back): a
-        response of 2xx (or 3xx) or a LocalrunError."""
+        """Send one request to the registry, and yield a 2xx (or 3xx) response.
+
+        The request is authorized as the challenge asks, and retried where that is safe. Its
+        redirects are followed by the rules, or with `redirects` False, handed back. Any other
+        answer raises a LocalrunError.
+        """
         retryable = method in ("GET", "HEAD")
         attempt = hops = 0
         waited = 0.0  # seconds spent as Retry-After asked
@@ -372,10 +379,13 @@ class Registry:
                 response.close()
 
     def _send(self, method: str, url: str, **details: Any) -> httpx.Response:
-        """Send one request, its answer streamed. What httpx cannot send (a URL a registry gave
-        that IDNA refuses or with a control character, a header outside ASCII) is one line, never
-        httpx's exception (it ended a pull job as 'the pull job failed: UnicodeError'); an
-        httpx.TransportError is the caller's to judge."""
+        """Send one request, its answer streamed.
+
+        What httpx cannot send is one line, never httpx's exception: a URL a registry gave that
+        IDNA refuses or with a control character, or a header outside ASCII. httpx's exception
+        ended a pull job as 'the pull job failed: UnicodeError'. An httpx.TransportError is the
+        caller's to judge.
+        """
         try:
             request = self.client.build_request(method, url, **details)
             return self.client.send(request, stream=True)
@@ -401,8 +411,11 @@ class Registry:
             self._auth = "Bearer " + self._token(params)
 
     def _token(self, params: dict[str, str]) -> str:
-        """A token from the registry's token service (its challenge's realm), asked with the
-        login where sources/registry/challenge.py allows it, anonymously elsewhere."""
+        """Return a token from the registry's token service (its challenge's realm).
+
+        It is asked with the login where sources/registry/challenge.py allows it, anonymously
+        elsewhere.
+        """
         realm = params["realm"]
         with_login = token_service(self.target, realm)
         actions = "pull,push" if self.push else "pull"
@@ -446,9 +459,11 @@ class Registry:
         )
 
     def _error(self, response: httpx.Response) -> LocalrunError:
-        """The registry's error (OCI's {"errors": [{"code", "message"}]}) as one line; its own
-        code and message only from a trusted registry (anything at a port can answer in OCI's
-        shape)."""
+        """Return the registry's error (OCI's {"errors": [{"code", "message"}]}) as one line.
+
+        Its own code and message are quoted only from a trusted registry, since anything at a
+        port can answer in OCI's shape.
+        """
         status = response.status_code
         try:
             data = json_or_none(read_bounded(response, MAX_SMALL, "an error"))
@@ -485,8 +500,10 @@ def _chunks(response: httpx.Response) -> Iterator[bytes]:
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    """The seconds an answer's Retry-After asks for (a number, or an HTTP date), None where it
-    says none that can be read."""
+    """Return the seconds an answer's Retry-After asks for, or None where none can be read.
+
+    Retry-After is a number of seconds, or an HTTP date.
+    """
     value = response.headers.get("Retry-After", "").strip()
     if value.isascii() and value.isdigit():
         return float(value)  # float(), not int(): no limit on digits, inf past a double

@@ -8,19 +8,10 @@ A manifest's layers are read by media type, in Ollama's packaging or in Docker M
     messages, license                           context_size becomes num_ctx
 
 A layer of any other type refuses the pull, naming it (a safetensors model: pull a GGUF tag).
-Then, as `pull` from Hugging Face does (sources/pull.py):
-1. a blob the store has is not fetched again (a model that shares its weights with another
-   downloads only its own layers), and free disk space is checked first;
-2. a large layer comes in parallel ranges into `partial/<hex>/` in the store, resumable, hashed
-   as it lands (sources/ranges.py); a small one (a template, the parameters) in one bounded
-   request; each must have its digest and its declared size, checked before it is named in the
-   store; a model or projector must be a valid GGUF;
-3. the model is written as `create` writes one (recipes/create.py: the template checked, the
-   parameters validated) from a base of its weights, the manifest last.
-
 Ollama's parameters and messages layers are read as `localrun import ollama` reads them
 (sources/runners/ollama.py). `source` in the model's config records the registry, repository,
-tag and manifest digest: pulling again with nothing changed upstream transfers nothing.
+tag and manifest digest: pulling again with nothing changed upstream transfers nothing. `pull`
+says how the layers come.
 """
 
 from __future__ import annotations
@@ -108,8 +99,16 @@ def pull(
     *,
     reach: hosts.Reach = hosts.OWNER,
 ) -> str:
-    """Pull `name` from its registry into the store under `name`, as far as `reach` (who asked)
-    may go; the digest of the manifest written."""
+    """Pull `name` from its registry into the store; return the digest of the manifest written.
+
+    `reach`, who asked, says how far it may go. As `pull` from Hugging Face does (sources/pull.py),
+    a blob the store has is not fetched again, and free disk space is checked first. A large
+    layer comes in parallel ranges into `partial/<hex>/`, resumable, hashed as it lands
+    (sources/ranges.py); a small one comes in one bounded request. Each must have its digest and
+    declared size, checked before it is named in the store; a model or projector must be a valid
+    GGUF. The model is written as `create` writes one (recipes/create.py), from a base of its
+    weights, the manifest last.
+    """
     where, trusted = reach.where(name)
     report(Event("pulling manifest"))
     with oci.Registry(where, trusted=trusted) as registry:
@@ -235,8 +234,10 @@ def _blob(store: Store, part: Part, what: str) -> ranges.Blob:
 def _fetch_blob(
     store: Store, registry: oci.Registry, part: Part, report: Reporter, *, others: bool = True
 ) -> None:
-    """One large layer into the store (or found there, or with `others` in Ollama's store on
-    this machine), verified, as `part.kind`."""
+    """Fetch one large layer into the store, verified, as `part.kind`.
+
+    It may be found there already, or with `others`, in Ollama's store on this machine.
+    """
     label = f"pulling {part.digest.removeprefix('sha256:')[:12]}"
     if store.has_blob(part.digest):
         report(Event(f"{label}: already present", digest=part.digest))
@@ -275,8 +276,11 @@ def _fetch_blob(
 
 
 def _from_ollama(store: Store, part: Part, label: str, report: Reporter) -> bool:
-    """Ollama's own copy of the blob on this machine (its store has the same digests), linked
-    in as `create --link` does once it checks out: a valid GGUF of that size and digest."""
+    """Link in Ollama's own copy of the blob on this machine, as `create --link` does.
+
+    Ollama's store has the same digests. The copy is taken once it checks out: a valid GGUF of
+    that size and digest.
+    """
     path = ollama_store.root() / "blobs" / f"sha256-{part.digest.removeprefix('sha256:')}"
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size != part.size:

@@ -40,8 +40,10 @@ def push(
     *,
     reach: hosts.Reach = hosts.OWNER,
 ) -> str:
-    """Push `name` to the registry its name says, if `reach` (who asked) may push there; the
-    pushed manifest's digest."""
+    """Push `name` to the registry its name says, and return the pushed manifest's digest.
+
+    It pushes only if `reach`, who asked, may push there.
+    """
     where, trusted = reach.where(name, push=True)  # refused before anything is read or sent
     manifest = store.read_manifest(name)
     missing = sorted(d for d in manifest.digests() if not store.has_blob(d))

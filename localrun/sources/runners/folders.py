@@ -1,14 +1,15 @@
 """Folders of GGUF files named as `pull` names them, and the Hugging Face cache that holds such.
 
-A repository's GGUFs in a folder (a Hugging Face cache snapshot, LM Studio's `ORG/REPO/`, a
-llama.cpp cache that took the hub's layout) are models named `hf.co/ORG/REPO:QUANT`, the name
-`pull` gives the same file, so a later `pull` finds it there. A split model is named by its
-first part and imported with every part (`-00001-of-00003.gguf` ...); the repository's
-projector (an `mmproj` GGUF, F16 where there is a choice, as `pull` takes it) comes with it.
+A repository's GGUFs in a folder are models named `hf.co/ORG/REPO:QUANT`, the name `pull` gives
+the same file, so a later `pull` finds it there. The folder may be a Hugging Face cache
+snapshot, LM Studio's `ORG/REPO/`, or a llama.cpp cache that took the hub's layout. A split
+model is named by its first part and imported with every part (`-00001-of-00003.gguf` ...).
+The repository's projector (an `mmproj` GGUF, F16 where there is a choice, as `pull` takes it)
+comes with it.
 
 The Hugging Face cache (`HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`)
-keeps `models--ORG--REPO/snapshots/REV/` of links into `blobs/`, each named by its sha256: the
-snapshot `refs/main` names is the one read (a new download moves it), each file's content must
+keeps `models--ORG--REPO/snapshots/REV/` of links into `blobs/`, each named by its sha256. The
+snapshot `refs/main` names is the one read (a new download moves it). Each file's content must
 have the digest its blob's name claims, and a link leaving the repository or looping is refused.
 """
 
@@ -75,8 +76,11 @@ MAX_ENTRIES = 20_000
 
 
 def snapshot_ggufs(snapshot: Path) -> list[Path]:
-    """The GGUF files (or links to them) of a snapshot, sorted; its folders walked without
-    following links, at most MAX_DEPTH deep and MAX_ENTRIES entries (ImportSourceError past it)."""
+    """Return the GGUF files (or links to them) of a snapshot, sorted.
+
+    Its folders are walked without following links, at most MAX_DEPTH deep. Past MAX_ENTRIES
+    entries it raises ImportSourceError.
+    """
     found: list[Path] = []
     seen = 0
     base = len(snapshot.parts)
@@ -114,8 +118,10 @@ def is_later_part(name: str) -> bool:
 
 
 def tag_of(file_name: str) -> str:
-    """The tag `pull` gives a GGUF: its quantization, else its name without `.gguf` (and
-    without a split model's part number)."""
+    """Return the tag `pull` gives a GGUF: its quantization, else its name without `.gguf`.
+
+    The name also loses a split model's part number.
+    """
     split = SPLIT.match(file_name)
     stem = split.group("stem") if split else re.sub(r"\.gguf$", "", file_name, flags=re.I)
     return quant_of(file_name) or stem
@@ -124,9 +130,11 @@ def tag_of(file_name: str) -> str:
 def gguf_models(
     files: list[Path], org: str, repo: str, source: str, within: Path | None
 ) -> list[Found]:
-    """Each model GGUF of a repository folder (a split model's first part), with its
-    projector, under the name `pull` gives it: hf.co/ORG/REPO:QUANT. Links must stay in
-    `within` (None: they may lead anywhere)."""
+    """List each model GGUF of a repository folder, with its projector, as `pull` names it.
+
+    The name is hf.co/ORG/REPO:QUANT; a split model is found by its first part. Links must stay
+    in `within`, or with None, may lead anywhere.
+    """
     projectors = [f for f in files if "mmproj" in f.name.lower()]
     models = [f for f in files if f not in projectors and not is_later_part(f.name)]
     out = []
@@ -144,8 +152,10 @@ def gguf_models(
 def model_of(
     name: str, path: Path, projectors: list[Path], source: str, within: Path | None
 ) -> Found:
-    """The model whose (first) file is `path`, with every part and the preferred projector;
-    a hub cache's blob, named by its sha256, must have that digest when it is imported."""
+    """Return the model whose (first) file is `path`, with every part and the preferred projector.
+
+    A hub cache's blob, named by its sha256, must have that digest when it is imported.
+    """
     real = inside(path, within)
     parts = [inside(p, within) for p in split_parts(path)]
     files = parts or [real]
@@ -163,8 +173,11 @@ def model_of(
 
 
 def split_parts(first: Path) -> list[Path]:
-    """Every part of the split model whose first part is `first`, in order, from its folder;
-    [] for a model in one file. ImportSourceError when a part is missing or downloading."""
+    """Return every part of the split model whose first part is `first`, in order.
+
+    The parts come from its folder; a model in one file gives []. Raises ImportSourceError when
+    a part is missing or downloading.
+    """
     match = SPLIT.match(first.name)
     count = int(match.group("count")) if match else 1
     if match is None or count <= 1:

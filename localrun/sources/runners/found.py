@@ -1,9 +1,9 @@
 """What every other runner's store yields (`Found`), and reading such a store without trusting it.
 
-Another runner's folders are read as they are, not as they should be: every file is read with a
-bound on its size (`read_json`, `read_text`), a folder's entries are walked without following
-links out of it (`dirs`), a file a link names must stay inside the folder it belongs to
-(`inside`), and a value for a PARAMETER is kept only when localrun's own rules take it
+Another runner's folders are read as they are, not as they should be. Every file is read with a
+bound on its size (`read_json`, `read_text`). A folder's entries are walked without following
+links out of it (`dirs`). A file a link names must stay inside the folder it belongs to
+(`inside`). A value for a PARAMETER is kept only when localrun's own rules take it
 (`parameter`). Each problem is an ImportSourceError that names the file, so that it becomes one
 line in `localrun import`'s listing for that model alone.
 """
@@ -85,18 +85,21 @@ def _read(path: Path, most: int, what: str) -> bytes:
 
 
 def dirs(path: Path) -> list[Path]:
-    """The folders in `path` a runner would have written, sorted; links to folders are left out
-    (a link loop, or a way out of the store)."""
+    """Return the folders in `path` a runner would have written, sorted.
+
+    Links to folders are left out: they may be a link loop, or a way out of the store.
+    """
     return sorted(
         p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and PART.fullmatch(p.name)
     )
 
 
 def inside(path: Path, folder: Path | None) -> Path:
-    """`path` with its links resolved, a file, which must stay in `folder` where one is given
-    (the hub cache's snapshot links point into the repository's blobs, while LM Studio's
-    `lms import --symbolic-link` links to a file anywhere); a link loop or a way out is
-    refused."""
+    """Return `path` with its links resolved, which must be a file, inside `folder` if given.
+
+    The hub cache's snapshot links point into the repository's blobs, while LM Studio's
+    `lms import --symbolic-link` links to a file anywhere. A link loop or a way out is refused.
+    """
     try:
         real = path.resolve(strict=True)
     except (OSError, RuntimeError):
@@ -109,8 +112,10 @@ def inside(path: Path, folder: Path | None) -> Path:
 
 
 def parameter(key: str, value: Any) -> tuple[str, params_mod.Value] | None:
-    """(PARAMETER name, `value`) as localrun's rules take it, or None where they refuse it
-    (another runner has knobs and ranges of its own: those are left out, not fatal)."""
+    """Return (PARAMETER name, `value`) as localrun's rules take it, or None where they refuse it.
+
+    Another runner has knobs and ranges of its own: those are left out, not fatal.
+    """
     try:
         spec = params_mod.spec(key)
         return spec.name, spec.check(value)

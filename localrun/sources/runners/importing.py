@@ -2,21 +2,17 @@
 
     ollama      Ollama's store, each model under Ollama's name (sources.runners.ollama)
     hf          the Hugging Face cache (sources.runners.folders)
-    lmstudio    LM Studio's models folder, with the settings it keeps per model
-    (sources.runners.lmstudio) llama.cpp   llama.cpp's download cache, flat or in the hub's layout
-    (sources.runners.llamacpp)
+    lmstudio    LM Studio's models folder, with its per-model settings (sources.runners.lmstudio)
+    llama.cpp   llama.cpp's download cache, flat or in the hub's layout (sources.runners.llamacpp)
 
-`find(source)` lists what one source (or "all") holds, as `Found` items (sources.runners.found); one
-that cannot be imported says why in `problem`. `adopt` imports one through `create --link`: the
-files stay the other runner's, `rm` and `prune` remove only the store's names for them, and
-`verify` says when one changed or went away (store.links). Importing a model again after its
-runner updated it (a new blob, a new snapshot) points the model at the new files; `held` tells
-one the store holds as it is, which `import` skips. `absent` says where a source's folder was
-looked for, and what moves it, when it is not there.
+`find(source)` lists what one source (or "all") holds, as `Found` items (sources.runners.found);
+one that cannot be imported says why in `problem`. `adopt` imports one through `create --link`:
+the files stay the other runner's, `rm` and `prune` remove only the store's names for them, and
+`verify` says when one changed or went away (store.links). `absent` says where a source's folder
+was looked for, and what moves it, when it is not there.
 
-With LOCALRUN_OTHER_RUNNERS, `serve` lists the models these sources hold that the store does
-not (`Index`, a scan kept for a few seconds), and a name among them is imported in place on
-first use (`named`, which sources.obtain asks when the store has no such model).
+With LOCALRUN_OTHER_RUNNERS, `serve` lists the models these sources hold that the store does not
+(`Index`), and a name among them is imported in place on first use (`named`).
 """
 
 from __future__ import annotations
@@ -70,8 +66,10 @@ _MOVED_BY = {
 
 
 def find(source: str) -> list[Found]:
-    """The models of one source or of "all"; a name found twice is listed once (an importable
-    one first: `hf` and `llama.cpp` may read the same hub cache)."""
+    """List the models of one source or of "all"; a name found twice is listed once.
+
+    The importable one is kept: `hf` and `llama.cpp` may read the same hub cache.
+    """
     found: list[Found] = []
     for name in list(_FINDERS) if source == "all" else [source]:
         try:
@@ -93,8 +91,10 @@ def folder(source: str) -> Path:
 
 
 def absent(source: str) -> ImportSourceError | None:
-    """The error that says where `source` was looked for and how to point localrun elsewhere,
-    when its folder is not there; None when it is."""
+    """Return the error that says where `source` was looked for, or None when its folder is there.
+
+    The error's hint says how to point localrun elsewhere.
+    """
     where = folder(source)
     try:
         if where.is_dir():
@@ -113,8 +113,11 @@ def store_name(found: Found) -> str | None:
 
 
 def named(name: str) -> Found | None:
-    """The importable model of another runner that takes store name `name`, looked for in the
-    sources LOCALRUN_OTHER_RUNNERS names (None when it names none)."""
+    """Return the importable model of another runner that takes store name `name`, or None.
+
+    It looks in the sources LOCALRUN_OTHER_RUNNERS names, and finds None when it names none.
+    sources.obtain asks it when the store has no such model.
+    """
     for source in config.other_runners():
         for found in find(source):
             if found.modelfile is not None and store_name(found) == name:
@@ -149,11 +152,14 @@ def adopt(store: Store, found: Found, report: create.Reporter = lambda _: None) 
 
 
 def held(store: Store, found: Found) -> bool:
-    """Whether the store holds `found` as importing it would leave it, told without reading its
-    files: a model of its name made of the same files (by the digests its source names, else
-    by the link records of the blobs linked from them, unchanged since) with the same template,
-    system prompt, parameters, messages and licenses. A runner's update (a new blob, a new
-    snapshot, new settings) makes it not held, so importing again takes it."""
+    """Whether the store holds `found` as importing it would leave it, told without reading files.
+
+    That is a model of its name made of the same files, with the same template, system prompt,
+    parameters, messages and licenses. The files are known by the digests its source names,
+    else by the link records of the blobs linked from them, unchanged since. A runner's update
+    (a new blob, a new snapshot, new settings) makes it not held, so importing again takes it
+    and points the model at the new files; `import` skips a model that is held.
+    """
     name = store_name(found)
     if found.modelfile is None or name is None:
         return False
@@ -185,8 +191,11 @@ def held(store: Store, found: Found) -> bool:
 
 
 def _parts(store: Store, found: Found, report: create.Reporter) -> Manifest:
-    """A split model's parts, each checked as GGUF and linked into the store, as a manifest of
-    model layers (written under no name: create writes the model's)."""
+    """Link a split model's parts into the store, each checked as GGUF, and return a manifest.
+
+    The manifest lists them as model layers and is written under no name: create writes the
+    model's.
+    """
     layers, headers = [], []
     for part in found.parts:
         fd = scan.open_regular(part)
@@ -236,11 +245,13 @@ class Listed:
 
 
 class Index:
-    """The models of the sources LOCALRUN_OTHER_RUNNERS names (read at each call), by store
-    name; one scan at a time, kept TTL_S seconds. A folder that cannot be read lists nothing.
-    The scan runs outside the lock: while one is under way, a caller gets the last listing of
-    the same sources at once (only the first scan of a setting is waited for), so a slow folder
-    never holds up the requests that list or name models."""
+    """The models of the sources LOCALRUN_OTHER_RUNNERS names, by store name.
+
+    The setting is read at each call. One scan runs at a time, and is kept TTL_S seconds; a
+    folder that cannot be read lists nothing. The scan runs outside the lock: while one is under
+    way, a caller gets the last listing of the same sources at once. Only the first scan of a
+    setting is waited for, so a slow folder never holds up the requests that list or name models.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock

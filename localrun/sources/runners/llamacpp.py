@@ -1,8 +1,6 @@
 """llama.cpp's download cache: what `llama-cli -hf ORG/REPO[:QUANT]` fetched, as `pull` names it.
 
-The cache is LLAMA_CACHE, else XDG_CACHE_HOME/llama.cpp, else ~/.cache/llama.cpp
-(~/Library/Caches/llama.cpp on macOS, %LOCALAPPDATA%\\llama.cpp on Windows): common.cpp's
-`fs_get_cache_directory`. Until March 2026 it was flat:
+The cache (see `root`) was flat until March 2026:
 
     manifest=ORG=REPO=TAG.json       the hub's registry manifest for ORG/REPO:TAG (PR #17073 on;
                                      PR #13202 named it manifest=ORG_REPO=TAG.json): its
@@ -13,15 +11,8 @@ The cache is LLAMA_CACHE, else XDG_CACHE_HOME/llama.cpp, else ~/.cache/llama.cpp
     NAME.gguf.downloadInProgress     a download under way: skipped and said so
     NAME.gguf                        a file `-mu URL` fetched, with no manifest
 
-A manifest's model is named `hf.co/ORG/REPO:QUANT` with its projector (sources.runners.folders), a
-split model by its first part with every part; a file no manifest names is listed under its own
-name (`gemma-3-270m-it-qat-q4_0`). An older manifest's ORG_REPO is split at its first `_`:
-Hugging Face account names have none. Since PR #20775 llama.cpp keeps the Hugging Face cache's
-layout (models--ORG--REPO; in LLAMA_CACHE when it is set): such folders here are read as the
-`hf` source reads the hub cache.
-
-A manifest is read with a bound on its size; a file name it gives must be a path inside a
-repository (no `..`, no absolute path), and the file must be in the cache, not a link out of it.
+Since PR #20775 llama.cpp keeps the Hugging Face cache's layout (models--ORG--REPO; in
+LLAMA_CACHE when it is set): such folders here are read as the `hf` source reads the hub cache.
 """
 
 from __future__ import annotations
@@ -49,7 +40,11 @@ _MANIFEST = re.compile(r"manifest=(?P<body>.+)\.json")
 
 
 def root() -> Path:
-    """llama.cpp's cache folder, as llama.cpp finds it."""
+    """Return llama.cpp's cache folder, as llama.cpp finds it (common.cpp's fs_get_cache_directory).
+
+    It is LLAMA_CACHE, else ~/Library/Caches/llama.cpp on macOS, %LOCALAPPDATA%\\llama.cpp on
+    Windows, and XDG_CACHE_HOME/llama.cpp or ~/.cache/llama.cpp elsewhere.
+    """
     configured = os.environ.get("LLAMA_CACHE")
     if configured:
         return Path(configured).expanduser()
@@ -63,7 +58,14 @@ def root() -> Path:
 
 
 def models(folder: Path | None = None) -> list[Found]:
-    """The models of llama.cpp's cache: the flat layout's and the hub layout's."""
+    """Return the models of llama.cpp's cache: the flat layout's and the hub layout's.
+
+    A manifest's model is named `hf.co/ORG/REPO:QUANT` with its projector
+    (sources.runners.folders), and a split model by its first part with every part. A file no
+    manifest names is listed under its own name (`gemma-3-270m-it-qat-q4_0`). A manifest is
+    read with a bound on its size. A file name it gives must be a path inside a repository (no
+    `..`, no absolute path), and the file must be in the cache, not a link out of it.
+    """
     folder = folder if folder is not None else root()
     if not folder.is_dir():
         return []
@@ -84,7 +86,10 @@ def models(folder: Path | None = None) -> list[Found]:
 
 
 def _repository(body: str) -> tuple[str, str, str] | None:
-    """(ORG, REPO, the prefix of its files' names) of a manifest's name, or None."""
+    """Return (ORG, REPO, the prefix of its files' names) of a manifest's name, or None.
+
+    An older manifest's ORG_REPO is split at its first `_`: Hugging Face account names have none.
+    """
     parts = body.split("=")
     if len(parts) == 3:  # manifest=ORG=REPO=TAG.json
         org, repo, prefix = parts[0], parts[1], f"{parts[0]}_{parts[1]}"
@@ -151,8 +156,10 @@ def _flat(prefix: str, path: str) -> str:
 
 
 def _part_names(first: str) -> list[str]:
-    """The names of every part of a split model whose first part is `first` (itself alone
-    for a model in one file)."""
+    """Return the names of every part of the split model whose first part is `first`.
+
+    A model in one file gives `first` alone.
+    """
     match = SPLIT.match(first)
     count = int(match.group("count")) if match else 1
     if match is None or not 1 < count <= MAX_PARTS:

@@ -10,28 +10,8 @@ sources.runners.folders).
 
 What "My Models -> gear" saved for a model is in
 `<home>/.internal/user-concrete-model-default-config/ORG/REPO/FILE.gguf.json` (a split model's
-by its first part): `{"operation": {"fields": [{"key", "value"}]}, "load": {"fields": [...]}}`,
-read as LM Studio's lenient parser reads it (the first of a repeated key counts; an unknown key
-or a value of the wrong shape is dropped) and carried over as:
-
-    llm.prediction.temperature          PARAMETER temperature
-    llm.prediction.topKSampling         PARAMETER top_k (a plain number; LM Studio's -1, no
-                                        limit, is localrun's 0)
-    llm.prediction.topPSampling         PARAMETER top_p            these five are
-    llm.prediction.minPSampling         PARAMETER min_p            {"checked", "value"}:
-    llm.prediction.repeatPenalty        PARAMETER repeat_penalty   carried only when checked
-    llm.prediction.seed                 PARAMETER seed
-    llm.prediction.maxPredictedTokens   PARAMETER num_predict
-    llm.prediction.stopStrings          PARAMETER stop, each
-    llm.load.contextLength              PARAMETER num_ctx
-    llm.prediction.systemPrompt         SYSTEM, when not empty
-    llm.load.promptTemplate, else       TEMPLATE, when its type is jinja
-      llm.prediction.promptTemplate
-
-Each value must pass localrun's own rules for its PARAMETER (recipes.params), or it is left
-out. A settings file larger than MAX_JSON or not JSON at all makes its model one that is listed
-with that reason and not imported: taking the model without the settings its user saved would
-answer differently from LM Studio without saying so. A preset the file names is not followed.
+by its first part). The comment above `_PLAIN` says how its fields become PARAMETER, SYSTEM and
+TEMPLATE lines; `with_settings` says what is left out.
 """
 
 from __future__ import annotations
@@ -57,6 +37,23 @@ from localrun.sources.runners.found import (
 POINTER = ".lmstudio-home-pointer"
 SETTINGS = Path(".internal") / "user-concrete-model-default-config"
 
+# A settings file is `{"operation": {"fields": [{"key", "value"}]}, "load": {"fields": [...]}}`,
+# read as LM Studio's lenient parser reads it: the first of a repeated key counts, and an unknown
+# key or a value of the wrong shape is dropped. Its fields are carried over as:
+#
+#   llm.prediction.temperature          PARAMETER temperature
+#   llm.prediction.topKSampling         PARAMETER top_k (a plain number; LM Studio's -1, no
+#                                       limit, is localrun's 0)
+#   llm.prediction.topPSampling         PARAMETER top_p            these five are
+#   llm.prediction.minPSampling         PARAMETER min_p            {"checked", "value"}:
+#   llm.prediction.repeatPenalty        PARAMETER repeat_penalty   carried only when checked
+#   llm.prediction.seed                 PARAMETER seed
+#   llm.prediction.maxPredictedTokens   PARAMETER num_predict
+#   llm.prediction.stopStrings          PARAMETER stop, each
+#   llm.load.contextLength              PARAMETER num_ctx
+#   llm.prediction.systemPrompt         SYSTEM, when not empty
+#   llm.load.promptTemplate, else       TEMPLATE, when its type is jinja
+#     llm.prediction.promptTemplate
 _PLAIN = {
     "llm.prediction.temperature": "temperature",
     "llm.prediction.topKSampling": "top_k",
@@ -136,9 +133,11 @@ def unfit_folder(root: Path) -> str | None:
 
 
 def models(lm_home: Path | None = None) -> list[Found]:
-    """The GGUF models in LM Studio's models folder (ORG/REPO/*.gguf), with their settings.
-    A folder of the system's (`/`, `/usr` ...) or one above the home is refused (one row says
-    why); an unreadable ORG folder is one row and the others are still listed."""
+    """Return the GGUF models in LM Studio's models folder (ORG/REPO/*.gguf), with their settings.
+
+    A folder of the system's (`/`, `/usr` ...) or one above the home is refused, in one row that
+    says why. An unreadable ORG folder is one row, and the others are still listed.
+    """
     lm_home = lm_home if lm_home is not None else home()
     root = models_folder(lm_home)
     if not root.is_dir():
@@ -168,7 +167,14 @@ def models(lm_home: Path | None = None) -> list[Found]:
 
 
 def with_settings(found: Found, path: Path) -> Found:
-    """`found` with what LM Studio saved for it in `path` carried into its Modelfile."""
+    """Return `found` with what LM Studio saved for it in `path` carried into its Modelfile.
+
+    Each value must pass localrun's own rules for its PARAMETER (recipes.params), or it is left
+    out. A settings file larger than MAX_JSON or not JSON at all makes its model one that is
+    listed with that reason and not imported. Taking the model without the settings its user
+    saved would answer differently from LM Studio without saying so. A preset the file names
+    is not followed.
+    """
     if found.modelfile is None or not os.path.lexists(path):
         return found
     try:
@@ -192,7 +198,7 @@ def fields(saved: Any) -> dict[str, Any]:
 
 
 def apply(modelfile: Modelfile, values: dict[str, Any]) -> None:
-    """Carry LM Studio's settings `values` (by key) into `modelfile` (see the module's table)."""
+    """Carry LM Studio's settings `values`, by key, into `modelfile` (the table above _PLAIN)."""
     wanted: list[tuple[str, Any]] = []
     for key, name in _PLAIN.items():
         value = values.get(key)
@@ -220,8 +226,11 @@ def apply(modelfile: Modelfile, values: dict[str, Any]) -> None:
 
 
 def _jinja(value: Any) -> str | None:
-    """The Jinja text of a promptTemplate value of type jinja ({"type", "jinjaPromptTemplate":
-    {"template"}}); a manual one (before/after strings per role) is not carried."""
+    """Return the Jinja text of a promptTemplate value of type jinja, or None.
+
+    The value is {"type", "jinjaPromptTemplate": {"template"}}. A manual one (before/after
+    strings per role) is not carried.
+    """
     if not isinstance(value, dict) or value.get("type") != "jinja":
         return None
     inner = value.get("jinjaPromptTemplate")

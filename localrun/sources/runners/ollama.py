@@ -8,16 +8,11 @@ Ollama's store (`OLLAMA_MODELS`, else `~/.ollama/models`) is a registry's layout
 A manifest's layers are the model (GGUF), the template (a Go template), the system prompt, the
 parameters (JSON), a projector, adapters, messages and licenses, told apart by media type. Its
 model is imported under Ollama's own name (`llama3.2:latest`; `ns/model:tag` and
-`host/ns/model:tag` off the library) as a Modelfile of those layers would create it, the blobs
-linked into the store (`create --link`): the files stay Ollama's, `rm` never deletes them, and
-each blob's content must have the digest its name claims (a blob that does not is refused).
-
-`ollama pull` of a tag it has rewrites the manifest in place to name the new blobs, and deletes
-the old ones no other manifest uses: importing the model again points it at the new blobs.
-
-A digest is checked before any path is built from it (Ollama's own fix for a path traversal);
-a manifest, template or parameter layer is read with a bound on its size; a blob still being
-downloaded (`-partial`) is skipped and said so.
+`host/ns/model:tag` off the library) as a Modelfile of those layers would create it. The blobs
+are linked into the store (`create --link`): the files stay Ollama's, `rm` never deletes them,
+and a blob whose content lacks the digest its name claims is refused. `ollama pull` of a tag it
+has rewrites the manifest in place, naming new blobs and deleting the old ones no other
+manifest uses; importing the model again points it at the new blobs.
 """
 
 from __future__ import annotations
@@ -143,7 +138,11 @@ def _read(folder: Path, path: Path, name: str) -> Found:
 
 
 def _blob(folder: Path, digest: Any, manifest: Path, index: int) -> Path:
-    """A layer's blob, its digest checked before it names a path."""
+    """Return a layer's blob, its digest checked before it names a path.
+
+    Checking first is Ollama's own fix for a path traversal. A blob still being downloaded
+    (`-partial`) is skipped and said so.
+    """
     match = _DIGEST.fullmatch(digest) if isinstance(digest, str) else None
     if match is None:
         raise ImportSourceError(f"{manifest}: layer {index} has no valid digest ({digest!r:.80})")
@@ -163,8 +162,10 @@ def _text(data: bytes) -> str:
 
 
 def parameters(path: Path, data: bytes) -> list[tuple[str, params_mod.Value]]:
-    """Ollama's parameters layer ({"stop": [...], "temperature": 0.6, ...}) as PARAMETER lines;
-    one localrun does not know is left out (Ollama has a few more knobs)."""
+    """Return Ollama's parameters layer ({"stop": [...], "temperature": 0.6}) as PARAMETER lines.
+
+    One localrun does not know is left out: Ollama has a few more knobs.
+    """
     values = parse_json(data, path, "parameters layer")
     if not isinstance(values, dict):
         raise ImportSourceError(f"{path}: the parameters layer is not an object")

@@ -1,13 +1,13 @@
 """A forced tool call's grammar, in the model's own call syntax.
 
-`tool_choice` "required" or a named function constrains the answer to a call; the call is
+`tool_choice` "required" or a named function constrains the answer to a call. The call is
 written as the model's family writes it (formats/parsers), so the model writes what it was
 trained to write: `<tool_call>{"name": ..., "arguments": ...}</tool_call>` for Qwen,
 `[TOOL_CALLS]NAME[ARGS]{...}` for Mistral, `<function=NAME><parameter=KEY>...` for Qwen3-Coder.
-The syntax's `write` gives a call's text around a placeholder; JSON arguments are the tool's
-schema, enforced by llguidance's JSON compiler (worker/grammars/format.py's `%json`), text values
-(the XML families) any text up to the next tag, Python calls (LFM2) their arguments as written. The
-rules are written as GBNF and read into Lark (worker/grammar.to_lark).
+The syntax's `write` gives a call's text around a placeholder. JSON arguments follow the tool's
+schema, enforced by llguidance's JSON compiler (worker/grammars/format.py's `%json`). Text values
+(the XML families) are any text up to the next tag; Python calls (LFM2) take their arguments as
+written. The rules are written as GBNF and read into Lark (format.to_lark).
 """
 
 from __future__ import annotations
@@ -42,13 +42,15 @@ def grammar(
     special: dict[str, int] | None = None,
     grammars: Grammars | None = None,
 ) -> str | None:
-    """The grammar (Lark, engine.sampling.constraint's) of a forced call in `syntax`; None when the
-    model may choose. `primed` is a marker the prompt already ends with (Functionary's `>>>`):
-    not repeated. `special`: the family's markers the vocabulary has as special tokens (text:
-    id), which the call may write as those tokens. `grammars`: the custom tools' grammars of
-    their input, by tool name (the Responses API's). A strict tool's schema is enforced whole
-    or refused; another's as Ollama's `format` is: the keywords the engine cannot enforce
-    left out, its call validated after (server.schema.answer)."""
+    """Return the grammar (Lark) of a forced call in `syntax`; None when the model may choose.
+
+    The grammar is engine.sampling.constraint's. `primed` is a marker the prompt already ends
+    with (Functionary's `>>>`), not repeated. `special` maps the family's markers that are special
+    tokens to their ids; the call may write them as those tokens. `grammars` holds the custom
+    tools' grammars of their input, by tool name (the Responses API's). A strict tool's schema is
+    enforced whole or refused. Another's is enforced as Ollama's `format` is: the keywords the
+    engine cannot enforce are left out, and the call is validated after (server.schema.answer).
+    """
     if not tools_mod.forces(tool_choice):
         return None
     made = _Made(grammars or {})
@@ -65,14 +67,15 @@ def lazy(
     special: dict[str, int] | None = None,
     grammars: Grammars | None = None,
 ) -> tuple[str, tuple[str, ...]] | None:
-    """The grammar of a call under tool_choice "auto" when a tool is `strict` (OpenAI's and
-    Anthropic's promise that its call's arguments follow its schema), with the markers that
-    open a call: the engine holds the answer to it from a marker until the call is whole
-    (engine.sampling.constraint.Lazy), and leaves the rest of the answer free. A strict tool's call
-    follows its schema; another tool's is any object of its parameters. None where no tool is
-    strict, or where a call of the family cannot be told by its first characters (_trigger).
-    A custom tool with a grammar (`grammars`) is held to it as a strict tool to its
-    schema."""
+    """Return a call's grammar under tool_choice "auto" when a tool is strict, and its triggers.
+
+    A tool's `strict` is OpenAI's and Anthropic's promise that its arguments follow its schema.
+    The triggers are the markers that open a call. The engine holds the answer to the grammar from a
+    marker until the call is whole (engine.sampling.constraint.Lazy), and leaves the rest free.
+    A strict tool's call follows its schema, another's is any object of its parameters, and a
+    custom tool with a grammar (`grammars`) follows that. None where no tool is strict, or where
+    a call of the family cannot be told by its first characters (_trigger).
+    """
     grammars = grammars or {}
 
     def held(tool: tools_mod.Tool) -> bool:
@@ -98,11 +101,13 @@ def lazy(
 
 
 def _trigger(syntax: Syntax, name: str) -> tuple[str, str] | None:
-    """What opens a call of `name` in the answer, and the call's text ahead of it: the
-    family's marker that starts it; else the marker inside it after a header of its own
-    (gpt-oss's `to=functions.`, after `<|channel|>commentary `); else, in a family whose
-    calls have no marker (a Python list), the call's first characters to the tool's name
-    (`[get_weather`), as llama.cpp's triggers for such families are."""
+    """Return what opens a call of `name` in the answer, and the call's text ahead of it.
+
+    That is the family's marker that starts the call. Else it is the marker inside the call after
+    a header of its own (gpt-oss's `to=functions.`, after `<|channel|>commentary `). Else, in a
+    family whose calls have no marker (a Python list), it is the call's first characters up to
+    the tool's name (`[get_weather`), as llama.cpp's triggers for such families are.
+    """
     try:
         text = syntax.write(name, "{}")
     except (ValueError, TypeError):
@@ -134,9 +139,11 @@ def call_or_format(
     special: dict[str, int] | None = None,
     lenient: bool = False,
 ) -> str:
-    """The grammar for Ollama's `format` with tools: a call in the family's syntax, or an
-    answer that is a value of the format's `schema`, so the model can still call what it is
-    offered (`lenient`: the keywords the engine cannot enforce left out)."""
+    """Return the grammar for Ollama's `format` with tools: a call, or a value of `schema`.
+
+    The call is in the family's syntax, so the model can still call what it is offered. With
+    `lenient`, the keywords the engine cannot enforce are left out of `schema`.
+    """
     made = _Made({})
     rules = made.calls(syntax, tools, None, primed)
     made.schemas.append(schema)
@@ -148,8 +155,7 @@ def call_or_format(
 
 
 class _Made:
-    """A call grammar's GBNF rules in the making, with the schemas and grammars its
-    placeholders stand for."""
+    """A call grammar's GBNF rules in the making, and what its placeholders stand for."""
 
     def __init__(self, grammars: Grammars) -> None:
         self.grammars = grammars
@@ -196,10 +202,13 @@ class _Made:
 def _custom_rules(
     syntax: Syntax, rule: str, name: str, spec: dict[str, str], primed: str, texts: list[str]
 ) -> list[str] | None:
-    """A custom tool's call whose `input` follows its grammar: raw where the family writes a
-    value as text (XML parameters), JSON-escaped inside a JSON or Python string (formats.
-    quoted). None where the family's call cannot hold it (its own value rules, a grammar
-    quoting cannot carry): the input is then any string, as the tool describes it."""
+    """Return the rules of a custom tool's call whose `input` follows the tool's grammar.
+
+    The input is raw where the family writes a value as text (XML parameters). It is JSON-escaped
+    inside a JSON or Python string (formats.quoted). None where the family's call cannot hold it:
+    its own value rules, or a grammar quoting cannot carry. The input is then any string, as the
+    tool describes it.
+    """
     definition = spec["definition"]
     raw = quoted.regex_grammar(definition) if spec["syntax"] == "regex" else definition
     if syntax.value_rules(rule, name, {"type": "object"}) is not None:
@@ -247,8 +256,11 @@ def _call_rules(
 
 
 def _value_rules(syntax: Syntax, rule: str, name: str, parameters: dict[str, Any]) -> list[str]:
-    """Calls whose values are written, not JSON: each parameter as the family writes it, its
-    name one of the tool's, its value any text but a tag (or a Python literal)."""
+    """Return the rules of calls whose values are written as text, not JSON.
+
+    Each parameter is as the family writes it: its name one of the tool's, its value any text
+    but a tag (or a Python literal).
+    """
     keys = " | ".join(_quote(k) for k in (parameters.get("properties") or {}).keys() or ["x"])
     text = syntax.write(name, json.dumps({_KEY: _VALUE}))
     start, end = text.find(_KEY), text.find(_VALUE)

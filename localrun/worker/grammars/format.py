@@ -1,18 +1,15 @@
-"""The constraint of a request's answer, as llguidance takes it (engine.sampling.constraint): Lark
-text.
+"""The constraint of a request's answer as Lark text, for llguidance (engine.sampling.constraint).
 
-- `format` "json" is a JSON object; a JSON schema is itself, as `%json {...}`: llguidance's
-  JSON compiler enforces it keyword by keyword, and refuses in one line a keyword it cannot
-  enforce (`uniqueItems`, `not`, `if`), as OpenAI's strict mode does.
-- A forced tool call (worker/grammars/forced.py) is GBNF with a placeholder where a tool's arguments
-  go (`json_placeholder`): `to_lark` turns it into Lark with llguidance's converter, then puts
-  each schema in as `%json`, and each of the family's markers the vocabulary has as a special
-  token as that token or its spelling.
+- `format` "json" is a JSON object; a JSON schema is itself, as `%json {...}`. llguidance's JSON
+  compiler enforces it keyword by keyword. It refuses in one line a keyword it cannot enforce
+  (`uniqueItems`, `not`, `if`), as OpenAI's strict mode does.
+- A forced tool call (worker/grammars/forced.py) is GBNF with a placeholder where a tool's
+  arguments go (`json_placeholder`). `to_lark` turns it into Lark with llguidance's converter.
 
-JSON is written on one line as Python's `json.dumps` writes it (", " between items, ": " after
-a key, no other blank), as Guidance writes it by default: a model cannot fill its answer with
-blanks, every separator is forced text (read without decodes of its own), and a small model's
-answer takes fewer tokens (the JSONSchemaBench run in docs/benchmarks.md).
+JSON is written on one line as Python's `json.dumps` writes it, as Guidance writes it by default:
+", " between items, ": " after a key, no other blank. So a model cannot fill its answer with
+blanks, and every separator is forced text, read without decodes of its own. A small model's
+answer then takes fewer tokens (the JSONSchemaBench run in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -43,10 +40,13 @@ _LARK_NAME = re.compile(r"\b[A-Z][A-Z0-9_]*\b")
 
 
 def constraint_for(format: Format, *, lenient: bool = False) -> str | None:
-    """The Lark grammar of a `format`: "json" (a JSON object) or a JSON schema. `lenient` (a
-    schema that is not OpenAI's strict one: Ollama's `format`, a json_schema without `strict`)
-    leaves out the keywords llguidance cannot enforce instead of refusing the schema, and
-    closes the objects that say nothing of other keys (`closed`), as Ollama's grammar does."""
+    """Return the Lark grammar of a `format`: "json" (a JSON object) or a JSON schema.
+
+    `lenient` is for a schema that is not OpenAI's strict one: Ollama's `format`, or a
+    json_schema without `strict`. It leaves out the keywords llguidance cannot enforce instead
+    of refusing the schema. It also closes the objects that say nothing of other keys
+    (`closed`), as Ollama's grammar does.
+    """
     if format is None or format == "":
         return None
     if format == "json":
@@ -58,10 +58,12 @@ def constraint_for(format: Format, *, lenient: bool = False) -> str | None:
 
 
 def header(forcing: bool = True) -> str:
-    """llguidance's options line. Forcing (the default): where the grammar forces the text,
-    it is written as the tokenizer spells it (which fast-forwards it); without, the model
-    spells it token by token (PARAMETER grammar_forcing false, for a model that does not
-    answer in its tokenizer's spelling)."""
+    """Return llguidance's options line, with forcing or without.
+
+    With forcing (the default), text the grammar forces is written as the tokenizer spells it,
+    which fast-forwards it. Without, the model spells it token by token: PARAMETER
+    grammar_forcing false, for a model that does not answer in its tokenizer's spelling.
+    """
     return "%llguidance {}" if forcing else '%llguidance {"no_forcing": true}'
 
 
@@ -131,12 +133,14 @@ _OTHER_KEYS = ("additionalProperties", "patternProperties", "unevaluatedProperti
 
 
 def closed(schema: Any, names: bool = False, merged: bool = False) -> Any:
-    """`schema` with each object that lists its `properties` and says nothing of other keys
-    closed to them (`additionalProperties: false`), as llama.cpp's JSON-schema converter,
-    which Ollama's `format` goes through, closes them: JSON Schema leaves such an object open,
-    and a model then adds keys of its own (`skills`, `description`) that clients' parsers
-    refuse and that cut answers short. An object with no `properties` stays any object, and
-    the branches of an `allOf` stay open (closing each would refuse the others' keys)."""
+    """Return `schema` with each object that lists `properties` closed to other keys.
+
+    An object that says nothing of other keys gets `additionalProperties: false`, as llama.cpp's
+    JSON-schema converter (which Ollama's `format` goes through) does. JSON Schema leaves such an
+    object open, and a model then adds keys of its own (`skills`, `description`). Clients'
+    parsers refuse those, and they cut answers short. An object with no `properties` stays any
+    object. The branches of an `allOf` stay open: closing each would refuse the others' keys.
+    """
     if isinstance(schema, list):
         return [closed(item, merged=merged) for item in schema]
     if not isinstance(schema, dict):
@@ -175,13 +179,15 @@ def to_lark(
     lenient: bool | frozenset[int] = False,
     grammars: list[str] | None = None,
 ) -> str:
-    """A GBNF grammar built around placeholders as Lark: each JSON placeholder the schema's
-    `%json`, every marker of `special` (text: the id of its special token) inside a literal
-    the token or its text, and every rule a rule of the grammar (llguidance takes neither
-    `%json` nor a token inside a terminal). With `grammars` (Lark grammars of their own: a
+    """Return a GBNF grammar built around placeholders as Lark, for llguidance.
+
+    Each JSON placeholder becomes its schema's `%json`. Each marker of `special` (text: its
+    token's id) inside a literal becomes the token or its text. Terminals become rules, since
+    llguidance takes neither `%json` nor a token inside a terminal. With `grammars` (Lark of a
     custom tool's input), each grammar placeholder refers to its grammar, and the whole is
-    llguidance's list of grammars, the call's first. `lenient`: every schema's keywords the
-    engine cannot enforce left out, or those of the schemas at these indices alone."""
+    llguidance's list of grammars, the call's first. `lenient` leaves out the keywords the
+    engine cannot enforce: every schema's, or those of the schemas at these indices alone.
+    """
     from llguidance.gbnf_to_lark import GbnfToLarkError, gbnf_to_lark
 
     try:
@@ -206,8 +212,10 @@ def to_lark(
 
 
 def _tokens_in(literal: str, special: dict[str, int]) -> str:
-    """A Lark string literal with each special marker in it as `("TEXT" | <[ID]>)`: the
-    model may write its token or spell it."""
+    """Return a Lark string literal with each special marker in it as `("TEXT" | <[ID]>)`.
+
+    The model may write the marker's token or spell it.
+    """
     if (
         not special
         or literal.endswith("i")
@@ -235,8 +243,10 @@ def _tokens_in(literal: str, special: dict[str, int]) -> str:
 
 
 def _as_rules(lark: str, special: dict[str, int]) -> str:
-    """Lark with its terminals (upper-case names) renamed as rules (lower case), and the
-    special markers in its literals as tokens (_tokens_in)."""
+    """Return Lark with its terminals (upper-case names) renamed as rules (lower case).
+
+    The special markers in its literals become tokens too (_tokens_in).
+    """
     out = []
     for line in lark.split("\n"):
         pieces, last = [], 0

@@ -1,6 +1,9 @@
-"""DeepSeek R1 / V3 / V3.1: calls between `<｜tool▁calls▁begin｜>` and `<｜tool▁calls▁end｜>`,
-each `<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}<｜tool▁call▁end｜>` (V3.1) or, in R1 and V3,
-`<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME` then the arguments in a ```json fence."""
+"""DeepSeek R1, V3 and V3.1: calls in a `<｜tool▁calls▁begin｜>` section.
+
+The section ends with `<｜tool▁calls▁end｜>`. In V3.1 each call is
+`<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}<｜tool▁call▁end｜>`. In R1 and V3 it is
+`<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME`, then the arguments in a ```json fence.
+"""
 
 from __future__ import annotations
 

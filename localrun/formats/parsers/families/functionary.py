@@ -1,6 +1,8 @@
-"""Functionary v3.2: the answer is a run of `>>>RECIPIENT\nBODY` messages; `all` is text for
-the user, any other recipient a call with a JSON body. The prompt ends with the first `>>>`,
-so the answer starts inside a block (the stream is primed with it)."""
+"""Functionary v3.2: the answer is a run of messages, each `>>>RECIPIENT`, a newline and a body.
+
+`all` is text for the user, any other recipient a call with a JSON body. The prompt ends with the
+first `>>>`, so the answer starts inside a block; the stream is primed with it.
+"""
 
 from __future__ import annotations
 

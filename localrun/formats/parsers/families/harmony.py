@@ -1,4 +1,4 @@
-"""gpt-oss's harmony format: the answer is messages, each a header and a body,
+"""gpt-oss's harmony format: the answer is messages, each a header and a body.
 
     <|channel|>analysis<|message|>REASONING<|end|>
     <|start|>assistant<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>
@@ -53,8 +53,10 @@ class Harmony(Syntax):
 
 
 class HarmonyStream:
-    """Parts a streamed harmony answer into (reasoning, answer) text and calls (`calls`,
-    drained by the caller after each feed)."""
+    """Parts a streamed harmony answer into reasoning text, answer text and calls.
+
+    The caller drains `calls` after each feed.
+    """
 
     def __init__(self, syntax: Syntax | None = None) -> None:
         self.syntax = syntax  # None: tools are not in force, a call's body is text

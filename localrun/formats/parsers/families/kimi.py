@@ -1,5 +1,7 @@
-"""Kimi K2: `<|tool_calls_section_begin|>`, then per call `<|tool_call_begin|>functions.NAME:IDX
-<|tool_call_argument_begin|>{...}<|tool_call_end|>`, then `<|tool_calls_section_end|>`."""
+"""Kimi K2: calls in a `<|tool_calls_section_begin|>` ... `<|tool_calls_section_end|>` section.
+
+A call is `<|tool_call_begin|>functions.NAME:IDX<|tool_call_argument_begin|>{...}<|tool_call_end|>`.
+"""
 
 from __future__ import annotations
 

@@ -1,10 +1,13 @@
-"""Llama 3.1-3.3: a call is JSON, `{"name": ..., "parameters": {...}}` (several joined by `;`),
-or after `<|python_tag|>` (the built-in tools' `name.call(k=v)` or JSON), which runs to the end
-of the answer (`<|eom_id|>` ends it and is not seen).
+"""Llama 3.1-3.3: a call is JSON, or follows `<|python_tag|>`.
+
+JSON calls are `{"name": ..., "parameters": {...}}`, several joined by `;`. After `<|python_tag|>`
+comes a built-in tool's `name.call(k=v)` or JSON, up to the end of the answer; `<|eom_id|>` ends it
+and is not seen.
 
 The JSON is the whole answer as the template asks, but models write a sentence around it
-(`Here is the result: {"name": ...} Would you like more?`), and vLLM reads that call too: a
-block also starts at `{"name"` anywhere, and text after the calls stays text."""
+(`Here is the result: {"name": ...} Would you like more?`), and vLLM reads that call too. So a block
+also starts at `{"name"` anywhere, and text after the calls stays text.
+"""
 
 from __future__ import annotations
 

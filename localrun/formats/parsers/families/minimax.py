@@ -1,11 +1,13 @@
-"""MiniMax-M3: each tag behind the namespace token `]<]minimax[>[` (NS below), the arguments
-an XML tree: `NS<tool_call> NS<invoke name="NAME"> NS<KEY>VALUE NS</KEY> ... NS</invoke>
-NS</tool_call>`, one block holding one invocation or several.
+"""MiniMax-M3: each tag behind the namespace token `]<]minimax[>[`, the arguments an XML tree.
 
-A value is text, or elements: `NS<item>` children are a list's items, others an object's keys
-(a key written twice is a list). Text is typed by the tool's JSON schema, walked alongside
-(`018956` for an integer is 18956), and stays text where no schema says otherwise, as the
-template writes it (its `to_xml`) and vLLM's MiniMax-M3 parser reads it.
+With NS for that token, a block is
+`NS<tool_call> NS<invoke name="NAME"> NS<KEY>VALUE NS</KEY> ... NS</invoke> NS</tool_call>`, holding
+one invocation or several.
+
+A value is text, or elements: `NS<item>` children are a list's items, others an object's keys, and a
+key written twice is a list. Text is typed by the tool's JSON schema, walked alongside (`018956` for
+an integer is 18956). It stays text where no schema says otherwise, as the template writes it (its
+`to_xml`) and vLLM's MiniMax-M3 parser reads it.
 """
 
 from __future__ import annotations

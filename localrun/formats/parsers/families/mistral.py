@@ -1,7 +1,9 @@
-"""Mistral: `[TOOL_CALLS]` then either a JSON list of calls (v3 to Nemo, with 9-character ids)
-or, from the v11 tokenizer on (Small 3.2, Devstral, Magistral), `NAME[ARGS]{...}` per call,
-each after its own `[TOOL_CALLS]` (an id may come in `[CALL_ID]`). Magistral reasons in
-`[THINK]` ... `[/THINK]`."""
+"""Mistral: `[TOOL_CALLS]`, then a JSON list of calls, or one call as `NAME[ARGS]{...}`.
+
+v3 to Nemo write a JSON list, with 9-character ids. From the v11 tokenizer on (Small 3.2, Devstral,
+Magistral), each call is `NAME[ARGS]{...}` after its own `[TOOL_CALLS]`, and an id may come in
+`[CALL_ID]`. Magistral reasons in `[THINK]` ... `[/THINK]`.
+"""
 
 from __future__ import annotations
 

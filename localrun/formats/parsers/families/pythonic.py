@@ -1,13 +1,14 @@
-"""Calls written as a Python list for the whole answer, with no marker around them:
-`[get_weather(city="Paris"), get_time(tz="CET")]`. Llama 3.2 and Llama 4 pythonic, Gemma 3
-pythonic, ToolACE and OLMo 3 are asked for this by their templates (the ones vLLM ships for its
-pythonic parser: "[func_name1(params_name1=params_value1, ...), func_name2(params)]").
+"""Calls written as a Python list for the whole answer, with no marker around them.
 
-Llama 4 may wrap the list in `<|python_start|>` ... `<|python_end|>` (special tokens; the end
-may be missing), which vLLM's Llama 4 parser reads too.
+An answer like `[get_weather(city="Paris"), get_time(tz="CET")]`. Llama 3.2 and Llama 4 pythonic,
+Gemma 3 pythonic, ToolACE and OLMo 3 are asked for this by their templates: the ones vLLM ships for
+its pythonic parser ("[func_name1(params_name1=params_value1, ...), func_name2(params)]").
 
-As vLLM reads them: an answer that begins with `[` and a name followed by `(` is held until its
-list closes, then read as calls (values Python or JSON literals); one that does not begin so,
+Llama 4 may wrap the list in `<|python_start|>` ... `<|python_end|>`, special tokens whose end may
+be missing; vLLM's Llama 4 parser reads that too.
+
+As vLLM reads them, an answer that begins with `[` and a name followed by `(` is held until its list
+closes. It is then read as calls, with values Python or JSON literals. One that does not begin so,
 or whose list is not calls of the offered tools, is text.
 """
 
@@ -55,6 +56,8 @@ class Pythonic(Syntax):
 
 
 def _list_end(text: str) -> int:
-    """The index after the `]` that closes the list `text` begins with (brackets in strings
-    not counted), or -1 when it has not closed yet."""
+    """The index after the `]` that closes the list `text` begins with, or -1 until it closes.
+
+    Brackets in strings are not counted.
+    """
     return Balance().feed(text)
