@@ -1,11 +1,9 @@
-"""The typer app: every command registered on it, with its name, help and settings, in the order
-`--help` lists them.
+"""Register every command on the typer app, with its name, help and settings, in `--help` order.
 
-The command modules (info_cmd, launch_cmd, pull_cmd, run_cmd, runtime_cmd, serve_cmd,
-server_cmds, store_cmds, upstream_cmd) define plain functions with their typer parameters and
-never import this module. Heavy packages (llama_cpp, fastapi, uvicorn, huggingface_hub,
-modelscope, gguf/numpy) are imported inside the commands that use them, and typer is kept from
-importing pydantic and Markdown where they serve nothing (cli/typer_patches);
+The command modules define plain functions with their typer parameters and never import this
+module. Heavy packages (llama_cpp, fastapi, uvicorn, huggingface_hub, modelscope, gguf/numpy) are
+imported inside the commands that use them, so `localrun --help` stays fast. cli/typer_patches
+keeps typer from importing pydantic and Markdown where they serve nothing.
 tests/unit/cli/test_startup.py checks what the commands import.
 """
 
@@ -17,6 +15,7 @@ from typing import Any
 import typer
 
 from localrun.cli import typer_patches
+from localrun.cli.commands import help as help_cmd
 from localrun.cli.commands import import_models as import_cmd
 from localrun.cli.commands import info as info_cmd
 from localrun.cli.commands import pull as pull_cmd
@@ -102,3 +101,4 @@ _group(
         "rm": runtime_cmd.rm,
     },
 )
+app.command("help")(help_cmd.help_)

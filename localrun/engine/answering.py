@@ -1,16 +1,17 @@
-"""The engine's path from a sampled token to the text a request gets: the token checked
-against the slot's draft, its ends and budgets, its log-probabilities and text sent, and what
-the slot decodes next with it.
+"""The engine's path from a sampled token to the request's text and to the slot's next decode.
 
-What follows a token in the slot's batch row is a draft: the text the request's grammar forces
-next (engine.sampling.constraint's fast-forward: a key's name, `": "`, closing brackets), taken
-without sampling, then a speculator's guess (engine.speculation.speculator), kept up to the first
-token the sampler does not choose. Forced text costs no decode of its own: it is read in the batch
-with the token before it, as a prompt is, so a constrained answer takes fewer decodes than the same
-text unconstrained. Wherever the grammar forces text, the answer spells it as the tokenizer does, on
-every path (`Answerer._choose`), so a greedy answer is the same with speculation or without and
-with log-probabilities or without. A recurrent state takes a rejected draft back by going to the
-checkpoint taken before its batch (engine.checkpoints).
+Each token is checked against the slot's draft, the answer's ends and its budgets. Then its
+log-probabilities and text are sent.
+
+What follows a token in the slot's batch row is a draft. First comes the text the request's grammar
+forces next (engine.sampling.constraint's fast-forward: a key's name, `": "`, closing brackets),
+taken without sampling. Then comes a speculator's guess (engine.speculation.speculator), kept up to
+the first token the sampler does not choose. Forced text costs no decode of its own: it is read in
+the batch with the token before it, as a prompt is. So a constrained answer takes fewer decodes than
+the same text unconstrained. Every path spells forced text as the tokenizer does
+(`Answerer._choose`), so a greedy answer is the same with or without speculation or
+log-probabilities. A recurrent state takes a rejected draft back by going to the checkpoint taken
+before its batch (engine.checkpoints).
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from localrun.errors import BadRequestError, LocalrunError
 # a few steps instead of a whole batch's rows (each with logits) ahead of the other slots.
 FORCED_MAX = 32
 _FAILED = "the answer could not follow its schema or grammar: "
-_HINT = "simplify the schema or grammar (docs/structured-outputs.md)"
+_HINT = "simplify the schema or grammar (localrun help structured-outputs)"
 
 
 class Answerer:
-    """engine.batch.BatchEngine's token path: its loop calls `sample` for each slot that has
-    logits to sample from; `finish(slot, reason)` and `fail(slots, error)` are the engine's
-    ends of a job."""
+    """engine.batch.BatchEngine's token path: its loop calls `sample` for each slot with logits.
+
+    `finish(slot, reason)` and `fail(slots, error)` are the engine's ends of a job.
+    """
 
     def __init__(
         self,
@@ -56,8 +58,10 @@ class Answerer:
         self._held: Any = None  # the kept logits a slot samples from now (row HELD)
 
     def keep(self, slot: Slot, job: Job) -> None:
-        """The logits at the slot's row, its prompt's last token's, kept for a request with
-        the same prompt again (engine.slots `_held`): a copy of the vocabulary's floats."""
+        """Keep the logits of the prompt's last token for a request with the same prompt again.
+
+        They are a copy of the vocabulary's floats at the slot's row (engine.slots `_held`).
+        """
         if job.media is not None or job.scores >= 0 or job.candidates:
             return
         address = logits_address(self._ctx, slot.row)
@@ -71,8 +75,10 @@ class Answerer:
         slot.logits_of = job.prompt
 
     def start_held(self, slot: Slot, job: Job) -> None:
-        """The first token of a job whose whole prompt the slot holds, with the logits of its
-        last token (engine.slots `_held`): sampled from those, nothing read."""
+        """Sample the first token of a job whose whole prompt the slot holds, reading nothing.
+
+        It is sampled from the kept logits of the prompt's last token (engine.slots `_held`).
+        """
         slot.held = False
         slot.row = HELD
         job.timings.prompt_s = time.perf_counter() - job.start
@@ -92,8 +98,7 @@ class Answerer:
         return self._held if row == HELD else lc.llama_get_logits_ith(self._ctx, row)
 
     def sample(self, slot: Slot, job: Job) -> None:
-        """The slot's next token: checked against its draft, the answer's ends and budgets,
-        sent, and the next draft proposed."""
+        """Take the slot's next token: check its draft, ends and budgets, send it, draft again."""
         assert job.sampler is not None
         forcing = job.forcing > 0  # the grammar forced text last step (it may force more)
         if slot.draft and forcing and not self._take_forced(slot, job):
@@ -144,22 +149,24 @@ class Answerer:
             slot.draft = job.spec.propose(token, room)
 
     def ahead(self, pool: Executor) -> None:
-        """Before the batch decodes: each constrained slot that samples from it (not one whose
-        forced draft it takes without sampling) has its next token's mask computed on `pool`'s
-        thread meanwhile (engine.sampling.constraint)."""
+        """Compute each constrained slot's next mask on `pool`'s thread while the batch decodes.
+
+        A slot that takes a forced draft without sampling is skipped (engine.sampling.constraint).
+        """
         for slot in self._slots.active:
             job = slot.job
             if job is not None and job.sampler is not None and slot.row >= 0 and not job.forcing:
                 job.sampler.ahead(pool)
 
     def _choose(self, job: Job, row: int, forcing: bool) -> int:
-        """The answer's token at the batch's row `row`: where the grammar forces text now
-        (`forcing`: it may), its first token as the tokenizer spells that text, taken without
-        sampling; else the sampler's choice. Every path spells forced text so, whether it
-        came as a forced draft (whole, or cut short by the batch's room or its 32 tokens) or
-        inside a guess verified: the model, sampled under the mask, may prefer another
-        spelling of the same text (`tra` + `ck` for `track`), and the answer would then depend
-        on whether a speculator guessed across the forced text."""
+        """Return the token at the batch's row `row`: forced text's first, else the sampler's.
+
+        Where the grammar forces text now (`forcing` says it may), the token is the first of that
+        text as the tokenizer spells it, taken without sampling. Every path spells forced text so:
+        a forced draft (whole, or cut by the batch's room or FORCED_MAX) and a verified guess. The
+        model, sampled under the mask, may prefer another spelling of the same text (`tra` + `ck`
+        for `track`). The answer would then depend on whether a speculator guessed across it.
+        """
         sampler = job.sampler
         assert sampler is not None
         forced = sampler.forced(1) if forcing else []
@@ -169,10 +176,12 @@ class Answerer:
         return sampler.sample(self._ctx, row, self._held if row == HELD else None)
 
     def _take_forced(self, slot: Slot, job: Job) -> bool:
-        """The forced head of the draft is the answer's: taken without sampling (its rows had
-        no logits: engine.rows), sent, and kept in the slot's cache; what follows it in the
-        draft is a guess, left to verify. False when a cancel or the budget ended the answer
-        inside it."""
+        """Take the draft's forced head into the answer without sampling; False if the answer ends.
+
+        Its rows need no sampling: they have logits only for log-probabilities (engine.rows). Each
+        token is sent and kept in the slot's cache. What follows it in the draft is a guess, left to
+        verify. False means a cancel or the budget ended the answer inside the forced text.
+        """
         draft = slot.draft
         count = min(job.forcing, len(draft))  # the batch may have had room for fewer
         job.forcing = 0
@@ -198,9 +207,11 @@ class Answerer:
         return True
 
     def _verify(self, slot: Slot, job: Job, token: int, row: int) -> tuple[int, int]:
-        """Keep the draft up to the first token the sampler does not choose: that token
-        (sampled at the row after the last one kept) is the next one. Returns it and its row;
-        -1 when the budget or a cancel ended the answer inside the draft."""
+        """Keep the draft up to the first token the sampler does not choose, and return that token.
+
+        That token is sampled at the row after the last one kept. Returns it and its row. The token
+        is -1 when the budget or a cancel ended the answer inside the draft.
+        """
         draft = slot.draft
         kept = 0
         for guess in draft:
@@ -229,8 +240,7 @@ class Answerer:
         return token, row
 
     def _emit_end(self, job: Job, token: int, row: int) -> None:
-        """The token that ends the answer, where its entry is asked for: counted, and its
-        entry sent with no text (the answer's text does not hold it)."""
+        """Count the token that ends the answer and send its asked-for entry, with no text."""
         job.timings.eval_tokens += 1
         row_logits = self._logits(row)
         entry = logprob_entry(row_logits, self.n_vocab, token, b"", job.logprobs,

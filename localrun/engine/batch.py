@@ -1,27 +1,16 @@
-"""The engine: one llama.cpp context serving one sequence or several, decoded in one loop, as
-llama-server does. `localrun run` runs it with one slot, a server's runner with num_parallel.
+"""The engine: one llama.cpp context serving one or several sequences in one loop, as llama-server.
 
-A loop thread owns the context. Each step builds one llama_batch (engine.rows) holding the next
-token of every slot that is generating plus prompt chunks of slots still reading their prompt
-(an image or audio in a prompt is evaluated on its own first: engine.media), runs one
-llama_decode, and samples each slot that needs a token with that slot's own sampler (at the
-slot's row of the batch's logits). Requests beyond the slots wait FIFO; which slot a request
-takes, and how much of its KV it reuses, is engine.slots'.
+`localrun run` runs it with one slot, a server's runner with num_parallel.
 
-Per token, one active slot costs one decode, one sample (engine.sampling.sampler's Sampler: greedy
-reads the best logit in place) and the token's text (spelled once per model) plus a few writes into
-a preallocated batch: single-stream decode keeps llama.cpp's speed.
+A loop thread owns the context. Each step builds one llama_batch (engine.rows) of every generating
+slot's next token and the prompt chunks of slots still reading theirs. It runs one llama_decode,
+then samples each slot that needs a token with that slot's own sampler. Requests beyond the slots
+wait FIFO; engine.slots picks a request's slot and how much of its KV it reuses. A generating slot
+may carry a draft (engine.speculation), kept up to the first guess its sampler does not choose.
 
-A generating slot may carry a draft (engine.speculation.speculator, or the DRAFT model of
-engine.speculation.draft): the guessed tokens go into the batch after its sampled token, each with
-logits, and are kept up to the first one the slot's sampler does not choose; the rest leave its KV
-sequence. The model's own turns at the start of a prompt (SYSTEM, MESSAGEs) are restored from the
-disk prompt cache when they are there, and saved there once evaluated.
-
-Results go to a Sink, called on the loop thread; each request gets exactly one done() or
-error(). `generate` reads one answer as an iterator instead. Embeddings (engine.embed) use a
-second context made on first use, on the caller's thread; the loop runs each of their decodes
-between two steps (engine.calls: why one thread of a process computes).
+Results go to a Sink, called on the loop thread; each request gets exactly one done() or error().
+`generate` reads one answer as an iterator instead. Embeddings (engine.embed) use a second context,
+and the loop runs their decodes between two steps (engine.calls).
 """
 
 from __future__ import annotations
@@ -193,7 +182,7 @@ class BatchEngine:
             raise BadRequestError(
                 f"this model cannot take {' or '.join(kinds)}: it has no projector",
                 hint="use a vision model, or create one with a PROJECTOR line "
-                "(docs/images-and-audio.md)",
+                "(localrun help images-and-audio)",
             )
         return self.projector.tokenize(text, media, add_special=add_special)
 
@@ -245,8 +234,7 @@ class BatchEngine:
         cache_prefix: int = 0,
         media: MediaPrompt | None = None,
     ) -> Generation:
-        """`submit`, read as an iterator of the answer's text; closing it, or setting `cancel`,
-        cancels the request."""
+        """Run `submit`, reading its text as an iterator; closing it or setting `cancel` cancels."""
         sink = QueueSink(cancel)
         ticket = self.submit(
             prompt,
@@ -275,8 +263,7 @@ class BatchEngine:
         cache_prefix: int,
         media: MediaPrompt | None = None,
     ) -> Job:
-        """A job for the loop, its samplers made here, off the loop, so a bad grammar fails the
-        caller."""
+        """Make the loop's job; its samplers are made here, so a bad grammar fails the caller."""
         # The prompt and the answer fit the request's context `n_ctx` (so a returned `context`
         # can be continued), which may be less than the slot's: it ends where that context would.
         room = n_ctx - len(prompt)
@@ -398,14 +385,17 @@ class BatchEngine:
         self._slots.activate(slot, job)
 
     def _batch_cost(self) -> DecodeCost:
-        """What a batch costs now, at the thread count the loop decodes with, and how many
-        slots generate in it."""
+        """What a batch costs now at the loop's thread count, with how many slots generate in it."""
         cost = self._costs.cost(self._threads.threads)
         streams = sum(1 for s in self._slots.active if s.token >= 0)
         return dataclasses.replace(cost, streams=streams) if streams > 1 else cost
 
     def _step(self) -> None:
         """One llama_decode for every active slot, then a token for each that needs one."""
+        # Per token, one active slot costs one decode, one sample (greedy reads the best logit in
+        # place), the token's text (spelled once per model) and a few writes into a preallocated
+        # batch: single-stream decode keeps llama.cpp's speed.
+        # An image or audio in a prompt is evaluated on its own first (engine.media).
         if self.projector is not None:
             read_media(self._slots, self.projector, self._ctx, self._n_batch, self._fail)
         rows = self._rows
@@ -437,9 +427,11 @@ class BatchEngine:
             self._advance(slot)
 
     def _before_drafts(self) -> float:
-        """A recurrent state cannot drop a rejected guess: each slot about to decode a draft
-        keeps a checkpoint of its state before the batch, to go back to (engine.checkpoints).
-        Returns the seconds that took."""
+        """Checkpoint each slot about to decode a draft; return the seconds that took.
+
+        A recurrent state cannot drop a rejected guess: it goes back to this checkpoint instead
+        (engine.checkpoints).
+        """
         memory = self._slots.memory
         start = time.perf_counter()
         for slot in self._slots.active:
@@ -459,8 +451,7 @@ class BatchEngine:
         return self._masks if ahead else None
 
     def _advance(self, slot: Slot) -> None:
-        """After a decode: take in what the slot's rows held, then its next token if it has
-        logits to sample from."""
+        """After a decode, take in the slot's rows, then sample its next token if it has logits."""
         job = slot.job
         assert job is not None
         if slot.token >= 0:
@@ -536,16 +527,21 @@ class BatchEngine:
     def embed(
         self, texts: Sequence[EmbedInput], *, truncate: bool = True, query: str | None = None
     ) -> tuple[list[list[float]], int]:
-        """L2-normalized embeddings of `texts` and the tokens read (engine.embed.Embedder): in a
-        second context, on the caller's thread, each decode run by the loop between two steps."""
+        """Return L2-normalized embeddings of `texts` and the tokens read (engine.embed.Embedder).
+
+        They use a second context, on the caller's thread; the loop runs each decode between two
+        steps.
+        """
         with self._embed_lock:  # the contexts are not freed meanwhile
             if self._closing or self._released:
                 raise EngineError("the model is being unloaded")
             return self._embedder.embed(texts, truncate=truncate, query=query)
 
     def on_loop(self, fn: Callable[[], calls.T]) -> calls.T:
-        """`fn()` on the loop's thread between two steps, its result or exception returned
-        here: llama.cpp compute of this process stays on one thread (engine.calls)."""
+        """Run `fn()` on the loop's thread between two steps; return its result or raise its error.
+
+        llama.cpp compute of this process stays on one thread (engine.calls).
+        """
         if threading.current_thread() is self._thread:
             return fn()
         with self._cond:

@@ -13,12 +13,6 @@ Grammar (instructions are case-insensitive; one per line, a value may span lines
     value       = '\"\"\"' *ANY '\"\"\"'            ; verbatim, may span lines
                 / DQUOTE *qchar DQUOTE        ; escapes: \\\\ \\" \\n \\t \\r
                 / bare                        ; the rest of the line, trailing blanks dropped
-
-FROM is required, once; DRAFT (a draft model for speculative decoding, named like FROM) and
-PROJECTOR (a multimodal projector GGUF, "mmproj", that lets the model see images or hear audio)
-at most once each. SYSTEM and TEMPLATE may repeat (the last one counts), PARAMETER stop,
-ADAPTER, MESSAGE and LICENSE accumulate. Errors carry the 1-based line and column.
-`str(parse(text))` gives a canonical Modelfile that parses back to an equal object.
 """
 
 from __future__ import annotations
@@ -74,8 +68,10 @@ class Message:
 
 @dataclass
 class Modelfile:
-    """A parsed Modelfile; `from_` and `draft` are model names or paths, `projector` a path,
-    exactly as written."""
+    """A parsed Modelfile, its names and paths exactly as written.
+
+    `from_` and `draft` are model names or paths; `projector` is a path.
+    """
 
     from_: str
     parameters: list[tuple[str, params.Value]] = field(default_factory=list)
@@ -189,11 +185,15 @@ class _Cursor:
         return ModelfileError(message, line=line or self.line, column=col or self.col, hint=_HINT)
 
 
-_HINT = "see the Modelfile reference, docs/modelfile.md"
+_HINT = "see the Modelfile reference: localrun help modelfile"
 
 
 def parse(text: str) -> Modelfile:
-    """Parse Modelfile text; raises ModelfileError with the line and column of the problem."""
+    """Parse Modelfile text; raises ModelfileError with the line and column of the problem.
+
+    Lines and columns are 1-based. `str(parse(text))` gives a canonical Modelfile that parses
+    back to an equal object.
+    """
     cur = _Cursor(text.replace("\r\n", "\n").removeprefix("\ufeff"))
     from_: str | None = None
     result = Modelfile(from_="")
@@ -292,6 +292,9 @@ def _pair(cur: _Cursor, keyword: str, result: Modelfile) -> None:
     result.messages.append(Message(role, value))
 
 
+# FROM is required, once; DRAFT and PROJECTOR may be written at most once each. SYSTEM and
+# TEMPLATE may repeat (the last one counts); ADAPTER, LICENSE, MESSAGE and PARAMETER stop
+# accumulate.
 def _single(cur: _Cursor, keyword: str, value: str, result: Modelfile, line: int, col: int) -> None:
     """Record the value of DRAFT, PROJECTOR, SYSTEM, TEMPLATE, ADAPTER or LICENSE."""
     if keyword == "PROJECTOR":

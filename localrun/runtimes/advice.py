@@ -1,14 +1,14 @@
-"""No silent CPU: the one line that `run` and `serve` print when this machine has a GPU that
-nothing installed can use, with the command that fixes it.
+"""No silent CPU: the lines that say a GPU or the exact runtime waits to be installed.
 
-Looked into once per installed llama-cpp-python version (a marker under LOCALRUN_HOME/runtimes),
-so that finding the GPUs (NVML, rocm-smi, vulkaninfo: 0.2 to 0.4 s) is not paid by every `run`:
-the first `run` or `serve` after an install or an upgrade says it, the next ones do not look.
-Never when the user selected the CPU, and decided without loading llama.cpp: the GPU backends
-built into the installed bindings are read from the names of their libraries.
+`run` and `serve` print one line when this machine has a GPU that nothing installed can use,
+with the command that fixes it. Finding the GPUs (NVML, rocm-smi, vulkaninfo) takes 0.2 to 0.4 s,
+so it is done once per installed llama-cpp-python version (a marker under
+LOCALRUN_HOME/runtimes): the first `run` or `serve` after an install or an upgrade. It is never
+done when the user selected the CPU, and never loads llama.cpp: the GPU backends built into the
+bindings are read from the names of their libraries.
 
-And the line `serve` prints at every start while a greedy answer can depend on the batch on
-this CPU for want of the exact runtime (runtimes/exact.py), with the command that installs it.
+`serve` also says at every start when a greedy answer can depend on the batch on this CPU for
+want of the exact runtime (runtimes/exact.py), with the command that installs it.
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ def detected_gpus() -> list[Any]:
 
 
 def say_once(find_gpus: Callable[[], Sequence[Any]], say: Callable[[str], None]) -> None:
-    """Print the idle-GPU line if this is the first look since llama-cpp-python was installed
-    (`find_gpus` is only called then; errors are never fatal here)."""
+    """Print the idle-GPU line on the first look since llama-cpp-python was installed.
+
+    `find_gpus` is only called then. Errors are never fatal here.
+    """
     try:
         if layout.selection() == layout.CPU:
             return
@@ -98,9 +100,11 @@ EXACT_FIX = "localrun runtime install exact"
 
 
 def exact_line() -> str | None:
-    """What `serve` says when a greedy or seeded answer can depend on the batch here: models
-    run on this CPU (no GPU backend built in or installed), LOCALRUN_EXACT is not off, and no
-    exact runtime is installed for these bindings and this CPU. Never raises."""
+    """What `serve` says when a greedy or seeded answer can depend on the batch here.
+
+    That is when models run on this CPU (no GPU backend built in or installed), LOCALRUN_EXACT
+    is not off, and no exact runtime is in use for these bindings and this CPU. Never raises.
+    """
     try:
         from localrun.runtimes import exact
         from localrun.runtimes.source import bindings_version
@@ -113,11 +117,11 @@ def exact_line() -> str | None:
         gpu = [r for r in layout.installed() if r.backend != exact.BACKEND]
         if layout.selection() != layout.CPU and any(r.llama_cpp_version == version for r in gpu):
             return None
-        if exact.installed(version):
+        if exact.installed(version) or exact.builtin() is not None:
             return None
     except Exception:  # advice must never stop the server
         return None
     return (
         "note: a greedy or seeded answer can depend on the prompt cache and the batch on this "
-        f"CPU; to make it exact: {EXACT_FIX} (docs/exact-runtime.md)"
+        f"CPU; to make it exact: {EXACT_FIX} (localrun help exact-runtime)"
     )

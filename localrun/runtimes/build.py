@@ -31,7 +31,7 @@ from typing import TextIO
 
 from localrun.errors import RuntimeBuildError
 from localrun.host import locks, private
-from localrun.runtimes import exact, layout, source, toolchain
+from localrun.runtimes import exact, layout, patchset, source, toolchain
 from localrun.runtimes.layout import Runtime
 from localrun.settings import config
 from localrun.store.blobs import hash_file, os_error
@@ -75,7 +75,7 @@ def plan(backend: str, *, arch: str | None = None, say: Callable[[str], None]) -
             raise RuntimeBuildError(
                 "the exact runtime is built and loaded on Linux only; here answers are the "
                 "installed llama.cpp's",
-                hint="docs/platforms.md says what each system has",
+                hint="`localrun help platforms` says what each system has",
             )
         return Plan(
             exact.BACKEND, layout.runtime_name(exact.BACKEND, version), (), toolchain.cpu(), version
@@ -125,8 +125,10 @@ def install(
     say: Callable[[str], None],
     keep: bool = False,
 ) -> Installed:
-    """Build `p` and install it, then remove its build folder (`keep`: leave it);
-    RuntimeBuildError names the log, kept with the folder, when a step fails."""
+    """Build `p` and install it, then remove its build folder unless `keep`.
+
+    When a step fails, RuntimeBuildError names the log, kept with the folder.
+    """
     work = config.runtime_builds() / p.name
     started = time.monotonic()
     with _locked(work):
@@ -161,7 +163,7 @@ def install(
                 built_at=time.time(),
                 build_seconds=round(time.monotonic() - started, 1),
                 stamp=(st.st_size, st.st_mtime_ns),
-                cpu=exact.cpu_identity() if p.backend == exact.BACKEND else "",
+                cpu=patchset.cpu_identity() if p.backend == exact.BACKEND else "",
             )
             progress("install", 0, 0)
             installed = layout.install_folder(staged, runtime)
@@ -185,19 +187,22 @@ def configure(p: Plan, *, say: Callable[[str], None]) -> Path:
 
 
 def prepared(p: Plan, work: Path, say: Callable[[str], None]) -> source.Source:
-    """The source of `p`, patched for its backend. A tree unpacked before and patched otherwise
-    (the exact runtime of another localrun) is unpacked afresh once, and patched again."""
+    """The source of `p`, patched for its backend.
+
+    A tree unpacked before and patched otherwise (the exact runtime of another localrun) is
+    unpacked afresh once, and patched again.
+    """
     src = source.prepare(p.version, work, say)
     patch_source(src.tree)
     if p.backend != exact.BACKEND:
         return src
     try:
-        exact.patch_source(src.tree)
+        patchset.patch_source(src.tree)
     except RuntimeBuildError:
         source.discard(work)
         src = source.prepare(p.version, work, say)
         patch_source(src.tree)
-        exact.patch_source(src.tree)
+        patchset.patch_source(src.tree)
     return src
 
 
@@ -214,9 +219,11 @@ def _configured(
 
 
 def patch_source(tree: Path) -> None:
-    """Let ggml-vulkan build against Vulkan headers older than VK_EXT_layer_settings (Debian
-    12 ships 1.3.239): the validation-layer settings are only used where the headers have
-    them. Idempotent; a source without the block is left as it is."""
+    """Let ggml-vulkan build against Vulkan headers older than VK_EXT_layer_settings.
+
+    Debian 12 ships 1.3.239. The validation-layer settings are used only where the headers have
+    them. Idempotent; a source without the block is left as it is.
+    """
     path = tree / "ggml" / "src" / "ggml-vulkan" / "ggml-vulkan.cpp"
     try:
         text = path.read_text(encoding="utf-8")
@@ -235,13 +242,15 @@ def patch_source(tree: Path) -> None:
         "layers, extensions);\n"
     )
     guarded = "#ifdef VK_EXT_layer_settings\n" + text[start:end] + "#else\n" + plain + "#endif\n"
-    source.rewrite(path, text[:start] + guarded + text[end:])
+    patchset.rewrite(path, text[:start] + guarded + text[end:])
 
 
 @contextlib.contextmanager
 def _appending(log: Path) -> Iterator[TextIO]:
-    """The build's log, opened to append as localrun's private files are (private.open_log):
-    a link planted in its place is refused, never followed (issue 76)."""
+    """The build's log, opened to append as localrun's private files are (private.open_log).
+
+    A link planted in its place is refused, never followed (issue 76).
+    """
     try:
         raw = private.open_log(log)
     except OSError as exc:
@@ -349,8 +358,10 @@ def _find_module(build: Path, target: str) -> Path:
 
 
 def check_loads(module: Path, library_path: tuple[str, ...], log: Path) -> list[str]:
-    """Load `module` into a fresh process's llama.cpp (a crash there cannot touch this one)
-    and return the devices it registered; RuntimeBuildError when it does not load."""
+    """Load `module` into a fresh process's llama.cpp and return the devices it registered.
+
+    A crash there cannot touch this process. RuntimeBuildError when it does not load.
+    """
     from localrun.host import selfexec
 
     argv = selfexec.command("localrun.engine.library.backend_check", str(module), *library_path)

@@ -1,139 +1,34 @@
-"""The exact runtime: llama.cpp's CPU library built so that a token's logits do not depend on
-the batch it is evaluated in.
+"""The exact runtime: llama.cpp's CPU library built so that a token's logits ignore the batch.
 
-The installed libggml-cpu picks one of three flash-attention kernels by the batch's shape (a
-tiled one for 64 or more rows of a sequence, a split-KV one for a lone token once 512 cells are
-in use, whose chunks follow the thread count, and a row-by-row one otherwise), and the three
-sum in different orders and precisions. So the same token's logits differ in their last bits
-between a cold prompt and a cached one, alone and beside another stream, in a speculation's
-verification batch and in a decode of its own, and a greedy answer flips where two tokens are
-nearly tied (scripts/measure/batch_invariance.py finds the first graph node that differs).
+The installed libggml-cpu picks its flash-attention kernel and some weight products by the
+batch's shape, and they sum in different orders: a greedy answer then flips where two tokens
+are nearly tied (docs/exact-runtime.md; scripts/measure/batch_invariance.py finds where).
+This runtime is that library built from the bindings' own source with localrun's patch set
+(runtimes/patchset.py): one flash-attention kernel at every row count and weight products
+that sum a row alike in any batch. It is built for this CPU (-march=native).
 
-This runtime is that library built from the same source (the installed llama-cpp-python's
-sdist, as the GPU runtimes are: localrun/runtimes/build.py) with its CPU flash attention
-replaced (kernels/fattn-exact.cpp, built beside ops.cpp, says how): one kernel at every row
-count for an F16/F32 KV cache, matrix products whose every element is one fixed chain of FMAs,
-the cells cut into segments at fixed positions and merged in order, run in turn for many rows
-and side by side by the threads for a few. So a row's arithmetic is the same in any batch and
-at any thread count. Other KV cache types (quantized, bf16) take the row-by-row kernel at every
-row count.
-
-The weights' products must be batch-invariant too, and in the installed library they are not
-everywhere: a batch of some size takes another kernel than a lone row (llamafile's sgemm,
-ARM's repacked gemm against its gemv, x86's tiled K-quant matmul).
-
-Every change to llama.cpp's files is a unified diff in patches/ beside this module, one per
-concern, each with a header saying what it changes and why (as Ollama's llama/patches/), applied
-by runtimes/patching.py: a patch already in the tree is skipped, one that does not apply stops
-the build naming the patch, the file and the hunk. The first patch routes the op to the kernel
-and adds the kernel's files (copied from kernels/) to ggml-cpu's sources. The patches are made
-for the llama-cpp-python release in patches/BASE; scripts/maintenance/upgrade_llama_cpp.py moves
-them to another (docs/upgrading-llama-cpp.md).
-It is built for this CPU (-march=native) and loaded only on the CPU it was built for.
-
-It is loaded before llama_cpp (engine/library/native.py calls `preload`): the installed libggml-base
-by its path, then this library, both globally, so that libggml's need of libggml-cpu.so.0
-resolves to it by its soname and the installed one is never loaded. LOCALRUN_EXACT turns it
-off (`off`), or asks for it (`on`: a warning when it is missing); `auto` loads it when it is
-installed. `python -m localrun.engine.library.backend_check --exact MODULE` is the install's check.
+It comes two ways. pip's build can carry the patch set itself (exact.cmake, README's first
+command): llama_cpp's own libggml-cpu is then exact (`builtin`). Or `localrun runtime install
+exact` builds it apart, and `preload` loads it before llama_cpp, with the installed
+libggml-base, globally, so that libggml's need of libggml-cpu.so.0 resolves to it by its soname.
+LOCALRUN_EXACT: `off`, `on` (warn when missing) or `auto` (load it when installed).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import hashlib
+import json
 import os
-import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from localrun.errors import RuntimeBuildError
-from localrun.runtimes import layout, patching, source
+from localrun.runtimes import layout, source
 from localrun.runtimes.layout import Runtime
+from localrun.runtimes.patchset import MARKER, cpu_identity
 
 BACKEND = "exact"
 TARGET = "ggml-cpu"
-HERE = Path(__file__).parent
-PATCHES = HERE / "patches"
-KERNELS = HERE / "kernels"  # copied into ggml-cpu/, where patch 0001 adds them to its sources
-GGML_CPU = Path("ggml") / "src" / "ggml-cpu"
-
-
-def patch_files() -> list[Path]:
-    """The patches, in the order they are applied."""
-    return sorted(PATCHES.glob("*.patch"))
-
-
-def kernel_files() -> list[Path]:
-    return sorted(p for p in KERNELS.iterdir() if p.suffix in (".cpp", ".h"))
-
-
-def base_version() -> str:
-    """The llama-cpp-python release the patches are made for."""
-    return (PATCHES / "BASE").read_text(encoding="utf-8").strip()
-
-
-def patch_source(tree: Path) -> list[patching.Outcome]:
-    """Make `tree`'s ggml-cpu the exact runtime's (idempotent): the kernel's files copied beside
-    ops.cpp, each patch applied unless it is there already. RuntimeBuildError, naming the patch,
-    the file and the hunk, when one neither applies nor is applied; then nothing of that patch
-    is written."""
-    folder = tree / GGML_CPU
-    if not folder.is_dir():
-        raise RuntimeBuildError(
-            f"the llama.cpp source has no {GGML_CPU}",
-            hint="run the install again: its source is unpacked afresh",
-        )
-    for kernel in kernel_files():
-        text = kernel.read_text(encoding="utf-8")
-        target = folder / kernel.name
-        if not target.is_file() or target.read_text(encoding="utf-8") != text:
-            source.rewrite(target, text)  # an unchanged file is not compiled again
-    outcomes = []
-    for path in patch_files():
-        patch = patching.parse(path.read_text(encoding="utf-8"), path.name)
-        outcome = patching.status(tree, patch)
-        if outcome.state == "failed":
-            raise does_not_apply(outcome)
-        for name, text in outcome.texts.items():
-            source.rewrite(tree / name, text)
-        outcomes.append(outcome)
-    return outcomes
-
-
-def does_not_apply(outcome: patching.Outcome) -> RuntimeBuildError:
-    """The error for a patch that does not apply: its first hunk that does not match."""
-    name, index, hunk = outcome.failed[0]
-    if hunk is None or index == 0:
-        where = f"{name} is missing"
-    else:
-        where = f"hunk {index} of {name} (patch line {hunk.line_no}: {hunk.first_change()[:60]!r})"
-        where += " does not match"
-    more = len(outcome.failed) - 1
-    return RuntimeBuildError(
-        f"patch {outcome.patch} does not apply to this llama.cpp: {where}"
-        + (f" (and hunks of {more} more file(s))" if more else ""),
-        hint=f"the exact runtime is made for llama-cpp-python {base_version()} "
-        "(scripts/maintenance/upgrade_llama_cpp.py moves it to another); use the CPU as installed",
-    )
-
-
-def cpu_identity() -> str:
-    """What the library's -march=native was for: this CPU's model and instruction sets."""
-    text = ""
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    keep = []
-    for line in text.splitlines():
-        key = line.split(":", 1)[0].strip()
-        if key in ("vendor_id", "model name", "flags", "Features", "CPU implementer", "CPU part"):
-            keep.append(line.strip())
-            if key in ("flags", "Features"):
-                break  # the first processor's: they are all alike
-    raw = "\n".join(keep) or f"{platform.machine()} {platform.processor()}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -174,9 +69,54 @@ def bindings_lib_folder() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "lib"
 
 
+def builtin(folder: Path | None = None) -> Runtime | None:
+    """The exact runtime that pip's build made llama_cpp's own libggml-cpu, or None.
+
+    exact.cmake applies the patch set while pip compiles llama-cpp-python and leaves MARKER
+    beside the library; that library is then in every process, whatever LOCALRUN_EXACT says.
+    """
+    folder = folder or bindings_lib_folder()
+    if folder is None:
+        return None
+    try:
+        record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    library = _library(folder, "libggml-cpu.so")
+    if not isinstance(record, dict) or library is None:
+        return None
+    version = str(record.get("llama_cpp_version", "")) or "unknown"
+    try:
+        size = library.stat().st_size
+    except OSError:
+        size = 0
+    return Runtime(
+        name=f"exact-{version} (built in)",
+        backend=BACKEND,
+        llama_cpp_version=version,
+        ggml_version="",
+        toolchain="pip's build of llama-cpp-python, with exact.cmake",
+        module=library.name,
+        sha256="",
+        size=size,
+        cpu=str(record.get("cpu", "")),
+        path=library.parent,
+    )
+
+
+OFF_BUILT_IN = (
+    "LOCALRUN_EXACT=off has no other CPU library to load: this llama-cpp-python was built with "
+    "the exact runtime's patches (pip install --force-reinstall --no-cache-dir "
+    "llama-cpp-python builds the stock one)"
+)
+
+
 def preload(module: Path | None = None) -> Loaded:
-    """Before llama_cpp is imported: load the exact library (the installed one for these
-    bindings and this CPU, or `module`), once per process. Never raises."""
+    """Load the exact library before llama_cpp is imported, once per process. Never raises.
+
+    It is llama_cpp's own library when pip built it exact (`builtin`), else the runtime
+    installed for these bindings and this CPU, or `module`.
+    """
     global _state
     if _state is not None:
         return _state
@@ -193,6 +133,10 @@ def _preload(module: Path | None) -> Loaded:
     if not sys.platform.startswith("linux"):
         return Loaded()
     mode = "on" if module is not None else config.exact()
+    if module is None:
+        built_in = builtin()
+        if built_in is not None:
+            return Loaded(runtime=built_in, warning=OFF_BUILT_IN if mode == "off" else None)
     if mode == "off":
         return Loaded()
     runtime = None
@@ -248,8 +192,10 @@ def in_use(module: Path) -> str | None:
 
 
 def confirm() -> None:
-    """After llama_cpp is imported: a loaded exact library that llama.cpp does not use (another
-    libggml-cpu came first) becomes a warning, and not in use."""
+    """After llama_cpp is imported, make an exact library llama.cpp does not use a warning.
+
+    That happens when another libggml-cpu was loaded first; the runtime is then not in use.
+    """
     state = current()
     if state.runtime is None:
         return

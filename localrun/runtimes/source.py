@@ -76,8 +76,10 @@ def kept() -> list[Path]:
 
 
 def clear_kept() -> tuple[int, int]:
-    """Remove the kept source distributions (`localrun prune`): how many, and their bytes. The
-    next install downloads its source again."""
+    """Remove the kept source distributions (`localrun prune`): how many, and their bytes.
+
+    The next install downloads its source again.
+    """
     count = size = 0
     for path in kept():
         try:
@@ -90,8 +92,10 @@ def clear_kept() -> tuple[int, int]:
 
 
 def prepare(version: str, work: Path, say: Callable[[str], None]) -> Source:
-    """The unpacked llama.cpp tree of llama-cpp-python `version`, under `work` (reused when an
-    earlier, interrupted install already unpacked it)."""
+    """The unpacked llama.cpp tree of llama-cpp-python `version`, under `work`.
+
+    A tree an earlier, interrupted install unpacked there is reused.
+    """
     unpacked = work / "src"
     if (unpacked / DONE).is_file():
         return _source(version, unpacked)
@@ -112,9 +116,11 @@ def prepare(version: str, work: Path, say: Callable[[str], None]) -> Source:
 
 
 def _copy(version: str, given: Path, staged: Path, say: Callable[[str], None]) -> None:
-    """The unpacked source a person named, copied whole into `staged`: a build patches its
-    copy, never the person's own files (issue 76: `install exact` patched 8 of them in place).
-    Links are copied as links (a patch replaces one, rewrite, never writes through it)."""
+    """Copy the unpacked source a person named whole into `staged`, for the build to patch.
+
+    A build never patches the person's own files (issue 76: `install exact` patched 8 of them
+    in place). Links are copied as links: a patch replaces one and never writes through it.
+    """
     _source(version, given, check=True)  # before anything is copied
     say(f"copying {given}")
     staged.mkdir(parents=True)
@@ -129,8 +135,10 @@ def _copy(version: str, given: Path, staged: Path, say: Callable[[str], None]) -
 
 
 def _no_folder_links_out(given: Path, staged: Path) -> None:
-    """Refuse a copy with a link to a folder outside it: a patch of a file in there (rewrite)
-    would replace that file in the person's own folder, wherever the link leads."""
+    """Refuse a copy with a link to a folder outside it.
+
+    A patch of a file in there would replace that file in the person's own folder.
+    """
     root = staged.resolve()
     for folder, names, files in os.walk(staged):
         for name in [*names, *files]:
@@ -142,22 +150,6 @@ def _no_folder_links_out(given: Path, staged: Path) -> None:
                     "a build patches files in there",
                     hint="set LOCALRUN_RUNTIME_SOURCE to a copy of the source without such links",
                 )
-
-
-def rewrite(path: Path, text: str) -> None:
-    """Replace a file of an unpacked tree with `text`: a new file renamed over it, so that a
-    link there (copied from the folder LOCALRUN_RUNTIME_SOURCE names) is replaced, never
-    written through."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeBuildError(
-            f"could not patch {path} ({exc.strerror or exc})",
-            hint="run the install again: its source is unpacked afresh",
-        ) from None
 
 
 def _unpack(archive: Path, staged: Path, say: Callable[[str], None]) -> None:

@@ -1,6 +1,7 @@
-"""Upstream servers: the OpenAI- or Ollama-speaking servers (vLLM, SGLang, llama-server, TGI,
-Ollama, other localrun hosts) that `localrun serve` routes model names to, declared in
-`$LOCALRUN_HOME/upstreams.toml`:
+"""Upstream servers that `localrun serve` routes model names to, declared in upstreams.toml.
+
+They are OpenAI- or Ollama-speaking servers (vLLM, SGLang, llama-server, TGI, Ollama, other localrun
+hosts), in `$LOCALRUN_HOME/upstreams.toml`:
 
     [upstreams.gpu-box]
     url = "http://10.0.0.5:8000"       # the server's root: /v1/... or /api/... are added to it
@@ -8,10 +9,10 @@ Ollama, other localrun hosts) that `localrun serve` routes model names to, decla
     api_key_env = "GPU_BOX_KEY"        # the environment variable holding its API key, if any
     models = ["meta-llama/Llama-3.1-70B-Instruct"]   # empty: discovered from its model list
 
-Upstreams come from this file alone, never from a request: a model name only ever selects one
-of them. An API key is never written here, only the name of the variable that holds it, read
-when a request is sent. The file is edited with `localrun upstream add / rm` (tomlkit keeps a
-person's comments and layout) and written atomically. No I/O beyond the file; no network.
+Upstreams come from this file alone, never from a request: a model name only ever selects one of
+them. An API key is never written here, only the name of the variable that holds it, read when a
+request is sent. `localrun upstream add / rm` edit the file (tomlkit keeps a person's comments and
+layout) and write it atomically. No I/O beyond the file; no network.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ class Upstream:
 
     def api_key(self) -> str | None:
         """The key, read from its variable now; None when it has none or the variable is unset.
-        A key with spaces or control characters inside (a file's CR LF) is refused, naming
-        the variable, never the value."""
+
+        A key with spaces or control characters inside (a file's CR LF) is refused, naming the
+        variable, never the value.
+        """
         if not self.api_key_env:
             return None
         key = os.environ.get(self.api_key_env, "").strip()
@@ -137,7 +140,7 @@ def check_model(model: str) -> str:
 def _parse(name: str, table: Any) -> Upstream:
     where = f"upstream {name!r} in {path()}"
     if not isinstance(table, dict):
-        raise ConfigError(f"{where} is not a table", hint="see docs/upstreams.md")
+        raise ConfigError(f"{where} is not a table", hint="see `localrun help upstreams`")
     url = table.get("url")
     if not isinstance(url, str):
         raise ConfigError(f"{where} has no url")

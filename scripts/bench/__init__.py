@@ -5,7 +5,6 @@
     streams        many streams at once against llama-server with as many slots
     multiturn      a multi-turn chat: time to first token a turn, a new process resuming it
     speculative    speculative decoding and the disk prompt cache against llama-server
-    lookup_bound   the oracle bound of prompt lookup on this machine
     exact          what the exact runtime costs in llama.cpp's own tools
     busy           decode on a machine kept busy on purpose
     overhead       the generation loop's cost beyond llama_decode, per token
@@ -13,6 +12,7 @@
     gateway        serve routing a model to an upstream, against the upstream itself
     pull           pull throughput against hf_hub_download and a registry
     startup        `localrun --help`, `list` and `--version` wall time
+    first_command  README's first command on a fresh copy: wall time, longest silence
     convert        conversion, quantization and import against llama.cpp's tools
 
 Run one as `python scripts/bench/NAME.py`; it puts scripts/ on sys.path for the packages the

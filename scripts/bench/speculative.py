@@ -29,7 +29,7 @@ batch of tokens can flip a near tie in the last bits of the logits).
 
 ngram-mod keeps its n-gram table across requests, so from the second round on it drafts each
 answer from the one it gave the same prompt before; its first request of each prompt is
-reported apart. Then scripts/bench/lookup_bound.py's bound (benchlib/bound.py): how fast an oracle
+reported apart. Then scripts/measure/lookup_bound.py's bound (benchlib/bound.py): how fast an oracle
 that drafts every run a prompt lookup could find would be, at this machine's measured batch
 costs.
 

@@ -10,7 +10,7 @@ Modules (each imports only those listed before it):
   llama-cpp-python vendors, with CUDA on --cuda;
 * ``load`` - a busy machine made on purpose: bounded busy loops beside a measurement;
 * ``workloads`` - the prompts speculative decoding is measured on;
-* ``corpus`` - held-out prompts made from this repository (scripts/bench/lookup_bound.py --corpus);
+* ``corpus`` - held-out prompts made from this repository (measure/lookup_bound.py --corpus);
 * ``store`` - a localrun of a benchmark's own: its CLI against a store in a temporary home;
 * ``streams`` - the prompt, one measured request (Stream) and how to stream it from each server;
 * ``serve`` - the servers a benchmark starts: localrun serve, llama-server, llama_cpp.server;
@@ -18,7 +18,7 @@ Modules (each imports only those listed before it):
   llama-server's (part of scripts/bench/serve.py's run);
 * ``promptcache`` - the disk prompt cache: two fresh `localrun run` in a row against a cold
   llama-server (part of scripts/bench/speculative.py's run);
-* ``bound`` - the oracle bound of prompt-lookup speculation (scripts/bench/lookup_bound.py);
+* ``bound`` - the oracle bound of prompt-lookup speculation (scripts/measure/lookup_bound.py);
 * ``scores`` - llama.cpp's own log-probabilities of a prompt's tokens (llama-cpp-python with
   logits at every row), the oracle of prompt scoring (tests, scripts/measure/eval_harness.py);
 * ``worker`` - the jobs scripts/bench/decode.py runs in a child process (llama_cpp imported there

@@ -1,4 +1,4 @@
-"""How fast prompt lookup could possibly be here: an oracle bound (scripts/bench/lookup_bound.py
+"""How fast prompt lookup could possibly be here: an oracle bound (scripts/measure/lookup_bound.py
 prints it; scripts/bench/speculative.py reports it beside its measurements).
 
 Draftless speculation can only draft tokens that occur, in that order, earlier in the prompt or

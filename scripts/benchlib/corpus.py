@@ -2,7 +2,7 @@
 
 The workloads of benchlib/workloads.py are few, chosen for their content; a change to how the
 drafter decides is tuned on them and could fit their answers alone. These prompts are the held
-out check (scripts/bench/lookup_bound.py --corpus): paragraphs of README.md and docs/, module
+out check (scripts/measure/lookup_bound.py --corpus): paragraphs of README.md and docs/, module
 docstrings to quote, functions of localrun/ to rename an identifier in (code) or to rewrite in
 another shape (diverge), and more stories (prose). They follow the repository as it changes, so
 figures from two checkouts are comparable only on the same corpus; a fixed seed picks the same ones

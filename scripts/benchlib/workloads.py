@@ -1,4 +1,4 @@
-"""The prompts scripts/bench/speculative.py and scripts/bench/lookup_bound.py measure speculation
+"""The prompts scripts/bench/speculative.py and scripts/measure/lookup_bound.py measure speculation
 on.
 
 Each workload has several prompts, so that one near tie (where a batch's logits, differing from

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from localrun.errors import LocalrunError
-from localrun.runtimes import build, exact, patching, source, toolchain
+from localrun.runtimes import build, exact, patching, patchset, source, toolchain
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,8 +64,8 @@ def main() -> int:
             print(f"{failed} patch(es) do not apply: move their hunks by hand (the docs say how)")
             return 1
         if args.write:
-            write_patches(exact.PATCHES, made, args.version)
-            print(f"written to {exact.PATCHES} (BASE {args.version})")
+            write_patches(patchset.PATCHES, made, args.version)
+            print(f"written to {patchset.PATCHES} (BASE {args.version})")
         if args.probe:
             return probe(args.version, sdist, work)
         if not args.no_build:
@@ -100,8 +100,8 @@ def unpack(sdist: Path, into: Path) -> Path:
     with tarfile.open(sdist, "r:*") as tar:
         tar.extractall(into, filter="data")
     tree = next(into.iterdir()) / "vendor" / "llama.cpp"
-    for kernel in exact.kernel_files():
-        shutil.copyfile(kernel, tree / exact.GGML_CPU / kernel.name)
+    for kernel in patchset.kernel_files():
+        shutil.copyfile(kernel, tree / patchset.GGML_CPU / kernel.name)
     return tree
 
 
@@ -110,7 +110,7 @@ def apply_all(tree: Path, fuzz: int) -> tuple[dict[str, str], int]:
     against the tree as each found it, and how many did not apply."""
     made: dict[str, str] = {}
     failed = 0
-    for path in exact.patch_files():
+    for path in patchset.patch_files():
         text = path.read_text(encoding="utf-8")
         patch = patching.parse(text, path.name)
         outcome = patching.status(tree, patch)
@@ -141,7 +141,7 @@ def apply_all(tree: Path, fuzz: int) -> tuple[dict[str, str], int]:
                     print(f"           hunk {p.hunk} of {name} at line {p.line}: fuzz {p.fuzz}"
                           " (read the re-diffed hunk before trusting it)")  # fmt: skip
         for name, new in outcome.texts.items():
-            source.rewrite(tree / name, new)
+            patchset.rewrite(tree / name, new)
     return made, failed
 
 

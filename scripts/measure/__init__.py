@@ -3,6 +3,7 @@ llama.cpp's own tools, the published suites and the real clients.
 
     precision          each CPU path's log-probabilities against an F32-KV reference
     batch_invariance   whether a token's logits depend on the batch it was read in
+    lookup_bound       the oracle bound of prompt lookup on this machine
     vision             images: answers against llama.cpp's multimodal tool, and their speed
     structured         JSONSchemaBench against llama-server, side by side
     schema_suite       the JSON Schema Test Suite asked of every route

@@ -14,7 +14,7 @@ batches that costs least (dynamic programming over the measured costs; benchlib/
 The ratio of that time to one-token decoding is the bound: no prompt-lookup drafter, ours or
 llama-server's ngram modes on their first request, can beat it on this machine (a drafter with
 a memory of earlier answers to the same prompt can, since it drafts tokens the history lacks).
-Usage: .venv/bin/python scripts/bench/lookup_bound.py [--model GGUF] [--threads 2] [--corpus]
+Usage: .venv/bin/python scripts/measure/lookup_bound.py [--model GGUF] [--threads 2] [--corpus]
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from testmodels.text import write_tiny_model
 
 from localrun.engine.library.native import lc
 from localrun.errors import ToolchainError
-from localrun.runtimes import toolchain
+from localrun.runtimes import patchset, toolchain
 from localrun.runtimes.source import bindings_version
 from localrun.store.local import Store
 
@@ -126,14 +126,56 @@ def test_the_exact_runtime_is_listed_for_this_cpu_and_not_selectable(exact_home:
 def test_every_patch_is_in_the_source_the_runtime_was_built_from(exact_home: Path) -> None:
     """The install applied each patch of runtimes/patches to the real llama.cpp source: in the
     tree it built, every one is found applied (a second apply would write nothing)."""
-    from localrun.runtimes import exact, source
+    from localrun.runtimes import source
 
     src = source.prepare(VERSION, builds_folder() / f"exact-{VERSION}", lambda _: None)
-    assert [o.state for o in exact.patch_source(src.tree)] == ["present"] * 6
-    ops = (src.tree / exact.GGML_CPU / "ops.cpp").read_text()
+    assert [o.state for o in patchset.patch_source(src.tree)] == ["present"] * 6
+    ops = (src.tree / patchset.GGML_CPU / "ops.cpp").read_text()
     # upstream's kernels stay in ops.cpp; the op calls the exact one
     assert "static void ggml_compute_forward_flash_attn_ext_tiled(" in ops
     assert "ggml_compute_forward_flash_attn_ext_exact(params, dst," in ops
+
+
+def test_pip_s_build_configured_with_exact_cmake_patches_and_trims(
+    exact_home: Path, tmp_path: Path
+) -> None:
+    """README's first command gives pip's build of llama-cpp-python exact.cmake: configured with
+    it, the real source's ggml-cpu carries every patch, the marker is written for the wheel, and
+    llama.cpp's common library and cpp-httplib are not in the build at all (their install rule
+    included: excluding them from `all` alone failed pip's install step)."""
+    from localrun.runtimes import source
+
+    src = source.prepare(VERSION, builds_folder() / f"exact-{VERSION}", lambda _: None)
+    top = src.tree.parents[1]  # llama-cpp-python's own CMakeLists.txt, above vendor/llama.cpp
+    build = tmp_path / "build"
+    include = ROOT / "localrun" / "runtimes" / "exact.cmake"
+    configured = subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(top),
+            "-B",
+            str(build),
+            f"-DCMAKE_PROJECT_INCLUDE={include}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-DSKBUILD_PROJECT_VERSION={VERSION}",
+            "-DSKBUILD_PLATLIB_DIR=" + str(tmp_path / "platlib"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+    assert configured.returncode == 0, configured.stderr[-3000:]
+    assert "localrun: the exact runtime's patches applied to ggml-cpu" in configured.stdout
+    assert json.loads((build / patchset.MARKER).read_text()) == patchset.marker(VERSION)
+    assert {o.state for o in patchset.patch_source(src.tree)} == {"present"}
+    targets = subprocess.run(
+        ["cmake", "--build", str(build), "--target", "help"], capture_output=True, text=True
+    ).stdout
+    assert "ggml-cpu" in targets and "mtmd" in targets and "llama" in targets, targets
+    assert "llama-common" not in targets and "cpp-httplib" not in targets, targets
+    installs = (build / "vendor" / "llama.cpp" / "cmake_install.cmake").read_text()
+    assert "llama-common" not in installs
 
 
 def test_run_verbose_info_and_runtime_list_agree_on_the_exact_runtime(exact_home: Path) -> None:

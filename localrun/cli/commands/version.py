@@ -1,15 +1,14 @@
 """`localrun --version`: this localrun and the llama.cpp build it runs.
 
 Reading the build's facts loads libllama (and numpy, jinja2 and the rest of llama_cpp's
-imports): most of half a second, for a command that prints two lines. So the facts are recorded
-in `$LOCALRUN_HOME/cache/llama-build.json` the first time they are read, under a key made of
-the llama_cpp package's files as they lie on disk (each file's name, size and mtime in its
-`lib` folder, its `__init__.py`, LLAMA_CPP_LIB_PATH and the GGML_* variables), and a later
-`--version` whose key matches prints them without loading anything.
+imports). That takes most of half a second, for a command that prints two lines. So the first
+read records the facts in `$LOCALRUN_HOME/cache/llama-build.json`, under a key made of the
+llama_cpp package's files as they lie on disk (see _key). A later `--version` whose key matches
+prints them without loading anything.
 
-Only a build whose answer those files decide is recorded: CPU backends alone and no GPU runtime
+Only a build whose answer those files decide is recorded: CPU backends alone and no runtime
 installed (localrun/runtimes). A GPU build's devices, and which runtime loads, depend on the
-machine and the settings of the moment; those are read from llama.cpp every time.
+machine and the settings of the moment. Those are read from llama.cpp every time.
 """
 
 from __future__ import annotations
@@ -44,7 +43,10 @@ def llama_build() -> str:
     except LocalrunError:  # a LOCALRUN_HOME that cannot be used: nothing recorded there
         key = recorded = None
     if recorded is not None:  # recorded only with no runtime installed, the exact one included
-        return _line(*recorded, "built-in", [])
+        from localrun.runtimes import exact
+
+        built_in = exact.builtin()  # pip's build of the library, made exact: part of the key
+        return _line(*recorded, "built-in", [], built_in.name if built_in else None)
     from localrun.engine.library.buildinfo import build_info
 
     try:
@@ -76,8 +78,12 @@ def _path() -> Path:
 
 
 def _key() -> list[Any] | None:
-    """What the build's facts depend on; None without llama_cpp's libllama on disk, or with a
-    GPU runtime installed."""
+    """Return what the build's facts depend on, or None when they must not be recorded.
+
+    The key holds each file's name, size and mtime in llama_cpp's `lib` folder (or
+    LLAMA_CPP_LIB_PATH), its `__init__.py`, and the GGML_* variables. It is None without
+    libllama on disk, or with a runtime installed.
+    """
     from importlib.util import find_spec
 
     from localrun.runtimes import layout
@@ -105,8 +111,10 @@ def _key() -> list[Any] | None:
 
 
 def _stamp(path: Path) -> list[int]:
-    """A file's size and mtime; none for a file that is not on disk (a frozen program's
-    modules: its build's own folder stands for them)."""
+    """Return a file's size and mtime, or an empty list for a file that is not on disk.
+
+    A frozen program's modules are not on disk: its build's own folder stands for them.
+    """
     try:
         st = path.stat()
     except FileNotFoundError:

@@ -1,21 +1,15 @@
 """A client's grammar compiled first in a process of its own, where a crash costs one request.
 
-llguidance is native code that recurses through a grammar as it compiles it, and a grammar
-deep enough passes its thread's stack and kills the process: a schema whose definitions chain
-2,500 deep, a Lark grammar of 2,700 rules each naming the next (issue 76). In a runner that
-process holds every stream of the model. formats.grammar_bounds refuses the schemas known to
-go there, but bounds on shapes prove nothing about the shapes nobody measured, so before a
-runner compiles a grammar it has not seen (engine.sampling.constraint.Constraint), `Guard.check`
-has it compiled here (llguidance's validation: the same compiler, no vocabulary) by a child process,
-on a thread with half the stack the runner compiles on. A grammar the child survives compiles
-in the runner with room to spare; one that kills the child, or runs past the deadline, is the
-request's 400, and the next grammar starts a new child.
-
-The child (`python -m localrun.engine.sampling.grammar_guard STACK_BYTES`) reads one JSON line a
-grammar and answers one: {"ok": true} or {"ok": false, "error": TEXT}. It is started on the first
-grammar and ends with its parent (its stdin closes). The grammars that passed are remembered
-by digest (an agent sends its tools' schemas at every turn), so a grammar costs one round trip
-once.
+llguidance is native code that recurses through a grammar as it compiles it. A grammar deep
+enough passes its thread's stack and kills the process: a schema whose definitions chain 2,500 deep,
+a Lark grammar of 2,700 rules each naming the next (issue 76). In a runner that process holds every
+stream of the model. formats.grammar_bounds refuses the schemas known to go there, but bounds on
+shapes prove nothing about the shapes nobody measured. So before a runner compiles a grammar it has
+not seen (engine.sampling.constraint.Constraint), `Guard.check` has a child process compile it
+first. The child runs llguidance's validation (the same compiler, no vocabulary) on a thread with
+half the stack the runner compiles on. A grammar the child survives compiles in the runner with room
+to spare. One that kills the child, or runs past the deadline, is the request's 400, and the next
+grammar starts a new child.
 """
 
 from __future__ import annotations
@@ -44,14 +38,16 @@ LIMITS = llguidance.LLParserLimits(
     max_lexer_states=250_000,
     verbose_errors=False,
 )
-HINT = "simplify the schema or grammar; docs/structured-outputs.md lists what is enforced"
+HINT = "simplify the schema or grammar; `localrun help structured-outputs` lists what is enforced"
 DEADLINE_S = 10.0  # llguidance's own limits (LIMITS) end a compile well before
 REMEMBERED = 512  # digests of grammars that passed
 
 
 def message(error: str) -> str:
-    """llguidance's error in one line: its first, without the place in the grammar (the
-    request's schema is not the grammar it was written into) and the grammar shown after."""
+    """llguidance's error as one line: its first, without the grammar or the place in it.
+
+    The request's schema is not the grammar it was written into.
+    """
     text = " ".join(error.strip().split("\n", 1)[0].split())
     text = re.sub(r"^at \d+\(\d+\): ", "", text)
     if len(text) > 300:
@@ -60,10 +56,12 @@ def message(error: str) -> str:
 
 
 def guard_stack() -> int:
-    """The stack of the child's compiling thread: half of what this process's threads get
-    (RLIMIT_STACK, which glibc gives a thread by default and the main thread grows to), at
-    most 4 MiB: a grammar that fits there fits the runner's twice over. Windows gives a
-    thread 1 MiB unless it asks: half of that."""
+    """The stack of the child's compiling thread: half this process's threads', at most 4 MiB.
+
+    This process's threads get RLIMIT_STACK, which glibc gives a thread by default and the main
+    thread grows to. A grammar that fits in half fits the runner's twice over. Windows gives a
+    thread 1 MiB unless it asks: half of that.
+    """
     soft = host_limits.stack_soft()
     if soft is None:
         return 512 << 10 if sys.platform == "win32" else 4 << 20
@@ -71,8 +69,11 @@ def guard_stack() -> int:
 
 
 class Guard:
-    """The child that compiles grammars first (an engine's: one a loaded model), shared by
-    the threads that submit requests."""
+    """The child that compiles grammars first, one per loaded model, shared by submitting threads.
+
+    Grammars that passed are remembered by digest, since an agent sends its tools' schemas at every
+    turn: a grammar costs one round trip once.
+    """
 
     def __init__(self, deadline_s: float = DEADLINE_S) -> None:
         self.deadline_s = deadline_s
@@ -81,8 +82,10 @@ class Guard:
         self._passed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     def check(self, grammar: str) -> None:
-        """Return when the grammar compiles in the child; BadRequestError when it does not,
-        kills the child, or takes past the deadline."""
+        """Return when the grammar compiles in the child, else raise BadRequestError.
+
+        The error says whether it did not compile, killed the child, or took past the deadline.
+        """
         key = hashlib.sha256(grammar.encode("utf-8", "surrogatepass")).digest()
         with self._lock:
             if key in self._passed:
@@ -132,6 +135,9 @@ class Guard:
 
 
 # -- the child ---------------------------------------------------------------------------------
+# `python -m localrun.engine.sampling.grammar_guard STACK_BYTES` reads one JSON line a grammar
+# and answers one: {"ok": true} or {"ok": false, "error": TEXT}. It is started on the first
+# grammar and ends with its parent (its stdin closes).
 
 
 def _compiles(question: Any) -> dict[str, Any]:

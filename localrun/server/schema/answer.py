@@ -1,28 +1,18 @@
 """Schemas kept where the engine cannot enforce all of them: the answer validated after.
 
 Ollama's clients send their pydantic models' schemas (`set[str]` is `"uniqueItems": true`),
-and Ollama takes any schema. So wherever the client asked for no guarantee (Ollama's `format`,
-OpenAI's `response_format` and the Responses API's `text.format` without `strict: true`,
-Anthropic's `output_config.format`, a forced call of a tool that is not strict) the keywords
-the constraint engine cannot enforce (formats.grammar_bounds.UNENFORCED: `uniqueItems`,
-`contains`, `not`, `if` ...) are left out of the constraint; a strict schema is enforced whole
-or refused with a 400 before any token is made, as OpenAI's strict mode does. A `oneOf` whose
-branches one value could match both of is enforced as `anyOf` on every route (a value of two
-branches is the one thing the grammar lets through).
+and Ollama takes any schema. So wherever the client asked for no guarantee, the keywords the
+constraint engine cannot enforce (formats.grammar_bounds.UNENFORCED: `uniqueItems`, `contains`,
+`not`, `if` ...) are left out of the constraint. That is Ollama's `format`, OpenAI's
+`response_format` and the Responses API's `text.format` without `strict: true`, Anthropic's
+`output_config.format`, and a forced call of a tool that is not strict. A strict schema is
+enforced whole or refused with a 400 before any token is made, as OpenAI's strict mode does. A
+`oneOf` whose branches one value could match both of is enforced as `anyOf` on every route.
 
-Where a schema holds such a keyword, the answer that ended by itself (or a call of a tool
-whose schema was enforced: `strict`, or forced by tool_choice) is validated against the whole
-schema with `jsonschema` (Generation, for every dialect): one that does not validate is an
-error in the dialect's shape (422, or the last event of a stream), naming the keyword, never
-a 200 carrying a value the client's schema refuses. An answer sent whole that was drawn at
-random is drawn again first (Generation: LOCALRUN_MAX_DRAWS times within LOCALRUN_DRAW_TIME);
-a greedy one would only repeat itself. What the check runs is bounded before the
-answer is made: the schema must be one jsonschema takes, and each pattern one Python's
-backtracking regular expressions run in bounded time on.
-
-Every check whose time the client chooses (jsonschema reading the schema, validating the
-answer) runs in a child process with a deadline (server.schema.checker), handed to it from a worker
-thread: nothing here runs on the event loop.
+Where a schema holds such a keyword, the answer is validated against the whole schema with
+`jsonschema` (`AfterCheck`): a value the client's schema refuses is an error, never a 200.
+Every check whose time the client chooses runs in a child process with a deadline
+(server.schema.checker), handed to it from a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -45,9 +35,11 @@ from localrun.server.turns import NOBODY, Whose
 
 
 class Checker(Protocol):
-    """Where the checks below run (server.schema.checker.Checker: child processes with a deadline,
-    awaited: a check waiting for its turn holds no thread; `whose` the client asking, whose
-    turns are shared fairly with other clients')."""
+    """Where the checks below run: server.schema.checker.Checker's child processes.
+
+    The children have a deadline. A check is awaited, so one waiting for its turn holds no thread.
+    `whose` is the client asking, whose turns are shared fairly with other clients'.
+    """
 
     async def schema(self, schema: dict[str, Any], what: str, whose: Whose = NOBODY) -> None: ...
 
@@ -60,9 +52,14 @@ class Checker(Protocol):
 
 @dataclass
 class AfterCheck:
-    """What an answer is validated against once it is made: the format's schema (None: the
-    constraint enforced all of it), and each enforced tool's whose constraint did not; by
-    `checker`'s children, for the client `whose`."""
+    """What an answer is validated against once it is made, by `checker`'s children for `whose`.
+
+    `answer` is the format's schema, None where the constraint enforced all of it. `tools` holds the
+    schema of each enforced tool (`strict`, or forced by tool_choice) whose constraint did not.
+    Generation checks an answer that ended by itself, for every dialect. One that does not validate
+    is an error in the dialect's shape (422, or the last event of a stream) naming the keyword. An
+    answer sent whole that was drawn at random is drawn again first (Generation._may_redraw).
+    """
 
     checker: Checker
     answer: dict[str, Any] | None = None
@@ -85,9 +82,12 @@ class AfterCheck:
 async def after_check(
     req: GenRequest, checker: Checker, whose: Whose = NOBODY
 ) -> AfterCheck | None:
-    """The check a request's answer needs (None: none), its schemas checked by `checker`
-    before any token is made (a 400 for one that cannot be). Reading the request's schemas
-    takes time that grows with them: on a worker thread, for a request that has any."""
+    """The check a request's answer needs, or None; `checker` checks its schemas first.
+
+    They are checked before any token is made: a 400 for one that cannot be. Reading the request's
+    schemas takes time that grows with them, so a request that has any reads them on a worker
+    thread.
+    """
     if req.format is None and not req.tools:
         return None
     answer, tools = await anyio.to_thread.run_sync(_schemas, req)
@@ -112,18 +112,22 @@ def _schemas(req: GenRequest) -> tuple[dict[str, Any] | None, dict[str, dict[str
 
 
 def to_check(format: Any) -> dict[str, Any] | None:
-    """The schema an answer is validated against after: `format`, where it holds a keyword
-    the engine does not enforce (None: the constraint enforces all of it); a checker then
-    finds whether it can be (`check_schema`)."""
+    """`format` where it holds a keyword the engine does not enforce, else None.
+
+    The answer is then validated against it after. A checker finds whether it can be
+    (`check_schema`).
+    """
     if not isinstance(format, dict) or not grammar_bounds.unenforced(format):
         return None
     return format
 
 
 def check_schema(format: dict[str, Any], what: str) -> None:
-    """Raise BadRequestError unless answers can be checked against `format`: a schema
-    jsonschema takes, each pattern one Python's regular expressions run in bounded time on
-    (server.schema.checker's children run this)."""
+    """Raise BadRequestError unless answers can be checked against `format`.
+
+    It must be a schema jsonschema takes, each pattern one that Python's backtracking regular
+    expressions run in bounded time on. server.schema.checker's children run this.
+    """
     import jsonschema.exceptions
 
     try:
@@ -136,8 +140,10 @@ def check_schema(format: dict[str, Any], what: str) -> None:
 
 
 def check(text: str, schema: dict[str, Any]) -> None:
-    """Raise AnswerSchemaError unless `text` is JSON that validates against `schema` (one
-    `to_check` gave)."""
+    """Raise AnswerSchemaError unless `text` is JSON that validates against `schema`.
+
+    `schema` is one `to_check` gave.
+    """
     try:
         value = json.loads(text)
     except ValueError as exc:
@@ -147,7 +153,8 @@ def check(text: str, schema: dict[str, Any]) -> None:
 
 def _hint(schema: dict[str, Any]) -> str:
     keywords = ", ".join(grammar_bounds.unenforced(schema))
-    return f"{keywords} cannot be enforced while the answer is made (docs/structured-outputs.md)"
+    where = "localrun help structured-outputs"
+    return f"{keywords} cannot be enforced while the answer is made ({where})"
 
 
 def validate(value: Any, schema: dict[str, Any], what: str) -> None:
@@ -177,11 +184,13 @@ def validate(value: Any, schema: dict[str, Any], what: str) -> None:
 
 
 def _reason(errors: list[Any]) -> Any:
-    """The error to name: a `oneOf` more than one branch of which the value matches, wherever
-    it is (inside an `anyOf` branch too: the grammar read that oneOf as anyOf, and the check
-    is there for it), else jsonschema's best match. best_match would name another branch's
-    failure (`enum 'push' is not one of ['s3cp']`) where the branch the answer took failed
-    only for its ambiguous oneOf."""
+    """The error to name: an ambiguous `oneOf`, wherever it is, else jsonschema's best match.
+
+    A `oneOf` more than one branch of which the value matches is named even inside an `anyOf`
+    branch: the grammar read that oneOf as anyOf, and the check is there for it. best_match would
+    name another branch's failure (`enum 'push' is not one of ['s3cp']`) where the branch the
+    answer took failed only for its ambiguous oneOf.
+    """
     import jsonschema.exceptions
 
     stack = list(reversed(errors))

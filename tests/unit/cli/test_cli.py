@@ -234,7 +234,7 @@ def test_malformedwrite_modelfile(cli: CLI, project: Path, text: str, fragments:
     result = cli("create", "bad", "-f", str(mf))
     assert_one_line_error(result, *fragments)
     # a hint follows the error
-    assert "docs/modelfile.md" in result.stderr or "`FROM" in result.stderr
+    assert "localrun help modelfile" in result.stderr or "`FROM" in result.stderr
     assert cli("list", "--json").stdout.strip() == "[]"
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from localrun.errors import RuntimeBuildError, ToolchainError
-from localrun.runtimes import toolchain
+from localrun.runtimes import patchset, toolchain
 from localrun.runtimes.source import bindings_version
 from localrun.store.blobs import hash_file
 
@@ -87,7 +87,7 @@ def test_an_exact_runtime_of_another_cpu_or_a_damaged_one_is_not_loaded(
     assert row.rstrip().endswith("another CPU"), listed.stdout
     assert info(cli)["exact"] is None
     (other.parent / "runtime.json").write_text(
-        json.dumps({**record, "cpu": exact.cpu_identity(), "sha256": "0" * 64, "stamp": [0, 0]})
+        json.dumps({**record, "cpu": patchset.cpu_identity(), "sha256": "0" * 64, "stamp": [0, 0]})
     )
     assert [r.name for r in exact.installed(VERSION)] == [f"exact-{VERSION}"]
     built = info(cli)
@@ -97,11 +97,12 @@ def test_an_exact_runtime_of_another_cpu_or_a_damaged_one_is_not_loaded(
 def test_the_exact_runtime_is_listed_in_use_and_help_names_it(cli: CLI, home: Path) -> None:
     """`runtime list` showed the exact runtime every process loads with an empty SELECTED
     column, and `--help` called `runtime` GPU runtimes alone."""
-    from localrun.runtimes import exact
 
     module = fake_runtime(home, f"exact-{VERSION}", b"\x7fELF exact" * 100, backend="exact")
     record = json.loads((module.parent / "runtime.json").read_text())
-    (module.parent / "runtime.json").write_text(json.dumps({**record, "cpu": exact.cpu_identity()}))
+    (module.parent / "runtime.json").write_text(
+        json.dumps({**record, "cpu": patchset.cpu_identity()})
+    )
 
     def row(env: dict[str, str] | None = None) -> list[str]:
         listed = cli("runtime", "list", env=env)
@@ -122,10 +123,10 @@ def test_the_exact_runtime_is_listed_in_use_and_help_names_it(cli: CLI, home: Pa
 def write_exact_source(tree: Path) -> tuple[str, ...]:
     """A source whose files hold exactly the lines the exact runtime's patches change (each
     hunk's context and removed lines, hunk after hunk, a filler line between); their paths."""
-    from localrun.runtimes import exact, patching
+    from localrun.runtimes import patching
 
     blocks: dict[str, list[tuple[int, list[str]]]] = {}
-    for path in exact.patch_files():
+    for path in patchset.patch_files():
         for fp in patching.parse(path.read_text(), path.name).files:
             for hunk in fp.hunks:
                 old = [line[1:] for line in hunk.lines if line[0] in " -"]
@@ -150,37 +151,37 @@ def test_the_exact_patches_apply_once_and_name_the_hunk_that_does_not(tmp_path: 
     kernel's files copied beside ops.cpp, every hunk's new lines in; applied again, nothing
     changes (each is found applied). A source where one hunk's lines moved on is refused with
     one line naming the patch, the file and the hunk, and that patch writes nothing."""
-    from localrun.runtimes import exact, patching
+    from localrun.runtimes import patching
 
     names = write_exact_source(tmp_path)
     assert "ggml/src/ggml-cpu/llamafile/sgemm.cpp" in names  # the weights' products too
     assert "ggml/src/ggml-cpu/arch/x86/quants.c" in names  # x86's K-quant dot products
     pristine = _tree(tmp_path)
-    outcomes = exact.patch_source(tmp_path)
-    assert [o.state for o in outcomes] == ["applies"] * len(exact.patch_files())
+    outcomes = patchset.patch_source(tmp_path)
+    assert [o.state for o in outcomes] == ["applies"] * len(patchset.patch_files())
     once = _tree(tmp_path)
-    folder = tmp_path / exact.GGML_CPU
-    for kernel in exact.kernel_files():
+    folder = tmp_path / patchset.GGML_CPU
+    for kernel in patchset.kernel_files():
         assert (folder / kernel.name).read_bytes() == kernel.read_bytes()
     ops = (folder / "ops.cpp").read_text()
     assert "ggml_compute_forward_flash_attn_ext_exact(params, dst," in ops
-    for path in exact.patch_files():
+    for path in patchset.patch_files():
         for fp in patching.parse(path.read_text(), path.name).files:
             added = [line[1:] for hunk in fp.hunks for line in hunk.lines if line[0] == "+"]
             assert all(line in once[fp.path].decode() for line in added), (path.name, fp.path)
-    outcomes = exact.patch_source(tmp_path)  # again: every patch is there, nothing is written
-    assert [o.state for o in outcomes] == ["present"] * len(exact.patch_files())
+    outcomes = patchset.patch_source(tmp_path)  # again: every patch is there, nothing is written
+    assert [o.state for o in outcomes] == ["present"] * len(patchset.patch_files())
     assert _tree(tmp_path) == once
 
     for name, body in pristine.items():
         (tmp_path / name).write_bytes(body)
-    quants = tmp_path / exact.GGML_CPU / "arch/x86/quants.c"
+    quants = tmp_path / patchset.GGML_CPU / "arch/x86/quants.c"
     text = quants.read_text()
     moved = "        const float d = y[i].d * GGML_CPU_FP16_TO_FP32(x[i].d);\n"
     quants.write_text(text.replace(moved, moved.replace("y[i].d", "y[i].dd"), 1))
     before = quants.read_bytes()
     with pytest.raises(RuntimeBuildError) as refused:
-        exact.patch_source(tmp_path)
+        patchset.patch_source(tmp_path)
     message = refused.value.message
     assert "\n" not in message and refused.value.hint and "0.3" in refused.value.hint
     assert message.startswith(
@@ -188,7 +189,7 @@ def test_the_exact_patches_apply_once_and_name_the_hunk_that_does_not(tmp_path: 
         "apply to this llama.cpp: hunk 2 of ggml/src/ggml-cpu/arch/x86/quants.c (patch line "
     ), message
     assert quants.read_bytes() == before  # nothing of the refused patch written
-    sgemm = tmp_path / exact.GGML_CPU / "llamafile/sgemm.cpp"
+    sgemm = tmp_path / patchset.GGML_CPU / "llamafile/sgemm.cpp"
     assert sgemm.read_bytes() == once[str(sgemm.relative_to(tmp_path))]  # the earlier ones were
 
 
@@ -331,8 +332,9 @@ def test_the_patches_and_kernel_are_package_data() -> None:
     globs = data["tool"]["setuptools"]["package-data"]["localrun"]
     package = Path(exact.__file__).parent.parent
     shipped = {p for pattern in globs for p in package.glob(pattern)}
-    needed = [*exact.patch_files(), exact.PATCHES / "BASE", *exact.kernel_files()]
-    assert len(exact.patch_files()) >= 6 and len(exact.kernel_files()) == 3
+    needed = [*patchset.patch_files(), patchset.PATCHES / "BASE", *patchset.kernel_files()]
+    needed.append(patchset.HERE / "exact.cmake")  # README's first command gives it to pip
+    assert len(patchset.patch_files()) >= 6 and len(patchset.kernel_files()) == 3
     assert [p for p in needed if p not in shipped] == []
 
 
@@ -389,8 +391,8 @@ def test_a_source_folder_is_copied_and_the_copy_patched(
     (top / "PKG-INFO").write_text(f"Version: {VERSION}\n")
     (tree / "ggml" / "CMakeLists.txt").write_text("project(ggml)\n")
     # One of the files to patch is a link to a file of the person's elsewhere.
-    ops = tree / exact.GGML_CPU / "ops.cpp"
-    assert f"{exact.GGML_CPU}/ops.cpp" in names
+    ops = tree / patchset.GGML_CPU / "ops.cpp"
+    assert f"{patchset.GGML_CPU}/ops.cpp" in names
     elsewhere = tmp_path / "elsewhere-ops.cpp"
     ops.rename(elsewhere)
     ops.symlink_to(elsewhere)
@@ -412,19 +414,19 @@ def test_a_source_folder_is_copied_and_the_copy_patched(
     src = build.prepared(plan, work, said.append)
     assert snapshot() == before, "the person's source folder was changed"
     assert src.tree.is_relative_to(work) and any("copying" in line for line in said), said
-    folder = src.tree / exact.GGML_CPU
+    folder = src.tree / patchset.GGML_CPU
     assert not (folder / "ops.cpp").is_symlink()
     assert "ggml_compute_forward_flash_attn_ext_exact(" in (folder / "ops.cpp").read_text()
-    assert all((folder / kernel.name).is_file() for kernel in exact.kernel_files())
-    assert {o.state for o in exact.patch_source(src.tree)} == {"present"}
+    assert all((folder / kernel.name).is_file() for kernel in patchset.kernel_files())
+    assert {o.state for o in patchset.patch_source(src.tree)} == {"present"}
     said.clear()
     assert build.prepared(plan, work, said.append).tree == src.tree and not said  # reused
     assert snapshot() == before
     # A link to a folder of the person's outside the source: its files would be patched
     # through it wherever it leads. Refused, before anything is built.
     outside = tmp_path / "my-ggml-cpu"
-    (tree / exact.GGML_CPU).rename(outside)
-    (tree / exact.GGML_CPU).symlink_to(outside)
+    (tree / patchset.GGML_CPU).rename(outside)
+    (tree / patchset.GGML_CPU).symlink_to(outside)
     before = snapshot() | {str(p): p.read_bytes() for p in outside.rglob("*") if p.is_file()}
     with pytest.raises(RuntimeBuildError, match="links a folder outside itself"):
         build.prepared(plan, tmp_path / "work2", said.append)
@@ -577,12 +579,11 @@ def test_a_runtime_loads_only_its_own_checked_module(cli: CLI, home: Path, tmp_p
     record, and runtime.json's `module` could name a file outside runtimes/ (issue 76): it is
     hashed at every load, and only a file inside the runtime's folder is loaded, links
     resolved."""
-    from localrun.runtimes import exact
 
     name = f"exact-{VERSION}"
     module = fake_runtime(home, name, b"\x7fELF exact" * 100, backend="exact")
     record_file = module.parent / "runtime.json"
-    record = {**json.loads(record_file.read_text()), "cpu": exact.cpu_identity()}
+    record = {**json.loads(record_file.read_text()), "cpu": patchset.cpu_identity()}
     record_file.write_text(json.dumps(record))
     # The same size and mtime as recorded, other bytes.
     st = module.stat()
@@ -612,3 +613,69 @@ def test_a_runtime_loads_only_its_own_checked_module(cli: CLI, home: Path, tmp_p
     (vulkan.parent / "runtime.json").write_text(json.dumps(gpu_record))
     shown = info(cli, {"LOCALRUN_RUNTIME": f"vulkan-{VERSION}"})
     assert shown["runtime"] == "built-in" and "outside its folder" in shown["runtime_warning"]
+
+
+def _patchset_step(tree: Path, marker: Path) -> subprocess.CompletedProcess[str]:
+    """exact.cmake's step as pip's build runs it: localrun from its checkout on PYTHONPATH, and
+    no site-packages (-S), as in pip's isolated build environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    return subprocess.run(
+        [sys.executable, "-S", "-m", "localrun.runtimes.patchset", str(tree), VERSION, str(marker)],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+
+
+def test_pip_s_build_patches_the_source_with_the_standard_library_alone(tmp_path: Path) -> None:
+    """exact.cmake's step patches llama.cpp's source inside pip's build of llama-cpp-python,
+    where none of localrun's dependencies are installed: it runs on the standard library, patches
+    the tree and writes the marker the installed library then carries. A tree it cannot patch is
+    one line on stderr and exit 1, and no marker."""
+    tree = tmp_path / "tree"
+    write_exact_source(tree)
+    marker = tmp_path / patchset.MARKER
+    done = _patchset_step(tree, marker)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(marker.read_text()) == patchset.marker(VERSION)
+    assert {o.state for o in patchset.patch_source(tree)} == {"present"}
+
+    bad = tmp_path / "bad"
+    (bad / patchset.GGML_CPU).mkdir(parents=True)
+    failed = _patchset_step(bad, tmp_path / "none.json")
+    assert failed.returncode == 1
+    assert len(failed.stderr.splitlines()) == 1 and "does not apply" in failed.stderr
+    assert not (tmp_path / "none.json").exists()
+
+
+def test_a_library_pip_built_exact_is_the_exact_runtime_whatever_the_setting(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama_cpp's own libggml-cpu, built by pip with exact.cmake (the marker beside it): it is
+    the exact runtime in every process, `runtime list` shows it in use, `runtime install exact`
+    builds nothing, and LOCALRUN_EXACT=off says why it cannot be turned off."""
+    from localrun.runtimes import exact
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "libggml-cpu.so").write_bytes(b"\x7fELF" * 100)
+    (lib / patchset.MARKER).write_text(json.dumps(patchset.marker(VERSION)))
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(lib))
+    loaded = exact._preload(None)
+    assert loaded.runtime is not None and loaded.warning is None
+    assert loaded.runtime.name == f"exact-{VERSION} (built in)"
+    assert loaded.runtime.module_path == lib / "libggml-cpu.so"
+    monkeypatch.setenv("LOCALRUN_EXACT", "off")
+    loaded = exact._preload(None)
+    assert loaded.runtime is not None and loaded.warning == exact.OFF_BUILT_IN
+
+    env = {"LLAMA_CPP_LIB_PATH": str(lib)}
+    listed = cli("runtime", "list", env=env)
+    assert listed.code == 0, listed
+    row = next(line for line in listed.stdout.splitlines() if "(built in)" in line)
+    assert "yes (exact)" in row and "this CPU" in row, listed.stdout
+    again = cli("runtime", "install", "exact", env=env)
+    assert again.code == 0 and "nothing to build" in again.stdout, again
+    (lib / patchset.MARKER).unlink()  # a stock build: nothing is said to be exact
+    assert exact.builtin(lib) is None

@@ -1,5 +1,5 @@
-"""scripts/bench/lookup_bound.py's oracle (scripts/benchlib/bound.py), on token lists: what a prompt
-lookup could draft, and the cheapest split of an answer into verification batches."""
+"""scripts/measure/lookup_bound.py's oracle (scripts/benchlib/bound.py), on token lists: what a
+prompt lookup could draft, and the cheapest split of an answer into verification batches."""
 
 from __future__ import annotations
 
