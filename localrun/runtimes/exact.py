@@ -182,7 +182,12 @@ def in_use(module: Path) -> str | None:
     except OSError:
         return None
     paths = {line.split(None, 5)[-1] for line in maps.splitlines() if "libggml-cpu" in line}
-    mine = {p for p in paths if Path(p).resolve() == module.resolve()}
+    # A wheel keeps a library's soname links as copies (libggml-cpu.so, .so.0, .so.0.25.3): a
+    # file of the module's own folder whose name starts as the module's is the module.
+    folder, stem = module.resolve().parent, module.name.split(".so")[0]
+    mine = {
+        p for p in paths if Path(p).resolve().parent == folder and Path(p).name.startswith(stem)
+    }
     others = paths - mine
     if not mine:
         return f"{module} is not mapped"

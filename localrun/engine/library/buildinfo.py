@@ -40,7 +40,8 @@ class BuildInfo:
     def exact_text(self) -> str:
         """Whether answers are independent of the batch on the CPU: for info."""
         if self.exact:
-            return f"{self.exact} (a token's logits do not depend on its batch)"
+            note = f"; {self.exact_warning}" if self.exact_warning else ""
+            return f"{self.exact} (a token's logits do not depend on its batch){note}"
         why = f" ({self.exact_warning})" if self.exact_warning else ""
         return f"no{why}: greedy answers may depend on the batch (localrun runtime install exact)"
 
