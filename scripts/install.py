@@ -164,7 +164,7 @@ def environment(base: dict[str, str], *, exact: bool = True) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "install").splitlines()[0])
     parser.add_argument(
         "--no-exact", action="store_true", help="build llama.cpp's CPU library as upstream has it"
     )

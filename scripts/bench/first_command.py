@@ -71,13 +71,11 @@ def copy_project(rev: str | None, into: Path) -> str:
 
 def run_in_terminal(command: str, cwd: Path, env: dict[str, str]) -> list[tuple[float, bytes]]:
     """Run `command` with bash under a pseudo-terminal; each chunk of output with its time."""
-    try:
-        import pty
-        import select
-    except ImportError:
-        raise SystemExit(
-            "this measurement needs a POSIX pseudo-terminal (Linux or macOS)"
-        ) from None
+    if sys.platform == "win32":
+        raise SystemExit("this measurement needs a POSIX pseudo-terminal (Linux or macOS)")
+    import pty
+    import select
+
     pid, fd = pty.fork()
     if pid == 0:  # the child: the terminal's shell
         os.chdir(cwd)
@@ -128,7 +126,7 @@ def _minutes(seconds: float) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "first command").splitlines()[0])
     parser.add_argument(
         "--rev", help="the revision whose README and code to run (default: the tree)"
     )

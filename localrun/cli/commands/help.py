@@ -93,7 +93,9 @@ def help_(
         print("\nlocalrun help TOPIC prints one; piped, it prints the Markdown as it is.")
         return
     text = find(topic).read_text(encoding="utf-8")
-    if sys.stdout is not None and sys.stdout.isatty():
+    if sys.stdout is None:  # pythonw: nowhere to print
+        return
+    if sys.stdout.isatty():
         from rich.console import Console
         from rich.markdown import Markdown
 
