@@ -20,6 +20,7 @@ import contextlib
 import errno
 import json
 import os
+import ssl
 import sys
 import tempfile
 import weakref
@@ -315,6 +316,24 @@ def _cap_memory(op: str) -> int | None:
     return allowed
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it was raised from, is an allocation that failed.
+
+    Past the cap, a malloc says MemoryError, an mmap or a socket's buffer ENOMEM, and OpenSSL
+    "malloc failure" (an SSL context made after the cap, loading its certificates).
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):  # a wrapped error: httpx's around the socket's or OpenSSL's
+        if seen is None:
+            return False
+        if isinstance(seen, MemoryError) or getattr(seen, "errno", None) == errno.ENOMEM:
+            return True
+        if isinstance(seen, ssl.SSLError) and "malloc failure" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _out_of_memory(op: str, cap: int | None) -> LocalrunError:
     if cap is None:
         return LocalrunError(f"the {op} job ran out of memory", hint="see the server's log")
@@ -342,9 +361,7 @@ def main() -> int:
         code = 1
     except Exception as exc:  # reported as one line: the server turns it into a 500
         err = LocalrunError(f"the {request.get('op', '')} job failed: {type(exc).__name__}: {exc}")
-        if isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM:
-            # Past the cap (what held the memory went with the stack): a malloc says
-            # MemoryError, an mmap or a socket's buffer ENOMEM.
+        if out_of_memory(exc):
             err = _out_of_memory(str(request.get("op")), cap)
         out.write(json.dumps({"event": "error", "error": err.to_dict()}).encode() + b"\n")
         code = 1

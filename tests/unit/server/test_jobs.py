@@ -82,3 +82,26 @@ def test_network_and_local_jobs_take_turns_in_lines_of_their_own(
         await waiting.aclose()
 
     asyncio.run(main())
+
+
+def test_an_allocation_that_failed_past_the_cap_is_read_as_the_cap() -> None:
+    """A job past its memory cap fails wherever it next allocates: a MemoryError, an ENOMEM, or
+    OpenSSL's "malloc failure" when an SSL context loads its certificates (seen in a full run:
+    the pull then answered "SSLError: [CRYPTO] malloc failure" instead of the cap's line), also
+    when another error was raised from it."""
+    import errno
+    import ssl
+
+    malloc = ssl.SSLError(12, "[CRYPTO] malloc failure (_ssl.c:3098)")
+    assert jobs.out_of_memory(malloc)
+    assert jobs.out_of_memory(MemoryError())
+    assert jobs.out_of_memory(OSError(errno.ENOMEM, "Cannot allocate memory"))
+    try:
+        try:
+            raise malloc
+        except ssl.SSLError as exc:
+            raise ConnectionError("connect failed") from exc
+    except ConnectionError as wrapped:
+        assert jobs.out_of_memory(wrapped)
+    assert not jobs.out_of_memory(ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED]"))
+    assert not jobs.out_of_memory(OSError(errno.ECONNREFUSED, "refused"))
