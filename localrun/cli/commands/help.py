@@ -58,10 +58,7 @@ def find(topic: str) -> Path:
     """
     known = pages()
     if not known:
-        raise LocalrunError(
-            "this copy of localrun was installed without its pages",
-            hint="they are the docs/ folder of localrun's source",
-        )
+        raise _missing()
     wanted = topic.strip().lower().removesuffix(".md").removeprefix("docs/")
     if wanted in known:
         return known[wanted]
@@ -73,6 +70,13 @@ def find(topic: str) -> Path:
     if near:
         hint = f"did you mean {' or '.join(f'`{n}`' for n in near)}? ({hint})"
     raise LocalrunError(f"no help page is called {topic!r}", hint=hint)
+
+
+def _missing() -> LocalrunError:
+    return LocalrunError(
+        "this copy of localrun was installed without its pages",
+        hint="they are the docs/ folder of localrun's source",
+    )
 
 
 def help_(
@@ -88,7 +92,7 @@ def help_(
 
         rows = [[t, title(p)] for t, p in pages().items()]
         if not rows:
-            find("quickstart")  # says that the pages are missing
+            raise _missing()
         print(columns(rows))
         print("\nlocalrun help TOPIC prints one; piped, it prints the Markdown as it is.")
         return

@@ -31,7 +31,7 @@ def _suits(runtime: Any, gpus: list[Any]) -> str:
     return ", ".join(g.name for g in ok) if ok else "no device here"
 
 
-def _exact_in_use(version: str) -> str | None:
+def _exact_in_use(version: str, built_in: Any) -> str | None:
     """Return the name of the exact runtime every localrun process here loads, or None.
 
     That is exact.preload's choice, its library checked as a load checks it.
@@ -42,9 +42,8 @@ def _exact_in_use(version: str) -> str | None:
 
     if not sys.platform.startswith("linux"):
         return None
-    built_in = exact.builtin()
     if built_in is not None:  # llama_cpp's own CPU library: in use whatever the setting
-        return built_in.name
+        return str(built_in.name)
     if config.exact() == "off":
         return None
     found = exact.installed(version)
@@ -69,7 +68,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     version = source.bindings_version()
     first = auto_choice(version) if chosen == layout.AUTO else None
     in_use = first.name if first is not None else chosen
-    exact_in_use = _exact_in_use(version)
+    exact_in_use = _exact_in_use(version, built_in)
     gpus = system.detect().gpus
     if as_json:
         out = []
