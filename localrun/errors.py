@@ -361,6 +361,12 @@ class RunnerDiedError(ServerError):
     code = "runner_died"
 
 
+class WorkerError(ServerError):
+    """An RPC worker holding part of a model could not be reached, or answered wrongly."""
+
+    code = "worker_failed"
+
+
 class UpstreamError(ServerError):
     """An upstream server failed a request routed to it."""
 

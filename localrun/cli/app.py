@@ -25,6 +25,7 @@ from localrun.cli.commands import server as server_cmds
 from localrun.cli.commands import store as store_cmds
 from localrun.cli.commands import upstream as upstream_cmd
 from localrun.cli.commands import version
+from localrun.cli.commands import worker as worker_cmd
 from localrun.cli.launch import command as launch_cmd
 from localrun.cli.run import command as run_cmd
 
@@ -61,6 +62,7 @@ app.command()(pull_cmd.push)
 app.command()(pull_cmd.search)
 app.command(context_settings={"allow_interspersed_args": True})(run_cmd.run)
 app.command()(serve_cmd.serve)
+app.command()(worker_cmd.worker)
 app.command()(launch_cmd.launch)
 app.command()(server_cmds.ps)
 app.command()(server_cmds.stop)

@@ -117,16 +117,19 @@ def _indent(text: str, n: int) -> str:
 def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
     """Print how `model` would be split between GPU and CPU, without loading it."""
     from localrun.engine.library.buildinfo import build_info
+    from localrun.hardware import workers
     from localrun.hardware.fit import plan_fit
+    from localrun.settings import config
 
     build = build_info()
-    fit = plan_fit(model, {**model.parameters, **overrides}, build=build)
+    found, problems = workers.survey(config.workers())
+    fit = plan_fit(model, {**model.parameters, **overrides}, build=build, workers=found)
     num_ctx, plan, warnings = fit.num_ctx, fit.plan, fit.warnings
     if as_json:
         out = {"model": str(model.name), "num_ctx": num_ctx, **asdict(plan)}
         out["runtime_bytes"] = plan.runtime_bytes
         out["engine_runtime"] = build.runtime_text
-        out["warnings"] = warnings
+        out["warnings"] = [*problems, *warnings]
         print(json.dumps(out, indent=2))
         return
     gpu = plan.gpu
@@ -140,7 +143,7 @@ def print_fit(model: Model, overrides: dict[str, Any], as_json: bool) -> None:
         ["KV cache", human_size(plan.kv_bytes)],
         ["reason", plan.reason],
     ]
-    rows += [["warning", w] for w in warnings]
+    rows += [["warning", w] for w in [*problems, *warnings]]
     print("  Fit\n" + "\n".join("    " + line for line in columns(rows).splitlines()))
 
 

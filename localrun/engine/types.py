@@ -35,6 +35,10 @@ class LoadOptions:
     draft: str | None = None  # a draft model of the same vocabulary (Modelfile DRAFT)
     draft_num_gpu: int = 0  # its layers on the GPU (all of them or none: fit.plan_fit)
     projector: str | None = None  # the model's multimodal projector (Modelfile PROJECTOR)
+    # RPC workers (host:port) holding the offloaded layers, and llama.cpp's tensor_split over its
+    # devices (hardware.split): the workers' first, then this machine's GPUs.
+    workers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

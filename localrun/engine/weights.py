@@ -72,6 +72,23 @@ def last_log_error() -> str:
     return (errors or failures or lines or ["no details"])[-1][:300]
 
 
+def _join_workers(options: LoadOptions, mparams: Any) -> Any:
+    """Register the load's RPC workers with ggml and set its tensor_split; the array to keep."""
+    if not options.workers:
+        return None
+    from localrun.runtimes import ggml, rpc
+
+    lib = ggml.library(native.libllama_path())
+    reg = rpc.registry(lib, lc.__version__)
+    for endpoint in options.workers:
+        rpc.join(lib, reg, endpoint)
+    split = (ctypes.c_float * lc.llama_max_devices())()
+    for index, share in enumerate(options.tensor_split[: len(split)]):
+        split[index] = share
+    mparams.tensor_split = split
+    return split
+
+
 class Weights:
     """A llama.cpp model in memory (weights, vocabulary, LoRA adapters) that contexts are made from.
 
@@ -97,6 +114,7 @@ class Weights:
         mparams.n_gpu_layers = options.num_gpu
         mparams.main_gpu = options.main_gpu
         mparams.use_mmap = options.use_mmap
+        self._split = _join_workers(options, mparams)
         if options.splits:
             paths = [p.encode() for p in (path, *options.splits)]
             array = (ctypes.c_char_p * len(paths))(*paths)

@@ -131,6 +131,7 @@ def plan_fit(
     num_ctx: int | None = None,
     slots: int = 1,
     build: Build | None = None,
+    workers: Sequence[Any] = (),
 ) -> Fit:
     """Plan the GPU offload for `model` with a context of `num_ctx`, without loading it.
 
@@ -139,9 +140,10 @@ def plan_fit(
     `build` is the llama.cpp build the model will run on (engine.library.buildinfo.build_info()).
     Without one, the plan is for the CPU alone and probes for no GPU. That serves an engine that
     never uses one (the scripted fake), whose runner then starts without importing llama_cpp.
+    With `workers` (hardware.workers.Worker, that answered), the layers are split across them.
     """
     header, draft = _model_header(model), _draft_header(model)
-    return _plan_fit(model, header, draft, parameters, num_ctx, slots, build)
+    return _plan_fit(model, header, draft, parameters, num_ctx, slots, build, workers)
 
 
 def _plan_fit(
@@ -152,6 +154,7 @@ def _plan_fit(
     num_ctx: int | None,
     slots: int,
     build: Build | None,
+    workers: Sequence[Any] = (),
 ) -> Fit:
     """plan_fit on the headers of the model and of its draft model (None without one)."""
     from localrun.hardware import system
@@ -177,15 +180,29 @@ def _plan_fit(
             gpus = system.from_devices(build.gpu_devices)
         elif offload:
             gpus = system.usable_gpus(system.detect().gpus, build.backends)
-    plan = plan_offload(
-        header,
-        num_ctx,
-        requested=None if requested in (None, -1) else requested,
-        gpus=gpus,
-        gpu_offload_supported=offload,
-        num_parallel=slots,
-        num_batch=parameters.get("num_batch", DEFAULT_NUM_BATCH),
-    )
+    num_batch = parameters.get("num_batch", DEFAULT_NUM_BATCH)
+    if workers and build is not None:
+        from localrun.hardware.split import plan_split
+
+        plan = plan_split(
+            header,
+            num_ctx,
+            workers=workers,
+            gpus=gpus if offload else [],
+            local_bytes=available_memory(),
+            num_parallel=slots,
+            num_batch=num_batch,
+        )
+    else:
+        plan = plan_offload(
+            header,
+            num_ctx,
+            requested=None if requested in (None, -1) else requested,
+            gpus=gpus,
+            gpu_offload_supported=offload,
+            num_parallel=slots,
+            num_batch=num_batch,
+        )
     if build is None:
         plan.reason = "this engine runs on the CPU only"
     if draft is not None:

@@ -34,6 +34,12 @@ class OffloadPlan:
     gpu: GPU | None
     reason: str
     warnings: list[str] = field(default_factory=list)
+    # With RPC workers (hardware.split): each share of the layers, and llama.cpp's tensor_split
+    # over its devices (the workers' first, then this machine's GPUs).
+    shares: list[str] = field(default_factory=list)
+    tensor_split: tuple[float, ...] = ()
+    workers: tuple[str, ...] = ()
+    remote_layers: int = 0  # the layers the workers hold
 
     @property
     def runtime_bytes(self) -> int:
@@ -177,6 +183,16 @@ def _sizes(header: Header, num_ctx: int, num_parallel: int, num_batch: int) -> _
 def _runtime(k: int, gpu: GPU | None) -> int:
     """What the GPU runtime holds once k layers run on `gpu` (RUNTIME_BYTES)."""
     return RUNTIME_BYTES.get(gpu.backend, 0) if gpu is not None and k > 0 else 0
+
+
+def sizes(header: Header, num_ctx: int, num_parallel: int, num_batch: int) -> _Sizes:
+    """The header's bytes as llama.cpp places them (hardware.split plans with them too)."""
+    return _sizes(header, num_ctx, max(1, num_parallel), max(1, num_batch))
+
+
+def ram(s: _Sizes, k: int) -> int:
+    """RAM a load takes with its last `k` layers elsewhere."""
+    return _ram(s, k)
 
 
 def _vram(s: _Sizes, k: int) -> int:

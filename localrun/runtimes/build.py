@@ -31,7 +31,7 @@ from typing import TextIO
 
 from localrun.errors import RuntimeBuildError
 from localrun.host import locks, private
-from localrun.runtimes import exact, layout, patchset, source, toolchain
+from localrun.runtimes import exact, layout, patchset, rpc, source, toolchain
 from localrun.runtimes.layout import Runtime
 from localrun.settings import config
 from localrun.store.blobs import hash_file, os_error
@@ -40,7 +40,12 @@ Progress = Callable[[str, int, int], None]
 """Called with (stage, steps done, steps in all); 0 in all while a stage cannot count."""
 
 STAGES = ("source", "toolchain", "configure", "compile", "check", "install")
-MODULES = {"vulkan": "ggml-vulkan", "cuda": "ggml-cuda", exact.BACKEND: exact.TARGET}
+MODULES = {
+    "vulkan": "ggml-vulkan",
+    "cuda": "ggml-cuda",
+    exact.BACKEND: exact.TARGET,
+    rpc.BACKEND: rpc.TARGET,
+}
 
 BASE_ARGS = (
     "-DCMAKE_BUILD_TYPE=Release",
@@ -80,6 +85,9 @@ def plan(backend: str, *, arch: str | None = None, say: Callable[[str], None]) -
         return Plan(
             exact.BACKEND, layout.runtime_name(exact.BACKEND, version), (), toolchain.cpu(), version
         )
+    if backend == rpc.BACKEND:
+        name = layout.runtime_name(rpc.BACKEND, version)
+        return Plan(rpc.BACKEND, name, (), toolchain.rpc(), version)
     if backend == "vulkan":
         return Plan(
             "vulkan", layout.runtime_name("vulkan", version), (), toolchain.vulkan(), version

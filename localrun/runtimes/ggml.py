@@ -70,6 +70,9 @@ def _declare(lib: Any) -> None:
         ("ggml_backend_dev_backend_reg", pointer, [pointer]),
         ("ggml_backend_dev_memory", None, [pointer, ctypes.POINTER(size), ctypes.POINTER(size)]),
         ("ggml_backend_load", pointer, [text]),
+        ("ggml_backend_reg_by_name", pointer, [text]),
+        ("ggml_backend_reg_get_proc_address", pointer, [pointer, text]),
+        ("ggml_backend_register", None, [pointer]),
         ("ggml_backend_unload", None, [pointer]),
     ):
         function = getattr(lib, name)

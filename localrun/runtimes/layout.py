@@ -32,7 +32,7 @@ from localrun.errors import GPURuntimeError, RuntimeNotFoundError
 from localrun.settings import config
 from localrun.store.blobs import TMP_PREFIX, fsync_dir, os_error, temp_path, write_atomic
 
-BACKENDS = ("cuda", "vulkan", "exact")
+BACKENDS = ("cuda", "vulkan", "exact", "rpc")
 AUTO, CPU = "auto", "cpu"
 RECORD = "runtime.json"
 
@@ -150,10 +150,16 @@ def selection() -> str:
 
 def select(name: str) -> None:
     """Save the selection: a runtime's name, "auto" or "cpu" (the name is checked first)."""
-    if name not in (AUTO, CPU) and get(name).backend == "exact":
+    backend = get(name).backend if name not in (AUTO, CPU) else ""
+    if backend == "exact":
         raise GPURuntimeError(
             f"runtime '{name}' is the exact CPU library, not a GPU runtime to select",
             hint="it loads whenever it is installed; LOCALRUN_EXACT=off leaves it out",
+        )
+    if backend == "rpc":
+        raise GPURuntimeError(
+            f"runtime '{name}' is llama.cpp's RPC backend, not a GPU runtime to select",
+            hint="`localrun worker` and `localrun serve --workers` load it when they need it",
         )
     base = root()
     try:

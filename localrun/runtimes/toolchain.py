@@ -113,6 +113,18 @@ def cpu() -> Toolchain:
     )
 
 
+def rpc() -> Toolchain:
+    """The rpc runtime's toolchain: ggml-rpc, a loadable module, for any CPU."""
+    cmake, generator = _common()
+    return Toolchain(
+        backend="rpc",
+        description="ggml's RPC backend",
+        cmake=cmake,
+        cmake_args=("-DGGML_RPC=ON",),
+        generator=generator,
+    )
+
+
 def vulkan(which: Callable[[str], str | None] = shutil.which) -> Toolchain:
     cmake, generator = _common()
     sdk = os.environ.get("VULKAN_SDK")

@@ -81,15 +81,29 @@ class Budget:
         """Remember the `size` a loaded runner reported, for the next load with the same options."""
         self._sizes[_size_key(runner.name, runner.digest, runner.load_options)] = size
 
-    def estimate(self, target: Target, load_options: dict[str, Any], slots: int) -> int:
+    def estimate(
+        self,
+        target: Target,
+        load_options: dict[str, Any],
+        slots: int,
+        runners: Sequence[Runner] = (),
+    ) -> int:
         """The bytes a load of `target` with `load_options` and `slots` is expected to take."""
         key = _size_key(target.name, target.digest, load_options)
         measured = self._sizes.get(key)
         if measured is not None:
             return measured
         if target.footprint is not None:
-            return target.footprint.bytes(load_options, slots, target.context(load_options))
-        return target.weights
+            whole = target.footprint.bytes(load_options, slots, target.context(load_options))
+        else:
+            whole = target.weights
+        from localrun.settings import config
+
+        if config.workers():
+            # Split across RPC workers, only a share stays here: the runner asks the workers,
+            # plans the split and refuses what does not fit; until then the whole machine is room.
+            return min(whole, self.room_alone(runners))
+        return whole
 
     def make_room(
         self, estimate: int, runners: Sequence[Runner], max_loaded: int

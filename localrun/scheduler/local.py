@@ -26,7 +26,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from localrun.errors import LocalrunError, ModelLoadError, RunnerDiedError, ServerError
+from localrun.errors import (
+    LocalrunError,
+    ModelLoadError,
+    RunnerDiedError,
+    ServerError,
+    WorkerError,
+)
 from localrun.host.processes import exit_text
 from localrun.scheduler.budget import Budget
 from localrun.scheduler.runners import Runner
@@ -106,7 +112,7 @@ class LocalPool:
         num_ctx asked for loads rounded up to a power of two where that fits as well (`_grown`).
         A model that takes more once loaded than its estimate evicts more idle models (`_trim`).
         """
-        estimate = self.memory.estimate(target, load_options, self.num_parallel)
+        estimate = self.memory.estimate(target, load_options, self.num_parallel, self.runners)
         self.memory.check_alone(target, estimate, load_options, self.num_parallel, self.runners)
         evict = self.memory.make_room(estimate, self.runners, self.max_loaded)
         if evict is None:
@@ -139,7 +145,7 @@ class LocalPool:
         if rounded == num_ctx:
             return None
         grown = {**load_options, "num_ctx": rounded}
-        estimate = self.memory.estimate(target, grown, self.num_parallel)
+        estimate = self.memory.estimate(target, grown, self.num_parallel, self.runners)
         if estimate > self.memory.room_alone(self.runners):
             return None
         room = self.memory.make_room(estimate, self.runners, self.max_loaded)
@@ -320,7 +326,7 @@ class LocalPool:
             runner.death = ServerError(f"{runner.name} was unloaded", hint="retry the request")
         else:
             log.error("runner of %s (pid %d) exited: %s", runner.name, runner.pid, status)
-            runner.death = RunnerDiedError(
+            runner.death = _worker_failed(runner) or RunnerDiedError(
                 f"the runner of {runner.name} (pid {runner.pid}) exited unexpectedly ({status})",
                 hint="see the server log for its last lines, then retry: "
                 "the next request loads the model afresh",
@@ -336,6 +342,8 @@ class LocalPool:
     def _load_failure(self, runner: Runner, status: str) -> LocalrunError:
         if runner.load_error is not None:
             return runner.load_error
+        if isinstance(runner.death, WorkerError):
+            return runner.death
         if runner.death is not None and (
             not isinstance(runner.death, RunnerDiedError) or runner.process.killed
         ):
@@ -371,3 +379,13 @@ class LocalPool:
                 self.runners.remove(runner)
             self.stopping.add(runner)
             self._on_change()
+
+
+def _worker_failed(runner: Runner) -> WorkerError | None:
+    """The error of a runner that llama.cpp ended because a worker failed it, or None."""
+    if not runner.process.worker_failed:
+        return None
+    return WorkerError(
+        f"a worker holding part of {runner.name} stopped answering or answered wrongly",
+        hint="retry: the next request loads the model again with the workers that answer",
+    )

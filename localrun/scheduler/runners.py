@@ -42,6 +42,7 @@ class RunningModel:
     load_s: float = 0.0  # how long its load took
     runtime: str = ""  # the GPU runtime its llama.cpp runs on ("built-in": the bindings' own)
     devices: list[str] = field(default_factory=list)  # its llama.cpp's GPU devices
+    split: list[str] = field(default_factory=list)  # with RPC workers: each one's share
 
 
 class Runner:
@@ -170,4 +171,5 @@ class Runner:
             load_s=info.load_s if info else 0.0,
             runtime=info.engine_runtime if info else "",
             devices=list(info.devices) if info else [],
+            split=list(info.split) if info else [],
         )

@@ -48,6 +48,7 @@ _STATUS: tuple[tuple[type[e.LocalrunError], int], ...] = (
     (e.DiskFullError, 507),
     (e.RunnerDiedError, 500),
     (e.UpstreamError, 502),
+    (e.WorkerError, 502),  # a worker holding part of the model failed
     # A setting read when a request needs it has a bad value (`serve` checks each at its start;
     # an app made otherwise, as the tests make theirs, reads them only then): no answer until
     # the server's owner fixes it, and the one line says which.

@@ -138,6 +138,13 @@ _GENERAL: dict[str, Setting] = {
             lambda: 4,
         ),
         Setting(
+            "LOCALRUN_WORKERS",
+            "Comma-separated host:port of `localrun worker`s (llama.cpp's RPC servers) that "
+            "each model the server loads is split across, by their memory; none by default.",
+            parse.parse_endpoints,
+            lambda: (),
+        ),
+        Setting(
             "LOCALRUN_MAX_QUEUE",
             "Requests the server accepts waiting for a slot; past it, 503 with Retry-After.",
             parse.parse_count,
@@ -385,6 +392,11 @@ def context_length() -> int:
 
 def num_parallel() -> int:
     return SETTINGS["LOCALRUN_NUM_PARALLEL"].value()  # type: ignore[no-any-return]
+
+
+def workers() -> tuple[str, ...]:
+    """The RPC workers a model is split across (LOCALRUN_WORKERS), as host:port."""
+    return SETTINGS["LOCALRUN_WORKERS"].value()  # type: ignore[no-any-return]
 
 
 def max_queue() -> int:

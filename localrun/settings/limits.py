@@ -243,6 +243,13 @@ LIMITS: dict[str, Setting] = {
             lambda: 300.0,
         ),
         Setting(
+            "LOCALRUN_WORKER_TIMEOUT",
+            "Longest an RPC worker may take to answer one of its calls before the answer it "
+            "serves ends with an error and the model is loaded again without it (2m, 30s).",
+            parse.parse_timeout,
+            lambda: 120.0,
+        ),
+        Setting(
             "LOCALRUN_PROMPT_CACHE_MAX_BYTES",
             "Disk space for the state of models' SYSTEM prompts and MESSAGE turns, and of the "
             "conversations a closing runner held, kept between processes in "
@@ -440,6 +447,10 @@ def template_max_bytes() -> int:
 
 def load_timeout() -> float:
     return LIMITS["LOCALRUN_LOAD_TIMEOUT"].value()  # type: ignore[no-any-return]
+
+
+def worker_timeout() -> float:
+    return LIMITS["LOCALRUN_WORKER_TIMEOUT"].value()  # type: ignore[no-any-return]
 
 
 def prompt_cache_max_bytes() -> int:

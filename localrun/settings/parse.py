@@ -231,6 +231,22 @@ def parse_origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in text.split(",") if o.strip())
 
 
+def parse_endpoints(text: str) -> tuple[str, ...]:
+    """`host:port` endpoints, comma-separated (llama.cpp's RPC workers; no IPv6 literal)."""
+    found: list[str] = []
+    for item in text.split(","):
+        endpoint = item.strip()
+        if not endpoint:
+            continue
+        host, colon, port = endpoint.rpartition(":")
+        if not colon or not host or ":" in host or any(c in host for c in "/@ []"):
+            raise ValueError(f"{endpoint!r} is not host:port (an IPv6 address is not supported)")
+        number = parse_port(port, endpoint)
+        if f"{host}:{number}" not in found:
+            found.append(f"{host}:{number}")
+    return tuple(found)
+
+
 def parse_hosts(text: str) -> tuple[str, ...]:
     """Host names or addresses, comma-separated (* for any; no scheme, port or path).
 

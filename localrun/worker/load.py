@@ -95,10 +95,6 @@ def load_model(
             from localrun.engine.library.buildinfo import build_info
 
             build = build_info()
-        available = fit_mod.available_memory()
-        parameters, plan = fitted(
-            model, parameters, spec.context, slots, build, available, fallback_ctx
-        )
         notes: list[str] = []
         warnings: list[str] = []
 
@@ -107,21 +103,18 @@ def load_model(
             if warn is not None:
                 warn(message)
 
+        found = _workers(warned) if build is not None else []
+        available = fit_mod.available_memory()
+        parameters, plan = fitted(
+            model, parameters, spec.context, slots, build, available, fallback_ctx, found
+        )
         load_options = options_for(model, parameters, notes, warned, plan)
         if before_build is not None:
             before_build()
-        watch: AbstractContextManager[Any] = contextlib.nullcontext()
-        if breach is not None:
-            watch = LoadWatch(
-                str(model.name),
-                limit=load_limit(plan.plan.ram_bytes + plan.plan.vram_bytes, available),
-                timeout_s=limits.load_timeout(),
-                breach=breach,
-            )
         path = str(model.model_path)
         trained = plan.header.arch_value("context_length")
         try:
-            with watch:
+            with _watch(str(model.name), plan, available, breach):
                 engine = _build(backend, path, load_options, slots, extra or {}, trained)
         except InvalidGGUFError as exc:
             raise fit_mod.damaged(model, exc) from None
@@ -140,6 +133,20 @@ def load_model(
     return Loaded(engine, prompter, info, notes, warnings)
 
 
+def _watch(
+    name: str, plan: fit_mod.Fit, available: int, breach: Callable[[LocalrunError], None] | None
+) -> AbstractContextManager[Any]:
+    """The LoadWatch of a load with `breach` (its time limit and memory bound), else nothing."""
+    if breach is None:
+        return contextlib.nullcontext()
+    return LoadWatch(
+        name,
+        limit=load_limit(plan.plan.ram_bytes + plan.plan.vram_bytes, available),
+        timeout_s=limits.load_timeout(),
+        breach=breach,
+    )
+
+
 def fitted(
     model: Model,
     parameters: dict[str, Any],
@@ -148,6 +155,7 @@ def fitted(
     build: fit_mod.Build | None,
     available: int,
     fallback_ctx: int | None = None,
+    workers: list[Any] | None = None,
 ) -> tuple[dict[str, Any], fit_mod.Fit]:
     """Return the parameters a load with a context of `num_ctx` goes ahead with, and their plan.
 
@@ -156,10 +164,15 @@ def fitted(
     smaller context is loaded instead where the rounded one does not fit in memory or puts
     fewer layers on the GPU: rounding up saves reloads, never speed or a load.
     """
-    plan = fit_mod.plan_fit(model, parameters, num_ctx=num_ctx, slots=slots, build=build)
+    found = tuple(workers or ())
+    plan = fit_mod.plan_fit(
+        model, parameters, num_ctx=num_ctx, slots=slots, build=build, workers=found
+    )
     if fallback_ctx is not None and 0 < fallback_ctx < plan.num_ctx:
         smaller = {**parameters, "num_ctx": fallback_ctx}
-        least = fit_mod.plan_fit(model, smaller, num_ctx=fallback_ctx, slots=slots, build=build)
+        least = fit_mod.plan_fit(
+            model, smaller, num_ctx=fallback_ctx, slots=slots, build=build, workers=found
+        )
         room = available or fit_mod.available_memory()  # as check_memory counts it
         if plan.plan.ram_bytes > room or plan.plan.n_gpu_layers < least.plan.n_gpu_layers:
             parameters, plan = smaller, least
@@ -186,16 +199,28 @@ def _ready_info(
         # Every layer on the GPU reads "100% GPU", as in Ollama, though llama.cpp keeps the
         # token embeddings (and a CPU compute buffer) in RAM.
         processor=(
-            "100% GPU"
+            _split_text(offload)
+            if offload.workers
+            else "100% GPU"
             if offload.total_layers and offload.n_gpu_layers >= offload.total_layers
             else protocol.processor_text(size - runtime, offload.vram_bytes - runtime)
         ),
+        split=list(offload.shares),
         load_s=load_s,
         notes=notes,
         runtime=runtime,
         engine_runtime=engine_runtime,
         devices=devices,
     )
+
+
+def _split_text(offload: Any) -> str:
+    """Where a split model runs, by its layers: "34%/66% CPU/2 workers"."""
+    total = max(1, offload.total_layers)
+    remote = round(100 * offload.remote_layers / total)
+    here = "GPU" if offload.gpu is not None else "CPU"
+    count = len(offload.workers)
+    return f"{100 - remote}%/{remote}% {here}/{count} worker{'s' if count != 1 else ''}"
 
 
 def _engine_runtime() -> tuple[str, list[str]]:
@@ -250,7 +275,12 @@ def _build(
         )
     from localrun.engine.batch import BatchEngine
 
-    return BatchEngine(path, options, slots)
+    engine = BatchEngine(path, options, slots)
+    if options.workers:  # a worker that stops answering ends this runner, not holds it
+        from localrun.runtimes import rpc
+
+        rpc.bound(options.workers, limits.worker_timeout())
+    return engine
 
 
 def options_for(
@@ -287,4 +317,21 @@ def options_for(
         draft=str(model.draft_path) if model.draft_path else None,
         draft_num_gpu=999 if fit_mod.draft_offloaded(fit.plan) else 0,
         projector=str(model.projector_path) if model.projector_path else None,
+        workers=fit.plan.workers,
+        tensor_split=fit.plan.tensor_split,
     )
+
+
+def _workers(warn: Callable[[str], None]) -> list[Any]:
+    """The RPC workers (LOCALRUN_WORKERS) that answer now; each that does not is warned of."""
+    from localrun.settings import config
+
+    endpoints = config.workers()
+    if not endpoints:
+        return []
+    from localrun.hardware import workers
+
+    found, problems = workers.survey(endpoints)
+    for problem in problems:
+        warn(problem)
+    return found

@@ -37,6 +37,8 @@ STOP_GRACE_S = 10.0  # after stdin EOF, before SIGTERM
 KILL_GRACE_S = 3.0  # after SIGTERM, before SIGKILL
 STDERR_GRACE_S = 2.0  # after the exit, for the last stderr lines
 STDERR_TAIL = 20
+# What llama.cpp's RPC client says as it aborts its process over a worker (ggml-rpc.cpp).
+RPC_FAILURES = ("Remote RPC server crashed", "Failed to connect to", "RPC handshake failed")
 # A cancelled request's runner is wedged when it has sent nothing at all for CANCEL_WAIT_S (a
 # native call that never returns); one that keeps answering others may take up to CANCEL_MAX_S
 # to get to the cancel (its request thread busy, a long step on a loaded machine).
@@ -58,6 +60,7 @@ class RunnerProcess:
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self.gone: LocalrunError | None = None  # set by fail(): what new requests get
         self.killed: str | None = None  # why kill() was called, for the error of its requests
+        self.worker_failed = False  # llama.cpp said a worker failed it (RPC_FAILURES)
         self._loop = asyncio.get_running_loop()
         self._reaped = asyncio.Event()
         self.heard = time.monotonic()  # when the runner last sent a line
@@ -264,6 +267,8 @@ class RunnerProcess:
                 text = line.decode("utf-8", "replace").rstrip()
                 if text:
                     self.stderr_tail.append(text)
+                    if any(failure in text for failure in RPC_FAILURES):
+                        self.worker_failed = True
                     runner_log.info("%s[%d]: %s", self.name, proc.pid, text)
 
 

@@ -269,6 +269,7 @@ class ReadyInfo:
     runtime: int = 0  # the part of `size_vram` that is the GPU runtime: fixed, whatever num_ctx
     engine_runtime: str = ""  # the GPU runtime llama.cpp runs on (`localrun runtime`), or ""
     devices: list[str] = field(default_factory=list)  # the GPU devices it has: "Vulkan0 (...)"
+    split: list[str] = field(default_factory=list)  # with RPC workers: each one's share
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -56,6 +56,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
             ),
             "notes": notes,
             "system": {f.name: {"had": f.had, "how": f.how} for f in host_features()},
+            "workers": [{"endpoint": e, "offers": o} for e, o in _workers()],
         }
         print(json.dumps(out, indent=2))
         return
@@ -87,8 +88,26 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
     if machine is not None:
         rows.append(["weight repacking", _repacking(machine)])
     rows += [[f.name, f.how if f.had else f"not here: {f.how}"] for f in host_features()]
+    rows += [[f"worker {endpoint}", offers] for endpoint, offers in _workers()]
     rows += [["note", note] for note in notes]
     print(columns(rows))
+
+
+def _workers() -> list[tuple[str, str]]:
+    """Each RPC worker of LOCALRUN_WORKERS and what it offers now, or why it cannot serve."""
+    from localrun.hardware import workers
+    from localrun.settings import config
+
+    found = []
+    for endpoint in config.workers():
+        try:
+            worker = workers.probe(endpoint)
+        except LocalrunError as exc:
+            found.append((endpoint, exc.message.removeprefix(f"worker {endpoint} ")))
+            continue
+        memory = ", ".join(f"{human_size(d.free_bytes)} free" for d in worker.devices)
+        found.append((endpoint, f"RPC {worker.version}, {memory}"))
+    return found
 
 
 def _repacking(machine: MachineParams) -> str:

@@ -27,6 +27,8 @@ def _suits(runtime: Any, gpus: list[Any]) -> str:
 
     if runtime.backend == exact.BACKEND:
         return "this CPU" if runtime.cpu == patchset.cpu_identity() else "another CPU"
+    if runtime.backend == "rpc":
+        return "workers"
     ok = suiting_gpus(runtime, gpus)
     return ", ".join(g.name for g in ok) if ok else "no device here"
 
@@ -126,8 +128,9 @@ def _built_in_exact() -> bool:
 def install(
     backend: str = typer.Argument(
         "auto",
-        help="cuda, vulkan, auto (what this machine's GPUs need), or exact (the CPU library "
-        "whose answers do not depend on the batch).",
+        help="cuda, vulkan, auto (what this machine's GPUs need), exact (the CPU library "
+        "whose answers do not depend on the batch), or rpc (llama.cpp's RPC backend, for "
+        "`localrun worker` and `serve --workers`).",
     ),
     arch: str = typer.Option(
         None, "--arch", help="CUDA architectures to build for (89,90); default: the GPUs here."
@@ -148,8 +151,8 @@ def install(
     from localrun.runtimes import build
 
     backend = backend.lower()
-    if backend not in ("auto", "cuda", "vulkan", "exact"):
-        raise typer.BadParameter("expected cuda, vulkan, auto or exact")
+    if backend not in ("auto", "cuda", "vulkan", "exact", "rpc"):
+        raise typer.BadParameter("expected cuda, vulkan, auto, exact or rpc")
     if backend == "auto":
         backend = auto_backend(system.detect().gpus)
 
@@ -168,6 +171,8 @@ def install(
     runtime = done.runtime
     if runtime.backend == "exact":
         say("every localrun process on this machine loads it now (LOCALRUN_EXACT=off: none)")
+    elif runtime.backend == "rpc":
+        say("`localrun worker` and `localrun serve --workers` load it when they need it")
     elif done.devices:
         say(f"it found {', '.join(done.devices)}")
     else:
@@ -184,7 +189,7 @@ def install(
         say(f"llama-cpp-python's source stays in {sources[0].parent} ({size}) for the next "
             "build: `localrun prune` removes it")  # fmt: skip
     chosen = layout.saved_selection()
-    if runtime.backend != "exact" and chosen not in (layout.AUTO, runtime.name):
+    if runtime.backend not in ("exact", "rpc") and chosen not in (layout.AUTO, runtime.name):
         print(f"selection stays {chosen}: `localrun runtime select {runtime.name}` to use it")
 
 

@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 GRACEFUL_SHUTDOWN_S = 3  # streams still open after Ctrl-C / SIGTERM get this long
 
 
+WORKERS_OPTION = typer.Option(
+    None,
+    "--workers",
+    help="host:port of `localrun worker`s, comma-separated, that each model is split across by "
+    "their memory (default: LOCALRUN_WORKERS, none).",
+)
+
+
 def _address(host: str | None, port: int | None) -> tuple[str, int]:
     """--host HOST[:PORT] and --port over LOCALRUN_HOST."""
     bind_host, bind_port = config.host()
@@ -108,6 +116,7 @@ def serve(
         help="The certificate's private key (PEM, unencrypted, mode 600; default: "
         "LOCALRUN_TLS_KEY).",
     ),
+    workers: str | None = WORKERS_OPTION,
 ) -> None:
     """Serve the Ollama-, OpenAI- and Anthropic-compatible APIs."""
     from localrun.host.limits import raise_open_files
@@ -117,7 +126,7 @@ def serve(
     from localrun.settings import tls
     from localrun.sources.hosts import is_loopback
 
-    _check_settings()
+    _check_settings(workers)
     bind_host, bind_port = _address(host, port)
     env_cert, env_key = config.tls_pair()
     pair = tls.server_pair(tls_cert or env_cert, tls_key or env_key)
@@ -145,6 +154,7 @@ def serve(
     url = _url(sock, "https" if pair else "http")
     print(f"localrun {__version__} listening on {url}", flush=True)
     print(f"chat in a browser: {url}/ui/", flush=True)
+    _say_workers()
     _advise()
     try:
         server.run(sockets=[sock])
@@ -154,7 +164,22 @@ def serve(
         raise ServerError("the server could not start", hint="see the messages above")
 
 
-def _check_settings() -> None:
+def _say_workers() -> None:
+    """A line for each worker: what it offers, or why it cannot serve (asked in bounded time)."""
+    endpoints = config.workers()
+    if not endpoints:
+        return
+    from localrun.hardware import workers
+
+    found, problems = workers.survey(endpoints)
+    for worker in found:
+        size = f"{worker.free_bytes / 2**30:.1f} GiB"
+        print(f"worker {worker.endpoint}: {size} free, RPC {worker.version}", flush=True)
+    for problem in problems:
+        print(f"warning: {problem.removesuffix(': loading without it')}", flush=True)
+
+
+def _check_settings(workers: str | None = None) -> None:
     """Read every setting once, before the socket is bound, so a bad value stops the start.
 
     The start then ends with the value's one-line ConfigError. Most settings are read again where
@@ -163,6 +188,10 @@ def _check_settings() -> None:
     """
     from localrun.settings import upstreams
 
+    if workers is not None:  # --workers: the runners read it as the setting, checked here
+        import os
+
+        os.environ["LOCALRUN_WORKERS"] = workers
     for setting in config.SETTINGS.values():
         setting.value()
     upstreams.Settings.read()  # the LOCALRUN_UPSTREAM_* bounds, read when a request routes

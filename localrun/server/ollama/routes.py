@@ -159,6 +159,7 @@ async def ps(request: Request) -> Response:
                     memory.kind(m.details.get("architecture"), m.details.get("sliding_window"))
                 ),
                 **({"runtime": m.runtime, "devices": m.devices} if m.runtime else {}),
+                **({"split": m.split} if m.split else {}),
             }
         )
     remote = core.context(request).scheduler.remote

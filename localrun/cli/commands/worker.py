@@ -1,0 +1,98 @@
+"""`localrun worker`: llama.cpp's RPC server, offering this machine's GPU or CPU to a `serve`.
+
+A worker runs whatever tensors and graphs the process that connects sends it, with no
+authentication: it listens on loopback unless told otherwise, and on another address only with
+--allow-network (a network the user trusts). It serves one client at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import typer
+
+from localrun.errors import ConfigError, LocalrunError
+
+DEFAULT_PORT = 50052  # llama.cpp's rpc-server's
+
+
+def worker(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(DEFAULT_PORT, "--port", "-p", min=1, max=65535, help="Port."),
+    allow_network: bool = typer.Option(
+        False,
+        "--allow-network",
+        help="Listen on an address beyond loopback. Anyone who reaches the port can run "
+        "computations on this machine and read what it holds: use it on a trusted network only.",
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="What to offer: gpu, cpu, or auto (the GPUs if any)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", "-t", min=1, help="CPU threads (default: the physical cores)."
+    ),
+) -> None:
+    """Offer this machine's GPU or CPU to `localrun serve --workers` (llama.cpp's RPC server)."""
+    from localrun.sources.hosts import is_loopback
+
+    device = device.lower()
+    if device not in ("auto", "gpu", "cpu"):
+        raise typer.BadParameter("expected gpu, cpu or auto")
+    if ":" in host:
+        raise ConfigError(f"{host!r} is not an IPv4 address or a name", hint="llama.cpp's RPC "
+                          "server takes no IPv6 address; pass --host 127.0.0.1")  # fmt: skip
+    if not is_loopback(host) and not allow_network:
+        raise ConfigError(
+            f"refusing to listen on {host}: a worker runs what anyone who connects sends it",
+            hint="on a network you trust, add --allow-network (`localrun help workers`)",
+        )
+    _check_free(host, port)
+    from localrun.engine.library import native
+    from localrun.hardware import system
+    from localrun.runtimes import ggml, rpc
+
+    lib = ggml.library(native.libllama_path())
+    reg = rpc.registry(lib, native.lc.__version__)
+    handles, offered = _devices(lib, device)
+    endpoint = f"{host}:{port}"
+    print(f"localrun worker on {endpoint} offers {offered}", flush=True)
+    count = threads or system.default_threads()
+    serving = threading.Thread(
+        target=rpc.serve, args=(lib, reg, endpoint, handles, count), daemon=True
+    )
+    serving.start()
+    while serving.is_alive():
+        serving.join(0.5)  # Ctrl-C ends the process here, between two waits
+    raise LocalrunError(f"the worker could not listen on {endpoint}", hint="see the lines above")
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuse at once a port another process holds (llama.cpp's server would only print it)."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}",
+            hint="pick another --port, or stop what holds it",
+        ) from None
+
+
+def _devices(lib: object, wanted: str) -> tuple[list[int], str]:
+    """The ggml devices to serve, and a line that names them with their memory."""
+    from localrun.runtimes import ggml
+
+    every = [lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count())]  # type: ignore[attr-defined]
+    described = [(handle, ggml.device(lib, handle)) for handle in every]
+    gpus = [(h, d) for h, d in described if d.kind in ("GPU", "IGPU") and d.backend != "RPC"]
+    cpus = [(h, d) for h, d in described if d.kind == "CPU"]
+    if wanted == "gpu" and not gpus:
+        raise LocalrunError(
+            "this machine has no GPU that llama.cpp can use",
+            hint="`localrun info` says why; --device cpu offers the CPU",
+        )
+    chosen = gpus if gpus and wanted != "cpu" else cpus
+    names = ", ".join(f"{d} ({d.free_bytes / 2**30:.1f} GiB free)" for _, d in chosen)
+    return [int(h) for h, _ in chosen], names
