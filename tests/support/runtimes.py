@@ -24,8 +24,8 @@ def vulkan_ready() -> str | None:
 
 
 # The builds the tests keep between runs (installed with --keep-build), so that a second run
-# compiles nothing: some 225 MB for the exact runtime, 420 MB for Vulkan.
-KEPT_BUILDS = (f"exact-{bindings_version()}", f"vulkan-{bindings_version()}")
+# compiles nothing: some 225 MB for the exact runtime, 420 MB for Vulkan, 120 MB for RPC.
+KEPT_BUILDS = tuple(f"{backend}-{bindings_version()}" for backend in ("exact", "vulkan", "rpc"))
 
 
 @functools.cache

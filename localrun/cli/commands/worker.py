@@ -49,10 +49,12 @@ def worker(
             hint="on a network you trust, add --allow-network (`localrun help workers`)",
         )
     _check_free(host, port)
+    from localrun.engine import weights
     from localrun.engine.library import native
     from localrun.hardware import system
     from localrun.runtimes import ggml, rpc
 
+    weights.ready()  # llama.cpp's log kept, as every process that runs models keeps it
     lib = ggml.library(native.libllama_path())
     reg = rpc.registry(lib, native.lc.__version__)
     handles, offered = _devices(lib, device)

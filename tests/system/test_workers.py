@@ -1,0 +1,353 @@
+"""A model split across llama.cpp's RPC workers (issue 96): `localrun worker` twice on loopback,
+serving this machine's CPU with the rpc runtime built for real (`localrun runtime install rpc`,
+about 20 s), and the main process holding the first layers.
+- the split answers as the model alone does (greedy), on a transformer, a sliding window, a
+  recurrent and a hybrid memory, and through every dialect of `serve --workers`; ps shows it;
+- a worker killed mid-answer, or stopped (SIGSTOP) past LOCALRUN_WORKER_TIMEOUT, ends the stream
+  with one line in the dialect in bounded time, and the next request loads without it;
+- a "worker" that sends garbage is left out with a warning; one that answers the handshake and
+  then garbage fails the request with 502, and the server lives on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from localrun.errors import ToolchainError
+from localrun.hardware import workers as workers_mod
+from localrun.runtimes import toolchain
+from localrun.runtimes.source import bindings_version
+from localrun.store.local import Store
+
+from support import PATIENCE_S
+from support.cli import localrun_env
+from support.runtimes import builds_folder
+from support.serve import Serve
+from support.server import add_model
+
+pytestmark = [pytest.mark.model, pytest.mark.slow, pytest.mark.server]
+VERSION = bindings_version()
+PROMPT = "Why is the sky blue?"
+STORY = [{"role": "user", "content": "Write a very long story about a dragon and a king."}]
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    return localrun_env(
+        LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder()), **extra
+    )
+
+
+@pytest.fixture(scope="session")
+def rpc_home(
+    tmp_path_factory: pytest.TempPathFactory,
+    smollm2_path: str,
+    tiny_swa: Path,
+    tiny_mamba: Path,
+    tiny_lfm2: Path,
+) -> Path:
+    """A home with the rpc runtime installed and the models the tests split."""
+    try:
+        toolchain.rpc()
+    except ToolchainError as exc:
+        pytest.skip(f"no build toolchain: {exc.message}")
+    home = tmp_path_factory.mktemp("rpc-home")
+    done = subprocess.run(
+        [sys.executable, "-m", "localrun", "runtime", "install", "rpc", "--keep-build"],
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"installed runtime rpc-{VERSION}" in done.stdout, done.stdout
+    store = Store(home / "models")
+    add_model(store, "smol", Path(smollm2_path))
+    for name, path in (("swa", tiny_swa), ("mamba", tiny_mamba), ("lfm2", tiny_lfm2)):
+        add_model(store, name, path)
+    return home
+
+
+class Worker:
+    """`localrun worker` on a free loopback port, once it answers a probe."""
+
+    def __init__(self, home: Path) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as probe:
+            port = probe.getsockname()[1]
+        self.endpoint = f"127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "localrun", "worker", "--port", str(port), "--threads", "1"],
+            env=_env(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        said = self.proc.stdout.readline()
+        assert f"localrun worker on {self.endpoint} offers CPU" in said, said
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # never blocks it
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                workers_mod.probe(self.endpoint, timeout_s=2)
+                return
+            except Exception:
+                assert time.monotonic() < deadline and self.proc.poll() is None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+        self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def pair(rpc_home: Path) -> Iterator[list[Worker]]:
+    started = [Worker(rpc_home), Worker(rpc_home)]
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+def _run(home: Path, model: str, workers: str = "") -> subprocess.CompletedProcess[str]:
+    extra = {"LOCALRUN_WORKERS": workers} if workers else {}
+    argv = [sys.executable, "-m", "localrun", "run", model, PROMPT, "--verbose"]
+    argv += ["-p", "temperature=0", "-p", "num_predict=24"]
+    done = subprocess.run(
+        argv, env=_env(home, **extra), capture_output=True, text=True, timeout=PATIENCE_S
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+@pytest.mark.parametrize("model", ["smol", "swa", "mamba", "lfm2"])
+def test_a_model_split_across_two_workers_answers_as_it_does_alone(
+    rpc_home: Path, pair: list[Worker], model: str
+) -> None:
+    alone = _run(rpc_home, model)
+    split = _run(rpc_home, model, ",".join(w.endpoint for w in pair))
+    assert split.stdout == alone.stdout and alone.stdout.strip()
+    assert "split across 2 workers and this machine" in split.stderr, split.stderr
+    assert "split across" not in alone.stderr
+
+
+def _split_of(serve: Serve) -> list[str]:
+    models = httpx.get(f"{serve.url}/api/ps", timeout=PATIENCE_S).json()["models"]
+    return list(models[0]["split"])
+
+
+def test_every_dialect_answers_through_the_split_and_ps_shows_it(
+    rpc_home: Path, pair: list[Worker]
+) -> None:
+    import anthropic
+    import ollama
+    import openai
+
+    alone = _run(rpc_home, "smol").stdout.strip()
+    endpoints = ",".join(w.endpoint for w in pair)
+    serve = Serve(rpc_home, "--workers", endpoints, env=_env(rpc_home))
+    try:
+        said = [serve.proc.stdout.readline() for _ in range(3)][1:]  # type: ignore[union-attr]
+        assert all(line.startswith("worker 127.0.0.1:") and "free" in line for line in said)
+        question = [{"role": "user", "content": PROMPT}]
+        texts = [
+            ollama.Client(host=serve.url)
+            .chat(model="smol", messages=question, options={"temperature": 0, "num_predict": 24})
+            .message.content,
+            openai.OpenAI(base_url=f"{serve.url}/v1", api_key="x")
+            .chat.completions.create(
+                model="smol",
+                messages=question,
+                temperature=0,
+                max_tokens=24,  # type: ignore[arg-type]
+            )
+            .choices[0]
+            .message.content,
+            anthropic.Anthropic(base_url=serve.url, api_key="x")
+            .messages.create(
+                model="smol",
+                messages=question,  # type: ignore[arg-type]
+                max_tokens=24,
+                extra_body={"temperature": 0},
+            )
+            .content[0]
+            .text,  # type: ignore[union-attr]
+        ]
+        assert texts == [alone] * 3
+        split = _split_of(serve)
+        assert [s.split(": ")[0] for s in split] == [*endpoints.split(","), "this machine"]
+        shown = subprocess.run(
+            [sys.executable, "-m", "localrun", "ps"],
+            env=_env(rpc_home, LOCALRUN_HOST=serve.address),
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE_S,
+        )
+        assert "CPU/2 workers" in shown.stdout, shown.stdout
+    finally:
+        serve.kill()
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_a_worker_lost_mid_answer_ends_it_in_one_line_and_the_model_reloads_without_it(
+    rpc_home: Path, pair: list[Worker], how: str
+) -> None:
+    import openai
+
+    victim = Worker(rpc_home)
+    endpoints = f"{pair[0].endpoint},{victim.endpoint}"
+    env = _env(rpc_home, LOCALRUN_WORKER_TIMEOUT="2s")
+    serve = Serve(rpc_home, "--workers", endpoints, env=env)
+    client = openai.OpenAI(base_url=f"{serve.url}/v1", api_key="x", max_retries=0)
+    try:
+        stream = client.chat.completions.create(
+            model="smol",
+            messages=STORY,
+            max_tokens=3000,
+            stream=True,  # type: ignore[arg-type]
+        )
+        chunks = 0
+        with pytest.raises(openai.APIError) as caught:
+            for _ in stream:
+                chunks += 1
+                if chunks == 5:
+                    started = time.monotonic()
+                    os.kill(victim.proc.pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        assert time.monotonic() - started < 30
+        assert "a worker holding part of smol:latest stopped answering" in caught.value.message
+        again = client.chat.completions.create(
+            model="smol",
+            messages=STORY,
+            max_tokens=8,  # type: ignore[arg-type]
+        )
+        assert again.choices[0].message.content
+        assert [s.split(": ")[0] for s in _split_of(serve)] == [pair[0].endpoint, "this machine"]
+    finally:
+        serve.kill()
+        victim.stop()
+
+
+def _garbage(conn: socket.socket) -> None:
+    conn.recv(64)
+    conn.sendall(os.urandom(4096))
+
+
+def _handshake_then_garbage(conn: socket.socket) -> None:
+    """Answer HELLO, DEVICE_COUNT and GET_DEVICE_MEMORY as a worker does, then garbage."""
+    while True:
+        command = conn.recv(1)
+        if not command:
+            return
+        size = struct.unpack("<Q", conn.recv(8))[0]
+        payload = conn.recv(size) if size else b""
+        if command[0] == workers_mod.HELLO:
+            body = bytes([workers_mod.PROTOCOL_MAJOR, 0, 0, 0]) + bytes(workers_mod.CAPS_SIZE)
+        elif command[0] == workers_mod.DEVICE_COUNT:
+            body = struct.pack("<I", 1)
+        elif command[0] == workers_mod.DEVICE_MEMORY and len(payload) == 4:
+            body = struct.pack("<QQ", 2**33, 2**33)
+        else:
+            conn.sendall(os.urandom(4096))
+            return
+        conn.sendall(struct.pack("<Q", len(body)) + body)
+
+
+@contextlib.contextmanager
+def _fake(serve: Callable[[socket.socket], None]) -> Iterator[str]:
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError, struct.error):
+                serve(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def test_a_worker_that_sends_garbage_is_left_out_or_fails_the_request_in_one_line(
+    rpc_home: Path, pair: list[Worker]
+) -> None:
+    with _fake(_garbage) as garbage, _fake(_handshake_then_garbage) as liar:
+        serve = Serve(rpc_home, "--workers", f"{pair[0].endpoint},{garbage}", env=_env(rpc_home))
+        try:
+            said = [serve.proc.stdout.readline() for _ in range(3)][1:]  # type: ignore[union-attr]
+            assert any("does not speak llama.cpp's RPC protocol" in line for line in said), said
+            answer = httpx.post(
+                f"{serve.url}/api/generate",
+                json={"model": "smol", "prompt": PROMPT, "stream": False},
+                timeout=PATIENCE_S,
+            )
+            assert answer.status_code == 200 and answer.json()["response"]
+            assert [s.split(": ")[0] for s in _split_of(serve)] == [pair[0].endpoint, HERE]
+        finally:
+            serve.kill()
+        serve = Serve(rpc_home, "--workers", liar, env=_env(rpc_home))
+        try:
+            started = time.monotonic()
+            failed = httpx.post(
+                f"{serve.url}/v1/chat/completions",
+                json={"model": "smol", "messages": STORY, "max_tokens": 8},
+                timeout=PATIENCE_S,
+            )
+            assert time.monotonic() - started < 60
+            assert failed.status_code == 502, failed.text
+            error = failed.json()["error"]
+            assert error["code"] == "worker_failed" and "\n" not in error["message"]
+            assert httpx.get(f"{serve.url}/api/ps", timeout=PATIENCE_S).status_code == 200
+        finally:
+            serve.kill()
+
+
+HERE = "this machine"
+
+
+def test_a_worker_listens_beyond_loopback_only_when_told_and_says_a_taken_port(
+    rpc_home: Path, pair: list[Worker]
+) -> None:
+    def worker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "localrun", "worker", *args],
+            env=_env(rpc_home),
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE_S,
+        )
+
+    refused = worker("--host", "0.0.0.0")
+    assert refused.returncode == 1 and "--allow-network" in refused.stderr
+    assert refused.stderr.startswith("Error: refusing to listen on 0.0.0.0")
+    taken = worker("--port", pair[0].endpoint.split(":")[1])
+    assert taken.returncode == 1 and "Address already in use" in taken.stderr
+    assert len(taken.stderr.strip().splitlines()) == 1
+    listed = subprocess.run(
+        [sys.executable, "-m", "localrun", "info", "--json"],
+        env=_env(rpc_home, LOCALRUN_WORKERS=pair[1].endpoint),
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+    found = json.loads(listed.stdout)["workers"]
+    assert found[0]["endpoint"] == pair[1].endpoint and "RPC 7." in found[0]["offers"]
