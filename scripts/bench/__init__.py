@@ -10,10 +10,8 @@
     overhead       the generation loop's cost beyond llama_decode, per token
     offload        the offload planner against what a real GPU holds
     gateway        serve routing a model to an upstream, against the upstream itself
+    workers        a model split across two RPC workers against itself alone and llama.cpp's split
     pull           pull throughput against hf_hub_download and a registry
-    startup        `localrun --help`, `list` and `--version` wall time
-    first_command  README's first command on a fresh copy: wall time, longest silence
-    convert        conversion, quantization and import against llama.cpp's tools
 
 Run one as `python scripts/bench/NAME.py`; it puts scripts/ on sys.path for the packages the
 scripts share (benchlib, testmodels, hubs).

@@ -30,7 +30,7 @@ PACKAGE = "localrun"
 SCRIPTS = "scripts"
 # The folders of scripts/ that hold scripts, one purpose each; every other package there is a
 # library the scripts (and the tests) share.
-SCRIPT_FOLDERS = ("bench", "measure", "corpora", "fuzz", "maintenance")
+SCRIPT_FOLDERS = ("bench", "setupbench", "measure", "corpora", "fuzz", "maintenance")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ and mac.local, and nothing may leave the machine. Scripts named by a block are o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -86,7 +87,8 @@ BLOCKS = [
         cut={
             "python3 -m venv .venv && . .venv/bin/activate && python scripts/install.py && ": (
                 INSTALLED + "; tests/unit/scripts/test_install_script.py runs scripts/install.py "
-                "through pip, and scripts/bench/first_command.py the whole command on a fresh copy"
+                "through pip, and scripts/setupbench/first_command.py the whole command on a "
+                "fresh copy"
             ),
         },
     ),
@@ -180,6 +182,38 @@ BLOCKS = [
             "process loads it\n": (
                 "it builds for a minute from a downloaded source; tests/system/test_exact.py "
                 "builds it for real and holds it to its promise"
+            )
+        },
+    ),
+    Entry(
+        "localrun runtime install rpc                          # llama.cpp's RPC backend, about "
+        "20 s",
+        "test_a_worker_as_written",
+        "the worker line with 127.0.0.1 for the worker machine's address, in the background, "
+        "asked what it offers as a server asks it",
+        cut={
+            "localrun runtime install rpc                          # llama.cpp's RPC backend, "
+            "about 20 s\n": (
+                "the runtime is built once for the session (conftest's rpc_runtime) and copied "
+                "into the block's home"
+            )
+        },
+        substitute={"192.168.1.20": ("127.0.0.1", "no machine here has the address 192.168.1.20")},
+    ),
+    Entry(
+        "localrun runtime install rpc",
+        "test_serving_with_workers",
+        "`serve --workers` as written beside the worker of the block before (at 127.0.0.1 for "
+        "192.168.1.20); 192.168.1.21 stays as written, refused by the guard, and left out",
+        cut={
+            "localrun runtime install rpc\n": (
+                "the runtime is built once for the session and copied into the block's home"
+            )
+        },
+        substitute={
+            "192.168.1.20:50052": (
+                "127.0.0.1:50052",
+                "no machine here has the address 192.168.1.20",
             )
         },
     ),
@@ -919,6 +953,64 @@ def test_gpu_runtimes(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:
     errors = [line for line in gone.stderr.splitlines() if line.startswith("Error: ")]
     assert gone.returncode != 0 and len(errors) == 1 and "NAME" in errors[0], gone.stderr
     assert refused(tmp_path) == []
+
+
+def _with_rpc(env: dict[str, str], rpc_runtime: Path) -> dict[str, str]:
+    shutil.copytree(rpc_runtime / "runtimes", Path(env["LOCALRUN_HOME"]) / "runtimes")
+    return env
+
+
+@contextlib.contextmanager
+def _worker(command: str, env: dict[str, str], cwd: Path) -> Iterator[str]:
+    """A worker line of docs/workers.md in the background; yields the line it printed first."""
+    proc = subprocess.Popen(
+        ["bash", "-c", command], env=env, cwd=cwd, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline()  # bounded: it says what it offers, or exits
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(PATIENCE_S)
+
+
+def test_a_worker_as_written(
+    sandbox: Sandbox, tmp_path: Path, work: Path, rpc_runtime: Path
+) -> None:
+    from localrun.hardware import workers
+
+    env = _with_rpc(sandbox.env(tmp_path), rpc_runtime)
+    with _worker(edited("test_a_worker_as_written"), env, work) as said:
+        assert said.startswith("localrun worker on 127.0.0.1:50052 offers CPU"), said
+        wait_for(lambda: _answers(workers, "127.0.0.1:50052"))
+    assert refused(tmp_path) == []
+
+
+def _answers(workers: Any, endpoint: str) -> bool:
+    try:
+        return workers.probe(endpoint).version.startswith("7.")  # type: ignore[no-any-return]
+    except Exception:
+        return False
+
+
+def test_serving_with_workers(
+    sandbox: Sandbox, tmp_path: Path, work: Path, rpc_runtime: Path
+) -> None:
+    env = _with_rpc(sandbox.env(tmp_path), rpc_runtime)
+    line = edited("test_a_worker_as_written")
+    with _worker(line, env, work) as said:
+        assert "offers CPU" in said, said
+        serve_env = {**env, "LOCALRUN_HOST": f"127.0.0.1:{free_port()}"}
+        served = Server(edited("test_serving_with_workers").strip(), serve_env, work)
+        try:
+            assert served.proc.stdout is not None
+            lines = [served.proc.stdout.readline() for _ in range(3)][1:]
+            assert lines[0].startswith("worker 127.0.0.1:50052: "), lines
+            assert lines[1].startswith("warning: worker 192.168.1.21:50052 cannot be reached")
+        finally:
+            served.stop()
+    assert [line.split()[-1] for line in refused(tmp_path)] == ["192.168.1.21:50052"]
 
 
 def test_same_request_same_answer(sandbox: Sandbox, tmp_path: Path, work: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -27,10 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localrun.errors import ToolchainError
 from localrun.hardware import workers as workers_mod
-from localrun.runtimes import toolchain
-from localrun.runtimes.source import bindings_version
 from localrun.store.local import Store
 
 from support import PATIENCE_S
@@ -40,7 +38,6 @@ from support.serve import Serve
 from support.server import add_model
 
 pytestmark = [pytest.mark.model, pytest.mark.slow, pytest.mark.server]
-VERSION = bindings_version()
 PROMPT = "Why is the sky blue?"
 STORY = [{"role": "user", "content": "Write a very long story about a dragon and a king."}]
 
@@ -54,26 +51,15 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def rpc_home(
     tmp_path_factory: pytest.TempPathFactory,
+    rpc_runtime: Path,
     smollm2_path: str,
     tiny_swa: Path,
     tiny_mamba: Path,
     tiny_lfm2: Path,
 ) -> Path:
     """A home with the rpc runtime installed and the models the tests split."""
-    try:
-        toolchain.rpc()
-    except ToolchainError as exc:
-        pytest.skip(f"no build toolchain: {exc.message}")
     home = tmp_path_factory.mktemp("rpc-home")
-    done = subprocess.run(
-        [sys.executable, "-m", "localrun", "runtime", "install", "rpc", "--keep-build"],
-        env=_env(home),
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"installed runtime rpc-{VERSION}" in done.stdout, done.stdout
+    shutil.copytree(rpc_runtime / "runtimes", home / "runtimes", symlinks=True)
     store = Store(home / "models")
     add_model(store, "smol", Path(smollm2_path))
     for name, path in (("swa", tiny_swa), ("mamba", tiny_mamba), ("lfm2", tiny_lfm2)):

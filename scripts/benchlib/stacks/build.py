@@ -62,6 +62,10 @@ BUILD_TARGETS = [
 # build's libraries (LLAMA_CPP_LIB_PATH) and offload as they decide (localrun: everything that
 # fits, llama-cpp-python: n_gpu_layers=-1).
 CUDA_CMAKE_FLAGS = ["-DGGML_CUDA=ON"]
+# rpc: the same build with llama.cpp's RPC backend and its rpc-server (scripts/bench/workers.py),
+# in a folder of its own so that the other benchmarks' llama.cpp registers no RPC backend.
+RPC_CMAKE_FLAGS = ["-DGGML_RPC=ON"]
+RPC_TARGETS = ["llama-bench", "ggml-rpc-server"]
 OFFLOAD: list[str] = []  # llama.cpp tool arguments; ["-ngl", "99"] once offload_to() ran
 # A Python process that opens a CUDA build's libraries with nothing before them crashes loading a
 # BPE model (localrun.engine.library.native.load_cxx_runtime says why); localrun preloads libstdc++
@@ -131,14 +135,18 @@ def _compile_flags(build_dir: Path) -> str:
     return "unknown"
 
 
-def ensure_build(build_dir: Path | None, cache: Path, jobs: int, cuda: bool = False) -> Build:
+def ensure_build(
+    build_dir: Path | None, cache: Path, jobs: int, cuda: bool = False, rpc: bool = False
+) -> Build:
     """Return a llama.cpp build with llama-bench and llama-server, building it when missing
-    (`cuda`: with the CUDA backend, in a folder of its own)."""
+    (`cuda`: with the CUDA backend, `rpc`: llama-bench and rpc-server with the RPC backend, each
+    in a folder of its own)."""
     root = cache / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
-    default = root / ("build-cuda" if cuda else "build")
+    default = root / ("build-cuda" if cuda else "build-rpc" if rpc else "build")
     build_dir = (build_dir or default).expanduser().resolve()
     info_file = build_dir / BUILD_INFO
-    if all((build_dir / "bin" / t).is_file() for t in BUILD_TARGETS):
+    targets = RPC_TARGETS if rpc else BUILD_TARGETS
+    if all((build_dir / "bin" / t).is_file() for t in targets):
         info = json.loads(info_file.read_text()) if info_file.is_file() else {}
         if cuda and not _built_with_cuda(build_dir):
             raise OSError(f"{build_dir} is a llama.cpp build without CUDA")
@@ -152,8 +160,9 @@ def ensure_build(build_dir: Path | None, cache: Path, jobs: int, cuda: bool = Fa
     configure = [
         "cmake", "-S", str(source), "-B", str(build_dir), *generator,
         *WHEEL_CMAKE_FLAGS, *TOOL_CMAKE_FLAGS, *(CUDA_CMAKE_FLAGS if cuda else []),
+        *(RPC_CMAKE_FLAGS if rpc else []),
     ]  # fmt: skip
-    compile_ = ["cmake", "--build", str(build_dir), "--target", *BUILD_TARGETS, "-j", str(jobs)]
+    compile_ = ["cmake", "--build", str(build_dir), "--target", *targets, "-j", str(jobs)]
     say(f"building llama-bench and llama-server (several minutes with -j{jobs})")
     start = time.perf_counter()
     for cmd in (configure, compile_):

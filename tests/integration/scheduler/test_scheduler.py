@@ -739,3 +739,24 @@ def test_the_gpu_runtime_is_not_scaled_with_the_context() -> None:
             budget.check_fits(runner, target, {"num_ctx": 128 * 2048}, [runner])
 
     asyncio.run(main())
+
+
+def test_with_workers_a_model_larger_than_this_machine_is_left_to_its_runner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Split across RPC workers, only a share of a model stays here: the scheduler's estimate
+    (the whole model) is no reason to refuse it, and the runner, which asks the workers and
+    plans the split, refuses what does not fit (tests/system/test_workers.py)."""
+    from localrun.errors import ModelLoadError
+    from localrun.scheduler.budget import Budget
+
+    gib = 1024**3
+    target = _unstored_target(40 * gib)
+    budget = Budget(limit=8 * gib)
+    assert budget.estimate(target, {}, 1, []) == 40 * gib
+    with pytest.raises((InvalidParameterError, ModelLoadError)):
+        budget.check_alone(target, 40 * gib, {}, 1, [])
+    monkeypatch.setenv("LOCALRUN_WORKERS", "10.0.0.2:50052,10.0.0.3:50052")
+    estimate = budget.estimate(target, {}, 1, [])
+    assert estimate == 8 * gib
+    budget.check_alone(target, estimate, {}, 1, [])

@@ -4,7 +4,7 @@
 pydantic (typer converts option values through it; cli/typer_patches spares the values that need
 no converting) and, but for --help, without rich; `list`, `env` and `--version` as they are
 mostly typed (cli/main's PLAIN) without typer, and print what typer's commands print. No timings
-here: scripts/bench/startup.py measures them.
+here: scripts/setupbench/startup.py measures them.
 """
 
 from __future__ import annotations

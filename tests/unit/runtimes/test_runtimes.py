@@ -67,7 +67,7 @@ def test_runtime_commands_without_runtimes(cli: CLI) -> None:
     built = info(cli)
     assert built["runtime"] == "built-in" and built["runtime_warning"] is None
     refused = cli("runtime", "install", "metal")
-    assert_one_line_error(refused, "expected cuda, vulkan, auto or exact")
+    assert_one_line_error(refused, "expected cuda, vulkan, auto, exact or rpc")
 
 
 def test_an_exact_runtime_of_another_cpu_or_a_damaged_one_is_not_loaded(

@@ -12,7 +12,7 @@ milestones came (pip's compile, the install, the answer).
 Issue 95's goal: under 5 minutes on 2 quiet cores, and no silence over 10 s. Run it on a quiet
 machine: nothing else compiling, no test suite, no benchmark.
 
-Usage: python scripts/bench/first_command.py [--rev REV] [--keep] [--log FILE]
+Usage: python scripts/setupbench/first_command.py [--rev REV] [--keep] [--log FILE]
 """
 
 from __future__ import annotations

