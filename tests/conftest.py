@@ -283,27 +283,6 @@ def rpc_runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LOCALRUN_HOME with llama.cpp's RPC backend installed for real (`localrun runtime install
     rpc`, about 20 s; its build kept in the runtime tests' builds folder): what `localrun worker`
     and `serve --workers` load. A test copies its runtimes/ folder into its own home."""
-    import sys
+    from support.runtimes import home_with
 
-    from localrun.errors import ToolchainError
-    from localrun.runtimes import toolchain
-    from localrun.runtimes.source import bindings_version
-
-    from support.cli import localrun_env
-    from support.runtimes import builds_folder
-
-    try:
-        toolchain.rpc()
-    except ToolchainError as exc:
-        pytest.skip(f"no build toolchain: {exc.message}")
-    home = tmp_path_factory.mktemp("rpc-runtime")
-    done = subprocess.run(
-        [sys.executable, "-m", "localrun", "runtime", "install", "rpc", "--keep-build"],
-        env=localrun_env(LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder())),
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"installed runtime rpc-{bindings_version()}" in done.stdout, done.stdout
-    return home
+    return home_with(tmp_path_factory, "rpc")

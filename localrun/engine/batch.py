@@ -479,6 +479,9 @@ class BatchEngine:
             memory.keep(slot)
         self._disk.saved(self._ctx, slot, job)
         if slot.row >= 0:
+            # A GPU or a worker may still be computing what llama_decode queued: the prompt is
+            # read once its logits are (not in the first token's time).
+            lc.llama_synchronize(self._ctx)
             job.timings.prompt_s = time.perf_counter() - job.start
             self._answerer.keep(slot, job)
             if job.budget <= 0:  # num_predict 0: only read (and cache) the prompt

@@ -5,7 +5,8 @@ What the transport costs (issue 96): every stack runs the same GGUF with the sam
 machine, so the workers' network is loopback and each party computes in turn. Rounds are
 interleaved (each round runs every stack once, in a rotating order); medians of `--repeat`.
 
-  localrun alone     `localrun run NAME PROMPT --verbose`: `eval rate` and `prompt eval rate`
+  localrun alone     `localrun run NAME PROMPT --verbose` (speculation off, as llama-bench has
+                     none): `eval rate` and `prompt eval rate`
   localrun split     the same with LOCALRUN_WORKERS naming two `localrun worker`s
   llama-bench alone  `llama-bench -p P -n 128 -ngl 0`, P the prompt tokens localrun read
   llama-bench split  the same with `--rpc` to two of llama.cpp's `ggml-rpc-server`s, and
@@ -43,9 +44,18 @@ from benchlib.stacks.build import add_build_arguments, bench_args, ensure_build
 from benchlib.stacks.store import Localrun, prepare_localrun
 
 N_PREDICT = 128
-PROMPT = (
-    "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. "
-    "Describe the island, the storm, the letter and what happens next."
+# About 400 tokens: long enough that reading it is measured, not its start.
+PROMPT = " ".join(
+    [
+        "Here are notes on a lighthouse keeper's year, one season after another.",
+        *(
+            f"In season {n} the keeper mended the lamp, logged the ships, counted the gulls, "
+            f"wrote to the mainland and watched the weather turn from calm to storm and back."
+            for n in range(1, 13)
+        ),
+        "Write a long, detailed story from these notes: the island, the storm, a message in a "
+        "bottle, and what happens next.",
+    ]
 )
 STACKS = ("localrun alone", "localrun split", "llama-bench alone", "llama-bench split")
 
@@ -196,7 +206,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=physical_cores())
     parser.add_argument("--model", type=Path, default=default_model())
@@ -208,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     build = ensure_build(args.llama_cpp_build, args.cache_dir, args.jobs, rpc=True)
     with tempfile.TemporaryDirectory() as home:
         lr = prepare_localrun(Path(home), args.model, None, args.threads)
+        # Plain decoding, as llama-bench's: speculation would measure the text, not the transport.
+        lr.env["LOCALRUN_SPECULATE"] = "off"
         results = measure(args, lr, build.llama_bench, build.dir / "bin" / "ggml-rpc-server")
     print(report(results))
     if args.json:

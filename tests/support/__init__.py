@@ -16,6 +16,7 @@ file (tests/unit/test_layout.py checks it). Fixtures stay in tests/conftest.py.
     support.runner     a runner process (`python -m localrun.worker`) driven through its protocol
     support.blobs      a store as the tests look into it: digests, blob and temporary files
     support.workers    what a test runs in a child process of its own (spawn imports it by name)
+    support.rpc        llama.cpp's RPC protocol as the fake workers speak it, on loopback
     support.mshub, support.proxy
                        ModelScope's hub and the forward proxy, on loopback (Hugging Face's hub
                        and the registries: scripts/hubs, which the scripts use too)

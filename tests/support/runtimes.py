@@ -7,6 +7,7 @@ import functools
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from localrun.errors import ToolchainError
 from localrun.runtimes import toolchain
@@ -44,3 +45,39 @@ def builds_folder() -> Path:
             if entry.name not in KEPT_BUILDS:
                 shutil.rmtree(entry, ignore_errors=True)
     return folder
+
+
+def home_with(factory: Any, backend: str) -> Path:
+    """A new LOCALRUN_HOME from pytest's `factory` with the runtime of `backend` (exact, rpc)
+    installed for real; the test skips where the toolchain to build it is missing."""
+    import pytest
+
+    needs = {"exact": toolchain.cpu, "rpc": toolchain.rpc}[backend]
+    try:
+        needs()
+    except ToolchainError as exc:
+        pytest.skip(f"no toolchain to build the {backend} runtime: {exc.message}")
+    home = Path(factory.mktemp(f"{backend}-home"))
+    install(home, backend)
+    return home
+
+
+def install(home: Path, backend: str) -> str:
+    """`localrun runtime install BACKEND --keep-build` into `home` for real, its build kept in
+    builds_folder(); its stdout once it said it installed the runtime."""
+    import subprocess
+    import sys
+
+    from support.cli import localrun_env
+
+    env = localrun_env(LOCALRUN_HOME=str(home), LOCALRUN_RUNTIME_BUILDS=str(builds_folder()))
+    done = subprocess.run(
+        [sys.executable, "-m", "localrun", "runtime", "install", backend, "--keep-build"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"installed runtime {backend}-{bindings_version()}" in done.stdout, done.stdout
+    return done.stdout

@@ -40,14 +40,13 @@ import pytest
 from testmodels.text import write_tiny_model
 
 from localrun.engine.library.native import lc
-from localrun.errors import ToolchainError
-from localrun.runtimes import patchset, toolchain
+from localrun.runtimes import patchset
 from localrun.runtimes.source import bindings_version
 from localrun.store.local import Store
 
 from support import PATIENCE_S, ROOT
 from support.cli import localrun_env
-from support.runtimes import builds_folder
+from support.runtimes import builds_folder, home_with
 from support.serve import Serve
 from support.server import add_model
 
@@ -76,21 +75,7 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def exact_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        toolchain.cpu()
-    except ToolchainError as exc:
-        pytest.skip(f"no C++ toolchain: {exc.message}")
-    home = tmp_path_factory.mktemp("exact-home")
-    done = subprocess.run(
-        [sys.executable, "-m", "localrun", "runtime", "install", "exact", "--keep-build"],
-        env=_env(home),
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"installed runtime exact-{VERSION}" in done.stdout, done.stdout
-    return home
+    return home_with(tmp_path_factory, "exact")
 
 
 def test_the_exact_runtime_is_listed_for_this_cpu_and_not_selectable(exact_home: Path) -> None:

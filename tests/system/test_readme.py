@@ -186,8 +186,7 @@ BLOCKS = [
         },
     ),
     Entry(
-        "localrun runtime install rpc                          # llama.cpp's RPC backend, about "
-        "20 s",
+        "localrun runtime install rpc",
         "test_a_worker_as_written",
         "the worker line with 127.0.0.1 for the worker machine's address, in the background, "
         "asked what it offers as a server asks it",
@@ -201,12 +200,13 @@ BLOCKS = [
         substitute={"192.168.1.20": ("127.0.0.1", "no machine here has the address 192.168.1.20")},
     ),
     Entry(
-        "localrun runtime install rpc",
+        "localrun runtime install rpc && localrun serve --workers "
+        "192.168.1.20:50052,192.168.1.21:50052",
         "test_serving_with_workers",
         "`serve --workers` as written beside the worker of the block before (at 127.0.0.1 for "
         "192.168.1.20); 192.168.1.21 stays as written, refused by the guard, and left out",
         cut={
-            "localrun runtime install rpc\n": (
+            "localrun runtime install rpc && ": (
                 "the runtime is built once for the session and copied into the block's home"
             )
         },

@@ -2,7 +2,8 @@
 serving this machine's CPU with the rpc runtime built for real (`localrun runtime install rpc`,
 about 20 s), and the main process holding the first layers.
 - the split answers as the model alone does (greedy), on a transformer, a sliding window, a
-  recurrent and a hybrid memory, and through every dialect of `serve --workers`; ps shows it;
+  recurrent and a hybrid memory, and through every dialect of `serve --workers`, with the same
+  log-probabilities bit for bit; ps shows it;
 - a worker killed mid-answer, or stopped (SIGSTOP) past LOCALRUN_WORKER_TIMEOUT, ends the stream
   with one line in the dialect in bounded time, and the next request loads without it;
 - a "worker" that sends garbage is left out with a warning; one that answers the handshake and
@@ -17,12 +18,11 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -33,12 +33,14 @@ from localrun.store.local import Store
 
 from support import PATIENCE_S
 from support.cli import localrun_env
+from support.rpc import garbage, listening, worker_like
 from support.runtimes import builds_folder
 from support.serve import Serve
 from support.server import add_model
 
 pytestmark = [pytest.mark.model, pytest.mark.slow, pytest.mark.server]
 PROMPT = "Why is the sky blue?"
+HERE = "this machine"
 STORY = [{"role": "user", "content": "Write a very long story about a dragon and a king."}]
 
 
@@ -75,7 +77,7 @@ class Worker:
             port = probe.getsockname()[1]
         self.endpoint = f"127.0.0.1:{port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localrun", "worker", "--port", str(port), "--threads", "1"],
+            [sys.executable, "-m", "localrun", "worker", "--port", str(port)],
             env=_env(home),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -137,14 +139,36 @@ def _split_of(serve: Serve) -> list[str]:
     return list(models[0]["split"])
 
 
+def _logprobs(url: str) -> list[tuple[str, float]]:
+    """A greedy OpenAI answer's tokens and their log-probabilities."""
+    import openai
+
+    answer = openai.OpenAI(base_url=f"{url}/v1", api_key="x").chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": PROMPT}],
+        temperature=0,
+        max_tokens=32,
+        logprobs=True,
+    )
+    content = answer.choices[0].logprobs.content  # type: ignore[union-attr]
+    return [(t.token, t.logprob) for t in content or []]
+
+
 def test_every_dialect_answers_through_the_split_and_ps_shows_it(
     rpc_home: Path, pair: list[Worker]
 ) -> None:
+    """The same text in each dialect, and the same log-probabilities bit for bit: each layer runs
+    the same CPU kernels on a worker as here, and llama.cpp's RPC moves the tensors unchanged."""
     import anthropic
     import ollama
     import openai
 
     alone = _run(rpc_home, "smol").stdout.strip()
+    local = Serve(rpc_home, env=_env(rpc_home))
+    try:
+        expected = _logprobs(local.url)
+    finally:
+        local.kill()
     endpoints = ",".join(w.endpoint for w in pair)
     serve = Serve(rpc_home, "--workers", endpoints, env=_env(rpc_home))
     try:
@@ -158,9 +182,9 @@ def test_every_dialect_answers_through_the_split_and_ps_shows_it(
             openai.OpenAI(base_url=f"{serve.url}/v1", api_key="x")
             .chat.completions.create(
                 model="smol",
-                messages=question,
+                messages=question,  # type: ignore[arg-type]
                 temperature=0,
-                max_tokens=24,  # type: ignore[arg-type]
+                max_tokens=24,
             )
             .choices[0]
             .message.content,
@@ -175,8 +199,9 @@ def test_every_dialect_answers_through_the_split_and_ps_shows_it(
             .text,  # type: ignore[union-attr]
         ]
         assert texts == [alone] * 3
+        assert _logprobs(serve.url) == expected and len(expected) == 32
         split = _split_of(serve)
-        assert [s.split(": ")[0] for s in split] == [*endpoints.split(","), "this machine"]
+        assert [s.split(": ")[0] for s in split] == [*endpoints.split(","), HERE]
         shown = subprocess.run(
             [sys.executable, "-m", "localrun", "ps"],
             env=_env(rpc_home, LOCALRUN_HOST=serve.address),
@@ -228,56 +253,11 @@ def test_a_worker_lost_mid_answer_ends_it_in_one_line_and_the_model_reloads_with
         victim.stop()
 
 
-def _garbage(conn: socket.socket) -> None:
-    conn.recv(64)
-    conn.sendall(os.urandom(4096))
-
-
-def _handshake_then_garbage(conn: socket.socket) -> None:
-    """Answer HELLO, DEVICE_COUNT and GET_DEVICE_MEMORY as a worker does, then garbage."""
-    while True:
-        command = conn.recv(1)
-        if not command:
-            return
-        size = struct.unpack("<Q", conn.recv(8))[0]
-        payload = conn.recv(size) if size else b""
-        if command[0] == workers_mod.HELLO:
-            body = bytes([workers_mod.PROTOCOL_MAJOR, 0, 0, 0]) + bytes(workers_mod.CAPS_SIZE)
-        elif command[0] == workers_mod.DEVICE_COUNT:
-            body = struct.pack("<I", 1)
-        elif command[0] == workers_mod.DEVICE_MEMORY and len(payload) == 4:
-            body = struct.pack("<QQ", 2**33, 2**33)
-        else:
-            conn.sendall(os.urandom(4096))
-            return
-        conn.sendall(struct.pack("<Q", len(body)) + body)
-
-
-@contextlib.contextmanager
-def _fake(serve: Callable[[socket.socket], None]) -> Iterator[str]:
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError, struct.error):
-                serve(conn)
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        server.close()
-
-
 def test_a_worker_that_sends_garbage_is_left_out_or_fails_the_request_in_one_line(
     rpc_home: Path, pair: list[Worker]
 ) -> None:
-    with _fake(_garbage) as garbage, _fake(_handshake_then_garbage) as liar:
-        serve = Serve(rpc_home, "--workers", f"{pair[0].endpoint},{garbage}", env=_env(rpc_home))
+    with listening(garbage) as noise, listening(worker_like(devices=1, then_garbage=True)) as liar:
+        serve = Serve(rpc_home, "--workers", f"{pair[0].endpoint},{noise}", env=_env(rpc_home))
         try:
             said = [serve.proc.stdout.readline() for _ in range(3)][1:]  # type: ignore[union-attr]
             assert any("does not speak llama.cpp's RPC protocol" in line for line in said), said
@@ -305,9 +285,6 @@ def test_a_worker_that_sends_garbage_is_left_out_or_fails_the_request_in_one_lin
             assert httpx.get(f"{serve.url}/api/ps", timeout=PATIENCE_S).status_code == 200
         finally:
             serve.kill()
-
-
-HERE = "this machine"
 
 
 def test_a_worker_listens_beyond_loopback_only_when_told_and_says_a_taken_port(

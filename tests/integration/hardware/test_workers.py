@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -17,77 +15,21 @@ from localrun.errors import WorkerError
 from localrun.hardware import workers
 from localrun.hardware.workers import Device, Worker
 
-GiB = 2**30
-
-
-def _recv(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError
-        data += chunk
-    return data
-
-
-def rpc_like(
-    version: int = 7, devices: int = 2, memory: int = 8 * GiB
-) -> Callable[[socket.socket], None]:
-    """Answer as llama.cpp's rpc-server does: HELLO, DEVICE_COUNT, GET_DEVICE_MEMORY."""
-
-    def serve(conn: socket.socket) -> None:
-        while True:
-            command = _recv(conn, 1)[0]
-            size = struct.unpack("<Q", _recv(conn, 8))[0]
-            payload = _recv(conn, size)
-            if command == workers.HELLO:
-                body = bytes([version, 0, 0, 0]) + bytes(workers.CAPS_SIZE)
-            elif command == workers.DEVICE_COUNT:
-                body = struct.pack("<I", devices)
-            else:
-                index = struct.unpack("<I", payload)[0]
-                body = struct.pack("<QQ", memory - index * GiB, memory)
-            conn.sendall(struct.pack("<Q", len(body)) + body)
-
-    return serve
+from support.rpc import GiB, Serve, garbage, listening, worker_like
 
 
 @pytest.fixture
-def listener() -> Iterator[Callable[[Callable[[socket.socket], None]], str]]:
-    """A loopback server that hands each connection to `serve`; yields a starter of endpoints."""
-    servers: list[socket.socket] = []
-
-    def start(serve: Callable[[socket.socket], None]) -> str:
-        server = socket.create_server(("127.0.0.1", 0))
-        servers.append(server)
-
-        def accept() -> None:
-            while True:
-                try:
-                    conn, _ = server.accept()
-                except OSError:
-                    return
-                with conn, contextlib.suppress(OSError):
-                    serve(conn)
-
-        threading.Thread(target=accept, daemon=True).start()
-        return f"127.0.0.1:{server.getsockname()[1]}"
-
-    yield start
-    for server in servers:
-        server.close()
+def listener() -> Iterator[Callable[[Serve], str]]:
+    """Loopback servers (support.rpc.listening) for the test: each call gives an endpoint."""
+    with contextlib.ExitStack() as stack:
+        yield lambda serve: stack.enter_context(listening(serve))
 
 
 def test_a_worker_that_answers_as_llama_cpp_does_reports_its_devices(listener) -> None:
-    endpoint = listener(rpc_like(devices=2, memory=8 * GiB))
+    endpoint = listener(worker_like(devices=2, memory=8 * GiB))
     found = workers.probe(endpoint)
     assert found == Worker(endpoint, "7.0.0", (Device(8 * GiB, 8 * GiB), Device(7 * GiB, 8 * GiB)))
     assert found.free_bytes == 15 * GiB
-
-
-def _garbage(conn: socket.socket) -> None:
-    conn.recv(100)
-    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4)
 
 
 def _silent(conn: socket.socket) -> None:
@@ -101,11 +43,11 @@ def _closes(conn: socket.socket) -> None:
 @pytest.mark.parametrize(
     ("serve", "said"),
     [
-        (_garbage, "does not speak llama.cpp's RPC protocol"),
+        (garbage, "does not speak llama.cpp's RPC protocol"),
         (_closes, "does not speak llama.cpp's RPC protocol (it closed the connection)"),
-        (rpc_like(version=3), "speaks llama.cpp RPC 3.0.0, this llama.cpp speaks 7.x"),
-        (rpc_like(devices=0), "(it reports 0 devices)"),
-        (rpc_like(devices=5000), "(it reports 5000 devices)"),
+        (worker_like(version=3), "speaks llama.cpp RPC 3.0.0, this llama.cpp speaks 7.x"),
+        (worker_like(devices=0), "(it reports 0 devices)"),
+        (worker_like(devices=5000), "(it reports 5000 devices)"),
         (_silent, "did not answer within 0.5 s"),
     ],
     ids=["garbage", "closes", "old-version", "no-device", "too-many", "silent"],
@@ -123,8 +65,8 @@ def test_a_worker_that_answers_otherwise_is_refused_in_one_line_in_bounded_time(
 
 
 def test_a_survey_keeps_the_workers_that_answer_and_says_why_of_the_rest(listener) -> None:
-    good = listener(rpc_like())
-    bad = listener(_garbage)
+    good = listener(worker_like())
+    bad = listener(garbage)
     with socket.create_server(("127.0.0.1", 0)) as closed:
         down = f"127.0.0.1:{closed.getsockname()[1]}"
     found, problems = workers.survey((good, bad, down), timeout_s=1)
