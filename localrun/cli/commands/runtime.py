@@ -18,6 +18,8 @@ from localrun.errors import ToolchainError
 
 
 def _size(n: int) -> str:
+    if n < 1e6:  # the rpc runtime: some 300 kB
+        return f"{n / 1e3:.0f} kB"
     return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"
 
 
