@@ -110,7 +110,8 @@ class BatchEngine:
                     options.projector,
                     weights.model,
                     n_threads=options.num_thread,
-                    use_gpu=options.num_gpu != 0,
+                    # With workers, a GPU device may be a worker's: the projector stays here.
+                    use_gpu=options.num_gpu != 0 and not options.workers,
                 )
         except BaseException:
             self._release()

@@ -73,20 +73,31 @@ def last_log_error() -> str:
 
 
 def _join_workers(options: LoadOptions, mparams: Any) -> Any:
-    """Register the load's RPC workers with ggml and set its tensor_split; the array to keep."""
-    if not options.workers:
+    """Register the load's RPC workers with ggml, name its devices and set its tensor_split.
+
+    Once a process has joined workers, every load names its devices: the workers it asked for,
+    then this machine's GPUs (none of another load's workers). Returns the arrays to keep.
+    """
+    from localrun.runtimes import rpc
+
+    if not options.workers and not rpc.joined():
         return None
-    from localrun.runtimes import ggml, rpc
+    from localrun.runtimes import ggml
 
     lib = ggml.library(native.libllama_path())
-    reg = rpc.registry(lib, lc.__version__)
-    for endpoint in options.workers:
-        rpc.join(lib, reg, endpoint)
+    if options.workers:
+        reg = rpc.registry(lib, lc.__version__)
+        for endpoint in options.workers:
+            rpc.join(lib, reg, endpoint)
+    handles = rpc.devices(lib, options.workers)
+    devices = (ctypes.c_void_p * (len(handles) + 1))(*handles, None)  # NULL-terminated
+    mparams.devices = ctypes.addressof(devices)
     split = (ctypes.c_float * lc.llama_max_devices())()
     for index, share in enumerate(options.tensor_split[: len(split)]):
         split[index] = share
-    mparams.tensor_split = split
-    return split
+    if options.tensor_split:
+        mparams.tensor_split = split
+    return devices, split
 
 
 class Weights:

@@ -189,7 +189,7 @@ def _plan_fit(
             num_ctx,
             workers=workers,
             gpus=gpus if offload else [],
-            local_bytes=available_memory(),
+            local_bytes=_total_memory(),
             num_parallel=slots,
             num_batch=num_batch,
         )
@@ -328,6 +328,12 @@ def footprint(model: Model) -> Footprint:
 def draft_offloaded(plan: Any) -> bool:
     """Whether a draft model goes to the GPU: when the model is there whole."""
     return bool(plan.gpu is not None and plan.n_gpu_layers >= plan.total_layers)
+
+
+def _total_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
 
 
 def available_memory() -> int:

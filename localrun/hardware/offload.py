@@ -40,6 +40,7 @@ class OffloadPlan:
     tensor_split: tuple[float, ...] = ()
     workers: tuple[str, ...] = ()
     remote_layers: int = 0  # the layers the workers hold
+    remote_bytes: int = 0  # what they hold, read from this machine's file as the load sends it
 
     @property
     def runtime_bytes(self) -> int:

@@ -3,7 +3,8 @@
 llama.cpp keeps the first layers that are not offloaded on the CPU, and splits the offloaded ones
 over its devices in order by `tensor_split`: the RPC workers' devices first, then this machine's
 GPUs. Each share here is the layers' part of the memory every party reports (a worker's devices,
-this machine's GPUs less their safety margin, or, with no GPU here, this machine's available RAM),
+this machine's GPUs less their safety margin, or, with no GPU here, this machine's RAM: a CPU
+worker reports its whole RAM, and so this machine's is counted whole),
 whole layers by largest remainder. The plan says each share and what it holds.
 """
 
@@ -44,15 +45,16 @@ def plan_split(
         margin = offload.safety_margin(gpu.free_bytes, gpu.backend)
         memory.append(max(0, gpu.free_bytes - margin))
     local_cpu = not gpus
-    if local_cpu:
+    if local_cpu:  # a CPU worker reports its whole RAM: this machine's is counted alike
         memory.append(max(0, local_bytes))
     counts = _proportional(s.total_layers, memory)
     cpu_layers = counts.pop() if local_cpu else 0
     per_layer = [size + s.kv_layer for size in s.layers] + [s.output + s.tied]
-    shares, warnings, start = [], [], cpu_layers
-    for name, count, free in zip(names, counts, memory, strict=False):
+    shares, warnings, start, remote = [], [], cpu_layers, 0
+    for index, (name, count, free) in enumerate(zip(names, counts, memory, strict=False)):
         held = sum(per_layer[start : start + count])
         start += count
+        remote += held if index < len(names) - len(gpus) else 0
         shares.append(f"{name}: {count} layers, {_size(held)}")
         if held > free:
             warnings.append(f"{name} holds {_size(held)} of the model, more than its {_size(free)}")
@@ -76,14 +78,15 @@ def plan_split(
         tensor_split=tuple(float(c) for c in counts),
         workers=endpoints,
         remote_layers=sum(counts[: len(names) - len(gpus)]),
+        remote_bytes=remote,
     )
 
 
 def _proportional(total: int, weights: Sequence[int]) -> list[int]:
     """`total` whole layers shared out by `weights`, largest remainder first."""
     whole = sum(weights)
-    if whole <= 0:
-        return [total] + [0] * (len(weights) - 1)
+    if whole <= 0:  # nobody reports memory: everything stays with the last party, this machine
+        return [0] * (len(weights) - 1) + [total]
     exact = [total * w / whole for w in weights]
     counts = [int(e) for e in exact]
     by_remainder = sorted(range(len(weights)), key=lambda i: exact[i] - counts[i], reverse=True)

@@ -9,6 +9,7 @@ A worker serves one client at a time: one that a runner holds answers no probe u
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from localrun.errors import WorkerError
 
 # llama.cpp's ggml-rpc.h and ggml-rpc.cpp (protocol 7): the commands and sizes asked here.
-PROTOCOL_MAJOR = 7
+PROTOCOL_MAJOR, PROTOCOL_MINOR = 7, 0  # llama.cpp refuses another major or a newer minor
 HELLO, DEVICE_COUNT, DEVICE_MEMORY = 14, 15, 11
 CAPS_SIZE = 24  # rpc_msg_hello_req: the transport's capabilities, all zero (plain TCP)
 MAX_DEVICES = 16  # GGML_RPC_MAX_SERVERS: more devices than that is not a worker's answer
@@ -79,9 +80,20 @@ def probe(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> Worker:
 def survey(endpoints: tuple[str, ...], timeout_s: float = PROBE_TIMEOUT_S) -> tuple[
     list[Worker], list[str]
 ]:  # fmt: skip
-    """The workers that answered, in the order given, and a line for each that did not."""
-    found, problems = [], []
+    """The workers that answered, in the order given, and a line for each that did not.
+
+    Two names of one worker (localhost and 127.0.0.1) count once: a second client would wait
+    for the first.
+    """
+    found, problems, seen = [], [], set()
     for endpoint in endpoints:
+        host, port = split_endpoint(endpoint)
+        with contextlib.suppress(OSError):
+            host = socket.gethostbyname(host)
+        if (host, port) in seen:
+            problems.append(f"worker {endpoint} is named twice: it serves once")
+            continue
+        seen.add((host, port))
         try:
             found.append(probe(endpoint, timeout_s))
         except WorkerError as exc:
@@ -92,10 +104,10 @@ def survey(endpoints: tuple[str, ...], timeout_s: float = PROBE_TIMEOUT_S) -> tu
 def _hello(sock: socket.socket, deadline: float, endpoint: str) -> tuple[int, int, int]:
     body = _call(sock, HELLO, bytes(CAPS_SIZE), 4 + CAPS_SIZE, deadline, endpoint)
     major, minor, patch = body[0], body[1], body[2]
-    if major != PROTOCOL_MAJOR:
+    if major != PROTOCOL_MAJOR or minor > PROTOCOL_MINOR:
         raise WorkerError(
             f"worker {endpoint} speaks llama.cpp RPC {major}.{minor}.{patch}, this llama.cpp "
-            f"speaks {PROTOCOL_MAJOR}.x",
+            f"speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
             hint="run the same localrun and llama-cpp-python version on every machine",
         )
     return major, minor, patch

@@ -37,7 +37,7 @@ _START = ctypes.CFUNCTYPE(
     ctypes.POINTER(ctypes.c_void_p),
 )
 _ADD = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)
-_joined: set[str] = set()
+_joined: dict[str, list[int]] = {}  # endpoint -> its devices, registered with ggml
 
 
 def installed(version: str) -> Runtime | None:
@@ -79,16 +79,43 @@ def serve(lib: Any, reg: int, endpoint: str, devices: list[int], threads: int) -
     start(endpoint.encode(), None, threads, len(devices), handles)
 
 
-def join(lib: Any, reg: int, endpoint: str) -> None:
-    """Register the devices of the worker at `endpoint` (it answered a probe) with ggml, once."""
+def join(lib: Any, reg: int, endpoint: str) -> list[int]:
+    """Register the devices of the worker at `endpoint` (it answered a probe) with ggml, once.
+
+    Returns its device handles, for a load's explicit device list (`devices`).
+    """
     if endpoint in _joined:
-        return
+        return _joined[endpoint]
     add = _ADD(lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_rpc_add_server"))
     added = add(endpoint.encode())
     if not added:
         raise WorkerError(f"worker {endpoint} offers no device", hint="see its own output")
     lib.ggml_backend_register(added)
-    _joined.add(endpoint)
+    count = lib.ggml_backend_reg_dev_count(added)
+    _joined[endpoint] = [int(lib.ggml_backend_reg_dev_get(added, i)) for i in range(count)]
+    return _joined[endpoint]
+
+
+def joined() -> bool:
+    """Whether this process registered a worker's devices (every later load names its own)."""
+    return bool(_joined)
+
+
+def devices(lib: Any, endpoints: tuple[str, ...]) -> list[int]:
+    """A load's devices in tensor_split's order: the workers' (joined), then this machine's GPUs.
+
+    That is how hardware.split plans them. Without the list llama.cpp would pick every
+    registered device, the RPC ones of an earlier load's workers included.
+    """
+    handles = [h for endpoint in endpoints for h in _joined[endpoint]]
+    from localrun.runtimes import ggml
+
+    for index in range(lib.ggml_backend_dev_count()):
+        handle = lib.ggml_backend_dev_get(index)
+        device = ggml.device(lib, handle)
+        if device.kind in ("GPU", "IGPU") and device.backend != NAME:
+            handles.append(int(handle))
+    return handles
 
 
 def bound(endpoints: tuple[str, ...], seconds: float) -> int:
@@ -102,8 +129,10 @@ def bound(endpoints: tuple[str, ...], seconds: float) -> int:
 
     wanted = {_address(endpoint) for endpoint in endpoints}
     count = 0
+    process = psutil.Process()
+    listing = getattr(process, "net_connections", None) or process.connections  # psutil < 6
     with contextlib.suppress(psutil.Error, OSError):
-        for conn in psutil.Process().net_connections(kind="tcp"):
+        for conn in listing(kind="tcp"):
             if conn.fd < 0 or not conn.raddr or (conn.raddr.ip, conn.raddr.port) not in wanted:
                 continue
             with contextlib.suppress(OSError):

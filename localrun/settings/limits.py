@@ -245,7 +245,7 @@ LIMITS: dict[str, Setting] = {
         Setting(
             "LOCALRUN_WORKER_TIMEOUT",
             "Longest an RPC worker may take to answer one of its calls before the answer it "
-            "serves ends with an error and the model is loaded again without it (2m, 30s).",
+            "serves ends with an error; the next load asks every worker again (2m, 30s).",
             parse.parse_timeout,
             lambda: 120.0,
         ),

@@ -65,6 +65,7 @@ def load(request: dict[str, Any], breach: Callable[[LocalrunError], None] | None
         extra=request,
         breach=breach,
         fallback_ctx=fallback,
+        split=True,
     )
 
 
@@ -78,12 +79,14 @@ def load_model(
     warn: Callable[[str], None] | None = None,
     before_build: Callable[[], None] | None = None,
     fallback_ctx: int | None = None,
+    split: bool = False,
 ) -> Loaded:
     """Load the spec's model, with its parameters and context, into an engine of `slots` slots.
 
     `extra` holds the fake backend's settings for tests. `warn` hears each load warning.
     `before_build` runs once the load is known to fit, before the engine is made.
     `fallback_ctx` is a smaller num_ctx to load where the spec's does not fit (`fitted`).
+    `split`: across LOCALRUN_WORKERS, in a runner of its own (a failing worker ends it).
     """
     started = time.perf_counter()
     model = spec.model
@@ -103,7 +106,7 @@ def load_model(
             if warn is not None:
                 warn(message)
 
-        found = _workers(warned) if build is not None else []
+        found = _workers(warned, split) if build is not None else []
         available = fit_mod.available_memory()
         parameters, plan = fitted(
             model, parameters, spec.context, slots, build, available, fallback_ctx, found
@@ -139,9 +142,11 @@ def _watch(
     """The LoadWatch of a load with `breach` (its time limit and memory bound), else nothing."""
     if breach is None:
         return contextlib.nullcontext()
+    # A worker's tensors are read from this machine's file (mapped) as they are sent.
+    held = plan.plan.ram_bytes + plan.plan.vram_bytes + plan.plan.remote_bytes
     return LoadWatch(
         name,
-        limit=load_limit(plan.plan.ram_bytes + plan.plan.vram_bytes, available),
+        limit=load_limit(held, available),
         timeout_s=limits.load_timeout(),
         breach=breach,
     )
@@ -322,12 +327,22 @@ def options_for(
     )
 
 
-def _workers(warn: Callable[[str], None]) -> list[Any]:
-    """The RPC workers (LOCALRUN_WORKERS) that answer now; each that does not is warned of."""
+def _workers(warn: Callable[[str], None], split: bool) -> list[Any]:
+    """The RPC workers (LOCALRUN_WORKERS) that answer now; each that does not is warned of.
+
+    Only a runner of its own splits (`split`): llama.cpp ends the process whose worker fails,
+    which must not be `localrun run`'s.
+    """
     from localrun.settings import config
 
     endpoints = config.workers()
     if not endpoints:
+        return []
+    if not split:
+        warn(
+            "LOCALRUN_WORKERS is for `localrun serve`: this model loads here alone (with a "
+            "server running, `localrun run` splits it through the server)"
+        )
         return []
     from localrun.hardware import workers
 

@@ -31,6 +31,7 @@ def worker_like(
     devices: int = 2,
     memory: int = 8 * GiB,
     *,
+    minor: int = 0,
     then_garbage: bool = False,
 ) -> Serve:
     """Answer the handshake as llama.cpp's rpc-server does (device N reports N GiB less free);
@@ -42,7 +43,7 @@ def worker_like(
             size = struct.unpack("<Q", _recv(conn, 8))[0]
             payload = _recv(conn, size)
             if command == workers.HELLO:
-                body = bytes([version, 0, 0, 0]) + bytes(workers.CAPS_SIZE)
+                body = bytes([version, minor, 0, 0]) + bytes(workers.CAPS_SIZE)
             elif command == workers.DEVICE_COUNT:
                 body = struct.pack("<I", devices)
             elif command == workers.DEVICE_MEMORY and len(payload) == 4:

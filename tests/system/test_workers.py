@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from localrun.hardware import workers as workers_mod
@@ -112,8 +113,7 @@ def pair(rpc_home: Path) -> Iterator[list[Worker]]:
         worker.stop()
 
 
-def _run(home: Path, model: str, workers: str = "") -> subprocess.CompletedProcess[str]:
-    extra = {"LOCALRUN_WORKERS": workers} if workers else {}
+def _run(home: Path, model: str, **extra: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "localrun", "run", model, PROMPT, "--verbose"]
     argv += ["-p", "temperature=0", "-p", "num_predict=24"]
     done = subprocess.run(
@@ -123,15 +123,50 @@ def _run(home: Path, model: str, workers: str = "") -> subprocess.CompletedProce
     return done
 
 
+class Split:
+    """`serve --workers` over the pair, its first lines, and the pair's memory before it loaded."""
+
+    def __init__(self, home: Path, pair: list[Worker]) -> None:
+        self.endpoints = [w.endpoint for w in pair]
+        self.rss = [psutil.Process(w.proc.pid).memory_info().rss for w in pair]
+        env = _env(home, LOCALRUN_MAX_LOADED_MODELS="1")
+        self.serve = Serve(home, "--workers", ",".join(self.endpoints), env=env)
+        assert self.serve.proc.stdout is not None
+        self.said = [self.serve.proc.stdout.readline() for _ in range(3)][1:]
+
+    def unload(self) -> None:
+        """Every model unloaded and its runner gone, so that the workers serve the next one."""
+        for model in httpx.get(f"{self.serve.url}/api/ps", timeout=PATIENCE_S).json()["models"]:
+            body = {"model": model["name"], "keep_alive": 0}
+            httpx.post(f"{self.serve.url}/api/generate", json=body, timeout=PATIENCE_S)
+        for endpoint in self.endpoints:  # a worker answers once its last client has gone
+            workers_mod.probe(endpoint, timeout_s=PATIENCE_S)
+
+
+@pytest.fixture(scope="module")
+def split_server(rpc_home: Path, pair: list[Worker]) -> Iterator[Split]:
+    split = Split(rpc_home, pair)
+    yield split
+    split.serve.kill()
+
+
+@pytest.fixture
+def split(split_server: Split) -> Iterator[Split]:
+    """The module's split server, its models unloaded after the test: the pair is free again."""
+    yield split_server
+    split_server.unload()
+
+
 @pytest.mark.parametrize("model", ["smol", "swa", "mamba", "lfm2"])
 def test_a_model_split_across_two_workers_answers_as_it_does_alone(
-    rpc_home: Path, pair: list[Worker], model: str
+    rpc_home: Path, split: Split, model: str
 ) -> None:
-    alone = _run(rpc_home, model)
-    split = _run(rpc_home, model, ",".join(w.endpoint for w in pair))
-    assert split.stdout == alone.stdout and alone.stdout.strip()
-    assert "split across 2 workers and this machine" in split.stderr, split.stderr
-    assert "split across" not in alone.stderr
+    """`localrun run` alone (here, in its process), then through the split server."""
+    alone = _run(rpc_home, model, LOCALRUN_WORKERS=",".join(split.endpoints))
+    assert "LOCALRUN_WORKERS is for `localrun serve`: this model loads here alone" in alone.stderr
+    through = _run(rpc_home, model, LOCALRUN_HOST=split.serve.address)
+    assert through.stdout == alone.stdout and alone.stdout.strip()
+    assert [s.split(": ")[0] for s in _split_of(split.serve)] == [*split.endpoints, HERE]
 
 
 def _split_of(serve: Serve) -> list[str]:
@@ -155,63 +190,63 @@ def _logprobs(url: str) -> list[tuple[str, float]]:
 
 
 def test_every_dialect_answers_through_the_split_and_ps_shows_it(
-    rpc_home: Path, pair: list[Worker]
+    rpc_home: Path, pair: list[Worker], split: Split
 ) -> None:
     """The same text in each dialect, and the same log-probabilities bit for bit: each layer runs
-    the same CPU kernels on a worker as here, and llama.cpp's RPC moves the tensors unchanged."""
+    the same CPU kernels on a worker as here (neither repacks SmolLM2's Q4_1), and llama.cpp's
+    RPC moves the tensors unchanged. The workers' memory grew by their share of the layers."""
     import anthropic
     import ollama
     import openai
 
+    assert all(line.startswith("worker 127.0.0.1:") and "free" in line for line in split.said)
     alone = _run(rpc_home, "smol").stdout.strip()
     local = Serve(rpc_home, env=_env(rpc_home))
     try:
         expected = _logprobs(local.url)
     finally:
         local.kill()
-    endpoints = ",".join(w.endpoint for w in pair)
-    serve = Serve(rpc_home, "--workers", endpoints, env=_env(rpc_home))
-    try:
-        said = [serve.proc.stdout.readline() for _ in range(3)][1:]  # type: ignore[union-attr]
-        assert all(line.startswith("worker 127.0.0.1:") and "free" in line for line in said)
-        question = [{"role": "user", "content": PROMPT}]
-        texts = [
-            ollama.Client(host=serve.url)
-            .chat(model="smol", messages=question, options={"temperature": 0, "num_predict": 24})
-            .message.content,
-            openai.OpenAI(base_url=f"{serve.url}/v1", api_key="x")
-            .chat.completions.create(
-                model="smol",
-                messages=question,  # type: ignore[arg-type]
-                temperature=0,
-                max_tokens=24,
-            )
-            .choices[0]
-            .message.content,
-            anthropic.Anthropic(base_url=serve.url, api_key="x")
-            .messages.create(
-                model="smol",
-                messages=question,  # type: ignore[arg-type]
-                max_tokens=24,
-                extra_body={"temperature": 0},
-            )
-            .content[0]
-            .text,  # type: ignore[union-attr]
-        ]
-        assert texts == [alone] * 3
-        assert _logprobs(serve.url) == expected and len(expected) == 32
-        split = _split_of(serve)
-        assert [s.split(": ")[0] for s in split] == [*endpoints.split(","), HERE]
-        shown = subprocess.run(
-            [sys.executable, "-m", "localrun", "ps"],
-            env=_env(rpc_home, LOCALRUN_HOST=serve.address),
-            capture_output=True,
-            text=True,
-            timeout=PATIENCE_S,
+    serve = split.serve
+    question = [{"role": "user", "content": PROMPT}]
+    texts = [
+        ollama.Client(host=serve.url)
+        .chat(model="smol", messages=question, options={"temperature": 0, "num_predict": 24})
+        .message.content,
+        openai.OpenAI(base_url=f"{serve.url}/v1", api_key="x")
+        .chat.completions.create(
+            model="smol",
+            messages=question,  # type: ignore[arg-type]
+            temperature=0,
+            max_tokens=24,
         )
-        assert "CPU/2 workers" in shown.stdout, shown.stdout
-    finally:
-        serve.kill()
+        .choices[0]
+        .message.content,
+        anthropic.Anthropic(base_url=serve.url, api_key="x")
+        .messages.create(
+            model="smol",
+            messages=question,  # type: ignore[arg-type]
+            max_tokens=24,
+            extra_body={"temperature": 0},
+        )
+        .content[0]
+        .text,  # type: ignore[union-attr]
+    ]
+    assert texts == [alone] * 3
+    assert _logprobs(serve.url) == expected and len(expected) == 32
+    assert [s.split(": ")[0] for s in _split_of(serve)] == [*split.endpoints, HERE]
+    grown = [
+        psutil.Process(w.proc.pid).memory_info().rss - before
+        for w, before in zip(pair, split.rss, strict=True)
+    ]
+    assert min(grown) > 32 * 2**20, grown  # ~10 layers of weights and their KV cache each
+    shown = subprocess.run(
+        [sys.executable, "-m", "localrun", "ps"],
+        env=_env(rpc_home, LOCALRUN_HOST=serve.address),
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+    assert "CPU/2 workers" in shown.stdout, shown.stdout
 
 
 @pytest.mark.parametrize("how", ["killed", "stopped"])
@@ -232,13 +267,14 @@ def test_a_worker_lost_mid_answer_ends_it_in_one_line_and_the_model_reloads_with
             max_tokens=3000,
             stream=True,  # type: ignore[arg-type]
         )
-        chunks = 0
+        chunks, started = 0, None
         with pytest.raises(openai.APIError) as caught:
             for _ in stream:
                 chunks += 1
                 if chunks == 5:
                     started = time.monotonic()
                     os.kill(victim.proc.pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        assert started is not None, f"the stream ended after {chunks} chunks"
         assert time.monotonic() - started < 30
         assert "a worker holding part of smol:latest stopped answering" in caught.value.message
         again = client.chat.completions.create(

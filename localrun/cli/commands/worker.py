@@ -40,9 +40,7 @@ def worker(
     device = device.lower()
     if device not in ("auto", "gpu", "cpu"):
         raise typer.BadParameter("expected gpu, cpu or auto")
-    if ":" in host:
-        raise ConfigError(f"{host!r} is not an IPv4 address or a name", hint="llama.cpp's RPC "
-                          "server takes no IPv6 address; pass --host 127.0.0.1")  # fmt: skip
+    host = _address(host)
     if not is_loopback(host) and not allow_network:
         raise ConfigError(
             f"refusing to listen on {host}: a worker runs what anyone who connects sends it",
@@ -68,6 +66,19 @@ def worker(
     while serving.is_alive():
         serving.join(0.5)  # Ctrl-C ends the process here, between two waits
     raise LocalrunError(f"the worker could not listen on {endpoint}", hint="see the lines above")
+
+
+def _address(host: str) -> str:
+    """`host` as the IPv4 address llama.cpp's server binds (it takes no name, and no IPv6)."""
+    if ":" in host:
+        raise ConfigError(f"{host!r} is not an IPv4 address or a name", hint="llama.cpp's RPC "
+                          "server takes no IPv6 address; pass --host 127.0.0.1")  # fmt: skip
+    try:
+        return socket.gethostbyname(host)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot find the address of {host!r} ({exc})", hint="pass --host an IPv4 address"
+        ) from None
 
 
 def _check_free(host: str, port: int) -> None:

@@ -45,12 +45,13 @@ def _closes(conn: socket.socket) -> None:
     [
         (garbage, "does not speak llama.cpp's RPC protocol"),
         (_closes, "does not speak llama.cpp's RPC protocol (it closed the connection)"),
-        (worker_like(version=3), "speaks llama.cpp RPC 3.0.0, this llama.cpp speaks 7.x"),
+        (worker_like(version=3), "speaks llama.cpp RPC 3.0.0, this llama.cpp speaks 7.0"),
+        (worker_like(minor=1), "speaks llama.cpp RPC 7.1.0, this llama.cpp speaks 7.0"),
         (worker_like(devices=0), "(it reports 0 devices)"),
         (worker_like(devices=5000), "(it reports 5000 devices)"),
         (_silent, "did not answer within 0.5 s"),
     ],
-    ids=["garbage", "closes", "old-version", "no-device", "too-many", "silent"],
+    ids=["garbage", "closes", "old-version", "newer-minor", "no-device", "too-many", "silent"],
 )
 def test_a_worker_that_answers_otherwise_is_refused_in_one_line_in_bounded_time(
     listener, serve: Callable[[socket.socket], None], said: str
@@ -69,7 +70,9 @@ def test_a_survey_keeps_the_workers_that_answer_and_says_why_of_the_rest(listene
     bad = listener(garbage)
     with socket.create_server(("127.0.0.1", 0)) as closed:
         down = f"127.0.0.1:{closed.getsockname()[1]}"
-    found, problems = workers.survey((good, bad, down), timeout_s=1)
+    again = good.replace("127.0.0.1", "localhost")  # the same worker by another name
+    found, problems = workers.survey((good, bad, down, again), timeout_s=1)
     assert [w.endpoint for w in found] == [good]
-    assert len(problems) == 2 and all(p.endswith(": loading without it") for p in problems)
+    assert len(problems) == 3 and all(p.endswith(": loading without it") for p in problems[:2])
     assert "cannot be reached" in problems[1] and down in problems[1]
+    assert problems[2] == f"worker {again} is named twice: it serves once"

@@ -45,6 +45,7 @@ def test_the_layers_are_split_by_each_party_s_memory(smollm2_path: str) -> None:
     assert [s.split(":")[0] for s in plan.shares] == ["a", "b", "this machine"]
     assert plan.shares[0].startswith("a:1: 15 layers,") and "8 layers" in plan.shares[2]
     assert plan.gpu is None and plan.vram_bytes == 0 and not plan.warnings
+    assert 0 < plan.remote_bytes < plan.ram_bytes + plan.remote_bytes
     alone = split.plan_split(header, 2048, workers=[], gpus=[], local_bytes=GiB)
     assert alone.n_gpu_layers == 0 and plan.ram_bytes < alone.ram_bytes
 
@@ -62,3 +63,10 @@ def test_with_a_gpu_here_the_cpu_keeps_no_layer_and_a_small_worker_is_warned_of(
     assert plan.vram_bytes > 0 and "this machine: 0 layers" in plan.shares[-1]
     tiny = split.plan_split(header, 2048, workers=[_worker("a:1", 1024)], gpus=[], local_bytes=1024)
     assert any("a:1 holds" in w for w in tiny.warnings)
+
+
+def test_with_no_memory_reported_every_layer_stays_here(smollm2_path: str) -> None:
+    plan = split.plan_split(
+        scan(smollm2_path), 2048, workers=[_worker("a:1", 0)], gpus=[], local_bytes=0
+    )
+    assert plan.n_gpu_layers == 0 and plan.tensor_split == (0.0,) and plan.remote_bytes == 0
