@@ -5,9 +5,9 @@ What the transport costs (issue 96): every stack runs the same GGUF with the sam
 machine, so the workers' network is loopback and each party computes in turn. Rounds are
 interleaved (each round runs every stack once, in a rotating order); medians of `--repeat`.
 
-  localrun alone     `localrun run NAME PROMPT --verbose` (speculation off, as llama-bench has
-                     none): `eval rate` and `prompt eval rate`
-  localrun split     the same with LOCALRUN_WORKERS naming two `localrun worker`s
+  localrun alone     /api/generate of `localrun serve` (one slot, not streamed, speculation off,
+                     as llama-bench has none): its eval and prompt eval counts and durations
+  localrun split     the same through `localrun serve --workers` naming two `localrun worker`s
   llama-bench alone  `llama-bench -p P -n 128 -ngl 0`, P the prompt tokens localrun read
   llama-bench split  the same with `--rpc` to two of llama.cpp's `ggml-rpc-server`s, and
                      `-ngl`/`-ts` set to the split localrun planned (`show --fit --json`)
@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: what they share
 
-from benchlib.common import Unavailable, default_model, run_command, say, tail
+from benchlib.common import Unavailable, default_model, run_command, say
 from benchlib.machine import physical_cores
 from benchlib.stacks.build import add_build_arguments, bench_args, ensure_build
 from benchlib.stacks.store import Localrun, prepare_localrun
@@ -80,25 +80,56 @@ def _start(cmd: list[str], env: dict[str, str] | None, port: int) -> subprocess.
     raise Unavailable(f"{cmd[0]} did not listen on port {port}")
 
 
-def _stat(text: str, label: str) -> float | None:
-    match = re.search(rf"(?m)^\s*{label}:\s+([\d.]+)", text)
-    return float(match.group(1)) if match else None
+def serving(lr: Localrun, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """`localrun serve --port 0 ARGS` with the model kept loaded, and its host:port."""
+    # One slot, as llama-bench decodes one sequence.
+    env = {**lr.env, "LOCALRUN_KEEP_ALIVE": "-1", "LOCALRUN_NUM_PARALLEL": "1"}
+    env.pop("LOCALRUN_HOST", None)
+    proc = subprocess.Popen(
+        [*lr.cmd, "serve", "--port", "0", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    found = re.search(r"http://(\S+)", proc.stdout.readline())
+    if found is None:
+        proc.kill()
+        raise Unavailable("`localrun serve` printed no address")
+    return proc, found.group(1)
 
 
-def localrun_rates(lr: Localrun, workers: str) -> dict[str, float]:
-    """tokens/s of one greedy answer: decode (`eval rate`) and prompt (`prompt eval rate`)."""
-    env = {**lr.env, **({"LOCALRUN_WORKERS": workers} if workers else {})}
-    cmd = [*lr.cmd, "run", lr.model, PROMPT, "--verbose", *lr.params(N_PREDICT)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=False)
-    if proc.returncode != 0:
-        raise Unavailable(f"`localrun run` exit {proc.returncode}: {tail(proc.stderr)}")
-    if workers and "split across" not in proc.stderr:
-        raise Unavailable(f"the run was not split: {tail(proc.stderr)}")
-    decode, prompt = _stat(proc.stderr, "eval rate"), _stat(proc.stderr, "prompt eval rate")
-    tokens = _stat(proc.stderr, "prompt eval count")
-    if decode is None or prompt is None:
-        raise Unavailable("`localrun run --verbose` printed no rates")
-    return {"tg": decode, "pp": prompt, "prompt_tokens": tokens or 0}
+def localrun_rates(lr: Localrun, address: str, n: int) -> dict[str, float]:
+    """tokens/s of one greedy answer from the server at `address` (/api/generate, not streamed:
+    no client competes for the cores): decode and prompt, from the answer's own counts and
+    durations. Each request's prompt starts anew, so no slot reuses it."""
+    import httpx
+
+    body = {
+        "model": lr.model,
+        "prompt": f"Draft {n}. {PROMPT}",
+        "stream": False,
+        "options": {"temperature": 0, "num_predict": N_PREDICT, "num_thread": lr.threads},
+    }
+    try:
+        answer = httpx.post(f"http://{address}/api/generate", json=body, timeout=900).json()
+        return {
+            "tg": answer["eval_count"] / answer["eval_duration"] * 1e9,
+            "pp": answer["prompt_eval_count"] / answer["prompt_eval_duration"] * 1e9,
+            "prompt_tokens": answer["prompt_eval_count"],
+        }
+    except (httpx.HTTPError, KeyError, ZeroDivisionError, ValueError) as exc:
+        raise Unavailable(f"/api/generate failed: {exc}") from None
+
+
+def _is_split(address: str) -> None:
+    """Unavailable unless the server at `address` holds the model split across two workers."""
+    import httpx
+
+    models = httpx.get(f"http://{address}/api/ps", timeout=60).json()["models"]
+    if not models or len(models[0].get("split", [])) != 3:
+        raise Unavailable(f"the model was not split: {models}")
 
 
 def bench_rates(
@@ -131,19 +162,25 @@ def measure(args: argparse.Namespace, lr: Localrun, bench: Path, server: Path) -
     threads = str(args.threads)
     ours_cmd = [*lr.cmd, "worker", "-t", threads, "--port"]
     theirs_cmd = [str(server), "-H", "127.0.0.1", "-t", threads, "-p"]
-    procs = [_start([*ours_cmd, str(p)], lr.env, p) for p in ports[:2]]
+    procs: list[subprocess.Popen[Any]] = [_start([*ours_cmd, str(p)], lr.env, p) for p in ports[:2]]
     procs += [_start([*theirs_cmd, str(p)], None, p) for p in ports[2:]]
     ours = ",".join(f"127.0.0.1:{p}" for p in ports[:2])
     theirs = ",".join(f"127.0.0.1:{p}" for p in ports[2:])
     try:
-        plans = planned_split(lr, ours)
+        plans = planned_split(lr, ours)  # before a server's runner holds the workers
         split = plans["split"]
         ts = "/".join(str(int(share)) for share in split["tensor_split"])
         llama_split = ["--rpc", theirs, "-ngl", str(split["n_gpu_layers"]), "-ts", ts]
-        prompt_tokens = int(localrun_rates(lr, "")["prompt_tokens"]) or 64  # and a warm-up
+        alone_server, alone = serving(lr)
+        split_server, split_at = serving(lr, "--workers", ours)
+        procs += [alone_server, split_server]
+        prompt_tokens = int(localrun_rates(lr, alone, 0)["prompt_tokens"]) or 64  # and warm-ups
+        localrun_rates(lr, split_at, 0)
+        _is_split(split_at)
+        asked = iter(range(1, 1000))
         jobs = {
-            "localrun alone": lambda: localrun_rates(lr, ""),
-            "localrun split": lambda: localrun_rates(lr, ours),
+            "localrun alone": lambda: localrun_rates(lr, alone, next(asked)),
+            "localrun split": lambda: localrun_rates(lr, split_at, next(asked)),
             "llama-bench alone": lambda: bench_rates(
                 bench, args.model, args.threads, prompt_tokens, ["-ngl", "0"]
             ),
