@@ -92,11 +92,12 @@ def _join_workers(options: LoadOptions, mparams: Any) -> Any:
     handles = rpc.devices(lib, options.workers)
     devices = (ctypes.c_void_p * (len(handles) + 1))(*handles, None)  # NULL-terminated
     mparams.devices = ctypes.addressof(devices)
+    if not options.tensor_split:
+        return devices
     split = (ctypes.c_float * lc.llama_max_devices())()
     for index, share in enumerate(options.tensor_split[: len(split)]):
         split[index] = share
-    if options.tensor_split:
-        mparams.tensor_split = split
+    mparams.tensor_split = split
     return devices, split
 
 

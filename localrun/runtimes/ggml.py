@@ -105,7 +105,13 @@ def device(lib: Any, dev: int) -> Device:
 
 
 def devices(lib: Any) -> list[Device]:
-    return [device(lib, lib.ggml_backend_dev_get(i)) for i in range(lib.ggml_backend_dev_count())]
+    return [d for _, d in described(lib)]
+
+
+def described(lib: Any) -> list[tuple[int, Device]]:
+    """Every registered device: its handle (what a load's `devices` lists) and what it is."""
+    handles = [int(lib.ggml_backend_dev_get(i)) for i in range(lib.ggml_backend_dev_count())]
+    return [(handle, device(lib, handle)) for handle in handles]
 
 
 def registered_devices(lib: Any, reg: int) -> list[Device]:

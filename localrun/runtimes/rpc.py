@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from localrun.errors import WorkerError
-from localrun.runtimes import layout
+from localrun.runtimes import ggml, layout
 from localrun.runtimes.layout import Runtime
 
 BACKEND = "rpc"
@@ -107,15 +107,11 @@ def devices(lib: Any, endpoints: tuple[str, ...]) -> list[int]:
     That is how hardware.split plans them. Without the list llama.cpp would pick every
     registered device, the RPC ones of an earlier load's workers included.
     """
-    handles = [h for endpoint in endpoints for h in _joined[endpoint]]
-    from localrun.runtimes import ggml
+    from localrun.runtimes.activate import GPU_KINDS
 
-    for index in range(lib.ggml_backend_dev_count()):
-        handle = lib.ggml_backend_dev_get(index)
-        device = ggml.device(lib, handle)
-        if device.kind in ("GPU", "IGPU") and device.backend != NAME:
-            handles.append(int(handle))
-    return handles
+    handles = [h for endpoint in endpoints for h in _joined[endpoint]]
+    local = [h for h, d in ggml.described(lib) if d.kind in GPU_KINDS and d.backend != NAME]
+    return handles + local
 
 
 def bound(endpoints: tuple[str, ...], seconds: float) -> int:

@@ -7,9 +7,7 @@ authentication: it listens on loopback unless told otherwise, and on another add
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
+from typing import Any
 
 import typer
 
@@ -47,6 +45,8 @@ def worker(
             hint="on a network you trust, add --allow-network (`localrun help workers`)",
         )
     _check_free(host, port)
+    import threading
+
     from localrun.engine import weights
     from localrun.engine.library import native
     from localrun.hardware import system
@@ -70,6 +70,8 @@ def worker(
 
 def _address(host: str) -> str:
     """`host` as the IPv4 address llama.cpp's server binds (it takes no name, and no IPv6)."""
+    import socket  # not at import: every command's start would pay for it
+
     if ":" in host:
         raise ConfigError(f"{host!r} is not an IPv4 address or a name", hint="llama.cpp's RPC "
                           "server takes no IPv6 address; pass --host 127.0.0.1")  # fmt: skip
@@ -83,6 +85,9 @@ def _address(host: str) -> str:
 
 def _check_free(host: str, port: int) -> None:
     """Refuse at once a port another process holds (llama.cpp's server would only print it)."""
+    import os
+    import socket
+
     try:
         with socket.create_server((host, port)):
             pass
@@ -93,13 +98,13 @@ def _check_free(host: str, port: int) -> None:
         ) from None
 
 
-def _devices(lib: object, wanted: str) -> tuple[list[int], str]:
+def _devices(lib: Any, wanted: str) -> tuple[list[int], str]:
     """The ggml devices to serve, and a line that names them with their memory."""
-    from localrun.runtimes import ggml
+    from localrun.runtimes import ggml, rpc
+    from localrun.runtimes.activate import GPU_KINDS
 
-    every = [lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count())]  # type: ignore[attr-defined]
-    described = [(handle, ggml.device(lib, handle)) for handle in every]
-    gpus = [(h, d) for h, d in described if d.kind in ("GPU", "IGPU") and d.backend != "RPC"]
+    described = ggml.described(lib)
+    gpus = [(h, d) for h, d in described if d.kind in GPU_KINDS and d.backend != rpc.NAME]
     cpus = [(h, d) for h, d in described if d.kind == "CPU"]
     if wanted == "gpu" and not gpus:
         raise LocalrunError(
@@ -108,4 +113,4 @@ def _devices(lib: object, wanted: str) -> tuple[list[int], str]:
         )
     chosen = gpus if gpus and wanted != "cpu" else cpus
     names = ", ".join(f"{d} ({d.free_bytes / 2**30:.1f} GiB free)" for _, d in chosen)
-    return [int(h) for h, _ in chosen], names
+    return [h for h, _ in chosen], names
