@@ -2,8 +2,9 @@
 serving this machine's CPU with the rpc runtime built for real (`localrun runtime install rpc`,
 about 20 s), and the main process holding the first layers.
 - the split answers as the model alone does (greedy), on a transformer, a sliding window, a
-  recurrent and a hybrid memory, and through every dialect of `serve --workers`, with the same
-  log-probabilities bit for bit; ps shows it;
+  recurrent and a hybrid memory, and through every dialect of `serve --workers` (Ollama, OpenAI
+  chat and Responses, Anthropic), with the same log-probabilities bit for bit under the exact
+  runtime; ps shows it;
 - a worker killed mid-answer, or stopped (SIGSTOP) past LOCALRUN_WORKER_TIMEOUT, ends the stream
   with one line in the dialect in bounded time, and the next request loads without it;
 - a "worker" that sends garbage is left out with a warning; one that answers the handshake and
@@ -35,7 +36,7 @@ from localrun.store.local import Store
 from support import PATIENCE_S
 from support.cli import localrun_env
 from support.rpc import garbage, listening, worker_like
-from support.runtimes import builds_folder
+from support.runtimes import builds_folder, install
 from support.serve import Serve
 from support.server import add_model
 
@@ -60,9 +61,20 @@ def rpc_home(
     tiny_mamba: Path,
     tiny_lfm2: Path,
 ) -> Path:
-    """A home with the rpc runtime installed and the models the tests split."""
+    """A home with the rpc and exact runtimes installed and the models the tests split."""
     home = tmp_path_factory.mktemp("rpc-home")
     shutil.copytree(rpc_runtime / "runtimes", home / "runtimes", symlinks=True)
+    # The exact runtime too, in every process of the home (workers, servers, runs): a split is
+    # held to the same answer bit for bit (its build is test_exact's, kept: nothing compiles).
+    install(home, "exact")
+    shown = subprocess.run(
+        [sys.executable, "-m", "localrun", "--version"],
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+    assert "exact runtime exact-" in shown.stdout, shown.stdout  # every process here loads it
     store = Store(home / "models")
     add_model(store, "smol", Path(smollm2_path))
     for name, path in (("swa", tiny_swa), ("mamba", tiny_mamba), ("lfm2", tiny_lfm2)):
@@ -193,8 +205,8 @@ def test_every_dialect_answers_through_the_split_and_ps_shows_it(
     rpc_home: Path, pair: list[Worker], split: Split
 ) -> None:
     """The same text in each dialect, and the same log-probabilities bit for bit: each layer runs
-    the same CPU kernels on a worker as here (neither repacks SmolLM2's Q4_1), and llama.cpp's
-    RPC moves the tensors unchanged. The workers' memory grew by their share of the layers."""
+    the exact runtime's CPU kernels on a worker as here (neither repacks SmolLM2's Q4_1), and
+    llama.cpp's RPC moves the tensors unchanged. The workers' memory grew by their share."""
     import anthropic
     import ollama
     import openai
@@ -230,8 +242,11 @@ def test_every_dialect_answers_through_the_split_and_ps_shows_it(
         )
         .content[0]
         .text,  # type: ignore[union-attr]
+        openai.OpenAI(base_url=f"{serve.url}/v1", api_key="x")
+        .responses.create(model="smol", input=PROMPT, temperature=0, max_output_tokens=24)
+        .output_text,
     ]
-    assert texts == [alone] * 3
+    assert texts == [alone] * 4
     assert _logprobs(serve.url) == expected and len(expected) == 32
     assert [s.split(": ")[0] for s in _split_of(serve)] == [*split.endpoints, HERE]
     grown = [
