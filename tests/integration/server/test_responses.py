@@ -368,7 +368,7 @@ def test_a_background_response_left_by_a_crashed_server_reads_as_failed(
 
 
 def test_a_background_response_whose_log_was_not_kept(
-    ai: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+    live: LiveServer, ai: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A log that fits its room but not the record with it: the response is stored without it.
     Its events made again from the response are not numbered as its stream was, so resuming
@@ -380,6 +380,9 @@ def test_a_background_response_whose_log_was_not_kept(
     asked: Any = {**GREEDY, "input": COUNT, "max_output_tokens": 48, "background": True}
     done = wait_until_done(ai, ai.responses.create(**asked))
     assert done.status in ("completed", "incomplete") and done.output_text
+    # Until it is stored the run stays in memory, its events with it, and a client resumes.
+    runs = live.app.state.background.runs
+    live.wait_for(lambda: done.id not in runs, "the run to be stored and let go")
     with pytest.raises(openai.BadRequestError, match="events were not kept"):
         list(ai.responses.retrieve(done.id, stream=True, starting_after=3))
     events = list(ai.responses.retrieve(done.id, stream=True))
