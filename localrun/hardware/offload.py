@@ -22,6 +22,17 @@ from localrun.request.context import positive
 DEFAULT_NUM_BATCH = 512
 
 
+@dataclass(frozen=True)
+class Split:
+    """A model's layers shared across RPC workers and this machine (hardware.split)."""
+
+    workers: tuple[str, ...]  # the endpoints, in llama.cpp's device order
+    tensor_split: tuple[float, ...]  # layers per device: the workers' first, then local GPUs
+    shares: tuple[str, ...]  # each party's layers and bytes, as said to people
+    remote_layers: int  # the layers the workers hold
+    remote_bytes: int  # what they hold, read from this machine's file as the load sends it
+
+
 @dataclass
 class OffloadPlan:
     """How a model would be split between one GPU and the CPU (bytes are estimates)."""
@@ -34,13 +45,7 @@ class OffloadPlan:
     gpu: GPU | None
     reason: str
     warnings: list[str] = field(default_factory=list)
-    # With RPC workers (hardware.split): each share of the layers, and llama.cpp's tensor_split
-    # over its devices (the workers' first, then this machine's GPUs).
-    shares: list[str] = field(default_factory=list)
-    tensor_split: tuple[float, ...] = ()
-    workers: tuple[str, ...] = ()
-    remote_layers: int = 0  # the layers the workers hold
-    remote_bytes: int = 0  # what they hold, read from this machine's file as the load sends it
+    split: Split | None = None  # with RPC workers (hardware.split)
 
     @property
     def runtime_bytes(self) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from localrun.gguf.header import Header
 from localrun.hardware import offload
-from localrun.hardware.offload import OffloadPlan
+from localrun.hardware.offload import OffloadPlan, Split
 from localrun.hardware.system import GPU
 from localrun.hardware.workers import Worker
 
@@ -74,11 +74,13 @@ def plan_split(
         gpu=max(gpus, key=lambda g: g.free_bytes) if gpus else None,
         reason=reason,
         warnings=warnings,
-        shares=shares,
-        tensor_split=tuple(float(c) for c in counts),
-        workers=endpoints,
-        remote_layers=sum(counts[: len(names) - len(gpus)]),
-        remote_bytes=remote,
+        split=Split(
+            workers=endpoints,
+            tensor_split=tuple(float(c) for c in counts),
+            shares=tuple(shares),
+            remote_layers=sum(counts[: len(names) - len(gpus)]),
+            remote_bytes=remote,
+        ),
     )
 
 

@@ -38,14 +38,18 @@ def test_the_layers_are_split_by_each_party_s_memory(smollm2_path: str) -> None:
         gpus=[],
         local_bytes=4 * GiB,
     )
+    shared = plan.split
+    assert shared is not None
     # 30 blocks and the output layer: 15.5, 7.75 and 7.75 by memory, rounded by largest
     # remainder; the CPU's are the first
-    assert plan.total_layers == 31 and plan.tensor_split == (15.0, 8.0)
-    assert plan.n_gpu_layers == 23 and plan.remote_layers == 23 and plan.workers == ("a:1", "b:2")
-    assert [s.split(":")[0] for s in plan.shares] == ["a", "b", "this machine"]
-    assert plan.shares[0].startswith("a:1: 15 layers,") and "8 layers" in plan.shares[2]
+    assert plan.total_layers == 31 and shared.tensor_split == (15.0, 8.0)
+    assert (
+        plan.n_gpu_layers == 23 and shared.remote_layers == 23 and shared.workers == ("a:1", "b:2")
+    )
+    assert [s.split(":")[0] for s in shared.shares] == ["a", "b", "this machine"]
+    assert shared.shares[0].startswith("a:1: 15 layers,") and "8 layers" in shared.shares[2]
     assert plan.gpu is None and plan.vram_bytes == 0 and not plan.warnings
-    assert 0 < plan.remote_bytes < plan.ram_bytes + plan.remote_bytes
+    assert 0 < shared.remote_bytes < plan.ram_bytes + shared.remote_bytes
     alone = split.plan_split(header, 2048, workers=[], gpus=[], local_bytes=GiB)
     assert alone.n_gpu_layers == 0 and plan.ram_bytes < alone.ram_bytes
 
@@ -59,8 +63,10 @@ def test_with_a_gpu_here_the_cpu_keeps_no_layer_and_a_small_worker_is_warned_of(
         header, 2048, workers=[_worker("a:1", 24 * GiB)], gpus=[gpu], local_bytes=64 * GiB
     )
     assert plan.n_gpu_layers == plan.total_layers == 31 and plan.gpu == gpu
-    assert sum(plan.tensor_split) == 31 and plan.remote_layers == plan.tensor_split[0] > 10
-    assert plan.vram_bytes > 0 and "this machine: 0 layers" in plan.shares[-1]
+    shared = plan.split
+    assert shared is not None
+    assert sum(shared.tensor_split) == 31 and shared.remote_layers == shared.tensor_split[0] > 10
+    assert plan.vram_bytes > 0 and "this machine: 0 layers" in shared.shares[-1]
     tiny = split.plan_split(header, 2048, workers=[_worker("a:1", 1024)], gpus=[], local_bytes=1024)
     assert any("a:1 holds" in w for w in tiny.warnings)
 
@@ -69,4 +75,6 @@ def test_with_no_memory_reported_every_layer_stays_here(smollm2_path: str) -> No
     plan = split.plan_split(
         scan(smollm2_path), 2048, workers=[_worker("a:1", 0)], gpus=[], local_bytes=0
     )
-    assert plan.n_gpu_layers == 0 and plan.tensor_split == (0.0,) and plan.remote_bytes == 0
+    shared = plan.split
+    assert shared is not None
+    assert plan.n_gpu_layers == 0 and shared.tensor_split == (0.0,) and shared.remote_bytes == 0
