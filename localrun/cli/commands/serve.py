@@ -186,11 +186,19 @@ def _check_settings(workers: str | None = None) -> None:
     they are used (a route, a runner before llama.cpp loads). There a bad value would fail every
     request, or only log or warn.
     """
-    from localrun.settings import upstreams
+    from localrun.settings import parse, upstreams
 
     if workers is not None:  # --workers: the runners read it as the setting, checked here
         import os
 
+        try:
+            parse.parse_endpoints(workers)
+        except ValueError as exc:
+            raise ConfigError(
+                f"--workers: {exc}",
+                hint="give host:port of each `localrun worker`, comma-separated "
+                "(192.168.1.20:50052,192.168.1.21:50052)",
+            ) from None
         os.environ["LOCALRUN_WORKERS"] = workers
     for setting in config.SETTINGS.values():
         setting.value()

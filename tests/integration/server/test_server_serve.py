@@ -209,6 +209,7 @@ def test_a_clients_text_reaches_headers_and_the_log_escaped(server: Serve) -> No
         ("LOCALRUN_MAX_JSON_DEPTH", "5000"),  # past what the code walking a value survives
         ("LOCALRUN_UPSTREAM_CONNECT_TIMEOUT", "0"),
         ("LOCALRUN_DEBUG", "maybe"),
+        ("LOCALRUN_WORKERS", "[::1]:50052"),  # llama.cpp's endpoints take no IPv6
     ],
 )
 def test_serve_refuses_a_bad_setting_before_it_listens(
@@ -220,6 +221,14 @@ def test_serve_refuses_a_bad_setting_before_it_listens(
     assert "listening" not in result.stdout
     if name == "LOCALRUN_CONTEXT_LENGTH":  # what it takes
         assert "expected a whole number from 1 to 16777216" in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["nonsense", "a:1,b:99999", ":50052"])
+def test_serve_names_its_bad_workers_flag(cli: CLI, serve_home: Path, workers: str) -> None:
+    """--workers is said as the flag typed, not as the setting it stands for."""
+    result = cli("serve", "--port", "0", "--workers", workers, timeout=PATIENCE_S)
+    assert_one_line_error(result, "--workers: ", "comma-separated")
+    assert "LOCALRUN_WORKERS" not in result.stderr and "listening" not in result.stdout
 
 
 def test_forwarded_for_is_believed_only_from_trusted_proxies(serve_home: Path) -> None:
