@@ -354,8 +354,11 @@ def test_a_worker_listens_beyond_loopback_only_when_told_and_says_a_taken_port(
     assert refused.returncode == 1 and "--allow-network" in refused.stderr
     assert refused.stderr.startswith("Error: refusing to listen on 0.0.0.0")
     taken = worker("--port", pair[0].endpoint.split(":")[1])
-    assert taken.returncode == 1 and "Address already in use" in taken.stderr
+    assert taken.returncode == 1 and "Address already in use; pick another --port" in taken.stderr
     assert len(taken.stderr.strip().splitlines()) == 1
+    elsewhere = worker("--host", "192.0.2.1", "--allow-network")  # TEST-NET-1: nobody's
+    assert elsewhere.returncode == 1 and "an address of this machine" in elsewhere.stderr
+    assert len(elsewhere.stderr.strip().splitlines()) == 1, elsewhere.stderr
     listed = subprocess.run(
         [sys.executable, "-m", "localrun", "info", "--json"],
         env=_env(rpc_home, LOCALRUN_WORKERS=pair[1].endpoint),

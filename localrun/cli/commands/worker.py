@@ -83,18 +83,28 @@ def _address(host: str) -> str:
         ) from None
 
 
+_WSA_IN_USE, _WSA_ACCESS = 10048, 10013  # WSAEADDRINUSE, WSAEACCES
+
+
 def _check_free(host: str, port: int) -> None:
     """Refuse at once a port another process holds (llama.cpp's server would only print it)."""
-    import os
+    import errno
     import socket
+    import sys
 
     try:
-        with socket.create_server((host, port)):
-            pass
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if sys.platform != "win32":  # as llama.cpp's server binds (and create_server)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
     except OSError as exc:
+        # Windows names a socket's errors by their WSA numbers.
+        taken = exc.errno in (errno.EADDRINUSE, errno.EACCES, _WSA_IN_USE, _WSA_ACCESS)
         raise ConfigError(
-            f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}",
-            hint="pick another --port, or stop what holds it",
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="pick another --port, or stop what holds it"
+            if taken
+            else "pass --host an address of this machine (`ip addr` or `ipconfig` lists them)",
         ) from None
 
 
