@@ -216,13 +216,14 @@ def _plan_projector(path: Path, plan: Any) -> None:
     """Add the projector's weights to the plan, and a quarter more for its compute buffers.
 
     The quarter covers an image's encode. The projector goes on the GPU when any layer does,
-    since libmtmd follows the model there.
+    since libmtmd follows the model there, unless the model is split across workers: then it
+    runs on the CPU (engine.batch).
     """
     try:
         size = path.stat().st_size
     except OSError:
         return  # the load says what is missing
-    if plan.gpu is not None and plan.n_gpu_layers > 0:
+    if plan.gpu is not None and plan.n_gpu_layers > 0 and plan.split is None:
         plan.vram_bytes += size * 5 // 4
     else:
         plan.ram_bytes += size * 5 // 4

@@ -19,6 +19,8 @@ from localrun.hardware.system import GPU
 from localrun.hardware.workers import Worker
 
 HERE = "this machine"
+# llama_max_devices(): llama.cpp reads a load's tensor_split for this many devices at most.
+MAX_DEVICES = 16
 
 
 def plan_split(
@@ -35,6 +37,7 @@ def plan_split(
     s = offload.sizes(header, num_ctx, num_parallel, num_batch)
     names: list[str] = []
     memory: list[int] = []
+    workers, left_out = _within_devices(workers, len(gpus))
     for worker in workers:
         for index, device in enumerate(worker.devices):
             several = len(worker.devices) > 1
@@ -50,7 +53,7 @@ def plan_split(
     counts = _proportional(s.total_layers, memory)
     cpu_layers = counts.pop() if local_cpu else 0
     per_layer = [size + s.kv_layer for size in s.layers] + [s.output + s.tied]
-    shares, warnings, start, remote = [], [], cpu_layers, 0
+    shares, warnings, start, remote = [], list(left_out), cpu_layers, 0
     for index, (name, count, free) in enumerate(zip(names, counts, memory, strict=False)):
         held = sum(per_layer[start : start + count])
         start += count
@@ -82,6 +85,23 @@ def plan_split(
             remote_bytes=remote,
         ),
     )
+
+
+def _within_devices(workers: Sequence[Worker], gpus: int) -> tuple[list[Worker], list[str]]:
+    """The workers whose devices llama.cpp can take beside `gpus` GPUs; a line for each other."""
+    kept: list[Worker] = []
+    left: list[str] = []
+    room = MAX_DEVICES - gpus
+    for worker in workers:
+        if len(worker.devices) <= room:
+            kept.append(worker)
+            room -= len(worker.devices)
+        else:
+            left.append(
+                f"worker {worker.endpoint} is left out: llama.cpp takes at most {MAX_DEVICES} "
+                "devices in one load"
+            )
+    return kept, left
 
 
 def _proportional(total: int, weights: Sequence[int]) -> list[int]:

@@ -69,9 +69,10 @@ def probe(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> Worker:
             f"worker {endpoint} did not answer within {timeout_s:g} s",
             hint="it may be serving another localrun, or be stopped; `localrun worker` runs one",
         ) from None
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a name the lookup cannot encode
         raise WorkerError(
-            f"worker {endpoint} cannot be reached ({exc.strerror or exc})",
+            f"worker {endpoint} cannot be reached "
+            f"({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})",
             hint="start it there with `localrun worker`, or take it out of --workers",
         ) from None
     return Worker(endpoint, f"{major}.{minor}.{patch}", tuple(devices))
@@ -88,7 +89,7 @@ def survey(endpoints: tuple[str, ...], timeout_s: float = PROBE_TIMEOUT_S) -> tu
     found, problems, seen = [], [], set()
     for endpoint in endpoints:
         host, port = split_endpoint(endpoint)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, UnicodeError):
             host = socket.gethostbyname(host)
         if (host, port) in seen:
             problems.append(f"worker {endpoint} is named twice: it serves once")

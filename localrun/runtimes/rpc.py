@@ -19,7 +19,7 @@ import struct
 import sys
 from typing import Any
 
-from localrun.errors import WorkerError
+from localrun.errors import ConfigError, WorkerError
 from localrun.runtimes import ggml, layout
 from localrun.runtimes.layout import Runtime
 
@@ -54,7 +54,7 @@ def registry(lib: Any, version: str) -> int:
         return int(reg)
     runtime = installed(version)
     if runtime is None:
-        raise WorkerError(
+        raise ConfigError(  # the server's setup, not a worker, fails: no load works until fixed
             "llama.cpp's RPC backend is not installed here, which workers need",
             hint=INSTALL_HINT,
         )
@@ -62,10 +62,10 @@ def registry(lib: Any, version: str) -> int:
 
     module, problem = checked(runtime)
     if module is None:
-        raise WorkerError(problem or f"runtime {runtime.name} is damaged", hint=INSTALL_HINT)
+        raise ConfigError(problem or f"runtime {runtime.name} is damaged", hint=INSTALL_HINT)
     reg = lib.ggml_backend_load(str(module).encode())
     if not reg:
-        raise WorkerError(f"runtime {runtime.name} did not load", hint=INSTALL_HINT)
+        raise ConfigError(f"runtime {runtime.name} did not load", hint=INSTALL_HINT)
     return int(reg)
 
 
@@ -139,7 +139,7 @@ def bound(endpoints: tuple[str, ...], seconds: float) -> int:
 
 def _address(endpoint: str) -> tuple[str, int]:
     host, _, port = endpoint.rpartition(":")
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, UnicodeError):
         host = socket.gethostbyname(host)
     return host, int(port)
 

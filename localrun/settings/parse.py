@@ -241,10 +241,23 @@ def parse_endpoints(text: str) -> tuple[str, ...]:
         host, colon, port = endpoint.rpartition(":")
         if not colon or not host or ":" in host or any(c in host for c in "/@ []"):
             raise ValueError(f"{endpoint!r} is not host:port (an IPv6 address is not supported)")
+        if not _host_name(host):
+            raise ValueError(f"{host!r} in {endpoint!r} is not a host name or an IPv4 address")
         number = parse_port(port, endpoint)
         if f"{host}:{number}" not in found:
             found.append(f"{host}:{number}")
     return tuple(found)
+
+
+def _host_name(host: str) -> bool:
+    """Whether `host` can be looked up: dot-separated labels of 1 to 63 letters, digits, - or _.
+
+    An empty or overlong label is what the lookup would fail on with a UnicodeError.
+    """
+    labels = host.removesuffix(".").split(".")
+    return len(host) <= 253 and all(
+        0 < len(label) <= 63 and all(c.isalnum() or c in "-_" for c in label) for label in labels
+    )
 
 
 def parse_hosts(text: str) -> tuple[str, ...]:

@@ -356,6 +356,8 @@ def test_a_worker_listens_beyond_loopback_only_when_told_and_says_a_taken_port(
     taken = worker("--port", pair[0].endpoint.split(":")[1])
     assert taken.returncode == 1 and "Address already in use; pick another --port" in taken.stderr
     assert len(taken.stderr.strip().splitlines()) == 1
+    unnamed = worker("--host", "a..b", "--allow-network")  # a lookup's UnicodeError, once
+    assert unnamed.returncode == 1 and unnamed.stderr.startswith("Error: cannot find the address")
     elsewhere = worker("--host", "192.0.2.1", "--allow-network")  # TEST-NET-1: nobody's
     assert elsewhere.returncode == 1 and "an address of this machine" in elsewhere.stderr
     assert len(elsewhere.stderr.strip().splitlines()) == 1, elsewhere.stderr

@@ -77,7 +77,7 @@ def _address(host: str) -> str:
                           "server takes no IPv6 address; pass --host 127.0.0.1")  # fmt: skip
     try:
         return socket.gethostbyname(host)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: an empty or overlong label
         raise ConfigError(
             f"cannot find the address of {host!r} ({exc})", hint="pass --host an IPv4 address"
         ) from None

@@ -4,10 +4,12 @@ ones in tests/system/test_workers.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from localrun.gguf.scan import scan
-from localrun.hardware import split
+from localrun.hardware import fit, split
 from localrun.hardware.system import GPU
 from localrun.hardware.workers import Device, Worker
 from localrun.settings import parse
@@ -20,7 +22,8 @@ def test_workers_are_parsed_as_host_port_once_each() -> None:
         "10.0.0.2:50052",
         "box:1",
     )
-    for bad in ("10.0.0.2", ":50052", "[::1]:50052", "box:0", "box:port", "a b:1"):
+    bad_names = ("a..b:1", ".lan:1", f"{'x' * 64}.lan:1", f"{'a.' * 130}b:1", "a%b:1")
+    for bad in ("10.0.0.2", ":50052", "[::1]:50052", "box:0", "box:port", "a b:1", *bad_names):
         with pytest.raises(ValueError):
             parse.parse_endpoints(bad)
 
@@ -55,7 +58,7 @@ def test_the_layers_are_split_by_each_party_s_memory(smollm2_path: str) -> None:
 
 
 def test_with_a_gpu_here_the_cpu_keeps_no_layer_and_a_small_worker_is_warned_of(
-    smollm2_path: str,
+    smollm2_path: str, tmp_path: Path
 ) -> None:
     header = scan(smollm2_path)
     gpu = GPU(0, "Test GPU", "cuda", 24 * GiB, 24 * GiB)
@@ -67,6 +70,12 @@ def test_with_a_gpu_here_the_cpu_keeps_no_layer_and_a_small_worker_is_warned_of(
     assert shared is not None
     assert sum(shared.tensor_split) == 31 and shared.remote_layers == shared.tensor_split[0] > 10
     assert plan.vram_bytes > 0 and "this machine: 0 layers" in shared.shares[-1]
+    # A projector runs on the CPU beside a split (engine.batch): counted in RAM, not on the GPU.
+    projector = tmp_path / "mmproj.gguf"
+    projector.write_bytes(bytes(4096))
+    vram, ram = plan.vram_bytes, plan.ram_bytes
+    fit._plan_projector(projector, plan)
+    assert plan.vram_bytes == vram and plan.ram_bytes == ram + 5120
     tiny = split.plan_split(header, 2048, workers=[_worker("a:1", 1024)], gpus=[], local_bytes=1024)
     assert any("a:1 holds" in w for w in tiny.warnings)
 
@@ -78,3 +87,17 @@ def test_with_no_memory_reported_every_layer_stays_here(smollm2_path: str) -> No
     shared = plan.split
     assert shared is not None
     assert plan.n_gpu_layers == 0 and shared.tensor_split == (0.0,) and shared.remote_bytes == 0
+
+
+def test_no_more_devices_than_llama_cpp_takes(smollm2_path: str) -> None:
+    """llama.cpp reads tensor_split for 16 devices: a worker past them is left out, said."""
+    many = [_worker(f"w{n}:1", GiB) for n in range(15)] + [_worker("two:1", GiB, GiB)]
+    plan = split.plan_split(
+        scan(smollm2_path), 2048, workers=[*many, _worker("one:1", GiB)], gpus=[], local_bytes=GiB
+    )
+    shared = plan.split
+    assert shared is not None and len(shared.tensor_split) == split.MAX_DEVICES
+    assert shared.workers == (*(f"w{n}:1" for n in range(15)), "one:1")
+    assert plan.warnings == [
+        "worker two:1 is left out: llama.cpp takes at most 16 devices in one load"
+    ]

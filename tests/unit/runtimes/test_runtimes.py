@@ -679,3 +679,20 @@ def test_a_library_pip_built_exact_is_the_exact_runtime_whatever_the_setting(
     assert again.code == 0 and "nothing to build" in again.stdout, again
     (lib / patchset.MARKER).unlink()  # a stock build: nothing is said to be exact
     assert exact.builtin(lib) is None
+
+
+def test_workers_without_the_rpc_backend_here_are_a_setup_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a worker's failure (502): no load with workers works until `runtime install rpc`."""
+    from localrun.engine.library import native
+    from localrun.errors import ConfigError
+    from localrun.runtimes import ggml, rpc
+
+    monkeypatch.setenv("LOCALRUN_HOME", str(tmp_path))
+    lib = ggml.library(native.libllama_path())
+    if lib.ggml_backend_reg_by_name(rpc.NAME.encode()):
+        pytest.skip("this llama-cpp-python was built with llama.cpp's RPC backend")
+    with pytest.raises(ConfigError, match="RPC backend is not installed here") as caught:
+        rpc.registry(lib, native.lc.__version__)
+    assert "localrun runtime install rpc" in str(caught.value.hint)
