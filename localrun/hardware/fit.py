@@ -223,7 +223,7 @@ def _plan_projector(path: Path, plan: Any) -> None:
         size = path.stat().st_size
     except OSError:
         return  # the load says what is missing
-    if plan.gpu is not None and plan.n_gpu_layers > 0 and plan.split is None:
+    if plan.gpu is not None and plan.n_gpu_layers > 0 and not plan.split.workers:
         plan.vram_bytes += size * 5 // 4
     else:
         plan.ram_bytes += size * 5 // 4

@@ -33,6 +33,9 @@ class Split:
     remote_bytes: int  # what they hold, read from this machine's file as the load sends it
 
 
+ALONE = Split((), (), (), 0, 0)  # no worker takes part
+
+
 @dataclass
 class OffloadPlan:
     """How a model would be split between one GPU and the CPU (bytes are estimates)."""
@@ -45,7 +48,7 @@ class OffloadPlan:
     gpu: GPU | None
     reason: str
     warnings: list[str] = field(default_factory=list)
-    split: Split | None = None  # with RPC workers (hardware.split)
+    split: Split = ALONE  # with RPC workers (hardware.split)
 
     @property
     def runtime_bytes(self) -> int:

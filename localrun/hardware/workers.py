@@ -49,6 +49,17 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def address(endpoint: str) -> tuple[str, int]:
+    """`endpoint` as (IPv4 address, port): its host looked up, or as named where it is not found.
+
+    UnicodeError: a name the lookup cannot encode (an empty or overlong label).
+    """
+    host, port = split_endpoint(endpoint)
+    with contextlib.suppress(OSError, UnicodeError):
+        host = socket.gethostbyname(host)
+    return host, port
+
+
 def probe(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> Worker:
     """Ask the worker at `endpoint` its version and devices; WorkerError says why it cannot."""
     host, port = split_endpoint(endpoint)
@@ -88,9 +99,7 @@ def survey(endpoints: tuple[str, ...], timeout_s: float = PROBE_TIMEOUT_S) -> tu
     """
     found, problems, seen = [], [], set()
     for endpoint in endpoints:
-        host, port = split_endpoint(endpoint)
-        with contextlib.suppress(OSError, UnicodeError):
-            host = socket.gethostbyname(host)
+        host, port = address(endpoint)
         if (host, port) in seen:
             problems.append(f"worker {endpoint} is named twice: it serves once")
             continue

@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from localrun.errors import ConfigError, WorkerError
+from localrun.hardware import workers
 from localrun.runtimes import ggml, layout
 from localrun.runtimes.layout import Runtime
 
@@ -123,7 +124,7 @@ def bound(endpoints: tuple[str, ...], seconds: float) -> int:
     """
     import psutil
 
-    wanted = {_address(endpoint) for endpoint in endpoints}
+    wanted = {workers.address(endpoint) for endpoint in endpoints}
     count = 0
     process = psutil.Process()
     listing = getattr(process, "net_connections", None) or process.connections  # psutil < 6
@@ -135,13 +136,6 @@ def bound(endpoints: tuple[str, ...], seconds: float) -> int:
                 _set_deadline(conn.fd, seconds)
                 count += 1
     return count
-
-
-def _address(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    with contextlib.suppress(OSError, UnicodeError):
-        host = socket.gethostbyname(host)
-    return host, int(port)
 
 
 def _set_deadline(fd: int, seconds: float) -> None:

@@ -20,7 +20,6 @@ from localrun.engine.types import Engine, LoadOptions
 from localrun.errors import BadRequestError, InvalidGGUFError, LocalrunError
 from localrun.formats import template as template_mod
 from localrun.hardware import fit as fit_mod
-from localrun.hardware.offload import Split
 from localrun.model.stored import LoadSpec, Model
 from localrun.settings import limits
 from localrun.worker import protocol, view
@@ -144,8 +143,7 @@ def _watch(
     if breach is None:
         return contextlib.nullcontext()
     # A worker's tensors are read from this machine's file (mapped) as they are sent.
-    remote = plan.plan.split.remote_bytes if plan.plan.split else 0
-    held = plan.plan.ram_bytes + plan.plan.vram_bytes + remote
+    held = plan.plan.ram_bytes + plan.plan.vram_bytes + plan.plan.split.remote_bytes
     return LoadWatch(
         name,
         limit=load_limit(held, available),
@@ -206,13 +204,13 @@ def _ready_info(
         # Every layer on the GPU reads "100% GPU", as in Ollama, though llama.cpp keeps the
         # token embeddings (and a CPU compute buffer) in RAM.
         processor=(
-            _split_text(offload, offload.split)
-            if offload.split
+            _split_text(offload)
+            if offload.split.workers
             else "100% GPU"
             if offload.total_layers and offload.n_gpu_layers >= offload.total_layers
             else protocol.processor_text(size - runtime, offload.vram_bytes - runtime)
         ),
-        split=list(offload.split.shares) if offload.split else [],
+        split=list(offload.split.shares),
         load_s=load_s,
         notes=notes,
         runtime=runtime,
@@ -221,8 +219,9 @@ def _ready_info(
     )
 
 
-def _split_text(offload: Any, split: Split) -> str:
+def _split_text(offload: Any) -> str:
     """Where a split model runs, by its layers: "34%/66% CPU/2 workers"."""
+    split = offload.split
     total = max(1, offload.total_layers)
     remote = round(100 * split.remote_layers / total)
     here = "GPU" if offload.gpu is not None else "CPU"
@@ -324,8 +323,8 @@ def options_for(
         draft=str(model.draft_path) if model.draft_path else None,
         draft_num_gpu=999 if fit_mod.draft_offloaded(fit.plan) else 0,
         projector=str(model.projector_path) if model.projector_path else None,
-        workers=fit.plan.split.workers if fit.plan.split else (),
-        tensor_split=fit.plan.split.tensor_split if fit.plan.split else (),
+        workers=fit.plan.split.workers,
+        tensor_split=fit.plan.split.tensor_split,
     )
 
 

@@ -169,7 +169,7 @@ def measure(args: argparse.Namespace, lr: Localrun, bench: Path, server: Path) -
     try:
         plans = planned_split(lr, ours)  # before a server's runner holds the workers
         split = plans["split"]
-        ts = "/".join(str(int(share)) for share in split["tensor_split"])
+        ts = "/".join(str(int(share)) for share in split["split"]["tensor_split"])
         llama_split = ["--rpc", theirs, "-ngl", str(split["n_gpu_layers"]), "-ts", ts]
         alone_server, alone = serving(lr)
         split_server, split_at = serving(lr, "--workers", ours)
