@@ -370,3 +370,14 @@ def test_a_worker_listens_beyond_loopback_only_when_told_and_says_a_taken_port(
     )
     found = json.loads(listed.stdout)["workers"]
     assert found[0]["endpoint"] == pair[1].endpoint and "RPC 7." in found[0]["offers"]
+    endpoints = [w.endpoint for w in pair]
+    fitted = subprocess.run(
+        [sys.executable, "-m", "localrun", "show", "smol", "--fit", "--json"],
+        env=_env(rpc_home, LOCALRUN_WORKERS=",".join(endpoints)),
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+    planned = json.loads(fitted.stdout)["split"]  # planned as a load would, without loading
+    assert planned["workers"] == endpoints and len(planned["tensor_split"]) == 2
+    assert [s.split(": ")[0] for s in planned["shares"]] == [*endpoints, HERE]
